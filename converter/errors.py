@@ -1,0 +1,42 @@
+"""One family of errors. The CLI maps ConfigError to exit 2, any other ConverterError to exit 1.
+
+Every message says what went wrong, where (node, tensor, file) and what to do about it.
+"""
+
+
+class ConverterError(Exception):
+    """Base of every error onnxprune raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ConverterError):
+    """A bad option or a contradictory combination of options."""
+
+    exit_code = 2
+
+
+class ModelError(ConverterError):
+    """The model file cannot be read, is invalid, or is something we refuse to load."""
+
+
+class UnsupportedOpError(ConverterError):
+    """The graph uses ops a component cannot handle; the message lists all of them."""
+
+
+class CalibrationError(ConverterError):
+    """Calibration data is missing, malformed, or does not match the model's inputs."""
+
+
+class PassError(ConverterError):
+    """A graph pass failed; the message names the pass and the passes already run."""
+
+
+class ParityError(ConverterError):
+    """The written model does not compute what it should; the message names the output."""
+
+
+class BudgetError(ConverterError):
+    """The accuracy budget (--max-loss) was not met."""
+
+    exit_code = 3
