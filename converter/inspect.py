@@ -1,0 +1,95 @@
+"""`onnxprune inspect` and the human-readable prune summary (rich tables on stdout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from converter.summary import fmt_bytes, fmt_count, layer_rows, skipped_rows, totals
+from passes.weights import find_prunable, name_nodes
+
+
+def inspect_model(path: Path) -> dict:
+    from converter import modelio
+
+    loaded = modelio.load_model(path)
+    name_nodes(loaded.model)
+    inventory = find_prunable(loaded.model)
+    rows = layer_rows(loaded.model, inventory)
+    opsets = {o.domain or "ai.onnx": o.version for o in loaded.model.opset_import}
+    return {
+        "model": str(path),
+        "file_size": loaded.file_size,
+        "ir_version": loaded.model.ir_version,
+        "opsets": opsets,
+        "producer": f"{loaded.model.producer_name} {loaded.model.producer_version}".strip(),
+        "layers": rows,
+        "totals": totals(rows),
+        "skipped": skipped_rows(inventory),
+        "sparse_tensors_in_input": loaded.had_sparse,
+    }
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_inspection(info: dict, console: Console | None = None) -> None:
+    console = console or Console(soft_wrap=True)
+    table = Table(title=f"{info['model']}  ({fmt_bytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
+    for col in ("node", "op", "weight", "shape", "params", "nonzeros", "density", "MACs/sample"):
+        table.add_column(col, justify="right" if col in ("params", "nonzeros", "density", "MACs/sample") else "left", overflow="fold")
+    for r in info["layers"]:
+        via = f" (via {'/'.join(r['via'])})" if r["via"] else ""
+        table.add_row(r["node"], r["op"], r["weight"] + via, "x".join(map(str, r["shape"])), fmt_count(r["params"]),
+                      fmt_count(r["nonzeros"]), _pct(r["density"]), fmt_count(r["macs"]))
+    t = info["totals"]
+    table.add_row("total", "", "", "", fmt_count(t["params"]), fmt_count(t["nonzeros"]), _pct(t["density"]), fmt_count(t["macs"]))
+    console.print(table)
+    if not info["layers"]:
+        console.print("No prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul).")
+    if info["skipped"]:
+        skipped = Table(title="Not considered prunable")
+        skipped.add_column("tensor")
+        skipped.add_column("elements", justify="right")
+        skipped.add_column("why")
+        for s in info["skipped"]:
+            skipped.add_row(s["name"], fmt_count(s["size"]), s["reason"])
+        console.print(skipped)
+
+
+def print_prune_summary(report: dict, console: Console | None = None) -> None:
+    console = console or Console(soft_wrap=True)
+    table = Table(title="Pruned layers")
+    for col in ("node", "op", "weight", "params", "nonzeros", "W%", "threshold"):
+        table.add_column(col, justify="left" if col in ("node", "op", "weight") else "right", overflow="fold")
+    for r in report["layers"]:
+        thr = r.get("threshold")
+        table.add_row(r["node"], r["op"], r["weight"], fmt_count(r["params"]), fmt_count(r["nonzeros"]),
+                      _pct(r["density"]), "-" if thr is None else f"{thr:.4g}")
+    b, a = report["before"], report["after"]
+    table.add_row("total", "", "", fmt_count(b["params"]), fmt_count(a["nonzeros"]), _pct(a["density"]), "")
+    console.print(table)
+    console.print(
+        f"weights {fmt_count(b['nonzeros'])} -> {fmt_count(a['nonzeros'])} nonzero "
+        f"({report['compression']:.1f}x fewer); file {fmt_bytes(report['file_size_before'])} -> "
+        f"{fmt_bytes(report['file_size_after'])} ({report['sparse_format']} sparse format)"
+    )
+    p = report["parity"]
+    console.print(
+        f"verified in onnxruntime on {p['batches']} {'batches of your data' if p['inputs'] == 'data' else 'random inputs'}:"
+        f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
+    )
+    m = report.get("metrics")
+    if m:
+        console.print(
+            f"{m['metric']} on {m['data']}: {100 * m['before']:.2f}% -> {100 * m['after']:.2f}% "
+            f"(loss {m['loss_pp']:+.2f} pp); outputs: top-1 agreement {100 * m['output_error']['agreement']:.2f}%, "
+            f"max rel error {m['output_error']['max_rel']:.3g}, mean rel error {m['output_error']['mean_rel']:.3g}"
+        )
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
+    if report.get("output"):
+        console.print(f"wrote {report['output']}")

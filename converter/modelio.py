@@ -1,0 +1,326 @@
+"""Reading and writing models: the only place that touches model files.
+
+Loading checks the file before anything else sees it (is it ONNX, is it whole, does its external data stay inside
+its folder, are its declared sizes sane), then densifies sparse tensors, because onnx-graphsurgeon silently turns
+them into zero-filled float64 tensors. Saving is atomic (temp file in the target folder, then rename) and never
+overwrites the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, numpy_helper
+
+from converter.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1
+# A crafted shape must not make us allocate terabytes: refuse any tensor above this many elements.
+MAX_ELEMENTS = 2**33
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the passes: dense tensors, external data loaded, and where it came from."""
+
+    model: onnx.ModelProto
+    path: Path | None
+    sha256: str | None
+    file_size: int
+    had_sparse: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
+    """Load, validate and densify a model file; raise ModelError with what to do when it can't be used."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file '{path}' does not exist; check the path.")
+    if path.is_dir():
+        raise ModelError(f"'{path}' is a folder, not a model file; pass the .onnx file inside it.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"model file '{path}' is empty; re-export or re-download it.")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
+        raise ModelError(
+            f"'{path}' is not a readable ONNX model (truncated or corrupted protobuf: {_first_line(exc)}); "
+            "re-export or re-download it."
+        ) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read '{path}': {exc.strerror or exc}; check the file's permissions.") from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise ModelError(f"'{path}' parses but holds no graph; it is not an ONNX model (is it another format?).")
+    external = _external_tensors(model)
+    if external:
+        _check_external_locations(external, path.parent)
+        _check_declared_sizes(model, path)
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"external data of '{path}' cannot be read ({_first_line(exc)}); keep the .data file next to it."
+            ) from None
+    else:
+        _check_declared_sizes(model, path)
+    if check:
+        check_model(model, where=str(path))
+    had_sparse = densify_sparse(model)
+    if had_sparse:
+        log.info("densified %d sparse tensor(s) of %s before any graph pass", len(had_sparse), path)
+    return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse)
+
+
+def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
+    """The same as load_model for a model already in memory (the Python API)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
+    _check_declared_sizes(model, "<in-memory model>")
+    if check:
+        check_model(model, where="<in-memory model>")
+    had_sparse = densify_sparse(model)
+    return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse)
+
+
+def check_model(model: onnx.ModelProto, *, where: str) -> None:
+    """onnx.checker plus an opset check, turned into one clear line."""
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > newest:
+            raise ModelError(
+                f"'{where}' uses opset {imp.version}, newer than this onnx ({onnx.__version__}) supports "
+                f"(<= {newest}); upgrade onnx or re-export the model with opset <= {newest}."
+            )
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"'{where}' is not a valid ONNX model: {_first_line(exc)}; fix or re-export it.") from None
+
+
+def densify_sparse(model: onnx.ModelProto) -> list[str]:
+    """Move sparse initializers and Constant(sparse_value) into dense form; return their names."""
+    names: list[str] = []
+    for graph in _all_graphs(model.graph):
+        for sparse in list(graph.sparse_initializer):
+            dense = sparse_to_dense(sparse)
+            graph.initializer.append(dense)
+            names.append(dense.name)
+        del graph.sparse_initializer[:]
+        for node in graph.node:
+            if node.op_type != "Constant":
+                continue
+            for attr in node.attribute:
+                if attr.name == "sparse_value":
+                    dense = sparse_to_dense(attr.sparse_tensor)
+                    dense.name = ""
+                    attr.CopyFrom(onnx.helper.make_attribute("value", dense))
+                    names.append(node.output[0])
+    return names
+
+
+def sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    """Our own densifier: values + linear or coordinate indices into a dense TensorProto of the same dtype."""
+    values = numpy_helper.to_array(sparse.values)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dims = tuple(sparse.dims)
+    _refuse_huge(int(np.prod(dims, dtype=np.float64)), sparse.values.name)
+    dense = np.zeros(dims, dtype=values.dtype)
+    flat = dense.reshape(-1)
+    if indices.ndim == 2:  # [NNZ, rank] coordinates
+        indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= flat.size):
+        raise ModelError(f"sparse tensor '{sparse.values.name}' has indices outside its shape {list(dims)}.")
+    flat[indices] = values
+    return numpy_helper.from_array(dense, sparse.values.name)
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    protect: list[Path] | tuple[Path, ...] = (),
+    external_data: bool | None = None,
+) -> Path:
+    """Write atomically; never over a protected path (the input). Large models get their data beside them."""
+    path = Path(path)
+    check_output_path(path, protect)
+    if external_data is None:
+        external_data = model.ByteSize() >= PROTOBUF_LIMIT - (64 << 20)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp_data = None
+    try:
+        if external_data:
+            data_name = path.name + ".data"
+            tmp_data = folder / f".{data_name}.tmp"
+            _write_with_external_data(model, Path(tmp), tmp_data, data_name)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+                f.flush()
+                os.fsync(f.fileno())
+        if tmp_data is not None:
+            os.replace(tmp_data, folder / (path.name + ".data"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if tmp_data is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_data)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> Path:
+    """Any other output (reports, recipes, JSON): temp file + rename."""
+    path = Path(path)
+    check_output_path(path, protect)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def check_output_path(path: Path, protect=()) -> None:
+    """Refuse outputs that would overwrite the input or land in a missing or read-only folder."""
+    folder = path.parent if str(path.parent) else Path(".")
+    for p in protect:
+        if p is not None and path.exists() and Path(p).exists() and os.path.samefile(path, p):
+            raise ConfigError(f"output '{path}' is the input model; choose another output path (-o).")
+    if not folder.is_dir():
+        raise ConfigError(f"output folder '{folder}' does not exist; create it or choose another -o.")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"output folder '{folder}' is not writable; choose another -o.")
+    if path.is_dir():
+        raise ConfigError(f"output '{path}' is a folder; give a file name such as '{path / 'model.onnx'}'.")
+
+
+def _write_with_external_data(model: onnx.ModelProto, tmp: Path, tmp_data: Path, data_name: str) -> None:
+    """External data for dense and sparse tensors alike (onnx.save leaves sparse ones inline)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
+    offset = 0
+    with open(tmp_data, "wb") as data:
+        for tensor in _tensors_for_external(model):
+            if not tensor.HasField("raw_data"):
+                arr = numpy_helper.to_array(tensor)
+                tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
+            raw = tensor.raw_data
+            pad = (-offset) % 4096
+            data.write(b"\0" * pad)
+            offset += pad
+            data.write(raw)
+            external_data_helper.set_external_data(tensor, data_name, offset=offset, length=len(raw))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.ClearField("raw_data")
+            offset += len(raw)
+        data.flush()
+        os.fsync(data.fileno())
+    with open(tmp, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _tensors_for_external(model: onnx.ModelProto, min_bytes: int = 1024):
+    for graph in _all_graphs(model.graph):
+        tensors = list(graph.initializer)
+        for sp in graph.sparse_initializer:
+            tensors += [sp.values, sp.indices]
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                if attr.HasField("sparse_tensor"):
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+        for t in tensors:
+            if t.data_location != onnx.TensorProto.EXTERNAL and _nbytes(t) >= min_bytes:
+                yield t
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    return t.ByteSize()
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+
+
+def _check_external_locations(tensors, folder: Path) -> None:
+    """Refuse external data that points outside the model's folder (absolute, '..', symlinks out)."""
+    root = folder.resolve()
+    for t in tensors:
+        info = external_data_helper.ExternalDataInfo(t)
+        loc = info.location
+        if not loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ":" in loc[:3]:
+            raise ModelError(
+                f"tensor '{t.name}' stores its data at '{loc}', an absolute path; refusing to read outside the "
+                "model's folder. Keep the data file next to the model with a relative name."
+            )
+        target = (folder / loc).resolve()
+        if root not in target.parents and target != root:
+            raise ModelError(
+                f"tensor '{t.name}' stores its data at '{loc}', which leaves the model's folder; refusing it. "
+                "Keep the data file next to the model."
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"tensor '{t.name}' stores its data in '{loc}', which is missing next to the model; copy it there."
+            )
+
+
+def _check_declared_sizes(model: onnx.ModelProto, where) -> None:
+    for graph in _all_graphs(model.graph):
+        for t in graph.initializer:
+            _refuse_huge(int(np.prod(list(t.dims), dtype=np.float64)), t.name, where)
+        for sp in graph.sparse_initializer:
+            _refuse_huge(int(np.prod(list(sp.dims), dtype=np.float64)), sp.values.name, where)
+
+
+def _refuse_huge(count: int, name: str, where="model") -> None:
+    if count > MAX_ELEMENTS:
+        raise ModelError(
+            f"tensor '{name}' in {where} declares {count:.3g} elements, above the limit of {MAX_ELEMENTS:.3g}; "
+            "the file is corrupted or crafted."
+        )
+
+
+def _all_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_graphs(attr.g)
+            for g in attr.graphs:
+                yield from _all_graphs(g)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,68 @@
+"""Numbers about a model's weights, the same for `inspect`, the prune summary and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from passes.weights import Inventory, constant_tensors
+
+
+def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:
+    """One row per prunable weight: where it is, how big, how many nonzeros, how many MACs per sample."""
+    tensors = constant_tensors(model)
+    rows = []
+    for w in inventory.prunable:
+        values = numpy_helper.to_array(tensors[w.name]) if w.name in tensors else None
+        nnz = int(np.count_nonzero(values)) if values is not None else None
+        rows.append(
+            {
+                "node": w.node,
+                "op": w.op_type,
+                "weight": w.name,
+                "kind": w.kind,
+                "shape": list(w.shape),
+                "dtype": w.dtype,
+                "params": w.size,
+                "nonzeros": nnz,
+                "density": (nnz / w.size) if (nnz is not None and w.size) else None,
+                "macs": w.macs,
+                "via": list(w.via),
+            }
+        )
+    return rows
+
+
+def totals(rows: list[dict]) -> dict:
+    params = sum(r["params"] for r in rows)
+    nnz = sum(r["nonzeros"] or 0 for r in rows)
+    macs = [r["macs"] for r in rows]
+    return {
+        "params": params,
+        "nonzeros": nnz,
+        "density": nnz / params if params else None,
+        "macs": sum(macs) if macs and all(m is not None for m in macs) else None,
+    }
+
+
+def skipped_rows(inventory: Inventory) -> list[dict]:
+    return [{"name": s.name, "reason": s.reason, "size": s.size} for s in inventory.skipped]
+
+
+def fmt_count(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit, div in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} B"

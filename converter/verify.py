@@ -1,0 +1,87 @@
+"""Is the written model still the model we meant? Checked in onnxruntime before any file is written.
+
+The oracle is the dense model with the pruned weights zeroed (and retrained weights written back): the output
+file must compute the same thing within `rtol` of the output's scale, on the user's data when given, else on
+seeded random inputs of the declared shapes. Graph optimisations are off, so we compare graphs, not kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from calibration.runtime import make_session, output_names, random_feeds
+from converter.errors import ModelError, ParityError
+
+DEFAULT_RTOL = 1e-5
+
+
+@dataclass
+class Parity:
+    max_abs: float
+    max_rel: float
+    worst_output: str
+    batches: int
+    source: str  # "data" or "random"
+
+    def as_dict(self) -> dict:
+        return {
+            "max_abs_diff": self.max_abs,
+            "max_rel_diff": self.max_rel,
+            "worst_output": self.worst_output,
+            "batches": self.batches,
+            "inputs": self.source,
+        }
+
+
+def check_parity(
+    candidate: onnx.ModelProto | bytes,
+    oracle: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]] | None = None,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    seeds: tuple[int, ...] = (0, 1, 2),
+) -> Parity:
+    """Run both in onnxruntime on the same inputs; raise ParityError naming the output that differs."""
+    source = "data"
+    if not feeds:
+        feeds = [random_feeds(oracle, seed=s) for s in seeds]
+        source = "random"
+    try:
+        cand = make_session(candidate, optimize=False)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime refuses the written model: {str(exc).splitlines()[0][:300]}") from None
+    try:  # also the optimised load a deployment will do
+        make_session(candidate, optimize=True)
+    except Exception as exc:
+        raise ModelError(
+            f"onnxruntime refuses the written model with optimisations on: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    ref = make_session(oracle, optimize=False)
+    names = output_names(oracle)
+    worst = ("", 0.0, 0.0)
+    for feed in feeds:
+        got = cand.run(names, feed)
+        want = ref.run(names, feed)
+        for name, g, w in zip(names, got, want):
+            g = np.asarray(g, dtype=np.float64) if np.issubdtype(np.asarray(g).dtype, np.number) else np.asarray(g)
+            w = np.asarray(w, dtype=np.float64) if np.issubdtype(np.asarray(w).dtype, np.number) else np.asarray(w)
+            if g.shape != w.shape:
+                raise ParityError(f"output '{name}' has shape {g.shape} in the written model, {w.shape} expected.")
+            if g.dtype.kind not in "fc":
+                if not np.array_equal(g, w):
+                    raise ParityError(f"output '{name}' differs from the dense model (non-float output).")
+                continue
+            diff = float(np.max(np.abs(g - w))) if g.size else 0.0
+            scale = max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-6)
+            rel = diff / scale
+            if not np.isfinite(diff) or rel > rtol:
+                raise ParityError(
+                    f"output '{name}' differs from the dense model with the same weights: max abs diff {diff:.3g}"
+                    f" ({rel:.3g} of the output scale, limit {rtol:g}); this is a bug, please report it with --debug."
+                )
+            if rel >= worst[2]:
+                worst = (name, diff, rel)
+    return Parity(max_abs=worst[1], max_rel=worst[2], worst_output=worst[0], batches=len(feeds), source=source)
