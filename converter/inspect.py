@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -37,7 +38,7 @@ def _pct(x) -> str:
 
 
 def print_inspection(info: dict, console: Console | None = None) -> None:
-    console = console or Console(soft_wrap=True)
+    console = console or _console()
     table = Table(title=f"{info['model']}  ({fmt_bytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
     for col in ("node", "op", "weight", "shape", "params", "nonzeros", "density", "MACs/sample"):
         table.add_column(col, justify="right" if col in ("params", "nonzeros", "density", "MACs/sample") else "left", overflow="fold")
@@ -61,7 +62,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
 
 
 def print_prune_summary(report: dict, console: Console | None = None) -> None:
-    console = console or Console(soft_wrap=True)
+    console = console or _console()
     table = Table(title="Pruned layers")
     for col in ("node", "op", "weight", "params", "nonzeros", "W%", "threshold"):
         table.add_column(col, justify="left" if col in ("node", "op", "weight") else "right", overflow="fold")
@@ -93,3 +94,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         console.print(f"note: {note}")
     if report.get("output"):
         console.print(f"wrote {report['output']}")
+
+
+def _console() -> Console:
+    """Wide tables when piped (CI logs), the terminal's width otherwise."""
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)

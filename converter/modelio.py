@@ -75,7 +75,10 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
         _check_external_locations(external, path.parent)
         _check_declared_sizes(model, path)
         try:
-            external_data_helper.load_external_data_for_model(model, str(path.parent))
+            for tensor in external:  # ours, not onnx's: onnx's loader skips sparse tensors
+                external_data_helper.load_external_data_for_tensor(tensor, str(path.parent))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"external data of '{path}' cannot be read ({_first_line(exc)}); keep the .data file next to it."
@@ -269,7 +272,15 @@ def _nbytes(t: onnx.TensorProto) -> int:
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+    tensors = list(external_data_helper._get_all_tensors(model))
+    for graph in _all_graphs(model.graph):
+        for sp in graph.sparse_initializer:
+            tensors += [sp.values, sp.indices]
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("sparse_tensor"):
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+    return [t for t in tensors if external_data_helper.uses_external_data(t)]
 
 
 def _check_external_locations(tensors, folder: Path) -> None:

@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from converter import modelio
+from converter.cli import cli
+from models import builders
+from passes.weights import find_prunable
+from tests.oracle import assert_same_outputs
+
+
+@pytest.fixture
+def mlp_path(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(builders.lenet300_like(hidden=(64, 32)), path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_inspect_json_lists_layers_totals_and_skipped(mlp_path):
+    res = invoke("inspect", mlp_path, "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert [r["op"] for r in info["layers"]] == ["Gemm"] * 3
+    assert info["totals"]["params"] == 784 * 64 + 64 * 32 + 32 * 10
+    assert info["totals"]["density"] == 1.0
+    assert {s["reason"].split(" ")[0] for s in info["skipped"]} == {"bias"}
+
+
+def test_inspect_table_names_every_layer(mlp_path):
+    res = invoke("inspect", mlp_path)
+    assert res.exit_code == 0
+    for w in find_prunable(onnx.load(mlp_path)).prunable:
+        assert w.name in res.output
+
+
+def test_prune_writes_a_verified_sparse_model(mlp_path, tmp_path):
+    out = tmp_path / "small.onnx"
+    before = modelio.sha256_file(mlp_path)
+    res = invoke("prune", mlp_path, "-o", out, "--sparsity", "0.9", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["compression"] == pytest.approx(10.0, rel=0.01)
+    assert report["parity"]["max_abs_diff"] <= 1e-5
+    assert modelio.sha256_file(mlp_path) == before
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    assert out.stat().st_size < mlp_path.stat().st_size / 2
+    # oracle: the input with exactly the weights the report says were kept
+    dense = modelio.load_model(out).model
+    assert_same_outputs(written, dense, rtol=0)
+
+
+def test_prune_with_layer_overrides_and_exclude(mlp_path, tmp_path):
+    out = tmp_path / "o.onnx"
+    res = invoke("prune", mlp_path, "-o", out, "--layer", "fc1*=0.95", "--exclude", "fc3*", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["weight"]: r for r in json.loads(res.output)["layers"]}
+    dens = sorted((k, round(v["density"], 3)) for k, v in rows.items())
+    assert dens[0][1] == pytest.approx(0.05, abs=0.001) and dens[2][1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, code, text",
+    [
+        (["--sparsity", "1.5"], 2, "outside [0, 1)"),
+        (["--sparsity", "0.5", "--quality", "1"], 2, "contradict"),
+        ([], 2, "nothing to prune"),
+        (["--layer", "fc1"], 2, "NAME=SPARSITY"),
+        (["--sparsity", "0.5", "--exclude", "zzz"], 2, "matches no prunable layer"),
+    ],
+)
+def test_bad_options_are_usage_errors_without_traceback(mlp_path, tmp_path, args, code, text):
+    res = invoke("prune", mlp_path, "-o", tmp_path / "o.onnx", *args)
+    assert res.exit_code == code, res.output
+    assert text in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_not_an_onnx_file_is_one_line_and_exit_1(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    res = invoke("inspect", bad)
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: ") and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_output_over_input_is_refused_and_input_untouched(mlp_path):
+    before = modelio.sha256_file(mlp_path)
+    res = invoke("prune", mlp_path, "-o", mlp_path, "--sparsity", "0.5")
+    assert res.exit_code == 2 and "is the input model" in res.output
+    assert modelio.sha256_file(mlp_path) == before
+
+
+def test_debug_lets_the_traceback_through(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"")
+    res = CliRunner().invoke(cli, ["--debug", "inspect", str(bad)])
+    assert res.exit_code != 0 and res.exception is not None
+
+
+def test_model_without_prunable_weights_says_so(tmp_path):
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", 1, [1, 4])], [onnx.helper.make_tensor_value_info("y", 1, [1, 4])],
+    )
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    p = tmp_path / "relu.onnx"
+    onnx.save(m, p)
+    res = invoke("prune", p, "-o", tmp_path / "o.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 1 and "no prunable weights" in res.output

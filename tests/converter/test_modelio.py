@@ -1,0 +1,138 @@
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from converter import modelio
+from converter.errors import ConfigError, ModelError
+from models import builders
+from passes.sparse_encode import dense_to_sparse
+from tests.oracle import assert_same_outputs
+
+
+def test_load_densifies_sparse_initializers_and_constants(tmp_path):
+    m = builders.mlp_gemm()
+    w = numpy_helper.to_array(m.graph.initializer[0])
+    w = np.where(np.abs(w) > 0.5, w, 0).astype(np.float32)
+    name = m.graph.initializer[0].name
+    dense = onnx.ModelProto()
+    dense.CopyFrom(m)
+    dense.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, name))
+    del m.graph.initializer[0]
+    m.graph.sparse_initializer.append(dense_to_sparse(w, name))
+    path = tmp_path / "sparse.onnx"
+    onnx.save(m, path)
+    loaded = modelio.load_model(path)
+    assert loaded.had_sparse == [name]
+    assert not loaded.model.graph.sparse_initializer
+    assert_same_outputs(loaded.model, dense, rtol=0)
+
+
+def test_save_is_atomic_and_refuses_the_input(tmp_path):
+    m = builders.mlp_gemm()
+    src = tmp_path / "in.onnx"
+    onnx.save(m, src)
+    before = modelio.sha256_file(src)
+    with pytest.raises(ConfigError, match="is the input model"):
+        modelio.save_model(m, src, protect=(src,))
+    assert modelio.sha256_file(src) == before
+    out = modelio.save_model(m, tmp_path / "out.onnx", protect=(src,))
+    assert onnx.load(out).SerializeToString() == m.SerializeToString()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_save_to_missing_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        modelio.save_model(builders.mlp_gemm(), tmp_path / "nope" / "x.onnx")
+
+
+def test_external_data_roundtrip_keeps_sparse_tensors_external(tmp_path):
+    m = builders.lenet300_like()
+    for t in list(m.graph.initializer)[:1]:
+        arr = numpy_helper.to_array(t)
+        arr = np.where(np.abs(arr) > 0.08, arr, 0).astype(np.float32)
+        m.graph.sparse_initializer.append(dense_to_sparse(arr, t.name))
+    keep = [t for t in m.graph.initializer if t.name not in {s.values.name for s in m.graph.sparse_initializer}]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    out = modelio.save_model(m, tmp_path / "big.onnx", external_data=True)
+    data = tmp_path / "big.onnx.data"
+    assert data.exists() and data.stat().st_size > 0
+    raw = onnx.load(out, load_external_data=False)
+    assert raw.graph.sparse_initializer[0].values.data_location == onnx.TensorProto.EXTERNAL
+    loaded = modelio.load_model(out)
+    ref = onnx.ModelProto()
+    ref.CopyFrom(m)
+    modelio.densify_sparse(ref)
+    assert_same_outputs(loaded.model, ref, rtol=0)
+
+
+def _point_outside(t, location):
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+    onnx.external_data_helper.set_external_data(t, location, offset=0, length=16)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+
+
+@pytest.mark.parametrize("location", ["../evil.bin", "/etc/passwd"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path, location):
+    m = builders.mlp_gemm()
+    _point_outside(m.graph.initializer[0], location)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (tmp_path / "evil.bin").write_bytes(b"\0" * 4096)
+    path = sub / "m.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(ModelError, match="refusing"):
+        modelio.load_model(path)
+
+
+def test_symlinked_external_data_leaving_the_folder_is_refused(tmp_path):
+    m = builders.mlp_gemm()
+    _point_outside(m.graph.initializer[0], "w.bin")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 4096)
+    os.symlink(tmp_path / "secret.bin", sub / "w.bin")
+    (sub / "m.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ModelError, match="leaves the model's folder"):
+        modelio.load_model(sub / "m.onnx")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "empty"),
+        (b"this is not a model at all, just text\n" * 3, "not a readable ONNX model|holds no graph"),
+        (None, "not a readable ONNX model|not a valid ONNX model|holds no graph"),  # truncated
+    ],
+)
+def test_bad_files_give_one_clear_error(tmp_path, content, match):
+    path = tmp_path / "bad.onnx"
+    if content is None:
+        content = builders.mlp_gemm().SerializeToString()[:200]
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=match):
+        modelio.load_model(path)
+
+
+def test_crafted_huge_dims_are_refused_before_allocation(tmp_path):
+    m = builders.mlp_gemm()
+    t = m.graph.initializer[0]
+    del t.dims[:]
+    t.dims.extend([10**6, 10**6])
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(ModelError, match="above the limit"):
+        modelio.load_model(path, check=False)
+
+
+def test_opset_newer_than_onnx_knows_is_named(tmp_path):
+    m = builders.mlp_gemm()
+    m.opset_import[0].version = onnx.defs.onnx_opset_version() + 5
+    path = tmp_path / "future.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(ModelError, match="newer than this onnx"):
+        modelio.load_model(path)

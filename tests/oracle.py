@@ -1,0 +1,43 @@
+"""Test oracles shared by the suite: run models in onnxruntime (optimisations off) and compare outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from calibration.runtime import make_session, output_names, random_feeds
+
+
+def run(model: onnx.ModelProto | bytes, feed: dict) -> dict[str, np.ndarray]:
+    sess = make_session(model, optimize=False)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed)))
+
+
+def assert_same_outputs(got_model, want_model, *, seeds=(0, 1, 2), batch=3, rtol=1e-5, feeds=None) -> None:
+    """Both models on the same seeded inputs; the failing output is named."""
+    feeds = feeds or [random_feeds(want_model, batch=batch, seed=s) for s in seeds]
+    for feed in feeds:
+        got, want = run(got_model, feed), run(want_model, feed)
+        for name in output_names(want_model):
+            g, w = np.asarray(got[name], np.float64), np.asarray(want[name], np.float64)
+            assert g.shape == w.shape, f"output '{name}': shape {g.shape} != {w.shape}"
+            scale = max(float(np.abs(w).max()), 1e-6)
+            diff = float(np.abs(g - w).max())
+            assert diff <= rtol * scale, f"output '{name}': max abs diff {diff:.3g} > {rtol:g} x scale {scale:.3g}"
+
+
+def zero_weights(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The masking oracle: the original model with the masked weights zeroed in numpy."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in masks:
+            arr = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(np.where(masks[t.name], arr, 0).astype(arr.dtype), t.name))
+    return out
+
+
+def check_full(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)

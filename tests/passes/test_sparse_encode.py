@@ -1,0 +1,95 @@
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.modelio import densify_sparse
+from models import builders
+from passes.apply_masks import ApplyMasks
+from passes.base import PruneState, run_passes
+from passes.magnitude import MagnitudePrune, resolve_targets
+from passes.sparse_encode import SparseEncode, dense_to_sparse, pays_off
+from passes.weights import find_prunable
+from tests.oracle import assert_same_outputs, check_full
+
+
+def _pruned(name="lenet300_like", sparsity=0.9):
+    m = builders.BUILDERS[name]()
+    inv = find_prunable(m)
+    run_passes([MagnitudePrune(inv, resolve_targets(inv, sparsity=sparsity)), ApplyMasks()], m, PruneState())
+    return m, [w.name for w in inv.prunable]
+
+
+def _copy(m):
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    return c
+
+
+@pytest.mark.parametrize("name", ["lenet300_like", "lenet5_like", "mlp_matmul", "residual_block"])
+def test_constant_format_passes_full_check_and_matches_dense(name):
+    dense, names = _pruned(name)
+    out = _copy(dense)
+    res = SparseEncode(names, "constant")(out, PruneState())
+    assert res.modified
+    assert not any(t.name in names for t in out.graph.initializer)
+    assert sum(n.op_type == "Constant" for n in out.graph.node) >= 1
+    check_full(out)
+    onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    assert out.ByteSize() < dense.ByteSize()
+    assert_same_outputs(out, dense, rtol=0)
+
+
+def test_initializer_format_uses_graph_sparse_initializer_and_loads_in_onnxruntime():
+    dense, names = _pruned()
+    out = _copy(dense)
+    SparseEncode(names, "initializer")(out, PruneState())
+    assert {s.values.name for s in out.graph.sparse_initializer} == set(names)
+    onnx.checker.check_model(out)  # full_check rejects sparse initializers feeding Gemm: documented
+    assert_same_outputs(out, dense, rtol=0)
+
+
+def test_dense_weights_stay_dense_when_sparse_would_be_bigger():
+    dense, names = _pruned(sparsity=0.5)  # 50% density: 12 bytes/nonzero > 4 bytes/weight
+    out = _copy(dense)
+    assert not SparseEncode(names, "constant")(out, PruneState()).modified
+    assert out.SerializeToString() == dense.SerializeToString()
+
+
+def test_indices_are_sorted_linear_int64():
+    w = np.zeros((3, 4), np.float32)
+    w[2, 1], w[0, 3], w[1, 0] = 1, 2, 3
+    sp = dense_to_sparse(w, "w")
+    idx = numpy_helper.to_array(sp.indices)
+    assert sp.indices.data_type == TensorProto.INT64 and idx.ndim == 1
+    assert idx.tolist() == [3, 4, 9]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    st.floats(0.0, 1.0),
+    st.sampled_from([np.float32, np.float16, np.float64]),
+    st.integers(0, 2**16),
+)
+def test_sparse_roundtrip_is_exact_for_random_patterns(shape, density, dtype, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(dtype)
+    holder = helper.make_model(helper.make_graph([], "g", [], []))
+    holder.graph.sparse_initializer.append(dense_to_sparse(w, "w"))
+    densify_sparse(holder)
+    back = numpy_helper.to_array(holder.graph.initializer[0])
+    assert back.dtype == w.dtype and back.shape == w.shape
+    np.testing.assert_array_equal(back, w)
+    assert pays_off(w) == (np.count_nonzero(w) * (w.dtype.itemsize + 8) < w.size * w.dtype.itemsize)
+
+
+def test_old_opset_keeps_weights_dense_and_says_why():
+    dense, names = _pruned()
+    dense.opset_import[0].version = 9
+    state = PruneState()
+    out = _copy(dense)
+    assert not SparseEncode(names, "constant")(out, state).modified
+    assert "opset" in state.notes[0]

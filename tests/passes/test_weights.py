@@ -1,0 +1,117 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from models import builders
+from passes.weights import find_prunable, name_nodes
+
+
+def _model(nodes, inits, inputs, outputs, opset=17, ir=8):
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir
+    return m
+
+
+def test_finds_gemm_weights_and_explains_biases():
+    inv = find_prunable(builders.mlp_gemm())
+    assert [w.op_type for w in inv.prunable] == ["Gemm", "Gemm", "Gemm"]
+    assert all(w.out_axis == 0 and w.in_axis == 1 for w in inv.prunable)  # transB=1
+    assert all("bias" in s.reason for s in inv.skipped)
+    assert len(inv.skipped) == 3
+
+
+def test_conv_weights_have_output_channels_on_axis_0_and_macs_use_feature_map_size():
+    m = builders.conv_bn_relu(in_channels=3, out_channels=8, kernel=3, size=8)
+    inv = find_prunable(m)
+    (w,) = inv.prunable
+    assert (w.op_type, w.kind, w.out_axis, w.in_axis) == ("Conv", "conv", 0, 1)
+    assert w.macs == 8 * 3 * 3 * 3 * 8 * 8  # weight size x output H x W (same padding)
+    assert any("normalization" in s.reason for s in inv.skipped)
+
+
+def test_weight_through_transpose_maps_axes_to_storage():
+    m = builders.mlp_matmul(transposed_weights=True)
+    inv = find_prunable(m)
+    assert inv.prunable and all(w.via == ("Transpose",) for w in inv.prunable)
+    # stored [out, in], transposed to [in, out] for MatMul: output channels are storage axis 0
+    assert all(w.out_axis == 0 and w.in_axis == 1 for w in inv.prunable)
+
+
+def test_plain_matmul_weight_outputs_on_last_axis():
+    inv = find_prunable(builders.mlp_matmul())
+    assert all(w.out_axis == 1 and w.in_axis == 0 and w.via == () for w in inv.prunable)
+
+
+def test_shared_integer_and_quantized_weights_are_skipped_with_reasons():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N", 4])
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    wq = numpy_helper.from_array(np.ones((4, 4), np.int8), "Wq")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["y"], name="a"),
+        helper.make_node("MatMul", ["x", "W"], ["z"], name="b"),
+        helper.make_node("DequantizeLinear", ["Wq", "s"], ["Wd"], name="dq"),
+        helper.make_node("MatMul", ["x", "Wd"], ["q"], name="c"),
+    ]
+    m = _model(nodes, [w, wq, scale], [x], [y, z, q])
+    onnx.checker.check_model(m, full_check=True)
+    inv = find_prunable(m)
+    assert inv.prunable == []
+    reasons = {s.name: s.reason for s in inv.skipped}
+    assert "shared" in reasons["W"]
+    assert "DequantizeLinear" in reasons["Wq"]
+
+
+def test_constant_node_weights_and_fp16_are_prunable():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 3])
+    w = numpy_helper.from_array(np.ones((4, 3), np.float16), "")
+    nodes = [helper.make_node("Constant", [], ["W"], value=w, name="c"), helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
+    m = _model(nodes, [], [x], [y])
+    (pw,) = find_prunable(m).prunable
+    assert (pw.name, pw.source, pw.dtype, pw.shape) == ("W", "constant", "float16", (4, 3))
+
+
+def test_weights_inside_subgraphs_are_left_alone_and_said_so():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    wi = numpy_helper.from_array(np.ones((4, 3), np.float32), "Wi")
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "Wi"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 3])], [wi])
+    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "Wi2"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 3])], [numpy_helper.from_array(np.ones((4, 3), np.float32), "Wi2")])
+    m = _model([helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="if")], [], [x, cond], [y])
+    inv = find_prunable(m)
+    assert inv.prunable == []
+    assert any("subgraph" in s.reason for s in inv.skipped)
+
+
+def test_old_ir_initializers_listed_as_inputs_are_prunable():
+    m = builders.mlp_gemm()
+    m.ir_version = 3
+    m.opset_import[0].version = 8
+    for t in m.graph.initializer:
+        m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    onnx.checker.check_model(m)
+    assert len(find_prunable(m).prunable) == 3
+
+
+def test_unnamed_nodes_get_stable_names():
+    m = builders.mlp_gemm()
+    for n in m.graph.node:
+        n.name = ""
+    name_nodes(m)
+    names = [n.name for n in m.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert names[0].startswith(m.graph.node[0].op_type)
+
+
+@pytest.mark.parametrize("name", sorted(builders.BUILDERS))
+def test_every_builder_has_prunable_weights(name):
+    inv = find_prunable(builders.BUILDERS[name]())
+    assert inv.prunable, name
+    assert all(w.size > 0 for w in inv.prunable)
