@@ -1,0 +1,210 @@
+"""Dead-neuron removal (Han et al., NIPS 2015, §3.5): channels that carry nothing leave the dense shapes.
+
+Once the pruned weights are zero, some neurons are dead:
+  (a) every outgoing weight is zero in every consumer: the channel contributes nothing, drop it;
+  (b) every incoming weight is zero: the channel holds c = act(bias) everywhere (through BN, pools, the
+      element-wise chain), so fold c·W_row into the consumers' biases (Gemm/MatMul always, Conv only without
+      padding, where every output sees c under the whole kernel) and drop it.
+Which channels must go together (residual Add, Concat offsets, Flatten into a Gemm, depthwise Conv) comes from
+`passes.channel_groups`.
+
+    before: x ─ Gemm fc1 W1[300×784] ─ Relu ─ Gemm fc2 W2[100×300]      W1 row 7 zero, W2 column 42 zero
+    after:  x ─ Gemm fc1 W1[298×784] ─ Relu ─ Gemm fc2 W2[100×298]      b2 += relu(b1[7])·W2[:, 7]
+
+Dropping channels can leave others dead (a row whose only non-zero inputs were dropped), so the pass repeats
+until nothing changes. With `gather_inputs`, input features no weight reads are dropped by a Gather.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes.base import Pass, PassResult, PruneState, register_pass
+from passes.channel_groups import ChannelGraph, Shapes, build_channel_groups
+
+log = logging.getLogger(__name__)
+MAX_ROUNDS = 16
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    node: str  # node name (the graph input's name for gathered inputs)
+    op: str  # "Gemm", "Conv", … or "input"
+    weight: str  # weight initializer ("" for inputs)
+    before: int
+    after: int
+
+
+@dataclass
+class DeadNeuronReport:
+    layers: list[LayerChannels] = field(default_factory=list)  # producers, depthwise convs and gathered inputs
+    blocked: list[str] = field(default_factory=list)  # what kept which channels (from the last analysis)
+    folded: int = 0  # removed channels whose constant output went into consumer biases
+    rounds: int = 0  # rounds that removed something
+    slices: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # (initializer, axis, keep), in order
+
+    @property
+    def removed(self) -> int:
+        return sum(lay.before - lay.after for lay in self.layers)
+
+    def lines(self) -> list[str]:
+        out = [f"{l.op} '{l.node}' ({l.weight or 'features'}): {l.before} -> {l.after}" for l in self.layers
+               if l.before != l.after]
+        return out + [f"removed {self.removed} channels ({self.folded} folded into biases)"] + self.blocked
+
+
+def remove_dead_neurons(
+    model: onnx.ModelProto, *, gather_inputs: bool = False, protected: set[str] | frozenset[str] = frozenset()
+) -> tuple[onnx.ModelProto, DeadNeuronReport]:
+    """Remove dead channels; the result computes the same outputs. Returns `model` itself when nothing goes."""
+    report, counts, current = DeadNeuronReport(), {}, model
+    for _ in range(MAX_ROUNDS):
+        graph = _lift_constant_nodes(gs.import_onnx(current)).toposort()
+        shapes = infer_shapes(current)
+        cg = build_channel_groups(graph, shapes, gather_inputs=gather_inputs, protected=frozenset(protected))
+        for lay in cg.layers:
+            counts.setdefault((lay.node, lay.weight), [lay.op, len(lay.rows), len(lay.rows)])
+        dead, by_weights = dead_classes(cg)
+        dead = _keep_one_per_tensor(cg, dead)
+        report.blocked = cg.notes(by_weights & cg.blocked())
+        if not dead:
+            break
+        report.folded += len(_folded(cg, dead))
+        keep = cg.remove(dead)
+        for lay in cg.layers:
+            counts[(lay.node, lay.weight)][2] = int(keep[lay.tensor].sum())
+        report.slices += cg.slices
+        report.rounds += 1
+        current = _export(graph, model)
+    report.layers = [LayerChannels(n, op, w, b, a) for (n, w), (op, b, a) in counts.items()]
+    log.info("dead neurons: removed %d channels in %d rounds", report.removed, report.rounds)
+    return current, report
+
+
+def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
+    """(removable classes, classes dead by their weights whatever the blocks).
+
+    Removable: not blocked, and every consumer weight reading any of its positions is zero there or the position
+    holds a known constant the consumer can fold into its bias. Dead by weights: read only that way (and read at
+    all), or a known constant where it is produced.
+    """
+    everything = {int(r) for t in cg.channels for r in cg.roots(t)}
+    alive: set[int] = set()
+    read: set[int] = set()
+    for rd in cg.reads:
+        zero = ~rd.rows.any(axis=1)
+        const = np.isfinite(cg.channels[rd.tensor].value) & (rd.fold is not None)
+        roots = cg.roots(rd.tensor)
+        alive.update(roots[~(zero | const)].tolist())
+        read.update(roots.tolist())
+    constant = {int(r) for lay in cg.layers for r in cg.roots(lay.tensor)[np.isfinite(cg.channels[lay.tensor].value)]}
+    return everything - alive - cg.blocked(), (read - alive) | constant
+
+
+def _class_norms(cg: ChannelGraph) -> dict[int, float]:
+    norms: dict[int, float] = defaultdict(float)
+    for item in [*cg.layers, *cg.reads]:
+        for r, v in zip(cg.roots(item.tensor).tolist(), np.square(item.rows, dtype=np.float64).sum(axis=1).tolist()):
+            norms[r] += v
+    return norms
+
+
+def _keep_one_per_tensor(cg: ChannelGraph, dead: set[int]) -> set[int]:
+    """Never empty a tensor: keep its class with the largest weight norm."""
+    dead, norms = set(dead), None
+    for t in cg.channels:
+        roots = cg.roots(t).tolist()
+        if roots and dead.issuperset(roots):
+            norms = norms or _class_norms(cg)
+            dead.discard(max(roots, key=lambda r: norms[r]))
+    return dead
+
+
+def _folded(cg: ChannelGraph, dead: set[int]) -> set[int]:
+    out: set[int] = set()
+    for rd in cg.reads:
+        roots = cg.roots(rd.tensor)
+        out.update(roots[rd.rows.any(axis=1) & np.isin(roots, list(dead))].tolist())
+    return out
+
+
+def _lift_constant_nodes(graph: gs.Graph) -> gs.Graph:
+    """Constant nodes become initializers, so weights and biases exported that way can be sliced too."""
+    outputs = {t.name for t in graph.outputs}
+    for node in graph.nodes:
+        value = node.attrs.get("value") if node.op == "Constant" else None
+        if isinstance(value, gs.Constant) and node.outputs[0].name not in outputs:
+            out = node.outputs[0]
+            node.outputs.clear()
+            out.to_constant(value.values)
+    return graph.cleanup()
+
+
+def infer_shapes(model: onnx.ModelProto) -> Shapes:
+    """Tensor name -> dims (None where symbolic or unknown), from onnx shape inference."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # e.g. a model over 2 GB; rules needing shapes then block
+        log.warning("shape inference failed (%s); Flatten/BN/pool rules will block", exc)
+        inferred = model
+    g = inferred.graph
+    shapes: Shapes = {}
+    for vi in [*g.value_info, *g.input, *g.output]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return shapes
+
+
+def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export with stale intermediate shapes dropped and `like`'s IR version, opsets and metadata."""
+    graph.cleanup().toposort()
+    io = {t.name for t in [*graph.inputs, *graph.outputs]}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.name not in io:
+            t.shape = None
+    out = gs.export_onnx(graph)
+    out.ir_version = like.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(like.opset_import)
+    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, name, getattr(like, name))
+    del out.metadata_props[:]
+    out.metadata_props.extend(like.metadata_props)
+    if like.functions and not out.functions:
+        out.functions.extend(like.functions)
+    return out
+
+
+@register_pass("dead-neurons")
+class RemoveDeadNeurons(Pass):
+    """Drop channels that carry nothing, from every member of their group at once.
+
+    Rules:
+      1. A channel goes when each consumer weight reading it is zero, or it is a constant that consumer folds into
+         its bias exactly (Gemm, MatMul; Conv without padding).
+      2. Never empty a tensor; graph inputs and outputs keep their shapes; graph outputs, shared or protected
+         initializers and ops with no channel rule block (the report's `blocked` says which).
+      3. State masks are sliced with their weights, so masks and graph keep lining up.
+    Left alone: grouped (non-depthwise) convs, ops without a rule, constants read by padded convs or ConvTranspose.
+    """
+
+    def __init__(self, gather_inputs: bool = False, protected: set[str] | frozenset[str] = frozenset()) -> None:
+        self.gather_inputs = gather_inputs
+        self.protected = frozenset(protected)
+        self.report: DeadNeuronReport | None = None
+
+    def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        out, self.report = remove_dead_neurons(model, gather_inputs=self.gather_inputs, protected=self.protected)
+        for name, axis, keep in self.report.slices:
+            if name in state.masks:
+                state.masks[name] = np.compress(keep, state.masks[name], axis=axis)
+        if out is not model:
+            state.notes.extend(f"dead-neurons: {line}" for line in self.report.lines())
+        return PassResult(model=out, modified=out is not model)

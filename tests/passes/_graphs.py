@@ -1,0 +1,308 @@
+"""Small seeded graphs and checks for the dead-neuron tests (onnx.helper + numpy; ir_version 8, opset 17, batch "N").
+
+Weights are N(0, 1/fan_in), biases N(0, 0.1²); `zero(model, init, axis, idx)` kills channels afterwards:
+kind (a) zeroes a consumer's input slice, kind (b) a producer's output slice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.oracle import assert_same_outputs, check_full
+
+
+class G:
+    """Accumulates nodes and initializers; `op` returns the (first) output name."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def init(self, name: str, array) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def weight(self, name: str, shape, fan_in: int) -> str:
+        return self.init(name, (self.rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32))
+
+    def bias(self, name: str, n: int) -> str:
+        return self.init(name, (0.1 * self.rng.standard_normal(n)).astype(np.float32))
+
+    def op(self, op_type: str, name: str, inputs, n_out: int = 1, **attrs) -> str:
+        outs = [f"{name}_out{i}" if i else f"{name}_out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
+        return outs[0]
+
+    def gemm(self, x: str, name: str, n_in: int, n_out: int, trans_b: int = 1, bias: bool = True) -> str:
+        shape = (n_out, n_in) if trans_b else (n_in, n_out)
+        ins = [x, self.weight(f"{name}.weight", shape, n_in)] + ([self.bias(f"{name}.bias", n_out)] if bias else [])
+        return self.op("Gemm", name, ins, transB=trans_b)
+
+    def conv(self, x: str, name: str, c_in: int, c_out: int, k: int = 3, pad: int = 0, group: int = 1) -> str:
+        w = self.weight(f"{name}.weight", (c_out, c_in // group, k, k), c_in // group * k * k)
+        return self.op("Conv", name, [x, w, self.bias(f"{name}.bias", c_out)], pads=[pad] * 4, group=group,
+                       kernel_shape=[k, k])
+
+    def bn(self, x: str, name: str, c: int) -> str:
+        r = self.rng
+        ins = [self.init(f"{name}.{p}", v.astype(np.float32)) for p, v in (
+            ("scale", 1 + 0.1 * r.standard_normal(c)), ("bias", 0.1 * r.standard_normal(c)),
+            ("mean", 0.1 * r.standard_normal(c)), ("var", 1 + 0.1 * r.random(c)))]
+        return self.op("BatchNormalization", name, [x, *ins])
+
+    def model(self, inputs: dict[str, list], outputs: dict[str, list]) -> onnx.ModelProto:
+        vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+        graph = helper.make_graph(self.nodes, "g", [vi(n, s) for n, s in inputs.items()],
+                                  [vi(n, s) for n, s in outputs.items()], self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+        m.ir_version = 8
+        helper.set_model_props(m, {"origin": "tests/passes/_graphs.py"})
+        return m
+
+
+# -- builders ---------------------------------------------------------------------------------------------------
+def activation(g: G, x: str, name: str, act: str) -> str:
+    """One activation; "GeluErf" is the exported pattern x·0.5·(1+erf(x/√2)), "Clip" is Clip(x, -0.05, 0.3)."""
+    if act == "GeluErf":
+        sqrt2 = g.init(f"{name}.sqrt2", np.float32(math.sqrt(2)))
+        e = g.op("Erf", f"{name}_erf", [g.op("Div", f"{name}_div", [x, sqrt2])])
+        one = g.op("Add", f"{name}_one", [e, g.init(f"{name}.one", np.float32(1))])
+        half = g.init(f"{name}.half", np.float32(0.5))
+        return g.op("Mul", f"{name}_half", [g.op("Mul", f"{name}_mul", [x, one]), half])
+    if act == "Clip":
+        return g.op("Clip", name, [x, g.init(f"{name}.min", np.float32(-0.05)), g.init(f"{name}.max", np.float32(0.3))])
+    return g.op(act, name, [x])
+
+
+def mlp(widths=(20, 12, 10, 4), trans_b: int = 1, seed: int = 0, act: str = "Relu", bias: bool = True,
+        input_shape=None) -> onnx.ModelProto:
+    """Gemm + activation chain; `input_shape` (e.g. [N, 1, 28, 28]) puts a Flatten in front."""
+    g, x = G(seed), "x"
+    if input_shape is not None:
+        x = g.op("Flatten", "flat", [x], axis=1)
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        x = g.gemm(x, f"fc{i + 1}", a, b, trans_b, bias)
+        if i < len(widths) - 2:
+            x = activation(g, x, f"act{i + 1}", act)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": input_shape or ["N", widths[0]]}, {"y": ["N", widths[-1]]})
+
+
+def matmul_mlp(widths=(16, 12, 5), transposed: bool = True, seed: int = 0, bias: bool = True) -> onnx.ModelProto:
+    """MatMul + bias Add on [N, 3, features]; with `transposed` the weight is stored [out, in] behind a Transpose."""
+    g, x = G(seed), "x"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        n = f"fc{i + 1}"
+        if transposed:
+            w = g.op("Transpose", f"{n}_t", [g.weight(f"{n}.weight", (b, a), a)], perm=[1, 0])
+        else:
+            w = g.weight(f"{n}.weight", (a, b), a)
+        x = g.op("MatMul", n, [x, w])
+        if bias:
+            x = g.op("Add", f"{n}_add", [x, g.bias(f"{n}.bias", b)])
+        if i < len(widths) - 2:
+            x = g.op("Relu", f"act{i + 1}", [x])
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, widths[0]]}, {"y": ["N", 3, widths[-1]]})
+
+
+def lenet5(seed: int = 0, flatten: str = "Flatten") -> onnx.ModelProto:
+    """conv-bn-relu-pool ×2, flatten, three Gemms (28×28 input, 16×4×4 features)."""
+    g = G(seed)
+    x = g.op("MaxPool", "p1", [g.op("Relu", "r1", [g.bn(g.conv("x", "c1", 1, 6, 5), "bn1", 6)])],
+             kernel_shape=[2, 2], strides=[2, 2])
+    x = g.op("MaxPool", "p2", [g.op("Relu", "r2", [g.bn(g.conv(x, "c2", 6, 16, 5), "bn2", 16)])],
+             kernel_shape=[2, 2], strides=[2, 2])
+    if flatten == "Flatten":
+        x = g.op("Flatten", "flat", [x], axis=1)
+    else:
+        x = g.op("Reshape", "flat", [x, g.init("flat.shape", np.array([-1, 256], dtype=np.int64))])
+    x = g.op("Relu", "r3", [g.gemm(x, "fc1", 256, 120)])
+    x = g.op("Relu", "r4", [g.gemm(x, "fc2", 120, 84)])
+    g.gemm(x, "fc3", 84, 10)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 1, 28, 28]}, {"y": ["N", 10]})
+
+
+def residual(seed: int = 0, branch_k: int = 1) -> onnx.ModelProto:
+    """stem conv 3×3 ─┬─ conv a ─ BN ─ Relu ─ conv b ─ Add ─ Relu ─ GAP ─ Flatten ─ Gemm head; 8 channels."""
+    g, pad = G(seed), branch_k // 2
+    s = g.op("Relu", "stem_relu", [g.conv("x", "stem", 3, 8, 3, pad=1)])
+    a = g.op("Relu", "a_relu", [g.bn(g.conv(s, "a", 8, 8, branch_k, pad=pad), "a_bn", 8)])
+    x = g.op("Relu", "res_relu", [g.op("Add", "res_add", [s, g.conv(a, "b", 8, 8, branch_k, pad=pad)])])
+    x = g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])])
+    g.gemm(x, "head", 8, 5)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 5]})
+
+
+def concat_split(seed: int = 0) -> onnx.ModelProto:
+    """Two branches (p: 4, q: 6 channels) concatenated into r (1×1, 10 channels), split [4, 6] into u and v, added."""
+    g = G(seed)
+    p = g.op("Relu", "p_relu", [g.conv("x", "p", 3, 4, 3)])
+    q = g.op("Relu", "q_relu", [g.conv("x", "q", 3, 6, 3)])
+    r = g.op("Relu", "r_relu", [g.conv(g.op("Concat", "cat", [p, q], axis=1), "r", 10, 10, 1)])
+    g.op("Split", "split", [r, g.init("split.sizes", np.array([4, 6], dtype=np.int64))], n_out=2, axis=1)
+    u, v = g.conv("split_out", "u", 4, 5, 1), g.conv("split_out1", "v", 6, 5, 1)
+    x = g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [g.op("Add", "sum", [u, v])])])
+    g.gemm(x, "head", 5, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 10, 10]}, {"y": ["N", 3]})
+
+
+def depthwise_separable(seed: int = 0, multiplier: int = 1, pad: int = 1) -> onnx.ModelProto:
+    """pw0 1×1 (3→8) ─ Relu ─ dw 3×3 (group 8, ×multiplier) ─ BN ─ Relu ─ pw1 1×1 (→6) ─ Relu ─ GAP ─ Gemm."""
+    g, c = G(seed), 8 * multiplier
+    x = g.op("Relu", "pw0_relu", [g.conv("x", "pw0", 3, 8, 1)])
+    w = g.weight("dw.weight", (c, 1, 3, 3), 9)
+    x = g.op("Conv", "dw", [x, w, g.bias("dw.bias", c)], group=8, kernel_shape=[3, 3], pads=[pad] * 4)
+    x = g.op("Relu", "dw_relu", [g.bn(x, "dw_bn", c)])
+    x = g.op("Relu", "pw1_relu", [g.conv(x, "pw1", c, 6, 1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 6, 4)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 12, 12]}, {"y": ["N", 4]})
+
+
+def cnn_with_pool(pool: str, seed: int = 0, **attrs) -> onnx.ModelProto:
+    """c1 3×3 (3→6) ─ Relu ─ <pool> ─ c2 1×1 (→5) ─ Relu ─ GAP ─ Flatten ─ Gemm."""
+    g = G(seed)
+    x = g.op(pool, "pool", [g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 3)])], **attrs)
+    x = g.op("Relu", "r2", [g.conv(x, "c2", 6, 5, 1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 5, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 9, 9]}, {"y": ["N", 3]})
+
+
+def conv_transpose(seed: int = 0) -> onnx.ModelProto:
+    """c1 3×3 (3→6) ─ Relu ─ ConvTranspose t 3×3 (6→5) ─ Relu ─ c2 1×1 (→4) ─ GAP ─ Flatten ─ Gemm."""
+    g = G(seed)
+    x = g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 3)])
+    w = g.weight("t.weight", (6, 5, 3, 3), 6 * 9)
+    x = g.op("Relu", "r2", [g.op("ConvTranspose", "t", [x, w, g.bias("t.bias", 5)], kernel_shape=[3, 3])])
+    x = g.conv(x, "c2", 5, 4, 1)
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 4, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 3]})
+
+
+def _head(g: G, x: str, c: int, n_out: int = 3) -> None:
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", c, n_out)
+    g.nodes[-1].output[0] = "y"
+
+
+def channels_last(seed: int = 0) -> onnx.ModelProto:
+    """c1 1×1 (3→6) ─ Relu ─ Transpose to NHWC ─ MatMul [6, 4] ─ Add: channels move to the last axis."""
+    g = G(seed)
+    x = g.op("Transpose", "nhwc", [g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 1)])], perm=[0, 2, 3, 1])
+    g.op("Add", "fc_add", [g.op("MatMul", "fc", [x, g.weight("fc.weight", (6, 4), 6)]), g.bias("fc.bias", 4)])
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 5, 5]}, {"y": ["N", 5, 5, 4]})
+
+
+def squeeze_unsqueeze(seed: int = 0) -> onnx.ModelProto:
+    """c1 ─ Relu ─ GAP ─ Squeeze ─ Gemm fc ─ Relu ─ Unsqueeze ─ c2 1×1 ─ GAP ─ Flatten ─ Gemm head."""
+    g = G(seed)
+    axes = g.init("axes", np.array([2, 3], dtype=np.int64))
+    x = g.op("GlobalAveragePool", "gap0", [g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 3)])])
+    x = g.op("Squeeze", "sq", [x, axes])
+    x = g.op("Unsqueeze", "unsq", [g.op("Relu", "r2", [g.gemm(x, "fc", 6, 5)]), axes])
+    _head(g, g.conv(x, "c2", 5, 4, 1), 4)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
+def squeeze_excite(seed: int = 0) -> onnx.ModelProto:
+    """s = Relu(c1 x); gate = Sigmoid(fc2(Relu(fc1(GAP s)))); c2(s · gate): the Mul merges c1 with fc2."""
+    g = G(seed)
+    s = g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 3)])
+    z = g.op("Flatten", "se_flat", [g.op("GlobalAveragePool", "se_gap", [s])])
+    z = g.op("Relu", "r_fc1", [g.gemm(z, "fc1", 6, 3)])
+    gate = g.op("Sigmoid", "gate", [g.gemm(z, "fc2", 3, 6)])
+    gate = g.op("Unsqueeze", "gate_4d", [gate, g.init("axes", np.array([2, 3], dtype=np.int64))])
+    _head(g, g.conv(g.op("Mul", "scale", [s, gate]), "c2", 6, 4, 1), 4)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
+def normalised_mlp(seed: int = 0) -> onnx.ModelProto:
+    """fc1 ─ Sub(mean[8]) ─ Div(std[8]) ─ Relu ─ Dropout ─ fc2: per-channel constants are members."""
+    g = G(seed)
+    x = g.op("Sub", "center", [g.gemm("x", "fc1", 10, 8), g.init("mean", g.rng.standard_normal(8).astype(np.float32))])
+    x = g.op("Div", "scale", [x, g.init("std", (1 + g.rng.random(8)).astype(np.float32))])
+    x = g.op("Dropout", "drop", [g.op("Relu", "act1", [x])])
+    g.gemm(x, "fc2", 8, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 10]}, {"y": ["N", 3]})
+
+
+def concat_input_equal_split(seed: int = 0) -> onnx.ModelProto:
+    """Concat(c1 (4 ch), x (3 ch)) ─ c2 1×1 (7→8) ─ Split in two equal halves ─ c3, c4 ─ Add ─ head."""
+    g = G(seed)
+    x = g.op("Concat", "cat", [g.op("Relu", "r1", [g.conv("x", "c1", 3, 4, 3, pad=1)]), "x"], axis=1)
+    g.op("Split", "split", [g.op("Relu", "r2", [g.conv(x, "c2", 7, 8, 1)])], n_out=2, axis=1)
+    _head(g, g.op("Add", "sum", [g.conv("split_out", "c3", 4, 5, 1), g.conv("split_out1", "c4", 4, 5, 1)]), 5)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
+def with_op_between(op: str = "Softmax", seed: int = 0, **attrs) -> onnx.ModelProto:
+    """fc1 ─ Relu ─ <op> ─ fc2: an op with no channel rule sits in fc1's channel path."""
+    g = G(seed)
+    x = g.op(op, "mid", [g.op("Relu", "act1", [g.gemm("x", "fc1", 10, 8)])], **attrs)
+    g.gemm(x, "fc2", 8, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 10]}, {"y": ["N", 3]})
+
+
+def middle_output(seed: int = 0) -> onnx.ModelProto:
+    """mlp 10-8-6-3 whose first hidden activation is also a graph output."""
+    m = mlp((10, 8, 6, 3), seed=seed)
+    m.graph.output.append(helper.make_tensor_value_info("act1_out", TensorProto.FLOAT, ["N", 8]))
+    return m
+
+
+# -- editing and checking ---------------------------------------------------------------------------------------
+def init(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def zero(model: onnx.ModelProto, name: str, axis: int, idx) -> onnx.ModelProto:
+    """Zero `model`'s initializer `name` at indices `idx` of `axis`, in place; returns the model."""
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == name:
+            a = numpy_helper.to_array(t).copy()
+            sl = [slice(None)] * a.ndim
+            sl[axis] = list(np.atleast_1d(idx))
+            a[tuple(sl)] = 0
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(a, name))
+            return model
+    raise KeyError(name)
+
+
+def set_init(model: onnx.ModelProto, name: str, array: np.ndarray) -> onnx.ModelProto:
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(np.asarray(array, dtype=numpy_helper.to_array(t).dtype), name))
+            return model
+    raise KeyError(name)
+
+
+def shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    return {t.name: tuple(t.dims) for t in model.graph.initializer}
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in model.graph.node:
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return out
+
+
+def assert_same(before: onnx.ModelProto, after: onnx.ModelProto, seeds=(0, 1, 2), rtol: float = 1e-5) -> None:
+    """Valid (full check), same inputs and outputs, same values in onnxruntime (optimisations off, seeded inputs)."""
+    check_full(after)
+    assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
+    assert [(i.name, str(i.type)) for i in after.graph.input] == [(i.name, str(i.type)) for i in before.graph.input]
+    assert_same_outputs(after, before, seeds=seeds, rtol=rtol)

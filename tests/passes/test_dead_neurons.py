@@ -1,0 +1,434 @@
+"""Dead-neuron removal: genuinely smaller dense shapes, the same outputs (onnxruntime, optimisations off)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from passes.apply_masks import ApplyMasks
+from passes.base import PruneState, run_passes
+from passes.dead_neurons import RemoveDeadNeurons, remove_dead_neurons
+from tests.passes import _graphs as G
+
+
+def prune(model, **kw):
+    out, report = remove_dead_neurons(model, **kw)
+    G.assert_same(model, out)
+    return out, report, G.shapes(out)
+
+
+def channels(report) -> dict[str, tuple[int, int]]:
+    return {l.node: (l.before, l.after) for l in report.layers}
+
+
+# -- MLPs ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("trans_b", [1, 0])
+def test_mlp_drops_unread_and_constant_neurons_and_folds_the_constants(trans_b):
+    m = G.mlp((20, 12, 10, 4), trans_b=trans_b)
+    out_ax, in_ax = (0, 1) if trans_b else (1, 0)
+    G.zero(m, "fc1.weight", out_ax, [1, 3])  # (b) fc1 neurons 1, 3 are relu(bias) …
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(12), [1, 3]), 0.5, G.init(m, "fc1.bias")))  # … > 0
+    G.zero(m, "fc2.weight", in_ax, [5])  # (a) nobody reads fc1 neuron 5
+    b2 = G.init(m, "fc2.bias")
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == ((9, 20) if trans_b else (20, 9)) and shp["fc1.bias"] == (9,)
+    assert shp["fc2.weight"] == ((10, 9) if trans_b else (9, 10))
+    assert not np.allclose(G.init(out, "fc2.bias"), b2)  # relu(b1[1,3]) · W2 rows went in
+    assert channels(report) == {"fc1": (12, 9), "fc2": (10, 10), "fc3": (4, 4)}
+    assert report.removed == 3 and report.folded == 2 and report.rounds == 1
+    assert G.op_counts(out) == G.op_counts(m)
+
+
+def test_removal_cascades_until_nothing_is_dead():
+    m = G.mlp((8, 6, 5, 3))
+    w2 = G.init(m, "fc2.weight").copy()  # [5, 6]
+    w2[:, 2] = 0
+    w2[4, 2] = 1.0  # fc1 neuron 2 feeds only fc2 neuron 4 …
+    G.set_init(m, "fc2.weight", w2)
+    G.zero(m, "fc3.weight", 1, [4])  # … which nobody reads
+    out, report, shp = prune(m)
+    assert channels(report) == {"fc1": (6, 5), "fc2": (5, 4), "fc3": (3, 3)}
+    assert report.rounds == 2
+
+
+def test_gemm_without_bias_gets_one_when_a_constant_is_folded():
+    m = G.zero(G.mlp((6, 5, 3), bias=False), "fc1.weight", 0, [0])
+    m = G.zero(m, "fc1.weight", 0, [1])  # relu(0) = 0: nothing to fold, still removable
+    m.graph.node[1].op_type = "Sigmoid"  # sigmoid(0) = 0.5: something to fold
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (3, 6) and shp["fc2_bias"] == (3,)
+    fc2 = [n for n in out.graph.node if n.name == "fc2"][0]
+    assert list(fc2.input)[2] == "fc2_bias"
+
+
+def test_gemm_alpha_and_beta_are_respected_when_folding():
+    m = G.zero(G.mlp((8, 6, 3), act="Sigmoid"), "fc1.weight", 0, [1, 4])
+    for node in m.graph.node:
+        if node.name == "fc2":
+            node.attribute.extend([onnx.helper.make_attribute("alpha", 0.7), onnx.helper.make_attribute("beta", 0.5)])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (4, 8) and report.folded == 2
+
+
+def test_scalar_constant_nodes_and_stale_value_info_are_fine():
+    m = G.mlp((10, 8, 3), act="GeluErf")
+    sqrt2 = [t for t in m.graph.initializer if t.name == "act1.sqrt2"][0]
+    m.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["act1.sqrt2"], value=sqrt2))
+    m.graph.initializer.remove(sqrt2)
+    m = onnx.shape_inference.infer_shapes(G.zero(m, "fc1.weight", 0, [3]))  # value_info now says [N, 8]
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (7, 10) and report.folded == 1
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_matmul_with_bias_add_folds_into_the_add(transposed):
+    m = G.matmul_mlp((16, 12, 5), transposed=transposed)
+    out_ax, in_ax = (0, 1) if transposed else (1, 0)
+    G.zero(m, "fc1.weight", out_ax, [0, 7])  # (b)
+    G.zero(m, "fc2.weight", in_ax, [3])  # (a)
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == ((9, 16) if transposed else (16, 9)) and shp["fc1.bias"] == (9,)
+    assert shp["fc2.weight"] == ((5, 9) if transposed else (9, 5))
+    assert G.op_counts(out) == G.op_counts(m)  # folded into fc2's Add, no new node
+
+
+def test_matmul_without_bias_gets_an_add_and_keeps_the_output_name():
+    m = G.zero(G.matmul_mlp((16, 12, 5), bias=False), "fc1.weight", 0, [0, 7])
+    m.graph.node[2].op_type = "Sigmoid"
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (10, 16) and shp["fc2_bias"] == (5,)
+    assert G.op_counts(out)["Add"] == 1 and out.graph.output[0].name == "y"
+
+
+@pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
+                                 "Softplus", "Identity", "Clip", "GeluErf", "Dropout"])
+def test_constants_are_folded_through_every_activation(act):
+    m = G.mlp((10, 8, 6, 3), act=act, seed=3)
+    G.zero(m, "fc1.weight", 0, [2, 5])
+    G.zero(m, "fc2.weight", 0, [1])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
+
+
+# -- CNNs -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_lenet5_conv_channels_go_with_their_flattened_features(flatten):
+    m = G.lenet5(flatten=flatten)
+    G.zero(m, "c1.weight", 0, [2])  # (b): c2 has no padding, folds it
+    G.zero(m, "c2.weight", 1, [4])  # (a)
+    G.zero(m, "fc1.weight", 1, list(range(16 * 7, 16 * 8)))  # (a) c2 channel 7's 4×4 block
+    G.zero(m, "c2.weight", 0, [11])  # (b) folded into fc1 through Flatten
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (4, 1, 5, 5) and shp["bn1.var"] == (4,)
+    assert shp["c2.weight"] == (14, 4, 5, 5) and shp["bn2.scale"] == (14,)
+    assert shp["fc1.weight"] == (120, 14 * 16)
+    assert report.folded == 2
+    if flatten == "Reshape":
+        shape = [t for t in out.graph.initializer if t.name.startswith("flat.shape")]
+        assert [onnx.numpy_helper.to_array(t).tolist() for t in shape] == [[-1, 224]]
+
+
+def test_padded_conv_consumer_cannot_fold_a_constant_channel():
+    m = G.residual(branch_k=3)  # conv a (3×3, pad 1) reads the stem
+    G.zero(m, "stem.weight", 0, [1])
+    G.zero(m, "b.weight", 0, [1])  # stem 1 + b 1 is a constant … that a padded conv reads
+    out, report, _ = prune(m)
+    assert out is m and report.removed == 0
+
+
+def test_residual_channel_goes_only_when_dead_across_the_add():
+    m = G.zero(G.residual(), "a.weight", 1, [3])
+    out, report, _ = prune(G.zero(m, "head.weight", 1, [3]))
+    assert channels(report)["stem"] == (8, 7) and channels(report)["b"] == (8, 7)
+    m = G.zero(G.residual(), "head.weight", 1, [3])  # conv a still reads stem channel 3
+    out, report, _ = prune(m)
+    assert report.removed == 0
+
+
+def test_residual_constant_channel_is_folded_into_both_readers():
+    m = G.zero(G.zero(G.residual(), "stem.weight", 0, [5]), "b.weight", 0, [5])
+    out, report, shp = prune(m)
+    assert shp["stem.weight"] == (7, 3, 3, 3) and shp["b.weight"] == (7, 8, 1, 1)
+    assert shp["a.weight"] == (8, 7, 1, 1) and shp["head.weight"] == (5, 7)
+    assert report.folded == 1
+
+
+def test_concat_and_split_channels_are_removed_by_offset():
+    m = G.concat_split()
+    G.zero(m, "r.weight", 1, [2])  # (a) p channel 2 (concat offset 0)
+    G.zero(m, "q.weight", 0, [3])  # (b) q channel 3 (concat offset 4), folded into r (1×1)
+    G.zero(m, "v.weight", 1, [1])  # (a) r channel 5 = split part 2, index 1
+    out, report, shp = prune(m)
+    assert shp["p.weight"][0] == 3 and shp["q.weight"][0] == 5 and shp["r.weight"] == (9, 8, 1, 1)
+    assert shp["u.weight"] == (5, 4, 1, 1) and shp["v.weight"] == (5, 5, 1, 1)
+    sizes = [t for t in out.graph.initializer if t.name.startswith("split")]
+    assert [onnx.numpy_helper.to_array(t).tolist() for t in sizes] == [[4, 5]]
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_filters_go_with_their_channel(multiplier):
+    m = G.depthwise_separable(multiplier=multiplier)
+    G.zero(m, "pw1.weight", 1, list(range(2 * multiplier, 3 * multiplier)))  # (a) channel 2's outputs are unread
+    G.zero(m, "dw.weight", 0, list(range(5 * multiplier, 6 * multiplier)))  # (b): dw 5 is its bias, padding or not
+    out, report, shp = prune(m)
+    c = 6 * multiplier
+    assert shp["pw0.weight"] == (6, 3, 1, 1) and shp["dw.weight"] == (c, 1, 3, 3) and shp["dw_bn.mean"] == (c,)
+    assert shp["pw1.weight"] == (6, c, 1, 1)
+    dw = [n for n in out.graph.node if n.name == "dw"][0]
+    assert onnx.helper.get_node_attr_value(dw, "group") == 6
+
+
+@pytest.mark.parametrize("pool, attrs, removable", [
+    ("MaxPool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), True),
+    ("AveragePool", dict(kernel_shape=[2, 2]), True),
+    ("AveragePool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0), True),
+    ("AveragePool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1), False),
+    ("GlobalMaxPool", {}, True),
+])
+def test_pools_keep_a_constant_only_where_that_is_exact(pool, attrs, removable):
+    m = G.zero(G.cnn_with_pool(pool, **attrs), "c1.weight", 0, [4])
+    out, report, shp = prune(m)
+    assert shp["c2.weight"][1] == (5 if removable else 6)
+
+
+def test_conv_transpose_is_a_producer_and_a_consumer_that_cannot_fold():
+    m = G.zero(G.conv_transpose(), "c1.weight", 0, [1])  # (b) read by ConvTranspose: kept
+    G.zero(m, "t.weight", 0, [4])  # (a) c1 channel 4
+    G.zero(m, "t.weight", 1, [2])  # (b) t channel 2, folded into c2 (1×1)
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 5 and shp["t.weight"] == (5, 4, 3, 3) and shp["c2.weight"] == (4, 4, 1, 1)
+
+
+def test_transpose_moves_the_channel_axis_to_a_channels_last_matmul():
+    m = G.zero(G.zero(G.channels_last(), "c1.weight", 0, [2]), "fc.weight", 0, [4])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (4, 3, 1, 1) and shp["fc.weight"] == (4, 4) and report.folded == 1
+
+
+def test_squeeze_and_unsqueeze_carry_channels():
+    m = G.zero(G.zero(G.squeeze_unsqueeze(), "c1.weight", 0, [1]), "c2.weight", 1, [3])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 5 and shp["fc.weight"] == (4, 5) and shp["c2.weight"] == (4, 4, 1, 1)
+
+
+def test_gating_mul_merges_the_gate_with_the_gated_channels():
+    m = G.zero(G.squeeze_excite(), "c2.weight", 1, [4])  # c2 ignores channel 4, but fc1 still reads it
+    out, report = remove_dead_neurons(m)
+    assert out is m and report.removed == 0
+    m = G.zero(m, "fc1.weight", 1, [4])  # now nobody reads channel 4: c1 and fc2 lose it together
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 5 and shp["fc2.weight"] == (5, 3) and shp["fc2.bias"] == (5,)
+
+
+def test_per_channel_sub_div_and_dropout_are_members():
+    m = G.zero(G.zero(G.normalised_mlp(), "fc1.weight", 0, [1]), "fc2.weight", 1, [6])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 10) and shp["mean"] == (6,) and shp["std"] == (6,) and report.folded == 1
+
+
+def test_concat_with_a_graph_input_and_an_equal_split():
+    m = G.zero(G.concat_input_equal_split(), "c2.weight", 1, [1, 5])  # c1 channel 1 and input channel 2
+    G.zero(m, "c3.weight", 1, [0])  # c2 channel 0
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 3 and shp["c2.weight"] == (7, 6, 1, 1) and shp["c3.weight"] == (5, 3, 1, 1)
+    assert any("input 'x'" in n for n in report.blocked)  # the input's feature stays: it is not ours to drop
+    split = [n for n in out.graph.node if n.op_type == "Split"][0]
+    sizes = [t for t in out.graph.initializer if t.name == split.input[1]][0]
+    assert onnx.numpy_helper.to_array(sizes).tolist() == [3, 4]
+
+
+# -- blocks ---------------------------------------------------------------------------------------------------------
+def test_an_op_without_a_rule_blocks_removal_and_the_report_says_so():
+    m = G.zero(G.with_op_between("Softmax", axis=1), "fc1.weight", 0, [2])
+    out, report = remove_dead_neurons(m)
+    assert out is m and report.removed == 0
+    assert ("channels of Gemm 'fc1' kept: consumer Softmax 'mid' (op Softmax) has no channel rule (1 dead kept)"
+            in report.blocked)
+
+
+def test_a_graph_output_in_the_middle_blocks_its_layer_only():
+    m = G.zero(G.zero(G.middle_output(), "fc2.weight", 1, [1]), "fc3.weight", 1, [4])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (8, 10) and shp["fc2.weight"] == (5, 8)
+    assert any("tensor 'act1_out' is a graph output (1 dead kept)" in n for n in report.blocked)
+
+
+def test_protected_names_block():
+    m = G.zero(G.mlp((10, 8, 6, 3)), "fc1.weight", 0, [0])
+    for name in ("fc1", "fc2.weight", "act1_out"):
+        out, report = remove_dead_neurons(m, protected={name})
+        assert out is m and report.removed == 0, name
+
+
+def test_a_layer_is_never_emptied_and_keeps_its_strongest_channel():
+    m = G.zero(G.mlp((6, 5, 3)), "fc2.weight", 1, [0, 1, 2, 3, 4])
+    w1 = G.init(m, "fc1.weight")
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (1, 6)
+    best = int(np.argmax(np.square(w1).sum(axis=1)))
+    np.testing.assert_array_equal(G.init(out, "fc1.weight")[0], w1[best])
+
+
+def test_model_metadata_ir_and_opsets_survive():
+    m = G.zero(G.mlp((10, 8, 3)), "fc1.weight", 0, [0])
+    m.doc_string, m.model_version = "doc", 7
+    out, _, _ = prune(m)
+    assert (out.ir_version, list(out.opset_import), out.doc_string, out.model_version) == (
+        8, list(m.opset_import), "doc", 7)
+    assert {p.key: p.value for p in out.metadata_props} == {"origin": "tests/passes/_graphs.py"}
+
+
+def test_the_pass_slices_the_state_masks_with_their_weights():
+    m = G.zero(G.zero(G.lenet5(), "c1.weight", 0, [2]), "fc1.weight", 1, list(range(16 * 7, 16 * 8)))
+    masks = {t.name: G.init(m, t.name) != 0 for t in m.graph.initializer if t.name.endswith("weight")}
+    state = PruneState(masks=dict(masks))
+    result = run_passes([RemoveDeadNeurons(), ApplyMasks()], m, state)
+    G.assert_same(m, result.model)
+    assert result.modified and any(n.startswith("dead-neurons: Conv 'c1'") for n in state.notes)
+    for name, mask in state.masks.items():
+        np.testing.assert_array_equal(mask, G.init(result.model, name) != 0, err_msg=name)
+    assert state.masks["fc1.weight"].shape == (120, 240) and state.masks["c2.weight"].shape == (15, 5, 5, 5)
+    unchanged = run_passes([RemoveDeadNeurons()], result.model, state)
+    assert not unchanged.modified and unchanged.model is result.model
+
+
+# -- gathered inputs ------------------------------------------------------------------------------------------------
+def test_gather_inputs_drops_border_pixels_no_weight_reads():
+    m = G.mlp((784, 30, 10), input_shape=["N", 1, 28, 28])
+    border = [r * 28 + c for r in range(28) for c in range(28) if min(r, c, 27 - r, 27 - c) < 2]
+    G.zero(m, "fc1.weight", 1, border)
+    out, report, shp = prune(m, gather_inputs=True)
+    assert shp["fc1.weight"] == (30, 784 - len(border)) and G.op_counts(out)["Gather"] == 1
+    assert channels(report)["x"] == (784, 784 - len(border))
+    out2, report2 = remove_dead_neurons(out, gather_inputs=True)
+    assert out2 is out and report2.removed == 0
+    untouched, report3 = remove_dead_neurons(m)
+    assert untouched is m  # off by default
+
+
+def test_gather_inputs_follows_later_rounds():
+    m = G.mlp((12, 6, 3))
+    G.zero(m, "fc1.weight", 1, [0, 1])
+    w1 = G.init(m, "fc1.weight").copy()
+    w1[:, 2] = 0
+    w1[4, 2] = 1.0  # input 2 is read only by fc1 neuron 4 …
+    G.set_init(m, "fc1.weight", w1)
+    G.zero(m, "fc2.weight", 1, [4])  # … which nobody reads
+    out, report, shp = prune(m, gather_inputs=True)
+    assert shp["fc1.weight"] == (5, 9) and G.op_counts(out)["Gather"] == 1
+
+
+# -- properties -----------------------------------------------------------------------------------------------------
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _kill(draw, m, name: str, axis: int, n: int, most: int | None = None) -> None:
+    idx = draw(st.lists(st.integers(0, n - 1), max_size=n if most is None else most, unique=True))
+    G.zero(m, name, axis, idx)
+
+
+@SETTINGS
+@given(st.data())
+def test_property_random_mlps_keep_outputs_and_lose_every_dead_neuron(data):
+    draw = data.draw
+    widths = [draw(st.integers(2, 9)) for _ in range(draw(st.integers(3, 5)))]
+    trans_b = draw(st.sampled_from([0, 1]))
+    act = draw(st.sampled_from(["Relu", "Tanh", "GeluErf", "Sigmoid"]))
+    m = G.mlp(widths, trans_b=trans_b, act=act, seed=draw(st.integers(0, 9)))
+    for i in range(1, len(widths) - 1):  # hidden layer i: (b) its rows, (a) the next layer's columns
+        _kill(draw, m, f"fc{i}.weight", 0 if trans_b else 1, widths[i])
+        _kill(draw, m, f"fc{i + 1}.weight", 1 if trans_b else 0, widths[i])
+    dead0 = _mlp_dead(m, widths, trans_b)
+    out, report, _ = prune(m)
+    for i in range(1, len(widths) - 1):
+        before, after = channels(report)[f"fc{i}"]
+        assert after <= max(1, before - len(dead0[i])), (i, before, after, dead0[i])
+        w_in, w_out = G.init(out, f"fc{i}.weight"), G.init(out, f"fc{i + 1}.weight")
+        if not trans_b:
+            w_in, w_out = w_in.T, w_out.T
+        dead = (~w_in.any(axis=1)) | (~w_out.any(axis=0))  # every dead neuron left is a lone one
+        assert after == 1 or not dead.any(), (i, after, np.flatnonzero(dead))
+
+
+def _mlp_dead(m, widths, trans_b) -> dict[int, set[int]]:
+    out = {}
+    for i in range(1, len(widths) - 1):
+        w_in, w_out = G.init(m, f"fc{i}.weight"), G.init(m, f"fc{i + 1}.weight")
+        if not trans_b:
+            w_in, w_out = w_in.T, w_out.T
+        out[i] = set(np.flatnonzero(~w_in.any(axis=1) | ~w_out.any(axis=0)).tolist())
+    return out
+
+
+def _random_cnn(draw):
+    """[conv (k 1|3, pad 0|1) ─ BN? ─ Relu ─ MaxPool?] × 1–3 ─ Flatten ─ Gemm fc ─ Relu ─ Gemm head, on 10×10."""
+    g, x, c, hw = G.G(draw(st.integers(0, 9))), "x", 3, 10
+    convs = []  # (name, channels, padded)
+    for i in range(draw(st.integers(1, 3))):
+        k, pad, n = draw(st.sampled_from([1, 3])), draw(st.integers(0, 1)), draw(st.integers(2, 6))
+        pad = min(pad if hw >= k else 1, k // 2)
+        x = g.conv(x, f"c{i}", c, n, k, pad=pad)
+        x = g.op("Relu", f"r{i}", [g.bn(x, f"bn{i}", n) if draw(st.booleans()) else x])
+        hw = hw - k + 1 + 2 * pad
+        if draw(st.booleans()) and hw >= 4:
+            x, hw = g.op("MaxPool", f"p{i}", [x], kernel_shape=[2, 2], strides=[2, 2]), hw // 2
+        convs.append((f"c{i}", n, pad > 0))
+        c = n
+    hidden = draw(st.integers(2, 6))
+    g.gemm(g.op("Relu", "rf", [g.gemm(g.op("Flatten", "flat", [x]), "fc", c * hw * hw, hidden)]), "head", hidden, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 10, 10]}, {"y": ["N", 3]}), convs, hw * hw
+
+
+@SETTINGS
+@given(st.data())
+def test_property_random_cnns_keep_outputs_and_lose_every_removable_channel(data):
+    m, convs, hw = _random_cnn(data.draw)
+    for i, (name, n, _) in enumerate(convs):
+        _kill(data.draw, m, f"{name}.weight", 0, n)  # (b)
+        if i + 1 < len(convs):
+            _kill(data.draw, m, f"{convs[i + 1][0]}.weight", 1, n)  # (a)
+        else:
+            for j in data.draw(st.lists(st.integers(0, n - 1), max_size=n, unique=True)):
+                G.zero(m, "fc.weight", 1, list(range(j * hw, (j + 1) * hw)))  # (a) through Flatten
+    out, report, _ = prune(m)
+    for i, (name, n, _) in enumerate(convs):
+        w = G.init(out, f"{name}.weight")
+        if i + 1 < len(convs):
+            unread, foldable = ~G.init(out, f"{convs[i + 1][0]}.weight").any(axis=(0, 2, 3)), not convs[i + 1][2]
+        else:
+            fc = G.init(out, "fc.weight")
+            unread, foldable = ~fc.reshape(len(fc), -1, hw).any(axis=(0, 2)), True
+        removable = unread | (~w.reshape(len(w), -1).any(axis=1) & foldable)
+        assert len(w) == 1 or not removable.any(), (name, len(w), np.flatnonzero(removable))
+        assert len(w) <= n
+
+
+GRAPHS = {
+    "residual": G.residual, "residual 3x3": partial(G.residual, branch_k=3), "concat/split": G.concat_split,
+    "depthwise": G.depthwise_separable, "depthwise x2 unpadded": partial(G.depthwise_separable, multiplier=2, pad=0),
+    "lenet5 reshape": partial(G.lenet5, flatten="Reshape"), "squeeze-excite": G.squeeze_excite,
+    "channels-last": G.channels_last, "squeeze/unsqueeze": G.squeeze_unsqueeze, "normalised": G.normalised_mlp,
+    "conv-transpose": G.conv_transpose, "concat input + equal split": G.concat_input_equal_split,
+    "matmul": G.matmul_mlp, "avgpool padded": partial(G.cnn_with_pool, "AveragePool", kernel_shape=[3, 3],
+                                                       pads=[1, 1, 1, 1], count_include_pad=1),
+}
+
+
+@SETTINGS
+@given(st.data())
+def test_property_random_dead_slices_in_every_test_graph_keep_outputs_and_reach_a_fixed_point(data):
+    name = data.draw(st.sampled_from(sorted(GRAPHS)))
+    m = GRAPHS[name](seed=data.draw(st.integers(0, 9)))
+    for t in list(m.graph.initializer):
+        w = G.init(m, t.name)
+        for axis in range(min(w.ndim, 2) if t.name.endswith("weight") else 0):
+            _kill(data.draw, m, t.name, axis, w.shape[axis], most=max(1, w.shape[axis] // 2))
+    out, report, _ = prune(m)
+    again, report2 = remove_dead_neurons(out)
+    assert again is out and report2.removed == 0, (name, report2.lines())
