@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -164,6 +165,9 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_
 
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity {sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the weights.")
+    unused = [flag for flag, value in (("--labels", labels), ("--metric", metric), ("--limit", limit)) if value is not None]
+    if data is None and unused:
+        raise ConfigError(f"{', '.join(unused)} without --data: only calibration data uses them; pass --data or drop them.")
     options = PruneOptions(
         sparsity=sparsity,
         quality=quality,
@@ -178,6 +182,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_
     )
     modelio.check_output_path(output, protect=(model,))
     result = run(model, options)
+    if not result.state.masks:
+        raise ConfigError(f"--exclude {' '.join(exclude)} leaves no layer to prune; exclude fewer layers.")
     modelio.save_model(result.model, output, protect=(model,))
     result.report["output"] = str(output)
     result.report["file_size_after"] = output.stat().st_size
@@ -189,7 +195,12 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_
         print_prune_summary(result.report)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: temp files are removed, no partial output stays
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="onnxprune")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper
 
 from converter.errors import ConfigError, ModelError
@@ -70,6 +70,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
         raise ModelError(f"cannot read '{path}': {exc.strerror or exc}; check the file's permissions.") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelError(f"'{path}' parses but holds no graph; it is not an ONNX model (is it another format?).")
+    _check_text(model, path)
     external = _external_tensors(model)
     if external:
         _check_external_locations(external, path.parent)
@@ -85,6 +86,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
             ) from None
     else:
         _check_declared_sizes(model, path)
+    _check_tensor_data(model, path)
     if check:
         check_model(model, where=str(path))
     had_sparse = densify_sparse(model)
@@ -117,6 +119,30 @@ def check_model(model: onnx.ModelProto, *, where: str) -> None:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"'{where}' is not a valid ONNX model: {_first_line(exc)}; fix or re-export it.") from None
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
+        raise ModelError(f"'{where}' is not a valid ONNX model: a name in it is not UTF-8 text; re-export it.") from None
+
+
+def _check_text(model: onnx.ModelProto, where) -> None:
+    """Names are protobuf strings; in a corrupted or crafted file they arrive as bytes (not UTF-8): refuse them."""
+    stack: list = [model]
+    while stack:
+        msg = stack.pop()
+        if isinstance(msg, onnx.TensorProto):  # never ListFields a tensor (it would copy raw_data): names only
+            texts = [msg.name, msg.doc_string] + [s for e in msg.external_data for s in (e.key, e.value)]
+            if any(isinstance(v, bytes) for v in texts):
+                raise ModelError(f"'{where}' holds a tensor name or external-data entry that is not UTF-8 text "
+                                 f"({msg.name!r:.60}); the file is corrupted or crafted, re-export or re-download it.")
+            continue
+        for fd, value in msg.ListFields():
+            if fd.type == fd.TYPE_STRING:
+                values = [value] if isinstance(value, (str, bytes)) else value
+                bad = next((v for v in values if isinstance(v, bytes)), None)
+                if bad is not None:
+                    raise ModelError(f"'{where}' holds text that is not UTF-8 in {fd.full_name} ({bad!r:.60}); "
+                                     "the file is corrupted or crafted, re-export or re-download it.")
+            elif fd.type == fd.TYPE_MESSAGE:
+                stack.extend([value] if isinstance(value, Message) else value)
 
 
 def densify_sparse(model: onnx.ModelProto) -> list[str]:
@@ -314,6 +340,41 @@ def _check_declared_sizes(model: onnx.ModelProto, where) -> None:
             _refuse_huge(int(np.prod(list(sp.dims), dtype=np.float64)), sp.values.name, where)
 
 
+# Storage of each element, in raw_data (bytes) and in the typed field that holds it otherwise.
+_T = onnx.TensorProto
+_STORAGE = {
+    _T.FLOAT: (4, "float_data"), _T.DOUBLE: (8, "double_data"), _T.FLOAT16: (2, "int32_data"),
+    _T.BFLOAT16: (2, "int32_data"), _T.INT8: (1, "int32_data"), _T.UINT8: (1, "int32_data"),
+    _T.INT16: (2, "int32_data"), _T.UINT16: (2, "int32_data"), _T.INT32: (4, "int32_data"),
+    _T.BOOL: (1, "int32_data"), _T.INT64: (8, "int64_data"), _T.UINT32: (4, "uint64_data"),
+    _T.UINT64: (8, "uint64_data"),
+}
+
+
+def _check_tensor_data(model: onnx.ModelProto, where) -> None:
+    """The checker refuses too little data for a shape, not too much: refuse any mismatch, naming the tensor."""
+    for graph in _all_graphs(model.graph):
+        tensors = list(graph.initializer)
+        for sp in graph.sparse_initializer:
+            tensors += [sp.values, sp.indices]
+        for node in graph.node:
+            for attr in node.attribute:
+                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+                if attr.HasField("sparse_tensor"):
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+        for t in tensors:
+            if t.data_type not in _STORAGE or t.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            itemsize, typed = _STORAGE[t.data_type]
+            count = int(np.prod(list(t.dims), dtype=np.float64))
+            have, want = (len(t.raw_data), count * itemsize) if t.HasField("raw_data") else (len(getattr(t, typed)), count)
+            if have != want:
+                raise ModelError(
+                    f"tensor '{t.name}' in {where} declares shape {list(t.dims)} but holds {have} "
+                    f"{'bytes' if t.HasField('raw_data') else 'values'} ({want} expected); the file is corrupted."
+                )
+
+
 def _refuse_huge(count: int, name: str, where="model") -> None:
     if count > MAX_ELEMENTS:
         raise ModelError(
@@ -334,4 +395,4 @@ def _all_graphs(graph: onnx.GraphProto):
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return text.splitlines()[0][:300].rstrip(". ")

@@ -7,15 +7,19 @@ seeded random inputs of the declared shapes. Graph optimisations are off, so we 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
-from calibration.runtime import make_session, output_names, random_feeds
+from calibration.runtime import DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds
 from converter.errors import ModelError, ParityError
 
 DEFAULT_RTOL = 1e-5
+# Random verification inputs of a crafted fixed shape (a batch of 10^9) must not be allocated: refuse above this.
+MAX_INPUT_ELEMENTS = 2**27
 
 
 @dataclass
@@ -47,24 +51,40 @@ def check_parity(
     """Run both in onnxruntime on the same inputs; raise ParityError naming the output that differs."""
     source = "data"
     if not feeds:
+        _refuse_huge_inputs(oracle)
         feeds = [random_feeds(oracle, seed=s) for s in seeds]
         source = "random"
     try:
+        ref = make_session(oracle, optimize=False)
+    except Exception as exc:
+        raise ModelError(
+            f"onnxruntime {ort.__version__} cannot load this model (its graph, not the pruning, is the problem), so "
+            f"no output can be verified or written: {_ort_reason(exc)}. Fix or re-export the model so that "
+            "onnxruntime loads it (supported ops and opset, consistent shapes)."
+        ) from None
+    try:
         cand = make_session(candidate, optimize=False)
     except Exception as exc:
-        raise ModelError(f"onnxruntime refuses the written model: {str(exc).splitlines()[0][:300]}") from None
+        raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
     try:  # also the optimised load a deployment will do
         make_session(candidate, optimize=True)
     except Exception as exc:
-        raise ModelError(
-            f"onnxruntime refuses the written model with optimisations on: {str(exc).splitlines()[0][:300]}"
-        ) from None
-    ref = make_session(oracle, optimize=False)
+        raise ModelError(f"onnxruntime refuses the written model with optimisations on: {_ort_reason(exc)}") from None
     names = output_names(oracle)
     worst = ("", 0.0, 0.0)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a failing run is reported in our one line, not also in onnxruntime's log
     for feed in feeds:
+        try:
+            want = ref.run(names, feed, quiet)
+        except Exception as exc:
+            shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
+            hint = (f"symbolic dimensions were set to {DEFAULT_DYNAMIC_DIM}; pass real samples with --data, or fix "
+                    "the model's declared input shapes" if source == "random" else "check the data's shapes")
+            raise ModelError(
+                f"onnxruntime cannot run the model on {source} inputs ({shapes}): {_ort_reason(exc)}; {hint}."
+            ) from None
         got = cand.run(names, feed)
-        want = ref.run(names, feed)
         for name, g, w in zip(names, got, want):
             g = np.asarray(g, dtype=np.float64) if np.issubdtype(np.asarray(g).dtype, np.number) else np.asarray(g)
             w = np.asarray(w, dtype=np.float64) if np.issubdtype(np.asarray(w).dtype, np.number) else np.asarray(w)
@@ -85,3 +105,22 @@ def check_parity(
             if rel >= worst[2]:
                 worst = (name, diff, rel)
     return Parity(max_abs=worst[1], max_rel=worst[2], worst_output=worst[0], batches=len(feeds), source=source)
+
+
+def _refuse_huge_inputs(model: onnx.ModelProto) -> None:
+    for spec in input_specs(model):
+        count = float(np.prod([DEFAULT_DYNAMIC_DIM if d is None else d for d in spec.shape], dtype=np.float64))
+        if count > MAX_INPUT_ELEMENTS:
+            raise ModelError(
+                f"model input '{spec.name}' declares shape {list(spec.shape)} ({count:.3g} elements), above the limit "
+                f"of {MAX_INPUT_ELEMENTS:.3g} for random verification inputs; the model is crafted or needs --data "
+                "with real samples."
+            )
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """onnxruntime's message without its status prefix and C++ source location."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s(?=[A-Z])", "", text)
+    return text[:400].rstrip(". ")

@@ -1,0 +1,154 @@
+"""Nothing lost: no command changes its input file, and an interrupted `prune` (SIGINT, SIGTERM, SIGKILL, early, in
+the middle, while writing) leaves the input intact and no partial output: `out.onnx` either does not exist or is the
+complete, valid model an uninterrupted run writes. After SIGINT/SIGTERM no temp file is left either; after SIGKILL a
+temp file may remain (nothing can clean up after kill -9), but never a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from converter.modelio import sha256_file
+from models import builders
+from tests.hardening.helpers import gemm_then, invoke, leftovers, subprocess_env
+
+ONNXPRUNE = Path(sys.executable).parent / "onnxprune"
+PRUNE_ARGS = ["--sparsity", "0.9"]
+
+
+# ---------------------------------------------------------------- every command leaves its input alone
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    path = folder / "mlp.onnx"
+    onnx.save(builders.mlp_gemm(), path)
+    x = np.random.default_rng(0).standard_normal((24, 16)).astype(np.float32)
+    np.savez(folder / "calib.npz", input=x, labels=np.arange(24) % 10)
+    onnx.save(gemm_then(onnx.helper.make_node("Foo", ["h"], ["y"], domain="com.example"),
+                        extra_opsets=[("com.example", 1)]), folder / "custom.onnx")
+    return folder
+
+
+COMMANDS = {
+    "inspect": ["inspect", "{model}"],
+    "inspect-json": ["inspect", "{model}", "--json"],
+    "prune-constant": ["prune", "{model}", "-o", "{out}", "--sparsity", "0.9"],
+    "prune-initializer": ["prune", "{model}", "-o", "{out}", "--sparsity", "0.9", "--sparse-format", "initializer"],
+    "prune-dense": ["prune", "{model}", "-o", "{out}", "--sparsity", "0.9", "--sparse-format", "dense"],
+    "prune-quality": ["prune", "{model}", "-o", "{out}", "--quality", "1.0", "--json"],
+    "prune-layers": ["prune", "{model}", "-o", "{out}", "--layer", "fc1*=0.95", "--exclude", "fc3*"],
+    "prune-data": ["prune", "{model}", "-o", "{out}", "--sparsity", "0.5", "--data", "{data}", "--metric", "accuracy"],
+    "prune-random-data": ["prune", "{model}", "-o", "{out}", "--sparsity", "0.5", "--data", "random", "--limit", "8",
+                          "--metric", "agreement"],
+    "refused-output-is-input": ["prune", "{model}", "-o", "{model}", "--sparsity", "0.5"],
+    "refused-bad-option": ["prune", "{model}", "-o", "{out}", "--sparsity", "1.5"],
+    "refused-by-onnxruntime": ["prune", "{custom}", "-o", "{out}", "--sparsity", "0.5"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_no_command_changes_its_input(small, tmp_path, name):
+    inputs = [small / "mlp.onnx", small / "calib.npz", small / "custom.onnx"]
+    before = {p: sha256_file(p) for p in inputs}
+    mtimes = {p: p.stat().st_mtime_ns for p in inputs}
+    fill = {"model": small / "mlp.onnx", "out": tmp_path / "o.onnx", "data": small / "calib.npz",
+            "custom": small / "custom.onnx"}
+    res = invoke(*[a.format(**fill) for a in COMMANDS[name]])
+    assert res.exit_code == (0 if not name.startswith("refused") else res.exit_code), res.output
+    assert {p: sha256_file(p) for p in inputs} == before
+    assert {p: p.stat().st_mtime_ns for p in inputs} == mtimes
+    if name.startswith("refused"):
+        assert res.exit_code in (1, 2) and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- interrupted runs
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """An MLP with two 2048x2048 layers (34 MB), what an uninterrupted run writes, and how long that takes."""
+    if not ONNXPRUNE.exists():
+        pytest.skip(f"no onnxprune console script next to {sys.executable}")
+    folder = tmp_path_factory.mktemp("big")
+    model = folder / "BIG.onnx"
+    onnx.save(builders.mlp_gemm(in_features=2048, hidden=(2048,), out_features=2048), model)
+    t0 = time.monotonic()
+    done = subprocess.run([str(ONNXPRUNE), "prune", str(model), "-o", str(folder / "ref.onnx"), *PRUNE_ARGS],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    return model, sha256_file(model), (folder / "ref.onnx").read_bytes(), seconds
+
+
+def _launch(model: Path, out: Path) -> subprocess.Popen:
+    # Python leaves SIGINT ignored in a child whose parent ignores it (a CI runner in the background): un-ignore it
+    # around the fork so the child installs its KeyboardInterrupt handler as it does in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([str(ONNXPRUNE), "prune", str(model), "-o", str(out), *PRUNE_ARGS],
+                                cwd=out.parent, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _wait_for_temp_file(proc: subprocess.Popen, folder: Path, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if any(p.name.startswith(".out.onnx.") for p in folder.iterdir()):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+WHEN = ("loading", "pruning", "writing")
+
+
+@pytest.mark.parametrize("when", WHEN)
+@pytest.mark.parametrize("signame", sorted(SIGNALS))
+def test_interrupted_prune_leaves_input_intact_and_no_partial_output(big, tmp_path, signame, when):
+    model, sha, reference, seconds = big
+    out = tmp_path / "out.onnx"
+    proc = _launch(model, out)
+    try:
+        if when == "writing":
+            caught = _wait_for_temp_file(proc, tmp_path, timeout=4 * seconds + 30)
+        else:
+            time.sleep(0.4 if when == "loading" else 0.5 * seconds)
+            caught = proc.poll() is None
+        if proc.poll() is None:
+            proc.send_signal(SIGNALS[signame])
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert sha256_file(model) == sha, "the input model changed"
+    if out.exists():  # the signal came after the rename: the output must be the whole verified model
+        assert out.read_bytes() == reference, "out.onnx exists but is not the complete output"
+        onnx.checker.check_model(onnx.load(out), full_check=True)
+    left = [p.name for p in tmp_path.iterdir() if p.name != "out.onnx"]
+    if signame == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL or not caught
+        assert all(name.startswith(".out.onnx.") and name.endswith(".tmp") for name in left), left
+    else:
+        assert left == [], f"temp files left after {signame}: {left}"
+        assert "Traceback" not in stderr, stderr
+        if caught and not out.exists():
+            assert proc.returncode != 0
+            assert "Aborted" in stderr, stderr
+    print(f"{signame} {when}: caught={caught} rc={proc.returncode} out={out.exists()} left={left} T={seconds:.1f}s")
+    if caught and when != "writing" and signame != "SIGKILL":
+        assert not out.exists(), f"{signame} while {when} still wrote the output"
