@@ -115,6 +115,15 @@ def test_constants_are_folded_through_every_activation(act):
     assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_the_gelu_op_of_opset_20_folds_too(approximate):
+    m = G.zero(G.mlp((10, 8, 3), act="Gelu", seed=5), "fc1.weight", 0, [0, 6])
+    m.graph.node[1].attribute.append(onnx.helper.make_attribute("approximate", approximate))
+    m.opset_import[0].version, m.ir_version = 20, 9
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 10) and report.folded == 2
+
+
 # -- CNNs -----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
 def test_lenet5_conv_channels_go_with_their_flattened_features(flatten):
