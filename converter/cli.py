@@ -150,8 +150,10 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--metric", type=click.Choice(["accuracy", "top5", "agreement", "rel_l2", "cosine"]), help="Override the metric.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--limit", type=int, help="Use at most N samples of the data.")
+@click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass).")
+@click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, with a Gather on the input.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_format, data, labels, metric, batch_size, limit, as_json):
+def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_format, data, labels, metric, batch_size, limit, no_neurons, gather_inputs, as_json):
     """Prune MODEL by weight magnitude and write a verified, sparse OUTPUT.
 
     \b
@@ -179,6 +181,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_
         metric=metric,
         batch_size=batch_size,
         limit=limit,
+        neurons=not no_neurons,
+        gather_inputs=gather_inputs,
     )
     modelio.check_output_path(output, protect=(model,))
     result = run(model, options)

@@ -78,6 +78,10 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         f"({report['compression']:.1f}x fewer); file {fmt_bytes(report['file_size_before'])} -> "
         f"{fmt_bytes(report['file_size_after'])} ({report['sparse_format']} sparse format)"
     )
+    neurons = report.get("neurons")
+    if neurons and neurons["removed"]:
+        changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
+        console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink accordingly")
     p = report["parity"]
     console.print(
         f"verified in onnxruntime on {p['batches']} {'batches of your data' if p['inputs'] == 'data' else 'random inputs'}:"

@@ -47,6 +47,8 @@ class PruneOptions:
     limit: int | None = None
     seed: int = 0
     verify_batches: int = 4
+    neurons: bool = True
+    gather_inputs: bool = False
 
     def validate(self) -> None:
         if self.sparse_format not in FORMATS:
@@ -104,14 +106,16 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], work, state)
     dense_pruned = work
 
+    shrunk, neurons = _shrink(dense_pruned, options, state)
     final = onnx.ModelProto()
-    final.CopyFrom(dense_pruned)
-    names = [w.name for w in inventory.prunable]
+    final.CopyFrom(shrunk)
+    names = [w.name for w in inventory.prunable if w.name in _constant_names(final)]
     run_passes([SparseEncode(names, options.sparse_format)], final, state)
 
     feeds = _verification_feeds(original, options)
     parity = check_parity(final, dense_pruned, feeds)
     rows_after = layer_rows(dense_pruned, inventory)
+    shrunk_inventory = find_prunable(shrunk)
     report = {
         "model": where,
         "input_sha256": loaded.sha256,
@@ -119,6 +123,8 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         "skipped": skipped_rows(inventory),
         "before": totals(rows_before),
         "after": totals(rows_after),
+        "neurons": neurons,
+        "params_after_shrink": sum(w.size for w in shrunk_inventory.prunable),
         "file_size_before": loaded.file_size,
         "file_size_after": final.ByteSize(),
         "sparse_format": options.sparse_format,
@@ -131,6 +137,27 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     if options.data is not None:
         report["metrics"] = measure(original, final, options)
     return PruneResult(model=final, dense_model=dense_pruned, state=state, inventory=inventory, report=report)
+
+
+def _shrink(model: onnx.ModelProto, options: PruneOptions, state: PruneState):
+    """Dead-neuron removal (paper §3.5): smaller dense shapes. Returns the model and per-layer channel counts."""
+    if not options.neurons:
+        return model, None
+    from passes.dead_neurons import remove_dead_neurons
+
+    shrunk, report = remove_dead_neurons(model, gather_inputs=options.gather_inputs)
+    state.notes.extend(report.blocked[:10])
+    layers = {
+        lay.weight or lay.node: {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}
+        for lay in report.layers
+    }
+    return shrunk, {"layers": layers, "removed": report.removed, "folded": report.folded}
+
+
+def _constant_names(model: onnx.ModelProto) -> set[str]:
+    from passes.weights import constant_tensors
+
+    return set(constant_tensors(model))
 
 
 def choose_targets(model, inventory, options: PruneOptions, progress) -> dict[str, Target]:
