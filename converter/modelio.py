@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,8 +195,7 @@ def save_model(
     if external_data is None:
         external_data = model.ByteSize() >= PROTOBUF_LIMIT - (64 << 20)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = _temp_name(path)
     tmp_data = None
     try:
         if external_data:
@@ -204,7 +203,7 @@ def save_model(
             tmp_data = folder / f".{data_name}.tmp"
             _write_with_external_data(model, Path(tmp), tmp_data, data_name)
         else:
-            with open(tmp, "wb") as f:
+            with open(tmp, "xb") as f:
                 f.write(model.SerializeToString())
                 f.flush()
                 os.fsync(f.fileno())
@@ -225,9 +224,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> P
     """Any other output (reports, recipes, JSON): temp file + rename."""
     path = Path(path)
     check_output_path(path, protect)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    tmp = _temp_name(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -235,6 +234,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> P
             os.unlink(tmp)
         raise
     return path
+
+
+def _temp_name(path: Path) -> Path:
+    """'.NAME.<random>.tmp' beside the output, created inside the caller's try (an interrupt at any point is cleaned
+    up) by open(), so the output gets the user's umask like any other file (mkstemp would make it 0600)."""
+    return (path.parent if str(path.parent) else Path(".")) / f".{path.name}.{secrets.token_hex(6)}.tmp"
 
 
 def check_output_path(path: Path, protect=()) -> None:

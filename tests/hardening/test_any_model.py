@@ -74,8 +74,7 @@ def _cast_weights(dtype) -> onnx.ModelProto:
 
 
 def bf16_weights() -> onnx.ModelProto:
-    import ml_dtypes
-
+    ml_dtypes = pytest.importorskip("ml_dtypes")
     return _cast_weights(ml_dtypes.bfloat16)
 
 

@@ -6,7 +6,9 @@ temp file may remain (nothing can clean up after kill -9), but never a half-writ
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -71,6 +73,16 @@ def test_no_command_changes_its_input(small, tmp_path, name):
         assert res.exit_code in (1, 2) and leftovers(tmp_path) == []
 
 
+def test_output_gets_the_users_umask_like_any_file(small, tmp_path):
+    old = os.umask(0o022)
+    try:
+        res = invoke("prune", small / "mlp.onnx", "-o", tmp_path / "o.onnx", "--sparsity", "0.5")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE((tmp_path / "o.onnx").stat().st_mode) == 0o644  # not a temp file's 0600
+
+
 # ---------------------------------------------------------------- interrupted runs
 
 
@@ -102,6 +114,23 @@ def _launch(model: Path, out: Path) -> subprocess.Popen:
         signal.signal(signal.SIGINT, previous)
 
 
+def _wait_for_main(proc: subprocess.Popen, timeout: float) -> None:
+    """Until `main()` runs (it catches SIGTERM): a signal during interpreter start-up is Python's business, not ours."""
+    status = Path(f"/proc/{proc.pid}/status")
+    if not status.exists():
+        time.sleep(1.0)
+        return
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.002)
+
+
 def _wait_for_temp_file(proc: subprocess.Popen, folder: Path, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end and proc.poll() is None:
@@ -120,12 +149,15 @@ WHEN = ("loading", "pruning", "writing")
 def test_interrupted_prune_leaves_input_intact_and_no_partial_output(big, tmp_path, signame, when):
     model, sha, reference, seconds = big
     out = tmp_path / "out.onnx"
+    start = time.monotonic()
     proc = _launch(model, out)
     try:
+        _wait_for_main(proc, timeout=60)
         if when == "writing":
             caught = _wait_for_temp_file(proc, tmp_path, timeout=4 * seconds + 30)
         else:
-            time.sleep(0.4 if when == "loading" else 0.5 * seconds)
+            delay = 0.2 if when == "loading" else 0.5 * seconds - (time.monotonic() - start)
+            time.sleep(max(delay, 0.0))
             caught = proc.poll() is None
         if proc.poll() is None:
             proc.send_signal(SIGNALS[signame])
