@@ -1,0 +1,203 @@
+"""Small seeded ONNX graphs for tests (numpy + onnx.helper only, no torch).
+
+Every builder returns an `onnx.ModelProto` with ir_version 8, opset 17, float32 tensors, a
+dynamic batch axis "N", and random weights from `np.random.default_rng(seed)` scaled by
+1/sqrt(fan_in) so activations stay O(1). Names follow the torch exporter: node
+"/fc1/Gemm", output "/fc1/Gemm_output_0", initializers "fc1.weight" / "fc1.bias".
+Graph input is "input"; graph output is "output" ("logits" for the LeNet look-alikes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+BATCH = "N"
+
+
+class _Graph:
+    """Accumulates nodes and initializers; helpers return the name of the produced tensor."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    def weight(self, name: str, shape: Sequence[int], fan_in: int) -> str:
+        return self.const(name, self.rng.standard_normal(shape) / math.sqrt(fan_in))
+
+    def bias(self, name: str, size: int) -> str:
+        return self.const(name, 0.1 * self.rng.standard_normal(size))
+
+    def op(self, op_type: str, scope: str, inputs: Sequence[str], **attrs) -> str:
+        name = f"/{scope}/{op_type}" if scope else f"/{op_type}"
+        out = f"{name}_output_0"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
+        return out
+
+    def gemm(self, x: str, scope: str, fan_in: int, fan_out: int) -> str:
+        w = self.weight(f"{scope}.weight", (fan_out, fan_in), fan_in)
+        return self.op("Gemm", scope, [x, w, self.bias(f"{scope}.bias", fan_out)], transB=1)
+
+    def matmul(self, x: str, scope: str, fan_in: int, fan_out: int, transposed: bool = False) -> str:
+        if transposed:  # weight stored [out, in], reaches MatMul through Transpose
+            w = self.weight(f"{scope}.weight", (fan_out, fan_in), fan_in)
+            w = self.op("Transpose", f"{scope}/weight", [w], perm=[1, 0])
+        else:
+            w = self.weight(f"{scope}.weight", (fan_in, fan_out), fan_in)
+        y = self.op("MatMul", scope, [x, w])
+        return self.op("Add", scope, [y, self.bias(f"{scope}.bias", fan_out)])
+
+    def conv(self, x: str, scope: str, c_in: int, c_out: int, k: int, *, group: int = 1, pad: bool = True) -> str:
+        fan_in = c_in // group * k * k
+        w = self.weight(f"{scope}.weight", (c_out, c_in // group, k, k), fan_in)
+        p = k // 2 if pad else 0
+        return self.op("Conv", scope, [x, w, self.bias(f"{scope}.bias", c_out)],
+                       kernel_shape=[k, k], pads=[p, p, p, p], strides=[1, 1], group=group)
+
+    def batchnorm(self, x: str, scope: str, c: int) -> str:
+        r = self.rng
+        ins = [x, self.const(f"{scope}.weight", r.uniform(0.5, 1.5, c)), self.const(f"{scope}.bias", 0.1 * r.standard_normal(c)),
+               self.const(f"{scope}.running_mean", 0.1 * r.standard_normal(c)),
+               self.const(f"{scope}.running_var", r.uniform(0.5, 1.5, c))]
+        return self.op("BatchNormalization", scope, ins, epsilon=1e-5)
+
+    def relu(self, x: str, scope: str) -> str:
+        return self.op("Relu", scope, [x])
+
+    def model(self, name: str, input_shape: Sequence, output: str, output_shape: Sequence,
+              output_name: str = "output") -> onnx.ModelProto:
+        last = self.nodes[-1]
+        assert last.output[0] == output, f"graph output '{output}' must come from the last node"
+        last.output[0] = output_name
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [BATCH, *input_shape])],
+            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [BATCH, *output_shape])],
+            initializer=self.initializers,
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                 ir_version=IR_VERSION, producer_name="onnxprune.models.builders")
+
+
+def mlp_gemm(*, in_features: int = 16, hidden: Sequence[int] = (32, 16), out_features: int = 10,
+             seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> (Gemm transB=1, Relu)* -> Gemm -> [N, out]."""
+    g, x, sizes = _Graph(seed), "input", [in_features, *hidden, out_features]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        x = g.gemm(x, f"fc{i}", a, b)
+        if i < len(sizes) - 1:
+            x = g.relu(x, f"relu{i}")
+    return g.model("mlp_gemm", [in_features], x, [out_features])
+
+
+def mlp_matmul(*, in_features: int = 16, hidden: Sequence[int] = (32, 16), out_features: int = 10,
+               transposed_weights: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx style: MatMul + Add bias, Relu between; weights optionally through Transpose."""
+    g, x, sizes = _Graph(seed), "input", [in_features, *hidden, out_features]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        x = g.matmul(x, f"fc{i}", a, b, transposed=transposed_weights)
+        if i < len(sizes) - 1:
+            x = g.relu(x, f"relu{i}")
+    return g.model("mlp_matmul", [in_features], x, [out_features])
+
+
+def conv_bn_relu(*, in_channels: int = 3, out_channels: int = 8, kernel: int = 3, size: int = 8,
+                 seed: int = 0) -> onnx.ModelProto:
+    """Conv (same padding) -> BatchNormalization -> Relu."""
+    g = _Graph(seed)
+    x = g.relu(g.batchnorm(g.conv("input", "conv", in_channels, out_channels, kernel), "bn", out_channels), "relu")
+    return g.model("conv_bn_relu", [in_channels, size, size], x, [out_channels, size, size])
+
+
+def residual_block(*, in_channels: int = 3, channels: int = 8, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Stem conv-relu, then conv-bn-relu-conv-bn + Add(skip) -> Relu."""
+    g = _Graph(seed)
+    stem = g.relu(g.conv("input", "stem", in_channels, channels, 3), "stem")
+    x = g.relu(g.batchnorm(g.conv(stem, "conv1", channels, channels, 3), "bn1", channels), "relu1")
+    x = g.batchnorm(g.conv(x, "conv2", channels, channels, 3), "bn2", channels)
+    x = g.relu(g.op("Add", "add", [x, stem]), "relu2")
+    return g.model("residual_block", [in_channels, size, size], x, [channels, size, size])
+
+
+def concat_branches(*, in_channels: int = 3, branch_channels: tuple[int, int] = (4, 6), out_channels: int = 8,
+                    size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Branch A conv1x1-relu, branch B conv3x3-relu, Concat on channels, then conv1x1."""
+    g, (ca, cb) = _Graph(seed), branch_channels
+    a = g.relu(g.conv("input", "branch_a", in_channels, ca, 1), "branch_a")
+    b = g.relu(g.conv("input", "branch_b", in_channels, cb, 3), "branch_b")
+    x = g.op("Concat", "concat", [a, b], axis=1)
+    x = g.conv(x, "head", ca + cb, out_channels, 1)
+    return g.model("concat_branches", [in_channels, size, size], x, [out_channels, size, size])
+
+
+def depthwise_separable(*, in_channels: int = 3, channels: int = 8, out_channels: int = 16, size: int = 8,
+                        seed: int = 0) -> onnx.ModelProto:
+    """Stem conv-relu, depthwise conv3x3 (group=channels)-relu, pointwise conv1x1."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("input", "stem", in_channels, channels, 3), "stem")
+    x = g.relu(g.conv(x, "depthwise", channels, channels, 3, group=channels), "depthwise")
+    x = g.conv(x, "pointwise", channels, out_channels, 1)
+    return g.model("depthwise_separable", [in_channels, size, size], x, [out_channels, size, size])
+
+
+def tiny_attention(*, seq_len: int = 4, d_model: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """Single-head self-attention on [N, T, d]: LayerNorm(x + Wo·softmax(QK^T/sqrt(d))V)."""
+    g = _Graph(seed)
+    q, k, v = (g.matmul("input", s, d_model, d_model) for s in ("q_proj", "k_proj", "v_proj"))
+    kt = g.op("Transpose", "k_t", [k], perm=[0, 2, 1])
+    scores = g.op("Div", "scale", [g.op("MatMul", "scores", [q, kt]), g.const("scale.value", math.sqrt(d_model))])
+    ctx = g.op("MatMul", "context", [g.op("Softmax", "attn", [scores], axis=-1), v])
+    x = g.op("Add", "residual", ["input", g.matmul(ctx, "out_proj", d_model, d_model)])
+    scale = g.const("ln.weight", g.rng.uniform(0.5, 1.5, d_model))
+    x = g.op("LayerNormalization", "ln", [x, scale, g.bias("ln.bias", d_model)], axis=-1, epsilon=1e-5)
+    return g.model("tiny_attention", [seq_len, d_model], x, [seq_len, d_model])
+
+
+def lenet300_like(*, hidden: tuple[int, int] = (300, 100), seed: int = 0) -> onnx.ModelProto:
+    """Same graph as models/lenet300.onnx (Flatten, Gemm-Relu-Gemm-Relu-Gemm) with random weights."""
+    g = _Graph(seed)
+    x = g.op("Flatten", "flatten", ["input"], axis=1)
+    x = g.relu(g.gemm(x, "fc1", 784, hidden[0]), "relu1")
+    x = g.relu(g.gemm(x, "fc2", hidden[0], hidden[1]), "relu2")
+    x = g.gemm(x, "fc3", hidden[1], 10)
+    return g.model("lenet300_like", [1, 28, 28], x, [10], output_name="logits")
+
+
+def lenet5_like(*, conv_channels: tuple[int, int] = (20, 50), fc_units: int = 500, seed: int = 0) -> onnx.ModelProto:
+    """Same graph as models/lenet5.onnx (Caffe LeNet-5: no ReLU after the convs) with random weights."""
+    g, (c1, c2) = _Graph(seed), conv_channels
+    pool = dict(kernel_shape=[2, 2], strides=[2, 2])
+    x = g.op("MaxPool", "pool1", [g.conv("input", "conv1", 1, c1, 5, pad=False)], **pool)
+    x = g.op("MaxPool", "pool2", [g.conv(x, "conv2", c1, c2, 5, pad=False)], **pool)
+    x = g.op("Flatten", "flatten", [x], axis=1)
+    x = g.relu(g.gemm(x, "fc1", c2 * 4 * 4, fc_units), "relu1")
+    x = g.gemm(x, "fc2", fc_units, 10)
+    return g.model("lenet5_like", [1, 28, 28], x, [10], output_name="logits")
+
+
+BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
+    f.__name__: f
+    for f in (mlp_gemm, mlp_matmul, conv_bn_relu, residual_block, concat_branches, depthwise_separable,
+              tiny_attention, lenet300_like, lenet5_like)
+}
+
+
+def random_input(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """A seeded float32 feed for a builder's model, batch axis set to `batch`."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in model.graph.input:
+        dims = [batch if d.dim_param else d.dim_value for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
