@@ -1,0 +1,679 @@
+"""Bridge ops: one small ONNX model per op and attribute combination, torch against onnxruntime.
+
+onnxruntime runs with graph optimisations off on the CPU provider; fp32 tolerances are atol 1e-5, rtol 1e-4 and
+the mismatching output is named. Ops that read an input as numbers (shapes, axes, bounds...) run twice: with
+that input a constant initializer and with it a run-time graph input. Gradient checks (float64) cover the
+trainable ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.bridge import OnnxModule, lookup, supported_ops
+from converter.bridge.ops import sparse_to_dense
+
+ATOL, RTOL = 1e-5, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the other core is busy (10x on gradcheck)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Case:
+    id: str
+    op: str
+    inputs: list  # arrays in input order; None = omitted optional input
+    attrs: dict = field(default_factory=dict)
+    opset: int = 17
+    consts: tuple = ()  # input indices stored as initializers
+    n_out: int = 1
+    atol: float = ATOL
+    rtol: float = RTOL
+    domain: str = ""
+
+
+def f32(*shape, seed=0, lo=-1.0, hi=1.0):
+    return np.random.default_rng(seed).uniform(lo, hi, shape).astype(np.float32)
+
+
+def i64(*values):
+    return np.array(values, dtype=np.int64)
+
+
+def ir_for(opset: int) -> int:
+    return 8 if opset <= 18 else 9 if opset <= 20 else 10
+
+
+def make_model(case: Case) -> onnx.ModelProto:
+    names = ["" if a is None else f"in{i}" for i, a in enumerate(case.inputs)]
+    outs = [f"out{i}" for i in range(case.n_out)]
+    node = helper.make_node(case.op, names, outs, name=f"{case.op.lower()}_node", domain=case.domain, **case.attrs)
+    graph_inputs, inits = [], []
+    for i, (name, arr) in enumerate(zip(names, case.inputs)):
+        if arr is None:
+            continue
+        if i in case.consts:
+            inits.append(numpy_helper.from_array(arr, name))
+        else:
+            elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
+            graph_inputs.append(helper.make_tensor_value_info(name, elem, arr.shape))
+    graph = helper.make_graph([node], case.id, graph_inputs, [helper.make_empty_tensor_value_info(o) for o in outs],
+                              inits)
+    opsets = [helper.make_opsetid("", case.opset)]
+    if case.domain:
+        opsets.append(helper.make_opsetid(case.domain, 1))
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_for(case.opset))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for out, inf in zip(model.graph.output, inferred.graph.output):
+        out.CopyFrom(inf if inf.type.tensor_type.elem_type else
+                     helper.make_tensor_value_info(out.name, TensorProto.FLOAT, None))
+    return model
+
+
+def feeds_of(case: Case) -> dict:
+    return {f"in{i}": a for i, a in enumerate(case.inputs) if a is not None and i not in case.consts}
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict) -> list:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def run_bridge(model: onnx.ModelProto, feeds: dict) -> list:
+    module = OnnxModule(model).eval()
+    with torch.no_grad():
+        outs = module(**{k: torch.from_numpy(np.array(v)) for k, v in feeds.items()})
+    return [o.cpu().numpy() for o in outs]
+
+
+def assert_matches_ort(case: Case) -> None:
+    model = make_model(case)
+    feeds = feeds_of(case)
+    want, got = run_ort(model, feeds), run_bridge(model, feeds)
+    assert len(got) == len(want), f"{case.id}: {len(got)} outputs, onnxruntime {len(want)}"
+    for out, w, g in zip(model.graph.output, want, got):
+        label = f"{case.id}: output '{out.name}'"
+        assert g.shape == w.shape, f"{label}: shape {g.shape} != onnxruntime {w.shape}"
+        assert g.dtype == w.dtype, f"{label}: dtype {g.dtype} != onnxruntime {w.dtype}"
+        if w.dtype.kind in "biu":
+            np.testing.assert_array_equal(g, w, err_msg=label)
+        else:
+            np.testing.assert_allclose(g, w, rtol=case.rtol, atol=case.atol, err_msg=label)
+
+
+def both(case: Case, *static: int) -> list:
+    """The case with the given inputs as constants, and again as run-time graph inputs."""
+    return [replace(case, id=case.id + "-const", consts=tuple(static)), replace(case, id=case.id + "-dyn", consts=())]
+
+
+def params(cases):
+    return pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+# ---------------------------------------------------------------------------------------------- elementwise
+
+X = f32(2, 3, 4)
+POS = f32(2, 3, 4, lo=0.1, hi=2.0)
+UNIT = f32(2, 3, 4, lo=-0.9, hi=0.9)
+UNARY_INPUTS = {
+    "Log": POS, "Sqrt": POS, "Reciprocal": POS, "Acosh": POS + 1.0, "Asin": UNIT, "Acos": UNIT, "Atanh": UNIT,
+    "Not": X > 0, "IsNaN": np.where(X > 0.5, np.nan, X).astype(np.float32), "Round": X * 4,
+    "Softplus": X * 30,
+}
+UNARY = ["Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Relu", "Sigmoid", "Tanh", "Erf", "Floor", "Ceil",
+         "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+         "Softsign", "Softplus", "Mish", "HardSwish", "Not", "IsNaN", "Identity"]
+
+
+UNARY_CASES = [Case(op, op, [UNARY_INPUTS.get(op, X * 3)], opset=18 if op == "Mish" else 17) for op in UNARY]
+
+
+@params(UNARY_CASES)
+def test_unary_op_matches_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+A34, B4, B34 = f32(3, 4, seed=1), f32(4, seed=2), f32(3, 4, seed=3)
+INT_A = np.array([[7, -7, 5], [-9, 8, 3]], dtype=np.int64)
+INT_B = np.array([2, 3, -4], dtype=np.int64)
+BINARY = [
+    Case("Add-broadcast", "Add", [A34, B4]), Case("Sub", "Sub", [A34, B34]), Case("Mul-broadcast", "Mul", [B4, A34]),
+    Case("Div", "Div", [A34, B34 + 2]), Case("Div-int-truncates", "Div", [INT_A, INT_B]),
+    Case("Pow", "Pow", [np.abs(A34) + 0.5, B34]), Case("Pow-int-exponent", "Pow", [A34, i64(2)]),
+    Case("Mod-int", "Mod", [INT_A, INT_B]), Case("Mod-fmod", "Mod", [A34 * 5, B34 + 2], {"fmod": 1}),
+    Case("Equal", "Equal", [INT_A, INT_B]), Case("Less", "Less", [A34, B4]), Case("Greater", "Greater", [A34, B4]),
+    Case("LessOrEqual", "LessOrEqual", [INT_A, INT_B]), Case("GreaterOrEqual", "GreaterOrEqual", [INT_A, INT_B]),
+    Case("And", "And", [A34 > 0, B4 > 0]), Case("Or", "Or", [A34 > 0, B4 > 0]), Case("Xor", "Xor", [A34 > 0, B4 > 0]),
+    Case("Sum", "Sum", [A34, B4, B34]), Case("Mean", "Mean", [A34, B4, B34]), Case("Max", "Max", [A34, B4, B34]),
+    Case("Min", "Min", [A34, B4]), Case("Sum-single", "Sum", [A34]),
+    Case("PRelu-channel", "PRelu", [f32(2, 3, 4, 4), f32(3, 1, 1, seed=5)]),
+    Case("PRelu-scalar", "PRelu", [X, np.array([0.2], np.float32)]),
+    Case("Where", "Where", [A34 > 0, A34, B4]),
+]
+
+
+@params(BINARY)
+def test_binary_and_variadic_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+def test_opset6_broadcast_axis_lines_up_b_at_axis():
+    """onnxruntime no longer runs Add-6, so numpy is the oracle: b's dims sit at `axis` of a."""
+    a, b = f32(2, 3, 4), f32(3, seed=1)
+    case = Case("Add-6", "Add", [a, b], {"broadcast": 1, "axis": 1}, opset=6)
+    got = run_bridge(make_model(case), feeds_of(case))[0]
+    np.testing.assert_allclose(got, a + b[None, :, None], rtol=RTOL, atol=ATOL, err_msg="output 'out0'")
+
+
+ACTIVATIONS = [
+    Case("LeakyRelu-default", "LeakyRelu", [X]), Case("LeakyRelu-alpha", "LeakyRelu", [X], {"alpha": 0.3}),
+    Case("Elu", "Elu", [X], {"alpha": 0.7}), Case("Selu", "Selu", [X]), Case("Celu", "Celu", [X], {"alpha": 2.0}),
+    Case("ThresholdedRelu", "ThresholdedRelu", [X], {"alpha": 0.2}),
+    Case("HardSigmoid-default", "HardSigmoid", [X * 4]),
+    Case("HardSigmoid-attrs", "HardSigmoid", [X * 4], {"alpha": 0.4, "beta": 0.3}),
+    Case("Shrink", "Shrink", [X], {"bias": 0.1, "lambd": 0.3}),
+    Case("Gelu-exact", "Gelu", [X * 3], opset=20), Case("Gelu-com.microsoft", "Gelu", [X * 3], domain="com.microsoft"), Case("Gelu-tanh", "Gelu", [X * 3], {"approximate": "tanh"}, opset=20),
+    Case("IsInf", "IsInf", [np.array([np.inf, -np.inf, 1.0], np.float32)]),
+    Case("IsInf-positive-only", "IsInf", [np.array([np.inf, -np.inf, 1.0], np.float32)], {"detect_negative": 0}),
+    Case("Softmax-13-axis1", "Softmax", [X], {"axis": 1}, opset=13),
+    Case("Softmax-13-default-last", "Softmax", [X], opset=13),
+    Case("Softmax-11-coerces-2d", "Softmax", [X], {"axis": 1}, opset=11),
+    Case("Softmax-11-default-axis", "Softmax", [X], opset=11),
+    Case("LogSoftmax-13", "LogSoftmax", [X], {"axis": 0}, opset=13),
+    Case("LogSoftmax-11-coerces-2d", "LogSoftmax", [X], {"axis": 2}, opset=11),
+    Case("Hardmax-13", "Hardmax", [X], opset=13), Case("Hardmax-11", "Hardmax", [X], {"axis": 1}, opset=11),
+]
+ACTIVATIONS += both(Case("Clip-both", "Clip", [X, np.array(-0.3, np.float32), np.array(0.4, np.float32)]), 1, 2)
+ACTIVATIONS += both(Case("Clip-min-only", "Clip", [X, np.array(-0.3, np.float32)]), 1)
+ACTIVATIONS += both(Case("Clip-max-only", "Clip", [X, None, np.array(0.4, np.float32)]), 2)
+ACTIVATIONS += [
+    Case("Clip-none", "Clip", [X]), Case("Clip-int", "Clip", [INT_A, i64(-3), i64(4)], consts=(1, 2)),
+    Case("Clip-min-above-max", "Clip", [X, np.array(0.5, np.float32), np.array(0.1, np.float32)], consts=(1, 2)),
+    Case("Clip-6-attrs", "Clip", [X], {"min": -0.2, "max": 0.5}, opset=6),
+]
+
+
+@params(ACTIVATIONS)
+def test_activation_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+# --------------------------------------------------------------------------------------- convolution, linear
+
+IMG = f32(2, 4, 7, 8, seed=10)
+W2 = f32(6, 4, 3, 3, seed=11)
+CONV = [
+    Case("plain", "Conv", [IMG, W2, f32(6, seed=12)]),
+    Case("no-bias", "Conv", [IMG, W2]),
+    Case("stride-pad", "Conv", [IMG, W2, f32(6)], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("asymmetric-pads", "Conv", [IMG, W2, f32(6)], {"pads": [0, 1, 2, 1], "strides": [1, 2]}),
+    Case("dilations", "Conv", [IMG, W2, f32(6)], {"dilations": [2, 1], "pads": [2, 1, 2, 1]}),
+    Case("groups", "Conv", [IMG, f32(6, 2, 3, 3), f32(6)], {"group": 2, "pads": [1, 1, 1, 1]}),
+    Case("depthwise", "Conv", [IMG, f32(4, 1, 3, 3), f32(4)], {"group": 4, "strides": [2, 2]}),
+    Case("same-upper", "Conv", [IMG, W2, f32(6)], {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    Case("same-lower", "Conv", [IMG, W2, f32(6)], {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
+    Case("same-upper-even-kernel", "Conv", [IMG, f32(6, 4, 2, 4)], {"auto_pad": "SAME_UPPER"}),
+    Case("valid", "Conv", [IMG, W2, f32(6)], {"auto_pad": "VALID", "strides": [2, 1]}),
+    Case("1d", "Conv", [f32(2, 3, 11), f32(5, 3, 3), f32(5)], {"strides": [2], "pads": [1, 2]}),
+    Case("1d-same-lower", "Conv", [f32(2, 3, 11), f32(5, 3, 4)], {"auto_pad": "SAME_LOWER"}),
+    Case("3d", "Conv", [f32(1, 2, 4, 5, 6), f32(3, 2, 2, 3, 3), f32(3)], {"pads": [1, 0, 1, 1, 0, 1]}),
+    Case("kernel-shape-attr", "Conv", [IMG, W2], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+]
+CONV_T = [
+    Case("plain", "ConvTranspose", [IMG, f32(4, 3, 3, 3), f32(3)]),
+    Case("stride-pads", "ConvTranspose", [IMG, f32(4, 3, 3, 3)], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("output-padding", "ConvTranspose", [IMG, f32(4, 3, 3, 3), f32(3)],
+         {"strides": [2, 3], "pads": [1, 0, 1, 0], "output_padding": [1, 2]}),
+    Case("groups", "ConvTranspose", [IMG, f32(4, 2, 3, 3), f32(4)], {"group": 2, "strides": [2, 2]}),
+    Case("dilations", "ConvTranspose", [IMG, f32(4, 3, 2, 3)], {"dilations": [2, 2], "strides": [2, 1]}),
+    Case("asymmetric-pads", "ConvTranspose", [IMG, f32(4, 3, 3, 3)], {"strides": [2, 2], "pads": [0, 1, 2, 0]}),
+    Case("output-shape", "ConvTranspose", [IMG, f32(4, 3, 3, 3)], {"strides": [2, 2], "output_shape": [14, 15]}),
+    Case("same-upper", "ConvTranspose", [IMG, f32(4, 3, 3, 3)], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    Case("same-lower", "ConvTranspose", [IMG, f32(4, 3, 4, 3)], {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    Case("1d", "ConvTranspose", [f32(2, 3, 9), f32(3, 2, 4), f32(2)], {"strides": [3], "pads": [1, 2]}),
+]
+GEMM = [
+    Case("plain-bias-row", "Gemm", [f32(3, 5), f32(5, 4), f32(4)]),
+    Case("transA-transB", "Gemm", [f32(5, 3), f32(4, 5), f32(3, 4)], {"transA": 1, "transB": 1}),
+    Case("alpha-beta", "Gemm", [f32(3, 5), f32(4, 5), f32(3, 1)], {"alpha": 0.5, "beta": 2.0, "transB": 1}),
+    Case("scalar-C", "Gemm", [f32(3, 5), f32(5, 4), np.array(0.7, np.float32)]),
+    Case("C-shape-1", "Gemm", [f32(3, 5), f32(5, 4), f32(1)], {"beta": 0.3}),
+    Case("no-C-alpha", "Gemm", [f32(3, 5), f32(5, 4)], {"alpha": 2.0}),
+    Case("beta-zero", "Gemm", [f32(3, 5), f32(5, 4), f32(3, 4)], {"beta": 0.0}),
+]
+MATMUL = [
+    Case("2d", "MatMul", [f32(3, 5), f32(5, 4)]),
+    Case("batched-by-2d", "MatMul", [f32(2, 3, 5), f32(5, 4)]),
+    Case("vector-left", "MatMul", [f32(5), f32(5, 4)]),
+    Case("vector-right", "MatMul", [f32(3, 5), f32(5)]),
+    Case("broadcast-batch", "MatMul", [f32(2, 1, 3, 5), f32(3, 5, 2)]),
+]
+EINSUM = [
+    Case("matmul", "Einsum", [f32(3, 5), f32(5, 4)], {"equation": "ij,jk->ik"}),
+    Case("batched", "Einsum", [f32(2, 3, 5), f32(2, 5, 4)], {"equation": "bij,bjk->bik"}),
+    Case("ellipsis", "Einsum", [f32(2, 3, 5), f32(4, 5)], {"equation": "...j,kj->...k"}),
+    Case("trace-like", "Einsum", [f32(3, 3)], {"equation": "ii->i"}),
+    Case("transpose-sum", "Einsum", [f32(3, 4, 5)], {"equation": "ijk -> kj"}),
+]
+
+
+@params([replace(c, id=f"{c.op}-{c.id}") for c in CONV + CONV_T + GEMM + MATMUL + EINSUM])
+def test_linear_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+# -------------------------------------------------------------------------------------------- normalisation
+
+BN_ARGS = [f32(3, seed=1) + 1.0, f32(3, seed=2), f32(3, seed=3), f32(3, seed=4, lo=0.5, hi=2.0)]
+NORM = [
+    Case("BatchNormalization-4d", "BatchNormalization", [f32(2, 3, 4, 5)] + BN_ARGS),
+    Case("BatchNormalization-2d-eps", "BatchNormalization", [f32(4, 3)] + BN_ARGS, {"epsilon": 1e-2}),
+    Case("BatchNormalization-consts", "BatchNormalization", [f32(2, 3, 4)] + BN_ARGS, consts=(1, 2, 3, 4)),
+    Case("BatchNormalization-opset9", "BatchNormalization", [f32(2, 3, 4, 5)] + BN_ARGS, opset=9),
+    Case("InstanceNormalization", "InstanceNormalization", [f32(2, 3, 4, 5), f32(3), f32(3)], {"epsilon": 1e-3}),
+    Case("LayerNormalization-last", "LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)]),
+    Case("LayerNormalization-axis1", "LayerNormalization", [f32(2, 3, 4), f32(3, 4), f32(3, 4)], {"axis": 1}),
+    Case("LayerNormalization-no-bias", "LayerNormalization", [f32(2, 3, 4), f32(4)], {"epsilon": 1e-3}),
+    Case("LayerNormalization-broadcast-scale", "LayerNormalization", [f32(2, 3, 4), f32(1, 4), f32(3, 1)],
+         {"axis": -2}),
+    Case("LayerNormalization-stats-outputs", "LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], n_out=3),
+]
+
+
+@params(NORM)
+def test_normalisation_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+def test_batch_norm_uses_running_stats_in_train_mode():
+    case = NORM[0]
+    model = make_model(case)
+    module = OnnxModule(model).train()
+    want = run_ort(model, feeds_of(case))[0]
+    got = module(*[torch.from_numpy(a) for a in case.inputs])[0].detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg="output 'out0' in train mode")
+
+
+# ------------------------------------------------------------------------------------------ shape and index
+
+SHAPE = []
+SHAPE += both(Case("Reshape-zero-and-minus-one", "Reshape", [X, i64(0, -1)]), 1)
+SHAPE += both(Case("Reshape-allowzero", "Reshape", [f32(0, 3), i64(3, 0)], {"allowzero": 1}, opset=14), 1)
+SHAPE += [Case("Reshape-opset1-attr", "Reshape", [X], {"shape": [4, 6]}, opset=4)]
+SHAPE += [Case(f"Flatten-axis{a}", "Flatten", [X], {"axis": a}) for a in (0, 1, 2, -1)]
+SHAPE += [Case("Transpose-perm", "Transpose", [X], {"perm": [1, 2, 0]}), Case("Transpose-default", "Transpose", [X])]
+SQ = f32(1, 3, 1, 4)
+SHAPE += both(Case("Squeeze-13-axes", "Squeeze", [SQ, i64(0, -2)]), 1)
+SHAPE += [Case("Squeeze-13-all", "Squeeze", [SQ]), Case("Squeeze-11-attr", "Squeeze", [SQ], {"axes": [2]}, opset=11)]
+SHAPE += both(Case("Unsqueeze-13-axes", "Unsqueeze", [X, i64(-1, 0)]), 1)
+SHAPE += [Case("Unsqueeze-11-attr", "Unsqueeze", [X], {"axes": [1, 4]}, opset=11)]
+SHAPE += [Case("Concat", "Concat", [X, f32(2, 3, 2, seed=4)], {"axis": -1}),
+          Case("Concat-int-with-empty", "Concat", [i64(1, 2), np.zeros(0, np.int64), i64(3)], {"axis": 0})]
+SHAPE += both(Case("Split-13-sizes", "Split", [X, i64(1, 3)], {"axis": 2}, n_out=2), 1)
+SHAPE += [Case("Split-13-equal", "Split", [f32(2, 6)], {"axis": 1}, n_out=3),
+          Case("Split-18-num-outputs-uneven", "Split", [f32(2, 7)], {"axis": 1, "num_outputs": 3}, opset=18, n_out=3),
+          Case("Split-11-attr", "Split", [f32(5, 2)], {"split": [2, 3]}, opset=11, n_out=2)]
+SL = f32(5, 6, 7)
+SHAPE += both(Case("Slice-basic", "Slice", [SL, i64(1, 0), i64(4, 100), i64(0, 2)]), 1, 2, 3)
+SHAPE += both(Case("Slice-negative-steps", "Slice", [SL, i64(-1, 5), i64(-100, 0), i64(1, 2), i64(-1, -2)]),
+              1, 2, 3, 4)
+SHAPE += both(Case("Slice-steps-clamped", "Slice", [SL, i64(-10, 1), i64(2**62, -1), i64(-1, 0), i64(3, 2)]),
+              1, 2, 3, 4)
+SHAPE += [Case("Slice-opset9-attrs", "Slice", [SL], {"starts": [1, -3], "ends": [3, 100], "axes": [0, 2]}, opset=9)]
+EMB = f32(10, 4)
+SHAPE += both(Case("Gather-axis0-embedding", "Gather", [EMB, np.array([[1, 9], [-1, 0]], np.int64)]), 1)
+SHAPE += [Case("Gather-axis1-scalar", "Gather", [X, np.array(-2, np.int64)], {"axis": 1}, consts=(1,)),
+          Case("Gather-int32-indices", "Gather", [X, np.array([2, 0], np.int32)], {"axis": 2}),
+          Case("Gather-shape-vector", "Gather", [i64(4, 5, 6), i64(1)], consts=(1,))]
+SHAPE += [Case("GatherElements", "GatherElements", [f32(3, 4), np.array([[0, -1], [2, 1], [3, 3]], np.int64)],
+               {"axis": 1}),
+          Case("GatherND", "GatherND", [f32(3, 4, 2), np.array([[0, 1], [2, -1]], np.int64)]),
+          Case("GatherND-batch-dims", "GatherND", [f32(2, 3, 4), np.array([[[1], [2]], [[0], [1]]], np.int64)],
+               {"batch_dims": 1}),
+          Case("ScatterND", "ScatterND", [f32(4, 3), np.array([[1], [3]], np.int64), f32(2, 3, seed=9)]),
+          Case("ScatterND-add", "ScatterND", [f32(4, 3), np.array([[1], [1]], np.int64), f32(2, 3, seed=9)],
+               {"reduction": "add"}, opset=16),
+          Case("ScatterElements", "ScatterElements",
+               [f32(3, 4), np.array([[1, 0], [2, 3], [0, 1]], np.int64), f32(3, 2, seed=9)], {"axis": 1}),
+          Case("ScatterElements-add", "ScatterElements",
+               [f32(3, 4), np.array([[1, 1], [2, 3], [0, 0]], np.int64), f32(3, 2, seed=9)],
+               {"axis": 1, "reduction": "add"}, opset=16)]
+SHAPE += both(Case("Expand-bidirectional", "Expand", [f32(3, 1), i64(2, 1, 4)]), 1)
+SHAPE += both(Case("Tile", "Tile", [f32(2, 3), i64(2, 3)]), 1)
+SHAPE += [Case("Shape", "Shape", [X]), Case("Shape-15-start-end", "Shape", [X], {"start": 1, "end": -1}, opset=15),
+          Case("Shape-15-negative-start", "Shape", [X], {"start": -2}, opset=15), Case("Size", "Size", [X])]
+SHAPE += both(Case("ConstantOfShape-default", "ConstantOfShape", [i64(2, 3)]), 0)
+SHAPE += both(Case("ConstantOfShape-int", "ConstantOfShape", [i64(3)],
+                   {"value": numpy_helper.from_array(np.array([7], np.int64))}), 0)
+SHAPE += [Case("Range-int", "Range", [np.array(2, np.int64), np.array(11, np.int64), np.array(3, np.int64)]),
+          Case("Range-float", "Range", [np.array(1, np.float32), np.array(-2, np.float32), np.array(-0.5, np.float32)]),
+          Case("Cast-float-to-int", "Cast", [X * 5], {"to": TensorProto.INT32}),
+          Case("Cast-int-to-float", "Cast", [INT_A], {"to": TensorProto.FLOAT}),
+          Case("Cast-to-bool", "Cast", [np.round(X)], {"to": TensorProto.BOOL}),
+          Case("Cast-to-half", "Cast", [X], {"to": TensorProto.FLOAT16}, atol=1e-3),
+          Case("CastLike", "CastLike", [INT_A, np.zeros(1, np.float32)]),
+          Case("NonZero", "NonZero", [np.array([[1, 0, 3], [0, 0, 2]], np.float32)]),
+          Case("Trilu-upper", "Trilu", [f32(2, 4, 5)]),
+          Case("DepthToSpace-DCR", "DepthToSpace", [f32(1, 8, 2, 3)], {"blocksize": 2}),
+          Case("DepthToSpace-CRD", "DepthToSpace", [f32(1, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}),
+          Case("SpaceToDepth", "SpaceToDepth", [f32(1, 2, 4, 6)], {"blocksize": 2})]
+SHAPE += both(Case("Trilu-lower-k", "Trilu", [f32(4, 5), i64(-1)], {"upper": 0}), 1)
+SHAPE += both(Case("CumSum", "CumSum", [f32(3, 4), np.array(1, np.int64)]), 1)
+SHAPE += both(Case("CumSum-exclusive-reverse", "CumSum", [f32(3, 4), np.array(0, np.int64)],
+                   {"exclusive": 1, "reverse": 1}), 1)
+SHAPE += both(Case("OneHot", "OneHot", [np.array([[0, 3], [-1, 7]], np.int64), np.array(4, np.int64),
+                                        np.array([0.0, 2.0], np.float32)], {"axis": 1}), 1)
+
+
+@params(SHAPE)
+def test_shape_and_index_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+def _constant_case(attr_name, value):
+    return Case(f"Constant-{attr_name}", "Constant", [], {attr_name: value})
+
+
+SPARSE = helper.make_sparse_tensor(numpy_helper.from_array(np.array([1.5, -2.0], np.float32), "v"),
+                                   numpy_helper.from_array(np.array([1, 4], np.int64), "i"), [2, 3])
+
+
+@params([_constant_case("value", numpy_helper.from_array(f32(2, 3))), _constant_case("value_float", 0.25),
+         _constant_case("value_floats", [0.5, -1.0]), _constant_case("value_int", 7),
+         _constant_case("value_ints", [1, -2, 3])])
+def test_constant_kinds_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+def test_sparse_constant_is_densified():
+    """onnxruntime returns a sparse tensor for a sparse Constant, so the dense array is the oracle."""
+    dense = np.array([[0, 1.5, 0], [0, -2.0, 0]], np.float32)
+    np.testing.assert_array_equal(sparse_to_dense(SPARSE), dense)
+    got = run_bridge(make_model(_constant_case("sparse_value", SPARSE)), {})[0]
+    np.testing.assert_array_equal(got, dense, err_msg="output 'out0'")
+
+
+# ---------------------------------------------------------------------------------------------------- pooling
+
+P = f32(2, 3, 7, 8, seed=20)
+POOL = [
+    Case("MaxPool-k3s2p1", "MaxPool", [P], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("MaxPool-asymmetric-pads", "MaxPool", [P], {"kernel_shape": [2, 3], "pads": [0, 1, 1, 2]}),
+    Case("MaxPool-ceil", "MaxPool", [P], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    Case("MaxPool-ceil-drops-window-in-pad", "MaxPool", [f32(1, 1, 5, 5)],
+         {"kernel_shape": [2, 2], "strides": [3, 3], "pads": [0, 0, 1, 1], "ceil_mode": 1}),
+    Case("MaxPool-dilations", "MaxPool", [P], {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 1, 1, 1]}),
+    Case("MaxPool-same-upper", "MaxPool", [P], {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    Case("MaxPool-same-lower", "MaxPool", [P], {"kernel_shape": [2, 2], "auto_pad": "SAME_LOWER"}),
+    Case("MaxPool-1d", "MaxPool", [f32(2, 3, 9)], {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
+    Case("MaxPool-3d", "MaxPool", [f32(1, 2, 4, 5, 6)], {"kernel_shape": [2, 2, 2], "strides": [2, 2, 2]}),
+    Case("MaxPool-indices", "MaxPool", [P], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+         n_out=2),
+    Case("MaxPool-indices-asymmetric", "MaxPool", [P], {"kernel_shape": [2, 3], "pads": [1, 0, 0, 2]}, n_out=2),
+    Case("MaxPool-indices-storage-order", "MaxPool", [P], {"kernel_shape": [2, 2], "storage_order": 1}, n_out=2),
+    Case("AveragePool-exclude-pad", "AveragePool", [P], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    Case("AveragePool-include-pad", "AveragePool", [P],
+         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    Case("AveragePool-asymmetric-exclude", "AveragePool", [P], {"kernel_shape": [2, 3], "pads": [0, 2, 1, 0]}),
+    Case("AveragePool-asymmetric-include", "AveragePool", [P],
+         {"kernel_shape": [2, 3], "pads": [0, 2, 1, 0], "count_include_pad": 1}),
+    Case("AveragePool-ceil", "AveragePool", [P], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    Case("AveragePool-ceil-pads-include", "AveragePool", [P],
+         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1, "count_include_pad": 1}),
+    Case("AveragePool-same-upper", "AveragePool", [P],
+         {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    Case("AveragePool-1d", "AveragePool", [f32(2, 3, 9)], {"kernel_shape": [3], "strides": [2], "pads": [0, 2]}),
+    Case("AveragePool-3d", "AveragePool", [f32(1, 2, 4, 5, 6)], {"kernel_shape": [2, 2, 2], "pads": [1] * 6}),
+    Case("GlobalAveragePool", "GlobalAveragePool", [P]), Case("GlobalMaxPool", "GlobalMaxPool", [P]),
+]
+
+
+@params(POOL)
+def test_pooling_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+# -------------------------------------------------------------------------------------------------- pad, resize
+
+PAD = []
+PAD += both(Case("constant-value", "Pad", [X, i64(0, 1, 2, 0, 2, 1), np.array(1.5, np.float32)]), 1, 2)
+PAD += both(Case("reflect", "Pad", [X, i64(0, 0, 2, 1, 0, 3)], {"mode": "reflect"}), 1)
+PAD += both(Case("edge", "Pad", [X, i64(1, 0, 2, 0, 2, 1)], {"mode": "edge"}), 1)
+PAD += [Case("wrap", "Pad", [X, i64(0, 1, 3, 0, 2, 1)], {"mode": "wrap"}, opset=19, consts=(1,)),
+        Case("negative-crops", "Pad", [X, i64(0, -1, 1, 0, 1, -2)], consts=(1,)),
+        Case("axes-18", "Pad", [X, i64(1, 2, 2, 1), None, i64(-1, 1)], {"mode": "edge"}, opset=18, consts=(1, 3)),
+        Case("opset2-attrs", "Pad", [X], {"pads": [0, 1, 1, 0, 1, 1], "value": -2.0}, opset=2),
+        Case("int-constant", "Pad", [INT_A, i64(1, 1, 0, 2)], consts=(1,))]
+
+R = f32(1, 2, 4, 5, seed=30)
+SCALES_UP = np.array([1, 1, 2, 1.5], np.float32)
+SCALES_DOWN = np.array([1, 1, 0.5, 0.6], np.float32)
+SIZES = i64(1, 2, 7, 3)
+EMPTY = np.zeros(0, np.float32)
+RESIZE = []
+for coord in ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "tf_half_pixel_for_nn"]:
+    for nearest in ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]:
+        for name, scales in [("up", SCALES_UP), ("down", SCALES_DOWN)]:
+            RESIZE.append(Case(f"nearest-{coord}-{nearest}-{name}", "Resize", [R, None, scales],
+                               {"mode": "nearest", "coordinate_transformation_mode": coord, "nearest_mode": nearest},
+                               consts=(2,)))
+for coord in ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "half_pixel_symmetric"]:
+    for name, scales in [("up", SCALES_UP), ("down", SCALES_DOWN)]:
+        RESIZE.append(Case(f"linear-{coord}-{name}", "Resize", [R, None, scales],
+                           {"mode": "linear", "coordinate_transformation_mode": coord}, consts=(2,), opset=19))
+RESIZE += both(Case("linear-sizes", "Resize", [R, None, None, SIZES], {"mode": "linear"}), 3)
+RESIZE += both(Case("nearest-scales-dyn", "Resize", [R, None, SCALES_UP]), 2)
+RESIZE += [
+    Case("cubic-half-pixel", "Resize", [R, None, SCALES_UP], {"mode": "cubic"}, consts=(2,)),
+    Case("cubic-exclude-outside", "Resize", [R, None, SCALES_DOWN],
+         {"mode": "cubic", "exclude_outside": 1, "cubic_coeff_a": -0.5}, consts=(2,)),
+    Case("cubic-align-corners-sizes", "Resize", [R, None, None, SIZES],
+         {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, consts=(3,)),
+    Case("tf-crop-and-resize-linear", "Resize",
+         [R, np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.2], np.float32), None, i64(1, 2, 5, 6)],
+         {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": -1.0},
+         consts=(1, 3)),
+    Case("tf-crop-and-resize-nearest", "Resize",
+         [R, np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.2], np.float32), None, i64(1, 2, 5, 6)],
+         {"mode": "nearest", "coordinate_transformation_mode": "tf_crop_and_resize"}, consts=(1, 3)),
+    Case("opset11-empty-roi-scales", "Resize", [R, EMPTY, EMPTY, SIZES], {"mode": "nearest"}, opset=11,
+         consts=(1, 2, 3)),
+    Case("opset10-nearest-up", "Resize", [R, SCALES_UP], opset=10, consts=(1,)),
+    Case("opset10-nearest-down", "Resize", [R, SCALES_DOWN], opset=10, consts=(1,)),
+    Case("opset10-linear", "Resize", [R, SCALES_UP], {"mode": "linear"}, opset=10, consts=(1,)),
+    Case("axes-18", "Resize", [R, None, np.array([2, 0.5], np.float32)], {"axes": [3, 2]}, opset=18, consts=(2,)),
+    Case("not-larger-18", "Resize", [R, None, None, i64(6, 6)],
+         {"axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"}, opset=18, consts=(3,)),
+    Case("not-smaller-18", "Resize", [R, None, None, i64(6, 6)],
+         {"axes": [2, 3], "keep_aspect_ratio_policy": "not_smaller", "mode": "linear"}, opset=18, consts=(3,)),
+    Case("Upsample-9", "Upsample", [R, np.array([1, 1, 2, 3], np.float32)], opset=9, consts=(1,)),
+    Case("Upsample-7-linear", "Upsample", [R], {"scales": [1.0, 1.0, 2.0, 2.0], "mode": "linear"}, opset=7),
+]
+
+
+@params([replace(c, id=f"{c.op}-{c.id}") for c in PAD + RESIZE])
+def test_pad_and_resize_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+# --------------------------------------------------------------------------------------------------- reductions
+
+REDUCERS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+            "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"]
+REDUCE = []
+for op in REDUCERS:
+    x = POS if op == "ReduceLogSum" else X
+    REDUCE.append(Case(f"{op}-13-attr", op, [x], {"axes": [0, -1], "keepdims": 0}, opset=13 if op != "ReduceSum"
+                       else 11))
+    REDUCE.append(Case(f"{op}-all-keepdims", op, [x], opset=17))
+    REDUCE += both(Case(f"{op}-18-input", op, [x, i64(1)], {"keepdims": 1}, opset=18), 1)
+REDUCE += both(Case("ReduceSum-13-input", "ReduceSum", [X, i64(-1, 0)], {"keepdims": 0}, opset=13), 1)
+REDUCE += [Case("ReduceSum-noop-empty-axes", "ReduceSum", [X], {"noop_with_empty_axes": 1}, opset=13),
+           Case("ReduceMean-18-noop-empty", "ReduceMean", [X, np.zeros(0, np.int64)], {"noop_with_empty_axes": 1},
+                opset=18, consts=(1,))]
+TIES = np.array([[1, 3, 3, 0], [2, 2, 1, 2]], np.float32)
+REDUCE += [Case("ArgMax", "ArgMax", [X], {"axis": 1}), Case("ArgMax-no-keepdims", "ArgMax", [X], {"keepdims": 0}),
+           Case("ArgMax-ties-first", "ArgMax", [TIES], {"axis": 1}),
+           Case("ArgMax-ties-last", "ArgMax", [TIES], {"axis": 1, "select_last_index": 1}),
+           Case("ArgMin-last", "ArgMin", [TIES], {"axis": -1, "select_last_index": 1, "keepdims": 0})]
+REDUCE += both(Case("TopK-largest", "TopK", [X, i64(2)], {"axis": 1}, n_out=2), 1)
+REDUCE += [Case("TopK-smallest-last-axis", "TopK", [X, i64(3)], {"largest": 0}, n_out=2, consts=(1,)),
+           Case("TopK-ties-lower-index-first", "TopK", [TIES, i64(2)], n_out=2, consts=(1,)),
+           Case("TopK-opset1-attr", "TopK", [X], {"k": 2, "axis": 0}, opset=9, n_out=2)]
+
+
+@params(REDUCE)
+def test_reduction_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+# ---------------------------------------------------------------------------------------------------- recurrent
+
+T, B, I, H = 4, 3, 5, 6
+
+
+def rnn_case(op, gates, direction="forward", with_b=True, with_init=False, seq_lens=None, layout=0, extra=(),
+             **attrs):
+    nd = 2 if direction == "bidirectional" else 1
+    x = f32(T, B, I, seed=40) if layout == 0 else f32(B, T, I, seed=40)
+    init_shape = (nd, B, H) if layout == 0 else (B, nd, H)
+    ins = [x, f32(nd, gates * H, I, seed=41) * 0.5, f32(nd, gates * H, H, seed=42) * 0.5,
+           f32(nd, 2 * gates * H, seed=43) if with_b else None,
+           None if seq_lens is None else np.array(seq_lens, np.int32),
+           f32(*init_shape, seed=44) if with_init else None]
+    n_states = 2 if op == "LSTM" else 1
+    if op == "LSTM":
+        ins.append(f32(*init_shape, seed=45) if with_init else None)
+    ins += list(extra)
+    while ins[-1] is None:
+        ins.pop()
+    name = "-".join([op, direction] + [k for k, v in [("bias", with_b), ("init", with_init),
+                                                      ("seqlens", seq_lens is not None), ("layout1", layout)] if v]
+                    + [f"{k}{v}" for k, v in attrs.items()] + (["peepholes"] if extra else []))
+    return Case(name, op, ins, dict(hidden_size=H, direction=direction, layout=layout, **attrs),
+                opset=14, n_out=1 + n_states)
+
+
+RECURRENT = [
+    rnn_case("LSTM", 4), rnn_case("LSTM", 4, "reverse", with_init=True), rnn_case("LSTM", 4, "bidirectional"),
+    rnn_case("LSTM", 4, with_b=False, with_init=True),
+    rnn_case("LSTM", 4, "bidirectional", with_init=True, seq_lens=[4, 2, 3]),
+    rnn_case("LSTM", 4, with_init=True, extra=[f32(1, 3 * H, seed=46)]),
+    rnn_case("LSTM", 4, clip=0.5), rnn_case("LSTM", 4, input_forget=1),
+    rnn_case("GRU", 3), rnn_case("GRU", 3, "bidirectional", with_init=True),
+    rnn_case("GRU", 3, linear_before_reset=1), rnn_case("GRU", 3, "reverse", with_b=False, linear_before_reset=1),
+    rnn_case("GRU", 3, seq_lens=[1, 4, 2], with_init=True), 
+    rnn_case("RNN", 1), rnn_case("RNN", 1, "bidirectional", with_init=True),
+    rnn_case("RNN", 1, activations=["Relu"]),
+]
+
+
+@params(RECURRENT)
+def test_recurrent_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_recurrent_layout1_is_layout0_batch_first(op, gates):
+    """onnxruntime refuses layout=1, so the oracle is onnxruntime on the layout-0 model, inputs transposed."""
+    case = rnn_case(op, gates, "bidirectional", with_init=True, layout=1)
+    batch_first = run_bridge(make_model(case), feeds_of(case))
+    seq_first = [np.swapaxes(a, 0, 1) if i in (0, 5, 6) and a is not None else a for i, a in enumerate(case.inputs)]
+    case0 = replace(case, inputs=seq_first, attrs=dict(case.attrs, layout=0))
+    want = run_ort(make_model(case0), feeds_of(case0))
+    want = [np.transpose(want[0], (2, 0, 1, 3))] + [np.swapaxes(w, 0, 1) for w in want[1:]]
+    for i, (g, w) in enumerate(zip(batch_first, want)):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=f"output 'out{i}'")
+
+
+# ---------------------------------------------------------------------------------------------------- dropout
+
+
+@params([Case("Dropout-12-eval", "Dropout", [X, np.array(0.3, np.float32)], opset=13, consts=(1,), n_out=2),
+         Case("Dropout-7-eval", "Dropout", [X], {"ratio": 0.2}, opset=7),
+         Case("Dropout-no-ratio", "Dropout", [X], opset=13, n_out=2)])
+def test_dropout_is_identity_in_eval(case):
+    assert_matches_ort(case)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_picks_the_implementation_in_force_at_the_opset():
+    assert lookup("", "Softmax", 11).since_opset == 1
+    assert lookup("", "Softmax", 13).since_opset == 13
+    assert lookup("ai.onnx", "ReduceMean", 17).since_opset == 1
+    assert lookup("", "ReduceMean", 18).since_opset == 18
+    assert lookup("", "ReduceSum", 13).since_opset == 13
+    assert lookup("", "Gelu", 17) is None and lookup("", "Gelu", 20) is not None
+    assert lookup("", "Loop", 17) is None and lookup("com.acme", "Conv", 1) is None
+
+
+def test_every_registered_op_type_is_exercised_here():
+    """Keeps this file honest: a new op needs a parity case."""
+    tested = {c.op for group in (UNARY_CASES, BINARY, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
+                                 POOL, PAD, RESIZE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
+    registered = {op for _, op, _ in supported_ops()}
+    assert registered - tested == set()
+
+
+# ------------------------------------------------------------------------------------------------- gradients
+
+
+def grad_model(op, shapes, attrs=None, opset=17, n_out=1):
+    """A one-node float64 model whose every input is a graph input (so gradcheck sees them all)."""
+    names = ["" if s is None else f"in{i}" for i, s in enumerate(shapes)]
+    node = helper.make_node(op, names, [f"out{i}" for i in range(n_out)], **(attrs or {}))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.DOUBLE, s) for n, s in zip(names, shapes) if s]
+    outputs = [helper.make_tensor_value_info(f"out{i}", TensorProto.DOUBLE, None) for i in range(n_out)]
+    graph = helper.make_graph([node], op, inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+GRAD = [
+    ("Conv", [(1, 2, 5, 5), (3, 2, 3, 3), (3,)], {"strides": [2, 1], "pads": [1, 0, 0, 1]}),
+    ("Conv-groups", [(1, 4, 4, 4), (4, 2, 2, 2), None], {"group": 2, "auto_pad": "SAME_UPPER"}),
+    ("ConvTranspose", [(1, 2, 3, 3), (2, 3, 3, 3), (3,)], {"strides": [2, 2], "pads": [1, 0, 0, 1],
+                                                           "output_padding": [1, 1]}),
+    ("Gemm", [(3, 4), (5, 4), (5,)], {"transB": 1, "alpha": 0.5, "beta": 2.0}),
+    ("MatMul", [(2, 3, 4), (4, 2)], {}),
+    ("BatchNormalization", [(2, 3, 4), (3,), (3,), (3,), (3,)], {"epsilon": 1e-3}),
+    ("LayerNormalization", [(2, 3, 4), (4,), (4,)], {}),
+    ("LSTM", [(3, 2, 3), (1, 16, 3), (1, 16, 4), (1, 32), None, (1, 2, 4), (1, 2, 4), (1, 12)],
+     {"hidden_size": 4}),
+    ("GRU", [(3, 2, 3), (2, 12, 3), (2, 12, 4), (2, 24)], {"hidden_size": 4, "direction": "bidirectional"}),
+]
+
+
+@pytest.mark.parametrize("op,shapes,attrs", GRAD, ids=[g[0] for g in GRAD])
+def test_gradients_match_finite_differences(op, shapes, attrs):
+    n_out = {"LSTM": 3, "GRU": 2}.get(op, 1)
+    module = OnnxModule(grad_model(op.split("-")[0], shapes, attrs, n_out=n_out))
+    rng = np.random.default_rng(0)
+    args = []
+    for s in shapes:
+        if s is not None:
+            arr = rng.uniform(-1, 1, s)
+            if op == "BatchNormalization" and len(args) == 4:
+                arr = np.abs(arr) + 0.5  # variance
+            args.append(torch.tensor(arr, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda *a: module(*a), tuple(args), eps=1e-6, atol=1e-5, rtol=1e-4)
