@@ -1,0 +1,251 @@
+"""From sensitivity curves to one sparsity per layer under an accuracy budget (`prune --max-loss PP`).
+
+1. Predict: each layer's loss curve L_l(s) = dense - metric (pp), with L_l(0) = 0, clipped at 0, made monotone
+   (running max) and interpolated linearly between the scanned levels. The joint loss of an allocation is predicted
+   as sum_l L_l(s_l).
+2. Allocate: maximise the weights removed, sum_l size_l * s_l, subject to sum_l L_l(s_l) <= budget. A greedy
+   knapsack on a 1% grid: repeatedly take the move (one layer, from s to any s' > s) with the most weights removed
+   per pp of predicted loss that still fits; free moves (no predicted loss) first. Looking ahead to any s' (not
+   just the next step) lets the greedy cross bumps in a curve.
+3. Measure (`fit_to_budget`): prune all layers at once, run the data, compare with the dense model. Layers interact,
+   so the prediction is only a guide: when the measured loss is over budget, the predicted budget is shrunk
+   geometrically and the allocation redone (then bisected); when it fits, a larger predicted budget is tried while
+   tries remain. The answer is the allocation that removes the most weights among those MEASURED within budget;
+   if none is, the model stays dense, with a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from calibration.metrics import Evaluator
+from calibration.sensitivity import SensitivityResult, masked
+from converter.errors import ConfigError
+from passes.magnitude import quality_for_sparsity
+from passes.weights import Inventory, constant_tensors
+
+log = logging.getLogger(__name__)
+
+GRID_STEP = 0.01
+_EPS = 1e-9
+
+
+class Allocation(dict):
+    """{weight name: sparsity}, plus how it was chosen (fit_to_budget re-allocates from `result`)."""
+
+    def __init__(self, sparsities, *, result=None, budget_pp=0.0, predicted_loss_pp=0.0, weights=None):
+        super().__init__(sparsities)
+        self.result, self.budget_pp, self.weights = result, budget_pp, weights
+        self.predicted_loss_pp = predicted_loss_pp
+
+
+@dataclass
+class AllocationOutcome:
+    sparsities: dict[str, float]
+    qualities: dict[str, float]  # q (threshold / std) giving each sparsity, the paper's knob
+    measured_loss_pp: float
+    tries: int
+    history: list[dict] = field(default_factory=list)
+    predicted_loss_pp: float = 0.0
+    dense_pct: float = 0.0
+    pruned_pct: float = 0.0
+    removed: int = 0
+    total: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def compression(self) -> float:
+        """Weights before / weights after, over the prunable layers."""
+        return self.total / max(1, self.total - self.removed)
+
+
+# ---- curves --------------------------------------------------------------------------------------------------
+
+def loss_curve(result: SensitivityResult, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sparsities, predicted loss in pp) from 0: clipped at 0, monotone non-decreasing."""
+    layer = result.layer(name)
+    xs = np.array([0.0, *layer.levels])
+    ys = np.maximum.accumulate(np.maximum(0.0, np.array([0.0, *layer.losses(result.dense)])))
+    return xs, ys
+
+
+def predicted_loss(result: SensitivityResult, sparsities: dict[str, float]) -> float:
+    """Sum of the per-layer losses (pp) the curves predict for an allocation."""
+    total = 0.0
+    for name, s in sparsities.items():
+        xs, ys = loss_curve(result, name)
+        total += float(np.interp(s, xs, ys))
+    return total
+
+
+def _grid(levels) -> np.ndarray:
+    top = max(levels)
+    grid = np.round(np.arange(0.0, top + _EPS, GRID_STEP), 6)
+    return np.unique(np.concatenate([grid[grid <= top], np.asarray(levels, dtype=float)]))
+
+
+# ---- allocation ----------------------------------------------------------------------------------------------
+
+def allocate(result: SensitivityResult, inventory: Inventory, max_loss_pp: float, *, weights=None) -> Allocation:
+    """Sparsity per layer removing the most weights with predicted joint loss <= max_loss_pp.
+
+    `weights` ({name: w}) replaces the layer sizes as the value of removing a fraction of a layer (e.g. MACs).
+    """
+    if max_loss_pp < 0 or not math.isfinite(max_loss_pp):
+        raise ConfigError(f"--max-loss {max_loss_pp} must be a finite number of percentage points >= 0.")
+    scanned = {lay.name for lay in result.layers}
+    names = [w.name for w in inventory.prunable if w.name in scanned]
+    missing = [w.name for w in inventory.prunable if w.name not in scanned]
+    if missing:
+        log.warning("no sensitivity curve for %s: left dense; rerun the scan to include them", missing)
+    grid = _grid(result.levels)
+    value = {w.name: float(weights.get(w.name, w.size) if weights else w.size) for w in inventory.prunable}
+    losses = {n: np.interp(grid, *loss_curve(result, n)) for n in names}
+    at = {n: 0 for n in names}
+    left = float(max_loss_pp)
+    while True:
+        move = _best_move(names, at, losses, value, grid, left)
+        if move is None:
+            break
+        name, j, cost = move
+        at[name], left = j, left - cost
+    sparsities = {w.name: float(grid[at[w.name]]) if w.name in at else 0.0 for w in inventory.prunable}
+    return Allocation(sparsities, result=result, budget_pp=max_loss_pp,
+                      predicted_loss_pp=predicted_loss(result, {n: sparsities[n] for n in names}), weights=weights)
+
+
+def _best_move(names, at, losses, value, grid, left):
+    """(layer, grid index, cost) of the move with the most value per pp that fits; free moves first."""
+    best, best_key = None, None
+    for n in names:
+        i = at[n]
+        if i + 1 >= len(grid):
+            continue
+        gain = value[n] * (grid[i + 1:] - grid[i])
+        cost = np.maximum(0.0, losses[n][i + 1:] - losses[n][i])
+        fits = cost <= left + _EPS
+        if not fits.any():
+            continue
+        free = fits & (cost <= _EPS)
+        if free.any():
+            j = int(np.flatnonzero(free)[-1])
+            key = (1, gain[j], 0.0)
+        else:
+            ratio = np.where(fits, gain / np.maximum(cost, _EPS), -1.0)
+            j = int(np.argmax(ratio))
+            key = (0, ratio[j], gain[j])
+        if best_key is None or key > best_key:
+            best, best_key = (n, i + 1 + j, float(cost[j])), key
+    return best
+
+
+# ---- measuring -----------------------------------------------------------------------------------------------
+
+def pruned_model(model: onnx.ModelProto, sparsities: dict[str, float]) -> onnx.ModelProto:
+    """A copy of the model with every layer magnitude-pruned to its sparsity (one shot, no retraining)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    tensors = constant_tensors(out)
+    for name, s in sparsities.items():
+        if s > 0:
+            values = numpy_helper.to_array(tensors[name])
+            tensors[name].CopyFrom(numpy_helper.from_array(masked(values, s), name))
+    return out
+
+
+def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
+    return sum(int(round(sparsities.get(w.name, 0.0) * w.size)) for w in inventory.prunable)
+
+
+def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, allocation: dict[str, float],
+                  max_loss_pp: float, max_tries: int = 8, *,
+                  result: SensitivityResult | None = None) -> AllocationOutcome:
+    """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp."""
+    result = result if result is not None else getattr(allocation, "result", None)
+    weights = getattr(allocation, "weights", None)
+    dense = 100.0 * (evaluator.dense if evaluator.dense is not None else evaluator.evaluate(model))
+    search = _KnobSearch(max_loss_pp)
+    tried: dict[tuple, float] = {}
+    best = None
+    x = 1.0
+    for _ in range(4 * max_tries):
+        if len(tried) >= max_tries or x is None:
+            break
+        cand = dict(allocation) if not tried else _candidate(x, allocation, result, inventory, max_loss_pp, weights)
+        key = tuple(sorted((n, round(s, 6)) for n, s in cand.items()))
+        if key in tried:  # the knob moved but the allocation did not: keep searching
+            x = search.next(x, tried[key], growable=result is not None)
+            continue
+        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand))
+        loss = round(dense - pruned, 9)  # 99.9 - 99.4 is 0.50000000000001 in floating point
+        tried[key] = loss
+        fits = loss <= max_loss_pp + _EPS
+        entry = {"try": len(tried), "knob": x, "measured_loss_pp": loss, "fits": fits,
+                 "predicted_loss_pp": predicted_loss(result, cand) if result is not None else None,
+                 "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": pruned}
+        search.history.append(entry)
+        log.info("try %d: %s weights removed, measured loss %.3f pp (budget %.3f)%s", len(tried),
+                 f"{entry['removed']:,}", loss, max_loss_pp, "" if fits else " -> over budget")
+        if fits and (best is None or entry["removed"] > best["removed"]):
+            best = entry
+        x = search.next(x, loss, growable=result is not None)
+    return _outcome(model, inventory, best, search.history, dense, max_loss_pp)
+
+
+def _candidate(x, allocation, result, inventory, max_loss_pp, weights) -> dict[str, float]:
+    """The allocation at knob x: re-allocated with predicted budget x * max_loss when curves are at hand (and
+    scaled down below x = 1/16), else the original sparsities scaled by min(1, x)."""
+    if result is None or max_loss_pp <= 0:
+        return {n: s * min(1.0, x) for n, s in allocation.items()}
+    alloc = allocate(result, inventory, x * max_loss_pp, weights=weights)
+    scale = min(1.0, 16.0 * x)
+    return {n: s * scale for n, s in alloc.items()}
+
+
+class _KnobSearch:
+    """Where to put the knob next: grow x2 while it fits, shrink geometrically while it does not, then bisect."""
+
+    def __init__(self, budget: float):
+        self.budget = budget
+        self.lo: float | None = None  # largest knob that fit
+        self.hi: float | None = None  # smallest knob that did not
+        self.history: list[dict] = []
+
+    def next(self, x: float, loss: float, *, growable: bool) -> float | None:
+        if loss <= self.budget + _EPS:
+            self.lo = x if self.lo is None else max(self.lo, x)
+        else:
+            self.hi = x if self.hi is None else min(self.hi, x)
+        if self.hi is None:
+            return x * 2.0 if growable and x < 1024 else None
+        if self.lo is None:
+            shrink = min(0.7, max(0.2, self.budget / loss)) if loss > 0 else 0.5
+            return x * shrink if x > 1e-4 else None
+        if self.hi / max(self.lo, 1e-12) < 1.15:
+            return None
+        mid = math.sqrt(self.lo * self.hi) if self.lo > 0 else self.hi / 2
+        return mid if self.lo < mid < self.hi else None
+
+
+def _outcome(model, inventory, best, history, dense, max_loss_pp) -> AllocationOutcome:
+    total = sum(w.size for w in inventory.prunable)
+    notes = []
+    if best is None:
+        notes.append(f"no allocation stayed within {max_loss_pp:g} pp after {len(history)} measured tries; "
+                     "the model is left dense. Raise --max-loss or give more representative data.")
+        sparsities = {w.name: 0.0 for w in inventory.prunable}
+        best = {"measured_loss_pp": 0.0, "predicted_loss_pp": 0.0, "removed": 0, "pruned_pct": dense}
+    else:
+        sparsities = {w.name: float(best["sparsities"].get(w.name, 0.0)) for w in inventory.prunable}
+    tensors = constant_tensors(model)
+    qualities = {n: quality_for_sparsity(numpy_helper.to_array(tensors[n]), s) for n, s in sparsities.items()}
+    return AllocationOutcome(sparsities=sparsities, qualities=qualities, measured_loss_pp=best["measured_loss_pp"],
+                             tries=len(history), history=history, predicted_loss_pp=best["predicted_loss_pp"] or 0.0,
+                             dense_pct=dense, pruned_pct=best["pruned_pct"], removed=best["removed"], total=total,
+                             notes=notes)

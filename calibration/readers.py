@@ -1,0 +1,491 @@
+"""Calibration data readers: arrays from .npz files, folders, memory or a seeded generator, batched for onnxruntime.
+
+Every reader speaks onnxruntime's calibration protocol (`get_next()` returns a feed dict or None, `rewind()` starts
+over) and adds `batches()`, which yields `(feeds, labels or None)`. Data flows in chunks (one file, one dict) that
+are cut into batches of exactly `batch_size` samples (the last one may be shorter):
+
+    a.npz [700 samples]  b.npz [500]   --batch 512-->   [512] [188 + 324] [176]
+
+Rules, all enforced with one `CalibrationError` that names the file, the array and the shapes:
+  1. Arrays are named after the model inputs, first axis = samples; one optional labels array (default "labels").
+  2. The first chunk is checked when the reader is opened (names, rank, fixed dims, dtype); later chunks when read.
+  3. Safe casts (float64 -> float32, int32 -> int64, ...) are done and logged once; unsafe ones are errors.
+  4. NaN/inf, empty files, zero samples, pickled arrays (`allow_pickle=False`, always) are errors.
+  5. Deterministic: the same source, batch size, limit and seed give the same batches, every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calibration.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs
+from converter.errors import CalibrationError, ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LABELS = "labels"
+DEFAULT_RANDOM_SAMPLES = 256
+RANDOM_WARNING = (
+    "CALIBRATION DATA IS RANDOM NOISE: every accuracy, agreement or sensitivity figure computed on it means "
+    "NOTHING about the real model. Pass real samples (--data FILE.npz) for any decision that matters."
+)
+
+
+@dataclass
+class Chunk:
+    """A run of samples: arrays by name (first axis = samples), labels or None, and where they came from."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    where: str
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def slice(self, start: int, stop: int) -> Chunk:
+        labels = None if self.labels is None else self.labels[start:stop]
+        return Chunk({k: v[start:stop] for k, v in self.arrays.items()}, labels, self.where)
+
+
+class DataReader:
+    """Batches of feeds for one model; see the module docstring for the rules."""
+
+    def __init__(self, chunks: Callable[[], Iterator[Chunk]], specs: list[InputSpec], *, batch_size: int,
+                 limit: int | None, labels_name: str | None, num_samples: int | None, description: str,
+                 is_random: bool = False, checker: _ChunkChecker | None = None):
+        self._chunks = chunks
+        self.specs = specs
+        self.batch_size = batch_size
+        self.limit = limit
+        self.labels_name = labels_name
+        self.is_random = is_random
+        self.num_samples = num_samples if limit is None or num_samples is None else min(num_samples, limit)
+        self.description = description
+        self._check = checker or _ChunkChecker(specs, labels_name)
+        self._cursor: Iterator[dict[str, np.ndarray]] | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels_name is not None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """A fresh pass over the data: (feeds, labels or None) per batch."""
+        checked = (self._check(c) for c in self._chunks())
+        for chunk in _rebatch(checked, self.batch_size, self.limit, self._check.values):
+            yield chunk.arrays, chunk.labels
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (feeds for feeds, _ in self.batches())
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._cursor is None:
+            self._cursor = iter(self)
+        return next(self._cursor, None)
+
+    def rewind(self) -> None:
+        self._cursor = None
+
+    def __repr__(self) -> str:
+        return f"DataReader({self.description}, batch {self.batch_size})"
+
+
+def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batch_size: int = 64,
+              limit: int | None = None, seed: int = 0) -> DataReader:
+    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size {batch_size} must be >= 1.")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"sample limit {limit} must be >= 1 (or unset).")
+    specs = input_specs(model)
+    batch_size = _batch_size_for(specs, batch_size)
+    if isinstance(source, str) and source == "random":
+        return _random_reader(specs, batch_size, limit, seed)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return _folder_reader(path, specs, labels, batch_size, limit)
+        if not path.exists():
+            raise CalibrationError(f"calibration data '{path}' does not exist; pass an .npz file, a folder or "
+                                   "'random'.")
+        return _npz_reader(path, specs, labels, batch_size, limit)
+    if isinstance(source, Mapping):
+        chunk = _memory_chunk(source, "in-memory arrays")
+        return _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays")
+    if isinstance(source, Iterable):
+        return _feeds_reader(list(source), specs, labels, batch_size, limit)
+    raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
+                      "pass a path, 'random', a dict of arrays or a list of feed dicts.")
+
+
+# ---- sources ---------------------------------------------------------------------------------------------------
+
+def _npz_reader(path, specs, labels, batch_size, limit) -> DataReader:
+    if path.suffix == ".npy":
+        chunk = _npy_chunk(path, specs, labels, mmap=False)
+    elif path.suffix == ".npz":
+        chunk = _npz_chunk(path)
+    else:
+        raise CalibrationError(f"calibration file '{path}' is neither .npz nor .npy; save arrays with numpy.savez.")
+    return _single_chunk_reader(chunk, specs, labels, batch_size, limit, path.name)
+
+
+def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataReader:
+    labels_name = _labels_name(chunk, specs, labels)
+    checker = _ChunkChecker(specs, labels_name)
+    checker.first(chunk, batch_size)
+    return DataReader(lambda: iter([chunk]), specs, batch_size=batch_size, limit=limit, labels_name=labels_name,
+                      num_samples=chunk.n, description=_describe(name, _cap(chunk.n, limit), labels_name),
+                      checker=checker)
+
+
+def _feeds_reader(feeds: list, specs, labels, batch_size, limit) -> DataReader:
+    if not feeds:
+        raise CalibrationError("the list of calibration feed dicts is empty; give at least one batch.")
+    chunks = [_memory_chunk(f, f"feed dict #{i}") for i, f in enumerate(feeds)]
+    labels_name = _labels_name(chunks[0], specs, labels)
+    checker = _ChunkChecker(specs, labels_name)
+    checker.first(chunks[0], batch_size)
+    total = sum(c.n for c in chunks)
+    return DataReader(lambda: iter(chunks), specs, batch_size=batch_size, limit=limit, labels_name=labels_name,
+                      num_samples=total, description=_describe(f"{len(chunks)} feed dicts", _cap(total, limit),
+                                                               labels_name), checker=checker)
+
+
+def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+    label_files = {p for p in files if p.suffix == ".npy" and p.stem.endswith(f"_{labels or DEFAULT_LABELS}")}
+    files = [p for p in files if p not in label_files]
+    if not files:
+        raise CalibrationError(f"folder '{folder}' holds no .npz or .npy files; put calibration arrays in it.")
+    if any(p.suffix == ".npy" for p in files) and len(specs) != 1:
+        raise CalibrationError(
+            f"folder '{folder}' holds .npy files, which can only feed single-input models; this model has "
+            f"{len(specs)} inputs ({', '.join(s.name for s in specs)}). Save each chunk as an .npz with one array "
+            "per input.")
+
+    def load(p: Path) -> Chunk:
+        return _npz_chunk(p) if p.suffix == ".npz" else _npy_chunk(p, specs, labels, mmap=True)
+
+    first = load(files[0])
+    labels_name = _labels_name(first, specs, labels)
+    checker = _ChunkChecker(specs, labels_name)
+    checker.first(first, batch_size)
+    del first
+    total = _count_samples(files, specs)
+
+    def chunks() -> Iterator[Chunk]:
+        for p in files:
+            yield load(p)
+
+    desc = f"folder '{folder.name}/' ({len(files)} files)"
+    return DataReader(chunks, specs, batch_size=batch_size, limit=limit, labels_name=labels_name,
+                      num_samples=total, description=_describe(desc, _cap(total, limit), labels_name),
+                      checker=checker)
+
+
+def _random_reader(specs, batch_size, limit, seed) -> DataReader:
+    log.warning(RANDOM_WARNING)
+    total = limit or DEFAULT_RANDOM_SAMPLES
+
+    def chunks() -> Iterator[Chunk]:
+        rng = np.random.default_rng(seed)
+        for start in range(0, total, batch_size):
+            n = min(batch_size, total - start)
+            yield Chunk({s.name: _random_array(rng, s, n) for s in specs}, None, f"random data (seed {seed})")
+
+    desc = f"random data (seed {seed}): {total:,} samples, no labels; metrics on random data mean nothing"
+    return DataReader(chunks, specs, batch_size=batch_size, limit=limit, labels_name=None, num_samples=total,
+                      description=desc, is_random=True)
+
+
+def _random_array(rng, spec: InputSpec, n: int) -> np.ndarray:
+    shape = (n, *(DEFAULT_DYNAMIC_DIM if d is None else d for d in spec.shape[1:]))
+    if spec.dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if np.issubdtype(spec.dtype, np.integer):
+        return rng.integers(0, 2, size=shape).astype(spec.dtype)
+    return rng.standard_normal(shape).astype(spec.dtype)
+
+
+# ---- loading ---------------------------------------------------------------------------------------------------
+
+def _npz_chunk(path: Path) -> Chunk:
+    _refuse_empty(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise _load_error(path, exc) from None
+    if not arrays:
+        raise CalibrationError(f"'{path}' holds no arrays; save the samples with numpy.savez(path, input=...).")
+    labels = None
+    return Chunk(arrays, labels, str(path))
+
+
+def _npy_chunk(path: Path, specs, labels, *, mmap: bool) -> Chunk:
+    """A .npy holds the single input; its labels may sit beside it as '<stem>_labels.npy'."""
+    if len(specs) != 1:
+        raise CalibrationError(f"'{path}' is a .npy file, which can only feed a single-input model; this model "
+                               f"has inputs {[s.name for s in specs]}. Use an .npz with one array per input.")
+    _refuse_empty(path)
+    arrays = {specs[0].name: _load_npy(path, mmap)}
+    label_path = path.with_name(f"{path.stem}_{labels or DEFAULT_LABELS}.npy")
+    if label_path.is_file():
+        arrays[labels or DEFAULT_LABELS] = _load_npy(label_path, mmap=False)
+    return Chunk(arrays, None, str(path))
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _load_error(path, exc) from None
+
+
+def _refuse_empty(path: Path) -> None:
+    """Empty files, pickles and non-numpy files are refused before numpy sees them."""
+    if path.stat().st_size == 0:
+        raise CalibrationError(f"calibration file '{path}' is empty (0 bytes); write the samples again.")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head[:1] == b"\x80":
+        raise CalibrationError(f"'{path}' is a Python pickle; it is never unpickled (allow_pickle=False, unpickling "
+                               "runs code). Save plain numeric arrays with numpy.savez.")
+    if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+        raise CalibrationError(f"'{path}' is not a numpy file (no .npz/.npy header); write it with numpy.savez / "
+                               "numpy.save.")
+
+
+def _load_error(path: Path, exc: Exception) -> CalibrationError:
+    text = str(exc)
+    if "pickle" in text.lower() or "object arrays" in text.lower():
+        return CalibrationError(f"'{path}' holds pickled/object arrays; they are never unpickled (allow_pickle=False, "
+                                "unpickling runs code). Save plain numeric arrays with numpy.savez.")
+    first = text.splitlines()[0] if text else ""
+    return CalibrationError(f"'{path}' is not a readable numpy file ({type(exc).__name__}: {first}); "
+                            "write it with numpy.savez / numpy.save.")
+
+
+def _memory_chunk(source: Mapping, where: str) -> Chunk:
+    arrays = {}
+    for name, value in source.items():
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            raise CalibrationError(f"{where}: array '{name}' has dtype object; pass numeric numpy arrays.")
+        arrays[str(name)] = arr
+    if not arrays:
+        raise CalibrationError(f"{where} holds no arrays.")
+    return Chunk(arrays, None, where)
+
+
+def _count_samples(files: list[Path], specs) -> int | None:
+    """Samples in a folder, read from the array headers only (no data is loaded)."""
+    total = 0
+    name = specs[0].name if specs else None
+    try:
+        for p in files:
+            if p.suffix == ".npy":
+                total += int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
+            else:
+                total += _npz_length(p, name)
+    except (ValueError, OSError, KeyError, IndexError, zipfile.BadZipFile):
+        return None
+    return total
+
+
+def _npz_length(path: Path, name: str) -> int:
+    with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = reader(f)
+    return int(shape[0])
+
+
+# ---- checking --------------------------------------------------------------------------------------------------
+
+def _labels_name(chunk: Chunk, specs, labels: str | None) -> str | None:
+    inputs = {s.name for s in specs}
+    if labels is not None:
+        if labels in inputs:
+            raise ConfigError(f"labels '{labels}' is a model input; name the labels array something else.")
+        if labels not in chunk.arrays:
+            raise CalibrationError(f"'{chunk.where}' has no labels array '{labels}'; it holds "
+                                   f"{sorted(chunk.arrays)}. Pass the right name with --labels.")
+        return labels
+    return DEFAULT_LABELS if DEFAULT_LABELS in chunk.arrays and DEFAULT_LABELS not in inputs else None
+
+
+def _batch_size_for(specs, batch_size: int) -> int:
+    fixed = {s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
+    if len(fixed) == 1:
+        (dim,) = fixed
+        if dim != batch_size:
+            log.info("the model declares a fixed batch of %d; reading batches of %d samples", dim, dim)
+        return dim
+    return batch_size
+
+
+def _safe_cast(have: np.dtype, want: np.dtype) -> bool:
+    if np.issubdtype(have, np.floating) and np.issubdtype(want, np.floating):
+        return True  # float64 -> float32 loses precision the model never had
+    if np.issubdtype(have, np.integer) and np.issubdtype(want, np.integer):
+        return bool(np.can_cast(have, want, "safe"))
+    return False
+
+
+class _ChunkChecker:
+    """Checks chunks against the model inputs: structure per chunk, values (cast, NaN/inf) per slice.
+
+    Values are checked on the slices that make up a batch, so a memory-mapped .npy is never loaded whole.
+    """
+
+    def __init__(self, specs: list[InputSpec], labels_name: str | None):
+        self.specs = specs
+        self.labels_name = labels_name
+        self.logged: set[tuple[str, str]] = set()
+
+    def first(self, chunk: Chunk, batch_size: int) -> None:
+        """The open-time check: the first chunk's structure and its first batch's values."""
+        self.values(self(chunk).slice(0, batch_size))
+
+    def __call__(self, chunk: Chunk) -> Chunk:
+        where = chunk.where
+        arrays = dict(chunk.arrays)
+        labels = arrays.pop(self.labels_name, None) if self.labels_name else None
+        if self.labels_name and labels is None:
+            raise CalibrationError(f"'{where}' has no labels array '{self.labels_name}' (it holds {sorted(arrays)}); "
+                                   "every chunk needs its labels.")
+        self._names(arrays, where)
+        n = _common_length(arrays, where)
+        for s in self.specs:
+            self._structure(arrays[s.name], s, where)
+        return Chunk(arrays, None if labels is None else _check_labels(labels, n, self.labels_name, where), where)
+
+    def values(self, chunk: Chunk) -> Chunk:
+        return Chunk({s.name: self._value(chunk.arrays[s.name], s, chunk.where) for s in self.specs},
+                     chunk.labels, chunk.where)
+
+    def _names(self, arrays, where) -> None:
+        want = [s.name for s in self.specs]
+        missing = [n for n in want if n not in arrays]
+        if missing:
+            raise CalibrationError(f"'{where}' lacks model input(s) {missing}; it holds {sorted(arrays)}, the model "
+                                   f"takes {want}. Name the arrays after the model inputs.")
+        extra = sorted(set(arrays) - set(want))
+        if extra:
+            raise CalibrationError(f"'{where}' holds array(s) {extra} that are not model inputs ({want}); if one holds "
+                                   "the labels pass its name with --labels, else remove it.")
+
+    def _structure(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:
+        want = spec.shape
+        declared = "[" + ", ".join("?" if d is None else str(d) for d in want) + "]"
+        if arr.ndim != len(want) or any(d is not None and d != a for d, a in zip(want[1:], arr.shape[1:])):
+            raise CalibrationError(f"'{where}': array '{spec.name}' has shape {list(arr.shape)} (samples first), "
+                                   f"model input '{spec.name}' expects {declared}; reshape the data to match.")
+        if arr.dtype != spec.dtype and not _safe_cast(arr.dtype, spec.dtype):
+            raise CalibrationError(f"'{where}': array '{spec.name}' has dtype {arr.dtype}, model input "
+                                   f"'{spec.name}' takes {spec.dtype}; that cast is unsafe, convert the data "
+                                   "yourself (e.g. pixels/255 as float32).")
+
+    def _value(self, arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+        if arr.dtype != spec.dtype:
+            key = (spec.name, arr.dtype.name)
+            if key not in self.logged:
+                self.logged.add(key)
+                log.info("casting calibration array '%s' from %s to %s (%s)", spec.name, arr.dtype, spec.dtype, where)
+            arr = arr.astype(spec.dtype)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise CalibrationError(f"'{where}': array '{spec.name}' holds {bad} NaN/inf value(s); clean the data.")
+        return arr
+
+
+def _common_length(arrays: dict[str, np.ndarray], where: str) -> int:
+    lengths = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
+    if any(v is None for v in lengths.values()):
+        scalar = [k for k, v in lengths.items() if v is None]
+        raise CalibrationError(f"'{where}': array(s) {scalar} are scalars; the first axis must count samples.")
+    if len(set(lengths.values())) > 1:
+        raise CalibrationError(f"'{where}': arrays disagree on the number of samples: {lengths}.")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise CalibrationError(f"'{where}' holds zero samples; write at least one.")
+    return n
+
+
+def _check_labels(labels: np.ndarray, n: int, name: str, where: str) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise CalibrationError(f"'{where}': labels '{name}' have shape {list(labels.shape)}; give one class index "
+                               "per sample (shape [N]), not one-hot vectors.")
+    if len(labels) != n:
+        raise CalibrationError(f"'{where}': labels '{name}' hold {len(labels)} entries for {n} samples; "
+                               "they must match.")
+    if np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all() and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise CalibrationError(f"'{where}': labels '{name}' have dtype {labels.dtype} with non-integer values; "
+                               "labels are class indices (integers).")
+    if labels.size and labels.min() < 0:
+        raise CalibrationError(f"'{where}': labels '{name}' hold negative class {int(labels.min())}.")
+    return labels.astype(np.int64, copy=False)
+
+
+# ---- batching --------------------------------------------------------------------------------------------------
+
+def _rebatch(chunks: Iterator[Chunk], batch_size: int, limit: int | None,
+             on_slice: Callable[[Chunk], Chunk]) -> Iterator[Chunk]:
+    """Cut chunks into batches of exactly batch_size samples (the last may be short), stopping at limit."""
+    pending: list[Chunk] = []
+    have = 0
+    left = limit
+    for chunk in chunks:
+        n = chunk.n if left is None else min(chunk.n, left)
+        start = 0
+        while start < n:
+            take = min(batch_size - have, n - start)
+            pending.append(on_slice(chunk.slice(start, start + take)))
+            have += take
+            start += take
+            if have == batch_size:
+                yield _concat(pending)
+                pending, have = [], 0
+        if left is not None:
+            left -= n
+            if left <= 0:
+                break
+    if pending:
+        yield _concat(pending)
+
+
+def _concat(parts: list[Chunk]) -> Chunk:
+    if len(parts) == 1:
+        p = parts[0]
+        arrays = {k: np.ascontiguousarray(v) for k, v in p.arrays.items()}
+        return Chunk(arrays, None if p.labels is None else np.asarray(p.labels), p.where)
+    arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays}
+    labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
+    return Chunk(arrays, labels, parts[0].where)
+
+
+def _cap(n: int | None, limit: int | None) -> int | None:
+    return n if limit is None or n is None else min(n, limit)
+
+
+def _describe(name: str, n: int | None, labels_name: str | None) -> str:
+    count = "unknown number of samples" if n is None else f"{n:,} samples"
+    return f"{name}: {count}, " + (f"labels '{labels_name}'" if labels_name else "no labels")

@@ -1,0 +1,461 @@
+"""Per-layer sensitivity: prune ONE weight at a time at growing sparsity and measure the metric (the paper's Fig. 6).
+
+For every prunable weight W and level s, the model with only W pruned to sparsity s (smallest |w| removed) is
+scored on the calibration data. Done naively that is one onnxruntime session per (layer, level); instead:
+
+  * one session per layer, in which W alone is a graph input (taken out of the initializers or the Constant node),
+    and every level's masked copy of W is fed through it; all other weights stay initializers, so onnxruntime
+    still pre-packs and fuses them;
+  * better still, only the part of the graph downstream of W is run, fed with cached activations of the unchanged
+    prefix (computed once per batch by a session that exposes them as extra outputs), whenever they fit in the
+    memory budget:
+
+        input -> [conv1] -> pool1 -> [conv2] -> ... -> logits        scan of conv2:
+                                 |                                     pool1 (cached) + W --> [conv2] -> ... -> logits
+                           cached once
+
+`scan_naive` is the oracle (a fresh session per variant, the masked weight in the initializer): tests check the
+fast path against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from calibration.metrics import Evaluator
+from calibration.runtime import make_session
+from converter.errors import ConfigError
+from passes.magnitude import sparsity_mask
+from passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, constant_tensors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of cached prefix activations
+FORMAT = "onnxprune.sensitivity/1"
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class LayerSensitivity:
+    name: str  # the weight
+    node: str
+    op: str
+    kind: str  # "conv" or "fc"
+    size: int
+    levels: list[float]
+    values: list[float]  # metric in % at each level, this layer alone pruned
+    coupled: bool = False  # output reaches a residual Add/Sum before the next weight layer
+    seconds: float = 0.0
+    path: str = "full"  # "downstream" (cached prefix), "full" (whole graph) or "unused" (output independent of W)
+
+    def losses(self, dense: float) -> list[float]:
+        """Loss in pp at each level (negative when pruning happened to help)."""
+        return [dense - v for v in self.values]
+
+
+@dataclass
+class SensitivityResult:
+    metric: str
+    dense: float  # metric of the dense model, %
+    levels: list[float]
+    layers: list[LayerSensitivity] = field(default_factory=list)
+    seconds: float = 0.0
+    num_samples: int | None = None
+    data: str = ""
+
+    def layer(self, name: str) -> LayerSensitivity:
+        for lay in self.layers:
+            if lay.name == name or lay.node == name:
+                return lay
+        raise ConfigError(f"no layer '{name}' in the sensitivity result; it has {[x.name for x in self.layers]}.")
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> SensitivityResult:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        if data.pop("format", FORMAT) != FORMAT:
+            raise ConfigError(f"not an onnxprune sensitivity file (expected format '{FORMAT}').")
+        layers = [LayerSensitivity(**lay) for lay in data.pop("layers")]
+        return cls(layers=layers, **data)
+
+
+# ---- graph bookkeeping -----------------------------------------------------------------------------------------
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    """Names a node's If/Loop/Scan bodies read (outer-scope captures included, over-approximated)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for n in g.node:
+                names.update(n.input)
+                names |= _subgraph_names(n)
+    return names
+
+
+class _GraphIndex:
+    """Producers, consumers and data dependence of a graph (nodes in topological order)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.inputs = {i: [t for t in nd.input if t] + sorted(_subgraph_names(nd)) for i, nd in enumerate(self.nodes)}
+        self.producer = {o: i for i, nd in enumerate(self.nodes) for o in nd.output if o}
+        self.consumers: dict[str, list[int]] = {}
+        for i, _ in enumerate(self.nodes):
+            for t in self.inputs[i]:
+                self.consumers.setdefault(t, []).append(i)
+        self.initializers = {t.name for t in graph.initializer}
+        self.real_inputs = [vi.name for vi in graph.input if vi.name not in self.initializers]
+        self.data = set(self.real_inputs)  # tensors that depend on the model inputs
+        for i, nd in enumerate(self.nodes):
+            if any(t in self.data for t in self.inputs[i]):
+                self.data.update(o for o in nd.output if o)
+
+    def descendants(self, tensor: str) -> set[int]:
+        seen: set[int] = set()
+        todo = list(self.consumers.get(tensor, []))
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            for o in self.nodes[i].output:
+                todo.extend(self.consumers.get(o, []))
+        return seen
+
+    def ancestors(self, tensors: Sequence[str]) -> set[int]:
+        seen: set[int] = set()
+        todo = [self.producer[t] for t in tensors if t in self.producer]
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            todo.extend(self.producer[t] for t in self.inputs[i] if t in self.producer)
+        return seen
+
+    def consumer_of(self, w: PrunableWeight) -> int:
+        """The Conv/Gemm/MatMul that reads the weight, following its pass-through chain (Transpose, ...)."""
+        tensor = w.name
+        for _ in range(len(w.via) + 1):
+            i = self.consumers[tensor][0]
+            if self.nodes[i].op_type in WEIGHT_OPS:
+                return i
+            tensor = self.nodes[i].output[0]
+        raise ConfigError(f"weight '{w.name}' does not reach its {w.op_type} '{w.node}'; rebuild the inventory.")
+
+
+def is_coupled(model_or_index, w: PrunableWeight) -> bool:
+    """Does the layer's output reach an Add/Sum of two non-constant tensors before the next weight layer?"""
+    index = model_or_index if isinstance(model_or_index, _GraphIndex) else _GraphIndex(model_or_index)
+    start = index.consumer_of(w)
+    seen, todo = set(), [c for o in index.nodes[start].output for c in index.consumers.get(o, [])]
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = index.nodes[i]
+        if node.op_type in ("Add", "Sum") and sum(t in index.data for t in node.input) >= 2:
+            return True
+        if node.op_type in WEIGHT_OPS and any(t not in index.data for t in node.input if t):
+            continue  # the next weight layer: stop here
+        todo.extend(c for o in node.output for c in index.consumers.get(o, []))
+    return False
+
+
+# ---- weight as a graph input -----------------------------------------------------------------------------------
+
+def _weight_input(w: PrunableWeight, shape=None) -> onnx.ValueInfoProto:
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(w.dtype))
+    return helper.make_tensor_value_info(w.name, elem, list(shape or w.shape))
+
+
+def weight_as_input(model: onnx.ModelProto, w: PrunableWeight) -> onnx.ModelProto:
+    """A copy of the model in which only `w` is a graph input (out of the initializers or its Constant node)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept = [t for t in graph.initializer if t.name != w.name]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and list(n.output) == [w.name])]
+    if len(nodes) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(nodes)
+    if all(vi.name != w.name for vi in graph.input):
+        graph.input.append(_weight_input(w))
+    return out
+
+
+def with_weight(model: onnx.ModelProto, name: str, values: np.ndarray) -> onnx.ModelProto:
+    """A copy of the model with weight `name` (initializer or Constant node) replaced by `values`."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constant_tensors(out)[name].CopyFrom(numpy_helper.from_array(values, name))
+    return out
+
+
+def masked(values: np.ndarray, level: float) -> np.ndarray:
+    """`values` pruned to `level` by passes.magnitude.sparsity_mask (the oracle's way)."""
+    return np.where(sparsity_mask(values, level), values, np.zeros((), dtype=values.dtype)).astype(values.dtype)
+
+
+def masked_levels(values: np.ndarray, levels) -> Iterator[np.ndarray]:
+    """`masked(values, s)` for every level, sorting the magnitudes once (same order as sparsity_mask)."""
+    order = np.argsort(np.abs(values.astype(np.float32, copy=False)).reshape(-1), kind="stable")
+    for s in levels:
+        flat = values.copy().reshape(-1)
+        flat[order[: int(round(s * flat.size))]] = 0
+        yield flat.reshape(values.shape)
+
+
+# ---- the downstream plan ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Plan:
+    weight: PrunableWeight
+    nodes: list[int]  # the downstream nodes to run, topological order
+    boundary: list[str]  # cached tensors they read (besides W)
+    path: str
+
+
+def _plan(index: _GraphIndex, w: PrunableWeight, output: str) -> _Plan:
+    below = index.descendants(w.name)
+    if index.producer.get(output) not in below:
+        return _Plan(w, [], [], "unused")
+    keep = below & index.ancestors([output])
+    boundary: list[str] = []
+    todo = [t for i in keep for t in index.inputs[i]]
+    while todo:
+        t = todo.pop()
+        p = index.producer.get(t)
+        if t == w.name or t in index.initializers or (p is not None and p in keep):
+            continue
+        if p is None or t in index.data:
+            if t not in boundary:
+                boundary.append(t)
+        else:  # a constant helper (shape tensors, Constant nodes): run it inside the subgraph
+            keep.add(p)
+            todo.extend(index.inputs[p])
+    return _Plan(w, sorted(keep), sorted(boundary), "downstream")
+
+
+def _submodel(model: onnx.ModelProto, index: _GraphIndex, plan: _Plan, output: str,
+              samples: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
+    """Downstream nodes only: inputs = the cached boundary tensors + W, output = the scored output."""
+    nodes = [index.nodes[i] for i in plan.nodes]
+    used = {t for i in plan.nodes for t in index.inputs[i]}
+    inits = [t for t in model.graph.initializer if t.name in used and t.name != plan.weight.name]
+    inputs = [_boundary_input(t, samples) for t in plan.boundary] + [_weight_input(plan.weight)]
+    out_info = next(o for o in model.graph.output if o.name == output)
+    graph = helper.make_graph(nodes, "downstream", inputs, [out_info], initializer=inits)
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    sub.functions.extend(model.functions)
+    return sub
+
+
+def _boundary_input(name: str, samples: list[dict[str, np.ndarray]]) -> onnx.ValueInfoProto:
+    """Typed from the cached arrays: dims that differ between the first and last batch become symbolic."""
+    first, last = samples[0][name], samples[-1][name]
+    dims = [a if a == b else f"{name}_d{k}" for k, (a, b) in enumerate(zip(first.shape, last.shape))]
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first.dtype), dims)
+
+
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output}
+    for n in names:
+        if n not in have:
+            out.graph.output.append(onnx.ValueInfoProto(name=n))  # onnxruntime infers the type
+    return out
+
+
+def _prefix_cache(model, evaluator: Evaluator, names: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    """The boundary tensors per batch: graph inputs straight from the feeds, the rest from one prefix session."""
+    computed = [n for n in names if n not in {i.name for i in model.graph.input}]
+    sess = make_session(_with_outputs(model, computed), optimize=evaluator.optimize) if computed else None
+    feeds_names = [i.name for i in sess.get_inputs()] if sess else []
+    cache = []
+    for feeds, _ in evaluator.batches():
+        row = {n: feeds[n] for n in names if n in feeds}
+        if sess is not None:
+            values = sess.run(computed, {k: v for k, v in feeds.items() if k in feeds_names})
+            row.update(zip(computed, values))
+        cache.append(row)
+    return cache
+
+
+def _bytes_per_sample(model, evaluator: Evaluator, names: Sequence[str]) -> dict[str, float]:
+    """Probe one batch to size each boundary tensor."""
+    if not names:
+        return {}
+    feeds, _ = next(iter(evaluator.batches()))
+    computed = [n for n in names if n not in feeds]
+    row = {n: feeds[n] for n in names if n in feeds}
+    if computed:
+        sess = make_session(_with_outputs(model, computed), optimize=evaluator.optimize)
+        inputs = {i.name for i in sess.get_inputs()}
+        row.update(zip(computed, sess.run(computed, {k: v for k, v in feeds.items() if k in inputs})))
+    n = max(1, len(next(iter(feeds.values()))))
+    return {k: v.nbytes / n for k, v in row.items()}
+
+
+def _groups(plans: list[_Plan], sizes: dict[str, float], samples: int, budget: int) -> list[list[_Plan]]:
+    """Consecutive layers whose cached tensors fit the budget together; a layer that alone does not fit
+    falls back to the whole-graph path."""
+    groups: list[list[_Plan]] = []
+    current: list[_Plan] = []
+    names: set[str] = set()
+    for plan in plans:
+        if plan.path != "downstream":
+            groups.append([plan])
+            continue
+        need = sum(sizes[t] for t in plan.boundary) * samples
+        if need > budget:
+            log.info("layer %s: prefix activations (%.0f MB) exceed the budget; scanning the whole graph",
+                     plan.weight.node, need / 2**20)
+            groups.append([dataclasses.replace(plan, path="full")])
+            continue
+        merged = names | set(plan.boundary)
+        if current and sum(sizes[t] for t in merged) * samples > budget:
+            groups.append(current)
+            current, merged = [], set(plan.boundary)
+        current.append(plan)
+        names = merged
+    if current:
+        groups.append(current)
+    return groups
+
+
+# ---- the scan ------------------------------------------------------------------------------------------------
+
+def _check_levels(levels) -> list[float]:
+    levels = [float(s) for s in levels]
+    if not levels or any(not 0.0 < s < 1.0 for s in levels) or sorted(set(levels)) != levels:
+        raise ConfigError(f"sensitivity levels {levels} must be increasing fractions strictly between 0 and 1.")
+    return levels
+
+
+def _dense_pct(model, evaluator: Evaluator) -> float:
+    return 100.0 * (evaluator.dense if evaluator.dense is not None else evaluator.evaluate(model))
+
+
+def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
+         progress: Progress | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+         downstream: bool = True) -> SensitivityResult:
+    """Sensitivity of every prunable weight, one session per layer (see the module docstring)."""
+    levels = _check_levels(levels)
+    t0 = time.perf_counter()
+    index = _GraphIndex(model)
+    output = evaluator.output or model.graph.output[0].name
+    result = _new_result(model, evaluator, levels)
+    plans = [_plan(index, w, output) for w in inventory.prunable]
+    if not downstream:
+        plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
+    samples = evaluator.num_samples or evaluator.reader.num_samples
+    if samples is None:  # unknown amount of data: never cache activations
+        plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
+    boundary = sorted({t for p in plans if p.path == "downstream" for t in p.boundary})
+    sizes = _bytes_per_sample(model, evaluator, boundary)
+    if evaluator.cached:  # model inputs are already in memory: caching them again costs nothing
+        sizes.update({n: 0.0 for n in index.real_inputs if n in sizes})
+    groups = _groups(plans, sizes, samples, memory_budget)
+    tick = _Ticker(progress, len(plans) * len(levels))
+    by_name: dict[str, LayerSensitivity] = {}
+    for group in groups:
+        names = sorted({t for p in group for t in p.boundary}) if group[0].path == "downstream" else []
+        cache = _prefix_cache(model, evaluator, names) if names else None
+        for plan in group:
+            by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, output, tick,
+                                                    result.dense)
+        del cache
+    result.layers = [by_name[w.name] for w in inventory.prunable]
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:
+    return SensitivityResult(metric=evaluator.metric, dense=_dense_pct(model, evaluator), levels=list(levels),
+                             num_samples=evaluator.num_samples, data=evaluator.reader.description)
+
+
+def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, output, tick,
+                dense) -> LayerSensitivity:
+    t0 = time.perf_counter()
+    w = plan.weight
+    values = _weight_values(model, w.name)
+    if plan.path == "unused":
+        log.info("layer %s: the scored output does not depend on weight %s", w.node, w.name)
+        scores = [dense] * len(levels)
+        tick.advance(len(levels), w.node)
+    elif plan.path == "downstream":
+        sess = make_session(_submodel(model, index, plan, output, cache), optimize=evaluator.optimize)
+        scores = []
+        for s, fed in zip(levels, masked_levels(values, levels)):
+            outs = (sess.run([output], {**{t: row[t] for t in plan.boundary}, w.name: fed})[0] for row in cache)
+            scores.append(100.0 * evaluator.score(outs))
+            tick.advance(1, f"{w.node} {s:.0%}")
+    else:
+        sess = make_session(weight_as_input(model, w), optimize=evaluator.optimize)
+        scores = []
+        for s, fed in zip(levels, masked_levels(values, levels)):
+            scores.append(100.0 * evaluator.evaluate(sess, {w.name: fed}))
+            tick.advance(1, f"{w.node} {s:.0%}")
+    return _layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t0, plan.path)
+
+
+def _layer(w: PrunableWeight, levels, scores, coupled, seconds, path) -> LayerSensitivity:
+    return LayerSensitivity(name=w.name, node=w.node, op=w.op_type, kind=w.kind, size=w.size, levels=list(levels),
+                            values=[float(v) for v in scores], coupled=coupled, seconds=seconds, path=path)
+
+
+def _weight_values(model, name: str) -> np.ndarray:
+    tensors = constant_tensors(model)
+    if name not in tensors:
+        raise ConfigError(f"weight '{name}' of the inventory is not in the model; rebuild the inventory.")
+    return numpy_helper.to_array(tensors[name])
+
+
+class _Ticker:
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def advance(self, n: int, what: str) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+
+def scan_naive(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
+               progress: Progress | None = None) -> SensitivityResult:
+    """The oracle: a fresh session per (layer, level) with the masked weight written into the model."""
+    levels = _check_levels(levels)
+    t0 = time.perf_counter()
+    index = _GraphIndex(model)
+    result = _new_result(model, evaluator, levels)
+    tick = _Ticker(progress, len(inventory.prunable) * len(levels))
+    for w in inventory.prunable:
+        t1 = time.perf_counter()
+        values = _weight_values(model, w.name)
+        scores = []
+        for s in levels:
+            scores.append(100.0 * evaluator.evaluate(with_weight(model, w.name, masked(values, s))))
+            tick.advance(1, f"{w.node} {s:.0%}")
+        result.layers.append(_layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t1, "naive"))
+    result.seconds = time.perf_counter() - t0
+    return result

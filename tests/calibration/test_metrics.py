@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from calibration.metrics import Evaluator, choose_metric, output_error
+from calibration.readers import open_data
+from converter.errors import CalibrationError, ConfigError
+from models import builders
+
+
+def linear(weight: np.ndarray):
+    """out = input @ weight, input [N, K], out [N, C]: hand-checkable outputs."""
+    k, c = weight.shape
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["out"], name="mm")], "linear",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", c])],
+                              initializer=[numpy_helper.from_array(weight.astype(np.float32), "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+IDENTITY = linear(np.eye(6))
+X = np.array([[9, 0, 0, 0, 0, 0], [0, 9, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0], [0, 0, 0, 9, 0, 0]], np.float32)
+X += np.arange(6, dtype=np.float32)[None] * 0.1  # ranks after the winner: 5, 4, 3, ...
+
+
+def evaluator(metric, labels=None, reference=IDENTITY, batch_size=3, **kw):
+    feeds = {"input": X} if labels is None else {"input": X, "labels": np.array(labels)}
+    return Evaluator(open_data(feeds, IDENTITY, batch_size=batch_size), metric, reference, **kw)
+
+
+def test_accuracy_counts_top1_hits():
+    ev = evaluator("accuracy", labels=[0, 1, 5, 3])
+    assert ev.dense == pytest.approx(0.75)
+    assert ev.evaluate(IDENTITY) == pytest.approx(0.75)
+    assert ev.loss_pp(0.5) == pytest.approx(25.0)
+
+
+def test_top5_counts_label_among_five_largest():
+    # sample 0: scores 9, .1, .2, .3, .4, .5 -> top5 = {0, 5, 4, 3, 2}: class 1 is out; samples 1-3 leave out 0
+    ev = evaluator("top5", labels=[1, 1, 1, 4])
+    assert ev.dense == pytest.approx(0.75)
+
+
+def test_agreement_against_dense_model():
+    ev = evaluator("agreement")
+    assert ev.dense == 1.0
+    swapped = np.eye(6)[:, [1, 0, 2, 3, 4, 5]]  # class 0 and 1 swapped: samples 0 and 1 disagree
+    assert ev.evaluate(linear(swapped)) == pytest.approx(0.5)
+
+
+def test_rel_l2_is_one_minus_mean_relative_error():
+    ev = evaluator("rel_l2")
+    assert ev.dense == 1.0
+    assert ev.evaluate(linear(1.1 * np.eye(6))) == pytest.approx(0.9, abs=1e-6)
+    assert ev.evaluate(linear(3.0 * np.eye(6))) == 0.0  # floored at 0
+
+
+def test_cosine_ignores_scale_and_floors_at_zero():
+    ev = evaluator("cosine")
+    assert ev.evaluate(linear(2.5 * np.eye(6))) == pytest.approx(1.0)
+    assert ev.evaluate(linear(-np.eye(6))) == 0.0
+
+
+def test_label_beyond_class_count_names_max_label_and_classes():
+    with pytest.raises(CalibrationError, match="labels go up to 7 but the model has 6 classes"):
+        evaluator("accuracy", labels=[0, 1, 7, 3])
+
+
+def test_streamed_and_cached_evaluation_agree():
+    cached = evaluator("accuracy", labels=[0, 1, 5, 3])
+    streamed = evaluator("accuracy", labels=[0, 1, 5, 3], cache_bytes=0)
+    assert streamed._cached is None and cached._cached is not None
+    assert streamed.evaluate(IDENTITY) == cached.evaluate(IDENTITY)
+
+
+def test_outputs_concatenates_the_scored_output():
+    ev = evaluator("agreement", batch_size=3)
+    np.testing.assert_allclose(ev.outputs(IDENTITY), X)
+
+
+def test_evaluator_needs_labels_or_reference():
+    with pytest.raises(ConfigError, match="needs labels"):
+        evaluator("accuracy")
+    with pytest.raises(ConfigError, match="dense model"):
+        evaluator("rel_l2", reference=None)
+    with pytest.raises(ConfigError, match="unknown metric 'f1'"):
+        evaluator("f1")
+    with pytest.raises(ConfigError, match="output 'nope'"):
+        evaluator("agreement", output="nope")
+
+
+def test_choose_metric_auto():
+    lenet = builders.lenet5_like()  # logits [N, 10]
+    assert choose_metric(lenet, has_labels=True) == "accuracy"
+    assert choose_metric(lenet, has_labels=False) == "agreement"
+    assert choose_metric(builders.conv_bn_relu(), has_labels=False) == "rel_l2"  # [N, 8, 8, 8] map
+    assert choose_metric(builders.conv_bn_relu(), has_labels=True) == "rel_l2"
+    assert choose_metric(np.zeros((4, 1)), has_labels=False) == "rel_l2"  # regression: one column
+    assert choose_metric([np.zeros((4, 3))], has_labels=True) == "accuracy"  # first outputs
+
+
+def test_choose_metric_override():
+    lenet = builders.lenet5_like()
+    assert choose_metric(lenet, True, "top5") == "top5"
+    assert choose_metric(lenet, False, "cosine") == "cosine"
+    with pytest.raises(ConfigError, match="unknown metric 'auc'.*accuracy, top5"):
+        choose_metric(lenet, True, "auc")
+    with pytest.raises(ConfigError, match="needs labels"):
+        choose_metric(lenet, False, "accuracy")
+    with pytest.raises(ConfigError, match="at least 5 classes"):
+        choose_metric(np.zeros((2, 3)), True, "top5")
+
+
+def test_output_error_known_values():
+    b = np.array([[3.0, 4.0], [1.0, 0.0]])
+    a = np.array([[3.0, 4.5], [0.0, 1.0]])
+    err = output_error(a, b)
+    assert err["max_abs"] == pytest.approx(1.0)
+    assert err["max_rel"] == pytest.approx(np.sqrt(2))  # sample 1: ||(-1, 1)|| / ||(1, 0)||
+    assert err["mean_rel"] == pytest.approx((0.5 / 5 + np.sqrt(2)) / 2)
+    assert err["agreement"] == pytest.approx(0.5)
+    assert output_error([a[:1], a[1:]], b)["max_abs"] == pytest.approx(1.0)
+    assert output_error(np.ones((2, 3, 4)), np.ones((2, 3, 4)))["agreement"] is None
+    with pytest.raises(ConfigError, match="cannot be compared"):
+        output_error(a, b[:1])

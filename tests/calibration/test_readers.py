@@ -1,0 +1,274 @@
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from calibration.readers import open_data
+from converter.errors import CalibrationError, ConfigError
+from models import builders
+
+
+def mlp():
+    return builders.mlp_gemm(in_features=6, hidden=(8,), out_features=4)  # input 'input' [N, 6]
+
+
+def two_inputs():
+    """a [N, 3] float32 and ids [N, 2] int64: out = a @ W + Cast(ids) @ V."""
+    w = helper.make_tensor("W", TensorProto.FLOAT, [3, 2], np.ones(6, np.float32).tolist())
+    v = helper.make_tensor("V", TensorProto.FLOAT, [2, 2], np.ones(4, np.float32).tolist())
+    nodes = [helper.make_node("MatMul", ["a", "W"], ["x"]), helper.make_node("Cast", ["ids"], ["f"], to=1),
+             helper.make_node("MatMul", ["f", "V"], ["y"]), helper.make_node("Add", ["x", "y"], ["out"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+                                             helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 2])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2])], initializer=[w, v])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 6)).astype(np.float32), rng.integers(0, 4, n)
+
+
+def collect(reader):
+    batches = list(reader.batches())
+    x = np.concatenate([f["input"] for f, _ in batches])
+    y = np.concatenate([lab for _, lab in batches]) if reader.has_labels else None
+    return batches, x, y
+
+
+# ---- sources ---------------------------------------------------------------------------------------------------
+
+def test_npz_batches_labels_and_description(tmp_path):
+    x, y = data(10)
+    np.savez(tmp_path / "train.npz", input=x, labels=y)
+    reader = open_data(tmp_path / "train.npz", mlp(), batch_size=4)
+    batches, got_x, got_y = collect(reader)
+    assert [len(f["input"]) for f, _ in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)
+    assert reader.has_labels and not reader.is_random and reader.num_samples == 10
+    assert reader.description == "train.npz: 10 samples, labels 'labels'"
+
+
+def test_reader_speaks_onnxruntime_protocol_and_is_deterministic(tmp_path):
+    x, y = data(9)
+    np.savez(tmp_path / "d.npz", input=x, labels=y)
+    reader = open_data(tmp_path / "d.npz", mlp(), batch_size=4)
+    first = [reader.get_next() for _ in range(4)]
+    assert first[-1] is None and all(set(f) == {"input"} for f in first[:3])
+    reader.rewind()
+    again = [reader.get_next() for _ in range(3)]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["input"], b["input"])
+    assert [f["input"].shape[0] for f in reader] == [4, 4, 1]
+
+
+def test_limit_caps_samples(tmp_path):
+    x, y = data(10)
+    np.savez(tmp_path / "d.npz", input=x, labels=y)
+    reader = open_data(tmp_path / "d.npz", mlp(), batch_size=3, limit=5)
+    batches, got_x, got_y = collect(reader)
+    assert [len(f["input"]) for f, _ in batches] == [3, 2] and reader.num_samples == 5
+    np.testing.assert_array_equal(got_y, y[:5])
+
+
+def test_folder_streams_chunks_across_batch_boundaries(tmp_path):
+    x, y = data(12)
+    np.savez(tmp_path / "b.npz", input=x[7:], labels=y[7:])
+    np.savez(tmp_path / "a.npz", input=x[:7], labels=y[:7])
+    (tmp_path / "README.txt").write_text("not data")
+    reader = open_data(tmp_path, mlp(), batch_size=4)
+    batches, got_x, got_y = collect(reader)
+    assert [len(f["input"]) for f, _ in batches] == [4, 4, 4]
+    np.testing.assert_array_equal(got_x, x)  # sorted by name: a then b
+    np.testing.assert_array_equal(got_y, y)
+    assert reader.num_samples == 12 and "2 files" in reader.description
+
+
+def test_folder_reads_files_only_when_streamed(tmp_path):
+    x, y = data(6)
+    np.savez(tmp_path / "a.npz", input=x, labels=y)
+    np.savez(tmp_path / "b.npz", input=np.full((3, 6), np.nan, np.float32), labels=y[:3])
+    reader = open_data(tmp_path, mlp(), batch_size=3)  # only the first file is checked when opening
+    it = reader.batches()
+    next(it), next(it)
+    with pytest.raises(CalibrationError, match=r"b\.npz.*'input'.*NaN"):
+        next(it)
+
+
+def test_folder_of_npy_feeds_single_input_with_sibling_labels(tmp_path):
+    x, y = data(8)
+    np.save(tmp_path / "part0.npy", x[:5])
+    np.save(tmp_path / "part0_labels.npy", y[:5])
+    np.save(tmp_path / "part1.npy", x[5:])
+    np.save(tmp_path / "part1_labels.npy", y[5:])
+    reader = open_data(tmp_path, mlp(), batch_size=8)
+    batches, got_x, got_y = collect(reader)
+    assert len(batches) == 1 and reader.num_samples == 8
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)
+
+
+def test_npy_in_folder_refused_for_multi_input_models(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(CalibrationError, match="single-input.*'a', 'ids'|single-input"):
+        open_data(tmp_path, two_inputs())
+
+
+def test_random_data_is_seeded_and_warns_loudly(caplog):
+    with caplog.at_level(logging.WARNING):
+        reader = open_data("random", builders.lenet5_like(), batch_size=16, limit=40, seed=3)
+    assert "RANDOM" in caplog.text and "mean" in caplog.text.lower()
+    assert reader.is_random and not reader.has_labels and reader.num_samples == 40
+    shapes = [f["input"].shape for f in reader]
+    assert shapes == [(16, 1, 28, 28), (16, 1, 28, 28), (8, 1, 28, 28)]
+    same = open_data("random", builders.lenet5_like(), batch_size=16, limit=40, seed=3)
+    other = open_data("random", builders.lenet5_like(), batch_size=16, limit=40, seed=4)
+    np.testing.assert_array_equal(next(iter(reader))["input"], next(iter(same))["input"])
+    assert not np.array_equal(next(iter(reader))["input"], next(iter(other))["input"])
+
+
+def test_dict_and_list_of_feed_dicts(tmp_path):
+    x, y = data(6)
+    reader = open_data({"input": x, "labels": y}, mlp(), batch_size=4)
+    _, got_x, got_y = collect(reader)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)
+    feeds = [{"input": x[:2]}, {"input": x[2:]}]
+    reader = open_data(feeds, mlp(), batch_size=3)
+    assert not reader.has_labels and reader.num_samples == 6
+    assert [f["input"].shape[0] for f in reader] == [3, 3]
+
+
+def test_explicit_labels_name(tmp_path):
+    x, y = data(5)
+    np.savez(tmp_path / "d.npz", input=x, target=y)
+    reader = open_data(tmp_path / "d.npz", mlp(), labels="target")
+    assert reader.has_labels and "labels 'target'" in reader.description
+    with pytest.raises(CalibrationError, match=r"d\.npz.*no labels array 'cls'.*target"):
+        open_data(tmp_path / "d.npz", mlp(), labels="cls")
+
+
+def test_safe_casts_are_done_and_logged(caplog):
+    a = np.ones((4, 3), np.float64)
+    ids = np.ones((4, 2), np.int32)
+    with caplog.at_level(logging.INFO, logger="calibration.readers"):
+        reader = open_data({"a": a, "ids": ids}, two_inputs())
+        feeds = next(iter(reader))
+    assert feeds["a"].dtype == np.float32 and feeds["ids"].dtype == np.int64
+    assert "from float64 to float32" in caplog.text and "from int32 to int64" in caplog.text
+
+
+# ---- errors ----------------------------------------------------------------------------------------------------
+
+def test_missing_input_names_the_file_and_the_input(tmp_path):
+    np.savez(tmp_path / "d.npz", a=np.ones((2, 3), np.float32))
+    with pytest.raises(CalibrationError, match=r"d\.npz.*lacks model input.*'ids'"):
+        open_data(tmp_path / "d.npz", two_inputs())
+
+
+def test_extra_array_is_named(tmp_path):
+    x, _ = data(3)
+    np.savez(tmp_path / "d.npz", input=x, mask=x)
+    with pytest.raises(CalibrationError, match=r"d\.npz.*'mask'.*not model inputs.*--labels"):
+        open_data(tmp_path / "d.npz", mlp())
+
+
+@pytest.mark.parametrize("shape", [(4, 28, 28), (4, 1, 32, 32)])
+def test_wrong_shape_names_file_input_and_both_shapes(tmp_path, shape):
+    np.savez(tmp_path / "img.npz", input=np.zeros(shape, np.float32))
+    with pytest.raises(CalibrationError) as err:
+        open_data(tmp_path / "img.npz", builders.lenet5_like())
+    msg = str(err.value)
+    assert "img.npz" in msg and "'input'" in msg and str(list(shape)) in msg and "[?, 1, 28, 28]" in msg
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_unsafe_cast_is_an_error(tmp_path, dtype):
+    np.savez(tmp_path / "d.npz", input=np.ones((2, 6), dtype))
+    with pytest.raises(CalibrationError, match=rf"d\.npz.*'input'.*{np.dtype(dtype).name}.*float32.*unsafe"):
+        open_data(tmp_path / "d.npz", mlp())
+
+
+def test_narrowing_integer_cast_is_an_error():
+    with pytest.raises(CalibrationError, match="'ids'.*float64.*unsafe|'ids'.*unsafe"):
+        open_data({"a": np.ones((2, 3), np.float32), "ids": np.ones((2, 2), np.float64)}, two_inputs())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_are_errors_naming_file_and_array(tmp_path, bad):
+    x, _ = data(4)
+    x[2, 1] = bad
+    np.savez(tmp_path / "d.npz", input=x)
+    with pytest.raises(CalibrationError, match=r"d\.npz.*'input'.*1 NaN/inf"):
+        open_data(tmp_path / "d.npz", mlp())
+
+
+def test_empty_file_and_zero_samples(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(CalibrationError, match=r"empty\.npz.*empty"):
+        open_data(tmp_path / "empty.npz", mlp())
+    np.savez(tmp_path / "zero.npz", input=np.zeros((0, 6), np.float32))
+    with pytest.raises(CalibrationError, match=r"zero\.npz.*zero samples"):
+        open_data(tmp_path / "zero.npz", mlp())
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(CalibrationError, match="no .npz or .npy"):
+        open_data(tmp_path / "nothing", mlp())
+
+
+def test_pickled_arrays_are_never_loaded(tmp_path):
+    np.savez(tmp_path / "evil.npz", input=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(CalibrationError, match=r"evil\.npz.*pickled.*allow_pickle=False"):
+        open_data(tmp_path / "evil.npz", mlp())
+    np.save(tmp_path / "evil.npy", np.array([object()] * 2, dtype=object), allow_pickle=True)
+    with pytest.raises(CalibrationError, match=r"evil\.npy.*pickled"):
+        open_data(tmp_path / "evil.npy", mlp())
+    import pickle
+    (tmp_path / "raw.npy").write_bytes(pickle.dumps({"input": 1}))
+    with pytest.raises(CalibrationError, match=r"raw\.npy.*pickle.*never unpickled"):
+        open_data(tmp_path / "raw.npy", mlp())
+
+
+def test_garbage_file_is_an_error(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"this is not a zip file at all")
+    with pytest.raises(CalibrationError, match=r"junk\.npz.*not a numpy file"):
+        open_data(tmp_path / "junk.npz", mlp())
+    np.savez(tmp_path / "cut.npz", input=data(50)[0])
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:300])
+    with pytest.raises(CalibrationError, match=r"cut\.npz.*not a readable numpy file"):
+        open_data(tmp_path / "cut.npz", mlp())
+
+
+def test_labels_of_wrong_length(tmp_path):
+    x, y = data(5)
+    np.savez(tmp_path / "d.npz", input=x, labels=y[:4])
+    with pytest.raises(CalibrationError, match=r"d\.npz.*labels 'labels' hold 4 entries for 5 samples"):
+        open_data(tmp_path / "d.npz", mlp())
+
+
+def test_non_integer_labels(tmp_path):
+    x, _ = data(3)
+    np.savez(tmp_path / "d.npz", input=x, labels=np.array([0.5, 1.0, 2.0]))
+    with pytest.raises(CalibrationError, match=r"d\.npz.*labels 'labels'.*non-integer"):
+        open_data(tmp_path / "d.npz", mlp())
+    np.savez(tmp_path / "ok.npz", input=x, labels=np.array([0.0, 1.0, 2.0]))  # integral floats are fine
+    _, lab = next(open_data(tmp_path / "ok.npz", mlp()).batches())
+    assert lab.dtype == np.int64 and lab.tolist() == [0, 1, 2]
+
+
+def test_missing_file_and_bad_options(tmp_path):
+    with pytest.raises(CalibrationError, match="does not exist"):
+        open_data(tmp_path / "nope.npz", mlp())
+    with pytest.raises(ConfigError, match="batch size"):
+        open_data("random", mlp(), batch_size=0)
+    with pytest.raises(ConfigError, match="labels 'input' is a model input"):
+        open_data({"input": data(2)[0]}, mlp(), labels="input")
+
+
+def test_fixed_batch_dimension_sets_the_batch_size():
+    model = mlp()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    reader = open_data({"input": data(5)[0]}, model, batch_size=64)
+    assert [f["input"].shape[0] for f in reader] == [2, 2, 1] and isinstance(model, onnx.ModelProto)
