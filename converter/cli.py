@@ -6,6 +6,7 @@ error's own code); anything unexpected prints one line too. Tracebacks only with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -185,7 +186,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_
         gather_inputs=gather_inputs,
     )
     modelio.check_output_path(output, protect=(model,))
-    result = run(model, options)
+    with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
+        result = run(model, options)
     if not result.state.masks:
         raise ConfigError(f"--exclude {' '.join(exclude)} leaves no layer to prune; exclude fewer layers.")
     modelio.save_model(result.model, output, protect=(model,))

@@ -49,6 +49,14 @@ def check_parity(
     seeds: tuple[int, ...] = (0, 1, 2),
 ) -> Parity:
     """Run both in onnxruntime on the same inputs; raise ParityError naming the output that differs."""
+    if isinstance(candidate, onnx.ModelProto) and candidate.ByteSize() < 2**31 - 1:
+        try:  # onnxruntime is laxer than the checker (e.g. IR < 4 initializers missing from the graph inputs)
+            onnx.checker.check_model(candidate)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(
+                f"the written model fails onnx.checker ({str(exc).strip().splitlines()[0][:300]}); this is a bug, "
+                "please report it with --debug (--no-neurons may avoid it)."
+            ) from None
     source = "data"
     if not feeds:
         _refuse_huge_inputs(oracle)

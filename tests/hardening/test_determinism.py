@@ -42,7 +42,7 @@ def _prune(folder: Path, out: Path, options: list[str]):
     args = [a.format(data=folder / "calib.npz") for a in options]
     res = invoke("prune", folder / "lenet.onnx", "-o", out, *args, "--json")
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output[res.output.index("{"):])
+    report = json.loads(res.stdout)
     for key in ("seconds", "output"):
         report.pop(key, None)
     return out.read_bytes(), report
