@@ -184,3 +184,17 @@ def test_levels_are_validated():
         scan(model, find_prunable(model), evaluator(model), (0.5, 0.3))
     with pytest.raises(ConfigError, match="levels"):
         scan(model, find_prunable(model), evaluator(model), (0.5, 1.0))
+
+
+def test_plot_and_table(tmp_path):
+    from calibration.plots import plot_sensitivity, sensitivity_table
+
+    model = small_cnn()
+    result = scan(model, find_prunable(model), evaluator(model), DEFAULT_LEVELS)
+    path = plot_sensitivity(result, tmp_path / "sens.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = sensitivity_table(result)
+    assert [r["layer"] for r in rows] == ["/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"]
+    assert list(rows[0]) == ["layer", "op", "weights", "50%", "80%", "90%", "95%", "99%", "max s @1pp", "residual",
+                             "scan s"]
+    assert rows[0]["99%"] == f"{result.layers[0].values[-1]:.2f}"
