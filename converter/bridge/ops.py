@@ -727,6 +727,9 @@ def split(inputs, attrs, ctx):
     return _split(inputs[0], attrs.get("axis", 0), _static(inputs, 1, ctx), ctx.n_outputs)
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _slice(x: Tensor, starts, ends, axes, steps) -> Tensor:
     axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
@@ -740,10 +743,11 @@ def _slice(x: Tensor, starts, ends, axes, steps) -> Tensor:
         if st > 0:
             index[a] = slice(min(max(s, 0), n), min(max(e, 0), n), st)
         else:
-            backwards.append((a, min(max(s, 0), n - 1), min(max(e, -1), n - 1), st))
+            e = -1 if e == _INT64_MAX else min(max(e, -1), n - 1)  # onnxruntime: INT64_MAX = "to the start"
+            backwards.append((a, min(max(s, 0), n - 1), e, st))
     y = x[tuple(index)]
     for a, s, e, st in backwards:
-        y = y.index_select(a, torch.arange(s, e, st, device=x.device))
+        y = y.index_select(a, torch.tensor(range(s, e, st), dtype=torch.int64, device=x.device))
     return y
 
 
@@ -1195,25 +1199,26 @@ def pad(inputs, attrs, ctx):
 
 
 def _source_coords(out_len: int, in_len: int, scale: float, mode: str, roi) -> Tensor:
+    """Input coordinate of each output index, in float32 arithmetic as onnxruntime (ties decide nearest)."""
     o = torch.arange(out_len, dtype=torch.float32)
-    s = np.float32(scale)
+    s, n, m = np.float32(scale), np.float32(in_len), np.float32(out_len)
     if mode == "half_pixel":
         return (o + 0.5) / s - 0.5
-    if mode == "half_pixel_symmetric":
-        adj = out_len / (s * in_len)
-        return in_len / 2 * (1 - adj) + (o + 0.5) / s - 0.5
+    if mode == "half_pixel_symmetric":  # onnxruntime: float offset, the rest in double
+        offset = n / np.float32(2) * (np.float32(1) - m / (s * n))
+        return (float(offset) + (o.double() + 0.5) / float(s) - 0.5).float()
     if mode == "pytorch_half_pixel":
         return (o + 0.5) / s - 0.5 if out_len > 1 else torch.zeros_like(o)
     if mode == "align_corners":
-        return o * (in_len - 1) / (out_len - 1) if out_len > 1 else torch.zeros_like(o)
+        return o * (n - 1) / (m - 1) if out_len > 1 else torch.zeros_like(o)
     if mode == "asymmetric":
         return o / s
     if mode == "tf_half_pixel_for_nn":
         return (o + 0.5) / s
-    start, end = roi
+    start, end = np.float32(roi[0]), np.float32(roi[1])
     if out_len > 1:
-        return start * (in_len - 1) + o * (end - start) * (in_len - 1) / (out_len - 1)
-    return torch.full_like(o, 0.5 * (start + end) * (in_len - 1))
+        return start * (n - 1) + o * (end - start) * (n - 1) / (m - 1)
+    return torch.full_like(o, 0.5 * float(start + end) * float(n - 1))
 
 
 def _nearest_index(xo: Tensor, mode: str, downsample: bool) -> Tensor:
@@ -1286,10 +1291,12 @@ def _resize(x: Tensor, roi, scales, sizes, attrs: dict, legacy: bool) -> Tensor:
         if policy != "stretch":
             common = min(ratios) if policy == "not_larger" else max(ratios)
             ratios = [common] * len(axes)
-            sizes = [int(np.round(np.float32(common) * np.float32(n))) for n in in_sizes]
+            sizes = [int(np.floor(np.float32(common) * np.float32(n) + np.float32(0.5))) for n in in_sizes]
         scales = ratios
     else:
         sizes = [int(np.floor(np.float32(n) * np.float32(s))) for n, s in zip(in_sizes, scales)]
+    if sizes == in_sizes:
+        return x  # onnxruntime copies when no axis changes size, whatever the scales or roi say
     roi = list(roi) if roi else [0.0] * len(axes) + [1.0] * len(axes)
     if len(roi) == 2 * rank and len(axes) != rank:
         roi = [roi[a] for a in axes] + [roi[rank + a] for a in axes]
