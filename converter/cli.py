@@ -132,6 +132,35 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float]:
     return layers
 
 
+def _data_options(f):
+    """The calibration-data flags shared by prune and sensitivity."""
+    for opt in reversed([
+        click.option("--data", type=str, help="Calibration/training data: .npz, a folder of .npz/.npy, or 'random'."),
+        click.option("--eval-data", type=str, help="Held-out data the final metric is reported on."),
+        click.option("--labels", type=str, help="Name of the labels array (default: 'labels' if present)."),
+        click.option("--metric", type=click.Choice(["accuracy", "top5", "agreement", "rel_l2", "cosine"]),
+                     help="Override the automatically chosen metric."),
+        click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for evaluation."),
+        click.option("--limit", type=int, help="Use at most N samples of the data."),
+        click.option("--levels", type=str, help="Sensitivity levels, e.g. 0.5,0.8,0.9,0.95 (default 0.1 ... 0.99)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _parse_levels(text: str | None):
+    if not text:
+        return None
+    try:
+        levels = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--levels '{text}' is not a comma-separated list of numbers, e.g. 0.5,0.9,0.99.") from None
+    if not levels or any(not 0 < x < 1 for x in levels):
+        raise ConfigError(f"--levels '{text}': every level must be a fraction in (0, 1).")
+    return levels
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the pruned model.")
@@ -139,6 +168,18 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--quality", type=float, help="The paper's rule: drop |w| <= Q x the layer's weight std.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=S", help="Per-layer sparsity (node or weight name, glob ok).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
+@click.option("--max-loss", type=float, help="Choose per-layer sparsities from a sensitivity scan within this loss (pp).")
+@_data_options
+@click.option("--iterations", type=int, default=0, show_default=True, help="Prune -> retrain rounds (0 = one-shot).")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Retraining epochs per round.")
+@click.option("--final-epochs", type=float, default=0.0, show_default=True, help="Extra fine-tune at the final sparsity.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Retraining learning rate (~1/10 of the original).")
+@click.option("--schedule", type=click.Choice(["cubic", "geometric", "linear"]), default="cubic", show_default=True)
+@click.option("--loss", "loss_kind", type=click.Choice(["auto", "ce", "distill", "ce+distill"]), default="auto", show_default=True,
+              help="auto: cross-entropy with labels, distillation from the dense model without.")
+@click.option("--reg", type=click.Choice(["l2", "l1"]), default="l2", show_default=True)
+@click.option("--reg-strength", type=float, default=5e-4, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
     "--sparse-format",
     type=click.Choice(["constant", "initializer", "dense"]),
@@ -146,59 +187,234 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float]:
     show_default=True,
     help="How pruned weights are stored (see README).",
 )
-@click.option("--data", type=str, help="Calibration data: .npz, a folder of .npz/.npy, or 'random'.")
-@click.option("--labels", type=str, help="Name of the labels array in the data (default: 'labels' if present).")
-@click.option("--metric", type=click.Choice(["accuracy", "top5", "agreement", "rel_l2", "cosine"]), help="Override the metric.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--limit", type=int, help="Use at most N samples of the data.")
 @click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass).")
 @click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, with a Gather on the input.")
+@click.option("--recipe", type=click.Path(path_type=Path), help="Replay the choices of an earlier run's recipe.toml.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.html, report.json and recipe.toml here.")
+@click.option("--force", is_flag=True, help="Write the model even when --max-loss was not met.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def prune(model: Path, output: Path, sparsity, quality, layers, exclude, sparse_format, data, labels, metric, batch_size, limit, no_neurons, gather_inputs, as_json):
-    """Prune MODEL by weight magnitude and write a verified, sparse OUTPUT.
+def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
+          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, schedule, loss_kind, reg, reg_strength,
+          device, sparse_format, no_neurons, gather_inputs, recipe, report_dir, force, quiet, as_json):
+    """Prune MODEL and write a verified, smaller OUTPUT.
 
     \b
     Examples:
       onnxprune prune model.onnx -o small.onnx --sparsity 0.9
       onnxprune prune model.onnx -o small.onnx --quality 1.5 --exclude 'conv1*'
-      onnxprune prune model.onnx -o small.onnx --layer fc1=0.92 --layer fc2=0.91 --data test.npz
+      onnxprune prune model.onnx -o small.onnx --max-loss 0.5 --data calib.npz
+      onnxprune prune model.onnx -o small.onnx --data train.npz --eval-data test.npz \\
+          --layer 'fc1*'=0.97 --sparsity 0.9 --iterations 5 --epochs 2 --report out/
+      onnxprune prune model.onnx -o again.onnx --recipe out/recipe.toml --data train.npz
     """
     from converter import modelio
-    from converter.pipeline import PruneOptions, run
+    from converter.pipeline import PruneOptions
 
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity {sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the weights.")
-    unused = [flag for flag, value in (("--labels", labels), ("--metric", metric), ("--limit", limit)) if value is not None]
+    unused = [flag for flag, value in (("--labels", labels), ("--metric", metric), ("--limit", limit),
+                                       ("--eval-data", eval_data)) if value is not None]
     if data is None and unused:
         raise ConfigError(f"{', '.join(unused)} without --data: only calibration data uses them; pass --data or drop them.")
-    options = PruneOptions(
-        sparsity=sparsity,
-        quality=quality,
-        layers=_parse_layers(layers),
-        exclude=tuple(exclude),
-        sparse_format=sparse_format,
-        data=data,
-        labels=labels,
-        metric=metric,
-        batch_size=batch_size,
-        limit=limit,
-        neurons=not no_neurons,
-        gather_inputs=gather_inputs,
-    )
-    modelio.check_output_path(output, protect=(model,))
-    with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
-        result = run(model, options)
-    if not result.state.masks:
-        raise ConfigError(f"--exclude {' '.join(exclude)} leaves no layer to prune; exclude fewer layers.")
-    modelio.save_model(result.model, output, protect=(model,))
-    result.report["output"] = str(output)
-    result.report["file_size_after"] = output.stat().st_size
-    if as_json:
-        click.echo(json.dumps(result.report, indent=2, default=float))
+    if recipe is not None:
+        options = _options_from_recipe(recipe, model, data=data, eval_data=eval_data)
     else:
+        options = PruneOptions(
+            sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
+            max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
+            metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
+            final_epochs=final_epochs, lr=lr, schedule=schedule, loss=loss_kind, reg=reg, reg_strength=reg_strength,
+            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, seed=seed,
+        )
+    modelio.check_output_path(output, protect=(model,))
+    if report_dir is not None:
+        _check_report_dir(report_dir, model)
+    execute(model, output, options, report_dir=report_dir, quiet=quiet or as_json, as_json=as_json, force=force,
+            command=["onnxprune", *sys.argv[1:]])
+
+
+def _check_report_dir(report_dir: Path, model: Path) -> None:
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ConfigError(f"--report '{report_dir}' is a file; give a folder.")
+    if not report_dir.parent.exists():
+        raise ConfigError(f"--report folder's parent '{report_dir.parent}' does not exist; create it first.")
+
+
+def _options_from_recipe(path: Path, model: Path, **data):
+    from converter import modelio
+    from converter.pipeline import PruneOptions
+    from converter.recipe import load_recipe
+
+    choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None)
+    try:
+        return PruneOptions(**choices, **data)
+    except TypeError as exc:
+        raise ConfigError(f"recipe '{path}' does not fit this onnxprune: {exc}") from None
+
+
+def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_json=False, force=False, command=None):
+    """Run the pipeline, check the budget, write the model (and the report), print the summary."""
+    from converter import modelio
+    from converter.pipeline import budget_error, run
+    from converter.progress import Progress
+
+    progress = Progress(quiet=quiet)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
+            result = run(model, options, progress)
+    finally:
+        progress.close()
+    if not result.state.masks:
+        raise ConfigError(f"--exclude {' '.join(options.exclude)} leaves no layer to prune; exclude fewer layers.")
+    report = result.report
+    report["command"] = " ".join(command or [])
+    failed = budget_error(report)
+    if failed is not None and not force:
+        if as_json:
+            click.echo(json.dumps(report, indent=2, default=_json_default))
+        raise failed
+    modelio.save_model(result.model, output, protect=(Path(model),) if not isinstance(model, bytes) else ())
+    report["output"] = str(output)
+    report["file_size_after"] = output.stat().st_size
+    if report_dir is not None:
+        _write_report(result, report_dir, model)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=_json_default))
+    elif not quiet:
         from converter.inspect import print_prune_summary
 
-        print_prune_summary(result.report)
+        print_prune_summary(report)
+    if failed is not None:  # forced: written, but the exit code still says the budget was missed
+        raise failed
+    return result
+
+
+def _write_report(result, report_dir: Path, model) -> None:
+    from converter.latency import measure_latency
+    from converter.recipe import dump_recipe
+    from converter.report import write_report
+
+    report_dir.mkdir(exist_ok=True)
+    try:
+        result.report["latency"] = measure_latency(result.original, result.model)
+    except Exception as exc:  # latency is information, never a reason to fail a run
+        log.warning("latency measurement failed: %s", exc)
+    recipe = dict(result.report["options"])
+    recipe["input_sha256"] = result.report.get("input_sha256")
+    dump_recipe(recipe, report_dir / "recipe.toml")
+    html, _ = write_report(result.report, report_dir, original_model=result.original,
+                           pruned_dense_model=result.dense_model, sensitivity=result.report.get("sensitivity"),
+                           history=result.history, latency=result.report.get("latency"))
+    result.report["report"] = str(html)
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+# ---------------------------------------------------------------- sensitivity
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_data_options
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Folder for sensitivity.json and the plot.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
+def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, quiet, as_json):
+    """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
+
+    \b
+    Examples:
+      onnxprune sensitivity model.onnx --data calib.npz -o scan/
+      onnxprune sensitivity model.onnx --data calib.npz --labels y --levels 0.5,0.9,0.99 --json
+    """
+    from calibration.plots import plot_sensitivity, sensitivity_table
+    from converter import modelio
+    from converter.pipeline import Data, PruneOptions, inventory_of, load, scan
+    from converter.progress import Progress
+
+    if data is None:
+        raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
+    if out_dir is not None:
+        _check_report_dir(out_dir, model)
+    options = PruneOptions(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit,
+                           levels=_parse_levels(levels), seed=seed)
+    options.validate()
+    loaded = load(model)
+    inventory = inventory_of(loaded.model, where=str(model))
+    progress = Progress(quiet=quiet or as_json)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = scan(loaded.model, inventory, Data(loaded.model, options).calibration, options, progress)
+    finally:
+        progress.close()
+    if out_dir is not None:
+        out_dir.mkdir(exist_ok=True)
+        modelio.atomic_write_bytes(out_dir / "sensitivity.json", result.to_json().encode())
+        plot_sensitivity(result, out_dir / "sensitivity.png")
+    if as_json:
+        click.echo(result.to_json())
+        return
+    from rich.table import Table
+
+    from converter.inspect import _console
+
+    rows = sensitivity_table(result)
+    table = Table(title=f"Sensitivity ({result.metric} on {result.data}; dense {result.dense:.2f}%)")
+    for col in rows[0] if rows else []:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
+    console = _console()
+    console.print(table)
+    if any(lay.coupled for lay in result.layers):
+        console.print("residual: the layer's output meets a residual Add; pruning it alone can look harmless.")
+    if out_dir is not None:
+        console.print(f"wrote {out_dir / 'sensitivity.json'} and {out_dir / 'sensitivity.png'}")
+
+
+# ---------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("onnxprune-demo"),
+              show_default=True, help="Folder for the pruned model, report and recipe.")
+@click.option("--max-loss", type=float, default=0.5, show_default=True, help="Accuracy budget in percentage points.")
+@click.option("--iterations", type=int, default=4, show_default=True, help="Prune -> retrain rounds.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
+    """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about a minute on a laptop CPU).
+
+    Sensitivity scan -> budgeted prune -> retrain (iterated) -> dead-neuron removal -> sparse write -> verify,
+    then a report (report.html) you can open offline.
+    """
+    from converter.pipeline import PruneOptions
+    from models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o '{out_dir}' is a file; give a folder.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = PruneOptions(max_loss=max_loss, data=str(MNIST_TRAIN_SLICE), eval_data=str(MNIST_SLICE),
+                           labels="labels", iterations=iterations, epochs=2.0, lr=1e-3, loss="ce+distill",
+                           levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), gather_inputs=True, seed=0)
+    output = out_dir / "lenet300-pruned.onnx"
+    result = execute(LENET300_ONNX, output, options, report_dir=out_dir, quiet=quiet, force=True,
+                     command=["onnxprune", "demo", "-o", str(out_dir)])
+    if not quiet:
+        click.echo(f"\nmodel:  {output}\nreport: {out_dir / 'report.html'}\nrecipe: {out_dir / 'recipe.toml'}")
+    return result
 
 
 def _terminate(signum, frame):

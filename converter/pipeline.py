@@ -1,54 +1,74 @@
-"""The pipeline: load → find weights → choose per-layer targets → prune (→ retrain) → remove dead neurons →
-sparse-encode → verify. Everything the CLI and the Python API do goes through `run`.
+"""The pipeline: load → find weights → choose per-layer targets (sensitivity) → prune → retrain (iterate) →
+remove dead neurons → sparse-encode → verify. The CLI, the demo and the Python API all go through `run`.
 
-The model is kept dense until the very end; the oracle for the final parity check is that dense model with the
-pruned weights zeroed (and retrained weights written back), so every later step is checked end to end.
+The model stays dense until the very end; the oracle for the final parity check is that dense model with the
+pruned weights zeroed and the retrained weights written back, so every later step is checked end to end.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import onnx
 
 from converter import modelio
-from converter.errors import ConfigError, ConverterError
+from converter.errors import BudgetError, ConfigError, ConverterError
 from converter.summary import layer_rows, skipped_rows, totals
 from converter.verify import check_parity
 from passes.apply_masks import ApplyMasks
 from passes.base import PruneState, run_passes
-from passes.magnitude import MagnitudePrune, Target, resolve_targets
+from passes.magnitude import MagnitudePrune, Target, quality_for_sparsity, resolve_targets
 from passes.sparse_encode import FORMATS, SparseEncode
-from passes.weights import Inventory, find_prunable, name_nodes
+from passes.weights import Inventory, constant_tensors, find_prunable, name_nodes, weight_array
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (task description, done, total)
+Progress = Callable[..., None]  # (task, done, total, info="")
+
+DATA_FIELDS = ("data", "eval_data")  # not part of a recipe: paths or arrays supplied per run
 
 
 @dataclass
 class PruneOptions:
     """Every choice a run makes; the recipe file is this, written out."""
 
+    # what to prune, and how hard
     sparsity: float | None = None
     quality: float | None = None
     layers: dict[str, float] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     max_loss: float | None = None
-    sparse_format: str = "constant"
+    levels: tuple[float, ...] | None = None
+    # data and metric
     data: Any = None
     eval_data: Any = None
     labels: str | None = None
     metric: str | None = None
     batch_size: int = 64
     limit: int | None = None
-    seed: int = 0
-    verify_batches: int = 4
+    # retraining (0 iterations = one-shot)
+    iterations: int = 0
+    epochs: float = 1.0
+    final_epochs: float = 0.0
+    lr: float = 1e-3
+    schedule: str = "cubic"
+    loss: str = "auto"
+    reg: str = "l2"
+    reg_strength: float = 5e-4
+    temperature: float = 4.0
+    train_batch_size: int = 128
+    alternate: bool = False
+    device: str = "auto"
+    # output
     neurons: bool = True
     gather_inputs: bool = False
+    sparse_format: str = "constant"
+    seed: int = 0
+    verify_batches: int = 4
 
     def validate(self) -> None:
         if self.sparse_format not in FORMATS:
@@ -60,17 +80,38 @@ class PruneOptions:
                 raise ConfigError("--max-loss needs data to measure the loss on; pass --data FILE.npz.")
             if not 0 <= self.max_loss <= 100:
                 raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
+        if self.iterations < 0:
+            raise ConfigError(f"--iterations {self.iterations} must be >= 0 (0 = one-shot, no retraining).")
+        if self.iterations > 0 and self.data is None:
+            raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
+        if self.epochs <= 0 and self.iterations > 0:
+            raise ConfigError(f"--epochs {self.epochs} must be > 0 when retraining.")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr {self.lr} must be > 0.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be >= 1.")
+        if self.train_batch_size < 1:
+            raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
+
+    def recipe(self) -> dict:
+        """The choices, without the data (which is given per run)."""
+        out = {k: v for k, v in asdict(self).items() if k not in DATA_FIELDS}
+        out["exclude"] = list(self.exclude)
+        if self.levels is not None:
+            out["levels"] = list(self.levels)
+        return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass
 class PruneResult:
-    model: onnx.ModelProto  # final: sparse-encoded, what gets written
-    dense_model: onnx.ModelProto  # the oracle: same weights, dense
+    model: onnx.ModelProto  # final: shrunk and sparse-encoded, what gets written
+    dense_model: onnx.ModelProto  # the oracle: same weights, dense, original shapes
+    original: onnx.ModelProto
     state: PruneState
     inventory: Inventory
     report: dict
+    sensitivity: Any = None  # calibration.sensitivity.SensitivityResult when a scan ran
+    history: list[dict] = field(default_factory=list)
 
 
 def load(source) -> modelio.LoadedModel:
@@ -90,53 +131,258 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
     return inventory
 
 
+class Data:
+    """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
+
+    def __init__(self, model: onnx.ModelProto, options: PruneOptions):
+        self.model, self.options = model, options
+        self._calib = None
+        self._eval = None
+
+    def reader(self, source=None, *, batch_size=None):
+        from calibration.readers import open_data
+
+        o = self.options
+        return open_data(source if source is not None else o.data, self.model, labels=o.labels,
+                         batch_size=batch_size or o.batch_size, limit=o.limit, seed=o.seed)
+
+    def _evaluator(self, source):
+        from calibration.metrics import Evaluator, choose_metric
+
+        reader = self.reader(source)
+        metric = choose_metric(self.model, reader.has_labels, self.options.metric)
+        return Evaluator(reader, metric, reference_model=self.model)
+
+    @property
+    def calibration(self):
+        """Scores on the data the choices are made on (--data)."""
+        if self._calib is None:
+            self._calib = self._evaluator(self.options.data)
+        return self._calib
+
+    @property
+    def evaluation(self):
+        """Scores on the held-out data when given (--eval-data), else on --data."""
+        if self.options.eval_data is None:
+            return self.calibration
+        if self._eval is None:
+            self._eval = self._evaluator(self.options.eval_data)
+        return self._eval
+
+
 def run(source, options: PruneOptions, progress: Progress | None = None) -> PruneResult:
     options.validate()
+    progress = progress or (lambda *a, **k: None)
     t0 = time.perf_counter()
     loaded = load(source)
     original = loaded.model
     where = str(loaded.path) if loaded.path else "<model>"
     inventory = inventory_of(original, where=where)
     rows_before = layer_rows(original, inventory)
+    data = Data(original, options) if options.data is not None else None
+    timings: dict[str, float] = {}
+    extra: dict = {}
 
-    work = onnx.ModelProto()
-    work.CopyFrom(original)
     state = PruneState()
-    targets = choose_targets(work, inventory, options, progress)
-    run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], work, state)
-    dense_pruned = work
+    t = time.perf_counter()
+    targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
+    timings["choose"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    history: list[dict] = []
+    if options.iterations > 0:
+        dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress)
+    else:
+        dense_pruned = _copy(original)
+        run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
+    timings["prune_retrain"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     shrunk, neurons = _shrink(dense_pruned, options, state)
-    final = onnx.ModelProto()
-    final.CopyFrom(shrunk)
-    names = [w.name for w in inventory.prunable if w.name in _constant_names(final)]
-    run_passes([SparseEncode(names, options.sparse_format)], final, state)
-
-    feeds = _verification_feeds(original, options)
+    final = _copy(shrunk)
+    present = set(constant_tensors(final))
+    run_passes([SparseEncode([w.name for w in inventory.prunable if w.name in present], options.sparse_format)],
+               final, state)
+    feeds = _verification_feeds(data, options)
     parity = check_parity(final, dense_pruned, feeds)
+    timings["shrink_encode_verify"] = time.perf_counter() - t
+
     rows_after = layer_rows(dense_pruned, inventory)
-    shrunk_inventory = find_prunable(shrunk)
     report = {
         "model": where,
         "input_sha256": loaded.sha256,
-        "layers": _merge_rows(rows_before, rows_after, state, targets),
+        "layers": _merge_rows(rows_before, rows_after, state, targets, original),
         "skipped": skipped_rows(inventory),
         "before": totals(rows_before),
         "after": totals(rows_after),
         "neurons": neurons,
-        "params_after_shrink": sum(w.size for w in shrunk_inventory.prunable),
+        "params_after_shrink": sum(w.size for w in find_prunable(shrunk).prunable),
         "file_size_before": loaded.file_size,
         "file_size_after": final.ByteSize(),
         "sparse_format": options.sparse_format,
         "parity": parity.as_dict(),
         "notes": state.notes,
-        "seconds": round(time.perf_counter() - t0, 3),
+        "history": history,
+        "options": options.recipe(),
+        **extra,
     }
     before, after = report["before"], report["after"]
     report["compression"] = before["params"] / after["nonzeros"] if after["nonzeros"] else float("inf")
-    if options.data is not None:
-        report["metrics"] = measure(original, final, options)
-    return PruneResult(model=final, dense_model=dense_pruned, state=state, inventory=inventory, report=report)
+    if sensitivity is not None:
+        report["sensitivity"] = {
+            lay.name: {"node": lay.node, "kind": lay.kind, "levels": list(lay.levels), "values": list(lay.values),
+                       "coupled": lay.coupled}
+            for lay in sensitivity.layers
+        }
+        report["sensitivity_metric"] = sensitivity.metric
+    if data is not None:
+        t = time.perf_counter()
+        report["metrics"] = measure(data, final, options)
+        timings["measure"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    report["seconds_by_step"] = {k: round(v, 3) for k, v in timings.items()}
+    report["seconds"] = report["seconds_by_step"]["total"]
+    result = PruneResult(model=final, dense_model=dense_pruned, original=original, state=state, inventory=inventory,
+                         report=report, sensitivity=sensitivity, history=history)
+    _check_budget(result, options)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def choose_targets(model, inventory, options: PruneOptions, data: Data | None, progress, extra: dict):
+    """Per-layer targets: from the flags, or from the sensitivity scan and the loss budget (--max-loss)."""
+    if options.max_loss is None:
+        return resolve_targets(inventory, sparsity=options.sparsity, quality=options.quality,
+                               layers=options.layers, exclude=options.exclude), None
+    from calibration.allocate import allocate, fit_to_budget
+
+    scanned = _scannable(inventory, options)
+    sensitivity = scan(model, scanned, data.calibration, options, progress)
+    allocation = allocate(sensitivity, scanned, options.max_loss)
+    if options.iterations > 0:
+        # Retraining recovers accuracy: every round re-measures, so the one-shot fit is only the starting point.
+        extra["allocation"] = {"predicted_loss_pp": allocation.predicted_loss_pp, "sparsities": dict(allocation)}
+        targets = {n: Target(sparsity=float(s)) for n, s in allocation.items()}
+        return _with_overrides(targets, inventory, options), sensitivity
+    outcome = fit_to_budget(model, scanned, data.calibration, allocation, options.max_loss, result=sensitivity)
+    extra["allocation"] = {
+        "sparsities": outcome.sparsities,
+        "qualities": outcome.qualities,
+        "measured_loss_pp": outcome.measured_loss_pp,
+        "predicted_loss_pp": outcome.predicted_loss_pp,
+        "tries": outcome.tries,
+        "history": outcome.history,
+        "notes": outcome.notes,
+    }
+    targets = {n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()}
+    return _with_overrides(targets, inventory, options), sensitivity
+
+
+def _scannable(inventory: Inventory, options: PruneOptions) -> Inventory:
+    """Excluded and explicitly set layers are not part of the allocation."""
+    from passes.magnitude import layer_matches
+
+    fixed = list(options.exclude) + list(options.layers)
+    keep = [w for w in inventory.prunable if not any(layer_matches(w, p) for p in fixed)]
+    if not keep:
+        raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to choose.")
+    return Inventory(prunable=keep, skipped=inventory.skipped)
+
+
+def _with_overrides(targets: dict, inventory: Inventory, options: PruneOptions) -> dict:
+    if options.layers:
+        targets.update(resolve_targets(inventory, layers=options.layers))
+    return targets
+
+
+def scan(model, inventory, evaluator, options: PruneOptions, progress):
+    from calibration.sensitivity import DEFAULT_LEVELS
+    from calibration.sensitivity import scan as sensitivity_scan
+
+    levels = tuple(options.levels) if options.levels else DEFAULT_LEVELS
+    return sensitivity_scan(model, inventory, evaluator, levels,
+                            progress=lambda done, total, what="": progress("sensitivity scan", done, total, what))
+
+
+# ------------------------------------------------------------------------------------------------ retraining
+
+
+def retrain(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState, progress):
+    """Iterative prune → retrain (paper §3.2–3.3). With --max-loss each round is measured and the last round
+    within the budget is kept; otherwise the schedule runs to the targets."""
+    from converter.schedule import iterative_prune
+
+    reader = data.reader(batch_size=options.train_batch_size)
+    evaluator = data.calibration
+
+    def eval_fn(model):
+        return evaluator.evaluate(model)
+
+    def on_batch(r, rounds, epoch, batch, n_batches, loss, sparsity):
+        progress(f"retrain round {r}/{rounds}", batch, n_batches,
+                 f"epoch {epoch + 1} loss {loss:.4f} sparsity {100 * sparsity:.1f}%")
+
+    if options.max_loss is not None:
+        return _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch)
+    model, masks, history = iterative_prune(
+        original, inventory, targets, reader, iterations=options.iterations, epochs=options.epochs, lr=options.lr,
+        schedule=options.schedule, final_epochs=options.final_epochs, alternate=options.alternate,
+        eval_fn=eval_fn, progress=on_batch, **_trainer_options(options))
+    state.masks.update(masks)
+    return model, history
+
+
+def _trainer_options(options: PruneOptions) -> dict:
+    return {"loss": options.loss, "temperature": options.temperature, "device": options.device,
+            "seed": options.seed, "reg": options.reg, "reg_strength": options.reg_strength}
+
+
+def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch):
+    """Raise the sensitivity-shaped targets round by round; keep the sparsest retrained model within budget.
+
+    Round r prunes toward the allocation scaled so that density shrinks geometrically past the one-shot
+    allocation, retrains, and measures the loss on the calibration data: the first round over budget ends it.
+    """
+    from converter.finetune import MaskedTrainer
+    from converter.schedule import magnitude_masks
+
+    dense_score = evaluator.dense
+    base = {n: t.sparsity for n, t in targets.items()}
+    masks = {w.name: np.ones(w.shape, dtype=bool) for w in inventory.prunable if w.name in base}
+    trainer = MaskedTrainer(original, masks, reader, **{k: v for k, v in _trainer_options(options).items()
+                                                        if k not in ("reg", "reg_strength")})
+    best, history = None, []
+    rounds = options.iterations
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        goal = {n: 1.0 - (1.0 - s) * (0.6 ** (r - 1)) for n, s in base.items()}  # density x0.6 per round
+        trainer.set_masks(magnitude_masks(trainer.weights(), goal, trainer.masks))
+        stats = trainer.train(options.epochs, options.lr, reg=options.reg, reg_strength=options.reg_strength,
+                              progress=lambda e, b, n, loss, sp: on_batch(r, rounds, e, b, n, loss, sp))
+        candidate = trainer.export()
+        score = evaluator.evaluate(candidate)
+        loss_pp = 100.0 * (dense_score - score)
+        total = sum(m.size for m in trainer.masks.values())
+        density = sum(int(m.sum()) for m in trainer.masks.values()) / total
+        fits = loss_pp <= options.max_loss + 1e-9
+        history.append({"round": r, "phase": "prune", "targets": goal, "overall_density": density,
+                        "density": {n: float(m.mean()) for n, m in trainer.masks.items()},
+                        "train_loss": stats.loss, "metric": score, "loss_pp": loss_pp, "fits": fits,
+                        "seconds": round(time.perf_counter() - t0, 3)})
+        log.info("round %d: density %.4f, loss %.3f pp (budget %.3f)", r, density, loss_pp, options.max_loss)
+        if not fits:
+            break
+        best = (candidate, {n: m.copy() for n, m in trainer.masks.items()})
+    if best is None:  # even the first, gentlest round was over budget: prune nothing rather than lose accuracy
+        state.notes.append("no retrained round met the --max-loss budget; the model is left dense")
+        return _copy(original), history
+    state.masks.update(best[1])
+    return best[0], history
+
+
+# ------------------------------------------------------------------------------------------------ shrink, measure
 
 
 def _shrink(model: onnx.ModelProto, options: PruneOptions, state: PruneState):
@@ -154,59 +400,59 @@ def _shrink(model: onnx.ModelProto, options: PruneOptions, state: PruneState):
     return shrunk, {"layers": layers, "removed": report.removed, "folded": report.folded}
 
 
-def _constant_names(model: onnx.ModelProto) -> set[str]:
-    from passes.weights import constant_tensors
+def measure(data: Data, final: onnx.ModelProto, options: PruneOptions) -> dict:
+    """The metric of the input and the output model, and how far the outputs moved: on the data the choices were
+    made on, and separately on the held-out data when given."""
+    from calibration.metrics import output_error
 
-    return set(constant_tensors(model))
-
-
-def choose_targets(model, inventory, options: PruneOptions, progress) -> dict[str, Target]:
-    return resolve_targets(
-        inventory,
-        sparsity=options.sparsity,
-        quality=options.quality,
-        layers=options.layers,
-        exclude=options.exclude,
-    )
-
-
-def measure(original: onnx.ModelProto, final: onnx.ModelProto, options: PruneOptions) -> dict:
-    """The metric of the input and of the output model on the user's data, and how far the outputs moved."""
-    from calibration.metrics import Evaluator, output_error
-    from calibration.readers import open_data
-
-    source = options.eval_data if options.eval_data is not None else options.data
-    reader = open_data(source, original, labels=options.labels, batch_size=options.batch_size, limit=options.limit)
-    evaluator = Evaluator(reader, options.metric, reference_model=original)
-    before = evaluator.evaluate(original)
-    after = evaluator.evaluate(final)
-    error = output_error(evaluator.outputs(original), evaluator.outputs(final))
-    return {
-        "data": reader.description,
-        "metric": evaluator.metric,
-        "before": before,
-        "after": after,
-        "loss_pp": (before - after) * 100.0,
-        "output_error": error,
-    }
+    out = {}
+    for key, evaluator in (("calibration", data.calibration), ("evaluation", data.evaluation)):
+        if key == "evaluation" and options.eval_data is None:
+            continue
+        after = evaluator.evaluate(final)
+        out[key] = {
+            "data": evaluator.reader.description,
+            "metric": evaluator.metric,
+            "before": evaluator.dense,
+            "after": after,
+            "loss_pp": (evaluator.dense - after) * 100.0,
+            "output_error": output_error(evaluator.reference, list(evaluator.run(final))),
+        }
+    headline = out.get("evaluation", out["calibration"])
+    return {**headline, "sets": out}
 
 
-def _verification_feeds(model: onnx.ModelProto, options: PruneOptions):
+def _check_budget(result: PruneResult, options: PruneOptions) -> None:
+    if options.max_loss is None or "metrics" not in result.report:
+        return
+    measured = result.report["metrics"]["sets"]["calibration"]["loss_pp"]
+    result.report["budget"] = {"max_loss_pp": options.max_loss, "measured_loss_pp": measured,
+                               "met": measured <= options.max_loss + 1e-9}
+
+
+def budget_error(report: dict) -> BudgetError | None:
+    budget = report.get("budget")
+    if budget and not budget["met"]:
+        return BudgetError(
+            f"measured loss {budget['measured_loss_pp']:.3f} pp exceeds --max-loss {budget['max_loss_pp']:g}; "
+            "nothing written (pass --force to write it anyway, or raise --max-loss)."
+        )
+    return None
+
+
+def _verification_feeds(data: Data | None, options: PruneOptions):
     """A few batches of the user's data when given (real inputs hit real activations), else random inputs."""
-    if options.data is None:
+    if data is None:
         return None
-    from calibration.readers import open_data
-
-    reader = open_data(options.data, model, labels=options.labels, batch_size=options.batch_size, limit=options.limit)
     feeds = []
-    for feed in reader:
+    for feed in data.reader():
         feeds.append(feed)
         if len(feeds) >= options.verify_batches:
             break
     return feeds or None
 
 
-def _merge_rows(before: list[dict], after: list[dict], state: PruneState, targets: dict) -> list[dict]:
+def _merge_rows(before: list[dict], after: list[dict], state: PruneState, targets: dict, original) -> list[dict]:
     rows = []
     for b, a in zip(before, after):
         row = dict(b)
@@ -214,7 +460,16 @@ def _merge_rows(before: list[dict], after: list[dict], state: PruneState, target
         row["nonzeros"] = a["nonzeros"]
         row["density"] = a["density"]
         row["threshold"] = state.thresholds.get(b["weight"])
+        sparsity = 1.0 - a["density"] if a["density"] is not None else None
+        row["quality"] = (quality_for_sparsity(weight_array(original, b["weight"]), sparsity)
+                          if sparsity else None)
         t = targets.get(b["weight"])
         row["target"] = None if t is None else ({"sparsity": t.sparsity} if t.sparsity is not None else {"quality": t.quality})
         rows.append(row)
     return rows
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out

@@ -16,6 +16,8 @@ LENET300_CARD = MODELS_DIR / "lenet300.json"
 LENET5_ONNX = MODELS_DIR / "lenet5.onnx"
 LENET5_CARD = MODELS_DIR / "lenet5.json"
 MNIST_SLICE = MODELS_DIR / "data" / "mnist_test_1000.npz"
+# The demo's training/calibration slice: the first 5,000 training images (the demo must not need ../shared).
+MNIST_TRAIN_SLICE = MODELS_DIR / "data" / "mnist_train_5000.npz"
 
 REFERENCE_ONNX = {"lenet300": LENET300_ONNX, "lenet5": LENET5_ONNX}
 REFERENCE_CARDS = {"lenet300": LENET300_CARD, "lenet5": LENET5_CARD}
