@@ -179,7 +179,20 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     out.metadata_props.extend(like.metadata_props)
     if like.functions and not out.functions:
         out.functions.extend(like.functions)
+    _relist_initializer_inputs(out, like)
     return out
+
+
+def _relist_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """IR < 4 needs every initializer listed as a graph input too; onnx-graphsurgeon drops them: list them again,
+    with their new shapes."""
+    listed = {i.name for i in like.graph.input} & {t.name for t in like.graph.initializer}
+    if not listed and like.ir_version >= 4:
+        return
+    present = {i.name for i in out.graph.input}
+    for t in out.graph.initializer:
+        if t.name not in present and (t.name in listed or like.ir_version < 4):
+            out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
 
 
 @register_pass("dead-neurons")

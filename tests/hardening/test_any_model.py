@@ -285,11 +285,7 @@ def check_prune(model: onnx.ModelProto, tmp_path: Path, sparsity: float) -> tupl
     return info, report, plain
 
 
-KNOWN_BUGS = {
-    ("ir3-initializers-as-inputs", 0.9): "dead-neuron removal (passes/dead_neurons.py) drops the shrunk weights from "
-    "the graph inputs of an IR 3 model, where every initializer must also be a graph input: onnx.checker refuses the "
-    "output ('conv1.weight in initializer but not in graph input'); with --no-neurons it works",
-}
+KNOWN_BUGS: dict[tuple[str, float], str] = {}  # (model, sparsity) -> what breaks; empty: nothing known
 CASES = [
     pytest.param(name, sparsity, id=f"{name}-{sparsity}", marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[
         (name, sparsity)])] if (name, sparsity) in KNOWN_BUGS else [])
