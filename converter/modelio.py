@@ -168,17 +168,21 @@ def densify_sparse(model: onnx.ModelProto) -> list[str]:
 
 def sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
     """Our own densifier: values + linear or coordinate indices into a dense TensorProto of the same dtype."""
-    values = numpy_helper.to_array(sparse.values)
-    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
     dims = tuple(sparse.dims)
     _refuse_huge(int(np.prod(dims, dtype=np.float64)), sparse.values.name)
-    dense = np.zeros(dims, dtype=values.dtype)
-    flat = dense.reshape(-1)
-    if indices.ndim == 2:  # [NNZ, rank] coordinates
-        indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
-    if indices.size and (indices.min() < 0 or indices.max() >= flat.size):
-        raise ModelError(f"sparse tensor '{sparse.values.name}' has indices outside its shape {list(dims)}.")
-    flat[indices] = values
+    try:
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        dense = np.zeros(dims, dtype=values.dtype)
+        flat = dense.reshape(-1)
+        if indices.ndim == 2:  # [NNZ, rank] coordinates
+            indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= flat.size):
+            raise ModelError(f"sparse tensor '{sparse.values.name}' has indices outside its shape {list(dims)}.")
+        flat[indices] = values
+    except (ValueError, TypeError, KeyError, IndexError) as exc:  # a corrupted file, not a bug of ours
+        raise ModelError(f"sparse tensor '{sparse.values.name}' of shape {list(dims)} is malformed "
+                         f"({_first_line(exc)}); the file is corrupted, re-export or re-download it.") from None
     return numpy_helper.from_array(dense, sparse.values.name)
 
 
@@ -345,20 +349,32 @@ def _check_declared_sizes(model: onnx.ModelProto, where) -> None:
             _refuse_huge(int(np.prod(list(sp.dims), dtype=np.float64)), sp.values.name, where)
 
 
-# Storage of each element, in raw_data (bytes) and in the typed field that holds it otherwise.
+# Bits per element in raw_data, and the typed field that holds one value per element otherwise (None: packed types,
+# raw_data checked only). Types missing here (strings, 6-bit floats, types newer than this table) are not checked.
 _T = onnx.TensorProto
 _STORAGE = {
-    _T.FLOAT: (4, "float_data"), _T.DOUBLE: (8, "double_data"), _T.FLOAT16: (2, "int32_data"),
-    _T.BFLOAT16: (2, "int32_data"), _T.INT8: (1, "int32_data"), _T.UINT8: (1, "int32_data"),
-    _T.INT16: (2, "int32_data"), _T.UINT16: (2, "int32_data"), _T.INT32: (4, "int32_data"),
-    _T.BOOL: (1, "int32_data"), _T.INT64: (8, "int64_data"), _T.UINT32: (4, "uint64_data"),
-    _T.UINT64: (8, "uint64_data"),
+    _T.FLOAT: (32, "float_data"), _T.DOUBLE: (64, "double_data"), _T.FLOAT16: (16, "int32_data"),
+    _T.BFLOAT16: (16, "int32_data"), _T.INT8: (8, "int32_data"), _T.UINT8: (8, "int32_data"),
+    _T.INT16: (16, "int32_data"), _T.UINT16: (16, "int32_data"), _T.INT32: (32, "int32_data"),
+    _T.BOOL: (8, "int32_data"), _T.INT64: (64, "int64_data"), _T.UINT32: (32, "uint64_data"),
+    _T.UINT64: (64, "uint64_data"), _T.COMPLEX64: (64, None), _T.COMPLEX128: (128, None),
+    **{getattr(_T, n): (8, "int32_data") for n in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
+                                                   "FLOAT8E8M0") if hasattr(_T, n)},
+    **{getattr(_T, n): (4, None) for n in ("UINT4", "INT4", "FLOAT4E2M1") if hasattr(_T, n)},
+    **{getattr(_T, n): (2, None) for n in ("UINT2", "INT2") if hasattr(_T, n)},
 }
+_KNOWN_TYPES = set(_T.DataType.values()) - {_T.UNDEFINED}
 
 
 def _check_tensor_data(model: onnx.ModelProto, where) -> None:
-    """The checker refuses too little data for a shape, not too much: refuse any mismatch, naming the tensor."""
+    """The checker refuses too little data for a shape, not too much, and lets unknown data types through: refuse
+    both, naming the tensor."""
     for graph in _all_graphs(model.graph):
+        for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+            elem = value.type.tensor_type.elem_type
+            if elem and elem not in _KNOWN_TYPES:
+                raise ModelError(f"'{value.name}' in {where} declares element type {elem}, which onnx "
+                                 f"{onnx.__version__} does not know; the file is corrupted or needs a newer onnx.")
         tensors = list(graph.initializer)
         for sp in graph.sparse_initializer:
             tensors += [sp.values, sp.indices]
@@ -368,11 +384,19 @@ def _check_tensor_data(model: onnx.ModelProto, where) -> None:
                 if attr.HasField("sparse_tensor"):
                     tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
         for t in tensors:
+            if t.data_type not in _KNOWN_TYPES:
+                raise ModelError(f"tensor '{t.name}' in {where} has data type {t.data_type}, which onnx "
+                                 f"{onnx.__version__} does not know; the file is corrupted or needs a newer onnx.")
             if t.data_type not in _STORAGE or t.data_location == onnx.TensorProto.EXTERNAL:
                 continue
-            itemsize, typed = _STORAGE[t.data_type]
+            bits, typed = _STORAGE[t.data_type]
             count = int(np.prod(list(t.dims), dtype=np.float64))
-            have, want = (len(t.raw_data), count * itemsize) if t.HasField("raw_data") else (len(getattr(t, typed)), count)
+            if t.HasField("raw_data"):
+                have, want = len(t.raw_data), (count * bits + 7) // 8
+            elif typed is not None:
+                have, want = len(getattr(t, typed)), count
+            else:
+                continue
             if have != want:
                 raise ModelError(
                     f"tensor '{t.name}' in {where} declares shape {list(t.dims)} but holds {have} "

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import builders
+from passes.sparse_encode import dense_to_sparse
 from tests.hardening.helpers import assert_clean_error, gemm_then, invoke, leftovers, make_model, vi
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +78,29 @@ def _future_ir() -> bytes:
     return m.SerializeToString()
 
 
+def _unknown_sparse_dtype() -> bytes:
+    m = builders.mlp_gemm()
+    t = m.graph.initializer[0]
+    sparse = dense_to_sparse(numpy_helper.to_array(t), t.name)
+    sparse.values.data_type = 65  # no such TensorProto.DataType; onnx.checker does not look inside Constant nodes
+    m.graph.node.insert(0, helper.make_node("Constant", [], [t.name], sparse_value=sparse))
+    del m.graph.initializer[0]
+    return m.SerializeToString()
+
+
+def _unknown_output_type() -> bytes:
+    m = builders.mlp_gemm()
+    m.graph.output[0].type.tensor_type.elem_type = 59
+    return m.SerializeToString()
+
+
+def _float8_size_mismatch() -> bytes:
+    m = builders.conv_bn_relu()
+    var = next(t for t in m.graph.initializer if t.name == "bn.running_var")
+    var.data_type = TensorProto.FLOAT8E4M3FN  # 1 byte per element; the float32 bytes are 4x too many
+    return m.SerializeToString()
+
+
 BAD_FILES = {
     "empty": (lambda: b"", ["is empty", "re-export or re-download"]),
     "text": (lambda: b"this is a text file, not an ONNX model\n" * 4, ["ONNX model"]),
@@ -88,6 +112,9 @@ BAD_FILES = {
     "name-not-utf8": (_not_utf8_name, ["not UTF-8", "corrupted"]),
     "raw-data-size-mismatch": (_oversized_raw_data, ["fc1.bias", "declares shape [32]", "corrupted"]),
     "fails-checker": (_failing_checker, ["not a valid ONNX model", "no_such_tensor"]),
+    "unknown-data-type-in-sparse-constant": (_unknown_sparse_dtype, ["fc1.weight", "data type 65", "corrupted"]),
+    "unknown-element-type-of-output": (_unknown_output_type, ["'output'", "element type 59", "corrupted"]),
+    "float8-size-mismatch": (_float8_size_mismatch, ["bn.running_var", "holds 32 bytes (8 expected)"]),
     "opset-too-new": (_future_opset, ["newer than this onnx", f"<= {onnx.defs.onnx_opset_version()}"]),
     "ir-too-new": (_future_ir, ["not a valid ONNX model", "ir_version 99"]),
 }
@@ -322,8 +349,6 @@ def test_bad_data_folder_cases(mlp, tmp_path):
 
 
 @needs_readers
-@pytest.mark.xfail(strict=True, reason="pipeline.measure passes options.metric=None to calibration.metrics.Evaluator, "
-                   "which wants a metric name: 'unknown metric None' (needs choose_metric in converter/pipeline.py)")
 def test_data_without_metric_flag_picks_a_metric(mlp, tmp_path):
     data = tmp_path / "calib.npz"
     np.savez(data, input=_x(), labels=np.arange(20) % 10)
