@@ -8,7 +8,8 @@ Building a module:
      float32/float64 parameters keep their dtype. float16/bfloat16 ones are trained through float32 *master
      copies*: the parameter is float32, the graph sees it cast to its ONNX dtype, and ``write_back`` rounds
      it back (an untouched value round-trips bit for bit). ``dtype=`` overrides every float dtype (e.g.
-     float64 for gradcheck); ``write_back`` still writes the ONNX dtype.
+     float64 for gradcheck) including Cast targets; ``write_back`` still writes the ONNX dtype. Change dtypes
+     with ``dtype=`` rather than ``module.double()``, which would leave Cast nodes producing float32.
   3. Every other initializer, and every Constant node's value, becomes a non-persistent buffer of
      ``self.constants`` (so ``.to(device)`` moves it and ``state_dict()`` holds only the trainable ones);
      int tensors keep their int dtype. Initializers also listed as graph inputs (IR < 4) are initializers.

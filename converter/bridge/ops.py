@@ -20,6 +20,13 @@ inputs at 11, Pad at 11, Resize at 11, Dropout ratio as input at 12, ...).
 ``check(attrs, ctx) -> str | None`` may reject attribute values we do not implement; the module reports those
 nodes together with the unknown ops. ``fold=True`` lets the module evaluate a node once at build time when
 all its inputs are constants (Constant).
+
+Where the spec leaves room, the reference is onnxruntime (what the pruned model is deployed on): Slice's
+INT64_MAX end with a negative step runs to the start, ConvTranspose auto_pad/output_shape pads follow its split,
+Resize copies the input when no axis changes size and computes coordinates in its float32/float64 mix.
+Known gaps: control flow (If/Loop/Scan), sequences/optionals/strings, quantized ops, AveragePool dilations,
+Resize antialias, RNN activations with alpha/beta, ScatterND reductions other than add; TopK ``sorted=0`` still
+sorts; Resize nearest can pick the other pixel when the source coordinate lies within ~1e-6 of a rounding tie.
 """
 
 from __future__ import annotations

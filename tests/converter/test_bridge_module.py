@@ -471,3 +471,34 @@ def test_torch_exported_model_matches_onnxruntime(name):
         want = net(torch.from_numpy(x_feeds(shape)[0]["x"]))
     np.testing.assert_allclose(module(x_feeds(shape)[0]["x"])[0].detach().numpy(), want.numpy(), rtol=1e-4,
                                atol=1e-4, err_msg="output 'y' against the torch original")
+    module.train()
+    module(x_feeds(shape)[0]["x"])[0].square().sum().backward()
+    no_grad = [n for n, p in module.onnx_parameters().items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"no gradient reached {no_grad}"
+
+
+def test_dropout_ratio_from_a_graph_input_is_used_but_not_rescaled():
+    model = _model([helper.make_node("Dropout", ["x", "r"], ["y"], name="drop")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64]),
+                    helper.make_tensor_value_info("r", TensorProto.FLOAT, [])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])], [])
+    module = OnnxModule(model).train()
+    assert module.dropout_ratios == {"drop": None}
+    torch.manual_seed(0)
+    y = module(torch.ones(64, 64), torch.tensor(0.75))[0]
+    assert 0.68 < (y == 0).float().mean().item() < 0.82
+    assert module.set_dropout_scale(0.5) == {"drop": None}
+    with pytest.raises(ConfigError, match="run-time tensor"):
+        module.set_dropout_scale({"drop": 0.5})
+
+
+def test_deepcopy_gives_an_independent_module():
+    import copy
+
+    module = OnnxModule(dropout_model(0.5)).eval()
+    clone = copy.deepcopy(module)
+    clone.set_dropout_scale(0.1)
+    clone.train()
+    assert module.dropout_ratios == {"drop": 0.5} and not module.training
+    assert torch.equal(module(torch.ones(64, 64))[0], torch.ones(64, 64))
+    assert clone._steps[0].ctx.run is clone._run
