@@ -274,7 +274,7 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
         if as_json:
             click.echo(json.dumps(report, indent=2, default=_json_default))
         raise failed
-    modelio.save_model(result.model, output, protect=(Path(model),) if not isinstance(model, bytes) else ())
+    modelio.save_model(result.model, output, protect=(Path(model),) if isinstance(model, (str, os.PathLike)) else ())
     report["output"] = str(output)
     report["file_size_after"] = output.stat().st_size
     if report_dir is not None:

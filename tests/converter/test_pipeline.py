@@ -1,0 +1,123 @@
+"""The pipeline end to end on small seeded models: choices, budget, retraining hook-up, API and CLI."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from calibration.runtime import make_session
+from converter import api
+from converter.cli import cli
+from converter.errors import BudgetError, ConfigError
+from converter.pipeline import PruneOptions, run
+from models import builders
+from tests.oracle import assert_same_outputs
+
+
+@pytest.fixture(scope="module")
+def teacher_data():
+    """A classifier and 'labels' that are its own predictions: dense accuracy 100%, so losses are measurable."""
+    model = builders.lenet300_like(hidden=(64, 32), seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 1, 28, 28), dtype=np.float32)
+    logits = make_session(model).run(None, {"input": x})[0]
+    return model, {"input": x, "labels": logits.argmax(1).astype(np.int64)}
+
+
+def test_max_loss_respects_the_budget_and_prunes_layers_differently(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(max_loss=2.0, data=data, levels=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95)))
+    report = result.report
+    assert report["budget"]["met"] and report["budget"]["measured_loss_pp"] <= 2.0
+    densities = [r["density"] for r in report["layers"]]
+    assert len(set(round(d, 3) for d in densities)) > 1, densities
+    assert report["compression"] > 1.0
+    assert set(report["sensitivity"]) == {r["weight"] for r in report["layers"]}
+    # the measured loss is the real one: recompute it independently
+    acc = (make_session(result.model).run(None, {"input": data["input"]})[0].argmax(1) == data["labels"]).mean()
+    assert report["metrics"]["after"] == pytest.approx(acc)
+
+
+def test_without_labels_the_metric_is_agreement_with_the_dense_model(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(sparsity=0.5, data={"input": data["input"]}))
+    assert result.report["metrics"]["metric"] == "agreement"
+    assert result.report["metrics"]["before"] == 1.0
+
+
+def test_eval_data_is_reported_separately(teacher_data):
+    model, data = teacher_data
+    held_out = {k: v[:64] for k, v in data.items()}
+    result = run(model, PruneOptions(sparsity=0.6, data=data, eval_data=held_out))
+    sets = result.report["metrics"]["sets"]
+    assert "64 samples" in sets["evaluation"]["data"] and "256 samples" in sets["calibration"]["data"]
+
+
+def test_final_model_matches_the_dense_oracle_and_shrinks(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(sparsity=0.97, data=data))
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": data["input"][:16]}])
+    assert result.report["neurons"]["removed"] > 0
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_retraining_keeps_masks_and_recovers_accuracy(teacher_data):
+    model, data = teacher_data
+    one_shot = run(model, PruneOptions(sparsity=0.9, data=data))
+    retrained = run(model, PruneOptions(sparsity=0.9, data=data, iterations=2, epochs=3, lr=0.01, seed=0))
+    assert retrained.report["after"]["nonzeros"] == one_shot.report["after"]["nonzeros"]
+    assert retrained.report["metrics"]["after"] >= one_shot.report["metrics"]["after"]
+    assert len(retrained.history) == 2
+
+
+def test_missed_budget_raises_and_api_force_returns(teacher_data):
+    model, data = teacher_data
+    with pytest.raises(BudgetError):
+        api.prune(model, data=data, max_loss=0.0, layers={"fc1*": 0.995})
+    result = api.prune(model, data=data, max_loss=0.0, layers={"fc1*": 0.995}, force=True)
+    assert not result.report["budget"]["met"]
+
+
+def test_api_rejects_unknown_options():
+    with pytest.raises(ConfigError, match="unknown option"):
+        api.prune(builders.mlp_gemm(), sparsity=0.5, spartsity=0.4)
+
+
+def test_api_writes_output_and_report(teacher_data, tmp_path):
+    pytest.importorskip("converter.report")
+    model, data = teacher_data
+    out = tmp_path / "m.onnx"
+    api.prune(model, data=data, sparsity=0.8, output=out, report_dir=tmp_path / "rep")
+    assert out.exists() and (tmp_path / "rep" / "report.html").exists() and (tmp_path / "rep" / "recipe.toml").exists()
+
+
+def test_sensitivity_command_writes_json_and_plot(teacher_data, tmp_path):
+    model, data = teacher_data
+    mpath, dpath = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, mpath)
+    np.savez(dpath, **data)
+    res = CliRunner().invoke(cli, ["sensitivity", str(mpath), "--data", str(dpath), "--levels", "0.5,0.9",
+                                   "-o", str(tmp_path / "scan")])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert len(saved["layers"]) == 3
+    png = (tmp_path / "scan" / "sensitivity.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "/fc1/Gemm" in res.output
+
+
+def test_prune_json_exit_code_3_when_budget_missed(teacher_data, tmp_path):
+    model, data = teacher_data
+    mpath, dpath = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, mpath)
+    np.savez(dpath, **data)
+    out = tmp_path / "o.onnx"
+    res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--data", str(dpath), "--max-loss", "0",
+                                   "--layer", "fc1*=0.995"])
+    assert res.exit_code == 3 and "exceeds --max-loss" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--data", str(dpath), "--max-loss", "0",
+                                   "--layer", "fc1*=0.995", "--force", "-q"])
+    assert res.exit_code == 3 and out.exists()
