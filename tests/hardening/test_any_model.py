@@ -393,3 +393,19 @@ def test_torch_exported_models(name, tmp_path):
         want = net(x).numpy()
     got = run(written, {"input": x.numpy()})["output"]
     assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-6)
+
+
+def test_model_that_computes_nan_is_pruned_faithfully(tmp_path):
+    """A negative BatchNorm variance makes the input model itself compute NaN: that is not a parity failure."""
+    model = builders.conv_bn_relu()
+    var = next(t for t in model.graph.initializer if t.name == "bn.running_var")
+    values = numpy_helper.to_array(var).copy()
+    values[0] = -2.0
+    var.CopyFrom(numpy_helper.from_array(values, var.name))
+    info, res = _inspect_and_prune(model, tmp_path, 0.5)
+    assert res.exit_code == 0, res.output
+    written = onnx.load(tmp_path / "out.onnx")
+    for seed in (0, 1):
+        feed = feeds(model, seed)
+        got, want = run(written, feed)["output"], run(model, feed)["output"]
+        assert np.isnan(want).any() and np.array_equal(np.isnan(got), np.isnan(want))
