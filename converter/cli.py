@@ -27,8 +27,22 @@ class ConverterException(click.ClickException):
         self.exit_code = exit_code
 
 
+class FriendlyCommand(click.Command):
+    """A config error is a usage error of the command that was run: its own usage line, exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            if _debug(ctx):
+                raise
+            raise click.UsageError(str(exc), ctx=ctx) from None
+
+
 class FriendlyGroup(click.Group):
     """Turns our errors into one line and an exit code; --debug lets the traceback through."""
+
+    command_class = FriendlyCommand
 
     def invoke(self, ctx: click.Context):
         try:
