@@ -40,14 +40,15 @@ def _pct(x) -> str:
 def print_inspection(info: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title=f"{info['model']}  ({fmt_bytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
-    for col in ("node", "op", "weight", "shape", "params", "nonzeros", "density", "MACs/sample"):
-        table.add_column(col, justify="right" if col in ("params", "nonzeros", "density", "MACs/sample") else "left", overflow="fold")
+    for col in ("node", "op", "weight", "shape", "neurons", "params", "nonzeros", "density", "MACs/sample"):
+        table.add_column(col, justify="left" if col in ("node", "op", "weight", "shape") else "right", overflow="fold")
     for r in info["layers"]:
         via = f" (via {'/'.join(r['via'])})" if r["via"] else ""
-        table.add_row(r["node"], r["op"], r["weight"] + via, "x".join(map(str, r["shape"])), fmt_count(r["params"]),
+        table.add_row(r["node"], r["op"], r["weight"] + via, "x".join(map(str, r["shape"])),
+                      "-" if r["neurons"] is None else str(r["neurons"]), fmt_count(r["params"]),
                       fmt_count(r["nonzeros"]), _pct(r["density"]), fmt_count(r["macs"]))
     t = info["totals"]
-    table.add_row("total", "", "", "", fmt_count(t["params"]), fmt_count(t["nonzeros"]), _pct(t["density"]), fmt_count(t["macs"]))
+    table.add_row("total", "", "", "", "", fmt_count(t["params"]), fmt_count(t["nonzeros"]), _pct(t["density"]), fmt_count(t["macs"]))
     console.print(table)
     if not info["layers"]:
         console.print("No prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul).")
@@ -64,14 +65,16 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
 def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title="Pruned layers")
-    for col in ("node", "op", "weight", "params", "nonzeros", "W%", "threshold"):
+    for col in ("node", "op", "weight", "params", "nonzeros", "W%", "q", "neurons", "Act%"):
         table.add_column(col, justify="left" if col in ("node", "op", "weight") else "right", overflow="fold")
     for r in report["layers"]:
-        thr = r.get("threshold")
+        q = r.get("quality")
+        neurons = f"{r['neurons_before']}->{r['neurons_after']}" if "neurons_before" in r else "-"
+        act = f"{_pct(r.get('act_before'))}->{_pct(r.get('act'))}" if r.get("act") is not None else "-"
         table.add_row(r["node"], r["op"], r["weight"], fmt_count(r["params"]), fmt_count(r["nonzeros"]),
-                      _pct(r["density"]), "-" if thr is None else f"{thr:.4g}")
+                      _pct(r["density"]), "-" if q is None else f"{q:.2f}", neurons, act)
     b, a = report["before"], report["after"]
-    table.add_row("total", "", "", fmt_count(b["params"]), fmt_count(a["nonzeros"]), _pct(a["density"]), "")
+    table.add_row("total", "", "", fmt_count(b["params"]), fmt_count(a["nonzeros"]), _pct(a["density"]), "", "", "")
     console.print(table)
     console.print(
         f"weights {fmt_count(b['nonzeros'])} -> {fmt_count(a['nonzeros'])} nonzero "
@@ -88,12 +91,18 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
     )
     m = report.get("metrics")
-    if m:
+    for name, s in (m or {}).get("sets", {}).items():
+        err = s["output_error"]
+        agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
         console.print(
-            f"{m['metric']} on {m['data']}: {100 * m['before']:.2f}% -> {100 * m['after']:.2f}% "
-            f"(loss {m['loss_pp']:+.2f} pp); outputs: top-1 agreement {100 * m['output_error']['agreement']:.2f}%, "
-            f"max rel error {m['output_error']['max_rel']:.3g}, mean rel error {m['output_error']['mean_rel']:.3g}"
+            f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
+            f"(loss {s['loss_pp']:+.2f} pp); outputs vs the input model: {agree}"
+            f"max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
         )
+    budget = report.get("budget")
+    if budget:
+        console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} pp: "
+                      f"{'met' if budget['met'] else 'NOT met'}")
     for note in report.get("notes", []):
         console.print(f"note: {note}")
     if report.get("output"):

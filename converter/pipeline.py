@@ -211,7 +211,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     report = {
         "model": where,
         "input_sha256": loaded.sha256,
-        "layers": _merge_rows(rows_before, rows_after, state, targets, original),
+        "layers": _merge_rows(rows_before, rows_after, state, targets, original, neurons),
         "skipped": skipped_rows(inventory),
         "before": totals(rows_before),
         "after": totals(rows_after),
@@ -238,6 +238,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     if data is not None:
         t = time.perf_counter()
         report["metrics"] = measure(data, final, options)
+        _add_activations(report, original, dense_pruned, inventory, data)
         timings["measure"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     report["seconds_by_step"] = {k: round(v, 3) for k, v in timings.items()}
@@ -422,6 +423,18 @@ def measure(data: Data, final: onnx.ModelProto, options: PruneOptions) -> dict:
     return {**headline, "sets": out}
 
 
+def _add_activations(report: dict, original, pruned, inventory: Inventory, data: Data) -> None:
+    """Act% per layer before and after (share of nonzero activations on the calibration data)."""
+    from calibration.activations import activation_density
+
+    before = activation_density(original, inventory, data.reader())
+    after = activation_density(pruned, inventory, data.reader())
+    for row in report["layers"]:
+        row["act_before"] = before.get(row["weight"])
+        row["act"] = after.get(row["weight"])
+    report["act"] = after
+
+
 def _check_budget(result: PruneResult, options: PruneOptions) -> None:
     if options.max_loss is None or "metrics" not in result.report:
         return
@@ -452,7 +465,8 @@ def _verification_feeds(data: Data | None, options: PruneOptions):
     return feeds or None
 
 
-def _merge_rows(before: list[dict], after: list[dict], state: PruneState, targets: dict, original) -> list[dict]:
+def _merge_rows(before: list[dict], after: list[dict], state: PruneState, targets: dict, original,
+                neurons: dict | None) -> list[dict]:
     rows = []
     for b, a in zip(before, after):
         row = dict(b)
@@ -464,6 +478,9 @@ def _merge_rows(before: list[dict], after: list[dict], state: PruneState, target
         row["quality"] = (quality_for_sparsity(weight_array(original, b["weight"]), sparsity)
                           if sparsity else None)
         t = targets.get(b["weight"])
+        channels = (neurons or {}).get("layers", {}).get(b["weight"])
+        if channels:
+            row["neurons_before"], row["neurons_after"] = channels["before"], channels["after"]
         row["target"] = None if t is None else ({"sparsity": t.sparsity} if t.sparsity is not None else {"quality": t.quality})
         rows.append(row)
     return rows

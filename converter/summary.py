@@ -28,6 +28,7 @@ def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:
                 "nonzeros": nnz,
                 "density": (nnz / w.size) if (nnz is not None and w.size) else None,
                 "macs": w.macs,
+                "neurons": w.shape[w.out_axis] if w.out_axis is not None else None,
                 "via": list(w.via),
             }
         )

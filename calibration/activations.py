@@ -1,0 +1,60 @@
+"""Act%: the share of nonzero activations a layer produces on real data (the paper's Tables 1–5).
+
+A layer's activation is its output carried through the element-wise chain right after it (bias Add, BN, Relu…),
+so a Gemm followed by Relu reports how many of its ReLU outputs are nonzero:
+
+    x ─ Gemm fc1 ─ Add ─ Relu ─▶ measured here ─ Gemm fc2 …
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from calibration.runtime import make_session
+from passes.weights import Inventory
+
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Clip", "BatchNormalization", "Sigmoid", "Tanh",
+               "HardSigmoid", "HardSwish", "Elu", "Selu", "PRelu", "Gelu", "Identity", "Dropout"}
+
+
+def activation_tensors(model: onnx.ModelProto, inventory: Inventory) -> dict[str, str]:
+    """Weight name -> the tensor holding that layer's activation (after its element-wise chain)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    nodes = {n.name: n for n in model.graph.node}
+    out = {}
+    for w in inventory.prunable:
+        node = nodes.get(w.node)
+        if node is None:
+            continue
+        tensor = node.output[0]
+        while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ELEMENTWISE:
+            tensor = consumers[tensor][0].output[0]
+        out[w.name] = tensor
+    return out
+
+
+def activation_density(model: onnx.ModelProto, inventory: Inventory, reader, *, max_batches: int = 8) -> dict[str, float]:
+    """Fraction of nonzero activations per prunable layer, on up to `max_batches` batches of the reader."""
+    tensors = activation_tensors(model, inventory)
+    if not tensors:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for name in sorted(set(tensors.values()) - outputs):
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = make_session(probe, optimize=False)
+    wanted = sorted(set(tensors.values()))
+    nonzero = dict.fromkeys(wanted, 0)
+    total = dict.fromkeys(wanted, 0)
+    for i, feeds in enumerate(reader):
+        if i >= max_batches:
+            break
+        for name, value in zip(wanted, session.run(wanted, feeds)):
+            nonzero[name] += int(np.count_nonzero(value))
+            total[name] += int(np.asarray(value).size)
+    return {w: (nonzero[t] / total[t] if total[t] else None) for w, t in tensors.items()}
