@@ -1,0 +1,38 @@
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from calibration.activations import activation_density, activation_tensors
+from calibration.readers import open_data
+from models import builders
+from passes.weights import find_prunable
+
+
+def test_act_is_measured_after_the_relu_and_matches_numpy():
+    model = builders.mlp_gemm(in_features=8, hidden=(16,), out_features=4, seed=1)
+    inv = find_prunable(model)
+    tensors = activation_tensors(model, inv)
+    relu_out = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
+    assert tensors[inv.prunable[0].name] == relu_out
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    act = activation_density(model, inv, open_data({"input": x}, model, batch_size=8))
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    first = inv.prunable[0]
+    bias = next(n.input[2] for n in model.graph.node if n.name == first.node)
+    hidden = np.maximum(x @ w[first.name].T + w[bias], 0)
+    assert abs(act[first.name] - np.count_nonzero(hidden) / hidden.size) < 1e-12
+    assert act[inv.prunable[-1].name] == 1.0  # logits: no Relu
+
+
+def test_zeroed_rows_show_up_as_dead_activations():
+    model = builders.mlp_gemm(in_features=8, hidden=(16,), out_features=4, seed=2)
+    inv = find_prunable(model)
+    first = inv.prunable[0].name
+    for t in model.graph.initializer:
+        if t.name == first or t.name.endswith("bias") and numpy_helper.to_array(t).shape == (16,):
+            a = numpy_helper.to_array(t).copy()
+            a[:8] = 0 if a.ndim == 1 else 0.0
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    act = activation_density(model, inv, open_data({"input": x}, model, batch_size=8))
+    assert act[first] <= 0.5
