@@ -1,0 +1,617 @@
+"""Masked fine-tuning: retrain the surviving connections of a pruned ONNX model through the torch bridge.
+
+The paper's step 3 ("retrain the remaining connections"). The graph runs as a torch module (`converter.bridge`);
+the weights under a mask and the biases/normalization scales they feed become parameters, everything else stays
+constant. After every optimizer step the masks are re-applied, so a pruned weight is exactly 0.0 from the first
+step to the written file; a surviving weight starts from its trained value (never re-initialised).
+
+    loss = CE(student, labels)                                    labels given ("auto")
+         | T² · KL(softmax(teacher/T) ‖ softmax(student/T))       classifier outputs, no labels (distillation)
+         + MSE(student, teacher)                                  other outputs, no labels
+    w   ← SGD(momentum, L2 weight decay | L1 penalty) on the kept weights only;  w[~mask] = 0 after each step
+
+Data is read once from the calibration reader into memory as tensors when it fits (MNIST does), then shuffled each
+epoch with a seeded generator; the teacher's outputs are computed once with onnxruntime. A reader too large for
+memory is streamed in its own order, the teacher run per batch.
+
+Dropout nodes train at D_new = D_old·sqrt(C_new/C_old), C the connections of the layer feeding the dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from calibration.runtime import make_session, output_names
+from converter.errors import ConfigError
+from passes.apply_masks import ApplyMasks
+from passes.base import PruneState
+from passes.weights import FLOAT_TYPES, NORM_OPS, PASS_THROUGH, find_prunable, name_nodes
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, int, float, float], None]  # (epoch, batch, n_batches, loss, sparsity)
+
+LOSSES = ("auto", "ce", "distill", "ce+distill", "mse")
+REGS = ("l2", "l1", "none")
+LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+MEMORY_BUDGET = 2 << 30  # bytes of training inputs we are willing to hold in memory
+TEACHER_CHUNK = 2048
+DROPOUT_DEFAULT = 0.5
+# Ops between a weight's consumer and the Dropout it feeds that do not change the connection count.
+TRANSPARENT = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Gelu", "Erf", "Add", "Mul", "Sub", "Div",
+               "BatchNormalization", "LayerNormalization", "MaxPool", "AveragePool", "Flatten", "Reshape",
+               "Transpose", "Identity", "Squeeze", "Unsqueeze", "Softmax"}
+NORM_PARAM_INPUTS = {op: (1, 2) for op in NORM_OPS}  # scale and bias; BN running stats (3, 4) stay frozen
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+# ----------------------------------------------------------------------------------------------------- choices
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → CUDA when torch sees a GPU, else CPU. 'cuda' without a GPU is a ConfigError."""
+    if device not in DEVICES:
+        raise ConfigError(f"--device '{device}' is not one of {', '.join(DEVICES)}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"--device cuda: torch {torch.__version__} ({build}) sees no GPU; use --device cpu or --device auto."
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _check_choice(value, choices, option: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{option} '{value}' is not one of {', '.join(choices)}.")
+
+
+# ---------------------------------------------------------------------------------------------- graph reading
+
+
+def _float_initializers(model: onnx.ModelProto) -> set[str]:
+    return {t.name for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+
+
+def _consumers(graph) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    return users
+
+
+def _weight_nodes(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, onnx.NodeProto]:
+    """The Conv/Gemm/MatMul that consumes each masked weight (through Transpose/Reshape/... chains)."""
+    nodes = {n.name: n for n in model.graph.node}
+    found = {w.name: nodes[w.node] for w in find_prunable(model, with_macs=False).prunable}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ConfigError(f"masks name tensors that are not prunable weights of the model: {', '.join(missing[:10])}.")
+    return {n: found[n] for n in names}
+
+
+def companions(model: onnx.ModelProto, node: onnx.NodeProto, users=None, inits=None) -> list[str]:
+    """The bias and normalization parameters a weight's consumer feeds, decided by how tensors are used.
+
+    Rules: 1. Conv/ConvTranspose/Gemm input 2. 2. Walking down a single-consumer chain from the output: an
+    Add/Sub/Mul with a float initializer (a MatMul's bias, a folded-BN scale), then a BatchNormalization/
+    LayerNormalization/InstanceNormalization/GroupNormalization's scale and bias (never BN's running stats).
+    """
+    users = users if users is not None else _consumers(model.graph)
+    inits = inits if inits is not None else _float_initializers(model)
+    out = []
+    index = BIAS_INPUT.get(node.op_type)
+    if index is not None and len(node.input) > index and node.input[index] in inits:
+        out.append(node.input[index])
+    current = node.output[0]
+    for _ in range(4):
+        after = users.get(current, [])
+        if len(after) != 1:
+            break
+        nxt = after[0]
+        if nxt.op_type in ("Add", "Sub", "Mul") and len(nxt.input) == 2:
+            other = nxt.input[1] if nxt.input[0] == current else nxt.input[0]
+            if other not in inits:
+                break
+            out.append(other)
+            current = nxt.output[0]
+            continue
+        if nxt.op_type in NORM_PARAM_INPUTS:
+            picked = [nxt.input[i] for i in NORM_PARAM_INPUTS[nxt.op_type] if i < len(nxt.input)]
+            out += [n for n in picked if n in inits]
+        break
+    return list(dict.fromkeys(out))
+
+
+def trainable_tensors(model: onnx.ModelProto, masks: dict[str, np.ndarray],
+                      freeze: Iterable[str] = ()) -> dict[str, list[str]]:
+    """{masked weight: [its companions]} for every masked weight not frozen (freeze takes tensor or node names)."""
+    freeze = set(freeze)
+    users, inits = _consumers(model.graph), _float_initializers(model)
+    groups = {}
+    for name, node in _weight_nodes(model, masks).items():
+        if name in freeze or node.name in freeze:
+            continue
+        groups[name] = companions(model, node, users, inits)
+    return groups
+
+
+def _dropout_ratio(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> float:
+    for a in node.attribute:  # opset < 12
+        if a.name == "ratio":
+            return float(a.f)
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in consts:
+            raise ConfigError(f"Dropout '{node.name}' takes its ratio from a computed tensor; pass dropout_scale.")
+        return float(consts[node.input[1]])
+    return DROPOUT_DEFAULT
+
+
+def dropout_ratios(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """D_new = D_old·sqrt(C_new/C_old) per Dropout node; C = connections of the weight layer feeding it.
+
+    The feeding layer is found by walking up from the Dropout's input through element-wise ops, pools and
+    reshapes to the first Conv/ConvTranspose/Gemm/MatMul; a Dropout fed by no masked layer keeps its ratio.
+    """
+    name_nodes(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weight_of = {n.name: w for w, n in _weight_nodes(model, masks).items()}
+    ratios = {}
+    for node in model.graph.node:
+        if node.op_type != "Dropout":
+            continue
+        old = _dropout_ratio(node, consts)
+        ratios[node.name] = old
+        feeder = _feeding_layer(node.input[0], producers)
+        if feeder is not None and feeder.name in weight_of:
+            mask = masks[weight_of[feeder.name]]
+            ratios[node.name] = old * math.sqrt(float(mask.sum()) / mask.size) if mask.size else old
+    return ratios
+
+
+def _feeding_layer(name: str, producers) -> onnx.NodeProto | None:
+    seen = 0
+    while name in producers and seen < 64:
+        node = producers[name]
+        if node.op_type in BIAS_INPUT or node.op_type == "MatMul":
+            return node
+        if node.op_type not in TRANSPARENT:
+            return None
+        name = node.input[0]
+        seen += 1
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- the data
+
+
+@dataclass
+class TrainData:
+    """Training samples as tensors (first axis = sample), with labels and the teacher's outputs when known."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    teacher: list[torch.Tensor] | None  # one tensor per graph output of the teacher
+    batch_size: int
+    reader: object = None  # set when streaming (too large for memory): batches come from the reader
+
+    @property
+    def num_samples(self) -> int:
+        return len(next(iter(self.inputs.values()))) if self.inputs else getattr(self.reader, "num_samples", 0)
+
+    def num_batches(self, batch_size: int | None = None) -> int:
+        b = batch_size or self.batch_size
+        return math.ceil(self.num_samples / b) if self.num_samples else 0
+
+    def epoch(self, generator: torch.Generator, batch_size: int | None = None, teacher_fn=None) -> Iterator[tuple]:
+        """Yield (inputs, labels, teacher outputs) batches; in memory: a seeded permutation per epoch."""
+        if self.reader is not None:
+            yield from self._stream(teacher_fn)
+            return
+        b = batch_size or self.batch_size
+        order = torch.randperm(self.num_samples, generator=generator)
+        for i in range(0, len(order), b):
+            idx = order[i : i + b]
+            yield ({k: v[idx] for k, v in self.inputs.items()},
+                   None if self.labels is None else self.labels[idx],
+                   None if self.teacher is None else [t[idx] for t in self.teacher])
+
+    def _stream(self, teacher_fn) -> Iterator[tuple]:
+        for feeds, labels in self.reader.batches():
+            teacher = None if teacher_fn is None else [torch.from_numpy(t) for t in teacher_fn(feeds)]
+            yield ({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()},
+                   None if labels is None else torch.from_numpy(np.asarray(labels)), teacher)
+
+
+def load_data(reader, *, teacher: onnx.ModelProto | None = None, use_labels: bool = True,
+              memory_budget: int = MEMORY_BUDGET) -> TrainData:
+    """Read a calibration reader into memory (when it fits) and run the teacher once over it.
+
+    `reader` may also be a TrainData (returned as is, with teacher outputs added when missing) or a pair
+    (inputs dict or array, labels or None) of numpy arrays.
+    """
+    if isinstance(reader, TrainData):
+        data = reader
+    elif isinstance(reader, tuple):
+        data = _from_arrays(*reader)
+    else:
+        data = _from_reader(reader, memory_budget)
+    if not use_labels:
+        data = TrainData(data.inputs, None, data.teacher, data.batch_size, data.reader)
+    if teacher is not None and data.teacher is None and data.reader is None:
+        data.teacher = teacher_outputs(teacher, data.inputs)
+    return data
+
+
+def _from_arrays(inputs, labels=None, batch_size: int = 64) -> TrainData:
+    if not isinstance(inputs, dict):
+        inputs = {"input": inputs}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+    return TrainData(tensors, None if labels is None else torch.from_numpy(np.asarray(labels)), None, batch_size)
+
+
+def _from_reader(reader, memory_budget: int) -> TrainData:
+    batches = reader.batches()
+    first = next(iter(batches), None)
+    if first is None:
+        raise ConfigError("the training data is empty; pass --data with at least one sample.")
+    feeds, labels = first
+    batch_size = len(next(iter(feeds.values())))
+    per_sample = sum(v.nbytes for v in feeds.values()) / max(batch_size, 1)
+    if per_sample * getattr(reader, "num_samples", batch_size) > memory_budget:
+        log.info("training data exceeds %d MB: streamed in the reader's order, not shuffled", memory_budget >> 20)
+        return TrainData({}, None, None, batch_size, reader=reader)
+    parts, label_parts = [feeds], [labels]
+    for feeds, labels in batches:
+        parts.append(feeds)
+        label_parts.append(labels)
+    inputs = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in parts[0]}
+    has_labels = all(lab is not None for lab in label_parts)
+    lab = torch.from_numpy(np.concatenate(label_parts)) if has_labels else None
+    return TrainData(inputs, lab, None, batch_size)
+
+
+def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """All graph outputs of the teacher on all samples, computed once with onnxruntime."""
+    run = _teacher_fn(teacher)
+    n = len(next(iter(inputs.values())))
+    chunks = [run({k: v[i : i + TEACHER_CHUNK].numpy() for k, v in inputs.items()}) for i in range(0, n, TEACHER_CHUNK)]
+    return [torch.from_numpy(np.concatenate([c[j] for c in chunks])) for j in range(len(chunks[0]))]
+
+
+def _teacher_fn(teacher: onnx.ModelProto):
+    session = make_session(teacher, optimize=True)
+    names = output_names(teacher)
+    return lambda feeds: [np.asarray(o, dtype=np.float32) for o in session.run(names, feeds)]
+
+
+# ----------------------------------------------------------------------------------------------- the objective
+
+
+@dataclass
+class Objective:
+    """How a batch's outputs turn into a loss: cross-entropy, distillation, or both."""
+
+    kind: str  # "ce", "distill", "ce+distill", "mse"
+    output_kinds: list[str]  # per graph output: "logits", "probs", "logprobs" or "values"
+    temperature: float = 4.0
+    label_smoothing: float = 0.0
+    distill_weight: float = 0.5  # share of the distillation term in "ce+distill"
+
+    def __call__(self, outputs, labels, teacher) -> torch.Tensor:
+        if self.kind == "ce":
+            return self._supervised(outputs, labels)
+        if self.kind == "mse":
+            return F.mse_loss(outputs[0], labels.to(outputs[0].dtype))
+        distill = self._distill(outputs, teacher)
+        if self.kind == "distill":
+            return distill
+        return self.distill_weight * distill + (1.0 - self.distill_weight) * self._supervised(outputs, labels)
+
+    def _primary(self) -> int:
+        return next((i for i, k in enumerate(self.output_kinds) if k != "values"), 0)
+
+    def _supervised(self, outputs, labels) -> torch.Tensor:
+        i = self._primary()
+        logits = _as_logits(outputs[i], self.output_kinds[i])
+        if labels.dtype.is_floating_point and labels.shape == logits.shape:
+            return F.mse_loss(outputs[i], labels.to(outputs[i].dtype))
+        return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
+
+    def _distill(self, outputs, teacher) -> torch.Tensor:
+        t, total = self.temperature, 0.0
+        for out, ref, kind in zip(outputs, teacher, self.output_kinds):
+            if kind == "values":
+                total = total + F.mse_loss(out, ref.to(out.dtype))
+                continue
+            s = F.log_softmax(_as_logits(out, kind) / t, dim=-1)
+            r = F.log_softmax(_as_logits(ref.to(out.dtype), kind) / t, dim=-1)
+            total = total + F.kl_div(s, r, log_target=True, reduction="batchmean") * t * t
+        return total
+
+
+def _as_logits(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return torch.log(x.clamp_min(1e-12)) if kind == "probs" else x
+
+
+def output_kinds(model: onnx.ModelProto, sample_outputs) -> list[str]:
+    """A float output [N, C≥2] is a classifier's (its producer says logits, probabilities or log-probabilities)."""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    kinds = []
+    for name, out in zip(output_names(model), sample_outputs):
+        if out.dim() != 2 or out.shape[1] < 2 or not out.dtype.is_floating_point:
+            kinds.append("values")
+        else:
+            kinds.append({"Softmax": "probs", "LogSoftmax": "logprobs"}.get(producers.get(name), "logits"))
+    return kinds
+
+
+def choose_loss(loss: str, has_labels: bool, has_teacher: bool) -> str:
+    _check_choice(loss, LOSSES, "--loss")
+    if loss == "auto":
+        return "ce" if has_labels else "distill"
+    if loss in ("ce", "ce+distill", "mse") and not has_labels:
+        raise ConfigError(f"--loss {loss} needs labels; pass --labels NAME or use --loss distill.")
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class FinetuneStats:
+    epochs: int = 0
+    steps: int = 0
+    samples: int = 0
+    loss: float = float("nan")  # mean training loss of the last epoch
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+    objective: str = ""
+    trainable: list[str] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"epochs": self.epochs, "steps": self.steps, "samples": self.samples, "loss": self.loss,
+                "epoch_losses": self.epoch_losses, "seconds": round(self.seconds, 3),
+                "samples_per_second": round(self.samples_per_second, 1), "device": self.device,
+                "objective": self.objective, "trainable": self.trainable}
+
+
+def build_module(model: onnx.ModelProto, trainable: Iterable[str], device: torch.device):
+    """The torch bridge's module for `model` (kept apart so tests and benchmarks can swap in another module)."""
+    from converter.bridge import OnnxModule
+
+    return OnnxModule(model, trainable=list(trainable), device=device)
+
+
+class MaskedTrainer:
+    """A model under masks, its data and objective: train it round after round, read its weights, write it back.
+
+    Rules:
+      1. Masks only shrink (`set_masks` intersects); a masked weight is set to exactly 0.0 at once and after
+         every optimizer step, and its gradient is zeroed, so momentum and weight decay never move it.
+      2. Surviving weights start from the values in the model (never re-initialised).
+      3. Trainable: the masked weights and their companions (bias, normalization scale and bias); frozen
+         groups (by weight or node name) get no gradient.
+    """
+
+    def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray], data, *, loss: str = "auto",
+                 teacher: onnx.ModelProto | None = None, temperature: float = 4.0, label_smoothing: float = 0.0,
+                 distill_weight: float = 0.5, dropout_scale: dict | None = None, device: str = "auto",
+                 seed: int = 0, module=None):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        name_nodes(self.model)
+        self.device = resolve_device(device)
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls
+        self._calls = 0
+        self.masks = {k: np.asarray(v, dtype=bool) for k, v in masks.items()}
+        self.groups = trainable_tensors(self.model, self.masks)
+        self._nodes = {w: n.name for w, n in _weight_nodes(self.model, self.masks).items()}
+        self.dropout_scale = dict(dropout_scale or {})
+        has_labels = _has_labels(data)
+        self.loss_kind = choose_loss(loss, has_labels, teacher is not None)
+        needs_teacher = self.loss_kind in ("distill", "ce+distill")
+        self.teacher = (teacher if teacher is not None else model) if needs_teacher else None
+        self.data = load_data(data, teacher=self.teacher, use_labels=self.loss_kind != "distill")
+        streamed = self.teacher is not None and self.data.reader is not None
+        self._teacher_fn = _teacher_fn(self.teacher) if streamed else None
+        names = [n for g in ([w, *c] for w, c in self.groups.items()) for n in g]
+        self.module = module if module is not None else build_module(self.model, names, self.device)
+        self.params = self.module.onnx_parameters()
+        self._mask_tensors: dict[str, torch.Tensor] = {}
+        self.set_masks(self.masks)
+        self.objective = self._make_objective(temperature, label_smoothing, distill_weight)
+
+    # ---- masks and weights
+    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
+        """Intersect with the current masks, zero the newly pruned weights, rescale dropout."""
+        for name, mask in masks.items():
+            mask = np.asarray(mask, dtype=bool)
+            old = self.masks.get(name)
+            if old is not None and old.shape != mask.shape:
+                raise ConfigError(f"mask of '{name}' has shape {mask.shape}, the weight has {old.shape}.")
+            self.masks[name] = mask if old is None else (old & mask)
+            if name in self.params:
+                keep = torch.from_numpy(self.masks[name]).to(self.params[name].device)
+                self._mask_tensors[name] = keep
+                with torch.no_grad():
+                    self.params[name].masked_fill_(~keep, 0.0)
+        ratios = dropout_ratios(self.model, self.masks)
+        ratios.update(self.dropout_scale)
+        if ratios and hasattr(self.module, "dropout_ratios"):
+            self.module.dropout_ratios.update(ratios)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The current values of the masked weights (pruned entries are 0.0)."""
+        return {n: self.params[n].detach().cpu().numpy().copy() for n in self.masks if n in self.params}
+
+    def sparsity(self) -> float:
+        total = sum(m.size for m in self.masks.values())
+        return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total if total else 0.0
+
+    def export(self) -> onnx.ModelProto:
+        """The model with the trained weights written back and the masks applied (exact zeros, same dtypes)."""
+        out = self.module.write_back(self.model)
+        state = PruneState(masks={k: v for k, v in self.masks.items()})
+        ApplyMasks()(out, state)
+        return out
+
+    # ---- training
+    def train(self, epochs: float, lr: float, *, momentum: float = 0.9, reg: str = "l2", reg_strength: float = 5e-4,
+              lr_schedule: str = "constant", lr_min: float = 0.0, batch_size: int | None = None,
+              freeze: Iterable[str] = (), progress: Progress | None = None) -> FinetuneStats:
+        """`epochs` passes over the data (a fraction trains that share of one shuffled epoch)."""
+        _check_choice(reg, REGS, "--reg")
+        _check_choice(lr_schedule, LR_SCHEDULES, "--lr-schedule")
+        if epochs < 0 or lr < 0:
+            raise ConfigError(f"epochs ({epochs}) and lr ({lr}) must be >= 0.")
+        frozen = set(freeze)
+        active = {w: c for w, c in self.groups.items()
+                  if w not in frozen and self._nodes.get(w) not in frozen}
+        weights = [self.params[w] for w in active if w in self.params]
+        others = [self.params[c] for cs in active.values() for c in cs if c in self.params]
+        for p in self.params.values():
+            p.requires_grad_(False)
+        for p in weights + others:
+            p.requires_grad_(True)
+        groups = [{"params": weights, "weight_decay": reg_strength if reg == "l2" else 0.0},
+                  {"params": others, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum) if groups else None
+        l1 = reg_strength if reg == "l1" else 0.0
+        return self._loop(opt, epochs, lr, lr_schedule, lr_min, batch_size, list(active), l1, progress)
+
+    def _loop(self, opt, epochs, lr, lr_schedule, lr_min, batch_size, active, l1, progress) -> FinetuneStats:
+        stats = FinetuneStats(device=str(self.device), objective=self.loss_kind, trainable=active)
+        n_batches = self.data.num_batches(batch_size)
+        total_steps = max(int(math.ceil(epochs * n_batches)), 0)
+        sparsity = self.sparsity()
+        gen = self._generator
+        self._calls += 1
+        t0, step = time.perf_counter(), 0
+        with _deterministic(self.seed * 1000 + self._calls):
+            self.module.train()
+            epoch = 0
+            while step < total_steps and opt is not None:
+                epoch += 1
+                running, seen = 0.0, 0
+                for b, (inputs, labels, teacher) in enumerate(self.data.epoch(gen, batch_size, self._teacher_fn)):
+                    if step >= total_steps:
+                        break
+                    _set_lr(opt, lr, lr_min, step, total_steps, lr_schedule)
+                    loss = self._step(opt, inputs, labels, teacher, active, l1)
+                    n = len(next(iter(inputs.values())))
+                    running, seen, step = running + loss * n, seen + n, step + 1
+                    if progress is not None:
+                        progress(epoch, b + 1, n_batches, running / seen, sparsity)
+                stats.epoch_losses.append(running / max(seen, 1))
+                stats.samples += seen
+            self.module.eval()
+        stats.epochs, stats.steps = len(stats.epoch_losses), step
+        stats.loss = stats.epoch_losses[-1] if stats.epoch_losses else float("nan")
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _step(self, opt, inputs, labels, teacher, active, l1) -> float:
+        dev = self.device
+        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+        outputs = _as_tuple(self.module(**inputs))
+        loss = self.objective(outputs, None if labels is None else labels.to(dev),
+                              None if teacher is None else [t.to(dev) for t in teacher])
+        if l1:
+            loss = loss + l1 * sum(self.params[w].abs().sum() for w in active if w in self.params)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            for name, keep in self._mask_tensors.items():
+                g = self.params[name].grad
+                if g is not None:
+                    g.masked_fill_(~keep, 0.0)
+            opt.step()
+            for name, keep in self._mask_tensors.items():
+                self.params[name].masked_fill_(~keep, 0.0)
+        return float(loss.detach())
+
+    def _make_objective(self, temperature, label_smoothing, distill_weight) -> Objective:
+        inputs, _, _ = next(self.data.epoch(torch.Generator().manual_seed(0), 2, self._teacher_fn))
+        with torch.no_grad():
+            self.module.eval()
+            sample = _as_tuple(self.module(**{k: v.to(self.device) for k, v in inputs.items()}))
+        return Objective(self.loss_kind, output_kinds(self.model, sample), temperature, label_smoothing, distill_weight)
+
+
+def _has_labels(data) -> bool:
+    if isinstance(data, TrainData):
+        return data.labels is not None
+    if isinstance(data, tuple):
+        return len(data) > 1 and data[1] is not None
+    return bool(getattr(data, "has_labels", False))
+
+
+def _as_tuple(outputs) -> tuple:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def _set_lr(opt, lr: float, lr_min: float, step: int, total: int, schedule: str) -> None:
+    if schedule == "cosine" and total > 0:
+        value = lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * step / total))
+    else:
+        value = lr
+    for g in opt.param_groups:
+        g["lr"] = value
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """Seeded global RNG (dropout) and deterministic kernels, restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+
+# ---------------------------------------------------------------------------------------------- the one call
+
+
+def finetune(model: onnx.ModelProto, masks: dict[str, np.ndarray], train_reader, *, epochs: float, lr: float,
+             momentum: float = 0.9, reg: str = "l2", reg_strength: float = 5e-4, loss: str = "auto",
+             teacher: onnx.ModelProto | None = None, temperature: float = 4.0, label_smoothing: float = 0.0,
+             distill_weight: float = 0.5, lr_schedule: str = "constant", batch_size: int | None = None,
+             dropout_scale: dict | None = None, freeze: Iterable[str] = (), device: str = "auto", seed: int = 0,
+             progress: Progress | None = None, module=None) -> tuple[onnx.ModelProto, FinetuneStats]:
+    """Retrain the kept weights of `model` under `masks`; return the model with them written back, and stats.
+
+    `train_reader`: a calibration DataReader (`.batches()` of (feeds, labels|None)), a TrainData, or a pair
+    (inputs, labels|None) of arrays. Distillation without a `teacher` distills from `model` as given.
+    """
+    trainer = MaskedTrainer(model, masks, train_reader, loss=loss, teacher=teacher, temperature=temperature,
+                            label_smoothing=label_smoothing, distill_weight=distill_weight,
+                            dropout_scale=dropout_scale, device=device, seed=seed, module=module)
+    stats = trainer.train(epochs, lr, momentum=momentum, reg=reg, reg_strength=reg_strength,
+                          lr_schedule=lr_schedule, batch_size=batch_size, freeze=freeze, progress=progress)
+    return trainer.export(), stats

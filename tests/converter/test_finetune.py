@@ -1,0 +1,208 @@
+"""Masked fine-tuning through the torch bridge: masks hold, weights are kept, training helps, write-back is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from calibration.readers import open_data
+from converter.errors import ConfigError
+from converter.finetune import (MaskedTrainer, TrainData, dropout_ratios, finetune, resolve_device,
+                                trainable_tensors)
+from models import builders
+from models.mnist import load_npz
+from models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
+from passes.magnitude import sparsity_mask
+from passes.weights import find_prunable, weight_array
+from tests.oracle import check_full, run, zero_weights
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    train_x, train_y = load_npz(MNIST_TRAIN_SLICE)
+    test_x, test_y = load_npz(MNIST_SLICE)
+    return train_x[:2000], train_y[:2000], test_x, test_y
+
+
+@pytest.fixture(scope="module")
+def lenet300():
+    return onnx.load(LENET300_ONNX)
+
+
+def magnitude_masks(model, sparsity):
+    return {w.name: sparsity_mask(weight_array(model, w.name), sparsity) for w in find_prunable(model).prunable}
+
+
+def accuracy(model, x, y):
+    return float(np.mean(run(model, {"input": x})["logits"].argmax(1) == y))
+
+
+def small_mlp_data(n=256, seed=0):
+    model = builders.mlp_gemm(seed=seed)
+    x = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+    y = run(model, {"input": x})["output"].argmax(1)
+    return model, x, y
+
+
+def test_pruned_weights_stay_exactly_zero_after_training(mnist_small, lenet300):
+    x, y, _, _ = mnist_small
+    masks = magnitude_masks(lenet300, 0.9)
+    out, stats = finetune(lenet300, masks, (x[:512], y[:512]), epochs=1, lr=0.05, batch_size=64, device="cpu")
+    assert stats.steps == 8
+    for name, mask in masks.items():
+        values = weight_array(out, name)
+        pruned = values[~mask]
+        assert pruned.tobytes() == np.zeros_like(pruned).tobytes(), f"'{name}': a pruned weight is not +0.0"
+        assert np.count_nonzero(values[mask]) == mask.sum(), f"'{name}': a kept weight became 0"
+
+
+def test_surviving_weights_start_from_their_trained_values(lenet300, mnist_small):
+    x, y, _, _ = mnist_small
+    masks = magnitude_masks(lenet300, 0.8)
+    trainer = MaskedTrainer(lenet300, masks, (x[:256], y[:256]), device="cpu")
+    for name, mask in masks.items():  # step 0: the input weights, masked
+        start = trainer.params[name].detach().numpy()
+        np.testing.assert_array_equal(start, np.where(mask, weight_array(lenet300, name), 0.0))
+    trainer.train(1, 0.0, momentum=0.0, reg="none")  # no step size: nothing may move
+    got, want = trainer.export(), zero_weights(lenet300, masks)
+    assert got.graph.node == want.graph.node
+    for g, w in zip(got.graph.initializer, want.graph.initializer):
+        assert (g.name, g.data_type, g.dims) == (w.name, w.data_type, w.dims)
+        assert numpy_helper.to_array(g).tobytes() == numpy_helper.to_array(w).tobytes(), f"'{g.name}' moved"
+
+
+def test_training_improves_a_one_shot_pruned_lenet300(mnist_small, lenet300):
+    x, y, test_x, test_y = mnist_small
+    masks = magnitude_masks(lenet300, 0.97)
+    one_shot = zero_weights(lenet300, masks)
+    out, stats = finetune(lenet300, masks, (x, y), epochs=2, lr=0.02, batch_size=64, device="cpu", seed=0)
+    before, after = accuracy(one_shot, test_x, test_y), accuracy(out, test_x, test_y)
+    assert stats.objective == "ce"
+    assert after > before + 0.05, f"retraining moved test accuracy {before:.3f} -> {after:.3f}"
+
+
+def test_distillation_without_labels_improves_agreement_with_the_dense_model(mnist_small, lenet300):
+    x, _, test_x, _ = mnist_small
+    masks = magnitude_masks(lenet300, 0.97)
+    one_shot = zero_weights(lenet300, masks)
+    reader = open_data({"input": x}, lenet300, batch_size=64)  # no labels array: distillation
+    out, stats = finetune(lenet300, masks, reader, epochs=2, lr=0.02, device="cpu")
+    dense = run(lenet300, {"input": test_x})["logits"].argmax(1)
+    agree = lambda m: float(np.mean(run(m, {"input": test_x})["logits"].argmax(1) == dense))  # noqa: E731
+    assert stats.objective == "distill"
+    assert agree(out) > agree(one_shot) + 0.05
+
+
+def test_write_back_keeps_names_dtypes_shapes_and_matches_the_torch_module(mnist_small, lenet300):
+    x, y, test_x, _ = mnist_small
+    masks = magnitude_masks(lenet300, 0.9)
+    trainer = MaskedTrainer(lenet300, masks, (x[:512], y[:512]), device="cpu")
+    trainer.train(1, 0.02)
+    out = trainer.export()
+    check_full(out)
+    before = {t.name: (t.data_type, tuple(t.dims)) for t in lenet300.graph.initializer}
+    after = {t.name: (t.data_type, tuple(t.dims)) for t in out.graph.initializer}
+    assert before == after
+    assert [n.name for n in out.graph.node] == [n.name for n in lenet300.graph.node]
+    trainer.module.eval()
+    with torch.no_grad():
+        torch_logits = trainer.module(torch.from_numpy(test_x[:64]))[0].numpy()
+    np.testing.assert_allclose(run(out, {"input": test_x[:64]})["logits"], torch_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_gives_identical_bytes():
+    model, x, y = small_mlp_data()
+    masks = magnitude_masks(model, 0.5)
+    kw = dict(epochs=2, lr=0.05, batch_size=32, device="cpu", seed=3)
+    a, _ = finetune(model, masks, (x, y), **kw)
+    b, _ = finetune(model, masks, (x, y), **kw)
+    c, _ = finetune(model, masks, (x, y), **{**kw, "seed": 4})
+    assert a.SerializeToString() == b.SerializeToString()
+    assert a.SerializeToString() != c.SerializeToString()
+
+
+def with_dropout(model: onnx.ModelProto, after: str, ratio: float) -> onnx.ModelProto:
+    """Insert Dropout(ratio) on tensor `after` (opset 17: ratio is input 1)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name == after:
+                n.input[i] = after + "_dropped"
+    g.initializer.append(numpy_helper.from_array(np.array(ratio, dtype=np.float32), "drop.ratio"))
+    index = next(i for i, n in enumerate(g.node) if after in n.output) + 1
+    g.node.insert(index, helper.make_node("Dropout", [after, "drop.ratio"], [after + "_dropped"], name="/drop/Dropout"))
+    return out
+
+
+def test_dropout_ratio_follows_sqrt_of_remaining_connections():
+    model = with_dropout(builders.mlp_gemm(seed=0), "/relu1/Relu_output_0", 0.5)
+    masks = magnitude_masks(model, 0.75)  # fc1 keeps 1/4 of its connections
+    assert dropout_ratios(model, masks) == {"/drop/Dropout": pytest.approx(0.5 * np.sqrt(0.25))}
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    trainer = MaskedTrainer(model, masks, (x, np.zeros(64, dtype=np.int64)), device="cpu")
+    assert trainer.module.dropout_ratios["/drop/Dropout"] == pytest.approx(0.25)
+
+
+def test_trainable_tensors_follow_how_tensors_are_used():
+    mm = builders.mlp_matmul(seed=0)
+    assert trainable_tensors(mm, magnitude_masks(mm, 0.5))["fc1.weight"] == ["fc1.bias"]  # Add after MatMul
+    bn = builders.conv_bn_relu(seed=0)
+    assert trainable_tensors(bn, magnitude_masks(bn, 0.5)) == {"conv.weight": ["conv.bias", "bn.weight", "bn.bias"]}
+    att = builders.tiny_attention(seed=0)
+    groups = trainable_tensors(att, magnitude_masks(att, 0.5))
+    assert groups["q_proj.weight"] == ["q_proj.bias"]
+    assert "bn.running_mean" not in str(groups)
+
+
+def test_frozen_layers_do_not_move():
+    model, x, y = small_mlp_data()
+    masks = magnitude_masks(model, 0.5)
+    out, stats = finetune(model, masks, (x, y), epochs=1, lr=0.1, freeze={"/fc1/Gemm"}, device="cpu")
+    assert "fc1.weight" not in stats.trainable
+    kept = np.where(masks["fc1.weight"], weight_array(model, "fc1.weight"), 0)
+    np.testing.assert_array_equal(weight_array(out, "fc1.weight"), kept)
+    np.testing.assert_array_equal(weight_array(out, "fc1.bias"), weight_array(model, "fc1.bias"))
+    assert not np.array_equal(weight_array(out, "fc2.weight"), weight_array(model, "fc2.weight"))
+
+
+def test_l1_regularisation_and_cosine_schedule_train():
+    model, x, y = small_mlp_data()
+    masks = magnitude_masks(model, 0.5)
+    out, stats = finetune(model, masks, (x, y), epochs=2, lr=0.05, reg="l1", reg_strength=1e-3,
+                          lr_schedule="cosine", device="cpu")
+    assert np.isfinite(stats.loss) and stats.epochs == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="sees no GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="not one of"):
+        resolve_device("tpu")
+
+
+def test_option_errors_name_the_option():
+    model, x, _ = small_mlp_data()
+    masks = magnitude_masks(model, 0.5)
+    with pytest.raises(ConfigError, match="--loss ce needs labels"):
+        finetune(model, masks, (x, None), epochs=1, lr=0.1, loss="ce", device="cpu")
+    with pytest.raises(ConfigError, match="--reg"):
+        finetune(model, masks, (x, None), epochs=1, lr=0.1, reg="l3", device="cpu")
+    with pytest.raises(ConfigError, match="not prunable"):
+        finetune(model, {"fc1.bias": np.ones(32, bool)}, (x, None), epochs=1, lr=0.1, device="cpu")
+
+
+def test_progress_reports_every_batch_with_the_sparsity():
+    model, x, y = small_mlp_data(n=100)
+    masks = magnitude_masks(model, 0.5)
+    seen = []
+    finetune(model, masks, TrainData({"input": torch.from_numpy(x)}, torch.from_numpy(y), None, 25),
+             epochs=2, lr=0.01, device="cpu", progress=lambda *a: seen.append(a))
+    assert [(e, b, n) for e, b, n, _, _ in seen] == [(e, b, 4) for e in (1, 2) for b in range(1, 5)]
+    assert all(s == pytest.approx(0.5, abs=0.01) for *_, s in seen)

@@ -1,0 +1,100 @@
+"""Layer-wise reconstruction: graphs the bridge cannot run still get their pruned layers refit."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converter.bridge import OnnxModule
+from converter.errors import UnsupportedOpError
+from converter.reconstruct import ReconstructReport, reconstruct
+from models import builders
+from passes.magnitude import sparsity_mask
+from passes.weights import find_prunable, weight_array
+from tests.oracle import check_full, run, zero_weights
+
+
+def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
+    """Route tensor `after` through a one-trip Loop whose body applies Relu (control flow: no bridge)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    looped = after + "_looped"
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name == after:
+                n.input[i] = looped
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Relu", ["v"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    g.initializer.extend([numpy_helper.from_array(np.array(1, dtype=np.int64), "loop.trips"),
+                          numpy_helper.from_array(np.array(True), "loop.cond")])
+    index = next(i for i, n in enumerate(g.node) if after in n.output) + 1
+    g.node.insert(index, helper.make_node("Loop", ["loop.trips", "loop.cond", after], [looped], name="/loop/Loop",
+                                          body=body))
+    return out
+
+
+def prune(model, sparsity):
+    masks = {w.name: sparsity_mask(weight_array(model, w.name), sparsity) for w in find_prunable(model).prunable}
+    return zero_weights(model, masks), masks
+
+
+def output_error(model, dense, feeds) -> float:
+    name = dense.graph.output[0].name
+    return float(np.mean([np.mean((run(model, f)[name] - run(dense, f)[name]) ** 2) for f in feeds]))
+
+
+def feeds_for(model, n_batches, batch, seed):
+    return [builders.random_input(model, batch=batch, seed=seed + i) for i in range(n_batches)]
+
+
+def test_layers_around_a_loop_are_refit_and_the_output_error_drops():
+    dense = with_loop(builders.mlp_gemm(in_features=16, hidden=(32, 24), seed=0), "/relu2/Relu_output_0")
+    with pytest.raises(UnsupportedOpError, match="Loop"):
+        OnnxModule(dense)
+    pruned, masks = prune(dense, 0.7)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 8, 64, seed=0), report=report)
+    check_full(refit)
+    assert set(report.refit) == set(masks) and not report.skipped
+    for name, r in report.refit.items():
+        assert r["error_after"] < r["error_before"], name
+    held_out = feeds_for(dense, 3, 64, seed=100)
+    assert output_error(refit, dense, held_out) < 0.5 * output_error(pruned, dense, held_out)
+    for t, u in zip(refit.graph.initializer, dense.graph.initializer):
+        assert (t.name, t.data_type, tuple(t.dims)) == (u.name, u.data_type, tuple(u.dims))
+    for name, mask in masks.items():
+        assert weight_array(refit, name)[~mask].tobytes() == np.zeros(int((~mask).sum()), np.float32).tobytes()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: builders.lenet5_like(conv_channels=(4, 8), fc_units=32, seed=0),
+    lambda: builders.depthwise_separable(seed=0),
+    lambda: builders.mlp_matmul(seed=0),
+], ids=["lenet5_like", "depthwise_separable", "mlp_matmul"])
+def test_conv_grouped_conv_and_matmul_layers_are_refit(build):
+    dense = build()
+    pruned, masks = prune(dense, 0.6)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 32, seed=0), report=report)
+    check_full(refit)
+    assert set(report.refit) == set(masks)
+    held_out = feeds_for(dense, 2, 32, seed=50)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_weights_behind_a_transpose_are_left_alone_with_a_reason():
+    dense = builders.mlp_matmul(transposed_weights=True, seed=0)
+    pruned, masks = prune(dense, 0.5)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 2, 16, seed=0), report=report)
+    assert set(report.skipped) == set(masks) and all("Transpose" in why for why in report.skipped.values())
+    assert refit.SerializeToString() == pruned.SerializeToString()
