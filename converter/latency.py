@@ -1,0 +1,168 @@
+"""How fast do the input and the output model run? onnxruntime on the CPU, both in this process, interleaved.
+
+Timing two models one after the other measures the machine as much as the models (turbo clocks, other jobs, the
+page cache). So both sessions are built up front with the same settings (default graph optimisations on, a fixed
+number of intra-op threads, sequential execution) and run alternately, a, b, a, b, …, on the same inputs; the
+first `warmup` pairs are thrown away. Per model we keep the median and the interquartile range of the wall time of
+one `session.run`, and the ratio of the medians:
+
+    ratio = median(b) / median(a)        (< 1: b is faster)        speedup = median(a) / median(b)
+
+A time budget bounds the whole measurement: after at least `min_repeats` pairs, a batch size stops when its share
+of the budget is spent. Inputs are `calibration.runtime.random_feeds` with the symbolic (batch) dimension set;
+a model whose inputs have no symbolic dimension is only measured at the batch size it declares.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[Any, int], Any]  # (model, threads) -> object with run(output_names, feed)
+
+
+def measure_latency(
+    model_a,
+    model_b,
+    feeds_by_batch: dict[int, dict[str, np.ndarray]] | None = None,
+    *,
+    batches: tuple[int, ...] = (1, 64),
+    repeats: int = 200,
+    warmup: int = 5,
+    min_repeats: int = 10,
+    budget_s: float = 6.0,
+    threads: int = 1,
+    seed: int = 0,
+    session_factory: SessionFactory | None = None,
+) -> dict:
+    """Median and IQR of one onnxruntime run of `model_a` and `model_b` (ModelProto, bytes or path), interleaved.
+
+    `feeds_by_batch` maps a batch size to the feed dict to use for it (both models get the same feed); by default
+    seeded random inputs. Returns a JSON-ready dict:
+    {"provider", "threads", "graph_optimization", "budget_s", "onnxruntime", "batches": [{"batch", "runs",
+     "a": {"median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms"}, "b": {...}, "ratio", "speedup"}], "notes": [...]}.
+    """
+    if repeats < 1 or warmup < 0 or min_repeats < 1:
+        raise ValueError("repeats and min_repeats must be >= 1, warmup >= 0.")
+    factory = session_factory or _ort_session
+    notes: list[str] = []
+    if feeds_by_batch is None:
+        proto = _graph_only(model_a)
+        batches, note = _usable_batches(proto, tuple(batches))
+        if note:
+            notes.append(note)
+        feeds_by_batch = {b: _random_feeds(proto, b, seed) for b in batches}
+    t_start = time.perf_counter()
+    sess_a, sess_b = factory(model_a, threads), factory(model_b, threads)
+    share = budget_s / max(len(feeds_by_batch), 1)
+    results = []
+    for batch, feed in feeds_by_batch.items():
+        times_a, times_b = _interleave(sess_a, sess_b, feed, repeats=repeats, warmup=warmup,
+                                       min_repeats=min_repeats, budget_s=share)
+        a, b = _stats(times_a), _stats(times_b)
+        results.append({
+            "batch": int(batch),
+            "runs": len(times_a),
+            "a": a,
+            "b": b,
+            "ratio": b["median_ms"] / a["median_ms"] if a["median_ms"] > 0 else None,
+            "speedup": a["median_ms"] / b["median_ms"] if b["median_ms"] > 0 else None,
+        })
+        if len(times_a) < repeats:
+            log.debug("latency at batch %d: budget spent after %d of %d runs", batch, len(times_a), repeats)
+    return {
+        "provider": "CPUExecutionProvider",
+        "threads": threads,
+        "graph_optimization": "ORT_ENABLE_ALL",
+        "order": "interleaved a, b, a, b, ...; warm-up excluded",
+        "warmup": warmup,
+        "budget_s": budget_s,
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "onnxruntime": _ort_version(),
+        "batches": results,
+        "notes": notes,
+    }
+
+
+def _interleave(sess_a, sess_b, feed, *, repeats, warmup, min_repeats, budget_s) -> tuple[list[float], list[float]]:
+    """a, b, a, b, …: warm-up pairs first (not kept), then timed pairs until `repeats` or the budget."""
+    for _ in range(warmup):
+        sess_a.run(None, feed)
+        sess_b.run(None, feed)
+    times_a, times_b = [], []
+    deadline = time.perf_counter() + budget_s
+    for i in range(repeats):
+        times_a.append(_time_one(sess_a, feed))
+        times_b.append(_time_one(sess_b, feed))
+        if i + 1 >= min_repeats and time.perf_counter() > deadline:
+            break
+    return times_a, times_b
+
+
+def _time_one(session, feed) -> float:
+    t0 = time.perf_counter_ns()
+    session.run(None, feed)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def _stats(ms: list[float]) -> dict:
+    q1, median, q3 = np.percentile(np.asarray(ms, dtype=np.float64), [25, 50, 75])
+    return {
+        "median_ms": float(median),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "iqr_ms": float(q3 - q1),
+        "min_ms": float(min(ms)),
+    }
+
+
+def _ort_session(model, threads: int):
+    """Default optimisations on (what a deployment gets), fixed threads, sequential: the same for both models."""
+    from calibration.runtime import make_session
+
+    # make_session fixes the intra-op threads; execution is sequential by default, so inter-op threads are unused.
+    return make_session(model, optimize=True, threads=threads)
+
+
+def _graph_only(model) -> onnx.ModelProto:
+    """Enough of the model to invent inputs: the graph's inputs (weights not needed)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes):
+        return onnx.load_model_from_string(model)
+    return onnx.load(os.fspath(model), load_external_data=False)
+
+
+def _usable_batches(model: onnx.ModelProto, batches: tuple[int, ...]) -> tuple[tuple[int, ...], str | None]:
+    """Batch sizes we can feed: all of them when an input has a symbolic dim, else the declared one only."""
+    from calibration.runtime import input_specs
+
+    specs = input_specs(model)
+    if not specs or any(None in s.shape for s in specs):
+        return batches, None
+    declared = specs[0].shape[0] if specs[0].shape else 1
+    return (int(declared),), (
+        f"the model's inputs have fixed shapes (batch {declared}); latency measured at that batch size only."
+    )
+
+
+def _random_feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
+    from calibration.runtime import random_feeds
+
+    return random_feeds(model, batch=batch, seed=seed)
+
+
+def _ort_version() -> str:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:  # pragma: no cover - a fake session factory in tests
+        return "unknown"

@@ -1,0 +1,95 @@
+"""Latency: both models in one process, interleaved a, b, a, b, warm-up excluded, median/IQR and the ratio."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from converter.latency import measure_latency
+from models import builders
+
+
+class FakeSession:
+    """Records every run in a shared log; takes a little time so the clock moves."""
+
+    def __init__(self, label: str, log: list, seconds: float = 0.0):
+        self.label, self.log, self.seconds = label, log, seconds
+
+    def run(self, names, feed):
+        self.log.append((self.label, id(feed)))
+        t_end = time.perf_counter() + self.seconds
+        while time.perf_counter() < t_end:
+            pass
+        return [np.zeros(1)]
+
+
+def fake_factory(log: list, seconds=None):
+    seconds = seconds or {"A": 20e-6, "B": 10e-6}
+
+    def factory(model, threads):
+        return FakeSession(model, log, seconds[model])
+
+    return factory
+
+
+def test_runs_are_interleaved_a_b_with_warmup_first():
+    log: list = []
+    feeds = {1: {"x": np.zeros(1)}, 4: {"x": np.zeros(4)}}
+    result = measure_latency("A", "B", feeds, repeats=7, warmup=3, min_repeats=1, budget_s=60,
+                             session_factory=fake_factory(log))
+    labels = [label for label, _ in log]
+    assert labels == ["A", "B"] * ((3 + 7) * 2), "runs must alternate a, b, a, b for every batch size"
+    # each batch size uses its own feed, warm-up included
+    first, second = log[: (3 + 7) * 2], log[(3 + 7) * 2:]
+    assert {f for _, f in first} == {id(feeds[1])} and {f for _, f in second} == {id(feeds[4])}
+    assert [b["batch"] for b in result["batches"]] == [1, 4]
+    assert all(b["runs"] == 7 for b in result["batches"]), "warm-up runs are not counted"
+
+
+def test_medians_iqr_and_ratio_from_the_timed_runs():
+    result = measure_latency("A", "B", {2: {}}, repeats=15, warmup=1, min_repeats=1, budget_s=60,
+                             session_factory=fake_factory([], {"A": 2e-3, "B": 1e-3}))
+    b = result["batches"][0]
+    assert b["a"]["median_ms"] > b["b"]["median_ms"] > 0
+    assert b["a"]["q1_ms"] <= b["a"]["median_ms"] <= b["a"]["q3_ms"]
+    assert b["a"]["iqr_ms"] == pytest.approx(b["a"]["q3_ms"] - b["a"]["q1_ms"])
+    assert b["ratio"] == pytest.approx(b["b"]["median_ms"] / b["a"]["median_ms"])
+    assert b["speedup"] == pytest.approx(1 / b["ratio"])
+    assert 1.3 < b["speedup"] < 3.0  # B sleeps half as long as A
+
+
+def test_budget_stops_early_but_keeps_the_minimum():
+    t0 = time.perf_counter()
+    result = measure_latency("A", "B", {1: {}}, repeats=10**6, warmup=0, min_repeats=5, budget_s=0.05,
+                             session_factory=fake_factory([], {"A": 1e-3, "B": 1e-3}))
+    runs = result["batches"][0]["runs"]
+    assert 5 <= runs < 10**6
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_onnxruntime_latency_of_two_real_models():
+    dense = builders.mlp_gemm(in_features=64, hidden=(128, 64), seed=0)
+    other = builders.mlp_gemm(in_features=64, hidden=(32, 16), seed=1)
+    result = measure_latency(dense, other, batches=(1, 16), repeats=40, warmup=3, budget_s=1.0)
+    assert [b["batch"] for b in result["batches"]] == [1, 16]
+    for b in result["batches"]:
+        assert b["a"]["median_ms"] > 0 and b["b"]["median_ms"] > 0
+        assert b["ratio"] > 0 and b["runs"] >= 10
+    assert result["threads"] == 1 and result["graph_optimization"] == "ORT_ENABLE_ALL"
+    assert result["provider"] == "CPUExecutionProvider"
+
+
+def test_fixed_shape_model_is_measured_at_its_declared_batch_only():
+    model = builders.mlp_gemm(in_features=8, hidden=(8,), seed=0)
+    for value_info in (model.graph.input[0], model.graph.output[0]):
+        value_info.type.tensor_type.shape.dim[0].dim_value = 3
+    result = measure_latency(model, model, batches=(1, 64), repeats=5, warmup=1, budget_s=0.5)
+    assert [b["batch"] for b in result["batches"]] == [3]
+    assert "fixed shapes" in result["notes"][0]
+
+
+def test_bad_repeat_counts_are_refused():
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency("A", "B", {1: {}}, repeats=0, session_factory=fake_factory([]))

@@ -1,0 +1,107 @@
+"""Recipes: every choice written to TOML, read back strictly, refused for another model unless allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from converter.errors import ConfigError
+from converter.pipeline import PruneOptions, run
+from converter.recipe import dump_recipe, load_recipe, option_fields
+from models import builders
+
+SHA = "ab" * 32
+OTHER = "cd" * 32
+
+
+def options() -> PruneOptions:
+    return PruneOptions(sparsity=0.8, layers={"fc1.weight": 0.9}, exclude=("fc3*",), levels=(0.5, 0.9),
+                        iterations=2, lr=3e-4, schedule="cubic", seed=7, metric="accuracy",
+                        sparse_format="initializer")
+
+
+def write(tmp_path, opts=None, **kw):
+    flat = (opts or options()).recipe()
+    flat["input_sha256"] = SHA
+    return dump_recipe(flat, tmp_path / "recipe.toml", **kw)
+
+
+def test_round_trip_gives_back_every_choice(tmp_path):
+    path = write(tmp_path)
+    loaded = load_recipe(path, SHA)
+    assert loaded["layers"] == {"fc1.weight": 0.9} and loaded["exclude"] == ("fc3*",)
+    assert loaded["levels"] == (0.5, 0.9) and loaded["seed"] == 7 and loaded["lr"] == 3e-4
+    assert PruneOptions(**loaded).recipe() == options().recipe()
+    text = path.read_text()
+    assert f'model_sha256 = "{SHA}"' in text and 'version = "' in text
+    assert 'sparse_format = "initializer"' in text and 'schedule = "cubic"' in text
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.toml"], "atomic write leaves no temp file"
+
+
+def test_data_is_not_part_of_a_recipe():
+    assert "data" not in option_fields() and "eval_data" not in option_fields()
+    assert {"sparsity", "layers", "schedule", "lr", "seed", "metric", "sparse_format"} <= set(option_fields())
+
+
+def test_unknown_option_names_the_key_and_the_valid_ones(tmp_path):
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("seed = 7", "seed = 7\nsparsityy = 0.5"))
+    with pytest.raises(ConfigError, match="'sparsityy'") as err:
+        load_recipe(path, SHA)
+    assert "valid keys: sparsity, quality, layers" in str(err.value)
+
+
+def test_unknown_section_and_data_keys_are_refused(tmp_path):
+    path = write(tmp_path)
+    path.write_text(path.read_text() + "\n[extras]\nx = 1\n")
+    with pytest.raises(ConfigError, match="'extras'.*valid keys: onnxprune, options, resolved"):
+        load_recipe(path, SHA)
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("seed = 7", 'seed = 7\ndata = "calib.npz"'))
+    with pytest.raises(ConfigError, match="data is given per run"):
+        load_recipe(path, SHA)
+
+
+def test_recipe_for_another_model_is_refused_unless_allowed(tmp_path):
+    path = write(tmp_path)
+    with pytest.raises(ConfigError, match="written for another model") as err:
+        load_recipe(path, OTHER)
+    assert SHA[:12] in str(err.value) and OTHER[:12] in str(err.value) and "--allow-other-model" in str(err.value)
+    assert load_recipe(path, OTHER, allow_other_model=True)["seed"] == 7
+    assert load_recipe(path, SHA.upper())["seed"] == 7  # hex case does not matter
+    assert load_recipe(path, None)["seed"] == 7  # model of unknown origin: nothing to compare
+
+
+def test_wrong_types_name_the_field(tmp_path):
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("seed = 7", 'seed = "seven"'))
+    with pytest.raises(ConfigError, match=r"\[options\] seed must be an integer"):
+        load_recipe(path, SHA)
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace('"fc1.weight" = 0.9', '"fc1.weight" = "high"'))
+    with pytest.raises(ConfigError, match=r"layers.fc1.weight must be a number"):
+        load_recipe(path, SHA)
+
+
+def test_unreadable_recipes_say_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.toml", SHA)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[options\nseed = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(bad, SHA)
+    newer = write(tmp_path)
+    newer.write_text(newer.read_text().replace("recipe_format = 1", "recipe_format = 99"))
+    with pytest.raises(ConfigError, match="recipe_format 99"):
+        load_recipe(newer, SHA)
+
+
+def test_resolved_per_layer_sparsities_are_recorded_and_replay_gives_the_same_bytes(tmp_path):
+    model = builders.lenet300_like(hidden=(40, 20), seed=3)
+    opts = PruneOptions(quality=1.0, exclude=("fc3*",), seed=5)
+    first = run(model, opts)
+    flat = opts.recipe() | {"input_sha256": SHA}
+    path = dump_recipe(flat, tmp_path / "recipe.toml", report=first.report)
+    text = path.read_text()
+    assert "[resolved.sparsity]" in text and '"fc1.weight" = ' in text and "fc3.weight" not in text
+    replay = run(model, PruneOptions(**load_recipe(path, SHA)))
+    assert replay.model.SerializeToString() == first.model.SerializeToString()

@@ -1,0 +1,260 @@
+"""The report: one self-contained report.html (checked in a real headless browser when one is installed) and a
+report.json with the same numbers; hostile names escaped; figures drawn from the models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from converter import report_plots
+from converter.pipeline import PruneOptions, run
+from converter.report import _pixel_shape, build_table, write_report
+from models import builders
+
+HOSTILE_NODE = '<img src=x onerror="alert(1)">fc1'
+HOSTILE_MODEL = "<script>alert('model')</script>.onnx"
+FIGURES = ("metric-vs-pruned", "sensitivity", "weight-histograms", "sparsity-pattern")
+
+
+def _lenet300_with_hostile_node():
+    model = builders.lenet300_like(hidden=(300, 100), seed=0)
+    for node in model.graph.node:
+        if node.name == "/fc1/Gemm":
+            node.name = HOSTILE_NODE
+    return model
+
+
+def _extras(report: dict) -> dict:
+    """What the integrator adds around the pipeline's report: history, sensitivity, latency, command, seed."""
+    layers = report["layers"]
+    history = [{"round": 1, "phase": "prune", "overall_density": 0.5, "density": {}, "metric": 0.981, "fits": True},
+               {"round": 2, "phase": "prune", "overall_density": 0.2, "density": {}, "metric": 0.978, "fits": True},
+               {"round": 3, "phase": "prune", "overall_density": 0.1, "density": {}, "metric": 0.95, "fits": False}]
+    levels = [0.1, 0.5, 0.9, 0.99]
+    sensitivity = {r["weight"]: {"node": r["node"], "kind": r["kind"], "levels": levels,
+                                 "values": [98.0, 97.5, 90.0 - i, 40.0]} for i, r in enumerate(layers)}
+    latency = {"provider": "CPUExecutionProvider", "threads": 1, "graph_optimization": "ORT_ENABLE_ALL",
+               "warmup": 5, "onnxruntime": "x", "notes": [],
+               "batches": [{"batch": 1, "runs": 50, "ratio": 0.5, "speedup": 2.0,
+                            "a": {"median_ms": 0.2, "q1_ms": 0.19, "q3_ms": 0.21, "iqr_ms": 0.02, "min_ms": 0.18},
+                            "b": {"median_ms": 0.1, "q1_ms": 0.09, "q3_ms": 0.11, "iqr_ms": 0.02, "min_ms": 0.08}}]}
+    report.update({
+        "model": HOSTILE_MODEL,
+        "command": "onnxprune prune m.onnx -o out.onnx --report rep",
+        "metrics": {"data": "mnist <b>slice</b>", "metric": "accuracy", "before": 0.982, "after": 0.978,
+                    "loss_pp": 0.4, "output_error": {"agreement": 0.99, "max_rel": 0.3, "mean_rel": 0.02}},
+        "act": {r["weight"]: a for r, a in zip(layers, (0.38, 0.65, 1.0))},
+        "budget": {"max_loss_pp": 0.5, "measured_loss_pp": 0.4, "met": True},
+        "options": {"sparsity": 0.9, "seed": 0},
+        "nan_metric": float("nan"),
+    })
+    report["notes"] = list(report["notes"]) + ["note with <script>alert('note')</script>"]
+    return {"history": history, "sensitivity": sensitivity, "latency": latency}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    model = _lenet300_with_hostile_node()
+    result = run(model, PruneOptions(sparsity=0.9))
+    extras = _extras(result.report)
+    out = tmp_path_factory.mktemp("report")
+    html_path, json_path = write_report(result.report, out, original_model=result.original,
+                                        pruned_dense_model=result.dense_model, **extras)
+    return html_path, json_path, result
+
+
+class Page(HTMLParser):
+    """The bits the tests look at: images, the layer table's cells (data-key/data-value), scripts, links."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.scripts, self.urls = [], 0, []
+        self.rows: list[dict] = []
+        self._in_layers = False
+        self._row: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a.get("src", ""))
+        if tag == "script":
+            self.scripts += 1
+        for key in ("src", "href"):
+            if a.get(key):
+                self.urls.append(a[key])
+        if tag == "table" and "layers" in (a.get("class") or ""):
+            self._in_layers = True
+        if self._in_layers and tag == "tr":
+            self._row = {"total": "total" in (a.get("class") or "")}
+        if self._in_layers and tag == "td" and self._row is not None and "data-key" in a:
+            self._row[a["data-key"]] = json.loads(a["data-value"])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_layers = False
+        if tag == "tr" and self._row is not None:
+            if len(self._row) > 1:
+                self.rows.append(self._row)
+            self._row = None
+
+
+def parse(path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_report_html_is_self_contained(written):
+    html_path, _, _ = written
+    page = parse(html_path)
+    assert page.scripts == 0
+    assert all(u.startswith("data:image/png;base64,") for u in page.urls), "no external references"
+    assert "http-equiv=\"Content-Security-Policy\"" in html_path.read_text()
+    assert len(page.images) == len(FIGURES)
+
+
+def test_every_image_is_a_decodable_nonuniform_png(written):
+    html_path, _, _ = written
+    for src in parse(html_path).images:
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 300
+        assert float(np.std(pixels)) > 0.01, "an image that is one flat colour drew nothing"
+
+
+def test_report_json_has_the_numbers_of_the_html_table(written):
+    html_path, json_path, result = written
+    doc = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
+    rows = parse(html_path).rows
+    body, total = [r for r in rows if not r["total"]], [r for r in rows if r["total"]]
+    table = doc["table"]
+    assert len(body) == len(table["rows"]) == len(result.report["layers"]) and len(total) == 1
+    for cells, row in zip(body, table["rows"]):
+        for key in ("weights", "flops", "act_pct", "w_pct", "flop_pct", "threshold"):
+            assert cells[key] == row[key], key
+    for key in ("weights", "flops", "w_pct", "flop_pct"):
+        assert total[0][key] == table["total"][key], key
+    fc1 = table["rows"][0]
+    assert fc1["weights"] == 235200 and fc1["flops"] == 2 * 235200
+    assert fc1["w_pct"] == pytest.approx(10.0) and fc1["flop_pct"] == pytest.approx(10.0)
+    assert fc1["act_pct"] == pytest.approx(38.0)
+    assert doc["summary"]["compression"] == pytest.approx(10.0)
+    assert doc["report"]["nan_metric"] is None, "NaN becomes null"
+    assert [f["id"] for f in doc["figures"]] == list(FIGURES)
+    assert doc["reproduction"]["versions"]["onnxruntime"] and doc["reproduction"]["command"].startswith("onnxprune")
+
+
+def test_hostile_names_are_escaped(written):
+    html_path, json_path, _ = written
+    text = html_path.read_text()
+    assert "<script>" not in text and 'onerror="alert' not in text and "<b>slice</b>" not in text
+    assert "&lt;script&gt;alert(&#x27;model&#x27;)&lt;/script&gt;" in text
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;fc1" in text
+    assert json.loads(json_path.read_text())["table"]["rows"][0]["layer"] == HOSTILE_NODE
+
+
+def test_minimal_report_without_optional_parts(tmp_path):
+    result = run(builders.lenet5_like(seed=1), PruneOptions(sparsity=0.5))
+    report = result.report
+    for key in ("history", "sensitivity", "neurons", "act"):
+        report.pop(key, None)
+    report["compression"] = float("inf")
+    html_path, json_path = write_report(report, tmp_path / "new", original_model=result.original,
+                                        pruned_dense_model=result.dense_model)
+    text = html_path.read_text()
+    assert "metric was not measured" in text and "Latency was not measured" in text
+    doc = json.loads(json_path.read_text())
+    assert doc["summary"]["compression"] is None
+    assert [f["id"] for f in doc["figures"]] == ["weight-histograms", "sparsity-pattern"]
+
+
+def test_flops_unknown_when_macs_are_unknown():
+    report = {"layers": [{"node": "n", "op": "MatMul", "weight": "w", "shape": [4, 4], "params": 16,
+                          "nonzeros": 4, "density": 0.25, "macs": None}],
+              "before": {"params": 16, "nonzeros": 16}, "after": {"params": 16, "nonzeros": 4}}
+    table = build_table(report)
+    assert table["rows"][0]["flops"] is None and table["rows"][0]["w_pct"] == 25.0
+    assert table["total"]["flops"] is None and table["total"]["flop_pct"] is None
+
+
+def test_neurons_come_from_rows_or_the_report():
+    row = {"node": "n", "op": "Gemm", "weight": "w", "shape": [4, 4], "params": 16, "nonzeros": 4, "macs": 16,
+           "neurons": 4}
+    base = {"before": {"params": 16, "nonzeros": 16}, "after": {"nonzeros": 4}}
+    from_rows = build_table({**base, "layers": [{**row, "neurons_before": 4, "neurons_after": 2}]})
+    from_report = build_table({**base, "layers": [row], "neurons": {"layers": {"w": {"before": 4, "after": 3}}}})
+    plain = build_table({**base, "layers": [row]})
+    assert (from_rows["rows"][0]["neurons_before"], from_rows["rows"][0]["neurons_after"]) == (4, 2)
+    assert (from_report["rows"][0]["neurons_before"], from_report["rows"][0]["neurons_after"]) == (4, 3)
+    assert plain["rows"][0]["neurons_before"] is None
+
+
+def test_pixel_map_only_for_a_layer_fed_by_a_flattened_image():
+    lenet300, lenet5 = builders.lenet300_like(), builders.lenet5_like()
+    assert _pixel_shape(lenet300, "/fc1/Gemm", 1, 784) == (28, 28)
+    assert _pixel_shape(lenet300, "/fc2/Gemm", 1, 300) is None
+    assert _pixel_shape(lenet5, "/fc1/Gemm", 1, 800) is None
+
+
+def test_histograms_show_two_lobes_after_pruning():
+    rng = np.random.default_rng(0)
+    before = rng.standard_normal((200, 300)).astype(np.float32)
+    after = np.where(np.abs(before) > 1.0, before, 0)
+    png = report_plots.weight_histograms([("w", before, after)], {"w": 1.0})
+    assert png.startswith(b"\x89PNG") and matplotlib.image.imread(io.BytesIO(png), format="png").shape[2] in (3, 4)
+
+
+def _browser() -> str | None:
+    for name in (os.environ.get("ONNXPRUNE_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _chromium(browser, tmp_path, *args) -> subprocess.CompletedProcess:
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+def test_report_renders_in_headless_chromium(written, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless browser installed (apt-get install -y chromium, or set ONNXPRUNE_CHROMIUM)")
+    html_path, _, _ = written
+    shot = tmp_path / "shot.png"
+    done = _chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1200,2000",
+                     html_path.resolve().as_uri())
+    assert shot.exists() and shot.stat().st_size > 10_000, done.stderr[-2000:]
+    pixels = matplotlib.image.imread(shot, format="png")
+    assert pixels.shape[:2] == (2000, 1200) and float(np.std(pixels)) > 0.02
+
+    # Which images loaded: a copy of the page with a script (the report's CSP forbids scripts) that writes the
+    # count of decoded images into the DOM, read back with --dump-dom.
+    probe = tmp_path / "probe.html"
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html_path.read_text())
+    script = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+              " const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+              " document.body.setAttribute('data-images', ok + '/' + imgs.length); });</script>")
+    probe.write_text(text.replace("</body>", script + "</body>"))
+    done = _chromium(browser, tmp_path, "--dump-dom", "--virtual-time-budget=5000", probe.as_uri())
+    found = re.search(r'data-images="(\d+)/(\d+)"', done.stdout)
+    assert found, f"probe did not run: {done.stderr[-2000:]}"
+    assert found.group(1) == found.group(2) == str(len(FIGURES)), f"images loaded: {found.group(0)}"
+
+
+def test_nothing_is_infinite_in_the_plots_inputs():
+    png = report_plots.metric_vs_pruned([{"round": 1, "density": math.nan, "metric": 0.9}], metric="accuracy")
+    assert png.startswith(b"\x89PNG")
