@@ -204,13 +204,14 @@ def _parse_levels(text: str | None):
 @click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass).")
 @click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, with a Gather on the input.")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Replay the choices of an earlier run's recipe.toml.")
+@click.option("--allow-other-model", is_flag=True, help="Apply a recipe written for another model file.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.html, report.json and recipe.toml here.")
 @click.option("--force", is_flag=True, help="Write the model even when --max-loss was not met.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
           batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, schedule, loss_kind, reg, reg_strength,
-          device, sparse_format, no_neurons, gather_inputs, recipe, report_dir, force, quiet, as_json):
+          device, sparse_format, no_neurons, gather_inputs, recipe, allow_other_model, report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
     \b
@@ -232,7 +233,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
     if data is None and unused:
         raise ConfigError(f"{', '.join(unused)} without --data: only calibration data uses them; pass --data or drop them.")
     if recipe is not None:
-        options = _options_from_recipe(recipe, model, data=data, eval_data=eval_data)
+        options = _options_from_recipe(recipe, model, allow_other_model, data=data, eval_data=eval_data)
     else:
         options = PruneOptions(
             sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
@@ -255,12 +256,15 @@ def _check_report_dir(report_dir: Path, model: Path) -> None:
         raise ConfigError(f"--report folder's parent '{report_dir.parent}' does not exist; create it first.")
 
 
-def _options_from_recipe(path: Path, model: Path, **data):
+def _options_from_recipe(path: Path, model: Path, allow_other_model: bool, **data):
     from converter import modelio
     from converter.pipeline import PruneOptions
     from converter.recipe import load_recipe
 
-    choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None)
+    if not path.is_file():
+        raise ConfigError(f"recipe '{path}' does not exist; pass the recipe.toml an earlier run wrote.")
+    choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None,
+                          allow_other_model=allow_other_model)
     try:
         return PruneOptions(**choices, **data)
     except TypeError as exc:
@@ -279,10 +283,10 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
             result = run(model, options, progress)
     finally:
         progress.close()
-    if not result.state.masks:
+    if not result.state.masks and options.exclude:
         raise ConfigError(f"--exclude {' '.join(options.exclude)} leaves no layer to prune; exclude fewer layers.")
     report = result.report
-    report["command"] = " ".join(command or [])
+    report["command"] = list(command or [])
     failed = budget_error(report)
     if failed is not None and not force:
         if as_json:
@@ -304,19 +308,18 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     return result
 
 
-def _write_report(result, report_dir: Path, model) -> None:
+def _write_report(result, report_dir: Path, model, latency_budget: float = 6.0) -> None:
     from converter.latency import measure_latency
     from converter.recipe import dump_recipe
     from converter.report import write_report
 
     report_dir.mkdir(exist_ok=True)
     try:
-        result.report["latency"] = measure_latency(result.original, result.model)
+        result.report["latency"] = measure_latency(result.original, result.model, budget_s=latency_budget)
     except Exception as exc:  # latency is information, never a reason to fail a run
         log.warning("latency measurement failed: %s", exc)
-    recipe = dict(result.report["options"])
-    recipe["input_sha256"] = result.report.get("input_sha256")
-    dump_recipe(recipe, report_dir / "recipe.toml")
+    dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),
+                report=result.report, model=result.report.get("model"))
     html, _ = write_report(result.report, report_dir, original_model=result.original,
                            pruned_dense_model=result.dense_model, sensitivity=result.report.get("sensitivity"),
                            history=result.history, latency=result.report.get("latency"))

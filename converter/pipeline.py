@@ -192,6 +192,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     history: list[dict] = []
     if options.iterations > 0:
         dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress)
+        _record_thresholds(dense_pruned, state)
     else:
         dense_pruned = _copy(original)
         run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
@@ -484,6 +485,13 @@ def _merge_rows(before: list[dict], after: list[dict], state: PruneState, target
         row["target"] = None if t is None else ({"sparsity": t.sparsity} if t.sparsity is not None else {"quality": t.quality})
         rows.append(row)
     return rows
+
+
+def _record_thresholds(model: onnx.ModelProto, state: PruneState) -> None:
+    """After retraining, the effective threshold of a layer is its smallest surviving magnitude."""
+    for name, mask in state.masks.items():
+        if mask.any() and not mask.all():
+            state.thresholds[name] = float(np.min(np.abs(weight_array(model, name)[mask].astype(np.float64))))
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
