@@ -312,8 +312,41 @@ def scan(model, inventory, evaluator, options: PruneOptions, progress):
 
 
 def retrain(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState, progress):
-    """Iterative prune → retrain (paper §3.2–3.3). With --max-loss each round is measured and the last round
-    within the budget is kept; otherwise the schedule runs to the targets."""
+    """Iterative prune → retrain (paper §3.2–3.3) through the torch bridge; graphs the bridge cannot run are
+    refit layer by layer instead (the automatic fallback, said in the notes)."""
+    from converter.errors import UnsupportedOpError
+
+    try:
+        return _retrain_with_bridge(original, inventory, targets, options, data, state, progress)
+    except UnsupportedOpError as exc:
+        note = (f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]}); "
+                "retrained by layer-wise reconstruction instead")
+        log.warning(note)
+        state.notes.append(note)
+        state.masks.clear()
+        return _reconstruct(original, inventory, targets, options, data, state)
+
+
+def _reconstruct(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState):
+    from converter.reconstruct import ReconstructReport, reconstruct
+
+    t0 = time.perf_counter()
+    model = _copy(original)
+    run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], model, state)
+    report = ReconstructReport()
+    model = reconstruct(model, original, state.masks, data.reader(), report=report)
+    score = data.calibration.evaluate(model)
+    state.notes.extend(f"reconstruct left '{name}' as pruned: {why}" for name, why in report.skipped.items())
+    return model, [{"round": 1, "phase": "reconstruct", "metric": score, "layers": report.refit,
+                    "overall_density": sum(int(m.sum()) for m in state.masks.values())
+                    / max(1, sum(m.size for m in state.masks.values())),
+                    "seconds": round(time.perf_counter() - t0, 3)}]
+
+
+def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState,
+                         progress):
+    """With --max-loss each round is measured and the last round within the budget is kept; otherwise the
+    schedule runs to the targets."""
     from converter.schedule import iterative_prune
 
     reader = data.reader(batch_size=options.train_batch_size)
