@@ -22,6 +22,7 @@ import html
 import json
 import logging
 import math
+import importlib
 import platform
 import shlex
 import sys
@@ -281,7 +282,7 @@ def versions() -> dict:
         mod = sys.modules.get(module)
         if mod is None:
             try:
-                mod = __import__(module)
+                mod = importlib.import_module(module)
             except ImportError:
                 out[module] = None
                 continue
