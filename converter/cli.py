@@ -424,8 +424,8 @@ def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
         raise ConfigError(f"-o '{out_dir}' is a file; give a folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     options = PruneOptions(max_loss=max_loss, data=str(MNIST_TRAIN_SLICE), eval_data=str(MNIST_SLICE),
-                           labels="labels", iterations=iterations, epochs=2.0, lr=1e-3, loss="ce+distill",
-                           levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), gather_inputs=True, seed=0)
+                           labels="labels", iterations=iterations, epochs=2.0, lr=0.02, loss="ce+distill",
+                           levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), seed=0)
     output = out_dir / "lenet300-pruned.onnx"
     result = execute(LENET300_ONNX, output, options, report_dir=out_dir, quiet=quiet, force=True,
                      command=["onnxprune", "demo", "-o", str(out_dir)])

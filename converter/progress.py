@@ -24,6 +24,7 @@ class Progress:
         self._tasks: dict[str, int] = {}
         self._started: dict[str, float] = {}
         self._last_line: dict[str, float] = {}
+        self._done: dict[str, int] = {}
 
     def __call__(self, task: str, done: int, total: int, info: str = "") -> None:
         if self.quiet:
@@ -57,14 +58,15 @@ class Progress:
 
     def _plain(self, task, done, total, info):
         now = time.monotonic()
+        if done < self._done.get(task, 0):  # the task started over (a new epoch): its ETA starts over too
+            self._started[task] = now
+        self._done[task] = done
         start = self._started.setdefault(task, now)
         last = self._last_line.get(task)
         finished = total and done >= total
         if last is not None and now - last < self.every and not finished:
             return
-        if finished and self._last_line.get(task) == -1.0:
-            return
-        self._last_line[task] = -1.0 if finished else now
+        self._last_line[task] = now
         pct = f"{100 * done / total:.0f}%" if total else "?"
         eta = ""
         if total and 0 < done < total:

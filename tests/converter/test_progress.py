@@ -1,0 +1,36 @@
+import io
+
+from converter.progress import Progress
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_plain_lines_are_periodic_with_eta_and_restart_per_epoch(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("converter.progress.time.monotonic", clock)
+    out = io.StringIO()
+    p = Progress(stream=out, every=10.0)
+    for epoch in range(2):
+        for done in range(1, 11):
+            clock.t += 2.0
+            p("retrain", done, 10, f"epoch {epoch + 1}")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("onnxprune: retrain: 1/10 (10%")
+    assert all("onnxprune: retrain:" in line for line in lines)
+    assert len(lines) <= 8  # periodic, not one line per batch
+    eta = [line for line in lines if "eta" in line]
+    assert eta and all(float(line.split("eta ")[1].split("s")[0]) <= 20 for line in eta)  # never the whole run
+    assert sum("10/10 (100%)" in line for line in lines) == 2  # each epoch's end is said
+
+
+def test_quiet_prints_nothing():
+    out = io.StringIO()
+    p = Progress(quiet=True, stream=out)
+    p("scan", 1, 2)
+    assert out.getvalue() == ""
