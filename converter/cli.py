@@ -191,6 +191,8 @@ def _parse_levels(text: str | None):
 @click.option("--schedule", type=click.Choice(["cubic", "geometric", "linear"]), default="cubic", show_default=True)
 @click.option("--loss", "loss_kind", type=click.Choice(["auto", "ce", "distill", "ce+distill"]), default="auto", show_default=True,
               help="auto: cross-entropy with labels, distillation from the dense model without.")
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
+@click.option("--alternate", is_flag=True, help="Retrain conv layers with fc frozen, then fc with conv frozen (paper §4).")
 @click.option("--reg", type=click.Choice(["l2", "l1"]), default="l2", show_default=True)
 @click.option("--reg-strength", type=float, default=5e-4, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -210,7 +212,8 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, schedule, loss_kind, reg, reg_strength,
+          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, schedule, loss_kind, temperature, alternate,
+          reg, reg_strength,
           device, sparse_format, no_neurons, gather_inputs, recipe, allow_other_model, report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
@@ -239,7 +242,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
             max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
             metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
-            final_epochs=final_epochs, lr=lr, schedule=schedule, loss=loss_kind, reg=reg, reg_strength=reg_strength,
+            final_epochs=final_epochs, lr=lr, schedule=schedule, loss=loss_kind, temperature=temperature,
+            alternate=alternate, reg=reg, reg_strength=reg_strength,
             device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, seed=seed,
         )
     modelio.check_output_path(output, protect=(model,))

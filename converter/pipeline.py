@@ -84,6 +84,10 @@ class PruneOptions:
             raise ConfigError(f"--iterations {self.iterations} must be >= 0 (0 = one-shot, no retraining).")
         if self.iterations > 0 and self.data is None:
             raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
+        if self.iterations > 0 and self.device != "cpu":
+            from converter.finetune import resolve_device
+
+            resolve_device(self.device)  # 'cuda' without a GPU fails here, before any work
         if self.epochs <= 0 and self.iterations > 0:
             raise ConfigError(f"--epochs {self.epochs} must be > 0 when retraining.")
         if self.lr <= 0:

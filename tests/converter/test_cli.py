@@ -118,3 +118,16 @@ def test_model_without_prunable_weights_says_so(tmp_path):
     onnx.save(m, p)
     res = invoke("prune", p, "-o", tmp_path / "o.onnx", "--sparsity", "0.5")
     assert res.exit_code == 1 and "no prunable weights" in res.output
+
+
+def test_cuda_without_gpu_is_a_usage_error_before_any_work(mlp_path, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data = tmp_path / "d.npz"
+    np.savez(data, input=np.zeros((4, 1, 28, 28), np.float32))
+    res = invoke("prune", mlp_path, "-o", tmp_path / "o.onnx", "--sparsity", "0.5", "--data", data,
+                 "--iterations", "1", "--device", "cuda")
+    assert res.exit_code == 2 and "sees no GPU" in res.output
+    assert not (tmp_path / "o.onnx").exists()
