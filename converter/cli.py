@@ -188,6 +188,10 @@ def _parse_levels(text: str | None):
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Retraining epochs per round.")
 @click.option("--final-epochs", type=float, default=0.0, show_default=True, help="Extra fine-tune at the final sparsity.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Retraining learning rate (~1/10 of the original).")
+@click.option("--final-lr", type=float, help="Learning rate of the final fine-tune (cosine decay; default --lr).")
+@click.option("--train-batch-size", type=int, default=128, show_default=True, help="Batch size for retraining.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of distillation in ce+distill.")
 @click.option("--schedule", type=click.Choice(["cubic", "geometric", "linear"]), default="cubic", show_default=True)
 @click.option("--loss", "loss_kind", type=click.Choice(["auto", "ce", "distill", "ce+distill"]), default="auto", show_default=True,
               help="auto: cross-entropy with labels, distillation from the dense model without.")
@@ -212,7 +216,8 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, schedule, loss_kind, temperature, alternate,
+          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
+          distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
           device, sparse_format, no_neurons, gather_inputs, recipe, allow_other_model, report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
@@ -242,7 +247,9 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
             max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
             metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
-            final_epochs=final_epochs, lr=lr, schedule=schedule, loss=loss_kind, temperature=temperature,
+            final_epochs=final_epochs, lr=lr, final_lr=final_lr, train_batch_size=train_batch_size,
+            label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
+            temperature=temperature,
             alternate=alternate, reg=reg, reg_strength=reg_strength,
             device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, seed=seed,
         )

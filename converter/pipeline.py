@@ -55,11 +55,14 @@ class PruneOptions:
     epochs: float = 1.0
     final_epochs: float = 0.0
     lr: float = 1e-3
+    final_lr: float | None = None
     schedule: str = "cubic"
     loss: str = "auto"
     reg: str = "l2"
     reg_strength: float = 5e-4
     temperature: float = 4.0
+    distill_weight: float = 0.5
+    label_smoothing: float = 0.0
     train_batch_size: int = 128
     alternate: bool = False
     device: str = "auto"
@@ -367,15 +370,17 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
         return _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch)
     model, masks, history = iterative_prune(
         original, inventory, targets, reader, iterations=options.iterations, epochs=options.epochs, lr=options.lr,
-        schedule=options.schedule, final_epochs=options.final_epochs, alternate=options.alternate,
+        schedule=options.schedule, final_epochs=options.final_epochs, final_lr=options.final_lr,
+        alternate=options.alternate, batch_size=options.train_batch_size,
         eval_fn=eval_fn, progress=on_batch, **_trainer_options(options))
     state.masks.update(masks)
     return model, history
 
 
 def _trainer_options(options: PruneOptions) -> dict:
-    return {"loss": options.loss, "temperature": options.temperature, "device": options.device,
-            "seed": options.seed, "reg": options.reg, "reg_strength": options.reg_strength}
+    return {"loss": options.loss, "temperature": options.temperature, "distill_weight": options.distill_weight,
+            "label_smoothing": options.label_smoothing, "device": options.device, "seed": options.seed,
+            "reg": options.reg, "reg_strength": options.reg_strength}
 
 
 def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch):
@@ -392,6 +397,7 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
     masks = {w.name: np.ones(w.shape, dtype=bool) for w in inventory.prunable if w.name in base}
     trainer = MaskedTrainer(original, masks, reader, **{k: v for k, v in _trainer_options(options).items()
                                                         if k not in ("reg", "reg_strength")})
+    batch = options.train_batch_size
     best, history = None, []
     rounds = options.iterations
     for r in range(1, rounds + 1):
@@ -399,6 +405,7 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
         goal = {n: 1.0 - (1.0 - s) * (0.6 ** (r - 1)) for n, s in base.items()}  # density x0.6 per round
         trainer.set_masks(magnitude_masks(trainer.weights(), goal, trainer.masks))
         stats = trainer.train(options.epochs, options.lr, reg=options.reg, reg_strength=options.reg_strength,
+                              batch_size=batch,
                               progress=lambda e, b, n, loss, sp: on_batch(r, rounds, e, b, n, loss, sp))
         candidate = trainer.export()
         score = evaluator.evaluate(candidate)
