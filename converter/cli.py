@@ -209,6 +209,9 @@ def _parse_levels(text: str | None):
 )
 @click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass).")
 @click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, with a Gather on the input.")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
+              help="Retraining checkpoints, one per round (default: OUTPUT.ckpt; removed after success).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted retraining run from its last checkpoint.")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Replay the choices of an earlier run's recipe.toml.")
 @click.option("--allow-other-model", is_flag=True, help="Apply a recipe written for another model file.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.html, report.json and recipe.toml here.")
@@ -219,7 +222,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
           batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
-          device, sparse_format, no_neurons, gather_inputs, recipe, allow_other_model, report_dir, force, quiet, as_json):
+          device, sparse_format, no_neurons, gather_inputs, checkpoint_dir, resume, recipe, allow_other_model,
+          report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
     \b
@@ -256,6 +260,11 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
     modelio.check_output_path(output, protect=(model,))
     if report_dir is not None:
         _check_report_dir(report_dir, model)
+    if options.iterations > 0:
+        options.checkpoint_dir = str(checkpoint_dir or output.with_name(output.name + ".ckpt"))
+        options.resume = resume
+    elif resume:
+        raise ConfigError("--resume continues an interrupted retraining run; this run has no --iterations.")
     execute(model, output, options, report_dir=report_dir, quiet=quiet or as_json, as_json=as_json, force=force,
             command=["onnxprune", *sys.argv[1:]])
 
@@ -308,6 +317,10 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     report["file_size_after"] = output.stat().st_size
     if report_dir is not None:
         _write_report(result, report_dir, model)
+    if options.checkpoint_dir:
+        from converter.checkpoint import Checkpoints
+
+        Checkpoints(options.checkpoint_dir, "").clear()  # the run is complete: its checkpoints are not needed
     if as_json:
         click.echo(json.dumps(report, indent=2, default=_json_default))
     elif not quiet:

@@ -7,6 +7,7 @@ pruned weights zeroed and the retrained weights written back, so every later ste
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[..., None]  # (task, done, total, info="")
 
-DATA_FIELDS = ("data", "eval_data")  # not part of a recipe: paths or arrays supplied per run
+# Not part of a recipe (or of a checkpoint's fingerprint): what is supplied per run.
+DATA_FIELDS = ("data", "eval_data", "checkpoint_dir", "resume")
 
 
 @dataclass
@@ -72,6 +74,9 @@ class PruneOptions:
     sparse_format: str = "constant"
     seed: int = 0
     verify_batches: int = 4
+    # long runs: a checkpoint per retraining round, and --resume
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
     def validate(self) -> None:
         if self.sparse_format not in FORMATS:
@@ -85,6 +90,8 @@ class PruneOptions:
                 raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
         if self.iterations < 0:
             raise ConfigError(f"--iterations {self.iterations} must be >= 0 (0 = one-shot, no retraining).")
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError("--resume needs the checkpoint folder of the interrupted run (--checkpoint-dir).")
         if self.iterations > 0 and self.data is None:
             raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
         if self.iterations > 0 and self.device != "cpu":
@@ -198,7 +205,8 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     t = time.perf_counter()
     history: list[dict] = []
     if options.iterations > 0:
-        dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress)
+        dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
+                                        _checkpoints(options, loaded, original))
         _record_thresholds(dense_pruned, state)
     else:
         dense_pruned = _copy(original)
@@ -318,13 +326,23 @@ def scan(model, inventory, evaluator, options: PruneOptions, progress):
 # ------------------------------------------------------------------------------------------------ retraining
 
 
-def retrain(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState, progress):
+def _checkpoints(options: PruneOptions, loaded, original):
+    if not options.checkpoint_dir:
+        return None
+    from converter.checkpoint import Checkpoints, fingerprint
+
+    sha = loaded.sha256 or hashlib.sha256(original.SerializeToString()).hexdigest()
+    return Checkpoints(options.checkpoint_dir, fingerprint(sha, options.recipe()))
+
+
+def retrain(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState, progress,
+            checkpoints=None):
     """Iterative prune → retrain (paper §3.2–3.3) through the torch bridge; graphs the bridge cannot run are
     refit layer by layer instead (the automatic fallback, said in the notes)."""
     from converter.errors import UnsupportedOpError
 
     try:
-        return _retrain_with_bridge(original, inventory, targets, options, data, state, progress)
+        return _retrain_with_bridge(original, inventory, targets, options, data, state, progress, checkpoints)
     except UnsupportedOpError as exc:
         note = (f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]}); "
                 "retrained by layer-wise reconstruction instead")
@@ -351,10 +369,20 @@ def _reconstruct(original, inventory, targets, options: PruneOptions, data: Data
 
 
 def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState,
-                         progress):
+                         progress, checkpoints=None):
     """With --max-loss each round is measured and the last round within the budget is kept; otherwise the
-    schedule runs to the targets."""
-    from converter.schedule import iterative_prune
+    schedule runs to the targets. Every round is checkpointed when a folder is given; --resume continues."""
+    from converter.schedule import iterative_prune, trainer_state
+
+    resume = checkpoints.latest() if (checkpoints is not None and options.resume) else None
+    if options.resume and resume is None:
+        log.warning("nothing to resume in %s; starting from the first round", options.checkpoint_dir)
+    elif resume is not None:
+        log.warning("resuming after round %d from %s", resume["round"], options.checkpoint_dir)
+
+    def checkpoint(step, trainer, history):
+        if checkpoints is not None:
+            checkpoints.save(step, trainer.export(), trainer.masks, history, trainer_state(trainer))
 
     reader = data.reader(batch_size=options.train_batch_size)
     evaluator = data.calibration
@@ -367,12 +395,13 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
                  f"epoch {epoch + 1} loss {loss:.4f} sparsity {100 * sparsity:.1f}%")
 
     if options.max_loss is not None:
-        return _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch)
+        return _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,
+                                      checkpoint, resume)
     model, masks, history = iterative_prune(
         original, inventory, targets, reader, iterations=options.iterations, epochs=options.epochs, lr=options.lr,
         schedule=options.schedule, final_epochs=options.final_epochs, final_lr=options.final_lr,
         alternate=options.alternate, batch_size=options.train_batch_size,
-        eval_fn=eval_fn, progress=on_batch, **_trainer_options(options))
+        eval_fn=eval_fn, progress=on_batch, checkpoint=checkpoint, resume=resume, **_trainer_options(options))
     state.masks.update(masks)
     return model, history
 
@@ -383,24 +412,31 @@ def _trainer_options(options: PruneOptions) -> dict:
             "reg": options.reg, "reg_strength": options.reg_strength}
 
 
-def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch):
+def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,
+                           checkpoint=None, resume=None):
     """Raise the sensitivity-shaped targets round by round; keep the sparsest retrained model within budget.
 
     Round r prunes toward the allocation scaled so that density shrinks geometrically past the one-shot
     allocation, retrains, and measures the loss on the calibration data: the first round over budget ends it.
     """
     from converter.finetune import MaskedTrainer
-    from converter.schedule import magnitude_masks
+    from converter.schedule import magnitude_masks, restore_trainer_state
 
     dense_score = evaluator.dense
     base = {n: t.sparsity for n, t in targets.items()}
     masks = {w.name: np.ones(w.shape, dtype=bool) for w in inventory.prunable if w.name in base}
-    trainer = MaskedTrainer(original, masks, reader, **{k: v for k, v in _trainer_options(options).items()
-                                                        if k not in ("reg", "reg_strength")})
+    trainer_options = {k: v for k, v in _trainer_options(options).items() if k not in ("reg", "reg_strength")}
+    best, history, done, start_model = None, [], 0, original
+    if resume is not None:  # only rounds within the budget are checkpointed: the last one is the best so far
+        trainer_options["teacher"] = original
+        start_model, masks, history, done = resume["model"], resume["masks"], list(resume["history"]), resume["round"]
+        best = (resume["model"], {n: m.copy() for n, m in resume["masks"].items()})
+    trainer = MaskedTrainer(start_model, masks, reader, **trainer_options)
+    if resume is not None:
+        restore_trainer_state(trainer, resume["trainer"])
     batch = options.train_batch_size
-    best, history = None, []
     rounds = options.iterations
-    for r in range(1, rounds + 1):
+    for r in range(done + 1, rounds + 1):
         t0 = time.perf_counter()
         goal = {n: 1.0 - (1.0 - s) * (0.6 ** (r - 1)) for n, s in base.items()}  # density x0.6 per round
         trainer.set_masks(magnitude_masks(trainer.weights(), goal, trainer.masks))
@@ -421,6 +457,8 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
         if not fits:
             break
         best = (candidate, {n: m.copy() for n, m in trainer.masks.items()})
+        if checkpoint is not None:
+            checkpoint(r, trainer, history)
     if best is None:  # even the first, gentlest round was over budget: prune nothing rather than lose accuracy
         state.notes.append("no retrained round met the --max-loss budget; the model is left dense")
         return _copy(original), history

@@ -112,13 +112,16 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
                     final_lr_schedule: str = "cosine", alternate: bool = False,
                     initial_masks: dict[str, np.ndarray] | None = None,
                     eval_fn: Callable[[onnx.ModelProto], float] | None = None,
-                    progress: RoundProgress | None = None, **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
+                    progress: RoundProgress | None = None, checkpoint=None, resume: dict | None = None,
+                    **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
     """Prune `model` to `final_sparsities` ({weight: sparsity or Target}) over `iterations` prune→retrain rounds.
 
     Returns (model with the retrained weights written back and masks applied, masks, history: one dict per
     round). `options` go to the trainer (loss, teacher, temperature, label_smoothing, distill_weight,
     dropout_scale, device, seed, module) and to each training run (momentum, reg, reg_strength, batch_size,
     lr_min). Distillation without a teacher distills from `model` as given (the dense model).
+    `checkpoint(step, trainer, history)` is called after every round; `resume` ({round, model, masks, history,
+    trainer} from converter.checkpoint) continues an interrupted run and ends where the uninterrupted one would.
     """
     unknown = set(options) - TRAINER_OPTIONS - TRAIN_OPTIONS
     if unknown:
@@ -135,22 +138,48 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
             masks[n] = masks[n] & np.asarray(m, dtype=bool)
     start = {n: 1.0 - float(m.mean()) for n, m in masks.items()}
     plan = schedule_sparsities(final, start, iterations, schedule)
-    trainer = MaskedTrainer(model, masks, train_reader, **{k: v for k, v in options.items() if k in TRAINER_OPTIONS})
+    trainer_options = {k: v for k, v in options.items() if k in TRAINER_OPTIONS}
+    history: list[dict] = []
+    done = 0  # steps already taken: prune rounds 1..N, then the final fine-tune as step N+1
+    if resume is not None:  # continue an interrupted run: its weights, masks and shuffling stream
+        trainer_options.setdefault("teacher", model)  # distill from the dense model, not from the checkpoint
+        model, masks, history, done = resume["model"], resume["masks"], list(resume["history"]), resume["round"]
+    trainer = MaskedTrainer(model, masks, train_reader, **trainer_options)
+    if resume is not None:
+        restore_trainer_state(trainer, resume["trainer"])
     train_opts = {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
     rounds = iterations + (1 if final_epochs > 0 else 0)
-    history = []
     for r, targets in enumerate(plan, start=1):
+        if r <= done:
+            continue
         t0 = time.perf_counter()
         trainer.set_masks(magnitude_masks(trainer.weights(), targets, trainer.masks))
         loss = _retrain(trainer, kinds, epochs, lr, lr_schedule, alternate, train_opts, _bind(progress, r, rounds))
-        history.append(_record(trainer, r, "prune", targets, loss, epochs, lr, eval_fn, t0))
-    if final_epochs > 0:
+        history.append(_record(trainer, r, "prune", targets, loss, epochs, lr, eval_fn, t0).as_dict())
+        if checkpoint is not None:
+            checkpoint(r, trainer, history)
+    if final_epochs > 0 and done < iterations + 1:
         t0 = time.perf_counter()
         flr = lr if final_lr is None else final_lr
         loss = _retrain(trainer, kinds, final_epochs, flr, final_lr_schedule, False, train_opts,
                         _bind(progress, rounds, rounds))
-        history.append(_record(trainer, rounds, "final", plan[-1], loss, final_epochs, flr, eval_fn, t0))
-    return trainer.export(), dict(trainer.masks), [h.as_dict() for h in history]
+        history.append(_record(trainer, rounds, "final", plan[-1], loss, final_epochs, flr, eval_fn, t0).as_dict())
+        if checkpoint is not None:
+            checkpoint(iterations + 1, trainer, history)
+    return trainer.export(), dict(trainer.masks), history
+
+
+def trainer_state(trainer: MaskedTrainer) -> dict[str, np.ndarray]:
+    """What a checkpoint needs besides weights and masks for a resumed run to equal an uninterrupted one: the
+    position of the shuffling stream and the count of training calls (it seeds each call's determinism)."""
+    return {"generator": trainer._generator.get_state().numpy().copy(), "calls": np.array(trainer._calls)}
+
+
+def restore_trainer_state(trainer: MaskedTrainer, state: dict) -> None:
+    import torch
+
+    trainer._generator.set_state(torch.from_numpy(np.asarray(state["generator"], dtype=np.uint8).copy()))
+    trainer._calls = int(np.asarray(state["calls"]))
 
 
 def kinds_shape(inventory: Inventory, name: str) -> tuple[int, ...]:

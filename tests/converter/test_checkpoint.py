@@ -1,0 +1,81 @@
+"""--resume: an interrupted retraining run continued from its checkpoint ends exactly where an uninterrupted one
+would (same seed, same machine)."""
+
+import numpy as np
+import pytest
+
+from calibration.runtime import make_session
+from converter.checkpoint import Checkpoints
+from converter.errors import ConfigError
+from converter.pipeline import PruneOptions, run
+from models import builders
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = builders.lenet300_like(hidden=(32, 16), seed=5)
+    x = np.random.default_rng(1).random((96, 1, 28, 28), dtype=np.float32)
+    labels = make_session(model).run(None, {"input": x})[0].argmax(1).astype(np.int64)
+    return model, {"input": x, "labels": labels}
+
+
+def _options(data, folder, **kw):
+    base = dict(sparsity=0.8, data=data, iterations=3, epochs=1, lr=0.01, final_epochs=1, seed=3,
+                train_batch_size=32, checkpoint_dir=str(folder))
+    base.update(kw)
+    if base.get("max_loss") is not None:  # the budget chooses the sparsities from a (short) scan
+        base.update(sparsity=None, levels=(0.5, 0.8))
+    return PruneOptions(**base)
+
+
+@pytest.mark.parametrize("budget", [None, 100.0])
+def test_resume_after_an_interruption_gives_the_same_bytes(setup, tmp_path, monkeypatch, budget):
+    model, data = setup
+    whole = run(model, _options(data, tmp_path / "a", max_loss=budget))
+
+    saved = Checkpoints.save
+    calls = {"n": 0}
+
+    def save_then_die(self, *a, **k):
+        saved(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Stop  # as if killed right after round 2 was checkpointed
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_die)
+    with pytest.raises(Stop):
+        run(model, _options(data, tmp_path / "b", max_loss=budget))
+    monkeypatch.setattr(Checkpoints, "save", saved)
+    assert (tmp_path / "b" / "state.json").exists()
+    resumed = run(model, _options(data, tmp_path / "b", max_loss=budget, resume=True))
+    assert resumed.model.SerializeToString() == whole.model.SerializeToString()
+    assert [h["round"] for h in resumed.history] == [h["round"] for h in whole.history]
+
+
+def test_a_checkpoint_of_another_run_is_refused(setup, tmp_path):
+    model, data = setup
+    run(model, _options(data, tmp_path / "c", iterations=1, final_epochs=0))
+    with pytest.raises(ConfigError, match="another model or other options"):
+        run(model, _options(data, tmp_path / "c", iterations=1, final_epochs=0, lr=0.02, resume=True))
+
+
+def test_cli_removes_checkpoints_after_success_and_resume_needs_iterations(setup, tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from converter.cli import cli
+
+    model, data = setup
+    mpath, dpath, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx"
+    onnx.save(model, mpath)
+    np.savez(dpath, **data)
+    res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--sparsity", "0.8", "--data", str(dpath),
+                                   "--iterations", "2", "--epochs", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and not (tmp_path / "o.onnx.ckpt").exists()
+    res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--sparsity", "0.8", "--resume"])
+    assert res.exit_code == 2 and "no --iterations" in res.output
