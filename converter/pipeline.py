@@ -7,6 +7,7 @@ pruned weights zeroed and the retrained weights written back, so every later ste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -187,50 +188,39 @@ class Data:
 def run(source, options: PruneOptions, progress: Progress | None = None) -> PruneResult:
     options.validate()
     progress = progress or (lambda *a, **k: None)
-    t0 = time.perf_counter()
+    clock = _Clock()
     loaded = load(source)
     original = loaded.model
     where = str(loaded.path) if loaded.path else "<model>"
     inventory = inventory_of(original, where=where)
-    rows_before = layer_rows(original, inventory)
     data = Data(original, options) if options.data is not None else None
-    timings: dict[str, float] = {}
-    extra: dict = {}
+    state, extra, history = PruneState(), {}, []
+    with clock.step("choose"):
+        targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
+    with clock.step("prune_retrain"):
+        if options.iterations > 0:
+            dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
+                                            _checkpoints(options, loaded, original))
+            _record_thresholds(dense_pruned, state)
+        else:
+            dense_pruned = _copy(original)
+            run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
+    with clock.step("shrink_encode_verify"):
+        shrunk, neurons = _shrink(dense_pruned, options, state)
+        final = _copy(shrunk)
+        present = set(constant_tensors(final))
+        run_passes([SparseEncode([w.name for w in inventory.prunable if w.name in present], options.sparse_format)],
+                   final, state)
+        parity = check_parity(final, dense_pruned, _verification_feeds(data, options))
 
-    state = PruneState()
-    t = time.perf_counter()
-    targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
-    timings["choose"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    history: list[dict] = []
-    if options.iterations > 0:
-        dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
-                                        _checkpoints(options, loaded, original))
-        _record_thresholds(dense_pruned, state)
-    else:
-        dense_pruned = _copy(original)
-        run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
-    timings["prune_retrain"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    shrunk, neurons = _shrink(dense_pruned, options, state)
-    final = _copy(shrunk)
-    present = set(constant_tensors(final))
-    run_passes([SparseEncode([w.name for w in inventory.prunable if w.name in present], options.sparse_format)],
-               final, state)
-    feeds = _verification_feeds(data, options)
-    parity = check_parity(final, dense_pruned, feeds)
-    timings["shrink_encode_verify"] = time.perf_counter() - t
-
-    rows_after = layer_rows(dense_pruned, inventory)
+    before, after = layer_rows(original, inventory), layer_rows(dense_pruned, inventory)
     report = {
         "model": where,
         "input_sha256": loaded.sha256,
-        "layers": _merge_rows(rows_before, rows_after, state, targets, original, neurons),
+        "layers": _merge_rows(before, after, state, targets, original, neurons),
         "skipped": skipped_rows(inventory),
-        "before": totals(rows_before),
-        "after": totals(rows_after),
+        "before": totals(before),
+        "after": totals(after),
         "neurons": neurons,
         "params_after_shrink": sum(w.size for w in find_prunable(shrunk).prunable),
         "file_size_before": loaded.file_size,
@@ -241,28 +231,47 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         "history": history,
         "options": options.recipe(),
         **extra,
+        **_sensitivity_report(sensitivity),
     }
-    before, after = report["before"], report["after"]
-    report["compression"] = before["params"] / after["nonzeros"] if after["nonzeros"] else float("inf")
-    if sensitivity is not None:
-        report["sensitivity"] = {
-            lay.name: {"node": lay.node, "kind": lay.kind, "levels": list(lay.levels), "values": list(lay.values),
-                       "coupled": lay.coupled}
-            for lay in sensitivity.layers
-        }
-        report["sensitivity_metric"] = sensitivity.metric
+    nonzeros = report["after"]["nonzeros"]
+    report["compression"] = report["before"]["params"] / nonzeros if nonzeros else float("inf")
     if data is not None:
-        t = time.perf_counter()
-        report["metrics"] = measure(data, final, options)
-        _add_activations(report, original, dense_pruned, inventory, data)
-        timings["measure"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    report["seconds_by_step"] = {k: round(v, 3) for k, v in timings.items()}
+        with clock.step("measure"):
+            report["metrics"] = measure(data, final, options)
+            _add_activations(report, original, dense_pruned, inventory, data)
+    report["seconds_by_step"] = clock.summary()
     report["seconds"] = report["seconds_by_step"]["total"]
     result = PruneResult(model=final, dense_model=dense_pruned, original=original, state=state, inventory=inventory,
                          report=report, sensitivity=sensitivity, history=history)
     _check_budget(result, options)
     return result
+
+
+class _Clock:
+    """Wall time per pipeline step, for the report."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps[name] = time.perf_counter() - t
+
+    def summary(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in {**self.steps, "total": time.perf_counter() - self.start}.items()}
+
+
+def _sensitivity_report(sensitivity) -> dict:
+    if sensitivity is None:
+        return {}
+    layers = {lay.name: {"node": lay.node, "kind": lay.kind, "levels": list(lay.levels), "values": list(lay.values),
+                         "coupled": lay.coupled} for lay in sensitivity.layers}
+    return {"sensitivity": layers, "sensitivity_metric": sensitivity.metric}
 
 
 # ------------------------------------------------------------------------------------------------ targets
