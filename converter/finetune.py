@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -36,7 +36,7 @@ from calibration.runtime import make_session, output_names
 from converter.errors import ConfigError
 from passes.apply_masks import ApplyMasks
 from passes.base import PruneState
-from passes.weights import FLOAT_TYPES, NORM_OPS, PASS_THROUGH, find_prunable, name_nodes
+from passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def load_data(reader, *, teacher: onnx.ModelProto | None = None, use_labels: boo
     if not use_labels:
         data = TrainData(data.inputs, None, data.teacher, data.batch_size, data.reader)
     if teacher is not None and data.teacher is None and data.reader is None:
-        data.teacher = teacher_outputs(teacher, data.inputs)
+        data = replace(data, teacher=teacher_outputs(teacher, data.inputs))  # the caller's stays as is
     return data
 
 
@@ -436,27 +436,44 @@ class MaskedTrainer:
         self.data = load_data(data, teacher=self.teacher, use_labels=self.loss_kind != "distill")
         streamed = self.teacher is not None and self.data.reader is not None
         self._teacher_fn = _teacher_fn(self.teacher) if streamed else None
-        names = [n for g in ([w, *c] for w, c in self.groups.items()) for n in g]
-        self.module = module if module is not None else build_module(self.model, names, self.device)
+        ApplyMasks()(self.model, PruneState(masks=dict(self.masks)))  # constants (not trained) are masked too
+        self._own_module = module is None
+        self.module = module if module is not None else self._build()
         self.params = self.module.onnx_parameters()
         self._mask_tensors: dict[str, torch.Tensor] = {}
         self.set_masks(self.masks)
         self.objective = self._make_objective(temperature, label_smoothing, distill_weight)
 
+    def _build(self):
+        """The bridge module; weights held in Constant nodes (not initializers) stay constant, masked."""
+        inits = _float_initializers(self.model)
+        names = [n for g in ([w, *c] for w, c in self.groups.items()) for n in g if n in inits]
+        frozen = [w for w in self.groups if w not in inits]
+        if frozen:
+            log.info("not retrained (held in Constant nodes, kept masked): %s", ", ".join(frozen))
+        return build_module(self.model, names, self.device)
+
     # ---- masks and weights
     def set_masks(self, masks: dict[str, np.ndarray]) -> None:
         """Intersect with the current masks, zero the newly pruned weights, rescale dropout."""
+        constants_changed = False
         for name, mask in masks.items():
             mask = np.asarray(mask, dtype=bool)
             old = self.masks.get(name)
             if old is not None and old.shape != mask.shape:
                 raise ConfigError(f"mask of '{name}' has shape {mask.shape}, the weight has {old.shape}.")
             self.masks[name] = mask if old is None else (old & mask)
+            shrunk = old is not None and not np.array_equal(old, self.masks[name])
+            constants_changed |= shrunk and name not in self.params
             if name in self.params:
                 keep = torch.from_numpy(self.masks[name]).to(self.params[name].device)
                 self._mask_tensors[name] = keep
                 with torch.no_grad():
                     self.params[name].masked_fill_(~keep, 0.0)
+        if constants_changed and self._own_module:  # a Constant-node weight lost connections: rebuild around it
+            self.model = self.export()
+            self.module = self._build()
+            self.params = self.module.onnx_parameters()
         ratios = dropout_ratios(self.model, self.masks)
         ratios.update(self.dropout_scale)
         if ratios and hasattr(self.module, "dropout_ratios"):

@@ -170,6 +170,34 @@ def test_frozen_layers_do_not_move():
     assert not np.array_equal(weight_array(out, "fc2.weight"), weight_array(model, "fc2.weight"))
 
 
+def as_constant_node(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Move initializer `name` into a Constant node (some exporters store weights that way)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    tensor = next(t for t in g.initializer if t.name == name)
+    g.node.insert(0, helper.make_node("Constant", [], [name], name="/const/" + name, value=tensor))
+    g.initializer.remove(tensor)
+    return out
+
+
+def test_weights_held_in_constant_nodes_stay_masked_and_the_rest_trains():
+    model, x, y = small_mlp_data()
+    model = as_constant_node(model, "fc1.weight")
+    masks = magnitude_masks(model, 0.5)
+    trainer = MaskedTrainer(model, masks, (x, y), device="cpu")
+    assert "fc1.weight" not in trainer.params and "fc2.weight" in trainer.params
+    trainer.set_masks({"fc1.weight": magnitude_masks(model, 0.75)["fc1.weight"]})
+    trainer.train(1, 0.05)
+    out = trainer.export()
+    check_full(out)
+    w1 = weight_array(out, "fc1.weight")
+    assert np.count_nonzero(w1) == round(0.25 * w1.size)
+    np.testing.assert_array_equal(w1, np.where(trainer.masks["fc1.weight"], weight_array(model, "fc1.weight"), 0))
+    start = np.where(masks["fc2.weight"], weight_array(model, "fc2.weight"), 0)
+    assert not np.array_equal(weight_array(out, "fc2.weight"), start)
+
+
 def test_l1_regularisation_and_cosine_schedule_train():
     model, x, y = small_mlp_data()
     masks = magnitude_masks(model, 0.5)
