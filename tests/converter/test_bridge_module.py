@@ -20,13 +20,6 @@ ATOL, RTOL = 1e-5, 1e-4
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------------- models

@@ -23,13 +23,6 @@ from converter.bridge.ops import _source_coords, sparse_to_dense
 ATOL, RTOL = 1e-5, 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the other core is busy (10x on gradcheck)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------------- harness
