@@ -401,7 +401,7 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
 
     def on_batch(r, rounds, epoch, batch, n_batches, loss, sparsity):
         progress(f"retrain round {r}/{rounds}", batch, n_batches,
-                 f"epoch {epoch + 1} loss {loss:.4f} sparsity {100 * sparsity:.1f}%")
+                 f"epoch {epoch} loss {loss:.4f} sparsity {100 * sparsity:.1f}%")
 
     if options.max_loss is not None:
         return _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,
