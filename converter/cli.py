@@ -259,7 +259,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
         )
     modelio.check_output_path(output, protect=(model,))
     if report_dir is not None:
-        _check_report_dir(report_dir, model)
+        _check_report_dir(report_dir)
     if options.iterations > 0:
         options.checkpoint_dir = str(checkpoint_dir or output.with_name(output.name + ".ckpt"))
         options.resume = resume
@@ -269,7 +269,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             command=["onnxprune", *sys.argv[1:]])
 
 
-def _check_report_dir(report_dir: Path, model: Path) -> None:
+def _check_report_dir(report_dir: Path) -> None:
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError(f"--report '{report_dir}' is a file; give a folder.")
     if not report_dir.parent.exists():
@@ -316,7 +316,7 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     report["output"] = str(output)
     report["file_size_after"] = output.stat().st_size
     if report_dir is not None:
-        _write_report(result, report_dir, model)
+        _write_report(result, report_dir)
     if options.checkpoint_dir:
         from converter.checkpoint import Checkpoints
 
@@ -332,14 +332,14 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     return result
 
 
-def _write_report(result, report_dir: Path, model, latency_budget: float = 6.0) -> None:
+def _write_report(result, report_dir: Path) -> None:
     from converter.latency import measure_latency
     from converter.recipe import dump_recipe
     from converter.report import write_report
 
     report_dir.mkdir(exist_ok=True)
     try:
-        result.report["latency"] = measure_latency(result.original, result.model, budget_s=latency_budget)
+        result.report["latency"] = measure_latency(result.original, result.model)
     except Exception as exc:  # latency is information, never a reason to fail a run
         log.warning("latency measurement failed: %s", exc)
     dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),
@@ -386,10 +386,12 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     from converter.pipeline import Data, PruneOptions, inventory_of, load, scan
     from converter.progress import Progress
 
+    if eval_data is not None:
+        raise ConfigError("--eval-data is for prune; the sensitivity scan measures on --data only.")
     if data is None:
         raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
     if out_dir is not None:
-        _check_report_dir(out_dir, model)
+        _check_report_dir(out_dir)
     options = PruneOptions(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit,
                            levels=_parse_levels(levels), seed=seed)
     options.validate()

@@ -358,10 +358,10 @@ def retrain(original, inventory, targets, options: PruneOptions, data: Data, sta
         log.warning(note)
         state.notes.append(note)
         state.masks.clear()
-        return _reconstruct(original, inventory, targets, options, data, state)
+        return _reconstruct(original, inventory, targets, data, state)
 
 
-def _reconstruct(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState):
+def _reconstruct(original, inventory, targets, data: Data, state: PruneState):
     from converter.reconstruct import ReconstructReport, reconstruct
 
     t0 = time.perf_counter()

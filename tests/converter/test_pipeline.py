@@ -151,3 +151,12 @@ def test_graphs_the_bridge_cannot_run_fall_back_to_layerwise_reconstruction(teac
     # weights fed only by dead ReLUs refit to exactly zero: never more nonzeros than one-shot
     assert refit.report["after"]["nonzeros"] <= one_shot.report["after"]["nonzeros"]
     assert refit.report["metrics"]["after"] >= one_shot.report["metrics"]["after"]
+
+
+def test_sensitivity_refuses_eval_data_instead_of_ignoring_it(teacher_data, tmp_path):
+    model, data = teacher_data
+    mpath, dpath = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, mpath)
+    np.savez(dpath, **data)
+    res = CliRunner().invoke(cli, ["sensitivity", str(mpath), "--data", str(dpath), "--eval-data", str(dpath)])
+    assert res.exit_code == 2 and "--eval-data is for prune" in res.output
