@@ -483,6 +483,15 @@ class MaskedTrainer:
         """The current values of the masked weights (pruned entries are 0.0)."""
         return {n: self.params[n].detach().cpu().numpy().copy() for n in self.masks if n in self.params}
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What a checkpoint needs besides weights and masks for a resumed run to equal an uninterrupted one: the
+        position of the shuffling stream and the count of training calls (it seeds each call's determinism)."""
+        return {"generator": self._generator.get_state().numpy().copy(), "calls": np.array(self._calls)}
+
+    def restore_state(self, state: dict) -> None:
+        self._generator.set_state(torch.from_numpy(np.asarray(state["generator"], dtype=np.uint8).copy()))
+        self._calls = int(np.asarray(state["calls"]))
+
     def sparsity(self) -> float:
         total = sum(m.size for m in self.masks.values())
         return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total if total else 0.0

@@ -381,7 +381,7 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
                          progress, checkpoints=None):
     """With --max-loss each round is measured and the last round within the budget is kept; otherwise the
     schedule runs to the targets. Every round is checkpointed when a folder is given; --resume continues."""
-    from converter.schedule import iterative_prune, trainer_state
+    from converter.schedule import iterative_prune
 
     resume = checkpoints.latest() if (checkpoints is not None and options.resume) else None
     if options.resume and resume is None:
@@ -391,7 +391,7 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
 
     def checkpoint(step, trainer, history):
         if checkpoints is not None:
-            checkpoints.save(step, trainer.export(), trainer.masks, history, trainer_state(trainer))
+            checkpoints.save(step, trainer.export(), trainer.masks, history, trainer.state())
 
     reader = data.reader(batch_size=options.train_batch_size)
     evaluator = data.calibration
@@ -429,7 +429,7 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
     allocation, retrains, and measures the loss on the calibration data: the first round over budget ends it.
     """
     from converter.finetune import MaskedTrainer
-    from converter.schedule import magnitude_masks, restore_trainer_state
+    from converter.schedule import magnitude_masks
 
     dense_score = evaluator.dense
     base = {n: t.sparsity for n, t in targets.items()}
@@ -442,7 +442,7 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
         best = (resume["model"], {n: m.copy() for n, m in resume["masks"].items()})
     trainer = MaskedTrainer(start_model, masks, reader, **trainer_options)
     if resume is not None:
-        restore_trainer_state(trainer, resume["trainer"])
+        trainer.restore_state(resume["trainer"])
     batch = options.train_batch_size
     rounds = options.iterations
     for r in range(done + 1, rounds + 1):

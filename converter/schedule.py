@@ -146,7 +146,7 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
         model, masks, history, done = resume["model"], resume["masks"], list(resume["history"]), resume["round"]
     trainer = MaskedTrainer(model, masks, train_reader, **trainer_options)
     if resume is not None:
-        restore_trainer_state(trainer, resume["trainer"])
+        trainer.restore_state(resume["trainer"])
     train_opts = {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
     rounds = iterations + (1 if final_epochs > 0 else 0)
     for r, targets in enumerate(plan, start=1):
@@ -167,19 +167,6 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
         if checkpoint is not None:
             checkpoint(iterations + 1, trainer, history)
     return trainer.export(), dict(trainer.masks), history
-
-
-def trainer_state(trainer: MaskedTrainer) -> dict[str, np.ndarray]:
-    """What a checkpoint needs besides weights and masks for a resumed run to equal an uninterrupted one: the
-    position of the shuffling stream and the count of training calls (it seeds each call's determinism)."""
-    return {"generator": trainer._generator.get_state().numpy().copy(), "calls": np.array(trainer._calls)}
-
-
-def restore_trainer_state(trainer: MaskedTrainer, state: dict) -> None:
-    import torch
-
-    trainer._generator.set_state(torch.from_numpy(np.asarray(state["generator"], dtype=np.uint8).copy()))
-    trainer._calls = int(np.asarray(state["calls"]))
 
 
 def kinds_shape(inventory: Inventory, name: str) -> tuple[int, ...]:
