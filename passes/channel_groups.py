@@ -67,6 +67,15 @@ class Edit:
 
 
 @dataclass
+class WeightAxis:
+    """Axis `axis` of initializer `weight` is indexed by the positions of `tensor` (for neuron masks)."""
+
+    weight: str
+    axis: int
+    tensor: str
+
+
+@dataclass
 class ChannelGroup:
     """Classes linked through tensors that hold several of them; `classes` are root ids."""
 
@@ -91,6 +100,8 @@ class ChannelGraph:
     origins: list[str] = field(default_factory=list)  # raw id -> "Conv 'c1'"
     parent: list[int] = field(default_factory=list)  # union-find over raw ids
     slices: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # (initializer, axis, keep) done
+    axes: list[WeightAxis] = field(default_factory=list)  # weight axes indexed by channels, members and consumers
+    boxes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # (flattened input, its dims): crops
     _root: np.ndarray | None = None
     _names: set[str] = field(default_factory=set)
 
@@ -133,6 +144,21 @@ class ChannelGraph:
             key = f"channels of {who} kept: {why}"
             out[key] = max(out.get(key, 0), n)
         return [k + (f" ({n} dead kept)" if n else "") for k, n in out.items()]
+
+    def boxed(self, dead: set[int]) -> set[int]:
+        """`dead` without the input features inside the box of each cropped input's live features."""
+        revive: set[int] = set()
+        for tensor, dims in self.boxes:
+            roots = self.roots(tensor)
+            live = ~np.isin(roots, np.array(sorted(dead), dtype=np.int64))
+            if live.any():
+                lo, hi = _box(live, dims)
+                inside = np.ones(dims, dtype=bool)
+                for a, (l, h) in enumerate(zip(lo, hi)):
+                    inside &= (np.arange(dims[a]) >= l).reshape([-1 if k == a else 1 for k in range(len(dims))])
+                    inside &= (np.arange(dims[a]) < h).reshape([-1 if k == a else 1 for k in range(len(dims))])
+                revive.update(roots[inside.reshape(-1)].tolist())
+        return dead - revive
 
     def groups(self) -> list[ChannelGroup]:
         """Connected components of classes, linked through the tensors that hold several of them."""
@@ -312,6 +338,11 @@ class _Builder:
     def edit(self, t, fn: Callable[[np.ndarray], None]) -> None:
         self.cg.edits.append(Edit(t.name, fn))
 
+    def slices(self, t, w: gs.Constant, axis: int, *more: Callable[[np.ndarray], None]) -> None:
+        """Axis `axis` of weight `w` follows the positions of `t` (plus other edits on the same keep mask)."""
+        self.cg.axes.append(WeightAxis(w.name, axis, t.name))
+        self.edit(t, lambda keep: [self.cg.slice(w, axis, keep), *(fn(keep) for fn in more)])
+
 
 # -- rules: weight layers -----------------------------------------------------------------------------------------
 def _gemm(b: _Builder, node: gs.Node) -> None:
@@ -327,11 +358,11 @@ def _gemm(b: _Builder, node: gs.Node) -> None:
     foldable = c is None or (beta != 0 and not bias_frozen)
     fold = (lambda v: alpha * (v @ wkn.astype(np.float64))) if foldable else None
     if b.read(node, a, -1, wkn, fold, b.frozen(w, node)):
-        b.edit(a, lambda keep: b.cg.slice(w, in_ax, keep))
+        b.slices(a, w, in_ax)
     sliced_bias = C is not None and C.ndim > 0 and C.shape[-1] == n > 1
     bias = beta * _per_channel(C, n) if C is not None else np.zeros(n)
     b.produce(node, w, wkn.T, -1, bias, b.frozen(w, node) or (bias_frozen if sliced_bias else None))
-    b.edit(node.outputs[0], lambda keep: (b.cg.slice(w, out_ax, keep), b.cg.slice_input(node, 2, -1, keep)))
+    b.slices(node.outputs[0], w, out_ax, lambda keep: b.cg.slice_input(node, 2, -1, keep))
 
 
 def _matmul_weight(w):
@@ -354,9 +385,9 @@ def _matmul(b: _Builder, node: gs.Node) -> None:
     wkn = W
     frozen = b.frozen(src, via or node)
     if b.read(node, a, -1, wkn, lambda v: v @ wkn.astype(np.float64), frozen):
-        b.edit(a, lambda keep: b.cg.slice(src, in_ax, keep))
+        b.slices(a, src, in_ax)
     b.produce(node, src, wkn.T, -1, np.zeros(wkn.shape[1]), frozen)
-    b.edit(node.outputs[0], lambda keep: b.cg.slice(src, out_ax, keep))
+    b.slices(node.outputs[0], src, out_ax)
 
 
 def _bias(b: _Builder, node: gs.Node, n: int) -> tuple[np.ndarray, str | None]:
@@ -386,9 +417,9 @@ def _conv_dense(b: _Builder, node: gs.Node, W: np.ndarray) -> None:
     taps = W.reshape(o, i, -1).sum(axis=2, dtype=np.float64)  # a constant input channel meets every tap
     fold = (lambda v: taps @ v) if _no_padding(node) and not bias_frozen else None
     if b.read(node, x, axis, W.swapaxes(0, 1).reshape(i, -1), fold, b.frozen(w, node)):
-        b.edit(x, lambda keep: b.cg.slice(w, 1, keep))
+        b.slices(x, w, 1)
     b.produce(node, w, W.reshape(o, -1), axis, bias, b.frozen(w, node) or bias_frozen)
-    b.edit(node.outputs[0], lambda keep: (b.cg.slice(w, 0, keep), b.cg.slice_input(node, 2, 0, keep)))
+    b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 
 def _depthwise(b: _Builder, node: gs.Node, W: np.ndarray, cx: Channels) -> None:
@@ -404,6 +435,7 @@ def _depthwise(b: _Builder, node: gs.Node, W: np.ndarray, cx: Channels) -> None:
     out = node.outputs[0]
     b.set(out, Channels(cx.axis, np.repeat(cx.ids, m), np.where(rows.any(axis=1), through, bias)))
     b.cg.layers.append(Layer(node.name, node.op, w.name, out.name, rows))
+    b.cg.axes.append(WeightAxis(w.name, 0, out.name))
 
     def edit(keep: np.ndarray) -> None:
         b.cg.slice(w, 0, keep)
@@ -420,10 +452,10 @@ def _conv_transpose(b: _Builder, node: gs.Node) -> None:
         return b.opaque(node, "is a grouped or non-constant ConvTranspose")
     i, o, axis = W.shape[0], W.shape[1], 1 - W.ndim
     if b.read(node, x, axis, W.reshape(i, -1), None, b.frozen(w, node)):  # borders see fewer taps: no folding
-        b.edit(x, lambda keep: b.cg.slice(w, 0, keep))
+        b.slices(x, w, 0)
     bias, bias_frozen = _bias(b, node, o)
     b.produce(node, w, W.swapaxes(0, 1).reshape(o, -1), axis, bias, b.frozen(w, node) or bias_frozen)
-    b.edit(node.outputs[0], lambda keep: (b.cg.slice(w, 1, keep), b.cg.slice_input(node, 2, 0, keep)))
+    b.slices(node.outputs[0], w, 1, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 
 # -- rules: element-wise ----------------------------------------------------------------------------------------
@@ -705,8 +737,13 @@ def _flat_view(b: _Builder, x) -> tuple:
     return t, math.prod(s[1:]), None
 
 
-def _seed_inputs(b: _Builder) -> None:
-    """Each feature of a flattened graph input becomes a class; removing it gathers the input (exact)."""
+def _seed_inputs(b: _Builder, crop: bool) -> None:
+    """Each feature of a flattened graph input becomes a class; removing it gathers or crops the input (exact).
+
+    With `crop`, the kept features are a box over the input's non-batch axes (`ChannelGraph.boxed` revives the
+    features inside the box of the live ones), cut by a Slice: onnxruntime's Gather on axis 1 copies one element
+    at a time and costs more than the Gemm it shrinks at batch 64, a Slice copies whole rows.
+    """
     for x in b.cg.graph.inputs:
         t, n, gather = _flat_view(b, x)
         if t is None or x.name in b.protected or b.ch(t) is not None:
@@ -716,8 +753,43 @@ def _seed_inputs(b: _Builder) -> None:
         b.cg.layers.append(Layer(x.name, "input", "", t.name, np.zeros((n, 0))))
         if gather is not None:
             b.edit(t, lambda keep, idx=gather.inputs[1]: b.cg.slice(idx, 0, keep))
+        elif crop:
+            dims = tuple(b.shape(x)[1:])
+            b.cg.boxes.append((t.name, dims))
+            b.edit(t, lambda keep, x=x, dims=dims: _insert_crop(b.cg, x, dims, keep))
         else:
             b.edit(t, lambda keep, t=t: _insert_gather(b.cg, t, keep))
+
+
+def _box(keep: np.ndarray, dims: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(first, end) per axis of the smallest box holding every kept position of a C-order flattened `dims`."""
+    where = np.unravel_index(np.flatnonzero(keep), dims)
+    return np.array([w.min() for w in where]), np.array([w.max() + 1 for w in where])
+
+
+def _insert_crop(cg: ChannelGraph, x: gs.Variable, dims: tuple[int, ...], keep: np.ndarray) -> None:
+    """Slice graph input `x` to the box `keep` describes; the Flatten/Reshape after it then yields the kept features."""
+    lo, hi = _box(keep, dims)
+    if int(np.prod(hi - lo)) != int(keep.sum()):
+        raise ValueError(f"the kept features of input '{x.name}' are not a box")
+    axes = [a for a in range(len(dims)) if lo[a] > 0 or hi[a] < dims[a]]
+    out = gs.Variable(cg.unique(f"{x.name}_cropped"), dtype=x.dtype)
+    users = list(x.outputs)
+    name = cg.unique(f"{x.name}_crop")
+    starts, ends = [int(lo[a]) for a in axes], [int(hi[a]) for a in axes]
+    if cg.graph.opset is not None and cg.graph.opset < 10:  # Slice-1: attributes
+        node = gs.Node("Slice", name, {"starts": starts, "ends": ends, "axes": [a + 1 for a in axes]}, [x], [out])
+    else:
+        consts = [gs.Constant(cg.unique(f"{name}_{k}"), np.array(v, dtype=np.int64))
+                  for k, v in (("starts", starts), ("ends", ends), ("axes", [a + 1 for a in axes]))]
+        node = gs.Node("Slice", name, {}, [x, *consts], [out])
+    cg.graph.nodes.append(node)
+    for u in users:
+        for k, i in enumerate(u.inputs):
+            if i is x:
+                u.inputs[k] = out
+        if u.op == "Reshape":  # an explicit feature count in the shape would be stale: [-1, kept]
+            u.inputs[1] = gs.Constant(cg.unique(f"{u.name}_shape"), np.array([-1, int(keep.sum())], dtype=np.int64))
 
 
 def _insert_gather(cg: ChannelGraph, t: gs.Variable, keep: np.ndarray) -> None:
@@ -792,12 +864,13 @@ def _subgraph_names(graph: gs.Graph) -> set[str]:
 
 
 def build_channel_groups(
-    graph: gs.Graph, shapes: Shapes, *, gather_inputs: bool = False, protected: frozenset[str] = frozenset()
+    graph: gs.Graph, shapes: Shapes, *, gather_inputs: bool = False, crop_inputs: bool = False,
+    protected: frozenset[str] = frozenset()
 ) -> ChannelGraph:
     """Walk `graph` (topologically sorted) and record every class, member, consumer and block."""
     b = _Builder(graph, shapes, frozenset(protected))
-    if gather_inputs:
-        _seed_inputs(b)
+    if gather_inputs or crop_inputs:
+        _seed_inputs(b, crop=crop_inputs)
     for node in graph.nodes:
         mapped = any(b.ch(t) is not None for t in node.inputs)
         if node.name and node.name in b.protected:

@@ -12,7 +12,8 @@ Which channels must go together (residual Add, Concat offsets, Flatten into a Ge
     after:  x ─ Gemm fc1 W1[298×784] ─ Relu ─ Gemm fc2 W2[100×298]      b2 += relu(b1[7])·W2[:, 7]
 
 Dropping channels can leave others dead (a row whose only non-zero inputs were dropped), so the pass repeats
-until nothing changes. With `gather_inputs`, input features no weight reads are dropped by a Gather.
+until nothing changes. Input features no weight reads are dropped by a Gather (`gather_inputs`) or, faster in
+onnxruntime, cut to their bounding box by a Slice on the input (`crop_inputs`).
 """
 
 from __future__ import annotations
@@ -60,19 +61,22 @@ class DeadNeuronReport:
 
 
 def remove_dead_neurons(
-    model: onnx.ModelProto, *, gather_inputs: bool = False, protected: set[str] | frozenset[str] = frozenset()
+    model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs: bool = False,
+    protected: set[str] | frozenset[str] = frozenset()
 ) -> tuple[onnx.ModelProto, DeadNeuronReport]:
     """Remove dead channels; the result computes the same outputs. Returns `model` itself when nothing goes."""
-    report, counts, current = DeadNeuronReport(), {}, model
-    for _ in range(MAX_ROUNDS):
-        graph = _lift_constant_nodes(gs.import_onnx(current)).toposort()
-        shapes = infer_shapes(current)
-        cg = build_channel_groups(graph, shapes, gather_inputs=gather_inputs, protected=frozenset(protected))
+    report, counts, current, crop_now = DeadNeuronReport(), {}, model, False
+    for _ in range(MAX_ROUNDS):  # crops come last: a cropped input is not cropped again
+        cg = analyse(current, gather_inputs=gather_inputs, crop_inputs=crop_now, protected=protected)
+        graph = cg.graph
         for lay in cg.layers:
             counts.setdefault((lay.node, lay.weight), [lay.op, len(lay.rows), len(lay.rows)])
         dead, by_weights = dead_classes(cg)
-        dead = _keep_one_per_tensor(cg, dead)
+        dead = cg.boxed(_keep_one_per_tensor(cg, dead))
         report.blocked = cg.notes(by_weights & cg.blocked())
+        if not dead and crop_inputs and not crop_now:
+            crop_now = True
+            continue
         if not dead:
             break
         report.folded += len(_folded(cg, dead))
@@ -85,6 +89,14 @@ def remove_dead_neurons(
     report.layers = [LayerChannels(n, op, w, b, a) for (n, w), (op, b, a) in counts.items()]
     log.info("dead neurons: removed %d channels in %d rounds", report.removed, report.rounds)
     return current, report
+
+
+def analyse(model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs: bool = False,
+            protected: set[str] | frozenset[str] = frozenset()) -> ChannelGraph:
+    """The channel groups of `model` (on a graph of its own, free to edit)."""
+    graph = _lift_constant_nodes(gs.import_onnx(model)).toposort()
+    return build_channel_groups(graph, infer_shapes(model), gather_inputs=gather_inputs, crop_inputs=crop_inputs,
+                                protected=frozenset(protected))
 
 
 def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
@@ -208,13 +220,16 @@ class RemoveDeadNeurons(Pass):
     Left alone: grouped (non-depthwise) convs, ops without a rule, constants read by padded convs or ConvTranspose.
     """
 
-    def __init__(self, gather_inputs: bool = False, protected: set[str] | frozenset[str] = frozenset()) -> None:
+    def __init__(self, gather_inputs: bool = False, protected: set[str] | frozenset[str] = frozenset(),
+                 crop_inputs: bool = False) -> None:
         self.gather_inputs = gather_inputs
+        self.crop_inputs = crop_inputs
         self.protected = frozenset(protected)
         self.report: DeadNeuronReport | None = None
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
-        out, self.report = remove_dead_neurons(model, gather_inputs=self.gather_inputs, protected=self.protected)
+        out, self.report = remove_dead_neurons(model, gather_inputs=self.gather_inputs, crop_inputs=self.crop_inputs,
+                                               protected=self.protected)
         for name, axis, keep in self.report.slices:
             if name in state.masks:
                 state.masks[name] = np.compress(keep, state.masks[name], axis=axis)

@@ -1,0 +1,146 @@
+"""Neuron masks: the weakest whole neurons masked in every weight that indexes them, then removed for real."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from passes.dead_neurons import remove_dead_neurons
+from passes.neuron_masks import neuron_map, neuron_masks, scores
+from passes.weights import find_prunable, weight_array
+from tests.oracle import zero_weights
+from tests.passes import _graphs as G
+
+
+def setup(model):
+    names = {w.name for w in find_prunable(model).prunable}
+    weights = {n: weight_array(model, n) for n in names}
+    return neuron_map(model, names), weights, {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}
+
+
+def shrink(model, masks):
+    """Zero the masked weights, remove dead neurons; the shrunk model must equal the masked one."""
+    masked = zero_weights(model, masks)
+    out, report = remove_dead_neurons(masked)
+    G.assert_same(masked, out)
+    return out, {l.node: (l.before, l.after) for l in report.layers}
+
+
+def test_mlp_masks_whole_rows_and_columns_and_the_shapes_shrink():
+    m = G.mlp((20, 12, 10, 4))
+    nmap, w, ones = setup(m)
+    masks, gone = neuron_masks(nmap, w, ones, 0.5)
+    rows = ~masks["fc1.weight"].any(axis=1)
+    assert rows.sum() == 6 and not masks["fc2.weight"][:, rows].any()  # fc1's 6 weakest, in and out
+    assert masks["fc2.weight"][:, ~rows].sum() == 10 * 6 - 5 * 6  # fc2 lost 5 rows of the 6 live columns
+    assert masks["fc3.weight"].sum() == 4 * 5  # fc3 outputs are graph outputs: never masked
+    out, counts = shrink(m, masks)
+    assert counts == {"fc1": (12, 6), "fc2": (10, 5), "fc3": (4, 4)}
+    assert G.shapes(out)["fc2.weight"] == (5, 6)
+
+
+def test_weakest_by_in_norm_times_out_norm():
+    m = G.mlp((6, 4, 3))
+    w1 = np.ones((4, 6), np.float32)
+    w2 = np.ones((3, 4), np.float32)
+    w1[0] *= 10.0
+    w2[:, 0] *= 0.01  # neuron 0: big in, tiny out → product 0.1·(ones norm²) — the weakest
+    w1[1] *= 0.5  # neuron 1: 0.5 → second weakest
+    G.set_init(m, "fc1.weight", w1)
+    G.set_init(m, "fc2.weight", w2)
+    nmap, w, ones = setup(m)
+    s = scores(nmap, w)
+    fc1 = sorted(r for r in s if nmap.origins[r] == "Gemm 'fc1'")  # class ids follow the neuron order
+    assert s[fc1[0]] == pytest.approx(0.1 * np.sqrt(6 * 3)) and s[fc1[1]] == pytest.approx(0.5 * np.sqrt(6 * 3))
+    masks, _ = neuron_masks(nmap, w, ones, 0.25)
+    assert not masks["fc1.weight"][0].any() and masks["fc1.weight"][1:].all()
+    masks, _ = neuron_masks(nmap, w, ones, 0.5)
+    assert not masks["fc1.weight"][:2].any() and masks["fc1.weight"][2:].all()
+
+
+@given(scale=st.floats(0.05, 20.0), seed=st.integers(0, 50))
+@settings(max_examples=25, deadline=None)
+def test_ranking_ignores_relu_rescaling(scale, seed):
+    """relu(a·x)·(W/a) == relu(x)·W: moving magnitude from one side of a neuron to the other changes nothing."""
+    m = G.mlp((8, 6, 3), seed=seed)
+    nmap, w, ones = setup(m)
+    before, _ = neuron_masks(nmap, w, ones, 0.5)
+    k = seed % 6
+    w2 = {n: a.copy() for n, a in w.items()}
+    w2["fc1.weight"][k] *= scale
+    w2["fc2.weight"][:, k] /= scale
+    after, _ = neuron_masks(nmap, w2, ones, 0.5)
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def test_masks_only_shrink_and_dead_neurons_count_toward_the_fraction():
+    m = G.mlp((10, 8, 3))
+    nmap, w, ones = setup(m)
+    start = {n: o.copy() for n, o in ones.items()}
+    start["fc1.weight"][[2, 5]] = False  # two neurons already dead (no inputs)
+    masks, gone = neuron_masks(nmap, w, start, 0.25)
+    assert not masks["fc1.weight"][[2, 5]].any() and masks["fc1.weight"].any(axis=1).sum() == 6  # no extra
+    assert all((masks[n] <= start[n]).all() for n in masks)
+
+
+def test_residual_class_is_masked_in_every_producer_and_consumer():
+    m = G.residual()
+    nmap, w, ones = setup(m)
+    masks, gone = neuron_masks(nmap, w, ones, 0.5)
+    stem = ~masks["stem.weight"].reshape(8, -1).any(axis=1)
+    assert stem.sum() == 4
+    assert not masks["b.weight"].reshape(8, -1)[stem].any()  # the Add's other producer: same channels
+    assert not masks["a.weight"][:, stem].any() and not masks["head.weight"][:, stem].any()  # every reader
+    out, counts = shrink(m, masks)
+    assert counts["stem"] == (8, 4) and counts["b"] == (8, 4)
+
+
+def test_concat_branches_keep_a_channel_and_split_outputs_too():
+    m = G.concat_split()
+    nmap, w, ones = setup(m)
+    masks, gone = neuron_masks(nmap, w, ones, 0.9)
+    for name in ("p.weight", "q.weight"):
+        assert masks[name].reshape(masks[name].shape[0], -1).any(axis=1).sum() >= 1
+    out, counts = shrink(m, masks)
+    assert counts["p"][1] >= 1 and counts["q"][1] >= 1 and counts["r"][1] >= 2
+
+
+def test_depthwise_filters_go_with_their_channel():
+    m = G.depthwise_separable(pad=1)
+    nmap, w, ones = setup(m)
+    masks, gone = neuron_masks(nmap, w, ones, 0.5)
+    dead = ~masks["pw0.weight"].reshape(8, -1).any(axis=1)
+    assert dead.sum() == 4 and not masks["dw.weight"].reshape(8, -1)[dead].any()
+    out, counts = shrink(m, masks)
+    assert counts["pw0"] == (8, 4) and G.shapes(out)["dw.weight"] == (4, 1, 3, 3)
+
+
+def test_weights_that_cannot_be_masked_keep_their_neurons():
+    m = G.mlp((10, 8, 6, 3))
+    names = {w.name for w in find_prunable(m).prunable} - {"fc2.weight"}  # e.g. --exclude fc2
+    nmap = neuron_map(m, names)
+    w = {n: weight_array(m, n) for n in names}
+    masks, gone = neuron_masks(nmap, w, {n: np.ones(a.shape, bool) for n, a in w.items()}, 0.5)
+    assert masks["fc1.weight"].all() and masks["fc3.weight"].all()  # fc1's and fc2's neurons touch fc2
+    assert gone == set()
+
+
+def test_a_graph_output_blocks_masking_its_neurons():
+    m = G.middle_output()  # fc1's activation is also a graph output
+    nmap, w, ones = setup(m)
+    masks, gone = neuron_masks(nmap, w, ones, 0.5)
+    assert masks["fc1.weight"].all() and masks["fc2.weight"].any(axis=1).sum() == 3
+    out, counts = shrink(m, masks)
+    assert counts["fc1"] == (8, 8) and counts["fc2"] == (6, 3)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.99])
+def test_fraction_bounds(fraction):
+    m = G.mlp((10, 8, 3))
+    nmap, w, ones = setup(m)
+    masks, gone = neuron_masks(nmap, w, ones, fraction)
+    live = masks["fc1.weight"].any(axis=1).sum()
+    assert live == max(1, 8 - int(np.floor(fraction * 8 + 1e-9)))
+    assert nmap.kept(gone)["Gemm 'fc1'"] == (live, 8)
