@@ -264,6 +264,16 @@ def middle_output(seed: int = 0) -> onnx.ModelProto:
 
 
 # -- editing and checking ---------------------------------------------------------------------------------------
+def reshape_instead_of_flatten(model: onnx.ModelProto, shape) -> onnx.ModelProto:
+    """The Flatten node becomes a Reshape to `shape` (in place); returns the model."""
+    node = next(n for n in model.graph.node if n.op_type == "Flatten")
+    node.op_type = "Reshape"
+    del node.attribute[:]
+    node.input.append("flat.shape")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), "flat.shape"))
+    return model
+
+
 def init(model: onnx.ModelProto, name: str) -> np.ndarray:
     return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
 

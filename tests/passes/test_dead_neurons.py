@@ -332,6 +332,47 @@ def test_gather_inputs_follows_later_rounds():
     assert shp["fc1.weight"] == (5, 9) and G.op_counts(out)["Gather"] == 1
 
 
+# -- cropped inputs -------------------------------------------------------------------------------------------------
+def _border(width: int, size: int = 28) -> list[int]:
+    return [r * size + c for r in range(size) for c in range(size) if min(r, c, size - 1 - r, size - 1 - c) < width]
+
+
+@pytest.mark.parametrize("flatten", ["Flatten", "Reshape"])
+def test_crop_inputs_slices_the_image_to_the_box_of_read_pixels(flatten):
+    m = G.mlp((784, 30, 10), input_shape=["N", 1, 28, 28])
+    if flatten == "Reshape":  # an explicit feature count that must follow the crop
+        m = G.reshape_instead_of_flatten(m, [-1, 784])
+    inner = [r * 28 + c for r in range(28) for c in range(28) if 3 <= r < 25 and 2 <= c < 26]
+    G.zero(m, "fc1.weight", 1, sorted(set(range(784)) - set(inner)))
+    G.zero(m, "fc1.weight", 1, [5 * 28 + 5, 10 * 28 + 12])  # unread pixels inside the box stay (zero columns)
+    out, report, shp = prune(m, crop_inputs=True)
+    assert shp["fc1.weight"] == (30, 22 * 24) and channels(report)["x"] == (784, 22 * 24)
+    assert G.op_counts(out).get("Gather", 0) == 0 and G.op_counts(out)["Slice"] == 1
+    out2, report2 = remove_dead_neurons(out, crop_inputs=True)
+    assert out2 is out and report2.removed == 0
+
+
+def test_crop_inputs_on_a_flat_input_and_after_neurons_died():
+    m = G.mlp((12, 6, 3))
+    G.zero(m, "fc1.weight", 1, [0, 1, 11])
+    w1 = G.init(m, "fc1.weight").copy()
+    w1[:, 10] = 0
+    w1[4, 10] = 1.0  # input 10 is read only by fc1 neuron 4 …
+    G.set_init(m, "fc1.weight", w1)
+    G.zero(m, "fc2.weight", 1, [4])  # … which nobody reads: the crop sees it unread
+    out, report, shp = prune(m, crop_inputs=True)
+    assert shp["fc1.weight"] == (5, 8) and G.op_counts(out)["Slice"] == 1
+
+
+def test_crop_inputs_at_opset_9_uses_slice_attributes():
+    m = G.mlp((784, 20, 10), input_shape=["N", 1, 28, 28])
+    m.opset_import[0].version = 9
+    G.zero(m, "fc1.weight", 1, _border(3))
+    out, report, shp = prune(m, crop_inputs=True)
+    (sl,) = [n for n in out.graph.node if n.op_type == "Slice"]
+    assert {a.name for a in sl.attribute} == {"starts", "ends", "axes"} and shp["fc1.weight"] == (20, 22 * 22)
+
+
 # -- properties -----------------------------------------------------------------------------------------------------
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
