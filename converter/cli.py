@@ -131,18 +131,18 @@ def inspect(model: Path, as_json: bool):
 # ---------------------------------------------------------------- prune
 
 
-def _parse_layers(values: tuple[str, ...]) -> dict[str, float]:
+def _parse_layers(values: tuple[str, ...], flag: str = "--layer") -> dict[str, float]:
     layers = {}
     for item in values:
         name, sep, value = item.rpartition("=")
         if not sep or not name:
-            raise ConfigError(f"--layer '{item}' is not NAME=SPARSITY; e.g. --layer fc1=0.9.")
+            raise ConfigError(f"{flag} '{item}' is not NAME=SPARSITY; e.g. {flag} fc1=0.9.")
         try:
             layers[name] = float(value)
         except ValueError:
-            raise ConfigError(f"--layer '{item}': '{value}' is not a number; e.g. --layer fc1=0.9.") from None
+            raise ConfigError(f"{flag} '{item}': '{value}' is not a number; e.g. {flag} fc1=0.9.") from None
         if not 0.0 <= layers[name] < 1.0:
-            raise ConfigError(f"--layer '{item}': sparsity must be in [0, 1).")
+            raise ConfigError(f"{flag} '{item}': sparsity must be in [0, 1).")
     return layers
 
 
@@ -207,8 +207,15 @@ def _parse_levels(text: str | None):
     show_default=True,
     help="How pruned weights are stored (see README).",
 )
+@click.option("--neuron-sparsity", type=float, default=0.0, show_default=True,
+              help="Share of each layer's neurons/channels to remove whole while retraining (smaller, faster model).")
+@click.option("--neuron-layer", "neuron_layers", multiple=True, metavar="NAME=S",
+              help="Neuron sparsity for one layer (node or weight name, glob); overrides --neuron-sparsity.")
 @click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass).")
-@click.option("--gather-inputs", is_flag=True, help="Drop input features no weight reads, with a Gather on the input.")
+@click.option("--crop-inputs", is_flag=True,
+              help="Crop the input to the box of features some weight reads (a Slice; fast in onnxruntime).")
+@click.option("--gather-inputs", is_flag=True,
+              help="Drop every input feature no weight reads, with a Gather (exact set; slower than --crop-inputs).")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path),
               help="Retraining checkpoints, one per round (default: OUTPUT.ckpt; removed after success).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted retraining run from its last checkpoint.")
@@ -222,7 +229,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
           batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
-          device, sparse_format, no_neurons, gather_inputs, checkpoint_dir, resume, recipe, allow_other_model,
+          device, sparse_format, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs, checkpoint_dir, resume, recipe, allow_other_model,
           report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
@@ -255,7 +262,9 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
             temperature=temperature,
             alternate=alternate, reg=reg, reg_strength=reg_strength,
-            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, seed=seed,
+            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, crop_inputs=crop_inputs,
+            seed=seed,
+            neuron_sparsity=neuron_sparsity, neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
         )
     modelio.check_output_path(output, protect=(model,))
     if report_dir is not None:

@@ -33,6 +33,7 @@ Progress = Callable[..., None]  # (task, done, total, info="")
 
 # Not part of a recipe (or of a checkpoint's fingerprint): what is supplied per run.
 DATA_FIELDS = ("data", "eval_data", "checkpoint_dir", "resume")
+NEURON_RAMP = 3  # budgeted rounds over which --neuron-sparsity reaches its value
 
 
 @dataclass
@@ -71,7 +72,10 @@ class PruneOptions:
     device: str = "auto"
     # output
     neurons: bool = True
+    neuron_sparsity: float = 0.0  # share of each layer's neurons to remove whole while retraining (structured)
+    neuron_layers: dict[str, float] = field(default_factory=dict)  # per-layer overrides of neuron_sparsity
     gather_inputs: bool = False
+    crop_inputs: bool = False
     sparse_format: str = "constant"
     seed: int = 0
     verify_batches: int = 4
@@ -105,8 +109,25 @@ class PruneOptions:
             raise ConfigError(f"--lr {self.lr} must be > 0.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be >= 1.")
+        if self.neuron_sparsity or self.neuron_layers:
+            self._validate_neuron_sparsity()
+        if self.gather_inputs and self.crop_inputs:
+            raise ConfigError("--gather-inputs and --crop-inputs both drop unread input features; pick one "
+                              "(--crop-inputs is faster in onnxruntime).")
         if self.train_batch_size < 1:
             raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
+
+    def _validate_neuron_sparsity(self) -> None:
+        for value in [self.neuron_sparsity, *self.neuron_layers.values()]:
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"--neuron-sparsity {value} must be in [0, 1); e.g. 0.5 removes half of each "
+                                  "layer's neurons.")
+        if self.iterations < 1:
+            raise ConfigError("--neuron-sparsity removes whole neurons while retraining; add --iterations N "
+                              "(and --data).")
+        if not self.neurons:
+            raise ConfigError("--neuron-sparsity needs the dead-neuron pass to remove what it masks; drop "
+                              "--no-neurons.")
 
     def recipe(self) -> dict:
         """The choices, without the data (which is given per run)."""
@@ -409,8 +430,8 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
     model, masks, history = iterative_prune(
         original, inventory, targets, reader, iterations=options.iterations, epochs=options.epochs, lr=options.lr,
         schedule=options.schedule, final_epochs=options.final_epochs, final_lr=options.final_lr,
-        alternate=options.alternate, batch_size=options.train_batch_size,
-        eval_fn=eval_fn, progress=on_batch, checkpoint=checkpoint, resume=resume, **_trainer_options(options))
+        alternate=options.alternate, batch_size=options.train_batch_size, neuron_sparsity=options.neuron_sparsity,
+        neuron_layers=options.neuron_layers, eval_fn=eval_fn, progress=on_batch, checkpoint=checkpoint, resume=resume, **_trainer_options(options))
     state.masks.update(masks)
     return model, history
 
@@ -425,11 +446,13 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
                            checkpoint=None, resume=None):
     """Raise the sensitivity-shaped targets round by round; keep the sparsest retrained model within budget.
 
+    With --neuron-sparsity the share of neurons masked whole ramps up over the first NEURON_RAMP rounds.
+
     Round r prunes toward the allocation scaled so that density shrinks geometrically past the one-shot
     allocation, retrains, and measures the loss on the calibration data: the first round over budget ends it.
     """
     from converter.finetune import MaskedTrainer
-    from converter.schedule import magnitude_masks
+    from converter.schedule import magnitude_masks, neuron_schedule, neurons_step
 
     dense_score = evaluator.dense
     base = {n: t.sparsity for n, t in targets.items()}
@@ -445,10 +468,12 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
         trainer.restore_state(resume["trainer"])
     batch = options.train_batch_size
     rounds = options.iterations
+    nmap, plan = neuron_schedule(original, set(base), options.neuron_sparsity, options.neuron_layers, 1)
     for r in range(done + 1, rounds + 1):
         t0 = time.perf_counter()
         goal = {n: 1.0 - (1.0 - s) * (0.6 ** (r - 1)) for n, s in base.items()}  # density x0.6 per round
-        trainer.set_masks(magnitude_masks(trainer.weights(), goal, trainer.masks))
+        step_masks, neurons = neurons_step(trainer, nmap, [f * min(1.0, r / NEURON_RAMP) for f in plan[-1]])
+        trainer.set_masks(magnitude_masks(trainer.weights(), goal, step_masks))
         stats = trainer.train(options.epochs, options.lr, reg=options.reg, reg_strength=options.reg_strength,
                               batch_size=batch,
                               progress=lambda e, b, n, loss, sp: on_batch(r, rounds, e, b, n, loss, sp))
@@ -461,7 +486,7 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
         history.append({"round": r, "phase": "prune", "targets": goal, "overall_density": density,
                         "density": {n: float(m.mean()) for n, m in trainer.masks.items()},
                         "train_loss": stats.loss, "metric": score, "loss_pp": loss_pp, "fits": fits,
-                        "seconds": round(time.perf_counter() - t0, 3)})
+                        "seconds": round(time.perf_counter() - t0, 3), **({"neurons": neurons} if neurons else {})})
         log.info("round %d: density %.4f, loss %.3f pp (budget %.3f)", r, density, loss_pp, options.max_loss)
         if not fits:
             break
@@ -484,7 +509,7 @@ def _shrink(model: onnx.ModelProto, options: PruneOptions, state: PruneState):
         return model, None
     from passes.dead_neurons import remove_dead_neurons
 
-    shrunk, report = remove_dead_neurons(model, gather_inputs=options.gather_inputs)
+    shrunk, report = remove_dead_neurons(model, gather_inputs=options.gather_inputs, crop_inputs=options.crop_inputs)
     state.notes.extend(report.blocked[:10])
     layers = {
         lay.weight or lay.node: {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}

@@ -26,6 +26,7 @@ import onnx
 from converter.errors import ConfigError
 from converter.finetune import MaskedTrainer
 from passes.magnitude import Target, quality_mask
+from passes.neuron_masks import NeuronMap, neuron_map, neuron_masks
 from passes.weights import Inventory, weight_array
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,14 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
                     initial_masks: dict[str, np.ndarray] | None = None,
                     eval_fn: Callable[[onnx.ModelProto], float] | None = None,
                     progress: RoundProgress | None = None, checkpoint=None, resume: dict | None = None,
-                    **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
+                    neuron_sparsity: float = 0.0, neuron_layers: dict[str, float] | None = None, **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
     """Prune `model` to `final_sparsities` ({weight: sparsity or Target}) over `iterations` prune→retrain rounds.
 
     Returns (model with the retrained weights written back and masks applied, masks, history: one dict per
-    round). `options` go to the trainer (loss, teacher, temperature, label_smoothing, distill_weight,
-    dropout_scale, device, seed, module) and to each training run (momentum, reg, reg_strength, batch_size,
-    lr_min). Distillation without a teacher distills from `model` as given (the dense model).
+    round). `neuron_sparsity` also masks that share of every channel group's neurons whole (`neuron_layers`:
+    {layer glob: share} overrides; on the same schedule, before the magnitude step; see passes.neuron_masks). `options` go to the trainer (loss, teacher, temperature,
+    label_smoothing, distill_weight, dropout_scale, device, seed, module) and to each training run (momentum, reg,
+    reg_strength, batch_size, lr_min). Distillation without a teacher distills from `model` as given (the dense model).
     `checkpoint(step, trainer, history)` is called after every round; `resume` ({round, model, masks, history,
     trainer} from converter.checkpoint) continues an interrupted run and ends where the uninterrupted one would.
     """
@@ -138,6 +140,7 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
             masks[n] = masks[n] & np.asarray(m, dtype=bool)
     start = {n: 1.0 - float(m.mean()) for n, m in masks.items()}
     plan = schedule_sparsities(final, start, iterations, schedule)
+    nmap, neuron_plan = neuron_schedule(model, set(final), neuron_sparsity, neuron_layers, iterations, schedule)
     trainer_options = {k: v for k, v in options.items() if k in TRAINER_OPTIONS}
     history: list[dict] = []
     done = 0  # steps already taken: prune rounds 1..N, then the final fine-tune as step N+1
@@ -153,9 +156,10 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
         if r <= done:
             continue
         t0 = time.perf_counter()
-        trainer.set_masks(magnitude_masks(trainer.weights(), targets, trainer.masks))
+        masks, neurons = neurons_step(trainer, nmap, neuron_plan[r - 1])
+        trainer.set_masks(magnitude_masks(trainer.weights(), targets, masks))
         loss = _retrain(trainer, kinds, epochs, lr, lr_schedule, alternate, train_opts, _bind(progress, r, rounds))
-        history.append(_record(trainer, r, "prune", targets, loss, epochs, lr, eval_fn, t0).as_dict())
+        history.append(_record(trainer, r, "prune", targets, loss, epochs, lr, eval_fn, t0, neurons).as_dict())
         if checkpoint is not None:
             checkpoint(r, trainer, history)
     if final_epochs > 0 and done < iterations + 1:
@@ -167,6 +171,29 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
         if checkpoint is not None:
             checkpoint(iterations + 1, trainer, history)
     return trainer.export(), dict(trainer.masks), history
+
+
+def neuron_schedule(model: onnx.ModelProto, maskable: set[str], fraction: float, layers: dict[str, float] | None,
+                    iterations: int, schedule: str = "cubic") -> tuple[NeuronMap | None, list[list[float]]]:
+    """(neuron map, per round the share of each group's neurons to mask whole), rising from 0 to the final share
+    on the weights' schedule; (None, zeros) when no neuron is to go."""
+    for value in [fraction, *(layers or {}).values()]:
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"neuron sparsity {value} must be in [0, 1); e.g. 0.5 removes half of a layer's neurons.")
+    if fraction <= 0 and not any(v > 0 for v in (layers or {}).values()):
+        return None, [[] for _ in range(iterations)]
+    nmap = neuron_map(model, maskable)
+    final = nmap.fractions(fraction, layers)
+    plan = [[SCHEDULES[schedule](0.0, f, r, iterations) for f in final] for r in range(1, iterations)]
+    return nmap, plan + [final]
+
+
+def neurons_step(trainer: MaskedTrainer, nmap: NeuronMap | None, fractions):
+    """The trainer's masks with the weakest neurons masked whole; (masks, neurons left per layer)."""
+    if nmap is None:
+        return trainer.masks, None
+    masks, gone = neuron_masks(nmap, trainer.weights(), trainer.masks, fractions)
+    return masks, {layer: kept for layer, (kept, _) in nmap.kept(gone).items()}
 
 
 def kinds_shape(inventory: Inventory, name: str) -> tuple[int, ...]:
@@ -211,12 +238,13 @@ def _bind(progress: RoundProgress | None, r: int, rounds: int):
 
 
 def _record(trainer: MaskedTrainer, r: int, phase: str, targets: dict[str, float], loss: float, epochs: float,
-            lr: float, eval_fn, t0: float) -> Round:
+            lr: float, eval_fn, t0: float, neurons: dict | None = None) -> Round:
     density = {n: float(m.mean()) for n, m in trainer.masks.items()}
     total = sum(m.size for m in trainer.masks.values())
     overall = sum(int(m.sum()) for m in trainer.masks.values()) / total if total else 1.0
     metric = float(eval_fn(trainer.export())) if eval_fn is not None else None
-    rec = Round(r, phase, dict(targets), density, overall, loss, metric, epochs, lr, time.perf_counter() - t0)
+    rec = Round(r, phase, dict(targets), density, overall, loss, metric, epochs, lr, time.perf_counter() - t0,
+                {"neurons": neurons} if neurons else {})
     log.info("round %d (%s): density %.4f, train loss %.4f%s", r, phase, overall, loss,
              "" if metric is None else f", metric {metric:.4f}")
     return rec

@@ -1,0 +1,104 @@
+"""--neuron-sparsity / --neuron-layer / --crop-inputs through the pipeline and the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from calibration.runtime import make_session
+from converter.cli import cli
+from converter.pipeline import PruneOptions, run
+from models import builders
+from tests.oracle import assert_same_outputs
+
+
+@pytest.fixture(scope="module")
+def teacher_data():
+    """A classifier whose 'labels' are its own predictions; the image border is blank, as in MNIST."""
+    model = builders.lenet300_like(hidden=(64, 32), seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 1, 28, 28), dtype=np.float32)
+    x[:, :, :3, :] = x[:, :, -3:, :] = 0.0
+    logits = make_session(model).run(None, {"input": x})[0]
+    return model, {"input": x, "labels": logits.argmax(1).astype(np.int64)}
+
+
+def hidden(report) -> dict[str, tuple[int, int]]:
+    return {k: (v["before"], v["after"]) for k, v in report["neurons"]["layers"].items()}
+
+
+def test_neuron_sparsity_removes_that_share_of_every_layer_and_stays_exact(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(sparsity=0.8, neuron_sparsity=0.5, iterations=2, epochs=1, lr=0.01,
+                                     data=data, seed=0))
+    assert hidden(result.report)["fc1.weight"] == (64, 32) and hidden(result.report)["fc2.weight"] == (32, 16)
+    assert [h["neurons"] for h in result.history][-1] == {"Gemm '/fc1/Gemm'": 32, "Gemm '/fc2/Gemm'": 16,
+                                                          "Gemm '/fc3/Gemm'": 10}
+    assert result.history[0]["neurons"]["Gemm '/fc1/Gemm'"] > 32  # ramped on the schedule
+    shapes = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+    shapes.update({n.output[0]: tuple(a.t.dims) for n in result.model.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    assert result.report["params_after_shrink"] < 784 * 32 + 32 * 16 + 16 * 10 + 1
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": data["input"][:16]}])
+    onnx.checker.check_model(result.model)
+
+
+def test_neuron_layer_overrides_the_share_for_matching_layers(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(sparsity=0.5, neuron_sparsity=0.5, neuron_layers={"fc2*": 0.25},
+                                     iterations=1, epochs=1, lr=0.01, data=data, seed=0))
+    assert hidden(result.report)["fc1.weight"] == (64, 32) and hidden(result.report)["fc2.weight"] == (32, 24)
+
+
+def test_budgeted_rounds_ramp_the_neuron_share(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(max_loss=100.0, neuron_sparsity=0.5, iterations=3, epochs=1, lr=0.01,
+                                     data=data, levels=(0.3, 0.5), seed=0))
+    fc1 = [h["neurons"]["Gemm '/fc1/Gemm'"] for h in result.history]
+    assert fc1 == [64 - int(64 * 0.5 / 3 + 1e-9), 64 - int(64 * 0.5 * 2 / 3 + 1e-9), 32]
+    assert hidden(result.report)["fc1.weight"] == (64, 32)
+
+
+def test_crop_inputs_cuts_the_blank_border_and_keeps_the_outputs(teacher_data):
+    model, data = teacher_data
+    model = _without_border_weights(model, rows=3)  # as after training on blank borders with weight decay
+    result = run(model, PruneOptions(sparsity=0.9, neuron_sparsity=0.5, iterations=1, epochs=1, lr=0.01,
+                                     data=data, crop_inputs=True, reg_strength=0.0, seed=0))
+    ops = [n.op_type for n in result.model.graph.node]
+    assert "Slice" in ops and "Gather" not in ops
+    assert result.report["neurons"]["layers"]["input"]["after"] == 22 * 28
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": data["input"][:16]}])
+    assert [i.name for i in result.model.graph.input] == ["input"]
+
+
+def _without_border_weights(model: onnx.ModelProto, rows: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name == "fc1.weight":
+            w = onnx.numpy_helper.to_array(t).copy().reshape(-1, 28, 28)
+            w[:, :rows, :] = w[:, -rows:, :] = 0.0
+            t.CopyFrom(onnx.numpy_helper.from_array(w.reshape(-1, 784), t.name))
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "0.5", "--neuron-sparsity", "0.5"], "add --iterations"),
+    (["--sparsity", "0.5", "--neuron-sparsity", "1.5", "--iterations", "1", "--data", "D"], "must be in [0, 1)"),
+    (["--sparsity", "0.5", "--neuron-layer", "fc1", "--iterations", "1", "--data", "D"], "is not NAME=SPARSITY"),
+    (["--sparsity", "0.5", "--neuron-sparsity", "0.5", "--iterations", "1", "--data", "D", "--no-neurons"],
+     "drop --no-neurons"),
+    (["--sparsity", "0.5", "--crop-inputs", "--gather-inputs"], "pick one"),
+])
+def test_bad_neuron_options_are_one_line_usage_errors(tmp_path, teacher_data, args, message):
+    model, data = teacher_data
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    np.savez(tmp_path / "d.npz", **data)
+    args = [str(tmp_path / "d.npz") if a == "D" else a for a in args]
+    res = CliRunner().invoke(cli, ["prune", str(src), "-o", str(tmp_path / "out.onnx"), *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out.onnx").exists()
