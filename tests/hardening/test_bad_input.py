@@ -257,6 +257,12 @@ BAD_OPTIONS = [
     (["--sparsity", "0.5", "--batch-size", "0"], "--batch-size 0 must be >= 1"),
     (["--sparsity", "0.5", "--sparse-format", "zip"], "'zip' is not one of"),
     (["--sparsity", "0.5", "--data", "random", "--limit", "0"], "limit 0 must be >= 1"),
+    (["--sparsity", "0.5", "--neuron-sparsity", "0.5"], "removes whole neurons while retraining; add --iterations"),
+    (["--sparsity", "0.5", "--neuron-sparsity", "1.5", "--iterations", "1", "--data", "random"], "must be in [0, 1)"),
+    (["--sparsity", "0.5", "--neuron-layer", "fc1"], "--neuron-layer 'fc1' is not NAME=SPARSITY"),
+    (["--sparsity", "0.5", "--neuron-sparsity", "0.5", "--iterations", "1", "--data", "random", "--no-neurons"],
+     "drop --no-neurons"),
+    (["--sparsity", "0.5", "--crop-inputs", "--gather-inputs"], "pick one"),
 ]
 
 
