@@ -32,10 +32,10 @@ def _options(data, folder, **kw):
     return PruneOptions(**base)
 
 
-@pytest.mark.parametrize("budget", [None, 100.0])
-def test_resume_after_an_interruption_gives_the_same_bytes(setup, tmp_path, monkeypatch, budget):
+@pytest.mark.parametrize("budget, neurons", [(None, 0.0), (100.0, 0.0), (None, 0.5), (100.0, 0.5)])
+def test_resume_after_an_interruption_gives_the_same_bytes(setup, tmp_path, monkeypatch, budget, neurons):
     model, data = setup
-    whole = run(model, _options(data, tmp_path / "a", max_loss=budget))
+    whole = run(model, _options(data, tmp_path / "a", max_loss=budget, neuron_sparsity=neurons))
 
     saved = Checkpoints.save
     calls = {"n": 0}
@@ -48,12 +48,14 @@ def test_resume_after_an_interruption_gives_the_same_bytes(setup, tmp_path, monk
 
     monkeypatch.setattr(Checkpoints, "save", save_then_die)
     with pytest.raises(Stop):
-        run(model, _options(data, tmp_path / "b", max_loss=budget))
+        run(model, _options(data, tmp_path / "b", max_loss=budget, neuron_sparsity=neurons))
     monkeypatch.setattr(Checkpoints, "save", saved)
     assert (tmp_path / "b" / "state.json").exists()
-    resumed = run(model, _options(data, tmp_path / "b", max_loss=budget, resume=True))
+    resumed = run(model, _options(data, tmp_path / "b", max_loss=budget, neuron_sparsity=neurons, resume=True))
     assert resumed.model.SerializeToString() == whole.model.SerializeToString()
     assert [h["round"] for h in resumed.history] == [h["round"] for h in whole.history]
+    if neurons:
+        assert whole.report["neurons"]["layers"]["fc1.weight"]["after"] <= 16
 
 
 def test_a_checkpoint_of_another_run_is_refused(setup, tmp_path):
