@@ -449,8 +449,9 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
 def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
     """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about a minute on a laptop CPU).
 
-    Sensitivity scan -> budgeted prune -> retrain (iterated) -> dead-neuron removal -> sparse write -> verify,
-    then a report (report.html) you can open offline.
+    Sensitivity scan -> budgeted prune -> retrain (iterated, half of each layer's neurons masked whole on the
+    way) -> dead-neuron removal and input crop -> sparse write -> verify, then a report (report.html) you can
+    open offline.
     """
     from converter.pipeline import PruneOptions
     from models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
@@ -460,7 +461,8 @@ def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
     out_dir.mkdir(parents=True, exist_ok=True)
     options = PruneOptions(max_loss=max_loss, data=str(MNIST_TRAIN_SLICE), eval_data=str(MNIST_SLICE),
                            labels="labels", iterations=iterations, epochs=2.0, lr=0.02, loss="ce+distill",
-                           levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), seed=0)
+                           levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), seed=0, neuron_sparsity=0.5,
+                           crop_inputs=True)
     output = out_dir / "lenet300-pruned.onnx"
     result = execute(LENET300_ONNX, output, options, report_dir=out_dir, quiet=quiet, force=True,
                      command=["onnxprune", "demo", "-o", str(out_dir)])

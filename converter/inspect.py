@@ -85,6 +85,11 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     if neurons and neurons["removed"]:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
         console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink accordingly")
+    latency = (report.get("latency") or {}).get("batches") or []
+    if latency:
+        runs = ", ".join(f"batch {b['batch']} {1e3 * b['a']['median_ms']:.1f} -> {1e3 * b['b']['median_ms']:.1f} us "
+                         f"({b['speedup']:.2f}x)" for b in latency if b.get("speedup"))
+        console.print(f"onnxruntime CPU latency vs the input model (median, interleaved): {runs}")
     p = report["parity"]
     console.print(
         f"verified in onnxruntime on {p['batches']} {'batches of your data' if p['inputs'] == 'data' else 'random inputs'}:"

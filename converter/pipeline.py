@@ -446,7 +446,8 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
                            checkpoint=None, resume=None):
     """Raise the sensitivity-shaped targets round by round; keep the sparsest retrained model within budget.
 
-    With --neuron-sparsity the share of neurons masked whole ramps up over the first NEURON_RAMP rounds.
+    With --neuron-sparsity the share of neurons masked whole ramps up over the first NEURON_RAMP rounds (or all
+    of them, when there are fewer).
 
     Round r prunes toward the allocation scaled so that density shrinks geometrically past the one-shot
     allocation, retrains, and measures the loss on the calibration data: the first round over budget ends it.
@@ -469,10 +470,11 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
     batch = options.train_batch_size
     rounds = options.iterations
     nmap, plan = neuron_schedule(original, set(base), options.neuron_sparsity, options.neuron_layers, 1)
+    ramp = min(NEURON_RAMP, rounds)
     for r in range(done + 1, rounds + 1):
         t0 = time.perf_counter()
         goal = {n: 1.0 - (1.0 - s) * (0.6 ** (r - 1)) for n, s in base.items()}  # density x0.6 per round
-        step_masks, neurons = neurons_step(trainer, nmap, [f * min(1.0, r / NEURON_RAMP) for f in plan[-1]])
+        step_masks, neurons = neurons_step(trainer, nmap, [f * min(1.0, r / ramp) for f in plan[-1]])
         trainer.set_masks(magnitude_masks(trainer.weights(), goal, step_masks))
         stats = trainer.train(options.epochs, options.lr, reg=options.reg, reg_strength=options.reg_strength,
                               batch_size=batch,

@@ -131,3 +131,12 @@ def test_cuda_without_gpu_is_a_usage_error_before_any_work(mlp_path, tmp_path):
                  "--iterations", "1", "--device", "cuda")
     assert res.exit_code == 2 and "sees no GPU" in res.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_summary_with_a_report_says_how_much_faster_the_output_runs(mlp_path, tmp_path):
+    res = invoke("prune", mlp_path, "-o", tmp_path / "small.onnx", "--sparsity", "0.99", "--report", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("onnxruntime CPU latency"))
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())["report"]
+    for b in report["latency"]["batches"]:
+        assert f"batch {b['batch']} " in line and f"({b['speedup']:.2f}x)" in line

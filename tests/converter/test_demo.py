@@ -28,3 +28,5 @@ def test_demo_writes_a_verified_model_report_and_recipe(tmp_path):
     sets = report["metrics"]["sets"]
     assert abs(sets["evaluation"]["after"] - acc) < 1e-9
     assert report["compression"] > 2
+    fc1 = report["neurons"]["layers"]["fc1.weight"]
+    assert fc1["before"] == 300 and fc1["after"] < 300  # smaller dense shapes, not only zeros
