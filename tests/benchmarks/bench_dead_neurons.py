@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_dead_neurons.py                  # built-in LeNet-300-100 and ResNet-style models
     python tests/benchmarks/bench_dead_neurons.py a.onnx b.onnx    # your models (masks applied, e.g. retrained)
-    options: --runs 300 --warmup 30 --budget 20 --threads 1 --batches 1 64 --dead-fraction 0.5 --no-gather
+    options: --runs 300 --warmup 30 --budget 20 --threads 1 --batches 1 64 --dead-fraction 0.5 --inputs crop
 
 "Dense" is the model as given (pruned weights are zeros in dense tensors); "pruned" is the output of
 `remove_dead_neurons`. Both run in one process with stock onnxruntime (CPU, default graph optimisations),
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain s
 from calibration.runtime import make_session, random_feeds  # noqa: E402
 from converter.modelio import load_model  # noqa: E402
 from passes.dead_neurons import remove_dead_neurons  # noqa: E402
+from passes.neuron_masks import neuron_map, neuron_masks  # noqa: E402
 from tests.oracle import assert_same_outputs  # noqa: E402
 from tests.passes._graphs import G  # noqa: E402
 
@@ -114,8 +115,22 @@ def builtin(dead_fraction: float) -> list[tuple[str, onnx.ModelProto]]:
         res2 = kill_weakest(onnx.ModelProto.FromString(res.SerializeToString()), inner, dead_fraction)
         pct = f"{dead_fraction:.0%}"
         out += [(f"lenet-300-100 + {pct} dead + border (synthetic)", mlp2),
-                (f"resnet-like + {pct} dead (synthetic)", res2)]
+                (f"resnet-like + {pct} dead (synthetic)", res2),
+                (f"resnet-like + {pct} of every channel group masked by passes.neuron_masks (residual classes too)",
+                 neuron_masked(onnx.ModelProto.FromString(res.SerializeToString()), dead_fraction))]
     return out
+
+
+def neuron_masked(model: onnx.ModelProto, fraction: float) -> onnx.ModelProto:
+    """What --neuron-sparsity masks (without the retraining): the weakest `fraction` of every group's channels."""
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) >= 2}
+    masks, _ = neuron_masks(neuron_map(model, set(weights)), weights,
+                            {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}, fraction)
+    for t in model.graph.initializer:
+        if t.name in masks:
+            t.CopyFrom(numpy_helper.from_array(np.where(masks[t.name], weights[t.name], 0).astype(weights[t.name].dtype),
+                                               t.name))
+    return model
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
@@ -146,7 +161,8 @@ def params(model: onnx.ModelProto) -> tuple[int, int]:
 
 def bench(name: str, model: onnx.ModelProto, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
-    pruned, report = remove_dead_neurons(model, gather_inputs=args.gather)
+    pruned, report = remove_dead_neurons(model, gather_inputs=args.inputs == "gather",
+                                         crop_inputs=args.inputs == "crop")
     took = time.perf_counter() - t0
     assert_same_outputs(pruned, model, seeds=(0, 1), rtol=1e-4)
     models = {"dense": model, "pruned": pruned}
@@ -178,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1: steadier)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--dead-fraction", type=float, default=0.5, help="synthetic dead channels for built-ins (0: off)")
-    ap.add_argument("--no-gather", dest="gather", action="store_false", help="do not gather unread input features")
+    ap.add_argument("--inputs", choices=["crop", "gather", "keep"], default="crop",
+                    help="unread input features: cropped by a Slice, gathered, or kept")
     args = ap.parse_args(argv)
     todo = [(p, load_model(p).model) for p in args.models] if args.models else builtin(args.dead_fraction)
     for name, model in todo:
