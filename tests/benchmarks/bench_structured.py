@@ -98,7 +98,7 @@ def show(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["lenet300", "lenet5", "both"], default="both")
-    ap.add_argument("--neurons", type=float, default=None, help="neuron sparsity (default: 0.8 / 0.5)")
+    ap.add_argument("--neurons", type=float, default=None, help="neuron sparsity (default: 0.8 / 0.7)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mnist", type=Path, default=shared_mnist_dir(), help="folder with the MNIST IDX files")
     ap.add_argument("--out", type=Path, default=Path("/tmp/onnxprune-bench-structured"))
@@ -109,7 +109,7 @@ def main() -> None:
     train, test = load_split(args.mnist, "train"), load_split(args.mnist, "test")
     results = []
     for name in (list(MODELS) if args.model == "both" else [args.model]):
-        neurons = args.neurons if args.neurons is not None else {"lenet300": 0.8, "lenet5": 0.5}[name]
+        neurons = args.neurons if args.neurons is not None else {"lenet300": 0.8, "lenet5": 0.7}[name]
         r = run(name, neurons, train, test, args.out)
         show(r)
         results.append(r)
