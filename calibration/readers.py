@@ -16,6 +16,8 @@ Rules, all enforced with one `CalibrationError` that names the file, the array a
 
 from __future__ import annotations
 
+import copy
+
 import logging
 import os
 import zipfile
@@ -72,6 +74,8 @@ class DataReader:
         self.description = description
         self._check = checker or _ChunkChecker(specs, labels_name)
         self._cursor: Iterator[dict[str, np.ndarray]] | None = None
+        self._every: int | None = None  # set by `part`: a validation split
+        self._holdout = False
 
     @property
     def has_labels(self) -> bool:
@@ -84,8 +88,28 @@ class DataReader:
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """A fresh pass over the data: (feeds, labels or None) per batch."""
         checked = (self._check(c) for c in self._chunks())
-        for chunk in _rebatch(checked, self.batch_size, self.limit, self._check.values):
+        limit = self.limit
+        if self._every:  # --limit counts samples of the whole data, before the split
+            checked, limit = _every_nth(_take(checked, limit), self._every, self._holdout), None
+        for chunk in _rebatch(checked, self.batch_size, limit, self._check.values):
             yield chunk.arrays, chunk.labels
+
+    def part(self, every: int, holdout: bool) -> DataReader:
+        """Every `every`-th sample (`holdout`) or all the others: a split that needs no shuffling or copy up front.
+
+        Sample i goes to the held-out part when i % every == 0, so both parts span the whole file."""
+        if every < 2:
+            raise ConfigError(f"a split needs every >= 2 (got {every}).")
+        out = copy.copy(self)
+        out._every, out._holdout, out._cursor = every, holdout, None
+        if self.num_samples is not None:
+            held = -(-self.num_samples // every)
+            out.num_samples = held if holdout else self.num_samples - held
+        which = (f"every {every}th sample, held out from retraining" if holdout
+                 else f"all but every {every}th sample")
+        count = "?" if out.num_samples is None else f"{out.num_samples:,}"
+        out.description = f"{self.description} -> {count} used ({which})"
+        return out
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return (feeds for feeds, _ in self.batches())
@@ -446,6 +470,28 @@ def _check_labels(labels: np.ndarray, n: int, name: str, where: str) -> np.ndarr
 
 
 # ---- batching --------------------------------------------------------------------------------------------------
+
+def _take(chunks: Iterator[Chunk], limit: int | None) -> Iterator[Chunk]:
+    """The first `limit` samples (all when None)."""
+    left = limit
+    for chunk in chunks:
+        if left is not None and chunk.n >= left:
+            yield chunk.slice(0, left)
+            return
+        yield chunk
+        left = None if left is None else left - chunk.n
+
+
+def _every_nth(chunks: Iterator[Chunk], every: int, holdout: bool) -> Iterator[Chunk]:
+    """Samples whose running index i has i % every == 0 (holdout) or != 0 (the rest)."""
+    offset = 0
+    for chunk in chunks:
+        pick = (np.arange(offset, offset + chunk.n) % every == 0) == holdout
+        offset += chunk.n
+        if pick.any():
+            labels = None if chunk.labels is None else chunk.labels[pick]
+            yield Chunk({k: v[pick] for k, v in chunk.arrays.items()}, labels, chunk.where)
+
 
 def _rebatch(chunks: Iterator[Chunk], batch_size: int, limit: int | None,
              on_slice: Callable[[Chunk], Chunk]) -> Iterator[Chunk]:

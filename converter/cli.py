@@ -207,6 +207,9 @@ def _parse_levels(text: str | None):
     show_default=True,
     help="How pruned weights are stored (see README).",
 )
+@click.option("--validation", type=float, default=0.1, show_default=True,
+              help="With --max-loss and --iterations: share of --data held out from retraining, to measure the "
+                   "budget on (0: measure on the training data).")
 @click.option("--neuron-sparsity", type=float, default=0.0, show_default=True,
               help="Share of each layer's neurons/channels to remove whole while retraining (smaller, faster model).")
 @click.option("--neuron-layer", "neuron_layers", multiple=True, metavar="NAME=S",
@@ -229,7 +232,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
           batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
-          device, sparse_format, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs, checkpoint_dir, resume, recipe, allow_other_model,
+          device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs, checkpoint_dir, resume, recipe, allow_other_model,
           report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
@@ -264,7 +267,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             alternate=alternate, reg=reg, reg_strength=reg_strength,
             device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, crop_inputs=crop_inputs,
             seed=seed,
-            neuron_sparsity=neuron_sparsity, neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
+            validation=validation, neuron_sparsity=neuron_sparsity, neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
         )
     modelio.check_output_path(output, protect=(model,))
     if report_dir is not None:
@@ -444,7 +447,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), default=Path("onnxprune-demo"),
               show_default=True, help="Folder for the pruned model, report and recipe.")
 @click.option("--max-loss", type=float, default=0.5, show_default=True, help="Accuracy budget in percentage points.")
-@click.option("--iterations", type=int, default=4, show_default=True, help="Prune -> retrain rounds.")
+@click.option("--iterations", type=int, default=8, show_default=True, help="Prune -> retrain rounds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
     """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about a minute on a laptop CPU).

@@ -272,3 +272,31 @@ def test_fixed_batch_dimension_sets_the_batch_size():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     reader = open_data({"input": data(5)[0]}, model, batch_size=64)
     assert [f["input"].shape[0] for f in reader] == [2, 2, 1] and isinstance(model, onnx.ModelProto)
+
+
+# ---- validation split -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunks, every, limit, batch", [((12,), 4, None, 5), ((7, 5, 9), 3, None, 4),
+                                                          ((7, 5, 9), 10, 17, 3), ((30,), 2, 7, 64)])
+def test_split_parts_are_disjoint_cover_the_data_and_count_right(tmp_path, chunks, every, limit, batch):
+    x, y = data(sum(chunks))
+    start = 0
+    for i, n in enumerate(chunks):
+        np.savez(tmp_path / f"{i:02d}.npz", input=x[start:start + n], labels=y[start:start + n])
+        start += n
+    reader = open_data(tmp_path, mlp(), batch_size=batch, limit=limit)
+    held, rest = reader.part(every, holdout=True), reader.part(every, holdout=False)
+    n = len(x) if limit is None else limit
+    index = np.arange(n)
+    for part, want in ((held, index % every == 0), (rest, index % every != 0)):
+        batches, got_x, got_y = collect(part)
+        np.testing.assert_array_equal(got_x, x[:n][want])
+        np.testing.assert_array_equal(got_y, y[:n][want])
+        assert part.num_samples == want.sum() and all(len(f["input"]) <= batch for f, _ in batches)
+    assert "held out from retraining" in held.description and f"all but every {every}th" in rest.description
+    np.testing.assert_array_equal(collect(reader)[1], x[:n])  # the reader itself is untouched
+
+
+def test_split_needs_every_of_at_least_two():
+    with pytest.raises(ConfigError, match="every >= 2"):
+        open_data({"input": data(4)[0]}, mlp()).part(1, holdout=True)

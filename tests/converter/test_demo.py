@@ -13,7 +13,7 @@ from models.paths import MNIST_SLICE
 
 def test_demo_writes_a_verified_model_report_and_recipe(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(cli, ["demo", "-o", str(out), "--iterations", "1", "-q"])
+    res = CliRunner().invoke(cli, ["demo", "-o", str(out), "--iterations", "3", "-q"])
     assert res.exit_code == 0, res.output
     model = out / "lenet300-pruned.onnx"
     for name in ("report.html", "report.json", "recipe.toml"):

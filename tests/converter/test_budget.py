@@ -1,0 +1,91 @@
+"""Budgeted retraining: measured on samples the retraining never saw; a round over budget is undone, not final."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from calibration.runtime import make_session
+from converter.budget import BudgetSearch
+from converter.pipeline import Data, PruneOptions, run
+from models import builders
+from passes.magnitude import Target
+from passes.weights import find_prunable
+
+
+@pytest.fixture(scope="module")
+def teacher_data():
+    model = builders.lenet300_like(hidden=(32, 16), seed=7)
+    x = np.random.default_rng(2).random((600, 1, 28, 28), dtype=np.float32)
+    labels = make_session(model).run(None, {"input": x})[0].argmax(1).astype(np.int64)
+    return model, {"input": x, "labels": labels}
+
+
+def _inputs(reader) -> np.ndarray:
+    return np.concatenate([f["input"] for f, _ in reader.batches()])
+
+
+def test_with_a_budget_retraining_never_sees_the_samples_that_judge_it(teacher_data):
+    model, data = teacher_data
+    d = Data(model, PruneOptions(max_loss=1.0, data=data, iterations=2, validation=0.1))
+    train, judged = _inputs(d.train_reader()), _inputs(d.calibration.reader)
+    assert d.every == 10 and len(judged) == 60 and len(train) == 540
+    np.testing.assert_array_equal(judged, data["input"][::10])
+    assert not {a.tobytes() for a in train} & {a.tobytes() for a in judged}
+
+
+@pytest.mark.parametrize("options", [dict(max_loss=1.0), dict(sparsity=0.5, iterations=2),
+                                     dict(max_loss=1.0, iterations=2, validation=0.0)])
+def test_no_split_without_a_budgeted_retraining(teacher_data, options):
+    model, data = teacher_data
+    d = Data(model, PruneOptions(data=data, **options))
+    assert d.every is None and len(_inputs(d.calibration.reader)) == 600 == len(_inputs(d.train_reader()))
+
+
+def test_too_few_samples_to_split_says_so(teacher_data, caplog):
+    model, data = teacher_data
+    small = {k: v[:100] for k, v in data.items()}
+    with caplog.at_level(logging.WARNING):
+        d = Data(model, PruneOptions(max_loss=1.0, data=small, iterations=2, validation=0.1))
+    assert d.every is None and "too few to hold out" in caplog.text
+
+
+def test_the_report_names_the_validation_part(teacher_data):
+    model, data = teacher_data
+    result = run(model, PruneOptions(max_loss=100.0, data=data, iterations=1, epochs=1, lr=0.01,
+                                     levels=(0.5, 0.8), seed=0))
+    assert "60 used (every 10th sample, held out from retraining)" in result.report["metrics"]["sets"]["calibration"]["data"]
+
+
+class ScriptedEvaluator:
+    """Scores from a script: the loss (pp) each round will measure, whatever the model."""
+
+    def __init__(self, losses):
+        self.dense, self.losses = 1.0, list(losses)
+
+    def evaluate(self, model):
+        return 1.0 - self.losses.pop(0) / 100.0
+
+
+def test_a_round_over_budget_is_undone_and_the_step_halves(teacher_data):
+    model, data = teacher_data
+    names = [w.name for w in find_prunable(model).prunable]
+    targets = {n: Target(sparsity=0.5) for n in names}
+    options = PruneOptions(max_loss=1.0, data=data, iterations=6, epochs=0.2, lr=0.01, seed=0)
+    d = Data(model, options)
+    search = BudgetSearch(model, find_prunable(model), targets, options, d.train_reader(batch_size=64),
+                          ScriptedEvaluator([0.2, 0.5, 3.0, 0.4, 2.0, 5.0]), {"seed": 0, "device": "cpu"})
+    levels, densities = [], []
+    for r in range(1, 7):
+        entry = search.round(r, lambda *a: None)
+        levels.append(entry["level"])
+        densities.append(entry["overall_density"])
+        if search.finished:
+            break
+    assert levels == [0.0, 1.0, 2.0, 1.5, 2.0, 1.75]  # over budget at 2: back to 1, half steps
+    assert search.best_level == 1.5 and search.step == 0.125 and search.finished
+    assert densities[3] > densities[2]  # the level-1.5 round restarted from the level-1 masks: denser than level 2
+    kept = {n: float(m.mean()) for n, m in search.best[1].items()}
+    assert all(abs(kept[n] - search.history[3]["density"][n]) < 1e-12 for n in names)
