@@ -263,6 +263,7 @@ BAD_OPTIONS = [
     (["--sparsity", "0.5", "--neuron-sparsity", "0.5", "--iterations", "1", "--data", "random", "--no-neurons"],
      "drop --no-neurons"),
     (["--sparsity", "0.5", "--crop-inputs", "--gather-inputs"], "pick one"),
+    (["--sparsity", "0.5", "--validation", "0.9"], "--validation 0.9 must be in [0, 0.5]"),
 ]
 
 
