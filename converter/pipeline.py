@@ -406,6 +406,8 @@ def retrain(original, inventory, targets, options: PruneOptions, data: Data, sta
     except UnsupportedOpError as exc:
         note = (f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]}); "
                 "retrained by layer-wise reconstruction instead")
+        if options.neuron_sparsity or options.neuron_layers:
+            note += "; --neuron-sparsity needs the bridge, so no neuron was masked whole (only dead ones go)"
         log.warning(note)
         state.notes.append(note)
         state.masks.clear()

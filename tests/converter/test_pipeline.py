@@ -151,6 +151,8 @@ def test_graphs_the_bridge_cannot_run_fall_back_to_layerwise_reconstruction(teac
     # weights fed only by dead ReLUs refit to exactly zero: never more nonzeros than one-shot
     assert refit.report["after"]["nonzeros"] <= one_shot.report["after"]["nonzeros"]
     assert refit.report["metrics"]["after"] >= one_shot.report["metrics"]["after"]
+    structured = run(m, PruneOptions(sparsity=0.9, data=data, iterations=1, neuron_sparsity=0.5))
+    assert any("--neuron-sparsity needs the bridge" in n for n in structured.report["notes"])  # said, not silent
 
 
 def test_sensitivity_refuses_eval_data_instead_of_ignoring_it(teacher_data, tmp_path):
