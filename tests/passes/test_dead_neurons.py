@@ -482,3 +482,44 @@ def test_property_random_dead_slices_in_every_test_graph_keep_outputs_and_reach_
     out, report, _ = prune(m)
     again, report2 = remove_dead_neurons(out)
     assert again is out and report2.removed == 0, (name, report2.lines())
+
+
+@SETTINGS
+@given(st.data())
+def test_property_crop_keeps_outputs_and_cuts_exactly_the_box_of_read_features(data):
+    draw = data.draw
+    c, h, w = draw(st.integers(1, 2)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    hidden = draw(st.integers(2, 5))
+    m = G.mlp((c * h * w, hidden, 3), input_shape=["N", c, h, w], seed=draw(st.integers(0, 9)))
+    _kill(draw, m, "fc1.weight", 1, c * h * w)  # unread input features
+    _kill(draw, m, "fc1.weight", 0, hidden, most=hidden - 1)  # dead neurons: their inputs count as unread
+    w1 = G.init(m, "fc1.weight")
+    live_rows = w1.any(axis=1) & G.init(m, "fc2.weight").any(axis=0)
+    read = (w1[live_rows] != 0).any(axis=0).reshape(c, h, w) if live_rows.any() else np.zeros((c, h, w), bool)
+    out, report, shp = prune(m, crop_inputs=True)
+    if read.any():
+        box = [np.flatnonzero(read.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        want = int(np.prod([b[-1] - b[0] + 1 for b in box]))
+        assert channels(report).get("x", (c * h * w, c * h * w))[1] == want
+        assert shp["fc1.weight"][1] == want and ("Slice" in G.op_counts(out)) == (want < c * h * w)
+
+
+@SETTINGS
+@given(st.data())
+def test_property_neuron_masks_then_removal_keep_outputs_and_shrink_each_layer(data):
+    from passes.neuron_masks import neuron_map, neuron_masks
+    from tests.oracle import zero_weights
+
+    draw = data.draw
+    widths = [draw(st.integers(2, 9)) for _ in range(draw(st.integers(3, 5)))]
+    m = G.mlp(widths, trans_b=draw(st.sampled_from([0, 1])), seed=draw(st.integers(0, 9)))
+    fraction = draw(st.floats(0.0, 0.95))
+    names = {f"fc{i}.weight" for i in range(1, len(widths))}
+    weights = {n: G.init(m, n) for n in names}
+    masks, _ = neuron_masks(neuron_map(m, names), weights, {n: np.ones(a.shape, bool) for n, a in weights.items()},
+                            fraction)
+    masked = zero_weights(m, masks)
+    out, report, _ = prune(masked)  # asserts onnxruntime(masked) == onnxruntime(out)
+    for i in range(1, len(widths) - 1):
+        before, after = channels(report)[f"fc{i}"]
+        assert 1 <= after <= before - min(int(np.floor(fraction * before + 1e-9)), before - 1)
