@@ -102,6 +102,7 @@ class ChannelGraph:
     slices: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # (initializer, axis, keep) done
     axes: list[WeightAxis] = field(default_factory=list)  # weight axes indexed by channels, members and consumers
     boxes: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # (flattened input, its dims): crops
+    gain: dict[int, float] = field(default_factory=dict)  # raw id -> |factor| of BN/Mul/Div on its way (default 1)
     _root: np.ndarray | None = None
     _names: set[str] = field(default_factory=set)
 
@@ -111,6 +112,11 @@ class ChannelGraph:
         self.parent.extend(range(start, start + n))
         self.origins.extend([origin] * n)
         return np.arange(start, start + n, dtype=np.int64)
+
+    def scale(self, ids: np.ndarray, factors: np.ndarray) -> None:
+        """A per-channel factor multiplies these classes on their way (BatchNorm, Mul, Div by a constant)."""
+        for i, f in zip(np.asarray(ids).tolist(), np.abs(np.asarray(factors, dtype=np.float64)).tolist()):
+            self.gain[i] = self.gain.get(i, 1.0) * f
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -537,6 +543,9 @@ def _binary(b: _Builder, node: gs.Node) -> None:
             b.block(c.ids, b.frozen(k, node))
             b.edit(x if cx is not None else y, lambda keep: b.cg.slice(k, ax, keep))
         kv = _per_channel(K, len(c.ids), c.axis)
+        if node.op == "Mul" or (node.op == "Div" and cx is not None):
+            with np.errstate(divide="ignore"):
+                b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
 
 
@@ -561,6 +570,7 @@ def _batchnorm(b: _Builder, node: gs.Node) -> None:
         b.block(c.ids, b.frozen(p, node) if len(c.ids) > 1 else None)
     scale, bias, mean, var = (v.astype(np.float64) for v in vals)
     eps = float(_attr(node, "epsilon", 1e-5))
+    b.cg.scale(c.ids, scale / np.sqrt(var + eps))
     b.set(node.outputs[0], Channels(c.axis, c.ids, (c.value - mean) / np.sqrt(var + eps) * scale + bias))
     b.edit(x, lambda keep: [b.cg.slice(p, 0, keep) for p in params])
 

@@ -4,10 +4,12 @@ Unstructured magnitude pruning kills a neuron only when all of its connections h
 LeNet-300-100's at 50x, which buys 1.4x in onnxruntime. To shrink the dense shapes further, rank the neurons of
 each channel group and mask the weakest ones whole, in every weight that indexes them:
 
-    score(c) = ‖incoming weights of c‖ · ‖outgoing weights of c‖        (masked weights, over all members)
+    score(c) = ‖incoming weights of c‖ · g(c) · ‖outgoing weights of c‖        (masked weights, all members)
 
 The product does not change under the rescaling a ReLU allows (W_in·a, W_out/a), so a neuron is not judged by
-how its magnitude happens to be split between its two sides. Classes come from `passes.channel_groups`, so a
+how its magnitude happens to be split between its two sides. g is the |factor| a BatchNorm (γ/√(σ²+ε)) or a
+constant Mul/Div applies to the channel after its producer: the norm of the incoming weights with the BN folded
+in, which is what reaches the next layer (after a BN, ‖W_in‖ alone says nothing: BN divides it out again). Classes come from `passes.channel_groups`, so a
 residual class (the same channel of several producers and the Add) is scored and masked as one.
 
     before: W1[300×784], W2[100×300]     fraction 0.5 of fc1's group → 150 rows of W1 and columns of W2 are 0
@@ -18,7 +20,8 @@ Rules:
   2. Per group, `fraction` of all its classes end up masked (already-dead ones count), weakest first; a group
      and a tensor always keep at least one class.
   3. Masks only shrink: a neuron masked once stays masked.
-Left alone: BatchNorm scales are not part of the score (after BN the incoming norm says little).
+Left alone: a factor after a residual merge counts only for the merge's first input; depthwise multipliers > 1
+multiply their factors together.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Entry:
     axis: int
     roots: np.ndarray  # class per position along `axis`
     incoming: bool  # the weight produces the class (or is a depthwise member) rather than reading it
+    gain: np.ndarray | None = None  # per position: |factor| a BatchNorm (Mul, Div) applies after this producer
 
 
 @dataclass
@@ -74,7 +78,8 @@ def neuron_map(model: onnx.ModelProto, maskable: set[str], protected=frozenset()
     """Analyse `model` once: the weight axes of every class, and which classes may be masked whole."""
     cg = analyse(model, protected=protected)
     produced = {(lay.weight, lay.tensor) for lay in cg.layers}
-    entries = [Entry(a.weight, a.axis, cg.roots(a.tensor), (a.weight, a.tensor) in produced) for a in cg.axes]
+    entries = [Entry(a.weight, a.axis, cg.roots(a.tensor), (a.weight, a.tensor) in produced,
+                     np.array([cg.gain.get(int(i), 1.0) for i in cg.channels[a.tensor].ids])) for a in cg.axes]
     has_in = {int(r) for e in entries if e.incoming for r in e.roots}
     has_out = {int(r) for e in entries if not e.incoming for r in e.roots}
     frozen = {int(r) for e in entries if e.weight not in maskable for r in e.roots} | cg.blocked()
@@ -94,6 +99,8 @@ def _norms(nmap: NeuronMap, weights: dict[str, np.ndarray]) -> tuple[dict[int, f
         if w is None:
             continue
         per_pos = np.square(np.moveaxis(w, e.axis, 0).reshape(len(e.roots), -1), dtype=np.float64).sum(axis=1)
+        if e.incoming and e.gain is not None:
+            per_pos = per_pos * np.square(e.gain)
         side = sums[0 if e.incoming else 1]
         for r, v in zip(e.roots.tolist(), per_pos.tolist()):
             side[r] = side.get(r, 0.0) + v

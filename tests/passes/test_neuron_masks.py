@@ -144,3 +144,41 @@ def test_fraction_bounds(fraction):
     live = masks["fc1.weight"].any(axis=1).sum()
     assert live == max(1, 8 - int(np.floor(fraction * 8 + 1e-9)))
     assert nmap.kept(gone)["Gemm 'fc1'"] == (live, 8)
+
+
+def _conv_bn_net(seed: int = 0):
+    """conv c1 (3→6) ─ BN ─ Relu ─ conv c2 (6→4) ─ Relu ─ GAP ─ Flatten ─ Gemm head."""
+    g = G.G(seed)
+    x = g.op("Relu", "r1", [g.bn(g.conv("x", "c1", 3, 6, 3, pad=1), "bn1", 6)])
+    x = g.op("Relu", "r2", [g.conv(x, "c2", 6, 4, 1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 4, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 3]})
+
+
+def test_a_batchnorm_scale_counts_in_the_score():
+    m = _conv_bn_net()
+    G.set_init(m, "bn1.scale", np.where(np.arange(6) == 4, 1e-3, 1.0))  # BN all but silences channel 4 …
+    w = G.init(m, "c1.weight").copy()
+    w[4] *= 100.0  # … however large its conv weights
+    G.set_init(m, "c1.weight", w)
+    nmap, weights, ones = setup(m)
+    masks, _ = neuron_masks(nmap, weights, ones, 1 / 6)
+    assert not masks["c1.weight"][4].any() and masks["c1.weight"][[0, 1, 2, 3, 5]].all()
+
+
+@given(scale=st.floats(0.1, 10.0), channel=st.integers(0, 5))
+@settings(max_examples=25, deadline=None)
+def test_ranking_ignores_a_rescaling_the_batchnorm_divides_out(scale, channel):
+    """conv·a with BN mean·a, var·a² computes the same function (up to ε): the ranking must not move."""
+    m = _conv_bn_net(seed=3)
+    nmap, weights, ones = setup(m)
+    before, _ = neuron_masks(nmap, weights, ones, 0.5)
+    m2 = _conv_bn_net(seed=3)
+    for name, power in (("c1.weight", 1), ("c1.bias", 1), ("bn1.mean", 1), ("bn1.var", 2)):
+        v = G.init(m2, name).astype(np.float64).copy()
+        v[channel] *= scale ** power
+        G.set_init(m2, name, v)
+    nmap2, weights2, _ = setup(m2)
+    after, _ = neuron_masks(nmap2, weights2, ones, 0.5)
+    assert all(np.array_equal(before[n], after[n]) for n in before)
