@@ -1,5 +1,4 @@
 import numpy as np
-import onnx
 from onnx import numpy_helper
 
 from calibration.activations import activation_density, activation_tensors

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from converter import modelio
 from converter.errors import ConfigError, ModelError

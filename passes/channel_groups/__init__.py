@@ -1,0 +1,116 @@
+"""Channel groups: which channels of which tensors live and die together (coupling as data, after DepGraph).
+
+A *class* is one output channel of a weight layer (Gemm, MatMul with a constant weight, Conv, ConvTranspose) or,
+with `gather_inputs`, one feature of a flattened graph input. Walking the graph in topological order, every
+tensor that carries classes gets a `Channels` map: its channel axis and, per position on that axis, the class it
+holds. One small rule per op type (`RULES`) says how the map flows through that op:
+
+    Conv c1 ─ BN ─ Relu ─ MaxPool ─ Flatten ─ Gemm fc1    c1 channel k  ==  fc1 input rows k·HW … k·HW+HW-1
+    Conv a ─┐
+    Conv b ─┴─ Add ─ Relu ─ Conv c                          a channel k  ==  b channel k  (one class)
+    Concat / Split: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
+
+Along the way each rule records, as data:
+  * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
+  * `Read`:  a consumer's weight rows indexed by a tensor's positions, with `fold`, which turns constant inputs
+             into a bias delta where that is exact (None where it is not, e.g. a padded Conv);
+  * `Edit`:  what to slice once the kept positions of a tensor are known (constants, Split sizes, Reshape shape,
+             depthwise `group`, a Gather on an input);
+  * `Channels.value`: the constant each position holds when it is input-independent (act(bias) of a zero-weight
+             row, carried through the element-wise chain), NaN when unknown;
+  * blocks: an op with no rule, a graph output, a shared or protected initializer keeps the classes it touches.
+
+`ChannelGraph.remove(dead)` folds, slices and adds biases; deciding what is dead is the caller's job.
+
+Files: `graph.py` the data and `remove`; `builder.py` the walk's state; `rules_layers.py`, `rules_elementwise.py`,
+`rules_layout.py` the rules; `inputs.py` input features (gather, crop); `biases.py` folded constants; this file
+the rule table and the walk.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx_graphsurgeon as gs
+
+from passes.channel_groups.builder import Builder
+from passes.channel_groups.graph import (
+    ChannelGraph,
+    ChannelGroup,
+    Channels,
+    Edit,
+    Layer,
+    Read,
+    Shapes,
+    WeightAxis,
+)
+from passes.channel_groups.inputs import _seed_inputs
+from passes.channel_groups.rules_elementwise import (
+    BINARY,
+    POOL_KEEPS_CONSTANT,
+    UNARY,
+    _batchnorm,
+    _binary,
+    _pool,
+    _unary,
+)
+from passes.channel_groups.rules_layers import _conv, _conv_transpose, _gemm, _matmul
+from passes.channel_groups.rules_layout import (
+    _concat,
+    _flatten,
+    _reshape,
+    _split,
+    _squeeze,
+    _transpose,
+)
+from passes.channel_groups.util import NAN
+
+__all__ = ["NAN", "RULES", "PRODUCERS", "ChannelGraph", "ChannelGroup", "Channels", "Edit", "Layer", "Read", "Shapes",
+           "WeightAxis", "build_channel_groups"]
+
+RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
+    "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
+    **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
+    "BatchNormalization": _batchnorm, **{op: _pool for op in POOL_KEEPS_CONSTANT},
+    "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
+    "Concat": _concat, "Split": _split,
+}
+PRODUCERS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
+
+
+def _subgraph_names(graph: gs.Graph) -> set[str]:
+    """Tensors read inside If/Loop/Scan bodies (outer-scope reads are invisible in node.inputs)."""
+    names: set[str] = set()
+    for node in graph.nodes:
+        for v in node.attrs.values():
+            for sub in v if isinstance(v, list) else [v]:
+                if isinstance(sub, gs.Graph):
+                    names |= {t.name for n in sub.nodes for t in n.inputs} | _subgraph_names(sub)
+    return names
+
+
+def build_channel_groups(
+    graph: gs.Graph, shapes: Shapes, *, gather_inputs: bool = False, crop_inputs: bool = False,
+    protected: frozenset[str] = frozenset()
+) -> ChannelGraph:
+    """Walk `graph` (topologically sorted) and record every class, member, consumer and block."""
+    b = Builder(graph, shapes, frozenset(protected))
+    if gather_inputs or crop_inputs:
+        _seed_inputs(b, crop=crop_inputs)
+    for node in graph.nodes:
+        mapped = any(b.ch(t) is not None for t in node.inputs)
+        if node.name and node.name in b.protected:
+            b.opaque(node, "is protected")
+        elif (node.domain or "") not in ("", "ai.onnx") or node.op not in RULES:
+            b.opaque(node, f"(op {node.op}) has no channel rule")
+        elif mapped or node.op in PRODUCERS:
+            RULES[node.op](b, node)
+    inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}
+    for name, c in b.cg.channels.items():
+        if name in outputs:
+            b.block(c.ids, f"tensor '{name}' is a graph output")
+        if name in b.protected:
+            b.block(c.ids, f"tensor '{name}' is protected")
+        if name in inner:
+            b.block(c.ids, f"tensor '{name}' is read inside a subgraph")
+    return b.cg

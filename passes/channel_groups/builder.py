@@ -1,0 +1,87 @@
+"""The walk's state: channel maps per tensor, and how rules record members, readers, edits and blocks."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.channel_groups.graph import (
+    ChannelGraph,
+    Channels,
+    Edit,
+    Layer,
+    Read,
+    Shapes,
+    WeightAxis,
+)
+from passes.channel_groups.util import NAN, _desc
+
+
+class Builder:
+    def __init__(self, graph: gs.Graph, shapes: Shapes, protected: frozenset[str]) -> None:
+        self.cg = ChannelGraph(graph)
+        self.shapes = shapes
+        self.protected = protected
+
+    def ch(self, t) -> Channels | None:
+        return self.cg.channels.get(t.name) if t is not None and t.name else None
+
+    def set(self, t, c: Channels) -> None:
+        self.cg.channels[t.name] = c
+
+    def shape(self, t) -> list | None:
+        return self.shapes.get(t.name)
+
+    def rank(self, t) -> int | None:
+        s = self.shape(t)
+        return None if s is None else len(s)
+
+    def block(self, ids: np.ndarray, why: str | None) -> None:
+        if why and len(ids):
+            self.cg.blocks.append((np.asarray(ids, dtype=np.int64), why))
+
+    def opaque(self, node: gs.Node, why: str) -> None:
+        """This node cannot carry or read channels: keep every class reaching it."""
+        for t in node.inputs:
+            if self.ch(t) is not None:
+                self.block(self.ch(t).ids, f"consumer {_desc(node)} {why}")
+
+    def frozen(self, t, user: gs.Node) -> str | None:
+        """Why `t` may not be edited for `user`'s sake (None when it may)."""
+        if not isinstance(t, gs.Constant):
+            return f"'{t.name}' of {_desc(user)} is not an initializer"
+        if t.name in self.protected:
+            return f"initializer '{t.name}' is protected"
+        others = sorted({n.name for n in t.outputs if n is not user})
+        return f"initializer '{t.name}' is shared with {', '.join(repr(o) for o in others)}" if others else None
+
+    def produce(self, node: gs.Node, w, rows: np.ndarray, axis: int, bias: np.ndarray, frozen: str | None) -> None:
+        value = np.where(rows.any(axis=1), NAN, bias)
+        ids = self.cg.new_classes(len(rows), _desc(node))
+        self.set(node.outputs[0], Channels(axis, ids, value))
+        self.cg.layers.append(Layer(node.name, node.op, w.name, node.outputs[0].name, rows))
+        if frozen:
+            self.block(ids, frozen)
+
+    def read(self, node: gs.Node, t, axis: int, rows: np.ndarray, fold, frozen: str | None) -> bool:
+        c = self.ch(t)
+        if c is None:
+            return False
+        why = frozen or (None if c.axis == axis else f"{_desc(node)} reads '{t.name}' on another axis")
+        if why:
+            self.block(c.ids, why)
+            return False
+        self.cg.reads.append(Read(node, t.name, rows, fold))
+        return True
+
+    def edit(self, t, fn: Callable[[np.ndarray], None]) -> None:
+        self.cg.edits.append(Edit(t.name, fn))
+
+    def slices(self, t, w: gs.Constant, axis: int, *more: Callable[[np.ndarray], None]) -> None:
+        """Axis `axis` of weight `w` follows the positions of `t` (plus other edits on the same keep mask)."""
+        self.cg.axes.append(WeightAxis(w.name, axis, t.name))
+        self.edit(t, lambda keep: [self.cg.slice(w, axis, keep), *(fn(keep) for fn in more)])
+
+

@@ -1,0 +1,132 @@
+"""Rules for weight layers: Gemm, MatMul, Conv (dense and depthwise), ConvTranspose."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.channel_groups.builder import Builder
+from passes.channel_groups.graph import Channels, Layer, WeightAxis
+from passes.channel_groups.util import (
+    NAN,
+    _attr,
+    _const,
+    _no_padding,
+    _opt_input,
+    _per_channel,
+)
+
+
+def _gemm(b: Builder, node: gs.Node) -> None:
+    a, w, c = node.inputs[0], node.inputs[1], _opt_input(node, 2)
+    W, C = _const(w), _const(c)
+    if W is None or W.ndim != 2 or _attr(node, "transA", 0) or (c is not None and C is None):
+        return b.opaque(node, "has no constant weight and bias (or uses transA)")
+    tb, alpha, beta = bool(_attr(node, "transB", 0)), float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+    wkn = W.T if tb else W  # [K, N] view of the weight (rows stay in the weight's dtype; folds upcast)
+    in_ax, out_ax = (1, 0) if tb else (0, 1)
+    n = wkn.shape[1]
+    bias_frozen = b.frozen(c, node) if c is not None else None
+    foldable = c is None or (beta != 0 and not bias_frozen)
+    fold = (lambda v: alpha * (v @ wkn.astype(np.float64))) if foldable else None
+    if b.read(node, a, -1, wkn, fold, b.frozen(w, node)):
+        b.slices(a, w, in_ax)
+    sliced_bias = C is not None and C.ndim > 0 and C.shape[-1] == n > 1
+    bias = beta * _per_channel(C, n) if C is not None else np.zeros(n)
+    b.produce(node, w, wkn.T, -1, bias, b.frozen(w, node) or (bias_frozen if sliced_bias else None))
+    b.slices(node.outputs[0], w, out_ax, lambda keep: b.cg.slice_input(node, 2, -1, keep))
+
+
+def _matmul_weight(w):
+    """(constant to slice, [K, N] weight, K axis in it, N axis in it, user of the constant) or None."""
+    if isinstance(w, gs.Constant) and w.values.ndim == 2:
+        return w, w.values, 0, 1, None
+    t = w.inputs[0] if len(w.inputs) == 1 else None
+    if t is not None and t.op == "Transpose" and isinstance(t.inputs[0], gs.Constant) and t.inputs[0].values.ndim == 2:
+        if list(_attr(t, "perm", [1, 0])) == [1, 0] and len(w.outputs) == 1:
+            return t.inputs[0], t.inputs[0].values.T, 1, 0, t
+    return None
+
+
+def _matmul(b: Builder, node: gs.Node) -> None:
+    a, w = node.inputs
+    found = _matmul_weight(w)
+    if found is None:
+        return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
+    src, W, in_ax, out_ax, via = found
+    wkn = W
+    frozen = b.frozen(src, via or node)
+    if b.read(node, a, -1, wkn, lambda v: v @ wkn.astype(np.float64), frozen):
+        b.slices(a, src, in_ax)
+    b.produce(node, src, wkn.T, -1, np.zeros(wkn.shape[1]), frozen)
+    b.slices(node.outputs[0], src, out_ax)
+
+
+def _bias(b: Builder, node: gs.Node, n: int) -> tuple[np.ndarray, str | None]:
+    t = _opt_input(node, 2)
+    if t is None:
+        return np.zeros(n), None
+    v = _const(t)
+    return (np.full(n, NAN) if v is None else v.astype(np.float64)), b.frozen(t, node)
+
+
+def _conv(b: Builder, node: gs.Node) -> None:
+    x, w = node.inputs[:2]
+    W, g, cx = _const(w), int(_attr(node, "group", 1)), b.ch(node.inputs[0])
+    if W is None:
+        return b.opaque(node, "has a non-constant weight")
+    if g == 1:
+        return _conv_dense(b, node, W)
+    if cx is not None and W.shape[1] == 1 and len(cx.ids) == g and W.shape[0] % g == 0:
+        return _depthwise(b, node, W, cx)
+    b.opaque(node, f"is a grouped Conv (group={g}), which has no channel rule")
+
+
+def _conv_dense(b: Builder, node: gs.Node, W: np.ndarray) -> None:
+    x, w = node.inputs[:2]
+    o, i, axis = W.shape[0], W.shape[1], 1 - W.ndim
+    bias, bias_frozen = _bias(b, node, o)
+    taps = W.reshape(o, i, -1).sum(axis=2, dtype=np.float64)  # a constant input channel meets every tap
+    fold = (lambda v: taps @ v) if _no_padding(node) and not bias_frozen else None
+    if b.read(node, x, axis, W.swapaxes(0, 1).reshape(i, -1), fold, b.frozen(w, node)):
+        b.slices(x, w, 1)
+    b.produce(node, w, W.reshape(o, -1), axis, bias, b.frozen(w, node) or bias_frozen)
+    b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
+
+
+def _depthwise(b: Builder, node: gs.Node, W: np.ndarray, cx: Channels) -> None:
+    """Input channel k feeds only filters k·m … k·m+m-1: they are members of class k, not consumers."""
+    x, w = node.inputs[:2]
+    if cx.axis != 1 - W.ndim:
+        return b.opaque(node, f"reads '{x.name}' on another axis")
+    m, rows = W.shape[0] // len(cx.ids), W.reshape(W.shape[0], -1)
+    bias, bias_frozen = _bias(b, node, W.shape[0])
+    b.block(cx.ids, b.frozen(w, node) or bias_frozen or "")
+    taps = rows.sum(axis=1, dtype=np.float64)
+    through = np.repeat(cx.value, m) * taps + bias if _no_padding(node) else np.full(len(rows), NAN)
+    out = node.outputs[0]
+    b.set(out, Channels(cx.axis, np.repeat(cx.ids, m), np.where(rows.any(axis=1), through, bias)))
+    b.cg.layers.append(Layer(node.name, node.op, w.name, out.name, rows))
+    b.cg.axes.append(WeightAxis(w.name, 0, out.name))
+
+    def edit(keep: np.ndarray) -> None:
+        b.cg.slice(w, 0, keep)
+        b.cg.slice_input(node, 2, 0, keep)
+        node.attrs["group"] = int(keep.sum()) // m
+
+    b.edit(out, edit)
+
+
+def _conv_transpose(b: Builder, node: gs.Node) -> None:
+    x, w = node.inputs[:2]
+    W = _const(w)
+    if W is None or int(_attr(node, "group", 1)) != 1:
+        return b.opaque(node, "is a grouped or non-constant ConvTranspose")
+    i, o, axis = W.shape[0], W.shape[1], 1 - W.ndim
+    if b.read(node, x, axis, W.reshape(i, -1), None, b.frozen(w, node)):  # borders see fewer taps: no folding
+        b.slices(x, w, 0)
+    bias, bias_frozen = _bias(b, node, o)
+    b.produce(node, w, W.swapaxes(0, 1).reshape(o, -1), axis, bias, b.frozen(w, node) or bias_frozen)
+    b.slices(node.outputs[0], w, 1, lambda keep: b.cg.slice_input(node, 2, 0, keep))
+
+

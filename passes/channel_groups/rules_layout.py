@@ -1,0 +1,149 @@
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.channel_groups.builder import Builder
+from passes.channel_groups.graph import Channels
+from passes.channel_groups.rules_elementwise import _merge
+from passes.channel_groups.util import NAN, _attr, _const, _opt_input
+
+
+def _spread(c: Channels, outer: int, inner: int) -> Channels:
+    """Channel k becomes `inner` consecutive features, the whole block repeated `outer` times (Flatten)."""
+    return Channels(-1, np.tile(np.repeat(c.ids, inner), outer), np.tile(np.repeat(c.value, inner), outer))
+
+
+def _static(dims) -> bool:
+    return all(isinstance(d, int) and d >= 0 for d in dims)
+
+
+def _flatten(b: Builder, node: gs.Node) -> None:
+    x = node.inputs[0]
+    c, s = b.ch(x), b.shape(x)
+    if s is None:
+        return b.opaque(node, "needs the input shape, which shape inference did not give")
+    r = len(s)
+    axis, ch = _attr(node, "axis", 1) % r if r else 0, r + c.axis
+    if ch < axis or not _static(s[axis:ch] + s[ch + 1 :]):
+        return b.opaque(node, f"flattens '{x.name}' {s} without static spatial sizes behind the channel axis")
+    b.set(node.outputs[0], _spread(c, math.prod(s[axis:ch]), math.prod(s[ch + 1 :])))
+
+
+def _reshape(b: Builder, node: gs.Node) -> None:
+    """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W)); the shape constant follows."""
+    x, k = node.inputs[:2]
+    c, s, S = b.ch(x), b.shape(x), _const(k)
+    ch = None if s is None else len(s) + c.axis
+    if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
+        return b.opaque(node, "is not a flattening Reshape with a constant shape and static spatial sizes")
+    per = math.prod(s[1:ch]) * math.prod(s[ch + 1 :])
+    total = per * len(c.ids)
+    allowzero = _attr(node, "allowzero", 0)
+    if not ((S[1] == total and S[0] in (-1, 0)) or (S[1] == -1 and S[0] == 0)) or (allowzero and 0 in S):
+        return b.opaque(node, f"reshapes to {S.tolist()}, not [N, {total}]")
+
+    def edit(keep: np.ndarray) -> None:
+        if S[1] != -1:
+            new = np.array([S[0], per * int(keep.sum())], dtype=S.dtype)
+            node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
+
+    b.edit(x, edit)
+    b.set(node.outputs[0], _spread(c, math.prod(s[1:ch]), math.prod(s[ch + 1 :])))
+
+
+def _transpose(b: Builder, node: gs.Node) -> None:
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    perm = list(_attr(node, "perm", [] if r is None else list(range(r))[::-1]))
+    if not perm:
+        return b.opaque(node, "needs the input rank")
+    r = len(perm)
+    b.set(node.outputs[0], Channels(perm.index(r + c.axis) - r, c.ids, c.value))
+
+
+def _squeeze_axes(b: Builder, node: gs.Node, rank: int | None) -> list[int] | None:
+    t = _opt_input(node, 1)
+    axes = _const(t) if t is not None else _attr(node, "axes", None)
+    if axes is None and node.op == "Squeeze" and b.shape(node.inputs[0]) is not None:
+        axes = [i for i, d in enumerate(b.shape(node.inputs[0])) if d == 1]
+    if axes is None or rank is None or (t is not None and _const(t) is None):
+        return None
+    return sorted(int(a) % rank for a in np.ravel(axes))
+
+
+def _squeeze(b: Builder, node: gs.Node) -> None:
+    x = node.inputs[0]
+    c, r, out_rank = b.ch(x), b.rank(x), b.rank(node.outputs[0])
+    axes = _squeeze_axes(b, node, r if node.op == "Squeeze" else out_rank)
+    if axes is None or r is None or out_rank is None:
+        return b.opaque(node, "has axes or ranks that shape inference did not give")
+    ch = r + c.axis
+    if node.op == "Squeeze" and ch in axes:
+        return b.opaque(node, "squeezes the channel axis")
+    if node.op == "Squeeze":
+        new = ch - sum(a < ch for a in axes)
+    else:
+        new = [j for j in range(out_rank) if j not in axes][ch]
+    b.set(node.outputs[0], Channels(new - out_rank, c.ids, c.value))
+
+
+def _concat(b: Builder, node: gs.Node) -> None:
+    r = b.rank(node.outputs[0])
+    chans = [b.ch(t) for t in node.inputs]
+    if r is None:
+        return b.opaque(node, "needs the output rank")
+    axis = _attr(node, "axis", 0) % r - r
+    if all(c is not None and c.axis != axis for c in chans):  # across another axis (batch, space): one class
+        same = np.all([c.value == chans[0].value for c in chans], axis=0)
+        return _merge(b, node, chans, np.where(same, chans[0].value, NAN))
+    parts = []
+    for t, c in zip(node.inputs, chans):
+        size = (b.shape(t) or [None] * r)[axis] if c is None else None
+        if c is None and not isinstance(size, int):
+            return b.opaque(node, f"needs the size of input '{t.name}'")
+        if c is None:  # a graph input or a constant: its positions are fixed
+            c = Channels(axis, b.cg.new_classes(size, f"Concat input '{t.name}'"), np.full(size, NAN))
+            b.block(c.ids, f"it is not produced by a weight layer (Concat {node.name!r})")
+        if c.axis != axis:
+            return b.opaque(node, "concatenates along an axis that is not every input's channel axis")
+        parts.append(c)
+    ids, value = np.concatenate([c.ids for c in parts]), np.concatenate([c.value for c in parts])
+    b.set(node.outputs[0], Channels(axis, ids, value))
+
+
+def _split(b: Builder, node: gs.Node) -> None:
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r is None:
+        return b.opaque(node, "needs the input rank")
+    if _attr(node, "axis", 0) % r - r != c.axis:  # split across another axis: every output holds every class
+        return [b.set(o, c) for o in node.outputs]
+    given = _opt_input(node, 1)
+    sizes = _const(given) if given is not None else _attr(node, "split", None)
+    n, p = len(node.outputs), len(c.ids)
+    if sizes is None and (given is not None or p % n):
+        return b.opaque(node, "has split sizes that are neither constant nor equal")
+    sizes = [p // n] * n if sizes is None else [int(s) for s in np.ravel(sizes)]
+    bounds = np.cumsum([0] + sizes)
+    for o, lo, hi in zip(node.outputs, bounds[:-1], bounds[1:]):
+        b.set(o, Channels(c.axis, c.ids[lo:hi], c.value[lo:hi]))
+
+    def edit(keep: np.ndarray) -> None:
+        new = np.array([int(keep[lo:hi].sum()) for lo, hi in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
+        node.attrs.pop("num_outputs", None)
+        if b.cg.graph.opset < 13:
+            node.attrs["split"] = new.tolist()
+        else:
+            const = gs.Constant(b.cg.unique(f"{node.name or 'split'}_sizes"), new)
+            while len(node.inputs) > 1:
+                node.inputs.pop()
+            node.inputs.append(const)
+
+    b.edit(x, edit)
+
+
