@@ -7,20 +7,16 @@ import logging
 import numpy as np
 import pytest
 
-from calibration.runtime import make_session
 from converter.budget import BudgetSearch
 from converter.pipeline import Data, PruneOptions, run
-from models import builders
+from tests.converter._data import self_labelled
 from passes.magnitude import Target
 from passes.weights import find_prunable
 
 
 @pytest.fixture(scope="module")
 def teacher_data():
-    model = builders.lenet300_like(hidden=(32, 16), seed=7)
-    x = np.random.default_rng(2).random((600, 1, 28, 28), dtype=np.float32)
-    labels = make_session(model).run(None, {"input": x})[0].argmax(1).astype(np.int64)
-    return model, {"input": x, "labels": labels}
+    return self_labelled(hidden=(32, 16), model_seed=7, n=600, data_seed=2)
 
 
 def _inputs(reader) -> np.ndarray:

@@ -4,11 +4,10 @@ would (same seed, same machine)."""
 import numpy as np
 import pytest
 
-from calibration.runtime import make_session
 from converter.checkpoint import Checkpoints
 from converter.errors import ConfigError
 from converter.pipeline import PruneOptions, run
-from models import builders
+from tests.converter._data import self_labelled
 
 
 class Stop(Exception):
@@ -17,10 +16,7 @@ class Stop(Exception):
 
 @pytest.fixture(scope="module")
 def setup():
-    model = builders.lenet300_like(hidden=(32, 16), seed=5)
-    x = np.random.default_rng(1).random((96, 1, 28, 28), dtype=np.float32)
-    labels = make_session(model).run(None, {"input": x})[0].argmax(1).astype(np.int64)
-    return model, {"input": x, "labels": labels}
+    return self_labelled(hidden=(32, 16), model_seed=5, n=96, data_seed=1)
 
 
 def _options(data, folder, **kw):

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 
-from calibration.runtime import make_session
 from converter.pipeline import PruneOptions, run
-from models import builders
+from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
 
 
 @pytest.fixture(scope="module")
 def teacher_data():
-    """A classifier whose 'labels' are its own predictions; the image border is blank, as in MNIST."""
-    model = builders.lenet300_like(hidden=(64, 32), seed=3)
-    rng = np.random.default_rng(0)
-    x = rng.random((256, 1, 28, 28), dtype=np.float32)
-    x[:, :, :3, :] = x[:, :, -3:, :] = 0.0
-    logits = make_session(model).run(None, {"input": x})[0]
-    return model, {"input": x, "labels": logits.argmax(1).astype(np.int64)}
+    """Self-labelled classifier data; the image border is blank, as in MNIST."""
+    return self_labelled(blank_rows=3)
 
 
 def hidden(report) -> dict[str, tuple[int, int]]:

@@ -13,17 +13,14 @@ from converter.cli import cli
 from converter.errors import BudgetError, ConfigError
 from converter.pipeline import PruneOptions, run
 from models import builders
+from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
 
 
 @pytest.fixture(scope="module")
 def teacher_data():
     """A classifier and 'labels' that are its own predictions: dense accuracy 100%, so losses are measurable."""
-    model = builders.lenet300_like(hidden=(64, 32), seed=3)
-    rng = np.random.default_rng(0)
-    x = rng.random((256, 1, 28, 28), dtype=np.float32)
-    logits = make_session(model).run(None, {"input": x})[0]
-    return model, {"input": x, "labels": logits.argmax(1).astype(np.int64)}
+    return self_labelled()
 
 
 def test_max_loss_respects_the_budget_and_prunes_layers_differently(teacher_data):
