@@ -264,6 +264,23 @@ def middle_output(seed: int = 0) -> onnx.ModelProto:
 
 
 # -- editing and checking ---------------------------------------------------------------------------------------
+def transformer_ffn(seed: int = 0, d: int = 16, hidden: int = 64) -> onnx.ModelProto:
+    """LayerNorm ─ MatMul ─ bias Add ─ GELU (erf form) ─ MatMul ─ bias Add ─ residual Add, on [N, 5, d]."""
+    g = G(seed)
+    ln = g.op("LayerNormalization", "ln", ["x", g.init("ln.g", np.ones(d, np.float32)),
+                                           g.init("ln.b", np.zeros(d, np.float32))], axis=-1)
+    h = g.op("Add", "fc1_bias", [g.op("MatMul", "fc1", [ln, g.weight("fc1.weight", (d, hidden), d)]),
+                                 g.bias("fc1.bias", hidden)])
+    erf = g.op("Erf", "gelu_erf", [g.op("Div", "gelu_div", [h, g.init("sqrt2", np.array(2 ** 0.5, np.float32))])])
+    act = g.op("Mul", "gelu_mul", [h, g.op("Add", "gelu_add", [erf, g.init("one", np.array(1.0, np.float32))])])
+    act = g.op("Mul", "gelu_half", [act, g.init("half", np.array(0.5, np.float32))])
+    o = g.op("Add", "fc2_bias", [g.op("MatMul", "fc2", [act, g.weight("fc2.weight", (hidden, d), hidden)]),
+                                 g.bias("fc2.bias", d)])
+    g.op("Add", "residual", ["x", o])
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 5, d]}, {"y": ["N", 5, d]})
+
+
 def reshape_instead_of_flatten(model: onnx.ModelProto, shape) -> onnx.ModelProto:
     """The Flatten node becomes a Reshape to `shape` (in place); returns the model."""
     node = next(n for n in model.graph.node if n.op_type == "Flatten")

@@ -182,3 +182,12 @@ def test_ranking_ignores_a_rescaling_the_batchnorm_divides_out(scale, channel):
     nmap2, weights2, _ = setup(m2)
     after, _ = neuron_masks(nmap2, weights2, ones, 0.5)
     assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def test_transformer_ffn_loses_half_its_hidden_neurons_and_keeps_the_residual_stream():
+    m = G.transformer_ffn()
+    nmap, w, ones = setup(m)
+    masks, _ = neuron_masks(nmap, w, ones, 0.5)
+    out, counts = shrink(m, masks)  # exact in onnxruntime through the erf-GELU chain
+    assert counts == {"fc1": (64, 32), "fc2": (16, 16)}  # fc2's outputs join the residual Add with the input
+    assert G.shapes(out)["fc1.weight"] == (16, 32) and G.shapes(out)["fc2.weight"] == (32, 16)
