@@ -25,7 +25,7 @@ import onnx
 
 from converter.errors import ConfigError
 from converter.finetune import MaskedTrainer
-from passes.magnitude import Target, quality_mask
+from passes.magnitude import Target, quality_mask, smallest
 from passes.neuron_masks import NeuronMap, neuron_map, neuron_masks
 from passes.weights import Inventory, weight_array
 
@@ -211,9 +211,7 @@ def magnitude_masks(weights: dict[str, np.ndarray], targets: dict[str, float],
         keep = current[name]
         rank = np.where(keep, np.abs(weights[name].astype(np.float64)), -1.0).reshape(-1)
         n_drop = max(int(round(s * rank.size)), int(rank.size - keep.sum()))
-        mask = np.ones(rank.size, dtype=bool)
-        mask[np.argsort(rank, kind="stable")[:n_drop]] = False
-        out[name] = mask.reshape(keep.shape) & keep
+        out[name] = ~smallest(rank, n_drop).reshape(keep.shape) & keep
     return out
 
 

@@ -27,7 +27,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassResult, PruneState, register_pass
-from passes.channel_groups import ChannelGraph, Shapes, build_channel_groups
+from passes.channel_groups import ChannelGraph, build_channel_groups
+from passes.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 16
@@ -95,7 +96,7 @@ def analyse(model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs:
             protected: set[str] | frozenset[str] = frozenset()) -> ChannelGraph:
     """The channel groups of `model` (on a graph of its own, free to edit)."""
     graph = _lift_constant_nodes(gs.import_onnx(model)).toposort()
-    return build_channel_groups(graph, infer_shapes(model), gather_inputs=gather_inputs, crop_inputs=crop_inputs,
+    return build_channel_groups(graph, infer_shapes(model, warn=True), gather_inputs=gather_inputs, crop_inputs=crop_inputs,
                                 protected=frozenset(protected))
 
 
@@ -156,22 +157,6 @@ def _lift_constant_nodes(graph: gs.Graph) -> gs.Graph:
             node.outputs.clear()
             out.to_constant(value.values)
     return graph.cleanup()
-
-
-def infer_shapes(model: onnx.ModelProto) -> Shapes:
-    """Tensor name -> dims (None where symbolic or unknown), from onnx shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # e.g. a model over 2 GB; rules needing shapes then block
-        log.warning("shape inference failed (%s); Flatten/BN/pool rules will block", exc)
-        inferred = model
-    g = inferred.graph
-    shapes: Shapes = {}
-    for vi in [*g.value_info, *g.input, *g.output]:
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-    return shapes
 
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:

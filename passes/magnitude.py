@@ -74,15 +74,25 @@ def resolve_targets(
     return targets
 
 
+def smallest(values: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the `n` smallest entries of a 1-D array, ties broken by position: the first n of a stable argsort,
+    in O(size) (a partition finds the n-th value; a full sort of VGG-16's 103M fc6 weights took 20 s)."""
+    out = np.zeros(values.size, dtype=bool)
+    if n <= 0:
+        return out
+    if n >= values.size:
+        out[:] = True
+        return out
+    nth = np.partition(values, n - 1)[n - 1]
+    out = values < nth
+    out[np.flatnonzero(values == nth)[: n - int(out.sum())]] = True
+    return out
+
+
 def sparsity_mask(values: np.ndarray, sparsity: float) -> np.ndarray:
     """Keep the largest (1-s)·n magnitudes; exactly round(s·n) weights go."""
     mag = np.abs(values.astype(np.float32, copy=False)).reshape(-1)
-    n_drop = int(round(sparsity * mag.size))
-    keep = np.ones(mag.size, dtype=bool)
-    if n_drop > 0:
-        order = np.argsort(mag, kind="stable")
-        keep[order[:n_drop]] = False
-    return keep.reshape(values.shape)
+    return ~smallest(mag, int(round(sparsity * mag.size))).reshape(values.shape)
 
 
 def quality_threshold(values: np.ndarray, quality: float) -> float:

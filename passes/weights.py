@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from passes.shapes import infer_shapes
+
 WEIGHT_OPS = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "fc", "MatMul": "fc"}
 PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"}
 FLOAT_TYPES = {
@@ -112,7 +114,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     captured = _names_used_in_subgraphs(graph)
-    shapes = _inferred_shapes(model) if with_macs else {}
+    shapes = infer_shapes(model) if with_macs else {}
 
     inv = Inventory()
     claimed: set[str] = set()
@@ -300,23 +302,6 @@ def _macs(node, size, shapes) -> int | None:
     if node.op_type == "MatMul":
         return size * int(np.prod(out[1:-1], dtype=np.int64)) if len(out) >= 2 else size
     return None
-
-
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Shapes from onnx shape inference; an empty map when inference fails (MACs are then 'unknown')."""
-    if model.ByteSize() > 2**31 - 1:
-        return {}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # inference is a nicety here, never a reason to fail
-        return {}
-    shapes = {}
-    g = inferred.graph
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return shapes
 
 
 def _attr(node, name, default):

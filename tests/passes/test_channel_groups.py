@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from passes.channel_groups import RULES, build_channel_groups
-from passes.dead_neurons import infer_shapes
+from passes.shapes import infer_shapes
 from tests.passes import _graphs as G
 
 

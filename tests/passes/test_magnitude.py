@@ -8,7 +8,14 @@ from converter.errors import ConfigError
 from models import builders
 from passes.apply_masks import ApplyMasks
 from passes.base import PruneState, run_passes
-from passes.magnitude import MagnitudePrune, Target, quality_for_sparsity, quality_mask, resolve_targets, sparsity_mask
+from passes.magnitude import (
+    MagnitudePrune,
+    Target,
+    quality_for_sparsity,
+    quality_mask,
+    resolve_targets,
+    sparsity_mask,
+)
 from passes.weights import find_prunable, weight_array
 from tests.oracle import assert_same_outputs, check_full, zero_weights
 
@@ -90,3 +97,15 @@ def test_layer_overrides_exclude_and_unknown_pattern():
         resolve_targets(inv, sparsity=0.5, quality=1.0)
     with pytest.raises(ConfigError):
         Target(sparsity=1.5)
+
+
+@given(values=st.lists(st.integers(0, 5), min_size=1, max_size=60), share=st.floats(0.0, 1.0))
+@settings(max_examples=200, deadline=None)
+def test_smallest_is_the_head_of_a_stable_sort_even_with_many_ties(values, share):
+    from passes.magnitude import smallest
+
+    a = np.array(values, dtype=np.float32)
+    n = int(round(share * a.size))
+    want = np.zeros(a.size, dtype=bool)
+    want[np.argsort(a, kind="stable")[:n]] = True
+    np.testing.assert_array_equal(smallest(a, n), want)

@@ -1,0 +1,31 @@
+"""Shape inference on a skeleton: the same shapes as on the whole model, without copying the weights."""
+
+import numpy as np
+import onnx
+
+from passes.shapes import BIG, infer_shapes, skeleton
+from tests.passes import _graphs as G
+
+
+def _full(model):
+    g = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).graph
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in [*g.value_info, *g.input, *g.output] if vi.type.tensor_type.HasField("shape")}
+
+
+def test_skeleton_gives_the_shapes_of_the_whole_model_without_big_weights():
+    for m in (G.lenet5(flatten="Reshape"), G.residual(), G.concat_split(), G.mlp((784, 300, 10), input_shape=["N", 1, 28, 28])):
+        sk = skeleton(m)
+        assert all(int(np.prod(t.dims)) < BIG for t in sk.graph.initializer)
+        assert sk.ByteSize() < m.ByteSize()
+        shapes = infer_shapes(m)
+        full = _full(m)
+        assert {k: v for k, v in shapes.items() if k in full} == full
+        assert m.graph.initializer and onnx.checker.check_model(m, full_check=True) is None  # the input is untouched
+
+
+def test_failing_inference_falls_back_to_the_declared_shapes(caplog):
+    m = G.mlp((6, 4, 3))
+    m.graph.node[0].op_type = "NoSuchOp"
+    shapes = infer_shapes(m, warn=True)
+    assert shapes["x"] == [None, 6] and shapes["y"] == [None, 3]
