@@ -62,6 +62,28 @@ def check_parity(
         _refuse_huge_inputs(oracle)
         feeds = [random_feeds(oracle, seed=s) for s in seeds]
         source = "random"
+    names = output_names(oracle)
+    wants = _reference_outputs(oracle, names, feeds, source)  # one session at a time: big models, little memory
+    try:
+        cand = make_session(candidate, optimize=False)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
+    worst = ("", 0.0, 0.0)
+    for feed, want in zip(feeds, wants):
+        for name, g, w in zip(names, cand.run(names, feed), want):
+            rel, diff = _compare(name, g, w, rtol)
+            if rel >= worst[2]:
+                worst = (name, diff, rel)
+    del cand
+    try:  # also the optimised load a deployment will do
+        make_session(candidate, optimize=True)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime refuses the written model with optimisations on: {_ort_reason(exc)}") from None
+    return Parity(max_abs=worst[1], max_rel=worst[2], worst_output=worst[0], batches=len(feeds), source=source)
+
+
+def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str) -> list[list]:
+    """The oracle's outputs on every feed; its session is gone when this returns."""
     try:
         ref = make_session(oracle, optimize=False)
     except Exception as exc:
@@ -70,21 +92,12 @@ def check_parity(
             f"no output can be verified or written: {_ort_reason(exc)}. Fix or re-export the model so that "
             "onnxruntime loads it (supported ops and opset, consistent shapes)."
         ) from None
-    try:
-        cand = make_session(candidate, optimize=False)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
-    try:  # also the optimised load a deployment will do
-        make_session(candidate, optimize=True)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime refuses the written model with optimisations on: {_ort_reason(exc)}") from None
-    names = output_names(oracle)
-    worst = ("", 0.0, 0.0)
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failing run is reported in our one line, not also in onnxruntime's log
+    wants = []
     for feed in feeds:
         try:
-            want = ref.run(names, feed, quiet)
+            wants.append(ref.run(names, feed, quiet))
         except Exception as exc:
             shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
             hint = (f"symbolic dimensions were set to {DEFAULT_DYNAMIC_DIM}; pass real samples with --data, or fix "
@@ -92,32 +105,33 @@ def check_parity(
             raise ModelError(
                 f"onnxruntime cannot run the model on {source} inputs ({shapes}): {_ort_reason(exc)}; {hint}."
             ) from None
-        got = cand.run(names, feed)
-        for name, g, w in zip(names, got, want):
-            g = np.asarray(g, dtype=np.float64) if np.issubdtype(np.asarray(g).dtype, np.number) else np.asarray(g)
-            w = np.asarray(w, dtype=np.float64) if np.issubdtype(np.asarray(w).dtype, np.number) else np.asarray(w)
-            if g.shape != w.shape:
-                raise ParityError(f"output '{name}' has shape {g.shape} in the written model, {w.shape} expected.")
-            if g.dtype.kind not in "fc":
-                if not np.array_equal(g, w):
-                    raise ParityError(f"output '{name}' differs from the dense model (non-float output).")
-                continue
-            finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both
-            if not np.array_equal(g[~finite], w[~finite], equal_nan=True):
-                raise ParityError(f"output '{name}' is NaN/inf in other places than in the dense model with the same "
-                                  "weights; this is a bug, please report it with --debug.")
-            g, w = g[finite], w[finite]
-            diff = float(np.max(np.abs(g - w))) if g.size else 0.0
-            scale = max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-6)
-            rel = diff / scale
-            if not np.isfinite(diff) or rel > rtol:
-                raise ParityError(
-                    f"output '{name}' differs from the dense model with the same weights: max abs diff {diff:.3g}"
-                    f" ({rel:.3g} of the output scale, limit {rtol:g}); this is a bug, please report it with --debug."
-                )
-            if rel >= worst[2]:
-                worst = (name, diff, rel)
-    return Parity(max_abs=worst[1], max_rel=worst[2], worst_output=worst[0], batches=len(feeds), source=source)
+    return wants
+
+
+def _compare(name: str, got, want, rtol: float) -> tuple[float, float]:
+    """(relative, absolute) max difference of one output; ParityError beyond `rtol` of the output's scale."""
+    g = np.asarray(got, dtype=np.float64) if np.issubdtype(np.asarray(got).dtype, np.number) else np.asarray(got)
+    w = np.asarray(want, dtype=np.float64) if np.issubdtype(np.asarray(want).dtype, np.number) else np.asarray(want)
+    if g.shape != w.shape:
+        raise ParityError(f"output '{name}' has shape {g.shape} in the written model, {w.shape} expected.")
+    if g.dtype.kind not in "fc":
+        if not np.array_equal(g, w):
+            raise ParityError(f"output '{name}' differs from the dense model (non-float output).")
+        return 0.0, 0.0
+    finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both
+    if not np.array_equal(g[~finite], w[~finite], equal_nan=True):
+        raise ParityError(f"output '{name}' is NaN/inf in other places than in the dense model with the same "
+                          "weights; this is a bug, please report it with --debug.")
+    g, w = g[finite], w[finite]
+    diff = float(np.max(np.abs(g - w))) if g.size else 0.0
+    scale = max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-6)
+    rel = diff / scale
+    if not np.isfinite(diff) or rel > rtol:
+        raise ParityError(
+            f"output '{name}' differs from the dense model with the same weights: max abs diff {diff:.3g}"
+            f" ({rel:.3g} of the output scale, limit {rtol:g}); this is a bug, please report it with --debug."
+        )
+    return rel, diff
 
 
 def _refuse_huge_inputs(model: onnx.ModelProto) -> None:
