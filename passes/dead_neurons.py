@@ -176,8 +176,19 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     out.metadata_props.extend(like.metadata_props)
     if like.functions and not out.functions:
         out.functions.extend(like.functions)
+    _keep_io_types(out, like)
     _relist_initializer_inputs(out, like)
     return out
+
+
+def _keep_io_types(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Graph inputs and outputs keep their shapes here, so they keep their declarations too: onnx-graphsurgeon
+    exports a sequence-of-maps output (ZipMap) as a sequence of untyped tensors, which onnxruntime refuses."""
+    for got, had in ((out.graph.input, like.graph.input), (out.graph.output, like.graph.output)):
+        original = {vi.name: vi for vi in had}
+        for vi in got:
+            if vi.name in original:
+                vi.CopyFrom(original[vi.name])
 
 
 def _relist_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:

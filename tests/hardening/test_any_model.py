@@ -269,8 +269,9 @@ def _inspect_and_prune(model: onnx.ModelProto, tmp_path: Path, sparsity: float, 
 
 
 def check_prune(model: onnx.ModelProto, tmp_path: Path, sparsity: float) -> tuple[dict, dict, onnx.ModelProto]:
-    """Prune with --no-neurons (weights checked one by one), then by default (dead neurons removed); both must
-    pass the full checker and compute what the input with the masked weights zeroed computes."""
+    """Prune with --no-neurons (weights checked one by one), then by default (dead neurons removed) and, at 0.9,
+    with --crop-inputs; all must pass the full checker and compute what the input with the masked weights zeroed
+    computes."""
     info, res = _inspect_and_prune(model, tmp_path, sparsity, "--no-neurons")
     assert res.exit_code == 0, res.output
     plain = onnx.load(tmp_path / "out.onnx")
@@ -282,6 +283,13 @@ def check_prune(model: onnx.ModelProto, tmp_path: Path, sparsity: float) -> tupl
     shrunk = onnx.load(tmp_path / "shrunk.onnx")
     onnx.checker.check_model(shrunk, full_check=True)
     assert_same_function(shrunk, oracle, model)
+    if sparsity >= 0.9:  # and with the input cropped to the features some weight still reads
+        res = invoke("prune", tmp_path / "in.onnx", "-o", tmp_path / "cropped.onnx", "--sparsity", sparsity, "--json",
+                     "--crop-inputs")
+        assert res.exit_code == 0, res.output
+        cropped = onnx.load(tmp_path / "cropped.onnx")
+        onnx.checker.check_model(cropped, full_check=True)
+        assert_same_function(cropped, oracle, model)
     return info, report, plain
 
 

@@ -523,3 +523,29 @@ def test_property_neuron_masks_then_removal_keep_outputs_and_shrink_each_layer(d
     for i in range(1, len(widths) - 1):
         before, after = channels(report)[f"fc{i}"]
         assert 1 <= after <= before - min(int(np.floor(fraction * before + 1e-9)), before - 1)
+
+
+def test_a_non_tensor_graph_output_keeps_its_type_through_removal():
+    """onnx-graphsurgeon exports ZipMap's sequence<map<int64, float>> as a sequence of untyped tensors."""
+    from onnx import helper
+
+    m = G.mlp((6, 5, 3))
+    m.graph.node[-1].output[0] = "logits"
+    m.graph.node.append(helper.make_node("ZipMap", ["logits"], ["probs"], domain="ai.onnx.ml",
+                                         classlabels_int64s=[0, 1, 2], name="zipmap"))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_value_info("probs", helper.make_sequence_type_proto(
+        helper.make_map_type_proto(onnx.TensorProto.INT64, helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [])))))
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    G.zero(m, "fc1.weight", 1, [])  # nothing in fc1's inputs …
+    G.zero(m, "fc2.weight", 1, [2])  # … but neuron 2 of fc1 is unread
+    out, report = remove_dead_neurons(m)
+    assert channels(report)["fc1"] == (5, 4)
+    assert out.graph.output[0] == m.graph.output[0]
+    onnx.checker.check_model(out, full_check=True)
+    from calibration.runtime import make_session
+
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    got, want = (make_session(mm, optimize=False).run(None, {"x": x})[0] for mm in (out, m))
+    assert [sorted(d) for d in got] == [sorted(d) for d in want]
+    assert all(abs(g[k] - w[k]) <= 1e-5 * max(1.0, abs(w[k])) for g, w in zip(got, want) for k in w)
