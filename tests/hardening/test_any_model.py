@@ -417,3 +417,31 @@ def test_model_that_computes_nan_is_pruned_faithfully(tmp_path):
         feed = feeds(model, seed)
         got, want = run(written, feed)["output"], run(model, feed)["output"]
         assert np.isnan(want).any() and np.array_equal(np.isnan(got), np.isnan(want))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_half_the_neurons_masked_whole_then_removed_computes_the_masked_model(name):
+    """What --neuron-sparsity does to the weights (without the retraining), on every kind of model: the neurons
+    that may go are masked in every weight they touch, and removing them changes nothing further."""
+    from passes.apply_masks import ApplyMasks
+    from passes.base import PruneState
+    from passes.dead_neurons import remove_dead_neurons
+    from passes.neuron_masks import neuron_map, neuron_masks
+    from passes.weights import find_prunable, weight_array
+
+    model = MODELS[name]()
+    try:
+        run(model, feeds(model, 0))
+    except Exception as exc:
+        pytest.skip(f"onnxruntime {ort.__version__} cannot run this model: {str(exc).splitlines()[0][:200]}")
+    names = {w.name for w in find_prunable(model).prunable}
+    weights = {n: weight_array(model, n) for n in names}
+    masks, gone = neuron_masks(neuron_map(model, names), weights, {n: np.ones(w.shape, bool) for n, w in weights.items()},
+                               0.5)
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)
+    masked = ApplyMasks()(masked, PruneState(masks=masks)).model
+    shrunk, report = remove_dead_neurons(masked)
+    onnx.checker.check_model(shrunk, full_check=True)
+    assert_same_function(shrunk, masked, model)
+    assert report.removed >= len(gone)  # every masked neuron left the shapes
