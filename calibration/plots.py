@@ -41,7 +41,7 @@ def plot_sensitivity(result: SensitivityResult, path: str | os.PathLike, *, titl
             ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, linestyle="--" if lay.coupled else "-",
                     label=label)
         ax.set_title(KIND_TITLES[kind])
-        ax.set_xlabel("parameters pruned away (%)")
+        ax.set_xlabel(f"{'neurons' if result.unit == 'neurons' else 'parameters'} pruned away (%)")
         ax.set_xlim(0, 100)
         ax.set_ylim(max(0.0, low - 2.0), min(100.0, result.dense + 2.0) if result.dense <= 100 else None)
         ax.grid(True, alpha=0.3)
@@ -49,7 +49,8 @@ def plot_sensitivity(result: SensitivityResult, path: str | os.PathLike, *, titl
             ax.legend(fontsize=7, loc="lower left")
     axes[0][0].set_ylabel(f"{result.metric} (%)")
     samples = f"{result.num_samples:,} samples" if result.num_samples else "calibration data"
-    fig.suptitle(title or f"Sensitivity: {result.metric} with one layer pruned at a time ({samples})", fontsize=10)
+    what = "one layer's neurons masked whole at a time" if result.unit == "neurons" else "one layer pruned at a time"
+    fig.suptitle(title or f"Sensitivity: {result.metric} with {what} ({samples})", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -71,7 +72,7 @@ def sensitivity_table(result: SensitivityResult, levels=TABLE_LEVELS) -> list[di
     shown = [s for s in levels if any(abs(s - x) < 1e-9 for x in result.levels)] or list(result.levels)
     rows = []
     for lay in result.layers:
-        row = {"layer": lay.node, "op": lay.op, "weights": f"{lay.size:,}"}
+        row = {"layer": lay.node, "op": lay.op, result.unit: f"{lay.size:,}"}
         for s in shown:
             i = min(range(len(lay.levels)), key=lambda k: abs(lay.levels[k] - s))
             row[f"{s:.0%}"] = f"{lay.values[i]:.2f}"

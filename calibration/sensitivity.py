@@ -72,6 +72,7 @@ class SensitivityResult:
     seconds: float = 0.0
     num_samples: int | None = None
     data: str = ""
+    unit: str = "weights"  # what a level removes: "weights" (magnitude, per layer) or "neurons" (whole, per group)
 
     def layer(self, name: str) -> LayerSensitivity:
         for lay in self.layers:

@@ -383,15 +383,19 @@ def _json_default(value):
 @click.argument("model", type=click.Path(path_type=Path))
 @_data_options
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Folder for sensitivity.json and the plot.")
+@click.option("--neurons", "by_neurons", is_flag=True,
+              help="Mask whole neurons per layer instead of single weights (to choose --neuron-layer NAME=S).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, quiet, as_json):
+def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, by_neurons, quiet,
+                as_json):
     """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
 
     \b
     Examples:
       onnxprune sensitivity model.onnx --data calib.npz -o scan/
       onnxprune sensitivity model.onnx --data calib.npz --labels y --levels 0.5,0.9,0.99 --json
+      onnxprune sensitivity model.onnx --data calib.npz --neurons -o scan/   # neuron_sensitivity.json/.png
     """
     from calibration.plots import plot_sensitivity, sensitivity_table
     from converter import modelio
@@ -412,13 +416,15 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     progress = Progress(quiet=quiet or as_json)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = scan(loaded.model, inventory, Data(loaded.model, options).calibration, options, progress)
+            result = scan(loaded.model, inventory, Data(loaded.model, options).calibration, options, progress,
+                          neurons=by_neurons)
     finally:
         progress.close()
+    stem = "neuron_sensitivity" if by_neurons else "sensitivity"
     if out_dir is not None:
         out_dir.mkdir(exist_ok=True)
-        modelio.atomic_write_bytes(out_dir / "sensitivity.json", result.to_json().encode())
-        plot_sensitivity(result, out_dir / "sensitivity.png")
+        modelio.atomic_write_bytes(out_dir / f"{stem}.json", result.to_json().encode())
+        plot_sensitivity(result, out_dir / f"{stem}.png")
     if as_json:
         click.echo(result.to_json())
         return
@@ -427,7 +433,8 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     from converter.inspect import _console
 
     rows = sensitivity_table(result)
-    table = Table(title=f"Sensitivity ({result.metric} on {result.data}; dense {result.dense:.2f}%)")
+    what = "whole neurons, " if by_neurons else ""
+    table = Table(title=f"Sensitivity ({what}{result.metric} on {result.data}; dense {result.dense:.2f}%)")
     for col in rows[0] if rows else []:
         table.add_column(col, overflow="fold")
     for row in rows:
@@ -437,7 +444,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     if any(lay.coupled for lay in result.layers):
         console.print("residual: the layer's output meets a residual Add; pruning it alone can look harmless.")
     if out_dir is not None:
-        console.print(f"wrote {out_dir / 'sensitivity.json'} and {out_dir / 'sensitivity.png'}")
+        console.print(f"wrote {out_dir / (stem + '.json')} and {out_dir / (stem + '.png')}")
 
 
 # ---------------------------------------------------------------- demo

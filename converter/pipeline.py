@@ -374,13 +374,16 @@ def _with_overrides(targets: dict, inventory: Inventory, options: PruneOptions) 
     return targets
 
 
-def scan(model, inventory, evaluator, options: PruneOptions, progress):
+def scan(model, inventory, evaluator, options: PruneOptions, progress, *, neurons: bool = False):
+    """The per-layer sensitivity scan: single weights by magnitude, or (`neurons`) whole neurons per group."""
+    from calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
     from calibration.sensitivity import DEFAULT_LEVELS
     from calibration.sensitivity import scan as sensitivity_scan
 
-    levels = tuple(options.levels) if options.levels else DEFAULT_LEVELS
-    return sensitivity_scan(model, inventory, evaluator, levels,
-                            progress=lambda done, total, what="": progress("sensitivity scan", done, total, what))
+    run_scan, default = (neuron_scan, DEFAULT_NEURON_LEVELS) if neurons else (sensitivity_scan, DEFAULT_LEVELS)
+    levels = tuple(options.levels) if options.levels else default
+    return run_scan(model, inventory, evaluator, levels,
+                    progress=lambda done, total, what="": progress("sensitivity scan", done, total, what))
 
 
 # ------------------------------------------------------------------------------------------------ retraining

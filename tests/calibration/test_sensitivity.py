@@ -29,9 +29,9 @@ def with_constant_node(model, name):
     return model
 
 
-def evaluator(model, metric="rel_l2", n=48, labels=False, batch_size=16):
+def evaluator(model, metric="rel_l2", n=48, labels=False, batch_size=16, input_name="input"):
     feeds = open_data("random", model, limit=n, batch_size=batch_size).batches()
-    arrays = {"input": np.concatenate([f["input"] for f, _ in feeds])}
+    arrays = {input_name: np.concatenate([f[input_name] for f, _ in feeds])}
     if labels:  # labels from the dense model on half the samples: accuracy is then far from 0 and 100
         dense = Evaluator(open_data(arrays, model), "agreement", model).outputs(model).argmax(1)
         arrays["labels"] = np.where(np.arange(n) % 2 == 0, dense, (dense + 1) % dense.max(initial=1))
