@@ -20,7 +20,14 @@ import numpy as np
 import onnx
 
 from calibration.metrics import Evaluator
-from calibration.sensitivity import LayerSensitivity, Progress, SensitivityResult, _check_levels, _dense_pct, _Ticker
+from calibration.sensitivity import (
+    LayerSensitivity,
+    Progress,
+    SensitivityResult,
+    _check_levels,
+    _dense_pct,
+    _Ticker,
+)
 from passes.apply_masks import ApplyMasks
 from passes.base import PruneState
 from passes.neuron_masks import NeuronMap, neuron_map, neuron_masks
