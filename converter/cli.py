@@ -459,8 +459,8 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
 def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
     """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about a minute on a laptop CPU).
 
-    Sensitivity scan -> budgeted prune -> retrain (iterated, half of each layer's neurons masked whole on the
-    way) -> dead-neuron removal and input crop -> sparse write -> verify, then a report (report.html) you can
+    Sensitivity scan -> budgeted prune -> retrain (iterated, up to half of each layer's neurons masked whole
+    on the way) -> dead-neuron removal and input crop -> sparse write -> verify, then a report (report.html) you can
     open offline.
     """
     from converter.pipeline import PruneOptions
