@@ -34,16 +34,7 @@ from typing import Callable
 import onnx_graphsurgeon as gs
 
 from passes.channel_groups.builder import Builder
-from passes.channel_groups.graph import (
-    ChannelGraph,
-    ChannelGroup,
-    Channels,
-    Edit,
-    Layer,
-    Read,
-    Shapes,
-    WeightAxis,
-)
+from passes.channel_groups.graph import ChannelGraph, Shapes
 from passes.channel_groups.inputs import _seed_inputs
 from passes.channel_groups.rules_elementwise import (
     BINARY,
@@ -65,8 +56,7 @@ from passes.channel_groups.rules_layout import (
 )
 from passes.channel_groups.util import NAN
 
-__all__ = ["NAN", "RULES", "PRODUCERS", "ChannelGraph", "ChannelGroup", "Channels", "Edit", "Layer", "Read", "Shapes",
-           "WeightAxis", "build_channel_groups"]
+__all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel_groups"]
 
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
