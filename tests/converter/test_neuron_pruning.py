@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
+from calibration.runtime import make_session
 from converter.pipeline import PruneOptions, run
 from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
@@ -73,3 +75,18 @@ def _without_border_weights(model: onnx.ModelProto, rows: int) -> onnx.ModelProt
             w[:, :rows, :] = w[:, -rows:, :] = 0.0
             t.CopyFrom(onnx.numpy_helper.from_array(w.reshape(-1, 784), t.name))
     return out
+
+
+def test_a_residual_bn_cnn_loses_half_its_channels_through_retraining():
+    """Bridge training, masks across the residual Add, removal and verification, end to end."""
+    from tests.passes import _graphs as G
+
+    model = G.residual()  # stem ─┬─ conv a ─ BN ─ Relu ─ conv b ─ Add ─ Relu ─ GAP ─ Gemm head
+    x = np.random.default_rng(1).standard_normal((128, 3, 8, 8)).astype(np.float32)
+    labels = make_session(model).run(None, {"x": x})[0].argmax(1).astype(np.int64)
+    result = run(model, PruneOptions(sparsity=0.5, neuron_sparsity=0.5, iterations=2, epochs=1, lr=0.01,
+                                     data={"x": x, "labels": labels}, seed=0))
+    layers = hidden(result.report)
+    assert layers["stem.weight"] == (8, 4) and layers["b.weight"] == (8, 4) and layers["a.weight"] == (8, 4)
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"x": x[:16]}])
+    onnx.checker.check_model(result.model)
