@@ -474,6 +474,7 @@ def render_html(doc: dict, figures: list[FigureOut]) -> str:
         _section("Layers", _layer_table(doc["table"]), "layers"),
         _section("Metric", _metric_block(doc), "metric"),
         _figures_section(figures),
+        _section("Rounds", _rounds_table(doc.get("history") or []), "rounds"),
         _section("Deployment", _deployment_block(doc), "deployment"),
         _skipped_block(doc.get("skipped") or []),
         _notes_block(doc.get("notes") or []),
@@ -723,6 +724,26 @@ def _latency_table(latency) -> str:
             "<th class=\"n\">input model</th><th class=\"n\">pruned model</th><th class=\"n\">after / before</th>"
             "<th class=\"n\">speed-up</th><th class=\"n\">runs each</th></tr></thead>\n"
             f"<tbody>{body}</tbody></table>\n<p class=\"note\">{info}{extra}</p>")
+
+
+def _rounds_table(history: list) -> str:
+    """One row per prune -> retrain round: weights kept, neurons left per layer, the metric, the budget."""
+    rows = [h for h in history if isinstance(h, dict) and "round" in h]
+    if not rows:
+        return ""
+    budgeted = any("fits" in h for h in rows)
+    body = "\n".join(
+        f"<tr><td class=\"n\">{_e(h['round'])}</td><td>{_e(h.get('phase', ''))}</td>"
+        f"<td class=\"n\">{_g(100 * h['overall_density'], 3) + '%' if h.get('overall_density') is not None else ''}</td>"
+        f"<td>{_e(', '.join(f'{k} {v}' for k, v in (h.get('neurons') or {}).items()))}</td>"
+        f"<td class=\"n\">{_g(100 * h['metric'], 4) + '%' if h.get('metric') is not None else ''}</td>"
+        + (f"<td class=\"n\">{_g(h.get('loss_pp'), 2)}</td><td>{'yes' if h.get('fits') else 'no, undone'}</td>"
+           if budgeted else "")
+        + f"<td class=\"n\">{_g(h.get('seconds'), 3)}</td></tr>" for h in rows)
+    budget_head = "<th class=\"n\">loss (pp)</th><th>within budget</th>" if budgeted else ""
+    return ("<table class=\"rounds\"><thead><tr><th class=\"n\">round</th><th>phase</th><th class=\"n\">weights kept"
+            "</th><th>neurons left</th><th class=\"n\">metric</th>" + budget_head + "<th class=\"n\">seconds</th></tr>"
+            f"</thead>\n<tbody>{body}</tbody></table>")
 
 
 def _skipped_block(skipped: list) -> str:

@@ -38,7 +38,8 @@ def _lenet300_with_hostile_node():
 def _extras(report: dict) -> dict:
     """What the integrator adds around the pipeline's report: history, sensitivity, latency, command, seed."""
     layers = report["layers"]
-    history = [{"round": 1, "phase": "prune", "overall_density": 0.5, "density": {}, "metric": 0.981, "fits": True},
+    history = [{"round": 1, "phase": "prune", "overall_density": 0.5, "density": {}, "metric": 0.981, "fits": True,
+                "neurons": {"Gemm '<fc1>'": 150}},
                {"round": 2, "phase": "prune", "overall_density": 0.2, "density": {}, "metric": 0.978, "fits": True},
                {"round": 3, "phase": "prune", "overall_density": 0.1, "density": {}, "metric": 0.95, "fits": False}]
     levels = [0.1, 0.5, 0.9, 0.99]
@@ -258,3 +259,12 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
 def test_nothing_is_infinite_in_the_plots_inputs():
     png = report_plots.metric_vs_pruned([{"round": 1, "density": math.nan, "metric": 0.9}], metric="accuracy")
     assert png.startswith(b"\x89PNG")
+
+
+def test_rounds_table_lists_each_round_with_neurons_and_budget(written):
+    html_path, _, _ = written
+    text = html_path.read_text(encoding="utf-8")
+    rounds = text[text.index('id="rounds"'):text.index('id="deployment"')]
+    assert rounds.count("<tr>") == 4  # header + three rounds
+    assert "Gemm &#x27;&lt;fc1&gt;&#x27; 150" in rounds  # neurons left, escaped
+    assert "no, undone" in rounds and rounds.count(">yes<") == 2
