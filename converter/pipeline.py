@@ -244,6 +244,10 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     original = loaded.model
     where = str(loaded.path) if loaded.path else "<model>"
     inventory = inventory_of(original, where=where)
+    if options.neuron_layers:  # a mistyped layer name fails now, not after the scan and the first rounds
+        from passes.neuron_masks import neuron_map
+
+        neuron_map(original, {w.name for w in inventory.prunable}).fractions(0.0, options.neuron_layers)
     data = Data(original, options) if options.data is not None else None
     state, extra, history = PruneState(), {}, []
     with clock.step("choose"):

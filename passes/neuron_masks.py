@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
+from converter.errors import ConfigError
 from passes.dead_neurons import analyse
 
 
@@ -58,10 +59,16 @@ class NeuronMap:
 
     def fractions(self, default: float, layers: dict[str, float] | None = None) -> list[float]:
         """Per group: the first `layers` pattern (glob) matching a producer's node or weight name, else `default`."""
-        out = []
+        out, used = [], set()
         for names in self.names:
-            hit = [f for pattern, f in (layers or {}).items() if any(fnmatch.fnmatchcase(n, pattern) for n in names)]
-            out.append(hit[0] if hit else default)
+            hit = [(p, f) for p, f in (layers or {}).items() if any(fnmatch.fnmatchcase(n, p) for n in names)]
+            used.update(p for p, _ in hit)
+            out.append(hit[0][1] if hit else default)
+        unused = [p for p in layers or {} if p not in used]
+        if unused:
+            valid = sorted({n for names in self.names for n in names})
+            raise ConfigError(f"--neuron-layer '{unused[0]}' matches no layer whose neurons can go; valid names: "
+                              f"{', '.join(valid[:12])}{', …' if len(valid) > 12 else ''}.")
         return out
 
     def kept(self, gone: set[int]) -> dict[str, tuple[int, int]]:

@@ -267,6 +267,13 @@ BAD_OPTIONS = [
 ]
 
 
+def test_a_neuron_layer_that_matches_nothing_is_named(mlp, tmp_path):
+    res = prune(mlp, tmp_path, "--sparsity", "0.5", "--iterations", "1", "--data", "random", "--neuron-layer",
+                "conv9=0.5")
+    assert_clean_error(res, 2, "--neuron-layer 'conv9' matches no layer whose neurons can go; valid names:")
+    assert leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("args, text", BAD_OPTIONS, ids=[" ".join(a) or "none" for a, _ in BAD_OPTIONS])
 def test_bad_or_contradictory_options_are_usage_errors(mlp, tmp_path, args, text):
     assert_clean_error(prune(mlp, tmp_path, *args), 2, text)
