@@ -262,7 +262,9 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
             run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
     with clock.step("shrink_encode_verify"):
         shrunk, neurons = _shrink(dense_pruned, options, state)
-        final = _copy(shrunk)
+        params_after_shrink = sum(w.size for w in find_prunable(shrunk, with_macs=False).prunable)
+        final = _copy(shrunk) if shrunk is dense_pruned else shrunk  # the oracle stays dense; a new graph is ours
+        del shrunk
         present = set(constant_tensors(final))
         run_passes([SparseEncode([w.name for w in inventory.prunable if w.name in present], options.sparse_format)],
                    final, state)
@@ -277,7 +279,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         "before": totals(before),
         "after": totals(after),
         "neurons": neurons,
-        "params_after_shrink": sum(w.size for w in find_prunable(shrunk).prunable),
+        "params_after_shrink": params_after_shrink,
         "file_size_before": loaded.file_size,
         "file_size_after": final.ByteSize(),
         "sparse_format": options.sparse_format,
