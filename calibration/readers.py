@@ -17,7 +17,6 @@ Rules, all enforced with one `CalibrationError` that names the file, the array a
 from __future__ import annotations
 
 import copy
-
 import logging
 import os
 import zipfile
@@ -87,11 +86,10 @@ class DataReader:
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """A fresh pass over the data: (feeds, labels or None) per batch."""
-        checked = (self._check(c) for c in self._chunks())
-        limit = self.limit
+        checked = _take((self._check(c) for c in self._chunks()), self.limit)
         if self._every:  # --limit counts samples of the whole data, before the split
-            checked, limit = _every_nth(_take(checked, limit), self._every, self._holdout), None
-        for chunk in _rebatch(checked, self.batch_size, limit, self._check.values):
+            checked = _every_nth(checked, self._every, self._holdout)
+        for chunk in _rebatch(checked, self.batch_size, self._check.values):
             yield chunk.arrays, chunk.labels
 
     def part(self, every: int, holdout: bool) -> DataReader:
@@ -493,14 +491,12 @@ def _every_nth(chunks: Iterator[Chunk], every: int, holdout: bool) -> Iterator[C
             yield Chunk({k: v[pick] for k, v in chunk.arrays.items()}, labels, chunk.where)
 
 
-def _rebatch(chunks: Iterator[Chunk], batch_size: int, limit: int | None,
-             on_slice: Callable[[Chunk], Chunk]) -> Iterator[Chunk]:
-    """Cut chunks into batches of exactly batch_size samples (the last may be short), stopping at limit."""
+def _rebatch(chunks: Iterator[Chunk], batch_size: int, on_slice: Callable[[Chunk], Chunk]) -> Iterator[Chunk]:
+    """Cut chunks into batches of exactly batch_size samples (the last may be short)."""
     pending: list[Chunk] = []
     have = 0
-    left = limit
     for chunk in chunks:
-        n = chunk.n if left is None else min(chunk.n, left)
+        n = chunk.n
         start = 0
         while start < n:
             take = min(batch_size - have, n - start)
@@ -510,10 +506,6 @@ def _rebatch(chunks: Iterator[Chunk], batch_size: int, limit: int | None,
             if have == batch_size:
                 yield _concat(pending)
                 pending, have = [], 0
-        if left is not None:
-            left -= n
-            if left <= 0:
-                break
     if pending:
         yield _concat(pending)
 

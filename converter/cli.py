@@ -232,8 +232,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
           batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
-          device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs, checkpoint_dir, resume, recipe, allow_other_model,
-          report_dir, force, quiet, as_json):
+          device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
+          checkpoint_dir, resume, recipe, allow_other_model, report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
     \b
@@ -265,9 +265,9 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
             temperature=temperature,
             alternate=alternate, reg=reg, reg_strength=reg_strength,
-            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs, crop_inputs=crop_inputs,
-            seed=seed,
-            validation=validation, neuron_sparsity=neuron_sparsity, neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
+            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs,
+            crop_inputs=crop_inputs, seed=seed, validation=validation, neuron_sparsity=neuron_sparsity,
+            neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
         )
     modelio.check_output_path(output, protect=(model,))
     if report_dir is not None:

@@ -122,10 +122,9 @@ class PruneOptions:
             raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
 
     def _validate_neuron_sparsity(self) -> None:
-        for value in [self.neuron_sparsity, *self.neuron_layers.values()]:
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"--neuron-sparsity {value} must be in [0, 1); e.g. 0.5 removes half of each "
-                                  "layer's neurons.")
+        from passes.neuron_masks import check_shares
+
+        check_shares([self.neuron_sparsity, *self.neuron_layers.values()])
         if self.iterations < 1:
             raise ConfigError("--neuron-sparsity removes whole neurons while retraining; add --iterations N "
                               "(and --data).")
@@ -183,8 +182,7 @@ class Data:
         self.model, self.options = model, options
         self._calib = None
         self._eval = None
-        self.every: int | None = None
-        self.every = self._split(options)
+        self.every = self._split(options)  # before any part= reader is asked for
 
     def _split(self, o: PruneOptions) -> int | None:
         if o.max_loss is None or o.iterations < 1 or not o.validation or o.data == "random":

@@ -26,7 +26,7 @@ import onnx
 from converter.errors import ConfigError
 from converter.finetune import MaskedTrainer
 from passes.magnitude import Target, quality_mask, smallest
-from passes.neuron_masks import NeuronMap, neuron_map, neuron_masks
+from passes.neuron_masks import NeuronMap, check_shares, neuron_map, neuron_masks
 from passes.weights import Inventory, weight_array
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,16 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
                     initial_masks: dict[str, np.ndarray] | None = None,
                     eval_fn: Callable[[onnx.ModelProto], float] | None = None,
                     progress: RoundProgress | None = None, checkpoint=None, resume: dict | None = None,
-                    neuron_sparsity: float = 0.0, neuron_layers: dict[str, float] | None = None, **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
+                    neuron_sparsity: float = 0.0, neuron_layers: dict[str, float] | None = None,
+                    **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
     """Prune `model` to `final_sparsities` ({weight: sparsity or Target}) over `iterations` prune→retrain rounds.
 
     Returns (model with the retrained weights written back and masks applied, masks, history: one dict per
     round). `neuron_sparsity` also masks that share of every channel group's neurons whole (`neuron_layers`:
-    {layer glob: share} overrides; on the same schedule, before the magnitude step; see passes.neuron_masks). `options` go to the trainer (loss, teacher, temperature,
-    label_smoothing, distill_weight, dropout_scale, device, seed, module) and to each training run (momentum, reg,
-    reg_strength, batch_size, lr_min). Distillation without a teacher distills from `model` as given (the dense model).
+    {layer glob: share} overrides; on the same schedule, before the magnitude step; see passes.neuron_masks).
+    `options` go to the trainer (loss, teacher, temperature, label_smoothing, distill_weight, dropout_scale, device,
+    seed, module) and to each training run (momentum, reg, reg_strength, batch_size, lr_min). Distillation without
+    a teacher distills from `model` as given (the dense model).
     `checkpoint(step, trainer, history)` is called after every round; `resume` ({round, model, masks, history,
     trainer} from converter.checkpoint) continues an interrupted run and ends where the uninterrupted one would.
     """
@@ -177,9 +179,7 @@ def neuron_schedule(model: onnx.ModelProto, maskable: set[str], fraction: float,
                     iterations: int, schedule: str = "cubic") -> tuple[NeuronMap | None, list[list[float]]]:
     """(neuron map, per round the share of each group's neurons to mask whole), rising from 0 to the final share
     on the weights' schedule; (None, zeros) when no neuron is to go."""
-    for value in [fraction, *(layers or {}).values()]:
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"neuron sparsity {value} must be in [0, 1); e.g. 0.5 removes half of a layer's neurons.")
+    check_shares([fraction, *(layers or {}).values()])
     if fraction <= 0 and not any(v > 0 for v in (layers or {}).values()):
         return None, [[] for _ in range(iterations)]
     nmap = neuron_map(model, maskable)

@@ -96,8 +96,8 @@ def analyse(model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs:
             protected: set[str] | frozenset[str] = frozenset()) -> ChannelGraph:
     """The channel groups of `model` (on a graph of its own, free to edit)."""
     graph = _lift_constant_nodes(gs.import_onnx(model)).toposort()
-    return build_channel_groups(graph, infer_shapes(model, warn=True), gather_inputs=gather_inputs, crop_inputs=crop_inputs,
-                                protected=frozenset(protected))
+    return build_channel_groups(graph, infer_shapes(model, warn=True), gather_inputs=gather_inputs,
+                                crop_inputs=crop_inputs, protected=frozenset(protected))
 
 
 def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:

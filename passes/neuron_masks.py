@@ -9,8 +9,9 @@ each channel group and mask the weakest ones whole, in every weight that indexes
 The product does not change under the rescaling a ReLU allows (W_in·a, W_out/a), so a neuron is not judged by
 how its magnitude happens to be split between its two sides. g is the |factor| a BatchNorm (γ/√(σ²+ε)) or a
 constant Mul/Div applies to the channel after its producer: the norm of the incoming weights with the BN folded
-in, which is what reaches the next layer (after a BN, ‖W_in‖ alone says nothing: BN divides it out again). Classes come from `passes.channel_groups`, so a
-residual class (the same channel of several producers and the Add) is scored and masked as one.
+in, which is what reaches the next layer (after a BN, ‖W_in‖ alone says nothing: BN divides it out again).
+Classes come from `passes.channel_groups`, so a residual class (the same channel of several producers and the
+Add) is scored and masked as one.
 
     before: W1[300×784], W2[100×300]     fraction 0.5 of fc1's group → 150 rows of W1 and columns of W2 are 0
     after dead-neurons: W1[150×784], W2[100×150]
@@ -79,6 +80,14 @@ class NeuronMap:
             count[0] += r not in gone
             count[1] += 1
         return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def check_shares(values) -> None:
+    """Neuron shares are fractions of a layer's neurons in [0, 1) (a layer always keeps one)."""
+    for value in values:
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"--neuron-sparsity {value} must be in [0, 1); e.g. 0.5 removes half of each layer's "
+                              "neurons.")
 
 
 def neuron_map(model: onnx.ModelProto, maskable: set[str], protected=frozenset()) -> NeuronMap:
