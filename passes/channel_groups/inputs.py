@@ -67,33 +67,31 @@ def _insert_crop(cg: ChannelGraph, x: gs.Variable, dims: tuple[int, ...], keep: 
     if int(np.prod(hi - lo)) != int(keep.sum()):
         raise ValueError(f"the kept features of input '{x.name}' are not a box")
     axes = [a for a in range(len(dims)) if lo[a] > 0 or hi[a] < dims[a]]
-    out = gs.Variable(cg.unique(f"{x.name}_cropped"), dtype=x.dtype)
-    users = list(x.outputs)
     name = cg.unique(f"{x.name}_crop")
     starts, ends = [int(lo[a]) for a in axes], [int(hi[a]) for a in axes]
     if cg.graph.opset is not None and cg.graph.opset < 10:  # Slice-1: attributes
-        node = gs.Node("Slice", name, {"starts": starts, "ends": ends, "axes": [a + 1 for a in axes]}, [x], [out])
+        attrs, extra = {"starts": starts, "ends": ends, "axes": [a + 1 for a in axes]}, []
     else:
-        consts = [gs.Constant(cg.unique(f"{name}_{k}"), np.array(v, dtype=np.int64))
-                  for k, v in (("starts", starts), ("ends", ends), ("axes", [a + 1 for a in axes]))]
-        node = gs.Node("Slice", name, {}, [x, *consts], [out])
-    cg.graph.nodes.append(node)
-    for u in users:
-        for k, i in enumerate(u.inputs):
-            if i is x:
-                u.inputs[k] = out
+        attrs, extra = {}, [gs.Constant(cg.unique(f"{name}_{k}"), np.array(v, dtype=np.int64))
+                            for k, v in (("starts", starts), ("ends", ends), ("axes", [a + 1 for a in axes]))]
+    for u in _insert_after(cg, x, "Slice", name, cg.unique(f"{x.name}_cropped"), attrs, extra):
         if u.op == "Reshape":  # an explicit feature count in the shape would be stale: [-1, kept]
             u.inputs[1] = gs.Constant(cg.unique(f"{u.name}_shape"), np.array([-1, int(keep.sum())], dtype=np.int64))
 
 
 def _insert_gather(cg: ChannelGraph, t: gs.Variable, keep: np.ndarray) -> None:
     idx = gs.Constant(cg.unique(f"{t.name}_kept"), np.flatnonzero(keep).astype(np.int64))
-    out = gs.Variable(cg.unique(f"{t.name}_gathered"), dtype=t.dtype)
+    _insert_after(cg, t, "Gather", cg.unique(f"{t.name}_gather"), cg.unique(f"{t.name}_gathered"), {"axis": 1}, [idx])
+
+
+def _insert_after(cg: ChannelGraph, t: gs.Variable, op: str, name: str, out_name: str, attrs: dict,
+                  extra: list) -> list[gs.Node]:
+    """Put node `op`(t, *extra) between `t` and every node that read it; returns those nodes."""
     users = list(t.outputs)
-    cg.graph.nodes.append(gs.Node("Gather", cg.unique(f"{t.name}_gather"), {"axis": 1}, [t, idx], [out]))
+    out = gs.Variable(out_name, dtype=t.dtype)
+    cg.graph.nodes.append(gs.Node(op, name, attrs, [t, *extra], [out]))
     for u in users:
         for k, i in enumerate(u.inputs):
             if i is t:
                 u.inputs[k] = out
-
-
+    return users
