@@ -34,7 +34,7 @@ class BudgetSearch:
         from converter.finetune import MaskedTrainer
         from converter.schedule import neuron_schedule
 
-        self.original, self.options, self.reader, self.evaluator = original, options, reader, evaluator
+        self.options, self.reader, self.evaluator = options, reader, evaluator
         self.base = {n: t.sparsity for n, t in targets.items()}
         self.trainer_options = {**trainer_options, "teacher": original}  # always distill from the dense model
         self.nmap, plan = neuron_schedule(original, set(self.base), options.neuron_sparsity, options.neuron_layers, 1)
