@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from calibration.runtime import make_session
-from passes.weights import Inventory
+from onnxprune.calibration.runtime import make_session
+from onnxprune.passes.weights import Inventory
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Clip", "BatchNormalization", "Sigmoid", "Tanh",
                "HardSigmoid", "HardSwish", "Elu", "Selu", "PRelu", "Gelu", "Identity", "Dropout"}

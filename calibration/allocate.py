@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibration.metrics import Evaluator
-from calibration.sensitivity import SensitivityResult, masked
-from converter.errors import ConfigError
-from passes.magnitude import quality_for_sparsity
-from passes.weights import Inventory, constant_tensors
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.sensitivity import SensitivityResult, masked
+from onnxprune.errors import ConfigError
+from onnxprune.passes.magnitude import quality_for_sparsity
+from onnxprune.passes.weights import Inventory, constant_tensors
 
 log = logging.getLogger(__name__)
 

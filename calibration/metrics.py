@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from calibration.readers import DataReader
-from calibration.runtime import make_session
-from converter.errors import CalibrationError, ConfigError
+from onnxprune.calibration.readers import DataReader
+from onnxprune.calibration.runtime import make_session
+from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
 

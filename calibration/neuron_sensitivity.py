@@ -19,8 +19,8 @@ import time
 import numpy as np
 import onnx
 
-from calibration.metrics import Evaluator
-from calibration.sensitivity import (
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.sensitivity import (
     LayerSensitivity,
     Progress,
     SensitivityResult,
@@ -28,10 +28,10 @@ from calibration.sensitivity import (
     _dense_pct,
     _Ticker,
 )
-from passes.apply_masks import ApplyMasks
-from passes.base import PruneState
-from passes.neuron_masks import NeuronMap, neuron_map, neuron_masks
-from passes.weights import Inventory, weight_array
+from onnxprune.passes.apply_masks import ApplyMasks
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.neuron_masks import NeuronMap, neuron_map, neuron_masks
+from onnxprune.passes.weights import Inventory, weight_array
 
 DEFAULT_NEURON_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

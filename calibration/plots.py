@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.sensitivity import SensitivityResult
+from onnxprune.calibration.sensitivity import SensitivityResult
 
 TABLE_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 SAFE_LOSS_PP = 1.0  # the table's "max sparsity within 1 pp" column

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibration.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs
-from converter.errors import CalibrationError, ConfigError
+from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs
+from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
 

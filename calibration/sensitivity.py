@@ -31,11 +31,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from calibration.metrics import Evaluator
-from calibration.runtime import make_session
-from converter.errors import ConfigError
-from passes.magnitude import sparsity_mask
-from passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, constant_tensors
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.runtime import make_session
+from onnxprune.errors import ConfigError
+from onnxprune.passes.magnitude import sparsity_mask
+from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, constant_tensors
 
 log = logging.getLogger(__name__)
 

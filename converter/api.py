@@ -1,6 +1,6 @@
 """The Python API, for notebooks and build scripts. The CLI is a thin layer over the same pipeline.
 
-    from converter.api import prune
+    from onnxprune.converter.api import prune
     result = prune("model.onnx", data={"input": x, "labels": y}, max_loss=0.5, iterations=3, output="small.onnx")
     result.model        # onnx.ModelProto, verified
     result.report       # the numbers of report.json
@@ -14,8 +14,8 @@ from typing import Any
 
 import onnx
 
-from converter.errors import ConfigError
-from converter.pipeline import PruneOptions, PruneResult, budget_error, run
+from onnxprune.errors import ConfigError
+from onnxprune.converter.pipeline import PruneOptions, PruneResult, budget_error, run
 
 
 def prune(
@@ -45,12 +45,12 @@ def prune(
     if "exclude" in choices:
         options.exclude = tuple(choices["exclude"])
     if output is not None or report_dir is not None:
-        from converter.cli import execute
+        from onnxprune.converter.cli import execute
 
         if output is None:
             raise ConfigError("report_dir needs output too: the report describes a written model.")
         return execute(model, Path(output), options, report_dir=Path(report_dir) if report_dir else None,
-                       quiet=progress is None, force=force, command=["converter.api.prune"])
+                       quiet=progress is None, force=force, command=["onnxprune.converter.api.prune"])
     result = run(model, options, progress)
     failed = budget_error(result.report)
     if failed is not None and not force:

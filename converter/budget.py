@@ -31,8 +31,8 @@ class BudgetSearch:
 
     def __init__(self, original: onnx.ModelProto, inventory, targets: dict, options, reader, evaluator,
                  trainer_options: dict, resume: dict | None = None):
-        from converter.finetune import MaskedTrainer
-        from converter.schedule import neuron_schedule
+        from onnxprune.converter.finetune import MaskedTrainer
+        from onnxprune.converter.schedule import neuron_schedule
 
         self.options, self.reader, self.evaluator = options, reader, evaluator
         self.base = {n: t.sparsity for n, t in targets.items()}
@@ -57,7 +57,7 @@ class BudgetSearch:
 
     def round(self, r: int, on_batch) -> dict:
         """Prune to the current level, retrain, measure; keep it or back off. Returns the history entry."""
-        from converter.schedule import magnitude_masks, neurons_step
+        from onnxprune.converter.schedule import magnitude_masks, neurons_step
 
         t0, o, level, trainer = time.perf_counter(), self.options, self.level, self.trainer
         goal = {n: 1.0 - (1.0 - s) * DENSITY_FACTOR ** level for n, s in self.base.items()}
@@ -92,7 +92,7 @@ class BudgetSearch:
 
     def _back_off(self) -> None:
         """Over budget: halve the step and continue from the best model (weights, masks, shuffling stream)."""
-        from converter.finetune import MaskedTrainer
+        from onnxprune.converter.finetune import MaskedTrainer
 
         self.step /= 2.0
         if self.best is None or self.step < SMALLEST_STEP:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converter.errors import ConfigError
-from converter.modelio import atomic_write_bytes
+from onnxprune.errors import ConfigError
+from onnxprune.converter.modelio import atomic_write_bytes
 
 
 def fingerprint(input_sha256: str | None, recipe: dict) -> str:

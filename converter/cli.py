@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from converter.errors import ConfigError, ConverterError
+from onnxprune.errors import ConfigError, ConverterError
 
 log = logging.getLogger("onnxprune")
 
@@ -119,7 +119,7 @@ def inspect(model: Path, as_json: bool):
     Example:
       onnxprune inspect resnet.onnx --json > weights.json
     """
-    from converter.inspect import inspect_model, print_inspection
+    from onnxprune.converter.inspect import inspect_model, print_inspection
 
     info = inspect_model(model)
     if as_json:
@@ -245,8 +245,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
           --layer 'fc1*'=0.97 --sparsity 0.9 --iterations 5 --epochs 2 --report out/
       onnxprune prune model.onnx -o again.onnx --recipe out/recipe.toml --data train.npz
     """
-    from converter import modelio
-    from converter.pipeline import PruneOptions
+    from onnxprune.converter import modelio
+    from onnxprune.converter.pipeline import PruneOptions
 
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity {sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the weights.")
@@ -289,9 +289,9 @@ def _check_report_dir(report_dir: Path) -> None:
 
 
 def _options_from_recipe(path: Path, model: Path, allow_other_model: bool, **data):
-    from converter import modelio
-    from converter.pipeline import PruneOptions
-    from converter.recipe import load_recipe
+    from onnxprune.converter import modelio
+    from onnxprune.converter.pipeline import PruneOptions
+    from onnxprune.converter.recipe import load_recipe
 
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' does not exist; pass the recipe.toml an earlier run wrote.")
@@ -305,9 +305,9 @@ def _options_from_recipe(path: Path, model: Path, allow_other_model: bool, **dat
 
 def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_json=False, force=False, command=None):
     """Run the pipeline, check the budget, write the model (and the report), print the summary."""
-    from converter import modelio
-    from converter.pipeline import budget_error, run
-    from converter.progress import Progress
+    from onnxprune.converter import modelio
+    from onnxprune.converter.pipeline import budget_error, run
+    from onnxprune.converter.progress import Progress
 
     progress = Progress(quiet=quiet)
     try:
@@ -330,13 +330,13 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     if report_dir is not None:
         _write_report(result, report_dir)
     if options.checkpoint_dir:
-        from converter.checkpoint import Checkpoints
+        from onnxprune.converter.checkpoint import Checkpoints
 
         Checkpoints(options.checkpoint_dir, "").clear()  # the run is complete: its checkpoints are not needed
     if as_json:
         click.echo(json.dumps(report, indent=2, default=_json_default))
     elif not quiet:
-        from converter.inspect import print_prune_summary
+        from onnxprune.converter.inspect import print_prune_summary
 
         print_prune_summary(report)
     if failed is not None:  # forced: written, but the exit code still says the budget was missed
@@ -345,9 +345,9 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
 
 
 def _write_report(result, report_dir: Path) -> None:
-    from converter.latency import measure_latency
-    from converter.recipe import dump_recipe
-    from converter.report import write_report
+    from onnxprune.converter.latency import measure_latency
+    from onnxprune.converter.recipe import dump_recipe
+    from onnxprune.converter.report import write_report
 
     report_dir.mkdir(exist_ok=True)
     try:
@@ -397,10 +397,10 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
       onnxprune sensitivity model.onnx --data calib.npz --labels y --levels 0.5,0.9,0.99 --json
       onnxprune sensitivity model.onnx --data calib.npz --neurons -o scan/   # neuron_sensitivity.json/.png
     """
-    from calibration.plots import plot_sensitivity, sensitivity_table
-    from converter import modelio
-    from converter.pipeline import Data, PruneOptions, inventory_of, load, scan
-    from converter.progress import Progress
+    from onnxprune.calibration.plots import plot_sensitivity, sensitivity_table
+    from onnxprune.converter import modelio
+    from onnxprune.converter.pipeline import Data, PruneOptions, inventory_of, load, scan
+    from onnxprune.converter.progress import Progress
 
     if eval_data is not None:
         raise ConfigError("--eval-data is for prune; the sensitivity scan measures on --data only.")
@@ -430,7 +430,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
         return
     from rich.table import Table
 
-    from converter.inspect import _console
+    from onnxprune.converter.inspect import _console
 
     rows = sensitivity_table(result)
     what = "whole neurons, " if by_neurons else ""
@@ -463,8 +463,8 @@ def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
     on the way) -> dead-neuron removal and input crop -> sparse write -> verify, then a report (report.html) you can
     open offline.
     """
-    from converter.pipeline import PruneOptions
-    from models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
+    from onnxprune.converter.pipeline import PruneOptions
+    from onnxprune.models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"-o '{out_dir}' is a file; give a folder.")

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from calibration.runtime import make_session, output_names
-from converter.errors import ConfigError
-from passes.apply_masks import ApplyMasks
-from passes.base import PruneState
-from passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
+from onnxprune.calibration.runtime import make_session, output_names
+from onnxprune.errors import ConfigError
+from onnxprune.passes.apply_masks import ApplyMasks
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +398,7 @@ class FinetuneStats:
 
 def build_module(model: onnx.ModelProto, trainable: Iterable[str], device: torch.device):
     """The torch bridge's module for `model` (kept apart so tests and benchmarks can swap in another module)."""
-    from converter.bridge import OnnxModule
+    from onnxprune.converter.bridge import OnnxModule
 
     return OnnxModule(model, trainable=list(trainable), device=device)
 

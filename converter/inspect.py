@@ -8,12 +8,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from converter.summary import fmt_bytes, fmt_count, layer_rows, skipped_rows, totals
-from passes.weights import find_prunable, name_nodes
+from onnxprune.converter.summary import fmt_bytes, fmt_count, layer_rows, skipped_rows, totals
+from onnxprune.passes.weights import find_prunable, name_nodes
 
 
 def inspect_model(path: Path) -> dict:
-    from converter import modelio
+    from onnxprune.converter import modelio
 
     loaded = modelio.load_model(path)
     name_nodes(loaded.model)

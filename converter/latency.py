@@ -125,7 +125,7 @@ def _stats(ms: list[float]) -> dict:
 
 def _ort_session(model, threads: int):
     """Default optimisations on (what a deployment gets), fixed threads, sequential: the same for both models."""
-    from calibration.runtime import make_session
+    from onnxprune.calibration.runtime import make_session
 
     # make_session fixes the intra-op threads; execution is sequential by default, so inter-op threads are unused.
     return make_session(model, optimize=True, threads=threads)
@@ -142,7 +142,7 @@ def _graph_only(model) -> onnx.ModelProto:
 
 def _usable_batches(model: onnx.ModelProto, batches: tuple[int, ...]) -> tuple[tuple[int, ...], str | None]:
     """Batch sizes we can feed: all of them when an input has a symbolic dim, else the declared one only."""
-    from calibration.runtime import input_specs
+    from onnxprune.calibration.runtime import input_specs
 
     specs = input_specs(model)
     if not specs or any(None in s.shape for s in specs):
@@ -154,7 +154,7 @@ def _usable_batches(model: onnx.ModelProto, batches: tuple[int, ...]) -> tuple[t
 
 
 def _random_feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
-    from calibration.runtime import random_feeds
+    from onnxprune.calibration.runtime import random_feeds
 
     return random_feeds(model, batch=batch, seed=seed)
 

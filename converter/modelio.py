@@ -21,7 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper
 
-from converter.errors import ConfigError, ModelError
+from onnxprune.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from converter import modelio
-from converter.errors import BudgetError, ConfigError, ConverterError
-from converter.summary import layer_rows, skipped_rows, totals
-from converter.verify import check_parity
-from passes.apply_masks import ApplyMasks
-from passes.base import PruneState, run_passes
-from passes.magnitude import MagnitudePrune, Target, quality_for_sparsity, resolve_targets
-from passes.sparse_encode import FORMATS, SparseEncode
-from passes.weights import Inventory, constant_tensors, find_prunable, name_nodes, weight_array
+from onnxprune.converter import modelio
+from onnxprune.errors import BudgetError, ConfigError, ConverterError
+from onnxprune.converter.summary import layer_rows, skipped_rows, totals
+from onnxprune.converter.verify import check_parity
+from onnxprune.passes.apply_masks import ApplyMasks
+from onnxprune.passes.base import PruneState, run_passes
+from onnxprune.passes.magnitude import MagnitudePrune, Target, quality_for_sparsity, resolve_targets
+from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
+from onnxprune.passes.weights import Inventory, constant_tensors, find_prunable, name_nodes, weight_array
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class PruneOptions:
         if self.iterations > 0 and self.data is None:
             raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
         if self.iterations > 0 and self.device != "cpu":
-            from converter.finetune import resolve_device
+            from onnxprune.converter.finetune import resolve_device
 
             resolve_device(self.device)  # 'cuda' without a GPU fails here, before any work
         if self.epochs <= 0 and self.iterations > 0:
@@ -122,7 +122,7 @@ class PruneOptions:
             raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
 
     def _validate_neuron_sparsity(self) -> None:
-        from passes.neuron_masks import check_shares
+        from onnxprune.passes.neuron_masks import check_shares
 
         check_shares([self.neuron_sparsity, *self.neuron_layers.values()])
         if self.iterations < 1:
@@ -197,7 +197,7 @@ class Data:
 
     def reader(self, source=None, *, batch_size=None, part: str | None = None):
         """All of `source` (default --data); with `part` "train" or "validation", that side of the split."""
-        from calibration.readers import open_data
+        from onnxprune.calibration.readers import open_data
 
         o = self.options
         reader = open_data(source if source is not None else o.data, self.model, labels=o.labels,
@@ -211,7 +211,7 @@ class Data:
         return self.reader(batch_size=batch_size, part="train")
 
     def _evaluator(self, source, part=None):
-        from calibration.metrics import Evaluator, choose_metric
+        from onnxprune.calibration.metrics import Evaluator, choose_metric
 
         reader = self.reader(source, part=part)
         metric = choose_metric(self.model, reader.has_labels, self.options.metric)
@@ -243,7 +243,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     where = str(loaded.path) if loaded.path else "<model>"
     inventory = inventory_of(original, where=where)
     if options.neuron_layers:  # a mistyped layer name fails now, not after the scan and the first rounds
-        from passes.neuron_masks import neuron_map
+        from onnxprune.passes.neuron_masks import neuron_map
 
         neuron_map(original, {w.name for w in inventory.prunable}).fractions(0.0, options.neuron_layers)
     data = Data(original, options) if options.data is not None else None
@@ -337,7 +337,7 @@ def choose_targets(model, inventory, options: PruneOptions, data: Data | None, p
     if options.max_loss is None:
         return resolve_targets(inventory, sparsity=options.sparsity, quality=options.quality,
                                layers=options.layers, exclude=options.exclude), None
-    from calibration.allocate import allocate, fit_to_budget
+    from onnxprune.calibration.allocate import allocate, fit_to_budget
 
     scanned = _scannable(inventory, options)
     sensitivity = scan(model, scanned, data.calibration, options, progress)
@@ -363,7 +363,7 @@ def choose_targets(model, inventory, options: PruneOptions, data: Data | None, p
 
 def _scannable(inventory: Inventory, options: PruneOptions) -> Inventory:
     """Excluded and explicitly set layers are not part of the allocation."""
-    from passes.magnitude import layer_matches
+    from onnxprune.passes.magnitude import layer_matches
 
     fixed = list(options.exclude) + list(options.layers)
     keep = [w for w in inventory.prunable if not any(layer_matches(w, p) for p in fixed)]
@@ -380,9 +380,9 @@ def _with_overrides(targets: dict, inventory: Inventory, options: PruneOptions) 
 
 def scan(model, inventory, evaluator, options: PruneOptions, progress, *, neurons: bool = False):
     """The per-layer sensitivity scan: single weights by magnitude, or (`neurons`) whole neurons per group."""
-    from calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
-    from calibration.sensitivity import DEFAULT_LEVELS
-    from calibration.sensitivity import scan as sensitivity_scan
+    from onnxprune.calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
+    from onnxprune.calibration.sensitivity import DEFAULT_LEVELS
+    from onnxprune.calibration.sensitivity import scan as sensitivity_scan
 
     run_scan, default = (neuron_scan, DEFAULT_NEURON_LEVELS) if neurons else (sensitivity_scan, DEFAULT_LEVELS)
     levels = tuple(options.levels) if options.levels else default
@@ -396,7 +396,7 @@ def scan(model, inventory, evaluator, options: PruneOptions, progress, *, neuron
 def _checkpoints(options: PruneOptions, loaded, original):
     if not options.checkpoint_dir:
         return None
-    from converter.checkpoint import Checkpoints, fingerprint
+    from onnxprune.converter.checkpoint import Checkpoints, fingerprint
 
     sha = loaded.sha256 or hashlib.sha256(original.SerializeToString()).hexdigest()
     return Checkpoints(options.checkpoint_dir, fingerprint(sha, options.recipe()))
@@ -406,7 +406,7 @@ def retrain(original, inventory, targets, options: PruneOptions, data: Data, sta
             checkpoints=None):
     """Iterative prune → retrain (paper §3.2–3.3) through the torch bridge; graphs the bridge cannot run are
     refit layer by layer instead (the automatic fallback, said in the notes)."""
-    from converter.errors import UnsupportedOpError
+    from onnxprune.errors import UnsupportedOpError
 
     try:
         return _retrain_with_bridge(original, inventory, targets, options, data, state, progress, checkpoints)
@@ -422,7 +422,7 @@ def retrain(original, inventory, targets, options: PruneOptions, data: Data, sta
 
 
 def _reconstruct(original, inventory, targets, data: Data, state: PruneState):
-    from converter.reconstruct import ReconstructReport, reconstruct
+    from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
 
     t0 = time.perf_counter()
     model = _copy(original)
@@ -441,7 +441,7 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
                          progress, checkpoints=None):
     """With --max-loss each round is measured and the last round within the budget is kept; otherwise the
     schedule runs to the targets. Every round is checkpointed when a folder is given; --resume continues."""
-    from converter.schedule import iterative_prune
+    from onnxprune.converter.schedule import iterative_prune
 
     resume = checkpoints.latest() if (checkpoints is not None and options.resume) else None
     if options.resume and resume is None:
@@ -484,7 +484,7 @@ def _trainer_options(options: PruneOptions) -> dict:
 def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,
                            checkpoint=None, resume=None):
     """Keep the sparsest retrained round within --max-loss (the search: converter.budget)."""
-    from converter.budget import BudgetSearch
+    from onnxprune.converter.budget import BudgetSearch
 
     trainer_options = {k: v for k, v in _trainer_options(options).items() if k not in ("reg", "reg_strength")}
     search = BudgetSearch(original, inventory, targets, options, reader, evaluator, trainer_options, resume)
@@ -507,7 +507,7 @@ def _shrink(model: onnx.ModelProto, options: PruneOptions, state: PruneState):
     """Dead-neuron removal (paper §3.5): smaller dense shapes. Returns the model and per-layer channel counts."""
     if not options.neurons:
         return model, None
-    from passes.dead_neurons import remove_dead_neurons
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
 
     shrunk, report = remove_dead_neurons(model, gather_inputs=options.gather_inputs, crop_inputs=options.crop_inputs)
     state.notes.extend(report.blocked[:10])
@@ -521,7 +521,7 @@ def _shrink(model: onnx.ModelProto, options: PruneOptions, state: PruneState):
 def measure(data: Data, final: onnx.ModelProto, options: PruneOptions) -> dict:
     """The metric of the input and the output model, and how far the outputs moved: on the data the choices were
     made on, and separately on the held-out data when given."""
-    from calibration.metrics import output_error
+    from onnxprune.calibration.metrics import output_error
 
     out = {}
     for key, evaluator in (("calibration", data.calibration), ("evaluation", data.evaluation)):
@@ -542,7 +542,7 @@ def measure(data: Data, final: onnx.ModelProto, options: PruneOptions) -> dict:
 
 def _add_activations(report: dict, original, pruned, inventory: Inventory, data: Data) -> None:
     """Act% per layer before and after (share of nonzero activations on the calibration data)."""
-    from calibration.activations import activation_density
+    from onnxprune.calibration.activations import activation_density
 
     before = activation_density(original, inventory, data.reader())
     after = activation_density(pruned, inventory, data.reader())

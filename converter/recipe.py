@@ -28,7 +28,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 
-from converter.errors import ConfigError
+from onnxprune.errors import ConfigError
 
 try:  # Python 3.11+
     import tomllib
@@ -59,7 +59,7 @@ def dump_recipe(options, path, *, model_sha256: str | None = None, report: dict 
     `model_sha256` key in it is taken as the model's sha256. With `report` (the pipeline's report dict), the
     per-layer sparsities actually reached are recorded under [resolved].
     """
-    from converter.modelio import atomic_write_bytes
+    from onnxprune.converter.modelio import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), recipe_text(options, model_sha256=model_sha256, report=report,
                                                       model=model).encode("utf-8"))
@@ -280,19 +280,19 @@ def _type(value) -> str:
 
 def option_fields() -> tuple[str, ...]:
     """PruneOptions' fields, in order, without the per-run data fields."""
-    from converter.pipeline import PruneOptions
+    from onnxprune.converter.pipeline import PruneOptions
 
     return tuple(f.name for f in dataclasses.fields(PruneOptions) if f.name not in _data_fields())
 
 
 def _data_fields() -> tuple[str, ...]:
-    from converter import pipeline
+    from onnxprune.converter import pipeline
 
     return tuple(getattr(pipeline, "DATA_FIELDS", ("data", "eval_data")))
 
 
 def _field_types() -> dict:
-    from converter.pipeline import PruneOptions
+    from onnxprune.converter.pipeline import PruneOptions
 
     try:
         return typing.get_type_hints(PruneOptions)

@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibration.runtime import make_session, output_names
-from converter.errors import ConfigError
-from passes.weights import find_prunable, name_nodes
+from onnxprune.calibration.runtime import make_session, output_names
+from onnxprune.errors import ConfigError
+from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from converter.summary import fmt_bytes
+from onnxprune.converter.summary import fmt_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def write_report(
     metric, loss}) and `latency` (`converter.latency.measure_latency`) override the report's own keys of those names.
     A figure that cannot be drawn becomes a note; it never fails the run.
     """
-    from converter.modelio import atomic_write_bytes
+    from onnxprune.converter.modelio import atomic_write_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +338,7 @@ def _ratio(a, b):
 
 def make_figures(report, original, pruned, sensitivity, history, notes: list[str]) -> list[FigureOut]:
     """Every figure we can draw from what we were given, in the report's order; failures become notes."""
-    from converter import report_plots as plots
+    from onnxprune.converter import report_plots as plots
 
     metrics = report.get("metrics") or {}
     metric = metrics.get("metric") or ("accuracy" if history or sensitivity else None)
@@ -386,7 +386,7 @@ def _kinds(report: dict) -> dict[str, str]:
 
 
 def _weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    from passes.weights import constant_tensors
+    from onnxprune.passes.weights import constant_tensors
 
     return constant_tensors(model)
 
@@ -394,7 +394,7 @@ def _weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def _histograms(report, original, pruned) -> bytes | None:
     from onnx import numpy_helper
 
-    from converter import report_plots as plots
+    from onnxprune.converter import report_plots as plots
 
     before_t, after_t = _weights(original), _weights(pruned)
     rows = [r for r in report.get("layers") or [] if r.get("weight") in before_t and r.get("weight") in after_t]
@@ -409,7 +409,7 @@ def _histograms(report, original, pruned) -> bytes | None:
 def _spy(report, original, pruned) -> bytes | None:
     from onnx import numpy_helper
 
-    from converter import report_plots as plots
+    from onnxprune.converter import report_plots as plots
 
     after_t = _weights(pruned)
     fcs = [r for r in report.get("layers") or []
@@ -427,7 +427,7 @@ def _spy(report, original, pruned) -> bytes | None:
 def _axes(model: onnx.ModelProto, row: dict) -> tuple[int, int]:
     """(storage axis of the inputs, index of the weight among the node's inputs)."""
     try:
-        from passes.weights import find_prunable
+        from onnxprune.passes.weights import find_prunable
 
         w = find_prunable(model, with_macs=False).by_name().get(row["weight"])
     except Exception:  # the figure falls back to the usual layouts
@@ -443,7 +443,7 @@ def _axes(model: onnx.ModelProto, row: dict) -> tuple[int, int]:
 
 def _pixel_shape(model: onnx.ModelProto, node_name, weight_index: int, in_features: int) -> tuple[int, int] | None:
     """(H, W) when the layer reads a graph input through Flatten/Reshape and that input is an H x W image."""
-    from calibration.runtime import input_specs
+    from onnxprune.calibration.runtime import input_specs
 
     producers = {o: n for n in model.graph.node for o in n.output}
     node = next((n for n in model.graph.node if n.name == node_name), None)
@@ -832,7 +832,7 @@ def _sec(x) -> str:
 
 
 def _m(value, metric) -> str:
-    from converter.report_plots import is_percent_metric
+    from onnxprune.converter.report_plots import is_percent_metric
 
     if value is None:
         return "&ndash;"

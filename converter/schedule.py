@@ -23,11 +23,11 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from converter.errors import ConfigError
-from converter.finetune import MaskedTrainer
-from passes.magnitude import Target, quality_mask, smallest
-from passes.neuron_masks import NeuronMap, check_shares, neuron_map, neuron_masks
-from passes.weights import Inventory, weight_array
+from onnxprune.errors import ConfigError
+from onnxprune.converter.finetune import MaskedTrainer
+from onnxprune.passes.magnitude import Target, quality_mask, smallest
+from onnxprune.passes.neuron_masks import NeuronMap, check_shares, neuron_map, neuron_masks
+from onnxprune.passes.weights import Inventory, weight_array
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
     seed, module) and to each training run (momentum, reg, reg_strength, batch_size, lr_min). Distillation without
     a teacher distills from `model` as given (the dense model).
     `checkpoint(step, trainer, history)` is called after every round; `resume` ({round, model, masks, history,
-    trainer} from converter.checkpoint) continues an interrupted run and ends where the uninterrupted one would.
+    trainer} from onnxprune.converter.checkpoint) continues an interrupted run and ends where the uninterrupted one would.
     """
     unknown = set(options) - TRAINER_OPTIONS - TRAIN_OPTIONS
     if unknown:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.weights import Inventory, constant_tensors
+from onnxprune.passes.weights import Inventory, constant_tensors
 
 
 def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from calibration.runtime import DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds
-from converter.errors import ModelError, ParityError
+from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds
+from onnxprune.errors import ModelError, ParityError
 
 DEFAULT_RTOL = 1e-5
 # Random verification inputs of a crafted fixed shape (a batch of 10^9) must not be allocated: refuse above this.

@@ -7,7 +7,7 @@ shape [n, 28, 28]; labels have magic 2049 and shape [n].
 Normalisation, written once: `input = pixels / 255` as float32, shape [N, 1, 28, 28];
 `labels` are int64. Both reference LeNets take this `input`.
 
-    python -m models.mnist --mnist /work/shared/data/mnist --out out/mnist [--test-slice 1000]
+    python -m onnxprune.models.mnist --mnist /work/shared/data/mnist --out out/mnist [--test-slice 1000]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from converter.errors import CalibrationError
+from onnxprune.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def write_slice(
     return write_npz(out_path, images[start : start + count], labels[start : start + count])
 
 
-@click.command(name="python -m models.mnist")
+@click.command(name="python -m onnxprune.models.mnist")
 @click.option("--mnist", "mnist_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder with the four MNIST IDX files.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,

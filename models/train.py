@@ -14,7 +14,7 @@ torch.use_deterministic_algorithms. One thread by default: on a shared 2-core ma
 OpenMP threads spin against other jobs (measured 15x slower), and the thread count changes
 float summation order, hence the bits of the weights.
 
-    python -m models.train {lenet300,lenet5} --mnist DIR [--out DIR] [--epochs N] [--seed S]
+    python -m onnxprune.models.train {lenet300,lenet5} --mnist DIR [--out DIR] [--epochs N] [--seed S]
 
 writes <out>/<model>.onnx (opset 17, ir_version 8, input `input` [N,1,28,28] float32,
 output `logits` [N,10]) and the card <out>/<model>.json.
@@ -39,9 +39,9 @@ import onnx
 import torch
 from torch import nn
 
-from converter.errors import ConfigError, ParityError
-from models import mnist
-from models.paths import MODELS_DIR, shared_mnist_dir
+from onnxprune.errors import ConfigError, ParityError
+from onnxprune.models import mnist
+from onnxprune.models.paths import MODELS_DIR, shared_mnist_dir
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ def write_reference(result: TrainResult, mnist_dir: str | Path, out_dir: str | P
     return onnx_path, card_path
 
 
-@click.command(name="python -m models.train")
+@click.command(name="python -m onnxprune.models.train")
 @click.argument("model_name", type=click.Choice(sorted(MODELS)))
 @click.option("--mnist", "mnist_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with the MNIST IDX files (default: $ONNXPRUNE_MNIST or ../shared/data/mnist).")

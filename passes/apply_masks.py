@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from passes.base import Pass, PassError, PassResult, PruneState, register_pass
-from passes.weights import constant_tensors
+from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
+from onnxprune.passes.weights import constant_tensors
 
 
 @register_pass("apply-masks")

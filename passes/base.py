@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from converter.errors import ConverterError, PassError
+from onnxprune.errors import ConverterError, PassError
 
 log = logging.getLogger(__name__)
 

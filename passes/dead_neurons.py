@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import Pass, PassResult, PruneState, register_pass
-from passes.channel_groups import ChannelGraph, build_channel_groups
-from passes.shapes import infer_shapes
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.channel_groups import ChannelGraph, build_channel_groups
+from onnxprune.passes.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 16

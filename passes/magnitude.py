@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from converter.errors import ConfigError
-from passes.base import Pass, PassResult, PruneState, register_pass
-from passes.weights import Inventory, PrunableWeight, weight_array
+from onnxprune.errors import ConfigError
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.weights import Inventory, PrunableWeight, weight_array
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from converter.errors import ConfigError
-from passes.dead_neurons import analyse
+from onnxprune.errors import ConfigError
+from onnxprune.passes.dead_neurons import analyse
 
 
 @dataclass

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from passes.base import Pass, PassResult, PruneState, register_pass
-from passes.weights import constant_tensors
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.weights import constant_tensors
 
 FORMATS = ("constant", "initializer", "dense")
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibration.runtime import make_session, output_names, random_feeds
+from onnxprune.calibration.runtime import make_session, output_names, random_feeds
 
 
 def run(model: onnx.ModelProto | bytes, feed: dict) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
-"""A non-editable install ships every package: each folder with an __init__.py is listed in pyproject.toml."""
+"""One import name: the installed distribution exposes `onnxprune` and its subpackages, nothing generic."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 try:
@@ -8,10 +10,48 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
+TOPS = {"converter": "onnxprune.converter", "passes": "onnxprune.passes", "calibration": "onnxprune.calibration",
+        "models": "onnxprune.models", "onnxprune": "onnxprune"}
 
 
-def test_every_package_folder_is_listed_for_setuptools():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("converter", "passes", "calibration", "models")
-             for p in (ROOT / top).rglob("__init__.py")}
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_folder_is_listed_under_the_onnxprune_name():
+    listed = set(_setuptools()["packages"])
+    found = {".".join((TOPS[p.parent.relative_to(ROOT).parts[0]], *p.parent.relative_to(ROOT).parts[1:]))
+             for top in TOPS for p in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+    assert all(name == "onnxprune" or name.startswith("onnxprune.") for name in listed), listed
+
+
+def test_package_dir_maps_the_owner_folders_under_onnxprune():
+    mapping = _setuptools()["package-dir"]
+    assert {k: v for k, v in mapping.items() if k != "onnxprune"} == {v: k for k, v in TOPS.items() if k != "onnxprune"}
+
+
+def test_no_module_imports_the_bare_folder_names():
+    """`import models` in a user's project must get the user's package: we never import the bare names."""
+    bad = []
+    for top in TOPS:
+        for path in (ROOT / top).rglob("*.py"):
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                stripped = line.strip()
+                if stripped.startswith(tuple(f"{kw} {t}" for kw in ("from", "import") for t in TOPS if t != "onnxprune")):
+                    if not stripped.startswith(("from onnxprune", "import onnxprune")):
+                        bad.append(f"{path.relative_to(ROOT)}:{i}: {stripped}")
+    assert not bad, bad
+
+
+def test_a_users_own_models_package_is_not_shadowed(tmp_path):
+    """Inside a project with its own `models/` package, `import models` is the user's and ours is onnxprune.models."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("WHO = 'user'\n")
+    code = ("import sys, models, onnxprune, onnxprune.models.paths as p; "
+            "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules; "
+            "assert models.WHO == 'user'; assert not hasattr(models, 'paths'); "
+            "assert p.LENET300_ONNX.is_file(); assert callable(onnxprune.prune); "
+            "assert 'torch' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -41,7 +41,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from converter.errors import ConfigError, ConverterError, ModelError, UnsupportedOpError
+from onnxprune.errors import ConfigError, ConverterError, ModelError, UnsupportedOpError
 
 from .ops import (CONTROL_FLOW_OPS, ONNX_TO_TORCH, NodeContext, OpDef, RunState, default_dropout_ratio, lookup,
                   normalize_domain, numpy_to_torch, parse_attributes, sparse_to_dense, supported_ops,

@@ -33,10 +33,10 @@ from typing import Callable
 
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.builder import Builder
-from passes.channel_groups.graph import ChannelGraph, Shapes
-from passes.channel_groups.inputs import _seed_inputs
-from passes.channel_groups.rules_elementwise import (
+from onnxprune.passes.channel_groups.builder import Builder
+from onnxprune.passes.channel_groups.graph import ChannelGraph, Shapes
+from onnxprune.passes.channel_groups.inputs import _seed_inputs
+from onnxprune.passes.channel_groups.rules_elementwise import (
     BINARY,
     POOL_KEEPS_CONSTANT,
     UNARY,
@@ -45,8 +45,8 @@ from passes.channel_groups.rules_elementwise import (
     _pool,
     _unary,
 )
-from passes.channel_groups.rules_layers import _conv, _conv_transpose, _gemm, _matmul
-from passes.channel_groups.rules_layout import (
+from onnxprune.passes.channel_groups.rules_layers import _conv, _conv_transpose, _gemm, _matmul
+from onnxprune.passes.channel_groups.rules_layout import (
     _concat,
     _flatten,
     _reshape,
@@ -54,7 +54,7 @@ from passes.channel_groups.rules_layout import (
     _squeeze,
     _transpose,
 )
-from passes.channel_groups.util import NAN
+from onnxprune.passes.channel_groups.util import NAN
 
 __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel_groups"]
 

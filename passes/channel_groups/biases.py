@@ -7,9 +7,9 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.graph import ChannelGraph
-from passes.channel_groups.rules_layers import _matmul_weight
-from passes.channel_groups.util import _attr, _opt_input
+from onnxprune.passes.channel_groups.graph import ChannelGraph
+from onnxprune.passes.channel_groups.rules_layers import _matmul_weight
+from onnxprune.passes.channel_groups.util import _attr, _opt_input
 
 
 def _gemm_bias(cg: ChannelGraph, node: gs.Node, delta: np.ndarray) -> None:

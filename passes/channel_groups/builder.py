@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.graph import (
+from onnxprune.passes.channel_groups.graph import (
     ChannelGraph,
     Channels,
     Edit,
@@ -16,7 +16,7 @@ from passes.channel_groups.graph import (
     Shapes,
     WeightAxis,
 )
-from passes.channel_groups.util import NAN, _desc
+from onnxprune.passes.channel_groups.util import NAN, _desc
 
 
 class Builder:

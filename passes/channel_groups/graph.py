@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.util import _box, _desc, _opt_input
+from onnxprune.passes.channel_groups.util import _box, _desc, _opt_input
 
 Shapes = dict[str, list]  # tensor name -> dims (int, or None where unknown); from onnx shape inference
 
@@ -191,7 +191,7 @@ class ChannelGraph:
 
     def remove(self, dead: set[int]) -> dict[str, np.ndarray]:
         """Fold the constants of dead positions into consumer biases, then slice everything. Returns keep masks."""
-        from passes.channel_groups.biases import (
+        from onnxprune.passes.channel_groups.biases import (
             BIAS_ADDERS,  # the bias adders edit graphs: they import this module
         )
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.builder import Builder
-from passes.channel_groups.graph import ChannelGraph, Channels, Layer
-from passes.channel_groups.rules_layout import _static
-from passes.channel_groups.util import NAN, _attr, _box, _const
+from onnxprune.passes.channel_groups.builder import Builder
+from onnxprune.passes.channel_groups.graph import ChannelGraph, Channels, Layer
+from onnxprune.passes.channel_groups.rules_layout import _static
+from onnxprune.passes.channel_groups.util import NAN, _attr, _box, _const
 
 
 def _flat_view(b: Builder, x) -> tuple:

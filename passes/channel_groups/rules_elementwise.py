@@ -8,9 +8,9 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.builder import Builder
-from passes.channel_groups.graph import Channels
-from passes.channel_groups.util import (
+from onnxprune.passes.channel_groups.builder import Builder
+from onnxprune.passes.channel_groups.graph import Channels
+from onnxprune.passes.channel_groups.util import (
     NAN,
     _attr,
     _const,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.builder import Builder
-from passes.channel_groups.graph import Channels, Layer, WeightAxis
-from passes.channel_groups.util import (
+from onnxprune.passes.channel_groups.builder import Builder
+from onnxprune.passes.channel_groups.graph import Channels, Layer, WeightAxis
+from onnxprune.passes.channel_groups.util import (
     NAN,
     _attr,
     _const,

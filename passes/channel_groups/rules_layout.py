@@ -7,10 +7,10 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.channel_groups.builder import Builder
-from passes.channel_groups.graph import Channels
-from passes.channel_groups.rules_elementwise import _merge
-from passes.channel_groups.util import NAN, _attr, _const, _opt_input
+from onnxprune.passes.channel_groups.builder import Builder
+from onnxprune.passes.channel_groups.graph import Channels
+from onnxprune.passes.channel_groups.rules_elementwise import _merge
+from onnxprune.passes.channel_groups.util import NAN, _attr, _const, _opt_input
 
 
 def _spread(c: Channels, outer: int, inner: int) -> Channels:

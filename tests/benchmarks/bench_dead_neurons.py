@@ -30,10 +30,10 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
-from calibration.runtime import make_session, random_feeds  # noqa: E402
-from converter.modelio import load_model  # noqa: E402
-from passes.dead_neurons import remove_dead_neurons  # noqa: E402
-from passes.neuron_masks import neuron_map, neuron_masks  # noqa: E402
+from onnxprune.calibration.runtime import make_session, random_feeds  # noqa: E402
+from onnxprune.converter.modelio import load_model  # noqa: E402
+from onnxprune.passes.dead_neurons import remove_dead_neurons  # noqa: E402
+from onnxprune.passes.neuron_masks import neuron_map, neuron_masks  # noqa: E402
 from tests.oracle import assert_same_outputs  # noqa: E402
 from tests.passes._graphs import G  # noqa: E402
 

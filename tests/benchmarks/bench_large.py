@@ -57,7 +57,7 @@ def vgg16(seed: int = 0) -> onnx.ModelProto:
 def timed(args: list[str]) -> tuple[float, float, str]:
     """(seconds, peak RSS of this child in MB, stdout)."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from converter.cli import main; main()", *args],
+    done = subprocess.run([sys.executable, "-c", "from onnxprune.converter.cli import main; main()", *args],
                           capture_output=True, text=True, check=True)
     return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, done.stdout
 

@@ -22,11 +22,11 @@ import onnx
 import torch
 from torch import nn
 
-from calibration.runtime import make_session
-from models.mnist import load_split
-from models.paths import shared_mnist_dir
-from passes.neuron_masks import neuron_map, neuron_masks
-from passes.weights import find_prunable, weight_array
+from onnxprune.calibration.runtime import make_session
+from onnxprune.models.mnist import load_split
+from onnxprune.models.paths import shared_mnist_dir
+from onnxprune.passes.neuron_masks import neuron_map, neuron_masks
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import zero_weights
 
 

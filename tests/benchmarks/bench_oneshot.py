@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.runtime import make_session
-from converter.pipeline import PruneOptions, run
-from models.mnist import load_split
-from models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.models.mnist import load_split
+from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
 
 # The paper's Tables 2 and 3: kept weights (W%) per layer.
 PAPER_DENSITY = {

@@ -25,14 +25,14 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from calibration.readers import open_data
-from calibration.runtime import make_session
-from converter.finetune import MaskedTrainer, TrainData
-from converter.schedule import iterative_prune
-from models.mnist import load_split
-from models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
-from models.train import LeNet5, LeNet300
-from passes.weights import find_prunable
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.finetune import MaskedTrainer, TrainData
+from onnxprune.converter.schedule import iterative_prune
+from onnxprune.models.mnist import load_split
+from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
+from onnxprune.models.train import LeNet5, LeNet300
+from onnxprune.passes.weights import find_prunable
 
 MODELS = {"lenet300": LENET300_ONNX, "lenet5": LENET5_ONNX}
 NATIVE = {"lenet300": LeNet300, "lenet5": LeNet5}

@@ -27,12 +27,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from calibration.allocate import allocate, fit_to_budget, pruned_model  # noqa: E402
-from calibration.metrics import Evaluator  # noqa: E402
-from calibration.readers import open_data  # noqa: E402
-from calibration.sensitivity import scan, scan_naive  # noqa: E402
-from models import builders, mnist, paths  # noqa: E402
-from passes.weights import find_prunable  # noqa: E402
+from onnxprune.calibration.allocate import allocate, fit_to_budget, pruned_model  # noqa: E402
+from onnxprune.calibration.metrics import Evaluator  # noqa: E402
+from onnxprune.calibration.readers import open_data  # noqa: E402
+from onnxprune.calibration.sensitivity import scan, scan_naive  # noqa: E402
+from onnxprune.models import builders, mnist, paths  # noqa: E402
+from onnxprune.passes.weights import find_prunable  # noqa: E402
 
 
 def small_resnet(blocks: int = 10, channels: int = 8, size: int = 8, classes: int = 10, seed: int = 0):

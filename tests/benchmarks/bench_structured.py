@@ -25,10 +25,10 @@ import onnx
 import torch
 from onnx import helper
 
-from converter.api import prune
-from converter.latency import measure_latency
-from models.mnist import load_split
-from models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
+from onnxprune.converter.api import prune
+from onnxprune.converter.latency import measure_latency
+from onnxprune.models.mnist import load_split
+from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
 from tests.benchmarks.bench_retrain import error_pct
 
 MODELS = {"lenet300": LENET300_ONNX, "lenet5": LENET5_ONNX}

@@ -1,10 +1,10 @@
 import numpy as np
 from onnx import numpy_helper
 
-from calibration.activations import activation_density, activation_tensors
-from calibration.readers import open_data
-from models import builders
-from passes.weights import find_prunable
+from onnxprune.calibration.activations import activation_density, activation_tensors
+from onnxprune.calibration.readers import open_data
+from onnxprune.models import builders
+from onnxprune.passes.weights import find_prunable
 
 
 def test_act_is_measured_after_the_relu_and_matches_numpy():

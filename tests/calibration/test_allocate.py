@@ -2,13 +2,13 @@ import numpy as np
 import onnx
 import pytest
 
-from calibration.allocate import Allocation, allocate, fit_to_budget, loss_curve, predicted_loss, pruned_model
-from calibration.metrics import Evaluator
-from calibration.readers import open_data
-from calibration.sensitivity import LayerSensitivity, SensitivityResult, scan
-from converter.errors import ConfigError
-from models import builders, mnist, paths
-from passes.weights import Inventory, PrunableWeight, find_prunable, weight_array
+from onnxprune.calibration.allocate import Allocation, allocate, fit_to_budget, loss_curve, predicted_loss, pruned_model
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.sensitivity import LayerSensitivity, SensitivityResult, scan
+from onnxprune.errors import ConfigError
+from onnxprune.models import builders, mnist, paths
+from onnxprune.passes.weights import Inventory, PrunableWeight, find_prunable, weight_array
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.metrics import Evaluator, choose_metric, output_error
-from calibration.readers import open_data
-from converter.errors import CalibrationError, ConfigError
-from models import builders
+from onnxprune.calibration.metrics import Evaluator, choose_metric, output_error
+from onnxprune.calibration.readers import open_data
+from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.models import builders
 
 
 def linear(weight: np.ndarray):

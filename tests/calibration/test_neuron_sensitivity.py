@@ -5,12 +5,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from calibration.neuron_sensitivity import neuron_scan
-from calibration.sensitivity import SensitivityResult
-from converter.cli import cli
-from models import builders
-from passes.neuron_masks import neuron_map, neuron_masks
-from passes.weights import find_prunable, weight_array
+from onnxprune.calibration.neuron_sensitivity import neuron_scan
+from onnxprune.calibration.sensitivity import SensitivityResult
+from onnxprune.converter.cli import cli
+from onnxprune.models import builders
+from onnxprune.passes.neuron_masks import neuron_map, neuron_masks
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.calibration.test_sensitivity import evaluator
 from tests.oracle import zero_weights
 from tests.passes import _graphs as G

@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from calibration.readers import open_data
-from converter.errors import CalibrationError, ConfigError
-from models import builders
+from onnxprune.calibration.readers import open_data
+from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.models import builders
 
 
 def mlp():
@@ -154,7 +154,7 @@ def test_explicit_labels_name(tmp_path):
 def test_safe_casts_are_done_and_logged(caplog):
     a = np.ones((4, 3), np.float64)
     ids = np.ones((4, 2), np.int32)
-    with caplog.at_level(logging.INFO, logger="calibration.readers"):
+    with caplog.at_level(logging.INFO, logger="onnxprune.calibration.readers"):
         reader = open_data({"a": a, "ids": ids}, two_inputs())
         feeds = next(iter(reader))
     assert feeds["a"].dtype == np.float32 and feeds["ids"].dtype == np.int64

@@ -3,14 +3,14 @@ import onnx
 import pytest
 from onnx import helper
 
-import calibration.sensitivity as sensitivity
-from calibration.metrics import Evaluator
-from calibration.readers import open_data
-from calibration.sensitivity import (DEFAULT_LEVELS, SensitivityResult, is_coupled, masked, scan, scan_naive,
+import onnxprune.calibration.sensitivity as sensitivity
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.sensitivity import (DEFAULT_LEVELS, SensitivityResult, is_coupled, masked, scan, scan_naive,
                                      weight_as_input)
-from converter.errors import ConfigError
-from models import builders
-from passes.weights import find_prunable
+from onnxprune.errors import ConfigError
+from onnxprune.models import builders
+from onnxprune.passes.weights import find_prunable
 
 LEVELS = (0.3, 0.6, 0.9, 0.99)
 
@@ -187,7 +187,7 @@ def test_levels_are_validated():
 
 
 def test_plot_and_table(tmp_path):
-    from calibration.plots import plot_sensitivity, sensitivity_table
+    from onnxprune.calibration.plots import plot_sensitivity, sensitivity_table
 
     model = small_cnn()
     result = scan(model, find_prunable(model), evaluator(model), DEFAULT_LEVELS)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from calibration.runtime import make_session
-from models import builders
+from onnxprune.calibration.runtime import make_session
+from onnxprune.models import builders
 
 
 def self_labelled(hidden=(64, 32), model_seed: int = 3, n: int = 256, data_seed: int = 0, blank_rows: int = 0):

@@ -13,8 +13,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.bridge import OnnxModule
-from converter.errors import ConfigError, ConverterError, UnsupportedOpError
+from onnxprune.converter.bridge import OnnxModule
+from onnxprune.errors import ConfigError, ConverterError, UnsupportedOpError
 
 ATOL, RTOL = 1e-5, 1e-4
 SEEDS = (0, 1, 2)

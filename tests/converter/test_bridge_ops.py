@@ -17,8 +17,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.bridge import OnnxModule, lookup, supported_ops
-from converter.bridge.ops import _source_coords, sparse_to_dense
+from onnxprune.converter.bridge import OnnxModule, lookup, supported_ops
+from onnxprune.converter.bridge.ops import _source_coords, sparse_to_dense
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from converter.budget import BudgetSearch
-from converter.pipeline import Data, PruneOptions, run
+from onnxprune.converter.budget import BudgetSearch
+from onnxprune.converter.pipeline import Data, PruneOptions, run
 from tests.converter._data import self_labelled
-from passes.magnitude import Target
-from passes.weights import find_prunable
+from onnxprune.passes.magnitude import Target
+from onnxprune.passes.weights import find_prunable
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ would (same seed, same machine)."""
 import numpy as np
 import pytest
 
-from converter.checkpoint import Checkpoints
-from converter.errors import ConfigError
-from converter.pipeline import PruneOptions, run
+from onnxprune.converter.checkpoint import Checkpoints
+from onnxprune.errors import ConfigError
+from onnxprune.converter.pipeline import PruneOptions, run
 from tests.converter._data import self_labelled
 
 
@@ -65,7 +65,7 @@ def test_cli_removes_checkpoints_after_success_and_resume_needs_iterations(setup
     import onnx
     from click.testing import CliRunner
 
-    from converter.cli import cli
+    from onnxprune.converter.cli import cli
 
     model, data = setup
     mpath, dpath, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx"

@@ -5,10 +5,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from converter import modelio
-from converter.cli import cli
-from models import builders
-from passes.weights import find_prunable
+from onnxprune.converter import modelio
+from onnxprune.converter.cli import cli
+from onnxprune.models import builders
+from onnxprune.passes.weights import find_prunable
 from tests.oracle import assert_same_outputs
 
 

@@ -5,10 +5,10 @@ import json
 import onnx
 from click.testing import CliRunner
 
-from calibration.runtime import make_session
-from converter.cli import cli
-from models.mnist import load_npz
-from models.paths import MNIST_SLICE
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.cli import cli
+from onnxprune.models.mnist import load_npz
+from onnxprune.models.paths import MNIST_SLICE
 
 
 def test_demo_writes_a_verified_model_report_and_recipe(tmp_path):

@@ -8,15 +8,15 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from calibration.readers import open_data
-from converter.errors import ConfigError
-from converter.finetune import (MaskedTrainer, TrainData, dropout_ratios, finetune, resolve_device,
+from onnxprune.calibration.readers import open_data
+from onnxprune.errors import ConfigError
+from onnxprune.converter.finetune import (MaskedTrainer, TrainData, dropout_ratios, finetune, resolve_device,
                                 trainable_tensors)
-from models import builders
-from models.mnist import load_npz
-from models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
-from passes.magnitude import sparsity_mask
-from passes.weights import find_prunable, weight_array
+from onnxprune.models import builders
+from onnxprune.models.mnist import load_npz
+from onnxprune.models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
+from onnxprune.passes.magnitude import sparsity_mask
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import check_full, run, zero_weights
 
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from converter.latency import measure_latency
-from models import builders
+from onnxprune.converter.latency import measure_latency
+from onnxprune.models import builders
 
 
 class FakeSession:

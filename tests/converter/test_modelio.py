@@ -5,10 +5,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from converter import modelio
-from converter.errors import ConfigError, ModelError
-from models import builders
-from passes.sparse_encode import dense_to_sparse
+from onnxprune.converter import modelio
+from onnxprune.errors import ConfigError, ModelError
+from onnxprune.models import builders
+from onnxprune.passes.sparse_encode import dense_to_sparse
 from tests.oracle import assert_same_outputs
 
 

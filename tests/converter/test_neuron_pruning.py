@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from calibration.runtime import make_session
-from converter.pipeline import PruneOptions, run
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.pipeline import PruneOptions, run
 from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
 

@@ -7,12 +7,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from calibration.runtime import make_session
-from converter import api
-from converter.cli import cli
-from converter.errors import BudgetError, ConfigError
-from converter.pipeline import PruneOptions, run
-from models import builders
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter import api
+from onnxprune.converter.cli import cli
+from onnxprune.errors import BudgetError, ConfigError
+from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.models import builders
 from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
 
@@ -83,7 +83,7 @@ def test_api_rejects_unknown_options():
 
 
 def test_api_writes_output_and_report(teacher_data, tmp_path):
-    pytest.importorskip("converter.report")
+    pytest.importorskip("onnxprune.converter.report")
     model, data = teacher_data
     out = tmp_path / "m.onnx"
     api.prune(model, data=data, sparsity=0.8, output=out, report_dir=tmp_path / "rep")

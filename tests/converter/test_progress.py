@@ -1,6 +1,6 @@
 import io
 
-from converter.progress import Progress
+from onnxprune.converter.progress import Progress
 
 
 class Clock:
@@ -13,7 +13,7 @@ class Clock:
 
 def test_plain_lines_are_periodic_with_eta_and_restart_per_epoch(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr("converter.progress.time.monotonic", clock)
+    monkeypatch.setattr("onnxprune.converter.progress.time.monotonic", clock)
     out = io.StringIO()
     p = Progress(stream=out, every=10.0)
     for epoch in range(2):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from converter.errors import ConfigError
-from converter.pipeline import PruneOptions, run
-from converter.recipe import dump_recipe, load_recipe, option_fields
-from models import builders
+from onnxprune.errors import ConfigError
+from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.recipe import dump_recipe, load_recipe, option_fields
+from onnxprune.models import builders
 
 SHA = "ab" * 32
 OTHER = "cd" * 32

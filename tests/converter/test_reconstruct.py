@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.bridge import OnnxModule
-from converter.errors import UnsupportedOpError
-from converter.reconstruct import ReconstructReport, reconstruct
-from models import builders
-from passes.magnitude import sparsity_mask
-from passes.weights import find_prunable, weight_array
+from onnxprune.converter.bridge import OnnxModule
+from onnxprune.errors import UnsupportedOpError
+from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
+from onnxprune.models import builders
+from onnxprune.passes.magnitude import sparsity_mask
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import check_full, run, zero_weights
 
 

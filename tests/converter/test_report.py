@@ -17,10 +17,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from converter import report_plots
-from converter.pipeline import PruneOptions, run
-from converter.report import _pixel_shape, build_table, write_report
-from models import builders
+from onnxprune.converter import report_plots
+from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.report import _pixel_shape, build_table, write_report
+from onnxprune.models import builders
 
 HOSTILE_NODE = '<img src=x onerror="alert(1)">fc1'
 HOSTILE_MODEL = "<script>alert('model')</script>.onnx"

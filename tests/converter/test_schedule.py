@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.errors import ConfigError
-from converter.schedule import iterative_prune, magnitude_masks, schedule_sparsities
-from models import builders
-from passes.magnitude import Target, quality_mask
-from passes.weights import find_prunable, weight_array
+from onnxprune.errors import ConfigError
+from onnxprune.converter.schedule import iterative_prune, magnitude_masks, schedule_sparsities
+from onnxprune.models import builders
+from onnxprune.passes.magnitude import Target, quality_mask
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import check_full, run
 
 

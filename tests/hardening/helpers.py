@@ -11,7 +11,7 @@ import onnx
 from click.testing import CliRunner, Result
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.cli import cli
+from onnxprune.converter.cli import cli
 
 OPSET = 17
 IR_VERSION = 8

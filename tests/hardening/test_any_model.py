@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models import builders
+from onnxprune.models import builders
 from tests.hardening.helpers import assert_clean_error, invoke, make_model, tensor, vi
 
 RTOL = 1e-5
@@ -423,11 +423,11 @@ def test_model_that_computes_nan_is_pruned_faithfully(tmp_path):
 def test_half_the_neurons_masked_whole_then_removed_computes_the_masked_model(name):
     """What --neuron-sparsity does to the weights (without the retraining), on every kind of model: the neurons
     that may go are masked in every weight they touch, and removing them changes nothing further."""
-    from passes.apply_masks import ApplyMasks
-    from passes.base import PruneState
-    from passes.dead_neurons import remove_dead_neurons
-    from passes.neuron_masks import neuron_map, neuron_masks
-    from passes.weights import find_prunable, weight_array
+    from onnxprune.passes.apply_masks import ApplyMasks
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
+    from onnxprune.passes.neuron_masks import neuron_map, neuron_masks
+    from onnxprune.passes.weights import find_prunable, weight_array
 
     model = MODELS[name]()
     try:

@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models import builders
-from passes.sparse_encode import dense_to_sparse
+from onnxprune.models import builders
+from onnxprune.passes.sparse_encode import dense_to_sparse
 from tests.hardening.helpers import assert_clean_error, gemm_then, invoke, leftovers, make_model, vi
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from models import builders
+from onnxprune.models import builders
 from tests.hardening.helpers import invoke, subprocess_env
 
 ONNXPRUNE = Path(sys.executable).parent / "onnxprune"

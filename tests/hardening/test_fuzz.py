@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from converter import modelio
-from converter.errors import ConverterError
-from models import builders
-from passes.sparse_encode import dense_to_sparse
+from onnxprune.converter import modelio
+from onnxprune.errors import ConverterError
+from onnxprune.models import builders
+from onnxprune.passes.sparse_encode import dense_to_sparse
 from tests.hardening.helpers import assert_clean_error, invoke, leftovers
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import pytest
 
-from converter.modelio import sha256_file
-from models import builders
+from onnxprune.converter.modelio import sha256_file
+from onnxprune.models import builders
 from tests.hardening.helpers import gemm_then, invoke, leftovers, subprocess_env
 
 ONNXPRUNE = Path(sys.executable).parent / "onnxprune"

@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models import builders
-from models.builders import BUILDERS, random_input
+from onnxprune.models import builders
+from onnxprune.models.builders import BUILDERS, random_input
 
 EXPECTED_OPS = {
     "mlp_gemm": ["Gemm", "Relu", "Gemm", "Relu", "Gemm"],

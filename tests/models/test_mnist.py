@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.errors import CalibrationError
-from models import mnist
-from models.paths import MNIST_ENV_VAR, shared_mnist_dir
+from onnxprune.errors import CalibrationError
+from onnxprune.models import mnist
+from onnxprune.models.paths import MNIST_ENV_VAR, shared_mnist_dir
 
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

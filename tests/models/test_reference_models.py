@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models import builders, mnist
-from models.paths import MNIST_SLICE, REFERENCE_CARDS, REFERENCE_ONNX
+from onnxprune.models import builders, mnist
+from onnxprune.models.paths import MNIST_SLICE, REFERENCE_CARDS, REFERENCE_ONNX
 
 NAMES = sorted(REFERENCE_ONNX)
 WEIGHTS = {"lenet300": 784 * 300 + 300 * 100 + 100 * 10, "lenet5": 500 + 25_000 + 400_000 + 5_000}
@@ -84,7 +84,7 @@ def test_like_builder_has_the_reference_graph_structure(name):
 
 @pytest.fixture(scope="module")
 def train_mod():
-    return pytest.importorskip("models.train")
+    return pytest.importorskip("onnxprune.models.train")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -103,7 +103,7 @@ def test_export_onnx_of_fresh_module_matches_torch_and_reference_layout(train_mo
 
 
 def test_check_parity_names_the_output_when_the_export_is_wrong(train_mod):
-    from converter.errors import ParityError
+    from onnxprune.errors import ParityError
 
     module = train_mod.LeNet300()
     model = train_mod.export_onnx(module)
@@ -115,7 +115,7 @@ def test_check_parity_names_the_output_when_the_export_is_wrong(train_mod):
 
 
 def test_training_is_deterministic_for_a_seed(train_mod):
-    from models.paths import shared_mnist_dir
+    from onnxprune.models.paths import shared_mnist_dir
 
     mnist_dir = shared_mnist_dir()
     if mnist_dir is None:

@@ -6,8 +6,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from passes.channel_groups import RULES, build_channel_groups
-from passes.shapes import infer_shapes
+from onnxprune.passes.channel_groups import RULES, build_channel_groups
+from onnxprune.passes.shapes import infer_shapes
 from tests.passes import _graphs as G
 
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from passes.apply_masks import ApplyMasks
-from passes.base import PruneState, run_passes
-from passes.dead_neurons import RemoveDeadNeurons, remove_dead_neurons
+from onnxprune.passes.apply_masks import ApplyMasks
+from onnxprune.passes.base import PruneState, run_passes
+from onnxprune.passes.dead_neurons import RemoveDeadNeurons, remove_dead_neurons
 from tests.passes import _graphs as G
 
 
@@ -507,7 +507,7 @@ def test_property_crop_keeps_outputs_and_cuts_exactly_the_box_of_read_features(d
 @SETTINGS
 @given(st.data())
 def test_property_neuron_masks_then_removal_keep_outputs_and_shrink_each_layer(data):
-    from passes.neuron_masks import neuron_map, neuron_masks
+    from onnxprune.passes.neuron_masks import neuron_map, neuron_masks
     from tests.oracle import zero_weights
 
     draw = data.draw
@@ -543,7 +543,7 @@ def test_a_non_tensor_graph_output_keeps_its_type_through_removal():
     assert channels(report)["fc1"] == (5, 4)
     assert out.graph.output[0] == m.graph.output[0]
     onnx.checker.check_model(out, full_check=True)
-    from calibration.runtime import make_session
+    from onnxprune.calibration.runtime import make_session
 
     x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
     got, want = (make_session(mm, optimize=False).run(None, {"x": x})[0] for mm in (out, m))

@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from converter.errors import ConfigError
-from models import builders
-from passes.apply_masks import ApplyMasks
-from passes.base import PruneState, run_passes
-from passes.magnitude import (
+from onnxprune.errors import ConfigError
+from onnxprune.models import builders
+from onnxprune.passes.apply_masks import ApplyMasks
+from onnxprune.passes.base import PruneState, run_passes
+from onnxprune.passes.magnitude import (
     MagnitudePrune,
     Target,
     quality_for_sparsity,
@@ -16,7 +16,7 @@ from passes.magnitude import (
     resolve_targets,
     sparsity_mask,
 )
-from passes.weights import find_prunable, weight_array
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import assert_same_outputs, check_full, zero_weights
 
 
@@ -102,7 +102,7 @@ def test_layer_overrides_exclude_and_unknown_pattern():
 @given(values=st.lists(st.integers(0, 5), min_size=1, max_size=60), share=st.floats(0.0, 1.0))
 @settings(max_examples=200, deadline=None)
 def test_smallest_is_the_head_of_a_stable_sort_even_with_many_ties(values, share):
-    from passes.magnitude import smallest
+    from onnxprune.passes.magnitude import smallest
 
     a = np.array(values, dtype=np.float32)
     n = int(round(share * a.size))

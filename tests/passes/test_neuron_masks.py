@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passes.dead_neurons import remove_dead_neurons
-from passes.neuron_masks import neuron_map, neuron_masks, scores
-from passes.weights import find_prunable, weight_array
+from onnxprune.passes.dead_neurons import remove_dead_neurons
+from onnxprune.passes.neuron_masks import neuron_map, neuron_masks, scores
+from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import zero_weights
 from tests.passes import _graphs as G
 

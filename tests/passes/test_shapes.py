@@ -3,7 +3,7 @@
 import numpy as np
 import onnx
 
-from passes.shapes import BIG, infer_shapes, skeleton
+from onnxprune.passes.shapes import BIG, infer_shapes, skeleton
 from tests.passes import _graphs as G
 
 

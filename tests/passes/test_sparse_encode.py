@@ -5,13 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.modelio import densify_sparse
-from models import builders
-from passes.apply_masks import ApplyMasks
-from passes.base import PruneState, run_passes
-from passes.magnitude import MagnitudePrune, resolve_targets
-from passes.sparse_encode import SparseEncode, dense_to_sparse, pays_off
-from passes.weights import find_prunable
+from onnxprune.converter.modelio import densify_sparse
+from onnxprune.models import builders
+from onnxprune.passes.apply_masks import ApplyMasks
+from onnxprune.passes.base import PruneState, run_passes
+from onnxprune.passes.magnitude import MagnitudePrune, resolve_targets
+from onnxprune.passes.sparse_encode import SparseEncode, dense_to_sparse, pays_off
+from onnxprune.passes.weights import find_prunable
 from tests.oracle import assert_same_outputs, check_full
 
 

@@ -3,8 +3,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models import builders
-from passes.weights import find_prunable, name_nodes
+from onnxprune.models import builders
+from onnxprune.passes.weights import find_prunable, name_nodes
 
 
 def _model(nodes, inits, inputs, outputs, opset=17, ir=8):
