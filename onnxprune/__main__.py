@@ -1,0 +1,5 @@
+"""`python -m onnxprune …` is the `onnxprune` command."""
+
+from onnxprune.converter.cli import main
+
+main()
