@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.sensitivity import SensitivityResult, masked
 from onnxprune.errors import ConfigError
@@ -185,7 +186,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand))
         loss = round(dense - pruned, 9)  # 99.9 - 99.4 is 0.50000000000001 in floating point
         tried[key] = loss
-        fits = loss <= max_loss_pp + _EPS
+        fits = within_budget(loss, max_loss_pp)
         entry = {"try": len(tried), "knob": x, "measured_loss_pp": loss, "fits": fits,
                  "predicted_loss_pp": predicted_loss(result, cand) if result is not None else None,
                  "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": pruned}
@@ -218,7 +219,7 @@ class _KnobSearch:
         self.history: list[dict] = []
 
     def next(self, x: float, loss: float, *, growable: bool) -> float | None:
-        if loss <= self.budget + _EPS:
+        if within_budget(loss, self.budget):
             self.lo = x if self.lo is None else max(self.lo, x)
         else:
             self.hi = x if self.hi is None else min(self.hi, x)

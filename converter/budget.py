@@ -19,6 +19,8 @@ import time
 import numpy as np
 import onnx
 
+from onnxprune.calibration.decide import within_budget
+
 log = logging.getLogger(__name__)
 
 DENSITY_FACTOR = 0.6  # density x this per level past the one-shot allocation
@@ -29,17 +31,17 @@ SMALLEST_STEP = 0.25  # a halved step below this ends the search
 class BudgetSearch:
     """The search state: best model so far, its level, the step, the trainer and the history."""
 
-    def __init__(self, original: onnx.ModelProto, inventory, targets: dict, options, reader, evaluator,
-                 trainer_options: dict, resume: dict | None = None):
+    def __init__(self, original: onnx.ModelProto, inventory, targets: dict, config, max_loss: float, reader,
+                 evaluator, trainer_options: dict, resume: dict | None = None):
         from onnxprune.converter.finetune import MaskedTrainer
         from onnxprune.converter.schedule import neuron_schedule
 
-        self.options, self.reader, self.evaluator = options, reader, evaluator
+        self.config, self.max_loss, self.reader, self.evaluator = config, max_loss, reader, evaluator
         self.base = {n: t.sparsity for n, t in targets.items()}
         self.trainer_options = {**trainer_options, "teacher": original}  # always distill from the dense model
-        self.nmap, plan = neuron_schedule(original, set(self.base), options.neuron_sparsity, options.neuron_layers, 1)
+        self.nmap, plan = neuron_schedule(original, set(self.base), config.neuron_sparsity, config.neuron_layers, 1)
         self.neuron_final = plan[-1]
-        self.ramp = min(NEURON_RAMP, options.iterations)
+        self.ramp = min(NEURON_RAMP, config.iterations)
         self.best: tuple[onnx.ModelProto, dict] | None = None
         self.best_level, self.step, self.level, self.history, self.done = -1.0, 1.0, 0.0, [], 0
         masks = {w.name: np.ones(w.shape, dtype=bool) for w in inventory.prunable if w.name in self.base}
@@ -59,17 +61,17 @@ class BudgetSearch:
         """Prune to the current level, retrain, measure; keep it or back off. Returns the history entry."""
         from onnxprune.converter.schedule import magnitude_masks, neurons_step
 
-        t0, o, level, trainer = time.perf_counter(), self.options, self.level, self.trainer
+        t0, c, level, trainer = time.perf_counter(), self.config, self.level, self.trainer
         goal = {n: 1.0 - (1.0 - s) * DENSITY_FACTOR ** level for n, s in self.base.items()}
         share = min(1.0, (level + 1.0) / self.ramp)
         masks, neurons = neurons_step(trainer, self.nmap, [f * share for f in self.neuron_final])
         trainer.set_masks(magnitude_masks(trainer.weights(), goal, masks))
-        stats = trainer.train(o.epochs, o.lr, reg=o.reg, reg_strength=o.reg_strength, batch_size=o.train_batch_size,
-                              progress=lambda e, b, n, loss, sp: on_batch(r, o.iterations, e, b, n, loss, sp))
+        stats = trainer.train(c.epochs, c.lr, reg=c.reg, reg_strength=c.reg_strength, batch_size=c.train_batch_size,
+                              progress=lambda e, b, n, loss, sp: on_batch(r, c.iterations, e, b, n, loss, sp))
         candidate = trainer.export()
         score = self.evaluator.evaluate(candidate)
         loss_pp = 100.0 * (self.evaluator.dense - score)
-        fits = loss_pp <= o.max_loss + 1e-9
+        fits = within_budget(loss_pp, self.max_loss)
         if fits:
             self.best, self.best_level = (candidate, {n: m.copy() for n, m in trainer.masks.items()}), level
         else:
@@ -83,7 +85,7 @@ class BudgetSearch:
                  "seconds": round(time.perf_counter() - t0, 3), **({"neurons": neurons} if neurons else {})}
         self.history.append(entry)
         log.info("round %d (level %.2f): density %.4f, loss %.3f pp (budget %.3f)%s", r, level,
-                 entry["overall_density"], loss_pp, o.max_loss, "" if fits else ", backing off")
+                 entry["overall_density"], loss_pp, self.max_loss, "" if fits else ", backing off")
         return entry
 
     @property

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import ConfigError
+from onnxprune.plain import dumps
 from onnxprune.converter.modelio import atomic_write_bytes
 
 
@@ -42,7 +43,7 @@ class Checkpoints:
         np.savez(buf, **arrays)
         atomic_write_bytes(self.folder / f"round-{round_:03d}.npz", buf.getvalue())
         state = {"fingerprint": self.fingerprint, "round": round_, "history": history}
-        atomic_write_bytes(self.folder / "state.json", json.dumps(state, default=_plain).encode())
+        atomic_write_bytes(self.folder / "state.json", dumps(state).encode())
         for old in self.folder.glob("round-*"):
             if not old.name.startswith(f"round-{round_:03d}."):
                 old.unlink(missing_ok=True)
@@ -70,11 +71,3 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from onnxprune.errors import ConfigError, ConverterError
+from onnxprune.passes.sparse_encode import FORMATS as SPARSE_FORMATS
 
 log = logging.getLogger("onnxprune")
 
@@ -70,6 +71,34 @@ class FriendlyGroup(click.Group):
             ) from None
 
 
+def _verbosity(f):
+    """-v/-vv/--debug, accepted after the subcommand too (`onnxprune prune … -v`)."""
+
+    def set_debug(ctx: click.Context, _param, value: bool):
+        if value:
+            ctx.ensure_object(dict)["debug"] = True
+            _setup_logging(logging.DEBUG)
+        return value
+
+    def set_verbose(ctx: click.Context, _param, value: int):
+        if value:
+            _setup_logging(logging.DEBUG if value >= 2 else logging.INFO)
+        return value
+
+    f = click.option("--debug", is_flag=True, expose_value=False, callback=set_debug,
+                     help="Show tracebacks and debug logs.")(f)
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
+                        help="More log lines (-vv for debug).")(f)
+
+
+def _output_options(f):
+    """The same -q and --json in every command."""
+    f = click.option("-q", "--quiet", is_flag=True,
+                     help="Nothing on the terminal but errors: no progress, no tables (results go to the files).")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")(f)
+    return _verbosity(f)
+
+
 def _debug(ctx: click.Context) -> bool:
     return bool((ctx.obj or {}).get("debug")) or os.environ.get("ONNXPRUNE_DEBUG") == "1"
 
@@ -111,8 +140,8 @@ def _setup_logging(level: int) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def inspect(model: Path, as_json: bool):
+@_output_options
+def inspect(model: Path, as_json: bool, quiet: bool):
     """List the prunable weights of MODEL, and what was left alone and why.
 
     \b
@@ -121,10 +150,12 @@ def inspect(model: Path, as_json: bool):
     """
     from onnxprune.converter.inspect import inspect_model, print_inspection
 
+    from onnxprune.plain import dumps
+
     info = inspect_model(model)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
-    else:
+        click.echo(dumps(info, indent=2))
+    elif not quiet:
         print_inspection(info)
 
 
@@ -193,7 +224,7 @@ def _parse_levels(text: str | None):
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of distillation in ce+distill.")
 @click.option("--schedule", type=click.Choice(["cubic", "geometric", "linear"]), default="cubic", show_default=True)
-@click.option("--loss", "loss_kind", type=click.Choice(["auto", "ce", "distill", "ce+distill"]), default="auto", show_default=True,
+@click.option("--loss", type=click.Choice(["auto", "ce", "distill", "ce+distill"]), default="auto", show_default=True,
               help="auto: cross-entropy with labels, distillation from the dense model without.")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--alternate", is_flag=True, help="Retrain conv layers with fc frozen, then fc with conv frozen (paper §4).")
@@ -202,7 +233,7 @@ def _parse_levels(text: str | None):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
     "--sparse-format",
-    type=click.Choice(["constant", "initializer", "dense"]),
+    type=click.Choice(list(SPARSE_FORMATS)),
     default="constant",
     show_default=True,
     help="How pruned weights are stored (see README).",
@@ -226,14 +257,11 @@ def _parse_levels(text: str | None):
 @click.option("--allow-other-model", is_flag=True, help="Apply a recipe written for another model file.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.html, report.json and recipe.toml here.")
 @click.option("--force", is_flag=True, help="Write the model even when --max-loss was not met.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
-          distill_weight, schedule, loss_kind, temperature, alternate,
-          reg, reg_strength,
-          device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
-          checkpoint_dir, resume, recipe, allow_other_model, report_dir, force, quiet, as_json):
+@click.option("--plan", "show_plan", is_flag=True, help="Print the steps this command would run, with their settings, "
+              "and do nothing else.")
+@_output_options
+def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_neurons, checkpoint_dir, resume,
+          recipe, allow_other_model, report_dir, force, quiet, as_json, show_plan, **choices):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
     \b
@@ -244,136 +272,83 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
       onnxprune prune model.onnx -o small.onnx --data train.npz --eval-data test.npz \\
           --layer 'fc1*'=0.97 --sparsity 0.9 --iterations 5 --epochs 2 --report out/
       onnxprune prune model.onnx -o again.onnx --recipe out/recipe.toml --data train.npz
+      onnxprune prune model.onnx -o small.onnx --max-loss 0.5 --data calib.npz --plan
     """
-    from onnxprune.converter import modelio
-    from onnxprune.converter.pipeline import PruneOptions
+    from onnxprune.converter.plan import configure
 
-    if sparsity is not None and not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"--sparsity {sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the weights.")
-    unused = [flag for flag, value in (("--labels", labels), ("--metric", metric), ("--limit", limit),
-                                       ("--eval-data", eval_data)) if value is not None]
-    if data is None and unused:
-        raise ConfigError(f"{', '.join(unused)} without --data: only calibration data uses them; pass --data or drop them.")
+    choices["neurons"] = not no_neurons
     if recipe is not None:
-        options = _options_from_recipe(recipe, model, allow_other_model, data=data, eval_data=eval_data)
+        config = _config_from_recipe(recipe, model, allow_other_model, data=choices["data"],
+                                     eval_data=choices["eval_data"])
     else:
-        options = PruneOptions(
-            sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
-            max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
-            metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
-            final_epochs=final_epochs, lr=lr, final_lr=final_lr, train_batch_size=train_batch_size,
-            label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
-            temperature=temperature,
-            alternate=alternate, reg=reg, reg_strength=reg_strength,
-            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs,
-            crop_inputs=crop_inputs, seed=seed, validation=validation, neuron_sparsity=neuron_sparsity,
-            neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
-        )
-    modelio.check_output_path(output, protect=(model,))
-    if report_dir is not None:
-        _check_report_dir(report_dir)
-    if options.iterations > 0:
-        options.checkpoint_dir = str(checkpoint_dir or output.with_name(output.name + ".ckpt"))
-        options.resume = resume
+        config = configure(layers=_parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
+                           neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"), **choices)
+    if config.retrain.iterations > 0:
+        config.retrain.checkpoint_dir = str(checkpoint_dir or output.with_name(output.name + ".ckpt"))
+        config.retrain.resume = resume
     elif resume:
         raise ConfigError("--resume continues an interrupted retraining run; this run has no --iterations.")
-    execute(model, output, options, report_dir=report_dir, quiet=quiet or as_json, as_json=as_json, force=force,
-            command=["onnxprune", *sys.argv[1:]])
+    if show_plan:
+        _print_plan(config, as_json)
+        return
+    _convert_and_show(model, output, config, report_dir=report_dir, quiet=quiet, as_json=as_json, force=force,
+                      command=["onnxprune", *sys.argv[1:]])
 
 
-def _check_report_dir(report_dir: Path) -> None:
-    if report_dir.exists() and not report_dir.is_dir():
-        raise ConfigError(f"--report '{report_dir}' is a file; give a folder.")
-    if not report_dir.parent.exists():
-        raise ConfigError(f"--report folder's parent '{report_dir.parent}' does not exist; create it first.")
+def _print_plan(config, as_json: bool) -> None:
+    from onnxprune.converter.plan import build_plan, describe_plan
+    from onnxprune.plain import dumps
+
+    config.validate()
+    plan = describe_plan(build_plan(config))
+    if as_json:
+        click.echo(dumps({"plan": plan}, indent=2))
+        return
+    for i, step in enumerate(plan, 1):
+        click.echo(f"{i:2d}. {step['step']:<14} {step['does']}")
+        for key, value in step["settings"].items():
+            click.echo(f"      {key} = {value!r}")
 
 
-def _options_from_recipe(path: Path, model: Path, allow_other_model: bool, **data):
+def _config_from_recipe(path: Path, model: Path, allow_other_model: bool, **data):
     from onnxprune.converter import modelio
-    from onnxprune.converter.pipeline import PruneOptions
+    from onnxprune.converter.plan import configure
     from onnxprune.converter.recipe import load_recipe
 
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' does not exist; pass the recipe.toml an earlier run wrote.")
     choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None,
                           allow_other_model=allow_other_model)
-    try:
-        return PruneOptions(**choices, **data)
-    except TypeError as exc:
-        raise ConfigError(f"recipe '{path}' does not fit this onnxprune: {exc}") from None
+    return configure(**choices, **data)
 
 
-def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_json=False, force=False, command=None):
-    """Run the pipeline, check the budget, write the model (and the report), print the summary."""
-    from onnxprune.converter import modelio
-    from onnxprune.converter.pipeline import budget_error, run
+def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=False, as_json=False, force=False,
+                      command=None):
+    """Run and write (converter.convert), then show: the summary, or one JSON document with --json."""
+    from onnxprune.converter.convert import convert
+    from onnxprune.converter.pipeline import budget_error
     from onnxprune.converter.progress import Progress
+    from onnxprune.plain import dumps
 
-    progress = Progress(quiet=quiet)
+    def show_json(report):
+        click.echo(dumps(report, indent=2))
+
+    progress = Progress(quiet=quiet or as_json)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
-            result = run(model, options, progress)
+        result = convert(model, output, config, report_dir=report_dir, force=force, progress=progress,
+                         command=command, on_budget_error=show_json if as_json else None)
     finally:
         progress.close()
-    if not result.state.masks and options.exclude:
-        raise ConfigError(f"--exclude {' '.join(options.exclude)} leaves no layer to prune; exclude fewer layers.")
-    report = result.report
-    report["command"] = list(command or [])
-    failed = budget_error(report)
-    if failed is not None and not force:
-        if as_json:
-            click.echo(json.dumps(report, indent=2, default=_json_default))
-        raise failed
-    modelio.save_model(result.model, output, protect=(Path(model),) if isinstance(model, (str, os.PathLike)) else ())
-    report["output"] = str(output)
-    report["file_size_after"] = output.stat().st_size
-    if report_dir is not None:
-        _write_report(result, report_dir)
-    if options.checkpoint_dir:
-        from onnxprune.converter.checkpoint import Checkpoints
-
-        Checkpoints(options.checkpoint_dir, "").clear()  # the run is complete: its checkpoints are not needed
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=_json_default))
+        show_json(result.report)
     elif not quiet:
         from onnxprune.converter.inspect import print_prune_summary
 
-        print_prune_summary(report)
+        print_prune_summary(result.report)
+    failed = budget_error(result.report)
     if failed is not None:  # forced: written, but the exit code still says the budget was missed
         raise failed
     return result
-
-
-def _write_report(result, report_dir: Path) -> None:
-    from onnxprune.converter.latency import measure_latency
-    from onnxprune.converter.recipe import dump_recipe
-    from onnxprune.converter.report import write_report
-
-    report_dir.mkdir(exist_ok=True)
-    try:
-        result.report["latency"] = measure_latency(result.original, result.model)
-    except Exception as exc:  # latency is information, never a reason to fail a run
-        log.warning("latency measurement failed: %s", exc)
-    dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),
-                report=result.report, model=result.report.get("model"))
-    html, _ = write_report(result.report, report_dir, original_model=result.original,
-                           pruned_dense_model=result.dense_model, sensitivity=result.report.get("sensitivity"),
-                           history=result.history, latency=result.report.get("latency"))
-    result.report["report"] = str(html)
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
 
 
 # ---------------------------------------------------------------- sensitivity
@@ -385,8 +360,7 @@ def _json_default(value):
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Folder for sensitivity.json and the plot.")
 @click.option("--neurons", "by_neurons", is_flag=True,
               help="Mask whole neurons per layer instead of single weights (to choose --neuron-layer NAME=S).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
+@_output_options
 def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, by_neurons, quiet,
                 as_json):
     """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
@@ -399,25 +373,29 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     """
     from onnxprune.calibration.plots import plot_sensitivity, sensitivity_table
     from onnxprune.converter import modelio
-    from onnxprune.converter.pipeline import Data, PruneOptions, inventory_of, load, scan
+    from onnxprune.converter.convert import check_report_dir
     from onnxprune.converter.progress import Progress
+    from onnxprune.converter.steps.data import Data, DataConfig
+    from onnxprune.converter.steps.load import inventory_of, load
+    from onnxprune.converter.steps.scan import ScanConfig, scan
 
     if eval_data is not None:
         raise ConfigError("--eval-data is for prune; the sensitivity scan measures on --data only.")
     if data is None:
         raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
     if out_dir is not None:
-        _check_report_dir(out_dir)
-    options = PruneOptions(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit,
-                           levels=_parse_levels(levels), seed=seed)
-    options.validate()
+        check_report_dir(out_dir)
+    data_config = DataConfig(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit, seed=seed)
+    scan_config = ScanConfig(levels=_parse_levels(levels))
+    data_config.validate()
+    scan_config.validate()
     loaded = load(model)
     inventory = inventory_of(loaded.model, where=str(model))
     progress = Progress(quiet=quiet or as_json)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = scan(loaded.model, inventory, Data(loaded.model, options).calibration, options, progress,
-                          neurons=by_neurons)
+            result = scan(loaded.model, inventory, Data(loaded.model, data_config).calibration, scan_config,
+                          progress, neurons=by_neurons)
     finally:
         progress.close()
     stem = "neuron_sensitivity" if by_neurons else "sensitivity"
@@ -427,6 +405,8 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
         plot_sensitivity(result, out_dir / f"{stem}.png")
     if as_json:
         click.echo(result.to_json())
+        return
+    if quiet:
         return
     from rich.table import Table
 
@@ -455,28 +435,28 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
               show_default=True, help="Folder for the pruned model, report and recipe.")
 @click.option("--max-loss", type=float, default=0.5, show_default=True, help="Accuracy budget in percentage points.")
 @click.option("--iterations", type=int, default=8, show_default=True, help="Prune -> retrain rounds.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool):
+@_output_options
+def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool, as_json: bool):
     """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about a minute on a laptop CPU).
 
     Sensitivity scan -> budgeted prune -> retrain (iterated, up to half of each layer's neurons masked whole
     on the way) -> dead-neuron removal and input crop -> sparse write -> verify, then a report (report.html) you can
     open offline.
     """
-    from onnxprune.converter.pipeline import PruneOptions
+    from onnxprune.converter.plan import configure
     from onnxprune.models.paths import LENET300_ONNX, MNIST_SLICE, MNIST_TRAIN_SLICE
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"-o '{out_dir}' is a file; give a folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = PruneOptions(max_loss=max_loss, data=str(MNIST_TRAIN_SLICE), eval_data=str(MNIST_SLICE),
-                           labels="labels", iterations=iterations, epochs=2.0, lr=0.02, loss="ce+distill",
-                           levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), seed=0, neuron_sparsity=0.5,
-                           crop_inputs=True)
+    config = configure(max_loss=max_loss, data=str(MNIST_TRAIN_SLICE), eval_data=str(MNIST_SLICE),
+                       labels="labels", iterations=iterations, epochs=2.0, lr=0.02, loss="ce+distill",
+                       levels=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99), seed=0, neuron_sparsity=0.5,
+                       crop_inputs=True)
     output = out_dir / "lenet300-pruned.onnx"
-    result = execute(LENET300_ONNX, output, options, report_dir=out_dir, quiet=quiet, force=True,
-                     command=["onnxprune", "demo", "-o", str(out_dir)])
-    if not quiet:
+    result = _convert_and_show(LENET300_ONNX, output, config, report_dir=out_dir, quiet=quiet, as_json=as_json,
+                               force=True, command=["onnxprune", "demo", "-o", str(out_dir)])
+    if not quiet and not as_json:
         click.echo(f"\nmodel:  {output}\nreport: {out_dir / 'report.html'}\nrecipe: {out_dir / 'recipe.toml'}")
     return result
 

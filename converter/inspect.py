@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from onnxprune.converter.summary import fmt_bytes, fmt_count, layer_rows, skipped_rows, totals
+from onnxprune.converter.summary import layer_rows, skipped_rows, totals
+from onnxprune.plain import count, nbytes
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
@@ -39,16 +40,16 @@ def _pct(x) -> str:
 
 def print_inspection(info: dict, console: Console | None = None) -> None:
     console = console or _console()
-    table = Table(title=f"{info['model']}  ({fmt_bytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
+    table = Table(title=f"{info['model']}  ({nbytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
     for col in ("node", "op", "weight", "shape", "neurons", "params", "nonzeros", "density", "MACs/sample"):
         table.add_column(col, justify="left" if col in ("node", "op", "weight", "shape") else "right", overflow="fold")
     for r in info["layers"]:
         via = f" (via {'/'.join(r['via'])})" if r["via"] else ""
         table.add_row(r["node"], r["op"], r["weight"] + via, "x".join(map(str, r["shape"])),
-                      "-" if r["neurons"] is None else str(r["neurons"]), fmt_count(r["params"]),
-                      fmt_count(r["nonzeros"]), _pct(r["density"]), fmt_count(r["macs"]))
+                      "-" if r["neurons"] is None else str(r["neurons"]), count(r["params"]),
+                      count(r["nonzeros"]), _pct(r["density"]), count(r["macs"]))
     t = info["totals"]
-    table.add_row("total", "", "", "", "", fmt_count(t["params"]), fmt_count(t["nonzeros"]), _pct(t["density"]), fmt_count(t["macs"]))
+    table.add_row("total", "", "", "", "", count(t["params"]), count(t["nonzeros"]), _pct(t["density"]), count(t["macs"]))
     console.print(table)
     if not info["layers"]:
         console.print("No prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul).")
@@ -58,7 +59,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         skipped.add_column("elements", justify="right")
         skipped.add_column("why")
         for s in info["skipped"]:
-            skipped.add_row(s["name"], fmt_count(s["size"]), s["reason"])
+            skipped.add_row(s["name"], count(s["size"]), s["reason"])
         console.print(skipped)
 
 
@@ -71,15 +72,15 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         q = r.get("quality")
         neurons = f"{r['neurons_before']}->{r['neurons_after']}" if "neurons_before" in r else "-"
         act = f"{_pct(r.get('act_before'))}->{_pct(r.get('act'))}" if r.get("act") is not None else "-"
-        table.add_row(r["node"], r["op"], r["weight"], fmt_count(r["params"]), fmt_count(r["nonzeros"]),
+        table.add_row(r["node"], r["op"], r["weight"], count(r["params"]), count(r["nonzeros"]),
                       _pct(r["density"]), "-" if q is None else f"{q:.2f}", neurons, act)
     b, a = report["before"], report["after"]
-    table.add_row("total", "", "", fmt_count(b["params"]), fmt_count(a["nonzeros"]), _pct(a["density"]), "", "", "")
+    table.add_row("total", "", "", count(b["params"]), count(a["nonzeros"]), _pct(a["density"]), "", "", "")
     console.print(table)
     console.print(
-        f"weights {fmt_count(b['nonzeros'])} -> {fmt_count(a['nonzeros'])} nonzero "
-        f"({report['compression']:.1f}x fewer); file {fmt_bytes(report['file_size_before'])} -> "
-        f"{fmt_bytes(report['file_size_after'])} ({report['sparse_format']} sparse format)"
+        f"weights {count(b['nonzeros'])} -> {count(a['nonzeros'])} nonzero "
+        f"({report['compression']:.1f}x fewer); file {nbytes(report['file_size_before'])} -> "
+        f"{nbytes(report['file_size_after'])} ({report['sparse_format']} sparse format)"
     )
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:

@@ -5,10 +5,11 @@
     version = "0.1.0"
     recipe_format = 1
     model_sha256 = "9f2c…"
-    [options]                        PruneOptions fields as the run resolved them (None values left out)
+    [options.encode]                 each step's config as the run resolved it (None values left out)
     sparse_format = "constant"
+    [options.data]
     seed = 0
-    [options.layers]
+    [options.targets.layers]
     "fc1.weight" = 0.92
     [resolved.sparsity]              for the record: the fraction of each layer actually pruned
     "fc1.weight" = 0.92              (read back but not used: the options above reproduce it)
@@ -20,7 +21,6 @@ another model (sha256 mismatch) is refused unless the caller explicitly allows i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import types
@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from onnxprune.errors import ConfigError
+from onnxprune.plain import plain
 
 try:  # Python 3.11+
     import tomllib
@@ -37,7 +38,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 log = logging.getLogger(__name__)
 
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2  # 2: [options.<step>] tables, one per step config; 1: one flat [options] table
 META_KEYS = ("version", "recipe_format", "model_sha256", "model")
 SECTIONS = ("onnxprune", "options", "resolved")
 RESOLVED_KEYS = ("sparsity", "threshold", "density")
@@ -55,7 +56,7 @@ def dump_recipe(options, path, *, model_sha256: str | None = None, report: dict 
                 model: str | None = None) -> Path:
     """Write a recipe atomically and return its path.
 
-    `options` is `PruneOptions.recipe()` (or a PruneOptions, or any flat dict of its fields); an `input_sha256` /
+    `options` is `plan.recipe_of(config)` (or a RunConfig, or any flat dict of the step configs' fields); an `input_sha256` /
     `model_sha256` key in it is taken as the model's sha256. With `report` (the pipeline's report dict), the
     per-layer sparsities actually reached are recorded under [resolved].
     """
@@ -74,7 +75,9 @@ def recipe_text(options, *, model_sha256: str | None = None, report: dict | None
 def build_recipe(options, *, model_sha256: str | None = None, report: dict | None = None,
                  model: str | None = None) -> dict:
     """The recipe as a dict: {"onnxprune": meta, "options": {...}, "resolved": {...}} (TOML-ready)."""
-    flat = options.recipe() if hasattr(options, "recipe") else dict(options)
+    from onnxprune.converter.plan import RunConfig, recipe_of
+
+    flat = recipe_of(options) if isinstance(options, RunConfig) else dict(options)
     for key in SHA_KEYS:
         value = flat.pop(key, None)
         model_sha256 = model_sha256 or value
@@ -90,10 +93,20 @@ def build_recipe(options, *, model_sha256: str | None = None, report: dict | Non
         meta["model_sha256"] = str(model_sha256)
     if model:
         meta["model"] = str(model)
-    out = {"onnxprune": meta, "options": _toml_ready({k: flat[k] for k in valid if k in flat})}
+    out = {"onnxprune": meta, "options": plain(_by_step({k: flat[k] for k in valid if k in flat}), toml=True)}
     resolved = _resolved(report) if report is not None else {}
     if resolved:
         out["resolved"] = resolved
+    return out
+
+
+def _by_step(flat: dict) -> dict:
+    """{choice: value} -> {step config: {choice: value}}: the recipe holds the step configs."""
+    from onnxprune.converter.plan import owners
+
+    out: dict[str, dict] = {}
+    for name, value in flat.items():
+        out.setdefault(owners()[name], {})[name] = value
     return out
 
 
@@ -108,11 +121,7 @@ def _resolved(report: dict) -> dict:
         out["density"][name] = _tidy(float(density))
         if row.get("threshold") is not None:
             out["threshold"][name] = _tidy(float(row["threshold"]))
-    return _toml_ready({k: v for k, v in out.items() if v})
-
-
-def _empty_table(value) -> bool:
-    return isinstance(value, Mapping) and not value
+    return plain({k: v for k, v in out.items() if v}, toml=True)
 
 
 def _tidy(x: float) -> float:
@@ -120,28 +129,12 @@ def _tidy(x: float) -> float:
     return float(f"{x:.10g}")
 
 
-def _toml_ready(value):
-    """None dropped, tuples to lists, numpy scalars to Python, keys to str; NaN/inf refused (TOML has them, we
-    don't want them in a recipe)."""
-    if isinstance(value, Mapping):  # None and empty tables left out: loading gives them their defaults
-        return {str(k): _toml_ready(v) for k, v in value.items() if v is not None and not _empty_table(v)}
-    if isinstance(value, (list, tuple)):
-        return [_toml_ready(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"cannot write {value} into a recipe.")
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 # ---------------------------------------------------------------- reading
 
 
 def load_recipe(path, model_sha256: str | None, *, allow_other_model: bool = False,
                 override_hint: str = "--allow-other-model") -> dict:
-    """Read and validate a recipe; return the PruneOptions keyword arguments it holds (data not included).
+    """Read and validate a recipe; return the choices it holds, flat, for `plan.configure` (data not included).
 
     `model_sha256` is the model it is applied to (None: unknown, not checked). A recipe written for another model
     raises ConfigError unless `allow_other_model`; `override_hint` is what the message tells the user to pass.
@@ -158,7 +151,27 @@ def load_recipe(path, model_sha256: str | None, *, allow_other_model: bool = Fal
     _check_keys(doc.get("resolved", {}), RESOLVED_KEYS, f"recipe '{path}' [resolved]")
     _check_format(meta, path)
     _check_model(meta, path, model_sha256, allow_other_model, override_hint)
+    if meta.get("recipe_format", RECIPE_FORMAT) >= 2:
+        options = _flatten(options, path)
     return _options(options, path)
+
+
+def _flatten(options: Mapping, path: Path) -> dict:
+    """[options.<step>] tables -> one {choice: value}; a choice under the wrong step is an error naming the right one."""
+    from onnxprune.converter.plan import owners
+
+    steps = sorted(set(owners().values()))
+    _check_keys(options, steps, f"recipe '{path}' [options]")
+    flat = {}
+    for step, table in options.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"recipe '{path}': [options.{step}] must be a table, not {_type(table)}.")
+        for name, value in table.items():
+            owner = owners().get(name)
+            if owner is not None and owner != step:
+                raise ConfigError(f"recipe '{path}' [options.{step}] {name}: '{name}' belongs to [options.{owner}].")
+            flat[name] = value
+    return flat
 
 
 def _read(path: Path) -> dict:
@@ -229,7 +242,7 @@ def _options(options: Mapping, path: Path) -> dict:
 
 
 def _coerce(value, hint, where: str):
-    """Check a TOML value against a PruneOptions annotation; lists become tuples where the field is a tuple."""
+    """Check a TOML value against a step config annotation; lists become tuples where the field is a tuple."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is typing.Any:
         return value
@@ -279,25 +292,22 @@ def _type(value) -> str:
 
 
 def option_fields() -> tuple[str, ...]:
-    """PruneOptions' fields, in order, without the per-run data fields."""
-    from onnxprune.converter.pipeline import PruneOptions
+    """Every step config's fields, in order, without the per-run data fields."""
+    from onnxprune.converter.plan import choice_names
 
-    return tuple(f.name for f in dataclasses.fields(PruneOptions) if f.name not in _data_fields())
+    return tuple(n for n in choice_names() if n not in _data_fields())
 
 
 def _data_fields() -> tuple[str, ...]:
-    from onnxprune.converter import pipeline
+    from onnxprune.converter.plan import PER_RUN
 
-    return tuple(getattr(pipeline, "DATA_FIELDS", ("data", "eval_data")))
+    return PER_RUN
 
 
 def _field_types() -> dict:
-    from onnxprune.converter.pipeline import PruneOptions
+    from onnxprune.converter.plan import choice_types
 
-    try:
-        return typing.get_type_hints(PruneOptions)
-    except Exception:  # an annotation we cannot evaluate: values are then checked by PruneOptions.validate only
-        return {}
+    return choice_types()
 
 
 def onnxprune_version() -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.converter.summary import fmt_bytes
+from onnxprune.plain import count, nbytes, plain
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ def write_report(
 # ---------------------------------------------------------------- the numbers (report.json)
 
 
+SHOWN_ABOVE = frozenset({"model", "output", "layers", "before", "after", "compression", "file_size_before",
+                         "file_size_after", "sparse_format", "params_after_shrink", "metrics", "parity", "latency",
+                         "history", "sensitivity", "skipped", "notes"})
+
+
 def build_document(report: dict, *, sensitivity=None, history=None, latency=None, figures=(), extra_notes=()) -> dict:
     """Everything report.json holds; the HTML is rendered from this dict only, so both show the same numbers."""
     metrics = report.get("metrics") or None
@@ -126,9 +131,10 @@ def build_document(report: dict, *, sensitivity=None, history=None, latency=None
         "notes": list(report.get("notes") or []) + list(extra_notes),
         "figures": [{"id": f.id, "title": f.title, "caption": f.caption} for f in figures],
         "reproduction": reproduction(report),
-        "report": report,
+        # the rest of the run's numbers; what the keys above already show is not repeated
+        "run": {k: v for k, v in report.items() if k not in SHOWN_ABOVE},
     }
-    return to_jsonable(doc)
+    return plain(doc)
 
 
 def build_table(report: dict) -> dict:
@@ -298,27 +304,6 @@ def _dist_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def to_jsonable(obj):
-    """numpy scalars/arrays to Python, tuples to lists, NaN/inf to None, anything else unknown to str."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, bytes):
-        return f"<{len(obj)} bytes>"
-    return str(obj)
 
 
 def _pct(part, whole):
@@ -519,17 +504,17 @@ def _card(key: str, value: str, sub: str = "", cls: str = "") -> str:
 def _cards(doc: dict) -> str:
     s, t = doc["summary"], doc["table"]["total"]
     cards = [_card("Compression", f"{_x(s['compression'])}",
-                   f"{_count(s['weights'])} &rarr; {_count(s['nonzeros'])} nonzero weights ({_p(s['w_pct'])})")]
+                   f"{count(s['weights'])} &rarr; {count(s['nonzeros'])} nonzero weights ({_p(s['w_pct'])})")]
     if t.get("neurons_before") is not None and t.get("neurons_after") is not None:
         dense = s.get("params_after_shrink")
-        sub = f"dense weights after removal: {_count(dense)}" if dense is not None else "output channels"
+        sub = f"dense weights after removal: {count(dense)}" if dense is not None else "output channels"
         cards.append(_card("Neurons", f"{t['neurons_before']:,} &rarr; {t['neurons_after']:,}", sub))
     if s.get("file_size_before") is not None:
-        cards.append(_card("File size", f"{_e(fmt_bytes(s['file_size_before']))} &rarr; "
-                                        f"{_e(fmt_bytes(s['file_size_after']))}",
+        cards.append(_card("File size", f"{_e(nbytes(s['file_size_before']))} &rarr; "
+                                        f"{_e(nbytes(s['file_size_after']))}",
                            f"{_x(s['file_ratio'])} smaller" if s.get("file_ratio") else ""))
     if t.get("flops") is not None:
-        cards.append(_card("FLOPs / sample", f"{_count(t['flops'])} &rarr; {_count(t['flops_after'])}",
+        cards.append(_card("FLOPs / sample", f"{count(t['flops'])} &rarr; {count(t['flops_after'])}",
                            f"{_p(t['flop_pct'])} of dense ({_x(t['flop_reduction'])} fewer)"))
     if s.get("metric") is not None:
         loss = s.get("loss_pp")
@@ -628,7 +613,7 @@ def _cell(row: dict, col, suffix: str = "") -> str:
         weight = row.get("weight")
         text = _e(value) + (f"<div class=\"sub\">{_e(weight)}</div>" if weight and weight != value else "")
     elif kind == "count":
-        text = "unknown" if value is None else f"<span title=\"{value:,}\">{_count(value)}</span>"
+        text = "unknown" if value is None else f"<span title=\"{value:,}\">{count(value)}</span>"
     elif kind == "pct":
         text = "&ndash;" if value is None else _p(value)
     elif kind == "g3":
@@ -690,7 +675,7 @@ def _deployment_block(doc: dict) -> str:
     if s.get("file_size_before") is not None:
         ratio = f" ({_x(s['file_ratio'])} smaller)" if s.get("file_ratio") else ""
         rows.append(("file size",
-                     f"{_e(fmt_bytes(s['file_size_before']))} &rarr; {_e(fmt_bytes(s['file_size_after']))}{ratio}"))
+                     f"{_e(nbytes(s['file_size_before']))} &rarr; {_e(nbytes(s['file_size_after']))}{ratio}"))
     if s.get("sparse_format"):
         rows.append(("storage", f"<code>{_e(s['sparse_format'])}</code> sparse format"))
     p = doc.get("parity") or {}
@@ -749,7 +734,7 @@ def _rounds_table(history: list) -> str:
 def _skipped_block(skipped: list) -> str:
     if not skipped:
         return ""
-    rows = "\n".join(f"<tr><td class=\"name\">{_e(s.get('name'))}</td><td class=\"n\">{_count(s.get('size'))}</td>"
+    rows = "\n".join(f"<tr><td class=\"name\">{_e(s.get('name'))}</td><td class=\"n\">{count(s.get('size'))}</td>"
                      f"<td>{_e(s.get('reason'))}</td></tr>" for s in skipped)
     return (f"<section id=\"skipped\">\n<details>\n<summary>Left alone: {len(skipped)} tensor(s) not considered "
             "prunable</summary>\n<table><thead><tr><th>tensor</th><th class=\"n\">elements</th><th>why</th></tr>"
@@ -790,16 +775,6 @@ def _kv(rows) -> str:
 
 
 # ---------------------------------------------------------------- formatting
-
-
-def _count(n) -> str:
-    if n is None:
-        return "unknown"
-    n = float(n)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 def _p(x) -> str:

@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from onnxprune.plain import count
+
 PERCENT_METRICS = {"accuracy", "top1", "top5", "agreement"}
 BEFORE, AFTER, ACCENT, GRID = "#3B6EA8", "#D9822B", "#B23A48", "#DDDDDD"
 DPI = 110
@@ -87,10 +89,10 @@ def weight_histograms(
         thr = thresholds.get(name)
         ax_b, ax_a = row
         ax_b.hist(np.clip(before, -lim, lim), bins=edges, color=BEFORE, alpha=0.9)
-        ax_b.set_title(f"{_short(name)}: before  ({_count(np.asarray(after).size)} weights)", loc="left")
+        ax_b.set_title(f"{_short(name)}: before  ({count(np.asarray(after).size)} weights)", loc="left")
         if kept.size:
             ax_a.hist(kept, bins=edges, color=AFTER, alpha=0.9)
-        ax_a.set_title(f"{_short(name)}: after, nonzero only  ({_count(int(np.count_nonzero(after_all)))})",
+        ax_a.set_title(f"{_short(name)}: after, nonzero only  ({count(int(np.count_nonzero(after_all)))})",
                        loc="left")
         if thr:
             for ax in row:
@@ -358,10 +360,6 @@ def _thousands(value: float, _pos=None) -> str:
     if abs(value) >= 1e3:
         return f"{value / 1e3:g}k"
     return f"{value:g}"
-
-
-def _count(n: int) -> str:
-    return f"{n:,}"
 
 
 def _short(name: str, limit: int = 40) -> str:

@@ -49,21 +49,3 @@ def totals(rows: list[dict]) -> dict:
 
 def skipped_rows(inventory: Inventory) -> list[dict]:
     return [{"name": s.name, "reason": s.reason, "size": s.size} for s in inventory.skipped]
-
-
-def fmt_count(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit, div in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n} B"

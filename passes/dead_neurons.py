@@ -32,6 +32,7 @@ from onnxprune.passes.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 16
+MAX_NOTES = 10  # blocked-removal lines the notes keep
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ class RemoveDeadNeurons(Pass):
       2. Never empty a tensor; graph inputs and outputs keep their shapes; graph outputs, shared or protected
          initializers and ops with no channel rule block (the report's `blocked` says which).
       3. State masks are sliced with their weights, so masks and graph keep lining up.
+      4. The notes say what blocked a removal (at most MAX_NOTES lines); the per-layer counts are in `report`.
     Left alone: grouped (non-depthwise) convs, ops without a rule, constants read by padded convs or ConvTranspose.
     """
 
@@ -229,6 +231,5 @@ class RemoveDeadNeurons(Pass):
         for name, axis, keep in self.report.slices:
             if name in state.masks:
                 state.masks[name] = np.compress(keep, state.masks[name], axis=axis)
-        if out is not model:
-            state.notes.extend(f"dead-neurons: {line}" for line in self.report.lines())
+        state.notes.extend(self.report.blocked[:MAX_NOTES])  # the per-layer counts are in self.report.layers
         return PassResult(model=out, modified=out is not model)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxprune.calibration.runtime import make_session
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.pipeline import configure, run
 from onnxprune.models.mnist import load_split
 from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
 
@@ -46,7 +46,7 @@ def main() -> None:
         dense_err = error_pct(path.read_bytes(), images, labels)
         for fmt in ("constant", "initializer", "dense"):
             t0 = time.perf_counter()
-            result = run(path, PruneOptions(layers=layers, sparse_format=fmt, neurons=False))
+            result = run(path, configure(layers=layers, sparse_format=fmt, neurons=False))
             seconds = time.perf_counter() - t0
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "m.onnx"

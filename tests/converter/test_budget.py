@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from onnxprune.converter.budget import BudgetSearch
-from onnxprune.converter.pipeline import Data, PruneOptions, run
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.converter.plan import build_plan
+from onnxprune.converter.steps.data import Data
 from tests.converter._data import self_labelled
 from onnxprune.passes.magnitude import Target
 from onnxprune.passes.weights import find_prunable
@@ -19,13 +21,20 @@ def teacher_data():
     return self_labelled(hidden=(32, 16), model_seed=7, n=600, data_seed=2)
 
 
+def _data(model, **choices) -> Data:
+    """The run's data as the plan opens it (split or not, as the plan decides)."""
+    config = configure(**choices)
+    step = next(s for s in build_plan(config) if s.name == "data")
+    return Data(model, config.data, split=step.split)
+
+
 def _inputs(reader) -> np.ndarray:
     return np.concatenate([f["input"] for f, _ in reader.batches()])
 
 
 def test_with_a_budget_retraining_never_sees_the_samples_that_judge_it(teacher_data):
     model, data = teacher_data
-    d = Data(model, PruneOptions(max_loss=1.0, data=data, iterations=2, validation=0.1))
+    d = _data(model, max_loss=1.0, data=data, iterations=2, validation=0.1)
     train, judged = _inputs(d.train_reader()), _inputs(d.calibration.reader)
     assert d.every == 10 and len(judged) == 60 and len(train) == 540
     np.testing.assert_array_equal(judged, data["input"][::10])
@@ -36,7 +45,7 @@ def test_with_a_budget_retraining_never_sees_the_samples_that_judge_it(teacher_d
                                      dict(max_loss=1.0, iterations=2, validation=0.0)])
 def test_no_split_without_a_budgeted_retraining(teacher_data, options):
     model, data = teacher_data
-    d = Data(model, PruneOptions(data=data, **options))
+    d = _data(model, data=data, **options)
     assert d.every is None and len(_inputs(d.calibration.reader)) == 600 == len(_inputs(d.train_reader()))
 
 
@@ -44,13 +53,13 @@ def test_too_few_samples_to_split_says_so(teacher_data, caplog):
     model, data = teacher_data
     small = {k: v[:100] for k, v in data.items()}
     with caplog.at_level(logging.WARNING):
-        d = Data(model, PruneOptions(max_loss=1.0, data=small, iterations=2, validation=0.1))
+        d = _data(model, max_loss=1.0, data=small, iterations=2, validation=0.1)
     assert d.every is None and "too few to hold out" in caplog.text
 
 
 def test_the_report_names_the_validation_part(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(max_loss=100.0, data=data, iterations=1, epochs=1, lr=0.01,
+    result = run(model, configure(max_loss=100.0, data=data, iterations=1, epochs=1, lr=0.01,
                                      levels=(0.5, 0.8), seed=0))
     assert "60 used (every 10th sample, held out from retraining)" in result.report["metrics"]["sets"]["calibration"]["data"]
 
@@ -69,9 +78,9 @@ def test_a_round_over_budget_is_undone_and_the_step_halves(teacher_data):
     model, data = teacher_data
     names = [w.name for w in find_prunable(model).prunable]
     targets = {n: Target(sparsity=0.5) for n in names}
-    options = PruneOptions(max_loss=1.0, data=data, iterations=6, epochs=0.2, lr=0.01, seed=0)
-    d = Data(model, options)
-    search = BudgetSearch(model, find_prunable(model), targets, options, d.train_reader(batch_size=64),
+    config = configure(max_loss=1.0, data=data, iterations=6, epochs=0.2, lr=0.01, seed=0)
+    d = _data(model, max_loss=1.0, data=data, iterations=6, epochs=0.2, lr=0.01, seed=0)
+    search = BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
                           ScriptedEvaluator([0.2, 0.5, 3.0, 0.4, 2.0, 5.0]), {"seed": 0, "device": "cpu"})
     levels, densities = [], []
     for r in range(1, 7):

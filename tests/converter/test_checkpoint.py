@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from onnxprune.converter.checkpoint import Checkpoints
-from onnxprune.errors import ConfigError
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.errors import ConfigError, PassError
+from onnxprune.converter.pipeline import configure, run
 from tests.converter._data import self_labelled
 
 
@@ -25,7 +25,7 @@ def _options(data, folder, **kw):
     base.update(kw)
     if base.get("max_loss") is not None:  # the budget chooses the sparsities from a (short) scan
         base.update(sparsity=None, levels=(0.5, 0.8))
-    return PruneOptions(**base)
+    return configure(**base)
 
 
 @pytest.mark.parametrize("budget, neurons", [(None, 0.0), (100.0, 0.0), (None, 0.5), (100.0, 0.5)])
@@ -43,8 +43,9 @@ def test_resume_after_an_interruption_gives_the_same_bytes(setup, tmp_path, monk
             raise Stop  # as if killed right after round 2 was checkpointed
 
     monkeypatch.setattr(Checkpoints, "save", save_then_die)
-    with pytest.raises(Stop):
+    with pytest.raises(PassError, match=r"step '(retrain|budget-search)' failed after \[load, inventory") as died:
         run(model, _options(data, tmp_path / "b", max_loss=budget, neuron_sparsity=neurons))
+    assert isinstance(died.value.__cause__, Stop)  # the runner names the step and keeps the cause
     monkeypatch.setattr(Checkpoints, "save", saved)
     assert (tmp_path / "b" / "state.json").exists()
     resumed = run(model, _options(data, tmp_path / "b", max_loss=budget, neuron_sparsity=neurons, resume=True))

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from onnxprune.calibration.runtime import make_session
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.pipeline import configure, run
 from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
 
@@ -24,7 +24,7 @@ def hidden(report) -> dict[str, tuple[int, int]]:
 
 def test_neuron_sparsity_removes_that_share_of_every_layer_and_stays_exact(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(sparsity=0.8, neuron_sparsity=0.5, iterations=2, epochs=1, lr=0.01,
+    result = run(model, configure(sparsity=0.8, neuron_sparsity=0.5, iterations=2, epochs=1, lr=0.01,
                                      data=data, seed=0))
     assert hidden(result.report)["fc1.weight"] == (64, 32) and hidden(result.report)["fc2.weight"] == (32, 16)
     assert [h["neurons"] for h in result.history][-1] == {"Gemm '/fc1/Gemm'": 32, "Gemm '/fc2/Gemm'": 16,
@@ -40,14 +40,14 @@ def test_neuron_sparsity_removes_that_share_of_every_layer_and_stays_exact(teach
 
 def test_neuron_layer_overrides_the_share_for_matching_layers(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(sparsity=0.5, neuron_sparsity=0.5, neuron_layers={"fc2*": 0.25},
+    result = run(model, configure(sparsity=0.5, neuron_sparsity=0.5, neuron_layers={"fc2*": 0.25},
                                      iterations=1, epochs=1, lr=0.01, data=data, seed=0))
     assert hidden(result.report)["fc1.weight"] == (64, 32) and hidden(result.report)["fc2.weight"] == (32, 24)
 
 
 def test_budgeted_rounds_ramp_the_neuron_share(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(max_loss=100.0, neuron_sparsity=0.5, iterations=3, epochs=1, lr=0.01,
+    result = run(model, configure(max_loss=100.0, neuron_sparsity=0.5, iterations=3, epochs=1, lr=0.01,
                                      data=data, levels=(0.3, 0.5), seed=0))
     fc1 = [h["neurons"]["Gemm '/fc1/Gemm'"] for h in result.history]
     assert fc1 == [64 - int(64 * 0.5 / 3 + 1e-9), 64 - int(64 * 0.5 * 2 / 3 + 1e-9), 32]
@@ -57,7 +57,7 @@ def test_budgeted_rounds_ramp_the_neuron_share(teacher_data):
 def test_crop_inputs_cuts_the_blank_border_and_keeps_the_outputs(teacher_data):
     model, data = teacher_data
     model = _without_border_weights(model, rows=3)  # as after training on blank borders with weight decay
-    result = run(model, PruneOptions(sparsity=0.9, neuron_sparsity=0.5, iterations=1, epochs=1, lr=0.01,
+    result = run(model, configure(sparsity=0.9, neuron_sparsity=0.5, iterations=1, epochs=1, lr=0.01,
                                      data=data, crop_inputs=True, reg_strength=0.0, seed=0))
     ops = [n.op_type for n in result.model.graph.node]
     assert "Slice" in ops and "Gather" not in ops
@@ -84,7 +84,7 @@ def test_a_residual_bn_cnn_loses_half_its_channels_through_retraining():
     model = G.residual()  # stem ─┬─ conv a ─ BN ─ Relu ─ conv b ─ Add ─ Relu ─ GAP ─ Gemm head
     x = np.random.default_rng(1).standard_normal((128, 3, 8, 8)).astype(np.float32)
     labels = make_session(model).run(None, {"x": x})[0].argmax(1).astype(np.int64)
-    result = run(model, PruneOptions(sparsity=0.5, neuron_sparsity=0.5, iterations=2, epochs=1, lr=0.01,
+    result = run(model, configure(sparsity=0.5, neuron_sparsity=0.5, iterations=2, epochs=1, lr=0.01,
                                      data={"x": x, "labels": labels}, seed=0))
     layers = hidden(result.report)
     assert layers["stem.weight"] == (8, 4) and layers["b.weight"] == (8, 4) and layers["a.weight"] == (8, 4)

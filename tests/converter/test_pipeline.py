@@ -11,7 +11,7 @@ from onnxprune.calibration.runtime import make_session
 from onnxprune.converter import api
 from onnxprune.converter.cli import cli
 from onnxprune.errors import BudgetError, ConfigError
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.pipeline import configure, run
 from onnxprune.models import builders
 from tests.converter._data import self_labelled
 from tests.oracle import assert_same_outputs
@@ -25,7 +25,7 @@ def teacher_data():
 
 def test_max_loss_respects_the_budget_and_prunes_layers_differently(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(max_loss=2.0, data=data, levels=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95)))
+    result = run(model, configure(max_loss=2.0, data=data, levels=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95)))
     report = result.report
     assert report["budget"]["met"] and report["budget"]["measured_loss_pp"] <= 2.0
     densities = [r["density"] for r in report["layers"]]
@@ -39,7 +39,7 @@ def test_max_loss_respects_the_budget_and_prunes_layers_differently(teacher_data
 
 def test_without_labels_the_metric_is_agreement_with_the_dense_model(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(sparsity=0.5, data={"input": data["input"]}))
+    result = run(model, configure(sparsity=0.5, data={"input": data["input"]}))
     assert result.report["metrics"]["metric"] == "agreement"
     assert result.report["metrics"]["before"] == 1.0
 
@@ -47,14 +47,14 @@ def test_without_labels_the_metric_is_agreement_with_the_dense_model(teacher_dat
 def test_eval_data_is_reported_separately(teacher_data):
     model, data = teacher_data
     held_out = {k: v[:64] for k, v in data.items()}
-    result = run(model, PruneOptions(sparsity=0.6, data=data, eval_data=held_out))
+    result = run(model, configure(sparsity=0.6, data=data, eval_data=held_out))
     sets = result.report["metrics"]["sets"]
     assert "64 samples" in sets["evaluation"]["data"] and "256 samples" in sets["calibration"]["data"]
 
 
 def test_final_model_matches_the_dense_oracle_and_shrinks(teacher_data):
     model, data = teacher_data
-    result = run(model, PruneOptions(sparsity=0.97, data=data))
+    result = run(model, configure(sparsity=0.97, data=data))
     assert_same_outputs(result.model, result.dense_model, feeds=[{"input": data["input"][:16]}])
     assert result.report["neurons"]["removed"] > 0
     onnx.checker.check_model(result.model, full_check=True)
@@ -62,8 +62,8 @@ def test_final_model_matches_the_dense_oracle_and_shrinks(teacher_data):
 
 def test_retraining_keeps_masks_and_recovers_accuracy(teacher_data):
     model, data = teacher_data
-    one_shot = run(model, PruneOptions(sparsity=0.9, data=data))
-    retrained = run(model, PruneOptions(sparsity=0.9, data=data, iterations=2, epochs=3, lr=0.01, seed=0))
+    one_shot = run(model, configure(sparsity=0.9, data=data))
+    retrained = run(model, configure(sparsity=0.9, data=data, iterations=2, epochs=3, lr=0.01, seed=0))
     assert retrained.report["after"]["nonzeros"] == one_shot.report["after"]["nonzeros"]
     assert retrained.report["metrics"]["after"] >= one_shot.report["metrics"]["after"]
     assert len(retrained.history) == 2
@@ -141,14 +141,14 @@ def test_graphs_the_bridge_cannot_run_fall_back_to_layerwise_reconstruction(teac
     del m.graph.output[:]
     m.graph.output.append(onnx.helper.make_tensor_value_info("looped", onnx.TensorProto.FLOAT, ["N", 10]))
     onnx.checker.check_model(m, full_check=True)
-    one_shot = run(m, PruneOptions(sparsity=0.9, data=data, neurons=False))
-    refit = run(m, PruneOptions(sparsity=0.9, data=data, iterations=1, neurons=False))
+    one_shot = run(m, configure(sparsity=0.9, data=data, neurons=False))
+    refit = run(m, configure(sparsity=0.9, data=data, iterations=1, neurons=False))
     assert any("layer-wise reconstruction" in n for n in refit.report["notes"])
     assert refit.history[0]["phase"] == "reconstruct"
     # weights fed only by dead ReLUs refit to exactly zero: never more nonzeros than one-shot
     assert refit.report["after"]["nonzeros"] <= one_shot.report["after"]["nonzeros"]
     assert refit.report["metrics"]["after"] >= one_shot.report["metrics"]["after"]
-    structured = run(m, PruneOptions(sparsity=0.9, data=data, iterations=1, neuron_sparsity=0.5))
+    structured = run(m, configure(sparsity=0.9, data=data, iterations=1, neuron_sparsity=0.5))
     assert any("--neuron-sparsity needs the bridge" in n for n in structured.report["notes"])  # said, not silent
 
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from onnxprune.errors import ConfigError
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.pipeline import RunConfig, configure, run
+from onnxprune.converter.plan import recipe_of
 from onnxprune.converter.recipe import dump_recipe, load_recipe, option_fields
 from onnxprune.models import builders
 
@@ -13,14 +19,14 @@ SHA = "ab" * 32
 OTHER = "cd" * 32
 
 
-def options() -> PruneOptions:
-    return PruneOptions(sparsity=0.8, layers={"fc1.weight": 0.9}, exclude=("fc3*",), levels=(0.5, 0.9),
+def options() -> RunConfig:
+    return configure(sparsity=0.8, layers={"fc1.weight": 0.9}, exclude=("fc3*",), levels=(0.5, 0.9),
                         iterations=2, lr=3e-4, schedule="cubic", seed=7, metric="accuracy",
                         sparse_format="initializer")
 
 
 def write(tmp_path, opts=None, **kw):
-    flat = (opts or options()).recipe()
+    flat = recipe_of(opts or options())
     flat["input_sha256"] = SHA
     return dump_recipe(flat, tmp_path / "recipe.toml", **kw)
 
@@ -30,7 +36,7 @@ def test_round_trip_gives_back_every_choice(tmp_path):
     loaded = load_recipe(path, SHA)
     assert loaded["layers"] == {"fc1.weight": 0.9} and loaded["exclude"] == ("fc3*",)
     assert loaded["levels"] == (0.5, 0.9) and loaded["seed"] == 7 and loaded["lr"] == 3e-4
-    assert PruneOptions(**loaded).recipe() == options().recipe()
+    assert recipe_of(configure(**loaded)) == recipe_of(options())
     text = path.read_text()
     assert f'model_sha256 = "{SHA}"' in text and 'version = "' in text
     assert 'sparse_format = "initializer"' in text and 'schedule = "cubic"' in text
@@ -90,18 +96,33 @@ def test_unreadable_recipes_say_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(bad, SHA)
     newer = write(tmp_path)
-    newer.write_text(newer.read_text().replace("recipe_format = 1", "recipe_format = 99"))
+    newer.write_text(newer.read_text().replace("recipe_format = 2", "recipe_format = 99"))
     with pytest.raises(ConfigError, match="recipe_format 99"):
         load_recipe(newer, SHA)
 
 
 def test_resolved_per_layer_sparsities_are_recorded_and_replay_gives_the_same_bytes(tmp_path):
     model = builders.lenet300_like(hidden=(40, 20), seed=3)
-    opts = PruneOptions(quality=1.0, exclude=("fc3*",), seed=5)
+    opts = configure(quality=1.0, exclude=("fc3*",), seed=5)
     first = run(model, opts)
-    flat = opts.recipe() | {"input_sha256": SHA}
+    flat = recipe_of(opts) | {"input_sha256": SHA}
     path = dump_recipe(flat, tmp_path / "recipe.toml", report=first.report)
     text = path.read_text()
     assert "[resolved.sparsity]" in text and '"fc1.weight" = ' in text and "fc3.weight" not in text
-    replay = run(model, PruneOptions(**load_recipe(path, SHA)))
+    replay = run(model, configure(**load_recipe(path, SHA)))
     assert replay.model.SerializeToString() == first.model.SerializeToString()
+
+
+def test_a_recipe_holds_one_table_per_step_and_format_1_recipes_still_load(tmp_path):
+    path = write(tmp_path)
+    doc = tomllib.loads(path.read_text())
+    assert doc["options"]["targets"]["sparsity"] == 0.8 and doc["options"]["data"]["seed"] == 7
+    assert doc["options"]["scan"]["levels"] == [0.5, 0.9]
+    flat = tmp_path / "flat.toml"
+    flat.write_text('[onnxprune]\nrecipe_format = 1\n[options]\nsparsity = 0.8\nseed = 3\n[options.layers]\n'
+                    '"fc1.weight" = 0.9\n')
+    assert load_recipe(flat, None) == {"sparsity": 0.8, "seed": 3, "layers": {"fc1.weight": 0.9}}
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[onnxprune]\nrecipe_format = 2\n[options.data]\nlr = 0.1\n')
+    with pytest.raises(ConfigError, match=r"'lr' belongs to \[options.retrain\]"):
+        load_recipe(wrong, None)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from onnxprune.converter import report_plots
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.pipeline import configure, run
 from onnxprune.converter.report import _pixel_shape, build_table, write_report
 from onnxprune.models import builders
 
@@ -67,7 +67,7 @@ def _extras(report: dict) -> dict:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     model = _lenet300_with_hostile_node()
-    result = run(model, PruneOptions(sparsity=0.9))
+    result = run(model, configure(sparsity=0.9))
     extras = _extras(result.report)
     out = tmp_path_factory.mktemp("report")
     html_path, json_path = write_report(result.report, out, original_model=result.original,
@@ -151,7 +151,7 @@ def test_report_json_has_the_numbers_of_the_html_table(written):
     assert fc1["w_pct"] == pytest.approx(10.0) and fc1["flop_pct"] == pytest.approx(10.0)
     assert fc1["act_pct"] == pytest.approx(38.0)
     assert doc["summary"]["compression"] == pytest.approx(10.0)
-    assert doc["report"]["nan_metric"] is None, "NaN becomes null"
+    assert doc["run"]["nan_metric"] is None, "NaN becomes null"
     assert [f["id"] for f in doc["figures"]] == list(FIGURES)
     assert doc["reproduction"]["versions"]["onnxruntime"] and doc["reproduction"]["command"].startswith("onnxprune")
 
@@ -166,7 +166,7 @@ def test_hostile_names_are_escaped(written):
 
 
 def test_minimal_report_without_optional_parts(tmp_path):
-    result = run(builders.lenet5_like(seed=1), PruneOptions(sparsity=0.5))
+    result = run(builders.lenet5_like(seed=1), configure(sparsity=0.5))
     report = result.report
     for key in ("history", "sensitivity", "neurons", "act"):
         report.pop(key, None)

@@ -1,0 +1,80 @@
+"""Run, check the budget, write: what the command line and the Python API share below their fronts.
+
+`convert` runs the plan, refuses a missed budget (unless forced), writes the model atomically (never over the
+input), writes report.html/report.json/recipe.toml with the measured latency, and clears the checkpoints of a
+completed run. It returns the result; showing it is the caller's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from onnxprune.converter import modelio
+from onnxprune.converter.pipeline import PruneResult, RunConfig, budget_error, run
+from onnxprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def check_report_dir(report_dir: Path) -> None:
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ConfigError(f"--report '{report_dir}' is a file; give a folder.")
+    if not report_dir.parent.exists():
+        raise ConfigError(f"--report folder's parent '{report_dir.parent}' does not exist; create it first.")
+
+
+def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,
+            progress=None, command=None, on_budget_error=None) -> PruneResult:
+    """Run the plan; with `output`, write the model (and with `report_dir` the report). A missed budget raises
+    BudgetError after `on_budget_error(report)` (so a caller can still show the numbers); with `force` the model
+    is written and `budget_error(result.report)` tells the caller."""
+    protect = (Path(model),) if isinstance(model, (str, os.PathLike)) else ()
+    if output is not None:
+        modelio.check_output_path(Path(output), protect=protect)
+    if report_dir is not None:
+        if output is None:
+            raise ConfigError("report_dir needs output too: the report describes a written model.")
+        check_report_dir(Path(report_dir))
+    with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
+        result = run(model, config, progress)
+    report = result.report
+    report["command"] = list(command or [])
+    failed = budget_error(report)
+    if failed is not None and not force:
+        if on_budget_error is not None:
+            on_budget_error(report)
+        raise failed
+    if output is not None:
+        output = Path(output)
+        modelio.save_model(result.model, output, protect=protect)
+        report["output"] = str(output)
+        report["file_size_after"] = output.stat().st_size
+        if report_dir is not None:
+            write_report(result, Path(report_dir))
+    if config.retrain.checkpoint_dir:
+        from onnxprune.converter.checkpoint import Checkpoints
+
+        Checkpoints(config.retrain.checkpoint_dir, "").clear()  # the run is complete: its checkpoints can go
+    return result  # forced past a missed budget: budget_error(result.report) still says so
+
+
+def write_report(result: PruneResult, report_dir: Path) -> None:
+    from onnxprune.converter.latency import measure_latency
+    from onnxprune.converter.recipe import dump_recipe
+    from onnxprune.converter.report import write_report as write_html
+
+    report_dir.mkdir(exist_ok=True)
+    try:
+        result.report["latency"] = measure_latency(result.original, result.model)
+    except Exception as exc:  # latency is information, never a reason to fail a run
+        log.warning("latency measurement failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),
+                report=result.report, model=result.report.get("model"))
+    html, _ = write_html(result.report, report_dir, original_model=result.original,
+                         pruned_dense_model=result.dense_model, sensitivity=result.report.get("sensitivity"),
+                         history=result.history, latency=result.report.get("latency"))
+    result.report["report"] = str(html)

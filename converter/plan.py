@@ -1,0 +1,162 @@
+"""From choices to a plan: every step's config, and the list of steps a run takes.
+
+The command line, the Python API and a recipe file all give flat choices (`lr=0.02`, `max_loss=0.5`); each
+choice belongs to exactly one step's config, and `configure` routes it there (an unknown one is a ConfigError
+listing the valid ones). `build_plan` turns the configs into the ordered step list:
+
+    fixed targets      load → inventory → [data] → targets → prune → shrink → encode → verify → [measure] → report
+    one-shot budget    load → inventory → data → targets → scan → fit-budget → prune → … → report → budget-check
+    scheduled retrain  load → inventory → data → targets → retrain → shrink → … → report
+    budgeted retrain   load → inventory → data → targets → scan → allocate → budget-search → … → budget-check
+
+`onnxprune prune … --plan` prints this list with each step's resolved settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+
+from onnxprune.converter.steps.base import Step, StepConfig, check_plan
+from onnxprune.converter.steps.budget import AllocateStep, BudgetCheckStep, BudgetConfig, FitBudgetStep
+from onnxprune.converter.steps.data import DataConfig, DataStep
+from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
+from onnxprune.converter.steps.load import InventoryStep, LoadStep
+from onnxprune.converter.steps.prune import PruneStep
+from onnxprune.converter.steps.report import ReportStep
+from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
+from onnxprune.converter.steps.scan import ScanConfig, ScanStep
+from onnxprune.converter.steps.shrink import ShrinkConfig, ShrinkStep
+from onnxprune.converter.steps.targets import TargetsConfig, TargetsStep
+from onnxprune.converter.steps.verify import MeasureStep, VerifyConfig, VerifyStep
+from onnxprune.errors import ConfigError
+
+# Given per run, not part of a recipe (or of a checkpoint's fingerprint).
+PER_RUN = ("data", "eval_data", "checkpoint_dir", "resume")
+
+
+@dataclass
+class RunConfig:
+    """Every step's settings; the recipe file is this, written out section by section."""
+
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def sections(self) -> dict[str, StepConfig]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def validate(self) -> None:
+        """Each config checks itself; then what only the combination can say."""
+        for config in self.sections().values():
+            config.validate()
+        t, b, d, r = self.targets, self.budget, self.data, self.retrain
+        if b.max_loss is not None:
+            if t.sparsity is not None or t.quality is not None:
+                raise ConfigError("--max-loss chooses per-layer sparsities itself; drop --sparsity/--quality.")
+            if d.data is None:
+                raise ConfigError("--max-loss needs data to measure the loss on; pass --data FILE.npz.")
+        elif t.sparsity is None and t.quality is None and not t.layers:
+            raise ConfigError("nothing to prune: pass one of --sparsity, --quality, --layer NAME=S or --max-loss.")
+        if r.iterations > 0 and d.data is None:
+            raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
+        if (r.neuron_sparsity or r.neuron_layers) and not self.shrink.neurons:
+            raise ConfigError("--neuron-sparsity needs the dead-neuron pass to remove what it masks; drop "
+                              "--no-neurons.")
+
+
+@functools.lru_cache(maxsize=1)
+def owners() -> dict[str, str]:
+    """choice name -> the section (step config) that owns it."""
+    out = {}
+    for section in dataclasses.fields(RunConfig):
+        for f in dataclasses.fields(section.default_factory):
+            out[f.name] = section.name
+    return out
+
+
+def choice_names() -> tuple[str, ...]:
+    return tuple(owners())
+
+
+@functools.lru_cache(maxsize=1)
+def choice_types() -> dict:
+    """choice name -> its annotation (for checking a recipe's values)."""
+    import typing
+
+    out = {}
+    for section in dataclasses.fields(RunConfig):
+        out.update({k: v for k, v in typing.get_type_hints(section.default_factory).items()
+                    if k in {f.name for f in dataclasses.fields(section.default_factory)}})
+    return out
+
+
+def configure(**choices) -> RunConfig:
+    """Route flat choices to the step configs that own them."""
+    owner = owners()
+    unknown = sorted(set(choices) - set(owner))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(owner))}.")
+    per_section: dict[str, dict] = {}
+    for name, value in choices.items():
+        if name == "exclude" and value is not None:
+            value = tuple(value)
+        if name == "levels" and value is not None:
+            value = tuple(value)
+        per_section.setdefault(owner[name], {})[name] = value
+    config = RunConfig()
+    for section, values in per_section.items():
+        setattr(config, section, dataclasses.replace(getattr(config, section), **values))
+    return config
+
+
+def recipe_of(config: RunConfig | None) -> dict:
+    """The choices of a run as a flat dict, without the per-run data (None values left out)."""
+    if config is None:
+        return {}
+    out = {}
+    for section in config.sections().values():
+        for name, value in section.as_dict().items():
+            if name in PER_RUN or value is None:
+                continue
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def build_plan(config: RunConfig) -> list[Step]:
+    """The ordered steps a run with these settings takes."""
+    has_data = config.data.data is not None
+    budget = config.budget.max_loss is not None
+    retrain = config.retrain.iterations > 0
+    steps: list[Step] = [LoadStep(), InventoryStep()]
+    if has_data:
+        steps.append(DataStep(config.data, split=budget and retrain))
+    steps.append(TargetsStep(config.targets, budgeted=budget))
+    if budget:
+        steps.append(ScanStep(config.scan))
+        steps.append(AllocateStep(config.budget) if retrain else FitBudgetStep(config.budget))
+    if retrain:
+        steps.append(BudgetSearchStep(config.retrain, config.budget) if budget else RetrainStep(config.retrain))
+    else:
+        steps.append(PruneStep())
+    steps += [ShrinkStep(config.shrink), EncodeStep(config.encode), VerifyStep(config.verify)]
+    if has_data:
+        steps.append(MeasureStep())
+    steps.append(ReportStep())
+    if budget:
+        steps.append(BudgetCheckStep(config.budget))
+    check_plan(steps)
+    return steps
+
+
+def describe_plan(steps: list[Step]) -> list[dict]:
+    """What `--plan` prints: each step's name, what it does, what it needs and gives, its settings."""
+    return [{"step": s.name, "does": s.describe(), "needs": list(s.needs), "gives": list(s.gives),
+             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.settings().items()}}
+            for s in steps]

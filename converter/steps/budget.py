@@ -1,0 +1,100 @@
+"""The accuracy budget (--max-loss): allocate per-layer sparsities from the scan, fit them by measuring
+(one-shot), and check the final model against the budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxprune.calibration.decide import within_budget
+from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.errors import BudgetError, ConfigError
+from onnxprune.passes.magnitude import Target
+
+
+@dataclass
+class BudgetConfig(StepConfig):
+    max_loss: float | None = None  # percentage points of the metric
+
+    def validate(self) -> None:
+        if self.max_loss is not None and not 0 <= self.max_loss <= 100:
+            raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
+
+
+@register_step("allocate")
+class AllocateStep(Step):
+    """Per-layer sparsities from the scan within the budget: the starting point of the retraining search."""
+
+    needs = ("sensitivity", "scannable", "targets")
+    gives = ("targets", "allocation")
+
+    def __init__(self, config: BudgetConfig):
+        super().__init__(config)
+        self.config = config
+
+    def run(self, state: RunState) -> None:
+        from onnxprune.calibration.allocate import allocate
+
+        allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
+        state.allocation = {"predicted_loss_pp": allocation.predicted_loss_pp, "sparsities": dict(allocation)}
+        state.targets = _with_fixed({n: Target(sparsity=float(s)) for n, s in allocation.items()}, state.targets)
+
+
+@register_step("fit-budget")
+class FitBudgetStep(Step):
+    """One-shot: measure the allocation with all layers pruned at once; back off (or grow) until it fits."""
+
+    needs = ("original", "sensitivity", "scannable", "targets", "data")
+    gives = ("targets", "allocation")
+
+    def __init__(self, config: BudgetConfig):
+        super().__init__(config)
+        self.config = config
+
+    def run(self, state: RunState) -> None:
+        from onnxprune.calibration.allocate import allocate, fit_to_budget
+
+        allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
+        outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
+                                self.config.max_loss, result=state.sensitivity)
+        state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
+                            "measured_loss_pp": outcome.measured_loss_pp,
+                            "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
+                            "history": outcome.history, "notes": outcome.notes}
+        state.targets = _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()},
+                                    state.targets)
+
+
+def _with_fixed(allocated: dict, fixed: dict | None) -> dict:
+    """The user's --layer choices win over the allocation."""
+    allocated.update(fixed or {})
+    return allocated
+
+
+@register_step("budget-check")
+class BudgetCheckStep(Step):
+    """Is the final model's measured loss within --max-loss? (Recorded in the report; the writer refuses if not.)"""
+
+    needs = ("report",)
+    gives = ("report",)
+
+    def __init__(self, config: BudgetConfig):
+        super().__init__(config)
+        self.config = config
+
+    def run(self, state: RunState) -> None:
+        report = state.report
+        if "metrics" not in report:
+            return
+        measured = report["metrics"]["sets"]["calibration"]["loss_pp"]
+        report["budget"] = {"max_loss_pp": self.config.max_loss, "measured_loss_pp": measured,
+                            "met": within_budget(measured, self.config.max_loss)}
+
+
+def budget_error(report: dict) -> BudgetError | None:
+    budget = report.get("budget")
+    if budget and not budget["met"]:
+        return BudgetError(
+            f"measured loss {budget['measured_loss_pp']:.3f} pp exceeds --max-loss {budget['max_loss_pp']:g}; "
+            "nothing written (pass --force to write it anyway, or raise --max-loss)."
+        )
+    return None

@@ -1,0 +1,54 @@
+"""Read the model and list what can be pruned."""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxprune.converter import modelio
+from onnxprune.converter.steps.base import RunState, Step, register_step
+from onnxprune.errors import ConverterError
+from onnxprune.passes.weights import Inventory, find_prunable, name_nodes
+
+
+def load(source) -> modelio.LoadedModel:
+    loaded = modelio.from_proto(source) if isinstance(source, onnx.ModelProto) else modelio.load_model(source)
+    name_nodes(loaded.model)
+    return loaded
+
+
+def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
+    inventory = find_prunable(model)
+    if not inventory.prunable:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in inventory.skipped[:5]) or "no weights at all"
+        raise ConverterError(
+            f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul). "
+            f"Seen: {reasons}. Nothing to do."
+        )
+    return inventory
+
+
+def where(state: RunState) -> str:
+    return str(state.loaded.path) if state.loaded.path else "<model>"
+
+
+@register_step("load")
+class LoadStep(Step):
+    """Read and check the model (external data, sparse initializers densified)."""
+
+    needs = ("source",)
+    gives = ("loaded", "original")
+
+    def run(self, state: RunState) -> None:
+        state.loaded = load(state.source)
+        state.original = state.loaded.model
+
+
+@register_step("inventory")
+class InventoryStep(Step):
+    """Find the prunable weights; say what is left alone and why."""
+
+    needs = ("original",)
+    gives = ("inventory",)
+
+    def run(self, state: RunState) -> None:
+        state.inventory = inventory_of(state.original, where=where(state))

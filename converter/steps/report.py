@@ -1,0 +1,91 @@
+"""The run's numbers as one dict (report.json's source): layers before/after, totals, neurons, sizes, parity,
+metrics, history, the settings of every step."""
+
+from __future__ import annotations
+
+from onnxprune.converter.steps.base import RunState, Step, register_step
+from onnxprune.converter.steps.load import where
+from onnxprune.converter.summary import layer_rows, skipped_rows, totals
+from onnxprune.passes.magnitude import quality_for_sparsity
+from onnxprune.passes.weights import weight_array
+
+
+@register_step("report")
+class ReportStep(Step):
+    """Assemble the numbers of the run (what report.json, report.html and the summary show)."""
+
+    needs = ("original", "inventory", "pruned", "final", "parity", "targets")
+    gives = ("report",)
+
+    def run(self, state: RunState) -> None:
+        from onnxprune.converter.plan import recipe_of
+
+        original, inventory = state.original, state.inventory
+        before, after = layer_rows(original, inventory), layer_rows(state.pruned, inventory)
+        report = {
+            "model": where(state),
+            "input_sha256": state.loaded.sha256,
+            "layers": _merge_rows(before, after, state),
+            "skipped": skipped_rows(inventory),
+            "before": totals(before),
+            "after": totals(after),
+            "neurons": state.neurons,
+            "params_after_shrink": state.params_after_shrink,
+            "file_size_before": state.loaded.file_size,
+            "file_size_after": state.final.ByteSize(),
+            "sparse_format": state.config.encode.sparse_format if state.config is not None else None,
+            "parity": state.parity.as_dict(),
+            "notes": state.notes,
+            "history": state.history,
+            "options": recipe_of(state.config) if state.config is not None else {},
+        }
+        if state.allocation is not None:
+            report["allocation"] = state.allocation
+        report.update(_sensitivity_report(state.sensitivity))
+        nonzeros = report["after"]["nonzeros"]
+        report["compression"] = report["before"]["params"] / nonzeros if nonzeros else float("inf")
+        if state.metrics is not None:
+            report["metrics"] = state.metrics
+            act_before, act_after = state.activations
+            for row in report["layers"]:
+                row["act_before"] = act_before.get(row["weight"])
+                row["act"] = act_after.get(row["weight"])
+            report["act"] = act_after
+        state.report = report
+
+
+def _sensitivity_report(sensitivity) -> dict:
+    if sensitivity is None:
+        return {}
+    layers = {lay.name: {"node": lay.node, "kind": lay.kind, "levels": list(lay.levels), "values": list(lay.values),
+                         "coupled": lay.coupled} for lay in sensitivity.layers}
+    return {"sensitivity": layers, "sensitivity_metric": sensitivity.metric}
+
+
+def _kept_targets(state: RunState) -> dict:
+    """The targets of the model that was kept: a budget search's best round, else the targets given."""
+    kept = [h for h in state.history if h.get("fits") and h.get("targets")]
+    if kept:
+        return {n: {"sparsity": s} for n, s in kept[-1]["targets"].items()}
+    return {n: ({"sparsity": t.sparsity} if t.sparsity is not None else {"quality": t.quality})
+            for n, t in (state.targets or {}).items()}
+
+
+def _merge_rows(before: list[dict], after: list[dict], state: RunState) -> list[dict]:
+    targets, neurons = _kept_targets(state), state.neurons or {}
+    rows = []
+    for b, a in zip(before, after):
+        row = dict(b)
+        row["nonzeros_before"] = b["nonzeros"]
+        row["nonzeros"] = a["nonzeros"]
+        row["density"] = a["density"]
+        row["threshold"] = state.prune.thresholds.get(b["weight"])
+        sparsity = 1.0 - a["density"] if a["density"] is not None else None
+        row["quality"] = (quality_for_sparsity(weight_array(state.original, b["weight"]), sparsity)
+                          if sparsity else None)
+        channels = neurons.get("layers", {}).get(b["weight"])
+        if channels:
+            row["neurons_before"], row["neurons_after"] = channels["before"], channels["after"]
+        row["target"] = targets.get(b["weight"])
+        rows.append(row)
+    return rows

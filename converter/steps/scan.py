@@ -1,0 +1,46 @@
+"""The per-layer sensitivity scan (paper Figure 6): prune one layer at a time, measure the metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.errors import ConfigError
+
+
+@dataclass
+class ScanConfig(StepConfig):
+    levels: tuple[float, ...] | None = None  # sparsities to scan (default: calibration.sensitivity.DEFAULT_LEVELS)
+
+    def validate(self) -> None:
+        if self.levels is not None and (not self.levels or any(not 0 < x < 1 for x in self.levels)):
+            raise ConfigError(f"--levels {','.join(map(str, self.levels))}: every level must be a fraction in "
+                              "(0, 1), e.g. 0.5,0.9,0.99.")
+
+
+def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: bool = False):
+    """Single weights by magnitude, or (`neurons`) whole neurons per channel group."""
+    from onnxprune.calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
+    from onnxprune.calibration.sensitivity import DEFAULT_LEVELS
+    from onnxprune.calibration.sensitivity import scan as sensitivity_scan
+
+    run_scan, default = (neuron_scan, DEFAULT_NEURON_LEVELS) if neurons else (sensitivity_scan, DEFAULT_LEVELS)
+    levels = tuple(config.levels) if config.levels else default
+    return run_scan(model, inventory, evaluator, levels,
+                    progress=lambda done, total, what="": progress("sensitivity scan", done, total, what))
+
+
+@register_step("scan")
+class ScanStep(Step):
+    """Scan each layer the budget allocates over, on the decision data."""
+
+    needs = ("original", "scannable", "data")
+    gives = ("sensitivity",)
+
+    def __init__(self, config: ScanConfig):
+        super().__init__(config)
+        self.config = config
+
+    def run(self, state: RunState) -> None:
+        state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,
+                                 state.progress)

@@ -1,0 +1,57 @@
+"""Dead-neuron removal (paper §3.5): channels with no input or no output left go from every layer they touch,
+so the dense shapes, and the runtime, shrink. Optionally the input is cut to the features some weight reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.errors import ConfigError
+from onnxprune.passes.weights import find_prunable
+
+
+@dataclass
+class ShrinkConfig(StepConfig):
+    neurons: bool = True  # False: --no-neurons, keep dead neurons
+    crop_inputs: bool = False
+    gather_inputs: bool = False
+
+    def validate(self) -> None:
+        if self.gather_inputs and self.crop_inputs:
+            raise ConfigError("--gather-inputs and --crop-inputs both drop unread input features; pick one "
+                              "(--crop-inputs is faster in onnxruntime).")
+        if not self.neurons and (self.crop_inputs or self.gather_inputs):
+            flag = "--crop-inputs" if self.crop_inputs else "--gather-inputs"
+            raise ConfigError(f"{flag} is part of dead-neuron removal, which --no-neurons turns off; drop one of "
+                              "them.")
+
+
+@register_step("shrink")
+class ShrinkStep(Step):
+    """Remove dead neurons (and unread input features) from the pruned model."""
+
+    needs = ("pruned",)
+    gives = ("shrunk", "neurons")
+    optional = ("neurons",)
+
+    def __init__(self, config: ShrinkConfig):
+        super().__init__(config)
+        self.config = config
+
+    def run(self, state: RunState) -> None:
+        c = self.config
+        if not c.neurons:
+            state.shrunk, state.neurons = state.pruned, None
+            return
+        from onnxprune.passes.base import run_passes
+        from onnxprune.passes.dead_neurons import RemoveDeadNeurons
+
+        remove = RemoveDeadNeurons(gather_inputs=c.gather_inputs, crop_inputs=c.crop_inputs)
+        state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
+        layers = {lay.weight or lay.node: {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}
+                  for lay in remove.report.layers}
+        state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded}
+
+
+def params(model) -> int:
+    return sum(w.size for w in find_prunable(model, with_macs=False).prunable)

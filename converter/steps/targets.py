@@ -1,0 +1,65 @@
+"""How hard to prune each layer: from the flags (--sparsity, --quality, --layer, --exclude), or, with a budget,
+which layers the budget may allocate over and which are fixed by the user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.errors import ConfigError
+from onnxprune.passes.magnitude import layer_matches, resolve_targets
+from onnxprune.passes.weights import Inventory
+
+
+@dataclass
+class TargetsConfig(StepConfig):
+    sparsity: float | None = None
+    quality: float | None = None
+    layers: dict[str, float] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"--sparsity {self.sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the "
+                              "weights.")
+        if self.sparsity is not None and self.quality is not None:
+            raise ConfigError("--sparsity and --quality contradict each other; pass only one of them.")
+        for name, value in self.layers.items():
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"--layer '{name}={value}': sparsity must be in [0, 1).")
+
+
+def excluded_all(inventory: Inventory, exclude) -> bool:
+    return bool(exclude) and all(any(layer_matches(w, p) for p in exclude) for w in inventory.prunable)
+
+
+@register_step("targets")
+class TargetsStep(Step):
+    """Per-layer targets from the flags; with a budget, the layers it allocates over (the rest fixed)."""
+
+    needs = ("inventory",)
+    gives = ("targets", "scannable")
+    optional = ("scannable",)
+
+    def __init__(self, config: TargetsConfig, *, budgeted: bool = False):
+        super().__init__(config)
+        self.config, self.budgeted = config, budgeted
+
+    def check(self, state: RunState) -> None:
+        c = self.config
+        if excluded_all(state.inventory, c.exclude):
+            raise ConfigError(f"--exclude {' '.join(c.exclude)} leaves no layer to prune; exclude fewer layers.")
+
+    def run(self, state: RunState) -> None:
+        c, inventory = self.config, state.inventory
+        if not self.budgeted:
+            state.targets = resolve_targets(inventory, sparsity=c.sparsity, quality=c.quality, layers=c.layers,
+                                            exclude=c.exclude)
+            return
+        fixed = list(c.exclude) + list(c.layers)
+        keep = [w for w in inventory.prunable if not any(layer_matches(w, p) for p in fixed)]
+        if not keep:
+            raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to "
+                              "choose.")
+        state.scannable = Inventory(prunable=keep, skipped=inventory.skipped)
+        state.targets = resolve_targets(inventory, layers=c.layers) if c.layers else {}

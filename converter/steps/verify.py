@@ -1,0 +1,73 @@
+"""Verification and measurement: the written model must compute what the dense oracle computes, and the metric of
+the input and the output model is measured on the user's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.errors import ConfigError
+
+
+@dataclass
+class VerifyConfig(StepConfig):
+    verify_batches: int = 4  # batches of --data the parity check runs (seeded random inputs without data)
+
+    def validate(self) -> None:
+        if self.verify_batches < 1:
+            raise ConfigError(f"verify_batches {self.verify_batches} must be >= 1.")
+
+
+@register_step("verify")
+class VerifyStep(Step):
+    """onnxruntime parity: the encoded model against the dense model with the same weights."""
+
+    needs = ("final", "pruned")
+    gives = ("parity",)
+
+    def __init__(self, config: VerifyConfig):
+        super().__init__(config)
+        self.config = config
+
+    def run(self, state: RunState) -> None:
+        from onnxprune.converter.verify import check_parity
+
+        feeds = state.data.verification_feeds(self.config.verify_batches) if state.data is not None else None
+        state.parity = check_parity(state.final, state.pruned, feeds)
+
+
+@register_step("measure")
+class MeasureStep(Step):
+    """The metric of the input and output model, how far the outputs moved, and Act% per layer."""
+
+    needs = ("final", "pruned", "original", "inventory", "data")
+    gives = ("metrics", "activations")
+
+    def run(self, state: RunState) -> None:
+        state.metrics = measure(state.data, state.final)
+        from onnxprune.calibration.activations import activation_density
+
+        state.activations = (activation_density(state.original, state.inventory, state.data.reader()),
+                             activation_density(state.pruned, state.inventory, state.data.reader()))
+
+
+def measure(data, final) -> dict:
+    """On the data the choices were made on, and separately on the held-out data when given (--eval-data)."""
+    from onnxprune.calibration.metrics import output_error
+
+    out = {}
+    for key, evaluator in (("calibration", data.calibration), ("evaluation", data.evaluation)):
+        if key == "evaluation" and data.config.eval_data is None:
+            continue
+        after = evaluator.evaluate(final)
+        out[key] = {
+            "data": evaluator.reader.description,
+            "metric": evaluator.metric,
+            "before": evaluator.dense,
+            "after": after,
+            "loss_pp": (evaluator.dense - after) * 100.0,
+            # how far the output model's outputs are from the input model's (the reference)
+            "output_error": output_error(list(evaluator.run(final)), evaluator.reference),
+        }
+    headline = out.get("evaluation", out["calibration"])
+    return {**headline, "sets": out}
