@@ -201,9 +201,19 @@ def _table_row(r: dict, report: dict) -> dict:
         "neurons_before": neurons_before,
         "neurons_after": neurons_after,
         "threshold": r.get("threshold"),
-        "target": ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in target.items())
-        if isinstance(target, Mapping) else str(target),
+        "target": _target_text(target, None if density is None else 1.0 - float(density)),
     }
+
+
+def _target_text(target, reached: float | None) -> str:
+    """What the layer was asked, and the sparsity it reached where that differs (neuron masks, rounding)."""
+    if not isinstance(target, Mapping):
+        return str(target)
+    text = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in target.items())
+    asked = target.get("sparsity")
+    if reached is not None and (asked is None or abs(reached - asked) > 5e-4):
+        text += f" (reached {reached:.4g})" if text else f"reached {reached:.4g}"
+    return text
 
 
 def _per_layer(report: dict, row: dict, key: str):

@@ -1,0 +1,201 @@
+"""The pipeline as a list of steps: plans per kind of run, the runner's checks, --plan, and the defects the
+restructuring fixed (each with its own test)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter import modelio
+from onnxprune.converter.cli import cli
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.converter.plan import build_plan
+from onnxprune.converter.steps.base import RunState, Step, check_plan, run_steps
+from onnxprune.converter.steps.load import InventoryStep, LoadStep
+from onnxprune.errors import ConfigError, PassError
+from onnxprune.models import builders
+from onnxprune.passes.weights import weight_array
+from onnxprune.plain import dumps
+from tests.converter._data import self_labelled
+
+
+@pytest.fixture(scope="module")
+def teacher_data():
+    return self_labelled(hidden=(32, 16), model_seed=4, n=300, data_seed=1)
+
+
+def _names(**choices) -> list[str]:
+    return [s.name for s in build_plan(configure(**choices))]
+
+
+def test_each_kind_of_run_is_its_own_step_list():
+    tail = ["shrink", "encode", "verify"]
+    assert _names(sparsity=0.9) == ["load", "inventory", "targets", "prune", *tail, "report"]
+    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "scan", "fit-budget",
+                                                   "prune", *tail, "measure", "report", "budget-check"]
+    assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "retrain",
+                                                                 *tail, "measure", "report"]
+    assert _names(max_loss=1.0, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "scan",
+                                                                 "allocate", "budget-search", *tail, "measure",
+                                                                 "report", "budget-check"]
+
+
+def test_only_the_budgeted_retraining_holds_out_a_validation_part():
+    def split(**choices):
+        return next(s for s in build_plan(configure(data="d.npz", **choices)) if s.name == "data").split
+
+    assert split(max_loss=1.0, iterations=2) and not split(max_loss=1.0) and not split(sparsity=0.5, iterations=2)
+
+
+class _Boom(Step):
+    name = "boom"
+    needs = ("inventory",)
+
+    def run(self, state):
+        raise ValueError("no such thing")
+
+
+def test_a_failing_step_is_named_with_the_steps_before_it():
+    state = RunState(source=builders.lenet300_like(hidden=(8, 8)))
+    with pytest.raises(PassError, match=r"step 'boom' failed after \[load, inventory\]: ValueError: no such thing"):
+        run_steps([LoadStep(), InventoryStep(), _Boom()], state)
+    assert set(state.seconds) == {"load", "inventory"}
+
+
+def test_a_step_whose_needs_no_earlier_step_gives_is_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match=r"step 'boom' needs inventory, which no step before it gives "
+                                          r"\(steps before it: load\)"):
+        check_plan([LoadStep(), _Boom()])
+
+
+class _Lazy(Step):
+    name = "lazy"
+    needs = ("original",)
+    gives = ("inventory",)
+
+    def run(self, state):
+        pass
+
+
+def test_a_step_that_does_not_give_what_it_promised_is_an_error():
+    with pytest.raises(PassError, match="step 'lazy' did not give inventory"):
+        run_steps([LoadStep(), _Lazy()], RunState(source=builders.lenet300_like(hidden=(8, 8))))
+
+
+def test_unknown_choice_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) learning_rate; valid: .*lr"):
+        configure(learning_rate=0.1)
+
+
+def test_cli_plan_prints_the_steps_with_their_settings_and_does_nothing(tmp_path):
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.lenet300_like(hidden=(16, 8)), model)
+    out = tmp_path / "o.onnx"
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(out), "--max-loss", "0.5", "--data", "random",
+                                   "--iterations", "2", "--lr", "0.02", "--plan"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    steps = [ln.split()[1] for ln in lines if ln[:3].strip().rstrip(".").isdigit()]
+    assert steps == ["load", "inventory", "data", "targets", "scan", "allocate", "budget-search", "shrink", "encode",
+                     "verify", "measure", "report", "budget-check"]
+    assert "      lr = 0.02" in lines and "      max_loss = 0.5" in lines
+    assert not out.exists()
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(out), "--sparsity", "0.5", "--plan", "--json"])
+    plan = json.loads(res.output)["plan"]
+    assert [p["step"] for p in plan][:4] == ["load", "inventory", "targets", "prune"]
+    assert plan[2]["settings"]["sparsity"] == 0.5 and not out.exists()
+
+
+def test_state_masks_are_sliced_with_the_shrunk_weights(teacher_data):
+    """PruneResult.state.masks line up with PruneResult.model after dead-neuron removal."""
+    model, data = teacher_data
+    result = run(model, configure(sparsity=0.9, data=data, iterations=1, epochs=1, lr=0.01, neuron_sparsity=0.5))
+    final = modelio.from_proto(result.model).model  # sparse weights decoded
+    assert result.report["neurons"]["removed"] > 0
+    for name, mask in result.state.masks.items():
+        w = weight_array(final, name)
+        assert mask.shape == w.shape, name
+        np.testing.assert_array_equal(mask, w != 0, err_msg=name)
+
+
+# ---------------------------------------------------------------- defects found on review
+
+
+def test_output_error_is_measured_against_the_input_models_outputs(teacher_data):
+    model, data = teacher_data
+    result = run(model, configure(sparsity=0.8, data=data))
+    ref = make_session(model).run(None, {"input": data["input"]})[0].astype(np.float64)
+    got = make_session(result.model).run(None, {"input": data["input"]})[0].astype(np.float64)
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    err = result.report["metrics"]["output_error"]
+    assert err["mean_rel"] == pytest.approx(rel.mean(), rel=1e-4)
+    assert err["max_rel"] == pytest.approx(rel.max(), rel=1e-4)
+
+
+def test_json_is_strict_json_nan_and_infinity_become_null(tmp_path):
+    assert dumps({"a": float("nan"), "b": [float("inf"), np.float32(1.5)]}) == '{"a": null, "b": [null, 1.5]}'
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.lenet300_like(hidden=(16, 8)), model)
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--sparsity", "0.5", "--data",
+                                   "random", "--iterations", "1", "--json"])
+    assert res.exit_code == 0, res.output
+
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in --json output")
+
+    report = json.loads(res.stdout, parse_constant=refuse)
+    assert report["compression"] == pytest.approx(2.0, rel=0.01)
+
+
+@pytest.mark.parametrize("flag", ["--crop-inputs", "--gather-inputs"])
+def test_no_neurons_with_an_input_cut_is_a_usage_error_not_silently_ignored(tmp_path, flag):
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.lenet300_like(hidden=(16, 8)), model)
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--sparsity", "0.5",
+                                   "--no-neurons", flag])
+    assert res.exit_code == 2 and f"{flag} is part of dead-neuron removal, which --no-neurons turns off" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o.onnx").exists()
+
+
+def test_an_exclude_that_covers_every_layer_fails_before_the_scan(teacher_data, monkeypatch):
+    import onnxprune.converter.steps.scan as scan_step
+
+    def no_scan(*a, **k):
+        raise AssertionError("the scan ran before the exclude was checked")
+
+    monkeypatch.setattr(scan_step, "scan", no_scan)
+    model, data = teacher_data
+    with pytest.raises(ConfigError, match=r"--exclude \* leaves no layer to prune"):
+        run(model, configure(max_loss=1.0, data=data, iterations=2, exclude=("*",)))
+
+
+def test_the_layer_target_is_the_kept_rounds_not_the_first_allocation(teacher_data):
+    model, data = teacher_data
+    result = run(model, configure(max_loss=100.0, data=data, iterations=3, epochs=0.5, lr=0.01,
+                                  levels=(0.5, 0.8), seed=0))
+    kept = [h for h in result.history if h["fits"]][-1]
+    assert kept["level"] > 0  # the search went past the allocation it started from
+    for row in result.report["layers"]:
+        assert row["target"] == {"sparsity": kept["targets"][row["weight"]]}
+        assert 1 - row["density"] >= kept["targets"][row["weight"]] - 1 / row["params"]  # reached it (to 1 weight)
+
+
+def test_the_layer_table_shows_the_sparsity_reached_beside_the_target():
+    from onnxprune.converter.report import _target_text
+
+    assert _target_text({"sparsity": 0.9}, 0.9) == "sparsity 0.9"
+    assert _target_text({"sparsity": 0.9}, 0.95) == "sparsity 0.9 (reached 0.95)"
+    assert _target_text({"quality": 1.5}, 0.7) == "quality 1.5 (reached 0.7)"
+
+
+def test_verbosity_flags_are_accepted_after_the_subcommand(tmp_path):
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.lenet300_like(hidden=(16, 8)), model)
+    res = CliRunner().invoke(cli, ["inspect", str(model), "-q", "-v"])
+    assert res.exit_code == 0 and res.output == ""
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--sparsity", "2",
+                                   "--debug"])
+    assert res.exit_code != 0 and isinstance(res.exception, ConfigError)  # --debug lets the error through
