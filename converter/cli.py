@@ -371,7 +371,8 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
       onnxprune sensitivity model.onnx --data calib.npz --labels y --levels 0.5,0.9,0.99 --json
       onnxprune sensitivity model.onnx --data calib.npz --neurons -o scan/   # neuron_sensitivity.json/.png
     """
-    from onnxprune.calibration.plots import plot_sensitivity, sensitivity_table
+    from onnxprune.calibration.plots import sensitivity_table
+    from onnxprune.converter.report_plots import scan_figure
     from onnxprune.converter import modelio
     from onnxprune.converter.convert import check_report_dir
     from onnxprune.converter.progress import Progress
@@ -402,7 +403,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     if out_dir is not None:
         out_dir.mkdir(exist_ok=True)
         modelio.atomic_write_bytes(out_dir / f"{stem}.json", result.to_json().encode())
-        plot_sensitivity(result, out_dir / f"{stem}.png")
+        modelio.atomic_write_bytes(out_dir / f"{stem}.png", scan_figure(result))
     if as_json:
         click.echo(result.to_json())
         return

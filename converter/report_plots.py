@@ -242,8 +242,12 @@ def sensitivity_curves(
     metric: str | None = "accuracy",
     baseline: float | None = None,
     values_in_percent: bool | None = None,
+    unit: str = "parameters",
+    coupled: frozenset[str] | set[str] = frozenset(),
+    title: str | None = None,
 ) -> bytes:
     """One curve per layer: the metric with that layer alone pruned to each level. Panels: conv, then fc.
+    Layers in `coupled` (their output meets a residual Add) are drawn dashed; `unit` names what was pruned.
 
     `curves[name]` is `(levels, values)` or `{"levels", "values", "kind"}`; levels are fractions pruned (0..1) or
     percentages; `kinds[name]` ("conv"/"fc") wins over a curve's own "kind", which wins over guessing by name.
@@ -275,18 +279,32 @@ def sensitivity_curves(
         ys_all = []
         for (name, xs, ys), color in zip(series, cmap):
             order = np.argsort(xs)
-            ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], "-o", ms=3.5, lw=1.4, color=color,
-                    label=_short(name, 28))
+            ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], "--o" if name in coupled else "-o", ms=3.5,
+                    lw=1.4, color=color, label=_short(name, 28) + (" *residual" if name in coupled else ""))
             ys_all += ys
         if baseline is not None and _finite(baseline):
             ax.axhline(float(baseline) * scale, color="#777777", ls="--", lw=1, label="dense model")
             ys_all.append(float(baseline) * scale)
         ax.set_title(f"{'Conv' if kind == 'conv' else 'FC' if kind == 'fc' else kind} layers", loc="left")
-        ax.set_xlabel("parameters pruned away (%)")
+        ax.set_xlabel(f"{unit} pruned away (%)")
         ax.set_ylabel(_metric_label(metric, scale))
         _pad_y(ax, ys_all)
         ax.legend(loc="lower left", ncols=1 if len(series) <= 6 else 2)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _png(fig)
+
+
+def scan_figure(result) -> bytes:
+    """Figure 6 of a calibration.sensitivity.SensitivityResult (what `onnxprune sensitivity -o` writes)."""
+    curves = {lay.node: {"levels": list(lay.levels), "values": list(lay.values), "kind": lay.kind}
+              for lay in result.layers}
+    samples = f"{result.num_samples:,} samples" if result.num_samples else "calibration data"
+    what = "one layer's neurons masked whole at a time" if result.unit == "neurons" else "one layer pruned at a time"
+    return sensitivity_curves(curves, metric=result.metric, baseline=result.dense / 100.0, values_in_percent=True,
+                              unit="neurons" if result.unit == "neurons" else "parameters",
+                              coupled={lay.node for lay in result.layers if lay.coupled},
+                              title=f"Sensitivity: {result.metric} with {what} ({samples})")
 
 
 def _curve(curve) -> tuple[list, list, str | None]:

@@ -187,12 +187,12 @@ def test_levels_are_validated():
 
 
 def test_plot_and_table(tmp_path):
-    from onnxprune.calibration.plots import plot_sensitivity, sensitivity_table
+    from onnxprune.calibration.plots import sensitivity_table
+    from onnxprune.converter.report_plots import scan_figure
 
     model = small_cnn()
     result = scan(model, find_prunable(model), evaluator(model), DEFAULT_LEVELS)
-    path = plot_sensitivity(result, tmp_path / "sens.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert scan_figure(result)[:8] == b"\x89PNG\r\n\x1a\n"
     rows = sensitivity_table(result)
     assert [r["layer"] for r in rows] == ["/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"]
     assert list(rows[0]) == ["layer", "op", "weights", "50%", "80%", "90%", "95%", "99%", "max s @1pp", "residual",
