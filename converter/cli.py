@@ -158,6 +158,9 @@ def _data_options(f):
         click.option("--limit", type=int, help="Use at most N samples of the data."),
         click.option("--levels", type=str, help="Sensitivity levels, e.g. 0.5,0.8,0.9,0.95 (default 0.1 ... 0.99)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
+        click.option("--criterion", default="magnitude", show_default=True,
+                     help="Which weights go first: magnitude (|w|), wanda (|w|·input norm, per output), obd "
+                          "(½·Fisher·w²) or taylor (|w·grad|); all but magnitude score on --data."),
     ]):
         f = opt(f)
     return f
@@ -229,7 +232,7 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
+          batch_size, limit, levels, seed, criterion, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
           device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
@@ -259,7 +262,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
     else:
         options = PruneOptions(
             sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
-            max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
+            max_loss=max_loss, levels=_parse_levels(levels), criterion=criterion, data=data, eval_data=eval_data,
+            labels=labels,
             metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
             final_epochs=final_epochs, lr=lr, final_lr=final_lr, train_batch_size=train_batch_size,
             label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
@@ -387,8 +391,8 @@ def _json_default(value):
               help="Mask whole neurons per layer instead of single weights (to choose --neuron-layer NAME=S).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, by_neurons, quiet,
-                as_json):
+def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, criterion, out_dir, by_neurons,
+                quiet, as_json):
     """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
 
     \b
@@ -399,25 +403,29 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     """
     from onnxprune.calibration.plots import plot_sensitivity, sensitivity_table
     from onnxprune.converter import modelio
-    from onnxprune.converter.pipeline import Data, PruneOptions, inventory_of, load, scan
+    from onnxprune.converter.pipeline import Data, PruneOptions, criterion_scoring, inventory_of, load, scan
     from onnxprune.converter.progress import Progress
 
     if eval_data is not None:
         raise ConfigError("--eval-data is for prune; the sensitivity scan measures on --data only.")
     if data is None:
         raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
+    if by_neurons and criterion != "magnitude":
+        raise ConfigError(f"--criterion {criterion} ranks single weights; --neurons masks whole neurons by their "
+                          "strength (incoming x outgoing norm). Drop one of them.")
     if out_dir is not None:
         _check_report_dir(out_dir)
     options = PruneOptions(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit,
-                           levels=_parse_levels(levels), seed=seed)
+                           levels=_parse_levels(levels), seed=seed, criterion=criterion)
     options.validate()
     loaded = load(model)
     inventory = inventory_of(loaded.model, where=str(model))
     progress = Progress(quiet=quiet or as_json)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = scan(loaded.model, inventory, Data(loaded.model, options).calibration, options, progress,
-                          neurons=by_neurons)
+            data_ = Data(loaded.model, options)
+            result = scan(loaded.model, inventory, data_.calibration, options, progress, neurons=by_neurons,
+                          scoring=criterion_scoring(options, data_))
     finally:
         progress.close()
     stem = "neuron_sensitivity" if by_neurons else "sensitivity"

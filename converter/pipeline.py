@@ -23,6 +23,7 @@ from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.converter.verify import check_parity
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState, run_passes
+from onnxprune.passes.criteria import MAGNITUDE
 from onnxprune.passes.magnitude import MagnitudePrune, Target, quality_for_sparsity, resolve_targets
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.weights import Inventory, constant_tensors, find_prunable, name_nodes, weight_array
@@ -47,6 +48,7 @@ class PruneOptions:
     exclude: tuple[str, ...] = ()
     max_loss: float | None = None
     levels: tuple[float, ...] | None = None
+    criterion: str = "magnitude"  # which weights go: magnitude | wanda | obd | taylor (passes.criteria)
     # data and metric
     data: Any = None
     eval_data: Any = None
@@ -85,6 +87,9 @@ class PruneOptions:
     resume: bool = False
 
     def validate(self) -> None:
+        from onnxprune.passes.criteria import check_criterion
+
+        check_criterion(self.criterion, has_data=self.data is not None, quality=self.quality is not None)
         if self.sparse_format not in FORMATS:
             raise ConfigError(f"--sparse-format '{self.sparse_format}' is not one of {', '.join(FORMATS)}.")
         if self.max_loss is not None:
@@ -138,6 +143,8 @@ class PruneOptions:
         out["exclude"] = list(self.exclude)
         if self.levels is not None:
             out["levels"] = list(self.levels)
+        if out.get("criterion") == "magnitude":  # the default, left out: recipes from before criteria stay as they were
+            del out["criterion"]
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -247,17 +254,18 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
 
         neuron_map(original, {w.name for w in inventory.prunable}).fractions(0.0, options.neuron_layers)
     data = Data(original, options) if options.data is not None else None
+    scoring = criterion_scoring(options, data)
     state, extra, history = PruneState(), {}, []
     with clock.step("choose"):
-        targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
+        targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra, scoring)
     with clock.step("prune_retrain"):
         if options.iterations > 0:
             dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
-                                            _checkpoints(options, loaded, original))
+                                            _checkpoints(options, loaded, original), scoring)
             _record_thresholds(dense_pruned, state)
         else:
             dense_pruned = _copy(original)
-            run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
+            run_passes([MagnitudePrune(inventory, targets, scoring), ApplyMasks()], dense_pruned, state)
     with clock.step("shrink_encode_verify"):
         shrunk, neurons = _shrink(dense_pruned, options, state)
         params_after_shrink = sum(w.size for w in find_prunable(shrunk, with_macs=False).prunable)
@@ -281,6 +289,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         "file_size_before": loaded.file_size,
         "file_size_after": final.ByteSize(),
         "sparse_format": options.sparse_format,
+        "criterion": options.criterion,
         "parity": parity.as_dict(),
         "notes": state.notes,
         "history": history,
@@ -332,7 +341,16 @@ def _sensitivity_report(sensitivity) -> dict:
 # ------------------------------------------------------------------------------------------------ targets
 
 
-def choose_targets(model, inventory, options: PruneOptions, data: Data | None, progress, extra: dict):
+def criterion_scoring(options: PruneOptions, data: Data | None):
+    """The run's criterion (--criterion) with its statistics on the retraining part of --data."""
+    from onnxprune.converter.criteria import calibration_scoring
+
+    return calibration_scoring(options.criterion, data.train_reader() if data is not None else None,
+                               seed=options.seed)
+
+
+def choose_targets(model, inventory, options: PruneOptions, data: Data | None, progress, extra: dict,
+                   scoring=MAGNITUDE):
     """Per-layer targets: from the flags, or from the sensitivity scan and the loss budget (--max-loss)."""
     if options.max_loss is None:
         return resolve_targets(inventory, sparsity=options.sparsity, quality=options.quality,
@@ -340,14 +358,15 @@ def choose_targets(model, inventory, options: PruneOptions, data: Data | None, p
     from onnxprune.calibration.allocate import allocate, fit_to_budget
 
     scanned = _scannable(inventory, options)
-    sensitivity = scan(model, scanned, data.calibration, options, progress)
+    sensitivity = scan(model, scanned, data.calibration, options, progress, scoring=scoring)
     allocation = allocate(sensitivity, scanned, options.max_loss)
     if options.iterations > 0:
         # Retraining recovers accuracy: every round re-measures, so the one-shot fit is only the starting point.
         extra["allocation"] = {"predicted_loss_pp": allocation.predicted_loss_pp, "sparsities": dict(allocation)}
         targets = {n: Target(sparsity=float(s)) for n, s in allocation.items()}
         return _with_overrides(targets, inventory, options), sensitivity
-    outcome = fit_to_budget(model, scanned, data.calibration, allocation, options.max_loss, result=sensitivity)
+    outcome = fit_to_budget(model, scanned, data.calibration, allocation, options.max_loss, result=sensitivity,
+                            scoring=scoring)
     extra["allocation"] = {
         "sparsities": outcome.sparsities,
         "qualities": outcome.qualities,
@@ -378,16 +397,18 @@ def _with_overrides(targets: dict, inventory: Inventory, options: PruneOptions) 
     return targets
 
 
-def scan(model, inventory, evaluator, options: PruneOptions, progress, *, neurons: bool = False):
-    """The per-layer sensitivity scan: single weights by magnitude, or (`neurons`) whole neurons per group."""
+def scan(model, inventory, evaluator, options: PruneOptions, progress, *, neurons: bool = False, scoring=MAGNITUDE):
+    """The per-layer sensitivity scan: single weights by the run's criterion (`scoring`, magnitude by default), or
+    (`neurons`) whole neurons per group."""
     from onnxprune.calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
     from onnxprune.calibration.sensitivity import DEFAULT_LEVELS
     from onnxprune.calibration.sensitivity import scan as sensitivity_scan
 
     run_scan, default = (neuron_scan, DEFAULT_NEURON_LEVELS) if neurons else (sensitivity_scan, DEFAULT_LEVELS)
     levels = tuple(options.levels) if options.levels else default
+    extra = {} if neurons else {"scoring": scoring}
     return run_scan(model, inventory, evaluator, levels,
-                    progress=lambda done, total, what="": progress("sensitivity scan", done, total, what))
+                    progress=lambda done, total, what="": progress("sensitivity scan", done, total, what), **extra)
 
 
 # ------------------------------------------------------------------------------------------------ retraining
@@ -403,13 +424,14 @@ def _checkpoints(options: PruneOptions, loaded, original):
 
 
 def retrain(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState, progress,
-            checkpoints=None):
+            checkpoints=None, scoring=MAGNITUDE):
     """Iterative prune → retrain (paper §3.2–3.3) through the torch bridge; graphs the bridge cannot run are
     refit layer by layer instead (the automatic fallback, said in the notes)."""
     from onnxprune.errors import UnsupportedOpError
 
     try:
-        return _retrain_with_bridge(original, inventory, targets, options, data, state, progress, checkpoints)
+        return _retrain_with_bridge(original, inventory, targets, options, data, state, progress, checkpoints,
+                                    scoring)
     except UnsupportedOpError as exc:
         note = (f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]}); "
                 "retrained by layer-wise reconstruction instead")
@@ -418,15 +440,15 @@ def retrain(original, inventory, targets, options: PruneOptions, data: Data, sta
         log.warning(note)
         state.notes.append(note)
         state.masks.clear()
-        return _reconstruct(original, inventory, targets, data, state)
+        return _reconstruct(original, inventory, targets, data, state, scoring)
 
 
-def _reconstruct(original, inventory, targets, data: Data, state: PruneState):
+def _reconstruct(original, inventory, targets, data: Data, state: PruneState, scoring=MAGNITUDE):
     from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
 
     t0 = time.perf_counter()
     model = _copy(original)
-    run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], model, state)
+    run_passes([MagnitudePrune(inventory, targets, scoring), ApplyMasks()], model, state)
     report = ReconstructReport()
     model = reconstruct(model, original, state.masks, data.train_reader(), report=report)
     score = data.calibration.evaluate(model)
@@ -438,7 +460,7 @@ def _reconstruct(original, inventory, targets, data: Data, state: PruneState):
 
 
 def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, data: Data, state: PruneState,
-                         progress, checkpoints=None):
+                         progress, checkpoints=None, scoring=MAGNITUDE):
     """With --max-loss each round is measured and the last round within the budget is kept; otherwise the
     schedule runs to the targets. Every round is checkpointed when a folder is given; --resume continues."""
     from onnxprune.converter.schedule import iterative_prune
@@ -465,12 +487,13 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
 
     if options.max_loss is not None:
         return _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,
-                                      checkpoint, resume)
+                                      checkpoint, resume, scoring)
     model, masks, history = iterative_prune(
         original, inventory, targets, reader, iterations=options.iterations, epochs=options.epochs, lr=options.lr,
         schedule=options.schedule, final_epochs=options.final_epochs, final_lr=options.final_lr,
         alternate=options.alternate, batch_size=options.train_batch_size, neuron_sparsity=options.neuron_sparsity,
-        neuron_layers=options.neuron_layers, eval_fn=eval_fn, progress=on_batch, checkpoint=checkpoint, resume=resume, **_trainer_options(options))
+        neuron_layers=options.neuron_layers, eval_fn=eval_fn, progress=on_batch, checkpoint=checkpoint, resume=resume,
+        scoring=scoring, **_trainer_options(options))
     state.masks.update(masks)
     return model, history
 
@@ -482,12 +505,12 @@ def _trainer_options(options: PruneOptions) -> dict:
 
 
 def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,
-                           checkpoint=None, resume=None):
+                           checkpoint=None, resume=None, scoring=MAGNITUDE):
     """Keep the sparsest retrained round within --max-loss (the search: converter.budget)."""
     from onnxprune.converter.budget import BudgetSearch
 
     trainer_options = {k: v for k, v in _trainer_options(options).items() if k not in ("reg", "reg_strength")}
-    search = BudgetSearch(original, inventory, targets, options, reader, evaluator, trainer_options, resume)
+    search = BudgetSearch(original, inventory, targets, options, reader, evaluator, trainer_options, resume, scoring)
     for r in range(search.done + 1, options.iterations + 1):
         if search.round(r, on_batch)["fits"] and checkpoint is not None:
             checkpoint(r, search.trainer, search.history)
