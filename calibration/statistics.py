@@ -123,8 +123,8 @@ def input_norms(model: onnx.ModelProto, weights: list[PrunableWeight], batches) 
 def _feature_squares(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
     """Σ x² per input feature: channel axis 1 for convolutions, the last (contracted) axis for Gemm/MatMul."""
     if node.op_type in ("Conv", "ConvTranspose"):
-        return np.einsum("nc...,nc...->c", x, x)
-    if node.op_type == "Gemm" and _attr(node, "transA", 0) and node.input[0] != "" and x.ndim == 2:
+        return np.square(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)).sum(axis=1)
+    if node.op_type == "Gemm" and _attr(node, "transA", 0) and x.ndim == 2:
         x = x.T
     return np.square(x.reshape(-1, x.shape[-1])).sum(axis=0)
 
