@@ -28,6 +28,7 @@ from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.sensitivity import SensitivityResult, masked
 from onnxprune.errors import ConfigError
+from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
 from onnxprune.passes.magnitude import quality_for_sparsity
 from onnxprune.passes.weights import Inventory, constant_tensors
 
@@ -148,15 +149,16 @@ def _best_move(names, at, losses, value, grid, left):
 
 # ---- measuring -----------------------------------------------------------------------------------------------
 
-def pruned_model(model: onnx.ModelProto, sparsities: dict[str, float]) -> onnx.ModelProto:
-    """A copy of the model with every layer magnitude-pruned to its sparsity (one shot, no retraining)."""
+def pruned_model(model: onnx.ModelProto, sparsities: dict[str, float], scorer: Scorer | None = None) -> onnx.ModelProto:
+    """A copy of the model with every layer pruned to its sparsity by the scorer's criterion (magnitude when None),
+    one shot, no retraining."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     tensors = constant_tensors(out)
     for name, s in sparsities.items():
         if s > 0:
             values = numpy_helper.to_array(tensors[name])
-            tensors[name].CopyFrom(numpy_helper.from_array(masked(values, s), name))
+            tensors[name].CopyFrom(numpy_helper.from_array(masked(values, s, scorer, name), name))
     return out
 
 
@@ -166,8 +168,10 @@ def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
 
 def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, allocation: dict[str, float],
                   max_loss_pp: float, max_tries: int = 8, *,
-                  result: SensitivityResult | None = None) -> AllocationOutcome:
-    """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp."""
+                  result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE) -> AllocationOutcome:
+    """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp.
+    `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`."""
+    scorer = scoring.bind(model)
     result = result if result is not None else getattr(allocation, "result", None)
     weights = getattr(allocation, "weights", None)
     dense = 100.0 * (evaluator.dense if evaluator.dense is not None else evaluator.evaluate(model))
@@ -183,7 +187,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         if key in tried:  # the knob moved but the allocation did not: keep searching
             x = search.next(x, tried[key], growable=result is not None)
             continue
-        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand))
+        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand, scorer))
         loss = round(dense - pruned, 9)  # 99.9 - 99.4 is 0.50000000000001 in floating point
         tried[key] = loss
         fits = within_budget(loss, max_loss_pp)

@@ -1,7 +1,8 @@
 """Per-layer sensitivity: prune ONE weight at a time at growing sparsity and measure the metric (the paper's Fig. 6).
 
-For every prunable weight W and level s, the model with only W pruned to sparsity s (smallest |w| removed) is
-scored on the calibration data. Done naively that is one onnxruntime session per (layer, level); instead:
+For every prunable weight W and level s, the model with only W pruned to sparsity s (lowest scores removed: |w| by
+default, or the run's criterion, passes.criteria) is scored on the calibration data. Done naively that is one
+onnxruntime session per (layer, level); instead:
 
   * one session per layer, in which W alone is a graph input (taken out of the initializers or the Constant node),
     and every level's masked copy of W is fed through it; all other weights stay initializers, so onnxruntime
@@ -34,7 +35,7 @@ from onnx import helper, numpy_helper
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import ConfigError
-from onnxprune.passes.magnitude import sparsity_mask
+from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
 from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, constant_tensors
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class SensitivityResult:
     num_samples: int | None = None
     data: str = ""
     unit: str = "weights"  # what a level removes: "weights" (magnitude, per layer) or "neurons" (whole, per group)
+    criterion: str = "magnitude"  # how the weights of a level were chosen (passes.criteria)
 
     def layer(self, name: str) -> LayerSensitivity:
         for lay in self.layers:
@@ -210,18 +212,17 @@ def with_weight(model: onnx.ModelProto, name: str, values: np.ndarray) -> onnx.M
     return out
 
 
-def masked(values: np.ndarray, level: float) -> np.ndarray:
-    """`values` pruned to `level` by passes.magnitude.sparsity_mask (the oracle's way)."""
-    return np.where(sparsity_mask(values, level), values, np.zeros((), dtype=values.dtype)).astype(values.dtype)
+def masked(values: np.ndarray, level: float, scorer: Scorer | None = None, name: str = "") -> np.ndarray:
+    """`values` pruned to `level` by the scorer's criterion (magnitude when None): the oracle's way."""
+    keep = (scorer or Scorer()).keep(name, values, level)
+    return np.where(keep, values, np.zeros((), dtype=values.dtype)).astype(values.dtype)
 
 
-def masked_levels(values: np.ndarray, levels) -> Iterator[np.ndarray]:
-    """`masked(values, s)` for every level, sorting the magnitudes once (same order as sparsity_mask)."""
-    order = np.argsort(np.abs(values.astype(np.float32, copy=False)).reshape(-1), kind="stable")
+def masked_levels(values: np.ndarray, levels, scorer: Scorer | None = None, name: str = "") -> Iterator[np.ndarray]:
+    """`masked(values, s)` for every level (the scores are computed once and cached by the scorer)."""
+    scorer = scorer or Scorer()
     for s in levels:
-        flat = values.copy().reshape(-1)
-        flat[order[: int(round(s * flat.size))]] = 0
-        yield flat.reshape(values.shape)
+        yield masked(values, s, scorer, name)
 
 
 # ---- the downstream plan ---------------------------------------------------------------------------------------
@@ -358,13 +359,16 @@ def _dense_pct(model, evaluator: Evaluator) -> float:
 
 def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
          progress: Progress | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-         downstream: bool = True) -> SensitivityResult:
-    """Sensitivity of every prunable weight, one session per layer (see the module docstring)."""
+         downstream: bool = True, scoring: Scoring = MAGNITUDE) -> SensitivityResult:
+    """Sensitivity of every prunable weight, one session per layer (see the module docstring); `scoring` chooses
+    which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model."""
     levels = _check_levels(levels)
+    scorer = scoring.bind(model)
     t0 = time.perf_counter()
     index = _GraphIndex(model)
     output = evaluator.output or model.graph.output[0].name
     result = _new_result(model, evaluator, levels)
+    result.criterion = scoring.criterion
     plans = [_plan(index, w, output) for w in inventory.prunable]
     if not downstream:
         plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
@@ -383,7 +387,7 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
         cache = _prefix_cache(model, evaluator, names) if names else None
         for plan in group:
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, output, tick,
-                                                    result.dense)
+                                                    result.dense, scorer)
         del cache
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
@@ -396,7 +400,7 @@ def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:
 
 
 def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, output, tick,
-                dense) -> LayerSensitivity:
+                dense, scorer: Scorer) -> LayerSensitivity:
     t0 = time.perf_counter()
     w = plan.weight
     values = _weight_values(model, w.name)
@@ -407,14 +411,14 @@ def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, 
     elif plan.path == "downstream":
         sess = make_session(_submodel(model, index, plan, output, cache), optimize=evaluator.optimize)
         scores = []
-        for s, fed in zip(levels, masked_levels(values, levels)):
+        for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
             outs = (sess.run([output], {**{t: row[t] for t in plan.boundary}, w.name: fed})[0] for row in cache)
             scores.append(100.0 * evaluator.score(outs))
             tick.advance(1, f"{w.node} {s:.0%}")
     else:
         sess = make_session(weight_as_input(model, w), optimize=evaluator.optimize)
         scores = []
-        for s, fed in zip(levels, masked_levels(values, levels)):
+        for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
             scores.append(100.0 * evaluator.evaluate(sess, {w.name: fed}))
             tick.advance(1, f"{w.node} {s:.0%}")
     return _layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t0, plan.path)
@@ -443,19 +447,21 @@ class _Ticker:
 
 
 def scan_naive(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
-               progress: Progress | None = None) -> SensitivityResult:
+               progress: Progress | None = None, *, scoring: Scoring = MAGNITUDE) -> SensitivityResult:
     """The oracle: a fresh session per (layer, level) with the masked weight written into the model."""
     levels = _check_levels(levels)
+    scorer = scoring.bind(model)
     t0 = time.perf_counter()
     index = _GraphIndex(model)
     result = _new_result(model, evaluator, levels)
+    result.criterion = scoring.criterion
     tick = _Ticker(progress, len(inventory.prunable) * len(levels))
     for w in inventory.prunable:
         t1 = time.perf_counter()
         values = _weight_values(model, w.name)
         scores = []
         for s in levels:
-            scores.append(100.0 * evaluator.evaluate(with_weight(model, w.name, masked(values, s))))
+            scores.append(100.0 * evaluator.evaluate(with_weight(model, w.name, masked(values, s, scorer, w.name))))
             tick.advance(1, f"{w.node} {s:.0%}")
         result.layers.append(_layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t1, "naive"))
     result.seconds = time.perf_counter() - t0

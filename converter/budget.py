@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.decide import within_budget
+from onnxprune.passes.criteria import MAGNITUDE
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ class BudgetSearch:
     """The search state: best model so far, its level, the step, the trainer and the history."""
 
     def __init__(self, original: onnx.ModelProto, inventory, targets: dict, config, max_loss: float, reader,
-                 evaluator, trainer_options: dict, resume: dict | None = None):
+                 evaluator, trainer_options: dict, resume: dict | None = None, scoring=MAGNITUDE):
         from onnxprune.converter.finetune import MaskedTrainer
         from onnxprune.converter.schedule import neuron_schedule
 
         self.config, self.max_loss, self.reader, self.evaluator = config, max_loss, reader, evaluator
+        self.scoring = scoring  # passes.criteria.Scoring: ranks the weights each round
         self.base = {n: t.sparsity for n, t in targets.items()}
         self.trainer_options = {**trainer_options, "teacher": original}  # always distill from the dense model
         self.nmap, plan = neuron_schedule(original, set(self.base), config.neuron_sparsity, config.neuron_layers, 1)
@@ -59,13 +61,13 @@ class BudgetSearch:
 
     def round(self, r: int, on_batch) -> dict:
         """Prune to the current level, retrain, measure; keep it or back off. Returns the history entry."""
-        from onnxprune.converter.schedule import magnitude_masks, neurons_step
+        from onnxprune.converter.schedule import neurons_step, round_masks
 
         t0, c, level, trainer = time.perf_counter(), self.config, self.level, self.trainer
         goal = {n: 1.0 - (1.0 - s) * DENSITY_FACTOR ** level for n, s in self.base.items()}
         share = min(1.0, (level + 1.0) / self.ramp)
         masks, neurons = neurons_step(trainer, self.nmap, [f * share for f in self.neuron_final])
-        trainer.set_masks(magnitude_masks(trainer.weights(), goal, masks))
+        trainer.set_masks(round_masks(trainer, self.scoring, goal, masks))
         stats = trainer.train(c.epochs, c.lr, reg=c.reg, reg_strength=c.reg_strength, batch_size=c.train_batch_size,
                               progress=lambda e, b, n, loss, sp: on_batch(r, c.iterations, e, b, n, loss, sp))
         candidate = trainer.export()

@@ -189,6 +189,9 @@ def _data_options(f):
         click.option("--limit", type=int, help="Use at most N samples of the data."),
         click.option("--levels", type=str, help="Sensitivity levels, e.g. 0.5,0.8,0.9,0.95 (default 0.1 ... 0.99)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
+        click.option("--criterion", default="magnitude", show_default=True,
+                     help="Which weights go first: magnitude (|w|), wanda (|w|·input norm, per output), obd "
+                          "(½·Fisher·w²) or taylor (|w·grad|); all but magnitude score on --data."),
     ]):
         f = opt(f)
     return f
@@ -361,8 +364,8 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
 @click.option("--neurons", "by_neurons", is_flag=True,
               help="Mask whole neurons per layer instead of single weights (to choose --neuron-layer NAME=S).")
 @_output_options
-def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, by_neurons, quiet,
-                as_json):
+def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, criterion, out_dir, by_neurons,
+                quiet, as_json):
     """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
 
     \b
@@ -378,25 +381,33 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     from onnxprune.converter.progress import Progress
     from onnxprune.converter.steps.data import Data, DataConfig
     from onnxprune.converter.steps.load import inventory_of, load
+    from onnxprune.converter.criteria import calibration_scoring
     from onnxprune.converter.steps.scan import ScanConfig, scan
+    from onnxprune.converter.steps.targets import TargetsConfig
 
     if eval_data is not None:
         raise ConfigError("--eval-data is for prune; the sensitivity scan measures on --data only.")
     if data is None:
         raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
+    if by_neurons and criterion != "magnitude":
+        raise ConfigError(f"--criterion {criterion} ranks single weights; --neurons masks whole neurons by their "
+                          "strength (incoming x outgoing norm). Drop one of them.")
     if out_dir is not None:
         check_report_dir(out_dir)
     data_config = DataConfig(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit, seed=seed)
     scan_config = ScanConfig(levels=_parse_levels(levels))
     data_config.validate()
     scan_config.validate()
+    TargetsConfig(criterion=criterion).validate()
     loaded = load(model)
     inventory = inventory_of(loaded.model, where=str(model))
     progress = Progress(quiet=quiet or as_json)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            result = scan(loaded.model, inventory, Data(loaded.model, data_config).calibration, scan_config,
-                          progress, neurons=by_neurons)
+            data_ = Data(loaded.model, data_config)
+            scoring = calibration_scoring(criterion, data_.reader(), seed=seed)
+            result = scan(loaded.model, inventory, data_.calibration, scan_config, progress, neurons=by_neurons,
+                          scoring=scoring)
     finally:
         progress.close()
     stem = "neuron_sensitivity" if by_neurons else "sensitivity"

@@ -64,6 +64,9 @@ class RunConfig:
                 raise ConfigError("--max-loss needs data to measure the loss on; pass --data FILE.npz.")
         elif t.sparsity is None and t.quality is None and not t.layers:
             raise ConfigError("nothing to prune: pass one of --sparsity, --quality, --layer NAME=S or --max-loss.")
+        from onnxprune.passes.criteria import check_criterion
+
+        check_criterion(t.criterion, has_data=d.data is not None)
         if r.iterations > 0 and d.data is None:
             raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
         if (r.neuron_sparsity or r.neuron_layers) and not self.shrink.neurons:

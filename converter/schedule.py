@@ -25,7 +25,8 @@ import onnx
 
 from onnxprune.errors import ConfigError
 from onnxprune.converter.finetune import MaskedTrainer
-from onnxprune.passes.magnitude import Target, quality_mask, smallest
+from onnxprune.passes.criteria import MAGNITUDE, Scoring
+from onnxprune.passes.magnitude import Target, quality_mask
 from onnxprune.passes.neuron_masks import NeuronMap, check_shares, neuron_map, neuron_masks
 from onnxprune.passes.weights import Inventory, weight_array
 
@@ -115,12 +116,14 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
                     eval_fn: Callable[[onnx.ModelProto], float] | None = None,
                     progress: RoundProgress | None = None, checkpoint=None, resume: dict | None = None,
                     neuron_sparsity: float = 0.0, neuron_layers: dict[str, float] | None = None,
-                    **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
+                    scoring: Scoring = MAGNITUDE, **options) -> tuple[onnx.ModelProto, dict, list[dict]]:
     """Prune `model` to `final_sparsities` ({weight: sparsity or Target}) over `iterations` prune→retrain rounds.
 
     Returns (model with the retrained weights written back and masks applied, masks, history: one dict per
     round). `neuron_sparsity` also masks that share of every channel group's neurons whole (`neuron_layers`:
-    {layer glob: share} overrides; on the same schedule, before the magnitude step; see passes.neuron_masks).
+    {layer glob: share} overrides; on the same schedule, before the weight step; see passes.neuron_masks).
+    `scoring` (passes.criteria.Scoring) ranks the weights each round: magnitude by default; a data-driven criterion
+    is re-scored on each round's retrained model.
     `options` go to the trainer (loss, teacher, temperature, label_smoothing, distill_weight, dropout_scale, device,
     seed, module) and to each training run (momentum, reg, reg_strength, batch_size, lr_min). Distillation without
     a teacher distills from `model` as given (the dense model).
@@ -159,7 +162,7 @@ def iterative_prune(model: onnx.ModelProto, inventory: Inventory, final_sparsiti
             continue
         t0 = time.perf_counter()
         masks, neurons = neurons_step(trainer, nmap, neuron_plan[r - 1])
-        trainer.set_masks(magnitude_masks(trainer.weights(), targets, masks))
+        trainer.set_masks(round_masks(trainer, scoring, targets, masks))
         loss = _retrain(trainer, kinds, epochs, lr, lr_schedule, alternate, train_opts, _bind(progress, r, rounds))
         history.append(_record(trainer, r, "prune", targets, loss, epochs, lr, eval_fn, t0, neurons).as_dict())
         if checkpoint is not None:
@@ -200,19 +203,13 @@ def kinds_shape(inventory: Inventory, name: str) -> tuple[int, ...]:
     return inventory.by_name()[name].shape
 
 
-def magnitude_masks(weights: dict[str, np.ndarray], targets: dict[str, float],
-                    current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep the largest (1−s)·n magnitudes of the current weights, within the current masks (never regrow).
+def round_masks(trainer: MaskedTrainer, scoring: Scoring, targets: dict[str, float],
+                current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rank the trainer's current weights by the run's criterion, within the current masks (never regrow).
 
-    Exactly round(s·n) weights are dropped (ties broken by position), pruned ones first.
-    """
-    out = {}
-    for name, s in targets.items():
-        keep = current[name]
-        rank = np.where(keep, np.abs(weights[name].astype(np.float64)), -1.0).reshape(-1)
-        n_drop = max(int(round(s * rank.size)), int(rank.size - keep.sum()))
-        out[name] = ~smallest(rank, n_drop).reshape(keep.shape) & keep
-    return out
+    Exactly round(s·n) weights are dropped per comparison group (ties broken by position), pruned ones first."""
+    scorer = scoring.bind(trainer.export() if scoring.needs_model else None)
+    return scorer.masks(trainer.weights(), targets, current)
 
 
 def _retrain(trainer: MaskedTrainer, kinds: dict[str, str], epochs: float, lr: float, lr_schedule: str,

@@ -1,8 +1,10 @@
 """Magnitude pruning: decide, per layer, which connections to keep (masks in PruneState; the graph is not touched).
 
 Two rules, both per layer:
-  * sparsity s: drop the round(s*n) weights of smallest |w| (ties broken by position, so the count is exact);
-  * quality q (the paper's rule): drop |w| <= q * std(w), the layer's standard deviation taken on its weights.
+  * sparsity s: drop the round(s*n) weights of lowest score (ties broken by position, so the count is exact); the
+    score is |w| unless another criterion is chosen (`passes.criteria`: wanda, obd, taylor);
+  * quality q (the paper's rule): drop |w| <= q * std(w), the layer's standard deviation taken on its weights
+    (magnitude only).
 A weight already masked stays masked: masks only ever shrink.
 """
 
@@ -16,6 +18,8 @@ import onnx
 
 from onnxprune.errors import ConfigError
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.criteria import MAGNITUDE, Scorer, check_criterion
+from onnxprune.passes.criteria.rank import keep_mask, kth_smallest, smallest  # noqa: F401  (smallest: re-export)
 from onnxprune.passes.weights import Inventory, PrunableWeight, weight_array
 
 
@@ -74,25 +78,9 @@ def resolve_targets(
     return targets
 
 
-def smallest(values: np.ndarray, n: int) -> np.ndarray:
-    """Mask of the `n` smallest entries of a 1-D array, ties broken by position: the first n of a stable argsort,
-    in O(size) (a partition finds the n-th value; a full sort of VGG-16's 103M fc6 weights took 20 s)."""
-    out = np.zeros(values.size, dtype=bool)
-    if n <= 0:
-        return out
-    if n >= values.size:
-        out[:] = True
-        return out
-    nth = np.partition(values, n - 1)[n - 1]
-    out = values < nth
-    out[np.flatnonzero(values == nth)[: n - int(out.sum())]] = True
-    return out
-
-
 def sparsity_mask(values: np.ndarray, sparsity: float) -> np.ndarray:
     """Keep the largest (1-s)·n magnitudes; exactly round(s·n) weights go."""
-    mag = np.abs(values.astype(np.float32, copy=False)).reshape(-1)
-    return ~smallest(mag, int(round(sparsity * mag.size))).reshape(values.shape)
+    return keep_mask(np.abs(values.astype(np.float32, copy=False)), sparsity)
 
 
 def quality_threshold(values: np.ndarray, quality: float) -> float:
@@ -109,32 +97,35 @@ def quality_for_sparsity(values: np.ndarray, sparsity: float) -> float:
     std = float(np.std(values.astype(np.float64)))
     if std == 0 or sparsity <= 0:
         return 0.0
-    mag = np.sort(np.abs(values.astype(np.float64)).reshape(-1))
+    mag = np.abs(values.astype(np.float64))
     k = min(int(round(sparsity * mag.size)), mag.size) - 1
-    return float(mag[max(k, 0)] / std)
+    return kth_smallest(mag, max(k, 0)) / std
 
 
 @register_pass("magnitude")
 class MagnitudePrune(Pass):
-    """Compute keep-masks by magnitude for the targeted weights.
+    """Compute keep-masks by the run's criterion (magnitude by default) for the targeted weights.
 
     Rules:
       1. Masks are intersected with masks already in the state: a pruned weight never comes back.
       2. The graph is not modified; `apply-masks` zeroes the weights later.
     """
 
-    def __init__(self, inventory: Inventory, targets: dict[str, Target]):
+    def __init__(self, inventory: Inventory, targets: dict[str, Target], scoring=MAGNITUDE):
         self.inventory = inventory
         self.targets = targets
+        self.scoring = scoring  # passes.criteria.Scoring: which criterion ranks the weights
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        scorer: Scorer = self.scoring.bind(model)
         for name, target in self.targets.items():
             values = weight_array(model, name)
             if target.sparsity is not None:
-                mask = sparsity_mask(values, target.sparsity)
+                mask = scorer.keep(name, values, target.sparsity)
                 kept = np.abs(values[mask]) if mask.any() else np.zeros(1)
                 threshold = float(np.min(kept)) if mask.any() and not mask.all() else 0.0
             else:
+                check_criterion(self.scoring.criterion, has_data=True, quality=True)
                 mask, threshold = quality_mask(values, target.quality)
             if name in state.masks:
                 mask &= state.masks[name]

@@ -46,6 +46,7 @@ class RunState:
     data: Any = None  # converter.steps.data.Data: readers and evaluators, opened once
     scannable: Any = None  # the Inventory a budget allocates over (excluded and fixed layers left out)
     targets: dict | None = None  # weight name -> passes.magnitude.Target
+    scoring: Any = None  # passes.criteria.Scoring: the run's criterion, bound to its calibration statistics
     sensitivity: Any = None  # calibration.sensitivity.SensitivityResult
     allocation: dict | None = None  # how the budget chose the targets (for the report)
     pruned: onnx.ModelProto | None = None  # dense, pruned weights zeroed, original shapes: the parity oracle

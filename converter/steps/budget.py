@@ -43,7 +43,7 @@ class AllocateStep(Step):
 class FitBudgetStep(Step):
     """One-shot: measure the allocation with all layers pruned at once; back off (or grow) until it fits."""
 
-    needs = ("original", "sensitivity", "scannable", "targets", "data")
+    needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
     gives = ("targets", "allocation")
 
     def __init__(self, config: BudgetConfig):
@@ -55,7 +55,7 @@ class FitBudgetStep(Step):
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
-                                self.config.max_loss, result=state.sensitivity)
+                                self.config.max_loss, result=state.sensitivity, scoring=state.scoring)
         state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,

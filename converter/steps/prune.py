@@ -20,9 +20,10 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 class PruneStep(Step):
     """Mask each layer to its target by magnitude and zero the masked weights."""
 
-    needs = ("original", "inventory", "targets")
+    needs = ("original", "inventory", "targets", "scoring")
     gives = ("pruned",)
 
     def run(self, state: RunState) -> None:
         state.pruned = copy_model(state.original)
-        run_passes([MagnitudePrune(state.inventory, state.targets), ApplyMasks()], state.pruned, state.prune)
+        run_passes([MagnitudePrune(state.inventory, state.targets, state.scoring), ApplyMasks()], state.pruned,
+                   state.prune)

@@ -34,6 +34,7 @@ class ReportStep(Step):
             "file_size_before": state.loaded.file_size,
             "file_size_after": state.final.ByteSize(),
             "sparse_format": state.config.encode.sparse_format if state.config is not None else None,
+            "criterion": state.scoring.criterion if state.scoring is not None else None,
             "parity": state.parity.as_dict(),
             "notes": state.notes,
             "history": state.history,

@@ -73,7 +73,7 @@ class RetrainConfig(StepConfig):
 
 
 class _Retraining(Step):
-    needs = ("original", "inventory", "targets", "data")
+    needs = ("original", "inventory", "targets", "data", "scoring")
     gives = ("pruned", "history")
 
     def __init__(self, config: RetrainConfig, *extra: StepConfig):
@@ -147,7 +147,7 @@ class RetrainStep(_Retraining):
             final_lr=c.final_lr, alternate=c.alternate, batch_size=c.train_batch_size,
             neuron_sparsity=c.neuron_sparsity, neuron_layers=c.neuron_layers, eval_fn=evaluator.evaluate,
             progress=self._on_batch(state), checkpoint=checkpoint, resume=resume,
-            reg=c.reg, reg_strength=c.reg_strength, **c.trainer_options(data.config.seed))
+            reg=c.reg, reg_strength=c.reg_strength, scoring=state.scoring, **c.trainer_options(data.config.seed))
         state.prune.masks.update(masks)
         return model, history
 
@@ -167,7 +167,7 @@ class BudgetSearchStep(_Retraining):
         checkpoint, resume = self._checkpoints(state)
         search = BudgetSearch(state.original, state.inventory, state.targets, c, self.budget.max_loss,
                               data.train_reader(batch_size=c.train_batch_size), data.calibration,
-                              c.trainer_options(data.config.seed), resume)
+                              c.trainer_options(data.config.seed), resume, state.scoring)
         on_batch = self._on_batch(state)
         for r in range(search.done + 1, c.iterations + 1):
             if search.round(r, on_batch)["fits"] and checkpoint is not None:
@@ -186,7 +186,7 @@ def _reconstruct(state: RunState):
 
     t0 = time.perf_counter()
     model = copy_model(state.original)
-    run_passes([MagnitudePrune(state.inventory, state.targets), ApplyMasks()], model, state.prune)
+    run_passes([MagnitudePrune(state.inventory, state.targets, state.scoring), ApplyMasks()], model, state.prune)
     report = ReconstructReport()
     model = reconstruct(model, state.original, state.prune.masks, state.data.train_reader(), report=report)
     score = state.data.calibration.evaluate(model)

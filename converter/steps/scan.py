@@ -18,23 +18,25 @@ class ScanConfig(StepConfig):
                               "(0, 1), e.g. 0.5,0.9,0.99.")
 
 
-def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: bool = False):
-    """Single weights by magnitude, or (`neurons`) whole neurons per channel group."""
+def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: bool = False, scoring=None):
+    """Single weights ranked by the run's criterion (`scoring`; magnitude when None), or (`neurons`) whole neurons
+    per channel group."""
     from onnxprune.calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
     from onnxprune.calibration.sensitivity import DEFAULT_LEVELS
     from onnxprune.calibration.sensitivity import scan as sensitivity_scan
 
     run_scan, default = (neuron_scan, DEFAULT_NEURON_LEVELS) if neurons else (sensitivity_scan, DEFAULT_LEVELS)
     levels = tuple(config.levels) if config.levels else default
+    extra = {} if neurons or scoring is None else {"scoring": scoring}
     return run_scan(model, inventory, evaluator, levels,
-                    progress=lambda done, total, what="": progress("sensitivity scan", done, total, what))
+                    progress=lambda done, total, what="": progress("sensitivity scan", done, total, what), **extra)
 
 
 @register_step("scan")
 class ScanStep(Step):
     """Scan each layer the budget allocates over, on the decision data."""
 
-    needs = ("original", "scannable", "data")
+    needs = ("original", "scannable", "data", "scoring")
     gives = ("sensitivity",)
 
     def __init__(self, config: ScanConfig):
@@ -43,4 +45,4 @@ class ScanStep(Step):
 
     def run(self, state: RunState) -> None:
         state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,
-                                 state.progress)
+                                 state.progress, scoring=state.scoring)

@@ -17,8 +17,16 @@ class TargetsConfig(StepConfig):
     quality: float | None = None
     layers: dict[str, float] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    criterion: str = "magnitude"  # which weights go first (passes.criteria): magnitude | wanda | obd | taylor
 
     def validate(self) -> None:
+        from onnxprune.passes.criteria import get_criterion
+
+        get_criterion(self.criterion)  # unknown: a ConfigError listing the registered ones
+        if self.quality is not None and self.criterion != "magnitude":
+            raise ConfigError(f"--quality is the paper's magnitude rule (|w| <= q x std); it cannot rank by "
+                              f"--criterion {self.criterion}: use --sparsity or --layer NAME=S with it, or drop "
+                              "--criterion.")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"--sparsity {self.sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the "
                               "weights.")
@@ -38,7 +46,7 @@ class TargetsStep(Step):
     """Per-layer targets from the flags; with a budget, the layers it allocates over (the rest fixed)."""
 
     needs = ("inventory",)
-    gives = ("targets", "scannable")
+    gives = ("targets", "scannable", "scoring")
     optional = ("scannable",)
 
     def __init__(self, config: TargetsConfig, *, budgeted: bool = False):
@@ -51,7 +59,11 @@ class TargetsStep(Step):
             raise ConfigError(f"--exclude {' '.join(c.exclude)} leaves no layer to prune; exclude fewer layers.")
 
     def run(self, state: RunState) -> None:
+        from onnxprune.converter.criteria import calibration_scoring
+
         c, inventory = self.config, state.inventory
+        reader = state.data.train_reader() if state.data is not None else None
+        state.scoring = calibration_scoring(c.criterion, reader, seed=state.data.config.seed if reader else 0)
         if not self.budgeted:
             state.targets = resolve_targets(inventory, sparsity=c.sparsity, quality=c.quality, layers=c.layers,
                                             exclude=c.exclude)

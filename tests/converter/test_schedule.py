@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from onnxprune.errors import ConfigError
-from onnxprune.converter.schedule import iterative_prune, magnitude_masks, schedule_sparsities
+from onnxprune.converter.schedule import iterative_prune, schedule_sparsities
+from onnxprune.passes.criteria import Scorer
 from onnxprune.models import builders
 from onnxprune.passes.magnitude import Target, quality_mask
 from onnxprune.passes.weights import find_prunable, weight_array
@@ -35,10 +36,10 @@ def test_cubic_takes_big_steps_first():
     assert list(steps) == sorted(steps, reverse=True)
 
 
-def test_magnitude_masks_rank_current_weights_and_never_regrow():
+def test_round_masks_rank_current_weights_and_never_regrow():
     weights = {"w": np.array([[0.0, 5.0, -3.0, 0.1], [2.0, -0.2, 0.0, 4.0]], dtype=np.float32)}
     current = {"w": np.array([[False, True, True, True], [True, True, False, True]])}
-    mask = magnitude_masks(weights, {"w": 0.5}, current)["w"]
+    mask = Scorer("magnitude").masks(weights, {"w": 0.5}, current)["w"]
     assert mask.tolist() == [[False, True, True, False], [True, False, False, True]]
 
 

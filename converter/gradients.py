@@ -1,0 +1,101 @@
+"""Gradient statistics for the OBD and Taylor criteria, through the torch bridge (the only torch in criteria).
+
+    fisher[w] = 1/N Σ_i (∂L_i/∂w)²           per sample i (micro-batches of one): the empirical Fisher diagonal
+    taylor[w] = 1/B Σ_b |w · ∂L_b/∂w|         per calibration batch b (Molchanov et al. 2017)
+
+The loss L: with labels, the training objective's cross-entropy (MSE for float targets of the output's shape).
+Without labels, the loss whose Hessian at the model is its Fisher: for a classifier output, cross-entropy against a
+class drawn from the model's own softmax (seeded); for any other output, ⟨f(x), v⟩ with v a seeded Rademacher
+vector, so E[(∂L/∂w)²] = diag(JᵀJ), the Hessian of ½‖f - f_dense‖² at the dense model. (The plain distillation loss
+against the dense model has zero gradient there: it would score every weight 0.)
+
+`converter.criteria.calibration_scoring` wires a run's criterion to these statistics (and imports this module only
+when a criterion asks for gradients: one-shot magnitude and wanda runs need no torch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from onnxprune.converter.finetune import Objective, output_kinds
+from onnxprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("fisher", "taylor")
+
+
+def gradient_statistics(model: onnx.ModelProto, names: list[str],
+                        batches: Callable[[], Iterable[tuple[dict, np.ndarray | None]]], *, kind: str,
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """{weight: fisher or taylor statistic} for the weights that are initializers (Constant-node ones are left out)."""
+    from onnxprune.converter.bridge import OnnxModule
+
+    if kind not in KINDS:
+        raise ConfigError(f"gradient statistic '{kind}' is not one of {', '.join(KINDS)}.")
+    inits = {t.name for t in model.graph.initializer}
+    trainable = [n for n in names if n in inits]
+    skipped = sorted(set(names) - set(trainable))
+    if skipped:
+        log.info("no gradient statistics for weights held in Constant nodes: %s", ", ".join(skipped))
+    module = OnnxModule(model, trainable=trainable)
+    module.eval()
+    params = module.onnx_parameters()
+    loss_fn = _Loss(model, module, seed)
+    sums = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in trainable}
+    count = 0
+    for feeds, labels in batches():
+        inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        target = None if labels is None else torch.from_numpy(np.asarray(labels))
+        n = len(next(iter(inputs.values())))
+        parts = range(n) if kind == "fisher" else [slice(None)]
+        for i in parts:
+            sl = slice(i, i + 1) if kind == "fisher" else i
+            grads = _grads(module, params, trainable, loss_fn, {k: v[sl] for k, v in inputs.items()},
+                           None if target is None else target[sl])
+            for name, g in zip(trainable, grads):
+                g = g.detach().to(torch.float64)
+                sums[name] += g * g if kind == "fisher" else (g * params[name].detach().to(torch.float64)).abs()
+            count += 1
+    if count == 0:
+        raise ConfigError("the calibration data gave no sample for gradient statistics; pass --data with samples.")
+    return {n: (s / count).numpy() for n, s in sums.items()}
+
+
+def _grads(module, params, names, loss_fn, inputs, labels) -> tuple[torch.Tensor, ...]:
+    outputs = module(**inputs)
+    outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+    loss = loss_fn(outputs, labels)
+    return torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True, materialize_grads=True)
+
+
+class _Loss:
+    """Cross-entropy on labels; label-free, the Fisher-sampling loss of the module docstring."""
+
+    def __init__(self, model: onnx.ModelProto, module, seed: int):
+        self.model, self.module = model, module
+        self.generator = torch.Generator().manual_seed(seed)
+        self.kinds: list[str] | None = None
+
+    def __call__(self, outputs, labels) -> torch.Tensor:
+        if self.kinds is None:
+            self.kinds = output_kinds(self.model, outputs)
+        if labels is not None:
+            return Objective("ce", self.kinds)(outputs, labels, None)
+        total = 0.0
+        for out, kind in zip(outputs, self.kinds):
+            if kind == "values":
+                v = torch.randint(0, 2, out.shape, generator=self.generator).to(out.dtype) * 2 - 1
+                total = total + (out * v).sum() / max(len(out), 1)
+                continue
+            logits = torch.log(out.clamp_min(1e-12)) if kind == "probs" else out
+            with torch.no_grad():
+                drawn = torch.multinomial(F.softmax(logits.detach().double(), dim=-1), 1, generator=self.generator)
+            total = total + F.cross_entropy(logits, drawn[:, 0])
+        return total

@@ -1,0 +1,237 @@
+"""Every criterion in every path (one-shot, one-shot budget fit, iterative schedule, budget search, sensitivity
+scan), with onnxruntime parity against the masked-numpy oracle; OBD and Taylor gradients against plain torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from onnxprune.calibration.metrics import Evaluator, choose_metric
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.sensitivity import scan, scan_naive
+from onnxprune.calibration.statistics import CalibrationStats
+from onnxprune.converter.cli import cli
+from onnxprune.converter.criteria import calibration_scoring
+from onnxprune.converter.gradients import gradient_statistics
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.converter.plan import build_plan, recipe_of
+from onnxprune.converter.steps.data import Data
+from onnxprune.converter.recipe import dump_recipe, load_recipe
+from onnxprune.converter.schedule import iterative_prune
+from onnxprune.errors import ConfigError
+from onnxprune.models import builders
+from onnxprune.passes.criteria import CRITERIA, Scorer
+from onnxprune.passes.weights import find_prunable, weight_array
+from tests.oracle import assert_same_outputs, zero_weights
+
+ALL = list(CRITERIA)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A LeNet-5 look-alike (Conv + Gemm) and 96 random images labelled by the model itself."""
+    model = builders.lenet5_like(conv_channels=(3, 4), fc_units=12, seed=1)
+    x = np.random.default_rng(0).random((96, 1, 28, 28), dtype=np.float32)
+    from onnxprune.calibration.runtime import make_session
+
+    labels = make_session(model).run(None, {"input": x})[0].argmax(1).astype(np.int64)
+    return model, {"input": x, "labels": labels}
+
+
+def expected_masks(model, reader, criterion, sparsities):
+    """The oracle's masks: the criterion's scores on `model`, ranked by passes.criteria.keep_mask."""
+    scorer = calibration_scoring(criterion, reader).bind(model)
+    return {n: scorer.keep(n, weight_array(model, n), s) for n, s in sparsities.items()}, scorer
+
+
+def assert_exact_counts(masks, sparsities, scorer):
+    for name, mask in masks.items():
+        axis = scorer.axis(name)
+        if axis is None:
+            assert int((~mask).sum()) == round(sparsities[name] * mask.size), name
+        else:
+            rows = np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1)
+            assert ((~rows).sum(axis=1) == round(sparsities[name] * rows.shape[1])).all(), name
+
+
+def masks_of(model, names):
+    return {n: weight_array(model, n) != 0 for n in names}
+
+
+def feeds(data, k=3):
+    return [{"input": data["input"][i * 8:(i + 1) * 8]} for i in range(k)]
+
+
+@pytest.mark.parametrize("criterion", ALL)
+def test_one_shot_prunes_by_the_criterion(small, criterion):
+    model, data = small
+    result = run(model, configure(sparsity=0.6, criterion=criterion, data=data, neurons=False, seed=0))
+    names = [w.name for w in find_prunable(model).prunable]
+    want, scorer = expected_masks(model, Data(model, configure(data=data).data).train_reader(), criterion,
+                                  dict.fromkeys(names, 0.6))
+    for n in names:
+        np.testing.assert_array_equal(result.state.masks[n], want[n], err_msg=n)
+    assert_exact_counts(result.state.masks, dict.fromkeys(names, 0.6), scorer)
+    onnx.checker.check_model(result.model)
+    assert len(result.model.graph.node) >= len(model.graph.node)
+    assert_same_outputs(result.model, zero_weights(model, want), feeds=feeds(data))
+    assert result.report["criterion"] == criterion
+
+
+@pytest.mark.parametrize("criterion", ALL)
+def test_one_shot_budget_fit_measures_the_criterions_masks(small, criterion):
+    model, data = small
+    result = run(model, configure(max_loss=100.0, criterion=criterion, data=data, neurons=False,
+                                     levels=(0.5, 0.8), seed=0))
+    sparsities = result.report["allocation"]["sparsities"]
+    want, _ = expected_masks(model, Data(model, configure(data=data).data).train_reader(), criterion, sparsities)
+    for n, m in want.items():
+        np.testing.assert_array_equal(result.state.masks[n], m, err_msg=n)
+    assert result.sensitivity.criterion == criterion
+    assert_same_outputs(result.model, zero_weights(model, want), feeds=feeds(data))
+
+
+@pytest.mark.parametrize("criterion", ALL)
+def test_iterative_schedule_ranks_each_round_by_the_criterion(small, criterion):
+    model, data = small
+    reader = open_data(data, model, batch_size=32)
+    inv = find_prunable(model)
+    targets = {w.name: 0.5 for w in inv.prunable}
+    want, scorer = expected_masks(model, reader, criterion, targets)  # one round: ranked on the dense model
+    out, masks, history = iterative_prune(model, inv, targets, reader, iterations=1, epochs=0.5, lr=0.01,
+                                          scoring=calibration_scoring(criterion, reader), device="cpu")
+    for n in targets:
+        np.testing.assert_array_equal(masks[n], want[n], err_msg=n)
+    assert_exact_counts(masks, targets, scorer)
+    onnx.checker.check_model(out, full_check=True)
+    assert all(np.array_equal(masks_of(out, [n])[n] | ~masks[n], np.ones_like(masks[n])) for n in targets)
+    assert_same_outputs(out, zero_weights(out, masks), feeds=feeds(data))
+
+    out2, masks2, _ = iterative_prune(model, inv, {n: 0.8 for n in targets}, reader, iterations=2, epochs=0.5,
+                                      lr=0.01, scoring=calibration_scoring(criterion, reader), device="cpu")
+    assert_exact_counts(masks2, {n: 0.8 for n in targets}, scorer)
+    assert_same_outputs(out2, zero_weights(out2, masks2), feeds=feeds(data))
+
+
+@pytest.mark.parametrize("criterion", ALL)
+def test_budget_search_ranks_by_the_criterion(small, criterion):
+    model, data = small
+    options = configure(max_loss=100.0, iterations=1, epochs=0.5, lr=0.01, criterion=criterion, data=data,
+                           neurons=False, levels=(0.5, 0.8), seed=0, device="cpu")
+    result = run(model, options)
+    goal = result.history[0]["targets"]
+    split = next(s for s in build_plan(options) if s.name == "data").split
+    reader = Data(model, options.data, split=split).train_reader()
+    want, scorer = expected_masks(model, reader, criterion, goal)
+    for n, m in want.items():
+        np.testing.assert_array_equal(result.state.masks[n], m, err_msg=n)
+    assert_exact_counts(result.state.masks, goal, scorer)
+    assert_same_outputs(result.model, zero_weights(result.dense_model, result.state.masks), feeds=feeds(data))
+
+
+@pytest.mark.parametrize("criterion", ALL)
+def test_sensitivity_scan_prunes_by_the_criterion_like_the_naive_oracle(small, criterion):
+    model, data = small
+    reader = open_data(data, model, batch_size=32)
+    evaluator = Evaluator(reader, choose_metric(model, True, None), reference_model=model)
+    inv = find_prunable(model)
+    scoring = calibration_scoring(criterion, reader)
+    fast = scan(model, inv, evaluator, (0.5, 0.9), scoring=scoring)
+    slow = scan_naive(model, inv, evaluator, (0.5, 0.9), scoring=scoring)
+    assert fast.criterion == slow.criterion == criterion
+    for a, b in zip(fast.layers, slow.layers):
+        np.testing.assert_allclose(a.values, b.values, atol=1e-9, err_msg=a.name)
+
+
+def test_cli_takes_the_criterion_everywhere_and_refuses_bad_choices(small, tmp_path):
+    model, data = small
+    path, npz = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, path)
+    np.savez(npz, **data)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["sensitivity", str(path), "--data", str(npz), "--levels", "0.5", "--criterion",
+                              "wanda", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"criterion": "wanda"' in res.output
+    res = runner.invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--sparsity", "0.5",
+                              "--criterion", "obd"])
+    assert res.exit_code == 2 and "--criterion obd scores weights on calibration data; pass --data" in res.output
+    res = runner.invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--sparsity", "0.5",
+                              "--criterion", "snip"])
+    assert res.exit_code == 2 and "is not one of magnitude, obd, taylor, wanda" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--quality", "1.0",
+                              "--criterion", "taylor", "--data", str(npz)])
+    assert res.exit_code == 2 and "--quality is the paper's magnitude rule" in res.output
+    res = runner.invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--sparsity", "0.5",
+                              "--criterion", "taylor", "--data", str(npz), "--report", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert load_recipe(tmp_path / "r" / "recipe.toml", None)["criterion"] == "taylor"
+
+
+def test_recipes_round_trip_the_criterion(tmp_path):
+    assert recipe_of(configure(sparsity=0.5))["criterion"] == "magnitude"  # every choice, the default too
+    path = dump_recipe(recipe_of(configure(sparsity=0.5, criterion="wanda")), tmp_path / "r.toml")
+    assert load_recipe(path, None)["criterion"] == "wanda"
+    with pytest.raises(ConfigError, match="not one of magnitude"):
+        configure(sparsity=0.5, criterion="nope").validate()
+
+
+# ---- OBD and Taylor: gradients against plain torch ------------------------------------------------------------
+
+def torch_lenet(model):
+    """The lenet5_like graph written by hand in torch, weights from the initializers."""
+    p = {t.name: torch.tensor(onnx.numpy_helper.to_array(t), dtype=torch.float64, requires_grad=True)
+         for t in model.graph.initializer}
+
+    def forward(x):
+        x = F.max_pool2d(F.conv2d(x, p["conv1.weight"], p["conv1.bias"]), 2)
+        x = F.max_pool2d(F.conv2d(x, p["conv2.weight"], p["conv2.bias"]), 2)
+        x = F.relu(F.linear(x.flatten(1), p["fc1.weight"], p["fc1.bias"]))
+        return F.linear(x, p["fc2.weight"], p["fc2.bias"])
+
+    return p, forward
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_fisher_and_taylor_match_a_torch_reference(small, labelled):
+    model, data = small
+    x, y = torch.from_numpy(data["input"][:12]).double(), torch.from_numpy(data["labels"][:12])
+    p, forward = torch_lenet(model)
+    names = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    src = {"input": data["input"][:12], **({"labels": data["labels"][:12]} if labelled else {})}
+    reader = open_data(src, model, batch_size=4)
+    stats = CalibrationStats(model, reader, gradients=gradient_statistics, seed=5)
+    gen = torch.Generator().manual_seed(5)
+
+    def loss(out, target):
+        if target is None:  # the model's own distribution, drawn exactly as converter.gradients does
+            target = torch.multinomial(F.softmax(out.detach(), -1), 1, generator=gen)[:, 0]
+        return F.cross_entropy(out, target)
+
+    fisher = {n: 0.0 for n in names}
+    for i in range(12):
+        g = torch.autograd.grad(loss(forward(x[i:i + 1]), y[i:i + 1] if labelled else None), [p[n] for n in names])
+        for n, gi in zip(names, g):
+            fisher[n] = fisher[n] + gi ** 2 / 12
+    taylor = {n: 0.0 for n in names}
+    gen.manual_seed(5)  # each statistic draws its own stream from the seed
+    for b in range(3):
+        xb = x[4 * b:4 * b + 4]
+        g = torch.autograd.grad(loss(forward(xb), y[4 * b:4 * b + 4] if labelled else None), [p[n] for n in names])
+        for n, gi in zip(names, g):
+            taylor[n] = taylor[n] + (gi * p[n]).abs().detach() / 3
+    inv = find_prunable(model).by_name()
+    for n in names:
+        f = stats.fisher(inv[n])
+        assert float(np.abs(f).max()) > 0, n
+        np.testing.assert_allclose(f, fisher[n].detach().numpy(), rtol=2e-3, atol=1e-9 * f.max(), err_msg=n)
+        t = stats.taylor(inv[n])
+        np.testing.assert_allclose(t, taylor[n].numpy(), rtol=2e-3, atol=1e-9 * t.max(), err_msg=n)
+        w = weight_array(model, n).astype(np.float64)
+        obd = Scorer("obd", model=model, stats=stats).scores(n, weight_array(model, n))
+        np.testing.assert_allclose(obd, 0.5 * f * w ** 2, rtol=1e-12)

@@ -1,0 +1,172 @@
+"""Criteria registry and the one ranking routine (no torch here): formulas, exact counts, ties, never regrow."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.sensitivity import masked, masked_levels
+from onnxprune.calibration.statistics import CalibrationStats
+from onnxprune.errors import ConfigError
+from onnxprune.models import builders
+from onnxprune.passes.criteria import CRITERIA, Scorer, Scoring, check_criterion, get_criterion, keep_mask
+from onnxprune.passes.magnitude import sparsity_mask
+from onnxprune.passes.weights import find_prunable, weight_array
+from tests.oracle import run
+
+
+def old_magnitude_mask(values, sparsity, current=None):
+    """The rule before the registry: the first round(s·n) of a stable argsort of |w| (pruned ones first) go."""
+    mag = np.abs(values.astype(np.float64)).reshape(-1)
+    n_drop = int(round(sparsity * mag.size))
+    if current is not None:
+        mag = np.where(current.reshape(-1), mag, -1.0)
+        n_drop = max(n_drop, int(mag.size - current.sum()))
+    keep = np.ones(mag.size, dtype=bool)
+    keep[np.argsort(mag, kind="stable")[:n_drop]] = False
+    return keep.reshape(values.shape)
+
+
+def test_registry_holds_the_four_criteria_and_says_what_they_need():
+    assert list(CRITERIA) == ["magnitude", "obd", "taylor", "wanda"]
+    assert [c.name for c in CRITERIA.values() if c.needs_data] == ["obd", "taylor", "wanda"]
+    assert get_criterion("wanda").group == "row" and get_criterion("obd").group == "layer"
+
+
+def test_unknown_criterion_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="'snip' is not one of magnitude, obd, taylor, wanda"):
+        get_criterion("snip")
+
+
+@pytest.mark.parametrize("name", ["obd", "taylor", "wanda"])
+def test_data_criteria_without_data_name_the_fix(name):
+    with pytest.raises(ConfigError, match=f"--criterion {name} .*pass --data"):
+        check_criterion(name, has_data=False)
+
+
+def test_quality_rule_is_magnitude_only():
+    check_criterion("magnitude", has_data=False, quality=True)
+    with pytest.raises(ConfigError, match="--quality is the paper's magnitude rule"):
+        check_criterion("wanda", has_data=True, quality=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), s=st.floats(0.0, 0.99), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_magnitude_masks_are_bit_identical_to_the_stable_argsort_rule(n, s, seed, ties):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(n).astype(np.float32)
+    if ties:
+        w = np.round(w, 1)
+    current = rng.random(n) < 0.7
+    assert np.array_equal(sparsity_mask(w, s), old_magnitude_mask(w, s))
+    assert np.array_equal(Scorer().keep("w", w, s, current), old_magnitude_mask(w, s, current) & current)
+    assert np.array_equal(masked(w, s), np.where(old_magnitude_mask(w, s), w, 0))
+
+
+def test_keep_mask_drops_exact_counts_never_regrows_and_breaks_ties_by_position():
+    scores = np.array([3.0, 1.0, 1.0, 1.0, 2.0, 5.0])
+    assert keep_mask(scores, 0.5).tolist() == [True, False, False, False, True, True]
+    current = np.array([True, True, True, True, True, False])  # the 5.0 is already pruned: it goes first
+    assert keep_mask(scores, 0.5, current).tolist() == [True, False, False, True, True, False]
+    assert keep_mask(scores, 0.0, ~np.eye(6, dtype=bool)[0]).tolist() == [False] + [True] * 5  # no regrowth
+
+
+def test_keep_mask_per_row_keeps_the_same_share_of_every_output():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]])
+    assert keep_mask(scores, 1 / 3, axis=0).tolist() == [[True, False, True], [False, True, True]]
+    assert keep_mask(scores.T, 1 / 3, axis=1).T.tolist() == [[True, False, True], [False, True, True]]
+    conv = np.random.default_rng(0).random((4, 3, 2, 2))
+    kept = keep_mask(conv, 0.75, axis=0)
+    assert kept.reshape(4, -1).sum(axis=1).tolist() == [3, 3, 3, 3]
+
+
+def test_masked_levels_match_masked_for_every_criterion_scorer():
+    w = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)
+    scorer = Scorer()
+    levels = [0.1, 0.5, 0.9]
+    for got, s in zip(masked_levels(w, levels, scorer, "w"), levels):
+        np.testing.assert_array_equal(got, masked(w, s))
+        assert int((got == 0).sum()) == round(s * w.size)
+
+
+# ---- wanda: input norms from onnxruntime against numpy -----------------------------------------------------------
+
+def _reader(model, x):
+    return open_data({"input": x}, model, batch_size=7)
+
+
+def test_wanda_scores_a_gemm_by_the_norm_of_each_input_feature():
+    model = builders.mlp_gemm(in_features=6, hidden=(5,), out_features=3, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 6)).astype(np.float32)
+    stats = CalibrationStats(model, _reader(model, x))
+    inv = find_prunable(model).by_name()
+    w1, b1 = weight_array(model, "fc1.weight"), weight_array(model, "fc1.bias")
+    h = np.maximum(x @ w1.T + b1, 0)  # what fc2 reads
+    for name, feats in (("fc1.weight", x), ("fc2.weight", h)):
+        want = np.abs(weight_array(model, name)) * np.linalg.norm(feats.astype(np.float64), axis=0)[None, :]
+        got = Scorer("wanda", weights=inv, model=model, stats=stats).scores(name, weight_array(model, name))
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+
+
+def test_wanda_scores_a_conv_by_the_channel_norm_over_samples_and_positions():
+    model = builders.lenet5_like(conv_channels=(2, 3), fc_units=4, seed=0)
+    x = np.random.default_rng(0).random((5, 1, 28, 28)).astype(np.float32)
+    feed = run(_with_output(model, "/pool1/MaxPool_output_0"), {"input": x})["/pool1/MaxPool_output_0"]
+    stats = CalibrationStats(model, _reader(model, x))
+    w = weight_array(model, "conv2.weight")
+    norms = np.sqrt((feed.astype(np.float64) ** 2).sum(axis=(0, 2, 3)))
+    got = Scorer("wanda", model=model, stats=stats).scores("conv2.weight", w)
+    np.testing.assert_allclose(got, np.abs(w) * norms[None, :, None, None], rtol=1e-5)
+
+
+def test_wanda_on_a_grouped_conv_uses_each_outputs_own_input_channels():
+    model = builders.depthwise_separable(in_channels=3, channels=6, out_channels=4, seed=0)
+    inv = find_prunable(model).by_name()
+    dw = next(w for w in inv.values() if w.op_type == "Conv" and w.shape[1] == 1 and w.shape[0] == 6)
+    node = next(n for n in model.graph.node if n.name == dw.node)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    feed = run(_with_output(model, node.input[0]), {"input": x})[node.input[0]].astype(np.float64)
+    norms = np.sqrt((feed ** 2).sum(axis=(0, 2, 3)))
+    stats = CalibrationStats(model, _reader(model, x))
+    got = stats.input_norms(dw)
+    assert got.shape == (6, 1, 1, 1)
+    np.testing.assert_allclose(got.reshape(-1), norms, rtol=1e-5)
+
+
+def test_wanda_follows_a_transposed_matmul_weight():
+    model = builders.mlp_matmul(in_features=6, hidden=(5,), out_features=3, transposed_weights=True, seed=0)
+    x = np.random.default_rng(0).standard_normal((9, 6)).astype(np.float32)
+    w = find_prunable(model).by_name()["fc1.weight"]  # stored [out, in], reaches MatMul through Transpose
+    assert (w.out_axis, w.in_axis) == (0, 1)
+    got = CalibrationStats(model, _reader(model, x)).input_norms(w)
+    np.testing.assert_allclose(got, np.linalg.norm(x.astype(np.float64), axis=0)[None, :], rtol=1e-5)
+
+
+def test_statistics_read_only_the_first_max_samples():
+    model = builders.mlp_gemm(in_features=4, hidden=(3,), out_features=2, seed=0)
+    x = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    w = find_prunable(model).by_name()["fc1.weight"]
+    got = CalibrationStats(model, _reader(model, x), max_samples=10).input_norms(w)
+    np.testing.assert_allclose(got[0], np.linalg.norm(x[:10].astype(np.float64), axis=0), rtol=1e-5)
+
+
+def test_a_scoring_binds_statistics_once_per_model():
+    model = builders.mlp_gemm(seed=0)
+    made = []
+    scoring = Scoring("wanda", stats_for=lambda m: made.append(m) or object())
+    scoring.bind(model), scoring.bind(model)
+    assert len(made) == 1
+    scoring.bind(onnx.ModelProto())
+    assert len(made) == 2
+    assert Scoring().bind(model).stats is None  # magnitude: no statistics
+
+
+def _with_output(model, name):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.append(onnx.ValueInfoProto(name=name))
+    return out
