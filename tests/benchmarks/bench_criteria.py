@@ -102,6 +102,8 @@ def main() -> None:
         for criterion in args.criteria.split(","):
             e90, _, s90 = one_shot(MODELS[name], criterion, calib, test, sparsity=0.9)
             ew, ratio, sw = one_shot(MODELS[name], criterion, calib, test, layers=layers)
+            print(f"{name:9} {criterion:10} one-shot: {e90:.2f}% at 90%, {ew:.2f}% at W% ({ratio:.1f}x), "
+                  f"{s90 + sw:.1f} s; retraining…", flush=True)
             er, rr, sr = (float("nan"),) * 3 if args.skip_retrain else retrained(name, criterion, calib, train, test)
             row = dict(model=name, criterion=criterion, dense=dense, oneshot_90=e90, oneshot_paper=ew,
                        oneshot_ratio=ratio, retrained=er, retrained_ratio=rr, seconds_oneshot=s90 + sw,
