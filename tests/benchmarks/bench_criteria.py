@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.criteria import calibration_scoring
-from onnxprune.converter.pipeline import PruneOptions, run
+from onnxprune.converter.pipeline import configure, run
 from onnxprune.converter.schedule import iterative_prune
 from onnxprune.models.mnist import load_split
 from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
@@ -60,7 +60,7 @@ def nonzeros(model: onnx.ModelProto, names) -> int:
 
 def one_shot(path, criterion: str, calib: dict, test, **targets) -> tuple[float, float, float]:
     t0 = time.perf_counter()
-    result = run(path, PruneOptions(criterion=criterion, data=calib, neurons=False, sparse_format="dense", **targets))
+    result = run(path, configure(criterion=criterion, data=calib, neurons=False, sparse_format="dense", **targets))
     return error_pct(result.model, *test), result.report["compression"], time.perf_counter() - t0
 
 
