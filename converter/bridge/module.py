@@ -363,7 +363,7 @@ def _unsupported_error(problems) -> UnsupportedOpError:
     err = UnsupportedOpError(
         f"the torch bridge cannot run {len(problems)} node(s) of this model:\n" + "\n".join(lines)
         + f"\nIt implements {n_types} op types (converter.bridge.supported_ops()); fine-tuning needs every node. "
-          "Skip fine-tuning for this model or add the op to converter/bridge/ops.py.")
+          "Skip fine-tuning for this model or add the op to converter/bridge/ops/ (one module per op family).")
     err.unsupported = problems
     return err
 
