@@ -1,51 +1,64 @@
 """Find the prunable weights of any ONNX graph, and say why everything else is left alone.
 
-Prunable = a float constant input of Conv, ConvTranspose, Gemm or MatMul, however it is laid out: an initializer or
-a Constant node, reached directly or through Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze. For each we record
-the storage axis that holds the op's output channels (what dead-neuron removal and the report need):
+Prunable = a float constant weight input of a weight op (passes/opfacts.WEIGHT_OPS: Conv, ConvTranspose, Gemm,
+MatMul, and the W/R matrices of LSTM, GRU and RNN), however it is laid out: an initializer or a Constant node,
+reached directly, through layout-only ops (Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze/Flatten), or as the
+bank a Gather with a scalar index selects from a constant table. For each we record the storage axis that holds
+the op's output channels (what dead-neuron removal and the report need):
 
     W[K,N] --Transpose(perm=1,0)--> Wt[N,K] --> Gemm(transB=1)   out channels: axis 0 of Wt = axis 1 of W
+    T[2,K,N] --Gather(axis=0, i)--> W[K,N] --> MatMul            out channels: axis 2 of T (the whole table masked)
 
-Not prunable, with the reason reported: biases, normalization parameters, integer (quantized) weights, weights
-shared by several nodes, weights behind DequantizeLinear, anything inside an If/Loop/Scan subgraph.
+Weights in If/Loop/Scan bodies count too, wherever they live (see `scope`): a Constant node or initializer of the
+body, or an outer-scope tensor the body reads. An outer tensor read by several bodies is one weight when every
+reader uses it the same way (same op type and input) and no graph reads it twice: at run time only one branch
+reads it. Dead-neuron removal leaves them alone (channel groups block tensors read inside subgraphs).
+
+Not prunable, with the reason reported: biases, normalization parameters, recurrent biases and peepholes, integer
+(quantized) weights, with what pruning them would take, weights shared by several nodes of one graph.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.passes import opfacts
+from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
+from onnxprune.passes.opfacts import NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.shapes import infer_shapes
 
-WEIGHT_OPS = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "fc", "MatMul": "fc"}
-PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"}
+__all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
+           "Skipped", "all_nodes", "body_definitions", "constant_homes", "constant_tensors", "drop_constant",
+           "find_prunable", "name_nodes", "outer_reads", "weight_array"]
+
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.DOUBLE,
 }
-NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
-SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
 
 @dataclass(frozen=True)
 class PrunableWeight:
     name: str  # the initializer, or the output of the Constant node, that holds the values
-    node: str  # the consuming Conv/ConvTranspose/Gemm/MatMul
+    node: str  # the consuming weight op (the first one, when several bodies read it)
     op_type: str
     input_index: int
     shape: tuple[int, ...]
     dtype: str
-    kind: str  # "conv" or "fc"
+    kind: str  # "conv", "fc" or "recurrent"
     out_axis: int | None  # storage axis of the consumer's output channels (None: unknown, e.g. via Reshape)
     in_axis: int | None
     via: tuple[str, ...] = ()  # op types between the constant and the consumer
     source: str = "initializer"  # or "constant" (a Constant node)
     macs: int | None = None  # multiply-accumulates per sample, when shapes are known
+    scope: str = ""  # "" in the main graph, else the path of the body its reader sits in: "If 'sel'/then_branch"
 
     @property
     def size(self) -> int:
@@ -68,171 +81,224 @@ class Inventory:
         return {w.name: w for w in self.prunable}
 
 
-# Storage-independent axes of the weight operand, as the consumer sees it: (out_axis, in_axis).
-def _conv_axes(node, index, rank):
-    return (0, 1) if index == 1 else (None, None)
+# ---- scopes: the main graph and every If/Loop/Scan body ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Scope:
+    graph: onnx.GraphProto
+    path: str  # "" for the main graph
 
 
-def _conv_transpose_axes(node, index, rank):
-    return (1, 0) if index == 1 else (None, None)
+def _scopes(graph: onnx.GraphProto, path: str = "") -> Iterator[_Scope]:
+    """The graph and, depth first, every body graph of its nodes."""
+    yield _Scope(graph, path)
+    for node in graph.node:
+        for attr in node.attribute:
+            for k, g in enumerate(([attr.g] if attr.HasField("g") else []) + list(attr.graphs)):
+                label = attr.name if attr.HasField("g") else f"{attr.name}[{k}]"
+                inner = f"{node.op_type} '{node.name}'/{label}"
+                yield from _scopes(g, f"{path}/{inner}" if path else inner)
 
 
-def _gemm_axes(node, index, rank):
-    if index == 1:
-        return (0, 1) if _attr(node, "transB", 0) else (1, 0)
-    return (None, None)  # a constant A (or C): prunable by magnitude, no channel mapping
+@dataclass
+class _Index:
+    """Producers, consumers and constants over all scopes; names are unique across scopes in valid ONNX."""
 
+    consts: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    scope_of: dict[int, str] = field(default_factory=dict)  # id(node) -> scope path
+    reused: set[str] = field(default_factory=set)  # constant names defined in more than one scope
 
-def _matmul_axes(node, index, rank):
-    if index == 1:
-        return (rank - 1, rank - 2) if rank >= 2 else (None, None)
-    return (None, None)
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "_Index":
+        ix = cls()
+        for sc in _scopes(model.graph):
+            for name, tensor in _local_constants(sc.graph).items():
+                if name in ix.consts:
+                    ix.reused.add(name)
+                ix.consts.setdefault(name, tensor)
+            for n in sc.graph.node:
+                ix.scope_of[id(n)] = sc.path
+                for o in n.output:
+                    ix.producers.setdefault(o, n)
+                for i in n.input:
+                    if i:
+                        ix.consumers.setdefault(i, []).append(n)
+        return ix
 
-
-AXES = {"Conv": _conv_axes, "ConvTranspose": _conv_transpose_axes, "Gemm": _gemm_axes, "MatMul": _matmul_axes}
-WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
+    def nodes(self, model) -> Iterator[onnx.NodeProto]:
+        return all_nodes(model)
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
-    """Give unnamed nodes a stable name (op type + index) so every message and report can point at them."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            candidate = f"{node.op_type}_{i}"
-            while candidate in taken:
-                candidate += "_"
-            node.name = candidate
-            taken.add(candidate)
+    """Give unnamed nodes a stable name (op type + index; in bodies also the body's position) so every message
+    and report can point at them."""
+    scopes = list(_scopes(model.graph))
+    taken = {n.name for sc in scopes for n in sc.graph.node if n.name}
+    for k, sc in enumerate(_scopes(model.graph)):  # walked again: names given above shape the paths below
+        for i, node in enumerate(sc.graph.node):
+            if not node.name:
+                candidate = f"{node.op_type}_{i}" if k == 0 else f"{sc.graph.name or 'body'}/{node.op_type}_{i}"
+                while candidate in taken:
+                    candidate += "_"
+                node.name = candidate
+                taken.add(candidate)
 
 
 def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventory:
-    graph = model.graph
-    consts = _constants(graph)
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    captured = _names_used_in_subgraphs(graph)
-    shapes = infer_shapes(model) if with_macs else {}
-
+    ix = _Index.of(model)
+    shapes = infer_shapes(model) if with_macs or _has_gather_banks(model, ix) else {}
     inv = Inventory()
     claimed: set[str] = set()
-    for node in graph.node:
-        if node.op_type not in WEIGHT_OPS:
+    for node in ix.nodes(model):
+        facts = WEIGHT_OPS.get(node.op_type)
+        if facts is None or (node.domain or "") not in ("", "ai.onnx"):
             continue
-        for index in WEIGHT_INPUTS[node.op_type]:
+        for index in facts.inputs:
             if index >= len(node.input) or not node.input[index]:
                 continue
-            traced = _trace_constant(node.input[index], producers, consts, consumers)
+            traced = _trace_constant(node.input[index], ix, shapes, facts.axes(node, index, 3) != (None, None))
             if traced is None:
                 continue
             source_name, via_nodes, problem = traced
             if source_name in claimed:
                 continue
-            tensor = consts[source_name]
+            claimed.add(source_name)
+            tensor = ix.consts[source_name]
             size = int(np.prod(tensor.dims, dtype=np.int64))
-            reason = problem or _refusal(tensor, source_name, node, via_nodes, consumers, captured)
+            reason = problem or _refusal(tensor, source_name, node, index, via_nodes, ix)
             if reason:
                 inv.skipped.append(Skipped(source_name, reason, size))
-                claimed.add(source_name)
                 continue
-            rank = len(tensor.dims) if not via_nodes else _consumer_rank(node.input[index], shapes, tensor)
-            out_axis, in_axis = AXES[node.op_type](node, index, rank)
-            out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims))
-            inv.prunable.append(
-                PrunableWeight(
-                    name=source_name,
-                    node=node.name,
-                    op_type=node.op_type,
-                    input_index=index,
-                    shape=tuple(int(d) for d in tensor.dims),
-                    dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name,
-                    kind=WEIGHT_OPS[node.op_type],
-                    out_axis=out_axis,
-                    in_axis=in_axis,
-                    via=tuple(v.op_type for v in via_nodes),
-                    source="constant" if source_name in producers else "initializer",
-                    macs=_macs(node, size, shapes),
-                )
-            )
-            claimed.add(source_name)
-    _explain_the_rest(graph, consts, consumers, claimed, captured, inv)
+            inv.prunable.append(_weight(node, index, facts, source_name, tensor, via_nodes, ix, shapes))
+    _explain_the_rest(ix, claimed, inv)
     return inv
 
 
-def _trace_constant(name, producers, consts, consumers):
-    """Follow pass-through ops back to a constant. Returns (constant name, via nodes, problem) or None."""
+def _weight(node, index, facts, source_name, tensor, via_nodes, ix: _Index, shapes) -> PrunableWeight:
+    size = int(np.prod(tensor.dims, dtype=np.int64))
+    rank = len(tensor.dims) if not via_nodes else _consumer_rank(node.input[index], shapes, tensor)
+    out_axis, in_axis = facts.axes(node, index, rank)
+    out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
+    return PrunableWeight(
+        name=source_name,
+        node=node.name,
+        op_type=node.op_type,
+        input_index=index,
+        shape=tuple(int(d) for d in tensor.dims),
+        dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name,
+        kind=facts.kind,
+        out_axis=out_axis,
+        in_axis=in_axis,
+        via=tuple(v.op_type for v in via_nodes),
+        source="constant" if source_name in ix.producers else "initializer",
+        macs=_macs(node, size, shapes),
+        scope=ix.scope_of.get(id(node), ""),
+    )
+
+
+def _trace_constant(name, ix: _Index, shapes, channels: bool):
+    """Follow layout-only ops (and a bank-selecting Gather) back to a constant: (name, via nodes, problem) or None.
+
+    A Gather is followed only on a channel-carrying operand (`channels`) and only when its index is a scalar, so
+    the constant is a table of whole weights (an embedding lookup is not a weight)."""
     via = []
-    while name not in consts:
-        node = producers.get(name)
+    while name not in ix.consts:
+        node = ix.producers.get(name)
         if node is None:
             return None
-        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
-            return node.input[0], via, "behind a DequantizeLinear (quantized weight)"
-        if node.op_type not in PASS_THROUGH or len(consumers.get(name, [])) != 1:
+        if node.op_type == "DequantizeLinear" and node.input[0] in ix.consts:
+            return node.input[0], via, f"behind a DequantizeLinear (quantized weight): {QUANTIZED_HOW}"
+        if len(ix.consumers.get(name, [])) != 1:
+            return None
+        if node.op_type == "Gather" and channels and node.input[0] in ix.consts and _scalar(node.input[1], ix, shapes):
+            return node.input[0], [node] + via, None
+        if node.op_type not in PASS_THROUGH:
             return None
         via.insert(0, node)
         name = node.input[0]
     return name, via, None
 
 
-def _refusal(tensor, name, node, via_nodes, consumers, captured) -> str | None:
+def _scalar(name, ix: _Index, shapes) -> bool:
+    if name in ix.consts:
+        return len(ix.consts[name].dims) == 0
+    shape = shapes.get(name)
+    return shape is not None and len(shape) == 0
+
+
+def _has_gather_banks(model, ix: _Index) -> bool:
+    return any(n.op_type == "Gather" and n.input[0] in ix.consts for n in ix.nodes(model))
+
+
+def _refusal(tensor, name, node, index, via_nodes, ix: _Index) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
-        return f"integer dtype ({onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name}) weight of {node.op_type} '{node.name}'"
-    users = consumers.get(name, [])
-    if len(users) > 1:
-        others = ", ".join(f"'{u.name}'" for u in users if u is not (via_nodes[0] if via_nodes else node))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+        return f"integer dtype ({dtype}) weight of {node.op_type} '{node.name}'"
+    if name in ix.reused:
+        return "its name is defined in several subgraphs; rename the tensors to prune it"
+    first = via_nodes[0] if via_nodes else node
+    users = ix.consumers.get(name, [])
+    if len(users) > 1 and not _same_use_in_separate_bodies(name, users, first, ix):
+        others = ", ".join(f"'{u.name}'" for u in users if u is not first)
         return f"shared with node {others}"
-    if name in captured:
-        return "also used inside an If/Loop/Scan subgraph"
     if len(tensor.dims) < 1:
         return "scalar"
     return None
 
 
-def _explain_the_rest(graph, consts, consumers, claimed, captured, inv: Inventory) -> None:
-    for name, tensor in consts.items():
+def _same_use_in_separate_bodies(name, users, first, ix: _Index) -> bool:
+    """Several readers, all inside bodies, each the same op reading `name` as the same input, at most one per
+    body (If branches: one runs). A reader in the main graph could have its channels sliced: never shared then."""
+    if first.op_type not in WEIGHT_OPS:
+        return False
+    scopes = [ix.scope_of.get(id(u), "") for u in users]
+    if "" in scopes:
+        return False
+    same_use = all(u.op_type == first.op_type and list(u.input).index(name) == list(first.input).index(name)
+                   for u in users)
+    return same_use and len(set(scopes)) == len(scopes)
+
+
+def _explain_the_rest(ix: _Index, claimed, inv: Inventory) -> None:
+    for name, tensor in ix.consts.items():
         if name in claimed:
             continue
         size = int(np.prod(tensor.dims, dtype=np.int64))
-        users = consumers.get(name, [])
+        users = ix.consumers.get(name, [])
         if size < 2 and not users:
             continue
-        reason = _why_not(tensor, users, name, captured)
+        reason = _why_not(name, tensor, users)
         if reason:
             inv.skipped.append(Skipped(name, reason, size))
-    for node in graph.node:
-        if node.op_type in SUBGRAPH_OPS:
-            n_sub = sum(1 for _ in _subgraph_initializers(node))
-            if n_sub:
-                inv.skipped.append(Skipped(f"{node.op_type} '{node.name}'", f"{n_sub} tensor(s) inside a subgraph (left untouched)", 0))
 
 
-def _why_not(tensor, users, name, captured) -> str | None:
-    ops = {u.op_type for u in users}
-    if name in captured and not users:
-        return "used inside an If/Loop/Scan subgraph (left untouched)"
+def _why_not(name, tensor, users) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
-        if ops & {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DequantizeLinear"}:
-            return "integer dtype (quantized weight)"
+        quantized = [u for u in users if u.op_type in QUANTIZED_WEIGHT_OPS]
+        if quantized:
+            u = quantized[0]
+            return f"integer dtype (quantized weight of {u.op_type} '{u.name}'): {QUANTIZED_HOW}"
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
-        if u.op_type in ("Conv", "ConvTranspose", "Gemm") and len(u.input) > 2 and u.input[2] == name:
+        if opfacts.is_bias(u, name):
             return f"bias of {u.op_type} '{u.name}'"
         if u.op_type in NORM_OPS:
             return f"normalization parameter of {u.op_type} '{u.name}'"
         if u.op_type == "Add":
             return f"bias (Add '{u.name}')"
+        if WEIGHT_OPS.get(u.op_type) is not None and WEIGHT_OPS[u.op_type].kind == "recurrent":
+            return f"bias, state or peephole of {u.op_type} '{u.name}'"
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     if int(np.prod(tensor.dims, dtype=np.int64)) < 2:
         return None
-    op = next(iter(ops), "nothing")
-    return f"not a weight of Conv/ConvTranspose/Gemm/MatMul (used by {op})"
+    op = users[0].op_type if users else "nothing"
+    return f"not a weight of {'/'.join(WEIGHT_OPS)} (used by {op})"
 
 
-def _constants(graph) -> dict[str, onnx.TensorProto]:
+def _local_constants(graph) -> dict[str, onnx.TensorProto]:
     out = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
@@ -242,30 +308,28 @@ def _constants(graph) -> dict[str, onnx.TensorProto]:
     return out
 
 
-def _names_used_in_subgraphs(graph) -> set[str]:
-    used: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for g in subs:
-                for n in g.node:
-                    used.update(n.input)
-                for sub_node in g.node:
-                    if any(a.HasField("g") or a.graphs for a in sub_node.attribute):
-                        used |= _names_used_in_subgraphs(g)
-    return used
+def _constants(graph) -> dict[str, onnx.TensorProto]:
+    """Every dense constant of the graph and its bodies, by name (the first definition wins)."""
+    out: dict[str, onnx.TensorProto] = {}
+    for sc in _scopes(graph):
+        for name, tensor in _local_constants(sc.graph).items():
+            out.setdefault(name, tensor)
+    return out
 
 
-def _subgraph_initializers(node):
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            yield from g.initializer
-            for n in g.node:
-                if n.op_type == "Constant":
-                    yield n
+def constant_homes(model: onnx.ModelProto) -> dict[str, tuple[onnx.GraphProto, onnx.NodeProto | None]]:
+    """Constant name -> (the graph that defines it, its Constant node or None for an initializer)."""
+    out: dict[str, tuple[onnx.GraphProto, onnx.NodeProto | None]] = {}
+    for sc in _scopes(model.graph):
+        for t in sc.graph.initializer:
+            out.setdefault(t.name, (sc.graph, None))
+        for node in sc.graph.node:
+            if node.op_type == "Constant" and any(a.name == "value" for a in node.attribute):
+                out.setdefault(node.output[0], (sc.graph, node))
+    return out
 
 
-def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank):
+def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank):
     """Map consumer-space axes back to the constant's storage axes through the pass-through chain."""
     for v in reversed(via_nodes):
         if v.op_type == "Transpose":
@@ -274,7 +338,11 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank):
             in_axis = perm[in_axis] if in_axis is not None else None
         elif v.op_type in ("Identity", "Cast"):
             continue
-        else:  # Reshape/Squeeze/Unsqueeze: the axes no longer line up one to one
+        elif v.op_type == "Gather" and consumer_rank == storage_rank - 1:  # a scalar index drops the bank axis
+            g = _attr(v, "axis", 0) % storage_rank
+            out_axis = None if out_axis is None else out_axis + (out_axis >= g)
+            in_axis = None if in_axis is None else in_axis + (in_axis >= g)
+        else:  # Reshape/Squeeze/Unsqueeze/Flatten: the axes no longer line up one to one
             return None, None
     return out_axis, in_axis
 
@@ -285,7 +353,7 @@ def _consumer_rank(name, shapes, tensor):
 
 
 def _macs(node, size, shapes) -> int | None:
-    out = shapes.get(node.output[0])
+    out = shapes.get(node.output[0]) if node.output else None
     if out is None:
         return None
     if node.op_type == "Gemm":
@@ -305,16 +373,60 @@ def _macs(node, size, shapes) -> int | None:
 
 
 def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+    return opfacts.attr(node, name, default)
 
 
 def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    """The values of a prunable weight, initializer or Constant node output."""
+    """The values of a prunable weight, initializer or Constant node output, in any scope."""
     return numpy_helper.to_array(_constants(model.graph)[name])
 
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every dense constant (initializer or Constant node value) of the model and its bodies, by name."""
     return _constants(model.graph)
+
+
+def drop_constant(model: onnx.ModelProto, name: str) -> bool:
+    """Remove constant `name` (an initializer or a Constant node, in any scope) from `model`, in place, so it can
+    be fed as a graph input instead (bodies see outer-scope names). Returns whether it was found."""
+    home = constant_homes(model).get(name)
+    if home is None:
+        return False
+    graph, node = home
+    if node is None:
+        kept = [t for t in graph.initializer if t.name != name]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    else:
+        kept_nodes = [n for n in graph.node if n is not node]
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+    return True
+
+
+def body_definitions(node: onnx.NodeProto) -> set[str]:
+    """Names defined inside `node`'s bodies (their inputs, initializers and node outputs), at any depth."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sc in _scopes(g):
+                names.update(i.name for i in sc.graph.input)
+                names.update(t.name for t in sc.graph.initializer)
+                names.update(o for n in sc.graph.node for o in n.output)
+    return names
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names `node`'s bodies read from the enclosing scopes (what the node really depends on besides its inputs)."""
+    read: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sc in _scopes(g):
+                read.update(i for n in sc.graph.node for i in n.input if i)
+    return read - body_definitions(node)
+
+
+def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the main graph and of its bodies, depth first."""
+    for sc in _scopes(model.graph):
+        yield from sc.graph.node

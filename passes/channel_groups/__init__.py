@@ -55,6 +55,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _transpose,
 )
 from onnxprune.passes.channel_groups.util import NAN
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS
 
 __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel_groups"]
 
@@ -65,7 +66,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Concat": _concat, "Split": _split,
 }
-PRODUCERS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
+PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 
 
 def _subgraph_names(graph: gs.Graph) -> set[str]:
