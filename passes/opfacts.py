@@ -110,8 +110,8 @@ LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "
 REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"})
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
-# Integer weights: not pruned. What it would take, said once for inventory and the report.
-QUANTIZED_WEIGHT_OPS = frozenset({"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DequantizeLinear"})
+# Integer weights (op -> input index of the integer weight): not pruned. What it would take, said once.
+QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0}
 QUANTIZED_HOW = "dequantize to float, prune, requantize: not supported; pass the float model"
 
 # A layer's activation is read after this chain (calibration/activations.py: bias Add, BN, Relu, …).

@@ -276,10 +276,10 @@ def _explain_the_rest(ix: _Index, claimed, inv: Inventory) -> None:
 
 def _why_not(name, tensor, users) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
-        quantized = [u for u in users if u.op_type in QUANTIZED_WEIGHT_OPS]
-        if quantized:
-            u = quantized[0]
-            return f"integer dtype (quantized weight of {u.op_type} '{u.name}'): {QUANTIZED_HOW}"
+        for u in users:
+            k = QUANTIZED_WEIGHT_OPS.get(u.op_type)
+            if k is not None and k < len(u.input) and u.input[k] == name:
+                return f"integer dtype (quantized weight of {u.op_type} '{u.name}'): {QUANTIZED_HOW}"
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
         if opfacts.is_bias(u, name):
