@@ -159,11 +159,14 @@ def _parse_attr(a: onnx.AttributeProto):
         return [s.decode("utf-8", errors="replace") for s in a.strings]
     if a.type == A.TENSORS:
         return [numpy_helper.to_array(t) for t in a.tensors]
+    if a.type == A.GRAPH:  # a body: the module compiles it (If/Loop), see module.Body
+        return a.g
     raise ValueError(f"attribute '{a.name}' of type {A.AttributeType.Name(a.type)} is not supported")
 
 
 def parse_attributes(node: onnx.NodeProto) -> dict:
-    """Node attributes as python values. Graph attributes (control flow) raise ValueError."""
+    """Node attributes as python values; a GRAPH attribute stays a GraphProto (the module compiles it), GRAPHS
+    attributes raise ValueError."""
     return {a.name: _parse_attr(a) for a in node.attribute}
 
 
