@@ -37,7 +37,8 @@ from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.opfacts import BIAS_INPUT, CHANNEL_PRODUCERS, CONNECTION_PRESERVING
-from onnxprune.passes.weights import FLOAT_TYPES, NORM_OPS, all_nodes, find_prunable, name_nodes
+from onnxprune.passes.weights import (FLOAT_TYPES, NORM_OPS, all_nodes, find_prunable, hoist_body_constants,
+                                      name_nodes)
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +421,10 @@ class MaskedTrainer:
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         name_nodes(self.model)
+        hoisted = hoist_body_constants(self.model)  # body weights become trainable outer-scope initializers
+        if hoisted:
+            log.info("moved %d constant(s) out of If/Loop bodies to train them: %s", len(hoisted),
+                     ", ".join(hoisted[:10]))
         self.device = resolve_device(device)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls
@@ -515,7 +520,8 @@ class MaskedTrainer:
         active = {w: c for w, c in self.groups.items()
                   if w not in frozen and self._nodes.get(w) not in frozen}
         weights = [self.params[w] for w in active if w in self.params]
-        others = [self.params[c] for cs in active.values() for c in cs if c in self.params]
+        names = list(dict.fromkeys(c for cs in active.values() for c in cs if c in self.params and c not in active))
+        others = [self.params[c] for c in names]  # once each: LSTM W and R share their bias B
         for p in self.params.values():
             p.requires_grad_(False)
         for p in weights + others:

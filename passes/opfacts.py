@@ -90,7 +90,7 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
 }
 # The weight ops whose output channels channel groups and dead-neuron removal know how to follow.
 CHANNEL_PRODUCERS = frozenset(op for op, f in WEIGHT_OPS.items() if f.shrinkable)
-BIAS_INPUT = {op: f.bias for op, f in WEIGHT_OPS.items() if f.bias is not None and f.shrinkable}
+BIAS_INPUT = {op: f.bias for op, f in WEIGHT_OPS.items() if f.bias is not None}  # trained with their weights
 
 ELEMENTWISE_UNARY = frozenset({
     "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Relu", "Sigmoid", "Tanh", "Erf", "Floor", "Ceil", "Round",

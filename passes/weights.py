@@ -430,3 +430,35 @@ def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of the main graph and of its bodies, depth first."""
     for sc in _scopes(model.graph):
         yield from sc.graph.node
+
+
+def hoist_body_constants(model: onnx.ModelProto) -> list[str]:
+    """Move the float constants of If/Loop/Scan bodies (body initializers, Constant nodes) into the main graph's
+    initializers, in place; bodies read them from the outer scope, so the model computes the same. Returns the
+    names moved. What the torch bridge trains are main-graph initializers: this makes body weights trainable.
+
+    Left in place: names defined in several scopes, non-float constants, and everything when IR < 4 (there an
+    initializer must also be a graph input)."""
+    if model.ir_version < 4:
+        return []
+    ix = _Index.of(model)
+    taken = {t.name for t in model.graph.initializer}
+    moved: list[onnx.TensorProto] = []
+    for sc in reversed(list(_scopes(model.graph))[1:]):  # inner bodies first: see sparse_encode on detached copies
+        local = _local_constants(sc.graph)
+        names = {n for n, t in local.items() if t.data_type in FLOAT_TYPES and n not in ix.reused and n not in taken}
+        if not names:
+            continue
+        for name in sorted(names):
+            t = onnx.TensorProto()
+            t.CopyFrom(local[name])
+            t.name = name
+            moved.append(t)
+        kept_inits = [t for t in sc.graph.initializer if t.name not in names]
+        kept_nodes = [n for n in sc.graph.node if not (n.op_type == "Constant" and n.output[0] in names)]
+        del sc.graph.initializer[:]
+        sc.graph.initializer.extend(kept_inits)
+        del sc.graph.node[:]
+        sc.graph.node.extend(kept_nodes)
+    model.graph.initializer.extend(moved)
+    return [t.name for t in moved]
