@@ -17,7 +17,8 @@ from tests.oracle import check_full, run, zero_weights
 
 
 def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
-    """Route tensor `after` through a one-trip Loop whose body applies Relu (control flow: no bridge)."""
+    """Route tensor `after` through a Loop whose body applies Relu and stops after one trip; it has no trip count
+    (an unbounded loop: the bridge does not run it)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -27,17 +28,17 @@ def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
             if name == after:
                 n.input[i] = looped
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Relu", ["v"], ["v_out"])],
+        [helper.make_node("Less", ["i", "loop.zero"], ["cond_out"]), helper.make_node("Relu", ["v"], ["v_out"])],
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
          helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
-    g.initializer.extend([numpy_helper.from_array(np.array(1, dtype=np.int64), "loop.trips"),
+    g.initializer.extend([numpy_helper.from_array(np.array(0, dtype=np.int64), "loop.zero"),
                           numpy_helper.from_array(np.array(True), "loop.cond")])
     index = next(i for i, n in enumerate(g.node) if after in n.output) + 1
-    g.node.insert(index, helper.make_node("Loop", ["loop.trips", "loop.cond", after], [looped], name="/loop/Loop",
+    g.node.insert(index, helper.make_node("Loop", ["", "loop.cond", after], [looped], name="/loop/Loop",
                                           body=body))
     return out
 
