@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.models import builders
+from onnxprune.models import builders, builders_control
 from tests.hardening.helpers import assert_clean_error, invoke, make_model, tensor, vi
 
 RTOL = 1e-5
@@ -149,6 +149,10 @@ MODELS = {
     "constant-node-weights": constant_node_weights,
     "depthwise-separable": lambda: builders.depthwise_separable(),
     "residual-block": lambda: builders.residual_block(),
+    "if-whole-network-in-branches": lambda: builders_control.if_network(),
+    "lstm": lambda: builders_control.lstm_classifier(),
+    "gru-bidirectional-initial-state": lambda: builders_control.gru_classifier(bidirectional=True, initial_state=True),
+    "gather-weight-bank": lambda: builders_control.gather_bank(),
 }
 
 
