@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.converter.bridge import OnnxModule
 from onnxprune.errors import UnsupportedOpError
 from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
-from onnxprune.models import builders
+from onnxprune.models import builders, builders_control
 from onnxprune.passes.magnitude import sparsity_mask
 from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import check_full, run, zero_weights
@@ -99,3 +99,19 @@ def test_weights_behind_a_transpose_are_left_alone_with_a_reason():
     refit = reconstruct(pruned, dense, masks, feeds_for(dense, 2, 16, seed=0), report=report)
     assert set(report.skipped) == set(masks) and all("Transpose" in why for why in report.skipped.values())
     assert refit.SerializeToString() == pruned.SerializeToString()
+
+
+@pytest.mark.parametrize("build, refit, skipped", [
+    (lambda: builders_control.if_network(seed=0), set(), {"fc1.weight", "then.fc2.weight", "else.fc2.weight"}),
+    (lambda: builders_control.lstm_classifier(seed=0), {"fc.weight"}, {"lstm.W", "lstm.R"}),
+])
+def test_weights_in_bodies_and_recurrent_weights_are_left_as_pruned(build, refit, skipped):
+    dense = build()
+    pruned, masks = prune(dense, 0.7)
+    report = ReconstructReport()
+    out = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 32, seed=0), report=report)
+    check_full(out)
+    assert set(report.refit) == refit and set(report.skipped) == skipped
+    for name in skipped:
+        assert "left as pruned" in report.skipped[name]
+        np.testing.assert_array_equal(weight_array(out, name), weight_array(pruned, name))
