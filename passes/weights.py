@@ -148,7 +148,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventory:
     ix = _Index.of(model)
-    shapes = infer_shapes(model) if with_macs or _has_gather_banks(model, ix) else {}
+    shapes = _LazyShapes(model, now=with_macs)
     inv = Inventory()
     claimed: set[str] = set()
     for node in ix.nodes(model):
@@ -178,7 +178,10 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
 
 def _weight(node, index, facts, source_name, tensor, via_nodes, ix: _Index, shapes) -> PrunableWeight:
     size = int(np.prod(tensor.dims, dtype=np.int64))
-    rank = len(tensor.dims) if not via_nodes else _consumer_rank(node.input[index], shapes, tensor)
+    rank = len(tensor.dims)
+    if via_nodes:  # a Gather changes the rank: worth inferring shapes for; the others only if they are known
+        lookup = shapes.get if any(v.op_type == "Gather" for v in via_nodes) else shapes.known
+        rank = _consumer_rank(node.input[index], lookup, tensor)
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
     return PrunableWeight(
@@ -228,8 +231,22 @@ def _scalar(name, ix: _Index, shapes) -> bool:
     return shape is not None and len(shape) == 0
 
 
-def _has_gather_banks(model, ix: _Index) -> bool:
-    return any(n.op_type == "Gather" and n.input[0] in ix.consts for n in ix.nodes(model))
+class _LazyShapes:
+    """Inferred shapes, computed on first use (a Gather bank's index rank, a weight behind a layout op) or at once
+    when MACs are wanted; without MACs most models never pay for shape inference."""
+
+    def __init__(self, model: onnx.ModelProto, now: bool):
+        self._model = model
+        self._shapes = infer_shapes(model) if now else None
+
+    def get(self, name, default=None):
+        if self._shapes is None:
+            self._shapes = infer_shapes(self._model)
+        return self._shapes.get(name, default)
+
+    def known(self, name, default=None):
+        """The shape if inference already ran, without running it."""
+        return default if self._shapes is None else self._shapes.get(name, default)
 
 
 def _refusal(tensor, name, node, index, via_nodes, ix: _Index) -> str | None:
@@ -347,12 +364,13 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank)
     return out_axis, in_axis
 
 
-def _consumer_rank(name, shapes, tensor):
-    shape = shapes.get(name)
+def _consumer_rank(name, lookup, tensor):
+    shape = lookup(name)
     return len(shape) if shape is not None else len(tensor.dims)
 
 
 def _macs(node, size, shapes) -> int | None:
+    shapes = {n: shapes.known(n) for n in (*node.input, *node.output) if shapes.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
     if out is None:
         return None

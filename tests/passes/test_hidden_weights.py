@@ -154,3 +154,19 @@ def test_sensitivity_scan_of_recurrent_and_bank_models_matches_the_oracle(name):
     fast, naive = scan(model, inv, ev, levels=(0.5, 0.9)), scan_naive(model, inv, ev, levels=(0.5, 0.9))
     for a, b in zip(fast.layers, naive.layers):
         assert np.allclose(a.values, b.values, atol=1e-4), (a.name, a.path, a.values, b.values)
+
+
+def test_an_embedding_lookup_is_not_a_weight_bank():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="lookup"),
+             helper.make_node("MatMul", ["e", "W"], ["y"], name="proj")]
+    inits = [numpy_helper.from_array(rng.standard_normal((50, 8)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    inv = find_prunable(model)
+    assert [w.name for w in inv.prunable] == ["W"]
+    assert {s.name: s.reason for s in inv.skipped}["emb"].endswith("(used by Gather)")
