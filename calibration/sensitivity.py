@@ -35,8 +35,8 @@ from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import sparsity_mask
-from onnxprune.passes.weights import (WEIGHT_OPS, Inventory, PrunableWeight, body_definitions, constant_tensors,
-                                      drop_constant, outer_reads)
+from onnxprune.passes.scopes import body_definitions, drop_constant, outer_reads
+from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, constant_tensors
 
 log = logging.getLogger(__name__)
 

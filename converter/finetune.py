@@ -37,8 +37,8 @@ from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.opfacts import BIAS_INPUT, CHANNEL_PRODUCERS, CONNECTION_PRESERVING
-from onnxprune.passes.weights import (FLOAT_TYPES, NORM_OPS, all_nodes, find_prunable, hoist_body_constants,
-                                      name_nodes)
+from onnxprune.passes.scopes import all_nodes, hoist_body_constants
+from onnxprune.passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
 

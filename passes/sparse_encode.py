@@ -15,7 +15,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
-from onnxprune.passes.weights import constant_homes, constant_tensors
+from onnxprune.passes.scopes import constant_homes
+from onnxprune.passes.weights import constant_tensors
 
 FORMATS = ("constant", "initializer", "dense")
 

@@ -21,7 +21,6 @@ Not prunable, with the reason reported: biases, normalization parameters, recurr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -30,18 +29,11 @@ from onnx import numpy_helper
 from onnxprune.passes import opfacts
 from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
 from onnxprune.passes.opfacts import NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_nodes, scopes
 from onnxprune.passes.shapes import infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
-           "Skipped", "all_nodes", "body_definitions", "constant_homes", "constant_tensors", "drop_constant",
-           "find_prunable", "name_nodes", "outer_reads", "weight_array"]
-
-FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
-}
+           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "weight_array"]
 
 
 @dataclass(frozen=True)
@@ -81,62 +73,11 @@ class Inventory:
         return {w.name: w for w in self.prunable}
 
 
-# ---- scopes: the main graph and every If/Loop/Scan body ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Scope:
-    graph: onnx.GraphProto
-    path: str  # "" for the main graph
-
-
-def _scopes(graph: onnx.GraphProto, path: str = "") -> Iterator[_Scope]:
-    """The graph and, depth first, every body graph of its nodes."""
-    yield _Scope(graph, path)
-    for node in graph.node:
-        for attr in node.attribute:
-            for k, g in enumerate(([attr.g] if attr.HasField("g") else []) + list(attr.graphs)):
-                label = attr.name if attr.HasField("g") else f"{attr.name}[{k}]"
-                inner = f"{node.op_type} '{node.name}'/{label}"
-                yield from _scopes(g, f"{path}/{inner}" if path else inner)
-
-
-@dataclass
-class _Index:
-    """Producers, consumers and constants over all scopes; names are unique across scopes in valid ONNX."""
-
-    consts: dict[str, onnx.TensorProto] = field(default_factory=dict)
-    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
-    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
-    scope_of: dict[int, str] = field(default_factory=dict)  # id(node) -> scope path
-    reused: set[str] = field(default_factory=set)  # constant names defined in more than one scope
-
-    @classmethod
-    def of(cls, model: onnx.ModelProto) -> "_Index":
-        ix = cls()
-        for sc in _scopes(model.graph):
-            for name, tensor in _local_constants(sc.graph).items():
-                if name in ix.consts:
-                    ix.reused.add(name)
-                ix.consts.setdefault(name, tensor)
-            for n in sc.graph.node:
-                ix.scope_of[id(n)] = sc.path
-                for o in n.output:
-                    ix.producers.setdefault(o, n)
-                for i in n.input:
-                    if i:
-                        ix.consumers.setdefault(i, []).append(n)
-        return ix
-
-    def nodes(self, model) -> Iterator[onnx.NodeProto]:
-        return all_nodes(model)
-
-
 def name_nodes(model: onnx.ModelProto) -> None:
     """Give unnamed nodes a stable name (op type + index; in bodies also the body's position) so every message
     and report can point at them."""
-    scopes = list(_scopes(model.graph))
-    taken = {n.name for sc in scopes for n in sc.graph.node if n.name}
-    for k, sc in enumerate(_scopes(model.graph)):  # walked again: names given above shape the paths below
+    taken = {n.name for n in all_nodes(model) if n.name}
+    for k, sc in enumerate(scopes(model.graph)):  # walked again: names given above shape the paths below
         for i, node in enumerate(sc.graph.node):
             if not node.name:
                 candidate = f"{node.op_type}_{i}" if k == 0 else f"{sc.graph.name or 'body'}/{node.op_type}_{i}"
@@ -147,7 +88,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
 
 
 def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventory:
-    ix = _Index.of(model)
+    ix = ScopeIndex.of(model)
     shapes = _LazyShapes(model, now=with_macs)
     inv = Inventory()
     claimed: set[str] = set()
@@ -176,7 +117,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
     return inv
 
 
-def _weight(node, index, facts, source_name, tensor, via_nodes, ix: _Index, shapes) -> PrunableWeight:
+def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, shapes) -> PrunableWeight:
     size = int(np.prod(tensor.dims, dtype=np.int64))
     rank = len(tensor.dims)
     if via_nodes:  # a Gather changes the rank: worth inferring shapes for; the others only if they are known
@@ -201,7 +142,7 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: _Index, shap
     )
 
 
-def _trace_constant(name, ix: _Index, shapes, channels: bool):
+def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
     """Follow layout-only ops (and a bank-selecting Gather) back to a constant: (name, via nodes, problem) or None.
 
     A Gather is followed only on a channel-carrying operand (`channels`) and only when its index is a scalar, so
@@ -224,7 +165,7 @@ def _trace_constant(name, ix: _Index, shapes, channels: bool):
     return name, via, None
 
 
-def _scalar(name, ix: _Index, shapes) -> bool:
+def _scalar(name, ix: ScopeIndex, shapes) -> bool:
     if name in ix.consts:
         return len(ix.consts[name].dims) == 0
     shape = shapes.get(name)
@@ -249,7 +190,7 @@ class _LazyShapes:
         return default if self._shapes is None else self._shapes.get(name, default)
 
 
-def _refusal(tensor, name, node, index, via_nodes, ix: _Index) -> str | None:
+def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
         return f"integer dtype ({dtype}) weight of {node.op_type} '{node.name}'"
@@ -265,7 +206,7 @@ def _refusal(tensor, name, node, index, via_nodes, ix: _Index) -> str | None:
     return None
 
 
-def _same_use_in_separate_bodies(name, users, first, ix: _Index) -> bool:
+def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex) -> bool:
     """Several readers, all inside bodies, each the same op reading `name` as the same input, at most one per
     body (If branches: one runs). A reader in the main graph could have its channels sliced: never shared then."""
     if first.op_type not in WEIGHT_OPS:
@@ -278,7 +219,7 @@ def _same_use_in_separate_bodies(name, users, first, ix: _Index) -> bool:
     return same_use and len(set(scopes)) == len(scopes)
 
 
-def _explain_the_rest(ix: _Index, claimed, inv: Inventory) -> None:
+def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
     for name, tensor in ix.consts.items():
         if name in claimed:
             continue
@@ -313,37 +254,6 @@ def _why_not(name, tensor, users) -> str | None:
         return None
     op = users[0].op_type if users else "nothing"
     return f"not a weight of {'/'.join(WEIGHT_OPS)} (used by {op})"
-
-
-def _local_constants(graph) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    out[node.output[0]] = attr.t
-    return out
-
-
-def _constants(graph) -> dict[str, onnx.TensorProto]:
-    """Every dense constant of the graph and its bodies, by name (the first definition wins)."""
-    out: dict[str, onnx.TensorProto] = {}
-    for sc in _scopes(graph):
-        for name, tensor in _local_constants(sc.graph).items():
-            out.setdefault(name, tensor)
-    return out
-
-
-def constant_homes(model: onnx.ModelProto) -> dict[str, tuple[onnx.GraphProto, onnx.NodeProto | None]]:
-    """Constant name -> (the graph that defines it, its Constant node or None for an initializer)."""
-    out: dict[str, tuple[onnx.GraphProto, onnx.NodeProto | None]] = {}
-    for sc in _scopes(model.graph):
-        for t in sc.graph.initializer:
-            out.setdefault(t.name, (sc.graph, None))
-        for node in sc.graph.node:
-            if node.op_type == "Constant" and any(a.name == "value" for a in node.attribute):
-                out.setdefault(node.output[0], (sc.graph, node))
-    return out
 
 
 def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank):
@@ -396,87 +306,9 @@ def _attr(node, name, default):
 
 def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:
     """The values of a prunable weight, initializer or Constant node output, in any scope."""
-    return numpy_helper.to_array(_constants(model.graph)[name])
+    return numpy_helper.to_array(all_constants(model.graph)[name])
 
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     """Every dense constant (initializer or Constant node value) of the model and its bodies, by name."""
-    return _constants(model.graph)
-
-
-def drop_constant(model: onnx.ModelProto, name: str) -> bool:
-    """Remove constant `name` (an initializer or a Constant node, in any scope) from `model`, in place, so it can
-    be fed as a graph input instead (bodies see outer-scope names). Returns whether it was found."""
-    home = constant_homes(model).get(name)
-    if home is None:
-        return False
-    graph, node = home
-    if node is None:
-        kept = [t for t in graph.initializer if t.name != name]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-    else:
-        kept_nodes = [n for n in graph.node if n is not node]
-        del graph.node[:]
-        graph.node.extend(kept_nodes)
-    return True
-
-
-def body_definitions(node: onnx.NodeProto) -> set[str]:
-    """Names defined inside `node`'s bodies (their inputs, initializers and node outputs), at any depth."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            for sc in _scopes(g):
-                names.update(i.name for i in sc.graph.input)
-                names.update(t.name for t in sc.graph.initializer)
-                names.update(o for n in sc.graph.node for o in n.output)
-    return names
-
-
-def outer_reads(node: onnx.NodeProto) -> set[str]:
-    """Names `node`'s bodies read from the enclosing scopes (what the node really depends on besides its inputs)."""
-    read: set[str] = set()
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            for sc in _scopes(g):
-                read.update(i for n in sc.graph.node for i in n.input if i)
-    return read - body_definitions(node)
-
-
-def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """Every node of the main graph and of its bodies, depth first."""
-    for sc in _scopes(model.graph):
-        yield from sc.graph.node
-
-
-def hoist_body_constants(model: onnx.ModelProto) -> list[str]:
-    """Move the float constants of If/Loop/Scan bodies (body initializers, Constant nodes) into the main graph's
-    initializers, in place; bodies read them from the outer scope, so the model computes the same. Returns the
-    names moved. What the torch bridge trains are main-graph initializers: this makes body weights trainable.
-
-    Left in place: names defined in several scopes, non-float constants, and everything when IR < 4 (there an
-    initializer must also be a graph input)."""
-    if model.ir_version < 4:
-        return []
-    ix = _Index.of(model)
-    taken = {t.name for t in model.graph.initializer}
-    moved: list[onnx.TensorProto] = []
-    for sc in reversed(list(_scopes(model.graph))[1:]):  # inner bodies first: see sparse_encode on detached copies
-        local = _local_constants(sc.graph)
-        names = {n for n, t in local.items() if t.data_type in FLOAT_TYPES and n not in ix.reused and n not in taken}
-        if not names:
-            continue
-        for name in sorted(names):
-            t = onnx.TensorProto()
-            t.CopyFrom(local[name])
-            t.name = name
-            moved.append(t)
-        kept_inits = [t for t in sc.graph.initializer if t.name not in names]
-        kept_nodes = [n for n in sc.graph.node if not (n.op_type == "Constant" and n.output[0] in names)]
-        del sc.graph.initializer[:]
-        sc.graph.initializer.extend(kept_inits)
-        del sc.graph.node[:]
-        sc.graph.node.extend(kept_nodes)
-    model.graph.initializer.extend(moved)
-    return [t.name for t in moved]
+    return all_constants(model.graph)

@@ -42,7 +42,7 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from onnxprune.errors import ConfigError, ConverterError, ModelError, UnsupportedOpError
-from onnxprune.passes.weights import outer_reads
+from onnxprune.passes.scopes import outer_reads
 
 from .ops import (CONTROL_FLOW_OPS, ONNX_TO_TORCH, NodeContext, OpDef, RunState, default_dropout_ratio, lookup,
                   normalize_domain, numpy_to_torch, parse_attributes, sparse_to_dense, supported_ops,
