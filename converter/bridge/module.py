@@ -1,7 +1,7 @@
 """OnnxModule: an ONNX graph run as a trainable ``torch.nn.Module``, node by node through the op registry.
 
 Building a module:
-  1. Every node is looked up first (domain, op type, opset); all unsupported nodes, control flow included,
+  1. Every node is looked up first (domain, op type, opset), nodes inside If/Loop bodies too; all unsupported nodes
      are reported in one ``UnsupportedOpError``. Local functions are inlined before that.
   2. Initializers named in ``trainable`` become ``nn.Parameter``s in their exact ONNX layout, in
      ``self.params`` (a ParameterDict under sanitized keys); ``onnx_parameters()`` maps ONNX names to them.
