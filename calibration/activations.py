@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.runtime import make_session
+from onnxprune.passes.opfacts import ACTIVATION_CHAIN
 from onnxprune.passes.weights import Inventory
 
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Clip", "BatchNormalization", "Sigmoid", "Tanh",
-               "HardSigmoid", "HardSwish", "Elu", "Selu", "PRelu", "Gelu", "Identity", "Dropout"}
+ELEMENTWISE = ACTIVATION_CHAIN  # bias Add, BN, Relu, …: passes/opfacts.py
 
 
 def activation_tensors(model: onnx.ModelProto, inventory: Inventory) -> dict[str, str]:

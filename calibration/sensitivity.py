@@ -36,6 +36,7 @@ from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
+from onnxprune.passes.scopes import body_definitions, drop_constant, outer_reads
 from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, constant_tensors
 
 log = logging.getLogger(__name__)
@@ -96,24 +97,23 @@ class SensitivityResult:
 
 # ---- graph bookkeeping -----------------------------------------------------------------------------------------
 
-def _subgraph_names(node: onnx.NodeProto) -> set[str]:
-    """Names a node's If/Loop/Scan bodies read (outer-scope captures included, over-approximated)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            for n in g.node:
-                names.update(n.input)
-                names |= _subgraph_names(n)
-    return names
-
-
 class _GraphIndex:
-    """Producers, consumers and data dependence of a graph (nodes in topological order)."""
+    """Producers, consumers and data dependence of a graph (nodes in topological order).
+
+    A node with If/Loop/Scan bodies reads, besides its inputs, the outer-scope names its bodies read; and it holds
+    the constants its bodies define: a weight that lives in a body is read, for this index, by the node that holds
+    it (`holder`). Names that exist only inside a body never become boundary tensors or graph outputs.
+    """
 
     def __init__(self, model: onnx.ModelProto):
         graph = model.graph
         self.nodes = list(graph.node)
-        self.inputs = {i: [t for t in nd.input if t] + sorted(_subgraph_names(nd)) for i, nd in enumerate(self.nodes)}
+        self.holder: dict[str, int] = {}  # name defined inside a body -> the main-graph node holding that body
+        for i, nd in enumerate(self.nodes):
+            for t in body_definitions(nd) if nd.attribute else ():
+                self.holder.setdefault(t, i)
+        self.inputs = {i: [t for t in nd.input if t] + sorted(outer_reads(nd) if nd.attribute else ())
+                       for i, nd in enumerate(self.nodes)}
         self.producer = {o: i for i, nd in enumerate(self.nodes) for o in nd.output if o}
         self.consumers: dict[str, list[int]] = {}
         for i, _ in enumerate(self.nodes):
@@ -128,7 +128,7 @@ class _GraphIndex:
 
     def descendants(self, tensor: str) -> set[int]:
         seen: set[int] = set()
-        todo = list(self.consumers.get(tensor, []))
+        todo = list(self.consumers.get(tensor, [])) + ([self.holder[tensor]] if tensor in self.holder else [])
         while todo:
             i = todo.pop()
             if i in seen:
@@ -150,7 +150,10 @@ class _GraphIndex:
         return seen
 
     def consumer_of(self, w: PrunableWeight) -> int:
-        """The Conv/Gemm/MatMul that reads the weight, following its pass-through chain (Transpose, ...)."""
+        """The weight op that reads the weight, following its pass-through chain (Transpose, ...); for a weight
+        read inside a body, the main-graph node that holds the body."""
+        if w.scope:
+            return self.holder[w.name] if w.name in self.holder else self.consumers[w.name][0]
         tensor = w.name
         for _ in range(len(w.via) + 1):
             i = self.consumers[tensor][0]
@@ -191,14 +194,7 @@ def weight_as_input(model: onnx.ModelProto, w: PrunableWeight) -> onnx.ModelProt
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    kept = [t for t in graph.initializer if t.name != w.name]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-    nodes = [n for n in graph.node if not (n.op_type == "Constant" and list(n.output) == [w.name])]
-    if len(nodes) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(nodes)
+    drop_constant(out, w.name)  # in whichever graph or body it lives; bodies read the input by the same name
     if all(vi.name != w.name for vi in graph.input):
         graph.input.append(_weight_input(w))
     return out
@@ -267,6 +263,8 @@ def _submodel(model: onnx.ModelProto, index: _GraphIndex, plan: _Plan, output: s
     graph = helper.make_graph(nodes, "downstream", inputs, [out_info], initializer=inits)
     sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     sub.functions.extend(model.functions)
+    if plan.weight.name in index.holder:
+        drop_constant(sub, plan.weight.name)  # fed as the input W instead
     return sub
 
 

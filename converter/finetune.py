@@ -36,6 +36,8 @@ from onnxprune.calibration.runtime import make_session, output_names
 from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
+from onnxprune.passes.opfacts import BIAS_INPUT, CHANNEL_PRODUCERS, CONNECTION_PRESERVING
+from onnxprune.passes.scopes import all_nodes, hoist_body_constants
 from onnxprune.passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,9 @@ MEMORY_BUDGET = 2 << 30  # bytes of training inputs we are willing to hold in me
 TEACHER_CHUNK = 2048
 DROPOUT_DEFAULT = 0.5
 # Ops between a weight's consumer and the Dropout it feeds that do not change the connection count.
-TRANSPARENT = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Gelu", "Erf", "Add", "Mul", "Sub", "Div",
-               "BatchNormalization", "LayerNormalization", "MaxPool", "AveragePool", "Flatten", "Reshape",
-               "Transpose", "Identity", "Squeeze", "Unsqueeze", "Softmax"}
+# Ops between a weight's consumer and the Dropout it feeds that do not change the connection count.
+TRANSPARENT = CONNECTION_PRESERVING
 NORM_PARAM_INPUTS = {op: (1, 2) for op in NORM_OPS}  # scale and bias; BN running stats (3, 4) stay frozen
-BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 
 
 # ----------------------------------------------------------------------------------------------------- choices
@@ -96,7 +96,7 @@ def _consumers(graph) -> dict[str, list[onnx.NodeProto]]:
 
 def _weight_nodes(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, onnx.NodeProto]:
     """The Conv/Gemm/MatMul that consumes each masked weight (through Transpose/Reshape/... chains)."""
-    nodes = {n.name: n for n in model.graph.node}
+    nodes = {n.name: n for n in all_nodes(model)}
     found = {w.name: nodes[w.node] for w in find_prunable(model, with_macs=False).prunable}
     missing = [n for n in names if n not in found]
     if missing:
@@ -188,7 +188,7 @@ def _feeding_layer(name: str, producers) -> onnx.NodeProto | None:
     seen = 0
     while name in producers and seen < 64:
         node = producers[name]
-        if node.op_type in BIAS_INPUT or node.op_type == "MatMul":
+        if node.op_type in CHANNEL_PRODUCERS:
             return node
         if node.op_type not in TRANSPARENT:
             return None
@@ -421,6 +421,10 @@ class MaskedTrainer:
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         name_nodes(self.model)
+        hoisted = hoist_body_constants(self.model)  # body weights become trainable outer-scope initializers
+        if hoisted:
+            log.info("moved %d constant(s) out of If/Loop bodies to train them: %s", len(hoisted),
+                     ", ".join(hoisted[:10]))
         self.device = resolve_device(device)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls
@@ -516,7 +520,8 @@ class MaskedTrainer:
         active = {w: c for w, c in self.groups.items()
                   if w not in frozen and self._nodes.get(w) not in frozen}
         weights = [self.params[w] for w in active if w in self.params]
-        others = [self.params[c] for cs in active.values() for c in cs if c in self.params]
+        names = list(dict.fromkeys(c for cs in active.values() for c in cs if c in self.params and c not in active))
+        others = [self.params[c] for c in names]  # once each: LSTM W and R share their bias B
         for p in self.params.values():
             p.requires_grad_(False)
         for p in weights + others:

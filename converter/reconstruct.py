@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from onnxprune.calibration.runtime import make_session, output_names
 from onnxprune.errors import ConfigError
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
     for w in find_prunable(model, with_macs=False).prunable:
         if w.name not in masks:
             continue
-        node = nodes[w.node]
-        why = _unsupported(w, node, inits)
+        node = nodes.get(w.node)
+        why = _outside_reach(w) or _unsupported(w, node, inits)
         if why:
             report.skipped[w.name] = why
             continue
@@ -79,6 +80,15 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
     for name in missing:
         report.skipped[name] = "not a prunable weight of this graph"
     return sorted(layers, key=lambda lay: order[lay.node.name])
+
+
+def _outside_reach(w) -> str | None:
+    """Weights the layer-wise refit does not reach: inside a body, or of an op it has no least-squares form for."""
+    if w.scope:
+        return f"inside {w.scope}; left as pruned"
+    if w.op_type not in CHANNEL_PRODUCERS:
+        return f"{w.op_type} '{w.node}' is not refit; left as pruned"
+    return None
 
 
 def _unsupported(w, node, inits) -> str | None:

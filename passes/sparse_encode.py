@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.weights import constant_tensors
 
 FORMATS = ("constant", "initializer", "dense")
@@ -48,6 +49,9 @@ class SparseEncode(Pass):
       1. Only weights that get smaller as sparse; the rest stay dense.
       2. "constant" needs opset >= 11, "initializer" IR >= 6; otherwise dense, and a note says why.
       3. Weights that are also graph inputs (old IR) stay dense: a sparse tensor cannot be a graph input.
+      4. A weight that lives in an If/Loop/Scan body (its Constant node or a body initializer) is re-homed in
+         that body, always as a sparse Constant node there; an outer-scope weight the bodies read is encoded in
+         the main graph like any other.
     """
 
     def __init__(self, names: list[str], fmt: str = "constant"):
@@ -67,30 +71,40 @@ class SparseEncode(Pass):
             return PassResult(model=model, modified=False)
         graph_inputs = {i.name for i in model.graph.input}
         tensors = constant_tensors(model)
-        init_index = {t.name: i for i, t in enumerate(model.graph.initializer)}
+        homes = constant_homes(model)
+        order = {id(g): k for k, (g, _) in enumerate(homes.values())}
         encoded: list[str] = []
-        new_constants: list[onnx.NodeProto] = []
+        new_constants: dict[int, list[onnx.NodeProto]] = {}
+        graphs: dict[int, onnx.GraphProto] = {}
         for name in self.names:
             values = numpy_helper.to_array(tensors[name])
             if name in graph_inputs or not pays_off(values):
                 continue
             sparse = dense_to_sparse(values, name)
             encoded.append(name)
-            if name not in init_index:  # already a Constant node: swap its attribute
-                node = next(n for n in model.graph.node if n.op_type == "Constant" and n.output[0] == name)
+            graph, node = homes[name]
+            if node is not None:  # already a Constant node: swap its attribute
                 del node.attribute[:]
                 node.attribute.append(helper.make_attribute("sparse_value", sparse))
-            elif self.fmt == "constant":
-                new_constants.append(helper.make_node("Constant", [], [name], name=f"{name}__sparse", sparse_value=sparse))
+                continue
+            _drop_initializer(graph, name)
+            if self.fmt == "constant" or graph is not model.graph:
+                graphs.setdefault(id(graph), graph)
+                new_constants.setdefault(id(graph), []).append(
+                    helper.make_node("Constant", [], [name], name=f"{name}__sparse", sparse_value=sparse))
             else:
                 model.graph.sparse_initializer.append(sparse)
-        drop = set(encoded) & set(init_index)
-        if drop:
-            kept = [t for t in model.graph.initializer if t.name not in drop]
-            del model.graph.initializer[:]
-            model.graph.initializer.extend(kept)
-        if new_constants:
-            nodes = new_constants + list(model.graph.node)
-            del model.graph.node[:]
-            model.graph.node.extend(nodes)
+        # Bodies first: re-filling an outer graph's node list copies its If/Loop nodes, bodies included, so a body
+        # edited after that would be a detached copy. Scopes come outer before inner in `order`.
+        for key in sorted(graphs, key=lambda k: order[k], reverse=True):
+            graph, nodes = graphs[key], new_constants[key]
+            nodes = nodes + list(graph.node)
+            del graph.node[:]
+            graph.node.extend(nodes)
         return PassResult(model=model, modified=bool(encoded))
+
+
+def _drop_initializer(graph: onnx.GraphProto, name: str) -> None:
+    kept = [t for t in graph.initializer if t.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)

@@ -1,13 +1,21 @@
 """Find the prunable weights of any ONNX graph, and say why everything else is left alone.
 
-Prunable = a float constant input of Conv, ConvTranspose, Gemm or MatMul, however it is laid out: an initializer or
-a Constant node, reached directly or through Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze. For each we record
-the storage axis that holds the op's output channels (what dead-neuron removal and the report need):
+Prunable = a float constant weight input of a weight op (passes/opfacts.WEIGHT_OPS: Conv, ConvTranspose, Gemm,
+MatMul, and the W/R matrices of LSTM, GRU and RNN), however it is laid out: an initializer or a Constant node,
+reached directly, through layout-only ops (Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze/Flatten), or as the
+bank a Gather with a scalar index selects from a constant table. For each we record the storage axis that holds
+the op's output channels (what dead-neuron removal and the report need):
 
     W[K,N] --Transpose(perm=1,0)--> Wt[N,K] --> Gemm(transB=1)   out channels: axis 0 of Wt = axis 1 of W
+    T[2,K,N] --Gather(axis=0, i)--> W[K,N] --> MatMul            out channels: axis 2 of T (the whole table masked)
 
-Not prunable, with the reason reported: biases, normalization parameters, integer (quantized) weights, weights
-shared by several nodes, weights behind DequantizeLinear, anything inside an If/Loop/Scan subgraph.
+Weights in If/Loop/Scan bodies count too, wherever they live (see `scope`): a Constant node or initializer of the
+body, or an outer-scope tensor the body reads. An outer tensor read by several bodies is one weight when every
+reader uses it the same way (same op type and input) and no graph reads it twice: at run time only one branch
+reads it. Dead-neuron removal leaves them alone (channel groups block tensors read inside subgraphs).
+
+Not prunable, with the reason reported: biases, normalization parameters, recurrent biases and peepholes, integer
+(quantized) weights, with what pruning them would take, weights shared by several nodes of one graph.
 """
 
 from __future__ import annotations
@@ -18,34 +26,31 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.passes import opfacts
+from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
+from onnxprune.passes.opfacts import NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_nodes, scopes
 from onnxprune.passes.shapes import infer_shapes
 
-WEIGHT_OPS = {"Conv": "conv", "ConvTranspose": "conv", "Gemm": "fc", "MatMul": "fc"}
-PASS_THROUGH = {"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze"}
-FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
-}
-NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"}
-SUBGRAPH_OPS = {"If", "Loop", "Scan"}
+__all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
+           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "weight_array"]
 
 
 @dataclass(frozen=True)
 class PrunableWeight:
     name: str  # the initializer, or the output of the Constant node, that holds the values
-    node: str  # the consuming Conv/ConvTranspose/Gemm/MatMul
+    node: str  # the consuming weight op (the first one, when several bodies read it)
     op_type: str
     input_index: int
     shape: tuple[int, ...]
     dtype: str
-    kind: str  # "conv" or "fc"
+    kind: str  # "conv", "fc" or "recurrent"
     out_axis: int | None  # storage axis of the consumer's output channels (None: unknown, e.g. via Reshape)
     in_axis: int | None
     via: tuple[str, ...] = ()  # op types between the constant and the consumer
     source: str = "initializer"  # or "constant" (a Constant node)
     macs: int | None = None  # multiply-accumulates per sample, when shapes are known
+    scope: str = ""  # "" in the main graph, else the path of the body its reader sits in: "If 'sel'/then_branch"
 
     @property
     def size(self) -> int:
@@ -68,204 +73,190 @@ class Inventory:
         return {w.name: w for w in self.prunable}
 
 
-# Storage-independent axes of the weight operand, as the consumer sees it: (out_axis, in_axis).
-def _conv_axes(node, index, rank):
-    return (0, 1) if index == 1 else (None, None)
-
-
-def _conv_transpose_axes(node, index, rank):
-    return (1, 0) if index == 1 else (None, None)
-
-
-def _gemm_axes(node, index, rank):
-    if index == 1:
-        return (0, 1) if _attr(node, "transB", 0) else (1, 0)
-    return (None, None)  # a constant A (or C): prunable by magnitude, no channel mapping
-
-
-def _matmul_axes(node, index, rank):
-    if index == 1:
-        return (rank - 1, rank - 2) if rank >= 2 else (None, None)
-    return (None, None)
-
-
-AXES = {"Conv": _conv_axes, "ConvTranspose": _conv_transpose_axes, "Gemm": _gemm_axes, "MatMul": _matmul_axes}
-WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1)}
-
-
 def name_nodes(model: onnx.ModelProto) -> None:
-    """Give unnamed nodes a stable name (op type + index) so every message and report can point at them."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            candidate = f"{node.op_type}_{i}"
-            while candidate in taken:
-                candidate += "_"
-            node.name = candidate
-            taken.add(candidate)
+    """Give unnamed nodes a stable name (op type + index; in bodies also the body's position) so every message
+    and report can point at them."""
+    taken = {n.name for n in all_nodes(model) if n.name}
+    for k, sc in enumerate(scopes(model.graph)):  # walked again: names given above shape the paths below
+        for i, node in enumerate(sc.graph.node):
+            if not node.name:
+                candidate = f"{node.op_type}_{i}" if k == 0 else f"{sc.graph.name or 'body'}/{node.op_type}_{i}"
+                while candidate in taken:
+                    candidate += "_"
+                node.name = candidate
+                taken.add(candidate)
 
 
 def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventory:
-    graph = model.graph
-    consts = _constants(graph)
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    captured = _names_used_in_subgraphs(graph)
-    shapes = infer_shapes(model) if with_macs else {}
-
+    ix = ScopeIndex.of(model)
+    shapes = _LazyShapes(model, now=with_macs)
     inv = Inventory()
     claimed: set[str] = set()
-    for node in graph.node:
-        if node.op_type not in WEIGHT_OPS:
+    for node in ix.nodes(model):
+        facts = WEIGHT_OPS.get(node.op_type)
+        if facts is None or (node.domain or "") not in ("", "ai.onnx"):
             continue
-        for index in WEIGHT_INPUTS[node.op_type]:
+        for index in facts.inputs:
             if index >= len(node.input) or not node.input[index]:
                 continue
-            traced = _trace_constant(node.input[index], producers, consts, consumers)
+            traced = _trace_constant(node.input[index], ix, shapes, facts.axes(node, index, 3) != (None, None))
             if traced is None:
                 continue
             source_name, via_nodes, problem = traced
             if source_name in claimed:
                 continue
-            tensor = consts[source_name]
+            claimed.add(source_name)
+            tensor = ix.consts[source_name]
             size = int(np.prod(tensor.dims, dtype=np.int64))
-            reason = problem or _refusal(tensor, source_name, node, via_nodes, consumers, captured)
+            reason = problem or _refusal(tensor, source_name, node, index, via_nodes, ix)
             if reason:
                 inv.skipped.append(Skipped(source_name, reason, size))
-                claimed.add(source_name)
                 continue
-            rank = len(tensor.dims) if not via_nodes else _consumer_rank(node.input[index], shapes, tensor)
-            out_axis, in_axis = AXES[node.op_type](node, index, rank)
-            out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims))
-            inv.prunable.append(
-                PrunableWeight(
-                    name=source_name,
-                    node=node.name,
-                    op_type=node.op_type,
-                    input_index=index,
-                    shape=tuple(int(d) for d in tensor.dims),
-                    dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name,
-                    kind=WEIGHT_OPS[node.op_type],
-                    out_axis=out_axis,
-                    in_axis=in_axis,
-                    via=tuple(v.op_type for v in via_nodes),
-                    source="constant" if source_name in producers else "initializer",
-                    macs=_macs(node, size, shapes),
-                )
-            )
-            claimed.add(source_name)
-    _explain_the_rest(graph, consts, consumers, claimed, captured, inv)
+            inv.prunable.append(_weight(node, index, facts, source_name, tensor, via_nodes, ix, shapes))
+    _explain_the_rest(ix, claimed, inv)
     return inv
 
 
-def _trace_constant(name, producers, consts, consumers):
-    """Follow pass-through ops back to a constant. Returns (constant name, via nodes, problem) or None."""
+def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, shapes) -> PrunableWeight:
+    size = int(np.prod(tensor.dims, dtype=np.int64))
+    rank = len(tensor.dims)
+    if via_nodes:  # a Gather changes the rank: worth inferring shapes for; the others only if they are known
+        lookup = shapes.get if any(v.op_type == "Gather" for v in via_nodes) else shapes.known
+        rank = _consumer_rank(node.input[index], lookup, tensor)
+    out_axis, in_axis = facts.axes(node, index, rank)
+    out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
+    return PrunableWeight(
+        name=source_name,
+        node=node.name,
+        op_type=node.op_type,
+        input_index=index,
+        shape=tuple(int(d) for d in tensor.dims),
+        dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name,
+        kind=facts.kind,
+        out_axis=out_axis,
+        in_axis=in_axis,
+        via=tuple(v.op_type for v in via_nodes),
+        source="constant" if source_name in ix.producers else "initializer",
+        macs=_macs(node, size, shapes),
+        scope=ix.scope_of.get(id(node), ""),
+    )
+
+
+def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
+    """Follow layout-only ops (and a bank-selecting Gather) back to a constant: (name, via nodes, problem) or None.
+
+    A Gather is followed only on a channel-carrying operand (`channels`) and only when its index is a scalar, so
+    the constant is a table of whole weights (an embedding lookup is not a weight)."""
     via = []
-    while name not in consts:
-        node = producers.get(name)
+    while name not in ix.consts:
+        node = ix.producers.get(name)
         if node is None:
             return None
-        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
-            return node.input[0], via, "behind a DequantizeLinear (quantized weight)"
-        if node.op_type not in PASS_THROUGH or len(consumers.get(name, [])) != 1:
+        if node.op_type == "DequantizeLinear" and node.input[0] in ix.consts:
+            return node.input[0], via, f"behind a DequantizeLinear (quantized weight): {QUANTIZED_HOW}"
+        if len(ix.consumers.get(name, [])) != 1:
+            return None
+        if node.op_type == "Gather" and channels and node.input[0] in ix.consts and _scalar(node.input[1], ix, shapes):
+            return node.input[0], [node] + via, None
+        if node.op_type not in PASS_THROUGH:
             return None
         via.insert(0, node)
         name = node.input[0]
     return name, via, None
 
 
-def _refusal(tensor, name, node, via_nodes, consumers, captured) -> str | None:
+def _scalar(name, ix: ScopeIndex, shapes) -> bool:
+    if name in ix.consts:
+        return len(ix.consts[name].dims) == 0
+    shape = shapes.get(name)
+    return shape is not None and len(shape) == 0
+
+
+class _LazyShapes:
+    """Inferred shapes, computed on first use (a Gather bank's index rank, a weight behind a layout op) or at once
+    when MACs are wanted; without MACs most models never pay for shape inference."""
+
+    def __init__(self, model: onnx.ModelProto, now: bool):
+        self._model = model
+        self._shapes = infer_shapes(model) if now else None
+
+    def get(self, name, default=None):
+        if self._shapes is None:
+            self._shapes = infer_shapes(self._model)
+        return self._shapes.get(name, default)
+
+    def known(self, name, default=None):
+        """The shape if inference already ran, without running it."""
+        return default if self._shapes is None else self._shapes.get(name, default)
+
+
+def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
-        return f"integer dtype ({onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name}) weight of {node.op_type} '{node.name}'"
-    users = consumers.get(name, [])
-    if len(users) > 1:
-        others = ", ".join(f"'{u.name}'" for u in users if u is not (via_nodes[0] if via_nodes else node))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+        return f"integer dtype ({dtype}) weight of {node.op_type} '{node.name}'"
+    if name in ix.reused:
+        return "its name is defined in several subgraphs; rename the tensors to prune it"
+    first = via_nodes[0] if via_nodes else node
+    users = ix.consumers.get(name, [])
+    if len(users) > 1 and not _same_use_in_separate_bodies(name, users, first, ix):
+        others = ", ".join(f"'{u.name}'" for u in users if u is not first)
         return f"shared with node {others}"
-    if name in captured:
-        return "also used inside an If/Loop/Scan subgraph"
     if len(tensor.dims) < 1:
         return "scalar"
     return None
 
 
-def _explain_the_rest(graph, consts, consumers, claimed, captured, inv: Inventory) -> None:
-    for name, tensor in consts.items():
+def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex) -> bool:
+    """Several readers, all inside bodies, each the same op reading `name` as the same input, at most one per
+    body (If branches: one runs). A reader in the main graph could have its channels sliced: never shared then."""
+    if first.op_type not in WEIGHT_OPS:
+        return False
+    scopes = [ix.scope_of.get(id(u), "") for u in users]
+    if "" in scopes:
+        return False
+    same_use = all(u.op_type == first.op_type and list(u.input).index(name) == list(first.input).index(name)
+                   for u in users)
+    return same_use and len(set(scopes)) == len(scopes)
+
+
+def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
+    for name, tensor in ix.consts.items():
         if name in claimed:
             continue
         size = int(np.prod(tensor.dims, dtype=np.int64))
-        users = consumers.get(name, [])
+        users = ix.consumers.get(name, [])
         if size < 2 and not users:
             continue
-        reason = _why_not(tensor, users, name, captured)
+        reason = _why_not(name, tensor, users)
         if reason:
             inv.skipped.append(Skipped(name, reason, size))
-    for node in graph.node:
-        if node.op_type in SUBGRAPH_OPS:
-            n_sub = sum(1 for _ in _subgraph_initializers(node))
-            if n_sub:
-                inv.skipped.append(Skipped(f"{node.op_type} '{node.name}'", f"{n_sub} tensor(s) inside a subgraph (left untouched)", 0))
 
 
-def _why_not(tensor, users, name, captured) -> str | None:
-    ops = {u.op_type for u in users}
-    if name in captured and not users:
-        return "used inside an If/Loop/Scan subgraph (left untouched)"
+def _why_not(name, tensor, users) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
-        if ops & {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DequantizeLinear"}:
-            return "integer dtype (quantized weight)"
+        for u in users:
+            k = QUANTIZED_WEIGHT_OPS.get(u.op_type)
+            if k is not None and k < len(u.input) and u.input[k] == name:
+                return f"integer dtype (quantized weight of {u.op_type} '{u.name}'): {QUANTIZED_HOW}"
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
-        if u.op_type in ("Conv", "ConvTranspose", "Gemm") and len(u.input) > 2 and u.input[2] == name:
+        if opfacts.is_bias(u, name):
             return f"bias of {u.op_type} '{u.name}'"
         if u.op_type in NORM_OPS:
             return f"normalization parameter of {u.op_type} '{u.name}'"
         if u.op_type == "Add":
             return f"bias (Add '{u.name}')"
+        if WEIGHT_OPS.get(u.op_type) is not None and WEIGHT_OPS[u.op_type].kind == "recurrent":
+            return f"bias, state or peephole of {u.op_type} '{u.name}'"
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     if int(np.prod(tensor.dims, dtype=np.int64)) < 2:
         return None
-    op = next(iter(ops), "nothing")
-    return f"not a weight of Conv/ConvTranspose/Gemm/MatMul (used by {op})"
+    op = users[0].op_type if users else "nothing"
+    return f"not a weight of {'/'.join(WEIGHT_OPS)} (used by {op})"
 
 
-def _constants(graph) -> dict[str, onnx.TensorProto]:
-    out = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    out[node.output[0]] = attr.t
-    return out
-
-
-def _names_used_in_subgraphs(graph) -> set[str]:
-    used: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for g in subs:
-                for n in g.node:
-                    used.update(n.input)
-                for sub_node in g.node:
-                    if any(a.HasField("g") or a.graphs for a in sub_node.attribute):
-                        used |= _names_used_in_subgraphs(g)
-    return used
-
-
-def _subgraph_initializers(node):
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            yield from g.initializer
-            for n in g.node:
-                if n.op_type == "Constant":
-                    yield n
-
-
-def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank):
+def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank):
     """Map consumer-space axes back to the constant's storage axes through the pass-through chain."""
     for v in reversed(via_nodes):
         if v.op_type == "Transpose":
@@ -274,18 +265,23 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank):
             in_axis = perm[in_axis] if in_axis is not None else None
         elif v.op_type in ("Identity", "Cast"):
             continue
-        else:  # Reshape/Squeeze/Unsqueeze: the axes no longer line up one to one
+        elif v.op_type == "Gather" and consumer_rank == storage_rank - 1:  # a scalar index drops the bank axis
+            g = _attr(v, "axis", 0) % storage_rank
+            out_axis = None if out_axis is None else out_axis + (out_axis >= g)
+            in_axis = None if in_axis is None else in_axis + (in_axis >= g)
+        else:  # Reshape/Squeeze/Unsqueeze/Flatten: the axes no longer line up one to one
             return None, None
     return out_axis, in_axis
 
 
-def _consumer_rank(name, shapes, tensor):
-    shape = shapes.get(name)
+def _consumer_rank(name, lookup, tensor):
+    shape = lookup(name)
     return len(shape) if shape is not None else len(tensor.dims)
 
 
 def _macs(node, size, shapes) -> int | None:
-    out = shapes.get(node.output[0])
+    shapes = {n: shapes.known(n) for n in (*node.input, *node.output) if shapes.known(n) is not None}
+    out = shapes.get(node.output[0]) if node.output else None
     if out is None:
         return None
     if node.op_type == "Gemm":
@@ -305,16 +301,14 @@ def _macs(node, size, shapes) -> int | None:
 
 
 def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+    return opfacts.attr(node, name, default)
 
 
 def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:
-    """The values of a prunable weight, initializer or Constant node output."""
-    return numpy_helper.to_array(_constants(model.graph)[name])
+    """The values of a prunable weight, initializer or Constant node output, in any scope."""
+    return numpy_helper.to_array(all_constants(model.graph)[name])
 
 
 def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return _constants(model.graph)
+    """Every dense constant (initializer or Constant node value) of the model and its bodies, by name."""
+    return all_constants(model.graph)

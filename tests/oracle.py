@@ -28,14 +28,27 @@ def assert_same_outputs(got_model, want_model, *, seeds=(0, 1, 2), batch=3, rtol
             assert diff <= rtol * scale, f"output '{name}': max abs diff {diff:.3g} > {rtol:g} x scale {scale:.3g}"
 
 
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _graphs(g)
+
+
 def zero_weights(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The masking oracle: the original model with the masked weights zeroed in numpy."""
+    """The masking oracle: the original model with the masked weights zeroed in numpy (initializers and Constant
+    nodes, in the main graph and in If/Loop/Scan bodies)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name in masks:
-            arr = numpy_helper.to_array(t)
-            t.CopyFrom(numpy_helper.from_array(np.where(masks[t.name], arr, 0).astype(arr.dtype), t.name))
+    for graph in _graphs(out.graph):
+        tensors = [t for t in graph.initializer if t.name in masks]
+        tensors += [(n.output[0], a.t) for n in graph.node if n.op_type == "Constant" and n.output[0] in masks
+                    for a in n.attribute if a.name == "value"]
+        for t in tensors:
+            name, proto = (t.name, t) if isinstance(t, onnx.TensorProto) else t
+            arr = numpy_helper.to_array(proto)
+            proto.CopyFrom(numpy_helper.from_array(np.where(masks[name], arr, 0).astype(arr.dtype), proto.name))
     return out
 
 

@@ -1,7 +1,7 @@
 """OnnxModule: an ONNX graph run as a trainable ``torch.nn.Module``, node by node through the op registry.
 
 Building a module:
-  1. Every node is looked up first (domain, op type, opset); all unsupported nodes, control flow included,
+  1. Every node is looked up first (domain, op type, opset), nodes inside If/Loop bodies too; all unsupported nodes
      are reported in one ``UnsupportedOpError``. Local functions are inlined before that.
   2. Initializers named in ``trainable`` become ``nn.Parameter``s in their exact ONNX layout, in
      ``self.params`` (a ParameterDict under sanitized keys); ``onnx_parameters()`` maps ONNX names to them.
@@ -42,6 +42,7 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from onnxprune.errors import ConfigError, ConverterError, ModelError, UnsupportedOpError
+from onnxprune.passes.scopes import outer_reads
 
 from .ops import (CONTROL_FLOW_OPS, ONNX_TO_TORCH, NodeContext, OpDef, RunState, default_dropout_ratio, lookup,
                   normalize_domain, numpy_to_torch, parse_attributes, sparse_to_dense, supported_ops,
@@ -95,10 +96,10 @@ class OnnxModule(nn.Module):
         consts = self._load_initializers(graph, trainable)
 
         order = _toposort(nodes, {i.name for i in graph.input} | set(init_types))
-        self._steps = self._plan(order, nodes, names, resolved, consts)
+        self._steps = self._plan(order, nodes, names, resolved, consts, self._buffer_seeds)
         self._outputs = tuple(o.name for o in graph.output)
         self._inputs = tuple(i.name for i in graph.input if i.name not in init_types)
-        self._mark_last_uses()
+        _mark_last_uses(self._steps, self._outputs)
         self._base_dropout = dict(self._run.dropout_ratios)
         if device is not None:
             self.to(device)
@@ -133,26 +134,31 @@ class OnnxModule(nn.Module):
                 self._buffer_seeds.append((name, key))
         return consts
 
-    def _plan(self, order, nodes, names, resolved, consts) -> list[_Step]:
-        """Fold Constant-like nodes into buffers, fill build-time constant inputs, make the run steps."""
+    def _plan(self, order, nodes, names, resolved, consts, seeds: list) -> list[_Step]:
+        """Fold Constant-like nodes into buffers, fill build-time constant inputs, compile bodies, make the steps."""
         taken = set(self.constants._buffers)
         steps = []
         for i in order:
             node = nodes[i]
             opdef, attrs, ctx = resolved[i]
             if opdef.fold and all(n == "" or n in consts for n in node.input):
-                self._fold(node, opdef, attrs, ctx, consts, taken)
+                self._fold(node, opdef, attrs, ctx, consts, taken, seeds)
                 continue
+            inputs = tuple(node.input)
+            if any(isinstance(v, _Pending) for v in attrs.values()):
+                outer = tuple(sorted(outer_reads(node)))
+                attrs = {k: Body(self, v, outer) if isinstance(v, _Pending) else v for k, v in attrs.items()}
+                inputs += outer
             for j in opdef.static_inputs:
                 if j < len(node.input) and node.input[j] in consts:
                     ctx.static[j] = consts[node.input[j]].reshape(-1).tolist()
             if node.op_type == "Dropout":
                 has_ratio = len(node.input) > 1 and node.input[1] != ""
                 self._run.dropout_ratios[ctx.name] = default_dropout_ratio(attrs, ctx, has_ratio)
-            steps.append(_Step(opdef.fn, names[i], node.op_type, tuple(node.input), tuple(node.output), attrs, ctx))
+            steps.append(_Step(opdef.fn, names[i], node.op_type, inputs, tuple(node.output), attrs, ctx))
         return steps
 
-    def _fold(self, node, opdef: OpDef, attrs, ctx, consts, taken) -> None:
+    def _fold(self, node, opdef: OpDef, attrs, ctx, consts, taken, seeds: list) -> None:
         for j in opdef.static_inputs:
             if j < len(node.input) and node.input[j]:
                 ctx.static[j] = consts[node.input[j]].reshape(-1).tolist()
@@ -164,22 +170,21 @@ class OnnxModule(nn.Module):
                 consts[name] = t
                 key = _sanitize(name, taken, self.constants)
                 self.constants.register_buffer(key, t, persistent=False)
-                self._buffer_seeds.append((name, key))
+                seeds.append((name, key))
 
-    def _mark_last_uses(self) -> None:
-        keep = set(self._outputs)
-        last: dict[str, int] = {}
-        for k, step in enumerate(self._steps):
-            for n in step.outputs:
-                last[n] = k
-            for n in step.inputs:
-                last[n] = k
-        dying: dict[int, list] = {}
-        for n, k in last.items():
-            if n and n not in keep:
-                dying.setdefault(k, []).append(n)
-        for k, step in enumerate(self._steps):
-            step.free = tuple(dying.get(k, ()))
+    def _body_constants(self, graph, seeds: list) -> dict[str, torch.Tensor]:
+        """A body's own initializers, as non-persistent buffers (bodies hold no trainable parameters)."""
+        taken = set(self.constants._buffers)
+        consts = {}
+        for t in graph.initializer:
+            tensor = numpy_to_torch(numpy_helper.to_array(t))
+            if self._dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(self._dtype)
+            key = _sanitize(t.name, taken, self.constants)
+            self.constants.register_buffer(key, tensor, persistent=False)
+            seeds.append((t.name, key))
+            consts[t.name] = tensor
+        return consts
 
     # -------------------------------------------------------------------------------------------------- forward
 
@@ -193,20 +198,7 @@ class OnnxModule(nn.Module):
         for name, key in self._buffer_seeds:
             values[name] = buffers[key]
         self._run.training = self.training
-        for step in self._steps:
-            try:
-                out = step.fn([values[n] if n else None for n in step.inputs], step.attrs, step.ctx)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as e:
-                raise ConverterError(f"{step.op_type} node '{step.name}' failed in the torch bridge: {e}") from e
-            if isinstance(out, torch.Tensor):
-                out = (out,)
-            for name, t in zip(step.outputs, out):
-                if name:
-                    values[name] = t
-            for name in step.free:
-                values.pop(name, None)
+        _execute(self._steps, values)
         return tuple(values[n] for n in self._outputs)
 
     def _feeds(self, args, kwargs) -> dict:
@@ -305,6 +297,93 @@ class OnnxModule(nn.Module):
                 f"trainable={len(self._param_keys)}")
 
 
+# --------------------------------------------------------------------------------------------- bodies, running
+
+
+@dataclass
+class _Pending:
+    """A graph attribute whose nodes are resolved; `OnnxModule._plan` compiles it into a `Body`."""
+
+    graph: onnx.GraphProto
+    names: list
+    resolved: list
+
+
+class Body:
+    """An If/Loop body compiled once: its steps run over the outer values it reads and its own inputs.
+
+    Its initializers and Constant nodes are buffers of the owning module (moved by ``.to(device)``); a weight
+    that should train lives in the main graph (outer scope), which bodies read like any other outer value.
+    """
+
+    def __init__(self, owner: "OnnxModule", pending: _Pending, outer: tuple):
+        graph = pending.graph
+        self.outer = outer
+        self.inputs = tuple(i.name for i in graph.input)
+        self.outputs = tuple(o.name for o in graph.output)
+        self._types = [o.type.tensor_type.elem_type for o in graph.output]
+        self._dims = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]
+        self._constants = owner.constants
+        self._seeds: list[tuple[str, str]] = []
+        consts = owner._body_constants(graph, self._seeds)
+        nodes = list(graph.node)
+        order = _toposort(nodes, set(self.inputs) | set(consts) | set(outer))
+        self.steps = owner._plan(order, nodes, pending.names, pending.resolved, consts, self._seeds)
+        _mark_last_uses(self.steps, self.outputs)
+
+    def run(self, outer_values: list, inputs: list) -> list:
+        values = dict(zip(self.outer, outer_values))
+        values.update(zip(self.inputs, inputs))
+        buffers = self._constants._buffers
+        for name, key in self._seeds:
+            values[name] = buffers[key]
+        _execute(self.steps, values)
+        return [values[n] for n in self.outputs]
+
+    def output_dtype(self, index: int) -> torch.dtype:
+        return ONNX_TO_TORCH.get(self._types[index], torch.float32)
+
+    def output_dims(self, index: int) -> list[int]:
+        """Declared dims of output `index`, 0 where symbolic or unknown."""
+        return self._dims[index]
+
+
+def _execute(steps, values: dict) -> None:
+    """Run the steps in order over `values` (name -> tensor), dropping each value after its last use."""
+    for step in steps:
+        try:
+            out = step.fn([values[n] if n else None for n in step.inputs], step.attrs, step.ctx)
+        except torch.OutOfMemoryError:
+            raise
+        except ConverterError:
+            raise
+        except Exception as e:
+            raise ConverterError(f"{step.op_type} node '{step.name}' failed in the torch bridge: {e}") from e
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        for name, t in zip(step.outputs, out):
+            if name:
+                values[name] = t
+        for name in step.free:
+            values.pop(name, None)
+
+
+def _mark_last_uses(steps, outputs) -> None:
+    keep = set(outputs)
+    last: dict[str, int] = {}
+    for k, step in enumerate(steps):
+        for n in step.outputs:
+            last[n] = k
+        for n in step.inputs:
+            last[n] = k
+    dying: dict[int, list] = {}
+    for n, k in last.items():
+        if n and n not in keep:
+            dying.setdefault(k, []).append(n)
+    for k, step in enumerate(steps):
+        step.free = tuple(dying.get(k, ()))
+
+
 # -------------------------------------------------------------------------------------------------------- helpers
 
 
@@ -320,22 +399,28 @@ def _unique_node_names(nodes) -> list[str]:
 
 
 def _resolve_nodes(nodes, names, opsets, run: RunState, dtype) -> list:
-    """(OpDef, attrs, ctx) for every node, or one UnsupportedOpError listing every node we cannot run."""
-    resolved, problems = [], []
+    """(OpDef, attrs, ctx) for every node, bodies included, or one UnsupportedOpError listing every node (in any
+    body) we cannot run."""
+    problems: list = []
+    resolved = _resolve(nodes, names, opsets, run, dtype, problems)
+    if problems:
+        raise _unsupported_error(problems)
+    return resolved
+
+
+def _resolve(nodes, names, opsets, run: RunState, dtype, problems: list) -> list:
+    resolved = []
     for node, name in zip(nodes, names):
         domain = normalize_domain(node.domain)
         opset = opsets.get(domain)
         label = domain or "ai.onnx"
         reason = None
-        if domain == "" and node.op_type in CONTROL_FLOW_OPS or any(a.type in (onnx.AttributeProto.GRAPH,
-                                                                             onnx.AttributeProto.GRAPHS)
-                                                                      for a in node.attribute):
-            reason = "control flow (If/Loop/Scan, subgraph attributes) is not supported"
-        elif opset is None:
+        if opset is None:
             reason = f"the model imports no opset for domain '{label}'"
         opdef = lookup(domain, node.op_type, opset) if reason is None else None
         if reason is None and opdef is None:
-            reason = "no implementation"
+            reason = ("control flow op with no implementation (the bridge runs If and Loop)"
+                      if domain == "" and node.op_type in CONTROL_FLOW_OPS else "no implementation")
         attrs = ctx = None
         if reason is None:
             try:
@@ -343,14 +428,27 @@ def _resolve_nodes(nodes, names, opsets, run: RunState, dtype) -> list:
             except ValueError as e:
                 reason = str(e)
         if reason is None:
+            attrs = _resolve_bodies(node, name, attrs, opsets, run, dtype, problems)
             ctx = NodeContext(name, node.op_type, domain, opset, len(node.output), float_dtype=dtype, run=run)
             reason = opdef.check(attrs, ctx) if opdef.check else None
         if reason is not None:
             problems.append((label, node.op_type, opset, name, reason))
         resolved.append((opdef, attrs, ctx))
-    if problems:
-        raise _unsupported_error(problems)
     return resolved
+
+
+def _resolve_bodies(node, name, attrs: dict, opsets, run, dtype, problems: list) -> dict:
+    """Graph attributes become `_Pending` bodies (their nodes resolved now, so every gap is reported at once);
+    ops with bodies also get their number of own inputs (`_inputs`) and their names (`_input_names`)."""
+    bodies = {k: v for k, v in attrs.items() if isinstance(v, onnx.GraphProto)}
+    if not bodies:
+        return attrs
+    attrs = dict(attrs, _inputs=len(node.input), _input_names=list(node.input))
+    for key, graph in bodies.items():
+        body_nodes = list(graph.node)
+        body_names = [f"{name}/{key}/{n}" for n in _unique_node_names(body_nodes)]
+        attrs[key] = _Pending(graph, body_names, _resolve(body_nodes, body_names, opsets, run, dtype, problems))
+    return attrs
 
 
 def _unsupported_error(problems) -> UnsupportedOpError:
@@ -363,7 +461,7 @@ def _unsupported_error(problems) -> UnsupportedOpError:
     err = UnsupportedOpError(
         f"the torch bridge cannot run {len(problems)} node(s) of this model:\n" + "\n".join(lines)
         + f"\nIt implements {n_types} op types (converter.bridge.supported_ops()); fine-tuning needs every node. "
-          "Skip fine-tuning for this model or add the op to converter/bridge/ops.py.")
+          "Skip fine-tuning for this model or add the op to converter/bridge/ops/ (one module per op family).")
     err.unsupported = problems
     return err
 
@@ -413,7 +511,9 @@ def _toposort(nodes, available: set) -> list[int]:
     deps = []
     for i, n in enumerate(nodes):
         d = set()
-        for x in n.input:
+        reads = list(n.input) + (sorted(outer_reads(n)) if any(a.type == onnx.AttributeProto.GRAPH
+                                                                for a in n.attribute) else [])
+        for x in reads:
             if not x or x in available:
                 continue
             if x not in producer:

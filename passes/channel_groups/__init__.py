@@ -29,6 +29,7 @@ the rule table and the walk.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import onnx_graphsurgeon as gs
@@ -55,6 +56,9 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _transpose,
 )
 from onnxprune.passes.channel_groups.util import NAN
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS, WEIGHT_OPS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel_groups"]
 
@@ -65,7 +69,16 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Concat": _concat, "Split": _split,
 }
-PRODUCERS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
+PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
+
+
+def _no_rule(node: gs.Node) -> str:
+    """Why a node with no rule keeps its channels: weight ops and bodies we do not shrink say so plainly."""
+    if node.op in WEIGHT_OPS:
+        return f"(op {node.op}) is recurrent: dead-neuron removal does not shrink its hidden size"
+    if node.op in SUBGRAPH_OPS:
+        return f"(op {node.op}) holds subgraphs: dead-neuron removal does not enter them"
+    return f"(op {node.op}) has no channel rule"
 
 
 def _subgraph_names(graph: gs.Graph) -> set[str]:
@@ -92,7 +105,10 @@ def build_channel_groups(
         if node.name and node.name in b.protected:
             b.opaque(node, "is protected")
         elif (node.domain or "") not in ("", "ai.onnx") or node.op not in RULES:
-            b.opaque(node, f"(op {node.op}) has no channel rule")
+            why = _no_rule(node)
+            if node.op in WEIGHT_OPS or node.op in SUBGRAPH_OPS:
+                log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why.split(") ", 1)[1])
+            b.opaque(node, why)
         elif mapped or node.op in PRODUCERS:
             RULES[node.op](b, node)
     inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}

@@ -121,23 +121,18 @@ def test_prune_json_exit_code_3_when_budget_missed(teacher_data, tmp_path):
 
 
 def test_graphs_the_bridge_cannot_run_fall_back_to_layerwise_reconstruction(teacher_data):
-    """A Loop the bridge does not run sits after the MLP: retraining still happens, by reconstruction."""
+    """A Scan the bridge does not run sits after the MLP: retraining still happens, by reconstruction."""
     model, data = teacher_data
     m = onnx.ModelProto()
     m.CopyFrom(model)
     out = m.graph.output[0]
     body = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["cond_in"], ["cond_out"]), onnx.helper.make_node("Identity", ["v_in"], ["v_out"])],
-        "body",
-        [onnx.helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
-         onnx.helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
-         onnx.helper.make_tensor_value_info("v_in", onnx.TensorProto.FLOAT, None)],
-        [onnx.helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
-         onnx.helper.make_tensor_value_info("v_out", onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_node("Identity", ["s"], ["s_out"])], "body",
+        [onnx.helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, [10])],
+        [onnx.helper.make_tensor_value_info("s_out", onnx.TensorProto.FLOAT, [10])],
     )
-    m.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(1, np.int64), "trip"),
-                                onnx.numpy_helper.from_array(np.array(True), "cond")])
-    m.graph.node.append(onnx.helper.make_node("Loop", ["trip", "cond", out.name], ["looped"], body=body, name="loop"))
+    m.graph.node.append(onnx.helper.make_node("Scan", [out.name], ["looped"], body=body, num_scan_inputs=1,
+                                              name="scan"))
     del m.graph.output[:]
     m.graph.output.append(onnx.helper.make_tensor_value_info("looped", onnx.TensorProto.FLOAT, ["N", 10]))
     onnx.checker.check_model(m, full_check=True)

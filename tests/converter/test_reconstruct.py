@@ -10,14 +10,15 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.converter.bridge import OnnxModule
 from onnxprune.errors import UnsupportedOpError
 from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
-from onnxprune.models import builders
+from onnxprune.models import builders, builders_control
 from onnxprune.passes.magnitude import sparsity_mask
 from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import check_full, run, zero_weights
 
 
 def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
-    """Route tensor `after` through a one-trip Loop whose body applies Relu (control flow: no bridge)."""
+    """Route tensor `after` through a Loop whose body applies Relu and stops after one trip; it has no trip count
+    (an unbounded loop: the bridge does not run it)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -27,17 +28,17 @@ def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
             if name == after:
                 n.input[i] = looped
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Relu", ["v"], ["v_out"])],
+        [helper.make_node("Less", ["i", "loop.zero"], ["cond_out"]), helper.make_node("Relu", ["v"], ["v_out"])],
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
          helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
-    g.initializer.extend([numpy_helper.from_array(np.array(1, dtype=np.int64), "loop.trips"),
+    g.initializer.extend([numpy_helper.from_array(np.array(0, dtype=np.int64), "loop.zero"),
                           numpy_helper.from_array(np.array(True), "loop.cond")])
     index = next(i for i, n in enumerate(g.node) if after in n.output) + 1
-    g.node.insert(index, helper.make_node("Loop", ["loop.trips", "loop.cond", after], [looped], name="/loop/Loop",
+    g.node.insert(index, helper.make_node("Loop", ["", "loop.cond", after], [looped], name="/loop/Loop",
                                           body=body))
     return out
 
@@ -98,3 +99,19 @@ def test_weights_behind_a_transpose_are_left_alone_with_a_reason():
     refit = reconstruct(pruned, dense, masks, feeds_for(dense, 2, 16, seed=0), report=report)
     assert set(report.skipped) == set(masks) and all("Transpose" in why for why in report.skipped.values())
     assert refit.SerializeToString() == pruned.SerializeToString()
+
+
+@pytest.mark.parametrize("build, refit, skipped", [
+    (lambda: builders_control.if_network(seed=0), set(), {"fc1.weight", "then.fc2.weight", "else.fc2.weight"}),
+    (lambda: builders_control.lstm_classifier(seed=0), {"fc.weight"}, {"lstm.W", "lstm.R"}),
+])
+def test_weights_in_bodies_and_recurrent_weights_are_left_as_pruned(build, refit, skipped):
+    dense = build()
+    pruned, masks = prune(dense, 0.7)
+    report = ReconstructReport()
+    out = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 32, seed=0), report=report)
+    check_full(out)
+    assert set(report.refit) == refit and set(report.skipped) == skipped
+    for name in skipped:
+        assert "left as pruned" in report.skipped[name]
+        np.testing.assert_array_equal(weight_array(out, name), weight_array(pruned, name))

@@ -77,7 +77,7 @@ def test_constant_node_weights_and_fp16_are_prunable():
     assert (pw.name, pw.source, pw.dtype, pw.shape) == ("W", "constant", "float16", (4, 3))
 
 
-def test_weights_inside_subgraphs_are_left_alone_and_said_so():
+def test_weights_inside_if_branches_are_prunable_and_say_where_they_live():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
     cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
@@ -86,8 +86,10 @@ def test_weights_inside_subgraphs_are_left_alone_and_said_so():
     else_g = helper.make_graph([helper.make_node("MatMul", ["x", "Wi2"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 3])], [numpy_helper.from_array(np.ones((4, 3), np.float32), "Wi2")])
     m = _model([helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="if")], [], [x, cond], [y])
     inv = find_prunable(m)
-    assert inv.prunable == []
-    assert any("subgraph" in s.reason for s in inv.skipped)
+    found = {w.name: w for w in inv.prunable}
+    assert sorted(found) == ["Wi", "Wi2"]
+    assert found["Wi"].scope == "If 'if'/then_branch" and found["Wi2"].scope == "If 'if'/else_branch"
+    assert (found["Wi"].out_axis, found["Wi"].in_axis, found["Wi"].kind) == (1, 0, "fc")
 
 
 def test_old_ir_initializers_listed_as_inputs_are_prunable():

@@ -1,0 +1,194 @@
+"""Element-wise ops: unary maths and activations, binary arithmetic and comparisons, variadic Sum/Max/Min/Mean."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .core import Tensor, _axis, _opt, register
+
+# --------------------------------------------------------------------------------------------------------------
+# Elementwise: unary, binary, variadic, comparisons
+# --------------------------------------------------------------------------------------------------------------
+
+_UNARY = {
+    "Abs": torch.abs, "Neg": torch.neg, "Exp": torch.exp, "Log": torch.log, "Sqrt": torch.sqrt,
+    "Reciprocal": torch.reciprocal, "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
+    "Erf": torch.erf, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round, "Sign": torch.sign,
+    "Sin": torch.sin, "Cos": torch.cos, "Tan": torch.tan, "Asin": torch.asin, "Acos": torch.acos,
+    "Atan": torch.atan, "Sinh": torch.sinh, "Cosh": torch.cosh, "Asinh": torch.asinh, "Acosh": torch.acosh,
+    "Atanh": torch.atanh, "Softsign": F.softsign, "Softplus": F.softplus, "Mish": F.mish,
+    "HardSwish": F.hardswish, "Not": torch.logical_not, "IsNaN": torch.isnan, "Identity": lambda x: x,
+}
+
+
+def _unary(fn):
+    def op(inputs, attrs, ctx):
+        return fn(inputs[0])
+
+    return op
+
+
+for _name, _fn in _UNARY.items():
+    register(_name)(_unary(_fn))
+
+
+def _div(a: Tensor, b: Tensor) -> Tensor:
+    if a.dtype.is_floating_point or b.dtype.is_floating_point:
+        return a / b
+    return torch.div(a, b, rounding_mode="trunc")  # C-style integer division, as onnxruntime
+
+
+def _pow(a: Tensor, b: Tensor) -> Tensor:
+    y = torch.pow(a, b)
+    return y if y.dtype == a.dtype else y.to(a.dtype)  # ONNX: the result has the base's type
+
+
+_BINARY = {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": _pow,
+    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
+}
+
+
+def _legacy_broadcast(b: Tensor, a: Tensor, attrs: dict) -> Tensor:
+    """Opset < 7 'broadcast'/'axis': b's dims line up with a's starting at axis."""
+    if attrs.get("broadcast", 0) and "axis" in attrs:
+        axis = _axis(attrs["axis"], a.dim())
+        return b.reshape(tuple(b.shape) + (1,) * (a.dim() - axis - b.dim()))
+    return b
+
+
+def _binary(fn):
+    def op(inputs, attrs, ctx):
+        a, b = inputs[0], inputs[1]
+        return fn(a, _legacy_broadcast(b, a, attrs))
+
+    return op
+
+
+for _name, _fn in _BINARY.items():
+    register(_name)(_binary(_fn))
+
+
+@register("Mod")
+def mod(inputs, attrs, ctx):
+    a, b = inputs
+    return torch.fmod(a, b) if attrs.get("fmod", 0) else torch.remainder(a, b)
+
+
+@register("PRelu")
+def prelu(inputs, attrs, ctx):
+    x, slope = inputs
+    return torch.where(x < 0, x * slope, x)
+
+
+@register("LeakyRelu")
+def leaky_relu(inputs, attrs, ctx):
+    return F.leaky_relu(inputs[0], attrs.get("alpha", 0.01))
+
+
+@register("Elu")
+def elu(inputs, attrs, ctx):
+    return F.elu(inputs[0], attrs.get("alpha", 1.0))
+
+
+@register("Selu")
+def selu(inputs, attrs, ctx):
+    x = inputs[0]
+    alpha = attrs.get("alpha", 1.67326319217681884765625)
+    gamma = attrs.get("gamma", 1.05070102214813232421875)
+    return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
+
+
+@register("Celu")
+def celu(inputs, attrs, ctx):
+    return F.celu(inputs[0], attrs.get("alpha", 1.0))
+
+
+@register("ThresholdedRelu")
+def thresholded_relu(inputs, attrs, ctx):
+    x = inputs[0]
+    return torch.where(x > attrs.get("alpha", 1.0), x, torch.zeros_like(x))
+
+
+@register("HardSigmoid")
+def hard_sigmoid(inputs, attrs, ctx):
+    x = inputs[0]
+    return torch.clamp(attrs.get("alpha", 0.2) * x + attrs.get("beta", 0.5), 0.0, 1.0)
+
+
+@register("Shrink")
+def shrink(inputs, attrs, ctx):
+    x = inputs[0]
+    bias, lambd = attrs.get("bias", 0.0), attrs.get("lambd", 0.5)
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+
+
+def _gelu(inputs, attrs, ctx):
+    return F.gelu(inputs[0], approximate=attrs.get("approximate", "none"))
+
+
+register("Gelu", since_opset=20)(_gelu)
+register("Gelu", domain="com.microsoft")(_gelu)
+
+
+@register("IsInf")
+def is_inf(inputs, attrs, ctx):
+    x = inputs[0]
+    pos, neg = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
+    if pos and neg:
+        return torch.isinf(x)
+    if pos:
+        return torch.isposinf(x)
+    return torch.isneginf(x) if neg else torch.zeros_like(x, dtype=torch.bool)
+
+
+def _clip_bounds(lo, hi, x: Tensor):
+    if lo is not None and hi is not None and lo > hi:
+        return None  # torch.clamp sets everything to hi, as ONNX; hardtanh would refuse
+    if not x.dtype.is_floating_point:
+        return None
+    return (float("-inf") if lo is None else lo, float("inf") if hi is None else hi)
+
+
+@register("Clip")
+def clip_v1(inputs, attrs, ctx):
+    x = inputs[0]
+    lo, hi = attrs.get("min"), attrs.get("max")
+    bounds = _clip_bounds(lo, hi, x)
+    return F.hardtanh(x, *bounds) if bounds else torch.clamp(x, lo, hi)
+
+
+@register("Clip", since_opset=11, static_inputs=(1, 2))
+def clip(inputs, attrs, ctx):
+    """Constant bounds use F.hardtanh (cheap backward); tensor bounds use torch.clamp."""
+    x = inputs[0]
+    lo_t, hi_t = _opt(inputs, 1), _opt(inputs, 2)
+    lo_static = (1 in ctx.static) or lo_t is None
+    hi_static = (2 in ctx.static) or hi_t is None
+    if lo_static and hi_static:
+        lo = ctx.static[1][0] if 1 in ctx.static else None
+        hi = ctx.static[2][0] if 2 in ctx.static else None
+        bounds = _clip_bounds(lo, hi, x)
+        return F.hardtanh(x, *bounds) if bounds else torch.clamp(x, lo, hi)
+    return torch.clamp(x, lo_t, hi_t)
+
+
+def _variadic(fn):
+    def op(inputs, attrs, ctx):
+        return functools.reduce(fn, inputs)
+
+    return op
+
+
+register("Sum")(_variadic(torch.add))
+register("Max")(_variadic(torch.maximum))
+register("Min")(_variadic(torch.minimum))
+
+
+@register("Mean")
+def mean(inputs, attrs, ctx):
+    return functools.reduce(torch.add, inputs) / len(inputs)

@@ -1,0 +1,392 @@
+"""Layers: MatMul/Gemm/Einsum, convolutions, normalisation, the Softmax family, Dropout and pooling."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .core import NodeContext, Tensor, _axis, _lowest, _opt, _static, _torch_pad, register
+
+# --------------------------------------------------------------------------------------------------------------
+# Linear algebra
+# --------------------------------------------------------------------------------------------------------------
+
+
+@register("MatMul")
+def matmul(inputs, attrs, ctx):
+    return torch.matmul(inputs[0], inputs[1])
+
+
+@register("Gemm")
+def gemm(inputs, attrs, ctx):
+    """Y = alpha * A' B' + beta * C, C broadcast to (M, N)."""
+    a, b, c = inputs[0], inputs[1], _opt(inputs, 2)
+    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    if attrs.get("transA", 0):
+        a = a.t()
+    if attrs.get("transB", 0):
+        b = b.t()
+    if c is None or beta == 0.0:
+        y = a @ b
+        return y if alpha == 1.0 else alpha * y
+    return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+
+
+@register("Einsum")
+def einsum(inputs, attrs, ctx):
+    return torch.einsum(attrs["equation"].replace(" ", ""), *inputs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------------------------------------------
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _same_pads(auto_pad: str, in_sizes, kernel, strides, dilations):
+    """SAME_UPPER puts the odd pad at the end, SAME_LOWER at the beginning; output = ceil(in / stride)."""
+    begin, end = [], []
+    for n, k, s, d in zip(in_sizes, kernel, strides, dilations):
+        total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else big)
+        end.append(big if auto_pad == "SAME_UPPER" else small)
+    return begin, end
+
+
+def _spatial_pads(attrs: dict, in_sizes, kernel, strides, dilations):
+    nd = len(kernel)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        return _same_pads(auto_pad, in_sizes, kernel, strides, dilations)
+    if auto_pad == "VALID":
+        return [0] * nd, [0] * nd
+    pads = attrs.get("pads", [0] * (2 * nd))
+    return list(pads[:nd]), list(pads[nd:])
+
+
+def _check_rank(kinds):
+    def check(attrs, ctx):
+        if "kernel_shape" in attrs and len(attrs["kernel_shape"]) not in kinds:
+            return f"{len(attrs['kernel_shape'])}-D kernels are not supported (only {sorted(kinds)}-D)"
+        return None
+
+    return check
+
+
+@register("Conv", check=_check_rank(_CONV))
+def conv(inputs, attrs, ctx):
+    x, w, b = inputs[0], inputs[1], _opt(inputs, 2)
+    nd = w.dim() - 2
+    kernel = list(w.shape[2:])
+    strides = attrs.get("strides", [1] * nd)
+    dilations = attrs.get("dilations", [1] * nd)
+    begin, end = _spatial_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    if begin != end:
+        x = F.pad(x, _torch_pad(begin, end))
+        begin = [0] * nd
+    return _CONV[nd](x, w, b, strides, begin, dilations, attrs.get("group", 1))
+
+
+def _conv_transpose_pads(attrs, in_sizes, kernel, strides, dilations, out_pad):
+    """(pad_head, pad_tail) per axis, as onnxruntime computes them (output_shape / auto_pad / pads)."""
+    nd = len(kernel)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    out_shape = attrs.get("output_shape")
+    if out_shape is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        if auto_pad == "VALID":
+            return [0] * nd, [0] * nd
+        pads = attrs.get("pads", [0] * (2 * nd))
+        return list(pads[:nd]), list(pads[nd:])
+    out_shape = list(out_shape)[-nd:] if out_shape is not None else None
+    head, tail = [], []
+    for i in range(nd):
+        full = (in_sizes[i] - 1) * strides[i] + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+        target = out_shape[i] if out_shape is not None else in_sizes[i] * strides[i]
+        total = max(0, full - target)
+        if auto_pad == "SAME_UPPER":
+            head.append(total // 2)
+            tail.append(total - total // 2)
+        else:
+            head.append(total - total // 2)
+            tail.append(total // 2)
+    return head, tail
+
+
+@register("ConvTranspose", check=_check_rank(_CONV_T))
+def conv_transpose(inputs, attrs, ctx):
+    x, w, b = inputs[0], inputs[1], _opt(inputs, 2)
+    nd = w.dim() - 2
+    kernel = list(w.shape[2:])
+    strides = attrs.get("strides", [1] * nd)
+    dilations = attrs.get("dilations", [1] * nd)
+    out_pad = attrs.get("output_padding", [0] * nd)
+    group = attrs.get("group", 1)
+    head, tail = _conv_transpose_pads(attrs, x.shape[2:], kernel, strides, dilations, out_pad)
+    if head == tail:
+        return _CONV_T[nd](x, w, b, strides, head, out_pad, group, dilations)
+    y = _CONV_T[nd](x, w, b, strides, 0, out_pad, group, dilations)
+    crop = tuple(slice(h, y.shape[2 + i] - t) for i, (h, t) in enumerate(zip(head, tail)))
+    return y[(slice(None), slice(None)) + crop]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_bn(attrs, ctx):
+    if attrs.get("spatial", 1) != 1:
+        return "BatchNormalization with spatial=0 is not supported"
+    return None
+
+
+@register("BatchNormalization", check=_check_bn)
+def batch_norm(inputs, attrs, ctx):
+    """Inference mode always: the running statistics stay frozen, even in module.train() (fine-tuning).
+
+    Extra outputs (training_mode=1 or old opsets) return the unchanged statistics.
+    """
+    x, scale, bias, mean, var = inputs[:5]
+    eps = attrs.get("epsilon", 1e-5)
+    if mean.requires_grad or var.requires_grad:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        inv = torch.rsqrt(var.reshape(shape) + eps)
+        y = (x - mean.reshape(shape)) * inv * scale.reshape(shape) + bias.reshape(shape)
+    else:
+        y = F.batch_norm(x, mean, var, scale, bias, training=False, momentum=0.0, eps=eps)
+    return [y, mean, var, mean, var][: ctx.n_outputs]
+
+
+@register("InstanceNormalization")
+def instance_norm(inputs, attrs, ctx):
+    x, scale, bias = inputs
+    return F.instance_norm(x, weight=scale, bias=bias, eps=attrs.get("epsilon", 1e-5))
+
+
+@register("LayerNormalization", since_opset=17)
+def layer_norm(inputs, attrs, ctx):
+    """Normalise over axes [axis, rank); optional outputs Mean and InvStdDev (kept dims)."""
+    x, scale, bias = inputs[0], inputs[1], _opt(inputs, 2)
+    axis = _axis(attrs.get("axis", -1), x.dim())
+    eps = attrs.get("epsilon", 1e-5)
+    out_dtype = x.dtype
+    if attrs.get("stash_type", 1) == 1 and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    norm_shape = tuple(x.shape[axis:])
+    if ctx.n_outputs == 1 and tuple(scale.shape) == norm_shape and (bias is None or bias.shape == scale.shape):
+        return F.layer_norm(x, norm_shape, scale.to(x.dtype), None if bias is None else bias.to(x.dtype),
+                            eps).to(out_dtype)
+    dims = tuple(range(axis, x.dim()))
+    mu = x.mean(dims, keepdim=True)
+    inv = torch.rsqrt((x - mu).square().mean(dims, keepdim=True) + eps)
+    y = (x - mu) * inv * scale
+    if bias is not None:
+        y = y + bias
+    return [y.to(out_dtype), mu, inv][: ctx.n_outputs]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Softmax family
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _hardmax(x: Tensor, dim: int) -> Tensor:
+    return F.one_hot(torch.argmax(x, dim), x.shape[dim]).movedim(-1, dim).to(x.dtype)
+
+
+_SOFTMAX = {"Softmax": torch.softmax, "LogSoftmax": torch.log_softmax, "Hardmax": _hardmax}
+
+
+def _softmax_coerced(fn):
+    """Opset < 13: flatten to 2-D at axis (default 1), apply on dim 1, restore the shape."""
+
+    def op(inputs, attrs, ctx):
+        x = inputs[0]
+        axis = _axis(attrs.get("axis", 1), x.dim())
+        rows = math.prod(x.shape[:axis])
+        return fn(x.reshape(rows, math.prod(x.shape[axis:])), 1).reshape(x.shape)
+
+    return op
+
+
+def _softmax_axis(fn):
+    """Opset >= 13: along one axis (default -1)."""
+
+    def op(inputs, attrs, ctx):
+        return fn(inputs[0], attrs.get("axis", -1))
+
+    return op
+
+
+for _name, _fn in _SOFTMAX.items():
+    register(_name)(_softmax_coerced(_fn))
+    register(_name, since_opset=13)(_softmax_axis(_fn))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _dropout(x: Tensor, own_ratio: Optional[float], ctx: NodeContext) -> list:
+    """Identity in eval; in train mode drop at ctx.run.dropout_ratios[node] (the module's, rescalable)."""
+    p = ctx.run.dropout_ratios.get(ctx.name)
+    p = own_ratio if p is None else p
+    if not ctx.run.training or not p:
+        return [x, torch.ones_like(x, dtype=torch.bool)][: ctx.n_outputs]
+    if ctx.n_outputs == 1:
+        return [F.dropout(x, p, training=True)]
+    keep = torch.rand_like(x, dtype=torch.float32) >= p
+    return [x * keep / (1.0 - p) if p < 1 else torch.zeros_like(x), keep]
+
+
+@register("Dropout")
+def dropout_v1(inputs, attrs, ctx):
+    return _dropout(inputs[0], attrs.get("ratio", 0.5), ctx)
+
+
+@register("Dropout", since_opset=12, static_inputs=(1,))
+def dropout(inputs, attrs, ctx):
+    """The ratio is input 1 (default 0.5); input 2 (training_mode) is ignored: module.train() decides."""
+    ratio = _static(inputs, 1, ctx)
+    return _dropout(inputs[0], 0.5 if ratio is None else float(ratio[0]), ctx)
+
+
+def default_dropout_ratio(attrs: dict, ctx: NodeContext, has_ratio_input: bool) -> Optional[float]:
+    """A Dropout node's own ratio when known at build time (None when it is a run-time tensor)."""
+    if ctx.opset < 12:
+        return attrs.get("ratio", 0.5)
+    if 1 in ctx.static:
+        return float(ctx.static[1][0])
+    return None if has_ratio_input else 0.5
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _pool_out_sizes(in_sizes, kernel, strides, dilations, begin, end, ceil_mode):
+    """ONNX output sizes; with ceil_mode a window starting past the input + head pad is dropped."""
+    out = []
+    for n, k, s, d, b, e in zip(in_sizes, kernel, strides, dilations, begin, end):
+        span = n + b + e - ((k - 1) * d + 1)
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (o - 1) * s >= n + b:
+            o -= 1
+        out.append(o)
+    return out
+
+
+def _pool_geometry(x: Tensor, attrs: dict):
+    kernel = list(attrs["kernel_shape"])
+    nd = len(kernel)
+    strides = attrs.get("strides", [1] * nd)
+    dilations = attrs.get("dilations", [1] * nd)
+    begin, end = _spatial_pads(attrs, x.shape[2:], kernel, strides, dilations)
+    return kernel, strides, dilations, begin, end
+
+
+def _fast_pool(kernel, begin, end, attrs) -> bool:
+    """torch's own padding gives ONNX results: symmetric pads of at most half the kernel, floor mode."""
+    return begin == end and not attrs.get("ceil_mode", 0) and all(p <= k // 2 for p, k in zip(begin, kernel))
+
+
+def _explicit_end_pads(x: Tensor, kernel, strides, dilations, begin, end, ceil_mode):
+    """End pads that make floor-mode pooling over the padded input produce the ONNX output size."""
+    out = _pool_out_sizes(x.shape[2:], kernel, strides, dilations, begin, end, ceil_mode)
+    return [(o - 1) * s + (k - 1) * d + 1 - n - b
+            for o, s, k, d, n, b in zip(out, strides, kernel, dilations, x.shape[2:], begin)]
+
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _onnx_indices(idx: Tensor, x: Tensor, padded_sizes, begin, storage_order: int) -> Tensor:
+    """torch per-plane indices (into the padded input when padded) -> ONNX flat indices into x."""
+    coords = []
+    rest = idx
+    for n in reversed(padded_sizes):
+        coords.append(rest % n)
+        rest = rest // n
+    coords = [c - b for c, b in zip(reversed(coords), begin)]
+    sizes = list(x.shape[2:])
+    order = range(len(sizes)) if storage_order == 0 else reversed(range(len(sizes)))
+    flat = torch.zeros_like(idx)
+    for i in order:
+        flat = flat * sizes[i] + coords[i]
+    plane = math.prod(sizes)
+    nc = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[0], x.shape[1], *[1] * len(sizes))
+    return flat + nc * plane
+
+
+@register("MaxPool", check=_check_rank(_MAX_POOL))
+def max_pool(inputs, attrs, ctx):
+    x = inputs[0]
+    kernel, strides, dilations, begin, end = _pool_geometry(x, attrs)
+    nd = len(kernel)
+    want_idx = ctx.n_outputs > 1
+    if _fast_pool(kernel, begin, end, attrs):
+        xp, padding = x, begin
+    else:
+        ends = _explicit_end_pads(x, kernel, strides, dilations, begin, end, attrs.get("ceil_mode", 0))
+        xp, padding = F.pad(x, _torch_pad(begin, ends), value=_lowest(x.dtype)), [0] * nd
+    out = _MAX_POOL[nd](xp, kernel, strides, padding, dilations, ceil_mode=False, return_indices=want_idx)
+    if not want_idx:
+        return out
+    y, idx = out
+    shift = [0] * nd if xp is x else begin
+    return [y, _onnx_indices(idx, x, list(xp.shape[2:]), shift, attrs.get("storage_order", 0))]
+
+
+def _check_avg_pool(attrs, ctx):
+    if any(d != 1 for d in attrs.get("dilations", [])):
+        return "AveragePool with dilations is not supported"
+    return _check_rank(_AVG_POOL)(attrs, ctx)
+
+
+def _sum_pool(x: Tensor, kernel, strides) -> Tensor:
+    """Window sums (no padding, floor mode); 1-D runs as 2-D with a unit axis."""
+    if len(kernel) == 1:
+        return _sum_pool(x.unsqueeze(-1), kernel + [1], strides + [1]).squeeze(-1)
+    pool = F.avg_pool2d if len(kernel) == 2 else F.avg_pool3d
+    return pool(x, kernel, strides, 0, False, True, 1)
+
+
+@register("AveragePool", check=_check_avg_pool)
+def average_pool(inputs, attrs, ctx):
+    """Divisor = window cells inside the input (count_include_pad=0) or inside input + pads (=1)."""
+    x = inputs[0]
+    kernel, strides, dilations, begin, end = _pool_geometry(x, attrs)
+    nd = len(kernel)
+    include_pad = bool(attrs.get("count_include_pad", 0))
+    if _fast_pool(kernel, begin, end, attrs):
+        return _AVG_POOL[nd](x, kernel, strides, begin, False, include_pad)
+    ends = _explicit_end_pads(x, kernel, strides, dilations, begin, end, attrs.get("ceil_mode", 0))
+    sums = _sum_pool(F.pad(x, _torch_pad(begin, ends)), kernel, strides)
+    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+    if include_pad:
+        mask = F.pad(F.pad(ones, _torch_pad(begin, end), value=1.0),
+                     _torch_pad([0] * nd, [e2 - e for e2, e in zip(ends, end)]))
+    else:
+        mask = F.pad(ones, _torch_pad(begin, ends))
+    return sums / _sum_pool(mask, kernel, strides)
+
+
+@register("GlobalAveragePool")
+def global_average_pool(inputs, attrs, ctx):
+    x = inputs[0]
+    return x.mean(tuple(range(2, x.dim())), keepdim=True)
+
+
+@register("GlobalMaxPool")
+def global_max_pool(inputs, attrs, ctx):
+    x = inputs[0]
+    return x.amax(tuple(range(2, x.dim())), keepdim=True)

@@ -1,0 +1,154 @@
+"""Resize / Upsample: separable 1-D resampling along each resized axis, in ONNX coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .core import Tensor, _axis, _static, register
+
+# --------------------------------------------------------------------------------------------------------------
+# Resize / Upsample: separable 1-D resampling along each resized axis, in ONNX coordinates
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _source_coords(out_len: int, in_len: int, scale: float, mode: str, roi) -> Tensor:
+    """Input coordinate of each output index, in float32 arithmetic as onnxruntime (ties decide nearest)."""
+    o = torch.arange(out_len, dtype=torch.float32)
+    s, n, m = np.float32(scale), np.float32(in_len), np.float32(out_len)
+    if mode == "half_pixel":
+        return (o + 0.5) / s - 0.5
+    if mode == "half_pixel_symmetric":  # onnxruntime: float offset, the rest in double
+        offset = n / np.float32(2) * (np.float32(1) - m / (s * n))
+        return (float(offset) + (o.double() + 0.5) / float(s) - 0.5).float()
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / s - 0.5 if out_len > 1 else torch.zeros_like(o)
+    if mode == "align_corners":
+        return o * (n - 1) / (m - 1) if out_len > 1 else torch.zeros_like(o)
+    if mode == "asymmetric":
+        return o / s
+    if mode == "tf_half_pixel_for_nn":
+        return (o + 0.5) / s
+    start, end = np.float32(roi[0]), np.float32(roi[1])
+    if out_len > 1:
+        return start * (n - 1) + o * (end - start) * (n - 1) / (m - 1)
+    return torch.full_like(o, 0.5 * float(start + end) * float(n - 1))
+
+
+def _nearest_index(xo: Tensor, mode: str, downsample: bool) -> Tensor:
+    fl = torch.floor(xo)
+    frac = xo - fl
+    if mode == "round_prefer_floor":
+        idx = torch.where(frac > 0.5, fl + 1, fl)
+    elif mode == "round_prefer_ceil":
+        idx = torch.where(frac >= 0.5, fl + 1, fl)
+    elif mode == "floor":
+        idx = fl
+    elif mode == "ceil":
+        idx = torch.ceil(xo)
+    else:  # opset < 11 ('simple'): truncate when upsampling, ceil when downsampling, as onnxruntime
+        idx = torch.ceil(xo) if downsample else torch.trunc(xo)
+    return idx.long()
+
+
+def _cubic_coeffs(t: Tensor, a: float) -> Tensor:
+    """Keys cubic weights of the 4 neighbours floor-1 .. floor+2 for fractional offsets t, shape (n, 4)."""
+    d = torch.stack([t + 1, t, 1 - t, 2 - t], -1)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return torch.where(d <= 1, near, far)
+
+
+def _along(w: Tensor, axis: int, rank: int, dtype) -> Tensor:
+    return w.to(dtype).reshape([-1] + [1] * (rank - axis - 1))
+
+
+def _resample_axis(x: Tensor, axis: int, out_len: int, scale: float, attrs: dict, roi, legacy: bool) -> Tensor:
+    in_len = x.shape[axis]
+    mode = attrs.get("mode", "nearest")
+    coord = "asymmetric" if legacy else attrs.get("coordinate_transformation_mode", "half_pixel")
+    xo = _source_coords(out_len, in_len, scale, coord, roi)
+    rank, dev = x.dim(), x.device
+    if mode == "nearest":
+        nm = "simple" if legacy else attrs.get("nearest_mode", "round_prefer_floor")
+        idx = _nearest_index(xo, nm, scale < 1).clamp(0, in_len - 1)
+        y = x.index_select(axis, idx.to(dev))
+    elif mode == "linear":
+        xc = xo.clamp(0, in_len - 1)
+        i0 = torch.floor(xc).long()
+        i1 = (i0 + 1).clamp(max=in_len - 1)
+        w1 = _along(xc - i0, axis, rank, x.dtype).to(dev)
+        y = x.index_select(axis, i0.to(dev)) * (1 - w1) + x.index_select(axis, i1.to(dev)) * w1
+    else:  # cubic
+        fl = torch.floor(xo)
+        coeffs = _cubic_coeffs(xo - fl, attrs.get("cubic_coeff_a", -0.75))
+        pos = fl.long().unsqueeze(-1) + torch.arange(-1, 3)
+        if attrs.get("exclude_outside", 0):
+            coeffs = torch.where((pos >= 0) & (pos <= in_len - 1), coeffs, torch.zeros_like(coeffs))
+            coeffs = coeffs / coeffs.sum(-1, keepdim=True)
+        pos = pos.clamp(0, in_len - 1)
+        y = sum(x.index_select(axis, pos[:, j].to(dev)) * _along(coeffs[:, j], axis, rank, x.dtype).to(dev)
+                for j in range(4))
+    if coord == "tf_crop_and_resize":
+        outside = _along((xo < 0) | (xo > in_len - 1), axis, rank, torch.bool).to(dev)
+        y = torch.where(outside, torch.tensor(attrs.get("extrapolation_value", 0.0), dtype=y.dtype, device=dev), y)
+    return y
+
+
+def _resize(x: Tensor, roi, scales, sizes, attrs: dict, legacy: bool) -> Tensor:
+    rank = x.dim()
+    axes = [_axis(a, rank) for a in attrs.get("axes", range(rank))]
+    in_sizes = [x.shape[a] for a in axes]
+    if sizes:
+        policy = attrs.get("keep_aspect_ratio_policy", "stretch")
+        ratios = [np.float32(o) / np.float32(n) for o, n in zip(sizes, in_sizes)]
+        if policy != "stretch":
+            common = min(ratios) if policy == "not_larger" else max(ratios)
+            ratios = [common] * len(axes)
+            sizes = [int(np.floor(np.float32(common) * np.float32(n) + np.float32(0.5))) for n in in_sizes]
+        scales = ratios
+    else:
+        sizes = [int(np.floor(np.float32(n) * np.float32(s))) for n, s in zip(in_sizes, scales)]
+    if sizes == in_sizes:
+        return x  # onnxruntime copies when no axis changes size, whatever the scales or roi say
+    roi = list(roi) if roi else [0.0] * len(axes) + [1.0] * len(axes)
+    if len(roi) == 2 * rank and len(axes) != rank:
+        roi = [roi[a] for a in axes] + [roi[rank + a] for a in axes]
+    coord = attrs.get("coordinate_transformation_mode", "half_pixel")
+    for j, a in enumerate(axes):
+        if sizes[j] == in_sizes[j] and scales[j] == 1 and (legacy or coord != "tf_crop_and_resize"):
+            continue
+        x = _resample_axis(x, a, sizes[j], float(scales[j]), attrs, (roi[j], roi[j + len(axes)]), legacy)
+    return x
+
+
+def _check_resize(attrs, ctx):
+    mode = attrs.get("mode", "nearest")
+    if mode not in ("nearest", "linear", "cubic"):
+        return f"Resize mode '{mode}' is not supported"
+    if attrs.get("antialias", 0):
+        return "Resize with antialias=1 is not supported"
+    return None
+
+
+@register("Resize", since_opset=10, static_inputs=(1,), check=_check_resize)
+def resize_v10(inputs, attrs, ctx):
+    """Opset 10: scales only; Upsample semantics (asymmetric coordinates, truncating nearest)."""
+    return _resize(inputs[0], None, _static(inputs, 1, ctx), None, attrs, legacy=True)
+
+
+@register("Resize", since_opset=11, static_inputs=(1, 2, 3), check=_check_resize)
+def resize(inputs, attrs, ctx):
+    """Opset 11+: X, roi, scales, sizes; an empty scales/sizes/roi counts as absent."""
+    return _resize(inputs[0], _static(inputs, 1, ctx), _static(inputs, 2, ctx), _static(inputs, 3, ctx),
+                   attrs, legacy=False)
+
+
+@register("Upsample", since_opset=7, check=_check_resize)
+def upsample_v7(inputs, attrs, ctx):
+    return _resize(inputs[0], None, attrs["scales"], None, attrs, legacy=True)
+
+
+@register("Upsample", since_opset=9, static_inputs=(1,), check=_check_resize)
+def upsample(inputs, attrs, ctx):
+    return _resize(inputs[0], None, _static(inputs, 1, ctx), None, attrs, legacy=True)

@@ -1,0 +1,155 @@
+"""Small seeded graphs whose weights hide where third-party models keep them (numpy + onnx.helper, no torch).
+
+* `if_network`: the whole network inside the two branches of an If chosen from the data; both branches read the
+  outer-scope initializer ``fc1.weight`` and each holds its own second layer (a Constant node, a body initializer);
+* `lstm_classifier` / `gru_classifier`: [N, T, F] -> Transpose -> LSTM/GRU -> last hidden state -> Gemm;
+* `gather_bank`: a Gather with a data-dependent scalar index picks one of two weight matrices from a constant table;
+* `matmul_integer`: a dynamically quantized MatMulInteger (int8 weight) followed by a float Gemm.
+
+Same conventions as models/builders.py: ir_version 8, opset 17, float32, batch axis "N", weights scaled by
+1/sqrt(fan_in), graph input "input", graph output "output".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.models.builders import BATCH, IR_VERSION, OPSET
+
+
+def _w(rng, shape, fan_in) -> np.ndarray:
+    return (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32)
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _model(name: str, nodes, inits, input_shape, output_shape) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [BATCH, *input_shape])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [BATCH, *output_shape])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                             producer_name="onnxprune.models.builders_control")
+
+
+def _condition(x: str, prefix: str) -> list[onnx.NodeProto]:
+    """A scalar bool: is the mean of the whole batch positive? (random data takes both branches over seeds)."""
+    return [helper.make_node("ReduceMean", [x], [f"{prefix}mean"], keepdims=0, name=f"/{prefix}mean"),
+            helper.make_node("Greater", [f"{prefix}mean", "zero"], [f"{prefix}cond"], name=f"/{prefix}greater")]
+
+
+def if_network(*, in_features: int = 16, hidden: int = 32, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> If(mean(x) > 0): then Relu(x @ fc1 + b) @ then.fc2 (Constant node), else
+    Gemm(Tanh(x @ fc1), else.fc2, transB=1) (body initializer) -> [N, out]; fc1 lives outside, read by both."""
+    rng = np.random.default_rng(seed)
+    fc1 = _init("fc1.weight", _w(rng, (in_features, hidden), in_features))
+    b1 = _init("fc1.bias", (0.1 * rng.standard_normal(hidden)).astype(np.float32))
+    out_vi = helper.make_tensor_value_info
+    then_nodes = [
+        helper.make_node("MatMul", ["input", "fc1.weight"], ["then/h0"], name="/then/fc1/MatMul"),
+        helper.make_node("Add", ["then/h0", "fc1.bias"], ["then/h1"], name="/then/fc1/Add"),
+        helper.make_node("Relu", ["then/h1"], ["then/h"], name="/then/relu"),
+        helper.make_node("Constant", [], ["then.fc2.weight"], name="/then/fc2/weight",
+                         value=_init("", _w(rng, (hidden, out_features), hidden))),
+        helper.make_node("MatMul", ["then/h", "then.fc2.weight"], ["then_out"], name="/then/fc2/MatMul"),
+    ]
+    else_nodes = [
+        helper.make_node("MatMul", ["input", "fc1.weight"], ["else/h0"], name="/else/fc1/MatMul"),
+        helper.make_node("Tanh", ["else/h0"], ["else/h"], name="/else/tanh"),
+        helper.make_node("Gemm", ["else/h", "else.fc2.weight", "else.fc2.bias"], ["else_out"], transB=1,
+                         name="/else/fc2/Gemm"),
+    ]
+    else_inits = [_init("else.fc2.weight", _w(rng, (out_features, hidden), hidden)),
+                  _init("else.fc2.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
+    then_g = helper.make_graph(then_nodes, "then", [], [out_vi("then_out", TensorProto.FLOAT, [BATCH, out_features])])
+    else_g = helper.make_graph(else_nodes, "else", [], [out_vi("else_out", TensorProto.FLOAT, [BATCH, out_features])],
+                               initializer=else_inits)
+    nodes = _condition("input", "") + [
+        helper.make_node("If", ["cond"], ["output"], then_branch=then_g, else_branch=else_g, name="/select")]
+    zero = _init("zero", np.array(0.0, np.float32))
+    return _model("if_network", nodes, [fc1, b1, zero], [in_features], [out_features])
+
+
+def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, out_features: int,
+               bidirectional: bool, initial_state: bool, seed: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    dirs = 2 if bidirectional else 1
+    inits = [_init(f"{op.lower()}.W", _w(rng, (dirs, gates * hidden, features), features)),
+             _init(f"{op.lower()}.R", _w(rng, (dirs, gates * hidden, hidden), hidden)),
+             _init(f"{op.lower()}.B", (0.1 * rng.standard_normal((dirs, 2 * gates * hidden))).astype(np.float32))]
+    ins = ["x_tnf", inits[0].name, inits[1].name, inits[2].name]
+    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
+    if initial_state:  # zeros of [dirs, N, H], built from the batch size so any N works
+        nodes += [helper.make_node("Shape", ["input"], ["shape"], start=0, end=1, name="/batch"),
+                  helper.make_node("Concat", ["dirs", "shape", "hid"], ["state_shape"], axis=0, name="/state_shape"),
+                  helper.make_node("ConstantOfShape", ["state_shape"], ["h0"], name="/h0",
+                                   value=_init("", np.array([0.5], np.float32)))]
+        inits += [_init("dirs", np.array([dirs], np.int64)), _init("hid", np.array([hidden], np.int64))]
+        ins += ["", "h0"] + (["h0"] if op == "LSTM" else [])
+    direction = "bidirectional" if bidirectional else "forward"
+    n_out = 3 if op == "LSTM" else 2
+    nodes += [helper.make_node(op, ins, ["Y", "Y_h", "Y_c"][:n_out], hidden_size=hidden, direction=direction,
+                               name=f"/{op.lower()}"),
+              helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major"),
+              helper.make_node("Flatten", ["h_ndh"], ["h"], axis=1, name="/flatten"),
+              helper.make_node("Gemm", ["h", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
+    inits += [_init("fc.weight", _w(rng, (out_features, dirs * hidden), dirs * hidden)),
+              _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
+    return _model(f"{op.lower()}_classifier", nodes, inits, [steps, features], [out_features])
+
+
+def lstm_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """[N, T, F] -> Transpose -> LSTM (W, R, B; optional initial states) -> Y_h -> Gemm -> [N, out]."""
+    return _recurrent("LSTM", 4, features=features, hidden=hidden, steps=steps, out_features=out_features,
+                      bidirectional=bidirectional, initial_state=initial_state, seed=seed)
+
+
+def gru_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+                   bidirectional: bool = False, initial_state: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """[N, T, F] -> Transpose -> GRU (W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out]."""
+    return _recurrent("GRU", 3, features=features, hidden=hidden, steps=steps, out_features=out_features,
+                      bidirectional=bidirectional, initial_state=initial_state, seed=seed)
+
+
+def gather_bank(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> MatMul with bank[i] (i = mean(x) > 0, a scalar Gather index into a [2, in, out] table) -> Add."""
+    rng = np.random.default_rng(seed)
+    nodes = _condition("input", "") + [
+        helper.make_node("Cast", ["cond"], ["bank_index"], to=TensorProto.INT64, name="/index"),
+        helper.make_node("Gather", ["bank.weight", "bank_index"], ["W"], axis=0, name="/bank/Gather"),
+        helper.make_node("MatMul", ["input", "W"], ["y"], name="/bank/MatMul"),
+        helper.make_node("Add", ["y", "bank.bias"], ["output"], name="/bank/Add")]
+    inits = [_init("bank.weight", _w(rng, (2, in_features, out_features), in_features)),
+             _init("bank.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+             _init("zero", np.array(0.0, np.float32))]
+    return _model("gather_bank", nodes, inits, [in_features], [out_features])
+
+
+def matmul_integer(*, in_features: int = 16, hidden: int = 12, out_features: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> DynamicQuantizeLinear -> MatMulInteger(int8 weight) -> Cast -> Mul(scales) -> Gemm -> [N, out]."""
+    rng = np.random.default_rng(seed)
+    wq = rng.integers(-127, 128, size=(in_features, hidden)).astype(np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["input"], ["xq", "xs", "xz"], name="/quant"),
+             helper.make_node("MatMulInteger", ["xq", "fc1.weight_quantized", "xz", "fc1.weight_zero_point"], ["acc"],
+                              name="/fc1/MatMulInteger"),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT, name="/fc1/cast"),
+             helper.make_node("Mul", ["xs", "fc1.weight_scale"], ["scale"], name="/fc1/scale"),
+             helper.make_node("Mul", ["accf", "scale"], ["h"], name="/fc1/dequant"),
+             helper.make_node("Gemm", ["h", "fc2.weight", "fc2.bias"], ["output"], transB=1, name="/fc2/Gemm")]
+    inits = [_init("fc1.weight_quantized", wq), _init("fc1.weight_zero_point", np.array(0, np.int8)),
+             _init("fc1.weight_scale", np.array(0.01, np.float32)),
+             _init("fc2.weight", _w(rng, (out_features, hidden), hidden)),
+             _init("fc2.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
+    return _model("matmul_integer", nodes, inits, [in_features], [out_features])
+
+
+CONTROL_BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
+    f.__name__: f for f in (if_network, lstm_classifier, gru_classifier, gather_bank)
+}

@@ -1,0 +1,130 @@
+"""One table of op facts: what every part of the tool needs to know about an ONNX op type, written once.
+
+Two kinds of fact:
+
+* **Weight ops** (`WEIGHT_OPS`): which inputs may hold a prunable weight, the axes of that weight that hold the
+  op's output and input channels (as the op sees the operand, before any Transpose that feeds it), the bias
+  input, whether a ``group`` attribute splits the channels, and the layer kind the report uses::
+
+      Conv          W[O, C/g, k…]          out 0, in 1          bias input 2, grouped
+      ConvTranspose W[C, O/g, k…]          out 1, in 0          bias input 2, grouped
+      Gemm          B[K, N] / B[N, K]      transB=0: out 1, in 0; transB=1: out 0, in 1     bias input 2
+      MatMul        B[…, K, N]             out -1, in -2
+      LSTM/GRU/RNN  W[dirs, gates·H, I]    out 1 (gates·hidden), in 2;  R[dirs, gates·H, H] the same;  bias B (3)
+
+* **Data ops**: what an op does to the values it carries. `ELEMENTWISE_UNARY` (one tensor in, same shape out,
+  element by element), `ARITHMETIC` (element-wise binary with broadcasting), `CHANNELWISE` (a per-channel affine
+  map with parameters: BatchNormalization, PRelu), `NORM_OPS`, `POOL_OPS`, `SOFTMAX_OPS`, `LAYOUT_OPS` (only
+  move data: Transpose, Reshape, …), `REDUCE_OPS`, `SUBGRAPH_OPS` (own a graph attribute), `QUANTIZED_WEIGHT_OPS`
+  (integer weights, with what pruning them would take).
+
+Readers: `passes/weights.py` (inventory), `passes/channel_groups` (producers, rules), `converter/finetune.py`
+(biases, Dropout's feeding layer), `calibration/activations.py` (a layer's element-wise chain), and the torch
+bridge's and channel groups' per-op implementations are checked against these sets in the tests
+(tests/passes/test_opfacts.py). The table is pure data: no torch, no onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import onnx
+
+Axes = tuple[Optional[int], Optional[int]]
+
+
+def attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+# Storage-independent axes of the weight operand, as the consumer sees it: (out_axis, in_axis).
+def _conv_axes(node, index, rank) -> Axes:
+    return (0, 1) if index == 1 else (None, None)
+
+
+def _conv_transpose_axes(node, index, rank) -> Axes:
+    return (1, 0) if index == 1 else (None, None)
+
+
+def _gemm_axes(node, index, rank) -> Axes:
+    if index == 1:
+        return (0, 1) if attr(node, "transB", 0) else (1, 0)
+    return (None, None)  # a constant A (or C): prunable by magnitude, no channel mapping
+
+
+def _matmul_axes(node, index, rank) -> Axes:
+    if index == 1:
+        return (rank - 1, rank - 2) if rank >= 2 else (None, None)
+    return (None, None)
+
+
+def _recurrent_axes(node, index, rank) -> Axes:
+    return (1, 2) if index in (1, 2) and rank == 3 else (None, None)
+
+
+@dataclass(frozen=True)
+class WeightFacts:
+    """How an op holds its weights. `axes(node, input_index, rank)` -> (out_axis, in_axis) of that operand."""
+
+    kind: str  # "conv", "fc" or "recurrent": the layer kind in reports and figures
+    inputs: tuple[int, ...]  # inputs that may hold a prunable weight
+    axes: Callable[[onnx.NodeProto, int, int], Axes]
+    bias: Optional[int] = None  # input index of the bias (a vector over the output channels), if any
+    grouped: bool = False  # a 'group' attribute splits input and output channels into blocks
+    shrinkable: bool = True  # dead-neuron removal may slice its output channels (False: blocked, with a note)
+
+
+WEIGHT_OPS: dict[str, WeightFacts] = {
+    "Conv": WeightFacts("conv", (1,), _conv_axes, bias=2, grouped=True),
+    "ConvTranspose": WeightFacts("conv", (1,), _conv_transpose_axes, bias=2, grouped=True),
+    "Gemm": WeightFacts("fc", (0, 1), _gemm_axes, bias=2),
+    "MatMul": WeightFacts("fc", (0, 1), _matmul_axes),
+    # W (input) and R (recurrent) matrices; B, sequence_lens, initial states and peepholes are not weights.
+    "LSTM": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
+    "GRU": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
+    "RNN": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
+}
+# The weight ops whose output channels channel groups and dead-neuron removal know how to follow.
+CHANNEL_PRODUCERS = frozenset(op for op, f in WEIGHT_OPS.items() if f.shrinkable)
+BIAS_INPUT = {op: f.bias for op, f in WEIGHT_OPS.items() if f.bias is not None}  # trained with their weights
+
+ELEMENTWISE_UNARY = frozenset({
+    "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Relu", "Sigmoid", "Tanh", "Erf", "Floor", "Ceil", "Round",
+    "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Softsign",
+    "Softplus", "Mish", "HardSwish", "Not", "IsNaN", "IsInf", "Identity", "LeakyRelu", "Elu", "Selu", "Celu",
+    "ThresholdedRelu", "HardSigmoid", "Shrink", "Gelu", "Clip",
+    "Dropout",  # the identity at inference
+})
+ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod"})
+COMPARISON = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor"})
+CHANNELWISE = frozenset({"BatchNormalization", "PRelu"})
+NORM_OPS = frozenset({"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"})
+POOL_OPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"})
+SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+# Only move data of one tensor: every output element is one input element.
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten"})
+REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"})
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+# Integer weights (op -> input index of the integer weight): not pruned. What it would take, said once.
+QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0}
+QUANTIZED_HOW = "dequantize to float, prune, requantize: not supported; pass the float model"
+
+# A layer's activation is read after this chain (calibration/activations.py: bias Add, BN, Relu, …).
+ACTIVATION_CHAIN = ELEMENTWISE_UNARY | ARITHMETIC | CHANNELWISE
+# Ops between a layer and the Dropout it feeds that keep its connection count (converter/finetune.py).
+CONNECTION_PRESERVING = ELEMENTWISE_UNARY | ARITHMETIC | NORM_OPS | POOL_OPS | SOFTMAX_OPS | LAYOUT_OPS
+
+
+def weight_facts(op_type: str) -> Optional[WeightFacts]:
+    return WEIGHT_OPS.get(op_type)
+
+
+def is_bias(node: onnx.NodeProto, name: str) -> bool:
+    """Whether tensor `name` is `node`'s bias input."""
+    f = WEIGHT_OPS.get(node.op_type)
+    return f is not None and f.bias is not None and len(node.input) > f.bias and node.input[f.bias] == name

@@ -1,0 +1,181 @@
+"""The main graph and its If/Loop/Scan bodies: walk every scope, find constants wherever they live, and edit
+bodies safely.
+
+ONNX names are unique across a model's scopes (a body may read outer names, never redefine them), so a constant is
+found by name alone. A body reads the outer names it uses without declaring them: `outer_reads(node)` lists them,
+`body_definitions(node)` lists what its bodies define.
+
+Editing protobuf: re-filling a graph's node list (``del g.node[:]; g.node.extend(...)``) copies its nodes, bodies
+included, so references taken before into those bodies point at detached copies. Edit inner bodies first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import onnx
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    graph: onnx.GraphProto
+    path: str  # "" for the main graph
+
+
+def scopes(graph: onnx.GraphProto, path: str = "") -> Iterator[Scope]:
+    """The graph and, depth first, every body graph of its nodes."""
+    yield Scope(graph, path)
+    for node in graph.node:
+        for attr in node.attribute:
+            for k, g in enumerate(([attr.g] if attr.HasField("g") else []) + list(attr.graphs)):
+                label = attr.name if attr.HasField("g") else f"{attr.name}[{k}]"
+                inner = f"{node.op_type} '{node.name}'/{label}"
+                yield from scopes(g, f"{path}/{inner}" if path else inner)
+
+
+@dataclass
+class ScopeIndex:
+    """Producers, consumers and constants over all scopes; names are unique across scopes in valid ONNX."""
+
+    consts: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    scope_of: dict[int, str] = field(default_factory=dict)  # id(node) -> scope path
+    reused: set[str] = field(default_factory=set)  # constant names defined in more than one scope
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "ScopeIndex":
+        ix = cls()
+        for sc in scopes(model.graph):
+            for name, tensor in local_constants(sc.graph).items():
+                if name in ix.consts:
+                    ix.reused.add(name)
+                ix.consts.setdefault(name, tensor)
+            for n in sc.graph.node:
+                ix.scope_of[id(n)] = sc.path
+                for o in n.output:
+                    ix.producers.setdefault(o, n)
+                for i in n.input:
+                    if i:
+                        ix.consumers.setdefault(i, []).append(n)
+        return ix
+
+    def nodes(self, model) -> Iterator[onnx.NodeProto]:
+        return all_nodes(model)
+
+
+def local_constants(graph) -> dict[str, onnx.TensorProto]:
+    out = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    out[node.output[0]] = attr.t
+    return out
+
+
+def all_constants(graph) -> dict[str, onnx.TensorProto]:
+    """Every dense constant of the graph and its bodies, by name (the first definition wins)."""
+    out: dict[str, onnx.TensorProto] = {}
+    for sc in scopes(graph):
+        for name, tensor in local_constants(sc.graph).items():
+            out.setdefault(name, tensor)
+    return out
+
+
+def constant_homes(model: onnx.ModelProto) -> dict[str, tuple[onnx.GraphProto, onnx.NodeProto | None]]:
+    """Constant name -> (the graph that defines it, its Constant node or None for an initializer)."""
+    out: dict[str, tuple[onnx.GraphProto, onnx.NodeProto | None]] = {}
+    for sc in scopes(model.graph):
+        for t in sc.graph.initializer:
+            out.setdefault(t.name, (sc.graph, None))
+        for node in sc.graph.node:
+            if node.op_type == "Constant" and any(a.name == "value" for a in node.attribute):
+                out.setdefault(node.output[0], (sc.graph, node))
+    return out
+
+
+def drop_constant(model: onnx.ModelProto, name: str) -> bool:
+    """Remove constant `name` (an initializer or a Constant node, in any scope) from `model`, in place, so it can
+    be fed as a graph input instead (bodies see outer-scope names). Returns whether it was found."""
+    home = constant_homes(model).get(name)
+    if home is None:
+        return False
+    graph, node = home
+    if node is None:
+        kept = [t for t in graph.initializer if t.name != name]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    else:
+        kept_nodes = [n for n in graph.node if n is not node]
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+    return True
+
+
+def body_definitions(node: onnx.NodeProto) -> set[str]:
+    """Names defined inside `node`'s bodies (their inputs, initializers and node outputs), at any depth."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sc in scopes(g):
+                names.update(i.name for i in sc.graph.input)
+                names.update(t.name for t in sc.graph.initializer)
+                names.update(o for n in sc.graph.node for o in n.output)
+    return names
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names `node`'s bodies read from the enclosing scopes (what the node really depends on besides its inputs)."""
+    read: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for sc in scopes(g):
+                read.update(i for n in sc.graph.node for i in n.input if i)
+    return read - body_definitions(node)
+
+
+def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the main graph and of its bodies, depth first."""
+    for sc in scopes(model.graph):
+        yield from sc.graph.node
+
+
+def hoist_body_constants(model: onnx.ModelProto) -> list[str]:
+    """Move the float constants of If/Loop/Scan bodies (body initializers, Constant nodes) into the main graph's
+    initializers, in place; bodies read them from the outer scope, so the model computes the same. Returns the
+    names moved. What the torch bridge trains are main-graph initializers: this makes body weights trainable.
+
+    Left in place: names defined in several scopes, non-float constants, and everything when IR < 4 (there an
+    initializer must also be a graph input)."""
+    if model.ir_version < 4:
+        return []
+    ix = ScopeIndex.of(model)
+    taken = {t.name for t in model.graph.initializer}
+    moved: list[onnx.TensorProto] = []
+    for sc in reversed(list(scopes(model.graph))[1:]):  # inner bodies first (module docstring)
+        local = local_constants(sc.graph)
+        names = {n for n, t in local.items() if t.data_type in FLOAT_TYPES and n not in ix.reused and n not in taken}
+        if not names:
+            continue
+        for name in sorted(names):
+            t = onnx.TensorProto()
+            t.CopyFrom(local[name])
+            t.name = name
+            moved.append(t)
+        kept_inits = [t for t in sc.graph.initializer if t.name not in names]
+        kept_nodes = [n for n in sc.graph.node if not (n.op_type == "Constant" and n.output[0] in names)]
+        del sc.graph.initializer[:]
+        sc.graph.initializer.extend(kept_inits)
+        del sc.graph.node[:]
+        sc.graph.node.extend(kept_nodes)
+    model.graph.initializer.extend(moved)
+    return [t.name for t in moved]

@@ -1,0 +1,157 @@
+"""If and Loop in the torch bridge: small models per attribute combination, torch against onnxruntime, gradients
+reaching the outer-scope weights the bodies read."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.converter.bridge import OnnxModule
+from onnxprune.errors import UnsupportedOpError
+from tests.oracle import run
+
+RTOL, ATOL = 1e-5, 1e-6
+vi = helper.make_tensor_value_info
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _w(shape, seed):
+    return (np.random.default_rng(seed).standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+
+
+def if_model(nested: bool = False) -> onnx.ModelProto:
+    """y = If(c): then Relu(x @ W + Constant) (optionally another If inside), else Tanh(x @ W) * 2."""
+    then_nodes = [helper.make_node("MatMul", ["x", "W"], ["t0"]),
+                  helper.make_node("Constant", [], ["tb"], value=_init("", np.full(3, 0.25, np.float32))),
+                  helper.make_node("Add", ["t0", "tb"], ["t1"]),
+                  helper.make_node("Relu", ["t1"], ["then_y"])]
+    if nested:  # inner If on a second flag, reading W and a value of the enclosing branch
+        inner_then = helper.make_graph([helper.make_node("Mul", ["t1", "two"], ["it"])], "inner_then", [],
+                                       [vi("it", TensorProto.FLOAT, ["N", 3])])
+        inner_else = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["ie"])], "inner_else", [],
+                                       [vi("ie", TensorProto.FLOAT, ["N", 3])])
+        then_nodes[-1] = helper.make_node("If", ["d"], ["then_y"], then_branch=inner_then, else_branch=inner_else)
+    then_g = helper.make_graph(then_nodes, "then", [], [vi("then_y", TensorProto.FLOAT, ["N", 3])])
+    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["e0"]),
+                                helper.make_node("Tanh", ["e0"], ["e1"]),
+                                helper.make_node("Mul", ["e1", "two"], ["else_y"])], "else", [],
+                               [vi("else_y", TensorProto.FLOAT, ["N", 3])])
+    inputs = [vi("x", TensorProto.FLOAT, ["N", 4]), vi("c", TensorProto.BOOL, [])]
+    inputs += [vi("d", TensorProto.BOOL, [])] if nested else []
+    return _model([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="if")],
+                  inputs, [vi("y", TensorProto.FLOAT, ["N", 3])],
+                  [_init("W", _w((4, 3), 0)), _init("two", np.array(2.0, np.float32))])
+
+
+def loop_model(trip: int = 3, with_cond: bool = False, stop_after: int | None = None, scan: bool = True):
+    """v_{i+1} = Tanh(v_i @ W + i * 0.1); scan output v_{i+1} per iteration; M = trip (an initializer)."""
+    body_nodes = [helper.make_node("MatMul", ["v_in", "W"], ["a"]),
+                  helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["fi", "tenth"], ["shift"]),
+                  helper.make_node("Add", ["a", "shift"], ["b"]),
+                  helper.make_node("Tanh", ["b"], ["v_out"])]
+    if stop_after is None:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    else:  # keep going while i + 1 < stop_after
+        body_nodes += [helper.make_node("Add", ["i", "one"], ["next_i"]),
+                       helper.make_node("Less", ["next_i", "stop"], ["cond_out"])]
+    outs = [vi("cond_out", TensorProto.BOOL, []), vi("v_out", TensorProto.FLOAT, ["N", 4])]
+    if scan:
+        body_nodes.append(helper.make_node("Identity", ["v_out"], ["scan_v"]))
+        outs.append(vi("scan_v", TensorProto.FLOAT, ["N", 4]))
+    body = helper.make_graph(body_nodes, "body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
+                                                  vi("v_in", TensorProto.FLOAT, ["N", 4])], outs)
+    inits = [_init("M", np.array(trip, np.int64)), _init("W", _w((4, 4), 1)), _init("tenth", np.array(0.1, np.float32)),
+             _init("one", np.array(1, np.int64)), _init("stop", np.array(stop_after or 0, np.int64)),
+             _init("yes", np.array(True))]
+    node = helper.make_node("Loop", ["M", "yes" if with_cond else "", "x"], ["v_final"] + (["vs"] if scan else []),
+                            body=body, name="loop")
+    outputs = [vi("v_final", TensorProto.FLOAT, ["N", 4])] + ([vi("vs", TensorProto.FLOAT, [None, "N", 4])] if scan else [])
+    return _model([node], [vi("x", TensorProto.FLOAT, ["N", 4])], outputs, inits)
+
+
+def _compare(model, feed, trainable=()):
+    module = OnnxModule(model, trainable=trainable)
+    got = module(**{k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()})
+    want = run(model, feed)
+    for name, g in zip([o.name for o in model.graph.output], got):
+        np.testing.assert_allclose(g.detach().numpy(), want[name], rtol=RTOL, atol=ATOL, err_msg=f"output '{name}'")
+    return module, got
+
+
+def _x(seed, n=3):
+    return np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+@pytest.mark.parametrize("nested", [False, True])
+def test_if_runs_the_branch_the_condition_picks(cond, nested):
+    feed = {"x": _x(0), "c": np.array(cond)}
+    if nested:
+        for d in (True, False):
+            _compare(if_model(nested=True), {**feed, "d": np.array(d)})
+    else:
+        _compare(if_model(), feed)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_if_gradients_reach_the_outer_weight(cond):
+    module, (y,) = _compare(if_model(), {"x": _x(1), "c": np.array(cond)}, trainable=["W"])
+    y.square().sum().backward()
+    grad = module.onnx_parameters()["W"].grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("trip, with_cond, stop_after, scan", [
+    (3, False, None, True),  # a for loop with a scan output
+    (3, True, None, False),  # M and a (constant true) condition, no scan output
+    (5, True, 2, True),  # the condition stops it after 2 iterations
+    (0, False, None, True),  # zero iterations: v_final = x, an empty scan output
+])
+def test_loop_matches_onnxruntime(trip, with_cond, stop_after, scan):
+    _compare(loop_model(trip, with_cond, stop_after, scan), {"x": _x(2)})
+
+
+def test_loop_gradients_reach_the_weight_read_in_every_iteration():
+    module, outs = _compare(loop_model(3), {"x": _x(3)}, trainable=["W"])
+    outs[0].sum().backward()
+    grad = module.onnx_parameters()["W"].grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_unbounded_loops_and_scan_are_reported_with_every_other_gap():
+    model = loop_model(3)
+    model.graph.node[0].input[0] = ""  # no trip count
+    scan_body = helper.make_graph([helper.make_node("Identity", ["s"], ["s_out"])], "scan_body",
+                                  [vi("s", TensorProto.FLOAT, [4])], [vi("s_out", TensorProto.FLOAT, [4])])
+    model.graph.node.append(helper.make_node("Scan", ["v_final"], ["z"], body=scan_body, num_scan_inputs=1,
+                                             name="scan"))
+    with pytest.raises(UnsupportedOpError) as info:
+        OnnxModule(model)
+    msg = str(info.value)
+    assert "'loop'" in msg and "trip count" in msg
+    assert "'scan'" in msg and "the bridge runs If and Loop" in msg
+
+
+def test_unsupported_ops_inside_a_body_are_reported_with_their_path():
+    model = if_model()
+    then_g = model.graph.node[0].attribute[0].g if model.graph.node[0].attribute[0].name == "then_branch" \
+        else model.graph.node[0].attribute[1].g
+    then_g.node.append(helper.make_node("FancyOp", ["then_y"], ["fancy"], domain="com.acme", name="fancy"))
+    model.opset_import.append(helper.make_opsetid("com.acme", 1))
+    with pytest.raises(UnsupportedOpError) as info:
+        OnnxModule(model)
+    assert "if/then_branch/fancy" in str(info.value)
