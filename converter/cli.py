@@ -152,8 +152,10 @@ def _data_options(f):
         click.option("--data", type=str, help="Calibration/training data: .npz, a folder of .npz/.npy, or 'random'."),
         click.option("--eval-data", type=str, help="Held-out data the final metric is reported on."),
         click.option("--labels", type=str, help="Name of the labels array (default: 'labels' if present)."),
-        click.option("--metric", type=click.Choice(["accuracy", "top5", "agreement", "rel_l2", "cosine"]),
-                     help="Override the automatically chosen metric."),
+        click.option("--metric", multiple=True, metavar="[OUTPUT=]KIND",
+                     help="Score OUTPUT with KIND (repeatable; only the named outputs count), or a bare KIND for the "
+                          "headline output. Kinds: accuracy, top5, agreement, seq_agreement, prob, rel_l2, cosine, "
+                          "exact. Default: every output, each with the metric that fits it."),
         click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for evaluation."),
         click.option("--limit", type=int, help="Use at most N samples of the data."),
         click.option("--levels", type=str, help="Sensitivity levels, e.g. 0.5,0.8,0.9,0.95 (default 0.1 ... 0.99)."),
@@ -161,6 +163,13 @@ def _data_options(f):
     ]):
         f = opt(f)
     return f
+
+
+def _metric_spec(values: tuple[str, ...]):
+    """--metric as given: None, one bare KIND, or a list of OUTPUT=KIND (checked by calibration.metrics)."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 and "=" not in values[0] else list(values)
 
 
 def _parse_levels(text: str | None):
@@ -248,6 +257,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
     from onnxprune.converter import modelio
     from onnxprune.converter.pipeline import PruneOptions
 
+    metric = _metric_spec(metric)
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity {sparsity} is outside [0, 1); use e.g. 0.9 to remove 90% of the weights.")
     unused = [flag for flag, value in (("--labels", labels), ("--metric", metric), ("--limit", limit),
@@ -408,7 +418,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
         raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
     if out_dir is not None:
         _check_report_dir(out_dir)
-    options = PruneOptions(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit,
+    options = PruneOptions(data=data, labels=labels, metric=_metric_spec(metric), batch_size=batch_size, limit=limit,
                            levels=_parse_levels(levels), seed=seed)
     options.validate()
     loaded = load(model)

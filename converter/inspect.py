@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -104,14 +105,36 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
             f"(loss {s['loss_pp']:+.2f} pp); outputs vs the input model: {agree}"
             f"max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
         )
+        outputs = s.get("outputs") or {}
+        if len(outputs) > 1:
+            for out, f in outputs.items():
+                console.print(f"  output {out} ({f['metric']}; 1 pp = {f['one_pp']}): {100 * f['before']:.2f}% -> "
+                              f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp)")
     budget = report.get("budget")
     if budget:
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} pp: "
                       f"{'met' if budget['met'] else 'NOT met'}")
-    for note in report.get("notes", []):
+    for note in group_notes(report.get("notes", [])):
         console.print(f"note: {note}")
     if report.get("output"):
         console.print(f"wrote {report['output']}")
+
+
+def group_notes(notes: list[str], show: int = 3) -> list[str]:
+    """Notes that differ only in the names they quote become one line with a count and the first few names:
+    "kept: tensor 'a' is a graph output" x 8 -> "kept: tensor '…' is a graph output (8x: 'a', 'b', 'c', …)"."""
+    groups: dict[str, list[str]] = {}
+    for note in notes:
+        groups.setdefault(re.sub(r"'[^']*'", "'…'", note), []).append(note)
+    lines = []
+    for key, members in groups.items():
+        if len(members) == 1:
+            lines.append(members[0])
+            continue
+        names = list(dict.fromkeys(q for m in members for q in re.findall(r"'[^']*'", m)))
+        more = ", …" if len(names) > show else ""
+        lines.append(f"{key} ({len(members)}x: {', '.join(names[:show])}{more})")
+    return lines
 
 
 def _console() -> Console:

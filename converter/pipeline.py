@@ -51,7 +51,7 @@ class PruneOptions:
     data: Any = None
     eval_data: Any = None
     labels: str | None = None
-    metric: str | None = None
+    metric: str | list | dict | None = None  # KIND, ["OUTPUT=KIND", ...] or {OUTPUT: KIND}
     batch_size: int = 64
     limit: int | None = None
     # retraining (0 iterations = one-shot)
@@ -179,6 +179,9 @@ class Data:
     """
 
     def __init__(self, model: onnx.ModelProto, options: PruneOptions):
+        from onnxprune.calibration.metrics import check_metric_spec
+
+        check_metric_spec(model, options.metric)  # a mistyped output or metric fails before any work
         self.model, self.options = model, options
         self._calib = None
         self._eval = None
@@ -211,11 +214,10 @@ class Data:
         return self.reader(batch_size=batch_size, part="train")
 
     def _evaluator(self, source, part=None):
-        from onnxprune.calibration.metrics import Evaluator, choose_metric
+        from onnxprune.calibration.metrics import Evaluator
 
         reader = self.reader(source, part=part)
-        metric = choose_metric(self.model, reader.has_labels, self.options.metric)
-        return Evaluator(reader, metric, reference_model=self.model)
+        return Evaluator(reader, self.options.metric, reference_model=self.model)  # every output, or --metric's
 
     @property
     def calibration(self):
@@ -535,6 +537,7 @@ def measure(data: Data, final: onnx.ModelProto, options: PruneOptions) -> dict:
             "after": after,
             "loss_pp": (evaluator.dense - after) * 100.0,
             "output_error": output_error(evaluator.reference, list(evaluator.run(final))),
+            "outputs": dict(evaluator.last),  # per scored output: metric, before, after, loss_pp, one_pp
         }
     headline = out.get("evaluation", out["calibration"])
     return {**headline, "sets": out}
