@@ -593,8 +593,8 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
         raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
     if a.size == 0:
         return {"max_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0, "agreement": None}
-    if a.dtype.kind not in "fciub" or b.dtype.kind not in "fciub":
-        same = float(np.mean((_flat(a) == _flat(b)).all(axis=1))) if a.ndim else float(a == b)
+    if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":  # labels, ids, strings: equal or not
+        same = float(np.mean((_flat(a) == _flat(b)).all(axis=1)))
         return {"max_abs": None, "max_rel": None, "mean_rel": None, "agreement": same}
     rel = _relative_errors(a, b)
     agreement = float(np.mean(_top1(a) == _top1(b))) if is_classifier(a.shape) else None

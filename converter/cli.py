@@ -291,11 +291,14 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             command=["onnxprune", *sys.argv[1:]])
 
 
-def _check_report_dir(report_dir: Path) -> None:
+def _check_report_dir(report_dir: Path, flag: str = "--report") -> None:
     if report_dir.exists() and not report_dir.is_dir():
         raise ConfigError(f"--report '{report_dir}' is a file; give a folder.")
     if not report_dir.parent.exists():
         raise ConfigError(f"--report folder's parent '{report_dir.parent}' does not exist; create it first.")
+    from onnxprune.converter.modelio import check_output_folder
+
+    check_output_folder(report_dir, flag)  # /proc, read-only mounts: refused before any work
 
 
 def _options_from_recipe(path: Path, model: Path, allow_other_model: bool, **data):
@@ -417,7 +420,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     if data is None:
         raise ConfigError("sensitivity needs data to measure on; pass --data FILE.npz (or --data random for a smoke test).")
     if out_dir is not None:
-        _check_report_dir(out_dir)
+        _check_report_dir(out_dir, "-o")
     options = PruneOptions(data=data, labels=labels, metric=_metric_spec(metric), batch_size=batch_size, limit=limit,
                            levels=_parse_levels(levels), seed=seed)
     options.validate()

@@ -99,12 +99,13 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     m = report.get("metrics")
     for name, s in (m or {}).get("sets", {}).items():
         err = s["output_error"]
-        agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
-        console.print(
-            f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
-            f"(loss {s['loss_pp']:+.2f} pp); outputs vs the input model: {agree}"
-            f"max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
-        )
+        if err.get("max_rel") is None:  # labels, ids: compared exactly
+            moved = f"equal values in {100 * (err.get('agreement') or 0.0):.2f}% of samples"
+        else:
+            agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
+            moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
+        console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
+                      f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}")
         outputs = s.get("outputs") or {}
         if len(outputs) > 1:
             for out, f in outputs.items():
