@@ -415,7 +415,7 @@ class Evaluator:
             self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
         self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
-        self.num_samples = sum(_feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
+        self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.reference_all: list[tuple] | None = None
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
@@ -425,7 +425,8 @@ class Evaluator:
             self.reference_all = list(self.run_all(reference_model))
             self._resolve_auto()
             self.reference = [as_array(b[0]) for b in self.reference_all]
-            self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
+            if not getattr(reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
+                self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
@@ -469,7 +470,7 @@ class Evaluator:
         if first is None:
             raise CalibrationError(f"{self.reader.description}: no batches; the data is empty.")
         feeds, _ = first
-        per_sample = sum(np.asarray(a).nbytes for a in feeds.values()) / max(1, _feed_samples(feeds, self.reader))
+        per_sample = sum(np.asarray(a).nbytes for a in feeds.values()) / max(1, feed_samples(feeds, self.reader))
         if per_sample * n > budget:
             log.info("calibration data (%.0f MB) exceeds the cache budget; streaming it", per_sample * n / 2**20)
             return None
@@ -575,7 +576,7 @@ class Evaluator:
         return 100.0 * (self.dense - value)
 
 
-def _feed_samples(feeds: dict, reader) -> int:
+def feed_samples(feeds: dict, reader) -> int:
     """Samples in one batch: its first array's first axis, or one for a feed read as is."""
     if getattr(reader, "per_feed", False):
         return 1
@@ -585,28 +586,45 @@ def _feed_samples(feeds: dict, reader) -> int:
 
 def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
     """How far outputs a are from reference outputs b: max_abs, max_rel / mean_rel (per-sample relative L2
-    error ||a_i - b_i|| / ||b_i||) and top-1 agreement (None when the output is not [N, classes]). Per-batch lists
-    are concatenated; non-tensor values are compared as arrays (`as_array`); non-numeric ones by equality only."""
-    a = _joined(a_outputs)
-    b = _joined(b_outputs)
-    if a.shape != b.shape:
-        raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
-    if a.size == 0:
+    error ||a_i - b_i|| / ||b_i||) and top-1 agreement (None when the output is not [N, classes]).
+
+    Per-batch lists are compared batch by batch (feeds of their own shapes are never concatenated); non-tensor
+    values are compared as arrays (`as_array`); non-float ones (labels, ids) by equality: agreement = equal share."""
+    batched = [isinstance(x, list) and not _is_value_list(x) for x in (a_outputs, b_outputs)]
+    if all(batched) and len(a_outputs) == len(b_outputs):
+        pairs = list(zip(a_outputs, b_outputs))
+    else:  # one side whole: join the other
+        pairs = [tuple(_joined(x) if is_list else x for x, is_list in zip((a_outputs, b_outputs), batched))]
+    rel, agree, diffs, exact = [], [], [], False
+    for a, b in pairs:
+        a, b = as_array(a), as_array(b)
+        if a.shape != b.shape:
+            raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
+        if a.size == 0:
+            continue
+        if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":  # labels, ids, strings: equal or not
+            exact = True
+            agree.append((_flat(a) == _flat(b)).all(axis=1))
+            continue
+        rel.append(_relative_errors(a, b))
+        diffs.append(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+        if is_classifier(a.shape):
+            agree.append(_top1(a) == _top1(b))
+    agreement = float(np.mean(np.concatenate(agree))) if agree else None
+    if exact:
+        return {"max_abs": None, "max_rel": None, "mean_rel": None, "agreement": agreement}
+    if not rel:
         return {"max_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0, "agreement": None}
-    if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":  # labels, ids, strings: equal or not
-        same = float(np.mean((_flat(a) == _flat(b)).all(axis=1)))
-        return {"max_abs": None, "max_rel": None, "mean_rel": None, "agreement": same}
-    rel = _relative_errors(a, b)
-    agreement = float(np.mean(_top1(a) == _top1(b))) if is_classifier(a.shape) else None
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "mean_rel": float(rel.mean()),
+    rel_all = np.concatenate(rel)
+    return {"max_abs": max(diffs), "max_rel": float(rel_all.max()), "mean_rel": float(rel_all.mean()),
             "agreement": agreement}
 
 
-def _joined(outputs) -> np.ndarray:
-    if isinstance(outputs, list) and outputs and not isinstance(outputs[0], Mapping):
-        parts = [as_array(o) for o in outputs]
-        if all(p.ndim for p in parts):
-            return np.concatenate(parts)
-        return np.stack(parts)
-    return as_array(outputs)
+def _is_value_list(x: list) -> bool:
+    """A ZipMap value (a list of maps) rather than a list of per-batch values."""
+    return bool(x) and isinstance(x[0], Mapping)
+
+
+def _joined(outputs: list) -> np.ndarray:
+    parts = [as_array(o) for o in outputs]
+    return np.concatenate(parts) if all(p.ndim for p in parts) else np.stack(parts)

@@ -12,6 +12,8 @@ Rules, all enforced with one `CalibrationError` that names the file, the array a
   3. Safe casts (float64 -> float32, int32 -> int64, ...) are done and logged once; unsafe ones are errors.
   4. NaN/inf, empty files, zero samples, pickled arrays (`allow_pickle=False`, always) are errors.
   5. Deterministic: the same source, batch size, limit and seed give the same batches, every time.
+  6. A source whose arrays cannot be samples-first (a scalar input, inputs disagreeing on axis 0 in a file, an
+     input whose other dims differ between files) is read one complete feed at a time, as is (calibration.feeds).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxprune.calibration.feeds import FeedChecker, FeedSource, feed_reason, npz_shapes
 from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs
 from onnxprune.errors import CalibrationError, ConfigError
 
@@ -58,7 +61,13 @@ class Chunk:
 
 
 class DataReader:
-    """Batches of feeds for one model; see the module docstring for the rules."""
+    """Batches of feeds for one model; see the module docstring for the rules.
+
+    `per_feed`: every batch is one complete feed as the source holds it (see calibration.feeds)."""
+
+    per_feed = False
+    _feeds = None  # a calibration.feeds.FeedSource when per_feed
+    _feed_check = None
 
     def __init__(self, chunks: Callable[[], Iterator[Chunk]], specs: list[InputSpec], *, batch_size: int,
                  limit: int | None, labels_name: str | None, num_samples: int | None, description: str,
@@ -86,6 +95,9 @@ class DataReader:
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """A fresh pass over the data: (feeds, labels or None) per batch."""
+        if self.per_feed:
+            yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout)
+            return
         checked = _take((self._check(c) for c in self._chunks()), self.limit)
         if self._every:  # --limit counts samples of the whole data, before the split
             checked = _every_nth(checked, self._every, self._holdout)
@@ -155,6 +167,11 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
 # ---- sources ---------------------------------------------------------------------------------------------------
 
 def _npz_reader(path, specs, labels, batch_size, limit) -> DataReader:
+    if path.suffix == ".npz":
+        _refuse_empty(path)
+        reason = feed_reason([(str(path), npz_shapes(path) or {})], specs)
+        if reason:
+            return _feed_reader(FeedSource([path], _npz_arrays, str), specs, labels, limit, reason, path.name)
     if path.suffix == ".npy":
         chunk = _npy_chunk(path, specs, labels, mmap=False)
     elif path.suffix == ".npz":
@@ -177,6 +194,10 @@ def _feeds_reader(feeds: list, specs, labels, batch_size, limit) -> DataReader:
     if not feeds:
         raise CalibrationError("the list of calibration feed dicts is empty; give at least one batch.")
     chunks = [_memory_chunk(f, f"feed dict #{i}") for i, f in enumerate(feeds)]
+    reason = feed_reason([(c.where, {k: v.shape for k, v in c.arrays.items()}) for c in chunks], specs)
+    if reason:
+        return _feed_reader(FeedSource(chunks, lambda c: c.arrays, lambda c: c.where), specs, labels, limit, reason,
+                            f"{len(chunks)} feed dicts")
     labels_name = _labels_name(chunks[0], specs, labels)
     checker = _ChunkChecker(specs, labels_name)
     checker.first(chunks[0], batch_size)
@@ -198,6 +219,12 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader
             f"{len(specs)} inputs ({', '.join(s.name for s in specs)}). Save each chunk as an .npz with one array "
             "per input.")
 
+    if all(p.suffix == ".npz" for p in files):
+        reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs)
+        if reason:
+            return _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason,
+                                f"folder '{folder.name}/' ({len(files)} files)")
+
     def load(p: Path) -> Chunk:
         return _npz_chunk(p) if p.suffix == ".npz" else _npy_chunk(p, specs, labels, mmap=True)
 
@@ -216,6 +243,26 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader
     return DataReader(chunks, specs, batch_size=batch_size, limit=limit, labels_name=labels_name,
                       num_samples=total, description=_describe(desc, _cap(total, limit), labels_name),
                       checker=checker)
+
+
+def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: str) -> DataReader:
+    """One complete feed per batch, as the source holds it (calibration.feeds)."""
+    first = source.items[0]
+    arrays = source._load(first)
+    labels_name = _labels_name(Chunk(arrays, None, source._where(first)), specs, labels)
+    check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name))
+    check(arrays, source._where(first))
+    n = _cap(len(source), limit)
+    log.info("reading %s one complete feed at a time, as is: %s", name, reason)
+    desc = f"{name}: {n:,} feed(s) used as is, " + (f"labels '{labels_name}'" if labels_name else "no labels")
+    reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=labels_name,
+                        num_samples=len(source), description=desc)
+    reader.per_feed, reader._feeds, reader._feed_check = True, source, check
+    return reader
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    return _npz_chunk(path).arrays
 
 
 def _random_reader(specs, batch_size, limit, seed) -> DataReader:
@@ -417,6 +464,9 @@ class _ChunkChecker:
         if arr.ndim != len(want) or any(d is not None and d != a for d, a in zip(want[1:], arr.shape[1:])):
             raise CalibrationError(f"'{where}': array '{spec.name}' has shape {list(arr.shape)} (samples first), "
                                    f"model input '{spec.name}' expects {declared}; reshape the data to match.")
+        self._structure_dtype(arr, spec, where)
+
+    def _structure_dtype(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:
         if arr.dtype != spec.dtype and not _safe_cast(arr.dtype, spec.dtype):
             raise CalibrationError(f"'{where}': array '{spec.name}' has dtype {arr.dtype}, model input "
                                    f"'{spec.name}' takes {spec.dtype}; that cast is unsafe, convert the data "

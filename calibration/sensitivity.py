@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.metrics import Evaluator, feed_samples
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import sparsity_mask
@@ -272,9 +272,11 @@ def _submodel(model: onnx.ModelProto, index: _GraphIndex, plan: _Plan,
 
 
 def _boundary_input(name: str, samples: list[dict[str, np.ndarray]]) -> onnx.ValueInfoProto:
-    """Typed from the cached arrays: dims that differ between the first and last batch become symbolic."""
-    first, last = samples[0][name], samples[-1][name]
-    dims = [a if a == b else f"{name}_d{k}" for k, (a, b) in enumerate(zip(first.shape, last.shape))]
+    """Typed from the cached arrays: dims that differ between any two batches (feeds of their own size) become
+    symbolic."""
+    first = samples[0][name]
+    shapes = {np.shape(row[name]) for row in samples}
+    dims = [first.shape[k] if len({s[k] for s in shapes}) == 1 else f"{name}_d{k}" for k in range(first.ndim)]
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first.dtype), dims)
 
 
@@ -314,8 +316,8 @@ def _bytes_per_sample(model, evaluator: Evaluator, names: Sequence[str]) -> dict
         sess = make_session(_with_outputs(model, computed), optimize=evaluator.optimize)
         inputs = {i.name for i in sess.get_inputs()}
         row.update(zip(computed, sess.run(computed, {k: v for k, v in feeds.items() if k in inputs})))
-    n = max(1, len(next(iter(feeds.values()))))
-    return {k: v.nbytes / n for k, v in row.items()}
+    n = max(1, feed_samples(feeds, evaluator.reader))
+    return {k: np.asarray(v).nbytes / n for k, v in row.items()}
 
 
 def _groups(plans: list[_Plan], sizes: dict[str, float], samples: int, budget: int) -> list[list[_Plan]]:

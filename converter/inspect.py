@@ -121,20 +121,21 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         console.print(f"wrote {report['output']}")
 
 
-def group_notes(notes: list[str], show: int = 3) -> list[str]:
-    """Notes that differ only in the names they quote become one line with a count and the first few names:
-    "kept: tensor 'a' is a graph output" x 8 -> "kept: tensor '…' is a graph output (8x: 'a', 'b', 'c', …)"."""
+def group_notes(notes: list[str]) -> list[str]:
+    """Notes that differ only in the names they quote become one line: the first, and how many more like it
+    with their first quoted name: "kept: tensor 'a' is a graph output (+2 more like it: 'b', 'c')"."""
     groups: dict[str, list[str]] = {}
     for note in notes:
         groups.setdefault(re.sub(r"'[^']*'", "'…'", note), []).append(note)
     lines = []
-    for key, members in groups.items():
-        if len(members) == 1:
-            lines.append(members[0])
-            continue
-        names = list(dict.fromkeys(q for m in members for q in re.findall(r"'[^']*'", m)))
-        more = ", …" if len(names) > show else ""
-        lines.append(f"{key} ({len(members)}x: {', '.join(names[:show])}{more})")
+    for members in groups.values():
+        line = members[0]
+        if len(members) > 1:
+            head = re.findall(r"'[^']*'", line)
+            names = [next((q for q, h in zip(re.findall(r"'[^']*'", m), head) if q != h), "?") for m in members[1:]]
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+            line += f" (+{len(members) - 1} more like it: {shown})"
+        lines.append(line)
     return lines
 
 
