@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.feeds import FeedChecker, FeedSource, feed_reason, npz_shapes
-from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
+                                           int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,16 +138,20 @@ class DataReader:
 
 
 def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batch_size: int = 64,
-              limit: int | None = None, seed: int = 0) -> DataReader:
-    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts."""
+              limit: int | None = None, seed: int = 0, shapes: dict[str, tuple] | None = None,
+              warn: bool = True) -> DataReader:
+    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts.
+
+    `shapes` (--input-shape) fixes symbolic input dims (random data is drawn at them, real data checked against
+    them); `warn=False` leaves out the random-data warning (a run that opens its data again has said it once)."""
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be >= 1.")
     if limit is not None and limit < 1:
         raise ConfigError(f"sample limit {limit} must be >= 1 (or unset).")
-    specs = input_specs(model)
+    specs = with_shapes(input_specs(model), shapes)
     batch_size = _batch_size_for(specs, batch_size)
     if isinstance(source, str) and source == "random":
-        return _random_reader(specs, batch_size, limit, seed)
+        return _random_reader(specs, batch_size, limit, seed, int_input_ranges(model), warn)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
@@ -265,28 +270,38 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
     return _npz_chunk(path).arrays
 
 
-def _random_reader(specs, batch_size, limit, seed) -> DataReader:
-    log.warning(RANDOM_WARNING)
+def _random_reader(specs, batch_size, limit, seed, highs: dict[str, int], warn: bool) -> DataReader:
+    if warn:
+        log.warning(RANDOM_WARNING)
     total = limit or DEFAULT_RANDOM_SAMPLES
 
     def chunks() -> Iterator[Chunk]:
         rng = np.random.default_rng(seed)
         for start in range(0, total, batch_size):
             n = min(batch_size, total - start)
-            yield Chunk({s.name: _random_array(rng, s, n) for s in specs}, None, f"random data (seed {seed})")
+            yield Chunk({s.name: _random_array(rng, s, n, highs.get(s.name, DEFAULT_INT_HIGH)) for s in specs}, None,
+                        f"random data (seed {seed})")
 
+    if any(not s.shape for s in specs):  # a scalar input (a sample rate): whole random feeds, one per step
+        def feed(i: int) -> dict[str, np.ndarray]:
+            rng = np.random.default_rng([seed, i])
+            return {s.name: random_array(rng, s, tuple(DEFAULT_DYNAMIC_DIM if d is None else d for d in s.shape),
+                                         highs.get(s.name, DEFAULT_INT_HIGH)) for s in specs}
+
+        check = FeedChecker(specs, None, _ChunkChecker(specs, None))
+        reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=None, num_samples=total,
+                            description=f"random data (seed {seed}): {total:,} feeds, no labels; metrics on random "
+                                        "data mean nothing", is_random=True)
+        reader.per_feed, reader._feeds, reader._feed_check = True, FeedSource(list(range(total)), feed, str), check
+        return reader
     desc = f"random data (seed {seed}): {total:,} samples, no labels; metrics on random data mean nothing"
     return DataReader(chunks, specs, batch_size=batch_size, limit=limit, labels_name=None, num_samples=total,
                       description=desc, is_random=True)
 
 
-def _random_array(rng, spec: InputSpec, n: int) -> np.ndarray:
+def _random_array(rng, spec: InputSpec, n: int, high: int) -> np.ndarray:
     shape = (n, *(DEFAULT_DYNAMIC_DIM if d is None else d for d in spec.shape[1:]))
-    if spec.dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if np.issubdtype(spec.dtype, np.integer):
-        return rng.integers(0, 2, size=shape).astype(spec.dtype)
-    return rng.standard_normal(shape).astype(spec.dtype)
+    return random_array(rng, spec, shape, high)
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------

@@ -158,11 +158,20 @@ def _data_options(f):
                           "exact. Default: every output, each with the metric that fits it."),
         click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for evaluation."),
         click.option("--limit", type=int, help="Use at most N samples of the data."),
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                     help="Fix an input's symbolic dims for random data, verification and latency, e.g. "
+                          "input_ids=1,128 (repeatable)."),
         click.option("--levels", type=str, help="Sensitivity levels, e.g. 0.5,0.8,0.9,0.95 (default 0.1 ... 0.99)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
     ]):
         f = opt(f)
     return f
+
+
+def parse_input_shapes(values: tuple[str, ...]) -> dict:
+    from onnxprune.calibration.runtime import parse_input_shapes as parse
+
+    return parse(values)
 
 
 def _metric_spec(values: tuple[str, ...]):
@@ -238,7 +247,7 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
+          batch_size, limit, input_shapes, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
           device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
@@ -270,7 +279,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
         options = PruneOptions(
             sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
             max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
-            metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
+            metric=metric, batch_size=batch_size, limit=limit, input_shapes=parse_input_shapes(input_shapes),
+            iterations=iterations, epochs=epochs,
             final_epochs=final_epochs, lr=lr, final_lr=final_lr, train_batch_size=train_batch_size,
             label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
             temperature=temperature,
@@ -339,9 +349,9 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
         raise failed
     modelio.save_model(result.model, output, protect=(Path(model),) if isinstance(model, (str, os.PathLike)) else ())
     report["output"] = str(output)
-    report["file_size_after"] = output.stat().st_size
+    report["file_size_after"] = modelio.saved_size(output)  # with its external data
     if report_dir is not None:
-        _write_report(result, report_dir)
+        _write_report(result, report_dir, options)
     if options.checkpoint_dir:
         from onnxprune.converter.checkpoint import Checkpoints
 
@@ -357,16 +367,18 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     return result
 
 
-def _write_report(result, report_dir: Path) -> None:
-    from onnxprune.converter.latency import measure_latency
+def _write_report(result, report_dir: Path, options=None) -> None:
+    from onnxprune.converter.latency import feeds_from_data, measure_latency
     from onnxprune.converter.recipe import dump_recipe
     from onnxprune.converter.report import write_report
 
     report_dir.mkdir(exist_ok=True)
     try:
-        result.report["latency"] = measure_latency(result.original, result.model)
+        feeds = None if options is None else feeds_from_data(  # the data's shapes, not invented ones
+            result.original, options.data, labels=options.labels, shapes=options.input_shapes, seed=options.seed)
+        result.report["latency"] = measure_latency(result.original, result.model, feeds)
     except Exception as exc:  # latency is information, never a reason to fail a run
-        log.warning("latency measurement failed: %s", exc)
+        log.warning("latency not measured: %s", " ".join(str(exc).split())[:300])
     dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),
                 report=result.report, model=result.report.get("model"))
     html, _ = write_report(result.report, report_dir, original_model=result.original,
@@ -400,7 +412,7 @@ def _json_default(value):
               help="Mask whole neurons per layer instead of single weights (to choose --neuron-layer NAME=S).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
-def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, out_dir, by_neurons, quiet,
+def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input_shapes, levels, seed, out_dir, by_neurons, quiet,
                 as_json):
     """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
 
@@ -422,6 +434,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
     if out_dir is not None:
         _check_report_dir(out_dir, "-o")
     options = PruneOptions(data=data, labels=labels, metric=_metric_spec(metric), batch_size=batch_size, limit=limit,
+                           input_shapes=parse_input_shapes(input_shapes),
                            levels=_parse_levels(levels), seed=seed)
     options.validate()
     loaded = load(model)

@@ -31,7 +31,71 @@ def inspect_model(path: Path) -> dict:
         "totals": totals(rows),
         "skipped": skipped_rows(inventory),
         "sparse_tensors_in_input": loaded.had_sparse,
+        "inputs": [_value_info(v) for v in _real_inputs(loaded.model)],
+        "outputs": [_value_info(v) for v in loaded.model.graph.output],
+        "npz_example": npz_example(loaded.model),
     }
+
+
+def _real_inputs(model) -> list:
+    inits = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def _type_text(t) -> str:
+    """An onnx TypeProto as text: float32, seq(map(int64, float32)), ..."""
+    import onnx
+
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        return str(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)) if t.tensor_type.elem_type else "?"
+    if kind == "sequence_type":
+        return f"seq({_type_text(t.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.helper.tensor_dtype_to_np_dtype(t.map_type.key_type)
+        return f"map({key}, {_type_text(t.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_text(t.optional_type.elem_type)})"
+    return kind or "?"
+
+
+def _value_info(v) -> dict:
+    tt = v.type.tensor_type if v.type.HasField("tensor_type") else None
+    shape = None
+    if tt is not None and tt.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    return {"name": v.name, "shape": shape, "dtype": _type_text(v.type)}
+
+
+def npz_example(model, samples: int = 64) -> str:
+    """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
+    a symbolic first axis, 8 for other symbolic dims (any size the model takes)."""
+    parts = []
+    named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
+    for v in _real_inputs(model):
+        info = _value_info(v)
+        shape = info["shape"] or []
+        dims = []
+        for i, d in enumerate(shape):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif d != "?":
+                dims.append(named.setdefault(d, samples if i == 0 else 8))
+            else:
+                dims.append(samples if i == 0 else 8)
+        dtype = info["dtype"] if info["dtype"] in _NUMPY_NAMES else "float32"
+        dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
+        key = v.name if v.name.isidentifier() else None
+        parts.append((key, v.name, f"np.zeros({dims_text}, np.{dtype})"))
+    if all(k for k, _, _ in parts):
+        args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
+    else:
+        args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
+    return f'import numpy as np; np.savez("calib.npz", {args})'
+
+
+_NUMPY_NAMES = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32",
+                "uint64", "bool"}
 
 
 def _pct(x) -> str:
@@ -51,6 +115,16 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     t = info["totals"]
     table.add_row("total", "", "", "", "", fmt_count(t["params"]), fmt_count(t["nonzeros"]), _pct(t["density"]), fmt_count(t["macs"]))
     console.print(table)
+    for kind in ("inputs", "outputs"):
+        items = info.get(kind) or []
+        text = "; ".join(f"{v['name']} {v['dtype']} "
+                         f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else f"{v['name']} {v['dtype']}"
+                         for v in items)
+        console.print(f"{kind}: {text or '-'}")
+    if info.get("npz_example"):
+        console.print("calibration data (replace the zeros with real samples; a file whose inputs cannot be stacked "
+                      "along the first axis is read as one feed):")
+        console.print(f"  {info['npz_example']}", markup=False, highlight=False)
     if not info["layers"]:
         console.print("No prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul).")
     if info["skipped"]:

@@ -74,6 +74,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     external = _external_tensors(model)
     if external:
         _check_external_locations(external, path.parent)
+        size += _external_bytes(external, path.parent)  # the weights in model.onnx.data count too
         _check_declared_sizes(model, path)
         try:
             for tensor in external:  # ours, not onnx's: onnx's loader skips sparse tensors
@@ -353,6 +354,25 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
                 if attr.HasField("sparse_tensor"):
                     tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
     return [t for t in tensors if external_data_helper.uses_external_data(t)]
+
+
+def _external_bytes(tensors, folder: Path) -> int:
+    """Bytes of the distinct external data files the tensors point to."""
+    files = {(folder / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def saved_size(path: str | os.PathLike) -> int:
+    """Bytes of a written model: the .onnx file plus the external data files it points to."""
+    path = Path(path)
+    size = path.stat().st_size
+    if not any(p.name.startswith(path.name) and p.suffix == ".data" for p in path.parent.glob(f"{path.name}*.data")):
+        return size
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError):
+        return size
+    return size + _external_bytes(_external_tensors(model), path.parent)
 
 
 def _check_external_locations(tensors, folder: Path) -> None:

@@ -54,6 +54,7 @@ class PruneOptions:
     metric: str | list | dict | None = None  # KIND, ["OUTPUT=KIND", ...] or {OUTPUT: KIND}
     batch_size: int = 64
     limit: int | None = None
+    input_shapes: dict[str, tuple] = field(default_factory=dict)  # --input-shape NAME=DIMS: symbolic dims fixed
     # retraining (0 iterations = one-shot)
     iterations: int = 0
     epochs: float = 1.0
@@ -185,6 +186,7 @@ class Data:
         self.model, self.options = model, options
         self._calib = None
         self._eval = None
+        self._warned = False
         self.every = self._split(options)  # before any part= reader is asked for
 
     def _split(self, o: PruneOptions) -> int | None:
@@ -204,7 +206,9 @@ class Data:
 
         o = self.options
         reader = open_data(source if source is not None else o.data, self.model, labels=o.labels,
-                           batch_size=batch_size or o.batch_size, limit=o.limit, seed=o.seed)
+                           batch_size=batch_size or o.batch_size, limit=o.limit, seed=o.seed,
+                           shapes=o.input_shapes, warn=not self._warned)
+        self._warned = True  # the random-data warning is said once per run
         if part is not None and source is None and self.every:
             reader = reader.part(self.every, holdout=part == "validation")
         return reader
@@ -268,7 +272,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         present = set(constant_tensors(final))
         run_passes([SparseEncode([w.name for w in inventory.prunable if w.name in present], options.sparse_format)],
                    final, state)
-        parity = check_parity(final, dense_pruned, _verification_feeds(data, options))
+        parity = check_parity(final, dense_pruned, _verification_feeds(data, options, original))
 
     before, after = layer_rows(original, inventory), layer_rows(dense_pruned, inventory)
     report = {
@@ -573,10 +577,14 @@ def budget_error(report: dict) -> BudgetError | None:
     return None
 
 
-def _verification_feeds(data: Data | None, options: PruneOptions):
+def _verification_feeds(data: Data | None, options: PruneOptions, options_model=None):
     """A few batches of the user's data when given (real inputs hit real activations), else random inputs."""
     if data is None:
-        return None
+        if not options.input_shapes:
+            return None
+        from onnxprune.calibration.runtime import random_feeds
+
+        return [random_feeds(options_model, seed=s, shapes=options.input_shapes) for s in (0, 1, 2)]
     feeds = []
     for feed in data.reader():
         feeds.append(feed)

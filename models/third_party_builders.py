@@ -123,3 +123,17 @@ def variable_width(*, channels: int = 3, out_channels: int = 4, seed: int = 0) -
     g.nodes.append(helper.make_node("Identity", [y], ["map"], name="/out/Identity"))
     return _model(g, "variable_width", [_float("image", [BATCH, channels, "H", "W"])],
                   [_float("map", [BATCH, out_channels, "H", "W"])])
+
+
+def fixed_length_reshape(*, vocab: int = 30, dim: int = 4, length: int = 6, classes: int = 3,
+                         seed: int = 0) -> onnx.ModelProto:
+    """A legacy export: ids int64 [N, T] with T symbolic, but a Reshape to [-1, 6 * D] inside fixes T = 6."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "ids"], axis=0)
+    g.initializers.append(numpy_helper.from_array(np.array([-1, length * dim], dtype=np.int64), "flat_shape"))
+    flat = g.op("Reshape", "flat", [e, "flat_shape"])
+    y = g.matmul(flat, "fc", length * dim, classes)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "fixed_length_reshape", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, "T"])],
+                  [_float("logits", [BATCH, classes])])
