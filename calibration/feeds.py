@@ -7,7 +7,9 @@ per feed when its arrays cannot be samples-first (`feed_reason`, the rule the RE
 
   1. an array of a model input is a scalar, or
   2. within one file the model inputs disagree on the length of their first axis, or
-  3. one input has different non-first dimensions in different files (per-sample widths, sequence lengths).
+  3. one input has different non-first dimensions in different files (per-sample widths, sequence lengths), or
+  4. an input is time-major (axis 0 is time): it is the X of an LSTM/GRU/RNN with layout 0, or its declared dims
+     name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N).
 
 Otherwise the file is a stack of samples and the ordinary readers cut it into batches. Per feed, every feed is one
 step: one onnxruntime run, one scored batch, one retraining step; nothing is concatenated across feeds. A feed is
@@ -18,11 +20,13 @@ if any, are passed on as they are. `--limit` and the validation split count feed
 from __future__ import annotations
 
 import logging
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnxprune.calibration.runtime import InputSpec
 from onnxprune.errors import CalibrationError
@@ -49,9 +53,34 @@ def npz_shapes(path: Path) -> dict[str, tuple] | None:
     return shapes
 
 
-def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec]) -> str | None:
+_TIME = re.compile(r"seq|time|len|frame|step", re.I)
+_BATCH = re.compile(r"batch|^n$", re.I)
+RECURRENT = {"LSTM", "GRU", "RNN"}
+
+
+def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Inputs whose axis 0 is time, with why (rule 4 of the module docstring)."""
+    out = {}
+    for node in model.graph.node:
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and layout == 0 and node.input:
+            out.setdefault(node.input[0], f"it is the X of {node.op_type} '{node.name}' (time first)")
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        dims = [d.dim_param for d in vi.type.tensor_type.shape.dim] if vi.type.HasField("tensor_type") else []
+        if vi.name not in inits and len(dims) > 1 and _TIME.search(dims[0]) and any(_BATCH.search(d) for d in dims[1:]):
+            out.setdefault(vi.name, f"its declared dims are {dims}")
+    graph_inputs = {vi.name for vi in model.graph.input} - inits
+    return {k: v for k, v in out.items() if k in graph_inputs}
+
+
+def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec],
+                time_major: dict[str, str] | None = None) -> str | None:
     """Why (file, {array: shape}) sources must be read one feed at a time, or None for stacks of samples."""
     names = [s.name for s in specs]
+    for name, why in (time_major or {}).items():
+        if name in names:
+            return f"input '{name}' is time-major: {why}"
     seen: dict[str, tuple[tuple, str]] = {}
     for where, shapes in files:
         ins = {n: shapes[n] for n in names if n in shapes}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import FeedChecker, FeedSource, feed_reason, npz_shapes
+from onnxprune.calibration.feeds import FeedChecker, FeedSource, feed_reason, npz_shapes, time_major_inputs
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
                                            int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -155,26 +155,31 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            return _folder_reader(path, specs, labels, batch_size, limit)
+            return _folder_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
         if not path.exists():
             raise CalibrationError(f"calibration data '{path}' does not exist; pass an .npz file, a folder or "
                                    "'random'.")
-        return _npz_reader(path, specs, labels, batch_size, limit)
+        return _npz_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
     if isinstance(source, Mapping):
         chunk = _memory_chunk(source, "in-memory arrays")
+        reason = feed_reason([(chunk.where, {k: v.shape for k, v in chunk.arrays.items()})], specs,
+                             time_major_inputs(model))
+        if reason:
+            return _feed_reader(FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs, labels, limit,
+                                reason, "in-memory arrays")
         return _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays")
     if isinstance(source, Iterable):
-        return _feeds_reader(list(source), specs, labels, batch_size, limit)
+        return _feeds_reader(list(source), specs, labels, batch_size, limit, time_major_inputs(model))
     raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
                       "pass a path, 'random', a dict of arrays or a list of feed dicts.")
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
 
-def _npz_reader(path, specs, labels, batch_size, limit) -> DataReader:
+def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     if path.suffix == ".npz":
         _refuse_empty(path)
-        reason = feed_reason([(str(path), npz_shapes(path) or {})], specs)
+        reason = feed_reason([(str(path), npz_shapes(path) or {})], specs, time_major)
         if reason:
             return _feed_reader(FeedSource([path], _npz_arrays, str), specs, labels, limit, reason, path.name)
     if path.suffix == ".npy":
@@ -195,11 +200,11 @@ def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataR
                       checker=checker)
 
 
-def _feeds_reader(feeds: list, specs, labels, batch_size, limit) -> DataReader:
+def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     if not feeds:
         raise CalibrationError("the list of calibration feed dicts is empty; give at least one batch.")
     chunks = [_memory_chunk(f, f"feed dict #{i}") for i, f in enumerate(feeds)]
-    reason = feed_reason([(c.where, {k: v.shape for k, v in c.arrays.items()}) for c in chunks], specs)
+    reason = feed_reason([(c.where, {k: v.shape for k, v in c.arrays.items()}) for c in chunks], specs, time_major)
     if reason:
         return _feed_reader(FeedSource(chunks, lambda c: c.arrays, lambda c: c.where), specs, labels, limit, reason,
                             f"{len(chunks)} feed dicts")
@@ -212,7 +217,7 @@ def _feeds_reader(feeds: list, specs, labels, batch_size, limit) -> DataReader:
                                                                labels_name), checker=checker)
 
 
-def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader:
+def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
     label_files = {p for p in files if p.suffix == ".npy" and p.stem.endswith(f"_{labels or DEFAULT_LABELS}")}
     files = [p for p in files if p not in label_files]
@@ -225,7 +230,7 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader
             "per input.")
 
     if all(p.suffix == ".npz" for p in files):
-        reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs)
+        reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs, time_major)
         if reason:
             return _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason,
                                 f"folder '{folder.name}/' ({len(files)} files)")

@@ -302,7 +302,10 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
 def _teacher_fn(teacher: onnx.ModelProto):
     session = make_session(teacher, optimize=True)
     names = output_names(teacher)
-    return lambda feeds: [np.asarray(o, dtype=np.float32) for o in session.run(names, feeds)]
+    from onnxprune.calibration.metrics import as_array
+
+    # non-tensor outputs (a ZipMap's maps) by value, as [N, keys] arrays
+    return lambda feeds: [np.asarray(as_array(o), dtype=np.float32) for o in session.run(names, feeds)]
 
 
 # ----------------------------------------------------------------------------------------------- the objective

@@ -137,3 +137,17 @@ def fixed_length_reshape(*, vocab: int = 30, dim: int = 4, length: int = 6, clas
     g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
     return _model(g, "fixed_length_reshape", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, "T"])],
                   [_float("logits", [BATCH, classes])])
+
+
+def time_major_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """x [T, N, 4] (time first, as ONNX's LSTM takes it) -> LSTM -> last hidden state [N, 6] -> fc -> 'logits'."""
+    g = _Graph(seed)
+    g.const("lstm.W", g.rng.standard_normal((1, 4 * hidden, features)) / np.sqrt(features))
+    g.const("lstm.R", g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden))
+    g.nodes.append(helper.make_node("LSTM", ["x", "lstm.W", "lstm.R"], ["Y", "Y_h"], name="/lstm/LSTM",
+                                    hidden_size=hidden))
+    h = g.op("Squeeze", "last", ["Y_h", g.const("axes0", np.zeros(1))])
+    g.initializers[-1] = numpy_helper.from_array(np.array([0], dtype=np.int64), "axes0")
+    y = g.matmul(h, "fc", hidden, classes)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "time_major_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])

@@ -100,3 +100,15 @@ def test_prune_and_retrain_on_per_feed_data(tmp_path):
                                    "0.5", "--iterations", "1", "--data", str(tmp_path / "lines"), "--json"])
     assert res.exit_code == 0, res.output
     assert '"phase"' in res.output or '"round"' in res.output  # a retraining round ran, one feed per step
+
+
+def test_time_major_input_is_never_cut_along_time():
+    model = tb.time_major_lstm()
+    x = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float32)  # 10 steps, 3 sequences
+    onnx.checker.check_model(model, full_check=True)
+    reader = open_data({"x": x}, model, batch_size=4)
+    assert reader.per_feed  # a stack would be cut into batches of 4 time steps
+    (feed, _), = list(reader.batches())
+    assert feed["x"].shape == (10, 3, 4)
+    ev = Evaluator(reader, None, model)
+    assert ev.plan == {"logits": "agreement"} and ev.dense == 1.0
