@@ -175,6 +175,19 @@ NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
 
 
+def _mismatch(kind: str, ref: np.ndarray) -> tuple[tuple, int]:
+    """A batch whose output shape differs from the dense model's: every sample of it counts as lost (relative
+    error 1, no agreement, cosine 0)."""
+    n = _n(ref)
+    if kind == "rel_l2":
+        return (float(n),), n
+    if kind == "prob":
+        return (0.0, float(n)), n
+    if kind == "seq_agreement" and ref.ndim >= 2:
+        return (0.0,), int(np.prod(ref.shape[:-1]))
+    return (0.0,), n
+
+
 def _n(x: np.ndarray) -> int:
     return len(x) if x.ndim else 1
 
@@ -526,7 +539,11 @@ class Evaluator:
                     raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
                 values = (values,)
             for i, ((_, kind), value) in enumerate(zip(kinds, values, strict=True)):
-                s, n = METRICS[kind].batch(as_array(value), None if ref is None else as_array(ref[i]), labels)
+                out, want = as_array(value), None if ref is None else as_array(ref[i])
+                if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
+                    s, n = _mismatch(kind, want)
+                else:
+                    s, n = METRICS[kind].batch(out, want, labels)
                 sums[i] = np.asarray(s, dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
                 counts[i] += n
         if not counts or min(counts) == 0:
@@ -599,7 +616,11 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
     for a, b in pairs:
         a, b = as_array(a), as_array(b)
         if a.shape != b.shape:
-            raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
+            if len(pairs) == 1:
+                raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
+            rel.append(np.ones(_n(b)))  # a batch of another shape (data-dependent): every sample moved
+            agree.append(np.zeros(_n(b), dtype=bool))
+            continue
         if a.size == 0:
             continue
         if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":  # labels, ids, strings: equal or not

@@ -151,6 +151,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     b, a = report["before"], report["after"]
     table.add_row("total", "", "", fmt_count(b["params"]), fmt_count(a["nonzeros"]), _pct(a["density"]), "", "", "")
     console.print(table)
+    console.print("W% = share of the layer's weights kept; q = pruning threshold / the layer's weight std (the "
+                  "paper's quality parameter); neurons = output channels before->after; Act% = share of nonzero "
+                  "activations before->after; pp = percentage points of the metric")
     console.print(
         f"weights {fmt_count(b['nonzeros'])} -> {fmt_count(a['nonzeros'])} nonzero "
         f"({report['compression']:.1f}x fewer); file {fmt_bytes(report['file_size_before'])} -> "

@@ -128,3 +128,15 @@ def test_cli_reports_each_output_and_unknown_output_is_a_usage_error(detector, t
                                    "--data", str(data), "--metric", "cls=agreement"])
     assert res.exit_code == 2
     assert "output 'cls'" in res.output and "boxes, scores" in res.output and "Traceback" not in res.output
+
+
+def test_an_output_whose_shape_changes_counts_as_lost_not_a_crash():
+    """Data-dependent shapes (detections after NMS): a batch of another shape loses all its samples."""
+    model = tb.regressor()
+    ev = evaluator(model, {"input": X8})
+    ref = ev.reference_all
+    shifted = [(np.zeros((len(r[0]) + 1, 1), np.float32),) for r in ref[:1]] + [r for r in ref[1:]]
+    value = ev.score(shifted)
+    assert ev.loss_pp(value) == pytest.approx(100.0 * 16 / 64)  # batch 1 of 4 (16 samples) lost entirely
+    err = output_error([s[0] for s in shifted], [r[0] for r in ref])
+    assert err["max_rel"] == 1.0
