@@ -96,6 +96,9 @@ def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
         raise CalibrationError(f"the scored output has shape {list(out.shape)}; label metrics need [N, classes]. "
                                "Pick the output the labels belong to (--metric OUTPUT=accuracy) or another metric "
                                "(--metric OUTPUT=rel_l2).")
+    if len(labels) != len(out):
+        raise CalibrationError(f"a batch has {len(labels)} labels for {len(out)} output rows; give one label per "
+                               "sample of the scored output (or score it against the dense model: drop --labels).")
     if labels.size and labels.max() >= out.shape[1]:
         raise CalibrationError(f"labels go up to {int(labels.max())} but the model has {out.shape[1]} classes "
                                f"(0..{out.shape[1] - 1}); check the labels array or the scored output.")
