@@ -179,13 +179,17 @@ class Evaluator:
                 out, want = as_array(value), None if ref is None else as_array(ref[i])
                 if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
                     s, n = _mismatch(kind, want)
+                elif out.size == 0:  # nothing to compare in this batch (no detections, say)
+                    continue
                 else:
                     s, n = METRICS[kind].batch(out, want, labels)
                 sums[i] = np.asarray(s, dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
                 counts[i] += n
-        if not counts or min(counts) == 0:
+        if not self.labels:
             raise CalibrationError("no samples were scored; the calibration data is empty.")
-        return {name: float(METRICS[kind].finish(sums[i], counts[i])) for i, (name, kind) in enumerate(kinds)}
+        # an output empty in every batch cannot have moved: it scores as the dense model does (1.0 against it)
+        return {name: float(METRICS[kind].finish(sums[i], counts[i])) if counts[i] else 1.0
+                for i, (name, kind) in enumerate(kinds)}
 
     def score(self, outputs: Iterable) -> float:
         """The combined metric of per-batch outputs given in the order of `batches()`: a tuple of the scored

@@ -140,3 +140,11 @@ def test_an_output_whose_shape_changes_counts_as_lost_not_a_crash():
     assert ev.loss_pp(value) == pytest.approx(100.0 * 16 / 64)  # batch 1 of 4 (16 samples) lost entirely
     err = output_error([s[0] for s in shifted], [r[0] for r in ref])
     assert err["max_rel"] == 1.0
+
+
+def test_empty_outputs_score_as_unchanged():
+    model = tb.regressor()
+    ev = evaluator(model, {"input": X8}, ["value=rel_l2"])
+    empty = [(np.zeros((0, 1), np.float32),) for _ in ev.reference_all]
+    ev.reference_all = empty  # an output that is empty on every batch (no detections)
+    assert ev.score(empty) == 1.0
