@@ -1,176 +1,116 @@
 """Metrics: how good a (pruned) model is on calibration data, always "higher is better", in [0, 1].
 
-    accuracy   top-1 accuracy against labels                      classifiers with labels
-    top5       label among the 5 largest logits                   classifiers with >= 5 classes and labels
-    agreement  top-1 agrees with the dense model                  classifiers without labels
-    rel_l2     1 - mean_i ||y_i - d_i|| / ||d_i||  (floored at 0)  anything else: embeddings, maps, regression
-    cosine     mean_i cos(y_i, d_i)  (floored at 0)               anything, on request
+Every graph output is scored with a metric that fits what it holds (chosen in calibration.metric_choice, computed
+in calibration.output_metrics; this module runs models and combines), and the run's loss is the
+WORST output's loss, so pruning a head the first output does not show cannot pass unnoticed:
 
-y_i is the scored output of sample i, d_i the dense model's. A classifier output is 2-D [N, C] with C >= 2.
-Reports show these as percentages and losses as percentage points (pp): loss = 100 * (dense - pruned).
-The `Evaluator` runs the dense reference once, caches its outputs (and the data, when it fits in memory), and
-scores any model or session against the same batches.
+    kind           score of one output                                         1 pp of loss means
+    accuracy       top-1 accuracy against labels                               1% of samples lose their right class
+    top5           label among the 5 largest scores                            1% of samples lose it from their top 5
+    agreement      top-1 (argmax per sample) equals the dense model's          1% of samples change their top-1 class
+    seq_agreement  argmax over the last axis, per position, equals the dense   1% of positions change their top-1
+    prob           min(agreement, 1 - mean_i max_c |p_ic - d_ic|)              1% of samples change class, or the mean
+                                                                                   largest probability change is 0.01
+    rel_l2         1 - mean_i ||y_i - d_i|| / ||d_i||  (floored at 0)          mean relative L2 error of 0.01
+    cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
+    exact          share of samples whose value is exactly the dense one's     1% of samples change their value
+
+y_i is sample i (first axis) of an output, d_i the dense model's. Non-tensor outputs are compared by value: a
+sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a sequence of tensors is stacked.
+Losses are percentage points: loss = 100 * (dense - pruned) per output; an Evaluator's `dense` is its headline
+output's score and its combined score is `dense - worst loss`, so every caller of `evaluate` and `loss_pp` sees
+the worst output. The `Evaluator` runs the dense reference once, caches its outputs (and the data, when it fits in
+memory), and scores any model or session against the same batches; `last` holds the per-output figures of the
+latest score.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, check_metric_spec,  # noqa: F401
+                                                 choose_metric, is_classifier, metric_plan, parse_metric_spec)
+from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
+                                                  _flat, _mismatch, _n, _relative_errors, _top1, as_array,
+                                                  count_samples, map_keys)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
 
-NEEDS_LABELS = {"accuracy", "top5"}
-NEEDS_REFERENCE = {"agreement", "rel_l2", "cosine"}
 DEFAULT_CACHE_BYTES = 512 << 20  # calibration batches kept in memory when they fit
-_TINY = 1e-12
 
-
-# ---- per-batch scores: (sum over samples, count); the metric is finish(sum, count) ---------------------------
-
-def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
-    if out.ndim != 2:
-        raise CalibrationError(f"the scored output has shape {list(out.shape)}; label metrics need [N, classes]. "
-                               "Pick another output (--output) or metric (--metric rel_l2).")
-    if labels.size and labels.max() >= out.shape[1]:
-        raise CalibrationError(f"labels go up to {int(labels.max())} but the model has {out.shape[1]} classes "
-                               f"(0..{out.shape[1] - 1}); check the labels array or the scored output.")
-
-
-def _accuracy(out, ref, labels):
-    _check_classes(out, labels)
-    return float(np.count_nonzero(out.argmax(axis=1) == labels)), len(labels)
-
-
-def _top5(out, ref, labels):
-    _check_classes(out, labels)
-    if out.shape[1] < 5:
-        raise ConfigError(f"top5 needs at least 5 classes; the output has {out.shape[1]}. Use --metric accuracy.")
-    top = np.argpartition(-out, 4, axis=1)[:, :5]
-    return float(np.count_nonzero((top == labels[:, None]).any(axis=1))), len(labels)
-
-
-def _agreement(out, ref, labels):
-    return float(np.count_nonzero(_top1(out) == _top1(ref))), len(out)
-
-
-def _rel_l2(out, ref, labels):
-    return float(_relative_errors(out, ref).sum()), len(out)
-
-
-def _cosine(out, ref, labels):
-    a, b = _per_sample(out), _per_sample(ref)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    cos = np.where((na < _TINY) & (nb < _TINY), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, _TINY))
-    return float(cos.sum()), len(out)
-
-
-METRICS: dict[str, tuple[Callable, Callable[[float, int], float]]] = {
-    "accuracy": (_accuracy, lambda s, n: s / n),
-    "top5": (_top5, lambda s, n: s / n),
-    "agreement": (_agreement, lambda s, n: s / n),
-    "rel_l2": (_rel_l2, lambda s, n: max(0.0, 1.0 - s / n)),
-    "cosine": (_cosine, lambda s, n: min(1.0, max(0.0, s / n))),
-}
-
-
-def _per_sample(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
-
-
-def _top1(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x).reshape(len(x), -1).argmax(axis=1)
-
-
-def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    a, b = _per_sample(out), _per_sample(ref)
-    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), _TINY)
-
-
-# ---- choosing --------------------------------------------------------------------------------------------------
-
-def _declared_shape(outputs, output: str | None) -> tuple | None:
-    """Shape (ints or None) of the scored output from a model, a ValueInfo, an array, a shape, or a list of them."""
-    if isinstance(outputs, onnx.ModelProto):
-        infos = list(outputs.graph.output)
-        info = next((o for o in infos if o.name == output), None) if output else (infos[0] if infos else None)
-        if info is None:
-            raise ConfigError(f"output '{output}' is not a graph output; choose one of {[o.name for o in infos]}.")
-        return _declared_shape(info, None)
-    if isinstance(outputs, onnx.ValueInfoProto):
-        tt = outputs.type.tensor_type
-        if not tt.HasField("shape"):
-            return None
-        return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-    if isinstance(outputs, np.ndarray):
-        return outputs.shape
-    if isinstance(outputs, dict):
-        return _declared_shape(outputs[output] if output else next(iter(outputs.values())), None)
-    if isinstance(outputs, (list, tuple)) and outputs and not isinstance(outputs[0], (int, type(None))):
-        return _declared_shape(outputs[0], None)
-    if isinstance(outputs, (list, tuple)):
-        return tuple(outputs)
-    return None
-
-
-def is_classifier(shape: tuple | None) -> bool:
-    return shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] >= 2
-
-
-def choose_metric(outputs, has_labels: bool, override: str | None = None, *, output: str | None = None) -> str:
-    """Pick the metric: the override if valid, else accuracy / agreement for classifiers, rel_l2 for the rest."""
-    shape = _declared_shape(outputs, output)
-    if override is not None:
-        if override not in METRICS:
-            raise ConfigError(f"unknown metric '{override}'; choose one of {', '.join(METRICS)}.")
-        if override in NEEDS_LABELS and not has_labels:
-            raise ConfigError(f"metric '{override}' needs labels and the data has none; pass --labels NAME or use "
-                              "--metric agreement.")
-        if override == "top5" and shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] < 5:
-            raise ConfigError(f"metric 'top5' needs at least 5 classes; the output has {shape[1]}.")
-        return override
-    if is_classifier(shape):
-        return "accuracy" if has_labels else "agreement"
-    if has_labels:
-        log.warning("the scored output has shape %s, not [N, classes]: labels are ignored, metric rel_l2", shape)
-    return "rel_l2"
-
-
-# ---- evaluation ------------------------------------------------------------------------------------------------
 
 class Evaluator:
-    """Scores models on a reader's batches with one metric; the dense reference runs once.
+    """Scores models on a reader's batches, every planned output with its own metric; the dense reference runs once.
 
-    `dense` is the reference's own score (1.0 for the label-free metrics); None without a reference.
+    `metric`: None (every output, metrics chosen automatically), a KIND (the headline output's metric), "OUTPUT=KIND"
+    strings or a dict {OUTPUT: KIND} (only those outputs). `output` scores that one output only. `dense` is the
+    headline output's own score (1.0 for the label-free metrics); None without a reference. `evaluate` returns
+    `dense - worst output loss`; `last` holds the per-output figures of the latest score.
     """
 
-    def __init__(self, reader: DataReader, metric: str, reference_model: onnx.ModelProto | None = None,
+    def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
                  output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True):
-        if metric not in METRICS:
-            raise ConfigError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}.")
-        if metric in NEEDS_LABELS and not reader.has_labels:
-            raise ConfigError(f"metric '{metric}' needs labels and {reader.description}; pass --labels NAME.")
-        if metric in NEEDS_REFERENCE and reference_model is None:
-            raise ConfigError(f"metric '{metric}' compares against the dense model; give reference_model.")
-        self.reader, self.metric, self.optimize = reader, metric, optimize
-        self.output = output or (reference_model.graph.output[0].name if reference_model is not None else None)
+        self.reader, self.optimize = reader, optimize
+        if reference_model is not None:
+            self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
+        else:
+            self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
         self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
-        self.num_samples = sum(len(next(iter(f.values()))) for f, _ in self.batches()) if self._cached else None
+        self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
+        self.reference_all: list[tuple] | None = None
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
+        self.dense_by: dict[str, float] = {}
+        self.last: dict[str, dict] = {}
         if reference_model is not None:
-            self.reference = list(self.run(reference_model))
-            self.num_samples = sum(len(r) for r in self.reference)
-            self.dense = self.score(self.reference)
+            self.reference_all = list(self.run_all(reference_model))
+            self._resolve_auto()
+            self.reference = [as_array(b[0]) for b in self.reference_all]
+            if not getattr(reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
+                self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
+            self.dense_by = self._per_output(self.reference_all)
+            self.dense = self.dense_by[self.output]
+            self.last = {}
+
+    def _plan_without_reference(self, metric, output) -> dict[str, str]:
+        headline, named = parse_metric_spec(metric)
+        if named or headline is None:
+            raise ConfigError("without a reference model only one label metric can be scored; pass metric="
+                              "'accuracy' (or 'top5') and output=NAME, or give reference_model.")
+        _check_kind(headline, self.reader.has_labels, "")
+        if METRICS[headline].needs_reference:
+            raise ConfigError(f"metric '{headline}' compares against the dense model; give reference_model.")
+        return {output or "": headline}
+
+    def _resolve_auto(self) -> None:
+        first = self.reference_all[0] if self.reference_all else ()
+        for (name, kind), value in zip(list(self.plan.items()), first):
+            if kind == AUTO:
+                self.plan[name] = auto_kind(name, value)
+        log.info("scored outputs: %s", ", ".join(f"{n} ({k})" for n, k in self.plan.items()))
+
+    @property
+    def scored_outputs(self) -> list[str]:
+        """The scored outputs, headline first ("" = the session's first output, when there is no reference)."""
+        return list(self.plan)
+
+    @property
+    def output(self) -> str | None:
+        return self.scored_outputs[0] or None
+
+    @property
+    def metric(self) -> str:
+        kinds = list(self.plan.values())
+        return kinds[0] if len(kinds) == 1 else f"worst of {len(kinds)} outputs"
 
     def _cache_batches(self, budget: int):
         n = self.reader.num_samples
@@ -180,7 +120,7 @@ class Evaluator:
         if first is None:
             raise CalibrationError(f"{self.reader.description}: no batches; the data is empty.")
         feeds, _ = first
-        per_sample = sum(a.nbytes for a in feeds.values()) / max(1, len(next(iter(feeds.values()))))
+        per_sample = sum(np.asarray(a).nbytes for a in feeds.values()) / max(1, feed_samples(feeds, self.reader))
         if per_sample * n > budget:
             log.info("calibration data (%.0f MB) exceeds the cache budget; streaming it", per_sample * n / 2**20)
             return None
@@ -199,32 +139,90 @@ class Evaluator:
             return model_or_session
         return make_session(model_or_session, optimize=self.optimize)
 
-    def run(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
-        """The scored output, batch by batch."""
+    def run_all(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
+        """The scored outputs, batch by batch: a tuple of values in the order of `outputs`."""
         sess = self.session(model_or_session)
         names = [i.name for i in sess.get_inputs()]
-        outputs = [o.name for o in sess.get_outputs()]
-        out = self.output or outputs[0]
-        if out not in outputs:
-            raise ConfigError(f"output '{out}' is not an output of the model; choose one of {outputs}.")
+        have = [o.name for o in sess.get_outputs()]
+        wanted = [n or have[0] for n in self.plan]
+        missing = [n for n in wanted if n not in have]
+        if missing:
+            raise ConfigError(f"output '{missing[0]}' is not an output of the model; choose one of {have}.")
         extra = extra_feeds or {}
         for feeds, _ in self.batches():
-            yield sess.run([out], {**{k: v for k, v in feeds.items() if k in names}, **extra})[0]
+            yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
 
-    def score(self, outputs: Iterable[np.ndarray]) -> float:
-        """The metric of per-batch outputs given in the order of `batches()`."""
-        batch_fn, finish = METRICS[self.metric]
-        total, count = 0.0, 0
-        refs = self.reference if self.reference is not None else [None] * len(self.labels)
-        for out, ref, labels in zip(outputs, refs, self.labels, strict=True):
-            s, n = batch_fn(np.asarray(out), ref, labels)
-            total, count = total + s, count + n
-        if count == 0:
+    def run(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
+        """The headline output, batch by batch, as arrays."""
+        return (as_array(values[0]) for values in self.run_all(model_or_session, extra_feeds))
+
+    def fill(self, names: list[str], values, batch: int) -> tuple:
+        """One batch of all scored outputs from the `values` of `names`; the others are the reference's (a weight
+        that cannot reach an output leaves it as it is)."""
+        values = list(values)
+        if len(self.plan) == 1 and len(values) == 1:
+            return (values[0],)
+        given = dict(zip(names, values))
+        return tuple(given[n] if n in given else r for n, r in zip(self.plan, self.reference_all[batch]))
+
+    def _per_output(self, outputs: Iterable) -> dict[str, float]:
+        kinds = list(self.plan.items())
+        sums: list = [None] * len(kinds)
+        counts = [0] * len(kinds)
+        refs = self.reference_all if self.reference_all is not None else [None] * len(self.labels)
+        for values, ref, labels in zip(outputs, refs, self.labels, strict=True):
+            if not isinstance(values, tuple):
+                if len(kinds) != 1:
+                    raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
+                values = (values,)
+            for i, ((_, kind), value) in enumerate(zip(kinds, values, strict=True)):
+                out, want = as_array(value), None if ref is None else as_array(ref[i])
+                if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
+                    s, n = _mismatch(kind, want)
+                elif out.size == 0:  # nothing to compare in this batch (no detections, say)
+                    continue
+                else:
+                    s, n = METRICS[kind].batch(out, want, labels)
+                sums[i] = np.asarray(s, dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
+                counts[i] += n
+        if not self.labels:
             raise CalibrationError("no samples were scored; the calibration data is empty.")
-        return finish(total, count)
+        # an output empty in every batch cannot have moved: it scores as the dense model does (1.0 against it)
+        return {name: float(METRICS[kind].finish(sums[i], counts[i])) if counts[i] else 1.0
+                for i, (name, kind) in enumerate(kinds)}
+
+    def score(self, outputs: Iterable) -> float:
+        """The combined metric of per-batch outputs given in the order of `batches()`: a tuple of the scored
+        outputs per batch (or the one array when a single output is scored). Per-output figures go to `last`."""
+        values = self._per_output(outputs)
+        self.last = {name: self._figure(name, value) for name, value in values.items()}
+        if self.dense is None:
+            return values[self.scored_outputs[0]]
+        worst = max(self.dense_by[n] - v for n, v in values.items())
+        return self.dense - worst
+
+    def _figure(self, name: str, value: float) -> dict:
+        before = self.dense_by.get(name)
+        kind = self.plan[name]
+        return {"metric": kind, "before": before, "after": value,
+                "loss_pp": None if before is None else 100.0 * (before - value), "one_pp": METRICS[kind].one_pp}
 
     def evaluate(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> float:
-        return self.score(self.run(model_or_session, extra_feeds))
+        return self.score(self.run_all(model_or_session, extra_feeds))
+
+    def outputs_of(self, model_or_session) -> list[np.ndarray]:
+        """Every scored output of a model, concatenated over the batches (arrays; maps by value)."""
+        batches = list(self.run_all(model_or_session))
+        return [np.concatenate([as_array(b[i]) for b in batches]) for i in range(len(self.plan))]
+
+    def output_errors(self, model_or_session) -> dict[str, dict]:
+        """`output_error` of every scored output of a model against the reference."""
+        if self.reference_all is None:
+            raise ConfigError("output errors compare against the dense model; build the Evaluator with "
+                              "reference_model.")
+        got = list(self.run_all(model_or_session))
+        return {name: output_error([b[i] for b in got], [r[i] for r in self.reference_all])
+                for i, name in enumerate(self.plan)}
 
     def outputs(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
         return np.concatenate(list(self.run(model_or_session, extra_feeds)))
@@ -236,17 +234,59 @@ class Evaluator:
         return 100.0 * (self.dense - value)
 
 
+def feed_samples(feeds: dict, reader) -> int:
+    """Samples in one batch: its first array's first axis, or one for a feed read as is."""
+    if getattr(reader, "per_feed", False):
+        return 1
+    first = np.asarray(next(iter(feeds.values())))
+    return len(first) if first.ndim else 1
+
+
 def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
     """How far outputs a are from reference outputs b: max_abs, max_rel / mean_rel (per-sample relative L2
-    error ||a_i - b_i|| / ||b_i||) and top-1 agreement (None when the output is not [N, classes])."""
-    a = np.concatenate(a_outputs) if isinstance(a_outputs, list) else np.asarray(a_outputs)
-    b = np.concatenate(b_outputs) if isinstance(b_outputs, list) else np.asarray(b_outputs)
-    if a.shape != b.shape:
-        raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
-    if a.size == 0:
+    error ||a_i - b_i|| / ||b_i||) and top-1 agreement (None when the output is not [N, classes]).
+
+    Per-batch lists are compared batch by batch (feeds of their own shapes are never concatenated); non-tensor
+    values are compared as arrays (`as_array`); non-float ones (labels, ids) by equality: agreement = equal share."""
+    batched = [isinstance(x, list) and not _is_value_list(x) for x in (a_outputs, b_outputs)]
+    if all(batched) and len(a_outputs) == len(b_outputs):
+        pairs = list(zip(a_outputs, b_outputs))
+    else:  # one side whole: join the other
+        pairs = [tuple(_joined(x) if is_list else x for x, is_list in zip((a_outputs, b_outputs), batched))]
+    rel, agree, diffs, exact = [], [], [], False
+    for a, b in pairs:
+        a, b = as_array(a), as_array(b)
+        if a.shape != b.shape:
+            if len(pairs) == 1:
+                raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
+            rel.append(np.ones(_n(b)))  # a batch of another shape (data-dependent): every sample moved
+            agree.append(np.zeros(_n(b), dtype=bool))
+            continue
+        if a.size == 0:
+            continue
+        if a.dtype.kind not in "fc" or b.dtype.kind not in "fc":  # labels, ids, strings: equal or not
+            exact = True
+            agree.append((_flat(a) == _flat(b)).all(axis=1))
+            continue
+        rel.append(_relative_errors(a, b))
+        diffs.append(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+        if is_classifier(a.shape):
+            agree.append(_top1(a) == _top1(b))
+    agreement = float(np.mean(np.concatenate(agree))) if agree else None
+    if exact:
+        return {"max_abs": None, "max_rel": None, "mean_rel": None, "agreement": agreement}
+    if not rel:
         return {"max_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0, "agreement": None}
-    rel = _relative_errors(a, b)
-    agreement = float(np.mean(_top1(a) == _top1(b))) if is_classifier(a.shape) else None
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return {"max_abs": float(diff.max()), "max_rel": float(rel.max()), "mean_rel": float(rel.mean()),
+    rel_all = np.concatenate(rel)
+    return {"max_abs": max(diffs), "max_rel": float(rel_all.max()), "mean_rel": float(rel_all.mean()),
             "agreement": agreement}
+
+
+def _is_value_list(x: list) -> bool:
+    """A ZipMap value (a list of maps) rather than a list of per-batch values."""
+    return bool(x) and isinstance(x[0], Mapping)
+
+
+def _joined(outputs: list) -> np.ndarray:
+    parts = [as_array(o) for o in outputs]
+    return np.concatenate(parts) if all(p.ndim for p in parts) else np.stack(parts)

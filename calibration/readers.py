@@ -12,6 +12,8 @@ Rules, all enforced with one `CalibrationError` that names the file, the array a
   3. Safe casts (float64 -> float32, int32 -> int64, ...) are done and logged once; unsafe ones are errors.
   4. NaN/inf, empty files, zero samples, pickled arrays (`allow_pickle=False`, always) are errors.
   5. Deterministic: the same source, batch size, limit and seed give the same batches, every time.
+  6. A source whose arrays cannot be samples-first (a scalar input, inputs disagreeing on axis 0 in a file, an
+     input whose other dims differ between files) is read one complete feed at a time, as is (calibration.feeds).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, InputSpec, input_specs
+from onnxprune.calibration.feeds import FeedChecker, FeedSource, feed_reason, npz_shapes, time_major_inputs
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
+                                           int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,13 @@ class Chunk:
 
 
 class DataReader:
-    """Batches of feeds for one model; see the module docstring for the rules."""
+    """Batches of feeds for one model; see the module docstring for the rules.
+
+    `per_feed`: every batch is one complete feed as the source holds it (see calibration.feeds)."""
+
+    per_feed = False
+    _feeds = None  # a calibration.feeds.FeedSource when per_feed
+    _feed_check = None
 
     def __init__(self, chunks: Callable[[], Iterator[Chunk]], specs: list[InputSpec], *, batch_size: int,
                  limit: int | None, labels_name: str | None, num_samples: int | None, description: str,
@@ -86,6 +96,9 @@ class DataReader:
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """A fresh pass over the data: (feeds, labels or None) per batch."""
+        if self.per_feed:
+            yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout)
+            return
         checked = _take((self._check(c) for c in self._chunks()), self.limit)
         if self._every:  # --limit counts samples of the whole data, before the split
             checked = _every_nth(checked, self._every, self._holdout)
@@ -125,36 +138,50 @@ class DataReader:
 
 
 def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batch_size: int = 64,
-              limit: int | None = None, seed: int = 0) -> DataReader:
-    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts."""
+              limit: int | None = None, seed: int = 0, shapes: dict[str, tuple] | None = None,
+              warn: bool = True) -> DataReader:
+    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts.
+
+    `shapes` (--input-shape) fixes symbolic input dims (random data is drawn at them, real data checked against
+    them); `warn=False` leaves out the random-data warning (a run that opens its data again has said it once)."""
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be >= 1.")
     if limit is not None and limit < 1:
         raise ConfigError(f"sample limit {limit} must be >= 1 (or unset).")
-    specs = input_specs(model)
+    specs = with_shapes(input_specs(model), shapes)
     batch_size = _batch_size_for(specs, batch_size)
     if isinstance(source, str) and source == "random":
-        return _random_reader(specs, batch_size, limit, seed)
+        return _random_reader(specs, batch_size, limit, seed, int_input_ranges(model), warn)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            return _folder_reader(path, specs, labels, batch_size, limit)
+            return _folder_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
         if not path.exists():
             raise CalibrationError(f"calibration data '{path}' does not exist; pass an .npz file, a folder or "
                                    "'random'.")
-        return _npz_reader(path, specs, labels, batch_size, limit)
+        return _npz_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
     if isinstance(source, Mapping):
         chunk = _memory_chunk(source, "in-memory arrays")
+        reason = feed_reason([(chunk.where, {k: v.shape for k, v in chunk.arrays.items()})], specs,
+                             time_major_inputs(model))
+        if reason:
+            return _feed_reader(FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs, labels, limit,
+                                reason, "in-memory arrays")
         return _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays")
     if isinstance(source, Iterable):
-        return _feeds_reader(list(source), specs, labels, batch_size, limit)
+        return _feeds_reader(list(source), specs, labels, batch_size, limit, time_major_inputs(model))
     raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
                       "pass a path, 'random', a dict of arrays or a list of feed dicts.")
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
 
-def _npz_reader(path, specs, labels, batch_size, limit) -> DataReader:
+def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
+    if path.suffix == ".npz":
+        _refuse_empty(path)
+        reason = feed_reason([(str(path), npz_shapes(path) or {})], specs, time_major)
+        if reason:
+            return _feed_reader(FeedSource([path], _npz_arrays, str), specs, labels, limit, reason, path.name)
     if path.suffix == ".npy":
         chunk = _npy_chunk(path, specs, labels, mmap=False)
     elif path.suffix == ".npz":
@@ -173,10 +200,14 @@ def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataR
                       checker=checker)
 
 
-def _feeds_reader(feeds: list, specs, labels, batch_size, limit) -> DataReader:
+def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     if not feeds:
         raise CalibrationError("the list of calibration feed dicts is empty; give at least one batch.")
     chunks = [_memory_chunk(f, f"feed dict #{i}") for i, f in enumerate(feeds)]
+    reason = feed_reason([(c.where, {k: v.shape for k, v in c.arrays.items()}) for c in chunks], specs, time_major)
+    if reason:
+        return _feed_reader(FeedSource(chunks, lambda c: c.arrays, lambda c: c.where), specs, labels, limit, reason,
+                            f"{len(chunks)} feed dicts")
     labels_name = _labels_name(chunks[0], specs, labels)
     checker = _ChunkChecker(specs, labels_name)
     checker.first(chunks[0], batch_size)
@@ -186,7 +217,7 @@ def _feeds_reader(feeds: list, specs, labels, batch_size, limit) -> DataReader:
                                                                labels_name), checker=checker)
 
 
-def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader:
+def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
     label_files = {p for p in files if p.suffix == ".npy" and p.stem.endswith(f"_{labels or DEFAULT_LABELS}")}
     files = [p for p in files if p not in label_files]
@@ -197,6 +228,12 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader
             f"folder '{folder}' holds .npy files, which can only feed single-input models; this model has "
             f"{len(specs)} inputs ({', '.join(s.name for s in specs)}). Save each chunk as an .npz with one array "
             "per input.")
+
+    if all(p.suffix == ".npz" for p in files):
+        reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs, time_major)
+        if reason:
+            return _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason,
+                                f"folder '{folder.name}/' ({len(files)} files)")
 
     def load(p: Path) -> Chunk:
         return _npz_chunk(p) if p.suffix == ".npz" else _npy_chunk(p, specs, labels, mmap=True)
@@ -218,28 +255,58 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit) -> DataReader
                       checker=checker)
 
 
-def _random_reader(specs, batch_size, limit, seed) -> DataReader:
-    log.warning(RANDOM_WARNING)
+def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: str) -> DataReader:
+    """One complete feed per batch, as the source holds it (calibration.feeds)."""
+    first = source.items[0]
+    arrays = source._load(first)
+    labels_name = _labels_name(Chunk(arrays, None, source._where(first)), specs, labels)
+    check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name))
+    check(arrays, source._where(first))
+    n = _cap(len(source), limit)
+    log.info("reading %s one complete feed at a time, as is: %s", name, reason)
+    desc = f"{name}: {n:,} feed(s) used as is, " + (f"labels '{labels_name}'" if labels_name else "no labels")
+    reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=labels_name,
+                        num_samples=len(source), description=desc)
+    reader.per_feed, reader._feeds, reader._feed_check = True, source, check
+    return reader
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    return _npz_chunk(path).arrays
+
+
+def _random_reader(specs, batch_size, limit, seed, highs: dict[str, int], warn: bool) -> DataReader:
+    if warn:
+        log.warning(RANDOM_WARNING)
     total = limit or DEFAULT_RANDOM_SAMPLES
 
     def chunks() -> Iterator[Chunk]:
         rng = np.random.default_rng(seed)
         for start in range(0, total, batch_size):
             n = min(batch_size, total - start)
-            yield Chunk({s.name: _random_array(rng, s, n) for s in specs}, None, f"random data (seed {seed})")
+            yield Chunk({s.name: _random_array(rng, s, n, highs.get(s.name, DEFAULT_INT_HIGH)) for s in specs}, None,
+                        f"random data (seed {seed})")
 
+    if any(not s.shape for s in specs):  # a scalar input (a sample rate): whole random feeds, one per step
+        def feed(i: int) -> dict[str, np.ndarray]:
+            rng = np.random.default_rng([seed, i])
+            return {s.name: random_array(rng, s, tuple(DEFAULT_DYNAMIC_DIM if d is None else d for d in s.shape),
+                                         highs.get(s.name, DEFAULT_INT_HIGH)) for s in specs}
+
+        check = FeedChecker(specs, None, _ChunkChecker(specs, None))
+        reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=None, num_samples=total,
+                            description=f"random data (seed {seed}): {total:,} feeds, no labels; metrics on random "
+                                        "data mean nothing", is_random=True)
+        reader.per_feed, reader._feeds, reader._feed_check = True, FeedSource(list(range(total)), feed, str), check
+        return reader
     desc = f"random data (seed {seed}): {total:,} samples, no labels; metrics on random data mean nothing"
     return DataReader(chunks, specs, batch_size=batch_size, limit=limit, labels_name=None, num_samples=total,
                       description=desc, is_random=True)
 
 
-def _random_array(rng, spec: InputSpec, n: int) -> np.ndarray:
+def _random_array(rng, spec: InputSpec, n: int, high: int) -> np.ndarray:
     shape = (n, *(DEFAULT_DYNAMIC_DIM if d is None else d for d in spec.shape[1:]))
-    if spec.dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if np.issubdtype(spec.dtype, np.integer):
-        return rng.integers(0, 2, size=shape).astype(spec.dtype)
-    return rng.standard_normal(shape).astype(spec.dtype)
+    return random_array(rng, spec, shape, high)
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------
@@ -417,6 +484,9 @@ class _ChunkChecker:
         if arr.ndim != len(want) or any(d is not None and d != a for d, a in zip(want[1:], arr.shape[1:])):
             raise CalibrationError(f"'{where}': array '{spec.name}' has shape {list(arr.shape)} (samples first), "
                                    f"model input '{spec.name}' expects {declared}; reshape the data to match.")
+        self._structure_dtype(arr, spec, where)
+
+    def _structure_dtype(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:
         if arr.dtype != spec.dtype and not _safe_cast(arr.dtype, spec.dtype):
             raise CalibrationError(f"'{where}': array '{spec.name}' has dtype {arr.dtype}, model input "
                                    f"'{spec.name}' takes {spec.dtype}; that cast is unsafe, convert the data "

@@ -80,19 +80,105 @@ def make_session(
     return ort.InferenceSession(str(model), opts, providers=providers)
 
 
-def random_feeds(model: onnx.ModelProto, *, batch: int = DEFAULT_DYNAMIC_DIM, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs of the declared shapes and dtypes; symbolic dims become `batch`.
+# Integer inputs that index no constant table (masks, flags, positions) are drawn from [0, DEFAULT_INT_HIGH).
+DEFAULT_INT_HIGH = 2
+_PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity"}  # ids keep their values
 
-    Integer inputs get small non-negative values (token ids, indices): any model with an embedding accepts 0 and 1.
-    """
-    rng = np.random.default_rng(seed)
-    feeds = {}
+
+def int_input_ranges(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer input -> the exclusive upper bound of its values: the table size when the input (through Cast,
+    Reshape, ...) indexes a Gather on a constant table (token ids into an embedding), else DEFAULT_INT_HIGH."""
+    graph = model.graph
+    tables = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    tables[node.output[0]] = tuple(attr.t.dims)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ranges = {}
     for spec in input_specs(model):
+        if not np.issubdtype(spec.dtype, np.integer):
+            continue
+        bounds, todo, seen = [], [spec.name], set()
+        while todo:
+            tensor = todo.pop()
+            seen.add(tensor)
+            for node in consumers.get(tensor, []):
+                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor and node.input[0] in tables:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    dims = tables[node.input[0]]
+                    if dims and -len(dims) <= axis < len(dims):
+                        bounds.append(int(dims[axis]))
+                elif node.op_type in _PASS_THROUGH and node.input[0] == tensor:
+                    todo.extend(o for o in node.output if o not in seen)
+        ranges[spec.name] = min(bounds) if bounds else DEFAULT_INT_HIGH
+    return ranges
+
+
+def parse_input_shapes(values) -> dict[str, tuple[int, ...]]:
+    """--input-shape NAME=DIMS values ("ids=1,128" or "ids=1x128") -> {NAME: dims}."""
+    from onnxprune.errors import ConfigError
+
+    shapes = {}
+    for item in values or ():
+        name, sep, dims = str(item).rpartition("=")
+        try:
+            parsed = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip()) if sep and name else None
+        except ValueError:
+            parsed = None
+        if not parsed or any(d < 1 for d in parsed):
+            raise ConfigError(f"--input-shape '{item}' is not NAME=DIMS with positive dims; e.g. --input-shape "
+                              "input_ids=1,128.")
+        shapes[name] = parsed
+    return shapes
+
+
+def with_shapes(specs: list[InputSpec], shapes: dict[str, tuple] | None) -> list[InputSpec]:
+    """Specs with the dims given by --input-shape (checked against the declared rank and fixed dims)."""
+    from onnxprune.errors import ConfigError
+
+    if not shapes:
+        return specs
+    known = {s.name for s in specs}
+    unknown = [n for n in shapes if n not in known]
+    if unknown:
+        raise ConfigError(f"--input-shape names {unknown}, which are not model inputs; valid inputs: "
+                          f"{', '.join(sorted(known))}.")
+    out = []
+    for s in specs:
+        dims = shapes.get(s.name)
+        if dims is not None:
+            if len(dims) != len(s.shape) or any(d is not None and d != g for d, g in zip(s.shape, dims)):
+                declared = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+                raise ConfigError(f"--input-shape {s.name}={','.join(map(str, dims))} does not fit the declared "
+                                  f"shape {declared} of input '{s.name}'; give {len(s.shape)} dims, fixed ones as "
+                                  "declared.")
+            s = InputSpec(s.name, s.dtype, tuple(dims))
+        out.append(s)
+    return out
+
+
+def random_array(rng: np.random.Generator, spec: InputSpec, shape: tuple, high: int = DEFAULT_INT_HIGH) -> np.ndarray:
+    """Seeded values of one input: bools, ints in [0, high), floats standard normal."""
+    if spec.dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if np.issubdtype(spec.dtype, np.integer):
+        return rng.integers(0, max(1, high), size=shape).astype(spec.dtype)
+    return rng.standard_normal(shape).astype(spec.dtype)
+
+
+def random_feeds(model: onnx.ModelProto, *, batch: int = DEFAULT_DYNAMIC_DIM, seed: int = 0,
+                 shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs of the declared shapes and dtypes (or `shapes`, --input-shape); other symbolic dims become
+    `batch`. Integer inputs are drawn from `int_input_ranges` (token ids up to the embedding table's size)."""
+    rng = np.random.default_rng(seed)
+    highs = int_input_ranges(model)
+    feeds = {}
+    for spec in with_shapes(input_specs(model), shapes):
         shape = tuple(batch if d is None else d for d in spec.shape)
-        if spec.dtype == np.bool_:
-            feeds[spec.name] = rng.random(shape) < 0.5
-        elif np.issubdtype(spec.dtype, np.integer):
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-        else:
-            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        feeds[spec.name] = random_array(rng, spec, shape, highs.get(spec.name, DEFAULT_INT_HIGH))
     return feeds

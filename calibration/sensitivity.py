@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.metrics import Evaluator, feed_samples
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
@@ -229,13 +229,15 @@ class _Plan:
     nodes: list[int]  # the downstream nodes to run, topological order
     boundary: list[str]  # cached tensors they read (besides W)
     path: str
+    outputs: list[str] = field(default_factory=list)  # the scored outputs W reaches (the others keep their values)
 
 
-def _plan(index: _GraphIndex, w: PrunableWeight, output: str) -> _Plan:
+def _plan(index: _GraphIndex, w: PrunableWeight, outputs: Sequence[str]) -> _Plan:
     below = index.descendants(w.name)
-    if index.producer.get(output) not in below:
+    reached = [o for o in outputs if index.producer.get(o) in below]
+    if not reached:
         return _Plan(w, [], [], "unused")
-    keep = below & index.ancestors([output])
+    keep = below & index.ancestors(reached)
     boundary: list[str] = []
     todo = [t for i in keep for t in index.inputs[i]]
     while todo:
@@ -249,18 +251,18 @@ def _plan(index: _GraphIndex, w: PrunableWeight, output: str) -> _Plan:
         else:  # a constant helper (shape tensors, Constant nodes): run it inside the subgraph
             keep.add(p)
             todo.extend(index.inputs[p])
-    return _Plan(w, sorted(keep), sorted(boundary), "downstream")
+    return _Plan(w, sorted(keep), sorted(boundary), "downstream", reached)
 
 
-def _submodel(model: onnx.ModelProto, index: _GraphIndex, plan: _Plan, output: str,
+def _submodel(model: onnx.ModelProto, index: _GraphIndex, plan: _Plan,
               samples: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
-    """Downstream nodes only: inputs = the cached boundary tensors + W, output = the scored output."""
+    """Downstream nodes only: inputs = the cached boundary tensors + W, outputs = the scored outputs W reaches."""
     nodes = [index.nodes[i] for i in plan.nodes]
     used = {t for i in plan.nodes for t in index.inputs[i]}
     inits = [t for t in model.graph.initializer if t.name in used and t.name != plan.weight.name]
     inputs = [_boundary_input(t, samples) for t in plan.boundary] + [_weight_input(plan.weight)]
-    out_info = next(o for o in model.graph.output if o.name == output)
-    graph = helper.make_graph(nodes, "downstream", inputs, [out_info], initializer=inits)
+    out_infos = [o for o in model.graph.output if o.name in plan.outputs]
+    graph = helper.make_graph(nodes, "downstream", inputs, out_infos, initializer=inits)
     sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     sub.functions.extend(model.functions)
     if plan.weight.name in index.holder:
@@ -269,9 +271,11 @@ def _submodel(model: onnx.ModelProto, index: _GraphIndex, plan: _Plan, output: s
 
 
 def _boundary_input(name: str, samples: list[dict[str, np.ndarray]]) -> onnx.ValueInfoProto:
-    """Typed from the cached arrays: dims that differ between the first and last batch become symbolic."""
-    first, last = samples[0][name], samples[-1][name]
-    dims = [a if a == b else f"{name}_d{k}" for k, (a, b) in enumerate(zip(first.shape, last.shape))]
+    """Typed from the cached arrays: dims that differ between any two batches (feeds of their own size) become
+    symbolic."""
+    first = samples[0][name]
+    shapes = {np.shape(row[name]) for row in samples}
+    dims = [first.shape[k] if len({s[k] for s in shapes}) == 1 else f"{name}_d{k}" for k in range(first.ndim)]
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first.dtype), dims)
 
 
@@ -311,8 +315,8 @@ def _bytes_per_sample(model, evaluator: Evaluator, names: Sequence[str]) -> dict
         sess = make_session(_with_outputs(model, computed), optimize=evaluator.optimize)
         inputs = {i.name for i in sess.get_inputs()}
         row.update(zip(computed, sess.run(computed, {k: v for k, v in feeds.items() if k in inputs})))
-    n = max(1, len(next(iter(feeds.values()))))
-    return {k: v.nbytes / n for k, v in row.items()}
+    n = max(1, feed_samples(feeds, evaluator.reader))
+    return {k: np.asarray(v).nbytes / n for k, v in row.items()}
 
 
 def _groups(plans: list[_Plan], sizes: dict[str, float], samples: int, budget: int) -> list[list[_Plan]]:
@@ -364,10 +368,10 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     scorer = scoring.bind(model)
     t0 = time.perf_counter()
     index = _GraphIndex(model)
-    output = evaluator.output or model.graph.output[0].name
+    outputs = [o or model.graph.output[0].name for o in evaluator.scored_outputs]
     result = _new_result(model, evaluator, levels)
     result.criterion = scoring.criterion
-    plans = [_plan(index, w, output) for w in inventory.prunable]
+    plans = [_plan(index, w, outputs) for w in inventory.prunable]
     if not downstream:
         plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
     samples = evaluator.num_samples or evaluator.reader.num_samples
@@ -384,8 +388,8 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
         names = sorted({t for p in group for t in p.boundary}) if group[0].path == "downstream" else []
         cache = _prefix_cache(model, evaluator, names) if names else None
         for plan in group:
-            by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, output, tick,
-                                                    result.dense, scorer)
+            by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
+                                                    scorer)
         del cache
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
@@ -397,20 +401,22 @@ def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:
                              num_samples=evaluator.num_samples, data=evaluator.reader.description)
 
 
-def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, output, tick,
-                dense, scorer: Scorer) -> LayerSensitivity:
+def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, tick, dense,
+                scorer: Scorer) -> LayerSensitivity:
     t0 = time.perf_counter()
     w = plan.weight
     values = _weight_values(model, w.name)
     if plan.path == "unused":
-        log.info("layer %s: the scored output does not depend on weight %s", w.node, w.name)
+        log.info("layer %s: no scored output depends on weight %s", w.node, w.name)
         scores = [dense] * len(levels)
         tick.advance(len(levels), w.node)
     elif plan.path == "downstream":
-        sess = make_session(_submodel(model, index, plan, output, cache), optimize=evaluator.optimize)
+        sess = make_session(_submodel(model, index, plan, cache), optimize=evaluator.optimize)
         scores = []
         for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
-            outs = (sess.run([output], {**{t: row[t] for t in plan.boundary}, w.name: fed})[0] for row in cache)
+            outs = (evaluator.fill(plan.outputs, sess.run(plan.outputs, {**{t: row[t] for t in plan.boundary},
+                                                                         w.name: fed}), b)
+                    for b, row in enumerate(cache))
             scores.append(100.0 * evaluator.score(outs))
             tick.advance(1, f"{w.node} {s:.0%}")
     else:

@@ -183,10 +183,16 @@ def _data_options(f):
         click.option("--data", type=str, help="Calibration/training data: .npz, a folder of .npz/.npy, or 'random'."),
         click.option("--eval-data", type=str, help="Held-out data the final metric is reported on."),
         click.option("--labels", type=str, help="Name of the labels array (default: 'labels' if present)."),
-        click.option("--metric", type=click.Choice(["accuracy", "top5", "agreement", "rel_l2", "cosine"]),
-                     help="Override the automatically chosen metric."),
+        click.option("--metric", multiple=True, metavar="[OUTPUT=]KIND", callback=lambda c, p, v: _metric_spec(v),
+                     help="Score OUTPUT with KIND (repeatable; only the named outputs count), or a bare KIND for the "
+                          "headline output. Kinds: accuracy, top5, agreement, seq_agreement, prob, rel_l2, cosine, "
+                          "exact. Default: every output, each with the metric that fits it."),
         click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for evaluation."),
         click.option("--limit", type=int, help="Use at most N samples of the data."),
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+                     callback=lambda c, p, v: _input_shapes(v),
+                     help="Fix an input's symbolic dims for random data, verification and latency, e.g. "
+                          "input_ids=1,128 (repeatable)."),
         click.option("--levels", type=str, help="Sensitivity levels, e.g. 0.5,0.8,0.9,0.95 (default 0.1 ... 0.99)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random."),
         click.option("--criterion", default="magnitude", show_default=True,
@@ -195,6 +201,19 @@ def _data_options(f):
     ]):
         f = opt(f)
     return f
+
+
+def _input_shapes(values: tuple[str, ...]) -> dict:
+    from onnxprune.calibration.runtime import parse_input_shapes
+
+    return parse_input_shapes(values)
+
+
+def _metric_spec(values: tuple[str, ...]):
+    """--metric as given: None, one bare KIND, or a list of OUTPUT=KIND (checked by calibration.metrics)."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 and "=" not in values[0] else list(values)
 
 
 def _parse_levels(text: str | None):
@@ -364,8 +383,8 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
 @click.option("--neurons", "by_neurons", is_flag=True,
               help="Mask whole neurons per layer instead of single weights (to choose --neuron-layer NAME=S).")
 @_output_options
-def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, levels, seed, criterion, out_dir, by_neurons,
-                quiet, as_json):
+def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input_shapes, levels, seed, criterion, out_dir,
+                by_neurons, quiet, as_json):
     """Prune one layer at a time at increasing sparsity and measure the metric (the paper's Figure 6).
 
     \b
@@ -393,8 +412,9 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, level
         raise ConfigError(f"--criterion {criterion} ranks single weights; --neurons masks whole neurons by their "
                           "strength (incoming x outgoing norm). Drop one of them.")
     if out_dir is not None:
-        check_report_dir(out_dir)
-    data_config = DataConfig(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit, seed=seed)
+        check_report_dir(out_dir, "-o")
+    data_config = DataConfig(data=data, labels=labels, metric=metric, batch_size=batch_size, limit=limit, seed=seed,
+                             input_shapes=input_shapes)
     scan_config = ScanConfig(levels=_parse_levels(levels))
     data_config.validate()
     scan_config.validate()

@@ -20,11 +20,12 @@ from onnxprune.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def check_report_dir(report_dir: Path) -> None:
+def check_report_dir(report_dir: Path, flag: str = "--report") -> None:
     if report_dir.exists() and not report_dir.is_dir():
-        raise ConfigError(f"--report '{report_dir}' is a file; give a folder.")
+        raise ConfigError(f"{flag} '{report_dir}' is a file; give a folder.")
     if not report_dir.parent.exists():
-        raise ConfigError(f"--report folder's parent '{report_dir.parent}' does not exist; create it first.")
+        raise ConfigError(f"{flag} folder's parent '{report_dir.parent}' does not exist; create it first.")
+    modelio.check_output_folder(report_dir, flag)  # /proc, read-only mounts: refused before any work
 
 
 def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,
@@ -52,9 +53,9 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         output = Path(output)
         modelio.save_model(result.model, output, protect=protect)
         report["output"] = str(output)
-        report["file_size_after"] = output.stat().st_size
+        report["file_size_after"] = modelio.saved_size(output)  # with its external data
         if report_dir is not None:
-            write_report(result, Path(report_dir))
+            write_report(result, Path(report_dir), config)
     if config.retrain.checkpoint_dir:
         from onnxprune.converter.checkpoint import Checkpoints
 
@@ -62,16 +63,19 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     return result  # forced past a missed budget: budget_error(result.report) still says so
 
 
-def write_report(result: PruneResult, report_dir: Path) -> None:
-    from onnxprune.converter.latency import measure_latency
+def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> None:
+    from onnxprune.converter.latency import feeds_from_data, measure_latency
     from onnxprune.converter.recipe import dump_recipe
     from onnxprune.converter.report import write_report as write_html
 
     report_dir.mkdir(exist_ok=True)
+    d = config.data
     try:
-        result.report["latency"] = measure_latency(result.original, result.model)
+        feeds = feeds_from_data(result.original, d.data, labels=d.labels, shapes=d.input_shapes,
+                                seed=d.seed)  # the data's shapes, not invented ones
+        result.report["latency"] = measure_latency(result.original, result.model, feeds)
     except Exception as exc:  # latency is information, never a reason to fail a run
-        log.warning("latency measurement failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning("latency not measured: %s", " ".join(str(exc).split())[:300] or type(exc).__name__)
     dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),
                 report=result.report, model=result.report.get("model"))
     html, _ = write_html(result.report, report_dir, original_model=result.original,

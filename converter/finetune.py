@@ -215,6 +215,8 @@ class TrainData:
         return len(next(iter(self.inputs.values()))) if self.inputs else getattr(self.reader, "num_samples", 0)
 
     def num_batches(self, batch_size: int | None = None) -> int:
+        if getattr(self.reader, "per_feed", False):
+            return self.num_samples  # one step per feed
         b = batch_size or self.batch_size
         return math.ceil(self.num_samples / b) if self.num_samples else 0
 
@@ -234,7 +236,7 @@ class TrainData:
     def _stream(self, teacher_fn) -> Iterator[tuple]:
         for feeds, labels in self.reader.batches():
             teacher = None if teacher_fn is None else [torch.from_numpy(t) for t in teacher_fn(feeds)]
-            yield ({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()},
+            yield ({k: torch.from_numpy(np.require(v, requirements="C")) for k, v in feeds.items()},  # scalars stay 0-d
                    None if labels is None else torch.from_numpy(np.asarray(labels)), teacher)
 
 
@@ -271,6 +273,9 @@ def _from_reader(reader, memory_budget: int) -> TrainData:
     if first is None:
         raise ConfigError("the training data is empty; pass --data with at least one sample.")
     feeds, labels = first
+    if getattr(reader, "per_feed", False):  # complete feeds of their own shapes: one step each, never stacked
+        log.info("training data is read one complete feed per step (%s)", reader.description)
+        return TrainData({}, None, None, 1, reader=reader)
     batch_size = len(next(iter(feeds.values())))
     per_sample = sum(v.nbytes for v in feeds.values()) / max(batch_size, 1)
     if per_sample * getattr(reader, "num_samples", batch_size) > memory_budget:
@@ -297,7 +302,10 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
 def _teacher_fn(teacher: onnx.ModelProto):
     session = make_session(teacher, optimize=True)
     names = output_names(teacher)
-    return lambda feeds: [np.asarray(o, dtype=np.float32) for o in session.run(names, feeds)]
+    from onnxprune.calibration.metrics import as_array
+
+    # non-tensor outputs (a ZipMap's maps) by value, as [N, keys] arrays
+    return lambda feeds: [np.asarray(as_array(o), dtype=np.float32) for o in session.run(names, feeds)]
 
 
 # ----------------------------------------------------------------------------------------------- the objective

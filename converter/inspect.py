@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +32,71 @@ def inspect_model(path: Path) -> dict:
         "totals": totals(rows),
         "skipped": skipped_rows(inventory),
         "sparse_tensors_in_input": loaded.had_sparse,
+        "inputs": [_value_info(v) for v in _real_inputs(loaded.model)],
+        "outputs": [_value_info(v) for v in loaded.model.graph.output],
+        "npz_example": npz_example(loaded.model),
     }
+
+
+def _real_inputs(model) -> list:
+    inits = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def _type_text(t) -> str:
+    """An onnx TypeProto as text: float32, seq(map(int64, float32)), ..."""
+    import onnx
+
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        return str(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)) if t.tensor_type.elem_type else "?"
+    if kind == "sequence_type":
+        return f"seq({_type_text(t.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.helper.tensor_dtype_to_np_dtype(t.map_type.key_type)
+        return f"map({key}, {_type_text(t.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_text(t.optional_type.elem_type)})"
+    return kind or "?"
+
+
+def _value_info(v) -> dict:
+    tt = v.type.tensor_type if v.type.HasField("tensor_type") else None
+    shape = None
+    if tt is not None and tt.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+    return {"name": v.name, "shape": shape, "dtype": _type_text(v.type)}
+
+
+def npz_example(model, samples: int = 64) -> str:
+    """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
+    a symbolic first axis, 8 for other symbolic dims (any size the model takes)."""
+    parts = []
+    named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
+    for v in _real_inputs(model):
+        info = _value_info(v)
+        shape = info["shape"] or []
+        dims = []
+        for i, d in enumerate(shape):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif d != "?":
+                dims.append(named.setdefault(d, samples if i == 0 else 8))
+            else:
+                dims.append(samples if i == 0 else 8)
+        dtype = info["dtype"] if info["dtype"] in _NUMPY_NAMES else "float32"
+        dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
+        key = v.name if v.name.isidentifier() else None
+        parts.append((key, v.name, f"np.zeros({dims_text}, np.{dtype})"))
+    if all(k for k, _, _ in parts):
+        args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
+    else:
+        args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
+    return f'import numpy as np; np.savez("calib.npz", {args})'
+
+
+_NUMPY_NAMES = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32",
+                "uint64", "bool"}
 
 
 def _pct(x) -> str:
@@ -51,6 +116,16 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     t = info["totals"]
     table.add_row("total", "", "", "", "", count(t["params"]), count(t["nonzeros"]), _pct(t["density"]), count(t["macs"]))
     console.print(table)
+    for kind in ("inputs", "outputs"):
+        items = info.get(kind) or []
+        text = "; ".join(f"{v['name']} {v['dtype']} "
+                         f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else f"{v['name']} {v['dtype']}"
+                         for v in items)
+        console.print(f"{kind}: {text or '-'}")
+    if info.get("npz_example"):
+        console.print("calibration data (replace the zeros with real samples; a file whose inputs cannot be stacked "
+                      "along the first axis is read as one feed):")
+        console.print(f"  {info['npz_example']}", markup=False, highlight=False)
     if not info["layers"]:
         console.print("No prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul).")
     if info["skipped"]:
@@ -77,6 +152,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     b, a = report["before"], report["after"]
     table.add_row("total", "", "", count(b["params"]), count(a["nonzeros"]), _pct(a["density"]), "", "", "")
     console.print(table)
+    console.print("W% = share of the layer's weights kept; q = pruning threshold / the layer's weight std (the "
+                  "paper's quality parameter); neurons = output channels before->after; Act% = share of nonzero "
+                  "activations before->after; pp = percentage points of the metric")
     console.print(
         f"weights {count(b['nonzeros'])} -> {count(a['nonzeros'])} nonzero "
         f"({report['compression']:.1f}x fewer); file {nbytes(report['file_size_before'])} -> "
@@ -99,20 +177,44 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     m = report.get("metrics")
     for name, s in (m or {}).get("sets", {}).items():
         err = s["output_error"]
-        agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
-        console.print(
-            f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
-            f"(loss {s['loss_pp']:+.2f} pp); outputs vs the input model: {agree}"
-            f"max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
-        )
+        if err.get("max_rel") is None:  # labels, ids: compared exactly
+            moved = f"equal values in {100 * (err.get('agreement') or 0.0):.2f}% of samples"
+        else:
+            agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
+            moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
+        console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
+                      f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}")
+        outputs = s.get("outputs") or {}
+        if len(outputs) > 1:
+            for out, f in outputs.items():
+                console.print(f"  output {out} ({f['metric']}; 1 pp = {f['one_pp']}): {100 * f['before']:.2f}% -> "
+                              f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp)")
     budget = report.get("budget")
     if budget:
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} pp: "
                       f"{'met' if budget['met'] else 'NOT met'}")
-    for note in report.get("notes", []):
+    for note in group_notes(report.get("notes", [])):
         console.print(f"note: {note}")
     if report.get("output"):
         console.print(f"wrote {report['output']}")
+
+
+def group_notes(notes: list[str]) -> list[str]:
+    """Notes that differ only in the names they quote become one line: the first, and how many more like it
+    with their first quoted name: "kept: tensor 'a' is a graph output (+2 more like it: 'b', 'c')"."""
+    groups: dict[str, list[str]] = {}
+    for note in notes:
+        groups.setdefault(re.sub(r"'[^']*'", "'…'", note), []).append(note)
+    lines = []
+    for members in groups.values():
+        line = members[0]
+        if len(members) > 1:
+            head = re.findall(r"'[^']*'", line)
+            names = [next((q for q, h in zip(re.findall(r"'[^']*'", m), head) if q != h), "?") for m in members[1:]]
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+            line += f" (+{len(members) - 1} more like it: {shown})"
+        lines.append(line)
+    return lines
 
 
 def _console() -> Console:

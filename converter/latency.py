@@ -64,8 +64,17 @@ def measure_latency(
     share = budget_s / max(len(feeds_by_batch), 1)
     results = []
     for batch, feed in feeds_by_batch.items():
-        times_a, times_b = _interleave(sess_a, sess_b, feed, repeats=repeats, warmup=warmup,
-                                       min_repeats=min_repeats, budget_s=share)
+        try:
+            times_a, times_b = _interleave(sess_a, sess_b, feed, repeats=repeats, warmup=warmup,
+                                           min_repeats=min_repeats, budget_s=share)
+        except Exception as exc:  # onnxruntime refuses these inputs (a fixed length inside a Reshape, ...)
+            from onnxprune.converter.verify import _ort_reason
+
+            shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
+            notes.append(f"latency at batch {batch} not measured: onnxruntime cannot run the model on inputs "
+                         f"{shapes} ({_ort_reason(exc)[:200]}); pass --data or --input-shape with shapes it takes")
+            log.warning(notes[-1])
+            continue
         a, b = _stats(times_a), _stats(times_b)
         results.append({
             "batch": int(batch),
@@ -151,6 +160,26 @@ def _usable_batches(model: onnx.ModelProto, batches: tuple[int, ...]) -> tuple[t
     return (int(declared),), (
         f"the model's inputs have fixed shapes (batch {declared}); latency measured at that batch size only."
     )
+
+
+def feeds_from_data(model: onnx.ModelProto, source, *, labels=None, shapes=None, seed: int = 0,
+                    batches: tuple[int, ...] = (1, 64)) -> dict[int, dict[str, np.ndarray]] | None:
+    """Latency inputs of the shapes the user's data has: its first batch cut to each batch size (a feed read as is
+    is used whole); random data at --input-shape when there is no data; None for the default random inputs."""
+    from onnxprune.calibration.readers import open_data
+
+    if source is None and not shapes:
+        return None
+    reader = open_data(source if source is not None else "random", model, labels=labels, batch_size=max(batches),
+                       seed=seed, shapes=shapes, warn=False)
+    first = next(iter(reader.batches()), None)
+    if first is None:
+        return None
+    feed = first[0]
+    if reader.per_feed:
+        return {1: feed}
+    n = len(next(iter(feed.values())))
+    return {b: {k: v[:b] for k, v in feed.items()} for b in sorted({min(b, n) for b in batches})}
 
 
 def _random_feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:

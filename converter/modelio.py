@@ -74,6 +74,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     external = _external_tensors(model)
     if external:
         _check_external_locations(external, path.parent)
+        size += _external_bytes(external, path.parent)  # the weights in model.onnx.data count too
         _check_declared_sizes(model, path)
         try:
             for tensor in external:  # ours, not onnx's: onnx's loader skips sparse tensors
@@ -214,12 +215,14 @@ def save_model(
         if tmp_data is not None:
             os.replace(tmp_data, folder / (path.name + ".data"))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if tmp_data is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_data)
+        if isinstance(exc, OSError):
+            raise _write_failed(path, exc) from None
         raise
     return path
 
@@ -233,9 +236,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> P
         with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_failed(path, exc) from None
         raise
     return path
 
@@ -258,6 +263,39 @@ def check_output_path(path: Path, protect=()) -> None:
         raise ConfigError(f"output folder '{folder}' is not writable; choose another -o.")
     if path.is_dir():
         raise ConfigError(f"output '{path}' is a folder; give a file name such as '{path / 'model.onnx'}'.")
+    probe = _temp_name(path)
+    try:  # permission bits do not tell everything (root, read-only mounts, /proc): try to create a file there
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output '{path}' cannot be written: the folder '{folder}' does not accept new files "
+                          f"({exc.strerror or type(exc).__name__}); choose another -o.") from None
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def check_output_folder(folder: Path, flag: str = "-o") -> None:
+    """A folder we will create (or fill) with outputs: it, or its parent, must accept new files."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} '{folder}' is a file; give a folder.")
+    target = folder if folder.exists() else (folder.parent if str(folder.parent) else Path("."))
+    if not target.is_dir():
+        raise ConfigError(f"{flag} folder's parent '{target}' does not exist; create it first.")
+    probe = target / f".{folder.name or 'out'}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} '{folder}' cannot be written: '{target}' does not accept new files "
+                          f"({exc.strerror or type(exc).__name__}); choose another folder.") from None
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _write_failed(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"output '{path}' cannot be written ({exc.strerror or type(exc).__name__}); choose another -o "
+                       "in a writable folder with free space.")
 
 
 def _write_with_external_data(model: onnx.ModelProto, tmp: Path, tmp_data: Path, data_name: str) -> None:
@@ -316,6 +354,25 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
                 if attr.HasField("sparse_tensor"):
                     tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
     return [t for t in tensors if external_data_helper.uses_external_data(t)]
+
+
+def _external_bytes(tensors, folder: Path) -> int:
+    """Bytes of the distinct external data files the tensors point to."""
+    files = {(folder / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def saved_size(path: str | os.PathLike) -> int:
+    """Bytes of a written model: the .onnx file plus the external data files it points to."""
+    path = Path(path)
+    size = path.stat().st_size
+    if not any(p.name.startswith(path.name) and p.suffix == ".data" for p in path.parent.glob(f"{path.name}*.data")):
+        return size
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError):
+        return size
+    return size + _external_bytes(_external_tensors(model), path.parent)
 
 
 def _check_external_locations(tensors, folder: Path) -> None:

@@ -148,7 +148,7 @@ def build_plan(config: RunConfig) -> list[Step]:
         steps.append(BudgetSearchStep(config.retrain, config.budget) if budget else RetrainStep(config.retrain))
     else:
         steps.append(PruneStep())
-    steps += [ShrinkStep(config.shrink), EncodeStep(config.encode), VerifyStep(config.verify)]
+    steps += [ShrinkStep(config.shrink), EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
     if has_data:
         steps.append(MeasureStep())
     steps.append(ReportStep())

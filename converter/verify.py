@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.calibration.metrics import as_array, map_keys
 from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds
-from onnxprune.errors import ModelError, ParityError
+from onnxprune.errors import CalibrationError, ModelError, ParityError
 
 DEFAULT_RTOL = 1e-5
 # Random verification inputs of a crafted fixed shape (a batch of 10^9) must not be allocated: refuse above this.
@@ -109,14 +110,26 @@ def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source:
 
 
 def _compare(name: str, got, want, rtol: float) -> tuple[float, float]:
-    """(relative, absolute) max difference of one output; ParityError beyond `rtol` of the output's scale."""
-    g = np.asarray(got, dtype=np.float64) if np.issubdtype(np.asarray(got).dtype, np.number) else np.asarray(got)
-    w = np.asarray(want, dtype=np.float64) if np.issubdtype(np.asarray(want).dtype, np.number) else np.asarray(want)
+    """(relative, absolute) max difference of one output; ParityError beyond `rtol` of the output's scale.
+
+    Non-tensor outputs are compared by value: a sequence of maps (ZipMap) must have the same keys, and its values
+    are compared as numbers like any tensor; a sequence of tensors is stacked."""
+    if map_keys(got) != map_keys(want):
+        raise ParityError(f"output '{name}' (a sequence of maps) has keys {map_keys(got)} in the written model, "
+                          f"{map_keys(want)} expected; this is a bug, please report it with --debug.")
+    try:
+        got, want = as_array(got), as_array(want)
+    except CalibrationError as exc:
+        raise ParityError(f"output '{name}' cannot be compared by value: {exc}") from None
+    g = np.asarray(got, dtype=np.float64) if np.issubdtype(got.dtype, np.number) else got
+    w = np.asarray(want, dtype=np.float64) if np.issubdtype(want.dtype, np.number) else want
     if g.shape != w.shape:
         raise ParityError(f"output '{name}' has shape {g.shape} in the written model, {w.shape} expected.")
     if g.dtype.kind not in "fc":
         if not np.array_equal(g, w):
-            raise ParityError(f"output '{name}' differs from the dense model (non-float output).")
+            diff = int(np.count_nonzero(g != w)) if g.shape == w.shape else g.size
+            raise ParityError(f"output '{name}' ({g.dtype} values) differs from the dense model with the same weights "
+                              f"in {diff} of {g.size} element(s); this is a bug, please report it with --debug.")
         return 0.0, 0.0
     finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both
     if not np.array_equal(g[~finite], w[~finite], equal_nan=True):

@@ -8,7 +8,7 @@ measured on it (--validation): a model retrained on the samples that judge it lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
@@ -28,9 +28,10 @@ class DataConfig(StepConfig):
     data: Any = None
     eval_data: Any = None
     labels: str | None = None
-    metric: str | None = None
+    metric: str | list | dict | None = None  # KIND (the headline output), ["OUTPUT=KIND", ...] or {OUTPUT: KIND}
     batch_size: int = 64
     limit: int | None = None
+    input_shapes: dict[str, tuple] = field(default_factory=dict)  # --input-shape NAME=DIMS: symbolic dims fixed
     seed: int = 0
     validation: float = 0.1  # with a budget and retraining: share of --data held out to measure the budget on
 
@@ -55,9 +56,13 @@ class Data:
     """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
 
     def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False):
+        from onnxprune.calibration.metrics import check_metric_spec
+
+        check_metric_spec(model, config.metric)  # a mistyped output or metric fails before any work
         self.model, self.config = model, config
         self._calib = None
         self._eval = None
+        self._warned = False
         self.every = self._split() if split else None  # before any part= reader is asked for
 
     def _split(self) -> int | None:
@@ -78,7 +83,9 @@ class Data:
 
         c = self.config
         reader = open_data(source if source is not None else c.data, self.model, labels=c.labels,
-                           batch_size=batch_size or c.batch_size, limit=c.limit, seed=c.seed)
+                           batch_size=batch_size or c.batch_size, limit=c.limit, seed=c.seed,
+                           shapes=c.input_shapes, warn=not self._warned)
+        self._warned = True  # the random-data warning is said once per run
         if part is not None and source is None and self.every:
             reader = reader.part(self.every, holdout=part == "validation")
         return reader
@@ -88,11 +95,10 @@ class Data:
         return self.reader(batch_size=batch_size, part="train")
 
     def _evaluator(self, source, part=None):
-        from onnxprune.calibration.metrics import Evaluator, choose_metric
+        from onnxprune.calibration.metrics import Evaluator
 
         reader = self.reader(source, part=part)
-        metric = choose_metric(self.model, reader.has_labels, self.config.metric)
-        return Evaluator(reader, metric, reference_model=self.model)
+        return Evaluator(reader, self.config.metric, reference_model=self.model)  # every output, or --metric's
 
     @property
     def calibration(self):

@@ -25,15 +25,24 @@ class VerifyStep(Step):
     needs = ("final", "pruned")
     gives = ("parity",)
 
-    def __init__(self, config: VerifyConfig):
+    def __init__(self, config: VerifyConfig, data):
         super().__init__(config)
-        self.config = config
+        self.config, self.data_config = config, data
 
     def run(self, state: RunState) -> None:
         from onnxprune.converter.verify import check_parity
 
-        feeds = state.data.verification_feeds(self.config.verify_batches) if state.data is not None else None
-        state.parity = check_parity(state.final, state.pruned, feeds)
+        state.parity = check_parity(state.final, state.pruned, self._feeds(state))
+
+    def _feeds(self, state: RunState):
+        """The user's data; without it, seeded random inputs (at --input-shape when given, else the verifier's)."""
+        if state.data is not None:
+            return state.data.verification_feeds(self.config.verify_batches)
+        if not self.data_config.input_shapes:
+            return None
+        from onnxprune.calibration.runtime import random_feeds
+
+        return [random_feeds(state.original, seed=s, shapes=self.data_config.input_shapes) for s in (0, 1, 2)]
 
 
 @register_step("measure")
@@ -68,6 +77,7 @@ def measure(data, final) -> dict:
             "loss_pp": (evaluator.dense - after) * 100.0,
             # how far the output model's outputs are from the input model's (the reference)
             "output_error": output_error(list(evaluator.run(final)), evaluator.reference),
+            "outputs": dict(evaluator.last),  # per scored output: metric, before, after, loss_pp, one_pp
         }
     headline = out.get("evaluation", out["calibration"])
     return {**headline, "sets": out}

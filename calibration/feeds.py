@@ -1,0 +1,139 @@
+"""Calibration data read one complete feed at a time: each .npz (or feed dict) goes to onnxruntime as it is.
+
+Streaming and sequence models take inputs that are not "N samples along axis 0": a scalar sample rate `sr` of
+shape [], a recurrent state [2, N, H] with the batch on axis 1, time-major sequences [T, N, C], images whose
+width differs from file to file. Stacking or re-batching such arrays is wrong or impossible, so a source is read
+per feed when its arrays cannot be samples-first (`feed_reason`, the rule the README states):
+
+  1. an array of a model input is a scalar, or
+  2. within one file the model inputs disagree on the length of their first axis, or
+  3. one input has different non-first dimensions in different files (per-sample widths, sequence lengths), or
+  4. an input is time-major (axis 0 is time): it is the X of an LSTM/GRU/RNN with layout 0, or its declared dims
+     name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N).
+
+Otherwise the file is a stack of samples and the ordinary readers cut it into batches. Per feed, every feed is one
+step: one onnxruntime run, one scored batch, one retraining step; nothing is concatenated across feeds. A feed is
+checked against the declared inputs (names, rank, every fixed dim, dtype with safe casts, NaN/inf); its labels,
+if any, are passed on as they are. `--limit` and the validation split count feeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxprune.calibration.runtime import InputSpec
+from onnxprune.errors import CalibrationError
+
+log = logging.getLogger(__name__)
+
+
+def npz_shapes(path: Path) -> dict[str, tuple] | None:
+    """Array shapes of an .npz from its headers only (no data loaded); None when they cannot be read."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with zf.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read(f)
+                shapes[member[:-4]] = tuple(shape)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile):
+        return None
+    return shapes
+
+
+_TIME = re.compile(r"seq|time|len|frame|step", re.I)
+_BATCH = re.compile(r"batch|^n$", re.I)
+RECURRENT = {"LSTM", "GRU", "RNN"}
+
+
+def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Inputs whose axis 0 is time, with why (rule 4 of the module docstring)."""
+    out = {}
+    for node in model.graph.node:
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and layout == 0 and node.input:
+            out.setdefault(node.input[0], f"it is the X of {node.op_type} '{node.name}' (time first)")
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        dims = [d.dim_param for d in vi.type.tensor_type.shape.dim] if vi.type.HasField("tensor_type") else []
+        if vi.name not in inits and len(dims) > 1 and _TIME.search(dims[0]) and any(_BATCH.search(d) for d in dims[1:]):
+            out.setdefault(vi.name, f"its declared dims are {dims}")
+    graph_inputs = {vi.name for vi in model.graph.input} - inits
+    return {k: v for k, v in out.items() if k in graph_inputs}
+
+
+def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec],
+                time_major: dict[str, str] | None = None) -> str | None:
+    """Why (file, {array: shape}) sources must be read one feed at a time, or None for stacks of samples."""
+    names = [s.name for s in specs]
+    for name, why in (time_major or {}).items():
+        if name in names:
+            return f"input '{name}' is time-major: {why}"
+    seen: dict[str, tuple[tuple, str]] = {}
+    for where, shapes in files:
+        ins = {n: shapes[n] for n in names if n in shapes}
+        scalars = [n for n, s in ins.items() if len(s) == 0]
+        if scalars:
+            return f"'{where}': input(s) {scalars} are scalars"
+        firsts = {n: s[0] for n, s in ins.items()}
+        if len(set(firsts.values())) > 1:
+            return f"'{where}': the inputs' first axes differ ({firsts})"
+        for n, s in ins.items():
+            if n in seen and seen[n][0] != s[1:]:
+                return (f"input '{n}' has shape {list(s)} in '{where}' and [?, {', '.join(map(str, seen[n][0]))}] in "
+                        f"'{seen[n][1]}'")
+            seen.setdefault(n, (s[1:], where))
+    return None
+
+
+class FeedChecker:
+    """One feed against the declared inputs: names, rank, every fixed dim, dtype (safe casts), finite values."""
+
+    def __init__(self, specs: list[InputSpec], labels_name: str | None, chunk_checker):
+        self.specs, self.labels_name = specs, labels_name
+        self._chunk = chunk_checker  # readers._ChunkChecker: names, casts and NaN checks shared with stacks
+
+    def __call__(self, arrays: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        arrays = dict(arrays)
+        labels = arrays.pop(self.labels_name, None) if self.labels_name else None
+        self._chunk._names(arrays, where)
+        feed = {}
+        for s in self.specs:
+            arr = arrays[s.name]
+            if arr.ndim != len(s.shape) or any(d is not None and d != a for d, a in zip(s.shape, arr.shape)):
+                declared = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
+                raise CalibrationError(f"'{where}': array '{s.name}' has shape {list(arr.shape)}, model input "
+                                       f"'{s.name}' expects {declared} (the file is one feed, used as is); reshape "
+                                       "the data to match.")
+            self._chunk._structure_dtype(arr, s, where)
+            feed[s.name] = np.require(self._chunk._value(arr, s, where), requirements="C")  # keeps scalars 0-d
+        return feed, None if labels is None else np.asarray(labels)
+
+
+class FeedSource:
+    """The feeds of a folder of .npz files or of a list of feed dicts, in order; `load(i)` reads feed i."""
+
+    def __init__(self, items: list, load: Callable[[object], dict[str, np.ndarray]], where: Callable[[object], str]):
+        self.items, self._load, self._where = items, load, where
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def feeds(self, check: FeedChecker, limit: int | None, every: int | None,
+              holdout: bool) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        for i, item in enumerate(self.items[:limit]):
+            if every and (i % every == 0) != holdout:
+                continue
+            yield check(self._load(item), self._where(item))

@@ -1,0 +1,219 @@
+"""Which metric each graph output gets: automatically from what it holds (`auto_kind`), or as the user names it
+(`--metric OUTPUT=KIND`, `--metric KIND`); see calibration.metrics for the table of what 1 pp means.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from onnxprune.calibration.output_metrics import METRICS, NEEDS_LABELS, as_array, map_keys
+from onnxprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+_PROB_TOL = 1e-3  # rows summing to 1 within this (and values in [0, 1]) are probabilities
+# Output names that say what an output holds, when its shape cannot (a [N, 4] box regression looks like 4 classes).
+_EMBEDDING_NAMES = re.compile(r"embed|pool|sentence|hidden|feature|vector|encod|latent", re.I)
+_REGRESSION_NAMES = re.compile(r"box|loc|regress|delta|offset|landmark|coord|kps|depth|disp", re.I)
+_CLASS_NAMES = re.compile(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax", re.I)
+
+def _is_probability(arr: np.ndarray) -> bool:
+    """Values in [0, 1] that sum to 1 over the last axis."""
+    if arr.dtype.kind != "f" or arr.ndim < 2 or arr.shape[-1] < 2 or arr.size == 0 or not np.isfinite(arr).all():
+        return False
+    return bool(arr.min() >= 0.0 and arr.max() <= 1.0 and np.allclose(arr.sum(axis=-1), 1.0, atol=_PROB_TOL))
+
+
+def auto_kind(name: str, value) -> str:
+    """The metric that fits one output, from its dense value (first batch) and its name.
+
+    Rules, first match wins:
+      1. a sequence of maps (ZipMap) -> prob when it holds probabilities, else rel_l2; other non-float values
+         (int labels, strings, bools) -> exact;
+      2. one number per sample ([N], [N, 1], scalars) -> rel_l2 (regression);
+      3. the name says embedding (embed, pool, hidden, feature, ...) -> cosine; it says regression (box, loc,
+         delta, landmark, ...) -> rel_l2;
+      4. [N, C] -> prob when the rows are probabilities, else agreement (class scores, logits);
+      5. [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
+         (per-position outputs: sequences, anchors); anything else (feature maps, audio, images) -> rel_l2.
+    """
+    if map_keys(value) is not None:
+        return "prob" if _is_probability(as_array(value).astype(np.float64)) else "rel_l2"
+    arr = as_array(value)
+    if arr.dtype.kind not in "fc":
+        return "exact"
+    if arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1):
+        return "rel_l2"
+    if _EMBEDDING_NAMES.search(name):
+        return "cosine"
+    if _REGRESSION_NAMES.search(name):
+        return "rel_l2"
+    if arr.ndim == 2:
+        return "prob" if _is_probability(arr) else "agreement"
+    if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):
+        return "seq_agreement"
+    return "rel_l2"
+
+
+def parse_metric_spec(spec) -> tuple[str | None, dict[str, str]]:
+    """`--metric` values -> (a KIND for the headline output or None, {OUTPUT: KIND} named outputs).
+
+    Accepts None, "KIND", "OUTPUT=KIND", a list of those, or a dict {OUTPUT: KIND}."""
+    if spec is None:
+        return None, {}
+    if isinstance(spec, Mapping):
+        return None, {str(k): str(v) for k, v in spec.items()}
+    items = [spec] if isinstance(spec, str) else list(spec)
+    headline, named = None, {}
+    for item in items:
+        name, sep, kind = str(item).rpartition("=")
+        if not sep:
+            if headline is not None:
+                raise ConfigError(f"--metric {headline} and --metric {kind}: give one bare KIND at most; name the "
+                                  "outputs for more (--metric OUTPUT=KIND).")
+            headline = kind
+        elif not name or not kind:
+            raise ConfigError(f"--metric '{item}' is not OUTPUT=KIND; e.g. --metric logits=agreement.")
+        else:
+            named[name] = kind
+    if headline is not None and named:
+        raise ConfigError(f"--metric {headline} together with --metric OUTPUT=KIND: name every output you want "
+                          f"scored, e.g. --metric OUTPUT={headline}.")
+    return headline, named
+
+
+def _check_kind(kind: str, has_labels: bool, where: str) -> None:
+    if kind not in METRICS:
+        raise ConfigError(f"unknown metric '{kind}'{where}; choose one of {', '.join(METRICS)}.")
+    if METRICS[kind].needs_labels and not has_labels:
+        raise ConfigError(f"metric '{kind}'{where} needs labels and the data has none; pass --labels NAME or use "
+                          "--metric agreement.")
+
+
+def _declared(info: onnx.ValueInfoProto) -> tuple | None:
+    """Declared shape of a float tensor output (ints or None per dim); None for other types or no shape."""
+    tt = info.type.tensor_type if info.type.HasField("tensor_type") else None
+    if tt is None or not tt.HasField("shape") or tt.elem_type not in _FLOAT_TYPES:
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def _labels_output(infos) -> str | None:
+    """The output the labels belong to: the first float [N, C] output (C >= 2) not named as regression/embedding."""
+    for info in infos:
+        shape = _declared(info)
+        if (shape is not None and len(shape) == 2 and (shape[1] is None or shape[1] >= 2)
+                and not _REGRESSION_NAMES.search(info.name) and not _EMBEDDING_NAMES.search(info.name)):
+            return info.name
+    return None
+
+
+def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: str | None = None) -> dict[str, str]:
+    """{output: metric kind or "auto"} for the outputs to score, in graph order; the first is the headline.
+
+    Without names every graph output is scored (AUTO ones are chosen from the dense values by `auto_kind`); labels
+    go to the first class-score output (accuracy); a bare KIND replaces the headline's metric. `--metric
+    OUTPUT=KIND` (or `output`) scores only the outputs named."""
+    infos = list(model.graph.output)
+    names = [o.name for o in infos]
+    headline, named = parse_metric_spec(spec)
+    if output is not None:
+        named = {output: headline or AUTO, **named}
+        headline = None
+    if named:
+        for name, kind in named.items():
+            if name not in names:
+                raise ConfigError(f"output '{name}' (--metric {name}={kind}) is not a graph output; valid outputs: "
+                                  f"{', '.join(names)}.")
+            if kind != AUTO:
+                _check_kind(kind, has_labels, f" for output '{name}'")
+        return {n: named[n] for n in names if n in named}
+    plan = dict.fromkeys(names, AUTO)
+    target = _labels_output(infos) if has_labels or (headline in NEEDS_LABELS) else None
+    if headline is not None:
+        _check_kind(headline, has_labels, "")
+        first = target if headline in NEEDS_LABELS and target else names[0]
+        shape = _declared(next(o for o in infos if o.name == first))
+        if headline == "top5" and shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] < 5:
+            raise ConfigError(f"metric 'top5' needs at least 5 classes; output '{first}' has {shape[1]}.")
+        plan[first] = headline
+        return _headline_first(plan, first)
+    if has_labels:
+        if target is None:
+            log.warning("no output has the shape [N, classes] the labels could belong to (outputs: %s); labels are "
+                        "ignored, every output is compared with the dense model", ", ".join(names))
+            return plan
+        plan[target] = "accuracy"
+        return _headline_first(plan, target)
+    return plan
+
+
+def check_metric_spec(model: onnx.ModelProto, spec) -> None:
+    """Fail early (before any work) on a --metric naming an output the model lacks or a kind that is unknown."""
+    headline, named = parse_metric_spec(spec)
+    names = [o.name for o in model.graph.output]
+    for name, kind in named.items():
+        if name not in names:
+            raise ConfigError(f"output '{name}' (--metric {name}={kind}) is not a graph output; valid outputs: "
+                              f"{', '.join(names)}.")
+    for kind in [*named.values(), *([headline] if headline else [])]:
+        if kind not in METRICS:
+            raise ConfigError(f"unknown metric '{kind}'; choose one of {', '.join(METRICS)}.")
+
+
+def _headline_first(plan: dict[str, str], first: str) -> dict[str, str]:
+    return {first: plan[first], **{k: v for k, v in plan.items() if k != first}}
+
+
+def is_classifier(shape: tuple | None) -> bool:
+    return shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] >= 2
+
+
+def _declared_shape(outputs, output: str | None) -> tuple | None:
+    """Shape (ints or None) of an output from a model, a ValueInfo, an array, a shape, or a list of them."""
+    if isinstance(outputs, onnx.ModelProto):
+        infos = list(outputs.graph.output)
+        info = next((o for o in infos if o.name == output), None) if output else (infos[0] if infos else None)
+        if info is None:
+            raise ConfigError(f"output '{output}' is not a graph output; choose one of {[o.name for o in infos]}.")
+        return _declared_shape(info, None)
+    if isinstance(outputs, onnx.ValueInfoProto):
+        tt = outputs.type.tensor_type
+        if not tt.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    if isinstance(outputs, np.ndarray):
+        return outputs.shape
+    if isinstance(outputs, dict):
+        return _declared_shape(outputs[output] if output else next(iter(outputs.values())), None)
+    if isinstance(outputs, (list, tuple)) and outputs and not isinstance(outputs[0], (int, type(None))):
+        return _declared_shape(outputs[0], None)
+    if isinstance(outputs, (list, tuple)):
+        return tuple(outputs)
+    return None
+
+
+def choose_metric(outputs, has_labels: bool, override: str | None = None, *, output: str | None = None) -> str:
+    """The metric of ONE output from its declared shape: the override if valid, else accuracy / agreement for
+    classifiers, rel_l2 for the rest. (Whole models: `metric_plan`, which scores every output.)"""
+    shape = _declared_shape(outputs, output)
+    if override is not None:
+        _check_kind(override, has_labels, "")
+        if override == "top5" and shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] < 5:
+            raise ConfigError(f"metric 'top5' needs at least 5 classes; the output has {shape[1]}.")
+        return override
+    if is_classifier(shape):
+        return "accuracy" if has_labels else "agreement"
+    if has_labels:
+        log.warning("the scored output has shape %s, not [N, classes]: labels are ignored, metric rel_l2; score "
+                    "another output with --metric OUTPUT=accuracy", shape)
+    return "rel_l2"

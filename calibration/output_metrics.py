@@ -1,0 +1,180 @@
+"""What each metric computes, per batch of one output: a registry of `Metric`s keyed by kind (see
+calibration.metrics for the table of what 1 pp means), and how onnxruntime's values become arrays.
+
+A metric is `batch(out, ref, labels) -> (sums, count)` summed over batches, then `finish(sums, count)` in [0, 1],
+higher is better. `ref` is the dense model's value of the same batch; `labels` the batch's labels or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.errors import CalibrationError, ConfigError
+
+_TINY = 1e-12
+
+
+# ---- values: what onnxruntime returns, as arrays -----------------------------------------------------------------
+
+def as_array(value) -> np.ndarray:
+    """An output value as an array: tensors as they are, a sequence of maps as [N, keys] (keys sorted), a sequence
+    of tensors stacked."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, list):
+        if value and all(isinstance(v, Mapping) for v in value):
+            keys = sorted(value[0])
+            if any(sorted(v) != keys for v in value):
+                raise CalibrationError("a sequence-of-maps output has different keys in different samples; it "
+                                       "cannot be compared by value.")
+            return np.asarray([[v[k] for k in keys] for v in value])
+        try:
+            return np.stack([np.asarray(v) for v in value]) if value else np.zeros((0,))
+        except ValueError:
+            raise CalibrationError("a sequence output holds tensors of different shapes; it cannot be compared by "
+                                   "value.") from None
+    return np.asarray(value)
+
+
+def map_keys(value) -> list | None:
+    """The sorted keys of a sequence-of-maps value (compared exactly between two models), else None."""
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        return sorted(value[0])
+    return None
+
+
+def count_samples(value) -> int:
+    """Samples in one output value (first axis; a scalar is one)."""
+    arr = value if isinstance(value, np.ndarray) else None
+    if arr is None:
+        return len(value) if isinstance(value, list) else 1
+    return len(arr) if arr.ndim else 1
+
+
+# ---- per-batch scores: (sums, count); the metric is finish(sums, count) -------------------------------------------
+
+def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
+    if labels is None:
+        raise CalibrationError("this metric needs labels and the batch has none; pass --labels NAME.")
+    if out.ndim != 2:
+        raise CalibrationError(f"the scored output has shape {list(out.shape)}; label metrics need [N, classes]. "
+                               "Pick the output the labels belong to (--metric OUTPUT=accuracy) or another metric "
+                               "(--metric OUTPUT=rel_l2).")
+    if len(labels) != len(out):
+        raise CalibrationError(f"a batch has {len(labels)} labels for {len(out)} output rows; give one label per "
+                               "sample of the scored output (or score it against the dense model: drop --labels).")
+    if labels.size and labels.max() >= out.shape[1]:
+        raise CalibrationError(f"labels go up to {int(labels.max())} but the model has {out.shape[1]} classes "
+                               f"(0..{out.shape[1] - 1}); check the labels array or the scored output.")
+
+
+def _accuracy(out, ref, labels):
+    _check_classes(out, labels)
+    return (np.count_nonzero(out.argmax(axis=1) == labels),), len(labels)
+
+
+def _top5(out, ref, labels):
+    _check_classes(out, labels)
+    if out.shape[1] < 5:
+        raise ConfigError(f"top5 needs at least 5 classes; the output has {out.shape[1]}. Use --metric accuracy.")
+    top = np.argpartition(-out, 4, axis=1)[:, :5]
+    return (np.count_nonzero((top == labels[:, None]).any(axis=1)),), len(labels)
+
+
+def _agreement(out, ref, labels):
+    return (np.count_nonzero(_top1(out) == _top1(ref)),), _n(out)
+
+
+def _seq_agreement(out, ref, labels):
+    if out.ndim < 2:
+        return _agreement(out, ref, labels)
+    return (np.count_nonzero(out.argmax(axis=-1) == ref.argmax(axis=-1)),), int(np.prod(out.shape[:-1]))
+
+
+def _prob(out, ref, labels):
+    change = np.abs(_per_sample(out) - _per_sample(ref)).max(axis=1, initial=0.0)
+    return (np.count_nonzero(_top1(out) == _top1(ref)), float(change.sum())), _n(out)
+
+
+def _rel_l2(out, ref, labels):
+    return (float(_relative_errors(out, ref).sum()),), _n(out)
+
+
+def _cosine(out, ref, labels):
+    a, b = _per_sample(out), _per_sample(ref)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na < _TINY) & (nb < _TINY), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, _TINY))
+    return (float(cos.sum()),), _n(out)
+
+
+def _exact(out, ref, labels):
+    a, b = _flat(out), _flat(ref)
+    same = (a == b) | ((a != a) & (b != b)) if a.dtype.kind in "fc" else a == b
+    return (np.count_nonzero(same.all(axis=1)),), _n(out)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One way to score one output: `batch(out, ref, labels) -> (sums, count)`, `finish(sums, count) -> [0, 1]`."""
+
+    batch: Callable
+    finish: Callable
+    needs_labels: bool
+    one_pp: str  # what a loss of 1 percentage point means, for the docs and the report
+
+    @property
+    def needs_reference(self) -> bool:
+        return not self.needs_labels
+
+
+METRICS: dict[str, Metric] = {
+    "accuracy": Metric(_accuracy, lambda s, n: s[0] / n, True, "1% of samples lose their right class"),
+    "top5": Metric(_top5, lambda s, n: s[0] / n, True, "1% of samples lose the label from their top 5"),
+    "agreement": Metric(_agreement, lambda s, n: s[0] / n, False, "1% of samples change their top-1 class"),
+    "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class"),
+    "prob": Metric(_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
+                   "1% of samples change class, or a mean largest probability change of 0.01"),
+    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01"),
+    "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower"),
+    "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
+}
+NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
+NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
+
+
+def _mismatch(kind: str, ref: np.ndarray) -> tuple[tuple, int]:
+    """A batch whose output shape differs from the dense model's: every sample of it counts as lost (relative
+    error 1, no agreement, cosine 0)."""
+    n = _n(ref)
+    if kind == "rel_l2":
+        return (float(n),), n
+    if kind == "prob":
+        return (0.0, float(n)), n
+    if kind == "seq_agreement" and ref.ndim >= 2:
+        return (0.0,), int(np.prod(ref.shape[:-1]))
+    return (0.0,), n
+
+
+def _n(x: np.ndarray) -> int:
+    return len(x) if x.ndim else 1
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
+
+
+def _per_sample(x: np.ndarray) -> np.ndarray:
+    return _flat(np.asarray(x, dtype=np.float64))
+
+
+def _top1(x: np.ndarray) -> np.ndarray:
+    return _flat(x).argmax(axis=1)
+
+
+def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    a, b = _per_sample(out), _per_sample(ref)
+    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), _TINY)

@@ -1,0 +1,153 @@
+"""Small seeded graphs shaped like the third-party models users bring (numpy + onnx.helper, no torch).
+
+Each reproduces one kind of graph that broke an assumption of onnxprune (issue #13), at toy size:
+
+    two_head_detector   boxes [N, 4] (regression) first, class probabilities [N, 2] second (face detectors)
+    regressor           one value per sample [N, 1]
+    embedder            an [N, D] output named "embedding" (sentence encoders)
+    sklearn_mlp         skl2onnx's shape: output_label int64 [N] and output_probability, a ZipMap seq(map)
+    streaming_vad       a scalar sample rate 'sr' [], a recurrent state [2, N, H] (batch on axis 1), audio [N, T]
+    token_classifier    int64 token ids [N, T] into a Gather on an embedding table [V, D]
+    variable_width      images [N, C, H, W] with dynamic H and W (per-sample widths, OCR lines)
+
+All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.models.builders import BATCH, IR_VERSION, OPSET, _Graph
+
+
+def _model(g: _Graph, name: str, inputs: list, outputs: list, *, ml: bool = False) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("ai.onnx.ml", 3)] if ml else [])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
+
+
+def _float(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def two_head_detector(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> shared fc + relu -> 'boxes' [N, 4] (first output) and 'scores' = softmax [N, 2].
+
+    The class head's weight is 'cls.weight'; pruning it does not move the boxes at all."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "shared", in_features, hidden), "shared")
+    boxes = g.matmul(x, "box", hidden, 4)
+    g.nodes.append(helper.make_node("Identity", [boxes], ["boxes"], name="/box/Identity"))
+    logits = g.matmul(x, "cls", hidden, 2)
+    g.nodes.append(helper.make_node("Softmax", [logits], ["scores"], name="/cls/Softmax", axis=-1))
+    return _model(g, "two_head_detector", [_float("input", [BATCH, in_features])],
+                  [_float("boxes", [BATCH, 4]), _float("scores", [BATCH, 2])])
+
+
+def regressor(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> 'value' [N, 1]."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    y = g.matmul(x, "fc2", hidden, 1)
+    g.nodes.append(helper.make_node("Identity", [y], ["value"], name="/out/Identity"))
+    return _model(g, "regressor", [_float("input", [BATCH, in_features])], [_float("value", [BATCH, 1])])
+
+
+def embedder(*, in_features: int = 8, hidden: int = 16, dim: int = 12, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> 'embedding' [N, 12]."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    y = g.matmul(x, "fc2", hidden, dim)
+    g.nodes.append(helper.make_node("Identity", [y], ["embedding"], name="/out/Identity"))
+    return _model(g, "embedder", [_float("input", [BATCH, in_features])], [_float("embedding", [BATCH, dim])])
+
+
+def sklearn_mlp(*, in_features: int = 4, hidden: int = 16, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's MLPClassifier layout: 'output_label' int64 [N] and 'output_probability', a ZipMap
+    sequence of maps {class: probability}."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    logits = g.matmul(x, "fc2", hidden, classes)
+    probs = g.op("Softmax", "out", [logits], axis=-1)
+    g.nodes.append(helper.make_node("ArgMax", [probs], ["output_label"], name="/out/ArgMax", axis=1, keepdims=0))
+    g.nodes.append(helper.make_node("ZipMap", [probs], ["output_probability"], name="/out/ZipMap",
+                                    domain="ai.onnx.ml", classlabels_int64s=list(range(classes))))
+    seq_map = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    return _model(g, "sklearn_mlp", [_float("input", [BATCH, in_features])],
+                  [helper.make_tensor_value_info("output_label", TensorProto.INT64, [BATCH]),
+                   helper.make_value_info("output_probability", seq_map)], ml=True)
+
+
+def streaming_vad(*, frame: int = 16, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Silero-VAD's interface: audio [N, T], a scalar sample rate 'sr' (int64 []), a state [2, N, H] with the batch
+    on axis 1 -> 'prob' [N, 1] and the next state 'stateN' [2, N, H].
+
+    prob = sigmoid(fc2(relu(fc1(audio) + state[0] + sr / 16000))); stateN = state + fc1(audio)."""
+    g = _Graph(seed)
+    a = g.matmul("audio", "fc1", frame, hidden)
+    sr = g.op("Cast", "sr", ["sr"], to=TensorProto.FLOAT)
+    sr = g.op("Div", "sr", [sr, g.const("sr_scale", np.array(16000.0))])
+    first = g.op("Gather", "state", ["state", g.const("zero", np.array(0.0))], axis=0)
+    g.initializers[-1] = numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")
+    h = g.relu(g.op("Add", "mix2", [g.op("Add", "mix", [a, first]), sr]), "mix")
+    p = g.op("Sigmoid", "out", [g.matmul(h, "fc2", hidden, 1)])
+    g.nodes.append(helper.make_node("Identity", [p], ["prob"], name="/out/Identity"))
+    g.nodes.append(helper.make_node("Add", ["state", a], ["stateN"], name="/state/Add"))
+    return _model(g, "streaming_vad",
+                  [_float("audio", [BATCH, frame]), helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+                   _float("state", [2, BATCH, hidden])],
+                  [_float("prob", [BATCH, 1]), _float("stateN", [2, BATCH, hidden])])
+
+
+def token_classifier(*, vocab: int = 50, dim: int = 8, seq_len: int = 5, classes: int = 4,
+                     seed: int = 0) -> onnx.ModelProto:
+    """ids int64 [N, T] -> Gather on an embedding table [V, D] -> mean over T -> fc -> 'logits' [N, 4]."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "ids"], axis=0)
+    m = g.op("ReduceMean", "pool", [e], axes=[1], keepdims=0)
+    y = g.matmul(m, "fc", dim, classes)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "token_classifier", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, seq_len])],
+                  [_float("logits", [BATCH, classes])])
+
+
+def variable_width(*, channels: int = 3, out_channels: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """image [N, 3, H, W] (H, W dynamic) -> conv 3x3 + relu -> conv 1x1 -> 'map' [N, 4, H, W]."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("image", "conv1", channels, 8, 3), "conv1")
+    y = g.conv(x, "conv2", 8, out_channels, 1)
+    g.nodes.append(helper.make_node("Identity", [y], ["map"], name="/out/Identity"))
+    return _model(g, "variable_width", [_float("image", [BATCH, channels, "H", "W"])],
+                  [_float("map", [BATCH, out_channels, "H", "W"])])
+
+
+def fixed_length_reshape(*, vocab: int = 30, dim: int = 4, length: int = 6, classes: int = 3,
+                         seed: int = 0) -> onnx.ModelProto:
+    """A legacy export: ids int64 [N, T] with T symbolic, but a Reshape to [-1, 6 * D] inside fixes T = 6."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "ids"], axis=0)
+    g.initializers.append(numpy_helper.from_array(np.array([-1, length * dim], dtype=np.int64), "flat_shape"))
+    flat = g.op("Reshape", "flat", [e, "flat_shape"])
+    y = g.matmul(flat, "fc", length * dim, classes)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "fixed_length_reshape", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, "T"])],
+                  [_float("logits", [BATCH, classes])])
+
+
+def time_major_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """x [T, N, 4] (time first, as ONNX's LSTM takes it) -> LSTM -> last hidden state [N, 6] -> fc -> 'logits'."""
+    g = _Graph(seed)
+    g.const("lstm.W", g.rng.standard_normal((1, 4 * hidden, features)) / np.sqrt(features))
+    g.const("lstm.R", g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden))
+    g.nodes.append(helper.make_node("LSTM", ["x", "lstm.W", "lstm.R"], ["Y", "Y_h"], name="/lstm/LSTM",
+                                    hidden_size=hidden))
+    h = g.op("Squeeze", "last", ["Y_h", g.const("axes0", np.zeros(1))])
+    g.initializers[-1] = numpy_helper.from_array(np.array([0], dtype=np.int64), "axes0")
+    y = g.matmul(h, "fc", hidden, classes)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "time_major_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])

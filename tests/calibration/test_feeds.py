@@ -1,0 +1,114 @@
+"""A folder of .npz files where each file is one complete feed: read as is, one feed per step."""
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.sensitivity import scan, scan_naive
+from onnxprune.converter.cli import cli
+from onnxprune.errors import CalibrationError
+from onnxprune.models import third_party_builders as tb
+from onnxprune.passes.weights import find_prunable
+
+
+def vad_folder(folder, n=12):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    feeds = []
+    for i in range(n):
+        feed = {"audio": rng.standard_normal((1, 16)).astype(np.float32), "sr": np.array(16000),
+                "state": rng.standard_normal((2, 1, 8)).astype(np.float32)}
+        np.savez(folder / f"f{i:02d}.npz", **feed)
+        feeds.append(feed)
+    return feeds
+
+
+def width_folder(folder, n=6):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    feeds = [{"image": rng.standard_normal((1, 3, 6, 6 + 3 * i)).astype(np.float32)} for i in range(n)]
+    for i, feed in enumerate(feeds):
+        np.savez(folder / f"line{i}.npz", **feed)
+    return feeds
+
+
+def test_scalar_and_batch_on_axis_1_are_read_one_feed_at_a_time(tmp_path):
+    feeds = vad_folder(tmp_path / "vad")
+    reader = open_data(tmp_path / "vad", tb.streaming_vad(), batch_size=64)
+    assert reader.per_feed and reader.num_samples == 12
+    got = [f for f, _ in reader.batches()]
+    assert len(got) == 12
+    for want, have in zip(feeds, got):
+        assert set(have) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(have[k], want[k])
+            assert have[k].shape == want[k].shape  # sr stays a scalar, state keeps the batch on axis 1
+    assert len(list(open_data(tmp_path / "vad", tb.streaming_vad(), limit=5).batches())) == 5
+    held = reader.part(4, holdout=True)
+    assert held.num_samples == 3 and len(list(held.batches())) == 3
+    assert len(list(reader.part(4, holdout=False).batches())) == 9
+
+
+def test_widths_that_differ_per_file_are_never_concatenated(tmp_path):
+    feeds = width_folder(tmp_path / "lines")
+    model = tb.variable_width()
+    reader = open_data(tmp_path / "lines", model, batch_size=4)
+    assert reader.per_feed
+    assert [f["image"].shape[3] for f, _ in reader.batches()] == [f["image"].shape[3] for f in feeds]
+    ev = Evaluator(reader, None, model)
+    assert ev.dense == 1.0 and ev.num_samples == 6
+    inventory = find_prunable(model)
+    fast, naive = scan(model, inventory, ev, (0.5, 0.9)), scan_naive(model, inventory, ev, (0.5, 0.9))
+    assert {lay.path for lay in fast.layers} == {"downstream"}
+    for a, b in zip(fast.layers, naive.layers):
+        np.testing.assert_allclose(a.values, b.values, atol=1e-6)
+
+
+def test_stacked_files_keep_being_batched(tmp_path):
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    np.savez(folder / "a.npz", input=x[:30])
+    np.savez(folder / "b.npz", input=x[30:])
+    reader = open_data(folder, tb.regressor(), batch_size=16)
+    assert not reader.per_feed
+    assert [len(f["input"]) for f, _ in reader.batches()] == [16, 16, 16, 2]
+
+
+def test_a_feed_that_does_not_fit_the_inputs_names_file_and_array(tmp_path):
+    vad_folder(tmp_path / "vad", n=3)
+    np.savez(tmp_path / "vad" / "f01.npz", audio=np.zeros((1, 16), np.float32), sr=np.array(16000),
+             state=np.zeros((2, 8), np.float32))
+    reader = open_data(tmp_path / "vad", tb.streaming_vad())
+    with pytest.raises(CalibrationError, match="f01.npz': array 'state' has shape \\[2, 8\\].*expects \\[2, \\?, 8\\]"):
+        list(reader.batches())
+
+
+def test_prune_and_retrain_on_per_feed_data(tmp_path):
+    vad_folder(tmp_path / "vad", n=20)
+    onnx.save(tb.streaming_vad(), tmp_path / "vad.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "vad.onnx"), "-o", str(tmp_path / "a.onnx"), "--max-loss",
+                                   "1", "--data", str(tmp_path / "vad"), "--levels", "0.5,0.9"])
+    assert res.exit_code == 0, res.output
+    assert "20 feed(s) used as is" in res.output and "budget: measured loss" in res.output
+    width_folder(tmp_path / "lines")
+    onnx.save(tb.variable_width(), tmp_path / "w.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "w.onnx"), "-o", str(tmp_path / "b.onnx"), "--sparsity",
+                                   "0.5", "--iterations", "1", "--data", str(tmp_path / "lines"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"phase"' in res.output or '"round"' in res.output  # a retraining round ran, one feed per step
+
+
+def test_time_major_input_is_never_cut_along_time():
+    model = tb.time_major_lstm()
+    x = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float32)  # 10 steps, 3 sequences
+    onnx.checker.check_model(model, full_check=True)
+    reader = open_data({"x": x}, model, batch_size=4)
+    assert reader.per_feed  # a stack would be cut into batches of 4 time steps
+    (feed, _), = list(reader.batches())
+    assert feed["x"].shape == (10, 3, 4)
+    ev = Evaluator(reader, None, model)
+    assert ev.plan == {"logits": "agreement"} and ev.dense == 1.0

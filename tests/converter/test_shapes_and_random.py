@@ -1,0 +1,106 @@
+"""Shapes and random data (issue #13 item 7) and what inspect tells a user about their model (item 8)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.runtime import int_input_ranges, random_feeds
+from onnxprune.converter.cli import cli
+from onnxprune.converter.inspect import group_notes
+from onnxprune.converter.latency import measure_latency
+from onnxprune.errors import ConfigError
+from onnxprune.models import builders
+from onnxprune.models import third_party_builders as tb
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_external_data_is_counted_in_every_size(tmp_path):
+    model = builders.lenet300_like(hidden=(64, 32))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.onnx.data",
+              size_threshold=0)
+    total = path.stat().st_size + (tmp_path / "m.onnx.data").stat().st_size
+    assert (tmp_path / "m.onnx.data").stat().st_size > 10 * path.stat().st_size
+    info = json.loads(invoke("inspect", path, "--json").output)
+    assert info["file_size"] == total
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--sparsity", "0.5", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["file_size_before"] == total
+    assert report["file_size_after"] == (tmp_path / "out.onnx").stat().st_size  # written inline
+
+
+def test_token_ids_are_drawn_up_to_the_embedding_table_size():
+    model = tb.token_classifier(vocab=50)
+    assert int_input_ranges(model) == {"ids": 50}
+    ids = np.concatenate([f["ids"] for f, _ in open_data("random", model, limit=200).batches()])
+    assert ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 40
+    assert random_feeds(model, seed=0)["ids"].max() < 50
+    assert int_input_ranges(tb.streaming_vad()) == {"sr": 2}  # no table: the stated default [0, 2)
+
+
+def test_input_shape_fixes_dynamic_dims_and_random_warning_is_said_once(tmp_path):
+    path = tmp_path / "legacy.onnx"
+    onnx.save(tb.fixed_length_reshape(), path)
+    res = invoke("prune", path, "-o", tmp_path / "a.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 1 and "symbolic dimensions were set to 2" in res.output
+    res = invoke("prune", path, "-o", tmp_path / "a.onnx", "--max-loss", "50", "--data", "random", "--input-shape",
+                 "ids=4,6", "--levels", "0.5,0.9", "--report", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("CALIBRATION DATA IS RANDOM NOISE") == 1
+    latency = json.loads((tmp_path / "rep" / "report.json").read_text())["latency"]
+    assert latency["batches"] and not latency["notes"]
+    res = invoke("prune", path, "-o", tmp_path / "b.onnx", "--sparsity", "0.5", "--input-shape", "ids=4")
+    assert res.exit_code == 2 and "does not fit the declared shape [?, ?]" in res.output
+
+
+def test_latency_on_inputs_onnxruntime_refuses_is_a_note_not_a_crash():
+    model = tb.fixed_length_reshape()
+    bad = {"ids": np.zeros((2, 5), np.int64)}  # 40 values cannot be rows of 24
+    good = {"ids": np.zeros((2, 6), np.int64)}
+    out = measure_latency(model, model, {2: bad, 3: good}, repeats=3, warmup=0, min_repeats=1, budget_s=0.1)
+    assert [b["batch"] for b in out["batches"]] == [3]
+    assert len(out["notes"]) == 1 and "'ids' [2, 5]" in out["notes"][0] and "\n" not in out["notes"][0]
+
+
+def test_inspect_prints_inputs_outputs_and_a_working_npz_line(tmp_path):
+    path = tmp_path / "vad.onnx"
+    onnx.save(tb.streaming_vad(), path)
+    res = invoke("inspect", path)
+    assert res.exit_code == 0, res.output
+    assert "inputs: audio float32 [N, 16]; sr int64 []; state float32 [2, N, 8]" in res.output
+    assert "outputs: prob float32 [N, 1]; stateN float32 [2, N, 8]" in res.output
+    line = next(s.strip() for s in res.output.splitlines() if s.strip().startswith("import numpy"))
+    subprocess.run([sys.executable, "-c", line], cwd=tmp_path, check=True)
+    reader = open_data(tmp_path / "calib.npz", tb.streaming_vad())
+    assert reader.per_feed and len(list(reader.batches())) == 1
+    info = json.loads(invoke("inspect", path, "--json").output)
+    assert info["inputs"][1] == {"name": "sr", "shape": [], "dtype": "int64"}
+    onnx.save(tb.sklearn_mlp(), tmp_path / "skl.onnx")
+    assert "output_probability seq(map(int64, float32))" in invoke("inspect", tmp_path / "skl.onnx").output
+
+
+def test_notes_that_differ_only_in_names_are_one_line():
+    notes = [f"channels of MatMul '/l{i}/MatMul' kept: tensor 'o{i}' is a graph output" for i in range(8)]
+    grouped = group_notes(notes + ["something else"])
+    assert len(grouped) == 2
+    assert grouped[0].startswith("channels of MatMul '/l0/MatMul' kept") and "+7 more like it" in grouped[0]
+    assert "'/l1/MatMul'" in grouped[0] and "…" in grouped[0]
+
+
+def test_bad_input_shape_flags_are_usage_errors():
+    from onnxprune.calibration.runtime import parse_input_shapes
+
+    for bad in ("ids", "ids=a,b", "ids=0,3", "=1"):
+        with pytest.raises(ConfigError, match="is not NAME=DIMS"):
+            parse_input_shapes([bad])
+    assert parse_input_shapes(["ids=1x128", "mask=1,128"]) == {"ids": (1, 128), "mask": (1, 128)}
