@@ -1,0 +1,106 @@
+"""The compact format's ONNX decoder: standard ops (opset >= 11) that rebuild one dense weight from its arrays.
+
+    gaps  : Cast(int64) -> CumSum -> Reshape [-1, 1] ────────────────┐
+    mask  : unpack bits -> NonZero -> Transpose ──────────────────────┤ positions
+    values: Cast(float16 -> dtype) | Gather(centroids, codes) | as is ┤
+            ConstantOfShape([numel], 0) -> ScatterND(positions, values) -> Reshape(shape) -> the weight's name
+    unpack bits: Cast(int32) -> Reshape [-1, 1] -> Div [128 … 1] -> Mod 2 -> Reshape [-1] -> Slice [0, total)
+    n-bit codes: unpack -> Reshape [count, n] -> Cast(float) -> MatMul [2^(n-1) … 1] -> Cast(int64)
+
+Every input is a constant, so onnxruntime's constant folding turns the whole decoder into one initializer at
+session creation; inference never runs it. The few constants every decoder needs (bit weights, the shape
+[-1, 1], …) are shared per graph under the prefix SHARED.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.passes.storage.packing import Encoding
+
+MIN_OPSET = 11  # CumSum, ScatterND (11); Mod (10); Slice with inputs (10); NonZero, ConstantOfShape (9)
+SHARED = "onnxprune__compact__"
+_SHARED = {
+    "pow8": np.array([128, 64, 32, 16, 8, 4, 2, 1], np.int32),
+    "two": np.array(2, np.int32),
+    "col": np.array([-1, 1], np.int64),
+    "flat": np.array([-1], np.int64),
+    "zero": np.array([0], np.int64),
+    "axis0": np.array(0, np.int64),
+    **{f"pow{n}": (2.0 ** np.arange(n - 1, -1, -1)).astype(np.float32) for n in range(1, 8)},
+}
+
+
+def prefix(key: int) -> str:
+    """Every tensor and intermediate of decoder `key` is named `_c<key>.<something>`: short, as they are in the file."""
+    return f"_c{key}."
+
+
+class DecoderBuilder:
+    """Collects the nodes (unnamed: names cost bytes) and tensors of one weight's decoder."""
+
+    def __init__(self, weight: str, enc: Encoding, key: int):
+        self.weight, self.enc, self.prefix = weight, enc, prefix(key)
+        self.nodes: list[onnx.NodeProto] = []
+        self.tensors: list[onnx.TensorProto] = []
+        self.shared: set[str] = set()
+
+    def data(self, suffix: str, array: np.ndarray) -> str:
+        name = self.prefix + suffix
+        self.tensors.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def common(self, key: str) -> str:
+        self.shared.add(key)
+        return SHARED + key
+
+    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
+        out = f"{self.prefix}{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def unpack(self, packed: str, total: int) -> str:
+        x = self.op("Cast", [packed], to=TensorProto.INT32)
+        x = self.op("Reshape", [x, self.common("col")])
+        x = self.op("Mod", [self.op("Div", [x, self.common("pow8")]), self.common("two")])
+        x = self.op("Reshape", [x, self.common("flat")])
+        return self.op("Slice", [x, self.common("zero"), self.data("total", np.array([total], np.int64))])
+
+    def positions(self) -> str:
+        if self.enc.index == "bitmask":
+            numel = int(np.prod(self.enc.shape, dtype=np.int64))
+            bits = self.unpack(self.data("mask", self.enc.arrays["mask"]), numel)
+            return self.op("Transpose", [self.op("NonZero", [bits])])
+        gaps = self.op("Cast", [self.data("gaps", self.enc.arrays["gaps"])], to=TensorProto.INT64)
+        return self.op("Reshape", [self.op("CumSum", [gaps, self.common("axis0")]), self.common("col")])
+
+    def values(self) -> str:
+        enc, dtype = self.enc, helper.np_dtype_to_tensor_dtype(np.dtype(self.enc.dtype))
+        if enc.values == "raw":
+            return self.data("values", enc.arrays["values"])
+        if enc.values == "float16":
+            return self.op("Cast", [self.data("values", enc.arrays["values"])], to=dtype)
+        codes = self.data("codes", enc.arrays["codes"])
+        if enc.bits < 8:
+            bits = self.unpack(codes, enc.count * enc.bits)
+            bits = self.op("Reshape", [bits, self.data("codeshape", np.array([enc.count, enc.bits], np.int64))])
+            codes = self.op("MatMul", [self.op("Cast", [bits], to=TensorProto.FLOAT), self.common(f"pow{enc.bits}")])
+        codes = self.op("Cast", [codes], to=TensorProto.INT64)
+        return self.op("Gather", [self.data("centroids", enc.arrays["centroids"]), codes])
+
+    def build(self) -> None:
+        """The weight's decoder; its last node writes the weight's own name."""
+        enc = self.enc
+        numel = int(np.prod(enc.shape, dtype=np.int64))
+        zero = numpy_helper.from_array(np.zeros(1, np.dtype(enc.dtype)))
+        dense = self.op("ConstantOfShape", [self.data("numel", np.array([numel], np.int64))], value=zero)
+        if enc.index != "zeros":
+            dense = self.op("ScatterND", [dense, self.positions(), self.values()])
+        self.op("Reshape", [dense, self.data("shape", np.array(enc.shape, np.int64))])
+        self.nodes[-1].output[0] = self.weight
+
+
+def shared_tensors(keys) -> list[onnx.TensorProto]:
+    return [numpy_helper.from_array(_SHARED[k], SHARED + k) for k in sorted(keys)]
