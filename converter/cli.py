@@ -202,11 +202,15 @@ def _parse_levels(text: str | None):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
     "--sparse-format",
-    type=click.Choice(["constant", "initializer", "dense"]),
+    type=click.Choice(["constant", "initializer", "dense", "compact"]),
     default="constant",
     show_default=True,
-    help="How pruned weights are stored (see README).",
+    help="How pruned weights are stored (see README); compact: smallest exact encoding per weight, decoded by "
+         "standard ops onnxruntime folds at load.",
 )
+@click.option("--weight-bits", type=click.Choice(["16", "8", "7", "6", "5", "4", "3", "2", "1"]), default=None,
+              help="Surviving weights as fp16 (16) or an n-bit k-means codebook per layer; changes outputs, measured "
+                   "on the final file. Smallest files with --sparse-format compact.")
 @click.option("--validation", type=float, default=0.1, show_default=True,
               help="With --max-loss and --iterations: share of --data held out from retraining, to measure the "
                    "budget on (0: measure on the training data).")
@@ -232,7 +236,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
           batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
-          device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
+          device, sparse_format, weight_bits, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
           checkpoint_dir, resume, recipe, allow_other_model, report_dir, force, quiet, as_json):
     """Prune MODEL and write a verified, smaller OUTPUT.
 
@@ -265,7 +269,8 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
             temperature=temperature,
             alternate=alternate, reg=reg, reg_strength=reg_strength,
-            device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs,
+            device=device, sparse_format=sparse_format, neurons=not no_neurons,
+            weight_bits=None if weight_bits is None else int(weight_bits), gather_inputs=gather_inputs,
             crop_inputs=crop_inputs, seed=seed, validation=validation, neuron_sparsity=neuron_sparsity,
             neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
         )

@@ -25,7 +25,9 @@ from onnxprune.errors import ConfigError, ModelError
 from onnxprune.passes import storage
 from onnxprune.passes.storage.coo import sparse_to_dense  # noqa: F401  (public name, kept)
 from onnxprune.passes.storage.graphs import MAX_ELEMENTS  # noqa: F401  (public name, kept)
-from onnxprune.passes.storage.graphs import all_graphs as _all_graphs, first_line as _first_line, refuse_huge as _refuse_huge
+from onnxprune.passes.storage.graphs import all_graphs as _all_graphs
+from onnxprune.passes.storage.graphs import first_line as _first_line
+from onnxprune.passes.storage.graphs import refuse_huge as _refuse_huge
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class LoadedModel:
     sha256: str | None
     file_size: int
     had_sparse: list[str] = field(default_factory=list)
+    storage: dict[str, dict] = field(default_factory=dict)  # weight -> how the file stored it (encoding, bytes)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -91,10 +94,12 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     _check_tensor_data(model, path)
     if check:
         check_model(model, where=str(path))
+    storage_info = storage.describe_model(model)
     had_sparse = densify_sparse(model)
     if had_sparse:
         log.info("densified %d sparse tensor(s) of %s before any graph pass", len(had_sparse), path)
-    return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse)
+    return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse,
+                       storage=storage_info)
 
 
 def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
@@ -103,8 +108,10 @@ def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
     _check_declared_sizes(model, "<in-memory model>")
     if check:
         check_model(model, where="<in-memory model>")
+    storage_info = storage.describe_model(model)
     had_sparse = densify_sparse(model)
-    return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse)
+    return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse,
+                       storage=storage_info)
 
 
 def check_model(model: onnx.ModelProto, *, where: str) -> None:

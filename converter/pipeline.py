@@ -24,7 +24,9 @@ from onnxprune.converter.verify import check_parity
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState, run_passes
 from onnxprune.passes.magnitude import MagnitudePrune, Target, quality_for_sparsity, resolve_targets
+from onnxprune.passes.quantize import BITS, QuantizeWeights
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
+from onnxprune.passes.storage import describe_model
 from onnxprune.passes.weights import Inventory, constant_tensors, find_prunable, name_nodes, weight_array
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class PruneOptions:
     gather_inputs: bool = False
     crop_inputs: bool = False
     sparse_format: str = "constant"
+    weight_bits: int | None = None  # surviving values as fp16 (16) or an n-bit codebook per layer (passes.quantize)
     seed: int = 0
     verify_batches: int = 4
     # long runs: a checkpoint per retraining round, and --resume
@@ -87,6 +90,8 @@ class PruneOptions:
     def validate(self) -> None:
         if self.sparse_format not in FORMATS:
             raise ConfigError(f"--sparse-format '{self.sparse_format}' is not one of {', '.join(FORMATS)}.")
+        if self.weight_bits is not None and self.weight_bits not in BITS:
+            raise ConfigError(f"--weight-bits {self.weight_bits} is not one of {', '.join(map(str, BITS))}.")
         if self.max_loss is not None:
             if self.sparsity is not None or self.quality is not None:
                 raise ConfigError("--max-loss chooses per-layer sparsities itself; drop --sparsity/--quality.")
@@ -259,6 +264,10 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
             dense_pruned = _copy(original)
             run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
     with clock.step("shrink_encode_verify"):
+        if options.weight_bits:  # the oracle becomes the dense model with the quantized values
+            present = set(constant_tensors(dense_pruned))
+            run_passes([QuantizeWeights([w.name for w in inventory.prunable if w.name in present],
+                                        options.weight_bits)], dense_pruned, state)
         shrunk, neurons = _shrink(dense_pruned, options, state)
         params_after_shrink = sum(w.size for w in find_prunable(shrunk, with_macs=False).prunable)
         final = _copy(shrunk) if shrunk is dense_pruned else shrunk  # the oracle stays dense; a new graph is ours
@@ -281,6 +290,8 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         "file_size_before": loaded.file_size,
         "file_size_after": final.ByteSize(),
         "sparse_format": options.sparse_format,
+        "weight_bits": options.weight_bits,
+        "storage": describe_model(final),
         "parity": parity.as_dict(),
         "notes": state.notes,
         "history": history,

@@ -61,17 +61,17 @@ class DecoderBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
-    def unpack(self, packed: str, total: int) -> str:
+    def unpack(self, packed: str, total: int, tag: str) -> str:
         x = self.op("Cast", [packed], to=TensorProto.INT32)
         x = self.op("Reshape", [x, self.common("col")])
         x = self.op("Mod", [self.op("Div", [x, self.common("pow8")]), self.common("two")])
         x = self.op("Reshape", [x, self.common("flat")])
-        return self.op("Slice", [x, self.common("zero"), self.data("total", np.array([total], np.int64))])
+        return self.op("Slice", [x, self.common("zero"), self.data(f"{tag}len", np.array([total], np.int64))])
 
     def positions(self) -> str:
         if self.enc.index == "bitmask":
             numel = int(np.prod(self.enc.shape, dtype=np.int64))
-            bits = self.unpack(self.data("mask", self.enc.arrays["mask"]), numel)
+            bits = self.unpack(self.data("mask", self.enc.arrays["mask"]), numel, "mask")
             return self.op("Transpose", [self.op("NonZero", [bits])])
         gaps = self.op("Cast", [self.data("gaps", self.enc.arrays["gaps"])], to=TensorProto.INT64)
         return self.op("Reshape", [self.op("CumSum", [gaps, self.common("axis0")]), self.common("col")])
@@ -84,7 +84,7 @@ class DecoderBuilder:
             return self.op("Cast", [self.data("values", enc.arrays["values"])], to=dtype)
         codes = self.data("codes", enc.arrays["codes"])
         if enc.bits < 8:
-            bits = self.unpack(codes, enc.count * enc.bits)
+            bits = self.unpack(codes, enc.count * enc.bits, "codes")
             bits = self.op("Reshape", [bits, self.data("codeshape", np.array([enc.count, enc.bits], np.int64))])
             codes = self.op("MatMul", [self.op("Cast", [bits], to=TensorProto.FLOAT), self.common(f"pow{enc.bits}")])
         codes = self.op("Cast", [codes], to=TensorProto.INT64)

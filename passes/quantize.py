@@ -1,0 +1,104 @@
+"""Fewer bits per surviving weight (Deep Compression's second stage): fp16, or an n-bit codebook per layer.
+
+  bits = 16   every nonzero value rounded to the nearest fp16 (a value that would round to 0 keeps its sign at the
+              smallest fp16 subnormal, so the mask never changes).
+  bits = n<=8 a per-layer codebook of 2^n shared values: 1-D k-means on the layer's nonzero values, centroids
+              initialised evenly between their min and max (Han et al. 2016 found this linear init best, as it
+              keeps the few large weights), Lloyd iterations until no value changes cluster; every nonzero is
+              replaced by its centroid. Zeros stay zero (the codebook covers the survivors only). When the layer's
+              uint8 relative indices need filler entries (a gap over 255), those fillers need a code for 0, so the
+              layer gets 2^n - 1 centroids and its codes still fit in n bits.
+The pass changes values, not the graph's structure; the model it returns is the oracle the final file is checked
+against, and `compact` storage then stores these values exactly (fp16 or an n-bit code per nonzero).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.errors import PassError
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.storage.packing import gap_entries
+from onnxprune.passes.weights import constant_tensors
+
+log = logging.getLogger(__name__)
+BITS = (16, 8, 7, 6, 5, 4, 3, 2, 1)
+FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
+
+
+def kmeans_1d(values: np.ndarray, k: int, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids sorted ascending, code of each value): Lloyd's algorithm in 1-D, linear initialisation."""
+    x = values.astype(np.float64)
+    centroids = np.linspace(x.min(), x.max(), k)
+    codes = None
+    for _ in range(max_iter):
+        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, x)  # nearest centroid (they stay sorted)
+        if codes is not None and np.array_equal(new, codes):
+            break
+        codes = new
+        sums, counts = np.bincount(codes, x, k), np.bincount(codes, minlength=k)
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+    return centroids, codes
+
+
+def quantize_fp16(w: np.ndarray, name: str) -> np.ndarray:
+    nz = w != 0
+    if np.abs(w[nz]).max(initial=0) > np.finfo(np.float16).max:
+        raise PassError(f"weight '{name}' has values beyond the fp16 range (±65504); use --weight-bits 8 or lower.")
+    q = w.astype(np.float16).astype(w.dtype)
+    lost = nz & (q == 0)
+    q[lost] = np.sign(w[lost]) * FP16_TINY
+    return q
+
+
+def quantize_codebook(w: np.ndarray, bits: int) -> np.ndarray:
+    """Every nonzero replaced by its k-means centroid (2^bits of them; fewer when the layer has fewer values)."""
+    nz = np.flatnonzero(w)
+    values = w.reshape(-1)[nz]
+    gaps, _ = gap_entries(nz, int(np.iinfo(np.uint8).max))
+    k = min(2**bits - (len(gaps) > len(nz)), len(np.unique(values)))
+    if k <= 0:
+        return w.copy()
+    centroids, codes = kmeans_1d(values, k)
+    q = centroids.astype(w.dtype)[codes]
+    q[q == 0] = np.sign(values[q == 0]) * np.finfo(w.dtype).smallest_subnormal  # a survivor stays a survivor
+    out = np.zeros_like(w).reshape(-1)
+    out[nz] = q
+    return out.reshape(w.shape)
+
+
+@register_pass("quantize")
+class QuantizeWeights(Pass):
+    """Round the named float weights' nonzero values to `bits` (16: fp16; n <= 8: a per-layer 2^n codebook).
+
+    Rules:
+      1. Zeros stay zero and nonzeros stay nonzero: the sparsity pattern is untouched.
+      2. Non-float weights are left alone. `state.notes` gets one line with the worst relative change.
+    """
+
+    def __init__(self, names: list[str], bits: int):
+        if bits not in BITS:
+            raise ValueError(f"--weight-bits {bits} is not one of {BITS}")
+        self.names, self.bits = names, bits
+        self.changes: dict[str, float] = {}  # weight -> max |change| / max |weight|
+
+    def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        tensors = constant_tensors(model)
+        for name in self.names:
+            w = numpy_helper.to_array(tensors[name])
+            if w.dtype.kind != "f" or not w.size:
+                continue
+            q = quantize_fp16(w, name) if self.bits == 16 else quantize_codebook(w, self.bits)
+            scale = float(np.abs(w).max()) or 1.0
+            self.changes[name] = float(np.abs(q.astype(np.float64) - w).max()) / scale
+            tensors[name].CopyFrom(numpy_helper.from_array(q, tensors[name].name))
+        if self.changes:
+            worst = max(self.changes, key=self.changes.get)
+            state.notes.append(f"--weight-bits {self.bits}: {len(self.changes)} weight(s) quantized "
+                               f"({'fp16' if self.bits == 16 else f'{2**self.bits}-value codebook per layer'}); "
+                               f"largest change {100 * self.changes[worst]:.2g}% of the layer's range ('{worst}').")
+        return PassResult(model=model, modified=bool(self.changes))
