@@ -2,8 +2,9 @@
 
 Encoding (numpy, packing.py) and the ONNX decoder (decoder.py) sit beside the decoder back to a dense weight that
 `modelio.load_model` uses (so `prune` and `inspect` read these files). Per weight, the candidates of
-packing.candidates are ranked by stored bytes and the smallest is kept only if its decoder plus data is smaller
-in the file than the dense tensor ("dense where nothing wins"). What was chosen is recorded in the model's
+packing.candidates are ranked by stored bytes; the smallest, with its decoder nodes, is compared in file bytes
+with the dense tensor ("dense where nothing wins") and with a COO Constant (which wins for tiny weights, where
+the decoder's ~350 bytes of nodes dominate), and the smallest of the three is written. What was chosen is recorded in the model's
 metadata (key METADATA, JSON: weight -> record, tensors, nodes), which the decoder reads back.
 
 Needs opset >= 11 and IR >= 4 (initializers that are not graph inputs); otherwise the weights stay dense and a
@@ -22,6 +23,7 @@ from onnx import numpy_helper
 from onnxprune.errors import ModelError
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.storage import StorageFormat, packing, register_format
+from onnxprune.passes.storage.coo import dense_to_sparse
 from onnxprune.passes.storage.decoder import MIN_OPSET, SHARED, DecoderBuilder, prefix, shared_tensors
 from onnxprune.passes.storage.graphs import default_opset, first_line, replace_initializers
 from onnxprune.passes.weights import constant_tensors
@@ -40,15 +42,22 @@ def _refusal(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def encode_weight(name: str, values: np.ndarray, dense_bytes: int, key: int) -> tuple[DecoderBuilder, packing.Encoding] | None:
-    """The smallest encoding's decoder for one weight, or None when the dense tensor is at least as small."""
+def encode_weight(name: str, values: np.ndarray, dense_bytes: int, key: int, shared: frozenset = frozenset()
+                  ) -> tuple[DecoderBuilder, packing.Encoding] | onnx.NodeProto | None:
+    """The smallest home for one weight: a compact decoder, a COO Constant (tiny weights, where the decoder's own
+    nodes cost more), or None when the dense tensor is at least as small. The decoder's cost counts its nodes, data,
+    metadata record and the shared constants not yet in the graph (`shared`: those that are)."""
     if values.dtype not in packing.FLOATS:
         return None
     enc = packing.candidates(values)[0]
     builder = DecoderBuilder(name, enc, key)
     builder.build()
     cost = sum(n.ByteSize() for n in builder.nodes) + sum(t.ByteSize() for t in builder.tensors)
-    return (builder, enc) if cost < dense_bytes else None
+    cost += sum(t.ByteSize() for t in shared_tensors(builder.shared - shared))
+    cost += len(json.dumps({name: {"key": key, **enc.record()}})) + 4
+    coo = onnx.helper.make_node("Constant", [], [name], sparse_value=dense_to_sparse(values, name))
+    best = min(cost, coo.ByteSize(), dense_bytes)
+    return None if best == dense_bytes else (builder, enc) if best == cost else coo
 
 
 def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
@@ -67,15 +76,19 @@ def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[
         if name in graph_inputs:
             continue
         key = next(keys)
-        built = encode_weight(name, numpy_helper.to_array(tensors[name]), tensors[name].ByteSize(), key)
+        have = frozenset(shared) | {t[len(SHARED):] for t in taken if t.startswith(SHARED)}
+        built = encode_weight(name, numpy_helper.to_array(tensors[name]), tensors[name].ByteSize(), key, have)
         if built is None:
+            continue
+        encoded.append(name)
+        if isinstance(built, onnx.NodeProto):
+            nodes.append(built)
             continue
         builder, enc = built
         nodes += builder.nodes
         data += builder.tensors
         shared |= builder.shared
         records[name] = {"key": key, **enc.record()}
-        encoded.append(name)
     if not encoded:
         return []
     kept_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in encoded)]
