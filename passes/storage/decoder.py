@@ -1,9 +1,9 @@
 """The compact format's ONNX decoder: standard ops (opset >= 11) that rebuild one dense weight from its arrays.
 
-    gaps  : Cast(int64) -> CumSum -> Reshape [-1, 1] ────────────────┐
-    mask  : unpack bits -> NonZero -> Transpose ──────────────────────┤ positions
-    values: Cast(float16 -> dtype) | Gather(centroids, codes) | as is ┤
+    gaps  : Cast(int64) -> CumSum -> Reshape [-1, 1] = positions
+    values: Cast(float16 -> dtype) | Gather(centroids, codes) | as stored
             ConstantOfShape([numel], 0) -> ScatterND(positions, values) -> Reshape(shape) -> the weight's name
+    mask  : unpack bits -> Where(bits, Gather(values, CumSum(bits) - 1), 0) -> Reshape(shape) -> the weight's name
     unpack bits: Cast(int32) -> Reshape [-1, 1] -> Div [128 … 1] -> Mod 2 -> Reshape [-1] -> Slice [0, total)
     n-bit codes: unpack -> Reshape [count, n] -> Cast(float) -> MatMul [2^(n-1) … 1] -> Cast(int64)
 
@@ -18,13 +18,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.passes.storage.packing import Encoding
+from onnxprune.passes.storage.packing import GAP_TYPES, Encoding
 
-MIN_OPSET = 11  # CumSum, ScatterND (11); Mod (10); Slice with inputs (10); NonZero, ConstantOfShape (9)
+MIN_OPSET = 11  # CumSum, ScatterND (11); Mod (10); Slice with inputs (10); Where, ConstantOfShape (9)
 SHARED = "onnxprune__compact__"
 _SHARED = {
     "pow8": np.array([128, 64, 32, 16, 8, 4, 2, 1], np.int32),
     "two": np.array(2, np.int32),
+    "one": np.array(1, np.int32),
     "col": np.array([-1, 1], np.int64),
     "flat": np.array([-1], np.int64),
     "zero": np.array([0], np.int64),
@@ -69,10 +70,6 @@ class DecoderBuilder:
         return self.op("Slice", [x, self.common("zero"), self.data(f"{tag}len", np.array([total], np.int64))])
 
     def positions(self) -> str:
-        if self.enc.index == "bitmask":
-            numel = int(np.prod(self.enc.shape, dtype=np.int64))
-            bits = self.unpack(self.data("mask", self.enc.arrays["mask"]), numel, "mask")
-            return self.op("Transpose", [self.op("NonZero", [bits])])
         gaps = self.op("Cast", [self.data("gaps", self.enc.arrays["gaps"])], to=TensorProto.INT64)
         return self.op("Reshape", [self.op("CumSum", [gaps, self.common("axis0")]), self.common("col")])
 
@@ -95,8 +92,15 @@ class DecoderBuilder:
         enc = self.enc
         numel = int(np.prod(enc.shape, dtype=np.int64))
         zero = numpy_helper.from_array(np.zeros(1, np.dtype(enc.dtype)))
-        dense = self.op("ConstantOfShape", [self.data("numel", np.array([numel], np.int64))], value=zero)
-        if enc.index != "zeros":
+        if enc.index == "bitmask":  # no NonZero: onnxruntime does not fold it
+            bits = self.unpack(self.data("mask", enc.arrays["mask"]), numel, "mask")
+            slot = self.op("Sub", [self.op("CumSum", [bits, self.common("axis0")]), self.common("one")])
+            gathered = self.op("Gather", [self.values(), slot])
+            zero = self.data("zero", np.zeros((), np.dtype(enc.dtype)))
+            dense = self.op("Where", [self.op("Cast", [bits], to=TensorProto.BOOL), gathered, zero])
+        else:
+            dense = self.op("ConstantOfShape", [self.data("numel", np.array([numel], np.int64))], value=zero)
+        if enc.index in GAP_TYPES:
             dense = self.op("ScatterND", [dense, self.positions(), self.values()])
         self.op("Reshape", [dense, self.data("shape", np.array(enc.shape, np.int64))])
         self.nodes[-1].output[0] = self.weight

@@ -21,7 +21,7 @@ from onnxprune.passes.weights import constant_tensors
 from tests.oracle import assert_same_outputs, check_full
 from tests.passes.test_sparse_encode import _copy, _pruned
 
-DECODER_OPS = {"CumSum", "ScatterND", "NonZero", "ConstantOfShape", "Mod", "Div", "Gather"}
+DECODER_OPS = {"CumSum", "ScatterND", "NonZero", "ConstantOfShape", "Mod", "Div", "Gather", "Where"}
 
 
 def _weight_model(enc: packing.Encoding, opset: int = 17) -> onnx.ModelProto:
@@ -64,6 +64,15 @@ def test_every_candidate_decodes_bit_exactly_in_onnxruntime(shape, density, seed
         got = make_session(model, optimize=False).run(None, {})[0]
         assert got.dtype == w.dtype and got.shape == w.shape, enc.name
         assert got.tobytes() == (w + 0).tobytes(), f"{enc.name}: decoded weight differs"  # +0: -0.0 -> 0.0
+
+
+@pytest.mark.parametrize("bits", [None, 16, 8, 3])
+def test_every_candidate_is_folded_by_onnxruntime_at_session_creation(bits):
+    w = _sparse(np.random.default_rng(0), (40, 60), 0.2, np.float32)
+    w = quantize_fp16(w, "w") if bits == 16 else quantize_codebook(w, bits) if bits else w
+    for enc in packing.candidates(w):
+        left = set(_optimized_ops(_weight_model(enc))) - {"Identity"}
+        assert not left, f"{enc.name}: {sorted(left)} left after optimisation"
 
 
 def test_long_gaps_are_padded_with_zero_fillers():
