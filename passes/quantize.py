@@ -30,19 +30,35 @@ BITS = (16, 8, 7, 6, 5, 4, 3, 2, 1)
 FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
 
 
-def kmeans_1d(values: np.ndarray, k: int, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids sorted ascending, code of each value): Lloyd's algorithm in 1-D, linear initialisation."""
-    x = values.astype(np.float64)
-    centroids = np.linspace(x.min(), x.max(), k)
-    codes = None
+def kmeans_1d(values: np.ndarray, k: int, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids sorted ascending, code of each value): Lloyd's algorithm in 1-D, linear initialisation.
+
+    In 1-D the clusters are runs of the sorted values split at the midpoints between centroids, so one iteration
+    is a binary search per boundary and prefix-sum differences: O(k log n), whatever the layer's size.
+    """
+    xs = np.sort(values.astype(np.float64))
+    prefix = np.concatenate([[0.0], np.cumsum(xs)])
+    centroids = np.linspace(xs[0], xs[-1], k)
+    edges = None
     for _ in range(max_iter):
-        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, x)  # nearest centroid (they stay sorted)
-        if codes is not None and np.array_equal(new, codes):
+        new = np.concatenate([[0], np.searchsorted(xs, (centroids[1:] + centroids[:-1]) / 2, side="right"), [len(xs)]])
+        if edges is not None and np.array_equal(new, edges):
             break
-        codes = new
-        sums, counts = np.bincount(codes, x, k), np.bincount(codes, minlength=k)
+        edges = new
+        counts = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
         centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+    codes = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values.astype(np.float64))
     return centroids, codes
+
+
+def shared_codes(w: np.ndarray) -> np.ndarray:
+    """The index of each weight's value among the layer's distinct nonzero values; -1 where the weight is 0 (what
+    MaskedTrainer.set_codebooks takes to fine-tune the shared values)."""
+    codes = np.full(w.shape, -1, dtype=np.int64)
+    nz = w != 0
+    codes[nz] = np.unique(w[nz], return_inverse=True)[1].reshape(-1)
+    return codes
 
 
 def quantize_fp16(w: np.ndarray, name: str) -> np.ndarray:
