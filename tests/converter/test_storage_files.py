@@ -105,3 +105,25 @@ def test_weight_bits_out_of_range_is_a_usage_error(tmp_path):
     onnx.save(builders.lenet300_like(hidden=(64, 32)), path)
     res = invoke("prune", path, "-o", tmp_path / "o.onnx", "--sparsity", "0.9", "--weight-bits", "12")
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_corrupted_compact_metadata_or_data_is_one_clear_model_error(tmp_path):
+    import pytest
+
+    from onnxprune.errors import ModelError
+
+    _, _, path = _compact_file(tmp_path)
+    model = onnx.load(path)
+    bad_json = _copy(model)
+    compact.write_records(bad_json, {})
+    onnx.helper.set_model_props(bad_json, {compact.METADATA: "{not json"})
+    onnx.save(bad_json, tmp_path / "bad_json.onnx")
+    with pytest.raises(ModelError, match="not the JSON onnxprune writes"):
+        modelio.load_model(tmp_path / "bad_json.onnx")
+    records = compact.read_records(model)
+    name = next(iter(records))
+    records[name]["nonzeros"], records[name]["shape"] = 1, [2, 2]  # a record that no longer fits its data
+    compact.write_records(model, records)
+    onnx.save(model, tmp_path / "bad_data.onnx")
+    with pytest.raises(ModelError, match=f"compact weight '{name}' cannot be decoded"):
+        modelio.load_model(tmp_path / "bad_data.onnx", check=False)
