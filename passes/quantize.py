@@ -89,16 +89,19 @@ def quantize_codebook(w: np.ndarray, bits: int) -> np.ndarray:
 
 @register_pass("quantize")
 class QuantizeWeights(Pass):
-    """Round the named float weights' nonzero values to `bits` (16: fp16; n <= 8: a per-layer 2^n codebook).
+    """Round the named float weights' nonzero values to `bits` (16: fp16; n <= 8: a per-layer 2^n codebook; a dict
+    gives each weight its own width).
 
     Rules:
       1. Zeros stay zero and nonzeros stay nonzero: the sparsity pattern is untouched.
       2. Non-float weights are left alone. `state.notes` gets one line with the worst relative change.
     """
 
-    def __init__(self, names: list[str], bits: int):
-        if bits not in BITS:
-            raise ValueError(f"--weight-bits {bits} is not one of {BITS}")
+    def __init__(self, names: list[str], bits: int | dict[str, int]):
+        self.widths = bits if isinstance(bits, dict) else {n: bits for n in names}
+        bad = sorted({b for b in self.widths.values() if b not in BITS})
+        if bad:
+            raise ValueError(f"--weight-bits {bad[0]} is not one of {BITS}")
         self.names, self.bits = names, bits
         self.changes: dict[str, float] = {}  # weight -> max |change| / max |weight|
 
@@ -108,13 +111,17 @@ class QuantizeWeights(Pass):
             w = numpy_helper.to_array(tensors[name])
             if w.dtype.kind != "f" or not w.size:
                 continue
-            q = quantize_fp16(w, name) if self.bits == 16 else quantize_codebook(w, self.bits)
+            bits = self.widths.get(name)
+            if bits is None:
+                continue
+            q = quantize_fp16(w, name) if bits == 16 else quantize_codebook(w, bits)
             scale = float(np.abs(w).max()) or 1.0
             self.changes[name] = float(np.abs(q.astype(np.float64) - w).max()) / scale
             tensors[name].CopyFrom(numpy_helper.from_array(q, tensors[name].name))
         if self.changes:
             worst = max(self.changes, key=self.changes.get)
-            state.notes.append(f"--weight-bits {self.bits}: {len(self.changes)} weight(s) quantized "
-                               f"({'fp16' if self.bits == 16 else f'{2**self.bits}-value codebook per layer'}); "
+            kind = ("fp16" if self.bits == 16 else f"{2**self.bits}-value codebook per layer"
+                    if isinstance(self.bits, int) else "bits per layer")
+            state.notes.append(f"--weight-bits {self.bits}: {len(self.changes)} weight(s) quantized ({kind}); "
                                f"largest change {100 * self.changes[worst]:.2g}% of the layer's range ('{worst}').")
         return PassResult(model=model, modified=bool(self.changes))

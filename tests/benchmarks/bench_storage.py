@@ -86,6 +86,32 @@ def encoded(pruned: onnx.ModelProto, names: list[str], fmt: str, bits: int | Non
     return out
 
 
+def choose_bits(pruned, names, val, coo_val) -> tuple[dict[str, int] | None, list]:
+    """Code widths per weight, on validation only: the smallest uniform width not worse than COO, then, largest
+    layer first, each layer lowered further while the whole model stays not worse than COO (one-shot k-means)."""
+    tried = []
+
+    def ok(bits: dict[str, int]) -> bool:
+        err = error_pct(encoded(pruned, names, "compact", bits), *val)
+        tried.append((dict(bits), err))
+        return err <= coo_val
+
+    uniform = None
+    for b in range(8, 0, -1):
+        if not ok({n: b for n in names}):
+            break
+        uniform = b
+    if uniform is None:
+        return None, tried
+    bits = {n: uniform for n in names}
+    sizes = {t.name: int(np.count_nonzero(numpy_helper.to_array(t))) for t in pruned.graph.initializer
+             if t.name in names}
+    for n in sorted(names, key=sizes.get, reverse=True):
+        while bits[n] > 1 and ok({**bits, n: bits[n] - 1}):
+            bits[n] -= 1
+    return bits, tried
+
+
 def trained_quantization(name: str, pruned: onnx.ModelProto, names: list[str], bits: int, train,
                          teacher: onnx.ModelProto) -> onnx.ModelProto:
     """k-means codebook, then one epoch of fine-tuning the shared values (the recipe's loss and final lr)."""
@@ -156,19 +182,15 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path) -> dict:
     variants = {"dense (shipped)": shipped, "dense (pruned)": pruned, "COO": encoded(pruned, names, "constant"),
                 "compact": encoded(pruned, names, "compact"), "compact+fp16": encoded(pruned, names, "compact", 16)}
     coo_val = error_pct(variants["COO"], *val)
-    chosen, tried = None, {}
-    for bits in range(8, 0, -1):  # the smallest width not worse than COO on validation (test set not looked at)
-        model = encoded(pruned, names, "compact", bits)
-        tried[bits] = {"one-shot": error_pct(model, *val)}
-        if tried[bits]["one-shot"] > coo_val:  # Deep Compression's trained quantization: fine-tune the centroids
-            model = encoded(trained_quantization(name, pruned, names, bits, train, shipped), names, "compact")
-            tried[bits]["trained"] = error_pct(model, *val)
-        best = min(tried[bits], key=tried[bits].get)
-        if tried[bits][best] > coo_val:
-            break
-        chosen = (bits, model, best)
-    if chosen:
-        variants[f"compact+{chosen[0]}bit {chosen[2]}"] = chosen[1]
+    bits, tried = choose_bits(pruned, names, val, coo_val)
+    if bits:
+        uniform = len(set(bits.values())) == 1
+        label = f"compact+{next(iter(bits.values()))}bit" if uniform else "compact+bits/layer"
+        variants[label] = encoded(pruned, names, "compact", bits)
+    lowest = min(bits.values()) if bits else 9
+    if lowest > 1:  # one width below: does trained quantization (one epoch) recover what the codebook lost?
+        trained = trained_quantization(name, pruned, names, lowest - 1, train, shipped)
+        variants[f"compact+{lowest - 1}bit trained"] = encoded(trained, names, "compact")
     rows = {}
     for label, model in variants.items():
         path = cache / f"{name}_{label.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
@@ -186,7 +208,7 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path) -> dict:
         r["bytes_per_nonzero"] = r["bytes"] / nonzeros
         r["path"] = str(r["path"])
     return {"model": name, "nonzeros": nonzeros, "rows": rows, "coo_val_error": coo_val, "bits_val_error": tried,
-            "chosen_bits": chosen[0] if chosen else None, "storage": describe_model(variants["compact"])}
+            "chosen_bits": bits, "storage": {k: describe_model(variants[k]) for k in variants if "compact" in k}}
 
 
 def large_rows(cache: Path, width: float) -> dict:
@@ -229,17 +251,17 @@ def large_rows(cache: Path, width: float) -> dict:
 
 def print_lenet(r: dict) -> None:
     print(f"\n{r['model']}: {r['nonzeros']:,} nonzero weights; Deep Compression: {DEEP_COMPRESSION[r['model']]}")
-    tried = "; ".join(f"{b} bits " + ", ".join(f"{k} {v:.2f}%" for k, v in t.items())
-                      for b, t in r["bits_val_error"].items())
-    print(f"  bit width chosen on validation (COO {r['coo_val_error']:.2f}%): {r['chosen_bits']}  ({tried})")
+    print(f"  bits chosen on validation (COO {r['coo_val_error']:.2f}%): {r['chosen_bits']}; tried: "
+          + "; ".join(f"{'/'.join(map(str, b.values()))} {e:.2f}%" for b, e in r["bits_val_error"]))
     print(f"  {'file':22} {'bytes':>9} {'x dense':>8} {'B/nz':>6} {'val err':>8} {'test err':>9} {'session':>9} "
           f"{'RSS':>8} {'peak':>8} {'b1 us':>7} {'b64 us':>8}")
     for label, x in r["rows"].items():
         print(f"  {label:22} {x['bytes']:9,} {x['ratio']:7.1f}x {x['bytes_per_nonzero']:6.2f} {x['val_error']:7.2f}% "
               f"{x['test_error']:8.2f}% {1e3 * x['session_s']:7.1f}ms {x['rss_mb']:6.1f}MB {x['peak_mb']:6.1f}MB "
               f"{x['latency_b1_us']:7.1f} {x['latency_b64_us']:8.1f}")
-    print("  per weight (compact): " + ", ".join(f"{w} {v['encoding']} {v['bytes'] / v['nonzeros']:.2f} B/nz"
-                                                 for w, v in r["storage"].items()))
+    for label, storage in r["storage"].items():
+        print(f"  {label}: " + ", ".join(f"{w} {v['encoding']} {v['bytes'] / v['nonzeros']:.2f} B/nz"
+                                         for w, v in storage.items()))
 
 
 def print_large(r: dict) -> None:

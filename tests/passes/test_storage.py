@@ -217,3 +217,14 @@ def test_fp16_overflow_is_refused():
 
     with pytest.raises(PassError, match="fp16 range"):
         quantize_fp16(np.array([1e6, 0], np.float32), "big")
+
+
+def test_quantize_takes_a_width_per_weight():
+    dense, names = _pruned("lenet300_like", 0.9)
+    q = _copy(dense)
+    QuantizeWeights(names, {names[0]: 3, names[1]: 16})(q, PruneState())
+    arrays = {n: numpy_helper.to_array(t) for n, t in constant_tensors(q).items()}
+    before = {n: numpy_helper.to_array(t) for n, t in constant_tensors(dense).items()}
+    assert len(np.unique(arrays[names[0]][arrays[names[0]] != 0])) <= 8
+    assert np.array_equal(arrays[names[1]].astype(np.float16).astype(np.float32), arrays[names[1]])
+    assert np.array_equal(arrays[names[2]], before[names[2]])
