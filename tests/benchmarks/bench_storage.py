@@ -87,8 +87,9 @@ def encoded(pruned: onnx.ModelProto, names: list[str], fmt: str, bits: int | Non
 
 
 def choose_bits(pruned, names, val, coo_val) -> tuple[dict[str, int] | None, list]:
-    """Code widths per weight, on validation only: the smallest uniform width not worse than COO, then, largest
-    layer first, each layer lowered further while the whole model stays not worse than COO (one-shot k-means)."""
+    """Code widths per weight, on validation only: from fp16 everywhere (when that is not worse than COO), each
+    layer, largest first, is lowered to 8, 7, … bits while the whole model stays not worse than COO (one-shot
+    k-means codebooks; the first width that fails ends that layer)."""
     tried = []
 
     def ok(bits: dict[str, int]) -> bool:
@@ -96,23 +97,20 @@ def choose_bits(pruned, names, val, coo_val) -> tuple[dict[str, int] | None, lis
         tried.append((dict(bits), err))
         return err <= coo_val
 
-    uniform = None
-    for b in range(8, 0, -1):
-        if not ok({n: b for n in names}):
-            break
-        uniform = b
-    if uniform is None:
+    bits = {n: 16 for n in names}
+    if not ok(bits):
         return None, tried
-    bits = {n: uniform for n in names}
     sizes = {t.name: int(np.count_nonzero(numpy_helper.to_array(t))) for t in pruned.graph.initializer
              if t.name in names}
     for n in sorted(names, key=sizes.get, reverse=True):
-        while bits[n] > 1 and ok({**bits, n: bits[n] - 1}):
-            bits[n] -= 1
+        for b in range(8, 0, -1):
+            if not ok({**bits, n: b}):
+                break
+            bits[n] = b
     return bits, tried
 
 
-def trained_quantization(name: str, pruned: onnx.ModelProto, names: list[str], bits: int, train,
+def trained_quantization(name: str, pruned: onnx.ModelProto, names: list[str], bits, train,
                          teacher: onnx.ModelProto) -> onnx.ModelProto:
     """k-means codebook, then one epoch of fine-tuning the shared values (the recipe's loss and final lr)."""
     from onnxprune.converter.finetune import MaskedTrainer
@@ -184,13 +182,11 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path) -> dict:
     coo_val = error_pct(variants["COO"], *val)
     bits, tried = choose_bits(pruned, names, val, coo_val)
     if bits:
-        uniform = len(set(bits.values())) == 1
-        label = f"compact+{next(iter(bits.values()))}bit" if uniform else "compact+bits/layer"
-        variants[label] = encoded(pruned, names, "compact", bits)
-    lowest = min(bits.values()) if bits else 9
-    if lowest > 1:  # one width below: does trained quantization (one epoch) recover what the codebook lost?
-        trained = trained_quantization(name, pruned, names, lowest - 1, train, shipped)
-        variants[f"compact+{lowest - 1}bit trained"] = encoded(trained, names, "compact")
+        variants["compact+bits/layer"] = encoded(pruned, names, "compact", bits)
+        lower = {n: 8 if b == 16 else max(1, b - 1) for n, b in bits.items()}
+        # one width below the choice: does trained quantization (one epoch) recover what the codebook lost?
+        trained = trained_quantization(name, pruned, names, lower, train, shipped)
+        variants["compact+bits/layer-1 trained"] = encoded(trained, names, "compact")
     rows = {}
     for label, model in variants.items():
         path = cache / f"{name}_{label.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
@@ -251,7 +247,7 @@ def large_rows(cache: Path, width: float) -> dict:
 
 def print_lenet(r: dict) -> None:
     print(f"\n{r['model']}: {r['nonzeros']:,} nonzero weights; Deep Compression: {DEEP_COMPRESSION[r['model']]}")
-    print(f"  bits chosen on validation (COO {r['coo_val_error']:.2f}%): {r['chosen_bits']}; tried: "
+    print(f"  bits per layer chosen on validation (COO {r['coo_val_error']:.2f}%): {r['chosen_bits']}; tried: "
           + "; ".join(f"{'/'.join(map(str, b.values()))} {e:.2f}%" for b, e in r["bits_val_error"]))
     print(f"  {'file':22} {'bytes':>9} {'x dense':>8} {'B/nz':>6} {'val err':>8} {'test err':>9} {'session':>9} "
           f"{'RSS':>8} {'peak':>8} {'b1 us':>7} {'b64 us':>8}")

@@ -127,3 +127,10 @@ def test_corrupted_compact_metadata_or_data_is_one_clear_model_error(tmp_path):
     onnx.save(model, tmp_path / "bad_data.onnx")
     with pytest.raises(ModelError, match=f"compact weight '{name}' cannot be decoded"):
         modelio.load_model(tmp_path / "bad_data.onnx", check=False)
+
+
+def test_cli_offers_every_registered_storage_format():
+    from onnxprune.passes.storage import FORMATS
+
+    option = next(p for p in cli.commands["prune"].params if p.name == "sparse_format")
+    assert set(option.type.choices) == set(FORMATS)  # the CLI keeps its imports light: a literal list, checked here
