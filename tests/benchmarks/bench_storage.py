@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -183,13 +184,14 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path) -> dict:
     bits, tried = choose_bits(pruned, names, val, coo_val)
     if bits:
         variants["compact+bits/layer"] = encoded(pruned, names, "compact", bits)
-        lower = {n: 8 if b == 16 else max(1, b - 1) for n, b in bits.items()}
-        # one width below the choice: does trained quantization (one epoch) recover what the codebook lost?
-        trained = trained_quantization(name, pruned, names, lower, train, shipped)
-        variants["compact+bits/layer-1 trained"] = encoded(trained, names, "compact")
+    # For reference, whether chosen or not: Deep Compression's 5 bits (its fc layers), one-shot and after one epoch
+    # of trained quantization.
+    variants["compact+5bit one-shot"] = encoded(pruned, names, "compact", 5)
+    variants["compact+5bit trained"] = encoded(trained_quantization(name, pruned, names, 5, train, shipped), names,
+                                               "compact")
     rows = {}
     for label, model in variants.items():
-        path = cache / f"{name}_{label.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
+        path = cache / f"{name}_{re.sub(r'[^A-Za-z0-9+-]+', '_', label)}.onnx"
         onnx.save(model, path)
         rows[label] = {"bytes": path.stat().st_size, "val_error": error_pct(model, *val),
                        "test_error": error_pct(model, *test), "path": path}
@@ -281,6 +283,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     train, test = load_split(args.mnist, "train"), load_split(args.mnist, "test")
+    args.cache.mkdir(parents=True, exist_ok=True)
     chosen = {"both": list(MODELS), "none": []}.get(args.model, [args.model])
     pruned = {name: pruned_model(name, train, args.cache) for name in chosen}
     if args.prune_only:
