@@ -4,8 +4,8 @@
     values: Cast(float16 -> dtype) | Gather(centroids, codes) | as stored
             ConstantOfShape([numel], 0) -> ScatterND(positions, values) -> Reshape(shape) -> the weight's name
     mask  : unpack bits -> Where(bits, Gather(values, CumSum(bits) - 1), 0) -> Reshape(shape) -> the weight's name
-    unpack bits: Cast(int32) -> Reshape [-1, 1] -> Div [128 … 1] -> Mod 2 -> Reshape [-1] -> Slice [0, total)
-    n-bit codes: unpack -> Reshape [count, n] -> Cast(float) -> MatMul [2^(n-1) … 1] -> Cast(int64)
+    unpack bits: Reshape [-1, 1] -> BitShift right [7 … 0] -> Mod 2 -> Reshape [-1] -> Slice [0, total)  (uint8)
+    n-bit codes: unpack -> Reshape [count, n] -> MatMulInteger [2^(n-1) … 1] -> Reshape [-1] (int32)
 
 Every input is a constant, so onnxruntime's constant folding turns the whole decoder into one initializer at
 session creation; inference never runs it. The few constants every decoder needs (bit weights, the shape
@@ -20,17 +20,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.passes.storage.packing import GAP_TYPES, Encoding
 
-MIN_OPSET = 11  # CumSum, ScatterND (11); Mod (10); Slice with inputs (10); Where, ConstantOfShape (9)
+MIN_OPSET = 11  # CumSum, ScatterND, BitShift (11); Mod, MatMulInteger, Slice with inputs (10); Where (9)
 SHARED = "onnxprune__compact__"
 _SHARED = {
-    "pow8": np.array([128, 64, 32, 16, 8, 4, 2, 1], np.int32),
-    "two": np.array(2, np.int32),
+    "shifts8": np.arange(7, -1, -1, dtype=np.uint8),
+    "two": np.array(2, np.uint8),
     "one": np.array(1, np.int32),
     "col": np.array([-1, 1], np.int64),
     "flat": np.array([-1], np.int64),
     "zero": np.array([0], np.int64),
     "axis0": np.array(0, np.int64),
-    **{f"pow{n}": (2.0 ** np.arange(n - 1, -1, -1)).astype(np.float32) for n in range(1, 8)},
+    **{f"pow{n}": (2 ** np.arange(n - 1, -1, -1)).astype(np.uint8).reshape(n, 1) for n in range(1, 8)},
 }
 
 
@@ -63,9 +63,10 @@ class DecoderBuilder:
         return out
 
     def unpack(self, packed: str, total: int, tag: str) -> str:
-        x = self.op("Cast", [packed], to=TensorProto.INT32)
-        x = self.op("Reshape", [x, self.common("col")])
-        x = self.op("Mod", [self.op("Div", [x, self.common("pow8")]), self.common("two")])
+        """uint8 bits (one byte each: the temporaries of a big weight stay a quarter of int32's)."""
+        x = self.op("Reshape", [packed, self.common("col")])
+        x = self.op("BitShift", [x, self.common("shifts8")], direction="RIGHT")
+        x = self.op("Mod", [x, self.common("two")])
         x = self.op("Reshape", [x, self.common("flat")])
         return self.op("Slice", [x, self.common("zero"), self.data(f"{tag}len", np.array([total], np.int64))])
 
@@ -83,8 +84,10 @@ class DecoderBuilder:
         if enc.bits < 8:
             bits = self.unpack(codes, enc.count * enc.bits, "codes")
             bits = self.op("Reshape", [bits, self.data("codeshape", np.array([enc.count, enc.bits], np.int64))])
-            codes = self.op("MatMul", [self.op("Cast", [bits], to=TensorProto.FLOAT), self.common(f"pow{enc.bits}")])
-        codes = self.op("Cast", [codes], to=TensorProto.INT64)
+            codes = self.op("MatMulInteger", [bits, self.common(f"pow{enc.bits}")])  # [count, 1] int32
+            codes = self.op("Reshape", [codes, self.common("flat")])
+        else:
+            codes = self.op("Cast", [codes], to=TensorProto.INT32)
         return self.op("Gather", [self.data("centroids", enc.arrays["centroids"]), codes])
 
     def build(self) -> None:
@@ -93,7 +96,8 @@ class DecoderBuilder:
         numel = int(np.prod(enc.shape, dtype=np.int64))
         zero = numpy_helper.from_array(np.zeros(1, np.dtype(enc.dtype)))
         if enc.index == "bitmask":  # no NonZero: onnxruntime does not fold it
-            bits = self.unpack(self.data("mask", enc.arrays["mask"]), numel, "mask")
+            bits = self.op("Cast", [self.unpack(self.data("mask", enc.arrays["mask"]), numel, "mask")],
+                           to=TensorProto.INT32)
             slot = self.op("Sub", [self.op("CumSum", [bits, self.common("axis0")]), self.common("one")])
             gathered = self.op("Gather", [self.values(), slot])
             zero = self.data("zero", np.zeros((), np.dtype(enc.dtype)))

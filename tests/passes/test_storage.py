@@ -21,7 +21,7 @@ from onnxprune.passes.weights import constant_tensors
 from tests.oracle import assert_same_outputs, check_full
 from tests.passes.test_sparse_encode import _copy, _pruned
 
-DECODER_OPS = {"CumSum", "ScatterND", "NonZero", "ConstantOfShape", "Mod", "Div", "Gather", "Where"}
+DECODER_OPS = {"CumSum", "ScatterND", "NonZero", "ConstantOfShape", "Mod", "BitShift", "MatMulInteger", "Gather", "Where"}
 
 
 def _weight_model(enc: packing.Encoding, opset: int = 17) -> onnx.ModelProto:
