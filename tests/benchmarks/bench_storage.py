@@ -172,7 +172,7 @@ def latencies(paths: dict[str, Path], feed_shape, batch: int, rounds: int) -> di
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path) -> dict:
+def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path, trained: bool = True) -> dict:
     pruned = onnx.load(pruned_path)
     names = [w.name for w in find_prunable(pruned).prunable]
     nonzeros = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in pruned.graph.initializer if t.name in names)
@@ -187,8 +187,9 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path) -> dict:
     # For reference, whether chosen or not: Deep Compression's 5 bits (its fc layers), one-shot and after one epoch
     # of trained quantization.
     variants["compact+5bit one-shot"] = encoded(pruned, names, "compact", 5)
-    variants["compact+5bit trained"] = encoded(trained_quantization(name, pruned, names, 5, train, shipped), names,
-                                               "compact")
+    if trained:
+        variants["compact+5bit trained"] = encoded(trained_quantization(name, pruned, names, 5, train, shipped),
+                                                   names, "compact")
     rows = {}
     for label, model in variants.items():
         path = cache / f"{name}_{re.sub(r'[^A-Za-z0-9+-]+', '_', label)}.onnx"
@@ -279,6 +280,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["lenet300", "lenet5", "both", "none"], default="both")
     ap.add_argument("--prune-only", action="store_true")
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--skip-trained", action="store_true", help="no trained-quantization row (one epoch each)")
     ap.add_argument("--large-width", type=float, default=0.5)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -291,7 +293,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (shared machine: timings move with it)")
     results = {"lenets": [], "large": None}
     for name, path in pruned.items():
-        results["lenets"].append(lenet_rows(name, path, train, test, args.cache))
+        results["lenets"].append(lenet_rows(name, path, train, test, args.cache, trained=not args.skip_trained))
         print_lenet(results["lenets"][-1])
     if not args.skip_large:
         results["large"] = large_rows(args.cache, args.large_width)
