@@ -4,8 +4,9 @@ Encoding (numpy, packing.py) and the ONNX decoder (decoder.py) sit beside the de
 `modelio.load_model` uses (so `prune` and `inspect` read these files). Per weight, the candidates of
 packing.candidates are ranked by stored bytes; the smallest, with its decoder nodes, is compared in file bytes
 with the dense tensor ("dense where nothing wins") and with a COO Constant (which wins for tiny weights, where
-the decoder's ~350 bytes of nodes dominate), and the smallest of the three is written. What was chosen is recorded in the model's
-metadata (key METADATA, JSON: weight -> record, tensors, nodes), which the decoder reads back.
+the decoder's ~350 bytes of nodes dominate), and the smallest of the three is written. What was chosen is recorded
+in the model's metadata (key METADATA, JSON: weight -> key and record; the decoder's tensors and intermediates are
+named `_c<key>.…`), which the decoder reads back.
 
 Needs opset >= 11 and IR >= 4 (initializers that are not graph inputs); otherwise the weights stay dense and a
 note says why. Weights that are graph inputs stay dense.
