@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from onnxprune.errors import ConfigError, ConverterError
-from onnxprune.passes.sparse_encode import FORMATS as SPARSE_FORMATS
+
+SPARSE_FORMATS = ("constant", "initializer", "dense", "compact")  # passes.storage.FORMATS; literal: a light import
 
 log = logging.getLogger("onnxprune")
 
@@ -258,8 +259,13 @@ def _parse_levels(text: str | None):
     type=click.Choice(list(SPARSE_FORMATS)),
     default="constant",
     show_default=True,
-    help="How pruned weights are stored (see README).",
+    help="How pruned weights are stored (see README); compact: smallest exact encoding per weight, decoded by "
+         "standard ops onnxruntime folds at load.",
 )
+@click.option("--weight-bits", type=click.Choice(["16", "8", "7", "6", "5", "4", "3", "2", "1"]), default=None,
+              callback=lambda c, p, v: None if v is None else int(v),
+              help="Surviving weights as fp16 (16) or an n-bit k-means codebook per layer; changes outputs, measured "
+                   "on the final file. Smallest files with --sparse-format compact.")
 @click.option("--validation", type=float, default=0.1, show_default=True,
               help="With --max-loss and --iterations: share of --data held out from retraining, to measure the "
                    "budget on (0: measure on the training data).")

@@ -491,6 +491,40 @@ class MaskedTrainer:
         if ratios and hasattr(self.module, "dropout_ratios"):
             self.module.dropout_ratios.update(ratios)
 
+    def set_codebooks(self, codes: dict[str, np.ndarray]) -> None:
+        """Trained quantization (Deep Compression, Han et al. 2016 §3.3): the weights that share a code stay equal.
+
+        `codes`: weight -> integer array of its shape, the index of its shared value, -1 where pruned. Every step
+        then gives each group the mean of its members' gradients (the paper sums them; the mean keeps one learning
+        rate right for groups of any size), so the shared values are what trains, and after the step the group is
+        set to one value again (exactly equal, whatever the optimizer's rounding). Weights not listed train freely.
+        """
+        self._codes = {}
+        for name, c in codes.items():
+            if name not in self.params:
+                continue
+            flat = torch.from_numpy(np.asarray(c, dtype=np.int64).reshape(-1))
+            nz = torch.nonzero(flat >= 0).squeeze(1)
+            k = flat[nz]
+            n = int(k.max()) + 1 if k.numel() else 0
+            counts = torch.bincount(k, minlength=n).clamp(min=1).to(torch.float32)
+            first = torch.full((n,), len(k), dtype=torch.long).scatter_reduce(0, k, torch.arange(len(k)), "amin")
+            dev = self.params[name].device
+            self._codes[name] = tuple(t.to(dev) for t in (nz, k, counts, first.clamp(max=max(len(k) - 1, 0))))
+
+    def _share_gradients(self) -> None:
+        for name, (nz, k, counts, _) in getattr(self, "_codes", {}).items():
+            g = self.params[name].grad
+            if g is not None:
+                flat = g.view(-1)
+                sums = torch.zeros(len(counts), dtype=flat.dtype, device=flat.device).index_add_(0, k, flat[nz])
+                flat[nz] = (sums / counts.to(flat.dtype))[k]
+
+    def _share_values(self) -> None:
+        for name, (nz, k, _, first) in getattr(self, "_codes", {}).items():
+            w = self.params[name].view(-1)
+            w[nz] = w[nz][first][k]
+
     def weights(self) -> dict[str, np.ndarray]:
         """The current values of the masked weights (pruned entries are 0.0)."""
         return {n: self.params[n].detach().cpu().numpy().copy() for n in self.masks if n in self.params}
@@ -587,9 +621,11 @@ class MaskedTrainer:
                 g = self.params[name].grad
                 if g is not None:
                     g.masked_fill_(~keep, 0.0)
+            self._share_gradients()
             opt.step()
             for name, keep in self._mask_tensors.items():
                 self.params[name].masked_fill_(~keep, 0.0)
+            self._share_values()
         return float(loss.detach())
 
     def _make_objective(self, temperature, label_smoothing, distill_weight) -> Objective:

@@ -21,6 +21,11 @@ def inspect_model(path: Path) -> dict:
     name_nodes(loaded.model)
     inventory = find_prunable(loaded.model)
     rows = layer_rows(loaded.model, inventory)
+    for r in rows:  # how the file stores each weight: the encoding and its bytes per nonzero
+        stored = loaded.storage.get(r["weight"])
+        r["encoding"] = stored["encoding"] if stored else "dense"
+        r["stored_bytes"] = stored["bytes"] if stored else r["params"] * _itemsize(loaded.model, r["weight"])
+        r["bytes_per_nonzero"] = r["stored_bytes"] / r["nonzeros"] if r["nonzeros"] else None
     opsets = {o.domain or "ai.onnx": o.version for o in loaded.model.opset_import}
     return {
         "model": str(path),
@@ -99,6 +104,15 @@ _NUMPY_NAMES = {"float32", "float64", "float16", "int64", "int32", "int16", "int
                 "uint64", "bool"}
 
 
+def _itemsize(model, name: str) -> int:
+    from onnx import helper
+
+    from onnxprune.passes.weights import constant_tensors
+
+    tensor = constant_tensors(model).get(name)
+    return helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor is not None else 4
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -106,15 +120,21 @@ def _pct(x) -> str:
 def print_inspection(info: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title=f"{info['model']}  ({nbytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
-    for col in ("node", "op", "weight", "shape", "neurons", "params", "nonzeros", "density", "MACs/sample"):
-        table.add_column(col, justify="left" if col in ("node", "op", "weight", "shape") else "right", overflow="fold")
+    for col in ("node", "op", "weight", "shape", "neurons", "params", "nonzeros", "density", "MACs/sample", "stored as",
+                "bytes", "B/nz"):
+        table.add_column(col, justify="left" if col in ("node", "op", "weight", "shape", "stored as") else "right",
+                         overflow="fold")
     for r in info["layers"]:
         via = f" (via {'/'.join(r['via'])})" if r["via"] else ""
         table.add_row(r["node"], r["op"], r["weight"] + via, "x".join(map(str, r["shape"])),
                       "-" if r["neurons"] is None else str(r["neurons"]), count(r["params"]),
-                      count(r["nonzeros"]), _pct(r["density"]), count(r["macs"]))
+                      count(r["nonzeros"]), _pct(r["density"]), count(r["macs"]), r["encoding"],
+                      nbytes(r["stored_bytes"]),
+                      "-" if r["bytes_per_nonzero"] is None else f"{r['bytes_per_nonzero']:.2f}")
     t = info["totals"]
-    table.add_row("total", "", "", "", "", count(t["params"]), count(t["nonzeros"]), _pct(t["density"]), count(t["macs"]))
+    stored = sum(r["stored_bytes"] for r in info["layers"])
+    table.add_row("total", "", "", "", "", count(t["params"]), count(t["nonzeros"]), _pct(t["density"]),
+                  count(t["macs"]), "", nbytes(stored), f"{stored / t['nonzeros']:.2f}" if t["nonzeros"] else "-")
     console.print(table)
     for kind in ("inputs", "outputs"):
         items = info.get(kind) or []

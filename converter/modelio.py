@@ -22,12 +22,16 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper
 
 from onnxprune.errors import ConfigError, ModelError
+from onnxprune.passes import storage
+from onnxprune.passes.storage.coo import sparse_to_dense  # noqa: F401  (public name, kept)
+from onnxprune.passes.storage.graphs import MAX_ELEMENTS  # noqa: F401  (public name, kept)
+from onnxprune.passes.storage.graphs import all_graphs as _all_graphs
+from onnxprune.passes.storage.graphs import first_line as _first_line
+from onnxprune.passes.storage.graphs import refuse_huge as _refuse_huge
 
 log = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2**31 - 1
-# A crafted shape must not make us allocate terabytes: refuse any tensor above this many elements.
-MAX_ELEMENTS = 2**33
 
 
 @dataclass
@@ -39,6 +43,7 @@ class LoadedModel:
     sha256: str | None
     file_size: int
     had_sparse: list[str] = field(default_factory=list)
+    storage: dict[str, dict] = field(default_factory=dict)  # weight -> how the file stored it (encoding, bytes)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -90,10 +95,12 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     _check_tensor_data(model, path)
     if check:
         check_model(model, where=str(path))
+    storage_info = storage.describe_model(model)
     had_sparse = densify_sparse(model)
     if had_sparse:
         log.info("densified %d sparse tensor(s) of %s before any graph pass", len(had_sparse), path)
-    return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse)
+    return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse,
+                       storage=storage_info)
 
 
 def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
@@ -102,8 +109,10 @@ def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
     _check_declared_sizes(model, "<in-memory model>")
     if check:
         check_model(model, where="<in-memory model>")
+    storage_info = storage.describe_model(model)
     had_sparse = densify_sparse(model)
-    return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse)
+    return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse,
+                       storage=storage_info)
 
 
 def check_model(model: onnx.ModelProto, *, where: str) -> None:
@@ -147,44 +156,8 @@ def _check_text(model: onnx.ModelProto, where) -> None:
 
 
 def densify_sparse(model: onnx.ModelProto) -> list[str]:
-    """Move sparse initializers and Constant(sparse_value) into dense form; return their names."""
-    names: list[str] = []
-    for graph in _all_graphs(model.graph):
-        for sparse in list(graph.sparse_initializer):
-            dense = sparse_to_dense(sparse)
-            graph.initializer.append(dense)
-            names.append(dense.name)
-        del graph.sparse_initializer[:]
-        for node in graph.node:
-            if node.op_type != "Constant":
-                continue
-            for attr in node.attribute:
-                if attr.name == "sparse_value":
-                    dense = sparse_to_dense(attr.sparse_tensor)
-                    dense.name = ""
-                    attr.CopyFrom(onnx.helper.make_attribute("value", dense))
-                    names.append(node.output[0])
-    return names
-
-
-def sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
-    """Our own densifier: values + linear or coordinate indices into a dense TensorProto of the same dtype."""
-    dims = tuple(sparse.dims)
-    _refuse_huge(int(np.prod(dims, dtype=np.float64)), sparse.values.name)
-    try:
-        values = numpy_helper.to_array(sparse.values)
-        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-        dense = np.zeros(dims, dtype=values.dtype)
-        flat = dense.reshape(-1)
-        if indices.ndim == 2:  # [NNZ, rank] coordinates
-            indices = np.ravel_multi_index(tuple(indices.T), dims) if indices.size else indices.reshape(-1)
-        if indices.size and (indices.min() < 0 or indices.max() >= flat.size):
-            raise ModelError(f"sparse tensor '{sparse.values.name}' has indices outside its shape {list(dims)}.")
-        flat[indices] = values
-    except (ValueError, TypeError, KeyError, IndexError) as exc:  # a corrupted file, not a bug of ours
-        raise ModelError(f"sparse tensor '{sparse.values.name}' of shape {list(dims)} is malformed "
-                         f"({_first_line(exc)}); the file is corrupted, re-export or re-download it.") from None
-    return numpy_helper.from_array(dense, sparse.values.name)
+    """Decode every stored encoding (COO sparse tensors, compact decoders) into plain dense tensors; return names."""
+    return storage.decode_model(model)
 
 
 def save_model(
@@ -459,26 +432,3 @@ def _check_tensor_data(model: onnx.ModelProto, where) -> None:
                     f"tensor '{t.name}' in {where} declares shape {list(t.dims)} but holds {have} "
                     f"{'bytes' if t.HasField('raw_data') else 'values'} ({want} expected); the file is corrupted."
                 )
-
-
-def _refuse_huge(count: int, name: str, where="model") -> None:
-    if count > MAX_ELEMENTS:
-        raise ModelError(
-            f"tensor '{name}' in {where} declares {count:.3g} elements, above the limit of {MAX_ELEMENTS:.3g}; "
-            "the file is corrupted or crafted."
-        )
-
-
-def _all_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _all_graphs(attr.g)
-            for g in attr.graphs:
-                yield from _all_graphs(g)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300].rstrip(". ")

@@ -4,7 +4,8 @@ The command line, the Python API and a recipe file all give flat choices (`lr=0.
 choice belongs to exactly one step's config, and `configure` routes it there (an unknown one is a ConfigError
 listing the valid ones). `build_plan` turns the configs into the ordered step list:
 
-    fixed targets      load → inventory → [data] → targets → prune → shrink → encode → verify → [measure] → report
+    fixed targets      load → inventory → [data] → targets → prune → [quantize] → shrink → encode → verify
+                       → [measure] → report
     one-shot budget    load → inventory → data → targets → scan → fit-budget → prune → … → report → budget-check
     scheduled retrain  load → inventory → data → targets → retrain → shrink → … → report
     budgeted retrain   load → inventory → data → targets → scan → allocate → budget-search → … → budget-check
@@ -24,6 +25,7 @@ from onnxprune.converter.steps.data import DataConfig, DataStep
 from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
 from onnxprune.converter.steps.prune import PruneStep
+from onnxprune.converter.steps.quantize import QuantizeConfig, QuantizeStep
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
 from onnxprune.converter.steps.scan import ScanConfig, ScanStep
@@ -45,6 +47,7 @@ class RunConfig:
     scan: ScanConfig = field(default_factory=ScanConfig)
     data: DataConfig = field(default_factory=DataConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -148,6 +151,8 @@ def build_plan(config: RunConfig) -> list[Step]:
         steps.append(BudgetSearchStep(config.retrain, config.budget) if budget else RetrainStep(config.retrain))
     else:
         steps.append(PruneStep())
+    if config.quantize.weight_bits is not None:
+        steps.append(QuantizeStep(config.quantize))
     steps += [ShrinkStep(config.shrink), EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
     if has_data:
         steps.append(MeasureStep())

@@ -7,6 +7,7 @@ from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.steps.load import where
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.passes.magnitude import quality_for_sparsity
+from onnxprune.passes.storage import describe_model
 from onnxprune.passes.weights import weight_array
 
 
@@ -35,6 +36,8 @@ class ReportStep(Step):
             "file_size_after": state.final.ByteSize(),
             "sparse_format": state.config.encode.sparse_format if state.config is not None else None,
             "criterion": state.scoring.criterion if state.scoring is not None else None,
+            "weight_bits": state.config.quantize.weight_bits if state.config is not None else None,
+            "storage": describe_model(state.final),  # per weight: encoding, bytes, nonzeros
             "parity": state.parity.as_dict(),
             "notes": state.notes,
             "history": state.history,

@@ -25,10 +25,12 @@ from onnx import numpy_helper as nh
 CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-def vgg16(seed: int = 0) -> onnx.ModelProto:
+def vgg16(seed: int = 0, width: float = 1.0) -> onnx.ModelProto:
+    """VGG-16's layer shapes; `width` scales every channel and fc width (0.5: a quarter of the weights)."""
     rng = np.random.default_rng(seed)
     nodes, inits, x, c, k = [], [], "input", 3, 0
     for v in CFG:
+        v = v if v == "M" else int(v * width)
         if v == "M":
             nodes.append(helper.make_node("MaxPool", [x], [f"p{k}"], kernel_shape=[2, 2], strides=[2, 2], name=f"pool{k}"))
             x, k = f"p{k}", k + 1
@@ -41,7 +43,8 @@ def vgg16(seed: int = 0) -> onnx.ModelProto:
         x, c, k = f"r{k}", v, k + 1
     nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1, name="flatten"))
     x = "flat"
-    for i, (a, b) in enumerate([(25088, 4096), (4096, 4096), (4096, 1000)]):
+    fc = int(4096 * width)
+    for i, (a, b) in enumerate([(c * 49, fc), (fc, fc), (fc, 1000)]):
         w = rng.standard_normal((b, a), dtype=np.float32) * np.float32(np.sqrt(2 / a))
         inits += [nh.from_array(w, f"fc{i}.weight"), nh.from_array(np.zeros(b, np.float32), f"fc{i}.bias")]
         nodes.append(helper.make_node("Gemm", [x, f"fc{i}.weight", f"fc{i}.bias"], [f"f{i}"], transB=1, name=f"fc{i}"))

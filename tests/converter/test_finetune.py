@@ -234,3 +234,27 @@ def test_progress_reports_every_batch_with_the_sparsity():
              epochs=2, lr=0.01, device="cpu", progress=lambda *a: seen.append(a))
     assert [(e, b, n) for e, b, n, _, _ in seen] == [(e, b, 4) for e in (1, 2) for b in range(1, 5)]
     assert all(s == pytest.approx(0.5, abs=0.01) for *_, s in seen)
+
+
+def test_trained_quantization_keeps_shared_values_and_recovers_accuracy(mnist_small, lenet300):
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.quantize import QuantizeWeights, shared_codes
+
+    x, y, test_x, test_y = mnist_small
+    masks = magnitude_masks(lenet300, 0.9)
+    names = list(masks)
+    quantized = zero_weights(lenet300, masks)
+    QuantizeWeights(names, 2)(quantized, PruneState())
+    codes = {n: shared_codes(weight_array(quantized, n)) for n in names}
+    trainer = MaskedTrainer(quantized, masks, (x, y), device="cpu", seed=0)
+    trainer.set_codebooks(codes)
+    trainer.train(2, 0.01, batch_size=64)
+    out = trainer.export()
+    for n in names:
+        before, after = weight_array(quantized, n), weight_array(out, n)
+        assert np.array_equal(before != 0, after != 0), f"'{n}': the mask changed"
+        assert len(np.unique(after[after != 0])) <= 4, f"'{n}': more than 2^2 shared values"
+        assert np.array_equal(shared_codes(after) >= 0, codes[n] >= 0)
+        assert not np.array_equal(before, after), f"'{n}': the shared values did not train"
+    acc_before, acc_after = accuracy(quantized, test_x, test_y), accuracy(out, test_x, test_y)
+    assert acc_after > acc_before + 0.01, f"trained quantization moved test accuracy {acc_before:.3f} -> {acc_after:.3f}"

@@ -1,0 +1,136 @@
+"""Compact and quantized files through the converter: written by `prune`, read back by `load_model`, `inspect`
+and `prune` itself (decoded first), external data for big models, and --weight-bits checked on the final file."""
+
+import json
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnxprune.calibration.runtime import make_session, random_feeds
+from onnxprune.converter import modelio
+from onnxprune.converter.cli import cli
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.models import builders
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.sparse_encode import SparseEncode
+from onnxprune.passes.storage import compact
+from onnxprune.passes.weights import constant_tensors
+from tests.oracle import assert_same_outputs
+from tests.passes.test_sparse_encode import _copy, _pruned
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _compact_file(tmp_path, name="lenet300_like", external=False):
+    dense, names = _pruned(name, 0.95)
+    out = _copy(dense)
+    SparseEncode(names, "compact")(out, PruneState())
+    path = modelio.save_model(out, tmp_path / "compact.onnx", external_data=external)
+    return dense, names, path
+
+
+def test_load_decodes_compact_weights_to_plain_initializers(tmp_path):
+    dense, names, path = _compact_file(tmp_path)
+    loaded = modelio.load_model(path)
+    assert sorted(loaded.had_sparse) == sorted(names)
+    assert "gap8" in {v["encoding"].split("+")[0] for v in loaded.storage.values()}
+    assert not any(n.op_type in ("ScatterND", "CumSum") for n in loaded.model.graph.node)
+    want, got = constant_tensors(dense), constant_tensors(loaded.model)
+    for n in names:
+        np.testing.assert_array_equal(numpy_helper.to_array(got[n]), numpy_helper.to_array(want[n]), err_msg=n)
+    assert_same_outputs(loaded.model, dense, rtol=0)
+
+
+def test_compact_with_external_data_loads_in_onnxruntime_and_back(tmp_path):
+    dense, names, path = _compact_file(tmp_path, "lenet5_like", external=True)
+    raw = onnx.load(path, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in raw.graph.initializer)
+    feed = random_feeds(dense, batch=2, seed=0)
+    got, want = make_session(path).run(None, feed), make_session(dense).run(None, feed)
+    assert all(g.tobytes() == w.tobytes() for g, w in zip(got, want)), "external-data compact file differs"
+    assert_same_outputs(modelio.load_model(path).model, dense, rtol=0)
+
+
+def test_inspect_reports_encoding_nonzeros_and_bytes_per_nonzero(tmp_path):
+    dense, names, path = _compact_file(tmp_path)
+    res = invoke("inspect", path, "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    records = compact.read_records(onnx.load(path))
+    by_weight = {r["weight"]: r for r in info["layers"]}
+    for n in names:
+        row, w = by_weight[n], numpy_helper.to_array(constant_tensors(dense)[n])
+        assert row["nonzeros"] == np.count_nonzero(w) == records.get(n, row)["nonzeros"]
+        assert row["density"] == np.count_nonzero(w) / w.size
+        assert row["encoding"].startswith(records[n]["index"]) if n in records else row["encoding"].startswith("coo")
+        assert row["bytes_per_nonzero"] == row["stored_bytes"] / row["nonzeros"] <= 12  # COO: 12 B/nonzero
+        assert row["bytes_per_nonzero"] < 12 or n not in records
+    table = invoke("inspect", path)
+    assert table.exit_code == 0 and "gap8+raw" in table.output
+
+
+def test_prune_accepts_a_compact_file_and_writes_one(tmp_path):
+    _, _, path = _compact_file(tmp_path)
+    out = tmp_path / "again.onnx"
+    res = invoke("prune", path, "-o", out, "--sparsity", "0.97", "--sparse-format", "compact", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["after"]["density"] < 0.05
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert set(compact.read_records(onnx.load(out))) >= {"fc1.weight"}
+    assert {v["encoding"] for v in report["storage"].values()}
+
+
+def test_weight_bits_oracle_is_the_quantized_dense_model_and_metrics_come_from_the_final_file(tmp_path):
+    model = builders.lenet300_like(hidden=(64, 32))
+    res = run(model, configure(sparsity=0.9, sparse_format="compact", weight_bits=4, neurons=False))
+    dense = res.dense_model
+    for w in res.inventory.prunable:
+        a = numpy_helper.to_array(constant_tensors(dense)[w.name])
+        assert len(np.unique(a[a != 0])) <= 16, w.name
+    assert res.report["weight_bits"] == 4 and res.report["parity"]["max_abs_diff"] < 1e-5
+    assert any("codebook4" in v["encoding"] for v in res.report["storage"].values())
+    decoded = modelio.from_proto(res.model).model
+    for w in res.inventory.prunable:
+        np.testing.assert_array_equal(numpy_helper.to_array(constant_tensors(decoded)[w.name]),
+                                      numpy_helper.to_array(constant_tensors(dense)[w.name]), err_msg=w.name)
+
+
+def test_weight_bits_out_of_range_is_a_usage_error(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(builders.lenet300_like(hidden=(64, 32)), path)
+    res = invoke("prune", path, "-o", tmp_path / "o.onnx", "--sparsity", "0.9", "--weight-bits", "12")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_corrupted_compact_metadata_or_data_is_one_clear_model_error(tmp_path):
+    import pytest
+
+    from onnxprune.errors import ModelError
+
+    _, _, path = _compact_file(tmp_path)
+    model = onnx.load(path)
+    bad_json = _copy(model)
+    compact.write_records(bad_json, {})
+    onnx.helper.set_model_props(bad_json, {compact.METADATA: "{not json"})
+    onnx.save(bad_json, tmp_path / "bad_json.onnx")
+    with pytest.raises(ModelError, match="not the JSON onnxprune writes"):
+        modelio.load_model(tmp_path / "bad_json.onnx")
+    records = compact.read_records(model)
+    name = next(iter(records))
+    records[name]["nonzeros"], records[name]["shape"] = 1, [2, 2]  # a record that no longer fits its data
+    compact.write_records(model, records)
+    onnx.save(model, tmp_path / "bad_data.onnx")
+    with pytest.raises(ModelError, match=f"compact weight '{name}' cannot be decoded"):
+        modelio.load_model(tmp_path / "bad_data.onnx", check=False)
+
+
+def test_cli_offers_every_registered_storage_format():
+    from onnxprune.passes.storage import FORMATS
+
+    option = next(p for p in cli.commands["prune"].params if p.name == "sparse_format")
+    assert set(option.type.choices) == set(FORMATS)  # the CLI keeps its imports light: a literal list, checked here
