@@ -309,12 +309,16 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     from onnxprune.converter.pipeline import budget_error, run
     from onnxprune.converter.progress import Progress
 
-    progress = Progress(quiet=quiet)
+    from onnxprune.converter.distributed import is_main
+
+    progress = Progress(quiet=quiet or not is_main())
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
             result = run(model, options, progress)
     finally:
         progress.close()
+    if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
+        return None
     if not result.state.masks and options.exclude:
         raise ConfigError(f"--exclude {' '.join(options.exclude)} leaves no layer to prune; exclude fewer layers.")
     report = result.report

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxprune.converter import modelio
+from onnxprune.converter import distributed, modelio
 from onnxprune.errors import BudgetError, ConfigError, ConverterError
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.converter.verify import check_parity
@@ -236,6 +236,7 @@ class Data:
 
 def run(source, options: PruneOptions, progress: Progress | None = None) -> PruneResult:
     options.validate()
+    backend = distributed.setup(options.device)  # torchrun's processes join here; alone: nothing happens
     progress = progress or (lambda *a, **k: None)
     clock = _Clock()
     loaded = load(source)
@@ -249,7 +250,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     data = Data(original, options) if options.data is not None else None
     state, extra, history = PruneState(), {}, []
     with clock.step("choose"):
-        targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
+        targets, sensitivity = backend.on_main(choose_targets, original, inventory, options, data, progress, extra)
     with clock.step("prune_retrain"):
         if options.iterations > 0:
             dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
@@ -258,6 +259,8 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         else:
             dense_pruned = _copy(original)
             run_passes([MagnitudePrune(inventory, targets), ApplyMasks()], dense_pruned, state)
+    if not backend.is_main:  # the other processes only train: rank 0 verifies, reports and writes
+        return None
     with clock.step("shrink_encode_verify"):
         shrunk, neurons = _shrink(dense_pruned, options, state)
         params_after_shrink = sum(w.size for w in find_prunable(shrunk, with_macs=False).prunable)
@@ -285,6 +288,7 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         "notes": state.notes,
         "history": history,
         "options": options.recipe(),
+        **backend.report(),
         **extra,
         **_sensitivity_report(sensitivity),
     }
@@ -443,18 +447,19 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
     schedule runs to the targets. Every round is checkpointed when a folder is given; --resume continues."""
     from onnxprune.converter.schedule import iterative_prune
 
-    resume = checkpoints.latest() if (checkpoints is not None and options.resume) else None
+    backend = distributed.current()  # rank 0 reads the checkpoint, every rank resumes from it
+    resume = backend.on_main(checkpoints.latest) if (checkpoints is not None and options.resume) else None
     if options.resume and resume is None:
         log.warning("nothing to resume in %s; starting from the first round", options.checkpoint_dir)
     elif resume is not None:
         log.warning("resuming after round %d from %s", resume["round"], options.checkpoint_dir)
 
     def checkpoint(step, trainer, history):
-        if checkpoints is not None:
+        if checkpoints is not None and backend.is_main:
             checkpoints.save(step, trainer.export(), trainer.masks, history, trainer.state())
 
     reader = data.train_reader(batch_size=options.train_batch_size)
-    evaluator = data.calibration
+    evaluator = distributed.MainOnly(data.calibration, backend)  # rank 0 measures, every rank gets the score
 
     def eval_fn(model):
         return evaluator.evaluate(model)
