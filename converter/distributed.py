@@ -246,3 +246,8 @@ class MainOnly:
 
     def __getattr__(self, name):
         return getattr(self._evaluator, name)
+
+
+def local_rank() -> int:
+    """This process's device index on its node (LOCAL_RANK from torchrun; 0 alone)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) if launched_world_size() > 1 else 0

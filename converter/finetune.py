@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from onnxprune.calibration.runtime import make_session, output_names
+from onnxprune.calibration.runtime import gpu_count, make_session, output_names
 from onnxprune.converter import distributed
 from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
@@ -73,6 +73,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and torch.version.cuda is None and gpu_count():
+            log.warning("a GPU is there but torch %s is a CPU-only build: training runs on the CPU "
+                        "(install a CUDA build of torch to train on the GPU)", torch.__version__)
     return torch.device(device)
 
 
@@ -197,6 +200,35 @@ def _feeding_layer(name: str, producers) -> onnx.NodeProto | None:
         name = node.input[0]
         seen += 1
     return None
+
+
+class MixedPrecision:
+    """Autocast on CUDA (bfloat16 where the GPU has it, else float16 with a gradient scaler); nothing on the CPU.
+
+    The parameters stay float32 (autocast casts per op), so write-back puts them in the model's dtype as before.
+    """
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.dtype = (torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor, opt) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)  # the masks zero true gradients, not scaled ones
+
+    def step(self, opt) -> None:
+        if self.scaler is None:
+            opt.step()
+            return
+        self.scaler.step(opt)
+        self.scaler.update()
 
 
 # ---------------------------------------------------------------------------------------------------- the data
@@ -448,6 +480,7 @@ class MaskedTrainer:
         name_nodes(self.model)
         self.backend = distributed.current()
         self.device = torch.device(self.backend.device(str(resolve_device(device))))
+        self._amp = MixedPrecision(self.device)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls
         self._calls = 0
@@ -601,19 +634,20 @@ class MaskedTrainer:
         """One optimizer step; `weight` scales this process's loss (its share of a batch split across processes)."""
         dev = self.device
         inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
-        outputs = _as_tuple(self._forward(**inputs))
-        loss = self.objective(outputs, None if labels is None else labels.to(dev),
-                              None if teacher is None else [t.to(dev) for t in teacher])
+        with self._amp.autocast():
+            outputs = _as_tuple(self._forward(**inputs))
+            loss = self.objective(outputs, None if labels is None else labels.to(dev),
+                                  None if teacher is None else [t.to(dev) for t in teacher])
         if l1:
             loss = loss + l1 * sum(self.params[w].abs().sum() for w in active if w in self.params)
         opt.zero_grad(set_to_none=True)
-        (loss * weight if weight != 1.0 else loss).backward()
+        self._amp.backward(loss * weight if weight != 1.0 else loss, opt)
         with torch.no_grad():
             for name, keep in self._mask_tensors.items():
                 g = self.params[name].grad
                 if g is not None:
                     g.masked_fill_(~keep, 0.0)
-            opt.step()
+            self._amp.step(opt)
             for name, keep in self._mask_tensors.items():
                 self.params[name].masked_fill_(~keep, 0.0)
         return float(loss.detach())

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from onnxprune.calibration import runtime
 from onnxprune.converter import distributed, modelio
 from onnxprune.errors import BudgetError, ConfigError, ConverterError
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
@@ -236,6 +237,7 @@ class Data:
 
 def run(source, options: PruneOptions, progress: Progress | None = None) -> PruneResult:
     options.validate()
+    runtime.use_device(options.device, distributed.local_rank())  # every onnxruntime session; cuda without a GPU fails
     backend = distributed.setup(options.device)  # torchrun's processes join here; alone: nothing happens
     progress = progress or (lambda *a, **k: None)
     clock = _Clock()
