@@ -309,8 +309,11 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     from onnxprune.converter.pipeline import budget_error, run
     from onnxprune.converter.progress import Progress
 
+    from onnxprune.converter import streaming
     from onnxprune.converter.distributed import is_main
 
+    if streaming.applies(model, options):  # a large one-shot run: tensor by tensor, never the whole model in memory
+        return _execute_streamed(model, output, options, report_dir, quiet, as_json, command) if is_main() else None
     progress = Progress(quiet=quiet or not is_main())
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
@@ -346,6 +349,30 @@ def execute(model, output: Path, options, *, report_dir=None, quiet=False, as_js
     if failed is not None:  # forced: written, but the exit code still says the budget was missed
         raise failed
     return result
+
+
+def _execute_streamed(model, output: Path, options, report_dir, quiet, as_json, command):
+    """The streamed one-shot path (converter.streaming): the model is written as it is pruned; report.json only."""
+    from onnxprune.converter import modelio, streaming
+    from onnxprune.converter.progress import Progress
+
+    progress = Progress(quiet=quiet)
+    try:
+        report = streaming.prune_file(model, output, options, progress)
+    finally:
+        progress.close()
+    report["command"] = list(command or [])
+    if report_dir is not None:
+        report_dir.mkdir(exist_ok=True)
+        modelio.atomic_write_bytes(report_dir / "report.json",
+                                   json.dumps(report, indent=2, default=_json_default).encode())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=_json_default))
+    elif not quiet:
+        click.echo(f"wrote {output} (+ {output.name}.data, {report['bytes_written'] / 2**20:.0f} MB): density "
+                   f"{report['after']['density']:.3f} of {report['after']['params']:,} weights, streamed in "
+                   f"{report['seconds']:.1f} s; output change {report['output_change']}")
+    return streaming.StreamedResult(report)
 
 
 def _write_report(result, report_dir: Path) -> None:
