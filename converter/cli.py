@@ -190,6 +190,8 @@ def _parse_levels(text: str | None):
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Retraining learning rate (~1/10 of the original).")
 @click.option("--final-lr", type=float, help="Learning rate of the final fine-tune (cosine decay; default --lr).")
 @click.option("--train-batch-size", type=int, default=128, show_default=True, help="Batch size for retraining.")
+@click.option("--accumulate", type=int, default=1, show_default=True,
+              help="Split each training batch into N micro-batches (same gradient, less memory).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of distillation in ce+distill.")
 @click.option("--schedule", type=click.Choice(["cubic", "geometric", "linear"]), default="cubic", show_default=True)
@@ -229,7 +231,7 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
+          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, accumulate, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
           device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
@@ -261,7 +263,7 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             sparsity=sparsity, quality=quality, layers=_parse_layers(layers), exclude=tuple(exclude),
             max_loss=max_loss, levels=_parse_levels(levels), data=data, eval_data=eval_data, labels=labels,
             metric=metric, batch_size=batch_size, limit=limit, iterations=iterations, epochs=epochs,
-            final_epochs=final_epochs, lr=lr, final_lr=final_lr, train_batch_size=train_batch_size,
+            final_epochs=final_epochs, lr=lr, final_lr=final_lr, train_batch_size=train_batch_size, accumulate=accumulate,
             label_smoothing=label_smoothing, distill_weight=distill_weight, schedule=schedule, loss=loss_kind,
             temperature=temperature,
             alternate=alternate, reg=reg, reg_strength=reg_strength,

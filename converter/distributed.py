@@ -67,9 +67,6 @@ class OneProcess:
         """This rank's part of a global batch (indices, or any sliceable of samples)."""
         return index
 
-    def loss_weight(self, local: int, total: int) -> float:
-        return 1.0
-
     def all_sum(self, values: list[float]) -> list[float]:
         return list(values)
 
@@ -126,10 +123,6 @@ class DataParallel(OneProcess):
 
     def shard(self, index):
         return index[self.rank :: self.world_size]
-
-    def loss_weight(self, local: int, total: int) -> float:
-        # DDP averages gradients over W ranks: weight W·n_r/n makes that average the gradient of the global batch.
-        return self.world_size * local / total if total else 0.0
 
     def all_sum(self, values: list[float]) -> list[float]:
         t = self._torch.tensor(values, dtype=self._torch.float64, device=self._comm_device())

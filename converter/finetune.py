@@ -218,10 +218,12 @@ class MixedPrecision:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=self.dtype)
 
-    def backward(self, loss: torch.Tensor, opt) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, opt) -> None:
         if self.scaler is not None:
-            self.scaler.unscale_(opt)  # the masks zero true gradients, not scaled ones
+            self.scaler.unscale_(opt)
 
     def step(self, opt) -> None:
         if self.scaler is None:
@@ -474,10 +476,13 @@ class MaskedTrainer:
     def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray], data, *, loss: str = "auto",
                  teacher: onnx.ModelProto | None = None, temperature: float = 4.0, label_smoothing: float = 0.0,
                  distill_weight: float = 0.5, dropout_scale: dict | None = None, device: str = "auto",
-                 seed: int = 0, module=None):
+                 seed: int = 0, module=None, accumulate: int = 1):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         name_nodes(self.model)
+        if int(accumulate) < 1:
+            raise ConfigError(f"--accumulate {accumulate} must be >= 1 (micro-batches per optimizer step).")
+        self.accumulate = int(accumulate)  # micro-batches per step: the same gradient in 1/N of the memory
         self.backend = distributed.current()
         self.device = torch.device(self.backend.device(str(resolve_device(device))))
         self._amp = MixedPrecision(self.device)
@@ -614,8 +619,8 @@ class MaskedTrainer:
                     if step >= total_steps:
                         break
                     _set_lr(opt, lr, lr_min, step, total_steps, lr_schedule)
-                    loss = self._step(opt, inputs, labels, teacher, active, l1, backend.loss_weight(n, n_batch))
-                    running, seen, step = running + loss * n, seen + n, step + 1
+                    loss_sum = self._step(opt, (inputs, labels, teacher, n), n_batch, active, l1)
+                    running, seen, step = running + loss_sum, seen + n, step + 1
                     if progress is not None:
                         progress(epoch, b + 1, n_batches, running / max(seen, 1), sparsity)
                 stats.samples_per_process += seen
@@ -630,8 +635,35 @@ class MaskedTrainer:
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    def _step(self, opt, inputs, labels, teacher, active, l1, weight: float = 1.0) -> float:
-        """One optimizer step; `weight` scales this process's loss (its share of a batch split across processes)."""
+    def _step(self, opt, batch: tuple, n_batch: int, active, l1) -> float:
+        """One optimizer step on this process's part of a global batch of `n_batch` samples, in `accumulate`
+        micro-batches; returns the sum of the per-sample losses of its part.
+
+        Each micro-batch's mean loss is weighted by W·n_micro/n_batch (W processes, whose gradients DDP averages),
+        so the step's gradient is the mean over the global batch, however it is split over processes and
+        micro-batches; DDP synchronises once, on the last micro-batch.
+        """
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        micro = _micro_batches(batch, self.accumulate)
+        for i, (inputs, labels, teacher, n) in enumerate(micro):
+            sync = i == len(micro) - 1 or not hasattr(self._forward, "no_sync")
+            with contextlib.nullcontext() if sync else self._forward.no_sync():
+                loss = self._loss(inputs, labels, teacher, active, l1)
+                self._amp.backward(loss * (self.backend.world_size * n / n_batch))
+            total += float(loss.detach()) * n
+        with torch.no_grad():
+            self._amp.unscale(opt)  # the masks zero true gradients, not scaled ones
+            for name, keep in self._mask_tensors.items():
+                g = self.params[name].grad
+                if g is not None:
+                    g.masked_fill_(~keep, 0.0)
+            self._amp.step(opt)
+            for name, keep in self._mask_tensors.items():
+                self.params[name].masked_fill_(~keep, 0.0)
+        return total
+
+    def _loss(self, inputs, labels, teacher, active, l1) -> torch.Tensor:
         dev = self.device
         inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
         with self._amp.autocast():
@@ -640,17 +672,7 @@ class MaskedTrainer:
                                   None if teacher is None else [t.to(dev) for t in teacher])
         if l1:
             loss = loss + l1 * sum(self.params[w].abs().sum() for w in active if w in self.params)
-        opt.zero_grad(set_to_none=True)
-        self._amp.backward(loss * weight if weight != 1.0 else loss, opt)
-        with torch.no_grad():
-            for name, keep in self._mask_tensors.items():
-                g = self.params[name].grad
-                if g is not None:
-                    g.masked_fill_(~keep, 0.0)
-            self._amp.step(opt)
-            for name, keep in self._mask_tensors.items():
-                self.params[name].masked_fill_(~keep, 0.0)
-        return float(loss.detach())
+        return loss
 
     def _make_objective(self, temperature, label_smoothing, distill_weight) -> Objective:
         inputs, _, _ = next(self.data.epoch(torch.Generator().manual_seed(0), 2, self._teacher_fn))
@@ -658,6 +680,18 @@ class MaskedTrainer:
             self.module.eval()
             sample = _as_tuple(self.module(**{k: v.to(self.device) for k, v in inputs.items()}))
         return Objective(self.loss_kind, output_kinds(self.model, sample), temperature, label_smoothing, distill_weight)
+
+
+def _micro_batches(batch: tuple, parts: int) -> list[tuple]:
+    """(inputs, labels, teacher, n) split along the samples into up to `parts` pieces of (nearly) equal size."""
+    inputs, labels, teacher, n = batch
+    size = len(next(iter(inputs.values())))
+    parts = max(1, min(parts, n))
+    if parts == 1:
+        return [batch]
+    bounds = np.linspace(0, size, parts + 1).astype(int)
+    return [({k: v[a:b] for k, v in inputs.items()}, None if labels is None else labels[a:b],
+             None if teacher is None else [t[a:b] for t in teacher], int(b - a)) for a, b in zip(bounds, bounds[1:])]
 
 
 def _has_labels(data) -> bool:

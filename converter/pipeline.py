@@ -69,6 +69,7 @@ class PruneOptions:
     distill_weight: float = 0.5
     label_smoothing: float = 0.0
     train_batch_size: int = 128
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation): same gradient, 1/N the memory
     alternate: bool = False
     device: str = "auto"
     # output
@@ -119,6 +120,8 @@ class PruneOptions:
         if self.gather_inputs and self.crop_inputs:
             raise ConfigError("--gather-inputs and --crop-inputs both drop unread input features; pick one "
                               "(--crop-inputs is faster in onnxruntime).")
+        if self.accumulate < 1:
+            raise ConfigError(f"--accumulate {self.accumulate} must be >= 1 (micro-batches per optimizer step).")
         if self.train_batch_size < 1:
             raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
 
@@ -485,7 +488,7 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
 def _trainer_options(options: PruneOptions) -> dict:
     return {"loss": options.loss, "temperature": options.temperature, "distill_weight": options.distill_weight,
             "label_smoothing": options.label_smoothing, "device": options.device, "seed": options.seed,
-            "reg": options.reg, "reg_strength": options.reg_strength}
+            "reg": options.reg, "reg_strength": options.reg_strength, "accumulate": options.accumulate}
 
 
 def _retrain_within_budget(original, inventory, targets, options, reader, evaluator, state, on_batch,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -125,7 +126,7 @@ def run_stack(folder: Path, args) -> None:
     from onnxprune.models.large import mlp_stack_params, write_mlp_stack
 
     hidden, ffn = args.hidden, 4 * args.hidden
-    blocks = max(1, round(args.params / (2 * hidden * ffn)))
+    blocks = max(1, math.ceil(args.params / (2 * hidden * ffn)))  # at least --params
     model_path = folder / "stack.onnx"
     t0 = time.perf_counter()
     write_mlp_stack(model_path, hidden=hidden, ffn=ffn, blocks=blocks, seed=0)
