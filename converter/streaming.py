@@ -6,8 +6,8 @@ initializer in turn:
 
     mmap its bytes → mask (O(n): a partition finds the n-th magnitude) → write w·mask to OUTPUT.data → unmap
 
-so one tensor is resident at a time (its mmap, a magnitude copy and a partition copy: ~12 bytes per weight of the
-largest tensor) besides the small graph. Tensors without a target are copied through in chunks. The output keeps
+so one tensor is resident at a time (its mmap and one float32 copy of its magnitudes: 8 bytes per fp32 weight of
+the largest tensor) besides the small graph. Tensors without a target are copied through in chunks. The output keeps
 every initializer dense (pruned weights are 0.0) in external data, 4096-aligned so onnxruntime can map it.
 
 Verification, one thing at a time: every written tensor is read back from disk and compared (CRC32) with what was
@@ -35,13 +35,13 @@ from onnx import external_data_helper, helper, numpy_helper
 from onnxprune.calibration.runtime import make_session, output_names, random_feeds
 from onnxprune.converter import modelio
 from onnxprune.errors import ConfigError, ModelError, ParityError
-from onnxprune.passes.magnitude import Target, quality_threshold, resolve_targets, smallest
+from onnxprune.passes.magnitude import Target, resolve_targets
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
 
 STREAM_BYTES = 512 << 20  # external data at least this large takes the streaming path (one-shot runs)
-CHUNK = 64 << 20  # bytes copied or written at a time
+CHUNK = 16 << 20  # bytes copied or written at a time
 ALIGN = 4096  # external-data offsets (onnxruntime maps page-aligned data instead of copying it)
 
 
@@ -177,14 +177,55 @@ def _check_paths(model: onnx.ModelProto, source: Path, output: Path) -> None:
 # ------------------------------------------------------------------------------------------------ masking, writing
 
 
-def keep_mask(values: np.ndarray, target: Target) -> np.ndarray:
-    """Flat mask of the weights to keep: the largest (1-s)·n magnitudes, or |w| > q·std. O(n)."""
-    mag = np.abs(values.reshape(-1).astype(np.float32, copy=False))
-    if target.sparsity is not None:
-        drop = smallest(mag, int(round(target.sparsity * mag.size)))
-        np.logical_not(drop, out=drop)
-        return drop
-    return mag > quality_threshold(values, target.quality)
+class DropRule:
+    """Which weights of one tensor go, decided once in O(n) and applied chunk by chunk (no whole-tensor mask).
+
+    Sparsity s: the round(s·n) smallest magnitudes, ties broken by position (exactly `passes.magnitude.smallest`):
+    every |w| below the n-th smallest magnitude goes, and the first `ties` weights equal to it. Found by an in-place
+    partition of one float32 copy of the magnitudes, the only whole-tensor copy. Quality q: |w| <= q·std(w), the
+    std summed in float64 chunk by chunk.
+    """
+
+    def __init__(self, flat: np.ndarray, target: Target):
+        self.ties = 0
+        if target.sparsity is None:
+            self.threshold, self.inclusive = target.quality * _chunked_std(flat), True
+            return
+        self.inclusive = False
+        n = int(round(target.sparsity * flat.size))
+        if n <= 0:
+            self.threshold = -np.inf  # nothing is below: nothing goes
+            return
+        if n >= flat.size:
+            self.threshold, self.inclusive = np.inf, True
+            return
+        mag = np.abs(flat, out=np.empty(flat.size, np.float32))  # the one copy (flat is a read-only map)
+        mag.partition(n - 1)
+        self.threshold = mag[n - 1]
+        self.ties = n - int(np.count_nonzero(mag[:n] < self.threshold))
+        del mag
+
+    def keep(self, part: np.ndarray) -> np.ndarray:
+        """Mask of the weights of the next chunk (chunks in order) that stay."""
+        mag = np.abs(part.astype(np.float32, copy=False))
+        if self.inclusive:
+            return mag > self.threshold
+        drop = mag < self.threshold
+        if self.ties:
+            equal = np.flatnonzero(mag == self.threshold)[: self.ties]
+            drop[equal] = True
+            self.ties -= len(equal)
+        return ~drop
+
+
+def _chunked_std(flat: np.ndarray) -> float:
+    step = max(1, CHUNK // 8)
+    n = flat.size
+    if n == 0:
+        return 0.0
+    mean = sum(float(np.sum(flat[s : s + step], dtype=np.float64)) for s in range(0, n, step)) / n
+    var = sum(float(np.sum(np.square(flat[s : s + step].astype(np.float64) - mean))) for s in range(0, n, step)) / n
+    return float(np.sqrt(var))
 
 
 def _write(model: onnx.ModelProto, folder: Path, output: Path, targets: dict[str, Target], report: StreamReport,
@@ -238,25 +279,27 @@ def _write_tensor(t: onnx.TensorProto, folder: Path, out, target: Target | None,
     with _mapped(t, folder) as values:
         flat = values.reshape(-1)
         report.bytes_read += flat.nbytes
-        keep = keep_mask(values, target) if target is not None else None
+        rule = DropRule(flat, target) if target is not None else None
         step = max(1, CHUNK // max(flat.itemsize, 1))
+        kept, part = 0, None
         for s in range(0, flat.size, step):
             part = flat[s : s + step]
-            if keep is not None:
-                part = np.where(keep[s : s + step], part, part.dtype.type(0))
+            if rule is not None:
+                keep = rule.keep(part)
+                kept += int(np.count_nonzero(keep))
+                part = np.where(keep, part, part.dtype.type(0))
             raw = np.ascontiguousarray(part).astype(part.dtype.newbyteorder("<"), copy=False).tobytes()
             crc = zlib.crc32(raw, crc)
             out.write(raw)
             written += len(raw)
-        if keep is not None:
-            kept = int(keep.sum())
+        if rule is not None:
             report.layers.append({"weight": t.name, "shape": list(values.shape), "params": int(flat.size),
                                   "nonzeros": kept, "density": kept / flat.size if flat.size else 1.0,
                                   "target": {"sparsity": target.sparsity} if target.sparsity is not None
                                   else {"quality": target.quality}})
             report.params += int(flat.size)
             report.nonzeros += kept
-        del flat, keep, values  # nothing may hold the map when it closes
+        del flat, part, values  # nothing may hold the map when it closes
     return written, crc
 
 
@@ -297,10 +340,10 @@ def _run_both(source: Path, output: Path, feeds) -> dict[str, float]:
     """Input model, then output model, on the same feeds: one session alive at a time."""
     model = onnx.load_model(str(source), load_external_data=False)
     names = output_names(model)
-    session = make_session(str(source))
+    session = make_session(str(source), optimize=False)
     dense = [session.run(names, f) for f in feeds]
     del session
-    session = make_session(str(output))
+    session = make_session(str(output), optimize=False)
     pruned = [session.run(names, f) for f in feeds]
     del session
     change = {}
