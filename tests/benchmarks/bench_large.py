@@ -75,6 +75,19 @@ print(y.shape, bool(np.isfinite(y).all()))
 """
 
 
+BUILD_VGG = """
+import sys, onnx
+from tests.benchmarks.bench_large import vgg16
+kw = dict(save_as_external_data=True, location="vgg16.onnx.data", size_threshold=1024) if sys.argv[2] else {}
+onnx.save(vgg16(), sys.argv[1], **kw)
+"""
+BUILD_STACK = """
+import sys
+from onnxprune.models.large import write_mlp_stack
+write_mlp_stack(sys.argv[1], hidden=int(sys.argv[2]), ffn=int(sys.argv[3]), blocks=int(sys.argv[4]), seed=0)
+"""
+
+
 def child(code: str, *args: str) -> tuple[float, float, str]:
     """(seconds, this child's own peak RSS in MB, stdout) of `python -c code args`."""
     t0 = time.perf_counter()
@@ -84,12 +97,15 @@ def child(code: str, *args: str) -> tuple[float, float, str]:
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-2000:]}")
     peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB=")]
-    return secs, int(peak[-1].split("=")[1]) / 1024, done.stdout
+    return secs, int(peak[-1].split("=")[1]) / 1024 if peak else float("nan"), done.stdout
 
 
 def weight_bytes(path: Path) -> int:
-    model = onnx.load(str(path))
-    return sum(nh.to_array(t).nbytes for t in model.graph.initializer)
+    """Bytes of all initializers, counted in a child (loading the model here would inflate later peaks)."""
+    code = ("import sys, numpy as np, onnx; m = onnx.load(sys.argv[1], load_external_data=False); print(sum(int(np.prod("
+            "t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize "
+            "for t in m.graph.initializer))")
+    return int(child(code, str(path))[2])
 
 
 def prune(model_path: Path, out: Path, sparsity: float, wbytes: int) -> dict:
@@ -109,12 +125,8 @@ def prune(model_path: Path, out: Path, sparsity: float, wbytes: int) -> dict:
 
 def run_vgg(folder: Path, args) -> None:
     model_path = folder / "vgg16.onnx"
-    model = vgg16()
-    if args.external:
-        onnx.save(model, model_path, save_as_external_data=True, location="vgg16.onnx.data", size_threshold=1024)
-    else:
-        onnx.save(model, model_path)
-    del model
+    # Built in a child: ru_maxrss survives fork and exec, so a big parent would inflate every later child's peak.
+    child(BUILD_VGG, str(model_path), "1" if args.external else "")
     wbytes = weight_bytes(model_path)
     print(f"model: VGG-16 shapes, {wbytes / 2**20:.0f} MB of weights, {'external' if args.external else 'inline'}")
     secs, rss, _ = child(CLI, "inspect", str(model_path), "--json")
@@ -123,13 +135,13 @@ def run_vgg(folder: Path, args) -> None:
 
 
 def run_stack(folder: Path, args) -> None:
-    from onnxprune.models.large import mlp_stack_params, write_mlp_stack
+    from onnxprune.models.large import mlp_stack_params
 
     hidden, ffn = args.hidden, 4 * args.hidden
     blocks = max(1, math.ceil(args.params / (2 * hidden * ffn)))  # at least --params
     model_path = folder / "stack.onnx"
     t0 = time.perf_counter()
-    write_mlp_stack(model_path, hidden=hidden, ffn=ffn, blocks=blocks, seed=0)
+    child(BUILD_STACK, str(model_path), str(hidden), str(ffn), str(blocks))
     wbytes = 4 * mlp_stack_params(hidden, ffn, blocks)
     print(f"model: MLP stack {blocks} x ({hidden} -> {ffn} -> {hidden}), {mlp_stack_params(hidden, ffn, blocks) / 1e6:.0f}M "
           f"params, {wbytes / 2**20:.0f} MB external data, built in {time.perf_counter() - t0:.1f} s")
