@@ -52,6 +52,8 @@ def prune(
         return execute(model, Path(output), options, report_dir=Path(report_dir) if report_dir else None,
                        quiet=progress is None, force=force, command=["onnxprune.converter.api.prune"])
     result = run(model, options, progress)
+    if result is None:  # a torchrun process other than rank 0: it trained, rank 0 holds the result
+        return None
     failed = budget_error(result.report)
     if failed is not None and not force:
         raise failed

@@ -231,8 +231,8 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, accumulate, label_smoothing,
-          distill_weight, schedule, loss_kind, temperature, alternate,
+          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, accumulate,
+          label_smoothing, distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
           device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
           checkpoint_dir, resume, recipe, allow_other_model, report_dir, force, quiet, as_json):

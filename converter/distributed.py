@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import io
+import json
 import logging
 import os
-import pickle
 from typing import Callable
 
 import numpy as np
 
+from onnxprune import errors
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,14 @@ class OneProcess:
     def all_sum(self, values: list[float]) -> list[float]:
         return list(values)
 
-    def broadcast(self, obj):
-        return obj
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        return data
 
     def broadcast_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return masks
 
-    def on_main(self, fn: Callable, *args, **kwargs):
+    def on_main(self, fn: Callable, *args, encode=json.dumps, decode=json.loads, **kwargs):
+        """Rank 0 runs `fn`; every rank returns its result (sent as `encode`d text/bytes: JSON by default)."""
         return fn(*args, **kwargs)
 
     def barrier(self) -> None:
@@ -129,13 +132,22 @@ class DataParallel(OneProcess):
         self._dist.all_reduce(t)
         return t.cpu().tolist()
 
-    def broadcast(self, obj):
-        box = [obj if self.is_main else None]
-        self._dist.broadcast_object_list(box, src=0, device=self._comm_device())
-        return box[0]
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        """Rank 0's bytes on every rank (a length, then the bytes as a uint8 tensor): no pickling."""
+        torch, dev = self._torch, self._comm_device()
+        size = torch.tensor([len(data) if self.is_main else 0], dtype=torch.int64, device=dev)
+        self._dist.broadcast(size, src=0)
+        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if self.is_main
+               else torch.empty(int(size.item()), dtype=torch.uint8, device=dev))
+        if int(size.item()):
+            self._dist.broadcast(buf, src=0)
+        return bytes(buf.cpu().numpy().tobytes())
+
+    def _broadcast_json(self, obj):
+        return json.loads(self.broadcast_bytes(json.dumps(obj).encode() if self.is_main else None))
 
     def broadcast_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.broadcast(sorted(masks) if self.is_main else None)
+        names = self._broadcast_json(sorted(masks) if self.is_main else None)
         if sorted(masks) != names:
             raise ConfigError(f"rank {self.rank} holds masks of other weights than rank 0; every rank must run the "
                               "same command on the same model.")
@@ -147,36 +159,32 @@ class DataParallel(OneProcess):
             out[name] = np.unpackbits(t.cpu().numpy(), count=m.size).astype(bool).reshape(m.shape)
         return out
 
-    def on_main(self, fn: Callable, *args, **kwargs):
-        """Rank 0 runs `fn`, every rank gets its result; an error on rank 0 reaches every rank."""
-        result, error = None, None
+    def on_main(self, fn: Callable, *args, encode=json.dumps, decode=json.loads, **kwargs):
+        """Rank 0 runs `fn`, every rank gets its result (rank 0 its own object, the others `decode(encode(it))`);
+        an error on rank 0 is raised on every rank, as the same class of the onnxprune.errors family."""
+        result, error, payload = None, None, None
         if self.is_main:
             try:
                 result = fn(*args, **kwargs)
+                text = encode(result)
+                payload = b"ok:" + (text.encode() if isinstance(text, str) else text)
             except Exception as exc:  # re-raised below on rank 0, named on the others
                 error = exc
-        shared = self.broadcast(("error", _picklable(error)) if error is not None else ("ok", result))
-        if shared[0] == "error":
-            if error is not None:
-                raise error
-            raise shared[1]
-        return shared[1]
+                kind = type(exc).__name__ if isinstance(exc, errors.ConverterError) else "ConverterError"
+                payload = f"error:{kind}:{exc}".encode()
+        payload = self.broadcast_bytes(payload)
+        if error is not None:
+            raise error
+        if payload.startswith(b"error:"):
+            _, kind, message = payload.decode().split(":", 2)
+            raise getattr(errors, kind, errors.ConverterError)(f"rank 0 failed: {message}")
+        return result if self.is_main else decode(payload[3:])
 
     def barrier(self) -> None:
         self._dist.barrier()
 
     def _comm_device(self):
         return self._torch.device(f"cuda:{self.local_rank}") if self.cuda else self._torch.device("cpu")
-
-
-def _picklable(error: Exception) -> Exception:
-    try:
-        pickle.dumps(error)
-        return error
-    except Exception:
-        from onnxprune.errors import ConverterError
-
-        return ConverterError(f"rank 0 failed: {type(error).__name__}: {error}")
 
 
 def _shutdown() -> None:
@@ -208,6 +216,7 @@ def setup(device: str = "auto", backend: str | None = None) -> OneProcess:
     name = backend or ("ddp" if launched_world_size() > 1 else "one-process")
     if name not in BACKENDS:
         raise ConfigError(f"training backend '{name}' is not one of {', '.join(BACKENDS)}.")
+    _current.samples = _current.samples_per_process = 0  # counted per run
     if _current.name != name:
         if name == "ddp":
             missing = [k for k in ENV if k not in os.environ and k != "LOCAL_RANK"]
@@ -244,3 +253,45 @@ class MainOnly:
 def local_rank() -> int:
     """This process's device index on its node (LOCAL_RANK from torchrun; 0 alone)."""
     return int(os.environ.get("LOCAL_RANK", "0") or 0) if launched_world_size() > 1 else 0
+
+
+# ------------------------------------------------------------------------------ what rank 0 decides, encoded
+
+
+def encode_targets(chosen) -> str:
+    """(targets {weight: Target}, anything) → JSON of the targets: the other ranks need only those."""
+    targets, _ = chosen
+    return json.dumps({n: [t.sparsity, t.quality] for n, t in targets.items()})
+
+
+def decode_targets(data: bytes):
+    from onnxprune.passes.magnitude import Target
+
+    return {n: Target(sparsity=s, quality=q) for n, (s, q) in json.loads(data).items()}, None
+
+
+def encode_checkpoint(resume: dict | None) -> bytes:
+    """A checkpoint (converter.checkpoint.Checkpoints.latest) as bytes: npz arrays + JSON + the model's protobuf."""
+    if resume is None:
+        return b"none"
+    buf = io.BytesIO()
+    arrays = {f"mask/{k}": v for k, v in resume["masks"].items()}
+    arrays.update({f"trainer/{k}": np.asarray(v) for k, v in resume["trainer"].items()})
+    arrays["model"] = np.frombuffer(resume["model"].SerializeToString(), dtype=np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps({"round": resume["round"], "history": resume["history"]},
+                                              default=float).encode(), dtype=np.uint8)
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode_checkpoint(data: bytes) -> dict | None:
+    import onnx
+
+    if data == b"none":
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        meta = json.loads(npz["meta"].tobytes())
+        return {"round": meta["round"], "history": meta["history"],
+                "model": onnx.ModelProto.FromString(npz["model"].tobytes()),
+                "masks": {k[5:]: npz[k].astype(bool) for k in npz.files if k.startswith("mask/")},
+                "trainer": {k[8:]: npz[k] for k in npz.files if k.startswith("trainer/")}}

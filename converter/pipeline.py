@@ -255,7 +255,8 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
     data = Data(original, options) if options.data is not None else None
     state, extra, history = PruneState(), {}, []
     with clock.step("choose"):
-        targets, sensitivity = backend.on_main(choose_targets, original, inventory, options, data, progress, extra)
+        targets, sensitivity = backend.on_main(choose_targets, original, inventory, options, data, progress, extra,
+                                               encode=distributed.encode_targets, decode=distributed.decode_targets)
     with clock.step("prune_retrain"):
         if options.iterations > 0:
             dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
@@ -453,7 +454,8 @@ def _retrain_with_bridge(original, inventory, targets, options: PruneOptions, da
     from onnxprune.converter.schedule import iterative_prune
 
     backend = distributed.current()  # rank 0 reads the checkpoint, every rank resumes from it
-    resume = backend.on_main(checkpoints.latest) if (checkpoints is not None and options.resume) else None
+    resume = backend.on_main(checkpoints.latest, encode=distributed.encode_checkpoint,
+                             decode=distributed.decode_checkpoint) if (checkpoints is not None and options.resume) else None
     if options.resume and resume is None:
         log.warning("nothing to resume in %s; starting from the first round", options.checkpoint_dir)
     elif resume is not None:
