@@ -1,7 +1,8 @@
 """Large seeded models written straight to disk with external data, one tensor at a time (building a 4 GB model
 never holds more than one weight in memory).
 
-    x[N, hidden] → (MatMul W_up[hidden, ffn] + b → Relu → MatMul W_down[ffn, hidden] + b → Add x) × blocks → y
+    x[N, hidden] → (MatMul W_up[hidden, ffn] + b → Relu → MatMul W_down[ffn, hidden] + b → Add x) × blocks
+      → y
 
 A transformer-shaped MLP stack: 2·hidden·ffn weights per block (hidden 4096, ffn 16384, 8 blocks: 1.07B).
 He-initialised (down-projections scaled by 1/sqrt(2·blocks) so the residual stream stays bounded).
@@ -43,7 +44,8 @@ def write_mlp_stack(path: str | os.PathLike, *, hidden: int, ffn: int, blocks: i
                 block *= np.float32(scale)
                 data.write(block.tobytes())
                 offset += block.nbytes
-            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape), data_location=TensorProto.EXTERNAL)
+            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape),
+                            data_location=TensorProto.EXTERNAL)
             for key, value in (("location", data_name), ("offset", start), ("length", offset - start)):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, str(value)
@@ -66,8 +68,8 @@ def write_mlp_stack(path: str | os.PathLike, *, hidden: int, ffn: int, blocks: i
         data.flush()
         os.fsync(data.fileno())
     nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
-    graph = helper.make_graph(nodes, "mlp_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", hidden])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", hidden])], inits)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", hidden]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "mlp_stack", io[:1], io[1:], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with open(path, "wb") as f:
         f.write(model.SerializeToString())

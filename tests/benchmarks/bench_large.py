@@ -102,9 +102,9 @@ def child(code: str, *args: str) -> tuple[float, float, str]:
 
 def weight_bytes(path: Path) -> int:
     """Bytes of all initializers, counted in a child (loading the model here would inflate later peaks)."""
-    code = ("import sys, numpy as np, onnx; m = onnx.load(sys.argv[1], load_external_data=False); print(sum(int(np.prod("
-            "t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize "
-            "for t in m.graph.initializer))")
+    code = ("import sys, numpy as np, onnx; m = onnx.load(sys.argv[1], load_external_data=False); "
+            "print(sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type)"
+            ".itemsize for t in m.graph.initializer))")
     return int(child(code, str(path))[2])
 
 
@@ -143,7 +143,8 @@ def run_stack(folder: Path, args) -> None:
     t0 = time.perf_counter()
     child(BUILD_STACK, str(model_path), str(hidden), str(ffn), str(blocks))
     wbytes = 4 * mlp_stack_params(hidden, ffn, blocks)
-    print(f"model: MLP stack {blocks} x ({hidden} -> {ffn} -> {hidden}), {mlp_stack_params(hidden, ffn, blocks) / 1e6:.0f}M "
+    params = mlp_stack_params(hidden, ffn, blocks)
+    print(f"model: MLP stack {blocks} x ({hidden} -> {ffn} -> {hidden}), {params / 1e6:.0f}M "
           f"params, {wbytes / 2**20:.0f} MB external data, built in {time.perf_counter() - t0:.1f} s")
     out = folder / "out.onnx"
     prune(model_path, out, args.sparsity, wbytes)
