@@ -100,6 +100,11 @@ def prune_file(source: str | os.PathLike, output: str | os.PathLike, options, pr
                         "dead-neuron removal or sparse storage")
     t = time.perf_counter()
     _check_paths(model, source, output)
+    inits = {t.name for g in modelio._all_graphs(model.graph) for t in g.initializer}
+    held = sorted(n for n in targets if n not in inits)
+    if held:  # weights in Constant nodes are inline and small; this path rewrites initializers only
+        report.notes.append(f"left dense (held in Constant nodes, not streamed): {', '.join(held[:10])}")
+        targets = {n: t for n, t in targets.items() if n in inits}
     expected = _write(model, source.parent, output, targets, report, progress)
     report.seconds["prune_write"] = time.perf_counter() - t
     t = time.perf_counter()
