@@ -30,7 +30,7 @@ def prune(
     force: bool = False,
     progress=None,
     **choices,
-) -> PruneResult:
+) -> PruneResult | None:
     """Prune `model` (a path or a ModelProto) and return the verified result.
 
     `data` / `eval_data`: a path (.npz, folder, 'random'), a dict of arrays named after the model inputs (plus an
@@ -44,6 +44,8 @@ def prune(
     result = convert(model, Path(output) if output is not None else None, config,
                      report_dir=Path(report_dir) if report_dir is not None else None, force=force, progress=progress,
                      command=["onnxprune.prune"])
+    if result is None:  # a torchrun process other than rank 0: it trained; rank 0 holds the result
+        return None
     failed = budget_error(result.report)
     if failed is not None and not force:
         raise failed

@@ -244,6 +244,8 @@ def _parse_levels(text: str | None):
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Retraining learning rate (~1/10 of the original).")
 @click.option("--final-lr", type=float, help="Learning rate of the final fine-tune (cosine decay; default --lr).")
 @click.option("--train-batch-size", type=int, default=128, show_default=True, help="Batch size for retraining.")
+@click.option("--accumulate", type=int, default=1, show_default=True,
+              help="Split each training batch into N micro-batches (same gradient, less memory).")
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
 @click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of distillation in ce+distill.")
 @click.option("--schedule", type=click.Choice(["cubic", "geometric", "linear"]), default="cubic", show_default=True)
@@ -361,12 +363,25 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
     def show_json(report):
         click.echo(dumps(report, indent=2))
 
-    progress = Progress(quiet=quiet or as_json)
+    from onnxprune.converter.distributed import is_main
+
+    progress = Progress(quiet=quiet or as_json or not is_main())
     try:
         result = convert(model, output, config, report_dir=report_dir, force=force, progress=progress,
                          command=command, on_budget_error=show_json if as_json else None)
     finally:
         progress.close()
+    if result is None:  # a torchrun process other than rank 0: it trained; rank 0 shows the result
+        return None
+    if getattr(result, "streamed", False):
+        if as_json:
+            show_json(result.report)
+        elif not quiet:
+            r = result.report
+            click.echo(f"wrote {output} (+ {output.name}.data, {r['bytes_written'] / 2**20:.0f} MB): density "
+                       f"{r['after']['density']:.3f} of {r['after']['params']:,} weights, streamed in "
+                       f"{r['seconds']:.1f} s; output change {r['output_change']}")
+        return result
     if as_json:
         show_json(result.report)
     elif not quiet:

@@ -29,7 +29,7 @@ def check_report_dir(report_dir: Path, flag: str = "--report") -> None:
 
 
 def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,
-            progress=None, command=None, on_budget_error=None) -> PruneResult:
+            progress=None, command=None, on_budget_error=None) -> PruneResult | None:
     """Run the plan; with `output`, write the model (and with `report_dir` the report). A missed budget raises
     BudgetError after `on_budget_error(report)` (so a caller can still show the numbers); with `force` the model
     is written and `budget_error(result.report)` tells the caller."""
@@ -40,8 +40,14 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         if output is None:
             raise ConfigError("report_dir needs output too: the report describes a written model.")
         check_report_dir(Path(report_dir))
+    from onnxprune.converter import distributed, streaming
+
+    if output is not None and streaming.applies(model, config):  # big one-shot: tensor by tensor, bounded memory
+        return _streamed(model, Path(output), config, report_dir, progress, command) if distributed.is_main() else None
     with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
         result = run(model, config, progress)
+    if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
+        return None
     report = result.report
     report["command"] = list(command or [])
     failed = budget_error(report)
@@ -61,6 +67,20 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
 
         Checkpoints(config.retrain.checkpoint_dir, "").clear()  # the run is complete: its checkpoints can go
     return result  # forced past a missed budget: budget_error(result.report) still says so
+
+
+def _streamed(model, output: Path, config: RunConfig, report_dir, progress, command):
+    """The streamed one-shot path (converter.streaming): written as it is pruned; report.json only."""
+    from onnxprune.converter import streaming
+    from onnxprune.plain import dumps
+
+    config.validate()
+    report = streaming.prune_file(model, output, config, progress)
+    report["command"] = list(command or [])
+    if report_dir is not None:
+        Path(report_dir).mkdir(exist_ok=True)
+        modelio.atomic_write_bytes(Path(report_dir) / "report.json", dumps(report, indent=2).encode())
+    return streaming.StreamedResult(report)
 
 
 def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> None:

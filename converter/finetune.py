@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from onnxprune.calibration.runtime import make_session, output_names
+from onnxprune.calibration.runtime import gpu_count, make_session, output_names
+from onnxprune.converter import distributed
 from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
@@ -51,6 +52,7 @@ DEVICES = ("auto", "cpu", "cuda")
 MEMORY_BUDGET = 2 << 30  # bytes of training inputs we are willing to hold in memory
 TEACHER_CHUNK = 2048
 DROPOUT_DEFAULT = 0.5
+RANK_SEED = 7919  # dropout seed offset per process rank (rank 0 draws what one process draws)
 # Ops between a weight's consumer and the Dropout it feeds that do not change the connection count.
 # Ops between a weight's consumer and the Dropout it feeds that do not change the connection count.
 TRANSPARENT = CONNECTION_PRESERVING
@@ -71,6 +73,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and torch.version.cuda is None and gpu_count():
+            log.warning("a GPU is there but torch %s is a CPU-only build: training runs on the CPU "
+                        "(install a CUDA build of torch to train on the GPU)", torch.__version__)
     return torch.device(device)
 
 
@@ -197,6 +202,37 @@ def _feeding_layer(name: str, producers) -> onnx.NodeProto | None:
     return None
 
 
+class MixedPrecision:
+    """Autocast on CUDA (bfloat16 where the GPU has it, else float16 with a gradient scaler); nothing on the CPU.
+
+    The parameters stay float32 (autocast casts per op), so write-back puts them in the model's dtype as before.
+    """
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.dtype = (torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
+
+    def autocast(self):
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, opt) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+
+    def step(self, opt) -> None:
+        if self.scaler is None:
+            opt.step()
+            return
+        self.scaler.step(opt)
+        self.scaler.update()
+
+
 # ---------------------------------------------------------------------------------------------------- the data
 
 
@@ -222,22 +258,49 @@ class TrainData:
 
     def epoch(self, generator: torch.Generator, batch_size: int | None = None, teacher_fn=None) -> Iterator[tuple]:
         """Yield (inputs, labels, teacher outputs) batches; in memory: a seeded permutation per epoch."""
+        for inputs, labels, teacher, _, _ in self.shards(generator, batch_size, teacher_fn):
+            yield inputs, labels, teacher
+
+    def shards(self, generator: torch.Generator, batch_size: int | None = None, teacher_fn=None,
+               shard: Callable = lambda index: index) -> Iterator[tuple]:
+        """(inputs, labels, teacher, n_local, n_batch): this process's `shard` of every global batch.
+
+        Every process draws the same permutation, so the shards of one batch are disjoint and cover it. An empty
+        shard (a last batch smaller than the number of processes) yields one sample with n_local = 0, to be
+        weighted by zero: every process still takes part in every step.
+        """
         if self.reader is not None:
-            yield from self._stream(teacher_fn)
+            yield from self._stream(teacher_fn, shard)
             return
         b = batch_size or self.batch_size
         order = torch.randperm(self.num_samples, generator=generator)
         for i in range(0, len(order), b):
-            idx = order[i : i + b]
+            batch = order[i : i + b]
+            idx = shard(batch)
+            n_local = len(idx)
+            idx = idx if n_local else batch[:1]
             yield ({k: v[idx] for k, v in self.inputs.items()},
                    None if self.labels is None else self.labels[idx],
-                   None if self.teacher is None else [t[idx] for t in self.teacher])
+                   None if self.teacher is None else [t[idx] for t in self.teacher], n_local, len(batch))
 
-    def _stream(self, teacher_fn) -> Iterator[tuple]:
+    def _stream(self, teacher_fn, shard) -> Iterator[tuple]:
+        per_feed = getattr(self.reader, "per_feed", False)
         for feeds, labels in self.reader.batches():
+            if per_feed:  # one complete feed, used as is (scalars, batch on axis 1): never cut along axis 0
+                if len(shard(np.arange(2))) != 2:
+                    raise ConfigError("data read one complete feed at a time cannot be split across processes; "
+                                      "retrain it in one process (without torchrun).")
+                n = n_local = 1
+            else:
+                n = len(next(iter(feeds.values())))
+                idx = shard(np.arange(n))
+                n_local = len(idx)
+                idx = idx if n_local else np.arange(min(n, 1))
+                feeds = {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
+                labels = None if labels is None else np.asarray(labels)[idx]
             teacher = None if teacher_fn is None else [torch.from_numpy(t) for t in teacher_fn(feeds)]
             yield ({k: torch.from_numpy(np.require(v, requirements="C")) for k, v in feeds.items()},  # scalars stay 0-d
-                   None if labels is None else torch.from_numpy(np.asarray(labels)), teacher)
+                   None if labels is None else torch.from_numpy(np.asarray(labels)), teacher, n_local, n)
 
 
 def load_data(reader, *, teacher: onnx.ModelProto | None = None, use_labels: bool = True,
@@ -392,6 +455,8 @@ class FinetuneStats:
     device: str = "cpu"
     objective: str = ""
     trainable: list[str] = field(default_factory=list)
+    world_size: int = 1
+    samples_per_process: int = 0
 
     @property
     def samples_per_second(self) -> float:
@@ -401,7 +466,8 @@ class FinetuneStats:
         return {"epochs": self.epochs, "steps": self.steps, "samples": self.samples, "loss": self.loss,
                 "epoch_losses": self.epoch_losses, "seconds": round(self.seconds, 3),
                 "samples_per_second": round(self.samples_per_second, 1), "device": self.device,
-                "objective": self.objective, "trainable": self.trainable}
+                "objective": self.objective, "trainable": self.trainable, "world_size": self.world_size,
+                "samples_per_process": self.samples_per_process}
 
 
 def build_module(model: onnx.ModelProto, trainable: Iterable[str], device: torch.device):
@@ -425,7 +491,7 @@ class MaskedTrainer:
     def __init__(self, model: onnx.ModelProto, masks: dict[str, np.ndarray], data, *, loss: str = "auto",
                  teacher: onnx.ModelProto | None = None, temperature: float = 4.0, label_smoothing: float = 0.0,
                  distill_weight: float = 0.5, dropout_scale: dict | None = None, device: str = "auto",
-                 seed: int = 0, module=None):
+                 seed: int = 0, module=None, accumulate: int = 1):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         name_nodes(self.model)
@@ -433,7 +499,12 @@ class MaskedTrainer:
         if hoisted:
             log.info("moved %d constant(s) out of If/Loop bodies to train them: %s", len(hoisted),
                      ", ".join(hoisted[:10]))
-        self.device = resolve_device(device)
+        if int(accumulate) < 1:
+            raise ConfigError(f"--accumulate {accumulate} must be >= 1 (micro-batches per optimizer step).")
+        self.accumulate = int(accumulate)  # micro-batches per step: the same gradient in 1/N of the memory
+        self.backend = distributed.current()
+        self.device = torch.device(self.backend.device(str(resolve_device(device))))
+        self._amp = MixedPrecision(self.device)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls
         self._calls = 0
@@ -451,6 +522,7 @@ class MaskedTrainer:
         ApplyMasks()(self.model, PruneState(masks=dict(self.masks)))  # constants (not trained) are masked too
         self._own_module = module is None
         self.module = module if module is not None else self._build()
+        self._forward = self.module  # what a training step runs: the module, or DDP around it while training
         self.params = self.module.onnx_parameters()
         self._mask_tensors: dict[str, torch.Tensor] = {}
         self.set_masks(self.masks)
@@ -469,6 +541,7 @@ class MaskedTrainer:
     def set_masks(self, masks: dict[str, np.ndarray]) -> None:
         """Intersect with the current masks, zero the newly pruned weights, rescale dropout."""
         constants_changed = False
+        masks = self.backend.broadcast_masks(masks)  # rank 0's masks on every rank
         for name, mask in masks.items():
             mask = np.asarray(mask, dtype=bool)
             old = self.masks.get(name)
@@ -485,6 +558,7 @@ class MaskedTrainer:
         if constants_changed and self._own_module:  # a Constant-node weight lost connections: rebuild around it
             self.model = self.export()
             self.module = self._build()
+            self._forward = self.module
             self.params = self.module.onnx_parameters()
         ratios = dropout_ratios(self.model, self.masks)
         ratios.update(self.dropout_scale)
@@ -572,61 +646,89 @@ class MaskedTrainer:
                   {"params": others, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum) if groups else None
+        # DDP (rebuilt for each call, since the trainable set changes) broadcasts rank 0's weights as it wraps
+        self._forward = self.backend.wrap(self.module) if opt is not None else self.module
         l1 = reg_strength if reg == "l1" else 0.0
         return self._loop(opt, epochs, lr, lr_schedule, lr_min, batch_size, list(active), l1, progress)
 
     def _loop(self, opt, epochs, lr, lr_schedule, lr_min, batch_size, active, l1, progress) -> FinetuneStats:
-        stats = FinetuneStats(device=str(self.device), objective=self.loss_kind, trainable=active)
+        backend = self.backend
+        stats = FinetuneStats(device=str(self.device), objective=self.loss_kind, trainable=active,
+                              world_size=backend.world_size)
         n_batches = self.data.num_batches(batch_size)
         total_steps = max(int(math.ceil(epochs * n_batches)), 0)
         sparsity = self.sparsity()
         gen = self._generator
         self._calls += 1
         t0, step = time.perf_counter(), 0
-        with _deterministic(self.seed * 1000 + self._calls):
+        progress = progress if backend.is_main else None
+        with _deterministic(self.seed * 1000 + self._calls + RANK_SEED * backend.rank):
             self.module.train()
             epoch = 0
             while step < total_steps and opt is not None:
                 epoch += 1
-                running, seen = 0.0, 0
-                for b, (inputs, labels, teacher) in enumerate(self.data.epoch(gen, batch_size, self._teacher_fn)):
+                running, seen, local_before = 0.0, 0, stats.samples_per_process
+                batches = self.data.shards(gen, batch_size, self._teacher_fn, backend.shard)
+                for b, (inputs, labels, teacher, n, n_batch) in enumerate(batches):
                     if step >= total_steps:
                         break
                     _set_lr(opt, lr, lr_min, step, total_steps, lr_schedule)
-                    loss = self._step(opt, inputs, labels, teacher, active, l1)
-                    n = len(next(iter(inputs.values())))
-                    running, seen, step = running + loss * n, seen + n, step + 1
+                    loss_sum = self._step(opt, (inputs, labels, teacher, n), n_batch, active, l1)
+                    running, seen, step = running + loss_sum, seen + n, step + 1
                     if progress is not None:
-                        progress(epoch, b + 1, n_batches, running / seen, sparsity)
+                        progress(epoch, b + 1, n_batches, running / max(seen, 1), sparsity)
+                stats.samples_per_process += seen
+                running, seen = backend.all_sum([running, float(seen)])  # the epoch's loss over all processes
                 stats.epoch_losses.append(running / max(seen, 1))
-                stats.samples += seen
+                stats.samples += int(seen)
+                backend.count(stats.samples_per_process - local_before, int(seen))
             self.module.eval()
+        self._forward = self.module
         stats.epochs, stats.steps = len(stats.epoch_losses), step
         stats.loss = stats.epoch_losses[-1] if stats.epoch_losses else float("nan")
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    def _step(self, opt, inputs, labels, teacher, active, l1) -> float:
-        dev = self.device
-        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
-        outputs = _as_tuple(self.module(**inputs))
-        loss = self.objective(outputs, None if labels is None else labels.to(dev),
-                              None if teacher is None else [t.to(dev) for t in teacher])
-        if l1:
-            loss = loss + l1 * sum(self.params[w].abs().sum() for w in active if w in self.params)
+    def _step(self, opt, batch: tuple, n_batch: int, active, l1) -> float:
+        """One optimizer step on this process's part of a global batch of `n_batch` samples, in `accumulate`
+        micro-batches; returns the sum of the per-sample losses of its part.
+
+        Each micro-batch's mean loss is weighted by W·n_micro/n_batch (W processes, whose gradients DDP averages),
+        so the step's gradient is the mean over the global batch, however it is split over processes and
+        micro-batches; DDP synchronises once, on the last micro-batch.
+        """
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        micro = _micro_batches(batch, self.accumulate)
+        for i, (inputs, labels, teacher, n) in enumerate(micro):
+            sync = i == len(micro) - 1 or not hasattr(self._forward, "no_sync")
+            with contextlib.nullcontext() if sync else self._forward.no_sync():
+                loss = self._loss(inputs, labels, teacher, active, l1)
+                self._amp.backward(loss * (self.backend.world_size * n / n_batch))
+            total += float(loss.detach()) * n
         with torch.no_grad():
+            self._amp.unscale(opt)  # the masks zero true gradients, not scaled ones
             for name, keep in self._mask_tensors.items():
                 g = self.params[name].grad
                 if g is not None:
                     g.masked_fill_(~keep, 0.0)
             self._share_gradients()
-            opt.step()
+            self._amp.step(opt)
             for name, keep in self._mask_tensors.items():
                 self.params[name].masked_fill_(~keep, 0.0)
             self._share_values()
-        return float(loss.detach())
+        return total
+
+    def _loss(self, inputs, labels, teacher, active, l1) -> torch.Tensor:
+        dev = self.device
+        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+        with self._amp.autocast():
+            outputs = _as_tuple(self._forward(**inputs))
+            loss = self.objective(outputs, None if labels is None else labels.to(dev),
+                                  None if teacher is None else [t.to(dev) for t in teacher])
+        if l1:
+            loss = loss + l1 * sum(self.params[w].abs().sum() for w in active if w in self.params)
+        return loss
 
     def _make_objective(self, temperature, label_smoothing, distill_weight) -> Objective:
         inputs, _, _ = next(self.data.epoch(torch.Generator().manual_seed(0), 2, self._teacher_fn))
@@ -634,6 +736,18 @@ class MaskedTrainer:
             self.module.eval()
             sample = _as_tuple(self.module(**{k: v.to(self.device) for k, v in inputs.items()}))
         return Objective(self.loss_kind, output_kinds(self.model, sample), temperature, label_smoothing, distill_weight)
+
+
+def _micro_batches(batch: tuple, parts: int) -> list[tuple]:
+    """(inputs, labels, teacher, n) split along the samples into up to `parts` pieces of (nearly) equal size."""
+    inputs, labels, teacher, n = batch
+    size = len(next(iter(inputs.values())))
+    parts = max(1, min(parts, n))
+    if parts == 1:
+        return [batch]
+    bounds = np.linspace(0, size, parts + 1).astype(int)
+    return [({k: v[a:b] for k, v in inputs.items()}, None if labels is None else labels[a:b],
+             None if teacher is None else [t[a:b] for t in teacher], int(b - a)) for a, b in zip(bounds, bounds[1:])]
 
 
 def _has_labels(data) -> bool:

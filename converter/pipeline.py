@@ -36,11 +36,22 @@ class PruneResult:
     history: list[dict] = field(default_factory=list)
 
 
-def run(source, config: RunConfig, progress: Progress | None = None) -> PruneResult:
-    """Validate the settings, build the plan and run it. Raises the ConverterError family."""
+def run(source, config: RunConfig, progress: Progress | None = None) -> PruneResult | None:
+    """Validate the settings, build the plan and run it. Raises the ConverterError family.
+
+    Under torchrun every process runs the plan: rank 0 alone scans, verifies and reports (the main-only steps),
+    the others take part in choosing and retraining and return None."""
+    from onnxprune.calibration import runtime
+    from onnxprune.converter import distributed
+
     config.validate()
+    runtime.use_device(config.retrain.device, distributed.local_rank())  # every onnxruntime session; cuda w/o GPU fails
+    backend = distributed.setup(config.retrain.device)  # torchrun's processes join here; alone: nothing happens
     state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None))
-    run_steps(build_plan(config), state)
+    run_steps(build_plan(config), state, is_main=backend.is_main)
+    if not backend.is_main:
+        return None
+    state.report.update(backend.report())  # world_size, samples per process
     state.report["seconds_by_step"] = dict(state.seconds)
     state.report["seconds"] = state.seconds["total"]
     return PruneResult(model=state.final, dense_model=state.pruned, original=state.original, state=state.prune,

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 RoundProgress = Callable[[int, int, int, int, int, float, float], None]
 
 TRAINER_OPTIONS = {"loss", "teacher", "temperature", "label_smoothing", "distill_weight", "dropout_scale",
-                   "device", "seed", "module"}
+                   "device", "seed", "module", "accumulate"}
 TRAIN_OPTIONS = {"momentum", "reg", "reg_strength", "batch_size", "lr_min"}
 
 

@@ -85,6 +85,7 @@ class Step:
     needs: ClassVar[tuple[str, ...]] = ()
     gives: ClassVar[tuple[str, ...]] = ()
     optional: ClassVar[tuple[str, ...]] = ()  # gives that may legitimately stay empty (None)
+    main_only: ClassVar[bool] = False  # under torchrun, only rank 0 runs it (the others train, then stop)
 
     def __init__(self, *configs: StepConfig):
         self.configs = configs
@@ -133,12 +134,15 @@ def check_plan(steps: list[Step], given: tuple[str, ...] = ("source",)) -> None:
         have.update(step.gives)
 
 
-def run_steps(steps: list[Step], state: RunState) -> RunState:
-    """Run the steps in order over `state`. A failure names the step and the steps already run."""
+def run_steps(steps: list[Step], state: RunState, *, is_main: bool = True) -> RunState:
+    """Run the steps in order over `state`. A failure names the step and the steps already run. On a torchrun
+    process other than rank 0 (`is_main` False) the main-only steps are skipped."""
     check_plan(steps)
     done: list[str] = []
     start = time.perf_counter()
     for step in steps:
+        if step.main_only and not is_main:
+            continue
         t = time.perf_counter()
         try:
             step.run(state)

@@ -32,11 +32,14 @@ class AllocateStep(Step):
         self.config = config
 
     def run(self, state: RunState) -> None:
+        state.targets = on_main(self._choose, state)
+
+    def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         state.allocation = {"predicted_loss_pp": allocation.predicted_loss_pp, "sparsities": dict(allocation)}
-        state.targets = _with_fixed({n: Target(sparsity=float(s)) for n, s in allocation.items()}, state.targets)
+        return _with_fixed({n: Target(sparsity=float(s)) for n, s in allocation.items()}, state.targets)
 
 
 @register_step("fit-budget")
@@ -51,6 +54,9 @@ class FitBudgetStep(Step):
         self.config = config
 
     def run(self, state: RunState) -> None:
+        state.targets = on_main(self._choose, state)
+
+    def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate, fit_to_budget
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
@@ -60,8 +66,16 @@ class FitBudgetStep(Step):
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes}
-        state.targets = _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()},
-                                    state.targets)
+        return _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()}, state.targets)
+
+
+def on_main(choose, state: RunState) -> dict:
+    """Targets chosen on rank 0 (which alone scanned) and given to every torchrun process; alone: just chosen."""
+    from onnxprune.converter import distributed
+
+    targets, _ = distributed.current().on_main(lambda: (choose(state), None), encode=distributed.encode_targets,
+                                               decode=distributed.decode_targets)
+    return targets
 
 
 def _with_fixed(allocated: dict, fixed: dict | None) -> dict:
@@ -74,6 +88,7 @@ def _with_fixed(allocated: dict, fixed: dict | None) -> dict:
 class BudgetCheckStep(Step):
     """Is the final model's measured loss within --max-loss? (Recorded in the report; the writer refuses if not.)"""
 
+    main_only = True
     needs = ("report",)
     gives = ("report",)
 

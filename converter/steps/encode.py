@@ -26,6 +26,7 @@ class EncodeConfig(StepConfig):
 class EncodeStep(Step):
     """Encode the pruned weights in the chosen storage format (the oracle `pruned` stays dense)."""
 
+    main_only = True
     needs = ("shrunk", "pruned", "inventory")
     gives = ("final",)
 

@@ -27,6 +27,7 @@ class QuantizeConfig(StepConfig):
 class QuantizeStep(Step):
     """Store the surviving weights in fewer bits; the oracle takes the quantized values."""
 
+    main_only = True
     needs = ("pruned", "inventory")
     gives = ("pruned",)
 

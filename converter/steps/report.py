@@ -15,6 +15,7 @@ from onnxprune.passes.weights import weight_array
 class ReportStep(Step):
     """Assemble the numbers of the run (what report.json, report.html and the summary show)."""
 
+    main_only = True
     needs = ("original", "inventory", "pruned", "final", "parity", "targets")
     gives = ("report",)
 

@@ -39,6 +39,7 @@ class RetrainConfig(StepConfig):
     train_batch_size: int = 128
     alternate: bool = False
     device: str = "auto"
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation): same gradient, 1/N the memory
     neuron_sparsity: float = 0.0  # share of each layer's neurons to remove whole while retraining
     neuron_layers: dict[str, float] = field(default_factory=dict)  # per-layer overrides of neuron_sparsity
     checkpoint_dir: str | None = None  # a checkpoint per round; per run, not part of a recipe
@@ -55,6 +56,8 @@ class RetrainConfig(StepConfig):
             raise ConfigError(f"--lr {self.lr} must be > 0.")
         if self.train_batch_size < 1:
             raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
+        if self.accumulate < 1:
+            raise ConfigError(f"--accumulate {self.accumulate} must be >= 1 (micro-batches per optimizer step).")
         if self.neuron_sparsity or self.neuron_layers:
             from onnxprune.passes.neuron_masks import check_shares
 
@@ -69,7 +72,8 @@ class RetrainConfig(StepConfig):
 
     def trainer_options(self, seed: int) -> dict:
         return {"loss": self.loss, "temperature": self.temperature, "distill_weight": self.distill_weight,
-                "label_smoothing": self.label_smoothing, "device": self.device, "seed": seed}
+                "label_smoothing": self.label_smoothing, "device": self.device, "seed": seed,
+                "accumulate": self.accumulate}
 
 
 class _Retraining(Step):
@@ -110,16 +114,21 @@ class _Retraining(Step):
         from onnxprune.converter.checkpoint import Checkpoints, fingerprint
         from onnxprune.converter.plan import recipe_of
 
+        from onnxprune.converter import distributed
+
         sha = state.loaded.sha256 or hashlib.sha256(state.original.SerializeToString()).hexdigest()
         checkpoints = Checkpoints(self.config.checkpoint_dir, fingerprint(sha, recipe_of(state.config)))
-        resume = checkpoints.latest() if self.config.resume else None
+        backend = distributed.current()  # rank 0 reads the checkpoint, every rank resumes from it
+        resume = backend.on_main(checkpoints.latest, encode=distributed.encode_checkpoint,
+                                 decode=distributed.decode_checkpoint) if self.config.resume else None
         if self.config.resume and resume is None:
             log.warning("nothing to resume in %s; starting from the first round", self.config.checkpoint_dir)
         elif resume is not None:
             log.warning("resuming after round %d from %s", resume["round"], self.config.checkpoint_dir)
 
         def save(step, trainer, history):
-            checkpoints.save(step, trainer.export(), trainer.masks, history, trainer.state())
+            if backend.is_main:
+                checkpoints.save(step, trainer.export(), trainer.masks, history, trainer.state())
 
         return save, resume
 
@@ -140,7 +149,7 @@ class RetrainStep(_Retraining):
 
         c, data = self.config, state.data
         checkpoint, resume = self._checkpoints(state)
-        evaluator = data.calibration
+        evaluator = _main_only(data.calibration)
         model, masks, history = iterative_prune(
             state.original, state.inventory, state.targets, data.train_reader(batch_size=c.train_batch_size),
             iterations=c.iterations, epochs=c.epochs, lr=c.lr, schedule=c.schedule, final_epochs=c.final_epochs,
@@ -166,7 +175,7 @@ class BudgetSearchStep(_Retraining):
         c, data = self.config, state.data
         checkpoint, resume = self._checkpoints(state)
         search = BudgetSearch(state.original, state.inventory, state.targets, c, self.budget.max_loss,
-                              data.train_reader(batch_size=c.train_batch_size), data.calibration,
+                              data.train_reader(batch_size=c.train_batch_size), _main_only(data.calibration),
                               c.trainer_options(data.config.seed), resume, state.scoring)
         on_batch = self._on_batch(state)
         for r in range(search.done + 1, c.iterations + 1):
@@ -179,6 +188,13 @@ class BudgetSearchStep(_Retraining):
             return copy_model(state.original), search.history
         state.prune.masks.update(search.best[1])
         return search.best[0], search.history
+
+
+def _main_only(evaluator):
+    """Under torchrun, rank 0 measures and every rank gets the score (so all follow the same search path)."""
+    from onnxprune.converter import distributed
+
+    return distributed.MainOnly(evaluator, distributed.current())
 
 
 def _reconstruct(state: RunState):

@@ -36,6 +36,7 @@ def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: 
 class ScanStep(Step):
     """Scan each layer the budget allocates over, on the decision data."""
 
+    main_only = True
     needs = ("original", "scannable", "data", "scoring")
     gives = ("sensitivity",)
 

@@ -30,6 +30,7 @@ class ShrinkConfig(StepConfig):
 class ShrinkStep(Step):
     """Remove dead neurons (and unread input features) from the pruned model."""
 
+    main_only = True
     needs = ("pruned",)
     gives = ("shrunk", "neurons")
     optional = ("neurons",)

@@ -22,6 +22,7 @@ class VerifyConfig(StepConfig):
 class VerifyStep(Step):
     """onnxruntime parity: the encoded model against the dense model with the same weights."""
 
+    main_only = True
     needs = ("final", "pruned")
     gives = ("parity",)
 
@@ -49,6 +50,7 @@ class VerifyStep(Step):
 class MeasureStep(Step):
     """The metric of the input and output model, how far the outputs moved, and Act% per layer."""
 
+    main_only = True
     needs = ("final", "pruned", "original", "inventory", "data")
     gives = ("metrics", "activations")
 

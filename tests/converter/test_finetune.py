@@ -258,3 +258,21 @@ def test_trained_quantization_keeps_shared_values_and_recovers_accuracy(mnist_sm
         assert not np.array_equal(before, after), f"'{n}': the shared values did not train"
     acc_before, acc_after = accuracy(quantized, test_x, test_y), accuracy(out, test_x, test_y)
     assert acc_after > acc_before + 0.01, f"trained quantization moved test accuracy {acc_before:.3f} -> {acc_after:.3f}"
+
+
+def test_gradient_accumulation_takes_the_same_steps_in_micro_batches(lenet300):
+    """--accumulate N: each batch in N micro-batches, weighted by their share: the same step up to float rounding."""
+    x, y = load_npz(MNIST_TRAIN_SLICE)
+    masks = {w.name: sparsity_mask(weight_array(lenet300, w.name), 0.8) for w in find_prunable(lenet300).prunable}
+    outs = {}
+    for parts in (1, 3):
+        trainer = MaskedTrainer(lenet300, masks, (x[:300], y[:300]), device="cpu", seed=2, accumulate=parts)
+        stats = trainer.train(1, 0.05, batch_size=64)
+        assert stats.steps == 5 and stats.samples == 300
+        outs[parts] = (trainer.weights(), stats.loss)
+    for name, w in outs[1][0].items():
+        np.testing.assert_allclose(outs[3][0][name], w, atol=2e-6, err_msg=name)
+        assert not outs[3][0][name][~masks[name]].any(), name
+    assert outs[3][1] == pytest.approx(outs[1][1], rel=1e-5)
+    with pytest.raises(ConfigError, match="--accumulate 0"):
+        MaskedTrainer(lenet300, masks, (x[:64], y[:64]), device="cpu", accumulate=0)
