@@ -306,10 +306,12 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     """
     from onnxprune.converter.plan import configure
 
-    choices["neurons"] = not no_neurons
+    choices = _typed(choices)  # what the user typed; the step configs hold the defaults
+    if no_neurons:
+        choices["neurons"] = False
     if recipe is not None:
-        config = _config_from_recipe(recipe, model, allow_other_model, data=choices["data"],
-                                     eval_data=choices["eval_data"])
+        config = _config_from_recipe(recipe, model, allow_other_model, data=choices.get("data"),
+                                     eval_data=choices.get("eval_data"))
     else:
         config = configure(layers=_parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
                            neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"), **choices)
@@ -323,6 +325,13 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
         return
     _convert_and_show(model, output, config, report_dir=report_dir, quiet=quiet, as_json=as_json, force=force,
                       command=["onnxprune", *sys.argv[1:]])
+
+
+def _typed(choices: dict) -> dict:
+    """The options given on the command line (or by environment), not defaulted: a config's own default stands
+    for the rest, and the automatic search knows which settings the user fixed."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in choices.items() if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
 
 
 def _print_plan(config, as_json: bool) -> None:

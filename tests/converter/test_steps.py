@@ -199,3 +199,31 @@ def test_verbosity_flags_are_accepted_after_the_subcommand(tmp_path):
     res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--sparsity", "2",
                                    "--debug"])
     assert res.exit_code != 0 and isinstance(res.exception, ConfigError)  # --debug lets the error through
+
+
+def test_the_command_lines_defaults_are_the_step_configs_defaults():
+    """The CLI passes only what was typed; its shown defaults must be the configs' own."""
+    from onnxprune.converter.plan import RunConfig, owners
+
+    config = RunConfig()
+    prune = cli.commands["prune"]
+    checked = 0
+    ctx = click_context()
+    for param in prune.params:
+        default = param.get_default(ctx, call=True)
+        if type(default).__name__ == "Sentinel":  # click >= 8.2 says "no default" with a sentinel
+            default = None
+        if param.name in owners() and default is not None and not param.multiple:
+            value = getattr(getattr(config, owners()[param.name]), param.name)
+            default = param.type_cast_value(ctx, default)
+            if param.callback is not None:
+                default = param.callback(ctx, param, default)
+            assert default == value, f"--{param.name.replace('_', '-')}: CLI default {default!r}, config {value!r}"
+            checked += 1
+    assert checked >= 15
+
+
+def click_context():
+    import click
+
+    return click.Context(cli.commands["prune"])
