@@ -51,9 +51,10 @@ class RunConfig:
     shrink: ShrinkConfig = field(default_factory=ShrinkConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    given: frozenset = frozenset()  # the choices the user set (not defaulted): a search does not re-choose them
 
     def sections(self) -> dict[str, StepConfig]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "given"}
 
     def validate(self) -> None:
         """Each config checks itself; then what only the combination can say."""
@@ -82,6 +83,8 @@ def owners() -> dict[str, str]:
     """choice name -> the section (step config) that owns it."""
     out = {}
     for section in dataclasses.fields(RunConfig):
+        if section.name == "given":
+            continue
         for f in dataclasses.fields(section.default_factory):
             out[f.name] = section.name
     return out
@@ -98,6 +101,8 @@ def choice_types() -> dict:
 
     out = {}
     for section in dataclasses.fields(RunConfig):
+        if section.name == "given":
+            continue
         out.update({k: v for k, v in typing.get_type_hints(section.default_factory).items()
                     if k in {f.name for f in dataclasses.fields(section.default_factory)}})
     return out
@@ -116,7 +121,7 @@ def configure(**choices) -> RunConfig:
         if name == "levels" and value is not None:
             value = tuple(value)
         per_section.setdefault(owner[name], {})[name] = value
-    config = RunConfig()
+    config = RunConfig(given=frozenset(k for k, v in choices.items() if v is not None))
     for section, values in per_section.items():
         setattr(config, section, dataclasses.replace(getattr(config, section), **values))
     return config
