@@ -42,6 +42,10 @@ def prune(
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}.")
     options = PruneOptions(data=data, eval_data=eval_data, **choices)
+    if "auto_overrides" not in choices:  # what the caller set, the automatic search does not choose
+        from onnxprune.converter.auto.config import OVERRIDES
+
+        options.auto_overrides = {k: choices[k] for k in OVERRIDES if k in choices}
     if "exclude" in choices:
         options.exclude = tuple(choices["exclude"])
     if output is not None or report_dir is not None:

@@ -182,8 +182,15 @@ def _parse_levels(text: str | None):
 @click.option("--quality", type=float, help="The paper's rule: drop |w| <= Q x the layer's weight std.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=S", help="Per-layer sparsity (node or weight name, glob ok).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
-@click.option("--max-loss", type=float, help="Choose per-layer sparsities from a sensitivity scan within this loss (pp).")
+@click.option("--max-loss", type=float, help="Accuracy budget (pp): with training data, the automatic search "
+              "(prune, retrain, remove neurons) returns the smallest, fastest model within it.")
 @_data_options
+@click.option("--val-data", type=str, help="Decision set for --max-loss, never trained on (default: every 10th "
+              "sample of --data).")
+@click.option("--one-shot", is_flag=True, help="With --max-loss: the sensitivity-scan search only, no retraining.")
+@click.option("--time-budget", type=str, help="Wall-time bound of the automatic search: seconds, 90s, 15m, 1h "
+              "(default 15m); the best model found is returned.")
+@click.option("--threads", type=int, help="torch and onnxruntime threads (default: 1 on <= 2 cores, else half).")
 @click.option("--iterations", type=int, default=0, show_default=True, help="Prune -> retrain rounds (0 = one-shot).")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Retraining epochs per round.")
 @click.option("--final-epochs", type=float, default=0.0, show_default=True, help="Extra fine-tune at the final sparsity.")
@@ -229,7 +236,7 @@ def _parse_levels(text: str | None):
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")
 def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_loss, data, eval_data, labels, metric,
-          batch_size, limit, levels, seed, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
+          batch_size, limit, levels, seed, val_data, one_shot, time_budget, threads, iterations, epochs, final_epochs, lr, final_lr, train_batch_size, label_smoothing,
           distill_weight, schedule, loss_kind, temperature, alternate,
           reg, reg_strength,
           device, sparse_format, validation, neuron_sparsity, neuron_layers, no_neurons, crop_inputs, gather_inputs,
@@ -267,7 +274,9 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
             alternate=alternate, reg=reg, reg_strength=reg_strength,
             device=device, sparse_format=sparse_format, neurons=not no_neurons, gather_inputs=gather_inputs,
             crop_inputs=crop_inputs, seed=seed, validation=validation, neuron_sparsity=neuron_sparsity,
-            neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"),
+            neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"), val_data=val_data, one_shot=one_shot,
+            time_budget=time_budget, threads=threads, auto_overrides=_given(
+                lr=lr, epochs=epochs, neuron_sparsity=neuron_sparsity, train_batch_size=train_batch_size),
         )
     modelio.check_output_path(output, protect=(model,))
     if report_dir is not None:
@@ -279,6 +288,13 @@ def prune(model: Path, output: Path, sparsity, quality, layers, exclude, max_los
         raise ConfigError("--resume continues an interrupted retraining run; this run has no --iterations.")
     execute(model, output, options, report_dir=report_dir, quiet=quiet or as_json, as_json=as_json, force=force,
             command=["onnxprune", *sys.argv[1:]])
+
+
+def _given(**values) -> dict:
+    """The options typed on the command line (not defaulted): the automatic search takes them as given."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in values.items()
+            if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
 
 
 def _check_report_dir(report_dir: Path) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[..., None]  # (task, done, total, info="")
 
 # Not part of a recipe (or of a checkpoint's fingerprint): what is supplied per run.
-DATA_FIELDS = ("data", "eval_data", "checkpoint_dir", "resume")
+DATA_FIELDS = ("data", "eval_data", "val_data", "checkpoint_dir", "resume")
 MIN_VALIDATION = 50  # fewer held-out samples than this say too little: measure on the training data instead
 
 
@@ -83,6 +83,18 @@ class PruneOptions:
     # long runs: a checkpoint per retraining round, and --resume
     checkpoint_dir: str | None = None
     resume: bool = False
+    # the automatic search (--max-loss with training data; converter.auto)
+    one_shot: bool = False  # --one-shot: the no-retraining budget search only
+    time_budget: float | str | None = None  # seconds or "15m"; default converter.auto.DEFAULT_TIME_BUDGET
+    val_data: Any = None  # decision set the search never trains on (default: a split of --data)
+    threads: int | None = None  # torch and onnxruntime threads (default: converter.auto.threads rule)
+    auto_overrides: dict = field(default_factory=dict)  # flags the user gave that the search would choose
+
+    @property
+    def wants_auto(self) -> bool:
+        """--max-loss with data and no --iterations/--one-shot: the automatic search (when torch and data allow)."""
+        return (self.max_loss is not None and not self.one_shot and self.iterations == 0 and self.data is not None
+                and self.data != "random")
 
     def validate(self) -> None:
         if self.sparse_format not in FORMATS:
@@ -185,7 +197,9 @@ class Data:
         self.every = self._split(options)  # before any part= reader is asked for
 
     def _split(self, o: PruneOptions) -> int | None:
-        if o.max_loss is None or o.iterations < 1 or not o.validation or o.data == "random":
+        if o.val_data is not None:  # the search decides on --val-data and trains on all of --data
+            return None
+        if o.max_loss is None or (o.iterations < 1 and not o.wants_auto) or not o.validation or o.data == "random":
             return None
         every = max(2, round(1.0 / o.validation))
         n = self.reader().num_samples
@@ -221,7 +235,7 @@ class Data:
     def calibration(self):
         """Scores on the data the choices are made on: --data, or its validation part when split."""
         if self._calib is None:
-            self._calib = self._evaluator(None, part="validation")
+            self._calib = self._evaluator(self.options.val_data, part="validation")
         return self._calib
 
     @property
@@ -246,12 +260,22 @@ def run(source, options: PruneOptions, progress: Progress | None = None) -> Prun
         from onnxprune.passes.neuron_masks import neuron_map
 
         neuron_map(original, {w.name for w in inventory.prunable}).fractions(0.0, options.neuron_layers)
+    from onnxprune.converter.auto.threads import apply_threads
+
+    apply_threads(options.threads)
     data = Data(original, options) if options.data is not None else None
     state, extra, history = PruneState(), {}, []
+    auto = _auto_or_why_not(options, data, state)
     with clock.step("choose"):
-        targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
+        if auto:  # the automatic search chooses, prunes and retrains (converter.auto)
+            targets, sensitivity, dense_pruned, history = _auto(original, inventory, options, data, state,
+                                                                 progress, extra, clock.start)
+        else:
+            targets, sensitivity = choose_targets(original, inventory, options, data, progress, extra)
     with clock.step("prune_retrain"):
-        if options.iterations > 0:
+        if auto:
+            pass
+        elif options.iterations > 0:
             dense_pruned, history = retrain(original, inventory, targets, options, data, state, progress,
                                             _checkpoints(options, loaded, original))
             _record_thresholds(dense_pruned, state)
@@ -319,6 +343,49 @@ class _Clock:
 
     def summary(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in {**self.steps, "total": time.perf_counter() - self.start}.items()}
+
+
+def _auto_or_why_not(options: PruneOptions, data: Data | None, state: PruneState) -> bool:
+    """Does the automatic search run? Without torch or with too little data, the one-shot search does (said once)."""
+    if not options.wants_auto:
+        return False
+    from onnxprune.converter.auto import MIN_TRAIN_SAMPLES
+
+    why = None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        why = "torch is not installed"
+    if why is None:
+        n = data.train_reader().num_samples
+        if n is not None and n < MIN_TRAIN_SAMPLES:
+            why = f"--data holds {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
+    if why is not None:
+        note = f"{why}: the one-shot budget search ran (no retraining)"
+        log.warning(note)
+        state.notes.append(note)
+        return False
+    return True
+
+
+def _auto(original, inventory, options: PruneOptions, data: Data, state: PruneState, progress, extra: dict,
+          start: float):
+    """The one call into converter.auto; returns (targets, sensitivity, pruned dense model, history)."""
+    from onnxprune.converter.auto import AutoConfig, AutoData, auto_search
+
+    config = AutoConfig.from_options(options)
+    if not options.gather_inputs:
+        options.crop_inputs = True  # speed: crop the input to what the pruned weights read
+    auto_data = AutoData(train=data.train_reader(batch_size=options.train_batch_size), evaluator=data.calibration,
+                         dense=original)
+    result = auto_search(original, _scannable(inventory, options), auto_data, config, progress,
+                         start + config.time_budget)
+    state.masks.update(result.masks)
+    state.notes.extend(result.notes)
+    extra["auto"] = result.report()
+    targets = {n: Target(sparsity=1.0 - float(m.mean())) for n, m in result.masks.items()}
+    _record_thresholds(result.model, state)
+    return targets, result.sensitivity, result.model, result.history
 
 
 def _sensitivity_report(sensitivity) -> dict:
@@ -558,6 +625,10 @@ def _check_budget(result: PruneResult, options: PruneOptions) -> None:
     measured = result.report["metrics"]["sets"]["calibration"]["loss_pp"]
     result.report["budget"] = {"max_loss_pp": options.max_loss, "measured_loss_pp": measured,
                                "met": measured <= options.max_loss + 1e-9}
+    decision = result.report.get("auto", {}).get("decision")
+    if decision is not None:  # the automatic search decides by its stated rule (converter.auto.decide)
+        result.report["budget"].update(met=measured <= decision["limit_pp"] + 1e-9, limit_pp=decision["limit_pp"],
+                                       rule=result.report["auto"]["rule"])
 
 
 def budget_error(report: dict) -> BudgetError | None:
