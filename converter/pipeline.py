@@ -137,9 +137,9 @@ class PruneOptions:
         from onnxprune.passes.neuron_masks import check_shares
 
         check_shares([self.neuron_sparsity, *self.neuron_layers.values()])
-        if self.iterations < 1:
+        if self.iterations < 1 and not self.wants_auto:
             raise ConfigError("--neuron-sparsity removes whole neurons while retraining; add --iterations N "
-                              "(and --data).")
+                              "(and --data), or --max-loss with --data.")
         if not self.neurons:
             raise ConfigError("--neuron-sparsity needs the dead-neuron pass to remove what it masks; drop "
                               "--no-neurons.")

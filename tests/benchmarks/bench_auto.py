@@ -60,17 +60,17 @@ def held_out(original, pruned, images, labels) -> dict:
 
 
 def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Path, **choices) -> dict:
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     target = out / f"{name}.onnx"
     result = prune(str(model_path), data=train, val_data=val, output=target, **choices)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     original = onnx.load(str(model_path))
     lat = measure_latency(original, result.model, threads=1, budget_s=15)
     report = result.report
     neurons = {k: (v["before"], v["after"]) for k, v in (report.get("neurons") or {}).get("layers", {}).items()}
     auto = report.get("auto", {})
     return {
-        "row": name, "wall_s": wall, "load": (load0, os.getloadavg()[0]),
+        "row": name, "wall_s": wall, "cpu_s": cpu, "load": (load0, os.getloadavg()[0]),
         "compression": report["compression"], "nonzeros": (report["before"]["nonzeros"], report["after"]["nonzeros"]),
         "held_out": held_out(original, result.model, *test), "neurons": neurons,
         "file_kb": (Path(model_path).stat().st_size / 1024, target.stat().st_size / 1024),
@@ -84,7 +84,7 @@ def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Pat
 
 def show(r: dict) -> None:
     h = r["held_out"]
-    print(f"\n== {r['row']}  (--max-loss only; wall {r['wall_s']:.0f} s, load {r['load'][0]:.1f} -> {r['load'][1]:.1f})")
+    print(f"\n== {r['row']}  (--max-loss only; wall {r['wall_s']:.0f} s, cpu {r['cpu_s']:.0f} s, load {r['load'][0]:.1f} -> {r['load'][1]:.1f})")
     print(f"weights      {r['nonzeros'][0]:,} -> {r['nonzeros'][1]:,} nonzeros = {r['compression']:.1f}x fewer")
     print(f"held-out     {h['error_dense']:.2f}% -> {h['error_pruned']:.2f}% error on {h['n']} images "
           f"(loss {h['loss_pp']:+.2f} pp, noise: 1 SE = {h['se_pp']:.2f} pp)")
