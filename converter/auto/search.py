@@ -10,6 +10,7 @@ decision set says the loss is within budget (decide.py), and return the smallest
                  a round advances one knob by its step, retrains (cosine), judges: kept (a step kept with a
                  margin of one standard error or more grows x1.5, up to 2), or undone (back to the best weights
                  and masks) with that knob's step halved; a knob stops below a quarter step
+    passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
     polish       a longer retrain at the best masks, kept if the decision loss does not grow
 Time: rounds start only while a round, the polish and the tail fit before the deadline; the best model found is
 returned when time runs out.
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 WEIGHT_FACTOR = 0.6  # kept weights x this per weight level
 NEURON_FACTOR = 0.75  # neurons left x this per neuron level
 SMALLEST_STEP = 0.25
+MAX_PASSES, RESTART_STEP = 4, 0.5  # knobs exhausted with time left: polish, then another pass from half steps
 GROWTH, LARGEST_STEP = 1.5, 2.0  # a round kept with a margin of one SE or more: that knob's next step x1.5
 TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure
 POLISH_SHARE = 0.15  # of the time budget, planned for the final polish
@@ -102,6 +104,7 @@ class _Search:
         self.sizes = {w.name: w.size for w in inventory.prunable}
         self.total = sum(self.sizes.values())
         self.macs0 = _macs(original)
+        self._polished = None
 
     # ------------------------------------------------------------------------------------------------ driver
     def run(self) -> AutoResult:
@@ -114,8 +117,17 @@ class _Search:
         self._hyper(best)
         if self.rule.label_free:
             self._twin()
-        best = self._rounds(best)
-        best = self._polish(best)
+        knobs = self._knobs()
+        best, kept, timed_out = self._rounds(best, knobs)
+        passes = 1
+        while kept and not timed_out and passes < MAX_PASSES:  # time left: polish, then push again from there
+            best = self._polish(best)
+            for k in knobs:
+                k.step, k.done = RESTART_STEP, False
+            best, kept, timed_out = self._rounds(best, knobs)
+            passes += 1
+        if self._polished is not best:
+            best = self._polish(best)
         self.notes.append(f"decision rule: {self.rule.statement()}")
         return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
                           self.rule.statement(), self.sensitivity, self.one_shot)
@@ -187,7 +199,7 @@ class _Search:
                                       "ranked across layers by LAMP"}}
         if o.get("neuron_sparsity") is not None:
             self.choices["neuron_cap"] = {"value": o["neuron_sparsity"], "rule": "given (--neuron-sparsity)"}
-        self.history.append({"round": len(self.history), "phase": "probe", "kept": None, "lr": self.lr,
+        self.history.append({"phase": "probe", "kept": None, "lr": self.lr,  # no "round": not a candidate
                              "seconds": round(time.perf_counter() - t0, 3), "note": lr.rule})
         log.info("auto: batch %d, lr %g (%s), %d steps per round", self.batch, self.lr, lr.rule, self.round_steps)
 
@@ -220,11 +232,11 @@ class _Search:
         self.rule.floor = max(0.0, d.loss_pp)
         self.choices["floor_pp"] = {"value": round(self.rule.floor, 4), "rule": "no labels: loss of the input "
                                     "model retrained unpruned for one round (agreement noise)"}
-        self.history.append({"round": len(self.history), "phase": "twin", "kept": None, "loss_pp": d.loss_pp,
+        self.history.append({"phase": "twin", "kept": None, "loss_pp": d.loss_pp,
                              "seconds": round(time.perf_counter() - t0, 3)})
 
     # ------------------------------------------------------------------------------------------------ rounds
-    def _rounds(self, best: _Best) -> _Best:
+    def _knobs(self) -> list[_Knob]:
         from onnxprune.passes.neuron_masks import neuron_map
 
         knobs = [_Knob("weights")]
@@ -237,14 +249,19 @@ class _Search:
         if cap is not None and cap <= 0:
             knobs = knobs[:1]
         self.nmap, self.neuron_cap = nmap, cap
+        return knobs
+
+    def _rounds(self, best: _Best, knobs: list[_Knob]) -> tuple[_Best, bool, bool]:
+        """One pass over the knobs until each is done; (best, anything kept, stopped by the time budget)."""
+        cap = self.neuron_cap
         trainer = self._trainer(best.model, best.masks)
-        turn, last_seconds = 0, None
+        turn, last_seconds, any_kept = 0, getattr(self, "_round_seconds", None), False
         while any(not k.done for k in knobs):
             est = last_seconds or self.round_steps * self.step_seconds * 1.3
             if self.left() < est + self.tail + self.round_steps * hyper.POLISH_FACTOR * self.step_seconds * 0.5:
                 self.notes.append(f"time budget: the search stopped after {len(self.history)} steps of its history "
                                   f"with {max(0.0, self.left()):.0f} s left for the polish and the tail")
-                break
+                return best, any_kept, True
             knob = [k for k in knobs if not k.done][turn % sum(not k.done for k in knobs)]
             turn += 1
             t0 = time.perf_counter()
@@ -261,6 +278,7 @@ class _Search:
             decision = self.rule.judge(candidate)
             kept = decision.within
             if kept:
+                any_kept = True
                 best = _Best(candidate, {n: m.copy() for n, m in trainer.masks.items()}, decision, levels)
                 knob.level = levels[knob.name]
                 if decision.loss_pp <= decision.limit_pp - decision.se_pp:  # clearly within: stride out
@@ -273,11 +291,11 @@ class _Search:
                 trainer.restore_state(state)
             self._record(knob.name, best if kept else None, decision, kept, t0, levels=levels, share=share,
                          masks=masks, model=candidate)
-            last_seconds = time.perf_counter() - t0
+            last_seconds = self._round_seconds = time.perf_counter() - t0
             if knob.name == "weights" and kept and round(self.d0 * WEIGHT_FACTOR ** (knob.level + 1) * self.total) \
                     < len(self.sizes):
                 knob.done = True
-        return best
+        return best, any_kept, False
 
     def _share(self, level: float) -> float:
         share = 1.0 - NEURON_FACTOR ** level
@@ -295,6 +313,7 @@ class _Search:
 
     # ------------------------------------------------------------------------------------------------ polish
     def _polish(self, best: _Best) -> _Best:
+        self._polished = best
         steps = self.round_steps * hyper.POLISH_FACTOR
         fit = int(max(0.0, self.left() - self.tail) / max(self.step_seconds * 1.2, 1e-6))
         steps = min(steps, fit)
@@ -310,7 +329,7 @@ class _Search:
         decision = self.rule.judge(candidate)
         kept = decision.within and decision.loss_pp <= best.decision.loss_pp + 1e-9
         if kept:
-            best = _Best(candidate, best.masks, decision, best.levels)
+            best = self._polished = _Best(candidate, best.masks, decision, best.levels)
         self._record("polish", best if kept else None, decision, kept, t0, levels=best.levels, masks=best.masks,
                      model=candidate)
         return best

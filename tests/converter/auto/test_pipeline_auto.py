@@ -24,7 +24,7 @@ def teacher_data():
 @pytest.fixture(scope="module")
 def searched(teacher_data):
     model, data = teacher_data
-    return run(model, PruneOptions(max_loss=1.0, data=data, time_budget=60, seed=0))
+    return run(model, PruneOptions(max_loss=1.0, data=data, time_budget=300, epochs=3, seed=0))
 
 
 def test_max_loss_alone_searches_and_is_never_worse_than_one_shot(teacher_data, searched):
@@ -93,3 +93,14 @@ def test_cli_one_shot_and_a_bad_time_budget(teacher_data, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert "auto" not in report and report["budget"]["met"]
+
+
+def test_report_html_shows_the_search_path_and_the_rules(searched, tmp_path):
+    from onnxprune.converter.report import write_report
+
+    html, _ = write_report(searched.report, tmp_path, original_model=searched.original,
+                           pruned_dense_model=searched.dense_model, history=searched.history)
+    text = html.read_text()
+    assert "Automatic search" in text and "Search path" in text and "1 standard error" in text
+    assert text.count("<td>kept</td>") == sum(1 for h in searched.history if h.get("kept"))
+    assert "probe: lowest training objective" in text
