@@ -560,11 +560,24 @@ def _retrain_within_budget(original, inventory, targets, options, reader, evalua
             checkpoint(r, search.trainer, search.history)
         if search.finished:
             break
-    if search.best is None:  # even the first, gentlest round was over budget: prune nothing rather than lose accuracy
-        state.notes.append("no retrained round met the --max-loss budget; the model is left dense")
-        return _copy(original), search.history
+    if search.best is None:  # even the first, gentlest round was over budget: never worse than one-shot
+        return _one_shot_fallback(original, inventory, targets, options, evaluator, state), search.history
     state.masks.update(search.best[1])
     return search.best[0], search.history
+
+
+def _one_shot_fallback(original, inventory, targets, options, evaluator, state: PruneState):
+    """The one-shot model within --max-loss (measured, backed off from the allocation), with a note saying so."""
+    from onnxprune.calibration.allocate import fit_to_budget, pruned_model
+
+    sparsities = {n: float(t.sparsity or 0.0) for n, t in targets.items()}
+    outcome = fit_to_budget(original, inventory, evaluator, sparsities, options.max_loss)
+    model = pruned_model(original, outcome.sparsities)
+    state.masks.update({n: ~((weight_array(model, n) == 0) & (weight_array(original, n) != 0))
+                        for n in outcome.sparsities})
+    state.notes.append(f"no retrained round met the --max-loss budget; the best one-shot model within it is kept "
+                       f"({outcome.compression:.1f}x fewer weights, no retraining)")
+    return model
 
 
 # ------------------------------------------------------------------------------------------------ shrink, measure

@@ -104,3 +104,15 @@ def test_report_html_shows_the_search_path_and_the_rules(searched, tmp_path):
     assert "Automatic search" in text and "Search path" in text and "1 standard error" in text
     assert text.count("<td>kept</td>") == sum(1 for h in searched.history if h.get("kept"))
     assert "probe: lowest training objective" in text
+
+
+def test_explicit_iterations_never_end_worse_than_one_shot(teacher_data):
+    """The old level search (--iterations N): when no retrained round fits, the one-shot model within the budget is
+    kept, and the notes say so without a 'met' next to a 'not met'."""
+    model, data = teacher_data
+    result = run(model, PruneOptions(max_loss=2.0, data=data, iterations=1, epochs=1, lr=50.0, seed=0,
+                                     levels=(0.3, 0.5, 0.7, 0.9)))
+    assert not result.history[0]["fits"]  # the round was wrecked by the learning rate
+    notes = " ".join(result.report["notes"])
+    assert "best one-shot model within it is kept" in notes and "left dense" not in notes
+    assert result.report["budget"]["met"] and result.report["compression"] > 1.0
