@@ -5,13 +5,19 @@ dense model on sample i - score of the candidate (accuracy: 1 when only the dens
 candidate is, else 0: McNemar's discordant pairs). The loss is L = 100·mean(d) in pp, its standard error
 SE = 100·std(d)/sqrt(n). A candidate is accepted when
 
-    L <= budget + floor + Z·SE          (Z = 1: one standard error of the paired difference)
+    L <= budget + Z·SE          (Z = 1: one standard error of the paired difference)
 
 "No loss beyond the noise" (--max-loss 0) is this rule with budget 0: a loss no larger than one standard error of
-the paired difference is not told apart from no loss on this set. `floor` is 0 with labels; without labels the
-metric is agreement with the input model, which every retraining moves a little even at no pruning, so the floor is
-the loss of the input model retrained without pruning (the "twin", measured once by the search).
-The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples).
+the paired difference is not told apart from no loss on this set.
+
+Without labels (metric "agreement") the accuracy change is estimated from the input model's own probabilities p
+(softmax of its scored output): sample i scores p_i(class the dense model picks) for the dense model and
+p_i(class the candidate picks) for the candidate, so a disagreement costs what the input model believes it costs
+(this is the expected accuracy change if the input model is calibrated; an overconfident one makes it pessimistic).
+The estimate is never negative, so its own standard error cannot stand for the noise; the margin is instead the
+standard error a labelled set of the same size would show between two models with the input model's expected
+error ê = mean(1 − p_i(dense class)): SE = 100·sqrt(2ê/n) (independent errors; an upper bound on the noise of
+correlated ones). The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples).
 """
 
 from __future__ import annotations
@@ -66,11 +72,25 @@ PER_SAMPLE: dict[str, Callable] = {
 }
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = _flat(x)
+    if (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
+        return x  # already probabilities
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _expected_accuracy(out, ref, labels):
+    """p_ref(class the output picks): the output's accuracy expected under the reference's probabilities."""
+    p = _softmax(ref)
+    return p[np.arange(len(p)), _top1(out)]
+
+
 @dataclass
 class Decision:
     loss_pp: float  # mean paired loss on the decision set (positive = worse than the dense model)
     se_pp: float  # its standard error
-    limit_pp: float  # budget + floor + Z·SE
+    limit_pp: float  # budget + Z·SE
     within: bool
     n: int
     worse: int = 0  # samples only the dense model gets right (label metrics)
@@ -88,11 +108,13 @@ class BudgetRule:
             raise ConfigError(f"metric '{evaluator.metric}' has no per-sample score; use one of {', '.join(PER_SAMPLE)}.")
         if budget_pp < 0 or not math.isfinite(budget_pp):
             raise ConfigError(f"--max-loss {budget_pp} must be a finite number of percentage points >= 0.")
-        self.evaluator, self.budget, self.z, self.floor = evaluator, float(budget_pp), z, 0.0
-        self.per_sample = PER_SAMPLE[evaluator.metric]
+        self.evaluator, self.budget, self.z = evaluator, float(budget_pp), z
+        self.label_free = evaluator.metric == "agreement"
+        self.per_sample = _expected_accuracy if self.label_free else PER_SAMPLE[evaluator.metric]
         self.dense = self.scores(evaluator.reference)
         self.n = len(self.dense)
-        self.label_free = evaluator.metric not in ("accuracy", "top5")
+        expected_error = float(1.0 - self.dense.mean())
+        self.noise_se = 100.0 * math.sqrt(2.0 * expected_error / self.n) if self.label_free else None
 
     def scores(self, outputs) -> np.ndarray:
         refs = self.evaluator.reference
@@ -107,15 +129,21 @@ class BudgetRule:
         d = self.dense - self.scores(outputs)
         loss = 100.0 * float(d.mean())
         se = 100.0 * float(d.std(ddof=1)) / math.sqrt(self.n) if self.n > 1 else float("inf")
-        limit = self.budget + self.floor + self.z * se
+        if self.noise_se is not None:
+            se = self.noise_se
+        limit = self.budget + self.z * se
         return Decision(loss, se, limit, loss <= limit + 1e-9, self.n, int((d > 0).sum()), int((d < 0).sum()))
 
     def judge(self, model) -> Decision:
         return self.judge_outputs(list(self.evaluator.run(model)))
 
     def statement(self) -> str:
-        floor = f" + floor {self.floor:.3f} pp (the input model retrained unpruned)" if self.floor else ""
-        return (f"accepted when the paired loss on the {self.n} decision samples is <= {self.budget:g} pp{floor} "
+        if self.label_free:
+            return (f"no labels: accepted when the expected accuracy loss (the input model's probabilities) on the "
+                    f"{self.n} decision samples is <= {self.budget:g} pp + {self.z:g} x {self.noise_se:.3f} pp, the "
+                    f"standard error a labelled set of this size would show at the input model's expected error; "
+                    f"one sample = {self.resolution_pp:.3g} pp here")
+        return (f"accepted when the paired loss on the {self.n} decision samples is <= {self.budget:g} pp "
                 f"+ {self.z:g} standard error of the paired difference; one sample = {self.resolution_pp:.3g} pp here")
 
     def warnings(self) -> list[str]:

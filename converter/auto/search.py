@@ -3,7 +3,6 @@ decision set says the loss is within budget (decide.py), and return the smallest
 
     one-shot     sensitivity scan → allocation → fit_to_budget: the start point (never worse than one-shot)
     hyper        batch size, loss mix, learning-rate probe, round length (hyper.py)
-    [twin]       without labels: the input model retrained unpruned, once: the agreement floor (decide.py)
     rounds       two knobs, taken in turn, each with its own step:
                    weights  kept weights = start density × 0.6^level, distributed by LAMP (allocation.py)
                    neurons  share of every layer's neurons masked whole = 1 − 0.75^level (passes.neuron_masks)
@@ -115,8 +114,6 @@ class _Search:
         best = self._one_shot()
         self.d0 = density(best.masks)
         self._hyper(best)
-        if self.rule.label_free:
-            self._twin()
         knobs = self._knobs()
         best, kept, timed_out = self._rounds(best, knobs)
         passes = 1
@@ -221,19 +218,6 @@ class _Search:
 
         return trainer.train(steps / per_epoch, self.lr, reg_strength=1e-4, lr_schedule="cosine",
                              batch_size=self.batch, progress=on_batch)
-
-    # ------------------------------------------------------------------------------------------------ twin
-    def _twin(self) -> None:
-        t0 = time.perf_counter()
-        ones = {n: np.ones(s, dtype=bool) for n, s in ((w.name, w.shape) for w in self.inventory.prunable)}
-        trainer = self._trainer(self.original, ones)
-        self._train(trainer, self.round_steps, "auto: twin (unpruned retrain)")
-        d = self.rule.judge(trainer.export())
-        self.rule.floor = max(0.0, d.loss_pp)
-        self.choices["floor_pp"] = {"value": round(self.rule.floor, 4), "rule": "no labels: loss of the input "
-                                    "model retrained unpruned for one round (agreement noise)"}
-        self.history.append({"phase": "twin", "kept": None, "loss_pp": d.loss_pp,
-                             "seconds": round(time.perf_counter() - t0, 3)})
 
     # ------------------------------------------------------------------------------------------------ rounds
     def _knobs(self) -> list[_Knob]:

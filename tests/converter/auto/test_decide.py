@@ -79,16 +79,25 @@ def test_warnings_for_an_unresolvable_budget_and_for_training_data():
     assert BudgetRule(ev, 0.5).warnings() == []
 
 
-def test_label_free_agreement_uses_the_floor():
-    ev, labels, dense = setup()
-    ev.metric = "agreement"
-    cand = dense.copy()
-    cand[:5] = (dense[:5] + 3) % 10
+def test_label_free_scores_disagreements_by_the_input_models_probabilities():
+    n = 1000
+    dense = np.zeros((n, 3))
+    dense[:, 0] = 4.0  # confident in class 0 ...
+    dense[:10] = [1.0, 0.9, -5.0]  # ... except on 10 samples, where class 1 is nearly as likely
+    ev = FakeEvaluator([dense[:500], dense[500:]], [None, None], metric="agreement")
     rule = BudgetRule(ev, 0.0)
-    outs = [logits_for(cand[:500]), logits_for(cand[500:])]
-    assert rule.label_free and not rule.judge(outs).within  # 0.5 pp disagreement, SE 0.22 pp
-    rule.floor = 0.4
-    assert rule.judge(outs).within and "floor 0.400 pp" in rule.statement()
+    p = np.exp(dense) / np.exp(dense).sum(axis=1, keepdims=True)
+    expected_error = 1 - p.max(axis=1).mean()
+    assert rule.label_free and rule.noise_se == pytest.approx(100 * math.sqrt(2 * expected_error / n))
+    unsure = dense.copy()
+    unsure[:10] = [0.0, 1.0, -5.0]  # flips the 10 unsure samples: costs p0 - p1 each, small
+    d = rule.judge([unsure[:500], unsure[500:]])
+    assert d.loss_pp == pytest.approx(100 * 10 * (p[0, 0] - p[0, 1]) / n) and d.within
+    sure = dense.copy()
+    sure[10:40] = [0.0, 1.0, 0.0]  # flips 30 confident samples: costs ~0.96 each
+    d = rule.judge([sure[:500], sure[500:]])
+    assert d.loss_pp > 2.5 and not d.within
+    assert "no labels" in rule.statement() and rule.judge(ev.reference).within
 
 
 def test_a_negative_budget_is_refused():
