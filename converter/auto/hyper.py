@@ -9,8 +9,9 @@ Rules (also in the README):
   weight decay 1e-4 (L2) on the kept weights.
   learning     probe: each of PROBE_RATES trains PROBE_STEPS steps from the first round's pruned model; the rate
   rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins.
-  round length ROUND_MIN_STEPS optimizer steps or one epoch, whichever is more, cut so that TARGET_ROUNDS rounds
-               fit the time budget; each round decays the rate to 0 on a cosine.
+  round length ROUND_MIN_STEPS optimizer steps or one epoch, whichever is more; an epoch longer than that is cut
+               (not below ROUND_MIN_STEPS) so that TARGET_ROUNDS rounds fit the time budget; each round decays
+               the rate to 0 on a cosine.
   final polish POLISH_FACTOR rounds' worth of steps at the best masks (cosine), kept only if the decision loss
                does not grow.
 """
@@ -31,7 +32,7 @@ PROBE_EVAL = 2048  # samples of the training part the probe's loss is measured o
 ROUND_MIN_STEPS = 300
 TARGET_ROUNDS = 14
 POLISH_FACTOR = 4
-MIN_ROUND_STEPS = 50
+MIN_ROUND_STEPS = 50  # a polish shorter than this is skipped
 
 
 @dataclass
@@ -67,7 +68,7 @@ def round_steps(n: int, batch: int, step_seconds: float, seconds_for_rounds: flo
         return Choice(max(1, int(round(epochs_override * per_epoch))), f"given (--epochs {epochs_override:g})")
     want = max(ROUND_MIN_STEPS, per_epoch)
     fit = int(seconds_for_rounds / TARGET_ROUNDS / max(step_seconds, 1e-6))
-    steps = max(MIN_ROUND_STEPS, min(want, fit))
+    steps = max(ROUND_MIN_STEPS, min(want, fit))  # never below the minimum: short rounds do not recover
     rule = (f"max({ROUND_MIN_STEPS} steps, one epoch = {per_epoch} steps)"
             + (f", cut to {steps} so {TARGET_ROUNDS} rounds fit the time left ({step_seconds * 1e3:.1f} ms/step)"
                if steps < want else ""))

@@ -6,9 +6,8 @@ decision set says the loss is within budget (decide.py), and return the smallest
     rounds       two knobs, taken in turn, each with its own step:
                    weights  kept weights = start density × 0.6^level, distributed by LAMP (allocation.py)
                    neurons  share of every layer's neurons masked whole = 1 − 0.75^level (passes.neuron_masks)
-                 a round advances one knob by its step, retrains (cosine), judges: kept (a step kept with a
-                 margin of one standard error or more grows x1.5, up to 2), or undone (back to the best weights
-                 and masks) with that knob's step halved; a knob stops below a quarter step
+                 a round advances one knob by its step, retrains (cosine), judges: kept, or undone (back to the
+                 best weights and masks) with that knob's step halved; a knob stops below a quarter step
     passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
     polish       a longer retrain at the best masks, kept if the decision loss does not grow
 Time: rounds start only while a round, the polish and the tail fit before the deadline; the best model found is
@@ -38,7 +37,6 @@ WEIGHT_FACTOR = 0.6  # kept weights x this per weight level
 NEURON_FACTOR = 0.75  # neurons left x this per neuron level
 SMALLEST_STEP = 0.25
 MAX_PASSES, RESTART_STEP = 4, 0.5  # knobs exhausted with time left: polish, then another pass from half steps
-GROWTH, LARGEST_STEP = 1.5, 2.0  # a round kept with a margin of one SE or more: that knob's next step x1.5
 TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure
 POLISH_SHARE = 0.15  # of the time budget, planned for the final polish
 
@@ -265,8 +263,6 @@ class _Search:
                 any_kept = True
                 best = _Best(candidate, {n: m.copy() for n, m in trainer.masks.items()}, decision, levels)
                 knob.level = levels[knob.name]
-                if decision.loss_pp <= decision.limit_pp - decision.se_pp:  # clearly within: stride out
-                    knob.step = min(knob.step * GROWTH, LARGEST_STEP)
             else:
                 knob.step /= 2.0
                 knob.done = knob.step < SMALLEST_STEP

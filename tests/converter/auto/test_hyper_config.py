@@ -19,9 +19,9 @@ def test_batch_size_gives_about_two_hundred_steps_per_epoch(n, batch):
 def test_round_length_is_at_least_the_minimum_or_an_epoch_and_fits_the_time():
     assert hyper.round_steps(60000, 256, 0.001, 1e6).value == 300  # one epoch = 235 steps < 300
     assert hyper.round_steps(600000, 256, 0.001, 1e6).value == 2344  # one epoch
-    short = hyper.round_steps(60000, 256, 0.1, 140.0)  # 14 rounds of 140 s at 0.1 s/step: 100 steps
-    assert short.value == 100 and "cut to 100" in short.rule
-    assert hyper.round_steps(60000, 256, 0.1, 1.0).value == hyper.MIN_ROUND_STEPS
+    long = hyper.round_steps(600000, 256, 0.1, 1400.0)  # 14 rounds in 1400 s at 0.1 s/step: 1000 steps each
+    assert long.value == 1000 and "cut to 1000" in long.rule
+    assert hyper.round_steps(60000, 256, 0.1, 1.0).value == hyper.ROUND_MIN_STEPS  # never below the minimum
     assert hyper.round_steps(60000, 256, 0.1, 1.0, epochs_override=2).value == 470
 
 
