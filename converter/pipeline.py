@@ -639,9 +639,9 @@ def _check_budget(result: PruneResult, options: PruneOptions) -> None:
     result.report["budget"] = {"max_loss_pp": options.max_loss, "measured_loss_pp": measured,
                                "met": measured <= options.max_loss + 1e-9}
     decision = result.report.get("auto", {}).get("decision")
-    if decision is not None:  # the automatic search decides by its stated rule (converter.auto.decide)
-        result.report["budget"].update(met=measured <= decision["limit_pp"] + 1e-9, limit_pp=decision["limit_pp"],
-                                       rule=result.report["auto"]["rule"])
+    if decision is not None:  # the automatic search decided by its stated rule on this set (converter.auto.decide)
+        result.report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
+                                       limit_pp=decision["limit_pp"], rule=result.report["auto"]["rule"])
 
 
 def budget_error(report: dict) -> BudgetError | None:
