@@ -240,7 +240,8 @@ class _Search:
         turn, last_seconds, any_kept = 0, getattr(self, "_round_seconds", None), False
         while any(not k.done for k in knobs):
             est = last_seconds or self.round_steps * self.step_seconds * 1.3
-            if self.left() < est + self.tail + self.round_steps * hyper.POLISH_FACTOR * self.step_seconds * 0.5:
+            per_step = est / self.round_steps  # the last round's pace (the load moves it), else the probe's
+            if self.left() < est + self.tail + self.round_steps * hyper.POLISH_FACTOR * per_step * 0.5:
                 self.notes.append(f"time budget: the search stopped after {len(self.history)} steps of its history "
                                   f"with {max(0.0, self.left()):.0f} s left for the polish and the tail")
                 return best, any_kept, True
@@ -295,7 +296,9 @@ class _Search:
     def _polish(self, best: _Best) -> _Best:
         self._polished = best
         steps = self.round_steps * hyper.POLISH_FACTOR
-        fit = int(max(0.0, self.left() - self.tail) / max(self.step_seconds * 1.2, 1e-6))
+        pace = getattr(self, "_round_seconds", None)
+        per_step = pace / self.round_steps if pace else self.step_seconds * 1.2
+        fit = int(max(0.0, self.left() - self.tail) / max(per_step, 1e-6))
         steps = min(steps, fit)
         self.choices["polish_steps"] = {"value": steps, "rule": f"{hyper.POLISH_FACTOR} rounds' steps, cut to the "
                                         "time left" if steps < self.round_steps * hyper.POLISH_FACTOR else
