@@ -108,6 +108,15 @@ def providers_for(device: str | None = None) -> list:
     return ["CPUExecutionProvider"]
 
 
+_DEFAULT_THREADS: int | None = None  # intra-op threads when a caller gives none (None: onnxruntime's default)
+
+
+def set_default_threads(threads: int | None) -> None:
+    """The intra-op thread count of every session built without an explicit `threads` (converter.auto.threads)."""
+    global _DEFAULT_THREADS
+    _DEFAULT_THREADS = threads
+
+
 def make_session(
     model: onnx.ModelProto | bytes | str | os.PathLike,
     *,
@@ -121,6 +130,7 @@ def make_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     opts.log_severity_level = 3
+    threads = threads or _DEFAULT_THREADS
     if threads:
         opts.intra_op_num_threads = threads
     providers = providers_for(device)

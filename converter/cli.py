@@ -236,7 +236,14 @@ def _parse_levels(text: str | None):
 @click.option("--quality", type=float, help="The paper's rule: drop |w| <= Q x the layer's weight std.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=S", help="Per-layer sparsity (node or weight name, glob ok).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
-@click.option("--max-loss", type=float, help="Choose per-layer sparsities from a sensitivity scan within this loss (pp).")
+@click.option("--max-loss", type=float, help="Accuracy budget (pp): with training data, the automatic search "
+              "(prune, retrain, remove neurons) returns the smallest, fastest model within it.")
+@click.option("--val-data", type=str, help="Decision set for --max-loss, never trained on (default: every 10th "
+              "sample of --data).")
+@click.option("--one-shot", is_flag=True, help="With --max-loss: the sensitivity-scan search only, no retraining.")
+@click.option("--time-budget", type=str, help="Wall-time bound of the automatic search: seconds, 90s, 15m, 1h "
+              "(default 15m); the best model found is returned.")
+@click.option("--threads", type=int, help="torch and onnxruntime threads (default: 1 on <= 2 cores, else half).")
 @_data_options
 @click.option("--iterations", type=int, default=0, show_default=True, help="Prune -> retrain rounds (0 = one-shot).")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Retraining epochs per round.")

@@ -44,7 +44,10 @@ def run(source, config: RunConfig, progress: Progress | None = None) -> PruneRes
     from onnxprune.calibration import runtime
     from onnxprune.converter import distributed
 
+    from onnxprune.converter.auto.threads import apply_threads
+
     config.validate()
+    apply_threads(config.retrain.threads)  # sensible torch/onnxruntime threads on shared machines, or --threads
     runtime.use_device(config.retrain.device, distributed.local_rank())  # every onnxruntime session; cuda w/o GPU fails
     backend = distributed.setup(config.retrain.device)  # torchrun's processes join here; alone: nothing happens
     state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None))

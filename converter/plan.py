@@ -9,6 +9,8 @@ listing the valid ones). `build_plan` turns the configs into the ordered step li
     one-shot budget    load → inventory → data → targets → scan → fit-budget → prune → … → report → budget-check
     scheduled retrain  load → inventory → data → targets → retrain → shrink → … → report
     budgeted retrain   load → inventory → data → targets → scan → allocate → budget-search → … → budget-check
+    automatic          load → inventory → data → targets → auto-search → shrink → … → budget-check
+                       (--max-loss with training data; --one-shot or --iterations N choose the plans above)
 
 `onnxprune prune … --plan` prints this list with each step's resolved settings.
 """
@@ -19,6 +21,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 
+from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
 from onnxprune.converter.steps.base import Step, StepConfig, check_plan
 from onnxprune.converter.steps.budget import AllocateStep, BudgetCheckStep, BudgetConfig, FitBudgetStep
 from onnxprune.converter.steps.data import DataConfig, DataStep
@@ -35,7 +38,7 @@ from onnxprune.converter.steps.verify import MeasureStep, VerifyConfig, VerifySt
 from onnxprune.errors import ConfigError
 
 # Given per run, not part of a recipe (or of a checkpoint's fingerprint).
-PER_RUN = ("data", "eval_data", "checkpoint_dir", "resume")
+PER_RUN = ("data", "eval_data", "val_data", "checkpoint_dir", "resume")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RunConfig:
 
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    auto: AutoSearchConfig = field(default_factory=AutoSearchConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     data: DataConfig = field(default_factory=DataConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
@@ -73,6 +77,9 @@ class RunConfig:
         check_criterion(t.criterion, has_data=d.data is not None)
         if r.iterations > 0 and d.data is None:
             raise ConfigError("retraining (--iterations) needs training data; pass --data FILE.npz.")
+        if (r.neuron_sparsity or r.neuron_layers) and r.iterations < 1 and not automatic(self):
+            raise ConfigError("--neuron-sparsity removes whole neurons while retraining; add --iterations N "
+                              "(and --data), or --max-loss with --data.")
         if (r.neuron_sparsity or r.neuron_layers) and not self.shrink.neurons:
             raise ConfigError("--neuron-sparsity needs the dead-neuron pass to remove what it masks; drop "
                               "--no-neurons.")
@@ -140,25 +147,41 @@ def recipe_of(config: RunConfig | None) -> dict:
     return out
 
 
+def automatic(config: RunConfig) -> bool:
+    """--max-loss with training data, and neither --iterations nor --one-shot: the automatic search."""
+    data = config.data.data
+    return (config.budget.max_loss is not None and not config.auto.one_shot and config.retrain.iterations == 0
+            and data is not None and not (isinstance(data, str) and data == "random"))
+
+
 def build_plan(config: RunConfig) -> list[Step]:
     """The ordered steps a run with these settings takes."""
     has_data = config.data.data is not None
     budget = config.budget.max_loss is not None
     retrain = config.retrain.iterations > 0
+    auto = automatic(config)
     steps: list[Step] = [LoadStep(), InventoryStep()]
     if has_data:
-        steps.append(DataStep(config.data, split=budget and retrain))
+        steps.append(DataStep(config.data, split=budget and (retrain or auto)))
     steps.append(TargetsStep(config.targets, budgeted=budget))
-    if budget:
+    shrink = config.shrink
+    if auto:
+        steps.append(AutoSearchStep(config.auto, config.budget, config.retrain, config.targets, config.shrink,
+                                    config.scan, config.given))
+        if shrink.neurons and not shrink.gather_inputs and "crop_inputs" not in config.given:
+            shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
+    elif budget:
         steps.append(ScanStep(config.scan))
         steps.append(AllocateStep(config.budget) if retrain else FitBudgetStep(config.budget))
-    if retrain:
+    if auto:
+        pass
+    elif retrain:
         steps.append(BudgetSearchStep(config.retrain, config.budget) if budget else RetrainStep(config.retrain))
     else:
         steps.append(PruneStep())
     if config.quantize.weight_bits is not None:
         steps.append(QuantizeStep(config.quantize))
-    steps += [ShrinkStep(config.shrink), EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
+    steps += [ShrinkStep(shrink), EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
     if has_data:
         steps.append(MeasureStep())
     steps.append(ReportStep())

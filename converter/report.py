@@ -462,6 +462,8 @@ def _pixel_shape(model: onnx.ModelProto, node_name, weight_index: int, in_featur
 
 
 def render_html(doc: dict, figures: list[FigureOut]) -> str:
+    from onnxprune.converter.auto.report import auto_section
+
     model = doc.get("model") or "model"
     sections = [
         _header(doc),
@@ -470,6 +472,7 @@ def render_html(doc: dict, figures: list[FigureOut]) -> str:
         _section("Metric", _metric_block(doc), "metric"),
         _figures_section(figures),
         _section("Rounds", _rounds_table(doc.get("history") or []), "rounds"),
+        _section("Automatic search", auto_section((doc.get("run") or {}).get("auto"), doc.get("history")), "auto"),
         _section("Deployment", _deployment_block(doc), "deployment"),
         _skipped_block(doc.get("skipped") or []),
         _notes_block(doc.get("notes") or []),

@@ -60,6 +60,8 @@ class RunState:
     metrics: dict | None = None  # the metric before/after on each data set
     activations: tuple | None = None  # (Act% per layer of the input model, of the pruned model)
     report: dict | None = None
+    auto: dict | None = None  # what the automatic search decided and why (converter.auto)
+    started: float = 0.0  # time.perf_counter() when the run started (deadlines count from it)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -139,7 +141,7 @@ def run_steps(steps: list[Step], state: RunState, *, is_main: bool = True) -> Ru
     process other than rank 0 (`is_main` False) the main-only steps are skipped."""
     check_plan(steps)
     done: list[str] = []
-    start = time.perf_counter()
+    start = state.started = time.perf_counter()
     for step in steps:
         if step.main_only and not is_main:
             continue

@@ -103,6 +103,10 @@ class BudgetCheckStep(Step):
         measured = report["metrics"]["sets"]["calibration"]["loss_pp"]
         report["budget"] = {"max_loss_pp": self.config.max_loss, "measured_loss_pp": measured,
                             "met": within_budget(measured, self.config.max_loss)}
+        decision = (state.auto or {}).get("decision")
+        if decision is not None:  # the automatic search decided by its stated rule on this set (converter.auto.decide)
+            report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
+                                    limit_pp=decision["limit_pp"], rule=state.auto["rule"])
 
 
 def budget_error(report: dict) -> BudgetError | None:

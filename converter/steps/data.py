@@ -34,6 +34,7 @@ class DataConfig(StepConfig):
     input_shapes: dict[str, tuple] = field(default_factory=dict)  # --input-shape NAME=DIMS: symbolic dims fixed
     seed: int = 0
     validation: float = 0.1  # with a budget and retraining: share of --data held out to measure the budget on
+    val_data: Any = None  # --val-data: the decision set, never trained on (instead of a split of --data)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -67,7 +68,7 @@ class Data:
 
     def _split(self) -> int | None:
         c = self.config
-        if not c.validation or c.data == "random":
+        if c.val_data is not None or not c.validation or c.data == "random":  # --val-data decides; all of --data trains
             return None
         every = max(2, round(1.0 / c.validation))
         n = self.reader().num_samples
@@ -104,7 +105,7 @@ class Data:
     def calibration(self):
         """Scores on the data the choices are made on: --data, or its validation part when split."""
         if self._calib is None:
-            self._calib = self._evaluator(None, part="validation")
+            self._calib = self._evaluator(self.config.val_data, part="validation")
         return self._calib
 
     @property

@@ -46,6 +46,8 @@ class ReportStep(Step):
         }
         if state.allocation is not None:
             report["allocation"] = state.allocation
+        if state.auto is not None:
+            report["auto"] = state.auto
         report.update(_sensitivity_report(state.sensitivity))
         nonzeros = report["after"]["nonzeros"]
         report["compression"] = report["before"]["params"] / nonzeros if nonzeros else float("inf")

@@ -39,6 +39,7 @@ class RetrainConfig(StepConfig):
     train_batch_size: int = 128
     alternate: bool = False
     device: str = "auto"
+    threads: int | None = None  # torch and onnxruntime threads (default: 1 on <= 2 cores, else half, at most 4)
     accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation): same gradient, 1/N the memory
     neuron_sparsity: float = 0.0  # share of each layer's neurons to remove whole while retraining
     neuron_layers: dict[str, float] = field(default_factory=dict)  # per-layer overrides of neuron_sparsity
@@ -56,15 +57,14 @@ class RetrainConfig(StepConfig):
             raise ConfigError(f"--lr {self.lr} must be > 0.")
         if self.train_batch_size < 1:
             raise ConfigError(f"training batch size {self.train_batch_size} must be >= 1.")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads} must be >= 1.")
         if self.accumulate < 1:
             raise ConfigError(f"--accumulate {self.accumulate} must be >= 1 (micro-batches per optimizer step).")
         if self.neuron_sparsity or self.neuron_layers:
             from onnxprune.passes.neuron_masks import check_shares
 
             check_shares([self.neuron_sparsity, *self.neuron_layers.values()])
-            if self.iterations < 1:
-                raise ConfigError("--neuron-sparsity removes whole neurons while retraining; add --iterations N "
-                                  "(and --data).")
         if self.iterations > 0 and self.device != "cpu":
             from onnxprune.converter.finetune import resolve_device
 
@@ -183,11 +183,25 @@ class BudgetSearchStep(_Retraining):
                 checkpoint(r, search.trainer, search.history)
             if search.finished:
                 break
-        if search.best is None:  # even the gentlest round was over budget: prune nothing rather than lose accuracy
-            state.notes.append("no retrained round met the --max-loss budget; the model is left dense")
-            return copy_model(state.original), search.history
+        if search.best is None:  # even the gentlest round was over budget: never worse than one-shot
+            return self._one_shot_fallback(state), search.history
         state.prune.masks.update(search.best[1])
         return search.best[0], search.history
+
+
+    def _one_shot_fallback(self, state: RunState):
+        """The one-shot model within --max-loss (measured, backed off from the allocation), with a note saying so."""
+        from onnxprune.calibration.allocate import fit_to_budget, pruned_model
+
+        sparsities = {n: float(t.sparsity or 0.0) for n, t in state.targets.items()}
+        outcome = fit_to_budget(state.original, state.inventory, state.data.calibration, sparsities,
+                                self.budget.max_loss, scoring=state.scoring)
+        model = pruned_model(state.original, outcome.sparsities, state.scoring.bind(state.original))
+        state.prune.masks.update({n: ~((weight_array(model, n) == 0) & (weight_array(state.original, n) != 0))
+                                  for n in outcome.sparsities})
+        state.notes.append(f"no retrained round met the --max-loss budget; the best one-shot model within it is "
+                           f"kept ({outcome.compression:.1f}x fewer weights, no retraining)")
+        return model
 
 
 def _main_only(evaluator):

@@ -41,7 +41,7 @@ def test_with_a_budget_retraining_never_sees_the_samples_that_judge_it(teacher_d
     assert not {a.tobytes() for a in train} & {a.tobytes() for a in judged}
 
 
-@pytest.mark.parametrize("options", [dict(max_loss=1.0), dict(sparsity=0.5, iterations=2),
+@pytest.mark.parametrize("options", [dict(max_loss=1.0, one_shot=True), dict(sparsity=0.5, iterations=2),
                                      dict(max_loss=1.0, iterations=2, validation=0.0)])
 def test_no_split_without_a_budgeted_retraining(teacher_data, options):
     model, data = teacher_data

@@ -34,8 +34,12 @@ def _names(**choices) -> list[str]:
 def test_each_kind_of_run_is_its_own_step_list():
     tail = ["shrink", "encode", "verify"]
     assert _names(sparsity=0.9) == ["load", "inventory", "targets", "prune", *tail, "report"]
-    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "scan", "fit-budget",
-                                                   "prune", *tail, "measure", "report", "budget-check"]
+    assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "targets", "scan",
+                                                                  "fit-budget", "prune", *tail, "measure", "report",
+                                                                  "budget-check"]
+    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "auto-search", *tail,
+                                                   "measure", "report", "budget-check"]
+    assert _names(max_loss=1.0, data="random") == _names(max_loss=1.0, data="random", one_shot=True)
     assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "retrain",
                                                                  *tail, "measure", "report"]
     assert _names(max_loss=1.0, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "scan",
@@ -47,7 +51,8 @@ def test_only_the_budgeted_retraining_holds_out_a_validation_part():
     def split(**choices):
         return next(s for s in build_plan(configure(data="d.npz", **choices)) if s.name == "data").split
 
-    assert split(max_loss=1.0, iterations=2) and not split(max_loss=1.0) and not split(sparsity=0.5, iterations=2)
+    assert split(max_loss=1.0, iterations=2) and split(max_loss=1.0) and not split(max_loss=1.0, one_shot=True)
+    assert not split(sparsity=0.5, iterations=2)
 
 
 class _Boom(Step):

@@ -1,0 +1,15 @@
+"""The automatic search (`prune --max-loss L` with training data): the budget is the only knob.
+
+One entry point: `auto_search(original, inventory, data, config, progress, deadline) -> AutoResult`.
+  search.py     the driver: one-shot start, rounds over two knobs (weights, neurons), polish
+  hyper.py      hyperparameter rules and the learning-rate probe
+  decide.py     the statistical rule deciding "within budget" on the decision set
+  allocation.py LAMP: a global target distributed over layers by layer-adaptive scores; pluggable criterion
+  config.py     AutoConfig (validated), durations; threads.py: torch/onnxruntime thread counts
+"""
+
+from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET, MIN_TRAIN_SAMPLES, AutoConfig, parse_duration
+from onnxprune.converter.auto.search import AutoData, AutoResult, auto_search
+
+__all__ = ["AutoConfig", "AutoData", "AutoResult", "DEFAULT_TIME_BUDGET", "MIN_TRAIN_SAMPLES", "auto_search",
+           "parse_duration"]

@@ -1,0 +1,118 @@
+"""Hyperparameters from the model and the data: each value comes with the rule that chose it.
+
+Rules (also in the README):
+  batch size   the power of two nearest n/200 (n training samples), within [32, 256]: about 200 steps per epoch
+               whatever the data size (1,131 digits: 32; 60,000 MNIST: 256).
+  loss         labels: cross-entropy with label smoothing 0.1 plus distillation from the input model (weight 0.3,
+               T = 2); no labels: distillation alone at T = 1 (the soft targets then carry the gradient scale of
+               cross-entropy, so the probed rate means the same thing).
+  weight decay 1e-4 (L2) on the kept weights.
+  learning     probe: each of PROBE_RATES trains PROBE_STEPS steps from the first round's pruned model; the rate
+  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins.
+  round length ROUND_MIN_STEPS optimizer steps or one epoch, whichever is more; an epoch longer than that is cut
+               (not below ROUND_MIN_STEPS) so that TARGET_ROUNDS rounds fit the time budget; each round decays
+               the rate to 0 on a cosine.
+  final polish POLISH_FACTOR rounds' worth of steps at the best masks (cosine), kept only if the decision loss
+               does not grow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PROBE_RATES = (0.3, 0.1, 0.03, 0.01, 0.003)
+PROBE_STEPS = 100
+PROBE_TRAIN = 8192  # samples of the training part the probe trains on
+PROBE_EVAL = 2048  # samples of the training part the probe's loss is measured on (disjoint from PROBE_TRAIN)
+ROUND_MIN_STEPS = 300
+TARGET_ROUNDS = 14
+POLISH_FACTOR = 4
+MIN_ROUND_STEPS = 50  # a polish shorter than this is skipped
+
+
+@dataclass
+class Choice:
+    value: object
+    rule: str
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "rule": self.rule}
+
+
+def batch_size(n: int, override: int | None = None) -> Choice:
+    if override:
+        return Choice(int(override), "given (--train-batch-size)")
+    b = int(min(256, max(32, 2 ** round(math.log2(max(n, 1) / 200.0)))))
+    return Choice(b, f"power of two nearest n/200 = {n}/200 within [32, 256]")
+
+
+def loss_mix(has_labels: bool) -> dict[str, Choice]:
+    if has_labels:
+        why = "labels given: cross-entropy (smoothing 0.1) + 0.3 distillation from the input model at T=2"
+        return {"loss": Choice("ce+distill", why), "temperature": Choice(2.0, why),
+                "distill_weight": Choice(0.3, why), "label_smoothing": Choice(0.1, why)}
+    why = "no labels: distillation from the input model alone at T=1"
+    return {"loss": Choice("distill", why), "temperature": Choice(1.0, why), "distill_weight": Choice(1.0, why),
+            "label_smoothing": Choice(0.0, why)}
+
+
+def round_steps(n: int, batch: int, step_seconds: float, seconds_for_rounds: float,
+                epochs_override: float | None = None) -> Choice:
+    per_epoch = max(1, math.ceil(n / batch))
+    if epochs_override:
+        return Choice(max(1, int(round(epochs_override * per_epoch))), f"given (--epochs {epochs_override:g})")
+    want = max(ROUND_MIN_STEPS, per_epoch)
+    fit = int(seconds_for_rounds / TARGET_ROUNDS / max(step_seconds, 1e-6))
+    steps = max(ROUND_MIN_STEPS, min(want, fit))  # never below the minimum: short rounds do not recover
+    rule = (f"max({ROUND_MIN_STEPS} steps, one epoch = {per_epoch} steps)"
+            + (f", cut to {steps} so {TARGET_ROUNDS} rounds fit the time left ({step_seconds * 1e3:.1f} ms/step)"
+               if steps < want else ""))
+    return Choice(steps, rule)
+
+
+def slices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probe training indices, probe loss indices) of the training part, disjoint, seeded."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_eval = min(PROBE_EVAL, max(1, n // 5))
+    return order[n_eval:n_eval + PROBE_TRAIN], order[:n_eval]
+
+
+def objective_on(trainer, data) -> float:
+    """Mean training objective of the trainer's current model on `data` (a TrainData), no update."""
+    total, count = 0.0, 0
+    trainer.module.eval()
+    with torch.no_grad():
+        for inputs, labels, teacher in data.epoch(torch.Generator().manual_seed(0), 512):
+            out = trainer.module(**inputs)
+            out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+            n = len(next(iter(inputs.values())))
+            total += float(trainer.objective(out, labels, teacher)) * n
+            count += n
+    return total / max(count, 1)
+
+
+def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RATES, steps: int = PROBE_STEPS,
+             override: float | None = None) -> tuple[Choice, float, dict]:
+    """(learning rate choice, seconds per optimizer step, {rate: loss}); `make_trainer(data)` builds a fresh
+    trainer on the probe's start point."""
+    per_epoch = max(1, math.ceil(train_part.num_samples / batch))
+    losses, seconds, taken = {}, 0.0, 0
+    for lr in ([override] if override else rates):
+        trainer = make_trainer(train_part)
+        t0 = time.perf_counter()
+        stats = trainer.train(steps / per_epoch, lr, reg_strength=1e-4, batch_size=batch)
+        seconds, taken = seconds + time.perf_counter() - t0, taken + stats.steps
+        loss = objective_on(trainer, eval_part)
+        losses[lr] = loss if math.isfinite(loss) else float("inf")
+    step_seconds = seconds / max(taken, 1)
+    if override:
+        return Choice(float(override), "given (--lr)"), step_seconds, losses
+    best = min(losses, key=lambda r: (losses[r], r))
+    shown = ", ".join(f"{r:g}: {v:.4f}" for r, v in losses.items())
+    return (Choice(float(best), f"probe: lowest training objective after {steps} steps on a slice of the training "
+                   f"part ({shown})"), step_seconds, losses)

@@ -1,0 +1,42 @@
+"""The report.html section of the automatic search: the decision rule, each hyperparameter with the rule that
+chose it, and the search path (every candidate, kept or undone). One function, HTML in, no other dependency."""
+
+from __future__ import annotations
+
+import html
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def auto_section(auto: dict | None, history: list | None) -> str:
+    """Inner HTML of the section; "" when the run did not use the automatic search."""
+    if not auto:
+        return ""
+    d = auto.get("decision") or {}
+    head = (f"<p>{_e(auto.get('rule'))}.</p>\n<p>Kept model: loss {_num(d.get('loss_pp'), '+.3f')} pp on the "
+            f"decision set, limit {_num(d.get('limit_pp'), '.3f')} pp (1 SE = {_num(d.get('se_pp'), '.3f')} pp).</p>")
+    choices = "\n".join(f"<tr><td>{_e(k)}</td><td class=\"n\">{_e(v.get('value'))}</td><td>{_e(v.get('rule'))}</td>"
+                        "</tr>" for k, v in (auto.get("choices") or {}).items())
+    rows = []
+    for i, h in enumerate(history or []):
+        if not isinstance(h, dict) or "phase" not in h:
+            continue
+        kept = {True: "kept", False: "undone", None: ""}[h.get("kept")]
+        rows.append(f"<tr><td class=\"n\">{i}</td><td>{_e(h['phase'])}</td><td>{kept}</td>"
+                    f"<td class=\"n\">{_num(h.get('ratio'), '.1f')}</td>"
+                    f"<td class=\"n\">{_num(h.get('neuron_share'), '.2f')}</td>"
+                    f"<td class=\"n\">{_num(h.get('loss_pp'), '+.3f')}</td><td class=\"n\">{_num(h.get('limit_pp'), '.3f')}"
+                    f"</td><td class=\"n\">{_num(h.get('macs_ratio'), '.2f')}</td>"
+                    f"<td class=\"n\">{_num(h.get('elapsed'), '.0f')}</td><td>{_e(h.get('note', ''))}</td></tr>")
+    return (head + "\n<h3>Hyperparameters</h3>\n<table><thead><tr><th>what</th><th class=\"n\">value</th><th>rule"
+            f"</th></tr></thead>\n<tbody>{choices}</tbody></table>\n<h3>Search path</h3>\n<table><thead><tr>"
+            "<th class=\"n\">#</th><th>step</th><th>decision</th><th class=\"n\">weights ÷</th>"
+            "<th class=\"n\">neuron share</th><th class=\"n\">loss (pp)</th><th class=\"n\">limit (pp)</th>"
+            "<th class=\"n\">MACs ÷</th><th class=\"n\">at (s)</th><th>note</th></tr></thead>\n"
+            f"<tbody>{''.join(rows)}</tbody></table>")

@@ -1,0 +1,368 @@
+"""The automatic search: from the best one-shot model within the budget, prune and retrain further while the
+decision set says the loss is within budget (decide.py), and return the smallest and fastest model found.
+
+    one-shot     sensitivity scan → allocation → fit_to_budget: the start point (never worse than one-shot)
+    hyper        batch size, loss mix, learning-rate probe, round length (hyper.py)
+    rounds       two knobs, taken in turn, each with its own step:
+                   weights  kept weights = start density × 0.6^level, distributed by LAMP (allocation.py)
+                   neurons  share of every layer's neurons masked whole = 1 − 0.75^level (passes.neuron_masks)
+                 a round advances one knob by its step, retrains (cosine), judges: kept, or undone (back to the
+                 best weights and masks) with that knob's step halved; a knob stops below a quarter step
+    passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
+    polish       a longer retrain at the best masks, kept if the decision loss does not grow
+Time: rounds start only while a round, the polish and the tail fit before the deadline; the best model found is
+returned when time runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from onnxprune.converter.auto import hyper
+from onnxprune.converter.auto.allocation import criterion, density, global_masks
+from onnxprune.converter.auto.config import AutoConfig
+from onnxprune.converter.auto.decide import BudgetRule, Decision
+from onnxprune.passes.weights import Inventory, find_prunable, weight_array
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FACTOR = 0.6  # kept weights x this per weight level
+NEURON_FACTOR = 0.75  # neurons left x this per neuron level
+SMALLEST_STEP = 0.25
+MAX_PASSES, RESTART_STEP = 4, 0.5  # knobs exhausted with time left: polish, then another pass from half steps
+TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure
+POLISH_SHARE = 0.15  # of the time budget, planned for the final polish
+
+
+@dataclass
+class AutoData:
+    """What the search reads: the training part, the decision evaluator (never trained on), the dense model."""
+
+    train: Any
+    evaluator: Any
+    dense: onnx.ModelProto
+
+
+@dataclass
+class AutoResult:
+    model: onnx.ModelProto  # dense shapes, pruned weights zero, retrained weights written back
+    masks: dict[str, np.ndarray]
+    history: list[dict]
+    choices: dict[str, dict]  # hyperparameter -> {value, rule}
+    notes: list[str]
+    decision: Decision
+    rule: str
+    sensitivity: Any = None
+    one_shot: dict = field(default_factory=dict)
+
+    def report(self) -> dict:
+        return {"decision": self.decision.as_dict(), "rule": self.rule, "choices": self.choices,
+                "one_shot": self.one_shot, "notes": self.notes}
+
+
+@dataclass
+class _Best:
+    model: onnx.ModelProto
+    masks: dict[str, np.ndarray]
+    decision: Decision
+    levels: dict[str, float]
+
+
+class _Knob:
+    def __init__(self, name: str):
+        self.name, self.level, self.step, self.done = name, 0.0, 1.0, False
+
+
+def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData, config: AutoConfig,
+                progress: Callable[..., None] | None = None, deadline: float | None = None) -> AutoResult:
+    """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget)."""
+    config.validate()
+    return _Search(original, inventory, data, config, progress or (lambda *a, **k: None),
+                   deadline or time.perf_counter() + config.time_budget).run()
+
+
+class _Search:
+    def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline):
+        self.original, self.inventory, self.data, self.config = original, inventory, data, config
+        self.progress, self.deadline = progress, deadline
+        self.t0 = time.perf_counter()
+        self.tail = TAIL_SHARE * config.time_budget
+        self.history: list[dict] = []
+        self.choices: dict[str, dict] = {}
+        self.notes: list[str] = []
+        self.score = criterion(config.criterion)
+        self.sizes = {w.name: w.size for w in inventory.prunable}
+        self.total = sum(self.sizes.values())
+        self.macs0 = _macs(original)
+        self._polished = None
+
+    # ------------------------------------------------------------------------------------------------ driver
+    def run(self) -> AutoResult:
+        self.rule = BudgetRule(self.data.evaluator, self.config.max_loss)
+        for w in self.rule.warnings():
+            log.warning(w)
+            self.notes.append(w)
+        best = self._one_shot()
+        self.d0 = density(best.masks)
+        self._hyper(best)
+        knobs = self._knobs()
+        best, kept, timed_out = self._rounds(best, knobs)
+        passes = 1
+        while kept and not timed_out and passes < MAX_PASSES:  # time left: polish, then push again from there
+            best = self._polish(best)
+            for k in knobs:
+                k.step, k.done = RESTART_STEP, False
+            best, kept, timed_out = self._rounds(best, knobs)
+            passes += 1
+        if self._polished is not best:
+            best = self._polish(best)
+        self.notes.append(f"decision rule: {self.rule.statement()}")
+        return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
+                          self.rule.statement(), self.sensitivity, self.one_shot)
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------------ one-shot
+    def _one_shot(self) -> _Best:
+        from onnxprune.calibration.allocate import allocate, fit_to_budget, pruned_model
+        from onnxprune.calibration.sensitivity import DEFAULT_LEVELS, scan
+
+        t0 = time.perf_counter()
+        ev = self.data.evaluator
+        self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
+                                progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what))
+        allocation = allocate(self.sensitivity, self.inventory, self.config.max_loss)
+        outcome = fit_to_budget(self.original, self.inventory, ev, allocation, self.config.max_loss,
+                                result=self.sensitivity)
+        model = pruned_model(self.original, outcome.sparsities)
+        # masked: what the one-shot zeroed (a weight that was zero in the input stays a kept position)
+        masks = {n: ~((weight_array(model, n) == 0) & (weight_array(self.original, n) != 0)) for n in self.sizes}
+        decision = self.rule.judge(model)
+        self.one_shot = {"sparsities": outcome.sparsities, "measured_loss_pp": outcome.measured_loss_pp,
+                         "compression": outcome.compression, "tries": outcome.tries}
+        best = _Best(model, masks, decision, {"weights": 0.0, "neurons": 0.0})
+        self._record("one-shot", best, decision, True, t0, note=f"fit_to_budget, {outcome.tries} tries")
+        return best
+
+    # ------------------------------------------------------------------------------------------------ hyper
+    def _hyper(self, best: _Best) -> None:
+        from onnxprune.converter.finetune import TrainData, load_data
+
+        t0 = time.perf_counter()
+        o = self.config.overrides
+        has_labels = bool(getattr(self.data.train, "has_labels", False))
+        mix = hyper.loss_mix(has_labels)
+        self.loss = {k: c.value for k, c in mix.items()}
+        self.train_data = load_data(self.data.train, teacher=self.original, use_labels=has_labels)
+        n = self.train_data.num_samples
+        bs = hyper.batch_size(n, o.get("train_batch_size"))
+        self.batch = bs.value
+        self.n_train = n
+        # the probe starts where the first round will: one weight step past the one-shot model
+        probe_masks = global_masks(self._weights_of(best.model), best.masks,
+                                   round(self.d0 * WEIGHT_FACTOR * self.total), self.score)
+        td = self.train_data
+        if td.reader is None:
+            train_idx, eval_idx = hyper.slices(n, self.config.seed)
+            part = lambda idx: TrainData({k: v[idx] for k, v in td.inputs.items()},  # noqa: E731
+                                         None if td.labels is None else td.labels[idx],
+                                         None if td.teacher is None else [t[idx] for t in td.teacher], bs.value)
+            lr, self.step_seconds, _ = hyper.probe_lr(lambda d: self._trainer(best.model, probe_masks, d),
+                                                      part(train_idx), part(eval_idx), bs.value,
+                                                      override=o.get("lr"))
+        else:  # streamed (too large for memory): no probe
+            lr = hyper.Choice(float(o.get("lr") or 0.01), "given (--lr)" if o.get("lr") else
+                              "streamed data: no probe, 0.01")
+            self.step_seconds = 0.05
+        self.lr = lr.value
+        budget_rounds = max(0.0, self.left() - self.tail) * (1.0 - POLISH_SHARE)
+        steps = hyper.round_steps(n, bs.value, self.step_seconds, budget_rounds, o.get("epochs"))
+        self.round_steps = steps.value
+        self.choices = {"batch_size": bs.as_dict(), **{k: c.as_dict() for k, c in mix.items()},
+                        "weight_decay": {"value": 1e-4, "rule": "fixed: L2 1e-4 on the kept weights"},
+                        "lr": lr.as_dict(), "round_steps": steps.as_dict(),
+                        "schedule": {"value": "cosine per round", "rule": "each round decays the rate to 0"},
+                        "criterion": {"value": self.config.criterion, "rule": "--criterion (default magnitude), "
+                                      "ranked across layers by LAMP"}}
+        if o.get("neuron_sparsity") is not None:
+            self.choices["neuron_cap"] = {"value": o["neuron_sparsity"], "rule": "given (--neuron-sparsity)"}
+        self.history.append({"phase": "probe", "kept": None, "lr": self.lr,  # no "round": not a candidate
+                             "seconds": round(time.perf_counter() - t0, 3), "note": lr.rule})
+        log.info("auto: batch %d, lr %g (%s), %d steps per round", self.batch, self.lr, lr.rule, self.round_steps)
+
+    def _trainer(self, model, masks, data=None):
+        from onnxprune.converter.finetune import MaskedTrainer
+
+        return MaskedTrainer(model, masks, data if data is not None else self.train_data, loss=self.loss["loss"],
+                             teacher=self.original, temperature=self.loss["temperature"],
+                             label_smoothing=self.loss["label_smoothing"],
+                             distill_weight=min(self.loss["distill_weight"], 1.0), device=self.config.device,
+                             seed=self.config.seed)
+
+    def _train(self, trainer, steps: int, label: str):
+        per_epoch = self.train_data.num_batches(self.batch)
+
+        def on_batch(epoch, b, nb, loss, sparsity):
+            if b % 20 == 0 or b == nb:
+                self.progress(label, b, nb, f"epoch {epoch}, loss {loss:.4f}; {self._headline()}")
+
+        return trainer.train(steps / per_epoch, self.lr, reg_strength=1e-4, lr_schedule="cosine",
+                             batch_size=self.batch, progress=on_batch)
+
+    # ------------------------------------------------------------------------------------------------ rounds
+    def _knobs(self) -> list[_Knob]:
+        from onnxprune.passes.neuron_masks import neuron_map
+
+        knobs = [_Knob("weights")]
+        nmap = None
+        if self.config.neurons:
+            nmap = neuron_map(self.original, set(self.sizes))
+            if nmap.candidates:
+                knobs.append(_Knob("neurons"))
+        cap = self.config.overrides.get("neuron_sparsity")
+        if cap is not None and cap <= 0:
+            knobs = knobs[:1]
+        self.nmap, self.neuron_cap = nmap, cap
+        return knobs
+
+    def _rounds(self, best: _Best, knobs: list[_Knob]) -> tuple[_Best, bool, bool]:
+        """One pass over the knobs until each is done; (best, anything kept, stopped by the time budget)."""
+        cap = self.neuron_cap
+        trainer = self._trainer(best.model, best.masks)
+        turn, last_seconds, any_kept = 0, getattr(self, "_round_seconds", None), False
+        while any(not k.done for k in knobs):
+            est = last_seconds or self.round_steps * self.step_seconds * 1.3
+            per_step = est / self.round_steps  # the last round's pace (the load moves it), else the probe's
+            if self.left() < est + self.tail + self.round_steps * hyper.POLISH_FACTOR * per_step * 0.5:
+                self.notes.append(f"time budget: the search stopped after {len(self.history)} steps of its history "
+                                  f"with {max(0.0, self.left()):.0f} s left for the polish and the tail")
+                return best, any_kept, True
+            knob = [k for k in knobs if not k.done][turn % sum(not k.done for k in knobs)]
+            turn += 1
+            t0 = time.perf_counter()
+            levels = dict(best.levels)
+            levels[knob.name] = knob.level + knob.step
+            share = self._share(levels["neurons"])
+            if knob.name == "neurons" and cap is not None and self._share(knob.level) >= cap - 1e-9:
+                knob.done = True
+                continue
+            masks = self._masks(trainer, levels, share)
+            trainer.set_masks(masks)
+            self._train(trainer, self.round_steps, f"auto: round {len(self.history)} ({knob.name})")
+            candidate = trainer.export()
+            decision = self.rule.judge(candidate)
+            kept = decision.within
+            if kept:
+                any_kept = True
+                best = _Best(candidate, {n: m.copy() for n, m in trainer.masks.items()}, decision, levels)
+                knob.level = levels[knob.name]
+            else:
+                knob.step /= 2.0
+                knob.done = knob.step < SMALLEST_STEP
+                state = trainer.state()
+                trainer = self._trainer(best.model, best.masks)
+                trainer.restore_state(state)
+            self._record(knob.name, best if kept else None, decision, kept, t0, levels=levels, share=share,
+                         masks=masks, model=candidate)
+            last_seconds = self._round_seconds = time.perf_counter() - t0
+            if knob.name == "weights" and kept and round(self.d0 * WEIGHT_FACTOR ** (knob.level + 1) * self.total) \
+                    < len(self.sizes):
+                knob.done = True
+        return best, any_kept, False
+
+    def _share(self, level: float) -> float:
+        share = 1.0 - NEURON_FACTOR ** level
+        return min(share, self.neuron_cap) if self.neuron_cap is not None else share
+
+    def _masks(self, trainer, levels: dict, share: float) -> dict[str, np.ndarray]:
+        from onnxprune.passes.neuron_masks import neuron_masks
+
+        weights = trainer.weights()
+        masks = dict(trainer.masks)
+        if self.nmap is not None and share > 0:
+            masks, _ = neuron_masks(self.nmap, weights, masks, [share] * len(self.nmap.groups))
+        keep = round(self.d0 * WEIGHT_FACTOR ** levels["weights"] * self.total)
+        return global_masks(weights, masks, keep, self.score)
+
+    # ------------------------------------------------------------------------------------------------ polish
+    def _polish(self, best: _Best) -> _Best:
+        self._polished = best
+        steps = self.round_steps * hyper.POLISH_FACTOR
+        pace = getattr(self, "_round_seconds", None)
+        per_step = pace / self.round_steps if pace else self.step_seconds * 1.2
+        fit = int(max(0.0, self.left() - self.tail) / max(per_step, 1e-6))
+        steps = min(steps, fit)
+        self.choices["polish_steps"] = {"value": steps, "rule": f"{hyper.POLISH_FACTOR} rounds' steps, cut to the "
+                                        "time left" if steps < self.round_steps * hyper.POLISH_FACTOR else
+                                        f"{hyper.POLISH_FACTOR} rounds' steps"}
+        if steps < hyper.MIN_ROUND_STEPS or len(self.history) < 3:
+            return best
+        t0 = time.perf_counter()
+        trainer = self._trainer(best.model, best.masks)
+        self._train(trainer, steps, "auto: polish")
+        candidate = trainer.export()
+        decision = self.rule.judge(candidate)
+        kept = decision.within and decision.loss_pp <= best.decision.loss_pp + 1e-9
+        if kept:
+            best = self._polished = _Best(candidate, best.masks, decision, best.levels)
+        self._record("polish", best if kept else None, decision, kept, t0, levels=best.levels, masks=best.masks,
+                     model=candidate)
+        return best
+
+    # ------------------------------------------------------------------------------------------------ records
+    def _weights_of(self, model) -> dict[str, np.ndarray]:
+        return {n: weight_array(model, n) for n in self.sizes}
+
+    def _record(self, phase: str, best: _Best | None, decision: Decision, kept: bool, t0: float, *, levels=None,
+                share=None, masks=None, model=None, note: str = "") -> None:
+        masks = masks if masks is not None else best.masks
+        d = density(masks)
+        entry = {"round": len(self.history), "phase": phase, "kept": kept, "fits": kept,
+                 "overall_density": d, "ratio": 1.0 / d if d else float("inf"),
+                 "density": {n: float(m.mean()) for n, m in masks.items()},
+                 "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
+                 "limit_pp": decision.limit_pp, "se_pp": decision.se_pp,
+                 "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
+        if levels is not None:
+            entry["levels"] = dict(levels)
+        if share is not None:
+            entry["neuron_share"] = share
+        if kept:
+            entry["macs_ratio"] = self.macs0 / max(_macs(_shrunk(best.model if best else model)), 1)
+            self._best_entry = entry
+        if note:
+            entry["note"] = note
+        self.history.append(entry)
+        log.info("auto %s: %.1fx, loss %.3f pp (limit %.3f) %s", phase, entry["ratio"], decision.loss_pp,
+                 decision.limit_pp, "kept" if kept else "undone")
+        self.progress("auto search", int(time.perf_counter() - self.t0), int(self.config.time_budget),
+                      self._headline())
+
+    def _headline(self) -> str:
+        b = getattr(self, "_best_entry", None)
+        if b is None:
+            return f"{max(0, self.left()):.0f} s left"
+        return (f"best {b['ratio']:.1f}x, loss {b['loss_pp']:+.2f} pp, {b['macs_ratio']:.2f}x fewer MACs; "
+                f"{max(0, self.left()):.0f} s left")
+
+
+def _shrunk(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
+
+    try:
+        return remove_dead_neurons(model)[0]
+    except Exception as exc:  # a speed estimate only: never a reason to fail the search
+        log.debug("dead-neuron estimate failed: %s", exc)
+        return model
+
+
+def _macs(model: onnx.ModelProto) -> int:
+    return sum(w.macs or w.size for w in find_prunable(model).prunable)

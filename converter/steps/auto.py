@@ -1,0 +1,93 @@
+"""The automatic search (`prune --max-loss L --data TRAIN`, issue: the budget is the only knob).
+
+One step in place of scan → allocate → retrain: converter.auto starts from the best one-shot model within the
+budget, learns the learning rate and the round length from the model and the data, prunes weights (LAMP-distributed)
+and whole neurons in turns, retrains, and keeps a round only when its stated decision rule says the loss is within
+the budget. Without torch, or with too little training data, it runs the one-shot search instead and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.passes.magnitude import Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AutoSearchConfig(StepConfig):
+    one_shot: bool = False  # --one-shot: the no-retraining budget search only (a different plan)
+    time_budget: float | str | None = None  # seconds, or "90s", "15m", "1h"; default converter.auto's
+
+    def validate(self) -> None:
+        if self.time_budget is not None:
+            from onnxprune.converter.auto.config import parse_duration
+
+            parse_duration(self.time_budget)
+
+
+@register_step("auto-search")
+class AutoSearchStep(Step):
+    """Automatic: one-shot start, then prune/retrain rounds (weights and whole neurons) kept by a stated rule."""
+
+    needs = ("original", "scannable", "targets", "data", "scoring")
+    gives = ("pruned", "history", "targets", "sensitivity", "auto")
+    optional = ("auto",)  # the one-shot fallback has no search to report
+
+    def __init__(self, config: AutoSearchConfig, budget, retrain, targets, shrink, scan, given=frozenset()):
+        super().__init__(config, budget)
+        self.config, self.budget, self.retrain, self.targets_config = config, budget, retrain, targets
+        self.scan = scan
+        self.neurons, self.given = shrink.neurons, frozenset(given)
+
+    def run(self, state: RunState) -> None:
+        why = self._why_not(state)
+        if why is not None:
+            self._one_shot(state, why)
+            return
+        from onnxprune.converter.auto import AutoConfig, AutoData, auto_search, parse_duration
+        from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET, OVERRIDES
+
+        c, r = self.config, self.retrain
+        config = AutoConfig(max_loss=float(self.budget.max_loss),
+                            time_budget=parse_duration(c.time_budget) if c.time_budget else DEFAULT_TIME_BUDGET,
+                            threads=r.threads, seed=state.data.config.seed, device=r.device,
+                            criterion=self.targets_config.criterion, neurons=self.neurons,
+                            overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given})
+        data = AutoData(train=state.data.train_reader(batch_size=r.train_batch_size),
+                        evaluator=state.data.calibration, dense=state.original)
+        result = auto_search(state.original, state.scannable, data, config, state.progress,
+                             state.started + config.time_budget)
+        state.prune.masks.update(result.masks)
+        state.notes.extend(result.notes)
+        state.auto = result.report()
+        state.targets = {**{n: Target(sparsity=1.0 - float(m.mean())) for n, m in result.masks.items()},
+                         **(state.targets or {})}
+        state.pruned, state.history, state.sensitivity = result.model, result.history, result.sensitivity
+
+    def _why_not(self, state: RunState) -> str | None:
+        """Why the search cannot retrain here (then the one-shot search runs), or None."""
+        from onnxprune.converter.auto import MIN_TRAIN_SAMPLES
+
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return "torch is not installed"
+        n = state.data.train_reader().num_samples
+        if n is not None and n < MIN_TRAIN_SAMPLES:
+            return f"--data holds {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
+        return None
+
+    def _one_shot(self, state: RunState, why: str) -> None:
+        from onnxprune.converter.steps.budget import FitBudgetStep
+        from onnxprune.converter.steps.prune import PruneStep
+        from onnxprune.converter.steps.scan import ScanStep
+
+        note = f"{why}: the one-shot budget search ran (no retraining)"
+        log.warning(note)
+        state.notes.append(note)
+        for step in (ScanStep(self.scan), FitBudgetStep(self.budget), PruneStep()):
+            step.run(state)

@@ -1,0 +1,45 @@
+"""LAMP: a global number of kept weights, distributed over layers by layer-adaptive scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.converter.auto.allocation import criterion, global_masks, lamp_scores
+from onnxprune.errors import ConfigError
+
+
+def test_lamp_score_is_the_share_of_the_squared_tail():
+    w = np.array([3.0, -1.0, 2.0, 0.5])
+    keep = np.ones(4, dtype=bool)
+    got = lamp_scores(np.abs(w), keep)
+    # ascending 0.5, 1, 2, 3: squares .25, 1, 4, 9 -> tails 14.25, 14, 13, 9
+    assert got == pytest.approx([1.0, 1 / 14, 4 / 13, 0.25 / 14.25])
+    keep[0] = False  # pruned entries score -1; the strongest survivor scores 1
+    assert lamp_scores(np.abs(w), keep).tolist()[0] == -1.0
+    assert lamp_scores(np.abs(w), keep)[2] == 1.0
+
+
+def test_global_masks_keep_the_count_never_regrow_and_never_empty_a_layer():
+    rng = np.random.default_rng(0)
+    weights = {"big": rng.normal(size=(50, 40)), "flat": np.ones((10, 10)) * 0.01 + rng.random((10, 10)) * 1e-4,
+               "small": rng.normal(size=(5, 4))}
+    masks = {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}
+    masks["big"][0] = False
+    out = global_masks(weights, masks, 300, criterion("magnitude"))
+    assert sum(int(m.sum()) for m in out.values()) == 300
+    assert not out["big"][0].any()  # never regrow
+    assert all(m.any() for m in out.values())
+    # the layer of tiny but equal weights keeps more than plain global magnitude would (it would keep 1)
+    assert out["flat"].sum() > 1
+    # within a layer the kept weights are the largest
+    kept, gone = np.abs(weights["big"][out["big"]]), np.abs(weights["big"][masks["big"] & ~out["big"]])
+    assert kept.min() >= gone.max()
+
+
+def test_asking_for_more_than_alive_keeps_everything_and_an_unknown_criterion_is_refused():
+    weights = {"a": np.arange(1.0, 7.0).reshape(2, 3)}
+    masks = {"a": np.array([[True, False, True], [True, True, True]])}
+    assert np.array_equal(global_masks(weights, masks, 100)["a"], masks["a"])
+    with pytest.raises(ConfigError, match="criterion 'taylor'"):
+        criterion("taylor")

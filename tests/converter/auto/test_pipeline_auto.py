@@ -1,0 +1,126 @@
+"""--max-loss alone through the pipeline: the automatic search, its fallbacks, the decision set and overrides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.converter import api
+from onnxprune.converter.cli import cli
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.converter.plan import build_plan
+from onnxprune.converter.steps.data import Data
+from tests.converter._data import self_labelled
+from tests.oracle import assert_same_outputs
+
+
+@pytest.fixture(scope="module")
+def teacher_data():
+    """900 training + 100 decision samples after the default split; labels are the model's own predictions."""
+    return self_labelled(hidden=(32, 16), model_seed=7, n=1000, data_seed=2)
+
+
+@pytest.fixture(scope="module")
+def searched(teacher_data):
+    model, data = teacher_data
+    return run(model, configure(max_loss=1.0, data=data, time_budget=300, epochs=3, seed=0))
+
+
+def test_max_loss_alone_searches_and_is_never_worse_than_one_shot(teacher_data, searched):
+    model, data = teacher_data
+    one_shot = run(model, configure(max_loss=1.0, data=data, one_shot=True))
+    report = searched.report
+    assert "auto" not in one_shot.report and report["history"][0]["phase"] == "one-shot"
+    assert report["compression"] >= one_shot.report["compression"] > 1.0
+    assert report["budget"]["met"] and report["budget"]["measured_loss_pp"] <= report["budget"]["limit_pp"] + 1e-9
+    assert not any("left dense" in n for n in report["notes"])
+    kept = [h for h in report["history"] if h.get("kept")]
+    assert report["compression"] == pytest.approx(max(h["ratio"] for h in kept), rel=1e-6)
+    assert {h["phase"] for h in report["history"]} >= {"one-shot", "probe", "weights"}
+    assert_same_outputs(searched.model, searched.dense_model, feeds=[{"input": data["input"][:16]}])
+
+
+def test_every_hyperparameter_names_its_rule_and_the_decision_rule_is_stated(searched):
+    auto = searched.report["auto"]
+    for name in ("batch_size", "loss", "lr", "round_steps", "schedule", "criterion"):
+        assert auto["choices"][name]["rule"], name
+    assert "probe" in auto["choices"]["lr"]["rule"]
+    assert "1 standard error" in auto["rule"] and "one sample = 1 pp" in auto["rule"]
+    # labels that are the model's own predictions: the dense model is perfect there, and the search says so
+    assert any("looks like data the model was trained on" in n for n in searched.report["notes"])
+
+
+def test_too_little_data_runs_the_one_shot_search_and_says_so_once(teacher_data):
+    model, data = teacher_data
+    small = {k: v[:300] for k, v in data.items()}
+    result = run(model, configure(max_loss=1.0, data=small))
+    assert "auto" not in result.report
+    assert sum("one-shot budget search ran" in n for n in result.report["notes"]) == 1
+
+
+def _data(model, **choices) -> Data:
+    config = configure(**choices)
+    step = next(s for s in build_plan(config) if s.name == "data")
+    return Data(model, config.data, split=step.split)
+
+
+def test_val_data_is_the_decision_set_and_all_of_data_trains(teacher_data):
+    model, data = teacher_data
+    val = {k: v[:80] for k, v in data.items()}
+    d = _data(model, max_loss=0.0, data=data, val_data=val)
+    assert d.every is None and d.calibration.num_samples == 80 and d.train_reader().num_samples == 1000
+    split = _data(model, max_loss=0.0, data=data)
+    assert split.every == 10 and split.calibration.num_samples == 100
+
+
+def test_given_flags_override_the_search(teacher_data):
+    model, data = teacher_data
+    result = api.prune(model, data=data, max_loss=1.0, time_budget=8, lr=0.05, neuron_sparsity=0.25)
+    choices = result.report["auto"]["choices"]
+    assert choices["lr"] == {"value": 0.05, "rule": "given (--lr)"}
+    assert choices["neuron_cap"]["value"] == 0.25
+    assert all(h.get("neuron_share", 0.0) <= 0.25 + 1e-9 for h in result.report["history"])
+
+
+def test_cli_one_shot_and_a_bad_time_budget(teacher_data, tmp_path):
+    import onnx
+
+    model, data = teacher_data
+    path, npz = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, path)
+    np.savez(npz, **data)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--data", str(npz),
+                              "--max-loss", "1", "--time-budget", "soon"])
+    assert res.exit_code != 0 and "--time-budget 'soon'" in res.output
+    res = runner.invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--data", str(npz),
+                              "--max-loss", "1", "--one-shot", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert "auto" not in report and report["budget"]["met"]
+
+
+def test_report_html_shows_the_search_path_and_the_rules(searched, tmp_path):
+    from onnxprune.converter.report import write_report
+
+    html, _ = write_report(searched.report, tmp_path, original_model=searched.original,
+                           pruned_dense_model=searched.dense_model, history=searched.history)
+    text = html.read_text()
+    assert "Automatic search" in text and "Search path" in text and "1 standard error" in text
+    assert text.count("<td>kept</td>") == sum(1 for h in searched.history if h.get("kept"))
+    assert "probe: lowest training objective" in text
+
+
+def test_explicit_iterations_never_end_worse_than_one_shot(teacher_data):
+    """The old level search (--iterations N): when no retrained round fits, the one-shot model within the budget is
+    kept, and the notes say so without a 'met' next to a 'not met'."""
+    model, data = teacher_data
+    result = run(model, configure(max_loss=2.0, data=data, iterations=1, epochs=1, lr=50.0, seed=0,
+                                     levels=(0.3, 0.5, 0.7, 0.9)))
+    assert not result.history[0]["fits"]  # the round was wrecked by the learning rate
+    notes = " ".join(result.report["notes"])
+    assert "best one-shot model within it is kept" in notes and "left dense" not in notes
+    assert result.report["budget"]["met"] and result.report["compression"] > 1.0
