@@ -21,7 +21,9 @@ initializers, sparse initializers and Constant nodes, subgraphs and external dat
 already sparse is not credited for its own zeros.
 
     python -m tests.benchmarks.bench_corpus [--root DIR] [--only NAME ...] [--timeout 900] [--jobs 1]
-        [--python /path/to/python] [--json results.json] [--extra ARG ...]
+        [--python /path/to/python] [--json results.json] [--self-check] [--extra ARG ...]
+
+--self-check scores every input model against itself (no pruning): a corpus whose cards or data are wrong fails it.
 
 Needs only onnx, onnxruntime and numpy (the project's .venv will do); the corpus itself is built in a venv with the
 exporters (see tests/corpus/README.md).
@@ -159,9 +161,11 @@ def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired as exc:
-        res.update(outcome="timeout", seconds=round(time.time() - t0, 1), reason=f"> {args.timeout:.0f} s",
-                   tail=((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes)
-                         else (exc.stdout or ""))[-2000:])
+        text = "\n".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                         for x in (exc.stdout, exc.stderr))
+        progress = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if "onnxprune:" in ln]
+        res.update(outcome="timeout", seconds=round(time.time() - t0, 1), tail=text.strip()[-3000:],
+                   reason=f"> {args.timeout:.0f} s" + (f", last: {progress[-1]}" if progress else ""))
         return res
     res["seconds"] = round(time.time() - t0, 1)
     text = (proc.stdout or "") + "\n" + (proc.stderr or "")
@@ -188,6 +192,17 @@ def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
     return res
 
 
+def self_check(name: str, root: Path) -> dict:
+    """Score the input model against itself: every check must pass (tests the corpus and the metrics, not the tool)."""
+    folder = root / name
+    card = json.loads((folder / "card.json").read_text())
+    t0 = time.time()
+    ok, rows = measure(folder, card, folder / card["model"])
+    return {"model": name, "exporter": card["exporter"], "outcome": "self-check ok" if ok else "self-check FAILED",
+            "seconds": round(time.time() - t0, 1), "ratio": 1.0, "checks": rows,
+            "weights_in": nonzero_weights(folder / card["model"])}
+
+
 def print_table(results: list[dict]) -> None:
     print(f"\n{'model':22s} {'exporter':34s} {'outcome':21s} {'weights x':>9s} {'wall s':>7s}  reason / figures")
     for r in results:
@@ -199,7 +214,8 @@ def print_table(results: list[dict]) -> None:
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
     good = sum(1 for r in results if r["outcome"] == "converted-faithful" and r.get("ratio", 0) >= 2.0)
     print("\nsummary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
-          f"; faithful with >= 2x fewer weights: {good} / {len(results)}")
+          ("" if any(k.startswith("self-check") for k in counts) else
+           f"; faithful with >= 2x fewer weights: {good} / {len(results)}"))
 
 
 def main(argv=None) -> int:
@@ -211,12 +227,17 @@ def main(argv=None) -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs `-m onnxprune`")
     ap.add_argument("--workdir", type=Path, help="where pruned models go (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write all results (with the tool's output tails) here")
+    ap.add_argument("--self-check", action="store_true", help="score each input model against itself, no pruning")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for `prune` (after the rest)")
     args = ap.parse_args(argv)
     names = args.only or sorted(p.name for p in args.root.iterdir() if (p / "card.json").exists())
     if not names:
         print(f"no corpus in {args.root}: build it with tests/corpus/build_corpus.py", file=sys.stderr)
         return 2
+    if args.self_check:
+        results = [self_check(n, args.root) for n in names]
+        print_table(results)
+        return 0 if all(r["outcome"] == "self-check ok" for r in results) else 1
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         results = {}
