@@ -169,7 +169,8 @@ def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
         return res
     res["seconds"] = round(time.time() - t0, 1)
     text = (proc.stdout or "") + "\n" + (proc.stderr or "")
-    res["tail"] = text.strip()[-3000:]
+    res["tail"] = (proc.stdout or "").strip()[-3000:]          # the report (progress lines go to stderr)
+    res["stderr_tail"] = (proc.stderr or "").strip()[-1500:]
     if proc.returncode != 0:
         crashed = "internal error" in text or "Traceback (most recent call last)" in text
         res.update(outcome="crashed" if crashed else "refused", reason=_reason(text), exit=proc.returncode)
