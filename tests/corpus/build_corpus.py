@@ -95,24 +95,27 @@ def list_split(feeds: list, share: float = 0.25) -> tuple[list, list]:
 
 
 def stdlib_sentences(limit: int = 2000) -> list[str]:
-    """Real English sentences: the first lines of the standard library's docstrings (seeded order)."""
-    import importlib
-    import inspect
+    """Real English sentences: the first lines of the standard library's docstrings (seeded order).
+
+    Read from the source files with ast, not from live modules (whose attributes depend on what was imported)."""
+    import ast
+    import importlib.util
     out = []
-    for mod in ("json", "os", "re", "collections", "email.message", "http.client", "xml.dom.minidom", "asyncio",
-                "unittest", "pathlib", "argparse", "logging", "subprocess", "tarfile", "zipfile", "csv", "sqlite3",
-                "socket", "threading", "decimal", "fractions", "statistics", "textwrap", "difflib", "shutil",
-                "inspect", "dataclasses", "functools", "itertools"):
-        m = importlib.import_module(mod)
-        for name in sorted(dir(m)):
-            obj = getattr(m, name, None)
-            if inspect.ismodule(obj):  # submodules appear only once something imported them: skip, stay repeatable
-                continue
-            doc = getattr(obj, "__doc__", None)
-            if isinstance(doc, str):
-                line = doc.strip().split("\n")[0].strip()
-                if 12 <= len(line) <= 90 and line.isprintable() and line not in out:
-                    out.append(line)
+    for mod in ("json", "os", "re", "collections", "email.message", "http.client", "xml.dom.minidom", "asyncio.tasks",
+                "unittest.case", "pathlib", "argparse", "logging", "subprocess", "tarfile", "zipfile", "csv",
+                "sqlite3", "socket", "threading", "decimal", "fractions", "statistics", "textwrap", "difflib", "shutil",
+                "inspect", "dataclasses", "functools"):
+        origin = importlib.util.find_spec(mod).origin
+        if not origin or not origin.endswith(".py"):
+            continue
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    line = doc.strip().split("\n")[0].strip()
+                    if 12 <= len(line) <= 90 and line.isprintable() and line not in out:
+                        out.append(line)
     rng = np.random.default_rng(SEED)
     rng.shuffle(out)
     return out[:limit]
