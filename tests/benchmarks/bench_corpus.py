@@ -1,0 +1,259 @@
+"""Benchmark over the third-party corpus (issue #13): label-free `prune --max-loss 1`, then the model's own fidelity.
+
+For every model that tests/corpus/build_corpus.py wrote (default ~/.cache/onnxprune-corpus, or $ONNXPRUNE_CORPUS):
+
+    python -m onnxprune prune ROOT/NAME/model.onnx -o OUT --data ROOT/NAME/calib{.npz,/} --max-loss 1
+
+(only the flags a newcomer would give), run from this repository's root so its own code is what runs, under a
+timeout. Then, independently of the tool, the input and the output model are run with onnxruntime (graph
+optimisations off) on the held-out data the tool never saw, and every check on the model's card is scored
+(tests/corpus/fidelity.py): each output gets its figure, and the model is faithful when every check marked
+`matters` holds its bar. Outcomes:
+
+    converted-faithful    exit 0, every output that matters within the card's bars
+    converted-UNFAITHFUL  exit 0, some output that matters outside its bar (silent fidelity loss)
+    refused               a non-zero exit with one line that is not an "internal error"
+    crashed               "internal error", a traceback, or an output that onnxruntime cannot run
+    timeout               still running after --timeout seconds
+
+"weights x" is the input's own nonzero weights over the output's (float / int8 tensors of >= 16 elements in
+initializers, sparse initializers and Constant nodes, subgraphs and external data included), so a model that was
+already sparse is not credited for its own zeros.
+
+    python -m tests.benchmarks.bench_corpus [--root DIR] [--only NAME ...] [--timeout 900] [--jobs 1]
+        [--python /path/to/python] [--json results.json] [--self-check] [--extra ARG ...]
+
+--self-check scores every input model against itself (no pruning): a corpus whose cards or data are wrong fails it.
+
+Needs only onnx, onnxruntime and numpy (the project's .venv will do); the corpus itself is built in a venv with the
+exporters (see tests/corpus/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_ROOT = Path(os.environ.get("ONNXPRUNE_CORPUS", Path.home() / ".cache" / "onnxprune-corpus"))
+_spec = importlib.util.spec_from_file_location("corpus_fidelity", REPO / "tests" / "corpus" / "fidelity.py")
+fidelity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fidelity)
+
+WEIGHT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
+                onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+
+
+# ------------------------------------------------------------------------------------------------------------ weights
+def _graph_tensors(g: onnx.GraphProto):
+    yield from g.initializer
+    for sp in g.sparse_initializer:
+        yield sp
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield a.sparse_tensor
+            elif a.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_tensors(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    yield from _graph_tensors(sg)
+
+
+def nonzero_weights(path: Path) -> int:
+    """Nonzero weight values of a model file (external data loaded, sparse tensors counted by their values)."""
+    m = onnx.load(str(path), load_external_data=True)
+    total = 0
+    for t in _graph_tensors(m.graph):
+        if isinstance(t, onnx.SparseTensorProto):
+            if t.values.data_type in WEIGHT_TYPES and int(np.prod(t.dims)) >= 16:
+                total += int(np.count_nonzero(numpy_helper.to_array(t.values)))
+        elif t.data_type in WEIGHT_TYPES and int(np.prod(t.dims)) >= 16:
+            total += int(np.count_nonzero(numpy_helper.to_array(t)))
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------------- fidelity
+def load_feeds(folder: Path, card: dict, which: str, batch: int = 16) -> list[dict]:
+    rel = card["data"][which]
+    path = folder / rel
+    if path.is_dir():
+        return [dict(np.load(p)) for p in sorted(path.glob("*.npz"))]
+    arrays = dict(np.load(path))
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i:i + batch] for k, v in arrays.items()} for i in range(0, n, batch)]
+
+
+def session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_all(sess: ort.InferenceSession, feeds: list[dict]) -> dict[str, list]:
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {i.name for i in sess.get_inputs()}
+    out = {n: [] for n in names}
+    for feed in feeds:
+        for n, v in zip(names, sess.run(names, {k: v for k, v in feed.items() if k in inputs})):
+            out[n].append(v)
+    return out
+
+
+def measure(folder: Path, card: dict, pruned: Path) -> tuple[bool, list[dict]]:
+    feeds = load_feeds(folder, card, "holdout")
+    ref = run_all(session(folder / card["model"]), feeds)
+    got = run_all(session(pruned), feeds)
+    rows, ok = [], True
+    for c in card["checks"]:
+        name = c["output"]
+        if name not in got:
+            fig, passed = float("nan"), False
+        else:
+            fig, passed = fidelity.score(c, ref[name], got[name])
+        rows.append({"output": name + (f"[{c['slice']['start']}:{c['slice']['stop']}]" if c.get("slice") else ""),
+                     "metric": c["metric"], "figure": fig, "bar": c["bar"], "passed": passed,
+                     "matters": c.get("matters", True)})
+        if c.get("matters", True) and not passed:
+            ok = False
+    return ok, rows
+
+
+# ---------------------------------------------------------------------------------------------------------------- run
+def _reason(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("Error:") or ln.startswith("error:"):
+            return ln
+    return lines[-1] if lines else "(no output)"
+
+
+def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
+    folder = root / name
+    card = json.loads((folder / "card.json").read_text())
+    model = folder / card["model"]
+    out = workdir / name / "pruned.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out),
+           "--data", str(folder / card["data"]["calib"]), "--max-loss", "1", *args.extra]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    res = {"model": name, "exporter": card["exporter"], "kinds": card["kinds"], "cmd": " ".join(cmd)}
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired as exc:
+        text = "\n".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                         for x in (exc.stdout, exc.stderr))
+        progress = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if "onnxprune:" in ln]
+        res.update(outcome="timeout", seconds=round(time.time() - t0, 1), tail=text.strip()[-3000:],
+                   reason=f"> {args.timeout:.0f} s" + (f", last: {progress[-1]}" if progress else ""))
+        return res
+    res["seconds"] = round(time.time() - t0, 1)
+    text = (proc.stdout or "") + "\n" + (proc.stderr or "")
+    res["tail"] = (proc.stdout or "").strip()[-3000:]          # the report (progress lines go to stderr)
+    res["stderr_tail"] = (proc.stderr or "").strip()[-1500:]
+    if proc.returncode != 0:
+        crashed = "internal error" in text or "Traceback (most recent call last)" in text
+        res.update(outcome="crashed" if crashed else "refused", reason=_reason(text), exit=proc.returncode)
+        return res
+    if not out.exists():
+        res.update(outcome="crashed", reason="exit 0 but no output file")
+        return res
+    try:
+        nz_in, nz_out = nonzero_weights(model), nonzero_weights(out)
+        res["weights_in"], res["weights_out"] = nz_in, nz_out
+        res["ratio"] = round(nz_in / nz_out, 2) if nz_out else float("inf")
+        ok, rows = measure(folder, card, out)
+    except Exception as exc:  # noqa: BLE001 - an output the runtime cannot run is a crash of the tool
+        res.update(outcome="crashed", reason=f"output does not run: {type(exc).__name__}: {str(exc)[:200]}")
+        return res
+    res["checks"] = rows
+    res["outcome"] = "converted-faithful" if ok else "converted-UNFAITHFUL"
+    bad = [r for r in rows if r["matters"] and not r["passed"]]
+    res["reason"] = "; ".join(f"{r['output']} {r['metric']} {r['figure']:.4g} vs bar {r['bar']}" for r in bad)
+    return res
+
+
+def self_check(name: str, root: Path) -> dict:
+    """Score the input model against itself: every check must pass (tests the corpus and the metrics, not the tool)."""
+    folder = root / name
+    card = json.loads((folder / "card.json").read_text())
+    t0 = time.time()
+    ok, rows = measure(folder, card, folder / card["model"])
+    return {"model": name, "exporter": card["exporter"], "outcome": "self-check ok" if ok else "self-check FAILED",
+            "seconds": round(time.time() - t0, 1), "ratio": 1.0, "checks": rows,
+            "weights_in": nonzero_weights(folder / card["model"])}
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'model':22s} {'exporter':34s} {'outcome':21s} {'weights x':>9s} {'wall s':>7s}  reason / figures")
+    for r in results:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        figs = r.get("reason") or ", ".join(f"{c['output']} {c['metric']} {c['figure']:.4g}" for c in r.get("checks", []))
+        print(f"{r['model']:22s} {r['exporter'][:34]:34s} {r['outcome']:21s} {ratio:>9s} {r['seconds']:7.1f}  {figs}")
+    counts = {}
+    for r in results:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    good = sum(1 for r in results if r["outcome"] == "converted-faithful" and r.get("ratio", 0) >= 2.0)
+    print("\nsummary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
+          ("" if any(k.startswith("self-check") for k in counts) else
+           f"; faithful with >= 2x fewer weights: {good} / {len(results)}"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model (default 900 = 15 min)")
+    ap.add_argument("--jobs", type=int, default=1, help="models pruned at once (the machine has 2 cores)")
+    ap.add_argument("--python", default=sys.executable, help="interpreter that runs `-m onnxprune`")
+    ap.add_argument("--workdir", type=Path, help="where pruned models go (default: a temporary folder)")
+    ap.add_argument("--json", type=Path, help="write all results (with the tool's output tails) here")
+    ap.add_argument("--self-check", action="store_true", help="score each input model against itself, no pruning")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for `prune` (after the rest)")
+    args = ap.parse_args(argv)
+    names = args.only or sorted(p.name for p in args.root.iterdir() if (p / "card.json").exists())
+    if not names:
+        print(f"no corpus in {args.root}: build it with tests/corpus/build_corpus.py", file=sys.stderr)
+        return 2
+    if args.self_check:
+        results = [self_check(n, args.root) for n in names]
+        print_table(results)
+        return 0 if all(r["outcome"] == "self-check ok" for r in results) else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        results = {}
+        with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futs = {pool.submit(bench_one, n, args.root, args, work): n for n in names}
+            for f in cf.as_completed(futs):
+                r = f.result()
+                results[r["model"]] = r
+                print(f"[{r['outcome']:21s}] {r['model']} ({r['seconds']} s) {r.get('reason', '')[:160]}", flush=True)
+        ordered = [results[n] for n in names]
+        print_table(ordered)
+        if args.json:
+            args.json.write_text(json.dumps(ordered, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

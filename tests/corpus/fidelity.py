@@ -1,0 +1,145 @@
+"""The corpus models' own fidelity metrics: how a user of each model would judge a pruned copy against the original.
+
+A card (card.json, written by build_corpus.py) lists checks; each check names one graph output, optionally a slice
+of it along one axis, a metric from METRICS, a bar and whether the output matters. A check passes when its figure
+is on the right side of its bar (`higher` says which side). Figures are taken over all held-out feeds at once:
+
+    top1_agree     share of rows (all axes but the last) whose argmax over the last axis is the same   >= bar
+    thresh_agree   share of elements on the same side of `threshold` (probabilities, VAD decisions)   >= bar
+    mask_iou       IoU of the masks {x > threshold} (segmentation / text-detection maps)               >= bar
+    ctc_agree      share of samples whose greedy CTC decoding (argmax, collapse repeats, drop blank 0)  >= bar
+                   is identical (OCR line recognisers; [N, T, C], or [T, N, C] with time_first)
+    exact_agree    share of samples whose output is identical element for element (labels, indices)    >= bar
+    rel_l2         ||pruned - original|| / ||original|| over all held-out values (regression, spectra) <= bar
+    cosine         mean cosine similarity of the rows (embeddings; the last axis is the vector)        >= bar
+
+Non-tensor outputs (skl2onnx's ZipMap: a list of {class: probability}) are turned into a [N, classes] array over the
+sorted keys before they are scored, so they are compared by value.
+
+Only numpy here; the benchmark runs the sessions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_array(value) -> np.ndarray:
+    """An output as a numpy array; a sequence of maps (ZipMap) becomes [N, classes] over the sorted keys."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = sorted(value[0])
+        return np.array([[row[k] for k in keys] for row in value], dtype=np.float64)
+    return np.asarray(value)
+
+
+def take(arr: np.ndarray, sl: dict | None) -> np.ndarray:
+    if not sl:
+        return arr
+    index = [slice(None)] * arr.ndim
+    index[sl["axis"]] = slice(sl.get("start"), sl.get("stop"))
+    return arr[tuple(index)]
+
+
+def _rows(pairs):
+    for a, b in pairs:
+        yield a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1), b.reshape(-1, b.shape[-1]) if b.ndim else \
+            b.reshape(1, 1)
+
+
+def top1_agree(pairs, **_):
+    same = total = 0
+    for a, b in _rows(pairs):
+        same += int((a.argmax(-1) == b.argmax(-1)).sum())
+        total += a.shape[0]
+    return same / max(total, 1)
+
+
+def thresh_agree(pairs, threshold=0.5, **_):
+    same = total = 0
+    for a, b in pairs:
+        same += int(((a > threshold) == (b > threshold)).sum())
+        total += a.size
+    return same / max(total, 1)
+
+
+def mask_iou(pairs, threshold=0.5, **_):
+    inter = union = 0
+    for a, b in pairs:
+        ma, mb = a > threshold, b > threshold
+        inter += int((ma & mb).sum())
+        union += int((ma | mb).sum())
+    return 1.0 if union == 0 else inter / union
+
+
+def _ctc(seq: np.ndarray) -> tuple:
+    ids = seq.argmax(-1)
+    out, prev = [], -1
+    for i in ids.tolist():
+        if i != prev and i != 0:
+            out.append(i)
+        prev = i
+    return tuple(out)
+
+
+def ctc_agree(pairs, time_first=False, **_):
+    same = total = 0
+    for a, b in pairs:
+        if time_first:  # [T, N, C] -> [N, T, C]
+            a, b = np.moveaxis(a, 0, 1), np.moveaxis(b, 0, 1)
+        a3 = a.reshape(-1, a.shape[-2], a.shape[-1])
+        b3 = b.reshape(-1, b.shape[-2], b.shape[-1])
+        for x, y in zip(a3, b3):
+            same += _ctc(x) == _ctc(y)
+            total += 1
+    return same / max(total, 1)
+
+
+def exact_agree(pairs, **_):
+    same = total = 0
+    for a, b in pairs:
+        n = a.shape[0] if a.ndim else 1
+        a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
+        same += int((a2 == b2).all(axis=1).sum())
+        total += n
+    return same / max(total, 1)
+
+
+def rel_l2(pairs, **_):
+    num = den = 0.0
+    for a, b in pairs:
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        num += float(((b64 - a64) ** 2).sum())
+        den += float((a64 ** 2).sum())
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+def cosine(pairs, **_):
+    sims = []
+    for a, b in _rows(pairs):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
+        sims.append((a64 * b64).sum(1) / np.maximum(na * nb, 1e-30))
+    return float(np.concatenate(sims).mean())
+
+
+# name -> (function, higher_is_better)
+METRICS = {
+    "top1_agree": (top1_agree, True),
+    "thresh_agree": (thresh_agree, True),
+    "mask_iou": (mask_iou, True),
+    "ctc_agree": (ctc_agree, True),
+    "exact_agree": (exact_agree, True),
+    "rel_l2": (rel_l2, False),
+    "cosine": (cosine, True),
+}
+
+
+def score(check: dict, original: list, pruned: list) -> tuple[float, bool]:
+    """(figure, passed) of one card check over per-feed output lists of the original and the pruned model."""
+    fn, higher = METRICS[check["metric"]]
+    pairs = [(take(as_array(a), check.get("slice")), take(as_array(b), check.get("slice")))
+             for a, b in zip(original, pruned)]
+    if any(a.shape != b.shape for a, b in pairs):
+        return float("nan"), False
+    figure = fn(pairs, threshold=check.get("threshold", 0.5), time_first=check.get("time_first", False))
+    return figure, (figure >= check["bar"]) if higher else (figure <= check["bar"])

@@ -1,0 +1,71 @@
+"""The corpus metrics (numpy only, milliseconds): each figure on hand-made outputs whose answer is known."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location("corpus_fidelity", Path(__file__).with_name("fidelity.py"))
+fid = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fid)
+
+
+def test_top1_agree_counts_rows_over_all_leading_axes():
+    a = np.array([[[0.9, 0.1], [0.2, 0.8]], [[0.6, 0.4], [0.3, 0.7]]])
+    b = a.copy()
+    b[1, 0] = [0.4, 0.6]                      # one of four rows flips
+    fig, ok = fid.score({"output": "y", "metric": "top1_agree", "bar": 0.99}, [a], [b])
+    assert fig == pytest.approx(0.75) and not ok
+
+
+def test_rel_l2_is_pooled_over_feeds_and_lower_is_better():
+    a1, a2 = np.ones((2, 3)), np.full((1, 3), 2.0)
+    b1, b2 = a1 + 0.1, a2
+    fig, ok = fid.score({"output": "y", "metric": "rel_l2", "bar": 0.05}, [a1, a2], [b1, b2])
+    assert fig == pytest.approx(np.sqrt(6 * 0.01 / (6 + 12)))
+    assert ok is False and fid.score({"output": "y", "metric": "rel_l2", "bar": 0.1}, [a1, a2], [b1, b2])[1]
+
+
+def test_slice_scores_only_the_named_rows():
+    a = np.zeros((1, 6, 5), np.float32)
+    a[0, 4:] = 0.9
+    b = a.copy()
+    b[0, :4] += 100.0                          # the boxes move, the class scores do not
+    cls = {"output": "o", "slice": {"axis": 1, "start": 4, "stop": 6}, "metric": "thresh_agree", "threshold": 0.25,
+           "bar": 0.999}
+    box = {"output": "o", "slice": {"axis": 1, "start": 0, "stop": 4}, "metric": "rel_l2", "bar": 0.01}
+    assert fid.score(cls, [a], [b]) == (1.0, True)
+    assert fid.score(box, [a], [b])[1] is False
+
+
+def test_ctc_collapses_repeats_and_blanks_and_reads_time_first():
+    def onehot(ids, c=4):
+        return np.eye(c)[ids]
+    a = onehot([1, 1, 0, 1, 2, 2])[None]                 # "1 1 2" after decoding
+    b = onehot([1, 0, 1, 1, 2, 0])[None]                 # same text, other alignment
+    c = onehot([1, 1, 1, 0, 2, 2])[None]                 # "1 2"
+    assert fid.score({"output": "y", "metric": "ctc_agree", "bar": 0.99}, [a, a], [b, c])[0] == 0.5
+    t_first = np.moveaxis(np.concatenate([a, a]), 0, 1)  # [T, N, C]
+    assert fid.score({"output": "y", "metric": "ctc_agree", "time_first": True, "bar": 0.99},
+                     [t_first], [t_first]) == (1.0, True)
+
+
+def test_zipmap_outputs_are_compared_by_value():
+    a = [{0: 0.7, 1: 0.3}, {0: 0.1, 1: 0.9}]
+    b = [{1: 0.6, 0: 0.4}, {0: 0.1, 1: 0.9}]
+    np.testing.assert_array_equal(fid.as_array(b), [[0.4, 0.6], [0.1, 0.9]])
+    assert fid.score({"output": "p", "metric": "top1_agree", "bar": 0.99}, [a], [b])[0] == 0.5
+
+
+def test_mask_iou_cosine_exact_and_shape_mismatch():
+    a = np.array([[0.9, 0.9, 0.1, 0.1]])
+    b = np.array([[0.9, 0.1, 0.9, 0.1]])
+    assert fid.score({"output": "m", "metric": "mask_iou", "threshold": 0.5, "bar": 0.95}, [a], [b])[0] == \
+        pytest.approx(1 / 3)
+    e = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert fid.score({"output": "e", "metric": "cosine", "bar": 0.99}, [e], [e * 3]) == (pytest.approx(1.0), True)
+    assert fid.score({"output": "l", "metric": "exact_agree", "bar": 0.99}, [np.array([1, 2, 3])],
+                     [np.array([1, 2, 4])])[0] == pytest.approx(2 / 3)
+    fig, ok = fid.score({"output": "y", "metric": "rel_l2", "bar": 1.0}, [np.ones((2, 3))], [np.ones((2, 4))])
+    assert np.isnan(fig) and not ok
