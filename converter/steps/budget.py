@@ -20,11 +20,9 @@ class BudgetConfig(StepConfig):
             raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
 
 
-@register_step("allocate")
-class AllocateStep(Step):
-    """Per-layer sparsities from the scan within the budget: the starting point of the retraining search."""
+class _Choose(Step):
+    """Targets chosen from the scan on rank 0 (which alone scanned) and given to every process."""
 
-    needs = ("sensitivity", "scannable", "targets")
     gives = ("targets", "allocation")
 
     def __init__(self, config: BudgetConfig):
@@ -35,6 +33,16 @@ class AllocateStep(Step):
         state.targets = on_main(self._choose, state)
 
     def _choose(self, state: RunState) -> dict:
+        raise NotImplementedError
+
+
+@register_step("allocate")
+class AllocateStep(_Choose):
+    """Per-layer sparsities from the scan within the budget: the starting point of the retraining search."""
+
+    needs = ("sensitivity", "scannable", "targets")
+
+    def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
@@ -43,18 +51,10 @@ class AllocateStep(Step):
 
 
 @register_step("fit-budget")
-class FitBudgetStep(Step):
+class FitBudgetStep(_Choose):
     """One-shot: measure the allocation with all layers pruned at once; back off (or grow) until it fits."""
 
     needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
-    gives = ("targets", "allocation")
-
-    def __init__(self, config: BudgetConfig):
-        super().__init__(config)
-        self.config = config
-
-    def run(self, state: RunState) -> None:
-        state.targets = on_main(self._choose, state)
 
     def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate, fit_to_budget

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.models import builders, builders_control
 from tests.hardening.helpers import assert_clean_error, invoke, make_model, tensor, vi
+from tests.oracle import _graphs
 
 RTOL = 1e-5
 BATCH = 3  # the tool verifies with symbolic dims = 2; check with another size
@@ -167,15 +168,6 @@ def _densify(sp: onnx.SparseTensorProto) -> np.ndarray:
     dense = np.zeros(int(np.prod(dims)), values.dtype)
     dense[indices] = values
     return dense.reshape(dims)
-
-
-def _graphs(graph: onnx.GraphProto):
-    """The graph and every If/Loop/Scan body in it, depth first."""
-    yield graph
-    for node in graph.node:
-        for a in node.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                yield from _graphs(g)
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
