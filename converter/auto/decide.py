@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from onnxprune.calibration.decide import within_budget
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class BudgetRule:
         if self.noise_se is not None:
             se = self.noise_se
         limit = self.budget + self.z * se
-        return Decision(loss, se, limit, loss <= limit + 1e-9, self.n, int((d > 0).sum()), int((d < 0).sum()))
+        return Decision(loss, se, limit, within_budget(loss, limit), self.n, int((d > 0).sum()), int((d < 0).sum()))
 
     def judge(self, model) -> Decision:
         return self.judge_outputs(list(self.evaluator.run(model)))

@@ -79,6 +79,14 @@ class AutoSearchStep(Step):
         n = state.data.train_reader().num_samples
         if n is not None and n < MIN_TRAIN_SAMPLES:
             return f"--data holds {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
+        from onnxprune.converter.auto.decide import PER_SAMPLE
+
+        evaluator = state.data.calibration
+        if len(evaluator.scored_outputs) > 1:  # its rule judges one output's per-sample scores; every output counts
+            return (f"the automatic search judges one output, and this run scores {len(evaluator.scored_outputs)} "
+                    "(name the one that matters with --metric OUTPUT=KIND to search on it)")
+        if evaluator.metric not in PER_SAMPLE:
+            return f"the automatic search has no per-sample rule for metric '{evaluator.metric}'"
         return None
 
     def _one_shot(self, state: RunState, why: str) -> None:

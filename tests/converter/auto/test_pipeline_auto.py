@@ -124,3 +124,20 @@ def test_explicit_iterations_never_end_worse_than_one_shot(teacher_data):
     notes = " ".join(result.report["notes"])
     assert "best one-shot model within it is kept" in notes and "left dense" not in notes
     assert result.report["budget"]["met"] and result.report["compression"] > 1.0
+
+
+def test_a_model_with_several_scored_outputs_takes_the_one_shot_search_every_output_in_budget():
+    """The search's rule judges one output; with two scored outputs the one-shot search (every output) runs."""
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.two_head_detector()
+    x = np.random.default_rng(0).standard_normal((600, *_input_shape(model)), dtype=np.float32)
+    result = run(model, configure(max_loss=1.0, data={model.graph.input[0].name: x}, time_budget=30, seed=0))
+    assert "auto" not in result.report
+    assert any("judges one output" in n for n in result.report["notes"])
+    outputs = result.report["metrics"]["sets"]["calibration"]["outputs"]
+    assert len(outputs) == 2 and all(o["loss_pp"] <= 1.0 + 1e-9 for o in outputs.values())
+
+
+def _input_shape(model):
+    return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
