@@ -111,6 +111,11 @@ def providers_for(device: str | None = None) -> list:
 _DEFAULT_THREADS: int | None = None  # intra-op threads when a caller gives none (None: onnxruntime's default)
 
 
+def default_threads() -> int | None:
+    """The run's thread count (set by converter.auto.threads.apply_threads), or None for the libraries' defaults."""
+    return _DEFAULT_THREADS
+
+
 def set_default_threads(threads: int | None) -> None:
     """The intra-op thread count of every session built without an explicit `threads` (converter.auto.threads)."""
     global _DEFAULT_THREADS

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,7 @@ def apply_threads(threads: int | None) -> int:
         raise ConfigError(f"--threads {threads} must be >= 1.")
     n = threads or default_threads()
     runtime.set_default_threads(n)
-    try:
-        import torch
-    except ImportError:
-        return n
-    torch.set_num_threads(n)
+    torch = sys.modules.get("torch")  # not imported here: a one-shot run never needs it (finetune applies n later)
+    if torch is not None:
+        torch.set_num_threads(n)
     return n
