@@ -410,8 +410,13 @@ def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, 
         log.info("layer %s: no scored output depends on weight %s", w.node, w.name)
         scores = [dense] * len(levels)
         tick.advance(len(levels), w.node)
+    elif (sess := _session_or_none(lambda: _submodel(model, index, plan, cache) if plan.path == "downstream"
+                                   else weight_as_input(model, w), evaluator, w)) is None:
+        scores = []  # onnxruntime refused the model with the weight fed as an input: the values written in instead
+        for s in levels:
+            scores.append(100.0 * evaluator.evaluate(with_weight(model, w.name, masked(values, s, scorer, w.name))))
+            tick.advance(1, f"{w.node} {s:.0%}")
     elif plan.path == "downstream":
-        sess = make_session(_submodel(model, index, plan, cache), optimize=evaluator.optimize)
         scores = []
         for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
             outs = (evaluator.fill(plan.outputs, sess.run(plan.outputs, {**{t: row[t] for t in plan.boundary},
@@ -420,12 +425,22 @@ def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, 
             scores.append(100.0 * evaluator.score(outs))
             tick.advance(1, f"{w.node} {s:.0%}")
     else:
-        sess = make_session(weight_as_input(model, w), optimize=evaluator.optimize)
         scores = []
         for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
             scores.append(100.0 * evaluator.evaluate(sess, {w.name: fed}))
             tick.advance(1, f"{w.node} {s:.0%}")
     return _layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t0, plan.path)
+
+
+def _session_or_none(build, evaluator: Evaluator, w: PrunableWeight):
+    """A session for the layer's scan model, or None when onnxruntime refuses it (seen: an LSTM inside an If body
+    whose type inference fails once its weight is a graph input); the scan then writes each level's values in."""
+    try:
+        return make_session(build(), optimize=evaluator.optimize)
+    except Exception as exc:  # onnxruntime's Fail/InvalidGraph (plain Exceptions), or our ModelError around them
+        log.info("layer %s: onnxruntime refused the scan model (%s); scanning with the values written in", w.node,
+                 str(exc).splitlines()[0][:200])
+        return None
 
 
 def _layer(w: PrunableWeight, levels, scores, coupled, seconds, path) -> LayerSensitivity:

@@ -198,3 +198,23 @@ def test_plot_and_table(tmp_path):
     assert list(rows[0]) == ["layer", "op", "weights", "50%", "80%", "90%", "95%", "99%", "max s @1pp", "residual",
                              "scan s"]
     assert rows[0]["99%"] == f"{result.layers[0].values[-1]:.2f}"
+
+
+def test_a_layer_onnxruntime_refuses_with_its_weight_as_input_is_scanned_with_the_values_written_in(monkeypatch):
+    """Seen on silero-vad: an LSTM in an If body fails type inference once its weight is a graph input."""
+    model = small_cnn()
+    inventory = find_prunable(model)
+    ev = evaluator(model)
+    want = scan_naive(model, inventory, ev, (0.5, 0.9))
+
+    def refused(*_a, **_k):
+        broken = onnx.ModelProto()
+        broken.CopyFrom(model)
+        broken.graph.node[0].op_type = "NoSuchOp"  # onnxruntime refuses to build a session for it
+        return broken
+
+    monkeypatch.setattr(sensitivity, "weight_as_input", refused)
+    monkeypatch.setattr(sensitivity, "_submodel", refused)
+    got = sensitivity.scan(model, inventory, ev, (0.5, 0.9))
+    for a, b in zip(got.layers, want.layers):
+        assert a.values == pytest.approx(b.values, abs=1e-9), a.name
