@@ -236,15 +236,10 @@ def check_output_path(path: Path, protect=()) -> None:
         raise ConfigError(f"output folder '{folder}' is not writable; choose another -o.")
     if path.is_dir():
         raise ConfigError(f"output '{path}' is a folder; give a file name such as '{path / 'model.onnx'}'.")
-    probe = _temp_name(path)
-    try:  # permission bits do not tell everything (root, read-only mounts, /proc): try to create a file there
-        with open(probe, "xb"):
-            pass
-    except OSError as exc:
+    exc = _refuses_new_files(_temp_name(path))
+    if exc is not None:
         raise ConfigError(f"output '{path}' cannot be written: the folder '{folder}' does not accept new files "
-                          f"({exc.strerror or type(exc).__name__}); choose another -o.") from None
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+                          f"({exc.strerror or type(exc).__name__}); choose another -o.")
 
 
 def check_output_folder(folder: Path, flag: str = "-o") -> None:
@@ -255,15 +250,22 @@ def check_output_folder(folder: Path, flag: str = "-o") -> None:
     target = folder if folder.exists() else (folder.parent if str(folder.parent) else Path("."))
     if not target.is_dir():
         raise ConfigError(f"{flag} folder's parent '{target}' does not exist; create it first.")
-    probe = target / f".{folder.name or 'out'}.{secrets.token_hex(6)}.tmp"
+    exc = _refuses_new_files(target / f".{folder.name or 'out'}.{secrets.token_hex(6)}.tmp")
+    if exc is not None:
+        raise ConfigError(f"{flag} '{folder}' cannot be written: '{target}' does not accept new files "
+                          f"({exc.strerror or type(exc).__name__}); choose another folder.")
+
+
+def _refuses_new_files(probe: Path) -> OSError | None:
+    """Create and remove `probe`: permission bits do not tell everything (root, read-only mounts, /proc)."""
     try:
         with open(probe, "xb"):
             pass
     except OSError as exc:
-        raise ConfigError(f"{flag} '{folder}' cannot be written: '{target}' does not accept new files "
-                          f"({exc.strerror or type(exc).__name__}); choose another folder.") from None
+        return exc
     with contextlib.suppress(OSError):
         os.unlink(probe)
+    return None
 
 
 def _write_failed(path: Path, exc: OSError) -> ConfigError:
