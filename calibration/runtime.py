@@ -112,12 +112,12 @@ _DEFAULT_THREADS: int | None = None  # intra-op threads when a caller gives none
 
 
 def default_threads() -> int | None:
-    """The run's thread count (set by converter.auto.threads.apply_threads), or None for the libraries' defaults."""
+    """The run's thread count (set by converter.threads.apply_threads), or None for the libraries' defaults."""
     return _DEFAULT_THREADS
 
 
 def set_default_threads(threads: int | None) -> None:
-    """The intra-op thread count of every session built without an explicit `threads` (converter.auto.threads)."""
+    """The intra-op thread count of every session built without an explicit `threads` (converter.threads)."""
     global _DEFAULT_THREADS
     _DEFAULT_THREADS = threads
 

@@ -44,7 +44,7 @@ def run(source, config: RunConfig, progress: Progress | None = None) -> PruneRes
     from onnxprune.calibration import runtime
     from onnxprune.converter import distributed
 
-    from onnxprune.converter.auto.threads import apply_threads
+    from onnxprune.converter.threads import apply_threads
 
     config.validate()
     apply_threads(config.retrain.threads)  # sensible torch/onnxruntime threads on shared machines, or --threads

@@ -5,7 +5,7 @@ One entry point: `auto_search(original, inventory, data, config, progress, deadl
   hyper.py      hyperparameter rules and the learning-rate probe
   decide.py     the statistical rule deciding "within budget" on the decision set
   allocation.py LAMP: a global target distributed over layers by layer-adaptive scores; pluggable criterion
-  config.py     AutoConfig (validated), durations; threads.py: torch/onnxruntime thread counts
+  config.py     AutoConfig (validated), durations (thread counts: converter/threads.py, for every run)
 """
 
 from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET, MIN_TRAIN_SAMPLES, AutoConfig, parse_duration

@@ -1,4 +1,4 @@
-"""Retraining wall time by thread count on this machine: the figures behind converter.auto.threads' default.
+"""Retraining wall time by thread count on this machine: the figures behind converter.threads' default.
 
     python -m tests.benchmarks.bench_threads [--threads 1,2] [--repeats 2] [--epochs 3]
 

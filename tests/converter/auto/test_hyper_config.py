@@ -6,7 +6,7 @@ import pytest
 
 from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.config import AutoConfig, parse_duration
-from onnxprune.converter.auto.threads import apply_threads, default_threads
+from onnxprune.converter.threads import apply_threads, default_threads
 from onnxprune.errors import ConfigError
 
 
