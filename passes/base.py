@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx
 
 from onnxprune.errors import ConverterError, PassError
+from onnxprune.registry import registrar
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,7 @@ class Pass:
 PASSES: dict[str, type[Pass]] = {}
 
 
-def register_pass(name: str) -> Callable[[type[Pass]], type[Pass]]:
-    def wrap(cls: type[Pass]) -> type[Pass]:
-        if name in PASSES:
-            raise ValueError(f"pass '{name}' registered twice")
-        cls.name = name
-        PASSES[name] = cls
-        return cls
-
-    return wrap
+register_pass = registrar(PASSES, "pass")
 
 
 def run_passes(passes: list[Pass], model: onnx.ModelProto, state: PruneState) -> PassResult:

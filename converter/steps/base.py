@@ -23,6 +23,7 @@ import onnx
 
 from onnxprune.errors import ConfigError, ConverterError, PassError
 from onnxprune.passes.base import PruneState
+from onnxprune.registry import registrar
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +114,7 @@ class Step:
 STEPS: dict[str, type[Step]] = {}
 
 
-def register_step(name: str):
-    def wrap(cls: type[Step]) -> type[Step]:
-        if name in STEPS:
-            raise ValueError(f"step '{name}' registered twice")
-        cls.name = name
-        STEPS[name] = cls
-        return cls
-
-    return wrap
+register_step = registrar(STEPS, "step")
 
 
 def check_plan(steps: list[Step], given: tuple[str, ...] = ("source",)) -> None:
