@@ -61,6 +61,29 @@ def auto_kind(name: str, value) -> str:
     return "rel_l2"
 
 
+def auto_kinds(values: Mapping[str, object]) -> dict[str, str]:
+    """The metric of every output, from all the dense outputs at once: `auto_kind` for each, then one rule that
+    needs the others:
+
+      6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
+         is a regression head (rel_l2) when another output of the model plainly holds the class scores
+         (probabilities, or a class name): a face detector's [N, 4] box offsets beside its [N, 2] softmax are not
+         four classes. A model whose outputs are all unnamed logits keeps agreement for each.
+    """
+    kinds = {name: auto_kind(name, value) for name, value in values.items()}
+    plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
+    evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
+    if evident:
+        for name in plain:
+            kinds[name] = "rel_l2"
+            log.info("output '%s' is scored as regression (rel_l2): '%s' holds the class scores", name, evident[0])
+    return kinds
+
+
+def _holds_classes(name: str, kind: str) -> bool:
+    return kind in ("prob", "seq_agreement") or (kind == "agreement" and bool(_CLASS_NAMES.search(name)))
+
+
 def parse_metric_spec(spec) -> tuple[str | None, dict[str, str]]:
     """`--metric` values -> (a KIND for the headline output or None, {OUTPUT: KIND} named outputs).
 

@@ -33,8 +33,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, check_metric_spec,  # noqa: F401
-                                                 choose_metric, is_classifier, metric_plan, parse_metric_spec)
+from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, auto_kinds,  # noqa: F401
+                                                 check_metric_spec, choose_metric, is_classifier, metric_plan,
+                                                 parse_metric_spec)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   _flat, _mismatch, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys)
@@ -93,9 +94,11 @@ class Evaluator:
 
     def _resolve_auto(self) -> None:
         first = self.reference_all[0] if self.reference_all else ()
-        for (name, kind), value in zip(list(self.plan.items()), first):
-            if kind == AUTO:
-                self.plan[name] = auto_kind(name, value)
+        values = dict(zip(self.plan, first))
+        chosen = auto_kinds(values)  # every output at once: a head is judged beside the others
+        for name, kind in self.plan.items():
+            if kind == AUTO and name in chosen:
+                self.plan[name] = chosen[name]
         log.info("scored outputs: %s", ", ".join(f"{n} ({k})" for n, k in self.plan.items()))
 
     @property

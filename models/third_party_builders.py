@@ -32,18 +32,21 @@ def _float(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def two_head_detector(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+def two_head_detector(*, in_features: int = 8, hidden: int = 16, seed: int = 0,
+                      names: tuple[str, str] = ("boxes", "scores")) -> onnx.ModelProto:
     """input [N, 8] -> shared fc + relu -> 'boxes' [N, 4] (first output) and 'scores' = softmax [N, 2].
 
-    The class head's weight is 'cls.weight'; pruning it does not move the boxes at all."""
+    The class head's weight is 'cls.weight'; pruning it does not move the boxes at all. `names` renames the two
+    outputs (keras2onnx's MTCNN calls them 'dense_2' and 'softmax_1': the names say nothing)."""
+    boxes_name, scores_name = names
     g = _Graph(seed)
     x = g.relu(g.matmul("input", "shared", in_features, hidden), "shared")
     boxes = g.matmul(x, "box", hidden, 4)
-    g.nodes.append(helper.make_node("Identity", [boxes], ["boxes"], name="/box/Identity"))
+    g.nodes.append(helper.make_node("Identity", [boxes], [boxes_name], name="/box/Identity"))
     logits = g.matmul(x, "cls", hidden, 2)
-    g.nodes.append(helper.make_node("Softmax", [logits], ["scores"], name="/cls/Softmax", axis=-1))
+    g.nodes.append(helper.make_node("Softmax", [logits], [scores_name], name="/cls/Softmax", axis=-1))
     return _model(g, "two_head_detector", [_float("input", [BATCH, in_features])],
-                  [_float("boxes", [BATCH, 4]), _float("scores", [BATCH, 2])])
+                  [_float(boxes_name, [BATCH, 4]), _float(scores_name, [BATCH, 2])])
 
 
 def regressor(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:

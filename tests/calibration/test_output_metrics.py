@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kind, metric_plan, output_error
+from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kind, auto_kinds, metric_plan, output_error
 from onnxprune.calibration.readers import open_data
 from onnxprune.converter.cli import cli
 from onnxprune.errors import ConfigError
@@ -38,6 +38,18 @@ def test_each_output_gets_the_metric_that_fits_it():
     assert auto_kind("ctc_logits", np.zeros((2, 7, 5), np.float32)) == "seq_agreement"
     assert auto_kind("map", np.zeros((2, 4, 3, 3), np.float32)) == "rel_l2"
     assert all(m.one_pp for m in METRICS.values())
+
+
+def test_a_head_beside_the_class_scores_is_regression_whatever_its_name():
+    # keras2onnx's MTCNN: box offsets 'dense_2' [N, 4] beside 'softmax_1' [N, 2]; neither name says what it holds
+    model = tb.two_head_detector(names=("dense_2", "softmax_1"))
+    assert evaluator(model, {"input": X8}).plan == {"dense_2": "rel_l2", "softmax_1": "prob"}
+    logits = np.array([[1.0, 3.0, -2.0, 0.5]] * 4, np.float32)
+    probs = np.full((4, 2), 0.5, np.float32)
+    assert auto_kinds({"dense_2": logits, "cls_logits": logits}) == {"dense_2": "rel_l2", "cls_logits": "agreement"}
+    # with no output that plainly holds classes, unnamed [N, C] heads stay class scores (multi-task logits)
+    assert auto_kinds({"out_a": logits, "out_b": logits}) == {"out_a": "agreement", "out_b": "agreement"}
+    assert auto_kinds({"out_a": logits, "p": probs})["out_a"] == "rel_l2"
 
 
 def test_pruning_the_class_head_is_the_runs_loss_not_hidden_behind_the_boxes():
