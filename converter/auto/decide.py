@@ -1,151 +1,246 @@
-"""The statistical rule that decides "within budget" on a finite decision set.
+"""The statistical rule that decides "within budget" on a finite decision set: every scored output, sample by sample.
 
-A candidate and the dense model are scored sample by sample on the same decision set (paired): d_i = score of the
-dense model on sample i - score of the candidate (accuracy: 1 when only the dense model is right, -1 when only the
-candidate is, else 0: McNemar's discordant pairs). The loss is L = 100·mean(d) in pp, its standard error
-SE = 100·std(d)/sqrt(n). A candidate is accepted when
+Each scored output is judged by its own metric's per-sample form (PER_SAMPLE below; docs/metrics.md has the table)
+and a candidate is within the budget only when EVERY output is; the loss reported is the worst output's. The mean
+of the per-sample figures is the metric's whole-set loss (calibration.output_metrics), so the rule and the
+Evaluator never disagree about the loss itself, only the rule adds the margin. With n decision samples:
 
-    L <= budget + Z·SE          (Z = 1: one standard error of the paired difference)
+label metrics (accuracy, top5), paired: d_i = score of the dense model on sample i - score of the candidate
+    (1 when only the dense model is right, -1 when only the candidate is, else 0: McNemar's discordant pairs).
+    L = 100·mean(d) pp, SE = 100·std(d)/sqrt(n); accepted when L <= budget + Z·SE. The difference can go either
+    way, so a loss within one standard error is not told apart from none ("--max-loss 0" = no loss beyond noise).
 
-"No loss beyond the noise" (--max-loss 0) is this rule with budget 0: a loss no larger than one standard error of
-the paired difference is not told apart from no loss on this set.
+fidelity metrics (agreement, seq_agreement, prob, rel_l2, cosine, exact: the candidate against the dense model):
+    every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
+    L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
+    the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
+    budget instead, so what a search selects on this set (the best of many candidates) is not noise that held-out
+    data would not repeat. A metric of two parts (prob: class changes and probability changes) has each bounded.
 
-Without labels (metric "agreement") the accuracy change is estimated from the input model's own probabilities p
-(softmax of its scored output): sample i scores p_i(class the dense model picks) for the dense model and
-p_i(class the candidate picks) for the candidate, so a disagreement costs what the input model believes it costs
-(this is the expected accuracy change if the input model is calibrated; an overconfident one makes it pessimistic).
-The estimate is never negative, so its own standard error cannot stand for the noise; the margin is instead the
-standard error a labelled set of the same size would show between two models with the input model's expected
-error ê = mean(1 − p_i(dense class)): SE = 100·sqrt(2ê/n) (independent errors; an upper bound on the noise of
-correlated ones). The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples).
+The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
+changes one class more than a budget finer than that is never accepted.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
+from onnxprune.calibration.output_metrics import METRICS, _relative_errors, as_array
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-Z = 1.0  # margin in standard errors of the paired difference
+Z = 1.0  # margin in standard errors
 NEAR_PERFECT = 0.995  # dense accuracy on the decision set at or above this: probably the model's training data
-
-
-def _top1(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x).reshape(len(x), -1).argmax(axis=1)
+_TINY = 1e-12
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1)
+    x = np.asarray(x)
+    return x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
 
 
-def _rel_l2(out, ref, labels):
-    a, b = _flat(out), _flat(ref)
-    return 1.0 - np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+def _top1(x: np.ndarray) -> np.ndarray:
+    return _flat(x).argmax(axis=1)
 
 
-def _cosine(out, ref, labels):
-    a, b = _flat(out), _flat(ref)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    return np.where((na < 1e-12) & (nb < 1e-12), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, 1e-12))
+def _rows(x: np.ndarray) -> int:
+    return len(x) if np.ndim(x) else 1
+
+
+# ---- per-sample forms: (out, ref, labels) -> [n, parts] ------------------------------------------------------------
+# label metrics: the sample's score (1 right, 0 wrong); fidelity metrics: the sample's loss l_i (0 = as the dense one)
+
+def _accuracy(out, ref, labels):
+    return (_top1(out) == labels).astype(np.float64)[:, None]
 
 
 def _top5(out, ref, labels):
     top = np.argpartition(-np.asarray(out), 4, axis=1)[:, :5]
-    return (top == labels[:, None]).any(axis=1).astype(np.float64)
+    return (top == labels[:, None]).any(axis=1).astype(np.float64)[:, None]
 
 
-# per-sample score of each metric (calibration.metrics scores the same quantities summed over a batch)
-PER_SAMPLE: dict[str, Callable] = {
-    "accuracy": lambda out, ref, labels: (_top1(out) == labels).astype(np.float64),
-    "top5": _top5,
-    "agreement": lambda out, ref, labels: (_top1(out) == _top1(ref)).astype(np.float64),
-    "rel_l2": _rel_l2,
-    "cosine": _cosine,
+def _changed(out, ref, labels):
+    return (_top1(out) != _top1(ref)).astype(np.float64)[:, None]
+
+
+def _seq_changed(out, ref, labels):
+    if np.ndim(out) < 2:
+        return _changed(out, ref, labels)
+    moved = np.asarray(out).argmax(axis=-1) != np.asarray(ref).argmax(axis=-1)
+    return moved.reshape(len(moved), -1).mean(axis=1)[:, None]
+
+
+def _prob(out, ref, labels):
+    a, b = _flat(out).astype(np.float64), _flat(ref).astype(np.float64)
+    return np.stack([(a.argmax(axis=1) != b.argmax(axis=1)).astype(np.float64),
+                     np.abs(a - b).max(axis=1, initial=0.0)], axis=1)
+
+
+def _rel_l2(out, ref, labels):
+    return _relative_errors(out, ref)[:, None]
+
+
+def _cosine(out, ref, labels):
+    a, b = _flat(out).astype(np.float64), _flat(ref).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na < _TINY) & (nb < _TINY), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, _TINY))
+    return (1.0 - cos)[:, None]
+
+
+def _exact(out, ref, labels):
+    a, b = _flat(out), _flat(ref)
+    same = (a == b) | ((a != a) & (b != b)) if a.dtype.kind in "fc" else a == b
+    return (~same.all(axis=1)).astype(np.float64)[:, None]
+
+
+@dataclass(frozen=True)
+class PerSample:
+    """One metric kind's per-sample form: `fn(out, ref, labels) -> [n, parts]`; `paired`: scores compared with the
+    dense model's (label metrics), else losses against it; `parts`: what each column is; `unit`: the sample's
+    loss in words (docs/metrics.md)."""
+
+    fn: Callable
+    paired: bool
+    parts: tuple[str, ...]
+    unit: str
+    binary: bool = True  # each part is 0 or 1 per sample (one sample = 100/n pp)
+
+
+PER_SAMPLE: dict[str, PerSample] = {
+    "accuracy": PerSample(_accuracy, True, ("accuracy",), "1 if right, else 0 (paired with the dense model)"),
+    "top5": PerSample(_top5, True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
+    "agreement": PerSample(_changed, False, ("changed",), "1 if its top-1 class changed"),
+    "seq_agreement": PerSample(_seq_changed, False, ("changed positions",),
+                               "the share of its positions whose top-1 class changed", binary=False),
+    "prob": PerSample(_prob, False, ("changed", "probability change"),
+                      "1 if its class changed; and its largest probability change (each bounded)", binary=False),
+    "rel_l2": PerSample(_rel_l2, False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
+    "cosine": PerSample(_cosine, False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
+    "exact": PerSample(_exact, False, ("changed",), "1 if any of its values changed"),
 }
+assert set(PER_SAMPLE) == set(METRICS), "every metric kind needs a per-sample form"
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = _flat(x)
-    if (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
-        return x  # already probabilities
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _expected_accuracy(out, ref, labels):
-    """p_ref(class the output picks): the output's accuracy expected under the reference's probabilities."""
-    p = _softmax(ref)
-    return p[np.arange(len(p)), _top1(out)]
+def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
+    """A batch whose shape differs from the dense model's (data-dependent shapes): every sample counts as lost."""
+    form = PER_SAMPLE[kind]
+    return np.full((_rows(ref), len(form.parts)), 0.0 if form.paired else 1.0)
 
 
 @dataclass
 class Decision:
-    loss_pp: float  # mean paired loss on the decision set (positive = worse than the dense model)
+    loss_pp: float  # the worst output's mean loss on the decision set (positive = worse than the dense model)
     se_pp: float  # its standard error
-    limit_pp: float  # budget + Z·SE
-    within: bool
+    limit_pp: float  # the loss it may have: budget + Z·SE (label metrics) or budget - Z·SE (fidelity metrics)
+    within: bool  # every output within its limit
     n: int
     worse: int = 0  # samples only the dense model gets right (label metrics)
     better: int = 0  # samples only the candidate gets right
+    output: str = ""  # the output reported (the worst)
+    outputs: dict = field(default_factory=dict)  # every scored output: {loss_pp, se_pp, limit_pp, within}
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+class _OutputRule:
+    """One scored output's per-sample figures and its decision."""
+
+    def __init__(self, name: str, kind: str, budget: float, z: float):
+        self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
+        self.dense: np.ndarray | None = None
+
+    def judge(self, values: np.ndarray) -> dict:
+        n = len(values)
+        d = (self.dense - values) if self.form.paired else values
+        parts = []
+        for j in range(d.shape[1]):
+            col = d[:, j]
+            loss = 100.0 * float(col.mean()) if n else 0.0
+            se = 100.0 * float(col.std(ddof=1)) / math.sqrt(n) if n > 1 else (0.0 if n else float("inf"))
+            limit = self.budget + self.z * se if self.form.paired else self.budget - self.z * se
+            parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
+        worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
+        out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
+        if self.form.paired:
+            out["worse"], out["better"] = int((d[:, 0] > 0).sum()), int((d[:, 0] < 0).sum())
+        return out
+
+
 class BudgetRule:
-    """Per-sample scores of the dense model on the decision set, and the rule above."""
+    """Per-sample figures of every scored output on the decision set, and the rule above.
+
+    `evaluator`: a calibration.metrics.Evaluator built with the dense model (plan, reference_all, labels,
+    run_all)."""
 
     def __init__(self, evaluator, budget_pp: float, *, z: float = Z):
-        if evaluator.metric not in PER_SAMPLE:
-            raise ConfigError(f"metric '{evaluator.metric}' has no per-sample score; use one of {', '.join(PER_SAMPLE)}.")
         if budget_pp < 0 or not math.isfinite(budget_pp):
             raise ConfigError(f"--max-loss {budget_pp} must be a finite number of percentage points >= 0.")
+        unknown = [k for k in evaluator.plan.values() if k not in PER_SAMPLE]
+        if unknown:
+            raise ConfigError(f"metric '{unknown[0]}' has no per-sample form; use one of {', '.join(PER_SAMPLE)}.")
         self.evaluator, self.budget, self.z = evaluator, float(budget_pp), z
-        self.label_free = evaluator.metric == "agreement"
-        self.per_sample = _expected_accuracy if self.label_free else PER_SAMPLE[evaluator.metric]
-        self.dense = self.scores(evaluator.reference)
-        self.n = len(self.dense)
-        expected_error = float(1.0 - self.dense.mean())
-        self.noise_se = 100.0 * math.sqrt(2.0 * expected_error / self.n) if self.label_free else None
+        self.outputs = [_OutputRule(name or "output", kind, self.budget, z) for name, kind in evaluator.plan.items()]
+        dense = self.values(evaluator.reference_all)
+        for rule, values in zip(self.outputs, dense):
+            rule.dense = values
+        self.n = max((len(v) for v in dense), default=0)
+        if self.n == 0:
+            raise ConfigError("the decision set has no samples to judge a candidate on; pass more --data.")
+        self.label_free = not any(r.form.paired for r in self.outputs)
 
-    def scores(self, outputs) -> np.ndarray:
-        refs = self.evaluator.reference
-        parts = [self.per_sample(np.asarray(o), r, lab) for o, r, lab in zip(outputs, refs, self.evaluator.labels)]
-        return np.concatenate(parts)
+    def values(self, batches) -> list[np.ndarray]:
+        """Every scored output's per-sample figures, [n, parts] each, from per-batch tuples of output values."""
+        refs = self.evaluator.reference_all
+        per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for values, ref, labels in zip(batches, refs, self.evaluator.labels, strict=True):
+            values = values if isinstance(values, tuple) else (values,)
+            for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
+                out, want = as_array(value), as_array(ref[i])
+                if out.shape != want.shape:
+                    per_output[i].append(_lost(rule.kind, want))
+                elif out.size:
+                    per_output[i].append(rule.form.fn(out, want, labels))
+        return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
 
     @property
     def resolution_pp(self) -> float:
         return 100.0 / self.n
 
-    def judge_outputs(self, outputs) -> Decision:
-        d = self.dense - self.scores(outputs)
-        loss = 100.0 * float(d.mean())
-        se = 100.0 * float(d.std(ddof=1)) / math.sqrt(self.n) if self.n > 1 else float("inf")
-        if self.noise_se is not None:
-            se = self.noise_se
-        limit = self.budget + self.z * se
-        return Decision(loss, se, limit, within_budget(loss, limit), self.n, int((d > 0).sum()), int((d < 0).sum()))
+    def judge_outputs(self, batches) -> Decision:
+        """The decision for per-batch outputs (tuples in the evaluator's output order, or arrays for one output)."""
+        figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(list(batches)))}
+        name = max(figures, key=lambda k: (not figures[k]["within"], figures[k]["loss_pp"]))
+        w = figures[name]
+        return Decision(w["loss_pp"], w["se_pp"], w["limit_pp"], all(f["within"] for f in figures.values()), w["n"],
+                        w.get("worse", 0), w.get("better", 0), name,
+                        {k: {m: (round(x, 6) if isinstance(x, float) else x) for m, x in f.items()}
+                         for k, f in figures.items()})
 
     def judge(self, model) -> Decision:
-        return self.judge_outputs(list(self.evaluator.run(model)))
+        return self.judge_outputs(list(self.evaluator.run_all(model)))
 
     def statement(self) -> str:
-        if self.label_free:
-            return (f"no labels: accepted when the expected accuracy loss (the input model's probabilities) on the "
-                    f"{self.n} decision samples is <= {self.budget:g} pp + {self.z:g} x {self.noise_se:.3f} pp, the "
-                    f"standard error a labelled set of this size would show at the input model's expected error; "
-                    f"one sample = {self.resolution_pp:.3g} pp here")
-        return (f"accepted when the paired loss on the {self.n} decision samples is <= {self.budget:g} pp "
-                f"+ {self.z:g} standard error of the paired difference; one sample = {self.resolution_pp:.3g} pp here")
+        kinds = sorted({r.kind for r in self.outputs})
+        paired = [k for k in kinds if PER_SAMPLE[k].paired]
+        fidelity = [k for k in kinds if not PER_SAMPLE[k].paired]
+        rules = []
+        if paired:
+            rules.append(f"{'/'.join(paired)}: paired loss <= {self.budget:g} pp + {self.z:g} standard error of "
+                         "the paired difference")
+        if fidelity:
+            rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
+                         f"standard error <= {self.budget:g} pp")
+        every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
+        return (f"accepted when {every} is within on the {self.n} decision samples ({'; '.join(rules)}); the loss "
+                f"reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here")
 
     def warnings(self) -> list[str]:
         out = []
@@ -153,9 +248,9 @@ class BudgetRule:
             out.append(f"the decision set ({self.n} samples) cannot resolve --max-loss {self.budget:g}: one sample = "
                        f"{self.resolution_pp:.3g} pp; decisions are made at one-sample resolution (pass a larger "
                        "--val-data)")
-        dense = float(self.dense.mean())
-        if not self.label_free and dense >= NEAR_PERFECT:
-            out.append(f"the dense model scores {100 * dense:.2f}% on the decision set: it looks like data the model "
-                       "was trained on, so the budget measures fitting, not generalization (pass held-out samples "
-                       "as --val-data)")
+        for r in self.outputs:
+            if r.form.paired and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
+                out.append(f"the dense model scores {100 * float(r.dense[:, 0].mean()):.2f}% on the decision set: it "
+                           "looks like data the model was trained on, so the budget measures fitting, not "
+                           "generalization (pass held-out samples as --val-data)")
         return out

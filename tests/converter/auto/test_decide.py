@@ -1,4 +1,5 @@
-"""The budget rule: paired per-sample loss, one standard error of margin, resolution and warnings."""
+"""The budget rule: every scored output by its own per-sample form; paired label metrics with one standard error of
+margin, fidelity metrics bounded from above; resolution and warnings."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import math
 import numpy as np
 import pytest
 
-from onnxprune.converter.auto.decide import BudgetRule
+from onnxprune.calibration.output_metrics import METRICS
+from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
 from onnxprune.errors import ConfigError
 
 
 class FakeEvaluator:
-    """The parts of calibration.metrics.Evaluator the rule reads: metric, labels and reference per batch."""
+    """The parts of calibration.metrics.Evaluator the rule reads: plan, labels and the reference per batch."""
 
     def __init__(self, reference, labels, metric="accuracy"):
-        self.metric, self.reference, self.labels = metric, reference, labels
+        plan = metric if isinstance(metric, dict) else {"out": metric}
+        self.plan = dict(plan)
+        self.reference_all = [r if isinstance(r, tuple) else (r,) for r in reference]
+        self.labels = labels
 
-    def run(self, outputs):  # the "model" is its outputs
-        return iter(outputs)
+    def run_all(self, outputs):  # the "model" is its outputs
+        return iter(o if isinstance(o, tuple) else (o,) for o in outputs)
 
 
 def logits_for(classes, n_classes=10):
@@ -37,13 +42,17 @@ def setup(n=1000, dense_wrong=20, seed=0):
     return ev, labels, dense
 
 
+def halves(x):
+    return [x[: len(x) // 2], x[len(x) // 2:]]
+
+
 def test_the_dense_model_itself_is_within_a_zero_budget_and_the_resolution_is_one_sample():
     ev, labels, dense = setup()
     rule = BudgetRule(ev, 0.0)
-    d = rule.judge(ev.reference)
+    d = rule.judge([r[0] for r in ev.reference_all])
     assert d.loss_pp == 0.0 and d.se_pp == 0.0 and d.within and d.n == 1000
     assert rule.resolution_pp == pytest.approx(0.1)
-    assert "one sample = 0.1 pp" in rule.statement()
+    assert "one sample = 0.1 pp" in rule.statement() and "1 standard error" in rule.statement()
 
 
 def test_paired_loss_counts_discordant_samples_and_the_margin_is_one_standard_error():
@@ -52,13 +61,13 @@ def test_paired_loss_counts_discordant_samples_and_the_margin_is_one_standard_er
     cand[100:130] = (labels[100:130] + 1) % 10  # 30 newly wrong
     cand[:10] = labels[:10]  # 10 newly right
     rule = BudgetRule(ev, 0.0)
-    d = rule.judge([logits_for(cand[:500]), logits_for(cand[500:])])
+    d = rule.judge(halves(logits_for(cand)))
     assert (d.worse, d.better) == (30, 10)
     diff = np.r_[np.ones(30), -np.ones(10), np.zeros(960)]
     assert d.loss_pp == pytest.approx(2.0)
     assert d.se_pp == pytest.approx(100 * diff.std(ddof=1) / math.sqrt(1000))
     assert d.limit_pp == pytest.approx(d.se_pp) and not d.within  # 2.0 pp > 0 + 1 SE (~0.63 pp)
-    assert BudgetRule(ev, 1.5).judge([logits_for(cand[:500]), logits_for(cand[500:])]).within
+    assert BudgetRule(ev, 1.5).judge(halves(logits_for(cand))).within
 
 
 def test_a_loss_within_the_noise_passes_a_zero_budget():
@@ -66,7 +75,7 @@ def test_a_loss_within_the_noise_passes_a_zero_budget():
     cand = dense.copy()
     cand[100:103] = (labels[100:103] + 1) % 10  # 3 newly wrong, 2 newly right: 0.1 pp, SE ~0.22 pp
     cand[:2] = labels[:2]
-    d = BudgetRule(ev, 0.0).judge([logits_for(cand[:500]), logits_for(cand[500:])])
+    d = BudgetRule(ev, 0.0).judge(halves(logits_for(cand)))
     assert d.loss_pp == pytest.approx(0.1) and d.within
 
 
@@ -79,25 +88,95 @@ def test_warnings_for_an_unresolvable_budget_and_for_training_data():
     assert BudgetRule(ev, 0.5).warnings() == []
 
 
-def test_label_free_scores_disagreements_by_the_input_models_probabilities():
-    n = 1000
-    dense = np.zeros((n, 3))
-    dense[:, 0] = 4.0  # confident in class 0 ...
-    dense[:10] = [1.0, 0.9, -5.0]  # ... except on 10 samples, where class 1 is nearly as likely
-    ev = FakeEvaluator([dense[:500], dense[500:]], [None, None], metric="agreement")
-    rule = BudgetRule(ev, 0.0)
-    p = np.exp(dense) / np.exp(dense).sum(axis=1, keepdims=True)
-    expected_error = 1 - p.max(axis=1).mean()
-    assert rule.label_free and rule.noise_se == pytest.approx(100 * math.sqrt(2 * expected_error / n))
-    unsure = dense.copy()
-    unsure[:10] = [0.0, 1.0, -5.0]  # flips the 10 unsure samples: costs p0 - p1 each, small
-    d = rule.judge([unsure[:500], unsure[500:]])
-    assert d.loss_pp == pytest.approx(100 * 10 * (p[0, 0] - p[0, 1]) / n) and d.within
-    sure = dense.copy()
-    sure[10:40] = [0.0, 1.0, 0.0]  # flips 30 confident samples: costs ~0.96 each
-    d = rule.judge([sure[:500], sure[500:]])
-    assert d.loss_pp > 2.5 and not d.within
-    assert "no labels" in rule.statement() and rule.judge(ev.reference).within
+def test_label_free_agreement_is_bounded_from_above_so_in_sample_noise_is_not_spent():
+    """1 pp on 240 samples: a candidate changing 2 of them (0.83 pp, SE 0.59 pp) is within the whole-set budget but
+    not within the rule's bound; one changing none is."""
+    rng = np.random.default_rng(1)
+    dense = rng.standard_normal((240, 10)).astype(np.float32)
+    ev = FakeEvaluator(halves(dense), [None, None], metric="agreement")
+    rule = BudgetRule(ev, 1.0)
+    assert rule.label_free
+    two = dense.copy()
+    for i in (3, 200):  # another class wins on two samples
+        two[i, (dense[i].argmax() + 1) % 10] = 99.0
+    d = rule.judge(halves(two))
+    assert d.loss_pp == pytest.approx(100 * 2 / 240)
+    changed = np.r_[np.ones(2), np.zeros(238)]
+    assert d.se_pp == pytest.approx(100 * changed.std(ddof=1) / math.sqrt(240))
+    assert d.limit_pp == pytest.approx(1.0 - d.se_pp) and not d.within
+    assert BudgetRule(ev, 2.0).judge(halves(two)).within  # 0.83 + 0.59 <= 2
+    assert rule.judge(halves(dense * 1.5)).within  # same classes: no loss
+    assert "+ 1 standard error <= 1 pp" in rule.statement()
+
+
+def _pair(kind, rng, n=60):
+    """A dense output of the shape the kind scores, a candidate moved from it, and labels."""
+    shape = {"seq_agreement": (n, 5, 7), "exact": (n, 3)}.get(kind, (n, 10))
+    ref = rng.standard_normal(shape)
+    if kind == "prob":
+        ref = np.exp(ref) / np.exp(ref).sum(axis=1, keepdims=True)
+    if kind == "exact":
+        ref = rng.integers(0, 4, shape).astype(np.int64)
+        out = ref.copy()
+        out[rng.random(n) < 0.2, 0] += 1
+        return ref, out, None
+    out = ref + 0.4 * rng.standard_normal(shape)
+    if kind == "prob":
+        out = np.abs(out) / np.abs(out).sum(axis=1, keepdims=True)
+    labels = rng.integers(0, 10, n) if METRICS[kind].needs_labels else None
+    return ref, out, labels
+
+
+@pytest.mark.parametrize("kind", sorted(METRICS))
+def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
+    """The rule and the Evaluator agree on the loss of every kind (the rule only adds the margin)."""
+    rng = np.random.default_rng(len(kind))
+    ref, out, labels = _pair(kind, rng)
+    metric = METRICS[kind]
+    batches = [slice(0, 25), slice(25, 60)]
+    labs = [None if labels is None else labels[s] for s in batches]
+
+    def whole(x):
+        sums, count = None, 0
+        for s, lab in zip(batches, labs):
+            part, c = metric.batch(x[s], ref[s], lab)
+            sums = np.asarray(part, dtype=np.float64) + (0 if sums is None else sums)
+            count += c
+        return metric.finish(sums, count)
+
+    ev = FakeEvaluator([ref[s] for s in batches], labs, metric=kind)
+    d = BudgetRule(ev, 5.0).judge([out[s] for s in batches])
+    assert d.loss_pp == pytest.approx(100 * (whole(ref) - whole(out)), abs=1e-9), kind
+    assert d.n == 60 and d.outputs["out"]["metric"] == kind
+    paired = PER_SAMPLE[kind].paired
+    assert d.limit_pp == pytest.approx(5.0 + d.se_pp if paired else 5.0 - d.se_pp)
+    assert d.within == (d.loss_pp <= d.limit_pp + 1e-9)
+
+
+def test_every_output_must_be_within_and_the_worst_is_reported():
+    rng = np.random.default_rng(3)
+    boxes, scores = rng.standard_normal((200, 4)), rng.standard_normal((200, 3))
+    ev = FakeEvaluator([(boxes[:100], scores[:100]), (boxes[100:], scores[100:])], [None, None],
+                       metric={"boxes": "rel_l2", "scores": "agreement"})
+    rule = BudgetRule(ev, 1.0)
+    moved = boxes * 1.005  # relative error 0.005 on every sample: 0.5 pp, SE 0 -> within
+    flipped = scores.copy()
+    flipped[:4] = -flipped[:4]  # changes the class of (at least some of) 4 samples: over 1 pp's bound
+    both = rule.judge([(moved[:100], flipped[:100]), (moved[100:], flipped[100:])])
+    assert not both.within and both.output == "scores"
+    assert both.outputs["boxes"]["within"] and both.outputs["boxes"]["loss_pp"] == pytest.approx(0.5)
+    assert not both.outputs["scores"]["within"]
+    boxes_only = rule.judge([(moved[:100], scores[:100]), (moved[100:], scores[100:])])
+    assert boxes_only.within and boxes_only.output == "boxes" and boxes_only.loss_pp == pytest.approx(0.5)
+    assert "every one of 2 outputs" in rule.statement() and "worst output" in rule.statement()
+
+
+def test_a_batch_of_another_shape_loses_every_sample_of_it():
+    rng = np.random.default_rng(4)
+    ref = rng.standard_normal((40, 6))
+    ev = FakeEvaluator([ref[:20], ref[20:]], [None, None], metric="rel_l2")
+    d = BudgetRule(ev, 1.0).judge([ref[:20], ref[20:35]])  # 15 detections where the dense model had 20
+    assert d.loss_pp == pytest.approx(50.0) and not d.within
 
 
 def test_a_negative_budget_is_refused():
