@@ -162,7 +162,7 @@ def build_plan(config: RunConfig) -> list[Step]:
     auto = automatic(config)
     steps: list[Step] = [LoadStep(), InventoryStep()]
     if has_data:
-        steps.append(DataStep(config.data, split=budget and (retrain or auto)))
+        steps.append(DataStep(config.data, split=budget and (retrain or auto), small_data=auto))
     steps.append(TargetsStep(config.targets, budgeted=budget))
     shrink = config.shrink
     if auto:

@@ -148,8 +148,15 @@ class _Search:
         decision = self.rule.judge(model)
         self.one_shot = {"sparsities": outcome.sparsities, "measured_loss_pp": outcome.measured_loss_pp,
                          "compression": outcome.compression, "tries": outcome.tries}
+        note = f"fit_to_budget, {outcome.tries} tries"
+        if not decision.within:  # within the whole-set budget, not the rule's bound: the rounds start dense
+            model, masks = self.original, {n: np.ones(self.sizes[n], dtype=bool).reshape(
+                weight_array(self.original, n).shape) for n in self.sizes}
+            note += (f"; its loss {decision.loss_pp:.3f} pp on '{decision.output}' is over the rule's limit "
+                     f"{decision.limit_pp:.3f} pp, so the search starts from the input model")
+            decision = self.rule.judge(model)
         best = _Best(model, masks, decision, {"weights": 0.0, "neurons": 0.0})
-        self._record("one-shot", best, decision, True, t0, note=f"fit_to_budget, {outcome.tries} tries")
+        self._record("one-shot", best, decision, True, t0, note=note)
         return best
 
     # ------------------------------------------------------------------------------------------------ hyper

@@ -3,7 +3,8 @@
 One step in place of scan → allocate → retrain: converter.auto starts from the best one-shot model within the
 budget, learns the learning rate and the round length from the model and the data, prunes weights (LAMP-distributed)
 and whole neurons in turns, retrains, and keeps a round only when its stated decision rule says the loss is within
-the budget. Without torch, or with too little training data, it runs the one-shot search instead and says so once.
+the budget (every scored output judged, converter.auto.decide). Without torch, or with too little data to both
+decide on (>= 50 held-out samples) and train on (>= 50), it runs the one-shot search instead and says so once.
 """
 
 from __future__ import annotations
@@ -69,24 +70,23 @@ class AutoSearchStep(Step):
         state.pruned, state.history, state.sensitivity = result.model, result.history, result.sensitivity
 
     def _why_not(self, state: RunState) -> str | None:
-        """Why the search cannot retrain here (then the one-shot search runs), or None."""
+        """Why the search cannot retrain here (then the one-shot search runs), or None. Every scored output and
+        every metric kind is judged by the decision rule (converter.auto.decide); what is left is data."""
         from onnxprune.converter.auto import MIN_TRAIN_SAMPLES
+        from onnxprune.converter.steps.data import MIN_VALIDATION
 
         try:
             import torch  # noqa: F401
         except ImportError:
             return "torch is not installed"
-        n = state.data.train_reader().num_samples
+        data = state.data
+        n = data.train_reader().num_samples
+        held_out = data.every is not None or data.config.val_data is not None
+        if n is not None and not held_out and data.config.validation:
+            return (f"--data holds {n} samples, too few to hold out {MIN_VALIDATION} to decide on and train on the "
+                    f"rest (the search needs {MIN_VALIDATION + MIN_TRAIN_SAMPLES}, or --val-data)")
         if n is not None and n < MIN_TRAIN_SAMPLES:
-            return f"--data holds {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
-        from onnxprune.converter.auto.decide import PER_SAMPLE
-
-        evaluator = state.data.calibration
-        if len(evaluator.scored_outputs) > 1:  # its rule judges one output's per-sample scores; every output counts
-            return (f"the automatic search judges one output, and this run scores {len(evaluator.scored_outputs)} "
-                    "(name the one that matters with --metric OUTPUT=KIND to search on it)")
-        if evaluator.metric not in PER_SAMPLE:
-            return f"the automatic search has no per-sample rule for metric '{evaluator.metric}'"
+            return f"--data leaves {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
         return None
 
     def _one_shot(self, state: RunState, why: str) -> None:

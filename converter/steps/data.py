@@ -18,7 +18,8 @@ from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MIN_VALIDATION = 50  # fewer held-out samples than this say too little: measure on the training data instead
+MIN_VALIDATION = 50  # fewer: a candidate changing 2% of held-out samples shows no change here 36% of the time
+DECISION_SAMPLES = 100  # small data: held-out samples wanted (one sample = 1 pp, the default budget resolved)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class DataConfig(StepConfig):
 class Data:
     """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
 
-    def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False):
+    def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False, small_data: bool = False):
         from onnxprune.calibration.metrics import check_metric_spec
 
         check_metric_spec(model, config.metric)  # a mistyped output or metric fails before any work
@@ -64,14 +65,15 @@ class Data:
         self._calib = None
         self._eval = None
         self._warned = False
+        self.small_data = small_data  # the automatic search's small-data policy (split_every)
         self.every = self._split() if split else None  # before any part= reader is asked for
 
     def _split(self) -> int | None:
         c = self.config
         if c.val_data is not None or not c.validation or c.data == "random":  # --val-data decides; all of --data trains
             return None
-        every = max(2, round(1.0 / c.validation))
         n = self.reader().num_samples
+        every = split_every(n, c.validation) if self.small_data else max(2, round(1.0 / c.validation))
         if n is not None and n // every < MIN_VALIDATION:
             log.warning("--data holds %d samples, too few to hold out every %dth for validation; the budget is "
                         "measured on the training data", n, every)
@@ -127,6 +129,16 @@ class Data:
         return feeds or None
 
 
+def split_every(n: int | None, validation: float) -> int:
+    """Small-data policy: every k-th sample is held out to decide on, the rest trains. k = round(1/validation) (10)
+    when that holds out DECISION_SAMPLES or more; else the largest k in [2, that] that does; below
+    2 x DECISION_SAMPLES, k = 2 (half decide, half train). One-feed-per-file folders count their files."""
+    every = max(2, round(1.0 / validation))
+    if n is None or n // every >= DECISION_SAMPLES:
+        return every
+    return max([k for k in range(2, every + 1) if n // k >= DECISION_SAMPLES], default=2)
+
+
 @register_step("data")
 class DataStep(Step):
     """Open --data (and --eval-data); with a budget and retraining, hold out a validation part."""
@@ -134,12 +146,12 @@ class DataStep(Step):
     needs = ("original",)
     gives = ("data",)
 
-    def __init__(self, config: DataConfig, *, split: bool = False):
+    def __init__(self, config: DataConfig, *, split: bool = False, small_data: bool = False):
         super().__init__(config)
-        self.config, self.split = config, split
+        self.config, self.split, self.small_data = config, split, small_data
 
     def settings(self) -> dict:
-        return {**super().settings(), "validation_split": self.split}
+        return {**super().settings(), "validation_split": self.split, "small_data_policy": self.small_data}
 
     def run(self, state: RunState) -> None:
-        state.data = Data(state.original, self.config, split=self.split)
+        state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data)

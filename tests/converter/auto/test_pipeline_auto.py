@@ -55,16 +55,17 @@ def test_every_hyperparameter_names_its_rule_and_the_decision_rule_is_stated(sea
 
 def test_too_little_data_runs_the_one_shot_search_and_says_so_once(teacher_data):
     model, data = teacher_data
-    small = {k: v[:300] for k, v in data.items()}
+    small = {k: v[:90] for k, v in data.items()}  # half of 90 would decide on 45 (< 50)
     result = run(model, configure(max_loss=1.0, data=small))
     assert "auto" not in result.report
-    assert sum("one-shot budget search ran" in n for n in result.report["notes"]) == 1
+    notes = [n for n in result.report["notes"] if "one-shot budget search ran" in n]
+    assert len(notes) == 1 and "too few to hold out 50" in notes[0]
 
 
 def _data(model, **choices) -> Data:
     config = configure(**choices)
     step = next(s for s in build_plan(config) if s.name == "data")
-    return Data(model, config.data, split=step.split)
+    return Data(model, config.data, split=step.split, small_data=step.small_data)
 
 
 def test_val_data_is_the_decision_set_and_all_of_data_trains(teacher_data):
@@ -74,6 +75,15 @@ def test_val_data_is_the_decision_set_and_all_of_data_trains(teacher_data):
     assert d.every is None and d.calibration.num_samples == 80 and d.train_reader().num_samples == 1000
     split = _data(model, max_loss=0.0, data=data)
     assert split.every == 10 and split.calibration.num_samples == 100
+
+
+@pytest.mark.parametrize("n, every, decide", [(1000, 10, 100), (600, 6, 100), (240, 2, 120), (150, 2, 75)])
+def test_small_data_holds_out_enough_to_decide_on_and_trains_on_the_rest(teacher_data, n, every, decide):
+    """Every k-th sample decides, k the largest in [2, 10] leaving 100 (one sample = 1 pp); below 200, half."""
+    model, data = teacher_data
+    d = _data(model, max_loss=1.0, data={k: v[:n] for k, v in data.items()})
+    assert d.every == every and d.calibration.num_samples == decide
+    assert d.train_reader().num_samples == n - decide
 
 
 def test_given_flags_override_the_search(teacher_data):
@@ -126,17 +136,24 @@ def test_explicit_iterations_never_end_worse_than_one_shot(teacher_data):
     assert result.report["budget"]["met"] and result.report["compression"] > 1.0
 
 
-def test_a_model_with_several_scored_outputs_takes_the_one_shot_search_every_output_in_budget():
-    """The search's rule judges one output; with two scored outputs the one-shot search (every output) runs."""
+def test_a_model_with_several_scored_outputs_and_small_data_enters_the_search_every_output_in_budget():
+    """240 samples, two scored outputs (boxes: rel_l2, scores: agreement): the search retrains, its rule judges both,
+    and the written model keeps both within the budget and runs in onnxruntime as its dense form does."""
     from onnxprune.models import third_party_builders as tb
 
-    model = tb.two_head_detector()
-    x = np.random.default_rng(0).standard_normal((600, *_input_shape(model)), dtype=np.float32)
-    result = run(model, configure(max_loss=1.0, data={model.graph.input[0].name: x}, time_budget=30, seed=0))
-    assert "auto" not in result.report
-    assert any("judges one output" in n for n in result.report["notes"])
+    model = tb.two_head_detector(hidden=32)
+    x = np.random.default_rng(0).standard_normal((240, *_input_shape(model)), dtype=np.float32)
+    result = run(model, configure(max_loss=1.0, data={model.graph.input[0].name: x}, time_budget=40, seed=0))
+    auto = result.report["auto"]
+    assert set(auto["decision"]["outputs"]) == {"boxes", "scores"} and auto["decision"]["within"]
+    assert "every one of 2 outputs" in auto["rule"] and auto["decision"]["n"] == 120
+    assert any(h["phase"] == "weights" for h in result.report["history"])
     outputs = result.report["metrics"]["sets"]["calibration"]["outputs"]
     assert len(outputs) == 2 and all(o["loss_pp"] <= 1.0 + 1e-9 for o in outputs.values())
+    import onnx
+
+    onnx.checker.check_model(result.model, full_check=not result.model.graph.sparse_initializer)
+    assert_same_outputs(result.model, result.dense_model, seeds=(0, 1, 2), batch=8)
 
 
 def _input_shape(model):
