@@ -8,12 +8,19 @@ Rules (also in the README):
                cross-entropy, so the probed rate means the same thing).
   weight decay 1e-4 (L2) on the kept weights.
   learning     probe: each of PROBE_RATES trains PROBE_STEPS steps from the first round's pruned model; the rate
-  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins.
+  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins. Rates
+               are tried middle-out and the probe stops once it has used PROBE_SHARE of the time budget (at least
+               two rates): a 3-minute search on a loaded machine otherwise spends its rounds on the probe.
   round length ROUND_MIN_STEPS optimizer steps or one epoch, whichever is more; an epoch longer than that is cut
                (not below ROUND_MIN_STEPS) so that TARGET_ROUNDS rounds fit the time budget; each round decays
                the rate to 0 on a cosine.
   final polish POLISH_FACTOR rounds' worth of steps at the best masks (cosine), kept only if the decision loss
                does not grow.
+  small data   no labels and fewer than FUNCTION_MATCHING training samples in memory (float inputs): mixup pairs
+               of training inputs (x = λ·a + (1 − λ)·b, λ uniform, seeded) labelled by the input model's outputs fill
+               the training part up to FUNCTION_MATCHING samples ("function matching", Beyer et al. CVPR 2022:
+               distillation matches the teacher's function, so it may be queried off the data); the decision set is
+               never mixed. 200 samples would otherwise make a 300-step round 48 epochs of the same samples.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PROBE_RATES = (0.3, 0.1, 0.03, 0.01, 0.003)
+PROBE_RATES = (0.01, 0.03, 0.003, 0.1, 0.3)  # middle-out: the likeliest first, when time cuts the probe short
+PROBE_SHARE = 0.15  # of the time budget, at most, for the probe (after its first two rates)
 PROBE_STEPS = 100
 PROBE_TRAIN = 8192  # samples of the training part the probe trains on
 PROBE_EVAL = 2048  # samples of the training part the probe's loss is measured on (disjoint from PROBE_TRAIN)
@@ -33,6 +41,8 @@ ROUND_MIN_STEPS = 300
 TARGET_ROUNDS = 14
 POLISH_FACTOR = 4
 MIN_ROUND_STEPS = 50  # a polish shorter than this is skipped
+FUNCTION_MATCHING = 2048  # label-free training parts smaller than this are filled up to it with mixup samples
+MIXUP_BYTES = 256 << 20  # ... as long as they fit in this much memory
 
 
 @dataclass
@@ -97,12 +107,15 @@ def objective_on(trainer, data) -> float:
 
 
 def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RATES, steps: int = PROBE_STEPS,
-             override: float | None = None) -> tuple[Choice, float, dict]:
+             override: float | None = None, seconds: float | None = None) -> tuple[Choice, float, dict]:
     """(learning rate choice, seconds per optimizer step, {rate: loss}); `make_trainer(data)` builds a fresh
-    trainer on the probe's start point."""
+    trainer on the probe's start point; `seconds`: stop trying rates (after two) once the probe took this long."""
+    cap = seconds
     per_epoch = max(1, math.ceil(train_part.num_samples / batch))
     losses, seconds, taken = {}, 0.0, 0
     for lr in ([override] if override else rates):
+        if cap is not None and len(losses) >= 2 and seconds >= cap:
+            break
         trainer = make_trainer(train_part)
         t0 = time.perf_counter()
         stats = trainer.train(steps / per_epoch, lr, reg_strength=1e-4, batch_size=batch)
@@ -113,6 +126,37 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     if override:
         return Choice(float(override), "given (--lr)"), step_seconds, losses
     best = min(losses, key=lambda r: (losses[r], r))
-    shown = ", ".join(f"{r:g}: {v:.4f}" for r, v in losses.items())
+    shown = ", ".join(f"{r:g}: {v:.4f}" for r, v in sorted(losses.items(), reverse=True))
+    cut = f"; {len(rates) - len(losses)} rates left untried: the probe had used {seconds:.0f} s" if len(losses) < len(
+        rates) else ""
     return (Choice(float(best), f"probe: lowest training objective after {steps} steps on a slice of the training "
-                   f"part ({shown})"), step_seconds, losses)
+                   f"part ({shown}{cut})"), step_seconds, losses)
+
+
+def function_matching(data, teacher, seed: int, target: int = FUNCTION_MATCHING) -> tuple[object, Choice]:
+    """The training part (a converter.finetune.TrainData) filled up to `target` samples with mixup inputs labelled
+    by `teacher` (the input model), when it is label-free, in memory, small and all-float; else as it is."""
+    from onnxprune.converter.finetune import TrainData, teacher_outputs
+
+    n = data.num_samples
+    why = ("labels given" if data.labels is not None else "streamed data" if data.reader is not None or not n
+           else f"{n} samples >= {target}" if n >= target
+           else "integer inputs" if any(not v.is_floating_point() for v in data.inputs.values()) else None)
+    if why is not None:
+        return data, Choice(0, f"none: {why}")
+    per_sample = sum(v[:1].numel() * v.element_size() for v in data.inputs.values())
+    extra = int(min(target - n, MIXUP_BYTES // max(per_sample, 1)))
+    if extra < 1:
+        return data, Choice(0, "none: samples too large to add in memory")
+    rng = np.random.default_rng(seed)
+    a, b, lam = rng.integers(0, n, extra), rng.integers(0, n, extra), rng.random(extra)
+    mixed = {}
+    for name, v in data.inputs.items():
+        w = torch.from_numpy(lam.reshape(-1, *[1] * (v.dim() - 1))).to(v.dtype)
+        mixed[name] = (w * v[a] + (1 - w) * v[b]).contiguous()
+    teacher_mixed = teacher_outputs(teacher, mixed)
+    inputs = {k: torch.cat([v, mixed[k]]) for k, v in data.inputs.items()}
+    taught = [torch.cat([t, m.to(t.dtype)]) for t, m in zip(data.teacher, teacher_mixed)]
+    rule = (f"{extra} mixup samples (pairs of the {n} training samples, λ uniform) labelled by the input model: "
+            f"function matching on small label-free data, {n + extra} samples in all")
+    return TrainData(inputs, None, taught, data.batch_size), Choice(extra, rule)

@@ -139,19 +139,24 @@ class _Search:
         ev = self.data.evaluator
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
                                 progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what))
-        allocation = allocate(self.sensitivity, self.inventory, self.config.max_loss)
-        outcome = fit_to_budget(self.original, self.inventory, ev, allocation, self.config.max_loss,
-                                result=self.sensitivity)
-        model = pruned_model(self.original, outcome.sparsities)
+        # the one-shot fit measures the whole-set loss; the rule bounds it from above (fidelity metrics), so a
+        # start over the rule's limit is refitted at half the budget, then at none; else the rounds start dense
+        note = ""
+        for fit_budget in dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)):
+            allocation = allocate(self.sensitivity, self.inventory, fit_budget)
+            outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
+                                    result=self.sensitivity)
+            model = pruned_model(self.original, outcome.sparsities)
+            decision = self.rule.judge(model)
+            note += f"{'; ' if note else ''}fit_to_budget at {fit_budget:g} pp, {outcome.tries} tries"
+            if decision.within or fit_budget == 0.0:
+                break
         # masked: what the one-shot zeroed (a weight that was zero in the input stays a kept position)
         masks = {n: ~((weight_array(model, n) == 0) & (weight_array(self.original, n) != 0)) for n in self.sizes}
-        decision = self.rule.judge(model)
         self.one_shot = {"sparsities": outcome.sparsities, "measured_loss_pp": outcome.measured_loss_pp,
                          "compression": outcome.compression, "tries": outcome.tries}
-        note = f"fit_to_budget, {outcome.tries} tries"
-        if not decision.within:  # within the whole-set budget, not the rule's bound: the rounds start dense
-            model, masks = self.original, {n: np.ones(self.sizes[n], dtype=bool).reshape(
-                weight_array(self.original, n).shape) for n in self.sizes}
+        if not decision.within:
+            model, masks = self.original, {n: np.ones_like(m) for n, m in masks.items()}
             note += (f"; its loss {decision.loss_pp:.3f} pp on '{decision.output}' is over the rule's limit "
                      f"{decision.limit_pp:.3f} pp, so the search starts from the input model")
             decision = self.rule.judge(model)
@@ -169,6 +174,7 @@ class _Search:
         mix = hyper.loss_mix(has_labels)
         self.loss = {k: c.value for k, c in mix.items()}
         self.train_data = load_data(self.data.train, teacher=self.original, use_labels=has_labels)
+        self.train_data, mixup = hyper.function_matching(self.train_data, self.original, self.config.seed)
         n = self.train_data.num_samples
         bs = hyper.batch_size(n, o.get("train_batch_size"))
         self.batch = bs.value
@@ -184,7 +190,8 @@ class _Search:
                                          None if td.teacher is None else [t[idx] for t in td.teacher], bs.value)
             lr, self.step_seconds, _ = hyper.probe_lr(lambda d: self._trainer(best.model, probe_masks, d),
                                                       part(train_idx), part(eval_idx), bs.value,
-                                                      override=o.get("lr"))
+                                                      override=o.get("lr"),
+                                                      seconds=hyper.PROBE_SHARE * self.config.time_budget)
         else:  # streamed (too large for memory): no probe
             lr = hyper.Choice(float(o.get("lr") or 0.01), "given (--lr)" if o.get("lr") else
                               "streamed data: no probe, 0.01")
@@ -195,7 +202,7 @@ class _Search:
         self.round_steps = steps.value
         self.choices = {"batch_size": bs.as_dict(), **{k: c.as_dict() for k, c in mix.items()},
                         "weight_decay": {"value": 1e-4, "rule": "fixed: L2 1e-4 on the kept weights"},
-                        "lr": lr.as_dict(), "round_steps": steps.as_dict(),
+                        "lr": lr.as_dict(), "round_steps": steps.as_dict(), "mixup_samples": mixup.as_dict(),
                         "schedule": {"value": "cosine per round", "rule": "each round decays the rate to 0"},
                         "criterion": {"value": self.config.criterion, "rule": "--criterion (default magnitude), "
                                       "ranked across layers by LAMP"}}

@@ -62,3 +62,56 @@ def test_threads_default_and_explicit():
             apply_threads(0)
     finally:
         apply_threads(before)
+
+
+def test_small_label_free_data_is_filled_with_mixup_samples_labelled_by_the_input_model():
+    """Function matching: 120 training samples become 2048; the added ones are convex mixes of training pairs and
+    their targets are the input model's outputs on them (onnxruntime, checked here against the model itself)."""
+    import numpy as np
+    import torch
+
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.converter.finetune import TrainData, load_data
+    from onnxprune.models import builders
+
+    model = builders.mlp_gemm(in_features=6, hidden=(8,), out_features=3, seed=2)
+    x = np.random.default_rng(0).standard_normal((120, 6)).astype(np.float32)
+    data = load_data((x, None), teacher=model, use_labels=False)
+    filled, choice = hyper.function_matching(data, model, seed=0)
+    assert filled.num_samples == hyper.FUNCTION_MATCHING and choice.value == hyper.FUNCTION_MATCHING - 120
+    assert "mixup" in choice.rule and "120 training samples" in choice.rule
+    name = next(iter(filled.inputs))
+    added = filled.inputs[name][120:].numpy()
+    np.testing.assert_array_equal(filled.inputs[name][:120].numpy(), x)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    assert ((added >= lo - 1e-6) & (added <= hi + 1e-6)).all()  # inside the box of the training samples
+    want = make_session(model, optimize=False).run(None, {name: added})[0]
+    np.testing.assert_allclose(filled.teacher[0][120:].numpy(), want, rtol=1e-5, atol=1e-6)
+    again, _ = hyper.function_matching(data, model, seed=0)
+    assert torch.equal(again.inputs[name], filled.inputs[name])  # seeded
+    labelled = TrainData(data.inputs, torch.zeros(120, dtype=torch.int64), data.teacher, data.batch_size)
+    same, why = hyper.function_matching(labelled, model, seed=0)
+    assert same is labelled and why.value == 0 and "labels given" in why.rule
+    big = load_data((np.zeros((hyper.FUNCTION_MATCHING, 6), np.float32), None), teacher=model, use_labels=False)
+    assert hyper.function_matching(big, model, seed=0)[1].value == 0
+
+
+def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatch):
+    from types import SimpleNamespace
+
+    tried = []
+
+    class Trainer:
+        def train(self, epochs, lr, **kw):
+            tried.append(lr)
+            self.lr = lr
+            return SimpleNamespace(steps=10)
+
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
+    part = SimpleNamespace(num_samples=100)
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
+    assert tried == [0.01, 0.03] and choice.value == 0.03  # two rates at least, then the time share is spent
+    assert "3 rates left untried" in choice.rule
+    tried.clear()
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
+    assert sorted(tried) == sorted(hyper.PROBE_RATES) and choice.value == 0.03 and "untried" not in choice.rule
