@@ -10,7 +10,7 @@ from onnxprune.errors import ConfigError
 
 DEFAULT_TIME_BUDGET = 900.0  # seconds: a LeNet on 2 cores
 # the decision/training split of small data is converter.steps.data's (docs/metrics.md, "Small data")
-MIN_TRAIN_SAMPLES = 50  # fewer: the learning-rate probe's disjoint fifth and one batch of 32 no longer fit
+MIN_TRAIN_SAMPLES = 25  # fewer: too few pairs to mix and a probe slice (a fifth) of under 5 samples
 OVERRIDES = ("lr", "epochs", "neuron_sparsity", "train_batch_size")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 

@@ -4,7 +4,7 @@ One step in place of scan → allocate → retrain: converter.auto starts from t
 budget, learns the learning rate and the round length from the model and the data, prunes weights (LAMP-distributed)
 and whole neurons in turns, retrains, and keeps a round only when its stated decision rule says the loss is within
 the budget (every scored output judged, converter.auto.decide). Without torch, or with too little data to both
-decide on (>= 50 held-out samples) and train on (>= 50), it runs the one-shot search instead and says so once.
+decide on (>= 50 held-out samples) and train on (>= 25), it runs the one-shot search instead and says so once.
 """
 
 from __future__ import annotations
@@ -84,9 +84,16 @@ class AutoSearchStep(Step):
         held_out = data.every is not None or data.config.val_data is not None
         if n is not None and not held_out and data.config.validation:
             return (f"--data holds {n} samples, too few to hold out {MIN_VALIDATION} to decide on and train on the "
-                    f"rest (the search needs {MIN_VALIDATION + MIN_TRAIN_SAMPLES}, or --val-data)")
+                    f"rest (the search needs 100, or --val-data)")
         if n is not None and n < MIN_TRAIN_SAMPLES:
             return f"--data leaves {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
+        from onnxprune.converter.bridge import OnnxModule
+        from onnxprune.errors import UnsupportedOpError
+
+        try:  # built once here: a graph the bridge cannot run is known before the scan, not after it
+            OnnxModule(state.original)
+        except UnsupportedOpError as exc:
+            return f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]})"
         return None
 
     def _one_shot(self, state: RunState, why: str) -> None:

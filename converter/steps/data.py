@@ -2,7 +2,9 @@
 
 With a budget and retraining, every `every`-th sample of --data is held out from training and the choices are
 measured on it (--validation): a model retrained on the samples that judge it looks better than it is (seen:
-0.26 pp on the training data, 1.0 pp on held-out images).
+0.26 pp on the training data, 1.0 pp on held-out images). Small data in the automatic search (fewer than
+DECISION_SAMPLES would be held out) is split the other way round: every 4th sample trains (label-free training is
+filled up with mixup samples, converter.auto.hyper) and three quarters decide (docs/metrics.md, "Small data").
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from onnxprune.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MIN_VALIDATION = 50  # fewer: a candidate changing 2% of held-out samples shows no change here 36% of the time
-DECISION_SAMPLES = 100  # small data: held-out samples wanted (one sample = 1 pp, the default budget resolved)
+DECISION_SAMPLES = 100  # fewer held out by --validation: small data (one sample = 1 pp, the default budget resolved)
+SMALL_TRAIN_EVERY = 4  # small data in the automatic search: every 4th sample trains, three quarters decide
 
 
 @dataclass
@@ -65,7 +68,8 @@ class Data:
         self._calib = None
         self._eval = None
         self._warned = False
-        self.small_data = small_data  # the automatic search's small-data policy (split_every)
+        self.small_data = small_data  # the automatic search's small-data policy (SMALL_TRAIN_EVERY)
+        self.trains_on_every = False  # small data: every `every`-th sample trains and the others decide
         self.every = self._split() if split else None  # before any part= reader is asked for
 
     def _split(self) -> int | None:
@@ -73,10 +77,14 @@ class Data:
         if c.val_data is not None or not c.validation or c.data == "random":  # --val-data decides; all of --data trains
             return None
         n = self.reader().num_samples
-        every = split_every(n, c.validation) if self.small_data else max(2, round(1.0 / c.validation))
-        if n is not None and n // every < MIN_VALIDATION:
-            log.warning("--data holds %d samples, too few to hold out every %dth for validation; the budget is "
-                        "measured on the training data", n, every)
+        every = max(2, round(1.0 / c.validation))
+        if self.small_data and n is not None and n // every < DECISION_SAMPLES:
+            every, self.trains_on_every = SMALL_TRAIN_EVERY, True
+        decide = n - n // every if self.trains_on_every else (n // every if n is not None else None)
+        if decide is not None and decide < MIN_VALIDATION:
+            self.trains_on_every = False
+            log.warning("--data holds %d samples, too few to hold out %d for validation; the budget is measured on "
+                        "the training data", n, MIN_VALIDATION)
             return None
         return every
 
@@ -90,7 +98,7 @@ class Data:
                            shapes=c.input_shapes, warn=not self._warned)
         self._warned = True  # the random-data warning is said once per run
         if part is not None and source is None and self.every:
-            reader = reader.part(self.every, holdout=part == "validation")
+            reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every)
         return reader
 
     def train_reader(self, batch_size=None):
@@ -127,16 +135,6 @@ class Data:
             if len(feeds) >= batches:
                 break
         return feeds or None
-
-
-def split_every(n: int | None, validation: float) -> int:
-    """Small-data policy: every k-th sample is held out to decide on, the rest trains. k = round(1/validation) (10)
-    when that holds out DECISION_SAMPLES or more; else the largest k in [2, that] that does; below
-    2 x DECISION_SAMPLES, k = 2 (half decide, half train). One-feed-per-file folders count their files."""
-    every = max(2, round(1.0 / validation))
-    if n is None or n // every >= DECISION_SAMPLES:
-        return every
-    return max([k for k in range(2, every + 1) if n // k >= DECISION_SAMPLES], default=2)
 
 
 @register_step("data")

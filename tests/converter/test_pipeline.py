@@ -71,9 +71,9 @@ def test_retraining_keeps_masks_and_recovers_accuracy(teacher_data):
 
 def test_missed_budget_raises_and_api_force_returns(teacher_data):
     model, data = teacher_data
-    with pytest.raises(BudgetError):
-        api.prune(model, data=data, max_loss=0.0, layers={"fc1*": 0.995})
-    result = api.prune(model, data=data, max_loss=0.0, layers={"fc1*": 0.995}, force=True)
+    with pytest.raises(BudgetError):  # the one-shot path (256 samples would now enter the automatic search)
+        api.prune(model, data=data, max_loss=0.0, layers={"fc1*": 0.995}, one_shot=True)
+    result = api.prune(model, data=data, max_loss=0.0, layers={"fc1*": 0.995}, force=True, one_shot=True)
     assert not result.report["budget"]["met"]
 
 
@@ -112,11 +112,11 @@ def test_prune_json_exit_code_3_when_budget_missed(teacher_data, tmp_path):
     np.savez(dpath, **data)
     out = tmp_path / "o.onnx"
     res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--data", str(dpath), "--max-loss", "0",
-                                   "--layer", "fc1*=0.995"])
+                                   "--layer", "fc1*=0.995", "--one-shot"])
     assert res.exit_code == 3 and "exceeds --max-loss" in res.output
     assert not out.exists()
     res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--data", str(dpath), "--max-loss", "0",
-                                   "--layer", "fc1*=0.995", "--force", "-q"])
+                                   "--layer", "fc1*=0.995", "--one-shot", "--force", "-q"])
     assert res.exit_code == 3 and out.exists()
 
 

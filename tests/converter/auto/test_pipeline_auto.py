@@ -55,7 +55,7 @@ def test_every_hyperparameter_names_its_rule_and_the_decision_rule_is_stated(sea
 
 def test_too_little_data_runs_the_one_shot_search_and_says_so_once(teacher_data):
     model, data = teacher_data
-    small = {k: v[:90] for k, v in data.items()}  # half of 90 would decide on 45 (< 50)
+    small = {k: v[:60] for k, v in data.items()}  # three quarters of 60 would decide on 45 (< 50)
     result = run(model, configure(max_loss=1.0, data=small))
     assert "auto" not in result.report
     notes = [n for n in result.report["notes"] if "one-shot budget search ran" in n]
@@ -77,13 +77,19 @@ def test_val_data_is_the_decision_set_and_all_of_data_trains(teacher_data):
     assert split.every == 10 and split.calibration.num_samples == 100
 
 
-@pytest.mark.parametrize("n, every, decide", [(1000, 10, 100), (600, 6, 100), (240, 2, 120), (150, 2, 75)])
-def test_small_data_holds_out_enough_to_decide_on_and_trains_on_the_rest(teacher_data, n, every, decide):
-    """Every k-th sample decides, k the largest in [2, 10] leaving 100 (one sample = 1 pp); below 200, half."""
+@pytest.mark.parametrize("n, every, decide", [(1000, 10, 100), (990, 4, 742), (240, 4, 180), (100, 4, 75)])
+def test_small_data_decides_on_three_quarters_and_trains_on_every_fourth(teacher_data, n, every, decide):
+    """Every 10th sample decides when that makes 100; below, every 4th trains and the rest decides."""
     model, data = teacher_data
     d = _data(model, max_loss=1.0, data={k: v[:n] for k, v in data.items()})
     assert d.every == every and d.calibration.num_samples == decide
-    assert d.train_reader().num_samples == n - decide
+    train = d.train_reader()
+    assert train.num_samples == n - decide
+    judged = np.concatenate([f["input"] for f, _ in d.calibration.reader.batches()])
+    trained = np.concatenate([f["input"] for f, _ in train.batches()])
+    assert not {a.tobytes() for a in trained} & {a.tobytes() for a in judged}
+    if n < 1000:
+        np.testing.assert_array_equal(trained, data["input"][:n:4])
 
 
 def test_given_flags_override_the_search(teacher_data):
@@ -146,7 +152,7 @@ def test_a_model_with_several_scored_outputs_and_small_data_enters_the_search_ev
     result = run(model, configure(max_loss=1.0, data={model.graph.input[0].name: x}, time_budget=40, seed=0))
     auto = result.report["auto"]
     assert set(auto["decision"]["outputs"]) == {"boxes", "scores"} and auto["decision"]["within"]
-    assert "every one of 2 outputs" in auto["rule"] and auto["decision"]["n"] == 120
+    assert "every one of 2 outputs" in auto["rule"] and auto["decision"]["n"] == 180
     assert any(h["phase"] == "weights" for h in result.report["history"])
     outputs = result.report["metrics"]["sets"]["calibration"]["outputs"]
     assert len(outputs) == 2 and all(o["loss_pp"] <= 1.0 + 1e-9 for o in outputs.values())
