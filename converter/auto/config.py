@@ -6,11 +6,10 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from onnxprune.converter.steps.data import MIN_TRAIN as MIN_TRAIN_SAMPLES  # noqa: F401  (the small-data split's)
 from onnxprune.errors import ConfigError
 
 DEFAULT_TIME_BUDGET = 900.0  # seconds: a LeNet on 2 cores
-# the decision/training split of small data is converter.steps.data's (docs/metrics.md, "Small data")
-MIN_TRAIN_SAMPLES = 25  # fewer: too few pairs to mix and a probe slice (a fifth) of under 5 samples
 OVERRIDES = ("lr", "epochs", "neuron_sparsity", "train_batch_size")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 

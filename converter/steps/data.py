@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 MIN_VALIDATION = 50  # fewer: a candidate changing 2% of held-out samples shows no change here 36% of the time
 DECISION_SAMPLES = 100  # fewer held out by --validation: small data (one sample = 1 pp, the default budget resolved)
 SMALL_TRAIN_EVERY = 4  # small data in the automatic search: every 4th sample trains, three quarters decide
+MIN_TRAIN = 25  # fewer left to train on: the automatic search cannot retrain (too few pairs to mix, a probe slice < 5)
 
 
 @dataclass
@@ -81,8 +82,8 @@ class Data:
         if self.small_data and n is not None and n // every < DECISION_SAMPLES:
             every, self.trains_on_every = SMALL_TRAIN_EVERY, True
         decide = n - n // every if self.trains_on_every else (n // every if n is not None else None)
-        if decide is not None and decide < MIN_VALIDATION:
-            self.trains_on_every = False
+        if decide is not None and (decide < MIN_VALIDATION or self.trains_on_every and n // every < MIN_TRAIN):
+            self.trains_on_every = False  # the search will not retrain: its one-shot fallback decides on all of it
             log.warning("--data holds %d samples, too few to hold out %d for validation; the budget is measured on "
                         "the training data", n, MIN_VALIDATION)
             return None
