@@ -130,6 +130,7 @@ def _pair(kind, rng, n=60):
 @pytest.mark.parametrize("kind", sorted(METRICS))
 def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
     """The rule and the Evaluator agree on the loss of every kind (the rule only adds the margin)."""
+    assert set(PER_SAMPLE) == set(METRICS)  # every kind has a per-sample form
     rng = np.random.default_rng(len(kind))
     ref, out, labels = _pair(kind, rng)
     metric = METRICS[kind]
