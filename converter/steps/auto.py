@@ -71,14 +71,12 @@ class AutoSearchStep(Step):
     def _why_not(self, state: RunState) -> str | None:
         """Why the search cannot retrain here (then the one-shot search runs), or None."""
         from onnxprune.converter.auto import MIN_TRAIN_SAMPLES
+        from onnxprune.converter.auto.recovery import choose
 
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return "torch is not installed"
-        n = state.data.train_reader().num_samples
-        if n is not None and n < MIN_TRAIN_SAMPLES:
-            return f"--data holds {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
+        train = state.data.train_reader()
+        n = train.num_samples
+        if n is not None and n < MIN_TRAIN_SAMPLES and choose(state.original, train)[0] == "sgd":
+            return f"--data holds {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"  # reconstruct needs fewer
         from onnxprune.converter.auto.decide import PER_SAMPLE
 
         evaluator = state.data.calibration

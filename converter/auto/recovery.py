@@ -1,0 +1,199 @@
+"""Recovery backends of the automatic search: what brings a pruned model back after each prune step.
+
+    sgd          masked retraining through the torch bridge (distillation, and labels when given): search.py's
+                 rounds over the weight and neuron knobs, then the polish
+    reconstruct  layer-wise least-squares refit (converter/reconstruct.py): onnxruntime only, no labels, no torch,
+                 no learning rate; the search is a bisection on one global level (below)
+
+The rule (`choose`), in order:
+  1. --recovery given (AutoConfig.recovery): that one.
+  2. torch is missing, or the torch bridge cannot build the graph (an op it lacks): reconstruct.
+  3. no labels and fewer than SMALL_DATA training samples: reconstruct (SGD distillation on a few hundred samples
+     memorises them; the refit solves one small convex problem per layer instead).
+  4. otherwise sgd.
+
+The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps
+d0 · 0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
+allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer
+outputs. Levels grow by 1 while candidates are within the budget, then bisect between the last level within and
+the first over, down to a quarter step or the time budget. A candidate is judged on samples its refit did not
+use: when the decision set is the training data (small data, no split), by two-fold cross-fitting (refit on the
+even samples, predict the odd ones, and the other way round; the decision rule sees every sample predicted by a
+refit that never saw it), and the model kept is then refit on all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from onnxprune.converter.auto.allocation import density, global_masks
+from onnxprune.errors import UnsupportedOpError
+from onnxprune.registry import registrar
+
+log = logging.getLogger(__name__)
+
+SMALL_DATA = 1000  # unlabelled training samples below which the refit recovers instead of SGD (rule 3)
+SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
+FOLDS = 2  # cross-fitting folds when the refit data is the decision set
+
+RECOVERY: dict[str, type] = {}
+register_recovery = registrar(RECOVERY, "recovery backend")
+
+
+def choose(original, train, requested: str = "auto") -> tuple[str, str]:
+    """(backend name, the rule that picked it); see the module docstring."""
+    if requested != "auto":
+        return requested, "given (--recovery)"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "reconstruct", "torch is not installed: layer-wise refit with onnxruntime"
+    why = bridge_refusal(original)
+    if why:
+        return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit"
+    n = getattr(train, "num_samples", None)
+    if not getattr(train, "has_labels", False) and n is not None and n < SMALL_DATA:
+        return "reconstruct", f"no labels and {n} training samples (< {SMALL_DATA}): layer-wise refit"
+    return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
+                                                      else f" and {n} training samples (>= {SMALL_DATA})")
+
+
+def bridge_refusal(model) -> str | None:
+    """Why the torch bridge cannot build `model` (its first line), or None."""
+    from onnxprune.converter.bridge import OnnxModule
+
+    try:
+        OnnxModule(model)
+    except UnsupportedOpError as exc:
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
+class Recovery:
+    name = ""
+
+    def search(self, s, best):
+        """From the one-shot `best` (search._Best), prune and recover until done or out of time; the best found."""
+        raise NotImplementedError
+
+
+@register_recovery("sgd")
+class SgdRecovery(Recovery):
+    """Masked retraining rounds through the torch bridge (search.py's rounds, passes and polish)."""
+
+    def search(self, s, best):
+        return s.sgd_rounds(best)
+
+
+@register_recovery("reconstruct")
+class ReconstructRecovery(Recovery):
+    """Prune to a global level, refit layer by layer, judge on unseen samples; bisection on the level."""
+
+    def search(self, s, best):
+        from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
+        from onnxprune.converter.reconstruct import dense_targets
+
+        self.s = s
+        self.folds = _folds(s.data.train, s.data.evaluator)
+        self.dense = dense_targets(s.original, best.masks)
+        s.choices["refit_data"] = {"value": "cross-fit" if self.folds else "train part",
+                                   "rule": f"{FOLDS}-fold cross-fitting: the decision set is the refit data"
+                                   if self.folds else "refit on the training part, judged on the held-out part"}
+        s.notes.append("reconstruct: whole-neuron pruning needs the bridge; only weights are pruned")
+        lo, hi, pace = 0.0, None, None
+        level = 0.0
+        while True:
+            if pace is not None and s.left() < pace * 1.2 + s.tail:
+                s.notes.append(f"time budget: the refit search stopped at level {lo:g} with {max(0.0, s.left()):.0f}"
+                               " s left")
+                break
+            t0 = time.perf_counter()
+            keep = round(s.d0 * WEIGHT_FACTOR ** level * s.total)
+            masks = global_masks(s._weights_of(best.model), best.masks, keep, s.score)
+            if level > 0 and not all(m.any() for m in masks.values()):  # a layer emptied: too far
+                hi = level
+                if hi - lo < SMALLEST_LEVEL_STEP * 2:
+                    break
+                level = (lo + hi) / 2.0
+                continue
+            model, decision = self._candidate(masks)
+            kept = decision.within and (level > 0 or decision.loss_pp <= best.decision.loss_pp + 1e-9)
+            levels = {"weights": level, "neurons": 0.0}
+            if kept:
+                best = _Best(model, masks, decision, levels)
+            s._record("reconstruct", best if kept else None, decision, kept, t0, levels=levels, masks=masks,
+                      model=model)
+            pace = time.perf_counter() - t0
+            if level == 0.0:
+                level = 1.0
+                continue
+            if kept:
+                lo = level
+            else:
+                hi = level
+            if keep <= len(s.sizes) or (hi is not None and hi - lo < SMALLEST_LEVEL_STEP * 2):
+                break
+            level = lo + 1.0 if hi is None else (lo + hi) / 2.0
+        return best
+
+    def _candidate(self, masks):
+        s = self.s
+        pruned = _zeroed(s.original, masks)
+        if not self.folds:
+            model = self._refit(pruned, masks, s.data.train)
+            return model, s.rule.judge(model)
+        fits = [self._refit(pruned, masks, reader) for reader in self.folds]
+        decision = s.rule.judge_outputs(_cross(s.rule.evaluator, fits))
+        return self._refit(pruned, masks, s.data.train), decision
+
+    def _refit(self, pruned, masks, reader):
+        from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
+
+        report = ReconstructReport()
+        model = reconstruct(pruned, self.s.original, masks, reader, limit=None, report=report,
+                            dense_session=self.dense)
+        for name, why in report.skipped.items():
+            note = f"reconstruct left '{name}' as pruned: {why}"
+            if note not in self.s.notes:
+                self.s.notes.append(note)
+        return model
+
+
+def _folds(train, evaluator) -> list | None:
+    """Refit readers for cross-fitting when the decision set is the training data itself, else None.
+
+    Fold k refits on every sample but those with index % FOLDS == k (DataReader.part with every = FOLDS
+    holds out exactly index % FOLDS == 0, so FOLDS is 2 and the two parts are the two folds)."""
+    ev_reader = getattr(evaluator, "reader", None)
+    if not hasattr(train, "part") or getattr(train, "split", None) or getattr(ev_reader, "split", None):
+        return None
+    return [train.part(FOLDS, holdout=False), train.part(FOLDS, holdout=True)]  # fits predicting even, odd samples
+
+
+def _cross(evaluator, fits) -> list[np.ndarray]:
+    """The decision set's headline output, each sample from the fold's refit that did not see it."""
+    runs = [list(evaluator.run(m)) for m in fits]
+    out, start = [], 0
+    for batches in zip(*runs):
+        n = len(batches[0])
+        fold = (np.arange(start, start + n) % FOLDS != 0).astype(int)  # 0: even samples, held out by fit 0
+        pick = np.stack(batches)[fold, np.arange(n)]
+        out.append(pick)
+        start += n
+    return out
+
+
+def _zeroed(model, masks):
+    from onnxprune.passes.weights import constant_tensors
+    from onnx import numpy_helper
+
+    out = type(model)()
+    out.CopyFrom(model)
+    tensors = constant_tensors(out)
+    for name, mask in masks.items():
+        w = numpy_helper.to_array(tensors[name])
+        tensors[name].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), tensors[name].name))
+    return out
