@@ -55,6 +55,7 @@ class ReconstructReport:
     refit: dict[str, dict] = field(default_factory=dict)  # weight -> {"error_before", "error_after", "samples"}
     skipped: dict[str, str] = field(default_factory=dict)  # weight -> why it was left alone
     passes: int = 0  # onnxruntime passes over the data on the pruned model (one per wave)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # with select: the masks the refit chose
 
 
 def _attr(node, name, default):
@@ -303,6 +304,23 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
     return new_w, new_b, before, after
 
 
+def _select(gram: _Gram, w: np.ndarray, mask: np.ndarray, damp: float) -> np.ndarray:
+    """Optimal Brain Surgeon saliency (SparseGPT's mask rule, one shot): removing weight w_ij alone, with the rest
+    of its row re-solved, raises the layer's squared error by w_ij² / [H⁻¹]_jj, H = XᵀX + λI of the pruned model's
+    input. Keeps the mask.sum() weights of highest saliency over the layer (rows may end with different counts)."""
+    out, per = w.shape[0] // gram.groups, w.shape[1]
+    saliency = np.empty_like(w)
+    for g in range(gram.groups):
+        xx = gram.xx[g][:per, :per]
+        lam = damp * float(np.mean(np.diag(xx))) + 1e-12
+        hinv = np.diag(np.linalg.inv(xx + lam * np.eye(per)))
+        saliency[g * out:(g + 1) * out] = w[g * out:(g + 1) * out] ** 2 / hinv
+    keep = int(mask.sum())
+    flat = np.zeros(w.size, dtype=bool)
+    flat[np.argsort(-saliency.reshape(-1), kind="stable")[:keep]] = True
+    return flat.reshape(w.shape)
+
+
 def _sse(xx, xt, tt, idx, v) -> float:
     """‖X[:, idx]·v − t‖² from the Gram matrices."""
     if not len(idx):
@@ -315,14 +333,16 @@ def _sse(xx, xt, tt, idx, v) -> float:
 
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
-                report: ReconstructReport | None = None, dense_session=None) -> onnx.ModelProto:
+                report: ReconstructReport | None = None, dense_session=None, select: bool = False) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
     calibration reader (`.batches()`) or a list of feed dicts; `limit`: samples used. Returns a new model with
     the same names, dtypes and shapes; pruned weights stay exactly 0.0. `report` (optional) receives per-layer
     output errors before/after and the layers left alone. `dense_session`: a session of `dense_model` that
-    returns every layer output (`dense_targets`), to reuse across calls.
+    returns every layer output (`dense_targets`), to reuse across calls. `select`: choose each layer's mask
+    from the refit's own error (below, `_select`) keeping as many weights as `masks` does; the chosen masks are
+    in `report.masks`.
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
@@ -335,7 +355,8 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
         dense_session = make_session(_with_outputs(dense_model, [lay.node.output[0] for lay in layers], types),
                                      optimize=False)
     for wave in waves(out, layers):
-        _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report)
+        _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
+                    local_constants(dense_model.graph) if select else None)
         report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
@@ -356,9 +377,10 @@ def _copy(model):
 
 
 def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias, types,
-                report) -> None:
+                report, dense_consts=None) -> None:
     inits = local_constants(model.graph)
-    fits = [_Fit(lay, inits, masks[lay.weight], refit_bias) for lay in wave]
+    fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
+                 None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
     xs = list(dict.fromkeys(lay.x for lay in wave))
     targets = [lay.node.output[0] for lay in wave]
     pruned = make_session(_with_outputs(model, xs, types), optimize=False)
@@ -373,8 +395,8 @@ def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, d
 class _Fit:
     """One layer's Grams while the data streams by, then its solve and write-back."""
 
-    def __init__(self, layer: Layer, inits, mask, refit_bias: bool):
-        self.layer, self.mask = layer, np.asarray(mask, dtype=bool)
+    def __init__(self, layer: Layer, inits, mask, refit_bias: bool, dense_w: np.ndarray | None = None):
+        self.layer, self.mask, self.dense_w = layer, np.asarray(mask, dtype=bool), dense_w
         self.w_store = numpy_helper.to_array(inits[layer.weight])
         self.bias = layer.bias if refit_bias else None
         self.fixed = None
@@ -396,6 +418,12 @@ class _Fit:
         if gram.rows == 0:
             report.skipped[layer.weight] = "no calibration samples"
             return
+        if self.dense_w is not None:
+            dense = _weight_matrix(layer, self.dense_w).astype(np.float64)
+            m = _select(gram, dense, _weight_matrix(layer, self.mask), damp)
+            self.mask = _store(layer, m, self.mask.shape)
+            report.masks[layer.weight] = self.mask
+            self.w_store = np.where(self.mask, self.dense_w, 0).astype(self.w_store.dtype)
         w = _weight_matrix(layer, self.w_store).astype(np.float64)
         m = _weight_matrix(layer, self.mask)
         b = numpy_helper.to_array(inits[self.bias]).astype(np.float64) if self.bias else None
@@ -403,6 +431,8 @@ class _Fit:
         entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows}
         if after > before:  # the ridge can lose on tiny data: never make a layer worse
             report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}
+            if self.dense_w is not None:  # the chosen mask on the dense values
+                _write(inits[layer.weight], self.w_store)
             return
         stored = _store(layer, np.where(m, new_w, 0.0), self.w_store.shape).astype(self.w_store.dtype)
         stored[~self.mask] = 0

@@ -15,8 +15,9 @@ The rule (`choose`), in order:
 The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps
 d0 · 0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
 allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer
-outputs. Levels grow by 1 while candidates are within the budget, then bisect between the last level within and
-the first over, down to a quarter step or the time budget. A candidate is judged on samples its refit did not
+outputs, each layer choosing which of its weights to keep (as many as LAMP gave it) by OBS saliency. Levels
+grow by 1 while candidates are within the budget, then bisect between the last level within and the first
+over, down to a quarter step or the time budget. A candidate is judged on samples its refit did not
 use: when the decision set is the training data (small data, no split), by two-fold cross-fitting (refit on the
 even samples, predict the odd ones, and the other way round; the decision rule sees every sample predicted by a
 refit that never saw it), and the model kept is then refit on all of them.
@@ -90,7 +91,11 @@ class SgdRecovery(Recovery):
 
 @register_recovery("reconstruct")
 class ReconstructRecovery(Recovery):
-    """Prune to a global level, refit layer by layer, judge on unseen samples; bisection on the level."""
+    """Prune to a global level, refit layer by layer, judge on unseen samples; bisection on the level.
+
+    `select`: each layer's refit chooses its own mask of the same size by OBS saliency (reconstruct._select)."""
+
+    select = True
 
     def search(self, s, best):
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
@@ -119,7 +124,7 @@ class ReconstructRecovery(Recovery):
                     break
                 level = (lo + hi) / 2.0
                 continue
-            model, decision = self._candidate(masks)
+            model, masks, decision = self._candidate(masks)
             kept = decision.within and (level > 0 or decision.loss_pp <= best.decision.loss_pp + 1e-9)
             levels = {"weights": level, "neurons": 0.0}
             if kept:
@@ -143,23 +148,23 @@ class ReconstructRecovery(Recovery):
         s = self.s
         pruned = _zeroed(s.original, masks)
         if not self.folds:
-            model = self._refit(pruned, masks, s.data.train)
-            return model, s.rule.judge(model)
-        fits = [self._refit(pruned, masks, reader) for reader in self.folds]
+            model, chosen = self._refit(pruned, masks, s.data.train)
+            return model, chosen, s.rule.judge(model)
+        fits = [self._refit(pruned, masks, reader)[0] for reader in self.folds]
         decision = s.rule.judge_outputs(_cross(s.rule.evaluator, fits))
-        return self._refit(pruned, masks, s.data.train), decision
+        return (*self._refit(pruned, masks, s.data.train), decision)
 
     def _refit(self, pruned, masks, reader):
         from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
 
         report = ReconstructReport()
         model = reconstruct(pruned, self.s.original, masks, reader, limit=None, report=report,
-                            dense_session=self.dense)
+                            dense_session=self.dense, select=self.select)
         for name, why in report.skipped.items():
             note = f"reconstruct left '{name}' as pruned: {why}"
             if note not in self.s.notes:
                 self.s.notes.append(note)
-        return model
+        return model, {**masks, **report.masks}
 
 
 def _folds(train, evaluator) -> list | None:

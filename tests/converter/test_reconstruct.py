@@ -175,3 +175,24 @@ def test_parallel_layers_share_one_pass_over_the_data():
     for name in masks:
         np.testing.assert_array_equal(weight_array(refit, name), weight_array(one_by_one, name))
     check_full(refit)
+
+
+def test_select_chooses_masks_of_the_same_size_with_a_lower_output_error():
+    dense = builders.lenet5_like(conv_channels=(4, 8), fc_units=32, seed=0)
+    pruned, masks = prune(dense, 0.8)
+    feeds = feeds_for(dense, 8, 32, seed=0)
+    plain = reconstruct(pruned, dense, masks, feeds)
+    chosen = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds, report=chosen, select=True)
+    check_full(refit)
+    assert set(chosen.masks) == set(masks)
+    for name, mask in masks.items():
+        new = chosen.masks[name]
+        assert new.shape == mask.shape and new.sum() == mask.sum()
+        assert not weight_array(refit, name)[~new].any()
+    # conv1 sees iid pixels (H ~ c·I): its saliency is the magnitude; the later layers' inputs are correlated
+    assert (chosen.masks["conv1.weight"] == masks["conv1.weight"]).all()
+    assert any((chosen.masks[n] != masks[n]).any() for n in ("conv2.weight", "fc1.weight", "fc2.weight"))
+    assert_same_outputs(refit, zero_weights(refit, chosen.masks), rtol=1e-6)
+    held_out = feeds_for(dense, 2, 32, seed=50)
+    assert output_error(refit, dense, held_out) < output_error(plain, dense, held_out)
