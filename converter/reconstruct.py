@@ -39,6 +39,7 @@ from onnxprune.passes.weights import find_prunable, name_nodes
 log = logging.getLogger(__name__)
 
 DEFAULT_DAMP = 1e-2  # ridge λ as a share of the mean diagonal of XᵀX (GPTQ's percdamp)
+ROWS_PER_COLUMN = 128  # a Conv keeps at most this many im2col rows per weight column per batch (seeded sample)
 
 
 @dataclass
@@ -205,11 +206,21 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    return _im2col(layer.node, x), np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x))
+    y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    return cols, (y if rows is None else y[rows])
 
 
-def _im2col(node, x: np.ndarray) -> np.ndarray:
-    """Conv patches as rows [N·positions, C·k…] in the weight's [O, C/group, k…] order (groups side by side)."""
+def _columns(layer: Layer, x: np.ndarray) -> int:
+    kernel = _attr(layer.node, "kernel_shape", None) or []
+    return x.shape[1] // int(_attr(layer.node, "group", 1)) * int(np.prod(kernel))
+
+
+def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Conv patches as rows [N·positions, C·k…] in the weight's [O, C/group, k…] order (groups side by side).
+
+    More than `cap` rows: a seeded uniform sample of `cap` of them (rows ≫ columns is all a Gram needs), and the
+    indices taken, for the matching target rows; else (all rows, None)."""
     spatial = x.ndim - 2
     kernel = list(_attr(node, "kernel_shape", None) or [])
     strides = list(_attr(node, "strides", [1] * spatial))
@@ -223,7 +234,11 @@ def _im2col(node, x: np.ndarray) -> np.ndarray:
     win = win[pick]  # [N, C, out…, k…]
     order = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
     win = win.transpose(order)  # [N, out…, C, k…]
-    return win.reshape(int(np.prod(win.shape[: 1 + spatial])), -1)
+    n_rows = int(np.prod(win.shape[: 1 + spatial]))
+    if cap is None or n_rows <= cap:
+        return win.reshape(n_rows, -1), None
+    rows = np.sort(np.random.default_rng(n_rows).choice(n_rows, cap, replace=False))
+    return win[np.unravel_index(rows, win.shape[: 1 + spatial])].reshape(cap, -1), rows
 
 
 def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:

@@ -15,9 +15,9 @@ The rule (`choose`), in order:
 The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps
 d0 · 0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
 allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer
-outputs, (with `select`, each layer choosing which of its weights to keep, as many as LAMP gave it, by OBS saliency). Levels
-grow by 1 while candidates are within the budget, then bisect between the last level within and the first
-over, down to a quarter step or the time budget. A candidate is judged on samples its refit did not
+outputs (with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency).
+Levels grow by 1 while candidates are within the budget, then bisect between the last level within and the
+first over, down to a quarter step or the time budget. A candidate is judged on samples its refit did not
 use: when the decision set is the training data (small data, no split), by two-fold cross-fitting (refit on the
 even samples, predict the odd ones, and the other way round; the decision rule sees every sample predicted by a
 refit that never saw it), and the model kept is then refit on all of them.

@@ -190,8 +190,6 @@ def test_select_chooses_masks_of_the_same_size_with_a_lower_output_error():
         new = chosen.masks[name]
         assert new.shape == mask.shape and new.sum() == mask.sum()
         assert not weight_array(refit, name)[~new].any()
-    # conv1 sees iid pixels (H ~ c·I): its saliency is the magnitude; the later layers' inputs are correlated
-    assert (chosen.masks["conv1.weight"] == masks["conv1.weight"]).all()
     assert any((chosen.masks[n] != masks[n]).any() for n in ("conv2.weight", "fc1.weight", "fc2.weight"))
     assert_same_outputs(refit, zero_weights(refit, chosen.masks), rtol=1e-6)
     held_out = feeds_for(dense, 2, 32, seed=50)
