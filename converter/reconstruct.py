@@ -143,15 +143,39 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
         return {}
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int]) -> onnx.ModelProto:
-    """A copy of `model` that also returns the tensors `names`."""
+def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int], *,
+                  only: bool = False) -> onnx.ModelProto:
+    """A copy of `model` that also returns the tensors `names`; with `only`, returns just those and keeps only the
+    nodes they need (an early wave does not pay for the rest of the graph)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     have = set(output_names(out))
+    if only:
+        needed = _ancestors(out.graph, names)
+        kept = [n for i, n in enumerate(out.graph.node) if i in needed]
+        del out.graph.node[:]
+        out.graph.node.extend(kept)
+        del out.graph.output[:]
+        have = set()
     for n in dict.fromkeys(names):
         if n not in have:
             out.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n) or onnx.TensorProto.FLOAT, None))
     return out
+
+
+def _ancestors(graph, names: list[str]) -> set[int]:
+    """Indices of the nodes that `names` depend on."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    seen: set[int] = set()
+    todo = [producer[n] for n in names if n in producer]
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        todo.extend(producer[r] for r in _reads(nodes[i]) if r in producer)
+    return seen
 
 
 def _batches(reader, limit: int | None):
@@ -354,8 +378,8 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
     calibration reader (`.batches()`) or a list of feed dicts; `limit`: samples used. Returns a new model with
     the same names, dtypes and shapes; pruned weights stay exactly 0.0. `report` (optional) receives per-layer
-    output errors before/after and the layers left alone. `dense_session`: a session of `dense_model` that
-    returns every layer output (`dense_targets`), to reuse across calls. `select`: choose each layer's mask
+    output errors before/after and the layers left alone. `dense_session`: a `DenseSessions(dense_model)` to
+    reuse across calls. `select`: choose each layer's mask
     from the refit's own error (below, `_select`) keeping as many weights as `masks` does; the chosen masks are
     in `report.masks`.
     """
@@ -366,9 +390,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     out.CopyFrom(model)
     layers = _layers(out, masks, report)
     types = _types(dense_model) if layers else {}
-    if layers and dense_session is None:
-        dense_session = make_session(_with_outputs(dense_model, [lay.node.output[0] for lay in layers], types),
-                                     optimize=False)
+    dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
     for wave in waves(out, layers):
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
                     local_constants(dense_model.graph) if select else None)
@@ -378,27 +400,30 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     return out
 
 
-def dense_targets(dense_model: onnx.ModelProto, masks: dict[str, np.ndarray]):
-    """A session of the dense model returning every refittable layer's output (for `reconstruct(dense_session=)`)."""
-    layers = _layers(_copy(dense_model), masks, ReconstructReport())
-    return make_session(_with_outputs(dense_model, [lay.node.output[0] for lay in layers], _types(dense_model)),
-                        optimize=False)
+class DenseSessions:
+    """The dense model's session of one wave, keeping only the nodes its targets need (one at a time: memory stays
+    at one session); `reconstruct(dense_session=)` reuses the shape inference across calls."""
+
+    def __init__(self, dense_model: onnx.ModelProto):
+        self.model, self.key, self.session, self.types = dense_model, None, None, None
+
+    def run(self, targets: list[str], feeds):
+        if self.key != tuple(targets):
+            self.types = _types(self.model) if self.types is None else self.types
+            self.session = None  # the previous wave's goes first
+            self.session = make_session(_with_outputs(self.model, targets, self.types, only=True), optimize=False)
+            self.key = tuple(targets)
+        return self.session.run(targets, feeds)
 
 
-def _copy(model):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias, types,
-                report, dense_consts=None) -> None:
+def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
+                types, report, dense_consts=None) -> None:
     inits = local_constants(model.graph)
     fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
     xs = list(dict.fromkeys(lay.x for lay in wave))
     targets = [lay.node.output[0] for lay in wave]
-    pruned = make_session(_with_outputs(model, xs, types), optimize=False)
+    pruned = make_session(_with_outputs(model, xs, types, only=True), optimize=False)
     for feeds in _batches(reader, limit):
         xv = dict(zip(xs, pruned.run(xs, feeds)))
         for fit, t in zip(fits, dense_session.run(targets, feeds)):

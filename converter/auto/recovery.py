@@ -99,11 +99,11 @@ class ReconstructRecovery(Recovery):
 
     def search(self, s, best):
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
-        from onnxprune.converter.reconstruct import dense_targets
+        from onnxprune.converter.reconstruct import DenseSessions
 
         self.s = s
         self.folds = _folds(s.data.train, s.data.evaluator)
-        self.dense = dense_targets(s.original, best.masks)
+        self.dense = DenseSessions(s.original)
         s.choices["refit_data"] = {"value": "cross-fit" if self.folds else "train part",
                                    "rule": f"{FOLDS}-fold cross-fitting: the decision set is the refit data"
                                    if self.folds else "refit on the training part, judged on the held-out part"}
