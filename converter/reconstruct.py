@@ -315,8 +315,12 @@ class _Gram:
         self.rows += n
 
 
-def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float) -> tuple:
-    """Per output channel: ridge least squares on the kept inputs (and the intercept). Returns (W, b, err0, err1)."""
+def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float,
+           prior: bool = False) -> tuple:
+    """Per output channel: ridge least squares on the kept inputs (and the intercept). Returns (W, b, err0, err1).
+
+    `prior`: shrink toward the kept weights as they are (λ‖W − W₀‖²) instead of toward zero: on little data the
+    refit then moves a weight only as far as the data asks."""
     out, per = w.shape[0] // gram.groups, w.shape[1]
     new_w, new_b = np.zeros_like(w, dtype=np.float64), None if b is None else b.astype(np.float64).copy()
     before = after = 0.0
@@ -333,7 +337,10 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
                 a = xx[np.ix_(idx, idx)] + lam * np.eye(len(idx))
                 if gram.intercept:
                     a[-1, -1] -= lam  # the intercept is not shrunk
-                sol = np.linalg.solve(a, xt[idx, j])
+                rhs = xt[idx, j].copy()
+                if prior:
+                    rhs[: len(keep)] += lam * old[: len(keep)]
+                sol = np.linalg.solve(a, rhs)
             else:
                 sol = np.zeros(0)
             after += _sse(xx, xt[:, j], gram.tt[o], idx, sol)
@@ -372,7 +379,8 @@ def _sse(xx, xt, tt, idx, v) -> float:
 
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
-                report: ReconstructReport | None = None, dense_session=None, select: bool = False) -> onnx.ModelProto:
+                report: ReconstructReport | None = None, dense_session=None, select: bool = False,
+                prior: bool = False) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
@@ -393,7 +401,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
     for wave in waves(out, layers):
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
-                    local_constants(dense_model.graph) if select else None)
+                    local_constants(dense_model.graph) if select else None, prior)
         report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
@@ -417,7 +425,7 @@ class DenseSessions:
 
 
 def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
-                types, report, dense_consts=None) -> None:
+                types, report, dense_consts=None, prior: bool = False) -> None:
     inits = local_constants(model.graph)
     fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
@@ -429,7 +437,7 @@ def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, d
         for fit, t in zip(fits, dense_session.run(targets, feeds)):
             fit.add(xv[fit.layer.x], t)
     for fit in fits:
-        fit.finish(inits, damp, report)
+        fit.finish(inits, damp, report, prior)
 
 
 class _Fit:
@@ -453,7 +461,7 @@ class _Fit:
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
         self.gram.add(*_rows(self.layer, x, t))
 
-    def finish(self, inits, damp: float, report: ReconstructReport) -> None:
+    def finish(self, inits, damp: float, report: ReconstructReport, prior: bool = False) -> None:
         layer, gram = self.layer, self.gram
         if gram.rows == 0:
             report.skipped[layer.weight] = "no calibration samples"
@@ -467,7 +475,7 @@ class _Fit:
         w = _weight_matrix(layer, self.w_store).astype(np.float64)
         m = _weight_matrix(layer, self.mask)
         b = numpy_helper.to_array(inits[self.bias]).astype(np.float64) if self.bias else None
-        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp)
+        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, prior)
         entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows}
         if after > before:  # the ridge can lose on tiny data: never make a layer worse
             report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}

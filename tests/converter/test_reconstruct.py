@@ -194,3 +194,16 @@ def test_select_chooses_masks_of_the_same_size_with_a_lower_output_error():
     assert_same_outputs(refit, zero_weights(refit, chosen.masks), rtol=1e-6)
     held_out = feeds_for(dense, 2, 32, seed=50)
     assert output_error(refit, dense, held_out) < output_error(plain, dense, held_out)
+
+
+def test_a_prior_keeps_the_refit_near_the_kept_weights_and_a_huge_one_leaves_them():
+    dense = builders.mlp_gemm(in_features=16, hidden=(32, 24), seed=0)
+    pruned, masks = prune(dense, 0.7)
+    feeds = feeds_for(dense, 4, 32, seed=0)
+    free, near, frozen = (reconstruct(pruned, dense, masks, feeds, damp=d, prior=p)
+                          for d, p in ((1e-3, False), (1.0, True), (1e9, True)))
+    moved = {"free": sum(float(np.abs(weight_array(free, n) - weight_array(pruned, n)).sum()) for n in masks),
+             "near": sum(float(np.abs(weight_array(near, n) - weight_array(pruned, n)).sum()) for n in masks)}
+    assert 0 < moved["near"] < moved["free"]
+    for name in masks:
+        np.testing.assert_allclose(weight_array(frozen, name), weight_array(pruned, name), atol=1e-5)
