@@ -91,6 +91,11 @@ class DataReader:
         return self.labels_name is not None
 
     @property
+    def split(self) -> tuple[int, bool] | None:
+        """(every, holdout) when this reader is one side of a `part` split, else None."""
+        return (self._every, self._holdout) if self._every else None
+
+    @property
     def input_names(self) -> list[str]:
         return [s.name for s in self.specs]
 

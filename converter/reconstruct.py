@@ -1,18 +1,23 @@
 """Layer-wise reconstruction: refit pruned layers without backpropagating through the graph.
 
-The fallback for graphs the torch bridge cannot run (an op it lacks, If/Loop/Scan): onnxruntime can still run
-them, so each pruned layer is refit on its own. Layers are taken in graph order; for layer l
+A recovery backend of its own (converter/auto/recovery.py) and the fallback for graphs the torch bridge cannot run
+(an op it lacks, If/Loop/Scan): onnxruntime runs them, so each pruned layer is refit on its own. For layer l
 
     X  = its input activations in the *pruned* model (earlier layers already refit: errors do not pile up)
     T  = its output in the *dense* model on the same samples
     W* = argmin ‖X·Wᵀ − T‖² + λ‖W‖²  over the kept weights only, one output channel at a time
 
-Activations are captured by exposing them as extra graph outputs. Only the Gram matrices XᵀX and XᵀT are kept
-(float64, summed over batches), so memory does not grow with the data. A Conv is the same least-squares problem
-on im2col patches (`torch.nn.functional.unfold`); Gemm/MatMul use their input as is. A bias that belongs to the
-layer alone (Gemm/Conv input 2, alpha = beta = 1) is refit with it, as the intercept.
+Activations are captured by exposing them as extra graph outputs, a *wave* of layers per pass: a layer joins the
+current wave unless its input depends on a layer of that wave, so parallel branches (Q/K/V, a block's convs fed by
+the same tensor) share one onnxruntime pass over the data, and the dense targets of every layer come from one
+dense session. Only the Gram matrices XᵀX and XᵀT are kept (float64, summed over batches), so memory does not grow
+with the data. A Conv is the same least-squares problem on im2col patches (numpy strides, no torch); grouped and
+depthwise Convs solve one problem per group; Gemm/MatMul use their input as is, MatMul also with its weight
+behind a 2-D Transpose. A bias that belongs to the layer alone (Gemm/Conv input 2, alpha = beta = 1) is refit with
+it, as the intercept. Weights held in Constant nodes are refit in place like initializers.
 
-Left as they are (said in the notes): weights reached through Transpose/Reshape chains, weights that are the
+Left as they are (said in the report): weights in If/Loop/Scan bodies, LSTM/GRU/RNN weights (their W and R feed a
+recurrence: no single least-squares layer), weights reached through Reshape/Gather chains, weights that are the
 first operand, ConvTranspose, Conv with more than two spatial dimensions or auto_pad, 0-sample data.
 """
 
@@ -28,11 +33,13 @@ from onnx import numpy_helper
 from onnxprune.calibration.runtime import make_session, output_names
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import CHANNEL_PRODUCERS
+from onnxprune.passes.scopes import local_constants
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DAMP = 1e-2  # ridge λ as a share of the mean diagonal of XᵀX (GPTQ's percdamp)
+ROWS_PER_COLUMN = 128  # a Conv keeps at most this many im2col rows per weight column per batch (seeded sample)
 
 
 @dataclass
@@ -41,12 +48,15 @@ class Layer:
     node: onnx.NodeProto
     bias: str | None  # refit together with the weight
     x: str  # the activation input's name
+    transposed: bool = False  # MatMul weight stored [out, in] behind a Transpose
 
 
 @dataclass
 class ReconstructReport:
     refit: dict[str, dict] = field(default_factory=dict)  # weight -> {"error_before", "error_after", "samples"}
     skipped: dict[str, str] = field(default_factory=dict)  # weight -> why it was left alone
+    passes: int = 0  # onnxruntime passes over the data on the pruned model (one per wave)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # with select: the masks the refit chose
 
 
 def _attr(node, name, default):
@@ -60,8 +70,9 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
     """The refittable layers among the masked weights, in graph order; the others with the reason."""
     name_nodes(model)
     nodes = {n.name: n for n in model.graph.node}
+    producers = {o: n for n in model.graph.node for o in n.output}
     order = {n.name: i for i, n in enumerate(model.graph.node)}
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = local_constants(model.graph)
     users: dict[str, int] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -71,11 +82,11 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
         if w.name not in masks:
             continue
         node = nodes.get(w.node)
-        why = _outside_reach(w) or _unsupported(w, node, inits)
+        why = _outside_reach(w) or _unsupported(w, node, producers)
         if why:
             report.skipped[w.name] = why
             continue
-        layers.append(Layer(w.name, node, _own_bias(node, inits, users), node.input[0]))
+        layers.append(Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via)))
     missing = set(masks) - {lay.weight for lay in layers} - set(report.skipped)
     for name in missing:
         report.skipped[name] = "not a prunable weight of this graph"
@@ -87,13 +98,13 @@ def _outside_reach(w) -> str | None:
     if w.scope:
         return f"inside {w.scope}; left as pruned"
     if w.op_type not in CHANNEL_PRODUCERS:
-        return f"{w.op_type} '{w.node}' is not refit; left as pruned"
+        return f"{w.op_type} '{w.node}' is not refit (its weights feed a recurrence); left as pruned"
     return None
 
 
-def _unsupported(w, node, inits) -> str | None:
-    if w.via or w.source != "initializer":
-        return "reached through " + ("/".join(w.via) or "a Constant node") + "; left as pruned"
+def _unsupported(w, node, producers) -> str | None:
+    if w.via and not _plain_transpose(w, node, producers):
+        return "reached through " + "/".join(w.via) + "; left as pruned"
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     if node.op_type == "ConvTranspose":
@@ -106,6 +117,13 @@ def _unsupported(w, node, inits) -> str | None:
     return None
 
 
+def _plain_transpose(w, node, producers) -> bool:
+    """A 2-D weight [out, in] that a Transpose (perm [1, 0]) alone turns into a MatMul's [in, out] operand."""
+    t = producers.get(node.input[1])
+    return (w.via == ("Transpose",) and node.op_type == "MatMul" and len(w.shape) == 2 and t is not None
+            and t.input[0] == w.name and list(_attr(t, "perm", [1, 0])) == [1, 0])
+
+
 def _own_bias(node, inits, users) -> str | None:
     if node.op_type not in ("Gemm", "Conv") or len(node.input) < 3 or node.input[2] not in inits:
         return None
@@ -116,20 +134,48 @@ def _own_bias(node, inits, users) -> str | None:
     return node.input[2]
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` that also returns the tensors `names` (their element type from shape inference)."""
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types of the graph's tensors from shape inference (float32 where it says nothing)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        return {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    except Exception:  # inference is a nicety: float32 is what prunable layers take
+        return {}
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int], *,
+                  only: bool = False) -> onnx.ModelProto:
+    """A copy of `model` that also returns the tensors `names`; with `only`, returns just those and keeps only the
+    nodes they need (an early wave does not pay for the rest of the graph)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(out, strict_mode=False)
-        types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
-    except Exception:  # inference is a nicety: float32 is what prunable layers take
-        types = {}
     have = set(output_names(out))
-    for n in names:
+    if only:
+        needed = _ancestors(out.graph, names)
+        kept = [n for i, n in enumerate(out.graph.node) if i in needed]
+        del out.graph.node[:]
+        out.graph.node.extend(kept)
+        del out.graph.output[:]
+        have = set()
+    for n in dict.fromkeys(names):
         if n not in have:
             out.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n) or onnx.TensorProto.FLOAT, None))
     return out
+
+
+def _ancestors(graph, names: list[str]) -> set[int]:
+    """Indices of the nodes that `names` depend on."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    seen: set[int] = set()
+    todo = [producer[n] for n in names if n in producer]
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        todo.extend(producer[r] for r in _reads(nodes[i]) if r in producer)
+    return seen
 
 
 def _batches(reader, limit: int | None):
@@ -142,6 +188,38 @@ def _batches(reader, limit: int | None):
         seen += len(next(iter(feeds.values())))
 
 
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads, its bodies' outer-scope reads included."""
+    names = list(node.input)
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for inner in g.node:
+                names.extend(_reads(inner))
+    return names
+
+
+def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
+    """Layers in graph order, cut into waves: a layer starts a new wave when its input depends on one in the current.
+
+    Within a wave no layer feeds another, so one pass of the pruned model gives every input the wave needs, and
+    refitting the wave in any order gives the same result as one layer at a time."""
+    index = {lay.node.output[0]: i for i, lay in enumerate(layers)}
+    upstream: dict[str, frozenset] = {}
+    for node in model.graph.node:  # topological order (ONNX requires it)
+        deps = frozenset().union(*(upstream.get(i, frozenset()) for i in _reads(node) if i))
+        for o in node.output:
+            upstream[o] = deps | {index[o]} if o in index else deps
+    out: list[list[Layer]] = []
+    current: set[int] = set()
+    for i, lay in enumerate(layers):
+        if not out or upstream.get(lay.x, frozenset()) & current:
+            out.append([])
+            current = set()
+        out[-1].append(lay)
+        current.add(i)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- design matrices
 
 
@@ -152,46 +230,55 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    return _im2col(layer.node, x), np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x))
+    y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    return cols, (y if rows is None else y[rows])
 
 
-def _im2col(node, x: np.ndarray) -> np.ndarray:
-    """Conv patches as rows [N·positions, C·k…] in the weight's [O, C/group, k…] order (groups side by side)."""
-    import torch
-    import torch.nn.functional as F
+def _columns(layer: Layer, x: np.ndarray) -> int:
+    kernel = _attr(layer.node, "kernel_shape", None) or []
+    return x.shape[1] // int(_attr(layer.node, "group", 1)) * int(np.prod(kernel))
 
+
+def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Conv patches as rows [N·positions, C·k…] in the weight's [O, C/group, k…] order (groups side by side).
+
+    More than `cap` rows: a seeded uniform sample of `cap` of them (rows ≫ columns is all a Gram needs), and the
+    indices taken, for the matching target rows; else (all rows, None)."""
     spatial = x.ndim - 2
     kernel = list(_attr(node, "kernel_shape", None) or [])
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     strides = list(_attr(node, "strides", [1] * spatial))
     dilations = list(_attr(node, "dilations", [1] * spatial))
     pads = list(_attr(node, "pads", [0] * 2 * spatial))
-    if spatial == 1:  # 1-D as 2-D with height 1
-        t, kernel, strides, dilations = t.unsqueeze(2), [1, *kernel], [1, *strides], [1, *dilations]
-        pads = [0, pads[0], 0, pads[1]]
-    begin, end = pads[: len(pads) // 2], pads[len(pads) // 2 :]
-    t = F.pad(t, [v for pair in zip(reversed(begin), reversed(end)) for v in pair])
-    cols = F.unfold(t, kernel_size=kernel, dilation=dilations, stride=strides)  # [N, C·k·k, L]
-    return cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).numpy()
+    x = np.pad(x, [(0, 0), (0, 0), *zip(pads[:spatial], pads[spatial:])])
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
+    axes = tuple(range(2, 2 + spatial))
+    win = np.lib.stride_tricks.sliding_window_view(x, span, axis=axes)  # [N, C, P…, span…]
+    pick = (slice(None), slice(None), *(slice(None, None, s) for s in strides), *(slice(None, None, d) for d in dilations))
+    win = win[pick]  # [N, C, out…, k…]
+    order = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
+    win = win.transpose(order)  # [N, out…, C, k…]
+    n_rows = int(np.prod(win.shape[: 1 + spatial]))
+    if cap is None or n_rows <= cap:
+        return win.reshape(n_rows, -1), None
+    rows = np.sort(np.random.default_rng(n_rows).choice(n_rows, cap, replace=False))
+    return win[np.unravel_index(rows, win.shape[: 1 + spatial])].reshape(cap, -1), rows
 
 
 def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
-    """[outputs, inputs] view of the stored weight (Gemm transB, MatMul [K, N], Conv [O, C/g·k…])."""
+    """[outputs, inputs] view of the stored weight (Gemm transB, MatMul [K, N] or [N, K] via Transpose, Conv)."""
     op = layer.node.op_type
     if op == "Gemm":
         return w if _attr(layer.node, "transB", 0) else w.T
     if op == "MatMul":
-        return w.T
+        return w if layer.transposed else w.T
     return w.reshape(w.shape[0], -1)
 
 
 def _store(layer: Layer, matrix: np.ndarray, shape: tuple) -> np.ndarray:
-    op = layer.node.op_type
-    if op == "Gemm":
-        return matrix if _attr(layer.node, "transB", 0) else matrix.T
-    if op == "MatMul":
-        return matrix.T
-    return matrix.reshape(shape)
+    if layer.node.op_type == "Conv":
+        return matrix.reshape(shape)
+    return _weight_matrix(layer, matrix)  # a transpose or none: its own inverse
 
 
 # -------------------------------------------------------------------------------------------------- fitting
@@ -199,32 +286,41 @@ def _store(layer: Layer, matrix: np.ndarray, shape: tuple) -> np.ndarray:
 
 @dataclass
 class _Gram:
-    """Running XᵀX, XᵀT, TᵀT (float64) per conv group, with an all-ones column for the intercept."""
+    """Running XᵀX, XᵀT [groups, …] and TᵀT (float64), with an all-ones column for the intercept.
+
+    Conv groups (depthwise: one per channel) are one batched product, not a loop over groups."""
 
     groups: int
     intercept: bool
-    xx: list = field(default_factory=list)
-    xt: list = field(default_factory=list)
+    xx: np.ndarray | None = None
+    xt: np.ndarray | None = None
     tt: np.ndarray | None = None
     rows: int = 0
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
-        x, t = x.astype(np.float64), t.astype(np.float64)
-        xs, ts = np.split(x, self.groups, axis=1), np.split(t, self.groups, axis=1)
-        for g, (xg, tg) in enumerate(zip(xs, ts)):
-            if self.intercept:
-                xg = np.concatenate([xg, np.ones((len(xg), 1))], axis=1)
-            if len(self.xx) <= g:
-                self.xx.append(np.zeros((xg.shape[1], xg.shape[1])))
-                self.xt.append(np.zeros((xg.shape[1], tg.shape[1])))
-            self.xx[g] += xg.T @ xg
-            self.xt[g] += xg.T @ tg
-        self.tt = (t * t).sum(axis=0) if self.tt is None else self.tt + (t * t).sum(axis=0)
-        self.rows += len(x)
+        n, g = len(x), self.groups
+        xg = x.astype(np.float64).reshape(n, g, -1)
+        tg = t.astype(np.float64).reshape(n, g, -1)
+        if self.intercept:
+            xg = np.concatenate([xg, np.ones((n, g, 1))], axis=2)
+        xx = np.einsum("rgi,rgj->gij", xg, xg, optimize=True) if g > 1 else (xg[:, 0].T @ xg[:, 0])[None]
+        xt = np.einsum("rgi,rgo->gio", xg, tg, optimize=True) if g > 1 else (xg[:, 0].T @ tg[:, 0])[None]
+        tt = np.einsum("rgo,rgo->go", tg, tg).reshape(-1)
+        if self.xx is None:
+            self.xx, self.xt, self.tt = xx, xt, tt
+        else:
+            self.xx += xx
+            self.xt += xt
+            self.tt += tt
+        self.rows += n
 
 
-def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float) -> tuple:
-    """Per output channel: ridge least squares on the kept inputs (and the intercept). Returns (W, b, err0, err1)."""
+def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float,
+           prior: bool = False) -> tuple:
+    """Per output channel: ridge least squares on the kept inputs (and the intercept). Returns (W, b, err0, err1).
+
+    `prior`: shrink toward the kept weights as they are (λ‖W − W₀‖²) instead of toward zero: on little data the
+    refit then moves a weight only as far as the data asks."""
     out, per = w.shape[0] // gram.groups, w.shape[1]
     new_w, new_b = np.zeros_like(w, dtype=np.float64), None if b is None else b.astype(np.float64).copy()
     before = after = 0.0
@@ -241,7 +337,10 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
                 a = xx[np.ix_(idx, idx)] + lam * np.eye(len(idx))
                 if gram.intercept:
                     a[-1, -1] -= lam  # the intercept is not shrunk
-                sol = np.linalg.solve(a, xt[idx, j])
+                rhs = xt[idx, j].copy()
+                if prior:
+                    rhs[: len(keep)] += lam * old[: len(keep)]
+                sol = np.linalg.solve(a, rhs)
             else:
                 sol = np.zeros(0)
             after += _sse(xx, xt[:, j], gram.tt[o], idx, sol)
@@ -249,6 +348,23 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
             if gram.intercept:
                 new_b[o] = sol[-1]
     return new_w, new_b, before, after
+
+
+def _select(gram: _Gram, w: np.ndarray, mask: np.ndarray, damp: float) -> np.ndarray:
+    """Optimal Brain Surgeon saliency (SparseGPT's mask rule, one shot): removing weight w_ij alone, with the rest
+    of its row re-solved, raises the layer's squared error by w_ij² / [H⁻¹]_jj, H = XᵀX + λI of the pruned model's
+    input. Keeps the mask.sum() weights of highest saliency over the layer (rows may end with different counts)."""
+    out, per = w.shape[0] // gram.groups, w.shape[1]
+    saliency = np.empty_like(w)
+    for g in range(gram.groups):
+        xx = gram.xx[g][:per, :per]
+        lam = damp * float(np.mean(np.diag(xx))) + 1e-12
+        hinv = np.diag(np.linalg.inv(xx + lam * np.eye(per)))
+        saliency[g * out:(g + 1) * out] = w[g * out:(g + 1) * out] ** 2 / hinv
+    keep = int(mask.sum())
+    flat = np.zeros(w.size, dtype=bool)
+    flat[np.argsort(-saliency.reshape(-1), kind="stable")[:keep]] = True
+    return flat.reshape(w.shape)
 
 
 def _sse(xx, xt, tt, idx, v) -> float:
@@ -263,13 +379,17 @@ def _sse(xx, xt, tt, idx, v) -> float:
 
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
-                report: ReconstructReport | None = None) -> onnx.ModelProto:
+                report: ReconstructReport | None = None, dense_session=None, select: bool = False,
+                prior: bool = False) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
     calibration reader (`.batches()`) or a list of feed dicts; `limit`: samples used. Returns a new model with
     the same names, dtypes and shapes; pruned weights stay exactly 0.0. `report` (optional) receives per-layer
-    output errors before/after and the layers left alone.
+    output errors before/after and the layers left alone. `dense_session`: a `DenseSessions(dense_model)` to
+    reuse across calls. `select`: choose each layer's mask
+    from the refit's own error (below, `_select`) keeping as many weights as `masks` does; the chosen masks are
+    in `report.masks`.
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
@@ -277,56 +397,109 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     out = onnx.ModelProto()
     out.CopyFrom(model)
     layers = _layers(out, masks, report)
-    dense = _with_outputs(dense_model, [lay.node.output[0] for lay in layers])
-    dense_session = make_session(dense, optimize=False)
-    for layer in layers:
-        _refit(out, dense_session, layer, masks[layer.weight], reader, limit, damp, refit_bias, report)
+    types = _types(dense_model) if layers else {}
+    dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
+    for wave in waves(out, layers):
+        _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
+                    local_constants(dense_model.graph) if select else None, prior)
+        report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
     return out
 
 
-def _refit(model, dense_session, layer: Layer, mask, reader, limit, damp, refit_bias, report) -> None:
-    inits = {t.name: t for t in model.graph.initializer}
-    w_store = numpy_helper.to_array(inits[layer.weight])
-    w = _weight_matrix(layer, w_store).astype(np.float64)
-    m = _weight_matrix(layer, np.asarray(mask, dtype=bool))
-    bias = layer.bias if refit_bias else None
-    b = numpy_helper.to_array(inits[bias]).astype(np.float64) if bias else None
-    groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type == "Conv" else 1
-    gram = _Gram(groups, intercept=bias is not None)
-    pruned = make_session(_with_outputs(model, [layer.x]), optimize=False)
-    target = layer.node.output[0]
+class DenseSessions:
+    """The dense model's session of one wave, keeping only the nodes its targets need (one at a time: memory stays
+    at one session); `reconstruct(dense_session=)` reuses the shape inference across calls."""
+
+    def __init__(self, dense_model: onnx.ModelProto):
+        self.model, self.key, self.session, self.types = dense_model, None, None, None
+
+    def run(self, targets: list[str], feeds):
+        if self.key != tuple(targets):
+            self.types = _types(self.model) if self.types is None else self.types
+            self.session = None  # the previous wave's goes first
+            self.session = make_session(_with_outputs(self.model, targets, self.types, only=True), optimize=False)
+            self.key = tuple(targets)
+        return self.session.run(targets, feeds)
+
+
+def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
+                types, report, dense_consts=None, prior: bool = False) -> None:
+    inits = local_constants(model.graph)
+    fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
+                 None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
+    xs = list(dict.fromkeys(lay.x for lay in wave))
+    targets = [lay.node.output[0] for lay in wave]
+    pruned = make_session(_with_outputs(model, xs, types, only=True), optimize=False)
     for feeds in _batches(reader, limit):
-        x = pruned.run([layer.x], feeds)[0]
-        t = dense_session.run([target], feeds)[0]
-        if bias is None and len(layer.node.input) > 2 and layer.node.input[2]:  # Gemm/Conv bias kept as is
-            t = t - _fixed_bias(layer, inits, t)
-        if layer.node.op_type == "Gemm":
-            t = t / float(_attr(layer.node, "alpha", 1.0))
-        gram.add(*_rows(layer, x, t))
-    if gram.rows == 0:
-        report.skipped[layer.weight] = "no calibration samples"
-        return
-    new_w, new_b, before, after = _solve(gram, w * m, b, m, damp)
-    if after > before:  # the ridge can lose on tiny data: never make a layer worse
-        report.refit[layer.weight] = {"error_before": before / gram.rows, "error_after": before / gram.rows,
-                                      "samples": gram.rows, "kept": True}
-        return
-    stored = _store(layer, np.where(m, new_w, 0.0), w_store.shape).astype(w_store.dtype)
-    stored[~np.asarray(mask, dtype=bool)] = 0
-    inits[layer.weight].CopyFrom(numpy_helper.from_array(stored, layer.weight))
-    if bias:
-        inits[bias].CopyFrom(numpy_helper.from_array(new_b.astype(numpy_helper.to_array(inits[bias]).dtype), bias))
-    report.refit[layer.weight] = {"error_before": before / gram.rows, "error_after": after / gram.rows,
-                                  "samples": gram.rows}
+        xv = dict(zip(xs, pruned.run(xs, feeds)))
+        for fit, t in zip(fits, dense_session.run(targets, feeds)):
+            fit.add(xv[fit.layer.x], t)
+    for fit in fits:
+        fit.finish(inits, damp, report, prior)
 
 
-def _fixed_bias(layer: Layer, inits, t: np.ndarray) -> np.ndarray:
-    """The bias term a Gemm/Conv adds that is not refit, broadcast like its output (subtracted from the target)."""
+class _Fit:
+    """One layer's Grams while the data streams by, then its solve and write-back."""
+
+    def __init__(self, layer: Layer, inits, mask, refit_bias: bool, dense_w: np.ndarray | None = None):
+        self.layer, self.mask, self.dense_w = layer, np.asarray(mask, dtype=bool), dense_w
+        self.w_store = numpy_helper.to_array(inits[layer.weight])
+        self.bias = layer.bias if refit_bias else None
+        self.fixed = None
+        if self.bias is None and len(layer.node.input) > 2 and layer.node.input[2]:  # Gemm/Conv bias kept as is
+            self.fixed = _fixed_bias(layer, inits)
+        groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type == "Conv" else 1
+        self.gram = _Gram(groups, intercept=self.bias is not None)
+
+    def add(self, x: np.ndarray, t: np.ndarray) -> None:
+        if self.fixed is not None:
+            t = t - (self.fixed.reshape(1, -1, *([1] * (t.ndim - 2))) if self.layer.node.op_type == "Conv"
+                     else self.fixed)
+        if self.layer.node.op_type == "Gemm":
+            t = t / float(_attr(self.layer.node, "alpha", 1.0))
+        self.gram.add(*_rows(self.layer, x, t))
+
+    def finish(self, inits, damp: float, report: ReconstructReport, prior: bool = False) -> None:
+        layer, gram = self.layer, self.gram
+        if gram.rows == 0:
+            report.skipped[layer.weight] = "no calibration samples"
+            return
+        if self.dense_w is not None:
+            dense = _weight_matrix(layer, self.dense_w).astype(np.float64)
+            m = _select(gram, dense, _weight_matrix(layer, self.mask), damp)
+            self.mask = _store(layer, m, self.mask.shape)
+            report.masks[layer.weight] = self.mask
+            self.w_store = np.where(self.mask, self.dense_w, 0).astype(self.w_store.dtype)
+        w = _weight_matrix(layer, self.w_store).astype(np.float64)
+        m = _weight_matrix(layer, self.mask)
+        b = numpy_helper.to_array(inits[self.bias]).astype(np.float64) if self.bias else None
+        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, prior)
+        entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows}
+        if after > before:  # the ridge can lose on tiny data: never make a layer worse
+            report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}
+            if self.dense_w is not None:  # the chosen mask on the dense values
+                _write(inits[layer.weight], self.w_store)
+            return
+        stored = _store(layer, np.where(m, new_w, 0.0), self.w_store.shape).astype(self.w_store.dtype)
+        stored[~self.mask] = 0
+        _write(inits[layer.weight], stored)
+        if self.bias:
+            _write(inits[self.bias], new_b.astype(numpy_helper.to_array(inits[self.bias]).dtype))
+        report.refit[layer.weight] = entry
+
+
+def _write(tensor: onnx.TensorProto, values: np.ndarray) -> None:
+    """Replace an initializer's or a Constant node's values in place (its name kept)."""
+    tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), tensor.name))
+
+
+def _fixed_bias(layer: Layer, inits) -> np.ndarray:
+    """The bias term a Gemm/Conv adds that is not refit (subtracted from the target)."""
     c = numpy_helper.to_array(inits[layer.node.input[2]]) if layer.node.input[2] in inits else None
     if c is None:
         raise ConfigError(f"{layer.node.op_type} '{layer.node.name}' takes a computed bias; refit it with refit_bias.")
     if layer.node.op_type == "Conv":
-        return c.reshape(1, -1, *([1] * (t.ndim - 2)))
+        return c
     return float(_attr(layer.node, "beta", 1.0)) * c

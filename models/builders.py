@@ -151,6 +151,22 @@ def depthwise_separable(*, in_channels: int = 3, channels: int = 8, out_channels
     return g.model("depthwise_separable", [in_channels, size, size], x, [out_channels, size, size])
 
 
+def strided_convs(*, in_channels: int = 4, channels: int = 6, size: int = 11, seed: int = 0) -> onnx.ModelProto:
+    """Convs with every im2col case: stride 2 and asymmetric pads, dilation 2 with group 2, 3x3 depthwise, 2x1."""
+    g = _Graph(seed)
+    w1 = g.weight("s2.weight", (channels, in_channels, 3, 3), in_channels * 9)
+    x = g.relu(g.op("Conv", "s2", ["input", w1, g.bias("s2.bias", channels)], kernel_shape=[3, 3],
+                    strides=[2, 2], pads=[1, 0, 2, 1]), "s2")
+    w2 = g.weight("dil.weight", (channels, channels // 2, 3, 3), channels // 2 * 9)
+    x = g.relu(g.op("Conv", "dil", [x, w2], kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2], group=2), "dil")
+    x = g.relu(g.conv(x, "dw", channels, channels, 3, group=channels), "dw")
+    w4 = g.weight("tall.weight", (8, channels, 2, 1), channels * 2)
+    x = g.op("Conv", "tall", [x, w4, g.bias("tall.bias", 8)], kernel_shape=[2, 1])
+    h = (size + 3 - 3) // 2 + 1
+    w = (size + 1 - 3) // 2 + 1
+    return g.model("strided_convs", [in_channels, size, size], x, [8, h - 1, w])
+
+
 def tiny_attention(*, seq_len: int = 4, d_model: int = 16, seed: int = 0) -> onnx.ModelProto:
     """Single-head self-attention on [N, T, d]: LayerNorm(x + Wo·softmax(QK^T/sqrt(d))V)."""
     g = _Graph(seed)
@@ -191,6 +207,21 @@ BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     for f in (mlp_gemm, mlp_matmul, conv_bn_relu, residual_block, concat_branches, depthwise_separable,
               tiny_attention, lenet300_like, lenet5_like)
 }
+
+
+def as_constant_nodes(model: onnx.ModelProto, suffix: str = ".weight") -> onnx.ModelProto:
+    """paddle2onnx style: the initializers whose name ends with `suffix` become Constant nodes at the front."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    moved = [t for t in out.graph.initializer if t.name.endswith(suffix)]
+    keep = [t for t in out.graph.initializer if not t.name.endswith(suffix)]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    consts = [helper.make_node("Constant", [], [t.name], value=t, name=f"const/{t.name}") for t in moved]
+    nodes = consts + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def random_input(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 One entry point: `auto_search(original, inventory, data, config, progress, deadline) -> AutoResult`.
   search.py     the driver: one-shot start, rounds over two knobs (weights, neurons), polish
+  recovery.py   recovery backends (sgd through the torch bridge, reconstruct: layer-wise refit) and the rule
+                that picks one; the refit search (bisection on one global level)
   hyper.py      hyperparameter rules and the learning-rate probe
   decide.py     the statistical rule deciding "within budget" on the decision set
   allocation.py LAMP: a global target distributed over layers by layer-adaptive scores; pluggable criterion

@@ -38,6 +38,7 @@ class AutoConfig:
     criterion: str = "magnitude"
     neurons: bool = True  # whole-neuron pruning (needs the dead-neuron pass afterwards)
     overrides: dict = field(default_factory=dict)  # any of OVERRIDES the user gave
+    recovery: str = "auto"  # a backend of converter.auto.recovery.RECOVERY, or "auto" (its rule picks)
 
     def validate(self) -> None:
         if not 0 <= self.max_loss <= 100:
@@ -51,6 +52,10 @@ class AutoConfig:
         from onnxprune.converter.auto.allocation import criterion
 
         criterion(self.criterion)
+        from onnxprune.converter.auto.recovery import RECOVERY
+
+        if self.recovery != "auto" and self.recovery not in RECOVERY:
+            raise ConfigError(f"recovery '{self.recovery}' is not one of auto, {', '.join(RECOVERY)}.")
 
     @classmethod
     def from_options(cls, options) -> "AutoConfig":

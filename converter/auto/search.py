@@ -2,6 +2,8 @@
 decision set says the loss is within budget (decide.py), and return the smallest and fastest model found.
 
     one-shot     sensitivity scan → allocation → fit_to_budget: the start point (never worse than one-shot)
+    recovery     the backend (recovery.py): sgd (the rounds below, through the torch bridge) or reconstruct
+                 (layer-wise refit, bisection on one global level; no torch, no labels, little data)
     hyper        batch size, loss mix, learning-rate probe, round length (hyper.py)
     rounds       two knobs, taken in turn, each with its own step:
                    weights  kept weights = start density × 0.6^level, distributed by LAMP (allocation.py)
@@ -29,6 +31,7 @@ from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.allocation import criterion, density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision
+from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,16 @@ class _Search:
             self.notes.append(w)
         best = self._one_shot()
         self.d0 = density(best.masks)
+        name, why = choose(self.original, self.data.train, self.config.recovery)
+        self.choices["recovery"] = {"value": name, "rule": why}
+        log.info("auto: recovery by %s (%s)", name, why)
+        best = RECOVERY[name]().search(self, best)
+        self.notes.append(f"decision rule: {self.rule.statement()}")
+        return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
+                          self.rule.statement(), self.sensitivity, self.one_shot)
+
+    def sgd_rounds(self, best: _Best) -> _Best:
+        """The sgd recovery backend (recovery.py): hyperparameters, rounds over the knobs, passes, polish."""
         self._hyper(best)
         knobs = self._knobs()
         best, kept, timed_out = self._rounds(best, knobs)
@@ -123,9 +136,7 @@ class _Search:
             passes += 1
         if self._polished is not best:
             best = self._polish(best)
-        self.notes.append(f"decision rule: {self.rule.statement()}")
-        return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
-                          self.rule.statement(), self.sensitivity, self.one_shot)
+        return best
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()

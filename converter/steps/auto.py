@@ -75,10 +75,6 @@ class AutoSearchStep(Step):
         from onnxprune.converter.auto import MIN_TRAIN_SAMPLES
         from onnxprune.converter.steps.data import MIN_VALIDATION
 
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return "torch is not installed"
         data = state.data
         n = data.train_reader().num_samples
         held_out = data.every is not None or data.config.val_data is not None
@@ -87,13 +83,8 @@ class AutoSearchStep(Step):
                     f"rest (the search needs 100, or --val-data)")
         if n is not None and n < MIN_TRAIN_SAMPLES:
             return f"--data leaves {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
-        from onnxprune.converter.bridge import OnnxModule
-        from onnxprune.errors import UnsupportedOpError
-
-        try:  # built once here: a graph the bridge cannot run is known before the scan, not after it
-            OnnxModule(state.original)
-        except UnsupportedOpError as exc:
-            return f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]})"
+        # no torch, or a graph the torch bridge cannot run: the search recovers by layer-wise refit
+        # (converter.auto.recovery.choose), which needs neither
         return None
 
     def _one_shot(self, state: RunState, why: str) -> None:

@@ -1,0 +1,177 @@
+"""Recovery backends of the automatic search: what brings a pruned model back after each prune step.
+
+    sgd          masked retraining through the torch bridge (distillation, and labels when given): search.py's
+                 rounds over the weight and neuron knobs, then the polish
+    reconstruct  layer-wise least-squares refit (converter/reconstruct.py): onnxruntime only, no labels, no torch,
+                 no learning rate; the search is a bisection on one global level (below)
+
+The rule (`choose`), in order:
+  1. --recovery given (AutoConfig.recovery): that one.
+  2. torch is missing, or the torch bridge cannot build the graph (an op it lacks): reconstruct.
+  3. no labels and fewer than SMALL_DATA training samples: reconstruct (SGD distillation on a few hundred samples
+     memorises them; the refit solves one small convex problem per layer instead).
+  4. otherwise sgd.
+
+The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps
+d0 · 0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
+allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer
+outputs (with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency).
+Levels grow by 1 while candidates are within the budget, then bisect between the last level within and the
+first over, down to a quarter step or the time budget. A candidate is refit on the training part and judged on the
+decision part (the automatic plan always holds one out: converter/steps/data.py), so no sample it is judged on was
+used by its refit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from onnxprune.converter.auto.allocation import global_masks
+
+from onnxprune.errors import UnsupportedOpError
+from onnxprune.registry import registrar
+
+log = logging.getLogger(__name__)
+
+SMALL_DATA = 1000  # unlabelled training samples below which the refit recovers instead of SGD (rule 3)
+SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
+# the refit shrinks toward zero with λ = 0.01 x mean diag(XᵀX) (reconstruct's defaults). Shrinking toward the kept
+# weights with λ 0.1 (prior) was measured both ways: refit on half of calib, top-1 agreement on the other half
+# (magnitude masks) it helps (magika 60% 0.675 -> 0.783, mtcnn_onet 80% 0.787 -> 0.840), end to end (bench_corpus,
+# --time-budget 3m) it costs ratio (torch_encoder_dynamo 2.35x -> 2.01x, sklearn_mlp_digits 4.96x -> 4.88x)
+REFIT_DAMP, REFIT_PRIOR = 1e-2, False
+
+RECOVERY: dict[str, type] = {}
+register_recovery = registrar(RECOVERY, "recovery backend")
+
+
+def choose(original, train, requested: str = "auto") -> tuple[str, str]:
+    """(backend name, the rule that picked it); see the module docstring."""
+    if requested != "auto":
+        return requested, "given (--recovery)"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "reconstruct", "torch is not installed: layer-wise refit with onnxruntime"
+    why = bridge_refusal(original)
+    if why:
+        return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit"
+    n = getattr(train, "num_samples", None)
+    if not getattr(train, "has_labels", False) and n is not None and n < SMALL_DATA:
+        return "reconstruct", f"no labels and {n} training samples (< {SMALL_DATA}): layer-wise refit"
+    return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
+                                                      else f" and {n} training samples (>= {SMALL_DATA})")
+
+
+def bridge_refusal(model) -> str | None:
+    """Why the torch bridge cannot build `model` (its first line), or None."""
+    from onnxprune.converter.bridge import OnnxModule
+
+    try:
+        OnnxModule(model)
+    except UnsupportedOpError as exc:
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
+class Recovery:
+    name = ""
+
+    def search(self, s, best):
+        """From the one-shot `best` (search._Best), prune and recover until done or out of time; the best found."""
+        raise NotImplementedError
+
+
+@register_recovery("sgd")
+class SgdRecovery(Recovery):
+    """Masked retraining rounds through the torch bridge (search.py's rounds, passes and polish)."""
+
+    def search(self, s, best):
+        return s.sgd_rounds(best)
+
+
+@register_recovery("reconstruct")
+class ReconstructRecovery(Recovery):
+    """Prune to a global level, refit layer by layer, judge on unseen samples; bisection on the level.
+
+    `select`: each layer's refit chooses its own mask of the same size by OBS saliency (reconstruct._select)."""
+
+    select = False  # measured: off gave 5.1x vs 3.9x (sklearn_mlp_digits), 56x vs 20x (mtcnn_onet), same on mtcnn_rnet
+
+    def search(self, s, best):
+        from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
+        from onnxprune.converter.reconstruct import DenseSessions
+
+        self.s = s
+        self.dense = DenseSessions(s.original)
+        s.choices["refit_data"] = {"value": "train part",
+                                   "rule": "refit on the training part, judged on the held-out decision part"}
+        s.notes.append("reconstruct: whole-neuron pruning needs the bridge; only weights are pruned")
+        lo, hi, pace = 0.0, None, None
+        level = 0.0
+        while True:
+            if s.left() < (pace or 0.0) * 1.2 + s.tail:
+                s.notes.append(f"time budget: the refit search stopped at level {lo:g} with {max(0.0, s.left()):.0f}"
+                               " s left")
+                break
+            t0 = time.perf_counter()
+            keep = round(s.d0 * WEIGHT_FACTOR ** level * s.total)
+            masks = global_masks(s._weights_of(best.model), best.masks, keep, s.score)
+            if level > 0 and not all(m.any() for m in masks.values()):  # a layer emptied: too far
+                hi = level
+                if hi - lo < SMALLEST_LEVEL_STEP * 2:
+                    break
+                level = (lo + hi) / 2.0
+                continue
+            model, masks, decision = self._candidate(masks)
+            kept = decision.within and (level > 0 or decision.loss_pp <= best.decision.loss_pp + 1e-9)
+            levels = {"weights": level, "neurons": 0.0}
+            if kept:
+                best = _Best(model, masks, decision, levels)
+            s._record("reconstruct", best if kept else None, decision, kept, t0, levels=levels, masks=masks,
+                      model=model)
+            pace = time.perf_counter() - t0
+            if level == 0.0:
+                level = 1.0
+                continue
+            if kept:
+                lo = level
+            else:
+                hi = level
+            if keep <= len(s.sizes) or (hi is not None and hi - lo < SMALLEST_LEVEL_STEP * 2):
+                break
+            level = lo + 1.0 if hi is None else (lo + hi) / 2.0
+        return best
+
+    def _candidate(self, masks):
+        s = self.s
+        model, chosen = self._refit(_zeroed(s.original, masks), masks, s.data.train)
+        return model, chosen, s.rule.judge(model)
+
+    def _refit(self, pruned, masks, reader):
+        from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
+
+        report = ReconstructReport()
+        model = reconstruct(pruned, self.s.original, masks, reader, limit=None, report=report,
+                            dense_session=self.dense, select=self.select,
+                            damp=REFIT_DAMP, prior=REFIT_PRIOR)
+        for name, why in report.skipped.items():
+            note = f"reconstruct left '{name}' as pruned: {why}"
+            if note not in self.s.notes:
+                self.s.notes.append(note)
+        return model, {**masks, **report.masks}
+
+
+def _zeroed(model, masks):
+    from onnx import numpy_helper
+    from onnxprune.passes.weights import constant_tensors
+
+    out = type(model)()
+    out.CopyFrom(model)
+    tensors = constant_tensors(out)
+    for name, mask in masks.items():
+        w = numpy_helper.to_array(tensors[name])
+        tensors[name].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), tensors[name].name))
+    return out
