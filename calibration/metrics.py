@@ -36,7 +36,7 @@ import onnxruntime as ort
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, check_metric_spec,  # noqa: F401
                                                  choose_metric, is_classifier, metric_plan, parse_metric_spec)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
-                                                  _flat, _mismatch, _n, _relative_errors, _top1, as_array,
+                                                  _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
                                                   count_samples, map_keys)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
@@ -152,6 +152,23 @@ class Evaluator:
         for feeds, _ in self.batches():
             yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
 
+    def run_batches(self, sess: ort.InferenceSession, order: Iterable[int],
+                    extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
+        """The scored outputs of the batches in `order` (any order when the batches are held in memory; streamed,
+        only 0, 1, 2, ...)."""
+        names = {i.name for i in sess.get_inputs()}
+        wanted = [n or sess.get_outputs()[0].name for n in self.plan]
+        extra = extra_feeds or {}
+        stream = None if self._cached is not None else enumerate(self.reader.batches())
+        for b in order:
+            if stream is None:
+                feeds = self._cached[b][0]
+            else:
+                at, (feeds, _) = next(stream)
+                if at != b:
+                    raise CalibrationError("streamed calibration batches can only be run in order.")
+            yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
+
     def run(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
         """The headline output, batch by batch, as arrays."""
         return (as_array(values[0]) for values in self.run_all(model_or_session, extra_feeds))
@@ -171,30 +188,52 @@ class Evaluator:
         counts = [0] * len(kinds)
         refs = self.reference_all if self.reference_all is not None else [None] * len(self.labels)
         for values, ref, labels in zip(outputs, refs, self.labels, strict=True):
-            if not isinstance(values, tuple):
-                if len(kinds) != 1:
-                    raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
-                values = (values,)
-            for i, ((_, kind), value) in enumerate(zip(kinds, values, strict=True)):
-                out, want = as_array(value), None if ref is None else as_array(ref[i])
-                if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
-                    s, n = _mismatch(kind, want)
-                elif out.size == 0:  # nothing to compare in this batch (no detections, say)
-                    continue
-                else:
-                    s, n = METRICS[kind].batch(out, want, labels)
-                sums[i] = np.asarray(s, dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
-                counts[i] += n
+            for i, got in enumerate(self.batch_sums(values, ref, labels)):
+                if got is not None:
+                    sums[i] = np.asarray(got[0], dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
+                    counts[i] += got[1]
         if not self.labels:
             raise CalibrationError("no samples were scored; the calibration data is empty.")
+        return self.finish_outputs(sums, counts)
+
+    def batch_sums(self, values, ref, labels) -> list[tuple | None]:
+        """(sums, count) of every scored output in one batch (None: nothing to compare in it)."""
+        return [None if got is None else (tuple(got[0].sum(axis=0)), int(got[1].sum()))
+                for got in self.batch_samples(values, ref, labels)]
+
+    def batch_samples(self, values, ref, labels) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per-sample (terms [n, k], counts [n]) of every scored output in one batch (`Metric.samples`); None
+        where the output is empty in this batch (no detections, say)."""
+        kinds = list(self.plan.values())
+        if not isinstance(values, tuple):
+            if len(kinds) != 1:
+                raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
+            values = (values,)
+        got = []
+        for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
+            out, want = as_array(value), None if ref is None else as_array(ref[i])
+            if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
+                got.append(mismatch_samples(kind, want))
+            elif out.size == 0:
+                got.append(None)
+            else:
+                got.append(METRICS[kind].samples(out, want, labels))
+        return got
+
+    def finish_outputs(self, sums: list, counts: list[int]) -> dict[str, float]:
+        """Each scored output's metric from its sums and count over the batches."""
         # an output empty in every batch cannot have moved: it scores as the dense model does (1.0 against it)
         return {name: float(METRICS[kind].finish(sums[i], counts[i])) if counts[i] else 1.0
-                for i, (name, kind) in enumerate(kinds)}
+                for i, (name, kind) in enumerate(self.plan.items())}
 
     def score(self, outputs: Iterable) -> float:
         """The combined metric of per-batch outputs given in the order of `batches()`: a tuple of the scored
         outputs per batch (or the one array when a single output is scored). Per-output figures go to `last`."""
-        values = self._per_output(outputs)
+        return self.combine(self._per_output(outputs))
+
+    def combine(self, values: dict[str, float]) -> float:
+        """`dense - worst output loss` from each output's metric (the headline's own metric without a reference);
+        per-output figures go to `last`."""
         self.last = {name: self._figure(name, value) for name, value in values.items()}
         if self.dense is None:
             return values[self.scored_outputs[0]]
