@@ -32,8 +32,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator, feed_samples
 from onnxprune.calibration.runtime import make_session
+from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
 from onnxprune.passes.scopes import body_definitions, drop_constant, outer_reads
@@ -42,6 +44,7 @@ from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, cons
 log = logging.getLogger(__name__)
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+NEARLY_FREE = 0.1  # budgeted scan: a layer's curve is measured down from its answer to a level this cheap (x budget)
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of cached prefix activations
 FORMAT = "onnxprune.sensitivity/1"
 Progress = Callable[[int, int, str], None]
@@ -59,6 +62,7 @@ class LayerSensitivity:
     coupled: bool = False  # output reaches a residual Add/Sum before the next weight layer
     seconds: float = 0.0
     path: str = "full"  # "downstream" (cached prefix), "full" (whole graph) or "unused" (output independent of W)
+    samples: list[int] = field(default_factory=list)  # samples behind each value (empty: all, at every level)
 
     def losses(self, dense: float) -> list[float]:
         """Loss in pp at each level (negative when pruning happened to help)."""
@@ -361,10 +365,13 @@ def _dense_pct(model, evaluator: Evaluator) -> float:
 
 def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
          progress: Progress | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-         downstream: bool = True, scoring: Scoring = MAGNITUDE) -> SensitivityResult:
+         downstream: bool = True, scoring: Scoring = MAGNITUDE, budget_pp: float | None = None) -> SensitivityResult:
     """Sensitivity of every prunable weight, one session per layer (see the module docstring); `scoring` chooses
-    which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model."""
+    which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model.
+    Without `budget_pp` every level is measured on every sample; with it, each layer's levels are searched for its
+    largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`)."""
     levels = _check_levels(levels)
+    search = _LevelSearch(evaluator, budget_pp)
     scorer = scoring.bind(model)
     t0 = time.perf_counter()
     index = _GraphIndex(model)
@@ -389,7 +396,7 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
         cache = _prefix_cache(model, evaluator, names) if names else None
         for plan in group:
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
-                                                    scorer)
+                                                    scorer, search)
         del cache
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
@@ -401,35 +408,85 @@ def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:
                              num_samples=evaluator.num_samples, data=evaluator.reader.description)
 
 
-def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, tick, dense,
-                scorer: Scorer) -> LayerSensitivity:
+def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, tick, dense, scorer: Scorer,
+                search: _LevelSearch) -> LayerSensitivity:
     t0 = time.perf_counter()
     w = plan.weight
     values = _weight_values(model, w.name)
     if plan.path == "unused":
         log.info("layer %s: no scored output depends on weight %s", w.node, w.name)
-        scores = [dense] * len(levels)
         tick.advance(len(levels), w.node)
-    elif (sess := _session_or_none(lambda: _submodel(model, index, plan, cache) if plan.path == "downstream"
-                                   else weight_as_input(model, w), evaluator, w)) is None:
-        scores = []  # onnxruntime refused the model with the weight fed as an input: the values written in instead
-        for s in levels:
-            scores.append(100.0 * evaluator.evaluate(with_weight(model, w.name, masked(values, s, scorer, w.name))))
-            tick.advance(1, f"{w.node} {s:.0%}")
-    elif plan.path == "downstream":
-        scores = []
-        for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
-            outs = (evaluator.fill(plan.outputs, sess.run(plan.outputs, {**{t: row[t] for t in plan.boundary},
-                                                                         w.name: fed}), b)
-                    for b, row in enumerate(cache))
-            scores.append(100.0 * evaluator.score(outs))
-            tick.advance(1, f"{w.node} {s:.0%}")
-    else:
-        scores = []
-        for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
-            scores.append(100.0 * evaluator.evaluate(sess, {w.name: fed}))
-            tick.advance(1, f"{w.node} {s:.0%}")
-    return _layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t0, plan.path)
+        return _layer(w, levels, [dense] * len(levels), is_coupled(index, w), time.perf_counter() - t0, plan.path)
+    batches = _level_batches(model, index, plan, evaluator, cache)
+    found = search.layer(lambda s: batches(masked(values, s, scorer, w.name)), levels,
+                         lambda s: tick.advance(1, f"{w.node} {s:.0%}"))
+    if len(found) < len(levels):
+        tick.advance(len(levels) - len(found), f"{w.node} done")
+    picked = sorted(found)
+    samples = [found[i].samples for i in picked]
+    return _layer(w, [levels[i] for i in picked], [found[i].value for i in picked], is_coupled(index, w),
+                  time.perf_counter() - t0, plan.path, samples=[] if all(m.complete for m in found.values())
+                  else samples)
+
+
+def _level_batches(model, index, plan: _Plan, evaluator: Evaluator, cache) -> Callable[[np.ndarray], Batches]:
+    """For the weight's values at a level: the scored outputs of the batches in a given order, run on the layer's
+    downstream part (cached prefix), the whole graph with the weight fed, or (onnxruntime refused those) a model
+    with the values written in."""
+    w = plan.weight
+    sess = _session_or_none(lambda: _submodel(model, index, plan, cache) if plan.path == "downstream"
+                            else weight_as_input(model, w), evaluator, w)
+    if sess is None:
+        return lambda fed: lambda order: evaluator.run_batches(
+            evaluator.session(with_weight(model, w.name, fed)), order)
+    if plan.path == "downstream":
+        def downstream(fed):
+            return lambda order: (evaluator.fill(plan.outputs, sess.run(plan.outputs, {
+                **{t: cache[b][t] for t in plan.boundary}, w.name: fed}), b) for b in order)
+        return downstream
+    return lambda fed: lambda order: evaluator.run_batches(sess, order, {w.name: fed})
+
+
+class _LevelSearch:
+    """Which levels of a layer are measured, and on how many samples.
+
+    Without a budget: every level on every sample. With one (`budget_pp`): an allocation within the budget can only
+    use a layer's levels below the first one whose loss alone is over it (the curves are made monotone), so the
+    levels are bisected for the largest one within the budget, then measured downwards from it until one costs at
+    most NEARLY_FREE x the budget (below, the allocation interpolates from 0); each measurement stops once its
+    verdict against the budget is clear (calibration.sampling).
+    """
+
+    def __init__(self, evaluator: Evaluator, budget_pp: float | None):
+        self.scorer = SequentialScorer(evaluator)
+        self.budget = None if budget_pp is None else float(budget_pp)
+
+    def layer(self, batches_at: Callable[[float], Batches], levels,
+              measured: Callable[[float], None]) -> dict[int, Measured]:
+        """{index into levels: measurement} of the levels measured."""
+        found: dict[int, Measured] = {}
+
+        def measure(i: int) -> Measured:
+            if i not in found:
+                found[i] = self.scorer.measure(batches_at(levels[i]), self.budget)
+                measured(levels[i])
+            return found[i]
+
+        if self.budget is None:
+            for i in range(len(levels)):
+                measure(i)
+            return found
+        lo, hi = -1, len(levels)  # lo: largest index within budget (-1: dense), hi: smallest over it
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if within_budget(measure(mid).loss_pp, self.budget):
+                lo = mid
+            else:
+                hi = mid
+        for i in range(lo - 1, -1, -1):  # the curve below the answer, down to a nearly free level
+            if measure(i).loss_pp <= NEARLY_FREE * self.budget:
+                break
+        return found
 
 
 def _session_or_none(build, evaluator: Evaluator, w: PrunableWeight):
@@ -443,9 +500,10 @@ def _session_or_none(build, evaluator: Evaluator, w: PrunableWeight):
         return None
 
 
-def _layer(w: PrunableWeight, levels, scores, coupled, seconds, path) -> LayerSensitivity:
+def _layer(w: PrunableWeight, levels, scores, coupled, seconds, path, samples=()) -> LayerSensitivity:
     return LayerSensitivity(name=w.name, node=w.node, op=w.op_type, kind=w.kind, size=w.size, levels=list(levels),
-                            values=[float(v) for v in scores], coupled=coupled, seconds=seconds, path=path)
+                            values=[float(v) for v in scores], coupled=coupled, seconds=seconds, path=path,
+                            samples=[int(n) for n in samples])
 
 
 def _weight_values(model, name: str) -> np.ndarray:
