@@ -44,6 +44,7 @@ from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, cons
 log = logging.getLogger(__name__)
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+SMALL_SHARE = 0.005  # budgeted scan: a layer holding less of the prunable weights is left dense, not scanned
 NEARLY_FREE = 0.1  # budgeted scan: a layer's curve is measured down from its answer to a level this cheap (x budget)
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of cached prefix activations
 FORMAT = "onnxprune.sensitivity/1"
@@ -61,7 +62,8 @@ class LayerSensitivity:
     values: list[float]  # metric in % at each level, this layer alone pruned
     coupled: bool = False  # output reaches a residual Add/Sum before the next weight layer
     seconds: float = 0.0
-    path: str = "full"  # "downstream" (cached prefix), "full" (whole graph) or "unused" (output independent of W)
+    path: str = "full"  # "downstream" (cached prefix), "full" (whole graph), "unused" (output independent of W) or
+    #                     "small" (budgeted scan: too few weights to be worth scanning; no levels, stays dense)
     samples: list[int] = field(default_factory=list)  # samples behind each value (empty: all, at every level)
 
     def losses(self, dense: float) -> list[float]:
@@ -379,6 +381,9 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     result = _new_result(model, evaluator, levels)
     result.criterion = scoring.criterion
     plans = [_plan(index, w, outputs) for w in inventory.prunable]
+    if budget_pp is not None:  # a layer this small moves the compression by less than its share: not worth a scan
+        total = sum(w.size for w in inventory.prunable)
+        plans = [dataclasses.replace(p, path="small") if p.weight.size < SMALL_SHARE * total else p for p in plans]
     if not downstream:
         plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
     samples = evaluator.num_samples or evaluator.reader.num_samples
@@ -417,6 +422,11 @@ def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, 
         log.info("layer %s: no scored output depends on weight %s", w.node, w.name)
         tick.advance(len(levels), w.node)
         return _layer(w, levels, [dense] * len(levels), is_coupled(index, w), time.perf_counter() - t0, plan.path)
+    if plan.path == "small":
+        log.info("layer %s: %s weights, under %g%% of the prunable ones: left dense, not scanned", w.node,
+                 f"{w.size:,}", 100 * SMALL_SHARE)
+        tick.advance(len(levels), w.node)
+        return _layer(w, [], [], is_coupled(index, w), 0.0, plan.path)
     batches = _level_batches(model, index, plan, evaluator, cache)
     found = search.layer(lambda s: batches(masked(values, s, scorer, w.name)), levels,
                          lambda s: tick.advance(1, f"{w.node} {s:.0%}"))
