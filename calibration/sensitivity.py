@@ -17,6 +17,18 @@ onnxruntime session per (layer, level); instead:
 
 `scan_naive` is the oracle (a fresh session per variant, the masked weight in the initializer): tests check the
 fast path against it.
+
+Which levels are measured. Given levels alone, `scan` measures every level on every sample (the full curves of
+Figure 6; `--levels` and `onnxprune sensitivity`). Given a budget too (`budget_pp`: one-shot `prune --max-loss`),
+the levels are a grid to search (`_LevelSearch`): an allocation within the budget can only use a layer's levels up
+to the first one whose loss alone is over it, so each layer is bisected for its largest level within the budget
+(4 or 5 of the 12 default levels), then measured downwards from it until a level costs at most NEARLY_FREE x the
+budget; every measurement stops once its verdict against the budget is clear, every scored output counted
+(calibration/sampling.py). The curve holds the levels measured, estimated from the samples run where a measurement
+stopped (`LayerSensitivity.samples`), and the allocation never moves a layer past its last measured level. A layer
+holding under SMALL_SHARE of the prunable weights is not scanned and stays dense (path "small"): it could move the
+compression by less than that share, and the first layers of a network, small and run through everything
+downstream, cost the most to scan. The one-shot fit measures its answer on every sample.
 """
 
 from __future__ import annotations
