@@ -53,17 +53,22 @@ class Evaluator:
     `metric`: None (every output, metrics chosen automatically), a KIND (the headline output's metric), "OUTPUT=KIND"
     strings or a dict {OUTPUT: KIND} (only those outputs). `output` scores that one output only. `dense` is the
     headline output's own score (1.0 for the label-free metrics); None without a reference. `evaluate` returns
-    `dense - worst output loss`; `last` holds the per-output figures of the latest score.
+    `dense - worst output loss`; `last` holds the per-output figures of the latest score. `split`: cached stacked
+    batches are cut into parts of at most that many samples when the model takes any batch size (measurements in
+    calibration.sampling can then stop after fewer samples; every metric is the same sum).
     """
 
     def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
-                 output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True):
+                 output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True,
+                 split: int | None = None):
         self.reader, self.optimize = reader, optimize
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
         else:
             self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
+        if split and self._cached is not None and _dynamic_batch(reference_model):
+            self._cached = [part for batch in self._cached for part in _split_batch(*batch, split)]
         self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
         self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.reference_all: list[tuple] | None = None
@@ -271,6 +276,31 @@ class Evaluator:
         if self.dense is None:
             raise ConfigError("the dense score is unknown; build the Evaluator with reference_model.")
         return 100.0 * (self.dense - value)
+
+
+def _dynamic_batch(model: onnx.ModelProto | None) -> bool:
+    """Does every graph input take any number of samples (a symbolic or unknown first dimension)?"""
+    if model is None:
+        return False
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else None
+        if not dims or dims[0].HasField("dim_value"):
+            return False
+    return True
+
+
+def _split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]:
+    """A stacked batch cut into parts of at most `rows` samples (every array and the labels along their first
+    axis); left whole when its arrays do not share one first dimension."""
+    arrays = [np.asarray(a) for a in feeds.values()] + ([] if labels is None else [np.asarray(labels)])
+    n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+    if n <= rows or any(a.ndim == 0 or a.shape[0] != n for a in arrays):
+        return [(feeds, labels)]
+    return [({k: np.asarray(v)[i:i + rows] for k, v in feeds.items()}, None if labels is None else labels[i:i + rows])
+            for i in range(0, n, rows)]
 
 
 def feed_samples(feeds: dict, reader) -> int:

@@ -20,7 +20,8 @@ asked when the samples seen first reach MIN_SAMPLES, then each time they have do
 so the 3-sigma rule stays a rare false verdict however many batches there are). A measurement that runs to the end
 is the exact metric (the Evaluator's own sums, added in the reader's order: the same number `Evaluator.score`
 gives); a stopped one reports the estimate from the samples it ran (`Measured.samples` < `Measured.total`).
-A stop happens on a batch boundary (the reader's `--batch-size`; one feed per batch for per-feed data).
+A stop happens on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
+(when the model takes any batch size), per-feed data one feed per batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from onnxprune.calibration.output_metrics import METRICS, count_samples
 Z = 3.0
 PRECISION = 0.25
 MIN_SAMPLES = 8
+SPLIT_ROWS = 16  # a run's Evaluator cuts cached stacked batches to this many samples, so a stop can come early
 SEED = 0
 
 # order -> the scored outputs (a tuple per batch, as Evaluator.run_all gives them) of the batches in that order

@@ -252,3 +252,23 @@ def test_table_shows_a_dash_for_levels_a_budgeted_scan_skipped():
     for row, lay in zip(sensitivity_table(result), result.layers):
         for s in (0.5, 0.8, 0.9, 0.95, 0.99):
             assert (row[f"{s:.0%}"] == "-") == all(abs(s - x) > 1e-9 for x in lay.levels)
+
+
+def test_split_batches_score_the_same_and_keep_fixed_batch_models_whole():
+    model = MODELS["small_cnn"]()
+    x = open_data("random", model, limit=100, batch_size=100)
+    arrays = {"input": next(iter(x.batches()))[0]["input"], "labels": np.arange(100) % 4}
+    whole = Evaluator(open_data(arrays, model, batch_size=64), "rel_l2", model)
+    split = Evaluator(open_data(arrays, model, batch_size=64), "rel_l2", model, split=16)
+    assert [len(lab) for lab in whole.labels] == [64, 36]
+    assert [len(lab) for lab in split.labels] == [16, 16, 16, 16, 16, 16, 4]
+    assert split.labels[4].tolist() == (np.arange(64, 80) % 4).tolist()
+    pruned = pruned_model(model, {w.name: 0.9 for w in find_prunable(model).prunable})
+    assert split.evaluate(pruned) == pytest.approx(whole.evaluate(pruned), abs=1e-12)
+    assert split.num_samples == whole.num_samples == 100
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 64
+    first = {k: v[:64] for k, v in arrays.items()}
+    kept = Evaluator(open_data(first, fixed, batch_size=64), "rel_l2", fixed, split=16)
+    assert [len(lab) for lab in kept.labels] == [64]
