@@ -38,6 +38,7 @@ from onnxprune.passes.weights import Inventory, constant_tensors
 log = logging.getLogger(__name__)
 
 GRID_STEP = 0.01
+KNOB_RESOLUTION = 1.05  # the fit bisects the knob until the smallest over / largest within is below this (or tries run out)
 _EPS = 1e-9
 
 
@@ -248,7 +249,7 @@ class _KnobSearch:
         if self.lo is None:
             shrink = min(0.7, max(0.2, self.budget / loss)) if loss > 0 else 0.5
             return x * shrink if x > 1e-4 else None
-        if self.hi / max(self.lo, 1e-12) < 1.15:
+        if self.hi / max(self.lo, 1e-12) < KNOB_RESOLUTION:
             return None
         mid = math.sqrt(self.lo * self.hi) if self.lo > 0 else self.hi / 2
         return mid if self.lo < mid < self.hi else None

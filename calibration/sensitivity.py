@@ -22,9 +22,10 @@ Which levels are measured. Given levels alone, `scan` measures every level on ev
 Figure 6; `--levels` and `onnxprune sensitivity`). Given a budget too (`budget_pp`: one-shot `prune --max-loss`),
 the levels are a grid to search (`_LevelSearch`): an allocation within the budget can only use a layer's levels up
 to the first one whose loss alone is over it, so each layer is bisected for its largest level within the budget
-(4 or 5 of the 12 default levels), then measured downwards from it until a level costs at most NEARLY_FREE x the
-budget; every measurement stops once its verdict against the budget is clear, every scored output counted
-(calibration/sampling.py). The curve holds the levels measured, estimated from the samples run where a measurement
+(4 or 5 of the 12 default levels) and every level below it is measured too (the allocation trades layers off
+there; skipping them cost LeNet-5 compression); every measurement stops once its verdict against the budget is
+clear, every scored output counted (calibration/sampling.py): levels above the answer after a few batches, and
+for continuous metrics the nearly free levels below it too. The curve holds the levels measured, estimated from the samples run where a measurement
 stopped (`LayerSensitivity.samples`), and the allocation never moves a layer past its last measured level. A layer
 holding under SMALL_SHARE of the prunable weights is not scanned and stays dense (path "small"): it could move the
 compression by less than that share, and the first layers of a network, small and run through everything
@@ -56,8 +57,7 @@ from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, cons
 log = logging.getLogger(__name__)
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
-SMALL_SHARE = 0.005  # budgeted scan: a layer holding less of the prunable weights is left dense, not scanned
-NEARLY_FREE = 0.1  # budgeted scan: a layer's curve is measured down from its answer to a level this cheap (x budget)
+SMALL_SHARE = 0.001  # budgeted scan: a layer holding less of the prunable weights is left dense, not scanned
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of cached prefix activations
 FORMAT = "onnxprune.sensitivity/1"
 Progress = Callable[[int, int, str], None]
@@ -474,9 +474,8 @@ class _LevelSearch:
 
     Without a budget: every level on every sample. With one (`budget_pp`): an allocation within the budget can only
     use a layer's levels below the first one whose loss alone is over it (the curves are made monotone), so the
-    levels are bisected for the largest one within the budget, then measured downwards from it until one costs at
-    most NEARLY_FREE x the budget (below, the allocation interpolates from 0); each measurement stops once its
-    verdict against the budget is clear (calibration.sampling).
+    levels are bisected for the largest one within the budget, and every level below it is measured; each
+    measurement stops once its verdict against the budget is clear (calibration.sampling).
     """
 
     def __init__(self, evaluator: Evaluator, budget_pp: float | None):
@@ -505,9 +504,8 @@ class _LevelSearch:
                 lo = mid
             else:
                 hi = mid
-        for i in range(lo - 1, -1, -1):  # the curve below the answer, down to a nearly free level
-            if measure(i).loss_pp <= NEARLY_FREE * self.budget:
-                break
+        for i in range(lo - 1, -1, -1):  # the curve below the answer (cheap levels stop after a few samples)
+            measure(i)
         return found
 
 
