@@ -9,9 +9,9 @@
    per pp of predicted loss that still fits; free moves (no predicted loss) first. Looking ahead to any s' (not
    just the next step) lets the greedy cross bumps in a curve.
 3. Measure (`fit_to_budget`): prune all layers at once, run the data, compare with the dense model. Layers interact,
-   so the prediction is only a guide (a candidate clearly over budget is dropped after the batches that show it,
-   calibration.sampling; one that may fit is measured on every sample): when the measured loss is over budget, the predicted budget is shrunk
-   geometrically and the allocation redone (then bisected); when it fits, a larger predicted budget is tried while
+   so the prediction is only a guide (every candidate is measured on every sample: stopping clearly-over ones early
+   saved little and their estimated losses steered the search elsewhere): when the measured loss is over budget, the predicted budget is shrunk
+   geometrically and the allocation redone (then bisected to KNOB_RESOLUTION); when it fits, a larger predicted budget is tried while
    tries remain. The answer is the allocation that removes the most weights among those MEASURED within budget;
    if none is, the model stays dense, with a note.
 """
@@ -28,7 +28,6 @@ from onnx import numpy_helper
 
 from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator
-from onnxprune.calibration.sampling import SequentialScorer
 from onnxprune.calibration.sensitivity import SensitivityResult, masked
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
@@ -188,7 +187,6 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
     weights = getattr(allocation, "weights", None)
     dense = 100.0 * (evaluator.dense if evaluator.dense is not None else evaluator.evaluate(model))
     search = _KnobSearch(max_loss_pp)
-    scorer = SequentialScorer(evaluator)
     tried: dict[tuple, float] = {}
     best = None
     x = 1.0
@@ -200,20 +198,16 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         if key in tried:  # the knob moved but the allocation did not: keep searching
             x = search.next(x, tried[key], growable=result is not None)
             continue
-        sess = evaluator.session(pruned_model(model, cand, ranker))
-        measured = scorer.measure(lambda order: evaluator.run_batches(sess, order), max_loss_pp, stop_under=False)
-        pruned = measured.value
+        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand, ranker))
         loss = round(dense - pruned, 9)  # 99.9 - 99.4 is 0.50000000000001 in floating point
         tried[key] = loss
         fits = within_budget(loss, max_loss_pp)
         entry = {"try": len(tried), "knob": x, "measured_loss_pp": loss, "fits": fits,
                  "predicted_loss_pp": predicted_loss(result, cand) if result is not None else None,
-                 "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": pruned,
-                 "samples": measured.samples}
+                 "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": pruned}
         search.history.append(entry)
-        log.info("try %d: %s weights removed, measured loss %.3f pp (budget %.3f)%s%s", len(tried),
-                 f"{entry['removed']:,}", loss, max_loss_pp, "" if fits else " -> over budget",
-                 "" if measured.complete else f" (clear after {measured.samples} of {measured.total} samples)")
+        log.info("try %d: %s weights removed, measured loss %.3f pp (budget %.3f)%s", len(tried),
+                 f"{entry['removed']:,}", loss, max_loss_pp, "" if fits else " -> over budget")
         if fits and (best is None or entry["removed"] > best["removed"]):
             best = entry
         x = search.next(x, loss, growable=result is not None)

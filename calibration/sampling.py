@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class Measured:
     loss_pp: float  # dense - value (the worst output's loss)
     samples: int  # samples run
     total: int
+    sums: dict = field(default_factory=dict, repr=False)  # batch -> its per-output sums (`resume` goes on from them)
 
     @property
     def complete(self) -> bool:
@@ -119,12 +120,19 @@ class SequentialScorer:
     def measure(self, batches: Batches, threshold: float | None = None, *, stop_under: bool = True) -> Measured:
         """The candidate's combined metric; with a threshold (pp of loss), stop as soon as over (or, with
         `stop_under`, under) it is clear. `batches(order)` yields the candidate's scored outputs."""
+        return self._run(batches, {}, threshold, stop_under)
+
+    def resume(self, batches: Batches, measured: Measured) -> Measured:
+        """A stopped measurement run to the end (only the batches it had not run)."""
+        return measured if measured.complete else self._run(batches, dict(measured.sums), None, False)
+
+    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_under: bool) -> Measured:
         ev = self.evaluator
-        sums: dict[int, list] = {}
         moments: list[_Moments | None] = [None] * len(self.kinds)
         seen, look = 0, self.min_samples
         refs = ev.reference_all or [None] * self.batches
-        for b, values in zip(self.order, batches(self.order), strict=False):
+        order = [b for b in self.order if b not in sums]
+        for b, values in zip(order, batches(order), strict=False):
             got = ev.batch_samples(values, refs[b], ev.labels[b])
             sums[b] = [None if g is None else (g[0].sum(axis=0), int(g[1].sum())) for g in got]
             if threshold is None or not self.sequential:
@@ -155,7 +163,7 @@ class SequentialScorer:
         value = 100.0 * ev.combine(ev.finish_outputs(totals, counts))
         dense = 100.0 * ev.dense if ev.dense is not None else float("nan")
         done = self.total if seen is None else seen
-        return Measured(value, dense - value, done, self.total)
+        return Measured(value, dense - value, done, self.total, sums)
 
     def _decided(self, moments: list[_Moments | None], seen: int, threshold: float, stop_under: bool) -> bool:
         if seen >= self.total:

@@ -24,8 +24,9 @@ the levels are a grid to search (`_LevelSearch`): an allocation within the budge
 to the first one whose loss alone is over it, so each layer is bisected for its largest level within the budget
 (4 or 5 of the 12 default levels) and every level below it is measured too (the allocation trades layers off
 there; skipping them cost LeNet-5 compression); every measurement stops once its verdict against the budget is
-clear, every scored output counted (calibration/sampling.py): levels above the answer after a few batches, and
-for continuous metrics the nearly free levels below it too. The curve holds the levels measured, estimated from the samples run where a measurement
+clear, every scored output counted (calibration/sampling.py): levels above the answer after a few batches (the
+first one over is then run to the end: the allocation interpolates up to it), and for continuous metrics the
+nearly free levels below it too. The curve holds the levels measured, estimated from the samples run where a measurement
 stopped (`LayerSensitivity.samples`), and the allocation never moves a layer past its last measured level. A layer
 holding under SMALL_SHARE of the prunable weights is not scanned and stays dense (path "small"): it could move the
 compression by less than that share, and the first layers of a network, small and run through everything
@@ -475,7 +476,8 @@ class _LevelSearch:
     Without a budget: every level on every sample. With one (`budget_pp`): an allocation within the budget can only
     use a layer's levels below the first one whose loss alone is over it (the curves are made monotone), so the
     levels are bisected for the largest one within the budget, and every level below it is measured; each
-    measurement stops once its verdict against the budget is clear (calibration.sampling).
+    measurement stops once its verdict against the budget is clear (calibration.sampling), except that the first
+    level over the budget is run to the end (the allocation interpolates between it and the answer).
     """
 
     def __init__(self, evaluator: Evaluator, budget_pp: float | None):
@@ -506,6 +508,8 @@ class _LevelSearch:
                 hi = mid
         for i in range(lo - 1, -1, -1):  # the curve below the answer (cheap levels stop after a few samples)
             measure(i)
+        if hi < len(levels):  # the first level over: the allocation interpolates up to it, so its value is exact
+            found[hi] = self.scorer.resume(batches_at(levels[hi]), found[hi])
         return found
 
 

@@ -1,12 +1,13 @@
 """The budgeted one-shot scan: per-sample metric terms, measurements stopped once their verdict is clear (every
-scored output counted), bisection of each layer's levels, small layers left dense, and the fit that drops
-clearly-over candidates early."""
+scored output counted) or resumed to the end, bisection of each layer's levels, small layers left dense, split
+batches, and the fit's finer knob."""
 
 import numpy as np
 import onnx
 import pytest
 
-from onnxprune.calibration.allocate import _grid, _grid_losses, allocate, fit_to_budget, pruned_model
+from onnxprune.calibration.allocate import (_grid, _grid_losses, _KnobSearch, allocate, fit_to_budget,
+                                            pruned_model)
 from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import METRICS, Evaluator
 from onnxprune.calibration.output_metrics import mismatch_samples
@@ -97,6 +98,19 @@ def test_a_clearly_over_level_stops_after_the_first_batches(metric):
     stopped = scorer.measure(batches, threshold=0.5)
     assert full.loss_pp > 5 and not stopped.complete and stopped.samples == 16  # the first look: one batch of 16
     assert stopped.loss_pp > 0.5
+
+
+def test_a_stopped_measurement_resumed_is_the_complete_one():
+    model = MODELS["small_cnn"]()
+    ev = evaluator(model, "agreement", n=96)
+    batches, sess, extra = _level_batches(model, ev, 0.99, layer=0)
+    scorer = SequentialScorer(ev)
+    stopped = scorer.measure(batches, threshold=0.5)
+    ran = []
+    resumed = scorer.resume(lambda order: (ran.extend(order), batches(order))[1], stopped)
+    assert not stopped.complete and resumed.complete and len(ran) == 6 - stopped.samples // 16
+    assert resumed.value == pytest.approx(100.0 * ev.evaluate(sess, extra), abs=1e-9)
+    assert scorer.resume(batches, resumed) is resumed
 
 
 def test_the_worst_output_decides_a_stop():
@@ -202,15 +216,19 @@ def test_allocation_never_moves_a_layer_past_its_last_measured_level():
             assert alloc[la.name] <= max(la.levels, default=0.0) + 1e-9
 
 
-def test_fit_drops_clearly_over_candidates_early_and_measures_its_answer_on_every_sample():
+def test_fit_bisects_its_knob_finer_and_its_answer_is_a_plain_evaluation():
     model = builders.lenet5_like(conv_channels=(6, 12), fc_units=64)
     inventory = find_prunable(model)
     ev = Evaluator(open_data("random", model, limit=320, batch_size=32), "rel_l2", model)
     result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
     outcome = fit_to_budget(model, inventory, ev, allocate(result, inventory, 1.0), 1.0, result=result)
     assert outcome.removed > 0 and within_budget(outcome.measured_loss_pp, 1.0)
-    assert all(h["samples"] == 320 for h in outcome.history if h["fits"])
-    assert all(not h["fits"] for h in outcome.history if h["samples"] < 320)
+    search = _KnobSearch(1.0)  # fits at 1, over at 1.1: 1.1 / 1 is above the resolution, so it bisects once more
+    assert search.next(1.0, 0.9, growable=True) == 2.0
+    x = search.next(2.0, 1.5, growable=True)
+    assert 1.0 < x < 2.0
+    assert search.next(1.1, 1.2, growable=True) == pytest.approx(np.sqrt(1.1))
+    assert search.next(np.sqrt(1.1), 1.2, growable=True) is None  # within 5%: done
     pruned = pruned_model(model, outcome.sparsities)
     assert outcome.measured_loss_pp == pytest.approx(100 * (ev.dense - ev.evaluate(pruned)), abs=1e-6)
 
