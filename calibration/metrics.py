@@ -67,20 +67,29 @@ class Evaluator:
         else:
             self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
-        if split and self._cached is not None and _dynamic_batch(reference_model):
-            self._cached = [part for batch in self._cached for part in _split_batch(*batch, split)]
-        self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
-        self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.reference_all: list[tuple] | None = None
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
+        self._score_reference(reference_model)
+        if split and self._cached is not None and _dynamic_batch(reference_model):
+            parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
+            if len(parts) > len(self._cached):  # checked whole first (errors name the data's own figures), then cut
+                self._cached = parts
+                self._score_reference(reference_model)
+
+    def _score_reference(self, reference_model: onnx.ModelProto | None) -> None:
+        """Labels, sample count and the dense model's outputs and scores on the batches as they are now."""
+        self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
+        self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.last: dict[str, dict] = {}
         if reference_model is not None:
+            first = self.reference is None
             self.reference_all = list(self.run_all(reference_model))
-            self._resolve_auto()
+            if first:
+                self._resolve_auto()
             self.reference = [as_array(b[0]) for b in self.reference_all]
-            if not getattr(reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
+            if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
                 self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
