@@ -2,14 +2,16 @@
 
 1. Predict: each layer's loss curve L_l(s) = dense - metric (pp), with L_l(0) = 0, clipped at 0, made monotone
    (running max) and interpolated linearly between the scanned levels. The joint loss of an allocation is predicted
-   as sum_l L_l(s_l).
+   as sum_l L_l(s_l). A layer whose curve stops below the grid's top (the budgeted scan measures each layer only up
+   to its first level over the budget) is never moved past its last measured level.
 2. Allocate: maximise the weights removed, sum_l size_l * s_l, subject to sum_l L_l(s_l) <= budget. A greedy
    knapsack on a 1% grid: repeatedly take the move (one layer, from s to any s' > s) with the most weights removed
    per pp of predicted loss that still fits; free moves (no predicted loss) first. Looking ahead to any s' (not
    just the next step) lets the greedy cross bumps in a curve.
 3. Measure (`fit_to_budget`): prune all layers at once, run the data, compare with the dense model. Layers interact,
-   so the prediction is only a guide: when the measured loss is over budget, the predicted budget is shrunk
-   geometrically and the allocation redone (then bisected); when it fits, a larger predicted budget is tried while
+   so the prediction is only a guide (every candidate is measured on every sample: stopping clearly-over ones early
+   saved little and their estimated losses steered the search elsewhere): when the measured loss is over budget, the predicted budget is shrunk
+   geometrically and the allocation redone (then bisected to KNOB_RESOLUTION); when it fits, a larger predicted budget is tried while
    tries remain. The answer is the allocation that removes the most weights among those MEASURED within budget;
    if none is, the model stays dense, with a note.
 """
@@ -35,6 +37,7 @@ from onnxprune.passes.weights import Inventory, constant_tensors
 log = logging.getLogger(__name__)
 
 GRID_STEP = 0.01
+KNOB_RESOLUTION = 1.05  # the fit bisects the knob until the smallest over / largest within is below this (or tries run out)
 _EPS = 1e-9
 
 
@@ -108,7 +111,7 @@ def allocate(result: SensitivityResult, inventory: Inventory, max_loss_pp: float
         log.warning("no sensitivity curve for %s: left dense; rerun the scan to include them", missing)
     grid = _grid(result.levels)
     value = {w.name: float(weights.get(w.name, w.size) if weights else w.size) for w in inventory.prunable}
-    losses = {n: np.interp(grid, *loss_curve(result, n)) for n in names}
+    losses = {n: _grid_losses(result, n, grid) for n in names}
     at = {n: 0 for n in names}
     left = float(max_loss_pp)
     while True:
@@ -120,6 +123,14 @@ def allocate(result: SensitivityResult, inventory: Inventory, max_loss_pp: float
     sparsities = {w.name: float(grid[at[w.name]]) if w.name in at else 0.0 for w in inventory.prunable}
     return Allocation(sparsities, result=result, budget_pp=max_loss_pp,
                       predicted_loss_pp=predicted_loss(result, {n: sparsities[n] for n in names}), weights=weights)
+
+
+def _grid_losses(result: SensitivityResult, name: str, grid: np.ndarray) -> np.ndarray:
+    """The layer's predicted loss at each grid point; infinite past its last measured level."""
+    xs, ys = loss_curve(result, name)
+    losses = np.interp(grid, xs, ys)
+    losses[grid > xs[-1] + _EPS] = np.inf
+    return losses
 
 
 def _best_move(names, at, losses, value, grid, left):
@@ -171,7 +182,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
                   result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE) -> AllocationOutcome:
     """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp.
     `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`."""
-    scorer = scoring.bind(model)
+    ranker = scoring.bind(model)
     result = result if result is not None else getattr(allocation, "result", None)
     weights = getattr(allocation, "weights", None)
     dense = 100.0 * (evaluator.dense if evaluator.dense is not None else evaluator.evaluate(model))
@@ -187,7 +198,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         if key in tried:  # the knob moved but the allocation did not: keep searching
             x = search.next(x, tried[key], growable=result is not None)
             continue
-        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand, scorer))
+        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand, ranker))
         loss = round(dense - pruned, 9)  # 99.9 - 99.4 is 0.50000000000001 in floating point
         tried[key] = loss
         fits = within_budget(loss, max_loss_pp)
@@ -232,7 +243,7 @@ class _KnobSearch:
         if self.lo is None:
             shrink = min(0.7, max(0.2, self.budget / loss)) if loss > 0 else 0.5
             return x * shrink if x > 1e-4 else None
-        if self.hi / max(self.lo, 1e-12) < 1.15:
+        if self.hi / max(self.lo, 1e-12) < KNOB_RESOLUTION:
             return None
         mid = math.sqrt(self.lo * self.hi) if self.lo > 0 else self.hi / 2
         return mid if self.lo < mid < self.hi else None

@@ -37,7 +37,7 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, a
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
-                                                  _flat, _mismatch, _n, _relative_errors, _top1, as_array,
+                                                  _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
                                                   count_samples, map_keys)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
@@ -54,29 +54,43 @@ class Evaluator:
     `metric`: None (every output, metrics chosen automatically), a KIND (the headline output's metric), "OUTPUT=KIND"
     strings or a dict {OUTPUT: KIND} (only those outputs). `output` scores that one output only. `dense` is the
     headline output's own score (1.0 for the label-free metrics); None without a reference. `evaluate` returns
-    `dense - worst output loss`; `last` holds the per-output figures of the latest score.
+    `dense - worst output loss`; `last` holds the per-output figures of the latest score. `split`: cached stacked
+    batches are cut into parts of at most that many samples when the model takes any batch size (measurements in
+    calibration.sampling can then stop after fewer samples; every metric is the same sum).
     """
 
     def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
-                 output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True):
+                 output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True,
+                 split: int | None = None):
         self.reader, self.optimize = reader, optimize
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
         else:
             self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
-        self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
-        self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.reference_all: list[tuple] | None = None
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
+        self._score_reference(reference_model)
+        if split and self._cached is not None and _dynamic_batch(reference_model):
+            parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
+            if len(parts) > len(self._cached):  # checked whole first (errors name the data's own figures), then cut
+                self._cached = parts
+                self._score_reference(reference_model)
+
+    def _score_reference(self, reference_model: onnx.ModelProto | None) -> None:
+        """Labels, sample count and the dense model's outputs and scores on the batches as they are now."""
+        self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
+        self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.last: dict[str, dict] = {}
         if reference_model is not None:
+            first = self.reference is None
             self.reference_all = list(self.run_all(reference_model))
-            self._resolve_auto()
+            if first:
+                self._resolve_auto()
             self.reference = [as_array(b[0]) for b in self.reference_all]
-            if not getattr(reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
+            if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
                 self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
@@ -155,6 +169,23 @@ class Evaluator:
         for feeds, _ in self.batches():
             yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
 
+    def run_batches(self, sess: ort.InferenceSession, order: Iterable[int],
+                    extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
+        """The scored outputs of the batches in `order` (any order when the batches are held in memory; streamed,
+        only 0, 1, 2, ...)."""
+        names = {i.name for i in sess.get_inputs()}
+        wanted = [n or sess.get_outputs()[0].name for n in self.plan]
+        extra = extra_feeds or {}
+        stream = None if self._cached is not None else enumerate(self.reader.batches())
+        for b in order:
+            if stream is None:
+                feeds = self._cached[b][0]
+            else:
+                at, (feeds, _) = next(stream)
+                if at != b:
+                    raise CalibrationError("streamed calibration batches can only be run in order.")
+            yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
+
     def run(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
         """The headline output, batch by batch, as arrays."""
         return (as_array(values[0]) for values in self.run_all(model_or_session, extra_feeds))
@@ -174,30 +205,52 @@ class Evaluator:
         counts = [0] * len(kinds)
         refs = self.reference_all if self.reference_all is not None else [None] * len(self.labels)
         for values, ref, labels in zip(outputs, refs, self.labels, strict=True):
-            if not isinstance(values, tuple):
-                if len(kinds) != 1:
-                    raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
-                values = (values,)
-            for i, ((_, kind), value) in enumerate(zip(kinds, values, strict=True)):
-                out, want = as_array(value), None if ref is None else as_array(ref[i])
-                if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
-                    s, n = _mismatch(kind, want)
-                elif out.size == 0:  # nothing to compare in this batch (no detections, say)
-                    continue
-                else:
-                    s, n = METRICS[kind].batch(out, want, labels)
-                sums[i] = np.asarray(s, dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
-                counts[i] += n
+            for i, got in enumerate(self.batch_sums(values, ref, labels)):
+                if got is not None:
+                    sums[i] = np.asarray(got[0], dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
+                    counts[i] += got[1]
         if not self.labels:
             raise CalibrationError("no samples were scored; the calibration data is empty.")
+        return self.finish_outputs(sums, counts)
+
+    def batch_sums(self, values, ref, labels) -> list[tuple | None]:
+        """(sums, count) of every scored output in one batch (None: nothing to compare in it)."""
+        return [None if got is None else (tuple(got[0].sum(axis=0)), int(got[1].sum()))
+                for got in self.batch_samples(values, ref, labels)]
+
+    def batch_samples(self, values, ref, labels) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per-sample (terms [n, k], counts [n]) of every scored output in one batch (`Metric.samples`); None
+        where the output is empty in this batch (no detections, say)."""
+        kinds = list(self.plan.values())
+        if not isinstance(values, tuple):
+            if len(kinds) != 1:
+                raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
+            values = (values,)
+        got = []
+        for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
+            out, want = as_array(value), None if ref is None else as_array(ref[i])
+            if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
+                got.append(mismatch_samples(kind, want))
+            elif out.size == 0:
+                got.append(None)
+            else:
+                got.append(METRICS[kind].samples(out, want, labels))
+        return got
+
+    def finish_outputs(self, sums: list, counts: list[int]) -> dict[str, float]:
+        """Each scored output's metric from its sums and count over the batches."""
         # an output empty in every batch cannot have moved: it scores as the dense model does (1.0 against it)
         return {name: float(METRICS[kind].finish(sums[i], counts[i])) if counts[i] else 1.0
-                for i, (name, kind) in enumerate(kinds)}
+                for i, (name, kind) in enumerate(self.plan.items())}
 
     def score(self, outputs: Iterable) -> float:
         """The combined metric of per-batch outputs given in the order of `batches()`: a tuple of the scored
         outputs per batch (or the one array when a single output is scored). Per-output figures go to `last`."""
-        values = self._per_output(outputs)
+        return self.combine(self._per_output(outputs))
+
+    def combine(self, values: dict[str, float]) -> float:
+        """`dense - worst output loss` from each output's metric (the headline's own metric without a reference);
+        per-output figures go to `last`."""
         self.last = {name: self._figure(name, value) for name, value in values.items()}
         if self.dense is None:
             return values[self.scored_outputs[0]]
@@ -235,6 +288,31 @@ class Evaluator:
         if self.dense is None:
             raise ConfigError("the dense score is unknown; build the Evaluator with reference_model.")
         return 100.0 * (self.dense - value)
+
+
+def _dynamic_batch(model: onnx.ModelProto | None) -> bool:
+    """Does every graph input take any number of samples (a symbolic or unknown first dimension)?"""
+    if model is None:
+        return False
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else None
+        if not dims or dims[0].HasField("dim_value"):
+            return False
+    return True
+
+
+def _split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]:
+    """A stacked batch cut into parts of at most `rows` samples (every array and the labels along their first
+    axis); left whole when its arrays do not share one first dimension."""
+    arrays = [np.asarray(a) for a in feeds.values()] + ([] if labels is None else [np.asarray(labels)])
+    n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+    if n <= rows or any(a.ndim == 0 or a.shape[0] != n for a in arrays):
+        return [(feeds, labels)]
+    return [({k: np.asarray(v)[i:i + rows] for k, v in feeds.items()}, None if labels is None else labels[i:i + rows])
+            for i in range(0, n, rows)]
 
 
 def feed_samples(feeds: dict, reader) -> int:

@@ -71,9 +71,13 @@ def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
                                f"(0..{out.shape[1] - 1}); check the labels array or the scored output.")
 
 
+def _ones(n: int) -> np.ndarray:
+    return np.ones(n, dtype=np.int64)
+
+
 def _accuracy(out, ref, labels):
     _check_classes(out, labels)
-    return (np.count_nonzero(out.argmax(axis=1) == labels),), len(labels)
+    return (out.argmax(axis=1) == labels)[:, None].astype(np.float64), _ones(len(labels))
 
 
 def _top5(out, ref, labels):
@@ -81,81 +85,95 @@ def _top5(out, ref, labels):
     if out.shape[1] < 5:
         raise ConfigError(f"top5 needs at least 5 classes; the output has {out.shape[1]}. Use --metric accuracy.")
     top = np.argpartition(-out, 4, axis=1)[:, :5]
-    return (np.count_nonzero((top == labels[:, None]).any(axis=1)),), len(labels)
+    return (top == labels[:, None]).any(axis=1)[:, None].astype(np.float64), _ones(len(labels))
 
 
 def _agreement(out, ref, labels):
-    return (np.count_nonzero(_top1(out) == _top1(ref)),), _n(out)
+    return (_top1(out) == _top1(ref))[:, None].astype(np.float64), _ones(_n(out))
 
 
 def _seq_agreement(out, ref, labels):
     if out.ndim < 2:
         return _agreement(out, ref, labels)
-    return (np.count_nonzero(out.argmax(axis=-1) == ref.argmax(axis=-1)),), int(np.prod(out.shape[:-1]))
+    same = (out.argmax(axis=-1) == ref.argmax(axis=-1)).reshape(len(out), -1)
+    return same.sum(axis=1, dtype=np.float64)[:, None], np.full(len(out), same.shape[1], dtype=np.int64)
 
 
 def _prob(out, ref, labels):
-    change = np.abs(_per_sample(out) - _per_sample(ref)).max(axis=1, initial=0.0)
-    return (np.count_nonzero(_top1(out) == _top1(ref)), float(change.sum())), _n(out)
+    change = _max_abs_change(out, ref)
+    return np.stack([(_top1(out) == _top1(ref)).astype(np.float64), change], axis=1), _ones(_n(out))
 
 
 def _rel_l2(out, ref, labels):
-    return (float(_relative_errors(out, ref).sum()),), _n(out)
+    return _relative_errors(out, ref)[:, None], _ones(_n(out))
 
 
 def _cosine(out, ref, labels):
     a, b = _per_sample(out), _per_sample(ref)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = np.where((na < _TINY) & (nb < _TINY), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, _TINY))
-    return (float(cos.sum()),), _n(out)
+    return cos[:, None], _ones(_n(out))
 
 
 def _exact(out, ref, labels):
     a, b = _flat(out), _flat(ref)
     same = (a == b) | ((a != a) & (b != b)) if a.dtype.kind in "fc" else a == b
-    return (np.count_nonzero(same.all(axis=1)),), _n(out)
+    return same.all(axis=1)[:, None].astype(np.float64), _ones(_n(out))
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One way to score one output: `batch(out, ref, labels) -> (sums, count)`, `finish(sums, count) -> [0, 1]`."""
+    """One way to score one output: `samples(out, ref, labels) -> (terms [n, k], counts [n])` per sample, summed
+    over samples and batches into (sums, count); `finish(sums, count) -> [0, 1]`.
 
-    batch: Callable
+    Each term column j is a ratio sum_i terms_ij / sum_i counts_i that moves the metric up (`lower_better[j]`
+    False: correct, agreeing positions, cosine) or down (True: relative error, probability change);
+    calibration.sampling estimates a loss from a subset of the samples through them.
+    """
+
+    samples: Callable
     finish: Callable
     needs_labels: bool
     one_pp: str  # what a loss of 1 percentage point means, for the docs and the report
+    lower_better: tuple[bool, ...] = (False,)
+    continuous: bool = False  # per-sample shares that are not 0/1 (a clean subset bounds a small loss)
 
     @property
     def needs_reference(self) -> bool:
         return not self.needs_labels
+
+    def batch(self, out, ref, labels) -> tuple[tuple, int]:
+        """(sums, count) of one batch: the per-sample terms summed."""
+        terms, counts = self.samples(out, ref, labels)
+        return tuple(float(x) for x in terms.sum(axis=0)), int(counts.sum())
 
 
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(_accuracy, lambda s, n: s[0] / n, True, "1% of samples lose their right class"),
     "top5": Metric(_top5, lambda s, n: s[0] / n, True, "1% of samples lose the label from their top 5"),
     "agreement": Metric(_agreement, lambda s, n: s[0] / n, False, "1% of samples change their top-1 class"),
-    "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class"),
+    "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class",
+                            continuous=True),
     "prob": Metric(_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
-                   "1% of samples change class, or a mean largest probability change of 0.01"),
-    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01"),
-    "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower"),
+                   "1% of samples change class, or a mean largest probability change of 0.01", (False, True)),
+    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01",
+                     (True,), True),
+    "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
+                     continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
 }
 NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
 
 
-def _mismatch(kind: str, ref: np.ndarray) -> tuple[tuple, int]:
-    """A batch whose output shape differs from the dense model's: every sample of it counts as lost (relative
-    error 1, no agreement, cosine 0)."""
+def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample terms of a batch whose output shape differs from the dense model's: every sample of it counts as
+    lost (relative error 1, no agreement, cosine 0; probability change 1)."""
     n = _n(ref)
-    if kind == "rel_l2":
-        return (float(n),), n
-    if kind == "prob":
-        return (0.0, float(n)), n
-    if kind == "seq_agreement" and ref.ndim >= 2:
-        return (0.0,), int(np.prod(ref.shape[:-1]))
-    return (0.0,), n
+    worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)  # 1 where lower is better, else 0
+    counts = np.full(n, int(np.prod(ref.shape[1:-1])) if kind == "seq_agreement" and ref.ndim >= 2 else 1,
+                     dtype=np.int64)
+    return np.tile(worst, (n, 1)), counts
 
 
 def _n(x: np.ndarray) -> int:
@@ -176,5 +194,16 @@ def _top1(x: np.ndarray) -> np.ndarray:
 
 
 def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    a, b = _per_sample(out), _per_sample(ref)
-    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), _TINY)
+    """||out_i - ref_i|| / ||ref_i|| per sample. Float32 outputs are subtracted and squared in float32 and summed in
+    float64 (no float64 copy of a large output: most of a detector's scoring time was that copy)."""
+    if out.dtype == np.float32 and ref.dtype == np.float32:
+        a, b = _flat(out), _flat(ref)
+    else:
+        a, b = _per_sample(out), _per_sample(ref)
+    diff = np.sqrt(np.square(a - b).sum(axis=1, dtype=np.float64))
+    return diff / np.maximum(np.sqrt(np.square(b).sum(axis=1, dtype=np.float64)), _TINY)
+
+
+def _max_abs_change(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """max_c |out_ic - ref_ic| per sample (0 for an empty sample)."""
+    return np.abs(_per_sample(out) - _per_sample(ref)).max(axis=1, initial=0.0)

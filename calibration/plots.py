@@ -29,9 +29,9 @@ def sensitivity_table(result: SensitivityResult, levels=TABLE_LEVELS) -> list[di
     rows = []
     for lay in result.layers:
         row = {"layer": lay.node, "op": lay.op, result.unit: f"{lay.size:,}"}
-        for s in shown:
-            i = min(range(len(lay.levels)), key=lambda k: abs(lay.levels[k] - s))
-            row[f"{s:.0%}"] = f"{lay.values[i]:.2f}"
+        for s in shown:  # "-": a level the budgeted scan did not measure for this layer
+            i = min(range(len(lay.levels)), key=lambda k: abs(lay.levels[k] - s), default=None)
+            row[f"{s:.0%}"] = f"{lay.values[i]:.2f}" if i is not None and abs(lay.levels[i] - s) < 1e-9 else "-"
         row[f"max s @{SAFE_LOSS_PP:g}pp"] = f"{max_sparsity_within(result, lay.name, SAFE_LOSS_PP):.0%}"
         row["residual"] = "yes" if lay.coupled else ""
         row["scan s"] = f"{lay.seconds:.1f}"

@@ -17,6 +17,20 @@ onnxruntime session per (layer, level); instead:
 
 `scan_naive` is the oracle (a fresh session per variant, the masked weight in the initializer): tests check the
 fast path against it.
+
+Which levels are measured. Given levels alone, `scan` measures every level on every sample (the full curves of
+Figure 6; `--levels` and `onnxprune sensitivity`). Given a budget too (`budget_pp`: one-shot `prune --max-loss`),
+the levels are a grid to search (`_LevelSearch`): an allocation within the budget can only use a layer's levels up
+to the first one whose loss alone is over it, so each layer is bisected for its largest level within the budget
+(4 or 5 of the 12 default levels) and every level below it is measured too (the allocation trades layers off
+there; skipping them cost LeNet-5 compression); every measurement stops once its verdict against the budget is
+clear, every scored output counted (calibration/sampling.py): levels above the answer after a few batches (the
+first one over is then run to the end: the allocation interpolates up to it), and for continuous metrics the
+nearly free levels below it too. The curve holds the levels measured, estimated from the samples run where a measurement
+stopped (`LayerSensitivity.samples`), and the allocation never moves a layer past its last measured level. A layer
+holding under SMALL_SHARE of the prunable weights is not scanned and stays dense (path "small"): it could move the
+compression by less than that share, and the first layers of a network, small and run through everything
+downstream, cost the most to scan. The one-shot fit measures its answer on every sample.
 """
 
 from __future__ import annotations
@@ -32,8 +46,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator, feed_samples
 from onnxprune.calibration.runtime import make_session
+from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
 from onnxprune.passes.scopes import body_definitions, drop_constant, outer_reads
@@ -42,6 +58,7 @@ from onnxprune.passes.weights import WEIGHT_OPS, Inventory, PrunableWeight, cons
 log = logging.getLogger(__name__)
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+SMALL_SHARE = 0.001  # budgeted scan: a layer holding less of the prunable weights is left dense, not scanned
 DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of cached prefix activations
 FORMAT = "onnxprune.sensitivity/1"
 Progress = Callable[[int, int, str], None]
@@ -58,7 +75,9 @@ class LayerSensitivity:
     values: list[float]  # metric in % at each level, this layer alone pruned
     coupled: bool = False  # output reaches a residual Add/Sum before the next weight layer
     seconds: float = 0.0
-    path: str = "full"  # "downstream" (cached prefix), "full" (whole graph) or "unused" (output independent of W)
+    path: str = "full"  # "downstream" (cached prefix), "full" (whole graph), "unused" (output independent of W) or
+    #                     "small" (budgeted scan: too few weights to be worth scanning; no levels, stays dense)
+    samples: list[int] = field(default_factory=list)  # samples behind each value (empty: all, at every level)
 
     def losses(self, dense: float) -> list[float]:
         """Loss in pp at each level (negative when pruning happened to help)."""
@@ -361,10 +380,13 @@ def _dense_pct(model, evaluator: Evaluator) -> float:
 
 def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
          progress: Progress | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-         downstream: bool = True, scoring: Scoring = MAGNITUDE) -> SensitivityResult:
+         downstream: bool = True, scoring: Scoring = MAGNITUDE, budget_pp: float | None = None) -> SensitivityResult:
     """Sensitivity of every prunable weight, one session per layer (see the module docstring); `scoring` chooses
-    which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model."""
+    which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model.
+    Without `budget_pp` every level is measured on every sample; with it, each layer's levels are searched for its
+    largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`)."""
     levels = _check_levels(levels)
+    search = _LevelSearch(evaluator, budget_pp)
     scorer = scoring.bind(model)
     t0 = time.perf_counter()
     index = _GraphIndex(model)
@@ -372,6 +394,9 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     result = _new_result(model, evaluator, levels)
     result.criterion = scoring.criterion
     plans = [_plan(index, w, outputs) for w in inventory.prunable]
+    if budget_pp is not None:  # a layer this small moves the compression by less than its share: not worth a scan
+        total = sum(w.size for w in inventory.prunable)
+        plans = [dataclasses.replace(p, path="small") if p.weight.size < SMALL_SHARE * total else p for p in plans]
     if not downstream:
         plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
     samples = evaluator.num_samples or evaluator.reader.num_samples
@@ -389,7 +414,7 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
         cache = _prefix_cache(model, evaluator, names) if names else None
         for plan in group:
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
-                                                    scorer)
+                                                    scorer, search)
         del cache
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
@@ -401,35 +426,91 @@ def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:
                              num_samples=evaluator.num_samples, data=evaluator.reader.description)
 
 
-def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, tick, dense,
-                scorer: Scorer) -> LayerSensitivity:
+def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, tick, dense, scorer: Scorer,
+                search: _LevelSearch) -> LayerSensitivity:
     t0 = time.perf_counter()
     w = plan.weight
     values = _weight_values(model, w.name)
     if plan.path == "unused":
         log.info("layer %s: no scored output depends on weight %s", w.node, w.name)
-        scores = [dense] * len(levels)
         tick.advance(len(levels), w.node)
-    elif (sess := _session_or_none(lambda: _submodel(model, index, plan, cache) if plan.path == "downstream"
-                                   else weight_as_input(model, w), evaluator, w)) is None:
-        scores = []  # onnxruntime refused the model with the weight fed as an input: the values written in instead
-        for s in levels:
-            scores.append(100.0 * evaluator.evaluate(with_weight(model, w.name, masked(values, s, scorer, w.name))))
-            tick.advance(1, f"{w.node} {s:.0%}")
-    elif plan.path == "downstream":
-        scores = []
-        for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
-            outs = (evaluator.fill(plan.outputs, sess.run(plan.outputs, {**{t: row[t] for t in plan.boundary},
-                                                                         w.name: fed}), b)
-                    for b, row in enumerate(cache))
-            scores.append(100.0 * evaluator.score(outs))
-            tick.advance(1, f"{w.node} {s:.0%}")
-    else:
-        scores = []
-        for s, fed in zip(levels, masked_levels(values, levels, scorer, w.name)):
-            scores.append(100.0 * evaluator.evaluate(sess, {w.name: fed}))
-            tick.advance(1, f"{w.node} {s:.0%}")
-    return _layer(w, levels, scores, is_coupled(index, w), time.perf_counter() - t0, plan.path)
+        return _layer(w, levels, [dense] * len(levels), is_coupled(index, w), time.perf_counter() - t0, plan.path)
+    if plan.path == "small":
+        log.info("layer %s: %s weights, under %g%% of the prunable ones: left dense, not scanned", w.node,
+                 f"{w.size:,}", 100 * SMALL_SHARE)
+        tick.advance(len(levels), w.node)
+        return _layer(w, [], [], is_coupled(index, w), 0.0, plan.path)
+    batches = _level_batches(model, index, plan, evaluator, cache)
+    found = search.layer(lambda s: batches(masked(values, s, scorer, w.name)), levels,
+                         lambda s: tick.advance(1, f"{w.node} {s:.0%}"))
+    if len(found) < len(levels):
+        tick.advance(len(levels) - len(found), f"{w.node} done")
+    picked = sorted(found)
+    samples = [found[i].samples for i in picked]
+    return _layer(w, [levels[i] for i in picked], [found[i].value for i in picked], is_coupled(index, w),
+                  time.perf_counter() - t0, plan.path, samples=[] if all(m.complete for m in found.values())
+                  else samples)
+
+
+def _level_batches(model, index, plan: _Plan, evaluator: Evaluator, cache) -> Callable[[np.ndarray], Batches]:
+    """For the weight's values at a level: the scored outputs of the batches in a given order, run on the layer's
+    downstream part (cached prefix), the whole graph with the weight fed, or (onnxruntime refused those) a model
+    with the values written in."""
+    w = plan.weight
+    sess = _session_or_none(lambda: _submodel(model, index, plan, cache) if plan.path == "downstream"
+                            else weight_as_input(model, w), evaluator, w)
+    if sess is None:
+        return lambda fed: lambda order: evaluator.run_batches(
+            evaluator.session(with_weight(model, w.name, fed)), order)
+    if plan.path == "downstream":
+        def downstream(fed):
+            return lambda order: (evaluator.fill(plan.outputs, sess.run(plan.outputs, {
+                **{t: cache[b][t] for t in plan.boundary}, w.name: fed}), b) for b in order)
+        return downstream
+    return lambda fed: lambda order: evaluator.run_batches(sess, order, {w.name: fed})
+
+
+class _LevelSearch:
+    """Which levels of a layer are measured, and on how many samples.
+
+    Without a budget: every level on every sample. With one (`budget_pp`): an allocation within the budget can only
+    use a layer's levels below the first one whose loss alone is over it (the curves are made monotone), so the
+    levels are bisected for the largest one within the budget, and every level below it is measured; each
+    measurement stops once its verdict against the budget is clear (calibration.sampling), except that the first
+    level over the budget is run to the end (the allocation interpolates between it and the answer).
+    """
+
+    def __init__(self, evaluator: Evaluator, budget_pp: float | None):
+        self.scorer = SequentialScorer(evaluator)
+        self.budget = None if budget_pp is None else float(budget_pp)
+
+    def layer(self, batches_at: Callable[[float], Batches], levels,
+              measured: Callable[[float], None]) -> dict[int, Measured]:
+        """{index into levels: measurement} of the levels measured."""
+        found: dict[int, Measured] = {}
+
+        def measure(i: int) -> Measured:
+            if i not in found:
+                found[i] = self.scorer.measure(batches_at(levels[i]), self.budget)
+                measured(levels[i])
+            return found[i]
+
+        if self.budget is None:
+            for i in range(len(levels)):
+                measure(i)
+            return found
+        lo, hi = -1, len(levels)  # lo: largest index within budget (-1: dense), hi: smallest over it
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if within_budget(measure(mid).loss_pp, self.budget):
+                lo = mid
+            else:
+                hi = mid
+        for i in range(lo - 1, -1, -1):  # the curve below the answer (cheap levels stop after a few samples)
+            measure(i)
+        if hi < len(levels):  # the first level over: the allocation interpolates up to it, so its value is exact
+            found[hi] = self.scorer.resume(batches_at(levels[hi]), found[hi])
+        return found
 
 
 def _session_or_none(build, evaluator: Evaluator, w: PrunableWeight):
@@ -443,9 +524,10 @@ def _session_or_none(build, evaluator: Evaluator, w: PrunableWeight):
         return None
 
 
-def _layer(w: PrunableWeight, levels, scores, coupled, seconds, path) -> LayerSensitivity:
+def _layer(w: PrunableWeight, levels, scores, coupled, seconds, path, samples=()) -> LayerSensitivity:
     return LayerSensitivity(name=w.name, node=w.node, op=w.op_type, kind=w.kind, size=w.size, levels=list(levels),
-                            values=[float(v) for v in scores], coupled=coupled, seconds=seconds, path=path)
+                            values=[float(v) for v in scores], coupled=coupled, seconds=seconds, path=path,
+                            samples=[int(n) for n in samples])
 
 
 def _weight_values(model, name: str) -> np.ndarray:

@@ -171,7 +171,7 @@ def build_plan(config: RunConfig) -> list[Step]:
         if shrink.neurons and not shrink.gather_inputs and "crop_inputs" not in config.given:
             shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
     elif budget:
-        steps.append(ScanStep(config.scan))
+        steps.append(ScanStep(config.scan, budget_pp=None if retrain else config.budget.max_loss))
         steps.append(AllocateStep(config.budget) if retrain else FitBudgetStep(config.budget))
     if auto:
         pass

@@ -95,5 +95,5 @@ class AutoSearchStep(Step):
         note = f"{why}: the one-shot budget search ran (no retraining)"
         log.warning(note)
         state.notes.append(note)
-        for step in (ScanStep(self.scan), FitBudgetStep(self.budget), PruneStep()):
+        for step in (ScanStep(self.scan, budget_pp=self.budget.max_loss), FitBudgetStep(self.budget), PruneStep()):
             step.run(state)

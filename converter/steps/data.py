@@ -108,9 +108,11 @@ class Data:
 
     def _evaluator(self, source, part=None):
         from onnxprune.calibration.metrics import Evaluator
+        from onnxprune.calibration.sampling import SPLIT_ROWS
 
         reader = self.reader(source, part=part)
-        return Evaluator(reader, self.config.metric, reference_model=self.model)  # every output, or --metric's
+        return Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
+                         split=SPLIT_ROWS)
 
     @property
     def calibration(self):

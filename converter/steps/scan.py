@@ -1,4 +1,10 @@
-"""The per-layer sensitivity scan (paper Figure 6): prune one layer at a time, measure the metric."""
+"""The per-layer sensitivity scan (paper Figure 6): prune one layer at a time, measure the metric.
+
+Explicit `--levels` are each measured on every sample. Without them, a one-shot budgeted run (`--max-loss`, no
+retraining) searches the default levels of each layer for its largest one within the budget (bisection,
+measurements stopped once clear: calibration/sensitivity.py `_LevelSearch`); the `sensitivity` command and the
+retraining search, which need whole curves, measure every default level.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ class ScanConfig(StepConfig):
                               "(0, 1), e.g. 0.5,0.9,0.99.")
 
 
-def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: bool = False, scoring=None):
+def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: bool = False, scoring=None,
+         budget_pp: float | None = None):
     """Single weights ranked by the run's criterion (`scoring`; magnitude when None), or (`neurons`) whole neurons
-    per channel group."""
+    per channel group. With `budget_pp` and no explicit levels, each layer's default levels are searched for its
+    largest one within the budget."""
     from onnxprune.calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
     from onnxprune.calibration.sensitivity import DEFAULT_LEVELS
     from onnxprune.calibration.sensitivity import scan as sensitivity_scan
@@ -28,6 +36,8 @@ def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: 
     run_scan, default = (neuron_scan, DEFAULT_NEURON_LEVELS) if neurons else (sensitivity_scan, DEFAULT_LEVELS)
     levels = tuple(config.levels) if config.levels else default
     extra = {} if neurons or scoring is None else {"scoring": scoring}
+    if budget_pp is not None and not config.levels and not neurons:
+        extra["budget_pp"] = budget_pp
     return run_scan(model, inventory, evaluator, levels,
                     progress=lambda done, total, what="": progress("sensitivity scan", done, total, what), **extra)
 
@@ -40,10 +50,11 @@ class ScanStep(Step):
     needs = ("original", "scannable", "data", "scoring")
     gives = ("sensitivity",)
 
-    def __init__(self, config: ScanConfig):
+    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None):
         super().__init__(config)
         self.config = config
+        self.budget_pp = budget_pp  # one-shot --max-loss: search each layer's levels up to the budget
 
     def run(self, state: RunState) -> None:
         state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,
-                                 state.progress, scoring=state.scoring)
+                                 state.progress, scoring=state.scoring, budget_pp=self.budget_pp)

@@ -1,0 +1,185 @@
+"""Measure a candidate on as few calibration batches as decide it (the budgeted scan and the one-shot fit).
+
+Every scored output is measured (the run's loss is the worst output's, calibration.metrics). A measurement runs
+the batches in a seeded random order (the reader's order when the data is streamed) and keeps, per output, the
+per-sample terms of its metric (`Metric.samples`): each term column j is a ratio R_j = sum_i t_ij / sum_i c_i
+(c_i = 1, or a sample's positions for seq_agreement) whose loss against the dense model's own ratio D_j is
+100 * (D_j - R_j) pp (100 * (R_j - D_j) where lower is better: relative error, probability change). After k of N
+samples each ratio has the standard error of a ratio estimator with the finite-population correction,
+
+    se_j = sqrt(var_i(t_ij - R_j c_i) / k) / mean_i(c_i) * sqrt((N - k) / (N - 1))        (0 once all N are in)
+
+and against a threshold T (pp) the measurement stops when
+
+    over    some output's loss_j - Z * se_j > T                    over T whatever the other samples say
+    under   every loss_j + Z * se_j < T and Z * se_j <= PRECISION * T     within T, known to +-25% of T
+            (only when every scored output is `continuous`: "no changed class in 64 samples" does not bound a
+            1 pp loss, a clean relative error on 64 samples does)
+
+asked when the samples seen first reach MIN_SAMPLES, then each time they have doubled (about log2(N / 8) looks,
+so the 3-sigma rule stays a rare false verdict however many batches there are). A measurement that runs to the end
+is the exact metric (the Evaluator's own sums, added in the reader's order: the same number `Evaluator.score`
+gives); a stopped one reports the estimate from the samples it ran (`Measured.samples` < `Measured.total`).
+A stop happens on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
+(when the model takes any batch size), per-feed data one feed per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.output_metrics import METRICS, count_samples
+
+Z = 3.0
+PRECISION = 0.25
+MIN_SAMPLES = 8
+SPLIT_ROWS = 16  # a run's Evaluator cuts cached stacked batches to this many samples, so a stop can come early
+SEED = 0
+
+# order -> the scored outputs (a tuple per batch, as Evaluator.run_all gives them) of the batches in that order
+Batches = Callable[[Sequence[int]], Iterable[tuple]]
+
+
+@dataclass
+class Measured:
+    value: float  # the combined metric in %: exact when complete, estimated from the samples run otherwise
+    loss_pp: float  # dense - value (the worst output's loss)
+    samples: int  # samples run
+    total: int
+    sums: dict = field(default_factory=dict, repr=False)  # batch -> its per-output sums (`resume` goes on from them)
+
+    @property
+    def complete(self) -> bool:
+        return self.samples >= self.total
+
+
+class _Moments:
+    """Running sums of one output's per-sample terms: k, sum c, sum c^2, and per column sum t, sum t^2, sum tc."""
+
+    def __init__(self, columns: int):
+        self.k, self.c, self.cc = 0, 0.0, 0.0
+        self.t, self.tt, self.tc = np.zeros(columns), np.zeros(columns), np.zeros(columns)
+
+    def add(self, terms: np.ndarray, counts: np.ndarray) -> None:
+        c = counts.astype(np.float64)
+        self.k += len(c)
+        self.c += float(c.sum())
+        self.cc += float(c @ c)
+        self.t += terms.sum(axis=0)
+        self.tt += np.square(terms).sum(axis=0)
+        self.tc += c @ terms
+
+    def ratio_and_se(self, total: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each column's ratio and its standard error (finite population of `total` samples)."""
+        ratio = self.t / max(self.c, 1e-300)
+        if self.k < 2:
+            return ratio, np.full_like(ratio, np.inf)
+        residual = self.tt - 2.0 * ratio * self.tc + ratio * ratio * self.cc  # sum_i (t_i - R c_i)^2
+        var = np.maximum(residual, 0.0) / (self.k - 1)
+        fpc = math.sqrt(max(0.0, total - self.k) / max(1, total - 1))
+        return ratio, np.sqrt(var / self.k) / (self.c / self.k) * fpc
+
+
+class SequentialScorer:
+    """Scores candidates batch by batch against an Evaluator's dense reference, stopping once the verdict is clear.
+
+    Stops early only with a dense reference (`sequential`); without one every batch is run, in the reader's order.
+    """
+
+    def __init__(self, evaluator: Evaluator, *, seed: int = SEED, z: float = Z, precision: float = PRECISION,
+                 min_samples: int = MIN_SAMPLES):
+        self.evaluator = evaluator
+        self.kinds = list(evaluator.plan.values())
+        self.batches = len(evaluator.labels)
+        self.z, self.precision, self.min_samples = z, precision, max(2, min_samples)
+        self.sequential = evaluator.reference_all is not None and evaluator.dense is not None
+        self.continuous = all(METRICS[k].continuous for k in self.kinds)
+        self.order = (list(range(self.batches)) if not (self.sequential and evaluator.cached) else
+                      [int(i) for i in np.random.default_rng(seed).permutation(self.batches)])
+        if self.sequential:
+            refs = evaluator.reference_all
+            self.sizes = [count_samples(r[0]) for r in refs]  # samples per batch (the headline output's rows)
+            self.dense_ratios = self._dense_ratios(refs)
+        self.total = sum(self.sizes) if self.sequential else (evaluator.num_samples or 0)
+
+    def _dense_ratios(self, refs) -> list[np.ndarray | None]:
+        """Each output's ratios for the dense model itself (what a candidate's ratios are compared with)."""
+        moments: list[_Moments | None] = [None] * len(self.kinds)
+        for ref, labels in zip(refs, self.evaluator.labels):
+            for o, got in enumerate(self.evaluator.batch_samples(ref, ref, labels)):
+                if got is not None:
+                    moments[o] = moments[o] or _Moments(got[0].shape[1])
+                    moments[o].add(*got)
+        return [None if m is None else m.t / max(m.c, 1e-300) for m in moments]
+
+    def measure(self, batches: Batches, threshold: float | None = None, *, stop_under: bool = True) -> Measured:
+        """The candidate's combined metric; with a threshold (pp of loss), stop as soon as over (or, with
+        `stop_under`, under) it is clear. `batches(order)` yields the candidate's scored outputs."""
+        return self._run(batches, {}, threshold, stop_under)
+
+    def resume(self, batches: Batches, measured: Measured) -> Measured:
+        """A stopped measurement run to the end (only the batches it had not run)."""
+        return measured if measured.complete else self._run(batches, dict(measured.sums), None, False)
+
+    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_under: bool) -> Measured:
+        ev = self.evaluator
+        moments: list[_Moments | None] = [None] * len(self.kinds)
+        seen, look = 0, self.min_samples
+        refs = ev.reference_all or [None] * self.batches
+        order = [b for b in self.order if b not in sums]
+        for b, values in zip(order, batches(order), strict=False):
+            got = ev.batch_samples(values, refs[b], ev.labels[b])
+            sums[b] = [None if g is None else (g[0].sum(axis=0), int(g[1].sum())) for g in got]
+            if threshold is None or not self.sequential:
+                continue
+            for o, g in enumerate(got):
+                if g is not None:
+                    moments[o] = moments[o] or _Moments(g[0].shape[1])
+                    moments[o].add(*g)
+            seen += self.sizes[b]
+            if seen < look or len(sums) >= self.batches:
+                continue
+            while look <= seen:
+                look *= 2  # looks at doubling sample counts: few looks, few false verdicts
+            if self._decided(moments, seen, threshold, stop_under):
+                return self._result(sums, seen)
+        return self._result(sums, None)
+
+    def _result(self, sums: dict[int, list], seen: int | None) -> Measured:
+        """The combined metric from the batches run, added in the reader's order."""
+        ev = self.evaluator
+        totals: list = [None] * len(self.kinds)
+        counts = [0] * len(self.kinds)
+        for b in sorted(sums):
+            for o, got in enumerate(sums[b]):
+                if got is not None:
+                    totals[o] = np.asarray(got[0], dtype=np.float64) + (0.0 if totals[o] is None else totals[o])
+                    counts[o] += got[1]
+        value = 100.0 * ev.combine(ev.finish_outputs(totals, counts))
+        dense = 100.0 * ev.dense if ev.dense is not None else float("nan")
+        done = self.total if seen is None else seen
+        return Measured(value, dense - value, done, self.total, sums)
+
+    def _decided(self, moments: list[_Moments | None], seen: int, threshold: float, stop_under: bool) -> bool:
+        if seen >= self.total:
+            return False
+        bounds = []
+        for o, m in enumerate(moments):
+            if m is None or self.dense_ratios[o] is None:
+                continue
+            ratio, se = m.ratio_and_se(self.total)
+            sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
+            loss = 100.0 * sign * (self.dense_ratios[o] - ratio)
+            half = 100.0 * self.z * se
+            if np.any(loss - half > threshold):
+                return True
+            bounds.append((loss, half))
+        if not (stop_under and self.continuous) or len(bounds) < len(moments):
+            return False
+        return all(np.all(loss + half < threshold) and np.all(half <= self.precision * threshold)
+                   for loss, half in bounds)

@@ -1,0 +1,294 @@
+"""The budgeted one-shot scan: per-sample metric terms, measurements stopped once their verdict is clear (every
+scored output counted) or resumed to the end, bisection of each layer's levels, small layers left dense, split
+batches, and the fit's finer knob."""
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.calibration.allocate import (_grid, _grid_losses, _KnobSearch, allocate, fit_to_budget,
+                                            pruned_model)
+from onnxprune.calibration.decide import within_budget
+from onnxprune.calibration.metrics import METRICS, Evaluator
+from onnxprune.calibration.output_metrics import mismatch_samples
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.runtime import make_session
+from onnxprune.calibration.sampling import SequentialScorer, _Moments
+from onnxprune.calibration.sensitivity import DEFAULT_LEVELS, SMALL_SHARE, masked, scan, weight_as_input
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.models import builders
+from onnxprune.models import third_party_builders as tb
+from onnxprune.passes.weights import find_prunable
+from tests.calibration.test_sensitivity import MODELS, evaluator
+
+BUDGETS = (0.5, 2.0, 10.0)
+
+
+# ---- per-sample terms ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(METRICS))
+def test_batch_sums_are_the_per_sample_terms_summed(kind):
+    rng = np.random.default_rng(0)
+    ref = rng.random((12, 3, 7)).astype(np.float32) if kind == "seq_agreement" else rng.random((12, 7)).astype(np.float32)
+    ref /= ref.sum(axis=-1, keepdims=True)
+    out = (ref + 0.2 * rng.random(ref.shape)).astype(np.float32)
+    out[:4] = ref[:4]  # a third of the samples unchanged
+    labels = rng.integers(0, 7, 12)
+    terms, counts = METRICS[kind].samples(out, ref, labels)
+    assert terms.shape == (12, len(METRICS[kind].lower_better)) and counts.shape == (12,)
+    assert counts.tolist() == [3 if kind == "seq_agreement" else 1] * 12
+    sums, n = METRICS[kind].batch(out, ref, labels)
+    assert sums == pytest.approx(tuple(terms.sum(axis=0)), abs=0) and n == int(counts.sum())
+    # the unchanged samples score as the dense model does: agreement 1, error 0, cosine 1
+    if kind not in ("accuracy", "top5"):
+        best = [0.0 if low else (3.0 if kind == "seq_agreement" else 1.0) for low in METRICS[kind].lower_better]
+        assert terms[:4] == pytest.approx(np.tile(best, (4, 1)), abs=1e-6)
+
+
+def test_a_batch_of_another_shape_loses_every_sample():
+    ref = np.zeros((5, 4, 3), dtype=np.float32)
+    assert mismatch_samples("rel_l2", ref)[0].tolist() == [[1.0]] * 5
+    assert mismatch_samples("prob", ref[:, 0])[0].tolist() == [[0.0, 1.0]] * 5
+    terms, counts = mismatch_samples("seq_agreement", ref)
+    assert terms.tolist() == [[0.0]] * 5 and counts.tolist() == [4] * 5
+
+
+def test_ratio_standard_error_matches_the_textbook_formula():
+    rng = np.random.default_rng(1)
+    t, c = rng.random((30, 2)), rng.integers(1, 5, 30)
+    m = _Moments(2)
+    m.add(t[:10], c[:10])
+    m.add(t[10:], c[10:])
+    ratio, se = m.ratio_and_se(total=100)
+    want_ratio = t.sum(axis=0) / c.sum()
+    z = t - want_ratio * c[:, None]
+    want_se = np.sqrt(z.var(axis=0, ddof=1) / 30) / c.mean() * np.sqrt(70 / 99)
+    assert ratio == pytest.approx(want_ratio, rel=1e-12) and se == pytest.approx(want_se, rel=1e-9)
+
+
+# ---- sequential measurements ---------------------------------------------------------------------------------
+
+def _level_batches(model, ev, level, layer=-1):
+    """A session with one weight fed, that weight masked to `level`, as the scorer's batches(order)."""
+    w = find_prunable(model).prunable[layer]
+    sess = make_session(weight_as_input(model, w))
+    values = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == w.name))
+    fed = masked(values, level)
+    return (lambda order: ev.run_batches(sess, order, {w.name: fed})), sess, {w.name: fed}
+
+
+@pytest.mark.parametrize("metric", ["rel_l2", "agreement", None])
+def test_a_complete_measurement_is_the_evaluators_number(metric):
+    model = tb.two_head_detector() if metric is None else MODELS["small_cnn"]()
+    ev = evaluator(model, metric, n=96, input_name="input")
+    batches, sess, extra = _level_batches(model, ev, 0.9, layer=0)
+    measured = SequentialScorer(ev).measure(batches)
+    assert measured.complete and measured.samples == 96
+    assert measured.value == pytest.approx(100.0 * ev.evaluate(sess, extra), abs=1e-9)
+    assert measured.loss_pp == pytest.approx(100.0 * ev.dense - measured.value, abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["rel_l2", "agreement", None])
+def test_a_clearly_over_level_stops_after_the_first_batches(metric):
+    model = tb.two_head_detector() if metric is None else MODELS["small_cnn"]()
+    ev = evaluator(model, metric, n=96, input_name="input")
+    batches, *_ = _level_batches(model, ev, 0.99, layer=0)
+    scorer = SequentialScorer(ev)
+    full = scorer.measure(batches)
+    stopped = scorer.measure(batches, threshold=0.5)
+    assert full.loss_pp > 5 and not stopped.complete and stopped.samples == 16  # the first look: one batch of 16
+    assert stopped.loss_pp > 0.5
+
+
+def test_a_stopped_measurement_resumed_is_the_complete_one():
+    model = MODELS["small_cnn"]()
+    ev = evaluator(model, "agreement", n=96)
+    batches, sess, extra = _level_batches(model, ev, 0.99, layer=0)
+    scorer = SequentialScorer(ev)
+    stopped = scorer.measure(batches, threshold=0.5)
+    ran = []
+    resumed = scorer.resume(lambda order: (ran.extend(order), batches(order))[1], stopped)
+    assert not stopped.complete and resumed.complete and len(ran) == 6 - stopped.samples // 16
+    assert resumed.value == pytest.approx(100.0 * ev.evaluate(sess, extra), abs=1e-9)
+    assert scorer.resume(batches, resumed) is resumed
+
+
+def test_the_worst_output_decides_a_stop():
+    """Pruning the class head moves only 'scores' (prob): the boxes alone would say nothing changed."""
+    model = tb.two_head_detector()
+    ev = evaluator(model, None, n=96, input_name="input")
+    cls = next(i for i, w in enumerate(find_prunable(model).prunable) if w.name.startswith("cls"))
+    batches, sess, extra = _level_batches(model, ev, 0.99, layer=cls)
+    stopped = SequentialScorer(ev).measure(batches, threshold=0.1)
+    ev.evaluate(sess, extra)
+    assert ev.last["boxes"]["loss_pp"] == 0 and ev.last["scores"]["loss_pp"] > 0.1
+    assert not stopped.complete and stopped.loss_pp > 0.1
+
+
+def test_a_clearly_under_level_stops_only_when_every_output_is_continuous():
+    model = MODELS["small_cnn"]()
+    for metric, stops in (("rel_l2", True), ("cosine", True), ("agreement", False)):
+        ev = evaluator(model, metric, n=96)
+        batches, *_ = _level_batches(model, ev, 0.1)
+        stopped = SequentialScorer(ev).measure(batches, threshold=20.0)
+        assert stopped.complete is not stops and within_budget(stopped.loss_pp, 20.0), metric
+        assert SequentialScorer(ev).measure(batches, threshold=20.0, stop_under=False).complete
+    ev = evaluator(tb.two_head_detector(), None, n=96)  # boxes rel_l2 + scores prob: prob is not continuous
+    batches, *_ = _level_batches(tb.two_head_detector(), ev, 0.1, layer=0)
+    assert SequentialScorer(ev).measure(batches, threshold=50.0).complete
+
+
+def test_streamed_data_is_measured_in_order_and_completely():
+    model = MODELS["small_cnn"]()
+    x = open_data("random", model, limit=64, batch_size=16)
+    arrays = {"input": np.concatenate([f["input"] for f, _ in x.batches()])}
+    ev = Evaluator(open_data(arrays, model, batch_size=16), "rel_l2", model, cache_bytes=0)
+    assert not ev.cached
+    scorer = SequentialScorer(ev)
+    batches, sess, extra = _level_batches(model, ev, 0.99)
+    assert scorer.order == [0, 1, 2, 3]
+    measured = scorer.measure(batches, threshold=0.5)
+    assert measured.value == pytest.approx(100.0 * ev.evaluate(sess, extra), abs=1e-9)
+
+
+# ---- the budgeted scan ---------------------------------------------------------------------------------------
+
+def _largest_within(levels, losses, budget) -> float:
+    """The largest level before the first one over budget (0: none), as the allocation's running max sees it."""
+    best = 0.0
+    for s, loss in zip(levels, losses):
+        if not within_budget(loss, budget):
+            break
+        best = s
+    return best
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "residual"])
+def test_budgeted_scan_finds_each_layers_largest_level_within_budget(name):
+    model = MODELS[name]()
+    inventory = find_prunable(model)
+    ev = evaluator(model, n=96)
+    full = scan(model, inventory, ev, DEFAULT_LEVELS)
+    total = sum(w.size for w in inventory.prunable)
+    for budget in BUDGETS:
+        fast = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=budget)
+        for a, b in zip(fast.layers, full.layers):
+            if a.size < SMALL_SHARE * total:
+                assert a.path == "small" and a.levels == []
+                continue
+            losses = b.losses(full.dense)
+            if any(y > x + 1e-9 for x, y in zip(losses[1:], losses)):
+                continue  # the bisection assumes a monotone curve; this one is not
+            fits = [s for s, loss in zip(a.levels, a.losses(fast.dense)) if within_budget(loss, budget)]
+            assert max(fits, default=0.0) == _largest_within(b.levels, losses, budget), f"{a.node} at {budget}"
+            assert a.levels == sorted(set(a.levels) & set(DEFAULT_LEVELS))
+            below = [s for s in a.levels if s <= max(fits, default=0.0)]
+            assert below == list(DEFAULT_LEVELS[:len(below)])  # every level up to the answer is measured
+            for k, (s, v) in enumerate(zip(a.levels, a.values)):  # values run on every sample are the full scan's
+                if not a.samples or a.samples[k] == ev.num_samples:
+                    assert v == pytest.approx(b.values[b.levels.index(s)], abs=1e-6)
+
+
+def test_small_layers_are_left_dense_by_the_budgeted_scan_only():
+    model = builders.lenet5_like(conv_channels=(2, 8), fc_units=512)  # conv1: 50 weights of ~71K
+    inventory = find_prunable(model)
+    ev = evaluator(model, n=32)
+    budgeted = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    small = [lay for lay in budgeted.layers if lay.path == "small"]
+    assert [lay.node for lay in small] == [inventory.prunable[0].node]
+    alloc = allocate(budgeted, inventory, 100.0)
+    assert alloc[small[0].name] == 0.0
+    full = scan(model, inventory, ev, (0.5, 0.9))
+    assert all(lay.levels == [0.5, 0.9] for lay in full.layers)
+
+
+def test_allocation_never_moves_a_layer_past_its_last_measured_level():
+    model = MODELS["small_cnn"]()
+    inventory = find_prunable(model)
+    result = scan(model, inventory, evaluator(model, n=96), DEFAULT_LEVELS, budget_pp=1.0)
+    lay = next(lay for lay in result.layers if lay.levels and lay.levels[-1] < DEFAULT_LEVELS[-1])
+    grid = _grid(result.levels)
+    losses = _grid_losses(result, lay.name, grid)
+    assert np.isinf(losses[grid > lay.levels[-1] + 1e-9]).all() and np.isfinite(losses[grid <= lay.levels[-1]]).all()
+    for budget in (1.0, 4.0, 1000.0):
+        alloc = allocate(result, inventory, budget)
+        for la in result.layers:
+            assert alloc[la.name] <= max(la.levels, default=0.0) + 1e-9
+
+
+def test_fit_bisects_its_knob_finer_and_its_answer_is_a_plain_evaluation():
+    model = builders.lenet5_like(conv_channels=(6, 12), fc_units=64)
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data("random", model, limit=320, batch_size=32), "rel_l2", model)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    outcome = fit_to_budget(model, inventory, ev, allocate(result, inventory, 1.0), 1.0, result=result)
+    assert outcome.removed > 0 and within_budget(outcome.measured_loss_pp, 1.0)
+    search = _KnobSearch(1.0)  # fits at 1, over at 1.1: 1.1 / 1 is above the resolution, so it bisects once more
+    assert search.next(1.0, 0.9, growable=True) == 2.0
+    x = search.next(2.0, 1.5, growable=True)
+    assert 1.0 < x < 2.0
+    assert search.next(1.1, 1.2, growable=True) == pytest.approx(np.sqrt(1.1))
+    assert search.next(np.sqrt(1.1), 1.2, growable=True) is None  # within 5%: done
+    pruned = pruned_model(model, outcome.sparsities)
+    assert outcome.measured_loss_pp == pytest.approx(100 * (ev.dense - ev.evaluate(pruned)), abs=1e-6)
+
+
+@pytest.mark.parametrize("levels", [None, (0.5, 0.9)])
+def test_one_shot_budget_run_is_verified_and_explicit_levels_are_all_scanned(tmp_path, levels):
+    model = builders.lenet5_like(conv_channels=(6, 12), fc_units=64)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(0).standard_normal((160, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", input=x)
+    result = run(path, configure(max_loss=1.0, data=str(tmp_path / "d.npz"), levels=levels, one_shot=True))
+    report = result.report
+    assert report["budget"]["met"] and report["compression"] > 1.0
+    assert report["parity"]["inputs"] == "data" and report["parity"]["max_rel_diff"] <= 1e-5  # checked in onnxruntime
+    onnx.checker.check_model(result.model, full_check=True)
+    # the written model is the masked input model: onnxruntime agrees on seeded inputs
+    sparsities = {w.name: 1.0 - float(np.count_nonzero(onnx.numpy_helper.to_array(t)) / t_size)
+                  for w in find_prunable(model).prunable
+                  for t in result.model.graph.initializer if t.name == w.name
+                  for t_size in [int(np.prod(t.dims))]}
+    want, got = make_session(model, optimize=False), make_session(result.model, optimize=False)
+    masked_model = make_session(pruned_model(model, sparsities), optimize=False)
+    for seed in range(3):
+        feed = builders.random_input(model, batch=4, seed=seed)
+        a, b = got.run(None, feed)[0], masked_model.run(None, feed)[0]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg="output 0 of the pruned model")
+        assert want.run(None, feed)[0].shape == a.shape
+    for lay in result.sensitivity.layers:
+        if levels is None:
+            assert len(lay.levels) < len(DEFAULT_LEVELS)
+        else:
+            assert lay.levels == list(levels) and lay.samples == []
+
+
+def test_table_shows_a_dash_for_levels_a_budgeted_scan_skipped():
+    from onnxprune.calibration.plots import sensitivity_table
+
+    model = MODELS["small_cnn"]()
+    result = scan(model, find_prunable(model), evaluator(model, n=96), DEFAULT_LEVELS, budget_pp=1.0)
+    for row, lay in zip(sensitivity_table(result), result.layers):
+        for s in (0.5, 0.8, 0.9, 0.95, 0.99):
+            assert (row[f"{s:.0%}"] == "-") == all(abs(s - x) > 1e-9 for x in lay.levels)
+
+
+def test_split_batches_score_the_same_and_keep_fixed_batch_models_whole():
+    model = MODELS["small_cnn"]()
+    x = open_data("random", model, limit=100, batch_size=100)
+    arrays = {"input": next(iter(x.batches()))[0]["input"], "labels": np.arange(100) % 4}
+    whole = Evaluator(open_data(arrays, model, batch_size=64), "rel_l2", model)
+    split = Evaluator(open_data(arrays, model, batch_size=64), "rel_l2", model, split=16)
+    assert [len(lab) for lab in whole.labels] == [64, 36]
+    assert [len(lab) for lab in split.labels] == [16, 16, 16, 16, 16, 16, 4]
+    assert split.labels[4].tolist() == (np.arange(64, 80) % 4).tolist()
+    pruned = pruned_model(model, {w.name: 0.9 for w in find_prunable(model).prunable})
+    assert split.evaluate(pruned) == pytest.approx(whole.evaluate(pruned), abs=1e-12)
+    assert split.num_samples == whole.num_samples == 100
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 64
+    first = {k: v[:64] for k, v in arrays.items()}
+    kept = Evaluator(open_data(first, fixed, batch_size=64), "rel_l2", fixed, split=16)
+    assert [len(lab) for lab in kept.labels] == [64]
