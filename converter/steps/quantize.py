@@ -90,6 +90,7 @@ class QuantizeStep(Step):
             if self.trained:
                 state.notes.append(f"--weight-bits {widths}: codebooks fine-tuned for {self._train_note(state)}.")
             _record(state, widths, None, [])
+            self._recheck_search(state)
             return
         rule = self._rule(state)
         self._best, self._attempts = None, 0

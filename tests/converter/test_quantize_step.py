@@ -161,3 +161,49 @@ def test_plan_puts_quantize_after_the_last_round_and_trains_only_when_retraining
 def test_bad_quantize_settings_are_config_errors(choices, match):
     with pytest.raises(ConfigError, match=match):
         configure(**choices).validate()
+
+
+def test_after_the_automatic_search_its_budget_decision_is_made_again_on_the_quantized_file(teacher_data):
+    from onnxprune.converter.steps.base import RunState
+    from onnxprune.converter.steps.budget import BudgetConfig
+    from onnxprune.converter.steps.data import Data, DataConfig
+    from onnxprune.converter.steps.encode import EncodeConfig
+    from onnxprune.converter.steps.quantize import QuantizeConfig, QuantizeStep
+    from onnxprune.converter.steps.retrain import RetrainConfig
+    from onnxprune.converter.steps.shrink import ShrinkConfig
+    from onnxprune.passes.weights import find_prunable
+
+    model, data = teacher_data
+    searched = {"within": True, "loss_pp": 0.0, "limit_pp": 0.0}
+    state = RunState(source=None, original=model, inventory=find_prunable(model), pruned=model,
+                     data=Data(model, DataConfig(data=data, labels="labels")), auto={"decision": dict(searched)})
+    step = QuantizeStep(QuantizeConfig(weight_bits=1), RetrainConfig(), BudgetConfig(max_loss=0.0),
+                        ShrinkConfig(neurons=False), EncodeConfig("compact"))
+    step.run(state)
+    decision = state.auto["decision"]
+    assert state.auto["decision_before_quantization"] == searched
+    assert decision["n"] == 600 and decision["loss_pp"] > decision["limit_pp"] and decision["within"] is False, decision
+
+
+def test_cli_weight_bits_auto_writes_the_chosen_codebooks_and_refuses_without_data(tmp_path, teacher_data):
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxprune.converter.cli import cli
+
+    model, data = teacher_data
+    path, npz, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx"
+    onnx.save(model, path)
+    np.savez(npz, **data)
+    res = CliRunner().invoke(cli, [str(a) for a in ("prune", path, "-o", out, "--sparsity", "0.8", "--data", npz,
+                                                     "--labels", "labels", "--iterations", "1", "--lr", "0.05",
+                                                     "--weight-bits", "auto", "--quant-epochs", "0.5",
+                                                     "--sparse-format", "compact", "--json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["quantize"]["weight_bits"] in (1, 2, 3, 4, 5, 6, 7, 8, 16)
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    res = CliRunner().invoke(cli, [str(a) for a in ("prune", path, "-o", out, "--sparsity", "0.8",
+                                                     "--weight-bits", "auto")])
+    assert res.exit_code == 2 and "--weight-bits auto" in res.output and "Traceback" not in res.output
