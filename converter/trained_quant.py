@@ -2,7 +2,7 @@
 shared values fine-tuned through the torch bridge.
 
     pruned weights ──k-means (passes.quantize)──> codes + 2^n centroids per layer
-                   ──MaskedTrainer.set_codebooks, `epochs` passes──> centroids trained, codes and masks unchanged
+                   ──MaskedTrainer.set_codebooks, `epochs` passes──> centroids trained; codes, masks unchanged
 
 Each weight keeps its code: every step gives the members of a code the mean of their gradients and sets them to one
 value again, so the layer never holds more than its 2^n values; pruned weights stay exactly 0. A centroid that

@@ -17,12 +17,13 @@ encode steps, run in onnxruntime. Paired per sample against a reference,
     d_i = score_i(reference) - score_i(candidate),  L = 100·mean(d),  SE = 100·std(d)/sqrt(n)
     accepted when L <= B + Z·SE    (Z = 1: converter.auto.decide.BudgetRule, verdict by calibration.decide)
 
-where the reference and B are the dense input model and --max-loss when a budget is given, else the model as trained
-(before quantization) and 0. It tolerates a net loss of one standard error of the paired difference: with
-accuracy, about sqrt(D)/n of the set for D samples on which the two models disagree about correctness (D = 20 of
-10,000: 4.5 images, 0.045 pp), which is the size of a re-run's noise; a strict "not worse by any image" rule
-rejects a width for a difference of that size. Widths are tried by bisection over 1..8 (a wider codebook is assumed
-never worse: 3 candidates instead of 8), each from the same trained model and seed.
+where the reference and B are the model as trained (before quantization) and 0, or, with --max-loss, the dense input
+model and the budget (then Z is the run's final check's: 1 after the automatic search, 0 after --iterations' budget
+search, so a kept width is never refused at the end). With Z = 1 it tolerates a net loss of one standard error of
+the paired difference: with accuracy, about sqrt(D)/n of the set for D samples on which the two models disagree
+about correctness (D = 20 of 10,000: 4.5 images, 0.045 pp), the size of a re-run's noise; a strict "not worse by any
+image" rule rejects a width for a difference of that size. Widths are tried by bisection over 1..8 (a wider
+codebook is assumed never worse: at most 4 candidates instead of 8), each from the same trained model and seed.
 
 The oracle itself takes the chosen values, so verification, the metrics and the budget check all see the final file.
 """
@@ -33,7 +34,10 @@ import logging
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.converter.steps.encode import EncodeConfig
 from onnxprune.converter.steps.prune import copy_model
+from onnxprune.converter.steps.retrain import RetrainConfig
+from onnxprune.converter.steps.shrink import ShrinkConfig
 from onnxprune.errors import ConfigError
 from onnxprune.passes.base import PruneState, run_passes
 from onnxprune.passes.weights import constant_tensors
@@ -71,9 +75,9 @@ class QuantizeStep(Step):
 
     def __init__(self, config: QuantizeConfig, retrain=None, budget=None, shrink=None, encode=None, *,
                  trained: bool = False):
-        extra = [c for c in (retrain, budget) if c is not None] if trained or config.weight_bits == AUTO else []
-        super().__init__(config, *extra)
-        self.config, self.retrain, self.budget, self.shrink, self.encode = config, retrain, budget, shrink, encode
+        super().__init__(config)
+        self.config, self.retrain, self.budget = config, retrain or RetrainConfig(), budget
+        self.shrink, self.encode = shrink or ShrinkConfig(), encode or EncodeConfig()  # how the run writes its file
         self.trained = trained and config.quant_epochs > 0 and config.weight_bits not in (16, None)
         if self.trained or config.weight_bits == AUTO:
             self.needs = ("pruned", "inventory", "data", "original")
@@ -82,6 +86,12 @@ class QuantizeStep(Step):
         return {**self.config.as_dict(), "trained": self.trained}
 
     def run(self, state: RunState) -> None:
+        from onnxprune.converter import distributed
+
+        if self.trained and distributed.current().world_size > 1:  # this step runs on rank 0 alone
+            self.trained = False
+            state.notes.append("--weight-bits: codebooks not fine-tuned under torchrun (k-means only); run the "
+                               "quantization in one process to train them.")
         present = set(constant_tensors(state.pruned))
         names = [w.name for w in state.inventory.prunable if w.name in present]
         widths = self.config.weight_bits
@@ -145,9 +155,15 @@ class QuantizeStep(Step):
 
     # ---- settings
     def _rule(self, state: RunState):
+        """No budget: paired against the model as trained, 1 SE. A budget: against the dense model, with the margin
+        the run's own final check uses (1 SE after the automatic search, none after --iterations' budget search,
+        whose budget-check compares the plain loss), so a width kept here is never refused at the end."""
+        from onnxprune.converter.auto.decide import Z
+
         budget = self.budget.max_loss if self.budget is not None else None
-        reference = None if budget is not None else state.pruned
-        return PairedRule(state.data.calibration, budget or 0.0, reference)
+        if budget is None:
+            return PairedRule(state.data.calibration, 0.0, state.pruned, z=Z)
+        return PairedRule(state.data.calibration, budget, None, z=Z if (state.auto or {}).get("decision") else 0.0)
 
     def _reader(self, state: RunState):
         return state.data.train_reader(batch_size=self._settings(state).batch_size)
@@ -184,11 +200,11 @@ class PairedRule:
     """converter.auto.decide's rule (L <= B + Z·SE, paired per sample), against `reference` when given (the model
     before quantization) instead of the dense input model."""
 
-    def __init__(self, evaluator, budget_pp: float, reference=None):
-        from onnxprune.converter.auto.decide import BudgetRule
+    def __init__(self, evaluator, budget_pp: float, reference=None, *, z: float | None = None):
+        from onnxprune.converter.auto.decide import Z, BudgetRule
 
         self.evaluator, self.budget_pp = evaluator, budget_pp
-        self._rule = BudgetRule(evaluator, budget_pp)
+        self._rule = BudgetRule(evaluator, budget_pp, z=Z if z is None else z)
         self.against = "the dense input model" if reference is None else "the model before quantization"
         if reference is not None:  # paired against the trained model's per-sample scores instead of the dense ones
             self._rule.dense = self._rule.scores(list(evaluator.run(reference)))
