@@ -12,7 +12,7 @@ growth for dense/COO/compact (each in a fresh process, median of 3); inference l
 One larger model (a seeded VGG-ish conv stack, magnitude-pruned one-shot) shows the encodings at size.
 
     python -m tests.benchmarks.bench_storage [--model lenet300|lenet5|both|none] [--cache DIR] [--skip-large]
-                                             [--large-width 0.5] [--json OUT]
+                                             [--large-width 0.5] [--full-recipe] [--json OUT]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ RECIPES = {  # bench_retrain's targets; LeNet-5 with half its rounds and final e
     "lenet5": dict(targets={"conv1.weight": 0.5, "conv2.weight": 0.95, "fc1.weight": 0.992, "fc2.weight": 0.9},
                    iterations=8, epochs=1.0, lr=0.05, final_epochs=8, final_lr=0.05),
 }
+FULL = {"lenet5": dict(iterations=16, final_epochs=16)}  # --full-recipe: bench_retrain's LeNet-5 rounds, not halved
 DEEP_COMPRESSION = {"lenet300": "1070 KB -> 27 KB (40x) at 1.58%", "lenet5": "1720 KB -> 44 KB (39x) at 0.74%"}
 
 
@@ -266,11 +267,16 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/onnxprune_bench_storage"))
     ap.add_argument("--model", choices=["lenet300", "lenet5", "both", "none"], default="both")
     ap.add_argument("--prune-only", action="store_true")
+    ap.add_argument("--full-recipe", action="store_true", help="LeNet-5 pruned with bench_retrain's full rounds "
+                    "(16 + 16 final epochs) instead of half; use another --cache")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--skip-trained", action="store_true", help="no trained-quantization row (one epoch per width)")
     ap.add_argument("--large-width", type=float, default=0.5)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.full_recipe:
+        for name, changes in FULL.items():
+            RECIPES[name].update(changes)
     train, test = load_split(args.mnist, "train"), load_split(args.mnist, "test")
     args.cache.mkdir(parents=True, exist_ok=True)
     chosen = {"both": list(MODELS), "none": []}.get(args.model, [args.model])
