@@ -207,3 +207,18 @@ def test_cli_weight_bits_auto_writes_the_chosen_codebooks_and_refuses_without_da
     res = CliRunner().invoke(cli, [str(a) for a in ("prune", path, "-o", out, "--sparsity", "0.8",
                                                      "--weight-bits", "auto")])
     assert res.exit_code == 2 and "--weight-bits auto" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("max_loss, auto, against, z", [(None, None, "before quantization", 1.0),
+                                                        (0.5, None, "dense input model", 0.0),
+                                                        (0.5, {"decision": {"within": True}}, "dense input model", 1.0)])
+def test_the_width_rule_matches_the_runs_own_final_check(teacher_data, max_loss, auto, against, z):
+    from onnxprune.converter.steps.base import RunState
+    from onnxprune.converter.steps.budget import BudgetConfig
+    from onnxprune.converter.steps.data import Data, DataConfig
+    from onnxprune.converter.steps.quantize import QuantizeConfig, QuantizeStep
+
+    model, data = teacher_data
+    state = RunState(source=None, pruned=model, data=Data(model, DataConfig(data=data, labels="labels")), auto=auto)
+    rule = QuantizeStep(QuantizeConfig(weight_bits="auto"), budget=BudgetConfig(max_loss=max_loss))._rule(state)
+    assert against in rule.statement() and rule._rule.z == z and rule.budget_pp == (max_loss or 0.0)
