@@ -271,10 +271,15 @@ def _parse_levels(text: str | None):
     help="How pruned weights are stored (see README); compact: smallest exact encoding per weight, decoded by "
          "standard ops onnxruntime folds at load.",
 )
-@click.option("--weight-bits", type=click.Choice(["16", "8", "7", "6", "5", "4", "3", "2", "1"]), default=None,
-              callback=lambda c, p, v: None if v is None else int(v),
-              help="Surviving weights as fp16 (16) or an n-bit k-means codebook per layer; changes outputs, measured "
-                   "on the final file. Smallest files with --sparse-format compact.")
+@click.option("--weight-bits", type=click.Choice(["16", "8", "7", "6", "5", "4", "3", "2", "1", "auto"]), default=None,
+              callback=lambda c, p, v: v if v in (None, "auto") else int(v),
+              help="Surviving weights as fp16 (16) or an n-bit k-means codebook per layer (fine-tuned when retraining); "
+                   "auto: the smallest width within the budget on the decision data. Changes outputs, measured on the "
+                   "final file. Smallest files with --sparse-format compact.")
+@click.option("--quant-epochs", type=float, default=1.0, show_default=True,
+              help="Passes over the training data fine-tuning the codebooks after the last retraining round.")
+@click.option("--quant-lr", type=float, default=None,
+              help="Learning rate of the codebook fine-tuning (default: the last retraining round's).")
 @click.option("--validation", type=float, default=0.1, show_default=True,
               help="With --max-loss and --iterations: share of --data held out from retraining, to measure the "
                    "budget on (0: measure on the training data).")

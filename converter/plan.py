@@ -6,6 +6,8 @@ listing the valid ones). `build_plan` turns the configs into the ordered step li
 
     fixed targets      load → inventory → [data] → targets → prune → [quantize] → shrink → encode → verify
                        → [measure] → report
+                       (--weight-bits puts quantize after the last prune or retrain round of every plan; when the
+                       plan retrains it fine-tunes the codebooks, and --weight-bits auto measures each width)
     one-shot budget    load → inventory → data → targets → scan → fit-budget → prune → … → report → budget-check
     scheduled retrain  load → inventory → data → targets → retrain → shrink → … → report
     budgeted retrain   load → inventory → data → targets → scan → allocate → budget-search → … → budget-check
@@ -28,7 +30,7 @@ from onnxprune.converter.steps.data import DataConfig, DataStep
 from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
 from onnxprune.converter.steps.prune import PruneStep
-from onnxprune.converter.steps.quantize import QuantizeConfig, QuantizeStep
+from onnxprune.converter.steps.quantize import AUTO as QUANT_AUTO, QuantizeConfig, QuantizeStep
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
 from onnxprune.converter.steps.scan import ScanConfig, ScanStep
@@ -80,6 +82,8 @@ class RunConfig:
         if (r.neuron_sparsity or r.neuron_layers) and r.iterations < 1 and not automatic(self):
             raise ConfigError("--neuron-sparsity removes whole neurons while retraining; add --iterations N "
                               "(and --data), or --max-loss with --data.")
+        if self.quantize.weight_bits == QUANT_AUTO and d.data is None:
+            raise ConfigError("--weight-bits auto measures each width on data; pass --data FILE.npz.")
         if (r.neuron_sparsity or r.neuron_layers) and not self.shrink.neurons:
             raise ConfigError("--neuron-sparsity needs the dead-neuron pass to remove what it masks; drop "
                               "--no-neurons.")
@@ -161,8 +165,9 @@ def build_plan(config: RunConfig) -> list[Step]:
     retrain = config.retrain.iterations > 0
     auto = automatic(config)
     steps: list[Step] = [LoadStep(), InventoryStep()]
+    decides = budget or config.quantize.weight_bits == QUANT_AUTO  # choices measured on held-out samples
     if has_data:
-        steps.append(DataStep(config.data, split=budget and (retrain or auto), small_data=auto))
+        steps.append(DataStep(config.data, split=decides and (retrain or auto), small_data=auto))
     steps.append(TargetsStep(config.targets, budgeted=budget))
     shrink = config.shrink
     if auto:
@@ -180,7 +185,8 @@ def build_plan(config: RunConfig) -> list[Step]:
     else:
         steps.append(PruneStep())
     if config.quantize.weight_bits is not None:
-        steps.append(QuantizeStep(config.quantize))
+        steps.append(QuantizeStep(config.quantize, config.retrain, config.budget, shrink, config.encode,
+                                  trained=retrain or auto))
     steps += [ShrinkStep(shrink), EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
     if has_data:
         steps.append(MeasureStep())

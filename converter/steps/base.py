@@ -62,6 +62,7 @@ class RunState:
     activations: tuple | None = None  # (Act% per layer of the input model, of the pruned model)
     report: dict | None = None
     auto: dict | None = None  # what the automatic search decided and why (converter.auto)
+    quantize: dict | None = None  # --weight-bits: the width kept, the rule, each width tried (converter.steps.quantize)
     started: float = 0.0  # time.perf_counter() when the run started (deadlines count from it)
     seconds: dict[str, float] = field(default_factory=dict)
 

@@ -48,6 +48,8 @@ class ReportStep(Step):
             report["allocation"] = state.allocation
         if state.auto is not None:
             report["auto"] = state.auto
+        if state.quantize is not None:
+            report["quantize"] = state.quantize
         report.update(_sensitivity_report(state.sensitivity))
         nonzeros = report["after"]["nonzeros"]
         report["compression"] = report["before"]["params"] / nonzeros if nonzeros else float("inf")

@@ -3,15 +3,16 @@
 Both shipped LeNets are pruned once by a fixed retraining recipe (bench_retrain's; LeNet-5's shortened to fit a
 shared machine) on the first 50,000 training images and cached as dense ONNX files; the masks are the nonzeros of
 those files. Each is then written as: dense, COO (`--sparse-format constant`), compact, compact + fp16 values, and
-compact + an n-bit per-layer codebook (k-means on the survivors, linear init; where that alone is worse, one epoch of
-trained quantization: the shared values fine-tuned, Deep Compression's recipe) for the smallest n whose error on the
-VALIDATION slice (the last 10,000 training images, never trained on) is not worse than the COO model's. Reported on
+compact + the width the pipeline's quantize step (`--weight-bits auto`) chooses: the smallest n-bit per-layer
+codebook within its rule (paired against the model before quantization, at most one standard error worse) on the
+VALIDATION slice (the last 10,000 training images, never trained on), once with k-means codebooks alone and once
+with them fine-tuned for one epoch per width tried (trained quantization, Deep Compression's recipe). Reported on
 the 10,000 test images: file bytes, ratio to the shipped dense file, test error; session creation time and RSS
 growth for dense/COO/compact (each in a fresh process, median of 3); inference latency (interleaved, batch 1 and 64).
 One larger model (a seeded VGG-ish conv stack, magnitude-pruned one-shot) shows the encodings at size.
 
     python -m tests.benchmarks.bench_storage [--model lenet300|lenet5|both|none] [--cache DIR] [--skip-large]
-                                             [--large-width 0.5] [--json OUT]
+                                             [--large-width 0.5] [--full-recipe] [--json OUT]
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ RECIPES = {  # bench_retrain's targets; LeNet-5 with half its rounds and final e
     "lenet5": dict(targets={"conv1.weight": 0.5, "conv2.weight": 0.95, "fc1.weight": 0.992, "fc2.weight": 0.9},
                    iterations=8, epochs=1.0, lr=0.05, final_epochs=8, final_lr=0.05),
 }
+FULL = {"lenet5": dict(iterations=16, final_epochs=16)}  # --full-recipe: bench_retrain's LeNet-5 rounds, not halved
 DEEP_COMPRESSION = {"lenet300": "1070 KB -> 27 KB (40x) at 1.58%", "lenet5": "1720 KB -> 44 KB (39x) at 0.74%"}
 
 
@@ -87,50 +89,38 @@ def encoded(pruned: onnx.ModelProto, names: list[str], fmt: str, bits: int | Non
     return out
 
 
-def choose_bits(pruned, names, val, coo_val) -> tuple[dict[str, int] | None, list]:
-    """Code widths per weight, on validation only: from fp16 everywhere (when that is not worse than COO), each
-    layer, largest first, is lowered to 8, 7, … bits while the whole model stays not worse than COO (one-shot
-    k-means codebooks; the first width that fails ends that layer)."""
-    tried = []
-
-    def ok(bits: dict[str, int]) -> bool:
-        err = error_pct(encoded(pruned, names, "compact", bits), *val)
-        tried.append((dict(bits), err))
-        return err <= coo_val
-
-    bits = {n: 16 for n in names}
-    if not ok(bits):
-        return None, tried
-    sizes = {t.name: int(np.count_nonzero(numpy_helper.to_array(t))) for t in pruned.graph.initializer
-             if t.name in names}
-    for n in sorted(names, key=sizes.get, reverse=True):
-        for b in range(8, 0, -1):
-            if not ok({**bits, n: b}):
-                break
-            bits[n] = b
-    return bits, tried
-
-
-def trained_quantization(name: str, pruned: onnx.ModelProto, names: list[str], bits, train,
-                         teacher: onnx.ModelProto) -> onnx.ModelProto:
-    """k-means codebook, then one epoch of fine-tuning the shared values (the recipe's loss and final lr)."""
-    from onnxprune.converter.finetune import MaskedTrainer
-    from onnxprune.passes.quantize import shared_codes
+def quantize_step(name: str, pruned: onnx.ModelProto, shipped: onnx.ModelProto, train, trained: bool):
+    """The pipeline's quantize step (`--weight-bits auto --sparse-format compact`, no dead-neuron removal, like the
+    other rows) on the cached pruned model: the smallest codebook width within its rule on the VALIDATION slice
+    (paired against the model before quantization, 1 SE), codebooks fine-tuned for 1 epoch when `trained` (the
+    recipe's loss and final learning rate, batch 256). Returns the chosen oracle and what the step recorded."""
+    from onnxprune.converter.steps.base import RunState
+    from onnxprune.converter.steps.data import Data, DataConfig
+    from onnxprune.converter.steps.encode import EncodeConfig
+    from onnxprune.converter.steps.quantize import QuantizeConfig, QuantizeStep
+    from onnxprune.converter.steps.retrain import RetrainConfig
+    from onnxprune.converter.steps.shrink import ShrinkConfig
     from onnxprune.passes.weights import weight_array
 
-    quantized = onnx.ModelProto()
-    quantized.CopyFrom(pruned)
-    run_passes([QuantizeWeights(names, bits)], quantized, PruneState())
-    masks = {n: weight_array(quantized, n) != 0 for n in names}
-    data = {"input": train[0][:TRAIN_SPLIT], "labels": train[1][:TRAIN_SPLIT]}
-    reader = open_data(data, pruned, labels="labels", batch_size=COMMON["batch_size"])
-    trainer = MaskedTrainer(quantized, masks, reader, loss=COMMON["loss"], teacher=teacher, device="cpu",
+    recipe = RECIPES[name]
+    data = DataConfig(data={"input": train[0][:TRAIN_SPLIT], "labels": train[1][:TRAIN_SPLIT]}, labels="labels",
+                      val_data={"input": train[0][TRAIN_SPLIT:], "labels": train[1][TRAIN_SPLIT:]}, batch_size=2000)
+    retrain = RetrainConfig(iterations=recipe["iterations"], lr=recipe["lr"], final_lr=recipe["final_lr"],
+                            loss=COMMON["loss"], reg_strength=COMMON["reg_strength"],
                             temperature=COMMON["temperature"], label_smoothing=COMMON["label_smoothing"],
-                            distill_weight=COMMON["distill_weight"], seed=0)
-    trainer.set_codebooks({n: shared_codes(weight_array(quantized, n)) for n in names})
-    trainer.train(1.0, RECIPES[name]["final_lr"], momentum=COMMON["momentum"], reg_strength=COMMON["reg_strength"],
-                  lr_schedule="cosine", batch_size=COMMON["batch_size"])
-    return trainer.export()
+                            distill_weight=COMMON["distill_weight"], train_batch_size=COMMON["batch_size"],
+                            device="cpu", threads=1)
+    step = QuantizeStep(QuantizeConfig(weight_bits="auto", quant_epochs=1.0), retrain, None,
+                        ShrinkConfig(neurons=False), EncodeConfig("compact"), trained=trained)
+    inventory = find_prunable(pruned)
+    state = RunState(source=None, original=shipped, inventory=inventory, pruned=pruned,
+                     data=Data(shipped, data))
+    state.prune.masks.update({w.name: weight_array(pruned, w.name) != 0 for w in inventory.prunable})
+    t0 = time.process_time()
+    step.run(state)
+    state.quantize["cpu_s"] = round(time.process_time() - t0, 1)
+    state.quantize["note"] = state.notes[-1]
+    return state.pruned, state.quantize
 
 
 def error_pct(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray) -> float:
@@ -180,16 +170,14 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path, trained: 
     shipped = onnx.load(MODELS[name])
     variants = {"dense (shipped)": shipped, "dense (pruned)": pruned, "COO": encoded(pruned, names, "constant"),
                 "compact": encoded(pruned, names, "compact"), "compact+fp16": encoded(pruned, names, "compact", 16)}
-    coo_val = error_pct(variants["COO"], *val)
-    bits, tried = choose_bits(pruned, names, val, coo_val)
-    if bits:
-        variants["compact+bits/layer"] = encoded(pruned, names, "compact", bits)
-    # For reference, whether chosen or not: Deep Compression's 5 bits (its fc layers), one-shot and after one epoch
-    # of trained quantization.
-    variants["compact+5bit one-shot"] = encoded(pruned, names, "compact", 5)
-    if trained:
-        variants["compact+5bit trained"] = encoded(trained_quantization(name, pruned, names, 5, train, shipped),
-                                                   names, "compact")
+    chosen = {}
+    for label, trained_q in (("one-shot k-means", False), ("trained", True)):
+        if trained_q and not trained:
+            continue
+        oracle, chosen[label] = quantize_step(name, pruned, shipped, train, trained_q)
+        if chosen[label]["weight_bits"] is not None:
+            bits = chosen[label]["weight_bits"]
+            variants[f"compact+auto {bits}b {label}"] = encoded(oracle, names, "compact")
     rows = {}
     for label, model in variants.items():
         path = cache / f"{name}_{re.sub(r'[^A-Za-z0-9+-]+', '_', label)}.onnx"
@@ -206,8 +194,8 @@ def lenet_rows(name: str, pruned_path: Path, train, test, cache: Path, trained: 
         r["ratio"] = dense_bytes / r["bytes"]
         r["bytes_per_nonzero"] = r["bytes"] / nonzeros
         r["path"] = str(r["path"])
-    return {"model": name, "nonzeros": nonzeros, "rows": rows, "coo_val_error": coo_val, "bits_val_error": tried,
-            "chosen_bits": bits, "storage": {k: describe_model(variants[k]) for k in variants if "compact" in k}}
+    return {"model": name, "nonzeros": nonzeros, "rows": rows, "quantize": chosen,
+            "storage": {k: describe_model(variants[k]) for k in variants if "compact" in k}}
 
 
 def large_rows(cache: Path, width: float) -> dict:
@@ -250,12 +238,12 @@ def large_rows(cache: Path, width: float) -> dict:
 
 def print_lenet(r: dict) -> None:
     print(f"\n{r['model']}: {r['nonzeros']:,} nonzero weights; Deep Compression: {DEEP_COMPRESSION[r['model']]}")
-    print(f"  bits per layer chosen on validation (COO {r['coo_val_error']:.2f}%): {r['chosen_bits']}; tried: "
-          + "; ".join(f"{'/'.join(map(str, b.values()))} {e:.2f}%" for b, e in r["bits_val_error"]))
-    print(f"  {'file':22} {'bytes':>9} {'x dense':>8} {'B/nz':>6} {'val err':>8} {'test err':>9} {'session':>9} "
+    for label, q in r["quantize"].items():
+        print(f"  --weight-bits auto, {label} ({q['cpu_s']:.0f} s CPU): {q['note']}")
+    print(f"  {'file':30} {'bytes':>9} {'x dense':>8} {'B/nz':>6} {'val err':>8} {'test err':>9} {'session':>9} "
           f"{'RSS':>8} {'peak':>8} {'b1 us':>7} {'b64 us':>8}")
     for label, x in r["rows"].items():
-        print(f"  {label:22} {x['bytes']:9,} {x['ratio']:7.1f}x {x['bytes_per_nonzero']:6.2f} {x['val_error']:7.2f}% "
+        print(f"  {label:30} {x['bytes']:9,} {x['ratio']:7.1f}x {x['bytes_per_nonzero']:6.2f} {x['val_error']:7.2f}% "
               f"{x['test_error']:8.2f}% {1e3 * x['session_s']:7.1f}ms {x['rss_mb']:6.1f}MB {x['peak_mb']:6.1f}MB "
               f"{x['latency_b1_us']:7.1f} {x['latency_b64_us']:8.1f}")
     for label, storage in r["storage"].items():
@@ -279,11 +267,16 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/onnxprune_bench_storage"))
     ap.add_argument("--model", choices=["lenet300", "lenet5", "both", "none"], default="both")
     ap.add_argument("--prune-only", action="store_true")
+    ap.add_argument("--full-recipe", action="store_true", help="LeNet-5 pruned with bench_retrain's full rounds "
+                    "(16 + 16 final epochs) instead of half; use another --cache")
     ap.add_argument("--skip-large", action="store_true")
-    ap.add_argument("--skip-trained", action="store_true", help="no trained-quantization row (one epoch each)")
+    ap.add_argument("--skip-trained", action="store_true", help="no trained-quantization row (one epoch per width)")
     ap.add_argument("--large-width", type=float, default=0.5)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.full_recipe:
+        for name, changes in FULL.items():
+            RECIPES[name].update(changes)
     train, test = load_split(args.mnist, "train"), load_split(args.mnist, "test")
     args.cache.mkdir(parents=True, exist_ok=True)
     chosen = {"both": list(MODELS), "none": []}.get(args.model, [args.model])
