@@ -77,7 +77,28 @@ def auto_kinds(values: Mapping[str, object]) -> dict[str, str]:
         for name in plain:
             kinds[name] = "rel_l2"
             log.info("output '%s' is scored as regression (rel_l2): '%s' holds the class scores", name, evident[0])
+    for name, kind in kinds.items():
+        spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
+        if spread is not None and spread > SCALE_SPREAD:
+            log.warning("output '%s': its channels (axis 1) differ in scale by %.0fx, and rel_l2 over the whole output "
+                        "is set by the largest; small channels (class scores packed beside box coordinates) can change "
+                        "a lot within the budget. Check them on your data afterwards, or pass a smaller --max-loss.",
+                        name, spread)
     return kinds
+
+
+SCALE_SPREAD = 100.0  # RMS of the largest channel over the smallest (nonzero) one beyond which rel_l2 is lopsided
+
+
+def channel_scale_spread(value) -> float | None:
+    """max/min RMS over the channels (axis 1) of an [N, C, ...] float output with 2 <= C <= 1024, else None."""
+    arr = as_array(value)
+    if arr.dtype.kind != "f" or arr.ndim < 3 or not 2 <= arr.shape[1] <= 1024 or arr.size == 0:
+        return None
+    moved = np.moveaxis(arr.astype(np.float64), 1, 0).reshape(arr.shape[1], -1)
+    rms = np.sqrt(np.mean(moved * moved, axis=1))
+    rms = rms[np.isfinite(rms) & (rms > 0)]
+    return float(rms.max() / rms.min()) if len(rms) >= 2 else None
 
 
 def _holds_classes(name: str, kind: str) -> bool:

@@ -52,6 +52,19 @@ def test_a_head_beside_the_class_scores_is_regression_whatever_its_name():
     assert auto_kinds({"out_a": logits, "p": probs})["out_a"] == "rel_l2"
 
 
+def test_a_lopsided_output_is_named_when_its_small_channels_hide_under_rel_l2(caplog):
+    # a YOLOv8 head: [N, 4 + classes, anchors], box coordinates in pixels beside class probabilities
+    rng = np.random.default_rng(0)
+    head = np.concatenate([rng.uniform(0, 320, (2, 4, 50)), rng.uniform(0, 0.05, (2, 6, 50))], axis=1)
+    with caplog.at_level("WARNING"):
+        assert auto_kinds({"output0": head.astype(np.float32)}) == {"output0": "rel_l2"}
+    assert "output0" in caplog.text and "differ in scale" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        auto_kinds({"map": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)})
+    assert "differ in scale" not in caplog.text
+
+
 def test_pruning_the_class_head_is_the_runs_loss_not_hidden_behind_the_boxes():
     model = tb.two_head_detector()
     ev = evaluator(model, {"input": X8})
