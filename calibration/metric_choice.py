@@ -69,6 +69,9 @@ def auto_kinds(values: Mapping[str, object]) -> dict[str, str]:
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
          (probabilities, or a class name): a face detector's [N, 4] box offsets beside its [N, 2] softmax are not
          four classes. A model whose outputs are all unnamed logits keeps agreement for each.
+      7. an rel_l2 output of 3 or more axes whose channels (axis 1) differ in RMS by more than SCALE_SPREAD ->
+         channel_rel_l2: YOLOv8's [N, 4 + classes, anchors] packs pixel coordinates beside probabilities, and one
+         relative error over the whole output would be set by the coordinates alone.
     """
     kinds = {name: auto_kind(name, value) for name, value in values.items()}
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
@@ -80,10 +83,9 @@ def auto_kinds(values: Mapping[str, object]) -> dict[str, str]:
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is not None and spread > SCALE_SPREAD:
-            log.warning("output '%s': its channels (axis 1) differ in scale by %.0fx, and rel_l2 over the whole output "
-                        "is set by the largest; small channels (class scores packed beside box coordinates) can change "
-                        "a lot within the budget. Check them on your data afterwards, or pass a smaller --max-loss.",
-                        name, spread)
+            kinds[name] = "channel_rel_l2"
+            log.info("output '%s': its channels (axis 1) differ in scale by %.0fx; scored per channel "
+                     "(channel_rel_l2), so the small ones count as much as the large", name, spread)
     return kinds
 
 

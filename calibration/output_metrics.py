@@ -108,6 +108,10 @@ def _rel_l2(out, ref, labels):
     return _relative_errors(out, ref)[:, None], _ones(_n(out))
 
 
+def _channel_rel_l2(out, ref, labels):
+    return _channel_relative_errors(out, ref)[:, None], _ones(_n(out))
+
+
 def _cosine(out, ref, labels):
     a, b = _per_sample(out), _per_sample(ref)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
@@ -158,6 +162,9 @@ METRICS: dict[str, Metric] = {
                    "1% of samples change class, or a mean largest probability change of 0.01", (False, True)),
     "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01",
                      (True,), True),
+    "channel_rel_l2": Metric(_channel_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
+                             "a mean relative L2 error of 0.01 per channel (axis 1), averaged over the channels",
+                             (True,), True),
     "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
                      continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
@@ -202,6 +209,24 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
         a, b = _per_sample(out), _per_sample(ref)
     diff = np.sqrt(np.square(a - b).sum(axis=1, dtype=np.float64))
     return diff / np.maximum(np.sqrt(np.square(b).sum(axis=1, dtype=np.float64)), _TINY)
+
+
+def _channel_relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per sample, the mean over the channels (axis 1) of each channel's ||out_ic - ref_ic|| / ||ref_ic||, each
+    capped at 1 (a channel that is lost counts once, however small it was). Every channel weighs the same, so
+    class scores packed beside pixel coordinates ([N, 4 + classes, anchors]) are not drowned by them. Outputs of
+    fewer than 3 axes have one channel per value column: the mean of |out - ref| / |ref| capped at 1."""
+    a, b = np.asarray(out), np.asarray(ref)
+    if a.ndim < 2:
+        return _relative_errors(a, b)
+    n, c = a.shape[0], a.shape[1]
+    a = a.reshape(n, c, -1)
+    b = b.reshape(n, c, -1)
+    diff = np.sqrt(np.square(a - b).sum(axis=2, dtype=np.float64))
+    norm = np.sqrt(np.square(b).sum(axis=2, dtype=np.float64))
+    both_zero = (norm < _TINY) & (diff < _TINY)
+    rel = np.where(both_zero, 0.0, np.minimum(1.0, diff / np.maximum(norm, _TINY)))
+    return rel.mean(axis=1)
 
 
 def _max_abs_change(out: np.ndarray, ref: np.ndarray) -> np.ndarray:

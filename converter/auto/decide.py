@@ -10,7 +10,7 @@ label metrics (accuracy, top5), paired: d_i = score of the dense model on sample
     L = 100·mean(d) pp, SE = 100·std(d)/sqrt(n); accepted when L <= budget + Z·SE. The difference can go either
     way, so a loss within one standard error is not told apart from none ("--max-loss 0" = no loss beyond noise).
 
-fidelity metrics (agreement, seq_agreement, prob, rel_l2, cosine, exact: the candidate against the dense model):
+fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
     the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import _relative_errors, as_array
+from onnxprune.calibration.output_metrics import _channel_relative_errors, _relative_errors, as_array
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,10 @@ def _rel_l2(out, ref, labels):
     return _relative_errors(out, ref)[:, None]
 
 
+def _channel_rel_l2(out, ref, labels):
+    return _channel_relative_errors(out, ref)[:, None]
+
+
 def _cosine(out, ref, labels):
     a, b = _flat(out).astype(np.float64), _flat(ref).astype(np.float64)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
@@ -122,6 +126,8 @@ PER_SAMPLE: dict[str, PerSample] = {
     "prob": PerSample(_prob, False, ("changed", "probability change"),
                       "1 if its class changed; and its largest probability change (each bounded)", binary=False),
     "rel_l2": PerSample(_rel_l2, False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
+    "channel_rel_l2": PerSample(_channel_rel_l2, False, ("relative error per channel",),
+                                "mean over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
     "cosine": PerSample(_cosine, False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_exact, False, ("changed",), "1 if any of its values changed"),
 }
