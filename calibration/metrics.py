@@ -12,7 +12,7 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     prob           min(agreement, 1 - mean_i max_c |p_ic - d_ic|)              1% of samples change class, or the mean
                                                                                    largest probability change is 0.01
     rel_l2         1 - mean_i ||y_i - d_i|| / ||d_i||  (floored at 0)          mean relative L2 error of 0.01
-    channel_rel_l2 1 - mean_i mean_c min(1, ||y_ic - d_ic|| / ||d_ic||)        mean per-channel relative error 0.01
+    channel_rel_l2 1 - mean_i max_c min(1, ||y_ic - d_ic|| / ||d_ic||)         worst channel's relative error 0.01
     cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
     exact          share of samples whose value is exactly the dense one's     1% of samples change their value
 

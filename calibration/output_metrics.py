@@ -163,7 +163,7 @@ METRICS: dict[str, Metric] = {
     "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01",
                      (True,), True),
     "channel_rel_l2": Metric(_channel_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
-                             "a mean relative L2 error of 0.01 per channel (axis 1), averaged over the channels",
+                             "a mean relative L2 error of 0.01 in the worst channel (axis 1) of each sample",
                              (True,), True),
     "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
                      continuous=True),
@@ -212,10 +212,11 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def _channel_relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per sample, the mean over the channels (axis 1) of each channel's ||out_ic - ref_ic|| / ||ref_ic||, each
-    capped at 1 (a channel that is lost counts once, however small it was). Every channel weighs the same, so
-    class scores packed beside pixel coordinates ([N, 4 + classes, anchors]) are not drowned by them. Outputs of
-    fewer than 3 axes have one channel per value column: the mean of |out - ref| / |ref| capped at 1."""
+    """Per sample, the worst channel's (axis 1) relative error ||out_ic - ref_ic|| / ||ref_ic||, capped at 1. Every
+    channel must hold the budget, so neither the class scores packed beside pixel coordinates ([N, 4 + classes,
+    anchors]) nor the four coordinates among many class channels can hide behind the others. (The mean over
+    channels was tried first: on nudenet it let the 4 box channels reach rel_l2 0.030 on held-out data, against the
+    0.01 its card allows.)"""
     a, b = np.asarray(out), np.asarray(ref)
     if a.ndim < 2:
         return _relative_errors(a, b)
@@ -226,7 +227,7 @@ def _channel_relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.square(b).sum(axis=2, dtype=np.float64))
     both_zero = (norm < _TINY) & (diff < _TINY)
     rel = np.where(both_zero, 0.0, np.minimum(1.0, diff / np.maximum(norm, _TINY)))
-    return rel.mean(axis=1)
+    return rel.max(axis=1)
 
 
 def _max_abs_change(out: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -127,7 +127,7 @@ PER_SAMPLE: dict[str, PerSample] = {
                       "1 if its class changed; and its largest probability change (each bounded)", binary=False),
     "rel_l2": PerSample(_rel_l2, False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
     "channel_rel_l2": PerSample(_channel_rel_l2, False, ("relative error per channel",),
-                                "mean over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
+                                "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
     "cosine": PerSample(_cosine, False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_exact, False, ("changed",), "1 if any of its values changed"),
 }

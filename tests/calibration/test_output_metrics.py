@@ -59,17 +59,130 @@ def test_a_lopsided_output_is_scored_per_channel_so_its_small_channels_count():
     head = head.astype(np.float32)
     assert auto_kinds({"output0": head}) == {"output0": "channel_rel_l2"}
     assert auto_kinds({"map": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)}) == {"map": "rel_l2"}
-    # the class channels lost: whole-output rel_l2 barely moves, the per-channel figure loses 6 of 10 channels
+    # the class channels lost: whole-output rel_l2 barely moves, the worst channel is lost entirely
     lost = head.copy()
     lost[:, 4:] = 0.0
     whole = METRICS["rel_l2"].finish(*METRICS["rel_l2"].batch(lost, head, None))
     per_channel = METRICS["channel_rel_l2"].finish(*METRICS["channel_rel_l2"].batch(lost, head, None))
-    assert whole > 0.999 and per_channel == pytest.approx(0.4)
+    assert whole > 0.999 and per_channel == 0.0
     # the decision rule's per-sample form is the same figure
     from onnxprune.converter.auto.decide import PER_SAMPLE
 
     assert PER_SAMPLE["channel_rel_l2"].fn(lost, head, None).mean() == pytest.approx(1 - per_channel)
+    nudged = head.copy()
+    nudged[:, 0] *= 1.02  # one box channel off by 2%: that sample's figure is 0.02, whatever the others do
+    assert PER_SAMPLE["channel_rel_l2"].fn(nudged, head, None)[:, 0] == pytest.approx(0.02, rel=1e-4)
     # a channel that is zero in both models is not an error; identical outputs lose nothing
     zero = head.copy()
     zero[:, 5] = 0.0
     assert METRICS["channel_rel_l2"].finish(*METRICS["channel_rel_l2"].batch(zero, zero, None)) == 1.0
+
+
+def test_pruning_the_class_head_is_the_runs_loss_not_hidden_behind_the_boxes():
+    model = tb.two_head_detector()
+    ev = evaluator(model, {"input": X8})
+    assert ev.dense == 1.0 and ev.metric == "worst of 2 outputs"
+    dead_head = with_weight(model, "cls.weight", np.zeros_like)
+    score = ev.evaluate(dead_head)
+    assert ev.last["boxes"]["loss_pp"] == pytest.approx(0.0, abs=1e-9)  # the first output does not move
+    scores_loss = ev.last["scores"]["loss_pp"]
+    assert scores_loss > 10.0
+    assert ev.loss_pp(score) == pytest.approx(scores_loss)
+    # the class agreement the user would measure afterwards, from the outputs themselves
+    dense = np.concatenate(list(ev.run(model))), ev.outputs_of(dead_head)
+    agree = np.mean(ev.outputs_of(model)[1].argmax(1) == dense[1][1].argmax(1))
+    assert scores_loss >= 100 * (1 - agree) - 1e-9
+    # naming the outputs that matter scores only those
+    only_boxes = evaluator(model, {"input": X8}, ["boxes=rel_l2"])
+    assert only_boxes.scored_outputs == ["boxes"]
+    assert only_boxes.loss_pp(only_boxes.evaluate(dead_head)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_regression_and_embedding_losses_follow_their_definitions():
+    model = tb.regressor()
+    ev = evaluator(model, {"input": X8})
+    scaled = with_weight(model, "fc2.weight", lambda w: 1.05 * w)  # bias stays: error below 5% per sample
+    ref, got = ev.outputs_of(model)[0], ev.outputs_of(scaled)[0]
+    expected = 100 * np.mean(np.abs(got - ref)[:, 0] / np.abs(ref[:, 0]))
+    assert ev.loss_pp(ev.evaluate(scaled)) == pytest.approx(expected, rel=1e-4)
+    emb = tb.embedder()
+    ev = evaluator(emb, {"input": X8})
+    assert ev.loss_pp(ev.evaluate(with_weight(emb, "fc2.weight", lambda w: 3.0 * w))) < 1.0  # scale: cosine same
+    flipped = with_weight(emb, "fc2.weight", lambda w: -w)
+    assert ev.loss_pp(ev.evaluate(flipped)) > 50.0
+
+
+def test_zipmap_output_is_compared_by_value():
+    model = tb.sklearn_mlp()
+    ev = evaluator(model, {"input": X4})
+    assert ev.loss_pp(ev.evaluate(model)) == 0.0
+    noisy = with_weight(model, "fc2.weight", lambda w: w + 0.5 * np.random.default_rng(1).standard_normal(w.shape))
+    ev.evaluate(noisy)
+    label_loss = ev.last["output_label"]["loss_pp"]
+    probs = ev.outputs_of(noisy)[1], ev.outputs_of(model)[1]
+    assert probs[0].shape == (64, 3)
+    change = np.abs(probs[0] - probs[1]).max(axis=1).mean()
+    assert ev.last["output_probability"]["loss_pp"] == pytest.approx(max(label_loss, 100 * change), rel=1e-6)
+    err = output_error([probs[0]], [probs[1]])
+    assert err["max_abs"] > 0
+
+
+def test_metric_names_are_checked_against_the_outputs_and_the_registry():
+    model = tb.two_head_detector()
+    with pytest.raises(ConfigError, match="output 'cls'.*valid outputs: boxes, scores"):
+        metric_plan(model, False, ["cls=agreement"])
+    with pytest.raises(ConfigError, match="unknown metric 'f1'.*accuracy, top5, agreement"):
+        metric_plan(model, False, ["scores=f1"])
+    with pytest.raises(ConfigError, match="needs labels"):
+        metric_plan(model, False, ["scores=accuracy"])
+    assert metric_plan(model, True) == {"scores": "accuracy", "boxes": "auto"}  # labels fit the class head
+    assert metric_plan(model, False, "cosine") == {"boxes": "cosine", "scores": "auto"}  # bare KIND: headline
+
+
+@pytest.fixture
+def detector(tmp_path):
+    path = tmp_path / "det.onnx"
+    onnx.save(tb.two_head_detector(), path)
+    np.savez(tmp_path / "calib.npz", input=X8)
+    return path, tmp_path / "calib.npz"
+
+
+def test_cli_budget_fails_when_the_class_head_is_pruned(detector, tmp_path):
+    model, data = detector
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "out.onnx"), "--max-loss", "1",
+                                   "--data", str(data), "--layer", "cls.weight=0.99", "--levels", "0.5,0.9", "-q"])
+    assert res.exit_code == 3, res.output  # BudgetError's own exit code
+    assert "measured loss" in res.output and "exceeds --max-loss" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_reports_each_output_and_unknown_output_is_a_usage_error(detector, tmp_path):
+    model, data = detector
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "out.onnx"), "--sparsity", "0.3",
+                                   "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "boxes (rel_l2" in res.output and "scores (prob" in res.output
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "o2.onnx"), "--sparsity", "0.3",
+                                   "--data", str(data), "--metric", "cls=agreement"])
+    assert res.exit_code == 2
+    assert "output 'cls'" in res.output and "boxes, scores" in res.output and "Traceback" not in res.output
+
+
+def test_an_output_whose_shape_changes_counts_as_lost_not_a_crash():
+    """Data-dependent shapes (detections after NMS): a batch of another shape loses all its samples."""
+    model = tb.regressor()
+    ev = evaluator(model, {"input": X8})
+    ref = ev.reference_all
+    shifted = [(np.zeros((len(r[0]) + 1, 1), np.float32),) for r in ref[:1]] + [r for r in ref[1:]]
+    value = ev.score(shifted)
+    assert ev.loss_pp(value) == pytest.approx(100.0 * 16 / 64)  # batch 1 of 4 (16 samples) lost entirely
+    err = output_error([s[0] for s in shifted], [r[0] for r in ref])
+    assert err["max_rel"] == 1.0
+
+
+def test_empty_outputs_score_as_unchanged():
+    model = tb.regressor()
+    ev = evaluator(model, {"input": X8}, ["value=rel_l2"])
+    empty = [(np.zeros((0, 1), np.float32),) for _ in ev.reference_all]
+    ev.reference_all = empty  # an output that is empty on every batch (no detections)
+    assert ev.score(empty) == 1.0
