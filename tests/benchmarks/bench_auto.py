@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--mnist", type=Path, default=shared_mnist_dir())
     ap.add_argument("--digits-csv", type=Path, default=None)
     ap.add_argument("--time-budget", default=None, help="default: the search's own (15m)")
+    ap.add_argument("--max-loss", type=float, default=0.0, help="budget of the MNIST rows (the acceptance: 0)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/onnxprune-bench-auto"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -190,7 +191,7 @@ def main() -> None:
             labelled = not row.endswith("nolabels")
             data = {"input": train[0], **({"labels": train[1]} if labelled else {})}
             decide = {"input": val[0], **({"labels": val[1]} if labelled else {})}
-            r = run_row(row, MODELS[name], data, decide, held, args.out, max_loss=0.0, **budget)
+            r = run_row(row, MODELS[name], data, decide, held, args.out, max_loss=args.max_loss, **budget)
             show(r)
             results.append(r)
     if "digits" in rows:
