@@ -18,7 +18,8 @@ it, as the intercept. Weights held in Constant nodes are refit in place like ini
 
 Left as they are (said in the report): weights in If/Loop/Scan bodies, LSTM/GRU/RNN weights (their W and R feed a
 recurrence: no single least-squares layer), weights reached through Reshape/Gather chains, weights that are the
-first operand, ConvTranspose, Conv with more than two spatial dimensions or auto_pad, 0-sample data.
+first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's auto_pad
+(SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from onnxprune.passes.weights import find_prunable, name_nodes
 log = logging.getLogger(__name__)
 
 DEFAULT_DAMP = 1e-2  # ridge λ as a share of the mean diagonal of XᵀX (GPTQ's percdamp)
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")  # Conv auto_pad values the im2col resolves (_pads)
 ROWS_PER_COLUMN = 128  # a Conv keeps at most this many im2col rows per weight column per batch (seeded sample)
 
 
@@ -109,9 +111,10 @@ def _unsupported(w, node, producers) -> str | None:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     if node.op_type == "ConvTranspose":
         return f"ConvTranspose '{node.name}' is not refit; left as pruned"
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in (b"NOTSET", "NOTSET")):
-        return f"Conv '{node.name}': {len(w.shape) - 2} spatial dims or auto_pad; only 1-D/2-D explicit pads are refit"
+    auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
+    if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in AUTO_PADS):
+        return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only 1-D/2-D Convs "
+                f"with explicit pads or auto_pad {'/'.join(AUTO_PADS)} are refit")
     if node.op_type == "Gemm" and _attr(node, "transA", 0):
         return f"Gemm '{node.name}' has transA=1; left as pruned"
     return None
@@ -249,7 +252,7 @@ def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np
     kernel = list(_attr(node, "kernel_shape", None) or [])
     strides = list(_attr(node, "strides", [1] * spatial))
     dilations = list(_attr(node, "dilations", [1] * spatial))
-    pads = list(_attr(node, "pads", [0] * 2 * spatial))
+    pads = _pads(node, x.shape[2:], kernel, strides, dilations)
     x = np.pad(x, [(0, 0), (0, 0), *zip(pads[:spatial], pads[spatial:])])
     span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
     axes = tuple(range(2, 2 + spatial))
@@ -263,6 +266,25 @@ def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np
         return win.reshape(n_rows, -1), None
     rows = np.sort(np.random.default_rng(n_rows).choice(n_rows, cap, replace=False))
     return win[np.unravel_index(rows, win.shape[: 1 + spatial])].reshape(cap, -1), rows
+
+
+def _pads(node, size, kernel, strides, dilations) -> list[int]:
+    """Explicit [begin…, end…] pads; auto_pad SAME_* / VALID resolved on the input's spatial `size` as the ONNX
+    Conv spec does (SAME: output ceil(size / stride), the odd pad at the end for SAME_UPPER, at the start for
+    SAME_LOWER)."""
+    auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
+    if auto_pad == "NOTSET":
+        return list(_attr(node, "pads", [0] * 2 * len(size)))
+    if auto_pad == "VALID":
+        return [0] * 2 * len(size)
+    total = [max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n) for n, k, s, d in zip(size, kernel, strides, dilations)]
+    small = [t // 2 for t in total]
+    big = [t - h for t, h in zip(total, small)]
+    return small + big if auto_pad == "SAME_UPPER" else big + small
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:

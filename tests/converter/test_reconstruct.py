@@ -207,3 +207,36 @@ def test_a_prior_keeps_the_refit_near_the_kept_weights_and_a_huge_one_leaves_the
     assert 0 < moved["near"] < moved["free"]
     for name in masks:
         np.testing.assert_allclose(weight_array(frozen, name), weight_array(pruned, name), atol=1e-5)
+
+
+def test_auto_pad_convs_are_refit_as_their_explicit_pad_twins():
+    """SAME_UPPER (odd pads, stride 2), SAME_LOWER and VALID: the refit equals the refit of the same convs with the
+    equivalent explicit pads, its im2col reproduces each conv exactly, and onnxruntime agrees with the oracle."""
+    dense, twin = builders.auto_pad_convs(seed=0), builders.auto_pad_convs(explicit=True, seed=0)
+    assert [
+        onnx.helper.get_attribute_value(a) for n in dense.graph.node for a in n.attribute if a.name == "auto_pad"
+    ] == [b"SAME_UPPER", b"SAME_LOWER", b"VALID"]
+    full = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
+    exact = ReconstructReport()
+    reconstruct(dense, dense, full, feeds_for(dense, 2, 4, seed=0), report=exact)
+    assert set(exact.refit) == {"up.weight", "low.weight", "valid.weight"} and not exact.skipped
+    for name, r in exact.refit.items():
+        assert r["error_before"] < 1e-9, name
+
+    pruned, masks = prune(dense, 0.6)
+    pruned_twin = zero_weights(twin, masks)
+    feeds = feeds_for(dense, 4, 8, seed=0)
+    report, report_twin = ReconstructReport(), ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds, report=report)
+    refit_twin = reconstruct(pruned_twin, twin, masks, feeds, report=report_twin)
+    check_full(refit)
+    assert [n.op_type for n in refit.graph.node] == [n.op_type for n in dense.graph.node]
+    assert set(report.refit) == set(report_twin.refit) == set(masks)
+    for name in masks:
+        np.testing.assert_allclose(weight_array(refit, name), weight_array(refit_twin, name), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+        assert report.refit[name]["error_after"] < report.refit[name]["error_before"], name
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    assert_same_outputs(refit, refit_twin, rtol=1e-4)
+    held_out = feeds_for(dense, 2, 8, seed=70)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
