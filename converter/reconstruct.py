@@ -402,7 +402,7 @@ def _sse(xx, xt, tt, idx, v) -> float:
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
                 report: ReconstructReport | None = None, dense_session=None, select: bool = False,
-                prior: bool = False) -> onnx.ModelProto:
+                prior: bool | str = False) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
@@ -411,7 +411,10 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     output errors before/after and the layers left alone. `dense_session`: a `DenseSessions(dense_model)` to
     reuse across calls. `select`: choose each layer's mask
     from the refit's own error (below, `_select`) keeping as many weights as `masks` does; the chosen masks are
-    in `report.masks`.
+    in `report.masks`. `prior`: shrink toward the kept weights (True), toward zero (False), or "auto": toward the
+    kept weights in a layer with fewer rows (samples x positions) than inputs, where the zero-shrunk solution
+    interpolates the rows it saw and forgets the rest of the input space (measured: keras MTCNN's dense layer,
+    576 inputs, 38 samples, 6% pruned: held-out rel_l2 0.005 -> 0.26 toward zero, 0.002 toward the kept weights).
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
@@ -447,7 +450,7 @@ class DenseSessions:
 
 
 def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
-                types, report, dense_consts=None, prior: bool = False) -> None:
+                types, report, dense_consts=None, prior: bool | str = False) -> None:
     inits = local_constants(model.graph)
     fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
@@ -483,7 +486,7 @@ class _Fit:
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
         self.gram.add(*_rows(self.layer, x, t))
 
-    def finish(self, inits, damp: float, report: ReconstructReport, prior: bool = False) -> None:
+    def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
         if gram.rows == 0:
             report.skipped[layer.weight] = "no calibration samples"
@@ -497,8 +500,10 @@ class _Fit:
         w = _weight_matrix(layer, self.w_store).astype(np.float64)
         m = _weight_matrix(layer, self.mask)
         b = numpy_helper.to_array(inits[self.bias]).astype(np.float64) if self.bias else None
-        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, prior)
-        entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows}
+        toward_kept = gram.rows < w.shape[1] if prior == "auto" else bool(prior)
+        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, toward_kept)
+        entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows,
+                 "prior": toward_kept}
         if after > before:  # the ridge can lose on tiny data: never make a layer worse
             report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}
             if self.dense_w is not None:  # the chosen mask on the dense values
