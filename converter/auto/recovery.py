@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SMALL_DATA = 1000  # unlabelled training samples below which the refit recovers instead of SGD (rule 3)
 # the per-layer phase judges by the rule with this many times its margin (it looks at one decision set many times).
 # Measured with REFIT_PRIOR "auto" on sklearn_mlp_digits: z x1 3.89x, card held-out rel_l2 0.074 (bar 0.05); z x2
-# 2.95x, rel_l2 0.053, as the bisection's own 2.50x (0.054): the wider margin stops it selecting noise
+# 2.95x, rel_l2 0.053, no worse than the bisection's own 2.50x (0.054)
 PER_LAYER_Z = 2.0
 SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
 # the refit shrinks with λ = 0.01 x mean diag(XᵀX) (reconstruct's defaults). Toward the kept weights in every layer
