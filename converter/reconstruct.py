@@ -18,7 +18,8 @@ it, as the intercept. Weights held in Constant nodes are refit in place like ini
 
 Left as they are (said in the report): weights in If/Loop/Scan bodies, LSTM/GRU/RNN weights (their W and R feed a
 recurrence: no single least-squares layer), weights reached through Reshape/Gather chains, weights that are the
-first operand, ConvTranspose, Conv with more than two spatial dimensions or auto_pad, 0-sample data.
+first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's auto_pad
+(SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from onnxprune.passes.weights import find_prunable, name_nodes
 log = logging.getLogger(__name__)
 
 DEFAULT_DAMP = 1e-2  # ridge λ as a share of the mean diagonal of XᵀX (GPTQ's percdamp)
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")  # Conv auto_pad values the im2col resolves (_pads)
 ROWS_PER_COLUMN = 128  # a Conv keeps at most this many im2col rows per weight column per batch (seeded sample)
 
 
@@ -109,9 +111,10 @@ def _unsupported(w, node, producers) -> str | None:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     if node.op_type == "ConvTranspose":
         return f"ConvTranspose '{node.name}' is not refit; left as pruned"
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in (b"NOTSET", "NOTSET")):
-        return f"Conv '{node.name}': {len(w.shape) - 2} spatial dims or auto_pad; only 1-D/2-D explicit pads are refit"
+    auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
+    if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in AUTO_PADS):
+        return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only 1-D/2-D Convs "
+                f"with explicit pads or auto_pad {'/'.join(AUTO_PADS)} are refit")
     if node.op_type == "Gemm" and _attr(node, "transA", 0):
         return f"Gemm '{node.name}' has transA=1; left as pruned"
     return None
@@ -249,7 +252,7 @@ def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np
     kernel = list(_attr(node, "kernel_shape", None) or [])
     strides = list(_attr(node, "strides", [1] * spatial))
     dilations = list(_attr(node, "dilations", [1] * spatial))
-    pads = list(_attr(node, "pads", [0] * 2 * spatial))
+    pads = _pads(node, x.shape[2:], kernel, strides, dilations)
     x = np.pad(x, [(0, 0), (0, 0), *zip(pads[:spatial], pads[spatial:])])
     span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
     axes = tuple(range(2, 2 + spatial))
@@ -263,6 +266,25 @@ def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np
         return win.reshape(n_rows, -1), None
     rows = np.sort(np.random.default_rng(n_rows).choice(n_rows, cap, replace=False))
     return win[np.unravel_index(rows, win.shape[: 1 + spatial])].reshape(cap, -1), rows
+
+
+def _pads(node, size, kernel, strides, dilations) -> list[int]:
+    """Explicit [begin…, end…] pads; auto_pad SAME_* / VALID resolved on the input's spatial `size` as the ONNX
+    Conv spec does (SAME: output ceil(size / stride), the odd pad at the end for SAME_UPPER, at the start for
+    SAME_LOWER)."""
+    auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
+    if auto_pad == "NOTSET":
+        return list(_attr(node, "pads", [0] * 2 * len(size)))
+    if auto_pad == "VALID":
+        return [0] * 2 * len(size)
+    total = [max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n) for n, k, s, d in zip(size, kernel, strides, dilations)]
+    small = [t // 2 for t in total]
+    big = [t - h for t, h in zip(total, small)]
+    return small + big if auto_pad == "SAME_UPPER" else big + small
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
@@ -380,7 +402,7 @@ def _sse(xx, xt, tt, idx, v) -> float:
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
                 report: ReconstructReport | None = None, dense_session=None, select: bool = False,
-                prior: bool = False) -> onnx.ModelProto:
+                prior: bool | str = False) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
@@ -389,7 +411,10 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     output errors before/after and the layers left alone. `dense_session`: a `DenseSessions(dense_model)` to
     reuse across calls. `select`: choose each layer's mask
     from the refit's own error (below, `_select`) keeping as many weights as `masks` does; the chosen masks are
-    in `report.masks`.
+    in `report.masks`. `prior`: shrink toward the kept weights (True), toward zero (False), or "auto": toward the
+    kept weights in a layer with fewer rows (samples x positions) than inputs, where the zero-shrunk solution
+    interpolates the rows it saw and forgets the rest of the input space (measured: keras MTCNN's dense layer,
+    576 inputs, 38 samples, 6% pruned: held-out rel_l2 0.005 -> 0.26 toward zero, 0.002 toward the kept weights).
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
@@ -425,7 +450,7 @@ class DenseSessions:
 
 
 def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
-                types, report, dense_consts=None, prior: bool = False) -> None:
+                types, report, dense_consts=None, prior: bool | str = False) -> None:
     inits = local_constants(model.graph)
     fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
@@ -461,7 +486,7 @@ class _Fit:
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
         self.gram.add(*_rows(self.layer, x, t))
 
-    def finish(self, inits, damp: float, report: ReconstructReport, prior: bool = False) -> None:
+    def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
         if gram.rows == 0:
             report.skipped[layer.weight] = "no calibration samples"
@@ -475,8 +500,10 @@ class _Fit:
         w = _weight_matrix(layer, self.w_store).astype(np.float64)
         m = _weight_matrix(layer, self.mask)
         b = numpy_helper.to_array(inits[self.bias]).astype(np.float64) if self.bias else None
-        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, prior)
-        entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows}
+        toward_kept = gram.rows < w.shape[1] if prior == "auto" else bool(prior)
+        new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, toward_kept)
+        entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows,
+                 "prior": toward_kept}
         if after > before:  # the ridge can lose on tiny data: never make a layer worse
             report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}
             if self.dense_w is not None:  # the chosen mask on the dense values

@@ -167,6 +167,26 @@ def strided_convs(*, in_channels: int = 4, channels: int = 6, size: int = 11, se
     return g.model("strided_convs", [in_channels, size, size], x, [8, h - 1, w])
 
 
+def auto_pad_convs(*, explicit: bool = False, in_channels: int = 3, channels: int = 6, size: int = 11,
+                   seed: int = 0) -> onnx.ModelProto:
+    """Convs padded by auto_pad, as keras2onnx writes them: SAME_UPPER (kernel 4x3, stride 2x1: odd pads, the extra
+    at the end), SAME_LOWER (kernel 2x2: the pad at the start), VALID. `explicit`: the same graph and weights with
+    the equivalent explicit pads instead (on a size x size input)."""
+    g = _Graph(seed)
+    layers = [("up", (4, 3), [2, 1], "SAME_UPPER", [1, 1, 2, 1]), ("low", (2, 2), [1, 1], "SAME_LOWER", [1, 1, 0, 0]),
+              ("valid", (3, 3), [1, 1], "VALID", [0, 0, 0, 0])]
+    x, c = "input", in_channels
+    for scope, k, strides, auto_pad, pads in layers:
+        w = g.weight(f"{scope}.weight", (channels, c, *k), c * k[0] * k[1])
+        pad = {"pads": pads} if explicit else {"auto_pad": auto_pad}
+        x = g.op("Conv", scope, [x, w, g.bias(f"{scope}.bias", channels)], kernel_shape=list(k), strides=strides,
+                 **pad)
+        x = g.relu(x, scope) if scope != "valid" else x
+        c = channels
+    h = -(-size // 2)
+    return g.model("auto_pad_convs", [in_channels, size, size], x, [channels, h - 2, size - 2])
+
+
 def tiny_attention(*, seq_len: int = 4, d_model: int = 16, seed: int = 0) -> onnx.ModelProto:
     """Single-head self-attention on [N, T, d]: LayerNorm(x + Wo·softmax(QK^T/sqrt(d))V)."""
     g = _Graph(seed)

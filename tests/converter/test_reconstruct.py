@@ -207,3 +207,59 @@ def test_a_prior_keeps_the_refit_near_the_kept_weights_and_a_huge_one_leaves_the
     assert 0 < moved["near"] < moved["free"]
     for name in masks:
         np.testing.assert_allclose(weight_array(frozen, name), weight_array(pruned, name), atol=1e-5)
+
+
+def test_auto_pad_convs_are_refit_as_their_explicit_pad_twins():
+    """SAME_UPPER (odd pads, stride 2), SAME_LOWER and VALID: the refit equals the refit of the same convs with the
+    equivalent explicit pads, its im2col reproduces each conv exactly, and onnxruntime agrees with the oracle."""
+    dense, twin = builders.auto_pad_convs(seed=0), builders.auto_pad_convs(explicit=True, seed=0)
+    assert [
+        onnx.helper.get_attribute_value(a) for n in dense.graph.node for a in n.attribute if a.name == "auto_pad"
+    ] == [b"SAME_UPPER", b"SAME_LOWER", b"VALID"]
+    full = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
+    exact = ReconstructReport()
+    reconstruct(dense, dense, full, feeds_for(dense, 2, 4, seed=0), report=exact)
+    assert set(exact.refit) == {"up.weight", "low.weight", "valid.weight"} and not exact.skipped
+    for name, r in exact.refit.items():
+        assert r["error_before"] < 1e-9, name
+
+    pruned, masks = prune(dense, 0.6)
+    pruned_twin = zero_weights(twin, masks)
+    feeds = feeds_for(dense, 4, 8, seed=0)
+    report, report_twin = ReconstructReport(), ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds, report=report)
+    refit_twin = reconstruct(pruned_twin, twin, masks, feeds, report=report_twin)
+    check_full(refit)
+    assert [n.op_type for n in refit.graph.node] == [n.op_type for n in dense.graph.node]
+    assert set(report.refit) == set(report_twin.refit) == set(masks)
+    for name in masks:
+        np.testing.assert_allclose(weight_array(refit, name), weight_array(refit_twin, name), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+        assert report.refit[name]["error_after"] < report.refit[name]["error_before"], name
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    assert_same_outputs(refit, refit_twin, rtol=1e-4)
+    held_out = feeds_for(dense, 2, 8, seed=70)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_auto_prior_shrinks_toward_the_kept_weights_only_where_rows_are_fewer_than_inputs():
+    """48 samples for a 64-input layer: toward zero the refit interpolates them and forgets the rest of the input
+    space; "auto" shrinks that layer toward its kept weights, so held-out samples fare better (the refit on so few
+samples need not beat the pruned layers themselves: the search judges that). With more rows than
+    inputs "auto" is the plain refit, bit for bit."""
+    dense = builders.mlp_gemm(in_features=64, hidden=(32,), out_features=10, seed=3)
+    pruned, masks = prune(dense, 0.1)
+    few = feeds_for(dense, 1, 48, seed=0)
+    auto, zero = ReconstructReport(), ReconstructReport()
+    refit_auto = reconstruct(pruned, dense, masks, few, prior="auto", report=auto)
+    refit_zero = reconstruct(pruned, dense, masks, few, prior=False, report=zero)
+    check_full(refit_auto)
+    assert auto.refit["fc1.weight"]["prior"] and not auto.refit["fc2.weight"]["prior"]  # 48 rows: < 64, not < 32
+    assert not any(r["prior"] for r in zero.refit.values())
+    held_out = feeds_for(dense, 2, 64, seed=90)
+    assert output_error(refit_auto, dense, held_out) < 0.1 * output_error(refit_zero, dense, held_out)  # 0.003, 0.10
+    assert_same_outputs(refit_auto, zero_weights(refit_auto, masks), rtol=1e-6)
+    many = feeds_for(dense, 4, 32, seed=0)
+    plain, chosen = (reconstruct(pruned, dense, masks, many, prior=p) for p in (False, "auto"))
+    for name in masks:
+        np.testing.assert_array_equal(weight_array(plain, name), weight_array(chosen, name))

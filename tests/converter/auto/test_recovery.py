@@ -44,10 +44,16 @@ def small_unlabelled():
     return model, {"input": data["input"]}
 
 
-def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small_unlabelled):
+@pytest.fixture(scope="module")
+def refit_search(small_unlabelled):
+    model, data = small_unlabelled
+    return run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+
+
+def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small_unlabelled, refit_search):
     model, data = small_unlabelled
     one_shot = run(model, configure(max_loss=1.0, data=data, one_shot=True))
-    result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    result = refit_search
     report = result.report
     choices = report["auto"]["choices"]
     assert choices["recovery"]["value"] == "reconstruct" and "no labels" in choices["recovery"]["rule"]
@@ -63,3 +69,25 @@ def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small
     onnx.checker.check_model(result.model)
     kept = [h for h in report["history"] if h.get("kept")]
     assert kept[-1]["ratio"] == pytest.approx(max(h["ratio"] for h in kept))
+
+
+def test_the_per_layer_phase_uses_the_time_left_and_keeps_only_candidates_within_the_stricter_margin(refit_search):
+    """After the bisection, layers are raised one at a time (largest first): each kept candidate is within the rule
+    with PER_LAYER_Z times its margin, the result is never below the bisection's, and the phase ends (every layer at
+    its smallest step) well inside a generous budget."""
+    from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+    result = refit_search
+    history = result.report["history"]
+    layer = [h for h in history if h["phase"] == "reconstruct-layer"]
+    before = [h for h in history if h["phase"] in ("one-shot", "reconstruct") and h["kept"]]
+    assert layer and before and all("layer '" in h["note"] for h in layer)
+    phases = [h["phase"] for h in history]
+    assert phases.index("reconstruct-layer") > max(i for i, p in enumerate(phases) if p == "reconstruct")
+    for h in layer:
+        if h["kept"]:  # a fidelity rule: the bound is taken off the budget, PER_LAYER_Z times the search's margin
+            assert h["loss_pp"] + PER_LAYER_Z * h["se_pp"] <= 1.0 + 1e-9
+    assert result.report["compression"] >= max(h["ratio"] for h in before) - 1e-9
+    assert any("per-layer refit:" in n and "smallest step" in n for n in result.report["auto"]["notes"])
+    assert result.report["budget"]["met"]
+    onnx.checker.check_model(result.model)
