@@ -7,8 +7,10 @@ Evaluator never disagree about the loss itself, only the rule adds the margin. W
 
 label metrics (accuracy, top5), paired: d_i = score of the dense model on sample i - score of the candidate
     (1 when only the dense model is right, -1 when only the candidate is, else 0: McNemar's discordant pairs).
-    L = 100·mean(d) pp, SE = 100·std(d)/sqrt(n); accepted when L <= budget + Z·SE. The difference can go either
-    way, so a loss within one standard error is not told apart from none ("--max-loss 0" = no loss beyond noise).
+    L = 100·mean(d) pp, SE = 100·std(d)/sqrt(n); accepted when L <= max(budget, Z·SE). The difference can go
+    either way, so a loss within one standard error is not told apart from none ("--max-loss 0" = no loss beyond
+    noise); a positive budget is kept as asked (the loss measured on the decision set is at most the budget, as the
+    run then reports it), unless it is finer than the set's noise.
 
 fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
@@ -143,7 +145,7 @@ def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
 class Decision:
     loss_pp: float  # the worst output's mean loss on the decision set (positive = worse than the dense model)
     se_pp: float  # its standard error
-    limit_pp: float  # the loss it may have: budget + Z·SE (label metrics) or budget - Z·SE (fidelity metrics)
+    limit_pp: float  # the loss it may have: max(budget, Z·SE) (label metrics) or budget - Z·SE (fidelity metrics)
     within: bool  # every output within its limit
     n: int
     worse: int = 0  # samples only the dense model gets right (label metrics)
@@ -170,7 +172,7 @@ class _OutputRule:
             col = d[:, j]
             loss = 100.0 * float(col.mean()) if n else 0.0
             se = 100.0 * float(col.std(ddof=1)) / math.sqrt(n) if n > 1 else (0.0 if n else float("inf"))
-            limit = self.budget + self.z * se if self.form.paired else self.budget - self.z * se
+            limit = max(self.budget, self.z * se) if self.form.paired else self.budget - self.z * se
             parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
         out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
@@ -238,8 +240,8 @@ class BudgetRule:
         fidelity = [k for k in kinds if not PER_SAMPLE[k].paired]
         rules = []
         if paired:
-            rules.append(f"{'/'.join(paired)}: paired loss <= {self.budget:g} pp + {self.z:g} standard error of "
-                         "the paired difference")
+            rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {self.z:g} "
+                         "standard error of the paired difference")
         if fidelity:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp")
