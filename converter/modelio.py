@@ -257,14 +257,21 @@ def check_output_folder(folder: Path, flag: str = "-o") -> None:
 
 
 def _refuses_new_files(probe: Path) -> OSError | None:
-    """Create and remove `probe`: permission bits do not tell everything (root, read-only mounts, /proc)."""
+    """Create and remove `probe`: permission bits do not tell everything (root, read-only mounts, /proc). The probe
+    is removed in `finally`, so an interrupt (Ctrl-C, SIGTERM) between creating and removing it leaves nothing."""
+    ours = True
     try:
         with open(probe, "xb"):
             pass
+    except FileExistsError as exc:  # a file of that random name that is not ours: leave it
+        ours = False
+        return exc
     except OSError as exc:
         return exc
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+    finally:
+        if ours:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
     return None
 
 

@@ -136,3 +136,32 @@ def test_opset_newer_than_onnx_knows_is_named(tmp_path):
     path.write_bytes(m.SerializeToString())
     with pytest.raises(ModelError, match="newer than this onnx"):
         modelio.load_model(path)
+
+
+def test_an_interrupt_during_the_write_probe_leaves_no_probe_file(tmp_path, monkeypatch):
+    """check_output_path creates and removes a probe beside the output; Ctrl-C or SIGTERM (KeyboardInterrupt) right
+    after the probe exists must not leave it behind (it did: the interrupt tests caught '.out.onnx.<hex>.tmp')."""
+    import builtins
+
+    from onnxprune.converter import modelio
+
+    real_open = builtins.open
+
+    class Interrupted:
+        def __init__(self, path, mode):
+            self.f = real_open(path, mode)  # the probe now exists
+
+        def __enter__(self):
+            return self.f
+
+        def __exit__(self, *exc):
+            self.f.close()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(modelio, "open", Interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        modelio.check_output_path(tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    modelio.check_output_path(tmp_path / "out.onnx")  # and the plain probe still leaves nothing
+    assert list(tmp_path.iterdir()) == []

@@ -176,7 +176,7 @@ def test_interrupted_prune_leaves_input_intact_and_no_partial_output(big, tmp_pa
         assert proc.returncode == -signal.SIGKILL or not caught
         assert all(name.startswith(".out.onnx.") and name.endswith(".tmp") for name in left), left
     else:
-        assert left == [], f"temp files left after {signame}: {left}"
+        assert left == [], f"temp files left after {signame}: {left} (rc {proc.returncode}): {stderr[-2000:]}"
         assert "Traceback" not in stderr, stderr
         if caught and not out.exists():
             assert proc.returncode != 0
