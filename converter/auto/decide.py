@@ -33,77 +33,34 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import _channel_relative_errors, _relative_errors, as_array
+from onnxprune.calibration.output_metrics import METRICS, as_array, mismatch_samples
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 Z = 1.0  # margin in standard errors
 NEAR_PERFECT = 0.995  # dense accuracy on the decision set at or above this: probably the model's training data
-_TINY = 1e-12
-
-
-def _flat(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    return x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
-
-
-def _top1(x: np.ndarray) -> np.ndarray:
-    return _flat(x).argmax(axis=1)
-
-
-def _rows(x: np.ndarray) -> int:
-    return len(x) if np.ndim(x) else 1
 
 
 # ---- per-sample forms: (out, ref, labels) -> [n, parts] ------------------------------------------------------------
-# label metrics: the sample's score (1 right, 0 wrong); fidelity metrics: the sample's loss l_i (0 = as the dense one)
+# label metrics: the sample's score (1 right, 0 wrong); fidelity metrics: the sample's loss l_i (0 = as the dense one).
+# Both come from the metric's own per-sample terms (calibration.output_metrics `Metric.samples`): one definition, so
+# the rule's mean is the Evaluator's whole-set loss by construction. A term where higher is better (agreement,
+# cosine, positions that agree) becomes the loss 1 - share; a term where lower is better (relative error,
+# probability change) is the loss itself.
 
-def _accuracy(out, ref, labels):
-    return (_top1(out) == labels).astype(np.float64)[:, None]
-
-
-def _top5(out, ref, labels):
-    top = np.argpartition(-np.asarray(out), 4, axis=1)[:, :5]
-    return (top == labels[:, None]).any(axis=1).astype(np.float64)[:, None]
-
-
-def _changed(out, ref, labels):
-    return (_top1(out) != _top1(ref)).astype(np.float64)[:, None]
-
-
-def _seq_changed(out, ref, labels):
-    if np.ndim(out) < 2:
-        return _changed(out, ref, labels)
-    moved = np.asarray(out).argmax(axis=-1) != np.asarray(ref).argmax(axis=-1)
-    return moved.reshape(len(moved), -1).mean(axis=1)[:, None]
+def _as_losses(kind: str, terms: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    metric = METRICS[kind]
+    share = terms / np.maximum(counts, 1)[:, None]
+    if metric.needs_labels:
+        return share
+    return np.where(np.asarray(metric.lower_better), share, 1.0 - share)
 
 
-def _prob(out, ref, labels):
-    a, b = _flat(out).astype(np.float64), _flat(ref).astype(np.float64)
-    return np.stack([(a.argmax(axis=1) != b.argmax(axis=1)).astype(np.float64),
-                     np.abs(a - b).max(axis=1, initial=0.0)], axis=1)
-
-
-def _rel_l2(out, ref, labels):
-    return _relative_errors(out, ref)[:, None]
-
-
-def _channel_rel_l2(out, ref, labels):
-    return _channel_relative_errors(out, ref)[:, None]
-
-
-def _cosine(out, ref, labels):
-    a, b = _flat(out).astype(np.float64), _flat(ref).astype(np.float64)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    cos = np.where((na < _TINY) & (nb < _TINY), 1.0, (a * b).sum(axis=1) / np.maximum(na * nb, _TINY))
-    return (1.0 - cos)[:, None]
-
-
-def _exact(out, ref, labels):
-    a, b = _flat(out), _flat(ref)
-    same = (a == b) | ((a != a) & (b != b)) if a.dtype.kind in "fc" else a == b
-    return (~same.all(axis=1)).astype(np.float64)[:, None]
+def _form(kind: str) -> Callable:
+    def fn(out, ref, labels):
+        return _as_losses(kind, *METRICS[kind].samples(np.asarray(out), np.asarray(ref), labels))
+    return fn
 
 
 @dataclass(frozen=True)
@@ -120,25 +77,24 @@ class PerSample:
 
 
 PER_SAMPLE: dict[str, PerSample] = {
-    "accuracy": PerSample(_accuracy, True, ("accuracy",), "1 if right, else 0 (paired with the dense model)"),
-    "top5": PerSample(_top5, True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
-    "agreement": PerSample(_changed, False, ("changed",), "1 if its top-1 class changed"),
-    "seq_agreement": PerSample(_seq_changed, False, ("changed positions",),
+    "accuracy": PerSample(_form("accuracy"), True, ("accuracy",), "1 if right, else 0 (paired with the dense model)"),
+    "top5": PerSample(_form("top5"), True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
+    "agreement": PerSample(_form("agreement"), False, ("changed",), "1 if its top-1 class changed"),
+    "seq_agreement": PerSample(_form("seq_agreement"), False, ("changed positions",),
                                "the share of its positions whose top-1 class changed", binary=False),
-    "prob": PerSample(_prob, False, ("changed", "probability change"),
+    "prob": PerSample(_form("prob"), False, ("changed", "probability change"),
                       "1 if its class changed; and its largest probability change (each bounded)", binary=False),
-    "rel_l2": PerSample(_rel_l2, False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
-    "channel_rel_l2": PerSample(_channel_rel_l2, False, ("relative error per channel",),
+    "rel_l2": PerSample(_form("rel_l2"), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
+    "channel_rel_l2": PerSample(_form("channel_rel_l2"), False, ("relative error per channel",),
                                 "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
-    "cosine": PerSample(_cosine, False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
-    "exact": PerSample(_exact, False, ("changed",), "1 if any of its values changed"),
+    "cosine": PerSample(_form("cosine"), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
+    "exact": PerSample(_form("exact"), False, ("changed",), "1 if any of its values changed"),
 }
 
 
 def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
     """A batch whose shape differs from the dense model's (data-dependent shapes): every sample counts as lost."""
-    form = PER_SAMPLE[kind]
-    return np.full((_rows(ref), len(form.parts)), 0.0 if form.paired else 1.0)
+    return _as_losses(kind, *mismatch_samples(kind, ref))
 
 
 @dataclass
