@@ -31,9 +31,7 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 from onnxprune.converter.auto.allocation import global_masks
-
 from onnxprune.errors import UnsupportedOpError
 from onnxprune.registry import registrar
 
@@ -228,13 +226,10 @@ class ReconstructRecovery(Recovery):
 
 
 def _zeroed(model, masks):
-    from onnx import numpy_helper
-    from onnxprune.passes.weights import constant_tensors
+    """A copy of `model` with the masked weights zeroed (the apply-masks pass)."""
+    from onnxprune.passes.apply_masks import ApplyMasks
+    from onnxprune.passes.base import PruneState
 
     out = type(model)()
     out.CopyFrom(model)
-    tensors = constant_tensors(out)
-    for name, mask in masks.items():
-        w = numpy_helper.to_array(tensors[name])
-        tensors[name].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), tensors[name].name))
-    return out
+    return ApplyMasks().run(out, PruneState(masks=dict(masks))).model
