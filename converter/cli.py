@@ -243,6 +243,9 @@ def _parse_levels(text: str | None):
 @click.option("--one-shot", is_flag=True, help="With --max-loss: the sensitivity-scan search only, no retraining.")
 @click.option("--time-budget", type=str, help="Wall-time bound of the automatic search: seconds, 90s, 15m, 1h "
               "(default 15m); the best model found is returned.")
+@click.option("--recovery", type=click.Choice(["auto", "sgd", "reconstruct"]), default="auto", show_default=True,
+              help="How the automatic search recovers after each prune step: sgd (retraining through torch), "
+                   "reconstruct (layer-wise refit in onnxruntime), or auto (the rule in the README).")
 @click.option("--threads", type=int, help="torch and onnxruntime threads (default: 1 on <= 2 cores, else half).")
 @_data_options
 @click.option("--iterations", type=int, default=0, show_default=True, help="Prune -> retrain rounds (0 = one-shot).")

@@ -19,6 +19,10 @@ fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine
     budget instead, so what a search selects on this set (the best of many candidates) is not noise that held-out
     data would not repeat. A metric of two parts (prob: class changes and probability changes) has each bounded.
 
+A stricter rule (z > Z: the refit's per-layer phase, which looks at one decision set many times) lowers either
+limit by (z - Z)·SE, so it accepts a subset of what the rule accepts (a larger z in max(budget, z·SE) would loosen
+the paired rule instead).
+
 The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
 changes one class more than a budget finer than that is never accepted.
 """
@@ -128,7 +132,8 @@ class _OutputRule:
             col = d[:, j]
             loss = 100.0 * float(col.mean()) if n else 0.0
             se = 100.0 * float(col.std(ddof=1)) / math.sqrt(n) if n > 1 else (0.0 if n else float("inf"))
-            limit = max(self.budget, self.z * se) if self.form.paired else self.budget - self.z * se
+            # z above Z makes the rule stricter for both kinds: the limit drops by (z - Z) standard errors
+            limit = (max(self.budget, Z * se) if self.form.paired else self.budget - Z * se) - (self.z - Z) * se
             parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
         out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
@@ -196,13 +201,14 @@ class BudgetRule:
         fidelity = [k for k in kinds if not PER_SAMPLE[k].paired]
         rules = []
         if paired:
-            rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {self.z:g} "
-                         "standard error of the paired difference")
+            rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {Z:g} "
+                         "standard error of the paired difference"
+                         + (f", less {self.z - Z:g} standard error" if self.z > Z else ""))
         if fidelity:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp")
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
-        return (f"accepted when {every} is within on the {self.n} decision samples ({'; '.join(rules)}); the loss "
+        return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); the loss "
                 f"reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here")
 
     def warnings(self) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import Target
 
 log = logging.getLogger(__name__)
@@ -22,12 +23,17 @@ log = logging.getLogger(__name__)
 class AutoSearchConfig(StepConfig):
     one_shot: bool = False  # --one-shot: the no-retraining budget search only (a different plan)
     time_budget: float | str | None = None  # seconds, or "90s", "15m", "1h"; default converter.auto's
+    recovery: str = "auto"  # --recovery: a backend of converter.auto.recovery.RECOVERY, or auto (its rule picks)
 
     def validate(self) -> None:
         if self.time_budget is not None:
             from onnxprune.converter.auto.config import parse_duration
 
             parse_duration(self.time_budget)
+        from onnxprune.converter.auto.recovery import RECOVERY
+
+        if self.recovery != "auto" and self.recovery not in RECOVERY:
+            raise ConfigError(f"--recovery {self.recovery} is not one of auto, {', '.join(RECOVERY)}.")
 
 
 @register_step("auto-search")
@@ -57,7 +63,8 @@ class AutoSearchStep(Step):
                             time_budget=parse_duration(c.time_budget) if c.time_budget else DEFAULT_TIME_BUDGET,
                             threads=r.threads, seed=state.data.config.seed, device=r.device,
                             criterion=self.targets_config.criterion, neurons=self.neurons,
-                            overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given})
+                            overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given},
+                            recovery=c.recovery)
         data = AutoData(train=state.data.train_reader(batch_size=r.train_batch_size),
                         evaluator=state.data.calibration, dense=state.original)
         result = auto_search(state.original, state.scannable, data, config, state.progress,

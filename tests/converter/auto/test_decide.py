@@ -188,3 +188,23 @@ def test_a_negative_budget_is_refused():
     ev, _, _ = setup()
     with pytest.raises(ConfigError, match="max-loss"):
         BudgetRule(ev, -1.0)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "agreement"])
+def test_a_larger_z_is_stricter_for_both_kinds_and_accepts_a_subset(metric):
+    """z above Z (the refit's per-layer phase) lowers the limit by (z - Z)·SE. A larger z inside max(budget, z·SE)
+    would have loosened the paired rule: a 3 pp loss on 100 samples passed a 1 pp budget at z = 2 (a run then ended
+    over its budget)."""
+    ev, labels, dense = setup(n=100, dense_wrong=5)
+    if metric == "agreement":
+        ev = FakeEvaluator(ev.reference_all, ev.labels, "agreement")
+    rng = np.random.default_rng(3)
+    for worse in range(0, 8):
+        cand = dense.copy()
+        idx = rng.choice(np.arange(5, 100), worse, replace=False)
+        cand[idx] = (cand[idx] + 1) % 10
+        loose, strict = (BudgetRule(ev, 1.0, z=z).judge(halves(logits_for(cand))) for z in (1.0, 2.0))
+        assert strict.limit_pp == pytest.approx(loose.limit_pp - loose.se_pp)
+        assert not (strict.within and not loose.within)
+        if worse == 3:
+            assert not strict.within and not loose.within  # 3 pp against a 1 pp budget, at any z

@@ -166,3 +166,38 @@ def test_a_model_with_several_scored_outputs_and_small_data_enters_the_search_ev
 
 def _input_shape(model):
     return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+
+
+def test_recovery_flag_overrides_the_rule_and_offers_exactly_the_registered_backends(teacher_data, tmp_path):
+    """`--recovery reconstruct` on labelled data (the rule alone would pick sgd) refits instead; the flag's choices are
+    the registry's backends plus auto, and a backend name outside them is refused before anything runs."""
+    import onnx
+
+    from onnxprune.converter.auto.recovery import RECOVERY
+    from onnxprune.converter.cli import prune
+    from onnxprune.errors import ConfigError
+
+    flag = next(p for p in prune.params if p.name == "recovery")
+    assert set(flag.type.choices) == {"auto", *RECOVERY}
+    with pytest.raises(ConfigError, match="--recovery adam is not one of auto, sgd, reconstruct"):
+        configure(max_loss=1.0, data=teacher_data[1], recovery="adam").validate()
+    model, data = teacher_data
+    path, npz, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx"
+    onnx.save(model, path)
+    np.savez(npz, **data)
+    res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(out), "--data", str(npz), "--max-loss", "1",
+                                   "--recovery", "reconstruct", "--time-budget", "60", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["auto"]["choices"]["recovery"] == {"value": "reconstruct", "rule": "given (--recovery)"}
+    assert "reconstruct" in [h["phase"] for h in report["history"]] and report["budget"]["met"]
+    pruned = onnx.load(out)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert report["budget"]["measured_loss_pp"] <= 1.0 + 1e-9 and report["compression"] > 1.0
+    # the written file in stock onnxruntime: the decision part (every 10th sample) loses what the report says
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x, y = data["input"][::10], data["labels"][::10]
+    pred = sess.run(None, {"input": x})[0].argmax(1)
+    assert 100.0 * (1.0 - (pred == y).mean()) == pytest.approx(report["budget"]["decision_loss_pp"], abs=1e-6)
