@@ -55,6 +55,10 @@ class AutoSearchStep(Step):
         if why is not None:
             self._one_shot(state, why)
             return
+        if self.targets_config.layers:  # the one-shot search above honours them as fixed; the search has no pins
+            raise ConfigError("--layer fixes a layer's sparsity, which the automatic search (--max-loss with "
+                              "--data) chooses itself; use --exclude to keep a layer dense, or add --one-shot or "
+                              "--iterations N to prune with fixed layers.")
         from onnxprune.converter.auto import AutoConfig, AutoData, auto_search, parse_duration
         from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET, OVERRIDES
 

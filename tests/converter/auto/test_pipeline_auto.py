@@ -201,3 +201,19 @@ def test_recovery_flag_overrides_the_rule_and_offers_exactly_the_registered_back
     x, y = data["input"][::10], data["labels"][::10]
     pred = sess.run(None, {"input": x})[0].argmax(1)
     assert 100.0 * (1.0 - (pred == y).mean()) == pytest.approx(report["budget"]["decision_loss_pp"], abs=1e-6)
+
+
+def test_layer_targets_are_refused_by_the_search_not_ignored(teacher_data, tmp_path):
+    """The search allocates every layer itself; a --layer pin it would drop is refused with the ways to keep it
+    (the one-shot fallback on small data honours pins: tests/calibration/test_output_metrics.py)."""
+    import onnx
+
+    model, data = teacher_data
+    path, npz, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx"
+    onnx.save(model, path)
+    np.savez(npz, **data)
+    res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(out), "--data", str(npz), "--max-loss", "1",
+                                   "--layer", "fc2*=0.5"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "--layer fixes a layer's sparsity" in res.output and "--exclude" in res.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
