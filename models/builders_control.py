@@ -3,6 +3,9 @@
 * `if_network`: the whole network inside the two branches of an If chosen from the data; both branches read the
   outer-scope initializer ``fc1.weight`` and each holds its own second layer (a Constant node, a body initializer);
 * `lstm_classifier` / `gru_classifier`: [N, T, F] -> Transpose -> LSTM/GRU -> last hidden state -> Gemm;
+* `while_rnn`: an Elman RNN as a Loop over time steps (tf2onnx's Keras RNN export): the input and recurrent weight
+  matrices enter the Loop as loop-carried values every iteration passes on unchanged (by name, and through an
+  Identity), the bias is read from the outer scope;
 * `gather_bank`: a Gather with a data-dependent scalar index picks one of two weight matrices from a constant table;
 * `matmul_integer`: a dynamically quantized MatMulInteger (int8 weight) followed by a float Gemm.
 
@@ -116,6 +119,43 @@ def gru_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_f
     """[N, T, F] -> Transpose -> GRU (W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out]."""
     return _recurrent("GRU", 3, features=features, hidden=hidden, steps=steps, out_features=out_features,
                       bidirectional=bidirectional, initial_state=initial_state, seed=seed)
+
+
+def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+              seed: int = 0) -> onnx.ModelProto:
+    """[N, T, F] -> Loop over T: h = tanh(x_t·W + h·R + b) (W, R loop-carried, unchanged) -> h_T -> Gemm -> [N, out]."""
+    rng = np.random.default_rng(seed)
+    f32 = TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["x_tnf", "i"], ["x_t"], axis=0, name="/loop/x_t"),
+         helper.make_node("MatMul", ["x_t", "W_in"], ["xw"], name="/loop/input/MatMul"),
+         helper.make_node("MatMul", ["h_in", "R_in"], ["hr"], name="/loop/recurrent/MatMul"),
+         helper.make_node("Add", ["xw", "hr"], ["pre"], name="/loop/add"),
+         helper.make_node("Add", ["pre", "rnn.B"], ["pre_b"], name="/loop/bias"),
+         helper.make_node("Tanh", ["pre_b"], ["h_out"], name="/loop/tanh"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
+         helper.make_node("Identity", ["R_in"], ["R_out"], name="/loop/R_out")],
+        "rnn_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", f32, None), helper.make_tensor_value_info("W_in", f32, None),
+         helper.make_tensor_value_info("R_in", f32, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", f32, None), helper.make_tensor_value_info("W_in", f32, None),
+         helper.make_tensor_value_info("R_out", f32, None)])
+    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major"),
+             helper.make_node("Shape", ["input"], ["batch"], start=0, end=1, name="/batch"),
+             helper.make_node("Concat", ["batch", "hid"], ["h_shape"], axis=0, name="/h_shape"),
+             helper.make_node("ConstantOfShape", ["h_shape"], ["h0"], name="/h0", value=_init("", np.zeros(1, np.float32))),
+             helper.make_node("Loop", ["steps", "", "h0", "rnn.W", "rnn.R"], ["h_T", "W_T", "R_T"], name="/rnn/Loop",
+                              body=body),
+             helper.make_node("Gemm", ["h_T", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
+    inits = [_init("rnn.W", _w(rng, (features, hidden), features)), _init("rnn.R", _w(rng, (hidden, hidden), hidden)),
+             _init("rnn.B", (0.1 * rng.standard_normal(hidden)).astype(np.float32)),
+             _init("steps", np.array(steps, np.int64)), _init("hid", np.array([hidden], np.int64)),
+             _init("fc.weight", _w(rng, (out_features, hidden), hidden)),
+             _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
+    return _model("while_rnn", nodes, inits, [steps, features], [out_features])
 
 
 def gather_bank(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:

@@ -50,6 +50,10 @@ class ScopeIndex:
     consumers: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
     scope_of: dict[int, str] = field(default_factory=dict)  # id(node) -> scope path
     reused: set[str] = field(default_factory=set)  # constant names defined in more than one scope
+    # a Loop body input that every iteration passes on unchanged (body output = the same name) -> the Loop's input
+    # for it: tf2onnx hands a Keras RNN's weights to its while-loop this way (loop_invariants below)
+    carried: dict[str, str] = field(default_factory=dict)
+    pass_back: set[int] = field(default_factory=set)  # id() of those Identity nodes (not uses of the value)
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> "ScopeIndex":
@@ -66,10 +70,41 @@ class ScopeIndex:
                 for i in n.input:
                     if i:
                         ix.consumers.setdefault(i, []).append(n)
+                ix.carried.update(loop_invariants(n))
+        outputs = {o.name for sc in scopes(model.graph) if sc.path for o in sc.graph.output}
+        ix.pass_back = {id(n) for name in ix.carried for n in ix.consumers.get(name, [])
+                        if n.op_type == "Identity" and n.output[0] in outputs}
         return ix
+
+    def uses(self, name: str) -> list[onnx.NodeProto]:
+        """The nodes that read `name`, less the Identity that hands a loop-invariant value back to its Loop."""
+        return [n for n in self.consumers.get(name, []) if id(n) not in self.pass_back]
 
     def nodes(self, model) -> Iterator[onnx.NodeProto]:
         return all_nodes(model)
+
+
+def loop_invariants(node: onnx.NodeProto) -> dict[str, str]:
+    """A Loop's loop-carried values that no iteration changes: body input name -> the Loop input that sets it.
+
+    Loop inputs are (M, cond, v_1..v_N), body inputs (iter, cond, v_1..v_N), body outputs (cond, v_1..v_N, scans);
+    v_k is invariant when the body's output for it is its own input (by name, or through one Identity)."""
+    if node.op_type != "Loop" or (node.domain or "") not in ("", "ai.onnx"):
+        return {}
+    body = next((a.g for a in node.attribute if a.name == "body" and a.HasField("g")), None)
+    if body is None:
+        return {}
+    identity = {n.output[0]: n.input[0] for n in body.node if n.op_type == "Identity" and n.input and n.output}
+    # an Identity that only hands the value back is not a use of it (ScopeIndex.uses)
+    out = {}
+    for j in range(2, min(len(body.input), len(node.input))):
+        k = j - 1  # the body output carrying v_{j-1}
+        if k >= len(body.output) or not node.input[j]:
+            continue
+        name, back = body.input[j].name, body.output[k].name
+        if back == name or identity.get(back) == name:
+            out[name] = node.input[j]
+    return out
 
 
 def local_constants(graph) -> dict[str, onnx.TensorProto]:

@@ -150,6 +150,9 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
     via = []
     while name not in ix.consts:
         node = ix.producers.get(name)
+        if node is None and name in ix.carried and len(ix.uses(name)) == 1:
+            name = ix.carried[name]  # a loop-invariant body input: the weight is the Loop's input (scopes.py)
+            continue
         if node is None:
             return None
         if node.op_type == "DequantizeLinear" and node.input[0] in ix.consts:

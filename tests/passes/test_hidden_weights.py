@@ -1,5 +1,6 @@
 """Weights third-party models keep where a plain walk of the main graph does not see them: inside If branches,
-in LSTM/GRU nodes, behind a Gather of a weight bank; and integer weights, refused with what they would need."""
+in LSTM/GRU nodes, handed to a Loop as loop-carried values no iteration changes (tf2onnx's Keras RNNs), behind a
+Gather of a weight bank; and integer weights, refused with what they would need."""
 
 import logging
 
@@ -28,6 +29,7 @@ MODELS = {
     "gru_bidirectional_initial_state": (lambda **k: bc.gru_classifier(bidirectional=True, initial_state=True, **k),
                                         {"gru.W": (1, 2), "gru.R": (1, 2), "fc.weight": (0, 1)}),
     "gather_bank": (bc.gather_bank, {"bank.weight": (2, 1)}),
+    "while_rnn": (bc.while_rnn, {"rnn.W": (1, 0), "rnn.R": (1, 0), "fc.weight": (0, 1)}),
 }
 
 
@@ -115,7 +117,7 @@ def test_sparse_encoding_keeps_the_function_wherever_the_weight_lives(name, fmt)
     assert enc.ByteSize() < dense.ByteSize()
 
 
-@pytest.mark.parametrize("name", ["if_network", "lstm", "gru_bidirectional_initial_state"])
+@pytest.mark.parametrize("name", ["if_network", "lstm", "gru_bidirectional_initial_state", "while_rnn"])
 def test_dead_neuron_removal_blocks_and_says_so(name, caplog):
     model = MODELS[name][0](seed=3)
     dense, state = pruned(model, sparsity=0.95)
@@ -123,7 +125,7 @@ def test_dead_neuron_removal_blocks_and_says_so(name, caplog):
         shrunk, report = remove_dead_neurons(dense)
     onnx.checker.check_model(shrunk, full_check=True)
     assert_same_outputs(shrunk, dense, feeds=feeds(model), rtol=1e-5)
-    op = "If" if name == "if_network" else name.split("_")[0].upper()
+    op = {"if_network": "If", "while_rnn": "Loop"}.get(name, name.split("_")[0].upper())
     assert any(f"{op} '" in r.getMessage() and "keep their channels" in r.getMessage() for r in caplog.records)
     after = {w.name: w.shape for w in find_prunable(shrunk).prunable}
     for w in find_prunable(dense).prunable:  # weights in bodies and recurrent matrices keep their shapes
@@ -145,7 +147,7 @@ def test_sensitivity_scan_of_an_if_model_runs_and_matches_the_oracle():
     assert all(v < 100.0 for lay in fast.layers for v in lay.values[-1:])  # pruning 90% of any layer is seen
 
 
-@pytest.mark.parametrize("name", ["lstm", "gather_bank"])
+@pytest.mark.parametrize("name", ["lstm", "gather_bank", "while_rnn"])
 def test_sensitivity_scan_of_recurrent_and_bank_models_matches_the_oracle(name):
     model = MODELS[name][0](seed=5)
     inv = find_prunable(model)
