@@ -1,5 +1,5 @@
-"""Masked retraining through the torch bridge of models whose weights hide in If branches, LSTM/GRU nodes and a
-Gather weight bank: the masks hold, the loss goes down, the pruned model gets closer to the dense one, and the
+"""Masked retraining through the torch bridge of models whose weights hide in If branches, LSTM/GRU nodes, a Loop's
+loop-carried inputs and a Gather weight bank: the masks hold, the loss goes down, the pruned model gets closer to the dense one, and the
 written model is valid and computes what the module computed."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ MODELS = {
     "gru_bidirectional": lambda: bc.gru_classifier(bidirectional=True, initial_state=True, seed=0),
     "if_network": lambda: bc.if_network(seed=0),
     "gather_bank": lambda: bc.gather_bank(seed=0),
+    "while_rnn": lambda: bc.while_rnn(seed=0),
 }
 
 
