@@ -19,10 +19,12 @@ def load(source) -> modelio.LoadedModel:
 def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
     inventory = find_prunable(model)
     if not inventory.prunable:
-        reasons = "; ".join(f"{s.name}: {s.reason}" for s in inventory.skipped[:5]) or "no weights at all"
+        largest = sorted(inventory.skipped, key=lambda s: -s.size)  # what the user would most want pruned first
+        reasons = "; ".join(f"{s.name} ({s.size:,} values): {s.reason}" for s in largest[:3]) or "no weights at all"
+        more = f" (+{len(largest) - 3} smaller)" if len(largest) > 3 else ""
         raise ConverterError(
-            f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul). "
-            f"Seen: {reasons}. Nothing to do."
+            f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN). "
+            f"Largest seen: {reasons}{more}. Nothing to do."
         )
     return inventory
 
