@@ -22,7 +22,10 @@ fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine
     score interval at Z instead: the share k/n plus Z·SE is zero-wide when no sample changed, and a search that tries
     many candidates then keeps one that changed none of these n samples by luck (torch_gru_legacy, 180 decision
     samples, the refit's per-layer phase: none changed, 1.8% of 1,000 held-out images did). Wilson's bound at k = 0
-    is Z²/(n + Z²): 0.55 pp for 180 samples at Z = 1, 2.2 pp at the per-layer phase's z = 2.
+    is Z²/(n + Z²): 0.55 pp for 180 samples at Z = 1, 2.2 pp at the per-layer phase's z = 2. A budget under that
+    bound (--max-loss 0, or too few samples) cannot be certified by any candidate: the part is then judged at
+    one-sample resolution, no changed sample (the run warns), and the refit's per-layer phase is skipped
+    (`BudgetRule.resolves`).
 
 A stricter rule (z > Z: the refit's per-layer phase, which looks at one decision set many times) lowers either
 limit by (z - Z)·SE, so it accepts a subset of what the rule accepts (a larger z in max(budget, z·SE) would loosen
@@ -141,6 +144,14 @@ class _OutputRule:
         self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
         self.dense: np.ndarray | None = None
 
+    def resolves(self) -> bool:
+        """Whether a candidate that changes no decision sample is within the budget by the bound (binary parts);
+        continuous parts always resolve."""
+        n = len(self.dense) if self.dense is not None else 0
+        if self.form.paired or not n or not any(self.form.is_binary(j) for j in range(len(self.form.parts))):
+            return True
+        return self.budget >= 100.0 * wilson_upper(0.0, n, self.z) - 1e-12
+
     def judge(self, values: np.ndarray) -> dict:
         n = len(values)
         d = (self.dense - values) if self.form.paired else values
@@ -153,7 +164,10 @@ class _OutputRule:
                 limit = max(self.budget, Z * se) - (self.z - Z) * se
             elif self.form.is_binary(j) and n:  # Wilson's upper bound: never zero-width (see the docstring)
                 share = float(col.mean())
-                limit = self.budget - 100.0 * (wilson_upper(share, n, self.z) - share)
+                if self.resolves():
+                    limit = self.budget - 100.0 * (wilson_upper(share, n, self.z) - share)
+                else:  # even no changed sample does not certify the budget: one-sample resolution, none may change
+                    limit = 0.0
             else:
                 limit = self.budget - self.z * se
             parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
@@ -199,6 +213,12 @@ class BudgetRule:
                 elif out.size:
                     per_output[i].append(rule.form.fn(out, want, labels))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
+
+    def resolves(self) -> bool:
+        """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs
+        budget >= Wilson's bound with none changed, 100·z²/(n + z²) pp); when not, a changed-class output is judged at
+        one-sample resolution (no sample may change), and a search that looks at the set many times should not."""
+        return all(r.resolves() for r in self.outputs)
 
     @property
     def resolution_pp(self) -> float:

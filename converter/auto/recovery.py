@@ -29,6 +29,7 @@ used by its refit.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from onnxprune.converter.auto.allocation import global_masks
@@ -168,6 +169,13 @@ class ReconstructRecovery(Recovery):
 
         s = self.s
         strict = BudgetRule(s.data.evaluator, s.config.max_loss, z=PER_LAYER_Z * Z)
+        if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
+            z2, budget = (PER_LAYER_Z * Z) ** 2, s.config.max_loss
+            need = (f"a changed-class output needs {int(math.ceil(100 * z2 / budget - z2))} samples" if budget > 0
+                    else "no finite set certifies a zero budget")
+            s.notes.append(f"per-layer refit skipped: {strict.n} decision samples cannot certify --max-loss "
+                           f"{budget:g} at {PER_LAYER_Z:g}x the margin ({need})")
+            return best
         steps = {n: 1.0 for n in s.sizes}
         tried = kept_n = 0
         while steps:

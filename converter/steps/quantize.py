@@ -214,8 +214,9 @@ class PairedRule:
                 if rule.form.paired:  # paired against the trained model's per-sample scores
                     rule.dense = v
                 else:  # no more loss than the trained model has against the dense one (its loss + its margin)
+                    rule.budget = 100.0  # a budget any set resolves: the margin the bound takes for this loss
                     own = rule.judge(v)
-                    rule.budget = max(0.0, own["loss_pp"] + (rule.budget - own["limit_pp"]))
+                    rule.budget = max(0.0, own["loss_pp"] + (100.0 - own["limit_pp"]))
         head = self._rule.outputs[0]
         self.reference_score = float(head.dense[:, 0].mean()) if head.form.paired else 1.0
 

@@ -40,7 +40,7 @@ def test_the_rule_picks_reconstruct_without_the_bridge_or_with_little_unlabelled
 
 @pytest.fixture(scope="module")
 def small_unlabelled():
-    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=300, data_seed=2)
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=600, data_seed=2)
     return model, {"input": data["input"]}
 
 
@@ -57,7 +57,7 @@ def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small
     report = result.report
     choices = report["auto"]["choices"]
     assert choices["recovery"]["value"] == "reconstruct" and "no labels" in choices["recovery"]["rule"]
-    # 300 samples: the small-data split (steps/data.py) refits on every 4th and decides on the other 225
+    # 600 samples: the small-data split (steps/data.py) refits on every 4th and decides on the other 450
     assert choices["refit_data"]["value"] == "train part"
     phases = [h["phase"] for h in report["history"]]
     assert phases[0] == "one-shot" and phases.count("reconstruct") >= 2
@@ -84,10 +84,23 @@ def test_the_per_layer_phase_uses_the_time_left_and_keeps_only_candidates_within
     assert layer and before and all("layer '" in h["note"] for h in layer)
     phases = [h["phase"] for h in history]
     assert phases.index("reconstruct-layer") > max(i for i, p in enumerate(phases) if p == "reconstruct")
+    from onnxprune.converter.auto.decide import wilson_upper
+
     for h in layer:
-        if h["kept"]:  # a fidelity rule: the bound is taken off the budget, PER_LAYER_Z times the search's margin
-            assert h["loss_pp"] + PER_LAYER_Z * h["se_pp"] <= 1.0 + 1e-9
+        if h["kept"]:  # agreement: Wilson's bound at PER_LAYER_Z standard errors is within the budget
+            assert 100 * wilson_upper(h["loss_pp"] / 100, 450, PER_LAYER_Z) <= 1.0 + 1e-9
     assert result.report["compression"] >= max(h["ratio"] for h in before) - 1e-9
     assert any("per-layer refit:" in n and "smallest step" in n for n in result.report["auto"]["notes"])
     assert result.report["budget"]["met"]
     onnx.checker.check_model(result.model)
+
+
+def test_the_per_layer_phase_is_skipped_when_its_margin_cannot_certify_the_budget(small_unlabelled):
+    """225 decision samples: even a candidate changing none of them is over 1 pp by Wilson's bound at 2 SE
+    (400/229 pp), so the phase would keep only luck; it is skipped and says what it would need."""
+    model, data = small_unlabelled
+    result = run(model, configure(max_loss=1.0, data={"input": data["input"][:300]}, time_budget=60, seed=0))
+    assert "reconstruct-layer" not in [h["phase"] for h in result.report["history"]]
+    assert any("per-layer refit skipped: 225 decision samples cannot certify --max-loss 1 at 2x the margin "
+               "(a changed-class output needs 396 samples)" in n for n in result.report["auto"]["notes"])
+    assert result.report["budget"]["met"]
