@@ -77,6 +77,7 @@ class LayerSensitivity:
     seconds: float = 0.0
     path: str = "full"  # "downstream" (cached prefix), "full" (whole graph), "unused" (output independent of W) or
     #                     "small" (budgeted scan: too few weights to be worth scanning; no levels, stays dense)
+    #                     "unscanned" (the scan's deadline passed before its turn; no levels, stays dense)
     samples: list[int] = field(default_factory=list)  # samples behind each value (empty: all, at every level)
 
     def losses(self, dense: float) -> list[float]:
@@ -380,11 +381,13 @@ def _dense_pct(model, evaluator: Evaluator) -> float:
 
 def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
          progress: Progress | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-         downstream: bool = True, scoring: Scoring = MAGNITUDE, budget_pp: float | None = None) -> SensitivityResult:
+         downstream: bool = True, scoring: Scoring = MAGNITUDE, budget_pp: float | None = None,
+         deadline: float | None = None) -> SensitivityResult:
     """Sensitivity of every prunable weight, one session per layer (see the module docstring); `scoring` chooses
     which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model.
     Without `budget_pp` every level is measured on every sample; with it, each layer's levels are searched for its
-    largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`)."""
+    largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`). A layer whose
+    turn comes after `deadline` (a time.perf_counter() value) is not scanned and stays dense (path "unscanned")."""
     levels = _check_levels(levels)
     search = _LevelSearch(evaluator, budget_pp)
     scorer = scoring.bind(model)
@@ -413,6 +416,8 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
         names = sorted({t for p in group for t in p.boundary}) if group[0].path == "downstream" else []
         cache = _prefix_cache(model, evaluator, names) if names else None
         for plan in group:
+            if deadline is not None and plan.path not in ("small", "unused") and time.perf_counter() > deadline:
+                plan = dataclasses.replace(plan, path="unscanned")
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
                                                     scorer, search)
         del cache
@@ -435,9 +440,12 @@ def _scan_layer(model, index, plan: _Plan, evaluator: Evaluator, levels, cache, 
         log.info("layer %s: no scored output depends on weight %s", w.node, w.name)
         tick.advance(len(levels), w.node)
         return _layer(w, levels, [dense] * len(levels), is_coupled(index, w), time.perf_counter() - t0, plan.path)
-    if plan.path == "small":
-        log.info("layer %s: %s weights, under %g%% of the prunable ones: left dense, not scanned", w.node,
-                 f"{w.size:,}", 100 * SMALL_SHARE)
+    if plan.path in ("small", "unscanned"):
+        if plan.path == "small":
+            log.info("layer %s: %s weights, under %g%% of the prunable ones: left dense, not scanned", w.node,
+                     f"{w.size:,}", 100 * SMALL_SHARE)
+        else:
+            log.info("layer %s: the scan's time ran out before its turn: left dense, not scanned", w.node)
         tick.advance(len(levels), w.node)
         return _layer(w, [], [], is_coupled(index, w), 0.0, plan.path)
     batches = _level_batches(model, index, plan, evaluator, cache)

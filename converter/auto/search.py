@@ -12,8 +12,9 @@ decision set says the loss is within budget (decide.py), and return the smallest
                  best weights and masks) with that knob's step halved; a knob stops below a quarter step
     passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
     polish       a longer retrain at the best masks, kept if the decision loss does not grow
-Time: rounds start only while a round, the polish and the tail fit before the deadline; the best model found is
-returned when time runs out.
+Time: the one-shot scan is budgeted (each layer's levels bisected up to the budget) and takes at most SCAN_SHARE
+of the time budget (later layers start dense); rounds start only while a round, the polish and the tail fit before
+the deadline; the best model found is returned when time runs out.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ SMALLEST_STEP = 0.25
 MAX_PASSES, RESTART_STEP = 4, 0.5  # knobs exhausted with time left: polish, then another pass from half steps
 TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure
 POLISH_SHARE = 0.15  # of the time budget, planned for the final polish
+# of the time budget, the most the one-shot sensitivity scan may take; layers whose turn comes later start dense (the
+# rounds' global allocation still prunes them). A share set by design, not tuned: the scan is a start, the rounds win
+SCAN_SHARE = 0.4
 
 
 @dataclass
@@ -148,8 +152,16 @@ class _Search:
 
         t0 = time.perf_counter()
         ev = self.data.evaluator
+        # budgeted (calibration/sampling.py): each layer's levels bisected up to the budget, measurements stopped
+        # once their verdict is clear; the fits below (at the budget, half of it, none) read the levels measured
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
-                                progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what))
+                                progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what),
+                                budget_pp=self.config.max_loss, deadline=t0 + SCAN_SHARE * self.config.time_budget)
+        unscanned = [lay.name for lay in self.sensitivity.layers if lay.path == "unscanned"]
+        if unscanned:
+            self.notes.append(f"time budget: the sensitivity scan used its share ({SCAN_SHARE:.0%} of "
+                              f"--time-budget) before {len(unscanned)} of {len(self.sensitivity.layers)} layers; "
+                              f"they start dense (e.g. '{unscanned[0]}'); a longer --time-budget scans them")
         # the one-shot fit measures the whole-set loss; the rule bounds it from above (fidelity metrics), so a
         # start over the rule's limit is refitted at half the budget, then at none; else the rounds start dense
         note = ""

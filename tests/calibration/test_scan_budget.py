@@ -202,6 +202,24 @@ def test_small_layers_are_left_dense_by_the_budgeted_scan_only():
     assert all(lay.levels == [0.5, 0.9] for lay in full.layers)
 
 
+def test_layers_after_the_scans_deadline_are_left_dense_and_unscanned():
+    """A deadline already past: every layer that would be scanned is "unscanned" (no levels, allocated nothing);
+    a deadline far ahead scans as without one."""
+    import time
+
+    model = MODELS["small_cnn"]()
+    inventory = find_prunable(model)
+    ev = evaluator(model, n=32)
+    late = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=time.perf_counter() - 1.0)
+    assert {lay.path for lay in late.layers} <= {"unscanned", "small", "unused"} and \
+        any(lay.path == "unscanned" for lay in late.layers)
+    assert all(not lay.levels for lay in late.layers if lay.path == "unscanned")
+    assert all(v == 0.0 for v in allocate(late, inventory, 100.0).values())
+    on_time = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=time.perf_counter() + 3600)
+    plain = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    assert [(a.path, a.levels, a.values) for a in on_time.layers] == [(b.path, b.levels, b.values) for b in plain.layers]
+
+
 def test_allocation_never_moves_a_layer_past_its_last_measured_level():
     model = MODELS["small_cnn"]()
     inventory = find_prunable(model)
