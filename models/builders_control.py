@@ -123,7 +123,7 @@ def gru_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_f
 
 def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
               seed: int = 0) -> onnx.ModelProto:
-    """[N, T, F] -> Loop over T: h = tanh(x_t·W + h·R + b) (W, R loop-carried, unchanged) -> h_T -> Gemm -> [N, out]."""
+    """[N, T, F] -> Loop over T: h = tanh(x_t·W + h·R + b) (W, R loop-carried, unchanged) -> h_T -> Gemm."""
     rng = np.random.default_rng(seed)
     f32 = TensorProto.FLOAT
     body = helper.make_graph(
@@ -146,7 +146,8 @@ def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_featur
     nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major"),
              helper.make_node("Shape", ["input"], ["batch"], start=0, end=1, name="/batch"),
              helper.make_node("Concat", ["batch", "hid"], ["h_shape"], axis=0, name="/h_shape"),
-             helper.make_node("ConstantOfShape", ["h_shape"], ["h0"], name="/h0", value=_init("", np.zeros(1, np.float32))),
+             helper.make_node("ConstantOfShape", ["h_shape"], ["h0"], name="/h0",
+                              value=_init("", np.zeros(1, np.float32))),
              helper.make_node("Loop", ["steps", "", "h0", "rnn.W", "rnn.R"], ["h_T", "W_T", "R_T"], name="/rnn/Loop",
                               body=body),
              helper.make_node("Gemm", ["h_T", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]

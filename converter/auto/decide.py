@@ -216,8 +216,8 @@ class BudgetRule:
 
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs
-        budget >= Wilson's bound with none changed, 100·z²/(n + z²) pp); when not, a changed-class output is judged at
-        one-sample resolution (no sample may change), and a search that looks at the set many times should not."""
+        budget >= Wilson's bound with none changed, 100·z²/(n + z²) pp); when not, a changed-class output is judged
+        at one-sample resolution (no sample may change), and a search that looks at the set many times should not."""
         return all(r.resolves() for r in self.outputs)
 
     @property
@@ -250,8 +250,8 @@ class BudgetRule:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp (Wilson's bound for a share of changed samples)")
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
-        return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); the loss "
-                f"reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here")
+        return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
+                f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here")
 
     def warnings(self) -> list[str]:
         out = []

@@ -1,6 +1,6 @@
 """Masked retraining through the torch bridge of models whose weights hide in If branches, LSTM/GRU nodes, a Loop's
-loop-carried inputs and a Gather weight bank: the masks hold, the loss goes down, the pruned model gets closer to the dense one, and the
-written model is valid and computes what the module computed."""
+loop-carried inputs and a Gather weight bank: the masks hold, the loss goes down, the pruned model gets closer to the
+dense one, and the written model is valid and computes what the module computed."""
 
 from __future__ import annotations
 
