@@ -12,6 +12,15 @@ label metrics (accuracy, top5), paired: d_i = score of the dense model on sample
     noise); a positive budget is kept as asked (the loss measured on the decision set is at most the budget, as the
     run then reports it), unless it is finer than the set's noise.
 
+expected_accuracy (label-free, paired against the input model's own probabilities p_i): the input model's
+    softmax stands in for the unknown label distribution. With a = the input model's class, b = the candidate's,
+    d_i = p_i[a] - p_i[b] (0 when unchanged, > 0 when changed) is the expected change in correctness, and the
+    labels the set does not have add v_i = p_i[a] + p_i[b] - d_i^2 (a != b; else 0), the variance of a difference
+    of two exclusive Bernoulli outcomes. SE^2 = (var(d) + mean(v)) / n (law of total variance: the spread of the
+    d_i over the inputs plus the label noise given them), L = 100·mean(d), accepted when L <= max(budget, Z·SE):
+    for a calibrated input model, what the accuracy rule above decides in expectation (E d_lab = d_i, E d_lab^2 =
+    p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
+
 fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
@@ -43,24 +52,31 @@ NEAR_PERFECT = 0.995  # dense accuracy on the decision set at or above this: pro
 
 
 # ---- per-sample forms: (out, ref, labels) -> [n, parts] ------------------------------------------------------------
-# label metrics: the sample's score (1 right, 0 wrong); fidelity metrics: the sample's loss l_i (0 = as the dense one).
+# paired forms: the sample's score (label metrics: 1 right, 0 wrong; expected_accuracy: p_i[class]); fidelity
+# metrics: the sample's loss l_i (0 = as the dense one).
 # Both come from the metric's own per-sample terms (calibration.output_metrics `Metric.samples`): one definition, so
 # the rule's mean is the Evaluator's whole-set loss by construction. A term where higher is better (agreement,
 # cosine, positions that agree) becomes the loss 1 - share; a term where lower is better (relative error,
 # probability change) is the loss itself.
 
-def _as_losses(kind: str, terms: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    metric = METRICS[kind]
+def _as_losses(kind: str, terms: np.ndarray, counts: np.ndarray, paired: bool) -> np.ndarray:
     share = terms / np.maximum(counts, 1)[:, None]
-    if metric.needs_labels:
+    if paired:  # scores, compared with the dense model's own
         return share
-    return np.where(np.asarray(metric.lower_better), share, 1.0 - share)
+    return np.where(np.asarray(METRICS[kind].lower_better), share, 1.0 - share)
 
 
-def _form(kind: str) -> Callable:
+def _form(kind: str, paired: bool) -> Callable:
     def fn(out, ref, labels):
-        return _as_losses(kind, *METRICS[kind].samples(np.asarray(out), np.asarray(ref), labels))
+        return _as_losses(kind, *METRICS[kind].samples(np.asarray(out), np.asarray(ref), labels), paired)
     return fn
+
+
+def _exclusive_bernoulli_variance(dense: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Var(X_a - X_b) of two exclusive Bernoulli outcomes with means dense (p[a]) and values (p[b]): p[a] + p[b] -
+    (p[a] - p[b])^2, and 0 where the two are equal (the same class; an exact tie counts as unchanged, the
+    stricter reading)."""
+    return np.where(dense != values, dense + values - np.square(dense - values), 0.0)
 
 
 @dataclass(frozen=True)
@@ -74,27 +90,35 @@ class PerSample:
     parts: tuple[str, ...]
     unit: str
     binary: bool = True  # each part is 0 or 1 per sample (one sample = 100/n pp)
+    # label-free paired forms: (the dense model's per-sample values, the candidate's) -> [n, parts], the variance of
+    # each paired difference given its input (the labels it stands for); the SE adds its mean to the spread of d
+    variance: Callable | None = None
 
 
 PER_SAMPLE: dict[str, PerSample] = {
-    "accuracy": PerSample(_form("accuracy"), True, ("accuracy",), "1 if right, else 0 (paired with the dense model)"),
-    "top5": PerSample(_form("top5"), True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
-    "agreement": PerSample(_form("agreement"), False, ("changed",), "1 if its top-1 class changed"),
-    "seq_agreement": PerSample(_form("seq_agreement"), False, ("changed positions",),
+    "accuracy": PerSample(_form("accuracy", True), True, ("accuracy",),
+                          "1 if right, else 0 (paired with the dense model)"),
+    "top5": PerSample(_form("top5", True), True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
+    "expected_accuracy": PerSample(_form("expected_accuracy", True), True, ("expected accuracy",),
+                                   "p_i[class] under the input model's probabilities (paired with its own p_i[a]; "
+                                   "variance p[a] + p[b] - d^2 when changed)", binary=False,
+                                   variance=_exclusive_bernoulli_variance),
+    "agreement": PerSample(_form("agreement", False), False, ("changed",), "1 if its top-1 class changed"),
+    "seq_agreement": PerSample(_form("seq_agreement", False), False, ("changed positions",),
                                "the share of its positions whose top-1 class changed", binary=False),
-    "prob": PerSample(_form("prob"), False, ("changed", "probability change"),
+    "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),
                       "1 if its class changed; and its largest probability change (each bounded)", binary=False),
-    "rel_l2": PerSample(_form("rel_l2"), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
-    "channel_rel_l2": PerSample(_form("channel_rel_l2"), False, ("relative error per channel",),
+    "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
+    "channel_rel_l2": PerSample(_form("channel_rel_l2", False), False, ("relative error per channel",),
                                 "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
-    "cosine": PerSample(_form("cosine"), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
-    "exact": PerSample(_form("exact"), False, ("changed",), "1 if any of its values changed"),
+    "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
+    "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
 }
 
 
 def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
     """A batch whose shape differs from the dense model's (data-dependent shapes): every sample counts as lost."""
-    return _as_losses(kind, *mismatch_samples(kind, ref))
+    return _as_losses(kind, *mismatch_samples(kind, ref), PER_SAMPLE[kind].paired)
 
 
 @dataclass
@@ -124,10 +148,14 @@ class _OutputRule:
         n = len(values)
         d = (self.dense - values) if self.form.paired else values
         parts = []
+        noise = self.form.variance(self.dense, values) if self.form.variance is not None and n else None
         for j in range(d.shape[1]):
             col = d[:, j]
             loss = 100.0 * float(col.mean()) if n else 0.0
-            se = 100.0 * float(col.std(ddof=1)) / math.sqrt(n) if n > 1 else (0.0 if n else float("inf"))
+            var = float(col.var(ddof=1)) if n > 1 else 0.0
+            if noise is not None:
+                var += float(noise[:, j].mean())
+            se = 100.0 * math.sqrt(var / n) if n > 1 or noise is not None else (0.0 if n else float("inf"))
             limit = max(self.budget, self.z * se) if self.form.paired else self.budget - self.z * se
             parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
@@ -198,6 +226,9 @@ class BudgetRule:
         if paired:
             rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {self.z:g} "
                          "standard error of the paired difference")
+        if "expected_accuracy" in paired:
+            rules.append("expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
+                         "model is calibrated")
         if fidelity:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp")
@@ -212,7 +243,7 @@ class BudgetRule:
                        f"{self.resolution_pp:.3g} pp; decisions are made at one-sample resolution (pass a larger "
                        "--val-data)")
         for r in self.outputs:
-            if r.form.paired and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
+            if METRICS[r.kind].needs_labels and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
                 out.append(f"the dense model scores {100 * float(r.dense[:, 0].mean()):.2f}% on the decision set: it "
                            "looks like data the model was trained on, so the budget measures fitting, not "
                            "generalization (pass held-out samples as --val-data)")
