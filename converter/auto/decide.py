@@ -140,8 +140,9 @@ class Decision:
 class _OutputRule:
     """One scored output's per-sample figures and its decision."""
 
-    def __init__(self, name: str, kind: str, budget: float, z: float):
+    def __init__(self, name: str, kind: str, budget: float, z: float, strictness: float = 1.0):
         self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
+        self.strictness = strictness
         self.dense: np.ndarray | None = None
 
     def judge(self, values: np.ndarray) -> dict:
@@ -156,7 +157,10 @@ class _OutputRule:
             if noise is not None:
                 var += float(noise[:, j].mean())
             se = 100.0 * math.sqrt(var / n) if n > 1 or noise is not None else (0.0 if n else float("inf"))
-            limit = max(self.budget, self.z * se) if self.form.paired else self.budget - self.z * se
+            if self.form.paired:  # a stricter rule forgives less noise
+                limit = max(self.budget, self.z * se / self.strictness)
+            else:  # a stricter rule takes more off the budget
+                limit = self.budget - self.strictness * self.z * se
             parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
         out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
@@ -169,16 +173,21 @@ class BudgetRule:
     """Per-sample figures of every scored output on the decision set, and the rule above.
 
     `evaluator`: a calibration.metrics.Evaluator built with the dense model (plan, reference_all, labels,
-    run_all)."""
+    run_all). `strictness` > 1 makes every output's rule stricter by that factor (a phase that looks at the same
+    decision set many times): paired rules forgive Z·SE / strictness, fidelity rules take strictness·Z·SE off the
+    budget. (A larger `z` would loosen a paired rule.)"""
 
-    def __init__(self, evaluator, budget_pp: float, *, z: float = Z):
+    def __init__(self, evaluator, budget_pp: float, *, z: float = Z, strictness: float = 1.0):
         if budget_pp < 0 or not math.isfinite(budget_pp):
             raise ConfigError(f"--max-loss {budget_pp} must be a finite number of percentage points >= 0.")
         unknown = [k for k in evaluator.plan.values() if k not in PER_SAMPLE]
         if unknown:
             raise ConfigError(f"metric '{unknown[0]}' has no per-sample form; use one of {', '.join(PER_SAMPLE)}.")
         self.evaluator, self.budget, self.z = evaluator, float(budget_pp), z
-        self.outputs = [_OutputRule(name or "output", kind, self.budget, z) for name, kind in evaluator.plan.items()]
+        if not strictness >= 1.0:
+            raise ConfigError(f"a decision rule's strictness must be >= 1 (got {strictness}); 1 is the rule itself.")
+        self.outputs = [_OutputRule(name or "output", kind, self.budget, z, strictness)
+                        for name, kind in evaluator.plan.items()]
         dense = self.values(evaluator.reference_all)
         for rule, values in zip(self.outputs, dense):
             rule.dense = values
@@ -227,8 +236,8 @@ class BudgetRule:
             rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {self.z:g} "
                          "standard error of the paired difference")
         if "expected_accuracy" in paired:
-            rules.append("expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
-                         "model is calibrated")
+            rules[-1] += (" (expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
+                          "model is calibrated)")
         if fidelity:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp")

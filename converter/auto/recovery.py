@@ -163,11 +163,11 @@ class ReconstructRecovery(Recovery):
         """With time left after the bisection: raise one layer's sparsity at a time (module docstring); a candidate
         is kept when the decision rule with PER_LAYER_Z times its margin says within (this phase looks at the same
         decision set many times: a wider margin keeps it from selecting noise)."""
-        from onnxprune.converter.auto.decide import Z, BudgetRule
+        from onnxprune.converter.auto.decide import BudgetRule
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
 
         s = self.s
-        strict = BudgetRule(s.data.evaluator, s.config.max_loss, z=PER_LAYER_Z * Z)
+        strict = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)  # z x 2 loosens paired rules
         steps = {n: 1.0 for n in s.sizes}
         tried = kept_n = 0
         while steps:
