@@ -32,9 +32,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.output_metrics import as_probabilities
+from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.api import prune
+from onnxprune.converter.auto.decide import BudgetRule
 from onnxprune.converter.latency import measure_latency
 from onnxprune.models.mnist import load_split
 from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
@@ -84,7 +87,19 @@ def changed(dense: np.ndarray, out: np.ndarray, labels: np.ndarray) -> dict:
             "confidence": 100 * float(pa.mean()), "accuracy": 100 * float((cls == labels).mean())}
 
 
-def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Path, **choices) -> dict:
+def judged(original, pruned, val: tuple) -> dict:
+    """The output judged on the decision set (with its labels, which label-free rows did not see) by the search's
+    rule under three metrics at --max-loss 0: accuracy (the labels), expected_accuracy, agreement."""
+    out = {}
+    for kind in ("accuracy", "expected_accuracy", "agreement"):
+        ev = Evaluator(open_data({"input": val[0], "labels": val[1]}, original, batch_size=1000), kind, original)
+        d = BudgetRule(ev, 0.0).judge(pruned)
+        out[kind] = {"loss_pp": d.loss_pp, "se_pp": d.se_pp, "limit_pp": d.limit_pp, "within": d.within,
+                     "worse": d.worse, "better": d.better}
+    return out
+
+
+def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Path, judge_on=None, **choices) -> dict:
     load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     target = out / f"{name}.onnx"
     result = prune(str(model_path), data=train, val_data=val, output=target, **choices)
@@ -98,6 +113,7 @@ def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Pat
         "row": name, "metric": choices.get("metric"), "wall_s": wall, "cpu_s": cpu, "load": (load0, os.getloadavg()[0]),
         "compression": report["compression"], "nonzeros": (report["before"]["nonzeros"], report["after"]["nonzeros"]),
         "held_out": held_out(original, result.model, *test), "neurons": neurons,
+        "judged": judged(original, result.model, judge_on) if judge_on is not None else None,
         "file_kb": (Path(model_path).stat().st_size / 1024, target.stat().st_size / 1024),
         "latency": {b["batch"]: b["speedup"] for b in lat["batches"]},
         "decision": auto.get("decision"), "rule": auto.get("rule"), "choices": auto.get("choices"),
@@ -120,6 +136,10 @@ def show(r: dict) -> None:
           f"right {c['pruned_only_right']}; input model's p[a] quartiles {quart}, {c['confident']} with p[a] >= 0.9); "
           f"expected_accuracy predicts {c['expected_loss_pp']:+.2f} pp; input model: confidence "
           f"{c['confidence']:.2f}% vs accuracy {c['accuracy']:.2f}%")
+    for kind, j in (r.get("judged") or {}).items():
+        print(f"decision set {kind:<17} {j['loss_pp']:+.3f} pp, limit {j['limit_pp']:.3f} pp (1 SE {j['se_pp']:.3f}): "
+              f"{'within' if j['within'] else 'OVER'}" + (f" (worse {j['worse']}, better {j['better']})"
+                                                          if kind != "agreement" else ""))
     print("neurons      " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in r["neurons"].items()))
     print(f"file         {r['file_kb'][0]:.0f} KB -> {r['file_kb'][1]:.0f} KB")
     print("onnxruntime  " + ", ".join(f"batch {b}: {s:.2f}x faster" for b, s in r["latency"].items()))
@@ -209,7 +229,16 @@ def main() -> None:
     ap.add_argument("--max-loss", type=float, default=0.0, help="budget of the MNIST rows (the acceptance: 0)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/onnxprune-bench-auto"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--judge", type=Path, default=None, help="only judge this output of the first --rows model on "
+                    "the decision set (accuracy, expected_accuracy, agreement) and the held-out half")
     args = ap.parse_args()
+    if args.judge:
+        test = load_split(args.mnist, "test")
+        original, pruned = onnx.load(str(MODELS[args.rows.split("-")[0]])), onnx.load(str(args.judge))
+        r = {"row": f"judged {args.judge}", "judged": judged(original, pruned, (test[0][:5000], test[1][:5000])),
+             "held_out": held_out(original, pruned, test[0][5000:], test[1][5000:])}
+        print(json.dumps(r, indent=1, default=float))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     budget = {"time_budget": args.time_budget} if args.time_budget else {}
     rows = args.rows.split(",")
@@ -225,7 +254,8 @@ def main() -> None:
             metric = {"metric": "expected_accuracy"} if "expected" in kind else {}
             data = {"input": train[0], **({"labels": train[1]} if labelled else {})}
             decide = {"input": val[0], **({"labels": val[1]} if labelled else {})}
-            r = run_row(row, MODELS[name], data, decide, held, args.out, max_loss=args.max_loss, **budget, **metric)
+            r = run_row(row, MODELS[name], data, decide, held, args.out, max_loss=args.max_loss, **budget, **metric,
+                        judge_on=val)
             show(r)
             results.append(r)
     if "digits" in rows:
