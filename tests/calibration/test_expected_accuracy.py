@@ -130,3 +130,12 @@ def test_a_stricter_rule_forgives_less_noise_for_paired_kinds_and_takes_more_off
     ev = FakeEvaluator(halves(p), [None, None], metric="agreement")
     one, two = BudgetRule(ev, 2.0).judge(halves(cand)), BudgetRule(ev, 2.0, strictness=2.0).judge(halves(cand))
     assert two.limit_pp == pytest.approx(2.0 - 2 * one.se_pp) and one.limit_pp == pytest.approx(2.0 - one.se_pp)
+
+
+def test_a_batch_of_another_shape_loses_what_the_input_model_expected_to_get_right():
+    p = probs([0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8])
+    d = _rule(p, 0.0).judge([p[:2], p[2:3]])  # the second batch lost a row: both its samples count as lost
+    assert d.loss_pp == pytest.approx(100 * (0.7 + 0.8) / 4)
+    v = np.asarray([0.0, 0.0, 0.7 * 0.3, 0.8 * 0.2])  # p[a] (1 - p[a]): the candidate is never right there
+    diff = np.asarray([0.0, 0.0, 0.7, 0.8])
+    assert d.se_pp == pytest.approx(100 * math.sqrt((diff.var(ddof=1) + v.mean()) / 4))
