@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxprune.calibration.output_metrics import METRICS, NEEDS_LABELS, as_array, map_keys
+from onnxprune.calibration.output_metrics import CLASS_KINDS, METRICS, as_array, map_keys
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,10 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
                 _check_kind(kind, has_labels, f" for output '{name}'")
         return {n: named[n] for n in names if n in named}
     plan = dict.fromkeys(names, AUTO)
-    target = _labels_output(infos) if has_labels or (headline in NEEDS_LABELS) else None
+    target = _labels_output(infos) if has_labels or (headline in CLASS_KINDS) else None
     if headline is not None:
         _check_kind(headline, has_labels, "")
-        first = target if headline in NEEDS_LABELS and target else names[0]
+        first = target if headline in CLASS_KINDS and target else names[0]
         shape = _declared(next(o for o in infos if o.name == first))
         if headline == "top5" and shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] < 5:
             raise ConfigError(f"metric 'top5' needs at least 5 classes; output '{first}' has {shape[1]}.")

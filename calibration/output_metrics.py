@@ -104,6 +104,28 @@ def _prob(out, ref, labels):
     return np.stack([(_top1(out) == _top1(ref)).astype(np.float64), change], axis=1), _ones(_n(out))
 
 
+def _expected_accuracy(out, ref, labels):
+    """Per sample, p_i[argmax y_i]: the chance that the candidate's class is right when the label is drawn from the
+    input model's probabilities p_i (its softmax; its output as is when the rows already are probabilities). Its
+    mean is the candidate's expected accuracy; the input model's own is mean_i max_c p_ic (its mean confidence)."""
+    if ref is None or out.ndim != 2 or out.shape[1] < 2 or ref.shape != out.shape:
+        raise CalibrationError(f"expected_accuracy scores an [N, classes] output against the input model's; this one "
+                               f"has shape {list(out.shape)}. Pick the class output (--metric OUTPUT="
+                               "expected_accuracy) or another metric (--metric OUTPUT=agreement).")
+    p = as_probabilities(ref)
+    return p[np.arange(len(out)), out.argmax(axis=1)][:, None], _ones(len(out))
+
+
+def as_probabilities(x: np.ndarray) -> np.ndarray:
+    """Rows of class probabilities: an [N, C] output as it is when its rows are probabilities (nonnegative, summing
+    to 1 within 1e-3), else its softmax (logits, log-probabilities), in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size and np.isfinite(x).all() and x.min() >= 0.0 and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
+        return x
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def _rel_l2(out, ref, labels):
     return _relative_errors(out, ref)[:, None], _ones(_n(out))
 
@@ -141,6 +163,7 @@ class Metric:
     one_pp: str  # what a loss of 1 percentage point means, for the docs and the report
     lower_better: tuple[bool, ...] = (False,)
     continuous: bool = False  # per-sample shares that are not 0/1 (a clean subset bounds a small loss)
+    classes: bool = False  # scores an [N, classes] output: a bare --metric KIND goes to the class-score output
 
     @property
     def needs_reference(self) -> bool:
@@ -153,13 +176,17 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric(_accuracy, lambda s, n: s[0] / n, True, "1% of samples lose their right class"),
-    "top5": Metric(_top5, lambda s, n: s[0] / n, True, "1% of samples lose the label from their top 5"),
+    "accuracy": Metric(_accuracy, lambda s, n: s[0] / n, True, "1% of samples lose their right class", classes=True),
+    "top5": Metric(_top5, lambda s, n: s[0] / n, True, "1% of samples lose the label from their top 5", classes=True),
     "agreement": Metric(_agreement, lambda s, n: s[0] / n, False, "1% of samples change their top-1 class"),
     "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class",
                             continuous=True),
     "prob": Metric(_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
                    "1% of samples change class, or a mean largest probability change of 0.01", (False, True)),
+    # the loss is 0 on every sample whose class is unchanged, so (as for agreement) a clean subset bounds nothing
+    "expected_accuracy": Metric(_expected_accuracy, lambda s, n: s[0] / n, False,
+                                "the input model's probabilities expect 1% of samples to lose their right class",
+                                classes=True),
     "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01",
                      (True,), True),
     "channel_rel_l2": Metric(_channel_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
@@ -171,6 +198,7 @@ METRICS: dict[str, Metric] = {
 }
 NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
+CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}
 
 
 def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from onnxprune.plain import count
 
-PERCENT_METRICS = {"accuracy", "top1", "top5", "agreement"}
+PERCENT_METRICS = {"accuracy", "top1", "top5", "agreement", "expected_accuracy"}
 BEFORE, AFTER, ACCENT, GRID = "#3B6EA8", "#D9822B", "#B23A48", "#DDDDDD"
 DPI = 110
 MAX_SAMPLES = 2_000_000  # histograms of huge layers use a seeded subsample

@@ -12,6 +12,15 @@ label metrics (accuracy, top5), paired: d_i = score of the dense model on sample
     noise); a positive budget is kept as asked (the loss measured on the decision set is at most the budget, as the
     run then reports it), unless it is finer than the set's noise.
 
+expected_accuracy (label-free, paired against the input model's own probabilities p_i): the input model's
+    softmax stands in for the unknown label distribution. With a = the input model's class, b = the candidate's,
+    d_i = p_i[a] - p_i[b] (0 when unchanged, > 0 when changed) is the expected change in correctness, and the
+    labels the set does not have add v_i = p_i[a] + p_i[b] - d_i^2 (a != b; else 0), the variance of a difference
+    of two exclusive Bernoulli outcomes. SE^2 = (var(d) + mean(v)) / n (law of total variance: the spread of the
+    d_i over the inputs plus the label noise given them), L = 100·mean(d), accepted when L <= max(budget, Z·SE):
+    for a calibrated input model, what the accuracy rule above decides in expectation (E d_lab = d_i, E d_lab^2 =
+    p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
+
 fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
@@ -22,14 +31,15 @@ fidelity metrics (agreement, seq_agreement, prob, rel_l2, channel_rel_l2, cosine
     score interval at Z instead: the share k/n plus Z·SE is zero-wide when no sample changed, and a search that tries
     many candidates then keeps one that changed none of these n samples by luck (torch_gru_legacy, 180 decision
     samples, the refit's per-layer phase: none changed, 1.8% of 1,000 held-out images did). Wilson's bound at k = 0
-    is Z²/(n + Z²): 0.55 pp for 180 samples at Z = 1, 2.2 pp at the per-layer phase's z = 2. A budget under that
+    is Z²/(n + Z²): 0.55 pp for 180 samples at Z = 1, 2.2 pp at the per-layer phase's strictness 2. A budget under that
     bound (--max-loss 0, or too few samples) cannot be certified by any candidate: the part is then judged at
     one-sample resolution, no changed sample (the run warns), and the refit's per-layer phase is skipped
     (`BudgetRule.resolves`).
 
-A stricter rule (z > Z: the refit's per-layer phase, which looks at one decision set many times) lowers either
-limit by (z - Z)·SE, so it accepts a subset of what the rule accepts (a larger z in max(budget, z·SE) would loosen
-the paired rule instead).
+A stricter rule (`strictness` s > 1: the refit's per-layer phase, which looks at one decision set many times)
+accepts a subset of what the rule accepts: paired rules forgive Z·SE/s, fidelity rules take s·Z·SE (Wilson's bound
+at s·Z) off the budget. (A larger z in max(budget, z·SE) would loosen the paired rule instead: a 3 pp loss on 100
+samples passed a 1 pp budget at z = 2 and the run then ended over its budget.)
 
 The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
 changes one class more than a budget finer than that is never accepted.
@@ -55,24 +65,31 @@ NEAR_PERFECT = 0.995  # dense accuracy on the decision set at or above this: pro
 
 
 # ---- per-sample forms: (out, ref, labels) -> [n, parts] ------------------------------------------------------------
-# label metrics: the sample's score (1 right, 0 wrong); fidelity metrics: the sample's loss l_i (0 = as the dense one).
+# paired forms: the sample's score (label metrics: 1 right, 0 wrong; expected_accuracy: p_i[class]); fidelity
+# metrics: the sample's loss l_i (0 = as the dense one).
 # Both come from the metric's own per-sample terms (calibration.output_metrics `Metric.samples`): one definition, so
 # the rule's mean is the Evaluator's whole-set loss by construction. A term where higher is better (agreement,
 # cosine, positions that agree) becomes the loss 1 - share; a term where lower is better (relative error,
 # probability change) is the loss itself.
 
-def _as_losses(kind: str, terms: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    metric = METRICS[kind]
+def _as_losses(kind: str, terms: np.ndarray, counts: np.ndarray, paired: bool) -> np.ndarray:
     share = terms / np.maximum(counts, 1)[:, None]
-    if metric.needs_labels:
+    if paired:  # scores, compared with the dense model's own
         return share
-    return np.where(np.asarray(metric.lower_better), share, 1.0 - share)
+    return np.where(np.asarray(METRICS[kind].lower_better), share, 1.0 - share)
 
 
-def _form(kind: str) -> Callable:
+def _form(kind: str, paired: bool) -> Callable:
     def fn(out, ref, labels):
-        return _as_losses(kind, *METRICS[kind].samples(np.asarray(out), np.asarray(ref), labels))
+        return _as_losses(kind, *METRICS[kind].samples(np.asarray(out), np.asarray(ref), labels), paired)
     return fn
+
+
+def _exclusive_bernoulli_variance(dense: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Var(X_a - X_b) of two exclusive Bernoulli outcomes with means dense (p[a]) and values (p[b]): p[a] + p[b] -
+    (p[a] - p[b])^2, and 0 where the two are equal (the same class; an exact tie counts as unchanged, the
+    stricter reading)."""
+    return np.where(dense != values, dense + values - np.square(dense - values), 0.0)
 
 
 @dataclass(frozen=True)
@@ -86,25 +103,33 @@ class PerSample:
     parts: tuple[str, ...]
     unit: str
     binary: bool | tuple[bool, ...] = True  # each part (or those marked) is 0 or 1 per sample: Wilson-bounded
+    # label-free paired forms: (the dense model's per-sample values, the candidate's) -> [n, parts], the variance of
+    # each paired difference given its input (the labels it stands for); the SE adds its mean to the spread of d
+    variance: Callable | None = None
 
     def is_binary(self, part: int) -> bool:
         return self.binary if isinstance(self.binary, bool) else self.binary[part]
 
 
 PER_SAMPLE: dict[str, PerSample] = {
-    "accuracy": PerSample(_form("accuracy"), True, ("accuracy",), "1 if right, else 0 (paired with the dense model)"),
-    "top5": PerSample(_form("top5"), True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
-    "agreement": PerSample(_form("agreement"), False, ("changed",), "1 if its top-1 class changed"),
-    "seq_agreement": PerSample(_form("seq_agreement"), False, ("changed positions",),
+    "accuracy": PerSample(_form("accuracy", True), True, ("accuracy",),
+                          "1 if right, else 0 (paired with the dense model)"),
+    "top5": PerSample(_form("top5", True), True, ("top5",), "1 if the label is in the top 5, else 0 (paired)"),
+    "expected_accuracy": PerSample(_form("expected_accuracy", True), True, ("expected accuracy",),
+                                   "p_i[class] under the input model's probabilities (paired with its own p_i[a]; "
+                                   "variance p[a] + p[b] - d^2 when changed)", binary=False,
+                                   variance=_exclusive_bernoulli_variance),
+    "agreement": PerSample(_form("agreement", False), False, ("changed",), "1 if its top-1 class changed"),
+    "seq_agreement": PerSample(_form("seq_agreement", False), False, ("changed positions",),
                                "the share of its positions whose top-1 class changed", binary=False),
-    "prob": PerSample(_form("prob"), False, ("changed", "probability change"),
+    "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),
                       "1 if its class changed; and its largest probability change (each bounded)",
                       binary=(True, False)),
-    "rel_l2": PerSample(_form("rel_l2"), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
-    "channel_rel_l2": PerSample(_form("channel_rel_l2"), False, ("relative error per channel",),
+    "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
+    "channel_rel_l2": PerSample(_form("channel_rel_l2", False), False, ("relative error per channel",),
                                 "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
-    "cosine": PerSample(_form("cosine"), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
-    "exact": PerSample(_form("exact"), False, ("changed",), "1 if any of its values changed"),
+    "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
+    "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
 }
 
 
@@ -118,7 +143,7 @@ def wilson_upper(share: float, n: int, z: float) -> float:
 
 def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
     """A batch whose shape differs from the dense model's (data-dependent shapes): every sample counts as lost."""
-    return _as_losses(kind, *mismatch_samples(kind, ref))
+    return _as_losses(kind, *mismatch_samples(kind, ref), PER_SAMPLE[kind].paired)
 
 
 @dataclass
@@ -140,8 +165,9 @@ class Decision:
 class _OutputRule:
     """One scored output's per-sample figures and its decision."""
 
-    def __init__(self, name: str, kind: str, budget: float, z: float):
+    def __init__(self, name: str, kind: str, budget: float, z: float, strictness: float = 1.0):
         self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
+        self.strictness = strictness
         self.dense: np.ndarray | None = None
 
     def resolves(self) -> bool:
@@ -150,26 +176,30 @@ class _OutputRule:
         n = len(self.dense) if self.dense is not None else 0
         if self.form.paired or not n or not any(self.form.is_binary(j) for j in range(len(self.form.parts))):
             return True
-        return self.budget >= 100.0 * wilson_upper(0.0, n, self.z) - 1e-12
+        return self.budget >= 100.0 * wilson_upper(0.0, n, self.strictness * self.z) - 1e-12
 
     def judge(self, values: np.ndarray) -> dict:
         n = len(values)
         d = (self.dense - values) if self.form.paired else values
         parts = []
+        noise = self.form.variance(self.dense, values) if self.form.variance is not None and n else None
         for j in range(d.shape[1]):
             col = d[:, j]
             loss = 100.0 * float(col.mean()) if n else 0.0
-            se = 100.0 * float(col.std(ddof=1)) / math.sqrt(n) if n > 1 else (0.0 if n else float("inf"))
-            if self.form.paired:  # z above Z is stricter: the limit drops by (z - Z) standard errors
-                limit = max(self.budget, Z * se) - (self.z - Z) * se
+            var = float(col.var(ddof=1)) if n > 1 else 0.0
+            if noise is not None:
+                var += float(noise[:, j].mean())
+            se = 100.0 * math.sqrt(var / n) if n > 1 or noise is not None else (0.0 if n else float("inf"))
+            if self.form.paired:  # a stricter rule forgives less noise
+                limit = max(self.budget, self.z * se / self.strictness)
             elif self.form.is_binary(j) and n:  # Wilson's upper bound: never zero-width (see the docstring)
                 share = float(col.mean())
                 if self.resolves():
-                    limit = self.budget - 100.0 * (wilson_upper(share, n, self.z) - share)
+                    limit = self.budget - 100.0 * (wilson_upper(share, n, self.strictness * self.z) - share)
                 else:  # even no changed sample does not certify the budget: one-sample resolution, none may change
                     limit = 0.0
-            else:
-                limit = self.budget - self.z * se
+            else:  # a stricter rule takes more off the budget
+                limit = self.budget - self.strictness * self.z * se
             parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
         out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
@@ -182,16 +212,22 @@ class BudgetRule:
     """Per-sample figures of every scored output on the decision set, and the rule above.
 
     `evaluator`: a calibration.metrics.Evaluator built with the dense model (plan, reference_all, labels,
-    run_all)."""
+    run_all). `strictness` > 1 makes every output's rule stricter by that factor (a phase that looks at the same
+    decision set many times): paired rules forgive Z·SE / strictness, fidelity rules take strictness·Z·SE off the
+    budget (Wilson's bound at strictness·Z for a share of changed samples). (A larger `z` would loosen a paired
+    rule.)"""
 
-    def __init__(self, evaluator, budget_pp: float, *, z: float = Z):
+    def __init__(self, evaluator, budget_pp: float, *, z: float = Z, strictness: float = 1.0):
         if budget_pp < 0 or not math.isfinite(budget_pp):
             raise ConfigError(f"--max-loss {budget_pp} must be a finite number of percentage points >= 0.")
         unknown = [k for k in evaluator.plan.values() if k not in PER_SAMPLE]
         if unknown:
             raise ConfigError(f"metric '{unknown[0]}' has no per-sample form; use one of {', '.join(PER_SAMPLE)}.")
         self.evaluator, self.budget, self.z = evaluator, float(budget_pp), z
-        self.outputs = [_OutputRule(name or "output", kind, self.budget, z) for name, kind in evaluator.plan.items()]
+        if not strictness >= 1.0:
+            raise ConfigError(f"a decision rule's strictness must be >= 1 (got {strictness}); 1 is the rule itself.")
+        self.outputs = [_OutputRule(name or "output", kind, self.budget, z, strictness)
+                        for name, kind in evaluator.plan.items()]
         dense = self.values(evaluator.reference_all)
         for rule, values in zip(self.outputs, dense):
             rule.dense = values
@@ -243,9 +279,11 @@ class BudgetRule:
         fidelity = [k for k in kinds if not PER_SAMPLE[k].paired]
         rules = []
         if paired:
-            rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {Z:g} "
-                         "standard error of the paired difference"
-                         + (f", less {self.z - Z:g} standard error" if self.z > Z else ""))
+            rules.append(f"{'/'.join(paired)}: paired loss <= the larger of {self.budget:g} pp and {self.z:g} "
+                         "standard error of the paired difference")
+        if "expected_accuracy" in paired:
+            rules[-1] += (" (expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
+                          "model is calibrated)")
         if fidelity:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp (Wilson's bound for a share of changed samples)")
@@ -260,7 +298,7 @@ class BudgetRule:
                        f"{self.resolution_pp:.3g} pp; decisions are made at one-sample resolution (pass a larger "
                        "--val-data)")
         for r in self.outputs:
-            if r.form.paired and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
+            if METRICS[r.kind].needs_labels and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
                 out.append(f"the dense model scores {100 * float(r.dense[:, 0].mean()):.2f}% on the decision set: it "
                            "looks like data the model was trained on, so the budget measures fitting, not "
                            "generalization (pass held-out samples as --val-data)")

@@ -168,7 +168,7 @@ class ReconstructRecovery(Recovery):
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
 
         s = self.s
-        strict = BudgetRule(s.data.evaluator, s.config.max_loss, z=PER_LAYER_Z * Z)
+        strict = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)  # z x 2 loosens paired rules
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
             z2, budget = (PER_LAYER_Z * Z) ** 2, s.config.max_loss
             need = (f"a changed-class output needs {int(math.ceil(100 * z2 / budget - z2))} samples" if budget > 0

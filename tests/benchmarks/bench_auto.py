@@ -1,14 +1,19 @@
 """Acceptance run of the automatic search (`prune --max-loss L`, no other flag), next to the README's hand recipes.
 
-    python -m tests.benchmarks.bench_auto [--rows lenet300,lenet300-nolabels,lenet5,lenet5-nolabels,digits]
+    python -m tests.benchmarks.bench_auto [--rows lenet300,lenet300-nolabels,lenet300-nolabels-expected,lenet5,...]
                                           [--digits-csv PATH] [--time-budget 15m] [--json OUT]
 
 MNIST rows: the shipped ONNX files (onnxprune.models.paths), the 60,000 training images as --data (with labels, or
 without: label-free), the first 5,000 test images as --val-data (the decision set; without labels for the
-label-free rows) and the last 5,000 test images read only here, to report. Printed per row: weights (nonzeros,
-compression), held-out test error dense -> pruned and its noise (standard error of the paired difference), neurons,
-onnxruntime speed-up at batch 1 and 64 (shipped dense file vs output, interleaved in one process, 1 thread,
-median), file size, wall time and the machine's load average.
+label-free rows) and the last 5,000 test images read only here, to report. A label-free row is judged by the
+default metric (top-1 `agreement` with the input model, an upper bound: `-nolabels`) or by `--metric
+expected_accuracy` (`-nolabels-expected`: the input model's probabilities stand in for the labels, paired like
+accuracy; docs/metrics.md). Printed per row: weights (nonzeros, compression), held-out test error dense -> pruned
+and its noise (standard error of the paired difference), the held-out samples whose class changed (how many, how
+many of them only the dense / only the pruned model got right, the input model's probability of its own class on
+them, and the loss expected_accuracy predicts for them against the loss measured), neurons, onnxruntime speed-up
+at batch 1 and 64 (shipped dense file vs output, interleaved in one process, 1 thread, median), file size, wall
+and CPU time and the machine's load average.
 
 Digits rows: a small conv-BN CNN trained here on scikit-learn's 8x8 digits (1,257 training images, seeded split;
 the remaining 540 report), exported with torch's default and legacy (TorchScript) exporters; only --max-loss 1.
@@ -27,8 +32,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.output_metrics import as_probabilities
+from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.api import prune
+from onnxprune.converter.auto.decide import BudgetRule
 from onnxprune.converter.latency import measure_latency
 from onnxprune.models.mnist import load_split
 from onnxprune.models.paths import LENET5_ONNX, LENET300_ONNX, shared_mnist_dir
@@ -46,20 +55,51 @@ HAND = {
 MODELS = {"lenet300": LENET300_ONNX, "lenet5": LENET5_ONNX}
 
 
-def predictions(model, images: np.ndarray) -> np.ndarray:
+def scores(model, images: np.ndarray) -> np.ndarray:
     sess = make_session(model)
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: images[i:i + 2000]})[0].argmax(1) for i in range(0, len(images), 2000)])
+    return np.concatenate([sess.run(None, {name: images[i:i + 2000]})[0] for i in range(0, len(images), 2000)])
 
 
 def held_out(original, pruned, images, labels) -> dict:
-    a, b = predictions(original, images) == labels, predictions(pruned, images) == labels
+    dense, out = scores(original, images), scores(pruned, images)
+    a, b = dense.argmax(1) == labels, out.argmax(1) == labels
     d = a.astype(float) - b.astype(float)
     return {"n": len(labels), "error_dense": 100 * (1 - a.mean()), "error_pruned": 100 * (1 - b.mean()),
-            "loss_pp": 100 * d.mean(), "se_pp": 100 * d.std(ddof=1) / np.sqrt(len(d))}
+            "loss_pp": 100 * d.mean(), "se_pp": 100 * d.std(ddof=1) / np.sqrt(len(d)),
+            "changed": changed(dense, out, labels)}
 
 
-def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Path, **choices) -> dict:
+def changed(dense: np.ndarray, out: np.ndarray, labels: np.ndarray) -> dict:
+    """The samples whose class changed: how many, how many only the dense / only the pruned model gets right, the
+    input model's probability of its own class on them, and the loss expected_accuracy predicts (pp) beside the
+    measured one. Also the input model's calibration: mean confidence against accuracy on all samples."""
+    p = as_probabilities(dense)
+    cls, new = dense.argmax(1), out.argmax(1)
+    flip = cls != new
+    rows = np.arange(len(p))
+    pa, pb = p[rows, cls], p[rows, new]
+    return {"n": int(flip.sum()), "dense_only_right": int((flip & (cls == labels)).sum()),
+            "pruned_only_right": int((flip & (new == labels)).sum()),
+            "p_a_quartiles": [float(q) for q in np.quantile(pa[flip], [0.25, 0.5, 0.75])] if flip.any() else [],
+            "confident": int((flip & (pa >= 0.9)).sum()),
+            "expected_loss_pp": 100 * float((pa - pb).mean()),
+            "confidence": 100 * float(pa.mean()), "accuracy": 100 * float((cls == labels).mean())}
+
+
+def judged(original, pruned, val: tuple) -> dict:
+    """The output judged on the decision set (with its labels, which label-free rows did not see) by the search's
+    rule under three metrics at --max-loss 0: accuracy (the labels), expected_accuracy, agreement."""
+    out = {}
+    for kind in ("accuracy", "expected_accuracy", "agreement"):
+        ev = Evaluator(open_data({"input": val[0], "labels": val[1]}, original, batch_size=1000), kind, original)
+        d = BudgetRule(ev, 0.0).judge(pruned)
+        out[kind] = {"loss_pp": d.loss_pp, "se_pp": d.se_pp, "limit_pp": d.limit_pp, "within": d.within,
+                     "worse": d.worse, "better": d.better}
+    return out
+
+
+def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Path, judge_on=None, **choices) -> dict:
     load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     target = out / f"{name}.onnx"
     result = prune(str(model_path), data=train, val_data=val, output=target, **choices)
@@ -70,9 +110,10 @@ def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Pat
     neurons = {k: (v["before"], v["after"]) for k, v in (report.get("neurons") or {}).get("layers", {}).items()}
     auto = report.get("auto", {})
     return {
-        "row": name, "wall_s": wall, "cpu_s": cpu, "load": (load0, os.getloadavg()[0]),
+        "row": name, "metric": choices.get("metric"), "wall_s": wall, "cpu_s": cpu, "load": (load0, os.getloadavg()[0]),
         "compression": report["compression"], "nonzeros": (report["before"]["nonzeros"], report["after"]["nonzeros"]),
         "held_out": held_out(original, result.model, *test), "neurons": neurons,
+        "judged": judged(original, result.model, judge_on) if judge_on is not None else None,
         "file_kb": (Path(model_path).stat().st_size / 1024, target.stat().st_size / 1024),
         "latency": {b["batch"]: b["speedup"] for b in lat["batches"]},
         "decision": auto.get("decision"), "rule": auto.get("rule"), "choices": auto.get("choices"),
@@ -84,10 +125,21 @@ def run_row(name: str, model_path, train: dict, val: dict, test: tuple, out: Pat
 
 def show(r: dict) -> None:
     h = r["held_out"]
-    print(f"\n== {r['row']}  (--max-loss only; wall {r['wall_s']:.0f} s, cpu {r['cpu_s']:.0f} s, load {r['load'][0]:.1f} -> {r['load'][1]:.1f})")
+    flags = "--max-loss only" if not r.get("metric") else f"--max-loss, --metric {r['metric']}"
+    print(f"\n== {r['row']}  ({flags}; wall {r['wall_s']:.0f} s, cpu {r['cpu_s']:.0f} s, load {r['load'][0]:.1f} -> {r['load'][1]:.1f})")
     print(f"weights      {r['nonzeros'][0]:,} -> {r['nonzeros'][1]:,} nonzeros = {r['compression']:.1f}x fewer")
     print(f"held-out     {h['error_dense']:.2f}% -> {h['error_pruned']:.2f}% error on {h['n']} images "
           f"(loss {h['loss_pp']:+.2f} pp, noise: 1 SE = {h['se_pp']:.2f} pp)")
+    c = h["changed"]
+    quart = "/".join(f"{q:.3f}" for q in c["p_a_quartiles"]) or "-"
+    print(f"changed      {c['n']} of {h['n']} held-out classes (dense only right {c['dense_only_right']}, pruned only "
+          f"right {c['pruned_only_right']}; input model's p[a] quartiles {quart}, {c['confident']} with p[a] >= 0.9); "
+          f"expected_accuracy predicts {c['expected_loss_pp']:+.2f} pp; input model: confidence "
+          f"{c['confidence']:.2f}% vs accuracy {c['accuracy']:.2f}%")
+    for kind, j in (r.get("judged") or {}).items():
+        print(f"decision set {kind:<17} {j['loss_pp']:+.3f} pp, limit {j['limit_pp']:.3f} pp (1 SE {j['se_pp']:.3f}): "
+              f"{'within' if j['within'] else 'OVER'}" + (f" (worse {j['worse']}, better {j['better']})"
+                                                          if kind != "agreement" else ""))
     print("neurons      " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in r["neurons"].items()))
     print(f"file         {r['file_kb'][0]:.0f} KB -> {r['file_kb'][1]:.0f} KB")
     print("onnxruntime  " + ", ".join(f"batch {b}: {s:.2f}x faster" for b, s in r["latency"].items()))
@@ -98,7 +150,7 @@ def show(r: dict) -> None:
         path = " ".join(f"{s['phase'][0]}{'+' if s['kept'] else '-'}{s['ratio']:.0f}x" for s in r["search"]
                         if s.get("ratio"))
         print(f"search path  {path}")
-    print(f"README hand  {HAND.get(r['row'].split(':')[0], '-')}")
+    print(f"README hand  {HAND.get(r['row'].split(':')[0].removesuffix('-expected'), '-')}")
 
 
 # ---------------------------------------------------------------------------------------------------- digits
@@ -169,14 +221,24 @@ def digits_rows(csv, out: Path, time_budget) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default="lenet300,lenet300-nolabels,lenet5,lenet5-nolabels,digits")
+    ap.add_argument("--rows", default="lenet300,lenet300-nolabels,lenet300-nolabels-expected,lenet5,lenet5-nolabels,"
+                                      "lenet5-nolabels-expected,digits")
     ap.add_argument("--mnist", type=Path, default=shared_mnist_dir())
     ap.add_argument("--digits-csv", type=Path, default=None)
     ap.add_argument("--time-budget", default=None, help="default: the search's own (15m)")
     ap.add_argument("--max-loss", type=float, default=0.0, help="budget of the MNIST rows (the acceptance: 0)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/onnxprune-bench-auto"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--judge", type=Path, default=None, help="only judge this output of the first --rows model on "
+                    "the decision set (accuracy, expected_accuracy, agreement) and the held-out half")
     args = ap.parse_args()
+    if args.judge:
+        test = load_split(args.mnist, "test")
+        original, pruned = onnx.load(str(MODELS[args.rows.split("-")[0]])), onnx.load(str(args.judge))
+        r = {"row": f"judged {args.judge}", "judged": judged(original, pruned, (test[0][:5000], test[1][:5000])),
+             "held_out": held_out(original, pruned, test[0][5000:], test[1][5000:])}
+        print(json.dumps(r, indent=1, default=float))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     budget = {"time_budget": args.time_budget} if args.time_budget else {}
     rows = args.rows.split(",")
@@ -187,11 +249,13 @@ def main() -> None:
         for row in rows:
             if not row.startswith("lenet"):
                 continue
-            name = row.split("-")[0]
-            labelled = not row.endswith("nolabels")
+            name, *kind = row.split("-")
+            labelled = "nolabels" not in kind
+            metric = {"metric": "expected_accuracy"} if "expected" in kind else {}
             data = {"input": train[0], **({"labels": train[1]} if labelled else {})}
             decide = {"input": val[0], **({"labels": val[1]} if labelled else {})}
-            r = run_row(row, MODELS[name], data, decide, held, args.out, max_loss=args.max_loss, **budget)
+            r = run_row(row, MODELS[name], data, decide, held, args.out, max_loss=args.max_loss, **budget, **metric,
+                        judge_on=val)
             show(r)
             results.append(r)
     if "digits" in rows:

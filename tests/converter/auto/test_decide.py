@@ -117,13 +117,13 @@ def test_label_free_agreement_is_bounded_from_above_so_in_sample_noise_is_not_sp
 
 
 def test_no_changed_sample_still_has_a_margin_so_a_stricter_search_cannot_keep_luck():
-    """180 decision samples, none changed: within 1 pp at z = 1 (Wilson: 1/181 = 0.55 pp), not at the per-layer
-    phase's z = 2 (4/184 = 2.2 pp), which looks at the set many times; at 1,000 samples, within at both."""
+    """180 decision samples, none changed: within 1 pp by Wilson's bound at 1 SE (1/181 = 0.55 pp), not at the
+    per-layer phase's strictness 2 (4/184 = 2.2 pp), which looks at the set many times; at 1,000 samples, both."""
     for n, resolves_at_2 in ((180, False), (1000, True)):
         dense = np.random.default_rng(n).standard_normal((n, 10)).astype(np.float32)
         ev = FakeEvaluator(halves(dense), [None, None], metric="agreement")
         assert BudgetRule(ev, 1.0).judge(halves(dense)).within and BudgetRule(ev, 1.0).resolves()
-        strict = BudgetRule(ev, 1.0, z=2.0)
+        strict = BudgetRule(ev, 1.0, strictness=2.0)
         assert strict.resolves() == resolves_at_2  # unresolved: the search skips what needs it (recovery.py)
         if resolves_at_2:
             assert strict.judge(halves(dense)).limit_pp == pytest.approx(1.0 - 400 / (n + 4))
@@ -232,22 +232,22 @@ def test_a_negative_budget_is_refused():
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "agreement"])
-def test_a_larger_z_is_stricter_for_both_kinds_and_accepts_a_subset(metric):
-    """z above Z (the refit's per-layer phase) lowers the limit by (z - Z)·SE. A larger z inside max(budget, z·SE)
-    would have loosened the paired rule: a 3 pp loss on 100 samples passed a 1 pp budget at z = 2 (a run then ended
-    over its budget)."""
+def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
+    """strictness 2 (the refit's per-layer phase): a paired rule forgives SE/2, a share of changed samples is bounded
+    by Wilson at 2 SE. A larger z inside max(budget, z·SE) would have loosened the paired rule: a 3 pp loss on 100
+    samples passed a 1 pp budget at z = 2 (a run then ended over its budget)."""
     ev, labels, dense = setup(n=100, dense_wrong=5)
     if metric == "agreement":
         ev = FakeEvaluator(ev.reference_all, ev.labels, "agreement")
     rng = np.random.default_rng(3)
-    for worse in range(0, 8):
+    for worse in range(8):
         cand = dense.copy()
         idx = rng.choice(np.arange(5, 100), worse, replace=False)
         cand[idx] = (cand[idx] + 1) % 10
-        loose, strict = (BudgetRule(ev, 1.0, z=z).judge(halves(logits_for(cand))) for z in (1.0, 2.0))
+        loose, strict = (BudgetRule(ev, 1.0, strictness=s).judge(halves(logits_for(cand))) for s in (1.0, 2.0))
         if metric == "accuracy":
-            assert strict.limit_pp == pytest.approx(loose.limit_pp - loose.se_pp)
-        # agreement: 100 samples cannot certify 1 pp at z = 2, so the stricter rule takes no changed sample at all
+            assert strict.limit_pp == pytest.approx(max(1.0, loose.se_pp / 2))
+        # agreement: 100 samples cannot certify 1 pp at 2 SE, so the stricter rule takes no changed sample at all
         assert not (strict.within and not loose.within)
         if worse == 3:
-            assert not strict.within and not loose.within  # 3 pp against a 1 pp budget, at any z
+            assert not strict.within and not loose.within  # 3 pp against a 1 pp budget, however strict
