@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import secrets
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,10 +191,10 @@ def save_model(
             os.replace(tmp_data, folder / (path.name + ".data"))
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with _signals_held(), contextlib.suppress(OSError):
             os.unlink(tmp)
         if tmp_data is not None:
-            with contextlib.suppress(OSError):
+            with _signals_held(), contextlib.suppress(OSError):
                 os.unlink(tmp_data)
         if isinstance(exc, OSError):
             raise _write_failed(path, exc) from None
@@ -210,12 +212,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> P
             f.write(data)
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
+        with _signals_held(), contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
             raise _write_failed(path, exc) from None
         raise
     return path
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait while a temp file is created and removed, or cleaned up: their handlers raise
+    KeyboardInterrupt, which landing inside a cleanup would skip the unlink and leave the file (seen under load).
+    Python-level (handlers swapped in the main thread): a signal mask would not do, as any other thread (onnxruntime's,
+    torch's) can take a process-directed signal. One that arrived is handed to the previous handler afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT,
+                                                                                         signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 def _temp_name(path: Path) -> Path:
@@ -258,20 +285,21 @@ def check_output_folder(folder: Path, flag: str = "-o") -> None:
 
 def _refuses_new_files(probe: Path) -> OSError | None:
     """Create and remove `probe`: permission bits do not tell everything (root, read-only mounts, /proc). The probe
-    is removed in `finally`, so an interrupt (Ctrl-C, SIGTERM) between creating and removing it leaves nothing."""
-    ours = True
-    try:
-        with open(probe, "xb"):
-            pass
-    except FileExistsError as exc:  # a file of that random name that is not ours: leave it
-        ours = False
-        return exc
-    except OSError as exc:
-        return exc
-    finally:
-        if ours:
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
+    is removed in `finally` with SIGINT/SIGTERM held, so an interrupt (Ctrl-C, SIGTERM) leaves nothing."""
+    with _signals_held():  # an interrupt waits until the probe is gone
+        ours = True
+        try:
+            with open(probe, "xb"):
+                pass
+        except FileExistsError as exc:  # a file of that random name that is not ours: leave it
+            ours = False
+            return exc
+        except OSError as exc:
+            return exc
+        finally:
+            if ours:
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
     return None
 
 

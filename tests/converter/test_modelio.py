@@ -165,3 +165,31 @@ def test_an_interrupt_during_the_write_probe_leaves_no_probe_file(tmp_path, monk
     monkeypatch.undo()
     modelio.check_output_path(tmp_path / "out.onnx")  # and the plain probe still leaves nothing
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["probe", "cleanup"])
+def test_a_signal_landing_inside_a_temp_files_removal_waits_until_it_is_gone(tmp_path, monkeypatch, where):
+    """SIGINT raised as the probe (or a failed write's temp file) is being removed: held until the unlink is done, so
+    nothing is left (a KeyboardInterrupt between the `finally` and the unlink left '.out.onnx.<hex>.tmp' in CI)."""
+    import os
+    import signal
+
+    from onnxprune.converter import modelio
+    from onnxprune.models import builders
+
+    real_unlink = os.unlink
+
+    def unlink_after_a_signal(path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler raises KeyboardInterrupt at the next bytecode
+        real_unlink(path, *args, **kwargs)
+
+    if where == "cleanup":  # a write that fails after its temp file exists
+        monkeypatch.setattr(modelio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    monkeypatch.setattr(modelio.os, "unlink", unlink_after_a_signal)
+    with pytest.raises(KeyboardInterrupt):
+        if where == "probe":
+            modelio.check_output_path(tmp_path / "out.onnx")
+        else:
+            modelio.save_model(builders.mlp_gemm(), tmp_path / "out.onnx", external_data=False)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
