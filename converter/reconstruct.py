@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,11 +43,6 @@ log = logging.getLogger(__name__)
 DEFAULT_DAMP = 1e-2  # ridge λ as a share of the mean diagonal of XᵀX (GPTQ's percdamp)
 AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")  # Conv auto_pad values the im2col resolves (_pads)
 ROWS_PER_COLUMN = 128  # a Conv keeps at most this many im2col rows per weight column per batch (seeded sample)
-# cv: the ridge settings one layer's refit chooses among by K-fold cross-validation over the training samples
-# (`reconstruct(cv=K)`): (λ as a share of the mean diagonal of XᵀX, shrink toward the kept weights). None: the kept
-# weights as they are (no refit), chosen when every refit predicts the held-out folds worse.
-CV_SETTINGS = ((1e-3, False), (1e-2, False), (1e-3, True), (1e-2, True), (1e-1, True), (1.0, True), (10.0, True), None)
-CV_CHANNELS = 16  # output channels (evenly spread) that score the settings; the chosen one then refits them all
 DENSE_CACHE_BYTES = 512 << 20  # dense layer outputs kept across a search's refits (DenseSessions)
 
 
@@ -234,15 +228,14 @@ def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
 # ------------------------------------------------------------------------------------------- design matrices
 
 
-def _rows(layer: Layer, x: np.ndarray, y: np.ndarray, share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(X rows, T rows): one row per output position, X over the weight's input axis (im2col for Conv; a Conv keeps
-    at most `share` x ROWS_PER_COLUMN rows per column)."""
+def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(X rows, T rows): one row per output position, X over the weight's input axis (im2col for Conv)."""
     op = layer.node.op_type
     if op == "Gemm":
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    cols, rows = _im2col(layer.node, x, max(1, int(ROWS_PER_COLUMN * share)) * _columns(layer, x))
+    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x))
     y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     return cols, (y if rows is None else y[rows])
 
@@ -345,20 +338,6 @@ class _Gram:
             self.tt += tt
         self.rows += n
 
-    def __add__(self, other: "_Gram") -> "_Gram":
-        if other.xx is None:
-            return self
-        if self.xx is None:
-            return other
-        return _Gram(self.groups, self.intercept, self.xx + other.xx, self.xt + other.xt, self.tt + other.tt,
-                     self.rows + other.rows)
-
-    def __sub__(self, other: "_Gram") -> "_Gram":
-        if other.xx is None:
-            return self
-        return _Gram(self.groups, self.intercept, self.xx - other.xx, self.xt - other.xt, self.tt - other.tt,
-                     self.rows - other.rows)
-
 
 def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float,
            prior: bool = False) -> tuple:
@@ -366,80 +345,33 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
 
     `prior`: shrink toward the kept weights as they are (λ‖W − W₀‖²) instead of toward zero: on little data the
     refit then moves a weight only as far as the data asks."""
-    out = w.shape[0] // gram.groups
+    out, per = w.shape[0] // gram.groups, w.shape[1]
     new_w, new_b = np.zeros_like(w, dtype=np.float64), None if b is None else b.astype(np.float64).copy()
     before = after = 0.0
-    for o in range(w.shape[0]):
-        keep, idx, old = _kept(gram, w, b, mask, o)
-        g, j = divmod(o, out)
-        xx, xt = gram.xx[g], gram.xt[g][:, j]
-        before += _sse(xx, xt, gram.tt[o], idx, old)
-        sol = _fit_channel(xx, xt, idx, old, _lam(gram, g, w.shape[1], damp), gram.intercept, prior)
-        after += _sse(xx, xt, gram.tt[o], idx, sol)
-        new_w[o, keep] = sol[: len(keep)]
-        if gram.intercept:
-            new_b[o] = sol[-1]
+    for g in range(gram.groups):
+        xx, xt = gram.xx[g], gram.xt[g]
+        lam = damp * float(np.mean(np.diag(xx)[:per])) + 1e-12
+        for j in range(out):
+            o = g * out + j
+            keep = np.flatnonzero(mask[o])
+            idx = np.concatenate([keep, [per]]) if gram.intercept else keep
+            old = np.concatenate([w[o, keep], [b[o]]]) if gram.intercept else w[o, keep]
+            before += _sse(xx, xt[:, j], gram.tt[o], idx, old)
+            if len(idx):
+                a = xx[np.ix_(idx, idx)] + lam * np.eye(len(idx))
+                if gram.intercept:
+                    a[-1, -1] -= lam  # the intercept is not shrunk
+                rhs = xt[idx, j].copy()
+                if prior:
+                    rhs[: len(keep)] += lam * old[: len(keep)]
+                sol = np.linalg.solve(a, rhs)
+            else:
+                sol = np.zeros(0)
+            after += _sse(xx, xt[:, j], gram.tt[o], idx, sol)
+            new_w[o, keep] = sol[: len(keep)]
+            if gram.intercept:
+                new_b[o] = sol[-1]
     return new_w, new_b, before, after
-
-
-def _kept(gram: _Gram, w, b, mask, o: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Output channel o's kept input columns, their Gram indices (the intercept's last) and their values now."""
-    keep = np.flatnonzero(mask[o])
-    if not gram.intercept:
-        return keep, keep, w[o, keep]
-    return keep, np.concatenate([keep, [w.shape[1]]]), np.concatenate([w[o, keep], [b[o]]])
-
-
-def _lam(gram: _Gram, g: int, per: int, damp: float) -> float:
-    """λ of group g: `damp` x the mean diagonal of its XᵀX (inf: no refit)."""
-    if math.isinf(damp):
-        return damp
-    return damp * float(np.mean(np.diag(gram.xx[g])[:per])) + 1e-12
-
-
-def _fit_channel(xx, xt, idx, old, lam: float, intercept: bool, prior: bool) -> np.ndarray:
-    """One output channel's ridge solution over the Gram indices `idx` (the intercept, when there, last and not
-    shrunk); `prior`: toward `old` instead of toward zero."""
-    if not len(idx):
-        return np.zeros(0)
-    if math.isinf(lam):  # infinitely shrunk toward the kept weights: they stay
-        return np.array(old, dtype=np.float64)
-    a = xx[np.ix_(idx, idx)] + lam * np.eye(len(idx))
-    n_w = len(idx) - 1 if intercept else len(idx)
-    if intercept:
-        a[-1, -1] -= lam
-    rhs = xt[idx].copy()
-    if prior:
-        rhs[:n_w] += lam * old[:n_w]
-    try:
-        return np.linalg.solve(a, rhs)
-    except np.linalg.LinAlgError:  # a singular fold (an input never nonzero in it): least squares instead
-        return np.linalg.lstsq(a, rhs, rcond=None)[0]
-
-
-def _cross_validate(folds: list[_Gram], w: np.ndarray, b: np.ndarray | None, mask: np.ndarray,
-                    settings=CV_SETTINGS, channels: int = CV_CHANNELS) -> tuple:
-    """The setting of `settings` whose refit on all folds but one best predicts the one left out, summed over the
-    folds and over up to `channels` output channels spread over the layer; (setting, {setting: held-out error})."""
-    total = sum(folds[1:], folds[0])
-    picked = np.unique(np.linspace(0, w.shape[0] - 1, min(channels, w.shape[0])).round().astype(int))
-    out = w.shape[0] // total.groups
-    scores = {}
-    for setting in settings:
-        err = 0.0
-        for k, fold in enumerate(folds):
-            if fold.rows == 0:
-                continue
-            train = total - fold
-            for o in picked:
-                keep, idx, old = _kept(total, w, b, mask, o)
-                g, j = divmod(o, out)
-                damp, prior = setting or (math.inf, True)
-                sol = _fit_channel(train.xx[g], train.xt[g][:, j], idx, old, _lam(train, g, w.shape[1], damp),
-                                   total.intercept, prior)
-                err += _sse(fold.xx[g], fold.xt[g][:, j], fold.tt[o], idx, sol)
-        scores[setting] = err
-    return min(scores, key=lambda k: (scores[k], settings.index(k))), scores
 
 
 def _select(gram: _Gram, w: np.ndarray, mask: np.ndarray, damp: float) -> np.ndarray:
@@ -472,7 +404,7 @@ def _sse(xx, xt, tt, idx, v) -> float:
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
                 report: ReconstructReport | None = None, dense_session=None, select: bool = False,
-                prior: bool | str = False, cv: int = 0) -> onnx.ModelProto:
+                prior: bool | str = False) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
@@ -485,13 +417,9 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     kept weights in a layer with fewer rows (samples x positions) than inputs, where the zero-shrunk solution
     interpolates the rows it saw and forgets the rest of the input space (measured: keras MTCNN's dense layer,
     576 inputs, 38 samples, 6% pruned: held-out rel_l2 0.005 -> 0.26 toward zero, 0.002 toward the kept weights).
-    `cv` >= 2: each layer chooses its λ and prior (and whether to refit at all) by `cv`-fold cross-validation
-    over the samples (CV_SETTINGS; `damp` and `prior` are then unused); the choice is in `report.refit`.
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
-    if cv == 1 or cv < 0:
-        raise ConfigError(f"cv {cv} must be 0 (no cross-validation) or a number of folds >= 2.")
     report = report if report is not None else ReconstructReport()
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -500,7 +428,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
     for wave in waves(out, layers):
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
-                    local_constants(dense_model.graph) if select else None, prior, cv)
+                    local_constants(dense_model.graph) if select else None, prior)
         report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
@@ -511,7 +439,8 @@ class DenseSessions:
     """The dense model's layer outputs for the refit: one session per wave, keeping only the nodes its targets need
     (one at a time: memory stays at one session), and the outputs it gave kept for the next call on the same feeds
     while they fit in `cache_bytes` (the dense model does not change between a search's candidates, so its
-    targets are computed once; measured: rapidocr_cls, 54 waves, a refit 31 s -> ...).
+    targets are computed once; measured: rapidocr_cls, 54 waves, 38 samples: a search's first refit 31.9 s,
+    the next 13.7 s).
     `reconstruct(dense_session=)` reuses both across calls."""
 
     def __init__(self, dense_model: onnx.ModelProto, cache_bytes: int = DENSE_CACHE_BYTES):
@@ -547,11 +476,10 @@ def _fingerprint(feeds) -> str:
 
 
 def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
-                types, report, dense_consts=None, prior: bool | str = False, cv: int = 0) -> None:
+                types, report, dense_consts=None, prior: bool | str = False) -> None:
     inits = local_constants(model.graph)
     fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
-                 None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight]), cv)
-            for lay in wave]
+                 None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
     xs = list(dict.fromkeys(lay.x for lay in wave))
     targets = [lay.node.output[0] for lay in wave]
     pruned = make_session(_with_outputs(model, xs, types, only=True), optimize=False)
@@ -566,7 +494,7 @@ def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, d
 class _Fit:
     """One layer's Grams while the data streams by, then its solve and write-back."""
 
-    def __init__(self, layer: Layer, inits, mask, refit_bias: bool, dense_w: np.ndarray | None = None, cv: int = 0):
+    def __init__(self, layer: Layer, inits, mask, refit_bias: bool, dense_w: np.ndarray | None = None):
         self.layer, self.mask, self.dense_w = layer, np.asarray(mask, dtype=bool), dense_w
         self.w_store = numpy_helper.to_array(inits[layer.weight])
         self.bias = layer.bias if refit_bias else None
@@ -574,12 +502,7 @@ class _Fit:
         if self.bias is None and len(layer.node.input) > 2 and layer.node.input[2]:  # Gemm/Conv bias kept as is
             self.fixed = _fixed_bias(layer, inits)
         groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type == "Conv" else 1
-        self.folds = [_Gram(groups, intercept=self.bias is not None) for _ in range(max(cv, 1))]
-        self.seen = 0  # samples so far: sample i goes to fold i % cv (a Conv's positions stay in their sample's)
-
-    @property
-    def gram(self) -> _Gram:
-        return sum(self.folds[1:], self.folds[0])
+        self.gram = _Gram(groups, intercept=self.bias is not None)
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         if self.fixed is not None:
@@ -587,13 +510,7 @@ class _Fit:
                      else self.fixed)
         if self.layer.node.op_type == "Gemm":
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
-        k = len(self.folds)
-        fold = (self.seen + np.arange(len(x))) % k
-        self.seen += len(x)
-        for i, gram in enumerate(self.folds):
-            part = fold == i
-            if part.any():
-                gram.add(*_rows(self.layer, x[part], t[part], 1.0 / k))
+        self.gram.add(*_rows(self.layer, x, t))
 
     def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
@@ -610,18 +527,10 @@ class _Fit:
         m = _weight_matrix(layer, self.mask)
         b = numpy_helper.to_array(inits[self.bias]).astype(np.float64) if self.bias else None
         toward_kept = gram.rows < w.shape[1] if prior == "auto" else bool(prior)
-        chosen = {}
-        if len(self.folds) > 1:
-            setting, scores = _cross_validate(self.folds, w * m, b, m)
-            chosen = {"cv": {"setting": setting, "held_out_error": {str(k): v / gram.rows for k, v in scores.items()}}}
-            if setting is None:  # no refit predicts the held-out samples better than the kept weights as they are
-                damp, toward_kept = float("inf"), True
-            else:
-                damp, toward_kept = setting
         new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, toward_kept)
         entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows,
-                 "target": float(gram.tt.sum()) / gram.rows,  # the dense output's squared norm per row (scale)
-                 "prior": toward_kept, "damp": damp, **chosen}
+                 "target": float(gram.tt.sum()) / gram.rows,  # the dense output's squared norm per row (its scale)
+                 "prior": toward_kept}
         if after > before:  # the ridge can lose on tiny data: never make a layer worse
             report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}
             if self.dense_w is not None:  # the chosen mask on the dense values
