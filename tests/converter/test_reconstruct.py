@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.converter.bridge import OnnxModule
 from onnxprune.errors import UnsupportedOpError
-from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
+from onnxprune.converter.reconstruct import DenseSessions, ReconstructReport, _layers, reconstruct, waves
 from onnxprune.models import builders, builders_control
 from onnxprune.passes.magnitude import sparsity_mask
 from onnxprune.passes.weights import find_prunable, weight_array
@@ -263,3 +263,30 @@ samples need not beat the pruned layers themselves: the search judges that). Wit
     plain, chosen = (reconstruct(pruned, dense, masks, many, prior=p) for p in (False, "auto"))
     for name in masks:
         np.testing.assert_array_equal(weight_array(plain, name), weight_array(chosen, name))
+
+
+def test_dense_targets_are_computed_once_per_feed_and_the_cache_changes_nothing():
+    """A search refits many candidates against the same dense model on the same feeds: the dense layer outputs come
+    from the cache after the first refit (no dense session runs), the refit is bit for bit the one without a cache,
+    other feeds miss it, and a cache of 0 bytes keeps nothing."""
+    dense = builders.lenet5_like(conv_channels=(4, 8), fc_units=32, seed=0)
+    feeds = feeds_for(dense, 3, 8, seed=0)
+    first_masks, second_masks = prune(dense, 0.5)[1], prune(dense, 0.7)[1]
+    sessions = DenseSessions(dense)
+    reconstruct(zero_weights(dense, first_masks), dense, first_masks, feeds, dense_session=sessions)
+    ran = len(sessions.cache)
+    assert ran == len(feeds) * len(waves(dense, _layers(dense, first_masks, ReconstructReport())))
+    sessions.session = None  # a cache hit must not need a session
+    cached = reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds, dense_session=sessions)
+    assert sessions.session is None and len(sessions.cache) == ran
+    fresh = reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds)
+    check_full(cached)
+    for name in second_masks:
+        np.testing.assert_array_equal(weight_array(cached, name), weight_array(fresh, name), err_msg=name)
+    assert_same_outputs(cached, zero_weights(cached, second_masks), rtol=1e-6)
+    reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds_for(dense, 1, 8, seed=9),
+                dense_session=sessions)
+    assert len(sessions.cache) > ran  # new feeds: computed, and kept
+    none = DenseSessions(dense, cache_bytes=0)
+    reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds, dense_session=none)
+    assert not none.cache and none.room == 0
