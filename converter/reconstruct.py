@@ -13,8 +13,9 @@ the same tensor) share one onnxruntime pass over the data, and the dense targets
 dense session (kept across calls on the same feeds: DenseSessions). Only the Gram matrices XᵀX and XᵀT are kept
 (float64, summed over batches), so memory does not grow with the data. A Conv is the same least-squares problem
 on im2col patches (numpy strides, no torch); grouped and depthwise Convs solve one problem per group; Gemm/MatMul
-use their input as is, MatMul also with its weight behind a 2-D Transpose. A bias that belongs to the layer alone (Gemm/Conv input 2, alpha = beta = 1) is refit with
-it, as the intercept. Weights held in Constant nodes are refit in place like initializers.
+use their input as is, MatMul also with its weight behind a 2-D Transpose. A bias that belongs to the layer alone
+(Gemm/Conv input 2, alpha = beta = 1) is refit with it, as the intercept. Weights held in Constant nodes are refit in
+place like initializers.
 
 Left as they are (said in the report): weights in If/Loop/Scan bodies, LSTM/GRU/RNN weights (their W and R feed a
 recurrence: no single least-squares layer), weights reached through Reshape/Gather chains, weights that are the
