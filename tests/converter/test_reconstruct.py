@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.converter.bridge import OnnxModule
 from onnxprune.errors import UnsupportedOpError
-from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
+from onnxprune.converter.reconstruct import DenseSessions, ReconstructReport, _Gram, _layers, _solve, reconstruct, waves
 from onnxprune.models import builders, builders_control
 from onnxprune.passes.magnitude import sparsity_mask
 from onnxprune.passes.weights import find_prunable, weight_array
@@ -263,3 +263,86 @@ samples need not beat the pruned layers themselves: the search judges that). Wit
     plain, chosen = (reconstruct(pruned, dense, masks, many, prior=p) for p in (False, "auto"))
     for name in masks:
         np.testing.assert_array_equal(weight_array(plain, name), weight_array(chosen, name))
+
+
+def test_dense_targets_are_computed_once_per_feed_and_the_cache_changes_nothing():
+    """A search refits many candidates against the same dense model on the same feeds: the dense layer outputs come
+    from the cache after the first refit (no dense session runs), the refit is bit for bit the one without a cache,
+    other feeds miss it, and a cache of 0 bytes keeps nothing."""
+    dense = builders.lenet5_like(conv_channels=(4, 8), fc_units=32, seed=0)
+    feeds = feeds_for(dense, 3, 8, seed=0)
+    first_masks, second_masks = prune(dense, 0.5)[1], prune(dense, 0.7)[1]
+    sessions = DenseSessions(dense)
+    reconstruct(zero_weights(dense, first_masks), dense, first_masks, feeds, dense_session=sessions)
+    ran = len(sessions.cache)
+    assert ran == len(feeds) * len(waves(dense, _layers(dense, first_masks, ReconstructReport())))
+    sessions.session = None  # a cache hit must not need a session
+    cached = reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds, dense_session=sessions)
+    assert sessions.session is None and len(sessions.cache) == ran
+    fresh = reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds)
+    check_full(cached)
+    for name in second_masks:
+        np.testing.assert_array_equal(weight_array(cached, name), weight_array(fresh, name), err_msg=name)
+    assert_same_outputs(cached, zero_weights(cached, second_masks), rtol=1e-6)
+    reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds_for(dense, 1, 8, seed=9),
+                dense_session=sessions)
+    assert len(sessions.cache) > ran  # new feeds: computed, and kept
+    none = DenseSessions(dense, cache_bytes=0)
+    reconstruct(zero_weights(dense, second_masks), dense, second_masks, feeds, dense_session=none)
+    assert not none.cache and none.room == 0
+
+
+def _reference_solve(gram, w, b, mask, damp, prior):
+    """Channel by channel: the ridge system of the kept inputs alone (and the intercept, not shrunk)."""
+    out, per = w.shape[0] // gram.groups, w.shape[1]
+    new_w, new_b = np.zeros_like(w), None if b is None else b.copy()
+    for o in range(w.shape[0]):
+        g, j = divmod(o, out)
+        xx = gram.xx[g]
+        lam = damp * float(np.mean(np.diag(xx)[:per])) + 1e-12
+        keep = np.flatnonzero(mask[o])
+        idx = np.concatenate([keep, [per]]) if gram.intercept else keep
+        a = xx[np.ix_(idx, idx)] + lam * np.eye(len(idx))
+        rhs = gram.xt[g][idx, j].copy()
+        if gram.intercept:
+            a[-1, -1] -= lam
+        if prior:
+            rhs[:len(keep)] += lam * w[o, keep]
+        sol = np.linalg.solve(a, rhs)
+        new_w[o, keep] = sol[:len(keep)]
+        if gram.intercept:
+            new_b[o] = sol[-1]
+    return new_w, new_b
+
+
+@pytest.mark.parametrize("groups,intercept,prior", [(1, False, False), (1, True, True), (3, True, False),
+                                                    (3, False, True)])
+def test_the_solver_equals_the_kept_inputs_own_system_at_every_density(groups, intercept, prior):
+    """The group's inverse with OBS-style removal of few pruned inputs, or the kept inputs' own system when most are
+    pruned: the same solution as solving every channel's kept inputs, and the errors it reports are the Gram's."""
+    rng = np.random.default_rng(0)
+    per, out, n = 12, 4, 200
+    gram = _Gram(groups, intercept)
+    x = rng.normal(size=(n, groups * per)) @ np.kron(np.eye(groups), rng.normal(size=(per, per)))
+    t = x.reshape(n, groups, per) @ rng.normal(size=(per, out)) + rng.normal(scale=0.1, size=(n, groups, out))
+    gram.add(x, t.reshape(n, -1))
+    w = rng.normal(size=(groups * out, per))
+    b = rng.normal(size=groups * out) if intercept else None
+    for density in (1.0, 0.9, 0.5, 0.2, 0.0):
+        mask = rng.random(w.shape) < density
+        mask[0] = True  # a channel with nothing pruned
+        got_w, got_b, before, after = _solve(gram, w * mask, b, mask, 1e-2, prior)
+        want_w, want_b = _reference_solve(gram, w * mask, b, mask, 1e-2, prior)
+        np.testing.assert_allclose(got_w, want_w, rtol=1e-7, atol=1e-9, err_msg=f"density {density}")
+        assert not got_w[~mask].any()
+        if intercept:
+            np.testing.assert_allclose(got_b, want_b, rtol=1e-7, atol=1e-9)
+        xg = np.concatenate([x.reshape(n, groups, per), np.ones((n, groups, 1))], axis=2) if intercept \
+            else x.reshape(n, groups, per)
+        def error(ww, bb):
+            v = np.concatenate([ww, bb[:, None]], axis=1) if intercept else ww
+            pred = np.einsum("rgn,gjn->rgj", xg, v.reshape(groups, out, -1))
+            return float(((pred - t) ** 2).sum())
+        assert before == pytest.approx(error(w * mask, b), rel=1e-8)
+        assert after == pytest.approx(error(got_w, got_b), rel=1e-8)
+        assert after <= before + 1e-9 or prior
