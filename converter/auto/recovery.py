@@ -19,8 +19,9 @@ outputs (with `select`, each layer picks which weights to keep, as many as LAMP 
 Levels grow by 1 while candidates are within the budget, then bisect between the last level within and the
 first over, down to a quarter step or the time budget. Then, per layer, while time is left: layers in turn, the
 largest (kept weights) first, each candidate keeping 0.6^step of that layer's kept weights (its smallest-scored
-go; step starts at 1), refit as above; kept when within the budget by the rule with twice its margin
-(PER_LAYER_Z), else the layer's step halves, and a layer whose step falls under a quarter is done; rounds over
+go; step starts at 1), refit as above; kept when within the budget by the rule twice as strict
+(PER_LAYER_Z; the phase is skipped when that rule cannot certify the budget at all, decide.BudgetRule.resolves),
+else the layer's step halves, and a layer whose step falls under a quarter is done; rounds over
 the layers go on until every layer is done or the time budget. A candidate is refit on the training part and
 judged on the decision part (the automatic plan always holds one out: converter/steps/data.py), so no sample it is judged on was
 used by its refit.
@@ -177,7 +178,7 @@ class ReconstructRecovery(Recovery):
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
 
         s = self.s
-        strict = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)  # z x 2 loosens paired rules
+        strict = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)  # a larger z would loosen
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
             z2, budget = (PER_LAYER_Z * Z) ** 2, s.config.max_loss
             need = (f"a changed-class output needs {int(math.ceil(100 * z2 / budget - z2))} samples" if budget > 0
