@@ -70,10 +70,10 @@ class ScopeIndex:
                 for i in n.input:
                     if i:
                         ix.consumers.setdefault(i, []).append(n)
-                ix.carried.update(loop_invariants(n))
-        outputs = {o.name for sc in scopes(model.graph) if sc.path for o in sc.graph.output}
-        ix.pass_back = {id(n) for name in ix.carried for n in ix.consumers.get(name, [])
-                        if n.op_type == "Identity" and n.output[0] in outputs}
+                for name, (outer, hand_back) in loop_invariants(n).items():
+                    ix.carried[name] = outer
+                    if hand_back is not None:
+                        ix.pass_back.add(id(hand_back))
         return ix
 
     def uses(self, name: str) -> list[onnx.NodeProto]:
@@ -84,8 +84,9 @@ class ScopeIndex:
         return all_nodes(model)
 
 
-def loop_invariants(node: onnx.NodeProto) -> dict[str, str]:
-    """A Loop's loop-carried values that no iteration changes: body input name -> the Loop input that sets it.
+def loop_invariants(node: onnx.NodeProto) -> dict[str, tuple[str, onnx.NodeProto | None]]:
+    """A Loop's loop-carried values that no iteration changes: body input name -> (the Loop input that sets it,
+    the Identity that hands it back, or None when the body output is the input itself).
 
     Loop inputs are (M, cond, v_1..v_N), body inputs (iter, cond, v_1..v_N), body outputs (cond, v_1..v_N, scans);
     v_k is invariant when the body's output for it is its own input (by name, or through one Identity)."""
@@ -94,16 +95,18 @@ def loop_invariants(node: onnx.NodeProto) -> dict[str, str]:
     body = next((a.g for a in node.attribute if a.name == "body" and a.HasField("g")), None)
     if body is None:
         return {}
-    identity = {n.output[0]: n.input[0] for n in body.node if n.op_type == "Identity" and n.input and n.output}
     # an Identity that only hands the value back is not a use of it (ScopeIndex.uses)
+    identity = {n.output[0]: n for n in body.node if n.op_type == "Identity" and n.input and n.output}
     out = {}
     for j in range(2, min(len(body.input), len(node.input))):
         k = j - 1  # the body output carrying v_{j-1}
         if k >= len(body.output) or not node.input[j]:
             continue
         name, back = body.input[j].name, body.output[k].name
-        if back == name or identity.get(back) == name:
-            out[name] = node.input[j]
+        if back == name:
+            out[name] = (node.input[j], None)
+        elif back in identity and identity[back].input[0] == name:
+            out[name] = (node.input[j], identity[back])
     return out
 
 

@@ -226,6 +226,7 @@ class BudgetRule:
         self.evaluator, self.budget, self.z = evaluator, float(budget_pp), z
         if not strictness >= 1.0:
             raise ConfigError(f"a decision rule's strictness must be >= 1 (got {strictness}); 1 is the rule itself.")
+        self.strictness = strictness
         self.outputs = [_OutputRule(name or "output", kind, self.budget, z, strictness)
                         for name, kind in evaluator.plan.items()]
         dense = self.values(evaluator.reference_all)
@@ -249,6 +250,14 @@ class BudgetRule:
                 elif out.size:
                     per_output[i].append(rule.form.fn(out, want, labels))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
+
+    def samples_to_resolve(self) -> int | None:
+        """The decision samples this rule would need to resolve the budget (Wilson's bound with none changed,
+        100·s²/(n + s²) pp with s = strictness·z, at most the budget), or None for a zero budget (no finite set)."""
+        if self.budget <= 0:
+            return None
+        z2 = (self.strictness * self.z) ** 2
+        return int(math.ceil(100.0 * z2 / self.budget - z2))
 
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs

@@ -30,7 +30,6 @@ used by its refit.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from onnxprune.converter.auto.allocation import global_masks
@@ -174,17 +173,17 @@ class ReconstructRecovery(Recovery):
         """With time left after the bisection: raise one layer's sparsity at a time (module docstring); a candidate
         is kept when the decision rule with PER_LAYER_Z times its margin says within (this phase looks at the same
         decision set many times: a wider margin keeps it from selecting noise)."""
-        from onnxprune.converter.auto.decide import Z, BudgetRule
+        from onnxprune.converter.auto.decide import BudgetRule
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
 
         s = self.s
         strict = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)  # a larger z would loosen
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
-            z2, budget = (PER_LAYER_Z * Z) ** 2, s.config.max_loss
-            need = (f"a changed-class output needs {int(math.ceil(100 * z2 / budget - z2))} samples" if budget > 0
+            samples = strict.samples_to_resolve()
+            need = (f"a changed-class output needs {samples} samples" if samples is not None
                     else "no finite set certifies a zero budget")
             s.notes.append(f"per-layer refit skipped: {strict.n} decision samples cannot certify --max-loss "
-                           f"{budget:g} at {PER_LAYER_Z:g}x the margin ({need})")
+                           f"{s.config.max_loss:g} at {PER_LAYER_Z:g}x the margin ({need})")
             return best
         steps = {n: 1.0 for n in s.sizes}
         tried = kept_n = 0

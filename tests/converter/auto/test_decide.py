@@ -138,7 +138,8 @@ def test_a_zero_budget_is_judged_at_one_sample_resolution():
     dense = np.random.default_rng(0).standard_normal((500, 10)).astype(np.float32)
     ev = FakeEvaluator(halves(dense), [None, None], metric="agreement")
     rule = BudgetRule(ev, 0.0)
-    assert not rule.resolves()
+    assert not rule.resolves() and rule.samples_to_resolve() is None
+    assert BudgetRule(ev, 1.0, strictness=2.0).samples_to_resolve() == 396  # 400/(396 + 4) pp = 1 pp
     assert rule.judge(halves(dense)).within and rule.judge(halves(dense * 2)).within
     one = dense.copy()
     one[7, (dense[7].argmax() + 1) % 10] = 99.0
