@@ -61,7 +61,7 @@ def auto_kind(name: str, value) -> str:
     return "rel_l2"
 
 
-def auto_kinds(values: Mapping[str, object]) -> dict[str, str]:
+def auto_kinds(values: Mapping[str, object], *, quiet: bool = False) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each, then one rule that
     needs the others:
 
@@ -79,13 +79,16 @@ def auto_kinds(values: Mapping[str, object]) -> dict[str, str]:
     if evident:
         for name in plain:
             kinds[name] = "rel_l2"
-            log.info("output '%s' is scored as regression (rel_l2): '%s' holds the class scores", name, evident[0])
+            if not quiet:
+                log.info("output '%s' is scored as regression (rel_l2): '%s' holds the class scores", name,
+                         evident[0])
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is not None and spread > SCALE_SPREAD:
             kinds[name] = "channel_rel_l2"
-            log.info("output '%s': its channels (axis 1) differ in scale by %.0fx; scored per channel "
-                     "(channel_rel_l2), so the small ones count as much as the large", name, spread)
+            if not quiet:
+                log.info("output '%s': its channels (axis 1) differ in scale by %.0fx; scored per channel "
+                         "(channel_rel_l2), so the small ones count as much as the large", name, spread)
     return kinds
 
 

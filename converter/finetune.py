@@ -7,7 +7,7 @@ step to the written file; a surviving weight starts from its trained value (neve
 
     loss = CE(student, labels)                                    labels given ("auto")
          | T² · KL(softmax(teacher/T) ‖ softmax(student/T))       classifier outputs, no labels (distillation)
-         + MSE(student, teacher)                                  other outputs, no labels
+         + Σ ||student - teacher||² / ||teacher||² per sample     other outputs, no labels (rel_l2 squared)
     w   ← SGD(momentum, L2 weight decay | L1 penalty) on the kept weights only;  w[~mask] = 0 after each step
 
 Data is read once from the calibration reader into memory as tensors when it fits (MNIST does), then shuffled each
@@ -408,24 +408,49 @@ class Objective:
         t, total = self.temperature, 0.0
         for out, ref, kind in zip(outputs, teacher, self.output_kinds):
             if kind == "values":
-                total = total + F.mse_loss(out, ref.to(out.dtype))
+                total = total + relative_mse(out, ref.to(out.dtype))
                 continue
             s = F.log_softmax(_as_logits(out, kind) / t, dim=-1)
             r = F.log_softmax(_as_logits(ref.to(out.dtype), kind) / t, dim=-1)
-            total = total + F.kl_div(s, r, log_target=True, reduction="batchmean") * t * t
+            rows = max(s.numel() // max(s.shape[-1], 1), 1)  # samples x positions: a sequence counts per position
+            total = total + F.kl_div(s, r, log_target=True, reduction="sum") / rows * t * t
         return total
+
+
+def relative_mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of ||out - ref||² / ||ref||²: the square of what rel_l2 scores, so a regression output next
+    to a classifier is trained at its own scale (a plain MSE on box offsets of ~0.1 is ~1e-4 of the KL term, and
+    those outputs drifted while the class output was matched). Outputs that are zero for a sample count absolutely."""
+    if out.dim() == 0:
+        out, ref = out.reshape(1, 1), ref.reshape(1, 1)
+    err = (out - ref).pow(2).reshape(out.shape[0], -1).sum(1)
+    norm = ref.pow(2).reshape(ref.shape[0], -1).sum(1)
+    return (err / norm.clamp_min(1e-12 + 1e-6 * float(norm.mean().detach()))).mean()
 
 
 def _as_logits(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.log(x.clamp_min(1e-12)) if kind == "probs" else x
 
 
+# metrics of calibration.metric_choice whose outputs are class scores over the last axis: distilled by KL there
+CLASS_METRICS = ("prob", "agreement", "seq_agreement", "accuracy", "top5", "expected_accuracy")
+
+
 def output_kinds(model: onnx.ModelProto, sample_outputs) -> list[str]:
-    """A float output [N, C≥2] is a classifier's (its producer says logits, probabilities or log-probabilities)."""
+    """Per graph output, how it is distilled: class scores over the last axis ("logits", "probs", "logprobs" by the
+    producer) where the metric choice scores it as classes (calibration.metric_choice.auto_kinds), else "values".
+    The same rule as the scoring, so a face detector's [N, 4] box offsets beside its softmax are matched as values
+    (a softmax KL over four offsets ignores a shift of all four, and that output drifted while training)."""
+    from onnxprune.calibration.metric_choice import auto_kinds
+
+    names = output_names(model)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    metrics = auto_kinds({n: o.detach().float().cpu().numpy() if torch.is_tensor(o) else o
+                          for n, o in zip(names, sample_outputs)}, quiet=True)
     kinds = []
-    for name, out in zip(output_names(model), sample_outputs):
-        if out.dim() != 2 or out.shape[1] < 2 or not out.dtype.is_floating_point:
+    for name, out in zip(names, sample_outputs):
+        if not torch.is_tensor(out) or not out.dtype.is_floating_point or out.dim() < 2 or out.shape[-1] < 2 \
+                or metrics.get(name) not in CLASS_METRICS:
             kinds.append("values")
         else:
             kinds.append({"Softmax": "probs", "LogSoftmax": "logprobs"}.get(producers.get(name), "logits"))
