@@ -264,8 +264,9 @@ def noise_floor(oracle: onnx.ModelProto, names: list[str], feeds, wants) -> dict
 def nudged(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     """A copy whose non-zero float weights each move one float32 (or their dtype's) step, up or down at random.
 
-    Only tensors that every reader takes as a value input (typed like the node's output, e.g. Conv W and B, Add B,
-    not Resize scales) are nudged, in initializers and Constant nodes of the main graph; zeros (pruned) stay zero."""
+    Only tensors every reader takes as a value (`_value_inputs`) are nudged, in initializers and Constant nodes of
+    the main graph; zeros (pruned) stay zero. A float that decides a shape anyway (Range's limit) makes the nudged
+    model run differently, and `noise_floor` gives up."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     values, rng = _value_inputs(out), np.random.default_rng(seed)
@@ -284,8 +285,9 @@ def nudged(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
 
 
 def _value_inputs(model: onnx.ModelProto) -> set[str]:
-    """Tensors that every node reading them (subgraphs too) takes at an input typed by a type variable of the node's
-    schema that also types an output; a reader without a schema (custom domains) rules its inputs out."""
+    """Tensors that every node reading them (subgraphs too) takes at an input its schema types with a type variable
+    that admits float (Conv W, BatchNormalization's statistics, Clip's bounds), not at a fixed type (Resize and
+    Upsample scales, NonMaxSuppression thresholds); a reader without a schema (custom domains) rules them out."""
     opsets = {o.domain or "": o.version for o in model.opset_import}
     fine, ruled_out = set(), set()
     for node in _all_nodes(model.graph):
@@ -294,10 +296,10 @@ def _value_inputs(model: onnx.ModelProto) -> set[str]:
         except Exception:
             ruled_out.update(node.input)
             continue
-        typed_out = {o.type_str for o in schema.outputs}
+        floats = {c.type_param_str for c in schema.type_constraints if "tensor(float)" in c.allowed_type_strs}
         for i, name in enumerate(node.input):
             formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
-            (fine if formal is not None and formal.type_str in typed_out else ruled_out).add(name)
+            (fine if formal is not None and formal.type_str in floats else ruled_out).add(name)
     return fine - ruled_out
 
 
