@@ -175,13 +175,14 @@ def _compare(name: str, got, want) -> tuple[float, float]:
 
 def _judge(label: str, gap: _Gap, rtol: float, floor: float | None) -> None:
     """Accept a gap above `rtol` of the scale only within NOISE_MULTIPLE x the floor, itself within NOISE_CEILING."""
+    scale = "the output scale" if label.startswith("output") else "its scale"
     said = (f"{label} differs from the dense model with the same weights: max abs diff {gap.diff:.3g} "
-            f"({gap.rel:.3g} of the output scale, limit {rtol:g}")
+            f"({gap.rel:.3g} of {scale}, limit {rtol:g}")
     if floor is None or not np.isfinite(gap.diff):
         raise ParityError(f"{said}); this is a bug, please report it with --debug.")
     if floor > NOISE_CEILING * gap.scale:
         raise ParityError(f"{said}); the dense model's own float32 noise on these inputs ({floor:.3g}) is above "
-                          f"{NOISE_CEILING:g} of the output scale, too much to tell rounding from a bug: verify on "
+                          f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: verify on "
                           "other inputs (--data with real samples).")
     if gap.diff > NOISE_MULTIPLE * floor:
         raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x the dense model's own float32 noise {floor:.3g}); this is "
