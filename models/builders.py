@@ -222,6 +222,39 @@ def lenet5_like(*, conv_channels: tuple[int, int] = (20, 50), fc_units: int = 50
     return g.model("lenet5_like", [1, 28, 28], x, [10], output_name="logits")
 
 
+
+def conv_sigmoid_head(*, in_channels: int = 3, channels: int = 32, blocks: int = 3, size: int = 16,
+                      dead: float = 0.25, logit_bias: float = -12.0, seed: int = 0) -> onnx.ModelProto:
+    """A text-detector-like stack ending in a saturating Sigmoid, with dead channels as pruning leaves them.
+
+    Stem conv3x3-relu, then `blocks` x (conv3x3-BN-relu, conv1x1-relu), then conv1x1 to one channel + Sigmoid. In
+    every block a `dead` fraction of the conv3x3's filters is zero (constant channels relu(BN(bias)) that the
+    conv1x1 after it folds into its bias) and so is the same fraction of the conv1x1's filters, with the inputs the
+    next conv3x3 reads from them (unread channels). `logit_bias` puts the map in the Sigmoid's tail (~1e-4)."""
+    g = _Graph(seed)
+    x, n_dead = g.relu(g.conv("input", "stem", in_channels, channels, 3), "stem"), round(dead * channels)
+    for b in range(blocks):
+        x = g.relu(g.batchnorm(g.conv(x, f"block{b}.conv3", channels, channels, 3), f"block{b}.bn", channels),
+                   f"block{b}.conv3")
+        x = g.relu(g.conv(x, f"block{b}.conv1", channels, channels, 1), f"block{b}.conv1")
+    w = g.weight("head.weight", (1, channels, 1, 1), channels)
+    x = g.op("Conv", "head", [x, w, g.const("head.bias", [logit_bias])], kernel_shape=[1, 1])
+    x = g.op("Sigmoid", "sigmoid", [x])
+    weights = {t.name: t for t in g.initializers}
+    for b in range(blocks):
+        rows3, rows1 = (g.rng.choice(channels, n_dead, replace=False) for _ in range(2))
+        _zero(weights[f"block{b}.conv3.weight"], rows3, 0)
+        _zero(weights[f"block{b}.conv1.weight"], rows1, 0)
+        _zero(weights[f"block{b + 1}.conv3.weight" if b + 1 < blocks else "head.weight"], rows1, 1)
+    return g.model("conv_sigmoid_head", [in_channels, size, size], x, [1, size, size])
+
+
+def _zero(tensor: onnx.TensorProto, index, axis: int) -> None:
+    a = numpy_helper.to_array(tensor).copy()
+    np.moveaxis(a, axis, 0)[index] = 0.0
+    tensor.CopyFrom(numpy_helper.from_array(a, tensor.name))
+
+
 BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     f.__name__: f
     for f in (mlp_gemm, mlp_matmul, conv_bn_relu, residual_block, concat_branches, depthwise_separable,

@@ -1,0 +1,153 @@
+"""Verification against the dense model with the same weights: correct shrinks pass where float32 cannot resolve 1e-5
+of an output's scale (a saturated Sigmoid map), wrong ones are still refused with the output or tensor named."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.calibration.runtime import make_session, random_feeds
+from onnxprune.converter import verify
+from onnxprune.converter.verify import DEFAULT_RTOL, NOISE_CEILING, check_parity, nudged
+from onnxprune.errors import ParityError
+from onnxprune.models.builders import as_constant_nodes, conv_sigmoid_head
+from onnxprune.passes.dead_neurons import remove_dead_neurons
+
+HEAD = dict(channels=32, blocks=3, dead=0.25, logit_bias=-7.0)  # the map's max ~1e-3, its floor ~1e-4 of that
+
+
+def shrink(seed: int):
+    oracle = conv_sigmoid_head(seed=seed, **HEAD)
+    shrunk, report = remove_dead_neurons(oracle)
+    return oracle, shrunk, report
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def with_weight(model, name: str, array: np.ndarray):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    next(t for t in out.graph.initializer if t.name == name).CopyFrom(numpy_helper.from_array(array, name))
+    return out
+
+
+def fixed_rule_gap(candidate, oracle) -> float:
+    """max |candidate - oracle| / max |oracle| over the verifier's three seeded random feeds (the first rule)."""
+    feeds = [random_feeds(oracle, seed=s) for s in (0, 1, 2)]
+    got, want = (make_session(m, optimize=False) for m in (candidate, oracle))
+    return max(float(np.abs(got.run(None, f)[0] - want.run(None, f)[0]).max() / np.abs(want.run(None, f)[0]).max())
+               for f in feeds)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_correct_shrink_of_a_conv_stack_ending_in_a_saturated_sigmoid_passes(seed):
+    oracle, shrunk, report = shrink(seed)
+    onnx.checker.check_model(shrunk, full_check=True)
+    assert report.removed == 48 and report.folded == 24  # 8 folded + 8 unread channels in each of 3 blocks
+    assert weights(shrunk)["block1.conv1.weight"].shape == (24, 24, 1, 1)
+    sig = [n for n in shrunk.graph.node if n.op_type == "Sigmoid"]
+    assert len(sig) == 1 and sig[0].output == ["output"]
+    assert fixed_rule_gap(shrunk, oracle) > 5 * DEFAULT_RTOL  # what the first rule alone refused
+    parity = check_parity(shrunk, oracle)
+    assert parity.worst_output == "output" and parity.max_rel > DEFAULT_RTOL
+    assert 0 < parity.noise_floor < NOISE_CEILING * parity.max_abs / parity.max_rel
+    assert parity.max_abs <= verify.NOISE_MULTIPLE * parity.noise_floor
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_dropped_bias_fold_is_refused(seed):
+    oracle, shrunk, report = shrink(seed)
+    name = "block1.conv1.bias"  # the conv1x1 that folds block1's constant conv3x3 channels
+    keep = next(k for init, axis, k in report.slices if init == name)
+    unfolded = with_weight(shrunk, name, np.compress(keep, weights(oracle)[name]) if keep.dtype == bool
+                           else weights(oracle)[name][keep])
+    assert not np.allclose(weights(unfolded)[name], weights(shrunk)[name])
+    with pytest.raises(ParityError, match="output 'output' differs from the dense model") as err:
+        check_parity(unfolded, oracle)
+    assert "\n" not in str(err.value) and "this is a bug" in str(err.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_wrong_weight_is_refused(seed):
+    oracle, shrunk, _ = shrink(seed)
+    w = weights(shrunk)["block0.conv1.weight"].copy()
+    w.reshape(-1)[np.flatnonzero(w)[w.size // 4]] = 0.0  # one of 576 kept weights lost
+    with pytest.raises(ParityError, match="'output'"):
+        check_parity(with_weight(shrunk, "block0.conv1.weight", w), oracle)
+
+
+def test_the_logits_feeding_a_saturated_output_are_checked_too():
+    """A head bias off by 1e-3 moves a map in the Sigmoid's tail (~1e-4) by about its own float32 noise, but the
+    logits by far more."""
+    oracle = conv_sigmoid_head(seed=0, **{**HEAD, "logit_bias": -9.0})
+    shrunk, _ = remove_dead_neurons(oracle)
+    bias = weights(shrunk)["head.bias"] + np.float32(1e-3)
+    with pytest.raises(ParityError, match="tensor '/head/Conv_output_0' \\(feeding output 'output'\\) differs"):
+        check_parity(with_weight(shrunk, "head.bias", bias), oracle)
+
+
+def test_an_output_that_is_all_float32_noise_is_refused_with_what_to_do():
+    oracle = conv_sigmoid_head(seed=0, **{**HEAD, "logit_bias": -14.0})  # the map ~1e-6: the kernel's noise level
+    shrunk, _ = remove_dead_neurons(oracle)
+    with pytest.raises(ParityError, match="own float32 noise .* above 0.01 of the output scale.*--data with real"):
+        check_parity(shrunk, oracle)
+
+
+def test_without_a_measurable_floor_the_first_rule_stands(monkeypatch):
+    oracle, shrunk, _ = shrink(0)
+    monkeypatch.setattr(verify, "nudged", lambda model: onnx.ModelProto())  # onnxruntime cannot load it
+    with pytest.raises(ParityError, match=r"of the output scale, limit 1e-05\); this is a bug"):
+        check_parity(shrunk, oracle)
+
+
+def test_outputs_within_the_first_rule_need_no_floor(monkeypatch):
+    oracle, shrunk, _ = shrink(0)
+    monkeypatch.setattr(verify, "noise_floor", lambda *a: pytest.fail("the floor was measured"))
+    parity = check_parity(oracle, oracle)
+    assert parity.max_abs == 0 and parity.noise_floor is None
+
+
+@pytest.mark.parametrize("constant_nodes", [False, True])
+def test_nudged_moves_every_nonzero_weight_one_float32_step_and_nothing_else(constant_nodes):
+    model = conv_sigmoid_head(seed=0, **HEAD)
+    model = as_constant_nodes(model) if constant_nodes else model
+    before = _float_tensors(model)
+    after = _float_tensors(nudged(model))
+    assert before.keys() == after.keys()
+    moved = 0
+    for name, a in before.items():
+        b = after[name]
+        assert b.dtype == a.dtype and b.shape == a.shape
+        assert np.array_equal(b[a == 0], a[a == 0])  # pruned weights stay zero
+        nz = a != 0
+        step = np.abs(np.nextafter(a[nz], np.float32(np.inf)) - a[nz])
+        assert np.allclose(np.abs(b[nz] - a[nz]), step, rtol=0.51, atol=0)  # one step (below: half at powers of 2)
+        moved += int(nz.sum())
+    assert moved > 0.5 * sum(a.size for a in before.values())
+
+
+def test_nudged_leaves_shape_deciding_and_custom_inputs_alone():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    gain = numpy_helper.from_array(np.array([1.5, 0.5], np.float32).reshape(1, 2, 1, 1), "gain")
+    custom = numpy_helper.from_array(np.array([0.3, 0.7], np.float32), "custom_w")
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
+             helper.make_node("Mul", ["r", "gain"], ["m"]),
+             helper.make_node("Scale", ["m", "custom_w"], ["y"], domain="ai.example")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [scales, gain, custom]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.example", 1)])
+    out = {t.name: numpy_helper.to_array(t) for t in nudged(model).graph.initializer}
+    assert np.array_equal(out["scales"], [1, 1, 2, 2]) and np.array_equal(out["custom_w"], numpy_helper.to_array(custom))
+    assert not np.array_equal(out["gain"], numpy_helper.to_array(gain))
+
+
+def _float_tensors(model) -> dict[str, np.ndarray]:
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                if n.op_type == "Constant"})
+    return {k: v for k, v in out.items() if v.dtype == np.float32}
