@@ -153,3 +153,12 @@ def test_a_model_random_inputs_cannot_run_at_any_size_is_one_error_line_with_bot
     assert not (tmp_path / "out.onnx").exists()
     res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--sparsity", "0.5", "--input-shape", "image=1,3,48,48")
     assert res.exit_code == 0, res.output
+
+
+def test_the_sensitivity_command_on_random_data_draws_at_the_chosen_shapes(tmp_path):
+    path = tmp_path / "det.onnx"
+    onnx.save(tb.strided_detector(), path)
+    res = invoke("sensitivity", path, "--data", "random", "--levels", "0.5", "-o", tmp_path / "scan")
+    assert res.exit_code == 0, res.output
+    scan = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert len(scan["layers"]) == 4
