@@ -86,7 +86,8 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
     symbolic dims that onnxruntime runs the model at (`session`, or one built here with optimisations off).
 
     Raises ModelError naming the inputs, their declared shapes and --input-shape/--data when none runs. When the
-    model has no such dim, or onnxruntime cannot even load it (the verifier says why), nothing is probed."""
+    model has no such dim, when even size 2 would exceed MAX_PROBE_ELEMENTS, or when onnxruntime cannot load the
+    model (the verifier says why, by name), nothing is probed and only the --input-shape dims are returned."""
     specs = with_shapes(input_specs(model), shapes)  # a bad --input-shape is a ConfigError here, before any work
     given = {name: tuple(dims) for name, dims in (shapes or {}).items()}
     batch = batch_axes(model)
@@ -96,13 +97,15 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
     if not any(free.values()):
         return RandomShapes(given, None, scalar_note)
     candidates = [(size, _at(specs, batch, free, size)) for size in SIZE_LADDER]
-    candidates = [(size, c) for size, c in candidates if _elements(c) <= MAX_PROBE_ELEMENTS] or candidates[:1]
+    candidates = [(size, c) for size, c in candidates if _elements(c) <= MAX_PROBE_ELEMENTS]
+    if not candidates:  # a crafted huge fixed dim: nothing is allocated here, the verifier refuses it by name
+        return RandomShapes(given, None, scalar_note)
     if session is None:
         try:
             session = make_session(model, optimize=False)
         except Exception as exc:  # the verifier's load reports it, with what to do
             log.debug("random input shapes not probed: onnxruntime cannot load the model (%s)", ort_reason(exc))
-            return RandomShapes({**given, **candidates[0][1]}, candidates[0][0], scalar_note)
+            return RandomShapes(given, None, scalar_note)
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a size that fails is expected here, not news for onnxruntime's log
     names = [o.name for o in session.get_outputs()]

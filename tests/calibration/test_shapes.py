@@ -107,3 +107,25 @@ def test_sizes_too_big_to_allocate_are_not_tried():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(ModelError, match=r"symbolic dims at 2, 32, 64 \(declared"):
         choose_random_shapes(model)
+
+
+def test_a_crafted_huge_fixed_dim_is_not_allocated_but_left_to_the_verifier(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("no session should be built")
+
+    monkeypatch.setattr(shapes_mod, "make_session", refuse)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10**7, "T"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/Relu")], "huge", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert choose_random_shapes(model) == shapes_mod.RandomShapes({}, None, None)
+
+
+def test_a_model_onnxruntime_cannot_load_is_left_to_the_verifier_to_name():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])
+    graph = helper.make_graph([helper.make_node("Fancy", ["x"], ["y"], name="/Fancy", domain="com.example")], "custom",
+                              [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+                              ir_version=8)
+    assert choose_random_shapes(model, {"x": (1, 7)}) == shapes_mod.RandomShapes({"x": (1, 7)}, None, None)
+    assert choose_random_shapes(model) == shapes_mod.RandomShapes({}, None, None)
