@@ -125,7 +125,7 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
                     "--input-shape or --data for the shapes it was made for")
         note = "; ".join(n for n in (note, scalar_note) if n) or None
         if note:
-            log.warning(note)
+            log.info(note)  # the run's notes show it once; a caller without notes says it itself
         return RandomShapes(chosen, size, note)
     raise ModelError(_no_size_fits(model, specs, batch, free, scalars, failures))
 

@@ -429,7 +429,10 @@ def _random_shapes(model, data_config) -> dict | None:
 
     if not draws_random_inputs(data_config):
         return None
-    return choose_random_shapes(model, data_config.input_shapes, seed=data_config.seed).shapes
+    chosen = choose_random_shapes(model, data_config.input_shapes, seed=data_config.seed)
+    if chosen.note:
+        logging.getLogger("onnxprune.calibration.shapes").warning(chosen.note)  # this command shows no notes
+    return chosen.shapes
 
 
 @cli.command()
