@@ -106,6 +106,22 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
         except Exception as exc:  # the verifier's load reports it, with what to do
             log.debug("random input shapes not probed: onnxruntime cannot load the model (%s)", ort_reason(exc))
             return RandomShapes(given, None, scalar_note)
+    size, chosen, failures = _first_that_runs(session, model, seed, given, candidates)
+    if size is None:
+        raise ModelError(_no_size_fits(model, specs, batch, free, scalars, failures))
+    note = None
+    if failures:
+        note = (f"random inputs are drawn at {_show(chosen, specs)}: onnxruntime cannot run the model with its "
+                f"symbolic dims at {', '.join(str(s) for s, _ in failures)} ({_clip(failures[0][1], 160)}); pass "
+                "--input-shape or --data for the shapes it was made for")
+    note = "; ".join(n for n in (note, scalar_note) if n) or None
+    if note:
+        log.info(note)  # the run's notes show it once; a caller without notes says it itself
+    return RandomShapes(chosen, size, note)
+
+
+def _first_that_runs(session, model, seed, given, candidates) -> tuple[int | None, dict, list[tuple[int, str]]]:
+    """(size, shapes) of the first candidate onnxruntime runs (None, {} when none does), and why each before failed."""
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a size that fails is expected here, not news for onnxruntime's log
     names = [o.name for o in session.get_outputs()]
@@ -117,17 +133,8 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
             failures.append((size, _brief(exc)))
             log.debug("random inputs at size %d: onnxruntime refuses them (%s)", size, failures[-1][1])
             continue
-        chosen = {**given, **dims}
-        note = None
-        if failures:
-            note = (f"random inputs are drawn at {_show(chosen, specs)}: onnxruntime cannot run the model with its "
-                    f"symbolic dims at {', '.join(str(s) for s, _ in failures)} ({_clip(failures[0][1], 160)}); pass "
-                    "--input-shape or --data for the shapes it was made for")
-        note = "; ".join(n for n in (note, scalar_note) if n) or None
-        if note:
-            log.info(note)  # the run's notes show it once; a caller without notes says it itself
-        return RandomShapes(chosen, size, note)
-    raise ModelError(_no_size_fits(model, specs, batch, free, scalars, failures))
+        return size, {**given, **dims}, failures
+    return None, {}, failures
 
 
 def _at(specs: list[InputSpec], batch, free, size: int) -> dict[str, tuple]:
