@@ -196,9 +196,10 @@ def _scalar_note(scalars: list[InputSpec]) -> str | None:
 def _no_size_fits(model, specs, batch, free, scalars, failures) -> str:
     """One line: what failed at which sizes, the declared shapes, and the flags that fix it with the real names."""
     params = _dim_params(model)
-    declared = ", ".join(
-        f"'{s.name}' [{', '.join(str(d) if d is not None else (params[s.name][a] or '?') for a, d in enumerate(s.shape))}]"
-        for s in specs)
+    def dim(s: InputSpec, a: int, d) -> str:
+        return str(d) if d is not None else params[s.name][a] or "?"
+
+    declared = ", ".join(f"'{s.name}' [{', '.join(dim(s, a, d) for a, d in enumerate(s.shape))}]" for s in specs)
     placeholders: list[str] = []
     flags = []
     for s in specs:

@@ -85,7 +85,8 @@ def _scalar_rate_model() -> onnx.ModelProto:
              helper.make_node("Mul", ["mm", "srf"], ["out"], name="/out/Mul")]
     graph = helper.make_graph(nodes, "rate", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", "T"]),
                                               helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 2])], initializer=[w, rows])
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 2])],
+                              initializer=[w, rows])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
