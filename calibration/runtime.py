@@ -15,6 +15,7 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 
@@ -156,6 +157,14 @@ def _checked(session: ort.InferenceSession, providers: list) -> ort.InferenceSes
     if len(providers) > 1 and "CUDAExecutionProvider" not in session.get_providers():
         _warn_fallback()
     return session
+
+
+def ort_reason(exc: BaseException) -> str:
+    """onnxruntime's message without its status prefix and C++ source location."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s(?=[A-Z])", "", text)
+    return text[:400].rstrip(". ")
 
 
 @functools.lru_cache(maxsize=1)

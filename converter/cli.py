@@ -422,6 +422,19 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
 # ---------------------------------------------------------------- sensitivity
 
 
+def _random_shapes(model, data_config) -> dict | None:
+    """--data random: the shapes random inputs are drawn at (calibration.shapes), as a prune run chooses them."""
+    from onnxprune.calibration.shapes import choose_random_shapes
+    from onnxprune.converter.steps.shapes import draws_random_inputs
+
+    if not draws_random_inputs(data_config):
+        return None
+    chosen = choose_random_shapes(model, data_config.input_shapes, seed=data_config.seed)
+    if chosen.note:
+        logging.getLogger("onnxprune.calibration.shapes").warning(chosen.note)  # this command shows no notes
+    return chosen.shapes
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @_data_options
@@ -470,7 +483,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input
     progress = Progress(quiet=quiet or as_json)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            data_ = Data(loaded.model, data_config)
+            data_ = Data(loaded.model, data_config, random_shapes=_random_shapes(loaded.model, data_config))
             scoring = calibration_scoring(criterion, data_.reader(), seed=seed)
             result = scan(loaded.model, inventory, data_.calibration, scan_config, progress, neurons=by_neurons,
                           scoring=scoring)

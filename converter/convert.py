@@ -91,7 +91,8 @@ def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> No
     report_dir.mkdir(exist_ok=True)
     d = config.data
     try:
-        feeds = feeds_from_data(result.original, d.data, labels=d.labels, shapes=d.input_shapes,
+        random = result.report.get("random_inputs")  # without real data: the run's random shapes (steps.shapes)
+        feeds = feeds_from_data(result.original, d.data, labels=d.labels, shapes=random or d.input_shapes,
                                 seed=d.seed)  # the data's shapes, not invented ones
         result.report["latency"] = measure_latency(result.original, result.model, feeds)
     except Exception as exc:  # latency is information, never a reason to fail a run

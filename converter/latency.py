@@ -68,11 +68,11 @@ def measure_latency(
             times_a, times_b = _interleave(sess_a, sess_b, feed, repeats=repeats, warmup=warmup,
                                            min_repeats=min_repeats, budget_s=share)
         except Exception as exc:  # onnxruntime refuses these inputs (a fixed length inside a Reshape, ...)
-            from onnxprune.converter.verify import _ort_reason
+            from onnxprune.calibration.runtime import ort_reason
 
             shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
             notes.append(f"latency at batch {batch} not measured: onnxruntime cannot run the model on inputs "
-                         f"{shapes} ({_ort_reason(exc)[:200]}); pass --data or --input-shape with shapes it takes")
+                         f"{shapes} ({ort_reason(exc)[:200]}); pass --data or --input-shape with shapes it takes")
             log.warning(notes[-1])
             continue
         a, b = _stats(times_a), _stats(times_b)

@@ -13,6 +13,7 @@ listing the valid ones). `build_plan` turns the configs into the ordered step li
     budgeted retrain   load → inventory → data → targets → scan → allocate → budget-search → … → budget-check
     automatic          load → inventory → data → targets → auto-search → shrink → … → budget-check
                        (--max-loss with training data; --one-shot or --iterations N choose the plans above)
+                       (without real --data, random-shapes follows inventory: the shapes random inputs are drawn at)
 
 `onnxprune prune … --plan` prints this list with each step's resolved settings.
 """
@@ -34,6 +35,7 @@ from onnxprune.converter.steps.quantize import AUTO as QUANT_AUTO, QuantizeConfi
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
 from onnxprune.converter.steps.scan import ScanConfig, ScanStep
+from onnxprune.converter.steps.shapes import RandomShapesStep, draws_random_inputs
 from onnxprune.converter.steps.shrink import ShrinkConfig, ShrinkStep
 from onnxprune.converter.steps.targets import TargetsConfig, TargetsStep
 from onnxprune.converter.steps.verify import MeasureStep, VerifyConfig, VerifyStep
@@ -165,6 +167,8 @@ def build_plan(config: RunConfig) -> list[Step]:
     retrain = config.retrain.iterations > 0
     auto = automatic(config)
     steps: list[Step] = [LoadStep(), InventoryStep()]
+    if draws_random_inputs(config.data):
+        steps.append(RandomShapesStep(config.data))
     decides = budget or config.quantize.weight_bits == QUANT_AUTO  # choices measured on held-out samples
     if has_data:
         steps.append(DataStep(config.data, split=decides and (retrain or auto), small_data=auto))

@@ -113,7 +113,7 @@ def prune_file(source: str | os.PathLike, output: str | os.PathLike, options, pr
     _read_back(output, expected)
     report.seconds["read_back"] = time.perf_counter() - t
     t = time.perf_counter()
-    report.output_change = _run_both(source, output, _feeds(model, options))
+    report.output_change = _run_both(source, output, model, options, report.notes)
     report.seconds["verify_onnxruntime"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return _as_dict(report, source, output, options)
@@ -339,15 +339,21 @@ def _read_back(output: Path, expected: dict[str, tuple[int, int, int]]) -> None:
                                       "(disk full or a failing disk?); check the disk and run again.")
 
 
-def _feeds(model: onnx.ModelProto, options) -> list[dict[str, np.ndarray]]:
-    return [random_feeds(model, batch=1, seed=options.data.seed + i) for i in range(2)]
+def _feeds(model: onnx.ModelProto, options, session, notes: list[str]) -> list[dict[str, np.ndarray]]:
+    """Seeded random inputs at batch 1, at the shapes chosen on the input model's session (calibration.shapes)."""
+    from onnxprune.calibration.shapes import choose_random_shapes
+
+    chosen = choose_random_shapes(model, options.data.input_shapes, seed=options.data.seed, session=session)
+    if chosen.note:
+        notes.append(chosen.note)
+    return [random_feeds(model, batch=1, seed=options.data.seed + i, shapes=chosen.shapes) for i in range(2)]
 
 
-def _run_both(source: Path, output: Path, feeds) -> dict[str, float]:
+def _run_both(source: Path, output: Path, model: onnx.ModelProto, options, notes: list[str]) -> dict[str, float]:
     """Input model, then output model, on the same feeds: one session alive at a time."""
-    model = onnx.load_model(str(source), load_external_data=False)
     names = output_names(model)
     session = make_session(str(source), optimize=False)
+    feeds = _feeds(model, options, session, notes)
     dense = [session.run(names, f) for f in feeds]
     del session
     session = make_session(str(output), optimize=False)

@@ -17,7 +17,6 @@ most `NOISE_CEILING` of its scale (outputs that are all noise on these inputs ar
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +26,7 @@ from onnx import numpy_helper
 
 from onnxprune.calibration.metrics import as_array, map_keys
 from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds
+from onnxprune.calibration.runtime import ort_reason as _ort_reason  # also read by converter.latency
 from onnxprune.errors import CalibrationError, ModelError, ParityError
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,10 @@ def check_parity(
     *,
     rtol: float = DEFAULT_RTOL,
     seeds: tuple[int, ...] = (0, 1, 2),
+    source: str = "data",
 ) -> Parity:
-    """Run both in onnxruntime on the same inputs; raise ParityError naming the output that differs."""
+    """Run both in onnxruntime on the same inputs; raise ParityError naming the output that differs. `source` says
+    what given `feeds` are ("data", or "random" when invented at chosen shapes); without feeds, "random"."""
     if isinstance(candidate, onnx.ModelProto) and candidate.ByteSize() < 2**31 - 1:
         try:  # onnxruntime is laxer than the checker (e.g. IR < 4 initializers missing from the graph inputs)
             onnx.checker.check_model(candidate)
@@ -87,7 +89,6 @@ def check_parity(
                 f"the written model fails onnx.checker ({str(exc).strip().splitlines()[0][:300]}); this is a bug, "
                 "please report it with --debug (--no-neurons may avoid it)."
             ) from None
-    source = "data"
     if not feeds:
         _refuse_huge_inputs(oracle)
         feeds = [random_feeds(oracle, seed=s) for s in seeds]
@@ -133,8 +134,8 @@ def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source:
             wants.append(ref.run(names, feed, quiet))
         except Exception as exc:
             shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
-            hint = (f"symbolic dimensions were set to {DEFAULT_DYNAMIC_DIM}; pass real samples with --data, or fix "
-                    "the model's declared input shapes" if source == "random" else "check the data's shapes")
+            hint = ("pass --input-shape NAME=DIMS with shapes the model takes, or real samples with --data"
+                    if source == "random" else "check the data's shapes")
             raise ModelError(
                 f"onnxruntime cannot run the model on {source} inputs ({shapes}): {_ort_reason(exc)}; {hint}."
             ) from None
@@ -321,11 +322,3 @@ def _refuse_huge_inputs(model: onnx.ModelProto) -> None:
                 f"of {MAX_INPUT_ELEMENTS:.3g} for random verification inputs; the model is crafted or needs --data "
                 "with real samples."
             )
-
-
-def _ort_reason(exc: BaseException) -> str:
-    """onnxruntime's message without its status prefix and C++ source location."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s(?=[A-Z])", "", text)
-    return text[:400].rstrip(". ")

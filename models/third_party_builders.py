@@ -9,6 +9,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     streaming_vad       a scalar sample rate 'sr' [], a recurrent state [2, N, H] (batch on axis 1), audio [N, T]
     token_classifier    int64 token ids [N, T] into a Gather on an embedding table [V, D]
     variable_width      images [N, C, H, W] with dynamic H and W (per-sample widths, OCR lines)
+    strided_detector    a fully-convolutional net on dynamic H x W whose 3x3 stride-2 stack needs H, W >= 15 (MTCNN)
+    fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -126,6 +128,36 @@ def variable_width(*, channels: int = 3, out_channels: int = 4, seed: int = 0) -
     g.nodes.append(helper.make_node("Identity", [y], ["map"], name="/out/Identity"))
     return _model(g, "variable_width", [_float("image", [BATCH, channels, "H", "W"])],
                   [_float("map", [BATCH, out_channels, "H", "W"])])
+
+
+def strided_detector(*, channels: int = 3, width: int = 8, layers: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """image [N, 3, H, W] (H, W dynamic) -> `layers` x (conv 3x3 stride 2, no padding, + relu) -> conv 1x1 ->
+    'scores' [N, 2, h, w]. Each conv maps a size s to (s - 3) // 2 + 1, so 3 layers need H, W >= 15: random inputs
+    of 2 x 2 cannot run it (MTCNN's P-Net)."""
+    g = _Graph(seed)
+    x, c = "image", channels
+    for i in range(layers):
+        w = g.weight(f"conv{i}.weight", (width, c, 3, 3), c * 9)
+        x = g.relu(g.op("Conv", f"conv{i}", [x, w, g.bias(f"conv{i}.bias", width)], kernel_shape=[3, 3],
+                        strides=[2, 2]), f"conv{i}")
+        c = width
+    y = g.conv(x, "head", width, 2, 1)
+    g.nodes.append(helper.make_node("Identity", [y], ["scores"], name="/out/Identity"))
+    return _model(g, "strided_detector", [_float("image", [BATCH, channels, "H", "W"])],
+                  [_float("scores", [BATCH, 2, "h", "w"])])
+
+
+def fixed_size_map(*, channels: int = 3, width: int = 6, size: int = 48, seed: int = 0) -> onnx.ModelProto:
+    """image [N, 3, H, W] declared dynamic -> conv 3x3 (padded) + a learned map [1, 6, 48, 48] -> relu -> conv 1x1
+    -> 'map' [N, 2, H, W]. The Add broadcasts at 48 x 48 only (a position map baked in at export), so random
+    inputs fail at every size but 48 (or 1)."""
+    g = _Graph(seed)
+    x = g.conv("image", "conv1", channels, width, 3)
+    x = g.relu(g.op("Add", "pos", [x, g.const("pos.map", 0.1 * g.rng.standard_normal((1, width, size, size)))]), "pos")
+    y = g.conv(x, "head", width, 2, 1)
+    g.nodes.append(helper.make_node("Identity", [y], ["map"], name="/out/Identity"))
+    return _model(g, "fixed_size_map", [_float("image", [BATCH, channels, "H", "W"])],
+                  [_float("map", [BATCH, 2, "H", "W"])])
 
 
 def fixed_length_reshape(*, vocab: int = 30, dim: int = 4, length: int = 6, classes: int = 3,

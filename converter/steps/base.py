@@ -45,6 +45,7 @@ class RunState:
     original: onnx.ModelProto | None = None  # the input model, never changed
     inventory: Any = None  # passes.weights.Inventory
     data: Any = None  # converter.steps.data.Data: readers and evaluators, opened once
+    random_shapes: dict | None = None  # without real data: input -> dims random inputs are drawn at (steps.shapes)
     scannable: Any = None  # the Inventory a budget allocates over (excluded and fixed layers left out)
     targets: dict | None = None  # weight name -> passes.magnitude.Target
     scoring: Any = None  # passes.criteria.Scoring: the run's criterion, bound to its calibration statistics

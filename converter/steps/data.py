@@ -61,11 +61,13 @@ class DataConfig(StepConfig):
 class Data:
     """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
 
-    def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False, small_data: bool = False):
+    def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False, small_data: bool = False,
+                 random_shapes: dict | None = None):
         from onnxprune.calibration.metrics import check_metric_spec
 
         check_metric_spec(model, config.metric)  # a mistyped output or metric fails before any work
         self.model, self.config = model, config
+        self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
         self._warned = False
@@ -94,9 +96,11 @@ class Data:
         from onnxprune.calibration.readers import open_data
 
         c = self.config
-        reader = open_data(source if source is not None else c.data, self.model, labels=c.labels,
-                           batch_size=batch_size or c.batch_size, limit=c.limit, seed=c.seed,
-                           shapes=c.input_shapes, warn=not self._warned)
+        src = source if source is not None else c.data
+        random = isinstance(src, str) and src == "random" and self.random_shapes is not None
+        reader = open_data(src, self.model, labels=c.labels, batch_size=batch_size or c.batch_size,
+                           limit=c.limit, seed=c.seed, shapes=self.random_shapes if random else c.input_shapes,
+                           warn=not self._warned)
         self._warned = True  # the random-data warning is said once per run
         if part is not None and source is None and self.every:
             reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every)
@@ -155,4 +159,5 @@ class DataStep(Step):
         return {**super().settings(), "validation_split": self.split, "small_data_policy": self.small_data}
 
     def run(self, state: RunState) -> None:
-        state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data)
+        state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
+                          random_shapes=state.random_shapes)

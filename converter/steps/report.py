@@ -44,6 +44,8 @@ class ReportStep(Step):
             "history": state.history,
             "options": recipe_of(state.config) if state.config is not None else {},
         }
+        if state.random_shapes:
+            report["random_inputs"] = {name: list(dims) for name, dims in state.random_shapes.items()}  # None: batch
         if state.allocation is not None:
             report["allocation"] = state.allocation
         if state.auto is not None:

@@ -33,17 +33,21 @@ class VerifyStep(Step):
     def run(self, state: RunState) -> None:
         from onnxprune.converter.verify import check_parity
 
-        state.parity = check_parity(state.final, state.pruned, self._feeds(state))
+        feeds = self._feeds(state)
+        random = state.data is None or state.data.config.data == "random"
+        state.parity = check_parity(state.final, state.pruned, feeds, source="random" if random else "data")
 
     def _feeds(self, state: RunState):
-        """The user's data; without it, seeded random inputs (at --input-shape when given, else the verifier's)."""
+        """The user's data; without it, seeded random inputs at the run's random shapes (steps.shapes: --input-shape
+        and the size chosen for the other symbolic dims), else the verifier's."""
         if state.data is not None:
             return state.data.verification_feeds(self.config.verify_batches)
-        if not self.data_config.input_shapes:
+        shapes = state.random_shapes if state.random_shapes is not None else self.data_config.input_shapes
+        if not shapes:
             return None
         from onnxprune.calibration.runtime import random_feeds
 
-        return [random_feeds(state.original, seed=s, shapes=self.data_config.input_shapes) for s in (0, 1, 2)]
+        return [random_feeds(state.original, seed=s, shapes=shapes) for s in (0, 1, 2)]
 
 
 @register_step("measure")

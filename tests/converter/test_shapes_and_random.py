@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune.calibration.readers import open_data
-from onnxprune.calibration.runtime import int_input_ranges, random_feeds
+from onnxprune.calibration.runtime import int_input_ranges, make_session, random_feeds
 from onnxprune.converter.cli import cli
 from onnxprune.converter.inspect import group_notes
 from onnxprune.converter.latency import measure_latency
@@ -52,7 +52,7 @@ def test_input_shape_fixes_dynamic_dims_and_random_warning_is_said_once(tmp_path
     path = tmp_path / "legacy.onnx"
     onnx.save(tb.fixed_length_reshape(), path)
     res = invoke("prune", path, "-o", tmp_path / "a.onnx", "--sparsity", "0.5")
-    assert res.exit_code == 1 and "symbolic dimensions were set to 2" in res.output
+    assert res.exit_code == 1 and "--input-shape ids=1,T (numbers in place of T)" in res.output
     res = invoke("prune", path, "-o", tmp_path / "a.onnx", "--max-loss", "50", "--data", "random", "--input-shape",
                  "ids=4,6", "--levels", "0.5,0.9", "--report", tmp_path / "rep")
     assert res.exit_code == 0, res.output
@@ -104,3 +104,61 @@ def test_bad_input_shape_flags_are_usage_errors():
         with pytest.raises(ConfigError, match="is not NAME=DIMS"):
             parse_input_shapes([bad])
     assert parse_input_shapes(["ids=1x128", "mask=1,128"]) == {"ids": (1, 128), "mask": (1, 128)}
+
+
+def test_a_strided_conv_net_on_dynamic_hw_converts_without_data_at_a_size_it_runs(tmp_path):
+    """2 x 2 random inputs cannot run a 3x3 stride-2 stack: the run draws them at 32 x 32, says so once, verifies."""
+    path = tmp_path / "det.onnx"
+    onnx.save(tb.strided_detector(), path)
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--sparsity", "0.5", "--report", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    assert "verified in onnxruntime on 3 random inputs" in res.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["run"]["random_inputs"] == {"image": [None, 3, 32, 32]}
+    assert report["parity"]["inputs"] == "random" and report["parity"]["batches"] == 3
+    assert report["parity"]["max_rel_diff"] <= 1e-5
+    notes = [n for n in report["notes"] if n.startswith("random inputs are drawn at 'image' [N, 3, 32, 32]")]
+    assert len(notes) == 1 and "symbolic dims at 2 (Conv '/conv0/Conv'" in notes[0]
+    latency = report["latency"]
+    assert [b["batch"] for b in latency["batches"]] == [1, 64] and not latency["notes"]  # at 32 x 32 too
+    out = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    assert sum(n.op_type == "Conv" for n in out.graph.node) == 4
+    for size, side in ((32, 3), (48, 5)):  # still a dynamic-size model: 3 x (3x3, stride 2) maps s to (s - 1) // 2
+        feed = {"image": np.random.default_rng(size).standard_normal((2, 3, size, size)).astype(np.float32)}
+        (got,) = make_session(out, optimize=False).run(None, feed)
+        assert got.shape == (2, 2, side, side)
+
+
+def test_the_scan_on_random_data_uses_the_same_shapes(tmp_path):
+    path = tmp_path / "det.onnx"
+    onnx.save(tb.strided_detector(), path)
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--max-loss", "50", "--data", "random", "--levels",
+                 "0.5,0.9", "--report", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["run"]["random_inputs"] == {"image": [None, 3, 32, 32]} and report["sensitivity"]
+    assert report["latency"]["batches"] and not report["latency"]["notes"]
+
+
+def test_a_model_random_inputs_cannot_run_at_any_size_is_one_error_line_with_both_fixes(tmp_path):
+    path = tmp_path / "fixed.onnx"
+    onnx.save(tb.fixed_size_map(), path)
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: onnxruntime cannot run the model on random inputs")
+    assert "Traceback" not in res.output and "(declared: 'image' [N, 3, H, W])" in lines[0]
+    assert "--input-shape image=1,3,H,W (numbers in place of H, W), or real samples with --data." in lines[0]
+    assert not (tmp_path / "out.onnx").exists()
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--sparsity", "0.5", "--input-shape", "image=1,3,48,48")
+    assert res.exit_code == 0, res.output
+
+
+def test_the_sensitivity_command_on_random_data_draws_at_the_chosen_shapes(tmp_path):
+    path = tmp_path / "det.onnx"
+    onnx.save(tb.strided_detector(), path)
+    res = invoke("sensitivity", path, "--data", "random", "--levels", "0.5", "-o", tmp_path / "scan")
+    assert res.exit_code == 0, res.output
+    scan = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert len(scan["layers"]) == 4

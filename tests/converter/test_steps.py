@@ -33,13 +33,14 @@ def _names(**choices) -> list[str]:
 
 def test_each_kind_of_run_is_its_own_step_list():
     tail = ["shrink", "encode", "verify"]
-    assert _names(sparsity=0.9) == ["load", "inventory", "targets", "prune", *tail, "report"]
+    assert _names(sparsity=0.9) == ["load", "inventory", "random-shapes", "targets", "prune", *tail, "report"]
     assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "targets", "scan",
                                                                   "fit-budget", "prune", *tail, "measure", "report",
                                                                   "budget-check"]
     assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "auto-search", *tail,
                                                    "measure", "report", "budget-check"]
     assert _names(max_loss=1.0, data="random") == _names(max_loss=1.0, data="random", one_shot=True)
+    assert _names(max_loss=1.0, data="random")[:4] == ["load", "inventory", "random-shapes", "data"]  # no real data
     assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "retrain",
                                                                  *tail, "measure", "report"]
     assert _names(max_loss=1.0, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "scan",
@@ -104,14 +105,15 @@ def test_cli_plan_prints_the_steps_with_their_settings_and_does_nothing(tmp_path
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     steps = [ln.split()[1] for ln in lines if ln[:3].strip().rstrip(".").isdigit()]
-    assert steps == ["load", "inventory", "data", "targets", "scan", "allocate", "budget-search", "shrink", "encode",
-                     "verify", "measure", "report", "budget-check"]
+    assert steps == ["load", "inventory", "random-shapes", "data", "targets", "scan", "allocate", "budget-search",
+                     "shrink", "encode", "verify", "measure", "report", "budget-check"]
     assert "      lr = 0.02" in lines and "      max_loss = 0.5" in lines
     assert not out.exists()
     res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(out), "--sparsity", "0.5", "--plan", "--json"])
     plan = json.loads(res.output)["plan"]
-    assert [p["step"] for p in plan][:4] == ["load", "inventory", "targets", "prune"]
-    assert plan[2]["settings"]["sparsity"] == 0.5 and not out.exists()
+    assert [p["step"] for p in plan][:5] == ["load", "inventory", "random-shapes", "targets", "prune"]
+    assert plan[2]["settings"]["sizes"] == [2, 32, 64, 224] and plan[3]["settings"]["sparsity"] == 0.5
+    assert not out.exists()
 
 
 def test_state_masks_are_sliced_with_the_shrunk_weights(teacher_data):

@@ -109,3 +109,15 @@ def test_output_never_overwrites_the_input(stack):
     path, _ = stack
     with pytest.raises(ConfigError, match="input"):
         streaming.prune_file(path, path, configure(sparsity=0.5))
+
+
+def test_streamed_verification_draws_random_inputs_at_a_size_the_model_runs(tmp_path, monkeypatch):
+    from onnxprune.models import third_party_builders as tb
+
+    path = tmp_path / "det.onnx"
+    onnx.save(tb.strided_detector(), path, save_as_external_data=True, location="det.onnx.data", size_threshold=0)
+    monkeypatch.setattr(streaming, "STREAM_BYTES", 64)
+    out = tmp_path / "out.onnx"
+    report = streaming.prune_file(path, out, configure(sparsity=0.5))
+    assert [n for n in report["notes"] if n.startswith("random inputs are drawn at 'image' [N, 3, 32, 32]")]
+    assert set(report["output_change"]) == {"scores"} and np.isfinite(report["output_change"]["scores"])

@@ -196,7 +196,8 @@ def test_symbolic_dims_random_inputs_cannot_fill_say_pass_data(tmp_path):
     path = tmp_path / "symbolic.onnx"
     onnx.save(m, path)
     line = assert_clean_error(prune(path, tmp_path, "--sparsity", "0.5"), 1, "cannot run the model on random inputs",
-                              "'input' [2, 2]", "pass real samples with --data")
+                              "at 2, 32, 64, 224", "'input' [N, features]", "--input-shape input=1,features",
+                              "real samples with --data")
     assert "/fc1/Gemm" in line
     assert leftovers(tmp_path) == []
 

@@ -1,0 +1,132 @@
+"""calibration.shapes: the size random inputs get for non-batch symbolic dims, chosen once per run."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.calibration import shapes as shapes_mod
+from onnxprune.calibration.runtime import make_session, random_feeds
+from onnxprune.calibration.shapes import SIZE_LADDER, batch_axes, choose_random_shapes
+from onnxprune.errors import ConfigError, ModelError
+from onnxprune.models import builders
+from onnxprune.models import third_party_builders as tb
+
+
+def _runs(model, shapes) -> bool:
+    try:
+        make_session(model, optimize=False).run(None, random_feeds(model, seed=0, shapes=shapes))
+    except Exception:
+        return False
+    return True
+
+
+def test_batch_like_dims_are_axis_0_the_time_major_axis_1_and_a_lone_state_axis():
+    assert batch_axes(tb.streaming_vad()) == {"audio": {0}, "sr": set(), "state": {1}}
+    assert batch_axes(tb.time_major_lstm()) == {"x": {1}}
+    assert batch_axes(tb.strided_detector()) == {"image": {0}}
+    state = tb.streaming_vad()
+    for vi in state.graph.input:  # unnamed dims, as silero_vad declares them: [?, 16], [2, ?, 8]
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                d.Clear()
+    assert batch_axes(state) == {"audio": {0}, "sr": set(), "state": {1}}
+
+
+def test_a_strided_stack_gets_the_first_size_it_runs_at_and_a_note_saying_so():
+    model = tb.strided_detector()
+    assert not _runs(model, None)  # the old default: every symbolic dim at 2
+    chosen = choose_random_shapes(model)
+    assert SIZE_LADDER == (2, 32, 64, 224)
+    assert chosen.size == 32 and chosen.shapes == {"image": (None, 3, 32, 32)}
+    assert "'image' [N, 3, 32, 32]" in chosen.note and "symbolic dims at 2 (Conv '/conv" in chosen.note
+    assert "\n" not in chosen.note
+    feed = random_feeds(model, seed=0, shapes=chosen.shapes)
+    assert feed["image"].shape == (2, 3, 32, 32)  # batch-like dims stay the caller's batch
+    assert random_feeds(model, batch=1, seed=0, shapes=chosen.shapes)["image"].shape == (1, 3, 32, 32)
+    assert _runs(model, chosen.shapes)
+
+
+def test_a_model_that_runs_at_2_keeps_2_and_says_nothing():
+    chosen = choose_random_shapes(tb.variable_width())
+    assert chosen.size == 2 and chosen.shapes == {"image": (None, 3, 2, 2)} and chosen.note is None
+
+
+def test_without_non_batch_symbolic_dims_nothing_is_probed(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("no session should be built")
+
+    monkeypatch.setattr(shapes_mod, "make_session", refuse)
+    assert choose_random_shapes(builders.lenet300_like(hidden=(8, 4))) == shapes_mod.RandomShapes({}, None, None)
+    given = {"image": (1, 3, 20, 20)}  # --input-shape covers every symbolic dim: used as given
+    assert choose_random_shapes(tb.strided_detector(), given).shapes == given
+    with pytest.raises(ConfigError, match="does not fit the declared shape"):
+        choose_random_shapes(tb.strided_detector(), {"image": (1, 20, 20)})
+
+
+def test_a_model_that_runs_at_no_size_is_one_line_naming_shapes_and_both_fixes():
+    model = tb.fixed_size_map()
+    assert _runs(model, {"image": (1, 3, 48, 48)})
+    with pytest.raises(ModelError) as err:
+        choose_random_shapes(model)
+    msg = str(err.value)
+    assert "\n" not in msg and "symbolic dims at 2, 32, 64, 224" in msg
+    assert "(declared: 'image' [N, 3, H, W])" in msg and "Add '/pos/Add'" in msg
+    assert "--input-shape image=1,3,H,W (numbers in place of H, W)" in msg and "real samples with --data" in msg
+
+
+def _scalar_rate_model() -> onnx.ModelProto:
+    """audio [N, T] reshaped to rows of 24 (T fixed in the graph, not the declaration) and a scalar 'sr'."""
+    w = numpy_helper.from_array(np.ones((24, 2), np.float32), "fc.weight")
+    rows = numpy_helper.from_array(np.array([-1, 24], np.int64), "rows")
+    nodes = [helper.make_node("Reshape", ["audio", "rows"], ["flat"], name="/flat/Reshape"),
+             helper.make_node("Cast", ["sr"], ["srf"], name="/sr/Cast", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["flat", "fc.weight"], ["mm"], name="/fc/MatMul"),
+             helper.make_node("Mul", ["mm", "srf"], ["out"], name="/out/Mul")]
+    graph = helper.make_graph(nodes, "rate", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", "T"]),
+                                              helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["M", 2])],
+                              initializer=[w, rows])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_scalar_input_is_said_to_need_real_data():
+    with pytest.raises(ModelError) as err:
+        choose_random_shapes(_scalar_rate_model())
+    msg = str(err.value)
+    assert "'sr' is a scalar that random values cannot stand in for: pass real samples with --data" in msg
+    assert "--input-shape audio=1,T" in msg and "'audio' [N, T], 'sr' []" in msg
+    chosen = choose_random_shapes(_scalar_rate_model(), {"audio": (2, 12)})  # runs: the scalar is still named
+    assert chosen.size is None and "'sr' (int64) drawn at random ([0, 2))" in chosen.note
+
+
+def test_sizes_too_big_to_allocate_are_not_tried():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "A", "B", "C"])  # 2 * 224^3 > 2^24 elements
+    pos = numpy_helper.from_array(np.zeros((1, 5, 5, 5), np.float32), "pos")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "pos"], ["y"], name="/Add")], "cube", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[pos])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(ModelError, match=r"symbolic dims at 2, 32, 64 \(declared"):
+        choose_random_shapes(model)
+
+
+def test_a_crafted_huge_fixed_dim_is_not_allocated_but_left_to_the_verifier(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("no session should be built")
+
+    monkeypatch.setattr(shapes_mod, "make_session", refuse)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10**7, "T"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/Relu")], "huge", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert choose_random_shapes(model) == shapes_mod.RandomShapes({}, None, None)
+
+
+def test_a_model_onnxruntime_cannot_load_is_left_to_the_verifier_to_name():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])
+    graph = helper.make_graph([helper.make_node("Fancy", ["x"], ["y"], name="/Fancy", domain="com.example")], "custom",
+                              [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+                              ir_version=8)
+    assert choose_random_shapes(model, {"x": (1, 7)}) == shapes_mod.RandomShapes({"x": (1, 7)}, None, None)
+    assert choose_random_shapes(model) == shapes_mod.RandomShapes({}, None, None)
