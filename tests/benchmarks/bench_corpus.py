@@ -24,6 +24,8 @@ already sparse is not credited for its own zeros.
         [--python /path/to/python] [--json results.json] [--self-check] [--extra ARG ...]
 
 --self-check scores every input model against itself (no pruning): a corpus whose cards or data are wrong fails it.
+--sparsity S is a baseline instead: every layer pruned by magnitude to S, one-shot, no budget, no recovery (0.5: how
+far these models are from "2x for free"; with --data, so verification runs on real samples).
 
 Needs only onnx, onnxruntime and numpy (the project's .venv will do); the corpus itself is built in a venv with the
 exporters (see tests/corpus/README.md).
@@ -152,7 +154,8 @@ def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
     out = workdir / name / "pruned.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out),
-           "--data", str(folder / card["data"]["calib"]), "--max-loss", "1", *args.extra]
+           "--data", str(folder / card["data"]["calib"]), *(["--sparsity", str(args.sparsity)] if args.sparsity
+                                                            else ["--max-loss", "1"]), *args.extra]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
@@ -229,6 +232,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, help="where pruned models go (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write all results (with the tool's output tails) here")
     ap.add_argument("--self-check", action="store_true", help="score each input model against itself, no pruning")
+    ap.add_argument("--sparsity", type=float, help="baseline: `prune --sparsity S` (every layer, magnitude, one-shot, "
+                    "no budget) instead of `--max-loss 1`")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for `prune` (after the rest)")
     args = ap.parse_args(argv)
     names = args.only or sorted(p.name for p in args.root.iterdir() if (p / "card.json").exists())
