@@ -6,20 +6,26 @@ Given a step's inputs, every gate's pre-activation is linear in the node's weigh
     GRU h, linear_before_reset=0   a_h = X_t·W_hᵀ + (r_t ⊙ H_{t-1})·R_hᵀ + Wb_h + Rb_h
     GRU h, linear_before_reset=1   a_h = X_t·W_hᵀ + Wb_h + r_t ⊙ (H_{t-1}·R_hᵀ + Rb_h)
 
-so each direction is a few least-squares problems over one row per time step and sample: the rows are X_t and
-H_{t-1} as the *pruned* model sees them (H_{t-1} is its Y output shifted by one step, initial_h or zeros at the
-first step; reverse directions run backwards in time), the targets the dense model's pre-activation computed from
-the dense model's own X, Y and weights. W and R of a gate are solved together on [X_t, H_{t-1}] (one Gram matrix
-per direction shared by the gates, the biases Wb + Rb as the intercept), so the input weights can make up for
-what pruning took from the recurrent ones and back. The exceptions are GRU's candidate gate h: with
-linear_before_reset=0 its recurrent rows are r_t ⊙ H_{t-1} (r_t from the reset gate's pre-activation, with each
-model's own weights); with linear_before_reset=1, r_t scales H_{t-1}·R_hᵀ per hidden unit (no shared rows), so W_h
-and R_h are two separate problems (X_t against X·W_hᵀ + Wb_h, H_{t-1} against H·R_hᵀ + Rb_h), r_t left out.
+so each direction is a few least-squares problems over one row per time step and sample. The rows are X_t as the
+*pruned* model sees it (earlier layers already refit, as for every other layer) and H_{t-1} of the *dense* model
+(its Y output shifted by one step, initial_h or zeros at the first step; reverse directions run backwards in
+time); the targets are the dense model's pre-activations from its own X, Y and weights. The state rows are the
+dense model's (teacher forcing) because the node's own pruned states depend on the weights being refit: fitted
+to them, the refit learns to undo errors of a trajectory it then no longer produces. Measured on the corpus's
+torch GRU/LSTM (MNIST rows, 28 steps, 60 refit samples, W and R both at 50% magnitude sparsity, fc dense, 400/50
+held-out images, top-1 agreement with the dense model, logits MSE): GRU pruned 0.940 / 0.559, refit on the pruned
+states 0.520 / 5.85, on the dense states 0.990 / 0.026, and a second pass on the refit model's own states after
+that 0.973 / 0.074; LSTM pruned 0.94 / 1.10, dense states 1.00 / 0.061, + own states 0.98 / 0.067.
 
-Rows come from the pruned model before this node's refit: the refit weights change the recurrence, so the rows
-they would see differ a little (measured in test_reconstruct_recurrent: the output error still drops).
+W and R of a gate are solved together on [X_t, H_{t-1}] (one Gram matrix per direction shared by the gates, the
+biases Wb + Rb as the intercept), so the input weights can make up for what pruning took from the recurrent ones
+and back. The exceptions are GRU's candidate gate h: with linear_before_reset=0 its recurrent rows are
+r_t ⊙ H_{t-1} (the dense model's r_t); with linear_before_reset=1, r_t scales H_{t-1}·R_hᵀ per hidden unit (no
+shared rows), so W_h and R_h are two separate problems (X_t against X·W_hᵀ + Wb_h, H_{t-1} against H·R_hᵀ + Rb_h),
+r_t left out.
 
-Left as pruned (the reason in the report): sequence_lens given (padded steps), peepholes (P: they read the cell
+Left as pruned (the reason in the report): sequence_lens given (padded steps), layout=1 (batch first: onnxruntime
+refuses to run it, so no run of ours reaches it), peepholes (P: they read the cell
 state, which the node does not output per step), LSTM input_forget=1, a GRU reset gate whose activation is not
 Sigmoid/Tanh/Relu (then W_h alone is refit and R_h left; linear_before_reset=0 only). A weight that is not in the
 masks is held fixed (its contribution subtracted from the target). `select` (the OBS mask choice) is not applied
@@ -84,16 +90,16 @@ class RecurrentLayer:
         return self.w or self.r
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.node.input[0], _input(self.node, 5)) if n)
+    def reads(self) -> tuple[str, ...]:  # from the pruned model: X only (the states are the dense model's)
+        return (self.node.input[0],)
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return tuple(o for o in self.node.output if o)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        """What the refit reads from both models: X, all hidden states Y, and initial_h when given."""
+    def dense_names(self) -> tuple[str, ...]:
+        """What the refit reads from the dense model: X, all hidden states Y, and initial_h when given."""
         return tuple(n for n in (self.node.input[0], state_name(self.node), _input(self.node, 5)) if n)
 
 
@@ -105,6 +111,8 @@ def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: boo
         return None, f"{op} '{node.name}' takes sequence_lens (padded steps); left as pruned"
     if op == "LSTM" and _input(node, 7):
         return None, f"LSTM '{node.name}' has peepholes (P); left as pruned"
+    if _attr(node, "layout", 0):
+        return None, f"{op} '{node.name}' has layout=1 (batch first: onnxruntime does not run it); left as pruned"
     if op == "LSTM" and _attr(node, "input_forget", 0):
         return None, f"LSTM '{node.name}' has input_forget=1; left as pruned"
     for i in (1, 2):
@@ -138,7 +146,6 @@ class RecurrentFit:
         self.layer, node = layer, layer.node
         self.op, self.gates = node.op_type, RECURRENT_GATES[node.op_type]
         self.hidden = int(_attr(node, "hidden_size", 0))
-        self.layout = int(_attr(node, "layout", 0))
         self.direction = _text(_attr(node, "direction", b"forward"))
         self.clip = _attr(node, "clip", None)
         self.names = {"W": node.input[1], "R": node.input[2]}
@@ -156,7 +163,7 @@ class RecurrentFit:
             p.free = tuple(part for part in p.parts if self.masks[part] is not None)
             p.gram = _Gram(1, intercept=layer.bias is not None)
         self.problems = [p for p in self.problems if p.free]
-        self.inputs = self.targets = list(layer.names)
+        self.inputs, self.targets = list(layer.reads), list(layer.dense_names)
 
     def _reset_activation(self):
         """The GRU reset gate's activation (f, the first of each direction's pair), or None if not one we compute."""
@@ -182,13 +189,10 @@ class RecurrentFit:
     # -------------------------------------------------------------------------------------------- rows
 
     def _sequences(self, values: dict[str, np.ndarray]):
-        """(X [T, N, in], Y [T, dirs, N, H], h0 [dirs, N, H]) in layout 0."""
+        """(X [T, N, in], Y [T, dirs, N, H], h0 [dirs, N, H]) (layout 0: recurrent_layer refuses layout 1)."""
         node = self.layer.node
         x, y = values[node.input[0]], values[state_name(node)]
         h0 = values.get(_input(node, 5))
-        if self.layout:
-            x, y = x.transpose(1, 0, 2), y.transpose(1, 2, 0, 3)
-            h0 = None if h0 is None else h0.transpose(1, 0, 2)
         if h0 is None:
             h0 = np.zeros(y.shape[1:], dtype=y.dtype)
         return x, y, h0
@@ -228,7 +232,8 @@ class RecurrentFit:
 
     def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray]) -> None:
         for d in sorted({p.direction for p in self.problems}):
-            x, _ = self._rows(pruned, d)
+            x = pruned[self.layer.node.input[0]]
+            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
             xd, hd = self._rows(dense, d)
             for p in (q for q in self.problems if q.direction == d):
                 dcols = self._columns(p, xd, hd, self.dense, self.dense_b)
