@@ -17,11 +17,12 @@ use their input as is, MatMul also with its weight behind a 2-D Transpose. A bia
 (Gemm/Conv input 2, alpha = beta = 1) is refit with it, as the intercept. Weights held in Constant nodes are refit in
 place like initializers.
 
-LSTM/GRU/RNN W and R are refit per gate block on one row per time step and sample (converter/reconstruct_recurrent.py).
+LSTM/GRU/RNN W and R are refit together per gate block, one row per time step and sample (its own module:
+converter/reconstruct_recurrent.py).
 
-Left as they are (said in the report): weights in If/Loop/Scan bodies, weights reached through Reshape/Gather chains, weights that are the
-first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's auto_pad
-(SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
+Left as they are (said in the report): weights in If/Loop/Scan bodies, weights reached through Reshape/Gather chains,
+weights that are the first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's
+auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Layer:
     @property
     def outputs(self) -> tuple[str, ...]:
         return (self.node.output[0],)
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.weight,)
 
 
 @dataclass
@@ -115,7 +120,7 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             report.skipped.update(dict.fromkeys(weights.values(), why))
         else:
             layers.append(layer)
-    missing = set(masks) - {n for lay in layers for n in (lay.weight, getattr(lay, "r", None))} - set(report.skipped)
+    missing = set(masks) - {n for lay in layers for n in lay.weights} - set(report.skipped)
     for name in missing:
         report.skipped[name] = "not a prunable weight of this graph"
     return sorted(layers, key=lambda lay: order[lay.node.name])

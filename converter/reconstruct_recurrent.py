@@ -90,6 +90,10 @@ class RecurrentLayer:
         return self.w or self.r
 
     @property
+    def weights(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.w, self.r) if n)
+
+    @property
     def reads(self) -> tuple[str, ...]:  # from the pruned model: X only (the states are the dense model's)
         return (self.node.input[0],)
 
