@@ -175,16 +175,58 @@ def test_an_unmasked_recurrent_matrix_is_held_fixed_and_the_other_refit():
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
 
 
-def test_sequence_lens_is_left_as_pruned_with_the_reason():
-    dense = bc.gru_classifier(seed=0)
-    node = next(n for n in dense.graph.node if n.op_type == "GRU")
-    dense.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["lens"], name="/lens",
+def _with_lens(model, node):
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["lens"], name="/lens",
                                                      value=onnx.numpy_helper.from_array(np.full(16, 5, np.int32))))
     node.input.append("lens")
+
+
+def _with_peepholes(model, node):
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full((1, 48), 0.1, np.float32), "peep"))
+    node.input.extend(["", "", "", "peep"])
+
+
+REFUSED = {  # (build, edit of the node, what the reason names)
+    "sequence_lens": (lambda: bc.gru_classifier(seed=0), _with_lens, "sequence_lens"),
+    "batch_first": (lambda: bc.lstm_classifier(seed=0),
+                    lambda m, n: n.attribute.append(onnx.helper.make_attribute("layout", 1)), "layout=1"),
+    "peepholes": (lambda: bc.lstm_classifier(seed=0), _with_peepholes, "peepholes"),
+    "input_forget": (lambda: bc.lstm_classifier(seed=0),
+                     lambda m, n: n.attribute.append(onnx.helper.make_attribute("input_forget", 1)), "input_forget"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_what_the_refit_does_not_reach_is_left_as_pruned_with_the_reason(case):
+    build, edit, named = REFUSED[case]
+    dense = build()
+    node = next(n for n in dense.graph.node if n.op_type in ("GRU", "LSTM"))
+    edit(dense, node)
     pruned, masks = recurrent_masks(dense, 0.6)
     report = ReconstructReport()
     out = reconstruct(pruned, dense, masks, sequences(2, 16, seed=0), report=report)
-    assert set(report.skipped) == {"gru.W", "gru.R"} and not report.refit
-    assert all("sequence_lens" in why and "left as pruned" in why for why in report.skipped.values())
+    assert set(report.skipped) == set(masks) and len(masks) == 2 and not report.refit
+    assert all(named in why and "left as pruned" in why for why in report.skipped.values()), report.skipped
     for name in masks:
         np.testing.assert_array_equal(weight_array(out, name), weight_array(pruned, name))
+
+
+def test_a_reset_gate_activation_it_does_not_compute_leaves_only_the_candidate_recurrent_block():
+    """GRU (linear_before_reset=0) with a HardSigmoid reset gate: r_t is not computed, so R_h stays as pruned
+    (said in the report); W and the z/r blocks of R are refit."""
+    dense = bc.gru_classifier(seed=0)
+    node = next(n for n in dense.graph.node if n.op_type == "GRU")
+    node.attribute.append(onnx.helper.make_attribute("activations", ["HardSigmoid", "Tanh"]))
+    pruned, masks = recurrent_masks(dense, 0.6)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, sequences(8, 32, seed=0), report=report, prior=True)
+    check_full(refit)
+    assert set(report.refit) == {"gru.W", "gru.R"} and "R_h left as pruned" in report.skipped["gru.R"]
+    hidden = 16
+    r_after, r_pruned = weight_array(refit, "gru.R"), weight_array(pruned, "gru.R")
+    np.testing.assert_array_equal(r_after[:, 2 * hidden:], r_pruned[:, 2 * hidden:])
+    assert not np.array_equal(r_after[:, :2 * hidden], r_pruned[:, :2 * hidden])
+    w_after, w_pruned = weight_array(refit, "gru.W"), weight_array(pruned, "gru.W")
+    assert not np.array_equal(w_after[:, 2 * hidden:], w_pruned[:, 2 * hidden:])
+    held_out = sequences(4, 32, seed=100)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
