@@ -17,10 +17,12 @@ use their input as is, MatMul also with its weight behind a 2-D Transpose. A bia
 (Gemm/Conv input 2, alpha = beta = 1) is refit with it, as the intercept. Weights held in Constant nodes are refit in
 place like initializers.
 
-Left as they are (said in the report): weights in If/Loop/Scan bodies, LSTM/GRU/RNN weights (their W and R feed a
-recurrence: no single least-squares layer), weights reached through Reshape/Gather chains, weights that are the
-first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's auto_pad
-(SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
+LSTM/GRU/RNN W and R are refit together per gate block, one row per time step and sample (its own module:
+converter/reconstruct_recurrent.py).
+
+Left as they are (said in the report): weights in If/Loop/Scan bodies, weights reached through Reshape/Gather chains,
+weights that are the first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's
+auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ class Layer:
     x: str  # the activation input's name
     transposed: bool = False  # MatMul weight stored [out, in] behind a Transpose
 
+    @property
+    def reads(self) -> tuple[str, ...]:  # the activations the refit reads (a wave's dependency check)
+        return (self.x,)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.node.output[0],)
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        return (self.weight,)
+
 
 @dataclass
 class ReconstructReport:
@@ -71,8 +85,12 @@ def _attr(node, name, default):
     return default
 
 
-def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: ReconstructReport) -> list[Layer]:
-    """The refittable layers among the masked weights, in graph order; the others with the reason."""
+def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: ReconstructReport,
+            refit_bias: bool = True) -> list:
+    """The refittable layers among the masked weights, in graph order (Layer, or RecurrentLayer for an
+    LSTM/GRU/RNN node's W and R together); the others with the reason."""
+    from onnxprune.converter.reconstruct_recurrent import RECURRENT_GATES, recurrent_layer
+
     name_nodes(model)
     nodes = {n.name: n for n in model.graph.node}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -83,16 +101,26 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
         for i in n.input:
             users[i] = users.get(i, 0) + 1
     layers = []
+    recurrent: dict[str, dict[int, str]] = {}  # node -> {input index: weight}
     for w in find_prunable(model, with_macs=False).prunable:
         if w.name not in masks:
             continue
         node = nodes.get(w.node)
+        if not w.scope and not w.via and w.op_type in RECURRENT_GATES:
+            recurrent.setdefault(w.node, {})[w.input_index] = w.name
+            continue
         why = _outside_reach(w) or _unsupported(w, node, producers)
         if why:
             report.skipped[w.name] = why
             continue
         layers.append(Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via)))
-    missing = set(masks) - {lay.weight for lay in layers} - set(report.skipped)
+    for name, weights in recurrent.items():
+        layer, why = recurrent_layer(nodes[name], weights, inits, users, refit_bias)
+        if layer is None:
+            report.skipped.update(dict.fromkeys(weights.values(), why))
+        else:
+            layers.append(layer)
+    missing = set(masks) - {n for lay in layers for n in lay.weights} - set(report.skipped)
     for name in missing:
         report.skipped[name] = "not a prunable weight of this graph"
     return sorted(layers, key=lambda lay: order[lay.node.name])
@@ -103,7 +131,7 @@ def _outside_reach(w) -> str | None:
     if w.scope:
         return f"inside {w.scope}; left as pruned"
     if w.op_type not in CHANNEL_PRODUCERS:
-        return f"{w.op_type} '{w.node}' is not refit (its weights feed a recurrence); left as pruned"
+        return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None
 
 
@@ -153,8 +181,11 @@ def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int
                   only: bool = False) -> onnx.ModelProto:
     """A copy of `model` that also returns the tensors `names`; with `only`, returns just those and keeps only the
     nodes they need (an early wave does not pay for the rest of the graph)."""
+    from onnxprune.converter.reconstruct_recurrent import name_states
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    name_states(out.graph)  # a recurrent node's hidden states, when the graph does not name them
     have = set(output_names(out))
     if only:
         needed = _ancestors(out.graph, names)
@@ -209,7 +240,7 @@ def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
 
     Within a wave no layer feeds another, so one pass of the pruned model gives every input the wave needs, and
     refitting the wave in any order gives the same result as one layer at a time."""
-    index = {lay.node.output[0]: i for i, lay in enumerate(layers)}
+    index = {o: i for i, lay in enumerate(layers) for o in lay.outputs}
     upstream: dict[str, frozenset] = {}
     for node in model.graph.node:  # topological order (ONNX requires it)
         deps = frozenset().union(*(upstream.get(i, frozenset()) for i in _reads(node) if i))
@@ -218,7 +249,7 @@ def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
     out: list[list[Layer]] = []
     current: set[int] = set()
     for i, lay in enumerate(layers):
-        if not out or upstream.get(lay.x, frozenset()) & current:
+        if not out or any(upstream.get(r, frozenset()) & current for r in lay.reads):
             out.append([])
             current = set()
         out[-1].append(lay)
@@ -441,12 +472,13 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     report = report if report is not None else ReconstructReport()
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    layers = _layers(out, masks, report)
+    layers = _layers(out, masks, report, refit_bias)
     types = _types(dense_model) if layers else {}
     dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
+    dense_consts = local_constants(dense_model.graph)
     for wave in waves(out, layers):
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
-                    local_constants(dense_model.graph) if select else None, prior)
+                    dense_consts if select else None, prior, dense_consts)
         report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
@@ -493,18 +525,26 @@ def _fingerprint(feeds) -> str:
     return h.hexdigest()
 
 
-def _refit_wave(model, dense_session, wave: list[Layer], masks, reader, limit, damp, refit_bias,
-                types, report, dense_consts=None, prior: bool | str = False) -> None:
+def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, refit_bias,
+                types, report, dense_consts=None, prior: bool | str = False, dense_weights=None) -> None:
+    """Stream the data once through the pruned model (the wave's inputs) and the dense one (its targets), then solve.
+
+    `dense_consts`: with select, the dense weights a layer chooses its mask from; `dense_weights`: the dense
+    model's constants (the recurrent refit computes its targets from them)."""
+    from onnxprune.converter.reconstruct_recurrent import RecurrentFit, RecurrentLayer
+
     inits = local_constants(model.graph)
-    fits = [_Fit(lay, inits, masks[lay.weight], refit_bias,
+    fits = [RecurrentFit(lay, inits, masks, dense_weights) if isinstance(lay, RecurrentLayer) else
+            _Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
-    xs = list(dict.fromkeys(lay.x for lay in wave))
-    targets = [lay.node.output[0] for lay in wave]
+    xs = list(dict.fromkeys(n for fit in fits for n in fit.inputs))
+    targets = list(dict.fromkeys(n for fit in fits for n in fit.targets))
     pruned = make_session(_with_outputs(model, xs, types, only=True), optimize=False)
     for feeds in _batches(reader, limit):
         xv = dict(zip(xs, pruned.run(xs, feeds)))
-        for fit, t in zip(fits, dense_session.run(targets, feeds)):
-            fit.add(xv[fit.layer.x], t)
+        tv = dict(zip(targets, dense_session.run(targets, feeds)))
+        for fit in fits:
+            fit.feed(xv, tv)
     for fit in fits:
         fit.finish(inits, damp, report, prior)
 
@@ -521,6 +561,10 @@ class _Fit:
             self.fixed = _fixed_bias(layer, inits)
         groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type == "Conv" else 1
         self.gram = _Gram(groups, intercept=self.bias is not None)
+        self.inputs, self.targets = [layer.x], [layer.node.output[0]]
+
+    def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray]) -> None:
+        self.add(pruned[self.layer.x], dense[self.layer.node.output[0]])
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         if self.fixed is not None:

@@ -2,7 +2,8 @@
 
 * `if_network`: the whole network inside the two branches of an If chosen from the data; both branches read the
   outer-scope initializer ``fc1.weight`` and each holds its own second layer (a Constant node, a body initializer);
-* `lstm_classifier` / `gru_classifier`: [N, T, F] -> Transpose -> LSTM/GRU -> last hidden state -> Gemm;
+* `lstm_classifier` / `gru_classifier` / `rnn_classifier`: [N, T, F] -> Transpose -> LSTM/GRU/RNN -> last hidden
+  state -> Gemm (`reverse`: direction "reverse");
 * `while_rnn`: an Elman RNN as a Loop over time steps (tf2onnx's Keras RNN export): the input and recurrent weight
   matrices enter the Loop as loop-carried values every iteration passes on unchanged (by name, and through an
   Identity), the bias is read from the outer scope;
@@ -80,7 +81,7 @@ def if_network(*, in_features: int = 16, hidden: int = 32, out_features: int = 1
 
 
 def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, out_features: int,
-               bidirectional: bool, initial_state: bool, seed: int) -> onnx.ModelProto:
+               bidirectional: bool, initial_state: bool, seed: int, reverse: bool = False, **attrs) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     dirs = 2 if bidirectional else 1
     inits = [_init(f"{op.lower()}.W", _w(rng, (dirs, gates * hidden, features), features)),
@@ -88,18 +89,18 @@ def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, o
              _init(f"{op.lower()}.B", (0.1 * rng.standard_normal((dirs, 2 * gates * hidden))).astype(np.float32))]
     ins = ["x_tnf", inits[0].name, inits[1].name, inits[2].name]
     nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
-    if initial_state:  # zeros of [dirs, N, H], built from the batch size so any N works
+    if initial_state:  # 0.5 everywhere, [dirs, N, H], built from the batch size so any N works
         nodes += [helper.make_node("Shape", ["input"], ["shape"], start=0, end=1, name="/batch"),
                   helper.make_node("Concat", ["dirs", "shape", "hid"], ["state_shape"], axis=0, name="/state_shape"),
                   helper.make_node("ConstantOfShape", ["state_shape"], ["h0"], name="/h0",
                                    value=_init("", np.array([0.5], np.float32)))]
         inits += [_init("dirs", np.array([dirs], np.int64)), _init("hid", np.array([hidden], np.int64))]
         ins += ["", "h0"] + (["h0"] if op == "LSTM" else [])
-    direction = "bidirectional" if bidirectional else "forward"
+    direction = "bidirectional" if bidirectional else "reverse" if reverse else "forward"
     n_out = 3 if op == "LSTM" else 2
     nodes += [helper.make_node(op, ins, ["Y", "Y_h", "Y_c"][:n_out], hidden_size=hidden, direction=direction,
-                               name=f"/{op.lower()}"),
-              helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major"),
+                               name=f"/{op.lower()}", **attrs)]
+    nodes += [helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major"),
               helper.make_node("Flatten", ["h_ndh"], ["h"], axis=1, name="/flatten"),
               helper.make_node("Gemm", ["h", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
     inits += [_init("fc.weight", _w(rng, (out_features, dirs * hidden), dirs * hidden)),
@@ -108,17 +109,28 @@ def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, o
 
 
 def lstm_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
-                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0) -> onnx.ModelProto:
+                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False
+                    ) -> onnx.ModelProto:
     """[N, T, F] -> Transpose -> LSTM (W, R, B; optional initial states) -> Y_h -> Gemm -> [N, out]."""
     return _recurrent("LSTM", 4, features=features, hidden=hidden, steps=steps, out_features=out_features,
-                      bidirectional=bidirectional, initial_state=initial_state, seed=seed)
+                      bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse)
 
 
 def gru_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
-                   bidirectional: bool = False, initial_state: bool = False, seed: int = 0) -> onnx.ModelProto:
+                   bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False,
+                   linear_before_reset: int = 0) -> onnx.ModelProto:
     """[N, T, F] -> Transpose -> GRU (W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out]."""
     return _recurrent("GRU", 3, features=features, hidden=hidden, steps=steps, out_features=out_features,
-                      bidirectional=bidirectional, initial_state=initial_state, seed=seed)
+                      bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse,
+                      **({"linear_before_reset": linear_before_reset} if linear_before_reset else {}))
+
+
+def rnn_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+                   bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False
+                   ) -> onnx.ModelProto:
+    """[N, T, F] -> Transpose -> RNN (tanh; W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out]."""
+    return _recurrent("RNN", 1, features=features, hidden=hidden, steps=steps, out_features=out_features,
+                      bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse)
 
 
 def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
