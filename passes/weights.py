@@ -68,6 +68,7 @@ class Skipped:
 class Inventory:
     prunable: list[PrunableWeight] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)  # weight inputs that are no stored tensor, and where from
 
     def by_name(self) -> dict[str, PrunableWeight]:
         return {w.name: w for w in self.prunable}
@@ -92,6 +93,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
     shapes = _LazyShapes(model, now=with_macs)
     inv = Inventory()
     claimed: set[str] = set()
+    graph_inputs = {i.name for i in model.graph.input}
     for node in ix.nodes(model):
         facts = WEIGHT_OPS.get(node.op_type)
         if facts is None or (node.domain or "") not in ("", "ai.onnx"):
@@ -101,6 +103,8 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
                 continue
             traced = _trace_constant(node.input[index], ix, shapes, facts.axes(node, index, 3) != (None, None))
             if traced is None:
+                if index == next((i for i in facts.inputs if i > 0), None):  # input 0 is the data operand
+                    inv.computed.append(_computed(node, index, ix, graph_inputs))
                 continue
             source_name, via_nodes, problem = traced
             if source_name in claimed:
@@ -115,6 +119,15 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
             inv.prunable.append(_weight(node, index, facts, source_name, tensor, via_nodes, ix, shapes))
     _explain_the_rest(ix, claimed, inv)
     return inv
+
+
+def _computed(node, index, ix: ScopeIndex, graph_inputs) -> str:
+    """Where a weight op's weight input comes from when it is not a stored tensor, in words."""
+    name = node.input[index]
+    producer = ix.producers.get(name)
+    origin = (f"{producer.op_type} '{producer.name}'" if producer is not None
+              else "a graph input (fed at run time)" if name in graph_inputs else "a value computed at run time")
+    return f"{node.op_type} '{node.name}' reads its weight '{name}' from {origin}"
 
 
 def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, shapes) -> PrunableWeight:

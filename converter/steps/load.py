@@ -22,9 +22,14 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
         largest = sorted(inventory.skipped, key=lambda s: -s.size)  # what the user would most want pruned first
         reasons = "; ".join(f"{s.name} ({s.size:,} values): {s.reason}" for s in largest[:3]) or "no weights at all"
         more = f" (+{len(largest) - 3} smaller)" if len(largest) > 3 else ""
+        computed = ""
+        if inventory.computed:  # e.g. onnx's "light" test models: every Conv weight is a ConstantOfShape fill
+            extra = f" (+{len(inventory.computed) - 1} more)" if len(inventory.computed) > 1 else ""
+            computed = (f" Weights that are not stored tensors cannot be pruned: {inventory.computed[0]}{extra}; "
+                        "export the model with its weights as initializers.")
         raise ConverterError(
             f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN). "
-            f"Largest seen: {reasons}{more}. Nothing to do."
+            f"Largest seen: {reasons}{more}.{computed} Nothing to do."
         )
     return inventory
 

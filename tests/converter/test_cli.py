@@ -120,6 +120,35 @@ def test_model_without_prunable_weights_says_so(tmp_path):
     assert res.exit_code == 1 and "no prunable weights" in res.output
 
 
+def test_weights_that_are_not_stored_tensors_are_named_in_the_refusal(tmp_path):
+    """onnx's "light" test models fill every Conv weight with ConstantOfShape; a weight fed as a graph input is not
+    stored either. The refusal says which weight comes from where, and what would make it prunable."""
+    h = onnx.helper
+    shape = h.make_tensor("shape", onnx.TensorProto.INT64, [4], [4, 3, 3, 3])
+    fill = h.make_tensor("fill", onnx.TensorProto.FLOAT, [1], [0.1])
+    g = h.make_graph(
+        [h.make_node("ConstantOfShape", ["shape"], ["w"], name="fill_w", value=fill),
+         h.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+         h.make_node("MatMul", ["f", "fed"], ["z"], name="mm")], "g",
+        [h.make_tensor_value_info("x", 1, [1, 3, 8, 8]), h.make_tensor_value_info("f", 1, [1, 4]),
+         h.make_tensor_value_info("fed", 1, [4, 2])],
+        [h.make_tensor_value_info("y", 1, [1, 4, 6, 6]), h.make_tensor_value_info("z", 1, [1, 2])], initializer=[shape])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    p = tmp_path / "light.onnx"
+    onnx.save(m, p)
+    res = invoke("prune", p, "-o", tmp_path / "o.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = res.output.strip()
+    assert "no prunable weights" in line and len(line.splitlines()) == 1
+    assert "Conv 'conv' reads its weight 'w' from ConstantOfShape 'fill_w' (+1 more)" in line
+    assert "export the model with its weights as initializers" in line
+    assert not (tmp_path / "o.onnx").exists()
+    from onnxprune.passes.weights import find_prunable
+
+    assert "MatMul 'mm' reads its weight 'fed' from a graph input (fed at run time)" in find_prunable(m).computed
+
+
 def test_cuda_without_gpu_is_a_usage_error_before_any_work(mlp_path, tmp_path):
     import torch
 
