@@ -298,7 +298,35 @@ class BudgetRule:
                          f"standard error <= {self.budget:g} pp (Wilson's bound for a share of changed samples)")
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
-                f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here")
+                f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here"
+                + self._changes_allowed())
+
+    def changes_allowed(self, n: int | None = None) -> int | None:
+        """How many of `n` (default: this set's) decision samples may change class/value within the budget by
+        Wilson's bound (-1: not even none), or None when no scored output has such a part."""
+        n = self.n if n is None else n
+        if not any(not r.form.paired and any(r.form.is_binary(j) for j in range(len(r.form.parts)))
+                   for r in self.outputs) or not n:
+            return None
+        k = -1
+        while k + 1 <= n and 100.0 * wilson_upper((k + 1) / n, n, self.z * self.strictness) <= self.budget + 1e-12:
+            k += 1
+        return k
+
+    def _changes_allowed(self) -> str:
+        """'; 0 changed samples fit the budget here, 1 from 330 decision samples on': what more data would buy."""
+        k = self.changes_allowed()
+        if k is None or self.budget <= 0:
+            return ""
+        lo, hi = self.n, max(2 * self.n, 16)
+        while self.changes_allowed(hi) <= k:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:  # the smallest set that allows one more changed sample
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.changes_allowed(mid) <= k else (lo, mid)
+        if k < 0:
+            return f"; not even a set with no changed sample fits the budget here, from {hi} decision samples on it does"
+        return f"; {k} changed sample(s) fit the budget here, {k + 1} from {hi} decision samples on"
 
     def warnings(self) -> list[str]:
         out = []

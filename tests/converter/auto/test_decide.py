@@ -252,3 +252,22 @@ def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
         assert not (strict.within and not loose.within)
         if worse == 3:
             assert not strict.within and not loose.within  # 3 pp against a 1 pp budget, however strict
+
+
+def test_the_statement_says_how_many_changed_samples_fit_and_what_a_larger_set_would_allow():
+    """At 1 pp, 180 decision samples allow no changed class; the smallest set that allows one is where Wilson's bound
+    for 1 of n first falls to 1 pp (brute force here). 60 samples cannot certify even none (100/61 pp); a rule with
+    only continuous outputs says nothing of it."""
+    def first(k, z=1.0, budget=1.0):
+        return next(n for n in range(max(k, 1), 100_000) if 100 * wilson_upper(k / n, n, z) <= budget)
+
+    for n, text in ((180, f"0 changed sample(s) fit the budget here, 1 from {first(1)} decision samples on"),
+                    (400, f"2 changed sample(s) fit the budget here, 3 from {first(3)} decision samples on"),
+                    (60, f"not even a set with no changed sample fits the budget here, from {first(0)} decision")):
+        dense = np.random.default_rng(n).standard_normal((n, 10)).astype(np.float32)
+        rule = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="agreement"), 1.0)
+        assert text in rule.statement(), rule.statement()
+    assert first(1) == 261  # what the corpus's 112-240 sample sets are up against
+    dense = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    continuous = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="rel_l2"), 1.0)
+    assert "fit the budget here" not in continuous.statement() and continuous.changes_allowed() is None
