@@ -8,8 +8,10 @@ onnxruntime session per (layer, level); instead:
     and every level's masked copy of W is fed through it; all other weights stay initializers, so onnxruntime
     still pre-packs and fuses them;
   * better still, only the part of the graph downstream of W is run, fed with cached activations of the unchanged
-    prefix (computed once per batch by a session that exposes them as extra outputs), whenever they fit in the
-    memory budget:
+    prefix, whenever they fit in the memory budget. Layers are cached in groups that fit it together; each group's
+    tensors are computed once per batch by a session of only the nodes they need, fed from the previous group's
+    cache (onnxruntime runs every node of a session whatever is fetched: a whole-graph session per group made a
+    6-layer encoder's prefix caches cost 24 full passes), so all the caches together cost about one pass:
 
         input -> [conv1] -> pool1 -> [conv2] -> ... -> logits        scan of conv2:
                                  |                                     pool1 (cached) + W --> [conv2] -> ... -> logits
