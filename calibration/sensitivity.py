@@ -339,7 +339,8 @@ def _prefix_cache(model, index: _GraphIndex, evaluator: Evaluator, names: Sequen
                   previous: list[dict[str, np.ndarray]] | None = None) -> list[dict[str, np.ndarray]]:
     """The boundary tensors per batch: graph inputs straight from the feeds, the rest from one session that runs
     only the nodes they need, starting from the tensors the previous group cached (`previous`, rows in the same
-    batch order) where it can: each group pays for the layers since the last one, not for the whole prefix."""
+    batch order) where it can: each group pays for the layers since the last one, not for the whole prefix. The
+    previous cache is held until this one is built: at most twice the memory budget for a moment."""
     real = set(index.real_inputs)
     computed = [n for n in names if n not in real]
     fed = set(previous[0]) if previous else set()
