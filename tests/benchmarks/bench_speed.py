@@ -84,7 +84,8 @@ def sentences(limit: int = 4000) -> list[str]:
 
 def tokenize(text: str) -> list[int]:
     """Lower-cased words and punctuation, each to a stable id in [FIRST_WORD, VOCAB) (crc32)."""
-    return [FIRST_WORD + zlib.crc32(w.encode()) % (VOCAB - FIRST_WORD) for w in re.findall(r"\w+|[^\w\s]", text.lower())]
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    return [FIRST_WORD + zlib.crc32(w.encode()) % (VOCAB - FIRST_WORD) for w in words]
 
 
 def encode(texts: list[str], seq: int = SEQ) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +184,8 @@ def train_encoder(net, sents: list[str], steps: int, batch: int = 32, seq: int =
         losses.append(loss.item())
     net.eval()
     return {"steps": steps, "batch": batch, "train_seq": seq, "seconds": round(time.perf_counter() - t0, 1),
-            "loss_first": round(losses[0], 3) if losses else None, "loss_last": round(losses[-1], 3) if losses else None}
+            "loss_first": round(losses[0], 3) if losses else None,
+            "loss_last": round(losses[-1], 3) if losses else None}
 
 
 def build(cache: Path, steps: int) -> dict:
@@ -222,7 +224,8 @@ def export(cache: Path, exporter: str) -> Path:
     net.eval()
     ids, mask = encode(["an example sentence", "another, longer example sentence for the export"])
     args = (torch.from_numpy(ids), torch.from_numpy(mask))
-    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["last_hidden_state", "sentence_embedding"]}
+    names = {"input_names": ["input_ids", "attention_mask"],
+             "output_names": ["last_hidden_state", "sentence_embedding"]}
     with torch.no_grad():
         if exporter == "legacy":
             torch.onnx.export(net, args, str(out), opset_version=17, dynamo=False, **names,
