@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf import message
 
 from onnxprune.errors import ConfigError
 
@@ -141,8 +142,9 @@ def make_session(
         opts.intra_op_num_threads = threads
     providers = providers_for(device)
     if isinstance(model, onnx.ModelProto):
-        if model.ByteSize() < 2**31 - 1:
-            return _checked(ort.InferenceSession(model.SerializeToString(), opts, providers=providers), providers)
+        data = _serialized(model)  # not ByteSize() first: it serializes too, doubling the cost on a 90 MB model
+        if data is not None:
+            return _checked(ort.InferenceSession(data, opts, providers=providers), providers)
         with tempfile.TemporaryDirectory() as tmp:  # onnxruntime maps the data when the session is built
             path = os.path.join(tmp, "model.onnx")
             onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
@@ -150,6 +152,15 @@ def make_session(
     if isinstance(model, bytes):
         return _checked(ort.InferenceSession(model, opts, providers=providers), providers)
     return _checked(ort.InferenceSession(str(model), opts, providers=providers), providers)
+
+
+def _serialized(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when they would pass protobuf's 2 GB limit (then saved with external data)."""
+    try:
+        data = model.SerializeToString()
+    except (ValueError, message.EncodeError):  # protobuf refuses to serialize past 2 GB
+        return None
+    return data if len(data) < 2**31 - 1 else None
 
 
 def _checked(session: ort.InferenceSession, providers: list) -> ort.InferenceSession:

@@ -8,8 +8,10 @@ onnxruntime session per (layer, level); instead:
     and every level's masked copy of W is fed through it; all other weights stay initializers, so onnxruntime
     still pre-packs and fuses them;
   * better still, only the part of the graph downstream of W is run, fed with cached activations of the unchanged
-    prefix (computed once per batch by a session that exposes them as extra outputs), whenever they fit in the
-    memory budget:
+    prefix, whenever they fit in the memory budget. Layers are cached in groups that fit it together; each group's
+    tensors are computed once per batch by a session of only the nodes they need, fed from the previous group's
+    cache (onnxruntime runs every node of a session whatever is fetched: a whole-graph session per group made a
+    6-layer encoder's prefix caches cost 24 full passes), so all the caches together cost about one pass:
 
         input -> [conv1] -> pool1 -> [conv2] -> ... -> logits        scan of conv2:
                                  |                                     pool1 (cached) + W --> [conv2] -> ... -> logits
@@ -309,17 +311,52 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
     return out
 
 
-def _prefix_cache(model, evaluator: Evaluator, names: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """The boundary tensors per batch: graph inputs straight from the feeds, the rest from one prefix session."""
-    computed = [n for n in names if n not in {i.name for i in model.graph.input}]
-    sess = make_session(_with_outputs(model, computed), optimize=evaluator.optimize) if computed else None
-    feeds_names = [i.name for i in sess.get_inputs()] if sess else []
+def _prefix_model(model: onnx.ModelProto, index: _GraphIndex, names: Sequence[str], fed: set[str],
+                  samples: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
+    """The nodes that compute `names` and nothing else (onnxruntime runs every node of a session whatever is
+    fetched), cut where they meet a tensor in `fed`: those become inputs typed from `samples` (an earlier group's
+    cached rows), beside the model inputs they read."""
+    keep: set[int] = set()
+    todo = [index.producer[t] for t in names if t in index.producer and t not in fed]
+    while todo:
+        i = todo.pop()
+        if i in keep:
+            continue
+        keep.add(i)
+        todo.extend(index.producer[t] for t in index.inputs[i] if t in index.producer and t not in fed)
+    used = {t for i in keep for t in index.inputs[i]}
+    inputs = [vi for vi in model.graph.input if vi.name in used and vi.name in index.real_inputs and vi.name not in fed]
+    inputs += [_boundary_input(t, samples) for t in sorted(used & fed)]
+    inits = [t for t in model.graph.initializer if t.name in used]
+    outputs = [onnx.ValueInfoProto(name=n) for n in names]  # onnxruntime infers the types
+    graph = helper.make_graph([index.nodes[i] for i in sorted(keep)], "prefix", inputs, outputs, initializer=inits)
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    sub.functions.extend(model.functions)
+    return sub
+
+
+def _prefix_cache(model, index: _GraphIndex, evaluator: Evaluator, names: Sequence[str],
+                  previous: list[dict[str, np.ndarray]] | None = None) -> list[dict[str, np.ndarray]]:
+    """The boundary tensors per batch: graph inputs straight from the feeds, the rest from one session that runs
+    only the nodes they need, starting from the tensors the previous group cached (`previous`, rows in the same
+    batch order) where it can: each group pays for the layers since the last one, not for the whole prefix. The
+    previous cache is held until this one is built: at most twice the memory budget for a moment."""
+    real = set(index.real_inputs)
+    computed = [n for n in names if n not in real]
+    fed = set(previous[0]) if previous else set()
+    carried = [n for n in computed if n in fed]  # cached already by the previous group: copied over, not run
+    run = [n for n in computed if n not in fed]
+    sess = None
+    if run:
+        sess = make_session(_prefix_model(model, index, run, fed, previous), optimize=evaluator.optimize)
+    wanted = [i.name for i in sess.get_inputs()] if sess else []
     cache = []
-    for feeds, _ in evaluator.batches():
+    for b, (feeds, _) in enumerate(evaluator.batches()):
         row = {n: feeds[n] for n in names if n in feeds}
+        row.update({n: previous[b][n] for n in carried})
         if sess is not None:
-            values = sess.run(computed, {k: v for k, v in feeds.items() if k in feeds_names})
-            row.update(zip(computed, values))
+            values = sess.run(run, {k: (feeds[k] if k in feeds else previous[b][k]) for k in wanted})
+            row.update(zip(run, values))
         cache.append(row)
     return cache
 
@@ -412,15 +449,18 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     groups = _groups(plans, sizes, samples, memory_budget)
     tick = _Ticker(progress, len(plans) * len(levels))
     by_name: dict[str, LayerSensitivity] = {}
+    previous = None  # the last group's cached rows: the next group's prefix starts from them
     for group in groups:
         names = sorted({t for p in group for t in p.boundary}) if group[0].path == "downstream" else []
-        cache = _prefix_cache(model, evaluator, names) if names else None
+        cache = _prefix_cache(model, index, evaluator, names, previous) if names else None
+        previous = cache if cache is not None else previous
         for plan in group:
             if deadline is not None and plan.path not in ("small", "unused") and time.perf_counter() > deadline:
                 plan = dataclasses.replace(plan, path="unscanned")
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
                                                     scorer, search)
         del cache
+    del previous
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
     return result

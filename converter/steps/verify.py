@@ -68,13 +68,14 @@ class MeasureStep(Step):
 
 def measure(data, final) -> dict:
     """On the data the choices were made on, and separately on the held-out data when given (--eval-data)."""
-    from onnxprune.calibration.metrics import output_error
+    from onnxprune.calibration.metrics import as_array, output_error
 
     out = {}
     for key, evaluator in (("calibration", data.calibration), ("evaluation", data.evaluation)):
         if key == "evaluation" and data.config.eval_data is None:
             continue
-        after = evaluator.evaluate(final)
+        outputs = list(evaluator.run_all(final))  # one session, one pass: scored and compared from the same outputs
+        after = evaluator.score(outputs)
         out[key] = {
             "data": evaluator.reader.description,
             "metric": evaluator.metric,
@@ -82,7 +83,7 @@ def measure(data, final) -> dict:
             "after": after,
             "loss_pp": (evaluator.dense - after) * 100.0,
             # how far the output model's outputs are from the input model's (the reference)
-            "output_error": output_error(list(evaluator.run(final)), evaluator.reference),
+            "output_error": output_error([as_array(b[0]) for b in outputs], evaluator.reference),
             "outputs": dict(evaluator.last),  # per scored output: metric, before, after, loss_pp, one_pp
         }
     headline = out.get("evaluation", out["calibration"])

@@ -100,6 +100,30 @@ def test_memory_budget_falls_back_to_the_whole_graph():
     assert_same_scan(tight, scan(model, inventory, ev, LEVELS))
 
 
+def test_prefix_sessions_run_only_the_layers_since_the_last_group(monkeypatch):
+    """A memory budget that holds one layer's cached input at a time: every group gets its own prefix session, which
+    runs only the nodes between the previous group's cached tensors and its own (not the whole graph: onnxruntime
+    runs every node of a session whatever is fetched), and the scan is still the naive one."""
+    model = builders.mlp_gemm(in_features=12, hidden=(16, 16, 16), out_features=5)
+    inventory = find_prunable(model)
+    ev = evaluator(model)
+    built = []
+    real = sensitivity.make_session
+    monkeypatch.setattr(sensitivity, "make_session", lambda m, **kw: built.append(m) or real(m, **kw))
+    result = scan(model, inventory, ev, LEVELS, memory_budget=16 * 4 * 48 + 1)  # one 16-wide activation, 48 samples
+    assert [lay.path for lay in result.layers] == ["downstream"] * 4
+    prefixes = [m for m in built if m.graph.name == "prefix"]
+    assert len(prefixes) == 3  # fc2, fc3 and fc4 each read a tensor the model computes; fc1 reads the input
+    real_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    first, *later = prefixes
+    assert {i.name for i in first.graph.input} == real_inputs
+    for m in later:  # fed the previous group's cached activation, runs one layer (Gemm + Relu), not the graph
+        assert not {i.name for i in m.graph.input} & real_inputs
+        assert [n.op_type for n in m.graph.node] == ["Gemm", "Relu"]
+    assert all(len(m.graph.node) < len(model.graph.node) for m in prefixes)
+    assert_same_scan(result, scan_naive(model, inventory, ev, LEVELS))
+
+
 def test_one_session_per_layer(monkeypatch):
     model = small_cnn()
     inventory = find_prunable(model)

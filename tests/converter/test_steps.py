@@ -142,6 +142,25 @@ def test_output_error_is_measured_against_the_input_models_outputs(teacher_data)
     assert err["max_rel"] == pytest.approx(rel.max(), rel=1e-4)
 
 
+def test_measure_scores_and_compares_from_one_run_of_the_output_model(teacher_data, monkeypatch):
+    """The metric and the output error come from one session and one pass over the data (a 22M encoder paid two)."""
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.converter.steps.data import Data
+    from onnxprune.converter.steps.verify import measure
+
+    model, data = teacher_data
+    config = configure(sparsity=0.8, data=data)
+    result = run(model, config)
+    built = []
+    real = Evaluator.session
+    monkeypatch.setattr(Evaluator, "session", lambda self, m: built.append(m) or real(self, m))
+    again = measure(Data(model, config.data), result.model)
+    assert sum(m is result.model for m in built) == 1  # (the others score the input model: the reference)
+    first = result.report["metrics"]
+    assert again["after"] == pytest.approx(first["after"], abs=1e-12)
+    assert again["output_error"] == pytest.approx(first["output_error"], abs=1e-12)
+
+
 def test_json_is_strict_json_nan_and_infinity_become_null(tmp_path):
     assert dumps({"a": float("nan"), "b": [float("inf"), np.float32(1.5)]}) == '{"a": null, "b": [null, 1.5]}'
     model = tmp_path / "m.onnx"
