@@ -137,7 +137,10 @@ def make_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     opts.log_severity_level = 3
-    threads = threads or _DEFAULT_THREADS
+    if not threads and _DEFAULT_THREADS:
+        threads = _DEFAULT_THREADS
+        if threads > 1:  # the run's default pool: idle threads yield the cores instead of spinning (shared machines)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     providers = providers_for(device)
@@ -211,7 +214,8 @@ def int_input_ranges(model: onnx.ModelProto) -> dict[str, int]:
             tensor = todo.pop()
             seen.add(tensor)
             for node in consumers.get(tensor, []):
-                if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor and node.input[0] in tables:
+                if (node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor
+                        and node.input[0] in tables):
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                     dims = tables[node.input[0]]
                     if dims and -len(dims) <= axis < len(dims):

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from onnxprune.calibration.runtime import default_threads, gpu_count, make_session, output_names
+from onnxprune.calibration.runtime import gpu_count, make_session, output_names
 from onnxprune.converter import distributed
+from onnxprune.converter.threads import torch_threads
 from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
@@ -529,8 +530,8 @@ class MaskedTrainer:
         self.accumulate = int(accumulate)  # micro-batches per step: the same gradient in 1/N of the memory
         self.backend = distributed.current()
         self.device = torch.device(self.backend.device(str(resolve_device(device))))
-        if default_threads() is not None:  # the run's thread count (torch is imported here, not at the run's start)
-            torch.set_num_threads(default_threads())
+        if torch_threads() is not None:  # the run's thread count (torch is imported here, not at the run's start)
+            torch.set_num_threads(torch_threads())
         self._amp = MixedPrecision(self.device)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls

@@ -1,8 +1,12 @@
 """Thread counts for torch and onnxruntime on shared machines.
 
-Default: 1 thread on a machine with 2 usable cores or fewer, else half the usable cores, at most 4. Measured on
-the shared 2-core box (README): retraining with the libraries' defaults was several times slower than with one
-thread, because their pools spin and oversubscribe the cores other processes use.
+torch: 1 thread on a machine with 2 usable cores or fewer, else half the usable cores, at most 4. Measured on the
+shared 2-core box (README): retraining with the libraries' defaults was several times slower than with one thread,
+because their pools spin and oversubscribe the cores other processes use.
+onnxruntime: the same, but never fewer than min(2, usable cores), with its pool's spinning off (runtime.make_session)
+so idle threads yield the cores. Measured (tests/benchmarks/bench_speed.py, a 22.6M-parameter encoder, one-shot,
+240 samples, idle 2-core box): 1 thread 329 s wall / 329 s CPU, 2 threads 180 s / 341 s: the scan's sessions scale.
+`--threads N` sets both.
 """
 
 from __future__ import annotations
@@ -26,15 +30,29 @@ def default_threads() -> int:
     return 1 if cpus <= 2 else min(4, cpus // 2)
 
 
+def default_ort_threads() -> int:
+    return max(default_threads(), min(2, usable_cpus()))
+
+
+_TORCH_THREADS: int | None = None
+
+
+def torch_threads() -> int | None:
+    """The run's torch thread count (set by apply_threads), or None before any run."""
+    return _TORCH_THREADS
+
+
 def apply_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (when torch is installed) and onnxruntime's default; returns the count."""
+    """Set torch's intra-op threads (when torch is installed) and onnxruntime's default; returns torch's count."""
+    global _TORCH_THREADS
     from onnxprune.calibration import runtime
     from onnxprune.errors import ConfigError
 
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads} must be >= 1.")
     n = threads or default_threads()
-    runtime.set_default_threads(n)
+    runtime.set_default_threads(threads or default_ort_threads())
+    _TORCH_THREADS = n
     torch = sys.modules.get("torch")  # not imported here: a one-shot run never needs it (finetune applies n later)
     if torch is not None:
         torch.set_num_threads(n)

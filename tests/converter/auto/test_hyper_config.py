@@ -6,7 +6,7 @@ import pytest
 
 from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.config import AutoConfig, parse_duration
-from onnxprune.converter.threads import apply_threads, default_threads
+from onnxprune.converter.threads import apply_threads, default_ort_threads, default_threads, usable_cpus
 from onnxprune.errors import ConfigError
 
 
@@ -57,6 +57,8 @@ def test_threads_default_and_explicit():
     before = torch.get_num_threads()
     try:
         assert apply_threads(None) == default_threads() == torch.get_num_threads()
+        # onnxruntime's pool (spinning off) takes both cores of a 2-core machine: the one-shot scan scales with them
+        assert runtime._DEFAULT_THREADS == default_ort_threads() == max(default_threads(), min(2, usable_cpus()))
         assert apply_threads(2) == 2 == torch.get_num_threads() and runtime._DEFAULT_THREADS == 2
         with pytest.raises(ConfigError, match="threads"):
             apply_threads(0)
