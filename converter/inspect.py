@@ -193,6 +193,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console.print(
         f"verified in onnxruntime on {p['batches']} {'batches of your data' if p['inputs'] == 'data' else 'random inputs'}:"
         f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
+        + (f" (within {_noise_multiple():g}x the dense model's own float32 noise, {p['noise_floor']:.2g}, on "
+           f"'{p['worst_output']}')" if p.get("noise_floor") else "")
     )
     m = report.get("metrics")
     for name, s in (m or {}).get("sets", {}).items():
@@ -240,3 +242,9 @@ def group_notes(notes: list[str]) -> list[str]:
 def _console() -> Console:
     """Wide tables when piped (CI logs), the terminal's width otherwise."""
     return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def _noise_multiple() -> float:
+    from onnxprune.converter.verify import NOISE_MULTIPLE  # onnxruntime is imported only when the floor was used
+
+    return NOISE_MULTIPLE

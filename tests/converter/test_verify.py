@@ -151,3 +151,17 @@ def _float_tensors(model) -> dict[str, np.ndarray]:
     out.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
                 if n.op_type == "Constant"})
     return {k: v for k, v in out.items() if v.dtype == np.float32}
+
+
+def test_the_summary_says_when_an_output_passed_by_the_float32_noise_allowance(tmp_path):
+    """A user reading "max abs diff 8.9e-08" deserves to know it passed by the allowance, not by 1e-5 of the scale."""
+    from click.testing import CliRunner
+
+    from onnxprune.converter.cli import cli
+
+    path = tmp_path / "head.onnx"
+    onnx.save(conv_sigmoid_head(seed=0, **HEAD), path)
+    res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(tmp_path / "out.onnx"), "--sparsity", "0.01"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("verified in onnxruntime"))
+    assert f"within {verify.NOISE_MULTIPLE:g}x the dense model's own float32 noise" in line and "on 'output'" in line
