@@ -157,6 +157,16 @@ def make_session(
     return _checked(ort.InferenceSession(str(model), opts, providers=providers), providers)
 
 
+def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy that also outputs the tensors `names` (onnxruntime infers their types); names that already are graph
+    outputs or inputs are left as they are."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in have)
+    return out
+
+
 def _serialized(model: onnx.ModelProto) -> bytes | None:
     """The model's bytes, or None when they would pass protobuf's 2 GB limit (then saved with external data)."""
     try:

@@ -50,7 +50,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator, feed_samples
-from onnxprune.calibration.runtime import make_session
+from onnxprune.calibration.runtime import make_session, with_outputs
 from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
@@ -301,16 +301,6 @@ def _boundary_input(name: str, samples: list[dict[str, np.ndarray]]) -> onnx.Val
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first.dtype), dims)
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    have = {o.name for o in out.graph.output}
-    for n in names:
-        if n not in have:
-            out.graph.output.append(onnx.ValueInfoProto(name=n))  # onnxruntime infers the type
-    return out
-
-
 def _prefix_model(model: onnx.ModelProto, index: _GraphIndex, names: Sequence[str], fed: set[str],
                   samples: list[dict[str, np.ndarray]] | None) -> onnx.ModelProto:
     """The nodes that compute `names` and nothing else (onnxruntime runs every node of a session whatever is
@@ -369,7 +359,7 @@ def _bytes_per_sample(model, evaluator: Evaluator, names: Sequence[str]) -> dict
     computed = [n for n in names if n not in feeds]
     row = {n: feeds[n] for n in names if n in feeds}
     if computed:
-        sess = make_session(_with_outputs(model, computed), optimize=evaluator.optimize)
+        sess = make_session(with_outputs(model, computed), optimize=evaluator.optimize)
         inputs = {i.name for i in sess.get_inputs()}
         row.update(zip(computed, sess.run(computed, {k: v for k, v in feeds.items() if k in inputs})))
     n = max(1, feed_samples(feeds, evaluator.reader))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
-from onnxprune.calibration.runtime import make_session
+from onnxprune.calibration.runtime import make_session, with_outputs
 from onnxprune.errors import CalibrationError, ConfigError
 from onnxprune.passes.weights import PrunableWeight, find_prunable
 
@@ -103,7 +103,7 @@ def input_norms(model: onnx.ModelProto, weights: list[PrunableWeight], batches) 
     wanted = sorted(set(tensors.values()))
     if not wanted:
         return {}
-    session = make_session(_with_outputs(model, wanted), optimize=False)
+    session = make_session(with_outputs(model, wanted), optimize=False)
     feed_names = {i.name for i in session.get_inputs()}
     sums: dict[str, np.ndarray] = {}
     for feeds, _ in batches:
@@ -139,16 +139,6 @@ def _broadcast(node: onnx.NodeProto, w: PrunableWeight, norms: np.ndarray) -> np
         return norms[first[:, None] + np.arange(per)[None, :]].reshape([out, per] + shape[2:])
     shape[w.in_axis] = -1
     return norms.reshape(shape)
-
-
-def _with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    have = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
-    for n in names:
-        if n not in have:
-            out.graph.output.append(onnx.ValueInfoProto(name=n))  # onnxruntime infers the type
-    return out
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

@@ -426,7 +426,7 @@ def relative_mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         out, ref = out.reshape(1, 1), ref.reshape(1, 1)
     err = (out - ref).pow(2).reshape(out.shape[0], -1).sum(1)
     norm = ref.pow(2).reshape(ref.shape[0], -1).sum(1)
-    return (err / norm.clamp_min(1e-12 + 1e-6 * float(norm.mean().detach()))).mean()
+    return (err / torch.maximum(norm, 1e-6 * norm.mean().detach() + 1e-12)).mean()
 
 
 def _as_logits(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -25,9 +25,11 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxprune.calibration.metrics import as_array, map_keys
-from onnxprune.calibration.runtime import DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds,
+                                           with_outputs)
 from onnxprune.calibration.runtime import ort_reason as _ort_reason  # also read by converter.latency
 from onnxprune.errors import CalibrationError, ModelError, ParityError
+from onnxprune.passes.scopes import all_nodes
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +214,10 @@ def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rt
     scale or NOISE_MULTIPLE x its noise floor. Raises ParityError naming the first that is not; returns the floors."""
     feeders = _feeders(candidate, oracle, over)
     watched = over + [t for t in feeders if t not in over]
-    reference = _with_outputs(oracle, watched) if feeders else oracle
+    reference = with_outputs(oracle, watched) if feeders else oracle
     wants = _reference_outputs(reference, watched, feeds, source)
     try:
-        session = make_session(_with_outputs(candidate, watched) if feeders else candidate, optimize=False)
+        session = make_session(with_outputs(candidate, watched) if feeders else candidate, optimize=False)
     except Exception as exc:
         raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
     gaps = _gaps(session, watched, feeds, wants, optional=frozenset(feeders))
@@ -237,15 +239,6 @@ def _feeders(candidate, oracle: onnx.ModelProto, over: list[str]) -> dict[str, s
     computed = {o for n in candidate.graph.node if n.op_type != "Constant" for o in n.output}
     return {x: name for n in oracle.graph.node for name in over if name in n.output
             for x in n.input if x and x not in fixed and x in computed}
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy that also outputs `names`."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    have = {o.name for o in out.graph.output}
-    out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in have)
-    return out
 
 
 def noise_floor(oracle: onnx.ModelProto, names: list[str], feeds, wants) -> dict[str, float]:
@@ -292,7 +285,7 @@ def _value_inputs(model: onnx.ModelProto) -> set[str]:
     Upsample scales, NonMaxSuppression thresholds); a reader without a schema (custom domains) rules them out."""
     opsets = {o.domain or "": o.version for o in model.opset_import}
     fine, ruled_out = set(), set()
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model):
         try:
             schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain or "", 1), node.domain or "")
         except Exception:
@@ -304,13 +297,6 @@ def _value_inputs(model: onnx.ModelProto) -> set[str]:
             (fine if formal is not None and formal.type_str in floats else ruled_out).add(name)
     return fine - ruled_out
 
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _all_nodes(sub)
 
 
 def _refuse_huge_inputs(model: onnx.ModelProto) -> None:
