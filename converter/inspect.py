@@ -193,7 +193,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console.print(
         f"verified in onnxruntime on {p['batches']} {'batches of your data' if p['inputs'] == 'data' else 'random inputs'}:"
         f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
-        + (f" (within {_noise_multiple():g}x the dense model's own float32 noise, {p['noise_floor']:.2g}, on "
+        + (f" (within {p.get('noise_multiple') or _noise_multiple():g}x the dense model's own float32 noise, {p['noise_floor']:.2g}, on "
            f"'{p['worst_output']}')" if p.get("noise_floor") else "")
     )
     m = report.get("metrics")
@@ -245,6 +245,7 @@ def _console() -> Console:
 
 
 def _noise_multiple() -> float:
+    """For report.json files written before the multiple was stored beside the floor."""
     from onnxprune.converter.verify import NOISE_MULTIPLE  # onnxruntime is imported only when the floor was used
 
     return NOISE_MULTIPLE

@@ -58,6 +58,7 @@ class Parity:
             "batches": self.batches,
             "inputs": self.source,
             "noise_floor": self.noise_floor,
+            "noise_multiple": NOISE_MULTIPLE if self.noise_floor else None,  # what the floor was multiplied by
         }
 
 

@@ -268,3 +268,19 @@ def test_rounds_table_lists_each_round_with_neurons_and_budget(written):
     assert rounds.count("<tr>") == 4  # header + three rounds
     assert "Gemm &#x27;&lt;fc1&gt;&#x27; 150" in rounds  # neurons left, escaped
     assert "no, undone" in rounds and rounds.count(">yes<") == 2
+
+
+def test_parity_accepted_by_the_noise_rule_says_so(tmp_path):
+    """A parity the verifier passed by the float32-noise allowance (converter/verify.py) is named in the HTML: the
+    floor, the multiple and the output, beside the max diff; a plain pass says nothing of noise."""
+    result = run(builders.lenet5_like(seed=1), configure(sparsity=0.5))
+    report = result.report
+    plain, _ = write_report(report, tmp_path / "plain", original_model=result.original,
+                            pruned_dense_model=result.dense_model)
+    assert "float32 noise" not in plain.read_text()
+    report["parity"] = {**report["parity"], "noise_floor": 3.1e-7, "noise_multiple": 4.0, "worst_output": "probs<b>"}
+    noisy, json_path = write_report(report, tmp_path / "noisy", original_model=result.original,
+                                    pruned_dense_model=result.dense_model)
+    text = noisy.read_text()
+    assert text.count("4x the dense model's own float32 noise (3.1e-07 on <code>probs&lt;b&gt;</code>)") == 2
+    assert json.loads(json_path.read_text())["parity"]["noise_floor"] == 3.1e-7
