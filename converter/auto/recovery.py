@@ -12,19 +12,24 @@ The rule (`choose`), in order:
      memorises them; the refit solves one small convex problem per layer instead).
   4. otherwise sgd.
 
-The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps
-d0 · 0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
-allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer
-outputs (with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency).
-Levels grow by 1 while candidates are within the budget, then bisect between the last level within and the
-first over, down to a quarter step or the time budget. Then, per layer, while time is left: layers in turn, the
-largest (kept weights) first, each candidate keeping 0.6^step of that layer's kept weights (its smallest-scored
-go; step starts at 1), refit as above; kept when within the budget by the rule twice as strict
-(PER_LAYER_Z; the phase is skipped when that rule cannot certify the budget at all, decide.BudgetRule.resolves),
-else the layer's step halves, and a layer whose step falls under a quarter is done; rounds over
-the layers go on until every layer is done or the time budget. A candidate is refit on the training part and
-judged on the decision part (the automatic plan always holds one out: converter/steps/data.py), so no sample it is judged on was
-used by its refit.
+The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps d0 ·
+0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
+allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer outputs
+(with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency). Levels grow by 1
+while candidates are within the budget, then bisect between the last level within and the first over, down to a
+quarter step or the time budget. The levels are tested in order of pruning (fixed-sequence testing): when the first
+candidate (level 0: the one-shot masks, refit) is outside the budget, the search stops at the one-shot model rather
+than try level 1. A level-1 pass after that rejection is the pattern of a lucky draw: sklearn_mlp_digits' level 0
+changed 1 of 150 decision samples, its level 1 (2.5x) none, and 2 of 197 held-out labels then changed where its card
+allows 1. Each test after a rejection is one more chance for a candidate over the budget to pass by luck. (The
+per-layer phase below is then skipped too: its candidates are refits at more pruned masks.) After the bisection, per
+layer, while time is left: layers in turn, the largest (kept weights) first, each candidate keeping 0.6^step of that
+layer's kept weights (its smallest-scored go; step starts at 1), refit as above; kept when within the budget by the
+rule twice as strict (PER_LAYER_Z; the phase is skipped when that rule cannot certify the budget at all,
+decide.BudgetRule.resolves), else the layer's step halves, and a layer whose step falls under a quarter is done;
+rounds over the layers go on until every layer is done or the time budget. A candidate is refit on the training part
+and judged on the decision part (the automatic plan always holds one out: converter/steps/data.py), so no sample it
+is judged on was used by its refit.
 """
 
 from __future__ import annotations
@@ -156,6 +161,11 @@ class ReconstructRecovery(Recovery):
                       model=model)
             pace = time.perf_counter() - t0
             if level == 0.0:
+                if not decision.within:  # fixed-sequence testing: nothing more pruned is tried after a rejection
+                    s.notes.append(f"reconstruct: the refit at the one-shot masks is outside the budget on the "
+                                   f"decision set ({_said(decision)}); more pruned levels are not tried (a pass "
+                                   "there after this rejection would more likely be luck than a better model)")
+                    return best
                 level = 1.0
                 continue
             if kept:
@@ -240,6 +250,10 @@ class ReconstructRecovery(Recovery):
             if note not in self.s.notes:
                 self.s.notes.append(note)
         return model, {**masks, **report.masks}
+
+
+def _said(decision) -> str:
+    return f"loss {decision.loss_pp:.2f} pp" + (f" on '{decision.output}'" if decision.output else "")
 
 
 def _zeroed(model, masks):

@@ -40,7 +40,9 @@ def test_the_rule_picks_reconstruct_without_the_bridge_or_with_little_unlabelled
 
 @pytest.fixture(scope="module")
 def small_unlabelled():
-    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=600, data_seed=2)
+    # model seed 3: its refit at the one-shot masks is within the budget, so the search goes on past level 0 (with
+    # seed 7 it is not, and the search stops there: the fixed-sequence test at the end of this file)
+    model, data = self_labelled(hidden=(32, 16), model_seed=3, n=600, data_seed=2)
     return model, {"input": data["input"]}
 
 
@@ -117,3 +119,32 @@ def test_the_refit_of_the_one_shot_masks_does_not_wreck_them_on_fewer_rows_than_
     first = next(h for h in history if h["phase"] == "reconstruct")
     assert REFIT_PRIOR is True and first["overall_density"] == pytest.approx(history[0]["overall_density"])
     assert first["loss_pp"] < 5.0
+
+
+def test_a_rejected_refit_at_the_one_shot_masks_ends_the_search_there(small_unlabelled, monkeypatch):
+    """Fixed-sequence testing: when the first refit candidate (level 0, the one-shot masks) is outside the budget, no
+    more pruned level is tried (a pass there after the rejection is more likely luck), and the result is the
+    one-shot model with a note saying why."""
+    import dataclasses
+
+    from onnxprune.converter.auto import recovery
+
+    model, data = small_unlabelled
+    judged = []
+    real = recovery.ReconstructRecovery._candidate
+
+    def rejecting_the_first(self, masks, rule=None):
+        out, chosen, decision = real(self, masks, rule)
+        judged.append(decision)
+        if len(judged) == 1:
+            decision = dataclasses.replace(decision, within=False)
+        return out, chosen, decision
+
+    monkeypatch.setattr(recovery.ReconstructRecovery, "_candidate", rejecting_the_first)
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    history = result.report["history"]
+    assert len(judged) == 1 and [h["phase"] for h in history] == ["one-shot", "reconstruct"]
+    assert not history[1]["kept"] and result.report["compression"] == pytest.approx(history[0]["ratio"])
+    assert any("refit at the one-shot masks is outside the budget" in n and "not tried" in n
+               for n in result.report["auto"]["notes"])
+    assert result.report["budget"]["met"]
