@@ -3,8 +3,9 @@
 With a budget and retraining, every `every`-th sample of --data is held out from training and the choices are
 measured on it (--validation): a model retrained on the samples that judge it looks better than it is (seen:
 0.26 pp on the training data, 1.0 pp on held-out images). Small data in the automatic search (fewer than
-DECISION_SAMPLES would be held out) is split the other way round: every 4th sample trains (label-free training is
-filled up with mixup samples, converter.auto.hyper) and three quarters decide (docs/metrics.md, "Small data").
+DECISION_SAMPLES would be held out; with labels 100) is split the other way round: every 4th sample trains (label-free
+training is filled up with mixup samples, converter.auto.hyper) and three quarters decide, up to 1,000 label-free
+decision samples (decision_split; docs/metrics.md, "Small data").
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from onnxprune.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MIN_VALIDATION = 50  # fewer: a candidate changing 2% of held-out samples shows no change here 36% of the time
-DECISION_SAMPLES = 100  # fewer held out by --validation: small data (one sample = 1 pp, the default budget resolved)
+# label-free, the automatic search decides on at least this many samples when --data has them (up to three quarters
+# of it): at 1,000 one sample is 0.1 pp and a 1 pp budget allows 6 changed predictions (Wilson, Z = 1); at 100, none
+DECISION_SAMPLES = 1000
+LABELLED_DECISION_SAMPLES = 100  # with labels: fewer held out by --validation is small data (one sample = 1 pp)
 SMALL_TRAIN_EVERY = 4  # small data in the automatic search: every 4th sample trains, three quarters decide
 MIN_TRAIN = 25  # fewer left to train on: the automatic search cannot retrain (too few pairs to mix, a probe slice < 5)
 
@@ -58,6 +62,21 @@ class DataConfig(StepConfig):
                                   "--data or drop them.")
 
 
+def decision_split(n: int, target: int = DECISION_SAMPLES) -> tuple[int, bool]:
+    """The automatic search's split of n samples when --validation would hold out fewer than `target`: (every,
+    trains_on_every). Label-free (target DECISION_SAMPLES) it decides on about min(target, 3n/4) samples, so the
+    decision set grows with the data without a cliff (it was 749 samples at n = 999 and 100 at n = 1,000): when
+    that is at least half, every `every`-th sample trains (every = 4 below 1,334 samples), else every `every`-th
+    sample decides. With labels (target 100, reached from 1,000 samples on by --validation) it is every 4th
+    sample training, as before."""
+    if target <= LABELLED_DECISION_SAMPLES:
+        return SMALL_TRAIN_EVERY, True
+    want = min(target, n - n // SMALL_TRAIN_EVERY)
+    if 2 * want >= n:
+        return max(2, min(SMALL_TRAIN_EVERY, round(n / max(1, n - want)))), True
+    return max(2, round(n / want)), False
+
+
 class Data:
     """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
 
@@ -79,10 +98,14 @@ class Data:
         c = self.config
         if c.val_data is not None or not c.validation or c.data == "random":  # --val-data decides; all of --data trains
             return None
-        n = self.reader().num_samples
+        reader = self.reader()
+        n = reader.num_samples
         every = max(2, round(1.0 / c.validation))
-        if self.small_data and n is not None and n // every < DECISION_SAMPLES:
-            every, self.trains_on_every = SMALL_TRAIN_EVERY, True
+        # label-free, the rule bounds changes against the input model one-sidedly and needs samples to certify any;
+        # with labels the paired rule forgives a loss within its noise, and retraining needs the samples more
+        target = LABELLED_DECISION_SAMPLES if getattr(reader, "has_labels", False) else DECISION_SAMPLES
+        if self.small_data and n is not None and n // every < target:
+            every, self.trains_on_every = decision_split(n, target)
         decide = n - n // every if self.trains_on_every else (n // every if n is not None else None)
         if decide is not None and (decide < MIN_VALIDATION or self.trains_on_every and n // every < MIN_TRAIN):
             self.trains_on_every = False  # the search will not retrain: its one-shot fallback decides on all of it

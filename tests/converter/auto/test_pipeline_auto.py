@@ -75,11 +75,13 @@ def test_val_data_is_the_decision_set_and_all_of_data_trains(teacher_data):
     assert d.every is None and d.calibration.num_samples == 80 and d.train_reader().num_samples == 1000
     split = _data(model, max_loss=0.0, data=data)
     assert split.every == 10 and split.calibration.num_samples == 100
+    unlabelled = _data(model, max_loss=0.0, data={"input": data["input"]})
+    assert unlabelled.every == 4 and unlabelled.calibration.num_samples == 750
 
 
 @pytest.mark.parametrize("n, every, decide", [(1000, 10, 100), (990, 4, 742), (240, 4, 180), (100, 4, 75)])
 def test_small_data_decides_on_three_quarters_and_trains_on_every_fourth(teacher_data, n, every, decide):
-    """Every 10th sample decides when that makes 100; below, every 4th trains and the rest decides."""
+    """With labels: every 10th sample decides when that makes 100; below, every 4th trains and the rest decides."""
     model, data = teacher_data
     d = _data(model, max_loss=1.0, data={k: v[:n] for k, v in data.items()})
     assert d.every == every and d.calibration.num_samples == decide
@@ -90,6 +92,19 @@ def test_small_data_decides_on_three_quarters_and_trains_on_every_fourth(teacher
     assert not {a.tobytes() for a in trained} & {a.tobytes() for a in judged}
     if n < 1000:
         np.testing.assert_array_equal(trained, data["input"][:n:4])
+
+
+@pytest.mark.parametrize("n, every, trains_on_every, decide", [
+    (999, 4, True, 749), (1000, 4, True, 750), (1500, 3, True, 1000), (2000, 2, True, 1000),
+    (3000, 3, False, 1000), (9999, 10, False, 1000)])
+def test_the_decision_set_grows_with_the_data_without_a_cliff(n, every, trains_on_every, decide):
+    """Label-free, min(1,000, 3n/4) samples decide and the rest train: no drop from 749 decision samples to 100 at
+    1,000 samples; from 10,000 samples on, --validation's every 10th sample is already 1,000."""
+    from onnxprune.converter.steps.data import DECISION_SAMPLES, decision_split
+
+    assert decision_split(n) == (every, trains_on_every)
+    held = -(-n // every)
+    assert (n - held if trains_on_every else held) == decide and decide <= DECISION_SAMPLES
 
 
 def test_given_flags_override_the_search(teacher_data):
