@@ -121,8 +121,8 @@ class DataReader:
         if self.num_samples is not None:
             held = -(-self.num_samples // every)
             out.num_samples = held if holdout else self.num_samples - held
-        which = (f"every {every}th sample, held out from retraining" if holdout
-                 else f"all but every {every}th sample")
+        nth = "every other" if every == 2 else f"every {every}{'rd' if every % 10 == 3 and every % 100 != 13 else 'th'}"
+        which = f"{nth} sample, held out from retraining" if holdout else f"all but {nth} sample"
         count = "?" if out.num_samples is None else f"{out.num_samples:,}"
         out.description = f"{self.description} -> {count} used ({which})"
         return out

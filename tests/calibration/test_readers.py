@@ -293,7 +293,8 @@ def test_split_parts_are_disjoint_cover_the_data_and_count_right(tmp_path, chunk
         np.testing.assert_array_equal(got_x, x[:n][want])
         np.testing.assert_array_equal(got_y, y[:n][want])
         assert part.num_samples == want.sum() and all(len(f["input"]) <= batch for f, _ in batches)
-    assert "held out from retraining" in held.description and f"all but every {every}th" in rest.description
+    nth = {2: "every other", 3: "every 3rd"}.get(every, f"every {every}th")
+    assert "held out from retraining" in held.description and f"all but {nth} sample" in rest.description
     np.testing.assert_array_equal(collect(reader)[1], x[:n])  # the reader itself is untouched
 
 
