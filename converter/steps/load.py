@@ -7,6 +7,7 @@ import onnx
 from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.errors import ConverterError
+from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, find_prunable, name_nodes
 
 
@@ -20,8 +21,14 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
     inventory = find_prunable(model)
     if not inventory.prunable:
         largest = sorted(inventory.skipped, key=lambda s: -s.size)  # what the user would most want pruned first
-        reasons = "; ".join(f"{s.name} ({s.size:,} values): {s.reason}" for s in largest[:3]) or "no weights at all"
+        how = f": {QUANTIZED_HOW}"  # what integer weights would take: said once, after the weights it concerns
+        reasons = "; ".join(f"{s.name} ({s.size:,} values): {s.reason.removesuffix(how)}" for s in largest[:3])
+        reasons = reasons or "no weights at all"
         more = f" (+{len(largest) - 3} smaller)" if len(largest) > 3 else ""
+        quantized = sum(s.reason.endswith(how) for s in largest)
+        if quantized:
+            more += (f". {quantized} of the {len(largest)} weights seen are integer-quantized"
+                     f"{' (all)' if quantized == len(largest) else ''}: {QUANTIZED_HOW}")
         computed = ""
         if inventory.computed:  # e.g. onnx's "light" test models: every Conv weight is a ConstantOfShape fill
             extra = f" (+{len(inventory.computed) - 1} more)" if len(inventory.computed) > 1 else ""

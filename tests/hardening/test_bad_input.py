@@ -487,3 +487,24 @@ def test_package_source_never_evals_or_unpickles():
                 if any(m and m.split(".")[0] in ("pickle", "cPickle", "dill", "marshal", "shelve") for m in mods):
                     problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {mods}")
     assert problems == [], "\n".join(problems)
+
+
+def test_a_quantized_model_says_what_pruning_it_would_take_once(tmp_path):
+    """Every weight behind MatMulInteger: the largest are listed by name and op, and what it would take (dequantize,
+    prune, requantize; pass the float model) is said once with how many weights it concerns, not after each."""
+    from onnxprune.passes.opfacts import QUANTIZED_HOW
+
+    nodes, inits, prev = [], [], "x"
+    for i, (fan_in, fan_out) in enumerate(((16, 12), (12, 8), (8, 6), (6, 4))):
+        inits += [numpy_helper.from_array(np.ones((fan_in, fan_out), np.uint8), f"W{i}"),
+                  numpy_helper.from_array(np.array(0, np.uint8), f"zp{i}")]
+        nodes.append(helper.make_node("MatMulInteger", [prev, f"W{i}", f"zp{i}", f"zp{i}"], [f"h{i}"], name=f"mm{i}"))
+        nodes.append(helper.make_node("Cast", [f"h{i}"], [f"c{i}"], to=TensorProto.UINT8))
+        prev = f"c{i}"
+    m = make_model(nodes, [vi("x", ["N", 16], TensorProto.UINT8)], [vi(prev, ["N", 4], TensorProto.UINT8)], inits)
+    path = tmp_path / "quant.onnx"
+    onnx.save(m, path)
+    res = prune(path, tmp_path, "--sparsity", "0.5")
+    assert_clean_error(res, 1, "no prunable weights", "W0 (192 values): integer dtype", "MatMulInteger 'mm0'",
+                       "(+1 smaller). 4 of the 4 weights seen are integer-quantized (all)")
+    assert res.output.count(QUANTIZED_HOW) == 1
