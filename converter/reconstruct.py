@@ -127,6 +127,9 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             report.skipped[w.name] = body
             continue
         if not w.via and w.op_type in RECURRENT_GATES:
+            if w.scope and any(n is not node and w.name in n.input and n.op_type not in SUBGRAPH_OPS for n in every):
+                report.skipped[w.name] = f"read by {w.op_type}s in several bodies; left as pruned"
+                continue
             recurrent.setdefault(w.node, {})[w.input_index] = w.name
             continue
         why = _outside_reach(w) or _unsupported(w, node, producers)
@@ -669,8 +672,8 @@ class _Fit:
     def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
         if gram.rows == 0:
-            report.skipped[layer.weight] = "no calibration samples" + (
-                " reached it (its If branch did not run on the calibration data); left as pruned" if layer.scope else "")
+            body = " reached it (its If branch did not run on the calibration data); left as pruned"
+            report.skipped[layer.weight] = "no calibration samples" + (body if layer.scope else "")
             return
         if self.dense_w is not None:
             dense = _weight_matrix(layer, self.dense_w).astype(np.float64)

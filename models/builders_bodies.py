@@ -1,0 +1,84 @@
+"""Seeded graphs with their layers inside If branches, for the layer-wise refit of bodies
+(converter/reconstruct_bodies.py). Each If picks its branch from the data (is the batch's mean positive?), so
+random feeds take both; builders_control.if_network (MatMul/Gemm) and while_rnn (a Loop) are the others used.
+
+    if_convs   [N, C, L] -> If: then Conv(Constant node) -> Relu, else Conv(body initializer, bias) -> Tanh; both
+               then Conv(conv2, shared outer-scope weight and bias) -> [N, O, L]
+    if_lstm    [N, T, F] -> If: then LSTM(outer-scope W, R, B), else LSTM(body initializers) -> last state ->
+               Gemm -> [N, out] (silero VAD keeps its LSTM in an If branch chosen by the sample rate)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxprune.models.builders_control import _condition, _init, _model, _w
+
+
+def _branch(name: str, nodes, out: str, inits=()) -> onnx.GraphProto:
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                             initializer=list(inits))
+
+
+def if_convs(*, channels: int = 4, length: int = 16, hidden: int = 8, out_channels: int = 6,
+             seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    k = 3
+    then_nodes = [
+        helper.make_node("Constant", [], ["then.conv1.weight"], name="/then/conv1/weight",
+                         value=_init("", _w(rng, (hidden, channels, k), channels * k))),
+        helper.make_node("Conv", ["input", "then.conv1.weight"], ["then/c1"], pads=[1, 1], kernel_shape=[k],
+                         name="/then/conv1/Conv"),
+        helper.make_node("Relu", ["then/c1"], ["then/h"], name="/then/relu"),
+        helper.make_node("Conv", ["then/h", "conv2.weight", "conv2.bias"], ["then_out"], pads=[1, 1], kernel_shape=[k],
+                         name="/then/conv2/Conv"),
+    ]
+    else_nodes = [
+        helper.make_node("Conv", ["input", "else.conv1.weight", "else.conv1.bias"], ["else/c1"], pads=[1, 1],
+                         kernel_shape=[k], name="/else/conv1/Conv"),
+        helper.make_node("Tanh", ["else/c1"], ["else/h"], name="/else/tanh"),
+        helper.make_node("Conv", ["else/h", "conv2.weight", "conv2.bias"], ["else_out"], pads=[1, 1], kernel_shape=[k],
+                         name="/else/conv2/Conv"),
+    ]
+    else_inits = [_init("else.conv1.weight", _w(rng, (hidden, channels, k), channels * k)),
+                  _init("else.conv1.bias", (0.1 * rng.standard_normal(hidden)).astype(np.float32))]
+    nodes = _condition("input", "") + [
+        helper.make_node("If", ["cond"], ["output"], name="/select",
+                         then_branch=_branch("then", then_nodes, "then_out"),
+                         else_branch=_branch("else", else_nodes, "else_out", else_inits))]
+    inits = [_init("conv2.weight", _w(rng, (out_channels, hidden, k), hidden * k)),
+             _init("conv2.bias", (0.1 * rng.standard_normal(out_channels)).astype(np.float32)),
+             _init("zero", np.array(0.0, np.float32))]
+    return _model("if_convs", nodes, inits, [channels, length], [out_channels, length])
+
+
+def if_lstm(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+            seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+
+    def lstm(prefix: str, w: str, r: str, b: str, out: str):
+        return [helper.make_node("LSTM", ["x_tnf", w, r, b], [f"{prefix}/Y", f"{prefix}/Y_h"], hidden_size=hidden,
+                                 name=f"/{prefix}/lstm"),
+                helper.make_node("Transpose", [f"{prefix}/Y_h"], [f"{prefix}/h_ndh"], perm=[1, 0, 2],
+                                 name=f"/{prefix}/batch_major"),
+                helper.make_node("Flatten", [f"{prefix}/h_ndh"], [out], axis=1, name=f"/{prefix}/flatten")]
+
+    def weights(prefix: str):
+        return [_init(f"{prefix}lstm.W", _w(rng, (1, 4 * hidden, features), features)),
+                _init(f"{prefix}lstm.R", _w(rng, (1, 4 * hidden, hidden), hidden)),
+                _init(f"{prefix}lstm.B", (0.1 * rng.standard_normal((1, 8 * hidden))).astype(np.float32))]
+
+    outer, inner = weights(""), weights("else.")
+    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
+    nodes += _condition("input", "") + [
+        helper.make_node("If", ["cond"], ["h"], name="/select",
+                         then_branch=_branch("then", lstm("then", "lstm.W", "lstm.R", "lstm.B", "then_h"), "then_h"),
+                         else_branch=_branch("else", lstm("else", "else.lstm.W", "else.lstm.R", "else.lstm.B",
+                                                          "else_h"), "else_h", inner)),
+        helper.make_node("Gemm", ["h", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
+    inits = outer + [_init("fc.weight", _w(rng, (out_features, hidden), hidden)),
+                     _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+                     _init("zero", np.array(0.0, np.float32))]
+    return _model("if_lstm", nodes, inits, [steps, features], [out_features])
