@@ -22,7 +22,10 @@ inputs and the outer tensors the body reads, and a Loop's loop-carried body inpu
 the iteration before. A layer whose input depends on its own output (a recurrent MatMul h_{t-1}·R in a Loop body)
 takes that input from the dense model (teacher forcing, as converter/reconstruct_recurrent.py does for LSTM/GRU
 states: fitted to its own pruned states the refit learns to undo errors of a trajectory it then no longer
-produces).
+produces). Measured on the corpus's keras_gru_tf2onnx (tf2onnx's while-Loop GRU step, its two MatMuls on
+loop-invariant weights; every layer at one magnitude sparsity, refit on 160 calibration samples, top-1 agreement
+with the dense model on the other 80 calibration samples): 50%: pruned 0.76, refit on the pruned model's own
+states 0.88, teacher-forced 0.98; 70%: 0.44, 0.58, 0.94.
 
 `why_not` says which body layers are left as pruned: in a Scan body (its per-iteration slices are not exposed
 here), in an If inside a Loop (a branch's tensor and the other branch's empty one cannot be stacked over
