@@ -65,6 +65,7 @@ class Layer:
     scope: tuple = ()  # the body it sits in (reconstruct_bodies.Scope), () in the main graph
     dense_x: bool = False  # its input depends on its own output (a Loop's carried state): read from the dense model
     twins: list = field(default_factory=list)  # the same weight's readers in other bodies (If branches): rows too
+    kernel: tuple = ()  # a Conv's kernel: its kernel_shape, else the weight's spatial dims (the attribute is optional)
 
     @property
     def sites(self) -> list:
@@ -137,7 +138,7 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             report.skipped[w.name] = why
             continue
         layer = Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via),
-                      scope=place.scope)
+                      scope=place.scope, kernel=tuple(_attr(node, "kernel_shape", None) or w.shape[2:]))
         if w.scope:
             why = _twins(layer, w, every, where)
             if why:
@@ -328,23 +329,23 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x))
+    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x), layer.kernel)
     y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     return cols, (y if rows is None else y[rows])
 
 
 def _columns(layer: Layer, x: np.ndarray) -> int:
-    kernel = _attr(layer.node, "kernel_shape", None) or []
+    kernel = layer.kernel or _attr(layer.node, "kernel_shape", None) or []
     return x.shape[1] // int(_attr(layer.node, "group", 1)) * int(np.prod(kernel))
 
 
-def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _im2col(node, x: np.ndarray, cap: int | None = None, kernel=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Conv patches as rows [N·positions, C·k…] in the weight's [O, C/group, k…] order (groups side by side).
 
     More than `cap` rows: a seeded uniform sample of `cap` of them (rows ≫ columns is all a Gram needs), and the
     indices taken, for the matching target rows; else (all rows, None)."""
     spatial = x.ndim - 2
-    kernel = list(_attr(node, "kernel_shape", None) or [])
+    kernel = list(kernel or _attr(node, "kernel_shape", None) or [])
     strides = list(_attr(node, "strides", [1] * spatial))
     dilations = list(_attr(node, "dilations", [1] * spatial))
     pads = _pads(node, x.shape[2:], kernel, strides, dilations)

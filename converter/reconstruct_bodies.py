@@ -105,8 +105,8 @@ def expose(model: onnx.ModelProto, captures: list[Capture], types: dict[str, int
             if len(scope) != depth:
                 continue
             key = (name, scope)
-            if key not in done:
-                done[key] = _thread(model, name, scope, types.get(name) or onnx.TensorProto.FLOAT)
+            if key not in done:  # the element type is the captured tensor's (the threaded names have none)
+                done[key] = _thread(model, name, scope, types.get(cap[0]) or onnx.TensorProto.FLOAT)
             outer = scope[:-1]
             looped = _graph_at(model, outer)[0].node[scope[-1][0]].op_type == "Loop"
             current[cap] = (done[key], outer, stacks + int(looped))

@@ -22,24 +22,26 @@ def _branch(name: str, nodes, out: str, inits=()) -> onnx.GraphProto:
                              initializer=list(inits))
 
 
-def if_convs(*, channels: int = 4, length: int = 16, hidden: int = 8, out_channels: int = 6,
+def if_convs(*, channels: int = 4, length: int = 16, hidden: int = 8, out_channels: int = 6, kernel_attr: bool = True,
              seed: int = 0) -> onnx.ModelProto:
+    """`kernel_attr=False`: the Convs leave kernel_shape out (optional in ONNX: the weight's shape gives it)."""
     rng = np.random.default_rng(seed)
     k = 3
+    kernel = {"kernel_shape": [k]} if kernel_attr else {}
     then_nodes = [
         helper.make_node("Constant", [], ["then.conv1.weight"], name="/then/conv1/weight",
                          value=_init("", _w(rng, (hidden, channels, k), channels * k))),
-        helper.make_node("Conv", ["input", "then.conv1.weight"], ["then/c1"], pads=[1, 1], kernel_shape=[k],
+        helper.make_node("Conv", ["input", "then.conv1.weight"], ["then/c1"], pads=[1, 1], **kernel,
                          name="/then/conv1/Conv"),
         helper.make_node("Relu", ["then/c1"], ["then/h"], name="/then/relu"),
-        helper.make_node("Conv", ["then/h", "conv2.weight", "conv2.bias"], ["then_out"], pads=[1, 1], kernel_shape=[k],
+        helper.make_node("Conv", ["then/h", "conv2.weight", "conv2.bias"], ["then_out"], pads=[1, 1], **kernel,
                          name="/then/conv2/Conv"),
     ]
     else_nodes = [
         helper.make_node("Conv", ["input", "else.conv1.weight", "else.conv1.bias"], ["else/c1"], pads=[1, 1],
-                         kernel_shape=[k], name="/else/conv1/Conv"),
+                         **kernel, name="/else/conv1/Conv"),
         helper.make_node("Tanh", ["else/c1"], ["else/h"], name="/else/tanh"),
-        helper.make_node("Conv", ["else/h", "conv2.weight", "conv2.bias"], ["else_out"], pads=[1, 1], kernel_shape=[k],
+        helper.make_node("Conv", ["else/h", "conv2.weight", "conv2.bias"], ["else_out"], pads=[1, 1], **kernel,
                          name="/else/conv2/Conv"),
     ]
     else_inits = [_init("else.conv1.weight", _w(rng, (hidden, channels, k), channels * k)),

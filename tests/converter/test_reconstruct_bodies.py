@@ -159,3 +159,15 @@ def test_places_walk_every_body_in_graph_order():
     assert names.index("/greater") < names.index("/select") < min(names.index("/then/fc1/MatMul"),
                                                                   names.index("/else/fc1/MatMul"))
     assert where[id(next(p.node for p in where.values() if p.node.name == "/else/fc2/Gemm"))].ops == ("If",)
+
+
+def test_a_conv_without_kernel_shape_is_refit_as_its_twin_with_one():
+    """kernel_shape is optional on Conv (the weight's shape gives it): the refit reads the kernel from the weight."""
+    feeds = feeds_for(bb.if_convs(), 4, 16, 0)
+    refits = []
+    for kernel_attr in (True, False):
+        dense = bb.if_convs(kernel_attr=kernel_attr, seed=0)
+        pruned, masks = prune(dense, 0.6)
+        refits.append(reconstruct(pruned, dense, masks, feeds))
+    for name in masks:
+        np.testing.assert_array_equal(weight_array(refits[0], name), weight_array(refits[1], name), err_msg=name)
