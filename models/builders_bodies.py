@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.models.builders_control import _condition, _init, _model, _w
+from onnxprune.models.builders_control import _condition, _init, _model, _w, if_network
 
 
 def _branch(name: str, nodes, out: str, inits=()) -> onnx.GraphProto:
@@ -84,3 +84,23 @@ def if_lstm(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features
                      _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
                      _init("zero", np.array(0.0, np.float32))]
     return _model("if_lstm", nodes, inits, [steps, features], [out_features])
+
+
+def nested_if(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> If(mean of column 0 > 0): then builders_control.if_network's If (a second If inside), else
+    x @ outer_else.weight -> [N, out]: a layer two Ifs deep (silero VAD nests its LSTM so)."""
+    rng = np.random.default_rng(seed)
+    inner = if_network(in_features=in_features, out_features=out_features, seed=seed)
+    inner_nodes = list(inner.graph.node)
+    inner_nodes[-1].output[0] = "inner_out"
+    else_nodes = [helper.make_node("MatMul", ["input", "outer_else.weight"], ["outer_else_out"],
+                                   name="/outer_else/MatMul")]
+    nodes = [helper.make_node("Gather", ["input", "col0"], ["x0"], axis=1, name="/col0"),
+             *_condition("x0", "outer_"),
+             helper.make_node("If", ["outer_cond"], ["output"], name="/outer_select",
+                              then_branch=_branch("outer_then", inner_nodes, "inner_out"),
+                              else_branch=_branch("outer_else", else_nodes, "outer_else_out"))]
+    inits = list(inner.graph.initializer) + [
+        _init("outer_else.weight", _w(rng, (in_features, out_features), in_features)),
+        _init("col0", np.array(0, np.int64))]
+    return _model("nested_if", nodes, inits, [in_features], [out_features])

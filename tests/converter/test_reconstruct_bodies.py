@@ -23,7 +23,17 @@ CASES = {  # builder, feeds(n_batches, batch, seed), sparsity
     "if_convs": (lambda: bb.if_convs(seed=0), lambda n, b, s: feeds_for(bb.if_convs(), n, b, s), 0.6),
     "if_lstm": (lambda: bb.if_lstm(seed=0), lambda n, b, s: sequences(n, b, s), 0.6),
     "loop_rnn": (lambda: bc.while_rnn(seed=0), lambda n, b, s: sequences(n, b, s), 0.6),
+    "nested_if": (lambda: bb.nested_if(seed=0), lambda n, b, s: correlated(n, b, s), 0.7),
 }
+
+
+def correlated(n_batches: int, batch: int, seed: int, features: int = 16) -> list[dict]:
+    """[N, F] on a 4-dimensional subspace plus a little noise (as test_reconstruct_recurrent.sequences: on
+    independent features the kept weights have nothing to make up for the pruned ones with)."""
+    mix = np.random.default_rng(99).standard_normal((4, features))
+    rng = np.random.default_rng(seed)
+    return [{"input": (rng.standard_normal((batch, 4)) @ mix + 0.1 * rng.standard_normal((batch, features)))
+             .astype(np.float32)} for _ in range(n_batches)]
 
 
 def structure(model: onnx.ModelProto) -> list:
@@ -171,3 +181,18 @@ def test_a_conv_without_kernel_shape_is_refit_as_its_twin_with_one():
         refits.append(reconstruct(pruned, dense, masks, feeds))
     for name in masks:
         np.testing.assert_array_equal(weight_array(refits[0], name), weight_array(refits[1], name), err_msg=name)
+
+
+def test_a_layer_two_ifs_deep_gets_the_rows_of_the_batches_that_reached_it():
+    dense = bb.nested_if(seed=0)
+    pruned, masks = prune(dense, 0.7)
+    feeds = correlated(12, 16, 0)
+    outer = [bool(f["input"][:, 0].mean() > 0) for f in feeds]
+    inner = [o and bool(f["input"].mean() > 0) for o, f in zip(outer, feeds)]
+    assert 0 < sum(inner) < sum(outer) < len(feeds), "the feeds must take every path"
+    report = ReconstructReport()
+    reconstruct(pruned, dense, masks, feeds, report=report)
+    assert report.refit["fc1.weight"]["samples"] == 16 * sum(outer)
+    assert report.refit["then.fc2.weight"]["samples"] == 16 * sum(inner)
+    assert report.refit["else.fc2.weight"]["samples"] == 16 * (sum(outer) - sum(inner))
+    assert report.refit["outer_else.weight"]["samples"] == 16 * (len(feeds) - sum(outer))
