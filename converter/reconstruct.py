@@ -41,10 +41,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.calibration.runtime import make_session, output_names
-from onnxprune.converter.reconstruct_bodies import Place, dependencies, expose, places, unstack, why_not
+from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS
-from onnxprune.passes.scopes import all_constants, local_constants, scopes
+from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,25 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             layers.append(layer)
     missing = set(masks) - {n for lay in layers for n in lay.weights} - set(report.skipped)
     for name in missing:
-        report.skipped[name] = "not a prunable weight of this graph"
+        report.skipped[name] = _carried_by(name, every) or "not a prunable weight of this graph"
     layers = sorted(layers, key=lambda lay: order[id(lay.node)])
     upstream = dependencies(model.graph, {o: i for i, lay in enumerate(layers) for o in lay.outputs})
     for i, lay in enumerate(layers):  # a Loop's carried state read by the layer that updates it: teacher forcing
         for site in lay.sites if isinstance(lay, Layer) and lay.scope else ():
             site.dense_x = i in upstream.get(site.x, frozenset())
     return layers
+
+
+def _carried_by(name: str, every) -> str | None:
+    """Why a Loop input is no weight: its body changes it every iteration (only loop-invariant inputs are weights)."""
+    for node in every:
+        if node.op_type != "Loop" or name not in list(node.input)[2:]:
+            continue
+        body = next(g for _, g in bodies(node))
+        carried = {body.input[j].name for j in range(2, min(len(node.input), len(body.input))) if node.input[j] == name}
+        if carried - set(loop_invariants(node)):
+            return f"Loop '{node.name}' changes it every iteration (not loop-invariant): not a weight; left as pruned"
+    return None
 
 
 def _twins(layer: Layer, w, every, where) -> str | None:

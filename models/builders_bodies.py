@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.models.builders_control import _condition, _init, _model, _w, if_network
+from onnxprune.models.builders_control import _condition, _init, _model, _w, if_network, while_rnn
 
 
 def _branch(name: str, nodes, out: str, inits=()) -> onnx.GraphProto:
@@ -104,3 +104,16 @@ def nested_if(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -
         _init("outer_else.weight", _w(rng, (in_features, out_features), in_features)),
         _init("col0", np.array(0, np.int64))]
     return _model("nested_if", nodes, inits, [in_features], [out_features])
+
+
+def while_rnn_decaying(**kwargs) -> onnx.ModelProto:
+    """builders_control.while_rnn whose body scales R by 0.99 every iteration: R is carried but not loop-invariant
+    (no weight: only W and the Gemm after the Loop are)."""
+    model = while_rnn(**kwargs)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    hand_back = next(n for n in body.node if n.name == "/loop/R_out")
+    hand_back.op_type = "Mul"
+    hand_back.input.append("decay")
+    model.graph.initializer.append(_init("decay", np.array(0.99, np.float32)))
+    return model

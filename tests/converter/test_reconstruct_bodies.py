@@ -196,3 +196,17 @@ def test_a_layer_two_ifs_deep_gets_the_rows_of_the_batches_that_reached_it():
     assert report.refit["then.fc2.weight"]["samples"] == 16 * sum(inner)
     assert report.refit["else.fc2.weight"]["samples"] == 16 * (sum(outer) - sum(inner))
     assert report.refit["outer_else.weight"]["samples"] == 16 * (len(feeds) - sum(outer))
+
+
+def test_a_weight_the_loop_body_changes_every_iteration_is_left_with_the_reason():
+    dense = bb.while_rnn_decaying(seed=0)
+    check_full(dense)
+    w_masks = prune(dense, 0.6)[1]
+    assert set(w_masks) == {"rnn.W", "fc.weight"}  # R is no weight: the body scales it every iteration
+    masks = {**w_masks, "rnn.R": np.abs(weight_array(dense, "rnn.R")) > 0.3}
+    pruned = zero_weights(dense, masks)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, sequences(4, 16, 0), report=report)
+    assert set(report.refit) == {"rnn.W", "fc.weight"}
+    assert "changes it every iteration" in report.skipped["rnn.R"]
+    np.testing.assert_array_equal(weight_array(refit, "rnn.R"), weight_array(pruned, "rnn.R"))
