@@ -315,19 +315,21 @@ def _reads(node: onnx.NodeProto) -> list[str]:
 
 
 def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
-    """Layers in graph order, cut into waves: a layer starts a new wave when its input depends on one in the current.
+    """Layers cut into waves, each as early as its inputs allow: a layer's wave is one after the latest wave of the
+    layers (earlier in graph order) its input depends on; in graph order within a wave.
 
     Within a wave no layer feeds another, so one pass of the pruned model gives every input the wave needs, and
-    refitting the wave in any order gives the same result as one layer at a time."""
+    refitting the wave in any order gives the same result as one layer at a time. Independent chains share their
+    passes (silero VAD's two If branches, six chained Convs each: 6 passes, where cutting the layers in graph
+    order took 11)."""
     upstream = dependencies(model.graph, {o: i for i, lay in enumerate(layers) for o in lay.outputs})
-    out: list[list[Layer]] = []
-    current: set[int] = set()
+    level: list[int] = []
     for i, lay in enumerate(layers):
-        if not out or any(upstream.get(r, frozenset()) & current for r in lay.reads):
-            out.append([])
-            current = set()
-        out[-1].append(lay)
-        current.add(i)
+        deps = frozenset().union(*(upstream.get(r, frozenset()) for r in lay.reads))
+        level.append(1 + max((level[j] for j in deps if j < i), default=-1))
+    out: list[list[Layer]] = [[] for _ in range(max(level, default=-1) + 1)]
+    for lay, k in zip(layers, level):
+        out[k].append(lay)
     return out
 
 

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from onnxprune.converter import reconstruct as reconstruct_module
 from onnxprune.converter.reconstruct import ReconstructReport, _capturing, _layers, _run_captures, reconstruct
 from onnxprune.converter.reconstruct_bodies import Place, places, why_not
 from onnxprune.calibration.runtime import make_session
@@ -210,3 +211,33 @@ def test_a_weight_the_loop_body_changes_every_iteration_is_left_with_the_reason(
     assert set(report.refit) == {"rnn.W", "fc.weight"}
     assert "changes it every iteration" in report.skipped["rnn.R"]
     np.testing.assert_array_equal(weight_array(refit, "rnn.R"), weight_array(pruned, "rnn.R"))
+
+
+def test_independent_chains_share_their_passes_and_refit_as_one_layer_at_a_time(monkeypatch):
+    """Two chains a1 -> a2 and b1 -> b2 on the same input, a's nodes all before b's in the graph: 2 waves (not 3),
+    and the same weights as refitting each layer alone in graph order."""
+    rng = np.random.default_rng(0)
+    f32 = TensorProto.FLOAT
+    nodes, inits = [], []
+    for chain in ("a", "b"):
+        nodes += [helper.make_node("MatMul", ["input", f"{chain}1.weight"], [f"{chain}/h0"], name=f"/{chain}1"),
+                  helper.make_node("Relu", [f"{chain}/h0"], [f"{chain}/h"], name=f"/{chain}/relu"),
+                  helper.make_node("MatMul", [f"{chain}/h", f"{chain}2.weight"], [f"{chain}/out"], name=f"/{chain}2")]
+        inits += [onnx.numpy_helper.from_array(rng.standard_normal((16, 12)).astype(np.float32), f"{chain}1.weight"),
+                  onnx.numpy_helper.from_array(rng.standard_normal((12, 8)).astype(np.float32), f"{chain}2.weight")]
+    nodes.append(helper.make_node("Add", ["a/out", "b/out"], ["output"], name="/sum"))
+    graph = helper.make_graph(nodes, "chains", [helper.make_tensor_value_info("input", f32, ["N", 16])],
+                              [helper.make_tensor_value_info("output", f32, ["N", 8])], initializer=inits)
+    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    pruned, masks = prune(dense, 0.6)
+    feeds = correlated(3, 32, 0)
+    report = ReconstructReport()
+    together = reconstruct(pruned, dense, masks, feeds, report=report)
+    assert report.passes == 2
+    monkeypatch.setattr(reconstruct_module, "waves", lambda model, layers: [[lay] for lay in layers])
+    alone_report = ReconstructReport()
+    alone = reconstruct(pruned, dense, masks, feeds, report=alone_report)
+    assert alone_report.passes == 4
+    for name in masks:
+        np.testing.assert_allclose(weight_array(together, name), weight_array(alone, name), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
