@@ -20,7 +20,12 @@ place like initializers.
 LSTM/GRU/RNN W and R are refit together per gate block, one row per time step and sample (its own module:
 converter/reconstruct_recurrent.py).
 
-Left as they are (said in the report): weights in If/Loop/Scan bodies, weights reached through Reshape/Gather chains,
+Weights inside If branches and Loop bodies are refit too: their inputs and dense outputs are threaded out of the
+bodies as extra outputs (converter/reconstruct_bodies.py: a branch that did not run gives 0 rows, a Loop stacks
+its iterations as rows), on temporary copies; the model keeps its graph.
+
+Left as they are (said in the report): weights in Scan bodies and If-in-Loop bodies, weights reached through
+Reshape/Gather chains,
 weights that are the first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's
 auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
 """
@@ -36,9 +41,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.calibration.runtime import make_session, output_names
+from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.errors import ConfigError
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS
-from onnxprune.passes.scopes import local_constants
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS
+from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -56,14 +62,22 @@ class Layer:
     bias: str | None  # refit together with the weight
     x: str  # the activation input's name
     transposed: bool = False  # MatMul weight stored [out, in] behind a Transpose
+    scope: tuple = ()  # the body it sits in (reconstruct_bodies.Scope), () in the main graph
+    dense_x: bool = False  # its input depends on its own output (a Loop's carried state): read from the dense model
+    twins: list = field(default_factory=list)  # the same weight's readers in other bodies (If branches): rows too
+    kernel: tuple = ()  # a Conv's kernel: its kernel_shape, else the weight's spatial dims (the attribute is optional)
 
     @property
-    def reads(self) -> tuple[str, ...]:  # the activations the refit reads (a wave's dependency check)
-        return (self.x,)
+    def sites(self) -> list:
+        return [self, *self.twins]
+
+    @property
+    def reads(self) -> tuple[str, ...]:  # the activations the refit reads from the pruned model (a wave's check)
+        return tuple(s.x for s in self.sites if not s.dense_x)
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.node.output[0],)
+        return tuple(s.node.output[0] for s in self.sites)
 
     @property
     def weights(self) -> tuple[str, ...]:
@@ -92,12 +106,14 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
     from onnxprune.converter.reconstruct_recurrent import RECURRENT_GATES, recurrent_layer
 
     name_nodes(model)
-    nodes = {n.name: n for n in model.graph.node}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    order = {n.name: i for i, n in enumerate(model.graph.node)}
-    inits = local_constants(model.graph)
+    where = places(model.graph)  # every scope's nodes, a node before its bodies' (graph order across scopes)
+    every = [p.node for p in where.values()]  # the same wrappers as the keys of `where`
+    nodes = {n.name: n for n in every}
+    producers = {o: n for n in every for o in n.output}
+    order = {nid: i for i, nid in enumerate(where)}
+    inits = all_constants(model.graph)
     users: dict[str, int] = {}
-    for n in model.graph.node:
+    for n in every:
         for i in n.input:
             users[i] = users.get(i, 0) + 1
     layers = []
@@ -106,30 +122,80 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
         if w.name not in masks:
             continue
         node = nodes.get(w.node)
-        if not w.scope and not w.via and w.op_type in RECURRENT_GATES:
+        place = where.get(id(node), Place((), ()))
+        body = why_not(place, w.op_type, w.op_type in RECURRENT_GATES, w.scope) if w.scope else None
+        if body:
+            report.skipped[w.name] = body
+            continue
+        if not w.via and w.op_type in RECURRENT_GATES:
+            if w.scope and any(n is not node and w.name in n.input and n.op_type not in SUBGRAPH_OPS for n in every):
+                report.skipped[w.name] = f"read by {w.op_type}s in several bodies; left as pruned"
+                continue
             recurrent.setdefault(w.node, {})[w.input_index] = w.name
             continue
         why = _outside_reach(w) or _unsupported(w, node, producers)
         if why:
             report.skipped[w.name] = why
             continue
-        layers.append(Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via)))
+        layer = Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via),
+                      scope=place.scope, kernel=tuple(_attr(node, "kernel_shape", None) or w.shape[2:]))
+        if w.scope:
+            why = _twins(layer, w, every, where)
+            if why:
+                report.skipped[w.name] = why
+                continue
+        layers.append(layer)
     for name, weights in recurrent.items():
         layer, why = recurrent_layer(nodes[name], weights, inits, users, refit_bias)
         if layer is None:
             report.skipped.update(dict.fromkeys(weights.values(), why))
         else:
+            layer.scope = where[id(nodes[name])].scope
             layers.append(layer)
     missing = set(masks) - {n for lay in layers for n in lay.weights} - set(report.skipped)
     for name in missing:
-        report.skipped[name] = "not a prunable weight of this graph"
-    return sorted(layers, key=lambda lay: order[lay.node.name])
+        report.skipped[name] = _carried_by(name, every) or "not a prunable weight of this graph"
+    layers = sorted(layers, key=lambda lay: order[id(lay.node)])
+    upstream = dependencies(model.graph, {o: i for i, lay in enumerate(layers) for o in lay.outputs})
+    for i, lay in enumerate(layers):  # a Loop's carried state read by the layer that updates it: teacher forcing
+        for site in lay.sites if isinstance(lay, Layer) and lay.scope else ():
+            site.dense_x = i in upstream.get(site.x, frozenset())
+    return layers
+
+
+def _carried_by(name: str, every) -> str | None:
+    """Why a Loop input is no weight: its body changes it every iteration (only loop-invariant inputs are weights)."""
+    for node in every:
+        if node.op_type != "Loop" or name not in list(node.input)[2:]:
+            continue
+        body = next(g for _, g in bodies(node))
+        carried = {body.input[j].name for j in range(2, min(len(node.input), len(body.input))) if node.input[j] == name}
+        if carried - set(loop_invariants(node)):
+            return f"Loop '{node.name}' changes it every iteration (not loop-invariant): not a weight; left as pruned"
+    return None
+
+
+def _twins(layer: Layer, w, every, where) -> str | None:
+    """The other readers of a body weight (an outer tensor each If branch reads the same way) become the layer's
+    twins, so its rows come from whichever branch ran; None, or why the weight is left as pruned."""
+    node = layer.node
+    others = [n for n in every if n is not node and w.name in n.input and n.op_type not in SUBGRAPH_OPS]
+    if not others:
+        return None
+    if w.via:
+        return f"read by several bodies through {'/'.join(w.via)}; left as pruned"
+    for n in others:
+        same = (n.op_type == node.op_type and list(n.input).index(w.name) == w.input_index
+                and list(n.input[2:]) == list(node.input[2:])
+                and [a.SerializeToString() for a in n.attribute] == [a.SerializeToString() for a in node.attribute])
+        if not same:
+            return f"{node.op_type} '{node.name}' and '{n.name}' read it differently; left as pruned"
+        layer.twins.append(Layer(w.name, n, None, n.input[0], scope=where[id(n)].scope))
+    return None
 
 
 def _outside_reach(w) -> str | None:
-    """Weights the layer-wise refit does not reach: inside a body, or of an op it has no least-squares form for."""
-    if w.scope:
-        return f"inside {w.scope}; left as pruned"
+    """Weights of an op the layer-wise refit has no least-squares form for (bodies: reconstruct_bodies.why_not)."""
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None
@@ -169,23 +235,35 @@ def _own_bias(node, inits, users) -> str | None:
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types of the graph's tensors from shape inference (float32 where it says nothing)."""
+    """Element types of the tensors of the graph and its bodies from shape inference (float32 where it says
+    nothing)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        return {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+        return {vi.name: vi.type.tensor_type.elem_type for sc in scopes(inferred.graph)
+                for vi in (*sc.graph.value_info, *sc.graph.input, *sc.graph.output) if vi.type.HasField("tensor_type")}
     except Exception:  # inference is a nicety: float32 is what prunable layers take
         return {}
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int], *,
+def _with_outputs(model: onnx.ModelProto, names: list, types: dict[str, int], *,
                   only: bool = False) -> onnx.ModelProto:
-    """A copy of `model` that also returns the tensors `names`; with `only`, returns just those and keeps only the
-    nodes they need (an early wave does not pay for the rest of the graph)."""
+    """A copy of `model` that also returns the tensors `names` (main-graph names or reconstruct_bodies captures);
+    with `only`, returns just those and keeps only the nodes they need (an early wave does not pay for the rest of
+    the graph)."""
+    return _capturing(model, names, types, only=only)[0]
+
+
+def _capturing(model: onnx.ModelProto, names: list, types: dict[str, int], *, only: bool = False) -> tuple:
+    """_with_outputs, and capture -> (the output that returns it, Loops stacked on it) (reconstruct_bodies.expose)."""
     from onnxprune.converter.reconstruct_recurrent import name_states
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    name_states(out.graph)  # a recurrent node's hidden states, when the graph does not name them
+    for sc in scopes(out.graph):
+        name_states(sc.graph)  # a recurrent node's hidden states, when the graph does not name them
+    captures = [(n, ()) if isinstance(n, str) else n for n in names]
+    mapping = expose(out, captures, types)
+    names = [mapping[c][0] for c in captures]
     have = set(output_names(out))
     if only:
         needed = _ancestors(out.graph, names)
@@ -196,8 +274,9 @@ def _with_outputs(model: onnx.ModelProto, names: list[str], types: dict[str, int
         have = set()
     for n in dict.fromkeys(names):
         if n not in have:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n) or onnx.TensorProto.FLOAT, None))
-    return out
+            elem = types.get(n) or types.get(next((c[0] for c in captures if mapping[c][0] == n), n))
+            out.graph.output.append(onnx.helper.make_tensor_value_info(n, elem or onnx.TensorProto.FLOAT, None))
+    return out, mapping
 
 
 def _ancestors(graph, names: list[str]) -> set[int]:
@@ -236,24 +315,21 @@ def _reads(node: onnx.NodeProto) -> list[str]:
 
 
 def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
-    """Layers in graph order, cut into waves: a layer starts a new wave when its input depends on one in the current.
+    """Layers cut into waves, each as early as its inputs allow: a layer's wave is one after the latest wave of the
+    layers (earlier in graph order) its input depends on; in graph order within a wave.
 
     Within a wave no layer feeds another, so one pass of the pruned model gives every input the wave needs, and
-    refitting the wave in any order gives the same result as one layer at a time."""
-    index = {o: i for i, lay in enumerate(layers) for o in lay.outputs}
-    upstream: dict[str, frozenset] = {}
-    for node in model.graph.node:  # topological order (ONNX requires it)
-        deps = frozenset().union(*(upstream.get(i, frozenset()) for i in _reads(node) if i))
-        for o in node.output:
-            upstream[o] = deps | {index[o]} if o in index else deps
-    out: list[list[Layer]] = []
-    current: set[int] = set()
+    refitting the wave in any order gives the same result as one layer at a time. Independent chains share their
+    passes (silero VAD's two If branches, six chained Convs each: 6 passes, where cutting the layers in graph
+    order took 11)."""
+    upstream = dependencies(model.graph, {o: i for i, lay in enumerate(layers) for o in lay.outputs})
+    level: list[int] = []
     for i, lay in enumerate(layers):
-        if not out or any(upstream.get(r, frozenset()) & current for r in lay.reads):
-            out.append([])
-            current = set()
-        out[-1].append(lay)
-        current.add(i)
+        deps = frozenset().union(*(upstream.get(r, frozenset()) for r in lay.reads))
+        level.append(1 + max((level[j] for j in deps if j < i), default=-1))
+    out: list[list[Layer]] = [[] for _ in range(max(level, default=-1) + 1)]
+    for lay, k in zip(layers, level):
+        out[k].append(lay)
     return out
 
 
@@ -267,23 +343,23 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x))
+    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x), layer.kernel)
     y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     return cols, (y if rows is None else y[rows])
 
 
 def _columns(layer: Layer, x: np.ndarray) -> int:
-    kernel = _attr(layer.node, "kernel_shape", None) or []
+    kernel = layer.kernel or _attr(layer.node, "kernel_shape", None) or []
     return x.shape[1] // int(_attr(layer.node, "group", 1)) * int(np.prod(kernel))
 
 
-def _im2col(node, x: np.ndarray, cap: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _im2col(node, x: np.ndarray, cap: int | None = None, kernel=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Conv patches as rows [N·positions, C·k…] in the weight's [O, C/group, k…] order (groups side by side).
 
     More than `cap` rows: a seeded uniform sample of `cap` of them (rows ≫ columns is all a Gram needs), and the
     indices taken, for the matching target rows; else (all rows, None)."""
     spatial = x.ndim - 2
-    kernel = list(_attr(node, "kernel_shape", None) or [])
+    kernel = list(kernel or _attr(node, "kernel_shape", None) or [])
     strides = list(_attr(node, "strides", [1] * spatial))
     dilations = list(_attr(node, "dilations", [1] * spatial))
     pads = _pads(node, x.shape[2:], kernel, strides, dilations)
@@ -475,7 +551,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     layers = _layers(out, masks, report, refit_bias)
     types = _types(dense_model) if layers else {}
     dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
-    dense_consts = local_constants(dense_model.graph)
+    dense_consts = all_constants(dense_model.graph)
     for wave in waves(out, layers):
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
                     dense_consts if select else None, prior, dense_consts)
@@ -495,24 +571,34 @@ class DenseSessions:
 
     def __init__(self, dense_model: onnx.ModelProto, cache_bytes: int = DENSE_CACHE_BYTES):
         self.model, self.key, self.session, self.types = dense_model, None, None, None
+        self.mapping: dict = {}
         self.cache: dict[tuple, list[np.ndarray]] = {}
         self.room = cache_bytes
 
-    def run(self, targets: list[str], feeds):
+    def run(self, targets: list, feeds):
+        """The dense values of `targets` (main-graph names or reconstruct_bodies captures) on `feeds`, a Loop's
+        iterations folded into the batch axis."""
         key = (tuple(targets), _fingerprint(feeds))
         if key in self.cache:
             return self.cache[key]
         if self.key != tuple(targets):
             self.types = _types(self.model) if self.types is None else self.types
             self.session = None  # the previous wave's goes first
-            self.session = make_session(_with_outputs(self.model, targets, self.types, only=True), optimize=False)
+            model, self.mapping = _capturing(self.model, targets, self.types, only=True)
+            self.session = make_session(model, optimize=False)
             self.key = tuple(targets)
-        out = self.session.run(targets, feeds)
+        out = _run_captures(self.session, self.mapping, targets, feeds)
         size = sum(v.nbytes for v in out)
         if size <= self.room:
             self.cache[key] = out
             self.room -= size
         return out
+
+
+def _run_captures(session, mapping: dict, captures: list, feeds) -> list[np.ndarray]:
+    keys = [(c, ()) if isinstance(c, str) else c for c in captures]
+    values = session.run([mapping[k][0] for k in keys], feeds)
+    return [unstack(v, mapping[k][1]) for k, v in zip(keys, values)]
 
 
 def _fingerprint(feeds) -> str:
@@ -533,20 +619,32 @@ def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, re
     model's constants (the recurrent refit computes its targets from them)."""
     from onnxprune.converter.reconstruct_recurrent import RecurrentFit, RecurrentLayer
 
-    inits = local_constants(model.graph)
+    inits = all_constants(model.graph)
     fits = [RecurrentFit(lay, inits, masks, dense_weights) if isinstance(lay, RecurrentLayer) else
             _Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
-    xs = list(dict.fromkeys(n for fit in fits for n in fit.inputs))
-    targets = list(dict.fromkeys(n for fit in fits for n in fit.targets))
-    pruned = make_session(_with_outputs(model, xs, types, only=True), optimize=False)
+    xs = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.inputs)))
+    targets = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.targets)))
+    pruned, mapping = _capturing(model, xs, types, only=True) if xs else (None, {})
+    pruned = make_session(pruned, optimize=False) if xs else None
     for feeds in _batches(reader, limit):
-        xv = dict(zip(xs, pruned.run(xs, feeds)))
+        xv = dict(zip(xs, _run_captures(pruned, mapping, xs, feeds))) if xs else {}
         tv = dict(zip(targets, dense_session.run(targets, feeds)))
-        for fit in fits:
-            fit.feed(xv, tv)
+        for lay, fit in zip(wave, fits):
+            if isinstance(fit, _Fit):
+                fit.feed_captures(xv, tv)
+                continue
+            px = {n: xv[(n, lay.scope)] for n in fit.inputs}
+            dt = {n: tv[(n, lay.scope)] for n in fit.targets}
+            if all(v.size for v in (*px.values(), *dt.values())):  # else its If branch did not run on this batch
+                fit.feed(px, dt)
     for fit in fits:
         fit.finish(inits, damp, report, prior)
+
+
+def _captures(layer, names: list) -> list:
+    """A fit's inputs or targets as reconstruct_bodies captures (a _Fit's are already)."""
+    return [n if isinstance(n, tuple) else (n, layer.scope) for n in names]
 
 
 class _Fit:
@@ -561,10 +659,22 @@ class _Fit:
             self.fixed = _fixed_bias(layer, inits)
         groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type == "Conv" else 1
         self.gram = _Gram(groups, intercept=self.bias is not None)
-        self.inputs, self.targets = [layer.x], [layer.node.output[0]]
+        # captures (tensor, scope) per site (the layer and its twins); x from the dense model under teacher forcing
+        self.inputs = [(s.x, s.scope) for s in layer.sites if not s.dense_x]
+        self.targets = [(s.x, s.scope) for s in layer.sites if s.dense_x] + [(s.node.output[0], s.scope)
+                                                                            for s in layer.sites]
 
     def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray]) -> None:
+        """Main-graph values by name (the layer alone)."""
         self.add(pruned[self.layer.x], dense[self.layer.node.output[0]])
+
+    def feed_captures(self, pruned: dict, dense: dict) -> None:
+        """Values by capture: one batch of rows from each site whose body ran (a branch that did not gives none)."""
+        for s in self.layer.sites:
+            x = (dense if s.dense_x else pruned)[(s.x, s.scope)]
+            t = dense[(s.node.output[0], s.scope)]
+            if x.size and t.size:
+                self.add(x, t)
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         if self.fixed is not None:
@@ -577,7 +687,8 @@ class _Fit:
     def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
         if gram.rows == 0:
-            report.skipped[layer.weight] = "no calibration samples"
+            body = " reached it (its If branch did not run on the calibration data); left as pruned"
+            report.skipped[layer.weight] = "no calibration samples" + (body if layer.scope else "")
             return
         if self.dense_w is not None:
             dense = _weight_matrix(layer, self.dense_w).astype(np.float64)

@@ -86,6 +86,7 @@ class RecurrentLayer:
     r: str | None  # R (recurrent weights) when masked
     bias: str | None = None  # B refit with them (the intercept), when it belongs to this node alone
     notes: list[str] = field(default_factory=list)
+    scope: tuple = ()  # the If branch it sits in (reconstruct_bodies.Scope), () in the main graph
 
     @property
     def weight(self) -> str:

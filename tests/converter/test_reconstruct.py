@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.converter.bridge import OnnxModule
 from onnxprune.errors import UnsupportedOpError
 from onnxprune.converter.reconstruct import DenseSessions, ReconstructReport, _Gram, _layers, _solve, reconstruct, waves
-from onnxprune.models import builders, builders_control
+from onnxprune.models import builders
 from onnxprune.passes.magnitude import sparsity_mask
 from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import assert_same_outputs, check_full, run, zero_weights
@@ -106,19 +106,7 @@ def test_matmul_weights_behind_a_transpose_are_refit_in_their_stored_layout():
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
 
 
-@pytest.mark.parametrize("build, refit, skipped", [
-    (lambda: builders_control.if_network(seed=0), set(), {"fc1.weight", "then.fc2.weight", "else.fc2.weight"}),
-])
-def test_weights_in_bodies_are_left_as_pruned(build, refit, skipped):  # recurrent: test_reconstruct_recurrent
-    dense = build()
-    pruned, masks = prune(dense, 0.7)
-    report = ReconstructReport()
-    out = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 32, seed=0), report=report)
-    check_full(out)
-    assert set(report.refit) == refit and set(report.skipped) == skipped
-    for name in skipped:
-        assert "left as pruned" in report.skipped[name]
-        np.testing.assert_array_equal(weight_array(out, name), weight_array(pruned, name))
+# weights inside If branches and Loop bodies: tests/converter/test_reconstruct_bodies.py
 
 
 def test_im2col_rows_reproduce_every_conv_exactly_strides_pads_dilation_groups_depthwise():

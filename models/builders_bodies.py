@@ -1,0 +1,119 @@
+"""Seeded graphs with their layers inside If branches, for the layer-wise refit of bodies
+(converter/reconstruct_bodies.py). Each If picks its branch from the data (is the batch's mean positive?), so
+random feeds take both; builders_control.if_network (MatMul/Gemm) and while_rnn (a Loop) are the others used.
+
+    if_convs   [N, C, L] -> If: then Conv(Constant node) -> Relu, else Conv(body initializer, bias) -> Tanh; both
+               then Conv(conv2, shared outer-scope weight and bias) -> [N, O, L]
+    if_lstm    [N, T, F] -> If: then LSTM(outer-scope W, R, B), else LSTM(body initializers) -> last state ->
+               Gemm -> [N, out] (silero VAD keeps its LSTM in an If branch chosen by the sample rate)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxprune.models.builders_control import _condition, _init, _model, _w, if_network, while_rnn
+
+
+def _branch(name: str, nodes, out: str, inits=()) -> onnx.GraphProto:
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                             initializer=list(inits))
+
+
+def if_convs(*, channels: int = 4, length: int = 16, hidden: int = 8, out_channels: int = 6, kernel_attr: bool = True,
+             seed: int = 0) -> onnx.ModelProto:
+    """`kernel_attr=False`: the Convs leave kernel_shape out (optional in ONNX: the weight's shape gives it)."""
+    rng = np.random.default_rng(seed)
+    k = 3
+    kernel = {"kernel_shape": [k]} if kernel_attr else {}
+    then_nodes = [
+        helper.make_node("Constant", [], ["then.conv1.weight"], name="/then/conv1/weight",
+                         value=_init("", _w(rng, (hidden, channels, k), channels * k))),
+        helper.make_node("Conv", ["input", "then.conv1.weight"], ["then/c1"], pads=[1, 1], **kernel,
+                         name="/then/conv1/Conv"),
+        helper.make_node("Relu", ["then/c1"], ["then/h"], name="/then/relu"),
+        helper.make_node("Conv", ["then/h", "conv2.weight", "conv2.bias"], ["then_out"], pads=[1, 1], **kernel,
+                         name="/then/conv2/Conv"),
+    ]
+    else_nodes = [
+        helper.make_node("Conv", ["input", "else.conv1.weight", "else.conv1.bias"], ["else/c1"], pads=[1, 1],
+                         **kernel, name="/else/conv1/Conv"),
+        helper.make_node("Tanh", ["else/c1"], ["else/h"], name="/else/tanh"),
+        helper.make_node("Conv", ["else/h", "conv2.weight", "conv2.bias"], ["else_out"], pads=[1, 1], **kernel,
+                         name="/else/conv2/Conv"),
+    ]
+    else_inits = [_init("else.conv1.weight", _w(rng, (hidden, channels, k), channels * k)),
+                  _init("else.conv1.bias", (0.1 * rng.standard_normal(hidden)).astype(np.float32))]
+    nodes = _condition("input", "") + [
+        helper.make_node("If", ["cond"], ["output"], name="/select",
+                         then_branch=_branch("then", then_nodes, "then_out"),
+                         else_branch=_branch("else", else_nodes, "else_out", else_inits))]
+    inits = [_init("conv2.weight", _w(rng, (out_channels, hidden, k), hidden * k)),
+             _init("conv2.bias", (0.1 * rng.standard_normal(out_channels)).astype(np.float32)),
+             _init("zero", np.array(0.0, np.float32))]
+    return _model("if_convs", nodes, inits, [channels, length], [out_channels, length])
+
+
+def if_lstm(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+            seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+
+    def lstm(prefix: str, w: str, r: str, b: str, out: str):
+        return [helper.make_node("LSTM", ["x_tnf", w, r, b], [f"{prefix}/Y", f"{prefix}/Y_h"], hidden_size=hidden,
+                                 name=f"/{prefix}/lstm"),
+                helper.make_node("Transpose", [f"{prefix}/Y_h"], [f"{prefix}/h_ndh"], perm=[1, 0, 2],
+                                 name=f"/{prefix}/batch_major"),
+                helper.make_node("Flatten", [f"{prefix}/h_ndh"], [out], axis=1, name=f"/{prefix}/flatten")]
+
+    def weights(prefix: str):
+        return [_init(f"{prefix}lstm.W", _w(rng, (1, 4 * hidden, features), features)),
+                _init(f"{prefix}lstm.R", _w(rng, (1, 4 * hidden, hidden), hidden)),
+                _init(f"{prefix}lstm.B", (0.1 * rng.standard_normal((1, 8 * hidden))).astype(np.float32))]
+
+    outer, inner = weights(""), weights("else.")
+    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
+    nodes += _condition("input", "") + [
+        helper.make_node("If", ["cond"], ["h"], name="/select",
+                         then_branch=_branch("then", lstm("then", "lstm.W", "lstm.R", "lstm.B", "then_h"), "then_h"),
+                         else_branch=_branch("else", lstm("else", "else.lstm.W", "else.lstm.R", "else.lstm.B",
+                                                          "else_h"), "else_h", inner)),
+        helper.make_node("Gemm", ["h", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
+    inits = outer + [_init("fc.weight", _w(rng, (out_features, hidden), hidden)),
+                     _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+                     _init("zero", np.array(0.0, np.float32))]
+    return _model("if_lstm", nodes, inits, [steps, features], [out_features])
+
+
+def nested_if(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> If(mean of column 0 > 0): then builders_control.if_network's If (a second If inside), else
+    x @ outer_else.weight -> [N, out]: a layer two Ifs deep (silero VAD nests its LSTM so)."""
+    rng = np.random.default_rng(seed)
+    inner = if_network(in_features=in_features, out_features=out_features, seed=seed)
+    inner_nodes = list(inner.graph.node)
+    inner_nodes[-1].output[0] = "inner_out"
+    else_nodes = [helper.make_node("MatMul", ["input", "outer_else.weight"], ["outer_else_out"],
+                                   name="/outer_else/MatMul")]
+    nodes = [helper.make_node("Gather", ["input", "col0"], ["x0"], axis=1, name="/col0"),
+             *_condition("x0", "outer_"),
+             helper.make_node("If", ["outer_cond"], ["output"], name="/outer_select",
+                              then_branch=_branch("outer_then", inner_nodes, "inner_out"),
+                              else_branch=_branch("outer_else", else_nodes, "outer_else_out"))]
+    inits = list(inner.graph.initializer) + [
+        _init("outer_else.weight", _w(rng, (in_features, out_features), in_features)),
+        _init("col0", np.array(0, np.int64))]
+    return _model("nested_if", nodes, inits, [in_features], [out_features])
+
+
+def while_rnn_decaying(**kwargs) -> onnx.ModelProto:
+    """builders_control.while_rnn whose body scales R by 0.99 every iteration: R is carried but not loop-invariant
+    (no weight: only W and the Gemm after the Loop are)."""
+    model = while_rnn(**kwargs)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    hand_back = next(n for n in body.node if n.name == "/loop/R_out")
+    hand_back.op_type = "Mul"
+    hand_back.input.append("decay")
+    model.graph.initializer.append(_init("decay", np.array(0.99, np.float32)))
+    return model
