@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import layer_matches, resolve_targets
+from onnxprune.passes.scopes import all_nodes
 from onnxprune.passes.weights import Inventory
 
 
@@ -67,11 +68,30 @@ class TargetsStep(Step):
         if not self.budgeted:
             state.targets = resolve_targets(inventory, sparsity=c.sparsity, quality=c.quality, layers=c.layers,
                                             exclude=c.exclude)
+            self._unreached(state)  # pruned as asked; the note says no sample checked them
             return
         fixed = list(c.exclude) + list(c.layers)
-        keep = [w for w in inventory.prunable if not any(layer_matches(w, p) for p in fixed)]
+        unreached = self._unreached(state)
+        keep = [w for w in inventory.prunable
+                if not any(layer_matches(w, p) for p in fixed) and w.name not in unreached]
+        if not keep and unreached:
+            where = ", ".join(sorted(set(unreached.values()))[:2])
+            raise ConfigError(f"no sample of --data takes the branches that hold the weights ({where}): the budget "
+                              "has no evidence about any of them; add samples that take those branches.")
         if not keep:
             raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to "
                               "choose.")
         state.scannable = Inventory(prunable=keep, skipped=inventory.skipped)
         state.targets = resolve_targets(inventory, layers=c.layers) if c.layers else {}
+
+    def _unreached(self, state: RunState) -> dict[str, str]:
+        """Weights only If branches that no sample of --data takes read (converter/coverage.py), with the note."""
+        if state.data is None or not any(n.op_type == "If" for n in all_nodes(state.original)):
+            return {}
+        from onnxprune.converter.coverage import branch_coverage
+
+        cov = branch_coverage(state.original, state.inventory.prunable, state.data.reader())
+        note = cov.note(self.budgeted)
+        if note:
+            state.notes.append(note)
+        return cov.unreached
