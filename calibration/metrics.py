@@ -70,6 +70,7 @@ class Evaluator:
             self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
         self.reference_all: list[tuple] | None = None
+        self.sample_axes: tuple[int, ...] | None = None  # each scored output's sample axis (_sample_axes)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
@@ -90,12 +91,25 @@ class Evaluator:
             self.reference_all = list(self.run_all(reference_model))
             if first:
                 self._resolve_auto()
+            self.sample_axes = self._sample_axes()
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
                 self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
+
+    def _sample_axes(self) -> tuple[int, ...]:
+        """Each scored output's sample axis: 0, unless the dense outputs put the batch's sample count on another
+        axis in every batch (a recurrent state [2, N, H], as silero VAD's stateN). Its per-sample figures then come
+        from that axis (stateN's 2 rows were 2 samples: 270 decision samples for 135 feeds, the standard error too
+        small). The batch is the feed's first array's first axis (_rows)."""
+        axes = []
+        for i in range(len(self.plan)):
+            seen = {_sample_axis(as_array(ref[i]).shape, _rows(feeds))
+                    for (feeds, _), ref in zip(self.batches(), self.reference_all)}
+            axes.append(seen.pop() if len(seen) == 1 else 0)
+        return tuple(axes)
 
     def _plan_without_reference(self, metric, output) -> dict[str, str]:
         headline, named = parse_metric_spec(metric)
@@ -228,8 +242,12 @@ class Evaluator:
                 raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
             values = (values,)
         got = []
+        axes = self.sample_axes or (0,) * len(kinds)
         for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
             out, want = as_array(value), None if ref is None else as_array(ref[i])
+            if axes[i] and out.ndim > axes[i]:  # the samples on another axis: moved first, for out and dense alike
+                out = np.moveaxis(out, axes[i], 0)
+                want = None if want is None else np.moveaxis(want, axes[i], 0)
             if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
                 got.append(mismatch_samples(kind, want))
             elif out.size == 0:
@@ -314,6 +332,21 @@ def _split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]
         return [(feeds, labels)]
     return [({k: np.asarray(v)[i:i + rows] for k, v in feeds.items()}, None if labels is None else labels[i:i + rows])
             for i in range(0, n, rows)]
+
+
+def _rows(feeds: dict) -> int:
+    """A feed's batch as its first array (not a scalar) holds it on axis 0 (a feed read as is too: [1, 576] audio
+    beside a [2, 1, 128] state)."""
+    first = next((a for a in map(np.asarray, feeds.values()) if a.ndim), None)
+    return 1 if first is None else first.shape[0]
+
+
+def _sample_axis(shape: tuple, samples: int) -> int:
+    """The axis of an output of `shape` that holds a batch's `samples`: 0 when it does (or nothing does), else the
+    first axis of that length."""
+    if not shape or shape[0] == samples:
+        return 0
+    return next((k for k, d in enumerate(shape) if d == samples), 0)
 
 
 def feed_samples(feeds: dict, reader) -> int:

@@ -112,3 +112,29 @@ def test_time_major_input_is_never_cut_along_time():
     assert feed["x"].shape == (10, 3, 4)
     ev = Evaluator(reader, None, model)
     assert ev.plan == {"logits": "agreement"} and ev.dense == 1.0
+
+
+def test_a_state_output_with_the_batch_on_axis_1_counts_one_sample_per_feed(tmp_path):
+    """stateN [2, 1, H] per feed: its per-sample figures come from axis 1 (one per feed, both state rows together),
+    in the Evaluator and in the search's decision rule; a feed of N, [2, N, H], gives N samples."""
+    from onnxprune.converter.auto.decide import BudgetRule
+
+    vad_folder(tmp_path / "vad", n=12)
+    model = tb.streaming_vad()
+    ev = Evaluator(open_data(tmp_path / "vad", model), reference_model=model)
+    assert list(ev.plan) == ["prob", "stateN"] and ev.sample_axes == (0, 1)
+    rule = BudgetRule(ev, 1.0)
+    assert rule.n == 12 and [len(v) for v in rule.values(ev.reference_all)] == [12, 12]
+    # a candidate whose state moves in one feed: that is one sample of 12 with both rows' error
+    moved = [tuple(np.array(v, copy=True) for v in b) for b in ev.reference_all]
+    moved[3][1][1] += 1.0
+    losses = rule.values(moved)[1][:, 0]
+    state = ev.reference_all[3][1]
+    want = np.linalg.norm(np.ones_like(state[1])) / np.linalg.norm(state)
+    assert np.count_nonzero(losses) == 1 and losses[3] == pytest.approx(want, rel=1e-5)
+    rng = np.random.default_rng(2)
+    stacked = {"audio": rng.standard_normal((10, 16)).astype(np.float32), "sr": np.array(16000),
+               "state": rng.standard_normal((2, 10, 8)).astype(np.float32)}
+    np.savez(tmp_path / "stacked.npz", **stacked)
+    ev = Evaluator(open_data(tmp_path / "stacked.npz", model), reference_model=model)  # one feed of 10 samples
+    assert ev.sample_axes == (0, 1) and [len(v) for v in BudgetRule(ev, 1.0).values(ev.reference_all)] == [10, 10]
