@@ -297,8 +297,11 @@ class BudgetRule:
             rules[-1] += (" (expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
                           "model is calibrated)")
         if fidelity:
+            binary = any(r.form.is_binary(p) for r in self.outputs if r.kind in fidelity
+                         for p in range(len(r.form.parts)))
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
-                         f"standard error <= {self.budget:g} pp (Wilson's bound for a share of changed samples)")
+                         f"standard error <= {self.budget:g} pp"
+                         + (" (Wilson's bound for a share of changed samples)" if binary else ""))
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
                 f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here"

@@ -216,6 +216,10 @@ def test_every_output_must_be_within_and_the_worst_is_reported():
     boxes_only = rule.judge([(moved[:100], scores[:100]), (moved[100:], scores[100:])])
     assert boxes_only.within and boxes_only.output == "boxes" and boxes_only.loss_pp == pytest.approx(0.5)
     assert "every one of 2 outputs" in rule.statement() and "worst output" in rule.statement()
+    assert "Wilson" in rule.statement()  # the agreement output's changed classes
+    values_only = BudgetRule(FakeEvaluator([(boxes[:100],), (boxes[100:],)], [None, None], metric={"boxes": "rel_l2"}),
+                             1.0)
+    assert "Wilson" not in values_only.statement()  # nothing that is 0 or 1 per sample
 
 
 def test_a_batch_of_another_shape_loses_every_sample_of_it():
