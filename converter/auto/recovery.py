@@ -18,23 +18,24 @@ allocation.global_masks, the --criterion score), then every layer is refit again
 (with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency). Levels grow by 1
 while candidates are within the budget, then bisect between the last level within and the first over, down to a
 quarter step or the time budget. The levels are tested in order of pruning (fixed-sequence testing): when the first
-candidate (level 0: the one-shot masks, refit) is outside the budget, the search stops at the one-shot model rather
-than try level 1. A level-1 pass after that rejection is the pattern of a lucky draw: sklearn_mlp_digits' level 0
-changed 1 of 150 decision samples, its level 1 (2.5x) none, and 2 of 197 held-out labels then changed where its card
-allows 1. Each test after a rejection is one more chance for a candidate over the budget to pass by luck. (The
-per-layer phase below is then skipped too: its candidates are refits at more pruned masks.) After the bisection, per
-layer, while time is left: layers in turn, the largest (kept weights) first, each candidate keeping 0.6^step of that
-layer's kept weights (its smallest-scored go; step starts at 1), refit as above; kept when within the budget by the
-rule twice as strict (PER_LAYER_Z; the phase is skipped when that rule cannot certify the budget at all,
-decide.BudgetRule.resolves), else the layer's step halves, and a layer whose step falls under a quarter is done;
-rounds over the layers go on until every layer is done or the time budget. A candidate is refit on the training part
-and judged on the decision part (the automatic plan always holds one out: converter/steps/data.py), so no sample it
-is judged on was used by its refit.
+candidate (level 0: the one-shot masks, refit) is outside the budget, more pruned levels are judged by the rule with
+PER_LAYER_Z times its margin, and when the decision set cannot certify that rule (about 400 samples for a
+changed-class output at 1 pp) the search stops at the one-shot model. A level-1 pass after that rejection is the
+pattern of a lucky draw: sklearn_mlp_digits' level 0 changed 1 of 150 decision samples, its level 1 (2.5x) none, and
+2 of 197 held-out labels then changed where its card allows 1. Each test after a rejection is one more chance for a
+candidate over the budget to pass by luck. After the bisection, per layer, while time is left: layers in turn, the
+largest (kept weights) first, each candidate keeping 0.6^step of that layer's kept weights (its smallest-scored go;
+step starts at 1), refit as above; kept when within the budget by the rule twice as strict (PER_LAYER_Z; the phase is
+skipped when that rule cannot certify the budget at all, decide.BudgetRule.resolves), else the layer's step halves,
+and a layer whose step falls under a quarter is done; rounds over the layers go on until every layer is done or the
+time budget. A candidate is refit on the training part and judged on the decision part (the automatic plan always
+holds one out: converter/steps/data.py), so no sample it is judged on was used by its refit.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from onnxprune.converter.auto.allocation import global_masks
@@ -138,6 +139,7 @@ class ReconstructRecovery(Recovery):
         s.notes.append("reconstruct: whole-neuron pruning needs the bridge; only weights are pruned")
         lo, hi, pace = 0.0, None, None
         level = 0.0
+        after = None  # after a rejection at level 0: the rule with PER_LAYER_Z times the margin (fixed-sequence)
         while True:
             if s.left() < (pace or 0.0) * 1.2 + s.tail:
                 s.notes.append(f"time budget: the refit search stopped at level {lo:g} with {max(0.0, s.left()):.0f}"
@@ -152,7 +154,7 @@ class ReconstructRecovery(Recovery):
                     break
                 level = (lo + hi) / 2.0
                 continue
-            model, masks, decision = self._candidate(masks)
+            model, masks, decision = self._candidate(masks, after)
             kept = decision.within and (level > 0 or decision.loss_pp <= best.decision.loss_pp + 1e-9)
             levels = {"weights": level, "neurons": 0.0}
             if kept:
@@ -161,11 +163,18 @@ class ReconstructRecovery(Recovery):
                       model=model)
             pace = time.perf_counter() - t0
             if level == 0.0:
-                if not decision.within:  # fixed-sequence testing: nothing more pruned is tried after a rejection
-                    s.notes.append(f"reconstruct: the refit at the one-shot masks is outside the budget on the "
-                                   f"decision set ({_said(decision)}); more pruned levels are not tried (a pass "
-                                   "there after this rejection would more likely be luck than a better model)")
-                    return best
+                if not decision.within:  # more pruned levels only by a stricter rule, or not at all
+                    from onnxprune.converter.auto.decide import BudgetRule
+
+                    after = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)
+                    said = (f"reconstruct: the refit at the one-shot masks is outside the budget on the decision "
+                            f"set ({_said(decision)}); ")
+                    if not after.resolves():
+                        s.notes.append(said + "more pruned levels are not tried (a pass there after this rejection "
+                                       "would more likely be luck than a better model, and "
+                                       f"{after.n} decision samples cannot certify a stricter rule)")
+                        return best
+                    s.notes.append(said + f"more pruned levels are judged with {PER_LAYER_Z:g}x the margin")
                 level = 1.0
                 continue
             if kept:
@@ -175,6 +184,8 @@ class ReconstructRecovery(Recovery):
             if keep <= len(s.sizes) or (hi is not None and hi - lo < SMALLEST_LEVEL_STEP * 2):
                 break
             level = lo + 1.0 if hi is None else (lo + hi) / 2.0
+        if after is not None:  # what the search's own rule says of the result (kept by the stricter one)
+            best = self._rejudged(best, int(best.levels.get("weights", 0.0) > 0))
         if self.per_layer:
             best = self._per_layer(best, pace or 0.0)
         return best
@@ -253,7 +264,10 @@ class ReconstructRecovery(Recovery):
 
 
 def _said(decision) -> str:
-    return f"loss {decision.loss_pp:.2f} pp" + (f" on '{decision.output}'" if decision.output else "")
+    on = f" on '{decision.output}'" if decision.output else ""
+    if not math.isfinite(decision.loss_pp):  # a refit that made the output NaN or inf (log of a negative power)
+        return "its output is not finite" + on
+    return f"loss {decision.loss_pp:.2f} pp" + on
 
 
 def _zeroed(model, masks):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 
@@ -121,30 +120,55 @@ def test_the_refit_of_the_one_shot_masks_does_not_wreck_them_on_fewer_rows_than_
     assert first["loss_pp"] < 5.0
 
 
-def test_a_rejected_refit_at_the_one_shot_masks_ends_the_search_there(small_unlabelled, monkeypatch):
-    """Fixed-sequence testing: when the first refit candidate (level 0, the one-shot masks) is outside the budget, no
-    more pruned level is tried (a pass there after the rejection is more likely luck), and the result is the
-    one-shot model with a note saying why."""
+def _rejecting_the_first(monkeypatch):
+    """Patch the refit search so its first candidate (level 0) is judged outside the budget; returns the rules each
+    candidate was judged by (None: the search's own)."""
     import dataclasses
 
     from onnxprune.converter.auto import recovery
 
-    model, data = small_unlabelled
-    judged = []
+    rules = []
     real = recovery.ReconstructRecovery._candidate
 
     def rejecting_the_first(self, masks, rule=None):
         out, chosen, decision = real(self, masks, rule)
-        judged.append(decision)
-        if len(judged) == 1:
+        rules.append(rule)
+        if len(rules) == 1:
             decision = dataclasses.replace(decision, within=False)
         return out, chosen, decision
 
     monkeypatch.setattr(recovery.ReconstructRecovery, "_candidate", rejecting_the_first)
-    result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    return rules
+
+
+def test_a_rejected_refit_at_the_one_shot_masks_ends_the_search_on_a_small_decision_set(small_unlabelled,
+                                                                                     monkeypatch):
+    """Fixed-sequence testing: when the first refit candidate (level 0, the one-shot masks) is outside the budget and
+    the decision set (225 samples) cannot certify the stricter rule, nothing more pruned is tried (a pass there after
+    the rejection is more likely luck); the result is the one-shot model, with a note saying why."""
+    model, data = small_unlabelled
+    rules = _rejecting_the_first(monkeypatch)
+    result = run(model, configure(max_loss=1.0, data={"input": data["input"][:300]}, time_budget=120, seed=0))
     history = result.report["history"]
-    assert len(judged) == 1 and [h["phase"] for h in history] == ["one-shot", "reconstruct"]
+    assert len(rules) == 1 and [h["phase"] for h in history] == ["one-shot", "reconstruct"]
     assert not history[1]["kept"] and result.report["compression"] == pytest.approx(history[0]["ratio"])
     assert any("refit at the one-shot masks is outside the budget" in n and "not tried" in n
-               for n in result.report["auto"]["notes"])
+               and "225 decision samples cannot certify a stricter rule" in n for n in result.report["auto"]["notes"])
+    assert result.report["budget"]["met"]
+
+
+def test_after_a_rejected_refit_a_large_decision_set_judges_further_levels_by_the_stricter_rule(small_unlabelled,
+                                                                                                monkeypatch):
+    """450 decision samples certify the rule with PER_LAYER_Z times the margin: the levels after the rejection are
+    judged by it (Bonferroni-like: a lucky pass is less likely per test), and the result is re-judged by the search's
+    own rule for the report."""
+    from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+    model, data = small_unlabelled
+    rules = _rejecting_the_first(monkeypatch)
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    bisection = [h for h in result.report["history"] if h["phase"] == "reconstruct"]
+    assert len(bisection) >= 2 and rules[0] is None
+    assert all(r is not None and r.strictness == PER_LAYER_Z for r in rules[1:len(bisection)])
+    assert any(f"judged with {PER_LAYER_Z:g}x the margin" in n for n in result.report["auto"]["notes"])
     assert result.report["budget"]["met"]
