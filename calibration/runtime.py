@@ -187,7 +187,11 @@ def ort_reason(exc: BaseException) -> str:
     """onnxruntime's message without its status prefix and C++ source location."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s(?=[A-Z])", "", text)
+    # a C++ source location and the function it names, wherever it stands:
+    # "Exception during initialization: /src/rnn.h:48 ns::RNN<T>::RNN(const Info&) [with T = float] layout_ == 0 …"
+    text = re.sub(r"[\w./\\-]+\.(?:h|cc|cpp):\d+ (?:[^()]*::\w+\([^()]*\)(?: const)?(?: \[with [^\]]*\])? )?", "", text)
+    # the failed check's condition in front of onnxruntime's own sentence: "layout_ == 0 was false. Batchwise …"
+    text = re.sub(r"(^|: )[^.:]*? was false\. (?=[A-Z])", r"\1", text)
     return text[:400].rstrip(". ")
 
 

@@ -88,8 +88,11 @@ def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, o
     inits = [_init(f"{op.lower()}.W", _w(rng, (dirs, gates * hidden, features), features)),
              _init(f"{op.lower()}.R", _w(rng, (dirs, gates * hidden, hidden), hidden)),
              _init(f"{op.lower()}.B", (0.1 * rng.standard_normal((dirs, 2 * gates * hidden))).astype(np.float32))]
-    ins = ["x_tnf", inits[0].name, inits[1].name, inits[2].name]
-    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
+    batch_first = attrs.get("layout") == 1  # [N, T, F] read as is, Y_h is [N, dirs, H]
+    if batch_first and initial_state:
+        raise ValueError("layout=1 with initial_state is not built")
+    ins = ["input" if batch_first else "x_tnf", inits[0].name, inits[1].name, inits[2].name]
+    nodes = [] if batch_first else [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
     if initial_state:  # 0.5 everywhere, [dirs, N, H], built from the batch size so any N works
         nodes += [helper.make_node("Shape", ["input"], ["shape"], start=0, end=1, name="/batch"),
                   helper.make_node("Concat", ["dirs", "shape", "hid"], ["state_shape"], axis=0, name="/state_shape"),
@@ -102,8 +105,9 @@ def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, o
     outs = ["Y" if sequence_output else "", "Y_h", "Y_c"][:n_out]  # "": the optional Y omitted, as exporters write it
     nodes += [helper.make_node(op, ins, outs, hidden_size=hidden, direction=direction,
                                name=f"/{op.lower()}", **attrs)]
-    nodes += [helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major"),
-              helper.make_node("Flatten", ["h_ndh"], ["h"], axis=1, name="/flatten"),
+    if not batch_first:
+        nodes += [helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major")]
+    nodes += [helper.make_node("Flatten", ["Y_h" if batch_first else "h_ndh"], ["h"], axis=1, name="/flatten"),
               helper.make_node("Gemm", ["h", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
     inits += [_init("fc.weight", _w(rng, (out_features, dirs * hidden), dirs * hidden)),
               _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
@@ -122,13 +126,15 @@ def lstm_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_
 
 def gru_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False,
-                   linear_before_reset: int = 0, sequence_output: bool = True) -> onnx.ModelProto:
+                   linear_before_reset: int = 0, sequence_output: bool = True, layout: int = 0) -> onnx.ModelProto:
     """[N, T, F] -> Transpose -> GRU (W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out].
-    sequence_output=False leaves the GRU's optional Y output unnamed ("")."""
+    sequence_output=False leaves the GRU's optional Y output unnamed (""); layout=1 reads [N, T, F] as is (valid
+    ONNX that onnxruntime's CPU kernels refuse to load)."""
     return _recurrent("GRU", 3, features=features, hidden=hidden, steps=steps, out_features=out_features,
                       bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse,
                       sequence_output=sequence_output,
-                      **({"linear_before_reset": linear_before_reset} if linear_before_reset else {}))
+                      **({"linear_before_reset": linear_before_reset} if linear_before_reset else {}),
+                      **({"layout": layout} if layout else {}))
 
 
 def rnn_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
