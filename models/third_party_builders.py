@@ -11,6 +11,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     variable_width      images [N, C, H, W] with dynamic H and W (per-sample widths, OCR lines)
     strided_detector    a fully-convolutional net on dynamic H x W whose 3x3 stride-2 stack needs H, W >= 15 (MTCNN)
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
+    linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -84,6 +85,22 @@ def sklearn_mlp(*, in_features: int = 4, hidden: int = 16, classes: int = 3, see
     return _model(g, "sklearn_mlp", [_float("input", [BATCH, in_features])],
                   [helper.make_tensor_value_info("output_label", TensorProto.INT64, [BATCH]),
                    helper.make_value_info("output_probability", seq_map)], ml=True)
+
+
+def linear_classifier(*, in_features: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's LogisticRegression (zipmap off): an ai.onnx.ml LinearClassifier whose coefficients and intercepts
+    are node attributes, not tensors; outputs 'label' int64 [N] and 'probabilities' [N, classes]."""
+    rng = np.random.default_rng(seed)
+    node = helper.make_node("LinearClassifier", ["input"], ["label", "probabilities"], name="LinearClassifier",
+                            domain="ai.onnx.ml", classlabels_ints=list(range(classes)),
+                            coefficients=rng.standard_normal(classes * in_features).astype(np.float32).tolist(),
+                            intercepts=rng.standard_normal(classes).astype(np.float32).tolist(),
+                            multi_class=1, post_transform="SOFTMAX")
+    g = _Graph(seed)
+    g.nodes.append(node)
+    return _model(g, "linear_classifier", [_float("input", [BATCH, in_features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
+                   _float("probabilities", [BATCH, classes])], ml=True)
 
 
 def streaming_vad(*, frame: int = 16, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:

@@ -119,3 +119,17 @@ def test_recurrent_node_with_its_optional_y_omitted_converts_and_loads(op, tmp_p
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     ort.InferenceSession((tmp_path / "out.onnx").as_posix(), so, providers=["CPUExecutionProvider"])
+
+
+def test_parameters_held_in_node_attributes_are_named_in_the_refusal(tmp_path):
+    # skl2onnx's LogisticRegression keeps its coefficients in LinearClassifier's attributes: the refusal said
+    # "Largest seen: no weights at all" for a model with 640 parameters
+    model = tb.linear_classifier(in_features=8, classes=3, seed=0)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "lr.onnx")
+    res = invoke("prune", tmp_path / "lr.onnx", "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    line = assert_clean_error(res, 1, "has no prunable weights",
+                              "LinearClassifier 'LinearClassifier' (ai.onnx.ml) holds 24 values in its attribute "
+                              "'coefficients'")
+    assert "no weights at all" not in line
+    assert not (tmp_path / "out.onnx").exists()
