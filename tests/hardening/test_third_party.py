@@ -133,3 +133,25 @@ def test_parameters_held_in_node_attributes_are_named_in_the_refusal(tmp_path):
                               "'coefficients'")
     assert "no weights at all" not in line
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_budgeted_run_on_a_gemm_whose_weight_is_the_a_operand_converts(tmp_path):
+    # paddle2onnx/tf2onnx's Gemm(W, Transpose(x)): the one-shot scan probed the Transpose's output and
+    # onnxruntime's fusion made the session fail: "step 'scan' failed … Failed to find node output"
+    import onnxruntime as ort
+
+    from onnxprune.models import builders
+
+    model = builders.transposed_gemm(seed=4)
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--one-shot",
+                 "--data", tmp_path / "calib.npz")
+    assert res.exit_code == 0, res.output
+    out = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(out)
+    assert [n.op_type for n in out.graph.node if n.op_type in ("Gemm", "Transpose")].count("Gemm") == 2
+    parity = check_parity(out, _dense(out), [{"input": x[i:i + 16]} for i in (0, 16, 32)])
+    assert parity.max_abs < 1e-5
+    ort.InferenceSession((tmp_path / "out.onnx").as_posix(), providers=["CPUExecutionProvider"])
