@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import ConfigError
+from onnxprune.errors import CalibrationError, ConfigError
 from onnxprune.passes.magnitude import layer_matches, resolve_targets
 from onnxprune.passes.weights import Inventory
 
@@ -73,5 +73,31 @@ class TargetsStep(Step):
         if not keep:
             raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to "
                               "choose.")
+        keep = _exercised(state, keep)
         state.scannable = Inventory(prunable=keep, skipped=inventory.skipped)
         state.targets = resolve_targets(inventory, layers=c.layers) if c.layers else {}
+
+
+def _exercised(state: RunState, weights: list) -> list:
+    """The weights the decision data reaches: those read only in an If branch it never takes stay dense (a budget
+    cannot measure them), with a note naming the branch (calibration/branches.py)."""
+    if state.data is None or not any(w.scope.startswith("If '") for w in weights):
+        return weights
+    from onnxprune.calibration.branches import untaken_weights
+
+    untaken = untaken_weights(state.original, weights, (feeds for feeds, _ in state.data.calibration.batches()))
+    if not untaken:
+        return weights
+    by_branch: dict[str, list[str]] = {}
+    for name, branch in untaken.items():
+        by_branch.setdefault(branch, []).append(name)
+    for branch, names in by_branch.items():
+        shown = ", ".join(f"'{n}'" for n in names[:3]) + (", …" if len(names) > 3 else "")
+        state.notes.append(f"{len(names)} weight(s) read only in {branch} left dense: the data never takes that "
+                           f"branch, so no budget can measure them ({shown}); add samples that take it to prune "
+                           "them.")
+    kept = [w for w in weights if w.name not in untaken]
+    if not kept:
+        raise CalibrationError("every prunable weight is read only in If branches your data never takes ("
+                          + ", ".join(sorted(by_branch)) + "); give --data samples that take them.")
+    return kept
