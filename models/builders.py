@@ -288,6 +288,20 @@ def as_constant_nodes(model: onnx.ModelProto, suffix: str = ".weight") -> onnx.M
     return out
 
 
+def as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A whole-model float16 copy (weights, inputs, outputs), as `model.half()` then export writes it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in [*out.graph.input, *out.graph.output]:
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del out.graph.value_info[:]
+    return out
+
+
 def random_input(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """A seeded float32 feed for a builder's model, batch axis set to `batch`."""
     rng = np.random.default_rng(seed)

@@ -155,3 +155,28 @@ def test_budgeted_run_on_a_gemm_whose_weight_is_the_a_operand_converts(tmp_path)
     parity = check_parity(out, _dense(out), [{"input": x[i:i + 16]} for i in (0, 16, 32)])
     assert parity.max_abs < 1e-5
     ort.InferenceSession((tmp_path / "out.onnx").as_posix(), providers=["CPUExecutionProvider"])
+
+
+def test_float16_model_one_shot_budget_keeps_float16_and_loads(tmp_path):
+    # silero_vad_half.onnx is float32 inside; a model exported after .half() has float16 weights, inputs, outputs
+    import onnxruntime as ort
+
+    from onnxprune.models import builders
+
+    model = builders.as_float16(builders.mlp_gemm(in_features=16, hidden=(24,), out_features=5, seed=6))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "half.onnx")
+    x = np.random.default_rng(2).standard_normal((400, 16)).astype(np.float16)
+    np.savez(tmp_path / "calib.npz", input=x)
+    res = invoke("prune", tmp_path / "half.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--one-shot",
+                 "--data", tmp_path / "calib.npz")
+    assert res.exit_code == 0, res.output
+    assert "budget: measured loss" in res.output and ": met" in res.output
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written)
+    dense = modelio.load_model(tmp_path / "out.onnx").model
+    assert {numpy_helper.to_array(t).dtype for t in dense.graph.initializer} == {np.dtype(np.float16)}
+    assert written.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    parity = check_parity(written, dense, [{"input": x[i:i + 32]} for i in (0, 32, 64)])
+    assert parity.max_abs < 1e-3  # float16 outputs: one half-precision step of values O(1)
+    ort.InferenceSession((tmp_path / "out.onnx").as_posix(), providers=["CPUExecutionProvider"])
