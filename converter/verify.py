@@ -179,7 +179,7 @@ def _compare(name: str, got, want) -> tuple[float, float]:
     return (diff if np.isfinite(diff) else np.inf), scale
 
 
-def _judge(label: str, gap: _Gap, rtol: float, floor: float | None) -> None:
+def _judge(label: str, gap: _Gap, rtol: float, floor: float | None, source: str = "data") -> None:
     """Accept a gap above `rtol` of the scale only within NOISE_MULTIPLE x the floor, itself within NOISE_CEILING."""
     scale = "the output scale" if label.startswith("output") else "its scale"
     said = (f"{label} differs from the dense model with the same weights: max abs diff {gap.diff:.3g} "
@@ -188,8 +188,9 @@ def _judge(label: str, gap: _Gap, rtol: float, floor: float | None) -> None:
         raise ParityError(f"{said}); this is a bug, please report it with --debug.")
     if floor > NOISE_CEILING * gap.scale:
         raise ParityError(f"{said}); the dense model's own float32 noise on these inputs ({floor:.3g}) is above "
-                          f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: verify on "
-                          "other inputs (--data with real samples).")
+                          f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: "
+                          + ("verify on other inputs (--data with real samples)." if source == "random" else
+                             "verify on other samples (--data), or report it with --debug."))
     if gap.diff > NOISE_MULTIPLE * floor:
         raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x the dense model's own float32 noise {floor:.3g}); this is "
                           "a bug, please report it with --debug.")
@@ -229,7 +230,7 @@ def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rt
     floors = noise_floor(reference, compared, feeds, [[w for t, w in zip(watched, ws) if t in gaps] for ws in wants])
     for name in over + [t for t in feeders if t in gaps and gaps[t].rel > rtol]:
         label = f"output '{name}'" if name in over else f"tensor '{name}' (feeding output '{feeders[name]}')"
-        _judge(label, gaps[name], rtol, floors.get(name))
+        _judge(label, gaps[name], rtol, floors.get(name), source)
     return floors
 
 

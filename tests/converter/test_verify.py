@@ -95,6 +95,12 @@ def test_an_output_that_is_all_float32_noise_is_refused_with_what_to_do():
     shrunk, _ = remove_dead_neurons(oracle)
     with pytest.raises(ParityError, match="own float32 noise .* above 0.01 of the output scale.*--data with real"):
         check_parity(shrunk, oracle)
+    # on the user's own samples, asking for "real samples" is wrong advice: other samples, or a report
+    feeds = [random_feeds(oracle, seed=s) for s in (0, 1, 2)]
+    with pytest.raises(ParityError, match=r"above 0.01 of the output scale.*verify on other samples \(--data\), or "
+                                          r"report it with --debug") as info:
+        check_parity(shrunk, oracle, feeds, source="data")
+    assert "real samples" not in str(info.value)
 
 
 def test_without_a_measurable_floor_the_first_rule_stands(monkeypatch):
