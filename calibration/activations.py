@@ -28,9 +28,10 @@ def activation_tensors(model: onnx.ModelProto, inventory: Inventory) -> dict[str
     out = {}
     for w in inventory.prunable:
         node = nodes.get(w.node)
-        if node is None:
+        # the first output the node names: an LSTM/GRU/RNN whose optional Y is omitted ("") has its Y_h next
+        tensor = next((o for o in node.output if o), None) if node is not None else None
+        if tensor is None:
             continue
-        tensor = node.output[0]
         while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ELEMENTWISE:
             tensor = consumers[tensor][0].output[0]
         out[w.name] = tensor

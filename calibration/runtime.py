@@ -124,6 +124,15 @@ def set_default_threads(threads: int | None) -> None:
     _DEFAULT_THREADS = threads
 
 
+def _fusion_breaks_outputs(graph: onnx.GraphProto) -> bool:
+    """onnxruntime's GemmTransposeFusion folds a Transpose into the Gemm it feeds even when the Transpose's output
+    is also a graph output, and the session then fails to build ("Failed to find node output … producing output").
+    Our probes add such outputs (a boundary tensor, an activation): e.g. paddle's Gemm(W, Transpose(x))."""
+    outputs = {o.name for o in graph.output}
+    transposed = {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.output and n.output[0] in outputs}
+    return any(n.op_type == "Gemm" and any(i in transposed for i in n.input) for n in graph.node)
+
+
 def make_session(
     model: onnx.ModelProto | bytes | str | os.PathLike,
     *,
@@ -145,13 +154,15 @@ def make_session(
         opts.intra_op_num_threads = threads
     providers = providers_for(device)
     if isinstance(model, onnx.ModelProto):
+        extra = ({"disabled_optimizers": ["GemmTransposeFusion"]}
+                 if optimize and _fusion_breaks_outputs(model.graph) else {})
         data = _serialized(model)  # not ByteSize() first: it serializes too, doubling the cost on a 90 MB model
         if data is not None:
-            return _checked(ort.InferenceSession(data, opts, providers=providers), providers)
+            return _checked(ort.InferenceSession(data, opts, providers=providers, **extra), providers)
         with tempfile.TemporaryDirectory() as tmp:  # onnxruntime maps the data when the session is built
             path = os.path.join(tmp, "model.onnx")
             onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
-            return _checked(ort.InferenceSession(path, opts, providers=providers), providers)
+            return _checked(ort.InferenceSession(path, opts, providers=providers, **extra), providers)
     if isinstance(model, bytes):
         return _checked(ort.InferenceSession(model, opts, providers=providers), providers)
     return _checked(ort.InferenceSession(str(model), opts, providers=providers), providers)
@@ -187,7 +198,11 @@ def ort_reason(exc: BaseException) -> str:
     """onnxruntime's message without its status prefix and C++ source location."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"^\S+\.(?:h|cc|cpp):\d+ .*?\)\s(?=[A-Z])", "", text)
+    # a C++ source location and the function it names, wherever it stands:
+    # "Exception during initialization: /src/rnn.h:48 ns::RNN<T>::RNN(const Info&) [with T = float] layout_ == 0 …"
+    text = re.sub(r"[\w./\\-]+\.(?:h|cc|cpp):\d+ (?:[^()]*::\w+\([^()]*\)(?: const)?(?: \[with [^\]]*\])? )?", "", text)
+    # the failed check's condition in front of onnxruntime's own sentence: "layout_ == 0 was false. Batchwise …"
+    text = re.sub(r"(^|: )[^.:]*? was false\. (?=[A-Z])", r"\1", text)
     return text[:400].rstrip(". ")
 
 

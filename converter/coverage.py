@@ -40,7 +40,7 @@ class Coverage:
         if not self.unreached:
             return None
         where = ", ".join(self.untaken[:3]) + (f" (+{len(self.untaken) - 3} more)" if len(self.untaken) > 3 else "")
-        what = f"{len(self.unreached)} weight(s) read only in branches no sample of --data took ({where})"
+        what = f"{len(self.unreached)} weight(s) read in branches no sample of --data took ({where})"
         if budgeted:
             return (f"{what} were left as they are: the budget has no evidence about them; add samples that take "
                     "those branches to --data to prune them")

@@ -233,6 +233,7 @@ def group_notes(notes: list[str]) -> list[str]:
         if len(members) > 1:
             head = re.findall(r"'[^']*'", line)
             names = [next((q for q, h in zip(re.findall(r"'[^']*'", m), head) if q != h), "?") for m in members[1:]]
+            names = list(dict.fromkeys(names))  # a layer with two such consumers is named once
             shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
             line += f" (+{len(members) - 1} more like it: {shown})"
         lines.append(line)

@@ -37,6 +37,9 @@ DEFAULT_RTOL = 1e-5
 NOISE_MULTIPLE = 4.0  # allowed diff, in units of the oracle's movement under a one-float32-step weight nudge
 NOISE_CEILING = 1e-2  # ... but never more than this fraction of the output's scale
 NUDGED_DTYPES = (np.float16, np.float32, np.float64)  # weights nextafter can step (not bfloat16)
+# float inputs whose value is a discrete choice, not a weight: one step off Pow's exponent 2.0 makes a negative
+# base's square NaN (LayerNorm decomposed as Pow(x - mean, 2) by older exporters and paddle2onnx)
+NOT_NUDGED = {"Pow": frozenset({1})}
 # Random verification inputs of a crafted fixed shape (a batch of 10^9) must not be allocated: refuse above this.
 MAX_INPUT_ELEMENTS = 2**27
 
@@ -177,7 +180,7 @@ def _compare(name: str, got, want) -> tuple[float, float]:
     return (diff if np.isfinite(diff) else np.inf), scale
 
 
-def _judge(label: str, gap: _Gap, rtol: float, floor: float | None) -> None:
+def _judge(label: str, gap: _Gap, rtol: float, floor: float | None, source: str = "data") -> None:
     """Accept a gap above `rtol` of the scale only within NOISE_MULTIPLE x the floor, itself within NOISE_CEILING."""
     scale = "the output scale" if label.startswith("output") else "its scale"
     said = (f"{label} differs from the dense model with the same weights: max abs diff {gap.diff:.3g} "
@@ -186,8 +189,9 @@ def _judge(label: str, gap: _Gap, rtol: float, floor: float | None) -> None:
         raise ParityError(f"{said}); this is a bug, please report it with --debug.")
     if floor > NOISE_CEILING * gap.scale:
         raise ParityError(f"{said}); the dense model's own float32 noise on these inputs ({floor:.3g}) is above "
-                          f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: verify on "
-                          "other inputs (--data with real samples).")
+                          f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: "
+                          + ("verify on other inputs (--data with real samples)." if source == "random" else
+                             "verify on other samples (--data), or report it with --debug."))
     if gap.diff > NOISE_MULTIPLE * floor:
         raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x the dense model's own float32 noise {floor:.3g}); this is "
                           "a bug, please report it with --debug.")
@@ -227,7 +231,7 @@ def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rt
     floors = noise_floor(reference, compared, feeds, [[w for t, w in zip(watched, ws) if t in gaps] for ws in wants])
     for name in over + [t for t in feeders if t in gaps and gaps[t].rel > rtol]:
         label = f"output '{name}'" if name in over else f"tensor '{name}' (feeding output '{feeders[name]}')"
-        _judge(label, gaps[name], rtol, floors.get(name))
+        _judge(label, gaps[name], rtol, floors.get(name), source)
     return floors
 
 
@@ -276,14 +280,16 @@ def nudged(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
         if a.dtype.type not in NUDGED_DTYPES:
             continue
         step = np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf).astype(a.dtype)
-        t.CopyFrom(numpy_helper.from_array(np.where(a == 0, a, np.nextafter(a, step)), t.name))
+        moved = np.nextafter(a, step)
+        t.CopyFrom(numpy_helper.from_array(np.where((a == 0) | ~np.isfinite(moved), a, moved), t.name))  # max stays
     return out
 
 
 def _value_inputs(model: onnx.ModelProto) -> set[str]:
     """Tensors that every node reading them (subgraphs too) takes at an input its schema types with a type variable
     that admits float (Conv W, BatchNormalization's statistics, Clip's bounds), not at a fixed type (Resize and
-    Upsample scales, NonMaxSuppression thresholds); a reader without a schema (custom domains) rules them out."""
+    Upsample scales, NonMaxSuppression thresholds) nor at one NOT_NUDGED lists (Pow's exponent); a reader without a
+    schema (custom domains) rules them out."""
     opsets = {o.domain or "": o.version for o in model.opset_import}
     fine, ruled_out = set(), set()
     for node in all_nodes(model):
@@ -295,7 +301,8 @@ def _value_inputs(model: onnx.ModelProto) -> set[str]:
         floats = {c.type_param_str for c in schema.type_constraints if "tensor(float)" in c.allowed_type_strs}
         for i, name in enumerate(node.input):
             formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
-            (fine if formal is not None and formal.type_str in floats else ruled_out).add(name)
+            value = formal is not None and formal.type_str in floats and i not in NOT_NUDGED.get(node.op_type, ())
+            (fine if value else ruled_out).add(name)
     return fine - ruled_out
 
 

@@ -187,6 +187,17 @@ def auto_pad_convs(*, explicit: bool = False, in_channels: int = 3, channels: in
     return g.model("auto_pad_convs", [in_channels, size, size], x, [channels, h - 2, size - 2])
 
 
+def transposed_gemm(*, in_features: int = 16, hidden: int = 12, out_features: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A linear layer written as a transposed product, the weight Gemm's A operand (Transpose(W·x^T) = x·W^T):
+    Transpose(x) -> Gemm(W1, x^T) -> Transpose -> Add b1 -> Relu -> Gemm fc2 -> [N, out]."""
+    g = _Graph(seed)
+    xt = g.op("Transpose", "x_t", ["input"], perm=[1, 0])
+    w = g.weight("fc1.weight", (hidden, in_features), in_features)
+    h = g.op("Transpose", "fc1/t", [g.op("Gemm", "fc1", [w, xt])], perm=[1, 0])
+    h = g.relu(g.op("Add", "fc1", [h, g.bias("fc1.bias", hidden)]), "fc1")
+    return g.model("transposed_gemm", [in_features], g.gemm(h, "fc2", hidden, out_features), [out_features])
+
+
 def tiny_attention(*, seq_len: int = 4, d_model: int = 16, seed: int = 0) -> onnx.ModelProto:
     """Single-head self-attention on [N, T, d]: LayerNorm(x + Wo·softmax(QK^T/sqrt(d))V)."""
     g = _Graph(seed)
@@ -274,6 +285,20 @@ def as_constant_nodes(model: onnx.ModelProto, suffix: str = ".weight") -> onnx.M
     nodes = consts + list(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    return out
+
+
+def as_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A whole-model float16 copy (weights, inputs, outputs), as `model.half()` then export writes it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in [*out.graph.input, *out.graph.output]:
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del out.graph.value_info[:]
     return out
 
 

@@ -81,14 +81,18 @@ def if_network(*, in_features: int = 16, hidden: int = 32, out_features: int = 1
 
 
 def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, out_features: int,
-               bidirectional: bool, initial_state: bool, seed: int, reverse: bool = False, **attrs) -> onnx.ModelProto:
+               bidirectional: bool, initial_state: bool, seed: int, reverse: bool = False, sequence_output: bool = True,
+               **attrs) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     dirs = 2 if bidirectional else 1
     inits = [_init(f"{op.lower()}.W", _w(rng, (dirs, gates * hidden, features), features)),
              _init(f"{op.lower()}.R", _w(rng, (dirs, gates * hidden, hidden), hidden)),
              _init(f"{op.lower()}.B", (0.1 * rng.standard_normal((dirs, 2 * gates * hidden))).astype(np.float32))]
-    ins = ["x_tnf", inits[0].name, inits[1].name, inits[2].name]
-    nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
+    batch_first = attrs.get("layout") == 1  # [N, T, F] read as is, Y_h is [N, dirs, H]
+    if batch_first and initial_state:
+        raise ValueError("layout=1 with initial_state is not built")
+    ins = ["input" if batch_first else "x_tnf", inits[0].name, inits[1].name, inits[2].name]
+    nodes = [] if batch_first else [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major")]
     if initial_state:  # 0.5 everywhere, [dirs, N, H], built from the batch size so any N works
         nodes += [helper.make_node("Shape", ["input"], ["shape"], start=0, end=1, name="/batch"),
                   helper.make_node("Concat", ["dirs", "shape", "hid"], ["state_shape"], axis=0, name="/state_shape"),
@@ -98,10 +102,12 @@ def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, o
         ins += ["", "h0"] + (["h0"] if op == "LSTM" else [])
     direction = "bidirectional" if bidirectional else "reverse" if reverse else "forward"
     n_out = 3 if op == "LSTM" else 2
-    nodes += [helper.make_node(op, ins, ["Y", "Y_h", "Y_c"][:n_out], hidden_size=hidden, direction=direction,
+    outs = ["Y" if sequence_output else "", "Y_h", "Y_c"][:n_out]  # "": the optional Y omitted, as exporters write it
+    nodes += [helper.make_node(op, ins, outs, hidden_size=hidden, direction=direction,
                                name=f"/{op.lower()}", **attrs)]
-    nodes += [helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major"),
-              helper.make_node("Flatten", ["h_ndh"], ["h"], axis=1, name="/flatten"),
+    if not batch_first:
+        nodes += [helper.make_node("Transpose", ["Y_h"], ["h_ndh"], perm=[1, 0, 2], name="/batch_major")]
+    nodes += [helper.make_node("Flatten", ["Y_h" if batch_first else "h_ndh"], ["h"], axis=1, name="/flatten"),
               helper.make_node("Gemm", ["h", "fc.weight", "fc.bias"], ["output"], transB=1, name="/fc/Gemm")]
     inits += [_init("fc.weight", _w(rng, (out_features, dirs * hidden), dirs * hidden)),
               _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
@@ -109,20 +115,26 @@ def _recurrent(op: str, gates: int, *, features: int, hidden: int, steps: int, o
 
 
 def lstm_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
-                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False
-                    ) -> onnx.ModelProto:
-    """[N, T, F] -> Transpose -> LSTM (W, R, B; optional initial states) -> Y_h -> Gemm -> [N, out]."""
+                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False,
+                    sequence_output: bool = True) -> onnx.ModelProto:
+    """[N, T, F] -> Transpose -> LSTM (W, R, B; optional initial states) -> Y_h -> Gemm -> [N, out].
+    sequence_output=False leaves the LSTM's optional Y output unnamed ("")."""
     return _recurrent("LSTM", 4, features=features, hidden=hidden, steps=steps, out_features=out_features,
-                      bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse)
+                      bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse,
+                      sequence_output=sequence_output)
 
 
 def gru_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
                    bidirectional: bool = False, initial_state: bool = False, seed: int = 0, reverse: bool = False,
-                   linear_before_reset: int = 0) -> onnx.ModelProto:
-    """[N, T, F] -> Transpose -> GRU (W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out]."""
+                   linear_before_reset: int = 0, sequence_output: bool = True, layout: int = 0) -> onnx.ModelProto:
+    """[N, T, F] -> Transpose -> GRU (W, R, B; optional initial state) -> Y_h -> Gemm -> [N, out].
+    sequence_output=False leaves the GRU's optional Y output unnamed (""); layout=1 reads [N, T, F] as is (valid
+    ONNX that onnxruntime's CPU kernels refuse to load)."""
     return _recurrent("GRU", 3, features=features, hidden=hidden, steps=steps, out_features=out_features,
                       bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse,
-                      **({"linear_before_reset": linear_before_reset} if linear_before_reset else {}))
+                      sequence_output=sequence_output,
+                      **({"linear_before_reset": linear_before_reset} if linear_before_reset else {}),
+                      **({"layout": layout} if layout else {}))
 
 
 def rnn_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,

@@ -11,6 +11,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     variable_width      images [N, C, H, W] with dynamic H and W (per-sample widths, OCR lines)
     strided_detector    a fully-convolutional net on dynamic H x W whose 3x3 stride-2 stack needs H, W >= 15 (MTCNN)
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
+    linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
+    decomposed_layernorm_mlp  LayerNorm written out as ReduceMean/Sub/Pow(., 2.0)/Sqrt/Div (legacy torch, paddle2onnx)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -84,6 +86,40 @@ def sklearn_mlp(*, in_features: int = 4, hidden: int = 16, classes: int = 3, see
     return _model(g, "sklearn_mlp", [_float("input", [BATCH, in_features])],
                   [helper.make_tensor_value_info("output_label", TensorProto.INT64, [BATCH]),
                    helper.make_value_info("output_probability", seq_map)], ml=True)
+
+
+def linear_classifier(*, in_features: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's LogisticRegression (zipmap off): an ai.onnx.ml LinearClassifier whose coefficients and intercepts
+    are node attributes, not tensors; outputs 'label' int64 [N] and 'probabilities' [N, classes]."""
+    rng = np.random.default_rng(seed)
+    node = helper.make_node("LinearClassifier", ["input"], ["label", "probabilities"], name="LinearClassifier",
+                            domain="ai.onnx.ml", classlabels_ints=list(range(classes)),
+                            coefficients=rng.standard_normal(classes * in_features).astype(np.float32).tolist(),
+                            intercepts=rng.standard_normal(classes).astype(np.float32).tolist(),
+                            multi_class=1, post_transform="SOFTMAX")
+    g = _Graph(seed)
+    g.nodes.append(node)
+    return _model(g, "linear_classifier", [_float("input", [BATCH, in_features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
+                   _float("probabilities", [BATCH, classes])], ml=True)
+
+
+def decomposed_layernorm_mlp(*, in_features: int = 8, hidden: int = 16, out_features: int = 4,
+                             seed: int = 0) -> onnx.ModelProto:
+    """Gemm -> LayerNorm written out (ReduceMean, Sub, Pow(d, 2.0), ReduceMean, Add eps, Sqrt, Div, Mul, Add), as
+    the legacy torch exporter (opset < 17) and paddle2onnx write it -> Relu -> Gemm -> [N, out]."""
+    g = _Graph(seed)
+    h = g.gemm("input", "fc1", in_features, hidden)
+    d = g.op("Sub", "ln", [h, g.op("ReduceMean", "ln/mean", [h], axes=[-1])])
+    var = g.op("ReduceMean", "ln/var", [g.op("Pow", "ln", [d, g.const("ln.exponent", np.float32(2.0))])], axes=[-1])
+    std = g.op("Sqrt", "ln", [g.op("Add", "ln/eps", [var, g.const("ln.eps", np.float32(1e-5))])])
+    x = g.op("Div", "ln", [d, std])
+    x = g.op("Add", "ln/shift", [g.op("Mul", "ln/scale", [x, g.const("ln.weight", g.rng.uniform(0.5, 1.5, hidden))]),
+                                 g.bias("ln.bias", hidden)])
+    out = g.gemm(g.relu(x, "act"), "fc2", hidden, out_features)
+    g.nodes.append(helper.make_node("Identity", [out], ["output"], name="/out/Identity"))
+    return _model(g, "decomposed_layernorm_mlp", [_float("input", [BATCH, in_features])],
+                  [_float("output", [BATCH, out_features])])
 
 
 def streaming_vad(*, frame: int = 16, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:

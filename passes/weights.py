@@ -121,6 +121,23 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
     return inv
 
 
+def attribute_parameters(model: onnx.ModelProto, *, least: int = 16) -> list[tuple[int, str]]:
+    """Nodes that hold their parameters in attributes (ai.onnx.ml's LinearClassifier coefficients, SVM support
+    vectors, tree thresholds), as (values, description), largest first: no pass can prune them."""
+    found = []
+    for node in all_nodes(model):
+        if node.op_type == "Constant":
+            continue
+        for a in node.attribute:
+            n = (len(a.floats) if a.type == onnx.AttributeProto.FLOATS
+                 else int(np.prod(a.t.dims, dtype=np.int64)) if a.type == onnx.AttributeProto.TENSOR else 0)
+            if n >= least:
+                domain = f" ({node.domain})" if node.domain not in ("", "ai.onnx") else ""
+                found.append((n, f"{node.op_type} '{node.name}'{domain} holds {n:,} values in its attribute "
+                                 f"'{a.name}'"))
+    return sorted(found, key=lambda f: -f[0])
+
+
 def _computed(node, index, ix: ScopeIndex, graph_inputs) -> str:
     """Where a weight op's weight input comes from when it is not a stored tensor, in words."""
     name = node.input[index]

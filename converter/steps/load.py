@@ -8,7 +8,7 @@ from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.errors import ConverterError
 from onnxprune.passes.opfacts import QUANTIZED_HOW
-from onnxprune.passes.weights import Inventory, find_prunable, name_nodes
+from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
 
 def load(source) -> modelio.LoadedModel:
@@ -34,6 +34,12 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
             extra = f" (+{len(inventory.computed) - 1} more)" if len(inventory.computed) > 1 else ""
             computed = (f" Weights that are not stored tensors cannot be pruned: {inventory.computed[0]}{extra}; "
                         "export the model with its weights as initializers.")
+        held = attribute_parameters(model)
+        if held:  # e.g. skl2onnx's LinearClassifier: the coefficients are node attributes, not tensors
+            extra = f" (+{len(held) - 1} more)" if len(held) > 1 else ""
+            computed += (f" Parameters held in node attributes cannot be pruned: {held[0][1]}{extra}; only weight "
+                         "tensors (initializers or Constant nodes) feeding these ops can.")
+            reasons = reasons.replace("no weights at all", "no weight tensors")
         raise ConverterError(
             f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN). "
             f"Largest seen: {reasons}{more}.{computed} Nothing to do."

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import ConfigError
+from onnxprune.errors import CalibrationError, ConfigError
 from onnxprune.passes.magnitude import layer_matches, resolve_targets
 from onnxprune.passes.scopes import all_nodes
 from onnxprune.passes.weights import Inventory
@@ -76,8 +76,8 @@ class TargetsStep(Step):
                 if not any(layer_matches(w, p) for p in fixed) and w.name not in unreached]
         if not keep and unreached:
             where = ", ".join(sorted(set(unreached.values()))[:2])
-            raise ConfigError(f"no sample of --data takes the branches that hold the weights ({where}): the budget "
-                              "has no evidence about any of them; add samples that take those branches.")
+            raise CalibrationError(f"no sample of --data takes the branches that hold the weights ({where}): the "
+                                   "budget has no evidence about any of them; add samples that take those branches.")
         if not keep:
             raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to "
                               "choose.")

@@ -35,3 +35,20 @@ def test_zeroed_rows_show_up_as_dead_activations():
     x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
     act = activation_density(model, inv, open_data({"input": x}, model, batch_size=8))
     assert act[first] <= 0.5
+
+
+def test_act_of_a_recurrent_node_whose_optional_y_output_is_omitted_reads_y_h():
+    # exporters leave GRU/LSTM's first output Y unnamed ("") when only Y_h is used; exposing "" as a graph
+    # output made onnxruntime refuse the probe model (the measure step then failed after a verified conversion)
+    from onnxprune.models import builders_control
+
+    for build in (builders_control.gru_classifier, builders_control.lstm_classifier):
+        model = build(features=4, hidden=6, steps=3, out_features=2, seed=3, sequence_output=False)
+        inv = find_prunable(model)
+        rec = next(n for n in model.graph.node if n.op_type in ("GRU", "LSTM"))
+        assert rec.output[0] == ""
+        tensors = activation_tensors(model, inv)
+        assert tensors[rec.input[1]] == "Y_h" and "" not in tensors.values()
+        x = np.random.default_rng(0).standard_normal((8, 3, 4)).astype(np.float32)
+        act = activation_density(model, inv, open_data({"input": x}, model, batch_size=4))
+        assert 0.0 < act[rec.input[1]] <= 1.0

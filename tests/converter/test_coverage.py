@@ -51,7 +51,8 @@ def test_a_budget_leaves_untaken_branch_weights_as_they_are_and_says_so():
     kept = {w: weight_array(model, w) for w in ("else.fc2.weight", "fc1.weight")}
     for name, dense in kept.items():
         np.testing.assert_array_equal(weight_array(result.model, name), dense, err_msg=name)
-    assert any("no sample of --data took (If '/select'/else_branch)" in n and "left as they are" in n
+    assert any("2 weight(s) read in branches no sample of --data took (If '/select'/else_branch)" in n
+               and "left as they are" in n
                for n in result.report["notes"])
     onnx.checker.check_model(result.model, full_check=True)
     # the else path the data never ran is the input model's, exactly
@@ -68,9 +69,35 @@ def test_a_fixed_sparsity_prunes_them_as_asked_and_says_no_sample_checked_them()
 
 
 def test_a_budget_with_every_weight_behind_an_untaken_branch_says_what_to_do():
-    from onnxprune.errors import ConfigError
+    from onnxprune.errors import CalibrationError
 
     model = bc.if_network()
-    with pytest.raises(ConfigError, match="no sample of --data takes the branches that hold the weights"):
+    with pytest.raises(CalibrationError, match="no sample of --data takes the branches that hold the weights"):
         run(model, configure(max_loss=1.0, data={"input": POSITIVE}, one_shot=True,
                              exclude=("then.fc2.weight",)))
+
+
+def test_the_cli_leaves_the_untaken_branch_as_it_is_and_the_output_loads(tmp_path):
+    """As a user runs it: the note in the terminal, the else branch's weight unchanged in the written file, parity
+    with the dense model on the data, and stock onnxruntime loads the output."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from onnxprune.converter import modelio
+    from onnxprune.passes.scopes import all_constants
+    from tests.hardening.helpers import invoke
+
+    model = bc.if_network(seed=1)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", input=POSITIVE)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--one-shot",
+                 "--data", tmp_path / "calib.npz")
+    assert res.exit_code == 0, res.output
+    assert "read in branches no sample of --data took (If '/select'/else_branch) were left as they are" in res.output
+    out = modelio.load_model(tmp_path / "out.onnx").model
+    before, after = (all_constants(m.graph) for m in (model, out))
+    np.testing.assert_array_equal(numpy_helper.to_array(after["else.fc2.weight"]),
+                                  numpy_helper.to_array(before["else.fc2.weight"]))
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"))
+    assert_same_outputs(out, model, feeds=[{"input": NEGATIVE}])  # the untaken path is the input model's
+    ort.InferenceSession((tmp_path / "out.onnx").as_posix(), providers=["CPUExecutionProvider"])

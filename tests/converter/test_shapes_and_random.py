@@ -162,3 +162,11 @@ def test_the_sensitivity_command_on_random_data_draws_at_the_chosen_shapes(tmp_p
     assert res.exit_code == 0, res.output
     scan = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
     assert len(scan["layers"]) == 4
+
+
+def test_grouped_notes_name_each_layer_once():
+    # a layer with two consumers without a channel rule gave two notes; the group listed its name twice
+    notes = [f"channels of Conv '{c}' kept: consumer ReduceMean '{r}' (op ReduceMean) has no channel rule"
+             for c, r in (("Conv.4", "R0"), ("Conv.15", "R1"), ("Conv.26", "R2"), ("Conv.26", "R3"))]
+    (line,) = group_notes(notes)
+    assert line.endswith("(+3 more like it: 'Conv.15', 'Conv.26')"), line

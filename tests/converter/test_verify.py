@@ -95,6 +95,12 @@ def test_an_output_that_is_all_float32_noise_is_refused_with_what_to_do():
     shrunk, _ = remove_dead_neurons(oracle)
     with pytest.raises(ParityError, match="own float32 noise .* above 0.01 of the output scale.*--data with real"):
         check_parity(shrunk, oracle)
+    # on the user's own samples, asking for "real samples" is wrong advice: other samples, or a report
+    feeds = [random_feeds(oracle, seed=s) for s in (0, 1, 2)]
+    with pytest.raises(ParityError, match=r"above 0.01 of the output scale.*verify on other samples \(--data\), or "
+                                          r"report it with --debug") as info:
+        check_parity(shrunk, oracle, feeds, source="data")
+    assert "real samples" not in str(info.value)
 
 
 def test_without_a_measurable_floor_the_first_rule_stands(monkeypatch):
@@ -165,3 +171,41 @@ def test_the_summary_says_when_an_output_passed_by_the_float32_noise_allowance(t
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("verified in onnxruntime"))
     assert f"within {verify.NOISE_MULTIPLE:g}x the dense model's own float32 noise" in line and "on 'output'" in line
+
+
+def test_noise_floor_of_a_decomposed_layernorm_leaves_the_pow_exponent_alone():
+    # PP-OCRv5 rec (paddle2onnx) writes LayerNorm with Pow(x - mean, 2.0): nudging the exponent one float32 step
+    # made every output NaN, the floor inf, and a correct pruned model was refused ("noise (inf) … too much")
+    from onnxprune.models.third_party_builders import decomposed_layernorm_mlp
+
+    model = decomposed_layernorm_mlp(seed=5)
+    onnx.checker.check_model(model, full_check=True)
+    moved = nudged(model)
+    exponent = next(t for t in moved.graph.initializer if t.name == "ln.exponent")
+    assert numpy_helper.to_array(exponent) == np.float32(2.0)
+    assert not np.array_equal(weights(moved)["fc1.weight"], weights(model)["fc1.weight"])
+    feeds = [random_feeds(model, seed=s, batch=16) for s in (0, 1, 2)]
+    dense, nudge = make_session(model, optimize=False), make_session(moved, optimize=False)
+    wants = [dense.run(["output"], f) for f in feeds]
+    for f, (want,) in zip(feeds, wants):
+        (got,) = nudge.run(["output"], f)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg="output")
+    floor = verify.noise_floor(model, ["output"], feeds, wants)["output"]
+    assert 0 < floor < 1e-4
+
+
+def test_nudged_keeps_a_float32_max_constant_finite():
+    model = _min_with_float32_max()
+    out = {t.name: numpy_helper.to_array(t) for t in nudged(model).graph.initializer}
+    assert np.isfinite(out["big"]).all()
+
+
+def _min_with_float32_max():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    big = numpy_helper.from_array(np.full(2, np.finfo(np.float32).max, np.float32), "big")
+    model = helper.make_model(helper.make_graph([helper.make_node("Min", ["x", "big"], ["y"])], "g", [x], [y], [big]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
