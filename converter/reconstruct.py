@@ -133,7 +133,7 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
                 continue
             recurrent.setdefault(w.node, {})[w.input_index] = w.name
             continue
-        why = _outside_reach(w) or _unsupported(w, node, producers)
+        why = _outside_reach(w) or _unsupported(w, node, producers) or _computed_bias(node, inits)
         if why:
             report.skipped[w.name] = why
             continue
@@ -222,6 +222,14 @@ def _plain_transpose(w, node, producers) -> bool:
     t = producers.get(node.input[1])
     return (w.via == ("Transpose",) and node.op_type == "MatMul" and len(w.shape) == 2 and t is not None
             and t.input[0] == w.name and list(_attr(t, "perm", [1, 0])) == [1, 0])
+
+
+def _computed_bias(node, inits) -> str | None:
+    """A Gemm/Conv whose bias the graph computes (the legacy exporter hands an equal bias to two layers through an
+    Identity): the refit subtracts a stored bias from its target, so the layer is left as pruned."""
+    if node.op_type in ("Gemm", "Conv") and len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+        return f"its bias '{node.input[2]}' is computed by the graph, not stored; left as pruned"
+    return None
 
 
 def _own_bias(node, inits, users) -> str | None:

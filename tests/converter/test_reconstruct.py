@@ -333,3 +333,36 @@ def test_the_solver_equals_the_kept_inputs_own_system_at_every_density(groups, i
         assert before == pytest.approx(error(w * mask, b), rel=1e-8)
         assert after == pytest.approx(error(got_w, got_b), rel=1e-8)
         assert after <= before + 1e-9 or prior
+
+
+def test_a_layer_whose_bias_the_graph_computes_is_left_as_pruned_with_its_reason():
+    """The legacy exporter hands an equal bias to two layers through an Identity: that Gemm is not refit (its
+    stored bias is what the refit subtracts from the target) and says why; the others are refit. It used to stop
+    the run with a ConfigError ('takes a computed bias; refit it with refit_bias')."""
+    dense = builders.mlp_gemm(seed=0)
+    fc2 = next(n for n in dense.graph.node if n.name == "/fc2/Gemm")
+    dense.graph.node.insert(0, helper.make_node("Identity", [fc2.input[2]], ["fc2.bias.shared"], name="bias_id"))
+    fc2.input[2] = "fc2.bias.shared"
+    pruned, masks = prune(dense, 0.6)
+    report = ReconstructReport()
+    for refit_bias in (True, False):
+        refit = reconstruct(pruned, dense, masks, feeds_for(dense, 3, 16, seed=0), report=report,
+                            refit_bias=refit_bias)
+        check_full(refit)
+        assert "computed by the graph" in report.skipped[fc2.input[1]]
+        np.testing.assert_array_equal(weight_array(refit, fc2.input[1]), weight_array(pruned, fc2.input[1]))
+        assert report.refit and fc2.input[1] not in report.refit
+
+
+def test_a_float16_model_is_refit_and_stays_float16():
+    dense = builders.as_float16(builders.mlp_gemm(seed=0))
+    pruned, masks = prune(dense, 0.6)
+    report = ReconstructReport()
+    feeds = [{k: v.astype(np.float16) for k, v in f.items()} for f in feeds_for(builders.mlp_gemm(seed=0), 3, 16, seed=0)]
+    refit = reconstruct(pruned, dense, masks, feeds, report=report)
+    check_full(refit)
+    assert report.refit and all(t.data_type == TensorProto.FLOAT16 for t in refit.graph.initializer
+                                if t.name in report.refit)
+    held = [{k: v.astype(np.float16) for k, v in f.items()} for f in feeds_for(builders.mlp_gemm(seed=0), 2, 16,
+                                                                               seed=5)]
+    assert output_error(refit, dense, held) < output_error(pruned, dense, held)
