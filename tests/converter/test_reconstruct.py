@@ -358,7 +358,8 @@ def test_a_float16_model_is_refit_and_stays_float16():
     dense = builders.as_float16(builders.mlp_gemm(seed=0))
     pruned, masks = prune(dense, 0.6)
     report = ReconstructReport()
-    feeds = [{k: v.astype(np.float16) for k, v in f.items()} for f in feeds_for(builders.mlp_gemm(seed=0), 3, 16, seed=0)]
+    feeds = [{k: v.astype(np.float16) for k, v in f.items()}
+             for f in feeds_for(builders.mlp_gemm(seed=0), 3, 16, seed=0)]
     refit = reconstruct(pruned, dense, masks, feeds, report=report)
     check_full(refit)
     assert report.refit and all(t.data_type == TensorProto.FLOAT16 for t in refit.graph.initializer
