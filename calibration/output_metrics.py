@@ -99,6 +99,31 @@ def _seq_agreement(out, ref, labels):
     return same.sum(axis=1, dtype=np.float64)[:, None], np.full(len(out), same.shape[1], dtype=np.int64)
 
 
+def ctc_decode(best: np.ndarray, blank: int) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of per-position classes [N, T]: repeats collapsed, then the blank dropped."""
+    keep = np.ones(best.shape, dtype=bool)
+    keep[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep &= best != blank
+    return [tuple(row[k]) for row, k in zip(best, keep)]
+
+
+def ctc_blank(ref: np.ndarray) -> int:
+    """CTC's blank: the first or the last class, whichever the dense output predicts more often (index 0 in
+    PaddleOCR and torch's CTCLoss, the last in TensorFlow's)."""
+    counts = np.bincount(ref.argmax(axis=-1).ravel(), minlength=ref.shape[-1])
+    return 0 if counts[0] >= counts[-1] else ref.shape[-1] - 1
+
+
+def _ctc_agreement(out, ref, labels):
+    """Per sample, 1 when the greedy CTC decoding of the candidate (argmax over the last axis along axis 1, repeats
+    collapsed, the blank dropped) is the dense model's: the text an OCR or speech model reads out."""
+    if out.ndim != 3:
+        return _seq_agreement(out, ref, labels)
+    blank = ctc_blank(ref)
+    same = [a == b for a, b in zip(ctc_decode(out.argmax(axis=-1), blank), ctc_decode(ref.argmax(axis=-1), blank))]
+    return np.asarray(same, dtype=np.float64)[:, None], _ones(len(out))
+
+
 def _prob(out, ref, labels):
     change = _max_abs_change(out, ref)
     return np.stack([(_top1(out) == _top1(ref)).astype(np.float64), change], axis=1), _ones(_n(out))
@@ -181,6 +206,9 @@ METRICS: dict[str, Metric] = {
     "agreement": Metric(_agreement, lambda s, n: s[0] / n, False, "1% of samples change their top-1 class"),
     "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class",
                             continuous=True),
+    "ctc_agreement": Metric(_ctc_agreement, lambda s, n: s[0] / n, False,
+                            "1% of samples change their decoded sequence (greedy CTC: repeats collapsed, blank "
+                            "dropped)"),
     "prob": Metric(_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
                    "1% of samples change class, or a mean largest probability change of 0.01", (False, True)),
     # the loss is 0 on every sample whose class is unchanged, so (as for agreement) a clean subset bounds nothing

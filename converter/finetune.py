@@ -434,7 +434,8 @@ def _as_logits(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 # metrics of calibration.metric_choice whose outputs are class scores over the last axis: distilled by KL there
-CLASS_METRICS = ("prob", "agreement", "seq_agreement", "accuracy", "top5", "expected_accuracy")
+CLASS_METRICS = ("prob", "agreement", "seq_agreement", "ctc_agreement", "accuracy", "top5",
+                 "expected_accuracy")
 
 
 def output_kinds(model: onnx.ModelProto, sample_outputs) -> list[str]:

@@ -35,7 +35,8 @@ def test_each_output_gets_the_metric_that_fits_it():
     assert evaluator(tb.embedder(), {"input": X8}).plan == {"embedding": "cosine"}
     assert evaluator(tb.sklearn_mlp(), {"input": X4}).plan == {"output_label": "exact", "output_probability": "prob"}
     assert auto_kind("logits", np.zeros((2, 5), np.float32) + [[1, 2, 3, 4, 5]]) == "agreement"
-    assert auto_kind("ctc_logits", np.zeros((2, 7, 5), np.float32)) == "seq_agreement"
+    tokens = np.eye(5, dtype=np.float32)[[[1, 2, 3, 4, 1, 2, 3], [4, 3, 2, 1, 4, 3, 2]]]  # no class leads both
+    assert auto_kind("ctc_logits", tokens) == "seq_agreement"
     assert auto_kind("map", np.zeros((2, 4, 3, 3), np.float32)) == "rel_l2"
     assert all(m.one_pp for m in METRICS.values())
 
@@ -186,3 +187,29 @@ def test_empty_outputs_score_as_unchanged():
     empty = [(np.zeros((0, 1), np.float32),) for _ in ev.reference_all]
     ev.reference_all = empty  # an output that is empty on every batch (no detections)
     assert ev.score(empty) == 1.0
+
+
+def _frames(*rows, classes=6):
+    return np.eye(classes, dtype=np.float32)[np.asarray(rows)]
+
+
+def test_a_ctc_head_is_judged_by_its_decoded_line_not_its_positions():
+    """[N, T, C] whose every sample is led by the same first (or last) class, CTC's blank, is scored by greedy CTC
+    decoding: a moved frame inside a repeated character changes nothing read out; a changed character is one
+    changed sample whatever share of positions it takes (per position it was 1 of 8, 0.125 of a sample)."""
+    from onnxprune.calibration.output_metrics import ctc_decode
+
+    dense = _frames([0, 3, 3, 0, 0, 4, 0, 0], [0, 0, 2, 0, 5, 5, 0, 1])
+    assert auto_kind("softmax_11.tmp_0", dense) == "ctc_agreement"
+    assert ctc_decode(dense.argmax(-1), 0) == [(3, 4), (2, 5, 1)]
+    last_blank = _frames([5, 3, 3, 5, 5, 4, 5, 5], [5, 5, 2, 5, 0, 0, 5, 1])
+    assert auto_kind("logits", last_blank) == "ctc_agreement"
+    moved = _frames([0, 0, 3, 0, 0, 4, 4, 0], [0, 0, 2, 0, 5, 5, 0, 1])  # same text: 3 then 4; 2, 5, 1
+    changed = _frames([0, 3, 3, 0, 0, 4, 0, 0], [0, 0, 2, 0, 5, 5, 0, 3])  # the second line reads 2, 5, 3
+    m = METRICS["ctc_agreement"]
+    assert m.samples(moved, dense, None)[0][:, 0].tolist() == [1.0, 1.0]
+    assert m.samples(changed, dense, None)[0][:, 0].tolist() == [1.0, 0.0]
+    assert METRICS["seq_agreement"].samples(changed, dense, None)[0][:, 0].tolist() == [8.0, 7.0]
+    from onnxprune.converter.auto.decide import PER_SAMPLE
+
+    assert PER_SAMPLE["ctc_agreement"].is_binary(0)  # Wilson-bounded like agreement
