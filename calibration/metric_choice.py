@@ -123,7 +123,8 @@ def channel_scale_spread(value) -> float | None:
 
 
 def _holds_classes(name: str, kind: str) -> bool:
-    return kind in ("prob", "seq_agreement", "ctc_agreement") or (kind == "agreement" and bool(_CLASS_NAMES.search(name)))
+    return (kind in ("prob", "seq_agreement", "ctc_agreement")
+            or (kind == "agreement" and bool(_CLASS_NAMES.search(name))))
 
 
 def parse_metric_spec(spec) -> tuple[str | None, dict[str, str]]:
