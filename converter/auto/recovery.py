@@ -221,12 +221,12 @@ class ReconstructRecovery(Recovery):
         """The search's own decision for the result (the per-layer phase judged it with the stricter margin)."""
         if not kept_n:
             return best
-        return type(best)(best.model, best.masks, self.s.rule.judge(best.model), best.levels)
+        return type(best)(best.model, best.masks, self.s.judge(best.model), best.levels)
 
     def _candidate(self, masks, rule=None):
         s = self.s
         model, chosen = self._refit(_zeroed(s.original, masks), masks, s.data.train)
-        return model, chosen, (rule or s.rule).judge(model)
+        return model, chosen, s.judge(model, rule)
 
     def _refit(self, pruned, masks, reader):
         from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
