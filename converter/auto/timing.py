@@ -73,6 +73,7 @@ class RunClock:
     started: float  # when the run started (perf_counter)
     after: AfterSearch
     clock: object = time.perf_counter  # a fake clock in tests
+    load_seconds: float = 0.0  # the load step's: what building a session of the model costs, about
 
     @property
     def deadline(self) -> float:
@@ -120,7 +121,8 @@ def after_search(state) -> AfterSearch:
 
 def run_clock(state, budget: float) -> RunClock:
     """The run's clock: `budget` seconds from when the run started (state.started)."""
-    return RunClock(float(budget), float(state.started), after_search(state))
+    return RunClock(float(budget), float(state.started), after_search(state),
+                    load_seconds=float(state.seconds.get("load", 0.0)))
 
 
 def optional_batches(deadline: float | None, per_batch: float, most: int, *, keep: float = 0.0,
