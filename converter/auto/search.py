@@ -156,6 +156,9 @@ class _Search:
 
     def judge(self, model, rule=None) -> Decision:
         """The rule's decision on `model`; its time is a measured pass the clock's reserve follows."""
+        reference = getattr(self.data.evaluator, "reference_all", None)
+        if model is self.original and reference is not None:  # the input model: its outputs are the reference's
+            return (rule or self.rule).judge_outputs(reference)
         t0 = time.perf_counter()
         decision = (rule or self.rule).judge(model)
         if self.clock is not None:
@@ -186,7 +189,8 @@ class _Search:
             allocation = allocate(self.sensitivity, self.inventory, fit_budget)
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
                                     result=self.sensitivity, deadline=self.deadline)
-            model = pruned_model(self.original, outcome.sparsities)
+            model = (pruned_model(self.original, outcome.sparsities) if any(outcome.sparsities.values())
+                     else self.original)  # nothing pruned (no try fit, or none had time): the input model itself
             decision = self.judge(model)
             note += f"{'; ' if note else ''}fit_to_budget at {fit_budget:g} pp, {outcome.tries} tries"
             if decision.within or fit_budget == 0.0:
