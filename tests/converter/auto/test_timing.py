@@ -109,14 +109,14 @@ def test_the_step_gives_the_search_the_budget_less_the_reserve(small, monkeypatc
 
 def test_a_run_over_a_tiny_budget_still_verifies_and_says_why(small):
     model, data = small
-    result = run(model, configure(max_loss=1.0, data=data, time_budget=0.05, seed=0))
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))  # less than loading takes
     report = result.report
     assert result.report["parity"]["batches"] >= 1  # verification was not skipped
     assert sum("cannot hold the verification" in n for n in report["notes"]) == 1
     spent_ = report["time_budget"]
-    assert spent_["budget_s"] == 0.05 and spent_["within"] is False
+    assert spent_["budget_s"] == 0.001 and spent_["within"] is False
     assert spent_["total_s"] == pytest.approx(report["seconds"], abs=0.2)
-    assert report["auto"]["time"]["reserve_s"] > 0
+    assert report["auto"]["time"]["verify_samples"] == 256 and "reserve_s" in report["auto"]["time"]
 
 
 def test_a_run_within_its_budget_reports_how_it_spent_it(small):
