@@ -167,7 +167,7 @@ class ReconstructRecovery(Recovery):
                 break
             level = lo + 1.0 if hi is None else (lo + hi) / 2.0
         if self.per_layer:
-            best = self._per_layer(best, pace or 0.0)
+            best = self._per_layer(best, pace or self._first_estimate())
         return best
 
     def _first_estimate(self) -> float:
