@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,9 +180,11 @@ def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
 
 def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, allocation: dict[str, float],
                   max_loss_pp: float, max_tries: int = 8, *,
-                  result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE) -> AllocationOutcome:
+                  result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE,
+                  deadline: float | None = None) -> AllocationOutcome:
     """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp.
-    `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`."""
+    `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`. `deadline` (a
+    time.perf_counter() value): no try starts after it (the best one that fit so far is kept; none: dense)."""
     ranker = scoring.bind(model)
     result = result if result is not None else getattr(allocation, "result", None)
     weights = getattr(allocation, "weights", None)
@@ -192,6 +195,9 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
     x = 1.0
     for _ in range(4 * max_tries):
         if len(tried) >= max_tries or x is None:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            log.info("fit_to_budget: the time budget stopped it after %d tries", len(tried))
             break
         cand = dict(allocation) if not tried else _candidate(x, allocation, result, inventory, max_loss_pp, weights)
         key = tuple(sorted((n, round(s, 6)) for n, s in cand.items()))

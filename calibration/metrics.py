@@ -29,6 +29,7 @@ latest score.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
@@ -75,6 +76,7 @@ class Evaluator:
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
+        self.reference_seconds: float | None = None
         self._score_reference(reference_model)
         if split and self._cached is not None and _dynamic_batch(reference_model):
             parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
@@ -89,7 +91,9 @@ class Evaluator:
         self.last: dict[str, dict] = {}
         if reference_model is not None:
             first = self.reference is None
+            t0 = time.perf_counter()
             self.reference_all = list(self.run_all(reference_model))
+            self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             if first:
                 self._resolve_auto()
             self.sample_axes = self._sample_axes()

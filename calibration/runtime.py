@@ -11,6 +11,7 @@ before any work) or 'auto' (CUDA when a GPU and onnxruntime's CUDA provider are 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -118,6 +119,23 @@ def default_threads() -> int | None:
     return _DEFAULT_THREADS
 
 
+_ARENA = [True]  # onnxruntime's CPU memory arena for new sessions (see `no_arena`)
+
+
+@contextlib.contextmanager
+def no_arena():
+    """Sessions built inside this block allocate without onnxruntime's CPU memory arena. For many short-lived
+    sessions (the layer-wise refit builds two per wave): with the arena, the process kept each one's activation
+    memory after the session was gone (22.6M-parameter encoder, 60 samples, 7 waves: RSS +1235 MB with it, +318 MB
+    without, the same CPU time)."""
+    before = _ARENA[0]
+    _ARENA[0] = False
+    try:
+        yield
+    finally:
+        _ARENA[0] = before
+
+
 def set_default_threads(threads: int | None) -> None:
     """The intra-op thread count of every session built without an explicit `threads` (converter.threads)."""
     global _DEFAULT_THREADS
@@ -146,6 +164,8 @@ def make_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     opts.log_severity_level = 3
+    if not _ARENA[0]:
+        opts.enable_cpu_mem_arena = False
     if not threads and _DEFAULT_THREADS:
         threads = _DEFAULT_THREADS
         if threads > 1:  # the run's default pool: idle threads yield the cores instead of spinning (shared machines)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from onnxprune.converter import modelio
@@ -57,16 +58,29 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         raise failed
     if output is not None:
         output = Path(output)
+        t0 = time.perf_counter()
         modelio.save_model(result.model, output, protect=protect)
         report["output"] = str(output)
         report["file_size_after"] = modelio.saved_size(output)  # with its external data
         if report_dir is not None:
             write_report(result, Path(report_dir), config)
+        _count_write(report, time.perf_counter() - t0)
     if config.retrain.checkpoint_dir:
         from onnxprune.converter.checkpoint import Checkpoints
 
         Checkpoints(config.retrain.checkpoint_dir, "").clear()  # the run is complete: its checkpoints can go
     return result  # forced past a missed budget: budget_error(result.report) still says so
+
+
+def _count_write(report: dict, seconds: float) -> None:
+    """The write (model, and the report with its latency) in the run's timings and its time budget."""
+    report.setdefault("seconds_by_step", {})["write"] = round(seconds, 3)
+    spent = report.get("time_budget")
+    if spent is not None:
+        spent["write_s"] = round(seconds, 1)
+        spent["after_search_s"] = round(spent["after_search_s"] + seconds, 1)
+        spent["total_s"] = round(spent["total_s"] + seconds, 1)
+        spent["within"] = spent["total_s"] <= spent["budget_s"]
 
 
 def _streamed(model, output: Path, config: RunConfig, report_dir, progress, command):
@@ -94,7 +108,17 @@ def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> No
         random = result.report.get("random_inputs")  # without real data: the run's random shapes (steps.shapes)
         feeds = feeds_from_data(result.original, d.data, labels=d.labels, shapes=random or d.input_shapes,
                                 seed=d.seed)  # the data's shapes, not invented ones
-        result.report["latency"] = measure_latency(result.original, result.model, feeds)
+        from onnxprune.converter.auto.timing import latency_plan
+
+        pace = (result.report.get("auto") or {}).get("time", {}).get("pass_ms_per_sample")
+        kw, kept, note = latency_plan(result.deadline, list(feeds or (1, 64)), pace / 1e3 if pace else None)
+        if feeds:
+            feeds = {b: feeds[b] for b in kept}
+        elif kw:
+            kw["batches"] = tuple(kept)  # measure_latency's own random inputs, at the sizes kept
+        result.report["latency"] = measure_latency(result.original, result.model, feeds, **kw)
+        if note:
+            result.report["latency"].setdefault("notes", []).append(note)
     except Exception as exc:  # latency is information, never a reason to fail a run
         log.warning("latency not measured: %s", " ".join(str(exc).split())[:300] or type(exc).__name__)
     dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),

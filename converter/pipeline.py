@@ -34,6 +34,7 @@ class PruneResult:
     report: dict
     sensitivity: Any = None  # calibration.sensitivity.SensitivityResult when a scan ran
     history: list[dict] = field(default_factory=list)
+    deadline: float | None = None  # time.perf_counter() the run should end by (--time-budget), or None
 
 
 def run(source, config: RunConfig, progress: Progress | None = None) -> PruneResult | None:
@@ -57,6 +58,11 @@ def run(source, config: RunConfig, progress: Progress | None = None) -> PruneRes
     state.report.update(backend.report())  # world_size, samples per process
     state.report["seconds_by_step"] = dict(state.seconds)
     state.report["seconds"] = state.seconds["total"]
+    if state.deadline is not None:  # --time-budget: how the run spent it (converter.auto.timing)
+        from onnxprune.converter.auto.timing import spent
+
+        auto_time = (state.auto or {}).get("time", {})
+        state.report["time_budget"] = spent(state.seconds, auto_time.get("budget_s", 0.0), auto_time)
     return PruneResult(model=state.final, dense_model=state.pruned, original=state.original, state=state.prune,
                        inventory=state.inventory, report=state.report, sensitivity=state.sensitivity,
-                       history=state.history)
+                       history=state.history, deadline=state.deadline)

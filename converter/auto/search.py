@@ -12,8 +12,11 @@ decision set says the loss is within budget (decide.py), and return the smallest
                  best weights and masks) with that knob's step halved; a knob stops below a quarter step
     passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
     polish       a longer retrain at the best masks, kept if the decision loss does not grow
-Time: the one-shot scan is budgeted (each layer's levels bisected up to the budget) and takes at most SCAN_SHARE
-of the time budget (later layers start dense); rounds start only while a round, the polish and the tail fit before
+Time: given a `clock` (converter.auto.timing.RunClock, the automatic plan's), the search ends by the run's deadline
+less the reserve for the steps after it (verify, measure, shrink, encode, report), re-estimated from every candidate
+it judges; without one, by `deadline` less TAIL_SHARE of the budget. The one-shot scan is budgeted (each layer's
+levels bisected up to the budget) and takes at most SCAN_SHARE of the search's time (later layers start dense); the
+one-shot fit stops trying at the deadline; rounds start only while a round, the polish and the tail fit before
 the deadline; the best model found is returned when time runs out.
 """
 
@@ -41,7 +44,7 @@ WEIGHT_FACTOR = 0.6  # kept weights x this per weight level
 NEURON_FACTOR = 0.75  # neurons left x this per neuron level
 SMALLEST_STEP = 0.25
 MAX_PASSES, RESTART_STEP = 4, 0.5  # knobs exhausted with time left: polish, then another pass from half steps
-TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure
+TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure (without a RunClock)
 POLISH_SHARE = 0.15  # of the time budget, planned for the final polish
 # of the time budget, the most the one-shot sensitivity scan may take; layers whose turn comes later start dense (the
 # rounds' global allocation still prunes them). A share set by design, not tuned: the scan is a start, the rounds win
@@ -88,19 +91,21 @@ class _Knob:
 
 
 def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData, config: AutoConfig,
-                progress: Callable[..., None] | None = None, deadline: float | None = None) -> AutoResult:
-    """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget)."""
+                progress: Callable[..., None] | None = None, deadline: float | None = None, clock=None) -> AutoResult:
+    """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget);
+    `clock` (timing.RunClock), when given, replaces it: the run's deadline less the reserve for the steps after."""
     config.validate()
     return _Search(original, inventory, data, config, progress or (lambda *a, **k: None),
-                   deadline or time.perf_counter() + config.time_budget).run()
+                   deadline or time.perf_counter() + config.time_budget, clock).run()
 
 
 class _Search:
-    def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline):
+    def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline, clock=None):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
-        self.progress, self.deadline = progress, deadline
+        self.progress, self._deadline, self.clock = progress, deadline, clock
         self.t0 = time.perf_counter()
-        self.tail = TAIL_SHARE * config.time_budget
+        self.tail = 0.0 if clock is not None else TAIL_SHARE * config.time_budget  # the clock reserves it itself
+        self.span = max(0.0, self.left())  # the search's own seconds at its start: the scan's and probe's shares
         self.history: list[dict] = []
         self.choices: dict[str, dict] = {}
         self.notes: list[str] = []
@@ -142,8 +147,23 @@ class _Search:
             best = self._polish(best)
         return best
 
+    @property
+    def deadline(self) -> float:
+        return self.clock.search_deadline() if self.clock is not None else self._deadline
+
     def left(self) -> float:
-        return self.deadline - time.perf_counter()
+        return self.deadline - (self.clock.clock() if self.clock is not None else time.perf_counter())
+
+    def judge(self, model, rule=None) -> Decision:
+        """The rule's decision on `model`; its time is a measured pass the clock's reserve follows."""
+        reference = getattr(self.data.evaluator, "reference_all", None)
+        if model is self.original and reference is not None:  # the input model: its outputs are the reference's
+            return (rule or self.rule).judge_outputs(reference)
+        t0 = time.perf_counter()
+        decision = (rule or self.rule).judge(model)
+        if self.clock is not None:
+            self.clock.after.measured(self.rule.n, time.perf_counter() - t0)
+        return decision
 
     # ------------------------------------------------------------------------------------------------ one-shot
     def _one_shot(self) -> _Best:
@@ -156,11 +176,11 @@ class _Search:
         # once their verdict is clear; the fits below (at the budget, half of it, none) read the levels measured
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
                                 progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what),
-                                budget_pp=self.config.max_loss, deadline=t0 + SCAN_SHARE * self.config.time_budget)
+                                budget_pp=self.config.max_loss, deadline=t0 + SCAN_SHARE * self.span)
         unscanned = [lay.name for lay in self.sensitivity.layers if lay.path == "unscanned"]
         if unscanned:
             self.notes.append(f"time budget: the sensitivity scan used its share ({SCAN_SHARE:.0%} of "
-                              f"--time-budget) before {len(unscanned)} of {len(self.sensitivity.layers)} layers; "
+                              f"the search's {self.span:.0f} s) before {len(unscanned)} of {len(self.sensitivity.layers)} layers; "
                               f"they start dense (e.g. '{unscanned[0]}'); a longer --time-budget scans them")
         # the one-shot fit measures the whole-set loss; the rule bounds it from above (fidelity metrics), so a
         # start over the rule's limit is refitted at half the budget, then at none; else the rounds start dense
@@ -168,11 +188,15 @@ class _Search:
         for fit_budget in dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)):
             allocation = allocate(self.sensitivity, self.inventory, fit_budget)
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
-                                    result=self.sensitivity)
-            model = pruned_model(self.original, outcome.sparsities)
-            decision = self.rule.judge(model)
+                                    result=self.sensitivity, deadline=self.deadline)
+            model = (pruned_model(self.original, outcome.sparsities) if any(outcome.sparsities.values())
+                     else self.original)  # nothing pruned (no try fit, or none had time): the input model itself
+            decision = self.judge(model)
             note += f"{'; ' if note else ''}fit_to_budget at {fit_budget:g} pp, {outcome.tries} tries"
             if decision.within or fit_budget == 0.0:
+                break
+            if self.left() <= 0:  # no time for a refit at a smaller budget: the rounds' start is the input model
+                note += "; the time budget was spent"
                 break
         # masked: what the one-shot zeroed (a weight that was zero in the input stays a kept position)
         masks = {n: ~((weight_array(model, n) == 0) & (weight_array(self.original, n) != 0)) for n in self.sizes}
@@ -182,7 +206,7 @@ class _Search:
             model, masks = self.original, {n: np.ones_like(m) for n, m in masks.items()}
             note += (f"; its loss {decision.loss_pp:.3f} pp on '{decision.output}' is over the rule's limit "
                      f"{decision.limit_pp:.3f} pp, so the search starts from the input model")
-            decision = self.rule.judge(model)
+            decision = self.judge(model)
         best = _Best(model, masks, decision, {"weights": 0.0, "neurons": 0.0})
         self._record("one-shot", best, decision, True, t0, note=note)
         return best
@@ -214,7 +238,7 @@ class _Search:
             lr, self.step_seconds, _ = hyper.probe_lr(lambda d: self._trainer(best.model, probe_masks, d),
                                                       part(train_idx), part(eval_idx), bs.value,
                                                       override=o.get("lr"),
-                                                      seconds=hyper.PROBE_SHARE * self.config.time_budget)
+                                                      seconds=hyper.PROBE_SHARE * self.span)
         else:  # streamed (too large for memory): no probe
             lr = hyper.Choice(float(o.get("lr") or 0.01), "given (--lr)" if o.get("lr") else
                               "streamed data: no probe, 0.01")
@@ -295,7 +319,7 @@ class _Search:
             trainer.set_masks(masks)
             self._train(trainer, self.round_steps, f"auto: round {len(self.history)} ({knob.name})")
             candidate = trainer.export()
-            decision = self.rule.judge(candidate)
+            decision = self.judge(candidate)
             kept = decision.within
             if kept:
                 any_kept = True
@@ -346,7 +370,7 @@ class _Search:
         trainer = self._trainer(best.model, best.masks)
         self._train(trainer, steps, "auto: polish")
         candidate = trainer.export()
-        decision = self.rule.judge(candidate)
+        decision = self.judge(candidate)
         kept = decision.within and decision.loss_pp <= best.decision.loss_pp + 1e-9
         if kept:
             best = self._polished = _Best(candidate, best.masks, decision, best.levels)

@@ -10,6 +10,7 @@ decide on (>= 50 held-out samples) and train on (>= 25), it runs the one-shot se
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
@@ -61,6 +62,7 @@ class AutoSearchStep(Step):
                               "--iterations N to prune with fixed layers.")
         from onnxprune.converter.auto import AutoConfig, AutoData, auto_search, parse_duration
         from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET, OVERRIDES
+        from onnxprune.converter.auto.timing import run_clock
 
         c, r = self.config, self.retrain
         config = AutoConfig(max_loss=float(self.budget.max_loss),
@@ -71,11 +73,18 @@ class AutoSearchStep(Step):
                             recovery=c.recovery)
         data = AutoData(train=state.data.train_reader(batch_size=r.train_batch_size),
                         evaluator=state.data.calibration, dense=state.original)
-        result = auto_search(state.original, state.scannable, data, config, state.progress,
-                             state.started + config.time_budget)
+        t0 = time.perf_counter()
+        clock = run_clock(state, config.time_budget)
+        state.deadline = clock.deadline
+        short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
+        if short:
+            log.warning(short)
+        result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock)
         state.prune.masks.update(result.masks)
-        state.notes.extend(result.notes)
+        state.notes.extend(([short] if short else []) + result.notes)
         state.auto = result.report()
+        state.auto["time"] = {"budget_s": config.time_budget, "search_s": round(time.perf_counter() - t0, 1),
+                              **clock.after.as_dict()}  # the reserve at the last measured pace
         state.targets = {**{n: Target(sparsity=1.0 - float(m.mean())) for n, m in result.masks.items()},
                          **(state.targets or {})}
         state.pruned, state.history, state.sensitivity = result.model, result.history, result.sensitivity

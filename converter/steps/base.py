@@ -65,6 +65,7 @@ class RunState:
     auto: dict | None = None  # what the automatic search decided and why (converter.auto)
     quantize: dict | None = None  # --weight-bits: the width kept, the rule, each width tried (converter.steps.quantize)
     started: float = 0.0  # time.perf_counter() when the run started (deadlines count from it)
+    deadline: float | None = None  # time.perf_counter() the whole run should end by (--time-budget), or None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -3,6 +3,7 @@ the input and the output model is measured on the user's data."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
@@ -50,6 +51,11 @@ class VerifyStep(Step):
         return [random_feeds(state.original, seed=s, shapes=shapes) for s in (0, 1, 2)]
 
 
+ACTIVATION_BATCHES = 8  # batches Act% per layer reads without a deadline (activation_density's default)
+ACTIVATION_COST = 2.4  # a batch of Act% in scored passes: two models (input, output), every activation fetched
+REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
+
+
 @register_step("measure")
 class MeasureStep(Step):
     """The metric of the input and output model, how far the outputs moved, and Act% per layer."""
@@ -59,11 +65,27 @@ class MeasureStep(Step):
     gives = ("metrics", "activations")
 
     def run(self, state: RunState) -> None:
+        t0 = time.perf_counter()
         state.metrics = measure(state.data, state.final)
         from onnxprune.calibration.activations import activation_density
+        from onnxprune.converter.auto.timing import optional_batches
 
-        state.activations = (activation_density(state.original, state.inventory, state.data.reader()),
-                             activation_density(state.pruned, state.inventory, state.data.reader()))
+        # Act% per layer is information: under a run's deadline (--time-budget) it reads only the batches that fit
+        data = state.data
+        scored = (data.calibration.num_samples or 0) + ((data.evaluation.num_samples or 0)
+                                                         if data.config.eval_data is not None else 0)
+        per_sample = (time.perf_counter() - t0) / max(scored, 1)
+        batches = optional_batches(state.deadline, per_sample * data.config.batch_size * ACTIVATION_COST,
+                                   ACTIVATION_BATCHES, keep=REST_LOADS * state.seconds.get("load", 0.0))
+        if batches < ACTIVATION_BATCHES and state.deadline is not None:
+            state.notes.append(f"time budget: Act% per layer read {batches} of {ACTIVATION_BATCHES} batches (the time "
+                               "left in --time-budget)" if batches else
+                               "time budget: Act% per layer not measured (no time left in --time-budget)")
+        if not batches:
+            state.activations = ({}, {})
+            return
+        state.activations = (activation_density(state.original, state.inventory, data.reader(), max_batches=batches),
+                             activation_density(state.pruned, state.inventory, data.reader(), max_batches=batches))
 
 
 def measure(data, final) -> dict:

@@ -1,0 +1,176 @@
+"""--time-budget covers the whole run: what the steps after the search will cost, estimated from this run's own
+measurements, is reserved out of the budget before the search starts, and re-estimated as the search measures.
+
+    budget = [load … data] + search + reserve
+    reserve = handling + pass × (verify + measure + activations)
+
+  pass        seconds one onnxruntime pass of the dense model takes per sample, measured in this run: first the
+              decision evaluator's reference pass, then every candidate the search judges (the latest counts:
+              the machine's load moves it)
+  verify      2 × the samples the parity check runs (the written model and its dense oracle; never skipped)
+  measure     the samples the final metric is scored on (calibration, and --eval-data when given)
+  activations 2 × the samples Act% per layer reads (input and output model); optional: the measure step reads
+              only the batches that fit the time left (converter.steps.verify), so it is counted at one batch
+  handling    HANDLING_LOADS × the load step's seconds: shrink, encode, report, sessions and the write scale with
+              the model's bytes as loading it does (measured on the 22.6M-parameter encoder, loaded 2-core
+              machine: load 1.5 s; shrink, encode, report and write 1.9 s, six sessions built about 6 s: 5.3 loads)
+  margin      RESERVE_MARGIN × the sum (a pass measured on one model under one load predicts the next within it)
+
+When the reserve alone is more than the budget left, the search keeps nothing of its own time and the run says so
+in one note: verification is never skipped, so such a run ends after its budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+HANDLING_LOADS = 6.0
+RESERVE_MARGIN = 1.25
+VERIFY_PASSES = 2  # the written model and its dense oracle (converter.verify.check_parity)
+ACTIVATION_PASSES = 2  # the input and the output model (calibration.activations.activation_density)
+
+
+@dataclass
+class AfterSearch:
+    """What the steps after the search cost; `seconds()` is the reserve at the latest measured pace."""
+
+    pass_per_sample: float  # seconds of one dense pass per sample, measured in this run
+    handling: float  # seconds of model handling (HANDLING_LOADS × the load step)
+    verify_samples: int
+    measure_samples: int
+    activation_samples: int  # one batch: the rest is read only when time is left
+    measured_on: str = "the decision set's reference pass"
+    paces: list = field(default_factory=list)  # (samples, seconds) of every judged candidate
+
+    def measured(self, samples: int, seconds: float) -> None:
+        """A pass the search timed (a candidate judged on `samples` samples in `seconds`)."""
+        if samples > 0 and seconds > 0:
+            self.pass_per_sample = seconds / samples
+            self.measured_on = "the last candidate judged"
+            self.paces.append((samples, round(seconds, 3)))
+
+    def passes(self) -> float:
+        """Sample-passes the steps after the search run."""
+        return (VERIFY_PASSES * self.verify_samples + self.measure_samples
+                + ACTIVATION_PASSES * self.activation_samples)
+
+    def seconds(self) -> float:
+        return RESERVE_MARGIN * (self.handling + self.pass_per_sample * self.passes())
+
+    def as_dict(self) -> dict:
+        return {"reserve_s": round(self.seconds(), 1), "pass_ms_per_sample": round(1e3 * self.pass_per_sample, 2),
+                "pass_measured_on": self.measured_on, "handling_s": round(self.handling, 2),
+                "verify_samples": self.verify_samples, "measure_samples": self.measure_samples,
+                "activation_samples": self.activation_samples, "margin": RESERVE_MARGIN}
+
+
+@dataclass
+class RunClock:
+    """The whole run's deadline (time.perf_counter()), and what the search may use of it."""
+
+    budget: float  # --time-budget, seconds
+    started: float  # when the run started (perf_counter)
+    after: AfterSearch
+    clock: object = time.perf_counter  # a fake clock in tests
+    load_seconds: float = 0.0  # the load step's: what building a session of the model costs, about
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.budget
+
+    def search_deadline(self) -> float:
+        """The latest the search may end: the run's deadline less the reserve (never before now)."""
+        return max(self.clock(), self.deadline - self.after.seconds())
+
+    def search_seconds(self) -> float:
+        """Seconds the search has from now."""
+        return self.search_deadline() - self.clock()
+
+    def shortfall_note(self) -> str | None:
+        """The one-line note when the budget left cannot hold the steps after the search (verification among them),
+        or None."""
+        left = self.deadline - self.clock()
+        need = self.after.seconds()
+        if need <= left:
+            return None
+        return (f"time budget: --time-budget {self.budget:g} s cannot hold the verification and measurement after "
+                f"the search (estimated {need:.0f} s, {max(left, 0.0):.0f} s left); the search kept no time of its "
+                "own and verification ran anyway, so the run took longer than its budget")
+
+
+def after_search(state) -> AfterSearch:
+    """The steps after the search, priced at the pace of the decision evaluator's reference pass (RunState `state`
+    after the data step; its `seconds` hold the load step's)."""
+    data = state.data
+    ev = data.calibration
+    n_eval = int(ev.num_samples or 0)
+    per_sample = (ev.reference_seconds or 0.0) / max(n_eval, 1)
+    n_data = data.reader().num_samples
+    batch = int(data.config.batch_size)
+    verify_batches = int(getattr(getattr(state.config, "verify", None), "verify_batches", 4))
+    verify = verify_batches * batch if n_data is None else min(verify_batches * batch, int(n_data))
+    measure = n_eval
+    if data.config.eval_data is not None:
+        n_extra = data.reader(data.config.eval_data).num_samples
+        measure += int(n_extra) if n_extra is not None else n_eval
+    activation = batch if n_data is None else min(batch, int(n_data))
+    return AfterSearch(per_sample, HANDLING_LOADS * float(state.seconds.get("load", 0.0)), verify, measure,
+                       activation)
+
+
+def run_clock(state, budget: float) -> RunClock:
+    """The run's clock: `budget` seconds from when the run started (state.started)."""
+    return RunClock(float(budget), float(state.started), after_search(state),
+                    load_seconds=float(state.seconds.get("load", 0.0)))
+
+
+def optional_batches(deadline: float | None, per_batch: float, most: int, *, keep: float = 0.0,
+                     clock=time.perf_counter) -> int:
+    """How many batches of an optional measurement (`per_batch` seconds each) fit before `deadline` with `keep`
+    seconds kept for what follows: `most` without a deadline, else 0..most."""
+    if deadline is None:
+        return most
+    left = deadline - clock() - keep
+    if left <= 0:
+        return 0
+    return int(min(most, left // max(per_batch, 1e-9)))
+
+
+def spent(seconds: dict, budget: float, reserve: dict | None = None) -> dict:
+    """How a run with a time budget spent it (report.json's `time_budget`), from the runner's per-step `seconds`
+    (in step order, with "total"; "write" when the model was written): before the search, the search, after it."""
+    steps = [k for k in seconds if k != "total"]
+    cut = steps.index("auto-search") if "auto-search" in steps else len(steps)
+    before = sum(seconds[k] for k in steps[:cut])
+    search = sum(seconds[k] for k in steps[cut:cut + 1])
+    after = sum(seconds[k] for k in steps[cut + 1:])
+    total = before + search + after
+    out = {"budget_s": budget, "total_s": round(total, 1), "before_search_s": round(before, 1),
+           "search_s": round(search, 1), "after_search_s": round(after, 1), "within": total <= budget}
+    if reserve:
+        out["reserved_after_search_s"] = reserve.get("reserve_s")
+    return out
+
+
+LATENCY_SHORT = {"warmup": 1, "min_repeats": 3}  # latency under a deadline: fewer warm-up and floor repeats
+
+
+def latency_plan(deadline: float | None, batches, pass_per_sample: float | None, *, default_budget: float = 6.0,
+                 clock=time.perf_counter) -> tuple[dict, list, str | None]:
+    """Latency measurement (converter.latency, with --report) under a run's deadline: (keyword arguments for
+    measure_latency, the batch sizes kept, a note or None). Without a deadline: its defaults, every batch. With one,
+    fewer warm-up and floor repeats, its own budget at most a third of the time left, and a batch size kept only
+    when its floor of runs (both models) fits half the time left at the measured pace."""
+    batches = sorted(batches)
+    if deadline is None:
+        return {}, batches, None
+    left = max(deadline - clock(), 0.0)
+    runs = 2 * (LATENCY_SHORT["warmup"] + LATENCY_SHORT["min_repeats"])
+    pace = pass_per_sample or 0.0
+    kept = [b for b in batches if runs * b * pace <= left / 2] or batches[:1]
+    kw = {**LATENCY_SHORT, "budget_s": max(0.5, min(default_budget, left / 3))}
+    dropped = [b for b in batches if b not in kept]
+    note = (f"time budget: latency measured with {LATENCY_SHORT['min_repeats']}+ repeats in {kw['budget_s']:.1f} s"
+            + (f", batch {', '.join(map(str, dropped))} left out" if dropped else ""))
+    return kw, kept, note

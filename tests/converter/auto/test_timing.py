@@ -1,0 +1,128 @@
+"""--time-budget covers the whole run: the reserve for the steps after the search (converter.auto.timing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxprune.converter.auto import timing
+from onnxprune.converter.auto.timing import AfterSearch, RunClock, latency_plan, optional_batches, spent
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.errors import PassError
+from tests.converter._data import self_labelled
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def after(per_sample=0.1, handling=2.0, verify=100, measure=50, activation=10) -> AfterSearch:
+    return AfterSearch(per_sample, handling, verify, measure, activation)
+
+
+def test_the_reserve_is_the_passes_after_the_search_at_the_measured_pace():
+    a = after()
+    # verify 2 x 100, measure 50, Act% 2 x 10: 270 sample-passes at 0.1 s, + 2 s handling, x the margin
+    assert a.passes() == 270
+    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 27.0))
+    a.measured(50, 10.0)  # the search judged a candidate on 50 samples in 10 s: the pace doubled
+    assert a.pass_per_sample == pytest.approx(0.2)
+    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 54.0))
+    assert a.as_dict()["pass_measured_on"] == "the last candidate judged"
+
+
+def test_the_search_deadline_is_the_budget_less_the_reserve():
+    clock = FakeClock(5.0)
+    c = RunClock(budget=100.0, started=0.0, after=after(), clock=clock)
+    reserve = c.after.seconds()
+    assert c.deadline == 100.0
+    assert c.search_deadline() == pytest.approx(100.0 - reserve)
+    assert c.search_seconds() == pytest.approx(95.0 - reserve)
+    assert c.shortfall_note() is None
+    clock.now = 100.0 - reserve + 1.0  # past the search's share: it has no time, never negative time
+    assert c.search_deadline() == clock.now and c.search_seconds() == 0.0
+
+
+def test_a_budget_that_cannot_hold_verification_says_so_in_one_line():
+    c = RunClock(budget=10.0, started=0.0, after=after(), clock=FakeClock(1.0))
+    note = c.shortfall_note()
+    assert note is not None and "\n" not in note
+    assert "cannot hold the verification" in note and "verification ran anyway" in note
+    assert c.search_seconds() == 0.0
+
+
+def test_optional_measurements_read_only_the_batches_that_fit():
+    clock = FakeClock(0.0)
+    assert optional_batches(None, 5.0, 8, clock=clock) == 8  # no deadline: all of them
+    assert optional_batches(100.0, 5.0, 8, keep=10.0, clock=clock) == 8
+    assert optional_batches(30.0, 5.0, 8, keep=10.0, clock=clock) == 4
+    assert optional_batches(12.0, 5.0, 8, keep=10.0, clock=clock) == 0
+    assert optional_batches(5.0, 5.0, 8, keep=10.0, clock=clock) == 0
+
+
+def test_latency_under_a_deadline_measures_less_and_says_so():
+    assert latency_plan(None, [64, 1], 0.1) == ({}, [1, 64], None)
+    kw, kept, note = latency_plan(100.0, [1, 64], 0.1, clock=FakeClock(90.0))  # 10 s left
+    # batch 64: 2 models x (1 + 3) runs x 64 samples x 0.1 s = 51 s > 5 s: left out; batch 1: 0.8 s: kept
+    assert kept == [1] and "batch 64 left out" in note
+    assert kw["min_repeats"] < 10 and kw["budget_s"] == pytest.approx(10.0 / 3)
+    kw, kept, _ = latency_plan(100.0, [1, 64], 0.1, clock=FakeClock(200.0))  # past the deadline: the smallest only
+    assert kept == [1] and kw["budget_s"] == 0.5
+
+
+def test_spent_splits_the_run_at_the_search():
+    seconds = {"load": 1.0, "data": 2.0, "auto-search": 50.0, "shrink": 1.0, "verify": 10.0, "measure": 6.0,
+               "total": 70.0}
+    out = spent(seconds, 60.0, {"reserve_s": 15.0})
+    assert (out["before_search_s"], out["search_s"], out["after_search_s"], out["total_s"]) == (3.0, 50.0, 17.0, 70.0)
+    assert out["within"] is False and out["reserved_after_search_s"] == 15.0
+
+
+@pytest.fixture(scope="module")
+def small():
+    model, data = self_labelled(hidden=(16, 8), model_seed=3, n=300, data_seed=1)
+    return model, {"input": data["input"]}  # no labels, 300 samples: the layer-wise refit recovers
+
+
+def test_the_step_gives_the_search_the_budget_less_the_reserve(small, monkeypatch):
+    import onnxprune.converter.auto as auto
+
+    seen = {}
+
+    def capture(original, inventory, data, config, progress=None, deadline=None, clock=None):
+        seen["clock"] = clock
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(auto, "auto_search", capture)
+    model, data = small
+    with pytest.raises(PassError, match="captured"):
+        run(model, configure(max_loss=1.0, data=data, time_budget=50, seed=0))
+    clock = seen["clock"]
+    a = clock.after
+    assert clock.budget == 50.0 and a.pass_per_sample > 0 and a.handling >= 0
+    assert a.verify_samples == 256 and a.measure_samples == 225 and a.activation_samples == 64  # 4 x 64; small data decides on 3/4
+    assert clock.search_deadline() == pytest.approx(clock.deadline - a.seconds(), abs=1e-6)
+
+
+def test_a_run_over_a_tiny_budget_still_verifies_and_says_why(small):
+    model, data = small
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))  # less than loading takes
+    report = result.report
+    assert result.report["parity"]["batches"] >= 1  # verification was not skipped
+    assert sum("cannot hold the verification" in n for n in report["notes"]) == 1
+    spent_ = report["time_budget"]
+    assert spent_["budget_s"] == 0.001 and spent_["within"] is False
+    assert spent_["total_s"] == pytest.approx(report["seconds"], abs=0.2)
+    assert report["auto"]["time"]["verify_samples"] == 256 and "reserve_s" in report["auto"]["time"]
+
+
+def test_a_run_within_its_budget_reports_how_it_spent_it(small):
+    model, data = small
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=20, seed=0))
+    spent_ = result.report["time_budget"]
+    assert spent_["search_s"] <= 20 - spent_["reserved_after_search_s"] + 2.0  # the search ended near its share
+    assert not any("cannot hold the verification" in n for n in result.report["notes"])
+    assert result.report["act"]  # time was left: Act% per layer measured
