@@ -135,6 +135,16 @@ def test_parameters_held_in_node_attributes_are_named_in_the_refusal(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def _one_shot_budget(tmp_path, model, x):
+    """`prune m.onnx -o out.onnx --max-loss 1 --one-shot --data calib.npz` on `model` and samples `x`; must succeed."""
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", input=x)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--one-shot",
+                 "--data", tmp_path / "calib.npz")
+    assert res.exit_code == 0, res.output
+    return res
+
+
 def test_budgeted_run_on_a_gemm_whose_weight_is_the_a_operand_converts(tmp_path):
     # paddle2onnx/tf2onnx's Gemm(W, Transpose(x)): the one-shot scan probed the Transpose's output and
     # onnxruntime's fusion made the session fail: "step 'scan' failed … Failed to find node output"
@@ -142,13 +152,8 @@ def test_budgeted_run_on_a_gemm_whose_weight_is_the_a_operand_converts(tmp_path)
 
     from onnxprune.models import builders
 
-    model = builders.transposed_gemm(seed=4)
-    onnx.save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=x)
-    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--one-shot",
-                 "--data", tmp_path / "calib.npz")
-    assert res.exit_code == 0, res.output
+    _one_shot_budget(tmp_path, builders.transposed_gemm(seed=4), x)
     out = onnx.load(tmp_path / "out.onnx")
     onnx.checker.check_model(out)
     assert [n.op_type for n in out.graph.node if n.op_type in ("Gemm", "Transpose")].count("Gemm") == 2
@@ -165,12 +170,8 @@ def test_float16_model_one_shot_budget_keeps_float16_and_loads(tmp_path):
 
     model = builders.as_float16(builders.mlp_gemm(in_features=16, hidden=(24,), out_features=5, seed=6))
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, tmp_path / "half.onnx")
     x = np.random.default_rng(2).standard_normal((400, 16)).astype(np.float16)
-    np.savez(tmp_path / "calib.npz", input=x)
-    res = invoke("prune", tmp_path / "half.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--one-shot",
-                 "--data", tmp_path / "calib.npz")
-    assert res.exit_code == 0, res.output
+    res = _one_shot_budget(tmp_path, model, x)
     assert "budget: measured loss" in res.output and ": met" in res.output
     written = onnx.load(tmp_path / "out.onnx")
     onnx.checker.check_model(written)
