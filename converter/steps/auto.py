@@ -37,6 +37,9 @@ class AutoSearchConfig(StepConfig):
             raise ConfigError(f"--recovery {self.recovery} is not one of auto, {', '.join(RECOVERY)}.")
 
 
+FALLBACK_SCAN_SHARE = 0.8  # of the time before the reserve: the one-shot fallback's scan (only the fit follows it)
+
+
 @register_step("auto-search")
 class AutoSearchStep(Step):
     """Automatic: one-shot start, then prune/retrain rounds (weights and whole neurons) kept by a stated rule."""
@@ -112,8 +115,27 @@ class AutoSearchStep(Step):
         from onnxprune.converter.steps.prune import PruneStep
         from onnxprune.converter.steps.scan import ScanStep
 
+        from onnxprune.converter.auto import parse_duration
+        from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET
+        from onnxprune.converter.auto.timing import run_clock
+
         note = f"{why}: the one-shot budget search ran (no retraining)"
         log.warning(note)
         state.notes.append(note)
-        for step in (ScanStep(self.scan, budget_pp=self.budget.max_loss), FitBudgetStep(self.budget), PruneStep()):
+        # --time-budget holds here too: the scan takes up to FALLBACK_SCAN_SHARE of the time before the reserve for
+        # the steps after (layers whose turn comes later stay dense), the fit no try after that reserve
+        c = self.config
+        clock = run_clock(state, parse_duration(c.time_budget) if c.time_budget else DEFAULT_TIME_BUDGET)
+        state.deadline = clock.deadline
+        start, end = clock.clock(), clock.search_deadline()
+        fit = FitBudgetStep(self.budget)
+        fit.deadline = end
+        scan = ScanStep(self.scan, budget_pp=self.budget.max_loss,
+                        deadline=start + FALLBACK_SCAN_SHARE * max(0.0, end - start))
+        for step in (scan, fit, PruneStep()):
             step.run(state)
+        unscanned = [lay.name for lay in state.sensitivity.layers if lay.path == "unscanned"]
+        if unscanned:
+            state.notes.append(f"time budget: the sensitivity scan used its share ({FALLBACK_SCAN_SHARE:.0%} of "
+                               f"--time-budget) before {len(unscanned)} layer(s); they stay dense (e.g. "
+                               f"'{unscanned[0]}'); a longer --time-budget scans them")

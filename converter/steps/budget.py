@@ -55,13 +55,15 @@ class FitBudgetStep(_Choose):
     """One-shot: measure the allocation with all layers pruned at once; back off (or grow) until it fits."""
 
     needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
+    deadline: float | None = None  # the automatic plan's one-shot fallback: no try starts after it (--time-budget)
 
     def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate, fit_to_budget
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
-                                self.config.max_loss, result=state.sensitivity, scoring=state.scoring)
+                                self.config.max_loss, result=state.sensitivity, scoring=state.scoring,
+                                deadline=self.deadline)
         state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,

@@ -25,7 +25,7 @@ class ScanConfig(StepConfig):
 
 
 def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: bool = False, scoring=None,
-         budget_pp: float | None = None):
+         budget_pp: float | None = None, deadline: float | None = None):
     """Single weights ranked by the run's criterion (`scoring`; magnitude when None), or (`neurons`) whole neurons
     per channel group. With `budget_pp` and no explicit levels, each layer's default levels are searched for its
     largest one within the budget."""
@@ -38,6 +38,8 @@ def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: 
     extra = {} if neurons or scoring is None else {"scoring": scoring}
     if budget_pp is not None and not config.levels and not neurons:
         extra["budget_pp"] = budget_pp
+    if deadline is not None and not neurons:  # layers whose turn comes after it stay dense (unscanned)
+        extra["deadline"] = deadline
     return run_scan(model, inventory, evaluator, levels,
                     progress=lambda done, total, what="": progress("sensitivity scan", done, total, what), **extra)
 
@@ -50,11 +52,13 @@ class ScanStep(Step):
     needs = ("original", "scannable", "data", "scoring")
     gives = ("sensitivity",)
 
-    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None):
+    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None, deadline: float | None = None):
         super().__init__(config)
         self.config = config
         self.budget_pp = budget_pp  # one-shot --max-loss: search each layer's levels up to the budget
+        self.deadline = deadline  # the automatic plan's one-shot fallback: the scan's share of --time-budget
 
     def run(self, state: RunState) -> None:
         state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,
-                                 state.progress, scoring=state.scoring, budget_pp=self.budget_pp)
+                                 state.progress, scoring=state.scoring, budget_pp=self.budget_pp,
+                                 deadline=self.deadline)

@@ -62,6 +62,23 @@ def test_too_little_data_runs_the_one_shot_search_and_says_so_once(teacher_data)
     assert len(notes) == 1 and "too few to hold out 50" in notes[0]
 
 
+def test_the_one_shot_fallback_keeps_to_the_time_budget(teacher_data):
+    """--time-budget holds in the one-shot fallback too: with no time for the scan every layer stays dense
+    (unscanned), the run says so, still verifies and meets its budget; a generous budget scans every layer."""
+    model, data = teacher_data
+    small = {k: v[:60] for k, v in data.items()}
+    tight = run(model, configure(max_loss=1.0, data=small, time_budget=0.01))
+    layers = tight.sensitivity.layers
+    assert layers and all(lay.path == "unscanned" for lay in layers)
+    assert any("time budget: the sensitivity scan used its share" in n and "stay dense" in n
+               for n in tight.report["notes"])
+    assert tight.report["compression"] == pytest.approx(1.0) and tight.report["budget"]["met"]
+    assert tight.report["parity"]["max_abs_diff"] == 0.0
+    roomy = run(model, configure(max_loss=1.0, data=small, time_budget=600))
+    assert not any(lay.path == "unscanned" for lay in roomy.sensitivity.layers)
+    assert not any("sensitivity scan used its share" in n for n in roomy.report["notes"])
+
+
 def _data(model, **choices) -> Data:
     config = configure(**choices)
     step = next(s for s in build_plan(config) if s.name == "data")
