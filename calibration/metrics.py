@@ -116,6 +116,13 @@ class Evaluator:
             axes.append(seen.pop() if len(seen) == 1 else 0)
         return tuple(axes)
 
+    def samples_first(self, i: int, out: np.ndarray, want: np.ndarray | None) -> tuple:
+        """Scored output `i` and its dense value with the samples on axis 0 (`sample_axes`), alike."""
+        axis = self.sample_axes[i] if self.sample_axes else 0
+        if not axis or out.ndim <= axis or (want is not None and want.ndim <= axis):
+            return out, want
+        return np.moveaxis(out, axis, 0), None if want is None else np.moveaxis(want, axis, 0)
+
     def _plan_without_reference(self, metric, output) -> dict[str, str]:
         headline, named = parse_metric_spec(metric)
         if named or headline is None:
@@ -247,12 +254,8 @@ class Evaluator:
                 raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
             values = (values,)
         got = []
-        axes = self.sample_axes or (0,) * len(kinds)
         for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
-            out, want = as_array(value), None if ref is None else as_array(ref[i])
-            if axes[i] and out.ndim > axes[i]:  # the samples on another axis: moved first, for out and dense alike
-                out = np.moveaxis(out, axes[i], 0)
-                want = None if want is None else np.moveaxis(want, axes[i], 0)
+            out, want = self.samples_first(i, as_array(value), None if ref is None else as_array(ref[i]))
             if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
                 got.append(mismatch_samples(kind, want))
             elif out.size == 0:

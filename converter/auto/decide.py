@@ -243,14 +243,11 @@ class BudgetRule:
     def values(self, batches) -> list[np.ndarray]:
         """Every scored output's per-sample figures, [n, parts] each, from per-batch tuples of output values."""
         refs = self.evaluator.reference_all
-        axes = getattr(self.evaluator, "sample_axes", None) or (0,) * len(self.outputs)
         per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for values, ref, labels in zip(batches, refs, self.evaluator.labels, strict=True):
             values = values if isinstance(values, tuple) else (values,)
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
-                out, want = as_array(value), as_array(ref[i])
-                if axes[i] and out.ndim > axes[i] and want.ndim > axes[i]:  # samples on another axis (Evaluator)
-                    out, want = np.moveaxis(out, axes[i], 0), np.moveaxis(want, axes[i], 0)
+                out, want = self.evaluator.samples_first(i, as_array(value), as_array(ref[i]))  # sample axis 0
                 if out.shape != want.shape:
                     per_output[i].append(_lost(rule.kind, want))
                 elif out.size:

@@ -25,6 +25,9 @@ class FakeEvaluator:
     def run_all(self, outputs):  # the "model" is its outputs
         return iter(o if isinstance(o, tuple) else (o,) for o in outputs)
 
+    def samples_first(self, i, out, want):  # every output here holds its samples on axis 0
+        return out, want
+
 
 def logits_for(classes, n_classes=10):
     out = np.zeros((len(classes), n_classes), dtype=np.float32)
