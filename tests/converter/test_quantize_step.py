@@ -118,6 +118,9 @@ class _Scripted:
     def run_all(self, predictions):
         return iter([(np.eye(10)[predictions],)])
 
+    def samples_first(self, i, out, want):  # [N, 10]: the samples are on axis 0
+        return out, want
+
 
 @pytest.mark.parametrize("worse, better, within", [(5, 5, True), (6, 4, True), (10, 0, False), (4, 0, False)])
 def test_rule_tolerates_one_standard_error_of_the_paired_difference(worse, better, within):
