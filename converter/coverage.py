@@ -87,13 +87,13 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     names = expose(copy, captures, types)
-    wanted = [names[c][0] for c in captures]
+    wanted = list(dict.fromkeys(names[c][0] for c in captures))
     del copy.graph.output[:]  # only the captures: the outputs' own work is not needed
-    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(wanted))
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
     session = make_session(copy, optimize=False)
     ran: dict[tuple[str, str], bool] = {}
     for feeds in reader:
-        values = dict(zip(dict.fromkeys(wanted), session.run(list(dict.fromkeys(wanted)), feeds)))
+        values = dict(zip(wanted, session.run(wanted, feeds)))
         for cap in captures:
             key = which[cap][:2]
             ran[key] = ran.get(key, False) or values[names[cap][0]].size > 0

@@ -134,6 +134,7 @@ class ReconstructRecovery(Recovery):
 
         self.s = s
         self.dense = DenseSessions(s.original)
+        self._strict_rule = None
         s.choices["refit_data"] = {"value": "train part",
                                    "rule": "refit on the training part, judged on the held-out decision part"}
         s.notes.append("reconstruct: whole-neuron pruning needs the bridge; only weights are pruned")
@@ -165,9 +166,7 @@ class ReconstructRecovery(Recovery):
             pace = time.perf_counter() - t0
             if level == 0.0:
                 if not decision.within:  # more pruned levels only by a stricter rule, or not at all
-                    from onnxprune.converter.auto.decide import BudgetRule
-
-                    after = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)
+                    after = self._strict()
                     said = (f"reconstruct: the refit at the one-shot masks is outside the budget on the decision "
                             f"set ({_said(decision)}); ")
                     if not after.resolves():
@@ -191,6 +190,15 @@ class ReconstructRecovery(Recovery):
             best = self._per_layer(best, pace or self._first_estimate())
         return best
 
+    def _strict(self):
+        """The decision rule with PER_LAYER_Z times its margin (a larger z would loosen it), made once: after a
+        rejection at level 0 and in the per-layer phase."""
+        from onnxprune.converter.auto.decide import BudgetRule
+
+        if self._strict_rule is None:
+            self._strict_rule = BudgetRule(self.s.data.evaluator, self.s.config.max_loss, strictness=PER_LAYER_Z)
+        return self._strict_rule
+
     def _first_estimate(self) -> float:
         """Seconds the first refit should take, before one is measured (0 without the run's clock): each layer
         streams the training part through about one dense pass, and builds two sessions (about a model load each).
@@ -205,11 +213,10 @@ class ReconstructRecovery(Recovery):
         """With time left after the bisection: raise one layer's sparsity at a time (module docstring); a candidate
         is kept when the decision rule with PER_LAYER_Z times its margin says within (this phase looks at the same
         decision set many times: a wider margin keeps it from selecting noise)."""
-        from onnxprune.converter.auto.decide import BudgetRule
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
 
         s = self.s
-        strict = BudgetRule(s.data.evaluator, s.config.max_loss, strictness=PER_LAYER_Z)  # a larger z would loosen
+        strict = self._strict()
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
             samples = strict.samples_to_resolve()
             need = (f"a changed-class output needs {samples} samples" if samples is not None

@@ -177,11 +177,9 @@ class _Search:
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
                                 progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what),
                                 budget_pp=self.config.max_loss, deadline=t0 + SCAN_SHARE * self.span)
-        unscanned = [lay.name for lay in self.sensitivity.layers if lay.path == "unscanned"]
-        if unscanned:
-            self.notes.append(f"time budget: the sensitivity scan used its share ({SCAN_SHARE:.0%} of "
-                              f"the search's {self.span:.0f} s) before {len(unscanned)} of {len(self.sensitivity.layers)} layers; "
-                              f"they start dense (e.g. '{unscanned[0]}'); a longer --time-budget scans them")
+        note = unscanned_note(self.sensitivity, f"{SCAN_SHARE:.0%} of the search's {self.span:.0f} s", "start")
+        if note:
+            self.notes.append(note)
         # the one-shot fit measures the whole-set loss; the rule bounds it from above (fidelity metrics), so a
         # start over the rule's limit is refitted at half the budget, then at none; else the rounds start dense
         note = ""
@@ -413,6 +411,17 @@ class _Search:
             return f"{max(0, self.left()):.0f} s left"
         return (f"best {b['ratio']:.1f}x, loss {b['loss_pp']:+.2f} pp, {b['macs_ratio']:.2f}x fewer MACs; "
                 f"{max(0, self.left()):.0f} s left")
+
+
+def unscanned_note(sensitivity, share: str, fate: str) -> str | None:
+    """The note for layers a scan's deadline left unscanned (`share`: what the scan was given; `fate`: "start" dense
+    when the rounds may still prune them, "stay" when nothing after the scan does), or None."""
+    unscanned = [lay.name for lay in sensitivity.layers if lay.path == "unscanned"]
+    if not unscanned:
+        return None
+    return (f"time budget: the sensitivity scan used its share ({share}) before {len(unscanned)} of "
+            f"{len(sensitivity.layers)} layers; they {fate} dense (e.g. '{unscanned[0]}'); a longer --time-budget "
+            "scans them")
 
 
 def _shrunk(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -63,13 +63,11 @@ class AutoSearchStep(Step):
             raise ConfigError("--layer fixes a layer's sparsity, which the automatic search (--max-loss with "
                               "--data) chooses itself; use --exclude to keep a layer dense, or add --one-shot or "
                               "--iterations N to prune with fixed layers.")
-        from onnxprune.converter.auto import AutoConfig, AutoData, auto_search, parse_duration
-        from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET, OVERRIDES
-        from onnxprune.converter.auto.timing import run_clock
+        from onnxprune.converter.auto import AutoConfig, AutoData, auto_search
+        from onnxprune.converter.auto.config import OVERRIDES
 
         c, r = self.config, self.retrain
-        config = AutoConfig(max_loss=float(self.budget.max_loss),
-                            time_budget=parse_duration(c.time_budget) if c.time_budget else DEFAULT_TIME_BUDGET,
+        config = AutoConfig(max_loss=float(self.budget.max_loss), time_budget=self._time_budget(),
                             threads=r.threads, seed=state.data.config.seed, device=r.device,
                             criterion=self.targets_config.criterion, neurons=self.neurons,
                             overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given},
@@ -77,8 +75,7 @@ class AutoSearchStep(Step):
         data = AutoData(train=state.data.train_reader(batch_size=r.train_batch_size),
                         evaluator=state.data.calibration, dense=state.original)
         t0 = time.perf_counter()
-        clock = run_clock(state, config.time_budget)
-        state.deadline = clock.deadline
+        clock = self._clock(state)
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)
@@ -115,18 +112,14 @@ class AutoSearchStep(Step):
         from onnxprune.converter.steps.prune import PruneStep
         from onnxprune.converter.steps.scan import ScanStep
 
-        from onnxprune.converter.auto import parse_duration
-        from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET
-        from onnxprune.converter.auto.timing import run_clock
+        from onnxprune.converter.auto.search import unscanned_note
 
         note = f"{why}: the one-shot budget search ran (no retraining)"
         log.warning(note)
         state.notes.append(note)
         # --time-budget holds here too: the scan takes up to FALLBACK_SCAN_SHARE of the time before the reserve for
         # the steps after (layers whose turn comes later stay dense), the fit no try after that reserve
-        c = self.config
-        clock = run_clock(state, parse_duration(c.time_budget) if c.time_budget else DEFAULT_TIME_BUDGET)
-        state.deadline = clock.deadline
+        clock = self._clock(state)
         start, end = clock.clock(), clock.search_deadline()
         fit = FitBudgetStep(self.budget)
         fit.deadline = end
@@ -134,8 +127,20 @@ class AutoSearchStep(Step):
                         deadline=start + FALLBACK_SCAN_SHARE * max(0.0, end - start))
         for step in (scan, fit, PruneStep()):
             step.run(state)
-        unscanned = [lay.name for lay in state.sensitivity.layers if lay.path == "unscanned"]
-        if unscanned:
-            state.notes.append(f"time budget: the sensitivity scan used its share ({FALLBACK_SCAN_SHARE:.0%} of "
-                               f"--time-budget) before {len(unscanned)} layer(s); they stay dense (e.g. "
-                               f"'{unscanned[0]}'); a longer --time-budget scans them")
+        note = unscanned_note(state.sensitivity, f"{FALLBACK_SCAN_SHARE:.0%} of --time-budget", "stay")
+        if note:
+            state.notes.append(note)
+
+    def _time_budget(self) -> float:
+        from onnxprune.converter.auto import parse_duration
+        from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET
+
+        return parse_duration(self.config.time_budget) if self.config.time_budget else DEFAULT_TIME_BUDGET
+
+    def _clock(self, state: RunState):
+        """The run's clock for --time-budget (converter.auto.timing); its deadline becomes the run's."""
+        from onnxprune.converter.auto.timing import run_clock
+
+        clock = run_clock(state, self._time_budget())
+        state.deadline = clock.deadline
+        return clock
