@@ -13,7 +13,10 @@
    saved little and their estimated losses steered the search elsewhere): when the measured loss is over budget, the predicted budget is shrunk
    geometrically and the allocation redone (then bisected to KNOB_RESOLUTION); when it fits, a larger predicted budget is tried while
    tries remain. The answer is the allocation that removes the most weights among those MEASURED within budget;
-   if none is, the model stays dense, with a note.
+   if none is, the model stays dense, with a note. "Within budget" is the point estimate (`within_budget`) unless
+   the caller passes `judge`: the one-shot plan passes the automatic search's decision rule (converter.auto.decide:
+   every output, its standard error taken off the budget, Wilson's bound for changed samples), so a candidate that
+   changed none of 60 samples is not "within 1 pp" because its mean was 0.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -36,6 +40,9 @@ from onnxprune.passes.magnitude import quality_for_sparsity
 from onnxprune.passes.weights import Inventory, constant_tensors
 
 log = logging.getLogger(__name__)
+
+# a decision on a candidate model: (its loss in pp, whether it is within the budget, the decision as a dict)
+Judge = Callable[[onnx.ModelProto], tuple[float, bool, dict]]
 
 GRID_STEP = 0.01
 KNOB_RESOLUTION = 1.05  # the fit bisects the knob until the smallest over / largest within is below this (or tries run out)
@@ -64,6 +71,7 @@ class AllocationOutcome:
     removed: int = 0
     total: int = 0
     notes: list[str] = field(default_factory=list)
+    decision: dict | None = None  # the judge's decision on the chosen allocation (when a judge decided)
 
     @property
     def compression(self) -> float:
@@ -181,10 +189,12 @@ def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
 def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, allocation: dict[str, float],
                   max_loss_pp: float, max_tries: int = 8, *,
                   result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE,
-                  deadline: float | None = None) -> AllocationOutcome:
+                  deadline: float | None = None, judge: Judge | None = None) -> AllocationOutcome:
     """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp.
     `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`. `deadline` (a
-    time.perf_counter() value): no try starts after it (the best one that fit so far is kept; none: dense)."""
+    time.perf_counter() value): no try starts after it (the best one that fit so far is kept; none: dense).
+    `judge(candidate) -> (loss_pp, fits, decision dict)` decides instead of the point estimate (module docstring);
+    the best try's decision is in the outcome."""
     ranker = scoring.bind(model)
     result = result if result is not None else getattr(allocation, "result", None)
     weights = getattr(allocation, "weights", None)
@@ -202,21 +212,29 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         cand = dict(allocation) if not tried else _candidate(x, allocation, result, inventory, max_loss_pp, weights)
         key = tuple(sorted((n, round(s, 6)) for n, s in cand.items()))
         if key in tried:  # the knob moved but the allocation did not: keep searching
-            x = search.next(x, tried[key], growable=result is not None)
+            x = search.next(x, *tried[key], growable=result is not None)
             continue
-        pruned = 100.0 * evaluator.evaluate(pruned_model(model, cand, ranker))
-        loss = round(dense - pruned, 9)  # 99.9 - 99.4 is 0.50000000000001 in floating point
-        tried[key] = loss
-        fits = within_budget(loss, max_loss_pp)
+        candidate = pruned_model(model, cand, ranker)
+        decision = None
+        if judge is None:
+            loss = round(dense - 100.0 * evaluator.evaluate(candidate), 9)  # 99.9 - 99.4 is 0.50000000000001
+            fits = within_budget(loss, max_loss_pp)
+        else:
+            loss, fits, decision = judge(candidate)
+            loss = round(loss, 9)
+        tried[key] = (loss, fits)
+        pruned = dense - loss
         entry = {"try": len(tried), "knob": x, "measured_loss_pp": loss, "fits": fits,
                  "predicted_loss_pp": predicted_loss(result, cand) if result is not None else None,
                  "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": pruned}
+        if decision is not None:
+            entry["decision"] = decision
         search.history.append(entry)
         log.info("try %d: %s weights removed, measured loss %.3f pp (budget %.3f)%s", len(tried),
                  f"{entry['removed']:,}", loss, max_loss_pp, "" if fits else " -> over budget")
         if fits and (best is None or entry["removed"] > best["removed"]):
             best = entry
-        x = search.next(x, loss, growable=result is not None)
+        x = search.next(x, loss, fits, growable=result is not None)
     return _outcome(model, inventory, best, search.history, dense, max_loss_pp)
 
 
@@ -239,8 +257,10 @@ class _KnobSearch:
         self.hi: float | None = None  # smallest knob that did not
         self.history: list[dict] = []
 
-    def next(self, x: float, loss: float, *, growable: bool) -> float | None:
-        if within_budget(loss, self.budget):
+    def next(self, x: float, loss: float, fits: bool | None = None, *, growable: bool) -> float | None:
+        """The next knob after one at `x` measured `loss` (pp); `fits`: the caller's decision (default: the point
+        estimate within the budget)."""
+        if within_budget(loss, self.budget) if fits is None else fits:
             self.lo = x if self.lo is None else max(self.lo, x)
         else:
             self.hi = x if self.hi is None else min(self.hi, x)
@@ -270,4 +290,4 @@ def _outcome(model, inventory, best, history, dense, max_loss_pp) -> AllocationO
     return AllocationOutcome(sparsities=sparsities, qualities=qualities, measured_loss_pp=best["measured_loss_pp"],
                              tries=len(history), history=history, predicted_loss_pp=best["predicted_loss_pp"] or 0.0,
                              dense_pct=dense, pruned_pct=best["pruned_pct"], removed=best["removed"], total=total,
-                             notes=notes)
+                             notes=notes, decision=best.get("decision"))

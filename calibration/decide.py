@@ -1,8 +1,10 @@
 """The one budget decision: is a measured loss within the budget?
 
-Every path that keeps or rejects a candidate asks this function: the one-shot fit (calibration.allocate), the
-retraining search (converter.budget) and the final check of a run (converter.steps.budget). Losses are in
-percentage points of the run's metric, positive = worse than the dense model.
+The point estimate: the budgeted retraining of a hand recipe (converter.budget), the sensitivity scan's per-layer
+bisection (a prediction, measured again later) and, without a judge, the one-shot fit (calibration.allocate). The
+automatic search and the one-shot budget plan decide by the statistical rule built on it (converter.auto.decide:
+the loss plus its sampling margin). Losses are in percentage points of the run's metric, positive = worse than the
+dense model.
 """
 
 from __future__ import annotations

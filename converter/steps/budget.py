@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from onnxprune.calibration.decide import within_budget
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.errors import BudgetError, ConfigError
 from onnxprune.passes.magnitude import Target
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,22 +55,35 @@ class AllocateStep(_Choose):
 
 @register_step("fit-budget")
 class FitBudgetStep(_Choose):
-    """One-shot: measure the allocation with all layers pruned at once; back off (or grow) until it fits."""
+    """One-shot: measure the allocation with all layers pruned at once; back off (or grow) until it fits. "Fits" is
+    the automatic search's decision rule (converter.auto.decide) on the calibration set: every scored output, the
+    loss plus its standard error within the budget (Wilson's bound for changed samples), not the mean alone."""
 
     needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
     deadline: float | None = None  # the automatic plan's one-shot fallback: no try starts after it (--time-budget)
 
     def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate, fit_to_budget
+        from onnxprune.converter.auto.decide import BudgetRule
+
+        rule = BudgetRule(state.data.calibration, self.config.max_loss)
+        for warning in rule.warnings():
+            log.warning(warning)
+            state.notes.append(warning)
+
+        def judge(candidate):
+            decision = rule.judge(candidate)
+            return decision.loss_pp, decision.within, decision.as_dict()
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
                                 self.config.max_loss, result=state.sensitivity, scoring=state.scoring,
-                                deadline=self.deadline)
+                                deadline=self.deadline, judge=judge)
         state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
-                            "history": outcome.history, "notes": outcome.notes}
+                            "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
+        state.notes.append(f"decision rule: {rule.statement()}")
         return _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()}, state.targets)
 
 
@@ -105,10 +121,17 @@ class BudgetCheckStep(Step):
         measured = report["metrics"]["sets"]["calibration"]["loss_pp"]
         report["budget"] = {"max_loss_pp": self.config.max_loss, "measured_loss_pp": measured,
                             "met": within_budget(measured, self.config.max_loss)}
-        decision = (state.auto or {}).get("decision")
-        if decision is not None:  # the automatic search decided by its stated rule on this set (converter.auto.decide)
+        decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
+        if decision is None and "rule" in (state.allocation or {}):
+            # the one-shot fit chose by the rule; the model written (with any --layer the user fixed) is judged by it
+            from onnxprune.converter.auto.decide import BudgetRule
+
+            decision = BudgetRule(state.data.calibration, self.config.max_loss).judge(state.final).as_dict()
+            rule = state.allocation["rule"]
+            report["budget"]["decision"] = decision
+        if decision is not None:  # decided by the stated rule on this set (converter.auto.decide)
             report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
-                                    limit_pp=decision["limit_pp"], rule=state.auto["rule"])
+                                    limit_pp=decision["limit_pp"], rule=rule)
 
 
 def budget_error(report: dict) -> BudgetError | None:

@@ -71,7 +71,10 @@ def test_one_shot_search_and_the_sensitivity_scan_take_expected_accuracy(confide
     report = one.report
     assert "auto" not in report and report["budget"]["met"] and report["compression"] > 1.0
     assert report["metrics"]["outputs"]["logits"]["metric"] == "expected_accuracy"
-    assert report["metrics"]["loss_pp"] <= 0.5 + 1e-9
+    # the one-shot fit decides by the rule (paired: a loss within one standard error is not told from none)
+    budget, decision = report["budget"], report["budget"]["decision"]
+    assert report["metrics"]["loss_pp"] <= budget["limit_pp"] + 1e-9
+    assert budget["limit_pp"] == pytest.approx(max(0.5, decision["se_pp"]), abs=1e-6)
     written = onnx.load(tmp_path / "o.onnx")
     onnx.checker.check_model(written, full_check=True)
     assert_same_outputs(written, one.dense_model, feeds=[{"input": x[:8]}, {"input": x[600:601]}])

@@ -1,0 +1,103 @@
+"""The one-shot budget path decides by the automatic search's rule (converter.auto.decide), not by the mean alone:
+a candidate is within --max-loss when every output's loss plus its margin is (Wilson's bound for changed samples)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.calibration.allocate import fit_to_budget
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.auto.decide import BudgetRule
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.passes.weights import find_prunable
+from tests.converter._data import self_labelled
+
+
+@pytest.fixture(scope="module")
+def label_free():
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=80, data_seed=2)
+    return model, {"input": data["input"]}
+
+
+class _Judge:
+    """A scripted judge: (loss, fits) per try, whatever the model; counts its calls."""
+
+    def __init__(self, script):
+        self.script, self.calls = list(script), 0
+
+    def __call__(self, candidate):
+        self.calls += 1
+        loss, fits = self.script.pop(0)
+        return loss, fits, {"loss_pp": loss, "within": fits}
+
+
+def test_the_judge_decides_not_the_mean(label_free):
+    model, data = label_free
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data(data, model), "rel_l2", model)
+    # every try's mean is within the budget; the judge rejects all but the gentlest (knob 0.7 x 0.7 ...)
+    judge = _Judge([(0.9, False), (0.6, False), (0.3, True)] + [(0.5, False)] * 10)
+    outcome = fit_to_budget(model, inventory, ev, {w.name: 0.9 for w in inventory.prunable}, 1.0, judge=judge)
+    fits = [h["fits"] for h in outcome.history]
+    assert fits[:3] == [False, False, True] and judge.calls == len(outcome.history)
+    assert outcome.decision == {"loss_pp": 0.3, "within": True} and outcome.measured_loss_pp == 0.3
+    chosen = outcome.history[2]["sparsities"]
+    assert all(abs(outcome.sparsities[n] - s) < 1e-9 for n, s in chosen.items())
+
+
+def test_without_a_judge_the_mean_decides(label_free):
+    model, data = label_free
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data(data, model), "rel_l2", model)
+    outcome = fit_to_budget(model, inventory, ev, {w.name: 0.5 for w in inventory.prunable}, 100.0, max_tries=1)
+    assert outcome.decision is None and outcome.history[0]["fits"]
+
+
+def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
+    model, data = label_free
+    result = run(model, configure(max_loss=1.0, data=data, one_shot=True, levels=(0.3, 0.6, 0.9), seed=0))
+    budget, allocation = result.report["budget"], result.report["allocation"]
+    assert budget["rule"].startswith("accepted when") and "decision" in budget and budget["met"]
+    assert any(n.startswith("decision rule: ") for n in result.report["notes"])
+    # every try the fit kept as "within" is within by the rule, and the rule is stricter than the mean
+    ev = Evaluator(open_data(data, model), None, model)
+    rule = BudgetRule(ev, 1.0)
+    for entry in allocation["history"]:
+        assert entry["fits"] == entry["decision"]["within"]
+        assert entry["decision"]["loss_pp"] <= entry["decision"]["limit_pp"] + 1e-9 or not entry["fits"]
+    # the decision stated is the rule's on the model written, recomputed here from onnxruntime's outputs
+    final = result.model
+    onnx.checker.check_model(final)
+    again = rule.judge(final)
+    assert again.within == budget["met"] and abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
+    x = data["input"][:8]
+    dense = make_session(model).run(None, {"input": x})[0]
+    pruned = make_session(final).run(None, {"input": x})[0]
+    assert np.abs(pruned - dense).max() < 0.5 * np.abs(dense).max()  # pruned, not broken
+
+
+def test_a_mean_within_the_budget_but_its_margin_over_is_rejected(label_free):
+    """The point estimate would take this candidate; the rule does not: L <= budget < L + SE."""
+    from onnxprune.calibration.allocate import pruned_model
+
+    model, data = label_free
+    ev = Evaluator(open_data(data, model), "rel_l2", model)
+    inventory = find_prunable(model)
+    sparsities = {w.name: 0.6 for w in inventory.prunable}
+    d = BudgetRule(ev, 1.0).judge(pruned_model(model, sparsities))
+    assert d.se_pp > 0
+    budget = d.loss_pp + d.se_pp / 2  # between the mean and the mean plus its margin
+    rule = BudgetRule(ev, budget)
+
+    def judge(m):
+        decision = rule.judge(m)
+        return decision.loss_pp, decision.within, decision.as_dict()
+
+    decided = fit_to_budget(model, inventory, ev, sparsities, budget, max_tries=1, judge=judge)
+    plain = fit_to_budget(model, inventory, ev, sparsities, budget, max_tries=1)
+    assert plain.history[0]["fits"] and not decided.history[0]["fits"]
+    assert decided.removed == 0 and plain.removed > 0 and decided.notes  # left dense, with a note saying so
