@@ -213,11 +213,14 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                               f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp)")
     budget = report.get("budget")
     if budget:
-        limit = budget.get("limit_pp")  # the decision rule's limit for the worst output (its margin taken off or on)
-        ruled = (f" (the decision rule's limit for it: {limit:.2f} pp, the budget with the sampling margin)"
-                 if limit is not None and abs(limit - budget['max_loss_pp']) > 5e-3 else "")
-        console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp{ruled}, --max-loss "
-                      f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}")
+        t = budget.get("tightest")  # the decision rule's test closest to its limit (converter.steps.budget)
+        tight = ""
+        if t and t.get("loss_pp") is not None and t.get("limit_pp") is not None:
+            from onnxprune.converter.auto.report import part_figure
+
+            tight = f"; the rule's closest test: output '{t['output']}' ({t['metric']}: {part_figure(t, t['metric'], t['n'])})"
+        console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} "
+                      f"pp: {'met' if budget['met'] else 'NOT met'}{tight}")
     for note in group_notes(report.get("notes", [])):
         console.print(f"note: {note}")
     if report.get("output"):

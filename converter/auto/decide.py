@@ -203,7 +203,8 @@ class _OutputRule:
                     limit = 0.0
             else:  # a stricter rule takes more off the budget
                 limit = self.budget - self.strictness * self.z * se
-            parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit)})
+            parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(loss, limit),
+                          "part": self.form.parts[j]})
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
         out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
         if self.form.paired:

@@ -23,7 +23,6 @@ the deadline; the best model found is returned when time runs out.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,6 +34,7 @@ from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.allocation import criterion, density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision
+from onnxprune.converter.auto.report import part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array
 
@@ -128,6 +128,9 @@ class _Search:
         log.info("auto: recovery by %s (%s)", name, why)
         best = RECOVERY[name]().search(self, best)
         self.notes.append(f"decision rule: {self.rule.statement()}")
+        stop = stop_note(self.history, self.rule)
+        if stop:
+            self.notes.append(stop)
         return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
                           self.rule.statement(), self.sensitivity, self.one_shot)
 
@@ -388,7 +391,8 @@ class _Search:
                  "overall_density": d, "ratio": 1.0 / d if d else float("inf"),
                  "density": {n: float(m.mean()) for n, m in masks.items()},
                  "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
-                 "limit_pp": decision.limit_pp, "se_pp": decision.se_pp,
+                 "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
+                 "output": decision.output, "part": (decision.outputs.get(decision.output) or {}).get("part"),
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
         if levels is not None:
             entry["levels"] = dict(levels)
@@ -411,6 +415,24 @@ class _Search:
             return f"{max(0, self.left()):.0f} s left"
         return (f"best {b['ratio']:.1f}x, loss {b['loss_pp']:+.2f} pp, {b['macs_ratio']:.2f}x fewer MACs; "
                 f"{max(0, self.left()):.0f} s left")
+
+
+def stop_note(history: list[dict], rule) -> str | None:
+    """What held the search back: the least pruned candidate past the result that the rule rejected, and on which
+    output and part (a user whose output's probabilities do not matter learns the flags that drop that part)."""
+    kept = [h["ratio"] for h in history if h.get("kept")]
+    past = [h for h in history if not h.get("within", True) and h.get("output") and h["ratio"] > max(kept, default=1.0)
+            + 1e-9]
+    if not past:
+        return None
+    h = min(past, key=lambda e: e["ratio"])
+    kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
+    note = (f"what stopped the search: the least pruned candidate past the result ({h['ratio']:.2f}x, {h['phase']}) "
+            f"was outside the budget on output '{h['output']}' ({kind}: {part_figure(h, kind, rule.n)})")
+    if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
+        flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
+        note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"
+    return note
 
 
 def unscanned_note(sensitivity, share: str, fate: str) -> str | None:

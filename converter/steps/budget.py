@@ -132,6 +132,10 @@ class BudgetCheckStep(Step):
         if decision is not None:  # decided by the stated rule on this set (converter.auto.decide)
             report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
                                     limit_pp=decision["limit_pp"], rule=rule)
+            worst = (decision.get("outputs") or {}).get(decision.get("output")) or {}
+            if worst:  # the part of the rule closest to (or over) its limit, for the budget line
+                report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
+                                                **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp")}}
 
 
 def budget_error(report: dict) -> BudgetError | None:
