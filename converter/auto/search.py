@@ -417,7 +417,7 @@ class _Search:
                 f"{max(0, self.left()):.0f} s left")
 
 
-def stop_note(history: list[dict], rule) -> str | None:
+def stop_note(history: list[dict], rule, what: str = "the search") -> str | None:
     """What held the search back: the least pruned candidate past the result that the rule rejected, and on which
     output and part (a user whose output's probabilities do not matter learns the flags that drop that part)."""
     kept = [h["ratio"] for h in history if h.get("kept")]
@@ -427,8 +427,9 @@ def stop_note(history: list[dict], rule) -> str | None:
         return None
     h = min(past, key=lambda e: e["ratio"])
     kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
-    note = (f"what stopped the search: the least pruned candidate past the result ({h['ratio']:.2f}x, {h['phase']}) "
-            f"was outside the budget on output '{h['output']}' ({kind}: {part_figure(h, kind, rule.n)})")
+    note = (f"what stopped {what}: the least pruned candidate past the result's {max(kept, default=1.0):.2f}x, "
+            f"{h['ratio']:.2f}x ({h['phase']}), was outside the budget on output '{h['output']}' "
+            f"({kind}: {part_figure(h, kind, rule.n)})")
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"

@@ -84,7 +84,23 @@ class FitBudgetStep(_Choose):
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
         state.notes.append(f"decision rule: {rule.statement()}")
+        stop = _stop_note(outcome, rule)
+        if stop:
+            state.notes.append(stop)
         return _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()}, state.targets)
+
+
+def _stop_note(outcome, rule) -> str | None:
+    """What held the one-shot fit back (auto.search.stop_note over its tries: the chosen one kept, the rest not)."""
+    from onnxprune.converter.auto.search import stop_note
+
+    total = max(outcome.total, 1)
+    tries = [{"ratio": total / max(total - t["removed"], 1), "kept": t["removed"] == outcome.removed and t["fits"],
+              "within": t["fits"], "phase": "one-shot fit", "output": t["decision"].get("output"),
+              "part": ((t["decision"].get("outputs") or {}).get(t["decision"].get("output")) or {}).get("part"),
+              "loss_pp": t["decision"]["loss_pp"], "limit_pp": t["decision"]["limit_pp"]}
+             for t in outcome.history if t.get("decision")]
+    return stop_note(tries, rule, "the one-shot fit")
 
 
 def on_main(choose, state: RunState) -> dict:

@@ -69,6 +69,14 @@ def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
     for entry in allocation["history"]:
         assert entry["fits"] == entry["decision"]["within"]
         assert entry["decision"]["loss_pp"] <= entry["decision"]["limit_pp"] + 1e-9 or not entry["fits"]
+    # a try rejected past the chosen one is named as what stopped the fit
+    chosen = max((h["removed"] for h in allocation["history"] if h["fits"]), default=0)
+    past = [h for h in allocation["history"] if not h["fits"] and h["removed"] > chosen]
+    stopped = [n for n in result.report["notes"] if n.startswith("what stopped the one-shot fit")]
+    assert len(stopped) == (1 if past else 0)
+    if past:
+        nearest = min(past, key=lambda h: h["removed"])
+        assert f"output '{nearest['decision']['output']}'" in stopped[0]
     # the decision stated is the rule's on the model written, recomputed here from onnxruntime's outputs
     final = result.model
     onnx.checker.check_model(final)

@@ -22,7 +22,7 @@ def test_the_nearest_rejected_candidate_past_the_result_is_named_with_its_part_a
     history = [_entry(1.2, True, True), _entry(2.0, False, False, loss=3.0), _entry(1.5, False, False),
                _entry(1.1, False, False, output="boxes", part="relative error")]  # below the result: not it
     note = stop_note(history, rule)
-    assert "(1.50x, reconstruct)" in note and "output 'probs' (prob: probability change 1.40 pp, limit 0.90 pp)" in note
+    assert "past the result's 1.20x, 1.50x (reconstruct), was outside" in note and "output 'probs' (prob: probability change 1.40 pp, limit 0.90 pp)" in note
     assert "`--metric probs=agreement --metric boxes=rel_l2`" in note  # every output named: only named ones count
 
 
