@@ -121,6 +121,15 @@ class _Search:
         for w in self.rule.warnings():
             log.warning(w)
             self.notes.append(w)
+        why = self.rule.uncertifiable()
+        if why:  # no candidate could be certified on this decision set: the input model, said once
+            log.warning(why)
+            self.notes.append(why)
+            masks = {n: np.ones(weight_array(self.original, n).shape, dtype=bool) for n in self.sizes}
+            decision = self.judge(self.original)
+            self._record("input model", _Best(self.original, masks, decision, {}), decision, True, self.t0)
+            return AutoResult(self.original, masks, self.history, self.choices, self.notes, decision,
+                              self.rule.statement(), None, {})
         best = self._one_shot()
         self.d0 = density(best.masks)
         name, why = choose(self.original, self.data.train, self.config.recovery)

@@ -46,7 +46,7 @@ class AutoSearchStep(Step):
 
     needs = ("original", "scannable", "targets", "data", "scoring")
     gives = ("pruned", "history", "targets", "sensitivity", "auto")
-    optional = ("auto",)  # the one-shot fallback has no search to report
+    optional = ("auto", "sensitivity")  # the one-shot fallback has no search to report; nothing certifiable: no scan
 
     def __init__(self, config: AutoSearchConfig, budget, retrain, targets, shrink, scan, given=frozenset()):
         super().__init__(config, budget)
@@ -125,9 +125,12 @@ class AutoSearchStep(Step):
         fit.deadline = end
         scan = ScanStep(self.scan, budget_pp=self.budget.max_loss,
                         deadline=start + FALLBACK_SCAN_SHARE * max(0.0, end - start))
-        for step in (scan, fit, PruneStep()):
+        from onnxprune.converter.auto.decide import BudgetRule
+
+        certifiable = BudgetRule(state.data.calibration, self.budget.max_loss).uncertifiable() is None
+        for step in ((scan, fit, PruneStep()) if certifiable else (fit, PruneStep())):  # the fit says why not
             step.run(state)
-        note = unscanned_note(state.sensitivity, f"{FALLBACK_SCAN_SHARE:.0%} of --time-budget", "stay")
+        note = certifiable and unscanned_note(state.sensitivity, f"{FALLBACK_SCAN_SHARE:.0%} of --time-budget", "stay")
         if note:
             state.notes.append(note)
 

@@ -70,6 +70,14 @@ class FitBudgetStep(_Choose):
         for warning in rule.warnings():
             log.warning(warning)
             state.notes.append(warning)
+        why = rule.uncertifiable()
+        if why:  # no candidate could be certified: the input model, said once
+            log.warning(why)
+            state.notes.append(why)
+            zero = {w.name: 0.0 for w in state.scannable.prunable}
+            state.allocation = {"sparsities": zero, "tries": 0, "history": [], "notes": [why],
+                                "rule": rule.statement()}
+            return _with_fixed({n: Target(sparsity=0.0) for n in zero}, state.targets)
 
         def judge(candidate):
             decision = rule.judge(candidate)

@@ -193,18 +193,17 @@ def _frames(*rows, classes=6):
     return np.eye(classes, dtype=np.float32)[np.asarray(rows)]
 
 
-def test_ctc_agreement_judges_the_decoded_line_not_its_positions():
-    """`--metric OUTPUT=ctc_agreement` scores greedy CTC decoding (blank: the first or the last class, whichever
-    the input model predicts more): a moved frame inside a repeated character changes nothing read out; a changed
-    character is one changed sample whatever share of positions it takes (per position it was 1 of 8). Not chosen
-    automatically (docs/metrics.md): a sequence output stays seq_agreement unless named."""
+def test_a_ctc_head_is_judged_by_its_decoded_line_not_its_positions():
+    """[N, T, C] whose every sample is led by the same first (or last) class, CTC's blank, is scored by greedy CTC
+    decoding: a moved frame inside a repeated character changes nothing read out; a changed character is one
+    changed sample whatever share of positions it takes (per position it was 1 of 8, 0.125 of a sample)."""
     from onnxprune.calibration.output_metrics import ctc_decode
 
     dense = _frames([0, 3, 3, 0, 0, 4, 0, 0], [0, 0, 2, 0, 5, 5, 0, 1])
-    assert auto_kind("softmax_11.tmp_0", dense) == "seq_agreement"
+    assert auto_kind("softmax_11.tmp_0", dense) == "ctc_agreement"
     assert ctc_decode(dense.argmax(-1), 0) == [(3, 4), (2, 5, 1)]
     last_blank = _frames([5, 3, 3, 5, 5, 4, 5, 5], [5, 5, 2, 5, 0, 0, 5, 1])
-    assert ctc_decode(last_blank.argmax(-1), 5) == [(3, 4), (2, 0, 1)]
+    assert auto_kind("logits", last_blank) == "ctc_agreement"
     moved = _frames([0, 0, 3, 0, 0, 4, 4, 0], [0, 0, 2, 0, 5, 5, 0, 1])  # same text: 3 then 4; 2, 5, 1
     changed = _frames([0, 3, 3, 0, 0, 4, 0, 0], [0, 0, 2, 0, 5, 5, 0, 3])  # the second line reads 2, 5, 3
     m = METRICS["ctc_agreement"]

@@ -19,7 +19,7 @@ from tests.converter._data import self_labelled
 
 @pytest.fixture(scope="module")
 def label_free():
-    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=80, data_seed=2)
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=120, data_seed=2)
     return model, {"input": data["input"]}
 
 
@@ -109,3 +109,28 @@ def test_a_mean_within_the_budget_but_its_margin_over_is_rejected(label_free):
     plain = fit_to_budget(model, inventory, ev, sparsities, budget, max_tries=1)
     assert plain.history[0]["fits"] and not decided.history[0]["fits"]
     assert decided.removed == 0 and plain.removed > 0 and decided.notes  # left dense, with a note saying so
+
+
+@pytest.mark.parametrize("n, path", [(60, "fallback"), (120, "search")])
+def test_too_few_samples_to_certify_keep_the_input_model_and_say_how_many_would(n, path):
+    """60 samples: the one-shot fallback (no scan: nothing could be kept); 120 label-free: the search decides on 90.
+    Neither can certify 1 pp of changed classes (Wilson's bound with none changed > 1 pp): the input model."""
+    from onnx import numpy_helper
+
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=n, data_seed=2)
+    result = run(model, configure(max_loss=1.0, data={"input": data["input"]}, seed=0, time_budget="60s"))
+    notes = [x for x in result.report["notes"] if "cannot certify --max-loss 1" in x]
+    assert len(notes) == 1 and "give 99 samples to decide on" in notes[0]
+    assert result.report["budget"]["met"]
+    if path == "fallback":
+        assert result.report.get("sensitivity") in (None, {})  # no scan ran
+    else:
+        assert "auto" in result.report
+    before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    for name, w in before.items():
+        if name in after and after[name].shape == w.shape:
+            np.testing.assert_array_equal(after[name], w, err_msg=name)
+    x = data["input"][:16]
+    np.testing.assert_allclose(make_session(result.model).run(None, {"input": x})[0],
+                               make_session(model).run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)

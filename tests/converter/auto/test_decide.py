@@ -278,3 +278,24 @@ def test_the_statement_says_how_many_changed_samples_fit_and_what_a_larger_set_w
     dense = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
     continuous = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="rel_l2"), 1.0)
     assert "fit the budget here" not in continuous.statement() and continuous.changes_allowed() is None
+
+
+def test_a_positive_budget_too_fine_for_the_set_certifies_nothing():
+    """60 samples, none changed: Wilson's bound 100/61 = 1.64 pp > 1 pp, so no pruned candidate is certified (every
+    path keeps the input model and says so); 99 samples do; --max-loss 0 and continuous outputs are not affected."""
+    for n, certifiable in ((60, False), (98, False), (99, True), (120, True)):
+        dense = np.random.default_rng(n).standard_normal((n, 10)).astype(np.float32)
+        rule = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="agreement"), 1.0)
+        why = rule.uncertifiable()
+        assert (why is None) == certifiable
+        if not certifiable:
+            assert why.startswith(f"{n} samples cannot certify --max-loss 1 for output 'out' (agreement)")
+            assert f"{100 / (n + 1):.2f} pp" in why and "give 99 samples to decide on" in why
+        assert BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="agreement"), 0.0).uncertifiable() is None
+        assert BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="rel_l2"), 1.0).uncertifiable() is None
+        prob = np.exp(dense) / np.exp(dense).sum(1, keepdims=True)  # prob: its class part is a share of samples
+        assert (BudgetRule(FakeEvaluator(halves(prob), [None, None], metric="prob"), 1.0).uncertifiable() is None
+                ) == certifiable
+    # the warning about one-sample resolution is for label metrics now (paired); a fidelity output's is the above
+    dense = np.random.default_rng(1).standard_normal((60, 10)).astype(np.float32)
+    assert BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="rel_l2"), 1.0).warnings() == []
