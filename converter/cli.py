@@ -7,7 +7,6 @@ error's own code); anything unexpected prints one line too. Tracebacks only with
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal

@@ -22,7 +22,6 @@ another model (sha256 mismatch) is refused unless the caller explicitly allows i
 from __future__ import annotations
 
 import logging
-import math
 import types
 import typing
 from collections.abc import Mapping
