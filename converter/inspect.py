@@ -218,7 +218,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         if t and t.get("loss_pp") is not None and t.get("limit_pp") is not None:
             from onnxprune.converter.auto.report import part_figure
 
-            tight = f"; the rule's closest test: output '{t['output']}' ({t['metric']}: {part_figure(t, t['metric'], t['n'])})"
+            tight = (f"; the rule's closest test: output '{t['output']}' "
+                     f"({t['metric']}: {part_figure(t, t['metric'], t['n'], budget['max_loss_pp'])})")
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} "
                       f"pp: {'met' if budget['met'] else 'NOT met'}{tight}")
     for note in group_notes(report.get("notes", [])):

@@ -438,7 +438,7 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
     note = (f"what stopped {what}: the least pruned candidate past the result's {max(kept, default=1.0):.2f}x, "
             f"{h['ratio']:.2f}x ({h['phase']}), was outside the budget on output '{h['output']}' "
-            f"({kind}: {part_figure(h, kind, rule.n)})")
+            f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g})")
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"
