@@ -10,9 +10,12 @@ asked and the run says that no sample checked them.
 
 How: each If's two branches get their first tensor output captured (converter/reconstruct_bodies.expose: the
 branch that did not run outputs an empty tensor) and the input model runs once over the data. A branch ran when
-some batch gave its capture a value. A node runs when every branch around it ran; a weight is reached when every
-node reading it does. Ifs inside a Loop or Scan body are not captured (their per-iteration outputs cannot be
-stacked when the branch changes between iterations): their branches count as run.
+some batch gave its capture a value. An If inside a Loop body has its condition captured instead (a branch's
+output cannot be stacked over iterations when the branch changes between them; the condition is a scalar every
+iteration): its then branch ran when some iteration's condition was true, its else branch when some was false (a
+Loop that ran no iteration ran neither). A node runs when every branch around it ran; a weight is reached when
+every node reading it does. Ifs inside a Scan body, or inside an If branch inside a Loop body (whose condition is
+absent on the iterations that took the other branch), are not captured: their branches count as run.
 """
 
 from __future__ import annotations
@@ -25,9 +28,6 @@ import onnx
 from onnxprune.converter.reconstruct_bodies import bodies, expose
 
 log = logging.getLogger(__name__)
-
-UNCAPTURED = ("Loop", "Scan")  # an If inside these bodies is assumed to run both ways
-
 
 @dataclass
 class Coverage:
@@ -48,13 +48,19 @@ class Coverage:
 
 
 def _ifs(graph: onnx.GraphProto, scope=(), ops=(), path=""):
-    """(If node, its scope for expose, its path label) for every If outside Loop/Scan bodies."""
+    """(If node, its scope for expose, its path label, its index, whether a Loop is around it) for every If that can
+    be captured (module docstring): outside Scan bodies, and with no If between it and the innermost Loop around."""
     for i, node in enumerate(graph.node):
         label = f"{path}/{node.op_type} '{node.name}'" if path else f"{node.op_type} '{node.name}'"
-        if node.op_type == "If" and not any(op in UNCAPTURED for op in ops):
-            yield node, scope, label, i
+        looped = "Loop" in ops
+        if node.op_type == "If" and "Scan" not in ops and (not looped or "If" not in ops[_last(ops, "Loop"):]):
+            yield node, scope, label, i, looped
         for attr, g in bodies(node):
             yield from _ifs(g, scope + ((i, attr),), ops + (node.op_type,), f"{label}/{attr}")
+
+
+def _last(ops: tuple, op: str) -> int:
+    return len(ops) - 1 - ops[::-1].index(op)
 
 
 def _readers(graph: onnx.GraphProto, around=()):
@@ -72,7 +78,14 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     from onnxprune.calibration.runtime import make_session
 
     captures, types, which = [], {}, {}
-    for node, scope, label, index in _ifs(model.graph):
+    conditions = {}  # capture of an in-Loop If's condition -> (node name, its label)
+    for node, scope, label, index, looped in _ifs(model.graph):
+        if looped:
+            cap = (node.input[0], scope)
+            captures.append(cap)
+            types[node.input[0]] = onnx.TensorProto.BOOL
+            conditions[cap] = (node.name, label)
+            continue
         for attr, g in bodies(node):
             out = next((o for o in g.output if o.type.HasField("tensor_type")), None)
             if out is None:
@@ -95,13 +108,23 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     for feeds in reader:
         values = dict(zip(wanted, session.run(wanted, feeds)))
         for cap in captures:
+            value = values[names[cap][0]]
+            if cap in conditions:  # every iteration's condition: which branches some iteration took
+                name = conditions[cap][0]
+                took = {"then_branch": bool(value.any()), "else_branch": bool((~value.astype(bool)).any())}
+                for attr, yes in took.items():
+                    ran[(name, attr)] = ran.get((name, attr), False) or yes
+                continue
             key = which[cap][:2]
-            ran[key] = ran.get(key, False) or values[names[cap][0]].size > 0
+            ran[key] = ran.get(key, False) or value.size > 0
+    for cap, (name, label) in conditions.items():
+        for attr in ("then_branch", "else_branch"):
+            which[(name, attr, "label")] = (name, attr, f"{label}/{attr}")
     untaken = {key for key, took in ran.items() if not took}
-    inner = [which[c][2] for c in captures if which[c][:2] in untaken]
+    inner = [w[2] for w in which.values() if w[:2] in untaken]
     # a branch inside an untaken one is implied by it: only the outermost are named
     cov.untaken = [b for b in inner if not any(b.startswith(o + "/") for o in inner)]
-    labels = {which[c][:2]: which[c][2] for c in captures}
+    labels = {w[:2]: w[2] for w in which.values()}
     blocked: dict[str, str] = {}  # tensor read by a node in an untaken branch -> that branch
     for node, around in _readers(model.graph):
         hit = next((labels[b] for b in around if b in untaken), None)

@@ -6,6 +6,8 @@ random feeds take both; builders_control.if_network (MatMul/Gemm) and while_rnn 
                then Conv(conv2, shared outer-scope weight and bias) -> [N, O, L]
     if_lstm    [N, T, F] -> If: then LSTM(outer-scope W, R, B), else LSTM(body initializers) -> last state ->
                Gemm -> [N, out] (silero VAD keeps its LSTM in an If branch chosen by the sample rate)
+    loop_if    [N, F] -> Loop (3 steps, h carried): If(mean(input) > 0) then Relu(h @ then.W) else
+               Tanh(h @ else.W), both outer-scope initializers -> Gemm(out) -> [N, out] (an If inside a Loop body)
 """
 
 from __future__ import annotations
@@ -104,6 +106,34 @@ def nested_if(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -
         _init("outer_else.weight", _w(rng, (in_features, out_features), in_features)),
         _init("col0", np.array(0, np.int64))]
     return _model("nested_if", nodes, inits, [in_features], [out_features])
+
+
+def loop_if(*, features: int = 16, steps: int = 3, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """An If inside a Loop body: every iteration picks its branch by the batch's mean (the same for every step)."""
+    rng = np.random.default_rng(seed)
+    then_nodes = [helper.make_node("MatMul", ["h_in", "then.W"], ["then/z"], name="/loop/then/MatMul"),
+                  helper.make_node("Relu", ["then/z"], ["then_out"], name="/loop/then/relu")]
+    else_nodes = [helper.make_node("MatMul", ["h_in", "else.W"], ["else/z"], name="/loop/else/MatMul"),
+                  helper.make_node("Tanh", ["else/z"], ["else_out"], name="/loop/else/tanh")]
+    vi = helper.make_tensor_value_info
+    body = helper.make_graph(
+        _condition("input", "loop/") + [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
+            helper.make_node("If", ["loop/cond"], ["h_out"], name="/loop/select",
+                             then_branch=_branch("then", then_nodes, "then_out"),
+                             else_branch=_branch("else", else_nodes, "else_out"))],
+        "body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
+                 vi("h_in", TensorProto.FLOAT, None)],
+        [vi("cond_out", TensorProto.BOOL, []), vi("h_out", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Loop", ["steps", "keep_going", "input"], ["h"], body=body, name="/loop"),
+             helper.make_node("Gemm", ["h", "out.weight", "out.bias"], ["output"], transB=1, name="/out/Gemm")]
+    inits = [_init("then.W", _w(rng, (features, features), features)),
+             _init("else.W", _w(rng, (features, features), features)),
+             _init("out.weight", _w(rng, (out_features, features), features)),
+             _init("out.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+             _init("steps", np.array(steps, np.int64)), _init("keep_going", np.array(True)),
+             _init("zero", np.array(0.0, np.float32))]
+    return _model("loop_if", nodes, inits, [features], [out_features])
 
 
 def while_rnn_decaying(**kwargs) -> onnx.ModelProto:
