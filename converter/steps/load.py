@@ -6,14 +6,18 @@ import onnx
 
 from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
+from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
 
 def load(source) -> modelio.LoadedModel:
+    """The model read and checked, its nodes named; refused at once when onnxruntime cannot load it (a custom-domain
+    op, an IR version newer than it reads): every later step measures in onnxruntime."""
     loaded = modelio.from_proto(source) if isinstance(source, onnx.ModelProto) else modelio.load_model(source)
     name_nodes(loaded.model)
+    input_session(loaded.model)
     return loaded
 
 
