@@ -99,6 +99,14 @@ def _seq_agreement(out, ref, labels):
     return same.sum(axis=1, dtype=np.float64)[:, None], np.full(len(out), same.shape[1], dtype=np.int64)
 
 
+def _map_agreement(out, ref, labels):
+    """Per position (pixel), the argmax over the channels (axis 1) agrees: a segmentation model's [N, C, H, W]
+    class map, ONNX's channels-first layout. Outputs of fewer than 3 axes are scored as agreement."""
+    if out.ndim < 3:
+        return _agreement(out, ref, labels)
+    return _seq_agreement(np.moveaxis(out, 1, -1), np.moveaxis(ref, 1, -1), labels)
+
+
 def ctc_decode(best: np.ndarray, blank: int) -> list[tuple[int, ...]]:
     """Greedy CTC decoding of per-position classes [N, T]: repeats collapsed, then the blank dropped."""
     keep = np.ones(best.shape, dtype=bool)
@@ -206,6 +214,9 @@ METRICS: dict[str, Metric] = {
     "agreement": Metric(_agreement, lambda s, n: s[0] / n, False, "1% of samples change their top-1 class"),
     "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class",
                             continuous=True),
+    "map_agreement": Metric(_map_agreement, lambda s, n: s[0] / n, False,
+                            "1% of positions (pixels) change their top-1 class over the channels (axis 1)",
+                            continuous=True),
     "ctc_agreement": Metric(_ctc_agreement, lambda s, n: s[0] / n, False,
                             "1% of samples change their decoded sequence (greedy CTC: repeats collapsed, blank "
                             "dropped)"),
@@ -234,8 +245,9 @@ def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray
     lost (relative error 1, no agreement, cosine 0; probability change 1)."""
     n = _n(ref)
     worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)  # 1 where lower is better, else 0
-    counts = np.full(n, int(np.prod(ref.shape[1:-1])) if kind == "seq_agreement" and ref.ndim >= 2 else 1,
-                     dtype=np.int64)
+    positions = {"seq_agreement": ref.shape[1:-1] if ref.ndim >= 2 else (),  # the positions each sample counts
+                 "map_agreement": ref.shape[2:] if ref.ndim >= 3 else ()}.get(kind, ())
+    counts = np.full(n, int(np.prod(positions)), dtype=np.int64)
     return np.tile(worst, (n, 1)), counts
 
 

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+from onnxprune.calibration.output_metrics import mismatch_samples
 from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kind, auto_kinds, metric_plan, output_error
 from onnxprune.calibration.readers import open_data
 from onnxprune.converter.cli import cli
@@ -39,6 +40,28 @@ def test_each_output_gets_the_metric_that_fits_it():
     assert auto_kind("ctc_logits", tokens) == "seq_agreement"
     assert auto_kind("map", np.zeros((2, 4, 3, 3), np.float32)) == "rel_l2"
     assert all(m.one_pp for m in METRICS.values())
+
+
+def test_a_channels_first_class_map_is_scored_per_pixel_over_its_channels():
+    """Newcomer sweep: a torch UNet's [N, 3, 32, 32] output 'classmap' was scored as seq_agreement, i.e. by its
+    argmax over the width (the last axis); its classes are axis 1 (ONNX's channels-first layout)."""
+    images = np.random.default_rng(1).standard_normal((16, 3, 6, 8)).astype(np.float32)
+    assert evaluator(tb.segmenter(), {"image": images}).plan == {"classmap": "map_agreement"}
+    assert evaluator(tb.segmenter(name="out", softmax=True), {"image": images}).plan == {"out": "map_agreement"}
+    logits = np.random.default_rng(2).standard_normal((2, 3, 6, 8)).astype(np.float32)
+    assert auto_kind("seg_logits", logits.transpose(0, 2, 3, 1)) == "seq_agreement"  # channels last [N, H, W, C]
+    assert auto_kind("out", logits) == "rel_l2"  # neither its name nor its values say classes
+    m = METRICS["map_agreement"]
+    moved = logits.copy()
+    moved[1, (logits[1, :, 2, 5].argmax() + 1) % 3, 2, 5] = 10.0  # one pixel of the second map changes class
+    assert moved[1, :, 2, 5].argmax() != logits[1, :, 2, 5].argmax()
+    terms, counts = m.samples(moved, logits, None)
+    assert terms[:, 0].tolist() == [48.0, 47.0] and counts.tolist() == [48, 48]  # 6 x 8 pixels each
+    _, mismatch = mismatch_samples("map_agreement", logits)
+    assert mismatch.tolist() == [48, 48]
+    from onnxprune.converter.auto.decide import PER_SAMPLE
+
+    assert PER_SAMPLE["map_agreement"].fn(moved, logits, None)[:, 0] == pytest.approx([0.0, 1 / 48])
 
 
 def test_a_head_beside_the_class_scores_is_regression_whatever_its_name():
