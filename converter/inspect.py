@@ -40,7 +40,21 @@ def inspect_model(path: Path) -> dict:
         "inputs": [_value_info(v) for v in _real_inputs(loaded.model)],
         "outputs": [_value_info(v) for v in loaded.model.graph.output],
         "npz_example": npz_example(loaded.model),
+        "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
     }
+
+
+def _no_prunable(model, path) -> str:
+    """prune's one line for a model with nothing to prune (what was seen, attribute-held parameters), said by inspect
+    too: skl2onnx's LinearClassifier or a tree ensemble shows no weight table at all."""
+    from onnxprune.converter.steps.load import inventory_of
+    from onnxprune.errors import ConverterError
+
+    try:
+        inventory_of(model, where=str(path))
+    except ConverterError as exc:
+        return str(exc)
+    return ""
 
 
 def _real_inputs(model) -> list:
@@ -147,7 +161,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
     if not info["layers"]:
-        console.print("No prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul).")
+        console.print(info.get("no_prunable") or "No prunable weights.", markup=False, highlight=False)
     if info["skipped"]:
         skipped = Table(title="Not considered prunable")
         skipped.add_column("tensor")

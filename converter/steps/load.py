@@ -40,7 +40,7 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
                         "export the model with its weights as initializers.")
         held = attribute_parameters(model)
         if held:  # e.g. skl2onnx's LinearClassifier: the coefficients are node attributes, not tensors
-            extra = f" (+{len(held) - 1} more)" if len(held) > 1 else ""
+            extra = f" (+{len(held) - 1} more attribute{'s' if len(held) > 2 else ''})" if len(held) > 1 else ""
             computed += (f" Parameters held in node attributes cannot be pruned: {held[0][1]}{extra}; only weight "
                          "tensors (initializers or Constant nodes) feeding these ops can.")
             reasons = reasons.replace("no weights at all", "no weight tensors")
