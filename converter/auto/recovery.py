@@ -145,8 +145,8 @@ class ReconstructRecovery(Recovery):
         s.choices["refit_data"] = {"value": "train part",
                                    "rule": "refit on the training part, judged on the held-out decision part"}
         why = s.choices.get("recovery", {}).get("rule")  # the reason for this backend, said where its limit is
-        s.notes.append(f"reconstruct{f' ({why})' if why else ''}: whole-neuron pruning needs the bridge; "
-                       "only weights are pruned")
+        s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: it prunes weights only (whole "
+                       "neurons are masked only by sgd retraining through the torch bridge)")
         lo, hi, pace = 0.0, None, None
         level = 0.0
         after = None  # after a rejection at level 0: the rule with PER_LAYER_Z times the margin (fixed-sequence)

@@ -67,7 +67,8 @@ def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small
     report = result.report
     choices = report["auto"]["choices"]
     assert choices["recovery"]["value"] == "reconstruct" and "no labels" in choices["recovery"]["rule"]
-    assert any(n.startswith(f"reconstruct ({choices['recovery']['rule']}): whole-neuron") for n in report["notes"])
+    assert any(n.startswith(f"recovery by reconstruct ({choices['recovery']['rule']}): it prunes weights only")
+               for n in report["notes"])
     # 600 samples: the small-data split (steps/data.py) refits on every 4th and decides on the other 450
     assert choices["refit_data"]["value"] == "train part"
     phases = [h["phase"] for h in report["history"]]
