@@ -106,7 +106,7 @@ def npz_example(model, samples: int = 64) -> str:
         dtype = info["dtype"] if info["dtype"] in _NUMPY_NAMES else "float32"
         dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
         key = v.name if v.name.isidentifier() else None
-        parts.append((key, v.name, f"np.zeros({dims_text}, np.{dtype})"))
+        parts.append((key, v.name, f"np.zeros({dims_text}, np.{'bool_' if dtype == 'bool' else dtype})"))  # numpy 1.x
     if all(k for k, _, _ in parts):
         args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
     else:
@@ -155,7 +155,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         text = "; ".join(f"{v['name']} {v['dtype']} "
                          f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else f"{v['name']} {v['dtype']}"
                          for v in items)
-        console.print(f"{kind}: {text or '-'}")
+        console.print(f"{kind}: {text or '-'}", markup=False)  # '[unk__12, 32, 32, 3]' is not a rich style tag
     if info.get("npz_example"):
         console.print("calibration data (replace the zeros with real samples; a file whose inputs cannot be stacked "
                       "along the first axis is read as one feed):")
@@ -197,7 +197,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
-        console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink accordingly")
+        console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink accordingly", markup=False)
     latency = (report.get("latency") or {}).get("batches") or []
     if latency:
         runs = ", ".join(f"batch {b['batch']} {1e3 * b['a']['median_ms']:.1f} -> {1e3 * b['b']['median_ms']:.1f} us "
@@ -219,20 +219,20 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
             agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
             moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
         console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
-                      f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}")
+                      f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}", markup=False)
         outputs = s.get("outputs") or {}
         if len(outputs) > 1:
             for out, f in outputs.items():
                 console.print(f"  output {out} ({f['metric']}; 1 pp = {f['one_pp']}): {100 * f['before']:.2f}% -> "
-                              f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp)")
+                              f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp)", markup=False)
     budget = report.get("budget")
     if budget:
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} pp: "
                       f"{'met' if budget['met'] else 'NOT met'}{_widened(budget)}")
     for note in group_notes(report.get("notes", [])):
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)
     if report.get("output"):
-        console.print(f"wrote {report['output']}")
+        console.print(f"wrote {report['output']}", markup=False)
 
 
 def _widened(budget: dict) -> str:
