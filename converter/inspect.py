@@ -240,7 +240,7 @@ def _widened(budget: dict) -> str:
     difference) (converter.auto.decide), wider than the budget on a small decision set (newcomer sweep: a Scan RNN
     read 'measured loss 1.07 pp, --max-loss 1 pp: met', its held-out accuracy 8.5 pp lower)."""
     limit = budget.get("limit_pp")
-    if not budget.get("met") or limit is None or limit <= budget["max_loss_pp"]:
+    if not budget.get("met") or limit is None or budget["measured_loss_pp"] <= budget["max_loss_pp"]:
         return ""
     return (f" (by the decision rule's limit {limit:.2f} pp: one standard error of the paired difference, wider than "
             "the budget on this decision set; more samples, or --val-data, narrow it)")

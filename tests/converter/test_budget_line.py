@@ -31,5 +31,7 @@ def test_the_budget_line_adds_nothing_when_the_limit_is_the_budget_or_tighter():
     assert _summary(plain) == "budget: measured loss 0.40 pp, --max-loss 1 pp: met"
     assert _summary({**plain, "limit_pp": 1.0}) == "budget: measured loss 0.40 pp, --max-loss 1 pp: met"
     assert _summary({**plain, "limit_pp": 0.7}) == "budget: measured loss 0.40 pp, --max-loss 1 pp: met"  # fidelity
+    # within the budget itself: nothing to explain, whatever the limit
+    assert _summary({**plain, "limit_pp": 1.7}) == "budget: measured loss 0.40 pp, --max-loss 1 pp: met"
     missed = {"max_loss_pp": 1.0, "measured_loss_pp": 2.5, "met": False, "limit_pp": 1.6}
     assert _summary(missed) == "budget: measured loss 2.50 pp, --max-loss 1 pp: NOT met"
