@@ -197,7 +197,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
-        console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink accordingly", markup=False)
+        console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink "
+                      "accordingly", markup=False)
     latency = (report.get("latency") or {}).get("batches") or []
     if latency:
         runs = ", ".join(f"batch {b['batch']} {1e3 * b['a']['median_ms']:.1f} -> {1e3 * b['b']['median_ms']:.1f} us "
