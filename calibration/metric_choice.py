@@ -50,7 +50,7 @@ def auto_kind(name: str, value) -> str:
       4. [N, C] -> prob when the rows are probabilities, else agreement (class scores, logits);
       5. [N, C, H, W] whose channels (axis 1) hold probabilities, or whose name says class scores and whose
          axis 1 is shorter than its last (ONNX's channels-first class map of a segmentation model) ->
-         map_agreement (argmax over axis 1 per pixel);
+         map_iou (mean IoU of the class maps, argmax over axis 1);
          [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
          (per-position outputs: sequences, anchors; a CTC head read out as text is better judged by
          `--metric OUTPUT=ctc_agreement`, not chosen automatically: docs/metrics.md says why);
@@ -70,7 +70,7 @@ def auto_kind(name: str, value) -> str:
     if arr.ndim == 2:
         return "prob" if _is_probability(arr) else "agreement"
     if _is_class_map(arr, name):
-        return "map_agreement"
+        return "map_iou"
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):
         return "seq_agreement"
     return "rel_l2"
@@ -122,7 +122,7 @@ def channel_scale_spread(value) -> float | None:
 
 
 def _holds_classes(name: str, kind: str) -> bool:
-    return (kind in ("prob", "seq_agreement", "map_agreement", "ctc_agreement")
+    return (kind in ("prob", "seq_agreement", "map_iou", "ctc_agreement")
             or (kind == "agreement" and bool(_CLASS_NAMES.search(name))))
 
 
