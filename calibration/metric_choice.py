@@ -30,6 +30,14 @@ def _is_probability(arr: np.ndarray) -> bool:
     return bool(arr.min() >= 0.0 and arr.max() <= 1.0 and np.allclose(arr.sum(axis=-1), 1.0, atol=_PROB_TOL))
 
 
+def _is_class_map(arr: np.ndarray, name: str) -> bool:
+    """[N, C, H, W] class scores over axis 1 (rule 5): probabilities there and not over the last axis, or a class
+    name with fewer channels than columns (a channels-last [N, H, W, C] map has the classes last)."""
+    if arr.ndim != 4 or arr.shape[1] < 2 or _is_probability(arr):
+        return False
+    return _is_probability(np.moveaxis(arr, 1, -1)) or bool(_CLASS_NAMES.search(name) and arr.shape[1] < arr.shape[-1])
+
+
 def auto_kind(name: str, value) -> str:
     """The metric that fits one output, from its dense value (first batch) and its name.
 
@@ -40,10 +48,13 @@ def auto_kind(name: str, value) -> str:
       3. the name says embedding (embed, pool, hidden, feature, ...) -> cosine; it says regression (box, loc,
          delta, landmark, ...) -> rel_l2;
       4. [N, C] -> prob when the rows are probabilities, else agreement (class scores, logits);
-      5. [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
-         (per-position outputs: sequences, anchors), and [N, T, C] among them whose every sample's most frequent
-         class is the same first or last class -> ctc_agreement (a CTC head: OCR lines, speech; the blank leads,
-         and what is read out is the decoded text: one changed line per sample, not one position);
+       5. [N, C, H, W] whose channels (axis 1) hold probabilities, or whose name says class scores and whose
+          axis 1 is shorter than its last (ONNX's channels-first class map of a segmentation model) ->
+          map_iou (mean IoU of the class maps, argmax over axis 1);
+          [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
+          (per-position outputs: sequences, anchors), and [N, T, C] among them whose every sample's most frequent
+          class is the same first or last class -> ctc_agreement (a CTC head: OCR lines, speech; the blank leads,
+          and what is read out is the decoded text: one changed line per sample, not one position);
          anything else (feature maps, audio, images) -> rel_l2.
     """
     if map_keys(value) is not None:
@@ -59,6 +70,8 @@ def auto_kind(name: str, value) -> str:
         return "rel_l2"
     if arr.ndim == 2:
         return "prob" if _is_probability(arr) else "agreement"
+    if _is_class_map(arr, name):
+        return "map_iou"
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):
         return "ctc_agreement" if _ctc_like(arr) else "seq_agreement"
     return "rel_l2"
@@ -123,7 +136,7 @@ def channel_scale_spread(value) -> float | None:
 
 
 def _holds_classes(name: str, kind: str) -> bool:
-    return (kind in ("prob", "seq_agreement", "ctc_agreement")
+    return (kind in ("prob", "seq_agreement", "map_iou", "ctc_agreement")
             or (kind == "agreement" and bool(_CLASS_NAMES.search(name))))
 
 

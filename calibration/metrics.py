@@ -9,6 +9,8 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     top5           label among the 5 largest scores                            1% of samples lose it from their top 5
     agreement      top-1 (argmax per sample) equals the dense model's          1% of samples change their top-1 class
     seq_agreement  argmax over the last axis, per position, equals the dense   1% of positions change their top-1
+    map_iou        mean IoU of the class maps (argmax over axis 1) per sample    mean IoU 0.01 lower
+                   ([N, C, H, W] segmentation outputs)
     ctc_agreement  greedy CTC decoding of [N, T, C] equals the dense one's      1% of samples change their text
     prob           min(agreement, 1 - mean_i max_c |p_ic - d_ic|)              1% of samples change class, or the mean
                                                                                    largest probability change is 0.01

@@ -99,6 +99,22 @@ def _seq_agreement(out, ref, labels):
     return same.sum(axis=1, dtype=np.float64)[:, None], np.full(len(out), same.shape[1], dtype=np.int64)
 
 
+def _map_iou(out, ref, labels):
+    """Per sample, the mean over classes of the IoU between the candidate's and the dense model's class maps (argmax
+    over the channels, axis 1: a segmentation model's [N, C, H, W] output, ONNX's channels-first layout), over the
+    classes either map holds. Not the share of agreeing pixels: background dominates that, and a 121x UNet kept
+    99.07% of its pixels while its small classes lost 0.09 and 0.15 IoU. Fewer than 3 axes: agreement."""
+    if out.ndim < 3:
+        return _agreement(out, ref, labels)
+    a = out.argmax(axis=1).reshape(len(out), -1)
+    b = ref.argmax(axis=1).reshape(len(ref), -1)
+    classes = np.arange(out.shape[1])[None, :, None]
+    inter = ((a[:, None] == classes) & (b[:, None] == classes)).sum(axis=2)
+    union = ((a[:, None] == classes) | (b[:, None] == classes)).sum(axis=2)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0).sum(axis=1) / np.maximum((union > 0).sum(axis=1), 1)
+    return iou.astype(np.float64)[:, None], _ones(len(out))
+
+
 def ctc_decode(best: np.ndarray, blank: int) -> list[tuple[int, ...]]:
     """Greedy CTC decoding of per-position classes [N, T]: repeats collapsed, then the blank dropped."""
     keep = np.ones(best.shape, dtype=bool)
@@ -206,6 +222,9 @@ METRICS: dict[str, Metric] = {
     "agreement": Metric(_agreement, lambda s, n: s[0] / n, False, "1% of samples change their top-1 class"),
     "seq_agreement": Metric(_seq_agreement, lambda s, n: s[0] / n, False, "1% of positions change their top-1 class",
                             continuous=True),
+    "map_iou": Metric(_map_iou, lambda s, n: s[0] / n, False,
+                      "the mean IoU of the class maps (argmax over axis 1) with the input model's drops by 0.01",
+                      continuous=True),
     "ctc_agreement": Metric(_ctc_agreement, lambda s, n: s[0] / n, False,
                             "1% of samples change their decoded sequence (greedy CTC: repeats collapsed, blank "
                             "dropped)"),

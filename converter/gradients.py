@@ -23,7 +23,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from onnxprune.converter.finetune import Objective, output_kinds
+from onnxprune.converter.finetune import Objective, compute_dtype, output_kinds
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def gradient_statistics(model: onnx.ModelProto, names: list[str],
     skipped = sorted(set(names) - set(trainable))
     if skipped:
         log.info("no gradient statistics for weights held in Constant nodes: %s", ", ".join(skipped))
-    module = OnnxModule(model, trainable=trainable)
+    module = OnnxModule(model, trainable=trainable, dtype=compute_dtype(model, torch.device("cpu")))
     module.eval()
     params = module.onnx_parameters()
     loss_fn = _Loss(model, module, seed)

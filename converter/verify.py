@@ -122,16 +122,24 @@ def check_parity(
                   noise_floor=floors.get(worst))
 
 
-def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str) -> list[list]:
-    """The oracle's outputs on every feed; its session is gone when this returns."""
+def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A session (optimisations off) on the input model, or the one line that says onnxruntime cannot load it.
+
+    The load step calls it before any work (every later step measures in onnxruntime), verification again on the
+    oracle (the same graph with other weights)."""
     try:
-        ref = make_session(oracle, optimize=False)
+        return make_session(model, optimize=False)
     except Exception as exc:
         raise ModelError(
             f"onnxruntime {ort.__version__} cannot load this model (its graph, not the pruning, is the problem), so "
             f"no output can be verified or written: {_ort_reason(exc)}. Fix or re-export the model so that "
-            "onnxruntime loads it (supported ops and opset, consistent shapes)."
+            "onnxruntime loads it (supported ops, opset and IR version, consistent shapes)."
         ) from None
+
+
+def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str) -> list[list]:
+    """The oracle's outputs on every feed; its session is gone when this returns."""
+    ref = input_session(oracle)
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failing run is reported in our one line, not also in onnxruntime's log
     wants = []

@@ -166,6 +166,19 @@ def variable_width(*, channels: int = 3, out_channels: int = 4, seed: int = 0) -
                   [_float("map", [BATCH, out_channels, "H", "W"])])
 
 
+def segmenter(*, channels: int = 3, classes: int = 3, name: str = "classmap", softmax: bool = False,
+              seed: int = 0) -> onnx.ModelProto:
+    """image [N, 3, H, W] -> conv 3x3 + relu -> conv 1x1 -> `name` [N, classes, H, W]: a segmentation model's
+    channels-first class map (torch's UNet, DeepLab), as scores or, with `softmax`, probabilities over axis 1."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("image", "conv1", channels, 8, 3), "conv1")
+    y = g.conv(x, "head", 8, classes, 1)
+    g.nodes.append(helper.make_node("Softmax", [y], [name], axis=1, name="/out/Softmax") if softmax
+                   else helper.make_node("Identity", [y], [name], name="/out/Identity"))
+    return _model(g, "segmenter", [_float("image", [BATCH, channels, "H", "W"])],
+                  [_float(name, [BATCH, classes, "H", "W"])])
+
+
 def strided_detector(*, channels: int = 3, width: int = 8, layers: int = 3, seed: int = 0) -> onnx.ModelProto:
     """image [N, 3, H, W] (H, W dynamic) -> `layers` x (conv 3x3 stride 2, no padding, + relu) -> conv 1x1 ->
     'scores' [N, 2, h, w]. Each conv maps a size s to (s - 3) // 2 + 1, so 3 layers need H, W >= 15: random inputs

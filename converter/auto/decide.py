@@ -21,8 +21,8 @@ expected_accuracy (label-free, paired against the input model's own probabilitie
     for a calibrated input model, what the accuracy rule above decides in expectation (E d_lab = d_i, E d_lab^2 =
     p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
 
-fidelity metrics (agreement, seq_agreement, ctc_agreement, prob, rel_l2, channel_rel_l2, cosine, exact: the
-candidate against the dense model):
+fidelity metrics (agreement, seq_agreement, map_iou, ctc_agreement, prob, rel_l2, channel_rel_l2, cosine,
+exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
     the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
@@ -125,6 +125,9 @@ PER_SAMPLE: dict[str, PerSample] = {
     "agreement": PerSample(_form("agreement", False), False, ("changed",), "1 if its top-1 class changed"),
     "seq_agreement": PerSample(_form("seq_agreement", False), False, ("changed positions",),
                                "the share of its positions whose top-1 class changed", binary=False),
+    "map_iou": PerSample(_form("map_iou", False), False, ("1 - mean IoU",),
+                         "1 - the mean over its classes of the IoU of its class maps (argmax over axis 1)",
+                         binary=False),
     "ctc_agreement": PerSample(_form("ctc_agreement", False), False, ("changed",),
                                "1 if its decoded sequence (greedy CTC) changed"),
     "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),

@@ -93,13 +93,20 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
 
 
 def bridge_refusal(model) -> str | None:
-    """Why the torch bridge cannot build `model` (its first line), or None."""
+    """Why the torch bridge cannot build `model`, one line naming the ops (e.g. "RMSNormalization x4: no
+    implementation; Attention x2: no implementation"), or None."""
     from onnxprune.converter.bridge import OnnxModule
 
     try:
         OnnxModule(model)
     except UnsupportedOpError as exc:
-        return str(exc).splitlines()[0][:200]
+        problems = getattr(exc, "unsupported", None)  # (domain, op_type, opset, node, reason) per node
+        if not problems:
+            return str(exc).splitlines()[0][:200]
+        counts: dict[tuple, int] = {}
+        for _, op_type, _, _, reason in problems:
+            counts[(op_type, reason)] = counts.get((op_type, reason), 0) + 1
+        return "; ".join(f"{op} x{n}: {reason}" for (op, reason), n in counts.items())[:200]
     return None
 
 
@@ -137,7 +144,9 @@ class ReconstructRecovery(Recovery):
         self._strict_rule = None
         s.choices["refit_data"] = {"value": "train part",
                                    "rule": "refit on the training part, judged on the held-out decision part"}
-        s.notes.append("reconstruct: whole-neuron pruning needs the bridge; only weights are pruned")
+        why = s.choices.get("recovery", {}).get("rule")  # the reason for this backend, said where its limit is
+        s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: it prunes weights only (whole "
+                       "neurons are masked only by sgd retraining through the torch bridge)")
         lo, hi, pace = 0.0, None, None
         level = 0.0
         after = None  # after a rejection at level 0: the rule with PER_LAYER_Z times the margin (fixed-sequence)

@@ -6,14 +6,18 @@ import onnx
 
 from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
+from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
 
 def load(source) -> modelio.LoadedModel:
+    """The model read and checked, its nodes named; refused at once when onnxruntime cannot load it (a custom-domain
+    op, an IR version newer than it reads): every later step measures in onnxruntime."""
     loaded = modelio.from_proto(source) if isinstance(source, onnx.ModelProto) else modelio.load_model(source)
     name_nodes(loaded.model)
+    input_session(loaded.model)
     return loaded
 
 
@@ -36,7 +40,7 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
                         "export the model with its weights as initializers.")
         held = attribute_parameters(model)
         if held:  # e.g. skl2onnx's LinearClassifier: the coefficients are node attributes, not tensors
-            extra = f" (+{len(held) - 1} more)" if len(held) > 1 else ""
+            extra = f" (+{len(held) - 1} more attribute{'s' if len(held) > 2 else ''})" if len(held) > 1 else ""
             computed += (f" Parameters held in node attributes cannot be pruned: {held[0][1]}{extra}; only weight "
                          "tensors (initializers or Constant nodes) feeding these ops can.")
             reasons = reasons.replace("no weights at all", "no weight tensors")

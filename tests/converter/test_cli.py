@@ -40,6 +40,24 @@ def test_inspect_table_names_every_layer(mlp_path):
         assert w.name in res.output
 
 
+def test_inspect_prints_lowercase_symbolic_dims_and_a_calibration_line_numpy_1_runs(tmp_path):
+    """Newcomer sweep: tf2onnx's input 'image' [unk__1031, 32, 32, 3] printed as 'image float32 ' (rich took the
+    shape for a style tag), and a bool input's example used np.bool, which numpy 1.24-1.26 lack."""
+    model = builders.mlp_gemm()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "unk__1031"
+    mask = onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, ["batch", 16])
+    model.graph.input.append(mask)
+    model.graph.node.append(onnx.helper.make_node("Identity", ["mask"], ["mask_out"], name="mask_id"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("mask_out", onnx.TensorProto.BOOL, ["batch", 16]))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "m.onnx")
+    res = invoke("inspect", tmp_path / "m.onnx")
+    assert res.exit_code == 0, res.output
+    assert "inputs: input float32 [unk__1031, 16]; mask bool [batch, 16]" in res.output
+    assert "mask_out bool [batch, 16]" in res.output
+    assert "np.bool_)" in res.output and "np.bool)" not in res.output
+
+
 def test_prune_writes_a_verified_sparse_model(mlp_path, tmp_path):
     out = tmp_path / "small.onnx"
     before = modelio.sha256_file(mlp_path)

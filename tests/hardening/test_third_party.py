@@ -133,6 +133,10 @@ def test_parameters_held_in_node_attributes_are_named_in_the_refusal(tmp_path):
                               "'coefficients'")
     assert "no weights at all" not in line
     assert not (tmp_path / "out.onnx").exists()
+    # inspect, the first command a newcomer runs, says the same (it said only "No prunable weights (float weights
+    # of Conv/ConvTranspose/Gemm/MatMul)", naming neither the attributes nor LSTM/GRU/RNN)
+    shown = invoke("inspect", tmp_path / "lr.onnx")
+    assert shown.exit_code == 0 and line.removeprefix("Error: ") in " ".join(shown.output.split())
 
 
 def _one_shot_budget(tmp_path, model, x):

@@ -37,6 +37,15 @@ def test_the_rule_picks_reconstruct_without_the_bridge_or_with_little_unlabelled
     assert choose(model(), _Reader(n, labels), "sgd") == ("sgd", "given (--recovery)")
 
 
+def test_the_bridge_reason_names_the_ops_it_lacks_not_the_errors_heading():
+    """Newcomer sweep: an opset-23 transformer's rule read "the torch bridge cannot run this graph (the torch bridge
+    cannot run 6 node(s) of this model:)", the heading of a multi-line error, naming no op."""
+    model = with_loop(builders.mlp_gemm(seed=0), "/relu1/Relu_output_0")
+    _, rule = choose(model, _Reader(10_000, True))
+    assert "Loop x1: control flow: a Loop without a trip count" in rule, rule
+    assert "node(s) of this model:" not in rule, rule
+
+
 @pytest.fixture(scope="module")
 def small_unlabelled():
     # model seed 3: its refit at the one-shot masks is within the budget, so the search goes on past level 0 (with
@@ -58,6 +67,8 @@ def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small
     report = result.report
     choices = report["auto"]["choices"]
     assert choices["recovery"]["value"] == "reconstruct" and "no labels" in choices["recovery"]["rule"]
+    assert any(n.startswith(f"recovery by reconstruct ({choices['recovery']['rule']}): it prunes weights only")
+               for n in report["notes"])
     # 600 samples: the small-data split (steps/data.py) refits on every 4th and decides on the other 450
     assert choices["refit_data"]["value"] == "train part"
     phases = [h["phase"] for h in report["history"]]
