@@ -303,24 +303,7 @@ class ReconstructRecovery(Recovery):
         elements = sequence.layer_sequence(sequence.Element(best.model, best.masks, "the bisection's result"),
                                            WEIGHT_FACTOR, SMALLEST_LEVEL_STEP, propose, check, refit,
                                            lambda: s.left() >= clock["pace"] * 1.2 + s.tail, checked)
-        import os
-        factor = float(os.environ.get("SEQ_DECISION_AMPLIFY", "1"))
-        plain = {}
-
-        def judge(model):
-            if factor == 1.0:
-                return s.judge(model)
-            ev, t0 = s.data.evaluator, time.perf_counter()
-            outs = list(ev.run_all(model))
-            plain[id(model)] = s.rule.judge_outputs(outs)
-            d = s.rule.judge_outputs([sequence.amplified(v, r, factor) for v, r in zip(outs, ev.reference_all)])
-            if s.clock is not None:
-                s.clock.after.measured(s.rule.n, time.perf_counter() - t0)
-            return d
-
-        found = sequence.judge_in_order(elements, judge, tested)
-        if found.last is not None and id(found.last.model) in plain:
-            found.decision = plain[id(found.last.model)]
+        found = sequence.judge_in_order(elements, sequence.DecisionTest(s), tested)
         ended = ("the first rejection ended it" if found.rejected is not None
                  else "time budget" if s.left() < clock["pace"] * 1.2 + s.tail
                  else "every layer at its smallest step")

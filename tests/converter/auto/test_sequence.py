@@ -157,3 +157,26 @@ def _numpy_forward(model, inits, x):
         else:
             raise AssertionError(f"unexpected op {node.op_type}")
     return values[model.graph.output[0].name]
+
+
+def test_the_decision_test_also_judges_the_deviation_doubled_and_reports_the_plain_loss():
+    """Of 180 samples (none may change at 1 pp) whose classes never change: a candidate moving one sample's runner-up to 0.1 below its class
+    passes the plain rule, and fails at twice its deviation (the runner-up 0.1 above); a candidate moving it half as
+    far passes both. The decision returned is the plain rule's (its loss and limit), `within` only when both accept."""
+    from onnxprune.converter.auto.decide import BudgetRule
+    from tests.converter.auto.test_decide import FakeEvaluator
+
+    dense = np.tile(np.array([[2.0, 1.0, 0.0]], np.float32), (180, 1))
+    ev = FakeEvaluator([dense], [None], "agreement")
+    rule = BudgetRule(ev, 1.0)
+    search = SimpleNamespace(data=SimpleNamespace(evaluator=ev), rule=rule, clock=None)
+    test = sequence.DecisionTest(search)
+    near = dense.copy()
+    near[0] = [1.95, 1.85, 0.0]  # deviation (-0.05, +0.85): runner-up 0.1 below; doubled, 0.8 above
+    assert rule.judge_outputs([near]).within and not rule.judge_outputs([sequence.amplified(near, dense, 2.0)]).within
+    decision = test([near])
+    assert not decision.within and decision.loss_pp == rule.judge_outputs([near]).loss_pp == 0.0
+    safe = dense.copy()
+    safe[0] = [1.975, 1.425, 0.0]  # half the deviation: doubled, still 0.1 below
+    assert test([safe]).within
+    assert sequence.DecisionTest(search, factor=1.0)([near]).within  # factor 1: the plain rule alone
