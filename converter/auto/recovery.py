@@ -25,10 +25,12 @@ pattern of a lucky draw: sklearn_mlp_digits' level 0 changed 1 of 150 decision s
 2 of 197 held-out labels then changed where its card allows 1. Each test after a rejection is one more chance for a
 candidate over the budget to pass by luck. After the bisection, per layer, while time is left: layers in turn, the
 largest (kept weights) first, each candidate keeping 0.6^step of that layer's kept weights (its smallest-scored go;
-step starts at 1), refit as above; kept when within the budget by the rule twice as strict (PER_LAYER_Z; the phase is
-skipped when that rule cannot certify the budget at all, decide.BudgetRule.resolves), else the layer's step halves,
-and a layer whose step falls under a quarter is done; rounds over the layers go on until every layer is done or the
-time budget. A candidate is refit on the training part and judged on the decision part (the automatic plan always
+step starts at 1), refit as above; kept when within the budget by the rule twice as strict (PER_LAYER_Z), else the
+layer's step halves, and a layer whose step falls under a quarter is done; rounds over the layers go on until every
+layer is done or the time budget. Where that rule cannot certify the budget at all (decide.BudgetRule.resolves: a
+changed-class output below about 400 decision samples at 1 pp) the phase is a fixed sequence instead: the same steps
+chosen by cross-fitting on the training part, then tested in order on the decision part, the first rejection ending
+it (converter/auto/sequence.py). A candidate is refit on the training part and judged on the decision part (the automatic plan always
 holds one out: converter/steps/data.py), so no sample it is judged on was used by its refit.
 """
 
@@ -276,6 +278,7 @@ class ReconstructRecovery(Recovery):
 
         check = self.sequence_check or sequence.TrainingCheck(s.data.train, s.data.evaluator.plan, s.original,
                                                               s.config.max_loss, lambda m, r: refit(m, r)[0])
+        check.start = best.masks
 
         def propose(current, name, keep):
             clock["t0"] = time.perf_counter()

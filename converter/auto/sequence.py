@@ -154,12 +154,24 @@ class TrainingCheck:
         self.refit, self.factor = refit, factor
         self.n = sum(rule.n for _, _, rule in self.parts)
 
+    def _values(self, masks, fit, evaluator, rule):
+        model = self.refit(masks, fit)
+        return rule.values([amplified(values, ref, self.factor) for values, ref in
+                            zip(evaluator.run_all(model), evaluator.reference_all, strict=True)])
+
+    start = None
+
     def __call__(self, masks):
+        import os
+        relative = os.environ.get("SEQ_RELATIVE") == "1" and self.start is not None
+        if relative and not hasattr(self, "_start_values"):
+            self._start_values = [self._values(self.start, *part) for part in self.parts]
         worst = None
-        for fit, evaluator, rule in self.parts:
-            model = self.refit(masks, fit)
-            decision = rule.judge_outputs([amplified(values, ref, self.factor) for values, ref in
-                                           zip(evaluator.run_all(model), evaluator.reference_all, strict=True)])
+        for k, (fit, evaluator, rule) in enumerate(self.parts):
+            values = self._values(masks, fit, evaluator, rule)
+            if relative:
+                values = [np.maximum(v - s0, 0.0) for v, s0 in zip(values, self._start_values[k])]
+            decision = rule.judge_values(values)
             if not decision.within:
                 return decision
             worst = decision if worst is None or decision.loss_pp > worst.loss_pp else worst
