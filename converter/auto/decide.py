@@ -274,11 +274,7 @@ class BudgetRule:
 
     def judge_outputs(self, batches) -> Decision:
         """The decision for per-batch outputs (tuples in the evaluator's output order, or arrays for one output)."""
-        return self.judge_values(self.values(list(batches)))
-
-    def judge_values(self, values: list[np.ndarray]) -> Decision:
-        """The decision for every scored output's per-sample figures (`values`' form)."""
-        figures = {r.name: r.judge(v) for r, v in zip(self.outputs, values)}
+        figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(list(batches)))}
         name = max(figures, key=lambda k: (not figures[k]["within"], figures[k]["loss_pp"]))
         w = figures[name]
         return Decision(w["loss_pp"], w["se_pp"], w["limit_pp"], all(f["within"] for f in figures.values()), w["n"],
