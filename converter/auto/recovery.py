@@ -53,10 +53,11 @@ PER_LAYER_Z = 2.0
 # and e6d8a06): a fixed sequence, the per-layer steps chosen by a 2-fold cross-fit of the refit on the training part,
 # then tested in order on the decision set, the first rejection ending it (--time-budget 3m, loaded machine). Tested
 # by the 1 SE rule: torch_gru_legacy 1.44x -> 1.73x but UNFAITHFUL (held-out agreement 0.986, bar 0.99), mtcnn_onet
-# 1.09 -> 1.12x, mtcnn_rnet 1.05 -> 1.07x, keras_gru 1.14 -> 1.15x. Tested by it and on the deviation doubled: within
-# 0.03x of the skip on all 8 refit models (torch_gru 1.46x). rapidocr_cls with 25 minutes: no candidate passed the
-# cross-fit (one of 19 rows per fold changes at the start already); judged relative to the start's own cross-fit,
-# 1.44x -> 1.47x. A sequence that may not survive one rejection stops within a step or two of the bisection's edge.
+# 1.09 -> 1.12x, mtcnn_rnet 1.05 -> 1.07x, keras_gru 1.14 -> 1.15x. Tested by it and on the deviation doubled (a
+# stricter test): torch_gru 1.46x (held-out 0.991), mtcnn_rnet/onet, keras_gru, magika as with the skip, rapidocr_cls
+# no time left for it. rapidocr_cls with 25 minutes: none of 119 candidates passed the cross-fit (each changed 1 of 19
+# rows of a fold); judged relative to the start's own cross-fit, 1.44x -> 1.47x. A sequence that may not survive one
+# rejection stops within a step or two of the bisection's edge.
 SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
 # the refit shrinks with λ = 0.01 x mean diag(XᵀX) toward the kept weights (prior; reconstruct's own default shrinks
 # toward zero). Toward zero, every layer refit on the small-data split interpolates its few training rows: at the
