@@ -244,9 +244,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
 
 
 def _widened(budget: dict) -> str:
-    """Why a loss above --max-loss is 'met': the label rule's limit is max(budget, 1 standard error of the paired
-    difference) (converter.auto.decide), wider than the budget on a small decision set (newcomer sweep: a Scan RNN
-    read 'measured loss 1.07 pp, --max-loss 1 pp: met', its held-out accuracy 8.5 pp lower)."""
+    """Why a loss above --max-loss is 'met': with --max-loss 0 the label rule accepts a loss within 1 standard error
+    of the paired difference (converter.auto.decide), wider than the budget on a small decision set (a positive
+    budget is an upper bound now; newcomer sweep: a Scan RNN read 'measured loss 1.07 pp, --max-loss 1 pp: met')."""
     limit = budget.get("limit_pp")
     if not budget.get("met") or limit is None or budget["measured_loss_pp"] <= budget["max_loss_pp"]:
         return ""

@@ -15,7 +15,7 @@ never --eval-data. Each candidate is measured as it would be written: shrunk and
 encode steps, run in onnxruntime. Paired per sample against a reference,
 
     d_i = score_i(reference) - score_i(candidate),  L = 100·mean(d),  SE = 100·std(d)/sqrt(n)
-    accepted when L <= max(B, Z·SE)    (Z = 1: converter.auto.decide.BudgetRule, verdict by calibration.decide)
+    accepted when L <= Z·SE (B = 0), L + Z·SE <= B (B > 0)    (Z = 1: converter.auto.decide.BudgetRule)
 
 where the reference and B are the model as trained (before quantization) and 0, or, with --max-loss, the dense input
 model and the budget (then Z is the run's final check's: 1 after the automatic search, 0 after --iterations' budget
@@ -199,7 +199,7 @@ class QuantizeStep(Step):
 class PairedRule:
     """converter.auto.decide's rule over every scored output, against `reference` when given (the model before
     quantization) instead of the dense input model: a label metric is paired against the reference's per-sample
-    scores (L <= max(B, Z·SE)); a fidelity metric (agreement, rel_l2, ... against the dense model) may lose no more
+    scores (L <= Z·SE at B = 0, else L + Z·SE <= B); a fidelity metric (agreement, rel_l2, ... against the dense model) may lose no more
     than the reference itself loses (its own loss + the rule's margin for it, so the reference exactly passes)."""
 
     def __init__(self, evaluator, budget_pp: float, reference=None, *, z: float | None = None):

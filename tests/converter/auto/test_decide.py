@@ -70,12 +70,12 @@ def test_paired_loss_counts_discordant_samples_and_the_margin_is_one_standard_er
     assert d.loss_pp == pytest.approx(2.0)
     assert d.se_pp == pytest.approx(100 * diff.std(ddof=1) / math.sqrt(1000))
     assert d.limit_pp == pytest.approx(d.se_pp) and not d.within  # 2.0 pp > 0 + 1 SE (~0.63 pp)
-    # a positive budget is kept as asked: 2.0 pp measured is over 1.5 pp, however noisy (the run reports the loss
-    # it measured against the budget, so the rule cannot accept more), and a budget finer than the noise too (it
-    # used to get the noise: a loss over the budget "within" it)
+    # a positive budget bounds the loss from above, as for every other metric: 2.0 pp + 1 SE (0.63 pp) is over 2.0
+    # and 2.5 pp, within 2.7 pp (it used to be max(budget, 1 SE): a loss over a budget finer than the noise passed)
     assert not BudgetRule(ev, 1.5).judge(halves(logits_for(cand))).within
-    assert BudgetRule(ev, 2.0).judge(halves(logits_for(cand))).within
-    assert BudgetRule(ev, 0.5).judge(halves(logits_for(cand))).limit_pp == pytest.approx(0.5)
+    assert not BudgetRule(ev, 2.0).judge(halves(logits_for(cand))).within
+    assert BudgetRule(ev, 2.7).judge(halves(logits_for(cand))).within
+    assert BudgetRule(ev, 0.5).judge(halves(logits_for(cand))).limit_pp == pytest.approx(0.5 - d.se_pp)
 
 
 def test_a_loss_within_the_noise_passes_a_zero_budget():
@@ -191,8 +191,8 @@ def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
     assert d.loss_pp == pytest.approx(100 * (whole(ref) - whole(out)), abs=1e-9), kind
     assert d.n == 60 and d.outputs["out"]["metric"] == kind
     form = PER_SAMPLE[kind]
-    if form.paired:
-        want = max(5.0, d.se_pp)
+    if form.paired:  # a positive budget: the upper bound L + SE within it
+        want = 5.0 - d.se_pp
     elif form.is_binary(0):  # the worst part reported is the share of changed samples (prob: or its second part)
         share = d.loss_pp / 100
         want = 5.0 - 100 * (wilson_upper(share, 60, 1.0) - share)
@@ -242,7 +242,7 @@ def test_a_negative_budget_is_refused():
 
 @pytest.mark.parametrize("metric", ["accuracy", "agreement"])
 def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
-    """strictness 2 (the refit's per-layer phase): a paired rule takes 1 SE off a positive budget, a share of changed
+    """strictness 2 (the refit's per-layer phase): a paired rule takes 2 SE off a positive budget, a share of changed
     samples is bounded by Wilson at 2 SE. A larger z inside max(budget, z·SE) would have loosened the paired rule: a 3 pp loss on 100
     samples passed a 1 pp budget at z = 2 (a run then ended over its budget)."""
     ev, labels, dense = setup(n=100, dense_wrong=5)
@@ -254,9 +254,9 @@ def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
         idx = rng.choice(np.arange(5, 100), worse, replace=False)
         cand[idx] = (cand[idx] + 1) % 10
         loose, strict = (BudgetRule(ev, 1.0, strictness=s).judge(halves(logits_for(cand))) for s in (1.0, 2.0))
-        if metric == "accuracy":  # a positive budget: kept as asked, the stricter rule takes 1 SE off it
-            assert loose.limit_pp == pytest.approx(1.0)
-            assert strict.limit_pp == pytest.approx(1.0 - strict.se_pp)
+        if metric == "accuracy":  # a positive budget: an upper bound, L + SE (L + 2 SE when stricter) within it
+            assert loose.limit_pp == pytest.approx(1.0 - loose.se_pp)
+            assert strict.limit_pp == pytest.approx(1.0 - 2 * strict.se_pp)
         # agreement: 100 samples cannot certify 1 pp at 2 SE, so the stricter rule takes no changed sample at all
         assert not (strict.within and not loose.within)
         if worse == 3:
