@@ -110,10 +110,12 @@ def test_the_rule_decides_in_expectation_what_the_accuracy_rule_decides_with_lab
     assert 100 * math.sqrt(np.mean(var)) == pytest.approx(d.se_pp, rel=0.02)
 
 
-def test_a_positive_budget_is_kept_as_asked_and_the_statement_names_the_assumption():
-    p, cand = _set(500, 6, 0.9, 0.05)  # 6 x 0.85 = 5.1 / 500 = 1.02 pp expected
+def test_a_positive_budget_bounds_the_loss_from_above_and_the_statement_names_the_assumption():
+    p, cand = _set(500, 6, 0.9, 0.05)  # 6 x 0.85 = 5.1 / 500 = 1.02 pp expected, 1 SE 0.48 pp
+    d = _rule(p, 1.1).judge(halves(cand))
     assert not _rule(p, 1.0).judge(halves(cand)).within
-    assert _rule(p, 1.1).judge(halves(cand)).within
+    assert not d.within and d.limit_pp == pytest.approx(1.1 - d.se_pp)  # 1.02 + 0.48 > 1.1
+    assert _rule(p, 1.5).judge(halves(cand)).within
     rule = _rule(p, 1.0)
     assert "calibrated" in rule.statement() and "paired loss" in rule.statement()
     assert rule.warnings() == []  # the input model's confidence is not a sign of training data
