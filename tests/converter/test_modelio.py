@@ -186,10 +186,16 @@ def test_a_signal_landing_inside_a_temp_files_removal_waits_until_it_is_gone(tmp
     if where == "cleanup":  # a write that fails after its temp file exists
         monkeypatch.setattr(modelio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
     monkeypatch.setattr(modelio.os, "unlink", unlink_after_a_signal)
-    with pytest.raises(KeyboardInterrupt):
-        if where == "probe":
-            modelio.check_output_path(tmp_path / "out.onnx")
-        else:
-            modelio.save_model(builders.mlp_gemm(), tmp_path / "out.onnx", external_data=False)
+    # a test runner started in the background of a non-interactive shell inherits SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt: install Python's own handler for this test, as a terminal has it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if where == "probe":
+                modelio.check_output_path(tmp_path / "out.onnx")
+            else:
+                modelio.save_model(builders.mlp_gemm(), tmp_path / "out.onnx", external_data=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
