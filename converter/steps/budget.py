@@ -100,10 +100,9 @@ class FitBudgetStep(_Choose):
 
 
 def _fits(decision: dict, max_loss: float) -> bool:
-    """The one-shot plan's verdict: the rule (the margin for fidelity metrics) and the mean within the budget. A
-    label metric's rule forgives a loss within one standard error of the paired difference, wider than the budget
-    on a small set (1.07 pp 'within' 1 pp, held-out accuracy 8.5 pp lower: a Scan RNN, 187 decision samples); this
-    path always kept the mean within the budget, and does."""
+    """The one-shot plan's verdict: the rule and the mean within the budget. For a positive budget the rule's upper
+    bound implies the mean; with --max-loss 0 a label rule accepts a loss within one standard error of the paired
+    difference ("no loss beyond the noise"), where this path always held the mean to the budget, and still does."""
     return bool(decision["within"]) and within_budget(decision["loss_pp"], max_loss)
 
 
