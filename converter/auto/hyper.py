@@ -10,7 +10,9 @@ Rules (also in the README):
   learning     probe: each of PROBE_RATES trains PROBE_STEPS steps from the first round's pruned model; the rate
   rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins. Rates
                are tried middle-out and the probe stops once it has used PROBE_SHARE of the time budget (at least
-               two rates): a 3-minute search on a loaded machine otherwise spends its rounds on the probe.
+               two rates): a 3-minute search on a loaded machine otherwise spends its rounds on the probe. A few
+               steps are timed first, and each rate's run is cut (not below MIN_PROBE_STEPS) so that two rates fit
+               that share: at 7.6 s per step (torch's CPU half kernels) two rates of 100 steps were 25 minutes.
   round length ROUND_MIN_STEPS optimizer steps or one epoch, whichever is more; an epoch longer than that is cut
                (not below ROUND_MIN_STEPS) so that TARGET_ROUNDS rounds fit the time budget; each round decays
                the rate to 0 on a cosine.
@@ -35,6 +37,8 @@ import torch
 PROBE_RATES = (0.01, 0.03, 0.003, 0.1, 0.3)  # middle-out: the likeliest first, when time cuts the probe short
 PROBE_SHARE = 0.15  # of the time budget, at most, for the probe (after its first two rates)
 PROBE_STEPS = 100
+TIMING_STEPS = 3  # steps timed before the probe, so that a slow step shortens every rate's run (not only the count)
+MIN_PROBE_STEPS = 10  # a rate's run is never cut below this
 PROBE_TRAIN = 8192  # samples of the training part the probe trains on
 PROBE_EVAL = 2048  # samples of the training part the probe's loss is measured on (disjoint from PROBE_TRAIN)
 ROUND_MIN_STEPS = 300
@@ -113,6 +117,17 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     cap = seconds
     per_epoch = max(1, math.ceil(train_part.num_samples / batch))
     losses, seconds, taken = {}, 0.0, 0
+    cut = ""
+    if cap is not None and not override:  # time a few steps first: two rates of `steps` must fit the probe's share
+        t0 = time.perf_counter()
+        timed = make_trainer(train_part).train(TIMING_STEPS / per_epoch, rates[0], reg_strength=1e-4,
+                                               batch_size=batch)
+        per_step = (time.perf_counter() - t0) / max(timed.steps, 1)
+        fit = int(cap / (2 * per_step) + 1e-9) if per_step > 0 else steps
+        if fit < steps:
+            cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
+                   f"({per_step:.2g} s/step)")
+            steps = max(MIN_PROBE_STEPS, fit)
     for lr in ([override] if override else rates):
         if cap is not None and len(losses) >= 2 and seconds >= cap:
             break
@@ -127,7 +142,7 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
         return Choice(float(override), "given (--lr)"), step_seconds, losses
     best = min(losses, key=lambda r: (losses[r], r))
     shown = ", ".join(f"{r:g}: {v:.4f}" for r, v in sorted(losses.items(), reverse=True))
-    cut = f"; {len(rates) - len(losses)} rates left untried: the probe had used {seconds:.0f} s" if len(losses) < len(
+    cut += f"; {len(rates) - len(losses)} rates left untried: the probe had used {seconds:.0f} s" if len(losses) < len(
         rates) else ""
     return (Choice(float(best), f"probe: lowest training objective after {steps} steps on a slice of the training "
                    f"part ({shown}{cut})"), step_seconds, losses)

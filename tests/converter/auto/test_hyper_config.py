@@ -105,15 +105,40 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
 
     class Trainer:
         def train(self, epochs, lr, **kw):
-            tried.append(lr)
+            tried.append((lr, round(epochs * 4)))  # 100 samples at batch 32: 4 steps per epoch
             self.lr = lr
-            return SimpleNamespace(steps=10)
+            return SimpleNamespace(steps=round(epochs * 4))
 
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
     part = SimpleNamespace(num_samples=100)
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
-    assert tried == [0.01, 0.03] and choice.value == 0.03  # two rates at least, then the time share is spent
+    # a timing run of 3 steps first; no time at all: two rates at least, then the time share is spent
+    assert tried == [(0.01, 3), (0.01, 10), (0.03, 10)] and choice.value == 0.03
     assert "3 rates left untried" in choice.rule
     tried.clear()
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
-    assert sorted(tried) == sorted(hyper.PROBE_RATES) and choice.value == 0.03 and "untried" not in choice.rule
+    assert sorted(lr for lr, _ in tried) == sorted(hyper.PROBE_RATES) and choice.value == 0.03
+    assert "untried" not in choice.rule and all(n == 10 for _, n in tried)  # no time share: no timing run
+
+
+def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
+    """Two rates of `steps` must fit the probe's share: at 0.1 s a step and 4 s, 20 steps a rate, not 100."""
+    from types import SimpleNamespace
+
+    tried, clock = [], [0.0]
+
+    class Trainer:
+        def train(self, epochs, lr, **kw):
+            n = round(epochs * 4)
+            tried.append(n)
+            clock[0] += 0.1 * n
+            self.lr = lr
+            return SimpleNamespace(steps=n)
+
+    monkeypatch.setattr(hyper.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
+    part = SimpleNamespace(num_samples=100)
+    choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=4.0)
+    assert tried[:3] == [3, 20, 20] and len(tried) == 3  # the timing run, then two rates within the 4 s share
+    assert "20 steps, not 100, so two rates fit its time share" in choice.rule
+    assert step_seconds == pytest.approx(0.1)
