@@ -37,7 +37,7 @@ import torch
 PROBE_RATES = (0.01, 0.03, 0.003, 0.1, 0.3)  # middle-out: the likeliest first, when time cuts the probe short
 PROBE_SHARE = 0.15  # of the time budget, at most, for the probe (after its first two rates)
 PROBE_STEPS = 100
-TIMING_STEPS = 3  # steps timed before the probe, so that a slow step shortens every rate's run (not only the count)
+TIMING_STEPS = 5  # steps timed before the probe, so that a slow step shortens every rate's run (not only the count)
 MIN_PROBE_STEPS = 10  # a rate's run is never cut below this
 PROBE_TRAIN = 8192  # samples of the training part the probe trains on
 PROBE_EVAL = 2048  # samples of the training part the probe's loss is measured on (disjoint from PROBE_TRAIN)
@@ -119,14 +119,19 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     losses, seconds, taken = {}, 0.0, 0
     cut = ""
     if cap is not None and not override:  # time a few steps first: two rates of `steps` must fit the probe's share
-        t0 = time.perf_counter()
-        timed = make_trainer(train_part).train(TIMING_STEPS / per_epoch, rates[0], reg_strength=1e-4,
-                                               batch_size=batch)
-        per_step = (time.perf_counter() - t0) / max(timed.steps, 1)
-        fit = int(cap / (2 * per_step) + 1e-9) if per_step > 0 else steps
+        calls = []
+        for n in (1, 1 + TIMING_STEPS):  # a call's fixed cost and a step's, apart (a 5-step call is mostly the former)
+            trainer = make_trainer(train_part)  # built outside the timing
+            t0 = time.perf_counter()
+            done = trainer.train(n / per_epoch, rates[0], reg_strength=1e-4, batch_size=batch)
+            calls.append((max(done.steps, 1), time.perf_counter() - t0))
+        (n1, t1), (n2, t2) = calls
+        per_step = max((t2 - t1) / max(n2 - n1, 1), 1e-9)
+        fixed = max(0.0, t1 - n1 * per_step)
+        fit = int((cap / 2 - fixed) / per_step + 1e-9)
         if fit < steps:
             cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
-                   f"({per_step:.2g} s/step)")
+                   f"({per_step:.2g} s/step, {fixed:.2g} s a run)")
             steps = max(MIN_PROBE_STEPS, fit)
     for lr in ([override] if override else rates):
         if cap is not None and len(losses) >= 2 and seconds >= cap:

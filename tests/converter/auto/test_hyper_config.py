@@ -112,8 +112,8 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
     part = SimpleNamespace(num_samples=100)
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
-    # a timing run of 3 steps first; no time at all: two rates at least, then the time share is spent
-    assert tried == [(0.01, 3), (0.01, 10), (0.03, 10)] and choice.value == 0.03
+    # timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share is spent
+    assert tried == [(0.01, 1), (0.01, 6), (0.01, 10), (0.03, 10)] and choice.value == 0.03
     assert "3 rates left untried" in choice.rule
     tried.clear()
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
@@ -122,7 +122,8 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
 
 
 def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
-    """Two rates of `steps` must fit the probe's share: at 0.1 s a step and 4 s, 20 steps a rate, not 100."""
+    """Two rates of `steps` must fit the probe's share: at 0.125 s a step plus 0.5 s a run and 6 s, 20 steps a rate,
+    not 100 (the fixed cost told apart from the steps' by timing a 1-step and a 6-step run)."""
     from types import SimpleNamespace
 
     tried, clock = [], [0.0]
@@ -131,14 +132,14 @@ def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
         def train(self, epochs, lr, **kw):
             n = round(epochs * 4)
             tried.append(n)
-            clock[0] += 0.1 * n
+            clock[0] += 0.5 + 0.125 * n
             self.lr = lr
             return SimpleNamespace(steps=n)
 
     monkeypatch.setattr(hyper.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
     part = SimpleNamespace(num_samples=100)
-    choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=4.0)
-    assert tried[:3] == [3, 20, 20] and len(tried) == 3  # the timing run, then two rates within the 4 s share
+    choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0)
+    assert tried == [1, 6, 20, 20]  # the timing runs, then two rates within the 6 s share: 2 x (0.5 + 20 x 0.125)
     assert "20 steps, not 100, so two rates fit its time share" in choice.rule
-    assert step_seconds == pytest.approx(0.1)
+    assert step_seconds == pytest.approx((0.5 + 2.5) / 20)  # the probe's own runs, fixed cost included
