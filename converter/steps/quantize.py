@@ -103,6 +103,12 @@ class QuantizeStep(Step):
             self._recheck_search(state)
             return
         rule = self._rule(state)
+        why = rule.uncertifiable()
+        if why:  # no width could be certified on this set: the values as trained (BudgetRule.uncertifiable)
+            state.notes.append(f"--weight-bits auto kept the values as trained: {why}")
+            _record(state, None, rule.statement(), [])
+            self._recheck_search(state)
+            return
         self._best, self._attempts = None, 0
         chosen, tried = bisect(lambda b: self._judge(state, names, b, rule), CODEBOOK_WIDTHS)
         if chosen is None:
@@ -156,14 +162,16 @@ class QuantizeStep(Step):
     # ---- settings
     def _rule(self, state: RunState):
         """No budget: paired against the model as trained, 1 SE. A budget: against the dense model, with the margin
-        the run's own final check uses (1 SE after the automatic search, none after --iterations' budget search,
-        whose budget-check compares the plain loss), so a width kept here is never refused at the end."""
+        the run's own final check uses (1 SE after the automatic search and after the one-shot fit, which both
+        decide by the rule; none after --iterations' budget search, whose budget-check compares the plain loss), so
+        a width kept here is never refused at the end."""
         from onnxprune.converter.auto.decide import Z
 
         budget = self.budget.max_loss if self.budget is not None else None
         if budget is None:
             return PairedRule(state.data.calibration, 0.0, state.pruned, z=Z)
-        return PairedRule(state.data.calibration, budget, None, z=Z if (state.auto or {}).get("decision") else 0.0)
+        ruled = (state.auto or {}).get("decision") is not None or "rule" in (state.allocation or {})
+        return PairedRule(state.data.calibration, budget, None, z=Z if ruled else 0.0)
 
     def _reader(self, state: RunState):
         return state.data.train_reader(batch_size=self._settings(state).batch_size)
@@ -222,6 +230,10 @@ class PairedRule:
 
     def judge_outputs(self, outputs):
         return self._rule.judge_outputs(outputs)
+
+    def uncertifiable(self) -> str | None:
+        """Why no width can be certified against the budget on this set (decide.BudgetRule.uncertifiable)."""
+        return self._rule.uncertifiable()
 
     def metric_of(self, decision) -> float:
         """The candidate's mean score on the decision set."""

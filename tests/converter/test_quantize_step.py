@@ -212,19 +212,44 @@ def test_cli_weight_bits_auto_writes_the_chosen_codebooks_and_refuses_without_da
     assert res.exit_code == 2 and "--weight-bits auto" in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("max_loss, auto, against, z", [(None, None, "before quantization", 1.0),
-                                                        (0.5, None, "dense input model", 0.0),
-                                                        (0.5, {"decision": {"within": True}}, "dense input model", 1.0)])
-def test_the_width_rule_matches_the_runs_own_final_check(teacher_data, max_loss, auto, against, z):
+@pytest.mark.parametrize("max_loss, auto, allocation, against, z", [
+    (None, None, None, "before quantization", 1.0),
+    (0.5, None, None, "dense input model", 0.0),  # --iterations' budget search: the plain loss
+    (0.5, {"decision": {"within": True}}, None, "dense input model", 1.0),  # the automatic search
+    (0.5, None, {"rule": "accepted when ..."}, "dense input model", 1.0)])  # the one-shot fit decides by the rule
+def test_the_width_rule_matches_the_runs_own_final_check(teacher_data, max_loss, auto, allocation, against, z):
     from onnxprune.converter.steps.base import RunState
     from onnxprune.converter.steps.budget import BudgetConfig
     from onnxprune.converter.steps.data import Data, DataConfig
     from onnxprune.converter.steps.quantize import QuantizeConfig, QuantizeStep
 
     model, data = teacher_data
-    state = RunState(source=None, pruned=model, data=Data(model, DataConfig(data=data, labels="labels")), auto=auto)
+    state = RunState(source=None, pruned=model, data=Data(model, DataConfig(data=data, labels="labels")), auto=auto,
+                     allocation=allocation)
     rule = QuantizeStep(QuantizeConfig(weight_bits="auto"), budget=BudgetConfig(max_loss=max_loss))._rule(state)
     assert against in rule.statement() and rule._rule.z == z and rule.budget_pp == (max_loss or 0.0)
+
+
+def test_one_shot_with_auto_widths_is_not_refused_at_the_end_and_a_set_too_small_keeps_the_values():
+    """The one-shot fit decides by the rule (1 SE), so the widths do too: a width kept is within the final check.
+    60 label-free samples cannot certify 1 pp of changed classes: the values stay as trained, said once."""
+    from tests.converter._data import self_labelled
+
+    for n in (300, 60):
+        model, data = self_labelled(hidden=(32, 16), model_seed=7, n=n, data_seed=2)
+        result = run(model, configure(data={"input": data["input"]}, max_loss=1.0, one_shot=True,
+                                      weight_bits="auto", levels=(0.3, 0.6), seed=0))
+        assert result.report["budget"]["met"], n
+        quant = result.report["quantize"]
+        notes = [x for x in result.report["notes"] if x.startswith("--weight-bits auto kept the values as trained")]
+        if n == 60:
+            assert quant["weight_bits"] is None and len(notes) == 1 and "cannot certify" in notes[0]
+        else:
+            assert not notes
+        onnx.checker.check_model(result.model)
+        x = data["input"][:8]
+        got = make_session(result.model).run(None, {"input": x})[0]
+        assert np.isfinite(got).all() and got.shape == (8, 10)
 
 
 def test_label_free_rule_allows_the_loss_the_model_before_quantization_already_has():
