@@ -207,8 +207,9 @@ class QuantizeStep(Step):
 class PairedRule:
     """converter.auto.decide's rule over every scored output, against `reference` when given (the model before
     quantization) instead of the dense input model: a label metric is paired against the reference's per-sample
-    scores (L <= Z·SE at B = 0, else L + Z·SE <= B); a fidelity metric (agreement, rel_l2, ... against the dense model) may lose no more
-    than the reference itself loses (its own loss + the rule's margin for it, so the reference exactly passes)."""
+    scores (L <= Z·SE at B = 0, else L + Z·SE <= B); a fidelity metric (agreement, rel_l2, ... against the dense
+    model) may lose no more than the reference itself loses (its own loss + the rule's margin for it, so the
+    reference exactly passes)."""
 
     def __init__(self, evaluator, budget_pp: float, reference=None, *, z: float | None = None):
         from onnxprune.converter.auto.decide import Z, BudgetRule
