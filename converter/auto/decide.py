@@ -353,8 +353,8 @@ class BudgetRule:
         """Why no pruned candidate can be certified on this set, or None: a positive budget under Wilson's bound with
         no sample changed, for an output judged by a share of changed samples. Every path then keeps the input
         model (a pruned model that changed none of 60 lines is not shown to change under 1% of lines; measured on
-        the corpus's OCR recognizer: such a 1.05x candidate changed 1 of 20 held-out lines). --max-loss 0 is not: it asks
-        for no changed sample, which is what the set can check."""
+        the corpus's OCR recognizer: such a 1.05x candidate changed 1 of 20 held-out lines). --max-loss 0 is not: it
+        asks for no changed sample, which is what the set can check."""
         if self.budget <= 0:
             return None
         for r in self.outputs:
