@@ -29,6 +29,7 @@ from onnxprune.converter.reconstruct_bodies import bodies, expose
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Coverage:
     """Branches ("If 'name'/then_branch") no sample took, and the weights only such branches read."""
@@ -77,14 +78,17 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     One run of `model` over the reader; a model without If nodes is not run."""
     from onnxprune.calibration.runtime import make_session
 
-    captures, types, which = [], {}, {}
-    conditions = {}  # capture of an in-Loop If's condition -> (node name, its label)
+    captures, types = [], {}
+    which = {}  # capture of a branch's output -> (If node name, branch)
+    conditions = {}  # capture of an in-Loop If's condition -> its If node's name
+    labels = {}  # (If node name, branch) -> its path label, for every branch captured either way
     for node, scope, label, index, looped in _ifs(model.graph):
         if looped:
             cap = (node.input[0], scope)
             captures.append(cap)
             types[node.input[0]] = onnx.TensorProto.BOOL
-            conditions[cap] = (node.name, label)
+            conditions[cap] = node.name
+            labels.update({(node.name, attr): f"{label}/{attr}" for attr in ("then_branch", "else_branch")})
             continue
         for attr, g in bodies(node):
             out = next((o for o in g.output if o.type.HasField("tensor_type")), None)
@@ -93,7 +97,8 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
             cap = (out.name, scope + ((index, attr),))
             captures.append(cap)
             types[out.name] = out.type.tensor_type.elem_type
-            which[cap] = (node.name, attr, f"{label}/{attr}")
+            which[cap] = (node.name, attr)
+            labels[(node.name, attr)] = f"{label}/{attr}"
     cov = Coverage()
     if not captures:
         return cov
@@ -110,21 +115,17 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
         for cap in captures:
             value = values[names[cap][0]]
             if cap in conditions:  # every iteration's condition: which branches some iteration took
-                name = conditions[cap][0]
+                name = conditions[cap]
                 took = {"then_branch": bool(value.any()), "else_branch": bool((~value.astype(bool)).any())}
                 for attr, yes in took.items():
                     ran[(name, attr)] = ran.get((name, attr), False) or yes
                 continue
-            key = which[cap][:2]
+            key = which[cap]
             ran[key] = ran.get(key, False) or value.size > 0
-    for cap, (name, label) in conditions.items():
-        for attr in ("then_branch", "else_branch"):
-            which[(name, attr, "label")] = (name, attr, f"{label}/{attr}")
     untaken = {key for key, took in ran.items() if not took}
-    inner = [w[2] for w in which.values() if w[:2] in untaken]
+    inner = [label for key, label in labels.items() if key in untaken]
     # a branch inside an untaken one is implied by it: only the outermost are named
     cov.untaken = [b for b in inner if not any(b.startswith(o + "/") for o in inner)]
-    labels = {w[:2]: w[2] for w in which.values()}
     blocked: dict[str, str] = {}  # tensor read by a node in an untaken branch -> that branch
     for node, around in _readers(model.graph):
         hit = next((labels[b] for b in around if b in untaken), None)

@@ -175,6 +175,16 @@ class Decision:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+def worst_figures(decision) -> dict:
+    """The reported (worst) output's own figures (loss_pp, se_pp, limit_pp, within, part, metric, n) of a Decision
+    or of its as_dict(); {} when there are none."""
+    if isinstance(decision, dict):
+        outputs, output = decision.get("outputs"), decision.get("output")
+    else:
+        outputs, output = decision.outputs, decision.output
+    return (outputs or {}).get(output) or {}
+
+
 class _OutputRule:
     """One scored output's per-sample figures and its decision."""
 

@@ -33,7 +33,7 @@ import onnx
 from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.allocation import criterion, density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
-from onnxprune.converter.auto.decide import BudgetRule, Decision
+from onnxprune.converter.auto.decide import BudgetRule, Decision, worst_figures
 from onnxprune.converter.auto.report import part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array
@@ -401,7 +401,7 @@ class _Search:
                  "density": {n: float(m.mean()) for n, m in masks.items()},
                  "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
-                 "output": decision.output, "part": (decision.outputs.get(decision.output) or {}).get("part"),
+                 "output": decision.output, "part": worst_figures(decision).get("part"),
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
         if levels is not None:
             entry["levels"] = dict(levels)

@@ -108,12 +108,13 @@ def _fits(decision: dict, max_loss: float) -> bool:
 
 def _stop_note(outcome, rule) -> str | None:
     """What held the one-shot fit back (auto.search.stop_note over its tries: the chosen one kept, the rest not)."""
+    from onnxprune.converter.auto.decide import worst_figures
     from onnxprune.converter.auto.search import stop_note
 
     total = max(outcome.total, 1)
     tries = [{"ratio": total / max(total - t["removed"], 1), "kept": t["removed"] == outcome.removed and t["fits"],
               "within": t["fits"], "phase": "one-shot fit", "output": t["decision"].get("output"),
-              "part": ((t["decision"].get("outputs") or {}).get(t["decision"].get("output")) or {}).get("part"),
+              "part": worst_figures(t["decision"]).get("part"),
               "loss_pp": t["decision"]["loss_pp"], "limit_pp": t["decision"]["limit_pp"]}
              for t in outcome.history if t.get("decision")]
     return stop_note(tries, rule, "the one-shot fit")
@@ -153,11 +154,11 @@ class BudgetCheckStep(Step):
         measured = report["metrics"]["sets"]["calibration"]["loss_pp"]
         report["budget"] = {"max_loss_pp": self.config.max_loss, "measured_loss_pp": measured,
                             "met": within_budget(measured, self.config.max_loss)}
+        from onnxprune.converter.auto.decide import BudgetRule, worst_figures
+
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
         if decision is None and "rule" in (state.allocation or {}):
             # the one-shot fit chose by the rule; the model written (with any --layer the user fixed) is judged by it
-            from onnxprune.converter.auto.decide import BudgetRule
-
             decision = BudgetRule(state.data.calibration, self.config.max_loss).judge(state.final).as_dict()
             decision["within"] = _fits(decision, self.config.max_loss)
             rule = state.allocation["rule"]
@@ -165,7 +166,7 @@ class BudgetCheckStep(Step):
         if decision is not None:  # decided by the stated rule on this set (converter.auto.decide)
             report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
                                     limit_pp=decision["limit_pp"], rule=rule)
-            worst = (decision.get("outputs") or {}).get(decision.get("output")) or {}
+            worst = worst_figures(decision)
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
                                                 **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp")}}
