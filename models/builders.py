@@ -211,6 +211,23 @@ def tiny_attention(*, seq_len: int = 4, d_model: int = 16, seed: int = 0) -> onn
     return g.model("tiny_attention", [seq_len, d_model], x, [seq_len, d_model])
 
 
+def log_filterbank(*, in_features: int = 24, bins: int = 16, bands: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """A log-energy front end, as a log-mel one: MatMul (a basis of either sign) -> square -> MatMul by a
+    nonnegative triangular filterbank -> + 1e-6 -> Log -> [N, bands]. The Log is finite only while the filterbank's
+    outputs stay >= 0 (the refit must keep that layer nonnegative)."""
+    g = _Graph(seed)
+    basis = g.const("basis.weight", g.rng.standard_normal((in_features, bins)) / math.sqrt(in_features))
+    y = g.op("MatMul", "basis", ["input", basis])
+    power = g.op("Mul", "power", [y, y])
+    centres = np.linspace(0, bins - 1, bands + 2)
+    k = np.arange(bins)[:, None]
+    lo, c, hi = centres[:-2][None], centres[1:-1][None], centres[2:][None]
+    bank = np.clip(np.minimum((k - lo) / (c - lo), (hi - k) / (hi - c)), 0, None) + 0.05 * (g.rng.random((bins, bands)))
+    e = g.op("MatMul", "bank", [power, g.const("bank.weight", bank)])
+    e = g.op("Add", "floor", [e, g.const("floor", np.array(1e-6))])
+    return g.model("log_filterbank", [in_features], g.op("Log", "log", [e]), [bands])
+
+
 def lenet300_like(*, hidden: tuple[int, int] = (300, 100), seed: int = 0) -> onnx.ModelProto:
     """Same graph as models/lenet300.onnx (Flatten, Gemm-Relu-Gemm-Relu-Gemm) with random weights."""
     g = _Graph(seed)

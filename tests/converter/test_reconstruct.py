@@ -335,6 +335,66 @@ def test_the_solver_equals_the_kept_inputs_own_system_at_every_density(groups, i
         assert after <= before + 1e-9 or prior
 
 
+@pytest.mark.parametrize("intercept,prior", [(False, False), (True, True)])
+def test_a_nonnegative_solve_keeps_weights_nonnegative_and_meets_the_kkt_conditions(intercept, prior):
+    """nonneg=True: every kept weight >= 0, pruned ones 0, the intercept free, the error no worse than before, and
+    the solution optimal under the constraint (KKT: zero gradient where a weight is positive, a gradient >= 0 where
+    it sits at 0). The unconstrained solve of the same data has negative weights (so the constraint binds)."""
+    rng = np.random.default_rng(3)
+    per, out, n = 10, 5, 300
+    gram = _Gram(1, intercept)
+    x = np.abs(rng.normal(size=(n, per))) @ np.abs(rng.normal(size=(per, per)))  # correlated energies >= 0
+    t = x @ np.abs(rng.normal(size=(per, out))) + rng.normal(scale=2.0, size=(n, out))
+    gram.add(x, t)
+    w = np.abs(rng.normal(size=(out, per)))
+    b = rng.normal(size=out) if intercept else None
+    mask = rng.random(w.shape) < 0.6
+    free_w, _, _, _ = _solve(gram, w * mask, b, mask, 1e-2, prior)
+    assert (free_w < -1e-6).any()
+    got_w, got_b, before, after = _solve(gram, w * mask, b, mask, 1e-2, prior, nonneg=True)
+    assert (got_w >= 0).all() and not got_w[~mask].any()
+    assert after <= before + 1e-9 or prior
+    # KKT on each channel's objective ½vᵀHv − rᵀv (H = XᵀX + λ, r = Xᵀt + λ·v0 under the prior)
+    xx, xt = gram.xx[0], gram.xt[0]
+    lam = 1e-2 * float(np.mean(np.diag(xx)[:per])) + 1e-12
+    shrink = np.full(len(xx), lam)
+    if intercept:
+        shrink[-1] = 0.0
+    h = xx + np.diag(shrink)
+    for o in range(out):
+        v = np.concatenate([got_w[o], [got_b[o]]]) if intercept else got_w[o]
+        v0 = np.concatenate([w[o] * mask[o], [b[o]]]) if intercept else w[o] * mask[o]
+        grad = h @ v - xt[:, o] - (shrink * v0 if prior else 0.0)
+        scale = np.abs(h).max() * max(1.0, np.abs(v).max())
+        kept = np.flatnonzero(np.concatenate([mask[o], [True]]) if intercept else mask[o])
+        for i in kept:
+            if i == per or v[i] > 1e-9:
+                assert abs(grad[i]) < 1e-5 * scale, (o, i, grad[i])
+            else:
+                assert grad[i] > -1e-5 * scale, (o, i, grad[i])
+
+
+def test_a_nonnegative_filterbank_stays_nonnegative_so_a_log_after_it_stays_finite():
+    """A log-energy front end (builders.log_filterbank, as torch_logmel_legacy): refit after pruning, the filterbank
+    keeps its weights >= 0, the Log's output is finite on held-out samples, and closer to the dense one than the
+    pruned model's; the basis (either sign) is refit without the constraint. Before the constraint, the refit of
+    torch_logmel_legacy's mel matrix made its output negative on some frames and every candidate was NaN."""
+    dense = builders.log_filterbank(seed=0)
+    pruned, masks = prune(dense, 0.5)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 32, seed=0), report=report, prior=True)
+    check_full(refit)
+    bank = weight_array(refit, "bank.weight")
+    assert (bank >= 0).all() and not bank[~masks["bank.weight"]].any()
+    assert report.refit["bank.weight"]["error_after"] < report.refit["bank.weight"]["error_before"]
+    assert (weight_array(refit, "basis.weight") < 0).any()
+    held_out = feeds_for(dense, 3, 16, seed=90)
+    for f in held_out:
+        assert np.isfinite(run(refit, f)["output"]).all()
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
 def test_a_layer_whose_bias_the_graph_computes_is_left_as_pruned_with_its_reason():
     """The legacy exporter hands an equal bias to two layers through an Identity: that Gemm is not refit (its
     stored bias is what the refit subtracts from the target) and says why; the others are refit. It used to stop
