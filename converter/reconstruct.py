@@ -18,8 +18,8 @@ use their input as is, MatMul also with its weight behind a 2-D Transpose. A bia
 filterbank, an averaging matrix) is refit under that constraint (Lawson-Hanson, _nonneg_channel): what reads it may
 need its output >= 0 (a log), and unconstrained the refit of torch_logmel_legacy's mel matrix went negative on some
 frames, so every refit candidate's output was NaN; with it, that model's per-layer phase keeps 7 of 13 candidates and
-its held-out rel_l2 goes 0.0091 -> 0.0061 at the same ratio (1.16x, trace_corpus, --time-budget 3m). Weights held in Constant nodes are refit in
-place like initializers.
+its held-out rel_l2 goes 0.0091 -> 0.0061 at the same ratio (1.16x, trace_corpus, --time-budget 3m).
+Weights held in Constant nodes are refit in place like initializers.
 
 LSTM/GRU/RNN W and R are refit together per gate block, one row per time step and sample (its own module:
 converter/reconstruct_recurrent.py).
