@@ -25,7 +25,12 @@ the runs, and iterations, that took its outer branch: the other branch gives its
 in a Loop body; in a Scan body (opset 9+: a state after the existing ones, which leaves scan_input/output_axes and
 directions as they are; opset 8's Scan, whose states carry a batch axis, gets a scan output instead, zero-padded by
 onnxruntime past each sample's sequence_lens, summed over samples and steps after the node); and any nesting of
-these. A node runs when every branch around it ran; a weight is reached when every node reading it does.
+these. Nor does it need the branches' output types (exporters leave them out: the capture of each branch's first
+output used before skipped such Ifs, 14 of silero_vad_op15's 24 branches, and so called its decoder's untaken
+If_1 else branch and rnn/If_4 then branch run; the counts agree with their conditions read directly: If_1's
+true and rnn/If_4's false on every calibration chunk). A node runs when every branch around it ran; a weight is reached when every
+node reading it does. Cost: the counting run over silero_vad's 180 calibration chunks takes 0.75-0.93 s CPU
+against 0.90-0.97 s for the capture run it replaces (two runs each, a loaded machine).
 
 Not counted, so their branches count as run: Ifs inside the graph attribute of an op other than If/Loop/Scan (a
 contrib op's body, whose semantics are not known here). A Loop or Scan that ran no iteration marks its Ifs'

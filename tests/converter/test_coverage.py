@@ -193,6 +193,18 @@ def test_a_nested_if_in_a_loop_body_counts_only_on_the_iterations_its_outer_bran
     assert _coverage(model, np.concatenate([POSITIVE[:64], x0_negative, NEGATIVE])).unreached == {}  # 64 a batch
 
 
+def test_an_if_whose_branch_outputs_have_no_declared_type_is_counted():
+    """Exporters leave the branches' output types out (silero_vad_op15's decoder): counting does not need them."""
+    model = bc.if_network()
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                for out in attr.g.output:
+                    out.ClearField("type")
+    np.testing.assert_array_equal(_counts(model, POSITIVE[:4]), [1, 0])
+    assert _coverage(model, POSITIVE).untaken == ["If '/select'/else_branch"]
+
+
 def test_a_loop_that_runs_no_iteration_runs_neither_branch():
     model = bb.loop_if(steps=0)
     np.testing.assert_array_equal(_counts(model, POSITIVE[:4]), [0, 0])
