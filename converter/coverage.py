@@ -28,13 +28,13 @@ onnxruntime past each sample's sequence_lens, summed over samples and steps afte
 these. Nor does it need the branches' output types (exporters leave them out: the capture of each branch's first
 output used before skipped such Ifs, 14 of silero_vad_op15's 24 branches, and so called its decoder's untaken
 If_1 else branch and rnn/If_4 then branch run; the counts agree with their conditions read directly: If_1's
-true and rnn/If_4's false on every calibration chunk). A node runs when every branch around it ran; a weight is reached when every
-node reading it does. Cost: the counting run over silero_vad's 180 calibration chunks takes 0.75-0.93 s CPU
-against 0.90-0.97 s for the capture run it replaces (two runs each, a loaded machine).
+true and rnn/If_4's false on every calibration chunk). A node runs when every branch around it ran; a weight is
+reached when every node reading it does. Cost: the counting run over silero_vad's 180 calibration chunks takes
+0.75-0.93 s CPU against 0.90-0.97 s for the capture run it replaces (two runs each, a loaded machine).
 
-Not counted, so their branches count as run: Ifs inside the graph attribute of an op other than If/Loop/Scan (a
-contrib op's body, whose semantics are not known here). A Loop or Scan that ran no iteration marks its Ifs'
-branches untaken, not its body's other nodes (their weights stay prunable). The input model is never changed:
+Not counted, so their branches count as run: Ifs inside the graph attribute of an op other than the standard
+If/Loop/Scan (a contrib op's body, whose semantics are not known here). A Loop or Scan that ran no iteration marks
+its Ifs' branches untaken, not its body's other nodes (their weights stay prunable). The input model is never changed:
 the counting runs on a copy.
 """
 
@@ -81,12 +81,16 @@ def _walk(graph: onnx.GraphProto, path="", around=(), counted=True, slots=None):
     for node in graph.node:
         label = f"{path}/{node.op_type} '{node.name}'" if path else f"{node.op_type} '{node.name}'"
         slot = None
-        if counted and node.op_type == "If":
+        if counted and _counted(node) and node.op_type == "If":
             slot, slots[0] = slots[0], slots[0] + 1
         yield node, label, around, slot
         for attr, g in bodies(node):
             inner = around + ((slot, attr),) if slot is not None else around
-            yield from _walk(g, f"{label}/{attr}", inner, counted and node.op_type in COUNTED, slots)
+            yield from _walk(g, f"{label}/{attr}", inner, counted and _counted(node), slots)
+
+
+def _counted(node: onnx.NodeProto) -> bool:
+    return node.op_type in COUNTED and node.domain in ("", "ai.onnx")
 
 
 class _Counter:
@@ -124,9 +128,8 @@ class _Counter:
         """Counts of one run of `graph`; nodes appended for them go after the node list (topological order)."""
         parts = []
         for node in list(graph.node):
-            rule = _RULES.get(node.op_type)
-            if rule is not None:
-                parts.append(rule(self, node, graph))
+            if _counted(node):
+                parts.append(_RULES[node.op_type](self, node, graph))
         return self.add(graph, parts)
 
     def if_(self, node: onnx.NodeProto, parent: onnx.GraphProto) -> str:
