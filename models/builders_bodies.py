@@ -8,6 +8,13 @@ random feeds take both; builders_control.if_network (MatMul/Gemm) and while_rnn 
                Gemm -> [N, out] (silero VAD keeps its LSTM in an If branch chosen by the sample rate)
     loop_if    [N, F] -> Loop (3 steps, h carried): If(mean(input) > 0) then Relu(h @ then.W) else
                Tanh(h @ else.W), both outer-scope initializers -> Gemm(out) -> [N, out] (an If inside a Loop body)
+    loop_nested_if  loop_if whose outer If also needs the iteration < 2 (so the last step takes its else branch,
+               Sigmoid(h @ else.W)) and whose then branch holds a second If on the mean of column 0: then
+               Relu(h @ then.then.W), else Tanh(h @ then.else.W) (an If in an If in a Loop body)
+    scan_if    [N, T, F] -> Scan over T (scan_input_axes=[1], h carried from Tanh(x_0 @ init.W)): z = h + x_t @ in.W,
+               If(mean(x_t) > 0) then Relu(z @ then.W) (outer-scope) else Tanh(z @ else.W) (branch initializer),
+               every step's h stacked on axis 1 (scan_output_axes=[1]) -> mean over T -> Gemm(out) -> [N, out];
+               `opset=8` builds Scan-8's form (batch axis in the body's scope removed: one sample, one step)
 """
 
 from __future__ import annotations
@@ -146,4 +153,85 @@ def while_rnn_decaying(**kwargs) -> onnx.ModelProto:
     hand_back.op_type = "Mul"
     hand_back.input.append("decay")
     model.graph.initializer.append(_init("decay", np.array(0.99, np.float32)))
+    return model
+
+
+def loop_nested_if(*, features: int = 16, steps: int = 3, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """An If inside an If branch inside a Loop body: the inner If runs only on the iterations whose outer condition
+    held (mean(input) > 0 and iteration < 2)."""
+    rng = np.random.default_rng(seed)
+    inner_then = [helper.make_node("MatMul", ["h_in", "then.then.W"], ["tt/z"], name="/loop/inner/then/MatMul"),
+                  helper.make_node("Relu", ["tt/z"], ["tt_out"], name="/loop/inner/then/relu")]
+    inner_else = [helper.make_node("MatMul", ["h_in", "then.else.W"], ["te/z"], name="/loop/inner/else/MatMul"),
+                  helper.make_node("Tanh", ["te/z"], ["te_out"], name="/loop/inner/else/tanh")]
+    then_nodes = [helper.make_node("Gather", ["input", "col0"], ["x0"], axis=1, name="/loop/outer/then/col0"),
+                  *_condition("x0", "loop/inner/"),
+                  helper.make_node("If", ["loop/inner/cond"], ["then_out"], name="/loop/inner",
+                                   then_branch=_branch("inner_then", inner_then, "tt_out"),
+                                   else_branch=_branch("inner_else", inner_else, "te_out"))]
+    else_nodes = [helper.make_node("MatMul", ["h_in", "else.W"], ["e/z"], name="/loop/outer/else/MatMul"),
+                  helper.make_node("Sigmoid", ["e/z"], ["else_out"], name="/loop/outer/else/sigmoid")]
+    vi = helper.make_tensor_value_info
+    body = helper.make_graph(
+        _condition("input", "loop/") + [
+            helper.make_node("Less", ["i", "two"], ["early"], name="/loop/early"),
+            helper.make_node("And", ["loop/cond", "early"], ["outer_cond"], name="/loop/outer_cond"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
+            helper.make_node("If", ["outer_cond"], ["h_out"], name="/loop/outer",
+                             then_branch=_branch("outer_then", then_nodes, "then_out"),
+                             else_branch=_branch("outer_else", else_nodes, "else_out"))],
+        "body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
+                 vi("h_in", TensorProto.FLOAT, None)],
+        [vi("cond_out", TensorProto.BOOL, []), vi("h_out", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Loop", ["steps", "keep_going", "input"], ["h"], body=body, name="/loop"),
+             helper.make_node("Gemm", ["h", "out.weight", "out.bias"], ["output"], transB=1, name="/out/Gemm")]
+    inits = [_init(n, _w(rng, (features, features), features)) for n in ("then.then.W", "then.else.W", "else.W")]
+    inits += [_init("out.weight", _w(rng, (out_features, features), features)),
+              _init("out.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+              _init("steps", np.array(steps, np.int64)), _init("keep_going", np.array(True)),
+              _init("two", np.array(2, np.int64)), _init("col0", np.array(0, np.int64)),
+              _init("zero", np.array(0.0, np.float32))]
+    return _model("loop_nested_if", nodes, inits, [features], [out_features])
+
+
+def scan_if(*, features: int = 8, hidden: int = 16, steps: int = 4, out_features: int = 6, opset: int = 17,
+            seed: int = 0) -> onnx.ModelProto:
+    """An If inside a Scan body, its condition per step: is the step's input positive on average?"""
+    rng = np.random.default_rng(seed)
+    vi = helper.make_tensor_value_info
+    then_nodes = [helper.make_node("MatMul", ["z", "then.W"], ["then/z"], name="/scan/then/MatMul"),
+                  helper.make_node("Relu", ["then/z"], ["then_out"], name="/scan/then/relu")]
+    else_nodes = [helper.make_node("MatMul", ["z", "else.W"], ["else/z"], name="/scan/else/MatMul"),
+                  helper.make_node("Tanh", ["else/z"], ["else_out"], name="/scan/else/tanh")]
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "in.W"], ["xw"], name="/scan/in/MatMul"),
+         helper.make_node("Add", ["h_in", "xw"], ["z"], name="/scan/add"),
+         *_condition("x_t", "scan/"),
+         helper.make_node("If", ["scan/cond"], ["h_out"], name="/scan/select",
+                          then_branch=_branch("then", then_nodes, "then_out"),
+                          else_branch=_branch("else", else_nodes, "else_out",
+                                              [_init("else.W", _w(rng, (hidden, hidden), hidden))])),
+         helper.make_node("Identity", ["h_out"], ["y_t"], name="/scan/y")],
+        "scan_body", [vi("h_in", TensorProto.FLOAT, None), vi("x_t", TensorProto.FLOAT, None)],
+        [vi("h_out", TensorProto.FLOAT, None), vi("y_t", TensorProto.FLOAT, None)])
+    if opset >= 9:  # batch-major sequences scanned over axis 1, the steps stacked on axis 1
+        scan = helper.make_node("Scan", ["h0", "input"], ["h_T", "ys"], body=body, num_scan_inputs=1,
+                                scan_input_axes=[1], scan_output_axes=[1], name="/scan")
+    else:  # Scan-8: axis 0 is the batch, axis 1 the steps, the body sees one sample's step
+        scan = helper.make_node("Scan", ["", "h0", "input"], ["h_T", "ys"], body=body, num_scan_inputs=1,
+                                name="/scan")
+    nodes = [helper.make_node("Gather", ["input", "first"], ["x0"], axis=1, name="/first"),
+             helper.make_node("MatMul", ["x0", "init.W"], ["h0_pre"], name="/init/MatMul"),
+             helper.make_node("Tanh", ["h0_pre"], ["h0"], name="/init/tanh"),
+             scan,
+             helper.make_node("ReduceMean", ["ys"], ["pooled"], axes=[1], keepdims=0, name="/pool"),
+             helper.make_node("Gemm", ["pooled", "out.weight", "out.bias"], ["output"], transB=1, name="/out/Gemm")]
+    inits = [_init("init.W", _w(rng, (features, hidden), features)),
+             _init("in.W", _w(rng, (features, hidden), features)),
+             _init("then.W", _w(rng, (hidden, hidden), hidden)),
+             _init("out.weight", _w(rng, (out_features, hidden), hidden)),
+             _init("out.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+             _init("first", np.array(0, np.int64)), _init("zero", np.array(0.0, np.float32))]
+    model = _model("scan_if", nodes, inits, [steps, features], [out_features])
+    model.opset_import[0].version = opset
     return model

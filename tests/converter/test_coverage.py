@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from onnxprune.calibration.readers import open_data
-from onnxprune.converter.coverage import branch_coverage
+from onnxprune.converter.coverage import Coverage, branch_coverage, counting_model
 from onnxprune.converter.pipeline import configure, run
 from onnxprune.models import builders_bodies as bb
 from onnxprune.models import builders_control as bc
@@ -18,6 +18,10 @@ from tests.oracle import assert_same_outputs, run as run_model
 # if_network takes its then branch when a batch's mean is > 0 (fc1 is read by both branches)
 POSITIVE = np.abs(np.random.default_rng(0).standard_normal((256, 16))).astype(np.float32) + 0.1
 NEGATIVE = -POSITIVE[:64]
+# scan_if's If takes its then branch on a step whose batch mean is > 0: [N, T=4, F=8] sequences
+SEQUENCES = np.abs(np.random.default_rng(1).standard_normal((256, 4, 8))).astype(np.float32) + 0.1
+BOTH_WAYS = np.concatenate([SEQUENCES[:128], -SEQUENCES[128:]])
+SCAN_ELSE = "Scan '/scan'/body/If '/scan/select'/else_branch"
 
 
 def _coverage(model, x):
@@ -126,11 +130,180 @@ def test_an_if_inside_a_loop_body_is_judged_by_its_condition_every_iteration():
     assert_same_outputs(result.model, same, feeds=[{"input": NEGATIVE[:8]}, {"input": POSITIVE[:8]}])
 
 
-def test_an_if_inside_a_scan_or_behind_an_if_in_a_loop_still_counts_as_run():
-    """Not captured (module docstring): assumed to run both ways, so nothing there is reported unreached."""
-    from onnxprune.converter.coverage import _ifs
+def _counts(model, x) -> np.ndarray:
+    """The counting copy checked (full check) and run once in onnxruntime: [then, else] counts per If, in slot
+    order. The input model is left as it was."""
+    before = model.SerializeToString()
+    copy, slots = counting_model(model)
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(copy, full_check=True)
+    assert [o.name for o in copy.graph.output] == [copy.graph.output[0].name]
+    (counts,) = run_model(copy, {"input": x}).values()
+    assert counts.shape == (2 * slots,)
+    return counts
 
-    model = bb.loop_if()
-    loop = next(n for n in model.graph.node if n.op_type == "Loop")
-    loop.op_type = "Scan"  # only _ifs' walk is asked here: the graph is not run
-    assert list(_ifs(model.graph)) == []
+
+@pytest.mark.parametrize("opset", [17, 8])
+def test_an_if_inside_a_scan_body_is_counted_every_step(opset):
+    """scan_if: the If in the Scan body picks its branch per step. Scan-9+ carries the counts as one more state
+    (the batch's mean decides, so one count per step); Scan-8 runs its body per sample and step."""
+    model = bb.scan_if(opset=opset)
+    per = 1 if opset >= 9 else 5  # Scan-8: every sample's own step
+    np.testing.assert_array_equal(_counts(model, SEQUENCES[:5]), [4 * per, 0])
+    steps = SEQUENCES[:5].copy()
+    steps[:, 1::2] *= -1  # steps 1 and 3 negative
+    np.testing.assert_array_equal(_counts(model, steps), [2 * per, 2 * per])
+    cov = _coverage(model, SEQUENCES)
+    assert cov.untaken == [SCAN_ELSE] and cov.unreached == {"else.W": SCAN_ELSE}
+    both = _coverage(model, BOTH_WAYS)
+    assert both.untaken == [] and both.unreached == {}
+
+
+def test_scan8_counts_only_the_steps_within_each_samples_sequence_length():
+    """Scan-8's sequence_lens: steps past a sample's length do not run; onnxruntime pads their scan outputs with
+    zeros, which count nothing."""
+    model = bb.scan_if(opset=8)
+    scan = next(n for n in model.graph.node if n.op_type == "Scan")
+    scan.input[0] = "lens"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 4, 2], np.int64), "lens"))
+    x = SEQUENCES[:3].copy()
+    x[0, 1:] *= -1  # past sample 0's length: would take the else branch if they ran
+    np.testing.assert_array_equal(_counts(model, x), [7, 0])
+
+
+def test_a_nested_if_in_a_loop_body_counts_only_on_the_iterations_its_outer_branch_ran():
+    """loop_nested_if: the outer If takes its then branch on iterations 0 and 1 of a positive batch, its else
+    branch on iteration 2; the inner If runs on the outer then branch only (its condition is absent on iteration
+    2). Slots in graph order: outer, inner."""
+    model = bb.loop_nested_if()
+    np.testing.assert_array_equal(_counts(model, POSITIVE[:4]), [2, 1, 2, 0])
+    x0_negative = POSITIVE[:4].copy()
+    x0_negative[:, 0] = -1.0
+    np.testing.assert_array_equal(_counts(model, x0_negative), [2, 1, 0, 2])
+    np.testing.assert_array_equal(_counts(model, NEGATIVE[:4]), [0, 3, 0, 0])
+    inner_else = "Loop '/loop'/body/If '/loop/outer'/then_branch/If '/loop/inner'/else_branch"
+    cov = _coverage(model, POSITIVE)
+    assert cov.untaken == [inner_else] and cov.unreached == {"then.else.W": inner_else}
+    outer_then = "Loop '/loop'/body/If '/loop/outer'/then_branch"
+    cov = _coverage(model, NEGATIVE)  # the inner If never runs: only the outer branch is named
+    assert cov.untaken == [outer_then]
+    assert cov.unreached == {"then.then.W": outer_then, "then.else.W": outer_then}
+    x0_negative = POSITIVE[64:128].copy()
+    x0_negative[:, 0] = -1.0
+    assert _coverage(model, np.concatenate([POSITIVE[:64], x0_negative, NEGATIVE])).unreached == {}  # 64 a batch
+
+
+def test_an_if_whose_branch_outputs_have_no_declared_type_is_counted():
+    """Exporters leave the branches' output types out (silero_vad_op15's decoder): counting does not need them."""
+    model = bc.if_network()
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                for out in attr.g.output:
+                    out.ClearField("type")
+    np.testing.assert_array_equal(_counts(model, POSITIVE[:4]), [1, 0])
+    assert _coverage(model, POSITIVE).untaken == ["If '/select'/else_branch"]
+
+
+def test_a_loop_that_runs_no_iteration_runs_neither_branch():
+    model = bb.loop_if(steps=0)
+    np.testing.assert_array_equal(_counts(model, POSITIVE[:4]), [0, 0])
+    assert set(_coverage(model, POSITIVE).unreached) == {"then.W", "else.W"}
+
+
+def test_a_scan_body_without_an_if_is_left_alone():
+    """No If anywhere: no counting copy, nothing run. An If beside such a Scan: the Scan keeps its inputs,
+    outputs and body in the counting copy (only the If gets its counts)."""
+    model = bb.scan_if()
+    scan = next(n for n in model.graph.node if n.op_type == "Scan")
+    body = scan.attribute[0].g
+    select = next(n for n in body.node if n.op_type == "If")
+    plain = onnx.helper.make_node("MatMul", ["z", "then.W"], ["h_out"], name="/scan/MatMul")
+    select.CopyFrom(plain)
+    assert counting_model(model) is None
+    assert _coverage(model, SEQUENCES) == Coverage()
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    model.graph.node[-1].output[0] = "pre"  # the Gemm; then If(mean(pre) > 0) Identity else Neg
+    model.graph.node.extend(bc._condition("pre", "top/") + [onnx.helper.make_node(
+        "If", ["top/cond"], ["output"], name="/top",
+        then_branch=bb._branch("then", [onnx.helper.make_node("Identity", ["pre"], ["t"])], "t"),
+        else_branch=bb._branch("else", [onnx.helper.make_node("Neg", ["pre"], ["e"])], "e"))])
+    copy, slots = counting_model(model)
+    assert slots == 1
+    scans = [next(n for n in m.graph.node if n.op_type == "Scan") for m in (before, copy)]
+    assert scans[0].SerializeToString() == scans[1].SerializeToString()
+    assert _counts(model, SEQUENCES[:4]).sum() == 1
+
+
+def test_a_budget_leaves_a_scan_branch_no_sample_takes_as_it_is_and_prunes_both_when_both_run():
+    model = bb.scan_if()
+    result = run(model, configure(max_loss=1.0, data={"input": SEQUENCES}, one_shot=True, seed=0))
+    np.testing.assert_array_equal(weight_array(result.model, "else.W"), weight_array(model, "else.W"))
+    assert "else.W" not in result.report["sensitivity"]
+    assert any(f"1 weight(s) read in branches no sample of --data took ({SCAN_ELSE}) were left as they are" in n
+               for n in result.report["notes"])
+    onnx.checker.check_model(result.model, full_check=True)
+    # data taking both branches: both weights are measured by the scan like any other (pruning them moves the
+    # output), the budget decides, and no note
+    result = run(model, configure(max_loss=1.0, data={"input": BOTH_WAYS}, one_shot=True, seed=0))
+    for name in ("then.W", "else.W"):
+        assert min(result.report["sensitivity"][name]["values"]) < 100.0, name
+    assert not any("no sample of --data took" in n for n in result.report["notes"])
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": BOTH_WAYS[::32]}], rtol=1e-4)
+
+
+def _with_pruned(model, pruned, keep):
+    """`model` with every constant of `pruned` (dense) but those in `keep`: the oracle for a run that left `keep`
+    as they were and changed nothing else in the graph's structure."""
+    from onnx import numpy_helper
+
+    from onnxprune.passes.scopes import all_constants
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name, tensor in all_constants(out.graph).items():
+        if name not in keep:
+            tensor.CopyFrom(numpy_helper.from_array(weight_array(pruned, name), tensor.name))
+    return out
+
+
+def test_the_cli_leaves_a_scan_branch_no_sample_takes_as_it_is(tmp_path):
+    """As a user runs it: `prune --max-loss 1`, the note in the terminal naming the branch, else.W unchanged in the
+    written file, and the written model in onnxruntime equal to the input model with only the measured weights
+    pruned, on the data and on sequences taking the other branch."""
+    from onnxprune.passes.storage import decode_model
+    from tests.hardening.helpers import invoke
+
+    model = bb.scan_if(seed=1)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", input=SEQUENCES)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--max-loss", "1", "--data",
+                 tmp_path / "calib.npz")
+    assert res.exit_code == 0, res.output
+    assert f"read in branches no sample of --data took ({SCAN_ELSE}) were left as they are" in res.output
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written)
+    dense = onnx.ModelProto()
+    dense.CopyFrom(written)
+    decode_model(dense)  # the sparse-stored weights as arrays
+    np.testing.assert_array_equal(weight_array(dense, "else.W"), weight_array(model, "else.W"))
+    oracle = _with_pruned(model, dense, {"else.W"})
+    assert_same_outputs(written, oracle, feeds=[{"input": SEQUENCES[:16]}, {"input": BOTH_WAYS[-16:]}])
+
+
+def test_a_budget_leaves_a_nested_loop_branch_no_sample_takes_as_it_is():
+    model = bb.loop_nested_if()
+    result = run(model, configure(max_loss=1.0, data={"input": POSITIVE}, one_shot=True, seed=0))
+    np.testing.assert_array_equal(weight_array(result.model, "then.else.W"), weight_array(model, "then.else.W"))
+    np.testing.assert_array_equal(weight_array(result.dense_model, "then.else.W"),
+                                  weight_array(model, "then.else.W"))
+    assert "then.else.W" not in result.report["sensitivity"]
+    assert {"then.then.W", "else.W"} <= set(result.report["sensitivity"])
+    assert any("(Loop '/loop'/body/If '/loop/outer'/then_branch/If '/loop/inner'/else_branch) were left as they"
+               in n for n in result.report["notes"])
+    onnx.checker.check_model(result.model, full_check=True)
+    oracle = _with_pruned(model, result.dense_model, {"then.else.W"})
+    x0_negative = POSITIVE[:16].copy()
+    x0_negative[:, 0] = -1.0  # takes the inner else branch
+    assert_same_outputs(result.model, oracle, feeds=[{"input": POSITIVE[:16]}, {"input": x0_negative}])
