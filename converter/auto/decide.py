@@ -154,6 +154,20 @@ def wilson_upper(share: float, n: int, z: float) -> float:
     return (centre + spread) / (1 + z2 / n)
 
 
+def samples_for_share(share: float, budget_pp: float, z: float) -> int | None:
+    """The fewest samples at which `share` observed would have Wilson's upper bound (at `z`) within `budget_pp`, or
+    None when the share itself is not below the budget (no amount of data would admit it)."""
+    if not 0 <= 100.0 * share < budget_pp:
+        return None
+    lo, hi = 1, 2
+    while 100.0 * wilson_upper(share, hi, z) > budget_pp:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if 100.0 * wilson_upper(share, mid, z) > budget_pp else (lo, mid)
+    return hi
+
+
 def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
     """A batch whose shape differs from the dense model's (data-dependent shapes): every sample counts as lost."""
     return _as_losses(kind, *mismatch_samples(kind, ref), PER_SAMPLE[kind].paired)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from onnxprune.converter.auto.decide import samples_for_share, wilson_upper
 from onnxprune.converter.auto.search import stop_note
 
 
@@ -36,6 +37,22 @@ def test_a_changed_class_is_counted_in_samples():
     note = stop_note([_entry(1.3, True, True), _entry(1.6, False, False, part="changed", loss=100 / 180, limit=0.11)],
                      _rule(("probs", "prob")))
     assert "(prob: 1 of 180 decision samples changed, upper bound 1.45 pp; --max-loss 1)" in note and "--metric" not in note
+    # what more data would buy at that share: the fewest samples whose Wilson bound at 1/180 is within 1 pp
+    need = samples_for_share(1 / 180, 1.0, 1.0)
+    assert 100 * wilson_upper(1 / 180, need, 1.0) <= 1.0 < 100 * wilson_upper(1 / 180, need - 1, 1.0)
+    assert f"at that share (0.56%) about {need} decision samples (here 180) would have admitted it" in note
+
+
+def test_a_share_over_the_budget_says_more_data_would_not_help():
+    note = stop_note([_entry(1.1, True, True), _entry(1.9, False, False, part="changed", loss=1300 / 180, limit=-1.2)],
+                     _rule(("probs", "prob")))
+    assert "13 of 180 decision samples changed" in note
+    assert "at that share (7.2%) more data would not admit it, a larger --max-loss would" in note
+    assert samples_for_share(0.01, 1.0, 1.0) is None and samples_for_share(0.0, 1.0, 1.0) == 99
+    # a continuous part says nothing of data
+    note = stop_note([_entry(1.3, True, True), _entry(1.6, False, False, output="boxes", part="relative error")],
+                     _rule(("boxes", "rel_l2")))
+    assert "decision samples" not in note
 
 
 def test_nothing_rejected_past_the_result_says_nothing():
