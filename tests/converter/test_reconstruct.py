@@ -374,6 +374,33 @@ def test_a_nonnegative_solve_keeps_weights_nonnegative_and_meets_the_kkt_conditi
                 assert grad[i] > -1e-5 * scale, (o, i, grad[i])
 
 
+@pytest.mark.parametrize("per,intercept", [(40, False), (90, True)])
+def test_a_large_nonnegative_channel_by_fista_reaches_the_exact_optimum(monkeypatch, per, intercept):
+    """Past NNLS_EXACT kept weights a channel is solved by FISTA: feasible, and its objective within 1e-4 of the
+    gain the exact active set makes over the kept weights (Lawson-Hanson forced on the same problem)."""
+    from onnxprune.converter import reconstruct as rec
+
+    rng = np.random.default_rng(per)
+    x = np.abs(rng.normal(size=(4 * per, per))) @ np.abs(rng.normal(size=(per, per))) / per
+    t = x @ np.abs(rng.normal(size=per)) * 0.5 + rng.normal(size=4 * per) * 3
+    if intercept:
+        x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    n = x.shape[1]
+    h, r = x.T @ x + 1e-2 * np.eye(n), x.T @ t
+    keep = rng.random(n) < 0.8
+    keep[-1] = True
+    start = np.abs(rng.normal(size=n))
+    objective = lambda u: 0.5 * u @ h @ u - r @ u  # noqa: E731
+    monkeypatch.setattr(rec, "NNLS_EXACT", 10 ** 6)
+    exact = rec._nonneg_channel(h, r, start, keep, per)
+    monkeypatch.setattr(rec, "NNLS_EXACT", 0)
+    fast = rec._nonneg_channel(h, r, start, keep, per)
+    assert (fast[:per] >= 0).all() and not fast[~keep].any()
+    base = np.where(keep, np.maximum(start, 0.0), 0.0)
+    gain = objective(base) - objective(exact)
+    assert gain > 0 and objective(fast) - objective(exact) <= 1e-4 * gain
+
+
 def test_a_nonnegative_filterbank_stays_nonnegative_so_a_log_after_it_stays_finite():
     """A log-energy front end (builders.log_filterbank, as torch_logmel_legacy): refit after pruning, the filterbank
     keeps its weights >= 0, the Log's output is finite on held-out samples, and closer to the dense one than the
