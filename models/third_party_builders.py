@@ -13,6 +13,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
     linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
     decomposed_layernorm_mlp  LayerNorm written out as ReduceMean/Sub/Pow(., 2.0)/Sqrt/Div (legacy torch, paddle2onnx)
+    step_logits         a decoder step's 'logits' [N, 1, vocab] (labels [N] fit no output: no [N, classes])
     scores_and_label    float features [N, F] and int64 category ids [N, K] (Gather on embedding tables), outputs
                         'probabilities' [N, C] and their ArgMax 'label' int64 [N] (a torch model returning both)
 
@@ -88,6 +89,17 @@ def sklearn_mlp(*, in_features: int = 4, hidden: int = 16, classes: int = 3, see
     return _model(g, "sklearn_mlp", [_float("input", [BATCH, in_features])],
                   [helper.make_tensor_value_info("output_label", TensorProto.INT64, [BATCH]),
                    helper.make_value_info("output_probability", seq_map)], ml=True)
+
+
+def step_logits(*, in_features: int = 8, hidden: int = 16, vocab: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> Unsqueeze(axis 1) -> 'logits' [N, 1, 6], as one decoding step of a
+    language model exported with its cache (optimum's decoder_with_past) returns them."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    y = g.matmul(x, "fc2", hidden, vocab)
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    g.nodes.append(helper.make_node("Unsqueeze", [y, "axes"], ["logits"], name="/out/Unsqueeze"))
+    return _model(g, "step_logits", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, 1, vocab])])
 
 
 def scores_and_label(*, features: int = 6, categories: tuple[int, ...] = (5, 7), dim: int = 3, hidden: int = 16,
