@@ -196,6 +196,11 @@ def _labels_output(infos) -> str | None:
     return None
 
 
+def labels_output(model: onnx.ModelProto) -> str | None:
+    """The output labels would be scored (and trained) against, or None when no output has the shape [N, classes]."""
+    return _labels_output(model.graph.output)
+
+
 def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: str | None = None) -> dict[str, str]:
     """{output: metric kind or "auto"} for the outputs to score, in graph order; the first is the headline.
 

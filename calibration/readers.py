@@ -67,6 +67,7 @@ class DataReader:
     `per_feed`: every batch is one complete feed as the source holds it (see calibration.feeds)."""
 
     per_feed = False
+    _labels_dropped = False
     _feeds = None  # a calibration.feeds.FeedSource when per_feed
     _feed_check = None
 
@@ -101,6 +102,21 @@ class DataReader:
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """A fresh pass over the data: (feeds, labels or None) per batch."""
+        if self._labels_dropped:
+            return ((feeds, None) for feeds, _ in self._batches())
+        return self._batches()
+
+    def without_labels(self) -> DataReader:
+        """The same samples with their labels left out (labels that no output of the model can be scored or trained
+        against: converter.steps.data drops them, and says so, before anything reads them)."""
+        out = copy.copy(self)
+        out.labels_name, out._cursor, out._labels_dropped = None, None, True
+        if self.labels_name:
+            said = f"labels '{self.labels_name}'"
+            out.description = self.description.replace(said, f"{said} ignored")
+        return out
+
+    def _batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         if self.per_feed:
             yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout)
             return

@@ -406,16 +406,21 @@ class Objective:
         return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
 
     def _distill(self, outputs, teacher) -> torch.Tensor:
-        t, total = self.temperature, 0.0
+        t, terms = self.temperature, []
         for out, ref, kind in zip(outputs, teacher, self.output_kinds):
+            if not out.dtype.is_floating_point:  # an ArgMax label beside the scores: no gradient, scored as exact
+                continue
             if kind == "values":
-                total = total + relative_mse(out, ref.to(out.dtype))
+                terms.append(relative_mse(out, ref.to(out.dtype)))
                 continue
             s = F.log_softmax(_as_logits(out, kind) / t, dim=-1)
             r = F.log_softmax(_as_logits(ref.to(out.dtype), kind) / t, dim=-1)
             rows = max(s.numel() // max(s.shape[-1], 1), 1)  # samples x positions: a sequence counts per position
-            total = total + F.kl_div(s, r, log_target=True, reduction="sum") / rows * t * t
-        return total
+            terms.append(F.kl_div(s, r, log_target=True, reduction="sum") / rows * t * t)
+        if not terms:
+            raise ConfigError("every output of the model is an integer (labels, ids): there is nothing to distill "
+                              "from; pass --recovery reconstruct, or prune by --sparsity without retraining.")
+        return sum(terms[1:], terms[0])
 
 
 def relative_mse(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -257,6 +257,13 @@ def check_output_path(path: Path, protect=()) -> None:
     for p in protect:
         if p is not None and path.exists() and Path(p).exists() and os.path.samefile(path, p):
             raise ConfigError(f"output '{path}' is the input model; choose another output path (-o).")
+    sidecar = folder / (path.name + ".data")  # where save_model writes a large output's data
+    for p in protect:
+        for data in _external_files(Path(p)) if p is not None else ():
+            for mine, what in ((path, "is"), (sidecar, f"would write its data to '{sidecar}', which is")):
+                if mine.exists() and os.path.samefile(mine, data):
+                    raise ConfigError(f"output '{path}' {what} the input model's external data file; choose "
+                                      "another output path (-o).")
     if not folder.is_dir():
         raise ConfigError(f"output folder '{folder}' does not exist; create it or choose another -o.")
     if not os.access(folder, os.W_OK):
@@ -267,6 +274,20 @@ def check_output_path(path: Path, protect=()) -> None:
     if exc is not None:
         raise ConfigError(f"output '{path}' cannot be written: the folder '{folder}' does not accept new files "
                           f"({exc.strerror or type(exc).__name__}); choose another -o.")
+
+
+def _external_files(model_path: Path) -> list[Path]:
+    """The external data files an ONNX file points to (read without its data), existing ones only; [] when it is
+    not a readable model (the load step says why)."""
+    if not model_path.is_file():
+        return []
+    try:
+        model = onnx.load_model(str(model_path), load_external_data=False)
+    except (DecodeError, OSError, ValueError):
+        return []
+    folder = model_path.parent
+    files = {folder / external_data_helper.ExternalDataInfo(t).location for t in _external_tensors(model)}
+    return [f for f in files if f.is_file()]
 
 
 def check_output_folder(folder: Path, flag: str = "-o") -> None:

@@ -13,6 +13,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
     linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
     decomposed_layernorm_mlp  LayerNorm written out as ReduceMean/Sub/Pow(., 2.0)/Sqrt/Div (legacy torch, paddle2onnx)
+    step_logits         a decoder step's 'logits' [N, 1, vocab] (labels [N] fit no output: no [N, classes])
+    scores_and_label    float features [N, F] and int64 category ids [N, K] (Gather on embedding tables), outputs
+                        'probabilities' [N, C] and their ArgMax 'label' int64 [N] (a torch model returning both)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -86,6 +89,52 @@ def sklearn_mlp(*, in_features: int = 4, hidden: int = 16, classes: int = 3, see
     return _model(g, "sklearn_mlp", [_float("input", [BATCH, in_features])],
                   [helper.make_tensor_value_info("output_label", TensorProto.INT64, [BATCH]),
                    helper.make_value_info("output_probability", seq_map)], ml=True)
+
+
+def step_logits(*, in_features: int = 8, hidden: int = 16, vocab: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> Unsqueeze(axis 1) -> 'logits' [N, 1, 6], as one decoding step of a
+    language model exported with its cache (optimum's decoder_with_past) returns them."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    y = g.matmul(x, "fc2", hidden, vocab)
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    g.nodes.append(helper.make_node("Unsqueeze", [y, "axes"], ["logits"], name="/out/Unsqueeze"))
+    return _model(g, "step_logits", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, 1, vocab])])
+
+
+def scores_and_label(*, features: int = 6, categories: tuple[int, ...] = (5, 7), dim: int = 3, hidden: int = 16,
+                     classes: int = 4, label_only: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """'feats' float [N, 6] and 'cats' int64 [N, 2] (one embedding table [V_k, 3] per column, Gather) -> Concat ->
+    fc + relu -> fc -> Softmax 'probabilities' [N, 4] and ArgMax 'label' int64 [N]. `label_only` keeps only the
+    integer output (nothing to distill from)."""
+    g = _Graph(seed)
+    parts = ["feats"]
+    for k, vocab in enumerate(categories):
+        table = g.const(f"emb{k}.weight", g.rng.standard_normal((vocab, dim)))
+        g.initializers.append(numpy_helper.from_array(np.array(k, np.int64), f"emb{k}.col"))
+        idx = f"emb{k}.col"
+        col = g.op("Gather", f"col{k}", ["cats", idx], axis=1)
+        parts.append(g.op("Gather", f"emb{k}", [table, col], axis=0))
+    x = g.op("Concat", "cat", parts, axis=1)
+    x = g.relu(g.matmul(x, "fc1", features + dim * len(categories), hidden), "fc1")
+    probs = g.op("Softmax", "out", [g.matmul(x, "fc2", hidden, classes)], axis=-1)
+    g.nodes.append(helper.make_node("ArgMax", [probs], ["label"], name="/out/ArgMax", axis=1, keepdims=0))
+    outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH])]
+    if not label_only:
+        g.nodes.append(helper.make_node("Identity", [probs], ["probabilities"], name="/out/Identity"))
+        outputs.insert(0, _float("probabilities", [BATCH, classes]))
+    inputs = [_float("feats", [BATCH, features]),
+              helper.make_tensor_value_info("cats", TensorProto.INT64, [BATCH, len(categories)])]
+    return _model(g, "scores_and_label", inputs, outputs)
+
+
+def scores_and_label_feed(model_kwargs: dict | None = None, n: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """A seeded feed for scores_and_label: normal features, category ids inside each table."""
+    cats = (model_kwargs or {}).get("categories", (5, 7))
+    features = (model_kwargs or {}).get("features", 6)
+    rng = np.random.default_rng(seed)
+    return {"feats": rng.standard_normal((n, features)).astype(np.float32),
+            "cats": np.stack([rng.integers(0, v, n) for v in cats], 1).astype(np.int64)}
 
 
 def linear_classifier(*, in_features: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:

@@ -7,7 +7,8 @@
 
 The rule (`choose`), in order:
   1. --recovery given (AutoConfig.recovery): that one.
-  2. torch is missing, or the torch bridge cannot build the graph (an op it lacks): reconstruct.
+  2. torch is missing, no graph output is a float tensor (only integer labels: no gradient), or the torch bridge
+     cannot build the graph (an op it lacks): reconstruct.
   3. no labels and fewer than SMALL_DATA training samples: reconstruct (SGD distillation on a few hundred samples
      memorises them; the refit solves one small convex problem per layer instead).
   4. otherwise sgd.
@@ -37,6 +38,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+
+import onnx
 
 from onnxprune.converter.auto.allocation import global_masks
 from onnxprune.errors import UnsupportedOpError
@@ -98,6 +101,9 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
         import torch  # noqa: F401
     except ImportError:
         return "reconstruct", "torch is not installed: layer-wise refit with onnxruntime"
+    if not _has_float_output(original):
+        return "reconstruct", ("no output of the model is a float tensor (integer labels or ids only): nothing to "
+                               "train against; layer-wise refit")
     why = bridge_refusal(original)
     if why:
         return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit"
@@ -106,6 +112,16 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
         return "reconstruct", f"no labels and {n} training samples (< {SMALL_DATA}): layer-wise refit"
     return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
                                                       else f" and {n} training samples (>= {SMALL_DATA})")
+
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+def _has_float_output(model) -> bool:
+    """Whether some graph output is a float tensor: retraining needs one to take a gradient through (an ArgMax
+    label has none; a ZipMap's maps are left to bridge_refusal)."""
+    return any(o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in FLOAT_TYPES
+               or not o.type.HasField("tensor_type") for o in model.graph.output)
 
 
 def bridge_refusal(model) -> str | None:

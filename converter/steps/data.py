@@ -90,6 +90,7 @@ class Data:
         self._calib = None
         self._eval = None
         self._warned = False
+        self._labels_said = False
         self.small_data = small_data  # the automatic search's small-data policy (SMALL_TRAIN_EVERY)
         self.trains_on_every = False  # small data: every `every`-th sample trains and the others decide
         self.every = self._split() if split else None  # before any part= reader is asked for
@@ -125,9 +126,25 @@ class Data:
                            limit=c.limit, seed=c.seed, shapes=self.random_shapes if random else c.input_shapes,
                            warn=not self._warned)
         self._warned = True  # the random-data warning is said once per run
+        if reader.has_labels and c.metric is None and self._labels_unusable():
+            reader = reader.without_labels()  # neither scored nor trained against (cross-entropy would fail)
         if part is not None and source is None and self.every:
             reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every)
         return reader
+
+    def _labels_unusable(self) -> bool:
+        """No output the labels could belong to (a language model's logits [N, 1, vocab] beside its cache): said
+        once; without --metric the labels are then left out of the whole run, scoring and retraining alike."""
+        from onnxprune.calibration.metric_choice import labels_output
+
+        if labels_output(self.model) is not None:
+            return False
+        if not self._labels_said:
+            self._labels_said = True
+            log.warning("no output has the shape [N, classes] the labels could belong to (outputs: %s); labels are "
+                        "ignored, every output is compared with the dense model and retraining distils from it",
+                        ", ".join(o.name for o in self.model.graph.output))
+        return True
 
     def train_reader(self, batch_size=None):
         """What retraining sees: --data without the validation samples."""

@@ -61,7 +61,7 @@ def _transpose(b: Builder, node: gs.Node) -> None:
     c, r = b.ch(x), b.rank(x)
     perm = list(_attr(node, "perm", [] if r is None else list(range(r))[::-1]))
     if not perm:
-        return b.opaque(node, "needs the input rank")
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
     r = len(perm)
     b.set(node.outputs[0], Channels(perm.index(r + c.axis) - r, c.ids, c.value))
 
@@ -96,7 +96,7 @@ def _concat(b: Builder, node: gs.Node) -> None:
     r = b.rank(node.outputs[0])
     chans = [b.ch(t) for t in node.inputs]
     if r is None:
-        return b.opaque(node, "needs the output rank")
+        return b.opaque(node, "needs the output rank, which shape inference did not give")
     axis = _attr(node, "axis", 0) % r - r
     if all(c is not None and c.axis != axis for c in chans):  # across another axis (batch, space): one class
         same = np.all([c.value == chans[0].value for c in chans], axis=0)
@@ -120,7 +120,7 @@ def _split(b: Builder, node: gs.Node) -> None:
     x = node.inputs[0]
     c, r = b.ch(x), b.rank(x)
     if r is None:
-        return b.opaque(node, "needs the input rank")
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
     if _attr(node, "axis", 0) % r - r != c.axis:  # split across another axis: every output holds every class
         return [b.set(o, c) for o in node.outputs]
     given = _opt_input(node, 1)

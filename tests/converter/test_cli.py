@@ -118,6 +118,25 @@ def test_output_over_input_is_refused_and_input_untouched(mlp_path):
     assert modelio.sha256_file(mlp_path) == before
 
 
+@pytest.mark.parametrize("location, output", [("m.onnx.data", "m.onnx.data"), ("b.onnx.data", "b.onnx")],
+                         ids=["output-is-the-data-file", "output-sidecar-is-the-data-file"])
+def test_output_over_the_inputs_external_data_is_refused_and_input_untouched(tmp_path, location, output):
+    """Sweep 2: `-o model.onnx.data` (a tab completion away from the input) overwrote the input's external data and
+    left the input model unloadable; an output whose data sidecar is the input's data file would do the same."""
+    src = tmp_path / "m.onnx"
+    onnx.save(builders.lenet300_like(hidden=(64, 32)), src, save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+    files = [src, tmp_path / location]
+    before = [modelio.sha256_file(f) for f in files]
+    res = invoke("prune", src, "-o", tmp_path / output, "--sparsity", "0.5")
+    assert res.exit_code == 2 and "the input model's external data file" in res.output, res.output
+    assert res.output.strip().splitlines()[-1].startswith("Error: output ") and "Traceback" not in res.output
+    assert [modelio.sha256_file(f) for f in files] == before
+    ok = invoke("prune", src, "-o", tmp_path / "other.onnx", "--sparsity", "0.5")
+    assert ok.exit_code == 0, ok.output
+    assert [modelio.sha256_file(f) for f in files] == before
+
+
 def test_debug_lets_the_traceback_through(tmp_path):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"")

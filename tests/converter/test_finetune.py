@@ -360,3 +360,40 @@ def test_distilling_a_pruned_detector_brings_its_boxes_back():
     assert agree >= 0.95
     for name, keep in masks.items():
         assert np.all(weight_array(trained, name)[~keep] == 0.0)
+
+
+# ------------------------------------------------------------------- an integer output beside the class scores
+def test_an_integer_output_beside_the_scores_is_left_out_of_the_distillation():
+    """A torch model returning (probabilities, argmax) gives the bridge an int64 output: it has no gradient and is
+    scored as exact, so the distillation is the probabilities' alone (it crashed: mean() of a Long tensor)."""
+    from onnxprune.converter.finetune import Objective
+
+    probs, ref = torch.softmax(torch.randn(8, 4), -1), torch.softmax(torch.randn(8, 4), -1)
+    label, ref_label = probs.argmax(1), ref.argmax(1).float()  # the teacher's outputs come as float32
+    both = Objective("distill", ["probs", "values"])([probs, label], None, [ref, ref_label])
+    alone = Objective("distill", ["probs"])([probs], None, [ref])
+    assert float(both) == pytest.approx(float(alone), rel=1e-6) and float(alone) > 0
+    with pytest.raises(ConfigError, match="every output of the model is an integer"):
+        Objective("distill", ["values"])([label], None, [ref_label])
+
+
+def test_retraining_a_model_with_an_argmax_output_keeps_masks_and_brings_agreement_back():
+    from onnxprune.models.third_party_builders import scores_and_label, scores_and_label_feed
+
+    model = scores_and_label(hidden=32)
+    feed = scores_and_label_feed(n=512, seed=1)
+    masks = magnitude_masks(model, 0.6)
+    pruned = zero_weights(model, masks)
+    trained, stats = finetune(pruned, masks, (feed, None), epochs=10, lr=0.01, loss="distill", teacher=model,
+                              reg_strength=0.0, batch_size=32)
+    check_full(trained)
+    want = run(model, feed)
+
+    def agreement(m):
+        return float(np.mean(run(m, feed)["label"] == want["label"]))
+
+    assert agreement(trained) > agreement(pruned), (agreement(pruned), agreement(trained))
+    got = run(trained, feed)
+    assert got["label"].dtype == np.int64 and np.array_equal(got["label"], got["probabilities"].argmax(1))
+    for name, keep in masks.items():
+        assert np.all(weight_array(trained, name)[~keep] == 0.0), f"'{name}': a pruned weight moved"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.recovery import RECOVERY, SMALL_DATA, choose
+from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.pipeline import configure, run
 from onnxprune.errors import ConfigError
 from onnxprune.models import builders
@@ -44,6 +46,25 @@ def test_the_bridge_reason_names_the_ops_it_lacks_not_the_errors_heading():
     _, rule = choose(model, _Reader(10_000, True))
     assert "Loop x1: control flow: a Loop without a trip count" in rule, rule
     assert "node(s) of this model:" not in rule, rule
+
+
+def test_a_model_whose_only_output_is_an_integer_label_is_refit_not_retrained():
+    """Sweep 2: a classifier returning only its ArgMax label, with labels given, went to sgd and failed in the
+    distillation (no float output to take a gradient through); beside a float output sgd stays the choice."""
+    from onnxprune.models.third_party_builders import scores_and_label, scores_and_label_feed
+
+    name, rule = choose(scores_and_label(label_only=True), _Reader(10_000, True))
+    assert name == "reconstruct" and "no output of the model is a float tensor" in rule, rule
+    assert choose(scores_and_label(), _Reader(10_000, True))[0] == "sgd"
+    model = scores_and_label(label_only=True, hidden=32)
+    feed = scores_and_label_feed(n=600, seed=3)
+    labels = make_session(model).run(["label"], feed)[0]
+    result = run(model, configure(max_loss=1.0, data={**feed, "labels": labels}, time_budget=60, seed=0))
+    assert result.report["auto"]["choices"]["recovery"]["value"] == "reconstruct"
+    assert result.report["budget"]["met"]
+    onnx.checker.check_model(result.model, full_check=True)
+    got = make_session(result.model, optimize=False).run(["label"], feed)[0]
+    assert got.dtype == np.int64 and np.mean(got != labels) <= 0.02
 
 
 @pytest.fixture(scope="module")
