@@ -53,11 +53,14 @@ SCAN_SHARE = 0.4
 
 @dataclass
 class AutoData:
-    """What the search reads: the training part, the decision evaluator (never trained on), the dense model."""
+    """What the search reads: the training part, the decision evaluator (never trained on), the dense model, and
+    `chooser`: when given, an evaluator on the training part that the one-shot start is chosen on (its sensitivity
+    scan and fit), so that the decision set judges it without having chosen it (steps/auto.py says when)."""
 
     train: Any
     evaluator: Any
     dense: onnx.ModelProto
+    chooser: Any = None
 
 
 @dataclass
@@ -183,7 +186,7 @@ class _Search:
         from onnxprune.calibration.sensitivity import DEFAULT_LEVELS, scan
 
         t0 = time.perf_counter()
-        ev = self.data.evaluator
+        ev = self.data.chooser or self.data.evaluator
         # budgeted (calibration/sampling.py): each layer's levels bisected up to the budget, measurements stopped
         # once their verdict is clear; the fits below (at the budget, half of it, none) read the levels measured
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,

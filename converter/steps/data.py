@@ -166,6 +166,15 @@ class Data:
         return self._calib
 
     @property
+    def choosing(self):
+        """Scores on the training part (the side of the split that --data trains on), or None unsplit."""
+        if not self.every:
+            return None
+        if getattr(self, "_choose", None) is None:
+            self._choose = self._evaluator(None, part="train")
+        return self._choose
+
+    @property
     def evaluation(self):
         """Scores on the held-out data when given (--eval-data), else on --data."""
         if self.config.eval_data is None:

@@ -134,3 +134,37 @@ def test_too_few_samples_to_certify_keep_the_input_model_and_say_how_many_would(
     x = data["input"][:16]
     np.testing.assert_allclose(make_session(result.model).run(None, {"input": x})[0],
                                make_session(model).run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_with_labels_on_small_data_the_one_shot_start_is_chosen_on_the_training_part(monkeypatch, labelled):
+    """200 samples: every 4th trains (50), the other 150 decide. With labels the sensitivity scan and the fit run on
+    the 50 training samples and the decision set only judges the start (a start chosen on the set that judges it
+    looks better there than it is); label-free both run on the decision set, as before."""
+    import onnxprune.calibration.allocate as allocate
+    import onnxprune.calibration.sensitivity as sensitivity
+
+    seen = {}
+
+    def samples(ev):
+        return sum(len(np.asarray(r[0])) for r in ev.reference_all)
+
+    real_scan, real_fit = sensitivity.scan, allocate.fit_to_budget
+
+    def scan(model, inventory, ev, *a, **k):
+        seen["scan"] = samples(ev)
+        return real_scan(model, inventory, ev, *a, **k)
+
+    def fit(model, inventory, ev, *a, **k):
+        seen.setdefault("fit", samples(ev))
+        return real_fit(model, inventory, ev, *a, **k)
+
+    monkeypatch.setattr(sensitivity, "scan", scan)
+    monkeypatch.setattr(allocate, "fit_to_budget", fit)
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=200, data_seed=2)
+    feed = data if labelled else {"input": data["input"]}
+    result = run(model, configure(max_loss=1.0, data=feed, seed=0, time_budget="30s", recovery="reconstruct"))
+    assert result.report["auto"]["decision"]["n"] == 150  # the decision set judged the result
+    assert seen == ({"scan": 50, "fit": 50} if labelled else {"scan": 150, "fit": 150})
+    x = data["input"][:16]
+    assert make_session(result.model).run(None, {"input": x})[0].shape == (16, 10)
