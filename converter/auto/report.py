@@ -11,16 +11,19 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     """A decision part in words, against the budget: for a fidelity metric its upper bound (the loss plus the
     margin the rule adds; '1 of 180 decision samples changed, upper bound 1.45 pp' for a 0/1 part, 'probability
     change 0.52 pp, upper bound 0.59 pp' for a continuous one, the part named when the metric has several); for a
-    label metric (paired) its loss and the limit the rule allows."""
+    label metric (paired) its loss and upper bound (loss + the margin) too, or with --max-loss 0 the limit the rule
+    allows (sweep2: 'loss 5.67 pp, limit -1.06 pp' was hard to read)."""
     from onnxprune.converter.auto.decide import PER_SAMPLE
 
     form = PER_SAMPLE.get(kind)
     part = d.get("part")
     index = form.parts.index(part) if form is not None and part in form.parts else None
     named = f"{part} " if part and form is not None and len(form.parts) > 1 else ""
-    if form is None or form.paired:
-        return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
     upper = d["loss_pp"] + budget - d["limit_pp"]
+    if form is not None and form.paired and budget > 0:  # an upper bound, as below (a negative limit read badly)
+        return f"{named}loss {d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
+    if form is None or form.paired:  # --max-loss 0: within the noise, the limit is the margin itself
+        return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
     if index is not None and form.is_binary(index) and n:
         return f"{round(d['loss_pp'] * n / 100)} of {n} decision samples {part}, upper bound {upper:.2f} pp"
     return f"{named}{d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"

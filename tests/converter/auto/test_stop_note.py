@@ -59,3 +59,12 @@ def test_nothing_rejected_past_the_result_says_nothing():
     # a candidate within the rule but not kept (the polish kept the better loss) is not what stopped the search
     assert stop_note([_entry(1.3, True, True), _entry(1.6, False, True)], _rule(("probs", "prob"))) is None
     assert stop_note([], _rule(("probs", "prob"))) is None
+
+
+def test_a_label_metric_reads_as_an_upper_bound_and_with_a_zero_budget_as_its_limit():
+    from onnxprune.converter.auto.report import part_figure
+
+    d = {"loss_pp": 5.67, "limit_pp": -1.06, "part": "accuracy"}
+    assert part_figure(d, "accuracy", 300, 1.0) == "loss 5.67 pp, upper bound 7.73 pp"  # loss + 2.06 pp of margin
+    assert part_figure({"loss_pp": 0.2, "limit_pp": 0.4, "part": "accuracy"}, "accuracy", 300, 0.0) == \
+        "loss 0.20 pp, limit 0.40 pp"
