@@ -61,6 +61,8 @@ class AutoData:
     evaluator: Any
     dense: onnx.ModelProto
     chooser: Any = None
+    # False: the labels only judge, retraining distils from the input model (labelled small data, steps/auto.py)
+    train_on_labels: bool = True
 
 
 @dataclass
@@ -230,8 +232,9 @@ class _Search:
 
         t0 = time.perf_counter()
         o = self.config.overrides
-        has_labels = bool(getattr(self.data.train, "has_labels", False))
-        mix = hyper.loss_mix(has_labels)
+        labelled = bool(getattr(self.data.train, "has_labels", False))
+        has_labels = labelled and self.data.train_on_labels
+        mix = hyper.loss_mix(has_labels, judged_only=labelled and not has_labels)
         self.loss = {k: c.value for k, c in mix.items()}
         self.train_data = load_data(self.data.train, teacher=self.original, use_labels=has_labels)
         self.train_data, mixup = hyper.function_matching(self.train_data, self.original, self.config.seed)

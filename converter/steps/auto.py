@@ -72,8 +72,10 @@ class AutoSearchStep(Step):
                             criterion=self.targets_config.criterion, neurons=self.neurons,
                             overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given},
                             recovery=c.recovery)
+        chooser = self._chooser(state)
         data = AutoData(train=state.data.train_reader(batch_size=r.train_batch_size),
-                        evaluator=state.data.calibration, dense=state.original, chooser=self._chooser(state))
+                        evaluator=state.data.calibration, dense=state.original, chooser=chooser,
+                        train_on_labels=chooser is None)
         t0 = time.perf_counter()
         clock = self._clock(state)
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
@@ -143,7 +145,8 @@ class AutoSearchStep(Step):
         sklearn digits, 400 labelled samples, `--max-loss 1 --time-budget 3m`): torchvision mobilenet_v3_small's
         one-shot start, chosen and judged on the 300 decision samples, was judged 0.00 pp (limit 0.06) and lost
         2.8 pp of held-out accuracy (3.8% of predictions changed). Label-free, the share-of-changed-samples bound
-        needs no changed sample on a small set, and the scan keeps the resolution of the larger decision set."""
+        needs no changed sample on a small set, and the scan keeps the resolution of the larger decision set.
+        The same runs retrain by distillation alone (AutoData.train_on_labels, converter/auto/hyper.py "loss")."""
         data = state.data
         if not (data.trains_on_every and getattr(data.train_reader(), "has_labels", False)):
             return None

@@ -168,3 +168,17 @@ def test_with_labels_on_small_data_the_one_shot_start_is_chosen_on_the_training_
     assert seen == ({"scan": 50, "fit": 50} if labelled else {"scan": 150, "fit": 150})
     x = data["input"][:16]
     assert make_session(result.model).run(None, {"input": x})[0].shape == (16, 10)
+
+
+def test_with_labels_on_small_data_retraining_distils_and_the_labels_judge():
+    """200 labelled samples (50 train, 150 decide) and the sgd recovery: the rounds distil from the input model
+    (the labels would only move its predictions, and the decision set cannot see through its own choice); the
+    decision stays the label rule's. With 2,000 labelled samples (not small data) the labels train."""
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=200, data_seed=2)
+    result = run(model, configure(max_loss=1.0, data=data, seed=0, time_budget="40s", recovery="sgd"))
+    auto = result.report["auto"]
+    assert auto["choices"]["loss"]["value"] == "distill" and "judge only" in auto["choices"]["loss"]["rule"]
+    assert auto["decision"]["outputs"]["logits"]["metric"] == "accuracy"
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=2000, data_seed=2)
+    result = run(model, configure(max_loss=1.0, data=data, seed=0, time_budget="40s", recovery="sgd"))
+    assert result.report["auto"]["choices"]["loss"]["value"] == "ce+distill"
