@@ -13,20 +13,43 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     change 0.52 pp, upper bound 0.59 pp' for a continuous one, the part named when the metric has several); for a
     label metric (paired) its loss and upper bound (loss + the margin) too, or with --max-loss 0 the limit the rule
     allows (sweep2: 'loss 5.67 pp, limit -1.06 pp' was hard to read)."""
-    from onnxprune.converter.auto.decide import PER_SAMPLE
-
-    form = PER_SAMPLE.get(kind)
-    part = d.get("part")
-    index = form.parts.index(part) if form is not None and part in form.parts else None
+    form, part, binary = _part(d, kind)
     named = f"{part} " if part and form is not None and len(form.parts) > 1 else ""
     upper = d["loss_pp"] + budget - d["limit_pp"]
     if form is not None and form.paired and budget > 0:  # an upper bound, as below (a negative limit read badly)
         return f"{named}loss {d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
     if form is None or form.paired:  # --max-loss 0: within the noise, the limit is the margin itself
         return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
-    if index is not None and form.is_binary(index) and n:
+    if binary and n:
         return f"{round(d['loss_pp'] * n / 100)} of {n} decision samples {part}, upper bound {upper:.2f} pp"
     return f"{named}{d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
+
+
+def more_data(d: dict, kind: str, n: int | None, budget: float, z: float) -> str:
+    """For a share of changed samples (a 0/1 part of a fidelity metric): whether more decision samples at the same
+    share would have admitted the candidate (a forecast: the share seen on this set), and about how many; "" for
+    other parts. `z`: the rule's margin in standard errors (times its strictness)."""
+    from onnxprune.converter.auto.decide import samples_for_share
+
+    form, _, binary = _part(d, kind)
+    if not binary or form.paired or not n:
+        return ""
+    share = round(d["loss_pp"] * n / 100) / n
+    need = samples_for_share(share, budget, z)
+    if need is None:
+        return f"; at that share ({100 * share:.2g}%) more data would not admit it, a larger --max-loss would"
+    return (f"; at that share ({100 * share:.2g}%) about {need} decision samples (here {n}) would have "
+            "admitted it: more --data may prune further")
+
+
+def _part(d: dict, kind: str) -> tuple:
+    """(the metric's per-sample form or None, the part's name, whether that part is a 0/1 share)."""
+    from onnxprune.converter.auto.decide import PER_SAMPLE
+
+    form = PER_SAMPLE.get(kind)
+    part = d.get("part")
+    binary = form is not None and part in form.parts and form.is_binary(form.parts.index(part))
+    return form, part, binary
 
 
 def _e(value) -> str:

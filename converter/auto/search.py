@@ -34,7 +34,7 @@ from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.allocation import criterion, density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision, worst_figures
-from onnxprune.converter.auto.report import part_figure
+from onnxprune.converter.auto.report import more_data, part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array
 
@@ -445,30 +445,11 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     note = (f"what stopped {what}: the least pruned candidate past the result's {max(kept, default=1.0):.2f}x, "
             f"{h['ratio']:.2f}x ({h['phase']}), was outside the budget on output '{h['output']}' "
             f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g})")
-    note += _more_data(h, kind, rule)
+    note += more_data(h, kind, rule.n, rule.budget, rule.z * rule.strictness)
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"
     return note
-
-
-def _more_data(h: dict, kind: str, rule) -> str:
-    """For a share of changed samples: whether more decision samples at the same share would have admitted the
-    candidate (a forecast: the share seen on this set), and about how many; "" for other parts."""
-    from onnxprune.converter.auto.decide import PER_SAMPLE, Z, samples_for_share
-
-    form = PER_SAMPLE.get(kind)
-    part = h.get("part")
-    if form is None or form.paired or part not in form.parts or not form.is_binary(form.parts.index(part)) \
-            or not rule.n:
-        return ""
-    changed = round(h["loss_pp"] * rule.n / 100)
-    share = changed / rule.n
-    need = samples_for_share(share, rule.budget, getattr(rule, "z", Z) * getattr(rule, "strictness", 1.0))
-    if need is None:
-        return f"; at that share ({100 * share:.2g}%) more data would not admit it, a larger --max-loss would"
-    return (f"; at that share ({100 * share:.2g}%) about {need} decision samples (here {rule.n}) would have "
-            "admitted it: more --data may prune further")
 
 
 def unscanned_note(sensitivity, share: str, fate: str) -> str | None:

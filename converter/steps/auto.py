@@ -72,9 +72,9 @@ class AutoSearchStep(Step):
                             criterion=self.targets_config.criterion, neurons=self.neurons,
                             overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given},
                             recovery=c.recovery)
-        chooser = self._chooser(state)
-        data = AutoData(train=state.data.train_reader(batch_size=r.train_batch_size),
-                        evaluator=state.data.calibration, dense=state.original, chooser=chooser,
+        train = state.data.train_reader(batch_size=r.train_batch_size)
+        chooser = self._chooser(state, train)
+        data = AutoData(train=train, evaluator=state.data.calibration, dense=state.original, chooser=chooser,
                         train_on_labels=chooser is None)
         t0 = time.perf_counter()
         clock = self._clock(state)
@@ -137,7 +137,7 @@ class AutoSearchStep(Step):
             state.notes.append(note)
 
     @staticmethod
-    def _chooser(state: RunState):
+    def _chooser(state: RunState, train):
         """The evaluator the one-shot start is chosen on, when not the decision set: with labels on small data (the
         split where every 4th sample trains, steps/data.py), the training part. The sensitivity scan and the fit
         try many allocations and keep the most pruned that fits, so on the set that chose it a start looks better
@@ -147,10 +147,9 @@ class AutoSearchStep(Step):
         2.8 pp of held-out accuracy (3.8% of predictions changed). Label-free, the share-of-changed-samples bound
         needs no changed sample on a small set, and the scan keeps the resolution of the larger decision set.
         The same runs retrain by distillation alone (AutoData.train_on_labels, converter/auto/hyper.py "loss")."""
-        data = state.data
-        if not (data.trains_on_every and getattr(data.train_reader(), "has_labels", False)):
+        if not (state.data.trains_on_every and getattr(train, "has_labels", False)):
             return None
-        return data.choosing
+        return state.data.choosing
 
     def _time_budget(self) -> float:
         from onnxprune.converter.auto import parse_duration

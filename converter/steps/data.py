@@ -89,6 +89,7 @@ class Data:
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
+        self._choose = None
         self._warned = False
         self._labels_said = False
         self.small_data = small_data  # the automatic search's small-data policy (SMALL_TRAIN_EVERY)
@@ -170,7 +171,7 @@ class Data:
         """Scores on the training part (the side of the split that --data trains on), or None unsplit."""
         if not self.every:
             return None
-        if getattr(self, "_choose", None) is None:
+        if self._choose is None:
             self._choose = self._evaluator(None, part="train")
         return self._choose
 

@@ -10,7 +10,8 @@ from onnxprune.converter.auto.search import stop_note
 
 
 def _rule(*outputs):
-    return SimpleNamespace(outputs=[SimpleNamespace(name=n, kind=k) for n, k in outputs], n=180, budget=1.0)
+    return SimpleNamespace(outputs=[SimpleNamespace(name=n, kind=k) for n, k in outputs], n=180, budget=1.0, z=1.0,
+                           strictness=1.0)
 
 
 def _entry(ratio, kept, within, output="probs", part="probability change", loss=1.4, limit=0.9, phase="reconstruct"):
