@@ -15,11 +15,11 @@ dense session (kept across calls on the same feeds: DenseSessions). Only the Gra
 on im2col patches (numpy strides, no torch); grouped and depthwise Convs solve one problem per group; Gemm/MatMul
 use their input as is, MatMul also with its weight behind a 2-D Transpose. A bias that belongs to the layer alone
 (Gemm/Conv input 2, alpha = beta = 1) is refit with it, as the intercept. A layer whose weights are all >= 0 (a mel
-filterbank, an averaging matrix) is refit under that constraint (Lawson-Hanson, _nonneg_channel): what reads it may
-need its output >= 0 (a log), and unconstrained the refit of torch_logmel_legacy's mel matrix went negative on some
-frames, so every refit candidate's output was NaN; with it, that model's per-layer phase keeps 7 of 13 candidates and
-its held-out rel_l2 goes 0.0091 -> 0.0061 at the same ratio (1.16x, trace_corpus, --time-budget 3m).
-Weights held in Constant nodes are refit in place like initializers.
+filterbank, an averaging matrix) is refit under that constraint (_nonneg_channel: Lawson-Hanson, FISTA past 64 kept
+weights): what reads it may need its output >= 0 (a log), and unconstrained the refit of torch_logmel_legacy's mel
+matrix went negative on some frames, so every refit candidate's output was NaN; with it, that model's per-layer
+phase keeps 7 of 13 candidates and its held-out rel_l2 goes 0.0091 -> 0.0061 at the same ratio (1.16x,
+trace_corpus, --time-budget 3m). Weights held in Constant nodes are refit in place like initializers.
 
 LSTM/GRU/RNN W and R are refit together per gate block, one row per time step and sample (its own module:
 converter/reconstruct_recurrent.py).
@@ -571,7 +571,6 @@ def _lawson_hanson(h, r, keep, per) -> np.ndarray:
     free = [i for i in idx if i >= per]  # the intercept
     bounded = [i for i in idx if i < per]
     passive: list[int] = []
-    v = np.zeros(len(r))
 
     def solve(cols):
         sol = np.zeros(len(r))
