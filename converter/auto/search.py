@@ -234,18 +234,7 @@ class _Search:
         by the mean -> by the rule: mobilenet_v3_small 1.6x, -0.76 pp -> 2.6x, +0.75 pp (its rounds then ran);
         Keras BiLSTM 1.3x, +0.51 pp -> 1.7x, -0.75 pp; resnet18 the input model either way. None (the mean) on
         the decision set itself, whose rule judges the start next."""
-        if self.data.chooser is None:
-            return None
-        from onnxprune.calibration.decide import within_budget
-
-        rule = BudgetRule(self.data.chooser, budget)
-
-        def judge(candidate):
-            decision = rule.judge(candidate)
-            return (decision.loss_pp, bool(decision.within) and within_budget(decision.loss_pp, budget),
-                    decision.as_dict())
-
-        return judge
+        return None if self.data.chooser is None else BudgetRule(self.data.chooser, budget).fit_judge()
 
     # ------------------------------------------------------------------------------------------------ hyper
     def _hyper(self, best: _Best) -> None:

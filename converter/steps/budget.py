@@ -80,14 +80,10 @@ class FitBudgetStep(_Choose):
                                 "rule": rule.statement()}
             return _with_fixed({n: Target(sparsity=0.0) for n in zero}, state.targets)
 
-        def judge(candidate):
-            decision = rule.judge(candidate)
-            return decision.loss_pp, _fits(decision.as_dict(), self.config.max_loss), decision.as_dict()
-
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
                                 self.config.max_loss, result=state.sensitivity, scoring=state.scoring,
-                                deadline=self.deadline, judge=judge)
+                                deadline=self.deadline, judge=rule.fit_judge())
         state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
