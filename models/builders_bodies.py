@@ -122,25 +122,32 @@ def loop_if(*, features: int = 16, steps: int = 3, out_features: int = 10, seed:
                   helper.make_node("Relu", ["then/z"], ["then_out"], name="/loop/then/relu")]
     else_nodes = [helper.make_node("MatMul", ["h_in", "else.W"], ["else/z"], name="/loop/else/MatMul"),
                   helper.make_node("Tanh", ["else/z"], ["else_out"], name="/loop/else/tanh")]
+    body = _condition("input", "loop/") + [
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
+        helper.make_node("If", ["loop/cond"], ["h_out"], name="/loop/select",
+                         then_branch=_branch("then", then_nodes, "then_out"),
+                         else_branch=_branch("else", else_nodes, "else_out"))]
+    weights = [_init(n, _w(rng, (features, features), features)) for n in ("then.W", "else.W")]
+    return _loop_then_gemm("loop_if", body, weights, [_init("zero", np.array(0.0, np.float32))], rng,
+                           features=features, steps=steps, out_features=out_features)
+
+
+def _loop_then_gemm(name: str, body_nodes: list, weights: list, extra: list, rng, *, features: int, steps: int,
+                    out_features: int) -> onnx.ModelProto:
+    """Loop(steps, true, input) over a body of (i, cond_in, h_in) -> (cond_out, h_out), then Gemm(out.weight,
+    out.bias) -> [N, out_features]; initializers: `weights`, the Gemm's (drawn from `rng` after them), the trip
+    count and condition, then `extra`."""
     vi = helper.make_tensor_value_info
     body = helper.make_graph(
-        _condition("input", "loop/") + [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
-            helper.make_node("If", ["loop/cond"], ["h_out"], name="/loop/select",
-                             then_branch=_branch("then", then_nodes, "then_out"),
-                             else_branch=_branch("else", else_nodes, "else_out"))],
-        "body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
-                 vi("h_in", TensorProto.FLOAT, None)],
+        body_nodes, "body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
+                             vi("h_in", TensorProto.FLOAT, None)],
         [vi("cond_out", TensorProto.BOOL, []), vi("h_out", TensorProto.FLOAT, None)])
     nodes = [helper.make_node("Loop", ["steps", "keep_going", "input"], ["h"], body=body, name="/loop"),
              helper.make_node("Gemm", ["h", "out.weight", "out.bias"], ["output"], transB=1, name="/out/Gemm")]
-    inits = [_init("then.W", _w(rng, (features, features), features)),
-             _init("else.W", _w(rng, (features, features), features)),
-             _init("out.weight", _w(rng, (out_features, features), features)),
-             _init("out.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
-             _init("steps", np.array(steps, np.int64)), _init("keep_going", np.array(True)),
-             _init("zero", np.array(0.0, np.float32))]
-    return _model("loop_if", nodes, inits, [features], [out_features])
+    inits = weights + [_init("out.weight", _w(rng, (out_features, features), features)),
+                       _init("out.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+                       _init("steps", np.array(steps, np.int64)), _init("keep_going", np.array(True)), *extra]
+    return _model(name, nodes, inits, [features], [out_features])
 
 
 def while_rnn_decaying(**kwargs) -> onnx.ModelProto:
@@ -171,27 +178,18 @@ def loop_nested_if(*, features: int = 16, steps: int = 3, out_features: int = 10
                                    else_branch=_branch("inner_else", inner_else, "te_out"))]
     else_nodes = [helper.make_node("MatMul", ["h_in", "else.W"], ["e/z"], name="/loop/outer/else/MatMul"),
                   helper.make_node("Sigmoid", ["e/z"], ["else_out"], name="/loop/outer/else/sigmoid")]
-    vi = helper.make_tensor_value_info
-    body = helper.make_graph(
-        _condition("input", "loop/") + [
-            helper.make_node("Less", ["i", "two"], ["early"], name="/loop/early"),
-            helper.make_node("And", ["loop/cond", "early"], ["outer_cond"], name="/loop/outer_cond"),
-            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
-            helper.make_node("If", ["outer_cond"], ["h_out"], name="/loop/outer",
-                             then_branch=_branch("outer_then", then_nodes, "then_out"),
-                             else_branch=_branch("outer_else", else_nodes, "else_out"))],
-        "body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
-                 vi("h_in", TensorProto.FLOAT, None)],
-        [vi("cond_out", TensorProto.BOOL, []), vi("h_out", TensorProto.FLOAT, None)])
-    nodes = [helper.make_node("Loop", ["steps", "keep_going", "input"], ["h"], body=body, name="/loop"),
-             helper.make_node("Gemm", ["h", "out.weight", "out.bias"], ["output"], transB=1, name="/out/Gemm")]
-    inits = [_init(n, _w(rng, (features, features), features)) for n in ("then.then.W", "then.else.W", "else.W")]
-    inits += [_init("out.weight", _w(rng, (out_features, features), features)),
-              _init("out.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
-              _init("steps", np.array(steps, np.int64)), _init("keep_going", np.array(True)),
-              _init("two", np.array(2, np.int64)), _init("col0", np.array(0, np.int64)),
-              _init("zero", np.array(0.0, np.float32))]
-    return _model("loop_nested_if", nodes, inits, [features], [out_features])
+    body = _condition("input", "loop/") + [
+        helper.make_node("Less", ["i", "two"], ["early"], name="/loop/early"),
+        helper.make_node("And", ["loop/cond", "early"], ["outer_cond"], name="/loop/outer_cond"),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
+        helper.make_node("If", ["outer_cond"], ["h_out"], name="/loop/outer",
+                         then_branch=_branch("outer_then", then_nodes, "then_out"),
+                         else_branch=_branch("outer_else", else_nodes, "else_out"))]
+    weights = [_init(n, _w(rng, (features, features), features)) for n in ("then.then.W", "then.else.W", "else.W")]
+    extra = [_init("two", np.array(2, np.int64)), _init("col0", np.array(0, np.int64)),
+             _init("zero", np.array(0.0, np.float32))]
+    return _loop_then_gemm("loop_nested_if", body, weights, extra, rng, features=features, steps=steps,
+                           out_features=out_features)
 
 
 def scan_if(*, features: int = 8, hidden: int = 16, steps: int = 4, out_features: int = 6, opset: int = 17,
