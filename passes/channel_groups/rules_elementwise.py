@@ -1,4 +1,5 @@
-"""Rules for element-wise ops, BatchNormalization and pools: channels pass through, constants are carried."""
+"""Rules for element-wise ops, BatchNormalization, PRelu, pools and Resize: channels pass through, constants are
+carried."""
 
 from __future__ import annotations
 
@@ -148,3 +149,79 @@ def _pool(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, v))
 
 
+
+
+def _prelu(b: Builder, node: gs.Node) -> None:
+    """PRelu(x, slope): the slope's entries on the channel axis go with their channels (MTCNN, ArcFace: [1, C, 1, 1]
+    or [C, 1, 1]; a scalar slope is shared by all). A constant channel v stays constant: v, or slope·v below 0."""
+    x, s = node.inputs[:2]
+    c, S = b.ch(x), _const(s)
+    if c is None or b.ch(s) is not None or S is None:
+        return b.opaque(node, "has a slope that is not a constant")
+    ax = S.ndim + c.axis
+    size = S.shape[ax] if ax >= 0 else 1
+    if size not in (1, len(c.ids)):
+        return b.opaque(node, f"has a slope '{s.name}' {S.shape} that does not broadcast on the channel axis")
+    if size > 1:
+        b.block(c.ids, b.frozen(s, node))
+        b.edit(x, lambda keep: b.cg.slice(s, ax, keep))
+    slope = _per_channel(S, len(c.ids), c.axis)  # NaN where the slope also varies along another axis
+    with np.errstate(all="ignore"):
+        value = np.where(c.value >= 0, c.value, slope * c.value)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))
+
+
+def _resize_factors(node: gs.Node):
+    """(scales, sizes, axes) of a Resize (opset 10: X, scales; 11+: X, roi, scales, sizes; 18+: `axes`) or an
+    Upsample (scales as attribute or input); an entry is None when absent, False when not a constant."""
+    if node.op == "Upsample":
+        scales = node.attrs.get("scales")
+        if scales is None:
+            scales = _const(_opt_input(node, 1)) if _opt_input(node, 1) is not None else False
+        return np.asarray(scales, dtype=np.float64) if scales is not False else False, None, None
+    if len(node.inputs) == 2:  # opset 10
+        k = _const(node.inputs[1])
+        return (False if k is None else np.asarray(k, np.float64)), None, None
+    found = []
+    for i in (2, 3):
+        t = _opt_input(node, i)
+        k = None if t is None else _const(t)
+        found.append(None if t is None or (k is not None and k.size == 0) else (False if k is None else k))
+    axes = node.attrs.get("axes")
+    return found[0], found[1], None if axes is None else list(axes)
+
+
+def _resize(b: Builder, node: gs.Node) -> None:
+    """Resize / Upsample that leaves the channel axis alone (scale 1, or not among `axes`): channel k stays channel
+    k (an FPN neck's upsampling between Convs). With `sizes` naming the channel count, that entry follows the kept
+    channels. Interpolating a constant map gives the constant (nearest, linear, cubic: weights summing to 1), except
+    where tf_crop_and_resize extrapolates."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if c is None or r is None:
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
+    ch = r + c.axis
+    scales, sizes, axes = _resize_factors(node)
+    if scales is False or sizes is False:
+        return b.opaque(node, "has scales or sizes that are not constants")
+    if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch" and sizes is not None:
+        return b.opaque(node, "keeps an aspect ratio over sizes")
+    axes = [a % r for a in axes] if axes is not None else list(range(r))
+    if ch in axes:
+        pos = axes.index(ch)
+        if sizes is not None:
+            t = node.inputs[3]
+            if len(sizes) != len(axes) or int(sizes[pos]) != len(c.ids):
+                return b.opaque(node, "resizes the channel axis")
+            b.block(c.ids, b.frozen(t, node))
+            b.edit(x, lambda keep: _set_entry(b, t, pos, int(keep.sum())))
+        elif scales is not None and (len(scales) != len(axes) or float(scales[pos]) != 1.0):
+            return b.opaque(node, "resizes the channel axis")
+    crop = _attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.full(len(c.ids), NAN) if crop else c.value))
+
+
+def _set_entry(b: Builder, t: gs.Constant, pos: int, value: int) -> None:
+    values = np.array(t.values)
+    values[pos] = value
+    t.values = values.astype(t.values.dtype)

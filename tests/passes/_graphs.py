@@ -190,6 +190,34 @@ def conv_transpose(seed: int = 0) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 3]})
 
 
+def prelu_resize(seed: int = 0, slope=(1, 6, 1, 1), resize: str = "scales", mode: str = "nearest",
+                 shared_slope: bool = False) -> onnx.ModelProto:
+    """c1 3×3 (3→6) ─ PRelu ─ ×2 upsampling ─ c2 1×1 (→5) ─ Relu ─ GAP ─ Flatten ─ Gemm; batch fixed at 3.
+
+    resize: "scales" (Resize, scales [1, 1, 2, 2]), "sizes" ([3, 6, 14, 14]), "axes" (opset 18, sizes [14, 14] on
+    axes [2, 3]), "channels" (scales [1, 2, 2, 2]: the channel axis doubles, c2 reads 12), "upsample" (opset 9
+    Upsample, scales as input). `shared_slope`: c2's PRelu reads c1's slope too (c2 then has 6 channels)."""
+    g = G(seed)
+    slope_name = g.init("slope", (0.25 + 0.1 * g.rng.standard_normal(slope)).astype(np.float32))
+    x = g.op("PRelu", "act1", [g.conv("x", "c1", 3, 6, 3), slope_name])
+    if resize == "upsample":
+        x = g.op("Upsample", "up", [x, g.init("scales", np.array([1, 1, 2, 2], np.float32))], mode=mode)
+    else:
+        factors = {"scales": ("scales", [1, 1, 2, 2], np.float32), "channels": ("scales", [1, 2, 2, 2], np.float32),
+                   "sizes": ("sizes", [3, 6, 14, 14], np.int64), "axes": ("sizes", [14, 14], np.int64)}[resize]
+        k = g.init(factors[0], np.array(factors[1], factors[2]))
+        ins = [x, "", k] if factors[0] == "scales" else [x, "", "", k]
+        x = g.op("Resize", "up", ins, mode=mode, **({"axes": [2, 3]} if resize == "axes" else {}))
+    c_mid = 12 if resize == "channels" else 6
+    c_out = 6 if shared_slope else 5
+    x = g.conv(x, "c2", c_mid, c_out, 1)
+    x = g.op("PRelu", "act2", [x, slope_name]) if shared_slope else g.op("Relu", "r2", [x])
+    _head(g, x, c_out)
+    m = g.model({"x": [3, 3, 9, 9]}, {"y": [3, 3]})
+    m.opset_import[0].version = {"axes": 18, "upsample": 9}.get(resize, 17)
+    return m
+
+
 def _head(g: G, x: str, c: int, n_out: int = 3) -> None:
     g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", c, n_out)
     g.nodes[-1].output[0] = "y"

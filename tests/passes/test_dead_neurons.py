@@ -468,6 +468,8 @@ GRAPHS = {
     "conv-transpose": G.conv_transpose, "concat input + equal split": G.concat_input_equal_split,
     "matmul": G.matmul_mlp, "avgpool padded": partial(G.cnn_with_pool, "AveragePool", kernel_shape=[3, 3],
                                                        pads=[1, 1, 1, 1], count_include_pad=1),
+    "prelu/resize": G.prelu_resize, "prelu/resize sizes": partial(G.prelu_resize, resize="sizes", mode="linear"),
+    "per-position prelu/upsample": partial(G.prelu_resize, slope=(1, 6, 7, 7), resize="upsample"),
 }
 
 
@@ -550,3 +552,41 @@ def test_a_non_tensor_graph_output_keeps_its_type_through_removal():
     got, want = (make_session(mm, optimize=False).run(None, {"x": x})[0] for mm in (out, m))
     assert [sorted(d) for d in got] == [sorted(d) for d in want]
     assert all(abs(g[k] - w[k]) <= 1e-5 * max(1.0, abs(w[k])) for g, w in zip(got, want) for k in w)
+
+
+# -- PRelu and Resize (MTCNN, ArcFace, FPN necks) -------------------------------------------------------------------
+@pytest.mark.parametrize("slope", [(1, 6, 1, 1), (6, 1, 1), (1,), (1, 6, 7, 7)])
+def test_prelu_slope_entries_go_with_their_channels(slope):
+    m = G.zero(G.prelu_resize(slope=slope), "c1.weight", 0, [1, 4])  # (b): constant channels, folded into c2
+    G.zero(m, "c2.weight", 1, [2])  # (a): unread
+    # a slope that varies per position keeps a constant channel constant only where it is >= 0
+    folds = 2 if len(slope) < 4 else int((G.init(m, "c1.bias")[[1, 4]] >= 0).sum())
+    out, report, shp = prune(m)
+    kept = 5 - folds
+    assert shp["c1.weight"][0] == kept and shp["c2.weight"] == (5, kept, 1, 1) and report.folded == folds
+    sliced = [kept if d == 6 else d for d in slope]
+    assert shp["slope"] == tuple(sliced)
+
+
+def test_a_prelu_slope_shared_by_two_layers_blocks_both():
+    m = G.zero(G.prelu_resize(shared_slope=True), "c1.weight", 0, [1])
+    out, report = remove_dead_neurons(m)
+    assert out is m and report.removed == 0
+    assert "initializer 'slope' is shared with 'act2'" in "\n".join(report.blocked)
+
+
+@pytest.mark.parametrize("resize, mode", [("scales", "nearest"), ("scales", "linear"), ("scales", "cubic"),
+                                          ("sizes", "nearest"), ("axes", "linear"), ("upsample", "nearest")])
+def test_an_upsampling_resize_carries_channels_and_their_constants(resize, mode):
+    m = G.zero(G.prelu_resize(resize=resize, mode=mode), "c1.weight", 0, [0, 5])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 4 and shp["c2.weight"] == (5, 4, 1, 1) and report.folded == 2
+    if resize == "sizes":
+        assert G.init(out, "sizes").tolist() == [3, 4, 14, 14]
+
+
+def test_a_resize_of_the_channel_axis_blocks():
+    m = G.zero(G.prelu_resize(resize="channels"), "c1.weight", 0, [2])
+    out, report = remove_dead_neurons(m)
+    assert out is m and report.removed == 0
+    assert "channels of Conv 'c1' kept: consumer Resize 'up' resizes the channel axis" in "\n".join(report.blocked)
