@@ -98,9 +98,10 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False) -> dict[str
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
          (probabilities, or a class name): a face detector's [N, 4] box offsets beside its [N, 2] softmax are not
          four classes. A model whose outputs are all unnamed logits keeps agreement for each.
-      7. an rel_l2 output of 3 or more axes whose channels (axis 1) differ in RMS by more than SCALE_SPREAD ->
-         channel_rel_l2: YOLOv8's [N, 4 + classes, anchors] packs pixel coordinates beside probabilities, and one
-         relative error over the whole output would be set by the coordinates alone.
+      7. an rel_l2 output of 3 or more axes whose channels (axis 1, when it is the shorter side of a sample) differ
+         in RMS by more than SCALE_SPREAD -> channel_rel_l2: YOLOv8's [N, 4 + classes, anchors] packs pixel
+         coordinates beside probabilities, and one relative error over the whole output would be set by the
+         coordinates alone.
     """
     kinds = {name: auto_kind(name, value) for name, value in values.items()}
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
@@ -125,9 +126,17 @@ SCALE_SPREAD = 100.0  # RMS of the largest channel over the smallest (nonzero) o
 
 
 def channel_scale_spread(value) -> float | None:
-    """max/min RMS over the channels (axis 1) of an [N, C, ...] float output with 2 <= C <= 1024, else None."""
+    """max/min RMS over the channels (axis 1) of an [N, C, ...] float output with 2 <= C <= 1024 and C shorter than
+    the rest of a sample (C < prod(shape[2:])), else None.
+
+    The shorter side is the channel axis of a head that packs a few quantities over many positions (YOLOv8's
+    [N, 4 + classes, anchors]); in [N, anchors, classes] (PicoDet, YOLOv5) axis 1 holds positions, whose scales
+    differ because a few see objects and most see background, and a worst-anchor relative error there is the
+    error of near-zero background scores. Seen on PicoDet (paddle2onnx, [N, 475, 10] and [N, 130, 10] class
+    scores): scored per anchor, no layer could lose 10% of its weights within 1 pp."""
     arr = as_array(value)
-    if arr.dtype.kind != "f" or arr.ndim < 3 or not 2 <= arr.shape[1] <= 1024 or arr.size == 0:
+    if (arr.dtype.kind != "f" or arr.ndim < 3 or not 2 <= arr.shape[1] <= 1024 or arr.size == 0
+            or arr.shape[1] >= int(np.prod(arr.shape[2:]))):
         return None
     moved = np.moveaxis(arr.astype(np.float64), 1, 0).reshape(arr.shape[1], -1)
     rms = np.sqrt(np.mean(moved * moved, axis=1))

@@ -87,6 +87,10 @@ def test_a_lopsided_output_is_scored_per_channel_so_its_small_channels_count():
     head = head.astype(np.float32)
     assert auto_kinds({"output0": head}) == {"output0": "channel_rel_l2"}
     assert auto_kinds({"map": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)}) == {"map": "rel_l2"}
+    # [N, anchors, classes] (PicoDet): axis 1 holds positions, most of them background: not channels
+    scores = rng.uniform(0, 1e-4, (3, 60, 10))
+    scores[:, :3] = rng.uniform(0.2, 0.9, (3, 3, 10))
+    assert auto_kinds({"transpose_4.tmp_0": scores.astype(np.float32)}) == {"transpose_4.tmp_0": "rel_l2"}
     # the class channels lost: whole-output rel_l2 barely moves, the worst channel is lost entirely
     lost = head.copy()
     lost[:, 4:] = 0.0
