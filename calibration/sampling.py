@@ -26,6 +26,7 @@ A stop happens on a batch boundary: a run's Evaluator holds stacked data in part
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class Measured:
     samples: int  # samples run
     total: int
     sums: dict = field(default_factory=dict, repr=False)  # batch -> its per-output sums (`resume` goes on from them)
+    moments: list = field(default_factory=list, repr=False)  # per output, the running moments of the samples run
 
     @property
     def complete(self) -> bool:
@@ -122,20 +124,32 @@ class SequentialScorer:
         `stop_under`, under) it is clear. `batches(order)` yields the candidate's scored outputs."""
         return self._run(batches, {}, threshold, stop_under)
 
-    def resume(self, batches: Batches, measured: Measured) -> Measured:
-        """A stopped measurement run to the end (only the batches it had not run)."""
-        return measured if measured.complete else self._run(batches, dict(measured.sums), None, False)
+    def resume(self, batches: Batches, measured: Measured, precision: float | None = None,
+               threshold: float = 0.0) -> Measured:
+        """A stopped measurement run on (only the batches it had not run): to the end, or with `precision` until
+        every output's loss is known to within that share of itself (Z·SE <= precision · max(|loss|, threshold)),
+        at the same doubling looks."""
+        if measured.complete:
+            return measured
+        if precision is None or not self.sequential or len(measured.moments) != len(self.kinds):
+            return self._run(batches, dict(measured.sums), None, False)
+        moments = [None if m is None else copy.deepcopy(m) for m in measured.moments]
+        return self._run(batches, dict(measured.sums), None, False, precise=(precision, threshold),
+                         moments=moments, seen=measured.samples)
 
-    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_under: bool) -> Measured:
+    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_under: bool, *,
+             precise: tuple[float, float] | None = None, moments: list | None = None, seen: int = 0) -> Measured:
         ev = self.evaluator
-        moments: list[_Moments | None] = [None] * len(self.kinds)
-        seen, look = 0, self.min_samples
+        moments = moments or [None] * len(self.kinds)
+        look = self.min_samples
+        while look <= seen:
+            look *= 2
         refs = ev.reference_all or [None] * self.batches
         order = [b for b in self.order if b not in sums]
         for b, values in zip(order, batches(order), strict=False):
             got = ev.batch_samples(values, refs[b], ev.labels[b])
             sums[b] = [None if g is None else (g[0].sum(axis=0), int(g[1].sum())) for g in got]
-            if threshold is None or not self.sequential:
+            if (threshold is None and precise is None) or not self.sequential:
                 continue
             for o, g in enumerate(got):
                 if g is not None:
@@ -146,11 +160,24 @@ class SequentialScorer:
                 continue
             while look <= seen:
                 look *= 2  # looks at doubling sample counts: few looks, few false verdicts
-            if self._decided(moments, seen, threshold, stop_under):
-                return self._result(sums, seen)
-        return self._result(sums, None)
+            if (self._precise(moments, *precise) if precise is not None else
+                    self._decided(moments, seen, threshold, stop_under)):
+                return self._result(sums, seen, moments)
+        return self._result(sums, None, moments)
 
-    def _result(self, sums: dict[int, list], seen: int | None) -> Measured:
+    def _precise(self, moments: list[_Moments | None], precision: float, threshold: float) -> bool:
+        """Every output's loss known to within `precision` of itself (or of the threshold, when smaller)."""
+        for o, m in enumerate(moments):
+            if m is None or self.dense_ratios[o] is None:
+                continue
+            ratio, se = m.ratio_and_se(self.total)
+            sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
+            loss = 100.0 * sign * (self.dense_ratios[o] - ratio)
+            if np.any(100.0 * self.z * se > precision * np.maximum(np.abs(loss), threshold)):
+                return False
+        return True
+
+    def _result(self, sums: dict[int, list], seen: int | None, moments: list | None = None) -> Measured:
         """The combined metric from the batches run, added in the reader's order."""
         ev = self.evaluator
         totals: list = [None] * len(self.kinds)
@@ -163,7 +190,7 @@ class SequentialScorer:
         value = 100.0 * ev.combine(ev.finish_outputs(totals, counts))
         dense = 100.0 * ev.dense if ev.dense is not None else float("nan")
         done = self.total if seen is None else seen
-        return Measured(value, dense - value, done, self.total, sums)
+        return Measured(value, dense - value, done, self.total, sums, list(moments or []))
 
     def _decided(self, moments: list[_Moments | None], seen: int, threshold: float, stop_under: bool) -> bool:
         if seen >= self.total:

@@ -114,6 +114,29 @@ def test_a_stopped_measurement_resumed_is_the_complete_one():
     assert scorer.resume(batches, resumed) is resumed
 
 
+@pytest.mark.parametrize("metric", ["rel_l2", "agreement"])
+def test_a_resume_with_a_precision_stops_once_the_loss_is_known_that_well(metric):
+    model = MODELS["small_cnn"]()
+    ev = evaluator(model, metric, n=96)
+    batches, sess, extra = _level_batches(model, ev, 0.9, layer=0)
+    scorer = SequentialScorer(ev)
+    exact = scorer.measure(batches)
+    stopped = scorer.measure(batches, threshold=0.5)
+    assert not stopped.complete and stopped.moments
+    # a loose precision: the next look (twice the samples) settles it; an impossible one runs to the end
+    loose = scorer.resume(batches, stopped, precision=10.0, threshold=0.5)
+    assert loose.samples == 2 * stopped.samples
+    strict = scorer.resume(batches, stopped, precision=1e-9, threshold=0.5)
+    assert strict.complete and strict.value == pytest.approx(exact.value, abs=1e-9)
+    # at 25%: stopped where 3 standard errors are within a quarter of the loss, and the loss is that close
+    quarter = scorer.resume(batches, stopped, precision=0.25, threshold=0.5)
+    assert stopped.samples < quarter.samples
+    if not quarter.complete:
+        ratio, se = quarter.moments[0].ratio_and_se(quarter.total)
+        assert 300.0 * se.max() <= 0.25 * quarter.loss_pp
+    assert quarter.loss_pp == pytest.approx(exact.loss_pp, rel=0.25)
+
+
 def test_the_worst_output_decides_a_stop():
     """Pruning the class head moves only 'scores' (prob): the boxes alone would say nothing changed."""
     model = tb.two_head_detector()
