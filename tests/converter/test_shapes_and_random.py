@@ -89,6 +89,32 @@ def test_inspect_prints_inputs_outputs_and_a_working_npz_line(tmp_path):
     assert "output_probability seq(map(int64, float32))" in invoke("inspect", tmp_path / "skl.onnx").output
 
 
+def test_a_model_with_a_fixed_batch_of_one_gets_a_calibration_line_of_many_samples_fed_one_at_a_time(tmp_path):
+    """Sweep 3: ultralytics' YOLO11n export declares images [1, 3, 192, 192]; inspect's line wrote one sample
+    (np.zeros((1, 3, 192, 192))), too few for any budget, though the reader feeds a stack of them one at a time."""
+    from onnxprune.models.builders_sweep3 import batch_of_one
+
+    model = batch_of_one()
+    onnx.save(model, tmp_path / "det.onnx")
+    res = invoke("inspect", tmp_path / "det.onnx")
+    assert res.exit_code == 0, res.output
+    line = next(s.strip() for s in res.output.splitlines() if s.strip().startswith("import numpy"))
+    assert "images=np.zeros((64, 3, 8, 8), np.float32)" in line and "fed one at a time" in line, line
+    subprocess.run([sys.executable, "-c", line], cwd=tmp_path, check=True)
+    reader = open_data(tmp_path / "calib.npz", model)
+    batches = [feeds for feeds, _ in reader.batches()]
+    assert len(batches) == 64 and all(f["images"].shape == (1, 3, 8, 8) for f in batches)
+    assert make_session(model, optimize=False).run(None, batches[0])[0].shape == (1, 7, 64)
+    # a model whose batch is symbolic keeps its line as it was
+    assert "np.zeros((64, 3, 8, 8)" in invoke("inspect", _saved(builders.conv_bn_relu(), tmp_path)).output
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / f"{model.graph.name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
 def test_notes_that_differ_only_in_names_are_one_line():
     notes = [f"channels of MatMul '/l{i}/MatMul' kept: tensor 'o{i}' is a graph output" for i in range(8)]
     grouped = group_notes(notes + ["something else"])
