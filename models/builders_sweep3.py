@@ -2,6 +2,8 @@
 
     batch_of_one    a conv net whose input and output declare a fixed batch of 1 (ultralytics' default export,
                     many tf2onnx exports): images [1, 3, S, S] -> [1, C, S*S] (a detector head's layout)
+    prelu_net       insightface-style Conv -> BatchNormalization -> PRelu (a slope per channel, [C, 1, 1]), then a
+                    Conv 1x1 -> PRelu with one shared slope [1], pool, and Gemm -> PRelu ([C]) -> Gemm: 'fc1'
 
 All use ir_version 8 and opset 17.
 """
@@ -30,5 +32,23 @@ def batch_of_one(*, in_channels: int = 3, channels: int = 8, out_channels: int =
     for v in (graph.input[0], graph.output[0]):
         v.type.tensor_type.shape.dim[0].Clear()
         v.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def prelu_net(*, in_channels: int = 3, channels: tuple[int, int] = (6, 5), hidden: int = 8, out_features: int = 4,
+              size: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 3, S, S] -> conv 3x3 (c1) -> BN (bn1) -> PRelu slope [6, 1, 1] (act1) -> conv 1x1 (c2) -> PRelu
+    slope [1] (act2) -> GlobalAveragePool -> Flatten -> Gemm (fc1) -> PRelu slope [8] (act3) -> Gemm (fc2) ->
+    'fc1' [N, 4] (insightface names its embedding 'fc1')."""
+    g = _Graph(seed)
+    c1, c2 = channels
+    x = g.batchnorm(g.conv("input", "c1", in_channels, c1, 3), "bn1", c1)
+    x = g.op("PRelu", "act1", [x, g.const("act1.slope", g.rng.uniform(0.05, 0.4, (c1, 1, 1)))])
+    x = g.op("PRelu", "act2", [g.conv(x, "c2", c1, c2, 1), g.const("act2.slope", np.array([0.25]))])
+    x = g.op("Flatten", "flat", [g.op("GlobalAveragePool", "pool", [x])], axis=1)
+    x = g.op("PRelu", "act3", [g.gemm(x, "fc1", c2, hidden), g.const("act3.slope", g.rng.uniform(0.05, 0.4, hidden))])
+    x = g.gemm(x, "fc2", hidden, out_features)
+    model = g.model("prelu_net", [in_channels, size, size], x, [out_features], output_name="fc1")
     onnx.checker.check_model(model, full_check=True)
     return model

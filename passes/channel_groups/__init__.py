@@ -44,6 +44,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _batchnorm,
     _binary,
     _pool,
+    _prelu,
     _unary,
 )
 from onnxprune.passes.channel_groups.rules_layers import _conv, _conv_transpose, _gemm, _matmul
@@ -65,7 +66,7 @@ __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
-    "BatchNormalization": _batchnorm, **{op: _pool for op in POOL_KEEPS_CONSTANT},
+    "BatchNormalization": _batchnorm, "PRelu": _prelu, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Concat": _concat, "Split": _split,
 }

@@ -105,6 +105,24 @@ def _binary(b: Builder, node: gs.Node) -> None:
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
 
 
+def _prelu(b: Builder, node: gs.Node) -> None:
+    """PRelu(x, slope): channels pass through; a slope with one value per channel is sliced with them (insightface's
+    Conv -> BN -> PRelu [C, 1, 1]), a shared one ([1]) is kept; a constant channel stays constant."""
+    x, k = node.inputs
+    c, K = b.ch(x), _const(k)
+    if c is None or K is None:
+        return b.opaque(node, f"has a slope '{k.name}' that is not a constant")
+    ax = K.ndim + c.axis
+    size = K.shape[ax] if ax >= 0 else 1
+    if size not in (1, len(c.ids)):
+        return b.opaque(node, f"has a slope '{k.name}' {K.shape} that does not broadcast on the channel axis")
+    if size > 1:
+        b.block(c.ids, b.frozen(k, node))
+        b.edit(x, lambda keep: b.cg.slice(k, ax, keep))
+    kv = _per_channel(K, len(c.ids), c.axis)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value >= 0, c.value, kv * c.value)))
+
+
 def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray) -> None:
     """Element-wise between channel-carrying tensors (residual Add, Mul, a Concat across another axis)."""
     first = chans[0]
