@@ -4,6 +4,8 @@
                     many tf2onnx exports): images [1, 3, S, S] -> [1, C, S*S] (a detector head's layout)
     prelu_net       insightface-style Conv -> BatchNormalization -> PRelu (a slope per channel, [C, 1, 1]), then a
                     Conv 1x1 -> PRelu with one shared slope [1], pool, and Gemm -> PRelu ([C]) -> Gemm: 'fc1'
+    with_unread_input  a model plus a graph input [N, 8] that no node reads (kept by some exporters; an image +
+                    tokens + scale model of the sweep declared 'unused_mask' [N, 8])
 
 All use ir_version 8 and opset 17.
 """
@@ -52,3 +54,12 @@ def prelu_net(*, in_channels: int = 3, channels: tuple[int, int] = (6, 5), hidde
     model = g.model("prelu_net", [in_channels, size, size], x, [out_features], output_name="fc1")
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def with_unread_input(model: onnx.ModelProto, name: str = "unused_mask", features: int = 8) -> onnx.ModelProto:
+    """A copy of `model` with one more graph input `name` [N, features] that no node reads."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", features]))
+    onnx.checker.check_model(out, full_check=True)
+    return out

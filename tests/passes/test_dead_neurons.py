@@ -249,6 +249,21 @@ def test_prelu_slopes_per_channel_are_sliced_with_their_channels_and_a_shared_on
     assert not any("PRelu" in n for n in report.blocked), report.blocked
 
 
+@pytest.mark.parametrize("flag", ["crop_inputs", "gather_inputs"])
+def test_an_input_nothing_reads_is_left_alone_and_not_reported_as_shrunk(flag):
+    """Sweep 3: a model's unread input 'unused_mask' [N, 8] was reported as 'dead neurons removed: 7
+    (unused_mask 8->1)' while its declaration, rightly, stayed [N, 8]."""
+    from onnxprune.models import builders
+    from onnxprune.models.builders_sweep3 import with_unread_input
+
+    m = with_unread_input(G.zero(builders.mlp_gemm(), "fc2.weight", 1, [3]))  # fc1 unit 3 unread: one real removal
+    out, report, shp = prune(m, **{flag: True})
+    assert {l.node: (l.before, l.after) for l in report.layers if l.before != l.after} == {"/fc1/Gemm": (32, 31)}
+    assert not any(l.node == "unused_mask" for l in report.layers) and report.removed == 1
+    assert [i for i in out.graph.input if i.name == "unused_mask"][0] == m.graph.input[-1]
+    assert G.op_counts(out) == G.op_counts(m)
+
+
 def test_per_channel_sub_div_and_dropout_are_members():
     m = G.zero(G.zero(G.normalised_mlp(), "fc1.weight", 0, [1]), "fc2.weight", 1, [6])
     out, report, shp = prune(m)
