@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,15 +167,17 @@ class SequentialScorer:
 
     def _precise(self, moments: list[_Moments | None], precision: float, threshold: float) -> bool:
         """Every output's loss known to within `precision` of itself (or of the threshold, when smaller)."""
+        return all(np.all(half <= precision * np.maximum(np.abs(loss), threshold))
+                   for loss, half in self._bounds(moments))
+
+    def _bounds(self, moments: list[_Moments | None]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Per measured output: each term column's loss (pp) against the dense model and Z standard errors of it."""
         for o, m in enumerate(moments):
             if m is None or self.dense_ratios[o] is None:
                 continue
             ratio, se = m.ratio_and_se(self.total)
             sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
-            loss = 100.0 * sign * (self.dense_ratios[o] - ratio)
-            if np.any(100.0 * self.z * se > precision * np.maximum(np.abs(loss), threshold)):
-                return False
-        return True
+            yield 100.0 * sign * (self.dense_ratios[o] - ratio), 100.0 * self.z * se
 
     def _result(self, sums: dict[int, list], seen: int | None, moments: list | None = None) -> Measured:
         """The combined metric from the batches run, added in the reader's order."""
@@ -196,13 +198,7 @@ class SequentialScorer:
         if seen >= self.total:
             return False
         bounds = []
-        for o, m in enumerate(moments):
-            if m is None or self.dense_ratios[o] is None:
-                continue
-            ratio, se = m.ratio_and_se(self.total)
-            sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
-            loss = 100.0 * sign * (self.dense_ratios[o] - ratio)
-            half = 100.0 * self.z * se
+        for loss, half in self._bounds(moments):
             if np.any(loss - half > threshold):
                 return True
             bounds.append((loss, half))

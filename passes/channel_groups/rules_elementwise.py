@@ -92,18 +92,28 @@ def _binary(b: Builder, node: gs.Node) -> None:
         K = _const(k)
         if K is None:
             return b.opaque(node, f"combines the channels with '{k.name}', which carries none")
-        ax = K.ndim + c.axis
-        size = K.shape[ax] if ax >= 0 else 1
-        if size not in (1, len(c.ids)):
-            return b.opaque(node, f"has a constant '{k.name}' {K.shape} that does not broadcast on the channel axis")
-        if size > 1:
-            b.block(c.ids, b.frozen(k, node))
-            b.edit(x if cx is not None else y, lambda keep: b.cg.slice(k, ax, keep))
-        kv = _per_channel(K, len(c.ids), c.axis)
+        kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
+        if kv is None:
+            return None
         if node.op == "Mul" or (node.op == "Div" and cx is not None):
             with np.errstate(divide="ignore"):
                 b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
+
+
+def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarray, what: str) -> np.ndarray | None:
+    """A constant operand K of `node` beside the channels c of tensor x: its entries on the channel axis (when it has
+    one per channel) are sliced with the channels (blocked when K may not be edited); returns its value per channel
+    (NaN where it also varies along another axis), or None (the node made opaque) when it does not broadcast."""
+    ax = K.ndim + c.axis
+    size = K.shape[ax] if ax >= 0 else 1
+    if size not in (1, len(c.ids)):
+        b.opaque(node, f"has {what} '{k.name}' {K.shape} that does not broadcast on the channel axis")
+        return None
+    if size > 1:
+        b.block(c.ids, b.frozen(k, node))
+        b.edit(x, lambda keep: b.cg.slice(k, ax, keep))
+    return _per_channel(K, len(c.ids), c.axis)
 
 
 def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray) -> None:
@@ -158,14 +168,9 @@ def _prelu(b: Builder, node: gs.Node) -> None:
     c, S = b.ch(x), _const(s)
     if c is None or b.ch(s) is not None or S is None:
         return b.opaque(node, "has a slope that is not a constant")
-    ax = S.ndim + c.axis
-    size = S.shape[ax] if ax >= 0 else 1
-    if size not in (1, len(c.ids)):
-        return b.opaque(node, f"has a slope '{s.name}' {S.shape} that does not broadcast on the channel axis")
-    if size > 1:
-        b.block(c.ids, b.frozen(s, node))
-        b.edit(x, lambda keep: b.cg.slice(s, ax, keep))
-    slope = _per_channel(S, len(c.ids), c.axis)  # NaN where the slope also varies along another axis
+    slope = _channel_constant(b, node, x, c, s, S, "a slope")  # NaN where it also varies along another axis
+    if slope is None:
+        return None
     with np.errstate(all="ignore"):
         value = np.where(c.value >= 0, c.value, slope * c.value)
     b.set(node.outputs[0], Channels(c.axis, c.ids, value))
