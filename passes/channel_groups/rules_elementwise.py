@@ -181,9 +181,9 @@ def _resize_factors(node: gs.Node):
     Upsample (scales as attribute or input); an entry is None when absent, False when not a constant."""
     if node.op == "Upsample":
         scales = node.attrs.get("scales")
-        if scales is None:
-            scales = _const(_opt_input(node, 1)) if _opt_input(node, 1) is not None else False
-        return np.asarray(scales, dtype=np.float64) if scales is not False else False, None, None
+        if scales is None:  # opset 9: an input, which must be a constant
+            scales = _const(_opt_input(node, 1))
+        return (False if scales is None else np.asarray(scales, dtype=np.float64)), None, None
     if len(node.inputs) == 2:  # opset 10
         k = _const(node.inputs[1])
         return (False if k is None else np.asarray(k, np.float64)), None, None
@@ -219,14 +219,14 @@ def _resize(b: Builder, node: gs.Node) -> None:
             if len(sizes) != len(axes) or int(sizes[pos]) != len(c.ids):
                 return b.opaque(node, "resizes the channel axis")
             b.block(c.ids, b.frozen(t, node))
-            b.edit(x, lambda keep: _set_entry(b, t, pos, int(keep.sum())))
+            b.edit(x, lambda keep: _set_entry(t, pos, int(keep.sum())))
         elif scales is not None and (len(scales) != len(axes) or float(scales[pos]) != 1.0):
             return b.opaque(node, "resizes the channel axis")
     crop = _attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
     b.set(node.outputs[0], Channels(c.axis, c.ids, np.full(len(c.ids), NAN) if crop else c.value))
 
 
-def _set_entry(b: Builder, t: gs.Constant, pos: int, value: int) -> None:
+def _set_entry(t: gs.Constant, pos: int, value: int) -> None:
     values = np.array(t.values)
     values[pos] = value
     t.values = values.astype(t.values.dtype)

@@ -620,3 +620,14 @@ def test_a_resize_of_the_channel_axis_blocks():
     out, report = remove_dead_neurons(m)
     assert out is m and report.removed == 0
     assert "channels of Conv 'c1' kept: consumer Resize 'up' resizes the channel axis" in "\n".join(report.blocked)
+
+
+def test_an_upsample_whose_scales_are_computed_blocks():
+    m = G.zero(G.prelu_resize(resize="upsample"), "c1.weight", 0, [2])
+    scales = next(t for t in m.graph.initializer if t.name == "scales")
+    m.graph.initializer.remove(scales)  # the scales now come from a node: not a constant the rule can read
+    m.graph.node.insert(0, onnx.helper.make_node("Identity", ["scales_in"], ["scales"], name="scales_id"))
+    m.graph.input.append(onnx.helper.make_tensor_value_info("scales_in", onnx.TensorProto.FLOAT, [4]))
+    out, report = remove_dead_neurons(m)
+    assert out is m and report.removed == 0
+    assert "consumer Upsample 'up' has scales or sizes that are not constants" in "\n".join(report.blocked)
