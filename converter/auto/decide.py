@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+from statistics import NormalDist
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -353,6 +354,8 @@ class BudgetRule:
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
                          f"standard error <= {self.budget:g} pp"
                          + (" (Wilson's bound for a share of changed samples)" if binary else ""))
+        if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
+            rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
                 f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here"

@@ -69,3 +69,52 @@ def test_mask_iou_cosine_exact_and_shape_mismatch():
                      [np.array([1, 2, 4])])[0] == pytest.approx(2 / 3)
     fig, ok = fid.score({"output": "y", "metric": "rel_l2", "bar": 1.0}, [np.ones((2, 3))], [np.ones((2, 4))])
     assert np.isnan(fig) and not ok
+
+
+# ---- held-out noise -------------------------------------------------------------------------------------------------
+_CHECKS = [("top1_agree", {}), ("thresh_agree", {}), ("mask_iou", {}), ("exact_agree", {}), ("rel_l2", {}),
+           ("cosine", {}), ("ctc_agree", {}), ("ctc_agree", {"time_first": True})]
+
+
+@pytest.mark.parametrize("metric,extra", _CHECKS)
+@pytest.mark.parametrize("per_feed", [False, True])
+def test_unit_terms_add_up_to_the_figure(metric, extra, per_feed):
+    """The bootstrap resamples samples through their (numerator, denominator): summed over all samples once, they
+    give exactly the metric's own figure, for stacked batches and for one feed per sample."""
+    rng = np.random.default_rng(1)
+    shape = (6, 2, 5) if extra.get("time_first") else (2, 6, 5)
+    if per_feed:
+        shape = (6, 1, 5) if extra.get("time_first") else (1, 6, 5)
+    original = [rng.random(shape) for _ in range(3)]
+    pruned = [a + rng.normal(0, 0.2, a.shape) for a in original]
+    if metric == "exact_agree":
+        pruned[1] = original[1].copy()
+    check = {"output": "y", "metric": metric, "bar": 0.5, **extra}
+    fig, _ = fid.score(check, original, pruned)
+    tf = extra.get("time_first", False)
+    terms = np.array([fid._unit_terms(metric, a, b, time_first=tf)
+                      for a, b in fid.units(list(zip(original, pruned)), per_feed=per_feed, time_first=tf)])
+    assert float(fid._finish(metric, terms[:, 0].sum(), terms[:, 1].sum())) == pytest.approx(fig)
+
+
+def test_meets_share_tells_noise_from_a_real_loss():
+    """400 samples, a 99% agreement bar (4 changes allowed): 6 changes are within the set's noise (a true 99% shows 5
+    or more 37% of the time), 20 changes are not, and a passing figure holds in most resamples."""
+    a = np.tile(np.array([[0.9, 0.1]]), (400, 1))
+    check = {"output": "y", "metric": "top1_agree", "bar": 0.99}
+
+    def flipped(k):
+        b = a.copy()
+        b[:k] = [0.1, 0.9]
+        return [b[i:i + 16] for i in range(0, 400, 16)]
+
+    original = [a[i:i + 16] for i in range(0, 400, 16)]
+    six, twenty, two = (fid.meets_share(check, original, flipped(k), per_feed=False) for k in (6, 20, 2))
+    assert 0.1 < six < 0.5
+    assert twenty < 0.01
+    assert two > 0.9
+
+
+def test_meets_share_is_nan_for_mismatched_shapes():
+    check = {"output": "y", "metric": "rel_l2", "bar": 0.01}
+    assert np.isnan(fid.meets_share(check, [np.ones((2, 3))], [np.ones((2, 4))], per_feed=False))
