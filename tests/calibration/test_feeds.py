@@ -138,3 +138,57 @@ def test_a_state_output_with_the_batch_on_axis_1_counts_one_sample_per_feed(tmp_
     np.savez(tmp_path / "stacked.npz", **stacked)
     ev = Evaluator(open_data(tmp_path / "stacked.npz", model), reference_model=model)  # one feed of 10 samples
     assert ev.sample_axes == (0, 1) and [len(v) for v in BudgetRule(ev, 1.0).values(ev.reference_all)] == [10, 10]
+
+
+def batchless_folder(folder, n=24):
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    feeds = [{"image": rng.standard_normal((3, 8, 8)).astype(np.float32)} for _ in range(n)]
+    for i, feed in enumerate(feeds):
+        np.savez(folder / f"img{i:02d}.npz", **feed)
+    return feeds
+
+
+def test_an_input_with_no_batch_axis_is_read_one_file_per_feed(tmp_path):
+    """Sweep 4: torchvision's ssdlite320 takes one image [3, H, W]; its files were read as stacks of 3 samples and
+    the validation split cut them into [2, H, W] and [1, H, W], which onnxruntime refused ("step 'auto-search'
+    failed: ... Got invalid dimensions for input: image")."""
+    from onnxprune.models.builders_sweep4 import batchless_image
+
+    feeds = batchless_folder(tmp_path / "imgs")
+    reader = open_data(tmp_path / "imgs", batchless_image(), batch_size=64)
+    assert reader.per_feed and reader.num_samples == 24
+    got = [f["image"] for f, _ in reader.batches()]
+    assert len(got) == 24 and all(g.shape == (3, 8, 8) for g in got)
+    np.testing.assert_array_equal(got[5], feeds[5]["image"])
+    for holdout in (True, False):
+        part = reader.part(4, holdout=holdout)
+        assert all(f["image"].shape == (3, 8, 8) for f, _ in part.batches())
+    assert reader.part(4, holdout=True).num_samples == 6
+
+
+def test_stacked_samples_of_a_fixed_batch_are_still_batched(tmp_path):
+    """Rule 5 reads a file as one feed only when it fills a declared fixed first axis exactly."""
+    from onnxprune.models.builders_sweep3 import batch_of_one
+
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    np.savez(folder / "a.npz", images=np.zeros((5, 3, 8, 8), np.float32))
+    reader = open_data(folder, batch_of_one(), batch_size=16)
+    assert not reader.per_feed and [len(f["images"]) for f, _ in reader.batches()] == [1] * 5
+
+
+def test_prune_to_a_budget_on_files_of_one_batchless_image(tmp_path):
+    from onnxprune.models.builders_sweep4 import batchless_image
+
+    batchless_folder(tmp_path / "imgs", n=40)
+    onnx.save(batchless_image(), tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "a.onnx"), "--max-loss",
+                                   "1", "--data", str(tmp_path / "imgs"), "--levels", "0.5,0.9"])
+    assert res.exit_code == 0, res.output
+    assert "40 feed(s) used as is" in res.output
+    import onnxruntime as ort
+
+    x = np.random.default_rng(3).standard_normal((3, 8, 8)).astype(np.float32)
+    out = ort.InferenceSession(str(tmp_path / "a.onnx")).run(None, {"image": x})[0]
+    assert out.shape == (1, 4)

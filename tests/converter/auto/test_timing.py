@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from onnxprune.converter.auto import timing
 from onnxprune.converter.auto.timing import AfterSearch, RunClock, latency_plan, optional_batches, spent
@@ -126,3 +128,23 @@ def test_a_run_within_its_budget_reports_how_it_spent_it(small):
     assert spent_["search_s"] <= 20 - spent_["reserved_after_search_s"] + 2.0  # the search ended near its share
     assert not any("cannot hold the verification" in n for n in result.report["notes"])
     assert result.report["act"]  # time was left: Act% per layer measured
+
+
+def test_a_budget_the_reserve_takes_whole_keeps_the_input_model_without_a_scan(small, monkeypatch):
+    """Sweep 4: DNSMOS (19 GMAC a sample, 200 samples, --time-budget 3m) had its whole budget reserved for the
+    steps after the search, yet still ran the sensitivity scan's cached prefixes and the refit search: 17 min
+    later the kernel's OOM killer ended it. With no time of its own the search now tries nothing."""
+    import onnxprune.calibration.sensitivity as sensitivity
+
+    def no_scan(*a, **k):
+        raise AssertionError("the scan ran with no time left")
+
+    monkeypatch.setattr(sensitivity, "scan", no_scan)
+    model, data = small
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))
+    notes = result.report["notes"]
+    assert sum("no time was left for the search" in n for n in notes) == 1, notes
+    assert sum("cannot hold the verification" in n for n in notes) == 1
+    assert result.report["parity"]["batches"] >= 1
+    for a, b in zip(model.graph.initializer, result.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
