@@ -136,6 +136,22 @@ def no_arena():
         _ARENA[0] = before
 
 
+def use_arena(flag: bool) -> None:
+    """Whether sessions built from now on use onnxruntime's CPU memory arena (the data step turns it off for a
+    run whose activations are large: steps/data.py `Data.batch_size`); `arena_scope` restores it after a run."""
+    _ARENA[0] = flag
+
+
+@contextlib.contextmanager
+def arena_scope():
+    """A run's arena setting ends with the run (the API may convert several models in one process)."""
+    before = _ARENA[0]
+    try:
+        yield
+    finally:
+        _ARENA[0] = before
+
+
 def set_default_threads(threads: int | None) -> None:
     """The intra-op thread count of every session built without an explicit `threads` (converter.threads)."""
     global _DEFAULT_THREADS

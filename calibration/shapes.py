@@ -224,3 +224,74 @@ def _no_size_fits(model, specs, batch, free, scalars, failures) -> str:
         return (f"{head}; {names} {'is a scalar' if len(scalars) == 1 else 'are scalars'} that random values cannot "
                 f"stand in for: pass real samples with --data (if only the shapes are wrong: {shape_fix}).")
     return f"{head}; pass the shape it takes with {shape_fix}, or real samples with --data."
+
+
+# ---- the evaluation batch: sized so one batch's activations stay bounded ---------------------------------------
+ACTIVATION_BYTES = 2 << 30  # one batch's activations (every tensor the graph computes, summed) at most this
+MAX_BATCH = 64  # the evaluation batch when --batch-size is not given and activations are small
+
+
+def activation_bytes(model: onnx.ModelProto, feeds: dict) -> int | None:
+    """Bytes of every tensor the main graph computes on `feeds` (one batch as read), from onnx shape inference with
+    the inputs fixed to the feeds' shapes: an upper bound of what onnxruntime holds at once (it frees a tensor
+    after its last reader), None when shape inference cannot size the graph. Tensors it cannot size count 0."""
+    from onnx import TensorProto, helper, shape_inference
+
+    probe = onnx.ModelProto()
+    probe.ir_version, probe.producer_name = model.ir_version, model.producer_name
+    probe.opset_import.extend(model.opset_import)
+    graph = probe.graph
+    graph.node.extend(model.graph.node)
+    graph.output.extend(model.graph.output)
+    for init in model.graph.initializer:  # shapes and small values (shape constants) only: no big raw data copied
+        t = graph.initializer.add()
+        t.name, t.data_type = init.name, init.data_type
+        t.dims.extend(init.dims)
+        if init.HasField("raw_data") and len(init.raw_data) <= 4096:
+            t.raw_data = init.raw_data
+        elif np.prod(init.dims, dtype=np.int64) <= 1024 and init.data_location != TensorProto.EXTERNAL:
+            t.CopyFrom(init)
+        else:  # its shape is what inference needs (an input of that shape); its value is never read for shapes
+            del graph.initializer[-1]
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    names = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in names:
+            continue
+        value = feeds.get(inp.name)
+        if value is None or not inp.type.HasField("tensor_type"):
+            graph.input.append(inp)
+            continue
+        graph.input.append(helper.make_tensor_value_info(inp.name, inp.type.tensor_type.elem_type,
+                                                         list(np.shape(value))))
+    try:
+        inferred = shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - an estimate only: no cap rather than a failed run
+        log.debug("activation size: shape inference failed: %s", exc)
+        return None
+    total = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.name in names or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if not tt.HasField("shape") or any(d is None for d in dims):
+            continue
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+        except Exception:  # noqa: BLE001 - strings and the like
+            continue
+        total += int(np.prod(dims, dtype=np.int64)) * itemsize
+    return total
+
+
+def evaluation_batch(model: onnx.ModelProto, feeds: dict, samples: int, *, limit: int = MAX_BATCH,
+                     budget: int | None = None) -> tuple[int, float | None]:
+    """(batch, activation bytes per sample): the most samples up to `limit` whose activations together stay within
+    `budget`, from one batch of `samples` samples as read (`activation_bytes`); `limit` when they cannot be sized."""
+    budget = ACTIVATION_BYTES if budget is None else budget
+    total = activation_bytes(model, feeds)
+    if not total or samples < 1:
+        return limit, None
+    per = total / samples
+    return max(1, min(limit, int(budget // per))), per

@@ -188,7 +188,8 @@ def _data_options(f):
                           "headline output. Kinds: accuracy, top5, agreement, expected_accuracy (label-free), "
                           "seq_agreement, map_iou, ctc_agreement, prob, rel_l2, channel_rel_l2, cosine, exact. "
                           "Default: every output, each with the metric that fits it."),
-        click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for evaluation."),
+        click.option("--batch-size", type=int, default=None, help="Batch size for evaluation (default 64, fewer "
+                     "where one batch's activations would pass 2 GB)."),
         click.option("--limit", type=int, help="Use at most N samples of the data."),
         click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
                      callback=lambda c, p, v: _input_shapes(v),

@@ -45,8 +45,10 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
 
     if output is not None and streaming.applies(model, config):  # big one-shot: tensor by tensor, bounded memory
         return _streamed(model, Path(output), config, report_dir, progress, command) if distributed.is_main() else None
-    with contextlib.redirect_stdout(sys.stderr):  # a library that prints (onnx-graphsurgeon) must not break --json
-        result = run(model, config, progress)
+    from onnxprune.calibration.runtime import arena_scope
+
+    with contextlib.redirect_stdout(sys.stderr), arena_scope():  # a library that prints (onnx-graphsurgeon) must
+        result = run(model, config, progress)  # not break --json; the data step may turn the arena off for the run
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
         return None
     report = result.report

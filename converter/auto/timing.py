@@ -107,7 +107,7 @@ def after_search(state) -> AfterSearch:
     n_eval = int(ev.num_samples or 0)
     per_sample = (ev.reference_seconds or 0.0) / max(n_eval, 1)
     n_data = data.reader().num_samples
-    batch = int(data.config.batch_size)
+    batch = int(data.batch_size)
     verify_batches = int(getattr(getattr(state.config, "verify", None), "verify_batches", 4))
     verify = verify_batches * batch if n_data is None else min(verify_batches * batch, int(n_data))
     measure = n_eval

@@ -38,7 +38,7 @@ class DataConfig(StepConfig):
     eval_data: Any = None
     labels: str | None = None
     metric: str | list | dict | None = None  # KIND (the headline output), ["OUTPUT=KIND", ...] or {OUTPUT: KIND}
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 64, fewer where one batch's activations would pass 2 GB (shapes.py)
     limit: int | None = None
     input_shapes: dict[str, tuple] = field(default_factory=dict)  # --input-shape NAME=DIMS: symbolic dims fixed
     seed: int = 0
@@ -46,7 +46,7 @@ class DataConfig(StepConfig):
     val_data: Any = None  # --val-data: the decision set, never trained on (instead of a split of --data)
 
     def validate(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size} must be >= 1.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit} must be >= 1.")
@@ -94,6 +94,7 @@ class Data:
         self._labels_said = False
         self.small_data = small_data  # the automatic search's small-data policy (SMALL_TRAIN_EVERY)
         self.trains_on_every = False  # small data: every `every`-th sample trains and the others decide
+        self._batch = None
         self.every = self._split() if split else None  # before any part= reader is asked for
 
     def _split(self) -> int | None:
@@ -116,6 +117,44 @@ class Data:
             return None
         return every
 
+    @property
+    def batch_size(self) -> int:
+        """The evaluation batch: --batch-size, else MAX_BATCH (64) cut so that one batch's activations (every
+        tensor the graph computes, by shape inference on the data's first batch) stay within ACTIVATION_BYTES
+        (calibration/shapes.py); such a run's sessions also allocate without onnxruntime's memory arena, which
+        kept each session's peak. A speech-quality model whose one-sample pass computes 367 MB of tensors ran at 64
+        samples a batch to 17.9 GB and was killed (sweep4, DNSMOS, 3m budget); at 5 a batch it peaked at 6.7 GB,
+        and at 5 without the arena at 1.7 GB."""
+        if self._batch is None:
+            self._batch = self._choose_batch()
+        return self._batch
+
+    def _choose_batch(self) -> int:
+        from onnxprune.calibration.metrics import feed_samples
+        from onnxprune.calibration.readers import open_data
+        from onnxprune.calibration.runtime import use_arena
+        from onnxprune.calibration.shapes import ACTIVATION_BYTES, MAX_BATCH, evaluation_batch
+
+        c = self.config
+        if c.batch_size is not None:
+            return c.batch_size
+        if c.data is None or (isinstance(c.data, str) and c.data == "random"):
+            return MAX_BATCH
+        reader = open_data(c.data, self.model, labels=c.labels, batch_size=MAX_BATCH, limit=c.limit, seed=c.seed,
+                           shapes=c.input_shapes, warn=False)
+        if getattr(reader, "per_feed", False):  # each feed is read as it is: no batch to choose
+            return MAX_BATCH
+        feeds = next(iter(reader.batches()), (None, None))[0]
+        if not feeds:
+            return MAX_BATCH
+        batch, per = evaluation_batch(self.model, feeds, feed_samples(feeds, reader))
+        if batch < MAX_BATCH:  # large activations: sessions also give their memory back after each run
+            use_arena(False)
+            log.info("evaluation batch %d: one sample's pass computes %.0f MB of tensors, and a batch is kept "
+                     "within %.0f GB (--batch-size sets it); sessions allocate without onnxruntime's memory arena",
+                     batch, per / 1e6, ACTIVATION_BYTES / 2 ** 30)
+        return batch
+
     def reader(self, source=None, *, batch_size=None, part: str | None = None):
         """All of `source` (default --data); with `part` "train" or "validation", that side of the split."""
         from onnxprune.calibration.readers import open_data
@@ -123,7 +162,7 @@ class Data:
         c = self.config
         src = source if source is not None else c.data
         random = isinstance(src, str) and src == "random" and self.random_shapes is not None
-        reader = open_data(src, self.model, labels=c.labels, batch_size=batch_size or c.batch_size,
+        reader = open_data(src, self.model, labels=c.labels, batch_size=batch_size or self.batch_size,
                            limit=c.limit, seed=c.seed, shapes=self.random_shapes if random else c.input_shapes,
                            warn=not self._warned)
         self._warned = True  # the random-data warning is said once per run

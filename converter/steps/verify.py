@@ -75,7 +75,7 @@ class MeasureStep(Step):
         scored = (data.calibration.num_samples or 0) + ((data.evaluation.num_samples or 0)
                                                          if data.config.eval_data is not None else 0)
         per_sample = (time.perf_counter() - t0) / max(scored, 1)
-        batches = optional_batches(state.deadline, per_sample * data.config.batch_size * ACTIVATION_COST,
+        batches = optional_batches(state.deadline, per_sample * data.batch_size * ACTIVATION_COST,
                                    ACTIVATION_BATCHES, keep=REST_LOADS * state.seconds.get("load", 0.0))
         if batches < ACTIVATION_BATCHES and state.deadline is not None:
             state.notes.append(f"time budget: Act% per layer read {batches} of {ACTIVATION_BATCHES} batches (the time "
