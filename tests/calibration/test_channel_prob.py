@@ -1,6 +1,9 @@
 """channel_prob: a YOLOv8-style head [N, 4 + classes, anchors] judged channel by channel, the probability channels in
 probability points (their largest absolute change), the box channels by their relative L2 error."""
 
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -171,3 +174,17 @@ def test_on_a_yolo_graph_a_lost_detection_is_over_budget_and_background_noise_is
     assert ev.loss_pp(ev.evaluate(lost)) == pytest.approx(user_check(after, dense), rel=1e-5)
     assert ev.loss_pp(ev.evaluate(lost)) > 10.0
     assert not BudgetRule(ev, 1.0).judge(lost).within
+
+
+def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    start = doc.index("    import numpy as np\n    def channel_prob_loss")
+    block = doc[start:doc.index("\n\n", start)]
+    namespace = {}
+    exec(textwrap.dedent(block), namespace)
+    rng = np.random.default_rng(2)
+    ref = np.concatenate([rng.uniform(0, 320, (20, 4, 30)), rng.uniform(0, 1, (20, 5, 30)) ** 6], axis=1)
+    out = ref + rng.normal(0, 1, ref.shape) * np.where(np.arange(9) < 4, 1.0, 0.003)[:, None]
+    got = namespace["channel_prob_loss"](out.astype(np.float32), ref.astype(np.float32))
+    assert got == pytest.approx(loss_pp("channel_prob", out.astype(np.float32), ref.astype(np.float32)), rel=1e-5)
+    assert got == pytest.approx(user_check(out, ref), rel=1e-5)
