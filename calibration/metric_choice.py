@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from onnxprune.calibration.output_metrics import CLASS_KINDS, METRICS, as_array, map_keys
+from onnxprune.calibration.output_metrics import CLASS_KINDS, METRICS, as_array, map_keys, probability_channels
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,12 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False) -> dict[str
          (probabilities, or a class name): a face detector's [N, 4] box offsets beside its [N, 2] softmax are not
          four classes. A model whose outputs are all unnamed logits keeps agreement for each.
       7. an rel_l2 output of 3 or more axes whose channels (axis 1, when it is the shorter side of a sample) differ
-         in RMS by more than SCALE_SPREAD -> channel_rel_l2: YOLOv8's [N, 4 + classes, anchors] packs pixel
-         coordinates beside probabilities, and one relative error over the whole output would be set by the
-         coordinates alone.
+         in RMS by more than SCALE_SPREAD is scored per channel, each sample by its worst channel: YOLOv8's
+         [N, 4 + classes, anchors] packs pixel coordinates beside probabilities, and one relative error over the
+         whole output would be set by the coordinates alone. channel_prob when some channel holds probabilities
+         (every value in [0, 1]): those are judged by their largest absolute change, the others by relative L2; a
+         class no image holds has scores near 1e-5 on every anchor, and judged relative to itself every layer
+         feeding it looked untouchable. Else channel_rel_l2.
     """
     kinds = {name: auto_kind(name, value) for name, value in values.items()}
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
@@ -115,10 +118,12 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False) -> dict[str
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is not None and spread > SCALE_SPREAD:
-            kinds[name] = "channel_rel_l2"
+            probs = int(probability_channels(as_array(values[name])).all(axis=0).sum())
+            kinds[name] = "channel_prob" if probs else "channel_rel_l2"
             if not quiet:
-                log.info("output '%s': its channels (axis 1) differ in scale by %.0fx; scored per channel "
-                         "(channel_rel_l2), so the small ones count as much as the large", name, spread)
+                log.info("output '%s': its channels (axis 1) differ in scale by %.0fx; scored per channel (%s%s), so "
+                         "the small ones count as much as the large", name, spread, kinds[name],
+                         f": {probs} of them hold probabilities, judged by their largest change" if probs else "")
     return kinds
 
 

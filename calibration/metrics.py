@@ -16,6 +16,8 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
                                                                                    largest probability change is 0.01
     rel_l2         1 - mean_i ||y_i - d_i|| / ||d_i||  (floored at 0)          mean relative L2 error of 0.01
     channel_rel_l2 1 - mean_i max_c min(1, ||y_ic - d_ic|| / ||d_ic||)         worst channel's relative error 0.01
+    channel_prob   as channel_rel_l2, but a channel whose d_ic lies in [0, 1]  worst channel off by 0.01: a probability
+                   counts max_k |y_ick - d_ick| (YOLOv8 [N, 4 + classes, A])       moves 1 percentage point
     cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
     exact          share of samples whose value is exactly the dense one's     1% of samples change their value
 

@@ -16,6 +16,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     step_logits         a decoder step's 'logits' [N, 1, vocab] (labels [N] fit no output: no [N, classes])
     scores_and_label    float features [N, F] and int64 category ids [N, K] (Gather on embedding tables), outputs
                         'probabilities' [N, C] and their ArgMax 'label' int64 [N] (a torch model returning both)
+    yolo_head           YOLOv8's one output 'output0' [N, 4 + classes, anchors]: box coordinates in pixels beside
+                        sigmoid class scores, most classes absent (scores near 1e-5 on every anchor)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -284,3 +286,23 @@ def time_major_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, see
     y = g.matmul(h, "fc", hidden, classes)
     g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
     return _model(g, "time_major_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def yolo_head(*, channels: int = 3, width: int = 8, size: int = 8, classes: int = 6, present: int = 2,
+              pixels: float = 64.0, seed: int = 0) -> onnx.ModelProto:
+    """image [N, 3, size, size] -> conv 3x3 + relu -> 'box' conv 1x1 (4 channels) x `pixels` and 'cls' conv 1x1
+    (`classes` channels) + sigmoid -> Concat on axis 1 -> Reshape -> 'output0' [N, 4 + classes, size * size]: the
+    layout of a YOLOv8/YOLO11 export (anchors = positions). The first `present` classes have bias -2 (scores spread
+    over (0, 1): objects found on some anchors), the others bias -12 (a class no image holds: scores near 6e-6).
+    The class head's weight is 'cls.weight' [classes, width, 1, 1]."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("image", "stem", channels, width, 3), "stem")
+    box = g.op("Mul", "box", [g.conv(x, "box", width, 4, 1), g.const("box.scale", np.array(pixels))])
+    w = g.weight("cls.weight", (classes, width, 1, 1), width)
+    bias = g.const("cls.bias", np.where(np.arange(classes) < present, -2.0, -12.0))
+    cls = g.op("Sigmoid", "cls", [g.op("Conv", "cls", [x, w, bias], kernel_shape=[1, 1])])
+    cat = g.op("Concat", "head", [box, cls], axis=1)
+    g.initializers.append(numpy_helper.from_array(np.array([0, 4 + classes, size * size], np.int64), "head.shape"))
+    g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["output0"], name="/head/Reshape"))
+    return _model(g, "yolo_head", [_float("image", [BATCH, channels, size, size])],
+                  [_float("output0", [BATCH, 4 + classes, size * size])])

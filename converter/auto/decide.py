@@ -25,8 +25,8 @@ expected_accuracy (label-free, paired against the input model's own probabilitie
     for a calibrated input model, what the accuracy rule above decides in expectation (E d_lab = d_i, E d_lab^2 =
     p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
 
-fidelity metrics (agreement, seq_agreement, map_iou, ctc_agreement, prob, rel_l2, channel_rel_l2, cosine,
-exact: the candidate against the dense model):
+fidelity metrics (agreement, seq_agreement, map_iou, ctc_agreement, prob, rel_l2, channel_rel_l2, channel_prob,
+cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
     the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
@@ -142,6 +142,9 @@ PER_SAMPLE: dict[str, PerSample] = {
     "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
     "channel_rel_l2": PerSample(_form("channel_rel_l2", False), False, ("relative error per channel",),
                                 "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
+    "channel_prob": PerSample(_form("channel_prob", False), False, ("error per channel",),
+                              "max over channels c of: max_k |y_ick - d_ick| for a channel whose d_ic lies in [0, 1], "
+                              "else min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
     "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
 }

@@ -85,7 +85,10 @@ def test_a_lopsided_output_is_scored_per_channel_so_its_small_channels_count():
     rng = np.random.default_rng(0)
     head = np.concatenate([rng.uniform(0, 320, (3, 4, 50)), rng.uniform(0, 0.05, (3, 6, 50))], axis=1)
     head = head.astype(np.float32)
-    assert auto_kinds({"output0": head}) == {"output0": "channel_rel_l2"}
+    assert auto_kinds({"output0": head}) == {"output0": "channel_prob"}  # its class channels hold probabilities
+    shifted = head.copy()
+    shifted[:, 4:] -= 0.05  # small negative values: no channel lies in [0, 1], each judged by its relative error
+    assert auto_kinds({"output0": shifted}) == {"output0": "channel_rel_l2"}
     assert auto_kinds({"map": rng.standard_normal((2, 4, 8, 8)).astype(np.float32)}) == {"map": "rel_l2"}
     # [N, anchors, classes] (PicoDet): axis 1 holds positions, most of them background: not channels
     scores = rng.uniform(0, 1e-4, (3, 60, 10))

@@ -152,8 +152,13 @@ def test_a_zero_budget_is_judged_at_one_sample_resolution():
 
 def _pair(kind, rng, n=60):
     """A dense output of the shape the kind scores, a candidate moved from it, and labels."""
-    shape = {"seq_agreement": (n, 5, 7), "exact": (n, 3)}.get(kind, (n, 10))
+    shape = {"seq_agreement": (n, 5, 7), "exact": (n, 3), "channel_prob": (n, 6, 8)}.get(kind, (n, 10))
     ref = rng.standard_normal(shape)
+    if kind == "channel_prob":  # box-like channels beside probabilities
+        ref[:, 3:] = rng.uniform(0, 1, (n, 3, 8)) ** 4
+        out = ref + 0.02 * rng.standard_normal(shape)
+        out[:, 3:] = np.clip(out[:, 3:], 0, 1)
+        return ref, out, None
     if kind == "prob":
         ref = np.exp(ref) / np.exp(ref).sum(axis=1, keepdims=True)
     if kind == "exact":

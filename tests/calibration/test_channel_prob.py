@@ -1,0 +1,190 @@
+"""channel_prob: a YOLOv8-style head [N, 4 + classes, anchors] judged channel by channel, the probability channels in
+probability points (their largest absolute change), the box channels by their relative L2 error."""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kinds
+from onnxprune.calibration.output_metrics import mismatch_samples, probability_channels
+from onnxprune.calibration.readers import open_data
+from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
+from onnxprune.models import third_party_builders as tb
+
+IMAGES = np.random.default_rng(1).standard_normal((48, 3, 8, 8)).astype(np.float32)
+
+
+def per_sample(kind, out, ref):
+    terms, counts = METRICS[kind].samples(out, ref, None)
+    assert counts.tolist() == [1] * len(out)
+    return terms[:, 0]
+
+
+def loss_pp(kind, out, ref):
+    return 100.0 * (1.0 - METRICS[kind].finish(*METRICS[kind].batch(out, ref, None)))
+
+
+def user_check(out, ref):
+    """What a user computes afterwards from docs/metrics.md: per sample the worst channel, a channel whose input-model
+    values lie in [0, 1] by its largest absolute change, any other by min(1, relative L2); the loss is 100 x mean."""
+    out, ref = out.astype(np.float64), ref.astype(np.float64)
+    worst = []
+    for y, d in zip(out, ref):
+        errors = [np.abs(yc - dc).max() if (dc.min() >= 0 and dc.max() <= 1)
+                  else min(1.0, np.linalg.norm(yc - dc) / np.linalg.norm(dc)) for yc, dc in zip(y, d)]
+        worst.append(max(errors))
+    return 100.0 * float(np.mean(worst))
+
+
+def head():
+    """Two samples of [4 boxes + 3 classes, 5 anchors]: class 0 present, classes 1 and 2 absent (scores 1e-5)."""
+    boxes = np.array([[100.0, 120.0, 40.0, 30.0, 200.0]] * 4)
+    present = np.array([0.9, 0.1, 0.3, 0.02, 0.6])
+    absent = np.full((2, 5), 1e-5)
+    return np.stack([np.vstack([boxes, present, absent]),
+                     np.vstack([1.1 * boxes, present[::-1], absent])]).astype(np.float32)
+
+
+def test_each_sample_counts_its_worst_channel_in_its_own_unit():
+    ref = head()
+    out = ref.copy()
+    out[0, 0] *= 1.02  # sample 0: one box channel 2% off (relative L2 0.02)
+    out[1, 4, 2] -= 0.1  # sample 1: one class score moves 0.1 (0.3 -> 0.2: a detection at 0.25 lost)
+    assert per_sample("channel_prob", out, ref) == pytest.approx([0.02, 0.1], rel=1e-4)
+    assert loss_pp("channel_prob", out, ref) == pytest.approx(6.0, rel=1e-4)
+    assert PER_SAMPLE["channel_prob"].fn(out, ref, None)[:, 0] == pytest.approx([0.02, 0.1], rel=1e-4)
+    # relative to itself, the same class change is an error of 0.1 / ||class 0|| (0.26): channel_rel_l2 says 0.38
+    assert per_sample("channel_rel_l2", out, ref)[1] == pytest.approx(0.1 / np.linalg.norm(ref[1, 4]), rel=1e-4)
+    assert probability_channels(ref).tolist() == [[False] * 4 + [True] * 3] * 2
+
+
+def test_near_zero_scores_that_move_a_lot_relative_to_themselves_cost_almost_nothing():
+    ref = head()
+    noisy = ref.copy()
+    noisy[:, 5:] *= 3.0  # absent classes 1e-5 -> 3e-5: 200% relative change, no threshold notices
+    assert per_sample("channel_prob", noisy, ref) == pytest.approx([2e-5, 2e-5], rel=1e-3)
+    assert loss_pp("channel_prob", noisy, ref) < 0.01
+    assert loss_pp("channel_rel_l2", noisy, ref) > 40.0  # the old per-channel measure: that sample lost whole
+
+
+def test_it_is_bounded_and_identical_outputs_lose_nothing():
+    ref = head()
+    assert loss_pp("channel_prob", ref, ref) == 0.0
+    wrecked = ref.copy()
+    wrecked[:, :4] *= -100.0  # boxes: relative error 101, capped at 1
+    wrecked[:, 4:] = 1.0 - wrecked[:, 4:]  # classes inverted
+    assert per_sample("channel_prob", wrecked, ref).tolist() == [1.0, 1.0]
+    assert METRICS["channel_prob"].finish(*METRICS["channel_prob"].batch(wrecked, ref, None)) == 0.0
+    beyond = ref.copy()
+    beyond[:, 4] += 5.0  # a candidate's values outside [0, 1] still cost at most a whole sample
+    assert per_sample("channel_prob", beyond, ref).max() == 1.0
+    # a batch whose shape changed loses every sample
+    assert mismatch_samples("channel_prob", ref)[0].tolist() == [[1.0], [1.0]]
+
+
+def test_a_channel_counts_as_probabilities_per_sample_from_the_input_models_values():
+    ref = head()
+    ref[1, 4, 0] = 1.5  # sample 1's class-0 channel leaves [0, 1]: there it is judged by relative L2
+    out = ref.copy()
+    out[:, 4, 0] += 0.05
+    got = per_sample("channel_prob", out, ref)
+    assert got[0] == pytest.approx(0.05, rel=1e-4)
+    assert got[1] == pytest.approx(0.05 / np.linalg.norm(ref[1, 4].astype(np.float64)), rel=1e-4)
+    assert probability_channels(ref)[:, 4].tolist() == [True, False]
+
+
+def test_its_loss_is_what_a_user_computes_afterwards_whatever_the_batches():
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 320, (30, 4, 40)), rng.uniform(0, 1, (30, 3, 40)) ** 8,
+                          np.full((30, 3, 40), 1e-6)], axis=1).astype(np.float32)
+    out = ref + rng.normal(0, 1, ref.shape).astype(np.float32) * np.where(np.arange(10) < 4, 0.5, 0.004)[:, None]
+    out[:, 4:] = np.clip(out[:, 4:], 0, 1)
+    expected = user_check(out, ref)
+    assert expected > 0.5
+    assert loss_pp("channel_prob", out, ref) == pytest.approx(expected, rel=1e-5)
+    sums, count = (0.0,), 0
+    for lo in range(0, 30, 7):  # batch by batch, as the Evaluator sums them
+        s, c = METRICS["channel_prob"].batch(out[lo:lo + 7], ref[lo:lo + 7], None)
+        sums, count = (sums[0] + s[0],), count + c
+    assert 100 * (1 - METRICS["channel_prob"].finish(sums, count)) == pytest.approx(expected, rel=1e-5)
+    assert 100 * PER_SAMPLE["channel_prob"].fn(out, ref, None).mean() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rule_7_gives_a_detector_head_channel_prob_and_other_lopsided_outputs_channel_rel_l2():
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (3, 4, 50))
+    scores = rng.uniform(0, 0.05, (3, 6, 50))
+    assert auto_kinds({"output0": np.concatenate([boxes, scores], 1)}) == {"output0": "channel_prob"}
+    # every class absent (an untrained or background-only batch): still probabilities
+    assert auto_kinds({"output0": np.concatenate([boxes, scores * 1e-3], 1)}) == {"output0": "channel_prob"}
+    # normalised boxes in [0, 1] beside the scores: every channel is judged in absolute units
+    assert auto_kinds({"output0": np.concatenate([boxes / 320, scores * 1e-3], 1)}) == {"output0": "channel_prob"}
+    # log-scale scores (negative) beside pixels: no channel holds probabilities
+    assert auto_kinds({"output0": np.concatenate([boxes, scores - 0.05], 1)}) == {"output0": "channel_rel_l2"}
+    # [N, anchors, classes] (PicoDet, YOLOv5): axis 1 holds positions, not channels; whole-output rel_l2
+    assert auto_kinds({"output0": np.moveaxis(np.concatenate([boxes, scores], 1), 1, 2)}) == {"output0": "rel_l2"}
+
+
+def with_initializer(model, name, fn):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    t = next(t for t in out.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(t).copy()).astype(np.float32), name))
+    return out
+
+
+def run(model):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"image": IMAGES})[0]
+
+
+def test_on_a_yolo_graph_a_lost_detection_is_over_budget_and_background_noise_is_not():
+    model = tb.yolo_head()
+    onnx.checker.check_model(model, full_check=True)
+    ev = Evaluator(open_data({"image": IMAGES}, model, batch_size=16), None, model)
+    assert ev.plan == {"output0": "channel_prob"}
+    dense = run(model)
+    assert (dense[:, 5] > 0.25).sum() > 100 and dense[:, 6:].max() < 1e-4  # detections of class 1; 2-5 absent
+
+    def noise(w):
+        w[2:] *= 1.5  # the absent classes' weights: their scores move by a large factor, a tiny amount
+        return w
+    noisy = with_initializer(model, "cls.weight", noise)
+    moved = run(noisy)
+    assert np.abs(moved[:, 6:] / dense[:, 6:] - 1).max() > 0.5  # relative to itself, a large change
+    assert ev.loss_pp(ev.evaluate(noisy)) < 0.01
+    assert ev.loss_pp(ev.evaluate(noisy)) == pytest.approx(user_check(moved, dense), abs=1e-6)
+    per_channel = Evaluator(open_data({"image": IMAGES}, model, batch_size=16), "output0=channel_rel_l2", model)
+    assert per_channel.loss_pp(per_channel.evaluate(noisy)) > 30.0  # what made every class layer look untouchable
+    assert BudgetRule(ev, 1.0).judge(noisy).within
+
+    def lose_class_1(w):
+        w[1] = 0.0  # class 1's scores fall to sigmoid(-2) = 0.12 on every anchor: its detections at 0.25 are lost
+        return w
+    lost = with_initializer(model, "cls.weight", lose_class_1)
+    after = run(lost)
+    flipped = ((after[:, 4:] > 0.25) != (dense[:, 4:] > 0.25)).sum()
+    assert flipped > 10
+    assert ev.loss_pp(ev.evaluate(lost)) == pytest.approx(user_check(after, dense), rel=1e-5)
+    assert ev.loss_pp(ev.evaluate(lost)) > 10.0
+    assert not BudgetRule(ev, 1.0).judge(lost).within
+
+
+def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    start = doc.index("    import numpy as np\n    def channel_prob_loss")
+    block = doc[start:doc.index("\n\n", start)]
+    namespace = {}
+    exec(textwrap.dedent(block), namespace)
+    rng = np.random.default_rng(2)
+    ref = np.concatenate([rng.uniform(0, 320, (20, 4, 30)), rng.uniform(0, 1, (20, 5, 30)) ** 6], axis=1)
+    out = ref + rng.normal(0, 1, ref.shape) * np.where(np.arange(9) < 4, 1.0, 0.003)[:, None]
+    got = namespace["channel_prob_loss"](out.astype(np.float32), ref.astype(np.float32))
+    assert got == pytest.approx(loss_pp("channel_prob", out.astype(np.float32), ref.astype(np.float32)), rel=1e-5)
+    assert got == pytest.approx(user_check(out, ref), rel=1e-5)
