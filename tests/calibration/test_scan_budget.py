@@ -337,3 +337,33 @@ def test_split_batches_score_the_same_and_keep_fixed_batch_models_whole():
     first = {k: v[:64] for k, v in arrays.items()}
     kept = Evaluator(open_data(first, fixed, batch_size=64), "rel_l2", fixed, split=16)
     assert [len(lab) for lab in kept.labels] == [64]
+
+
+def test_split_scores_the_reference_once_and_chooses_metrics_on_the_first_whole_batch(monkeypatch):
+    import onnxruntime as ort
+
+    from onnxprune.errors import CalibrationError
+
+    model = MODELS["small_cnn"]()
+    x = next(iter(open_data("random", model, limit=100, batch_size=100).batches()))[0]["input"]
+    rows = []
+    real = ort.InferenceSession.run
+
+    def counted(self, names, feeds, *args, **kwargs):
+        rows.append(len(next(iter(feeds.values()))))
+        return real(self, names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    split = Evaluator(open_data({"input": x}, model, batch_size=64), None, model, split=16)
+    assert sorted(set(rows)) == [4, 16, 64] and sum(rows) == 100 + 64  # the parts once; the first whole batch
+    whole = Evaluator(open_data({"input": x}, model, batch_size=64), None, model)
+    assert split.plan == whole.plan and split.dense_by == whole.dense_by
+    rows.clear()
+    Evaluator(open_data({"input": x}, model, batch_size=64), "rel_l2", model, split=16)
+    assert sum(rows) == 100  # a metric given: nothing to choose
+    bad = {"input": x, "labels": np.arange(100) % 4 + 1000 * (np.arange(100) == 70)}  # in the second whole batch
+    with pytest.raises(CalibrationError) as whole_error:
+        Evaluator(open_data(bad, model, batch_size=64), "accuracy", model)
+    with pytest.raises(CalibrationError) as split_error:
+        Evaluator(open_data(bad, model, batch_size=64), "accuracy", model, split=16)
+    assert str(split_error.value) == str(whole_error.value)
