@@ -155,7 +155,9 @@ class BudgetCheckStep(Step):
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
         if decision is None and "rule" in (state.allocation or {}):
             # the one-shot fit chose by the rule; the model written (with any --layer the user fixed) is judged by it
-            decision = BudgetRule(state.data.calibration, self.config.max_loss).judge(state.final).as_dict()
+            budget_rule = BudgetRule(state.data.calibration, self.config.max_loss)
+            decision = (budget_rule.judge(state.final) if state.final_outputs is None  # else the measure pass
+                        else budget_rule.judge_outputs(state.final_outputs)).as_dict()
             decision["within"] = _fits(decision, self.config.max_loss)
             rule = state.allocation["rule"]
             report["budget"]["decision"] = decision

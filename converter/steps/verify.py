@@ -66,7 +66,9 @@ class MeasureStep(Step):
 
     def run(self, state: RunState) -> None:
         t0 = time.perf_counter()
-        state.metrics = measure(state.data, state.final)
+        kept: dict = {}
+        state.metrics = measure(state.data, state.final, keep=kept)
+        state.final_outputs = kept.get("calibration")  # the budget check judges this pass
         from onnxprune.calibration.activations import activation_density
         from onnxprune.converter.auto.timing import optional_batches
 
@@ -88,8 +90,9 @@ class MeasureStep(Step):
                              activation_density(state.pruned, state.inventory, data.reader(), max_batches=batches))
 
 
-def measure(data, final) -> dict:
-    """On the data the choices were made on, and separately on the held-out data when given (--eval-data)."""
+def measure(data, final, keep: dict | None = None) -> dict:
+    """On the data the choices were made on, and separately on the held-out data when given (--eval-data). `keep`
+    (a dict) receives each set's scored outputs per batch, by the set's key."""
     from onnxprune.calibration.metrics import as_array, output_error
 
     out = {}
@@ -97,6 +100,8 @@ def measure(data, final) -> dict:
         if key == "evaluation" and data.config.eval_data is None:
             continue
         outputs = list(evaluator.run_all(final))  # one session, one pass: scored and compared from the same outputs
+        if keep is not None:
+            keep[key] = outputs
         after = evaluator.score(outputs)
         out[key] = {
             "data": evaluator.reader.description,

@@ -88,6 +88,18 @@ def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
     assert np.abs(pruned - dense).max() < 0.5 * np.abs(dense).max()  # pruned, not broken
 
 
+def test_the_budget_check_judges_the_measure_steps_pass(label_free, monkeypatch):
+    """The model written is run once on the decision set (measure); the budget check judges those outputs."""
+    model, data = label_free
+    models = []
+    real = BudgetRule.judge
+    monkeypatch.setattr(BudgetRule, "judge", lambda self, m: models.append(m) or real(self, m))
+    result = run(model, configure(max_loss=1.0, data=data, one_shot=True, levels=(0.3, 0.6, 0.9), seed=0))
+    assert len(models) == result.report["allocation"]["tries"]  # the fit's tries, not the model written
+    again = real(BudgetRule(Evaluator(open_data(data, model), None, model), 1.0), result.model)
+    assert result.report["budget"]["decision_loss_pp"] == pytest.approx(again.loss_pp, abs=1e-9)
+
+
 def test_a_mean_within_the_budget_but_its_margin_over_is_rejected(label_free):
     """The point estimate would take this candidate; the rule does not: L <= budget < L + SE."""
     from onnxprune.calibration.allocate import pruned_model
