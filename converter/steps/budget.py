@@ -108,6 +108,9 @@ def _stop_note(outcome, rule) -> str | None:
     from onnxprune.converter.auto.search import stop_note
 
     total = max(outcome.total, 1)
+    past = [t for t in outcome.history if not t["fits"] and t["removed"] > outcome.removed]
+    if past and not min(past, key=lambda t: t["removed"]).get("decision"):
+        return None  # the nearest rejection stopped early and had no time left to be measured in full: no figures
     tries = [{"ratio": total / max(total - t["removed"], 1), "kept": t["removed"] == outcome.removed and t["fits"],
               "within": t["fits"], "phase": "one-shot fit", "output": t["decision"].get("output"),
               "part": worst_figures(t["decision"]).get("part"),

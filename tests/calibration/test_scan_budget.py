@@ -367,3 +367,32 @@ def test_split_scores_the_reference_once_and_chooses_metrics_on_the_first_whole_
     with pytest.raises(CalibrationError) as split_error:
         Evaluator(open_data(bad, model, batch_size=64), "accuracy", model, split=16)
     assert str(split_error.value) == str(whole_error.value)
+
+
+@pytest.mark.parametrize("judged", [False, True])
+def test_fit_stops_only_clearly_over_tries_after_a_fit_and_measures_the_answer_and_its_nearest_rejection(judged):
+    """Once a try fits, the knob reads verdicts alone: a try clearly over the budget stops early. Every try stopped
+    is over the budget on every sample too; the answer, and the least pruned try rejected past it, ran on every
+    sample; the others' losses are plain evaluations."""
+    from onnxprune.converter.auto.decide import BudgetRule
+
+    model = builders.lenet5_like(conv_channels=(6, 12), fc_units=64)
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data("random", model, limit=320, batch_size=64), "rel_l2", model, split=16)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    judge = BudgetRule(ev, 1.0).fit_judge() if judged else None
+    outcome = fit_to_budget(model, inventory, ev, allocate(result, inventory, 1.0), 1.0, result=result, judge=judge)
+    history = outcome.history
+    stopped = [h for h in history if "samples" in h]
+    assert stopped and outcome.removed > 0
+    first_fit = next(i for i, h in enumerate(history) if h["fits"])
+    assert all(i > first_fit for i, h in enumerate(history) if "samples" in h)
+    for h in history:
+        full = 100 * (ev.dense - ev.evaluate(pruned_model(model, h["sparsities"])))
+        if "samples" in h:
+            assert h["samples"] < ev.num_samples and not h["fits"] and full > 1.0
+        else:
+            assert h["measured_loss_pp"] == pytest.approx(full, abs=1e-6)
+            assert ("decision" in h) == judged
+    past = [h for h in history if not h["fits"] and h["removed"] > outcome.removed]
+    assert past and "samples" not in min(past, key=lambda h: h["removed"])
