@@ -165,6 +165,18 @@ class SequentialScorer:
                 return self._result(sums, seen, moments)
         return self._result(sums, None, moments)
 
+    def upper(self, measured: Measured) -> float | None:
+        """The largest whole-set loss (pp) the samples run leave likely: over every scored output and term, the
+        estimate plus Z standard errors (the exact loss once every sample ran); None when a measurement kept no
+        moments or an output had nothing to compare yet."""
+        moments = measured.moments
+        if not self.sequential or len(moments) != len(self.kinds) or any(m is None for m in moments):
+            return None
+        bounds = list(self._bounds(moments))
+        if len(bounds) < len(moments):
+            return None
+        return max(float(np.max(loss + half)) for loss, half in bounds)
+
     def _precise(self, moments: list[_Moments | None], precision: float, threshold: float) -> bool:
         """Every output's loss known to within `precision` of itself (or of the threshold, when smaller)."""
         return all(np.all(half <= precision * np.maximum(np.abs(loss), threshold))

@@ -396,3 +396,41 @@ def test_fit_stops_only_clearly_over_tries_after_a_fit_and_measures_the_answer_a
             assert ("decision" in h) == judged
     past = [h for h in history if not h["fits"] and h["removed"] > outcome.removed]
     assert past and "samples" not in min(past, key=lambda h: h["removed"])
+
+
+def _with_a_faint_branch(seed: int = 0) -> onnx.ModelProto:
+    """out = x @ W1 + 1e-4 * (x @ W2): pruning W2 at any level moves the output by about 1e-4 of itself."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), name) for name in ("W1", "W2")]
+    inits.append(numpy_helper.from_array(np.array(1e-4, np.float32), "faint"))
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="main"),
+             helper.make_node("MatMul", ["x", "W2"], ["g"], name="branch"),
+             helper.make_node("Mul", ["g", "faint"], ["gs"], name="scale"),
+             helper.make_node("Add", ["h", "gs"], ["out"], name="sum")]
+    graph = helper.make_graph(nodes, "faint", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_levels_under_a_negligible_one_are_not_measured_and_the_allocation_does_not_move():
+    """Continuous metrics: once a level's loss bound is under NEGLIGIBLE of budget / layers, the levels below it are
+    bounded by it and left out; the allocation from the shorter curve is the full scan's."""
+    from onnxprune.calibration.sensitivity import NEGLIGIBLE
+
+    model = _with_a_faint_branch()
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data("random", model, limit=96, batch_size=16), "rel_l2", model)
+    full = scan(model, inventory, ev, DEFAULT_LEVELS)
+    fast = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=5.0)
+    main, faint = fast.layers
+    assert faint.levels == [0.6, 0.9, 0.98, 0.99]  # the bisection's; the answer (99%) is negligible
+    assert max(faint.losses(fast.dense)) < NEGLIGIBLE * 5.0 / 2
+    assert max(full.layer("W2").losses(full.dense)) < NEGLIGIBLE * 5.0 / 2  # what was left out is under it too
+    answer = max(s for s, v in zip(main.levels, main.losses(fast.dense)) if v <= 5.0)
+    assert main.levels == [s for s in DEFAULT_LEVELS if s <= answer] + [s for s in main.levels if s > answer]
+    assert allocate(fast, inventory, 5.0) == pytest.approx(allocate(full, inventory, 5.0))
+    labelled = Evaluator(open_data("random", model, limit=96, batch_size=16), "agreement", model)
+    counted = scan(model, inventory, labelled, DEFAULT_LEVELS, budget_pp=5.0).layers[1]
+    assert counted.levels == list(DEFAULT_LEVELS)  # a share of changed classes: no bound from 0 of 16 changed
