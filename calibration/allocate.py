@@ -291,7 +291,7 @@ class _Screen:
                 got[b] = values
                 yield values
 
-        measured = self._scorer.measure(batches, self.budget, stop_under=False)
+        measured = self._scorer.measure(batches, self.budget, stop_known=False)
         if not measured.complete:
             return None, measured
         return [got[b] for b in range(len(got))], None

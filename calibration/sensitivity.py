@@ -30,8 +30,8 @@ there; skipping them cost LeNet-5 compression), from the top down until one is n
 `_LevelSearch`); every measurement stops once its verdict against the budget is
 clear, every scored output counted (calibration/sampling.py): levels above the answer after a few batches (the
 first one over is then run on until its loss is known to within RESUME_PRECISION of itself: the allocation
-interpolates up to it), and for continuous metrics the
-nearly free levels below it too. The curve holds the levels measured, estimated from the samples run where a measurement
+interpolates up to it), and for continuous metrics any level once its loss is known to +-PRECISION of the budget
+(the verdict of one that close to the budget is its estimate). The curve holds the levels measured, estimated from the samples run where a measurement
 stopped (`LayerSensitivity.samples`), and the allocation never moves a layer past its last measured level. A layer
 holding under SMALL_SHARE of the prunable weights is not scanned and stays dense (path "small"): it could move the
 compression by less than that share, and the first layers of a network, small and run through everything

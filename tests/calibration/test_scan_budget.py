@@ -123,14 +123,14 @@ def test_a_resume_with_a_precision_stops_once_the_loss_is_known_that_well(metric
     exact = scorer.measure(batches)
     stopped = scorer.measure(batches, threshold=0.5)
     assert not stopped.complete and stopped.moments
-    # a loose precision: the next look (twice the samples) settles it; an impossible one runs to the end
+    # a loose precision is met already: nothing more runs; an impossible one runs to the end
     loose = scorer.resume(batches, stopped, precision=10.0, threshold=0.5)
-    assert loose.samples == 2 * stopped.samples
+    assert loose.samples == stopped.samples
     strict = scorer.resume(batches, stopped, precision=1e-9, threshold=0.5)
     assert strict.complete and strict.value == pytest.approx(exact.value, abs=1e-9)
     # at 25%: stopped where 3 standard errors are within a quarter of the loss, and the loss is that close
     quarter = scorer.resume(batches, stopped, precision=0.25, threshold=0.5)
-    assert stopped.samples < quarter.samples
+    assert stopped.samples <= quarter.samples
     if not quarter.complete:
         ratio, se = quarter.moments[0].ratio_and_se(quarter.total)
         assert 300.0 * se.max() <= 0.25 * quarter.loss_pp
@@ -156,10 +156,29 @@ def test_a_clearly_under_level_stops_only_when_every_output_is_continuous():
         batches, *_ = _level_batches(model, ev, 0.1)
         stopped = SequentialScorer(ev).measure(batches, threshold=20.0)
         assert stopped.complete is not stops and within_budget(stopped.loss_pp, 20.0), metric
-        assert SequentialScorer(ev).measure(batches, threshold=20.0, stop_under=False).complete
+        assert SequentialScorer(ev).measure(batches, threshold=20.0, stop_known=False).complete
     ev = evaluator(tb.two_head_detector(), None, n=96)  # boxes rel_l2 + scores prob: prob is not continuous
     batches, *_ = _level_batches(tb.two_head_detector(), ev, 0.1, layer=0)
     assert SequentialScorer(ev).measure(batches, threshold=50.0).complete
+
+
+def test_a_level_at_the_threshold_stops_once_known_to_a_quarter_of_it_when_continuous():
+    """A loss right at T is never clearly over or under; a continuous one stops once 3 SE <= PRECISION * T (its
+    estimate then decides), a share of changed classes runs to the end."""
+    model = MODELS["small_cnn"]()
+    for metric, stops in (("rel_l2", True), ("agreement", False)):
+        ev = evaluator(model, metric, n=96)
+        batches, *_ = _level_batches(model, ev, 0.3)
+        scorer = SequentialScorer(ev)
+        exact = scorer.measure(batches)
+        assert exact.loss_pp > 1.0, metric
+        at = scorer.measure(batches, threshold=exact.loss_pp)
+        assert at.complete is not stops, metric
+        if stops:
+            ratio, se = at.moments[0].ratio_and_se(at.total)
+            assert 300.0 * se.max() <= 0.25 * exact.loss_pp
+            assert at.loss_pp == pytest.approx(exact.loss_pp, abs=0.25 * exact.loss_pp)
+            assert scorer.measure(batches, threshold=exact.loss_pp, stop_known=False).complete
 
 
 def test_streamed_data_is_measured_in_order_and_completely():
