@@ -23,8 +23,8 @@ is the exact metric (the Evaluator's own sums, added in the reader's order: the 
 gives); a stopped one reports the estimate from the samples it ran (`Measured.samples` < `Measured.total`).
 "known" was "under" (every loss_j + Z * se_j < T as well): a level within +-25% of the budget then ran on every
 sample, which settled its side of T and nothing else the allocation reads (it interpolates the curve to the
-first level over, known to the same precision): on the 22.6M-parameter encoder, 8 of the scan's levels ran all
-240 samples, about a fifth of the scan.
+first level over, known to the same precision): on the 22.6M-parameter encoder 7 of the scan's levels ran all 240
+samples and 2 ran 128, about a fifth of its sample-probes; with "known" every level stopped at 16 but one, at 32.
 A stop happens on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
 (when the model takes any batch size), per-feed data one feed per batch.
 """
