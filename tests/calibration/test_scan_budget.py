@@ -175,7 +175,7 @@ def test_a_level_at_the_threshold_stops_once_known_to_a_quarter_of_it_when_conti
         at = scorer.measure(batches, threshold=exact.loss_pp)
         assert at.complete is not stops, metric
         if stops:
-            ratio, se = at.moments[0].ratio_and_se(at.total)
+            _, se = at.moments[0].ratio_and_se(at.total)
             assert 300.0 * se.max() <= 0.25 * exact.loss_pp
             assert at.loss_pp == pytest.approx(exact.loss_pp, abs=0.25 * exact.loss_pp)
             assert scorer.measure(batches, threshold=exact.loss_pp, stop_known=False).complete
