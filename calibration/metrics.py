@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -81,25 +81,35 @@ class Evaluator:
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
         self.reference_seconds: float | None = None
-        self._score_reference(reference_model)
+        parts = None
         if split and self._cached is not None and _dynamic_batch(reference_model):
             parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
-            if len(parts) > len(self._cached):  # checked whole first (errors name the data's own figures), then cut
-                self._cached = parts
-                self._score_reference(reference_model)
+        if parts is None or len(parts) <= len(self._cached):
+            self._score_reference(reference_model)
+            return
+        whole, self._cached = self._cached, parts
+        try:  # one dense pass, on the parts; the metrics are still chosen on the data's first whole batch
+            self._score_reference(reference_model, first_batch=whole[0][0])
+        except (CalibrationError, ConfigError):
+            self._cached, self.reference = whole, None  # again as the data holds it: errors name its own figures
+            self._score_reference(reference_model)
+            raise
 
-    def _score_reference(self, reference_model: onnx.ModelProto | None) -> None:
-        """Labels, sample count and the dense model's outputs and scores on the batches as they are now."""
+    def _score_reference(self, reference_model: onnx.ModelProto | None, first_batch: dict | None = None) -> None:
+        """Labels, sample count and the dense model's outputs and scores on the batches as they are now; automatic
+        metrics are chosen on the outputs of the first batch, or of `first_batch` (feeds) when given."""
         self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
         self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.last: dict[str, dict] = {}
         if reference_model is not None:
             first = self.reference is None
             t0 = time.perf_counter()
-            self.reference_all = list(self.run_all(reference_model))
+            sess = self.session(reference_model)
+            self.reference_all = list(self.run_all(sess))
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             if first:
-                self._resolve_auto()
+                self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
+                                   self.reference_all[0] if self.reference_all else ())
             self.sample_axes = self._sample_axes()
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
@@ -137,13 +147,19 @@ class Evaluator:
             raise ConfigError(f"metric '{headline}' compares against the dense model; give reference_model.")
         return {output or "": headline}
 
-    def _resolve_auto(self) -> None:
-        first = self.reference_all[0] if self.reference_all else ()
-        values = dict(zip(self.plan, first))
-        chosen = auto_kinds(values)  # every output at once: a head is judged beside the others
-        for name, kind in self.plan.items():
-            if kind == AUTO and name in chosen:
-                self.plan[name] = chosen[name]
+    def _run_feeds(self, sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple:
+        """The scored outputs of one feed dict."""
+        names = {i.name for i in sess.get_inputs()}
+        wanted = [n or sess.get_outputs()[0].name for n in self.plan]
+        return tuple(sess.run(wanted, {k: v for k, v in feeds.items() if k in names}))
+
+    def _resolve_auto(self, first: Callable[[], tuple]) -> None:
+        """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are)."""
+        if AUTO in self.plan.values():
+            chosen = auto_kinds(dict(zip(self.plan, first())))  # every output at once: a head beside the others
+            for name, kind in self.plan.items():
+                if kind == AUTO and name in chosen:
+                    self.plan[name] = chosen[name]
         log.info("scored outputs: %s", ", ".join(f"{n} ({k})" for n, k in self.plan.items()))
 
     @property

@@ -12,14 +12,19 @@ samples each ratio has the standard error of a ratio estimator with the finite-p
 and against a threshold T (pp) the measurement stops when
 
     over    some output's loss_j - Z * se_j > T                    over T whatever the other samples say
-    under   every loss_j + Z * se_j < T and Z * se_j <= PRECISION * T     within T, known to +-25% of T
-            (only when every scored output is `continuous`: "no changed class in 64 samples" does not bound a
-            1 pp loss, a clean relative error on 64 samples does)
+    known   every Z * se_j <= PRECISION * T                         the loss known to +-25% of T, whichever side of
+            (only when every scored output is `continuous`:         T it is: the verdict is then its estimate
+            "no changed class in 64 samples" does not bound a       against T (a level clearly under, or one too
+            1 pp loss, a clean relative error on 64 samples does)   close to T for the samples left to settle)
 
 asked when the samples seen first reach MIN_SAMPLES, then each time they have doubled (about log2(N / 8) looks,
 so the 3-sigma rule stays a rare false verdict however many batches there are). A measurement that runs to the end
 is the exact metric (the Evaluator's own sums, added in the reader's order: the same number `Evaluator.score`
 gives); a stopped one reports the estimate from the samples it ran (`Measured.samples` < `Measured.total`).
+"known" was "under" (every loss_j + Z * se_j < T as well): a level within +-25% of the budget then ran on every
+sample, which settled its side of T and nothing else the allocation reads (it interpolates the curve to the
+first level over, known to the same precision): on the 22.6M-parameter encoder 7 of the scan's levels ran all 240
+samples and 2 ran 128, about a fifth of its sample-probes; with "known" every level stopped at 16 but one, at 32.
 A stop happens on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
 (when the model takes any batch size), per-feed data one feed per batch.
 """
@@ -119,10 +124,11 @@ class SequentialScorer:
                     moments[o].add(*got)
         return [None if m is None else m.t / max(m.c, 1e-300) for m in moments]
 
-    def measure(self, batches: Batches, threshold: float | None = None, *, stop_under: bool = True) -> Measured:
-        """The candidate's combined metric; with a threshold (pp of loss), stop as soon as over (or, with
-        `stop_under`, under) it is clear. `batches(order)` yields the candidate's scored outputs."""
-        return self._run(batches, {}, threshold, stop_under)
+    def measure(self, batches: Batches, threshold: float | None = None, *, stop_known: bool = True) -> Measured:
+        """The candidate's combined metric; with a threshold (pp of loss), stop as soon as over it is clear (or,
+        with `stop_known`, the loss is known to +-PRECISION of it). `batches(order)` yields the candidate's scored
+        outputs."""
+        return self._run(batches, {}, threshold, stop_known)
 
     def resume(self, batches: Batches, measured: Measured, precision: float | None = None,
                threshold: float = 0.0) -> Measured:
@@ -133,11 +139,13 @@ class SequentialScorer:
             return measured
         if precision is None or not self.sequential or len(measured.moments) != len(self.kinds):
             return self._run(batches, dict(measured.sums), None, False)
+        if self._precise(measured.moments, precision, threshold):
+            return measured  # known that well already
         moments = [None if m is None else copy.deepcopy(m) for m in measured.moments]
         return self._run(batches, dict(measured.sums), None, False, precise=(precision, threshold),
                          moments=moments, seen=measured.samples)
 
-    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_under: bool, *,
+    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_known: bool, *,
              precise: tuple[float, float] | None = None, moments: list | None = None, seen: int = 0) -> Measured:
         ev = self.evaluator
         moments = moments or [None] * len(self.kinds)
@@ -161,9 +169,21 @@ class SequentialScorer:
             while look <= seen:
                 look *= 2  # looks at doubling sample counts: few looks, few false verdicts
             if (self._precise(moments, *precise) if precise is not None else
-                    self._decided(moments, seen, threshold, stop_under)):
+                    self._decided(moments, seen, threshold, stop_known)):
                 return self._result(sums, seen, moments)
         return self._result(sums, None, moments)
+
+    def upper(self, measured: Measured) -> float | None:
+        """The largest whole-set loss (pp) the samples run leave likely: over every scored output and term, the
+        estimate plus Z standard errors (the exact loss once every sample ran); None when a measurement kept no
+        moments or an output had nothing to compare yet."""
+        moments = measured.moments
+        if not self.sequential or len(moments) != len(self.kinds) or any(m is None for m in moments):
+            return None
+        bounds = list(self._bounds(moments))
+        if len(bounds) < len(moments):
+            return None
+        return max(float(np.max(loss + half)) for loss, half in bounds)
 
     def _precise(self, moments: list[_Moments | None], precision: float, threshold: float) -> bool:
         """Every output's loss known to within `precision` of itself (or of the threshold, when smaller)."""
@@ -194,7 +214,7 @@ class SequentialScorer:
         done = self.total if seen is None else seen
         return Measured(value, dense - value, done, self.total, sums, list(moments or []))
 
-    def _decided(self, moments: list[_Moments | None], seen: int, threshold: float, stop_under: bool) -> bool:
+    def _decided(self, moments: list[_Moments | None], seen: int, threshold: float, stop_known: bool) -> bool:
         if seen >= self.total:
             return False
         bounds = []
@@ -202,7 +222,6 @@ class SequentialScorer:
             if np.any(loss - half > threshold):
                 return True
             bounds.append((loss, half))
-        if not (stop_under and self.continuous) or len(bounds) < len(moments):
+        if not (stop_known and self.continuous) or len(bounds) < len(moments):
             return False
-        return all(np.all(loss + half < threshold) and np.all(half <= self.precision * threshold)
-                   for loss, half in bounds)
+        return all(np.all(half <= self.precision * threshold) for _, half in bounds)

@@ -327,12 +327,12 @@ class BudgetRule:
         return self.judge_outputs(list(self.evaluator.run_all(model)))
 
     def fit_judge(self):
-        """The judge calibration.allocate.fit_to_budget takes: (loss_pp, fits, decision dict) of a candidate, where
-        fits is the rule and the mean within the budget (for a positive budget the upper bound implies the mean;
-        with --max-loss 0 a label rule accepts a loss within one standard error, and a fit still holds the mean
-        to the budget)."""
-        def judge(candidate):
-            decision = self.judge(candidate)
+        """The judge calibration.allocate.fit_to_budget takes: (loss_pp, fits, decision dict) of a candidate's
+        scored outputs on this rule's evaluator, where fits is the rule and the mean within the budget (for a
+        positive budget the upper bound implies the mean; with --max-loss 0 a label rule accepts a loss within one
+        standard error, and a fit still holds the mean to the budget)."""
+        def judge(outputs):
+            decision = self.judge_outputs(outputs)
             return (decision.loss_pp, bool(decision.within) and within_budget(decision.loss_pp, self.budget),
                     decision.as_dict())
 

@@ -108,6 +108,9 @@ def _stop_note(outcome, rule) -> str | None:
     from onnxprune.converter.auto.search import stop_note
 
     total = max(outcome.total, 1)
+    past = [t for t in outcome.history if not t["fits"] and t["removed"] > outcome.removed]
+    if past and not min(past, key=lambda t: t["removed"]).get("decision"):
+        return None  # the nearest rejection stopped early and had no time left to be measured in full: no figures
     tries = [{"ratio": total / max(total - t["removed"], 1), "kept": t["removed"] == outcome.removed and t["fits"],
               "within": t["fits"], "phase": "one-shot fit", "output": t["decision"].get("output"),
               "part": worst_figures(t["decision"]).get("part"),
@@ -155,7 +158,9 @@ class BudgetCheckStep(Step):
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
         if decision is None and "rule" in (state.allocation or {}):
             # the one-shot fit chose by the rule; the model written (with any --layer the user fixed) is judged by it
-            decision = BudgetRule(state.data.calibration, self.config.max_loss).judge(state.final).as_dict()
+            budget_rule = BudgetRule(state.data.calibration, self.config.max_loss)
+            decision = (budget_rule.judge(state.final) if state.final_outputs is None  # else the measure pass
+                        else budget_rule.judge_outputs(state.final_outputs)).as_dict()
             decision["within"] = _fits(decision, self.config.max_loss)
             rule = state.allocation["rule"]
             report["budget"]["decision"] = decision

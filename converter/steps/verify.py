@@ -3,6 +3,7 @@ the input and the output model is measured on the user's data."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -51,7 +52,10 @@ class VerifyStep(Step):
         return [random_feeds(state.original, seed=s, shapes=shapes) for s in (0, 1, 2)]
 
 
-ACTIVATION_BATCHES = 8  # batches Act% per layer reads without a deadline (activation_density's default)
+ACTIVATION_BATCHES = 8  # batches Act% per layer reads at most without a deadline (activation_density's default)
+ACTIVATION_SAMPLES = 128  # ... and no more whole batches than hold this many samples (at least one): a share of
+# nonzeros over 128 samples is information enough, and both passes fetch every activation (optimisations off); the
+# 22.6M-parameter encoder's 240 samples (4 batches of 64) took 16 s CPU of a 149 s one-shot run
 ACTIVATION_COST = 2.4  # a batch of Act% in scored passes: two models (input, output), every activation fetched
 REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
 
@@ -66,7 +70,9 @@ class MeasureStep(Step):
 
     def run(self, state: RunState) -> None:
         t0 = time.perf_counter()
-        state.metrics = measure(state.data, state.final)
+        kept: dict = {}
+        state.metrics = measure(state.data, state.final, keep=kept)
+        state.final_outputs = kept.get("calibration")  # the budget check judges this pass
         from onnxprune.calibration.activations import activation_density
         from onnxprune.converter.auto.timing import optional_batches
 
@@ -75,10 +81,12 @@ class MeasureStep(Step):
         scored = (data.calibration.num_samples or 0) + ((data.evaluation.num_samples or 0)
                                                          if data.config.eval_data is not None else 0)
         per_sample = (time.perf_counter() - t0) / max(scored, 1)
+        per_batch = 1 if getattr(data.calibration.reader, "per_feed", False) else data.batch_size
+        most = max(1, min(ACTIVATION_BATCHES, math.ceil(ACTIVATION_SAMPLES / per_batch)))
         batches = optional_batches(state.deadline, per_sample * data.batch_size * ACTIVATION_COST,
-                                   ACTIVATION_BATCHES, keep=REST_LOADS * state.seconds.get("load", 0.0))
-        if batches < ACTIVATION_BATCHES and state.deadline is not None:
-            state.notes.append(f"time budget: Act% per layer read {batches} of {ACTIVATION_BATCHES} batches (the time "
+                                   most, keep=REST_LOADS * state.seconds.get("load", 0.0))
+        if batches < most and state.deadline is not None:
+            state.notes.append(f"time budget: Act% per layer read {batches} of {most} batches (the time "
                                "left in --time-budget)" if batches else
                                "time budget: Act% per layer not measured (no time left in --time-budget)")
         if not batches:
@@ -88,8 +96,9 @@ class MeasureStep(Step):
                              activation_density(state.pruned, state.inventory, data.reader(), max_batches=batches))
 
 
-def measure(data, final) -> dict:
-    """On the data the choices were made on, and separately on the held-out data when given (--eval-data)."""
+def measure(data, final, keep: dict | None = None) -> dict:
+    """On the data the choices were made on, and separately on the held-out data when given (--eval-data). `keep`
+    (a dict) receives each set's scored outputs per batch, by the set's key."""
     from onnxprune.calibration.metrics import as_array, output_error
 
     out = {}
@@ -97,6 +106,8 @@ def measure(data, final) -> dict:
         if key == "evaluation" and data.config.eval_data is None:
             continue
         outputs = list(evaluator.run_all(final))  # one session, one pass: scored and compared from the same outputs
+        if keep is not None:
+            keep[key] = outputs
         after = evaluator.score(outputs)
         out[key] = {
             "data": evaluator.reader.description,

@@ -52,3 +52,26 @@ def test_act_of_a_recurrent_node_whose_optional_y_output_is_omitted_reads_y_h():
         x = np.random.default_rng(0).standard_normal((8, 3, 4)).astype(np.float32)
         act = activation_density(model, inv, open_data({"input": x}, model, batch_size=4))
         assert 0.0 < act[rec.input[1]] <= 1.0
+
+
+def test_a_run_reads_act_percent_on_at_most_the_batches_holding_128_samples(monkeypatch):
+    """Act% is information: a run reads it on the batches of --batch-size that hold ACTIVATION_SAMPLES (and at most
+    ACTIVATION_BATCHES), both models on the same ones."""
+    from onnxprune.calibration import activations
+    from onnxprune.converter.pipeline import configure, run
+
+    model = builders.mlp_gemm(in_features=12, hidden=(16,), out_features=5)
+    x = np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32)
+    read = []
+    real = activations.activation_density
+
+    def counted(model, inventory, reader, *, max_batches=8):
+        read.append(max_batches)
+        return real(model, inventory, reader, max_batches=max_batches)
+
+    monkeypatch.setattr(activations, "activation_density", counted)
+    for batch_size, expected in ((64, 2), (8, 8), (200, 1)):
+        read.clear()
+        result = run(model, configure(sparsity=0.5, data={"input": x}, batch_size=batch_size))
+        assert read == [expected, expected], batch_size
+        assert all(v is not None for v in result.report["act"].values())

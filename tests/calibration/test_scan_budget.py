@@ -123,14 +123,14 @@ def test_a_resume_with_a_precision_stops_once_the_loss_is_known_that_well(metric
     exact = scorer.measure(batches)
     stopped = scorer.measure(batches, threshold=0.5)
     assert not stopped.complete and stopped.moments
-    # a loose precision: the next look (twice the samples) settles it; an impossible one runs to the end
+    # a loose precision is met already: nothing more runs; an impossible one runs to the end
     loose = scorer.resume(batches, stopped, precision=10.0, threshold=0.5)
-    assert loose.samples == 2 * stopped.samples
+    assert loose.samples == stopped.samples
     strict = scorer.resume(batches, stopped, precision=1e-9, threshold=0.5)
     assert strict.complete and strict.value == pytest.approx(exact.value, abs=1e-9)
     # at 25%: stopped where 3 standard errors are within a quarter of the loss, and the loss is that close
     quarter = scorer.resume(batches, stopped, precision=0.25, threshold=0.5)
-    assert stopped.samples < quarter.samples
+    assert stopped.samples <= quarter.samples
     if not quarter.complete:
         ratio, se = quarter.moments[0].ratio_and_se(quarter.total)
         assert 300.0 * se.max() <= 0.25 * quarter.loss_pp
@@ -156,10 +156,29 @@ def test_a_clearly_under_level_stops_only_when_every_output_is_continuous():
         batches, *_ = _level_batches(model, ev, 0.1)
         stopped = SequentialScorer(ev).measure(batches, threshold=20.0)
         assert stopped.complete is not stops and within_budget(stopped.loss_pp, 20.0), metric
-        assert SequentialScorer(ev).measure(batches, threshold=20.0, stop_under=False).complete
+        assert SequentialScorer(ev).measure(batches, threshold=20.0, stop_known=False).complete
     ev = evaluator(tb.two_head_detector(), None, n=96)  # boxes rel_l2 + scores prob: prob is not continuous
     batches, *_ = _level_batches(tb.two_head_detector(), ev, 0.1, layer=0)
     assert SequentialScorer(ev).measure(batches, threshold=50.0).complete
+
+
+def test_a_level_at_the_threshold_stops_once_known_to_a_quarter_of_it_when_continuous():
+    """A loss right at T is never clearly over or under; a continuous one stops once 3 SE <= PRECISION * T (its
+    estimate then decides), a share of changed classes runs to the end."""
+    model = MODELS["small_cnn"]()
+    for metric, stops in (("rel_l2", True), ("agreement", False)):
+        ev = evaluator(model, metric, n=96)
+        batches, *_ = _level_batches(model, ev, 0.3)
+        scorer = SequentialScorer(ev)
+        exact = scorer.measure(batches)
+        assert exact.loss_pp > 1.0, metric
+        at = scorer.measure(batches, threshold=exact.loss_pp)
+        assert at.complete is not stops, metric
+        if stops:
+            _, se = at.moments[0].ratio_and_se(at.total)
+            assert 300.0 * se.max() <= 0.25 * exact.loss_pp
+            assert at.loss_pp == pytest.approx(exact.loss_pp, abs=0.25 * exact.loss_pp)
+            assert scorer.measure(batches, threshold=exact.loss_pp, stop_known=False).complete
 
 
 def test_streamed_data_is_measured_in_order_and_completely():
@@ -337,3 +356,100 @@ def test_split_batches_score_the_same_and_keep_fixed_batch_models_whole():
     first = {k: v[:64] for k, v in arrays.items()}
     kept = Evaluator(open_data(first, fixed, batch_size=64), "rel_l2", fixed, split=16)
     assert [len(lab) for lab in kept.labels] == [64]
+
+
+def test_split_scores_the_reference_once_and_chooses_metrics_on_the_first_whole_batch(monkeypatch):
+    import onnxruntime as ort
+
+    from onnxprune.errors import CalibrationError
+
+    model = MODELS["small_cnn"]()
+    x = next(iter(open_data("random", model, limit=100, batch_size=100).batches()))[0]["input"]
+    rows = []
+    real = ort.InferenceSession.run
+
+    def counted(self, names, feeds, *args, **kwargs):
+        rows.append(len(next(iter(feeds.values()))))
+        return real(self, names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    split = Evaluator(open_data({"input": x}, model, batch_size=64), None, model, split=16)
+    assert sorted(set(rows)) == [4, 16, 64] and sum(rows) == 100 + 64  # the parts once; the first whole batch
+    whole = Evaluator(open_data({"input": x}, model, batch_size=64), None, model)
+    assert split.plan == whole.plan and split.dense_by == whole.dense_by
+    rows.clear()
+    Evaluator(open_data({"input": x}, model, batch_size=64), "rel_l2", model, split=16)
+    assert sum(rows) == 100  # a metric given: nothing to choose
+    bad = {"input": x, "labels": np.arange(100) % 4 + 1000 * (np.arange(100) == 70)}  # in the second whole batch
+    with pytest.raises(CalibrationError) as whole_error:
+        Evaluator(open_data(bad, model, batch_size=64), "accuracy", model)
+    with pytest.raises(CalibrationError) as split_error:
+        Evaluator(open_data(bad, model, batch_size=64), "accuracy", model, split=16)
+    assert str(split_error.value) == str(whole_error.value)
+
+
+@pytest.mark.parametrize("judged", [False, True])
+def test_fit_stops_only_clearly_over_tries_after_a_fit_and_measures_the_answer_and_its_nearest_rejection(judged):
+    """Once a try fits, the knob reads verdicts alone: a try clearly over the budget stops early. Every try stopped
+    is over the budget on every sample too; the answer, and the least pruned try rejected past it, ran on every
+    sample; the others' losses are plain evaluations."""
+    from onnxprune.converter.auto.decide import BudgetRule
+
+    model = builders.lenet5_like(conv_channels=(6, 12), fc_units=64)
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data("random", model, limit=320, batch_size=64), "rel_l2", model, split=16)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    judge = BudgetRule(ev, 1.0).fit_judge() if judged else None
+    outcome = fit_to_budget(model, inventory, ev, allocate(result, inventory, 1.0), 1.0, result=result, judge=judge)
+    history = outcome.history
+    stopped = [h for h in history if "samples" in h]
+    assert stopped and outcome.removed > 0
+    first_fit = next(i for i, h in enumerate(history) if h["fits"])
+    assert all(i > first_fit for i, h in enumerate(history) if "samples" in h)
+    for h in history:
+        full = 100 * (ev.dense - ev.evaluate(pruned_model(model, h["sparsities"])))
+        if "samples" in h:
+            assert h["samples"] < ev.num_samples and not h["fits"] and full > 1.0
+        else:
+            assert h["measured_loss_pp"] == pytest.approx(full, abs=1e-6)
+            assert ("decision" in h) == judged
+    past = [h for h in history if not h["fits"] and h["removed"] > outcome.removed]
+    assert past and "samples" not in min(past, key=lambda h: h["removed"])
+
+
+def _with_a_faint_branch(seed: int = 0) -> onnx.ModelProto:
+    """out = x @ W1 + 1e-4 * (x @ W2): pruning W2 at any level moves the output by about 1e-4 of itself."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), name) for name in ("W1", "W2")]
+    inits.append(numpy_helper.from_array(np.array(1e-4, np.float32), "faint"))
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="main"),
+             helper.make_node("MatMul", ["x", "W2"], ["g"], name="branch"),
+             helper.make_node("Mul", ["g", "faint"], ["gs"], name="scale"),
+             helper.make_node("Add", ["h", "gs"], ["out"], name="sum")]
+    graph = helper.make_graph(nodes, "faint", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_levels_under_a_negligible_one_are_not_measured_and_the_allocation_does_not_move():
+    """Continuous metrics: once a level's loss bound is under NEGLIGIBLE of budget / layers, the levels below it are
+    bounded by it and left out; the allocation from the shorter curve is the full scan's."""
+    from onnxprune.calibration.sensitivity import NEGLIGIBLE
+
+    model = _with_a_faint_branch()
+    inventory = find_prunable(model)
+    ev = Evaluator(open_data("random", model, limit=96, batch_size=16), "rel_l2", model)
+    full = scan(model, inventory, ev, DEFAULT_LEVELS)
+    fast = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=5.0)
+    main, faint = fast.layers
+    assert faint.levels == [0.6, 0.9, 0.98, 0.99]  # the bisection's; the answer (99%) is negligible
+    assert max(faint.losses(fast.dense)) < NEGLIGIBLE * 5.0 / 2
+    assert max(full.layer("W2").losses(full.dense)) < NEGLIGIBLE * 5.0 / 2  # what was left out is under it too
+    answer = max(s for s, v in zip(main.levels, main.losses(fast.dense)) if v <= 5.0)
+    assert main.levels == [s for s in DEFAULT_LEVELS if s <= answer] + [s for s in main.levels if s > answer]
+    assert allocate(fast, inventory, 5.0) == pytest.approx(allocate(full, inventory, 5.0))
+    labelled = Evaluator(open_data("random", model, limit=96, batch_size=16), "agreement", model)
+    counted = scan(model, inventory, labelled, DEFAULT_LEVELS, budget_pp=5.0).layers[1]
+    assert counted.levels == list(DEFAULT_LEVELS)  # a share of changed classes: no bound from 0 of 16 changed

@@ -69,6 +69,18 @@ def test_budget_stops_early_but_keeps_the_minimum():
     assert time.perf_counter() - t0 < 2.0
 
 
+def test_a_slow_model_gets_one_warm_up_pair_and_the_slow_floor_of_timed_pairs():
+    log: list = []
+    result = measure_latency("A", "B", {64: {}}, repeats=200, warmup=5, min_repeats=10, budget_s=0.1,
+                             session_factory=fake_factory(log, {"A": 0.02, "B": 0.02}))
+    b = result["batches"][0]
+    assert b["warmup"] == 1 and b["runs"] == 3 and len(log) == 2 * (1 + 3)  # not 2 * (5 + 10)
+    assert "1 warm-up and 3 timed pairs" in result["notes"][0]
+    fast = measure_latency("A", "B", {1: {}}, repeats=12, warmup=5, min_repeats=10, budget_s=60,
+                           session_factory=fake_factory([]))
+    assert fast["batches"][0]["warmup"] == 5 and fast["batches"][0]["runs"] == 12 and not fast["notes"]
+
+
 def test_onnxruntime_latency_of_two_real_models():
     dense = builders.mlp_gemm(in_features=64, hidden=(128, 64), seed=0)
     other = builders.mlp_gemm(in_features=64, hidden=(32, 16), seed=1)

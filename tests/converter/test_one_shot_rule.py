@@ -24,12 +24,12 @@ def label_free():
 
 
 class _Judge:
-    """A scripted judge: (loss, fits) per try, whatever the model; counts its calls."""
+    """A scripted judge: (loss, fits) per try, whatever the candidate's outputs; counts its calls."""
 
     def __init__(self, script):
         self.script, self.calls = list(script), 0
 
-    def __call__(self, candidate):
+    def __call__(self, outputs):
         self.calls += 1
         loss, fits = self.script.pop(0)
         return loss, fits, {"loss_pp": loss, "within": fits}
@@ -43,7 +43,9 @@ def test_the_judge_decides_not_the_mean(label_free):
     judge = _Judge([(0.9, False), (0.6, False), (0.3, True)] + [(0.5, False)] * 10)
     outcome = fit_to_budget(model, inventory, ev, {w.name: 0.9 for w in inventory.prunable}, 1.0, judge=judge)
     fits = [h["fits"] for h in outcome.history]
-    assert fits[:3] == [False, False, True] and judge.calls == len(outcome.history)
+    assert fits[:3] == [False, False, True]
+    # after a fit, a try clearly over the budget (here by the mean, tens of pp) stops early and is never judged
+    assert judge.calls == sum("samples" not in h for h in outcome.history) < len(outcome.history)
     assert outcome.decision == {"loss_pp": 0.3, "within": True} and outcome.measured_loss_pp == 0.3
     chosen = outcome.history[2]["sparsities"]
     assert all(abs(outcome.sparsities[n] - s) < 1e-9 for n, s in chosen.items())
@@ -88,6 +90,20 @@ def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
     assert np.abs(pruned - dense).max() < 0.5 * np.abs(dense).max()  # pruned, not broken
 
 
+def test_the_budget_check_judges_the_measure_steps_pass(label_free, monkeypatch):
+    """The model written is run once on the decision set (measure); the budget check judges those outputs."""
+    model, data = label_free
+    real = BudgetRule.judge
+
+    def runs_a_model(self, candidate):
+        raise AssertionError("no model is run only to be judged: the fit judges its own pass, the check measure's")
+
+    monkeypatch.setattr(BudgetRule, "judge", runs_a_model)
+    result = run(model, configure(max_loss=1.0, data=data, one_shot=True, levels=(0.3, 0.6, 0.9), seed=0))
+    again = real(BudgetRule(Evaluator(open_data(data, model), None, model), 1.0), result.model)
+    assert result.report["budget"]["decision_loss_pp"] == pytest.approx(again.loss_pp, abs=1e-9)
+
+
 def test_a_mean_within_the_budget_but_its_margin_over_is_rejected(label_free):
     """The point estimate would take this candidate; the rule does not: L <= budget < L + SE."""
     from onnxprune.calibration.allocate import pruned_model
@@ -101,8 +117,8 @@ def test_a_mean_within_the_budget_but_its_margin_over_is_rejected(label_free):
     budget = d.loss_pp + d.se_pp / 2  # between the mean and the mean plus its margin
     rule = BudgetRule(ev, budget)
 
-    def judge(m):
-        decision = rule.judge(m)
+    def judge(outputs):
+        decision = rule.judge_outputs(outputs)
         return decision.loss_pp, decision.within, decision.as_dict()
 
     decided = fit_to_budget(model, inventory, ev, sparsities, budget, max_tries=1, judge=judge)
