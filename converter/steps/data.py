@@ -131,7 +131,6 @@ class Data:
 
     def _choose_batch(self) -> int:
         from onnxprune.calibration.metrics import feed_samples
-        from onnxprune.calibration.readers import open_data
         from onnxprune.calibration.runtime import use_arena
         from onnxprune.calibration.shapes import ACTIVATION_BYTES, MAX_BATCH, evaluation_batch
 
@@ -140,8 +139,7 @@ class Data:
             return c.batch_size
         if c.data is None or (isinstance(c.data, str) and c.data == "random"):
             return MAX_BATCH
-        reader = open_data(c.data, self.model, labels=c.labels, batch_size=MAX_BATCH, limit=c.limit, seed=c.seed,
-                           shapes=c.input_shapes, warn=False)
+        reader = self.reader(batch_size=MAX_BATCH)
         if getattr(reader, "per_feed", False):  # each feed is read as it is: no batch to choose
             return MAX_BATCH
         feeds = next(iter(reader.batches()), (None, None))[0]
