@@ -221,7 +221,8 @@ def print_table(results: list[dict]) -> None:
     print(f"\n{'model':22s} {'exporter':34s} {'outcome':21s} {'weights x':>9s} {'wall s':>7s}  reason / figures")
     for r in results:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
-        figs = r.get("reason") or ", ".join(f"{c['output']} {c['metric']} {c['figure']:.4g}" for c in r.get("checks", []))
+        figs = r.get("reason") or ", ".join(f"{c['output']} {c['metric']} {c['figure']:.4g}"
+                                            for c in r.get("checks", []))
         print(f"{r['model']:22s} {r['exporter'][:34]:34s} {r['outcome']:21s} {ratio:>9s} {r['seconds']:7.1f}  {figs}")
     counts = {}
     for r in results:

@@ -44,35 +44,9 @@ def take(arr: np.ndarray, sl: dict | None) -> np.ndarray:
     return arr[tuple(index)]
 
 
-def _rows(pairs):
-    for a, b in pairs:
-        yield a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1), b.reshape(-1, b.shape[-1]) if b.ndim else \
-            b.reshape(1, 1)
-
-
-def top1_agree(pairs, **_):
-    same = total = 0
-    for a, b in _rows(pairs):
-        same += int((a.argmax(-1) == b.argmax(-1)).sum())
-        total += a.shape[0]
-    return same / max(total, 1)
-
-
-def thresh_agree(pairs, threshold=0.5, **_):
-    same = total = 0
-    for a, b in pairs:
-        same += int(((a > threshold) == (b > threshold)).sum())
-        total += a.size
-    return same / max(total, 1)
-
-
-def mask_iou(pairs, threshold=0.5, **_):
-    inter = union = 0
-    for a, b in pairs:
-        ma, mb = a > threshold, b > threshold
-        inter += int((ma & mb).sum())
-        union += int((ma | mb).sum())
-    return 1.0 if union == 0 else inter / union
+def _rows(a, b):
+    return (a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1),
+            b.reshape(-1, b.shape[-1]) if b.ndim else b.reshape(1, 1))
 
 
 def _ctc(seq: np.ndarray) -> tuple:
@@ -85,59 +59,18 @@ def _ctc(seq: np.ndarray) -> tuple:
     return tuple(out)
 
 
-def ctc_agree(pairs, time_first=False, **_):
-    same = total = 0
-    for a, b in pairs:
-        if time_first:  # [T, N, C] -> [N, T, C]
-            a, b = np.moveaxis(a, 0, 1), np.moveaxis(b, 0, 1)
-        a3 = a.reshape(-1, a.shape[-2], a.shape[-1])
-        b3 = b.reshape(-1, b.shape[-2], b.shape[-1])
-        for x, y in zip(a3, b3):
-            same += _ctc(x) == _ctc(y)
-            total += 1
-    return same / max(total, 1)
+# ---- one definition per metric: each figure is a ratio of sums over held-out samples ------------------------------
+# `_terms` gives one (original, pruned) pair's (numerator, denominator): agreeing rows / rows, intersection / union,
+# squared error / squared reference, ...; a figure sums them over the pairs (`_finish`). A bootstrap over the held-out
+# samples (`meets_share`) resamples the same terms.
 
-
-def exact_agree(pairs, **_):
-    same = total = 0
-    for a, b in pairs:
-        n = a.shape[0] if a.ndim else 1
-        a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
-        same += int((a2 == b2).all(axis=1).sum())
-        total += n
-    return same / max(total, 1)
-
-
-def rel_l2(pairs, **_):
-    num = den = 0.0
-    for a, b in pairs:
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        num += float(((b64 - a64) ** 2).sum())
-        den += float((a64 ** 2).sum())
-    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
-
-
-def cosine(pairs, **_):
-    sims = []
-    for a, b in _rows(pairs):
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
-        sims.append((a64 * b64).sum(1) / np.maximum(na * nb, 1e-30))
-    return float(np.concatenate(sims).mean())
-
-
-# ---- held-out noise: is a figure outside its bar beyond what a held-out set of this size can tell? ----------------
-# Each figure above is a ratio of sums over samples (agreeing rows / rows, intersection / union, squared error /
-# squared reference, ...). `_terms` gives one sample's (numerator, denominator); a bootstrap over the held-out samples
-# then says how often a resampled set of the same size would put the figure on the passing side of the bar.
-
-def _unit_terms(metric: str, a: np.ndarray, b: np.ndarray, threshold: float = 0.5, time_first: bool = False):
-    """(numerator, denominator) of `metric` on one held-out sample (or one feed)."""
-    if metric in ("top1_agree", "cosine"):
-        rows = list(_rows([(a, b)]))[0]
-        if metric == "top1_agree":
-            return float((rows[0].argmax(-1) == rows[1].argmax(-1)).sum()), float(rows[0].shape[0])
-        x, y = rows[0].astype(np.float64), rows[1].astype(np.float64)
+def _terms(metric: str, a: np.ndarray, b: np.ndarray, threshold: float = 0.5, time_first: bool = False):
+    """(numerator, denominator) of `metric` on one pair of outputs (a batch, a feed or one sample)."""
+    if metric == "top1_agree":
+        x, y = _rows(a, b)
+        return float((x.argmax(-1) == y.argmax(-1)).sum()), float(x.shape[0])
+    if metric == "cosine":
+        x, y = (r.astype(np.float64) for r in _rows(a, b))
         sims = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-30)
         return float(sims.sum()), float(len(sims))
     if metric == "thresh_agree":
@@ -146,10 +79,13 @@ def _unit_terms(metric: str, a: np.ndarray, b: np.ndarray, threshold: float = 0.
         ma, mb = a > threshold, b > threshold
         return float((ma & mb).sum()), float((ma | mb).sum())
     if metric == "ctc_agree":
-        n = a.size // (a.shape[0 if time_first else -2] * a.shape[-1])  # sequences in it
-        return ctc_agree([(a, b)], time_first=time_first) * n, float(n)
+        if time_first:  # [T, N, C] -> [N, T, C]
+            a, b = np.moveaxis(a, 0, 1), np.moveaxis(b, 0, 1)
+        a3, b3 = a.reshape(-1, a.shape[-2], a.shape[-1]), b.reshape(-1, b.shape[-2], b.shape[-1])
+        return float(sum(_ctc(x) == _ctc(y) for x, y in zip(a3, b3))), float(len(a3))
     if metric == "exact_agree":
-        return exact_agree([(a, b)]) * (a.shape[0] if a.ndim else 1), float(a.shape[0] if a.ndim else 1)
+        n = a.shape[0] if a.ndim else 1
+        return float((a.reshape(n, -1) == b.reshape(n, -1)).all(axis=1).sum()), float(n)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)  # rel_l2
     return float(((b64 - a64) ** 2).sum()), float((a64 ** 2).sum())
 
@@ -161,6 +97,12 @@ def _finish(metric: str, num, den):
     if metric == "mask_iou":
         return np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
     return num / np.maximum(den, 1.0)
+
+
+def figure(metric: str, pairs, threshold: float = 0.5, time_first: bool = False) -> float:
+    """`metric` over all pairs at once (the sums pooled, then the ratio)."""
+    terms = [_terms(metric, a, b, threshold, time_first) for a, b in pairs]
+    return float(_finish(metric, sum(t[0] for t in terms), sum(t[1] for t in terms)))
 
 
 def units(pairs, *, per_feed: bool, time_first: bool = False):
@@ -184,40 +126,37 @@ def meets_share(check: dict, original: list, pruned: list, *, per_feed: bool, re
     holds its bar: about 0.5 for a figure at its bar; a figure outside its bar with a share under 0.05 is beyond
     what the held-out set's own sampling noise explains (a one-sided 95% percentile test). NaN when the shapes
     differ."""
-    pairs = [(take(as_array(a), check.get("slice")), take(as_array(b), check.get("slice")))
-             for a, b in zip(original, pruned)]
-    if any(a.shape != b.shape for a, b in pairs):
+    pairs = _pairs(check, original, pruned)
+    if pairs is None:
         return float("nan")
     kw = {"threshold": check.get("threshold", 0.5), "time_first": check.get("time_first", False)}
-    terms = np.array([_unit_terms(check["metric"], a, b, **kw)
+    terms = np.array([_terms(check["metric"], a, b, **kw)
                       for a, b in units(pairs, per_feed=per_feed, time_first=kw["time_first"])], dtype=np.float64)
     n = len(terms)
     if n == 0:
         return float("nan")
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
     figures = _finish(check["metric"], counts @ terms[:, 0], counts @ terms[:, 1])
-    higher = METRICS[check["metric"]][1]
+    higher = METRICS[check["metric"]]
     return float(np.mean(figures >= check["bar"] if higher else figures <= check["bar"]))
 
 
-# name -> (function, higher_is_better)
-METRICS = {
-    "top1_agree": (top1_agree, True),
-    "thresh_agree": (thresh_agree, True),
-    "mask_iou": (mask_iou, True),
-    "ctc_agree": (ctc_agree, True),
-    "exact_agree": (exact_agree, True),
-    "rel_l2": (rel_l2, False),
-    "cosine": (cosine, True),
-}
+# name -> higher is better
+METRICS = {"top1_agree": True, "thresh_agree": True, "mask_iou": True, "ctc_agree": True, "exact_agree": True,
+           "rel_l2": False, "cosine": True}
+
+
+def _pairs(check: dict, original: list, pruned: list):
+    """The check's (original, pruned) arrays per feed, sliced as it says; None when their shapes differ."""
+    pairs = [(take(as_array(a), check.get("slice")), take(as_array(b), check.get("slice")))
+             for a, b in zip(original, pruned)]
+    return None if any(a.shape != b.shape for a, b in pairs) else pairs
 
 
 def score(check: dict, original: list, pruned: list) -> tuple[float, bool]:
     """(figure, passed) of one card check over per-feed output lists of the original and the pruned model."""
-    fn, higher = METRICS[check["metric"]]
-    pairs = [(take(as_array(a), check.get("slice")), take(as_array(b), check.get("slice")))
-             for a, b in zip(original, pruned)]
-    if any(a.shape != b.shape for a, b in pairs):
+    pairs = _pairs(check, original, pruned)
+    if pairs is None:
         return float("nan"), False
-    figure = fn(pairs, threshold=check.get("threshold", 0.5), time_first=check.get("time_first", False))
-    return figure, (figure >= check["bar"]) if higher else (figure <= check["bar"])
+    value = figure(check["metric"], pairs, check.get("threshold", 0.5), check.get("time_first", False))
+    return value, (value >= check["bar"]) if METRICS[check["metric"]] else (value <= check["bar"])

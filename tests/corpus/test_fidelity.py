@@ -78,7 +78,7 @@ _CHECKS = [("top1_agree", {}), ("thresh_agree", {}), ("mask_iou", {}), ("exact_a
 
 @pytest.mark.parametrize("metric,extra", _CHECKS)
 @pytest.mark.parametrize("per_feed", [False, True])
-def test_unit_terms_add_up_to_the_figure(metric, extra, per_feed):
+def test_sample_terms_add_up_to_the_figure(metric, extra, per_feed):
     """The bootstrap resamples samples through their (numerator, denominator): summed over all samples once, they
     give exactly the metric's own figure, for stacked batches and for one feed per sample."""
     rng = np.random.default_rng(1)
@@ -92,7 +92,7 @@ def test_unit_terms_add_up_to_the_figure(metric, extra, per_feed):
     check = {"output": "y", "metric": metric, "bar": 0.5, **extra}
     fig, _ = fid.score(check, original, pruned)
     tf = extra.get("time_first", False)
-    terms = np.array([fid._unit_terms(metric, a, b, time_first=tf)
+    terms = np.array([fid._terms(metric, a, b, time_first=tf)
                       for a, b in fid.units(list(zip(original, pruned)), per_feed=per_feed, time_first=tf)])
     assert float(fid._finish(metric, terms[:, 0].sum(), terms[:, 1].sum())) == pytest.approx(fig)
 
