@@ -239,6 +239,9 @@ def _parse_levels(text: str | None):
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
 @click.option("--max-loss", type=float, help="Accuracy budget (pp): with training data, the automatic search "
               "(prune, retrain, remove neurons) returns the smallest, fastest model within it.")
+@click.option("--confidence", type=float, help="With --max-loss: how sure the decision rule must be that a model is "
+              "within the budget (one-sided; default about 0.84, one standard error). 0.95 needs more data to prune "
+              "as far, and the run says how many samples.")
 @click.option("--val-data", type=str, help="Decision set for --max-loss, never trained on (default: every 10th "
               "sample of --data).")
 @click.option("--one-shot", is_flag=True, help="With --max-loss: the sensitivity-scan search only, no retraining.")

@@ -52,7 +52,12 @@ def run(source, config: RunConfig, progress: Progress | None = None) -> PruneRes
     runtime.use_device(config.retrain.device, distributed.local_rank())  # every onnxruntime session; cuda w/o GPU fails
     backend = distributed.setup(config.retrain.device)  # torchrun's processes join here; alone: nothing happens
     state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None))
-    run_steps(build_plan(config), state, is_main=backend.is_main)
+    from onnxprune.converter.auto.decide import decision_scope
+
+    with decision_scope(config.budget.confidence):  # every decision rule of the run takes --confidence's margin
+        run_steps(build_plan(config), state, is_main=backend.is_main)
+    if config.budget.confidence is not None:
+        state.report["confidence"] = config.budget.confidence
     if not backend.is_main:
         return None
     state.report.update(backend.report())  # world_size, samples per process

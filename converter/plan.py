@@ -76,6 +76,8 @@ class RunConfig:
                 raise ConfigError("--max-loss needs data to measure the loss on; pass --data FILE.npz.")
         elif t.sparsity is None and t.quality is None and not t.layers:
             raise ConfigError("nothing to prune: pass one of --sparsity, --quality, --layer NAME=S or --max-loss.")
+        if b.confidence is not None and b.max_loss is None:
+            raise ConfigError("--confidence sets how sure --max-loss's decisions are; add --max-loss (and --data).")
         from onnxprune.passes.criteria import check_criterion
 
         check_criterion(t.criterion, has_data=d.data is not None)

@@ -55,6 +55,7 @@ changes one class more than a budget finer than that is never accepted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from statistics import NormalDist
@@ -69,7 +70,34 @@ from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-Z = 1.0  # margin in standard errors
+Z = 1.0  # margin in standard errors: the default, one-sided about 84% (--confidence sets another for a run)
+_RUN_Z = [Z]  # the run's margin (decision_scope); every rule built without an explicit z takes it
+
+
+def confidence_z(confidence: float | None) -> float:
+    """The margin in standard errors of a one-sided `confidence` (0.95 -> 1.645); None -> Z (about 84%)."""
+    if confidence is None:
+        return Z
+    if not 0.5 < confidence < 1.0:
+        raise ConfigError(f"--confidence {confidence:g} must be between 0.5 and 1 (e.g. 0.95); the default, about "
+                          "0.84, is one standard error.")
+    return NormalDist().inv_cdf(confidence)
+
+
+def current_z() -> float:
+    return _RUN_Z[0]
+
+
+@contextlib.contextmanager
+def decision_scope(confidence: float | None):
+    """Every decision rule built inside takes the margin of `confidence` (None: Z); the API may convert several
+    models in one process, so the setting ends with the run."""
+    before = _RUN_Z[0]
+    _RUN_Z[0] = confidence_z(confidence)
+    try:
+        yield
+    finally:
+        _RUN_Z[0] = before
 NEAR_PERFECT = 0.995  # dense accuracy on the decision set at or above this: probably the model's training data
 
 
@@ -233,8 +261,8 @@ class _OutputRule:
             se = 100.0 * math.sqrt(var / n) if n > 1 or noise is not None else (0.0 if n else float("inf"))
             if self.form.paired and self.budget > 0:  # an upper bound within the budget, as for fidelity metrics
                 limit = self.budget - self.strictness * self.z * se
-            elif self.form.paired:  # --max-loss 0: no loss beyond the noise; a stricter rule forgives less
-                limit = self.z * se / self.strictness
+            elif self.form.paired:  # --max-loss 0: no loss beyond the noise, at 1 SE (a larger margin would forgive
+                limit = min(self.z, Z) * se / self.strictness  # more: --confidence does not widen it); stricter: less
             elif self.form.is_binary(j) and n:  # Wilson's upper bound: never zero-width (see the docstring)
                 share = float(col.mean())
                 if self.resolves():
@@ -261,12 +289,13 @@ class BudgetRule:
     budget (Wilson's bound at strictness·Z for a share of changed samples). (A larger `z` would loosen a paired
     rule.)"""
 
-    def __init__(self, evaluator, budget_pp: float, *, z: float = Z, strictness: float = 1.0):
+    def __init__(self, evaluator, budget_pp: float, *, z: float | None = None, strictness: float = 1.0):
         if budget_pp < 0 or not math.isfinite(budget_pp):
             raise ConfigError(f"--max-loss {budget_pp} must be a finite number of percentage points >= 0.")
         unknown = [k for k in evaluator.plan.values() if k not in PER_SAMPLE]
         if unknown:
             raise ConfigError(f"metric '{unknown[0]}' has no per-sample form; use one of {', '.join(PER_SAMPLE)}.")
+        z = current_z() if z is None else z
         self.evaluator, self.budget, self.z = evaluator, float(budget_pp), z
         if not strictness >= 1.0:
             raise ConfigError(f"a decision rule's strictness must be >= 1 (got {strictness}); 1 is the rule itself.")
@@ -344,9 +373,10 @@ class BudgetRule:
         fidelity = [k for k in kinds if not PER_SAMPLE[k].paired]
         rules = []
         if paired:
-            rules.append(f"{'/'.join(paired)}: paired loss + {self.z:g} standard error of the paired difference <= "
+            rules.append(f"{'/'.join(paired)}: paired loss + {self.z:.3g} standard error of the paired difference <= "
                          f"{self.budget:g} pp" if self.budget > 0 else
-                         f"{'/'.join(paired)}: paired loss <= {self.z:g} standard error of the paired difference "
+                         f"{'/'.join(paired)}: paired loss <= {min(self.z, Z):g} standard error of the paired "
+                         "difference "
                          "(no loss beyond the noise)")
         if "expected_accuracy" in paired:
             rules[-1] += (" (expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
@@ -354,7 +384,7 @@ class BudgetRule:
         if fidelity:
             binary = any(r.form.is_binary(p) for r in self.outputs if r.kind in fidelity
                          for p in range(len(r.form.parts)))
-            rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:g} "
+            rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:.3g} "
                          f"standard error <= {self.budget:g} pp"
                          + (" (Wilson's bound for a share of changed samples)" if binary else ""))
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often

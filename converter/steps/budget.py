@@ -17,10 +17,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class BudgetConfig(StepConfig):
     max_loss: float | None = None  # percentage points of the metric
+    confidence: float | None = None  # one-sided confidence of the decision rule's bound; None: 1 SE (about 84%)
 
     def validate(self) -> None:
         if self.max_loss is not None and not 0 <= self.max_loss <= 100:
             raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
+        if self.confidence is not None:
+            from onnxprune.converter.auto.decide import confidence_z
+
+            confidence_z(self.confidence)  # its one-line error when outside (0.5, 1)
 
 
 class _Choose(Step):

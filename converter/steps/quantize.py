@@ -165,13 +165,13 @@ class QuantizeStep(Step):
         the run's own final check uses (1 SE after the automatic search and after the one-shot fit, which both
         decide by the rule; none after --iterations' budget search, whose budget-check compares the plain loss), so
         a width kept here is never refused at the end."""
-        from onnxprune.converter.auto.decide import Z
+        from onnxprune.converter.auto.decide import current_z
 
         budget = self.budget.max_loss if self.budget is not None else None
         if budget is None:
-            return PairedRule(state.data.calibration, 0.0, state.pruned, z=Z)
+            return PairedRule(state.data.calibration, 0.0, state.pruned, z=current_z())
         ruled = (state.auto or {}).get("decision") is not None or "rule" in (state.allocation or {})
-        return PairedRule(state.data.calibration, budget, None, z=Z if ruled else 0.0)
+        return PairedRule(state.data.calibration, budget, None, z=current_z() if ruled else 0.0)
 
     def _reader(self, state: RunState):
         return state.data.train_reader(batch_size=self._settings(state).batch_size)
@@ -212,10 +212,10 @@ class PairedRule:
     reference exactly passes)."""
 
     def __init__(self, evaluator, budget_pp: float, reference=None, *, z: float | None = None):
-        from onnxprune.converter.auto.decide import Z, BudgetRule
+        from onnxprune.converter.auto.decide import BudgetRule
 
         self.evaluator, self.budget_pp = evaluator, budget_pp
-        self._rule = BudgetRule(evaluator, budget_pp, z=Z if z is None else z)
+        self._rule = BudgetRule(evaluator, budget_pp, z=z)
         self.against = "the dense input model" if reference is None else "the model before quantization"
         if reference is not None:
             values = self._rule.values(list(evaluator.run_all(reference)))

@@ -200,3 +200,21 @@ def test_with_labels_on_small_data_retraining_distils_and_the_labels_judge():
     model, data = self_labelled(hidden=(32, 16), model_seed=7, n=2000, data_seed=2)
     result = run(model, configure(max_loss=1.0, data=data, seed=0, time_budget="40s", recovery="sgd"))
     assert result.report["auto"]["choices"]["loss"]["value"] == "ce+distill"
+
+
+def test_confidence_asks_the_rule_for_more_and_the_run_says_how_many_samples_would_do():
+    """240 label-free samples (one-shot: all of them decide) certify 1 pp of changed classes at the default margin
+    (about 84%), not at --confidence 0.95 (Wilson's bound with none changed: 1.645²/(240 + 1.645²) = 1.11 pp): the
+    input model is kept, and the run names the samples that would certify it. The setting ends with the run."""
+    from onnxprune.converter.auto.decide import Z, current_z
+
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=240, data_seed=2)
+    feed = {"input": data["input"]}
+    sure = run(model, configure(max_loss=1.0, data=feed, seed=0, one_shot=True, confidence=0.95))
+    notes = [x for x in sure.report["notes"] if "cannot certify --max-loss 1" in x]
+    assert len(notes) == 1 and "give 268 samples to decide on" in notes[0] and "1.11 pp" in notes[0], notes
+    assert sure.report["confidence"] == 0.95 and sure.report["budget"]["met"] and current_z() == Z
+    kept = {t.name: t.raw_data for t in sure.model.graph.initializer}
+    assert all(kept[t.name] == t.raw_data for t in model.graph.initializer if t.name in kept)
+    plain = run(model, configure(max_loss=1.0, data=feed, seed=0, one_shot=True))
+    assert not any("cannot certify" in x for x in plain.report["notes"]) and "confidence" not in plain.report

@@ -277,6 +277,9 @@ def test_unwritable_output_folder_is_a_usage_error(mlp, tmp_path):
 
 BAD_OPTIONS = [
     (["--sparsity", "1.5"], "--sparsity 1.5 is outside [0, 1)"),
+    (["--max-loss", "1", "--data", "random", "--confidence", "1.2"], "--confidence 1.2 must be between 0.5 and 1"),
+    (["--max-loss", "1", "--data", "random", "--confidence", "0.5"], "--confidence 0.5 must be between 0.5 and 1"),
+    (["--sparsity", "0.5", "--confidence", "0.95"], "--confidence sets how sure --max-loss's decisions are"),
     (["--sparsity", "-0.1"], "outside [0, 1)"),
     (["--sparsity", "nan"], "outside [0, 1)"),
     (["--sparsity", "lots"], "'lots' is not a valid float"),

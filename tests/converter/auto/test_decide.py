@@ -306,3 +306,42 @@ def test_a_positive_budget_too_fine_for_the_set_certifies_nothing():
     # the warning about one-sample resolution is for label metrics now (paired); a fidelity output's is the above
     dense = np.random.default_rng(1).standard_normal((60, 10)).astype(np.float32)
     assert BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="rel_l2"), 1.0).warnings() == []
+
+
+def test_confidence_sets_the_margin_of_every_rule_built_in_its_scope():
+    """--confidence 0.95 is 1.645 standard errors (one-sided); the default is Z = 1 (about 84%). Rules built inside
+    decision_scope take it, the scope ends with the run, and an explicit z still wins."""
+    from onnxprune.converter.auto.decide import Z, confidence_z, current_z, decision_scope
+
+    assert confidence_z(None) == Z == 1.0 and confidence_z(0.95) == pytest.approx(1.6449, abs=1e-4)
+    for bad in (0.5, 1.0, 1.5, 0.2):
+        with pytest.raises(ConfigError, match=f"--confidence {bad:g} must be between 0.5 and 1"):
+            confidence_z(bad)
+    dense = np.random.default_rng(0).standard_normal((240, 10)).astype(np.float32)
+    ev = FakeEvaluator(halves(dense), [None, None], metric="agreement")
+    with decision_scope(0.95):
+        rule = BudgetRule(ev, 1.0)
+        assert rule.z == pytest.approx(1.6449, abs=1e-4) and BudgetRule(ev, 1.0, z=1.0).z == 1.0
+        assert "about 95% confidence" in rule.statement(), rule.statement()
+        # 240 samples, none changed: Wilson's bound at 1.645 is z²/(n + z²) = 1.11 pp > 1 pp: nothing certifiable
+        z2 = confidence_z(0.95) ** 2
+        assert rule.uncertifiable().startswith("240 samples cannot certify --max-loss 1")
+        assert f"give {math.ceil(100 * z2 - z2)} samples to decide on" in rule.uncertifiable()
+    assert current_z() == Z and "about 84% confidence" in BudgetRule(ev, 1.0).statement()
+    assert BudgetRule(ev, 1.0).uncertifiable() is None
+
+
+def test_confidence_does_not_widen_the_no_loss_test_of_a_zero_budget():
+    """--max-loss 0 with labels accepts a loss within the noise (L <= 1 SE); a larger margin would forgive more, so
+    it stays at one standard error whatever --confidence says."""
+    from onnxprune.converter.auto.decide import decision_scope
+
+    ev, labels, dense = setup()
+    worse = dense.copy()
+    worse[500:515] = (labels[500:515] + 1) % 10  # 15 more wrong of 1,000: 1.5 pp, SE ~0.38 pp
+    outs = [logits_for(worse[:500]), logits_for(worse[500:])]
+    plain = BudgetRule(ev, 0.0).judge(outs)
+    with decision_scope(0.99):
+        sure = BudgetRule(ev, 0.0).judge(outs)
+        assert "paired loss <= 1 standard error" in BudgetRule(ev, 0.0).statement()
+    assert sure.limit_pp == pytest.approx(plain.limit_pp) and not sure.within
