@@ -151,8 +151,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
-         (probabilities, or a class name): a face detector's [N, 4] box offsets beside its [N, 2] softmax are not
-         four classes. A model whose outputs are all unnamed logits keeps agreement for each.
+         (probabilities, a binary_prob score, or a class name): a face detector's [N, 4] box offsets beside its
+         [N, 2] softmax are not four classes. A model whose outputs are all unnamed logits keeps agreement for each.
       7. an rel_l2 output of 3 or more axes whose channels (axis 1, when it is the shorter side of a sample) differ
          in RMS by more than SCALE_SPREAD is scored per channel, each sample by its worst channel: YOLOv8's
          [N, 4 + classes, anchors] packs pixel coordinates beside probabilities, and one relative error over the

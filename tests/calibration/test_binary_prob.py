@@ -44,6 +44,10 @@ def test_a_sigmoid_score_gets_binary_prob_and_a_regression_keeps_rel_l2():
     assert auto_kind("prob", np.array([[0.1, 0.9]], np.float32), bounded=True) == "prob"  # [N, 2]: rule 4 as before
     assert auto_kinds({"53": scores, "stateN": np.ones((2, 3, 4), np.float32)}, bounded={"53"}) == \
         {"53": "binary_prob", "stateN": "rel_l2"}
+    # rule 6: four unnamed values beside a sigmoid score are box offsets, not four classes
+    offsets = np.array([[0.3, -1.2, 2.0, 0.1]] * 3, np.float32)
+    assert auto_kinds({"dense_2": offsets, "53": scores}, bounded={"53"}) == {"dense_2": "rel_l2", "53": "binary_prob"}
+    assert auto_kinds({"dense_2": offsets, "53": scores}) == {"dense_2": "agreement", "53": "rel_l2"}
 
 
 def test_the_graph_evidence_follows_ifs_and_reshapes_to_a_sigmoid():
