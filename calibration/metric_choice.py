@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx
@@ -22,6 +22,9 @@ _PROB_TOL = 1e-3  # rows summing to 1 within this (and values in [0, 1]) are pro
 _EMBEDDING_NAMES = re.compile(r"embed|pool|sentence|hidden|feature|vector|encod|latent", re.I)
 _REGRESSION_NAMES = re.compile(r"box|loc|regress|delta|offset|landmark|coord|kps|depth|disp", re.I)
 _CLASS_NAMES = re.compile(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax", re.I)
+# Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
+# in [0, 1] too).
+_PROBABILITY_NAMES = re.compile(r"prob|sigmoid", re.I)
 
 def _is_probability(arr: np.ndarray) -> bool:
     """Values in [0, 1] that sum to 1 over the last axis."""
@@ -38,13 +41,21 @@ def _is_class_map(arr: np.ndarray, name: str) -> bool:
     return _is_probability(np.moveaxis(arr, 1, -1)) or bool(_CLASS_NAMES.search(name) and arr.shape[1] < arr.shape[-1])
 
 
-def auto_kind(name: str, value) -> str:
-    """The metric that fits one output, from its dense value (first batch) and its name.
+def _is_unit_interval(arr: np.ndarray) -> bool:
+    return arr.size > 0 and bool(np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0)
+
+
+def auto_kind(name: str, value, *, bounded: bool = False) -> str:
+    """The metric that fits one output, from its dense value (first batch) and its name; `bounded`: the graph makes
+    it a probability (`probability_outputs`: a Sigmoid, through reshapes, means and If branches).
 
     Rules, first match wins:
       1. a sequence of maps (ZipMap) -> prob when it holds probabilities, else rel_l2; other non-float values
          (int labels, strings, bools) -> exact;
-      2. one number per sample ([N], [N, 1], scalars) -> rel_l2 (regression);
+      2. one number per sample ([N], [N, 1], scalars) -> binary_prob when it is a probability: every value in
+         [0, 1], the graph bounds it there (`bounded`) or its name says so (prob, sigmoid), and its name does not
+         say regression or embedding (rule 3's words: a [0, 1] target named 'depth' stays rel_l2); else rel_l2
+         (regression);
       3. the name says embedding (embed, pool, hidden, feature, ...) -> cosine; it says regression (box, loc,
          delta, landmark, ...) -> rel_l2;
       4. [N, C] -> prob when the rows are probabilities, else agreement (class scores, logits);
@@ -63,7 +74,9 @@ def auto_kind(name: str, value) -> str:
     if arr.dtype.kind not in "fc":
         return "exact"
     if arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1):
-        return "rel_l2"
+        evident = bounded or bool(_PROBABILITY_NAMES.search(name))
+        plain = not (_REGRESSION_NAMES.search(name) or _EMBEDDING_NAMES.search(name))
+        return "binary_prob" if evident and plain and _is_unit_interval(arr) else "rel_l2"
     if _EMBEDDING_NAMES.search(name):
         return "cosine"
     if _REGRESSION_NAMES.search(name):
@@ -75,6 +88,47 @@ def auto_kind(name: str, value) -> str:
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):
         return "ctc_agreement" if _ctc_like(arr) else "seq_agreement"
     return "rel_l2"
+
+
+# Ops whose output lies in [0, 1] whatever their input; ops that keep their (first | every) input's values, a subset
+# of them or their means and extremes, so that a probability stays one.
+_UNIT_SOURCES = {"Sigmoid", "HardSigmoid", "Softmax"}
+_KEEP_FIRST = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice", "Gather", "Expand",
+               "Cast", "ReduceMean", "ReduceMax", "ReduceMin"}
+_KEEP_ALL = {"Concat", "Max", "Min", "Mean"}
+
+
+def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are probabilities by construction: produced by a Sigmoid (HardSigmoid, Softmax) through
+    ops that keep values in [0, 1] (reshapes, slices, casts, means, max/min, concatenations of such) and through
+    both branches of an If. silero VAD: Sigmoid -> If(Squeeze | Identity) -> ReduceMean -> Unsqueeze -> If ->
+    Identity; openWakeWord: If(Sigmoid | Sigmoid). Anything else (a Gemm, a graph input, a Loop) is not."""
+    if model is None:
+        return frozenset()
+    scopes = [_producers(model.graph)]
+    return frozenset(o.name for o in model.graph.output if _bounded(o.name, scopes, 0))
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output if o}
+
+
+def _bounded(name: str, scopes: list[dict], depth: int) -> bool:
+    node = next((p[name] for p in scopes if name in p), None)  # the innermost graph that produces it
+    if node is None or depth > 256 or node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in _UNIT_SOURCES:
+        return True
+    if node.op_type in _KEEP_FIRST:
+        return bool(node.input) and _bounded(node.input[0], scopes, depth + 1)
+    if node.op_type in _KEEP_ALL:
+        return bool(node.input) and all(_bounded(i, scopes, depth + 1) for i in node.input if i)
+    if node.op_type == "If":
+        k = list(node.output).index(name)
+        branches = [a.g for a in node.attribute if a.name in ("then_branch", "else_branch")]
+        return len(branches) == 2 and all(
+            k < len(g.output) and _bounded(g.output[k].name, [_producers(g), *scopes], depth + 1) for g in branches)
+    return False
 
 
 def _ctc_like(arr: np.ndarray) -> bool:
@@ -90,14 +144,15 @@ def _ctc_like(arr: np.ndarray) -> bool:
     return len(leaders) == 1 and leaders <= {0, arr.shape[2] - 1}
 
 
-def auto_kinds(values: Mapping[str, object], *, quiet: bool = False) -> dict[str, str]:
-    """The metric of every output, from all the dense outputs at once: `auto_kind` for each, then one rule that
-    needs the others:
+def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
+               bounded: Collection[str] = ()) -> dict[str, str]:
+    """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
+    `probability_outputs` found), then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
-         (probabilities, or a class name): a face detector's [N, 4] box offsets beside its [N, 2] softmax are not
-         four classes. A model whose outputs are all unnamed logits keeps agreement for each.
+         (probabilities, a binary_prob score, or a class name): a face detector's [N, 4] box offsets beside its
+         [N, 2] softmax are not four classes. A model whose outputs are all unnamed logits keeps agreement for each.
       7. an rel_l2 output of 3 or more axes whose channels (axis 1, when it is the shorter side of a sample) differ
          in RMS by more than SCALE_SPREAD is scored per channel, each sample by its worst channel: YOLOv8's
          [N, 4 + classes, anchors] packs pixel coordinates beside probabilities, and one relative error over the
@@ -106,7 +161,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False) -> dict[str
          class no image holds has scores near 1e-5 on every anchor, and judged relative to itself every layer
          feeding it looked untouchable. Else channel_rel_l2.
     """
-    kinds = {name: auto_kind(name, value) for name, value in values.items()}
+    kinds = {name: auto_kind(name, value, bounded=name in bounded) for name, value in values.items()}
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:
@@ -150,7 +205,7 @@ def channel_scale_spread(value) -> float | None:
 
 
 def _holds_classes(name: str, kind: str) -> bool:
-    return (kind in ("prob", "seq_agreement", "map_iou", "ctc_agreement")
+    return (kind in ("prob", "binary_prob", "seq_agreement", "map_iou", "ctc_agreement")
             or (kind == "agreement" and bool(_CLASS_NAMES.search(name))))
 
 

@@ -14,6 +14,8 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     ctc_agreement  greedy CTC decoding of [N, T, C] equals the dense one's      1% of samples change their text
     prob           min(agreement, 1 - mean_i max_c |p_ic - d_ic|)              1% of samples change class, or the mean
                                                                                    largest probability change is 0.01
+    binary_prob    prob over [1 - p, p]: min(share of samples on the same      1% of samples cross 0.5, or the mean
+                   side of 0.5, 1 - mean_i |p_i - d_i|)  (sigmoid [N, 1])          probability change is 0.01
     rel_l2         1 - mean_i ||y_i - d_i|| / ||d_i||  (floored at 0)          mean relative L2 error of 0.01
     channel_rel_l2 1 - mean_i max_c min(1, ||y_ic - d_ic|| / ||d_ic||)         worst channel's relative error 0.01
     channel_prob   as channel_rel_l2, but a channel whose d_ic lies in [0, 1]  worst channel off by 0.01: a probability
@@ -42,7 +44,7 @@ import onnxruntime as ort
 
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec)
+                                                 parse_metric_spec, probability_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
                                                   count_samples, map_keys)
@@ -109,7 +111,7 @@ class Evaluator:
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
-                                   self.reference_all[0] if self.reference_all else ())
+                                   self.reference_all[0] if self.reference_all else (), reference_model)
             self.sample_axes = self._sample_axes()
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
@@ -153,10 +155,11 @@ class Evaluator:
         wanted = [n or sess.get_outputs()[0].name for n in self.plan]
         return tuple(sess.run(wanted, {k: v for k, v in feeds.items() if k in names}))
 
-    def _resolve_auto(self, first: Callable[[], tuple]) -> None:
-        """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are)."""
-        if AUTO in self.plan.values():
-            chosen = auto_kinds(dict(zip(self.plan, first())))  # every output at once: a head beside the others
+    def _resolve_auto(self, first: Callable[[], tuple], model: onnx.ModelProto | None = None) -> None:
+        """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are) and
+        the graph (which outputs it makes probabilities)."""
+        if AUTO in self.plan.values():  # every output at once: a head beside the others
+            chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model))
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]

@@ -145,6 +145,16 @@ def _prob(out, ref, labels):
     return np.stack([(_top1(out) == _top1(ref)).astype(np.float64), change], axis=1), _ones(_n(out))
 
 
+def _binary_prob(out, ref, labels):
+    """Per sample, `prob` over the two classes [1 - p, p] of each of its values p (a sigmoid score: a wake word, a
+    voice-activity or a binary classifier's one probability per sample): 1 while every value stays on its side of
+    0.5 (positive when p > 0.5, as argmax over [1 - p, p] reads it), and the largest absolute change max_k
+    |y_ik - d_ik| (1 pp = 0.01 of probability). One value per sample ([N], [N, 1]) is what it is chosen for."""
+    a, b = _per_sample(out), _per_sample(ref)
+    same = ((a > 0.5) == (b > 0.5)).all(axis=1)
+    return np.stack([same.astype(np.float64), np.abs(a - b).max(axis=1, initial=0.0)], axis=1), _ones(_n(out))
+
+
 def _expected_accuracy(out, ref, labels):
     """Per sample, p_i[argmax y_i]: the chance that the candidate's class is right when the label is drawn from the
     input model's probabilities p_i (its softmax; its output as is when the rows already are probabilities). Its
@@ -234,6 +244,9 @@ METRICS: dict[str, Metric] = {
                             "dropped)"),
     "prob": Metric(_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
                    "1% of samples change class, or a mean largest probability change of 0.01", (False, True)),
+    "binary_prob": Metric(_binary_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
+                          "1% of samples cross 0.5, or a mean probability change of 0.01 (1 percentage point)",
+                          (False, True)),
     # the loss is 0 on every sample whose class is unchanged, so (as for agreement) a clean subset bounds nothing
     "expected_accuracy": Metric(_expected_accuracy, lambda s, n: s[0] / n, False,
                                 "the input model's probabilities expect 1% of samples to lose their right class",

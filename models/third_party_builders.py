@@ -18,6 +18,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         'probabilities' [N, C] and their ArgMax 'label' int64 [N] (a torch model returning both)
     yolo_head           YOLOv8's one output 'output0' [N, 4 + classes, anchors]: box coordinates in pixels beside
                         sigmoid class scores, most classes absent (scores near 1e-5 on every anchor)
+    wake_word           openWakeWord's verifier layout: one sigmoid score [N, 1] per sample, returned through an If
+                        whose two branches both end in the Sigmoid; its output named '53' (the name says nothing)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -306,3 +308,24 @@ def yolo_head(*, channels: int = 3, width: int = 8, size: int = 8, classes: int 
     g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["output0"], name="/head/Reshape"))
     return _model(g, "yolo_head", [_float("image", [BATCH, channels, size, size])],
                   [_float("output0", [BATCH, 4 + classes, size * size])])
+
+
+def wake_word(*, in_features: int = 8, hidden: int = 16, name: str = "53", sigmoid: bool = True,
+              seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> Sigmoid -> If(max(input) >= 100: Sigmoid again of the fc output | Identity of
+    the outer Sigmoid) -> `name` [N, 1], as openWakeWord's hey_jarvis returns its score (output '53'). The If's
+    condition is false on ordinary inputs (the else branch runs). `sigmoid=False` leaves the Sigmoid out (a plain
+    regression head, [N, 1] through the same If)."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    logit = g.matmul(x, "fc2", hidden, 1)
+    score = g.op("Sigmoid", "out", [logit]) if sigmoid else g.op("Identity", "out", [logit])
+    peak = g.op("ReduceMax", "gate", ["input"], keepdims=0)
+    cond = g.op("GreaterOrEqual", "gate", [peak, g.const("gate.level", np.array(100.0))])
+    then_out, else_out = f"{name}.then", f"{name}.else"
+    then_g = helper.make_graph([helper.make_node("Sigmoid" if sigmoid else "Identity", [logit], [then_out])],
+                               "then", [], [_float(then_out, None)])
+    else_g = helper.make_graph([helper.make_node("Identity", [score], [else_out])], "else", [],
+                               [_float(else_out, None)])
+    g.nodes.append(helper.make_node("If", [cond], [name], name="/gate/If", then_branch=then_g, else_branch=else_g))
+    return _model(g, "wake_word", [_float("input", [BATCH, in_features])], [_float(name, [BATCH, 1])])

@@ -25,17 +25,18 @@ expected_accuracy (label-free, paired against the input model's own probabilitie
     for a calibrated input model, what the accuracy rule above decides in expectation (E d_lab = d_i, E d_lab^2 =
     p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
 
-fidelity metrics (agreement, seq_agreement, map_iou, ctc_agreement, prob, rel_l2, channel_rel_l2, channel_prob,
-cosine, exact: the candidate against the dense model):
+fidelity metrics (agreement, seq_agreement, map_iou, ctc_agreement, prob, binary_prob, rel_l2, channel_rel_l2,
+channel_prob, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
     the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
     budget instead, so what a search selects on this set (the best of many candidates) is not noise that held-out
-    data would not repeat. A metric of two parts (prob: class changes and probability changes) has each bounded.
-    A part that is 0 or 1 per sample (a changed class: agreement, exact, prob's first part) is bounded by Wilson's
-    score interval at Z instead: the share k/n plus Z·SE is zero-wide when no sample changed, and a search that tries
-    many candidates then keeps one that changed none of these n samples by luck (torch_gru_legacy, 180 decision
-    samples, the refit's per-layer phase: none changed, 1.8% of 1,000 held-out images did). Wilson's bound at k = 0
+    data would not repeat. A metric of two parts (prob, binary_prob: class changes and probability changes) has
+    each bounded. A part that is 0 or 1 per sample (a changed class: agreement, exact, the first part of prob and
+    binary_prob) is bounded by Wilson's score interval at Z instead: the share k/n plus Z·SE is zero-wide when no
+    sample changed, and a search that tries many candidates then keeps one that changed none of these n samples by
+    luck (torch_gru_legacy, 180 decision samples, the refit's per-layer phase: none changed, 1.8% of 1,000 held-out
+    images did). Wilson's bound at k = 0
     is Z²/(n + Z²): 0.55 pp for 180 samples at Z = 1, 2.2 pp at the per-layer phase's strictness 2. A budget under that
     bound cannot be certified by any candidate. For --max-loss 0 the part is judged at one-sample resolution, no
     changed sample (what the user asked for, and what a set can check); for a positive budget on too few samples
@@ -167,6 +168,9 @@ PER_SAMPLE: dict[str, PerSample] = {
     "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),
                       "1 if its class changed; and its largest probability change (each bounded)",
                       binary=(True, False)),
+    "binary_prob": PerSample(_form("binary_prob", False), False, ("crossed 0.5", "probability change"),
+                             "1 if its probability crossed 0.5; and its absolute probability change (each bounded)",
+                             binary=(True, False)),
     "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
     "channel_rel_l2": PerSample(_form("channel_rel_l2", False), False, ("relative error per channel",),
                                 "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),

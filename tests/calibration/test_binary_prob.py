@@ -1,0 +1,165 @@
+"""binary_prob: one probability per sample (a sigmoid score: wake word, voice activity, a binary classifier) judged as
+a probability, prob over the two classes [1 - p, p]: decisions that cross 0.5 (Wilson-bounded) and the mean absolute
+probability change (1 pp = 0.01 of probability), not its error relative to itself."""
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from onnxprune.calibration.metric_choice import auto_kind, auto_kinds, probability_outputs
+from onnxprune.calibration.metrics import METRICS, Evaluator
+from onnxprune.calibration.output_metrics import mismatch_samples
+from onnxprune.calibration.readers import open_data
+from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule, wilson_upper
+from onnxprune.models import third_party_builders as tb
+
+X = 3.0 * np.random.default_rng(3).standard_normal((400, 8)).astype(np.float32)
+
+
+def loss_pp(kind, out, ref):
+    return 100.0 * (1.0 - METRICS[kind].finish(*METRICS[kind].batch(out, ref, None)))
+
+
+def user_check(y, d):
+    """What docs/metrics.md tells a user to compute: the larger of the share of samples on the other side of 0.5 and
+    the mean absolute probability change, in pp."""
+    y, d = np.ravel(y).astype(np.float64), np.ravel(d).astype(np.float64)
+    return 100.0 * max(float(((y > 0.5) != (d > 0.5)).mean()), float(np.abs(y - d).mean()))
+
+
+def test_a_sigmoid_score_gets_binary_prob_and_a_regression_keeps_rel_l2():
+    scores = np.array([[0.01], [0.3], [0.97]], np.float32)
+    assert auto_kind("53", scores, bounded=True) == "binary_prob"  # the graph says Sigmoid
+    assert auto_kind("speech_prob", scores) == "binary_prob"  # the name says probability
+    assert auto_kind("53", scores[:, 0], bounded=True) == "binary_prob"  # [N]
+    assert auto_kind("53", scores) == "rel_l2"  # values in [0, 1] alone are no evidence: a normalised target
+    assert auto_kind("score", scores) == "rel_l2"  # nor a word a quality score or a regression also uses
+    assert auto_kind("depth", scores, bounded=True) == "rel_l2"  # a regression name wins over a Sigmoid
+    assert auto_kind("embedding", scores, bounded=True) == "rel_l2"
+    assert auto_kind("prob", scores * 2, bounded=True) == "rel_l2"  # outside [0, 1]: not a probability
+    assert auto_kind("prob", np.array([[0.1, 0.9]], np.float32), bounded=True) == "prob"  # [N, 2]: rule 4 as before
+    assert auto_kinds({"53": scores, "stateN": np.ones((2, 3, 4), np.float32)}, bounded={"53"}) == \
+        {"53": "binary_prob", "stateN": "rel_l2"}
+    # rule 6: four unnamed values beside a sigmoid score are box offsets, not four classes
+    offsets = np.array([[0.3, -1.2, 2.0, 0.1]] * 3, np.float32)
+    assert auto_kinds({"dense_2": offsets, "53": scores}, bounded={"53"}) == {"dense_2": "rel_l2", "53": "binary_prob"}
+    assert auto_kinds({"dense_2": offsets, "53": scores}) == {"dense_2": "agreement", "53": "rel_l2"}
+
+
+def test_the_graph_evidence_follows_ifs_and_reshapes_to_a_sigmoid():
+    assert probability_outputs(tb.wake_word()) == {"53"}  # If(Sigmoid | Identity of the Sigmoid)
+    assert probability_outputs(tb.wake_word(sigmoid=False)) == set()
+    assert probability_outputs(tb.streaming_vad()) == {"prob"}  # Sigmoid -> Identity; stateN is an Add
+    assert probability_outputs(tb.regressor()) == set()
+    assert probability_outputs(None) == set()
+    feeds = {"input": X[:32]}
+    assert Evaluator(open_data(feeds, tb.wake_word(), batch_size=16), None, tb.wake_word()).plan == {"53": "binary_prob"}
+    plain = tb.wake_word(sigmoid=False)
+    assert Evaluator(open_data(feeds, plain, batch_size=16), None, plain).plan == {"53": "rel_l2"}
+    # a [0, 1] regression whose name says so, behind the very same Sigmoid
+    depth = tb.wake_word(name="depth")
+    assert Evaluator(open_data(feeds, depth, batch_size=16), None, depth).plan == {"depth": "rel_l2"}
+
+
+def test_per_sample_terms_add_up_to_the_figure_a_user_computes():
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0, 1, (200, 1)).astype(np.float32) ** 3  # many near-zero negatives
+    y = np.clip(d + rng.normal(0, 0.02, d.shape), 0, 1).astype(np.float32)
+    terms, counts = METRICS["binary_prob"].samples(y, d, None)
+    assert counts.tolist() == [1] * 200
+    flipped = (y > 0.5) != (d > 0.5)
+    assert terms[:, 0].tolist() == (~flipped[:, 0]).astype(float).tolist()
+    assert terms[:, 1] == pytest.approx(np.abs(y - d)[:, 0].astype(np.float64), abs=1e-7)
+    expected = user_check(y, d)
+    assert loss_pp("binary_prob", y, d) == pytest.approx(expected, rel=1e-6)
+    assert loss_pp("binary_prob", y[:, 0], d[:, 0]) == pytest.approx(expected, rel=1e-6)  # [N] alike
+    losses = PER_SAMPLE["binary_prob"].fn(y, d, None)
+    assert 100 * max(losses.mean(axis=0)) == pytest.approx(expected, rel=1e-6)
+    sums, count = (0.0, 0.0), 0
+    for lo in range(0, 200, 7):  # batch by batch, as the Evaluator sums them
+        s, c = METRICS["binary_prob"].batch(y[lo:lo + 7], d[lo:lo + 7], None)
+        sums, count = (sums[0] + s[0], sums[1] + s[1]), count + c
+    assert 100 * (1 - METRICS["binary_prob"].finish(sums, count)) == pytest.approx(expected, rel=1e-6)
+    assert mismatch_samples("binary_prob", d)[0].tolist() == [[0.0, 1.0]] * 200  # a changed shape loses all
+
+
+def test_a_negative_sample_is_judged_in_probability_points_not_relative_to_itself():
+    d = np.array([[0.01], [0.02], [0.9], [0.95]], np.float32)
+    y = d + np.array([[0.005], [0.005], [0.0], [0.0]], np.float32)  # two negatives move by half a point
+    assert loss_pp("binary_prob", y, d) == pytest.approx(0.25, rel=1e-4)  # mean change 0.0025
+    assert loss_pp("rel_l2", y, d) == pytest.approx(18.75, rel=1e-4)  # relative to themselves: 50% and 25%
+    crossed = d.copy()
+    crossed[2] = 0.49  # a positive lost: one of 4 samples crossed 0.5
+    assert loss_pp("binary_prob", crossed, d) == pytest.approx(25.0)
+
+
+def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    start = doc.index("    import numpy as np\n    def binary_prob_loss")
+    namespace = {}
+    exec(textwrap.dedent(doc[start:doc.index("\n\n", start)]), namespace)
+    rng = np.random.default_rng(4)
+    d = rng.uniform(0, 1, (300, 1)).astype(np.float32)
+    y = np.clip(d + rng.normal(0, 0.05, d.shape), 0, 1).astype(np.float32)
+    got = namespace["binary_prob_loss"](y, d)
+    assert got == pytest.approx(loss_pp("binary_prob", y, d), rel=1e-6)
+    assert got == pytest.approx(user_check(y, d), rel=1e-6)
+
+
+def _with(model, name, fn):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    t = next(t for t in out.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(t).copy()).astype(np.float32), name))
+    return out
+
+
+def _run(model):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"input": X})[0]
+
+
+def test_on_an_if_graph_the_rule_bounds_both_parts_and_matches_onnxruntime():
+    model = tb.wake_word()
+    onnx.checker.check_model(model, full_check=True)
+    ev = Evaluator(open_data({"input": X}, model, batch_size=50), None, model)
+    assert ev.plan == {"53": "binary_prob"}
+    dense = _run(model)
+    assert 0.05 < float((dense > 0.5).mean()) < 0.5  # mostly negatives, many near 0, as a wake word sees
+
+    small = _with(model, "fc2.bias", lambda b: b + 0.01)  # every score moves by at most 0.0025
+    moved = _run(small)
+    assert ev.loss_pp(ev.evaluate(small)) == pytest.approx(user_check(moved, dense), rel=1e-4)
+    decision = BudgetRule(ev, 1.0).judge(small)
+    assert decision.within
+    figures = decision.outputs["53"]
+    assert figures["loss_pp"] <= 1.0 and figures["metric"] == "binary_prob"
+
+    shifted = _with(model, "fc2.bias", lambda b: b + 0.3)  # scores up by up to 0.075: some cross 0.5
+    after = _run(shifted)
+    crossed = float(((after > 0.5) != (dense > 0.5)).mean())
+    assert 0 < crossed and np.abs(after - dense).mean() > 0.01
+    assert ev.loss_pp(ev.evaluate(shifted)) == pytest.approx(user_check(after, dense), rel=1e-4)
+    assert not BudgetRule(ev, 1.0).judge(shifted).within
+
+
+def test_crossings_are_bounded_by_wilson_even_when_the_mean_change_is_tiny():
+    model = tb.wake_word()
+    ev = Evaluator(open_data({"input": X}, model, batch_size=50), None, model)
+    dense = _run(model)
+    # 1% of the samples (4 of 400, those nearest 0.5 from above) pushed just below it: mean change ~1e-4
+    near = np.argsort(np.where(dense[:, 0] > 0.5, dense[:, 0], np.inf))[:4]
+    out = dense.copy()
+    out[near, 0] = 0.5
+    rule = BudgetRule(ev, 1.0)
+    figures = rule.judge_outputs([out[i:i + 50] for i in range(0, 400, 50)]).outputs["53"]
+    assert figures["part"] == "crossed 0.5" and not figures["within"]
+    assert figures["loss_pp"] == pytest.approx(1.0)
+    assert figures["limit_pp"] == pytest.approx(1.0 - 100 * (wilson_upper(0.01, 400, 1.0) - 0.01), abs=1e-6)
+    none = rule.judge_outputs([dense[i:i + 50] for i in range(0, 400, 50)])
+    assert none.within and none.loss_pp == 0.0
