@@ -58,7 +58,9 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
          (regression);
       3. the name says embedding (embed, pool, hidden, feature, ...) -> cosine; it says regression (box, loc,
          delta, landmark, ...) -> rel_l2;
-      4. [N, C] -> prob when the rows are probabilities, else agreement (class scores, logits);
+      4. [N, C] -> prob when the rows are probabilities; binary_prob when the graph bounds every value in [0, 1]
+         (`bounded`) and the rows are not probabilities (a multi-label sigmoid head: each label judged at 0.5, the
+         sample by its largest change); else agreement (class scores, logits);
        5. [N, C, H, W] whose channels (axis 1) hold probabilities, or whose name says class scores and whose
           axis 1 is shorter than its last (ONNX's channels-first class map of a segmentation model) ->
           map_iou (mean IoU of the class maps, argmax over axis 1);
@@ -82,7 +84,11 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
     if _REGRESSION_NAMES.search(name):
         return "rel_l2"
     if arr.ndim == 2:
-        return "prob" if _is_probability(arr) else "agreement"
+        if _is_probability(arr):
+            return "prob"
+        # a multi-label head: every value a probability of its own (a Sigmoid per label, rows not summing to 1);
+        # argmax agreement would not see a label crossing 0.5 below the top one
+        return "binary_prob" if bounded and _is_unit_interval(arr) else "agreement"
     if _is_class_map(arr, name):
         return "map_iou"
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):

@@ -329,3 +329,14 @@ def wake_word(*, in_features: int = 8, hidden: int = 16, name: str = "53", sigmo
                                [_float(else_out, None)])
     g.nodes.append(helper.make_node("If", [cond], [name], name="/gate/If", then_branch=then_g, else_branch=else_g))
     return _model(g, "wake_word", [_float("input", [BATCH, in_features])], [_float(name, [BATCH, 1])])
+
+
+def multi_label(*, in_features: int = 8, hidden: int = 16, labels: int = 6, sigmoid: bool = True,
+                seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> Sigmoid -> 'output' [N, labels]: one probability per label (a tagger).
+    `sigmoid=False`: the logits themselves (a single-label classifier's head)."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    logits = g.matmul(x, "fc2", hidden, labels)
+    g.nodes.append(helper.make_node("Sigmoid" if sigmoid else "Identity", [logits], ["output"], name="/out"))
+    return _model(g, "multi_label", [_float("input", [BATCH, in_features])], [_float("output", [BATCH, labels])])

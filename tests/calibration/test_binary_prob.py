@@ -163,3 +163,33 @@ def test_crossings_are_bounded_by_wilson_even_when_the_mean_change_is_tiny():
     assert figures["limit_pp"] == pytest.approx(1.0 - 100 * (wilson_upper(0.01, 400, 1.0) - 0.01), abs=1e-6)
     none = rule.judge_outputs([dense[i:i + 50] for i in range(0, 400, 50)])
     assert none.within and none.loss_pp == 0.0
+
+
+def test_a_multi_label_sigmoid_head_is_judged_label_by_label_not_by_its_argmax():
+    """[N, C] sigmoids (rows not summing to 1): a sample changes when any label crosses 0.5. Argmax agreement
+    missed it: here the pruned head turns a second label on in a third of the samples and keeps every argmax."""
+    model = tb.multi_label()
+    assert probability_outputs(model) == {"output"}
+    feeds = {"input": X[:64]}
+    assert Evaluator(open_data(feeds, model, batch_size=32), None, model).plan == {"output": "binary_prob"}
+    logits = tb.multi_label(sigmoid=False)
+    assert Evaluator(open_data(feeds, logits, batch_size=32), None, logits).plan == {"output": "agreement"}
+    probs = np.array([[0.9, 0.2, 0.1], [0.3, 0.6, 0.05]], np.float32)
+    assert auto_kind("output", probs, bounded=True) == "binary_prob"
+    assert auto_kind("output", probs) == "agreement"  # values in [0, 1] alone: logits of a sort, as before
+    assert auto_kind("output", probs / probs.sum(1, keepdims=True), bounded=True) == "prob"  # a softmax
+    assert auto_kind("box_output", probs, bounded=True) == "rel_l2"  # a regression name still wins
+    # onnxruntime's dense outputs; a candidate whose second label crosses 0.5 on every third sample
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    d = sess.run(None, feeds)[0]
+    top = d.argmax(1)
+    y = d.copy()
+    for i in range(0, len(y), 3):
+        j = (top[i] + 1) % d.shape[1]
+        y[i, j] = 0.51 if d[i, j] <= 0.5 else 0.49
+        y[i, top[i]] = max(y[i, top[i]], 0.52)  # the argmax stays
+    assert (y.argmax(1) == top).all() and loss_pp("agreement", y, d) == 0.0
+    crossed = 100.0 * np.ceil(len(y) / 3) / len(y)
+    assert loss_pp("binary_prob", y, d) == pytest.approx(max(crossed, 100 * np.abs(y - d).max(1).mean()))
+    rule = BudgetRule(Evaluator(open_data(feeds, model, batch_size=32), None, model), 1.0)
+    assert not rule.judge_outputs([(y[:32],), (y[32:],)]).within
