@@ -9,6 +9,20 @@ from onnx import numpy_helper
 from onnxprune.calibration.runtime import make_session, output_names, random_feeds
 
 
+def with_initializer(model: onnx.ModelProto, name: str, fn) -> onnx.ModelProto:
+    """A copy of `model` whose float initializer `name` is fn(its values): a hand-made "pruned" candidate."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    t = next(t for t in out.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(t).copy()).astype(np.float32), name))
+    return out
+
+
+def first_output(model: onnx.ModelProto, feed: dict) -> np.ndarray:
+    """The model's first output on `feed` (onnxruntime, optimisations off)."""
+    return next(iter(run(model, feed).values()))
+
+
 def run(model: onnx.ModelProto | bytes, feed: dict) -> dict[str, np.ndarray]:
     sess = make_session(model, optimize=False)
     names = [o.name for o in sess.get_outputs()]

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 from onnxprune.calibration.metric_choice import auto_kind, auto_kinds, probability_outputs
 from onnxprune.calibration.metrics import METRICS, Evaluator
 from onnxprune.calibration.output_metrics import mismatch_samples
 from onnxprune.calibration.readers import open_data
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule, wilson_upper
 from onnxprune.models import third_party_builders as tb
+from tests.oracle import first_output, with_initializer
 
 X = 3.0 * np.random.default_rng(3).standard_normal((400, 8)).astype(np.float32)
 
@@ -110,18 +109,8 @@ def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
     assert got == pytest.approx(user_check(y, d), rel=1e-6)
 
 
-def _with(model, name, fn):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    t = next(t for t in out.graph.initializer if t.name == name)
-    t.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(t).copy()).astype(np.float32), name))
-    return out
-
-
 def _run(model):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"input": X})[0]
+    return first_output(model, {"input": X})
 
 
 def test_on_an_if_graph_the_rule_bounds_both_parts_and_matches_onnxruntime():
@@ -132,7 +121,7 @@ def test_on_an_if_graph_the_rule_bounds_both_parts_and_matches_onnxruntime():
     dense = _run(model)
     assert 0.05 < float((dense > 0.5).mean()) < 0.5  # mostly negatives, many near 0, as a wake word sees
 
-    small = _with(model, "fc2.bias", lambda b: b + 0.01)  # every score moves by at most 0.0025
+    small = with_initializer(model, "fc2.bias", lambda b: b + 0.01)  # every score moves by at most 0.0025
     moved = _run(small)
     assert ev.loss_pp(ev.evaluate(small)) == pytest.approx(user_check(moved, dense), rel=1e-4)
     decision = BudgetRule(ev, 1.0).judge(small)
@@ -140,7 +129,7 @@ def test_on_an_if_graph_the_rule_bounds_both_parts_and_matches_onnxruntime():
     figures = decision.outputs["53"]
     assert figures["loss_pp"] <= 1.0 and figures["metric"] == "binary_prob"
 
-    shifted = _with(model, "fc2.bias", lambda b: b + 0.3)  # scores up by up to 0.075: some cross 0.5
+    shifted = with_initializer(model, "fc2.bias", lambda b: b + 0.3)  # scores up by up to 0.075: some cross 0.5
     after = _run(shifted)
     crossed = float(((after > 0.5) != (dense > 0.5)).mean())
     assert 0 < crossed and np.abs(after - dense).mean() > 0.01
@@ -180,8 +169,7 @@ def test_a_multi_label_sigmoid_head_is_judged_label_by_label_not_by_its_argmax()
     assert auto_kind("output", probs / probs.sum(1, keepdims=True), bounded=True) == "prob"  # a softmax
     assert auto_kind("box_output", probs, bounded=True) == "rel_l2"  # a regression name still wins
     # onnxruntime's dense outputs; a candidate whose second label crosses 0.5 on every third sample
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    d = sess.run(None, feeds)[0]
+    d = first_output(model, feeds)
     top = d.argmax(1)
     y = d.copy()
     for i in range(0, len(y), 3):

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kinds
 from onnxprune.calibration.output_metrics import mismatch_samples, probability_channels
 from onnxprune.calibration.readers import open_data
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
 from onnxprune.models import third_party_builders as tb
+from tests.oracle import first_output, with_initializer
 
 IMAGES = np.random.default_rng(1).standard_normal((48, 3, 8, 8)).astype(np.float32)
 
@@ -130,18 +129,8 @@ def test_rule_7_gives_a_detector_head_channel_prob_and_other_lopsided_outputs_ch
     assert auto_kinds({"output0": np.moveaxis(np.concatenate([boxes, scores], 1), 1, 2)}) == {"output0": "rel_l2"}
 
 
-def with_initializer(model, name, fn):
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    t = next(t for t in out.graph.initializer if t.name == name)
-    t.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(t).copy()).astype(np.float32), name))
-    return out
-
-
 def run(model):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options).run(None, {"image": IMAGES})[0]
+    return first_output(model, {"image": IMAGES})
 
 
 def test_on_a_yolo_graph_a_lost_detection_is_over_budget_and_background_noise_is_not():
