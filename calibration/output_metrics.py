@@ -266,6 +266,15 @@ def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.tile(worst, (n, 1)), counts
 
 
+def unchanged_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample terms of an empty batch that is as the dense model's (a detector's feed with no detections in
+    both): every sample of it counts as unchanged (relative error 0, agreement, cosine 1; a sequence's positions
+    all agree, at least one)."""
+    worst, counts = mismatch_samples(kind, ref)
+    counts = np.maximum(counts, 1)
+    return np.where(worst > 0, 0.0, counts[:, None].astype(np.float64) if kind == "seq_agreement" else 1.0), counts
+
+
 def _n(x: np.ndarray) -> int:
     return len(x) if x.ndim else 1
 

@@ -64,7 +64,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import METRICS, as_array, mismatch_samples
+from onnxprune.calibration.output_metrics import METRICS, as_array, mismatch_samples, unchanged_samples
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -284,15 +284,18 @@ class BudgetRule:
     def values(self, batches) -> list[np.ndarray]:
         """Every scored output's per-sample figures, [n, parts] each, from per-batch tuples of output values."""
         refs = self.evaluator.reference_all
+        whole = getattr(self.evaluator, "whole", lambda i: False)  # an output that follows no batch: one per feed
         per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for values, ref, labels in zip(batches, refs, self.evaluator.labels, strict=True):
             values = values if isinstance(values, tuple) else (values,)
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
                 out, want = self.evaluator.samples_first(i, as_array(value), as_array(ref[i]))  # sample axis 0
-                if out.shape != want.shape:
+                if out.shape != want.shape:  # a changed detection count: every sample of the batch is lost
                     per_output[i].append(_lost(rule.kind, want))
                 elif out.size:
                     per_output[i].append(rule.form.fn(out, want, labels))
+                elif whole(i) and not METRICS[rule.kind].classes:  # one feed, no detections in either: unchanged
+                    per_output[i].append(_as_losses(rule.kind, *unchanged_samples(rule.kind, want), rule.form.paired))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
 
     def samples_to_resolve(self) -> int | None:
