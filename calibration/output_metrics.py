@@ -47,7 +47,8 @@ def map_keys(value) -> list | None:
 
 
 def count_samples(value) -> int:
-    """Samples in one output value (first axis; a scalar is one)."""
+    """Rows in one output value (first axis; a scalar is one). What the Evaluator counts as samples is
+    `Evaluator.output_samples` (an output that follows no batch is one per feed)."""
     arr = value if isinstance(value, np.ndarray) else None
     if arr is None:
         return len(value) if isinstance(value, list) else 1

@@ -49,6 +49,10 @@ forgive Z·SE/s), fidelity rules take s·Z·SE (Wilson's bound at s·Z) off the 
 max(budget, z·SE) would have loosened the paired rule instead: a 3 pp loss on 100 samples passed a 1 pp budget at
 z = 2 and the run then ended over its budget.)
 
+A sample is what the Evaluator scores as one (`Evaluator.sample_axes`): a row of an output that follows the batch, a
+whole feed of one that does not (a detector's [D, 4] boxes for one image: n counts images, and a feed whose
+detection count changed is one changed sample).
+
 The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
 changes one class more than a budget finer than that is never accepted.
 """
