@@ -148,7 +148,7 @@ def _quantities(value) -> bool:
     rules), not log-probabilities (rows whose log-sum-exp is 0), and |mean| >= QUANTITY_SCALE * std over all values.
 
     Class scores are shift-invariant and come out centred: the logits of the corpus's and the fourth sweep's
-    classifiers (10 models) have values of both signs and |mean| / std <= 0.1. Regression heads of positive
+    classifiers (7 logits outputs) have values of both signs and |mean| / std <= 0.1. Regression heads of positive
     quantities do not: DNSMOS's MOS 3.1 (2.4-3.6 per batch of 64), a synthetic 3-target regression (a torch MLP) 5.4."""
     arr = as_array(value)
     if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[0] < QUANTITY_ROWS or arr.shape[1] < 2:
