@@ -22,10 +22,12 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     exact          share of samples whose value is exactly the dense one's     1% of samples change their value
 
 y_i is sample i of an output, d_i the dense model's: the output's first axis when it follows the feed's batch (see
-`Evaluator.sample_axes`; another axis when only that one does, a recurrent state [2, N, H]); an output that follows
-no batch (a detector taking one image [3, H, W] and returning [D, 4] boxes, D data-dependent) is one sample per
-feed, its whole value, so a changed detection count changes that one sample and n is the number of feeds. Non-tensor outputs are compared by value: a
-sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a sequence of tensors is stacked.
+`Evaluator.sample_axes`; another axis when only that one does, a recurrent state [2, N, H]). An output that follows
+no batch (a detector taking one image [3, H, W] and returning [D, 4] boxes, D data-dependent) is scored row by row as
+the table says, and each feed's rows are pooled into one sample (`Evaluator.output_terms`): the figure is the same,
+the samples (and so every standard error and n) are the feeds, and a changed detection count loses that feed.
+Non-tensor outputs are compared by value: a sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a
+sequence of tensors is stacked.
 Losses are percentage points: loss = 100 * (dense - pruned) per output; an Evaluator's `dense` is its headline
 output's score and its combined score is `dense - worst loss`, so every caller of `evaluate` and `loss_pp` sees
 the worst output. The `Evaluator` runs the dense reference once, caches its outputs (and the data, when it fits in
@@ -49,7 +51,8 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, a
                                                  parse_metric_spec)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
-                                                  count_samples, map_keys, unchanged_samples)
+                                                  count_samples, map_keys, pool,
+                                                  unchanged_samples)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import CalibrationError, ConfigError
@@ -140,7 +143,7 @@ class Evaluator:
         shared = _batch_dims(model)
         axes = []
         for i, name in enumerate(self.plan):
-            if shared and _first_dim(model, name or (model.graph.output[0].name if model is not None else "")) in shared:
+            if shared and _first_dim(model, name or model.graph.output[0].name) in shared:
                 axes.append(0)
                 continue
             common = None
@@ -161,17 +164,40 @@ class Evaluator:
         return shape[axis] if len(shape) > axis else 1
 
     def samples_first(self, i: int, out: np.ndarray, want: np.ndarray | None) -> tuple:
-        """Scored output `i` and its dense value with the samples on axis 0 (`sample_axes`), alike; an output that
-        follows no batch gets a leading axis of one (its whole value is one sample)."""
+        """Scored output `i` and its dense value with the samples (or, for an output that follows no batch, the rows
+        its metric scores before they are pooled into one sample: `output_terms`) on axis 0, alike."""
         axis = self.sample_axes[i] if self.sample_axes else 0
-        if axis is None:
-            return out[None], None if want is None else want[None]
         if not axis or out.ndim <= axis or (want is not None and want.ndim <= axis):
             return out, want
         return np.moveaxis(out, axis, 0), None if want is None else np.moveaxis(want, axis, 0)
 
+    def output_terms(self, i: int, kind: str, value, ref, labels) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-sample (terms [n, k], counts [n]) of scored output `i` in one batch (`Metric.samples`), or None when
+        there is nothing to compare (an empty batch-major output).
+
+        A batch whose shape differs from the dense model's (data-dependent detections) loses every sample of it. An
+        output that follows no batch (`whole`) is scored by its metric row by row as ever, and its rows' terms are
+        summed into ONE sample per batch (counts summed too): the metric's figure is the same sum, while the
+        samples, and so the standard errors, are the feeds; a changed row count loses that one sample whole, and
+        no rows in either model is one unchanged sample."""
+        out = as_array(value)
+        want = None if ref is None else as_array(ref)
+        out, want = self.samples_first(i, out, want)
+        pooled = self.whole(i)
+        if want is not None and out.shape != want.shape:
+            got = mismatch_samples(kind, want)
+            if pooled:  # the whole feed lost, as many rows as the dense model had (at least one)
+                count = max(1, int(got[1].sum()))
+                worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)[None, :] * count
+                return worst, np.array([count], dtype=np.int64)
+            return got
+        if out.size == 0:
+            return unchanged_samples(kind, want) if pooled and want is not None and not METRICS[kind].classes else None
+        got = METRICS[kind].samples(out, want, labels)
+        return pool(*got) if pooled else got
+
     def whole(self, i: int) -> bool:
-        """Does scored output `i` follow no batch (each batch's whole value one sample)?"""
+        """Does scored output `i` follow no batch (each batch's rows pooled into one sample, `output_terms`)?"""
         return bool(self.sample_axes) and self.sample_axes[i] is None
 
     def _plan_without_reference(self, metric, output) -> dict[str, str]:
@@ -310,17 +336,8 @@ class Evaluator:
             if len(kinds) != 1:
                 raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
             values = (values,)
-        got = []
-        for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
-            out, want = self.samples_first(i, as_array(value), None if ref is None else as_array(ref[i]))
-            if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
-                got.append(mismatch_samples(kind, want))
-            elif out.size == 0:  # no detections: one unchanged sample when the whole value is the sample
-                got.append(unchanged_samples(kind, want) if want is not None and self.whole(i) and not METRICS[kind].classes
-                           else None)
-            else:
-                got.append(METRICS[kind].samples(out, want, labels))
-        return got
+        return [self.output_terms(i, kind, value, None if ref is None else ref[i], labels)
+                for i, (kind, value) in enumerate(zip(kinds, values, strict=True))]
 
     def finish_outputs(self, sums: list, counts: list[int]) -> dict[str, float]:
         """Each scored output's metric from its sums and count over the batches."""

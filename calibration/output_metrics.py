@@ -268,12 +268,17 @@ def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def unchanged_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample terms of an empty batch that is as the dense model's (a detector's feed with no detections in
-    both): every sample of it counts as unchanged (relative error 0, agreement, cosine 1; a sequence's positions
-    all agree, at least one)."""
-    worst, counts = mismatch_samples(kind, ref)
-    counts = np.maximum(counts, 1)
-    return np.where(worst > 0, 0.0, counts[:, None].astype(np.float64) if kind == "seq_agreement" else 1.0), counts
+    """One sample's terms for a feed whose output is empty in both models (a detector that found nothing): as the
+    dense model's (relative error 0; agreement, cosine 1; a sequence's positions all agree), count 1 (positions:
+    at least 1)."""
+    worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)
+    count = max(1, int(np.prod(ref.shape[1:-1]))) if kind == "seq_agreement" and ref.ndim >= 2 else 1
+    return np.where(worst > 0, 0.0, float(count))[None, :], np.array([count], dtype=np.int64)
+
+
+def pool(terms: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row terms summed into one sample (the rows of an output that follows no batch): the same sums."""
+    return terms.sum(axis=0, keepdims=True), np.array([int(counts.sum())], dtype=np.int64)
 
 
 def _n(x: np.ndarray) -> int:

@@ -97,10 +97,12 @@ class MeasureStep(Step):
 
 
 def _samples_first(evaluator, value):
-    """The headline output's value with its samples on axis 0 (`Evaluator.samples_first`)."""
+    """The headline output's value with its samples on axis 0 (`Evaluator.samples_first`); an output that follows no
+    batch as one sample (its whole value)."""
     from onnxprune.calibration.metrics import as_array
 
-    return evaluator.samples_first(0, as_array(value), None)[0]
+    value = evaluator.samples_first(0, as_array(value), None)[0]
+    return value[None] if evaluator.whole(0) else value
 
 
 def measure(data, final, keep: dict | None = None) -> dict:

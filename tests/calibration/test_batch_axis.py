@@ -83,9 +83,10 @@ def test_an_output_that_follows_no_batch_is_one_sample_per_feed(detector):
 
 
 @pytest.mark.parametrize("factor", [0.97, 1.3])
-def test_per_feed_terms_add_up_to_the_figure_and_the_rule_mean_is_the_loss(detector, factor):
-    """Per output, the per-feed terms summed over the feeds are the metric's figure; the decision rule's mean
-    per-feed loss is the Evaluator's loss; a full sequential measurement is the Evaluator's score."""
+def test_per_feed_terms_add_up_to_the_figure_and_the_rule_reads_each_feeds_share(detector, factor):
+    """Per output, the per-feed terms (its rows pooled) summed over the feeds are the metric's figure, the same as the
+    rows' own terms summed; the decision rule's per-feed loss is that feed's share; a full sequential measurement
+    is the Evaluator's score."""
     model, ev = detector
     candidate = scaled(model, "head.weight", factor)
     got = list(ev.run_all(candidate))
@@ -96,15 +97,21 @@ def test_per_feed_terms_add_up_to_the_figure_and_the_rule_mean_is_the_loss(detec
         terms = [ev.batch_samples(g, r, lab)[i] for g, r, lab in zip(got, ev.reference_all, ev.labels)]
         assert all(t is not None and len(t[0]) == 1 for t in terms)  # one sample per feed, every feed
         sums = np.sum([t[0].sum(axis=0) for t in terms], axis=0)
-        count = sum(int(t[1].sum()) for t in terms)
-        assert count == 24 and METRICS[kind].finish(tuple(sums), count) == pytest.approx(ev.last[name]["after"],
-                                                                                            abs=1e-12)
-        assert 100 * values[i][:, 0].mean() == pytest.approx(ev.last[name]["loss_pp"], abs=1e-9)
+        counts = np.array([int(t[1].sum()) for t in terms])
+        assert METRICS[kind].finish(tuple(sums), int(counts.sum())) == pytest.approx(ev.last[name]["after"], abs=1e-12)
+        same = [k for k, (g, r) in enumerate(zip(got, ev.reference_all)) if g[i].shape == r[i].shape]
+        rows = [METRICS[kind].samples(got[k][i], ev.reference_all[k][i], None) for k in same if len(got[k][i])]
+        assert np.sum([r[0].sum(axis=0) for r in rows], axis=0) == pytest.approx(
+            np.sum([terms[k][0][0] for k in same if len(got[k][i])], axis=0), abs=1e-9)
+        shares = np.array([t[0][0, 0] / t[1][0] for t in terms])
+        assert values[i][:, 0] == pytest.approx(shares if METRICS[kind].lower_better[0] else 1 - shares, abs=1e-12)
+        weighted = 100 * np.average(values[i][:, 0], weights=counts)  # by rows: the figure's own loss
+        assert weighted == pytest.approx(ev.last[name]["loss_pp"], abs=1e-9)
     measured = SequentialScorer(ev).measure(lambda order: ev.run_batches(ev.session(candidate), order))
     assert measured.complete and measured.value == pytest.approx(100 * score, abs=1e-9)
 
 
-def test_a_changed_detection_count_changes_that_one_feed(detector):
+def test_a_changed_detection_count_loses_that_one_feed(detector):
     model, ev = detector
     got = [tuple(np.array(v, copy=True) for v in b) for b in ev.reference_all]
     boxes, scores = got[5]
@@ -113,8 +120,9 @@ def test_a_changed_detection_count_changes_that_one_feed(detector):
     for losses in rule.values(got):
         assert len(losses) == 24 and np.flatnonzero(losses[:, 0]).tolist() == [5] and losses[5, 0] == 1.0
     ev.score(got)
-    assert ev.last["boxes"]["loss_pp"] == pytest.approx(100 / 24) and ev.last["scores"]["loss_pp"] == pytest.approx(
-        100 / 24)
+    rows = [len(b[0]) for b in ev.reference_all]
+    for name in ("boxes", "scores"):  # the figure: feed 5's rows all lost, as the rows were counted before
+        assert ev.last[name]["loss_pp"] == pytest.approx(100 * rows[5] / sum(rows))
     decision = rule.judge_outputs(got)
     assert decision.n == 24 and decision.loss_pp == pytest.approx(100 / 24) and not decision.within
 
@@ -127,8 +135,9 @@ def test_a_feed_with_no_detections_in_either_model_is_an_unchanged_sample(tmp_pa
     rule = BudgetRule(ev, 1.0)
     assert rule.n == 24 and all(len(v) == 24 and not v.any() for v in rule.values(ev.reference_all))
     assert SequentialScorer(ev).total == 24 and ev.dense == 1.0
-    assert unchanged_samples("seq_agreement", np.zeros((1, 0, 5)))[0].tolist() == [[1.0]]
-    assert unchanged_samples("prob", np.zeros((1, 0)))[0].tolist() == [[1.0, 0.0]]
+    assert unchanged_samples("seq_agreement", np.zeros((0, 3, 5)))[0].tolist() == [[3.0]]
+    assert unchanged_samples("prob", np.zeros((0, 4)))[0].tolist() == [[1.0, 0.0]]
+    assert unchanged_samples("rel_l2", np.zeros((0, 4)))[0].tolist() == [[0.0]]
 
 
 def test_batch_major_outputs_keep_their_rows(tmp_path):
@@ -164,3 +173,20 @@ def test_prune_a_batchless_detector_decides_on_feeds(tmp_path):
     x = np.random.default_rng(3).standard_normal((3, 8, 8)).astype(np.float32)
     boxes, scores = sess.run(None, {"image": x})
     assert boxes.shape == (len(scores), 4)
+
+
+def test_a_row_metric_on_an_output_with_no_batch_is_the_rows_share_per_feed(tmp_path):
+    """agreement on [D, 4] (per row, its argmax), pooled per feed: one changed row of D is 1/D of that feed's loss, not
+    the argmax of the flattened detections (which a [T, C] sequence read one feed at a time would make meaningless)."""
+    model = batchless_detector()
+    ev = Evaluator(open_data(image_folder(tmp_path / "imgs"), model), {"boxes": "agreement"}, reference_model=model)
+    assert ev.sample_axes == (None,)
+    got = [(np.array(b[0], copy=True),) for b in ev.reference_all]
+    k = next(k for k, b in enumerate(got) if len(b[0]) >= 2)
+    row = got[k][0][1]
+    row[(row.argmax() + 1) % 4] = row.max() + 1.0  # row 1 of feed k changes its argmax
+    losses = BudgetRule(ev, 1.0).values(got)[0][:, 0]
+    assert len(losses) == 24 and np.flatnonzero(losses).tolist() == [k]
+    assert losses[k] == pytest.approx(1 / len(got[k][0]))
+    ev.score(got)
+    assert ev.last["boxes"]["loss_pp"] == pytest.approx(100 / sum(len(b[0]) for b in ev.reference_all))
