@@ -137,7 +137,7 @@ class Evaluator:
         """Each scored output's sample axis: 0 when its declared first dim is an input's symbolic first dim, else the
         first axis (0 first) that holds the batch's sample count (`rows`) in every batch (a recurrent state [2, N,
         H], as silero VAD's stateN: its 2 rows were 2 samples, 270 decision samples for 135 feeds), else None: the
-        output follows no batch, and each batch's whole value is one sample. torchvision's ssdlite320 takes one
+        output follows no batch, and each batch's rows are pooled into one sample. torchvision's ssdlite320 takes one
         image [3, H, W] and returns [D, 4] boxes, D scores and D labels: every detection was a sample (33,600
         decision samples from 112 images, a margin for 300 times the evidence the set holds)."""
         shared = _batch_dims(model)
@@ -156,7 +156,7 @@ class Evaluator:
 
     def output_samples(self, i: int, value) -> int:
         """Samples of scored output `i` in one batch's `value`: its length on its sample axis, one for an output
-        that follows no batch (its whole value)."""
+        that follows no batch (its rows pooled)."""
         axis = self.sample_axes[i] if self.sample_axes else 0
         if axis is None:
             return 1

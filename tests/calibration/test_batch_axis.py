@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-
 from onnxprune.calibration.metrics import METRICS, Evaluator
 from onnxprune.calibration.output_metrics import unchanged_samples
 from onnxprune.calibration.readers import open_data
@@ -72,7 +71,7 @@ def test_the_builder_returns_a_data_dependent_number_of_detections(detector):
 
 
 def test_an_output_that_follows_no_batch_is_one_sample_per_feed(detector):
-    model, ev = detector
+    _, ev = detector
     assert ev.reader.per_feed and ev.sample_axes == (None, None)
     assert ev.units == [(1, 1)] * 24 and ev.num_samples == 24
     rule = BudgetRule(ev, 1.0)
@@ -112,7 +111,7 @@ def test_per_feed_terms_add_up_to_the_figure_and_the_rule_reads_each_feeds_share
 
 
 def test_a_changed_detection_count_loses_that_one_feed(detector):
-    model, ev = detector
+    _, ev = detector
     got = [tuple(np.array(v, copy=True) for v in b) for b in ev.reference_all]
     boxes, scores = got[5]
     got[5] = (np.concatenate([boxes, boxes[:1]]), np.concatenate([scores, scores[:1]]))  # one more detection
