@@ -189,3 +189,30 @@ def test_a_row_metric_on_an_output_with_no_batch_is_the_rows_share_per_feed(tmp_
     assert losses[k] == pytest.approx(1 / len(got[k][0]))
     ev.score(got)
     assert ev.last["boxes"]["loss_pp"] == pytest.approx(100 / sum(len(b[0]) for b in ev.reference_all))
+
+
+def test_stacked_samples_with_an_output_that_follows_no_batch_pool_each_batch():
+    """x [N, 4] (any N) -> 'hits' = NonZero(x > 0) transposed, [K, 2] (sample, column) pairs across the batch: no axis
+    follows the batch, so each evaluation batch (the scorer's parts of 16) is one sample of it; 'y' [N, 4] keeps N."""
+    from onnx import TensorProto, helper
+
+    zero = onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Greater", ["y", "zero"], ["pos"]),
+             helper.make_node("NonZero", ["pos"], ["nz"]),
+             helper.make_node("Transpose", ["nz"], ["hits"], perm=[1, 0])]
+    graph = helper.make_graph(nodes, "stacked_hits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("hits", TensorProto.INT64, ["K", 2])], [zero, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    y, hits = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[:16]})
+    np.testing.assert_allclose(y, x[:16] @ onnx.numpy_helper.to_array(w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(hits, np.argwhere(y > 0))
+    ev = Evaluator(open_data({"x": x}, model, batch_size=64), reference_model=model, split=16)
+    assert ev.plan == {"y": "agreement", "hits": "exact"} and ev.sample_axes == (0, None)
+    assert ev.units == [(16, 1), (16, 1), (8, 1)] and ev.num_samples == 40
+    assert [len(v) for v in BudgetRule(ev, 1.0).values(ev.reference_all)] == [40, 3]
+    assert SequentialScorer(ev).totals == [40, 3]
