@@ -166,6 +166,11 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
          (every value in [0, 1]): those are judged by their largest absolute change, the others by relative L2; a
          class no image holds has scores near 1e-5 on every anchor, and judged relative to itself every layer
          feeding it looked untouchable. Else channel_rel_l2.
+      8. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
+         is a regression head (rel_l2) when its values are quantities rather than class scores (`_quantities`):
+         every value of one sign, not all in [0, 1], not log-probabilities, and far from 0 against their spread.
+         DNSMOS's [N, 3] MOS (SIG, BAK, OVRL, about 1 to 4.5) was judged by its argmax over the three scores,
+         which bounds no score.
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded) for name, value in values.items()}
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
@@ -176,6 +181,12 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
             if not quiet:
                 log.info("output '%s' is scored as regression (rel_l2): '%s' holds the class scores", name,
                          evident[0])
+    for name in plain:
+        if kinds[name] == "agreement" and _quantities(values[name]):
+            kinds[name] = "rel_l2"
+            if not quiet:
+                log.info("output '%s' is scored as regression (rel_l2): its values are all of one sign and far from 0 "
+                         "against their spread (quantities, not class scores)", name)
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is not None and spread > SCALE_SPREAD:
@@ -186,6 +197,33 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
                          "the small ones count as much as the large", name, spread, kinds[name],
                          f": {probs} of them hold probabilities, judged by their largest change" if probs else "")
     return kinds
+
+
+QUANTITY_ROWS = 4  # rows of the first batch the quantity rule needs (one row of 2 logits can be of one sign)
+QUANTITY_SCALE = 1.5  # |mean| / std over the batch at or beyond which values of one sign are quantities
+
+
+def _quantities(value) -> bool:
+    """Do [N, C] values look like quantities (a regression head) rather than class scores? At least QUANTITY_ROWS
+    rows, every value of one sign and finite, not all in [0, 1] (probability-like values stay with the probability
+    rules), not log-probabilities (rows whose log-sum-exp is 0), and |mean| >= QUANTITY_SCALE * std over all values.
+
+    Class scores are shift-invariant and come out centred: the logits of the corpus's and the fourth sweep's
+    classifiers (7 logits outputs) have values of both signs and |mean| / std <= 0.1. Regression heads of positive
+    quantities do not: DNSMOS's MOS 3.1 (at least 1.8 in every 5 rows of its data: 5 is its evaluation batch), a
+    synthetic 3-target regression (a torch MLP) 5.4; |x| of centred logits (half-normal) 1.3. No 4 rows of the
+    logits above (32 windows of each) were of one sign."""
+    arr = as_array(value)
+    if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[0] < QUANTITY_ROWS or arr.shape[1] < 2:
+        return False
+    x = arr.astype(np.float64)
+    if not np.isfinite(x).all() or (x.min() >= 0.0 and x.max() <= 1.0) or not (x.min() > 0.0 or x.max() < 0.0):
+        return False
+    if x.max() < 0.0:
+        top = x.max(axis=1, keepdims=True)
+        if np.allclose(top[:, 0] + np.log(np.exp(x - top).sum(axis=1)), 0.0, atol=_PROB_TOL):
+            return False  # log-probabilities (a LogSoftmax head)
+    return bool(abs(x.mean()) >= QUANTITY_SCALE * x.std())
 
 
 SCALE_SPREAD = 100.0  # RMS of the largest channel over the smallest (nonzero) one beyond which rel_l2 is lopsided

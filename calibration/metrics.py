@@ -23,8 +23,13 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
     exact          share of samples whose value is exactly the dense one's     1% of samples change their value
 
-y_i is sample i (first axis) of an output, d_i the dense model's. Non-tensor outputs are compared by value: a
-sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a sequence of tensors is stacked.
+y_i is sample i of an output, d_i the dense model's: the output's first axis when it follows the feed's batch (see
+`Evaluator.sample_axes`; another axis when only that one does, a recurrent state [2, N, H]). An output that follows
+no batch (a detector taking one image [3, H, W] and returning [D, 4] boxes, D data-dependent) is scored row by row as
+the table says, and each feed's rows are pooled into one sample (`Evaluator.output_terms`): the figure is the same,
+the samples (and so every standard error and n) are the feeds, and a changed detection count loses that feed.
+Non-tensor outputs are compared by value: a sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a
+sequence of tensors is stacked.
 Losses are percentage points: loss = 100 * (dense - pruned) per output; an Evaluator's `dense` is its headline
 output's score and its combined score is `dense - worst loss`, so every caller of `evaluate` and `loss_pp` sees
 the worst output. The `Evaluator` runs the dense reference once, caches its outputs (and the data, when it fits in
@@ -42,12 +47,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
-                                                  count_samples, map_keys)
+                                                  count_samples, map_keys, pool,
+                                                  unchanged_samples)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
 from onnxprune.errors import CalibrationError, ConfigError
@@ -78,7 +85,8 @@ class Evaluator:
             self.plan = self._plan_without_reference(metric, output)
         self._cached = self._cache_batches(cache_bytes)
         self.reference_all: list[tuple] | None = None
-        self.sample_axes: tuple[int, ...] | None = None  # each scored output's sample axis (_sample_axes)
+        self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
+        self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
@@ -112,32 +120,87 @@ class Evaluator:
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
                                    self.reference_all[0] if self.reference_all else (), reference_model)
-            self.sample_axes = self._sample_axes()
+            rows = self._rows(reference_model)
+            self.sample_axes = self._sample_axes(rows, reference_model)
+            self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
-                self.num_samples = sum(count_samples(b[0]) for b in self.reference_all)
+                self.num_samples = sum(rows)
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
 
-    def _sample_axes(self) -> tuple[int, ...]:
-        """Each scored output's sample axis: 0, unless the dense outputs put the batch's sample count on another
-        axis in every batch (a recurrent state [2, N, H], as silero VAD's stateN). Its per-sample figures then come
-        from that axis (stateN's 2 rows were 2 samples: 270 decision samples for 135 feeds, the standard error too
-        small). The batch is the feed's first array's first axis (_rows)."""
+    def _rows(self, model: onnx.ModelProto | None) -> list[int]:
+        """Each batch's samples: its first array's batch axis (axis 1 of a time-major input), `_rows`."""
+        time_major = set(time_major_inputs(model)) if model is not None else set()
+        return [_rows(feeds, time_major) for feeds, _ in self.batches()]
+
+    def _sample_axes(self, rows: list[int], model: onnx.ModelProto | None) -> tuple[int | None, ...]:
+        """Each scored output's sample axis: 0 when its declared first dim is an input's symbolic first dim, else the
+        first axis (0 first) that holds the batch's sample count (`rows`) in every batch (a recurrent state [2, N,
+        H], as silero VAD's stateN: its 2 rows were 2 samples, 270 decision samples for 135 feeds), else None: the
+        output follows no batch, and each batch's rows are pooled into one sample. torchvision's ssdlite320 takes one
+        image [3, H, W] and returns [D, 4] boxes, D scores and D labels: every detection was a sample (33,600
+        decision samples from 112 images, a margin for 300 times the evidence the set holds)."""
+        shared = _batch_dims(model)
         axes = []
-        for i in range(len(self.plan)):
-            seen = {_sample_axis(as_array(ref[i]).shape, _rows(feeds))
-                    for (feeds, _), ref in zip(self.batches(), self.reference_all)}
-            axes.append(seen.pop() if len(seen) == 1 else 0)
+        for i, name in enumerate(self.plan):
+            if shared and _first_dim(model, name or model.graph.output[0].name) in shared:
+                axes.append(0)
+                continue
+            common = None
+            for r, ref in zip(rows, self.reference_all):
+                shape = as_array(ref[i]).shape
+                fits = {k for k, d in enumerate(shape) if d == r}
+                common = fits if common is None else common & fits
+            axes.append(None if not common else 0 if 0 in common else min(common))
         return tuple(axes)
 
+    def output_samples(self, i: int, value) -> int:
+        """Samples of scored output `i` in one batch's `value`: its length on its sample axis, one for an output
+        that follows no batch (its rows pooled)."""
+        axis = self.sample_axes[i] if self.sample_axes else 0
+        if axis is None:
+            return 1
+        shape = as_array(value).shape
+        return shape[axis] if len(shape) > axis else 1
+
     def samples_first(self, i: int, out: np.ndarray, want: np.ndarray | None) -> tuple:
-        """Scored output `i` and its dense value with the samples on axis 0 (`sample_axes`), alike."""
+        """Scored output `i` and its dense value with the samples (or, for an output that follows no batch, the rows
+        its metric scores before they are pooled into one sample: `output_terms`) on axis 0, alike."""
         axis = self.sample_axes[i] if self.sample_axes else 0
         if not axis or out.ndim <= axis or (want is not None and want.ndim <= axis):
             return out, want
         return np.moveaxis(out, axis, 0), None if want is None else np.moveaxis(want, axis, 0)
+
+    def output_terms(self, i: int, kind: str, value, ref, labels) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-sample (terms [n, k], counts [n]) of scored output `i` in one batch (`Metric.samples`), or None when
+        there is nothing to compare (an empty batch-major output).
+
+        A batch whose shape differs from the dense model's (data-dependent detections) loses every sample of it. An
+        output that follows no batch (`whole`) is scored by its metric row by row as ever, and its rows' terms are
+        summed into ONE sample per batch (counts summed too): the metric's figure is the same sum, while the
+        samples, and so the standard errors, are the feeds; a changed row count loses that one sample whole, and
+        no rows in either model is one unchanged sample."""
+        out = as_array(value)
+        want = None if ref is None else as_array(ref)
+        out, want = self.samples_first(i, out, want)
+        pooled = self.whole(i)
+        if want is not None and out.shape != want.shape:
+            got = mismatch_samples(kind, want)
+            if pooled:  # the whole feed lost, as many rows as the dense model had (at least one)
+                count = max(1, int(got[1].sum()))
+                worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)[None, :] * count
+                return worst, np.array([count], dtype=np.int64)
+            return got
+        if out.size == 0:
+            return unchanged_samples(kind, want) if pooled and want is not None and not METRICS[kind].classes else None
+        got = METRICS[kind].samples(out, want, labels)
+        return pool(*got) if pooled else got
+
+    def whole(self, i: int) -> bool:
+        """Does scored output `i` follow no batch (each batch's rows pooled into one sample, `output_terms`)?"""
+        return bool(self.sample_axes) and self.sample_axes[i] is None
 
     def _plan_without_reference(self, metric, output) -> dict[str, str]:
         headline, named = parse_metric_spec(metric)
@@ -276,16 +339,8 @@ class Evaluator:
             if len(kinds) != 1:
                 raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
             values = (values,)
-        got = []
-        for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
-            out, want = self.samples_first(i, as_array(value), None if ref is None else as_array(ref[i]))
-            if want is not None and out.shape != want.shape:  # data-dependent shapes (detections after NMS)
-                got.append(mismatch_samples(kind, want))
-            elif out.size == 0:
-                got.append(None)
-            else:
-                got.append(METRICS[kind].samples(out, want, labels))
-        return got
+        return [self.output_terms(i, kind, value, None if ref is None else ref[i], labels)
+                for i, (kind, value) in enumerate(zip(kinds, values, strict=True))]
 
     def finish_outputs(self, sums: list, counts: list[int]) -> dict[str, float]:
         """Each scored output's metric from its sums and count over the batches."""
@@ -365,19 +420,34 @@ def _split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]
             for i in range(0, n, rows)]
 
 
-def _rows(feeds: dict) -> int:
-    """A feed's batch as its first array (not a scalar) holds it on axis 0 (a feed read as is too: [1, 576] audio
-    beside a [2, 1, 128] state)."""
-    first = next((a for a in map(np.asarray, feeds.values()) if a.ndim), None)
-    return 1 if first is None else first.shape[0]
+def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:
+    """A feed's batch as its first array (not a scalar) holds it: on axis 0 (a feed read as is too: [1, 576] audio
+    beside a [2, 1, 128] state), axis 1 of a time-major input ([T, N, C])."""
+    first = next(((k, a) for k, a in ((k, np.asarray(v)) for k, v in feeds.items()) if a.ndim), None)
+    if first is None:
+        return 1
+    name, arr = first
+    return arr.shape[1] if name in time_major and arr.ndim > 1 else arr.shape[0]
 
 
-def _sample_axis(shape: tuple, samples: int) -> int:
-    """The axis of an output of `shape` that holds a batch's `samples`: 0 when it does (or nothing does), else the
-    first axis of that length."""
-    if not shape or shape[0] == samples:
-        return 0
-    return next((k for k, d in enumerate(shape) if d == samples), 0)
+def _batch_dims(model: onnx.ModelProto | None) -> set[str]:
+    """The symbolic first dims of the graph inputs (a batch the exporter named: 'N', 'batch_size'), time-major
+    inputs left out (their first dim is time)."""
+    if model is None:
+        return set()
+    skip = {t.name for t in model.graph.initializer} | set(time_major_inputs(model))
+    return {d for d in (_declared_first(vi) for vi in model.graph.input if vi.name not in skip) if d}
+
+
+def _first_dim(model: onnx.ModelProto, output: str) -> str | None:
+    """A graph output's declared symbolic first dim, or None."""
+    vi = next((o for o in model.graph.output if o.name == output), None)
+    return None if vi is None else _declared_first(vi)
+
+
+def _declared_first(vi) -> str | None:
+    dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else ()
+    return dims[0].dim_param or None if len(dims) else None
 
 
 def feed_samples(feeds: dict, reader) -> int:

@@ -47,7 +47,8 @@ def map_keys(value) -> list | None:
 
 
 def count_samples(value) -> int:
-    """Samples in one output value (first axis; a scalar is one)."""
+    """Rows in one output value (first axis; a scalar is one). What the Evaluator counts as samples is
+    `Evaluator.output_samples` (an output that follows no batch is one per feed)."""
     arr = value if isinstance(value, np.ndarray) else None
     if arr is None:
         return len(value) if isinstance(value, list) else 1
@@ -277,6 +278,20 @@ def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray
     counts = np.full(n, int(np.prod(ref.shape[1:-1])) if kind == "seq_agreement" and ref.ndim >= 2 else 1,
                      dtype=np.int64)
     return np.tile(worst, (n, 1)), counts
+
+
+def unchanged_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's terms for a feed whose output is empty in both models (a detector that found nothing): as the
+    dense model's (relative error 0; agreement, cosine 1; a sequence's positions all agree), count 1 (positions:
+    at least 1)."""
+    worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)
+    count = max(1, int(np.prod(ref.shape[1:-1]))) if kind == "seq_agreement" and ref.ndim >= 2 else 1
+    return np.where(worst > 0, 0.0, float(count))[None, :], np.array([count], dtype=np.int64)
+
+
+def pool(terms: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row terms summed into one sample (the rows of an output that follows no batch): the same sums."""
+    return terms.sum(axis=0, keepdims=True), np.array([int(counts.sum())], dtype=np.int64)
 
 
 def _n(x: np.ndarray) -> int:

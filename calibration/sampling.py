@@ -25,7 +25,9 @@ gives); a stopped one reports the estimate from the samples it ran (`Measured.sa
 sample, which settled its side of T and nothing else the allocation reads (it interpolates the curve to the
 first level over, known to the same precision): on the 22.6M-parameter encoder 7 of the scan's levels ran all 240
 samples and 2 ran 128, about a fifth of its sample-probes; with "known" every level stopped at 16 but one, at 32.
-A stop happens on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
+Samples are counted in each output's own unit (`Evaluator.units`: rows along its sample axis, one per batch for an
+output that follows no batch), the finite-population correction of each output from its own total. A stop happens
+on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
 (when the model takes any batch size), per-feed data one feed per batch.
 """
 
@@ -110,7 +112,9 @@ class SequentialScorer:
                       [int(i) for i in np.random.default_rng(seed).permutation(self.batches)])
         if self.sequential:
             refs = evaluator.reference_all
-            self.sizes = [count_samples(r[0]) for r in refs]  # samples per batch (the headline output's rows)
+            units = getattr(evaluator, "units", None) or [tuple(count_samples(v) for v in r) for r in refs]
+            self.sizes = [u[0] for u in units]  # samples per batch (the headline output's, in its sample unit)
+            self.totals = [sum(u[o] for u in units) for o in range(len(self.kinds))]  # each output's population
             self.dense_ratios = self._dense_ratios(refs)
         self.total = sum(self.sizes) if self.sequential else (evaluator.num_samples or 0)
 
@@ -195,7 +199,7 @@ class SequentialScorer:
         for o, m in enumerate(moments):
             if m is None or self.dense_ratios[o] is None:
                 continue
-            ratio, se = m.ratio_and_se(self.total)
+            ratio, se = m.ratio_and_se(self.totals[o])
             sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
             yield 100.0 * sign * (self.dense_ratios[o] - ratio), 100.0 * self.z * se
 

@@ -50,6 +50,11 @@ forgive Z·SE/s), fidelity rules take s·Z·SE (Wilson's bound at s·Z) off the 
 max(budget, z·SE) would have loosened the paired rule instead: a 3 pp loss on 100 samples passed a 1 pp budget at
 z = 2 and the run then ended over its budget.)
 
+A sample is what the Evaluator scores as one (`Evaluator.output_terms`): a row of an output that follows the batch;
+for one that does not (a detector's [D, 4] boxes for one image), a feed, its rows' terms pooled: n counts images,
+a feed's loss is its rows' share (of changed labels, say: for a 0/1 part Wilson's bound stays conservative, a
+share's variance being at most p(1 - p)), and a feed whose detection count changed is lost whole.
+
 The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
 changes one class more than a budget finer than that is never accepted.
 """
@@ -317,10 +322,16 @@ class BudgetRule:
     def values(self, batches) -> list[np.ndarray]:
         """Every scored output's per-sample figures, [n, parts] each, from per-batch tuples of output values."""
         refs = self.evaluator.reference_all
+        terms_of = getattr(self.evaluator, "output_terms", None)  # the Evaluator's own per-sample terms
         per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for values, ref, labels in zip(batches, refs, self.evaluator.labels, strict=True):
             values = values if isinstance(values, tuple) else (values,)
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
+                if terms_of is not None:  # samples as the Evaluator counts them (an output with no batch: per feed)
+                    got = terms_of(i, rule.kind, value, ref[i], labels)
+                    if got is not None:
+                        per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
+                    continue
                 out, want = self.evaluator.samples_first(i, as_array(value), as_array(ref[i]))  # sample axis 0
                 if out.shape != want.shape:
                     per_output[i].append(_lost(rule.kind, want))

@@ -96,10 +96,19 @@ class MeasureStep(Step):
                              activation_density(state.pruned, state.inventory, data.reader(), max_batches=batches))
 
 
+def _samples_first(evaluator, value):
+    """The headline output's value with its samples on axis 0 (`Evaluator.samples_first`); an output that follows no
+    batch as one sample (its whole value)."""
+    from onnxprune.calibration.metrics import as_array
+
+    value = evaluator.samples_first(0, as_array(value), None)[0]
+    return value[None] if evaluator.whole(0) else value
+
+
 def measure(data, final, keep: dict | None = None) -> dict:
     """On the data the choices were made on, and separately on the held-out data when given (--eval-data). `keep`
     (a dict) receives each set's scored outputs per batch, by the set's key."""
-    from onnxprune.calibration.metrics import as_array, output_error
+    from onnxprune.calibration.metrics import output_error
 
     out = {}
     for key, evaluator in (("calibration", data.calibration), ("evaluation", data.evaluation)):
@@ -116,7 +125,9 @@ def measure(data, final, keep: dict | None = None) -> dict:
             "after": after,
             "loss_pp": (evaluator.dense - after) * 100.0,
             # how far the output model's outputs are from the input model's (the reference)
-            "output_error": output_error([as_array(b[0]) for b in outputs], evaluator.reference),
+            # per sample as the metrics count them (a detector's whole [D, 4] per image, not each detection)
+            "output_error": output_error([_samples_first(evaluator, b[0]) for b in outputs],
+                                         [_samples_first(evaluator, r) for r in evaluator.reference]),
             "outputs": dict(evaluator.last),  # per scored output: metric, before, after, loss_pp, one_pp
         }
     headline = out.get("evaluation", out["calibration"])

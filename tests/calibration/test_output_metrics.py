@@ -80,6 +80,22 @@ def test_a_head_beside_the_class_scores_is_regression_whatever_its_name():
     assert auto_kinds({"out_a": logits, "p": probs})["out_a"] == "rel_l2"
 
 
+def test_an_unnamed_head_of_quantities_is_regression_and_logits_stay_class_scores():
+    """Rule 8: DNSMOS's [N, 3] MOS (about 1 to 4.5, no name hint) was judged by its argmax over the three scores."""
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(1.0, 4.5, (64, 3)).astype(np.float32)
+    assert auto_kinds({"Identity:0": mos}) == {"Identity:0": "rel_l2"}
+    assert auto_kinds({"Identity:0": -mos}) == {"Identity:0": "rel_l2"}  # all negative, not log-probabilities
+    logits = rng.standard_normal((64, 10)).astype(np.float32) * 3
+    logprobs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # all negative, a LogSoftmax head
+    positive = np.abs(logits) + 0.01  # one sign, but close to 0 against its spread
+    multilabel = 1 / (1 + np.exp(-logits))  # sigmoid scores: left to the probability rules
+    for value in (logits, logprobs, positive, multilabel):
+        assert auto_kinds({"out": value.astype(np.float32)})["out"] != "rel_l2"
+    assert auto_kinds({"out": mos[:3]}) == {"out": "agreement"}  # too few rows to tell
+    assert auto_kinds({"logits": mos}) == {"logits": "agreement"}  # the name says class scores
+
+
 def test_a_lopsided_output_is_scored_per_channel_so_its_small_channels_count():
     # a YOLOv8 head: [N, 4 + classes, anchors], box coordinates in pixels beside class probabilities
     rng = np.random.default_rng(0)

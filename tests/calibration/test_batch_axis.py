@@ -1,0 +1,220 @@
+"""Outputs that follow no batch: a detector taking one image [3, H, W] and returning [D, 4] boxes (D data-dependent)
+is judged one sample per feed, in the metrics, the decision rule and the sequential scorer alike (sweep 4,
+ssdlite320: every detection counted as a sample, 33,600 decision samples from 112 images)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnxprune.calibration.metrics import METRICS, Evaluator
+from onnxprune.calibration.output_metrics import unchanged_samples
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.sampling import SequentialScorer
+from onnxprune.converter.auto.decide import BudgetRule
+from onnxprune.converter.cli import cli
+from onnxprune.models import builders
+from onnxprune.models import third_party_builders as tb
+from onnxprune.models.builders_sweep4 import batchless_detector
+
+
+def image_folder(folder, n=24, seed=2):
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        np.savez(folder / f"img{i:02d}.npz", image=rng.standard_normal((3, 8, 8)).astype(np.float32))
+    return folder
+
+
+def scaled(model: onnx.ModelProto, name: str, factor: float) -> onnx.ModelProto:
+    """The model with one initializer multiplied by `factor` (a candidate that moves its detections)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    t = next(t for t in out.graph.initializer if t.name == name)
+    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * np.float32(factor), name))
+    return out
+
+
+@pytest.fixture
+def detector(tmp_path):
+    model = batchless_detector()
+    ev = Evaluator(open_data(image_folder(tmp_path / "imgs"), model), reference_model=model)
+    return model, ev
+
+
+def _reference_detections(model: onnx.ModelProto, image: np.ndarray, threshold: float = 0.8):
+    """The builder's graph in numpy: conv 3x3 (pad 1) + relu, conv 1x1, the locations whose sigmoid passes."""
+    w = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    x = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    s = image.shape[1]
+    patches = np.stack([x[:, i:i + s, j:j + s] for i in range(3) for j in range(3)], axis=1)  # [3, 9, S, S]
+    k = w["c1.weight"].reshape(len(w["c1.weight"]), 3, 9)
+    h = np.maximum(np.einsum("oct,ctyx->oyx", k, patches) + w["c1.bias"][:, None, None], 0.0)
+    head = np.einsum("oc,cyx->oyx", w["head.weight"][:, :, 0, 0], h) + w["head.bias"][:, None, None]
+    rows = head.reshape(5, -1).T
+    score = 1.0 / (1.0 + np.exp(-rows[:, 0]))
+    keep = score > threshold
+    return rows[keep, 1:], score[keep]
+
+
+def test_the_builder_returns_a_data_dependent_number_of_detections(detector):
+    model, ev = detector
+    counts = [len(b[0]) for b in ev.reference_all]
+    assert len(set(counts)) > 1 and all(b[1].shape == (n,) for b, n in zip(ev.reference_all, counts))
+    sess = ort.InferenceSession(model.SerializeToString())
+    for feed, _ in list(ev.batches())[:6]:
+        boxes, scores = sess.run(None, feed)
+        want_boxes, want_scores = _reference_detections(model, feed["image"])
+        assert boxes.shape == want_boxes.shape and (scores > 0.8).all()
+        np.testing.assert_allclose(boxes, want_boxes, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_that_follows_no_batch_is_one_sample_per_feed(detector):
+    _, ev = detector
+    assert ev.reader.per_feed and ev.sample_axes == (None, None)
+    assert ev.units == [(1, 1)] * 24 and ev.num_samples == 24
+    rule = BudgetRule(ev, 1.0)
+    assert rule.n == 24 and [len(v) for v in rule.values(ev.reference_all)] == [24, 24]
+    assert "on the 24 decision samples" in rule.statement()
+    scorer = SequentialScorer(ev)
+    assert scorer.total == 24 and scorer.totals == [24, 24]
+
+
+@pytest.mark.parametrize("factor", [0.97, 1.3])
+def test_per_feed_terms_add_up_to_the_figure_and_the_rule_reads_each_feeds_share(detector, factor):
+    """Per output, the per-feed terms (its rows pooled) summed over the feeds are the metric's figure, the same as the
+    rows' own terms summed; the decision rule's per-feed loss is that feed's share; a full sequential measurement
+    is the Evaluator's score."""
+    model, ev = detector
+    candidate = scaled(model, "head.weight", factor)
+    got = list(ev.run_all(candidate))
+    score = ev.score(got)
+    rule = BudgetRule(ev, 1.0)
+    values = rule.values(got)
+    for i, (name, kind) in enumerate(ev.plan.items()):
+        terms = [ev.batch_samples(g, r, lab)[i] for g, r, lab in zip(got, ev.reference_all, ev.labels)]
+        assert all(t is not None and len(t[0]) == 1 for t in terms)  # one sample per feed, every feed
+        sums = np.sum([t[0].sum(axis=0) for t in terms], axis=0)
+        counts = np.array([int(t[1].sum()) for t in terms])
+        assert METRICS[kind].finish(tuple(sums), int(counts.sum())) == pytest.approx(ev.last[name]["after"], abs=1e-12)
+        same = [k for k, (g, r) in enumerate(zip(got, ev.reference_all)) if g[i].shape == r[i].shape]
+        rows = [METRICS[kind].samples(got[k][i], ev.reference_all[k][i], None) for k in same if len(got[k][i])]
+        assert np.sum([r[0].sum(axis=0) for r in rows], axis=0) == pytest.approx(
+            np.sum([terms[k][0][0] for k in same if len(got[k][i])], axis=0), abs=1e-9)
+        shares = np.array([t[0][0, 0] / t[1][0] for t in terms])
+        assert values[i][:, 0] == pytest.approx(shares if METRICS[kind].lower_better[0] else 1 - shares, abs=1e-12)
+        # by rows, each part's loss; the figure's own loss is the worst part's ('scores' is a Sigmoid's: binary_prob,
+        # crossings and probability change)
+        weighted = [100 * np.average(values[i][:, j], weights=counts) for j in range(values[i].shape[1])]
+        assert max(weighted) == pytest.approx(ev.last[name]["loss_pp"], abs=1e-9)
+    measured = SequentialScorer(ev).measure(lambda order: ev.run_batches(ev.session(candidate), order))
+    assert measured.complete and measured.value == pytest.approx(100 * score, abs=1e-9)
+
+
+def test_a_changed_detection_count_loses_that_one_feed(detector):
+    _, ev = detector
+    got = [tuple(np.array(v, copy=True) for v in b) for b in ev.reference_all]
+    boxes, scores = got[5]
+    got[5] = (np.concatenate([boxes, boxes[:1]]), np.concatenate([scores, scores[:1]]))  # one more detection
+    rule = BudgetRule(ev, 1.0)
+    for losses in rule.values(got):
+        assert len(losses) == 24 and np.flatnonzero(losses[:, 0]).tolist() == [5] and losses[5, 0] == 1.0
+    ev.score(got)
+    rows = [len(b[0]) for b in ev.reference_all]
+    for name in ("boxes", "scores"):  # the figure: feed 5's rows all lost, as the rows were counted before
+        assert ev.last[name]["loss_pp"] == pytest.approx(100 * rows[5] / sum(rows))
+    decision = rule.judge_outputs(got)
+    assert decision.n == 24 and decision.loss_pp == pytest.approx(100 / 24) and not decision.within
+
+
+def test_a_feed_with_no_detections_in_either_model_is_an_unchanged_sample(tmp_path):
+    model = batchless_detector(threshold=0.9)  # most images have none
+    ev = Evaluator(open_data(image_folder(tmp_path / "imgs"), model), reference_model=model)
+    empty = [i for i, b in enumerate(ev.reference_all) if len(b[0]) == 0]
+    assert 0 < len(empty) < 24 and ev.sample_axes == (None, None)
+    rule = BudgetRule(ev, 1.0)
+    assert rule.n == 24 and all(len(v) == 24 and not v.any() for v in rule.values(ev.reference_all))
+    assert SequentialScorer(ev).total == 24 and ev.dense == 1.0
+    assert unchanged_samples("seq_agreement", np.zeros((0, 3, 5)))[0].tolist() == [[3.0]]
+    assert unchanged_samples("prob", np.zeros((0, 4)))[0].tolist() == [[1.0, 0.0]]
+    assert unchanged_samples("rel_l2", np.zeros((0, 4)))[0].tolist() == [[0.0]]
+
+
+def test_batch_major_outputs_keep_their_rows(tmp_path):
+    """A stacked model with any batch size: rows are samples, in parts of 16 (the scorer's split)."""
+    model = builders.mlp_gemm()
+    name = model.graph.input[0].name
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    x = np.random.default_rng(0).standard_normal((40, *dims)).astype(np.float32)
+    ev = Evaluator(open_data({name: x}, model, batch_size=64), reference_model=model, split=16)
+    assert ev.sample_axes == (0,) and [u[0] for u in ev.units] == [16, 16, 8] and ev.num_samples == 40
+    assert BudgetRule(ev, 1.0).n == 40 and SequentialScorer(ev).total == 40
+
+
+def test_a_time_major_feed_counts_its_sequences():
+    """x [T, N, C] (time first): the feed's batch is axis 1, so logits [N, classes] keep their N rows as samples."""
+    model = tb.time_major_lstm()
+    x = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float32)
+    ev = Evaluator(open_data({"x": x}, model, batch_size=4), reference_model=model)
+    assert ev.sample_axes == (0,) and ev.units == [(3,)] and BudgetRule(ev, 1.0).n == 3
+
+
+def test_prune_a_batchless_detector_decides_on_feeds(tmp_path):
+    image_folder(tmp_path / "imgs", n=48)
+    onnx.save(batchless_detector(), tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "a.onnx"), "--max-loss",
+                                   "5", "--data", str(tmp_path / "imgs"), "--levels", "0.3,0.6", "--one-shot"])
+    assert res.exit_code == 0, res.output
+    assert "48 feed(s) used as is" in res.output
+    assert "on the 48 decision samples" in res.output  # one per image (it was every detection)
+    pruned = onnx.load(str(tmp_path / "a.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"))
+    x = np.random.default_rng(3).standard_normal((3, 8, 8)).astype(np.float32)
+    boxes, scores = sess.run(None, {"image": x})
+    assert boxes.shape == (len(scores), 4)
+
+
+def test_a_row_metric_on_an_output_with_no_batch_is_the_rows_share_per_feed(tmp_path):
+    """agreement on [D, 4] (per row, its argmax), pooled per feed: one changed row of D is 1/D of that feed's loss, not
+    the argmax of the flattened detections (which a [T, C] sequence read one feed at a time would make meaningless)."""
+    model = batchless_detector()
+    ev = Evaluator(open_data(image_folder(tmp_path / "imgs"), model), {"boxes": "agreement"}, reference_model=model)
+    assert ev.sample_axes == (None,)
+    got = [(np.array(b[0], copy=True),) for b in ev.reference_all]
+    k = next(k for k, b in enumerate(got) if len(b[0]) >= 2)
+    row = got[k][0][1]
+    row[(row.argmax() + 1) % 4] = row.max() + 1.0  # row 1 of feed k changes its argmax
+    losses = BudgetRule(ev, 1.0).values(got)[0][:, 0]
+    assert len(losses) == 24 and np.flatnonzero(losses).tolist() == [k]
+    assert losses[k] == pytest.approx(1 / len(got[k][0]))
+    ev.score(got)
+    assert ev.last["boxes"]["loss_pp"] == pytest.approx(100 / sum(len(b[0]) for b in ev.reference_all))
+
+
+def test_stacked_samples_with_an_output_that_follows_no_batch_pool_each_batch():
+    """x [N, 4] (any N) -> 'hits' = NonZero(x > 0) transposed, [K, 2] (sample, column) pairs across the batch: no axis
+    follows the batch, so each evaluation batch (the scorer's parts of 16) is one sample of it; 'y' [N, 4] keeps N."""
+    from onnx import TensorProto, helper
+
+    zero = onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("Greater", ["y", "zero"], ["pos"]),
+             helper.make_node("NonZero", ["pos"], ["nz"]),
+             helper.make_node("Transpose", ["nz"], ["hits"], perm=[1, 0])]
+    graph = helper.make_graph(nodes, "stacked_hits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("hits", TensorProto.INT64, ["K", 2])], [zero, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    y, hits = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[:16]})
+    np.testing.assert_allclose(y, x[:16] @ onnx.numpy_helper.to_array(w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(hits, np.argwhere(y > 0))
+    ev = Evaluator(open_data({"x": x}, model, batch_size=64), reference_model=model, split=16)
+    assert ev.plan == {"y": "agreement", "hits": "exact"} and ev.sample_axes == (0, None)
+    assert ev.units == [(16, 1), (16, 1), (8, 1)] and ev.num_samples == 40
+    assert [len(v) for v in BudgetRule(ev, 1.0).values(ev.reference_all)] == [40, 3]
+    assert SequentialScorer(ev).totals == [40, 3]
