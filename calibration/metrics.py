@@ -459,7 +459,8 @@ def feed_samples(feeds: dict, reader) -> int:
 
 
 def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
-    """How far outputs a are from reference outputs b: max_abs, max_rel / mean_rel (per-sample relative L2
+    """How far outputs a are from reference outputs b: max_abs, mean_abs (the mean over samples of each sample's
+    largest absolute change: for a probability, in its own points), max_rel / mean_rel (per-sample relative L2
     error ||a_i - b_i|| / ||b_i||) and top-1 agreement (None when the output is not [N, classes]).
 
     Per-batch lists are compared batch by batch (feeds of their own shapes are never concatenated); non-tensor
@@ -469,7 +470,7 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
         pairs = list(zip(a_outputs, b_outputs))
     else:  # one side whole: join the other
         pairs = [tuple(_joined(x) if is_list else x for x, is_list in zip((a_outputs, b_outputs), batched))]
-    rel, agree, diffs, exact = [], [], [], False
+    rel, agree, diffs, exact, changes = [], [], [], False, []
     for a, b in pairs:
         a, b = as_array(a), as_array(b)
         if a.shape != b.shape:
@@ -477,6 +478,7 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
                 raise ConfigError(f"outputs of shape {list(a.shape)} and {list(b.shape)} cannot be compared.")
             rel.append(np.ones(_n(b)))  # a batch of another shape (data-dependent): every sample moved
             agree.append(np.zeros(_n(b), dtype=bool))
+            changes.append(np.full(_n(b), np.nan))
             continue
         if a.size == 0:
             continue
@@ -485,17 +487,19 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
             agree.append((_flat(a) == _flat(b)).all(axis=1))
             continue
         rel.append(_relative_errors(a, b))
-        diffs.append(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+        change = np.abs(_flat(a).astype(np.float64) - _flat(b).astype(np.float64)).max(axis=1, initial=0.0)
+        changes.append(change)
+        diffs.append(float(change.max(initial=0.0)))
         if is_classifier(a.shape):
             agree.append(_top1(a) == _top1(b))
     agreement = float(np.mean(np.concatenate(agree))) if agree else None
     if exact:
-        return {"max_abs": None, "max_rel": None, "mean_rel": None, "agreement": agreement}
+        return {"max_abs": None, "mean_abs": None, "max_rel": None, "mean_rel": None, "agreement": agreement}
     if not rel:
-        return {"max_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0, "agreement": None}
-    rel_all = np.concatenate(rel)
-    return {"max_abs": max(diffs), "max_rel": float(rel_all.max()), "mean_rel": float(rel_all.mean()),
-            "agreement": agreement}
+        return {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0, "agreement": None}
+    rel_all, moved = np.concatenate(rel), np.concatenate(changes)
+    return {"max_abs": max(diffs, default=None), "mean_abs": float(np.nanmean(moved)) if np.isfinite(moved).any()
+            else None, "max_rel": float(rel_all.max()), "mean_rel": float(rel_all.mean()), "agreement": agreement}
 
 
 def _is_value_list(x: list) -> bool:

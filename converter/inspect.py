@@ -225,7 +225,11 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
             moved = f"equal values in {100 * (err.get('agreement') or 0.0):.2f}% of samples"
         else:
             agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
-            moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
+            if s["metric"] in PROBABILITY_KINDS and err.get("mean_abs") is not None:  # in probability points:
+                moved = (f"{agree}largest probability change {err['max_abs']:.3g}, per sample "  # relative to a
+                         f"{err['mean_abs']:.3g} on average")  # score near 0, any change looks huge
+            else:
+                moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
         console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
                       f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}", markup=False)
         outputs = s.get("outputs") or {}
@@ -261,6 +265,7 @@ def _widened(budget: dict) -> str:
             "the budget on this decision set; more samples, or --val-data, narrow it)")
 
 
+PROBABILITY_KINDS = ("prob", "binary_prob")  # headline metrics whose output is a probability: changes in its points
 SKIPPED_SHOWN = 3  # tensors left alone for one reason (names aside) listed one by one up to this many; --json lists all
 
 

@@ -181,3 +181,24 @@ def test_a_multi_label_sigmoid_head_is_judged_label_by_label_not_by_its_argmax()
     assert loss_pp("binary_prob", y, d) == pytest.approx(max(crossed, 100 * np.abs(y - d).max(1).mean()))
     rule = BudgetRule(Evaluator(open_data(feeds, model, batch_size=32), None, model), 1.0)
     assert not rule.judge_outputs([(y[:32],), (y[32:],)]).within
+
+
+def test_the_summary_states_a_probabilitys_change_in_its_own_points(tmp_path):
+    """output_error's mean_abs is the mean over samples of each one's largest absolute change, and a run whose
+    headline metric is a probability prints it (relative to a score near 0 any change looks huge)."""
+    from onnxprune.calibration.metrics import output_error
+    from tests.hardening.helpers import invoke
+
+    d = np.array([[0.01], [0.9], [0.3]], np.float32)
+    y = d + np.array([[0.02], [0.05], [-0.1]], np.float32)
+    err = output_error([y[:2], y[2:]], [d[:2], d[2:]])
+    assert err["mean_abs"] == pytest.approx((0.02 + 0.05 + 0.1) / 3, rel=1e-5)
+    assert err["max_abs"] == pytest.approx(0.1, rel=1e-5) and err["max_rel"] > 1.0  # 0.02 on 0.01: twice itself
+    model = tmp_path / "wake.onnx"
+    onnx.save(tb.wake_word(), model)
+    np.savez(tmp_path / "calib.npz", input=X[:240])
+    res = invoke("prune", model, "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz", "--max-loss", "1",
+                 "--one-shot")
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("binary_prob on calib.npz"))
+    assert "largest probability change" in line and "rel error" not in line, line
