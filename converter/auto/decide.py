@@ -71,7 +71,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import METRICS, as_array, mismatch_samples
+from onnxprune.calibration.output_metrics import METRICS
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -209,11 +209,6 @@ def samples_for_share(share: float, budget_pp: float, z: float) -> int | None:
     return hi
 
 
-def _lost(kind: str, ref: np.ndarray) -> np.ndarray:
-    """A batch whose shape differs from the dense model's (data-dependent shapes): every sample counts as lost."""
-    return _as_losses(kind, *mismatch_samples(kind, ref), PER_SAMPLE[kind].paired)
-
-
 @dataclass
 class Decision:
     loss_pp: float  # the worst output's mean loss on the decision set (positive = worse than the dense model)
@@ -322,21 +317,15 @@ class BudgetRule:
     def values(self, batches) -> list[np.ndarray]:
         """Every scored output's per-sample figures, [n, parts] each, from per-batch tuples of output values."""
         refs = self.evaluator.reference_all
-        terms_of = getattr(self.evaluator, "output_terms", None)  # the Evaluator's own per-sample terms
         per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for values, ref, labels in zip(batches, refs, self.evaluator.labels, strict=True):
             values = values if isinstance(values, tuple) else (values,)
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
-                if terms_of is not None:  # samples as the Evaluator counts them (an output with no batch: per feed)
-                    got = terms_of(i, rule.kind, value, ref[i], labels)
-                    if got is not None:
-                        per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
-                    continue
-                out, want = self.evaluator.samples_first(i, as_array(value), as_array(ref[i]))  # sample axis 0
-                if out.shape != want.shape:
-                    per_output[i].append(_lost(rule.kind, want))
-                elif out.size:
-                    per_output[i].append(rule.form.fn(out, want, labels))
+                # the Evaluator's own per-sample terms: samples as it counts them (an output with no batch: per
+                # feed), a batch of another shape lost whole
+                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels)
+                if got is not None:
+                    per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
 
     def samples_to_resolve(self) -> int | None:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter import modelio
 from onnxprune.converter.pipeline import configure, run
@@ -120,6 +121,11 @@ class _Scripted:
 
     def samples_first(self, i, out, want):  # [N, 10]: the samples are on axis 0
         return out, want
+
+    def whole(self, i):  # the logits follow the batch
+        return False
+
+    output_terms = Evaluator.output_terms  # the Evaluator's own per-sample terms, over the outputs above
 
 
 @pytest.mark.parametrize("worse, better, within", [(5, 5, True), (6, 4, True), (10, 0, False), (4, 0, False)])

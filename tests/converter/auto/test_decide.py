@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.output_metrics import METRICS
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule, wilson_upper
 from onnxprune.errors import ConfigError
@@ -27,6 +28,11 @@ class FakeEvaluator:
 
     def samples_first(self, i, out, want):  # every output here holds its samples on axis 0
         return out, want
+
+    def whole(self, i):  # every output follows the batch
+        return False
+
+    output_terms = Evaluator.output_terms  # the Evaluator's own per-sample terms, over the outputs above
 
 
 def logits_for(classes, n_classes=10):
