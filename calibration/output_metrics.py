@@ -275,9 +275,7 @@ def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray
     lost (relative error 1, no agreement, cosine 0; probability change 1)."""
     n = _n(ref)
     worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)  # 1 where lower is better, else 0
-    counts = np.full(n, int(np.prod(ref.shape[1:-1])) if kind == "seq_agreement" and ref.ndim >= 2 else 1,
-                     dtype=np.int64)
-    return np.tile(worst, (n, 1)), counts
+    return np.tile(worst, (n, 1)), np.full(n, _count(kind, ref), dtype=np.int64)
 
 
 def unchanged_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,8 +283,14 @@ def unchanged_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarra
     dense model's (relative error 0; agreement, cosine 1; a sequence's positions all agree), count 1 (positions:
     at least 1)."""
     worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)
-    count = max(1, int(np.prod(ref.shape[1:-1]))) if kind == "seq_agreement" and ref.ndim >= 2 else 1
+    count = max(1, _count(kind, ref))
     return np.where(worst > 0, 0.0, float(count))[None, :], np.array([count], dtype=np.int64)
+
+
+def _count(kind: str, ref: np.ndarray) -> int:
+    """What one sample counts for in a metric's sums: its positions for seq_agreement (all axes but the first and
+    the class axis), else 1."""
+    return int(np.prod(ref.shape[1:-1])) if kind == "seq_agreement" and ref.ndim >= 2 else 1
 
 
 def pool(terms: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
