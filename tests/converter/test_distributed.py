@@ -69,14 +69,12 @@ def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     one = _prune(folder / "one.onnx", 1)
     (folder / "two").mkdir()
-    t0 = time.perf_counter()
-    two = _prune(folder / "two" / "two.onnx", 2)
-    return folder, one, two, time.perf_counter() - t0
+    two = _prune(folder / "two" / "two.onnx", 2)  # its speed is bench_distributed's to print, not a test's
+    return folder, one, two
 
 
 def test_two_processes_train_like_one(runs):
-    folder, one, two, seconds = runs
-    assert seconds < 90, f"2-process run took {seconds:.0f} s"
+    folder, one, two = runs
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert two["training_backend"]["name"] == "ddp" and two["training_backend"]["comm"] == "gloo"
     assert two["training_backend"]["samples"] == one["training_backend"]["samples"] == 3 * 512
@@ -93,7 +91,7 @@ def test_two_processes_train_like_one(runs):
 
 
 def test_only_rank_0_writes(runs):
-    folder, _, two, _ = runs
+    folder, _, two = runs
     assert sorted(p.name for p in (folder / "two").iterdir()) == ["two.onnx"]  # checkpoints removed after success
     onnx.checker.check_model(onnx.load(str(folder / "two" / "two.onnx")))
     assert two["parity"]["max_abs_diff"] < 1e-4 and two["parity"]["batches"] == 4
