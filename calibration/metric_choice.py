@@ -11,7 +11,8 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.calibration.output_metrics import CLASS_KINDS, METRICS, as_array, map_keys, probability_channels
+from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, METRICS, as_array, channel_axis, map_keys,
+                                                  probability_channels)
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,10 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
       7. an rel_l2 output of 3 or more axes whose channels (axis 1, when it is the shorter side of a sample) differ
          in RMS by more than SCALE_SPREAD is scored per channel, each sample by its worst channel: YOLOv8's
          [N, 4 + classes, anchors] packs pixel coordinates beside probabilities, and one relative error over the
-         whole output would be set by the coordinates alone. channel_prob when some channel holds probabilities
+         whole output would be set by the coordinates alone. The same for a channels-last head [N, anchors,
+         channels] (channels on the last axis, fewer than the anchors: YOLOv5's [N, 25200, 85]) when some of its
+         channels hold probabilities; judged whole, a class losing every detection on a small such head
+         (test_channel_prob.py) moved its relative error by 0.0008 (0.08 pp), and the rule kept it. channel_prob when some channel holds probabilities
          (every value in [0, 1]): those are judged by their largest absolute change, the others by relative L2; a
          class no image holds has scores near 1e-5 on every anchor, and judged relative to itself every layer
          feeding it looked untouchable. Else channel_rel_l2.
@@ -190,11 +194,15 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is not None and spread > SCALE_SPREAD:
-            probs = int(probability_channels(as_array(values[name])).all(axis=0).sum())
+            arr = as_array(values[name])
+            probs = int(probability_channels(arr).all(axis=0).sum())
+            axis = channel_axis(arr.shape)
+            if axis != 1 and not probs:  # channels last with no score among them: features, left to rel_l2
+                continue
             kinds[name] = "channel_prob" if probs else "channel_rel_l2"
             if not quiet:
-                log.info("output '%s': its channels (axis 1) differ in scale by %.0fx; scored per channel (%s%s), so "
-                         "the small ones count as much as the large", name, spread, kinds[name],
+                log.info("output '%s': its channels (axis %d) differ in scale by %.0fx; scored per channel (%s%s), "
+                         "so the small ones count as much as the large", name, axis, spread, kinds[name],
                          f": {probs} of them hold probabilities, judged by their largest change" if probs else "")
     return kinds
 
@@ -230,19 +238,22 @@ SCALE_SPREAD = 100.0  # RMS of the largest channel over the smallest (nonzero) o
 
 
 def channel_scale_spread(value) -> float | None:
-    """max/min RMS over the channels (axis 1) of an [N, C, ...] float output with 2 <= C <= 1024 and C shorter than
-    the rest of a sample (C < prod(shape[2:])), else None.
+    """max/min RMS over the channels (`channel_axis`) of a float output of 3 or more axes, else None: axis 1 of an
+    [N, C, ...] output with 2 <= C <= 1024 and C shorter than the rest of a sample (C < prod(shape[2:])); the last
+    axis of a channels-last [N, positions, C] output with C < positions.
 
     The shorter side is the channel axis of a head that packs a few quantities over many positions (YOLOv8's
-    [N, 4 + classes, anchors]); in [N, anchors, classes] (PicoDet, YOLOv5) axis 1 holds positions, whose scales
-    differ because a few see objects and most see background, and a worst-anchor relative error there is the
+    [N, 4 + classes, anchors]; YOLOv5's [N, anchors, 4 + 1 + classes]). Positions are never the channels: their
+    scales differ because a few see objects and most see background, and a worst-anchor relative error there is the
     error of near-zero background scores. Seen on PicoDet (paddle2onnx, [N, 475, 10] and [N, 130, 10] class
     scores): scored per anchor, no layer could lose 10% of its weights within 1 pp."""
     arr = as_array(value)
-    if (arr.dtype.kind != "f" or arr.ndim < 3 or not 2 <= arr.shape[1] <= 1024 or arr.size == 0
-            or arr.shape[1] >= int(np.prod(arr.shape[2:]))):
+    if arr.dtype.kind != "f" or arr.ndim < 3 or arr.size == 0:
         return None
-    moved = np.moveaxis(arr.astype(np.float64), 1, 0).reshape(arr.shape[1], -1)
+    axis = channel_axis(arr.shape)
+    if not 2 <= arr.shape[axis] <= MAX_CHANNELS or (axis == 1 and arr.shape[1] >= int(np.prod(arr.shape[2:]))):
+        return None
+    moved = np.moveaxis(arr.astype(np.float64), axis, 0).reshape(arr.shape[axis], -1)
     rms = np.sqrt(np.mean(moved * moved, axis=1))
     rms = rms[np.isfinite(rms) & (rms > 0)]
     return float(rms.max() / rms.min()) if len(rms) >= 2 else None

@@ -255,12 +255,13 @@ METRICS: dict[str, Metric] = {
     "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01",
                      (True,), True),
     "channel_rel_l2": Metric(_channel_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
-                             "a mean relative L2 error of 0.01 in the worst channel (axis 1) of each sample",
+                             "a mean relative L2 error of 0.01 in the worst channel (axis 1; the last axis of [N, "
+                             "positions, channels]) of each sample",
                              (True,), True),
     "channel_prob": Metric(_channel_prob, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
-                           "the worst channel (axis 1) of each sample is off by 0.01 on average: a probability "
-                           "channel (values in [0, 1]) in its largest absolute change, 1 percentage point; any other "
-                           "in its relative L2 error", (True,), True),
+                           "the worst channel (axis 1; the last axis of [N, positions, channels]) of each sample is off "
+                           "by 0.01 on average: a probability channel (values in [0, 1]) in its largest absolute "
+                           "change, 1 percentage point; any other in its relative L2 error", (True,), True),
     "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
                      continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
@@ -326,10 +327,29 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return diff / np.maximum(np.sqrt(np.square(b).sum(axis=1, dtype=np.float64)), _TINY)
 
 
+MAX_CHANNELS = 1024  # more "channels" than this are positions or features, not a head's few quantities
+
+
+def channel_axis(shape: tuple) -> int:
+    """The channel axis of a per-channel metric (channel_rel_l2, channel_prob) for an output of `shape` (samples
+    first): axis 1 when it is the shorter side of a sample (YOLOv8's [N, 4 + classes, anchors]; [N, C, H, W]), else
+    the last axis of a 3-axis output with at most MAX_CHANNELS there: a channels-last head [N, anchors, 4 + 1 +
+    classes] (YOLOv5, YOLOv7) or [N, anchors, classes] (PicoDet), whose axis 1 holds positions."""
+    if len(shape) == 3 and 2 <= shape[2] <= MAX_CHANNELS and shape[2] < shape[1]:
+        return 2
+    return 1
+
+
+def _channels_second(x: np.ndarray) -> np.ndarray:
+    axis = channel_axis(x.shape) if x.ndim >= 3 else 1
+    return x if axis == 1 else np.moveaxis(x, axis, 1)
+
+
 def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) -> np.ndarray:
-    """Per sample, its worst channel's (axis 1) error, each channel's in [0, 1]: min(1, ||out_ic - ref_ic|| /
-    ||ref_ic||), or with `probabilities`, for a channel whose dense values ref_ic all lie in [0, 1] in that sample,
-    its largest absolute change max_k |out_ick - ref_ick| (capped at 1).
+    """Per sample, its worst channel's (`channel_axis`: axis 1, or the last of a channels-last head) error, each
+    channel's in [0, 1]: min(1, ||out_ic - ref_ic|| / ||ref_ic||), or with `probabilities`, for a channel whose
+    dense values ref_ic all lie in [0, 1] in that sample, its largest absolute change max_k |out_ick - ref_ick|
+    (capped at 1).
 
     Every channel must hold the budget, so neither the class scores packed beside pixel coordinates ([N, 4 + classes,
     anchors]) nor the four coordinates among many class channels can hide behind the others. (The mean over
@@ -340,6 +360,7 @@ def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) ->
     a, b = np.asarray(out), np.asarray(ref)
     if a.ndim < 2:
         return _relative_errors(a, b)
+    a, b = _channels_second(a), _channels_second(b)
     n, c = a.shape[0], a.shape[1]
     a = a.reshape(n, c, -1)
     b = b.reshape(n, c, -1)
@@ -357,9 +378,10 @@ def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) ->
 
 
 def probability_channels(ref: np.ndarray) -> np.ndarray:
-    """[n, C] booleans: which channels (axis 1) of each sample hold probabilities (every value in [0, 1]), as
-    channel_prob reads them."""
+    """[n, C] booleans: which channels (`channel_axis`) of each sample hold probabilities (every value in [0, 1]),
+    as channel_prob reads them."""
     b = np.asarray(ref)
+    b = _channels_second(b) if b.ndim >= 3 else b
     b = b.reshape(b.shape[0], b.shape[1], -1)
     return (b.min(axis=2, initial=0.0) >= 0.0) & (b.max(axis=2, initial=0.0) <= 1.0)
 

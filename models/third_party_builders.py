@@ -291,12 +291,13 @@ def time_major_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, see
 
 
 def yolo_head(*, channels: int = 3, width: int = 8, size: int = 8, classes: int = 6, present: int = 2,
-              pixels: float = 64.0, seed: int = 0) -> onnx.ModelProto:
+              pixels: float = 64.0, channels_last: bool = False, seed: int = 0) -> onnx.ModelProto:
     """image [N, 3, size, size] -> conv 3x3 + relu -> 'box' conv 1x1 (4 channels) x `pixels` and 'cls' conv 1x1
     (`classes` channels) + sigmoid -> Concat on axis 1 -> Reshape -> 'output0' [N, 4 + classes, size * size]: the
     layout of a YOLOv8/YOLO11 export (anchors = positions). The first `present` classes have bias -2 (scores spread
     over (0, 1): objects found on some anchors), the others bias -12 (a class no image holds: scores near 6e-6).
-    The class head's weight is 'cls.weight' [classes, width, 1, 1]."""
+    The class head's weight is 'cls.weight' [classes, width, 1, 1]. `channels_last`: a Transpose after the
+    Reshape, 'output0' [N, size * size, 4 + classes], as YOLOv5/YOLOv7 exports lay out their [N, anchors, 85]."""
     g = _Graph(seed)
     x = g.relu(g.conv("image", "stem", channels, width, 3), "stem")
     box = g.op("Mul", "box", [g.conv(x, "box", width, 4, 1), g.const("box.scale", np.array(pixels))])
@@ -305,9 +306,15 @@ def yolo_head(*, channels: int = 3, width: int = 8, size: int = 8, classes: int 
     cls = g.op("Sigmoid", "cls", [g.op("Conv", "cls", [x, w, bias], kernel_shape=[1, 1])])
     cat = g.op("Concat", "head", [box, cls], axis=1)
     g.initializers.append(numpy_helper.from_array(np.array([0, 4 + classes, size * size], np.int64), "head.shape"))
-    g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["output0"], name="/head/Reshape"))
-    return _model(g, "yolo_head", [_float("image", [BATCH, channels, size, size])],
-                  [_float("output0", [BATCH, 4 + classes, size * size])])
+    shape = [BATCH, 4 + classes, size * size]
+    if channels_last:
+        g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["head.flat"], name="/head/Reshape"))
+        g.nodes.append(helper.make_node("Transpose", ["head.flat"], ["output0"], name="/head/Transpose",
+                                        perm=[0, 2, 1]))
+        shape = [BATCH, size * size, 4 + classes]
+    else:
+        g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["output0"], name="/head/Reshape"))
+    return _model(g, "yolo_head", [_float("image", [BATCH, channels, size, size])], [_float("output0", shape)])
 
 
 def wake_word(*, in_features: int = 8, hidden: int = 16, name: str = "53", sigmoid: bool = True,

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kinds
-from onnxprune.calibration.output_metrics import mismatch_samples, probability_channels
+from onnxprune.calibration.output_metrics import channel_axis, mismatch_samples, probability_channels
 from onnxprune.calibration.readers import open_data
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
 from onnxprune.models import third_party_builders as tb
@@ -41,10 +41,10 @@ def user_check(out, ref):
 
 
 def head():
-    """Two samples of [4 boxes + 3 classes, 5 anchors]: class 0 present, classes 1 and 2 absent (scores 1e-5)."""
-    boxes = np.array([[100.0, 120.0, 40.0, 30.0, 200.0]] * 4)
-    present = np.array([0.9, 0.1, 0.3, 0.02, 0.6])
-    absent = np.full((2, 5), 1e-5)
+    """Two samples of [4 boxes + 3 classes, 8 anchors]: class 0 present, classes 1 and 2 absent (scores 1e-5)."""
+    boxes = np.array([[100.0, 120.0, 40.0, 30.0, 200.0, 150.0, 80.0, 60.0]] * 4)
+    present = np.array([0.9, 0.1, 0.3, 0.02, 0.6, 0.3, 0.05, 0.7])
+    absent = np.full((2, 8), 1e-5)
     return np.stack([np.vstack([boxes, present, absent]),
                      np.vstack([1.1 * boxes, present[::-1], absent])]).astype(np.float32)
 
@@ -125,8 +125,36 @@ def test_rule_7_gives_a_detector_head_channel_prob_and_other_lopsided_outputs_ch
     assert auto_kinds({"output0": np.concatenate([boxes / 320, scores * 1e-3], 1)}) == {"output0": "channel_prob"}
     # log-scale scores (negative) beside pixels: no channel holds probabilities
     assert auto_kinds({"output0": np.concatenate([boxes, scores - 0.05], 1)}) == {"output0": "channel_rel_l2"}
-    # [N, anchors, classes] (PicoDet, YOLOv5): axis 1 holds positions, not channels; whole-output rel_l2
-    assert auto_kinds({"output0": np.moveaxis(np.concatenate([boxes, scores], 1), 1, 2)}) == {"output0": "rel_l2"}
+    # [N, anchors, 4 + classes] (YOLOv5, YOLOv7): axis 1 holds positions, the channels are last
+    assert auto_kinds({"output0": np.moveaxis(np.concatenate([boxes, scores], 1), 1, 2)}) == {"output0": "channel_prob"}
+
+
+def test_rule_7_channels_last_only_for_a_head_with_scores_among_its_channels():
+    rng = np.random.default_rng(0)
+    # PicoDet's [N, anchors, classes]: every channel a probability; classes seen alike keep whole-output rel_l2
+    assert auto_kinds({"output1": rng.uniform(0, 1, (3, 475, 10))}) == {"output1": "rel_l2"}
+    # ... and a class no image holds (scores near 1e-5) beside seen ones: per class
+    picodet = np.concatenate([rng.uniform(0, 1, (3, 475, 9)), np.full((3, 475, 1), 1e-5)], axis=2)
+    assert auto_kinds({"output1": picodet}) == {"output1": "channel_prob"}
+    # a hidden state [N, tokens, features] with a few large features: no probabilities, stays rel_l2
+    hidden = rng.standard_normal((3, 128, 64)) * np.where(np.arange(64) < 2, 1000.0, 1.0)
+    assert auto_kinds({"out": hidden}) == {"out": "rel_l2"}
+    # more positions than channels is what makes the last axis the channels: [N, 4 + classes, anchors] stays axis 1
+    assert channel_axis((3, 10, 64)) == 1 and channel_axis((3, 64, 10)) == 2 and channel_axis((3, 64, 10, 2)) == 1
+
+
+def test_channels_last_terms_are_the_channels_first_terms_of_the_same_head():
+    rng = np.random.default_rng(3)
+    ref = np.concatenate([rng.uniform(0, 320, (6, 4, 40)), rng.uniform(0, 1, (6, 3, 40)) ** 8,
+                          np.full((6, 3, 40), 1e-6)], axis=1).astype(np.float32)
+    out = ref + rng.normal(0, 1, ref.shape).astype(np.float32) * np.where(np.arange(10) < 4, 0.5, 0.004)[:, None]
+    out[:, 4:] = np.clip(out[:, 4:], 0, 1)
+    last = (np.ascontiguousarray(np.moveaxis(a, 1, 2)) for a in (out, ref))
+    for kind in ("channel_prob", "channel_rel_l2"):
+        o, r = np.moveaxis(out, 1, 2), np.moveaxis(ref, 1, 2)
+        assert per_sample(kind, o, r) == pytest.approx(per_sample(kind, out, ref), rel=1e-6)
+    assert probability_channels(np.moveaxis(ref, 1, 2)).tolist() == probability_channels(ref).tolist()
+    assert loss_pp("channel_prob", *last) == pytest.approx(user_check(out, ref), rel=1e-5)
 
 
 def run(model):
@@ -177,3 +205,46 @@ def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
     got = namespace["channel_prob_loss"](out.astype(np.float32), ref.astype(np.float32))
     assert got == pytest.approx(loss_pp("channel_prob", out.astype(np.float32), ref.astype(np.float32)), rel=1e-5)
     assert got == pytest.approx(user_check(out, ref), rel=1e-5)
+
+
+def test_on_a_channels_last_yolo_graph_a_lost_detection_is_over_budget_though_whole_output_rel_l2_misses_it():
+    """YOLOv5/YOLOv7 lay out [N, anchors, 4 + 1 + classes]: judged as one relative error, pixel coordinates hide every
+    class score; judged per channel on the last axis, the detections a class loses are over any budget."""
+    model = tb.yolo_head(channels_last=True)
+    onnx.checker.check_model(model, full_check=True)
+    ev = Evaluator(open_data({"image": IMAGES}, model, batch_size=16), None, model)
+    assert ev.plan == {"output0": "channel_prob"}
+    dense = run(model)
+    assert dense.shape == (48, 64, 10) and (dense[:, :, 5] > 0.25).sum() > 100
+
+    def lose_class_1(w):
+        w[1] = 0.0  # class 1's scores fall to sigmoid(-2) = 0.12 on every anchor: its detections at 0.25 are lost
+        return w
+    lost = with_initializer(model, "cls.weight", lose_class_1)
+    after = run(lost)
+    assert ((after[:, :, 4:] > 0.25) != (dense[:, :, 4:] > 0.25)).sum() > 100
+    whole = Evaluator(open_data({"image": IMAGES}, model, batch_size=16), "output0=rel_l2", model)
+    assert whole.loss_pp(whole.evaluate(lost)) < 1.0  # what this layout was judged by: the loss looked in budget
+    assert BudgetRule(whole, 1.0).judge(lost).within  # and the rule would have kept it
+    got = ev.loss_pp(ev.evaluate(lost))
+    assert got == pytest.approx(user_check(np.moveaxis(after, 1, 2), np.moveaxis(dense, 1, 2)), rel=1e-5)
+    assert got > 10.0 and not BudgetRule(ev, 1.0).judge(lost).within
+
+
+def test_a_channels_last_yolo_graph_prunes_within_budget_and_runs_as_its_oracle(tmp_path):
+    """The automatic search on the channels-last head: every sample's worst channel within 1 pp on held-out images,
+    and the written model runs in onnxruntime as its dense form does at the kept weights."""
+    from onnxprune.converter.pipeline import configure, run as run_pipeline
+    from tests.oracle import assert_same_outputs
+
+    model = tb.yolo_head(channels_last=True, width=16)
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((240, 3, 8, 8)).astype(np.float32)
+    result = run_pipeline(model, configure(max_loss=1.0, data={"image": images}, time_budget=40, seed=0))
+    assert result.report["auto"]["decision"]["within"]
+    assert set(result.report["auto"]["decision"]["outputs"]) == {"output0"}
+    onnx.checker.check_model(result.model, full_check=not result.model.graph.sparse_initializer)
+    assert_same_outputs(result.model, result.dense_model, seeds=(0, 1), batch=8)
+    held = rng.standard_normal((200, 3, 8, 8)).astype(np.float32)
+    a, b = first_output(result.model, {"image": held}), first_output(model, {"image": held})
+    assert user_check(np.moveaxis(a, 1, 2), np.moveaxis(b, 1, 2)) <= 2.0  # held out, within noise of the budget
