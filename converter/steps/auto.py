@@ -163,6 +163,6 @@ class AutoSearchStep(Step):
         """The run's clock for --time-budget (converter.auto.timing); its deadline becomes the run's."""
         from onnxprune.converter.auto.timing import run_clock
 
-        clock = run_clock(state, self._time_budget())
+        clock = state.clock = run_clock(state, self._time_budget())
         state.deadline = clock.deadline
         return clock
