@@ -21,19 +21,44 @@ class FakeClock:
         return self.now
 
 
-def after(per_sample=0.1, handling=2.0, verify=100, measure=50, activation=10) -> AfterSearch:
+def after(per_sample=0.01, handling=2.0, verify=100, measure=50, activation=10) -> AfterSearch:
     return AfterSearch(per_sample, handling, verify, measure, activation)
 
 
 def test_the_reserve_is_the_passes_after_the_search_at_the_measured_pace():
-    a = after()
-    # verify 2 x 100, measure 50, Act% 2 x 10: 270 sample-passes at 0.1 s, + 2 s handling, x the margin
-    assert a.passes() == 270
-    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 27.0))
+    a = after(per_sample=0.1)
+    # verify 100 at VERIFY_COST, measure 50, Act% 10 at ACTIVATION_COST scored passes at 0.1 s, + 2 s handling
+    passes = timing.VERIFY_COST * 100 + 50 + timing.ACTIVATION_COST * 10
+    assert a.passes() == pytest.approx(passes)
+    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 0.1 * passes))
     a.measured(50, 10.0)  # the search judged a candidate on 50 samples in 10 s: the pace doubled
     assert a.pass_per_sample == pytest.approx(0.2)
-    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 54.0))
+    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 0.2 * passes))
     assert a.as_dict()["pass_measured_on"] == "the last candidate judged"
+
+
+def test_the_reserve_keeps_the_slowest_recent_pace_when_the_machine_speeds_up_again():
+    """Magika, 1-minute budget, loaded 2-core machine: its last candidate passed at 7.4 ms a sample and its
+    verification a minute later at 20 ms. A pass that went faster does not shrink the reserve until RECENT_PACES
+    faster ones have followed the slow one."""
+    a = after(per_sample=0.1)
+    a.measured(10, 3.0)  # 0.3 s a sample: the load rose
+    for k in range(timing.RECENT_PACES - 1):
+        a.measured(10, 1.0)  # back to 0.1 s a sample
+        assert a.pace() == pytest.approx(0.3), k
+    a.measured(10, 1.0)  # the slow pass is no longer among the recent ones
+    assert a.pace() == pytest.approx(0.1)
+    assert a.pass_per_sample == pytest.approx(0.1)  # the latest, as reported
+    assert a.as_dict()["reserve_ms_per_sample"] == pytest.approx(100.0)
+
+
+def test_the_reference_pass_prices_the_reserve_until_enough_candidates_are_judged():
+    a = after(per_sample=0.5)  # a slow reference pass
+    a.measured(10, 1.0)
+    assert a.pace() == pytest.approx(0.5)
+    for _ in range(timing.RECENT_PACES):
+        a.measured(10, 1.0)
+    assert a.pace() == pytest.approx(0.1)
 
 
 def test_the_search_deadline_is_the_budget_less_the_reserve():
