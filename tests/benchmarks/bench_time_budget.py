@@ -19,6 +19,7 @@ is a separate row); the machine's own load (`os.getloadavg`) is printed with eve
 
     python -m tests.benchmarks.bench_time_budget [--only NAME ...] [--budgets 1m 3m] [--load 0 2] [--repo DIR]
         [--root DIR] [--python PY] [--json F] [--extra ARG ...]
+    python -m tests.benchmarks.bench_time_budget --compare BEFORE.jsonl AFTER.jsonl   # two --json files, side by side
 
 Needs only the project's .venv. Prints; asserts nothing (timing is never a test's business).
 """
@@ -128,6 +129,27 @@ def show(r: dict) -> None:
         print(f"    note: {n[:200]}", flush=True)
 
 
+def compare(before: Path, after: Path) -> None:
+    """Two runs' --json rows side by side, matched by model, budget and load."""
+    def rows(path):
+        return {(r["model"], r["budget"], r["load"]): r for r in map(json.loads, path.read_text().splitlines())}
+
+    a, b = rows(before), rows(after)
+    print(f"{'model':20s} {'budget':>6s} {'load':>4s} | {'wall/budget':>11s} {'startup':>7s} {'search':>6s} "
+          f"{'after':>5s} {'reserve':>7s} | {'wall/budget':>11s} {'startup':>7s} {'search':>6s} {'after':>5s} "
+          f"{'reserve':>7s}")
+    for key in [k for k in a if k in b] + [k for k in b if k not in a]:
+        cells = []
+        for r in (a.get(key), b.get(key)):
+            if r is None or "steps" not in r:
+                cells.append(f"{'-':>11s} {'':>7s} {'':>6s} {'':>5s} {'':>7s}")
+                continue
+            startup = r["steps"].get("startup", r.get("outside_s", r.get("startup_s", 0.0)))
+            cells.append(f"{r['ratio']:11.2f} {startup:7.1f} {r['search_s'] or 0:6.1f} {r['after_s'] or 0:5.1f} "
+                         f"{r['reserve_s'] if r['reserve_s'] is not None else '-':>7}")
+        print(f"{key[0]:20s} {key[1]:>6s} {key[2]:>4d} | {cells[0]} | {cells[1]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
@@ -138,8 +160,13 @@ def main(argv=None) -> int:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", type=Path, help="append every row here (one JSON object a line)")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="print two --json files "
+                    "side by side and run nothing")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for `prune` (after the rest)")
     args = ap.parse_args(argv)
+    if args.compare:
+        compare(*args.compare)
+        return 0
     names = args.only or DEFAULT_MODELS
     missing = [n for n in names if not (args.root / n / "card.json").exists()]
     if missing:
