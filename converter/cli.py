@@ -564,8 +564,9 @@ def _terminate(signum, frame):
 
 def process_started() -> float:
     """time.perf_counter() when this process started: on Linux from /proc (the interpreter's own start included),
-    elsewhere now. Importing torch and onnx before the first step took 5 to 10 s of magika's and nudenet's 1-minute
-    budgets on a loaded 2-core machine (tests/benchmarks/bench_time_budget.py): a CI job waits for them too."""
+    elsewhere now. Importing torch and onnx before the first step took 3 to 22 s of magika's, nudenet_320n's,
+    rapidocr_det's and silero_vad's runs on a 2-core machine at load 4-9 (tests/benchmarks/bench_time_budget.py,
+    b038558): a CI job waits for them too."""
     now = time.perf_counter()
     try:
         with open("/proc/self/stat") as f:

@@ -5,7 +5,7 @@ measurements, is reserved out of the budget before the search starts, and re-est
     reserve = margin × (handling + pace × (VERIFY_COST × verify + measure + ACTIVATION_COST × activations))
 
   startup     the command line's clock starts with its process (converter.cli.process_started): the interpreter,
-              importing torch and onnx, the options (5 to 18 s of a 1-minute budget on a loaded 2-core machine)
+              importing torch and onnx, the options (3 to 22 s in b038558's bench runs, 2-core machine at load 4-9)
   pace        seconds one onnxruntime pass of the dense model takes per sample, measured in this run: first the
               decision evaluator's reference pass, then every candidate the search judges; the slowest of the last
               RECENT_PACES counts (the machine's load moves it both ways within a minute: magika's last candidate
@@ -21,12 +21,13 @@ measurements, is reserved out of the budget before the search starts, and re-est
               machine: load 1.5 s; shrink, encode, report and write 1.9 s, six sessions built about 6 s: 5.3 loads)
   margin      RESERVE_MARGIN × the sum (what the pace cannot foresee: the load rising after the search)
 
-VERIFY_COST and ACTIVATION_COST were measured against the evaluator's own pass (optimisations on), back to back
-on a 2-core machine at load 4-5 (tests/benchmarks/bench_time_budget.py's models, two repeats each): a verified
-sample cost magika 4.0-5.0 scored passes, nudenet_320n 2.9-4.6, rapidocr_det 4.4-6.8 (its graph optimised runs
-2x faster); a batch of Act% cost magika 3.5-5.3 scored passes a sample, nudenet_320n 2.2-7.3. silero_vad's
-one-chunk feeds cost 25-30x more per sample than its batched evaluator pass; its sessions dominate, which
-handling prices (2.1 s reserved, 0.3 s taken).
+VERIFY_COST and ACTIVATION_COST were measured against the evaluator's own pass (optimisations on) on a 2-core
+machine at load 4-9 (tests/benchmarks/bench_time_budget.py's models). Back to back, two repeats each: a verified
+sample cost magika 4.0-5.0 scored passes, nudenet_320n 2.9-4.6, rapidocr_det 4.4-6.8 (one page a feed, 1.4 s in
+all); a sample of Act% magika 3.5-5.3, nudenet_320n 2.2-7.3. In magika's four runs of b038558's bench, verification
+cost 3.1-5.3 scored passes a sample at the search's last pace. The costs are set at the common top of these (5), the
+margin above them; silero_vad's one-chunk feeds cost 25-30x more per sample than its batched evaluator pass, but
+in all 0.3 s: its sessions dominate, which handling prices (2.1 s reserved).
 
 When the reserve alone is more than the budget left, the search keeps nothing of its own time and the run says so
 in one note: verification is never skipped, so such a run ends after its budget.
@@ -39,8 +40,8 @@ from dataclasses import dataclass, field
 
 HANDLING_LOADS = 6.0
 RESERVE_MARGIN = 1.25
-VERIFY_COST = 7.0  # scored passes a verified sample costs (the module docstring: 2.9-6.8 measured)
-ACTIVATION_COST = 8.0  # scored passes a sample of Act% costs (the module docstring: 2.2-7.3 measured)
+VERIFY_COST = 5.0  # scored passes a verified sample costs (the module docstring: 2.9-6.8 measured, mostly 3-5)
+ACTIVATION_COST = 5.0  # scored passes a sample of Act% costs (the module docstring: 2.2-7.3 measured)
 RECENT_PACES = 4  # the reserve is priced at the slowest of the last this many measured passes
 
 
