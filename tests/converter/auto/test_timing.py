@@ -173,3 +173,48 @@ def test_a_budget_the_reserve_takes_whole_keeps_the_input_model_without_a_scan(s
     assert result.report["parity"]["batches"] >= 1
     for a, b in zip(model.graph.initializer, result.model.graph.initializer):
         np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_the_clock_counts_from_the_start_it_is_given(small):
+    """The command line gives its process's start (converter.cli.process_started): what the interpreter and the
+    imports took is in the budget. A start 1000 s ago leaves a 20 s budget nothing: the input model, said once."""
+    import time
+
+    model, data = small
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=20, seed=0), started=time.perf_counter() - 1e3)
+    report = result.report
+    assert report["seconds_by_step"]["startup"] >= 1e3 and report["seconds"] >= 1e3
+    spent_ = report["time_budget"]
+    assert spent_["startup_s"] >= 1e3 and spent_["before_search_s"] >= 1e3 and spent_["within"] is False
+    assert sum("no time was left for the search" in n for n in report["notes"]) == 1
+    assert report["parity"]["batches"] >= 1
+    for a, b in zip(model.graph.initializer, result.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_a_run_without_a_given_start_has_no_startup():
+    from onnxprune.converter.steps.base import RunState, run_steps
+
+    state = run_steps([], RunState(source=None, config=None, progress=None))
+    assert "startup" not in state.seconds and state.started > 0
+
+
+def test_the_process_started_before_the_command_line_asked():
+    import time
+
+    from onnxprune.converter.cli import process_started
+
+    before = process_started()
+    assert before <= time.perf_counter()
+
+
+def test_the_one_shot_fallback_reports_its_budget_and_reserve():
+    """Too little data for the search: the one-shot budget search runs under the same clock, and the report says
+    the budget it had (it said 0 s, so `within` was always false) and what it reserved."""
+    model, data = self_labelled(hidden=(16, 8), model_seed=3, n=60, data_seed=1)
+    result = run(model, configure(max_loss=1.0, data={"input": data["input"]}, time_budget=30, seed=0))
+    report = result.report
+    assert any("the one-shot budget search ran" in n for n in report["notes"])
+    spent_ = report["time_budget"]
+    assert spent_["budget_s"] == 30.0 and spent_["reserved_after_search_s"] > 0
+    assert spent_["within"] == (spent_["total_s"] <= 30.0)
