@@ -398,7 +398,7 @@ class _Search:
         steps = self.round_steps * hyper.POLISH_FACTOR
         pace = getattr(self, "_round_seconds", None)
         per_step = pace / self.round_steps if pace else self.step_seconds * 1.2
-        fit = int(max(0.0, self.left() - self.tail) / max(per_step, 1e-6))
+        fit = int(max(0.0, self.left() - self.tail - self.pass_seconds()) / max(per_step, 1e-6))  # judged after
         steps = min(steps, fit)
         self.choices["polish_steps"] = {"value": steps, "rule": f"{hyper.POLISH_FACTOR} rounds' steps, cut to the "
                                         "time left" if steps < self.round_steps * hyper.POLISH_FACTOR else
