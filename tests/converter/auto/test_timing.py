@@ -158,13 +158,20 @@ def test_a_run_within_its_budget_reports_how_it_spent_it(small):
 def test_a_budget_the_reserve_takes_whole_keeps_the_input_model_without_a_scan(small, monkeypatch):
     """Sweep 4: DNSMOS (19 GMAC a sample, 200 samples, --time-budget 3m) had its whole budget reserved for the
     steps after the search, yet still ran the sensitivity scan's cached prefixes and the refit search: 17 min
-    later the kernel's OOM killer ended it. With no time of its own the search now tries nothing."""
+    later the kernel's OOM killer ended it. With no time of its own the search now tries nothing, and the chooser's
+    evaluator (a dense pass on the training part) is not built."""
     import onnxprune.calibration.sensitivity as sensitivity
 
     def no_scan(*a, **k):
         raise AssertionError("the scan ran with no time left")
 
     monkeypatch.setattr(sensitivity, "scan", no_scan)
+    from onnxprune.converter.steps.auto import AutoSearchStep
+
+    def no_chooser(*a, **k):
+        raise AssertionError("the chooser's evaluator ran its dense pass with no time left")
+
+    monkeypatch.setattr(AutoSearchStep, "_chooser", staticmethod(no_chooser))
     model, data = small
     result = run(model, configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))
     notes = result.report["notes"]
