@@ -10,8 +10,10 @@ measurements, is reserved out of the budget before the search starts, and re-est
               decision evaluator's reference pass, then every candidate the search judges; the slowest of the last
               RECENT_PACES counts (the machine's load moves it both ways within a minute: magika's last candidate
               passed at 7.4 ms a sample, its verification a minute later at 20 ms)
-  verify      the samples the parity check runs (never skipped), VERIFY_COST scored passes each: the written
-              model and its dense oracle, optimisations off, the checker and three sessions
+  verify      the samples the parity check runs, VERIFY_COST scored passes each: the written model and its dense
+              oracle, optimisations off, the checker and three sessions; never skipped, but when the search's end
+              finds less time than was reserved (the load rose), only the batches that fit run, at least one
+              (`parity_batches`; magika at 1 minute, load 9: its 4 batches took 35 s)
   measure     the samples the final metric is scored on (calibration, and --eval-data when given)
   activations the samples of one batch of Act% per layer, ACTIVATION_COST scored passes each (both models, every
               activation fetched, optimisations off); optional: the measure step reads only the batches that fit
@@ -159,6 +161,20 @@ def optional_batches(deadline: float | None, per_batch: float, most: int, *, kee
     if left <= 0:
         return 0
     return int(min(most, left // max(per_batch, 1e-9)))
+
+
+def parity_batches(deadline: float | None, after: AfterSearch, batches: int, *, keep: float = 0.0,
+                   clock=time.perf_counter) -> int:
+    """How many of the parity check's `batches` of data fit before `deadline` at the reserve's pace (VERIFY_COST
+    scored passes a sample), with the final metric's pass and `keep` seconds (sessions, the report, the write)
+    left after them: all of them without a deadline, and at least one (verification is never skipped). The reserve
+    prices them all; fewer run only when the search's end found less time than it reserved (the load rose)."""
+    if deadline is None or batches <= 1:
+        return batches
+    pace = after.pace()
+    per_batch = pace * VERIFY_COST * after.verify_samples / batches
+    return max(1, optional_batches(deadline, per_batch, batches, keep=keep + pace * after.measure_samples,
+                                   clock=clock))
 
 
 def spent(seconds: dict, budget: float, reserve: dict | None = None) -> dict:

@@ -37,6 +37,15 @@ class VerifyStep(Step):
 
         feeds = self._feeds(state)
         random = state.data is None or state.data.config.data == "random"
+        if feeds and not random and state.clock is not None:  # --time-budget: the batches that fit, at least one
+            from onnxprune.converter.auto.timing import parity_batches
+
+            keep = (VERIFY_SESSIONS + REST_LOADS) * state.seconds.get("load", 0.0)
+            n = parity_batches(state.deadline, state.clock.after, len(feeds), keep=keep)
+            if n < len(feeds):
+                state.notes.append(f"time budget: verification ran {n} of its {len(feeds)} batches of data (the "
+                                   "time left in --time-budget; the load rose after the search)")
+                feeds = feeds[:n]
         state.parity = check_parity(state.final, state.pruned, feeds, source="random" if random else "data")
 
     def _feeds(self, state: RunState):
@@ -57,6 +66,7 @@ ACTIVATION_SAMPLES = 128  # ... and no more whole batches than hold this many sa
 # nonzeros over 128 samples is information enough, and both passes fetch every activation (optimisations off); the
 # 22.6M-parameter encoder's 240 samples (4 batches of 64) took 16 s CPU of a 149 s one-shot run
 REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
+VERIFY_SESSIONS = 3.0  # the parity check's sessions (oracle, written model, its optimised load), in load steps
 
 
 @register_step("measure")

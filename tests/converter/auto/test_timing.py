@@ -223,5 +223,23 @@ def test_the_one_shot_fallback_reports_its_budget_and_reserve():
     report = result.report
     assert any("the one-shot budget search ran" in n for n in report["notes"])
     spent_ = report["time_budget"]
-    assert spent_["budget_s"] == 30.0 and spent_["reserved_after_search_s"] > 0
+    assert spent_["budget_s"] == 30.0 and spent_["reserved_after_search_s"] is not None
     assert spent_["within"] == (spent_["total_s"] <= 30.0)
+
+
+def test_verification_runs_the_batches_that_fit_and_never_none():
+    """The reserve prices every parity batch; when the search's end finds less time (the load rose after it), the
+    check runs the batches that fit before the final metric's pass and what follows, and at least one."""
+    from onnxprune.converter.auto.timing import parity_batches
+
+    a = after(per_sample=0.01, verify=100, measure=50)  # 4 batches of 25 samples: 25 x VERIFY_COST x 0.01 s each
+    per_batch = 25 * timing.VERIFY_COST * 0.01
+    metric = 50 * 0.01
+    assert parity_batches(None, a, 4) == 4  # no deadline: all
+    assert parity_batches(100.0, a, 4, keep=2.0, clock=FakeClock(0.0)) == 4
+    left = 2.0 + metric + 2.5 * per_batch  # room for two and a half batches after the metric and the keep
+    assert parity_batches(left, a, 4, keep=2.0, clock=FakeClock(0.0)) == 2
+    assert parity_batches(1.0, a, 4, keep=2.0, clock=FakeClock(0.0)) == 1  # no time at all: still one
+    assert parity_batches(1.0, a, 1, clock=FakeClock(0.0)) == 1
+    a.measured(25, 25 * 0.04)  # the search's last pass ran 4x slower: the pace the batches are priced at
+    assert parity_batches(left, a, 4, keep=2.0, clock=FakeClock(0.0)) == 1
