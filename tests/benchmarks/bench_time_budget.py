@@ -108,6 +108,7 @@ def run_one(name: str, budget: str, load: int, args, work: Path) -> dict:
     row["after_s"] = spent.get("after_search_s")
     row["reserve_s"] = spent.get("reserved_after_search_s", auto_time.get("reserve_s"))
     row["pace_ms"] = auto_time.get("reserve_ms_per_sample", auto_time.get("pass_ms_per_sample"))
+    row["compression"] = report.get("compression")  # what the time bought
     row["verified"] = proc.returncode == 0 and out.exists() and bool((report.get("parity") or {}).get("batches"))
     row["notes"] = [n for n in report.get("notes", []) if "time" in n or "one-shot" in n]
     return row
@@ -122,7 +123,7 @@ def show(r: dict) -> None:
     steps = r["steps"]
     after = " ".join(f"{k} {steps[k]:.1f}" for k in AFTER_STEPS if k in steps)
     before = " ".join(f"{k} {v:.1f}" for k, v in steps.items() if k not in AFTER_STEPS and k != "auto-search")
-    print(f"{head}  {'verified' if r['verified'] else 'NOT VERIFIED'}\n"
+    print(f"{head}  {'verified' if r['verified'] else 'NOT VERIFIED'}, compression {r.get('compression') or 0:.2f}\n"
           f"    outside {r['outside_s']:.1f} | before {r['before_s']} ({before}) | search {r['search_s']} | "
           f"after {r['after_s']} vs reserve {r['reserve_s']} (pace {r['pace_ms']} ms/sample) | {after}", flush=True)
     for n in r["notes"]:
@@ -130,23 +131,26 @@ def show(r: dict) -> None:
 
 
 def compare(before: Path, after: Path) -> None:
-    """Two runs' --json rows side by side, matched by model, budget and load."""
+    """Two runs' --json rows side by side, matched by model, budget and load: wall/budget, seconds outside the run's
+    clock and its startup step, the search, the steps after it and the reserve, x the run's compression."""
     def rows(path):
         return {(r["model"], r["budget"], r["load"]): r for r in map(json.loads, path.read_text().splitlines())}
 
     a, b = rows(before), rows(after)
-    print(f"{'model':20s} {'budget':>6s} {'load':>4s} | {'wall/budget':>11s} {'startup':>7s} {'search':>6s} "
-          f"{'after':>5s} {'reserve':>7s} | {'wall/budget':>11s} {'startup':>7s} {'search':>6s} {'after':>5s} "
-          f"{'reserve':>7s}")
+    head = (f"{'wall/budget':>11s} {'outside':>7s} {'startup':>7s} {'search':>6s} {'after':>5s} {'reserve':>7s} "
+            f"{'x':>5s}")
+    print(f"{'model':20s} {'budget':>6s} {'load':>4s} | {head} | {head}")
     for key in [k for k in a if k in b] + [k for k in b if k not in a]:
         cells = []
         for r in (a.get(key), b.get(key)):
             if r is None or "steps" not in r:
-                cells.append(f"{'-':>11s} {'':>7s} {'':>6s} {'':>5s} {'':>7s}")
+                cells.append(f"{'-':>11s} {'':>7s} {'':>7s} {'':>6s} {'':>5s} {'':>7s} {'':>5s}")
                 continue
-            startup = r["steps"].get("startup", r.get("outside_s", r.get("startup_s", 0.0)))
-            cells.append(f"{r['ratio']:11.2f} {startup:7.1f} {r['search_s'] or 0:6.1f} {r['after_s'] or 0:5.1f} "
-                         f"{r['reserve_s'] if r['reserve_s'] is not None else '-':>7}")
+            outside = r.get("outside_s", r.get("startup_s", 0.0))  # outside the run's clock
+            cells.append(f"{r['ratio']:11.2f} {outside:7.1f} {r['steps'].get('startup', 0.0):7.1f} "
+                         f"{r['search_s'] or 0:6.1f} {r['after_s'] or 0:5.1f} "
+                         f"{r['reserve_s'] if r['reserve_s'] is not None else '-':>7} "
+                         f"{r['compression'] if r.get('compression') else 0:5.2f}")
         print(f"{key[0]:20s} {key[1]:>6s} {key[2]:>4d} | {cells[0]} | {cells[1]}")
 
 
