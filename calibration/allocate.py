@@ -200,7 +200,8 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
                   deadline: float | None = None, judge: Judge | None = None) -> AllocationOutcome:
     """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp.
     `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`. `deadline` (a
-    time.perf_counter() value): no try starts after it (the best one that fit so far is kept; none: dense).
+    time.perf_counter() value): no try starts that would end after it at the longest try's pace (the dense pass's
+    before the first; a try of a big model is a long pass); the best one that fit so far is kept; none: dense.
     `judge(outputs) -> (loss_pp, fits, decision dict)` decides instead of the point estimate from a candidate's
     scored outputs on `evaluator` (module docstring); the best try's decision is in the outcome."""
     ranker = scoring.bind(model)
@@ -220,12 +221,18 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         return round(loss, 9), fits, decision
 
     x = 1.0
+    last = [getattr(evaluator, "reference_seconds", None) or 0.0]  # a try: the longest yet, else a dense pass
+
+    def no_time() -> bool:  # a try like the longest would end after the deadline
+        return deadline is not None and time.perf_counter() + last[0] >= deadline
+
     for _ in range(4 * max_tries):
         if len(tried) >= max_tries or x is None:
             break
-        if deadline is not None and time.perf_counter() >= deadline:
+        if no_time():
             log.info("fit_to_budget: the time budget stopped it after %d tries", len(tried))
             break
+        t0 = time.perf_counter()
         cand = dict(allocation) if not tried else _candidate(x, allocation, result, inventory, max_loss_pp, weights)
         key = tuple(sorted((n, round(s, 6)) for n, s in cand.items()))
         if key in tried:  # the knob moved but the allocation did not: keep searching
@@ -234,6 +241,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         outputs, stopped = screen.run(pruned_model(model, cand, ranker), stop=best is not None)
         loss, fits, decision = (round(stopped.loss_pp, 9), False, None) if stopped is not None else decide(outputs)
         tried[key] = (loss, fits)
+        last[0] = max(last[0], time.perf_counter() - t0)  # a screened try stops early; the next may not
         entry = {"try": len(tried), "knob": x, "measured_loss_pp": loss, "fits": fits,
                  "predicted_loss_pp": predicted_loss(result, cand) if result is not None else None,
                  "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": dense - loss}
@@ -249,7 +257,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         if fits and (best is None or entry["removed"] > best["removed"]):
             best = entry
         x = search.next(x, loss, fits, growable=result is not None)
-    while best is not None and (deadline is None or time.perf_counter() < deadline):
+    while best is not None and not no_time():
         # the least pruned try rejected past the answer, when it was stopped early: measured on every sample
         past = [h for h in search.history if not h["fits"] and h["removed"] > best["removed"]]
         nearest = min(past, key=lambda h: h["removed"], default=None)

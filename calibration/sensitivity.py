@@ -422,7 +422,8 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model.
     Without `budget_pp` every level is measured on every sample; with it, each layer's levels are searched for its
     largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`). A layer whose
-    turn comes after `deadline` (a time.perf_counter() value) is not scanned and stays dense (path "unscanned")."""
+    scan, as long as the last one's (a dense pass before the first), would end after `deadline` (a
+    time.perf_counter() value) is not scanned and stays dense (path "unscanned")."""
     levels = _check_levels(levels)
     scorer = scoring.bind(model)
     t0 = time.perf_counter()
@@ -448,15 +449,22 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     tick = _Ticker(progress, len(plans) * len(levels))
     by_name: dict[str, LayerSensitivity] = {}
     previous = None  # the last group's cached rows: the next group's prefix starts from them
+    last = getattr(evaluator, "reference_seconds", None) or 0.0  # a layer's scan: the last one's, first a dense pass
     for group in groups:
         names = sorted({t for p in group for t in p.boundary}) if group[0].path == "downstream" else []
+        if deadline is not None and time.perf_counter() + last > deadline:
+            names = []  # none of the group's layers will be scanned: no prefix pass for them
         cache = _prefix_cache(model, index, evaluator, names, previous) if names else None
         previous = cache if cache is not None else previous
         for plan in group:
-            if deadline is not None and plan.path not in ("small", "unused") and time.perf_counter() > deadline:
+            scanned = plan.path not in ("small", "unused")
+            if deadline is not None and scanned and time.perf_counter() + last > deadline:
                 plan = dataclasses.replace(plan, path="unscanned")
+            t = time.perf_counter()
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
                                                     scorer, search)
+            if scanned and plan.path != "unscanned":
+                last = time.perf_counter() - t
         del cache
     del previous
     result.layers = [by_name[w.name] for w in inventory.prunable]

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ from onnxprune.errors import ConfigError, ConverterError
 SPARSE_FORMATS = ("constant", "initializer", "dense", "compact")  # passes.storage.FORMATS; literal: a light import
 
 log = logging.getLogger("onnxprune")
+_STARTED: float | None = None  # time.perf_counter() when this process started (main); --time-budget counts from it
 
 
 class ConverterException(click.ClickException):
@@ -397,7 +399,7 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
     progress = Progress(quiet=quiet or as_json or not is_main())
     try:
         result = convert(model, output, config, report_dir=report_dir, force=force, progress=progress,
-                         command=command, on_budget_error=show_json if as_json else None)
+                         command=command, on_budget_error=show_json if as_json else None, started=_STARTED)
     finally:
         progress.close()
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 shows the result
@@ -560,9 +562,52 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: temp files are removed, no partial output stays
 
 
+def process_started() -> float:
+    """time.perf_counter() when this process started: on Linux from /proc (the interpreter's own start included),
+    elsewhere now. Importing torch and onnx before the first step took 3 to 22 s of magika's, nudenet_320n's,
+    rapidocr_det's and silero_vad's runs on a 2-core machine at load 4-9 (tests/benchmarks/bench_time_budget.py,
+    b038558): a CI job waits for them too."""
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = float(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - max(age, 0.0)
+
+
 def main() -> None:
+    global _STARTED
+    _STARTED = process_started()
     signal.signal(signal.SIGTERM, _terminate)
-    cli(prog_name="onnxprune")
+    try:
+        cli(prog_name="onnxprune")
+    except SystemExit as done:
+        _leave(done.code)
+        raise
+
+
+def _leave(code) -> None:
+    """Exit at once with `code` (SystemExit's), without the interpreter's teardown, when not under torchrun:
+    unloading torch, onnx and onnxruntime took 3-8 s at load 8 on the 2-core machine, after the model was written
+    and shown (tests/benchmarks/bench_time_budget.py's "outside": 0.6-1.4 s quiet, 2-10 s under load), time a CI
+    job waits for. Logging is shut down and the output flushed first; torchrun's processes leave normally (their
+    process group closes at exit)."""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, exit 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): nothing more to say
+            pass
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

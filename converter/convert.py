@@ -30,10 +30,11 @@ def check_report_dir(report_dir: Path, flag: str = "--report") -> None:
 
 
 def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,
-            progress=None, command=None, on_budget_error=None) -> PruneResult | None:
+            progress=None, command=None, on_budget_error=None, started: float | None = None) -> PruneResult | None:
     """Run the plan; with `output`, write the model (and with `report_dir` the report). A missed budget raises
     BudgetError after `on_budget_error(report)` (so a caller can still show the numbers); with `force` the model
-    is written and `budget_error(result.report)` tells the caller."""
+    is written and `budget_error(result.report)` tells the caller. `started`: when the run's clock starts
+    (pipeline.run)."""
     protect = (Path(model),) if isinstance(model, (str, os.PathLike)) else ()
     if output is not None:
         modelio.check_output_path(Path(output), protect=protect)
@@ -48,7 +49,7 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     from onnxprune.calibration.runtime import arena_scope
 
     with contextlib.redirect_stdout(sys.stderr), arena_scope():  # a library that prints (onnx-graphsurgeon) must
-        result = run(model, config, progress)  # not break --json; the data step may turn the arena off for the run
+        result = run(model, config, progress, started)  # not break --json; the data step may turn the arena off
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
         return None
     report = result.report

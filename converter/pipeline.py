@@ -37,8 +37,11 @@ class PruneResult:
     deadline: float | None = None  # time.perf_counter() the run should end by (--time-budget), or None
 
 
-def run(source, config: RunConfig, progress: Progress | None = None) -> PruneResult | None:
-    """Validate the settings, build the plan and run it. Raises the ConverterError family.
+def run(source, config: RunConfig, progress: Progress | None = None,
+        started: float | None = None) -> PruneResult | None:
+    """Validate the settings, build the plan and run it. Raises the ConverterError family. `started`
+    (time.perf_counter()) is when the run's clock starts, default now: the command line gives its process's start,
+    so that --time-budget holds what the user waits for, the interpreter and the imports included.
 
     Under torchrun every process runs the plan: rank 0 alone scans, verifies and reports (the main-only steps),
     the others take part in choosing and retraining and return None."""
@@ -51,7 +54,8 @@ def run(source, config: RunConfig, progress: Progress | None = None) -> PruneRes
     apply_threads(config.retrain.threads)  # sensible torch/onnxruntime threads on shared machines, or --threads
     runtime.use_device(config.retrain.device, distributed.local_rank())  # every onnxruntime session; cuda w/o GPU fails
     backend = distributed.setup(config.retrain.device)  # torchrun's processes join here; alone: nothing happens
-    state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None))
+    state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None),
+                     started=started or 0.0)
     from onnxprune.converter.auto.decide import decision_scope
 
     with decision_scope(config.budget.confidence):  # every decision rule of the run takes --confidence's margin
@@ -66,8 +70,8 @@ def run(source, config: RunConfig, progress: Progress | None = None) -> PruneRes
     if state.deadline is not None:  # --time-budget: how the run spent it (converter.auto.timing)
         from onnxprune.converter.auto.timing import spent
 
-        auto_time = (state.auto or {}).get("time", {})
-        state.report["time_budget"] = spent(state.seconds, auto_time.get("budget_s", 0.0), auto_time)
+        clock = state.clock  # the one-shot fallback has no search report, but the same clock
+        state.report["time_budget"] = spent(state.seconds, clock.budget, clock.after.as_dict())
     return PruneResult(model=state.final, dense_model=state.pruned, original=state.original, state=state.prune,
                        inventory=state.inventory, report=state.report, sensitivity=state.sensitivity,
                        history=state.history, deadline=state.deadline)

@@ -274,7 +274,7 @@ class ReconstructRecovery(Recovery):
         tried = kept_n = 0
         while steps:
             for name in sorted(steps, key=lambda n: (-int(best.masks[n].sum()), n)):  # largest (kept) first
-                if s.left() < pace * 1.2 + s.tail:
+                if s.left() < pace * 1.2 + s.tail + s.pass_seconds():  # the result is judged again after
                     if tried:
                         s.notes.append(f"time budget: the per-layer refit stopped after {tried} candidates "
                                        f"({kept_n} kept)")

@@ -175,6 +175,10 @@ class _Search:
     def left(self) -> float:
         return self.deadline - (self.clock.clock() if self.clock is not None else time.perf_counter())
 
+    def pass_seconds(self) -> float:
+        """Seconds a judge of one candidate takes at the clock's pace (0 without the run's clock)."""
+        return self.clock.after.pace() * self.rule.n if self.clock is not None else 0.0
+
     def judge(self, model, rule=None) -> Decision:
         """The rule's decision on `model`; its time is a measured pass the clock's reserve follows."""
         reference = getattr(self.data.evaluator, "reference_all", None)
@@ -207,8 +211,8 @@ class _Search:
         for fit_budget in dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)):
             allocation = allocate(self.sensitivity, self.inventory, fit_budget)
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
-                                    result=self.sensitivity, deadline=self.deadline,
-                                    judge=self._fit_judge(fit_budget))
+                                    result=self.sensitivity, deadline=self.deadline - self.pass_seconds(),
+                                    judge=self._fit_judge(fit_budget))  # the start is judged after the fit
             model = (pruned_model(self.original, outcome.sparsities) if any(outcome.sparsities.values())
                      else self.original)  # nothing pruned (no try fit, or none had time): the input model itself
             decision = self.judge(model)
@@ -394,7 +398,7 @@ class _Search:
         steps = self.round_steps * hyper.POLISH_FACTOR
         pace = getattr(self, "_round_seconds", None)
         per_step = pace / self.round_steps if pace else self.step_seconds * 1.2
-        fit = int(max(0.0, self.left() - self.tail) / max(per_step, 1e-6))
+        fit = int(max(0.0, self.left() - self.tail - self.pass_seconds()) / max(per_step, 1e-6))  # judged after
         steps = min(steps, fit)
         self.choices["polish_steps"] = {"value": steps, "rule": f"{hyper.POLISH_FACTOR} rounds' steps, cut to the "
                                         "time left" if steps < self.round_steps * hyper.POLISH_FACTOR else

@@ -1,20 +1,35 @@
 """--time-budget covers the whole run: what the steps after the search will cost, estimated from this run's own
 measurements, is reserved out of the budget before the search starts, and re-estimated as the search measures.
 
-    budget = [load … data] + search + reserve
-    reserve = handling + pass × (verify + measure + activations)
+    budget = [startup, load … data] + search + reserve
+    reserve = margin × (handling + pace × (VERIFY_COST × verify + measure + ACTIVATION_COST × activations))
 
-  pass        seconds one onnxruntime pass of the dense model takes per sample, measured in this run: first the
-              decision evaluator's reference pass, then every candidate the search judges (the latest counts:
-              the machine's load moves it)
-  verify      2 × the samples the parity check runs (the written model and its dense oracle; never skipped)
+  startup     the command line's clock starts with its process (converter.cli.process_started): the interpreter,
+              importing torch and onnx, the options (3 to 22 s in b038558's bench runs, 2-core machine at load 4-9)
+  pace        seconds one onnxruntime pass of the dense model takes per sample, measured in this run: first the
+              decision evaluator's reference pass, then every candidate the search judges; the slowest of the last
+              RECENT_PACES counts (the machine's load moves it both ways within a minute: magika's last candidate
+              passed at 7.4 ms a sample, its verification a minute later at 20 ms)
+  verify      the samples the parity check runs, VERIFY_COST scored passes each: the written model and its dense
+              oracle, optimisations off, the checker and three sessions; never skipped, but when the search's end
+              finds less time than was reserved (the load rose), only the batches that fit run, at least one
+              (`parity_batches`; magika at 1 minute, load 9: its 4 batches took 35 s)
   measure     the samples the final metric is scored on (calibration, and --eval-data when given)
-  activations 2 × the samples Act% per layer reads (input and output model); optional: the measure step reads
-              only the batches that fit the time left (converter.steps.verify), so it is counted at one batch
+  activations the samples of one batch of Act% per layer, ACTIVATION_COST scored passes each (both models, every
+              activation fetched, optimisations off); optional: the measure step reads only the batches that fit
+              the time left, each priced at the one before (converter.steps.verify)
   handling    HANDLING_LOADS × the load step's seconds: shrink, encode, report, sessions and the write scale with
               the model's bytes as loading it does (measured on the 22.6M-parameter encoder, loaded 2-core
               machine: load 1.5 s; shrink, encode, report and write 1.9 s, six sessions built about 6 s: 5.3 loads)
-  margin      RESERVE_MARGIN × the sum (a pass measured on one model under one load predicts the next within it)
+  margin      RESERVE_MARGIN × the sum (what the pace cannot foresee: the load rising after the search)
+
+VERIFY_COST and ACTIVATION_COST were measured against the evaluator's own pass (optimisations on) on a 2-core
+machine at load 4-9 (tests/benchmarks/bench_time_budget.py's models). Back to back, two repeats each: a verified
+sample cost magika 4.0-5.0 scored passes, nudenet_320n 2.9-4.6, rapidocr_det 4.4-6.8 (one page a feed, 1.4 s in
+all); a sample of Act% magika 3.5-5.3, nudenet_320n 2.2-7.3. In magika's four runs of b038558's bench, verification
+cost 3.1-5.3 scored passes a sample at the search's last pace. The costs are set at the common top of these (5), the
+margin above them; silero_vad's one-chunk feeds cost 25-30x more per sample than its batched evaluator pass, but
+in all 0.3 s: its sessions dominate, which handling prices (2.1 s reserved).
 
 When the reserve alone is more than the budget left, the search keeps nothing of its own time and the run says so
 in one note: verification is never skipped, so such a run ends after its budget.
@@ -27,21 +42,25 @@ from dataclasses import dataclass, field
 
 HANDLING_LOADS = 6.0
 RESERVE_MARGIN = 1.25
-VERIFY_PASSES = 2  # the written model and its dense oracle (converter.verify.check_parity)
-ACTIVATION_PASSES = 2  # the input and the output model (calibration.activations.activation_density)
+VERIFY_COST = 5.0  # scored passes a verified sample costs (the module docstring: 2.9-6.8 measured, mostly 3-5)
+ACTIVATION_COST = 5.0  # scored passes a sample of Act% costs (the module docstring: 2.2-7.3 measured)
+RECENT_PACES = 4  # the reserve is priced at the slowest of the last this many measured passes
 
 
 @dataclass
 class AfterSearch:
-    """What the steps after the search cost; `seconds()` is the reserve at the latest measured pace."""
+    """What the steps after the search cost; `seconds()` is the reserve at the pace of the recent passes."""
 
-    pass_per_sample: float  # seconds of one dense pass per sample, measured in this run
+    pass_per_sample: float  # seconds of one dense pass per sample, measured in this run (the latest)
     handling: float  # seconds of model handling (HANDLING_LOADS × the load step)
     verify_samples: int
     measure_samples: int
     activation_samples: int  # one batch: the rest is read only when time is left
     measured_on: str = "the decision set's reference pass"
     paces: list = field(default_factory=list)  # (samples, seconds) of every judged candidate
+
+    def __post_init__(self) -> None:
+        self.first_pace = self.pass_per_sample  # the reference pass's
 
     def measured(self, samples: int, seconds: float) -> None:
         """A pass the search timed (a candidate judged on `samples` samples in `seconds`)."""
@@ -50,17 +69,23 @@ class AfterSearch:
             self.measured_on = "the last candidate judged"
             self.paces.append((samples, round(seconds, 3)))
 
+    def pace(self) -> float:
+        """Seconds a sample: the slowest of the last RECENT_PACES passes measured (the reference pass first)."""
+        every = [self.first_pace] + [seconds / samples for samples, seconds in self.paces]
+        return max(every[-RECENT_PACES:])
+
     def passes(self) -> float:
-        """Sample-passes the steps after the search run."""
-        return (VERIFY_PASSES * self.verify_samples + self.measure_samples
-                + ACTIVATION_PASSES * self.activation_samples)
+        """Scored sample-passes the steps after the search cost."""
+        return (VERIFY_COST * self.verify_samples + self.measure_samples
+                + ACTIVATION_COST * self.activation_samples)
 
     def seconds(self) -> float:
-        return RESERVE_MARGIN * (self.handling + self.pass_per_sample * self.passes())
+        return RESERVE_MARGIN * (self.handling + self.pace() * self.passes())
 
     def as_dict(self) -> dict:
         return {"reserve_s": round(self.seconds(), 1), "pass_ms_per_sample": round(1e3 * self.pass_per_sample, 2),
-                "pass_measured_on": self.measured_on, "handling_s": round(self.handling, 2),
+                "pass_measured_on": self.measured_on, "reserve_ms_per_sample": round(1e3 * self.pace(), 2),
+                "handling_s": round(self.handling, 2),
                 "verify_samples": self.verify_samples, "measure_samples": self.measure_samples,
                 "activation_samples": self.activation_samples, "margin": RESERVE_MARGIN}
 
@@ -106,8 +131,9 @@ def after_search(state) -> AfterSearch:
     ev = data.calibration
     n_eval = int(ev.num_samples or 0)
     per_sample = (ev.reference_seconds or 0.0) / max(n_eval, 1)
-    n_data = data.reader().num_samples
-    batch = int(data.batch_size)
+    reader = data.reader()
+    n_data = reader.num_samples
+    batch = 1 if getattr(reader, "per_feed", False) else int(data.batch_size)  # per feed, a batch is a feed: a sample
     verify_batches = int(getattr(getattr(state.config, "verify", None), "verify_batches", 4))
     verify = verify_batches * batch if n_data is None else min(verify_batches * batch, int(n_data))
     measure = n_eval
@@ -137,16 +163,32 @@ def optional_batches(deadline: float | None, per_batch: float, most: int, *, kee
     return int(min(most, left // max(per_batch, 1e-9)))
 
 
+def parity_batches(deadline: float | None, after: AfterSearch, batches: int, *, keep: float = 0.0,
+                   clock=time.perf_counter) -> int:
+    """How many of the parity check's `batches` of data fit before `deadline` at the reserve's pace (VERIFY_COST
+    scored passes a sample), with the final metric's pass and `keep` seconds (sessions, the report, the write)
+    left after them: all of them without a deadline, and at least one (verification is never skipped). The reserve
+    prices them all; fewer run only when the search's end found less time than it reserved (the load rose)."""
+    if deadline is None or batches <= 1:
+        return batches
+    pace = after.pace()
+    per_batch = pace * VERIFY_COST * after.verify_samples / batches
+    return max(1, optional_batches(deadline, per_batch, batches, keep=keep + pace * after.measure_samples,
+                                   clock=clock))
+
+
 def spent(seconds: dict, budget: float, reserve: dict | None = None) -> dict:
     """How a run with a time budget spent it (report.json's `time_budget`), from the runner's per-step `seconds`
-    (in step order, with "total"; "write" when the model was written): before the search, the search, after it."""
+    (in step order, with "total"; "startup" when the clock started with the process, counted before the search;
+    "write" when the model was written): before the search, the search, after it."""
     steps = [k for k in seconds if k != "total"]
     cut = steps.index("auto-search") if "auto-search" in steps else len(steps)
     before = sum(seconds[k] for k in steps[:cut])
     search = sum(seconds[k] for k in steps[cut:cut + 1])
     after = sum(seconds[k] for k in steps[cut + 1:])
     total = before + search + after
-    out = {"budget_s": budget, "total_s": round(total, 1), "before_search_s": round(before, 1),
+    out = {"budget_s": budget, "total_s": round(total, 1), "startup_s": round(seconds.get("startup", 0.0), 1),
+           "before_search_s": round(before, 1),
            "search_s": round(search, 1), "after_search_s": round(after, 1), "within": total <= budget}
     if reserve:
         out["reserved_after_search_s"] = reserve.get("reserve_s")

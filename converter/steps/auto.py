@@ -72,12 +72,14 @@ class AutoSearchStep(Step):
                             criterion=self.targets_config.criterion, neurons=self.neurons,
                             overrides={k: getattr(r, k) for k in OVERRIDES if k in self.given},
                             recovery=c.recovery)
-        train = state.data.train_reader(batch_size=r.train_batch_size)
-        chooser = self._chooser(state, train)
-        data = AutoData(train=train, evaluator=state.data.calibration, dense=state.original, chooser=chooser,
-                        train_on_labels=chooser is None)
         t0 = time.perf_counter()
         clock = self._clock(state)
+        train = state.data.train_reader(batch_size=r.train_batch_size)
+        # the chooser's evaluator runs the dense model on the training part (magika's 60 samples: 2.5 s at load 7),
+        # not wanted when the search has no time: it keeps the input model
+        chooser = self._chooser(state, train) if clock.search_seconds() > 0 else None
+        data = AutoData(train=train, evaluator=state.data.calibration, dense=state.original, chooser=chooser,
+                        train_on_labels=chooser is None)
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)
@@ -163,6 +165,6 @@ class AutoSearchStep(Step):
         """The run's clock for --time-budget (converter.auto.timing); its deadline becomes the run's."""
         from onnxprune.converter.auto.timing import run_clock
 
-        clock = run_clock(state, self._time_budget())
+        clock = state.clock = run_clock(state, self._time_budget())
         state.deadline = clock.deadline
         return clock

@@ -66,8 +66,10 @@ class RunState:
     report: dict | None = None
     auto: dict | None = None  # what the automatic search decided and why (converter.auto)
     quantize: dict | None = None  # --weight-bits: the width kept, the rule, each width tried (converter.steps.quantize)
-    started: float = 0.0  # time.perf_counter() when the run started (deadlines count from it)
+    started: float = 0.0  # time.perf_counter() when the run started (deadlines count from it); given (the CLI:
+    #                       its process's start), run_steps counts the time before its first step as "startup"
     deadline: float | None = None  # time.perf_counter() the whole run should end by (--time-budget), or None
+    clock: Any = None  # with --time-budget, converter.auto.timing.RunClock: the budget and the reserve after the search
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -139,7 +141,11 @@ def run_steps(steps: list[Step], state: RunState, *, is_main: bool = True) -> Ru
     process other than rank 0 (`is_main` False) the main-only steps are skipped."""
     check_plan(steps)
     done: list[str] = []
-    start = state.started = time.perf_counter()
+    start = time.perf_counter()
+    if state.started and state.started < start:  # the interpreter, the imports and the options before the steps
+        state.seconds["startup"] = round(start - state.started, 3)
+        start = state.started
+    state.started = start
     for step in steps:
         if step.main_only and not is_main:
             continue

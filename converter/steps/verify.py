@@ -37,6 +37,15 @@ class VerifyStep(Step):
 
         feeds = self._feeds(state)
         random = state.data is None or state.data.config.data == "random"
+        if feeds and not random and state.clock is not None:  # --time-budget: the batches that fit, at least one
+            from onnxprune.converter.auto.timing import parity_batches
+
+            keep = (VERIFY_SESSIONS + REST_LOADS) * state.seconds.get("load", 0.0)
+            n = parity_batches(state.deadline, state.clock.after, len(feeds), keep=keep)
+            if n < len(feeds):
+                state.notes.append(f"time budget: verification ran {n} of its {len(feeds)} batches of data (the "
+                                   "time left in --time-budget; the load rose after the search)")
+                feeds = feeds[:n]
         state.parity = check_parity(state.final, state.pruned, feeds, source="random" if random else "data")
 
     def _feeds(self, state: RunState):
@@ -56,8 +65,8 @@ ACTIVATION_BATCHES = 8  # batches Act% per layer reads at most without a deadlin
 ACTIVATION_SAMPLES = 128  # ... and no more whole batches than hold this many samples (at least one): a share of
 # nonzeros over 128 samples is information enough, and both passes fetch every activation (optimisations off); the
 # 22.6M-parameter encoder's 240 samples (4 batches of 64) took 16 s CPU of a 149 s one-shot run
-ACTIVATION_COST = 2.4  # a batch of Act% in scored passes: two models (input, output), every activation fetched
 REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
+VERIFY_SESSIONS = 3.0  # the parity check's sessions (oracle, written model, its optimised load), in load steps
 
 
 @register_step("measure")
@@ -73,27 +82,38 @@ class MeasureStep(Step):
         kept: dict = {}
         state.metrics = measure(state.data, state.final, keep=kept)
         state.final_outputs = kept.get("calibration")  # the budget check judges this pass
-        from onnxprune.calibration.activations import activation_density
-        from onnxprune.converter.auto.timing import optional_batches
+        from onnxprune.calibration.activations import activation_densities
+        from onnxprune.converter.auto.timing import ACTIVATION_COST, optional_batches
 
-        # Act% per layer is information: under a run's deadline (--time-budget) it reads only the batches that fit
+        # Act% per layer is information: under a run's deadline (--time-budget) it reads only the batches that fit,
+        # priced first at ACTIVATION_COST scored passes a batch, then at what the last batch took
         data = state.data
         scored = (data.calibration.num_samples or 0) + ((data.evaluation.num_samples or 0)
                                                          if data.config.eval_data is not None else 0)
         per_sample = (time.perf_counter() - t0) / max(scored, 1)
         per_batch = 1 if getattr(data.calibration.reader, "per_feed", False) else data.batch_size
         most = max(1, min(ACTIVATION_BATCHES, math.ceil(ACTIVATION_SAMPLES / per_batch)))
-        batches = optional_batches(state.deadline, per_sample * data.batch_size * ACTIVATION_COST,
-                                   most, keep=REST_LOADS * state.seconds.get("load", 0.0))
-        if batches < most and state.deadline is not None:
-            state.notes.append(f"time budget: Act% per layer read {batches} of {most} batches (the time "
-                               "left in --time-budget)" if batches else
-                               "time budget: Act% per layer not measured (no time left in --time-budget)")
-        if not batches:
+        keep = REST_LOADS * state.seconds.get("load", 0.0)
+        sessions = 2 * state.seconds.get("load", 0.0)  # the two models' probe sessions, built before the first batch
+        batches = optional_batches(state.deadline, per_sample * per_batch * ACTIVATION_COST, most,
+                                   keep=keep + sessions)
+        read, cut = [], []
+
+        def more(seconds: float) -> bool:  # another batch of both models, at the last one's pace, fits
+            read.append(seconds)
+            if len(read) < batches and optional_batches(state.deadline, seconds, 1, keep=keep) == 0:
+                cut.append(len(read))
+            return not cut
+
+        if batches:
+            state.activations = tuple(activation_densities([state.original, state.pruned], state.inventory,
+                                                           data.reader(), max_batches=batches, more=more))
+        else:
             state.activations = ({}, {})
-            return
-        state.activations = (activation_density(state.original, state.inventory, data.reader(), max_batches=batches),
-                             activation_density(state.pruned, state.inventory, data.reader(), max_batches=batches))
+        if (batches < most or cut) and state.deadline is not None:
+            state.notes.append(f"time budget: Act% per layer read {len(read)} of {most} batches (the time "
+                               "left in --time-budget)" if read else
+                               "time budget: Act% per layer not measured (no time left in --time-budget)")
 
 
 def _samples_first(evaluator, value):

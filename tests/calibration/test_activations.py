@@ -1,7 +1,7 @@
 import numpy as np
 from onnx import numpy_helper
 
-from onnxprune.calibration.activations import activation_density, activation_tensors
+from onnxprune.calibration.activations import activation_densities, activation_density, activation_tensors
 from onnxprune.calibration.readers import open_data
 from onnxprune.models import builders
 from onnxprune.passes.weights import find_prunable
@@ -63,15 +63,36 @@ def test_a_run_reads_act_percent_on_at_most_the_batches_holding_128_samples(monk
     model = builders.mlp_gemm(in_features=12, hidden=(16,), out_features=5)
     x = np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32)
     read = []
-    real = activations.activation_density
+    real = activations.activation_densities
 
-    def counted(model, inventory, reader, *, max_batches=8):
-        read.append(max_batches)
-        return real(model, inventory, reader, max_batches=max_batches)
+    def counted(models, inventory, reader, *, max_batches=8, more=None):
+        read.append((len(models), max_batches))
+        return real(models, inventory, reader, max_batches=max_batches, more=more)
 
-    monkeypatch.setattr(activations, "activation_density", counted)
+    monkeypatch.setattr(activations, "activation_densities", counted)
     for batch_size, expected in ((64, 2), (8, 8), (200, 1)):
         read.clear()
         result = run(model, configure(sparsity=0.5, data={"input": x}, batch_size=batch_size))
-        assert read == [expected, expected], batch_size
+        assert read == [(2, expected)], batch_size
         assert all(v is not None for v in result.report["act"].values())
+
+
+def test_act_of_several_models_reads_the_same_batches_and_stops_when_told():
+    """Under a deadline the measure step reads Act% batch by batch and stops when the last batch says another would
+    not fit (`more`); every model has read the same batches, and what was read equals a run capped there."""
+    model = builders.mlp_gemm(in_features=8, hidden=(16,), out_features=4, seed=1)
+    other = builders.mlp_gemm(in_features=8, hidden=(16,), out_features=4, seed=2)
+    inv = find_prunable(model)
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    asked = []
+
+    def more(seconds):
+        asked.append(seconds)
+        return len(asked) < 2  # after the second batch: no time for a third
+
+    a, b = activation_densities([model, other], inv, open_data({"input": x}, model, batch_size=8), max_batches=5,
+                                more=more)
+    assert len(asked) == 2 and all(s >= 0 for s in asked)
+    assert a == activation_density(model, inv, open_data({"input": x}, model, batch_size=8), max_batches=2)
+    assert b == activation_density(other, inv, open_data({"input": x}, model, batch_size=8), max_batches=2)
+    assert a != activation_density(model, inv, open_data({"input": x}, model, batch_size=8), max_batches=5)

@@ -110,6 +110,34 @@ def test_fit_falls_back_to_dense_with_a_note(lenet_random):
     assert outcome.tries == 1 and "left dense" in outcome.notes[0]
 
 
+def test_fit_starts_no_try_that_would_end_after_its_deadline(lenet_random, monkeypatch):
+    """A try is a pass over the data: started just before the deadline, a long one ended a run far past it. On a
+    fake clock where every try takes 10 s (and the dense pass did too), a deadline at 25 s leaves time for two
+    tries (ending at 10 and 20 s), not a third (it would end at 30 s); a deadline the first try cannot make runs
+    none and keeps the model dense."""
+    import types
+
+    from onnxprune.calibration import allocate as allocate_module
+
+    model, inventory, ev, result = lenet_random
+    now = [0.0]
+    monkeypatch.setattr(allocate_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    real_run = allocate_module._Screen.run
+
+    def ten_seconds(self, *args, **kwargs):
+        now[0] += 10.0
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(allocate_module._Screen, "run", ten_seconds)
+    monkeypatch.setattr(ev, "reference_seconds", 10.0)
+    greedy = Allocation({w.name: 0.9 for w in inventory.prunable}, result=result, budget_pp=1.0)
+    outcome = fit_to_budget(model, inventory, ev, greedy, 1.0, deadline=25.0)
+    assert outcome.tries == 2 and now[0] == 20.0
+    now[0] = 0.0
+    none = fit_to_budget(model, inventory, ev, greedy, 1.0, deadline=9.0)
+    assert none.tries == 0 and set(none.sparsities.values()) == {0.0} and now[0] == 0.0
+
+
 # ---- the reference LeNets on MNIST ---------------------------------------------------------------------------
 
 def check_lenet(path, first: str, last: str, biggest: str, budget=0.5, samples=2000):

@@ -266,6 +266,34 @@ def test_layers_after_the_scans_deadline_are_left_dense_and_unscanned():
     assert seen(on_time) == seen(plain)
 
 
+def test_no_layer_scan_starts_that_would_end_after_the_deadline(monkeypatch):
+    """A layer's scan is several passes: started just before the deadline, a big model's ran far past it. On a fake
+    clock where every scanned layer takes 10 s (and the dense pass did too), a deadline at 25 s scans two layers
+    (ending at 10 and 20 s) and leaves the rest unscanned, where a check of the turn alone started a third."""
+    import types
+
+    from onnxprune.calibration import sensitivity
+
+    model = MODELS["small_cnn"]()
+    inventory = find_prunable(model)
+    ev = evaluator(model, n=32)
+    now = [0.0]
+    monkeypatch.setattr(sensitivity, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    real = sensitivity._scan_layer
+
+    def ten_seconds(model, index, plan, *args):
+        if plan.path not in ("small", "unused", "unscanned"):
+            now[0] += 10.0
+        return real(model, index, plan, *args)
+
+    monkeypatch.setattr(sensitivity, "_scan_layer", ten_seconds)
+    monkeypatch.setattr(ev, "reference_seconds", 10.0)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=25.0)
+    scanned = [lay for lay in result.layers if lay.path not in ("small", "unused", "unscanned")]
+    assert len(scanned) == 2 and now[0] == 20.0
+    assert any(lay.path == "unscanned" for lay in result.layers)
+
+
 def test_allocation_never_moves_a_layer_past_its_last_measured_level():
     model = MODELS["small_cnn"]()
     inventory = find_prunable(model)

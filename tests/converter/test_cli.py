@@ -207,3 +207,25 @@ def test_summary_with_a_report_says_how_much_faster_the_output_runs(mlp_path, tm
     assert "report" not in document, "report.json does not repeat itself under a nested key"
     for b in document["latency"]["batches"]:
         assert f"batch {b['batch']} " in line and f"({b['speedup']:.2f}x)" in line
+
+
+def test_the_command_leaves_without_teardown_but_with_its_output_and_exit_code(mlp_path, tmp_path):
+    """`python -m onnxprune` exits at once after its work (converter.cli._leave: unloading torch and onnxruntime
+    took seconds of a --time-budget under load): the JSON is still complete on stdout, the model written, and a
+    usage error still exits 2 with its one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    out = tmp_path / "out.onnx"
+    done = subprocess.run([sys.executable, "-m", "onnxprune", "prune", str(mlp_path), "-o", str(out),
+                           "--sparsity", "0.5", "--json"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["output"] == str(out) and out.exists()
+    bad = subprocess.run([sys.executable, "-m", "onnxprune", "prune", str(mlp_path), "-o", str(out), "--bogus"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "No such option '--bogus'" in bad.stderr

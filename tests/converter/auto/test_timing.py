@@ -21,19 +21,44 @@ class FakeClock:
         return self.now
 
 
-def after(per_sample=0.1, handling=2.0, verify=100, measure=50, activation=10) -> AfterSearch:
+def after(per_sample=0.01, handling=2.0, verify=100, measure=50, activation=10) -> AfterSearch:
     return AfterSearch(per_sample, handling, verify, measure, activation)
 
 
 def test_the_reserve_is_the_passes_after_the_search_at_the_measured_pace():
-    a = after()
-    # verify 2 x 100, measure 50, Act% 2 x 10: 270 sample-passes at 0.1 s, + 2 s handling, x the margin
-    assert a.passes() == 270
-    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 27.0))
+    a = after(per_sample=0.1)
+    # verify 100 at VERIFY_COST, measure 50, Act% 10 at ACTIVATION_COST scored passes at 0.1 s, + 2 s handling
+    passes = timing.VERIFY_COST * 100 + 50 + timing.ACTIVATION_COST * 10
+    assert a.passes() == pytest.approx(passes)
+    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 0.1 * passes))
     a.measured(50, 10.0)  # the search judged a candidate on 50 samples in 10 s: the pace doubled
     assert a.pass_per_sample == pytest.approx(0.2)
-    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 54.0))
+    assert a.seconds() == pytest.approx(timing.RESERVE_MARGIN * (2.0 + 0.2 * passes))
     assert a.as_dict()["pass_measured_on"] == "the last candidate judged"
+
+
+def test_the_reserve_keeps_the_slowest_recent_pace_when_the_machine_speeds_up_again():
+    """Magika, 1-minute budget, loaded 2-core machine: its last candidate passed at 7.4 ms a sample and its
+    verification a minute later at 20 ms. A pass that went faster does not shrink the reserve until RECENT_PACES
+    faster ones have followed the slow one."""
+    a = after(per_sample=0.1)
+    a.measured(10, 3.0)  # 0.3 s a sample: the load rose
+    for k in range(timing.RECENT_PACES - 1):
+        a.measured(10, 1.0)  # back to 0.1 s a sample
+        assert a.pace() == pytest.approx(0.3), k
+    a.measured(10, 1.0)  # the slow pass is no longer among the recent ones
+    assert a.pace() == pytest.approx(0.1)
+    assert a.pass_per_sample == pytest.approx(0.1)  # the latest, as reported
+    assert a.as_dict()["reserve_ms_per_sample"] == pytest.approx(100.0)
+
+
+def test_the_reference_pass_prices_the_reserve_until_enough_candidates_are_judged():
+    a = after(per_sample=0.5)  # a slow reference pass
+    a.measured(10, 1.0)
+    assert a.pace() == pytest.approx(0.5)
+    for _ in range(timing.RECENT_PACES):
+        a.measured(10, 1.0)
+    assert a.pace() == pytest.approx(0.1)
 
 
 def test_the_search_deadline_is_the_budget_less_the_reserve():
@@ -133,13 +158,20 @@ def test_a_run_within_its_budget_reports_how_it_spent_it(small):
 def test_a_budget_the_reserve_takes_whole_keeps_the_input_model_without_a_scan(small, monkeypatch):
     """Sweep 4: DNSMOS (19 GMAC a sample, 200 samples, --time-budget 3m) had its whole budget reserved for the
     steps after the search, yet still ran the sensitivity scan's cached prefixes and the refit search: 17 min
-    later the kernel's OOM killer ended it. With no time of its own the search now tries nothing."""
+    later the kernel's OOM killer ended it. With no time of its own the search now tries nothing, and the chooser's
+    evaluator (a dense pass on the training part) is not built."""
     import onnxprune.calibration.sensitivity as sensitivity
 
     def no_scan(*a, **k):
         raise AssertionError("the scan ran with no time left")
 
     monkeypatch.setattr(sensitivity, "scan", no_scan)
+    from onnxprune.converter.steps.auto import AutoSearchStep
+
+    def no_chooser(*a, **k):
+        raise AssertionError("the chooser's evaluator ran its dense pass with no time left")
+
+    monkeypatch.setattr(AutoSearchStep, "_chooser", staticmethod(no_chooser))
     model, data = small
     result = run(model, configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))
     notes = result.report["notes"]
@@ -148,3 +180,66 @@ def test_a_budget_the_reserve_takes_whole_keeps_the_input_model_without_a_scan(s
     assert result.report["parity"]["batches"] >= 1
     for a, b in zip(model.graph.initializer, result.model.graph.initializer):
         np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_the_clock_counts_from_the_start_it_is_given(small):
+    """The command line gives its process's start (converter.cli.process_started): what the interpreter and the
+    imports took is in the budget. A start 1000 s ago leaves a 20 s budget nothing: the input model, said once."""
+    import time
+
+    model, data = small
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=20, seed=0), started=time.perf_counter() - 1e3)
+    report = result.report
+    assert report["seconds_by_step"]["startup"] >= 1e3 and report["seconds"] >= 1e3
+    spent_ = report["time_budget"]
+    assert spent_["startup_s"] >= 1e3 and spent_["before_search_s"] >= 1e3 and spent_["within"] is False
+    assert sum("no time was left for the search" in n for n in report["notes"]) == 1
+    assert report["parity"]["batches"] >= 1
+    for a, b in zip(model.graph.initializer, result.model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_a_run_without_a_given_start_has_no_startup():
+    from onnxprune.converter.steps.base import RunState, run_steps
+
+    state = run_steps([], RunState(source=None, config=None, progress=None))
+    assert "startup" not in state.seconds and state.started > 0
+
+
+def test_the_process_started_before_the_command_line_asked():
+    import time
+
+    from onnxprune.converter.cli import process_started
+
+    before = process_started()
+    assert before <= time.perf_counter()
+
+
+def test_the_one_shot_fallback_reports_its_budget_and_reserve():
+    """Too little data for the search: the one-shot budget search runs under the same clock, and the report says
+    the budget it had (it said 0 s, so `within` was always false) and what it reserved."""
+    model, data = self_labelled(hidden=(16, 8), model_seed=3, n=60, data_seed=1)
+    result = run(model, configure(max_loss=1.0, data={"input": data["input"]}, time_budget=30, seed=0))
+    report = result.report
+    assert any("the one-shot budget search ran" in n for n in report["notes"])
+    spent_ = report["time_budget"]
+    assert spent_["budget_s"] == 30.0 and spent_["reserved_after_search_s"] is not None
+    assert spent_["within"] == (spent_["total_s"] <= 30.0)
+
+
+def test_verification_runs_the_batches_that_fit_and_never_none():
+    """The reserve prices every parity batch; when the search's end finds less time (the load rose after it), the
+    check runs the batches that fit before the final metric's pass and what follows, and at least one."""
+    from onnxprune.converter.auto.timing import parity_batches
+
+    a = after(per_sample=0.01, verify=100, measure=50)  # 4 batches of 25 samples: 25 x VERIFY_COST x 0.01 s each
+    per_batch = 25 * timing.VERIFY_COST * 0.01
+    metric = 50 * 0.01
+    assert parity_batches(None, a, 4) == 4  # no deadline: all
+    assert parity_batches(100.0, a, 4, keep=2.0, clock=FakeClock(0.0)) == 4
+    left = 2.0 + metric + 2.5 * per_batch  # room for two and a half batches after the metric and the keep
+    assert parity_batches(left, a, 4, keep=2.0, clock=FakeClock(0.0)) == 2
+    assert parity_batches(1.0, a, 4, keep=2.0, clock=FakeClock(0.0)) == 1  # no time at all: still one
+    assert parity_batches(1.0, a, 1, clock=FakeClock(0.0)) == 1
+    a.measured(25, 25 * 0.04)  # the search's last pass ran 4x slower: the pace the batches are priced at
+    assert parity_batches(left, a, 4, keep=2.0, clock=FakeClock(0.0)) == 1
