@@ -166,7 +166,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
          whole output would be set by the coordinates alone. The same for a channels-last head [N, anchors,
          channels] (channels on the last axis, fewer than the anchors: YOLOv5's [N, 25200, 85]) when some of its
          channels hold probabilities; judged whole, a class losing every detection on a small such head
-         (test_channel_prob.py) moved its relative error by 0.0008 (0.08 pp), and the rule kept it. channel_prob when some channel holds probabilities
+         (test_channel_prob.py) moved its relative error by 0.0008 (0.08 pp), and the rule kept it.
+         channel_prob when some channel holds probabilities
          (every value in [0, 1]): those are judged by their largest absolute change, the others by relative L2; a
          class no image holds has scores near 1e-5 on every anchor, and judged relative to itself every layer
          feeding it looked untouchable. Else channel_rel_l2.

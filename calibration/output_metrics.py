@@ -259,9 +259,9 @@ METRICS: dict[str, Metric] = {
                              "positions, channels]) of each sample",
                              (True,), True),
     "channel_prob": Metric(_channel_prob, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
-                           "the worst channel (axis 1; the last axis of [N, positions, channels]) of each sample is off "
-                           "by 0.01 on average: a probability channel (values in [0, 1]) in its largest absolute "
-                           "change, 1 percentage point; any other in its relative L2 error", (True,), True),
+                           "the worst channel (axis 1; the last axis of [N, positions, channels]) of each sample "
+                           "is off by 0.01 on average: a probability channel (values in [0, 1]) in its largest "
+                           "absolute change, 1 percentage point; any other in its relative L2 error", (True,), True),
     "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
                      continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
@@ -341,7 +341,7 @@ def channel_axis(shape: tuple) -> int:
 
 
 def _channels_second(x: np.ndarray) -> np.ndarray:
-    axis = channel_axis(x.shape) if x.ndim >= 3 else 1
+    axis = channel_axis(x.shape)
     return x if axis == 1 else np.moveaxis(x, axis, 1)
 
 
@@ -380,8 +380,7 @@ def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) ->
 def probability_channels(ref: np.ndarray) -> np.ndarray:
     """[n, C] booleans: which channels (`channel_axis`) of each sample hold probabilities (every value in [0, 1]),
     as channel_prob reads them."""
-    b = np.asarray(ref)
-    b = _channels_second(b) if b.ndim >= 3 else b
+    b = _channels_second(np.asarray(ref))
     b = b.reshape(b.shape[0], b.shape[1], -1)
     return (b.min(axis=2, initial=0.0) >= 0.0) & (b.max(axis=2, initial=0.0) <= 1.0)
 

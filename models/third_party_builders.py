@@ -307,13 +307,11 @@ def yolo_head(*, channels: int = 3, width: int = 8, size: int = 8, classes: int 
     cat = g.op("Concat", "head", [box, cls], axis=1)
     g.initializers.append(numpy_helper.from_array(np.array([0, 4 + classes, size * size], np.int64), "head.shape"))
     shape = [BATCH, 4 + classes, size * size]
+    flat = "head.flat" if channels_last else "output0"
+    g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], [flat], name="/head/Reshape"))
     if channels_last:
-        g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["head.flat"], name="/head/Reshape"))
-        g.nodes.append(helper.make_node("Transpose", ["head.flat"], ["output0"], name="/head/Transpose",
-                                        perm=[0, 2, 1]))
+        g.nodes.append(helper.make_node("Transpose", [flat], ["output0"], name="/head/Transpose", perm=[0, 2, 1]))
         shape = [BATCH, size * size, 4 + classes]
-    else:
-        g.nodes.append(helper.make_node("Reshape", [cat, "head.shape"], ["output0"], name="/head/Reshape"))
     return _model(g, "yolo_head", [_float("image", [BATCH, channels, size, size])], [_float("output0", shape)])
 
 

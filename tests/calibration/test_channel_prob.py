@@ -97,12 +97,19 @@ def test_a_channel_counts_as_probabilities_per_sample_from_the_input_models_valu
     assert probability_channels(ref)[:, 4].tolist() == [True, False]
 
 
-def test_its_loss_is_what_a_user_computes_afterwards_whatever_the_batches():
-    rng = np.random.default_rng(0)
-    ref = np.concatenate([rng.uniform(0, 320, (30, 4, 40)), rng.uniform(0, 1, (30, 3, 40)) ** 8,
-                          np.full((30, 3, 40), 1e-6)], axis=1).astype(np.float32)
+def noisy_head(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate, dense) [n, 4 boxes + 3 present + 3 absent classes, 40 anchors]: boxes in pixels moved by noise of
+    0.5, scores by 0.004 (kept in [0, 1])."""
+    rng = np.random.default_rng(seed)
+    ref = np.concatenate([rng.uniform(0, 320, (n, 4, 40)), rng.uniform(0, 1, (n, 3, 40)) ** 8,
+                          np.full((n, 3, 40), 1e-6)], axis=1).astype(np.float32)
     out = ref + rng.normal(0, 1, ref.shape).astype(np.float32) * np.where(np.arange(10) < 4, 0.5, 0.004)[:, None]
     out[:, 4:] = np.clip(out[:, 4:], 0, 1)
+    return out, ref
+
+
+def test_its_loss_is_what_a_user_computes_afterwards_whatever_the_batches():
+    out, ref = noisy_head(0, 30)
     expected = user_check(out, ref)
     assert expected > 0.5
     assert loss_pp("channel_prob", out, ref) == pytest.approx(expected, rel=1e-5)
@@ -144,17 +151,12 @@ def test_rule_7_channels_last_only_for_a_head_with_scores_among_its_channels():
 
 
 def test_channels_last_terms_are_the_channels_first_terms_of_the_same_head():
-    rng = np.random.default_rng(3)
-    ref = np.concatenate([rng.uniform(0, 320, (6, 4, 40)), rng.uniform(0, 1, (6, 3, 40)) ** 8,
-                          np.full((6, 3, 40), 1e-6)], axis=1).astype(np.float32)
-    out = ref + rng.normal(0, 1, ref.shape).astype(np.float32) * np.where(np.arange(10) < 4, 0.5, 0.004)[:, None]
-    out[:, 4:] = np.clip(out[:, 4:], 0, 1)
-    last = (np.ascontiguousarray(np.moveaxis(a, 1, 2)) for a in (out, ref))
+    out, ref = noisy_head(3, 6)
+    o, r = (np.ascontiguousarray(np.moveaxis(a, 1, 2)) for a in (out, ref))  # [N, anchors, channels]
     for kind in ("channel_prob", "channel_rel_l2"):
-        o, r = np.moveaxis(out, 1, 2), np.moveaxis(ref, 1, 2)
         assert per_sample(kind, o, r) == pytest.approx(per_sample(kind, out, ref), rel=1e-6)
-    assert probability_channels(np.moveaxis(ref, 1, 2)).tolist() == probability_channels(ref).tolist()
-    assert loss_pp("channel_prob", *last) == pytest.approx(user_check(out, ref), rel=1e-5)
+    assert probability_channels(r).tolist() == probability_channels(ref).tolist()
+    assert loss_pp("channel_prob", o, r) == pytest.approx(user_check(out, ref), rel=1e-5)
 
 
 def run(model):
