@@ -16,7 +16,10 @@
    the caller passes `judge`: the one-shot plan passes the automatic search's decision rule (converter.auto.decide:
    every output, its standard error taken off the budget, Wilson's bound for changed samples), so a candidate that
    changed none of 60 samples is not "within 1 pp" because its mean was 0.
-   Until a candidate fits, each is measured on every sample (an over-budget loss sets how far the knob shrinks).
+   Until a candidate fits, each is measured on every sample (an over-budget loss sets how far the knob shrinks),
+   unless it is certainly over: with the judge's ceilings (`ceilings`, converter.auto.decide
+   `BudgetRule.point_ceilings`: 0 changed lines of 240 at 1 pp), the changed sample one too many ends it whatever
+   the samples left (calibration.sampling; its loss is then the estimate from the samples run).
    After that the knob only reads verdicts, and a candidate stops as soon as it is clearly over the budget
    (calibration.sampling: a loss 3 standard errors over it, at doubling sample counts); only a fitting candidate
    can become the answer, and it is always measured, and judged, on every sample. A stop can only reject. The
@@ -39,7 +42,7 @@ from onnx import numpy_helper
 
 from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator
-from onnxprune.calibration.sampling import SequentialScorer
+from onnxprune.calibration.sampling import SequentialScorer, Threshold
 from onnxprune.calibration.sensitivity import SensitivityResult, masked
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
@@ -197,13 +200,16 @@ def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
 def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, allocation: dict[str, float],
                   max_loss_pp: float, max_tries: int = 8, *,
                   result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE,
-                  deadline: float | None = None, judge: Judge | None = None) -> AllocationOutcome:
+                  deadline: float | None = None, judge: Judge | None = None,
+                  ceilings: Threshold | None = None) -> AllocationOutcome:
     """Measure the allocation on the data; back off (or grow) until the measured loss is within max_loss_pp.
     `scoring` ranks the weights (passes.criteria; magnitude by default), scored once on `model`. `deadline` (a
     time.perf_counter() value): no try starts that would end after it at the longest try's pace (the dense pass's
     before the first; a try of a big model is a long pass); the best one that fit so far is kept; none: dense.
     `judge(outputs) -> (loss_pp, fits, decision dict)` decides instead of the point estimate from a candidate's
-    scored outputs on `evaluator` (module docstring); the best try's decision is in the outcome."""
+    scored outputs on `evaluator` (module docstring); the best try's decision is in the outcome. `ceilings` (per
+    scored output and term, pp: the judge's `BudgetRule.point_ceilings`) stop a try once it is certainly over what
+    the judge can accept (the first changed line too many), before any try fits too."""
     ranker = scoring.bind(model)
     result = result if result is not None else getattr(allocation, "result", None)
     weights = getattr(allocation, "weights", None)
@@ -211,7 +217,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
     search = _KnobSearch(max_loss_pp)
     tried: dict[tuple, float] = {}
     best = None
-    screen = _Screen(evaluator, max_loss_pp)
+    screen = _Screen(evaluator, max_loss_pp if ceilings is None else ceilings)
 
     def decide(outputs) -> tuple[float, bool, dict | None]:
         if judge is None:
@@ -238,7 +244,8 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         if key in tried:  # the knob moved but the allocation did not: keep searching
             x = search.next(x, *tried[key], growable=result is not None)
             continue
-        outputs, stopped = screen.run(pruned_model(model, cand, ranker), stop=best is not None)
+        outputs, stopped = screen.run(pruned_model(model, cand, ranker), stop=best is not None,
+                                      certain=ceilings is not None)
         loss, fits, decision = (round(stopped.loss_pp, 9), False, None) if stopped is not None else decide(outputs)
         tried[key] = (loss, fits)
         last[0] = max(last[0], time.perf_counter() - t0)  # a screened try stops early; the next may not
@@ -263,7 +270,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         nearest = min(past, key=lambda h: h["removed"], default=None)
         if nearest is None or "samples" not in nearest:
             break
-        outputs, _ = screen.run(pruned_model(model, nearest["sparsities"], ranker), stop=False)
+        outputs, _ = screen.run(pruned_model(model, nearest["sparsities"], ranker), stop=False, certain=False)
         loss, fits, decision = decide(outputs)
         del nearest["samples"]
         nearest.update(measured_loss_pp=loss, fits=fits, pruned_pct=dense - loss,
@@ -276,20 +283,21 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
 
 
 class _Screen:
-    """Runs a candidate on the evaluator's batches: all of them, or (`stop`) stopping once it is clearly over the
-    budget (calibration.sampling.SequentialScorer: a loss 3 standard errors over it; it never stops under)."""
+    """Runs a candidate on the evaluator's batches: all of them, or stopping once it is (`certain`) certainly over
+    the budget (whatever the samples left; calibration.sampling) or (`stop`) clearly over it (a loss 3 standard
+    errors over); it never stops under."""
 
-    def __init__(self, evaluator: Evaluator, budget_pp: float):
-        self.evaluator, self.budget = evaluator, budget_pp
+    def __init__(self, evaluator: Evaluator, budget: Threshold):
+        self.evaluator, self.budget = evaluator, budget
         self.sequential = evaluator.reference_all is not None and evaluator.dense is not None
         self._scorer = None
 
-    def run(self, candidate: onnx.ModelProto, *, stop: bool):
+    def run(self, candidate: onnx.ModelProto, *, stop: bool, certain: bool):
         """(the scored outputs per batch in the evaluator's order, None) or, stopped over the budget, (None,
         the Measured estimate)."""
         ev = self.evaluator
         sess = ev.session(candidate)
-        if not (stop and self.sequential):
+        if not self.sequential or not (stop or certain):
             return list(ev.run_all(sess)), None
         self._scorer = self._scorer or SequentialScorer(ev)
         got: dict[int, tuple] = {}
@@ -299,7 +307,7 @@ class _Screen:
                 got[b] = values
                 yield values
 
-        measured = self._scorer.measure(batches, self.budget, stop_known=False)
+        measured = self._scorer.measure(batches, self.budget, stop_known=False, estimate=stop)
         if not measured.complete:
             return None, measured
         return [got[b] for b in range(len(got))], None

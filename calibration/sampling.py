@@ -9,15 +9,21 @@ samples each ratio has the standard error of a ratio estimator with the finite-p
 
     se_j = sqrt(var_i(t_ij - R_j c_i) / k) / mean_i(c_i) * sqrt((N - k) / (N - 1))        (0 once all N are in)
 
-and against a threshold T (pp) the measurement stops when
+and against a threshold T (pp; or T_j per output and term: the decision rule's ceilings, below) the measurement
+stops when
 
+    certain some output's loss_j is over T_j on the whole set      every sample counts 1, and even were each sample
+            whatever the samples not run turn out to be             left as good as a sample can be (agreeing,
+                                                                    right, no error), the whole set's ratio stays
+                                                                    over: exact, no statistics
     over    some output's loss_j - Z * se_j > T                    over T whatever the other samples say
     known   every Z * se_j <= PRECISION * T                         the loss known to +-25% of T, whichever side of
             (only when every scored output is `continuous`:         T it is: the verdict is then its estimate
             "no changed class in 64 samples" does not bound a       against T (a level clearly under, or one too
             1 pp loss, a clean relative error on 64 samples does)   close to T for the samples left to settle)
 
-asked when the samples seen first reach MIN_SAMPLES, then each time they have doubled (about log2(N / 8) looks,
+"certain" asked after every batch (it is exact), the others when the samples seen first reach MIN_SAMPLES, then
+each time they have doubled (about log2(N / 8) looks,
 so the 3-sigma rule stays a rare false verdict however many batches there are). A measurement that runs to the end
 is the exact metric (the Evaluator's own sums, added in the reader's order: the same number `Evaluator.score`
 gives); a stopped one reports the estimate from the samples it ran (`Measured.samples` < `Measured.total`).
@@ -25,6 +31,11 @@ gives); a stopped one reports the estimate from the samples it ran (`Measured.sa
 sample, which settled its side of T and nothing else the allocation reads (it interpolates the curve to the
 first level over, known to the same precision): on the 22.6M-parameter encoder 7 of the scan's levels ran all 240
 samples and 2 ran 128, about a fifth of its sample-probes; with "known" every level stopped at 16 but one, at 32.
+Per-term thresholds (`Threshold`): a rule that accepts a share of changed samples only up to a count (Wilson's
+bound: 0 changed lines of 240 at 1 pp, converter.auto.decide) makes every level that changed more samples than
+that useless to a plan it judges; with T_j = 100 * that count / N the "certain" stop ends such a level on the
+first changed sample too many, where "over" at 3 standard errors needs hundreds of samples for a loss of a few pp
+(rapidocr_rec's scan ran every one of its 240 lines on most levels, `Measured.certain` says which stops were so).
 Samples are counted in each output's own unit (`Evaluator.units`: rows along its sample axis, one per batch for an
 output that follows no batch), the finite-population correction of each output from its own total. A stop happens
 on a batch boundary: a run's Evaluator holds stacked data in parts of at most SPLIT_ROWS samples
@@ -40,6 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxprune.calibration.decide import TOLERANCE_PP, within_budget
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.output_metrics import METRICS, count_samples
 
@@ -51,6 +63,9 @@ SEED = 0
 
 # order -> the scored outputs (a tuple per batch, as Evaluator.run_all gives them) of the batches in that order
 Batches = Callable[[Sequence[int]], Iterable[tuple]]
+# what a measurement is judged against: one loss in pp for every output and term, or per scored output an array of
+# its terms' ceilings (pp): the decision rule's (converter.auto.decide `BudgetRule.point_ceilings`)
+Threshold = float | Sequence[np.ndarray]
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Measured:
     total: int
     sums: dict = field(default_factory=dict, repr=False)  # batch -> its per-output sums (`resume` goes on from them)
     moments: list = field(default_factory=list, repr=False)  # per output, the running moments of the samples run
+    certain: bool = False  # stopped because no samples left could bring some term back under its threshold
 
     @property
     def complete(self) -> bool:
@@ -128,11 +144,36 @@ class SequentialScorer:
                     moments[o].add(*got)
         return [None if m is None else m.t / max(m.c, 1e-300) for m in moments]
 
-    def measure(self, batches: Batches, threshold: float | None = None, *, stop_known: bool = True) -> Measured:
-        """The candidate's combined metric; with a threshold (pp of loss), stop as soon as over it is clear (or,
-        with `stop_known`, the loss is known to +-PRECISION of it). `batches(order)` yields the candidate's scored
-        outputs."""
-        return self._run(batches, {}, threshold, stop_known)
+    def measure(self, batches: Batches, threshold: Threshold | None = None, *, stop_known: bool = True,
+                estimate: bool = True) -> Measured:
+        """The candidate's combined metric; with a threshold (pp of loss, or per output and term: `Threshold`),
+        stop as soon as over it is clear (or, with `stop_known`, the loss is known to +-PRECISION of it); with
+        `estimate` False only once over it is certain (every other measurement runs to the end: its loss is exact).
+        `batches(order)` yields the candidate's scored outputs."""
+        return self._run(batches, {}, None if threshold is None else self.ceilings(threshold), stop_known,
+                         estimate=estimate)
+
+    def ceilings(self, threshold: Threshold) -> list[np.ndarray]:
+        """Per scored output, each term's threshold in pp (a single number stands for every term)."""
+        if isinstance(threshold, (int, float)):
+            return [np.full(len(METRICS[k].lower_better), float(threshold)) for k in self.kinds]
+        ceilings = [np.asarray(c, dtype=np.float64) for c in threshold]
+        if len(ceilings) != len(self.kinds) or any(len(c) != len(METRICS[k].lower_better)
+                                                    for c, k in zip(ceilings, self.kinds)):
+            raise ValueError(f"thresholds {threshold} do not match the scored outputs' terms {self.kinds}")
+        return ceilings
+
+    def within(self, measured: Measured, threshold: Threshold) -> bool:
+        """Whether every scored output's terms are within their thresholds (the point estimates of the samples run;
+        the exact loss once every sample ran). Without per-term moments (no dense reference): the combined loss
+        against the smallest threshold."""
+        ceilings = self.ceilings(threshold)
+        moments = measured.moments
+        bounds = (list(self._bounds(moments)) if self.sequential and len(moments) == len(self.kinds)
+                  and all(m is not None for m in moments) else [])
+        if len(bounds) < len(self.kinds):
+            return within_budget(measured.loss_pp, min(float(np.min(c)) for c in ceilings))
+        return all(bool(np.all(loss <= ceilings[o] + TOLERANCE_PP)) for o, loss, _ in bounds)
 
     def resume(self, batches: Batches, measured: Measured, precision: float | None = None,
                threshold: float = 0.0) -> Measured:
@@ -149,8 +190,9 @@ class SequentialScorer:
         return self._run(batches, dict(measured.sums), None, False, precise=(precision, threshold),
                          moments=moments, seen=measured.samples)
 
-    def _run(self, batches: Batches, sums: dict[int, list], threshold: float | None, stop_known: bool, *,
-             precise: tuple[float, float] | None = None, moments: list | None = None, seen: int = 0) -> Measured:
+    def _run(self, batches: Batches, sums: dict[int, list], threshold: list[np.ndarray] | None, stop_known: bool, *,
+             precise: tuple[float, float] | None = None, moments: list | None = None, seen: int = 0,
+             estimate: bool = True) -> Measured:
         ev = self.evaluator
         moments = moments or [None] * len(self.kinds)
         look = self.min_samples
@@ -168,12 +210,17 @@ class SequentialScorer:
                     moments[o] = moments[o] or _Moments(g[0].shape[1])
                     moments[o].add(*g)
             seen += self.sizes[b]
-            if seen < look or len(sums) >= self.batches:
+            if len(sums) >= self.batches:
+                continue
+            if precise is None and self._certain(moments, threshold):  # exact: asked after every batch
+                return self._result(sums, seen, moments, certain=True)
+            if seen < look:
                 continue
             while look <= seen:
                 look *= 2  # looks at doubling sample counts: few looks, few false verdicts
-            if (self._precise(moments, *precise) if precise is not None else
-                    self._decided(moments, seen, threshold, stop_known)):
+            if precise is not None and self._precise(moments, *precise):
+                return self._result(sums, seen, moments)
+            if precise is None and estimate and self._decided(moments, seen, threshold, stop_known):
                 return self._result(sums, seen, moments)
         return self._result(sums, None, moments)
 
@@ -187,23 +234,37 @@ class SequentialScorer:
         bounds = list(self._bounds(moments))
         if len(bounds) < len(moments):
             return None
-        return max(float(np.max(loss + half)) for loss, half in bounds)
+        return max(float(np.max(loss + half)) for _, loss, half in bounds)
 
     def _precise(self, moments: list[_Moments | None], precision: float, threshold: float) -> bool:
         """Every output's loss known to within `precision` of itself (or of the threshold, when smaller)."""
         return all(np.all(half <= precision * np.maximum(np.abs(loss), threshold))
-                   for loss, half in self._bounds(moments))
+                   for _, loss, half in self._bounds(moments))
 
-    def _bounds(self, moments: list[_Moments | None]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Per measured output: each term column's loss (pp) against the dense model and Z standard errors of it."""
+    def _bounds(self, moments: list[_Moments | None]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Per measured output: its index, each term column's loss (pp) against the dense model and Z standard
+        errors of it."""
         for o, m in enumerate(moments):
             if m is None or self.dense_ratios[o] is None:
                 continue
             ratio, se = m.ratio_and_se(self.totals[o])
             sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
-            yield 100.0 * sign * (self.dense_ratios[o] - ratio), 100.0 * self.z * se
+            yield o, 100.0 * sign * (self.dense_ratios[o] - ratio), 100.0 * self.z * se
 
-    def _result(self, sums: dict[int, list], seen: int | None, moments: list | None = None) -> Measured:
+    def _floor(self, o: int, m: _Moments) -> np.ndarray | None:
+        """The least whole-set loss (pp) each term of output `o` can still end at, whatever the samples not run
+        are: each of them as good as a sample can be (a term where higher is better at its count: agreeing,
+        right, cosine 1; an error at 0). None unless every sample counts 1 (the samples left then count
+        total - k; a sequence's positions or a feed's pooled rows are not known before they run)."""
+        total = self.totals[o]
+        if abs(m.c - m.k) > 1e-9 or not total:
+            return None
+        lower = np.asarray(METRICS[self.kinds[o]].lower_better)
+        best = np.where(lower, m.t, m.t + max(0, total - m.k)) / total
+        return 100.0 * np.where(lower, -1.0, 1.0) * (self.dense_ratios[o] - best)
+
+    def _result(self, sums: dict[int, list], seen: int | None, moments: list | None = None, *,
+                certain: bool = False) -> Measured:
         """The combined metric from the batches run, added in the reader's order."""
         ev = self.evaluator
         totals: list = [None] * len(self.kinds)
@@ -216,16 +277,27 @@ class SequentialScorer:
         value = 100.0 * ev.combine(ev.finish_outputs(totals, counts))
         dense = 100.0 * ev.dense if ev.dense is not None else float("nan")
         done = self.total if seen is None else seen
-        return Measured(value, dense - value, done, self.total, sums, list(moments or []))
+        return Measured(value, dense - value, done, self.total, sums, list(moments or []), certain)
 
-    def _decided(self, moments: list[_Moments | None], seen: int, threshold: float, stop_known: bool) -> bool:
+    def _certain(self, moments: list[_Moments | None], ceilings: list[np.ndarray]) -> bool:
+        """Some term over its threshold on the whole set, whatever the samples not run turn out to be (`_floor`)."""
+        for o, m in enumerate(moments):
+            if m is not None and self.dense_ratios[o] is not None:
+                floor = self._floor(o, m)
+                if floor is not None and np.any(floor > ceilings[o] + TOLERANCE_PP):
+                    return True
+        return False
+
+    def _decided(self, moments: list[_Moments | None], seen: int, ceilings: list[np.ndarray],
+                 stop_known: bool) -> bool:
+        """Over by 3 standard errors, or (continuous metrics, `stop_known`) known to +-PRECISION of the threshold."""
         if seen >= self.total:
             return False
         bounds = []
-        for loss, half in self._bounds(moments):
-            if np.any(loss - half > threshold):
+        for o, loss, half in self._bounds(moments):
+            if np.any(loss - half > ceilings[o]):
                 return True
-            bounds.append((loss, half))
+            bounds.append((o, half))
         if not (stop_known and self.continuous) or len(bounds) < len(moments):
             return False
-        return all(np.all(half <= self.precision * threshold) for _, half in bounds)
+        return all(np.all(half <= self.precision * ceilings[o]) for o, half in bounds)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,10 +52,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.calibration.decide import within_budget
 from onnxprune.calibration.metrics import Evaluator, feed_samples
 from onnxprune.calibration.runtime import make_session, with_outputs
-from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer
+from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer, Threshold
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
 from onnxprune.passes.scopes import body_definitions, drop_constant, outer_reads
@@ -64,7 +64,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 SMALL_SHARE = 0.001  # budgeted scan: a layer holding less of the prunable weights is left dense, not scanned
-DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of cached prefix activations
+# bytes of cached prefix activations: at most this, and at most MEMORY_SHARE of the memory available when the scan
+# starts (`memory_budget`). It was 256 MB: rapidocr_rec's 240 lines (338 MB at the backbone's boundaries) then ran
+# the whole graph for 16 of its 38 layers; at 1 GiB every layer runs only its downstream part (one-shot scan
+# 131 -> 90 s on 2 cores).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+MEMORY_SHARE = 0.125
 # The first level over the budget is measured until its loss is known to +-this share (3 standard errors), not on
 # every sample: run to the end, it took 40 of the ~56 samples a layer of PicoDet's scan ran (40 calibration pages,
 # 800x608), about two thirds of the scan.
@@ -403,6 +408,16 @@ def _groups(plans: list[_Plan], sizes: dict[str, float], samples: int, budget: i
 
 # ---- the scan ------------------------------------------------------------------------------------------------
 
+def default_memory_budget() -> int:
+    """DEFAULT_MEMORY_BUDGET, or MEMORY_SHARE of the memory available now when that is less (where the system says;
+    not below the 256 MB it was)."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
+        return DEFAULT_MEMORY_BUDGET
+    return int(max(256 << 20, min(DEFAULT_MEMORY_BUDGET, MEMORY_SHARE * available)))
+
+
 def _check_levels(levels) -> list[float]:
     levels = [float(s) for s in levels]
     if not levels or any(not 0.0 < s < 1.0 for s in levels) or sorted(set(levels)) != levels:
@@ -415,13 +430,15 @@ def _dense_pct(model, evaluator: Evaluator) -> float:
 
 
 def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, levels=DEFAULT_LEVELS,
-         progress: Progress | None = None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+         progress: Progress | None = None, *, memory_budget: int | None = None,
          downstream: bool = True, scoring: Scoring = MAGNITUDE, budget_pp: float | None = None,
-         deadline: float | None = None) -> SensitivityResult:
+         ceilings: Threshold | None = None, deadline: float | None = None) -> SensitivityResult:
     """Sensitivity of every prunable weight, one session per layer (see the module docstring); `scoring` chooses
     which weights a level removes (passes.criteria; magnitude by default), scored once on the dense model.
     Without `budget_pp` every level is measured on every sample; with it, each layer's levels are searched for its
-    largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`). A layer whose
+    largest one within budget_pp and measurements stop once their verdict is clear (`_LevelSearch`); `ceilings`
+    (per scored output and term, in pp: the decision rule's `BudgetRule.point_ceilings`) say what "within" means
+    per term when the rule accepts less than the budget's point estimate (a share of changed samples). A layer whose
     scan, as long as the last one's (a dense pass before the first), would end after `deadline` (a
     time.perf_counter() value) is not scanned and stays dense (path "unscanned")."""
     levels = _check_levels(levels)
@@ -437,7 +454,8 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
         plans = [dataclasses.replace(p, path="small") if p.weight.size < SMALL_SHARE * total else p for p in plans]
     if not downstream:
         plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
-    search = _LevelSearch(evaluator, budget_pp, layers=sum(p.path in ("downstream", "full") for p in plans))
+    search = _LevelSearch(evaluator, budget_pp, layers=sum(p.path in ("downstream", "full") for p in plans),
+                          ceilings=ceilings)
     samples = evaluator.num_samples or evaluator.reader.num_samples
     if samples is None:  # unknown amount of data: never cache activations
         plans = [dataclasses.replace(p, path="full") if p.path == "downstream" else p for p in plans]
@@ -445,7 +463,7 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     sizes = _bytes_per_sample(model, evaluator, boundary)
     if evaluator.cached:  # model inputs are already in memory: caching them again costs nothing
         sizes.update({n: 0.0 for n in index.real_inputs if n in sizes})
-    groups = _groups(plans, sizes, samples, memory_budget)
+    groups = _groups(plans, sizes, samples, default_memory_budget() if memory_budget is None else memory_budget)
     tick = _Ticker(progress, len(plans) * len(levels))
     by_name: dict[str, LayerSensitivity] = {}
     previous = None  # the last group's cached rows: the next group's prefix starts from them
@@ -532,19 +550,27 @@ class _LevelSearch:
     levels are bisected for the largest one within the budget, and every level below it is measured, from the top
     down, until one is negligible; each measurement stops once its verdict against the budget is clear
     (calibration.sampling), except that the first level over the budget runs on until its loss is known to within
-    RESUME_PRECISION (the allocation interpolates between it and the answer).
+    RESUME_PRECISION (the allocation interpolates between it and the answer) unless it is certainly over: with the
+    decision rule's ceilings (`ceilings`: 0 changed lines of 240) a level is over on the changed sample that takes
+    it past what the rule accepts, and its value past that only steers the allocation's interpolation, which the fit
+    measures; resumed, a share of changed samples can never be known to +-25% of a few pp on a few hundred
+    samples, so every such level ran on all of them (rapidocr_rec: 38 layers).
 
-    Negligible (continuous metrics only): the level's loss plus 3 standard errors, on every scored output, is at
-    most NEGLIGIBLE of the budget's share per scanned layer (budget / layers). The levels under it are then
+    Negligible: for continuous metrics, the level's loss plus 3 standard errors, on every scored output, is at
+    most NEGLIGIBLE of the budget's share per scanned layer (budget / layers); for the others (a share of changed
+    samples, whose bound on a clean subset is no bound), none of all the samples changed at that level (rapidocr_rec:
+    a layer clean at 50% then skips its 40, 30, 20 and 10%, each a run over all 240 lines). The levels under it are then
     bounded by it (the allocation takes curves as monotone) and not measured: all of them together could move a
     prediction by less than the scan resolves of any one level (PRECISION of the budget: calibration.sampling).
     The 22.6M-parameter encoder's 12 query/key projections lose at most 0.001 pp at 99% (budget 1 pp, 36 layers:
     negligible under 0.007 pp); 8 of their 12 levels each were measured only to draw a flat line.
     """
 
-    def __init__(self, evaluator: Evaluator, budget_pp: float | None, layers: int = 1):
+    def __init__(self, evaluator: Evaluator, budget_pp: float | None, layers: int = 1,
+                 ceilings: Threshold | None = None):
         self.scorer = SequentialScorer(evaluator)
         self.budget = None if budget_pp is None else float(budget_pp)
+        self.ceilings = self.budget if ceilings is None else ceilings
         self.negligible = (None if self.budget is None or not self.scorer.continuous else
                            NEGLIGIBLE * self.budget / max(1, layers))
 
@@ -555,7 +581,7 @@ class _LevelSearch:
 
         def measure(i: int) -> Measured:
             if i not in found:
-                found[i] = self.scorer.measure(batches_at(levels[i]), self.budget)
+                found[i] = self.scorer.measure(batches_at(levels[i]), self.ceilings)
                 measured(levels[i])
             return found[i]
 
@@ -566,23 +592,23 @@ class _LevelSearch:
         lo, hi = -1, len(levels)  # lo: largest index within budget (-1: dense), hi: smallest over it
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if within_budget(measure(mid).loss_pp, self.budget):
+            if self.scorer.within(measure(mid), self.ceilings):
                 lo = mid
             else:
                 hi = mid
         for i in range(lo, -1, -1):  # the curve below the answer (cheap levels stop after a few samples)
             if self._negligible(measure(i)):
                 break  # the levels under it: at most this, if curves are monotone (the allocation takes them so)
-        if hi < len(levels):  # the first level over: the allocation interpolates up to it, so its value is known
+        if hi < len(levels) and not found[hi].certain:  # the first level over: the allocation interpolates up to it
             found[hi] = self.scorer.resume(batches_at(levels[hi]), found[hi], precision=RESUME_PRECISION,
                                            threshold=self.budget)
         return found
 
 
     def _negligible(self, measured: Measured) -> bool:
-        if self.negligible is None:
-            return False
         upper = self.scorer.upper(measured)
+        if self.negligible is None:  # a share of changed samples: only none changed of every sample bounds the rest
+            return upper is not None and measured.complete and upper <= 0.0
         return upper is not None and upper <= self.negligible
 
 

@@ -405,8 +405,30 @@ class BudgetRule:
         if not any(not r.form.paired and any(r.form.is_binary(j) for j in range(len(r.form.parts)))
                    for r in self.outputs) or not n:
             return None
+        return self._allowed(n, self.z * self.strictness)
+
+    def point_ceilings(self) -> list[np.ndarray]:
+        """Per scored output, per part: the largest whole-set loss (pp) a candidate may show on this set and still be
+        accepted, as far as it is known before the candidate is measured. A binary part of a fidelity output (a
+        share of changed samples): 100·k/n, k the changed samples Wilson's bound admits on its n (0 where the set
+        cannot certify the budget: judged at one-sample resolution). Any other part: the budget (its margin, Z·SE,
+        is known only once measured). The budgeted scan judges its levels against these
+        (calibration.sensitivity `scan(ceilings=)`): a layer that alone changes more samples than a model may is
+        over, however much less than the budget's point estimate that is."""
+        out = []
+        for r in self.outputs:
+            n = len(r.dense)
+            cols = [self.budget] * len(r.form.parts)
+            if not r.form.paired and n and self.budget > 0:
+                k = 0 if not r.resolves() else max(0, self._allowed(n, self.z * self.strictness))
+                cols = [100.0 * k / n if r.form.is_binary(j) else c for j, c in enumerate(cols)]
+            out.append(np.asarray(cols, dtype=np.float64))
+        return out
+
+    def _allowed(self, n: int, z: float) -> int:
+        """The changed samples of n whose share Wilson's bound at z keeps within the budget (-1: not even none)."""
         k = -1
-        while k + 1 <= n and 100.0 * wilson_upper((k + 1) / n, n, self.z * self.strictness) <= self.budget + 1e-12:
+        while k + 1 <= n and 100.0 * wilson_upper((k + 1) / n, n, z) <= self.budget + 1e-12:
             k += 1
         return k
 

@@ -194,14 +194,17 @@ class _Search:
     def _one_shot(self) -> _Best:
         from onnxprune.calibration.allocate import allocate, fit_to_budget, pruned_model
         from onnxprune.calibration.sensitivity import DEFAULT_LEVELS, scan
+        from onnxprune.converter.steps.scan import rule_ceilings
 
         t0 = time.perf_counter()
         ev = self.data.chooser or self.data.evaluator
-        # budgeted (calibration/sampling.py): each layer's levels bisected up to the budget, measurements stopped
-        # once their verdict is clear; the fits below (at the budget, half of it, none) read the levels measured
+        # budgeted (calibration/sampling.py): each layer's levels bisected up to what the rule can accept on this
+        # set, measurements stopped once their verdict is clear; the fits below (at the budget, half of it, none)
+        # read the levels measured
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
                                 progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what),
-                                budget_pp=self.config.max_loss, deadline=t0 + SCAN_SHARE * self.span)
+                                budget_pp=self.config.max_loss, ceilings=rule_ceilings(ev, self.config.max_loss),
+                                deadline=t0 + SCAN_SHARE * self.span)
         note = unscanned_note(self.sensitivity, f"{SCAN_SHARE:.0%} of the search's {self.span:.0f} s", "start")
         if note:
             self.notes.append(note)
@@ -210,9 +213,11 @@ class _Search:
         note = ""
         for fit_budget in dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)):
             allocation = allocate(self.sensitivity, self.inventory, fit_budget)
+            rule = self._fit_rule(fit_budget)
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
                                     result=self.sensitivity, deadline=self.deadline - self.pass_seconds(),
-                                    judge=self._fit_judge(fit_budget))  # the start is judged after the fit
+                                    judge=rule and rule.fit_judge(),  # the start is judged after the fit
+                                    ceilings=rule and rule.point_ceilings())
             model = (pruned_model(self.original, outcome.sparsities) if any(outcome.sparsities.values())
                      else self.original)  # nothing pruned (no try fit, or none had time): the input model itself
             decision = self.judge(model)
@@ -235,8 +240,9 @@ class _Search:
         self._record("one-shot", best, decision, True, t0, note=note)
         return best
 
-    def _fit_judge(self, budget: float):
-        """On the training part (AutoData.chooser), the fit's tries are judged by the decision rule at `budget`
+    def _fit_rule(self, budget: float):
+        """The rule the fit's tries are judged by (its `fit_judge`) and stopped at (its `point_ceilings`), or None.
+        On the training part (AutoData.chooser), the fit's tries are judged by the decision rule at `budget`
         (its margin and the mean, as the one-shot plan's, steps/budget.py), not by the mean alone: at 100 labelled
         samples one sample is 1 pp. Measured (sweep2's models, 100 train / 300 decide, 3 minutes, 397 held out),
         by the mean -> by the rule: mobilenet_v3_small 1.6x, -0.76 pp -> 2.6x, +0.75 pp (its rounds then ran);
@@ -247,7 +253,7 @@ class _Search:
         if self.data.chooser is None:
             return None
         rule = BudgetRule(self.data.chooser, budget)
-        return None if rule.uncertifiable() else rule.fit_judge()
+        return None if rule.uncertifiable() else rule
 
     # ------------------------------------------------------------------------------------------------ hyper
     def _hyper(self, best: _Best) -> None:

@@ -88,7 +88,7 @@ class FitBudgetStep(_Choose):
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
                                 self.config.max_loss, result=state.sensitivity, scoring=state.scoring,
-                                deadline=self.deadline, judge=rule.fit_judge())
+                                deadline=self.deadline, judge=rule.fit_judge(), ceilings=rule.point_ceilings())
         state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,

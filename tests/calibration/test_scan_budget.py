@@ -480,4 +480,7 @@ def test_levels_under_a_negligible_one_are_not_measured_and_the_allocation_does_
     assert allocate(fast, inventory, 5.0) == pytest.approx(allocate(full, inventory, 5.0))
     labelled = Evaluator(open_data("random", model, limit=96, batch_size=16), "agreement", model)
     counted = scan(model, inventory, labelled, DEFAULT_LEVELS, budget_pp=5.0).layers[1]
-    assert counted.levels == list(DEFAULT_LEVELS)  # a share of changed classes: no bound from 0 of 16 changed
+    # a share of changed classes: 0 of a subset bounds nothing, 0 of every sample bounds the levels below (curves
+    # are monotone to the allocation): the answer ran on all 96 samples and changed none
+    assert counted.levels == [0.6, 0.9, 0.98, 0.99] and not counted.samples
+    assert counted.losses(100.0) == [0.0] * 4

@@ -69,6 +69,9 @@ def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
     ev = Evaluator(open_data(data, model), None, model)
     rule = BudgetRule(ev, 1.0)
     for entry in allocation["history"]:
+        if "samples" in entry:  # stopped once certainly over the rule's ceilings (sampling.py): never judged
+            assert not entry["fits"] and "decision" not in entry
+            continue
         assert entry["fits"] == entry["decision"]["within"]
         assert entry["decision"]["loss_pp"] <= entry["decision"]["limit_pp"] + 1e-9 or not entry["fits"]
     # a try rejected past the chosen one is named as what stopped the fit
