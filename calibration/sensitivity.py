@@ -409,12 +409,19 @@ def _groups(plans: list[_Plan], sizes: dict[str, float], samples: int, budget: i
 # ---- the scan ------------------------------------------------------------------------------------------------
 
 def default_memory_budget() -> int:
-    """DEFAULT_MEMORY_BUDGET, or MEMORY_SHARE of the memory available now when that is less (where the system says;
-    not below the 256 MB it was)."""
+    """DEFAULT_MEMORY_BUDGET, or MEMORY_SHARE of the memory available now when that is less (Linux's MemAvailable,
+    else the free pages where the system says; not below the 256 MB it was)."""
+    available = None
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
-        return DEFAULT_MEMORY_BUDGET
+        with open("/proc/meminfo") as f:
+            available = next((int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:")), None)
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system that says
+            return DEFAULT_MEMORY_BUDGET
     return int(max(256 << 20, min(DEFAULT_MEMORY_BUDGET, MEMORY_SHARE * available)))
 
 

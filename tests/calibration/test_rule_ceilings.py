@@ -95,3 +95,25 @@ def test_the_fit_stops_a_certainly_over_try_before_any_fits():
     plain = fit_to_budget(model, inventory, ev, {w.name: 0.9 for w in inventory.prunable}, 1.0,
                           judge=rule.fit_judge(), max_tries=1)
     assert "samples" not in plain.history[0] and "decision" in plain.history[0]
+
+
+def test_the_scans_memory_budget_is_a_share_of_what_is_available(monkeypatch):
+    import builtins
+    import io
+
+    from onnxprune.calibration import sensitivity
+
+    real_open = builtins.open
+
+    def meminfo(kb):
+        def fake(path, *a, **k):
+            return io.StringIO(f"MemTotal: 9 kB\nMemAvailable: {kb} kB\n") if path == "/proc/meminfo" else \
+                real_open(path, *a, **k)
+        return fake
+
+    monkeypatch.setattr(builtins, "open", meminfo(64 << 20))  # 64 GB available: the cap
+    assert sensitivity.default_memory_budget() == sensitivity.DEFAULT_MEMORY_BUDGET == 1 << 30
+    monkeypatch.setattr(builtins, "open", meminfo(4 << 20))  # 4 GB: an eighth of it
+    assert sensitivity.default_memory_budget() == 512 << 20
+    monkeypatch.setattr(builtins, "open", meminfo(1 << 20))  # 1 GB: never under the old 256 MB
+    assert sensitivity.default_memory_budget() == 256 << 20
