@@ -168,10 +168,8 @@ class SequentialScorer:
         the exact loss once every sample ran). Without per-term moments (no dense reference): the combined loss
         against the smallest threshold."""
         ceilings = self.ceilings(threshold)
-        moments = measured.moments
-        bounds = (list(self._bounds(moments)) if self.sequential and len(moments) == len(self.kinds)
-                  and all(m is not None for m in moments) else [])
-        if len(bounds) < len(self.kinds):
+        bounds = self._every_bound(measured)
+        if bounds is None:
             return within_budget(measured.loss_pp, min(float(np.min(c)) for c in ceilings))
         return all(bool(np.all(loss <= ceilings[o] + TOLERANCE_PP)) for o, loss, _ in bounds)
 
@@ -228,13 +226,17 @@ class SequentialScorer:
         """The largest whole-set loss (pp) the samples run leave likely: over every scored output and term, the
         estimate plus Z standard errors (the exact loss once every sample ran); None when a measurement kept no
         moments or an output had nothing to compare yet."""
+        bounds = self._every_bound(measured)
+        return None if bounds is None else max(float(np.max(loss + half)) for _, loss, half in bounds)
+
+    def _every_bound(self, measured: Measured) -> list[tuple[int, np.ndarray, np.ndarray]] | None:
+        """`_bounds` of every scored output, or None when a measurement kept no moments or an output had nothing to
+        compare yet."""
         moments = measured.moments
-        if not self.sequential or len(moments) != len(self.kinds) or any(m is None for m in moments):
+        if not self.sequential or len(moments) != len(self.kinds):
             return None
         bounds = list(self._bounds(moments))
-        if len(bounds) < len(moments):
-            return None
-        return max(float(np.max(loss + half)) for _, loss, half in bounds)
+        return bounds if len(bounds) == len(self.kinds) else None
 
     def _precise(self, moments: list[_Moments | None], precision: float, threshold: float) -> bool:
         """Every output's loss known to within `precision` of itself (or of the threshold, when smaller)."""

@@ -477,3 +477,13 @@ class BudgetRule:
                            "looks like data the model was trained on, so the budget measures fitting, not "
                            "generalization (pass held-out samples as --val-data)")
         return out
+
+
+def rule_ceilings(evaluator, budget_pp: float) -> list[np.ndarray] | None:
+    """Per scored output and term, the most a level may lose (pp) and still be of use to a plan the decision rule
+    judges (`BudgetRule.point_ceilings`: 0 changed lines of 240 at 1 pp), or None (the budget itself) when no rule
+    can be built on this evaluator. The budgeted scan's (steps/scan.py, the automatic search's one-shot start)."""
+    try:
+        return BudgetRule(evaluator, budget_pp).point_ceilings()
+    except ConfigError:
+        return None

@@ -33,7 +33,7 @@ import onnx
 from onnxprune.converter.auto import hyper
 from onnxprune.converter.auto.allocation import criterion, density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
-from onnxprune.converter.auto.decide import BudgetRule, Decision, worst_figures
+from onnxprune.converter.auto.decide import BudgetRule, Decision, rule_ceilings, worst_figures
 from onnxprune.converter.auto.report import more_data, part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array
@@ -194,7 +194,6 @@ class _Search:
     def _one_shot(self) -> _Best:
         from onnxprune.calibration.allocate import allocate, fit_to_budget, pruned_model
         from onnxprune.calibration.sensitivity import DEFAULT_LEVELS, scan
-        from onnxprune.converter.steps.scan import rule_ceilings
 
         t0 = time.perf_counter()
         ev = self.data.chooser or self.data.evaluator

@@ -28,7 +28,7 @@ def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: 
          budget_pp: float | None = None, deadline: float | None = None):
     """Single weights ranked by the run's criterion (`scoring`; magnitude when None), or (`neurons`) whole neurons
     per channel group. With `budget_pp` and no explicit levels, each layer's default levels are searched for its
-    largest one within what the run's decision rule can accept on this evaluator (`rule_ceilings`)."""
+    largest one within what the run's decision rule can accept on this evaluator (converter.auto.decide `rule_ceilings`)."""
     from onnxprune.calibration.neuron_sensitivity import DEFAULT_NEURON_LEVELS, neuron_scan
     from onnxprune.calibration.sensitivity import DEFAULT_LEVELS
     from onnxprune.calibration.sensitivity import scan as sensitivity_scan
@@ -38,23 +38,13 @@ def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: 
     extra = {} if neurons or scoring is None else {"scoring": scoring}
     if budget_pp is not None and not config.levels and not neurons:
         extra["budget_pp"] = budget_pp
+        from onnxprune.converter.auto.decide import rule_ceilings
+
         extra["ceilings"] = rule_ceilings(evaluator, budget_pp)
     if deadline is not None and not neurons:  # layers whose turn comes after it stay dense (unscanned)
         extra["deadline"] = deadline
     return run_scan(model, inventory, evaluator, levels,
                     progress=lambda done, total, what="": progress("sensitivity scan", done, total, what), **extra)
-
-
-def rule_ceilings(evaluator, budget_pp: float):
-    """Per scored output and term, the most a level may lose (pp) and still be of use to a plan the decision rule
-    judges (converter.auto.decide `BudgetRule.point_ceilings`: 0 changed lines of 240 at 1 pp), or None (the
-    budget itself) when no rule can be built on this evaluator."""
-    from onnxprune.converter.auto.decide import BudgetRule
-
-    try:
-        return BudgetRule(evaluator, budget_pp).point_ceilings()
-    except ConfigError:
-        return None
 
 
 @register_step("scan")
