@@ -64,9 +64,11 @@ class Chunk:
 class DataReader:
     """Batches of feeds for one model; see the module docstring for the rules.
 
-    `per_feed`: every batch is one complete feed as the source holds it (see calibration.feeds)."""
+    `per_feed`: every batch is one complete feed as the source holds it (see calibration.feeds); `feed_note` says
+    why."""
 
     per_feed = False
+    feed_note = None  # why a per_feed reader reads feeds as they are: open_data says it once per run
     _labels_dropped = False
     _feeds = None  # a calibration.feeds.FeedSource when per_feed
     _feed_check = None
@@ -164,11 +166,19 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
     """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts.
 
     `shapes` (--input-shape) fixes symbolic input dims (random data is drawn at them, real data checked against
-    them); `warn=False` leaves out the random-data warning (a run that opens its data again has said it once)."""
+    them); `warn=False` leaves out the random-data warning and the per-feed note (a run that opens its data
+    again has said them once)."""
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be >= 1.")
     if limit is not None and limit < 1:
         raise ConfigError(f"sample limit {limit} must be >= 1 (or unset).")
+    reader = _open(source, model, labels, batch_size, limit, seed, shapes, warn)
+    if warn and reader.feed_note:  # said once per run, like the random-data warning
+        log.info("%s", reader.feed_note)
+    return reader
+
+
+def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataReader:
     specs = with_shapes(input_specs(model), shapes)
     batch_size = _batch_size_for(specs, batch_size)
     if isinstance(source, str) and source == "random":
@@ -284,11 +294,11 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name))
     check(arrays, source._where(first))
     n = _cap(len(source), limit)
-    log.info("reading %s one complete feed at a time, as is: %s", name, reason)
     desc = f"{name}: {n:,} feed(s) used as is, " + (f"labels '{labels_name}'" if labels_name else "no labels")
     reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=labels_name,
                         num_samples=len(source), description=desc)
     reader.per_feed, reader._feeds, reader._feed_check = True, source, check
+    reader.feed_note = f"reading {name} one complete feed at a time, as is: {reason}"
     return reader
 
 

@@ -91,9 +91,10 @@ def test_prune_and_retrain_on_per_feed_data(tmp_path):
     vad_folder(tmp_path / "vad", n=20)
     onnx.save(tb.streaming_vad(), tmp_path / "vad.onnx")
     res = CliRunner().invoke(cli, ["prune", str(tmp_path / "vad.onnx"), "-o", str(tmp_path / "a.onnx"), "--max-loss",
-                                   "1", "--data", str(tmp_path / "vad"), "--levels", "0.5,0.9"])
+                                   "1", "--data", str(tmp_path / "vad"), "--levels", "0.5,0.9", "-v"])
     assert res.exit_code == 0, res.output
     assert "20 feed(s) used as is" in res.output and "budget: measured loss" in res.output
+    assert res.output.count("one complete feed at a time, as is") == 1  # said once, though the run reopens its data
     width_folder(tmp_path / "lines")
     onnx.save(tb.variable_width(), tmp_path / "w.onnx")
     res = CliRunner().invoke(cli, ["prune", str(tmp_path / "w.onnx"), "-o", str(tmp_path / "b.onnx"), "--sparsity",
