@@ -150,7 +150,10 @@ def test_a_run_within_its_budget_reports_how_it_spent_it(small):
     model, data = small
     result = run(model, configure(max_loss=1.0, data=data, time_budget=20, seed=0))
     spent_ = result.report["time_budget"]
-    assert spent_["search_s"] <= 20 - spent_["reserved_after_search_s"] + 2.0  # the search ended near its share
+    # the parts add up to the run (no wall time is asserted here: the deadline arithmetic is tested on FakeClock)
+    parts = spent_["before_search_s"] + spent_["search_s"] + spent_["after_search_s"]
+    assert parts == pytest.approx(spent_["total_s"], abs=0.2)
+    assert spent_["search_s"] > 0 and spent_["reserved_after_search_s"] > 0
     assert not any("cannot hold the verification" in n for n in result.report["notes"])
     assert result.report["act"]  # time was left: Act% per layer measured
 
