@@ -86,6 +86,7 @@ class Evaluator:
         self._cached = self._cache_batches(cache_bytes)
         self.reference_all: list[tuple] | None = None
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
+        self.row_outputs: frozenset[int] = frozenset()  # scored outputs that are one vector [C] per feed
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
@@ -117,11 +118,12 @@ class Evaluator:
             sess = self.session(reference_model)
             self.reference_all = list(self.run_all(sess))
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
-            if first:
-                self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
-                                   self.reference_all[0] if self.reference_all else (), reference_model)
             rows = self._rows(reference_model)
             self.sample_axes = self._sample_axes(rows, reference_model)
+            self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
+            if first:
+                self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
+                                   self._first_values(), reference_model)
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
@@ -167,7 +169,10 @@ class Evaluator:
 
     def samples_first(self, i: int, out: np.ndarray, want: np.ndarray | None) -> tuple:
         """Scored output `i` and its dense value with the samples (or, for an output that follows no batch, the rows
-        its metric scores before they are pooled into one sample: `output_terms`) on axis 0, alike."""
+        its metric scores before they are pooled into one sample: `output_terms`) on axis 0, alike. A `row_outputs`
+        vector [C] is one row [1, C]."""
+        if i in self.row_outputs and out.ndim == 1:
+            return out[None], None if want is None or want.ndim != 1 else want[None]
         axis = self.sample_axes[i] if self.sample_axes else 0
         if not axis or out.ndim <= axis or (want is not None and want.ndim <= axis):
             return out, want
@@ -197,6 +202,19 @@ class Evaluator:
             return unchanged_samples(kind, want) if pooled and want is not None and not METRICS[kind].classes else None
         got = METRICS[kind].samples(out, want, labels)
         return pool(*got) if pooled else got
+
+    def _first_values(self) -> tuple:
+        """The dense outputs the automatic metrics are chosen on: the first batch's; for a `row_outputs` vector,
+        the vectors of the first AUTO_ROWS feeds stacked [k, C] (one feed's is one sample: the rules that read
+        rows, probabilities and quantities, need several)."""
+        if not self.reference_all:
+            return ()
+        values = list(self.reference_all[0])
+        for i in self.row_outputs:
+            rows = [as_array(b[i]) for b in self.reference_all[:AUTO_ROWS]]
+            if all(r.ndim == 1 and r.shape == rows[0].shape for r in rows):
+                values[i] = np.stack(rows)
+        return tuple(values)
 
     def whole(self, i: int) -> bool:
         """Does scored output `i` follow no batch (each batch's rows pooled into one sample, `output_terms`)?"""
@@ -428,6 +446,31 @@ def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:
         return 1
     name, arr = first
     return arr.shape[1] if name in time_major and arr.ndim > 1 else arr.shape[0]
+
+
+AUTO_ROWS = 8  # feeds whose vectors a row output's metric is chosen on
+
+
+def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes) -> frozenset[int]:
+    """Scored outputs that follow no batch and are declared one float vector of a fixed length >= 2: a classifier
+    exported on one unbatched image returns its logits [C] so, and each feed's vector is one sample of class scores
+    (metric rules 4 and 8 apply to it as to [N, C]). A vector of data-dependent length (a detector's [D] scores)
+    is not one: its rows stay the rows its metric scores."""
+    if model is None or not axes:
+        return frozenset()
+    declared = {o.name: o for o in model.graph.output}
+    out = set()
+    for i, (name, axis) in enumerate(zip(names, axes)):
+        vi = declared.get(name or model.graph.output[0].name)
+        if axis is not None or vi is None or not vi.type.HasField("tensor_type"):
+            continue
+        t = vi.type.tensor_type
+        dims = t.shape.dim if t.HasField("shape") else None
+        if (dims is not None and len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value >= 2
+                and t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                                    onnx.TensorProto.BFLOAT16)):
+            out.add(i)
+    return frozenset(out)
 
 
 def _batch_dims(model: onnx.ModelProto | None) -> set[str]:

@@ -175,6 +175,9 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
     reader = _open(source, model, labels, batch_size, limit, seed, shapes, warn)
     if warn and reader.feed_note:  # said once per run, like the random-data warning
         log.info("%s", reader.feed_note)
+    elif warn and not reader.per_feed and reader.batch_size != batch_size:
+        log.info("the model declares a fixed batch of %d; reading batches of %d samples", reader.batch_size,
+                 reader.batch_size)
     return reader
 
 
@@ -452,8 +455,6 @@ def _batch_size_for(specs, batch_size: int) -> int:
     fixed = {s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
     if len(fixed) == 1:
         (dim,) = fixed
-        if dim != batch_size:
-            log.info("the model declares a fixed batch of %d; reading batches of %d samples", dim, dim)
         return dim
     return batch_size
 

@@ -22,8 +22,9 @@ from onnxprune.models.builders import IR_VERSION, OPSET, _Graph
 
 
 def batchless_image(*, in_channels: int = 3, channels: int = 6, classes: int = 4, size: int = 8,
-                    seed: int = 0) -> onnx.ModelProto:
-    """'image' [3, S, S] (no batch axis) -> ... -> 'logits' [1, 4]."""
+                    seed: int = 0, squeeze: bool = False) -> onnx.ModelProto:
+    """'image' [3, S, S] (no batch axis) -> ... -> 'logits' [1, 4] ([4] with `squeeze`: torchvision's classifiers
+    exported on one unbatched image return their logits so)."""
     g = _Graph(seed)
     g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "batch.axes"))
     x = g.op("Unsqueeze", "batch", ["image", "batch.axes"])
@@ -31,10 +32,13 @@ def batchless_image(*, in_channels: int = 3, channels: int = 6, classes: int = 4
     x = g.relu(g.conv(x, "c2", channels, channels, 3), "c2")
     x = g.op("Flatten", "flat", [g.op("GlobalAveragePool", "pool", [x])], axis=1)
     x = g.gemm(x, "fc", channels, classes)
+    if squeeze:
+        x = g.op("Squeeze", "unbatch", [x, "batch.axes"])
     g.nodes[-1].output[0] = "logits"
     graph = helper.make_graph(g.nodes, "batchless_image",
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, [in_channels, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                             [classes] if squeeze else [1, classes])],
                               initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name="onnxprune.models.builders_sweep4")

@@ -118,11 +118,11 @@ class MeasureStep(Step):
 
 def _samples_first(evaluator, value):
     """The headline output's value with its samples on axis 0 (`Evaluator.samples_first`); an output that follows no
-    batch as one sample (its whole value)."""
+    batch as one sample (its whole value; a row output's vector is already one)."""
     from onnxprune.calibration.metrics import as_array
 
     value = evaluator.samples_first(0, as_array(value), None)[0]
-    return value[None] if evaluator.whole(0) else value
+    return value[None] if evaluator.whole(0) and 0 not in evaluator.row_outputs else value
 
 
 def measure(data, final, keep: dict | None = None) -> dict:

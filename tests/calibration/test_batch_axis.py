@@ -218,3 +218,45 @@ def test_stacked_samples_with_an_output_that_follows_no_batch_pool_each_batch():
     assert ev.units == [(16, 1), (16, 1), (8, 1)] and ev.num_samples == 40
     assert [len(v) for v in BudgetRule(ev, 1.0).values(ev.reference_all)] == [40, 3]
     assert SequentialScorer(ev).totals == [40, 3]
+
+
+def test_a_batchless_classifiers_logit_vector_is_one_sample_of_class_scores(tmp_path):
+    """A classifier exported on one unbatched image returns logits [C]: each feed's vector is one sample of class
+    scores (agreement, its argmax), where it was judged as regression values (rel_l2). A detector's [D] scores, of
+    data-dependent length, are not such a vector."""
+    from onnxprune.models.builders_sweep4 import batchless_image
+
+    folder = image_folder(tmp_path / "imgs", n=24)
+    model = batchless_image(squeeze=True)
+    ev = Evaluator(open_data(folder, model), reference_model=model)
+    assert ev.plan == {"logits": "agreement"} and ev.sample_axes == (None,) and ev.row_outputs == {0}
+    got = [(np.array(b[0], copy=True),) for b in ev.reference_all]
+    assert got[0][0].shape == (4,)
+    k = 5
+    vec = got[k][0]
+    vec[(vec.argmax() + 1) % 4] = vec.max() + 1.0  # feed k changes its class
+    losses = BudgetRule(ev, 1.0).values(got)[0][:, 0]
+    assert len(losses) == 24 and np.flatnonzero(losses).tolist() == [k] and losses[k] == 1.0
+    ev.score(got)
+    assert ev.last["logits"]["loss_pp"] == pytest.approx(100 / 24)
+    det = batchless_detector()
+    assert Evaluator(open_data(folder, det), reference_model=det).row_outputs == frozenset()
+
+
+def test_prune_a_batchless_classifier_to_a_budget(tmp_path):
+    from onnxprune.models.builders_sweep4 import batchless_image
+
+    image_folder(tmp_path / "imgs", n=40)
+    onnx.save(batchless_image(squeeze=True), tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "a.onnx"), "--max-loss",
+                                   "5", "--data", str(tmp_path / "imgs"), "--levels", "0.5,0.9", "--one-shot", "-v"])
+    assert res.exit_code == 0, res.output
+    assert "logits (agreement)" in res.output and "on the 40 decision samples" in res.output
+    pruned = onnx.load(str(tmp_path / "a.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+    dense = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "a.onnx"))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x = rng.standard_normal((3, 8, 8)).astype(np.float32)
+        assert sess.run(None, {"image": x})[0].shape == dense.run(None, {"image": x})[0].shape == (4,)
