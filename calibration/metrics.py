@@ -72,13 +72,14 @@ class Evaluator:
     headline output's own score (1.0 for the label-free metrics); None without a reference. `evaluate` returns
     `dense - worst output loss`; `last` holds the per-output figures of the latest score. `split`: cached stacked
     batches are cut into parts of at most that many samples when the model takes any batch size (measurements in
-    calibration.sampling can then stop after fewer samples; every metric is the same sum).
+    calibration.sampling can then stop after fewer samples; every metric is the same sum). `quiet`: the metric
+    choice is not logged (a run's second evaluator: its first has said it).
     """
 
     def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
                  output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True,
-                 split: int | None = None):
-        self.reader, self.optimize = reader, optimize
+                 split: int | None = None, quiet: bool = False):
+        self.reader, self.optimize, self._quiet = reader, optimize, quiet
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
         else:
@@ -240,11 +241,12 @@ class Evaluator:
         """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are) and
         the graph (which outputs it makes probabilities)."""
         if AUTO in self.plan.values():  # every output at once: a head beside the others
-            chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model))
+            chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model), quiet=self._quiet)
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]
-        log.info("scored outputs: %s", ", ".join(f"{n} ({k})" for n, k in self.plan.items()))
+        if not self._quiet:
+            log.info("scored outputs: %s", ", ".join(f"{n} ({k})" for n, k in self.plan.items()))
 
     @property
     def scored_outputs(self) -> list[str]:

@@ -92,6 +92,7 @@ class Data:
         self._choose = None
         self._warned = False
         self._labels_said = False
+        self._metrics_said = False
         self.small_data = small_data  # the automatic search's small-data policy (SMALL_TRAIN_EVERY)
         self.trains_on_every = False  # small data: every `every`-th sample trains and the others decide
         self._batch = None
@@ -193,8 +194,9 @@ class Data:
         from onnxprune.calibration.sampling import SPLIT_ROWS
 
         reader = self.reader(source, part=part)
+        quiet, self._metrics_said = self._metrics_said, True  # the metric choice is said once per run
         return Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
-                         split=SPLIT_ROWS)
+                         split=SPLIT_ROWS, quiet=quiet)
 
     @property
     def calibration(self):

@@ -174,14 +174,20 @@ def test_explicit_iterations_never_end_worse_than_one_shot(teacher_data):
     assert result.report["budget"]["met"] and result.report["compression"] > 1.0
 
 
-def test_a_model_with_several_scored_outputs_and_small_data_enters_the_search_every_output_in_budget():
+def test_a_model_with_several_scored_outputs_and_small_data_enters_the_search_every_output_in_budget(caplog):
     """240 samples, two scored outputs (boxes: rel_l2, scores: agreement): the search retrains, its rule judges both,
-    and the written model keeps both within the budget and runs in onnxruntime as its dense form does."""
+    and the written model keeps both within the budget and runs in onnxruntime as its dense form does. The metric
+    choice is said once, though the run scores on two evaluators (decision and training parts)."""
+    import logging
+
     from onnxprune.models import third_party_builders as tb
 
     model = tb.two_head_detector(hidden=32)
     x = np.random.default_rng(0).standard_normal((240, *_input_shape(model)), dtype=np.float32)
-    result = run(model, configure(max_loss=1.0, data={model.graph.input[0].name: x}, time_budget=40, seed=0))
+    with caplog.at_level(logging.INFO, logger="onnxprune"):
+        result = run(model, configure(max_loss=1.0, data={model.graph.input[0].name: x}, time_budget=40, seed=0))
+    said = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("scored outputs:") for m in said) == 1, said
     auto = result.report["auto"]
     assert set(auto["decision"]["outputs"]) == {"boxes", "scores"} and auto["decision"]["within"]
     assert "every one of 2 outputs" in auto["rule"] and auto["decision"]["n"] == 180
