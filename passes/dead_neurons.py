@@ -90,7 +90,9 @@ def remove_dead_neurons(
         report.rounds += 1
         current = _export(graph, model)
     report.layers = [LayerChannels(n, op, w, b, a) for (n, w), (op, b, a) in counts.items()]
-    log.info("dead neurons: removed %d channels in %d rounds", report.removed, report.rounds)
+    # a search calls this per candidate: "removed 0" is said only under --debug
+    (log.info if report.removed else log.debug)("dead neurons: removed %d channels in %d rounds", report.removed,
+                                                 report.rounds)
     return current, report
 
 
