@@ -55,7 +55,10 @@ class Builder:
         if t.name in self.protected:
             return f"initializer '{t.name}' is protected"
         others = sorted({n.name for n in t.outputs if n is not user})
-        return f"initializer '{t.name}' is shared with {', '.join(repr(o) for o in others)}" if others else None
+        if not others:
+            return None
+        more = f" (+{len(others) - 3} more)" if len(others) > 3 else ""  # an unrolled RNN shares it 60 times
+        return f"initializer '{t.name}' is shared with {', '.join(repr(o) for o in others[:3])}{more}"
 
     def produce(self, node: gs.Node, w, rows: np.ndarray, axis: int, bias: np.ndarray, frozen: str | None) -> None:
         value = np.where(rows.any(axis=1), NAN, bias)

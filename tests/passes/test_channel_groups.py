@@ -120,6 +120,18 @@ def test_shared_and_protected_initializers_block():
     cg = build(G.mlp((6, 5, 4, 3)), protected=frozenset({"fc2.weight"}))
     assert set(cg.roots("fc1_out").tolist()) <= cg.blocked()  # fc2 may not lose rows
     assert "initializer 'fc2.weight' is protected" in notes(cg)
+
+
+def test_an_initializer_shared_by_many_nodes_names_three_and_counts_the_rest():
+    """Sweep 5: torch's dynamo export of nn.RNN unrolls 60 steps that all read 'rnn.bias_hh_l0'; the note listed 60
+    node names on one line."""
+    from onnxprune.passes.channel_groups.builder import Builder
+
+    const = gs.Constant("w", np.zeros((2, 2), np.float32))
+    users = [gs.Node("MatMul", f"step{i}", inputs=[gs.Variable(f"x{i}"), const], outputs=[gs.Variable(f"y{i}")])
+             for i in range(8)]
+    why = Builder.frozen(type("B", (), {"protected": frozenset()})(), const, users[0])
+    assert why == "initializer 'w' is shared with 'step1', 'step2', 'step3' (+4 more)"
     cg = build(G.mlp((6, 5, 4, 3)), protected=frozenset({"act1"}))
     assert "consumer Relu 'act1' is protected" in notes(cg)
 
