@@ -197,6 +197,15 @@ def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
     return sum(int(round(sparsities.get(w.name, 0.0) * w.size)) for w in inventory.prunable)
 
 
+def _over_why(decision: dict | None, budget: float) -> str:
+    """Why a try whose mean loss is within the budget is over it: the rule's limit (the budget less its margin)."""
+    if not decision or "limit_pp" not in decision or decision["limit_pp"] >= budget:
+        return ""
+    out = decision.get("output")
+    return (f" (the rule's limit {decision['limit_pp']:.3f} pp{f' on output {out!r}' if out else ''}: the budget "
+            f"less its margin for {decision.get('n', '?')} decision samples)")
+
+
 def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, allocation: dict[str, float],
                   max_loss_pp: float, max_tries: int = 8, *,
                   result: SensitivityResult | None = None, scoring: Scoring = MAGNITUDE,
@@ -260,7 +269,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         log.info("try %d: %s weights removed, measured loss %.3f pp (budget %.3f)%s%s", len(tried),
                  f"{entry['removed']:,}", loss, max_loss_pp,
                  f", estimated on {stopped.samples} of {stopped.total} samples" if stopped is not None else "",
-                 "" if fits else " -> over budget")
+                 "" if fits else " -> over budget" + _over_why(decision, max_loss_pp))
         if fits and (best is None or entry["removed"] > best["removed"]):
             best = entry
         x = search.next(x, loss, fits, growable=result is not None)

