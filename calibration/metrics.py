@@ -48,7 +48,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.calibration.feeds import time_major_inputs
-from onnxprune.calibration.metric_choice import (AUTO, _check_kind, auto_kind, auto_kinds,  # noqa: F401
+from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
@@ -460,17 +460,11 @@ def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes) -> froze
     is not one: its rows stay the rows its metric scores."""
     if model is None or not axes:
         return frozenset()
-    declared = {o.name: o for o in model.graph.output}
+    declared = {o.name: _declared(o) for o in model.graph.output}  # float outputs' shapes, else None
     out = set()
     for i, (name, axis) in enumerate(zip(names, axes)):
-        vi = declared.get(name or model.graph.output[0].name)
-        if axis is not None or vi is None or not vi.type.HasField("tensor_type"):
-            continue
-        t = vi.type.tensor_type
-        dims = t.shape.dim if t.HasField("shape") else None
-        if (dims is not None and len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value >= 2
-                and t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                                    onnx.TensorProto.BFLOAT16)):
+        shape = declared.get(name or model.graph.output[0].name)
+        if axis is None and shape is not None and len(shape) == 1 and (shape[0] or 0) >= 2:
             out.add(i)
     return frozenset(out)
 
