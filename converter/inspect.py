@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.plain import count, nbytes
+from onnxprune.passes.merge_copies import duplicate_groups
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
@@ -41,6 +42,7 @@ def inspect_model(path: Path) -> dict:
         "outputs": [_value_info(v) for v in loaded.model.graph.output],
         "npz_example": npz_example(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
+        "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
     }
 
 
@@ -147,7 +149,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                          overflow="fold")
     for r in info["layers"]:
         via = f" (via {'/'.join(r['via'])})" if r["via"] else ""
-        table.add_row(r["node"], r["op"], r["weight"] + via, "x".join(map(str, r["shape"])),
+        table.add_row(node_cell(r), r["op"], r["weight"] + via, "x".join(map(str, r["shape"])),
                       "-" if r["neurons"] is None else str(r["neurons"]), count(r["params"]),
                       count(r["nonzeros"]), _pct(r["density"]), count(r["macs"]), r["encoding"],
                       nbytes(r["stored_bytes"]),
@@ -167,6 +169,11 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print("calibration data (replace the zeros with real samples; a file whose inputs cannot be stacked "
                       "along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
+    if info.get("copies"):
+        shown = ", ".join(f"'{c['weight']}' x{c['copies']}" for c in info["copies"][:3])
+        more = f" (+{len(info['copies']) - 3} more)" if len(info["copies"]) > 3 else ""
+        console.print(f"bit-identical weight copies, each row above: {shown}{more}; prune merges each into one tied "
+                      "weight (one mask, counted and stored once)", markup=False, highlight=False)
     if not info["layers"]:
         console.print(info.get("no_prunable") or "No prunable weights.", markup=False, highlight=False)
     if info["skipped"]:
@@ -179,6 +186,12 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(skipped)
 
 
+def node_cell(row: dict) -> str:
+    """The layer's node; a tied weight's, with how many more nodes read it (an unrolled cell: '/cell/Gemm +3')."""
+    more = (row.get("readers") or 1) - 1
+    return f"{row['node']} +{more}" if more else row["node"]
+
+
 def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title="Pruned layers")
@@ -188,7 +201,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         q = r.get("quality")
         neurons = f"{r['neurons_before']}->{r['neurons_after']}" if "neurons_before" in r else "-"
         act = f"{_pct(r.get('act_before'))}->{_pct(r.get('act'))}" if r.get("act") is not None else "-"
-        table.add_row(r["node"], r["op"], r["weight"], count(r["params"]), count(r["nonzeros"]),
+        table.add_row(node_cell(r), r["op"], r["weight"], count(r["params"]), count(r["nonzeros"]),
                       _pct(r["density"]), "-" if q is None else f"{q:.2f}", neurons, act)
     b, a = report["before"], report["after"]
     table.add_row("total", "", "", count(b["params"]), count(a["nonzeros"]), _pct(a["density"]), "", "", "")

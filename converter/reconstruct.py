@@ -144,7 +144,7 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             continue
         layer = Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via),
                       scope=place.scope, kernel=tuple(_attr(node, "kernel_shape", None) or w.shape[2:]))
-        if w.scope:
+        if w.scope or w.readers > 1:  # an If branch's twin, or a tied weight's other readers in one graph
             why = _twins(layer, w, every, where)
             if why:
                 report.skipped[w.name] = why
@@ -162,8 +162,8 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
         report.skipped[name] = _carried_by(name, every) or "not a prunable weight of this graph"
     layers = sorted(layers, key=lambda lay: order[id(lay.node)])
     upstream = dependencies(model.graph, {o: i for i, lay in enumerate(layers) for o in lay.outputs})
-    for i, lay in enumerate(layers):  # a Loop's carried state read by the layer that updates it: teacher forcing
-        for site in lay.sites if isinstance(lay, Layer) and lay.scope else ():
+    for i, lay in enumerate(layers):  # a Loop's carried state, or an unrolled cell's previous step, read by the
+        for site in lay.sites if isinstance(lay, Layer) and (lay.scope or lay.twins) else ():  # layer: teacher forcing
             site.dense_x = i in upstream.get(site.x, frozenset())
     return layers
 
@@ -181,8 +181,9 @@ def _carried_by(name: str, every) -> str | None:
 
 
 def _twins(layer: Layer, w, every, where) -> str | None:
-    """The other readers of a body weight (an outer tensor each If branch reads the same way) become the layer's
-    twins, so its rows come from whichever branch ran; None, or why the weight is left as pruned."""
+    """The other readers of a body weight (an outer tensor each If branch reads the same way) or of a tied weight
+    (one graph's nodes reading it the same way: an unrolled cell, a siamese branch) become the layer's twins, so its
+    rows come from every reader that ran; None, or why the weight is left as pruned."""
     node = layer.node
     others = [n for n in every if n is not node and w.name in n.input and n.op_type not in SUBGRAPH_OPS]
     if not others:

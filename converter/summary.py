@@ -30,6 +30,7 @@ def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:
                 "macs": w.macs,
                 "neurons": w.shape[w.out_axis] if w.out_axis is not None else None,
                 "via": list(w.via),
+                "readers": w.readers,
             }
         )
     return rows

@@ -187,6 +187,28 @@ def auto_pad_convs(*, explicit: bool = False, in_channels: int = 3, channels: in
     return g.model("auto_pad_convs", [in_channels, size, size], x, [channels, h - 2, size - 2])
 
 
+def tied_cell(*, in_features: int = 16, hidden: int = 12, out_features: int = 4, steps: int = 3,
+              copies: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """One cell applied `steps` times (a legacy export of a module called in a loop): Gemm inp -> Relu -> (Gemm
+    'cellK' with the one weight 'cell.W' and bias 'cell.b', Relu)*steps -> Gemm out -> [N, out]. With `copies`,
+    each step reads its own bit-identical copy 'cell.W.K' and 'cell.b.K' (how torch's dynamo exporter unrolls
+    nn.RNN)."""
+    g = _Graph(seed)
+    x = g.relu(g.gemm("input", "inp", in_features, hidden), "inp")
+    w = g.rng.standard_normal((hidden, hidden)) / math.sqrt(hidden)
+    b = 0.1 * g.rng.standard_normal(hidden)
+    if not copies:
+        g.const("cell.W", w), g.const("cell.b", b)
+    for k in range(steps):
+        names = (f"cell.W.{k}", f"cell.b.{k}") if copies else ("cell.W", "cell.b")
+        if copies:
+            g.const(names[0], w), g.const(names[1], b)
+        out = f"/cell{k}/Gemm_output_0"
+        g.nodes.append(helper.make_node("Gemm", [x, *names], [out], name=f"cell{k}", transB=1))
+        x = g.relu(out, f"cell{k}")
+    return g.model("tied_cell", [in_features], g.gemm(x, "out", hidden, out_features), [out_features])
+
+
 def transposed_gemm(*, in_features: int = 16, hidden: int = 12, out_features: int = 4, seed: int = 0) -> onnx.ModelProto:
     """A linear layer written as a transposed product, the weight Gemm's A operand (Transpose(W·x^T) = x·W^T):
     Transpose(x) -> Gemm(W1, x^T) -> Transpose -> Add b1 -> Relu -> Gemm fc2 -> [N, out]."""

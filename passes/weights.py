@@ -15,7 +15,9 @@ reader uses it the same way (same op type and input) and no graph reads it twice
 reads it. Dead-neuron removal leaves them alone (channel groups block tensors read inside subgraphs).
 
 Not prunable, with the reason reported: biases, normalization parameters, recurrent biases and peepholes, integer
-(quantized) weights, with what pruning them would take, weights shared by several nodes of one graph.
+(quantized) weights, with what pruning them would take, weights shared by several nodes of one graph in different
+ways. A weight several nodes of one graph read the same way (a tied weight, `_tied`) is one prunable weight with
+one mask; `PrunableWeight.node` names its first reader and `readers` counts them.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class PrunableWeight:
     source: str = "initializer"  # or "constant" (a Constant node)
     macs: int | None = None  # multiply-accumulates per sample, when shapes are known
     scope: str = ""  # "" in the main graph, else the path of the body its reader sits in: "If 'sel'/then_branch"
+    readers: int = 1  # nodes reading it the same way: a tied weight (one graph) or one per If branch
 
     @property
     def size(self) -> int:
@@ -155,6 +158,10 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
         rank = _consumer_rank(node.input[index], lookup, tensor)
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
+    uses = [] if via_nodes else ix.uses(source_name)
+    macs = _macs(node, size, shapes)
+    if macs is not None and len(uses) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
+        macs *= len(uses)  # a tied weight: every reader multiplies (If branches: one runs, counted once)
     return PrunableWeight(
         name=source_name,
         node=node.name,
@@ -167,8 +174,9 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
         in_axis=in_axis,
         via=tuple(v.op_type for v in via_nodes),
         source="constant" if source_name in ix.producers else "initializer",
-        macs=_macs(node, size, shapes),
+        macs=macs,
         scope=ix.scope_of.get(id(node), ""),
+        readers=max(1, len(uses)),
     )
 
 
@@ -231,7 +239,7 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None
         return "its name is defined in several subgraphs; rename the tensors to prune it"
     first = via_nodes[0] if via_nodes else node
     users = ix.consumers.get(name, [])
-    if len(users) > 1 and not _same_use_in_separate_bodies(name, users, first, ix):
+    if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix) or _tied(name, users, first, ix)):
         others = ", ".join(f"'{u.name}'" for u in users if u is not first)
         return f"shared with node {others}"
     if len(tensor.dims) < 1:
@@ -250,6 +258,23 @@ def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex) -> bool:
     same_use = all(u.op_type == first.op_type and list(u.input).index(name) == list(first.input).index(name)
                    for u in users)
     return same_use and len(set(scopes)) == len(scopes)
+
+
+def _tied(name, users, first, ix: ScopeIndex) -> bool:
+    """A tied weight: several readers in one graph, each the same Conv/ConvTranspose/Gemm/MatMul reading `name`
+    directly as the same input with the same attributes (a module applied several times: a legacy export's RNN cell
+    unrolled over time, a siamese branch, an exporter's bit-identical copies merged by `merge_duplicates`). One
+    mask serves every reader; the sensitivity scan measures all of them at once (the weight's descendants), the
+    layer-wise refit pools their rows, and dead-neuron removal leaves it alone (channel groups block a shared
+    tensor). Recurrent W/R matrices and chains through layout ops stay refused."""
+    if first.op_type not in WEIGHT_OPS or WEIGHT_OPS[first.op_type].kind == "recurrent":
+        return False
+    if len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+        return False
+    index = list(first.input).index(name)
+    attrs = sorted(a.SerializeToString() for a in first.attribute)
+    return all(u.op_type == first.op_type and list(u.input).count(name) == 1 and list(u.input).index(name) == index
+               and sorted(a.SerializeToString() for a in u.attribute) == attrs for u in users)
 
 
 def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:

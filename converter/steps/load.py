@@ -8,6 +8,7 @@ from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
+from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
@@ -57,13 +58,16 @@ def where(state: RunState) -> str:
 
 @register_step("load")
 class LoadStep(Step):
-    """Read and check the model (external data, sparse initializers densified)."""
+    """Read and check the model (external data, sparse initializers densified, bit-identical weight copies merged
+    into one tied weight: passes/merge_copies.py)."""
 
     needs = ("source",)
     gives = ("loaded", "original")
 
     def run(self, state: RunState) -> None:
         state.loaded = load(state.source)
+        if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
+            MergeCopies()(state.loaded.model, state.prune)
         state.original = state.loaded.model
 
 

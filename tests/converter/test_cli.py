@@ -40,6 +40,21 @@ def test_inspect_table_names_every_layer(mlp_path):
         assert w.name in res.output
 
 
+def test_inspect_marks_a_tied_weight_and_names_bit_identical_copies(tmp_path):
+    from onnxprune.models import builders
+
+    onnx.save(builders.tied_cell(steps=3), tmp_path / "tied.onnx")
+    res = invoke("inspect", tmp_path / "tied.onnx")
+    assert res.exit_code == 0, res.output
+    assert "cell0 +2" in res.output and "bit-identical" not in res.output
+    onnx.save(builders.tied_cell(steps=3, copies=True), tmp_path / "copies.onnx")
+    info = json.loads(invoke("inspect", tmp_path / "copies.onnx", "--json").output)
+    assert info["copies"] == [{"weight": "cell.W.0", "copies": 3}]
+    assert [r["readers"] for r in info["layers"]] == [1, 1, 1, 1, 1]
+    res = invoke("inspect", tmp_path / "copies.onnx")
+    assert "'cell.W.0' x3; prune merges each into one tied weight" in res.output
+
+
 def test_inspect_prints_lowercase_symbolic_dims_and_a_calibration_line_numpy_1_runs(tmp_path):
     """Newcomer sweep: tf2onnx's input 'image' [unk__1031, 32, 32, 3] printed as 'image float32 ' (rich took the
     shape for a style tag), and a bool input's example used np.bool, which numpy 1.24-1.26 lack."""

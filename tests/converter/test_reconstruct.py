@@ -502,3 +502,22 @@ def test_a_stop_is_also_asked_between_the_batches_of_one_wave():
     with pytest.raises(RefitStopped) as stopped:
         reconstruct(pruned, dense, masks, feeds, stop=after_first_batch)
     assert (stopped.value.done, stopped.value.waves) == (0, 1) and len(asked) == 2
+
+
+def test_a_tied_weight_is_refit_once_on_the_rows_of_every_step_that_reads_it():
+    """An unrolled cell reads one weight at three steps: one layer with two twins; later steps read their input
+    from the dense model (teacher forcing), the refit keeps the tie and lowers the output error."""
+    dense = builders.tied_cell(steps=3, hidden=24, seed=2)
+    pruned, masks = prune(dense, 0.7)
+    layers = {lay.weight: lay for lay in _layers(pruned, masks, ReconstructReport())}
+    cell = layers["cell.W"]
+    assert [s.node.name for s in cell.sites] == ["cell0", "cell1", "cell2"]
+    assert [s.dense_x for s in cell.sites] == [False, True, True]
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 16, seed=0), report=report)
+    check_full(refit)
+    assert report.refit["cell.W"]["error_after"] < report.refit["cell.W"]["error_before"]
+    assert [n.input[1] for n in refit.graph.node if n.name.startswith("cell")] == ["cell.W"] * 3
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    held_out = feeds_for(dense, 2, 16, seed=70)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)

@@ -54,7 +54,7 @@ def test_shared_integer_and_quantized_weights_are_skipped_with_reasons():
     scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["y"], name="a"),
-        helper.make_node("MatMul", ["x", "W"], ["z"], name="b"),
+        helper.make_node("Gemm", ["x", "W"], ["z"], name="b", transB=1),  # the same tensor read another way
         helper.make_node("DequantizeLinear", ["Wq", "s"], ["Wd"], name="dq"),
         helper.make_node("MatMul", ["x", "Wd"], ["q"], name="c"),
     ]
@@ -65,6 +65,21 @@ def test_shared_integer_and_quantized_weights_are_skipped_with_reasons():
     reasons = {s.name: s.reason for s in inv.skipped}
     assert "shared" in reasons["W"]
     assert "DequantizeLinear" in reasons["Wq"]
+
+
+def test_a_weight_several_nodes_read_the_same_way_is_one_tied_weight():
+    """An unrolled cell (the same Gemm applied three times) is one prunable weight read by three nodes; a Gemm
+    reading it with other attributes, or an LSTM's R, is not tied."""
+    m = builders.tied_cell(steps=3)
+    onnx.checker.check_model(m, full_check=True)
+    inv = find_prunable(m)
+    tied = inv.by_name()["cell.W"]
+    assert (tied.node, tied.readers, tied.out_axis, tied.in_axis) == ("cell0", 3, 0, 1)
+    assert tied.macs == 3 * 12 * 12  # every step multiplies
+    assert inv.by_name()["inp.weight"].readers == 1
+    next(n for n in m.graph.node if n.name == "cell1").attribute.append(helper.make_attribute("alpha", 0.5))
+    assert "cell.W" not in find_prunable(m).by_name()
+    assert "shared with node" in {s.name: s.reason for s in find_prunable(m).skipped}["cell.W"]
 
 
 def test_constant_node_weights_and_fp16_are_prunable():

@@ -1,0 +1,123 @@
+"""Merge bit-identical weight copies into one tied weight (before anything is measured or pruned).
+
+Some exporters write one module's weight once per use: torch's dynamo exporter unrolls `nn.RNN` over 60 time steps
+with 60 bit-identical copies of `weight_hh`, each read by its own MatMul. Pruned as 60 layers, the copies get 60
+different masks (the output is verified, but the model is no longer a tied-weight RNN), the ratio counts every
+copy, and the file stores each one. Merged, they are one tied weight (passes/weights.py `_tied`): one mask, one
+stored tensor, counted once.
+
+    W1 --MatMul a--        W --MatMul a--
+    W2 --MatMul b--   ->     \\-MatMul b--     when W1, W2 hold the same bytes (dtype, shape, values)
+    W3 --MatMul c--           \\-MatMul c--     and every reader reads them the same way
+
+Rules:
+  1. Only main-graph initializers that are weights: every reader a Conv/ConvTranspose/Gemm/MatMul reading the copy
+     directly, once, as the same input with the same attributes, all copies alike (exactly what `_tied` prunes as
+     one weight). Biases, norm parameters, shape tensors and LSTM/GRU/RNN matrices are never merged: two equal
+     biases merged would become "shared" and block dead-neuron removal of both layers.
+  2. Never a graph input or output, a name read inside an If/Loop/Scan body, or an all-zero tensor (nothing to
+     prune; tying it would only block removing it).
+  3. The first copy in initializer order is kept under its own name; the others' readers are renamed to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
+from onnxprune.passes.opfacts import WEIGHT_OPS
+from onnxprune.passes.scopes import outer_reads
+
+MIN_VALUES = 16  # smaller tensors are not weights worth a tie
+
+
+def _use(node: onnx.NodeProto, name: str) -> tuple | None:
+    """How `node` reads `name`, when it reads it as a weight that merging keeps prunable: (op, index, attrs)."""
+    facts = WEIGHT_OPS.get(node.op_type)
+    if facts is None or facts.kind == "recurrent" or (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    inputs = list(node.input)
+    if inputs.count(name) != 1 or inputs.index(name) not in facts.inputs or inputs.index(name) == 0:
+        return None
+    return node.op_type, inputs.index(name), tuple(sorted(a.SerializeToString() for a in node.attribute))
+
+
+def _raw(tensor: onnx.TensorProto) -> bytes:
+    return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+
+
+def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
+    """Groups of initializer names (first = the one kept) that `MergeCopies` would merge; [] when none."""
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    frozen = {v.name for v in graph.input} | {v.name for v in graph.output}
+    frozen |= {name for node in graph.node if node.attribute for name in outer_reads(node)}
+    candidates: dict[tuple, list[onnx.TensorProto]] = {}
+    for t in graph.initializer:
+        if t.name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(t.name):
+            continue
+        if int(np.prod(t.dims, dtype=np.int64)) < MIN_VALUES:
+            continue
+        uses = {_use(n, t.name) for n in readers[t.name]}
+        if len(uses) != 1 or None in uses:
+            continue
+        candidates.setdefault((t.data_type, tuple(t.dims), uses.pop()), []).append(t)
+    groups = []
+    for tensors in candidates.values():
+        if len(tensors) < 2:
+            continue
+        by_bytes: dict[bytes, list[str]] = {}
+        for t in tensors:
+            raw = _raw(t)
+            if not any(raw):  # all zero
+                continue
+            by_bytes.setdefault(hashlib.blake2b(raw, digest_size=16).digest(), []).append(t.name)
+        groups += [names for names in by_bytes.values() if len(names) > 1]
+    return groups
+
+
+@register_pass("merge-copies")
+class MergeCopies(Pass):
+    """Read every bit-identical copy of a weight as its first copy and drop the others (module docstring)."""
+
+    def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        groups = duplicate_groups(model)
+        if not groups:
+            return PassResult(model, False)
+        inits = {t.name: t for t in model.graph.initializer}
+        rename = {}
+        for kept, *copies in groups:
+            for name in copies:
+                if _raw(inits[name]) != _raw(inits[kept]):  # a hash collision: never merge on a hash alone
+                    continue
+                rename[name] = kept
+        for node in model.graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+        kept_inits = [t for t in model.graph.initializer if t.name not in rename]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept_inits)
+        for v in [v for v in model.graph.value_info if v.name in rename]:
+            model.graph.value_info.remove(v)
+        saved = sum(len(_raw(inits[n])) for n in rename)
+        merged = sorted({rename[n] for n in rename})
+        shown = ", ".join(f"'{n}'" for n in merged[:3]) + (f" (+{len(merged) - 3} more)" if len(merged) > 3 else "")
+        state.notes.append(f"{len(rename)} bit-identical copies of {len(merged)} weight(s) ({shown}) merged into "
+                           f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less "
+                           "in the file")
+        return PassResult(model, True)
+
+    def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
+        names = {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+        names |= {o for n in model.graph.node for o in n.output}
+        missing = [i for n in model.graph.node for i in n.input if i and i not in names]
+        if missing:
+            raise PassError(f"merge-copies: nodes read '{missing[0]}', which no longer exists.")

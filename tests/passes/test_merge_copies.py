@@ -1,0 +1,75 @@
+"""merge-copies: bit-identical weight copies become one tied weight; outputs unchanged in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune import prune
+from onnxprune.models import builders
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.merge_copies import MergeCopies, duplicate_groups
+from onnxprune.passes.weights import find_prunable
+from tests.oracle import run
+
+
+def _feed(n=8):
+    return {"input": np.random.default_rng(1).standard_normal((n, 16)).astype(np.float32)}
+
+
+def _init(model, name):
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def test_copies_merge_into_one_tied_weight_and_the_outputs_stay_bit_identical():
+    model = builders.tied_cell(steps=3, copies=True)
+    before = run(model, _feed())
+    assert duplicate_groups(model) == [["cell.W.0", "cell.W.1", "cell.W.2"]]  # the equal biases are not weights
+    state = PruneState()
+    merged = MergeCopies()(model, state).model
+    onnx.checker.check_model(merged, full_check=True)
+    np.testing.assert_array_equal(run(merged, _feed())["output"], before["output"])
+    names = {t.name for t in merged.graph.initializer}
+    assert "cell.W.0" in names and not {"cell.W.1", "cell.W.2"} & names
+    assert {"cell.b.0", "cell.b.1", "cell.b.2"} <= names  # two equal biases merged would block dead neurons
+    tied = find_prunable(merged).by_name()["cell.W.0"]
+    assert tied.readers == 3
+    assert state.notes == ["2 bit-identical copies of 1 weight(s) ('cell.W.0') merged into one tied weight each: "
+                           "pruned with one mask, counted once, 1.1 KB less in the file"]
+
+
+def test_copies_read_differently_all_zero_or_a_graph_output_are_left_alone():
+    model = builders.tied_cell(steps=3, copies=True)
+    next(n for n in model.graph.node if n.name == "cell1").attribute.append(helper.make_attribute("alpha", 0.5))
+    assert duplicate_groups(model) == [["cell.W.0", "cell.W.2"]]  # cell1 reads its copy another way: kept apart
+
+    model = builders.tied_cell(steps=2, copies=True)
+    for k in range(2):
+        _init(model, f"cell.W.{k}").CopyFrom(numpy_helper.from_array(np.zeros((12, 12), np.float32), f"cell.W.{k}"))
+    assert duplicate_groups(model) == []
+
+    model = builders.tied_cell(steps=2, copies=True)
+    model.graph.output.append(helper.make_tensor_value_info("cell.W.1", onnx.TensorProto.FLOAT, [12, 12]))
+    assert duplicate_groups(model) == []
+    assert not MergeCopies()(model, PruneState()).modified
+
+
+def test_prune_of_copies_gives_one_pruned_weight_that_every_step_reads():
+    """The run merges on load: one mask for the three steps, counted once, the written model verified."""
+    model = builders.tied_cell(steps=3, copies=True)
+    data = _feed(64)
+    result = prune(model, data=data, sparsity=0.5)
+    final = result.model
+    cells = [n for n in final.graph.node if n.name.startswith("cell")]
+    assert {n.input[1] for n in cells} == {"cell.W.0"}
+    w = numpy_helper.to_array(_init(result.dense_model, "cell.W.0"))
+    assert 0.4 < (w == 0).mean() < 0.6
+    per_weight = {w.name for w in result.inventory.prunable}
+    assert per_weight == {"inp.weight", "cell.W.0", "out.weight"}
+    assert result.report["before"]["nonzeros"] == 16 * 12 + 12 * 12 + 12 * 4
+    assert any("merged into one tied weight" in n for n in result.state.notes)
+    original = {"input": data["input"]}
+    ref = run(result.dense_model, original)["output"]
+    np.testing.assert_allclose(run(final, original)["output"], ref, rtol=1e-5, atol=1e-5)
+    assert {"cell.W.1", "cell.W.2"} <= {t.name for t in model.graph.initializer}  # the caller's model is untouched
