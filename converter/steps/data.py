@@ -113,8 +113,10 @@ class Data:
         decide = n - n // every if self.trains_on_every else (n // every if n is not None else None)
         if decide is not None and (decide < MIN_VALIDATION or self.trains_on_every and n // every < MIN_TRAIN):
             self.trains_on_every = False  # the search will not retrain: its one-shot fallback decides on all of it
-            log.warning("--data holds %d samples, too few to hold out %d for validation; the budget is measured on "
-                        "the training data", n, MIN_VALIDATION)
+            # the automatic search says this once with what it does instead (steps/auto.py `_why_not`)
+            (log.debug if self.small_data else log.warning)(
+                "--data holds %d samples, too few to hold out %d for validation; the budget is measured on the "
+                "training data", n, MIN_VALIDATION)
             return None
         return every
 

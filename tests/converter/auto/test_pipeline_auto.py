@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -53,13 +54,16 @@ def test_every_hyperparameter_names_its_rule_and_the_decision_rule_is_stated(sea
     assert any("looks like data the model was trained on" in n for n in searched.report["notes"])
 
 
-def test_too_little_data_runs_the_one_shot_search_and_says_so_once(teacher_data):
+def test_too_little_data_runs_the_one_shot_search_and_says_so_once(teacher_data, caplog):
     model, data = teacher_data
     small = {k: v[:60] for k, v in data.items()}  # three quarters of 60 would decide on 45 (< 50)
-    result = run(model, configure(max_loss=1.0, data=small))
+    with caplog.at_level(logging.WARNING):
+        result = run(model, configure(max_loss=1.0, data=small))
     assert "auto" not in result.report
     notes = [n for n in result.report["notes"] if "one-shot budget search ran" in n]
     assert len(notes) == 1 and "too few to hold out 50" in notes[0]
+    said = [r.getMessage() for r in caplog.records if "too few to hold out" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("the one-shot budget search ran (no retraining)")  # was 2 lines
 
 
 def test_the_one_shot_fallback_keeps_to_the_time_budget(teacher_data):
