@@ -28,6 +28,10 @@ y_i is sample i of an output, d_i the dense model's: the output's first axis whe
 no batch (a detector taking one image [3, H, W] and returning [D, 4] boxes, D data-dependent) is scored row by row as
 the table says, and each feed's rows are pooled into one sample (`Evaluator.output_terms`): the figure is the same,
 the samples (and so every standard error and n) are the feeds, and a changed detection count loses that feed.
+Padding is not scored: when the model takes an attention mask (an input named `attention_mask` or `input_mask`,
+[N, S], 1 on real tokens, 0 on padding: what Hugging Face exports take) and an output is [N, S, ...] along it, its
+padded positions are left out of `cosine`, `rel_l2` and `seq_agreement` (`Evaluator.masked`; the values there are
+not defined by the model and no user reads them: a sentence-embedding pooler masks them out).
 Non-tensor outputs are compared by value: a sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a
 sequence of tensors is stacked.
 Losses are percentage points: loss = 100 * (dense - pruned) per output; an Evaluator's `dense` is its headline
@@ -88,6 +92,9 @@ class Evaluator:
         self.reference_all: list[tuple] | None = None
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
         self.row_outputs: frozenset[int] = frozenset()  # scored outputs that are one vector [C] per feed
+        self.mask_input = position_mask_input(reference_model)  # the attention-mask input, or None
+        self.position_masks: list[np.ndarray | None] = []  # per batch, its [N, S] mask (True = a real token)
+        self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
@@ -110,7 +117,9 @@ class Evaluator:
     def _score_reference(self, reference_model: onnx.ModelProto | None, first_batch: dict | None = None) -> None:
         """Labels, sample count and the dense model's outputs and scores on the batches as they are now; automatic
         metrics are chosen on the outputs of the first batch, or of `first_batch` (feeds) when given."""
-        self.labels: list[np.ndarray | None] = [lab for _, lab in self.batches()]
+        read = [(lab, _position_mask(feeds, self.mask_input)) for feeds, lab in self.batches()]
+        self.labels: list[np.ndarray | None] = [lab for lab, _ in read]
+        self.position_masks = [mask for _, mask in read]
         self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.last: dict[str, dict] = {}
         if reference_model is not None:
@@ -125,6 +134,7 @@ class Evaluator:
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
                                    self._first_values(), reference_model)
+            self.masked = self._masked_outputs()
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
@@ -132,6 +142,33 @@ class Evaluator:
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
+
+    def _masked_outputs(self) -> frozenset[int]:
+        """The scored outputs whose padded positions are left out: [N, S, ...] along the attention mask in every
+        batch (sample axis 0), scored by a kind that reads positions (MASKED_KINDS), every sample holding a real
+        token. Said once per run."""
+        masks = self.position_masks
+        if not masks or any(m is None for m in masks):
+            return frozenset()
+        found = []
+        for i, (name, kind) in enumerate(self.plan.items()):
+            if kind not in MASKED_KINDS or (self.sample_axes and self.sample_axes[i] != 0):
+                continue
+            shapes = [as_array(ref[i]).shape for ref in self.reference_all]
+            if all(len(sh) >= 3 and sh[:2] == m.shape and m.any(axis=1).all() for sh, m in zip(shapes, masks)):
+                found.append(i)
+        if found and not self._quiet:
+            padded = 1.0 - float(np.mean([m.mean() for m in masks]))
+            outs = ", ".join(f"{list(self.plan)[i]} ({list(self.plan.values())[i]})" for i in found)
+            log.info("padding not scored: positions where %s is 0 (%.0f%% of them here) are left out of %s",
+                     self.mask_input, 100 * padded, outs)
+        return frozenset(found)
+
+    def position_mask(self, batch: int | None) -> np.ndarray | None:
+        """Batch `batch`'s attention mask [N, S] (True = a real token) when some output is `masked`, else None."""
+        if batch is None or not self.masked or batch >= len(self.position_masks):
+            return None
+        return self.position_masks[batch]
 
     def _rows(self, model: onnx.ModelProto | None) -> list[int]:
         """Each batch's samples: its first array's batch axis (axis 1 of a time-major input), `_rows`."""
@@ -179,7 +216,8 @@ class Evaluator:
             return out, want
         return np.moveaxis(out, axis, 0), None if want is None else np.moveaxis(want, axis, 0)
 
-    def output_terms(self, i: int, kind: str, value, ref, labels) -> tuple[np.ndarray, np.ndarray] | None:
+    def output_terms(self, i: int, kind: str, value, ref, labels,
+                     mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-sample (terms [n, k], counts [n]) of scored output `i` in one batch (`Metric.samples`), or None when
         there is nothing to compare (an empty batch-major output).
 
@@ -187,7 +225,8 @@ class Evaluator:
         output that follows no batch (`whole`) is scored by its metric row by row as ever, and its rows' terms are
         summed into ONE sample per batch (counts summed too): the metric's figure is the same sum, while the
         samples, and so the standard errors, are the feeds; a changed row count loses that one sample whole, and
-        no rows in either model is one unchanged sample."""
+        no rows in either model is one unchanged sample. `mask`: the batch's attention mask (`position_mask`); the
+        padded positions of a `masked` output are not scored."""
         out = as_array(value)
         want = None if ref is None else as_array(ref)
         out, want = self.samples_first(i, out, want)
@@ -201,6 +240,8 @@ class Evaluator:
             return got
         if out.size == 0:
             return unchanged_samples(kind, want) if pooled and want is not None and not METRICS[kind].classes else None
+        if mask is not None and i in self.masked and want is not None and out.shape[:2] == mask.shape:
+            return _masked_samples(kind, out, want, labels, mask)
         got = METRICS[kind].samples(out, want, labels)
         return pool(*got) if pooled else got
 
@@ -337,8 +378,8 @@ class Evaluator:
         sums: list = [None] * len(kinds)
         counts = [0] * len(kinds)
         refs = self.reference_all if self.reference_all is not None else [None] * len(self.labels)
-        for values, ref, labels in zip(outputs, refs, self.labels, strict=True):
-            for i, got in enumerate(self.batch_sums(values, ref, labels)):
+        for b, (values, ref, labels) in enumerate(zip(outputs, refs, self.labels, strict=True)):
+            for i, got in enumerate(self.batch_sums(values, ref, labels, b)):
                 if got is not None:
                     sums[i] = np.asarray(got[0], dtype=np.float64) + (0.0 if sums[i] is None else sums[i])
                     counts[i] += got[1]
@@ -346,20 +387,22 @@ class Evaluator:
             raise CalibrationError("no samples were scored; the calibration data is empty.")
         return self.finish_outputs(sums, counts)
 
-    def batch_sums(self, values, ref, labels) -> list[tuple | None]:
+    def batch_sums(self, values, ref, labels, batch: int | None = None) -> list[tuple | None]:
         """(sums, count) of every scored output in one batch (None: nothing to compare in it)."""
         return [None if got is None else (tuple(got[0].sum(axis=0)), int(got[1].sum()))
-                for got in self.batch_samples(values, ref, labels)]
+                for got in self.batch_samples(values, ref, labels, batch)]
 
-    def batch_samples(self, values, ref, labels) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def batch_samples(self, values, ref, labels, batch: int | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per-sample (terms [n, k], counts [n]) of every scored output in one batch (`Metric.samples`); None
-        where the output is empty in this batch (no detections, say)."""
+        where the output is empty in this batch (no detections, say). `batch`: its index in `batches()`, which
+        picks its attention mask (every caller scoring calibration batches passes it)."""
         kinds = list(self.plan.values())
         if not isinstance(values, tuple):
             if len(kinds) != 1:
                 raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
             values = (values,)
-        return [self.output_terms(i, kind, value, None if ref is None else ref[i], labels)
+        mask = self.position_mask(batch)
+        return [self.output_terms(i, kind, value, None if ref is None else ref[i], labels, mask)
                 for i, (kind, value) in enumerate(zip(kinds, values, strict=True))]
 
     def finish_outputs(self, sums: list, counts: list[int]) -> dict[str, float]:
@@ -451,6 +494,50 @@ def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:
 
 
 AUTO_ROWS = 8  # feeds whose vectors a row output's metric is chosen on
+MASK_INPUTS = ("attention_mask", "input_mask")  # 1 = a real token, 0 = padding (Hugging Face's convention)
+MASKED_KINDS = frozenset({"cosine", "rel_l2", "seq_agreement"})  # kinds that read an output position by position
+
+
+def position_mask_input(model: onnx.ModelProto | None) -> str | None:
+    """The model's attention-mask input: named `attention_mask` or `input_mask` (or ending so), rank 2 when its
+    rank is declared; None without one."""
+    if model is None:
+        return None
+    init = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        name = vi.name.lower()
+        if vi.name in init or not name.endswith(MASK_INPUTS):
+            continue
+        shape = vi.type.tensor_type.shape if vi.type.HasField("tensor_type") else None
+        if shape is not None and vi.type.tensor_type.HasField("shape") and len(shape.dim) != 2:
+            continue
+        return vi.name
+    return None
+
+
+def _position_mask(feeds: dict, name: str | None) -> np.ndarray | None:
+    """A feed's attention mask as bool [N, S] (True = a real token); None unless it is 2-D and only 0s and 1s."""
+    if name is None or name not in feeds:
+        return None
+    m = np.asarray(feeds[name])
+    if m.ndim != 2 or m.size == 0 or not np.isin(m, (0, 1)).all():
+        return None
+    return m.astype(bool)
+
+
+def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: np.ndarray) -> tuple:
+    """Per-sample terms of an [N, S, ...] output on its real positions only (`mask` [N, S], True = real): for
+    cosine and rel_l2 the padded positions are zero in both (they add nothing to a dot product, a norm or a
+    difference); for seq_agreement they are made equal to the dense model's, then taken off the agreeing positions
+    and the positions counted."""
+    pad = ~mask.reshape(mask.shape + (1,) * (out.ndim - 2))
+    if kind == "seq_agreement":
+        terms, counts = METRICS[kind].samples(np.where(pad, want, out), want, labels)
+        per = int(np.prod(out.shape[2:-1], dtype=np.int64))  # positions per (sample, step): [N, S, C] -> 1
+        padded = (~mask).sum(axis=1) * per
+        return terms - padded[:, None], counts - padded
+    zero = np.zeros((), dtype=out.dtype)
+    return METRICS[kind].samples(np.where(pad, zero, out), np.where(pad, np.zeros((), want.dtype), want), labels)
 
 
 def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes) -> frozenset[int]:

@@ -137,8 +137,8 @@ class SequentialScorer:
     def _dense_ratios(self, refs) -> list[np.ndarray | None]:
         """Each output's ratios for the dense model itself (what a candidate's ratios are compared with)."""
         moments: list[_Moments | None] = [None] * len(self.kinds)
-        for ref, labels in zip(refs, self.evaluator.labels):
-            for o, got in enumerate(self.evaluator.batch_samples(ref, ref, labels)):
+        for b, (ref, labels) in enumerate(zip(refs, self.evaluator.labels)):
+            for o, got in enumerate(self.evaluator.batch_samples(ref, ref, labels, b)):
                 if got is not None:
                     moments[o] = moments[o] or _Moments(got[0].shape[1])
                     moments[o].add(*got)
@@ -199,7 +199,7 @@ class SequentialScorer:
         refs = ev.reference_all or [None] * self.batches
         order = [b for b in self.order if b not in sums]
         for b, values in zip(order, batches(order), strict=False):
-            got = ev.batch_samples(values, refs[b], ev.labels[b])
+            got = ev.batch_samples(values, refs[b], ev.labels[b], b)
             sums[b] = [None if g is None else (g[0].sum(axis=0), int(g[1].sum())) for g in got]
             if (threshold is None and precise is None) or not self.sequential:
                 continue

@@ -8,6 +8,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     sklearn_mlp         skl2onnx's shape: output_label int64 [N] and output_probability, a ZipMap seq(map)
     streaming_vad       a scalar sample rate 'sr' [], a recurrent state [2, N, H] (batch on axis 1), audio [N, T]
     token_classifier    int64 token ids [N, T] into a Gather on an embedding table [V, D]
+    masked_encoder      input_ids and attention_mask [N, S] -> per-token states [N, S, D] (padding computed too)
+                        and their masked mean [N, D]
     variable_width      images [N, C, H, W] with dynamic H and W (per-sample widths, OCR lines)
     strided_detector    a fully-convolutional net on dynamic H x W whose 3x3 stride-2 stack needs H, W >= 15 (MTCNN)
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
@@ -207,6 +209,37 @@ def token_classifier(*, vocab: int = 50, dim: int = 8, seq_len: int = 5, classes
     g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
     return _model(g, "token_classifier", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, seq_len])],
                   [_float("logits", [BATCH, classes])])
+
+
+def masked_encoder(*, vocab: int = 40, dim: int = 16, seq_len: int = 10, mask_name: str = "attention_mask",
+                   seed: int = 0) -> onnx.ModelProto:
+    """A Hugging Face encoder's interface: input_ids int64 [N, S] and an attention mask int64 [N, S] (1 = token,
+    0 = padding) -> Gather -> MatMul, Relu, MatMul -> 'last_hidden_state' [N, S, D] (padded positions computed like
+    any other, as a transformer does) and the masked mean 'sentence_embedding' [N, D]."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "input_ids"], axis=0)
+    h = g.relu(g.matmul(e, "fc1", dim, dim), "fc1")
+    g.nodes.append(helper.make_node("MatMul", [h, g.weight("fc2.weight", (dim, dim), dim)], ["last_hidden_state"],
+                                    name="/fc2/MatMul"))
+    g.initializers += [numpy_helper.from_array(np.array([-1], np.int64), "mask.axes"),
+                       numpy_helper.from_array(np.array([1], np.int64), "pool.axes")]
+    m = g.op("Unsqueeze", "mask", [g.op("Cast", "mask", [mask_name], to=TensorProto.FLOAT), "mask.axes"])
+    total = g.op("ReduceSum", "pool", [g.op("Mul", "pool", ["last_hidden_state", m]), "pool.axes"], keepdims=0)
+    count = g.op("ReduceSum", "count", [m, "pool.axes"], keepdims=0)
+    g.nodes.append(helper.make_node("Div", [total, count], ["sentence_embedding"], name="/pool/Div"))
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, [BATCH, seq_len]) for n in ("input_ids", mask_name)]
+    return _model(g, "masked_encoder", ids, [_float("last_hidden_state", [BATCH, seq_len, dim]),
+                                             _float("sentence_embedding", [BATCH, dim])])
+
+
+def masked_encoder_feed(n: int = 96, *, vocab: int = 40, seq_len: int = 10, mask_name: str = "attention_mask",
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """Sentences of 2..seq_len tokens, padded with id 0 and mask 0."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, seq_len + 1, n)
+    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": rng.integers(1, vocab, (n, seq_len)) * mask, mask_name: mask}
 
 
 def variable_width(*, channels: int = 3, out_channels: int = 4, seed: int = 0) -> onnx.ModelProto:

@@ -318,12 +318,13 @@ class BudgetRule:
         """Every scored output's per-sample figures, [n, parts] each, from per-batch tuples of output values."""
         refs = self.evaluator.reference_all
         per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
-        for values, ref, labels in zip(batches, refs, self.evaluator.labels, strict=True):
+        for b, (values, ref, labels) in enumerate(zip(batches, refs, self.evaluator.labels, strict=True)):
             values = values if isinstance(values, tuple) else (values,)
+            mask = self.evaluator.position_mask(b)
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
                 # the Evaluator's own per-sample terms: samples as it counts them (an output with no batch: per
                 # feed), a batch of another shape lost whole
-                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels)
+                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels, mask)
                 if got is not None:
                     per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]

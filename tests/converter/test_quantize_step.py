@@ -125,6 +125,11 @@ class _Scripted:
     def whole(self, i):  # the logits follow the batch
         return False
 
+    masked = frozenset()  # no attention mask: every position counts
+
+    def position_mask(self, batch):
+        return None
+
     output_terms = Evaluator.output_terms  # the Evaluator's own per-sample terms, over the outputs above
 
 

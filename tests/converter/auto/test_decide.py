@@ -32,6 +32,11 @@ class FakeEvaluator:
     def whole(self, i):  # every output follows the batch
         return False
 
+    masked = frozenset()  # no attention mask: every position counts
+
+    def position_mask(self, batch):
+        return None
+
     output_terms = Evaluator.output_terms  # the Evaluator's own per-sample terms, over the outputs above
 
 
