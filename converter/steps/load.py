@@ -8,6 +8,7 @@ from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
+from onnxprune.passes.bypass_identity import BypassIdentity
 from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
@@ -58,8 +59,9 @@ def where(state: RunState) -> str:
 
 @register_step("load")
 class LoadStep(Step):
-    """Read and check the model (external data, sparse initializers densified, bit-identical weight copies merged
-    into one tied weight: passes/merge_copies.py)."""
+    """Read and check the model (external data, sparse initializers densified, an Identity between a weight and
+    its layer dropped and bit-identical weight copies merged, so a weight used several times is one tied weight:
+    passes/bypass_identity.py, passes/merge_copies.py)."""
 
     needs = ("source",)
     gives = ("loaded", "original")
@@ -67,6 +69,7 @@ class LoadStep(Step):
     def run(self, state: RunState) -> None:
         state.loaded = load(state.source)
         if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
+            BypassIdentity()(state.loaded.model, state.prune)  # W -> Identity -> MatMul per use: one tied W
             MergeCopies()(state.loaded.model, state.prune)
         state.original = state.loaded.model
 

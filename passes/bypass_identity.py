@@ -1,0 +1,78 @@
+"""Read a weight directly where an exporter put an Identity between it and its layer (before anything is measured).
+
+torch's legacy exporter writes a module used several times (ALBERT's shared layers, a cell applied in a loop) as one
+initializer and one Identity per use, each Identity feeding one MatMul. Behind the Identity nodes the weight had
+six readers of another kind and was refused as "shared"; read directly it is one tied weight (passes/weights.py
+`_tied`): one mask, and the layer-wise refit pools every use's rows.
+
+    W --Identity i1--> MatMul a          W --MatMul a
+      \\-Identity i2--> MatMul b    ->     \\-MatMul b
+
+Rules: a main-graph Identity whose input is an initializer (not a graph input) and whose output is no graph
+output, is read by no If/Loop/Scan body, and is read only as a weight (an input other than the first) of
+Conv/ConvTranspose/Gemm/MatMul. The Identity is dropped and its readers read the initializer. Nothing else moves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
+from onnxprune.passes.opfacts import WEIGHT_OPS
+from onnxprune.passes.scopes import outer_reads
+
+log = logging.getLogger(__name__)
+
+
+def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
+    """{Identity output: the initializer it passes on} for every Identity `BypassIdentity` drops."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer} - {v.name for v in graph.input}
+    frozen = {v.name for v in graph.output}
+    frozen |= {name for node in graph.node if node.attribute for name in outer_reads(node)}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, k))
+    found = {}
+    for node in graph.node:
+        if node.op_type != "Identity" or (node.domain or "") not in ("", "ai.onnx") or node.input[0] not in inits:
+            continue
+        out = node.output[0]
+        uses = readers.get(out, [])
+        if out in frozen or not uses:
+            continue
+        if all(r.op_type in WEIGHT_OPS and k > 0 and k in WEIGHT_OPS[r.op_type].inputs
+               and WEIGHT_OPS[r.op_type].kind != "recurrent" for r, k in uses):
+            found[out] = node.input[0]
+    return found
+
+
+@register_pass("bypass-identity")
+class BypassIdentity(Pass):
+    """Drop the Identity nodes between an initializer and the layers that read it as a weight (module docstring)."""
+
+    def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        rename = weight_identities(model)
+        if not rename:
+            return PassResult(model, False)
+        for node in model.graph.node:
+            for k, name in enumerate(node.input):
+                if name in rename:
+                    node.input[k] = rename[name]
+        kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in rename)]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        for v in [v for v in model.graph.value_info if v.name in rename]:
+            model.graph.value_info.remove(v)
+        log.debug("bypass-identity: %d Identity node(s) between a weight and its layer dropped", len(rename))
+        return PassResult(model, True)
+
+    def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
+        names = {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+        names |= {o for n in model.graph.node for o in n.output}
+        missing = [i for n in model.graph.node for i in n.input if i and i not in names]
+        if missing:
+            raise PassError(f"bypass-identity: nodes read '{missing[0]}', which no longer exists.")
