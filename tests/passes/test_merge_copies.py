@@ -81,7 +81,7 @@ def test_an_identity_per_use_is_bypassed_so_the_weight_is_one_tied_weight():
     from onnxprune.passes.bypass_identity import BypassIdentity, weight_identities
 
     model = builders.tied_cell(steps=3)
-    for k, node in enumerate(n for n in model.graph.node if n.name.startswith("cell")):
+    for k, node in enumerate([n for n in model.graph.node if n.name.startswith("cell")]):
         node.input[1] = f"cell.W.id{k}"
         model.graph.node.insert(0, helper.make_node("Identity", ["cell.W"], [f"cell.W.id{k}"], name=f"Identity_{k}"))
     onnx.checker.check_model(model, full_check=True)
