@@ -89,6 +89,20 @@ def test_paired_loss_counts_discordant_samples_and_the_margin_is_one_standard_er
     assert BudgetRule(ev, 0.5).judge(halves(logits_for(cand))).limit_pp == pytest.approx(0.5 - d.se_pp)
 
 
+def test_a_measured_gain_is_not_credited_against_a_positive_budget():
+    """Sweep 6, k_conv1d: -0.89 pp on 225 decision samples ("upper bound 0.37 pp") and 1.90 pp lost held out. The
+    bound is max(L, 0) + 1 SE: a gain no longer buys its own noise."""
+    ev, labels, dense = setup(n=200, dense_wrong=40)
+    cand = dense.copy()
+    cand[:12] = labels[:12]  # 12 newly right
+    cand[100:106] = (labels[100:106] + 1) % 10  # 6 newly wrong: L = -3 pp, SE ~2.1 pp
+    d = BudgetRule(ev, 1.0).judge(halves(logits_for(cand)))
+    assert d.loss_pp == pytest.approx(-3.0) and d.loss_pp + d.se_pp < 1.0  # the old bound passed it
+    assert not d.within and d.limit_pp == pytest.approx(1.0 - d.se_pp)
+    assert BudgetRule(ev, 2.5).judge(halves(logits_for(cand))).within  # 0 + 1 SE fits a wider budget
+    assert "a gain counts as 0" in BudgetRule(ev, 1.0).statement()
+
+
 def test_a_loss_within_the_noise_passes_a_zero_budget():
     ev, labels, dense = setup()
     cand = dense.copy()
