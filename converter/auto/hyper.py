@@ -119,10 +119,14 @@ def objective_on(trainer, data) -> float:
 
 
 def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RATES, steps: int = PROBE_STEPS,
-             override: float | None = None, seconds: float | None = None) -> tuple[Choice, float, dict]:
+             override: float | None = None, seconds: float | None = None,
+             limit: float | None = None) -> tuple[Choice, float, dict]:
     """(learning rate choice, seconds per optimizer step, {rate: loss}); `make_trainer(data)` builds a fresh
-    trainer on the probe's start point; `seconds`: stop trying rates (after two) once the probe took this long."""
+    trainer on the probe's start point; `seconds`: stop trying rates (after two) once the probe took this long.
+    `limit`: the seconds left for all of it; when the timed steps say two rates of MIN_PROBE_STEPS would not fit,
+    or every rate tried diverged, the choice's value is None (do not retrain) and its rule says why."""
     cap = seconds
+    started = time.perf_counter()
     per_epoch = max(1, math.ceil(train_part.num_samples / batch))
     losses, seconds, taken = {}, 0.0, 0
     cut = ""
@@ -137,6 +141,11 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
         per_step = max((t2 - t1) / max(n2 - n1, 1), 1e-9)
         fixed = max(0.0, t1 - n1 * per_step)
         fit = int((cap / 2 - fixed) / per_step + 1e-9)
+        need = 2 * (fixed + MIN_PROBE_STEPS * per_step)
+        if limit is not None and time.perf_counter() - started + need > limit:
+            return (Choice(None, f"no time to probe: two rates of {MIN_PROBE_STEPS} steps take about {need:.0f} s "
+                           f"({per_step:.2g} s/step), {max(0.0, limit - (time.perf_counter() - started)):.0f} s "
+                           "were left"), per_step, {})
         if fit < steps:
             cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
                    f"({per_step:.2g} s/step, {fixed:.2g} s a run)")
@@ -153,8 +162,10 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     step_seconds = seconds / max(taken, 1)
     if override:
         return Choice(float(override), "given (--lr)"), step_seconds, losses
-    best = min(losses, key=lambda r: (losses[r], r))
     shown = ", ".join(f"{r:g}: {v:.4f}" for r, v in sorted(losses.items(), reverse=True))
+    if losses and all(math.isinf(v) for v in losses.values()):  # no rate tried trains: none is a choice
+        return Choice(None, f"every rate tried diverged ({shown})"), step_seconds, losses
+    best = min(losses, key=lambda r: (losses[r], r))
     cut += f"; {len(rates) - len(losses)} rates left untried: the probe had used {seconds:.0f} s" if len(losses) < len(
         rates) else ""
     return (Choice(float(best), f"probe: lowest training objective after {steps} steps on a slice of the training "

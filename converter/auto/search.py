@@ -153,8 +153,16 @@ class _Search:
                           self.rule.statement(), self.sensitivity, self.one_shot)
 
     def sgd_rounds(self, best: _Best) -> _Best:
-        """The sgd recovery backend (recovery.py): hyperparameters, rounds over the knobs, passes, polish."""
-        self._hyper(best)
+        """The sgd recovery backend (recovery.py): hyperparameters, rounds over the knobs, passes, polish. Not begun
+        when the time left is under the learning-rate probe's share: the probe runs at least two rates, and alone it
+        would overrun what is left (sweep 6: 3 s left, a 186 s probe, the run 2.2x its --time-budget)."""
+        if self.left() < hyper.PROBE_SHARE * self.span:
+            self.notes.append(f"time budget: retraining not begun: {max(0.0, self.left()):.0f} s of the search were "
+                              f"left after the one-shot search, under the learning-rate probe's share "
+                              f"({hyper.PROBE_SHARE * self.span:.0f} s); a longer --time-budget retrains")
+            return best
+        if not self._hyper(best):
+            return best
         knobs = self._knobs()
         best, kept, timed_out = self._rounds(best, knobs)
         passes = 1
@@ -255,7 +263,9 @@ class _Search:
         return None if rule.uncertifiable() else rule
 
     # ------------------------------------------------------------------------------------------------ hyper
-    def _hyper(self, best: _Best) -> None:
+    def _hyper(self, best: _Best) -> bool:
+        """Choose the rounds' hyperparameters; False (with a note) when the learning-rate probe found no rate to
+        retrain at in the time left, or none that trains."""
         from onnxprune.converter.finetune import TrainData, load_data
 
         t0 = time.perf_counter()
@@ -282,7 +292,13 @@ class _Search:
             lr, self.step_seconds, _ = hyper.probe_lr(lambda d: self._trainer(best.model, probe_masks, d),
                                                       part(train_idx), part(eval_idx), bs.value,
                                                       override=o.get("lr"),
-                                                      seconds=hyper.PROBE_SHARE * self.span)
+                                                      seconds=hyper.PROBE_SHARE * self.span,
+                                                      limit=max(0.0, self.left() - self.tail))
+            if lr.value is None:
+                self.choices["lr"] = lr.as_dict()
+                self.notes.append(f"retraining not begun: the learning-rate probe: {lr.rule}")
+                log.info("auto: retraining not begun (learning-rate probe: %s)", lr.rule)
+                return False
         else:  # streamed (too large for memory): no probe
             lr = hyper.Choice(float(o.get("lr") or 0.01), "given (--lr)" if o.get("lr") else
                               "streamed data: no probe, 0.01")
@@ -302,6 +318,7 @@ class _Search:
         self.history.append({"phase": "probe", "kept": None, "lr": self.lr,  # no "round": not a candidate
                              "seconds": round(time.perf_counter() - t0, 3), "note": lr.rule})
         log.info("auto: batch %d, lr %g (%s), %d steps per round", self.batch, self.lr, lr.rule, self.round_steps)
+        return True
 
     def _trainer(self, model, masks, data=None):
         from onnxprune.converter.finetune import MaskedTrainer

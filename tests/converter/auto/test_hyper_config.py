@@ -143,3 +143,33 @@ def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
     assert tried == [1, 6, 20, 20]  # the timing runs, then two rates within the 6 s share: 2 x (0.5 + 20 x 0.125)
     assert "20 steps, not 100, so two rates fit its time share" in choice.rule
     assert step_seconds == pytest.approx((0.5 + 2.5) / 20)  # the probe's own runs, fixed cost included
+
+
+def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every_rate_diverges(monkeypatch):
+    """Sweep 6, orinet: 4.6 s a step, 77 s left, and the probe took 120 s; then both rates gave inf and 0.01 was
+    "chosen". Now: no rate (the search keeps what it has), and the rule says why."""
+    from types import SimpleNamespace
+
+    tried, clock = [], [0.0]
+
+    class Trainer:
+        def train(self, epochs, lr, **kw):
+            n = round(epochs * 4)
+            tried.append(n)
+            clock[0] += 0.5 + 0.125 * n
+            self.lr = lr
+            return SimpleNamespace(steps=n)
+
+    monkeypatch.setattr(hyper.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
+    part = SimpleNamespace(num_samples=100)
+    # two rates of 10 steps: 2 x (0.5 + 1.25) = 3.5 s, after 1.75 s of timing runs: 5 s is too little
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=5.0)
+    assert tried == [1, 6] and choice.value is None and losses == {}
+    assert choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s")
+    tried.clear()
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=6.0)
+    assert choice.value == 0.03 and tried == [1, 6, 20, 20]
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: float("nan"))
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
+    assert choice.value is None and choice.rule.startswith("every rate tried diverged (0.3: inf")

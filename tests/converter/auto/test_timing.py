@@ -246,3 +246,25 @@ def test_verification_runs_the_batches_that_fit_and_never_none():
     assert parity_batches(1.0, a, 1, clock=FakeClock(0.0)) == 1
     a.measured(25, 25 * 0.04)  # the search's last pass ran 4x slower: the pace the batches are priced at
     assert parity_batches(left, a, 4, keep=2.0, clock=FakeClock(0.0)) == 1
+
+
+def test_retraining_is_not_begun_when_less_than_the_probes_share_is_left():
+    """Sweep 6, orinet: the one-shot search left 3 s, the learning-rate probe still ran two rates (186 s) and the run
+    took 2.2x its --time-budget. Under the probe's share left, sgd recovery keeps the one-shot result and says why."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto import hyper
+    from onnxprune.converter.auto.search import _Search
+
+    def probe(_best):
+        raise AssertionError("the probe ran")
+
+    best = object()
+    search = SimpleNamespace(span=100.0, notes=[], left=lambda: 3.0, _hyper=probe)
+    assert _Search.sgd_rounds(search, best) is best
+    assert search.notes == [f"time budget: retraining not begun: 3 s of the search were left after the one-shot "
+                            f"search, under the learning-rate probe's share ({hyper.PROBE_SHARE * 100:.0f} s); a "
+                            "longer --time-budget retrains"]
+    search.left = lambda: hyper.PROBE_SHARE * 100.0 + 1.0  # enough left: the probe is where it goes next
+    with pytest.raises(AssertionError, match="the probe ran"):
+        _Search.sgd_rounds(search, best)
