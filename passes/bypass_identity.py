@@ -19,9 +19,9 @@ import logging
 
 import onnx
 
-from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.merge_copies import check_reads, frozen_names, read_as
 from onnxprune.passes.opfacts import WEIGHT_OPS
-from onnxprune.passes.scopes import outer_reads
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
     """{Identity output: the initializer it passes on} for every Identity `BypassIdentity` drops."""
     graph = model.graph
     inits = {t.name for t in graph.initializer} - {v.name for v in graph.input}
-    frozen = {v.name for v in graph.output}
-    frozen |= {name for node in graph.node if node.attribute for name in outer_reads(node)}
+    frozen = frozen_names(graph)
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
         for k, name in enumerate(node.input):
@@ -58,21 +57,12 @@ class BypassIdentity(Pass):
         rename = weight_identities(model)
         if not rename:
             return PassResult(model, False)
-        for node in model.graph.node:
-            for k, name in enumerate(node.input):
-                if name in rename:
-                    node.input[k] = rename[name]
+        read_as(model, rename)
         kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in rename)]
         del model.graph.node[:]
         model.graph.node.extend(kept)
-        for v in [v for v in model.graph.value_info if v.name in rename]:
-            model.graph.value_info.remove(v)
         log.debug("bypass-identity: %d Identity node(s) between a weight and its layer dropped", len(rename))
         return PassResult(model, True)
 
     def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
-        names = {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
-        names |= {o for n in model.graph.node for o in n.output}
-        missing = [i for n in model.graph.node for i in n.input if i and i not in names]
-        if missing:
-            raise PassError(f"bypass-identity: nodes read '{missing[0]}', which no longer exists.")
+        check_reads(model, self.name)

@@ -57,8 +57,7 @@ def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    frozen = {v.name for v in graph.input} | {v.name for v in graph.output}
-    frozen |= {name for node in graph.node if node.attribute for name in outer_reads(node)}
+    frozen = frozen_names(graph)
     candidates: dict[tuple, list[onnx.TensorProto]] = {}
     for t in graph.initializer:
         if t.name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(t.name):
@@ -98,15 +97,10 @@ class MergeCopies(Pass):
                 if _raw(inits[name]) != _raw(inits[kept]):  # a hash collision: never merge on a hash alone
                     continue
                 rename[name] = kept
-        for node in model.graph.node:
-            for i, name in enumerate(node.input):
-                if name in rename:
-                    node.input[i] = rename[name]
+        read_as(model, rename)
         kept_inits = [t for t in model.graph.initializer if t.name not in rename]
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept_inits)
-        for v in [v for v in model.graph.value_info if v.name in rename]:
-            model.graph.value_info.remove(v)
         saved = sum(len(_raw(inits[n])) for n in rename)
         merged = sorted({rename[n] for n in rename})
         shown = ", ".join(f"'{n}'" for n in merged[:3]) + (f" (+{len(merged) - 3} more)" if len(merged) > 3 else "")
@@ -116,8 +110,31 @@ class MergeCopies(Pass):
         return PassResult(model, True)
 
     def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
-        names = {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
-        names |= {o for n in model.graph.node for o in n.output}
-        missing = [i for n in model.graph.node for i in n.input if i and i not in names]
-        if missing:
-            raise PassError(f"merge-copies: nodes read '{missing[0]}', which no longer exists.")
+        check_reads(model, self.name)
+
+
+# ---- shared with bypass_identity.py: the main graph's names a rename may not touch, renaming, its check ----------
+
+def frozen_names(graph: onnx.GraphProto) -> set[str]:
+    """Graph inputs and outputs and the names If/Loop/Scan bodies read from the main graph."""
+    names = {v.name for v in graph.input} | {v.name for v in graph.output}
+    return names | {name for node in graph.node if node.attribute for name in outer_reads(node)}
+
+
+def read_as(model: onnx.ModelProto, rename: dict[str, str]) -> None:
+    """Main-graph nodes read rename[name] where they read name; the renamed names' value_info goes."""
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for v in [v for v in model.graph.value_info if v.name in rename]:
+        model.graph.value_info.remove(v)
+
+
+def check_reads(model: onnx.ModelProto, pass_name: str) -> None:
+    """Every main-graph node input still exists (an initializer, a graph input or a node's output)."""
+    names = {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
+    names |= {o for n in model.graph.node for o in n.output}
+    missing = [i for n in model.graph.node for i in n.input if i and i not in names]
+    if missing:
+        raise PassError(f"{pass_name}: nodes read '{missing[0]}', which no longer exists.")

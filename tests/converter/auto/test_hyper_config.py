@@ -121,22 +121,30 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
     assert "untried" not in choice.rule and all(n == 10 for _, n in tried)  # no time share: no timing run
 
 
-def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
-    """Two rates of `steps` must fit the probe's share: at 0.125 s a step plus 0.5 s a run and 6 s, 20 steps a rate,
-    not 100 (the fixed cost told apart from the steps' by timing a 1-step and a 6-step run)."""
+def _timed_trainer(monkeypatch):
+    """([steps of each train call], a Trainer class whose call takes 0.5 s + 0.125 s a step on a patched clock)."""
     from types import SimpleNamespace
 
     tried, clock = [], [0.0]
 
     class Trainer:
         def train(self, epochs, lr, **kw):
-            n = round(epochs * 4)
+            n = round(epochs * 4)  # 100 samples at batch 32: 4 steps per epoch
             tried.append(n)
             clock[0] += 0.5 + 0.125 * n
             self.lr = lr
             return SimpleNamespace(steps=n)
 
     monkeypatch.setattr(hyper.time, "perf_counter", lambda: clock[0])
+    return tried, Trainer
+
+
+def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
+    """Two rates of `steps` must fit the probe's share: at 0.125 s a step plus 0.5 s a run and 6 s, 20 steps a rate,
+    not 100 (the fixed cost told apart from the steps' by timing a 1-step and a 6-step run)."""
+    from types import SimpleNamespace
+
+    tried, Trainer = _timed_trainer(monkeypatch)
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
     part = SimpleNamespace(num_samples=100)
     choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0)
@@ -150,17 +158,7 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
     "chosen". Now: no rate (the search keeps what it has), and the rule says why."""
     from types import SimpleNamespace
 
-    tried, clock = [], [0.0]
-
-    class Trainer:
-        def train(self, epochs, lr, **kw):
-            n = round(epochs * 4)
-            tried.append(n)
-            clock[0] += 0.5 + 0.125 * n
-            self.lr = lr
-            return SimpleNamespace(steps=n)
-
-    monkeypatch.setattr(hyper.time, "perf_counter", lambda: clock[0])
+    tried, Trainer = _timed_trainer(monkeypatch)
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
     part = SimpleNamespace(num_samples=100)
     # two rates of 10 steps: 2 x (0.5 + 1.25) = 3.5 s, after 1.75 s of timing runs: 5 s is too little
