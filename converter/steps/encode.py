@@ -70,6 +70,7 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
         return None
     tensors, homes = constant_tensors(model), constant_homes(model)
     count = entries = kept = dense = compact = 0
+    itemsizes = set()
     for name in names:
         if name not in tensors or homes[name][0] is not model.graph:  # encoded sparse, or in a body (COO there)
             continue
@@ -78,13 +79,19 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
         if values.dtype not in packing.FLOATS or nonzeros == values.size:
             continue
         count, entries, kept, dense = count + 1, entries + values.size, kept + nonzeros, dense + values.nbytes
+        itemsizes.add(values.dtype.itemsize)
         compact += min(packing.candidates(values)[0].nbytes, values.nbytes)
     if not count or dense - compact < max(0.1 * dense, 1024):
         return None
+    # COO pays below itemsize / (itemsize + 8) kept: a third for float32, a fifth for float16
+    shares = " or ".join(_BREAK_EVEN.get(k, f"{k / (k + 8):.0%}") for k in sorted(itemsizes, reverse=True))
     return (f"{count} pruned weight(s) ({_size(dense)}, {kept / entries:.0%} of their entries kept) stay dense in "
-            f"the file: sparse COO storage costs an int64 index beside each nonzero and pays only below about a third "
+            f"the file: sparse COO storage costs an int64 index beside each nonzero and pays only below about {shares} "
             f"kept; --sparse-format compact stores them in about {_size(compact)} (exact; onnxruntime decodes them "
             "at load)")
+
+
+_BREAK_EVEN = {8: "half", 4: "a third", 2: "a fifth"}  # itemsize -> the share kept below which COO pays
 
 
 def _size(n: int) -> str:

@@ -152,9 +152,26 @@ def test_a_file_that_did_not_shrink_says_why_and_what_compact_would_store(tmp_pa
     assert len(notes["constant", 0.5]) == 1 and not notes["compact", 0.5] and not notes["constant", 0.9]
     note = notes["constant", 0.5][0]
     assert note.startswith("3 pruned weight(s) (") and "50% of their entries kept" in note, note
+    assert "pays only below about a third kept" in note  # float32; float16's break-even is a fifth (below)
     assert sizes["constant", 0.5] > 0.95 * src.stat().st_size  # the file did not shrink: what the note explains
     dense_kb = sum(w.size for w in (np.zeros((784, 64)), np.zeros((64, 32)), np.zeros((32, 10)))) * 4 / 1024
     said_kb = float(note.split("compact stores them in about ")[1].split(" KB")[0])
     saved_kb = (sizes["constant", 0.5] - sizes["compact", 0.5]) / 1024
     assert 0.9 * (dense_kb - said_kb) <= saved_kb <= 1.1 * (dense_kb - said_kb), (dense_kb, said_kb, saved_kb)
     assert_same_outputs(onnx.load(tmp_path / "compact-0.5.onnx"), onnx.load(tmp_path / "constant-0.5.onnx"), rtol=1e-5)
+
+
+def test_the_storage_note_gives_float16s_break_even():
+    """Sweep 6, an fp16 tagger: the note said COO pays below a third kept, float32's figure; with 2-byte values and
+    an 8-byte index it pays below a fifth."""
+    from onnxprune.converter.steps.encode import dense_kept_note
+
+    model = builders.as_float16(builders.lenet300_like(hidden=(64, 32)))
+    for t in model.graph.initializer:
+        if t.name.endswith("weight"):
+            w = numpy_helper.to_array(t).copy()
+            w[np.abs(w) < np.median(np.abs(w))] = 0
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    names = [t.name for t in model.graph.initializer if t.name.endswith("weight")]
+    note = dense_kept_note(model, names)
+    assert note is not None and "pays only below about a fifth kept" in note, note
