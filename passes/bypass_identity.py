@@ -10,7 +10,7 @@ six readers of another kind and was refused as "shared"; read directly it is one
 
 Rules: a main-graph Identity whose input is an initializer (not a graph input) and whose output is no graph
 output, is read by no If/Loop/Scan body, and is read only as a weight (an input other than the first) of
-Conv/ConvTranspose/Gemm/MatMul. The Identity is dropped and its readers read the initializer. Nothing else moves.
+Conv/ConvTranspose/Gemm/MatMul, once per reader (`weights.tie_use`, the rule a tied weight's readers follow). The Identity is dropped and its readers read the initializer. Nothing else moves.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import onnx
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads, frozen_names, read_as
-from onnxprune.passes.opfacts import WEIGHT_OPS
+from onnxprune.passes.weights import tie_use
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
     graph = model.graph
     inits = {t.name for t in graph.initializer} - {v.name for v in graph.input}
     frozen = frozen_names(graph)
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        for k, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, k))
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
     found = {}
     for node in graph.node:
         if node.op_type != "Identity" or (node.domain or "") not in ("", "ai.onnx") or node.input[0] not in inits:
@@ -43,8 +43,7 @@ def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
         uses = readers.get(out, [])
         if out in frozen or not uses:
             continue
-        if all(r.op_type in WEIGHT_OPS and k > 0 and k in WEIGHT_OPS[r.op_type].inputs
-               and WEIGHT_OPS[r.op_type].kind != "recurrent" for r, k in uses):
+        if all((use := tie_use(r, out)) is not None and use[1] > 0 for r in uses):  # read as a weight, not data
             found[out] = node.input[0]
     return found
 

@@ -29,21 +29,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
-from onnxprune.passes.opfacts import WEIGHT_OPS
 from onnxprune.passes.scopes import outer_reads
+from onnxprune.passes.weights import tie_use
 
 MIN_VALUES = 16  # smaller tensors are not weights worth a tie
-
-
-def _use(node: onnx.NodeProto, name: str) -> tuple | None:
-    """How `node` reads `name`, when it reads it as a weight that merging keeps prunable: (op, index, attrs)."""
-    facts = WEIGHT_OPS.get(node.op_type)
-    if facts is None or facts.kind == "recurrent" or (node.domain or "") not in ("", "ai.onnx"):
-        return None
-    inputs = list(node.input)
-    if inputs.count(name) != 1 or inputs.index(name) not in facts.inputs or inputs.index(name) == 0:
-        return None
-    return node.op_type, inputs.index(name), tuple(sorted(a.SerializeToString() for a in node.attribute))
 
 
 def _raw(tensor: onnx.TensorProto) -> bytes:
@@ -64,10 +53,13 @@ def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
             continue
         if int(np.prod(t.dims, dtype=np.int64)) < MIN_VALUES:
             continue
-        uses = {_use(n, t.name) for n in readers[t.name]}
+        uses = {tie_use(n, t.name) for n in readers[t.name]}
         if len(uses) != 1 or None in uses:
             continue
-        candidates.setdefault((t.data_type, tuple(t.dims), uses.pop()), []).append(t)
+        use = uses.pop()
+        if use[1] == 0:  # the first operand: the data a layer reads, not its weight
+            continue
+        candidates.setdefault((t.data_type, tuple(t.dims), use), []).append(t)
     groups = []
     for tensors in candidates.values():
         if len(tensors) < 2:

@@ -35,7 +35,7 @@ from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_
 from onnxprune.passes.shapes import infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
-           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "weight_array"]
+           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array"]
 
 
 @dataclass(frozen=True)
@@ -262,19 +262,29 @@ def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex) -> bool:
 
 def _tied(name, users, first, ix: ScopeIndex) -> bool:
     """A tied weight: several readers in one graph, each the same Conv/ConvTranspose/Gemm/MatMul reading `name`
-    directly as the same input with the same attributes (a module applied several times: a legacy export's RNN cell
-    unrolled over time, a siamese branch, an exporter's bit-identical copies merged by `merge_duplicates`). One
-    mask serves every reader; the sensitivity scan measures all of them at once (the weight's descendants), the
-    layer-wise refit pools their rows, and dead-neuron removal leaves it alone (channel groups block a shared
-    tensor). Recurrent W/R matrices and chains through layout ops stay refused."""
-    if first.op_type not in WEIGHT_OPS or WEIGHT_OPS[first.op_type].kind == "recurrent":
-        return False
+    directly as the same input with the same attributes (`tie_use`: a module applied several times, a legacy
+    export's RNN cell unrolled over time, a siamese branch, an exporter's bit-identical copies merged by
+    passes/merge_copies.py). One mask serves every reader; the sensitivity scan measures all of them at once (the
+    weight's descendants), the layer-wise refit pools their rows, and dead-neuron removal leaves it alone (channel
+    groups block a shared tensor). Recurrent W/R matrices and chains through layout ops stay refused."""
     if len({ix.scope_of.get(id(u), "") for u in users}) != 1:
         return False
-    index = list(first.input).index(name)
-    attrs = sorted(a.SerializeToString() for a in first.attribute)
-    return all(u.op_type == first.op_type and list(u.input).count(name) == 1 and list(u.input).index(name) == index
-               and sorted(a.SerializeToString() for a in u.attribute) == attrs for u in users)
+    uses = {tie_use(u, name) for u in users}
+    return len(uses) == 1 and None not in uses
+
+
+def tie_use(node: onnx.NodeProto, name: str) -> tuple | None:
+    """How `node` reads `name` as a weight that can be tied: (op type, input index, attributes) when it is a
+    Conv/ConvTranspose/Gemm/MatMul of the standard domain reading `name` once, as one of its weight inputs; else
+    None. The readers of one tied weight all give the same tuple (`_tied`; the load passes merge_copies.py and
+    bypass_identity.py make tied weights by this rule)."""
+    facts = WEIGHT_OPS.get(node.op_type)
+    if facts is None or facts.kind == "recurrent" or (node.domain or "") not in ("", "ai.onnx"):
+        return None
+    inputs = list(node.input)
+    if inputs.count(name) != 1 or inputs.index(name) not in facts.inputs:
+        return None
+    return node.op_type, inputs.index(name), tuple(sorted(a.SerializeToString() for a in node.attribute))
 
 
 def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
