@@ -471,7 +471,8 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
     Each group's system H = XᵀX + λI is inverted once; a channel with fewer pruned inputs P than kept ones takes
     the unconstrained solution minus its projection onto w_P = 0 (w − H⁻¹[:, P]·(H⁻¹[P, P])⁻¹·w_P, as OBS/SparseGPT
     remove weights), a system of |P| instead of |kept| unknowns; the others solve the kept inputs' own system.
-    Same solution either way (test_reconstruct). Measured on magika (a 512 x 1280 Conv, 60 samples), one refit at
+    Same solution either way (test_reconstruct). Channels are solved in batches of similar size (_subsystems), not
+    one numpy call each. Measured on magika (a 512 x 1280 Conv, 60 samples), one refit at
     90% of the weights kept (LAMP): the solve 33 s -> 1.2 s, the refit 42 s -> 6.6 s; at 60%: 21 s -> 7.1 s, 35 s ->
     15 s; its decision loss and held-out agreement unchanged.
 
@@ -495,32 +496,77 @@ def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, d
             hinv = np.linalg.inv(h)
         except np.linalg.LinAlgError:
             hinv = None
-        free = None if hinv is None else hinv @ rhs
-        top = None  # H's largest eigenvalue, once per group (FISTA's step for a nonnegative channel)
-        for j in range(out):
-            o = g * out + j
-            pruned = np.flatnonzero(~full[o])
-            if hinv is not None and len(pruned) <= len(full[o]) - len(pruned):
-                v = free[:, j]
-                if len(pruned):
-                    v = v - hinv[:, pruned] @ np.linalg.solve(hinv[np.ix_(pruned, pruned)], v[pruned])
-                    v[pruned] = 0.0
-            else:
-                keep = np.flatnonzero(full[o])
-                v = np.zeros(len(xx))
-                if len(keep):
-                    v[keep] = np.linalg.solve(h[np.ix_(keep, keep)], rhs[keep, j])
-            if nonneg and (v[:per] < 0).any():
+        kept = full[g * out:(g + 1) * out]
+        v = _channels(h, hinv, rhs, kept)
+        if nonneg:
+            top = None  # H's largest eigenvalue, once per group (FISTA's step for a nonnegative channel)
+            for j in np.flatnonzero((v[:, :per] < 0).any(axis=1)):
                 if top is None:
                     top = float(np.linalg.eigvalsh(h)[-1])
-                v = _nonneg_channel(h, rhs[:, j], old[o], full[o], per, top)
-            sol[o] = v
+                v[j] = _nonneg_channel(h, rhs[:, j], old[g * out + j], kept[j], per, top)
+        sol[g * out:(g + 1) * out] = v
         block = slice(g * out, (g + 1) * out)
         before += _sse_all(xx, xt, gram.tt[block], old[block])
         after += _sse_all(xx, xt, gram.tt[block], sol[block])
     new_w = sol[:, :per]
     new_b = sol[:, per].copy() if gram.intercept else None
     return new_w, new_b, before, after
+
+
+def _channels(h: np.ndarray, hinv: np.ndarray | None, rhs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """One group's solutions [out, n]: channel j minimises ½vᵀHv − rhs[:, j]ᵀv with v = 0 where keep[j] is False.
+    Few pruned inputs: the unconstrained solution minus its projection onto them (OBS), else the kept inputs' own
+    system."""
+    out, n = keep.shape
+    sol = np.zeros((out, n))
+    obs = np.zeros(out, bool) if hinv is None else (~keep).sum(axis=1) <= keep.sum(axis=1)
+    if obs.any():
+        v = (hinv @ rhs[:, obs]).T  # [R, n]: every input free
+        z = _subsystems(hinv, ~keep[obs], v)  # (H⁻¹[P, P])⁻¹ v_P
+        v -= z @ hinv.T
+        v[~keep[obs]] = 0.0
+        sol[obs] = v
+    if (~obs).any():
+        sol[~obs] = _subsystems(h, keep[~obs], rhs[:, ~obs].T)
+    return sol
+
+
+SUBSYSTEM_BYTES = 32 << 20  # one batch of padded sub-systems at most (_subsystems)
+
+
+def _subsystems(m: np.ndarray, sel: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row r: y with y[S] = M[S, S]⁻¹ b[r, S] and 0 elsewhere, S = the True entries of sel[r].
+
+    Rows sorted by |S| and batched (one LAPACK call per batch, sizes within 10% padded to the batch's largest with
+    an identity block, which leaves each solution as it is): LAPACK's own cost is the same, numpy's per-call cost
+    and the per-row gathers go. A 1536 -> 384 layer 30% pruned (a random Gram): 5.0 -> 3.6 s. all-MiniLM-L6-v2's
+    refit (`reconstruct` on 60 sentences, 30% of every weight pruned by magnitude, quiet, one run each): 116 -> 87 s."""
+    rows, n = sel.shape
+    y = np.zeros((rows, n))
+    counts = sel.sum(axis=1)
+    order = np.argsort(counts, kind="stable")
+    order = order[counts[order] > 0]
+    start = 0
+    while start < len(order):
+        size = int(counts[order[start]])
+        top = max(size + 8, int(size * 1.1))
+        fits = max(1, SUBSYSTEM_BYTES // (8 * top * top))
+        end = start + 1
+        while end < len(order) and end - start < fits and counts[order[end]] <= top:
+            end += 1
+        batch = order[start:end]
+        width = int(counts[batch].max())
+        idx = np.argsort(~sel[batch], axis=1, kind="stable")[:, :width]  # the selected inputs first
+        valid = np.arange(width)[None, :] < counts[batch][:, None]
+        both = valid[:, :, None] & valid[:, None, :]
+        a = np.where(both, np.take(m.ravel(), idx[:, :, None] * n + idx[:, None, :]), np.eye(width)[None])
+        rhs = np.where(valid, np.take_along_axis(b[batch], idx, axis=1), 0.0)
+        part = np.linalg.solve(a, rhs[:, :, None])[:, :, 0]
+        block = np.zeros((len(batch), n))
+        np.put_along_axis(block, idx, np.where(valid, part, 0.0), axis=1)
+        y[batch] = block
+        start = end
+    return y
 
 
 NNLS_EXACT = 64  # kept weights up to which a channel's nonnegative refit is exact (Lawson-Hanson), else FISTA

@@ -521,3 +521,25 @@ def test_a_tied_weight_is_refit_once_on_the_rows_of_every_step_that_reads_it():
     assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
     held_out = feeds_for(dense, 2, 16, seed=70)
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_subsystems_batched_and_padded_equal_one_solve_per_row(monkeypatch):
+    """Rows of many sizes (0 to all inputs), split over several batches by a small memory cap: each row's answer is
+    its own sub-system's, zero outside it."""
+    from onnxprune.converter import reconstruct
+
+    monkeypatch.setattr(reconstruct, "SUBSYSTEM_BYTES", 8 * 12 * 12 * 3)  # three 12x12 systems per batch
+    rng = np.random.default_rng(1)
+    n = 40
+    a = rng.normal(size=(n, n))
+    m = a @ a.T + n * np.eye(n)
+    sel = rng.random((30, n)) < rng.random((30, 1))
+    sel[0], sel[1] = False, True
+    b = rng.normal(size=(30, n))
+    got = reconstruct._subsystems(m, sel, b)
+    for r in range(30):
+        s = np.flatnonzero(sel[r])
+        want = np.zeros(n)
+        if len(s):
+            want[s] = np.linalg.solve(m[np.ix_(s, s)], b[r, s])
+        np.testing.assert_allclose(got[r], want, rtol=1e-9, atol=1e-12)
