@@ -31,7 +31,9 @@ the samples (and so every standard error and n) are the feeds, and a changed det
 Padding is not scored: when the model takes an attention mask (an input named `attention_mask` or `input_mask`,
 [N, S], 1 on real tokens, 0 on padding: what Hugging Face exports take) and an output is [N, S, ...] along it, its
 padded positions are left out of `cosine`, `rel_l2` and `seq_agreement` (`Evaluator.masked`; the values there are
-not defined by the model and no user reads them: a sentence-embedding pooler masks them out).
+not defined by the model and no user reads them: a sentence-embedding pooler masks them out). A model without a mask
+input whose integer [N, S] input is padded with one id, as one run at the end (or start) of every row that has
+padding and nowhere else, is read the same way (`inferred_padding`: a Keras tagger fed pad_sequences's output).
 Non-tensor outputs are compared by value: a sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a
 sequence of tensors is stacked.
 Losses are percentage points: loss = 100 * (dense - pruned) per output; an Evaluator's `dense` is its headline
@@ -93,6 +95,7 @@ class Evaluator:
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
         self.row_outputs: frozenset[int] = frozenset()  # scored outputs that are one vector [C] per feed
         self.mask_input = position_mask_input(reference_model)  # the attention-mask input, or None
+        self.padding: str | None = None  # which positions are padding, said as "attention_mask is 0"
         self.position_masks: list[np.ndarray | None] = []  # per batch, its [N, S] mask (True = a real token)
         self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
@@ -117,9 +120,16 @@ class Evaluator:
     def _score_reference(self, reference_model: onnx.ModelProto | None, first_batch: dict | None = None) -> None:
         """Labels, sample count and the dense model's outputs and scores on the batches as they are now; automatic
         metrics are chosen on the outputs of the first batch, or of `first_batch` (feeds) when given."""
-        read = [(lab, _position_mask(feeds, self.mask_input)) for feeds, lab in self.batches()]
-        self.labels: list[np.ndarray | None] = [lab for lab, _ in read]
-        self.position_masks = [mask for _, mask in read]
+        tokens = token_inputs(reference_model) if self.mask_input is None else ()
+        read = [(lab, _position_mask(feeds, self.mask_input), {k: np.asarray(feeds[k]) for k in tokens if k in feeds})
+                for feeds, lab in self.batches()]
+        self.labels: list[np.ndarray | None] = [lab for lab, _, _ in read]
+        self.position_masks = [mask for _, mask, _ in read]
+        self.padding = None if self.mask_input is None else f"{self.mask_input} is 0"
+        if self.mask_input is None and tokens:
+            found = inferred_padding([ids for _, _, ids in read], tokens)
+            if found is not None:
+                self.position_masks, self.padding = found
         self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.last: dict[str, dict] = {}
         if reference_model is not None:
@@ -160,8 +170,8 @@ class Evaluator:
         if found and not self._quiet:
             padded = 1.0 - float(np.mean([m.mean() for m in masks]))
             outs = ", ".join(f"{list(self.plan)[i]} ({list(self.plan.values())[i]})" for i in found)
-            log.info("padding not scored: positions where %s is 0 (%.0f%% of them here) are left out of %s",
-                     self.mask_input, 100 * padded, outs)
+            log.info("padding not scored: positions where %s (%.0f%% of them here) are left out of %s",
+                     self.padding, 100 * padded, outs)
         return frozenset(found)
 
     def position_mask(self, batch: int | None) -> np.ndarray | None:
@@ -513,6 +523,58 @@ def position_mask_input(model: onnx.ModelProto | None) -> str | None:
             continue
         return vi.name
     return None
+
+
+def token_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:
+    """Graph inputs declared integer and rank 2 (or of undeclared rank): token ids [N, S] may be padded."""
+    if model is None:
+        return ()
+    init = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if vi.name in init or t is None or t.elem_type not in INT_TYPES:
+            continue
+        if t.HasField("shape") and len(t.shape.dim) != 2:
+            continue
+        out.append(vi.name)
+    return tuple(out)
+
+
+INT_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+                       onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                       onnx.TensorProto.UINT32, onnx.TensorProto.UINT64})
+
+
+def inferred_padding(batches: list[dict], names: tuple[str, ...]) -> tuple[list, str] | None:
+    """Padding read from token ids when the model takes no attention mask (a Keras tagger fed pad_sequences's
+    output): one id that, in every row of every batch, occurs only as one run at the end of the row (or only at its
+    start, for all rows alike), every row holding a real token, the runs of at least two lengths and one of them
+    >= 2 (a row-final EOS every sentence has once is a token, not padding). Returns each batch's [N, S] mask (True =
+    real) and the rule as said ("input_ids is 0 at the end of the rows"), or None."""
+    for name in names:
+        arrays = [b.get(name) for b in batches]
+        if not arrays or any(a is None or a.ndim != 2 or a.shape[1] < 2 for a in arrays):
+            continue
+        for side in ("end", "start"):
+            edge = np.concatenate([a[:, -1] if side == "end" else a[:, 0] for a in arrays])
+            values, counts = np.unique(edge, return_counts=True)
+            for pad in dict.fromkeys([values[counts.argmax()], *values[values == 0]]):  # the commonest, and 0
+                masks = _padding_masks(arrays, pad, side)
+                if masks is not None:
+                    return masks, f"{name} is {pad.item()} at the {side} of the rows"
+    return None
+
+
+def _padding_masks(arrays: list[np.ndarray], pad, side: str) -> list[np.ndarray] | None:
+    masks, runs = [a != pad for a in arrays], []
+    for m in masks:
+        ordered = m if side == "end" else m[:, ::-1]
+        if (np.diff(ordered.astype(np.int8), axis=1) > 0).any() or not m.any(axis=1).all():
+            return None  # the id inside a row, or a row of nothing else
+        runs.append((~m).sum(axis=1))
+    runs = np.concatenate(runs)
+    return masks if len(np.unique(runs)) >= 2 and runs.max() >= 2 else None
 
 
 def _position_mask(feeds: dict, name: str | None) -> np.ndarray | None:

@@ -211,6 +211,33 @@ def token_classifier(*, vocab: int = 50, dim: int = 8, seq_len: int = 5, classes
                   [_float("logits", [BATCH, classes])])
 
 
+def padded_tagger(*, vocab: int = 30, dim: int = 16, seq_len: int = 12, classes: int = 5,
+                  seed: int = 0) -> onnx.ModelProto:
+    """A Keras character tagger's interface, no mask input: chars int64 [N, S] (padded with id 0) -> Gather -> MatMul,
+    Relu, MatMul -> 'tags' [N, S, C] (padded positions computed like any other)."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "chars"], axis=0)
+    h = g.relu(g.matmul(e, "fc1", dim, dim), "fc1")
+    g.nodes.append(helper.make_node("MatMul", [h, g.weight("fc2.weight", (dim, classes), dim)], ["tags"],
+                                    name="/fc2/MatMul"))
+    return _model(g, "padded_tagger", [helper.make_tensor_value_info("chars", TensorProto.INT64, [BATCH, seq_len])],
+                  [_float("tags", [BATCH, seq_len, classes])])
+
+
+def padded_tagger_feed(n: int = 96, *, vocab: int = 30, seq_len: int = 12, side: str = "end", pad: int = 0,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+    """Words of 2..seq_len characters (ids other than `pad`), padded with `pad` at the `side` of each row."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, seq_len + 1, n)
+    real = np.arange(seq_len)[None, :] < lengths[:, None]
+    if side == "start":
+        real = real[:, ::-1]
+    ids = rng.integers(1, vocab - 1, (n, seq_len))
+    ids = np.where(ids >= pad, ids + 1, ids)  # never the pad id
+    return {"chars": np.where(real, ids, pad).astype(np.int64)}
+
+
 def masked_encoder(*, vocab: int = 40, dim: int = 16, seq_len: int = 10, mask_name: str = "attention_mask",
                    seed: int = 0) -> onnx.ModelProto:
     """A Hugging Face encoder's interface: input_ids int64 [N, S] and an attention mask int64 [N, S] (1 = token,

@@ -88,10 +88,50 @@ def test_a_pruned_model_is_judged_alike_by_the_evaluator_the_rule_and_the_sequen
     assert measured.complete and measured.value == pytest.approx(100 * score, abs=1e-9)
 
 
-def test_without_a_mask_input_or_with_an_empty_sentence_every_position_counts():
+def test_a_mask_of_another_name_is_read_as_padded_ids_and_an_empty_sentence_counts_everywhere():
     feed = tb.masked_encoder_feed(mask_name="segment")
     ev = _evaluator(tb.masked_encoder(mask_name="segment"), feed)
-    assert ev.mask_input is None and ev.masked == frozenset()
+    assert ev.mask_input is None and ev.masked == {0} and ev.padding == "input_ids is 0 at the end of the rows"
+    np.testing.assert_array_equal(np.concatenate(ev.position_masks), feed["segment"].astype(bool))
+    feed["input_ids"][feed["segment"] == 0] = 3  # padded with a token that also occurs inside rows: the mask's run
+    ev = _evaluator(tb.masked_encoder(mask_name="segment"), feed)
+    assert ev.padding == "segment is 0 at the end of the rows" and ev.masked == {0}
     feed = tb.masked_encoder_feed()
     feed["attention_mask"][5] = 0  # a sentence with no token: its states would score nothing
     assert _evaluator(tb.masked_encoder(), feed).masked == frozenset()
+
+
+@pytest.mark.parametrize("side,pad", [("end", 0), ("start", 0), ("end", 7)])
+def test_padding_is_read_from_the_token_ids_when_the_model_takes_no_mask(side, pad):
+    """A Keras tagger without a mask input (sweep 6's slovorez: 58% of positions were id 0): the id that forms one
+    run at the end (or start) of the rows is padding, and seq_agreement counts the real positions only."""
+    model, feed = tb.padded_tagger(), tb.padded_tagger_feed(side=side, pad=pad)
+    ev = _evaluator(model, feed, {"tags": "seq_agreement"})
+    assert ev.mask_input is None and ev.masked == {0}
+    assert ev.padding == f"chars is {pad} at the {side} of the rows"
+    real = feed["chars"] != pad
+    np.testing.assert_array_equal(np.concatenate(ev.position_masks), real)
+    rng = np.random.default_rng(0)
+    got = [(np.array(ref[0]) + rng.normal(0, 2.0, np.shape(ref[0])).astype(np.float32),) for ref in ev.reference_all]
+    ev.score(got)
+    same = np.concatenate([(g[0].argmax(-1) == np.asarray(r[0]).argmax(-1))[m]
+                           for g, r, m in zip(got, ev.reference_all, ev.position_masks)])
+    assert 0.0 < same.mean() < 1.0 and ev.last["tags"]["after"] == pytest.approx(same.mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize("case", ["id inside a row", "one final id per row", "no padding", "a row of padding"])
+def test_ids_that_are_tokens_are_not_taken_for_padding(case):
+    feed = tb.padded_tagger_feed()
+    ids = feed["chars"]
+    if case == "id inside a row":
+        ids[3, 0] = 0  # 0 is also a real character somewhere
+    elif case == "one final id per row":  # every word ends with id 2 once (an end mark), no padding
+        ids[:] = np.where(ids == 0, 5, ids)
+        ids[ids == 2] = 3
+        ids[:, -1] = 2
+    elif case == "no padding":
+        ids[ids == 0] = 4
+    else:
+        ids[5] = 0
+    ev = _evaluator(tb.padded_tagger(), {"chars": ids}, {"tags": "seq_agreement"})
+    assert ev.padding is None and ev.masked == frozenset()
