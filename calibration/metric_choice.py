@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 _PROB_TOL = 1e-3  # rows summing to 1 within this (and values in [0, 1]) are probabilities
 # Output names that say what an output holds, when its shape cannot (a [N, 4] box regression looks like 4 classes).
-_EMBEDDING_NAMES = re.compile(r"embed|pool|sentence|last_hidden|feature|vector|encod|latent", re.I)
+_EMBEDDING_NAMES = re.compile(r"embed|(?<![a-z])emb(?![a-z])|pool|sentence|last_hidden|feature|vector|encod|latent",
+                              re.I)  # 'emb' alone: emb_a, text_emb (sweep 6's siamese), not member
 # A recurrent state or cache handed to the next call (an RNN's hidden, silero's stateN, a decoder's memory): its
 # errors feed back, so its norm counts as much as its direction (sweep 5: a romanizer's 'hidden_out' at cosine
 # 0.997 was a relative L2 error of 0.075, and changed 9 of 400 names end to end).
@@ -30,6 +31,9 @@ _CLASS_NAMES = re.compile(r"logit|prob|score|cls|class|conf|pred|label|ctc|softm
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
 _PROBABILITY_NAMES = re.compile(r"prob|sigmoid", re.I)
+# One number per sample named a logit: a binary classifier's decision before its sigmoid (sweep 6's siamese
+# 'same_logit' got per-sample rel_l2, which divides by values near 0 where the decision is made).
+_LOGIT_NAMES = re.compile(r"logit", re.I)
 
 def _is_probability(arr: np.ndarray) -> bool:
     """Values in [0, 1] that sum to 1 over the last axis."""
@@ -60,7 +64,8 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
       2. one number per sample ([N], [N, 1], scalars) -> binary_prob when it is a probability: every value in
          [0, 1], the graph bounds it there (`bounded`) or its name says so (prob, sigmoid), and its name does not
          say regression or embedding (rule 3's words: a [0, 1] target named 'depth' stays rel_l2); else rel_l2
-         (regression);
+         (regression), or binary_logit when its name says logit (a binary classifier's one logit: its sign and its
+         sigmoid are judged as binary_prob judges a probability);
       3. the name says embedding (embed, pool, last_hidden, feature, ...) -> cosine; it says regression (box, loc,
          delta, landmark, ...) or a state handed to the next call (hidden, state, cache, memory, past, present)
          -> rel_l2;
@@ -84,7 +89,9 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
     if arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1):
         evident = bounded or bool(_PROBABILITY_NAMES.search(name))
         plain = not (_REGRESSION_NAMES.search(name) or _EMBEDDING_NAMES.search(name))
-        return "binary_prob" if evident and plain and _is_unit_interval(arr) else "rel_l2"
+        if evident and plain and _is_unit_interval(arr):
+            return "binary_prob"
+        return "binary_logit" if plain and _LOGIT_NAMES.search(name) else "rel_l2"
     if _EMBEDDING_NAMES.search(name):
         return "cosine"
     if _REGRESSION_NAMES.search(name) or _STATE_NAMES.search(name):
@@ -266,7 +273,7 @@ def channel_scale_spread(value) -> float | None:
 
 
 def _holds_classes(name: str, kind: str) -> bool:
-    return (kind in ("prob", "binary_prob", "seq_agreement", "map_iou", "ctc_agreement")
+    return (kind in ("prob", "binary_prob", "binary_logit", "seq_agreement", "map_iou", "ctc_agreement")
             or (kind == "agreement" and bool(_CLASS_NAMES.search(name))))
 
 

@@ -156,6 +156,15 @@ def _binary_prob(out, ref, labels):
     return np.stack([same.astype(np.float64), np.abs(a - b).max(axis=1, initial=0.0)], axis=1), _ones(_n(out))
 
 
+def _binary_logit(out, ref, labels):
+    """`binary_prob` on the probabilities the logits stand for (their sigmoid): a binary classifier's one logit per
+    sample (a siamese 'same' logit, a detector's objectness before its Sigmoid) is positive when its sigmoid is above
+    0.5, and its change is read in probability points. Per-sample relative error, the alternative, divides by the
+    logit, which is near 0 exactly where the decision is made."""
+    sig = lambda x: 0.5 * (1.0 + np.tanh(0.5 * _per_sample(x).astype(np.float64)))  # noqa: E731 (overflow-free)
+    return _binary_prob(sig(out), sig(ref), labels)
+
+
 def _expected_accuracy(out, ref, labels):
     """Per sample, p_i[argmax y_i]: the chance that the candidate's class is right when the label is drawn from the
     input model's probabilities p_i (its softmax; its output as is when the rows already are probabilities). Its
@@ -248,6 +257,9 @@ METRICS: dict[str, Metric] = {
     "binary_prob": Metric(_binary_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
                           "1% of samples cross 0.5, or a mean probability change of 0.01 (1 percentage point)",
                           (False, True)),
+    "binary_logit": Metric(_binary_logit, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
+                           "1% of samples change sign, or their sigmoid moves by 0.01 on average (1 percentage "
+                           "point of the probability the logit stands for)", (False, True)),
     # the loss is 0 on every sample whose class is unchanged, so (as for agreement) a clean subset bounds nothing
     "expected_accuracy": Metric(_expected_accuracy, lambda s, n: s[0] / n, False,
                                 "the input model's probabilities expect 1% of samples to lose their right class",

@@ -278,7 +278,7 @@ def _widened(budget: dict) -> str:
             "the budget on this decision set; more samples, or --val-data, narrow it)")
 
 
-PROBABILITY_KINDS = ("prob", "binary_prob")  # headline metrics whose output is a probability: changes in its points
+PROBABILITY_KINDS = ("prob", "binary_prob", "binary_logit")  # headline metrics whose output is a probability: changes in its points
 SKIPPED_SHOWN = 3  # tensors left alone for one reason (names aside) listed one by one up to this many; --json lists all
 
 

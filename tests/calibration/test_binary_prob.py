@@ -202,3 +202,41 @@ def test_the_summary_states_a_probabilitys_change_in_its_own_points(tmp_path):
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if x.startswith("binary_prob on calib.npz"))
     assert "largest probability change" in line and "rel error" not in line, line
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def test_a_logit_per_sample_is_judged_by_its_sign_and_its_sigmoid_not_relative_to_itself():
+    """Sweep 6's siamese model: its one 'same_logit' per pair got per-sample rel_l2, which divides by logits near 0,
+    where the decision is made. binary_logit is binary_prob on the sigmoids: what docs/metrics.md tells a user."""
+    logits = np.array([[-4.0], [0.01], [-0.02], [3.0]], np.float32)
+    assert auto_kind("same_logit", logits) == "binary_logit"
+    assert auto_kind("logits", logits[:, 0]) == "binary_logit"  # [N] alike
+    assert auto_kind("box_logit", logits) == "rel_l2"  # a regression word wins
+    assert auto_kind("out", logits) == "rel_l2"  # no name evidence: a regression value
+    assert auto_kind("emb_a", np.ones((3, 8), np.float32)) == "cosine"  # 'emb' as a word says embedding
+    assert auto_kind("member", np.array([[1.0, 2.0]] * 3, np.float32)) == "agreement"
+    moved = logits + np.float32(0.025)  # the two near 0 move by 0.025: rel_l2 sees 250% and 125%
+    assert loss_pp("rel_l2", moved, logits) > 50
+    want = user_check(_sigmoid(moved), _sigmoid(logits))  # one of 4 changed sign: 25 pp
+    assert want == pytest.approx(25.0) and loss_pp("binary_logit", moved, logits) == pytest.approx(want, rel=1e-6)
+    small = logits + np.float32(0.004)
+    assert loss_pp("binary_logit", small, logits) == pytest.approx(user_check(_sigmoid(small), _sigmoid(logits)),
+                                                                   rel=1e-5)
+    assert loss_pp("binary_logit", small, logits) < 0.1
+
+
+def test_a_logit_output_is_planned_scored_and_judged_alike_in_onnxruntime():
+    model = tb.wake_word(name="same_logit", sigmoid=False)
+    ev = Evaluator(open_data({"input": X}, model, batch_size=50), None, model)
+    assert ev.plan == {"same_logit": "binary_logit"}
+    dense = _run(model)
+    assert (dense > 0).any() and (dense < 0).any()
+    small = with_initializer(model, "fc2.bias", lambda b: b + 0.01)
+    got = _run(small)
+    assert ev.loss_pp(ev.evaluate(small)) == pytest.approx(user_check(_sigmoid(got), _sigmoid(dense)), rel=1e-4)
+    assert BudgetRule(ev, 1.0).judge(small).within
+    shifted = with_initializer(model, "fc2.bias", lambda b: b + 2.0)
+    assert not BudgetRule(ev, 1.0).judge(shifted).within
