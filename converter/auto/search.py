@@ -307,12 +307,12 @@ class _Search:
         budget_rounds = max(0.0, self.left() - self.tail) * (1.0 - POLISH_SHARE)
         steps = hyper.round_steps(n, bs.value, self.step_seconds, budget_rounds, o.get("epochs"))
         self.round_steps = steps.value
-        self.choices = {"batch_size": bs.as_dict(), **{k: c.as_dict() for k, c in mix.items()},
+        self.choices.update({"batch_size": bs.as_dict(), **{k: c.as_dict() for k, c in mix.items()},
                         "weight_decay": {"value": 1e-4, "rule": "fixed: L2 1e-4 on the kept weights"},
                         "lr": lr.as_dict(), "round_steps": steps.as_dict(), "mixup_samples": mixup.as_dict(),
                         "schedule": {"value": "cosine per round", "rule": "each round decays the rate to 0"},
                         "criterion": {"value": self.config.criterion, "rule": "--criterion (default magnitude), "
-                                      "ranked across layers by LAMP"}}
+                                      "ranked across layers by LAMP"}})  # beside "recovery", chosen before
         if o.get("neuron_sparsity") is not None:
             self.choices["neuron_cap"] = {"value": o["neuron_sparsity"], "rule": "given (--neuron-sparsity)"}
         self.history.append({"phase": "probe", "kept": None, "lr": self.lr,  # no "round": not a candidate

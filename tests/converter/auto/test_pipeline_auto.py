@@ -134,6 +134,7 @@ def test_given_flags_override_the_search(teacher_data):
     choices = result.report["auto"]["choices"]
     assert choices["lr"] == {"value": 0.05, "rule": "given (--lr)"}
     assert choices["neuron_cap"]["value"] == 0.25
+    assert choices["recovery"]["value"] == "sgd"  # chosen before the retraining's own choices, and kept beside them
     assert all(h.get("neuron_share", 0.0) <= 0.25 + 1e-9 for h in result.report["history"])
 
 
