@@ -406,7 +406,16 @@ class BudgetRule:
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
                 f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here"
-                + self._changes_allowed())
+                + self._changes_allowed() + self._padding())
+
+    def _padding(self) -> str:
+        """Which positions are not scored, when some output leaves padding out (calibration.metrics)."""
+        ev = self.evaluator
+        masked = sorted(getattr(ev, "masked", ()) or ())
+        if not masked or not getattr(ev, "padding", None):
+            return ""
+        names = ", ".join(f"'{list(ev.plan)[i]}'" for i in masked)
+        return f"; padding not scored on {names}: positions where {ev.padding}"
 
     def changes_allowed(self, n: int | None = None) -> int | None:
         """How many of `n` (default: this set's) decision samples may change class/value within the budget by

@@ -135,3 +135,13 @@ def test_ids_that_are_tokens_are_not_taken_for_padding(case):
         ids[5] = 0
     ev = _evaluator(tb.padded_tagger(), {"chars": ids}, {"tags": "seq_agreement"})
     assert ev.padding is None and ev.masked == frozenset()
+
+
+def test_the_decision_rule_says_which_positions_are_not_scored():
+    model, feed = tb.padded_tagger(), tb.padded_tagger_feed()
+    ev = _evaluator(model, feed, {"tags": "seq_agreement"})
+    assert BudgetRule(ev, 1.0).statement().endswith("; padding not scored on 'tags': positions where chars is 0 at "
+                                                    "the end of the rows")
+    ids = feed["chars"].copy()
+    ids[ids == 0] = 4
+    assert "padding" not in BudgetRule(_evaluator(model, {"chars": ids}, {"tags": "seq_agreement"}), 1.0).statement()
