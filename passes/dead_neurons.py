@@ -76,7 +76,7 @@ def remove_dead_neurons(
             counts.setdefault((lay.node, lay.weight), [lay.op, len(lay.rows), len(lay.rows)])
         dead, by_weights = dead_classes(cg)
         dead = cg.boxed(_keep_one_per_tensor(cg, dead))
-        report.blocked = cg.notes(by_weights & cg.blocked())
+        report.blocked = cg.notes(by_weights & cg.blocked(), costly=True)
         if not dead and crop_inputs and not crop_now:
             crop_now = True
             continue

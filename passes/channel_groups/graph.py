@@ -119,15 +119,17 @@ class ChannelGraph:
     def blocked(self) -> set[int]:
         return {int(r) for ids, _ in self.blocks for r in self.root_of(ids)}
 
-    def notes(self, dead: set[int]) -> list[str]:
-        """One line per block: who was kept, why, and how many otherwise-removable classes that cost."""
+    def notes(self, dead: set[int], costly: bool = False) -> list[str]:
+        """One line per block: who was kept, why, and how many otherwise-removable classes that cost; `costly`: only
+        the blocks that kept a dead class (a block that kept none changed nothing: "channels of input 'attention_mask'
+        kept: consumer Shape …" was four of the encoder's eight notes)."""
         out: dict[str, int] = {}
         for ids, why in self.blocks:
             who = ", ".join(dict.fromkeys(self.origins[int(i)] for i in ids))
             n = len(set(self.root_of(ids).tolist()) & dead)
             key = f"channels of {who} kept: {why}"
             out[key] = max(out.get(key, 0), n)
-        return [k + (f" ({n} dead kept)" if n else "") for k, n in out.items()]
+        return [k + (f" ({n} dead kept)" if n else "") for k, n in out.items() if n or not costly]
 
     def boxed(self, dead: set[int]) -> set[int]:
         """`dead` without the input features inside the box of each cropped input's live features."""

@@ -651,3 +651,15 @@ def test_graphsurgeon_prints_nothing_on_a_zipmap_model(capfd):
     assert before[0].tolist() == after[0].tolist()
     for a, b in zip(before[1], after[1]):
         assert a.keys() == b.keys() and np.allclose(list(a.values()), list(b.values()), atol=1e-6)
+
+
+def test_a_block_that_kept_no_dead_channel_is_not_noted():
+    """Notes explain dead channels that stayed: a block with nothing dead behind it changed nothing, and said so
+    four times on the corpus encoder ("channels of input 'attention_mask' kept: consumer Shape …")."""
+    from onnxprune.passes.dead_neurons import analyse
+
+    model = G.with_op_between("Softmax", axis=1)  # nothing dead
+    cg = analyse(model)
+    assert cg.notes(set()) and cg.notes(set(), costly=True) == []
+    _, report = remove_dead_neurons(model)
+    assert report.blocked == []
