@@ -227,3 +227,24 @@ def test_a_refit_the_time_runs_out_in_is_dropped_and_the_search_ends_with_a_note
         report["notes"]
     assert report["budget"]["met"]
     onnx.checker.check_model(result.model)
+
+
+def test_the_first_refit_is_priced_by_its_passes_over_the_data_not_by_its_layers():
+    """Q, K and V share one pass (one wave), out_proj a second: the estimate before any refit is measured counts two
+    passes, each streaming the training part and building two sessions (MiniLM: 36 layers, 24 waves)."""
+    from types import SimpleNamespace as NS
+
+    from onnxprune.passes.weights import find_prunable, weight_array
+
+    model = builders.tiny_attention(seed=0)
+    sizes = {w.name: w.size for w in find_prunable(model).prunable}
+    assert len(sizes) == 4
+    masks = {n: np.abs(weight_array(model, n)) > 0.1 for n in sizes}
+    clock = NS(after=NS(pass_per_sample=0.01), load_seconds=0.5)
+    backend = RECOVERY["reconstruct"]()
+    backend.s = NS(clock=clock, sizes=sizes, original=model, data=NS(train=NS(num_samples=30)))
+    per_pass = 30 * 0.01 + 2 * 0.5
+    assert backend._first_estimate(masks) == pytest.approx(2 * per_pass)
+    assert backend._first_estimate() == pytest.approx(4 * per_pass)  # without masks: one pass per weight
+    backend.s.clock = None
+    assert backend._first_estimate(masks) == 0.0
