@@ -17,6 +17,7 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     named = f"{part} " if part and form is not None and len(form.parts) > 1 else ""
     upper = d["loss_pp"] + budget - d["limit_pp"]
     if form is not None and form.paired and budget > 0:  # an upper bound, as below (a negative limit read badly)
+        upper = max(d["loss_pp"], 0.0) + budget - d["limit_pp"]  # the rule's: a gain counts as 0 (decide.py)
         return f"{named}loss {d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
     if form is None or form.paired:  # --max-loss 0: within the noise, the limit is the margin itself
         return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"

@@ -67,5 +67,7 @@ def test_a_label_metric_reads_as_an_upper_bound_and_with_a_zero_budget_as_its_li
 
     d = {"loss_pp": 5.67, "limit_pp": -1.06, "part": "accuracy"}
     assert part_figure(d, "accuracy", 300, 1.0) == "loss 5.67 pp, upper bound 7.73 pp"  # loss + 2.06 pp of margin
+    gain = {"loss_pp": -0.89, "limit_pp": 0.11, "part": "accuracy"}  # sweep 7 printed "upper bound -0.00 pp"
+    assert part_figure(gain, "accuracy", 225, 1.0) == "loss -0.89 pp, upper bound 0.89 pp"  # a gain counts as 0
     assert part_figure({"loss_pp": 0.2, "limit_pp": 0.4, "part": "accuracy"}, "accuracy", 300, 0.0) == \
         "loss 0.20 pp, limit 0.40 pp"
