@@ -260,3 +260,23 @@ def test_layer_targets_are_refused_by_the_search_not_ignored(teacher_data, tmp_p
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "--layer fixes a layer's sparsity" in res.output and "--exclude" in res.output
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
+
+
+def test_after_the_first_undone_round_later_rounds_are_judged_with_twice_the_margin(searched):
+    """Each round looks at the same decision set again and the search keeps the most pruned candidate that passes:
+    after the first undone round, candidates need PER_LAYER_Z times the margin (sweep 7: kept at 8.8x, 'loss
+    -0.89 pp', then 1.40 pp lost held out)."""
+    from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+    rounds = [h for h in searched.report["history"] if h["phase"] in ("weights", "neurons", "polish")]
+    first = next(i for i, h in enumerate(rounds) if not h["kept"])
+    assert any(r["kept"] for r in rounds[:first]) or first == 0
+    budget = 1.0
+    for h in rounds[:first + 1]:  # the run's rule: the margin is z * SE
+        assert budget - h["limit_pp"] == pytest.approx(h["se_pp"], rel=1e-6, abs=1e-9)
+    later = rounds[first + 1:]
+    assert later, "the search should go on after an undone round"
+    for h in later:
+        assert budget - h["limit_pp"] == pytest.approx(PER_LAYER_Z * h["se_pp"], rel=1e-6, abs=1e-9)
+    assert f"decision rule: after the first undone round, later candidates are judged with {PER_LAYER_Z:g}x the " \
+           "margin (each looks at the same decision set again)" in searched.report["notes"]
