@@ -9,7 +9,8 @@ decision set says the loss is within budget (decide.py), and return the smallest
                    weights  kept weights = start density × 0.6^level, distributed by LAMP (allocation.py)
                    neurons  share of every layer's neurons masked whole = 1 − 0.75^level (passes.neuron_masks)
                  a round advances one knob by its step, retrains (cosine), judges: kept, or undone (back to the
-                 best weights and masks) with that knob's step halved; a knob stops below a quarter step
+                 best weights and masks) with that knob's step halved; a knob stops below a quarter step; after
+                 the first undone round, rounds and the polish are judged with recovery.PER_LAYER_Z times the margin
     passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
     polish       a longer retrain at the best masks, kept if the decision loss does not grow
 Time: given a `clock` (converter.auto.timing.RunClock, the automatic plan's), the search ends by the run's deadline
