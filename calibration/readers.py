@@ -128,10 +128,13 @@ class DataReader:
         for chunk in _rebatch(checked, self.batch_size, self._check.values):
             yield chunk.arrays, chunk.labels
 
-    def part(self, every: int, holdout: bool) -> DataReader:
+    def part(self, every: int, holdout: bool, role: str | None = None) -> DataReader:
         """Every `every`-th sample (`holdout`) or all the others: a split that needs no shuffling or copy up front.
 
-        Sample i goes to the held-out part when i % every == 0, so both parts span the whole file."""
+        Sample i goes to the held-out part when i % every == 0, so both parts span the whole file. `role` says what
+        the part is for in its description (default: every n-th "held out from retraining", the others nothing);
+        the automatic plan trains on every n-th sample when the data is small (sweep 7: "75 used (every 4th
+        sample, held out from retraining)" named the training part)."""
         if every < 2:
             raise ConfigError(f"a split needs every >= 2 (got {every}).")
         out = copy.copy(self)
@@ -140,7 +143,9 @@ class DataReader:
             held = -(-self.num_samples // every)
             out.num_samples = held if holdout else self.num_samples - held
         nth = "every other" if every == 2 else f"every {every}{'rd' if every % 10 == 3 and every % 100 != 13 else 'th'}"
-        which = f"{nth} sample, held out from retraining" if holdout else f"all but {nth} sample"
+        if role is None:
+            role = "held out from retraining" if holdout else ""
+        which = (f"{nth} sample" if holdout else f"all but {nth} sample") + (f", {role}" if role else "")
         count = "?" if out.num_samples is None else f"{out.num_samples:,}"
         out.description = f"{self.description} -> {count} used ({which})"
         return out

@@ -170,7 +170,8 @@ class Data:
         if reader.has_labels and c.metric is None and self._labels_unusable():
             reader = reader.without_labels()  # neither scored nor trained against (cross-entropy would fail)
         if part is not None and source is None and self.every:
-            reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every)
+            reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every,
+                                 role="the training part" if part == "train" else None)
         return reader
 
     def _labels_unusable(self) -> bool:

@@ -295,6 +295,9 @@ def test_split_parts_are_disjoint_cover_the_data_and_count_right(tmp_path, chunk
         assert part.num_samples == want.sum() and all(len(f["input"]) <= batch for f, _ in batches)
     nth = {2: "every other", 3: "every 3rd"}.get(every, f"every {every}th")
     assert "held out from retraining" in held.description and f"all but {nth} sample" in rest.description
+    # the automatic plan on small data trains on every n-th sample: the part says so (sweep 7 read it as held out)
+    trains = reader.part(every, holdout=True, role="the training part")
+    assert trains.description.endswith(f"used ({nth} sample, the training part)")
     np.testing.assert_array_equal(collect(reader)[1], x[:n])  # the reader itself is untouched
 
 
