@@ -404,8 +404,11 @@ class BudgetRule:
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
             rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
+        counted = any(r.form.paired or any(r.form.is_binary(p) for p in range(len(r.form.parts)))
+                      for r in self.outputs)  # a share of samples: one sample's worth is the rule's resolution
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
-                f"the loss reported is the worst output's; one sample = {self.resolution_pp:.3g} pp here"
+                f"the loss reported is the worst output's"
+                + (f"; one sample = {self.resolution_pp:.3g} pp here" if counted else "")
                 + self._changes_allowed() + self._padding())
 
     def _padding(self) -> str:

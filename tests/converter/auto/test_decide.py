@@ -373,3 +373,16 @@ def test_confidence_does_not_widen_the_no_loss_test_of_a_zero_budget():
         sure = BudgetRule(ev, 0.0).judge(outs)
         assert "paired loss <= 1 standard error" in BudgetRule(ev, 0.0).statement()
     assert sure.limit_pp == pytest.approx(plain.limit_pp) and not sure.within
+
+
+def test_a_rule_over_continuous_figures_only_does_not_speak_of_one_samples_worth():
+    """'one sample = 0.444 pp here' read as a resolution where no share of samples is counted (sweep 7's U-Net,
+    rel_l2 only)."""
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.calibration.readers import open_data
+    from onnxprune.models import third_party_builders as tb
+
+    x = np.random.default_rng(0).standard_normal((120, 8)).astype(np.float32)
+    model = tb.regressor()
+    rule = BudgetRule(Evaluator(open_data({"input": x}, model, batch_size=40), None, model), 1.0)
+    assert [r.kind for r in rule.outputs] == ["rel_l2"] and "one sample" not in rule.statement()
