@@ -211,16 +211,21 @@ def token_classifier(*, vocab: int = 50, dim: int = 8, seq_len: int = 5, classes
                   [_float("logits", [BATCH, classes])])
 
 
+def _token_states(g: _Graph, ids: str, out: str, vocab: int, dim: int, out_dim: int) -> None:
+    """ids [N, S] -> Gather on an embedding table [vocab, dim] -> MatMul, Relu, MatMul -> `out` [N, S, out_dim]."""
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", ids], axis=0)
+    h = g.relu(g.matmul(e, "fc1", dim, dim), "fc1")
+    g.nodes.append(helper.make_node("MatMul", [h, g.weight("fc2.weight", (dim, out_dim), dim)], [out],
+                                    name="/fc2/MatMul"))
+
+
 def padded_tagger(*, vocab: int = 30, dim: int = 16, seq_len: int = 12, classes: int = 5,
                   seed: int = 0) -> onnx.ModelProto:
     """A Keras character tagger's interface, no mask input: chars int64 [N, S] (padded with id 0) -> Gather -> MatMul,
     Relu, MatMul -> 'tags' [N, S, C] (padded positions computed like any other)."""
     g = _Graph(seed)
-    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
-    e = g.op("Gather", "embed", ["embed.weight", "chars"], axis=0)
-    h = g.relu(g.matmul(e, "fc1", dim, dim), "fc1")
-    g.nodes.append(helper.make_node("MatMul", [h, g.weight("fc2.weight", (dim, classes), dim)], ["tags"],
-                                    name="/fc2/MatMul"))
+    _token_states(g, "chars", "tags", vocab, dim, classes)
     return _model(g, "padded_tagger", [helper.make_tensor_value_info("chars", TensorProto.INT64, [BATCH, seq_len])],
                   [_float("tags", [BATCH, seq_len, classes])])
 
@@ -244,11 +249,7 @@ def masked_encoder(*, vocab: int = 40, dim: int = 16, seq_len: int = 10, mask_na
     0 = padding) -> Gather -> MatMul, Relu, MatMul -> 'last_hidden_state' [N, S, D] (padded positions computed like
     any other, as a transformer does) and the masked mean 'sentence_embedding' [N, D]."""
     g = _Graph(seed)
-    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
-    e = g.op("Gather", "embed", ["embed.weight", "input_ids"], axis=0)
-    h = g.relu(g.matmul(e, "fc1", dim, dim), "fc1")
-    g.nodes.append(helper.make_node("MatMul", [h, g.weight("fc2.weight", (dim, dim), dim)], ["last_hidden_state"],
-                                    name="/fc2/MatMul"))
+    _token_states(g, "input_ids", "last_hidden_state", vocab, dim, dim)
     g.initializers += [numpy_helper.from_array(np.array([-1], np.int64), "mask.axes"),
                        numpy_helper.from_array(np.array([1], np.int64), "pool.axes")]
     m = g.op("Unsqueeze", "mask", [g.op("Cast", "mask", [mask_name], to=TensorProto.FLOAT), "mask.axes"])
