@@ -41,6 +41,9 @@ import numpy as np
 import torch
 
 PROBE_RATES = (0.01, 0.03, 0.003, 0.1, 0.3)  # middle-out: the likeliest first, when time cuts the probe short
+# tried after the grid only when every rate of it ended above the untrained start's objective: sweep 7's CNN with a
+# linear regression head beside its softmax diverged at every rate of the grid, and trains at these
+LOWER_RATES = (0.001, 0.0003)
 PROBE_SHARE = 0.15  # of the time budget, at most, for the probe (after its first two rates)
 PROBE_STEPS = 100
 TIMING_STEPS = 5  # steps timed before the probe, so that a slow step shortens every rate's run (not only the count)
@@ -150,6 +153,7 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
             cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
                    f"({per_step:.2g} s/step, {fixed:.2g} s a run)")
             steps = max(MIN_PROBE_STEPS, fit)
+    start = None if override else objective_on(make_trainer(train_part), eval_part)  # the untrained start's
     for lr in ([override] if override else rates):
         if cap is not None and len(losses) >= 2 and seconds >= cap:
             break
@@ -159,9 +163,26 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
         seconds, taken = seconds + time.perf_counter() - t0, taken + stats.steps
         loss = objective_on(trainer, eval_part)
         losses[lr] = loss if math.isfinite(loss) else float("inf")
+    lower = ""
+    if start is not None and math.isfinite(start) and losses and all(v >= start for v in losses.values()):
+        per_rate = (time.perf_counter() - started) / (len(losses) + 1)
+        for lr in LOWER_RATES:  # no rate of the grid lowered the objective: smaller ones, while time allows
+            if limit is not None and time.perf_counter() - started + per_rate > limit:
+                break
+            trainer = make_trainer(train_part)
+            t0 = time.perf_counter()
+            stats = trainer.train(steps / per_epoch, lr, reg_strength=1e-4, batch_size=batch)
+            seconds, taken = seconds + time.perf_counter() - t0, taken + stats.steps
+            loss = objective_on(trainer, eval_part)
+            losses[lr] = loss if math.isfinite(loss) else float("inf")
+            lower = f"; every rate of the grid ended above the untrained objective {start:.4f}, so smaller were tried"
+            if losses[lr] < start:
+                break
     step_seconds = seconds / max(taken, 1)
     if override:
         return Choice(float(override), "given (--lr)"), step_seconds, losses
+    rates = (*rates, *(r for r in LOWER_RATES if r in losses))
+    cut += lower
     shown = ", ".join(f"{r:g}: {v:.4f}" for r, v in sorted(losses.items(), reverse=True))
     if losses and all(math.isinf(v) for v in losses.values()):  # no rate tried trains: none is a choice
         return Choice(None, f"every rate tried diverged ({shown})"), step_seconds, losses

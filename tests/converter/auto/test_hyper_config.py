@@ -109,7 +109,7 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
             self.lr = lr
             return SimpleNamespace(steps=round(epochs * 4))
 
-    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100)
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
     # timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share is spent
@@ -145,7 +145,7 @@ def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
     from types import SimpleNamespace
 
     tried, Trainer = _timed_trainer(monkeypatch)
-    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100)
     choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0)
     assert tried == [1, 6, 20, 20]  # the timing runs, then two rates within the 6 s share: 2 x (0.5 + 20 x 0.125)
@@ -159,7 +159,7 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
     from types import SimpleNamespace
 
     tried, Trainer = _timed_trainer(monkeypatch)
-    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(trainer.lr - 0.03))
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100)
     # two rates of 10 steps: 2 x (0.5 + 1.25) = 3.5 s, after 1.75 s of timing runs: 5 s is too little
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=5.0)
@@ -171,3 +171,30 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: float("nan"))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
     assert choice.value is None and choice.rule.startswith("every rate tried diverged (0.3: inf")
+
+
+def test_when_every_rate_of_the_grid_ends_above_the_untrained_objective_smaller_rates_are_tried(monkeypatch):
+    """Sweep 7's CNN with a linear regression head beside its softmax: every rate of the grid diverged (objectives
+    near chance), and 0.001 trains. The probe goes down LOWER_RATES until one ends below the start."""
+    from types import SimpleNamespace
+
+    tried = []
+
+    class Trainer:
+        lr = None  # untrained: the start's objective is 1.0
+
+        def train(self, epochs, lr, **kw):
+            tried.append(lr)
+            self.lr = lr
+            return SimpleNamespace(steps=round(epochs * 4))
+
+    objective = lambda trainer, data: 1.0 if trainer.lr is None else (0.5 if trainer.lr <= 0.001 else 2.0)  # noqa
+    monkeypatch.setattr(hyper, "objective_on", objective)
+    part = SimpleNamespace(num_samples=100)
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
+    assert tried == [*hyper.PROBE_RATES, 0.001] and choice.value == 0.001  # the first one below the start ends it
+    assert "every rate of the grid ended above the untrained objective 1.0000, so smaller were tried" in choice.rule
+    tried.clear()
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: 1.0 if trainer.lr is None else 0.9)
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
+    assert tried == list(hyper.PROBE_RATES) and "smaller" not in choice.rule  # a rate of the grid trains: as before
