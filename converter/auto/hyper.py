@@ -14,7 +14,8 @@ Rules (also in the README):
                +0.5 pp held out, 0.5% changed.
   weight decay 1e-4 (L2) on the kept weights.
   learning     probe: each of PROBE_RATES trains PROBE_STEPS steps from the first round's pruned model; the rate
-  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins. Rates
+  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins; when
+               every rate of the grid ends above the untrained start's objective, LOWER_RATES are tried. Rates
                are tried middle-out and the probe stops once it has used PROBE_SHARE of the time budget (at least
                two rates): a 3-minute search on a loaded machine otherwise spends its rounds on the probe. A few
                steps are timed first, and each rate's run is cut (not below MIN_PROBE_STEPS) so that two rates fit
