@@ -154,28 +154,27 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
             cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
                    f"({per_step:.2g} s/step, {fixed:.2g} s a run)")
             steps = max(MIN_PROBE_STEPS, fit)
-    start = None if override else objective_on(make_trainer(train_part), eval_part)  # the untrained start's
-    for lr in ([override] if override else rates):
-        if cap is not None and len(losses) >= 2 and seconds >= cap:
-            break
+    def run(lr: float) -> None:  # one rate's run from the start point, and its objective
+        nonlocal seconds, taken
         trainer = make_trainer(train_part)
         t0 = time.perf_counter()
         stats = trainer.train(steps / per_epoch, lr, reg_strength=1e-4, batch_size=batch)
         seconds, taken = seconds + time.perf_counter() - t0, taken + stats.steps
         loss = objective_on(trainer, eval_part)
         losses[lr] = loss if math.isfinite(loss) else float("inf")
+
+    start = None if override else objective_on(make_trainer(train_part), eval_part)  # the untrained start's
+    for lr in ([override] if override else rates):
+        if cap is not None and len(losses) >= 2 and seconds >= cap:
+            break
+        run(lr)
     lower = ""
     if start is not None and math.isfinite(start) and losses and all(v >= start for v in losses.values()):
         per_rate = (time.perf_counter() - started) / (len(losses) + 1)
         for lr in LOWER_RATES:  # no rate of the grid lowered the objective: smaller ones, while time allows
             if limit is not None and time.perf_counter() - started + per_rate > limit:
                 break
-            trainer = make_trainer(train_part)
-            t0 = time.perf_counter()
-            stats = trainer.train(steps / per_epoch, lr, reg_strength=1e-4, batch_size=batch)
-            seconds, taken = seconds + time.perf_counter() - t0, taken + stats.steps
-            loss = objective_on(trainer, eval_part)
-            losses[lr] = loss if math.isfinite(loss) else float("inf")
+            run(lr)
             lower = f"; every rate of the grid ended above the untrained objective {start:.4f}, so smaller were tried"
             if losses[lr] < start:
                 break
