@@ -154,6 +154,7 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
             cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
                    f"({per_step:.2g} s/step, {fixed:.2g} s a run)")
             steps = max(MIN_PROBE_STEPS, fit)
+
     def run(lr: float) -> None:  # one rate's run from the start point, and its objective
         nonlocal seconds, taken
         trainer = make_trainer(train_part)
