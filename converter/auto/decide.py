@@ -156,6 +156,11 @@ class PerSample:
     def is_binary(self, part: int) -> bool:
         return self.binary if isinstance(self.binary, bool) else self.binary[part]
 
+    @property
+    def any_binary(self) -> bool:
+        """Some part is a share of changed samples (0 or 1 per sample)."""
+        return any(self.is_binary(j) for j in range(len(self.parts)))
+
 
 PER_SAMPLE: dict[str, PerSample] = {
     "accuracy": PerSample(_form("accuracy", True), True, ("accuracy",),
@@ -253,7 +258,7 @@ class _OutputRule:
         """Whether a candidate that changes no decision sample is within the budget by the bound (binary parts);
         continuous parts always resolve."""
         n = len(self.dense) if self.dense is not None else 0
-        if self.form.paired or not n or not any(self.form.is_binary(j) for j in range(len(self.form.parts))):
+        if self.form.paired or not n or not self.form.any_binary:
             return True
         return self.budget >= 100.0 * wilson_upper(0.0, n, self.strictness * self.z) - 1e-12
 
@@ -396,16 +401,14 @@ class BudgetRule:
             rules[-1] += (" (expected_accuracy: labels drawn from the input model's probabilities, so it assumes that "
                           "model is calibrated)")
         if fidelity:
-            binary = any(r.form.is_binary(p) for r in self.outputs if r.kind in fidelity
-                         for p in range(len(r.form.parts)))
+            binary = any(r.form.any_binary for r in self.outputs if r.kind in fidelity)
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:.3g} "
                          f"standard error <= {self.budget:g} pp"
                          + (" (Wilson's bound for a share of changed samples)" if binary else ""))
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
             rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
-        counted = any(r.form.paired or any(r.form.is_binary(p) for p in range(len(r.form.parts)))
-                      for r in self.outputs)  # a share of samples: one sample's worth is the rule's resolution
+        counted = any(r.form.paired or r.form.any_binary for r in self.outputs)  # one sample's worth: a resolution
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
                 f"the loss reported is the worst output's"
                 + (f"; one sample = {self.resolution_pp:.3g} pp here" if counted else "")
@@ -424,8 +427,7 @@ class BudgetRule:
         """How many of `n` (default: this set's) decision samples may change class/value within the budget by
         Wilson's bound (-1: not even none), or None when no scored output has such a part."""
         n = self.n if n is None else n
-        if not any(not r.form.paired and any(r.form.is_binary(j) for j in range(len(r.form.parts)))
-                   for r in self.outputs) or not n:
+        if not any(not r.form.paired and r.form.any_binary for r in self.outputs) or not n:
             return None
         return self._allowed(n, self.z * self.strictness)
 
