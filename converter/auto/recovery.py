@@ -173,7 +173,6 @@ class ReconstructRecovery(Recovery):
 
         self.s = s
         self.dense = DenseSessions(s.original)
-        self._strict_rule = None
         s.choices["refit_data"] = {"value": "train part",
                                    "rule": "refit on the training part, judged on the held-out decision part"}
         why = s.choices.get("recovery", {}).get("rule")  # the reason for this backend, said where its limit is
@@ -211,7 +210,7 @@ class ReconstructRecovery(Recovery):
             pace = time.perf_counter() - t0
             if level == 0.0:
                 if not decision.within:  # more pruned levels only by a stricter rule, or not at all
-                    after = self._strict()
+                    after = s.strict_rule()
                     said = (f"reconstruct: the refit at the one-shot masks is outside the budget on the decision "
                             f"set ({_said(decision)}); ")
                     if not after.resolves():
@@ -234,15 +233,6 @@ class ReconstructRecovery(Recovery):
         if self.per_layer:
             best = self._per_layer(best, pace or self._first_estimate(best.masks))
         return best
-
-    def _strict(self):
-        """The decision rule with PER_LAYER_Z times its margin (a larger z would loosen it), made once: after a
-        rejection at level 0 and in the per-layer phase."""
-        from onnxprune.converter.auto.decide import BudgetRule
-
-        if self._strict_rule is None:
-            self._strict_rule = BudgetRule(self.s.data.evaluator, self.s.config.max_loss, strictness=PER_LAYER_Z)
-        return self._strict_rule
 
     def _first_estimate(self, masks=None) -> float:
         """Seconds the first refit should take, before one is measured (0 without the run's clock): each wave of
@@ -272,7 +262,7 @@ class ReconstructRecovery(Recovery):
         from onnxprune.converter.reconstruct import RefitStopped
 
         s = self.s
-        strict = self._strict()
+        strict = self.s.strict_rule()
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
             samples = strict.samples_to_resolve()
             need = (f"a changed-class output needs {samples} samples" if samples is not None

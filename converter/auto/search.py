@@ -415,10 +415,20 @@ class _Search:
 
         if not self._undone:
             return None
+        said = (f"decision rule: after the first undone round, later candidates are judged with {PER_LAYER_Z:g}x the "
+                "margin (each looks at the same decision set again)")
+        if said not in self.notes:
+            self.notes.append(said)
+        return self.strict_rule()
+
+    def strict_rule(self) -> BudgetRule:
+        """The decision rule with recovery.PER_LAYER_Z times its margin (a larger z would loosen it), made once:
+        for the rounds after an undone one (_round_rule) and the refit search's levels after a rejection and its
+        per-layer phase."""
+        from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
         if self._strict_rule is None:
             self._strict_rule = BudgetRule(self.data.evaluator, self.config.max_loss, strictness=PER_LAYER_Z)
-            self.notes.append(f"decision rule: after the first undone round, later candidates are judged with "
-                              f"{PER_LAYER_Z:g}x the margin (each looks at the same decision set again)")
         return self._strict_rule
 
     def _share(self, level: float) -> float:
