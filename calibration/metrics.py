@@ -533,17 +533,13 @@ def token_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:
     out = []
     for vi in model.graph.input:
         t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if vi.name in init or t is None or t.elem_type not in INT_TYPES:
+        if vi.name in init or t is None or not t.elem_type or \
+                onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).kind not in "iu":
             continue
         if t.HasField("shape") and len(t.shape.dim) != 2:
             continue
         out.append(vi.name)
     return tuple(out)
-
-
-INT_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
-                       onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
-                       onnx.TensorProto.UINT32, onnx.TensorProto.UINT64})
 
 
 def inferred_padding(batches: list[dict], names: tuple[str, ...]) -> tuple[list, str] | None:
