@@ -15,9 +15,10 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     allows (sweep2: 'loss 5.67 pp, limit -1.06 pp' was hard to read)."""
     form, part, binary = _part(d, kind)
     named = f"{part} " if part and form is not None and len(form.parts) > 1 else ""
-    upper = d["loss_pp"] + budget - d["limit_pp"]
-    if form is not None and form.paired and budget > 0:  # an upper bound, as below (a negative limit read badly)
-        upper = max(d["loss_pp"], 0.0) + budget - d["limit_pp"]  # the rule's: a gain counts as 0 (decide.py)
+    paired_bound = form is not None and form.paired and budget > 0
+    judged = max(d["loss_pp"], 0.0) if paired_bound else d["loss_pp"]  # the rule's: a paired gain counts as 0
+    upper = judged + budget - d["limit_pp"]
+    if paired_bound:  # an upper bound, as below (a negative limit read badly)
         return f"{named}loss {d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
     if form is None or form.paired:  # --max-loss 0: within the noise, the limit is the margin itself
         return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
