@@ -83,7 +83,7 @@ class AfterSearch:
         return RESERVE_MARGIN * (self.handling + self.pace() * self.passes())
 
     def as_dict(self) -> dict:
-        return {"reserve_s": round(self.seconds(), 1), "pass_ms_per_sample": round(1e3 * self.pass_per_sample, 2),
+        return {"reserve_s": round(self.seconds(), 3), "pass_ms_per_sample": round(1e3 * self.pass_per_sample, 2),
                 "pass_measured_on": self.measured_on, "reserve_ms_per_sample": round(1e3 * self.pace(), 2),
                 "handling_s": round(self.handling, 2),
                 "verify_samples": self.verify_samples, "measure_samples": self.measure_samples,
