@@ -14,7 +14,9 @@ Rules (also in the README):
                +0.5 pp held out, 0.5% changed.
   weight decay 1e-4 (L2) on the kept weights.
   learning     probe: each of PROBE_RATES trains PROBE_STEPS steps from the first round's pruned model; the rate
-  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins; when
+  rate         with the lowest objective on a fixed slice of the training part (not the decision set) wins (streamed
+               data, too large for memory or read one complete feed per step: every 5th batch measures, the others
+               train, `stream_slices`); when
                every rate of the grid ends above the untrained start's objective, LOWER_RATES are tried. Rates
                are tried middle-out and the probe stops once it has used PROBE_SHARE of the time budget (at least
                two rates): a 3-minute search on a loaded machine otherwise spends its rounds on the probe. A few
@@ -108,15 +110,49 @@ def slices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return order[n_eval:n_eval + PROBE_TRAIN], order[:n_eval]
 
 
+class StreamPart:
+    """One side of a split of streamed training data (a reader too large for memory, or one read a complete feed at
+    a time): every `every`-th batch (`held`) or the others, at most `most` samples a pass. The probe's training and
+    loss slices when the data is not in memory; a batch is one feed for a per-feed reader."""
+
+    def __init__(self, reader, every: int, held: bool, most: int):
+        self.reader, self.every, self.held, self.most = reader, every, held, most
+        self.per_feed = bool(getattr(reader, "per_feed", False))
+        self.batch_size = getattr(reader, "batch_size", 1)
+        n = getattr(reader, "num_samples", None) or 0
+        unit = 1 if self.per_feed else max(self.batch_size, 1)
+        batches = -(-n // unit)
+        held_batches = -(-batches // every)
+        self.num_samples = min(most, (held_batches if held else batches - held_batches) * unit)
+        self.description = getattr(reader, "description", "streamed data")
+
+    def batches(self):
+        taken = 0
+        for i, (feeds, labels) in enumerate(self.reader.batches()):
+            if (i % self.every == 0) != self.held:
+                continue
+            yield feeds, labels
+            taken += 1 if self.per_feed else len(next(iter(feeds.values()), ()))
+            if taken >= self.most:
+                return
+
+
+def stream_slices(reader) -> tuple[StreamPart, StreamPart]:
+    """(probe training part, probe loss part) of streamed data: every 5th batch measures, the others train."""
+    return StreamPart(reader, 5, False, PROBE_TRAIN), StreamPart(reader, 5, True, PROBE_EVAL)
+
+
 def objective_on(trainer, data) -> float:
-    """Mean training objective of the trainer's current model on `data` (a TrainData), no update."""
+    """Mean training objective of the trainer's current model on `data` (a TrainData), no update. Streamed data
+    gets its teacher outputs from the trainer's own teacher function, as its training steps do."""
     total, count = 0.0, 0
     trainer.module.eval()
     with torch.no_grad():
-        for inputs, labels, teacher in data.epoch(torch.Generator().manual_seed(0), 512):
+        for inputs, labels, teacher in data.epoch(torch.Generator().manual_seed(0), 512,
+                                                   getattr(trainer, "_teacher_fn", None)):
             out = trainer.module(**inputs)
             out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-            n = len(next(iter(inputs.values())))
+            n = 1 if getattr(data.reader, "per_feed", False) else len(next(iter(inputs.values())))
             total += float(trainer.objective(out, labels, teacher)) * n
             count += n
     return total / max(count, 1)
@@ -131,7 +167,7 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     or every rate tried diverged, the choice's value is None (do not retrain) and its rule says why."""
     cap = seconds
     started = time.perf_counter()
-    per_epoch = max(1, math.ceil(train_part.num_samples / batch))
+    per_epoch = max(1, train_part.num_batches(batch))  # one feed a step when the data is read feed by feed
     losses, seconds, taken = {}, 0.0, 0
     cut = ""
     if cap is not None and not override:  # time a few steps first: two rates of `steps` must fit the probe's share

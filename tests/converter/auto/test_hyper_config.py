@@ -110,7 +110,7 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
             return SimpleNamespace(steps=round(epochs * 4))
 
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
-    part = SimpleNamespace(num_samples=100)
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
     # timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share is spent
     assert tried == [(0.01, 1), (0.01, 6), (0.01, 10), (0.03, 10)] and choice.value == 0.03
@@ -146,7 +146,7 @@ def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
 
     tried, Trainer = _timed_trainer(monkeypatch)
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
-    part = SimpleNamespace(num_samples=100)
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0)
     assert tried == [1, 6, 20, 20]  # the timing runs, then two rates within the 6 s share: 2 x (0.5 + 20 x 0.125)
     assert "20 steps, not 100, so two rates fit its time share" in choice.rule
@@ -160,7 +160,7 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
 
     tried, Trainer = _timed_trainer(monkeypatch)
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
-    part = SimpleNamespace(num_samples=100)
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     # two rates of 10 steps: 2 x (0.5 + 1.25) = 3.5 s, after 1.75 s of timing runs: 5 s is too little
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=5.0)
     assert tried == [1, 6] and choice.value is None and losses == {}
@@ -190,7 +190,7 @@ def test_when_every_rate_of_the_grid_ends_above_the_untrained_objective_smaller_
 
     objective = lambda trainer, data: 1.0 if trainer.lr is None else (0.5 if trainer.lr <= 0.001 else 2.0)  # noqa
     monkeypatch.setattr(hyper, "objective_on", objective)
-    part = SimpleNamespace(num_samples=100)
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
     assert tried == [*hyper.PROBE_RATES, 0.001] and choice.value == 0.001  # the first one below the start ends it
     assert "every rate of the grid ended above the untrained objective 1.0000, so smaller were tried" in choice.rule
