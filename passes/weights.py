@@ -159,7 +159,7 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
     uses = [] if via_nodes else ix.uses(source_name)
-    macs = _macs(node, size, shapes)
+    macs = _macs(node, size, shapes, ix)
     if macs is not None and len(uses) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
         macs *= len(uses)  # a tied weight: every reader multiplies (If branches: one runs, counted once)
     return PrunableWeight(
@@ -347,13 +347,13 @@ def _consumer_rank(name, lookup, tensor):
     return len(shape) if shape is not None else len(tensor.dims)
 
 
-def _macs(node, size, shapes) -> int | None:
-    shapes = {n: shapes.known(n) for n in (*node.input, *node.output) if shapes.known(n) is not None}
+def _macs(node, size, lazy, ix: ScopeIndex) -> int | None:
+    shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
     if out is None:
         return None
-    if node.op_type == "Gemm":
-        return size
+    if node.op_type == "Gemm" or (node.op_type == "MatMul" and len(out) == 2):
+        return size * _rows_per_sample(node, out, lazy, ix)
     if any(d is None for d in out[1:]):
         return None
     if node.op_type == "Conv":
@@ -366,6 +366,40 @@ def _macs(node, size, shapes) -> int | None:
     if node.op_type == "MatMul":
         return size * int(np.prod(out[1:-1], dtype=np.int64)) if len(out) >= 2 else size
     return None
+
+
+ROW_CHAIN = 16  # ops walked back from a 2-D product to the Reshape/Flatten that made its rows
+ROW_KEEPING = opfacts.ELEMENTWISE_UNARY | opfacts.ARITHMETIC | opfacts.NORM_OPS | opfacts.SOFTMAX_OPS | {
+    "Gemm", "MatMul", "Identity", "Cast", "Dropout"}
+
+
+def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
+    """Rows of a 2-D product (Gemm, 2-D MatMul) per sample: 1 when its first axis is the batch, or when that is
+    all that is known; an exporter that flattened [N, S, ...] to [N·S, K] before it (a Reshape or Flatten whose
+    input has a symbolic first axis and known others) reads prod(S, ...) / K rows a sample. A GPT-2 (torch dynamo)
+    counted 12.3K MACs for 786K: one row, not 64 positions."""
+    if out[0] is not None:
+        return 1
+    name = node.input[0]
+    for _ in range(ROW_CHAIN):  # back over ops that keep the rows (another product, an activation, a norm)
+        flat = ix.producers.get(name)
+        a = lazy.known(name)
+        if flat is None or not flat.input or not a or len(a) != 2 or a[0] is not None:
+            return 1
+        if flat.op_type in ("Reshape", "Flatten"):
+            break
+        if flat.op_type not in ROW_KEEPING:
+            return 1
+        name = flat.input[0]
+    else:
+        return 1
+    src = lazy.known(flat.input[0])
+    if not a[1] or not src:
+        return 1
+    if src[0] is not None or len(src) < 2 or any(d is None for d in src[1:]):
+        return 1
+    per_sample = int(np.prod(src[1:], dtype=np.int64))
+    return per_sample // a[1] if per_sample % a[1] == 0 and per_sample >= a[1] else 1
 
 
 def _attr(node, name, default):

@@ -132,3 +132,29 @@ def test_every_builder_has_prunable_weights(name):
     inv = find_prunable(builders.BUILDERS[name]())
     assert inv.prunable, name
     assert all(w.size > 0 for w in inv.prunable)
+
+
+@pytest.mark.parametrize("flatten", ["Reshape", "Flatten"])
+def test_a_product_on_a_flattened_batch_counts_every_row_of_a_sample(flatten):
+    """GPT-2 (torch dynamo): x [N, 4, 8] -> Reshape [-1, 8] -> Gemm / MatMul: 4 rows a sample, not 1 (inspect said
+    12.3K MACs for 786K). A Gemm on a plain [N, 8] input stays one row; the outputs agree with onnxruntime."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((6, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array([-1, 8], np.int64), "flat")]
+    first = (helper.make_node("Reshape", ["x", "flat"], ["rows"], name="flat") if flatten == "Reshape"
+             else helper.make_node("Flatten", ["x"], ["rows"], name="flat", axis=2))
+    nodes = [first, helper.make_node("Gemm", ["rows", "w1"], ["h"], name="gemm"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="matmul")]
+    m = _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", 5])])
+    onnx.checker.check_model(m, full_check=True)
+    got = {w.node: w.macs for w in find_prunable(m).prunable}
+    assert got == {"gemm": 4 * 48, "matmul": 4 * 30}  # the MatMul reads the Gemm's rows: 4 a sample too
+    x = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, x.reshape(-1, 8) @ w1 @ w2, rtol=1e-5, atol=1e-5)
+    plain = builders.mlp_gemm()
+    assert all(w.macs == w.size for w in find_prunable(plain).prunable)
