@@ -231,6 +231,7 @@ class Decision:
     better: int = 0  # samples only the candidate gets right
     output: str = ""  # the output reported (the worst)
     outputs: dict = field(default_factory=dict)  # every scored output: {loss_pp, se_pp, limit_pp, within}
+    strictness: float = 1.0  # the judging rule's (BudgetRule.strictness): > 1 after an undone round
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -369,7 +370,7 @@ class BudgetRule:
         return Decision(w["loss_pp"], w["se_pp"], w["limit_pp"], all(f["within"] for f in figures.values()), w["n"],
                         w.get("worse", 0), w.get("better", 0), name,
                         {k: {m: (round(x, 6) if isinstance(x, float) else x) for m, x in f.items()}
-                         for k, f in figures.items()})
+                         for k, f in figures.items()}, self.strictness)
 
     def judge(self, model) -> Decision:
         return self.judge_outputs(list(self.evaluator.run_all(model)))

@@ -491,6 +491,8 @@ class _Search:
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
                  "output": decision.output, "part": worst_figures(decision).get("part"),
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
+        if getattr(decision, "strictness", 1.0) != 1.0:
+            entry["strictness"] = decision.strictness  # judged by the stricter rule (stop_note reads it)
         if levels is not None:
             entry["levels"] = dict(levels)
         if share is not None:
@@ -526,8 +528,9 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
     note = (f"what stopped {what}: the least pruned candidate past the result's {max(kept, default=1.0):.2f}x, "
             f"{h['ratio']:.2f}x ({h['phase']}), was outside the budget on output '{h['output']}' "
-            f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g})")
-    note += more_data(h, kind, rule.n, rule.budget, rule.z * rule.strictness)
+            f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g}"
+            + (f", judged with {h['strictness']:g}x the margin" if h.get("strictness", 1.0) != 1.0 else "") + ")")
+    note += more_data(h, kind, rule.n, rule.budget, rule.z * h.get("strictness", rule.strictness))
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"

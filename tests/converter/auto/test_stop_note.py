@@ -71,3 +71,18 @@ def test_a_label_metric_reads_as_an_upper_bound_and_with_a_zero_budget_as_its_li
     assert part_figure(gain, "accuracy", 225, 1.0) == "loss -0.89 pp, upper bound 0.89 pp"  # a gain counts as 0
     assert part_figure({"loss_pp": 0.2, "limit_pp": 0.4, "part": "accuracy"}, "accuracy", 300, 0.0) == \
         "loss 0.20 pp, limit 0.40 pp"
+
+
+def test_a_candidate_judged_with_the_stricter_margin_forecasts_samples_at_that_margin():
+    """Sweep 18 (torch_gru_legacy on 2,000 images): after an undone round a 1.47x candidate changed 4 of 1000 decision
+    samples, upper bound 1.04 pp at 2x the margin, and the note forecast "about 275 decision samples (here 1000) would
+    have admitted it" (the 1x margin's count, less than the set it had)."""
+    rule = SimpleNamespace(outputs=[SimpleNamespace(name="logits", kind="agreement")], n=1000, budget=1.0, z=1.0,
+                           strictness=1.0)
+    entry = {**_entry(1.47, False, False, output="logits", part="changed", loss=0.4, limit=0.36), "strictness": 2.0}
+    note = stop_note([_entry(1.29, True, True, output="logits"), entry], rule)
+    need = samples_for_share(0.004, 1.0, 2.0)
+    assert need > 1000 and f"about {need} decision samples (here 1000)" in note
+    assert "judged with 2x the margin" in note
+    plain = stop_note([_entry(1.29, True, True, output="logits"), {**entry, "strictness": 1.0}], rule)
+    assert f"about {samples_for_share(0.004, 1.0, 1.0)} decision samples" in plain and "the margin" not in plain
