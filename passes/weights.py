@@ -354,6 +354,9 @@ def _macs(node, size, lazy, ix: ScopeIndex) -> int | None:
         return None
     if node.op_type == "Gemm" or (node.op_type == "MatMul" and len(out) == 2):
         return size * _rows_per_sample(node, out, lazy, ix)
+    if node.op_type == "MatMul" and len(out) > 2 and sum(d is None for d in out[:-1]) == 1:
+        # one unknown axis is the batch, wherever it is (a seq-first transformer: [S, N, H])
+        return size * int(np.prod([d for d in out[:-1] if d is not None], dtype=np.int64))
     if any(d is None for d in out[1:]):
         return None
     if node.op_type == "Conv":
@@ -376,7 +379,7 @@ ROW_KEEPING = opfacts.ELEMENTWISE_UNARY | opfacts.ARITHMETIC | opfacts.NORM_OPS 
 def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
     """Rows of a 2-D product (Gemm, 2-D MatMul) per sample: 1 when its first axis is the batch, or when that is
     all that is known; an exporter that flattened [N, S, ...] to [N·S, K] before it (a Reshape or Flatten whose
-    input has a symbolic first axis and known others) reads prod(S, ...) / K rows a sample. A GPT-2 (torch dynamo)
+    input has one symbolic axis, the batch, on any axis, and known others) reads prod(S, ...) / K rows a sample. A GPT-2 (torch dynamo)
     counted 12.3K MACs for 786K: one row, not 64 positions."""
     if out[0] is not None:
         return 1
@@ -396,9 +399,9 @@ def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
     src = lazy.known(flat.input[0])
     if not a[1] or not src:
         return 1
-    if src[0] is not None or len(src) < 2 or any(d is None for d in src[1:]):
+    if len(src) < 2 or sum(d is None for d in src) != 1:  # exactly one unknown axis: the batch, on any axis
         return 1
-    per_sample = int(np.prod(src[1:], dtype=np.int64))
+    per_sample = int(np.prod([d for d in src if d is not None], dtype=np.int64))
     return per_sample // a[1] if per_sample % a[1] == 0 and per_sample >= a[1] else 1
 
 

@@ -158,3 +158,24 @@ def test_a_product_on_a_flattened_batch_counts_every_row_of_a_sample(flatten):
     np.testing.assert_allclose(y, x.reshape(-1, 8) @ w1 @ w2, rtol=1e-5, atol=1e-5)
     plain = builders.mlp_gemm()
     assert all(w.macs == w.size for w in find_prunable(plain).prunable)
+
+
+def test_a_seq_first_product_counts_every_position_of_a_sample():
+    """A torch seq-first transformer (sweep 8's ViT, dynamo): x [S=3, N, 8] -> MatMul (MACs unknown before: the batch
+    is axis 1) -> Reshape [-1, 6] -> Gemm (one row, not 3)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+    w1, w2 = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((6, 5)).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array([-1, 6], np.int64), "flat")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="matmul"),
+             helper.make_node("Reshape", ["h", "flat"], ["rows"], name="flat"),
+             helper.make_node("Gemm", ["rows", "w2"], ["y"], name="gemm")]
+    m = _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, "N", 8])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", 5])])
+    onnx.checker.check_model(m, full_check=True)
+    assert {w.node: w.macs for w in find_prunable(m).prunable} == {"matmul": 3 * 48, "gemm": 3 * 30}
+    x = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, (x @ w1).reshape(-1, 6) @ w2, rtol=1e-5, atol=1e-5)
