@@ -350,6 +350,10 @@ def _consumer_rank(name, lookup, tensor):
 def _macs(node, size, lazy, ix: ScopeIndex) -> int | None:
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
+    if node.op_type in ("LSTM", "GRU", "RNN"):  # W and R are applied once a time step (X: [T, N, I], layout 1 [N, T, I])
+        x = shapes.get(node.input[0])
+        steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]
+        return size * steps if steps else None
     if out is None:
         return None
     if node.op_type == "Gemm" or (node.op_type == "MatMul" and len(out) == 2):

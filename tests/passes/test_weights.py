@@ -179,3 +179,14 @@ def test_a_seq_first_product_counts_every_position_of_a_sample():
     x = rng.standard_normal((3, 2, 8)).astype(np.float32)
     (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(y, (x @ w1).reshape(-1, 6) @ w2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("build, gates", [("lstm_classifier", 4), ("gru_classifier", 3), ("rnn_classifier", 1)])
+def test_recurrent_weights_count_their_macs_once_a_time_step(build, gates):
+    """W [D, G·H, I] and R [D, G·H, H] run at every step of X [T, N, I]: MACs a sample = size x T (was unknown)."""
+    from onnxprune.models import builders_control
+
+    m = getattr(builders_control, build)(features=8, hidden=16, steps=5)
+    got = {w.name: (w.size, w.macs) for w in find_prunable(m).prunable if w.op_type in ("LSTM", "GRU", "RNN")}
+    assert len(got) == 2 and all(macs == 5 * size for size, macs in got.values())
+    assert sorted(size for size, _ in got.values()) == sorted([gates * 16 * 8, gates * 16 * 16])
