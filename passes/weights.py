@@ -350,7 +350,7 @@ def _consumer_rank(name, lookup, tensor):
 def _macs(node, size, lazy, ix: ScopeIndex) -> int | None:
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
-    if node.op_type in ("LSTM", "GRU", "RNN"):  # W and R are applied once a time step (X: [T, N, I], layout 1 [N, T, I])
+    if node.op_type in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]
         return size * steps if steps else None
@@ -383,8 +383,8 @@ ROW_KEEPING = opfacts.ELEMENTWISE_UNARY | opfacts.ARITHMETIC | opfacts.NORM_OPS 
 def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
     """Rows of a 2-D product (Gemm, 2-D MatMul) per sample: 1 when its first axis is the batch, or when that is
     all that is known; an exporter that flattened [N, S, ...] to [N·S, K] before it (a Reshape or Flatten whose
-    input has one symbolic axis, the batch, on any axis, and known others) reads prod(S, ...) / K rows a sample. A GPT-2 (torch dynamo)
-    counted 12.3K MACs for 786K: one row, not 64 positions."""
+    input has one symbolic axis, the batch, on any axis, and known others) reads prod(S, ...) / K rows a sample.
+    A GPT-2 (torch dynamo) counted 12.3K MACs for 786K: one row, not 64 positions."""
     if out[0] is not None:
         return 1
     name = node.input[0]
