@@ -86,3 +86,9 @@ def test_a_candidate_judged_with_the_stricter_margin_forecasts_samples_at_that_m
     assert "judged with 2x the margin" in note
     plain = stop_note([_entry(1.29, True, True, output="logits"), {**entry, "strictness": 1.0}], rule)
     assert f"about {samples_for_share(0.004, 1.0, 1.0)} decision samples" in plain and "the margin" not in plain
+
+
+def test_a_candidate_close_to_the_result_is_told_apart_by_its_digits():
+    """The log-mel's note read "past the result's 1.19x, 1.19x": two ratios that round alike get another digit."""
+    note = stop_note([_entry(1.1912, True, True), _entry(1.1938, False, False)], _rule(("probs", "prob")))
+    assert "past the result's 1.191x, 1.194x (reconstruct)" in note
