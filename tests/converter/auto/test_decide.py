@@ -287,9 +287,11 @@ def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
         idx = rng.choice(np.arange(5, 100), worse, replace=False)
         cand[idx] = (cand[idx] + 1) % 10
         loose, strict = (BudgetRule(ev, 1.0, strictness=s).judge(halves(logits_for(cand))) for s in (1.0, 2.0))
-        if metric == "accuracy":  # a positive budget: an upper bound, L + SE (L + 2 SE when stricter) within it
-            assert loose.limit_pp == pytest.approx(1.0 - loose.se_pp)
-            assert strict.limit_pp == pytest.approx(1.0 - 2 * strict.se_pp)
+        if metric == "accuracy":  # a positive budget: an upper bound, L + SE (L + 2 SE when stricter) within it,
+            # and Wilson's bound (at Z, 2 Z) on the share made worse, less the share made better (none better here)
+            for rule, s in ((loose, 1.0), (strict, 2.0)):
+                wilson = 100.0 * wilson_upper(worse / 100, 100, s) - max(rule.loss_pp, 0.0)
+                assert rule.limit_pp == pytest.approx(1.0 - max(s * rule.se_pp, wilson))
         # agreement: 100 samples cannot certify 1 pp at 2 SE, so the stricter rule takes no changed sample at all
         assert not (strict.within and not loose.within)
         if worse == 3:
@@ -386,3 +388,24 @@ def test_a_rule_over_continuous_figures_only_does_not_speak_of_one_samples_worth
     model = tb.regressor()
     rule = BudgetRule(Evaluator(open_data({"input": x}, model, batch_size=40), None, model), 1.0)
     assert [r.kind for r in rule.outputs] == ["rel_l2"] and "one sample" not in rule.statement()
+
+
+def test_accuracy_with_no_discordant_pair_is_bounded_by_wilson_not_zero():
+    """Sweep 8: a ViT with 225 labelled decision samples, none of them flipped between right and wrong, printed
+    "upper bound 0.00 pp" (the paired SE is 0 there) and lost 1.19 pp (SE 0.23) on 4,700 unseen images. The bound on
+    the share made worse is Wilson's, as for a share of changed classes: 1/(n + 1) at Z = 1."""
+    ev, labels, dense = setup(n=226, dense_wrong=10)
+    cand = dense.copy()
+    cand[:3] = (cand[:3] + 3) % 10  # three wrong answers changed to other wrong ones: no discordant pair
+    assert (cand[:3] != labels[:3]).all()
+    d = BudgetRule(ev, 1.0).judge(halves(logits_for(cand)))
+    assert d.loss_pp == 0.0 and d.se_pp == 0.0 and d.within
+    assert d.limit_pp == pytest.approx(1.0 - 100.0 / 227)  # upper bound 0.44 pp, not 0
+    cand[20] = (labels[20] + 1) % 10  # one made worse: 0.44 pp, Wilson's bound at 1 of 226 is over 1 pp
+    assert not BudgetRule(ev, 1.0).judge(halves(logits_for(cand))).within
+    # --max-loss 0 keeps its meaning (no loss beyond the noise): the unchanged model is within it
+    assert BudgetRule(ev, 0.0).judge(halves(logits_for(dense))).within
+    # too few labelled samples to certify 1 pp even with none flipped: the input model is kept, saying why
+    small, _, _ = setup(n=90, dense_wrong=5)
+    why = BudgetRule(small, 1.0).uncertifiable()
+    assert why and "90 samples cannot certify --max-loss 1 for output" in why

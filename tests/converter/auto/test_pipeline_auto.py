@@ -70,15 +70,15 @@ def test_the_one_shot_fallback_keeps_to_the_time_budget(teacher_data):
     """--time-budget holds in the one-shot fallback too: with no time for the scan every layer stays dense
     (unscanned), the run says so, still verifies and meets its budget; a generous budget scans every layer."""
     model, data = teacher_data
-    small = {k: v[:60] for k, v in data.items()}
-    tight = run(model, configure(max_loss=1.0, data=small, time_budget=0.01))
+    small = {k: v[:60] for k, v in data.items()}  # 60 labelled samples certify 1.64 pp at best (Wilson, none flipped)
+    tight = run(model, configure(max_loss=2.0, data=small, time_budget=0.01))
     layers = tight.sensitivity.layers
     assert layers and all(lay.path == "unscanned" for lay in layers)
     assert any("time budget: the sensitivity scan used its share" in n and "stay dense" in n
                for n in tight.report["notes"])
     assert tight.report["compression"] == pytest.approx(1.0) and tight.report["budget"]["met"]
     assert tight.report["parity"]["max_abs_diff"] == 0.0
-    roomy = run(model, configure(max_loss=1.0, data=small, time_budget=600))
+    roomy = run(model, configure(max_loss=2.0, data=small, time_budget=600))
     assert not any(lay.path == "unscanned" for lay in roomy.sensitivity.layers)
     assert not any("sensitivity scan used its share" in n for n in roomy.report["notes"])
 
@@ -272,11 +272,13 @@ def test_after_the_first_undone_round_later_rounds_are_judged_with_twice_the_mar
     first = next(i for i, h in enumerate(rounds) if not h["kept"])
     assert any(r["kept"] for r in rounds[:first]) or first == 0
     budget = 1.0
-    for h in rounds[:first + 1]:  # the run's rule: the margin is z * SE
-        assert budget - h["limit_pp"] == pytest.approx(h["se_pp"], rel=1e-6, abs=1e-9)
+    # the run's rule: the margin is z * SE, or Wilson's bound on the share made worse where that is wider (the
+    # accuracy rule's floor: test_decide); after the undone round, at PER_LAYER_Z times z
+    for h in rounds[:first + 1]:
+        assert budget - h["limit_pp"] >= h["se_pp"] - 1e-9 and "strictness" not in h
     later = rounds[first + 1:]
     assert later, "the search should go on after an undone round"
     for h in later:
-        assert budget - h["limit_pp"] == pytest.approx(PER_LAYER_Z * h["se_pp"], rel=1e-6, abs=1e-9)
+        assert budget - h["limit_pp"] >= PER_LAYER_Z * h["se_pp"] - 1e-9 and h["strictness"] == PER_LAYER_Z
     assert f"decision rule: after the first undone round, later candidates are judged with {PER_LAYER_Z:g}x the " \
            "margin (each looks at the same decision set again)" in searched.report["notes"]
