@@ -192,6 +192,9 @@ def node_cell(row: dict) -> str:
     return f"{row['node']} +{more}" if more else row["node"]
 
 
+PRUNABLE_SHARE = 0.9  # prunable weights below this share of the model's float weights: the whole model's ratio too
+
+
 def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title="Pruned layers")
@@ -214,6 +217,12 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         f"({report['compression']:.1f}x fewer); file {nbytes(report['file_size_before'])} -> "
         f"{nbytes(report['file_size_after'])} ({report['sparse_format']} sparse format)"
     )
+    whole = report.get("all_weights") or {}
+    if whole.get("before") and b["nonzeros"] < PRUNABLE_SHARE * whole["before"]:
+        console.print(f"all float weights {count(whole['before'])} -> {count(whole['after'])} nonzero "
+                      f"({whole['before'] / max(whole['after'], 1):.2f}x fewer): "
+                      f"{100 * (1 - b['nonzeros'] / whole['before']):.0f}% of them are not prunable here "
+                      "(`onnxprune inspect` lists each and why)", markup=False)
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]

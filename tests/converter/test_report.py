@@ -284,3 +284,35 @@ def test_parity_accepted_by_the_noise_rule_says_so(tmp_path):
     text = noisy.read_text()
     assert text.count("4x the dense model's own float32 noise (3.1e-07 on <code>probs&lt;b&gt;</code>)") == 2
     assert json.loads(json_path.read_text())["parity"]["noise_floor"] == 3.1e-7
+
+
+def test_the_summary_gives_the_whole_models_ratio_when_most_float_weights_are_not_prunable():
+    """Newcomer audit: a dynamo GRU export whose GRU weights sit behind Slices said "4.35K -> 496 nonzero (8.8x
+    fewer)" of a model with 93.4K float weights. An embedding table (not prunable) is most of this one."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import print_prune_summary
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.token_classifier(vocab=200, dim=8)
+    result = run(model, configure(sparsity=0.5))
+    whole = result.report["all_weights"]
+    table = 200 * 8
+    assert whole["before"] == table + 8 * 4 + 4  # the table, the fc weight and its bias: all nonzero here
+    assert whole["after"] == whole["before"] - (result.report["before"]["nonzeros"] - result.report["after"]["nonzeros"])
+    out = io.StringIO()
+    print_prune_summary(result.report, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "all float weights 1.64K -> " in text and "of them are not prunable here" in text
+    # a model whose float weights are nearly all prunable says nothing more
+    from onnxprune.models import builders
+
+    dense = run(builders.mlp_gemm(), configure(sparsity=0.5))
+    out = io.StringIO()
+    print_prune_summary(dense.report, Console(file=out, width=200))
+    assert "all float weights" not in out.getvalue()
+    assert np.isfinite(dense.report["all_weights"]["before"])
