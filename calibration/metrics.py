@@ -138,6 +138,7 @@ class Evaluator:
             sess = self.session(reference_model)
             self.reference_all = list(self.run_all(sess))
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
+            _say_nonfinite(reference_model, self.reference_all)
             rows = self._rows(reference_model)
             self.sample_axes = self._sample_axes(rows, reference_model)
             self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
@@ -523,6 +524,31 @@ def position_mask_input(model: onnx.ModelProto | None) -> str | None:
             continue
         return vi.name
     return None
+
+
+_NONFINITE_SAID: set[int] = set()
+WILD = 1e30  # an output value beyond this is a broken model, not a trained one
+
+
+def _say_nonfinite(model, batches) -> None:
+    """Warn once per model when the input model itself computes inf or NaN on the data (a corrupt weight file, an
+    input outside what the model was built for): every figure on such an output is meaningless."""
+    if id(model) in _NONFINITE_SAID:
+        return
+    names = [o.name for o in model.graph.output]
+    bad = {}
+    for batch in batches:
+        for name, value in zip(names, batch):
+            v = np.asarray(value) if not isinstance(value, np.ndarray) else value
+            if v.dtype.kind == "f" and v.size:
+                wild = int((~np.isfinite(v)).sum()) + int((np.abs(np.nan_to_num(v)) > WILD).sum())
+                if wild:
+                    bad[name] = bad.get(name, 0) + wild
+    if bad:
+        _NONFINITE_SAID.add(id(model))
+        log.warning(f"the input model computes inf, NaN or values beyond {WILD:g} on this data (%s): its weights may "
+                    "be corrupt or the data outside what it was built for; figures on those outputs mean nothing",
+                    ", ".join(f"'{k}': {v:,} values" for k, v in bad.items()))
 
 
 def token_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:

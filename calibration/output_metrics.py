@@ -328,13 +328,19 @@ def _top1(x: np.ndarray) -> np.ndarray:
     return _flat(x).argmax(axis=1)
 
 
+_SQUARE_SAFE = 1e15  # float32 values below this square and sum (over a sample) without overflow
+
+
+def _peak(x: np.ndarray) -> float:
+    return float(np.abs(x).max()) if x.size else 0.0
+
+
 def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """||out_i - ref_i|| / ||ref_i|| per sample. Float32 outputs are subtracted and squared in float32 and summed in
     float64 (no float64 copy of a large output: most of a detector's scoring time was that copy)."""
-    if out.dtype == np.float32 and ref.dtype == np.float32:
-        a, b = _flat(out), _flat(ref)
-    else:
-        a, b = _per_sample(out), _per_sample(ref)
+    a, b = _flat(out), _flat(ref)
+    if out.dtype != np.float32 or ref.dtype != np.float32 or max(_peak(a), _peak(b)) > _SQUARE_SAFE:
+        a, b = _per_sample(out), _per_sample(ref)  # float64: a float32 square overflows past 1.8e19 (a corrupt model)
     diff = np.sqrt(np.square(a - b).sum(axis=1, dtype=np.float64))
     return diff / np.maximum(np.sqrt(np.square(b).sum(axis=1, dtype=np.float64)), _TINY)
 

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -123,6 +124,8 @@ def cli(ctx: click.Context, debug: bool, verbose: int):
     ctx.obj["debug"] = debug
     level = logging.DEBUG if (debug or verbose >= 2) else logging.INFO if verbose == 1 else logging.WARNING
     _setup_logging(level)
+    if not _debug(ctx):  # numpy's overflow/invalid-value lines name our source files; what they mean is said once
+        warnings.filterwarnings("ignore", category=RuntimeWarning)  # (calibration.metrics: inf or NaN outputs)
 
 
 def _setup_logging(level: int) -> None:

@@ -452,3 +452,26 @@ def test_half_the_neurons_masked_whole_then_removed_computes_the_masked_model(na
     onnx.checker.check_model(shrunk, full_check=True)
     assert_same_function(shrunk, masked, model)
     assert report.removed >= len(gone)  # every masked neuron left the shapes
+
+
+def test_a_model_computing_wild_values_is_said_once_without_numpy_warnings(tmp_path):
+    """Newcomer audit: 200 flipped bytes gave weights of 7e35; the run printed numpy's "overflow encountered in
+    square" with our source paths and "max rel error nan". Now one warning names the outputs, and the relative
+    errors are computed in float64 where float32 squares would overflow."""
+    from onnxprune.calibration.output_metrics import _relative_errors
+
+    model = builders.conv_bn_relu()
+    w = next(t for t in model.graph.initializer if t.name == "conv.weight")
+    values = numpy_helper.to_array(w).copy()
+    values[0, 0, 0, 0] = 7e35
+    w.CopyFrom(numpy_helper.from_array(values, w.name))
+    path = tmp_path / "in.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "calib.npz", **feeds(model, 0))
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz", "--sparsity", 0.5)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("computes inf, NaN or values beyond") == 1
+    assert "RuntimeWarning" not in res.output and "overflow" not in res.output
+    big = np.full((2, 8), 3e30, np.float32)
+    rel = _relative_errors(big * 1.001, big)
+    assert np.isfinite(rel).all() and rel == pytest.approx(0.001, rel=1e-3)
