@@ -176,6 +176,25 @@ class BudgetCheckStep(Step):
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
                                                 **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp")}}
+        note = _eval_over_budget(report, self.config.max_loss, state)
+        if note:
+            report["notes"].append(note)
+
+
+def _eval_over_budget(report: dict, budget: float, state) -> str | None:
+    """A note when --eval-data lost more than the budget the decision set met (newcomer audit: "87.40% -> 86.20%
+    (loss +1.20 pp)" on the eval set beside "budget: ... met"): which figure is which, and what to do."""
+    ev = report["metrics"]["sets"].get("evaluation")
+    b = report.get("budget") or {}
+    if ev is None or not b.get("met") or not ev["loss_pp"] > budget + 1e-9:
+        return None
+    n = getattr(getattr(state.data, "evaluation", None), "num_samples", None)
+    size = f" ({n:,} samples: one sample = {100.0 / n:.2g} pp)" if n else ""
+    decided = b.get("decision_loss_pp", b.get("measured_loss_pp"))
+    return (f"on --eval-data{size} the {ev['metric']} loss is {ev['loss_pp']:.2f} pp, over --max-loss {budget:g}; "
+            f"the budget was decided on the calibration data ({decided:.2f} pp there): the two sets disagree, "
+            "by their noise or because they differ; to hold the budget on the data that matters, pass it as "
+            "--val-data (decisions are made on it)")
 
 
 def budget_error(report: dict) -> BudgetError | None:

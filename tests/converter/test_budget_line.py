@@ -35,3 +35,24 @@ def test_the_budget_line_adds_nothing_when_the_limit_is_the_budget_or_tighter():
     assert _summary({**plain, "limit_pp": 1.7}) == "budget: measured loss 0.40 pp, --max-loss 1 pp: met"
     missed = {"max_loss_pp": 1.0, "measured_loss_pp": 2.5, "met": False, "limit_pp": 1.6}
     assert _summary(missed) == "budget: measured loss 2.50 pp, --max-loss 1 pp: NOT met"
+
+
+def test_an_eval_set_over_the_met_budget_gets_a_note_naming_both_figures():
+    """Newcomer audit: "87.40% -> 86.20% (loss +1.20 pp)" on --eval-data beside "budget: ... met" (0.27 pp on the
+    calibration data), with nothing to say which figure the budget was about."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.steps.budget import _eval_over_budget
+
+    report = {"metrics": {"sets": {"calibration": {"loss_pp": 0.27, "metric": "accuracy"},
+                                   "evaluation": {"loss_pp": 1.2, "metric": "accuracy"}}},
+              "budget": {"met": True, "decision_loss_pp": 0.27}}
+    state = SimpleNamespace(data=SimpleNamespace(evaluation=SimpleNamespace(num_samples=500)))
+    note = _eval_over_budget(report, 1.0, state)
+    assert "on --eval-data (500 samples: one sample = 0.2 pp) the accuracy loss is 1.20 pp, over --max-loss 1" in note
+    assert "0.27 pp there" in note and "--val-data" in note
+    report["metrics"]["sets"]["evaluation"]["loss_pp"] = 0.9
+    assert _eval_over_budget(report, 1.0, state) is None  # within: nothing to say
+    report["metrics"]["sets"]["evaluation"]["loss_pp"] = 1.2
+    report["budget"]["met"] = False
+    assert _eval_over_budget(report, 1.0, state) is None  # not met: the run refuses anyway
