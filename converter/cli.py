@@ -128,6 +128,25 @@ def cli(ctx: click.Context, debug: bool, verbose: int):
         warnings.filterwarnings("ignore", category=RuntimeWarning)  # (calibration.metrics: inf or NaN outputs)
 
 
+class PointsType(click.ParamType):
+    """A budget in percentage points: '1%' or '1pp' is read as 1, said once; anything else names the form."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        bare = text.removesuffix("%").removesuffix("pp").strip()
+        try:
+            number = float(bare)
+        except ValueError:
+            self.fail(f"'{value}' is not a number of percentage points; write e.g. --max-loss 1 (1 pp).", param, ctx)
+        if bare != text:
+            logging.getLogger("onnxprune").warning("--max-loss %s read as %g percentage points", text, number)
+        return number
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -242,7 +261,7 @@ def _parse_levels(text: str | None):
 @click.option("--quality", type=float, help="The paper's rule: drop |w| <= Q x the layer's weight std.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=S", help="Per-layer sparsity (node or weight name, glob ok).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
-@click.option("--max-loss", type=float, help="Accuracy budget (pp): with training data, the automatic search "
+@click.option("--max-loss", type=PointsType(), help="Accuracy budget (pp): with training data, the automatic search "
               "(prune, retrain, remove neurons) returns the smallest, fastest model within it.")
 @click.option("--confidence", type=float, help="With --max-loss: how sure the decision rule must be that a model is "
               "within the budget (one-sided; default about 0.84, one standard error). 0.95 needs more data to prune "

@@ -244,3 +244,19 @@ def test_the_command_leaves_without_teardown_but_with_its_output_and_exit_code(m
     bad = subprocess.run([sys.executable, "-m", "onnxprune", "prune", str(mlp_path), "-o", str(out), "--bogus"],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "No such option '--bogus'" in bad.stderr
+
+
+@pytest.mark.parametrize("given, read", [("1%", 1.0), ("0.5pp", 0.5), ("2", 2.0)])
+def test_max_loss_reads_percent_and_pp_suffixes_and_names_the_form_otherwise(tmp_path, given, read):
+    """Newcomer audit: `--max-loss 1%` was "'1%' is not a valid float" with no hint."""
+    from onnxprune.converter.cli import PointsType
+
+    assert PointsType().convert(given, None, None) == read
+    path = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), path)
+    res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--max-loss", "one"])
+    assert res.exit_code == 2 and "write e.g. --max-loss 1 (1 pp)" in res.output
+    res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--max-loss", given,
+                                   "--data", "random", "--one-shot"])
+    assert res.exit_code == 0, res.output
+    assert ("read as" in res.output) == (given != "2")
