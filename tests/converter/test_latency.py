@@ -105,3 +105,13 @@ def test_fixed_shape_model_is_measured_at_its_declared_batch_only():
 def test_bad_repeat_counts_are_refused():
     with pytest.raises(ValueError, match="repeats"):
         measure_latency("A", "B", {1: {}}, repeats=0, session_factory=fake_factory([]))
+
+
+def test_a_slower_pruned_model_is_said_in_a_note():
+    from onnxprune.converter.convert import slower_note
+
+    latency = {"batches": [{"batch": 1, "speedup": 0.92}, {"batch": 64, "speedup": 0.72}]}
+    note = slower_note(latency)
+    assert note.startswith("the pruned model ran slower than the input model") and "batch 64: 0.72x" in note
+    assert slower_note({"batches": [{"batch": 1, "speedup": 1.4}, {"batch": 64, "speedup": 0.97}]}) is None
+    assert slower_note({}) is None
