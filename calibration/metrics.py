@@ -63,7 +63,7 @@ from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_R
                                                   unchanged_samples)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
-from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.errors import CalibrationError, ConfigError, ConverterError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,12 @@ class Evaluator:
             first = self.reference is None
             t0 = time.perf_counter()
             sess = self.session(reference_model)
-            self.reference_all = list(self.run_all(sess))
+            try:
+                self.reference_all = list(self.run_all(sess))
+            except ConverterError:
+                raise
+            except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
+                raise CalibrationError(_input_model_failed(exc, self.reader)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             _say_nonfinite(reference_model, self.reference_all)
             rows = self._rows(reference_model)
@@ -524,6 +529,25 @@ def position_mask_input(model: onnx.ModelProto | None) -> str | None:
             continue
         return vi.name
     return None
+
+
+def _input_model_failed(exc: Exception, reader) -> str:
+    """One line for the input model failing in onnxruntime on the user's data as batched (sweep 8: a Khmer segmenter
+    declares a 'batch' axis but reshapes to batch 1; stacked data ended in a raw onnxruntime Reshape error)."""
+    import re
+
+    msg = " ".join(str(exc).split())
+    m = re.search(r"running (\S+) node\. Name:'([^']*)'.*?Status Message: (.*)", msg)
+    if m:
+        detail = re.sub(r"\S+\.(?:h|cc):\d+ \S+?\(.*?\) (?:[^.]*? was false\. )?", "", m.group(3), count=1)
+        where = f"{m.group(1)} '{m.group(2)}': {detail[:300]}"
+    else:
+        where = msg[:260]
+    per_feed = getattr(reader, "per_feed", False)
+    batch = "one feed at a time" if per_feed else f"in batches of {getattr(reader, 'batch_size', '?')}"
+    hint = ("" if per_feed else "; a model exported for a batch of 1 (though its input names a batch axis) runs with "
+            "--batch-size 1, or from a folder of .npz files holding one feed each")
+    return f"the input model fails in onnxruntime on {reader.description} read {batch} ({where}){hint}."
 
 
 _NONFINITE_SAID: set[int] = set()

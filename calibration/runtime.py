@@ -179,7 +179,8 @@ def make_session(
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    opts.log_severity_level = 3
+    # errors reach the user as our one line (the exception's text); onnxruntime's own log of them only with -vv
+    opts.log_severity_level = 3 if logging.getLogger("onnxprune").isEnabledFor(logging.DEBUG) else 4
     if not _ARENA[0]:
         opts.enable_cpu_mem_arena = False
     if not threads and _DEFAULT_THREADS:

@@ -547,3 +547,26 @@ def test_a_quantized_model_says_what_pruning_it_would_take_once(tmp_path):
     assert_clean_error(res, 1, "no prunable weights", "W0 (192 values): integer dtype", "MatMulInteger 'mm0'",
                        "(+1 smaller). 4 of the 4 weights seen are integer-quantized (all)")
     assert res.output.count(QUANTIZED_HOW) == 1
+
+
+def test_a_model_that_runs_only_at_batch_1_fails_in_one_line_that_says_what_to_do(tmp_path):
+    """Sweep 8: khmersm declares a 'batch' axis but reshapes to batch 1; stacked data ended in onnxruntime's raw
+    Reshape error. Now one line names the node and the message, and --batch-size 1 runs it."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 4], np.int64), "one")
+    nodes = [helper.make_node("Reshape", ["x", "one"], ["r"], name="fixed_batch"),
+             helper.make_node("MatMul", ["r", "w"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [vi("x", ["batch", 4])], [vi("y", ["batch", 3])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((120, 4)).astype(np.float32))
+    args = ["prune", path, "-o", tmp_path / "o.onnx", "--data", tmp_path / "calib.npz", "--max-loss", "1",
+            "--one-shot"]
+    line = assert_clean_error(invoke(*args), 1, "the input model fails in onnxruntime on", "Reshape 'fixed_batch'",
+                              "--batch-size 1")
+    assert "[ONNXRuntimeError]" not in line and ".h:" not in line
+    assert not (tmp_path / "o.onnx").exists()
+    res = invoke(*args, "--batch-size", "1")
+    assert res.exit_code == 0, res.output
