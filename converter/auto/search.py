@@ -372,7 +372,10 @@ class _Search:
         while any(not k.done for k in knobs):
             est = last_seconds or self.round_steps * self.step_seconds * 1.3
             per_step = est / self.round_steps  # the last round's pace (the load moves it), else the probe's
-            if self.left() < est + self.tail + self.round_steps * hyper.POLISH_FACTOR * per_step * 0.5:
+            # half a polish is kept for after the rounds, where one would run (_polish: 3 steps of history on); before
+            # any round, none (sweep 8's TCN stopped with 135 s "left for the polish", and no polish followed)
+            polish = self.round_steps * hyper.POLISH_FACTOR * per_step * 0.5 if len(self.history) >= 3 else 0.0
+            if self.left() < est + self.tail + polish:
                 self.notes.append(f"time budget: the search stopped after {len(self.history)} steps of its history "
                                   f"with {max(0.0, self.left()):.0f} s left for the polish and the tail")
                 return best, any_kept, True

@@ -397,3 +397,19 @@ def test_retraining_a_model_with_an_argmax_output_keeps_masks_and_brings_agreeme
     assert got["label"].dtype == np.int64 and np.array_equal(got["label"], got["probabilities"].argmax(1))
     for name, keep in masks.items():
         assert np.all(weight_array(trained, name)[~keep] == 0.0), f"'{name}': a pruned weight moved"
+
+
+def test_a_scalar_target_near_zero_does_not_dominate_the_values_loss():
+    """Sweep 8: a value head (std 4.1) with one sample at 0.013 weighted it ~6,000x in ||out - ref||² / ||ref||²,
+    and the learning-rate probe diverged at every rate down to 0.0003. A sample's norm is floored at NORM_FLOOR of
+    the batch's mean; ordinary samples keep their relative weight."""
+    from onnxprune.converter.finetune import NORM_FLOOR, relative_mse
+
+    ref = torch.tensor([[4.0], [-3.0], [5.0], [0.013]])
+    out = ref + 0.1
+    mean = float(ref.pow(2).mean())
+    want = sum(0.01 / max(float(r) ** 2, NORM_FLOOR * mean) for r in ref[:, 0]) / 4
+    assert float(relative_mse(out, ref)) == pytest.approx(want, rel=1e-5)
+    assert float(relative_mse(out, ref)) < 0.01 / (NORM_FLOOR * mean)  # bounded by the floor, not 1 / 0.013²
+    big = torch.randn(8, 4) + 3.0  # no sample near zero: the plain per-sample relative error
+    assert float(relative_mse(big * 1.1, big)) == pytest.approx(0.01, rel=1e-4)
