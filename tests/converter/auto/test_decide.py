@@ -288,10 +288,10 @@ def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
         cand[idx] = (cand[idx] + 1) % 10
         loose, strict = (BudgetRule(ev, 1.0, strictness=s).judge(halves(logits_for(cand))) for s in (1.0, 2.0))
         if metric == "accuracy":  # a positive budget: an upper bound, L + SE (L + 2 SE when stricter) within it,
-            # and Wilson's bound (at Z, 2 Z) on the share made worse, less the share made better (none better here)
+            # and, with no discordant pair, Wilson's bound at none changed (at Z, 2 Z)
             for rule, s in ((loose, 1.0), (strict, 2.0)):
-                wilson = 100.0 * wilson_upper(worse / 100, 100, s) - max(rule.loss_pp, 0.0)
-                assert rule.limit_pp == pytest.approx(1.0 - max(s * rule.se_pp, wilson))
+                margin = 100.0 * wilson_upper(0.0, 100, s) if worse == 0 else s * rule.se_pp
+                assert rule.limit_pp == pytest.approx(1.0 - margin)
         # agreement: 100 samples cannot certify 1 pp at 2 SE, so the stricter rule takes no changed sample at all
         assert not (strict.within and not loose.within)
         if worse == 3:
@@ -401,8 +401,9 @@ def test_accuracy_with_no_discordant_pair_is_bounded_by_wilson_not_zero():
     d = BudgetRule(ev, 1.0).judge(halves(logits_for(cand)))
     assert d.loss_pp == 0.0 and d.se_pp == 0.0 and d.within
     assert d.limit_pp == pytest.approx(1.0 - 100.0 / 227)  # upper bound 0.44 pp, not 0
-    cand[20] = (labels[20] + 1) % 10  # one made worse: 0.44 pp, Wilson's bound at 1 of 226 is over 1 pp
-    assert not BudgetRule(ev, 1.0).judge(halves(logits_for(cand))).within
+    cand[20] = (labels[20] + 1) % 10  # one made worse: 0.44 pp + 1 SE (0.44): the paired rule, within
+    one = BudgetRule(ev, 1.0).judge(halves(logits_for(cand)))
+    assert one.within and one.limit_pp == pytest.approx(1.0 - one.se_pp)
     # --max-loss 0 keeps its meaning (no loss beyond the noise): the unchanged model is within it
     assert BudgetRule(ev, 0.0).judge(halves(logits_for(dense))).within
     # too few labelled samples to certify 1 pp even with none flipped: the input model is kept, saying why
