@@ -64,7 +64,9 @@ class Progress:
         start = self._started.setdefault(task, now)
         last = self._last_line.get(task)
         finished = total and done >= total
-        if last is not None and now - last < self.every and not finished:
+        # a line every `every` seconds per task, its first at once; an epoch's end only when the last line is older
+        # than half of that (a labelled 3-minute run printed 750 lines, every round's every epoch end)
+        if last is not None and now - last < (self.every / 2 if finished else self.every):
             return
         self._last_line[task] = now
         pct = f"{100 * done / total:.0f}%" if total else "?"

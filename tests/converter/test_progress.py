@@ -34,3 +34,19 @@ def test_quiet_prints_nothing():
     p = Progress(quiet=True, stream=out)
     p("scan", 1, 2)
     assert out.getvalue() == ""
+
+
+def test_short_epochs_do_not_print_a_line_each(monkeypatch):
+    """Newcomer audit: a labelled 3-minute run printed 750 progress lines in a CI log, one for every epoch's end of
+    every retraining round (epochs of about a second). An epoch's end is said when the task's last line is older
+    than half the period."""
+    clock = Clock()
+    monkeypatch.setattr("onnxprune.converter.progress.time.monotonic", clock)
+    out = io.StringIO()
+    p = Progress(stream=out, every=10.0)
+    for epoch in range(20):  # 20 epochs of 1 s, 4 updates each
+        for done in range(1, 5):
+            clock.t += 0.25
+            p("auto: polish", done, 4, f"epoch {epoch + 1}")
+    lines = out.getvalue().splitlines()
+    assert 2 <= len(lines) <= 6 and lines[0].startswith("onnxprune: auto: polish: 1/4")
