@@ -147,9 +147,15 @@ def recipe_of(config: RunConfig | None) -> dict:
     if config is None:
         return {}
     out = {}
-    for section in config.sections().values():
+    auto = automatic(config)
+    for key, section in config.sections().items():
         for name, value in section.as_dict().items():
             if name in PER_RUN or value is None:
+                continue
+            if auto and key == "retrain" and name not in config.given:
+                # the automatic search chooses these itself (auto.choices); recorded, a replay would pass them as
+                # given and the search would not choose (newcomer audit: the report's options and its Reproduce
+                # block said lr 0.001, T 4, batch 128 where the run used 0.003, 1, 32)
                 continue
             out[name] = list(value) if isinstance(value, tuple) else value
     return out

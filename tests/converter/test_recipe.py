@@ -126,3 +126,19 @@ def test_a_recipe_holds_one_table_per_step_and_format_1_recipes_still_load(tmp_p
     wrong.write_text('[onnxprune]\nrecipe_format = 2\n[options.data]\nlr = 0.1\n')
     with pytest.raises(ConfigError, match=r"'lr' belongs to \[options.retrain\]"):
         load_recipe(wrong, None)
+
+
+def test_an_automatic_runs_recipe_leaves_out_the_retraining_settings_the_search_chooses():
+    """Newcomer audit: report.json's options and the Reproduce block listed lr 0.001, temperature 4, batch 128 (the
+    defaults) for an automatic run that chose 0.003, 1 and 32; replayed, they would have been passed as given."""
+    import numpy as np
+
+    from onnxprune.converter.plan import configure, recipe_of
+
+    data = {"input": np.zeros((200, 8), np.float32)}
+    auto = recipe_of(configure(max_loss=1.0, data=data))
+    assert auto["max_loss"] == 1.0 and not {"lr", "temperature", "train_batch_size", "epochs"} & set(auto)
+    given = recipe_of(configure(max_loss=1.0, data=data, lr=0.01))
+    assert given["lr"] == 0.01 and "temperature" not in given
+    hand = recipe_of(configure(max_loss=1.0, data=data, iterations=3))  # a hand recipe keeps every setting it ran
+    assert hand["lr"] == 1e-3 and hand["temperature"] == 4.0
