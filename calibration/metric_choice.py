@@ -340,6 +340,28 @@ def labels_output(model: onnx.ModelProto) -> str | None:
     return _labels_output(model.graph.output)
 
 
+def untouched_outputs(model: onnx.ModelProto) -> list[str]:
+    """Graph outputs that no node with weights (opfacts.WEIGHT_OPS) or subgraph reaches: an input passed through
+    (sweep 8's romanizer encoder returns its `src_mask` input as `src_mask_out`, scored "exact", and that output's
+    resolution alone skipped the refit's per-layer phase). Verification still compares every output."""
+    from onnxprune.passes.opfacts import SUBGRAPH_OPS, WEIGHT_OPS
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for o in model.graph.output:
+        seen, stack, weighted = set(), [o.name], False
+        while stack and not weighted:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            weighted = node.op_type in WEIGHT_OPS or node.op_type in SUBGRAPH_OPS or bool(node.domain)
+            stack.extend(i for i in node.input if i)
+        if not weighted:
+            out.append(o.name)
+    return out
+
+
 def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: str | None = None) -> dict[str, str]:
     """{output: metric kind or "auto"} for the outputs to score, in graph order; the first is the headline.
 
@@ -360,6 +382,11 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
             if kind != AUTO:
                 _check_kind(kind, has_labels, f" for output '{name}'")
         return {n: named[n] for n in names if n in named}
+    fixed = untouched_outputs(model)
+    if fixed and len(fixed) < len(names):  # an output no weighted layer reaches cannot change: not scored
+        log.info("not scored (no weighted layer reaches them, so pruning cannot change them): %s", ", ".join(fixed))
+        infos = [o for o in infos if o.name not in fixed]
+        names = [o.name for o in infos]
     plan = dict.fromkeys(names, AUTO)
     target = _labels_output(infos) if has_labels or (headline in CLASS_KINDS) else None
     if headline is not None:

@@ -282,3 +282,30 @@ def test_a_ctc_head_is_judged_by_its_decoded_line_not_its_positions():
     from onnxprune.converter.auto.decide import PER_SAMPLE
 
     assert PER_SAMPLE["ctc_agreement"].is_binary(0)  # Wilson-bounded like agreement
+
+
+def test_an_output_no_weighted_layer_reaches_is_not_scored_but_still_verified(tmp_path):
+    """Sweep 8: the romanizer's encoder returns its `src_mask` input as `src_mask_out`; scored "exact", that output
+    alone made the refit's per-layer phase impossible ("a changed-class output needs 396 samples")."""
+    import onnx
+    from onnx import helper
+
+    from onnxprune.calibration.metric_choice import metric_plan, untouched_outputs
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+    from tests.oracle import assert_same_outputs
+
+    model = builders.mlp_gemm()
+    g = model.graph
+    x = g.input[0].name
+    g.node.append(helper.make_node("Identity", [x], ["mask_out"], name="pass"))
+    g.output.append(helper.make_tensor_value_info("mask_out", g.input[0].type.tensor_type.elem_type,
+                                                  [d.dim_param or d.dim_value for d in g.input[0].type.tensor_type.shape.dim]))
+    onnx.checker.check_model(model, full_check=True)
+    assert untouched_outputs(model) == ["mask_out"]
+    assert list(metric_plan(model, False)) == [g.output[0].name]
+    assert "mask_out" in metric_plan(model, False, ["mask_out=exact"])  # named: scored as asked
+    feed = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    result = run(model, configure(max_loss=1.0, data={x: feed}, one_shot=True))
+    assert "mask_out" not in result.report["budget"]["decision"]["outputs"]
+    assert_same_outputs(result.model, result.dense_model, feeds=[{x: feed[:8]}])  # every output, mask_out too
