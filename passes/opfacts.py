@@ -111,7 +111,9 @@ REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "Re
                         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"})
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 # Integer weights (op -> input index of the integer weight): not pruned. What it would take, said once.
-QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0}
+QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0,
+                        # onnxruntime's dynamic quantization (com.microsoft): W, R of an LSTM; B of a MatMul
+                        "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
 QUANTIZED_HOW = "dequantize to float, prune, requantize: not supported; pass the float model"
 
 # A layer's activation is read after this chain (calibration/activations.py: bias Add, BN, Relu, …).

@@ -303,8 +303,8 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
 def _why_not(name, tensor, users) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         for u in users:
-            k = QUANTIZED_WEIGHT_OPS.get(u.op_type)
-            if k is not None and k < len(u.input) and u.input[k] == name:
+            k = QUANTIZED_WEIGHT_OPS.get(u.op_type, ())
+            if any(i < len(u.input) and u.input[i] == name for i in (k if isinstance(k, tuple) else (k,))):
                 return f"integer dtype (quantized weight of {u.op_type} '{u.name}'): {QUANTIZED_HOW}"
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
