@@ -262,7 +262,7 @@ class _Search:
         where the decision set's rule then judges a start it did not choose."""
         if self.data.chooser is None:
             return None
-        rule = BudgetRule(self.data.chooser, budget)
+        rule = BudgetRule(self.data.chooser, budget, certifies=False)  # it chooses; the decision set certifies
         return None if rule.uncertifiable() else rule
 
     # ------------------------------------------------------------------------------------------------ hyper

@@ -410,3 +410,14 @@ def test_accuracy_with_no_discordant_pair_is_bounded_by_wilson_not_zero():
     small, _, _ = setup(n=90, dense_wrong=5)
     why = BudgetRule(small, 1.0).uncertifiable()
     assert why and "90 samples cannot certify --max-loss 1 for output" in why
+
+
+def test_a_choosing_rule_has_no_zero_width_floor_and_still_certifies_on_enough_samples():
+    """The one-shot start is chosen on the training part (75 labelled samples in sweep 8's two-input model) and
+    certified on the decision set: the floor (1.3 pp at 75) rejected every try there and the start fell to 1.0x."""
+    ev, labels, dense = setup(n=76, dense_wrong=4)
+    choosing = BudgetRule(ev, 1.0, certifies=False)
+    assert choosing.uncertifiable() is None
+    d = choosing.judge(halves(logits_for(dense)))
+    assert d.within and d.limit_pp == pytest.approx(1.0)  # no discordant pair: SE 0, as the chooser had it
+    assert BudgetRule(ev, 1.0).uncertifiable()  # the certifying rule says 76 labelled samples cannot
