@@ -16,8 +16,8 @@ label metrics (accuracy, top5), paired: d_i = score of the dense model on sample
     to certify the budget so (fewer than 99 at 1 pp) keeps the input model. (Wilson's bound on the share made worse,
     less the share made better, for every candidate was tried first: on sweep 7's labelled MNIST MLP, 225 decision
     samples, one sample made worse failed the start and, at 2x the margin after an undone round, everything after:
-    5.3x with 0.40 pp (SE 0.12) lost on 9,700 held-out images became 1.0x.) A gain (L < 0) is not credited: it was, and a
-    Keras Conv1D classifier (sweep 6, 225 decision samples, labels) measured -0.89 pp there, "upper bound 0.37 pp",
+    5.3x with 0.40 pp (SE 0.12) lost on 9,700 held-out images became 1.0x.) A gain (L < 0) is not credited: it
+    was, and a Keras Conv1D classifier (sweep 6, 225 decision samples, labels) measured -0.89 pp there, "upper bound 0.37 pp",
     while its held-out accuracy fell 1.90 pp (SE 0.77) on 1,000 samples: the search had kept the candidate the
     decision set's noise favoured most. It used to be max(budget, Z·SE), wider than the budget on
     a small set: a digits CNN (126 decision samples, --max-loss 1) was kept at 96.6x with its held-out error up
@@ -285,8 +285,8 @@ class _OutputRule:
             se = 100.0 * math.sqrt(var / n) if n > 1 or noise is not None else (0.0 if n else float("inf"))
             if self.form.paired and self.budget > 0:  # an upper bound within the budget, as for fidelity metrics
                 limit = self.budget - self.strictness * self.z * se
-                if self.floor and self.form.is_binary(j) and n and not col.any():  # no discordant pair: SE is 0
-                    # is Wilson's at none made worse, as for a share of changed samples (never zero-wide)
+                if self.floor and self.form.is_binary(j) and n and not col.any():
+                    # no discordant pair: SE is 0, so the bound is Wilson's at none made worse (never zero-wide)
                     limit = self.budget - 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
             elif self.form.paired:  # --max-loss 0: no loss beyond the noise, at 1 SE (a larger margin would forgive
                 limit = min(self.z, Z) * se / self.strictness  # more: --confidence does not widen it); stricter: less
