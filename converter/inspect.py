@@ -226,8 +226,13 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
+        after = report.get("params_after_shrink")
+        nz = report.get("nonzeros_after_shrink")
+        held = (f": the written layers hold {count(after)} weights, {count(nz)} nonzero (what `onnxprune inspect` "
+                "of the output counts; the figures above are of the input's shapes)" if after and nz is not None
+                else "")
         console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink "
-                      "accordingly", markup=False)
+                      f"accordingly{held}", markup=False)
     latency = (report.get("latency") or {}).get("batches") or []
     if latency:
         runs = ", ".join(f"batch {b['batch']} {1e3 * b['a']['median_ms']:.1f} -> {1e3 * b['b']['median_ms']:.1f} us "

@@ -57,6 +57,7 @@ class RunState:
     shrunk: onnx.ModelProto | None = None  # after dead-neuron removal (may be `pruned` itself)
     neurons: dict | None = None  # channels per layer before/after the shrink
     params_after_shrink: int | None = None
+    nonzeros_after_shrink: int | None = None  # the written layers' nonzeros (a removed neuron's weights are gone)
     final: onnx.ModelProto | None = None  # encoded: what gets written
     parity: Any = None  # converter.verify.Parity
     metrics: dict | None = None  # the metric before/after on each data set

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.prune import copy_model
-from onnxprune.converter.steps.shrink import params
+from onnxprune.converter.steps.shrink import nonzeros, params
 from onnxprune.errors import ConfigError
 from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
@@ -44,6 +44,7 @@ class EncodeStep(Step):
 
     def run(self, state: RunState) -> None:
         state.params_after_shrink = params(state.shrunk)
+        state.nonzeros_after_shrink = nonzeros(state.shrunk)
         # the oracle stays dense; a new graph (after a shrink) is ours to encode in place
         final = copy_model(state.shrunk) if state.shrunk is state.pruned else state.shrunk
         state.shrunk = None

@@ -33,6 +33,7 @@ class ReportStep(Step):
             "after": totals(after),
             "neurons": state.neurons,
             "params_after_shrink": state.params_after_shrink,
+            "nonzeros_after_shrink": state.nonzeros_after_shrink,
             "file_size_before": state.loaded.file_size,
             "file_size_after": state.final.ByteSize(),
             "sparse_format": state.config.encode.sparse_format if state.config is not None else None,
