@@ -116,7 +116,8 @@ class Step:
         return out
 
     def describe(self) -> str:
-        return (self.__doc__ or self.name).strip().splitlines()[0]
+        """The docstring's first paragraph on one line (its first line alone cut the load step mid-sentence)."""
+        return " ".join((self.__doc__ or self.name).strip().split("\n\n")[0].split())
 
 
 STEPS: dict[str, type[Step]] = {}

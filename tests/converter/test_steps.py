@@ -253,3 +253,16 @@ def click_context():
     import click
 
     return click.Context(cli.commands["prune"])
+
+
+def test_every_steps_description_is_its_whole_first_paragraph():
+    """Newcomer audit: `--plan` cut the load step mid-sentence ("... an Identity between a weight and")."""
+    from onnxprune.converter.steps.base import STEPS
+
+    for name, cls in STEPS.items():
+        doc = (cls.__doc__ or "").strip()
+        if not doc:
+            continue
+        text = cls.describe(cls.__new__(cls))
+        assert "\n" not in text and text == " ".join(doc.split("\n\n")[0].split()), name
+        assert text.endswith((".", ")", "?")), f"{name}: {text!r}"
