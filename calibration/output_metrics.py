@@ -328,21 +328,24 @@ def _top1(x: np.ndarray) -> np.ndarray:
     return _flat(x).argmax(axis=1)
 
 
-_SQUARE_SAFE = 1e15  # float32 values below this square and sum (over a sample) without overflow
-
-
-def _peak(x: np.ndarray) -> float:
-    return float(np.abs(x).max()) if x.size else 0.0
+def _square_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: sum (a - b)^2 and sum b^2, summed in float64."""
+    return np.square(a - b).sum(axis=1, dtype=np.float64), np.square(b).sum(axis=1, dtype=np.float64)
 
 
 def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """||out_i - ref_i|| / ||ref_i|| per sample. Float32 outputs are subtracted and squared in float32 and summed in
-    float64 (no float64 copy of a large output: most of a detector's scoring time was that copy)."""
-    a, b = _flat(out), _flat(ref)
-    if out.dtype != np.float32 or ref.dtype != np.float32 or max(_peak(a), _peak(b)) > _SQUARE_SAFE:
-        a, b = _per_sample(out), _per_sample(ref)  # float64: a float32 square overflows past 1.8e19 (a corrupt model)
-    diff = np.sqrt(np.square(a - b).sum(axis=1, dtype=np.float64))
-    return diff / np.maximum(np.sqrt(np.square(b).sum(axis=1, dtype=np.float64)), _TINY)
+    float64 (no float64 copy of a large output: most of a detector's scoring time was that copy); only where a
+    float32 square overflowed (past 1.8e19: a corrupt model's weights of 7e35) again in float64."""
+    f32 = out.dtype == np.float32 and ref.dtype == np.float32
+    if not f32:
+        d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            d2, b2 = _square_sums(_flat(out), _flat(ref))
+        if not (np.isfinite(d2).all() and np.isfinite(b2).all()):
+            d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
+    return np.sqrt(d2) / np.maximum(np.sqrt(b2), _TINY)
 
 
 MAX_CHANNELS = 1024  # more "channels" than this are positions or features, not a head's few quantities
