@@ -340,9 +340,6 @@ def labels_output(model: onnx.ModelProto) -> str | None:
     return _labels_output(model.graph.output)
 
 
-_UNTOUCHED_SAID: set[int] = set()
-
-
 def untouched_outputs(model: onnx.ModelProto) -> list[str]:
     """Graph outputs that no node with weights (opfacts.WEIGHT_OPS) or subgraph reaches: an input passed through
     (sweep 8's romanizer encoder returns its `src_mask` input as `src_mask_out`, scored "exact", and that output's
@@ -387,10 +384,6 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
         return {n: named[n] for n in names if n in named}
     fixed = untouched_outputs(model)
     if fixed and len(fixed) < len(names):  # an output no weighted layer reaches cannot change: not scored
-        if id(model) not in _UNTOUCHED_SAID:  # once per run (every evaluator plans)
-            _UNTOUCHED_SAID.add(id(model))
-            log.info("not scored (no weighted layer reaches them, so pruning cannot change them): %s",
-                     ", ".join(fixed))
         infos = [o for o in infos if o.name not in fixed]
         names = [o.name for o in infos]
     plan = dict.fromkeys(names, AUTO)

@@ -56,7 +56,7 @@ import onnxruntime as ort
 from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, probability_outputs)
+                                                 parse_metric_spec, probability_outputs, untouched_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
                                                   count_samples, map_keys, pool,
@@ -143,7 +143,8 @@ class Evaluator:
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
                 raise CalibrationError(_input_model_failed(exc, self.reader)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
-            _say_nonfinite(reference_model, self.reference_all)
+            if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
+                _say_nonfinite(reference_model, self.reference_all)
             rows = self._rows(reference_model)
             self.sample_axes = self._sample_axes(rows, reference_model)
             self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
@@ -303,6 +304,10 @@ class Evaluator:
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]
         if not self._quiet:
+            fixed = [n for n in untouched_outputs(model) if n not in self.plan] if model is not None else []
+            if fixed:
+                log.info("not scored (no weighted layer reaches them, so pruning cannot change them): %s",
+                         ", ".join(fixed))
             log.info("scored outputs: %s", ", ".join(f"{n} ({k})" for n, k in self.plan.items()))
 
     @property
@@ -550,15 +555,12 @@ def _input_model_failed(exc: Exception, reader) -> str:
     return f"the input model fails in onnxruntime on {reader.description} read {batch} ({where}){hint}."
 
 
-_NONFINITE_SAID: set[int] = set()
 WILD = 1e30  # an output value beyond this is a broken model, not a trained one
 
 
 def _say_nonfinite(model, batches) -> None:
-    """Warn once per model when the input model itself computes inf or NaN on the data (a corrupt weight file, an
+    """Warn when the input model itself computes inf, NaN or wild values on the data (a corrupt weight file, an
     input outside what the model was built for): every figure on such an output is meaningless."""
-    if id(model) in _NONFINITE_SAID:
-        return
     names = [o.name for o in model.graph.output]
     bad = {}
     for batch in batches:
@@ -569,7 +571,6 @@ def _say_nonfinite(model, batches) -> None:
                 if wild:
                     bad[name] = bad.get(name, 0) + wild
     if bad:
-        _NONFINITE_SAID.add(id(model))
         log.warning(f"the input model computes inf, NaN or values beyond {WILD:g} on this data (%s): its weights may "
                     "be corrupt or the data outside what it was built for; figures on those outputs mean nothing",
                     ", ".join(f"'{k}': {v:,} values" for k, v in bad.items()))

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.passes.weights import Inventory, constant_tensors
+from onnxprune.passes.weights import FLOAT_TYPES, Inventory, constant_tensors
 
 
 def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:
@@ -46,6 +46,14 @@ def totals(rows: list[dict]) -> dict:
         "density": nnz / params if params else None,
         "macs": sum(macs) if macs and all(m is not None for m in macs) else None,
     }
+
+
+def float_nonzeros(model: onnx.ModelProto) -> int:
+    """Nonzero values of every float constant of `model` (initializers and Constant nodes, in every scope): what the
+    prunable weights' ratio leaves out, said beside it when it is much (a dynamo GRU's weights behind Slices, an
+    embedding table)."""
+    return sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in constant_tensors(model).values()
+               if t.data_type in FLOAT_TYPES)
 
 
 def skipped_rows(inventory: Inventory) -> list[dict]:

@@ -260,14 +260,14 @@ class _OutputRule:
                  certifies: bool = True):
         self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
         self.strictness = strictness
-        self.floor = certifies  # a paired output with no discordant pair: Wilson's bound at none (see judge)
+        self.certifies = certifies  # False: a choosing rule, no Wilson floor for a paired output (see judge)
         self.dense: np.ndarray | None = None
 
     def resolves(self) -> bool:
         """Whether a candidate that changes no decision sample is within the budget by the bound (binary parts);
         continuous parts always resolve."""
         n = len(self.dense) if self.dense is not None else 0
-        if not n or not self.form.any_binary or (self.form.paired and (self.budget <= 0 or not self.floor)):
+        if not n or not self.form.any_binary or (self.form.paired and (self.budget <= 0 or not self.certifies)):
             return True
         return self.budget >= 100.0 * wilson_upper(0.0, n, self.strictness * self.z) - 1e-12
 
@@ -285,7 +285,7 @@ class _OutputRule:
             se = 100.0 * math.sqrt(var / n) if n > 1 or noise is not None else (0.0 if n else float("inf"))
             if self.form.paired and self.budget > 0:  # an upper bound within the budget, as for fidelity metrics
                 limit = self.budget - self.strictness * self.z * se
-                if self.floor and self.form.is_binary(j) and n and not col.any():
+                if self.certifies and self.form.is_binary(j) and n and not col.any():
                     # no discordant pair: SE is 0, so the bound is Wilson's at none made worse (never zero-wide)
                     limit = self.budget - 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
             elif self.form.paired:  # --max-loss 0: no loss beyond the noise, at 1 SE (a larger margin would forgive

@@ -70,7 +70,13 @@ class Choice:
         return {"value": self.value, "rule": self.rule}
 
 
-def batch_size(n: int, override: int | None = None) -> Choice:
+def batch_size(n: int, override: int | None = None, reader=None) -> Choice:
+    """`reader`: streamed training data (TrainData.reader), whose batches are the reader's: one complete feed a step
+    when it reads feed by feed."""
+    if reader is not None:
+        return (Choice(1, "one complete feed per step (the data is read feed by feed)")
+                if getattr(reader, "per_feed", False) else
+                Choice(reader.batch_size, "the reader's batches (streamed: too large for memory)"))
     if override:
         return Choice(int(override), "given (--train-batch-size)")
     b = int(min(256, max(32, 2 ** round(math.log2(max(n, 1) / 200.0)))))
@@ -124,7 +130,6 @@ class StreamPart:
         batches = -(-n // unit)
         held_batches = -(-batches // every)
         self.num_samples = min(most, (held_batches if held else batches - held_batches) * unit)
-        self.description = getattr(reader, "description", "streamed data")
 
     def batches(self):
         taken = 0

@@ -280,13 +280,13 @@ class _Search:
         self.train_data = load_data(self.data.train, teacher=self.original, use_labels=has_labels)
         self.train_data, mixup = hyper.function_matching(self.train_data, self.original, self.config.seed)
         n = self.train_data.num_samples
-        bs = hyper.batch_size(n, o.get("train_batch_size"))
+        td = self.train_data
+        bs = hyper.batch_size(n, o.get("train_batch_size"), reader=td.reader)
         self.batch = bs.value
         self.n_train = n
         # the probe starts where the first round will: one weight step past the one-shot model
         probe_masks = global_masks(self._weights_of(best.model), best.masks,
                                    round(self.d0 * WEIGHT_FACTOR * self.total), self.score)
-        td = self.train_data
         if td.reader is None:
             train_idx, eval_idx = hyper.slices(n, self.config.seed)
             part = lambda idx: TrainData({k: v[idx] for k, v in td.inputs.items()},  # noqa: E731
@@ -296,10 +296,6 @@ class _Search:
         else:  # streamed (too large for memory, or read one complete feed at a time): slices of its batches.
             # Sweep 7's audio CNN (a folder of one-feed files) trained at a fixed 0.01 without a probe, and every
             # round's objective rose to chance
-            bs = (hyper.Choice(1, "one complete feed per step (the data is read feed by feed)")
-                  if getattr(td.reader, "per_feed", False) else
-                  hyper.Choice(td.reader.batch_size, "the reader's batches (streamed: too large for memory)"))
-            self.batch = bs.value
             probe_train, probe_eval = (TrainData({}, None, None, bs.value, reader=r)
                                        for r in hyper.stream_slices(td.reader))
         lr, self.step_seconds, _ = hyper.probe_lr(lambda d: self._trainer(best.model, probe_masks, d),
@@ -494,7 +490,7 @@ class _Search:
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
                  "output": decision.output, "part": worst_figures(decision).get("part"),
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
-        if getattr(decision, "strictness", 1.0) != 1.0:
+        if decision.strictness != 1.0:
             entry["strictness"] = decision.strictness  # judged by the stricter rule (stop_note reads it)
         if levels is not None:
             entry["levels"] = dict(levels)

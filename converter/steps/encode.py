@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.prune import copy_model
-from onnxprune.converter.steps.shrink import nonzeros, params
+from onnxprune.converter.summary import layer_rows, totals
 from onnxprune.errors import ConfigError
 from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
@@ -18,7 +18,7 @@ from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.storage import packing
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset
-from onnxprune.passes.weights import constant_tensors
+from onnxprune.passes.weights import constant_tensors, find_prunable
 
 
 @dataclass
@@ -43,8 +43,8 @@ class EncodeStep(Step):
         self.config = config
 
     def run(self, state: RunState) -> None:
-        state.params_after_shrink = params(state.shrunk)
-        state.nonzeros_after_shrink = nonzeros(state.shrunk)
+        written = totals(layer_rows(state.shrunk, find_prunable(state.shrunk, with_macs=False)))  # as inspect counts
+        state.params_after_shrink, state.nonzeros_after_shrink = written["params"], written["nonzeros"]
         # the oracle stays dense; a new graph (after a shrink) is ours to encode in place
         final = copy_model(state.shrunk) if state.shrunk is state.pruned else state.shrunk
         state.shrunk = None

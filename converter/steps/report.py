@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.steps.load import where
-from onnxprune.converter.summary import layer_rows, skipped_rows, totals
+from onnxprune.converter.summary import float_nonzeros, layer_rows, skipped_rows, totals
 from onnxprune.passes.magnitude import quality_for_sparsity
 from onnxprune.passes.storage import describe_model
 from onnxprune.passes.weights import weight_array
@@ -56,8 +56,8 @@ class ReportStep(Step):
         report.update(_sensitivity_report(state.sensitivity))
         nonzeros = report["after"]["nonzeros"]
         report["compression"] = report["before"]["params"] / nonzeros if nonzeros else float("inf")
-        report["all_weights"] = {"before": float_nonzeros(original),
-                                 "after": float_nonzeros(state.shrunk if state.shrunk is not None else state.pruned)}
+        # in the input's shapes, as the prunable weights' ratio above (encode has let go of the shrunk model)
+        report["all_weights"] = {"before": float_nonzeros(original), "after": float_nonzeros(state.pruned)}
         if state.metrics is not None:
             report["metrics"] = state.metrics
             act_before, act_after = state.activations
@@ -66,19 +66,6 @@ class ReportStep(Step):
                 row["act"] = act_after.get(row["weight"])
             report["act"] = act_after
         state.report = report
-
-
-def float_nonzeros(model) -> int:
-    """Nonzero values of every float constant of `model` (initializers and Constant nodes, in every scope): what the
-    prunable weights' ratio leaves out, said beside it when it is much (a dynamo GRU's weights behind Slices, an
-    embedding table)."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    from onnxprune.passes.weights import FLOAT_TYPES, constant_tensors
-
-    return sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in constant_tensors(model).values()
-               if t.data_type in FLOAT_TYPES)
 
 
 def _sensitivity_report(sensitivity) -> dict:

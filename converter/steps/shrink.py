@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.errors import ConfigError
 from onnxprune.passes.weights import find_prunable
@@ -55,14 +53,3 @@ class ShrinkStep(Step):
                   for lay in remove.report.layers}
         state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded}
 
-
-def params(model) -> int:
-    return sum(w.size for w in find_prunable(model, with_macs=False).prunable)
-
-
-def nonzeros(model) -> int:
-    """Nonzero values of the prunable weights of `model` (after dead-neuron removal: what `inspect` of the output
-    counts; a removed neuron's incoming weights were nonzero in the pruned model)."""
-    from onnxprune.passes.weights import weight_array
-
-    return sum(int(np.count_nonzero(weight_array(model, w.name))) for w in find_prunable(model, with_macs=False).prunable)
