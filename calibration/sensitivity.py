@@ -192,7 +192,7 @@ class _GraphIndex:
         tensor = w.name
         for _ in range(len(w.via) + 1):
             i = self.consumers[tensor][0]
-            if self.nodes[i].op_type in WEIGHT_OPS:
+            if self.nodes[i].op_type in WEIGHT_OPS or self.nodes[i].name == w.node:
                 return i
             tensor = self.nodes[i].output[0]
         raise ConfigError(f"weight '{w.name}' does not reach its {w.op_type} '{w.node}'; rebuild the inventory.")
@@ -495,6 +495,13 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def unscored_weights(model: onnx.ModelProto, inventory: Inventory, scored: Sequence[str]) -> list[str]:
+    """The prunable weights none of the `scored` outputs depends on ("" = the first output), in inventory order."""
+    index = _GraphIndex(model)
+    outputs = [o or model.graph.output[0].name for o in scored]
+    return [w.name for w in inventory.prunable if _plan(index, w, outputs).path == "unused"]
 
 
 def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:

@@ -202,6 +202,8 @@ def _twins(layer: Layer, w, every, where) -> str | None:
 
 def _outside_reach(w) -> str | None:
     """Weights of an op the layer-wise refit has no least-squares form for (bodies: reconstruct_bodies.why_not)."""
+    if w.kind == "embedding":
+        return f"embedding table of {w.op_type} '{w.node}' (rows read, not multiplied: each kept entry is its own best fit); left as pruned"
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None
@@ -710,7 +712,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
                     dense_consts if select else None, prior, dense_consts, halt)
         report.passes += 1
     for name, why in report.skipped.items():
-        log.info("reconstruct: %s: %s", name, why)
+        log.debug("reconstruct: %s: %s", name, why)
     return out
 
 

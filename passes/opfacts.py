@@ -12,6 +12,9 @@ Two kinds of fact:
       MatMul        B[…, K, N]             out -1, in -2
       LSTM/GRU/RNN  W[dirs, gates·H, I]    out 1 (gates·hidden), in 2;  R[dirs, gates·H, H] the same;  bias B (3)
 
+  and **lookup ops** (`LOOKUP_OPS`): Gather's table T[V, D…] read on axis 0 with ids from the data (an embedding):
+  input 0, no channel axes, no MACs, not refit, not shrunk.
+
 * **Data ops**: what an op does to the values it carries. `ELEMENTWISE_UNARY` (one tensor in, same shape out,
   element by element), `ARITHMETIC` (element-wise binary with broadcasting), `CHANNELWISE` (a per-channel affine
   map with parameters: BatchNormalization, PRelu), `NORM_OPS`, `POOL_OPS`, `SOFTMAX_OPS`, `LAYOUT_OPS` (only
@@ -87,6 +90,11 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
     "LSTM": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
     "GRU": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
     "RNN": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
+}
+# A lookup table: Gather(table, ids) on axis 0 with ids computed from the data (an embedding). Its rows are
+# read, not multiplied: no MACs, no channels to follow, nothing to refit; pruned by magnitude within the table.
+LOOKUP_OPS: dict[str, WeightFacts] = {
+    "Gather": WeightFacts("embedding", (0,), lambda node, index, rank: (None, None), shrinkable=False),
 }
 # The weight ops whose output channels channel groups and dead-neuron removal know how to follow.
 CHANNEL_PRODUCERS = frozenset(op for op, f in WEIGHT_OPS.items() if f.shrinkable)

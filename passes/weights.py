@@ -1,7 +1,9 @@
 """Find the prunable weights of any ONNX graph, and say why everything else is left alone.
 
-Prunable = a float constant weight input of a weight op (passes/opfacts.WEIGHT_OPS: Conv, ConvTranspose, Gemm,
-MatMul, and the W/R matrices of LSTM, GRU and RNN), however it is laid out: an initializer or a Constant node,
+Prunable = an embedding table (a float constant of rank >= 2 that a Gather reads on axis 0 with ids from the data,
+passes/opfacts.LOOKUP_OPS: pruned by magnitude, no channels, no MACs) or a float constant weight input of a weight op
+(passes/opfacts.WEIGHT_OPS: Conv, ConvTranspose, Gemm, MatMul, and the W/R matrices of LSTM, GRU and RNN), however
+it is laid out: an initializer or a Constant node,
 reached directly, through layout-only ops (Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze/Flatten), or as the
 bank a Gather with a scalar index selects from a constant table. For each we record the storage axis that holds
 the op's output channels (what dead-neuron removal and the report need):
@@ -30,7 +32,7 @@ from onnx import numpy_helper
 
 from onnxprune.passes import opfacts
 from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
-from onnxprune.passes.opfacts import NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.opfacts import LOOKUP_OPS, NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_nodes, scopes
 from onnxprune.passes.shapes import infer_shapes
 
@@ -46,7 +48,7 @@ class PrunableWeight:
     input_index: int
     shape: tuple[int, ...]
     dtype: str
-    kind: str  # "conv", "fc" or "recurrent"
+    kind: str  # "conv", "fc", "recurrent" or "embedding"
     out_axis: int | None  # storage axis of the consumer's output channels (None: unknown, e.g. via Reshape)
     in_axis: int | None
     via: tuple[str, ...] = ()  # op types between the constant and the consumer
@@ -99,6 +101,8 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
     graph_inputs = {i.name for i in model.graph.input}
     for node in ix.nodes(model):
         facts = WEIGHT_OPS.get(node.op_type)
+        if facts is None and _embedding(node, ix, shapes):
+            facts = LOOKUP_OPS[node.op_type]
         if facts is None or (node.domain or "") not in ("", "ai.onnx"):
             continue
         for index in facts.inputs:
@@ -204,6 +208,20 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
         via.insert(0, node)
         name = node.input[0]
     return name, via, None
+
+
+def _embedding(node, ix: ScopeIndex, shapes) -> bool:
+    """An embedding lookup: Gather on axis 0 of a float table of rank >= 2 (an initializer or Constant node) with
+    ids computed from the data, not a constant and not a scalar (a scalar selects a bank of whole weights, which
+    the layer that reads the bank claims)."""
+    if node.op_type not in LOOKUP_OPS or (node.domain or "") not in ("", "ai.onnx") or len(node.input) < 2:
+        return False
+    table = ix.consts.get(node.input[0])
+    if table is None or table.data_type not in FLOAT_TYPES or len(table.dims) < 2:
+        return False
+    if _attr(node, "axis", 0) % len(table.dims) != 0 or node.input[1] in ix.consts:
+        return False
+    return not _scalar(node.input[1], ix, shapes)
 
 
 def _scalar(name, ix: ScopeIndex, shapes) -> bool:
@@ -321,6 +339,8 @@ def _why_not(name, tensor, users) -> str | None:
     if int(np.prod(tensor.dims, dtype=np.int64)) < 2:
         return None
     op = users[0].op_type if users else "nothing"
+    if op == "Gather":
+        return f"not a weight of {'/'.join(WEIGHT_OPS)}, nor a table Gather reads with ids on axis 0 (used by Gather)"
     return f"not a weight of {'/'.join(WEIGHT_OPS)} (used by {op})"
 
 
@@ -350,6 +370,8 @@ def _consumer_rank(name, lookup, tensor):
 def _macs(node, size, lazy, ix: ScopeIndex) -> int | None:
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
+    if node.op_type in LOOKUP_OPS:
+        return 0  # rows read, not multiplied
     if node.op_type in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]

@@ -47,7 +47,8 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
                          "tensors (initializers or Constant nodes) feeding these ops can.")
             reasons = reasons.replace("no weights at all", "no weight tensors")
         raise ConverterError(
-            f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN). "
+            f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN, or an "
+            f"embedding table a Gather reads with ids). "
             f"Largest seen: {reasons}{more}.{computed} Nothing to do."
         )
     return inventory

@@ -71,13 +71,13 @@ class TargetsStep(Step):
             self._unreached(state)  # pruned as asked; the note says no sample checked them
             return
         fixed = list(c.exclude) + list(c.layers)
-        unreached = self._unreached(state)
+        unreached = {**self._unreached(state), **self._unscored(state)}
         keep = [w for w in inventory.prunable
                 if not any(layer_matches(w, p) for p in fixed) and w.name not in unreached]
         if not keep and unreached:
             where = ", ".join(sorted(set(unreached.values()))[:2])
-            raise CalibrationError(f"no sample of --data takes the branches that hold the weights ({where}): the "
-                                   "budget has no evidence about any of them; add samples that take those branches.")
+            raise CalibrationError(f"--data gives no evidence about any prunable weight ({where}): the budget "
+                                   "cannot judge them; add samples that take those branches or read those rows.")
         if not keep:
             raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to "
                               "choose.")
@@ -85,13 +85,42 @@ class TargetsStep(Step):
         state.targets = resolve_targets(inventory, layers=c.layers) if c.layers else {}
 
     def _unreached(self, state: RunState) -> dict[str, str]:
-        """Weights only If branches that no sample of --data takes read (converter/coverage.py), with the note."""
-        if state.data is None or not any(n.op_type == "If" for n in all_nodes(state.original)):
+        """Weights the data gives no evidence about (converter/coverage.py), with the notes: those only If branches
+        that no sample of --data takes read, and embedding tables some of whose rows no sample reads."""
+        if state.data is None:
             return {}
-        from onnxprune.converter.coverage import branch_coverage
+        from onnxprune.converter.coverage import branch_coverage, row_coverage
 
-        cov = branch_coverage(state.original, state.inventory.prunable, state.data.reader())
-        note = cov.note(self.budgeted)
+        unreached = {}
+        if any(n.op_type == "If" for n in all_nodes(state.original)):
+            cov = branch_coverage(state.original, state.inventory.prunable, state.data.reader())
+            unreached.update(cov.unreached)
+            self._say(state, cov.note(self.budgeted))
+        rows = row_coverage(state.original, state.inventory.prunable, state.data.reader())
+        unreached.update(rows.reasons())
+        self._say(state, rows.note(self.budgeted))
+        return unreached
+
+    def _unscored(self, state: RunState) -> dict[str, str]:
+        """Weights that reach no scored output (--metric names only other outputs): the budget sees no loss when
+        they are pruned, so a search would empty them and the outputs they feed with them. Left as they are, said.
+        Sweep 9: a recommender's `rating` head (r.weight) fed only the unscored output; emptied, the run failed."""
+        if state.data is None:
+            return {}
+        from onnxprune.calibration.sensitivity import unscored_weights
+
+        evaluator = state.data.calibration
+        found = unscored_weights(state.original, state.inventory, evaluator.scored_outputs)
+        if found:
+            scored = ", ".join(o for o in evaluator.scored_outputs if o)
+            names = ", ".join(f"'{n}'" for n in list(found)[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3
+                                                                   else "")
+            state.notes.append(f"{len(found)} weight(s) reach no scored output ({names}; scored: {scored}) and were "
+                               "left as they are: the budget has no evidence about them; score the outputs they "
+                               "feed (--metric OUTPUT=KIND for each) to prune them")
+        return dict.fromkeys(found, "reaches no scored output")
+
+    @staticmethod
+    def _say(state: RunState, note: str | None) -> None:
         if note:
             state.notes.append(note)
-        return cov.unreached

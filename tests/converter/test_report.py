@@ -288,26 +288,37 @@ def test_parity_accepted_by_the_noise_rule_says_so(tmp_path):
 
 def test_the_summary_gives_the_whole_models_ratio_when_most_float_weights_are_not_prunable():
     """Newcomer audit: a dynamo GRU export whose GRU weights sit behind Slices said "4.35K -> 496 nonzero (8.8x
-    fewer)" of a model with 93.4K float weights. An embedding table (not prunable) is most of this one."""
+    fewer)" of a model with 93.4K float weights. A learned positional table added to the embeddings (a bias: not
+    prunable) is most of this one."""
     import io
 
     import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
     from rich.console import Console
 
     from onnxprune.converter.inspect import print_prune_summary
     from onnxprune.converter.pipeline import configure, run
     from onnxprune.models import third_party_builders as tb
 
-    model = tb.token_classifier(vocab=200, dim=8)
+    model = tb.token_classifier(vocab=10, dim=8, seq_len=200)
+    gather = next(n for n in model.graph.node if n.op_type == "Gather")
+    pos = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(pos, "pos"))
+    added = gather.output[0] + "_pos"
+    for n in model.graph.node:
+        n.input[:] = [added if i == gather.output[0] else i for i in n.input]
+    model.graph.node.insert(list(model.graph.node).index(gather) + 1,
+                            helper.make_node("Add", [gather.output[0], "pos"], [added], name="/pos/Add"))
+    onnx.checker.check_model(model, full_check=True)
     result = run(model, configure(sparsity=0.5))
     whole = result.report["all_weights"]
-    table = 200 * 8
-    assert whole["before"] == table + 8 * 4 + 4  # the table, the fc weight and its bias: all nonzero here
+    assert whole["before"] == 200 * 8 + 10 * 8 + 8 * 4 + 4  # positions, the table, the fc weight and its bias
     assert whole["after"] == whole["before"] - (result.report["before"]["nonzeros"] - result.report["after"]["nonzeros"])
     out = io.StringIO()
     print_prune_summary(result.report, Console(file=out, width=200))
     text = out.getvalue()
-    assert "all float weights 1.64K -> " in text and "of them are not prunable here" in text
+    assert "all float weights 1.72K -> " in text and "of them are not prunable here" in text
     # a model whose float weights are nearly all prunable says nothing more
     from onnxprune.models import builders
 

@@ -34,8 +34,12 @@ def _has_weights(model: onnx.ModelProto) -> bool:
     stored = {t.name: len(onnx.numpy_helper.to_array(t).ravel()) for t in model.graph.initializer}
     stored.update({n.output[0]: stored[n.input[0]] for n in model.graph.node
                    if n.op_type == "Transpose" and n.input[0] in stored})
-    return any(stored.get(name, 0) >= 16 for n in model.graph.node if n.op_type in WEIGHT_OPS
-               for name in n.input[:2] if n.op_type == "MatMul" or name == n.input[1])
+    tables = {t.name for t in model.graph.initializer if len(t.dims) >= 2}  # an embedding: Gather(table, ids) on
+    lookups = any(n.input[0] in tables and n.input[1] not in stored  # on axis 0, any size
+                  and not any(a.name == "axis" and a.i != 0 for a in n.attribute)
+                  for n in model.graph.node if n.op_type == "Gather")
+    return lookups or any(stored.get(name, 0) >= 16 for n in model.graph.node if n.op_type in WEIGHT_OPS
+                          for name in n.input[:2] if n.op_type == "MatMul" or name == n.input[1])
 
 
 def _loads(model: onnx.ModelProto) -> bool:

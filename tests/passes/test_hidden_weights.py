@@ -170,5 +170,24 @@ def test_an_embedding_lookup_is_not_a_weight_bank():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     inv = find_prunable(model)
-    assert [w.name for w in inv.prunable] == ["W"]
-    assert {s.name: s.reason for s in inv.skipped}["emb"].endswith("(used by Gather)")
+    found = inv.by_name()
+    assert sorted(found) == ["W", "emb"]  # the table is a weight of its own (an embedding), not a bank of W
+    assert (found["emb"].kind, found["emb"].op_type, found["emb"].macs) == ("embedding", "Gather", 0)
+    assert (found["W"].kind, found["W"].via) == ("fc", ())
+
+
+def test_a_gather_of_a_constant_table_at_constant_or_scalar_ids_is_no_embedding():
+    """A constant index (positions folded by the exporter) or a scalar one (a bank selector) reads no data ids."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    for ids, kind in ((numpy_helper.from_array(np.array([0, 2, 1], np.int64), "ids"), None),
+                      (numpy_helper.from_array(np.array(1, np.int64), "ids"), None)):
+        nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="lookup"),
+                 helper.make_node("Add", ["x", "e"], ["y"], name="add")]
+        inits = [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "table"), ids]
+        out_shape = [3, 4] if len(ids.dims) else [4]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, out_shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        assert find_prunable(model).prunable == []

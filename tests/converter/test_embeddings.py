@@ -1,0 +1,122 @@
+"""Embedding tables (a Gather reading a float table with ids from the data) are weights: pruned by magnitude where
+the data reads every row, left as they are (and said) where it does not; and weights no scored output reaches are
+left alone by a budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.calibration.readers import open_data
+from onnxprune.converter.coverage import row_coverage
+from onnxprune.converter.pipeline import configure, run
+from onnxprune.models import third_party_builders as tb
+from onnxprune.passes.weights import find_prunable, weight_array
+from tests.oracle import assert_same_outputs
+
+
+def _ids(n, vocab, seq_len, *, rows=None, seed=0):
+    rng = np.random.default_rng(seed)
+    pool = np.arange(vocab) if rows is None else np.asarray(rows)
+    ids = rng.choice(pool, size=(n, seq_len))
+    ids.reshape(-1)[: len(pool)] = pool[: ids.size]  # every row of the pool appears at least once
+    return ids.astype(np.int64)
+
+
+def test_the_table_is_an_embedding_weight_with_no_macs():
+    w = find_prunable(tb.token_classifier(vocab=30, dim=8)).by_name()["embed.weight"]
+    assert (w.kind, w.op_type, w.input_index, w.shape, w.macs) == ("embedding", "Gather", 0, (30, 8), 0)
+    assert (w.out_axis, w.in_axis) == (None, None)  # no channels: dead-neuron removal leaves it alone
+
+
+def test_rows_read_are_counted_from_the_feeds_and_from_computed_ids():
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    inv = find_prunable(model)
+    full = row_coverage(model, inv.prunable, open_data({"ids": _ids(64, 30, 5)}, model, batch_size=16))
+    assert full.partial == {}
+    part = row_coverage(model, inv.prunable, open_data({"ids": _ids(64, 30, 5, rows=range(10))}, model,
+                                                       batch_size=16))
+    assert part.partial == {"embed.weight": (10, 30)}
+    # ids computed in the graph (a Gather of a column of 'cats'): read from a run of a copy of the model
+    model = tb.scores_and_label(categories=(5, 7))
+    inv = find_prunable(model)
+    assert {w.name for w in inv.prunable if w.kind == "embedding"} == {"emb0.weight", "emb1.weight"}
+    feeds = {"feats": np.zeros((40, 6), np.float32),
+             "cats": np.stack([np.arange(40) % 5, np.arange(40) % 3], axis=1).astype(np.int64)}
+    cov = row_coverage(model, inv.prunable, open_data(feeds, model, batch_size=8))
+    assert cov.partial == {"emb1.weight": (3, 7)}
+
+
+def test_a_fixed_sparsity_prunes_the_table_and_onnxruntime_agrees():
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    data = {"ids": _ids(64, 30, 5)}
+    result = run(model, configure(sparsity=0.5, data=data))
+    table = weight_array(result.model, "embed.weight")
+    assert (table == 0).mean() == pytest.approx(0.5, abs=0.02)
+    kept = table != 0
+    np.testing.assert_array_equal(table[kept], weight_array(model, "embed.weight")[kept])
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"ids": data["ids"][:16]}])
+
+
+def test_a_budget_leaves_a_table_whose_rows_the_data_does_not_all_read_and_says_so():
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    data = {"ids": _ids(200, 30, 5, rows=range(12))}
+    result = run(model, configure(max_loss=50.0, data=data, one_shot=True))
+    np.testing.assert_array_equal(weight_array(result.model, "embed.weight"), weight_array(model, "embed.weight"))
+    assert any("'embed.weight' 12 of 30 rows" in n and "left as they are" in n for n in result.report["notes"])
+    # with a fixed sparsity it is pruned as asked, and the run says no sample checked the unread rows
+    fixed = run(model, configure(sparsity=0.5, data=data))
+    assert (weight_array(fixed.model, "embed.weight") == 0).mean() == pytest.approx(0.5, abs=0.02)
+    assert any("no sample checked the unread rows" in n for n in fixed.report["notes"])
+
+
+def test_a_budget_prunes_a_table_the_data_reads_whole():
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    data = {"ids": _ids(200, 30, 5)}
+    result = run(model, configure(max_loss=50.0, data=data, one_shot=True))
+    assert (weight_array(result.dense_model, "embed.weight") == 0).any()  # the written file may store it sparse
+    assert not any("rows read" in n or "rows --data" in n for n in result.report["notes"])
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"ids": data["ids"][:16]}])
+
+
+def test_weights_no_scored_output_reaches_are_left_as_they_are_by_a_budget():
+    """Sweep 9: a recommender with `rating` and `click_prob`, --metric naming only click_prob; the rating head's
+    weight reached no scored output, the search emptied it and the run stopped on 'sparsity 1.0'."""
+    model = tb.two_head_detector()
+    out_names = [o.name for o in model.graph.output]
+    x = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    result = run(model, configure(max_loss=5.0, data={"input": x}, one_shot=True,
+                                  metric=f"{out_names[1]}=agreement"))
+    inv = find_prunable(model)
+    from onnxprune.calibration.sensitivity import unscored_weights
+
+    alone = unscored_weights(model, inv, [out_names[1]])
+    assert alone  # the box head's own weight
+    for name in alone:
+        np.testing.assert_array_equal(weight_array(result.model, name), weight_array(model, name))
+    assert any("reach no scored output" in n for n in result.report["notes"])
+
+
+def test_the_refit_search_holds_an_embedding_at_its_mask_in_its_global_levels():
+    """The refit cannot fit a table (its kept entries are their own best fit): its global levels move only the
+    other layers, and the per-layer phase raises the table one judged step at a time."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto.allocation import CRITERIA
+    from onnxprune.converter.auto.recovery import ReconstructRecovery
+
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    inv = find_prunable(model)
+    weights = {w.name: weight_array(model, w.name) for w in inv.prunable}
+    masks = {n: np.ones(v.shape, bool) for n, v in weights.items()}
+    masks["embed.weight"][:5] = False
+    rec = ReconstructRecovery()
+    rec.s = SimpleNamespace(inventory=inv, _weights_of=lambda m: weights, score=CRITERIA["magnitude"])
+    table = int(masks["embed.weight"].sum())  # 200 of 240 kept; fc.weight 32
+    out = rec._global(SimpleNamespace(model=model, masks=masks), table + 20)
+    np.testing.assert_array_equal(out["embed.weight"], masks["embed.weight"])
+    assert int(out["fc.weight"].sum()) == 20  # the level's whole cut falls on the layers the refit fits
+    out = rec._global(SimpleNamespace(model=model, masks=masks), 10)  # more than the table holds: one stays
+    assert int(out["fc.weight"].sum()) == 1 and int(out["embed.weight"].sum()) == table
