@@ -16,8 +16,10 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
                                                                                    largest probability change is 0.01
     binary_prob    prob over [1 - p, p]: min(share of samples on the same      1% of samples cross 0.5, or the mean
                    side of 0.5, 1 - mean_i |p_i - d_i|)  (sigmoid [N, 1])          probability change is 0.01
-    rel_l2         1 - mean_i ||y_i - d_i|| / ||d_i||  (floored at 0)          mean relative L2 error of 0.01
-    channel_rel_l2 1 - mean_i max_c min(1, ||y_ic - d_ic|| / ||d_ic||)         worst channel's relative error 0.01
+    rel_l2         1 - mean_i ||y_i - d_i|| / max(||d_i||, 0.1 s)  (floored    mean relative L2 error of 0.01
+                   at 0; s = RMS_j ||d_j|| over the whole set: `_scales`)
+    channel_rel_l2 1 - mean_i max_c min(1, ||y_ic - d_ic|| / max(||d_ic||,     worst channel's relative error 0.01
+                   0.1 s_c)), s_c = RMS_j ||d_jc||
     channel_prob   as channel_rel_l2, but a channel whose d_ic lies in [0, 1]  worst channel off by 0.01: a probability
                    counts max_k |y_ick - d_ick| (YOLOv8 [N, 4 + classes, A])       moves 1 percentage point
     cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
@@ -58,8 +60,8 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, a
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs, untouched_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
-                                                  _flat, _n, _relative_errors, _top1, as_array, mismatch_samples,
-                                                  count_samples, map_keys, pool,
+                                                  FLOOR, _flat, _n, _relative_errors, _top1, as_array,
+                                                  count_samples, map_keys, mismatch_samples, pool, reference_scale,
                                                   unchanged_samples)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
@@ -99,6 +101,7 @@ class Evaluator:
         self.position_masks: list[np.ndarray | None] = []  # per batch, its [N, S] mask (True = a real token)
         self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
+        self.scales: tuple[np.ndarray | None, ...] = ()  # per scored output, its dense set's typical norm (_scales)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
         self.dense_by: dict[str, float] = {}
@@ -152,6 +155,7 @@ class Evaluator:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
                                    self._first_values(), reference_model)
             self.masked = self._masked_outputs()
+            self.scales = self._scales()
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
@@ -180,6 +184,22 @@ class Evaluator:
             log.info("padding not scored: positions where %s (%.0f%% of them here) are left out of %s",
                      self.padding, 100 * padded, outs)
         return frozenset(found)
+
+    def _scales(self) -> tuple[np.ndarray | None, ...]:
+        """Per scored output whose metric is a relative error (`Metric.norms`), the typical norm of its dense values
+        over the whole set (`reference_scale`: samples as `output_terms` scores them, rows of an output that follows
+        no batch, padding left out), which every sample's denominator is floored against; None for the others.
+        Computed once, here: the figure is the same whatever the batches or the subset a measurement runs."""
+        scales = []
+        for i, kind in enumerate(self.plan.values()):
+            if METRICS[kind].norms is None:
+                scales.append(None)
+                continue
+            dense = [self.samples_first(i, want, want)[1] for want in (as_array(r[i]) for r in self.reference_all)]
+            masks = [self.position_mask(b) if i in self.masked else None for b in range(len(dense))]
+            scales.append(reference_scale(METRICS[kind], [d if m is None or d.shape[:2] != m.shape else
+                                                          real_positions(d, m) for d, m in zip(dense, masks)]))
+        return tuple(scales)
 
     def position_mask(self, batch: int | None) -> np.ndarray | None:
         """Batch `batch`'s attention mask [N, S] (True = a real token) when some output is `masked`, else None."""
@@ -257,9 +277,10 @@ class Evaluator:
             return got
         if out.size == 0:
             return unchanged_samples(kind, want) if pooled and want is not None and not METRICS[kind].classes else None
+        scale = self.scales[i] if self.scales else None
         if mask is not None and i in self.masked and want is not None and out.shape[:2] == mask.shape:
-            return _masked_samples(kind, out, want, labels, mask)
-        got = METRICS[kind].samples(out, want, labels)
+            return _masked_samples(kind, out, want, labels, mask, scale)
+        got = METRICS[kind].terms(out, want, labels, scale)
         return pool(*got) if pooled else got
 
     def _first_values(self) -> tuple:
@@ -634,19 +655,24 @@ def _position_mask(feeds: dict, name: str | None) -> np.ndarray | None:
     return m.astype(bool)
 
 
-def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: np.ndarray) -> tuple:
+def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: np.ndarray, scale) -> tuple:
     """Per-sample terms of an [N, S, ...] output on its real positions only (`mask` [N, S], True = real): for
     cosine and rel_l2 the padded positions are zero in both (they add nothing to a dot product, a norm or a
-    difference); for seq_agreement they are made equal to the dense model's, then taken off the agreeing positions
-    and the positions counted."""
-    pad = ~mask.reshape(mask.shape + (1,) * (out.ndim - 2))
+    difference; rel_l2's `scale` is the set's, over real positions too); for seq_agreement they are made equal to
+    the dense model's, then taken off the agreeing positions and the positions counted."""
     if kind == "seq_agreement":
+        pad = ~mask.reshape(mask.shape + (1,) * (out.ndim - 2))
         terms, counts = METRICS[kind].samples(np.where(pad, want, out), want, labels)
         per = int(np.prod(out.shape[2:-1], dtype=np.int64))  # positions per (sample, step): [N, S, C] -> 1
         padded = (~mask).sum(axis=1) * per
         return terms - padded[:, None], counts - padded
-    zero = np.zeros((), dtype=out.dtype)
-    return METRICS[kind].samples(np.where(pad, zero, out), np.where(pad, np.zeros((), want.dtype), want), labels)
+    return METRICS[kind].terms(real_positions(out, mask), real_positions(want, mask), labels, scale)
+
+
+def real_positions(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """An [N, S, ...] value with its padded positions (`mask` [N, S] False) zeroed."""
+    pad = ~mask.reshape(mask.shape + (1,) * (x.ndim - 2))
+    return np.where(pad, np.zeros((), dtype=x.dtype), x)
 
 
 def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes) -> frozenset[int]:
@@ -696,7 +722,8 @@ def feed_samples(feeds: dict, reader) -> int:
 def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
     """How far outputs a are from reference outputs b: max_abs, mean_abs (the mean over samples of each sample's
     largest absolute change: for a probability, in its own points), max_rel / mean_rel (per-sample relative L2
-    error ||a_i - b_i|| / ||b_i||) and top-1 agreement (None when the output is not [N, classes]).
+    error ||a_i - b_i|| / max(||b_i||, FLOOR·s), s the RMS of ||b_j|| over every sample of b: what rel_l2 scores)
+    and top-1 agreement (None when the output is not [N, classes]).
 
     Per-batch lists are compared batch by batch (feeds of their own shapes are never concatenated); non-tensor
     values are compared as arrays (`as_array`); non-float ones (labels, ids) by equality: agreement = equal share."""
@@ -706,6 +733,8 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
     else:  # one side whole: join the other
         pairs = [tuple(_joined(x) if is_list else x for x, is_list in zip((a_outputs, b_outputs), batched))]
     rel, agree, changes, exact = [], [], [], False  # changes: each sample's largest absolute change (NaN: lost)
+    floats = [b for b in (as_array(b) for _, b in pairs) if b.dtype.kind in "fc"]
+    floor = FLOOR * reference_scale(METRICS["rel_l2"], floats)  # the whole set's, as the rel_l2 figure's
     for a, b in pairs:
         a, b = as_array(a), as_array(b)
         if a.shape != b.shape:
@@ -721,7 +750,7 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
             exact = True
             agree.append((_flat(a) == _flat(b)).all(axis=1))
             continue
-        rel.append(_relative_errors(a, b))
+        rel.append(_relative_errors(a, b, floor))
         changes.append(np.abs(_flat(a).astype(np.float64) - _flat(b).astype(np.float64)).max(axis=1, initial=0.0))
         if is_classifier(a.shape):
             agree.append(_top1(a) == _top1(b))

@@ -3,6 +3,12 @@ calibration.metrics for the table of what 1 pp means), and how onnxruntime's val
 
 A metric is `batch(out, ref, labels) -> (sums, count)` summed over batches, then `finish(sums, count)` in [0, 1],
 higher is better. `ref` is the dense model's value of the same batch; `labels` the batch's labels or None.
+
+A relative error (rel_l2, channel_rel_l2, channel_prob's other channels) divides a sample's change by the dense
+norm, floored at FLOOR times the output's typical norm over the WHOLE set scored (`reference_scale`: the RMS of the
+dense per-sample norms, per channel for the channel kinds; the Evaluator computes it once from its cached dense
+outputs and passes it as `scale`), so a sample whose dense value is near 0 (a scalar regression value crossing
+zero) is judged against the output's scale rather than its own, and the figure does not depend on the batches.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import numpy as np
 from onnxprune.errors import CalibrationError, ConfigError
 
 _TINY = 1e-12
+# a relative error's denominator is at least this share of the output's RMS norm over the set: 0.01 on squared norms,
+# as the distillation loss (converter.finetune.relative_mse, NORM_FLOOR); chosen so, not tuned
+FLOOR = 0.1
 
 
 # ---- values: what onnxruntime returns, as arrays -----------------------------------------------------------------
@@ -187,16 +196,16 @@ def as_probabilities(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _rel_l2(out, ref, labels):
-    return _relative_errors(out, ref)[:, None], _ones(_n(out))
+def _rel_l2(out, ref, labels, scale):
+    return _relative_errors(out, ref, FLOOR * scale)[:, None], _ones(_n(out))
 
 
-def _channel_rel_l2(out, ref, labels):
-    return _channel_errors(out, ref, probabilities=False)[:, None], _ones(_n(out))
+def _channel_rel_l2(out, ref, labels, scale):
+    return _channel_errors(out, ref, FLOOR * scale, probabilities=False)[:, None], _ones(_n(out))
 
 
-def _channel_prob(out, ref, labels):
-    return _channel_errors(out, ref, probabilities=True)[:, None], _ones(_n(out))
+def _channel_prob(out, ref, labels, scale):
+    return _channel_errors(out, ref, FLOOR * scale, probabilities=True)[:, None], _ones(_n(out))
 
 
 def _cosine(out, ref, labels):
@@ -220,6 +229,10 @@ class Metric:
     Each term column j is a ratio sum_i terms_ij / sum_i counts_i that moves the metric up (`lower_better[j]`
     False: correct, agreeing positions, cosine) or down (True: relative error, probability change);
     calibration.sampling estimates a loss from a subset of the samples through them.
+
+    A kind with `norms` (a relative error) takes a fourth argument, `samples(out, ref, labels, scale)`: the typical
+    norm of the dense values over the whole set scored (`reference_scale`), at FLOOR of which its denominators are
+    floored. Call it through `terms`/`batch`, which pass the set's scale, or ref's own when the batch is the set.
     """
 
     samples: Callable
@@ -229,14 +242,22 @@ class Metric:
     lower_better: tuple[bool, ...] = (False,)
     continuous: bool = False  # per-sample shares that are not 0/1 (a clean subset bounds a small loss)
     classes: bool = False  # scores an [N, classes] output: a bare --metric KIND goes to the class-score output
+    norms: Callable | None = None  # dense values -> per-sample squared norms [n, k] its relative errors divide by
 
     @property
     def needs_reference(self) -> bool:
         return not self.needs_labels
 
-    def batch(self, out, ref, labels) -> tuple[tuple, int]:
-        """(sums, count) of one batch: the per-sample terms summed."""
-        terms, counts = self.samples(out, ref, labels)
+    def terms(self, out, ref, labels, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample (terms, counts); a relative error's floor from `scale`, the dense set's typical norm
+        (`reference_scale`), or when None from `ref` itself (`ref` is then the whole set)."""
+        if self.norms is None:
+            return self.samples(out, ref, labels)
+        return self.samples(out, ref, labels, reference_scale(self, [ref]) if scale is None else scale)
+
+    def batch(self, out, ref, labels, scale: np.ndarray | None = None) -> tuple[tuple, int]:
+        """(sums, count) of one batch: the per-sample terms summed (`terms`)."""
+        terms, counts = self.terms(out, ref, labels, scale)
         return tuple(float(x) for x in terms.sum(axis=0)), int(counts.sum())
 
 
@@ -264,16 +285,18 @@ METRICS: dict[str, Metric] = {
     "expected_accuracy": Metric(_expected_accuracy, lambda s, n: s[0] / n, False,
                                 "the input model's probabilities expect 1% of samples to lose their right class",
                                 classes=True),
-    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False, "a mean relative L2 error of 0.01",
-                     (True,), True),
+    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
+                     "a mean relative L2 error of 0.01 (relative to each sample's norm, or to 0.1 of the output's "
+                     "RMS norm where that is larger)", (True,), True, norms=lambda ref: _sample_norms(ref)[:, None]),
     "channel_rel_l2": Metric(_channel_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
                              "a mean relative L2 error of 0.01 in the worst channel (axis 1; the last axis of [N, "
-                             "positions, channels]) of each sample",
-                             (True,), True),
+                             "positions, channels]) of each sample (relative to its norm, or to 0.1 of the channel's "
+                             "RMS norm where that is larger)", (True,), True, norms=lambda ref: _channel_norms(ref)),
     "channel_prob": Metric(_channel_prob, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
                            "the worst channel (axis 1; the last axis of [N, positions, channels]) of each sample "
                            "is off by 0.01 on average: a probability channel (values in [0, 1]) in its largest "
-                           "absolute change, 1 percentage point; any other in its relative L2 error", (True,), True),
+                           "absolute change, 1 percentage point; any other in its relative L2 error", (True,), True,
+                           norms=lambda ref: _channel_norms(ref)),
     "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
                      continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
@@ -333,10 +356,11 @@ def _square_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.square(a - b).sum(axis=1, dtype=np.float64), np.square(b).sum(axis=1, dtype=np.float64)
 
 
-def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """||out_i - ref_i|| / ||ref_i|| per sample. Float32 outputs are subtracted and squared in float32 and summed in
-    float64 (no float64 copy of a large output: most of a detector's scoring time was that copy); only where a
-    float32 square overflowed (past 1.8e19: a corrupt model's weights of 7e35) again in float64."""
+def _relative_errors(out: np.ndarray, ref: np.ndarray, floor) -> np.ndarray:
+    """||out_i - ref_i|| / max(||ref_i||, floor) per sample (`floor`: FLOOR times the set's `reference_scale`, a
+    number or one-element array). Float32 outputs are subtracted and squared in float32 and summed in float64 (no
+    float64 copy of a large output: most of a detector's scoring time was that copy); only where a float32 square
+    overflowed (past 1.8e19: a corrupt model's weights of 7e35) again in float64."""
     f32 = out.dtype == np.float32 and ref.dtype == np.float32
     if not f32:
         d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
@@ -345,7 +369,34 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
             d2, b2 = _square_sums(_flat(out), _flat(ref))
         if not (np.isfinite(d2).all() and np.isfinite(b2).all()):
             d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
-    return np.sqrt(d2) / np.maximum(np.sqrt(b2), _TINY)
+    return np.sqrt(d2) / np.maximum(np.sqrt(b2), np.maximum(floor, _TINY))
+
+
+def reference_scale(metric: Metric, refs) -> np.ndarray:
+    """The typical norm of a relative-error metric's dense values `refs` (arrays, samples first, as it scores them):
+    the RMS over every sample of the set of its norm (`Metric.norms`), sqrt(mean_j ||d_j||^2), [1]; per channel c
+    for the channel kinds, sqrt(mean_j ||d_jc||^2), [C]. Zero for a set with no samples."""
+    parts = [metric.norms(np.asarray(r)) for r in refs if np.asarray(r).size]
+    if not parts:
+        return np.zeros(1)
+    if len({p.shape[1] for p in parts}) > 1:  # channel counts that differ between batches: no floor, as before
+        return np.zeros(1)
+    return np.sqrt(np.concatenate(parts).mean(axis=0))
+
+
+def _sample_norms(ref: np.ndarray) -> np.ndarray:
+    """||ref_i||^2 per sample, in float64."""
+    return np.square(_per_sample(ref)).sum(axis=1)
+
+
+def _channel_norms(ref: np.ndarray) -> np.ndarray:
+    """||ref_ic||^2 per sample and channel (`channel_axis`), [n, C] in float64; an output of fewer than 2 axes, which
+    `_channel_errors` judges whole, [n, 1]."""
+    b = np.asarray(ref)
+    if b.ndim < 2:
+        return _sample_norms(b)[:, None]
+    b = _channels_second(b)
+    return np.square(b.reshape(b.shape[0], b.shape[1], -1).astype(np.float64)).sum(axis=2)
 
 
 MAX_CHANNELS = 1024  # more "channels" than this are positions or features, not a head's few quantities
@@ -366,11 +417,11 @@ def _channels_second(x: np.ndarray) -> np.ndarray:
     return x if axis == 1 else np.moveaxis(x, axis, 1)
 
 
-def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) -> np.ndarray:
+def _channel_errors(out: np.ndarray, ref: np.ndarray, floor, *, probabilities: bool) -> np.ndarray:
     """Per sample, its worst channel's (`channel_axis`: axis 1, or the last of a channels-last head) error, each
-    channel's in [0, 1]: min(1, ||out_ic - ref_ic|| / ||ref_ic||), or with `probabilities`, for a channel whose
-    dense values ref_ic all lie in [0, 1] in that sample, its largest absolute change max_k |out_ick - ref_ick|
-    (capped at 1).
+    channel's in [0, 1]: min(1, ||out_ic - ref_ic|| / max(||ref_ic||, floor_c)) (`floor` [C]: FLOOR times each
+    channel's `reference_scale`), or with `probabilities`, for a channel whose dense values ref_ic all lie in [0, 1]
+    in that sample, its largest absolute change max_k |out_ick - ref_ick| (capped at 1).
 
     Every channel must hold the budget, so neither the class scores packed beside pixel coordinates ([N, 4 + classes,
     anchors]) nor the four coordinates among many class channels can hide behind the others. (The mean over
@@ -380,7 +431,7 @@ def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) ->
     threshold notices, and that made every layer feeding the class head look untouchable (nudenet: 1.04x)."""
     a, b = np.asarray(out), np.asarray(ref)
     if a.ndim < 2:
-        return _relative_errors(a, b)
+        return _relative_errors(a, b, floor)
     a, b = _channels_second(a), _channels_second(b)
     n, c = a.shape[0], a.shape[1]
     a = a.reshape(n, c, -1)
@@ -391,7 +442,7 @@ def _channel_errors(out: np.ndarray, ref: np.ndarray, *, probabilities: bool) ->
     diff = np.sqrt(np.square(delta).sum(axis=2, dtype=np.float64))
     norm = np.sqrt(np.square(b).sum(axis=2, dtype=np.float64))
     both_zero = (norm < _TINY) & (diff < _TINY)
-    rel = np.where(both_zero, 0.0, np.minimum(1.0, diff / np.maximum(norm, _TINY)))
+    rel = np.where(both_zero, 0.0, np.minimum(1.0, diff / np.maximum(norm, np.maximum(floor, _TINY))))
     if probabilities:
         largest = np.minimum(1.0, np.abs(delta).max(axis=2, initial=0.0).astype(np.float64))
         rel = np.where(probability_channels(b), largest, rel)

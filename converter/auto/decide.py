@@ -132,8 +132,8 @@ def _as_losses(kind: str, terms: np.ndarray, counts: np.ndarray, paired: bool) -
 
 
 def _form(kind: str, paired: bool) -> Callable:
-    def fn(out, ref, labels):
-        return _as_losses(kind, *METRICS[kind].samples(np.asarray(out), np.asarray(ref), labels), paired)
+    def fn(out, ref, labels):  # `ref` the whole set (a relative error's floor is its scale: Metric.terms)
+        return _as_losses(kind, *METRICS[kind].terms(np.asarray(out), np.asarray(ref), labels), paired)
     return fn
 
 
@@ -193,12 +193,14 @@ PER_SAMPLE: dict[str, PerSample] = {
     "binary_logit": PerSample(_form("binary_logit", False), False, ("changed sign", "probability change"),
                               "1 if its logit changed sign; and the absolute change of its sigmoid (each bounded)",
                               binary=(True, False)),
-    "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error",), "||y_i - d_i|| / ||d_i||", binary=False),
+    "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error",),
+                        "||y_i - d_i|| / max(||d_i||, 0.1 s), s = the RMS of ||d_j|| over the set", binary=False),
     "channel_rel_l2": PerSample(_form("channel_rel_l2", False), False, ("relative error per channel",),
-                                "max over channels c of min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
+                                "max over channels c of min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c)), s_c = the "
+                                "RMS of ||d_jc|| over the set", binary=False),
     "channel_prob": PerSample(_form("channel_prob", False), False, ("error per channel",),
                               "max over channels c of: max_k |y_ick - d_ick| for a channel whose d_ic lies in [0, 1], "
-                              "else min(1, ||y_ic - d_ic|| / ||d_ic||)", binary=False),
+                              "else min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c))", binary=False),
     "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
 }

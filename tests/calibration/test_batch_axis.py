@@ -99,7 +99,8 @@ def test_per_feed_terms_add_up_to_the_figure_and_the_rule_reads_each_feeds_share
         counts = np.array([int(t[1].sum()) for t in terms])
         assert METRICS[kind].finish(tuple(sums), int(counts.sum())) == pytest.approx(ev.last[name]["after"], abs=1e-12)
         same = [k for k, (g, r) in enumerate(zip(got, ev.reference_all)) if g[i].shape == r[i].shape]
-        rows = [METRICS[kind].samples(got[k][i], ev.reference_all[k][i], None) for k in same if len(got[k][i])]
+        rows = [METRICS[kind].terms(got[k][i], ev.reference_all[k][i], None, ev.scales[i])
+                for k in same if len(got[k][i])]
         assert np.sum([r[0].sum(axis=0) for r in rows], axis=0) == pytest.approx(
             np.sum([terms[k][0][0] for k in same if len(got[k][i])], axis=0), abs=1e-9)
         shares = np.array([t[0][0, 0] / t[1][0] for t in terms])

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kinds
-from onnxprune.calibration.output_metrics import channel_axis, mismatch_samples, probability_channels
+from onnxprune.calibration.output_metrics import (channel_axis, mismatch_samples, probability_channels,
+                                                  reference_scale)
 from onnxprune.calibration.readers import open_data
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
 from onnxprune.models import third_party_builders as tb
@@ -19,7 +20,7 @@ IMAGES = np.random.default_rng(1).standard_normal((48, 3, 8, 8)).astype(np.float
 
 
 def per_sample(kind, out, ref):
-    terms, counts = METRICS[kind].samples(out, ref, None)
+    terms, counts = METRICS[kind].terms(out, ref, None)
     assert counts.tolist() == [1] * len(out)
     return terms[:, 0]
 
@@ -30,12 +31,14 @@ def loss_pp(kind, out, ref):
 
 def user_check(out, ref):
     """What a user computes afterwards from docs/metrics.md: per sample the worst channel, a channel whose input-model
-    values lie in [0, 1] by its largest absolute change, any other by min(1, relative L2); the loss is 100 x mean."""
+    values lie in [0, 1] by its largest absolute change, any other by min(1, relative L2), its norm floored at 0.1 of
+    the channel's RMS norm over every sample; the loss is 100 x mean."""
     out, ref = out.astype(np.float64), ref.astype(np.float64)
+    floor = 0.1 * np.sqrt([np.mean([np.sum(d[c] ** 2) for d in ref]) for c in range(ref.shape[1])])
     worst = []
     for y, d in zip(out, ref):
         errors = [np.abs(yc - dc).max() if (dc.min() >= 0 and dc.max() <= 1)
-                  else min(1.0, np.linalg.norm(yc - dc) / np.linalg.norm(dc)) for yc, dc in zip(y, d)]
+                  else min(1.0, np.linalg.norm(yc - dc) / max(np.linalg.norm(dc), fc)) for yc, dc, fc in zip(y, d, floor)]
         worst.append(max(errors))
     return 100.0 * float(np.mean(worst))
 
@@ -114,8 +117,9 @@ def test_its_loss_is_what_a_user_computes_afterwards_whatever_the_batches():
     assert expected > 0.5
     assert loss_pp("channel_prob", out, ref) == pytest.approx(expected, rel=1e-5)
     sums, count = (0.0,), 0
+    scale = reference_scale(METRICS["channel_prob"], [ref[lo:lo + 7] for lo in range(0, 30, 7)])  # the whole set's
     for lo in range(0, 30, 7):  # batch by batch, as the Evaluator sums them
-        s, c = METRICS["channel_prob"].batch(out[lo:lo + 7], ref[lo:lo + 7], None)
+        s, c = METRICS["channel_prob"].batch(out[lo:lo + 7], ref[lo:lo + 7], None, scale)
         sums, count = (sums[0] + s[0],), count + c
     assert 100 * (1 - METRICS["channel_prob"].finish(sums, count)) == pytest.approx(expected, rel=1e-5)
     assert 100 * PER_SAMPLE["channel_prob"].fn(out, ref, None).mean() == pytest.approx(expected, rel=1e-5)

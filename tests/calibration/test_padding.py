@@ -58,7 +58,10 @@ def test_rel_l2_and_seq_agreement_read_real_positions_only(kind):
     assert ev.last["last_hidden_state"]["after"] == pytest.approx(1.0, abs=1e-9)
     got = _disturbed(ev, "all", scale=0.3 if kind == "rel_l2" else 2.0)  # rel_l2's figure is floored at 0
     ev.score(got)
-    if kind == "rel_l2":
+    if kind == "rel_l2":  # no sample's real positions are near 0: the floor (0.1 of their RMS norm) does not bind
+        norms = [np.linalg.norm(d) for _, d in _pairs(ev, got)]
+        assert ev.scales[0] == pytest.approx([np.sqrt(np.mean(np.square(norms)))], rel=1e-9)  # real positions only
+        assert min(norms) > 0.1 * ev.scales[0][0]
         per_sample = [np.linalg.norm(a - d) / np.linalg.norm(d) for a, d in _pairs(ev, got)]
         want = 1 - float(np.mean(per_sample))
     else:  # real positions whose argmax over D is unchanged: pooled for the figure, a share per sample for the rule

@@ -34,13 +34,13 @@ def test_batch_sums_are_the_per_sample_terms_summed(kind):
     out = (ref + 0.2 * rng.random(ref.shape)).astype(np.float32)
     out[:4] = ref[:4]  # a third of the samples unchanged
     labels = rng.integers(0, 7, 12)
-    terms, counts = METRICS[kind].samples(out, ref, labels)
+    terms, counts = METRICS[kind].terms(out, ref, labels)
     assert terms.shape == (12, len(METRICS[kind].lower_better)) and counts.shape == (12,)
     assert counts.tolist() == [3 if kind == "seq_agreement" else 1] * 12
     sums, n = METRICS[kind].batch(out, ref, labels)
     assert sums == pytest.approx(tuple(terms.sum(axis=0)), abs=0) and n == int(counts.sum())
     # the unchanged samples score as the dense model does: agreement 1, error 0, cosine 1, its own p[argmax]
-    assert terms[:4] == pytest.approx(METRICS[kind].samples(ref, ref, labels)[0][:4], abs=1e-6)
+    assert terms[:4] == pytest.approx(METRICS[kind].terms(ref, ref, labels)[0][:4], abs=1e-6)
     if kind not in ("accuracy", "top5", "expected_accuracy"):
         best = [0.0 if low else (3.0 if kind == "seq_agreement" else 1.0) for low in METRICS[kind].lower_better]
         assert terms[:4] == pytest.approx(np.tile(best, (4, 1)), abs=1e-6)

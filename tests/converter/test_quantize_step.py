@@ -126,6 +126,7 @@ class _Scripted:
         return False
 
     masked = frozenset()  # no attention mask: every position counts
+    scales = (None,)  # class scores: no relative error to floor
 
     def position_mask(self, batch):
         return None

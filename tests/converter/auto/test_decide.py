@@ -22,6 +22,7 @@ class FakeEvaluator:
         self.plan = dict(plan)
         self.reference_all = [r if isinstance(r, tuple) else (r,) for r in reference]
         self.labels = labels
+        self.scales = Evaluator._scales(self)  # each relative error's floor: the whole set's scale, as the Evaluator's
 
     def run_all(self, outputs):  # the "model" is its outputs
         return iter(o if isinstance(o, tuple) else (o,) for o in outputs)
