@@ -258,11 +258,22 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None
     first = via_nodes[0] if via_nodes else node
     users = ix.consumers.get(name, [])
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix) or _tied(name, users, first, ix)):
-        others = ", ".join(f"'{u.name}'" for u in users if u is not first)
-        return f"shared with node {others}"
+        others = ", ".join(_use(u, ix) for u in users if u is not first)
+        return f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is pruned only when each reads it alike)"
     if len(tensor.dims) < 1:
         return "scalar"
     return None
+
+
+def _use(node, ix: ScopeIndex) -> str:
+    """A reader of a weight in words: the op and name, and the weight op a layout op feeds (a tied embedding read
+    as a table by a Gather and, through a Transpose, as the output layer's weight by a MatMul)."""
+    said = f"{node.op_type} '{node.name}'"
+    if node.op_type in PASS_THROUGH and node.output:
+        after = ix.consumers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type in WEIGHT_OPS:
+            said += f" (into {after[0].op_type} '{after[0].name}')"
+    return said
 
 
 def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex) -> bool:
@@ -311,7 +322,7 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
             continue
         size = int(np.prod(tensor.dims, dtype=np.int64))
         users = ix.consumers.get(name, [])
-        if size < 2 and not users:
+        if size < 2:  # a scalar constant (an epsilon, a scale): no weight, not worth a line
             continue
         reason = _why_not(name, tensor, users)
         if reason:
@@ -331,7 +342,7 @@ def _why_not(name, tensor, users) -> str | None:
         if u.op_type in NORM_OPS:
             return f"normalization parameter of {u.op_type} '{u.name}'"
         if u.op_type == "Add":
-            return f"bias (Add '{u.name}')"
+            return f"added by Add '{u.name}' (a bias, or a learned position table)"
         if WEIGHT_OPS.get(u.op_type) is not None and WEIGHT_OPS[u.op_type].kind == "recurrent":
             return f"bias, state or peephole of {u.op_type} '{u.name}'"
     if len(users) > 1:
