@@ -203,7 +203,8 @@ def _twins(layer: Layer, w, every, where) -> str | None:
 def _outside_reach(w) -> str | None:
     """Weights of an op the layer-wise refit has no least-squares form for (bodies: reconstruct_bodies.why_not)."""
     if w.kind == "embedding":
-        return f"embedding table of {w.op_type} '{w.node}' (rows read, not multiplied: each kept entry is its own best fit); left as pruned"
+        return (f"embedding table of {w.op_type} '{w.node}' (rows read, not multiplied: each kept entry is its own "
+                "best fit); left as pruned")
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None

@@ -259,7 +259,8 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None
     users = ix.consumers.get(name, [])
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix) or _tied(name, users, first, ix)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
-        return f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is pruned only when each reads it alike)"
+        return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
+                "pruned only when each reads it alike)")
     if len(tensor.dims) < 1:
         return "scalar"
     return None
