@@ -502,8 +502,11 @@ class _Search:
         if note:
             entry["note"] = note
         self.history.append(entry)
-        log.info("auto %s: %.1fx, loss %.3f pp (limit %.3f) %s", phase, entry["ratio"], decision.loss_pp,
-                 decision.limit_pp, "kept" if kept else "undone")
+        verdict = ("kept" if kept else "undone" if not decision.within
+                   else "undone (within its limit, but no better than the model it would replace)")
+        limit = (f"limit {decision.limit_pp:.3f}" if decision.limit_pp >= 0
+                 else f"limit {decision.limit_pp:.3f}: the margin alone exceeds the budget")
+        log.info("auto %s: %.1fx, loss %.3f pp (%s) %s", phase, entry["ratio"], decision.loss_pp, limit, verdict)
         self.progress("auto search", int(time.perf_counter() - self.t0), int(self.config.time_budget),
                       self._headline())
 
