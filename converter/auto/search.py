@@ -234,6 +234,9 @@ class _Search:
             note += f"{'; ' if note else ''}fit_to_budget at {fit_budget:g} pp, {outcome.tries} tries"
             if decision.within or fit_budget == 0.0:
                 break
+            log.info("one-shot start fitted at %g pp: loss %.3f pp on '%s' on the decision set, over the rule's "
+                     "limit %.3f pp; fitted again at %g pp", fit_budget, decision.loss_pp, decision.output,
+                     decision.limit_pp, fit_budget / 2 if fit_budget > self.config.max_loss / 2 else 0.0)
             if self.left() <= 0:  # no time for a refit at a smaller budget: the rounds' start is the input model
                 note += "; the time budget was spent"
                 break
