@@ -321,6 +321,7 @@ def _declared(info: onnx.ValueInfoProto) -> tuple | None:
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 
 
 def _labels_output(infos) -> str | None:
@@ -338,6 +339,22 @@ def _labels_output(infos) -> str | None:
 def labels_output(model: onnx.ModelProto) -> str | None:
     """The output labels would be scored (and trained) against, or None when no output has the shape [N, classes]."""
     return _labels_output(model.graph.output)
+
+
+def _predicted_labels(infos) -> str | None:
+    """An output of predicted labels: the first integer output declared [N] (skl2onnx's `output_label`, an ArgMax
+    exported beside probabilities a ZipMap turned into maps). Labels are scored against it by equality (accuracy);
+    nothing trains against it."""
+    for info in infos:
+        tt = info.type.tensor_type if info.type.HasField("tensor_type") else None
+        if tt is not None and tt.elem_type in _INT_TYPES and tt.HasField("shape") and len(tt.shape.dim) == 1:
+            return info.name
+    return None
+
+
+def scored_labels_output(model: onnx.ModelProto) -> str | None:
+    """The output labels are scored against: class scores [N, classes] (`labels_output`), else predicted labels."""
+    return _labels_output(model.graph.output) or _predicted_labels(model.graph.output)
 
 
 def untouched_outputs(model: onnx.ModelProto) -> list[str]:
@@ -388,6 +405,8 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
         names = [o.name for o in infos]
     plan = dict.fromkeys(names, AUTO)
     target = _labels_output(infos) if has_labels or (headline in CLASS_KINDS) else None
+    if target is None and has_labels and headline in (None, "accuracy"):
+        target = _predicted_labels(infos)
     if headline is not None:
         _check_kind(headline, has_labels, "")
         first = target if headline in CLASS_KINDS and target else names[0]

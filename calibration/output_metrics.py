@@ -86,6 +86,10 @@ def _ones(n: int) -> np.ndarray:
 
 
 def _accuracy(out, ref, labels):
+    if out.ndim == 1 and out.dtype.kind in "iu":  # predicted labels (skl2onnx's output_label): equal or not
+        if labels is None or len(labels) != len(out):
+            _check_classes(out, labels)
+        return (out == np.asarray(labels).astype(out.dtype))[:, None].astype(np.float64), _ones(len(labels))
     _check_classes(out, labels)
     return (out.argmax(axis=1) == labels)[:, None].astype(np.float64), _ones(len(labels))
 

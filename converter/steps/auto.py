@@ -78,8 +78,11 @@ class AutoSearchStep(Step):
         # the chooser's evaluator runs the dense model on the training part (magika's 60 samples: 2.5 s at load 7),
         # not wanted when the search has no time: it keeps the input model
         chooser = self._chooser(state, train) if clock.search_seconds() > 0 else None
+        from onnxprune.calibration.metric_choice import labels_output
+
+        # labels scored against predicted labels (an integer output) judge only: retraining distils
         data = AutoData(train=train, evaluator=state.data.calibration, dense=state.original, chooser=chooser,
-                        train_on_labels=chooser is None)
+                        train_on_labels=chooser is None and labels_output(state.original) is not None)
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)

@@ -177,9 +177,9 @@ class Data:
     def _labels_unusable(self) -> bool:
         """No output the labels could belong to (a language model's logits [N, 1, vocab] beside its cache): said
         once; without --metric the labels are then left out of the whole run, scoring and retraining alike."""
-        from onnxprune.calibration.metric_choice import labels_output
+        from onnxprune.calibration.metric_choice import scored_labels_output
 
-        if labels_output(self.model) is not None:
+        if scored_labels_output(self.model) is not None:
             return False
         if not self._labels_said:
             self._labels_said = True

@@ -185,3 +185,24 @@ def test_float16_model_one_shot_budget_keeps_float16_and_loads(tmp_path):
     parity = check_parity(written, dense, [{"input": x[i:i + 32]} for i in (0, 32, 64)])
     assert parity.max_abs < 1e-3  # float16 outputs: one half-precision step of values O(1)
     ort.InferenceSession((tmp_path / "out.onnx").as_posix(), providers=["CPUExecutionProvider"])
+
+
+def test_labels_are_scored_against_predicted_labels_when_no_output_holds_class_scores(tmp_path):
+    """skl2onnx's classifier: output_label int64 [N] beside a ZipMap (sequence of maps). Labels were ignored ("no
+    output has the shape [N, classes]"); they now score output_label by equality, and retraining distils."""
+    import onnxruntime as ort
+
+    from onnxprune.calibration.output_metrics import METRICS
+    from onnxprune.converter.pipeline import configure, run
+
+    model = tb.sklearn_mlp()
+    x = np.random.default_rng(0).standard_normal((400, 4)).astype(np.float32)
+    predicted = ort.InferenceSession(model.SerializeToString()).run(["output_label"], {"input": x})[0]
+    labels = np.where(np.random.default_rng(1).random(400) < 0.1, (predicted + 1) % 3, predicted)
+    result = run(model, configure(max_loss=1.0, data={"input": x, "labels": labels}, one_shot=True))
+    scored = result.report["metrics"]["outputs"]
+    assert scored["output_label"]["metric"] == "accuracy" and scored["output_probability"]["metric"] == "prob"
+    dense = (predicted == labels).mean()  # the input model's own accuracy on these labels, as the tool reports it
+    assert scored["output_label"]["before"] == pytest.approx(dense, abs=0.02)  # on the tool's part of the set
+    terms, _ = METRICS["accuracy"].terms(np.array([1, 2, 0]), None, np.array([1, 0, 0]))
+    assert terms[:, 0].tolist() == [1.0, 0.0, 1.0]
