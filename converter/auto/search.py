@@ -532,9 +532,11 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     h = min(past, key=lambda e: e["ratio"])
     kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
     result = max(kept, default=1.0)
-    digits = next((d for d in (2, 3, 4) if f"{result:.{d}f}" != f"{h['ratio']:.{d}f}"), 4)  # never "1.19x, 1.19x"
-    note = (f"what stopped {what}: the least pruned candidate past the result's {result:.{digits}f}x, "
-            f"{h['ratio']:.{digits}f}x ({h['phase']}), was outside the budget on output '{h['output']}' "
+    digits = next((d for d in (2, 3, 4) if f"{result:.{d}f}" != f"{h['ratio']:.{d}f}"), None)  # not "1.19x, 1.19x"
+    past = (f"{h['ratio']:.{digits}f}x" if digits else  # alike at 4 digits: how much more it removed
+            f"{100 * (1 / result - 1 / h['ratio']):.2g}% more of the weights removed")
+    note = (f"what stopped {what}: the least pruned candidate past the result's {result:.{digits or 4}f}x, "
+            f"{past} ({h['phase']}), was outside the budget on output '{h['output']}' "
             f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g}"
             + (f", judged with {h['strictness']:g}x the margin" if h.get("strictness", 1.0) != 1.0 else "") + ")")
     note += more_data(h, kind, rule.n, rule.budget, rule.z * h.get("strictness", rule.strictness))

@@ -92,3 +92,6 @@ def test_a_candidate_close_to_the_result_is_told_apart_by_its_digits():
     """The log-mel's note read "past the result's 1.19x, 1.19x": two ratios that round alike get another digit."""
     note = stop_note([_entry(1.1912, True, True), _entry(1.1938, False, False)], _rule(("probs", "prob")))
     assert "past the result's 1.191x, 1.194x (reconstruct)" in note
+    # alike at 4 digits (sweep 9: "past the result's 1.0000x, 1.0000x"): how much more of the weights it removed
+    note = stop_note([_entry(1.0, True, True), _entry(1.00002, False, False)], _rule(("probs", "prob")))
+    assert "past the result's 1.0000x, 0.002% more of the weights removed (reconstruct)" in note
