@@ -256,6 +256,7 @@ class RowCoverage:
     an unread row crossed 0.5 on 2.18% of them against 0.51% for the rest."""
 
     partial: dict[str, tuple[int, int]] = field(default_factory=dict)
+    unread: dict[str, list[int]] = field(default_factory=dict)  # a few of each table's unread rows, lowest first
 
     def reasons(self) -> dict[str, str]:
         return {n: f"{read:,} of {rows:,} rows read by --data" for n, (read, rows) in self.partial.items()}
@@ -263,13 +264,19 @@ class RowCoverage:
     def note(self, budgeted: bool) -> str | None:
         if not self.partial:
             return None
-        what = "; ".join(f"'{n}' {read:,} of {rows:,} rows" for n, (read, rows) in list(self.partial.items())[:3])
+        what = "; ".join(f"'{n}' {read:,} of {rows:,} rows{self._examples(n)}"
+                         for n, (read, rows) in list(self.partial.items())[:3])
         more = f" (+{len(self.partial) - 3} more)" if len(self.partial) > 3 else ""
         head = f"embedding table(s) whose rows --data does not all read ({what}{more})"
         if budgeted:
             return (f"{head} were left as they are: the budget has no evidence about the unread rows; data that "
-                    "reads every row (every token id, category or item) lets them be pruned")
+                    "reads every row (every token id, category or item) lets them be pruned; a table some of whose "
+                    "rows no input reaches (padding, reserved ids) is pruned only by a fixed --sparsity, unchecked")
         return f"{head} were pruned as asked, but no sample checked the unread rows"
+
+    def _examples(self, name: str) -> str:
+        rows = self.unread.get(name)
+        return f", unread e.g. {', '.join(map(str, rows))}" if rows else ""
 
 
 def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
@@ -308,6 +315,7 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     for name, s in seen.items():
         if not s.all():
             cov.partial[name] = (int(s.sum()), len(s))
+            cov.unread[name] = [int(i) for i in np.flatnonzero(~s)[:3]]
     if cov.partial:
         log.info("embedding rows read by the data: %s", {n: f"{r} of {t}" for n, (r, t) in cov.partial.items()})
     return cov

@@ -251,9 +251,11 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         if err.get("max_rel") is None:  # labels, ids: compared exactly
             moved = f"equal values in {100 * (err.get('agreement') or 0.0):.2f}% of samples"
         else:
-            agree = f"top-1 agreement {100 * err['agreement']:.2f}%, " if err.get("agreement") is not None else ""
+            agree = (f"top-1 agreement {100 * err['agreement']:.2f}%, "  # a class output's: not an argmax over
+                     if err.get("agreement") is not None and s["metric"] in CLASS_HEADLINES else "")  # positions
             if s["metric"] in PROBABILITY_KINDS and err.get("mean_abs") is not None:  # in probability points:
-                moved = (f"{agree}largest probability change {err['max_abs']:.3g}, per sample "  # relative to a
+                what = "logit" if s["metric"] == "binary_logit" else "probability"  # (a logit's in its own units)
+                moved = (f"{agree}largest {what} change {err['max_abs']:.3g}, per sample "  # relative to a
                          f"{err['mean_abs']:.3g} on average")  # score near 0, any change looks huge
             else:
                 moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
@@ -292,6 +294,7 @@ def _widened(budget: dict) -> str:
             "the budget on this decision set; more samples, or --val-data, narrow it)")
 
 
+CLASS_HEADLINES = ("accuracy", "top5", "agreement", "prob", "expected_accuracy")  # outputs of class scores
 PROBABILITY_KINDS = ("prob", "binary_prob", "binary_logit")  # headline metrics whose output is a probability: changes in its points
 SKIPPED_SHOWN = 3  # tensors left alone for one reason (names aside) listed one by one up to this many; --json lists all
 

@@ -303,8 +303,11 @@ class _OutputRule:
             # a paired gain is not credited against a positive budget: the search keeps the best of many candidates
             # on this one set, and a gain measured there is mostly that choice's luck (module docstring)
             judged = max(loss, 0.0) if self.form.paired and self.budget > 0 else loss
-            parts.append({"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(judged, limit),
-                          "part": self.form.parts[j]})
+            part = {"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(judged, limit),
+                    "part": self.form.parts[j]}
+            if self.form.is_binary(j) and not self.form.paired:  # samples with any change: a pooled feed's term
+                part["changed"] = int(np.count_nonzero(col > 0))  # is a share of its rows, not 0 or 1
+            parts.append(part)
         worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
         out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
         if self.form.paired:

@@ -348,7 +348,7 @@ class ReconstructRecovery(Recovery):
                                 dense_session=self.dense, select=self.select,
                                 damp=REFIT_DAMP, prior=REFIT_PRIOR, stop=lambda: self.s.left() < self.s.tail)
         for name, why in report.skipped.items():
-            note = f"reconstruct left '{name}' as pruned: {why}"
+            note = f"reconstruct did not refit '{name}': {why}"
             if note not in self.s.notes:
                 self.s.notes.append(note)
         return model, {**masks, **report.masks}

@@ -23,7 +23,12 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     if form is None or form.paired:  # --max-loss 0: within the noise, the limit is the margin itself
         return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
     if binary and n:
-        return f"{round(d['loss_pp'] * n / 100)} of {n} decision samples {part}, upper bound {upper:.2f} pp"
+        whole, changed = round(d["loss_pp"] * n / 100), d.get("changed")
+        if changed is None or changed == whole:
+            return f"{whole} of {n} decision samples {part}, upper bound {upper:.2f} pp"
+        # the rows of an output that follows no batch, pooled per feed: a sample's term is the share of its rows
+        return (f"{changed} of {n} decision samples {part} in some of their rows ({d['loss_pp']:.2f}% of the rows "
+                f"on average), upper bound {upper:.2f} pp")
     return f"{named}{d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
 
 

@@ -97,17 +97,22 @@ class _Knob:
 
 
 def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData, config: AutoConfig,
-                progress: Callable[..., None] | None = None, deadline: float | None = None, clock=None) -> AutoResult:
+                progress: Callable[..., None] | None = None, deadline: float | None = None, clock=None,
+                held: int = 0) -> AutoResult:
     """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget);
-    `clock` (timing.RunClock), when given, replaces it: the run's deadline less the reserve for the steps after."""
+    `clock` (timing.RunClock), when given, replaces it: the run's deadline less the reserve for the steps after.
+    `held`: the weights of the prunable ones left out of `inventory` (no evidence about them, or excluded), counted
+    as kept in every ratio the search states, so its figures are the summary's (sweep 9: "2.0x kept" for "1.1x")."""
     config.validate()
     return _Search(original, inventory, data, config, progress or (lambda *a, **k: None),
-                   deadline or time.perf_counter() + config.time_budget, clock).run()
+                   deadline or time.perf_counter() + config.time_budget, clock, held).run()
 
 
 class _Search:
-    def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline, clock=None):
+    def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline, clock=None,
+                 held: int = 0):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
+        self.held = held
         self.progress, self._deadline, self.clock = progress, deadline, clock
         self.t0 = time.perf_counter()
         self.tail = 0.0 if clock is not None else TAIL_SHARE * config.time_budget  # the clock reserves it itself
@@ -486,12 +491,15 @@ class _Search:
                 share=None, masks=None, model=None, note: str = "") -> None:
         masks = masks if masks is not None else best.masks
         d = density(masks)
+        n = sum(m.size for m in masks.values())
+        whole = (d * n + self.held) / (n + self.held) if n + self.held else 1.0  # the held weights count as kept
         entry = {"round": len(self.history), "phase": phase, "kept": kept, "fits": kept,
-                 "overall_density": d, "ratio": 1.0 / d if d else float("inf"),
+                 "overall_density": d, "ratio": 1.0 / whole if whole else float("inf"),
                  "density": {n: float(m.mean()) for n, m in masks.items()},
                  "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
                  "output": decision.output, "part": worst_figures(decision).get("part"),
+                 "changed": worst_figures(decision).get("changed"),
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
         if decision.strictness != 1.0:
             entry["strictness"] = decision.strictness  # judged by the stricter rule (stop_note reads it)

@@ -175,7 +175,8 @@ class BudgetCheckStep(Step):
             worst = worst_figures(decision)
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
-                                                **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp")}}
+                                                **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp",
+                                                                             "changed")}}
         note = _eval_over_budget(report, self.config.max_loss, state)
         if note:
             report["notes"].append(note)

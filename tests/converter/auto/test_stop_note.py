@@ -95,3 +95,24 @@ def test_a_candidate_close_to_the_result_is_told_apart_by_its_digits():
     # alike at 4 digits (sweep 9: "past the result's 1.0000x, 1.0000x"): how much more of the weights it removed
     note = stop_note([_entry(1.0, True, True), _entry(1.00002, False, False)], _rule(("probs", "prob")))
     assert "past the result's 1.0000x, 0.002% more of the weights removed (reconstruct)" in note
+
+
+def test_a_pooled_share_is_not_said_as_whole_samples_changed():
+    """Sweep 9's attacut (an output that follows no batch: its positions pooled per feed, binary_logit): "0 of 180
+    decision samples changed sign" where 10 feeds had a flipped position (0.20% of the positions)."""
+    from onnxprune.converter.auto.report import part_figure
+
+    d = {"loss_pp": 0.2, "limit_pp": 0.2, "part": "changed sign", "changed": 10}
+    said = part_figure(d, "binary_logit", 180, 1.0)
+    assert said.startswith("10 of 180 decision samples changed sign in some of their rows (0.20% of the rows")
+    whole = part_figure({**d, "loss_pp": 100 * 2 / 180, "changed": 2}, "binary_logit", 180, 1.0)
+    assert whole.startswith("2 of 180 decision samples changed sign, upper bound")
+    import numpy as np
+
+    from onnxprune.converter.auto.decide import _OutputRule
+
+    rule = _OutputRule("o", "binary_logit", 1.0, 1.0)
+    rule.dense = np.zeros((180, 2))
+    terms = np.zeros((180, 2))
+    terms[:10, 0] = 0.036  # ten feeds with a few of their positions flipped
+    assert rule.judge(terms)["changed"] == 10
