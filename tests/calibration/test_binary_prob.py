@@ -2,8 +2,6 @@
 a probability, prob over the two classes [1 - p, p]: decisions that cross 0.5 (Wilson-bounded) and the mean absolute
 probability change (1 pp = 0.01 of probability), not its error relative to itself."""
 
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -98,14 +96,13 @@ def test_a_negative_sample_is_judged_in_probability_points_not_relative_to_itsel
 
 
 def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    start = doc.index("    import numpy as np\n    def binary_prob_loss")
-    namespace = {}
-    exec(textwrap.dedent(doc[start:doc.index("\n\n", start)]), namespace)
+    from tests.calibration.docs_checks import docs_function
+
+    user_check = docs_function("binary_prob_loss")
     rng = np.random.default_rng(4)
     d = rng.uniform(0, 1, (300, 1)).astype(np.float32)
     y = np.clip(d + rng.normal(0, 0.05, d.shape), 0, 1).astype(np.float32)
-    got = namespace["binary_prob_loss"](y, d)
+    got = user_check(y, d)
     assert got == pytest.approx(loss_pp("binary_prob", y, d), rel=1e-6)
     assert got == pytest.approx(user_check(y, d), rel=1e-6)
 

@@ -4,8 +4,6 @@ a value head [N, 1] of std 4.1 with one calibration sample at 0.013 made a tiny 
 pruning candidate was rejected. The figure does not depend on the batches, and outputs without tiny norms score
 exactly as before."""
 
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,16 +50,15 @@ def test_a_value_crossing_zero_is_judged_against_the_outputs_scale_not_its_own()
 
 
 def test_the_check_docs_metrics_md_gives_users_is_the_tools_loss():
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    start = doc.index("    import numpy as np\n    def rel_l2_loss")
-    namespace = {}
-    exec(textwrap.dedent(doc[start:doc.index("\n\n", start)]), namespace)
+    from tests.calibration.docs_checks import docs_function
+
+    user_check = docs_function("rel_l2_loss")
     rng = np.random.default_rng(4)
     for shape in [(200, 1), (200,), (50, 3, 4)]:
         d = rng.standard_normal(shape).astype(np.float32)
         y = (d + 0.03 * rng.standard_normal(shape)).astype(np.float32)
-        assert namespace["rel_l2_loss"](y, d) == pytest.approx(loss_pp("rel_l2", y, d), rel=1e-6)
-        assert namespace["rel_l2_loss"](y, d) == pytest.approx(user_rel_l2(y, d), rel=1e-12)
+        assert user_check(y, d) == pytest.approx(loss_pp("rel_l2", y, d), rel=1e-6)
+        assert user_check(y, d) == pytest.approx(user_rel_l2(y, d), rel=1e-12)
 
 
 def test_ordinary_outputs_score_exactly_as_before():
