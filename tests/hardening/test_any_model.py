@@ -475,3 +475,11 @@ def test_a_model_computing_wild_values_is_said_once_without_numpy_warnings(tmp_p
     big = np.full((2, 8), 3e30, np.float32)
     rel = _relative_errors(big * 1.001, big, 0.0)
     assert np.isfinite(rel).all() and rel == pytest.approx(0.001, rel=1e-3)
+    # a float16 output (sweep 9's slovorez) holds nothing past 1e30: checked without numpy's overflow warning
+    import warnings
+
+    from onnxprune.calibration.metrics import _say_nonfinite
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _say_nonfinite(model, [(np.ones((2, 3), np.float16),)])
