@@ -581,7 +581,29 @@ def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool, as_json: 
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: temp files are removed, no partial output stays
+    """SIGTERM and Ctrl-C unwind as KeyboardInterrupt: temp files are removed, no partial output stays. Not in the
+    middle of an import: a C++ extension's initialisation (torch.distributed's, through pybind11) that receives
+    the exception aborts the process ("terminate called after throwing an instance of
+    'pybind11::error_already_set'", seen once in the suite); the signal is sent again a moment later instead."""
+    if _importing(frame):
+        import threading
+
+        retry = threading.Timer(RETRY_SIGNAL_S, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
+    raise KeyboardInterrupt
+
+
+RETRY_SIGNAL_S = 0.05
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def process_started() -> float:
@@ -605,6 +627,7 @@ def main() -> None:
     global _STARTED
     _STARTED = process_started()
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         cli(prog_name="onnxprune")
     except SystemExit as done:

@@ -184,3 +184,26 @@ def test_interrupted_prune_leaves_input_intact_and_no_partial_output(big, tmp_pa
     print(f"{signame} {when}: caught={caught} rc={proc.returncode} out={out.exists()} left={left} T={seconds:.1f}s")
     if caught and when != "writing" and signame != "SIGKILL":
         assert not out.exists(), f"{signame} while {when} still wrote the output"
+
+
+def test_a_signal_during_an_import_is_sent_again_after_it(monkeypatch):
+    """Seen once in the suite: SIGTERM landing while torch.distributed initialised through pybind11 aborted the
+    process ("terminate called after throwing an instance of 'pybind11::error_already_set'", exit 134) instead of
+    unwinding. Inside an import the handler sends the signal again a moment later; elsewhere it unwinds at once."""
+    import signal as sig
+    import time as clock
+    from types import SimpleNamespace
+
+    from onnxprune.converter import cli
+
+    def frame(name, back=None):
+        return SimpleNamespace(f_code=SimpleNamespace(co_filename=name), f_back=back)
+
+    sent = []
+    monkeypatch.setattr(cli.os, "kill", lambda pid, signum: sent.append(signum))
+    importing = frame("/site-packages/torch/distributed/__init__.py", frame("<frozen importlib._bootstrap>"))
+    cli._terminate(sig.SIGTERM, importing)  # deferred: no exception here
+    clock.sleep(10 * cli.RETRY_SIGNAL_S)
+    assert sent == [sig.SIGTERM]
+    with pytest.raises(KeyboardInterrupt):
+        cli._terminate(sig.SIGTERM, frame("/work/converter/steps/auto.py"))
