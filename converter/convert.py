@@ -38,6 +38,7 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     protect = (Path(model),) if isinstance(model, (str, os.PathLike)) else ()
     if output is not None:
         modelio.check_output_path(Path(output), protect=protect)
+        _not_the_data(Path(output), config)
     if report_dir is not None:
         if output is None:
             raise ConfigError("report_dir needs output too: the report describes a written model.")
@@ -73,6 +74,16 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
 
         Checkpoints(config.retrain.checkpoint_dir, "").clear()  # the run is complete: its checkpoints can go
     return result  # forced past a missed budget: budget_error(result.report) still says so
+
+
+def _not_the_data(output: Path, config: RunConfig) -> None:
+    """Refuse an output that is one of the run's data files (CI audit: `-o calib.npz --data calib.npz` replaced the
+    calibration data with the model): the user's inputs are never overwritten."""
+    d = config.data
+    for flag, source in (("--data", d.data), ("--eval-data", d.eval_data), ("--val-data", d.val_data)):
+        if (isinstance(source, (str, os.PathLike)) and output.exists() and Path(source).is_file()
+                and os.path.samefile(output, source)):
+            raise ConfigError(f"output '{output}' is the {flag} file; choose another output path (-o).")
 
 
 def _count_write(report: dict, seconds: float) -> None:

@@ -199,10 +199,13 @@ def _eval_over_budget(report: dict, budget: float, state) -> str | None:
 
 
 def budget_error(report: dict) -> BudgetError | None:
+    """The missed budget's error, or None; once the model was written (--force: `report["output"]`) it says so
+    (a CI user read "nothing written" beside "wrote X")."""
     budget = report.get("budget")
     if budget and not budget["met"]:
-        return BudgetError(
-            f"measured loss {budget['measured_loss_pp']:.3f} pp exceeds --max-loss {budget['max_loss_pp']:g}; "
-            "nothing written (pass --force to write it anyway, or raise --max-loss)."
-        )
+        missed = f"measured loss {budget['measured_loss_pp']:.3f} pp exceeds --max-loss {budget['max_loss_pp']:g}"
+        if report.get("output"):
+            return BudgetError(f"{missed}; written anyway to '{report['output']}' (--force); the exit code says "
+                               "the budget was missed.")
+        return BudgetError(f"{missed}; nothing written (pass --force to write it anyway, or raise --max-loss).")
     return None

@@ -252,6 +252,18 @@ def test_output_that_is_a_folder_is_a_usage_error(mlp, tmp_path):
     assert_clean_error(prune(mlp, tmp_path, "--sparsity", "0.5"), 2, "is a folder")
 
 
+def test_output_that_is_a_data_file_is_refused(mlp, tmp_path):
+    """CI audit: `-o calib.npz --data calib.npz` replaced the calibration data with the pruned model."""
+    data, held = tmp_path / "calib.npz", tmp_path / "held.npz"
+    for path in (data, held):
+        np.savez(path, input=np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    before = data.read_bytes(), held.read_bytes()
+    assert_clean_error(invoke("prune", mlp, "-o", data, "--sparsity", "0.5", "--data", data), 2, "is the --data file")
+    res = invoke("prune", mlp, "-o", held, "--sparsity", "0.5", "--data", data, "--eval-data", held)
+    assert_clean_error(res, 2, "is the --eval-data file")
+    assert (data.read_bytes(), held.read_bytes()) == before
+
+
 def test_output_that_is_the_input_through_a_symlink_is_refused(mlp, tmp_path):
     link = tmp_path / "link.onnx"
     link.symlink_to(mlp)
