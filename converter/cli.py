@@ -96,8 +96,8 @@ def _verbosity(f):
 
 def _output_options(f):
     """The same -q and --json in every command."""
-    f = click.option("-q", "--quiet", is_flag=True,
-                     help="Nothing on the terminal but errors: no progress, no tables (results go to the files).")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="Nothing on the terminal but warnings and errors: no "
+                     "progress, no tables (results go to the files).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, nothing else.")(f)
     return _verbosity(f)
 
