@@ -422,6 +422,12 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
     try:
         result = convert(model, output, config, report_dir=report_dir, force=force, progress=progress,
                          command=command, on_budget_error=show_json if as_json else None, started=_STARTED)
+    except KeyboardInterrupt:
+        kept = config.retrain.checkpoint_dir
+        if kept and Path(kept).is_dir() and any(Path(kept).iterdir()):  # CI audit: only "Aborted!" was said
+            click.echo(f"the interrupted retraining's checkpoints are kept in '{kept}': the same command with "
+                       "--resume continues from the last one", err=True)
+        raise
     finally:
         progress.close()
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 shows the result

@@ -78,3 +78,27 @@ def test_cli_removes_checkpoints_after_success_and_resume_needs_iterations(setup
     assert out.exists() and not (tmp_path / "o.onnx.ckpt").exists()
     res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--sparsity", "0.8", "--resume"])
     assert res.exit_code == 2 and "no --iterations" in res.output
+
+
+def test_an_interrupted_cli_run_says_where_its_checkpoints_are(setup, tmp_path, monkeypatch):
+    """CI audit: an interrupted --iterations run left 'o.onnx.ckpt/' and said only 'Aborted!'."""
+    import onnx
+    from click.testing import CliRunner
+
+    from onnxprune.converter.cli import cli
+
+    model, data = setup
+    mpath, dpath, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "o.onnx"
+    onnx.save(model, mpath)
+    np.savez(dpath, **data)
+    saved = Checkpoints.save
+
+    def save_then_interrupt(self, *a, **k):
+        saved(self, *a, **k)
+        raise KeyboardInterrupt  # Ctrl-C right after the first round was checkpointed
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_interrupt)
+    res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--sparsity", "0.8", "--data", str(dpath),
+                                   "--iterations", "2", "--epochs", "1", "-q"])
+    assert res.exit_code == 1 and not out.exists()
+    assert f"checkpoints are kept in '{out}.ckpt'" in res.output and "--resume" in res.output
