@@ -66,17 +66,22 @@ def count_samples(value) -> int:
 
 # ---- per-batch scores: (sums, count); the metric is finish(sums, count) -------------------------------------------
 
+def _predicted(out: np.ndarray) -> bool:
+    """An output of predicted labels [N] (skl2onnx's output_label), scored by equality, not by an argmax."""
+    return out.ndim == 1 and out.dtype.kind in "iu"
+
+
 def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
     if labels is None:
         raise CalibrationError("this metric needs labels and the batch has none; pass --labels NAME.")
-    if out.ndim != 2:
+    if out.ndim != 2 and not _predicted(out):
         raise CalibrationError(f"the scored output has shape {list(out.shape)}; label metrics need [N, classes]. "
                                "Pick the output the labels belong to (--metric OUTPUT=accuracy) or another metric "
                                "(--metric OUTPUT=rel_l2).")
     if len(labels) != len(out):
         raise CalibrationError(f"a batch has {len(labels)} labels for {len(out)} output rows; give one label per "
                                "sample of the scored output (or score it against the dense model: drop --labels).")
-    if labels.size and labels.max() >= out.shape[1]:
+    if labels.size and not _predicted(out) and labels.max() >= out.shape[1]:
         raise CalibrationError(f"labels go up to {int(labels.max())} but the model has {out.shape[1]} classes "
                                f"(0..{out.shape[1] - 1}); check the labels array or the scored output.")
 
@@ -86,12 +91,9 @@ def _ones(n: int) -> np.ndarray:
 
 
 def _accuracy(out, ref, labels):
-    if out.ndim == 1 and out.dtype.kind in "iu":  # predicted labels (skl2onnx's output_label): equal or not
-        if labels is None or len(labels) != len(out):
-            _check_classes(out, labels)
-        return (out == np.asarray(labels).astype(out.dtype))[:, None].astype(np.float64), _ones(len(labels))
     _check_classes(out, labels)
-    return (out.argmax(axis=1) == labels)[:, None].astype(np.float64), _ones(len(labels))
+    predicted = out if _predicted(out) else out.argmax(axis=1)
+    return (predicted == labels)[:, None].astype(np.float64), _ones(len(labels))
 
 
 def _top5(out, ref, labels):

@@ -267,9 +267,14 @@ class _Plan:
     outputs: list[str] = field(default_factory=list)  # the scored outputs W reaches (the others keep their values)
 
 
-def _plan(index: _GraphIndex, w: PrunableWeight, outputs: Sequence[str]) -> _Plan:
+def _reached(index: _GraphIndex, w: PrunableWeight, outputs: Sequence[str]) -> tuple[set[int], list[str]]:
+    """The nodes downstream of `w` and the `outputs` among what they produce."""
     below = index.descendants(w.name)
-    reached = [o for o in outputs if index.producer.get(o) in below]
+    return below, [o for o in outputs if index.producer.get(o) in below]
+
+
+def _plan(index: _GraphIndex, w: PrunableWeight, outputs: Sequence[str]) -> _Plan:
+    below, reached = _reached(index, w, outputs)
     if not reached:
         return _Plan(w, [], [], "unused")
     keep = below & index.ancestors(reached)
@@ -501,7 +506,7 @@ def unscored_weights(model: onnx.ModelProto, inventory: Inventory, scored: Seque
     """The prunable weights none of the `scored` outputs depends on ("" = the first output), in inventory order."""
     index = _GraphIndex(model)
     outputs = [o or model.graph.output[0].name for o in scored]
-    return [w.name for w in inventory.prunable if _plan(index, w, outputs).path == "unused"]
+    return [w.name for w in inventory.prunable if not _reached(index, w, outputs)[1]]
 
 
 def _new_result(model, evaluator: Evaluator, levels) -> SensitivityResult:

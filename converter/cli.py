@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -592,8 +593,6 @@ def _terminate(signum, frame):
     the exception aborts the process ("terminate called after throwing an instance of
     'pybind11::error_already_set'", seen once in the suite); the signal is sent again a moment later instead."""
     if _importing(frame):
-        import threading
-
         retry = threading.Timer(RETRY_SIGNAL_S, os.kill, (os.getpid(), signum))
         retry.daemon = True
         retry.start()

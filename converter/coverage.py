@@ -304,7 +304,8 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
         del copy.graph.output[:]
         copy.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in computed)
         session = make_session(copy, optimize=False)
-    seen = {n: np.zeros(next(w.shape[0] for w in tables if w.name == n), bool) for n in ids}
+    rows_of = {w.name: w.shape[0] for w in tables}
+    seen = {n: np.zeros(rows_of[n], bool) for n in ids}
     for feeds in reader:
         values = dict(zip(computed, session.run(computed, feeds))) if session is not None else {}
         for name, t in ids.items():

@@ -348,8 +348,6 @@ def _why_not(name, tensor, users) -> str | None:
             return f"bias, state or peephole of {u.op_type} '{u.name}'"
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
-    if int(np.prod(tensor.dims, dtype=np.int64)) < 2:
-        return None
     op = users[0].op_type if users else "nothing"
     if op == "Gather":
         return f"not a weight of {'/'.join(WEIGHT_OPS)}, nor a table Gather reads with ids on axis 0 (used by Gather)"
@@ -380,10 +378,10 @@ def _consumer_rank(name, lookup, tensor):
 
 
 def _macs(node, size, lazy, ix: ScopeIndex) -> int | None:
-    shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
-    out = shapes.get(node.output[0]) if node.output else None
     if node.op_type in LOOKUP_OPS:
         return 0  # rows read, not multiplied
+    shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
+    out = shapes.get(node.output[0]) if node.output else None
     if node.op_type in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]

@@ -226,7 +226,8 @@ class _Search:
         # the one-shot fit measures the whole-set loss; the rule bounds it from above (fidelity metrics), so a
         # start over the rule's limit is refitted at half the budget, then at none; else the rounds start dense
         note = ""
-        for fit_budget in dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)):
+        budgets = list(dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)))
+        for k, fit_budget in enumerate(budgets):
             allocation = allocate(self.sensitivity, self.inventory, fit_budget)
             rule = self._fit_rule(fit_budget)
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
@@ -239,12 +240,12 @@ class _Search:
             note += f"{'; ' if note else ''}fit_to_budget at {fit_budget:g} pp, {outcome.tries} tries"
             if decision.within or fit_budget == 0.0:
                 break
-            log.info("one-shot start fitted at %g pp: loss %.3f pp on '%s' on the decision set, over the rule's "
-                     "limit %.3f pp; fitted again at %g pp", fit_budget, decision.loss_pp, decision.output,
-                     decision.limit_pp, fit_budget / 2 if fit_budget > self.config.max_loss / 2 else 0.0)
             if self.left() <= 0:  # no time for a refit at a smaller budget: the rounds' start is the input model
                 note += "; the time budget was spent"
                 break
+            log.info("one-shot start fitted at %g pp: loss %.3f pp on '%s' on the decision set, over the rule's "
+                     "limit %.3f pp; fitted again at %g pp", fit_budget, decision.loss_pp, decision.output,
+                     decision.limit_pp, budgets[k + 1])
         # masked: what the one-shot zeroed (a weight that was zero in the input stays a kept position)
         masks = {n: ~((weight_array(model, n) == 0) & (weight_array(self.original, n) != 0)) for n in self.sizes}
         self.one_shot = {"sparsities": outcome.sparsities, "measured_loss_pp": outcome.measured_loss_pp,
@@ -490,16 +491,16 @@ class _Search:
     def _record(self, phase: str, best: _Best | None, decision: Decision, kept: bool, t0: float, *, levels=None,
                 share=None, masks=None, model=None, note: str = "") -> None:
         masks = masks if masks is not None else best.masks
+        worst = worst_figures(decision)
         d = density(masks)
-        n = sum(m.size for m in masks.values())
-        whole = (d * n + self.held) / (n + self.held) if n + self.held else 1.0  # the held weights count as kept
+        size = sum(m.size for m in masks.values())
+        whole = (d * size + self.held) / (size + self.held) if size + self.held else 1.0  # held weights: kept
         entry = {"round": len(self.history), "phase": phase, "kept": kept, "fits": kept,
                  "overall_density": d, "ratio": 1.0 / whole if whole else float("inf"),
                  "density": {n: float(m.mean()) for n, m in masks.items()},
                  "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
-                 "output": decision.output, "part": worst_figures(decision).get("part"),
-                 "changed": worst_figures(decision).get("changed"),
+                 "output": decision.output, "part": worst.get("part"), "changed": worst.get("changed"),
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
         if decision.strictness != 1.0:
             entry["strictness"] = decision.strictness  # judged by the stricter rule (stop_note reads it)
@@ -541,10 +542,10 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
     result = max(kept, default=1.0)
     digits = next((d for d in (2, 3, 4) if f"{result:.{d}f}" != f"{h['ratio']:.{d}f}"), None)  # not "1.19x, 1.19x"
-    past = (f"{h['ratio']:.{digits}f}x" if digits else  # alike at 4 digits: how much more it removed
-            f"{100 * (1 / result - 1 / h['ratio']):.2g}% more of the weights removed")
+    its = (f"{h['ratio']:.{digits}f}x" if digits else  # alike at 4 digits: how much more it removed
+           f"{100 * (1 / result - 1 / h['ratio']):.2g}% more of the weights removed")
     note = (f"what stopped {what}: the least pruned candidate past the result's {result:.{digits or 4}f}x, "
-            f"{past} ({h['phase']}), was outside the budget on output '{h['output']}' "
+            f"{its} ({h['phase']}), was outside the budget on output '{h['output']}' "
             f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g}"
             + (f", judged with {h['strictness']:g}x the margin" if h.get("strictness", 1.0) != 1.0 else "") + ")")
     note += more_data(h, kind, rule.n, rule.budget, rule.z * h.get("strictness", rule.strictness))

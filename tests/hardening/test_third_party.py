@@ -206,3 +206,7 @@ def test_labels_are_scored_against_predicted_labels_when_no_output_holds_class_s
     assert scored["output_label"]["before"] == pytest.approx(dense, abs=0.02)  # on the tool's part of the set
     terms, _ = METRICS["accuracy"].terms(np.array([1, 2, 0]), None, np.array([1, 0, 0]))
     assert terms[:, 0].tolist() == [1.0, 0.0, 1.0]
+    from onnxprune.errors import CalibrationError
+
+    with pytest.raises(CalibrationError, match="a batch has 2 labels for 3 output rows"):  # not "needs [N, classes]"
+        METRICS["accuracy"].terms(np.array([1, 2, 0]), None, np.array([1, 0]))
