@@ -11,29 +11,18 @@ scores go. The largest weight of every layer scores 1, so no layer is emptied, a
 alike keeps more than one whose few large weights carry it: the allocation shifts as retraining moves the weights
 (the one-shot scan keeps 70% of LeNet-300-100's fc1 at --max-loss 0, where retraining takes it to ~2%).
 
-The criterion is pluggable: CRITERIA maps a name to score(weights) -> same-shape nonnegative array
-(the criteria registry of passes/criteria plugs in here).
+The criterion is the run's --criterion (passes/criteria, a Scorer bound once to the dense model: a data-driven
+criterion's statistics are the dense model's on the training part, its scores are of the current weights). A
+criterion ranked within each output row (Wanda) keeps the counts LAMP gives each layer, chosen within the layer per
+row (rank.keep_mask), as its one-shot path does.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from onnxprune.errors import ConfigError
-
-Criterion = Callable[[np.ndarray], np.ndarray]
-
-CRITERIA: dict[str, Criterion] = {
-    "magnitude": lambda w: np.abs(w.astype(np.float64)),
-}
-
-
-def criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise ConfigError(f"--criterion '{name}' is not one of {', '.join(CRITERIA)}.")
-    return CRITERIA[name]
+from onnxprune.passes.criteria import Scorer
+from onnxprune.passes.criteria.rank import keep_mask
 
 
 def lamp_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -52,10 +41,13 @@ def lamp_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def global_masks(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], keep_total: int,
-                 score: Criterion = CRITERIA["magnitude"]) -> dict[str, np.ndarray]:
-    """Masks keeping the `keep_total` weights with the highest LAMP scores over all layers (never regrowing)."""
+                 scorer: Scorer | None = None) -> dict[str, np.ndarray]:
+    """Masks keeping the `keep_total` weights with the highest LAMP scores over all layers (never regrowing), ranked
+    by `scorer` (magnitude when None)."""
+    scorer = scorer or Scorer()
     names = [n for n in masks if n in weights]
-    lamps = {n: lamp_scores(score(weights[n]), masks[n]) for n in names}
+    scores = {n: scorer.rescore(n, weights[n]) for n in names}
+    lamps = {n: lamp_scores(scores[n], masks[n]) for n in names}
     alive = sum(int(masks[n].sum()) for n in names)
     out = {n: m.copy() for n, m in masks.items()}
     drop = alive - max(int(keep_total), 0)
@@ -72,6 +64,11 @@ def global_masks(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], k
         size = masks[n].size
         out[n] = masks[n] & ~flat[start:start + size].reshape(masks[n].shape)
         start += size
+        axis = scorer.axis(n)
+        if axis is not None and out[n].sum() < masks[n].sum():  # the layer's count, chosen per output row
+            rows = keep_mask(scores[n], 1.0 - out[n].sum() / size, masks[n], axis)
+            if rows.any():  # a count under one weight a row would empty the layer: LAMP's own choice stays
+                out[n] = rows
     return out
 
 

@@ -49,9 +49,9 @@ class AutoConfig:
         if unknown:
             raise ConfigError(f"unknown override(s) {sorted(unknown)} for the automatic search; valid: "
                               f"{', '.join(OVERRIDES)}.")
-        from onnxprune.converter.auto.allocation import criterion
+        from onnxprune.passes.criteria import get_criterion
 
-        criterion(self.criterion)
+        get_criterion(self.criterion)
         from onnxprune.converter.auto.recovery import RECOVERY
 
         if self.recovery != "auto" and self.recovery not in RECOVERY:

@@ -32,11 +32,12 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.auto import hyper
-from onnxprune.converter.auto.allocation import criterion, density, global_masks
+from onnxprune.converter.auto.allocation import density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision, rule_ceilings, worst_figures
 from onnxprune.converter.auto.report import more_data, part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
+from onnxprune.passes.criteria import Scoring
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,21 @@ class _Knob:
 
 def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData, config: AutoConfig,
                 progress: Callable[..., None] | None = None, deadline: float | None = None, clock=None,
-                held: int = 0) -> AutoResult:
+                held: int = 0, scoring=None) -> AutoResult:
     """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget);
     `clock` (timing.RunClock), when given, replaces it: the run's deadline less the reserve for the steps after.
     `held`: the weights of the prunable ones left out of `inventory` (no evidence about them, or excluded), counted
-    as kept in every ratio the search states, so its figures are the summary's (sweep 9: "2.0x kept" for "1.1x")."""
+    as kept in every ratio the search states, so its figures are the summary's (sweep 9: "2.0x kept" for "1.1x").
+    `scoring` (passes.criteria.Scoring, with its statistics on the training part): what ranks the weights in every
+    phase; None: config.criterion without data (magnitude)."""
     config.validate()
     return _Search(original, inventory, data, config, progress or (lambda *a, **k: None),
-                   deadline or time.perf_counter() + config.time_budget, clock, held).run()
+                   deadline or time.perf_counter() + config.time_budget, clock, held, scoring).run()
 
 
 class _Search:
     def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline, clock=None,
-                 held: int = 0):
+                 held: int = 0, scoring=None):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
         self.held = held
         self.progress, self._deadline, self.clock = progress, deadline, clock
@@ -122,7 +125,9 @@ class _Search:
         self.notes: list[str] = []
         self._undone = False  # a round was undone: later rounds are judged by the stricter rule (_round_rule)
         self._strict_rule: BudgetRule | None = None
-        self.score = criterion(config.criterion)
+        # the run's criterion, its statistics (a data-driven one's) those of the dense model, taken once
+        self.scoring = scoring if scoring is not None else Scoring(config.criterion)
+        self.score = self.scoring.bind(original)
         self.sizes = {w.name: w.size for w in inventory.prunable}
         self.total = sum(self.sizes.values())
         self.macs0 = _macs(original)
@@ -219,7 +224,7 @@ class _Search:
         self.sensitivity = scan(self.original, self.inventory, ev, DEFAULT_LEVELS,
                                 progress=lambda d, t, what="": self.progress("sensitivity scan", d, t, what),
                                 budget_pp=self.config.max_loss, ceilings=rule_ceilings(ev, self.config.max_loss),
-                                deadline=t0 + SCAN_SHARE * self.span)
+                                deadline=t0 + SCAN_SHARE * self.span, scoring=self.scoring)
         note = unscanned_note(self.sensitivity, f"{SCAN_SHARE:.0%} of the search's {self.span:.0f} s", "start")
         if note:
             self.notes.append(note)
@@ -233,8 +238,8 @@ class _Search:
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
                                     result=self.sensitivity, deadline=self.deadline - self.pass_seconds(),
                                     judge=rule and rule.fit_judge(),  # the start is judged after the fit
-                                    ceilings=rule and rule.point_ceilings())
-            model = (pruned_model(self.original, outcome.sparsities) if any(outcome.sparsities.values())
+                                    ceilings=rule and rule.point_ceilings(), scoring=self.scoring)
+            model = (pruned_model(self.original, outcome.sparsities, self.score) if any(outcome.sparsities.values())
                      else self.original)  # nothing pruned (no try fit, or none had time): the input model itself
             decision = self.judge(model)
             note += f"{'; ' if note else ''}fit_to_budget at {fit_budget:g} pp, {outcome.tries} tries"

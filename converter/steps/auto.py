@@ -88,7 +88,8 @@ class AutoSearchStep(Step):
             log.warning(short)
         searched = {w.name for w in state.scannable.prunable}
         held = sum(w.size for w in state.inventory.prunable if w.name not in searched)  # kept as they are
-        result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock, held=held)
+        result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock, held=held,
+                             scoring=state.scoring)
         state.prune.masks.update(result.masks)
         state.notes.extend(([short] if short else []) + result.notes)
         state.auto = result.report()

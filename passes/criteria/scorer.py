@@ -40,6 +40,13 @@ class Scorer:
             self._scores[name] = score(self.criterion.name, ctx)
         return self._scores[name]
 
+    def rescore(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Scores of other values of weight `name` under this state's statistics, not cached: the automatic search
+        binds the dense model once and scores its current (retrained, refit) weights every step."""
+        if name not in self.weights and self.model is not None:
+            self.weights = find_prunable(self.model, with_macs=False).by_name()
+        return score(self.criterion.name, ScoreContext(self.weights.get(name), values, self.model, self.stats))
+
     def axis(self, name: str) -> int | None:
         """The comparison group: None for the whole layer, else the output-row axis of the weight."""
         if self.criterion.group != "row":

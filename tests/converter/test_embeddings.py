@@ -105,7 +105,6 @@ def test_the_refit_search_holds_an_embedding_at_its_mask_in_its_global_levels():
     other layers, and the per-layer phase raises the table one judged step at a time."""
     from types import SimpleNamespace
 
-    from onnxprune.converter.auto.allocation import CRITERIA
     from onnxprune.converter.auto.recovery import ReconstructRecovery
 
     model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
@@ -114,7 +113,7 @@ def test_the_refit_search_holds_an_embedding_at_its_mask_in_its_global_levels():
     masks = {n: np.ones(v.shape, bool) for n, v in weights.items()}
     masks["embed.weight"][:5] = False
     rec = ReconstructRecovery()
-    rec.s = SimpleNamespace(inventory=inv, _weights_of=lambda m: weights, score=CRITERIA["magnitude"])
+    rec.s = SimpleNamespace(inventory=inv, _weights_of=lambda m: weights, score=None)
     table = int(masks["embed.weight"].sum())  # 200 of 240 kept; fc.weight 32
     out = rec._global(SimpleNamespace(model=model, masks=masks), table + 20)
     np.testing.assert_array_equal(out["embed.weight"], masks["embed.weight"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.converter.auto.allocation import criterion, global_masks, lamp_scores
+from onnxprune.converter.auto.allocation import global_masks, lamp_scores
 from onnxprune.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ def test_global_masks_keep_the_count_never_regrow_and_never_empty_a_layer():
                "small": rng.normal(size=(5, 4))}
     masks = {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}
     masks["big"][0] = False
-    out = global_masks(weights, masks, 300, criterion("magnitude"))
+    out = global_masks(weights, masks, 300)
     assert sum(int(m.sum()) for m in out.values()) == 300
     assert not out["big"][0].any()  # never regrow
     assert all(m.any() for m in out.values())
