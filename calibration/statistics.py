@@ -23,6 +23,7 @@ import onnx
 
 from onnxprune.calibration.runtime import make_session, with_outputs
 from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.passes.criteria.base import MissingStatistics
 from onnxprune.passes.weights import PrunableWeight, find_prunable
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,10 @@ STATS_SAMPLES = 1024  # calibration samples a criterion's statistics are taken o
 DATA_INPUT = {("Conv", 1): 0, ("ConvTranspose", 1): 0, ("Gemm", 1): 0, ("Gemm", 0): 1, ("MatMul", 1): 0,
               ("MatMul", 0): 1}
 
-# gradients(model, weight names, batches, kind, per_sample) -> {name: array of the weight's shape}
+# where each statistic reaches (a weight elsewhere is ranked by magnitude: passes.criteria.MissingStatistics)
+WHERE = {"input_norms": "Conv, ConvTranspose, Gemm and MatMul weights of the main graph whose input axis is known",
+         "fisher": "initializers the torch bridge trains", "taylor": "initializers the torch bridge trains"}
+# gradients(model, weight names, batches, kind, seed, per_feed) -> {name: array of the weight's shape}
 Gradients = Callable[..., dict[str, np.ndarray]]
 
 
@@ -49,8 +53,9 @@ class CalibrationStats:
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """The reader's batches, cut after `max_samples` samples."""
         left = self.max_samples
+        per_feed = self.per_feed
         for feeds, labels in self.reader.batches():
-            n = len(next(iter(feeds.values())))
+            n = 1 if per_feed else len(next(iter(feeds.values())))  # per feed, a sample is a feed: never cut
             if n > left:
                 feeds = {k: v[:left] for k, v in feeds.items()}
                 labels = None if labels is None else labels[:left]
@@ -59,6 +64,11 @@ class CalibrationStats:
             left -= n
             if left <= 0:
                 return
+
+    @property
+    def per_feed(self) -> bool:
+        """The reader yields complete feeds as they are (a time-major input, a scalar): axis 0 need not be samples."""
+        return bool(getattr(self.reader, "per_feed", False))
 
     def input_norms(self, weight: PrunableWeight) -> np.ndarray:
         return self._get("input_norms", weight, lambda: input_norms(self.model, self.prunable(), self.batches()))
@@ -78,9 +88,12 @@ class CalibrationStats:
         if kind not in self._cache:
             self._cache[kind] = compute()
         table = self._cache[kind]
+        if not table:  # no weight of the model: nothing to rank by
+            raise ConfigError(f"no weight of this model has {kind} statistics (they reach {WHERE[kind]}); use "
+                              "--criterion magnitude.")
         if weight.name not in table:
-            raise ConfigError(f"no {kind} statistics for weight '{weight.name}' of {weight.op_type} '{weight.node}'; "
-                              "exclude it (--exclude) or use --criterion magnitude.")
+            raise MissingStatistics(f"no {kind} statistics for weight '{weight.name}' of {weight.op_type} "
+                                    f"'{weight.node}'", f"{weight.op_type} '{weight.node}'")
         return table[weight.name]
 
     def _grads(self, kind: str) -> dict[str, np.ndarray]:
@@ -88,7 +101,7 @@ class CalibrationStats:
             raise ConfigError(f"{kind} statistics need gradients through the torch bridge; build the statistics "
                               "with converter.gradients.calibration_scoring (torch installed).")
         names = [w.name for w in self.prunable()]
-        return self.gradients(self.model, names, self.batches, kind=kind, seed=self.seed)
+        return self.gradients(self.model, names, self.batches, kind=kind, seed=self.seed, per_feed=self.per_feed)
 
 
 def input_norms(model: onnx.ModelProto, weights: list[PrunableWeight], batches) -> dict[str, np.ndarray]:

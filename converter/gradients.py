@@ -33,8 +33,9 @@ KINDS = ("fisher", "taylor")
 
 def gradient_statistics(model: onnx.ModelProto, names: list[str],
                         batches: Callable[[], Iterable[tuple[dict, np.ndarray | None]]], *, kind: str,
-                        seed: int = 0) -> dict[str, np.ndarray]:
-    """{weight: fisher or taylor statistic} for the weights that are initializers (Constant-node ones are left out)."""
+                        seed: int = 0, per_feed: bool = False) -> dict[str, np.ndarray]:
+    """{weight: fisher or taylor statistic} for the weights that are initializers (Constant-node ones are left out).
+    `per_feed`: each batch is one complete feed (its axis 0 may be time): one sample, never sliced."""
     from onnxprune.converter.bridge import OnnxModule
 
     if kind not in KINDS:
@@ -44,6 +45,8 @@ def gradient_statistics(model: onnx.ModelProto, names: list[str],
     skipped = sorted(set(names) - set(trainable))
     if skipped:
         log.info("no gradient statistics for weights held in Constant nodes: %s", ", ".join(skipped))
+    if not trainable:  # every weight in Constant nodes (or inside subgraphs): no statistics (the caller says so)
+        return {}
     module = OnnxModule(model, trainable=trainable, dtype=compute_dtype(model, torch.device("cpu")))
     module.eval()
     params = module.onnx_parameters()
@@ -53,10 +56,10 @@ def gradient_statistics(model: onnx.ModelProto, names: list[str],
     for feeds, labels in batches():
         inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         target = None if labels is None else torch.from_numpy(np.asarray(labels))
-        n = len(next(iter(inputs.values())))
-        parts = range(n) if kind == "fisher" else [slice(None)]
+        n = 1 if per_feed else len(next(iter(inputs.values())))
+        parts = range(n) if kind == "fisher" and not per_feed else [slice(None)]
         for i in parts:
-            sl = slice(i, i + 1) if kind == "fisher" else i
+            sl = slice(i, i + 1) if isinstance(i, int) else i
             grads = _grads(module, params, trainable, loss_fn, {k: v[sl] for k, v in inputs.items()},
                            None if target is None else target[sl])
             for name, g in zip(trainable, grads):

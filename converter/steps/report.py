@@ -23,6 +23,9 @@ class ReportStep(Step):
         from onnxprune.converter.plan import recipe_of
 
         original, inventory = state.original, state.inventory
+        fallback = state.scoring.note() if state.scoring is not None else None  # weights its statistics missed
+        if fallback and fallback not in state.notes:
+            state.notes.append(fallback)
         before, after = layer_rows(original, inventory), layer_rows(state.pruned, inventory)
         report = {
             "model": where(state),

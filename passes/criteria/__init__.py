@@ -7,10 +7,10 @@
 """
 
 from onnxprune.passes.criteria import magnitude, obd, taylor, wanda  # noqa: F401  (registers them)
-from onnxprune.passes.criteria.base import (CRITERIA, DEFAULT, Criterion, ScoreContext, Statistics, check_criterion,
-                                            get_criterion, register_criterion, score)
+from onnxprune.passes.criteria.base import (CRITERIA, DEFAULT, Criterion, MissingStatistics, ScoreContext, Statistics,
+                                            check_criterion, get_criterion, register_criterion, score)
 from onnxprune.passes.criteria.rank import keep_mask, smallest
 from onnxprune.passes.criteria.scorer import MAGNITUDE, Scorer, Scoring
 
-__all__ = ["CRITERIA", "DEFAULT", "MAGNITUDE", "Criterion", "ScoreContext", "Scorer", "Scoring", "Statistics",
+__all__ = ["CRITERIA", "DEFAULT", "MAGNITUDE", "Criterion", "MissingStatistics", "ScoreContext", "Scorer", "Scoring", "Statistics",
            "check_criterion", "get_criterion", "keep_mask", "register_criterion", "score", "smallest"]

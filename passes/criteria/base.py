@@ -37,6 +37,17 @@ class Statistics(Protocol):
         """Mean over calibration batches of |w · ∂L/∂w| (the batch's gradient)."""
 
 
+class MissingStatistics(ConfigError):
+    """A data-driven criterion has no statistics for one weight (an op or a place its statistics do not reach: an
+    LSTM's matrices, a weight inside an If or Loop body, one reached through a Reshape). Scorers rank that weight by
+    magnitude within its own layer and say so (every path ranks within a layer or an output row, never across
+    layers, so a layer's ranking may come from another criterion); `where` names the weight's op for the note."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.where = where
+
+
 @dataclass
 class ScoreContext:
     """What a criterion may look at: the weight's current values, the model it sits in, calibration statistics."""

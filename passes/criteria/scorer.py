@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from onnxprune.passes.criteria.base import DEFAULT, ScoreContext, Statistics, get_criterion, score
+from onnxprune.passes.criteria.base import DEFAULT, MissingStatistics, ScoreContext, Statistics, get_criterion, score
 from onnxprune.passes.criteria.rank import keep_mask
 from onnxprune.passes.weights import PrunableWeight, find_prunable
 
@@ -26,26 +26,33 @@ class Scorer:
     """Scores and keep-masks of one model state under one criterion."""
 
     def __init__(self, criterion: str = DEFAULT, *, weights: Mapping[str, PrunableWeight] | None = None,
-                 model: onnx.ModelProto | None = None, stats: Statistics | None = None):
+                 model: onnx.ModelProto | None = None, stats: Statistics | None = None,
+                 fallbacks: dict[str, str] | None = None):
         self.criterion = get_criterion(criterion)
         self.weights = dict(weights or {})
         self.model, self.stats = model, stats
+        self.fallbacks = {} if fallbacks is None else fallbacks  # {weight: its op} ranked by magnitude (no stats)
         self._scores: dict[str, np.ndarray] = {}
 
     def scores(self, name: str, values: np.ndarray) -> np.ndarray:
         if name not in self._scores:
-            if name not in self.weights and self.model is not None:  # the model says what the weight is
-                self.weights = find_prunable(self.model, with_macs=False).by_name()
-            ctx = ScoreContext(self.weights.get(name), values, self.model, self.stats)
-            self._scores[name] = score(self.criterion.name, ctx)
+            self._scores[name] = self.rescore(name, values)
         return self._scores[name]
 
     def rescore(self, name: str, values: np.ndarray) -> np.ndarray:
-        """Scores of other values of weight `name` under this state's statistics, not cached: the automatic search
-        binds the dense model once and scores its current (retrained, refit) weights every step."""
-        if name not in self.weights and self.model is not None:
+        """Scores of `values` for weight `name` under this state's statistics, not cached: the automatic search
+        binds the dense model once and scores its current (retrained, refit) weights every step. A weight the
+        criterion's statistics do not reach is ranked by magnitude (MissingStatistics), recorded in `fallbacks`."""
+        if name not in self.weights and self.model is not None:  # the model says what the weight is
             self.weights = find_prunable(self.model, with_macs=False).by_name()
-        return score(self.criterion.name, ScoreContext(self.weights.get(name), values, self.model, self.stats))
+        ctx = ScoreContext(self.weights.get(name), values, self.model, self.stats)
+        try:
+            return score(self.criterion.name, ctx)
+        except MissingStatistics as missing:
+            if name not in self.fallbacks:
+                log.info("%s: ranked by magnitude", missing)
+            self.fallbacks[name] = missing.where or name
+            return score(DEFAULT, ctx)
 
     def axis(self, name: str) -> int | None:
         """The comparison group: None for the whole layer, else the output-row axis of the weight."""
@@ -77,6 +84,7 @@ class Scoring:
     weights: Mapping[str, PrunableWeight] | None = None
     stats_for: Callable[[onnx.ModelProto], Statistics] | None = None
     _bound: tuple | None = field(default=None, repr=False, compare=False)
+    fallbacks: dict = field(default_factory=dict, repr=False, compare=False)  # every bound Scorer's, shared
 
     @property
     def needs_model(self) -> bool:
@@ -90,7 +98,16 @@ class Scoring:
             if self._bound is None or self._bound[0] is not model:
                 self._bound = (model, self.stats_for(model))
             stats = self._bound[1]
-        return Scorer(self.criterion, weights=self.weights, model=model, stats=stats)
+        return Scorer(self.criterion, weights=self.weights, model=model, stats=stats, fallbacks=self.fallbacks)
+
+    def note(self) -> str | None:
+        """One note for the weights its statistics did not reach (ranked by magnitude), counted, or None."""
+        if not self.fallbacks:
+            return None
+        ops = sorted(set(self.fallbacks.values()))
+        shown = ", ".join(ops[:3]) + (f" and {len(ops) - 3} more" if len(ops) > 3 else "")
+        return (f"--criterion {self.criterion}: its statistics do not reach {len(self.fallbacks)} weight(s) (of "
+                f"{shown}); those are ranked by magnitude within their own layers")
 
 
 MAGNITUDE = Scoring()

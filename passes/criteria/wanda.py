@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.errors import ConfigError
-from onnxprune.passes.criteria.base import ScoreContext, register_criterion
+from onnxprune.passes.criteria.base import MissingStatistics, ScoreContext, register_criterion
 
 
 @register_criterion("wanda", needs_data=True, group="row")
@@ -23,9 +22,11 @@ def wanda(ctx: ScoreContext) -> np.ndarray:
     """|W_ij|·‖X_j‖₂, per output row (calibration data, onnxruntime only)."""
     w = ctx.weight
     if w.in_axis is None:
-        raise ConfigError(f"--criterion wanda: the input axis of weight '{w.name}' ({w.op_type} '{w.node}') is not "
-                          "known (reached through a Reshape); exclude it (--exclude) or use another criterion.")
+        raise MissingStatistics(f"--criterion wanda: the input axis of weight '{w.name}' ({w.op_type} '{w.node}') is "
+                                "not known (reached through a Reshape)", f"{w.op_type} '{w.node}'")
     norms = np.asarray(ctx.stats.input_norms(w), dtype=np.float64)
-    shape = [1] * ctx.values.ndim
-    shape[w.in_axis] = -1
-    return np.abs(ctx.values.astype(np.float64)) * norms.reshape(shape)
+    if norms.ndim != ctx.values.ndim:  # one norm per input feature: laid along the weight's input axis
+        shape = [1] * ctx.values.ndim
+        shape[w.in_axis] = -1
+        norms = norms.reshape(shape)
+    return np.abs(ctx.values.astype(np.float64)) * norms  # (a grouped Conv's norms come per output already)

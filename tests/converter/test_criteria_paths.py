@@ -235,3 +235,73 @@ def test_fisher_and_taylor_match_a_torch_reference(small, labelled):
         w = weight_array(model, n).astype(np.float64)
         obd = Scorer("obd", model=model, stats=stats).scores(n, weight_array(model, n))
         np.testing.assert_allclose(obd, 0.5 * f * w ** 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("criterion", ALL)
+def test_the_automatic_search_ranks_by_the_criterion_in_every_phase(criterion, monkeypatch):
+    """`--max-loss` without --one-shot or --iterations: the one-shot start, the rounds' and the refit's global
+    levels all rank by --criterion, its statistics (a data-driven one's) taken once on the dense model."""
+    import onnxprune.calibration.allocate as allocate
+    import onnxprune.converter.auto.recovery as recovery
+    import onnxprune.converter.auto.search as search
+
+    model = builders.lenet5_like(conv_channels=(3, 4), fc_units=12, seed=1)
+    x = np.random.default_rng(0).random((400, 1, 28, 28), dtype=np.float32)
+    seen, starts = [], []
+    real_global, real_pruned = search.global_masks, allocate.pruned_model
+
+    def spy_global(weights, masks, keep, scorer=None):
+        seen.append(scorer)
+        return real_global(weights, masks, keep, scorer)
+
+    def spy_pruned(m, sparsities, scorer=None):
+        starts.append((dict(sparsities), scorer))
+        return real_pruned(m, sparsities, scorer)
+
+    monkeypatch.setattr(search, "global_masks", spy_global)
+    monkeypatch.setattr(recovery, "global_masks", spy_global)
+    monkeypatch.setattr(allocate, "pruned_model", spy_pruned)
+    options = configure(max_loss=5.0, criterion=criterion, data={"input": x}, time_budget=15, seed=0, device="cpu",
+                        neurons=False)
+    result = run(model, options)
+    assert result.report["criterion"] == criterion
+    assert seen and starts  # the search pruned past its start, by the run's scorer
+    for scorer in seen + [s for _, s in starts]:
+        assert scorer.criterion.name == criterion
+        assert (scorer.stats is not None) == CRITERIA[criterion].needs_data
+    # the start's masks are the criterion's, ranked on the dense model with statistics of the training part
+    step = next(s for s in build_plan(options) if s.name == "data")
+    reader = Data(model, options.data, split=step.split, small_data=step.small_data).train_reader()
+    sparsities = starts[-1][0]
+    start = real_pruned(model, sparsities, starts[-1][1])
+    want, _ = expected_masks(model, reader, criterion, {n: s for n, s in sparsities.items() if s > 0})
+    for n, m in want.items():
+        np.testing.assert_array_equal(weight_array(start, n) != 0, m & (weight_array(model, n) != 0), err_msg=n)
+    assert_same_outputs(result.model, zero_weights(result.dense_model, result.state.masks),
+                        feeds=[{"input": x[:8]}, {"input": x[8:16]}])
+
+
+def test_gradient_statistics_of_time_major_feeds_take_each_feed_as_one_sample():
+    """Per feed (axis 0 is time), the Fisher's per-sample gradients are per feed, never slices along time: with
+    labels, the statistic over four feeds is the mean of the four single-feed statistics; CalibrationStats passes
+    its reader's per-feed reading on."""
+    from tests.passes.test_criteria import time_major_lstm
+
+    model = time_major_lstm()
+    rng = np.random.default_rng(0)
+    feeds = [{"input": rng.standard_normal((5, 2, 8)).astype(np.float32)} for _ in range(4)]
+    labels = [rng.integers(0, 3, 2) for _ in feeds]
+    names = [w.name for w in find_prunable(model).prunable]
+
+    def fisher(pairs, per_feed=True):
+        return gradient_statistics(model, names, lambda: iter(pairs), kind="fisher", per_feed=per_feed)
+
+    whole = fisher(list(zip(feeds, labels)))
+    singles = [fisher([(f, y)]) for f, y in zip(feeds, labels)]
+    for n in names:
+        assert whole[n].shape == weight_array(model, n).shape
+        np.testing.assert_allclose(whole[n], np.mean([one[n] for one in singles], axis=0), rtol=1e-6, atol=1e-12)
+    stats = CalibrationStats(model, open_data(feeds, model), gradients=gradient_statistics)
+    want = fisher([(f, None) for f in feeds])
+    for w in find_prunable(model).prunable:
+        np.testing.assert_allclose(stats.fisher(w), want[w.name], rtol=1e-6)

@@ -12,7 +12,7 @@ from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.sensitivity import masked, masked_levels
 from onnxprune.calibration.statistics import CalibrationStats
 from onnxprune.errors import ConfigError
-from onnxprune.models import builders
+from onnxprune.models import builders, builders_control
 from onnxprune.passes.criteria import CRITERIA, Scorer, Scoring, check_criterion, get_criterion, keep_mask
 from onnxprune.passes.magnitude import sparsity_mask
 from onnxprune.passes.weights import find_prunable, weight_array
@@ -135,6 +135,75 @@ def test_wanda_on_a_grouped_conv_uses_each_outputs_own_input_channels():
     got = stats.input_norms(dw)
     assert got.shape == (6, 1, 1, 1)
     np.testing.assert_allclose(got.reshape(-1), norms, rtol=1e-5)
+
+
+def test_wanda_through_the_scorer_on_a_grouped_conv_keeps_the_weights_shape():
+    """A depthwise Conv's norms come per output already ([O, 1, 1, 1]): laid along the input axis again they
+    broadcast [O, 1, k, k] to [O, O, k, k] (every paddle2onnx OCR model: 'returned shape (24, 24, 3, 3)')."""
+    model = builders.depthwise_separable(in_channels=3, channels=6, out_channels=4, seed=0)
+    inv = find_prunable(model).by_name()
+    dw = next(w for w in inv.values() if w.op_type == "Conv" and w.shape[1] == 1 and w.shape[0] == 6)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    stats = CalibrationStats(model, _reader(model, x))
+    w = weight_array(model, dw.name)
+    got = Scorer("wanda", weights=inv, model=model, stats=stats).scores(dw.name, w)
+    assert got.shape == w.shape
+    np.testing.assert_allclose(got, np.abs(w) * stats.input_norms(dw), rtol=1e-6)
+
+
+def time_major_lstm(steps=5, features=8):
+    """[T, N, F] straight into an LSTM (as torch's legacy exporter writes nn.LSTM without batch_first)."""
+    model = builders_control.lstm_classifier(features=features, hidden=6, steps=steps, out_features=3, seed=0)
+    graph = model.graph
+    transpose = next(n for n in graph.node if n.name == "/time_major")
+    graph.node.remove(transpose)
+    for node in graph.node:
+        node.input[:] = ["input" if i == "x_tnf" else i for i in node.input]
+    graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                               [steps, "batch", features]))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_weight_the_statistics_do_not_reach_is_ranked_by_magnitude_and_said_once():
+    """Wanda's norms reach Conv/Gemm/MatMul inputs; an LSTM's W and R rank by |w| within their own layer (every
+    path ranks within a layer or a row), counted in one note; a model none of whose weights it reaches is refused."""
+    model = builders_control.lstm_classifier(features=8, hidden=6, steps=5, out_features=3, seed=0)
+    x = np.random.default_rng(0).standard_normal((12, 5, 8)).astype(np.float32)
+    scoring = Scoring("wanda", stats_for=lambda m: CalibrationStats(m, _reader(m, x)))
+    scorer = scoring.bind(model)
+    for name in ("lstm.W", "lstm.R"):
+        w = weight_array(model, name)
+        np.testing.assert_array_equal(scorer.scores(name, w), np.abs(w))
+    fc = weight_array(model, "fc.weight")
+    assert not np.array_equal(scorer.scores("fc.weight", fc), np.abs(fc))  # wanda where it reaches
+    assert set(scoring.fallbacks) == {"lstm.W", "lstm.R"}
+    assert scoring.note() == ("--criterion wanda: its statistics do not reach 2 weight(s) (of LSTM '/lstm'); those "
+                              "are ranked by magnitude within their own layers")
+    assert Scoring("wanda").note() is None
+    alone = builders_control.lstm_classifier(features=8, hidden=6, steps=5, out_features=3, seed=0)
+    alone.graph.initializer.remove(next(t for t in alone.graph.initializer if t.name == "fc.weight"))
+    alone.graph.node.remove(next(n for n in alone.graph.node if n.op_type == "Gemm"))
+    alone.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
+    stats = CalibrationStats(alone, _reader(alone, x))
+    with pytest.raises(ConfigError, match="no weight of this model has input_norms statistics"):
+        Scorer("wanda", model=alone, stats=stats).scores("lstm.W", weight_array(alone, "lstm.W"))
+
+
+def test_statistics_of_time_major_feeds_read_each_feed_whole():
+    """A time-major input is read one complete feed at a time (axis 0 is time): the statistics count a feed as a
+    sample and never cut it along axis 0 (torch_lstm_legacy: 'Got: 16 Expected: 28' at 1,024 samples)."""
+    model = time_major_lstm()
+    rng = np.random.default_rng(0)
+    feeds = [{"input": rng.standard_normal((5, 3, 8)).astype(np.float32)} for _ in range(4)]
+    reader = open_data(feeds, model)
+    assert reader.per_feed
+    got = list(CalibrationStats(model, reader, max_samples=3).batches())
+    assert len(got) == 3 and all(f["input"].shape == (5, 3, 8) for f, _ in got)
+    fc = find_prunable(model).by_name()["fc.weight"]
+    norms = CalibrationStats(model, reader).input_norms(fc)
+    h = np.concatenate([run(_with_output(model, "h"), f)["h"] for f in feeds]).astype(np.float64)
+    np.testing.assert_allclose(norms, np.linalg.norm(h, axis=0)[None, :], rtol=1e-5)
 
 
 def test_wanda_follows_a_transposed_matmul_weight():
