@@ -29,6 +29,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.channel_groups import ChannelGraph, build_channel_groups
+from onnxprune.passes.scopes import local_constants, scopes
 from onnxprune.passes.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,43 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     if like.functions and not out.functions:
         out.functions.extend(like.functions)
     _keep_io_types(out, like)
+    _keep_constants_home(out, like)
     _relist_initializer_inputs(out, like)
     return out
+
+
+def _keep_constants_home(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """onnx-graphsurgeon exports a constant of an outer graph that only If/Loop bodies read as an initializer of
+    every body that reads it (silero_vad_op15's LSTM weights, read by both branches of an If: two copies after a
+    shrink, the file 92K weights larger). Each goes back to the graph `like` held it in (a Constant node lifted by
+    `_lift_constant_nodes` comes back an initializer there), once; its values are the exported ones (sliced alike
+    in every copy: one gs tensor)."""
+    homes: dict[str, str] = {}
+    twice: set[str] = set()
+    for sc in scopes(like.graph):
+        for name in local_constants(sc.graph):
+            if name in homes:
+                twice.add(name)
+            else:
+                homes[name] = sc.path
+    for name in twice:  # defined in several scopes: where each copy belongs is not ours to say
+        del homes[name]
+    graphs = {sc.path: sc.graph for sc in scopes(out.graph)}
+    moved: dict[str, onnx.TensorProto] = {}
+    for path, graph in graphs.items():
+        strays = {t.name for t in graph.initializer if homes.get(t.name, path) != path and homes[t.name] in graphs}
+        if not strays:
+            continue
+        for t in graph.initializer:
+            if t.name in strays:
+                moved.setdefault(t.name, onnx.TensorProto()).CopyFrom(t)
+        kept = [t for t in graph.initializer if t.name not in strays]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    for name, t in moved.items():
+        home = graphs[homes[name]]
+        if all(i.name != name for i in home.initializer):
+            home.initializer.append(t)
 
 
 def _keep_io_types(out: onnx.ModelProto, like: onnx.ModelProto) -> None:

@@ -663,3 +663,48 @@ def test_a_block_that_kept_no_dead_channel_is_not_noted():
     assert cg.notes(set()) and cg.notes(set(), costly=True) == []
     _, report = remove_dead_neurons(model)
     assert report.blocked == []
+
+
+# -- bodies -------------------------------------------------------------------------------------------------------
+def test_an_outer_weight_only_bodies_read_stays_in_its_graph_once_after_a_shrink():
+    """onnx-graphsurgeon exports an outer initializer read only inside an If's branches into each branch: after a
+    shrink elsewhere in the model, silero_vad_op15's LSTM weights were written twice (0.77x 'fewer' weights)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = lambda *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), "")  # noqa: E731
+    inits = {"fc1.weight": w(6, 4), "fc1.bias": w(6), "fc2.weight": w(3, 6), "shared": w(4, 5), "zero": w()}
+    inits["zero"] = numpy_helper.from_array(np.array(0.0, np.float32), "")
+    fc1 = numpy_helper.to_array(inits["fc1.weight"]).copy()
+    fc1[2] = 0  # hidden neuron 2 reads nothing and its bias goes negative: dead after the Relu
+    inits["fc1.weight"] = numpy_helper.from_array(fc1, "")
+    b = numpy_helper.to_array(inits["fc1.bias"]).copy()
+    b[2] = -1.0
+    inits["fc1.bias"] = numpy_helper.from_array(b, "")
+    for name, t in inits.items():
+        t.name = name
+    vi = helper.make_tensor_value_info
+    branch = lambda tag, act: helper.make_graph(  # noqa: E731
+        [helper.make_node("MatMul", ["x", "shared"], [f"{tag}0"], name=f"/{tag}/mm"),
+         helper.make_node(act, [f"{tag}0"], [f"{tag}_out"], name=f"/{tag}/act")],
+        tag, [], [vi(f"{tag}_out", TensorProto.FLOAT, ["N", 5])])
+    nodes = [helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h0"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("Gemm", ["h", "fc2.weight"], ["y"], transB=1, name="fc2"),
+             helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0, name="mean"),
+             helper.make_node("ReduceMean", ["m"], ["mm"], keepdims=0, name="mean2"),
+             helper.make_node("Greater", ["mm", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["z"], then_branch=branch("then", "Relu"),
+                              else_branch=branch("else", "Tanh"), name="select")]
+    graph = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, ["N", 4])],
+                              [vi("y", TensorProto.FLOAT, ["N", 3]), vi("z", TensorProto.FLOAT, ["N", 5])],
+                              initializer=list(inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)], ir_version=8)
+    out, report, shp = prune(model)
+    assert report.removed == 1 and shp["fc1.weight"] == (5, 4)
+    assert [t.name for t in out.graph.initializer].count("shared") == 1
+    for node in out.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                assert not attr.g.initializer, attr.g.name  # nothing copied into the branches
+    onnx.checker.check_model(out, full_check=True)
