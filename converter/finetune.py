@@ -39,7 +39,7 @@ from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.opfacts import BIAS_INPUT, CHANNEL_PRODUCERS, CONNECTION_PRESERVING
-from onnxprune.passes.scopes import all_nodes, hoist_body_constants
+from onnxprune.passes.scopes import all_nodes, hoist_body_constants, lift_constants
 from onnxprune.passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -552,6 +552,9 @@ class MaskedTrainer:
         if hoisted:
             log.info("moved %d constant(s) out of If/Loop bodies to train them: %s", len(hoisted),
                      ", ".join(hoisted[:10]))
+        lifted = lift_constants(self.model)  # Constant-node weights and biases (paddle2onnx) are trained too
+        if lifted:
+            log.info("%d Constant node(s) of the main graph made initializers to train them", len(lifted))
         if int(accumulate) < 1:
             raise ConfigError(f"--accumulate {accumulate} must be >= 1 (micro-batches per optimizer step).")
         self.accumulate = int(accumulate)  # micro-batches per step: the same gradient in 1/N of the memory
@@ -584,7 +587,7 @@ class MaskedTrainer:
         self.objective = self._make_objective(temperature, label_smoothing, distill_weight)
 
     def _build(self):
-        """The bridge module; weights held in Constant nodes (not initializers) stay constant, masked."""
+        """The bridge module; a weight still held in a Constant node (IR < 4: not lifted) stays constant, masked."""
         inits = _float_initializers(self.model)
         names = [n for g in ([w, *c] for w, c in self.groups.items()) for n in g if n in inits]
         frozen = [w for w in self.groups if w not in inits]

@@ -24,30 +24,43 @@ import torch
 import torch.nn.functional as F
 
 from onnxprune.converter.finetune import Objective, compute_dtype, output_kinds
-from onnxprune.errors import ConfigError
+from onnxprune.errors import ConfigError, UnsupportedOpError
+from onnxprune.passes.scopes import hoist_body_constants, lift_constants
 
 log = logging.getLogger(__name__)
 
 KINDS = ("fisher", "taylor")
+CRITERION = {"fisher": "obd", "taylor": "taylor"}  # the criterion each statistic is for
 
 
 def gradient_statistics(model: onnx.ModelProto, names: list[str],
                         batches: Callable[[], Iterable[tuple[dict, np.ndarray | None]]], *, kind: str,
                         seed: int = 0, per_feed: bool = False) -> dict[str, np.ndarray]:
-    """{weight: fisher or taylor statistic} for the weights that are initializers (Constant-node ones are left out).
+    """{weight: fisher or taylor statistic} for every weight the torch bridge can differentiate: initializers, and
+    Constant nodes and body constants made initializers on a copy (scopes.lift_constants, hoist_body_constants).
     `per_feed`: each batch is one complete feed (its axis 0 may be time): one sample, never sliced."""
     from onnxprune.converter.bridge import OnnxModule
 
     if kind not in KINDS:
         raise ConfigError(f"gradient statistic '{kind}' is not one of {', '.join(KINDS)}.")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    model = copy  # weights in If/Loop bodies and in Constant nodes become initializers the bridge differentiates
+    hoist_body_constants(model)
+    lift_constants(model)
     inits = {t.name for t in model.graph.initializer}
     trainable = [n for n in names if n in inits]
     skipped = sorted(set(names) - set(trainable))
     if skipped:
         log.info("no gradient statistics for weights held in Constant nodes: %s", ", ".join(skipped))
-    if not trainable:  # every weight in Constant nodes (or inside subgraphs): no statistics (the caller says so)
+    if not trainable:  # nothing differentiable (IR < 4 keeps Constant nodes): no statistics (the caller says so)
         return {}
-    module = OnnxModule(model, trainable=trainable, dtype=compute_dtype(model, torch.device("cpu")))
+    try:
+        module = OnnxModule(model, trainable=trainable, dtype=compute_dtype(model, torch.device("cpu")))
+    except UnsupportedOpError as exc:  # said for the criterion, not for fine-tuning the user did not ask for
+        ops = sorted({f"{op} ({domain})" for domain, op, *_ in getattr(exc, "unsupported", [])})
+        raise ConfigError(f"--criterion {CRITERION[kind]} takes gradients through the torch bridge, which cannot run "
+                          f"{', '.join(ops) or 'this model'}; use --criterion magnitude or wanda.") from exc
     module.eval()
     params = module.onnx_parameters()
     loss_fn = _Loss(model, module, seed)
@@ -98,6 +111,7 @@ class _Loss:
                 total = total + (out * v).sum() / max(len(out), 1)
                 continue
             logits = torch.log(out.clamp_min(1e-12)) if kind == "probs" else out
+            logits = logits.reshape(-1, logits.shape[-1])  # classes on the last axis; one draw per position
             with torch.no_grad():
                 drawn = torch.multinomial(F.softmax(logits.detach().double(), dim=-1), 1, generator=self.generator)
             total = total + F.cross_entropy(logits, drawn[:, 0])

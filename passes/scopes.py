@@ -217,3 +217,30 @@ def hoist_body_constants(model: onnx.ModelProto) -> list[str]:
         sc.graph.node.extend(kept_nodes)
     model.graph.initializer.extend(moved)
     return [t.name for t in moved]
+
+
+def lift_constants(model: onnx.ModelProto) -> list[str]:
+    """Main-graph Constant nodes of float tensors (not scalars) become initializers of the same name, in place (what
+    reads them reads the same values); returns the names lifted. What the torch bridge trains and differentiates
+    are initializers: paddle2onnx writes every weight and bias as a Constant node, and those were frozen in
+    retraining and had no gradient statistics. Left as they are: graph outputs, and everything when IR < 4 (there an
+    initializer must also be a graph input)."""
+    if model.ir_version < 4:
+        return []
+    taken = {o.name for o in model.graph.output} | {t.name for t in model.graph.initializer}
+    lifted: list[onnx.TensorProto] = []
+    kept: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and node.output[0] not in taken and value.data_type in FLOAT_TYPES and value.dims:
+            t = onnx.TensorProto()
+            t.CopyFrom(value)
+            t.name = node.output[0]
+            lifted.append(t)
+        else:
+            kept.append(node)
+    if lifted:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        model.graph.initializer.extend(lifted)
+    return [t.name for t in lifted]

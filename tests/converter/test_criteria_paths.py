@@ -305,3 +305,52 @@ def test_gradient_statistics_of_time_major_feeds_take_each_feed_as_one_sample():
     want = fisher([(f, None) for f in feeds])
     for w in find_prunable(model).prunable:
         np.testing.assert_allclose(stats.fisher(w), want[w.name], rtol=1e-6)
+
+
+def test_gradient_statistics_reach_constant_node_weights_and_class_maps():
+    """paddle2onnx keeps every weight in a Constant node: lifted on a copy, they get statistics (every rapidocr
+    model was refused by obd); a class map ([N, H, W, C] softmax, MTCNN's P-Net) draws one class per position
+    (torch.multinomial took only 1-2 dims: 'prob_dist must be 1 or 2 dim')."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.converter.test_finetune import as_constant_node
+
+    model = as_constant_node(builders.mlp_gemm(seed=0), "fc1.weight")
+    x = np.random.default_rng(0).standard_normal((6, 16)).astype(np.float32)
+    stats = CalibrationStats(model, open_data({"input": x}, model), gradients=gradient_statistics)
+    inv = find_prunable(model).by_name()
+    fisher = stats.fisher(inv["fc1.weight"])
+    assert fisher.shape == (32, 16) and np.isfinite(fisher).all() and fisher.any()
+    assert any(n.op_type == "Constant" for n in model.graph.node)  # the caller's model is left as it was
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "conv.weight")
+    nodes = [helper.make_node("Conv", ["input", "conv.weight"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1], name="nhwc"),
+             helper.make_node("Softmax", ["t"], ["output"], axis=-1, name="softmax")]
+    vi = helper.make_tensor_value_info
+    cmap = helper.make_model(helper.make_graph(nodes, "cmap", [vi("input", TensorProto.FLOAT, ["N", 2, 5, 5])],
+                                               [vi("output", TensorProto.FLOAT, ["N", 5, 5, 3])], initializer=[w]),
+                             opset_imports=[helper.make_operatorsetid("", 17)], ir_version=8)
+    xs = rng.standard_normal((4, 2, 5, 5)).astype(np.float32)
+    for kind in ("fisher", "taylor"):
+        got = gradient_statistics(cmap, ["conv.weight"], lambda: iter([({"input": xs}, None)]), kind=kind)
+        assert got["conv.weight"].shape == (3, 2, 3, 3) and np.isfinite(got["conv.weight"]).all()
+
+
+def test_a_gradient_criterion_on_a_graph_the_bridge_cannot_run_names_the_ops_and_the_fix():
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((3, 4), np.float32), "fc.weight")
+    nodes = [helper.make_node("Gemm", ["input", "fc.weight"], ["h"], transB=1, name="fc"),
+             helper.make_node("Binarizer", ["h"], ["output"], domain="ai.onnx.ml", threshold=0.5, name="bin")]
+    vi = helper.make_tensor_value_info
+    model = helper.make_model(helper.make_graph(nodes, "g", [vi("input", TensorProto.FLOAT, ["N", 4])],
+                                                [vi("output", TensorProto.FLOAT, ["N", 3])], initializer=[w]),
+                              opset_imports=[helper.make_operatorsetid("", 17),
+                                             helper.make_operatorsetid("ai.onnx.ml", 1)], ir_version=8)
+    x = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    stats = CalibrationStats(model, open_data({"input": x}, model), gradients=gradient_statistics)
+    with pytest.raises(ConfigError, match=r"--criterion obd takes gradients through the torch bridge, which cannot "
+                                          r"run Binarizer \(ai.onnx.ml\); use --criterion magnitude or wanda"):
+        stats.fisher(find_prunable(model).by_name()["fc.weight"])
