@@ -35,7 +35,9 @@ DATA_INPUT = {("Conv", 1): 0, ("ConvTranspose", 1): 0, ("Gemm", 1): 0, ("Gemm", 
 
 # where each statistic reaches (a weight elsewhere is ranked by magnitude: passes.criteria.MissingStatistics)
 WHERE = {"input_norms": "Conv, ConvTranspose, Gemm and MatMul weights of the main graph whose input axis is known",
-         "fisher": "initializers the torch bridge trains", "taylor": "initializers the torch bridge trains"}
+         "fisher": "weights the torch bridge differentiates", "taylor": "weights the torch bridge differentiates"}
+OTHERS = {"input_norms": "magnitude, or obd/taylor (gradients through the torch bridge)",
+          "fisher": "magnitude or wanda", "taylor": "magnitude or wanda"}  # what ranks without this statistic
 # gradients(model, weight names, batches, kind, seed, per_feed) -> {name: array of the weight's shape}
 Gradients = Callable[..., dict[str, np.ndarray]]
 
@@ -90,7 +92,7 @@ class CalibrationStats:
         table = self._cache[kind]
         if not table:  # no weight of the model: nothing to rank by
             raise ConfigError(f"no weight of this model has {kind} statistics (they reach {WHERE[kind]}); use "
-                              "--criterion magnitude.")
+                              f"--criterion {OTHERS[kind]}.")
         if weight.name not in table:
             raise MissingStatistics(f"no {kind} statistics for weight '{weight.name}' of {weight.op_type} "
                                     f"'{weight.node}'", f"{weight.op_type} '{weight.node}'")

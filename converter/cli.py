@@ -272,7 +272,7 @@ def _parse_levels(text: str | None):
 @click.option("--one-shot", is_flag=True, help="With --max-loss: the sensitivity-scan search only, no retraining.")
 @click.option("--time-budget", type=str, help="Wall-time bound of the whole automatic run: seconds, 90s, 15m, 1h "
               "(default 15m); the search keeps time for verification and the steps after it and returns the best "
-              "model found.")
+              "model found. With --one-shot it bounds the scan and the fit (untimed without it).")
 @click.option("--recovery", type=click.Choice(["auto", "sgd", "reconstruct"]), default="auto", show_default=True,
               help="How the automatic search recovers after each prune step: sgd (retraining through torch), "
                    "reconstruct (layer-wise refit in onnxruntime), or auto (the rule in the README).")

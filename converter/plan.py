@@ -34,7 +34,7 @@ from onnxprune.converter.steps.prune import PruneStep
 from onnxprune.converter.steps.quantize import AUTO as QUANT_AUTO, QuantizeConfig, QuantizeStep
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
-from onnxprune.converter.steps.scan import ScanConfig, ScanStep
+from onnxprune.converter.steps.scan import ClockStep, ScanConfig, ScanStep
 from onnxprune.converter.steps.shapes import RandomShapesStep, draws_random_inputs
 from onnxprune.converter.steps.shrink import ShrinkConfig, ShrinkStep
 from onnxprune.converter.steps.targets import TargetsConfig, TargetsStep
@@ -188,8 +188,15 @@ def build_plan(config: RunConfig) -> list[Step]:
         if shrink.neurons and not shrink.gather_inputs and "crop_inputs" not in config.given:
             shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
     elif budget:
-        steps.append(ScanStep(config.scan, budget_pp=None if retrain else config.budget.max_loss))
-        steps.append(AllocateStep(config.budget) if retrain else FitBudgetStep(config.budget))
+        timed = not retrain and config.auto.time_budget is not None  # --one-shot --time-budget: bounded too
+        if timed:
+            from onnxprune.converter.auto import parse_duration
+
+            steps.append(ClockStep(parse_duration(config.auto.time_budget)))
+        steps.append(ScanStep(config.scan, budget_pp=None if retrain else config.budget.max_loss, timed=timed))
+        fit = FitBudgetStep(config.budget)
+        fit.timed = timed
+        steps.append(AllocateStep(config.budget) if retrain else fit)
     if auto:
         pass
     elif retrain:

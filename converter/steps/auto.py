@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from onnxprune.converter.steps.scan import FALLBACK_SCAN_SHARE
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import Target
@@ -37,7 +38,6 @@ class AutoSearchConfig(StepConfig):
             raise ConfigError(f"--recovery {self.recovery} is not one of auto, {', '.join(RECOVERY)}.")
 
 
-FALLBACK_SCAN_SHARE = 0.8  # of the time before the reserve: the one-shot fallback's scan (only the fit follows it)
 
 
 @register_step("auto-search")

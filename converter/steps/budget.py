@@ -67,6 +67,12 @@ class FitBudgetStep(_Choose):
 
     needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
     deadline: float | None = None  # the automatic plan's one-shot fallback: no try starts after it (--time-budget)
+    timed: bool = False  # --one-shot --time-budget: the same, from the run's clock (steps/scan.ClockStep)
+
+    def _deadline(self, state: RunState) -> float | None:
+        if self.deadline is None and self.timed and state.clock is not None:
+            return state.clock.search_deadline()
+        return self.deadline
 
     def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate, fit_to_budget
@@ -88,7 +94,8 @@ class FitBudgetStep(_Choose):
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
                                 self.config.max_loss, result=state.sensitivity, scoring=state.scoring,
-                                deadline=self.deadline, judge=rule.fit_judge(), ceilings=rule.point_ceilings())
+                                deadline=self._deadline(state), judge=rule.fit_judge(),
+                                ceilings=rule.point_ceilings())
         state.allocation = {"sparsities": outcome.sparsities, "qualities": outcome.qualities,
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,

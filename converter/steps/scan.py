@@ -47,6 +47,9 @@ def scan(model, inventory, evaluator, config: ScanConfig, progress, *, neurons: 
                     progress=lambda done, total, what="": progress("sensitivity scan", done, total, what), **extra)
 
 
+FALLBACK_SCAN_SHARE = 0.8  # of the time before the reserve: the one-shot fallback's scan (only the fit follows it)
+
+
 @register_step("scan")
 class ScanStep(Step):
     """Scan each layer the budget allocates over, on the decision data."""
@@ -55,13 +58,48 @@ class ScanStep(Step):
     needs = ("original", "scannable", "data", "scoring")
     gives = ("sensitivity",)
 
-    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None, deadline: float | None = None):
+    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None, deadline: float | None = None,
+                 timed: bool = False):
         super().__init__(config)
         self.config = config
         self.budget_pp = budget_pp  # one-shot --max-loss: search each layer's levels up to the budget
         self.deadline = deadline  # the automatic plan's one-shot fallback: the scan's share of --time-budget
+        self.timed = timed  # --one-shot --time-budget: that share of the run's clock (ClockStep), as the fallback's
 
     def run(self, state: RunState) -> None:
+        deadline = self.deadline
+        if deadline is None and self.timed and state.clock is not None:
+            start, end = state.clock.clock(), state.clock.search_deadline()
+            deadline = start + FALLBACK_SCAN_SHARE * max(0.0, end - start)
         state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,
                                  state.progress, scoring=state.scoring, budget_pp=self.budget_pp,
-                                 deadline=self.deadline)
+                                 deadline=deadline)
+        if self.timed:
+            from onnxprune.converter.auto.search import unscanned_note
+
+            note = unscanned_note(state.sensitivity, f"{FALLBACK_SCAN_SHARE:.0%} of --time-budget", "stay")
+            if note:
+                state.notes.append(note)
+
+
+@register_step("clock")
+class ClockStep(Step):
+    """--one-shot with --time-budget: start the run's clock, so the scan takes at most its share of the budget (the
+    layers whose turn comes after stay dense, said) and the fit starts no try past the time kept for verification
+    and the steps after it, as in the automatic plan's one-shot fallback."""
+
+    needs = ("data",)
+    gives = ()
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = float(seconds)
+
+    def settings(self) -> dict:
+        return {"time_budget_s": self.seconds}
+
+    def run(self, state: RunState) -> None:
+        from onnxprune.converter.auto.timing import run_clock
+
+        state.clock = run_clock(state, self.seconds)
+        state.deadline = state.clock.deadline

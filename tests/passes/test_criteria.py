@@ -186,7 +186,8 @@ def test_a_weight_the_statistics_do_not_reach_is_ranked_by_magnitude_and_said_on
     alone.graph.node.remove(next(n for n in alone.graph.node if n.op_type == "Gemm"))
     alone.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, None))
     stats = CalibrationStats(alone, _reader(alone, x))
-    with pytest.raises(ConfigError, match="no weight of this model has input_norms statistics"):
+    with pytest.raises(ConfigError, match=r"no weight of this model has input_norms statistics .*; use --criterion "
+                                          r"magnitude, or obd/taylor"):
         Scorer("wanda", model=alone, stats=stats).scores("lstm.W", weight_array(alone, "lstm.W"))
 
 

@@ -282,3 +282,18 @@ def test_after_the_first_undone_round_later_rounds_are_judged_with_twice_the_mar
         assert budget - h["limit_pp"] >= PER_LAYER_Z * h["se_pp"] - 1e-9 and h["strictness"] == PER_LAYER_Z
     assert f"decision rule: after the first undone round, later candidates are judged with {PER_LAYER_Z:g}x the " \
            "margin (each looks at the same decision set again)" in searched.report["notes"]
+
+
+def test_an_explicit_one_shot_keeps_to_the_time_budget_too(teacher_data):
+    """`--one-shot --time-budget` bounds the scan and the fit as the fallback does (the budget was accepted and
+    ignored: a helper's rapidocr_rec run took 277 s at --time-budget 60s); without --time-budget nothing is cut."""
+    model, data = teacher_data
+    tight = run(model, configure(max_loss=2.0, data=data, one_shot=True, time_budget=0.01))
+    assert tight.sensitivity.layers
+    assert all(lay.path == "unscanned" for lay in tight.sensitivity.layers)
+    assert any("time budget: the sensitivity scan used its share (80% of --time-budget)" in n
+               for n in tight.report["notes"])
+    assert tight.report["compression"] == pytest.approx(1.0) and tight.report["budget"]["met"]
+    free = run(model, configure(max_loss=2.0, data=data, one_shot=True))
+    assert not any(lay.path == "unscanned" for lay in free.sensitivity.layers)
+    assert free.report["compression"] > 1.0
