@@ -14,7 +14,9 @@ alike keeps more than one whose few large weights carry it: the allocation shift
 The criterion is the run's --criterion (passes/criteria, a Scorer bound once to the dense model: a data-driven
 criterion's statistics are the dense model's on the training part, its scores are of the current weights). A
 criterion ranked within each output row (Wanda) keeps the counts LAMP gives each layer, chosen within the layer per
-row (rank.keep_mask), as its one-shot path does.
+row (rank.keep_mask), as its one-shot path does. Measured with wanda against LAMP over its scores layer-wide
+(bench_corpus --time-budget 3m, label-free, one run each, the layer-wide runs beside another job): rapidocr_cls
+1.88x per row / 1.50x layer-wide, torch_encoder_dynamo 2.04x / 2.00x, keras_gru, mtcnn_rnet, rapidocr_det the same.
 """
 
 from __future__ import annotations

@@ -386,8 +386,11 @@ class _Search:
             # any round, none (sweep 8's TCN stopped with 135 s "left for the polish", and no polish followed)
             polish = self.round_steps * hyper.POLISH_FACTOR * per_step * 0.5 if len(self.history) >= 3 else 0.0
             if self.left() < est + self.tail + polish:
+                kept_for = "the polish and the tail" if polish else "the tail"
                 self.notes.append(f"time budget: the search stopped after {len(self.history)} steps of its history "
-                                  f"with {max(0.0, self.left()):.0f} s left for the polish and the tail")
+                                  f"with {max(0.0, self.left()):.0f} s left for {kept_for}: a round of "
+                                  f"{self.round_steps} steps takes about {est:.0f} s here; a longer --time-budget "
+                                  "retrains further")
                 return best, any_kept, True
             knob = [k for k in knobs if not k.done][turn % sum(not k.done for k in knobs)]
             turn += 1
