@@ -46,6 +46,7 @@ class LoadedModel:
     file_size: int
     had_sparse: list[str] = field(default_factory=list)
     storage: dict[str, dict] = field(default_factory=dict)  # weight -> how the file stored it (encoding, bytes)
+    named: list[str] = field(default_factory=list)  # node names the run gave (steps/load.py), taken off when written
 
 
 def sha256_file(path: str | os.PathLike) -> str:

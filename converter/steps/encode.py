@@ -18,7 +18,7 @@ from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.storage import packing
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset
-from onnxprune.passes.weights import constant_tensors, find_prunable
+from onnxprune.passes.weights import constant_tensors, find_prunable, unname_nodes
 
 
 @dataclass
@@ -55,6 +55,7 @@ class EncodeStep(Step):
             note = dense_kept_note(final, names)
             if note:
                 state.prune.notes.append(note)
+        unname_nodes(final, state.loaded.named if state.loaded is not None else ())  # the input's own names
         state.final = final
 
 

@@ -18,7 +18,7 @@ def load(source) -> modelio.LoadedModel:
     """The model read and checked, its nodes named; refused at once when onnxruntime cannot load it (a custom-domain
     op, an IR version newer than it reads): every later step measures in onnxruntime."""
     loaded = modelio.from_proto(source) if isinstance(source, onnx.ModelProto) else modelio.load_model(source)
-    name_nodes(loaded.model)
+    loaded.named = name_nodes(loaded.model)
     input_session(loaded.model)
     return loaded
 
