@@ -194,9 +194,7 @@ def build_plan(config: RunConfig) -> list[Step]:
 
             steps.append(ClockStep(parse_duration(config.auto.time_budget)))
         steps.append(ScanStep(config.scan, budget_pp=None if retrain else config.budget.max_loss, timed=timed))
-        fit = FitBudgetStep(config.budget)
-        fit.timed = timed
-        steps.append(AllocateStep(config.budget) if retrain else fit)
+        steps.append(AllocateStep(config.budget) if retrain else FitBudgetStep(config.budget, timed=timed))
     if auto:
         pass
     elif retrain:

@@ -13,7 +13,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from onnxprune.converter.steps.scan import FALLBACK_SCAN_SHARE
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import Target
@@ -122,27 +121,20 @@ class AutoSearchStep(Step):
         from onnxprune.converter.steps.prune import PruneStep
         from onnxprune.converter.steps.scan import ScanStep
 
-        from onnxprune.converter.auto.search import unscanned_note
-
         note = f"{why}: the one-shot budget search ran (no retraining)"
         log.warning(note)
         state.notes.append(note)
-        # --time-budget holds here too: the scan takes up to FALLBACK_SCAN_SHARE of the time before the reserve for
-        # the steps after (layers whose turn comes later stay dense), the fit no try after that reserve
-        clock = self._clock(state)
-        start, end = clock.clock(), clock.search_deadline()
-        fit = FitBudgetStep(self.budget)
-        fit.deadline = end
-        scan = ScanStep(self.scan, budget_pp=self.budget.max_loss,
-                        deadline=start + FALLBACK_SCAN_SHARE * max(0.0, end - start))
+        # --time-budget holds here too, as for --one-shot (steps/scan.py): the run's clock started, the timed scan
+        # takes its share of the time before the reserve for the steps after (later layers stay dense, said), the
+        # timed fit no try after that reserve
+        self._clock(state)
+        fit = FitBudgetStep(self.budget, timed=True)
+        scan = ScanStep(self.scan, budget_pp=self.budget.max_loss, timed=True)
         from onnxprune.converter.auto.decide import BudgetRule
 
         certifiable = BudgetRule(state.data.calibration, self.budget.max_loss).uncertifiable() is None
         for step in ((scan, fit, PruneStep()) if certifiable else (fit, PruneStep())):  # the fit says why not
             step.run(state)
-        note = certifiable and unscanned_note(state.sensitivity, f"{FALLBACK_SCAN_SHARE:.0%} of --time-budget", "stay")
-        if note:
-            state.notes.append(note)
 
     @staticmethod
     def _chooser(state: RunState, train):

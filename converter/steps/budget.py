@@ -66,13 +66,13 @@ class FitBudgetStep(_Choose):
     the mean itself within the budget (`_fits`)."""
 
     needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
-    deadline: float | None = None  # the automatic plan's one-shot fallback: no try starts after it (--time-budget)
-    timed: bool = False  # --one-shot --time-budget: the same, from the run's clock (steps/scan.ClockStep)
+
+    def __init__(self, config: BudgetConfig, *, timed: bool = False):
+        super().__init__(config)
+        self.timed = timed  # --time-budget (the run's clock, state.clock): no try starts past the reserve after it
 
     def _deadline(self, state: RunState) -> float | None:
-        if self.deadline is None and self.timed and state.clock is not None:
-            return state.clock.search_deadline()
-        return self.deadline
+        return state.clock.search_deadline() if self.timed and state.clock is not None else None
 
     def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate, fit_to_budget

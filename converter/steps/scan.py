@@ -58,17 +58,17 @@ class ScanStep(Step):
     needs = ("original", "scannable", "data", "scoring")
     gives = ("sensitivity",)
 
-    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None, deadline: float | None = None,
-                 timed: bool = False):
+    def __init__(self, config: ScanConfig, *, budget_pp: float | None = None, timed: bool = False):
         super().__init__(config)
         self.config = config
         self.budget_pp = budget_pp  # one-shot --max-loss: search each layer's levels up to the budget
-        self.deadline = deadline  # the automatic plan's one-shot fallback: the scan's share of --time-budget
-        self.timed = timed  # --one-shot --time-budget: that share of the run's clock (ClockStep), as the fallback's
+        # --time-budget (the run's clock, state.clock: ClockStep, or the automatic plan's one-shot fallback): the
+        # scan takes at most FALLBACK_SCAN_SHARE of the time before the reserve for the steps after it
+        self.timed = timed
 
     def run(self, state: RunState) -> None:
-        deadline = self.deadline
-        if deadline is None and self.timed and state.clock is not None:
+        deadline = None
+        if self.timed and state.clock is not None:
             start, end = state.clock.clock(), state.clock.search_deadline()
             deadline = start + FALLBACK_SCAN_SHARE * max(0.0, end - start)
         state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,

@@ -12,5 +12,5 @@ from onnxprune.passes.criteria.base import (CRITERIA, DEFAULT, Criterion, Missin
 from onnxprune.passes.criteria.rank import keep_mask, smallest
 from onnxprune.passes.criteria.scorer import MAGNITUDE, Scorer, Scoring
 
-__all__ = ["CRITERIA", "DEFAULT", "MAGNITUDE", "Criterion", "MissingStatistics", "ScoreContext", "Scorer", "Scoring", "Statistics",
-           "check_criterion", "get_criterion", "keep_mask", "register_criterion", "score", "smallest"]
+__all__ = ["CRITERIA", "DEFAULT", "MAGNITUDE", "Criterion", "MissingStatistics", "ScoreContext", "Scorer", "Scoring",
+           "Statistics", "check_criterion", "get_criterion", "keep_mask", "register_criterion", "score", "smallest"]
