@@ -48,6 +48,7 @@ latest score.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -86,12 +87,15 @@ class Evaluator:
 
     def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
                  output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True,
-                 split: int | None = None, quiet: bool = False):
+                 split: int | None = None, quiet: bool = False, budget: float | None = None,
+                 output_budgets: dict[str, float] | None = None):
         self.reader, self.optimize, self._quiet = reader, optimize, quiet
+        self.budget_pp, self.output_budgets = budget, dict(output_budgets or {})
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
         else:
             self.plan = self._plan_without_reference(metric, output)
+        _check_output_budgets(self.plan, self.output_budgets, budget)
         self._cached = self._cache_batches(cache_bytes)
         self.reference_all: list[tuple] | None = None
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
@@ -343,7 +347,10 @@ class Evaluator:
     @property
     def metric(self) -> str:
         kinds = list(self.plan.values())
-        return kinds[0] if len(kinds) == 1 else f"worst of {len(kinds)} outputs"
+        if len(kinds) == 1:
+            return kinds[0]
+        own = " (each as a share of its own budget)" if any(f != 1.0 for f in self.loss_factors) else ""
+        return f"worst of {len(kinds)} outputs{own}"
 
     def _cache_batches(self, budget: int):
         n = self.reader.num_samples
@@ -464,14 +471,30 @@ class Evaluator:
         self.last = {name: self._figure(name, value) for name, value in values.items()}
         if self.dense is None:
             return values[self.scored_outputs[0]]
-        worst = max(self.dense_by[n] - v for n, v in values.items())
+        worst = max((self.dense_by[n] - v) / self.loss_factor(n) for n, v in values.items())
         return self.dense - worst
+
+    def loss_factor(self, name: str) -> float:
+        """An output's own budget (--max-loss OUTPUT=L) as a share of the run's (--max-loss L); 1 without one. Its
+        loss counts divided by this wherever outputs are combined (`combine`, calibration.sampling, the decision
+        rule), so every path that holds the worst output to the run's budget holds each output to its own, and the
+        combined loss is in pp of the run's budget."""
+        own = self.output_budgets.get(name)
+        return 1.0 if own is None or not self.budget_pp else own / self.budget_pp
+
+    @property
+    def loss_factors(self) -> tuple[float, ...]:
+        """`loss_factor` of each scored output, in the plan's order."""
+        return tuple(self.loss_factor(n) for n in self.plan)
 
     def _figure(self, name: str, value: float) -> dict:
         before = self.dense_by.get(name)
         kind = self.plan[name]
-        return {"metric": kind, "before": before, "after": value,
-                "loss_pp": None if before is None else 100.0 * (before - value), "one_pp": METRICS[kind].one_pp}
+        out = {"metric": kind, "before": before, "after": value,
+               "loss_pp": None if before is None else 100.0 * (before - value), "one_pp": METRICS[kind].one_pp}
+        if self.output_budgets:  # each output's own budget, when some output has one
+            out["budget_pp"] = self.output_budgets.get(name, self.budget_pp)
+        return out
 
     def evaluate(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> float:
         return self.score(self.run_all(model_or_session, extra_feeds))
@@ -498,6 +521,21 @@ class Evaluator:
         if self.dense is None:
             raise ConfigError("the dense score is unknown; build the Evaluator with reference_model.")
         return 100.0 * (self.dense - value)
+
+
+def _check_output_budgets(plan: dict[str, str], budgets: dict[str, float], budget: float | None) -> None:
+    """--max-loss OUTPUT=L names a scored output and a positive budget beside a positive --max-loss L."""
+    if not budgets:
+        return
+    if budget is None or not budget > 0:
+        raise ConfigError("--max-loss OUTPUT=L sets one output's budget beside the run's: add a positive bare "
+                          "--max-loss L for the other outputs (e.g. --max-loss 1 --max-loss boxes=5).")
+    for name, own in budgets.items():
+        if name not in plan:
+            raise ConfigError(f"--max-loss {name}={own:g}: '{name}' is not a scored output; scored: "
+                              f"{', '.join(plan)} (--metric OUTPUT=KIND chooses them).")
+        if not (math.isfinite(own) and 0 < own <= 100):
+            raise ConfigError(f"--max-loss {name}={own:g} must be a number of percentage points in (0, 100].")
 
 
 def _dynamic_batch(model: onnx.ModelProto | None) -> bool:

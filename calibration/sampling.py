@@ -64,7 +64,8 @@ SEED = 0
 # order -> the scored outputs (a tuple per batch, as Evaluator.run_all gives them) of the batches in that order
 Batches = Callable[[Sequence[int]], Iterable[tuple]]
 # what a measurement is judged against: one loss in pp for every output and term, or per scored output an array of
-# its terms' ceilings (pp): the decision rule's (converter.auto.decide `BudgetRule.point_ceilings`)
+# its terms' ceilings (pp): the decision rule's (converter.auto.decide `BudgetRule.point_ceilings`); pp of the run's
+# budget, as every loss here (an output with its own budget, --max-loss OUTPUT=L: Evaluator.loss_factor)
 Threshold = float | Sequence[np.ndarray]
 
 
@@ -123,6 +124,8 @@ class SequentialScorer:
         self.batches = len(evaluator.labels)
         self.z, self.precision, self.min_samples = z, precision, max(2, min_samples)
         self.sequential = evaluator.reference_all is not None and evaluator.dense is not None
+        # each output's loss in pp of the run's budget (an output with its own budget: Evaluator.loss_factor)
+        self.factors = np.asarray(getattr(evaluator, "loss_factors", None) or [1.0] * len(self.kinds))
         self.continuous = all(METRICS[k].continuous for k in self.kinds)
         self.order = (list(range(self.batches)) if not (self.sequential and evaluator.cached) else
                       [int(i) for i in np.random.default_rng(seed).permutation(self.batches)])
@@ -245,13 +248,14 @@ class SequentialScorer:
 
     def _bounds(self, moments: list[_Moments | None]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Per measured output: its index, each term column's loss (pp) against the dense model and Z standard
-        errors of it."""
+        errors of it, in pp of the run's budget (divided by the output's `loss_factor`: every threshold here is)."""
         for o, m in enumerate(moments):
             if m is None or self.dense_ratios[o] is None:
                 continue
             ratio, se = m.ratio_and_se(self.totals[o])
             sign = np.where(np.asarray(METRICS[self.kinds[o]].lower_better), -1.0, 1.0)
-            yield o, 100.0 * sign * (self.dense_ratios[o] - ratio), 100.0 * self.z * se
+            f = self.factors[o]
+            yield o, 100.0 * sign * (self.dense_ratios[o] - ratio) / f, 100.0 * self.z * se / f
 
     def _floor(self, o: int, m: _Moments) -> np.ndarray | None:
         """The least whole-set loss (pp) each term of output `o` can still end at, whatever the samples not run
@@ -263,7 +267,7 @@ class SequentialScorer:
             return None
         lower = np.asarray(METRICS[self.kinds[o]].lower_better)
         best = np.where(lower, m.t, m.t + max(0, total - m.k)) / total
-        return 100.0 * np.where(lower, -1.0, 1.0) * (self.dense_ratios[o] - best)
+        return 100.0 * np.where(lower, -1.0, 1.0) * (self.dense_ratios[o] - best) / self.factors[o]
 
     def _result(self, sums: dict[int, list], seen: int | None, moments: list | None = None, *,
                 certain: bool = False) -> Measured:

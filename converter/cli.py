@@ -148,6 +148,29 @@ class PointsType(click.ParamType):
         return number
 
 
+def _budget_spec(values: tuple[str, ...], param=None, ctx=None) -> tuple[float | None, dict[str, float]] | None:
+    """--max-loss L (once) and --max-loss OUTPUT=L (each output once): (the run's budget, {output: its own})."""
+    if not values:
+        return None
+    points = PointsType()
+    bare: float | None = None
+    own: dict[str, float] = {}
+    for item in values:
+        name, sep, value = str(item).rpartition("=")
+        if not sep:
+            if bare is not None:
+                raise click.BadParameter(f"two budgets ({bare:g} and {item}); give one bare --max-loss L, and "
+                                         "OUTPUT=L for an output with its own.", ctx, param)
+            bare = points.convert(item, param, ctx)
+            continue
+        if not name:
+            raise click.BadParameter(f"'{item}' names no output; write --max-loss OUTPUT=L, e.g. boxes=5.", ctx, param)
+        if name in own:
+            raise click.BadParameter(f"output '{name}' is given two budgets.", ctx, param)
+        own[name] = points.convert(value, param, ctx)
+    return bare, own
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -262,8 +285,10 @@ def _parse_levels(text: str | None):
 @click.option("--quality", type=float, help="The paper's rule: drop |w| <= Q x the layer's weight std.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=S", help="Per-layer sparsity (node or weight name, glob ok).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
-@click.option("--max-loss", type=PointsType(), help="Accuracy budget (pp): with training data, the automatic search "
-              "(prune, retrain, remove neurons) returns the smallest, fastest model within it.")
+@click.option("--max-loss", multiple=True, metavar="[OUTPUT=]PP", callback=lambda c, p, v: _budget_spec(v, p, c),
+              help="Accuracy budget (pp): with training data, the automatic search (prune, retrain, remove neurons) "
+              "returns the smallest, fastest model within it. OUTPUT=PP (repeatable, beside a bare budget) gives one "
+              "output its own, e.g. --max-loss 1 --max-loss boxes=5.")
 @click.option("--confidence", type=float, help="With --max-loss: how sure the decision rule must be that a model is "
               "within the budget (one-sided; default about 0.84, one standard error). 0.95 needs more data to prune "
               "as far, and the run says how many samples.")
@@ -352,6 +377,9 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     from onnxprune.converter.plan import configure
 
     choices = _typed(choices)  # what the user typed; the step configs hold the defaults
+    if "max_loss" in choices:  # (the run's budget, each named output's own)
+        bare, own = choices.pop("max_loss")
+        choices.update({"max_loss": bare} if bare is not None else {}, **({"output_budgets": own} if own else {}))
     if no_neurons:
         choices["neurons"] = False
     if recipe is not None:

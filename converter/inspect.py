@@ -264,8 +264,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         outputs = s.get("outputs") or {}
         if len(outputs) > 1:
             for out, f in outputs.items():
+                own = f", budget {f['budget_pp']:g} pp" if f.get("budget_pp") is not None else ""
                 console.print(f"  output {out} ({f['metric']}; 1 pp = {f['one_pp']}): {100 * f['before']:.2f}% -> "
-                              f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp)", markup=False)
+                              f"{100 * f['after']:.2f}% (loss {f['loss_pp']:+.2f} pp{own})", markup=False)
     budget = report.get("budget")
     if budget:
         t = budget.get("tightest")  # the decision rule's test closest to its limit (converter.steps.budget)
@@ -273,10 +274,16 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         if not tight and t and t.get("loss_pp") is not None and t.get("limit_pp") is not None:
             from onnxprune.converter.auto.report import part_figure
 
+            own = t.get("budget_pp", budget["max_loss_pp"])  # the output's own budget (--max-loss OUTPUT=L)
             tight = (f"; the rule's closest test: output '{t['output']}' "
-                     f"({t['metric']}: {part_figure(t, t['metric'], t['n'], budget['max_loss_pp'])})")
-        console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp, --max-loss {budget['max_loss_pp']:g} "
-                      f"pp: {'met' if budget['met'] else 'NOT met'}{tight}", markup=False)
+                     f"({t['metric']}: {part_figure(t, t['metric'], t['n'], own)}"
+                     + (f" of its {own:g} pp" if own != budget["max_loss_pp"] else "") + ")")
+        by_output = budget.get("by_output")
+        scale = (f" (each output's loss as a share of its own budget, in pp of --max-loss "
+                 f"{budget['max_loss_pp']:g}; own budgets: "
+                 + ", ".join(f"'{k}' {v:g} pp" for k, v in by_output.items()) + ")") if by_output else ""
+        console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp{scale}, --max-loss "
+                      f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{tight}", markup=False)
     for note in group_notes(report.get("notes", [])):
         console.print(f"note: {note}", markup=False)
     if report.get("output"):

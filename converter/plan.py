@@ -69,6 +69,9 @@ class RunConfig:
         for config in self.sections().values():
             config.validate()
         t, b, d, r = self.targets, self.budget, self.data, self.retrain
+        if b.output_budgets and (b.max_loss is None or not b.max_loss > 0):
+            raise ConfigError("--max-loss OUTPUT=L sets one output's budget beside the run's: add a positive bare "
+                              "--max-loss L for the other outputs (e.g. --max-loss 1 --max-loss boxes=5).")
         if b.max_loss is not None:
             if t.sparsity is not None or t.quality is not None:
                 raise ConfigError("--max-loss chooses per-layer sparsities itself; drop --sparsity/--quality.")
@@ -179,7 +182,8 @@ def build_plan(config: RunConfig) -> list[Step]:
         steps.append(RandomShapesStep(config.data))
     decides = budget or config.quantize.weight_bits == QUANT_AUTO  # choices measured on held-out samples
     if has_data:
-        steps.append(DataStep(config.data, split=decides and (retrain or auto), small_data=auto))
+        steps.append(DataStep(config.data, split=decides and (retrain or auto), small_data=auto,
+                              budget=config.budget.max_loss, output_budgets=config.budget.output_budgets))
     steps.append(TargetsStep(config.targets, budgeted=budget))
     shrink = config.shrink
     if auto:

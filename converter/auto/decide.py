@@ -64,6 +64,11 @@ for one that does not (a detector's [D, 4] boxes for one image), a feed, its row
 a feed's loss is its rows' share (of changed labels, say: for a 0/1 part Wilson's bound stays conservative, a
 share's variance being at most p(1 - p)), and a feed whose detection count changed is lost whole.
 
+An output with its own budget (--max-loss OUTPUT=L beside --max-loss B) is judged by this rule against L instead of B
+(its bound within L); the Decision's loss, SE and limit are then the worst output's divided by L/B (pp of the run's
+budget, as the Evaluator combines them: calibration.metrics `Evaluator.loss_factor`), its per-output figures stay in
+their own pp with `budget_pp` beside them.
+
 The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
 changes one class more than a budget finer than that is never accepted.
 """
@@ -259,8 +264,9 @@ class _OutputRule:
     """One scored output's per-sample figures and its decision."""
 
     def __init__(self, name: str, kind: str, budget: float, z: float, strictness: float = 1.0,
-                 certifies: bool = True):
+                 certifies: bool = True, factor: float = 1.0):
         self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
+        self.factor = factor  # its own budget / the run's (Evaluator.loss_factor): its figures count divided by it
         self.strictness = strictness
         self.certifies = certifies  # False: a choosing rule, no Wilson floor for a paired output (see judge)
         self.dense: np.ndarray | None = None
@@ -340,8 +346,10 @@ class BudgetRule:
         if not strictness >= 1.0:
             raise ConfigError(f"a decision rule's strictness must be >= 1 (got {strictness}); 1 is the rule itself.")
         self.strictness = strictness
-        self.outputs = [_OutputRule(name or "output", kind, self.budget, z, strictness, certifies)
-                        for name, kind in evaluator.plan.items()]
+        factors = getattr(evaluator, "loss_factors", None) or (1.0,) * len(evaluator.plan)
+        self.own_budgets = any(f != 1.0 for f in factors)  # some output has its own budget (--max-loss OUTPUT=L)
+        self.outputs = [_OutputRule(name or "output", kind, self.budget * f, z, strictness, certifies, f)
+                        for (name, kind), f in zip(evaluator.plan.items(), factors, strict=True)]
         dense = self.values(evaluator.reference_all)
         for rule, values in zip(self.outputs, dense):
             rule.dense = values
@@ -365,13 +373,20 @@ class BudgetRule:
                     per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
 
-    def samples_to_resolve(self) -> int | None:
-        """The decision samples this rule would need to resolve the budget (Wilson's bound with none changed,
-        100·s²/(n + s²) pp with s = strictness·z, at most the budget), or None for a zero budget (no finite set)."""
-        if self.budget <= 0:
+    def samples_to_resolve(self, budget: float | None = None) -> int | None:
+        """The decision samples this rule would need to resolve `budget` (default: the smallest budget of an output
+        judged by a share of changed samples, else the run's; Wilson's bound with none changed, 100·s²/(n + s²) pp
+        with s = strictness·z, at most the budget), or None for a zero budget (no finite set)."""
+        budget = self._binary_budget() if budget is None else budget
+        if budget <= 0:
             return None
         z2 = (self.strictness * self.z) ** 2
-        return int(math.ceil(100.0 * z2 / self.budget - z2))
+        return int(math.ceil(100.0 * z2 / budget - z2))
+
+    def _binary_budget(self) -> float:
+        """The smallest budget among outputs judged by a share of changed samples (the run's when none is)."""
+        own = [r.budget for r in self.outputs if not r.form.paired and r.form.any_binary]
+        return min(own) if own else self.budget
 
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs
@@ -386,9 +401,14 @@ class BudgetRule:
     def judge_outputs(self, batches) -> Decision:
         """The decision for per-batch outputs (tuples in the evaluator's output order, or arrays for one output)."""
         figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(list(batches)))}
-        name = max(figures, key=lambda k: (not figures[k]["within"], figures[k]["loss_pp"]))
-        w = figures[name]
-        return Decision(w["loss_pp"], w["se_pp"], w["limit_pp"], all(f["within"] for f in figures.values()), w["n"],
+        factor = {r.name: r.factor for r in self.outputs}
+        if self.own_budgets:  # each output's figures against its own budget
+            for r in self.outputs:
+                figures[r.name]["budget_pp"] = r.budget
+        name = max(figures, key=lambda k: (not figures[k]["within"], figures[k]["loss_pp"] / factor[k]))
+        w, f = figures[name], factor[name]  # the worst output's figures, in pp of the run's budget
+        return Decision(w["loss_pp"] / f, w["se_pp"] / f, w["limit_pp"] / f, all(x["within"] for x in figures.values()),
+                        w["n"],
                         w.get("worse", 0), w.get("better", 0), name,
                         {k: {m: (round(x, 6) if isinstance(x, float) else x) for m, x in f.items()}
                          for k, f in figures.items()}, self.strictness)
@@ -415,7 +435,7 @@ class BudgetRule:
         rules = []
         if paired:
             rules.append(f"{'/'.join(paired)}: paired loss (a gain counts as 0) + {self.z:.3g} standard error of the "
-                         f"paired difference <= {self.budget:g} pp" if self.budget > 0 else
+                         f"paired difference <= {self._budget_text()}" if self.budget > 0 else
                          f"{'/'.join(paired)}: paired loss <= {min(self.z, Z):g} standard error of the paired "
                          "difference "
                          "(no loss beyond the noise)")
@@ -425,7 +445,7 @@ class BudgetRule:
         if fidelity:
             binary = any(r.form.any_binary for r in self.outputs if r.kind in fidelity)
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:.3g} "
-                         f"standard error <= {self.budget:g} pp"
+                         f"standard error <= {self._budget_text()}"
                          + (" (Wilson's bound for a share of changed samples)" if binary else ""))
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
             rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
@@ -435,6 +455,13 @@ class BudgetRule:
                 f"the loss reported is the worst output's"
                 + (f"; one sample = {self.resolution_pp:.3g} pp here" if counted else "")
                 + self._changes_allowed() + self._padding())
+
+    def _budget_text(self) -> str:
+        """'1 pp', or with outputs of their own budget 'its budget (1 pp; 'boxes' 5 pp)'."""
+        if not self.own_budgets:
+            return f"{self.budget:g} pp"
+        own = "; ".join(f"'{r.name}' {r.budget:g} pp" for r in self.outputs if r.factor != 1.0)
+        return f"its budget ({self.budget:g} pp; {own})"
 
     def _padding(self) -> str:
         """Which positions are not scored, when some output leaves padding out (calibration.metrics)."""
@@ -451,7 +478,7 @@ class BudgetRule:
         n = self.n if n is None else n
         if not any(not r.form.paired and r.form.any_binary for r in self.outputs) or not n:
             return None
-        return self._allowed(n, self.z * self.strictness)
+        return self._allowed(n, self.z * self.strictness, self._binary_budget())
 
     def point_ceilings(self) -> list[np.ndarray]:
         """Per scored output, per part: the largest whole-set loss (pp) a candidate may show on this set and still be
@@ -464,24 +491,26 @@ class BudgetRule:
         out = []
         for r in self.outputs:
             n = len(r.dense)
-            cols = [self.budget] * len(r.form.parts)
-            if not r.form.paired and n and self.budget > 0:
-                k = 0 if not r.resolves() else max(0, self._allowed(n, self.z * self.strictness))
+            cols = [r.budget] * len(r.form.parts)
+            if not r.form.paired and n and r.budget > 0:
+                k = 0 if not r.resolves() else max(0, self._allowed(n, self.z * self.strictness, r.budget))
                 cols = [100.0 * k / n if r.form.is_binary(j) else c for j, c in enumerate(cols)]
-            out.append(np.asarray(cols, dtype=np.float64))
+            out.append(np.asarray(cols, dtype=np.float64) / r.factor)  # in pp of the run's budget, as measured
         return out
 
-    def _allowed(self, n: int, z: float) -> int:
-        """The changed samples of n whose share Wilson's bound at z keeps within the budget (-1: not even none)."""
+    def _allowed(self, n: int, z: float, budget: float | None = None) -> int:
+        """The changed samples of n whose share Wilson's bound at z keeps within `budget` (default the run's; -1: not
+        even none)."""
+        budget = self.budget if budget is None else budget
         k = -1
-        while k + 1 <= n and 100.0 * wilson_upper((k + 1) / n, n, z) <= self.budget + 1e-12:
+        while k + 1 <= n and 100.0 * wilson_upper((k + 1) / n, n, z) <= budget + 1e-12:
             k += 1
         return k
 
     def _changes_allowed(self) -> str:
         """'; 0 changed samples fit the budget here, 1 from 330 decision samples on': what more data would buy."""
         k = self.changes_allowed()
-        if k is None or self.budget <= 0:
+        if k is None or self._binary_budget() <= 0:
             return ""
         lo, hi = self.n, max(2 * self.n, 16)
         while self.changes_allowed(hi) <= k:
@@ -505,10 +534,11 @@ class BudgetRule:
             if not r.resolves():
                 n = len(r.dense)
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
-                return (f"{n} samples cannot certify --max-loss {self.budget:g} for output '{r.name}' ({r.kind}): "
+                flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
+                return (f"{n} samples cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}): "
                         f"even with none of them changed, the bound on its share of changed samples is {bound:.2f} "
-                        f"pp, so the input model is kept; give {self.samples_to_resolve()} samples to decide on "
-                        f"(more --data, or --val-data), or --max-loss {math.ceil(bound * 100) / 100:g}")
+                        f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} samples to decide "
+                        f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}")
         return None
 
     def warnings(self) -> list[str]:

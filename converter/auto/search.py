@@ -547,16 +547,21 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     if not past:
         return None
     h = min(past, key=lambda e: e["ratio"])
-    kind = next((r.kind for r in rule.outputs if r.name == h["output"]), "")
+    r = next((r for r in rule.outputs if r.name == h["output"]), None)
+    kind, factor = (r.kind, getattr(r, "factor", 1.0)) if r is not None else ("", 1.0)
+    # the history holds the worst output's figures in pp of the run's budget (decide.Decision); in its own here
+    h = {**h, "loss_pp": h["loss_pp"] * factor, "limit_pp": h["limit_pp"] * factor}
+    budget = rule.budget * factor
+    flag = f"--max-loss {h['output']}={budget:g}" if factor != 1.0 else f"--max-loss {budget:g}"
     result = max(kept, default=1.0)
     digits = next((d for d in (2, 3, 4) if f"{result:.{d}f}" != f"{h['ratio']:.{d}f}"), None)  # not "1.19x, 1.19x"
     its = (f"{h['ratio']:.{digits}f}x" if digits else  # alike at 4 digits: how much more it removed
            f"{100 * (1 / result - 1 / h['ratio']):.2g}% more of the weights removed")
     note = (f"what stopped {what}: the least pruned candidate past the result's {result:.{digits or 4}f}x, "
             f"{its} ({h['phase']}), was outside the budget on output '{h['output']}' "
-            f"({kind}: {part_figure(h, kind, rule.n, rule.budget)}; --max-loss {rule.budget:g}"
+            f"({kind}: {part_figure(h, kind, rule.n, budget)}; {flag}"
             + (f", judged with {h['strictness']:g}x the margin" if h.get("strictness", 1.0) != 1.0 else "") + ")")
-    note += more_data(h, kind, rule.n, rule.budget, rule.z * h.get("strictness", rule.strictness))
+    note += more_data(h, kind, rule.n, budget, rule.z * h.get("strictness", rule.strictness))
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"

@@ -50,6 +50,7 @@ def build_document(report: dict, *, sensitivity=None, history=None, latency=None
             "loss_pp": None if not metrics else metrics.get("loss_pp"),
             "max_loss_pp": _max_loss(report),
             "budget_met": (report.get("budget") or {}).get("met"),
+            "budget_by_output": (report.get("budget") or {}).get("by_output"),  # --max-loss OUTPUT=L
             "params_after_shrink": report.get("params_after_shrink"),
         },
         "table": table,

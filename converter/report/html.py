@@ -221,6 +221,10 @@ def _metric_block(doc: dict) -> str:
     if s.get("max_loss_pp") is not None:
         verdict = {True: "met", False: "NOT met", None: "not checked"}[s.get("budget_met")]
         notes.append(f"Budget (--max-loss): {s['max_loss_pp']:g} pp on the calibration data: {verdict}.")
+        if s.get("budget_by_output"):
+            own = ", ".join(f"'{k}' {v:g} pp" for k, v in s["budget_by_output"].items())
+            notes.append(f"Outputs with their own budget: {own}; the loss is the worst output's as a share of its own "
+                         "budget, in pp of --max-loss.")
     return (f"<div class=\"scroll\"><table class=\"metrics\"><thead>{head}</thead>\n<tbody>{''.join(rows)}</tbody>"
             f"</table></div>\n<p class=\"note\">{_e(' '.join(notes))}</p>")
 

@@ -18,10 +18,16 @@ log = logging.getLogger(__name__)
 class BudgetConfig(StepConfig):
     max_loss: float | None = None  # percentage points of the metric
     confidence: float | None = None  # one-sided confidence of the decision rule's bound; None: 1 SE (about 84%)
+    # --max-loss OUTPUT=L: an output's own budget (pp of its own metric); the others keep max_loss. Each output's
+    # loss then counts as a share of its own budget (calibration.metrics Evaluator.loss_factor)
+    output_budgets: dict[str, float] | None = None
 
     def validate(self) -> None:
         if self.max_loss is not None and not 0 <= self.max_loss <= 100:
             raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
+        for name, own in (self.output_budgets or {}).items():
+            if not isinstance(own, (int, float)) or not 0 < own <= 100:
+                raise ConfigError(f"--max-loss {name}={own} must be a number of percentage points in (0, 100].")
         if self.confidence is not None:
             from onnxprune.converter.auto.decide import confidence_z
 
@@ -165,6 +171,8 @@ class BudgetCheckStep(Step):
         measured = report["metrics"]["sets"]["calibration"]["loss_pp"]
         report["budget"] = {"max_loss_pp": self.config.max_loss, "measured_loss_pp": measured,
                             "met": within_budget(measured, self.config.max_loss)}
+        if self.config.output_budgets:  # the loss above is each output's as a share of its own budget
+            report["budget"]["by_output"] = dict(self.config.output_budgets)
         from onnxprune.converter.auto.decide import BudgetRule, worst_figures
 
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
@@ -183,7 +191,8 @@ class BudgetCheckStep(Step):
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
                                                 **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp",
-                                                                             "changed")}}
+                                                                             "changed", "budget_pp")
+                                                   if k in worst}}
         note = _eval_over_budget(report, self.config.max_loss, state)
         if note:
             report["notes"].append(note)

@@ -81,11 +81,14 @@ class Data:
     """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
 
     def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False, small_data: bool = False,
-                 random_shapes: dict | None = None):
+                 random_shapes: dict | None = None, budget: float | None = None,
+                 output_budgets: dict[str, float] | None = None):
         from onnxprune.calibration.metrics import check_metric_spec
 
         check_metric_spec(model, config.metric)  # a mistyped output or metric fails before any work
         self.model, self.config = model, config
+        # --max-loss L and --max-loss OUTPUT=L: every evaluator scores each output against its own budget
+        self.budget, self.output_budgets = budget, dict(output_budgets or {})
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -199,7 +202,7 @@ class Data:
         reader = self.reader(source, part=part)
         quiet, self._metrics_said = self._metrics_said, True  # the metric choice is said once per run
         return Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
-                         split=SPLIT_ROWS, quiet=quiet)
+                         split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
 
     @property
     def calibration(self):
@@ -243,13 +246,16 @@ class DataStep(Step):
     needs = ("original",)
     gives = ("data",)
 
-    def __init__(self, config: DataConfig, *, split: bool = False, small_data: bool = False):
+    def __init__(self, config: DataConfig, *, split: bool = False, small_data: bool = False,
+                 budget: float | None = None, output_budgets: dict[str, float] | None = None):
         super().__init__(config)
         self.config, self.split, self.small_data = config, split, small_data
+        self.budget, self.output_budgets = budget, dict(output_budgets or {})
 
     def settings(self) -> dict:
-        return {**super().settings(), "validation_split": self.split, "small_data_policy": self.small_data}
+        own = {"output_budgets": self.output_budgets} if self.output_budgets else {}
+        return {**super().settings(), "validation_split": self.split, "small_data_policy": self.small_data, **own}
 
     def run(self, state: RunState) -> None:
         state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
-                          random_shapes=state.random_shapes)
+                          random_shapes=state.random_shapes, budget=self.budget, output_budgets=self.output_budgets)

@@ -155,6 +155,23 @@ def _reason(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def card_budgets(card: dict) -> list[str]:
+    """`--max-loss OUTPUT=L` for each output whose every check that matters is a relative L2 error with a bar other
+    than 0.01 (L = 100 x the tightest bar): the regression bars a user who knows them would give the tool
+    (--card-budgets). Outputs judged by anything else keep the run's 1 pp."""
+    bars: dict[str, list] = {}
+    for c in card.get("checks", []):
+        if c.get("matters", True) and not c.get("slice"):
+            bars.setdefault(c["output"], []).append(c)
+    out = []
+    for name, checks in bars.items():
+        if all(c["metric"] == "rel_l2" for c in checks):
+            bar = min(float(c["bar"]) for c in checks)
+            if abs(bar - 0.01) > 1e-12:
+                out += ["--max-loss", f"{name}={100 * bar:g}"]
+    return out
+
+
 def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
     folder = root / name
     card = json.loads((folder / "card.json").read_text())
@@ -163,7 +180,8 @@ def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out),
            "--data", str(folder / card["data"]["calib"]), *(["--sparsity", str(args.sparsity)] if args.sparsity
-                                                            else ["--max-loss", "1"]), *args.extra]
+                                                            else ["--max-loss", "1"]),
+           *(card_budgets(card) if args.card_budgets else []), *args.extra]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
@@ -249,6 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--self-check", action="store_true", help="score each input model against itself, no pruning")
     ap.add_argument("--sparsity", type=float, help="baseline: `prune --sparsity S` (every layer, magnitude, one-shot, "
                     "no budget) instead of `--max-loss 1`")
+    ap.add_argument("--card-budgets", action="store_true", help="also give each card's regression bars as "
+                    "per-output budgets (--max-loss OUTPUT=L; card_budgets), beside --max-loss 1")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for `prune` (after the rest)")
     args = ap.parse_args(argv)
     names = args.only or sorted(p.name for p in args.root.iterdir() if (p / "card.json").exists())
