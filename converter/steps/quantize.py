@@ -141,7 +141,7 @@ class QuantizeStep(Step):
         """Is `bits` within the rule, measured on the file it would write? Keeps the model when it is (bisection
         tries narrower widths after a success, so the last one kept is the narrowest)."""
         model = self._candidate(state, names, bits)
-        decision = rule.judge_outputs(list(rule.evaluator.run(self._as_written(state, model))))
+        decision = rule.judge_outputs(list(rule.evaluator.run_all(self._as_written(state, model))))
         self._attempts += 1
         state.progress("quantize", self._attempts, MAX_TRIES, f"{bits} bits: loss {decision.loss_pp:.3f} pp")
         if decision.within:
