@@ -562,6 +562,9 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
             f"({kind}: {part_figure(h, kind, rule.n, budget)}; {flag}"
             + (f", judged with {h['strictness']:g}x the margin" if h.get("strictness", 1.0) != 1.0 else "") + ")")
     note += more_data(h, kind, rule.n, budget, rule.z * h.get("strictness", rule.strictness))
+    if len(rule.outputs) > 1 and factor == 1.0:  # one output holding the rest back: it may have its own budget
+        note += (f"; if '{h['output']}' may move more than the others, `--max-loss {budget:g} --max-loss "
+                 f"{h['output']}=L` gives it a budget of its own")
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"
