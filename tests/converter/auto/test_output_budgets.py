@@ -172,3 +172,13 @@ def test_weight_bits_auto_judges_every_output_of_a_two_output_model(detector):
     got = make_session(onnx.load(str(out))).run(None, {"input": x})
     assert (got[1].argmax(1) != dense[1].argmax(1)).mean() < 0.01
     assert figures["scores"]["loss_pp"] <= 1.0 and figures["boxes"]["loss_pp"] <= 5.0
+
+
+def test_the_python_api_takes_output_budgets_beside_max_loss(detector):
+    from onnxprune.converter import api
+
+    model, x, _ = detector
+    result = api.prune(model, data={"input": x}, max_loss=1.0, output_budgets={"boxes": 5.0}, one_shot=True)
+    assert result.report["budget"]["met"] and result.report["budget"]["by_output"] == {"boxes": 5.0}
+    with pytest.raises(ConfigError, match="positive bare --max-loss"):
+        api.prune(model, data={"input": x}, output_budgets={"boxes": 5.0}, one_shot=True)
