@@ -271,7 +271,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     if budget:
         t = budget.get("tightest")  # the decision rule's test closest to its limit (converter.steps.budget)
         tight = _widened(budget)  # a loss above the budget met by the label rule's wider limit says so instead
-        if not tight and t and t.get("loss_pp") is not None and t.get("limit_pp") is not None:
+        if budget.get("kept_input"):
+            tight = "; the input model is kept unpruned (nothing to certify)"
+        elif not tight and t and t.get("loss_pp") is not None and t.get("limit_pp") is not None:
             from onnxprune.converter.auto.report import part_figure
 
             own = t.get("budget_pp", budget["max_loss_pp"])  # the output's own budget (--max-loss OUTPUT=L)

@@ -78,10 +78,11 @@ class AutoResult:
     rule: str
     sensitivity: Any = None
     one_shot: dict = field(default_factory=dict)
+    kept_input: bool = False  # no candidate could be certified or tried: the input model itself
 
     def report(self) -> dict:
         return {"decision": self.decision.as_dict(), "rule": self.rule, "choices": self.choices,
-                "one_shot": self.one_shot, "notes": self.notes}
+                "one_shot": self.one_shot, "notes": self.notes, "kept_input": self.kept_input}
 
 
 @dataclass
@@ -149,9 +150,12 @@ class _Search:
             self.notes.append(why)
             masks = {n: np.ones(weight_array(self.original, n).shape, dtype=bool) for n in self.sizes}
             decision = self.judge(self.original)
+            # the input model is the reference itself: within any budget, whatever this set can certify (the
+            # paired rule's floor would otherwise reject it: "measured loss 0.000 pp exceeds --max-loss 1")
+            decision.within = True
             self._record("input model", _Best(self.original, masks, decision, {}), decision, True, self.t0)
             return AutoResult(self.original, masks, self.history, self.choices, self.notes, decision,
-                              self.rule.statement(), None, {})
+                              self.rule.statement(), None, {}, kept_input=True)
         best = self._one_shot()
         self.d0 = density(best.masks)
         name, why = choose(self.original, self.data.train, self.config.recovery)

@@ -54,7 +54,7 @@ class AutoSearchStep(Step):
         self.neurons, self.given = shrink.neurons, frozenset(given)
 
     def run(self, state: RunState) -> None:
-        why = self._why_not(state)
+        why = self._why_not(state) or self._too_few_to_decide(state)
         if why is not None:
             self._one_shot(state, why)
             return
@@ -115,6 +115,30 @@ class AutoSearchStep(Step):
         # no torch, or a graph the torch bridge cannot run: the search recovers by layer-wise refit
         # (converter.auto.recovery.choose), which needs neither
         return None
+
+    def _too_few_to_decide(self, state: RunState) -> str | None:
+        """When the part of --data held out to decide on cannot certify the budget but all of it can, the one-shot
+        search decides on all of it (state.data reopened unsplit), and this says why; else None. (A helper's sweep:
+        99 samples, too few to split, pruned 5.6x one-shot; 125, split into 93 to decide on, kept the input model;
+        140, 6.3x.)"""
+        from onnxprune.converter.auto.decide import BudgetRule
+        from onnxprune.converter.steps.data import Data
+
+        data, budget = state.data, self.budget.max_loss
+        if data.every is None or data.config.val_data is not None:
+            return None
+        split = BudgetRule(data.calibration, budget)
+        if split.uncertifiable() is None:
+            return None
+        whole = Data(state.original, data.config, random_shapes=data.random_shapes, budget=data.budget,
+                     output_budgets=data.output_budgets)
+        whole._metrics_said = True  # said by the split's evaluator
+        rule = BudgetRule(whole.calibration, budget)
+        if rule.uncertifiable() is not None:
+            return None  # neither can: the search keeps the input model and says how many samples would do
+        state.data = whole
+        return (f"the {split.n} samples held out to decide on cannot certify --max-loss {budget:g}, all {rule.n} "
+                "of --data can")
 
     def _one_shot(self, state: RunState, why: str) -> None:
         from onnxprune.converter.steps.budget import FitBudgetStep

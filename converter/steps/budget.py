@@ -93,9 +93,12 @@ class FitBudgetStep(_Choose):
             log.warning(why)
             state.notes.append(why)
             zero = {w.name: 0.0 for w in state.scannable.prunable}
+            targets = _with_fixed({n: Target(sparsity=0.0) for n in zero}, state.targets)
             state.allocation = {"sparsities": zero, "tries": 0, "history": [], "notes": [why],
-                                "rule": rule.statement()}
-            return _with_fixed({n: Target(sparsity=0.0) for n in zero}, state.targets)
+                                "rule": rule.statement(),
+                                # nothing pruned (no --layer of the user's prunes): the input model, the reference
+                                "kept_input": all(not t.sparsity and t.quality is None for t in targets.values())}
+            return targets
 
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         outcome = fit_to_budget(state.original, state.scannable, state.data.calibration, allocation,
@@ -182,11 +185,15 @@ class BudgetCheckStep(Step):
             decision = (budget_rule.judge(state.final) if state.final_outputs is None  # else the measure pass
                         else budget_rule.judge_outputs(state.final_outputs)).as_dict()
             decision["within"] = _fits(decision, self.config.max_loss)
+            if state.allocation.get("kept_input") and not state.quantize:
+                decision["within"] = True  # the input model itself is within any budget (nothing to certify)
             rule = state.allocation["rule"]
             report["budget"]["decision"] = decision
         if decision is not None:  # decided by the stated rule on this set (converter.auto.decide)
             report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
                                     limit_pp=decision["limit_pp"], rule=rule)
+            if (state.auto or state.allocation or {}).get("kept_input") and not state.quantize:
+                report["budget"]["kept_input"] = True  # the reference itself: nothing was certified or needed to be
             worst = worst_figures(decision)
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
