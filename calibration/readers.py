@@ -69,6 +69,7 @@ class DataReader:
 
     per_feed = False
     feed_note = None  # why a per_feed reader reads feeds as they are: open_data says it once per run
+    whole_batches = False  # the model fixes a batch of more than 1 sample: a short last batch is left out
     _labels_dropped = False
     _feeds = None  # a calibration.feeds.FeedSource when per_feed
     _feed_check = None
@@ -126,6 +127,9 @@ class DataReader:
         if self._every:  # --limit counts samples of the whole data, before the split
             checked = _every_nth(checked, self._every, self._holdout)
         for chunk in _rebatch(checked, self.batch_size, self._check.values):
+            if self.whole_batches and chunk.n < self.batch_size:
+                _say_left_out(self, chunk.n)
+                continue
             yield chunk.arrays, chunk.labels
 
     def part(self, every: int, holdout: bool, role: str | None = None) -> DataReader:
@@ -189,6 +193,28 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
 def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataReader:
     specs = with_shapes(input_specs(model), shapes)
     batch_size = _batch_size_for(specs, batch_size)
+    reader = _open_source(source, model, labels, batch_size, limit, seed, specs, warn)
+    # a model that takes exactly N > 1 samples (a batch fixed in its inputs) cannot run a short last batch: a split
+    # of --data left 132 of 176 samples to decide on, and the 4 after the last whole batch of 8 failed in onnxruntime
+    reader.whole_batches = not reader.per_feed and batch_size > 1 and batch_size in {
+        s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
+    return reader
+
+
+_LEFT_OUT_SAID: set[str] = set()  # said once per process (a run opens the same part of its data more than once)
+
+
+def _say_left_out(reader: DataReader, n: int) -> None:
+    """The samples after the last whole batch of a model with a fixed batch, said once."""
+    used = reader.description.rsplit(" -> ", 1)[-1] if " -> " in reader.description else reader.description
+    message = (f"the model takes batches of exactly {reader.batch_size} samples: the last {n} of {used} are left "
+               "out (they do not fill a batch)")
+    if message not in _LEFT_OUT_SAID:
+        _LEFT_OUT_SAID.add(message)
+        log.warning("%s", message)
+
+
+def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) -> DataReader:
     if isinstance(source, str) and source == "random":
         return _random_reader(specs, batch_size, limit, seed, int_input_ranges(model), warn)
     if isinstance(source, (str, os.PathLike)):

@@ -333,11 +333,13 @@ def with_shapes(specs: list[InputSpec], shapes: dict[str, tuple] | None) -> list
 
 def random_array(rng: np.random.Generator, spec: InputSpec, shape: tuple, high: int = DEFAULT_INT_HIGH) -> np.ndarray:
     """Seeded values of one input: bools, ints in [0, high), floats standard normal."""
+    # np.asarray: at a scalar shape () numpy returns a scalar (np.bool_), which onnxruntime refuses ("Unable to
+    # handle object of type <class 'numpy.bool'>": a helper's If on a bool scalar input, random data)
     if spec.dtype == np.bool_:
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)
     if np.issubdtype(spec.dtype, np.integer):
-        return rng.integers(0, max(1, high), size=shape).astype(spec.dtype)
-    return rng.standard_normal(shape).astype(spec.dtype)
+        return np.asarray(rng.integers(0, max(1, high), size=shape), dtype=spec.dtype)
+    return np.asarray(rng.standard_normal(shape), dtype=spec.dtype)
 
 
 def random_feeds(model: onnx.ModelProto, *, batch: int = DEFAULT_DYNAMIC_DIM, seed: int = 0,

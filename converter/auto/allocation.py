@@ -45,11 +45,17 @@ def lamp_scores(score: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def global_masks(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], keep_total: int,
                  scorer: Scorer | None = None) -> dict[str, np.ndarray]:
     """Masks keeping the `keep_total` weights with the highest LAMP scores over all layers (never regrowing), ranked
-    by `scorer` (magnitude when None)."""
+    by `scorer` (magnitude when None). A layer keeps at least its best weight: every layer's best has LAMP score 1,
+    and a level past all of them emptied a layer whose outputs the bias alone held (a helper's Gemm whose bias
+    decides every class: "sparsity 1.0 is outside [0, 1)" from the search)."""
     scorer = scorer or Scorer()
     names = [n for n in masks if n in weights]
     scores = {n: scorer.rescore(n, weights[n]) for n in names}
     lamps = {n: lamp_scores(scores[n], masks[n]) for n in names}
+    for n in names:  # each layer's best alive weight is not a candidate to drop
+        flat = lamps[n].reshape(-1)
+        if masks[n].any():
+            flat[int(np.argmax(np.where(masks[n].reshape(-1), flat, -np.inf)))] = np.inf
     alive = sum(int(masks[n].sum()) for n in names)
     out = {n: m.copy() for n, m in masks.items()}
     drop = alive - max(int(keep_total), 0)

@@ -53,6 +53,8 @@ def keep_mask(scores: np.ndarray, sparsity: float, current: np.ndarray | None = 
 def _keep_flat(scores: np.ndarray, sparsity: float, current: np.ndarray | None) -> np.ndarray:
     rank = scores.astype(np.float64, copy=False)
     n_drop = int(round(sparsity * rank.size))
+    if sparsity < 1.0 and rank.size:  # a sparsity under 1 keeps a weight: 0.99 of 20 rounded to all 20 (a helper's
+        n_drop = min(n_drop, rank.size - 1)  # Gemm, emptied, then "sparsity 1.0 is outside [0, 1)")
     if current is not None:
         rank = np.where(current, rank, -np.inf)
         n_drop = max(n_drop, int(rank.size - current.sum()))

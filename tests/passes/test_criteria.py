@@ -20,9 +20,12 @@ from tests.oracle import run
 
 
 def old_magnitude_mask(values, sparsity, current=None):
-    """The rule before the registry: the first round(s·n) of a stable argsort of |w| (pruned ones first) go."""
+    """The rule before the registry: the first round(s·n) of a stable argsort of |w| (pruned ones first) go; since
+    session 21 a sparsity under 1 leaves at least one weight (round(0.75 · 1) emptied a one-weight layer)."""
     mag = np.abs(values.astype(np.float64)).reshape(-1)
     n_drop = int(round(sparsity * mag.size))
+    if sparsity < 1.0:
+        n_drop = min(n_drop, mag.size - 1)
     if current is not None:
         mag = np.where(current.reshape(-1), mag, -1.0)
         n_drop = max(n_drop, int(mag.size - current.sum()))
@@ -240,3 +243,43 @@ def _with_output(model, name):
     out.CopyFrom(model)
     out.graph.output.append(onnx.ValueInfoProto(name=name))
     return out
+
+
+def test_a_sparsity_under_one_keeps_a_weight_of_a_small_layer():
+    """0.99 of 20 weights rounds to 20: a layer was emptied, and the automatic search then stopped on "sparsity 1.0
+    is outside [0, 1)" (a helper's Gemm whose bias alone decides every class)."""
+    from onnxprune.passes.criteria.rank import keep_mask
+
+    scores = np.arange(20, dtype=np.float64).reshape(2, 10)
+    assert keep_mask(scores, 0.99).sum() == 1 and keep_mask(scores, 0.99)[1, 9]  # the best stays
+    assert keep_mask(scores, 0.99, axis=0).sum(axis=1).tolist() == [1, 1]  # one per row
+    assert keep_mask(scores, 0.5).sum() == 10
+
+
+def test_the_automatic_search_keeps_a_weight_in_a_layer_the_bias_alone_decides(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.converter.cli import cli
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal([2, 10]) * 0.1).astype(np.float32)
+    b = np.zeros(10, np.float32)
+    b[3] = 10.0
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "W", "b"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    x = rng.standard_normal([200, 2]).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    result = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--data",
+                                      str(tmp_path / "d.npz"), "--max-loss", "1", "--time-budget", "30s"])
+    assert result.exit_code == 0, result.output
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    got, want = make_session(out).run(None, {"x": x})[0], make_session(model).run(None, {"x": x})[0]
+    assert (got.argmax(1) == want.argmax(1)).all()

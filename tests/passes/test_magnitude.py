@@ -33,7 +33,7 @@ def test_sparsity_mask_count_is_exact_even_with_ties(n, s, seed):
     rng = np.random.default_rng(seed)
     w = rng.integers(-3, 4, size=n).astype(np.float32)  # many ties
     keep = sparsity_mask(w, s)
-    assert (~keep).sum() == int(round(s * n))
+    assert (~keep).sum() == min(int(round(s * n)), n - 1)  # a sparsity under 1 keeps a weight
     if keep.any() and (~keep).any():
         assert np.abs(w[keep]).min() >= np.abs(w[~keep]).max()
 
