@@ -43,18 +43,24 @@ def keep_mask(scores: np.ndarray, sparsity: float, current: np.ndarray | None = 
     if axis is not None and scores.ndim > 1:
         moved = np.moveaxis(scores, axis, 0)
         keep = None if current is None else np.moveaxis(current, axis, 0)
-        rows = [_keep_flat(moved[r].reshape(-1), sparsity, None if keep is None else keep[r].reshape(-1))
-                for r in range(moved.shape[0])]
-        return np.moveaxis(np.stack(rows).reshape(moved.shape), 0, axis)
+        rows = [_keep_flat(moved[r].reshape(-1), sparsity, None if keep is None else keep[r].reshape(-1),
+                           keep_one=False) for r in range(moved.shape[0])]  # a row may empty (a dead neuron)...
+        out = np.moveaxis(np.stack(rows).reshape(moved.shape), 0, axis)
+        if sparsity < 1.0 and not out.any() and scores.size and (current is None or current.any()):  # ... the
+            # layer keeps its best weight (never a regrown one)
+            best = np.where(current, scores, -np.inf) if current is not None else scores
+            out = np.array(out)  # a view through moveaxis: set on a copy
+            out[np.unravel_index(int(np.argmax(best)), out.shape)] = True
+        return out
     flat = _keep_flat(scores.reshape(-1), sparsity, None if current is None else current.reshape(-1))
     return flat.reshape(scores.shape)
 
 
-def _keep_flat(scores: np.ndarray, sparsity: float, current: np.ndarray | None) -> np.ndarray:
+def _keep_flat(scores: np.ndarray, sparsity: float, current: np.ndarray | None, keep_one: bool = True) -> np.ndarray:
     rank = scores.astype(np.float64, copy=False)
     n_drop = int(round(sparsity * rank.size))
-    if sparsity < 1.0 and rank.size:  # a sparsity under 1 keeps a weight: 0.99 of 20 rounded to all 20 (a helper's
-        n_drop = min(n_drop, rank.size - 1)  # Gemm, emptied, then "sparsity 1.0 is outside [0, 1)")
+    if keep_one and sparsity < 1.0 and rank.size:  # a sparsity under 1 keeps a weight: 0.99 of 20 rounded to all
+        n_drop = min(n_drop, rank.size - 1)  # 20 (a helper's Gemm, emptied: "sparsity 1.0 is outside [0, 1)")
     if current is not None:
         rank = np.where(current, rank, -np.inf)
         n_drop = max(n_drop, int(rank.size - current.sum()))
