@@ -365,6 +365,11 @@ def _why_not(name, tensor, users) -> str | None:
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     op = users[0].op_type if users else "nothing"
+    if users and users[0].domain == "com.microsoft" and len(tensor.dims) >= 2:  # a matrix in a fused kernel of
+        # onnxruntime.transformers.optimizer (Attention's QKV, EmbedLayerNormalization's tables, FusedMatMul)
+        return (f"a weight of onnxruntime's fused com.microsoft.{op} '{users[0].name}', which these passes do not "
+                "take apart: prune the model before onnxruntime's transformer optimizer fuses it, then optimize the "
+                "pruned one")
     if op == "Gather":
         return f"not a weight of {'/'.join(WEIGHT_OPS)}, nor a table Gather reads with ids on axis 0 (used by Gather)"
     return f"not a weight of {'/'.join(WEIGHT_OPS)} (used by {op})"

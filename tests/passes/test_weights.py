@@ -190,3 +190,23 @@ def test_recurrent_weights_count_their_macs_once_a_time_step(build, gates):
     got = {w.name: (w.size, w.macs) for w in find_prunable(m).prunable if w.op_type in ("LSTM", "GRU", "RNN")}
     assert len(got) == 2 and all(macs == 5 * size for size, macs in got.values())
     assert sorted(size for size, _ in got.values()) == sorted([gates * 16 * 8, gates * 16 * 16])
+
+
+def test_a_matrix_in_an_onnxruntime_fused_kernel_says_to_prune_before_fusing():
+    """onnxruntime.transformers.optimizer's output (a helper's MiniLM: Attention's QKV weights, 2.66M, and
+    EmbedLayerNormalization's tables) read "not a weight of Conv/.../RNN (used by Attention)"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("FusedMatMul", ["x", "W"], ["y"], domain="com.microsoft", name="fused"),
+         helper.make_node("SkipLayerNormalization", ["y", "x", "gamma"], ["z"], domain="com.microsoft",
+                          name="skip")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(rng.standard_normal([8, 8]).astype(np.float32), "W"),
+         numpy_helper.from_array(np.ones(8, np.float32), "gamma")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    reasons = {s.name: s.reason for s in find_prunable(model).skipped}
+    assert "fused com.microsoft.FusedMatMul 'fused'" in reasons["W"] and "before onnxruntime's" in reasons["W"]
+    assert "fused" not in reasons["gamma"]  # a vector: not a matrix anyone would prune
