@@ -131,9 +131,32 @@ def check_model(model: onnx.ModelProto, *, where: str) -> None:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise ModelError(f"'{where}' is not a valid ONNX model: {_first_line(exc)}; fix or re-export it.") from None
+        newer = _op_newer_than_opset(str(exc))
+        raise ModelError(f"'{where}' is not a valid ONNX model: {_first_line(exc)}; "
+                         + (newer or "fix or re-export it.")) from None
     except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
         raise ModelError(f"'{where}' is not a valid ONNX model: a name in it is not UTF-8 text; re-export it.") from None
+
+
+def _op_newer_than_opset(message: str) -> str | None:
+    """For "No Op registered for LayerNormalization with domain_version of 14": what to do (onnxruntime's
+    transformer optimizer writes LayerNormalization into an opset-14 export; onnxruntime runs it, onnx's checker
+    does not, and a helper read "fix or re-export it" with no way forward)."""
+    import re
+
+    found = re.search(r"No Op registered for (\w+) with domain_version of (\d+)", message)
+    if not found:
+        return None
+    op, version = found.group(1), int(found.group(2))
+    try:
+        since = onnx.defs.get_schema(op, onnx.defs.onnx_opset_version()).since_version
+    except Exception:  # noqa: BLE001 - not a default-domain op: no hint beyond the checker's
+        return None
+    if since <= version:
+        return None
+    return (f"{op} is an ONNX op from opset {since} on and the model imports opset {version} (tools that fuse ops, "
+            f"such as onnxruntime's transformer optimizer, write it into older exports): export at opset >= {since} "
+            "before optimizing, or prune the model before it was optimized.")
 
 
 def _check_text(model: onnx.ModelProto, where) -> None:

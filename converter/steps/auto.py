@@ -105,13 +105,17 @@ class AutoSearchStep(Step):
         from onnxprune.converter.steps.data import MIN_VALIDATION
 
         data = state.data
-        n = data.train_reader().num_samples
+        reader = data.train_reader()
+        n = reader.num_samples
+        # a folder read one feed per file splits and counts files (a helper's 20 files of 30 sentences read
+        # "--data holds 20 samples" beside "600 decision samples")
+        unit = "feeds (files, each used as is)" if getattr(reader, "per_feed", False) else "samples"
         held_out = data.every is not None or data.config.val_data is not None
         if n is not None and not held_out and data.config.validation:
-            return (f"--data holds {n} samples, too few to hold out {MIN_VALIDATION} to decide on and train on the "
+            return (f"--data holds {n} {unit}, too few to hold out {MIN_VALIDATION} to decide on and train on the "
                     f"rest (the search needs 100, or --val-data)")
         if n is not None and n < MIN_TRAIN_SAMPLES:
-            return f"--data leaves {n} training samples (fewer than {MIN_TRAIN_SAMPLES})"
+            return f"--data leaves {n} training {unit} (fewer than {MIN_TRAIN_SAMPLES})"
         # no torch, or a graph the torch bridge cannot run: the search recovers by layer-wise refit
         # (converter.auto.recovery.choose), which needs neither
         return None

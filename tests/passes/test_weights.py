@@ -210,3 +210,14 @@ def test_a_matrix_in_an_onnxruntime_fused_kernel_says_to_prune_before_fusing():
     reasons = {s.name: s.reason for s in find_prunable(model).skipped}
     assert "fused com.microsoft.FusedMatMul 'fused'" in reasons["W"] and "before onnxruntime's" in reasons["W"]
     assert "fused" not in reasons["gamma"]  # a vector: not a matrix anyone would prune
+
+
+def test_a_weight_as_the_first_matmul_operand_counts_a_multiply_add_per_column():
+    """W [32, 28] @ x [N, 28, 64] (an MLP-Mixer's token mixing, torch dynamo): 32·28·64 MACs a sample, not 32·28·32."""
+    rng = np.random.default_rng(0)
+    m = _model([helper.make_node("MatMul", ["W", "x"], ["y"], name="mix")],
+               [numpy_helper.from_array(rng.standard_normal([32, 28]).astype(np.float32), "W")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 28, 64])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 64])])
+    (w,) = find_prunable(m).prunable
+    assert w.name == "W" and w.macs == 32 * 28 * 64

@@ -1,0 +1,39 @@
+"""Messages a helper's sweep of real converters' outputs found wrong or without a way forward (session 21)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.converter.modelio import check_model
+from onnxprune.converter.steps.budget import budget_error
+from onnxprune.errors import ModelError
+
+
+def test_an_op_newer_than_the_models_opset_says_which_opset_it_needs():
+    """onnxruntime's transformer optimizer writes LayerNormalization into an opset-14 export: onnxruntime runs it,
+    onnx's checker refuses it, and "fix or re-export it" gave no way forward."""
+    graph = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x", "g"], ["y"], axis=-1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "g")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    with pytest.raises(ModelError, match=r"LayerNormalization is an ONNX op from opset 17 on and the model imports "
+                                         r"opset 14 .* export at opset >= 17 before optimizing"):
+        check_model(model, where="m.onnx")
+
+
+def test_a_missed_budget_whose_mean_is_within_names_the_bound_that_is_not():
+    """"measured loss 0.850 pp exceeds --max-loss 1" (--weight-bits 4 on a CNN): the upper bound was over."""
+    report = {"budget": {"max_loss_pp": 1.0, "measured_loss_pp": 0.85, "met": False,
+                         "tightest": {"output": "logits", "n": 2000, "metric": "accuracy", "part": "accuracy",
+                                      "loss_pp": 0.85, "limit_pp": 0.70}}}
+    message = str(budget_error(report))
+    assert "exceeds" not in message and "the decision rule's bound is over --max-loss 1" in message
+    assert "upper bound 1.15 pp" in message and "2000 decision samples" in message
+    report["budget"]["measured_loss_pp"] = 1.2  # over on its own: said as before
+    assert "measured loss 1.200 pp exceeds --max-loss 1" in str(budget_error(report))
