@@ -1,7 +1,8 @@
 """The compact format's ONNX decoder: standard ops (opset >= 11) that rebuild one dense weight from its arrays.
 
     gaps  : Cast(int64) -> CumSum -> Reshape [-1, 1] = positions
-    values: Cast(float16 -> dtype) | Gather(centroids, codes) | as stored
+    values: Cast(float16 -> dtype) | Gather(centroids, codes) | as stored  (a float16 weight: computed in float32,
+            cast to float16 by the last node: onnxruntime's CPU provider has no float16 Where to fold)
             ConstantOfShape([numel], 0) -> ScatterND(positions, values) -> Reshape(shape) -> the weight's name
     mask  : unpack bits -> Where(bits, Gather(values, CumSum(bits) - 1), 0) -> Reshape(shape) -> the weight's name
     unpack bits: Reshape [-1, 1] -> BitShift right [7 … 0] -> Mod 2 -> Reshape [-1] -> Slice [0, total)  (uint8)
@@ -74,12 +75,24 @@ class DecoderBuilder:
         gaps = self.op("Cast", [self.data("gaps", self.enc.arrays["gaps"])], to=TensorProto.INT64)
         return self.op("Reshape", [self.op("CumSum", [gaps, self.common("axis0")]), self.common("col")])
 
+    @property
+    def work(self) -> np.dtype:
+        """The dtype the decoder computes in: float32 for a float16 weight (onnxruntime's CPU provider has no
+        float16 Where, so a float16 decoder was not folded and ran at every inference: a helper's fp16 CNN 0.44x
+        as fast as its input), cast to float16 by the last node; else the weight's own."""
+        dtype = np.dtype(self.enc.dtype)
+        return np.dtype(np.float32) if dtype == np.float16 else dtype
+
     def values(self) -> str:
-        enc, dtype = self.enc, helper.np_dtype_to_tensor_dtype(np.dtype(self.enc.dtype))
-        if enc.values == "raw":
+        out = self._values()
+        if np.dtype(self.enc.dtype) != self.work or self.enc.values == "float16":
+            return self.op("Cast", [out], to=helper.np_dtype_to_tensor_dtype(self.work))
+        return out
+
+    def _values(self) -> str:
+        enc = self.enc
+        if enc.values in ("raw", "float16"):
             return self.data("values", enc.arrays["values"])
-        if enc.values == "float16":
-            return self.op("Cast", [self.data("values", enc.arrays["values"])], to=dtype)
         codes = self.data("codes", enc.arrays["codes"])
         if enc.bits < 8:
             bits = self.unpack(codes, enc.count * enc.bits, "codes")
@@ -94,19 +107,21 @@ class DecoderBuilder:
         """The weight's decoder; its last node writes the weight's own name."""
         enc = self.enc
         numel = int(np.prod(enc.shape, dtype=np.int64))
-        zero = numpy_helper.from_array(np.zeros(1, np.dtype(enc.dtype)))
+        zero = numpy_helper.from_array(np.zeros(1, self.work))
         if enc.index == "bitmask":  # no NonZero: onnxruntime does not fold it
             bits = self.op("Cast", [self.unpack(self.data("mask", enc.arrays["mask"]), numel, "mask")],
                            to=TensorProto.INT32)
             slot = self.op("Sub", [self.op("CumSum", [bits, self.common("axis0")]), self.common("one")])
             gathered = self.op("Gather", [self.values(), slot])
-            zero = self.data("zero", np.zeros((), np.dtype(enc.dtype)))
+            zero = self.data("zero", np.zeros((), self.work))
             dense = self.op("Where", [self.op("Cast", [bits], to=TensorProto.BOOL), gathered, zero])
         else:
             dense = self.op("ConstantOfShape", [self.data("numel", np.array([numel], np.int64))], value=zero)
         if enc.index in GAP_TYPES:
             dense = self.op("ScatterND", [dense, self.positions(), self.values()])
-        self.op("Reshape", [dense, self.data("shape", np.array(enc.shape, np.int64))])
+        dense = self.op("Reshape", [dense, self.data("shape", np.array(enc.shape, np.int64))])
+        if self.work != np.dtype(enc.dtype):
+            self.op("Cast", [dense], to=helper.np_dtype_to_tensor_dtype(np.dtype(enc.dtype)))
         self.nodes[-1].output[0] = self.weight
 
 
