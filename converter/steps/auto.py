@@ -81,7 +81,8 @@ class AutoSearchStep(Step):
 
         # labels scored against predicted labels (an integer output) judge only: retraining distils
         data = AutoData(train=train, evaluator=state.data.calibration, dense=state.original, chooser=chooser,
-                        train_on_labels=chooser is None and labels_output(state.original) is not None)
+                        train_on_labels=chooser is None and labels_output(state.original) is not None,
+                        second=state.data.choosing)  # the training part: a second look at the result
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)
