@@ -79,6 +79,13 @@ class RunConfig:
                 raise ConfigError("--max-loss needs data to measure the loss on; pass --data FILE.npz.")
         elif t.sparsity is None and t.quality is None and not t.layers:
             raise ConfigError("nothing to prune: pass one of --sparsity, --quality, --layer NAME=S or --max-loss.")
+        if self.auto.time_budget is not None and r.iterations > 0:  # accepted and ignored before: say so
+            raise ConfigError("--time-budget bounds the automatic search and --one-shot; --iterations N runs its "
+                              "rounds in full: drop --time-budget, or drop --iterations and give --max-loss for a "
+                              "timed search.")
+        if self.auto.time_budget is not None and b.max_loss is None:
+            raise ConfigError("--time-budget bounds a --max-loss run (the automatic search, --one-shot); this run "
+                              "prunes to fixed targets and has nothing to search: drop --time-budget.")
         if b.confidence is not None and b.max_loss is None:
             raise ConfigError("--confidence sets how sure --max-loss's decisions are; add --max-loss (and --data).")
         from onnxprune.passes.criteria import check_criterion

@@ -121,6 +121,10 @@ class _Search:
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
         self.held = held
         self.progress, self._deadline, self.clock = progress, deadline, clock
+        # the second look's time (`_second_look`: the result and the one-shot start on the training part), kept out
+        # of the search's deadline at the pace of that part's own dense pass
+        second = getattr(data, "second", None)
+        self.second_reserve = 2.0 * float(getattr(second, "reference_seconds", None) or 0.0)
         self.t0 = time.perf_counter()
         self.tail = 0.0 if clock is not None else TAIL_SHARE * config.time_budget  # the clock reserves it itself
         self.span = max(0.0, self.left())  # the search's own seconds at its start: the scan's and probe's shares
@@ -181,7 +185,7 @@ class _Search:
         test images and 1.8 pp on the 1,800 training ones). Retraining fits the training part, so a loss there
         understates the loss on new data: over the budget there is over it."""
         second = getattr(self.data, "second", None)
-        if second is None:
+        if second is None or best.model is self.original:
             return best
         try:
             rule = BudgetRule(second, self.config.max_loss)
@@ -235,7 +239,7 @@ class _Search:
 
     @property
     def deadline(self) -> float:
-        return self.clock.search_deadline() if self.clock is not None else self._deadline
+        return (self.clock.search_deadline() if self.clock is not None else self._deadline) - self.second_reserve
 
     def left(self) -> float:
         return self.deadline - (self.clock.clock() if self.clock is not None else time.perf_counter())
@@ -246,13 +250,14 @@ class _Search:
 
     def judge(self, model, rule=None) -> Decision:
         """The rule's decision on `model`; its time is a measured pass the clock's reserve follows."""
-        reference = getattr(self.data.evaluator, "reference_all", None)
+        rule = rule or self.rule
+        reference = getattr(rule.evaluator, "reference_all", None)
         if model is self.original and reference is not None:  # the input model: its outputs are the reference's
-            return (rule or self.rule).judge_outputs(reference)
+            return rule.judge_outputs(reference)
         t0 = time.perf_counter()
-        decision = (rule or self.rule).judge(model)
+        decision = rule.judge(model)
         if self.clock is not None:
-            self.clock.after.measured(self.rule.n, time.perf_counter() - t0)
+            self.clock.after.measured(rule.n, time.perf_counter() - t0)
         return decision
 
     # ------------------------------------------------------------------------------------------------ one-shot

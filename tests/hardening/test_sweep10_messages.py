@@ -37,3 +37,43 @@ def test_a_missed_budget_whose_mean_is_within_names_the_bound_that_is_not():
     assert "upper bound 1.15 pp" in message and "2000 decision samples" in message
     report["budget"]["measured_loss_pp"] = 1.2  # over on its own: said as before
     assert "measured loss 1.200 pp exceeds --max-loss 1" in str(budget_error(report))
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--sparsity", "0.5", "--iterations", "1"], "--iterations N runs its rounds in full"),
+    (["--max-loss", "1", "--iterations", "1"], "--iterations N runs its rounds in full"),
+    (["--sparsity", "0.5"], "this run prunes to fixed targets and has nothing to search"),
+])
+def test_a_time_budget_no_step_of_the_run_keeps_is_a_usage_error(tmp_path, args, said):
+    """--time-budget beside --iterations (or fixed targets) was accepted and not kept."""
+    from click.testing import CliRunner
+
+    from onnxprune.converter.cli import cli
+    from onnxprune.models import builders
+
+    onnx.save(builders.mlp_matmul(seed=0), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", input=np.zeros((120, 16), np.float32))
+    result = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--data",
+                                      str(tmp_path / "d.npz"), "--time-budget", "30s", *args])
+    assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_flags_a_recipe_would_ignore_are_a_usage_error_and_per_run_ones_pass(tmp_path):
+    """--recipe dropped every other flag without a word (a helper's --max-loss dense_5=2 beside a recipe of 5 pp
+    read "budget 5 pp ... met"); data, --val-data, --threads and --device still go with it."""
+    from click.testing import CliRunner
+
+    from onnxprune.converter.cli import cli
+    from onnxprune.models import builders
+
+    onnx.save(builders.mlp_matmul(seed=0), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", input=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    base = ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx")]
+    first = CliRunner().invoke(cli, [*base, "--sparsity", "0.5", "--report", str(tmp_path / "rep")])
+    assert first.exit_code == 0, first.output
+    recipe = str(tmp_path / "rep" / "recipe.toml")
+    bad = CliRunner().invoke(cli, [*base, "--recipe", recipe, "--sparsity", "0.9", "--exclude", "fc1*"])
+    assert bad.exit_code == 2 and "--exclude, --sparsity given beside it would be ignored" in bad.output
+    good = CliRunner().invoke(cli, [*base, "--recipe", recipe, "--data", str(tmp_path / "d.npz"), "--threads", "1"])
+    assert good.exit_code == 0, good.output
