@@ -347,9 +347,10 @@ class Evaluator:
     @property
     def metric(self) -> str:
         kinds = list(self.plan.values())
+        shared = any(f != 1.0 for f in self.loss_factors)  # a loss in pp of --max-loss, not of the metric
         if len(kinds) == 1:
-            return kinds[0]
-        own = " (each as a share of its own budget)" if any(f != 1.0 for f in self.loss_factors) else ""
+            return f"{kinds[0]} (as a share of its own budget)" if shared else kinds[0]
+        own = " (each as a share of its own budget)" if shared else ""
         return f"worst of {len(kinds)} outputs{own}"
 
     def _cache_batches(self, budget: int):

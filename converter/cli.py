@@ -383,8 +383,21 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     if no_neurons:
         choices["neurons"] = False
     if recipe is not None:
-        config = _config_from_recipe(recipe, model, allow_other_model, data=choices.get("data"),
-                                     eval_data=choices.get("eval_data"))
+        from onnxprune.converter.plan import PER_RUN
+
+        # a recipe replays a run's choices; flags beside it were dropped without a word (a helper's --max-loss
+        # dense_5=2 beside a recipe of 5 pp: "budget 5 pp ... met"). The per-run ones (data) pass through.
+        per_run = (*PER_RUN, *RECIPE_OVERRIDES)
+        named = {"neurons": "--no-neurons", "output_budgets": "--max-loss OUTPUT=L"}
+        beside = sorted({named.get(k, "--" + k.replace("_", "-")) for k in choices if k not in per_run}
+                        | {"--" + n.replace("_", "-") for n, v in (("layer", layers), ("exclude", exclude),
+                                                                   ("levels", levels), ("neuron_layer", neuron_layers))
+                           if v})
+        if beside:
+            raise ConfigError(f"--recipe replays the recipe's choices; {', '.join(beside)} given beside it would be "
+                              "ignored: drop them, or edit the recipe (or run without --recipe).")
+        config = _config_from_recipe(recipe, model, allow_other_model,
+                                     {k: choices[k] for k in per_run if choices.get(k) is not None})
     else:
         config = configure(layers=_parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
                            neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"), **choices)
@@ -422,7 +435,10 @@ def _print_plan(config, as_json: bool) -> None:
             click.echo(f"      {key} = {value!r}")
 
 
-def _config_from_recipe(path: Path, model: Path, allow_other_model: bool, **data):
+RECIPE_OVERRIDES = ("threads", "device")  # where a recipe runs, not what it chooses: given beside --recipe, they win
+
+
+def _config_from_recipe(path: Path, model: Path, allow_other_model: bool, overrides: dict):
     from onnxprune.converter import modelio
     from onnxprune.converter.plan import configure
     from onnxprune.converter.recipe import load_recipe
@@ -431,7 +447,7 @@ def _config_from_recipe(path: Path, model: Path, allow_other_model: bool, **data
         raise ConfigError(f"recipe '{path}' does not exist; pass the recipe.toml an earlier run wrote.")
     choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None,
                           allow_other_model=allow_other_model)
-    return configure(**choices, **data)
+    return configure(**{**choices, **overrides})
 
 
 def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=False, as_json=False, force=False,

@@ -359,8 +359,33 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
     """All graph outputs of the teacher on all samples, computed once with onnxruntime."""
     run = _teacher_fn(teacher)
     n = len(next(iter(inputs.values())))
-    chunks = [run({k: v[i : i + TEACHER_CHUNK].numpy() for k, v in inputs.items()}) for i in range(0, n, TEACHER_CHUNK)]
+    fixed = _fixed_batch(teacher)  # a model that takes exactly B samples: chunks of B, the last one padded
+    step = fixed or TEACHER_CHUNK
+    chunks = []
+    for i in range(0, n, step):
+        part = {k: v[i : i + step].numpy() for k, v in inputs.items()}
+        got = len(next(iter(part.values())))
+        if fixed and got < fixed:  # repeat its last sample up to B, keep the real rows
+            part = {k: np.concatenate([a, np.repeat(a[-1:], fixed - got, axis=0)]) for k, a in part.items()}
+            chunks.append([o[:got] for o in run(part)])
+        else:
+            chunks.append(run(part))
     return [torch.from_numpy(np.concatenate([c[j] for c in chunks])) for j in range(len(chunks[0]))]
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    """B when every graph input fixes its first axis at the same B > 1 (a helper's CNN exported for batches of 8:
+    the teacher's chunks of 32 failed in onnxruntime), else None."""
+    inits = {t.name for t in model.graph.initializer}
+    dims = set()
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if not shape or not shape[0].HasField("dim_value"):
+            return None
+        dims.add(int(shape[0].dim_value))
+    return dims.pop() if len(dims) == 1 and min(dims) > 1 else None
 
 
 def _teacher_fn(teacher: onnx.ModelProto):

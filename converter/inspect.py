@@ -262,7 +262,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
                       f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}", markup=False)
         outputs = s.get("outputs") or {}
-        if len(outputs) > 1:
+        if len(outputs) > 1 or any(f.get("budget_pp") is not None for f in outputs.values()):
             for out, f in outputs.items():
                 own = f", budget {f['budget_pp']:g} pp" if f.get("budget_pp") is not None else ""
                 console.print(f"  output {out} ({f['metric']}; 1 pp = {f['one_pp']}): {100 * f['before']:.2f}% -> "

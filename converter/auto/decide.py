@@ -461,7 +461,8 @@ class BudgetRule:
         if not self.own_budgets:
             return f"{self.budget:g} pp"
         own = "; ".join(f"'{r.name}' {r.budget:g} pp" for r in self.outputs if r.factor != 1.0)
-        return f"its budget ({self.budget:g} pp; {own})"
+        rest = f"{self.budget:g} pp; " if any(r.factor == 1.0 for r in self.outputs) else ""
+        return f"its budget ({rest}{own})"
 
     def _padding(self) -> str:
         """Which positions are not scored, when some output leaves padding out (calibration.metrics)."""

@@ -110,7 +110,7 @@ class AutoSearchStep(Step):
         n = reader.num_samples
         # a folder read one feed per file splits and counts files (a helper's 20 files of 30 sentences read
         # "--data holds 20 samples" beside "600 decision samples")
-        unit = "feeds (files, each used as is)" if getattr(reader, "per_feed", False) else "samples"
+        unit = "feed(s), each used as is" if getattr(reader, "per_feed", False) else "samples"
         held_out = data.every is not None or data.config.val_data is not None
         if n is not None and not held_out and data.config.validation:
             return (f"--data holds {n} {unit}, too few to hold out {MIN_VALIDATION} to decide on and train on the "

@@ -421,3 +421,26 @@ def test_a_scalar_target_near_zero_does_not_dominate_the_values_loss():
     assert float(relative_mse(out, ref)) < 0.01 / (NORM_FLOOR * mean)  # bounded by the floor, not 1 / 0.013²
     big = torch.randn(8, 4) + 3.0  # no sample near zero: the plain per-sample relative error
     assert float(relative_mse(big * 1.1, big)) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_teacher_outputs_of_a_model_with_a_fixed_batch_run_in_chunks_of_that_batch():
+    """A CNN exported for batches of 8: the teacher's chunks of 32 failed in onnxruntime ("Got: 32 Expected: 8") and
+    the automatic search stopped whenever it retrained by sgd (a helper's sweep 11)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.converter.finetune import teacher_outputs
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal([4, 3]).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 3])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal([20, 4]).astype(np.float32)  # two whole batches and 4 more
+    (y,) = teacher_outputs(model, {"x": torch.from_numpy(x)})
+    assert y.shape == (20, 3)
+    np.testing.assert_allclose(y.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+    assert make_session(model).run(None, {"x": x[:8]})[0].shape == (8, 3)
