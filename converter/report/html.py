@@ -216,6 +216,15 @@ def _metric_block(doc: dict) -> str:
             f"{_pp(one.get('loss_pp'))}</td>"
             f"<td class=\"n\">{'&ndash;' if agreement is None else _p(100 * agreement)}</td>"
             f"<td class=\"n\">{_g(err.get('max_rel'), 3)}</td><td class=\"n\">{_g(err.get('mean_rel'), 3)}</td></tr>")
+        outputs = one.get("outputs") or {}
+        if len(outputs) > 1 or any(f.get("budget_pp") is not None for f in outputs.values()):
+            for out, f in outputs.items():  # each scored output's own figure (and budget, when it has its own)
+                own = "" if f.get("budget_pp") is None else f" (budget {f['budget_pp']:g} pp)"
+                rows.append(
+                    f"<tr><td class=\"name\"><div class=\"sub\">output <code>{_e(out)}</code></div></td>"
+                    f"<td>{_e(f.get('metric'))}</td><td class=\"n\">{_m(f.get('before'), f.get('metric'))}</td>"
+                    f"<td class=\"n\">{_m(f.get('after'), f.get('metric'))}</td>"
+                    f"<td class=\"n\">{_pp(f.get('loss_pp'))}{_e(own)}</td><td></td><td></td><td></td></tr>")
     s = doc["summary"]
     notes = ["Loss = input model's metric minus the pruned model's, in percentage points (pp)."]
     if s.get("max_loss_pp") is not None:

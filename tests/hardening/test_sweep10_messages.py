@@ -77,3 +77,16 @@ def test_flags_a_recipe_would_ignore_are_a_usage_error_and_per_run_ones_pass(tmp
     assert bad.exit_code == 2 and "--exclude, --sparsity given beside it would be ignored" in bad.output
     good = CliRunner().invoke(cli, [*base, "--recipe", recipe, "--data", str(tmp_path / "d.npz"), "--threads", "1"])
     assert good.exit_code == 0, good.output
+
+
+def test_undone_retraining_rounds_are_said(tmp_path):
+    """A --max-loss --iterations round over the budget was undone silently (only report.json's history had it)."""
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.two_head_detector(in_features=16, hidden=64, seed=3)
+    x = np.random.default_rng(4).normal(size=(800, 16)).astype(np.float32)
+    result = run(model, configure(max_loss=1.0, data={"input": x}, iterations=3, seed=0))
+    over = [h for h in result.report["history"] if h.get("fits") is False]
+    notes = [n for n in result.report["notes"] if "retraining rounds lost more than --max-loss 1" in n]
+    assert over and len(notes) == 1 and notes[0].startswith(f"{len(over)} of ")

@@ -182,3 +182,14 @@ def test_the_python_api_takes_output_budgets_beside_max_loss(detector):
     assert result.report["budget"]["met"] and result.report["budget"]["by_output"] == {"boxes": 5.0}
     with pytest.raises(ConfigError, match="positive bare --max-loss"):
         api.prune(model, data={"input": x}, output_budgets={"boxes": 5.0}, one_shot=True)
+
+
+def test_the_html_report_lists_each_outputs_figure_and_budget(detector, tmp_path):
+    from onnxprune.converter import api
+
+    model, x, _ = detector
+    api.prune(model, data={"input": x}, max_loss=1.0, output_budgets={"boxes": 5.0}, one_shot=True,
+              output=tmp_path / "o.onnx", report_dir=tmp_path / "rep")
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "output <code>boxes</code>" in html and "(budget 5 pp)" in html and "output <code>scores</code>" in html
+    assert "Outputs with their own budget" in html
