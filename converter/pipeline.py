@@ -36,6 +36,20 @@ class PruneResult:
     history: list[dict] = field(default_factory=list)
     deadline: float | None = None  # time.perf_counter() the run should end by (--time-budget), or None
 
+    def __repr__(self) -> str:
+        """The figures a notebook wants, not every mask array and model proto (a helper's print(result) did)."""
+        r = self.report or {}
+        budget = r.get("budget") or {}
+        loss = (r.get("metrics") or {}).get("loss_pp")
+        parts = [f"compression={r.get('compression', float('nan')):.2f}x"]
+        if loss is not None:
+            parts.append(f"loss_pp={loss:.3f}")
+        if budget:
+            parts.append(f"budget_met={budget.get('met')}")
+        if r.get("output"):
+            parts.append(f"output={r['output']!r}")
+        return f"PruneResult({', '.join(parts)}, layers={len(r.get('layers') or [])}, notes={len(r.get('notes') or [])})"
+
 
 def run(source, config: RunConfig, progress: Progress | None = None,
         started: float | None = None) -> PruneResult | None:

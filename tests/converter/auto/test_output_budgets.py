@@ -193,3 +193,11 @@ def test_the_html_report_lists_each_outputs_figure_and_budget(detector, tmp_path
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "output <code>boxes</code>" in html and "(budget 5 pp)" in html and "output <code>scores</code>" in html
     assert "Outputs with their own budget" in html
+
+
+def test_a_result_prints_its_figures_not_its_arrays(detector):
+    from onnxprune.converter import api
+
+    model, x, _ = detector
+    text = repr(api.prune(model, data={"input": x}, max_loss=1.0, output_budgets={"boxes": 5.0}, one_shot=True))
+    assert text.startswith("PruneResult(compression=") and "budget_met=True" in text and len(text) < 200
