@@ -42,7 +42,7 @@ class AutoConfig:
 
     def validate(self) -> None:
         if not 0 <= self.max_loss <= 100:
-            raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
+            raise ConfigError(f"--max-loss {self.max_loss:g} must be in percentage points, between 0 and 100.")
         if not self.time_budget > 0:
             raise ConfigError(f"--time-budget {self.time_budget} must be > 0 seconds.")
         unknown = set(self.overrides) - set(OVERRIDES)

@@ -24,10 +24,11 @@ class BudgetConfig(StepConfig):
 
     def validate(self) -> None:
         if self.max_loss is not None and not 0 <= self.max_loss <= 100:
-            raise ConfigError(f"--max-loss {self.max_loss} must be in percentage points, between 0 and 100.")
+            raise ConfigError(f"--max-loss {self.max_loss:g} must be in percentage points, between 0 and 100.")
         for name, own in (self.output_budgets or {}).items():
             if not isinstance(own, (int, float)) or not 0 < own <= 100:
-                raise ConfigError(f"--max-loss {name}={own} must be a number of percentage points in (0, 100].")
+                shown = f"{own:g}" if isinstance(own, (int, float)) else repr(own)  # as typed: 0, not 0.0
+                raise ConfigError(f"--max-loss {name}={shown} must be a number of percentage points in (0, 100].")
         if self.confidence is not None:
             from onnxprune.converter.auto.decide import confidence_z
 
