@@ -110,6 +110,22 @@ def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec
     return None
 
 
+def stacked_batches(shapes: dict[str, tuple], specs: list[InputSpec]) -> int | None:
+    """B when a file that holds scalar inputs (so it is read feed by feed) stacks more samples of the other inputs
+    than the fixed batch B their declared shapes take (the rows after the last whole batch are left out, said): the file is then k feeds of B rows each, its
+    scalars in every one (a helper's If model with a bool flag and an input fixed at [1, 20]: 189 stacked rows were
+    "one feed", refused against [1, 20]). None otherwise (a dynamic batch takes the file as one feed)."""
+    stacked = [s for s in specs if s.shape and s.name in shapes and len(shapes[s.name]) == len(s.shape)]
+    if not stacked or not any(s.name in shapes and not shapes[s.name] for s in specs if not s.shape):
+        return None
+    batches = {s.shape[0] for s in stacked}
+    rows = {shapes[s.name][0] for s in stacked}
+    if len(batches) != 1 or len(rows) != 1:
+        return None
+    (b,), (n,) = batches, rows
+    return b if b is not None and b >= 1 and n > b else None
+
+
 def _dims(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import FeedChecker, FeedSource, feed_reason, npz_shapes, time_major_inputs
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, feed_reason, npz_shapes, stacked_batches,
+                                         time_major_inputs)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
                                            int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -244,7 +245,13 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
 def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     if path.suffix == ".npz":
         _refuse_empty(path)
-        reason = feed_reason([(str(path), npz_shapes(path) or {})], specs, time_major)
+        shapes = npz_shapes(path) or {}
+        reason = feed_reason([(str(path), shapes)], specs, time_major)
+        rows = stacked_batches(shapes, specs) if reason else None
+        if rows:  # scalar inputs beside samples stacked in whole fixed batches: a feed per batch
+            return _feed_reader(_batch_feeds(path, shapes, rows), specs, labels, limit,
+                                f"{reason}, beside samples stacked in batches of the fixed {rows} the model takes: "
+                                "a feed per batch, the scalars in each", path.name)
         if reason:
             return _feed_reader(FeedSource([path], _npz_arrays, str), specs, labels, limit, reason, path.name)
     if path.suffix == ".npy":
@@ -334,6 +341,29 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     reader.per_feed, reader._feeds, reader._feed_check = True, source, check
     reader.feed_note = f"reading {name} one complete feed at a time, as is: {reason}"
     return reader
+
+
+def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
+    """A stacked .npz with scalar inputs as feeds of `rows` samples each: arrays with the stack's sample count are
+    cut (labels too), the others (the scalars) go whole into every feed; the file is read once."""
+    n = next(s[0] for s in shapes.values() if s)
+    if n % rows:
+        _say_left_out_rows(path.name, rows, n % rows, n)
+    cache: dict = {}
+
+    def load(start: int) -> dict[str, np.ndarray]:
+        arrays = cache.setdefault("arrays", _npz_arrays(path))
+        return {k: (v[start:start + rows] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
+
+    return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
+
+
+def _say_left_out_rows(name: str, rows: int, left: int, n: int) -> None:
+    message = (f"the model takes batches of exactly {rows} samples: the last {left} of the {n} in {name} are left out "
+               "(they do not fill a batch)")
+    if message not in _LEFT_OUT_SAID:
+        _LEFT_OUT_SAID.add(message)
+        log.warning("%s", message)
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:

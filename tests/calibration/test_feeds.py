@@ -193,3 +193,48 @@ def test_prune_to_a_budget_on_files_of_one_batchless_image(tmp_path):
     x = np.random.default_rng(3).standard_normal((3, 8, 8)).astype(np.float32)
     out = ort.InferenceSession(str(tmp_path / "a.onnx")).run(None, {"image": x})[0]
     assert out.shape == (1, 4)
+
+
+def _flag_model(batch):
+    """x [batch, 4] and a bool scalar 'flag' -> If(flag) { x @ W1 } else { x @ W2 } -> logits [batch, 3]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def branch(name, w):
+        return helper.make_graph([helper.make_node("MatMul", ["x", w], [name + "_y"])], name, [],
+                                 [helper.make_tensor_value_info(name + "_y", TensorProto.FLOAT, None)])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["logits"], then_branch=branch("t", "W1"), else_branch=branch("e", "W2"))],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4]),
+              helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])],
+        [numpy_helper.from_array(rng.standard_normal([4, 3]).astype(np.float32), "W1"),
+         numpy_helper.from_array(rng.standard_normal([4, 3]).astype(np.float32), "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_stacked_file_with_scalars_and_a_fixed_batch_is_a_feed_per_batch(tmp_path):
+    """189 stacked rows beside a bool flag for an input fixed at [1, 20] were read as one feed and refused (a helper's
+    generated If models): the file is a feed per batch, its scalars in every one, labels cut with the rows."""
+    from onnxprune.calibration.readers import open_data
+
+    x = np.random.default_rng(1).standard_normal((12, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, flag=np.array(True), labels=np.arange(12) % 3)
+    for batch, feeds in ((1, 12), (4, 3)):
+        reader = open_data(tmp_path / "d.npz", _flag_model(batch))
+        got = list(reader.batches())
+        assert reader.per_feed and len(got) == feeds == reader.num_samples
+        assert all(f["x"].shape == (batch, 4) and f["flag"].shape == () and bool(f["flag"]) for f, _ in got)
+        np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in got]), x)
+        np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]), np.arange(12) % 3)
+    assert "a feed per batch" in open_data(tmp_path / "d.npz", _flag_model(4)).feed_note
+    dynamic = open_data(tmp_path / "d.npz", _flag_model("N"))  # any batch: the file is one feed, as before
+    assert len(list(dynamic.batches())) == 1
+    np.savez(tmp_path / "odd.npz", x=x[:10], flag=np.array(True))  # 2 whole batches of 4, 2 rows left out
+    assert [f["x"].shape[0] for f, _ in open_data(tmp_path / "odd.npz", _flag_model(4)).batches()] == [4, 4]
