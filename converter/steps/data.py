@@ -58,8 +58,9 @@ class DataConfig(StepConfig):
                                                ("--limit", self.limit), ("--eval-data", self.eval_data))
                       if value is not None]
             if unused:
-                raise ConfigError(f"{', '.join(unused)} without --data: only calibration data uses them; pass "
-                                  "--data or drop them.")
+                raise ConfigError(f"{', '.join(unused)} without --data: they shape how --data is read and scored "
+                                  "(--eval-data is measured beside it); pass --data (it may be the same file as "
+                                  "--eval-data) or drop them.")
 
 
 def decision_split(n: int, target: int = DECISION_SAMPLES) -> tuple[int, bool]:

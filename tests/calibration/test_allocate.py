@@ -104,10 +104,14 @@ def test_fit_backs_off_from_an_over_budget_allocation(lenet_random):
 
 
 def test_fit_falls_back_to_dense_with_a_note(lenet_random):
+    """No try fits, not even the back-off's (a judge that accepts nothing): dense, said."""
+    from onnxprune.calibration.allocate import BACKOFF_TRIES
+
     model, inventory, ev, _ = lenet_random
-    outcome = fit_to_budget(model, inventory, ev, {w.name: 0.99 for w in inventory.prunable}, 0.5, max_tries=1)
+    outcome = fit_to_budget(model, inventory, ev, {w.name: 0.99 for w in inventory.prunable}, 0.5, max_tries=1,
+                            judge=lambda outputs: (1.0, False, None))
     assert set(outcome.sparsities.values()) == {0.0} and outcome.measured_loss_pp == 0.0
-    assert outcome.tries == 1 and "left dense" in outcome.notes[0]
+    assert outcome.tries == 1 + BACKOFF_TRIES and "left dense" in outcome.notes[0]
 
 
 def test_fit_starts_no_try_that_would_end_after_its_deadline(lenet_random, monkeypatch):
@@ -182,3 +186,28 @@ def test_a_try_over_the_rules_limit_says_so_when_its_mean_is_within_the_budget()
     why = _over_why({"loss_pp": 0.0, "limit_pp": -0.4, "output": "probs", "n": 400}, 1.0)
     assert why == " (the rule's limit -0.400 pp on output 'probs': the budget less its margin for 400 decision samples)"
     assert _over_why(None, 1.0) == "" and _over_why({"limit_pp": 1.0}, 1.0) == ""
+
+
+def test_a_fit_none_of_whose_tries_fits_backs_off_toward_dense():
+    """max_tries spent over the budget left the model dense (a helper's CNN, 300 samples: 8 tries at 4.7-5.6x, each
+    a little over 1 pp, where 3x fit); the fit then halves the allocation's sparsities, up to BACKOFF_TRIES times."""
+    from onnxprune.calibration.allocate import BACKOFF_TRIES
+
+    model = builders.mlp_matmul(seed=0)
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    ev = Evaluator(open_data({"input": x}, model), "rel_l2", model)
+    inventory = find_prunable(model)
+    allocation = {w.name: 0.9 for w in inventory.prunable}
+    heavy = pruned_model(model, allocation)
+    limit = 0.5 * (100.0 - 100.0 * ev.evaluate(heavy))  # half of what the full allocation loses
+
+    def judge(outputs):
+        loss = 100.0 - 100.0 * ev.score(outputs)
+        return loss, loss <= limit, None
+
+    outcome = fit_to_budget(model, inventory, ev, allocation, limit, max_tries=1, judge=judge)
+    assert 1 < outcome.tries <= 1 + BACKOFF_TRIES  # the one try allowed failed; the back-off found one
+    assert 0 < max(outcome.sparsities.values()) < 0.9  # something pruned, less than asked
+    assert outcome.measured_loss_pp <= limit
+    fitted = pruned_model(model, outcome.sparsities)
+    assert 100.0 - 100.0 * ev.evaluate(fitted) <= limit + 1e-6  # the answer, measured again in onnxruntime

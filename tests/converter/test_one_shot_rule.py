@@ -127,7 +127,9 @@ def test_a_mean_within_the_budget_but_its_margin_over_is_rejected(label_free):
     decided = fit_to_budget(model, inventory, ev, sparsities, budget, max_tries=1, judge=judge)
     plain = fit_to_budget(model, inventory, ev, sparsities, budget, max_tries=1)
     assert plain.history[0]["fits"] and not decided.history[0]["fits"]
-    assert decided.removed == 0 and plain.removed > 0 and decided.notes  # left dense, with a note saying so
+    # the rule's fit backs off from what it rejected (calibration.allocate BACKOFF_TRIES): less pruned, within it
+    assert decided.removed < plain.removed and all(not h["fits"] or h["removed"] < plain.removed
+                                                   for h in decided.history)
 
 
 @pytest.mark.parametrize("n, path", [(60, "fallback")])
