@@ -31,8 +31,8 @@ import onnx
 
 from onnxprune.calibration.feeds import (FeedChecker, FeedSource, feed_reason, npz_shapes, stacked_batches,
                                          time_major_inputs)
-from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
-                                           int_input_ranges, random_array, with_shapes)
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
+                                           input_specs, int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ class DataReader:
             checked = _every_nth(checked, self._every, self._holdout)
         for chunk in _rebatch(checked, self.batch_size, self._check.values):
             if self.whole_batches and chunk.n < self.batch_size:
-                _say_left_out(self, chunk.n)
+                used = self.description.rsplit(" -> ", 1)[-1]  # the part of the data, when split
+                _say_left_out(self.batch_size, chunk.n, used)
                 continue
             yield chunk.arrays, chunk.labels
 
@@ -197,19 +198,17 @@ def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataR
     reader = _open_source(source, model, labels, batch_size, limit, seed, specs, warn)
     # a model that takes exactly N > 1 samples (a batch fixed in its inputs) cannot run a short last batch: a split
     # of --data left 132 of 176 samples to decide on, and the 4 after the last whole batch of 8 failed in onnxruntime
-    reader.whole_batches = not reader.per_feed and batch_size > 1 and batch_size in {
-        s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
+    reader.whole_batches = not reader.per_feed and (declared_batch(specs) or 0) > 1
     return reader
 
 
 _LEFT_OUT_SAID: set[str] = set()  # said once per process (a run opens the same part of its data more than once)
 
 
-def _say_left_out(reader: DataReader, n: int) -> None:
-    """The samples after the last whole batch of a model with a fixed batch, said once."""
-    used = reader.description.rsplit(" -> ", 1)[-1] if " -> " in reader.description else reader.description
-    message = (f"the model takes batches of exactly {reader.batch_size} samples: the last {n} of {used} are left "
-               "out (they do not fill a batch)")
+def _say_left_out(batch: int, left: int, of: str) -> None:
+    """The `left` samples after the last whole batch of a model with a fixed `batch`, in `of`, said once."""
+    message = (f"the model takes batches of exactly {batch} samples: the last {left} of {of} are left out (they do "
+               "not fill a batch)")
     if message not in _LEFT_OUT_SAID:
         _LEFT_OUT_SAID.add(message)
         log.warning("%s", message)
@@ -348,7 +347,7 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
     cut (labels too), the others (the scalars) go whole into every feed; the file is read once."""
     n = next(s[0] for s in shapes.values() if s)
     if n % rows:
-        _say_left_out_rows(path.name, rows, n % rows, n)
+        _say_left_out(rows, n % rows, f"the {n} in {path.name}")
     cache: dict = {}
 
     def load(start: int) -> dict[str, np.ndarray]:
@@ -357,13 +356,6 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
 
     return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
 
-
-def _say_left_out_rows(name: str, rows: int, left: int, n: int) -> None:
-    message = (f"the model takes batches of exactly {rows} samples: the last {left} of the {n} in {name} are left out "
-               "(they do not fill a batch)")
-    if message not in _LEFT_OUT_SAID:
-        _LEFT_OUT_SAID.add(message)
-        log.warning("%s", message)
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -513,11 +505,8 @@ def _labels_name(chunk: Chunk, specs, labels: str | None) -> str | None:
 
 
 def _batch_size_for(specs, batch_size: int) -> int:
-    fixed = {s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
-    if len(fixed) == 1:
-        (dim,) = fixed
-        return dim
-    return batch_size
+    fixed = declared_batch(specs)
+    return batch_size if fixed is None else fixed
 
 
 def _safe_cast(have: np.dtype, want: np.dtype) -> bool:

@@ -43,6 +43,13 @@ class InputSpec:
     shape: tuple  # ints, or None for symbolic dims
 
 
+def declared_batch(specs: list[InputSpec]) -> int | None:
+    """The batch the inputs fix: the one first-axis size every input that fixes its first axis declares, else None
+    (the readers cut batches of it; the teacher of retraining runs chunks of it)."""
+    fixed = {s.shape[0] for s in specs if s.shape and s.shape[0] is not None}
+    return next(iter(fixed)) if len(fixed) == 1 else None
+
+
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """The real inputs (old-IR models list their initializers as inputs too: those are skipped)."""
     inits = {t.name for t in model.graph.initializer} | {t.values.name for t in model.graph.sparse_initializer}

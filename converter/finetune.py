@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from onnxprune.calibration.runtime import gpu_count, make_session, output_names
+from onnxprune.calibration.runtime import declared_batch, gpu_count, input_specs, make_session, output_names
 from onnxprune.converter import distributed
 from onnxprune.converter.threads import torch_threads
 from onnxprune.errors import ConfigError
@@ -359,7 +359,10 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
     """All graph outputs of the teacher on all samples, computed once with onnxruntime."""
     run = _teacher_fn(teacher)
     n = len(next(iter(inputs.values())))
-    fixed = _fixed_batch(teacher)  # a model that takes exactly B samples: chunks of B, the last one padded
+    # a model that takes exactly B > 1 samples (a helper's CNN exported for batches of 8: chunks of 32 failed in
+    # onnxruntime): chunks of B, the last one padded
+    fixed = declared_batch(input_specs(teacher))
+    fixed = fixed if fixed is not None and fixed > 1 else None
     step = fixed or TEACHER_CHUNK
     chunks = []
     for i in range(0, n, step):
@@ -371,21 +374,6 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
         else:
             chunks.append(run(part))
     return [torch.from_numpy(np.concatenate([c[j] for c in chunks])) for j in range(len(chunks[0]))]
-
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    """B when every graph input fixes its first axis at the same B > 1 (a helper's CNN exported for batches of 8:
-    the teacher's chunks of 32 failed in onnxruntime), else None."""
-    inits = {t.name for t in model.graph.initializer}
-    dims = set()
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        shape = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
-        if not shape or not shape[0].HasField("dim_value"):
-            return None
-        dims.add(int(shape[0].dim_value))
-    return dims.pop() if len(dims) == 1 and min(dims) > 1 else None
 
 
 def _teacher_fn(teacher: onnx.ModelProto):

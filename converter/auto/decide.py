@@ -410,8 +410,8 @@ class BudgetRule:
         return Decision(w["loss_pp"] / f, w["se_pp"] / f, w["limit_pp"] / f, all(x["within"] for x in figures.values()),
                         w["n"],
                         w.get("worse", 0), w.get("better", 0), name,
-                        {k: {m: (round(x, 6) if isinstance(x, float) else x) for m, x in f.items()}
-                         for k, f in figures.items()}, self.strictness)
+                        {k: {m: (round(x, 6) if isinstance(x, float) else x) for m, x in fig.items()}
+                         for k, fig in figures.items()}, self.strictness)
 
     def judge(self, model) -> Decision:
         return self.judge_outputs(list(self.evaluator.run_all(model)))

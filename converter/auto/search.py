@@ -155,13 +155,9 @@ class _Search:
         if why:  # no candidate could be certified on this decision set, or none tried: the input model, said once
             log.warning(why)
             self.notes.append(why)
-            masks = {n: np.ones(weight_array(self.original, n).shape, dtype=bool) for n in self.sizes}
-            decision = self.judge(self.original)
-            # the input model is the reference itself: within any budget, whatever this set can certify (the
-            # paired rule's floor would otherwise reject it: "measured loss 0.000 pp exceeds --max-loss 1")
-            decision.within = True
-            self._record("input model", _Best(self.original, masks, decision, {}), decision, True, self.t0)
-            return AutoResult(self.original, masks, self.history, self.choices, self.notes, decision,
+            kept = self._input_model()
+            self._record("input model", kept, kept.decision, True, self.t0)
+            return AutoResult(self.original, kept.masks, self.history, self.choices, self.notes, kept.decision,
                               self.rule.statement(), None, {}, kept_input=True)
         best = start = self._one_shot()
         self.d0 = density(best.masks)
@@ -208,9 +204,15 @@ class _Search:
                     f"{self.rule.n} decision samples passed it: not kept (more --val-data decides better)")
             log.warning(note)
             self.notes.append(note)
+        return self._input_model()
+
+    def _input_model(self) -> _Best:
+        """The input model as a result: no weight masked, judged within the budget. It is the reference itself,
+        within any budget whatever the decision set can certify (the paired rule's floor would otherwise reject it:
+        "measured loss 0.000 pp exceeds --max-loss 1")."""
         masks = {n: np.ones(weight_array(self.original, n).shape, dtype=bool) for n in self.sizes}
         decision = self.judge(self.original)
-        decision.within = True  # the reference itself
+        decision.within = True
         return _Best(self.original, masks, decision, {})
 
     def sgd_rounds(self, best: _Best) -> _Best:

@@ -180,21 +180,21 @@ class BudgetCheckStep(Step):
         from onnxprune.converter.auto.decide import BudgetRule, worst_figures
 
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
+        # the input model kept, unquantized: the reference itself, within any budget (nothing to certify)
+        kept_input = bool((state.auto or state.allocation or {}).get("kept_input")) and not state.quantize
         if decision is None and "rule" in (state.allocation or {}):
             # the one-shot fit chose by the rule; the model written (with any --layer the user fixed) is judged by it
             budget_rule = BudgetRule(state.data.calibration, self.config.max_loss)
             decision = (budget_rule.judge(state.final) if state.final_outputs is None  # else the measure pass
                         else budget_rule.judge_outputs(state.final_outputs)).as_dict()
-            decision["within"] = _fits(decision, self.config.max_loss)
-            if state.allocation.get("kept_input") and not state.quantize:
-                decision["within"] = True  # the input model itself is within any budget (nothing to certify)
+            decision["within"] = kept_input or _fits(decision, self.config.max_loss)
             rule = state.allocation["rule"]
             report["budget"]["decision"] = decision
         if decision is not None:  # decided by the stated rule on this set (converter.auto.decide)
             report["budget"].update(met=bool(decision["within"]), decision_loss_pp=decision["loss_pp"],
                                     limit_pp=decision["limit_pp"], rule=rule)
-            if (state.auto or state.allocation or {}).get("kept_input") and not state.quantize:
-                report["budget"]["kept_input"] = True  # the reference itself: nothing was certified or needed to be
+            if kept_input:
+                report["budget"]["kept_input"] = True
             worst = worst_figures(decision)
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
