@@ -51,5 +51,6 @@ class ShrinkStep(Step):
         state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
         layers = {lay.weight or lay.node: {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}
                   for lay in remove.report.layers}
-        state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded}
+        state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded,
+                         "aligned": remove.report.aligned}
 

@@ -4,6 +4,9 @@
     python tests/benchmarks/bench_dead_neurons.py a.onnx b.onnx    # your models (masks applied, e.g. retrained)
     options: --runs 300 --warmup 30 --budget 20 --threads 1 --batches 1 64 --dead-fraction 0.5 --inputs crop
 
+Where the pass keeps dead channels so that a Conv's input channels stay a multiple of 4 (passes/dead_neurons.py
+`_keep_aligned`), a third row, "unaligned", is the same removal without that rule, timed in the same run.
+
 "Dense" is the model as given (pruned weights are zeros in dense tensors); "pruned" is the output of
 `remove_dead_neurons`. Both run in one process with stock onnxruntime (CPU, default graph optimisations),
 interleaved run by run, warm-up excluded; the median is reported. Outputs are checked to agree first.
@@ -18,6 +21,7 @@ the 4-pixel image border (empty in MNIST) lose all their weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain s
 
 from onnxprune.calibration.runtime import make_session, random_feeds  # noqa: E402
 from onnxprune.converter.modelio import load_model  # noqa: E402
+from onnxprune.passes import dead_neurons  # noqa: E402
 from onnxprune.passes.dead_neurons import remove_dead_neurons  # noqa: E402
 from onnxprune.passes.neuron_masks import neuron_map, neuron_masks  # noqa: E402
 from tests.oracle import assert_same_outputs  # noqa: E402
@@ -75,6 +80,17 @@ def resnet_like(seed: int = 0, widths=(32, 64, 128)) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 32, 32]}, {"y": ["N", 10]})
 
 
+def small_cnn(seed: int = 0) -> onnx.ModelProto:
+    """conv 5×5 (1→16) ─ Relu ─ MaxPool ─ conv 5×5 (16→32) ─ Relu ─ MaxPool ─ fc (512→75) ─ Relu ─ fc (→10)."""
+    g = G(seed)
+    x = g.op("MaxPool", "p1", [g.op("Relu", "r1", [g.conv("x", "c1", 1, 16, 5)])], kernel_shape=[2, 2], strides=[2, 2])
+    x = g.op("MaxPool", "p2", [g.op("Relu", "r2", [g.conv(x, "c2", 16, 32, 5)])], kernel_shape=[2, 2], strides=[2, 2])
+    x = g.op("Relu", "r3", [g.gemm(g.op("Flatten", "flat", [x]), "fc1", 512, 75)])
+    g.gemm(x, "fc2", 75, 10)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 1, 28, 28]}, {"y": ["N", 10]})
+
+
 def magnitude_prune(model: onnx.ModelProto, density: dict[str, float], default: float) -> onnx.ModelProto:
     """Keep the largest |w| of every weight (ndim ≥ 2) at its density, zero the rest (masks applied)."""
     for t in model.graph.initializer:
@@ -114,8 +130,12 @@ def builtin(dead_fraction: float) -> list[tuple[str, onnx.ModelProto]]:
         inner = {t.name: 1 for t in res.graph.initializer if t.name.endswith("c2.weight")}
         res2 = kill_weakest(onnx.ModelProto.FromString(res.SerializeToString()), inner, dead_fraction)
         pct = f"{dead_fraction:.0%}"
+        cnn = kill_weakest(small_cnn(), {"c2.weight": 1}, 1 / 16)
+        res3 = kill_weakest(onnx.ModelProto.FromString(res.SerializeToString()), inner, 0.1)
         out += [(f"lenet-300-100 + {pct} dead + border (synthetic)", mlp2),
                 (f"resnet-like + {pct} dead (synthetic)", res2),
+                ("resnet-like + 10% dead (synthetic: 3 of 32, 6 of 64, 12 of 128)", res3),
+                ("cnn 1-16-32-75 with 1 of 16 conv channels dead (synthetic)", cnn),
                 (f"resnet-like + {pct} of every channel group masked by passes.neuron_masks (residual classes too)",
                  neuron_masked(onnx.ModelProto.FromString(res.SerializeToString()), dead_fraction))]
     return out
@@ -154,6 +174,17 @@ def latency_ms(models: dict[str, onnx.ModelProto], batch: int, args: argparse.Na
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+@contextlib.contextmanager
+def unaligned():
+    """The pass without its alignment rule (every dead channel goes), for the comparison row."""
+    saved = dead_neurons.ALIGN_ABOVE
+    dead_neurons.ALIGN_ABOVE = sys.maxsize
+    try:
+        yield
+    finally:
+        dead_neurons.ALIGN_ABOVE = saved
+
+
 def params(model: onnx.ModelProto) -> tuple[int, int]:
     arrays = [numpy_helper.to_array(t) for t in model.graph.initializer]
     return sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays)
@@ -166,9 +197,14 @@ def bench(name: str, model: onnx.ModelProto, args: argparse.Namespace) -> None:
     took = time.perf_counter() - t0
     assert_same_outputs(pruned, model, seeds=(0, 1), rtol=1e-4)
     models = {"dense": model, "pruned": pruned}
+    if report.aligned:
+        with unaligned():
+            models["unaligned"] = remove_dead_neurons(model, gather_inputs=args.inputs == "gather",
+                                                      crop_inputs=args.inputs == "crop")[0]
+        assert_same_outputs(models["unaligned"], model, seeds=(0, 1), rtol=1e-4)
     lat = {b: latency_ms(models, b, args) for b in args.batches}
     print(f"\n== {name}   (pass: {took:.2f} s, {report.rounds} round(s), {report.removed} channels removed,"
-          f" {report.folded} folded)")
+          f" {report.folded} folded, {report.aligned} dead kept for alignment)")
     print(f"{'':8}{'params':>12}{'nonzero':>12}{'file KB':>11}" + "".join(f"{f'b={b} ms':>11}" for b in args.batches))
     rows = {}
     for k, m in models.items():
@@ -178,6 +214,10 @@ def bench(name: str, model: onnx.ModelProto, args: argparse.Namespace) -> None:
     ratio = [d / p if p else math.nan for d, p in zip(rows["dense"], rows["pruned"])]
     print(f"{'ratio':8}{ratio[0]:>11.2f}x{ratio[1]:>11.2f}x{ratio[2]:>10.2f}x"
           + "".join(f"{r:>10.2f}x" for r in ratio[3:]) + "   (dense / pruned)")
+    if "unaligned" in rows:
+        u = [d / p if p else math.nan for d, p in zip(rows["dense"], rows["unaligned"])]
+        print(f"{'ratio':8}{u[0]:>11.2f}x{u[1]:>11.2f}x{u[2]:>10.2f}x"
+              + "".join(f"{r:>10.2f}x" for r in u[3:]) + "   (dense / unaligned)")
     for lay in report.layers:
         if lay.before != lay.after:
             print(f"  {lay.op} {lay.node!r}: {lay.before} -> {lay.after}")

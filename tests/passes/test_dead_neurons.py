@@ -708,3 +708,50 @@ def test_an_outer_weight_only_bodies_read_stays_in_its_graph_once_after_a_shrink
             if attr.HasField("g"):
                 assert not attr.g.initializer, attr.g.name  # nothing copied into the branches
     onnx.checker.check_model(out, full_check=True)
+
+
+# -- channel counts a Conv reads stay multiples of 4 ------------------------------------------------------------------
+def _two_convs(c: int, depthwise: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """x ─ a 1×1 (3→c) ─ Relu ─ [dw 3×3 (group c) ─ Relu] ─ b 3×3 (c→16, pad 1) ─ Relu ─ GAP ─ Gemm."""
+    g = G.G(seed)
+    x = g.op("Relu", "a_relu", [g.conv("x", "a", 3, c, 1)])
+    if depthwise:
+        x = g.op("Relu", "dw_relu", [g.conv(x, "dw", c, c, 3, pad=1, group=c)])
+    x = g.op("Relu", "b_relu", [g.conv(x, "b", c, 16, 3, pad=1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 16, 4)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 4]})
+
+
+@pytest.mark.parametrize("c, dead, kept", [
+    (32, 3, 32),  # 29 would leave the blocked kernel: all three stay
+    (32, 5, 28),  # 27 -> 28: one stays
+    (32, 8, 24),  # already a multiple of 4
+    (12, 5, 7),   # 8 or fewer channels run below the kernel's block: no rule
+    (30, 5, 25),  # the input model's count was no multiple of 4: nothing to keep
+])
+def test_channels_a_conv_reads_stay_a_multiple_of_4_where_they_were(c, dead, kept):
+    m = G.zero(_two_convs(c), "b.weight", 1, list(range(1, 1 + dead)))  # (a): their outputs are unread
+    out, report, shp = prune(m)
+    assert shp["a.weight"][0] == kept and shp["b.weight"][1] == kept
+    assert report.aligned == kept - (c - dead)
+    assert (report.aligned_note() in report.lines()) == bool(report.aligned)
+
+
+def test_depthwise_channels_stay_a_multiple_of_4_and_the_strongest_dead_ones_stay():
+    m = G.zero(_two_convs(32, depthwise=True), "b.weight", 1, [3, 4, 5, 6, 7, 8])  # (a): 26 would be left
+    w = G.init(m, "a.weight").copy()
+    w[[5, 8]] *= 10  # the two dead channels with the largest weights
+    G.set_init(m, "a.weight", w)
+    out, report, shp = prune(m)
+    assert shp["dw.weight"] == (28, 1, 3, 3) and shp["b.weight"][1] == 28 and report.aligned == 2
+    assert onnx.helper.get_node_attr_value([n for n in out.graph.node if n.name == "dw"][0], "group") == 28
+    kept = G.init(out, "a.weight")
+    assert all(any(np.array_equal(k, w[i]) for k in kept) for i in (5, 8))
+
+
+def test_the_pass_notes_the_dead_channels_it_kept_for_alignment():
+    m = G.zero(_two_convs(32), "b.weight", 1, [1, 2, 3])
+    state = PruneState()
+    run_passes([RemoveDeadNeurons()], m, state)
+    assert any("3 dead channel(s) kept so that convolution inputs stay multiples of 4" in n for n in state.notes)
