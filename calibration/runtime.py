@@ -174,6 +174,20 @@ def _fusion_breaks_outputs(graph: onnx.GraphProto) -> bool:
     return any(n.op_type == "Gemm" and any(i in transposed for i in n.input) for n in graph.node)
 
 
+_VIEW: list = [None]  # the run's session view: what a model is run as (converter.pipeline sets it)
+
+
+@contextlib.contextmanager
+def session_view(view):
+    """Within: every session of a ModelProto runs `view(model)`: a run whose quantized weights were folded to float
+    at load runs each model as it would be written (passes.quantized_weights), never the float stand-in."""
+    saved, _VIEW[0] = _VIEW[0], view
+    try:
+        yield
+    finally:
+        _VIEW[0] = saved
+
+
 def make_session(
     model: onnx.ModelProto | bytes | str | os.PathLike,
     *,
@@ -197,6 +211,8 @@ def make_session(
     if threads:
         opts.intra_op_num_threads = threads
     providers = providers_for(device)
+    if isinstance(model, onnx.ModelProto) and _VIEW[0] is not None:
+        model = _VIEW[0](model)
     if isinstance(model, onnx.ModelProto):
         extra = ({"disabled_optimizers": ["GemmTransposeFusion"]}
                  if optimize and _fusion_breaks_outputs(model.graph) else {})

@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+import onnx
+
 from rich.console import Console
 from rich.table import Table
 
@@ -18,14 +20,23 @@ from onnxprune.passes.weights import find_prunable, name_nodes
 def inspect_model(path: Path) -> dict:
     from onnxprune.converter import modelio
 
+    from onnxprune.passes import quantized_weights
+
     loaded = modelio.load_model(path)
     name_nodes(loaded.model)
+    # QDQ weights are listed as prune sees them (passes/quantized_weights.py), stored as the file holds them
+    folded = ({w.name: w for w in quantized_weights.fold(loaded.model)}
+              if quantized_weights.foldable(loaded.model) else {})
     inventory = find_prunable(loaded.model)
     rows = layer_rows(loaded.model, inventory)
     for r in rows:  # how the file stores each weight: the encoding and its bytes per nonzero
-        stored = loaded.storage.get(r["weight"])
+        stored, q = loaded.storage.get(r["weight"]), folded.get(r["weight"])
         r["encoding"] = stored["encoding"] if stored else "dense"
         r["stored_bytes"] = stored["bytes"] if stored else r["params"] * _itemsize(loaded.model, r["weight"])
+        if q is not None:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(q.integer.data_type)
+            r["encoding"] = f"{dtype.name} + DequantizeLinear"
+            r["stored_bytes"] = r["params"] * dtype.itemsize
         r["bytes_per_nonzero"] = r["stored_bytes"] / r["nonzeros"] if r["nonzeros"] else None
     opsets = {o.domain or "ai.onnx": o.version for o in loaded.model.opset_import}
     return {

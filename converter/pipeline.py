@@ -72,7 +72,13 @@ def run(source, config: RunConfig, progress: Progress | None = None,
                      started=started or 0.0)
     from onnxprune.converter.auto.decide import decision_scope
 
-    with decision_scope(config.budget.confidence):  # every decision rule of the run takes --confidence's margin
+    from onnxprune.passes.quantized_weights import as_written
+
+    def written(model):  # folded QDQ weights (load step) run as they would be written, never as their float stand-in
+        return as_written(model, state.quantized, state.slices) if state.quantized else model
+
+    with decision_scope(config.budget.confidence), runtime.session_view(written):
+        # every decision rule of the run takes --confidence's margin
         run_steps(build_plan(config), state, is_main=backend.is_main)
     if config.budget.confidence is not None:
         state.report["confidence"] = config.budget.confidence
@@ -86,6 +92,10 @@ def run(source, config: RunConfig, progress: Progress | None = None,
 
         clock = state.clock  # the one-shot fallback has no search report, but the same clock
         state.report["time_budget"] = spent(state.seconds, clock.budget, clock.after.as_dict())
-    return PruneResult(model=state.final, dense_model=state.pruned, original=state.original, state=state.prune,
+    dense, original = state.pruned, state.original
+    if state.quantized:  # the caller gets the models as a file would hold them, not the float stand-ins
+        dense, original = as_written(dense, state.quantized) if dense is not None else None, as_written(
+            original, state.quantized)
+    return PruneResult(model=state.final, dense_model=dense, original=original, state=state.prune,
                        inventory=state.inventory, report=state.report, sensitivity=state.sensitivity,
                        history=state.history, deadline=state.deadline)

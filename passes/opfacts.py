@@ -122,7 +122,10 @@ SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0,
                         # onnxruntime's dynamic quantization (com.microsoft): W, R of an LSTM; B of a MatMul
                         "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
-QUANTIZED_HOW = "dequantize to float, prune, requantize: not supported; pass the float model"
+QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of ConvInteger, "
+                 "MatMulInteger, QLinearConv/QLinearMatMul or fused kernels, nor behind a DequantizeLinear that is "
+                 "block-wise, has computed scales or sits in a subgraph; pass the float model, or a QDQ model "
+                 "(onnxruntime's quantize_static), whose weights are pruned on their own grid")
 
 # A layer's activation is read after this chain (calibration/activations.py: bias Add, BN, Relu, …).
 ACTIVATION_CHAIN = ELEMENTWISE_UNARY | ARITHMETIC | CHANNELWISE

@@ -56,6 +56,9 @@ class RunState:
     history: list[dict] = field(default_factory=list)  # one entry per retraining round or candidate
     shrunk: onnx.ModelProto | None = None  # after dead-neuron removal (may be `pruned` itself)
     neurons: dict | None = None  # channels per layer before/after the shrink
+    slices: list = field(default_factory=list)  # dead-neuron removal's (initializer, axis, keep), in order
+    quantized: list = field(default_factory=list)  # QDQ weights folded to float at load (passes.quantized_weights),
+    #                                                 quantized back when written; sessions run them as written
     params_after_shrink: int | None = None
     nonzeros_after_shrink: int | None = None  # the written layers' nonzeros (a removed neuron's weights are gone)
     final: onnx.ModelProto | None = None  # encoded: what gets written

@@ -48,6 +48,10 @@ class EncodeStep(Step):
         # the oracle stays dense; a new graph (after a shrink) is ours to encode in place
         final = copy_model(state.shrunk) if state.shrunk is state.pruned else state.shrunk
         state.shrunk = None
+        if state.quantized:  # folded QDQ weights back on their grid (int8 stays dense: no sparse int format pays)
+            from onnxprune.passes.quantized_weights import restore
+
+            restore(final, state.quantized, state.slices)
         present = set(constant_tensors(final))
         names = [w.name for w in state.inventory.prunable if w.name in present]
         run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)

@@ -8,6 +8,7 @@ from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
+from onnxprune.passes import quantized_weights
 from onnxprune.passes.bypass_identity import BypassIdentity
 from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.opfacts import QUANTIZED_HOW
@@ -72,6 +73,15 @@ class LoadStep(Step):
         if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
             BypassIdentity()(state.loaded.model, state.prune)  # W -> Identity -> MatMul per use: one tied W
             MergeCopies()(state.loaded.model, state.prune)
+        if quantized_weights.foldable(state.loaded.model):  # QDQ: pruned as floats, written back on their grid
+            if state.loaded.model is state.source:
+                from onnxprune.converter.steps.prune import copy_model
+
+                state.loaded.model = copy_model(state.loaded.model)
+            state.quantized = quantized_weights.fold(state.loaded.model)
+            state.prune.notes.append(
+                f"{len(state.quantized)} integer-quantized weight(s) read through DequantizeLinear are pruned as float "
+                "and written back on their own grid (same scales and zero points; a pruned weight is the zero point)")
         state.original = state.loaded.model
 
 

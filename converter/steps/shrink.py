@@ -49,6 +49,7 @@ class ShrinkStep(Step):
 
         remove = RemoveDeadNeurons(gather_inputs=c.gather_inputs, crop_inputs=c.crop_inputs)
         state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
+        state.slices = list(remove.report.slices)  # a folded quantized weight's scales go with its channels
         layers = {lay.weight or lay.node: {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}
                   for lay in remove.report.layers}
         state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded,

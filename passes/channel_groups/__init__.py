@@ -45,6 +45,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _binary,
     _pool,
     _prelu,
+    _qdq,
     _resize,
     _unary,
 )
@@ -70,7 +71,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "BatchNormalization": _batchnorm, "PRelu": _prelu, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Concat": _concat, "Split": _split,
+    "Concat": _concat, "Split": _split, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 

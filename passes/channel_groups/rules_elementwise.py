@@ -127,6 +127,26 @@ def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray) 
     b.set(node.outputs[0], Channels(first.axis, first.ids, value))
 
 
+def _qdq(b: Builder, node: gs.Node) -> None:
+    """QuantizeLinear / DequantizeLinear of an activation with one scale and zero point for the whole tensor (a
+    QDQ model's pairs between layers): channels pass through; a constant channel maps to its (de)quantized value."""
+    c, scale, zero = b.ch(node.inputs[0]), _const(_opt_input(node, 1)), _opt_input(node, 2)
+    zp = _const(zero) if zero is not None else None
+    if c is None or scale is None or scale.size != 1 or (zero is not None and (zp is None or zp.size != 1)):
+        return b.opaque(node, "quantizes per channel, or with a scale that is not a constant")
+    s, z = float(scale.reshape(-1)[0]), float(zp.reshape(-1)[0]) if zp is not None else 0.0
+    with np.errstate(all="ignore"):
+        if node.op == "DequantizeLinear":
+            value = (c.value - z) * s
+        else:
+            dtype = zp.dtype if zp is not None else np.dtype(np.uint8)
+            if not np.issubdtype(dtype, np.integer):
+                return b.opaque(node, f"quantizes to {dtype}")
+            info = np.iinfo(dtype)
+            value = np.clip(np.rint(c.value / s) + z, info.min, info.max)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))
+
+
 def _batchnorm(b: Builder, node: gs.Node) -> None:
     x, params = node.inputs[0], node.inputs[1:5]
     c, r, vals = b.ch(x), b.rank(x), [_const(p) for p in node.inputs[1:5]]

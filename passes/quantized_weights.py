@@ -1,0 +1,220 @@
+"""Integer-quantized weights read through a DequantizeLinear (QDQ, onnxruntime's `quantize_static`) pruned as floats.
+
+    W_q[int8] ─ DequantizeLinear(scale, zero_point, axis) ─ Conv / Gemm / MatMul
+    load (`fold`):      W = (W_q - zero_point) · scale, a float initializer under the DequantizeLinear's output name
+    write (`restore`):  W_q = clip(round(W / scale) + zero_point), the DequantizeLinear back in front of its readers,
+                        its per-axis scale and zero point sliced with the channels dead-neuron removal took away
+
+`fold` is exact in ONNX's semantics (DequantizeLinear computes (W_q - zero_point) · scale in the scale's type, as
+here), so every step between load and write sees float weights: the inventory, criteria, masks, refits,
+dead-neuron removal. A pruned weight is 0, which the grid holds exactly (the zero point); a weight nothing changed
+comes back as the same integer; one a refit moved is rounded to its grid, and the budget check judges the model as
+written. Biases (int32 through a DequantizeLinear) fold and come back the same way, so dead-neuron removal can
+slice and fold into them.
+
+Activations keep their QuantizeLinear/DequantizeLinear pairs. onnxruntime fuses a pair around a weight op into an
+integer kernel (QLinearConv); the folded model runs that layer in float between the same pairs, which can round an
+activation one step differently: the run's reference is the input model as given (`RunState.reference`), so that
+difference counts against the budget, never in its favour.
+
+Left alone (the DequantizeLinear stays, and the weight is not prunable, said by the inventory): block-quantized
+weights (opset 21 `block_size`), scales or zero points that are not initializers, DequantizeLinear nodes inside
+If/Loop/Scan bodies. Dynamic quantization (ConvInteger, MatMulInteger and onnxruntime's fused kernels) keeps its
+integer weights: see opfacts.QUANTIZED_HOW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.errors import PassError
+
+__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "restore"]
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    name: str  # the DequantizeLinear's output: the float initializer between fold and restore
+    node: onnx.NodeProto  # the DequantizeLinear as the input held it
+    integer: onnx.TensorProto  # W_q as the input held it (dtype, name)
+    scale: onnx.TensorProto
+    zero_point: onnx.TensorProto | None
+    axis: int | None  # the scale's axis of W (normalized), None: one scale for the tensor
+
+
+def _foldable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str]) -> bool:
+    if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return False
+    if node.output[0] in outputs or any(a.name == "block_size" and a.i for a in node.attribute):
+        return False
+    names = [n for n in node.input if n]
+    if len(names) < 2 or not all(n in inits for n in names):
+        return False
+    dtype = helper.tensor_dtype_to_np_dtype(inits[names[0]].data_type)
+    return np.issubdtype(dtype, np.integer) and len(inits[names[0]].dims) > 0
+
+
+def _axis(node: onnx.NodeProto, ndim: int, scale: np.ndarray) -> int | None:
+    if scale.size == 1 and scale.ndim <= 1:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    return axis % ndim
+
+
+def _along(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """A per-axis parameter shaped to broadcast against a tensor of `ndim` dims."""
+    if axis is None:
+        return values.reshape(())
+    return values.reshape([-1 if k == axis else 1 for k in range(ndim)])
+
+
+def foldable(model: onnx.ModelProto) -> bool:
+    inits = {t.name: t for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    return any(_foldable(n, inits, outputs) for n in model.graph.node)
+
+
+def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
+               slices: list[tuple[str, int, np.ndarray]] = ()) -> onnx.ModelProto:
+    """`model` as it would be written: a copy with its folded weights quantized back, or `model` itself when it
+    holds none of them (a model already written, a capture that reads none)."""
+    names = {w.name for w in folded}
+    if not names or not any(t.name in names for t in model.graph.initializer):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    restore(out, folded, slices)
+    return out
+
+
+def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
+    """Replace each foldable DequantizeLinear of an integer initializer (main graph) by its float values, in place;
+    the integer, scale and zero-point initializers nothing else reads go. Returns what `restore` needs."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    folded: list[QuantizedWeight] = []
+    kept_nodes: list[onnx.NodeProto] = []
+    new: list[onnx.TensorProto] = []
+    for node in graph.node:
+        if not _foldable(node, inits, outputs):
+            kept_nodes.append(node)
+            continue
+        q_t, s_t = inits[node.input[0]], inits[node.input[1]]
+        zp_t = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+        q, scale = numpy_helper.to_array(q_t), numpy_helper.to_array(s_t)
+        zp = numpy_helper.to_array(zp_t) if zp_t is not None else np.zeros((), q.dtype)
+        axis = _axis(node, q.ndim, scale)
+        centred = q.astype(np.int64) - _along(zp.astype(np.int64), axis, q.ndim)
+        values = (centred.astype(scale.dtype) * _along(scale, axis, q.ndim)).astype(scale.dtype)
+        new.append(numpy_helper.from_array(values, node.output[0]))
+        folded.append(QuantizedWeight(node.output[0], _copy(node), _copy(q_t), _copy(s_t),
+                                      _copy(zp_t) if zp_t is not None else None, axis))
+    if not folded:
+        return folded
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    graph.initializer.extend(new)
+    _drop_unread(graph, {n for w in folded for n in (w.integer.name, w.scale.name,
+                                                      w.zero_point.name if w.zero_point is not None else "")})
+    return folded
+
+
+def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
+            slices: list[tuple[str, int, np.ndarray]] = ()) -> int:
+    """Quantize each folded weight back to its grid and put its DequantizeLinear back, in place. `slices` are
+    dead-neuron removal's (initializer, axis, keep) in order: a per-axis scale and zero point lose the positions
+    their weight lost along that axis. Returns how many weights came back."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    taken |= {i.name for i in graph.input}
+    nodes: list[onnx.NodeProto] = []
+    gone: set[str] = set()
+    for w in folded:
+        held = inits.get(w.name)
+        if held is None:  # nothing reads it any more
+            continue
+        values = numpy_helper.to_array(held)
+        scale = numpy_helper.to_array(w.scale)
+        zp = numpy_helper.to_array(w.zero_point) if w.zero_point is not None else None
+        dtype = helper.tensor_dtype_to_np_dtype(w.integer.data_type)
+        if w.axis is not None and scale.size != values.shape[w.axis]:  # this copy was shrunk (the oracle is not)
+            for name, axis, keep in slices:
+                if name == w.name and axis == w.axis and len(keep) == scale.size:
+                    scale = np.compress(keep, scale.reshape(-1), axis=0)
+                    zp = np.compress(keep, zp.reshape(-1), axis=0) if zp is not None else None
+        if w.axis is not None and scale.size != values.shape[w.axis]:
+            raise PassError(f"quantized weight '{w.name}' has {values.shape[w.axis]} positions on axis {w.axis} "
+                            f"but {scale.size} scales after dead-neuron removal")
+        s = _along(scale, w.axis, values.ndim).astype(np.float64)
+        z = _along(zp, w.axis, values.ndim).astype(np.float64) if zp is not None else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(s != 0, np.rint(values.astype(np.float64) / s), 0.0) + z
+        info = np.iinfo(dtype)
+        q = np.clip(q, info.min, info.max).astype(dtype)
+        sliced = scale.size != numpy_helper.to_array(w.scale).size
+        q_name = _fresh(w.integer.name, taken)
+        s_name = _fresh(w.scale.name, taken) if sliced or w.scale.name not in inits else w.scale.name
+        tensors = [numpy_helper.from_array(q, q_name)]
+        if s_name not in inits:
+            tensors.append(numpy_helper.from_array(scale.astype(numpy_helper.to_array(w.scale).dtype)
+                                                   .reshape(numpy_helper.to_array(w.scale).shape if not sliced
+                                                            else (-1,)), s_name))
+        inputs = [q_name, s_name]
+        if zp is not None:
+            z_name = _fresh(w.zero_point.name, taken) if sliced or w.zero_point.name not in inits else w.zero_point.name
+            if z_name not in inits:
+                tensors.append(numpy_helper.from_array(
+                    zp.astype(dtype).reshape(numpy_helper.to_array(w.zero_point).shape if not sliced else (-1,)),
+                    z_name))
+            inputs.append(z_name)
+        for t in tensors:
+            inits[t.name] = t
+            graph.initializer.append(t)
+        node = _copy(w.node)
+        del node.input[:]
+        node.input.extend(inputs)
+        nodes.append(node)
+        gone.add(w.name)
+    if nodes:
+        kept = [t for t in graph.initializer if t.name not in gone]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        rest = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes + rest)  # their inputs are all initializers: first is topological
+    return len(nodes)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """`name` itself when free (the input's own name), else the first free `name_k`."""
+    out, k = name, 0
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    taken.add(out)
+    return out
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    from onnxprune.passes.scopes import scopes
+
+    read = {i for sc in scopes(graph) for n in sc.graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name not in names or t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    listed = [i for i in graph.input if i.name not in names or i.name in read]  # IR < 4 lists initializers as inputs
+    if len(listed) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(listed)
+
+
+def _copy(proto):
+    out = type(proto)()
+    out.CopyFrom(proto)
+    return out

@@ -1,0 +1,179 @@
+"""QDQ weights (an integer initializer read through DequantizeLinear) fold to float and come back on their grid.
+
+The models are onnxruntime's own `quantize_static` output (QDQ format, per-channel and per-tensor, signed and
+unsigned weights) of a small LeNet-5, so the graphs are what a user's quantization tool writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxprune.passes.dead_neurons import remove_dead_neurons
+from onnxprune.passes.quantized_weights import as_written, fold, foldable, restore
+from tests.passes import _graphs as G
+
+X = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
+
+
+def qdq_lenet(tmp_path, per_channel: bool = True, weight_type: str = "QInt8", seed: int = 0) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": X[i:i + 4]} for i in range(0, 16, 4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    src, dst = tmp_path / f"float{seed}.onnx", tmp_path / f"qdq{seed}_{per_channel}_{weight_type}.onnx"
+    onnx.save(G.lenet5(seed=seed), src)
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    weight_type=getattr(QuantType, weight_type), activation_type=QuantType.QUInt8)
+    return onnx.load(dst)
+
+
+def run(model: onnx.ModelProto, optimize: bool = True) -> np.ndarray:
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"x": X})[0]
+
+
+def copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("per_channel, weight_type", [(True, "QInt8"), (False, "QInt8"), (False, "QUInt8")])
+def test_fold_is_exact_and_restore_gives_the_input_back(tmp_path, per_channel, weight_type):
+    m = qdq_lenet(tmp_path, per_channel, weight_type)
+    assert foldable(m)
+    folded = copy(m)
+    records = fold(folded)
+    onnx.checker.check_model(folded, full_check=True)
+    assert {w.name for w in records} <= set(inits(folded))  # float weights (and biases) under the DQ outputs' names
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in {w.name for w in records}
+                   for n in folded.graph.node)
+    np.testing.assert_array_equal(run(folded, optimize=False), run(m, optimize=False))  # ONNX's semantics: exact
+    back = copy(folded)
+    assert restore(back, records) == len(records)
+    onnx.checker.check_model(back, full_check=True)
+    before, after = inits(m), inits(back)
+    assert set(before) == set(after)
+    for name, array in before.items():
+        assert after[name].dtype == array.dtype and np.array_equal(after[name], array), name
+    np.testing.assert_array_equal(run(back), run(m))
+
+
+def test_pruned_weights_come_back_as_the_zero_point_and_the_rest_unchanged(tmp_path):
+    m = qdq_lenet(tmp_path, per_channel=False, weight_type="QUInt8")  # a zero point that is not 0
+    folded = copy(m)
+    records = fold(folded)
+    by = {w.name: w for w in records}
+    weights = [t for t in folded.graph.initializer if t.name in by and len(t.dims) >= 2]
+    for t in weights:  # zero the smaller half, as magnitude pruning does
+        w = numpy_helper.to_array(t)
+        t.CopyFrom(numpy_helper.from_array(np.where(np.abs(w) >= np.median(np.abs(w)), w, 0).astype(w.dtype), t.name))
+    written = as_written(folded, records)
+    assert written is not folded and as_written(written, records) is written  # a written model is run as it is
+    onnx.checker.check_model(written, full_check=True)
+    np.testing.assert_allclose(run(written), run(folded, optimize=False), rtol=0, atol=0)
+    original = inits(m)
+    for t in weights:
+        w = by[t.name]
+        q, q0 = inits(written)[w.integer.name], original[w.integer.name]
+        zero = numpy_helper.to_array(w.zero_point)
+        pruned = numpy_helper.to_array(t) == 0
+        assert q.dtype == q0.dtype
+        assert np.all(q[pruned & (q0 != zero)] == zero) and np.array_equal(q[~pruned], q0[~pruned])
+
+
+def test_a_refit_value_is_rounded_to_its_grid_and_clipped(tmp_path):
+    m = qdq_lenet(tmp_path)
+    folded = copy(m)
+    records = fold(folded)
+    w = next(r for r in records if r.name.startswith("fc1.weight"))
+    t = next(t for t in folded.graph.initializer if t.name == w.name)
+    values = numpy_helper.to_array(t).copy()
+    scale = numpy_helper.to_array(w.scale).reshape(-1, 1)
+    values[0, 0] = 3.4 * scale[0, 0]  # between two steps: rounds to 3
+    values[1, 0] = 1e6  # far off the grid's end: clipped
+    t.CopyFrom(numpy_helper.from_array(values, t.name))
+    restore(folded, records)
+    q = inits(folded)[w.integer.name]
+    assert q[0, 0] == 3 and q[1, 0] == np.iinfo(q.dtype).max
+
+
+def test_dead_neuron_removal_through_qdq_pairs_slices_per_channel_scales(tmp_path):
+    m = qdq_lenet(tmp_path, per_channel=True)
+    folded = copy(m)
+    records = fold(folded)
+    c2 = next(r.name for r in records if r.name.startswith("c2.weight"))
+    fc1 = next(r.name for r in records if r.name.startswith("fc1.weight"))
+    G.zero(folded, fc1, 1, list(range(16 * 3, 16 * 5)))  # c2 channels 3, 4: their 4x4 blocks unread by fc1
+    G.zero(folded, c2, 0, [3, 4])
+    reference = as_written(folded, records)
+    out, report = remove_dead_neurons(folded)
+    assert report.removed >= 2 and report.slices
+    restore(out, records, report.slices)
+    onnx.checker.check_model(out, full_check=True)
+    q = next(t for t in out.graph.initializer if t.name.startswith("c2.weight") and t.data_type == onnx.TensorProto.INT8)
+    assert q.dims[0] == 14
+    dq = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.name)
+    assert inits(out)[dq.input[1]].shape == (14,)
+    np.testing.assert_allclose(run(out), run(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_prune_writes_a_qdq_model_that_stock_onnxruntime_loads(tmp_path):
+    import onnxprune
+
+    m = qdq_lenet(tmp_path)
+    path = tmp_path / "qdq.onnx"
+    onnx.save(m, path)
+    result = onnxprune.prune(str(path), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    ops = [n.op_type for n in written.graph.node]
+    assert ops.count("DequantizeLinear") == [n.op_type for n in m.graph.node].count("DequantizeLinear")
+    original = inits(m)
+    for name, q in inits(written).items():  # every weight still int8, about half of each set to its zero point (0)
+        if q.ndim >= 2 and name in original:
+            assert q.dtype == np.int8 and 0.4 <= (q == 0).mean() <= 0.6, name
+    assert run(written).shape == run(m).shape
+    assert any("integer-quantized" in n for n in result.report["notes"])
+
+
+def test_a_budgeted_run_judges_the_model_as_written_and_shrinks_through_qdq_pairs(tmp_path):
+    """The run's every session sees the weights back on their grid (calibration.runtime.session_view), so the
+    loss it reports is the written file's; dead-neuron removal passes the activations' QuantizeLinear /
+    DequantizeLinear pairs and slices each per-channel scale with its channels."""
+    import onnxprune
+
+    m = qdq_lenet(tmp_path)
+    onnx.save(m, tmp_path / "qdq.onnx")
+    x = np.random.default_rng(1).random((300, 1, 28, 28)).astype(np.float32)
+    result = onnxprune.prune(str(tmp_path / "qdq.onnx"), output=str(tmp_path / "out.onnx"), data={"x": x},
+                             max_loss=1, one_shot=True)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    session = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa
+    before, after = (session(mm).run(None, {"x": x})[0] for mm in (m, written))
+    changed = float(np.mean(before.argmax(1) != after.argmax(1)))
+    assert result.report["metrics"]["metric"] == "agreement"
+    assert result.report["metrics"]["loss_pp"] == pytest.approx(100 * changed)
+    assert result.report["neurons"]["removed"] > 0
+    for node in written.graph.node:  # each weight's scales match its (shrunk) channels
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits(written):
+            q, scale = inits(written)[node.input[0]], inits(written)[node.input[1]]
+            assert scale.size == 1 or scale.size == q.shape[0]
+    assert any(n.op_type == "DequantizeLinear" for n in result.original.graph.node)  # the input as given
+    assert any(n.op_type == "DequantizeLinear" for n in result.dense_model.graph.node)
