@@ -85,6 +85,12 @@ class QuantizeStep(Step):
     def settings(self) -> dict:
         return {**self.config.as_dict(), "trained": self.trained}
 
+    def check(self, state: RunState) -> None:
+        if state.quantized:  # QDQ weights keep their own integer grid (passes/quantized_weights.py)
+            raise ConfigError(f"--weight-bits {self.config.weight_bits}: this model's weights are already "
+                              f"integer-quantized ({len(state.quantized)} read through DequantizeLinear) and keep "
+                              "their own grid when pruned; drop --weight-bits.")
+
     def run(self, state: RunState) -> None:
         from onnxprune.converter import distributed
 
