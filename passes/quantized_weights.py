@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
 
-__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "restore"]
+__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "restore", "snap"]
 
 
 @dataclass(frozen=True)
@@ -140,38 +140,22 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         if held is None:  # nothing reads it any more
             continue
         values = numpy_helper.to_array(held)
-        scale = numpy_helper.to_array(w.scale)
-        zp = numpy_helper.to_array(w.zero_point) if w.zero_point is not None else None
-        dtype = helper.tensor_dtype_to_np_dtype(w.integer.data_type)
-        if w.axis is not None and scale.size != values.shape[w.axis]:  # this copy was shrunk (the oracle is not)
-            for name, axis, keep in slices:
-                if name == w.name and axis == w.axis and len(keep) == scale.size:
-                    scale = np.compress(keep, scale.reshape(-1), axis=0)
-                    zp = np.compress(keep, zp.reshape(-1), axis=0) if zp is not None else None
-        if w.axis is not None and scale.size != values.shape[w.axis]:
-            raise PassError(f"quantized weight '{w.name}' has {values.shape[w.axis]} positions on axis {w.axis} "
-                            f"but {scale.size} scales after dead-neuron removal")
-        s = _along(scale, w.axis, values.ndim).astype(np.float64)
-        z = _along(zp, w.axis, values.ndim).astype(np.float64) if zp is not None else 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(s != 0, np.rint(values.astype(np.float64) / s), 0.0) + z
-        info = np.iinfo(dtype)
-        q = np.clip(q, info.min, info.max).astype(dtype)
+        q, scale, zp = _on_grid(values, w, slices)
+        dtype = q.dtype
         sliced = scale.size != numpy_helper.to_array(w.scale).size
         q_name = _fresh(w.integer.name, taken)
         s_name = _fresh(w.scale.name, taken) if sliced or w.scale.name not in inits else w.scale.name
-        tensors = [numpy_helper.from_array(q, q_name)]
+        same = q.shape == tuple(w.integer.dims) and np.array_equal(q, numpy_helper.to_array(w.integer))
+        tensors = [_named(w.integer, q_name) if same else numpy_helper.from_array(q, q_name)]  # as stored, if unchanged
         if s_name not in inits:
-            tensors.append(numpy_helper.from_array(scale.astype(numpy_helper.to_array(w.scale).dtype)
-                                                   .reshape(numpy_helper.to_array(w.scale).shape if not sliced
-                                                            else (-1,)), s_name))
+            tensors.append(_named(w.scale, s_name) if not sliced else numpy_helper.from_array(
+                scale.astype(numpy_helper.to_array(w.scale).dtype).reshape(-1), s_name))
         inputs = [q_name, s_name]
         if zp is not None:
             z_name = _fresh(w.zero_point.name, taken) if sliced or w.zero_point.name not in inits else w.zero_point.name
             if z_name not in inits:
-                tensors.append(numpy_helper.from_array(
-                    zp.astype(dtype).reshape(numpy_helper.to_array(w.zero_point).shape if not sliced else (-1,)),
-                    z_name))
+                tensors.append(_named(w.zero_point, z_name) if not sliced else numpy_helper.from_array(
+                    zp.astype(dtype).reshape(-1), z_name))
             inputs.append(z_name)
         for t in tensors:
             inits[t.name] = t
@@ -189,6 +173,48 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         del graph.node[:]
         graph.node.extend(nodes + rest)  # their inputs are all initializers: first is topological
     return len(nodes)
+
+
+def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
+    """Each folded weight of `model` (main graph, in place) to the float value of its grid point: what the file will
+    hold, so counts of zeros and the parity oracle agree with it (a refit's value under half a step from 0 is 0).
+    Returns how many changed."""
+    by = {w.name: w for w in folded}
+    changed = 0
+    for t in model.graph.initializer:
+        w = by.get(t.name)
+        if w is None:
+            continue
+        values = numpy_helper.to_array(t)
+        q, scale, zp = _on_grid(values, w)
+        centred = q.astype(np.int64) - (_along(zp.astype(np.int64), w.axis, q.ndim) if zp is not None else 0)
+        snapped = (centred.astype(scale.dtype) * _along(scale, w.axis, q.ndim)).astype(values.dtype)
+        if not np.array_equal(snapped, values):
+            t.CopyFrom(numpy_helper.from_array(snapped, t.name))
+            changed += 1
+    return changed
+
+
+def _on_grid(values: np.ndarray, w: QuantizedWeight, slices=()) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(the integers, the scale, the zero point) of `values` on w's grid; a per-axis scale and zero point sliced as
+    `values` was (dead-neuron removal's `slices`)."""
+    scale = numpy_helper.to_array(w.scale)
+    zp = numpy_helper.to_array(w.zero_point) if w.zero_point is not None else None
+    dtype = helper.tensor_dtype_to_np_dtype(w.integer.data_type)
+    if w.axis is not None and scale.size != values.shape[w.axis]:  # this copy was shrunk (the oracle is not)
+        for name, axis, keep in slices:
+            if name == w.name and axis == w.axis and len(keep) == scale.size:
+                scale = np.compress(keep, scale.reshape(-1), axis=0)
+                zp = np.compress(keep, zp.reshape(-1), axis=0) if zp is not None else None
+    if w.axis is not None and scale.size != values.shape[w.axis]:
+        raise PassError(f"quantized weight '{w.name}' has {values.shape[w.axis]} positions on axis {w.axis} "
+                        f"but {scale.size} scales after dead-neuron removal")
+    s = _along(scale, w.axis, values.ndim).astype(np.float64)
+    z = _along(zp, w.axis, values.ndim).astype(np.float64) if zp is not None else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s != 0, np.rint(values.astype(np.float64) / s), 0.0) + z
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype), scale, zp
 
 
 def _fresh(name: str, taken: set[str]) -> str:
@@ -212,6 +238,12 @@ def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
     if len(listed) != len(graph.input):
         del graph.input[:]
         graph.input.extend(listed)
+
+
+def _named(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    out = _copy(tensor)
+    out.name = name
+    return out
 
 
 def _copy(proto):

@@ -41,6 +41,13 @@ class ShrinkStep(Step):
 
     def run(self, state: RunState) -> None:
         c = self.config
+        if state.quantized:  # folded QDQ weights on their grid, as the file will hold them (a refit's value under
+            from onnxprune.converter.steps.prune import copy_model  # half a step from 0 is 0 there, and counts so)
+            from onnxprune.passes.quantized_weights import snap
+
+            if state.pruned is state.original:
+                state.pruned = copy_model(state.pruned)
+            snap(state.pruned, state.quantized)
         if not c.neurons:
             state.shrunk, state.neurons = state.pruned, None
             return

@@ -629,6 +629,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested = {c.op for group in (UNARY_CASES, BINARY, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
                                  POOL, PAD, RESIZE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
+    tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...
     registered = {op for _, op, _ in supported_ops()}
     assert registered - tested == set()
 
@@ -790,3 +791,41 @@ def test_resize_matches_onnxruntime_for_random_scales(data):
             off = np.minimum(half_steps, 1 - half_steps)
             assume(not np.any((off > 0) & (off < 1e-5)))
     assert_matches_ort(Case("Resize-random", "Resize", inputs, attrs, opset=19, consts=consts))
+
+
+# ------------------------------------------------------------------------------------ QuantizeLinear / DequantizeLinear
+def _qdq_model(scale, zp, axis=None) -> onnx.ModelProto:
+    """x -> QuantizeLinear -> DequantizeLinear -> y, as a QDQ model's activation pair."""
+    attrs = {} if axis is None else {"axis": axis}
+    inits = [numpy_helper.from_array(scale, "s")] + ([numpy_helper.from_array(zp, "z")] if zp is not None else [])
+    ins = ["x", "s"] + (["z"] if zp is not None else [])
+    nodes = [helper.make_node("QuantizeLinear", ins, ["q"], name="q", **attrs),
+             helper.make_node("DequantizeLinear", ["q"] + ins[1:], ["y"], name="dq", **attrs)]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("scale, zp, axis", [
+    (np.array(0.02, np.float32), np.array(128, np.uint8), None),  # uint8 activations, as quantize_static writes
+    (np.array(0.01, np.float32), np.array(0, np.int8), None),  # int8, symmetric: values past the grid clamp
+    (np.array(0.05, np.float32), None, None),  # no zero point: uint8 from 0
+    (np.array([0.01, 0.02, 0.04], np.float32), np.array([0, 3, -2], np.int8), 1),  # per channel
+])
+def test_qdq_pairs_match_onnxruntime_and_pass_gradients_straight_through(scale, zp, axis):
+    model = _qdq_model(scale, zp, axis)
+    x = f32(2, 3, 4, lo=-3, hi=3)
+    want = run_ort(model, {"x": x})[0]
+    np.testing.assert_allclose(run_bridge(model, {"x": x})[0], want, rtol=0, atol=1e-6)
+    module = OnnxModule(model)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    module(x=xt)[0].sum().backward()
+    grad = xt.grad.numpy()
+    inside = np.isclose(want, x, atol=np.max(scale))  # not clamped: the value survived up to rounding
+    assert np.all(grad[inside] == 1) and np.all(grad[~inside] == 0)
+
+
+def test_block_wise_quantization_is_refused_by_name():
+    for op in ("QuantizeLinear", "DequantizeLinear"):
+        assert "block_size" in (lookup("", op, 21).check({"block_size": 4}, None) or "")
+        assert lookup("", op, 21).check({"axis": 1}, None) is None

@@ -71,6 +71,8 @@ def test_fold_is_exact_and_restore_gives_the_input_back(tmp_path, per_channel, w
     assert set(before) == set(after)
     for name, array in before.items():
         assert after[name].dtype == array.dtype and np.array_equal(after[name], array), name
+    stored = lambda model: {t.name: t.SerializeToString() for t in model.graph.initializer}  # noqa: E731
+    assert stored(back) == stored(m)  # byte for byte, as the input stored them (int32_data or raw)
     np.testing.assert_array_equal(run(back), run(m))
 
 
@@ -187,3 +189,22 @@ def test_weight_bits_on_a_qdq_model_is_a_clear_usage_error(tmp_path):
                  "--weight-bits", "4")
     assert_clean_error(res, 2, "already integer-quantized", "drop --weight-bits")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_snap_puts_a_refit_value_on_its_grid_point_and_a_tiny_one_at_zero(tmp_path):
+    m = qdq_lenet(tmp_path)
+    folded = copy(m)
+    records = fold(folded)
+    w = next(r for r in records if r.name.startswith("fc2.weight"))
+    t = next(t for t in folded.graph.initializer if t.name == w.name)
+    exact = numpy_helper.to_array(t).copy()
+    step = numpy_helper.to_array(w.scale).reshape(-1, 1)
+    nudged = exact + 0.3 * step  # under half a step: every value back where it was
+    nudged[0, 0] = 0.2 * step[0, 0]  # a pruned weight a refit moved a little: 0 again
+    exact[0, 0] = 0.0
+    t.CopyFrom(numpy_helper.from_array(nudged.astype(np.float32), t.name))
+    from onnxprune.passes.quantized_weights import snap
+
+    assert snap(folded, records) == 1
+    np.testing.assert_array_equal(inits(folded)[w.name], exact)
+    assert snap(folded, records) == 0  # on the grid already

@@ -192,3 +192,51 @@ register("Min")(_variadic(torch.minimum))
 @register("Mean")
 def mean(inputs, attrs, ctx):
     return functools.reduce(torch.add, inputs) / len(inputs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# QuantizeLinear / DequantizeLinear: a QDQ model's activation pairs (its weights are folded to float at load,
+# passes/quantized_weights.py), fake-quantized so retraining passes through them
+# --------------------------------------------------------------------------------------------------------------
+
+_INT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767),
+              torch.int32: (-2**31, 2**31 - 1)}
+
+
+def _along(p: Tensor, x: Tensor, attrs: dict) -> Tensor:
+    """A scale or zero point shaped to broadcast against x: one for the tensor, or per position of `axis`."""
+    if p.numel() == 1:
+        return p.reshape(())
+    axis = _axis(attrs.get("axis", 1), x.dim())
+    return p.reshape([-1 if k == axis else 1 for k in range(x.dim())])
+
+
+def _check_qdq(attrs, ctx):
+    if attrs.get("block_size"):
+        return "block-wise quantization (block_size) is not supported"
+    return None
+
+
+@register("QuantizeLinear", since_opset=10, check=_check_qdq)
+def quantize_linear(inputs, attrs, ctx):
+    """The integer grid's values, held in the input's float type: rounded half to even (as onnxruntime) with the
+    gradient passed straight through, and clamped to the zero point's type (uint8 without one), where the gradient
+    stops. Only a DequantizeLinear reads them in a QDQ model."""
+    x, scale, zp = inputs[0], inputs[1], _opt(inputs, 2)
+    lo, hi = _INT_RANGE.get(zp.dtype if zp is not None else torch.uint8, (None, None))
+    if lo is None:
+        raise TypeError(f"QuantizeLinear '{ctx.name}': quantizing to {zp.dtype} is not supported")
+    v = x / _along(scale.to(x.dtype), x, attrs)
+    q = v + (torch.round(v) - v).detach()
+    if zp is not None:
+        q = q + _along(zp, x, attrs).to(x.dtype)
+    return torch.clamp(q, lo, hi)
+
+
+@register("DequantizeLinear", since_opset=10, check=_check_qdq)
+def dequantize_linear(inputs, attrs, ctx):
+    q, scale, zp = inputs[0], inputs[1], _opt(inputs, 2)
+    q = q if q.dtype.is_floating_point else q.to(scale.dtype)
+    if zp is not None:
+        q = q - _along(zp, q, attrs).to(q.dtype)
+    return (q * _along(scale, q, attrs)).to(scale.dtype)
