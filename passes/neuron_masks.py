@@ -19,7 +19,8 @@ Add) is scored and masked as one.
 Rules:
   1. A class is a candidate when nothing blocks its removal and every weight indexing it is maskable.
   2. Per group, `fraction` of all its classes end up masked (already-dead ones count), weakest first; a group
-     and a tensor always keep at least one class.
+     and a tensor always keep at least one class; a group whose channel count a Conv reads (a multiple of 4) keeps a
+     multiple of 4 above 8 (fewer masked), as dead-neuron removal would keep the rest anyway.
   3. Masks only shrink: a neuron masked once stays masked.
 Left alone: a factor after a residual merge counts only for the merge's first input; depthwise multipliers > 1
 multiply their factors together.
@@ -35,7 +36,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import ConfigError
-from onnxprune.passes.dead_neurons import analyse
+from onnxprune.passes.dead_neurons import ALIGN, ALIGN_ABOVE, analyse
 
 
 @dataclass
@@ -57,6 +58,8 @@ class NeuronMap:
     tensors: list[list[int]]  # classes per channel-carrying tensor (none may be emptied)
     origins: dict[int, str] = field(default_factory=dict)  # class -> "Gemm 'fc1'"
     names: list[set[str]] = field(default_factory=list)  # per group: node and weight names of its producers
+    aligned: set[int] = field(default_factory=set)  # groups whose channel count a Conv reads, a multiple of 4:
+    #                                               # dead-neuron removal keeps that (dead_neurons._keep_aligned)
 
     def fractions(self, default: float, layers: dict[str, float] | None = None) -> list[float]:
         """Per group: the first `layers` pattern (glob) matching a producer's node or weight name, else `default`."""
@@ -104,7 +107,10 @@ def neuron_map(model: onnx.ModelProto, maskable: set[str], protected=frozenset()
     names = [{n for lay in g.layers if lay.weight for n in (lay.node, lay.weight)} for g in found]
     tensors = [sorted(set(cg.roots(t).tolist())) for t in cg.channels]
     origins = {int(r): f"{lay.op} '{lay.node}'" for lay in cg.layers if lay.weight for r in cg.roots(lay.tensor)}
-    return NeuronMap(entries, groups, (has_in & has_out) - frozen, tensors, origins, names)
+    conv_read = {n.inputs[0].name for n in cg.graph.nodes if n.op == "Conv" and n.inputs}
+    aligned = {k for k, g in enumerate(found) if len(g.classes) % ALIGN == 0 and any(
+        t in conv_read and len(cg.channels[t].ids) == len(g.classes) for t in g.tensors)}
+    return NeuronMap(entries, groups, (has_in & has_out) - frozen, tensors, origins, names, aligned)
 
 
 def _norms(nmap: NeuronMap, weights: dict[str, np.ndarray]) -> tuple[dict[int, float], dict[int, float]]:
@@ -134,9 +140,11 @@ def weakest(nmap: NeuronMap, score: dict[int, float], fractions: Sequence[float]
     if isinstance(fractions, (int, float)):
         fractions = [float(fractions)] * len(nmap.groups)
     out: set[int] = set()
-    for classes, fraction in zip(nmap.groups, fractions):
+    for k, (classes, fraction) in enumerate(zip(nmap.groups, fractions)):
         cands = sorted((r for r in classes if r in nmap.candidates), key=lambda r: (score[r], r))
         n = min(int(np.floor(fraction * len(classes) + 1e-9)), len(classes) - 1)
+        if k in nmap.aligned and len(classes) - n > ALIGN_ABOVE:  # a count a Conv reads stays a multiple of 4:
+            n -= (-(len(classes) - n)) % ALIGN  # masking past it would leave dead channels the shrink keeps
         out.update(cands[:n])
     for classes in nmap.tensors:  # a Concat input or a Split output must keep one channel
         if classes and out.issuperset(classes):

@@ -191,3 +191,24 @@ def test_transformer_ffn_loses_half_its_hidden_neurons_and_keeps_the_residual_st
     out, counts = shrink(m, masks)  # exact in onnxruntime through the erf-GELU chain
     assert counts == {"fc1": (64, 32), "fc2": (16, 16)}  # fc2's outputs join the residual Add with the input
     assert G.shapes(out)["fc1.weight"] == (16, 32) and G.shapes(out)["fc2.weight"] == (32, 16)
+
+
+def test_a_channel_count_a_conv_reads_is_masked_down_to_a_multiple_of_4_and_a_gemms_is_not():
+    """0.3 of 32 channels is 9.6: a Conv's input keeps 24 (8 masked; 23 would leave one dead channel that
+    dead-neuron removal keeps for onnxruntime's blocked kernel), a Gemm's hidden layer 23 (9 masked)."""
+    from tests.passes.test_dead_neurons import _two_convs
+
+    conv = _two_convs(32)
+    names = {w.name for w in find_prunable(conv).prunable}
+    weights = {n: weight_array(conv, n) for n in names}
+    masks, gone = neuron_masks(neuron_map(conv, names), weights, {n: np.ones(w.shape, bool) for n, w in weights.items()},
+                               0.3)
+    out, report = remove_dead_neurons(zero_weights(conv, masks))
+    assert {(l.node, l.before, l.after) for l in report.layers if l.node == "a"} == {("a", 32, 24)}
+    assert report.aligned == 0
+    mlp = G.mlp((20, 32, 10, 4))
+    names = {w.name for w in find_prunable(mlp).prunable}
+    weights = {n: weight_array(mlp, n) for n in names}
+    masks, _ = neuron_masks(neuron_map(mlp, names), weights, {n: np.ones(w.shape, bool) for n, w in weights.items()},
+                            0.3)
+    assert int((~masks["fc1.weight"].any(axis=1)).sum()) == 9
