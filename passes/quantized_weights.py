@@ -5,6 +5,10 @@
     write (`restore`):  W_q = clip(round(W / scale) + zero_point), the DequantizeLinear back in front of its readers,
                         its per-axis scale and zero point sliced with the channels dead-neuron removal took away
 
+    W[float] ─ QuantizeLinear ─ DequantizeLinear ─ Conv            (fake quantization, TensorRT-style Q/DQ exports)
+    folds the same way (W = DequantizeLinear(QuantizeLinear(W))), and comes back as a float W on its grid (as stored
+    where its integers did not change) with both nodes in front of its reader.
+
 `fold` is exact in ONNX's semantics (DequantizeLinear computes (W_q - zero_point) · scale in the scale's type, as
 here), so every step between load and write sees float weights: the inventory, criteria, masks, refits,
 dead-neuron removal. A pruned weight is 0, which the grid holds exactly (the zero point); a weight nothing changed
@@ -44,18 +48,38 @@ class QuantizedWeight:
     scale: onnx.TensorProto
     zero_point: onnx.TensorProto | None
     axis: int | None  # the scale's axis of W (normalized), None: one scale for the tensor
+    quantize: onnx.NodeProto | None = None  # fake quantization: the QuantizeLinear between a float W and the node
+    source: onnx.TensorProto | None = None  # ... and that float W as the input held it (`integer`: its Q(W))
 
 
-def _foldable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str]) -> bool:
-    if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
-        return False
-    if node.output[0] in outputs or any(a.name == "block_size" and a.i for a in node.attribute):
+def _plain(node: onnx.NodeProto, op: str) -> bool:
+    return (node.op_type == op and node.domain in ("", "ai.onnx") and len(node.output) == 1
+            and not any(a.name == "block_size" and a.i for a in node.attribute))
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _foldable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str],
+              fake: dict[str, onnx.NodeProto] | None = None) -> bool:
+    """An integer initializer's DequantizeLinear, or (`fake`: QuantizeLinear nodes by output, each read once) the
+    DequantizeLinear of a QuantizeLinear of a float initializer with the same scale and zero point (fake
+    quantization, as TensorRT-style Q/DQ exports write weights)."""
+    if not _plain(node, "DequantizeLinear") or node.output[0] in outputs:
         return False
     names = [n for n in node.input if n]
-    if len(names) < 2 or not all(n in inits for n in names):
+    if len(names) < 2 or not all(n in inits for n in names[1:]):
         return False
-    dtype = helper.tensor_dtype_to_np_dtype(inits[names[0]].data_type)
-    return np.issubdtype(dtype, np.integer) and len(inits[names[0]].dims) > 0
+    if names[0] in inits:
+        dtype = helper.tensor_dtype_to_np_dtype(inits[names[0]].data_type)
+        return np.issubdtype(dtype, np.integer) and len(inits[names[0]].dims) > 0
+    q = (fake or {}).get(names[0])
+    if q is None or list(q.input[1:]) != list(node.input[1:]) or _attrs(q).get("axis", 1) != _attrs(node).get(
+            "axis", 1) or q.input[0] not in inits or q.output[0] in outputs:
+        return False
+    dtype = helper.tensor_dtype_to_np_dtype(inits[q.input[0]].data_type)
+    return np.issubdtype(dtype, np.floating) and len(inits[q.input[0]].dims) > 0
 
 
 def _axis(node: onnx.NodeProto, ndim: int, scale: np.ndarray) -> int | None:
@@ -72,10 +96,20 @@ def _along(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
     return values.reshape([-1 if k == axis else 1 for k in range(ndim)])
 
 
+def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """QuantizeLinear nodes of the main graph whose output exactly one node reads, by output name."""
+    reads: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            reads[i] = reads.get(i, 0) + 1
+    return {n.output[0]: n for n in graph.node if _plain(n, "QuantizeLinear") and reads.get(n.output[0]) == 1}
+
+
 def foldable(model: onnx.ModelProto) -> bool:
     inits = {t.name: t for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
-    return any(_foldable(n, inits, outputs) for n in model.graph.node)
+    fake = _fake_quantizers(model.graph)
+    return any(_foldable(n, inits, outputs, fake) for n in model.graph.node)
 
 
 def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
@@ -100,27 +134,47 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     folded: list[QuantizedWeight] = []
     kept_nodes: list[onnx.NodeProto] = []
     new: list[onnx.TensorProto] = []
+    fake = _fake_quantizers(graph)
+    quantizers: set[str] = set()  # fake quantization's QuantizeLinear nodes folded with their DequantizeLinear
     for node in graph.node:
-        if not _foldable(node, inits, outputs):
+        if not _foldable(node, inits, outputs, fake):
             kept_nodes.append(node)
             continue
-        q_t, s_t = inits[node.input[0]], inits[node.input[1]]
+        s_t = inits[node.input[1]]
         zp_t = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else None
-        q, scale = numpy_helper.to_array(q_t), numpy_helper.to_array(s_t)
+        scale = numpy_helper.to_array(s_t)
+        quantize = source = None
+        if node.input[0] in inits:
+            q_t = inits[node.input[0]]
+            q = numpy_helper.to_array(q_t)
+        else:  # Q(W) of a float W, computed as onnxruntime does: round half to even, saturate
+            quantize = fake[node.input[0]]
+            source = inits[quantize.input[0]]
+            w = numpy_helper.to_array(source)
+            dtype = numpy_helper.to_array(zp_t).dtype if zp_t is not None else np.dtype(np.uint8)
+            axis = _axis(node, w.ndim, scale)
+            z = _along(numpy_helper.to_array(zp_t).astype(np.float64), axis, w.ndim) if zp_t is not None else 0.0
+            q = np.rint(w.astype(np.float64) / _along(scale.astype(np.float64), axis, w.ndim)) + z
+            q = np.clip(q, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+            q_t = numpy_helper.from_array(q, quantize.output[0])
+            quantizers.add(quantize.output[0])
         zp = numpy_helper.to_array(zp_t) if zp_t is not None else np.zeros((), q.dtype)
         axis = _axis(node, q.ndim, scale)
         centred = q.astype(np.int64) - _along(zp.astype(np.int64), axis, q.ndim)
         values = (centred.astype(scale.dtype) * _along(scale, axis, q.ndim)).astype(scale.dtype)
         new.append(numpy_helper.from_array(values, node.output[0]))
         folded.append(QuantizedWeight(node.output[0], _copy(node), _copy(q_t), _copy(s_t),
-                                      _copy(zp_t) if zp_t is not None else None, axis))
+                                      _copy(zp_t) if zp_t is not None else None, axis,
+                                      _copy(quantize) if quantize is not None else None,
+                                      _copy(source) if source is not None else None))
     if not folded:
         return folded
     del graph.node[:]
-    graph.node.extend(kept_nodes)
+    graph.node.extend(n for n in kept_nodes if not (n.op_type == "QuantizeLinear" and n.output[0] in quantizers))
     graph.initializer.extend(new)
     _drop_unread(graph, {n for w in folded for n in (w.integer.name, w.scale.name,
-                                                      w.zero_point.name if w.zero_point is not None else "")})
+                                                      w.zero_point.name if w.zero_point is not None else "",
+                                                      w.source.name if w.source is not None else "")})
     return folded
 
 
@@ -146,7 +200,14 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         q_name = _fresh(w.integer.name, taken)
         s_name = _fresh(w.scale.name, taken) if sliced or w.scale.name not in inits else w.scale.name
         same = q.shape == tuple(w.integer.dims) and np.array_equal(q, numpy_helper.to_array(w.integer))
-        tensors = [_named(w.integer, q_name) if same else numpy_helper.from_array(q, q_name)]  # as stored, if unchanged
+        if w.quantize is None:
+            tensors = [_named(w.integer, q_name) if same else numpy_helper.from_array(q, q_name)]  # as stored if same
+        else:  # fake quantization: the float W (on its grid, or as stored when Q(W) is unchanged) and its Q
+            src_name, q_name = _fresh(w.source.name, taken), w.quantize.output[0]
+            on_grid = ((q.astype(np.int64) - (_along(zp.astype(np.int64), w.axis, q.ndim) if zp is not None else 0))
+                       * _along(scale.astype(np.float64), w.axis, q.ndim))
+            dt = helper.tensor_dtype_to_np_dtype(w.source.data_type)
+            tensors = [_named(w.source, src_name) if same else numpy_helper.from_array(on_grid.astype(dt), src_name)]
         if s_name not in inits:
             tensors.append(_named(w.scale, s_name) if not sliced else numpy_helper.from_array(
                 scale.astype(numpy_helper.to_array(w.scale).dtype).reshape(-1), s_name))
@@ -163,6 +224,11 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         node = _copy(w.node)
         del node.input[:]
         node.input.extend(inputs)
+        if w.quantize is not None:
+            quantize = _copy(w.quantize)
+            del quantize.input[:]
+            quantize.input.extend([src_name, *inputs[1:]])
+            nodes.append(quantize)
         nodes.append(node)
         gone.add(w.name)
     if nodes:

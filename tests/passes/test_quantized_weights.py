@@ -208,3 +208,62 @@ def test_snap_puts_a_refit_value_on_its_grid_point_and_a_tiny_one_at_zero(tmp_pa
     assert snap(folded, records) == 1
     np.testing.assert_array_equal(inits(folded)[w.name], exact)
     assert snap(folded, records) == 0  # on the grid already
+
+
+def fake_quantized_lenet(per_channel: bool = True) -> onnx.ModelProto:
+    """LeNet-5 with each Conv/Gemm weight read through QuantizeLinear -> DequantizeLinear (int8, symmetric), as
+    TensorRT-style Q/DQ exports write them: the float weight stays in the file."""
+    from onnx import helper
+
+    m = G.lenet5()
+    weights = {n.input[1]: n for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+    inits_ = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    nodes = []
+    for name in weights:
+        w = inits_[name]
+        amax = np.abs(w).reshape(len(w), -1).max(axis=1) if per_channel else np.abs(w).max()
+        scale = (np.asarray(amax) / 127).astype(np.float32)
+        m.graph.initializer.extend([numpy_helper.from_array(scale, f"{name}.s"),
+                                    numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}.z")])
+        attrs = {"axis": 0} if per_channel else {}
+        nodes += [helper.make_node("QuantizeLinear", [name, f"{name}.s", f"{name}.z"], [f"{name}.q"], **attrs),
+                  helper.make_node("DequantizeLinear", [f"{name}.q", f"{name}.s", f"{name}.z"], [f"{name}.dq"], **attrs)]
+        weights[name].input[1] = f"{name}.dq"
+    old = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes + old)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_fake_quantized_float_weights_fold_and_come_back_byte_for_byte(per_channel):
+    m = fake_quantized_lenet(per_channel)
+    assert foldable(m)
+    folded = copy(m)
+    records = fold(folded)
+    assert len(records) == 5 and all(r.quantize is not None for r in records)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in folded.graph.node)
+    np.testing.assert_array_equal(run(folded, optimize=False), run(m, optimize=False))
+    back = copy(folded)
+    restore(back, records)
+    onnx.checker.check_model(back, full_check=True)
+    stored = lambda model: {t.name: t.SerializeToString() for t in model.graph.initializer}  # noqa: E731
+    assert stored(back) == stored(m)
+    np.testing.assert_array_equal(run(back), run(m))
+
+
+def test_prune_keeps_a_fake_quantized_models_q_dq_and_zeroes_its_float_weights(tmp_path):
+    import onnxprune
+
+    m = fake_quantized_lenet()
+    onnx.save(m, tmp_path / "fq.onnx")
+    onnxprune.prune(str(tmp_path / "fq.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    out = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("QuantizeLinear") == 5 and ops.count("DequantizeLinear") == 5
+    written = inits(out)
+    for name in ("c1.weight", "c2.weight", "fc1.weight", "fc2.weight", "fc3.weight"):
+        w = written[name]
+        assert w.dtype == np.float32 and 0.4 <= (w == 0).mean() <= 0.6, name
