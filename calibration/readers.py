@@ -604,8 +604,15 @@ def _check_labels(labels: np.ndarray, n: int, name: str, where: str) -> np.ndarr
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
-        raise CalibrationError(f"'{where}': labels '{name}' have shape {list(labels.shape)}; give one class index "
-                               "per sample (shape [N]), not one-hot vectors.")
+        onehot = labels.ndim == 2 and np.isin(labels, (0, 1)).all() and np.all(labels.sum(axis=1) == 1)
+        if onehot:
+            raise CalibrationError(f"'{where}': labels '{name}' have shape {list(labels.shape)}; give one class "
+                                   "index per sample (shape [N]), not one-hot vectors (labels.argmax(1)).")
+        raise CalibrationError(
+            f"'{where}': labels '{name}' have shape {list(labels.shape)}: one label per sample (shape [N]) is what "
+            "labelled accuracy reads; per-position labels (a token classifier's [N, S]) are not used. Leave the "
+            "labels out to prune label-free (each position's class against the input model's), or give one class "
+            "per sample.")
     if len(labels) != n:
         raise CalibrationError(f"'{where}': labels '{name}' hold {len(labels)} entries for {n} samples; "
                                "they must match.")

@@ -366,6 +366,8 @@ BAD_DATA = {
                             ["labels go up to 19", "10 classes"]),
     "labels-not-integers": ({"input": _x(), "labels": np.linspace(0, 1, 20)}, [], 1, ["non-integer values"]),
     "labels-one-hot": ({"input": _x(), "labels": np.eye(10)[np.arange(20) % 10]}, [], 1, ["not one-hot"]),
+    "labels-per-position": ({"input": _x(), "labels": np.arange(20 * 6).reshape(20, 6) % 10}, [], 1,
+                            ["per-position labels", "Leave the labels out to prune label-free"]),
     "labels-name-missing": ({"input": _x()}, ["--labels", "targets"], 1, ["no labels array 'targets'"]),
     "labels-name-is-an-input": ({"input": _x()}, ["--labels", "input"], 2, ["is a model input"]),
     "object-array-npz": ({"input": np.array([{"a": 1}] * 20, dtype=object)}, [], 1, ["pickled/object arrays",
