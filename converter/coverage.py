@@ -230,6 +230,14 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     labels = {(slot, attr): f"{label}/{attr}" for node, label, _, slot in walked if slot is not None
               for attr, _ in bodies(node)}  # graph order
     untaken = {key for key in labels if counts[2 * key[0] + BRANCH[key[1]]] == 0}
+    conditions = {slot: _condition(model.graph, node) for node, _, around, slot in walked
+                  if slot is not None and not around}
+    for key in untaken:  # a main-graph If whose condition is an input: say what value takes the branch
+        cond = conditions.get(key[0])
+        if cond is not None:
+            name, negated = cond
+            wanted = (key[1] == "then_branch") != negated
+            labels[key] += f" (taken when input '{name}' is {'true' if wanted else 'false'})"
     inner = [label for key, label in labels.items() if key in untaken]
     # a branch inside an untaken one is implied by it: only the outermost are named
     cov.untaken = [b for b in inner if not any(b.startswith(o + "/") for o in inner)]
@@ -245,6 +253,23 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     if cov.unreached:
         log.info("branches no sample took: %s", cov.untaken)
     return cov
+
+
+def _condition(graph: onnx.GraphProto, node: onnx.NodeProto) -> tuple[str, bool] | None:
+    """(the graph input an If's condition is, whether it is negated on the way) through Cast, Identity, Not,
+    Squeeze/Unsqueeze/Reshape; None when it is computed (optimum's merged decoders read `use_cache_branch`)."""
+    inputs = {i.name for i in graph.input}
+    producers = {o: n for n in graph.node for o in n.output}
+    name, negated = node.input[0], False
+    for _ in range(8):
+        if name in inputs:
+            return name, negated
+        p = producers.get(name)
+        if p is None or p.op_type not in ("Cast", "Identity", "Not", "Squeeze", "Unsqueeze", "Reshape"):
+            return None
+        negated ^= p.op_type == "Not"
+        name = p.input[0]
+    return None
 
 
 @dataclass

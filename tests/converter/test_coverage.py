@@ -307,3 +307,28 @@ def test_a_budget_leaves_a_nested_loop_branch_no_sample_takes_as_it_is():
     x0_negative = POSITIVE[:16].copy()
     x0_negative[:, 0] = -1.0  # takes the inner else branch
     assert_same_outputs(result.model, oracle, feeds=[{"input": POSITIVE[:16]}, {"input": x0_negative}])
+
+
+def test_an_untaken_branch_whose_condition_is_an_input_says_which_value_takes_it():
+    """optimum's merged decoders choose their branch by a bool input (`use_cache_branch`): data without a past takes
+    one branch only, and the note (and the error, when every weight is behind it) says what value takes the other."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name, w):
+        return helper.make_graph([helper.make_node("MatMul", ["x", w], [f"{name}_y"], name=f"{name}_mm")], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["N", 3])])
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), n) for n in ("Wt", "We")]
+    nodes = [helper.make_node("Not", ["use_cache"], ["no_cache"], name="not"),
+             helper.make_node("If", ["no_cache"], ["y"], name="select", then_branch=branch("then", "We"),
+                              else_branch=branch("else", "Wt"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info("use_cache", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    feeds = [{"x": rng.standard_normal((8, 4)).astype(np.float32), "use_cache": np.array(False)} for _ in range(4)]
+    cov = branch_coverage(model, find_prunable(model).prunable, feeds)
+    assert cov.untaken == ["If 'select'/else_branch (taken when input 'use_cache' is true)"]
+    assert cov.unreached == {"Wt": cov.untaken[0]}
