@@ -9,6 +9,9 @@
     folds the same way (W = DequantizeLinear(QuantizeLinear(W))), and comes back as a float W on its grid (as stored
     where its integers did not change) with both nodes in front of its reader.
 
+    W_q[int8] ─ Cast ─ Mul(scale) ─ MatMul / Gather            (weight-only quantization, as torch exports it)
+    folds to W = float(W_q) · scale and comes back with both nodes; the scale may be per row or per column.
+
 `fold` is exact in ONNX's semantics (DequantizeLinear computes (W_q - zero_point) · scale in the scale's type, as
 here), so every step between load and write sees float weights: the inventory, criteria, masks, refits,
 dead-neuron removal. A pruned weight is 0, which the grid holds exactly (the zero point); a weight nothing changed
@@ -50,6 +53,7 @@ class QuantizedWeight:
     axis: int | None  # the scale's axis of W (normalized), None: one scale for the tensor
     quantize: onnx.NodeProto | None = None  # fake quantization: the QuantizeLinear between a float W and the node
     source: onnx.TensorProto | None = None  # ... and that float W as the input held it (`integer`: its Q(W))
+    cast: onnx.NodeProto | None = None  # weight-only quantization: W_q -> Cast -> Mul(scale) (`node` is the Mul)
 
 
 def _plain(node: onnx.NodeProto, op: str) -> bool:
@@ -96,6 +100,48 @@ def _along(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
     return values.reshape([-1 if k == axis else 1 for k in range(ndim)])
 
 
+def _cast_mul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str],
+              casts: dict[str, onnx.NodeProto]) -> tuple[onnx.NodeProto, int, int | None] | None:
+    """(the Cast, the scale's input index, its axis of W) when `node` is Mul(Cast(W_q int initializer), scale) with a
+    float scale initializer that has at most one axis longer than 1 (weight-only quantization, as torch exports
+    it); else None."""
+    if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs or len(node.input) != 2:
+        return None
+    for k in (0, 1):
+        cast, scale = casts.get(node.input[k]), inits.get(node.input[1 - k])
+        if cast is None or scale is None or cast.input[0] not in inits:
+            continue
+        q = inits[cast.input[0]]
+        if not np.issubdtype(helper.tensor_dtype_to_np_dtype(q.data_type), np.integer) or not q.dims:
+            return None
+        if not np.issubdtype(helper.tensor_dtype_to_np_dtype(scale.data_type), np.floating):
+            return None
+        qd, sd = list(q.dims), list(scale.dims)
+        if len(sd) > len(qd):
+            return None
+        sd = [1] * (len(qd) - len(sd)) + sd
+        long = [a for a, (x, y) in enumerate(zip(qd, sd)) if y != 1]
+        if len(long) > 1 or any(sd[a] != qd[a] for a in long):
+            return None
+        return cast, 1 - k, (long[0] if long else None)
+    return None
+
+
+def _float_casts(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Cast nodes to a float type whose output exactly one node reads, by output name."""
+    reads: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            reads[i] = reads.get(i, 0) + 1
+    out = {}
+    for n in graph.node:
+        to = next((a.i for a in n.attribute if a.name == "to"), None)
+        if n.op_type == "Cast" and to is not None and reads.get(n.output[0]) == 1 and np.issubdtype(
+                helper.tensor_dtype_to_np_dtype(to), np.floating):
+            out[n.output[0]] = n
+    return out
+
+
 def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """QuantizeLinear nodes of the main graph whose output exactly one node reads, by output name."""
     reads: dict[str, int] = {}
@@ -108,8 +154,8 @@ def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
 def foldable(model: onnx.ModelProto) -> bool:
     inits = {t.name: t for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
-    fake = _fake_quantizers(model.graph)
-    return any(_foldable(n, inits, outputs, fake) for n in model.graph.node)
+    fake, casts = _fake_quantizers(model.graph), _float_casts(model.graph)
+    return any(_foldable(n, inits, outputs, fake) or _cast_mul(n, inits, outputs, casts) for n in model.graph.node)
 
 
 def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
@@ -134,9 +180,21 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     folded: list[QuantizedWeight] = []
     kept_nodes: list[onnx.NodeProto] = []
     new: list[onnx.TensorProto] = []
-    fake = _fake_quantizers(graph)
-    quantizers: set[str] = set()  # fake quantization's QuantizeLinear nodes folded with their DequantizeLinear
+    fake, casts = _fake_quantizers(graph), _float_casts(graph)
+    quantizers: set[str] = set()  # fake quantization's QuantizeLinear / weight-only Cast nodes folded with their node
     for node in graph.node:
+        weight_only = _cast_mul(node, inits, outputs, casts)
+        if weight_only is not None:  # W_q -> Cast -> Mul(scale): W = float(W_q) * scale, in the scale's type
+            cast, k, axis = weight_only
+            q_t, s_t = inits[cast.input[0]], inits[node.input[k]]
+            q, scale = numpy_helper.to_array(q_t), numpy_helper.to_array(s_t)
+            to = helper.tensor_dtype_to_np_dtype(next(a.i for a in cast.attribute if a.name == "to"))
+            values = (q.astype(to) * scale.reshape([1] * (q.ndim - scale.ndim) + list(scale.shape))).astype(to)
+            new.append(numpy_helper.from_array(values, node.output[0]))
+            folded.append(QuantizedWeight(node.output[0], _copy(node), _copy(q_t), _copy(s_t), None, axis,
+                                          cast=_copy(cast)))
+            quantizers.add(cast.output[0])
+            continue
         if not _foldable(node, inits, outputs, fake):
             kept_nodes.append(node)
             continue
@@ -170,7 +228,8 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     if not folded:
         return folded
     del graph.node[:]
-    graph.node.extend(n for n in kept_nodes if not (n.op_type == "QuantizeLinear" and n.output[0] in quantizers))
+    graph.node.extend(n for n in kept_nodes if not (n.op_type in ("QuantizeLinear", "Cast")
+                                                     and n.output[0] in quantizers))
     graph.initializer.extend(new)
     _drop_unread(graph, {n for w in folded for n in (w.integer.name, w.scale.name,
                                                       w.zero_point.name if w.zero_point is not None else "",
@@ -208,9 +267,21 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
                        * _along(scale.astype(np.float64), w.axis, q.ndim))
             dt = helper.tensor_dtype_to_np_dtype(w.source.data_type)
             tensors = [_named(w.source, src_name) if same else numpy_helper.from_array(on_grid.astype(dt), src_name)]
+        stored = numpy_helper.to_array(w.scale)
         if s_name not in inits:
+            shape = [-1 if d > 1 else d for d in stored.shape] if w.cast is not None else (-1,)
             tensors.append(_named(w.scale, s_name) if not sliced else numpy_helper.from_array(
-                scale.astype(numpy_helper.to_array(w.scale).dtype).reshape(-1), s_name))
+                scale.astype(stored.dtype).reshape(shape), s_name))
+        if w.cast is not None:  # weight-only: W_q -> Cast -> Mul(scale), the Mul's inputs in their own order
+            for t in tensors:
+                inits[t.name] = t
+                graph.initializer.append(t)
+            cast, mul = _copy(w.cast), _copy(w.node)
+            cast.input[0] = q_name
+            mul.input[list(mul.input).index(w.scale.name)] = s_name
+            nodes += [cast, mul]
+            gone.add(w.name)
+            continue
         inputs = [q_name, s_name]
         if zp is not None:
             z_name = _fresh(w.zero_point.name, taken) if sliced or w.zero_point.name not in inits else w.zero_point.name
@@ -238,7 +309,7 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         rest = list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes + rest)  # their inputs are all initializers: first is topological
-    return len(nodes)
+    return len(gone)
 
 
 def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:

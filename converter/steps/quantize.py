@@ -88,7 +88,7 @@ class QuantizeStep(Step):
     def check(self, state: RunState) -> None:
         if state.quantized:  # QDQ weights keep their own integer grid (passes/quantized_weights.py)
             raise ConfigError(f"--weight-bits {self.config.weight_bits}: this model's weights are already "
-                              f"integer-quantized ({len(state.quantized)} read through DequantizeLinear) and keep "
+                              f"integer-quantized ({len(state.quantized)} of them) and keep "
                               "their own grid when pruned; drop --weight-bits.")
 
     def run(self, state: RunState) -> None:

@@ -75,9 +75,15 @@ class TargetsStep(Step):
         keep = [w for w in inventory.prunable
                 if not any(layer_matches(w, p) for p in fixed) and w.name not in unreached]
         if not keep and unreached:
+            from onnxprune.passes.opfacts import QUANTIZED_HOW
+
             where = ", ".join(sorted(set(unreached.values()))[:2])
+            quantized = sum(s.reason.endswith(QUANTIZED_HOW) for s in inventory.skipped)
+            also = (f" The model's other {quantized} weights are integer-quantized: {QUANTIZED_HOW}." if quantized
+                    else "")  # a dynamically quantized encoder: only its token-type table is float (sweep 13)
             raise CalibrationError(f"--data gives no evidence about any prunable weight ({where}): the budget "
-                                   "cannot judge them; add samples that take those branches or read those rows.")
+                                   "cannot judge them; add samples that take those branches or read those rows."
+                                   + also)
         if not keep:
             raise ConfigError("--exclude/--layer cover every prunable layer; nothing is left for --max-loss to "
                               "choose.")

@@ -267,3 +267,54 @@ def test_prune_keeps_a_fake_quantized_models_q_dq_and_zeroes_its_float_weights(t
     for name in ("c1.weight", "c2.weight", "fc1.weight", "fc2.weight", "fc3.weight"):
         w = written[name]
         assert w.dtype == np.float32 and 0.4 <= (w == 0).mean() <= 0.6, name
+
+
+def weight_only_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[N,16] -> MatMul(W1) -> Relu -> MatMul(W2) -> y, each W = Cast(W_q int8) * scale[1, out] (weight-only int8,
+    as torch exports it)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits_, x = [], [], "x"
+    for i, (k, n) in enumerate(((16, 12), (12, 5))):
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        scale = (np.abs(w).max(axis=0, keepdims=True) / 127).astype(np.float32)
+        inits_ += [numpy_helper.from_array(np.rint(w / scale).astype(np.int8), f"W{i}_q"),
+                   numpy_helper.from_array(scale, f"W{i}_scale")]
+        nodes += [helper.make_node("Cast", [f"W{i}_q"], [f"W{i}_f"], to=TensorProto.FLOAT, name=f"cast{i}"),
+                  helper.make_node("Mul", [f"W{i}_f", f"W{i}_scale"], [f"W{i}"], name=f"mul{i}"),
+                  helper.make_node("MatMul", [x, f"W{i}"], [f"h{i}"], name=f"mm{i}")]
+        x = f"h{i}"
+        if i == 0:
+            nodes.append(helper.make_node("Relu", [x], ["r0"], name="relu0"))
+            x = "r0"
+    graph = helper.make_graph(nodes, "wo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("h1", TensorProto.FLOAT, ["N", 5])], inits_)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_weight_only_cast_mul_weights_fold_shrink_and_come_back():
+    m = weight_only_mlp()
+    assert foldable(m)
+    folded = copy(m)
+    records = fold(folded)
+    assert [r.axis for r in records] == [1, 1] and all(r.cast is not None for r in records)
+    back = copy(folded)
+    assert restore(back, records) == 2
+    stored = lambda model: {t.name: t.SerializeToString() for t in model.graph.initializer}  # noqa: E731
+    assert stored(back) == stored(m)
+    x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    G.zero(folded, "W0", 1, [2, 5, 7])  # three hidden neurons with no inputs: dead, their scales go with them
+    G.zero(folded, "W1", 0, [2, 5, 7])
+    reference = as_written(folded, records)
+    out, report = remove_dead_neurons(folded)
+    assert report.removed == 3
+    restore(out, records, report.slices)
+    onnx.checker.check_model(out, full_check=True)
+    assert inits(out)["W0_q"].shape == (16, 9) and [v.shape for k, v in inits(out).items() if "scale" in k] == [
+        (1, 9), (1, 5)]
+    sess = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa
+    np.testing.assert_allclose(sess(out).run(None, {"x": x})[0], sess(reference).run(None, {"x": x})[0], rtol=1e-5,
+                               atol=1e-6)
