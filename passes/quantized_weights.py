@@ -127,28 +127,27 @@ def _cast_mul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs:
     return None
 
 
-def _float_casts(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    """Cast nodes to a float type whose output exactly one node reads, by output name."""
+def _read_once(graph: onnx.GraphProto, keep) -> dict[str, onnx.NodeProto]:
+    """The nodes `keep` accepts whose output exactly one node of the main graph reads, by output name."""
     reads: dict[str, int] = {}
     for n in graph.node:
         for i in n.input:
             reads[i] = reads.get(i, 0) + 1
-    out = {}
-    for n in graph.node:
+    return {n.output[0]: n for n in graph.node if n.output and keep(n) and reads.get(n.output[0]) == 1}
+
+
+def _float_casts(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Cast nodes to a float type (a weight-only quantized weight's dequantization starts so)."""
+    def to_float(n: onnx.NodeProto) -> bool:
         to = next((a.i for a in n.attribute if a.name == "to"), None)
-        if n.op_type == "Cast" and to is not None and reads.get(n.output[0]) == 1 and np.issubdtype(
-                helper.tensor_dtype_to_np_dtype(to), np.floating):
-            out[n.output[0]] = n
-    return out
+        return n.op_type == "Cast" and to is not None and np.issubdtype(helper.tensor_dtype_to_np_dtype(to), np.floating)
+
+    return _read_once(graph, to_float)
 
 
 def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    """QuantizeLinear nodes of the main graph whose output exactly one node reads, by output name."""
-    reads: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            reads[i] = reads.get(i, 0) + 1
-    return {n.output[0]: n for n in graph.node if _plain(n, "QuantizeLinear") and reads.get(n.output[0]) == 1}
+    """QuantizeLinear nodes (fake quantization of a float weight)."""
+    return _read_once(graph, lambda n: _plain(n, "QuantizeLinear"))
 
 
 def foldable(model: onnx.ModelProto) -> bool:

@@ -99,12 +99,16 @@ def test_pruned_weights_come_back_as_the_zero_point_and_the_rest_unchanged(tmp_p
         assert np.all(q[pruned & (q0 != zero)] == zero) and np.array_equal(q[~pruned], q0[~pruned])
 
 
-def test_a_refit_value_is_rounded_to_its_grid_and_clipped(tmp_path):
-    m = qdq_lenet(tmp_path)
-    folded = copy(m)
+def folded_weight(tmp_path, prefix: str):
+    """The folded QDQ LeNet, its records, and the record and float initializer of the weight named `prefix`…"""
+    folded = copy(qdq_lenet(tmp_path))
     records = fold(folded)
-    w = next(r for r in records if r.name.startswith("fc1.weight"))
-    t = next(t for t in folded.graph.initializer if t.name == w.name)
+    w = next(r for r in records if r.name.startswith(prefix))
+    return folded, records, w, next(t for t in folded.graph.initializer if t.name == w.name)
+
+
+def test_a_refit_value_is_rounded_to_its_grid_and_clipped(tmp_path):
+    folded, records, w, t = folded_weight(tmp_path, "fc1.weight")
     values = numpy_helper.to_array(t).copy()
     scale = numpy_helper.to_array(w.scale).reshape(-1, 1)
     values[0, 0] = 3.4 * scale[0, 0]  # between two steps: rounds to 3
@@ -192,11 +196,7 @@ def test_weight_bits_on_a_qdq_model_is_a_clear_usage_error(tmp_path):
 
 
 def test_snap_puts_a_refit_value_on_its_grid_point_and_a_tiny_one_at_zero(tmp_path):
-    m = qdq_lenet(tmp_path)
-    folded = copy(m)
-    records = fold(folded)
-    w = next(r for r in records if r.name.startswith("fc2.weight"))
-    t = next(t for t in folded.graph.initializer if t.name == w.name)
+    folded, records, w, t = folded_weight(tmp_path, "fc2.weight")
     exact = numpy_helper.to_array(t).copy()
     step = numpy_helper.to_array(w.scale).reshape(-1, 1)
     nudged = exact + 0.3 * step  # under half a step: every value back where it was
