@@ -557,11 +557,16 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input
     data_config.validate()
     scan_config.validate()
     TargetsConfig(criterion=criterion).validate()
+    from onnxprune.calibration.runtime import session_view
+    from onnxprune.passes import quantized_weights
+
     loaded = load(model)
+    folded = quantized_weights.fold(loaded.model) if quantized_weights.foldable(loaded.model) else []
     inventory = inventory_of(loaded.model, where=str(model))
     progress = Progress(quiet=quiet or as_json)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
+    try:  # integer-quantized weights are scanned as floats and run as written (passes/quantized_weights.py)
+        with contextlib.redirect_stdout(sys.stderr), session_view(
+                lambda m: quantized_weights.as_written(m, folded) if folded else m):
             data_ = Data(loaded.model, data_config, random_shapes=_random_shapes(loaded.model, data_config))
             scoring = calibration_scoring(criterion, data_.reader(), seed=seed)
             result = scan(loaded.model, inventory, data_.calibration, scan_config, progress, neurons=by_neurons,

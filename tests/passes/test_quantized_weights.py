@@ -318,3 +318,15 @@ def test_weight_only_cast_mul_weights_fold_shrink_and_come_back():
     sess = lambda model: ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa
     np.testing.assert_allclose(sess(out).run(None, {"x": x})[0], sess(reference).run(None, {"x": x})[0], rtol=1e-5,
                                atol=1e-6)
+
+
+def test_the_sensitivity_command_scans_a_qdq_models_weights(tmp_path):
+    from tests.hardening.helpers import invoke
+
+    onnx.save(qdq_lenet(tmp_path), tmp_path / "qdq.onnx")
+    res = invoke("sensitivity", tmp_path / "qdq.onnx", "--data", "random", "--levels", "0.5", "--json")
+    assert res.exit_code == 0, res.output
+    import json
+
+    layers = json.loads(res.output[res.output.index("{"):])["layers"]
+    assert len(layers) == 5
