@@ -75,8 +75,15 @@ def _kinds(report: dict) -> dict[str, str]:
 
 
 def _weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every constant by name; integer-quantized weights as the run saw them, dequantized (passes/quantized_weights)."""
+    from onnxprune.passes import quantized_weights
     from onnxprune.passes.weights import constant_tensors
 
+    if quantized_weights.foldable(model):
+        folded = onnx.ModelProto()
+        folded.CopyFrom(model)
+        quantized_weights.fold(folded)
+        model = folded
     return constant_tensors(model)
 
 
