@@ -66,7 +66,7 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def _foldable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str],
-              fake: dict[str, onnx.NodeProto] | None = None) -> bool:
+              fake: dict[str, onnx.NodeProto] | None = None, shared: set[str] = frozenset()) -> bool:
     """An integer initializer's DequantizeLinear, or (`fake`: QuantizeLinear nodes by output, each read once) the
     DequantizeLinear of a QuantizeLinear of a float initializer with the same scale and zero point (fake
     quantization, as TensorRT-style Q/DQ exports write weights)."""
@@ -75,12 +75,14 @@ def _foldable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs:
     names = [n for n in node.input if n]
     if len(names) < 2 or not all(n in inits for n in names[1:]):
         return False
+    if names[0] in shared:
+        return False
     if names[0] in inits:
         dtype = helper.tensor_dtype_to_np_dtype(inits[names[0]].data_type)
         return np.issubdtype(dtype, np.integer) and len(inits[names[0]].dims) > 0
     q = (fake or {}).get(names[0])
     if q is None or list(q.input[1:]) != list(node.input[1:]) or _attrs(q).get("axis", 1) != _attrs(node).get(
-            "axis", 1) or q.input[0] not in inits or q.output[0] in outputs:
+            "axis", 1) or q.input[0] not in inits or q.output[0] in outputs or q.input[0] in shared:
         return False
     dtype = helper.tensor_dtype_to_np_dtype(inits[q.input[0]].data_type)
     return np.issubdtype(dtype, np.floating) and len(inits[q.input[0]].dims) > 0
@@ -101,7 +103,8 @@ def _along(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
 
 
 def _cast_mul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str],
-              casts: dict[str, onnx.NodeProto]) -> tuple[onnx.NodeProto, int, int | None] | None:
+              casts: dict[str, onnx.NodeProto], shared: set[str] = frozenset()
+              ) -> tuple[onnx.NodeProto, int, int | None] | None:
     """(the Cast, the scale's input index, its axis of W) when `node` is Mul(Cast(W_q int initializer), scale) with a
     float scale initializer that has at most one axis longer than 1 (weight-only quantization, as torch exports
     it); else None."""
@@ -109,7 +112,7 @@ def _cast_mul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs:
         return None
     for k in (0, 1):
         cast, scale = casts.get(node.input[k]), inits.get(node.input[1 - k])
-        if cast is None or scale is None or cast.input[0] not in inits:
+        if cast is None or scale is None or cast.input[0] not in inits or cast.input[0] in shared:
             continue
         q = inits[cast.input[0]]
         if not np.issubdtype(helper.tensor_dtype_to_np_dtype(q.data_type), np.integer) or not q.dims:
@@ -125,6 +128,19 @@ def _cast_mul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs:
             return None
         return cast, 1 - k, (long[0] if long else None)
     return None
+
+
+def _shared(graph: onnx.GraphProto) -> set[str]:
+    """Initializers more than one node reads (in any scope): a weight two DequantizeLinear (or Cast) nodes read is
+    left as it is; folded per reader it would come back as two tensors with two masks (sweep 14: the file grew)."""
+    from onnxprune.passes.scopes import scopes
+
+    reads: dict[str, int] = {}
+    for sc in scopes(graph):
+        for n in sc.graph.node:
+            for i in set(n.input):
+                reads[i] = reads.get(i, 0) + 1
+    return {name for name, k in reads.items() if k > 1}
 
 
 def _read_once(graph: onnx.GraphProto, keep) -> dict[str, onnx.NodeProto]:
@@ -153,8 +169,9 @@ def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
 def foldable(model: onnx.ModelProto) -> bool:
     inits = {t.name: t for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
-    fake, casts = _fake_quantizers(model.graph), _float_casts(model.graph)
-    return any(_foldable(n, inits, outputs, fake) or _cast_mul(n, inits, outputs, casts) for n in model.graph.node)
+    fake, casts, shared = _fake_quantizers(model.graph), _float_casts(model.graph), _shared(model.graph)
+    return any(_foldable(n, inits, outputs, fake, shared) or _cast_mul(n, inits, outputs, casts, shared)
+               for n in model.graph.node)
 
 
 def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
@@ -179,10 +196,10 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     folded: list[QuantizedWeight] = []
     kept_nodes: list[onnx.NodeProto] = []
     new: list[onnx.TensorProto] = []
-    fake, casts = _fake_quantizers(graph), _float_casts(graph)
+    fake, casts, shared = _fake_quantizers(graph), _float_casts(graph), _shared(graph)
     quantizers: set[str] = set()  # fake quantization's QuantizeLinear / weight-only Cast nodes folded with their node
     for node in graph.node:
-        weight_only = _cast_mul(node, inits, outputs, casts)
+        weight_only = _cast_mul(node, inits, outputs, casts, shared)
         if weight_only is not None:  # W_q -> Cast -> Mul(scale): W = float(W_q) * scale, in the scale's type
             cast, k, axis = weight_only
             q_t, s_t = inits[cast.input[0]], inits[node.input[k]]
@@ -194,7 +211,7 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
                                           cast=_copy(cast)))
             quantizers.add(cast.output[0])
             continue
-        if not _foldable(node, inits, outputs, fake):
+        if not _foldable(node, inits, outputs, fake, shared):
             kept_nodes.append(node)
             continue
         s_t = inits[node.input[1]]

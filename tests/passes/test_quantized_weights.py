@@ -330,3 +330,20 @@ def test_the_sensitivity_command_scans_a_qdq_models_weights(tmp_path):
 
     layers = json.loads(res.output[res.output.index("{"):])["layers"]
     assert len(layers) == 5
+
+
+def test_an_integer_weight_two_dequantizers_read_is_left_as_it_is():
+    """Folded per reader it would come back as two tensors with two masks (sweep 14: the file grew 4 KB)."""
+    from onnx import TensorProto, helper
+
+    q = np.random.default_rng(0).integers(-127, 127, (8, 8)).astype(np.int8)
+    inits_ = [numpy_helper.from_array(q, "Sq"), numpy_helper.from_array(np.array(0.01, np.float32), "s")]
+    nodes = [helper.make_node("DequantizeLinear", ["Sq", "s"], [f"W{k}"], name=f"dq{k}") for k in (0, 1)]
+    nodes += [helper.make_node("MatMul", ["x", "W0"], ["h"], name="mm0"),
+              helper.make_node("MatMul", ["h", "W1"], ["y"], name="mm1")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits_)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert not foldable(m)
+    folded = copy(m)
+    assert fold(folded) == [] and folded.SerializeToString() == m.SerializeToString()

@@ -200,7 +200,7 @@ def mean(inputs, attrs, ctx):
 # --------------------------------------------------------------------------------------------------------------
 
 _INT_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767),
-              torch.int32: (-2**31, 2**31 - 1)}
+              torch.int32: (-2**31, 2**31 - 1), getattr(torch, "uint16", torch.int16): (0, 65535)}
 
 
 def _along(p: Tensor, x: Tensor, attrs: dict) -> Tensor:
