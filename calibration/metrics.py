@@ -175,6 +175,7 @@ class Evaluator:
         masks = self.position_masks
         if not masks or any(m is None for m in masks):
             return frozenset()
+        masks = self._current_positions(masks)
         found = []
         for i, (name, kind) in enumerate(self.plan.items()):
             if kind not in MASKED_KINDS or (self.sample_axes and self.sample_axes[i] != 0):
@@ -188,6 +189,22 @@ class Evaluator:
             log.info("padding not scored: positions where %s (%.0f%% of them here) are left out of %s",
                      self.padding, 100 * padded, outs)
         return frozenset(found)
+
+    def _current_positions(self, masks: list[np.ndarray]) -> list[np.ndarray]:
+        """A decoder fed a past (KV cache) has an attention mask over past + current tokens, [N, P + S], and outputs
+        over the current S: their mask is its last S columns (the cache comes first). Taken when some output scored
+        by positions is [N, S, ...] with S shorter than the mask in every batch; the masks then held are the trimmed
+        ones. Sweep 13: a merged GPT-2 decoder fed real pasts had its mask dropped and padding scored."""
+        for i, kind in enumerate(self.plan.values()):
+            if kind not in MASKED_KINDS or (self.sample_axes and self.sample_axes[i] != 0):
+                continue
+            shapes = [as_array(ref[i]).shape for ref in self.reference_all]
+            if not all(len(sh) >= 3 and sh[0] == m.shape[0] and sh[1] <= m.shape[1] for sh, m in zip(shapes, masks)):
+                continue
+            if any(sh[1] < m.shape[1] for sh, m in zip(shapes, masks)):
+                self.position_masks = [m[:, m.shape[1] - sh[1]:] for sh, m in zip(shapes, masks)]
+                return self.position_masks
+        return masks
 
     def _scales(self) -> tuple[np.ndarray | None, ...]:
         """Per scored output whose metric is a relative error (`Metric.norms`), the typical norm of its dense values

@@ -148,3 +148,27 @@ def test_the_decision_rule_says_which_positions_are_not_scored():
     ids = feed["chars"].copy()
     ids[ids == 0] = 4
     assert "padding" not in BudgetRule(_evaluator(model, {"chars": ids}, {"tags": "seq_agreement"}), 1.0).statement()
+
+
+def test_a_decoder_fed_a_past_is_masked_by_the_last_columns_of_its_attention_mask():
+    """A KV-cache decoder's attention mask covers past + current tokens, [N, P + S]; its logits cover the current S:
+    their mask is the last S columns (sweep 13: the whole mask was dropped, padding scored)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"], name="head")], "decoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 6]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "T"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "S", 5])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    n, past, s = 40, 3, 4
+    mask = np.ones((n, past + s), np.int64)
+    mask[::2, -1] = 0  # half the samples end with a padded position
+    ev = Evaluator(open_data({"x": rng.standard_normal((n, s, 6)).astype(np.float32), "attention_mask": mask},
+                             model, batch_size=20), {"logits": "rel_l2"}, model)
+    assert ev.masked == {0}
+    np.testing.assert_array_equal(np.concatenate(ev.position_masks), mask[:, -s:].astype(bool))
