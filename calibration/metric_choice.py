@@ -26,6 +26,8 @@ _EMBEDDING_NAMES = re.compile(r"embed|(?<![a-z])emb(?![a-z])|pool|sentence|last_
 # errors feed back, so its norm counts as much as its direction (sweep 5: a romanizer's 'hidden_out' at cosine
 # 0.997 was a relative L2 error of 0.075, and changed 9 of 400 names end to end).
 _STATE_NAMES = re.compile(r"hidden|state|cache|memory|past|present", re.I)
+# a decoder's key/value cache (optimum: past_key_values.N.key, present.N.encoder.value): a state before any other reading
+_CACHE_NAMES = re.compile(r"(?<![a-z])(present|past)(?![a-z])|key_values|kv_cache", re.I)
 _REGRESSION_NAMES = re.compile(r"box|loc|regress|delta|offset|landmark|coord|kps|depth|disp", re.I)
 _CLASS_NAMES = re.compile(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax", re.I)
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
@@ -92,6 +94,8 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
         if evident and plain and _is_unit_interval(arr):
             return "binary_prob"
         return "binary_logit" if plain and _LOGIT_NAMES.search(name) else "rel_l2"
+    if _CACHE_NAMES.search(name):  # a KV cache handed to the next call, encoder's or not (Whisper's present.N.encoder.key)
+        return "rel_l2"
     if _EMBEDDING_NAMES.search(name):
         return "cosine"
     if _REGRESSION_NAMES.search(name) or _STATE_NAMES.search(name):

@@ -310,3 +310,14 @@ def test_an_output_no_weighted_layer_reaches_is_not_scored_but_still_verified(tm
     result = run(model, configure(max_loss=1.0, data={x: feed}, one_shot=True))
     assert "mask_out" not in result.report["budget"]["decision"]["outputs"]
     assert_same_outputs(result.model, result.dense_model, feeds=[{x: feed[:8]}])  # every output, mask_out too
+
+
+def test_a_kv_cache_is_a_state_even_when_its_name_says_encoder():
+    """Whisper's merged decoder returns present.N.encoder.key beside present.N.decoder.key: both are caches handed to
+    the next call, rel_l2 (sweep 13: the encoder's were scored as cosine); last_hidden_state stays an embedding."""
+    from onnxprune.calibration.metric_choice import auto_kind
+
+    cache = np.random.default_rng(0).standard_normal((4, 2, 7, 16)).astype(np.float32)
+    for name in ("present.0.encoder.key", "present.1.decoder.value", "past_key_values.0.key"):
+        assert auto_kind(name, cache) == "rel_l2", name
+    assert auto_kind("last_hidden_state", cache[:, 0]) == "cosine"
