@@ -69,6 +69,13 @@ An output with its own budget (--max-loss OUTPUT=L beside --max-loss B) is judge
 budget, as the Evaluator combines them: calibration.metrics `Evaluator.loss_factor`), its per-output figures stay in
 their own pp with `budget_pp` beside them.
 
+A share of changed positions (seq_agreement, map_iou: a continuous part in [0, 1] per sample, exactly 0 on an
+unchanged sample) has the same floor: its upper bound is max(L + Z·SE, Wilson's bound at none changed), so a
+candidate that changed no position of n samples is not certified below Z²/(n + Z²), and a set too small for the
+budget keeps the input model. Its mean cannot exceed the share of samples with any changed position, so the floor
+is conservative; without it, no changed position meant SE = 0 and a zero-wide bound (sweep 13: a detector's class
+map, "0.00 pp" claimed, 3.0% of held-out positions changed).
+
 The resolution is one sample: 100/n pp ("one sample = 0.79 pp here" for 126 samples); a fidelity candidate that
 changes one class more than a budget finer than that is never accepted.
 """
@@ -160,6 +167,9 @@ class PerSample:
     parts: tuple[str, ...]
     unit: str
     binary: bool | tuple[bool, ...] = True  # each part (or those marked) is 0 or 1 per sample: Wilson-bounded
+    # a continuous part that is a share in [0, 1], exactly 0 on an unchanged sample (changed positions, 1 - IoU):
+    # its bound is never below Wilson's at none changed (the docstring), so it resolves a budget as a binary part does
+    share: bool = False
     # label-free paired forms: (the dense model's per-sample values, the candidate's) -> [n, parts], the variance of
     # each paired difference given its input (the labels it stands for); the SE adds its mean to the spread of d
     variance: Callable | None = None
@@ -167,10 +177,19 @@ class PerSample:
     def is_binary(self, part: int) -> bool:
         return self.binary if isinstance(self.binary, bool) else self.binary[part]
 
+    def floored(self, part: int) -> bool:
+        """Whether the part's upper bound is never below Wilson's at no sample changed: a binary part, or a share."""
+        return self.is_binary(part) or self.share
+
     @property
     def any_binary(self) -> bool:
         """Some part is a share of changed samples (0 or 1 per sample)."""
         return any(self.is_binary(j) for j in range(len(self.parts)))
+
+    @property
+    def any_floored(self) -> bool:
+        """Some part's bound has Wilson's floor (a binary part or a share): the set must resolve the budget."""
+        return any(self.floored(j) for j in range(len(self.parts)))
 
 
 PER_SAMPLE: dict[str, PerSample] = {
@@ -183,10 +202,10 @@ PER_SAMPLE: dict[str, PerSample] = {
                                    variance=_exclusive_bernoulli_variance),
     "agreement": PerSample(_form("agreement", False), False, ("changed",), "1 if its top-1 class changed"),
     "seq_agreement": PerSample(_form("seq_agreement", False), False, ("changed positions",),
-                               "the share of its positions whose top-1 class changed", binary=False),
+                               "the share of its positions whose top-1 class changed", binary=False, share=True),
     "map_iou": PerSample(_form("map_iou", False), False, ("1 - mean IoU",),
                          "1 - the mean over its classes of the IoU of its class maps (argmax over axis 1)",
-                         binary=False),
+                         binary=False, share=True),
     "ctc_agreement": PerSample(_form("ctc_agreement", False), False, ("changed",),
                                "1 if its decoded sequence (greedy CTC) changed"),
     "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),
@@ -275,7 +294,7 @@ class _OutputRule:
         """Whether a candidate that changes no decision sample is within the budget by the bound (binary parts);
         continuous parts always resolve."""
         n = len(self.dense) if self.dense is not None else 0
-        if not n or not self.form.any_binary or (self.form.paired and (self.budget <= 0 or not self.certifies)):
+        if not n or not self.form.any_floored or (self.form.paired and (self.budget <= 0 or not self.certifies)):
             return True
         return self.budget >= 100.0 * wilson_upper(0.0, n, self.strictness * self.z) - 1e-12
 
@@ -303,6 +322,12 @@ class _OutputRule:
                 if self.resolves():
                     limit = self.budget - 100.0 * (wilson_upper(share, n, self.strictness * self.z) - share)
                 else:  # even no changed sample does not certify the budget: one-sample resolution, none may change
+                    limit = 0.0
+            elif self.form.share and n:  # a share of changed positions: never zero-wide (the docstring)
+                floor = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
+                if self.resolves():
+                    limit = self.budget - max(self.strictness * self.z * se, floor - loss)
+                else:  # as a binary part: no set of n samples certifies the budget, none may change
                     limit = 0.0
             else:  # a stricter rule takes more off the budget
                 limit = self.budget - self.strictness * self.z * se
@@ -385,7 +410,7 @@ class BudgetRule:
 
     def _binary_budget(self) -> float:
         """The smallest budget among outputs judged by a share of changed samples (the run's when none is)."""
-        own = [r.budget for r in self.outputs if not r.form.paired and r.form.any_binary]
+        own = [r.budget for r in self.outputs if not r.form.paired and r.form.any_floored]
         return min(own) if own else self.budget
 
     def resolves(self) -> bool:
@@ -444,9 +469,12 @@ class BudgetRule:
                           "model is calibrated)")
         if fidelity:
             binary = any(r.form.any_binary for r in self.outputs if r.kind in fidelity)
+            share = any(r.form.share for r in self.outputs if r.kind in fidelity)
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:.3g} "
                          f"standard error <= {self._budget_text()}"
-                         + (" (Wilson's bound for a share of changed samples)" if binary else ""))
+                         + (" (Wilson's bound for a share of changed samples)" if binary else "")
+                         + (" (a share of changed positions at least Wilson's bound with none changed)"
+                            if share else ""))
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
             rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
@@ -495,7 +523,8 @@ class BudgetRule:
             cols = [r.budget] * len(r.form.parts)
             if not r.form.paired and n and r.budget > 0:
                 k = 0 if not r.resolves() else max(0, self._allowed(n, self.z * self.strictness, r.budget))
-                cols = [100.0 * k / n if r.form.is_binary(j) else c for j, c in enumerate(cols)]
+                cols = [100.0 * k / n if r.form.is_binary(j) else 0.0 if r.form.floored(j) and not r.resolves()
+                        else c for j, c in enumerate(cols)]
             out.append(np.asarray(cols, dtype=np.float64) / r.factor)  # in pp of the run's budget, as measured
         return out
 
@@ -536,8 +565,9 @@ class BudgetRule:
                 n = len(r.dense)
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
+                what = "changed positions" if r.form.share and not r.form.any_binary else "changed samples"
                 return (f"{n} samples cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}): "
-                        f"even with none of them changed, the bound on its share of changed samples is {bound:.2f} "
+                        f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
                         f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} samples to decide "
                         f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}")
         return None

@@ -422,3 +422,35 @@ def test_a_choosing_rule_has_no_zero_width_floor_and_still_certifies_on_enough_s
     d = choosing.judge(halves(logits_for(dense)))
     assert d.within and d.limit_pp == pytest.approx(1.0)  # no discordant pair: SE 0, as the chooser had it
     assert BudgetRule(ev, 1.0).uncertifiable()  # the certifying rule says 76 labelled samples cannot
+
+
+@pytest.mark.parametrize("kind", ["seq_agreement", "map_iou"])
+def test_a_share_of_changed_positions_with_none_changed_is_not_zero_wide(kind):
+    """Sweep 13: a class map / per-position output with no changed position had SE 0 and a zero-wide bound
+    ("0.00 pp" claimed; 3.0% of held-out positions changed). Its upper bound is now at least Wilson's at none
+    changed, so 180 samples bound it at 100/181 pp and 60 cannot certify 1 pp at all (as for agreement)."""
+    for n in (180, 60):
+        rng = np.random.default_rng(n)
+        dense = rng.standard_normal((n, 4, 6, 5) if kind == "map_iou" else (n, 6, 7)).astype(np.float32)
+        rule = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric=kind), 1.0)
+        same = rule.judge(halves(dense))
+        assert same.loss_pp == 0.0 and same.se_pp == 0.0
+        if n == 180:
+            assert rule.resolves() and rule.uncertifiable() is None
+            assert same.within and same.limit_pp == pytest.approx(1.0 - 100 / 181)
+            finer = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric=kind), 0.5)
+            assert finer.uncertifiable() is not None  # 0.55 pp > 0.5 pp: the input model is kept
+            one = dense.copy()  # one position of one sample changed: the bound stays at least the floor
+            if kind == "map_iou":
+                one[3, :, 0, 0] = 0.0
+                one[3, (dense[3, :, 0, 0].argmax() + 1) % 4, 0, 0] = 99.0
+            else:
+                one[3, 0, (dense[3, 0].argmax() + 1) % 7] = 99.0
+            d = rule.judge(halves(one))
+            assert 0 < d.loss_pp and d.loss_pp - d.limit_pp + 1.0 >= 100 / 181 - 1e-9
+        else:
+            why = rule.uncertifiable()
+            assert not rule.resolves() and why.startswith(f"60 samples cannot certify --max-loss 1 for output 'out' ({kind})")
+            assert "share of changed positions is 1.64 pp" in why
+            assert rule.point_ceilings()[0][0] == 0.0
+        assert BudgetRule(FakeEvaluator(halves(dense), [None, None], metric=kind), 0.0).judge(halves(dense)).within
