@@ -56,9 +56,10 @@ def _is_unit_interval(arr: np.ndarray) -> bool:
     return arr.size > 0 and bool(np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0)
 
 
-def auto_kind(name: str, value, *, bounded: bool = False) -> str:
+def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = False) -> str:
     """The metric that fits one output, from its dense value (first batch) and its name; `bounded`: the graph makes
-    it a probability (`probability_outputs`: a Sigmoid, through reshapes, means and If branches).
+    it a probability (`probability_outputs`: a Sigmoid, through reshapes, means and If branches); `embedding`: the
+    graph makes it an embedding (`embedding_outputs`: an L2 normalization or a pooling over positions).
 
     Rules, first match wins:
       1. a sequence of maps (ZipMap) -> prob when it holds probabilities, else rel_l2; other non-float values
@@ -68,7 +69,8 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
          say regression or embedding (rule 3's words: a [0, 1] target named 'depth' stays rel_l2); else rel_l2
          (regression), or binary_logit when its name says logit (a binary classifier's one logit: its sign and its
          sigmoid are judged as binary_prob judges a probability);
-      3. the name says embedding (embed, pool, last_hidden, feature, ...) -> cosine; it says regression (box, loc,
+      3. the name says embedding (embed, pool, last_hidden, feature, ...) or the graph does (`embedding`)
+         -> cosine; it says regression (box, loc,
          delta, landmark, ...) or a state handed to the next call (hidden, state, cache, memory, past, present)
          -> rel_l2;
       4. [N, C] -> prob when the rows are probabilities; binary_prob when the graph bounds every value in [0, 1]
@@ -96,7 +98,7 @@ def auto_kind(name: str, value, *, bounded: bool = False) -> str:
         return "binary_logit" if plain and _LOGIT_NAMES.search(name) else "rel_l2"
     if _CACHE_NAMES.search(name):  # a KV cache handed to the next call, encoder's or not (Whisper's present.N.encoder.key)
         return "rel_l2"
-    if _EMBEDDING_NAMES.search(name):
+    if _EMBEDDING_NAMES.search(name) or (embedding and not _CLASS_NAMES.search(name) and not _is_probability(arr)):
         return "cosine"
     if _REGRESSION_NAMES.search(name) or _STATE_NAMES.search(name):
         return "rel_l2"
@@ -154,6 +156,90 @@ def _bounded(name: str, scopes: list[dict], depth: int) -> bool:
     return False
 
 
+# Ops a pooled embedding passes through on its way out unchanged in meaning; the reductions that pool positions; what
+# a norm (an L2 normalization's divisor) is computed by, through clamps and broadcasts.
+_PASS_SHAPE = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
+_POOLS = {"ReduceMean", "ReduceSum", "ReduceMax"}
+_NORMS = {"ReduceL2", "ReduceSumSquare", "Sqrt"}
+_NORM_PASS = {"Clip", "Max", "Add", "Expand", "Unsqueeze", "Reshape", "Cast", "Identity", "Sqrt", "Pow"}
+
+
+def embedding_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are embeddings by construction, whatever their name (sweep 13: all-MiniLM's pooled sentence
+    embedding, exported unnamed as '461' [N, 384], was scored by top-1 agreement over its 384 dimensions): an L2
+    normalization (LpNormalization, or a Div by a norm: ReduceL2, or Sqrt of ReduceSumSquare, through a clamp and a
+    broadcast: torch's F.normalize), or a pooling over positions (a ReduceMean/ReduceSum/ReduceMax over axis 1 only,
+    of anything but a linear layer's output; the masked mean of sentence-transformers: Div(ReduceSum(x * mask),
+    Clip(ReduceSum(mask)))), through reshapes and casts. A CNN's global average pool (over H, W) is not one, nor a
+    mean of per-position logits (a MatMul's output pooled): class scores come out of them."""
+    if model is None:
+        return frozenset()
+    producers = _producers(model.graph)
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for o in model.graph.output:
+        node = _through(producers.get(o.name), producers, _PASS_SHAPE)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "LpNormalization" and _attr(node, "p", 2) == 2:
+            found.append(o.name)
+        elif node.op_type == "Div" and len(node.input) == 2 and (
+                _reaches(node.input[1], producers, _NORMS) or _pools_positions(
+                    _through(producers.get(node.input[0]), producers, _PASS_SHAPE), producers, inits)):
+            found.append(o.name)
+        elif _pools_positions(node, producers, inits) and not _linear(node.input[0], producers):
+            found.append(o.name)  # (a mean of per-position logits, a linear head's output, is class scores)
+    return frozenset(found)
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _through(node, producers: dict, ops: set, depth: int = 0):
+    """The first producer up the chain of first inputs that is not one of `ops`."""
+    while node is not None and node.op_type in ops and node.input and depth < 64:
+        node, depth = producers.get(node.input[0]), depth + 1
+    return node
+
+
+def _reaches(name: str, producers: dict, targets: set, depth: int = 0) -> bool:
+    """Whether `name` is computed by one of `targets` through the norm's clamps and broadcasts (first inputs)."""
+    node = producers.get(name)
+    if node is None or depth > 16:
+        return False
+    if node.op_type in targets:
+        return True
+    return node.op_type in _NORM_PASS and bool(node.input) and _reaches(node.input[0], producers, targets, depth + 1)
+
+
+def _linear(name: str, producers: dict) -> bool:
+    """Whether `name` is a linear layer's output: a MatMul or Gemm, or its bias Add."""
+    node = _through(producers.get(name), producers, _PASS_SHAPE)
+    if node is not None and node.op_type == "Add":
+        node = next((producers.get(i) for i in node.input if producers.get(i) is not None
+                     and producers[i].op_type in ("MatMul", "Gemm")), node)
+    return node is not None and node.op_type in ("MatMul", "Gemm")
+
+
+def _pools_positions(node, producers: dict, inits: dict) -> bool:
+    """A reduction over axis 1 alone, keepdims 0 (or squeezed after): [N, S, D] -> [N, D]."""
+    if node is None or node.op_type not in _POOLS:
+        return False
+    axes = _attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        src = inits.get(node.input[1])
+        if src is None:
+            const = producers.get(node.input[1])
+            value = _attr(const, "value") if const is not None and const.op_type == "Constant" else None
+            src = value
+        axes = None if src is None else [int(a) for a in onnx.numpy_helper.to_array(src).ravel()]
+    return axes is not None and list(axes) == [1]
+
+
 def _ctc_like(arr: np.ndarray) -> bool:
     """[N, T, C] (T >= 4, C >= 3) where one class, the first or the last (CTC's blank: index 0 in PaddleOCR and
     torch's CTCLoss, the last in TensorFlow's), is the most frequent top-1 class of every sample. Measured on the
@@ -168,9 +254,9 @@ def _ctc_like(arr: np.ndarray) -> bool:
 
 
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
-               bounded: Collection[str] = ()) -> dict[str, str]:
+               bounded: Collection[str] = (), embeddings: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
-    `probability_outputs` found), then rules that need the others:
+    `probability_outputs` found; `embeddings`: those `embedding_outputs` found), then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
@@ -193,7 +279,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
          DNSMOS's [N, 3] MOS (SIG, BAK, OVRL, about 1 to 4.5) was judged by its argmax over the three scores,
          which bounds no score.
     """
-    kinds = {name: auto_kind(name, value, bounded=name in bounded) for name, value in values.items()}
+    kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
+             for name, value in values.items()}
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:

@@ -59,7 +59,8 @@ import onnxruntime as ort
 from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, probability_outputs, untouched_outputs)
+                                                 parse_metric_spec, probability_outputs, untouched_outputs,
+                                                 embedding_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys, mismatch_samples, pool, reference_scale,
@@ -170,8 +171,10 @@ class Evaluator:
 
     def _masked_outputs(self) -> frozenset[int]:
         """The scored outputs whose padded positions are left out: [N, S, ...] along the attention mask in every
-        batch (sample axis 0), scored by a kind that reads positions (MASKED_KINDS), every sample holding a real
-        token. Said once per run."""
+        batch (sample axis 0), scored by a kind that reads positions (MASKED_KINDS), every batch holding a real
+        token. A row with none (a finished sequence in a decoder's batch) is no sample: `_masked_samples` leaves it
+        out (it had dropped the mask for the whole run, padding scored: sweep 13's merged GPT-2 decoder). Said once
+        per run."""
         masks = self.position_masks
         if not masks or any(m is None for m in masks):
             return frozenset()
@@ -181,13 +184,16 @@ class Evaluator:
             if kind not in MASKED_KINDS or (self.sample_axes and self.sample_axes[i] != 0):
                 continue
             shapes = [as_array(ref[i]).shape for ref in self.reference_all]
-            if all(len(sh) >= 3 and sh[:2] == m.shape and m.any(axis=1).all() for sh, m in zip(shapes, masks)):
+            if all(len(sh) >= 3 and sh[:2] == m.shape and m.any() for sh, m in zip(shapes, masks)):
                 found.append(i)
         if found and not self._quiet:
             padded = 1.0 - float(np.mean([m.mean() for m in masks]))
             outs = ", ".join(f"{list(self.plan)[i]} ({list(self.plan.values())[i]})" for i in found)
-            log.info("padding not scored: positions where %s (%.0f%% of them here) are left out of %s",
-                     self.padding, 100 * padded, outs)
+            empty = sum(int((~m.any(axis=1)).sum()) for m in masks)
+            log.info("padding not scored: positions where %s (%.0f%% of them here) are left out of %s%s",
+                     self.padding, 100 * padded, outs,
+                     f"; {empty} of {sum(len(m) for m in masks)} samples hold no real position and are not scored"
+                     if empty else "")
         return frozenset(found)
 
     def _current_positions(self, masks: list[np.ndarray]) -> list[np.ndarray]:
@@ -219,7 +225,8 @@ class Evaluator:
             dense = [self.samples_first(i, want, want)[1] for want in (as_array(r[i]) for r in self.reference_all)]
             masks = [self.position_mask(b) if i in self.masked else None for b in range(len(dense))]
             scales.append(reference_scale(METRICS[kind], [d if m is None or d.shape[:2] != m.shape else
-                                                          real_positions(d, m) for d, m in zip(dense, masks)]))
+                                                          real_positions(d, m)[m.any(axis=1)]
+                                                          for d, m in zip(dense, masks)]))
         return tuple(scales)
 
     def position_mask(self, batch: int | None) -> np.ndarray | None:
@@ -341,7 +348,8 @@ class Evaluator:
         """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are) and
         the graph (which outputs it makes probabilities)."""
         if AUTO in self.plan.values():  # every output at once: a head beside the others
-            chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model), quiet=self._quiet)
+            chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model),
+                                embeddings=embedding_outputs(model), quiet=self._quiet)
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]
@@ -717,7 +725,13 @@ def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: 
     """Per-sample terms of an [N, S, ...] output on its real positions only (`mask` [N, S], True = real): for
     cosine and rel_l2 the padded positions are zero in both (they add nothing to a dot product, a norm or a
     difference; rel_l2's `scale` is the set's, over real positions too); for seq_agreement they are made equal to
-    the dense model's, then taken off the agreeing positions and the positions counted."""
+    the dense model's, then taken off the agreeing positions and the positions counted. A sample with no real
+    position is left out (no sample: nothing of it is scored, and counting it unchanged would narrow the bound)."""
+    real = mask.any(axis=1)
+    if not real.all():
+        out, want, mask = out[real], want[real], mask[real]
+        if labels is not None and np.ndim(labels) and len(labels) == len(real):
+            labels = np.asarray(labels)[real]
     if kind == "seq_agreement":
         pad = ~mask.reshape(mask.shape + (1,) * (out.ndim - 2))
         terms, counts = METRICS[kind].samples(np.where(pad, want, out), want, labels)
