@@ -33,10 +33,15 @@ def inspect_model(path: Path) -> dict:
         stored, q = loaded.storage.get(r["weight"]), folded.get(r["weight"])
         r["encoding"] = stored["encoding"] if stored else "dense"
         r["stored_bytes"] = stored["bytes"] if stored else r["params"] * _itemsize(loaded.model, r["weight"])
-        if q is not None:
+        if q is not None:  # as the file stores it: an integer tensor, or (fake quantization) a float one
             dtype = onnx.helper.tensor_dtype_to_np_dtype(q.integer.data_type)
-            r["encoding"] = f"{dtype.name} + DequantizeLinear"
-            r["stored_bytes"] = r["params"] * dtype.itemsize
+            if q.quantize is not None:  # float W -> QuantizeLinear -> DequantizeLinear: stored float
+                src = onnx.helper.tensor_dtype_to_np_dtype(q.source.data_type)
+                r["encoding"] = f"{src.name} + QuantizeLinear/DequantizeLinear ({dtype.name} grid)"
+                r["stored_bytes"] = r["params"] * src.itemsize
+            else:
+                r["encoding"] = f"{dtype.name} + {'Cast/Mul' if q.cast is not None else 'DequantizeLinear'}"
+                r["stored_bytes"] = r["params"] * dtype.itemsize
         r["bytes_per_nonzero"] = r["stored_bytes"] / r["nonzeros"] if r["nonzeros"] else None
     opsets = {o.domain or "ai.onnx": o.version for o in loaded.model.opset_import}
     return {

@@ -347,3 +347,18 @@ def test_an_integer_weight_two_dequantizers_read_is_left_as_it_is():
     assert not foldable(m)
     folded = copy(m)
     assert fold(folded) == [] and folded.SerializeToString() == m.SerializeToString()
+
+
+def test_inspect_says_how_each_kind_of_quantized_weight_is_stored(tmp_path):
+    """Sweep 14: `inspect` labelled fake-quantized and Cast -> Mul weights "int8 + DequantizeLinear"; the fake-quantized
+    ones are stored float (4 bytes a weight), the weight-only ones int8 read through Cast -> Mul."""
+    from onnxprune.converter.inspect import inspect_model
+
+    cases = {"qdq": (qdq_lenet(tmp_path), "int8 + DequantizeLinear", 1),
+             "fake": (fake_quantized_lenet(), "float32 + QuantizeLinear/DequantizeLinear (int8 grid)", 4),
+             "weight_only": (weight_only_mlp(), "int8 + Cast/Mul", 1)}
+    for name, (model, encoding, itemsize) in cases.items():
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        rows = inspect_model(tmp_path / f"{name}.onnx")["layers"]
+        assert rows and {r["encoding"] for r in rows} == {encoding}, name
+        assert all(r["stored_bytes"] == r["params"] * itemsize for r in rows), name
