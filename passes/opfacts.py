@@ -124,8 +124,9 @@ QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, 
                         "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
 QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of ConvInteger, "
                  "MatMulInteger, QLinearConv/QLinearMatMul or fused kernels, nor behind a DequantizeLinear that is "
-                 "block-wise, has computed scales or sits in a subgraph; pass the float model, or a QDQ model "
-                 "(onnxruntime's quantize_static), whose weights are pruned on their own grid")
+                 "block-wise, has computed scales, sits in a subgraph or reads 4-bit (INT4/UINT4) or float8 values; "
+                 "pass the float model, or an 8-bit QDQ model (onnxruntime's quantize_static), whose weights are "
+                 "pruned on their own grid")
 
 # A layer's activation is read after this chain (calibration/activations.py: bias Add, BN, Relu, …).
 ACTIVATION_CHAIN = ELEMENTWISE_UNARY | ARITHMETIC | CHANNELWISE

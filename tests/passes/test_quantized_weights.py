@@ -362,3 +362,27 @@ def test_inspect_says_how_each_kind_of_quantized_weight_is_stored(tmp_path):
         rows = inspect_model(tmp_path / f"{name}.onnx")["layers"]
         assert rows and {r["encoding"] for r in rows} == {encoding}, name
         assert all(r["stored_bytes"] == r["params"] * itemsize for r in rows), name
+
+
+def test_an_int4_weight_is_refused_naming_its_width():
+    """Sweep 14: a 4-bit QDQ weight (opset 21 INT4) got the generic refusal, which told the user to pass "a QDQ model"
+    they had passed; the reason now names 4-bit values and asks for an 8-bit QDQ model or the float one."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.passes.weights import find_prunable
+
+    w = np.random.default_rng(0).integers(-8, 8, (16, 12)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"], axis=1, name="dq"),
+         helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "int4",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])],
+        [helper.make_tensor("Wq", TensorProto.INT4, [16, 12], w.ravel().tolist()),
+         numpy_helper.from_array(np.full((12,), 0.05, np.float32), "s")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(m, full_check=True)
+    assert not foldable(m)
+    inventory = find_prunable(m)
+    assert not inventory.prunable
+    why = next(s.reason for s in inventory.skipped if s.name == "Wq")
+    assert "4-bit (INT4/UINT4)" in why and "8-bit QDQ model" in why
