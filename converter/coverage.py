@@ -282,15 +282,22 @@ class RowCoverage:
 
     partial: dict[str, tuple[int, int]] = field(default_factory=dict)
     unread: dict[str, list[int]] = field(default_factory=dict)  # a few of each table's unread rows, lowest first
+    bodies: set[str] = field(default_factory=set)  # tables read inside a body: their rows are not counted
 
     def reasons(self) -> dict[str, str]:
-        return {n: f"{read:,} of {rows:,} rows read by --data" for n, (read, rows) in self.partial.items()}
+        return {n: ("read inside an If/Loop/Scan body, its rows not counted" if n in self.bodies else
+                    f"{read:,} of {rows:,} rows read by --data") for n, (read, rows) in self.partial.items()}
+
+    def _said(self, name: str) -> str:
+        if name in self.bodies:
+            return f"'{name}' read inside an If/Loop/Scan body, where its rows are not counted"
+        read, rows = self.partial[name]
+        return f"'{name}' {read:,} of {rows:,} rows{self._examples(name)}"
 
     def note(self, budgeted: bool) -> str | None:
         if not self.partial:
             return None
-        what = "; ".join(f"'{n}' {read:,} of {rows:,} rows{self._examples(n)}"
-                         for n, (read, rows) in list(self.partial.items())[:3])
+        what = "; ".join(self._said(n) for n in list(self.partial)[:3])
         more = f" (+{len(self.partial) - 3} more)" if len(self.partial) > 3 else ""
         head = f"embedding table(s) whose rows --data does not all read ({what}{more})"
         if budgeted:
@@ -320,6 +327,7 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     for w in tables:
         if w.name not in ids:
             cov.partial[w.name] = (0, w.shape[0])
+            cov.bodies.add(w.name)
     inputs = {i.name for i in model.graph.input}
     computed = sorted({t for t in ids.values() if t not in inputs})
     session = None

@@ -218,3 +218,33 @@ def matmul_integer(*, in_features: int = 16, hidden: int = 12, out_features: int
 CONTROL_BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     f.__name__: f for f in (if_network, lstm_classifier, gru_classifier, gather_bank)
 }
+
+
+def if_table(*, vocab: int = 20, dim: int = 8, length: int = 6, out_features: int = 5,
+             seed: int = 0) -> onnx.ModelProto:
+    """ids [N, length] int64, flag (bool scalar) -> If(flag: Gather(table, ids) | Gather(table, ids) * 2) ->
+    mean over positions -> MatMul -> logits [N, out]: one embedding table, an outer-scope initializer, read by a
+    Gather in both branches (sweep 13's shape: "used in different ways")."""
+    rng = np.random.default_rng(seed)
+
+    def branch(tag: str, scale: float) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("Gather", ["table", "ids"], [f"e_{tag}"], name=f"/{tag}/Gather"),
+             helper.make_node("Mul", [f"e_{tag}", f"c_{tag}"], [f"o_{tag}"], name=f"/{tag}/Mul")], tag, [],
+            [helper.make_tensor_value_info(f"o_{tag}", TensorProto.FLOAT, None)],
+            [_init(f"c_{tag}", np.array(scale, np.float32))])
+
+    nodes = [helper.make_node("If", ["flag"], ["h"], then_branch=branch("then", 1.0), else_branch=branch("else", 2.0),
+                              name="/If"),
+             helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0, name="/pool"),
+             helper.make_node("MatMul", ["pooled", "W"], ["logits"], name="/head/MatMul")]
+    graph = helper.make_graph(
+        nodes, "if_table",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, length]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [BATCH, out_features])],
+        [_init("table", rng.standard_normal((vocab, dim)).astype(np.float32)),
+         _init("W", _w(rng, (dim, out_features), dim))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model

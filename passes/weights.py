@@ -135,7 +135,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
             claimed.add(source_name)
             tensor = ix.consts[source_name]
             size = int(np.prod(tensor.dims, dtype=np.int64))
-            reason = problem or _refusal(tensor, source_name, node, index, via_nodes, ix)
+            reason = problem or _refusal(tensor, source_name, node, index, via_nodes, ix, shapes)
             if reason:
                 inv.skipped.append(Skipped(source_name, reason, size))
                 continue
@@ -265,7 +265,7 @@ class _LazyShapes:
         return default if self._shapes is None else self._shapes.get(name, default)
 
 
-def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None:
+def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
         return f"integer dtype ({dtype}) weight of {node.op_type} '{node.name}'"
@@ -273,7 +273,8 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex) -> str | None
         return "its name is defined in several subgraphs; rename the tensors to prune it"
     first = via_nodes[0] if via_nodes else node
     users = ix.consumers.get(name, [])
-    if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix) or _tied(name, users, first, ix)):
+    if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix, shapes)
+                               or _tied(name, users, first, ix)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
         return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
                 "pruned only when each reads it alike)")
@@ -293,10 +294,15 @@ def _use(node, ix: ScopeIndex) -> str:
     return said
 
 
-def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex) -> bool:
+def _same_use_in_separate_bodies(name, users, first, ix: ScopeIndex, shapes=None) -> bool:
     """Several readers, all inside bodies, each the same op reading `name` as the same input, at most one per
-    body (If branches: one runs). A reader in the main graph could have its channels sliced: never shared then."""
-    if first.op_type not in WEIGHT_OPS:
+    body (If branches: one runs): a weight op, or an embedding lookup in each (a Gather of the table with ids from
+    the data; sweep 13: a table both branches read was "used in different ways"). A reader in the main graph could
+    have its channels sliced: never shared then."""
+    if first.op_type in LOOKUP_OPS:
+        if shapes is None or not all(_embedding(u, ix, shapes) for u in users):
+            return False
+    elif first.op_type not in WEIGHT_OPS:
         return False
     scopes = [ix.scope_of.get(id(u), "") for u in users]
     if "" in scopes:

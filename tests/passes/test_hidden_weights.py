@@ -191,3 +191,35 @@ def test_a_gather_of_a_constant_table_at_constant_or_scalar_ids_is_no_embedding(
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
         assert find_prunable(model).prunable == []
+
+
+def test_an_embedding_table_both_if_branches_read_is_one_prunable_weight(tmp_path):
+    """Sweep 13: a table an outer-scope initializer, read by a Gather in each If branch, was refused as "used in
+    different ways". It is one weight; one mask serves both branches, checked numerically on both paths, and a budget
+    leaves it alone saying its rows inside a body are not counted."""
+    import onnxruntime as ort
+
+    from onnxprune import prune
+
+    model = bc.if_table()
+    inv = find_prunable(model)
+    table = next(w for w in inv.prunable if w.name == "table")
+    assert table.kind == "embedding" and not any(s.name == "table" for s in inv.skipped)
+    out = tmp_path / "pruned.onnx"
+    prune(model, output=out, sparsity=0.5)
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    pruned_table = next(onnx.numpy_helper.to_array(t) for t in written.graph.initializer if t.name == "table")
+    assert (pruned_table == 0).mean() == pytest.approx(0.5, abs=0.01)
+    ids = np.random.default_rng(1).integers(0, 20, (7, 6)).astype(np.int64)
+    W = next(onnx.numpy_helper.to_array(t) for t in written.graph.initializer if t.name == "W")
+    sess = ort.InferenceSession(out.as_posix(), providers=["CPUExecutionProvider"])
+    for flag, scale in ((True, 1.0), (False, 2.0)):  # each branch reads the one pruned table
+        got = sess.run(None, {"ids": ids, "flag": np.array(flag)})[0]
+        np.testing.assert_allclose(got, (scale * pruned_table[ids]).mean(axis=1) @ W, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(2)
+    result = prune(model, data={"ids": rng.integers(0, 20, (300, 6)).astype(np.int64), "flag": np.array(True)},
+                   max_loss=1.0, time_budget=30)
+    table_after = next(onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name == "table")
+    np.testing.assert_array_equal(table_after, onnx.numpy_helper.to_array(model.graph.initializer[0]))
+    assert any("'table' read inside an If/Loop/Scan body, where its rows are not counted" in n for n in result.state.notes)
