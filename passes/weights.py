@@ -126,8 +126,9 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
                 continue
             traced = _trace_constant(node.input[index], ix, shapes, facts.axes(node, index, 3) != (None, None))
             if traced is None:
-                if index == next((i for i in facts.inputs if i > 0), None):  # input 0 is the data operand
-                    inv.computed.append(_computed(node, index, ix, graph_inputs))
+                if index == next((i for i in facts.inputs if i > 0), None) and not _from_data(
+                        node.input[index], ix, graph_inputs):  # input 0 is the data operand; a product of two
+                    inv.computed.append(_computed(node, index, ix, graph_inputs))  # activations is no weight
                 continue
             source_name, via_nodes, problem = traced
             if source_name in claimed:
@@ -159,6 +160,27 @@ def attribute_parameters(model: onnx.ModelProto, *, least: int = 16) -> list[tup
                 found.append((n, f"{node.op_type} '{node.name}'{domain} holds {n:,} values in its attribute "
                                  f"'{a.name}'"))
     return sorted(found, key=lambda f: -f[0])
+
+
+def _from_data(name: str, ix: ScopeIndex, graph_inputs, limit: int = 20000) -> bool:
+    """Whether a computed value depends on a graph input: attention's Q·K^T reads K from the data, so its MatMul has
+    no weight to speak of (sweep 13: a dynamically quantized encoder's refusal listed it as "a weight that is not a
+    stored tensor"). A graph input itself is not "computed from" it: a weight fed at run time is said as such."""
+    producer = ix.producers.get(name)
+    if producer is None:
+        return False
+    stack, seen = list(producer.input), set()
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if not n or n in seen:
+            continue
+        seen.add(n)
+        if n in graph_inputs:
+            return True
+        p = ix.producers.get(n)
+        if p is not None:
+            stack.extend(p.input)
+    return False
 
 
 def _computed(node, index, ix: ScopeIndex, graph_inputs) -> str:

@@ -199,6 +199,13 @@ def test_weights_that_are_not_stored_tensors_are_named_in_the_refusal(tmp_path):
     from onnxprune.passes.weights import find_prunable
 
     assert "MatMul 'mm' reads its weight 'fed' from a graph input (fed at run time)" in find_prunable(m).computed
+    # attention's Q·K^T: a MatMul of two values computed from the data has no weight to list (sweep 13)
+    g = h.make_graph(
+        [h.make_node("Transpose", ["x2"], ["kt"], perm=[1, 0], name="t"),
+         h.make_node("MatMul", ["x2", "kt"], ["scores"], name="qk")], "attention",
+        [h.make_tensor_value_info("x2", 1, [4, 8])], [h.make_tensor_value_info("scores", 1, [4, 4])])
+    attention = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    assert find_prunable(attention).computed == []
 
 
 def test_cuda_without_gpu_is_a_usage_error_before_any_work(mlp_path, tmp_path):
