@@ -275,9 +275,10 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                          f"{err['mean_abs']:.3g} on average")  # score near 0, any change looks huge
             else:
                 moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
-        console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
-                      f"(loss {s['loss_pp']:+.2f} pp); headline output vs the input model: {moved}", markup=False)
         outputs = s.get("outputs") or {}
+        which = (f"output '{s['headline']}'" if len(outputs) > 1 and s.get("headline") else "headline output")
+        console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
+                      f"(loss {s['loss_pp']:+.2f} pp); {which} vs the input model: {moved}", markup=False)
         if len(outputs) > 1 or any(f.get("budget_pp") is not None for f in outputs.values()):
             for out, f in outputs.items():
                 own = f", budget {f['budget_pp']:g} pp" if f.get("budget_pp") is not None else ""

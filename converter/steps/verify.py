@@ -149,6 +149,7 @@ def measure(data, final, keep: dict | None = None) -> dict:
             "output_error": output_error([_samples_first(evaluator, b[0]) for b in outputs],
                                          [_samples_first(evaluator, r) for r in evaluator.reference]),
             "outputs": dict(evaluator.last),  # per scored output: metric, before, after, loss_pp, one_pp
+            "headline": evaluator.output,  # the output output_error compares (the first scored one)
         }
     headline = out.get("evaluation", out["calibration"])
     return {**headline, "sets": out}

@@ -150,6 +150,12 @@ def test_a_looser_box_budget_prunes_further_and_holds_both_outputs_in_onnxruntim
     assert changed < 0.01
     figures = own["metrics"]["sets"]["calibration"]["outputs"]
     assert figures["boxes"]["budget_pp"] == 5.0 and figures["scores"]["budget_pp"] == 1.0
+    # the terminal names the output its error figures are of (sweep 14: "headline output" beside a worst-of line)
+    assert own["metrics"]["sets"]["calibration"]["headline"] == "boxes"
+    result = CliRunner().invoke(cli, ["prune", str(folder / "det.onnx"), "-o", str(folder / "again.onnx"), "--data",
+                                      str(folder / "calib.npz"), "--max-loss", "1", "--max-loss", "boxes=5",
+                                      "--one-shot"])
+    assert "; output 'boxes' vs the input model: max rel error" in result.output, result.output
 
 
 def test_weight_bits_auto_judges_every_output_of_a_two_output_model(detector):
