@@ -109,6 +109,13 @@ class DataParallel(OneProcess):
         if self.cuda:
             torch.cuda.set_device(self.local_rank)
         if not dist.is_initialized():
+            # Imported before the group exists: torch.distributed.nn.functional's functions take `group=group.WORLD`
+            # as a default, evaluated at import, and DistributedDataParallel imports it on first use. Imported
+            # then, they held the process group for the interpreter's life, destroy_process_group could not
+            # release it, and its gloo threads ran into the interpreter's teardown ("terminate called without an
+            # active exception" from a worker, seen once in the suite).
+            import torch.distributed.nn  # noqa: F401
+
             dist.init_process_group(self.comm, timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
             atexit.register(_shutdown)
         self._dist, self._torch = dist, torch
@@ -188,9 +195,14 @@ class DataParallel(OneProcess):
 
 
 def _shutdown() -> None:
+    """Destroy the process group while the interpreter is whole: its backend (gloo's threads) goes with it, once
+    the DistributedDataParallel wrappers training dropped (reference cycles: collected first) no longer hold it."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

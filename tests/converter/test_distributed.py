@@ -121,3 +121,30 @@ def test_one_process_backend_needs_no_process_group():
     assert backend.broadcast_masks(masks) is masks
     assert backend.on_main(lambda x: x + 1, 1) == 2
     assert backend.shard([1, 2, 3]) == [1, 2, 3]
+
+
+SHUTDOWN = """
+import os, socket, torch
+from onnxprune.converter import distributed
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+backend = distributed.DataParallel("cpu")
+module = torch.nn.Linear(3, 2)
+backend.wrap(module)(torch.ones(4, 3)).sum().backward()  # the wrapper dropped, as training drops it
+distributed._shutdown()
+print(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads listed from /proc")
+def test_shutdown_ends_the_gloo_threads_before_the_interpreter_tears_down():
+    """destroy_process_group releases the group once DDP has used it: its gloo threads end in `_shutdown` (atexit),
+    not in the interpreter's teardown, where a worker was seen to abort ("terminate called without an active
+    exception"). torch.distributed.nn imported after the group exists held it in its functions' defaults."""
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = proc.stdout.strip().splitlines()[-1]
+    assert "gloo" not in threads, threads
