@@ -23,6 +23,8 @@ import contextlib
 import logging
 import mmap
 import os
+import secrets
+import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -107,14 +109,30 @@ def prune_file(source: str | os.PathLike, output: str | os.PathLike, options, pr
     if held:  # weights in Constant nodes are inline and small; this path rewrites initializers only
         report.notes.append(f"left dense (held in Constant nodes, not streamed): {', '.join(held[:10])}")
         targets = {n: t for n, t in targets.items() if n in inits}
-    expected = _write(model, source.parent, output, targets, report, progress)
-    report.seconds["prune_write"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _read_back(output, expected)
-    report.seconds["read_back"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report.output_change = _run_both(source, output, model, options, report.notes)
-    report.seconds["verify_onnxruntime"] = time.perf_counter() - t
+    # written and verified in a staging folder beside the output, then moved into place: exit 0 means verified
+    # before it was written (sweep 15: the output was renamed into place before onnxruntime had checked it, and an
+    # interrupt in between left a new, unchecked output with exit 1)
+    staging = output.parent / f".{output.name}.{secrets.token_hex(6)}.staging"
+    try:
+        with modelio._signals_held():
+            staging.mkdir()
+        staged = staging / output.name
+        expected = _write(model, source.parent, staged, targets, report, progress)
+        report.seconds["prune_write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _read_back(staged, expected)
+        report.seconds["read_back"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report.output_change = _run_both(source, staged, model, options, report.notes)
+        report.seconds["verify_onnxruntime"] = time.perf_counter() - t
+        with modelio._signals_held():  # the data and the graph that points into it land together
+            os.replace(staging / (output.name + ".data"), output.parent / (output.name + ".data"))
+            os.replace(staged, output)
+    except OSError as exc:  # a full disk, a folder that stopped taking files: the documented message, exit 2
+        raise modelio._write_failed(output, exc) from None
+    finally:
+        with modelio._signals_held():
+            shutil.rmtree(staging, ignore_errors=True)
     report.seconds["total"] = time.perf_counter() - t0
     return _as_dict(report, source, output, options)
 

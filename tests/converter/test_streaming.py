@@ -121,3 +121,38 @@ def test_streamed_verification_draws_random_inputs_at_a_size_the_model_runs(tmp_
     report = streaming.prune_file(path, out, configure(sparsity=0.5))
     assert [n for n in report["notes"] if n.startswith("random inputs are drawn at 'image' [N, 3, 32, 32]")]
     assert set(report["output_change"]) == {"scores"} and np.isfinite(report["output_change"]["scores"])
+
+
+@pytest.mark.parametrize("stop", ["verification", "interrupt"])
+def test_an_output_is_in_place_only_once_onnxruntime_has_checked_it(stack, tmp_path, monkeypatch, stop):
+    """Sweep 15: the streamed path renamed OUTPUT and OUTPUT.data into place before onnxruntime ran them, so an
+    interrupt during verification left a new, unchecked output behind an exit 1 ("nothing was written"). Written
+    and verified in a staging folder now: a failure or an interrupt there leaves the previous output as it was and
+    no staging folder."""
+    path, _ = stack
+    out = tmp_path / "out.onnx"
+    streaming.prune_file(path, out, configure(sparsity=0.5))
+    before = (out.read_bytes(), (tmp_path / "out.onnx.data").read_bytes())
+
+    def fail(source, output, *a, **k):
+        assert output != out and output.parent.name.startswith(".out.onnx.")  # checked where it was staged
+        raise KeyboardInterrupt if stop == "interrupt" else streaming.ParityError("outputs differ")
+
+    monkeypatch.setattr(streaming, "_run_both", fail)
+    with pytest.raises(KeyboardInterrupt if stop == "interrupt" else streaming.ParityError):
+        streaming.prune_file(path, out, configure(sparsity=0.9))
+    assert (out.read_bytes(), (tmp_path / "out.onnx.data").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.onnx", "out.onnx.data"]
+
+
+def test_a_full_disk_on_the_streamed_path_is_the_documented_error(stack, tmp_path, monkeypatch):
+    """Sweep 15: "internal error (OSError: [Errno 28] ...)"; now the write error every path gives (exit 2)."""
+    path, _ = stack
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(streaming, "_write_tensor", full)
+    with pytest.raises(ConfigError, match="cannot be written \\(No space left on device\\); choose another -o"):
+        streaming.prune_file(path, tmp_path / "full.onnx", configure(sparsity=0.5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
