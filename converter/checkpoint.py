@@ -20,7 +20,7 @@ import onnx
 
 from onnxprune.errors import ConfigError
 from onnxprune.plain import dumps
-from onnxprune.converter.modelio import atomic_write_bytes
+from onnxprune.converter.modelio import _write_failed, atomic_write_bytes, output_flag
 
 
 def fingerprint(input_sha256: str | None, recipe: dict) -> str:
@@ -35,15 +35,19 @@ class Checkpoints:
 
     def save(self, round_: int, model: onnx.ModelProto, masks: dict[str, np.ndarray], history: list[dict],
              trainer_state: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.folder / f"round-{round_:03d}.onnx", model.SerializeToString())
-        buf = io.BytesIO()
-        arrays = {f"mask/{k}": v for k, v in masks.items()}
-        arrays.update({f"trainer/{k}": np.asarray(v) for k, v in trainer_state.items()})
-        np.savez(buf, **arrays)
-        atomic_write_bytes(self.folder / f"round-{round_:03d}.npz", buf.getvalue())
-        state = {"fingerprint": self.fingerprint, "round": round_, "history": history}
-        atomic_write_bytes(self.folder / "state.json", dumps(state).encode())
+        with output_flag("--checkpoint-dir"):  # a full disk or a read-only mount names the flag (sweep 15)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _write_failed(self.folder, exc) from None
+            atomic_write_bytes(self.folder / f"round-{round_:03d}.onnx", model.SerializeToString())
+            buf = io.BytesIO()
+            arrays = {f"mask/{k}": v for k, v in masks.items()}
+            arrays.update({f"trainer/{k}": np.asarray(v) for k, v in trainer_state.items()})
+            np.savez(buf, **arrays)
+            atomic_write_bytes(self.folder / f"round-{round_:03d}.npz", buf.getvalue())
+            state = {"fingerprint": self.fingerprint, "round": round_, "history": history}
+            atomic_write_bytes(self.folder / "state.json", dumps(state).encode())
         for old in self.folder.glob("round-*"):
             if not old.name.startswith(f"round-{round_:03d}."):
                 old.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ error's own code); anything unexpected prints one line too. Tracebacks only with
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -39,9 +40,28 @@ class FriendlyCommand(click.Command):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            if _debug(ctx):
-                raise
+            _traceback(ctx)
             raise click.UsageError(str(exc), ctx=ctx) from None
+
+
+def _silence_stdout() -> None:
+    """Standard output to /dev/null: nothing more can be said there, and the exit's flush must not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _traceback(ctx: click.Context) -> None:
+    """With --debug, the traceback of the exception being handled, on stderr; the exit code stays the one the
+    error has without it (sweep 15: --debug turned every usage error and missed budget into exit 1, so a CI job
+    that turned it on to diagnose something got another result)."""
+    if _debug(ctx):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 class FriendlyGroup(click.Group):
@@ -55,20 +75,31 @@ class FriendlyGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except ConfigError as exc:
-            if _debug(ctx):
-                raise
+            _traceback(ctx)
             raise click.UsageError(str(exc), ctx=ctx) from None
         except ConverterError as exc:
-            if _debug(ctx):
-                raise
+            _traceback(ctx)
             raise ConverterException(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise click.exceptions.Abort() from None
+        except BrokenPipeError:  # the reader stopped reading (`| head -1`): its choice; the work is done, exit 0
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
+        except OSError as exc:  # not ours to write (ours are ConfigErrors): standard output full or gone
+            if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
+                _traceback(ctx)
+                raise ConverterException(
+                    f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
+                    "rerun with --debug for the traceback and please report it.") from None
+            _traceback(ctx)
+            _silence_stdout()
+            raise ConverterException(f"{exc.filename or 'standard output'} cannot be written "
+                                     f"({exc.strerror or type(exc).__name__}); any model was written before this "
+                                     "(its path is -o); redirect the output where there is room.", 2) from None
         except MemoryError:
             raise ConverterException("out of memory; try a smaller --batch-size or --limit.") from None
         except Exception as exc:
-            if _debug(ctx):
-                raise
+            _traceback(ctx)
             raise ConverterException(
                 f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
                 "rerun with --debug for the traceback and please report it."
@@ -680,8 +711,16 @@ def process_started() -> float:
 def main() -> None:
     global _STARTED
     _STARTED = process_started()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    from onnxprune.converter.modelio import INTERRUPTS
+
+    for name in ("stdout", "stderr"):  # started with it closed (`>&-`): Python holds None, and every print fails
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+        with contextlib.suppress(AttributeError, ValueError):  # a path the terminal's encoding cannot show
+            getattr(sys, name).reconfigure(errors="backslashreplace")  # (PYTHONIOENCODING=ascii) is escaped
+
+    for s in INTERRUPTS:  # SIGINT, SIGTERM, SIGHUP: "Aborted!", temp files removed, exit 1
+        signal.signal(s, _terminate)
     try:
         cli(prog_name="onnxprune")
     except SystemExit as done:

@@ -42,7 +42,12 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     if report_dir is not None:
         if output is None:
             raise ConfigError("report_dir needs output too: the report describes a written model.")
+        if Path(report_dir).absolute() == Path(output).absolute():
+            raise ConfigError(f"--report '{report_dir}' is the output model's path (-o); give the report a folder of "
+                              "its own, such as 'report'.")
         check_report_dir(Path(report_dir))
+    if config.retrain.checkpoint_dir:  # checked before any work, as -o and --report are (sweep 15)
+        check_report_dir(Path(config.retrain.checkpoint_dir), "--checkpoint-dir")
     from onnxprune.converter import distributed, streaming
 
     if output is not None and streaming.applies(model, config):  # big one-shot: tensor by tensor, bounded memory
@@ -67,7 +72,11 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         report["output"] = str(output)
         report["file_size_after"] = modelio.saved_size(output)  # with its external data
         if report_dir is not None:
-            write_report(result, Path(report_dir), config)
+            try:
+                with modelio.output_flag("--report"):
+                    write_report(result, Path(report_dir), config)
+            except ConfigError as exc:  # the model is written and stays: say so, and which flag to change
+                raise ConfigError(f"the model was written to '{output}', but the report was not: {exc}") from None
         _count_write(report, time.perf_counter() - t0)
     if config.retrain.checkpoint_dir:
         from onnxprune.converter.checkpoint import Checkpoints
@@ -106,8 +115,15 @@ def _streamed(model, output: Path, config: RunConfig, report_dir, progress, comm
     report = streaming.prune_file(model, output, config, progress)
     report["command"] = list(command or [])
     if report_dir is not None:
-        Path(report_dir).mkdir(exist_ok=True)
-        modelio.atomic_write_bytes(Path(report_dir) / "report.json", dumps(report, indent=2).encode())
+        try:
+            with modelio.output_flag("--report"):
+                try:
+                    Path(report_dir).mkdir(exist_ok=True)
+                except OSError as exc:
+                    raise modelio._write_failed(Path(report_dir), exc) from None
+                modelio.atomic_write_bytes(Path(report_dir) / "report.json", dumps(report, indent=2).encode())
+        except ConfigError as exc:
+            raise ConfigError(f"the model was written to '{output}', but the report was not: {exc}") from None
     return streaming.StreamedResult(report)
 
 
@@ -131,7 +147,10 @@ def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> No
     from onnxprune.converter.recipe import dump_recipe
     from onnxprune.converter.report import write_report as write_html
 
-    report_dir.mkdir(exist_ok=True)
+    try:
+        report_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise modelio._write_failed(report_dir, exc) from None
     d = config.data
     try:
         random = result.report.get("random_inputs")  # without real data: the run's random shapes (steps.shapes)

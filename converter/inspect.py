@@ -364,7 +364,15 @@ def group_notes(notes: list[str]) -> list[str]:
 
 def _console() -> Console:
     """Wide tables when piped (CI logs), the terminal's width otherwise."""
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    return _Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+class _Console(Console):
+    """rich's Console, but a reader that stops reading (`| head -1`) is not an error: rich exits 1 there, which the
+    documentation says means "nothing was written" (sweep 15). The command exits 0 (converter.cli)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
 
 
 def _noise_multiple() -> float:

@@ -9,7 +9,9 @@ overwrites the input.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
+import stat
 import logging
 import os
 import secrets
@@ -211,9 +213,10 @@ def save_model(
                 f.write(model.SerializeToString())
                 f.flush()
                 os.fsync(f.fileno())
-        if tmp_data is not None:
-            os.replace(tmp_data, folder / (path.name + ".data"))
-        os.replace(tmp, path)
+        with _signals_held():  # the data and the graph that points into it land together
+            if tmp_data is not None:
+                os.replace(tmp_data, folder / (path.name + ".data"))
+            os.replace(tmp, path)
     except BaseException as exc:
         with _signals_held(), contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -244,6 +247,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> P
     return path
 
 
+# what interrupts a run, cleaned up alike: Ctrl-C, a job's kill, a lost terminal or SSH session (sweep 15: SIGHUP
+# during a write left the temp file)
+INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def _signals_held():
     """SIGINT and SIGTERM wait while a temp file is created and removed, or cleaned up: their handlers raise
@@ -254,8 +262,7 @@ def _signals_held():
         yield
         return
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT,
-                                                                                         signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in INTERRUPTS}
     try:
         yield
     finally:
@@ -275,8 +282,41 @@ def _temp_name(path: Path) -> Path:
     return (path.parent if str(path.parent) else Path(".")) / f".{path.name}.{secrets.token_hex(6)}.tmp"
 
 
+_FLAG = contextvars.ContextVar("output_flag", default="-o")  # the option an output path came from, for messages
+
+
+@contextlib.contextmanager
+def output_flag(flag: str):
+    """Messages about outputs written inside name `flag` ('--report', '--checkpoint-dir') instead of -o (sweep 15:
+    a full disk under --report said "choose another -o" after the model was written)."""
+    token = _FLAG.set(flag)
+    try:
+        yield
+    finally:
+        _FLAG.reset(token)
+
+
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """What an existing output path is when writing there would replace something that is not a plain file: a device
+    (sweep 15: `-o /dev/full` as root made /dev/full a regular file), a pipe, a socket, or a symbolic link (its
+    target would be left and the link replaced)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return f"a symbolic link (to '{os.readlink(path)}')"
+    return next((what for test, what in _SPECIAL if test(mode)), None)
+
+
 def check_output_path(path: Path, protect=()) -> None:
-    """Refuse outputs that would overwrite the input or land in a missing or read-only folder."""
+    """Refuse outputs that would overwrite the input, replace a device, pipe or link, or land in a missing or
+    read-only folder."""
+    flag = _FLAG.get()
     folder = path.parent if str(path.parent) else Path(".")
     for p in protect:
         if p is not None and path.exists() and Path(p).exists() and os.path.samefile(path, p):
@@ -289,15 +329,19 @@ def check_output_path(path: Path, protect=()) -> None:
                     raise ConfigError(f"output '{path}' {what} the input model's external data file; choose "
                                       "another output path (-o).")
     if not folder.is_dir():
-        raise ConfigError(f"output folder '{folder}' does not exist; create it or choose another -o.")
+        raise ConfigError(f"output folder '{folder}' does not exist; create it or choose another {flag}.")
     if not os.access(folder, os.W_OK):
-        raise ConfigError(f"output folder '{folder}' is not writable; choose another -o.")
+        raise ConfigError(f"output folder '{folder}' is not writable; choose another {flag}.")
     if path.is_dir():
         raise ConfigError(f"output '{path}' is a folder; give a file name such as '{path / 'model.onnx'}'.")
+    special = _not_a_regular_file(path)
+    if special is not None:
+        raise ConfigError(f"output '{path}' is {special}, not a file: the written file would replace it; choose "
+                          f"another {flag} (a file path).")
     exc = _refuses_new_files(_temp_name(path))
     if exc is not None:
         raise ConfigError(f"output '{path}' cannot be written: the folder '{folder}' does not accept new files "
-                          f"({exc.strerror or type(exc).__name__}); choose another -o.")
+                          f"({exc.strerror or type(exc).__name__}); choose another {flag}.")
 
 
 def _external_files(model_path: Path) -> list[Path]:
@@ -349,7 +393,8 @@ def _refuses_new_files(probe: Path) -> OSError | None:
 
 
 def _write_failed(path: Path, exc: OSError) -> ConfigError:
-    return ConfigError(f"output '{path}' cannot be written ({exc.strerror or type(exc).__name__}); choose another -o "
+    return ConfigError(f"output '{path}' cannot be written ({exc.strerror or type(exc).__name__}); choose another "
+                       f"{_FLAG.get()} "
                        "in a writable folder with free space.")
 
 

@@ -156,7 +156,12 @@ def test_debug_lets_the_traceback_through(tmp_path):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"")
     res = CliRunner().invoke(cli, ["--debug", "inspect", str(bad)])
-    assert res.exit_code != 0 and res.exception is not None
+    plain = CliRunner().invoke(cli, ["inspect", str(bad)])
+    # the traceback, and the exit code the error has without --debug (sweep 15: it was 1 for every error)
+    assert "Traceback (most recent call last)" in res.output and "Traceback" not in plain.output
+    assert res.exit_code == plain.exit_code == 1
+    usage = CliRunner().invoke(cli, ["--debug", "prune", str(bad), "-o", str(tmp_path / "o.onnx"), "--sparsity", "1.5"])
+    assert usage.exit_code == 2 and "Traceback (most recent call last)" in usage.output
 
 
 def test_model_without_prunable_weights_says_so(tmp_path):

@@ -140,7 +140,8 @@ def _wait_for_temp_file(proc: subprocess.Popen, folder: Path, timeout: float) ->
     return False
 
 
-SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL,
+           "SIGHUP": signal.SIGHUP}  # a lost terminal or SSH session (sweep 15: it left the temp file)
 WHEN = ("loading", "pruning", "writing")
 
 
@@ -207,3 +208,24 @@ def test_a_signal_during_an_import_is_sent_again_after_it(monkeypatch):
     assert sent == [sig.SIGTERM]
     with pytest.raises(KeyboardInterrupt):
         cli._terminate(sig.SIGTERM, frame("/work/converter/steps/auto.py"))
+
+
+def test_standard_output_closed_piped_or_full(small, tmp_path):
+    """Sweep 15, a CI job's streams: stdout closed at start (`>&-`) was a traceback and exit 1 after the model was
+    written; a reader that stops (`| head -1`) was exit 1 ("nothing written"); a full stdout (`> /dev/full`) was an
+    "internal error". Now: exit 0, exit 0, and one line naming standard output with exit 2."""
+    model, env = small / "mlp.onnx", subprocess_env()
+    closed = subprocess.run(f"'{ONNXPRUNE}' prune '{model}' -o '{tmp_path / 'a.onnx'}' --sparsity 0.5 -q >&-",
+                            shell=True, env=env, timeout=300, stderr=subprocess.PIPE, text=True)
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr and (tmp_path / "a.onnx").exists()
+    for cmd in (["inspect", model], ["prune", model, "-o", tmp_path / "b.onnx", "--sparsity", "0.5"]):
+        piped = subprocess.run(" ".join(f"'{c}'" for c in [ONNXPRUNE, *cmd]) + " | head -1; exit ${PIPESTATUS[0]}",
+                               shell=True, executable="/bin/bash", env=env, timeout=300, capture_output=True,
+                               text=True)
+        assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 1 and "Error" not in piped.stderr, piped
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            res = subprocess.run([str(ONNXPRUNE), "inspect", str(model)], env=env, timeout=300, stdout=full,
+                                 stderr=subprocess.PIPE, text=True)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and "internal error" not in res.stderr
+        assert "standard output cannot be written (No space left on device)" in res.stderr.strip().splitlines()[-1]
