@@ -34,6 +34,8 @@ from onnxprune.passes.scopes import all_nodes
 log = logging.getLogger(__name__)
 
 DEFAULT_RTOL = 1e-5
+OUTPUT_BYTES = 256 << 20  # the oracle's outputs the parity check holds at once (at least one feed's)
+COMPARE_CHUNK = 1 << 22  # values compared at a time in float64
 NOISE_MULTIPLE = 4.0  # allowed diff, in units of the oracle's movement under a one-float32-step weight nudge
 NOISE_CEILING = 1e-2  # ... but never more than this fraction of the output's scale
 NUDGED_DTYPES = (np.float16, np.float32, np.float64)  # weights nextafter can step (not bfloat16)
@@ -75,6 +77,10 @@ class _Gap:
     def add(self, diff: float, scale: float) -> None:
         self.diff, self.rel, self.scale = max(self.diff, diff), max(self.rel, diff / scale), max(self.scale, scale)
 
+    def merge(self, other: "_Gap") -> None:
+        self.diff, self.rel, self.scale = (max(self.diff, other.diff), max(self.rel, other.rel),
+                                           max(self.scale, other.scale))
+
 
 def check_parity(
     candidate: onnx.ModelProto | bytes,
@@ -100,13 +106,18 @@ def check_parity(
         feeds = [random_feeds(oracle, seed=s) for s in seeds]
         source = "random"
     names = output_names(oracle)
-    wants = _reference_outputs(oracle, names, feeds, source)  # one session at a time: big models, little memory
-    try:
-        cand = make_session(candidate, optimize=False)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
-    gaps = _gaps(cand, names, feeds, wants)
-    del cand
+    gaps: dict[str, _Gap] = {}
+    left = list(feeds)
+    while left:  # the oracle's outputs held for as many feeds as OUTPUT_BYTES allows (all, for most models)
+        wants = _reference_outputs(oracle, names, left, source)  # one session at a time: big models, little memory
+        group, left = left[:len(wants)], left[len(wants):]
+        try:
+            cand = make_session(candidate, optimize=False)
+        except Exception as exc:
+            raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
+        for name, gap in _gaps(cand, names, group, wants).items():
+            gaps.setdefault(name, _Gap()).merge(gap)
+        del cand, wants
     over = [name for name in names if gaps[name].rel > rtol]
     for name in over:
         if not np.isfinite(gaps[name].diff):
@@ -137,15 +148,22 @@ def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
         ) from None
 
 
-def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str) -> list[list]:
-    """The oracle's outputs on every feed; its session is gone when this returns."""
+def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str,
+                       limit: float | None = None) -> list[list]:
+    """The oracle's outputs on the feeds, in order, until they hold `limit` bytes (default OUTPUT_BYTES; at least one
+    feed's); its session is gone when this returns. A language model's logits (64 x 32 x 50,257 float32, 411 MB a
+    batch) were held for every batch at once (3.5 GB of an 8.6 GB run); now a batch or so at a time."""
+    limit = OUTPUT_BYTES if limit is None else limit
     ref = input_session(oracle)
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a failing run is reported in our one line, not also in onnxruntime's log
-    wants = []
+    wants, held = [], 0
     for feed in feeds:
+        if wants and held >= limit:
+            break
         try:
             wants.append(ref.run(names, feed, quiet))
+            held += sum(v.nbytes for v in wants[-1] if isinstance(v, np.ndarray))
         except Exception as exc:
             shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
             hint = ("pass --input-shape NAME=DIMS with shapes the model takes, or real samples with --data"
@@ -168,23 +186,31 @@ def _compare(name: str, got, want) -> tuple[float, float]:
         got, want = as_array(got), as_array(want)
     except CalibrationError as exc:
         raise ParityError(f"output '{name}' cannot be compared by value: {exc}") from None
-    g = np.asarray(got, dtype=np.float64) if np.issubdtype(got.dtype, np.number) else got
-    w = np.asarray(want, dtype=np.float64) if np.issubdtype(want.dtype, np.number) else want
-    if g.shape != w.shape:
-        raise ParityError(f"output '{name}' has shape {g.shape} in the written model, {w.shape} expected.")
-    if g.dtype.kind not in "fc":
+    if got.shape != want.shape:
+        raise ParityError(f"output '{name}' has shape {got.shape} in the written model, {want.shape} expected.")
+    numeric = np.issubdtype(got.dtype, np.number) and np.issubdtype(want.dtype, np.number)
+    if not numeric or got.dtype.kind not in "fc" and want.dtype.kind not in "fc":
+        g = np.asarray(got, dtype=np.float64) if np.issubdtype(got.dtype, np.number) else got
+        w = np.asarray(want, dtype=np.float64) if np.issubdtype(want.dtype, np.number) else want
         if not np.array_equal(g, w):
             diff = int(np.count_nonzero(g != w)) if g.shape == w.shape else g.size
             raise ParityError(f"output '{name}' ({g.dtype} values) differs from the dense model with the same weights "
                               f"in {diff} of {g.size} element(s); this is a bug, please report it with --debug.")
         return 0.0, 1.0
-    finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both
-    if not np.array_equal(g[~finite], w[~finite], equal_nan=True):
-        raise ParityError(f"output '{name}' is NaN/inf in other places than in the dense model with the same "
-                          "weights; this is a bug, please report it with --debug.")
-    g, w = g[finite], w[finite]
-    diff = float(np.max(np.abs(g - w))) if g.size else 0.0
-    scale = max(float(np.max(np.abs(w))) if w.size else 0.0, 1e-6)
+    diff, top = 0.0, 0.0
+    flat_g, flat_w = got.reshape(-1), want.reshape(-1)
+    for start in range(0, flat_w.size, COMPARE_CHUNK):  # in float64, a chunk at a time: a language model's logits
+        g = flat_g[start:start + COMPARE_CHUNK].astype(np.float64)  # (64 x 32 x 50,257 a batch) were copied
+        w = flat_w[start:start + COMPARE_CHUNK].astype(np.float64)  # whole, twice, and their difference too
+        finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both
+        if not np.array_equal(g[~finite], w[~finite], equal_nan=True):
+            raise ParityError(f"output '{name}' is NaN/inf in other places than in the dense model with the same "
+                              "weights; this is a bug, please report it with --debug.")
+        g, w = g[finite], w[finite]
+        if w.size:
+            diff = max(diff, float(np.max(np.abs(g - w))))
+            top = max(top, float(np.max(np.abs(w))))
+    scale = max(top, 1e-6)
     return (diff if np.isfinite(diff) else np.inf), scale
 
 
@@ -228,7 +254,7 @@ def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rt
     feeders = _feeders(candidate, oracle, over)
     watched = over + [t for t in feeders if t not in over]
     reference = with_outputs(oracle, watched) if feeders else oracle
-    wants = _reference_outputs(reference, watched, feeds, source)
+    wants = _reference_outputs(reference, watched, feeds, source, limit=float("inf"))  # (rare: every feed's)
     try:
         session = make_session(with_outputs(candidate, watched) if feeders else candidate, optimize=False)
     except Exception as exc:
