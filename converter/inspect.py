@@ -230,7 +230,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                   "activations before->after; pp = percentage points of the metric")
     console.print(
         f"weights {count(b['nonzeros'])} -> {count(a['nonzeros'])} nonzero "
-        f"({report['compression']:.1f}x fewer); file {nbytes(report['file_size_before'])} -> "
+        f"({_ratio(report['compression'])} fewer); file {nbytes(report['file_size_before'])} -> "
         f"{nbytes(report['file_size_after'])} ({report['sparse_format']} sparse format)"
     )
     whole = report.get("all_weights") or {}
@@ -360,6 +360,12 @@ def group_notes(notes: list[str]) -> list[str]:
             line += f" (+{len(members) - 1} more like it: {shown})"
         lines.append(line)
     return lines
+
+
+def _ratio(x: float) -> str:
+    """'1.03x', '12.4x': two decimals below 10, so a small gain does not read "1.0x" beside a note's "1.03x" (sweep
+    13: the summary and the search's stop note looked like they counted different weights)."""
+    return f"{x:.2f}x" if x < 10 else f"{x:.1f}x"
 
 
 def _console() -> Console:
