@@ -425,7 +425,8 @@ class BudgetRule:
 
     def judge_outputs(self, batches) -> Decision:
         """The decision for per-batch outputs (tuples in the evaluator's output order, or arrays for one output)."""
-        figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(list(batches)))}
+        figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(batches))}  # (batches: any iterable,
+        # read once: a candidate's outputs need not all be held at once, `judge`)
         factor = {r.name: r.factor for r in self.outputs}
         if self.own_budgets:  # each output's figures against its own budget
             for r in self.outputs:
@@ -439,7 +440,9 @@ class BudgetRule:
                          for k, fig in figures.items()}, self.strictness)
 
     def judge(self, model) -> Decision:
-        return self.judge_outputs(list(self.evaluator.run_all(model)))
+        """A candidate's decision, its outputs scored a batch at a time as they are computed (a language model's
+        logits are 411 MB a batch of 64 x 32 x 50,257: held whole, they were another copy of the reference's)."""
+        return self.judge_outputs(self.evaluator.run_all(model))
 
     def fit_judge(self):
         """The judge calibration.allocate.fit_to_budget takes: (loss_pp, fits, decision dict) of a candidate's
