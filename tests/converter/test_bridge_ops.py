@@ -169,6 +169,19 @@ def test_binary_and_variadic_ops_match_onnxruntime(case):
     assert_matches_ort(case)
 
 
+# scikit-learn's StandardScaler as skl2onnx writes it (ai.onnx.ml): per feature, one value for all, int input
+SCALER = [Case("Scaler-per-feature", "Scaler", [f32(5, 4)], {"offset": [0.1, -0.2, 0.3, 0.0], "scale": [2.0, 0.5, 1.0, 3.0]},
+               domain="ai.onnx.ml"),
+          Case("Scaler-one", "Scaler", [f32(5, 4)], {"offset": [0.5], "scale": [4.0]}, domain="ai.onnx.ml"),
+          Case("Scaler-int", "Scaler", [np.arange(12, dtype=np.int64).reshape(3, 4)], {"offset": [1.0], "scale": [0.5]},
+               domain="ai.onnx.ml")]
+
+
+@params(SCALER)
+def test_scaler_matches_onnxruntime(case):
+    assert_matches_ort(case)
+
+
 def test_opset6_broadcast_axis_lines_up_b_at_axis():
     """onnxruntime no longer runs Add-6, so numpy is the oracle: b's dims sit at `axis` of a."""
     a, b = f32(2, 3, 4), f32(3, seed=1)
@@ -626,7 +639,7 @@ def test_registry_picks_the_implementation_in_force_at_the_opset():
 
 def test_every_registered_op_type_is_exercised_here():
     """Keeps this file honest: a new op needs a parity case."""
-    tested = {c.op for group in (UNARY_CASES, BINARY, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
+    tested = {c.op for group in (UNARY_CASES, BINARY, SCALER, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
                                  POOL, PAD, RESIZE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...

@@ -240,3 +240,13 @@ def dequantize_linear(inputs, attrs, ctx):
     if zp is not None:
         q = q - _along(zp, q, attrs).to(q.dtype)
     return (q * _along(scale, q, attrs)).to(scale.dtype)
+
+
+@register("Scaler", domain="ai.onnx.ml")
+def scaler(inputs, attrs, ctx):
+    """scikit-learn's StandardScaler as skl2onnx writes it: (x - offset) * scale, per feature (one value broadcasts),
+    float out. Without it every skl2onnx pipeline's retraining fell back to the layer-wise refit."""
+    x = inputs[0].to(torch.float32)
+    offset = torch.as_tensor(list(attrs.get("offset", [0.0])), dtype=torch.float32, device=x.device)
+    scale = torch.as_tensor(list(attrs.get("scale", [1.0])), dtype=torch.float32, device=x.device)
+    return (x - offset) * scale
