@@ -162,7 +162,8 @@ class Evaluator:
             self.masked = self._masked_outputs()
             self.scales = self._scales()
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
-            if first and not self._quiet and self._constant_outputs():
+            self.constant = first and self._constant_outputs() if first else getattr(self, "constant", False)
+            if first and not self._quiet and self.constant:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
                             "sample; pass varied, real samples")

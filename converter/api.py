@@ -41,6 +41,13 @@ def prune(
     `report_dir`, report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
     `force`.
     """
+    # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
+    # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
+    data, eval_data = _once(data), _once(eval_data)
+    if "val_data" in choices:
+        choices["val_data"] = _once(choices["val_data"])
+    if isinstance(choices.get("exclude"), str):  # one pattern, not its characters (sweep 16)
+        choices["exclude"] = (choices["exclude"],)
     config = configure(data=data, eval_data=eval_data, **choices)
     result = convert(model, Path(output) if output is not None else None, config,
                      report_dir=Path(report_dir) if report_dir is not None else None, force=force, progress=progress,
@@ -51,3 +58,12 @@ def prune(
     if failed is not None and not force:
         raise failed
     return result
+
+
+def _once(source):
+    """A one-pass iterator as a list; anything else (a path, a dict of arrays, a list) as given."""
+    import collections.abc
+
+    if isinstance(source, collections.abc.Iterator) and not isinstance(source, (str, bytes, dict)):
+        return list(source)
+    return source

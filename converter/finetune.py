@@ -575,7 +575,9 @@ class MaskedTrainer:
         self.backend = distributed.current()
         self.device = torch.device(self.backend.device(str(resolve_device(device))))
         if torch_threads() is not None:  # the run's thread count (torch is imported here, not at the run's start)
-            torch.set_num_threads(torch_threads())
+            from onnxprune.converter.threads import set_torch_threads
+
+            set_torch_threads(torch, torch_threads())
         self._amp = MixedPrecision(self.device)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)  # one stream of epoch orders across train() calls

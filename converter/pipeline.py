@@ -7,6 +7,9 @@ pruned weights zeroed and the retrained weights written back, so every later ste
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,9 +80,16 @@ def run(source, config: RunConfig, progress: Progress | None = None,
     def written(model):  # folded QDQ weights (load step) run as they would be written, never as their float stand-in
         return as_written(model, state.quantized, state.slices) if state.quantized else model
 
-    with decision_scope(config.budget.confidence), runtime.session_view(written):
-        # every decision rule of the run takes --confidence's margin
-        run_steps(build_plan(config), state, is_main=backend.is_main)
+    from onnxprune.converter.threads import restore_threads
+
+    torch = sys.modules.get("torch")  # a host that turned gradients off (torch.no_grad) must not stop retraining
+    grads = torch.enable_grad() if torch is not None else contextlib.nullcontext()
+    try:
+        with decision_scope(config.budget.confidence), runtime.session_view(written), grads:
+            # every decision rule of the run takes --confidence's margin
+            run_steps(build_plan(config), state, is_main=backend.is_main)
+    finally:
+        restore_threads()  # the host's torch thread count (a Python caller's process goes on after the run)
     if config.budget.confidence is not None:
         state.report["confidence"] = config.budget.confidence
     if not backend.is_main:

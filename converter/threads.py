@@ -55,5 +55,24 @@ def apply_threads(threads: int | None) -> int:
     _TORCH_THREADS = n
     torch = sys.modules.get("torch")  # not imported here: a one-shot run never needs it (finetune applies n later)
     if torch is not None:
-        torch.set_num_threads(n)
+        set_torch_threads(torch, n)
     return n
+
+
+_HOST: list[int] = []  # torch's thread count before the run first set it (restore_threads puts it back)
+
+
+def set_torch_threads(torch, n: int) -> None:
+    """torch.set_num_threads(n), remembering the host's count the first time (sweep 16: a Python caller's
+    torch.set_num_threads(2) was 1 after prune(), even after a run that never used torch)."""
+    if not _HOST:
+        _HOST.append(torch.get_num_threads())
+    torch.set_num_threads(n)
+
+
+def restore_threads() -> None:
+    """Torch's thread count as the host had it before the run (pipeline.run, at its end)."""
+    torch = sys.modules.get("torch")
+    if _HOST and torch is not None:
+        torch.set_num_threads(_HOST.pop())
+    _HOST.clear()

@@ -651,3 +651,32 @@ def test_data_whose_every_sample_gives_the_same_outputs_is_said(tmp_path, caplog
         varied = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
         Evaluator(open_data({name: varied}, model, batch_size=64), None, model)
     assert not [r for r in caplog.records if "same outputs" in r.message]
+
+
+def test_a_python_caller_keeps_its_torch_threads_and_grad_mode_and_may_pass_a_generator():
+    """Sweep 16, onnxprune as a library: prune() left torch at 1 thread; retraining under the caller's
+    torch.no_grad() failed ("element 0 of tensors does not require grad"); a generator of feed dicts was used up by
+    the first of the run's passes ("the list of calibration feed dicts is empty"); exclude='fc1*' was read one
+    character at a time; identical-output data was said on stderr only, not in the result's notes."""
+    import torch
+
+    from onnxprune import prune
+
+    model = builders.mlp_gemm()
+    name = model.graph.input[0].name
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    try:
+        with torch.no_grad():
+            result = prune(model, data=({name: x[i:i + 20]} for i in range(0, 200, 20)), sparsity=0.5, iterations=1,
+                           epochs=1, exclude="fc1*")
+            assert not torch.is_grad_enabled()  # the caller's mode, as it was
+        assert torch.get_num_threads() == max(2, before)
+    finally:
+        torch.set_num_threads(before)
+    assert result.report["compression"] > 1.0
+    assert all(layer["weight"].startswith("fc1") is False or layer["density"] == 1.0 for layer in result.report["layers"])
+    zeros = prune(model, data={name: np.zeros((120, 16), np.float32)}, sparsity=0.5)
+    assert any("gives the input model the same outputs" in n for n in zeros.report["notes"])
