@@ -46,6 +46,7 @@ def prune(
     data, eval_data = _once(data), _once(eval_data)
     if "val_data" in choices:
         choices["val_data"] = _once(choices["val_data"])
+    choices = {k: _plain(v) for k, v in choices.items()}  # numpy scalars as Python numbers: the report stays JSON
     if isinstance(choices.get("exclude"), str):  # one pattern, not its characters (sweep 16)
         choices["exclude"] = (choices["exclude"],)
     config = configure(data=data, eval_data=eval_data, **choices)
@@ -67,3 +68,13 @@ def _once(source):
     if isinstance(source, collections.abc.Iterator) and not isinstance(source, (str, bytes, dict)):
         return list(source)
     return source
+
+
+def _plain(value):
+    """A numpy scalar (np.float32(1.0)) as its Python number, also inside a dict (layers=); sweep 16: it reached the
+    returned report, which json.dumps then refused."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

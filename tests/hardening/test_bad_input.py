@@ -678,5 +678,8 @@ def test_a_python_caller_keeps_its_torch_threads_and_grad_mode_and_may_pass_a_ge
         torch.set_num_threads(before)
     assert result.report["compression"] > 1.0
     assert all(layer["weight"].startswith("fc1") is False or layer["density"] == 1.0 for layer in result.report["layers"])
-    zeros = prune(model, data={name: np.zeros((120, 16), np.float32)}, sparsity=0.5)
+    import json
+
+    zeros = prune(model, data={name: np.zeros((120, 16), np.float32)}, sparsity=np.float32(0.5))
+    json.dumps(zeros.report)  # a numpy scalar option reaches the report as a Python number
     assert any("gives the input model the same outputs" in n for n in zeros.report["notes"])
