@@ -18,6 +18,7 @@ import onnx
 from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import configure
+from onnxprune.errors import ConfigError
 
 
 def prune(
@@ -43,6 +44,8 @@ def prune(
     """
     # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
     # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
+        raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
     data, eval_data = _once(data), _once(eval_data)
     if "val_data" in choices:
         choices["val_data"] = _once(choices["val_data"])

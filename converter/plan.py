@@ -141,6 +141,7 @@ def configure(**choices) -> RunConfig:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(owner))}.")
     per_section: dict[str, dict] = {}
     for name, value in choices.items():
+        _check_type(name, value, owner[name])
         if name == "exclude" and value is not None:
             value = tuple(value)
         if name == "levels" and value is not None:
@@ -150,6 +151,19 @@ def configure(**choices) -> RunConfig:
     for section, values in per_section.items():
         setattr(config, section, dataclasses.replace(getattr(config, section), **values))
     return config
+
+
+def _check_type(name: str, value, section: str) -> None:
+    """A string where a number is wanted (`prune(sparsity="0.5")` from the API) is a usage error naming the option
+    (sweep 16: a raw TypeError from a comparison deep in a step's validation)."""
+    import re
+
+    if not isinstance(value, str):
+        return
+    field = next((f for f in dataclasses.fields(getattr(RunConfig(), section)) if f.name == name), None)
+    kind = str(field.type) if field is not None else ""
+    if re.search(r"\b(float|int)\b", kind) and not re.search(r"\b(str|Any|Path)\b", kind):
+        raise ConfigError(f"option {name}={value!r} is a string; it takes a number.")
 
 
 def recipe_of(config: RunConfig | None) -> dict:

@@ -683,3 +683,17 @@ def test_a_python_caller_keeps_its_torch_threads_and_grad_mode_and_may_pass_a_ge
     zeros = prune(model, data={name: np.zeros((120, 16), np.float32)}, sparsity=np.float32(0.5))
     json.dumps(zeros.report)  # a numpy scalar option reaches the report as a Python number
     assert any("gives the input model the same outputs" in n for n in zeros.report["notes"])
+
+
+def test_a_python_caller_passing_a_string_for_a_number_or_a_wrong_model_gets_a_config_error():
+    """Sweep 16: prune(sparsity="0.5") was a raw TypeError, prune(123) "step 'load' failed: TypeError"."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    for kw, said in ((dict(sparsity="0.5"), "option sparsity='0.5' is a string; it takes a number"),
+                     (dict(sparsity=0.5, iterations=1, epochs="1"), "option epochs='1' is a string")):
+        with pytest.raises(ConfigError, match=said):
+            prune(model, **kw)
+    with pytest.raises(ConfigError, match="model must be a path or an onnx.ModelProto, not int"):
+        prune(123, sparsity=0.5)
