@@ -227,3 +227,13 @@ def test_outputs_held_a_group_at_a_time_give_the_same_verdict_and_figures(monkey
     w.reshape(-1)[np.flatnonzero(w)[w.size // 4]] = 0.0
     with pytest.raises(ParityError, match="'output'"):
         check_parity(with_weight(shrunk, "block0.conv1.weight", w), oracle, feeds)
+
+
+def test_integer_outputs_are_compared_by_their_gap_and_strings_by_value():
+    """Numbers, integers included, by their largest difference against their scale (as before the chunked compare,
+    which for a while sent two integer outputs to the exact test); strings and bools by value."""
+    assert verify._compare("y", np.array([1, 2, 3]), np.array([1, 2, 4])) == (1.0, 4.0)
+    assert verify._compare("y", np.array([1, 2, 4]), np.array([1, 2, 4])) == (0.0, 4.0)
+    assert verify._compare("s", np.array(["a", "b"]), np.array(["a", "b"])) == (0.0, 1.0)
+    with pytest.raises(ParityError, match="differs from the dense model"):
+        verify._compare("s", np.array(["a", "b"]), np.array(["a", "c"]))
