@@ -14,6 +14,8 @@ import onnx
 from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, METRICS, as_array, channel_axis, map_keys,
                                                   probability_channels)
 from onnxprune.errors import ConfigError
+from onnxprune.passes.opfacts import attr
+from onnxprune.passes.scopes import local_constants
 
 log = logging.getLogger(__name__)
 
@@ -175,28 +177,21 @@ def embedding_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     if model is None:
         return frozenset()
     producers = _producers(model.graph)
-    inits = {t.name: t for t in model.graph.initializer}
+    consts = local_constants(model.graph)  # a reduction's axes input: an initializer or a Constant node
     found = []
     for o in model.graph.output:
         node = _through(producers.get(o.name), producers, _PASS_SHAPE)
         if node is None or node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type == "LpNormalization" and _attr(node, "p", 2) == 2:
+        if node.op_type == "LpNormalization" and attr(node, "p", 2) == 2:
             found.append(o.name)
         elif node.op_type == "Div" and len(node.input) == 2 and (
                 _reaches(node.input[1], producers, _NORMS) or _pools_positions(
-                    _through(producers.get(node.input[0]), producers, _PASS_SHAPE), producers, inits)):
+                    _through(producers.get(node.input[0]), producers, _PASS_SHAPE), consts)):
             found.append(o.name)
-        elif _pools_positions(node, producers, inits) and not _linear(node.input[0], producers):
+        elif _pools_positions(node, consts) and not _linear(node.input[0], producers):
             found.append(o.name)  # (a mean of per-position logits, a linear head's output, is class scores)
     return frozenset(found)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def _through(node, producers: dict, ops: set, depth: int = 0):
@@ -225,18 +220,13 @@ def _linear(name: str, producers: dict) -> bool:
     return node is not None and node.op_type in ("MatMul", "Gemm")
 
 
-def _pools_positions(node, producers: dict, inits: dict) -> bool:
-    """A reduction over axis 1 alone, keepdims 0 (or squeezed after): [N, S, D] -> [N, D]."""
+def _pools_positions(node, consts: dict) -> bool:
+    """A reduction over axis 1 alone (its axes an attribute, or from opset 18 a constant input): [N, S, D] -> [N, D]."""
     if node is None or node.op_type not in _POOLS:
         return False
-    axes = _attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        src = inits.get(node.input[1])
-        if src is None:
-            const = producers.get(node.input[1])
-            value = _attr(const, "value") if const is not None and const.op_type == "Constant" else None
-            src = value
-        axes = None if src is None else [int(a) for a in onnx.numpy_helper.to_array(src).ravel()]
+    axes = attr(node, "axes", None)
+    if axes is None and len(node.input) > 1 and node.input[1] in consts:
+        axes = [int(a) for a in onnx.numpy_helper.to_array(consts[node.input[1]]).ravel()]
     return axes is not None and list(axes) == [1]
 
 
