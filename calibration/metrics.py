@@ -106,6 +106,7 @@ class Evaluator:
         self.position_masks: list[np.ndarray | None] = []  # per batch, its [N, S] mask (True = a real token)
         self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
+        self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
         self.scales: tuple[np.ndarray | None, ...] = ()  # per scored output, its dense set's typical norm (_scales)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
@@ -162,8 +163,9 @@ class Evaluator:
             self.masked = self._masked_outputs()
             self.scales = self._scales()
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
-            self.constant = first and self._constant_outputs() if first else getattr(self, "constant", False)
-            if first and not self._quiet and self.constant:
+            if first:
+                self.constant = self._constant_outputs()
+            if first and self.constant and not self._quiet:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
                             "sample; pass varied, real samples")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import os
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,10 @@ def prune(
     `report_dir`, report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
     `force`.
     """
-    # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
-    # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
+    # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
+    # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
     data, eval_data = _once(data), _once(eval_data)
     if "val_data" in choices:
         choices["val_data"] = _once(choices["val_data"])
@@ -66,8 +67,6 @@ def prune(
 
 def _once(source):
     """A one-pass iterator as a list; anything else (a path, a dict of arrays, a list) as given."""
-    import collections.abc
-
     if isinstance(source, collections.abc.Iterator) and not isinstance(source, (str, bytes, dict)):
         return list(source)
     return source

@@ -20,7 +20,7 @@ import onnx
 
 from onnxprune.errors import ConfigError
 from onnxprune.plain import dumps
-from onnxprune.converter.modelio import _write_failed, atomic_write_bytes, output_flag
+from onnxprune.converter.modelio import atomic_write_bytes, make_folder, output_flag
 
 
 def fingerprint(input_sha256: str | None, recipe: dict) -> str:
@@ -36,10 +36,7 @@ class Checkpoints:
     def save(self, round_: int, model: onnx.ModelProto, masks: dict[str, np.ndarray], history: list[dict],
              trainer_state: dict) -> None:
         with output_flag("--checkpoint-dir"):  # a full disk or a read-only mount names the flag (sweep 15)
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise _write_failed(self.folder, exc) from None
+            make_folder(self.folder, parents=True)
             atomic_write_bytes(self.folder / f"round-{round_:03d}.onnx", model.SerializeToString())
             buf = io.BytesIO()
             arrays = {f"mask/{k}": v for k, v in masks.items()}

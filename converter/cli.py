@@ -54,6 +54,12 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _internal(exc: BaseException) -> "ConverterException":
+    """An exception no user can cause, as its one line (exit 1)."""
+    return ConverterException(f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
+                              "rerun with --debug for the traceback and please report it.")
+
+
 def _traceback(ctx: click.Context) -> None:
     """With --debug, the traceback of the exception being handled, on stderr; the exit code stays the one the
     error has without it (sweep 15: --debug turned every usage error and missed budget into exit 1, so a CI job
@@ -86,12 +92,9 @@ class FriendlyGroup(click.Group):
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
         except OSError as exc:  # not ours to write (ours are ConfigErrors): standard output full or gone
-            if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
-                _traceback(ctx)
-                raise ConverterException(
-                    f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
-                    "rerun with --debug for the traceback and please report it.") from None
             _traceback(ctx)
+            if exc.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
+                raise _internal(exc) from None
             _silence_stdout()
             raise ConverterException(f"{exc.filename or 'standard output'} cannot be written "
                                      f"({exc.strerror or type(exc).__name__}); any model was written before this "
@@ -100,10 +103,7 @@ class FriendlyGroup(click.Group):
             raise ConverterException("out of memory; try a smaller --batch-size or --limit.") from None
         except Exception as exc:
             _traceback(ctx)
-            raise ConverterException(
-                f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
-                "rerun with --debug for the traceback and please report it."
-            ) from None
+            raise _internal(exc) from None
 
 
 def _verbosity(f):

@@ -72,17 +72,24 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         report["output"] = str(output)
         report["file_size_after"] = modelio.saved_size(output)  # with its external data
         if report_dir is not None:
-            try:
-                with modelio.output_flag("--report"):
-                    write_report(result, Path(report_dir), config)
-            except ConfigError as exc:  # the model is written and stays: say so, and which flag to change
-                raise ConfigError(f"the model was written to '{output}', but the report was not: {exc}") from None
+            with _report_writes(output):
+                write_report(result, Path(report_dir), config)
         _count_write(report, time.perf_counter() - t0)
     if config.retrain.checkpoint_dir:
         from onnxprune.converter.checkpoint import Checkpoints
 
         Checkpoints(config.retrain.checkpoint_dir, "").clear()  # the run is complete: its checkpoints can go
     return result  # forced past a missed budget: budget_error(result.report) still says so
+
+
+@contextlib.contextmanager
+def _report_writes(output: Path):
+    """The report's writes, after the model's: their errors name --report and say the model was written (it stays)."""
+    try:
+        with modelio.output_flag("--report"):
+            yield
+    except ConfigError as exc:
+        raise ConfigError(f"the model was written to '{output}', but the report was not: {exc}") from None
 
 
 def _not_the_data(output: Path, config: RunConfig) -> None:
@@ -115,15 +122,9 @@ def _streamed(model, output: Path, config: RunConfig, report_dir, progress, comm
     report = streaming.prune_file(model, output, config, progress)
     report["command"] = list(command or [])
     if report_dir is not None:
-        try:
-            with modelio.output_flag("--report"):
-                try:
-                    Path(report_dir).mkdir(exist_ok=True)
-                except OSError as exc:
-                    raise modelio._write_failed(Path(report_dir), exc) from None
-                modelio.atomic_write_bytes(Path(report_dir) / "report.json", dumps(report, indent=2).encode())
-        except ConfigError as exc:
-            raise ConfigError(f"the model was written to '{output}', but the report was not: {exc}") from None
+        with _report_writes(output):
+            modelio.make_folder(Path(report_dir))
+            modelio.atomic_write_bytes(Path(report_dir) / "report.json", dumps(report, indent=2).encode())
     return streaming.StreamedResult(report)
 
 
@@ -147,10 +148,7 @@ def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> No
     from onnxprune.converter.recipe import dump_recipe
     from onnxprune.converter.report import write_report as write_html
 
-    try:
-        report_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise modelio._write_failed(report_dir, exc) from None
+    modelio.make_folder(report_dir)
     d = config.data
     try:
         random = result.report.get("random_inputs")  # without real data: the run's random shapes (steps.shapes)

@@ -392,6 +392,15 @@ def _refuses_new_files(probe: Path) -> OSError | None:
     return None
 
 
+def make_folder(folder: Path, *, parents: bool = False) -> None:
+    """mkdir (an existing folder is fine); a folder that cannot be made is the write error of the flag in force
+    (`output_flag`), as a file that cannot be written."""
+    try:
+        Path(folder).mkdir(parents=parents, exist_ok=True)
+    except OSError as exc:
+        raise _write_failed(Path(folder), exc) from None
+
+
 def _write_failed(path: Path, exc: OSError) -> ConfigError:
     return ConfigError(f"output '{path}' cannot be written ({exc.strerror or type(exc).__name__}); choose another "
                        f"{_FLAG.get()} "

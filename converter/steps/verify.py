@@ -82,7 +82,7 @@ class MeasureStep(Step):
         kept: dict = {}
         state.metrics = measure(state.data, state.final, keep=kept)
         state.final_outputs = kept.get("calibration")  # the budget check judges this pass
-        if getattr(state.data.calibration, "constant", False):  # in the report too, not only on stderr (sweep 16)
+        if state.data.calibration.constant:  # in the report too, not only on stderr (sweep 16)
             state.notes.append("every sample of the data gives the input model the same outputs (identical or blank "
                                "inputs, say all zeros): every figure of this run is judged on what amounts to one "
                                "sample; pass varied, real samples")
