@@ -55,6 +55,7 @@ class StreamReport:
     bytes_written: int = 0
     params: int = 0
     nonzeros: int = 0
+    nonzeros_before: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     output_change: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -306,13 +307,13 @@ def _write_tensor(t: onnx.TensorProto, folder: Path, out, target: Target | None,
         report.bytes_read += flat.nbytes
         rule = DropRule(flat, target) if target is not None else None
         step = max(1, CHUNK // max(flat.itemsize, 1))
-        kept, part = 0, None
+        kept, had, part = 0, 0, None  # nonzeros after and before: zeros the input held are not the pruning's
         for s in range(0, flat.size, step):
             part = flat[s : s + step]
             if rule is not None:
-                keep = rule.keep(part)
-                kept += int(np.count_nonzero(keep))
-                part = np.where(keep, part, part.dtype.type(0))
+                had += int(np.count_nonzero(part))
+                part = np.where(rule.keep(part), part, part.dtype.type(0))
+                kept += int(np.count_nonzero(part))
             raw = np.ascontiguousarray(part).astype(part.dtype.newbyteorder("<"), copy=False).tobytes()
             crc = zlib.crc32(raw, crc)
             out.write(raw)
@@ -324,6 +325,7 @@ def _write_tensor(t: onnx.TensorProto, folder: Path, out, target: Target | None,
                                   else {"quality": target.quality}})
             report.params += int(flat.size)
             report.nonzeros += kept
+            report.nonzeros_before += had
         del flat, part, values  # nothing may hold the map when it closes
     return written, crc
 
@@ -391,9 +393,9 @@ def _run_both(source: Path, output: Path, model: onnx.ModelProto, options, notes
 def _as_dict(report: StreamReport, source: Path, output: Path, options) -> dict:
     density = report.nonzeros / report.params if report.params else 1.0
     return {"model": str(source), "output": str(output), "streamed": True, "layers": report.layers,
-            "before": {"params": report.params, "nonzeros": report.params},
+            "before": {"params": report.params, "nonzeros": report.nonzeros_before},
             "after": {"params": report.params, "nonzeros": report.nonzeros, "density": density},
-            "compression": report.params / report.nonzeros if report.nonzeros else float("inf"),
+            "compression": report.nonzeros_before / report.nonzeros if report.nonzeros else float("inf"),
             "bytes_read": report.bytes_read, "bytes_written": report.bytes_written,
             "file_size_after": report.bytes_written, "output_change": report.output_change,
             "notes": report.notes, "options": recipe_of(options),

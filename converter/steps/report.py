@@ -57,8 +57,9 @@ class ReportStep(Step):
         if state.quantize is not None:
             report["quantize"] = state.quantize
         report.update(_sensitivity_report(state.sensitivity))
-        nonzeros = report["after"]["nonzeros"]
-        report["compression"] = report["before"]["params"] / nonzeros if nonzeros else float("inf")
+        nonzeros = report["after"]["nonzeros"]  # from the input's own nonzeros: zeros it already had are not ours
+        report["compression"] = (report["before"]["nonzeros"] or report["before"]["params"]) / nonzeros if nonzeros \
+            else float("inf")
         # in the input's shapes, as the prunable weights' ratio above (encode has let go of the shrunk model)
         report["all_weights"] = {"before": float_nonzeros(original), "after": float_nonzeros(state.pruned)}
         if state.metrics is not None:

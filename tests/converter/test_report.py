@@ -358,3 +358,25 @@ def test_the_summary_says_what_the_written_layers_hold_after_dead_neuron_removal
     out = io.StringIO()
     print_prune_summary(report, Console(file=out, width=300))
     assert "the written layers hold" in out.getvalue()
+
+
+def test_compression_counts_from_the_inputs_own_nonzeros(tmp_path):
+    """Issue 13: a model already 25% zeros was reported "1.7x fewer" for 1.26x. The ratio is the input's nonzeros
+    over the output's, as the summary's "A -> B nonzero" beside it; on a dense input that is weights / nonzeros."""
+    import onnx
+    from onnx import numpy_helper
+
+    import onnxprune
+
+    model = builders.mlp_gemm(in_features=64, hidden=(128, 64), seed=0)
+    for t in model.graph.initializer:
+        if len(t.dims) == 2:
+            w = numpy_helper.to_array(t).copy()
+            w.reshape(-1)[::4] = 0.0  # a quarter of every weight matrix already zero
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    onnx.save(model, tmp_path / "sparse.onnx")
+    result = onnxprune.prune(str(tmp_path / "sparse.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    b, a = result.report["before"], result.report["after"]
+    assert b["nonzeros"] == pytest.approx(0.75 * b["params"], rel=0.01)
+    assert result.report["compression"] == pytest.approx(b["nonzeros"] / a["nonzeros"])
+    assert result.report["compression"] == pytest.approx(1.5, rel=0.02)  # half of all weights kept, 3/4 were nonzero
