@@ -24,7 +24,7 @@ def inspect_model(path: Path) -> dict:
 
     loaded = modelio.load_model(path)
     name_nodes(loaded.model)
-    # QDQ weights are listed as prune sees them (passes/quantized_weights.py), stored as the file holds them
+    # quantized weights are listed as prune sees them (passes/quantized_weights.py), stored as the file holds them
     folded = ({w.name: w for w in quantized_weights.fold(loaded.model)}
               if quantized_weights.foldable(loaded.model) else {})
     inventory = find_prunable(loaded.model)
@@ -39,6 +39,10 @@ def inspect_model(path: Path) -> dict:
                 src = onnx.helper.tensor_dtype_to_np_dtype(q.source.data_type)
                 r["encoding"] = f"{src.name} + QuantizeLinear/DequantizeLinear ({dtype.name} grid)"
                 r["stored_bytes"] = r["params"] * src.itemsize
+            elif q.dynamic is not None:  # read by the integer op itself (dynamic quantization)
+                r["via"] = [v for v in r["via"] if v != "QuantizeLinear"]  # the fold's, not the file's
+                r["encoding"] = f"{dtype.name}, read by {q.node.op_type} (dynamic quantization)"
+                r["stored_bytes"] = r["params"] * dtype.itemsize
             else:
                 r["encoding"] = f"{dtype.name} + {'Cast/Mul' if q.cast is not None else 'DequantizeLinear'}"
                 r["stored_bytes"] = r["params"] * dtype.itemsize

@@ -12,6 +12,13 @@ Two kinds of fact:
       MatMul        B[…, K, N]             out -1, in -2
       LSTM/GRU/RNN  W[dirs, gates·H, I]    out 1 (gates·hidden), in 2;  R[dirs, gates·H, H] the same;  bias B (3)
 
+  Dynamic quantization's integer ops (onnxruntime's `quantize_dynamic`) hold their weights as integers; the load
+  step folds them to float stand-ins (passes/quantized_weights.py), which these entries let the inventory see:
+
+      ConvInteger / MatMulInteger                       as Conv / MatMul, not shrunk
+      DynamicQuantizeMatMul, MatMulIntegerToFloat       B[K, N] as MatMul (com.microsoft), not shrunk
+      DynamicQuantizeLSTM  W[dirs, I, 4H], R[dirs, H, 4H]   out 2, in 1 (com.microsoft), not shrunk
+
   and **lookup ops** (`LOOKUP_OPS`): Gather's table T[V, D…] read on axis 0 with ids from the data (an embedding):
   input 0, no channel axes, no MACs, not refit, not shrunk.
 
@@ -69,6 +76,10 @@ def _recurrent_axes(node, index, rank) -> Axes:
     return (1, 2) if index in (1, 2) and rank == 3 else (None, None)
 
 
+def _dq_recurrent_axes(node, index, rank) -> Axes:  # DynamicQuantizeLSTM stores W, R transposed: [dirs, I, 4H]
+    return (2, 1) if index in (1, 2) and rank == 3 else (None, None)
+
+
 @dataclass(frozen=True)
 class WeightFacts:
     """How an op holds its weights. `axes(node, input_index, rank)` -> (out_axis, in_axis) of that operand."""
@@ -79,6 +90,11 @@ class WeightFacts:
     bias: Optional[int] = None  # input index of the bias (a vector over the output channels), if any
     grouped: bool = False  # a 'group' attribute splits input and output channels into blocks
     shrinkable: bool = True  # dead-neuron removal may slice its output channels (False: blocked, with a note)
+    domain: str = ""  # the op's domain ("": ai.onnx)
+
+    def of(self, node: onnx.NodeProto) -> bool:
+        """Whether `node` is this op in its domain (a custom op of the same name is not)."""
+        return (node.domain or "") in ((self.domain,) if self.domain else ("", "ai.onnx"))
 
 
 WEIGHT_OPS: dict[str, WeightFacts] = {
@@ -90,6 +106,13 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
     "LSTM": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
     "GRU": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
     "RNN": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
+    # Dynamic quantization: integer weights, seen as their float stand-ins (DYNAMIC_QUANT_WEIGHTS below)
+    "ConvInteger": WeightFacts("conv", (1,), _conv_axes, grouped=True, shrinkable=False),
+    "MatMulInteger": WeightFacts("fc", (1,), _matmul_axes, shrinkable=False),
+    "DynamicQuantizeMatMul": WeightFacts("fc", (1,), _matmul_axes, bias=4, shrinkable=False, domain="com.microsoft"),
+    "MatMulIntegerToFloat": WeightFacts("fc", (1,), _matmul_axes, bias=6, shrinkable=False, domain="com.microsoft"),
+    "DynamicQuantizeLSTM": WeightFacts("recurrent", (1, 2), _dq_recurrent_axes, bias=3, shrinkable=False,
+                                       domain="com.microsoft"),
 }
 # A lookup table: Gather(table, ids) on axis 0 with ids computed from the data (an embedding). Its rows are
 # read, not multiplied: no MACs, no channels to follow, nothing to refit; pruned by magnitude within the table.
@@ -122,11 +145,26 @@ SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0,
                         # onnxruntime's dynamic quantization (com.microsoft): W, R of an LSTM; B of a MatMul
                         "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
-QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of ConvInteger, "
-                 "MatMulInteger, QLinearConv/QLinearMatMul or fused kernels, nor behind a DequantizeLinear that is "
+QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of QLinearConv/"
+                 "QLinearMatMul, of a ConvInteger/MatMulInteger whose scale the graph does not multiply in after it "
+                 "(DynamicQuantizeLinear -> op -> Cast -> Mul(scale)), nor behind a DequantizeLinear that is "
                  "block-wise, has computed scales, sits in a subgraph or reads 4-bit (INT4/UINT4) or float8 values; "
-                 "pass the float model, or an 8-bit QDQ model (onnxruntime's quantize_static), whose weights are "
-                 "pruned on their own grid")
+                 "pass the float model, an 8-bit QDQ model (onnxruntime's quantize_static) or a dynamically "
+                 "quantized one (quantize_dynamic), whose weights are pruned on their own grid")
+# Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one
+# activation scale per tensor (the input model itself changed 1% of an LSTM's classes between batches of 300 and 64),
+# so runs of such a model are evaluated a sample at a time (converter/steps/data.py).
+BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})
+# Dynamic quantization's integer weights, pruned on their own grid (passes/quantized_weights.py): (domain, op) ->
+# per integer weight (weight input, scale input or None: the Mul(input scale, weight scale) after the op holds it,
+# zero-point input, the weight's per-channel axis).
+DYNAMIC_QUANT_WEIGHTS = {
+    ("", "ConvInteger"): ((1, None, 3, 0),),
+    ("", "MatMulInteger"): ((1, None, 3, -1),),
+    ("com.microsoft", "DynamicQuantizeMatMul"): ((1, 2, 3, -1),),
+    ("com.microsoft", "MatMulIntegerToFloat"): ((1, 3, 5, -1),),
+    ("com.microsoft", "DynamicQuantizeLSTM"): ((1, 8, 9, 0), (2, 10, 11, 0)),
+}
 
 # A layer's activation is read after this chain (calibration/activations.py: bias Add, BN, Relu, …).
 ACTIVATION_CHAIN = ELEMENTWISE_UNARY | ARITHMETIC | CHANNELWISE

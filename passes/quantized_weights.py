@@ -24,10 +24,26 @@ integer kernel (QLinearConv); the folded model runs that layer in float between 
 activation one step differently: the run's reference is the input model as given (`RunState.reference`), so that
 difference counts against the budget, never in its favour.
 
+    X ─ DynamicQuantizeLinear ─ X_q, x_scale ─┐
+    W_q[int8/uint8] ──────────────────── ConvInteger / MatMulInteger ─ (Add) ─ Cast ─ Mul(Mul(x_scale, w_scale))
+                                                                    (dynamic quantization: onnxruntime's quantize_dynamic)
+    load (`fold`):      W_q becomes a float initializer of the same name, W = (W_q - zero_point) · w_scale, read by
+                        the integer op through a QuantizeLinear(w_scale, zero_point) that gives back W_q exactly;
+                        the inventory follows the QuantizeLinear (passes/weights.py) to an op of opfacts.WEIGHT_OPS
+    write (`restore`):  the QuantizeLinear goes, W_q (pruned weights at the zero point) is the initializer again
+
+    The weight's scale is an input of onnxruntime's com.microsoft kernels (DynamicQuantizeLSTM's W and R,
+    DynamicQuantizeMatMul, MatMulIntegerToFloat: opfacts.DYNAMIC_QUANT_WEIGHTS); for ConvInteger and MatMulInteger
+    it is the initializer the graph multiplies the input's dynamic scale by, in the Mul after the op's Cast. A
+    per-channel scale no QuantizeLinear can take (below opset 13, or DynamicQuantizeLSTM's [dirs, 4H] scales)
+    folds in units of the integer grid, W = W_q - zero_point, when the zero point is one value: the same weights,
+    masks and file; only magnitudes across channels of other scales compare on that grid.
+
 Left alone (the DequantizeLinear stays, and the weight is not prunable, said by the inventory): block-quantized
 weights (opset 21 `block_size`), scales or zero points that are not initializers, DequantizeLinear nodes inside
-If/Loop/Scan bodies. Dynamic quantization (ConvInteger, MatMulInteger and onnxruntime's fused kernels) keeps its
-integer weights: see opfacts.QUANTIZED_HOW.
+If/Loop/Scan bodies, an integer op whose weight scale the graph does not show (see opfacts.QUANTIZED_HOW).
+Dynamically quantized layers are not shrunk (their output scales sit in other nodes) and not refit (the torch bridge
+does not run integer kernels).
 """
 
 from __future__ import annotations
@@ -40,7 +56,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
 
-__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "restore", "snap"]
+__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "restore", "snap"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,26 @@ class QuantizedWeight:
     quantize: onnx.NodeProto | None = None  # fake quantization: the QuantizeLinear between a float W and the node
     source: onnx.TensorProto | None = None  # ... and that float W as the input held it (`integer`: its Q(W))
     cast: onnx.NodeProto | None = None  # weight-only quantization: W_q -> Cast -> Mul(scale) (`node` is the Mul)
+    dynamic: onnx.NodeProto | None = None  # dynamic quantization: the QuantizeLinear the fold put in front of the
+    # integer op (`node`), whose scale and zero point are `scale` and `zero_point`; `name` is W_q's own name
+
+
+def kinds(folded: list[QuantizedWeight]) -> str:
+    """How the folded weights are quantized, in words and counts: "21 ConvInteger, 1 MatMulInteger (dynamic)"."""
+    counts: dict[str, int] = {}
+    for w in folded:
+        how = (f"{w.node.op_type} (dynamic)" if w.dynamic is not None else "Cast -> Mul" if w.cast is not None
+               else "QuantizeLinear -> DequantizeLinear" if w.quantize is not None else "DequantizeLinear")
+        counts[how] = counts.get(how, 0) + 1
+    return ", ".join(f"{k} through {how}" if not how.endswith("(dynamic)") else f"{k} of {how}"
+                     for how, k in counts.items())
+
+
+def _written(model: onnx.ModelProto, w: QuantizedWeight) -> bool:
+    """Whether `model` holds `w` as its float stand-in (not yet written back)."""
+    if w.dynamic is not None:
+        return any(n.output and n.output[0] == w.dynamic.output[0] for n in model.graph.node)
+    return any(t.name == w.name for t in model.graph.initializer)
 
 
 def _plain(node: onnx.NodeProto, op: str) -> bool:
@@ -170,16 +206,130 @@ def foldable(model: onnx.ModelProto) -> bool:
     inits = {t.name: t for t in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
     fake, casts, shared = _fake_quantizers(model.graph), _float_casts(model.graph), _shared(model.graph)
-    return any(_foldable(n, inits, outputs, fake, shared) or _cast_mul(n, inits, outputs, casts, shared)
-               for n in model.graph.node)
+    return (any(_foldable(n, inits, outputs, fake, shared) or _cast_mul(n, inits, outputs, casts, shared)
+                for n in model.graph.node) or bool(_dynamic_weights(model, shared)))
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _scale_after(node: onnx.NodeProto, producers, consumers, inits) -> str | None:
+    """The weight scale of a ConvInteger/MatMulInteger whose input comes from a DynamicQuantizeLinear: the
+    initializer the graph multiplies that input scale by, in the Mul after the op (through an integer bias Add
+    and the Cast to float), as quantize_dynamic and older tools write it. None when the graph does not show it."""
+    d = producers.get(node.input[0])
+    if d is None or d.op_type != "DynamicQuantizeLinear" or len(d.output) < 2:
+        return None
+    x_scale, out = d.output[1], node.output[0]
+    for _ in range(4):
+        users = consumers.get(out, [])
+        if len(users) != 1:
+            return None
+        u = users[0]
+        if u.op_type in ("Add", "Cast"):
+            out = u.output[0]
+            continue
+        if u.op_type != "Mul" or len(u.input) != 2:
+            return None
+        p = producers.get(u.input[1] if u.input[0] == out else u.input[0])
+        if p is None or p.op_type != "Mul" or x_scale not in p.input:
+            return None
+        s = p.input[1] if p.input[0] == x_scale else p.input[0]
+        return s if s in inits else None
+    return None
+
+
+def _dynamic_weights(model: onnx.ModelProto, shared: set[str]) -> list[tuple]:
+    """Dynamically quantized integer weights the fold can take: (node, W_q, scale, zero point, axis of W or None)
+    per weight, main graph. The scale and zero point are arrays shaped for a QuantizeLinear (a scalar, or one value
+    per channel on `axis`); a scale of 1: a per-channel scale no QuantizeLinear takes, folded as W_q - zp."""
+    from onnxprune.passes.opfacts import DYNAMIC_QUANT_WEIGHTS
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    found = []
+    for node in graph.node:
+        for index, si, zi, axis in DYNAMIC_QUANT_WEIGHTS.get((node.domain or "", node.op_type), ()):
+            if index >= len(node.input):
+                continue
+            w_t = inits.get(node.input[index])
+            if w_t is None or w_t.name in shared or w_t.name in outputs or not w_t.dims:
+                continue
+            dtype = helper.tensor_dtype_to_np_dtype(w_t.data_type)
+            if dtype not in (np.int8, np.uint8):
+                continue
+            s_name = (node.input[si] if si < len(node.input) else "") if si is not None else _scale_after(
+                node, producers, consumers, inits)
+            z_name = node.input[zi] if zi < len(node.input) else ""
+            if not s_name or s_name not in inits or (z_name and z_name not in inits):
+                continue
+            scale = numpy_helper.to_array(inits[s_name]).reshape(-1)
+            zp = numpy_helper.to_array(inits[z_name]).reshape(-1) if z_name else np.zeros(1, dtype)
+            axis = axis % len(w_t.dims)
+            channels = w_t.dims[axis]
+            if not np.issubdtype(scale.dtype, np.floating) or zp.dtype != dtype or not zp.size or not scale.size \
+                    or not np.all(scale > 0):
+                continue
+            if np.all(scale == scale[0]) and np.all(zp == zp[0]):  # one scale, one zero point
+                scale, zp, axis = scale[:1].reshape(()), zp[:1].reshape(()), None
+            elif _opset(model) >= 13 and scale.size in (1, channels) and zp.size in (1, channels):  # per channel
+                scale, zp = np.broadcast_to(scale, (channels,)).copy(), np.broadcast_to(zp, (channels,)).copy()
+            elif np.all(zp == zp[0]):  # a per-channel scale no QuantizeLinear here takes: in units of the grid
+                scale, zp, axis = np.ones((), scale.dtype), zp[:1].reshape(()), None
+            else:
+                continue
+            found.append((node, w_t, scale.astype(np.float32), zp, axis))
+    return found
+
+
+def _fold_dynamic(model: onnx.ModelProto, shared: set[str]) -> list[QuantizedWeight]:
+    """Each dynamically quantized weight W_q becomes a float initializer of its name, read through a
+    QuantizeLinear that gives W_q back (its output a fresh name the integer op reads); in place."""
+    graph = model.graph
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    taken |= {i.name for i in graph.input}
+    folded, nodes, new, names = [], [], [], set()
+    for node, w_t, scale, zp, axis in _dynamic_weights(model, shared):
+        q = numpy_helper.to_array(w_t)
+        centred = q.astype(np.int64) - _along(zp.astype(np.int64), axis, q.ndim)
+        values = (centred.astype(np.float32) * _along(scale, axis, q.ndim)).astype(np.float32)
+        s_t = numpy_helper.from_array(scale, _fresh(f"{w_t.name}_scale", taken))
+        z_t = numpy_helper.from_array(zp, _fresh(f"{w_t.name}_zero_point", taken))
+        ql = helper.make_node("QuantizeLinear", [w_t.name, s_t.name, z_t.name], [_fresh(f"{w_t.name}_q", taken)],
+                              name=_fresh(f"{w_t.name}_QuantizeLinear", taken),
+                              **({"axis": axis} if axis is not None else {}))
+        for k, i in enumerate(node.input):
+            if i == w_t.name:
+                node.input[k] = ql.output[0]
+        new += [numpy_helper.from_array(values, w_t.name), s_t, z_t]
+        nodes.append(ql)
+        names.add(w_t.name)
+        folded.append(QuantizedWeight(w_t.name, _copy(node), _copy(w_t), _copy(s_t), _copy(z_t), axis,
+                                      dynamic=_copy(ql)))
+    if folded:
+        floats = {t.name: t for t in new}
+        for t in graph.initializer:  # in W_q's place: written back there, the file keeps its order
+            if t.name in names:
+                t.CopyFrom(floats.pop(t.name))
+        graph.initializer.extend(floats.values())
+        rest = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes + rest)  # their inputs are all initializers: first is topological
+    return folded
 
 
 def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
                slices: list[tuple[str, int, np.ndarray]] = ()) -> onnx.ModelProto:
     """`model` as it would be written: a copy with its folded weights quantized back, or `model` itself when it
     holds none of them (a model already written, a capture that reads none)."""
-    names = {w.name for w in folded}
-    if not names or not any(t.name in names for t in model.graph.initializer):
+    if not any(_written(model, w) for w in folded):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -191,9 +341,9 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     """Replace each foldable DequantizeLinear of an integer initializer (main graph) by its float values, in place;
     the integer, scale and zero-point initializers nothing else reads go. Returns what `restore` needs."""
     graph = model.graph
+    folded: list[QuantizedWeight] = _fold_dynamic(model, _shared(graph))
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
-    folded: list[QuantizedWeight] = []
     kept_nodes: list[onnx.NodeProto] = []
     new: list[onnx.TensorProto] = []
     fake, casts, shared = _fake_quantizers(graph), _float_casts(graph), _shared(graph)
@@ -241,7 +391,7 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
                                       _copy(zp_t) if zp_t is not None else None, axis,
                                       _copy(quantize) if quantize is not None else None,
                                       _copy(source) if source is not None else None))
-    if not folded:
+    if not any(w.dynamic is None for w in folded):
         return folded
     del graph.node[:]
     graph.node.extend(n for n in kept_nodes if not (n.op_type in ("QuantizeLinear", "Cast")
@@ -264,9 +414,16 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
     taken |= {i.name for i in graph.input}
     nodes: list[onnx.NodeProto] = []
     gone: set[str] = set()
+    readers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.output}
     for w in folded:
         held = inits.get(w.name)
         if held is None:  # nothing reads it any more
+            continue
+        if w.dynamic is not None:  # the integers back under W_q's name, read by the integer op itself
+            if w.dynamic.output[0] not in readers or held.data_type not in _FLOATS:
+                continue  # written already
+            _restore_dynamic(graph, w, held, inits)
+            gone.add(w.dynamic.output[0])
             continue
         values = numpy_helper.to_array(held)
         q, scale, zp = _on_grid(values, w, slices)
@@ -318,6 +475,11 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
             nodes.append(quantize)
         nodes.append(node)
         gone.add(w.name)
+    if any(w.dynamic is not None for w in folded):
+        kept_nodes = [n for n in graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in gone)]
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+        _drop_unread(graph, {n for w in folded if w.dynamic is not None for n in w.dynamic.input[1:]})
     if nodes:
         kept = [t for t in graph.initializer if t.name not in gone]
         del graph.initializer[:]
@@ -328,6 +490,27 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
     return len(gone)
 
 
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def _restore_dynamic(graph: onnx.GraphProto, w: QuantizedWeight, held: onnx.TensorProto, inits: dict) -> None:
+    """W_q on its grid in place of the float stand-in (the same integers where nothing changed, byte for byte);
+    the integer op reads it again instead of the QuantizeLinear's output."""
+    values = numpy_helper.to_array(held)
+    if values.shape != tuple(w.integer.dims):
+        raise PassError(f"dynamically quantized weight '{w.name}' changed shape {tuple(w.integer.dims)} -> "
+                        f"{values.shape}; its layer was not to be shrunk")
+    q, _, _ = _on_grid(values, w)
+    tensor = _copy(w.integer) if np.array_equal(q, numpy_helper.to_array(w.integer)) else numpy_helper.from_array(
+        q, w.name)
+    held.CopyFrom(tensor)
+    inits[w.name] = held
+    for sc_node in graph.node:
+        for k, i in enumerate(sc_node.input):
+            if i == w.dynamic.output[0]:
+                sc_node.input[k] = w.name
+
+
 def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
     """Each folded weight of `model` (main graph, in place) to the float value of its grid point: what the file will
     hold, so counts of zeros and the parity oracle agree with it (a refit's value under half a step from 0 is 0).
@@ -336,7 +519,7 @@ def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
     changed = 0
     for t in model.graph.initializer:
         w = by.get(t.name)
-        if w is None:
+        if w is None or t.data_type not in _FLOATS:  # a dynamic weight already written back is integer
             continue
         values = numpy_helper.to_array(t)
         q, scale, zp = _on_grid(values, w)

@@ -119,7 +119,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
         facts = WEIGHT_OPS.get(node.op_type)
         if facts is None and _embedding(node, ix, shapes):
             facts = LOOKUP_OPS[node.op_type]
-        if facts is None or (node.domain or "") not in ("", "ai.onnx"):
+        if facts is None or not facts.of(node):
             continue
         for index in facts.inputs:
             if index >= len(node.input) or not node.input[index]:
@@ -239,6 +239,10 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
             return node.input[0], via, f"behind a DequantizeLinear (quantized weight): {QUANTIZED_HOW}"
         if len(ix.consumers.get(name, [])) != 1:
             return None
+        if node.op_type == "QuantizeLinear" and all(i in ix.consts for i in node.input if i):
+            via.insert(0, node)  # a dynamically quantized weight's float stand-in (passes/quantized_weights.py)
+            name = node.input[0]
+            continue
         if node.op_type == "Gather" and channels and node.input[0] in ix.consts and _scalar(node.input[1], ix, shapes):
             return node.input[0], [node] + via, None
         if node.op_type not in PASS_THROUGH:
@@ -290,6 +294,8 @@ class _LazyShapes:
 def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+        if node.op_type in QUANTIZED_WEIGHT_OPS:  # an integer weight the load step could not fold
+            return f"integer dtype (quantized weight of {node.op_type} '{node.name}'): {QUANTIZED_HOW}"
         return f"integer dtype ({dtype}) weight of {node.op_type} '{node.name}'"
     if name in ix.reused:
         return "its name is defined in several subgraphs; rename the tensors to prune it"
@@ -399,8 +405,12 @@ def _why_not(name, tensor, users) -> str | None:
                 "take apart: prune the model before onnxruntime's transformer optimizer fuses it, then optimize the "
                 "pruned one")
     if op == "Gather":
-        return f"not a weight of {'/'.join(WEIGHT_OPS)}, nor a table Gather reads with ids on axis 0 (used by Gather)"
-    return f"not a weight of {'/'.join(WEIGHT_OPS)} (used by {op})"
+        return f"not a weight of {_FLOAT_WEIGHT_OPS}, nor a table Gather reads with ids on axis 0 (used by Gather)"
+    return f"not a weight of {_FLOAT_WEIGHT_OPS} (used by {op})"
+
+
+# The ops whose float weights are pruned, in words (the integer ops of dynamic quantization go without saying).
+_FLOAT_WEIGHT_OPS = "/".join(op for op, f in WEIGHT_OPS.items() if op not in QUANTIZED_WEIGHT_OPS)
 
 
 def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank):
@@ -410,7 +420,7 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank)
             perm = _attr(v, "perm", None) or list(reversed(range(storage_rank)))
             out_axis = perm[out_axis] if out_axis is not None else None
             in_axis = perm[in_axis] if in_axis is not None else None
-        elif v.op_type in ("Identity", "Cast"):
+        elif v.op_type in ("Identity", "Cast", "QuantizeLinear"):
             continue
         elif v.op_type == "Gather" and consumer_rank == storage_rank - 1:  # a scalar index drops the bank axis
             g = _attr(v, "axis", 0) % storage_rank
@@ -426,40 +436,46 @@ def _consumer_rank(name, lookup, tensor):
     return len(shape) if shape is not None else len(tensor.dims)
 
 
+# Dynamic quantization's integer ops multiply as their float ops do.
+_COUNTED_AS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
+               "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM"}
+
+
 def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
     """Multiply-adds a sample of the weight at input `index` of `node`."""
     if node.op_type in LOOKUP_OPS:
         return 0  # rows read, not multiplied
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
-    if node.op_type in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
+    op = _COUNTED_AS.get(node.op_type, node.op_type)
+    if op in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]
         return size * steps if steps else None
     if out is None:
         return None
-    if node.op_type == "MatMul" and index == 0 and len(out) > 2:
+    if op == "MatMul" and index == 0 and len(out) > 2:
         # W [M, K] @ x [N, ..., K, C] -> [N, ..., M, C]: each weight is used once a column, on every axis but its
         # own rows and the batch (an MLP-Mixer's token mixing, torch dynamo: 28.7K MACs counted for 57.3K)
         rest = [d for i, d in enumerate(out) if i != len(out) - 2]
         if sum(d is None for d in rest) == 1:
             return size * int(np.prod([d for d in rest if d is not None], dtype=np.int64))
         return None
-    if node.op_type == "Gemm" or (node.op_type == "MatMul" and len(out) == 2):
+    if op == "Gemm" or (op == "MatMul" and len(out) == 2):
         return size * _rows_per_sample(node, out, lazy, ix)
-    if node.op_type == "MatMul" and len(out) > 2 and sum(d is None for d in out[:-1]) == 1:
+    if op == "MatMul" and len(out) > 2 and sum(d is None for d in out[:-1]) == 1:
         # one unknown axis is the batch, wherever it is (a seq-first transformer: [S, N, H])
         return size * int(np.prod([d for d in out[:-1] if d is not None], dtype=np.int64))
     if any(d is None for d in out[1:]):
         return None
-    if node.op_type == "Conv":
+    if op == "Conv":
         return size * int(np.prod(out[2:], dtype=np.int64))
-    if node.op_type == "ConvTranspose":
+    if op == "ConvTranspose":
         inp = shapes.get(node.input[0])
         if inp is None or any(d is None for d in inp[2:]):
             return None
         return size * int(np.prod(inp[2:], dtype=np.int64))
-    if node.op_type == "MatMul":
+    if op == "MatMul":
         return size * int(np.prod(out[1:-1], dtype=np.int64)) if len(out) >= 2 else size
     return None
 

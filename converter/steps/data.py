@@ -144,6 +144,12 @@ class Data:
         c = self.config
         if c.batch_size is not None:
             return c.batch_size
+        dynamic = _batch_dependent(self.model)
+        if dynamic:  # per-batch activation scales: a sample's answer depends on the samples beside it
+            log.warning("the model quantizes its activations per batch (%s): a sample's output depends on the "
+                        "samples run with it, so each is evaluated alone, as a single request runs (--batch-size "
+                        "sets another batch)", dynamic)
+            return 1
         if c.data is None or (isinstance(c.data, str) and c.data == "random"):
             return MAX_BATCH
         reader = self.reader(batch_size=MAX_BATCH)
@@ -260,3 +266,14 @@ class DataStep(Step):
     def run(self, state: RunState) -> None:
         state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
                           random_shapes=state.random_shapes, budget=self.budget, output_budgets=self.output_budgets)
+
+
+def _batch_dependent(model) -> str | None:
+    """The first op of `model` (any scope) whose output depends on the whole batch it is given
+    (opfacts.BATCH_DEPENDENT_OPS: dynamic quantization's per-tensor activation scale), in words, or None."""
+    from onnxprune.passes.opfacts import BATCH_DEPENDENT_OPS
+    from onnxprune.passes.scopes import all_nodes
+
+    if model is None:
+        return None
+    return next((f"{n.op_type} '{n.name}'" for n in all_nodes(model) if n.op_type in BATCH_DEPENDENT_OPS), None)

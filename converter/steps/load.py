@@ -80,9 +80,9 @@ class LoadStep(Step):
                 state.loaded.model = copy_model(state.loaded.model)
             state.quantized = quantized_weights.fold(state.loaded.model)
             state.prune.notes.append(
-                f"{len(state.quantized)} integer-quantized weight(s) (through DequantizeLinear, or Cast -> Mul) are "
-                "pruned as float and written back on their own grid (same scales and zero points; a pruned weight is "
-                "the zero point)")
+                f"{len(state.quantized)} integer-quantized weight(s) ({quantized_weights.kinds(state.quantized)}) "
+                "are pruned as float and written back on their own grid (same scales and zero points; a pruned weight "
+                "is the zero point)")
         state.original = state.loaded.model
 
 

@@ -20,8 +20,8 @@ optimisations off) on the held-out data the tool never saw, and every check on t
     timeout               still running after --timeout seconds
 
 "weights x" is the input's own nonzero weights over the output's (float / int8 tensors of >= 16 elements in
-initializers, sparse initializers and Constant nodes, subgraphs and external data included), so a model that was
-already sparse is not credited for its own zeros.
+initializers, sparse initializers and Constant nodes, subgraphs and external data included; an integer weight's zero
+is its zero point), so a model that was already sparse is not credited for its own zeros.
 
     python -m tests.benchmarks.bench_corpus [--root DIR] [--only NAME ...] [--timeout 900] [--jobs 1]
         [--python /path/to/python] [--json results.json] [--self-check] [--extra ARG ...]
@@ -81,16 +81,48 @@ def _graph_tensors(g: onnx.GraphProto):
                     yield from _graph_tensors(sg)
 
 
+# An integer weight's zero point (the value that means 0) by its reader: (domain, op) -> {weight input: (zero-point
+# input, the weight's per-channel axis)}; DequantizeLinear's axis is its attribute (default 1).
+ZERO_POINTS = {("", "DequantizeLinear"): {0: (2, None)}, ("", "ConvInteger"): {1: (3, 0)},
+               ("", "MatMulInteger"): {1: (3, -1)}, ("com.microsoft", "DynamicQuantizeMatMul"): {1: (3, -1)},
+               ("com.microsoft", "MatMulIntegerToFloat"): {1: (5, -1)},
+               ("com.microsoft", "DynamicQuantizeLSTM"): {1: (9, 0), 2: (11, 0)}}
+
+
+def _zero_points(m: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int | None]]:
+    """Main-graph integer weights with a zero point: name -> (zero point, axis of the weight it runs along)."""
+    inits = {t.name: t for t in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        for i, (zi, axis) in ZERO_POINTS.get((n.domain or "", n.op_type), {}).items():
+            if i < len(n.input) and zi < len(n.input) and n.input[zi] in inits:
+                if n.op_type == "DequantizeLinear":
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+                out[n.input[i]] = (numpy_helper.to_array(inits[n.input[zi]]), axis)
+    return out
+
+
+def _nonzero(values: np.ndarray, zero: tuple[np.ndarray, int | None] | None) -> int:
+    if zero is None or zero[0].size == 0:
+        return int(np.count_nonzero(values))
+    zp, axis = zero
+    if zp.size > 1 and axis is not None:
+        zp = zp.reshape([-1 if k == axis % values.ndim else 1 for k in range(values.ndim)])
+    return int(np.count_nonzero(values != zp.reshape(()) if zp.size == 1 else values != zp))
+
+
 def nonzero_weights(path: Path) -> int:
-    """Nonzero weight values of a model file (external data loaded, sparse tensors counted by their values)."""
+    """Nonzero weight values of a model file (external data loaded, sparse tensors counted by their values); an
+    integer weight's "zero" is its zero point (a pruned uint8 weight of zero point 121 holds 121)."""
     m = onnx.load(str(path), load_external_data=True)
+    zeros = _zero_points(m)
     total = 0
     for t in _graph_tensors(m.graph):
         if isinstance(t, onnx.SparseTensorProto):
             if t.values.data_type in WEIGHT_TYPES and int(np.prod(t.dims)) >= 16:
                 total += int(np.count_nonzero(numpy_helper.to_array(t.values)))
         elif t.data_type in WEIGHT_TYPES and int(np.prod(t.dims)) >= 16:
-            total += int(np.count_nonzero(numpy_helper.to_array(t)))
+            total += _nonzero(numpy_helper.to_array(t), zeros.get(t.name))
     return total
 
 

@@ -386,3 +386,164 @@ def test_an_int4_weight_is_refused_naming_its_width():
     assert not inventory.prunable
     why = next(s.reason for s in inventory.skipped if s.name == "Wq")
     assert "4-bit (INT4/UINT4)" in why and "8-bit QDQ model" in why
+
+
+# ---- dynamic quantization (onnxruntime's quantize_dynamic: ConvInteger, MatMulInteger, DynamicQuantizeLSTM) -------
+
+def dynamic(tmp_path, model: onnx.ModelProto, name: str, per_channel: bool = False,
+            weight_type: str = "QInt8") -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}_dyn_{per_channel}_{weight_type}.onnx"
+    onnx.save(model, src)
+    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=getattr(QuantType, weight_type),
+                     op_types_to_quantize=["Conv", "MatMul", "Gemm", "LSTM"])
+    return onnx.load(dst)
+
+
+def dynamic_models(tmp_path):
+    from models import builders_control as bc
+
+    return {"lenet": dynamic(tmp_path, G.lenet5(), "lenet"),
+            "lenet_u8_per_channel": dynamic(tmp_path, G.lenet5(), "lenet", True, "QUInt8"),
+            "lstm": dynamic(tmp_path, bc.lstm_classifier(), "lstm"),
+            "lstm_per_channel": dynamic(tmp_path, bc.lstm_classifier(), "lstm", True)}
+
+
+def feed(model: onnx.ModelProto, n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    i = model.graph.input[0]
+    shape = [n if not d.dim_value else d.dim_value for d in i.type.tensor_type.shape.dim]
+    return {i.name: np.random.default_rng(seed).random(shape).astype(np.float32)}
+
+
+def outputs(model: onnx.ModelProto, feeds) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_dynamically_quantized_weights_fold_to_float_and_come_back_byte_for_byte(tmp_path):
+    """Each integer weight becomes a float initializer of its own name read through a QuantizeLinear that gives the
+    integers back, so the folded model runs exactly as the input; written back, the file is the input's bytes."""
+    from onnxprune.passes.weights import find_prunable
+
+    expected = {"lenet": {"ConvInteger": 2, "MatMulInteger": 3}, "lenet_u8_per_channel": {"ConvInteger": 2,
+                "MatMulInteger": 3}, "lstm": {"DynamicQuantizeLSTM": 2, "MatMulInteger": 1},
+                "lstm_per_channel": {"DynamicQuantizeLSTM": 2, "MatMulInteger": 1}}
+    for name, m in dynamic_models(tmp_path).items():
+        assert foldable(m), name
+        folded = copy(m)
+        records = fold(folded)
+        onnx.checker.check_model(folded, full_check=True)
+        inv = find_prunable(folded)
+        ops = {}
+        for w in inv.prunable:
+            ops[w.op_type] = ops.get(w.op_type, 0) + 1
+            assert w.via == ("QuantizeLinear",) and w.dtype == "float32", (name, w)
+        assert ops == expected[name], name
+        x = feed(m)
+        np.testing.assert_array_equal(outputs(folded, x), outputs(m, x))
+        assert as_written(folded, records).SerializeToString() == m.SerializeToString(), name
+
+
+def test_lstm_weights_are_seen_in_their_transposed_layout():
+    """DynamicQuantizeLSTM stores W [dirs, input, 4H] and R [dirs, H, 4H]: the output channels are axis 2."""
+    from onnxprune.passes.opfacts import WEIGHT_OPS
+
+    node = onnx.helper.make_node("DynamicQuantizeLSTM", ["x", "W", "R"], ["y"], domain="com.microsoft")
+    assert WEIGHT_OPS["DynamicQuantizeLSTM"].axes(node, 1, 3) == (2, 1)
+    assert WEIGHT_OPS["DynamicQuantizeLSTM"].of(node)
+    assert not WEIGHT_OPS["DynamicQuantizeLSTM"].of(onnx.helper.make_node("DynamicQuantizeLSTM", ["x"], ["y"]))
+
+
+def test_prune_writes_a_dynamically_quantized_model_with_pruned_weights_at_their_zero_point(tmp_path):
+    """--sparsity 0.5 on quantize_dynamic's LeNet-5 (uint8 weights, per-channel MatMul scales): the file keeps every
+    integer op, each weight about half at its zero point, unchanged ones the same integers; the tool's parity check
+    ran it against the masked oracle; the compression counts from the input's own nonzeros."""
+    import onnxprune
+
+    m = dynamic_models(tmp_path)["lenet_u8_per_channel"]
+    onnx.save(m, tmp_path / "dyn.onnx")
+    result = onnxprune.prune(str(tmp_path / "dyn.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in m.graph.node]
+    before, after = inits(m), inits(written)
+    zero_points = {n.input[1]: after[n.input[3]] for n in written.graph.node if n.op_type in ("ConvInteger",
+                                                                                               "MatMulInteger")}
+    assert len(zero_points) == 5
+    for name, zp in zero_points.items():
+        q, q0 = after[name], before[name]
+        axis = -1 if q.ndim == 2 else 0
+        zp = zp.reshape([-1 if k == axis % q.ndim else 1 for k in range(q.ndim)]) if zp.size > 1 else zp
+        pruned = q == zp
+        assert q.dtype == np.uint8 and 0.4 <= pruned.mean() <= 0.6, name
+        assert np.array_equal(q[~pruned], q0[~pruned]), name  # the kept weights are the same integers
+    x = feed(m, 16)
+    assert outputs(written, x).shape == outputs(m, x).shape
+    assert any("of MatMulInteger (dynamic)" in n and "ConvInteger (dynamic)" in n for n in result.report["notes"])
+    b, a = result.report["before"], result.report["after"]
+    assert result.report["compression"] == pytest.approx(b["nonzeros"] / a["nonzeros"])
+
+
+def test_a_budgeted_run_on_a_dynamically_quantized_lstm_keeps_its_budget_on_the_written_model(tmp_path):
+    """DynamicQuantizeLSTM (per-channel [dirs, 4H] scales: folded in grid units) and its MatMulInteger head, one-shot
+    under --max-loss 1: the loss the run reports is what onnxruntime measures between the input and the written file
+    (agreement of the class scores), a sample at a time (the activation scale is the batch's: the input model
+    itself changes classes between batches of 300 and 64), and something was pruned."""
+    import onnxprune
+
+    m = dynamic_models(tmp_path)["lstm_per_channel"]
+    onnx.save(m, tmp_path / "lstm.onnx")
+    x = feed(m, 300, seed=1)
+    result = onnxprune.prune(str(tmp_path / "lstm.onnx"), output=str(tmp_path / "out.onnx"), data=x, max_loss=1,
+                             one_shot=True)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert any(n.op_type == "DynamicQuantizeLSTM" for n in written.graph.node)
+    name = next(iter(x))
+    alone = lambda model: np.concatenate([outputs(model, {name: x[name][i:i + 1]}) for i in range(300)])  # noqa
+    changed = float(np.mean(alone(m).argmax(-1) != alone(written).argmax(-1)))  # one request at a time, as the run
+    assert result.report["metrics"]["loss_pp"] == pytest.approx(100 * changed)
+    assert result.report["metrics"]["loss_pp"] <= 1.0
+    assert result.report["after"]["nonzeros"] < result.report["before"]["nonzeros"]
+
+
+def test_an_integer_op_whose_weight_scale_the_graph_does_not_show_is_still_refused():
+    """MatMulInteger fed by a graph input (no DynamicQuantizeLinear, no Mul by the weight's scale): not folded, and
+    the refusal says what would be needed."""
+    from onnxprune.passes.opfacts import QUANTIZED_HOW
+    from onnxprune.passes.weights import find_prunable
+
+    w = numpy_helper.from_array(np.ones((16, 8), np.uint8), "W")
+    zp = numpy_helper.from_array(np.array(0, np.uint8), "zp")
+    node = onnx.helper.make_node("MatMulInteger", ["x", "W", "zp", "zp"], ["y"], name="mm")
+    m = onnx.helper.make_model(onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.UINT8, ["N", 16])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT32, ["N", 8])], [w, zp]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    assert not foldable(m)
+    reasons = {s.name: s.reason for s in find_prunable(m).skipped}
+    assert reasons["W"].endswith(QUANTIZED_HOW) and "MatMulInteger 'mm'" in reasons["W"]
+
+
+def test_a_model_that_quantizes_activations_per_batch_is_evaluated_a_sample_at_a_time(tmp_path):
+    from onnxprune.converter.steps.data import _batch_dependent
+
+    m = dynamic_models(tmp_path)["lenet"]
+    assert _batch_dependent(m).startswith("DynamicQuantizeLinear")
+    assert _batch_dependent(G.lenet5()) is None
+    x = feed(m, 300, seed=1)
+    name = next(iter(x))
+    together = outputs(m, x)
+    apart = np.concatenate([outputs(m, {name: x[name][i:i + 64]}) for i in range(0, 300, 64)])
+    assert not np.array_equal(together, apart)  # why: the same samples, other neighbours, other outputs
+
+
+def test_inspect_lists_dynamically_quantized_weights_as_stored(tmp_path):
+    from onnxprune.converter.inspect import inspect_model
+
+    onnx.save(dynamic_models(tmp_path)["lenet"], tmp_path / "dyn.onnx")
+    info = inspect_model(tmp_path / "dyn.onnx")
+    assert {r["encoding"] for r in info["layers"]} == {"int8, read by ConvInteger (dynamic quantization)",
+                                                       "int8, read by MatMulInteger (dynamic quantization)"}
+    assert all(r["stored_bytes"] == r["params"] for r in info["layers"])
+    assert info["no_prunable"] is None
