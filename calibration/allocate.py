@@ -47,7 +47,7 @@ from onnxprune.calibration.sensitivity import SensitivityResult, masked
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
 from onnxprune.passes.magnitude import quality_for_sparsity
-from onnxprune.passes.weights import Inventory, constant_tensors
+from onnxprune.passes.weights import Inventory, constant_tensors, zeros_of
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,29 @@ class AllocationOutcome:
     total: int = 0
     notes: list[str] = field(default_factory=list)
     decision: dict | None = None  # the judge's decision on the chosen allocation (when a judge decided)
+    sizes: dict[str, int] = field(default_factory=dict)  # each prunable weight's size
+    zeros: dict[str, int] = field(default_factory=dict)  # ... and the zeros the input already held (weights.zeros_of)
 
     @property
     def compression(self) -> float:
-        """Weights before / weights after, over the prunable layers."""
-        return self.total / max(1, self.total - self.removed)
+        """The input's nonzero weights / the pruned model's, over the prunable layers (as the summary counts)."""
+        return self.ratio_of(self.sparsities)
+
+    def ratio_of(self, sparsities: dict[str, float]) -> float:
+        """The same ratio for another allocation (a try of the fit)."""
+        if not self.sizes:
+            return self.total / max(1, self.total - self.removed)
+        kept = {n: size - int(round(sparsities.get(n, 0.0) * size)) for n, size in self.sizes.items()}
+        return nonzero_ratio(kept, self.sizes, self.zeros)
+
+
+def nonzero_ratio(kept: dict[str, int], sizes: dict[str, int], zeros: dict[str, int], held: int = 0) -> float:
+    """The input's nonzero weights over a candidate's, as the summary counts them (converter/steps/report.py), from
+    each weight's kept count: its own zeros are the first its mask drops (every criterion scores a zero weight 0)
+    and never count as removed. `held`: weights outside `sizes`, kept as they are."""
+    before = held + sum(size - zeros.get(n, 0) for n, size in sizes.items())
+    after = held + sum(k - max(0, zeros.get(n, 0) - (sizes[n] - k)) for n, k in kept.items())
+    return before / after if after > 0 else float("inf")
 
 
 # ---- curves --------------------------------------------------------------------------------------------------
@@ -384,4 +402,5 @@ def _outcome(model, inventory, best, history, dense, max_loss_pp) -> AllocationO
     return AllocationOutcome(sparsities=sparsities, qualities=qualities, measured_loss_pp=best["measured_loss_pp"],
                              tries=len(history), history=history, predicted_loss_pp=best["predicted_loss_pp"] or 0.0,
                              dense_pct=dense, pruned_pct=best["pruned_pct"], removed=best["removed"], total=total,
-                             notes=notes, decision=best.get("decision"))
+                             notes=notes, decision=best.get("decision"),
+                             sizes={w.name: w.size for w in inventory.prunable}, zeros=zeros_of(model, inventory))

@@ -37,7 +37,7 @@ from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_
 from onnxprune.passes.shapes import infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
-           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array"]
+           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array", "zeros_of"]
 
 
 @dataclass(frozen=True)
@@ -516,6 +516,19 @@ def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
 
 def _attr(node, name, default):
     return opfacts.attr(node, name, default)
+
+
+def zeros_of(model: onnx.ModelProto, inventory: Inventory) -> dict[str, int]:
+    """The zeros each prunable weight of `model` already holds (a model pruned before; a quantized weight at its zero
+    point, once folded): what a ratio counted from the input's own nonzeros leaves out. Weights without any: absent."""
+    tensors = constant_tensors(model)
+    zeros = {}
+    for w in inventory.prunable:
+        if w.name in tensors:
+            k = w.size - int(np.count_nonzero(numpy_helper.to_array(tensors[w.name])))
+            if k:
+                zeros[w.name] = k
+    return zeros
 
 
 def weight_array(model: onnx.ModelProto, name: str) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.auto import hyper
+from onnxprune.calibration.allocate import nonzero_ratio
 from onnxprune.converter.auto.allocation import density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision, rule_ceilings, worst_figures
@@ -39,7 +40,7 @@ from onnxprune.converter.auto.report import more_data, part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import Scoring
-from onnxprune.passes.weights import Inventory, find_prunable, weight_array
+from onnxprune.passes.weights import Inventory, find_prunable, weight_array, zeros_of
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class _Search:
                  held: int = 0, scoring=None):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
         self.held = held
+        self.sizes = {w.name: w.size for w in inventory.prunable}
+        self.zeros = zeros_of(original, inventory)  # the input's own zeros: never counted as removed
         self.progress, self._deadline, self.clock = progress, deadline, clock
         # the second look's time (`_second_look`: the result and the one-shot start on the training part), kept out
         # of the search's deadline at the pace of that part's own dense pass
@@ -142,6 +145,13 @@ class _Search:
         self._polished = None
 
     # ------------------------------------------------------------------------------------------------ driver
+    def ratio(self, masks: dict[str, np.ndarray]) -> float:
+        """A candidate's ratio as the summary will count it: the input's nonzeros over the candidate's, the weights
+        left out of the search (`held`) kept (sweep 9: "2.0x kept" for "1.1x"), the input's own zeros not removed."""
+        kept = {n: int(m.sum()) for n, m in masks.items()}
+        sizes = {n: self.sizes.get(n, m.size) for n, m in masks.items()}
+        return nonzero_ratio(kept, sizes, self.zeros, self.held)
+
     def run(self) -> AutoResult:
         self.rule = BudgetRule(self.data.evaluator, self.config.max_loss)
         for w in self.rule.warnings():
@@ -197,7 +207,7 @@ class _Search:
             if not over:
                 return candidate
             name, f = over[0]
-            ratio = 1.0 / density(candidate.masks) if density(candidate.masks) else float("inf")
+            ratio = self.ratio(candidate.masks)
             note = (f"second look: {what} ({ratio:.2f}x) loses {f['loss_pp']:.2f} pp (SE {f['se_pp']:.2f}) on output "
                     f"'{name}' over the {rule.n} training samples, over --max-loss "
                     f"{f.get('budget_pp', self.config.max_loss):g} by more than its noise, though the "
@@ -552,10 +562,8 @@ class _Search:
         masks = masks if masks is not None else best.masks
         worst = worst_figures(decision)
         d = density(masks)
-        size = sum(m.size for m in masks.values())
-        whole = (d * size + self.held) / (size + self.held) if size + self.held else 1.0  # held weights: kept
         entry = {"round": len(self.history), "phase": phase, "kept": kept, "fits": kept,
-                 "overall_density": d, "ratio": 1.0 / whole if whole else float("inf"),
+                 "overall_density": d, "ratio": self.ratio(masks),
                  "density": {n: float(m.mean()) for n, m in masks.items()},
                  "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,

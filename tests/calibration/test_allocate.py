@@ -211,3 +211,14 @@ def test_a_fit_none_of_whose_tries_fits_backs_off_toward_dense():
     assert outcome.measured_loss_pp <= limit
     fitted = pruned_model(model, outcome.sparsities)
     assert 100.0 - 100.0 * ev.evaluate(fitted) <= limit + 1e-6  # the answer, measured again in onnxruntime
+
+
+def test_a_ratio_counts_from_the_inputs_own_nonzeros():
+    """A weight's own zeros are the first its mask drops and are never counted as removed: a layer of 100 with 20
+    zeros kept at 50 is 80 -> 50 nonzeros (1.6x), at 90 kept still 80 -> 80 (1.0x); a dense layer as before."""
+    from onnxprune.calibration.allocate import nonzero_ratio
+
+    assert nonzero_ratio({"a": 50}, {"a": 100}, {"a": 20}) == pytest.approx(80 / 50)
+    assert nonzero_ratio({"a": 90}, {"a": 100}, {"a": 20}) == pytest.approx(1.0)
+    assert nonzero_ratio({"a": 50}, {"a": 100}, {}) == pytest.approx(2.0)
+    assert nonzero_ratio({"a": 50, "b": 10}, {"a": 100, "b": 10}, {"a": 20}, held=30) == pytest.approx(120 / 90)
