@@ -59,7 +59,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _transpose,
 )
 from onnxprune.passes.channel_groups.util import NAN
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output chan
 
 def _no_rule(node: gs.Node) -> str:
     """Why a node with no rule keeps its channels: weight ops and bodies we do not shrink say so plainly."""
+    if node.op in QUANTIZED_WEIGHT_OPS:
+        return f"(op {node.op}) holds integer-quantized weights: dead-neuron removal does not shrink it"
     if node.op in WEIGHT_OPS:
         return f"(op {node.op}) is recurrent: dead-neuron removal does not shrink its hidden size"
     if node.op in SUBGRAPH_OPS:

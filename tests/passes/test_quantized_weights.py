@@ -547,3 +547,14 @@ def test_inspect_lists_dynamically_quantized_weights_as_stored(tmp_path):
                                                        "int8, read by MatMulInteger (dynamic quantization)"}
     assert all(r["stored_bytes"] == r["params"] for r in info["layers"])
     assert info["no_prunable"] is None
+
+
+def test_dead_neuron_removal_says_why_it_leaves_an_integer_layer_alone(tmp_path):
+    import onnx_graphsurgeon as gs
+
+    from onnxprune.passes.channel_groups import _no_rule
+
+    graph = gs.import_onnx(dynamic_models(tmp_path)["lenet"])
+    said = {_no_rule(n) for n in graph.nodes if n.op in ("ConvInteger", "MatMulInteger")}
+    assert said == {"(op ConvInteger) holds integer-quantized weights: dead-neuron removal does not shrink it",
+                    "(op MatMulInteger) holds integer-quantized weights: dead-neuron removal does not shrink it"}
