@@ -243,6 +243,31 @@ def _ctc_like(arr: np.ndarray) -> bool:
     return len(leaders) == 1 and leaders <= {0, arr.shape[2] - 1}
 
 
+def ctc_hint(name: str, batches: list) -> str | None:
+    """What to pass when an output scored rel_l2 (no name or value says class scores) looks like a CTC head in every
+    batch of the data: [N, T, C] or time-major [T, N, C] whose every sample's most frequent class is the same first
+    or last class (`_ctc_like`). Not scored so by itself: argmax agreement alone would not see a feature map's
+    changes; the user who reads out text says so. The corpus's captcha recognizer (ddddocr, output '387' [T, 1,
+    8210] logits, blank 0 leading all 60 captchas): its relative error within 1 pp changed the text of 1 of 20
+    held-out captchas."""
+    arrays = [as_array(b) for b in batches]
+    if not arrays or any(a.dtype.kind != "f" or a.ndim != 3 for a in arrays):
+        return None
+    for layout, view in (("[N, T, C]", lambda a: a), ("time-major [T, N, C]", lambda a: a.swapaxes(0, 1))):
+        views = [view(a) for a in arrays]
+        leaders = set()
+        for v in views:
+            if not _ctc_like(v):
+                break
+            leaders |= {int(np.bincount(row, minlength=v.shape[2]).argmax()) for row in v.argmax(axis=-1)}
+        else:
+            if len(leaders) == 1:
+                return (f"output '{name}' is scored rel_l2 (its name and values do not say class scores), but it looks "
+                        f"like a CTC head ({layout}, class {leaders.pop()} leads every sample's positions): if the "
+                        f"text read from it is what matters, pass --metric {name}=ctc_agreement")
+    return None
+
+
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
                bounded: Collection[str] = (), embeddings: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs

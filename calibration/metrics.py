@@ -59,7 +59,7 @@ import onnxruntime as ort
 from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, probability_outputs, untouched_outputs,
+                                                 parse_metric_spec, probability_outputs, untouched_outputs, ctc_hint,
                                                  embedding_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -165,6 +165,12 @@ class Evaluator:
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             if first:
                 self.constant = self._constant_outputs()
+                if not self._quiet:
+                    for name in self.plan:
+                        if name in self.auto_chosen and self.plan[name] == "rel_l2":
+                            hint = ctc_hint(name, [b[list(self.plan).index(name)] for b in self.reference_all])
+                            if hint:
+                                log.warning("%s", hint)
             if first and self.constant and not self._quiet:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
@@ -374,6 +380,7 @@ class Evaluator:
     def _resolve_auto(self, first: Callable[[], tuple], model: onnx.ModelProto | None = None) -> None:
         """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are) and
         the graph (which outputs it makes probabilities)."""
+        self.auto_chosen = {n for n, k in self.plan.items() if k == AUTO}
         if AUTO in self.plan.values():  # every output at once: a head beside the others
             chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model),
                                 embeddings=embedding_outputs(model), quiet=self._quiet)

@@ -144,16 +144,17 @@ class Data:
         c = self.config
         if c.batch_size is not None:
             return c.batch_size
+        random = c.data is None or (isinstance(c.data, str) and c.data == "random")
+        reader = None if random else self.reader(batch_size=MAX_BATCH)
+        if getattr(reader, "per_feed", False):  # each feed is read as it is: no batch to choose
+            return MAX_BATCH
         dynamic = _batch_dependent(self.model)
         if dynamic:  # per-batch activation scales: a sample's answer depends on the samples beside it
             log.warning("the model quantizes its activations per batch (%s): a sample's output depends on the "
                         "samples run with it, so each is evaluated alone, as a single request runs (--batch-size "
                         "sets another batch)", dynamic)
             return 1
-        if c.data is None or (isinstance(c.data, str) and c.data == "random"):
-            return MAX_BATCH
-        reader = self.reader(batch_size=MAX_BATCH)
-        if getattr(reader, "per_feed", False):  # each feed is read as it is: no batch to choose
+        if random:
             return MAX_BATCH
         feeds = next(iter(reader.batches()), (None, None))[0]
         if not feeds:

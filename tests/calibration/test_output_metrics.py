@@ -321,3 +321,24 @@ def test_a_kv_cache_is_a_state_even_when_its_name_says_encoder():
     for name in ("present.0.encoder.key", "present.1.decoder.value", "past_key_values.0.key"):
         assert auto_kind(name, cache) == "rel_l2", name
     assert auto_kind("last_hidden_state", cache[:, 0]) == "cosine"
+
+
+def test_an_unnamed_ctc_head_scored_rel_l2_gets_a_hint_naming_the_flag():
+    """ddddocr's '387' is [T, 1, 8210] logits, time-major, no name or softmax saying class scores: scored rel_l2, and
+    the run says the flag that scores its text. Feature maps, and heads whose leading class differs, get none."""
+    from onnxprune.calibration.metric_choice import ctc_hint
+
+    rng = np.random.default_rng(0)
+
+    def line(t: int, blank: int = 0) -> np.ndarray:  # [T, 1, C]: the blank leads, a few characters
+        x = rng.standard_normal((t, 1, 12)).astype(np.float32)
+        x[:, 0, blank] += 4.0
+        x[::4, 0, 1 + rng.integers(0, 10)] += 9.0
+        return x
+
+    hint = ctc_hint("387", [line(t) for t in (17, 25, 20)])
+    assert hint is not None and "--metric 387=ctc_agreement" in hint and "time-major" in hint and "class 0" in hint
+    assert "[N, T, C]" in ctc_hint("out", [line(20).swapaxes(0, 1) for _ in range(3)])
+    assert ctc_hint("387", [line(17), line(20, blank=11)]) is None  # two different leaders: no single blank
+    assert ctc_hint("feat", [rng.standard_normal((2, 20, 12)).astype(np.float32)]) is None
+    assert ctc_hint("flat", [rng.standard_normal((4, 12)).astype(np.float32)]) is None
