@@ -241,21 +241,6 @@ def inspect(model: Path, as_json: bool, quiet: bool):
 # ---------------------------------------------------------------- prune
 
 
-def _parse_layers(values: tuple[str, ...], flag: str = "--layer") -> dict[str, float]:
-    layers = {}
-    for item in values:
-        name, sep, value = item.rpartition("=")
-        if not sep or not name:
-            raise ConfigError(f"{flag} '{item}' is not NAME=SPARSITY; e.g. {flag} fc1=0.9.")
-        try:
-            layers[name] = float(value)
-        except ValueError:
-            raise ConfigError(f"{flag} '{item}': '{value}' is not a number; e.g. {flag} fc1=0.9.") from None
-        if not 0.0 <= layers[name] < 1.0:
-            raise ConfigError(f"{flag} '{item}': sparsity must be in [0, 1).")
-    return layers
-
-
 def _data_options(f):
     """The calibration-data flags shared by prune and sensitivity."""
     for opt in reversed([
@@ -405,7 +390,7 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
       onnxprune prune model.onnx -o again.onnx --recipe out/recipe.toml --data train.npz
       onnxprune prune model.onnx -o small.onnx --max-loss 0.5 --data calib.npz --plan
     """
-    from onnxprune.converter.plan import configure
+    from onnxprune.converter.plan import configure, parse_layers
 
     choices = _typed(choices)  # what the user typed; the step configs hold the defaults
     if "max_loss" in choices:  # (the run's budget, each named output's own)
@@ -430,8 +415,8 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
         config = _config_from_recipe(recipe, model, allow_other_model,
                                      {k: choices[k] for k in per_run if choices.get(k) is not None})
     else:
-        config = configure(layers=_parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
-                           neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"), **choices)
+        config = configure(layers=parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
+                           neuron_layers=parse_layers(neuron_layers, "--neuron-layer"), **choices)
     if config.retrain.iterations > 0:
         config.retrain.checkpoint_dir = str(checkpoint_dir or output.with_name(output.name + ".ckpt"))
         config.retrain.resume = resume

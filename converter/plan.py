@@ -142,6 +142,8 @@ def configure(**choices) -> RunConfig:
     per_section: dict[str, dict] = {}
     for name, value in choices.items():
         _check_type(name, value, owner[name])
+        if name in ("layers", "neuron_layers") and value is not None:
+            value = _layer_map(name, value)
         if name == "exclude" and value is not None:
             value = tuple(value)
         if name == "levels" and value is not None:
@@ -164,6 +166,41 @@ def _check_type(name: str, value, section: str) -> None:
     kind = str(field.type) if field is not None else ""
     if re.search(r"\b(float|int)\b", kind) and not re.search(r"\b(str|Any|Path)\b", kind):
         raise ConfigError(f"option {name}={value!r} is a string; it takes a number.")
+
+
+def parse_layers(values, flag: str = "--layer", example: str | None = None) -> dict[str, float]:
+    """NAME=SPARSITY strings (--layer, --neuron-layer; layers='fc1=0.9' from the API) as {NAME: SPARSITY}."""
+    example = example or f"{flag} fc1=0.9"
+    layers = {}
+    for item in values:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise ConfigError(f"{flag} '{item}' is not NAME=SPARSITY; e.g. {example}.")
+        try:
+            layers[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"{flag} '{item}': '{value}' is not a number; e.g. {example}.") from None
+        if not 0.0 <= layers[name] < 1.0:
+            raise ConfigError(f"{flag} '{item}': sparsity must be in [0, 1).")
+    return layers
+
+
+def _layer_map(name: str, value) -> dict[str, float]:
+    """layers= / neuron_layers= as {NAME: SPARSITY}, or as the command line's NAME=SPARSITY strings: one string is
+    one entry, as exclude='fc1*' is one pattern (a library sweep: layers="fc1" failed with a raw AttributeError)."""
+    example = f"{name}={{'fc1': 0.9}}"
+    if isinstance(value, str):
+        value = (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return parse_layers(value, f"option {name}", example)
+    if not isinstance(value, dict):
+        raise ConfigError(f"option {name}={value!r} is of type {type(value).__name__}; it takes {{NAME: SPARSITY}}, "
+                          f"e.g. {example} (or 'fc1=0.9').")
+    for layer, share in value.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)):
+            raise ConfigError(f"option {name}: layer '{layer}' has sparsity {share!r} of type "
+                              f"{type(share).__name__}; give a number, e.g. {example}.")
+    return dict(value)
 
 
 def recipe_of(config: RunConfig | None) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -697,3 +698,24 @@ def test_a_python_caller_passing_a_string_for_a_number_or_a_wrong_model_gets_a_c
             prune(model, **kw)
     with pytest.raises(ConfigError, match="model must be a path or an onnx.ModelProto, not int"):
         prune(123, sparsity=0.5)
+
+
+def test_a_python_caller_may_give_layers_as_name_equals_sparsity_strings_and_a_wrong_type_is_named():
+    """Library sweep: layers="fc1" (or a list, or 3) was a raw AttributeError ('str' object has no attribute
+    'items'). layers= takes {NAME: SPARSITY} or the command line's NAME=SPARSITY strings (one string is one entry, as
+    exclude='fc1*' is one pattern); anything else is a ConfigError naming the option."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    by_string = prune(model, sparsity=0.5, layers="fc1*=0.9").report["layers"]
+    by_dict = prune(model, sparsity=0.5, layers={"fc1*": 0.9}).report["layers"]
+    assert by_string == by_dict and any(layer["density"] == pytest.approx(0.1, abs=0.01) for layer in by_string)
+    assert prune(model, sparsity=0.5, layers=["fc1*=0.9"]).report["layers"] == by_dict
+    for value, said in (("fc1", "option layers 'fc1' is not NAME=SPARSITY; e.g. layers={'fc1': 0.9}"),
+                        (3, "option layers=3 is of type int; it takes {NAME: SPARSITY}"),
+                        ({"fc1*": "0.9"}, "option layers: layer 'fc1*' has sparsity '0.9' of type str")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, sparsity=0.5, layers=value)
+    with pytest.raises(ConfigError, match="option neuron_layers 'fc1' is not NAME=SPARSITY"):
+        prune(model, sparsity=0.5, iterations=1, neuron_layers="fc1")
