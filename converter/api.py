@@ -36,7 +36,8 @@ def prune(
     """Prune `model` (a path or a ModelProto) and return the verified result.
 
     `data` / `eval_data`: a path (.npz, folder, 'random'), a dict of arrays named after the model inputs (plus an
-    optional labels array), or an iterable of feed dicts. `choices` are the step configs' fields, the command
+    optional labels array), or an iterable of feed dicts (one batch each); for a model with one input also an array
+    (samples first, as that dict) or an iterable of arrays (as those feed dicts). `choices` are the step configs' fields, the command
     line's flags in snake case (sparsity, quality, layers, exclude, max_loss, iterations, epochs, lr, …); `layers`
     is {NAME: SPARSITY} or NAME=SPARSITY strings as --layer takes them, `exclude` a pattern or several; an
     unknown one is a ConfigError listing the valid ones; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` beside

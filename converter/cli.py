@@ -520,7 +520,7 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
 def _random_shapes(model, data_config) -> dict | None:
     """--data random: the shapes random inputs are drawn at (calibration.shapes), as a prune run chooses them."""
     from onnxprune.calibration.shapes import choose_random_shapes
-    from onnxprune.converter.steps.shapes import draws_random_inputs
+    from onnxprune.converter.steps.data import draws_random_inputs
 
     if not draws_random_inputs(data_config):
         return None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
 from onnxprune.converter.steps.base import Step, StepConfig, check_plan
 from onnxprune.converter.steps.budget import AllocateStep, BudgetCheckStep, BudgetConfig, FitBudgetStep
-from onnxprune.converter.steps.data import DataConfig, DataStep
+from onnxprune.converter.steps.data import DataConfig, DataStep, draws_random_inputs
 from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
 from onnxprune.converter.steps.prune import PruneStep
@@ -35,7 +35,7 @@ from onnxprune.converter.steps.quantize import AUTO as QUANT_AUTO, QuantizeConfi
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
 from onnxprune.converter.steps.scan import ClockStep, ScanConfig, ScanStep
-from onnxprune.converter.steps.shapes import RandomShapesStep, draws_random_inputs
+from onnxprune.converter.steps.shapes import RandomShapesStep
 from onnxprune.converter.steps.shrink import ShrinkConfig, ShrinkStep
 from onnxprune.converter.steps.targets import TargetsConfig, TargetsStep
 from onnxprune.converter.steps.verify import MeasureStep, VerifyConfig, VerifyStep

@@ -719,3 +719,29 @@ def test_a_python_caller_may_give_layers_as_name_equals_sparsity_strings_and_a_w
             prune(model, sparsity=0.5, layers=value)
     with pytest.raises(ConfigError, match="option neuron_layers 'fc1' is not NAME=SPARSITY"):
         prune(model, sparsity=0.5, iterations=1, neuron_layers="fc1")
+
+
+def test_a_python_caller_may_give_a_one_input_model_plain_arrays_as_data():
+    """Library sweep: data=x and data=[x1, x2] (arrays, not dicts) were a raw AttributeError ('numpy.ndarray' object
+    has no attribute 'items') deep in a step. For a model with one input an array is the dict {input: array}
+    (samples first) and a list of arrays the list of feed dicts (one batch each), in data=, eval_data= and
+    val_data=; a model with more inputs, or a batch that is neither, is a ConfigError saying what to pass."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+    from onnxprune.models.builders_sweep3 import with_unread_input
+
+    model = builders.mlp_gemm()
+    name = model.graph.input[0].name
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    as_dict = prune(model, data={name: x}, eval_data=[{name: x[:50]}], max_loss=1.0, one_shot=True).report
+    as_arrays = prune(model, data=x, eval_data=[x[:50]], max_loss=1.0, one_shot=True).report
+    assert as_arrays["layers"] == as_dict["layers"] and as_arrays["budget"]["met"]
+    assert as_arrays["metrics"]["sets"]["evaluation"] == as_dict["metrics"]["sets"]["evaluation"]
+    batches = prune(model, data=[x[:100], x[100:]], val_data=x[:50], sparsity=0.5, iterations=1, epochs=1).report
+    assert batches["compression"] > 1.0  # measured on val_data, the array
+    assert batches["metrics"]["sets"]["calibration"]["data"].startswith("in-memory arrays: 50 samples")
+    with pytest.raises(ConfigError, match=r"data given as a list of arrays feeds a model with one input; this model "
+                                          r"takes \['input', 'unused_mask'\]: pass a dict of arrays named after them"):
+        prune(with_unread_input(model), data=[x], sparsity=0.5)
+    with pytest.raises(ConfigError, match="feed dict #0 is a list, not a dict; give each batch as a dict of arrays"):
+        prune(model, data=[[0.0] * 16], sparsity=0.5)
