@@ -43,7 +43,8 @@ def prune(
     unknown one is a ConfigError listing the valid ones; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` beside
     `max_loss`. With `output`, the model is written atomically; with
     `report_dir`, report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
-    `force`.
+    `force` (its figures: loss_pp, max_loss_pp, outputs, written, report; `budget_error(result.report)` gives the
+    same error for a forced result).
     """
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")

@@ -745,3 +745,45 @@ def test_a_python_caller_may_give_a_one_input_model_plain_arrays_as_data():
         prune(with_unread_input(model), data=[x], sparsity=0.5)
     with pytest.raises(ConfigError, match="feed dict #0 is a list, not a dict; give each batch as a dict of arrays"):
         prune(model, data=[[0.0] * 16], sparsity=0.5)
+
+
+def test_a_missed_budget_gives_a_build_script_its_figures_and_the_command_line_its_one_line(tmp_path):
+    """Library sweep: BudgetError carried its message only; a build script had to parse it. It holds the measured
+    loss, the budget, the outputs that missed, the path --force wrote and the report; the message (the command
+    line's Error: line, exit 3) stays one line."""
+    from onnxprune import BudgetError, prune
+    from onnxprune.converter.steps.budget import budget_error
+    from tests.converter._data import self_labelled
+
+    model, data = self_labelled()
+    choices = dict(data=data, max_loss=0.0, layers={"fc1*": 0.995}, one_shot=True)
+    with pytest.raises(BudgetError) as missed:
+        prune(model, output=tmp_path / "o.onnx", **choices)
+    e = missed.value
+    assert e.loss_pp == e.report["budget"]["measured_loss_pp"] > e.max_loss_pp == 0.0
+    assert e.outputs == ("logits",) and e.written is None and not (tmp_path / "o.onnx").exists()
+    assert "\n" not in str(e) and str(e).endswith("nothing written (pass --force to write it anyway, or raise "
+                                                  "--max-loss).")
+    forced = budget_error(prune(model, output=tmp_path / "o.onnx", force=True, **choices).report)
+    assert forced.written == str(tmp_path / "o.onnx") and forced.loss_pp == e.loss_pp
+
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", **data)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "c.onnx", "--data", tmp_path / "d.npz", "--max-loss",
+                 "0", "--layer", "fc1*=0.995", "--one-shot")
+    assert_clean_error(res, 3, "exceeds --max-loss 0; nothing written")
+    assert f"Error: {e}" in res.output
+
+
+def test_the_outputs_that_missed_are_the_ones_the_rule_or_their_own_budget_refused():
+    """With several scored outputs, BudgetError.outputs names those over their budget, not the headline alone."""
+    from onnxprune.converter.steps.budget import budget_error
+
+    budget = {"max_loss_pp": 1.0, "measured_loss_pp": 2.0, "met": False}
+    sets = {"calibration": {"headline": "boxes", "outputs": {"boxes": {"loss_pp": 0.5}, "scores": {"loss_pp": 2.0},
+                                                             "labels": {"loss_pp": 3.0}}}}
+    by_measure = budget_error({"budget": {**budget, "by_output": {"labels": 5.0}}, "metrics": {"sets": sets}})
+    assert by_measure.outputs == ("scores",) and by_measure.max_loss_pp == 1.0 and by_measure.loss_pp == 2.0
+    verdicts = {"boxes": {"within": False}, "scores": {"within": True}}
+    by_rule = budget_error({"budget": {**budget, "decision": {"outputs": verdicts}}, "metrics": {"sets": sets}})
+    assert by_rule.outputs == ("boxes",)
