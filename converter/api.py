@@ -20,8 +20,10 @@ from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import configure
 from onnxprune.errors import ConfigError
+from onnxprune.interrupts import after_imports
 
 
+@after_imports()  # a Ctrl-C inside a lazy import (torch's, onnxruntime's) waits for it: no half-imported package
 def prune(
     model: str | os.PathLike | onnx.ModelProto,
     *,

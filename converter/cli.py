@@ -12,13 +12,13 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import click
 
+from onnxprune import interrupts
 from onnxprune.errors import ConfigError, ConverterError
 
 SPARSE_FORMATS = ("constant", "initializer", "dense", "compact")  # passes.storage.FORMATS; literal: a light import
@@ -654,26 +654,11 @@ def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool, as_json: 
 
 def _terminate(signum, frame):
     """SIGTERM and Ctrl-C unwind as KeyboardInterrupt: temp files are removed, no partial output stays. Not in the
-    middle of an import: a C++ extension's initialisation (torch.distributed's, through pybind11) that receives
-    the exception aborts the process ("terminate called after throwing an instance of
-    'pybind11::error_already_set'", seen once in the suite); the signal is sent again a moment later instead."""
-    if _importing(frame):
-        retry = threading.Timer(RETRY_SIGNAL_S, os.kill, (os.getpid(), signum))
-        retry.daemon = True
-        retry.start()
+    middle of an import (a half-imported package, or an extension's initialisation that aborts the process): the
+    signal is sent again a moment later instead (onnxprune.interrupts)."""
+    if interrupts.deferred(signum, frame):
         return
     raise KeyboardInterrupt
-
-
-RETRY_SIGNAL_S = 0.05
-
-
-def _importing(frame) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def process_started() -> float:

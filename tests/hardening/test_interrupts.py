@@ -195,16 +195,17 @@ def test_a_signal_during_an_import_is_sent_again_after_it(monkeypatch):
     import time as clock
     from types import SimpleNamespace
 
+    from onnxprune import interrupts
     from onnxprune.converter import cli
 
     def frame(name, back=None):
         return SimpleNamespace(f_code=SimpleNamespace(co_filename=name), f_back=back)
 
     sent = []
-    monkeypatch.setattr(cli.os, "kill", lambda pid, signum: sent.append(signum))
+    monkeypatch.setattr(interrupts.os, "kill", lambda pid, signum: sent.append(signum))
     importing = frame("/site-packages/torch/distributed/__init__.py", frame("<frozen importlib._bootstrap>"))
     cli._terminate(sig.SIGTERM, importing)  # deferred: no exception here
-    clock.sleep(10 * cli.RETRY_SIGNAL_S)
+    clock.sleep(10 * interrupts.RETRY_S)
     assert sent == [sig.SIGTERM]
     with pytest.raises(KeyboardInterrupt):
         cli._terminate(sig.SIGTERM, frame("/work/converter/steps/auto.py"))
@@ -229,3 +230,41 @@ def test_standard_output_closed_piped_or_full(small, tmp_path):
                                  stderr=subprocess.PIPE, text=True)
         assert res.returncode == 2 and "Traceback" not in res.stderr and "internal error" not in res.stderr
         assert "standard output cannot be written (No space left on device)" in res.stderr.strip().splitlines()[-1]
+
+
+FIRST_CALL_INTERRUPTED = """
+import importlib.abc, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the parent ignores
+
+
+class CtrlC(importlib.abc.MetaPathFinder):  # Ctrl-C while `import onnx` is half done (its helper not yet loaded)
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnx.helper":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlC())
+import onnxprune
+
+try:
+    onnxprune.prune(sys.argv[1], sparsity=0.5)
+    time.sleep(2)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+print("again", onnxprune.prune(sys.argv[1], sparsity=0.5).report["compression"])
+"""
+
+
+def test_a_ctrl_c_during_the_first_calls_lazy_imports_leaves_later_calls_working(tmp_path):
+    """Library sweep: Ctrl-C while the first prune() imported onnx left onnx half-imported (its finished submodules
+    kept, the package forgotten), and every later call in the process failed ("pass 'magnitude' failed: module 'onnx'
+    has no attribute 'external_data_helper'"). The interrupt now waits for the import, then interrupts the call."""
+    onnx.save(builders.mlp_gemm(), tmp_path / "m.onnx")
+    (tmp_path / "first.py").write_text(FIRST_CALL_INTERRUPTED)
+    done = subprocess.run([sys.executable, str(tmp_path / "first.py"), str(tmp_path / "m.onnx")], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["interrupted", "again 2.0"], done.stdout
