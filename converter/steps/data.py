@@ -110,8 +110,8 @@ class Data:
 
     def _split(self) -> int | None:
         c = self.config
-        if c.val_data is not None or not c.validation or draws_random_inputs(c):  # --val-data decides; all of --data trains
-            return None
+        if c.val_data is not None or not c.validation or draws_random_inputs(c):
+            return None  # --val-data decides; all of --data trains
         reader = self.reader()
         n = reader.num_samples
         every = max(2, round(1.0 / c.validation))
