@@ -56,8 +56,6 @@ def prune(
     if "val_data" in choices:
         choices["val_data"] = _once(choices["val_data"])
     choices = {k: _plain(v) for k, v in choices.items()}  # numpy scalars as Python numbers: the report stays JSON
-    if isinstance(choices.get("exclude"), str):  # one pattern, not its characters (sweep 16)
-        choices["exclude"] = (choices["exclude"],)
     config = configure(data=data, eval_data=eval_data, **choices)
     result = convert(model, Path(output) if output is not None else None, config,
                      report_dir=Path(report_dir) if report_dir is not None else None, force=force, progress=progress,

@@ -144,10 +144,8 @@ def configure(**choices) -> RunConfig:
         _check_type(name, value, owner[name])
         if name in ("layers", "neuron_layers") and value is not None:
             value = _layer_map(name, value)
-        if name == "exclude" and value is not None:
-            value = tuple(value)
-        if name == "levels" and value is not None:
-            value = tuple(value)
+        if name in SEQUENCES and value is not None:
+            value = _sequence(name, value)
         per_section.setdefault(owner[name], {})[name] = value
     config = RunConfig(given=frozenset(k for k, v in choices.items() if v is not None))
     for section, values in per_section.items():
@@ -183,6 +181,21 @@ def parse_layers(values, flag: str = "--layer", example: str | None = None) -> d
         if not 0.0 <= layers[name] < 1.0:
             raise ConfigError(f"{flag} '{item}': sparsity must be in [0, 1).")
     return layers
+
+
+# options that take several values, what each value is, and an example: one value alone is one entry
+SEQUENCES = {"exclude": (str, "patterns", "exclude=['fc1*', 'conv2']"),
+             "levels": ((int, float), "sparsities", "levels=[0.5, 0.9]")}
+
+
+def _sequence(name: str, value) -> tuple:
+    """exclude= / levels= as a tuple: one pattern (exclude='fc1*', not its characters) or one level alone is one
+    entry; anything else is a ConfigError naming the option (a library sweep: exclude=3 was a raw TypeError)."""
+    kind, what, example = SEQUENCES[name]
+    items = (value,) if isinstance(value, (str, int, float)) else value
+    if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, kind) for v in items):
+        raise ConfigError(f"option {name}={value!r} takes {what} (one, or a list of them), e.g. {example}.")
+    return tuple(items)
 
 
 def _layer_map(name: str, value) -> dict[str, float]:

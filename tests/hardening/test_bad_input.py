@@ -787,3 +787,19 @@ def test_the_outputs_that_missed_are_the_ones_the_rule_or_their_own_budget_refus
     verdicts = {"boxes": {"within": False}, "scores": {"within": True}}
     by_rule = budget_error({"budget": {**budget, "decision": {"outputs": verdicts}}, "metrics": {"sets": sets}})
     assert by_rule.outputs == ("boxes",)
+
+
+def test_a_python_caller_passing_exclude_or_levels_of_the_wrong_type_gets_a_config_error():
+    """Library sweep: exclude=3, exclude=['fc1*', 3] and levels=0.5 were raw TypeErrors. One pattern or one level
+    alone is one entry (exclude='fc1*' already was); a value of another type is a ConfigError naming the option."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    assert configure(sparsity=0.5, exclude="fc1*").targets.exclude == ("fc1*",)
+    assert configure(sparsity=0.5, levels=0.5).scan.levels == (0.5,)
+    for kw, said in ((dict(exclude=3), "option exclude=3 takes patterns (one, or a list of them), e.g. exclude="),
+                     (dict(exclude=["fc1*", 3]), "option exclude=['fc1*', 3] takes patterns"),
+                     (dict(levels=[0.5, "0.9"]), "option levels=[0.5, '0.9'] takes sparsities")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(builders.mlp_gemm(), sparsity=0.5, **kw)
