@@ -174,7 +174,8 @@ class DataReader:
 def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batch_size: int = 64,
               limit: int | None = None, seed: int = 0, shapes: dict[str, tuple] | None = None,
               warn: bool = True) -> DataReader:
-    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts.
+    """A DataReader over `source`: an .npz path, a folder of .npz/.npy, "random", a dict of arrays, or feed dicts;
+    for a one-input model also an array (the dict of it) or a list of arrays (the feed dicts of them).
 
     `shapes` (--input-shape) fixes symbolic input dims (random data is drawn at them, real data checked against
     them); `warn=False` leaves out the random-data warning and the per-feed note (a run that opens its data
@@ -225,6 +226,7 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
             raise CalibrationError(f"calibration data '{path}' does not exist; pass an .npz file, a folder or "
                                    "'random'.")
         return _npz_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
+    source = _as_named(source, specs)
     if isinstance(source, Mapping):
         chunk = _memory_chunk(source, "in-memory arrays")
         reason = feed_reason([(chunk.where, {k: v.shape for k, v in chunk.arrays.items()})], specs,
@@ -236,7 +238,28 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
     if isinstance(source, Iterable):
         return _feeds_reader(list(source), specs, labels, batch_size, limit, time_major_inputs(model))
     raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
-                      "pass a path, 'random', a dict of arrays or a list of feed dicts.")
+                      "pass a path, 'random', a dict of arrays or a list of feed dicts (for a one-input "
+                      "model also an array or a list of arrays).")
+
+
+def _as_named(source, specs):
+    """An array (samples first) or a list of arrays (one batch each) for a one-input model, as the dict of arrays or
+    the feed dicts it stands for (a library sweep: data=[x1, x2] was a raw AttributeError deep in a step)."""
+    arrays = isinstance(source, (list, tuple)) and any(_is_array(a) for a in source)
+    if not (_is_array(source) or arrays):
+        return source
+    what = "a list of arrays" if arrays else "an array"
+    if len(specs) != 1:
+        raise ConfigError(f"data given as {what} feeds a model with one input; this model takes "
+                          f"{[s.name for s in specs]}: pass a dict of arrays named after them (or a list of such "
+                          "dicts, one per batch).")
+    name = specs[0].name
+    return [{name: a} if _is_array(a) else a for a in source] if arrays else {name: source}
+
+
+def _is_array(value) -> bool:
+    """A numpy array or anything numpy reads as one without copying it element by element (a torch tensor)."""
+    return hasattr(value, "__array__") and not isinstance(value, Mapping)
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
@@ -456,6 +479,9 @@ def _load_error(path: Path, exc: Exception) -> CalibrationError:
 
 
 def _memory_chunk(source: Mapping, where: str) -> Chunk:
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{where} is a {type(source).__name__}, not a dict; give each batch as a dict of arrays "
+                          "named after the model inputs (a one-input model also takes a plain array per batch).")
     arrays = {}
     for name, value in source.items():
         arr = np.asarray(value)

@@ -20,8 +20,10 @@ from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import configure
 from onnxprune.errors import ConfigError
+from onnxprune.interrupts import after_imports
 
 
+@after_imports()  # a Ctrl-C inside a lazy import (torch's, onnxruntime's) waits for it: no half-imported package
 def prune(
     model: str | os.PathLike | onnx.ModelProto,
     *,
@@ -36,12 +38,15 @@ def prune(
     """Prune `model` (a path or a ModelProto) and return the verified result.
 
     `data` / `eval_data`: a path (.npz, folder, 'random'), a dict of arrays named after the model inputs (plus an
-    optional labels array), or an iterable of feed dicts. `choices` are the step configs' fields, the command
-    line's flags in snake case (sparsity, quality, layers, exclude, max_loss, iterations, epochs, lr, …); an
-    unknown one is a ConfigError listing the valid ones; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` beside
+    optional labels array), or an iterable of feed dicts (one batch each); for a model with one input also an array
+    (samples first, as that dict) or an iterable of arrays (as those feed dicts). `choices` are the step configs'
+    fields, the command line's flags in snake case (sparsity, quality, layers, exclude, max_loss, iterations, epochs,
+    lr, …); `layers` is {NAME: SPARSITY} or NAME=SPARSITY strings as --layer takes them, `exclude` a pattern or
+    several; an unknown one is a ConfigError listing the valid ones; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` beside
     `max_loss`. With `output`, the model is written atomically; with
     `report_dir`, report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
-    `force`.
+    `force` (its figures: loss_pp, max_loss_pp, outputs, written, report; `budget_error(result.report)` gives the
+    same error for a forced result).
     """
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
@@ -51,8 +56,6 @@ def prune(
     if "val_data" in choices:
         choices["val_data"] = _once(choices["val_data"])
     choices = {k: _plain(v) for k, v in choices.items()}  # numpy scalars as Python numbers: the report stays JSON
-    if isinstance(choices.get("exclude"), str):  # one pattern, not its characters (sweep 16)
-        choices["exclude"] = (choices["exclude"],)
     config = configure(data=data, eval_data=eval_data, **choices)
     result = convert(model, Path(output) if output is not None else None, config,
                      report_dir=Path(report_dir) if report_dir is not None else None, force=force, progress=progress,

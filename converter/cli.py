@@ -12,13 +12,13 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import click
 
+from onnxprune import interrupts
 from onnxprune.errors import ConfigError, ConverterError
 
 SPARSE_FORMATS = ("constant", "initializer", "dense", "compact")  # passes.storage.FORMATS; literal: a light import
@@ -241,21 +241,6 @@ def inspect(model: Path, as_json: bool, quiet: bool):
 # ---------------------------------------------------------------- prune
 
 
-def _parse_layers(values: tuple[str, ...], flag: str = "--layer") -> dict[str, float]:
-    layers = {}
-    for item in values:
-        name, sep, value = item.rpartition("=")
-        if not sep or not name:
-            raise ConfigError(f"{flag} '{item}' is not NAME=SPARSITY; e.g. {flag} fc1=0.9.")
-        try:
-            layers[name] = float(value)
-        except ValueError:
-            raise ConfigError(f"{flag} '{item}': '{value}' is not a number; e.g. {flag} fc1=0.9.") from None
-        if not 0.0 <= layers[name] < 1.0:
-            raise ConfigError(f"{flag} '{item}': sparsity must be in [0, 1).")
-    return layers
-
-
 def _data_options(f):
     """The calibration-data flags shared by prune and sensitivity."""
     for opt in reversed([
@@ -405,7 +390,7 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
       onnxprune prune model.onnx -o again.onnx --recipe out/recipe.toml --data train.npz
       onnxprune prune model.onnx -o small.onnx --max-loss 0.5 --data calib.npz --plan
     """
-    from onnxprune.converter.plan import configure
+    from onnxprune.converter.plan import configure, parse_layers
 
     choices = _typed(choices)  # what the user typed; the step configs hold the defaults
     if "max_loss" in choices:  # (the run's budget, each named output's own)
@@ -430,8 +415,8 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
         config = _config_from_recipe(recipe, model, allow_other_model,
                                      {k: choices[k] for k in per_run if choices.get(k) is not None})
     else:
-        config = configure(layers=_parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
-                           neuron_layers=_parse_layers(neuron_layers, "--neuron-layer"), **choices)
+        config = configure(layers=parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
+                           neuron_layers=parse_layers(neuron_layers, "--neuron-layer"), **choices)
     if config.retrain.iterations > 0:
         config.retrain.checkpoint_dir = str(checkpoint_dir or output.with_name(output.name + ".ckpt"))
         config.retrain.resume = resume
@@ -535,7 +520,7 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
 def _random_shapes(model, data_config) -> dict | None:
     """--data random: the shapes random inputs are drawn at (calibration.shapes), as a prune run chooses them."""
     from onnxprune.calibration.shapes import choose_random_shapes
-    from onnxprune.converter.steps.shapes import draws_random_inputs
+    from onnxprune.converter.steps.data import draws_random_inputs
 
     if not draws_random_inputs(data_config):
         return None
@@ -669,26 +654,11 @@ def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool, as_json: 
 
 def _terminate(signum, frame):
     """SIGTERM and Ctrl-C unwind as KeyboardInterrupt: temp files are removed, no partial output stays. Not in the
-    middle of an import: a C++ extension's initialisation (torch.distributed's, through pybind11) that receives
-    the exception aborts the process ("terminate called after throwing an instance of
-    'pybind11::error_already_set'", seen once in the suite); the signal is sent again a moment later instead."""
-    if _importing(frame):
-        retry = threading.Timer(RETRY_SIGNAL_S, os.kill, (os.getpid(), signum))
-        retry.daemon = True
-        retry.start()
+    middle of an import (a half-imported package, or an extension's initialisation that aborts the process): the
+    signal is sent again a moment later instead (onnxprune.interrupts)."""
+    if interrupts.deferred(signum, frame):
         return
     raise KeyboardInterrupt
-
-
-RETRY_SIGNAL_S = 0.05
-
-
-def _importing(frame) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def process_started() -> float:

@@ -248,7 +248,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, protect=()) -> P
 
 
 # what interrupts a run, cleaned up alike: Ctrl-C, a job's kill, a lost terminal or SSH session (sweep 15: SIGHUP
-# during a write left the temp file)
+# during a write left the temp file). Not SIGQUIT (Ctrl-\): it stays the immediate stop with a core dump, for when
+# these have to wait (docs/bad-input.md).
 INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 

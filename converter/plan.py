@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
 from onnxprune.converter.steps.base import Step, StepConfig, check_plan
 from onnxprune.converter.steps.budget import AllocateStep, BudgetCheckStep, BudgetConfig, FitBudgetStep
-from onnxprune.converter.steps.data import DataConfig, DataStep
+from onnxprune.converter.steps.data import DataConfig, DataStep, draws_random_inputs
 from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
 from onnxprune.converter.steps.prune import PruneStep
@@ -35,7 +35,7 @@ from onnxprune.converter.steps.quantize import AUTO as QUANT_AUTO, QuantizeConfi
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
 from onnxprune.converter.steps.scan import ClockStep, ScanConfig, ScanStep
-from onnxprune.converter.steps.shapes import RandomShapesStep, draws_random_inputs
+from onnxprune.converter.steps.shapes import RandomShapesStep
 from onnxprune.converter.steps.shrink import ShrinkConfig, ShrinkStep
 from onnxprune.converter.steps.targets import TargetsConfig, TargetsStep
 from onnxprune.converter.steps.verify import MeasureStep, VerifyConfig, VerifyStep
@@ -142,10 +142,10 @@ def configure(**choices) -> RunConfig:
     per_section: dict[str, dict] = {}
     for name, value in choices.items():
         _check_type(name, value, owner[name])
-        if name == "exclude" and value is not None:
-            value = tuple(value)
-        if name == "levels" and value is not None:
-            value = tuple(value)
+        if name in ("layers", "neuron_layers") and value is not None:
+            value = _layer_map(name, value)
+        if name in SEQUENCES and value is not None:
+            value = _sequence(name, value)
         per_section.setdefault(owner[name], {})[name] = value
     config = RunConfig(given=frozenset(k for k, v in choices.items() if v is not None))
     for section, values in per_section.items():
@@ -164,6 +164,56 @@ def _check_type(name: str, value, section: str) -> None:
     kind = str(field.type) if field is not None else ""
     if re.search(r"\b(float|int)\b", kind) and not re.search(r"\b(str|Any|Path)\b", kind):
         raise ConfigError(f"option {name}={value!r} is a string; it takes a number.")
+
+
+def parse_layers(values, flag: str = "--layer", example: str | None = None) -> dict[str, float]:
+    """NAME=SPARSITY strings (--layer, --neuron-layer; layers='fc1=0.9' from the API) as {NAME: SPARSITY}."""
+    example = example or f"{flag} fc1=0.9"
+    layers = {}
+    for item in values:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise ConfigError(f"{flag} '{item}' is not NAME=SPARSITY; e.g. {example}.")
+        try:
+            layers[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"{flag} '{item}': '{value}' is not a number; e.g. {example}.") from None
+        if not 0.0 <= layers[name] < 1.0:
+            raise ConfigError(f"{flag} '{item}': sparsity must be in [0, 1).")
+    return layers
+
+
+# options that take several values, what each value is, and an example: one value alone is one entry
+SEQUENCES = {"exclude": (str, "patterns", "exclude=['fc1*', 'conv2']"),
+             "levels": ((int, float), "sparsities", "levels=[0.5, 0.9]")}
+
+
+def _sequence(name: str, value) -> tuple:
+    """exclude= / levels= as a tuple: one pattern (exclude='fc1*', not its characters) or one level alone is one
+    entry; anything else is a ConfigError naming the option (a library sweep: exclude=3 was a raw TypeError)."""
+    kind, what, example = SEQUENCES[name]
+    items = (value,) if isinstance(value, (str, int, float)) else value
+    if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, kind) for v in items):
+        raise ConfigError(f"option {name}={value!r} takes {what} (one, or a list of them), e.g. {example}.")
+    return tuple(items)
+
+
+def _layer_map(name: str, value) -> dict[str, float]:
+    """layers= / neuron_layers= as {NAME: SPARSITY}, or as the command line's NAME=SPARSITY strings: one string is
+    one entry, as exclude='fc1*' is one pattern (a library sweep: layers="fc1" failed with a raw AttributeError)."""
+    example = f"{name}={{'fc1': 0.9}}"
+    if isinstance(value, str):
+        value = (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return parse_layers(value, f"option {name}", example)
+    if not isinstance(value, dict):
+        raise ConfigError(f"option {name}={value!r} is of type {type(value).__name__}; it takes {{NAME: SPARSITY}}, "
+                          f"e.g. {example} (or 'fc1=0.9').")
+    for layer, share in value.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)):
+            raise ConfigError(f"option {name}: layer '{layer}' has sparsity {share!r} of type "
+                              f"{type(share).__name__}; give a number, e.g. {example}.")
+    return dict(value)
 
 
 def recipe_of(config: RunConfig | None) -> dict:

@@ -34,7 +34,9 @@ __all__ = ["prune", "BudgetError", "CalibrationError", "ConfigError", "Converter
 
 def __getattr__(name: str):
     if name == "prune":
-        from onnxprune.converter.api import prune
+        from onnxprune.interrupts import after_imports
 
+        with after_imports():  # a Ctrl-C inside `import onnx` waits for it: no half-imported package left behind
+            from onnxprune.converter.api import prune
         return prune
     raise AttributeError(f"module 'onnxprune' has no attribute '{name}'")

@@ -37,6 +37,15 @@ class ParityError(ConverterError):
 
 
 class BudgetError(ConverterError):
-    """The accuracy budget (--max-loss) was not met."""
+    """The accuracy budget (--max-loss) was not met. Its message is one line; its figures, for a build script:
+    `loss_pp` the measured loss and `max_loss_pp` the budget (pp), `outputs` the scored graph outputs that missed
+    their budget, `written` the model's path when --force wrote it anyway (else None), `report` the run's report
+    (what report.json holds)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, *, loss_pp: float | None = None, max_loss_pp: float | None = None,
+                 outputs: tuple[str, ...] = (), written: str | None = None, report: dict | None = None):
+        super().__init__(message)
+        self.loss_pp, self.max_loss_pp, self.outputs = loss_pp, max_loss_pp, tuple(outputs)
+        self.written, self.report = written, report

@@ -240,8 +240,23 @@ def budget_error(report: dict) -> BudgetError | None:
                       f"'{t['output']}' ({t['metric']}: {part_figure(t, t['metric'], t.get('n'), own)}; the "
                       f"measured loss {budget['measured_loss_pp']:.3f} pp plus the margin the rule adds on "
                       f"{t.get('n')} decision samples)")
-        if report.get("output"):
-            return BudgetError(f"{missed}; written anyway to '{report['output']}' (--force); the exit code says "
-                               "the budget was missed.")
-        return BudgetError(f"{missed}; nothing written (pass --force to write it anyway, or raise --max-loss).")
+        written = report.get("output")
+        said = (f"written anyway to '{written}' (--force); the exit code says the budget was missed." if written
+                else "nothing written (pass --force to write it anyway, or raise --max-loss).")
+        return BudgetError(f"{missed}; {said}", loss_pp=budget["measured_loss_pp"], max_loss_pp=budget["max_loss_pp"],
+                           outputs=missed_outputs(report), written=written, report=report)
     return None
+
+
+def missed_outputs(report: dict) -> tuple[str, ...]:
+    """The scored outputs that missed their budget: by the decision rule's verdict where the report holds it, else
+    by each one's measured loss against its own budget (--max-loss OUTPUT=L) or the run's; else (the rule's margin
+    missed, every mean within) the tightest output."""
+    budget, measured = report["budget"], report.get("metrics", {}).get("sets", {}).get("calibration", {})
+    verdicts = (budget.get("decision") or {}).get("outputs") or {}
+    missed = [name for name, f in verdicts.items() if not f.get("within", True)]
+    own = budget.get("by_output") or {}
+    missed = missed or [name for name, f in (measured.get("outputs") or {}).items() if f.get("loss_pp") is not None
+                        and not within_budget(f["loss_pp"], own.get(name, budget["max_loss_pp"]))]
+    worst = (budget.get("tightest") or {}).get("output") or measured.get("headline")
+    return tuple(missed or ([worst] if worst else []))

@@ -63,6 +63,12 @@ class DataConfig(StepConfig):
                                   "--eval-data) or drop them.")
 
 
+def draws_random_inputs(data: DataConfig) -> bool:
+    """No real samples (--data absent or 'random'): verification, the scan and latency invent inputs. Any other
+    --data (an array too, which `== "random"` compares element-wise) is real samples."""
+    return data.data is None or (isinstance(data.data, str) and data.data == "random")
+
+
 def decision_split(n: int, target: int = DECISION_SAMPLES) -> tuple[int, bool]:
     """The automatic search's split of n samples when --validation would hold out fewer than `target`: (every,
     trains_on_every). Label-free (target DECISION_SAMPLES) it decides on about min(target, 3n/4) samples, so the
@@ -104,8 +110,8 @@ class Data:
 
     def _split(self) -> int | None:
         c = self.config
-        if c.val_data is not None or not c.validation or c.data == "random":  # --val-data decides; all of --data trains
-            return None
+        if c.val_data is not None or not c.validation or draws_random_inputs(c):
+            return None  # --val-data decides; all of --data trains
         reader = self.reader()
         n = reader.num_samples
         every = max(2, round(1.0 / c.validation))
@@ -144,7 +150,7 @@ class Data:
         c = self.config
         if c.batch_size is not None:
             return c.batch_size
-        random = c.data is None or (isinstance(c.data, str) and c.data == "random")
+        random = draws_random_inputs(c)
         reader = None if random else self.reader(batch_size=MAX_BATCH)
         if getattr(reader, "per_feed", False):  # each feed is read as it is: no batch to choose
             return MAX_BATCH

@@ -30,7 +30,3 @@ class RandomShapesStep(Step):
         if chosen.note:
             state.notes.append(chosen.note)
 
-
-def draws_random_inputs(data: DataConfig) -> bool:
-    """No real samples (--data absent or 'random'): verification, the scan and latency invent inputs."""
-    return data.data is None or (isinstance(data.data, str) and data.data == "random")

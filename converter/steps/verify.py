@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ class VerifyStep(Step):
         from onnxprune.converter.verify import check_parity
 
         feeds = self._feeds(state)
-        random = state.data is None or state.data.config.data == "random"
+        random = state.data is None or draws_random_inputs(state.data.config)
         if feeds and not random and state.clock is not None:  # --time-budget: the batches that fit, at least one
             from onnxprune.converter.auto.timing import parity_batches
 

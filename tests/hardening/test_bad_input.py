@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -697,3 +698,108 @@ def test_a_python_caller_passing_a_string_for_a_number_or_a_wrong_model_gets_a_c
             prune(model, **kw)
     with pytest.raises(ConfigError, match="model must be a path or an onnx.ModelProto, not int"):
         prune(123, sparsity=0.5)
+
+
+def test_a_python_caller_may_give_layers_as_name_equals_sparsity_strings_and_a_wrong_type_is_named():
+    """Library sweep: layers="fc1" (or a list, or 3) was a raw AttributeError ('str' object has no attribute
+    'items'). layers= takes {NAME: SPARSITY} or the command line's NAME=SPARSITY strings (one string is one entry, as
+    exclude='fc1*' is one pattern); anything else is a ConfigError naming the option."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    by_string = prune(model, sparsity=0.5, layers="fc1*=0.9").report["layers"]
+    by_dict = prune(model, sparsity=0.5, layers={"fc1*": 0.9}).report["layers"]
+    assert by_string == by_dict and any(layer["density"] == pytest.approx(0.1, abs=0.01) for layer in by_string)
+    assert prune(model, sparsity=0.5, layers=["fc1*=0.9"]).report["layers"] == by_dict
+    for value, said in (("fc1", "option layers 'fc1' is not NAME=SPARSITY; e.g. layers={'fc1': 0.9}"),
+                        (3, "option layers=3 is of type int; it takes {NAME: SPARSITY}"),
+                        ({"fc1*": "0.9"}, "option layers: layer 'fc1*' has sparsity '0.9' of type str")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, sparsity=0.5, layers=value)
+    with pytest.raises(ConfigError, match="option neuron_layers 'fc1' is not NAME=SPARSITY"):
+        prune(model, sparsity=0.5, iterations=1, neuron_layers="fc1")
+
+
+def test_a_python_caller_may_give_a_one_input_model_plain_arrays_as_data():
+    """Library sweep: data=x and data=[x1, x2] (arrays, not dicts) were a raw AttributeError ('numpy.ndarray' object
+    has no attribute 'items') deep in a step. For a model with one input an array is the dict {input: array}
+    (samples first) and a list of arrays the list of feed dicts (one batch each), in data=, eval_data= and
+    val_data=; a model with more inputs, or a batch that is neither, is a ConfigError saying what to pass."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+    from onnxprune.models.builders_sweep3 import with_unread_input
+
+    model = builders.mlp_gemm()
+    name = model.graph.input[0].name
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    as_dict = prune(model, data={name: x}, eval_data=[{name: x[:50]}], max_loss=1.0, one_shot=True).report
+    as_arrays = prune(model, data=x, eval_data=[x[:50]], max_loss=1.0, one_shot=True).report
+    assert as_arrays["layers"] == as_dict["layers"] and as_arrays["budget"]["met"]
+    assert as_arrays["metrics"]["sets"]["evaluation"] == as_dict["metrics"]["sets"]["evaluation"]
+    batches = prune(model, data=[x[:100], x[100:]], val_data=x[:50], sparsity=0.5, iterations=1, epochs=1).report
+    assert batches["compression"] > 1.0  # measured on val_data, the array
+    assert batches["metrics"]["sets"]["calibration"]["data"].startswith("in-memory arrays: 50 samples")
+    with pytest.raises(ConfigError, match=r"data given as a list of arrays feeds a model with one input; this model "
+                                          r"takes \['input', 'unused_mask'\]: pass a dict of arrays named after them"):
+        prune(with_unread_input(model), data=[x], sparsity=0.5)
+    with pytest.raises(ConfigError, match="feed dict #0 is a list, not a dict; give each batch as a dict of arrays"):
+        prune(model, data=[[0.0] * 16], sparsity=0.5)
+
+
+def test_a_missed_budget_gives_a_build_script_its_figures_and_the_command_line_its_one_line(tmp_path):
+    """Library sweep: BudgetError carried its message only; a build script had to parse it. It holds the measured
+    loss, the budget, the outputs that missed, the path --force wrote and the report; the message (the command
+    line's Error: line, exit 3) stays one line."""
+    from onnxprune import BudgetError, prune
+    from onnxprune.converter.steps.budget import budget_error
+    from tests.converter._data import self_labelled
+
+    model, data = self_labelled()
+    choices = dict(data=data, max_loss=0.0, layers={"fc1*": 0.995}, one_shot=True)
+    with pytest.raises(BudgetError) as missed:
+        prune(model, output=tmp_path / "o.onnx", **choices)
+    e = missed.value
+    assert e.loss_pp == e.report["budget"]["measured_loss_pp"] > e.max_loss_pp == 0.0
+    assert e.outputs == ("logits",) and e.written is None and not (tmp_path / "o.onnx").exists()
+    assert "\n" not in str(e) and str(e).endswith("nothing written (pass --force to write it anyway, or raise "
+                                                  "--max-loss).")
+    forced = budget_error(prune(model, output=tmp_path / "o.onnx", force=True, **choices).report)
+    assert forced.written == str(tmp_path / "o.onnx") and forced.loss_pp == e.loss_pp
+
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", **data)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "c.onnx", "--data", tmp_path / "d.npz", "--max-loss",
+                 "0", "--layer", "fc1*=0.995", "--one-shot")
+    assert_clean_error(res, 3, "exceeds --max-loss 0; nothing written")
+    assert f"Error: {e}" in res.output
+
+
+def test_the_outputs_that_missed_are_the_ones_the_rule_or_their_own_budget_refused():
+    """With several scored outputs, BudgetError.outputs names those over their budget, not the headline alone."""
+    from onnxprune.converter.steps.budget import budget_error
+
+    budget = {"max_loss_pp": 1.0, "measured_loss_pp": 2.0, "met": False}
+    sets = {"calibration": {"headline": "boxes", "outputs": {"boxes": {"loss_pp": 0.5}, "scores": {"loss_pp": 2.0},
+                                                             "labels": {"loss_pp": 3.0}}}}
+    by_measure = budget_error({"budget": {**budget, "by_output": {"labels": 5.0}}, "metrics": {"sets": sets}})
+    assert by_measure.outputs == ("scores",) and by_measure.max_loss_pp == 1.0 and by_measure.loss_pp == 2.0
+    verdicts = {"boxes": {"within": False}, "scores": {"within": True}}
+    by_rule = budget_error({"budget": {**budget, "decision": {"outputs": verdicts}}, "metrics": {"sets": sets}})
+    assert by_rule.outputs == ("boxes",)
+
+
+def test_a_python_caller_passing_exclude_or_levels_of_the_wrong_type_gets_a_config_error():
+    """Library sweep: exclude=3, exclude=['fc1*', 3] and levels=0.5 were raw TypeErrors. One pattern or one level
+    alone is one entry (exclude='fc1*' already was); a value of another type is a ConfigError naming the option."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    assert configure(sparsity=0.5, exclude="fc1*").targets.exclude == ("fc1*",)
+    assert configure(sparsity=0.5, levels=0.5).scan.levels == (0.5,)
+    for kw, said in ((dict(exclude=3), "option exclude=3 takes patterns (one, or a list of them), e.g. exclude="),
+                     (dict(exclude=["fc1*", 3]), "option exclude=['fc1*', 3] takes patterns"),
+                     (dict(levels=[0.5, "0.9"]), "option levels=[0.5, '0.9'] takes sparsities")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(builders.mlp_gemm(), sparsity=0.5, **kw)

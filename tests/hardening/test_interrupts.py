@@ -1,12 +1,14 @@
 """Nothing lost: no command changes its input file, and an interrupted `prune` (SIGINT, SIGTERM, SIGKILL, early, in
 the middle, while writing) leaves the input intact and no partial output: `out.onnx` either does not exist or is the
-complete, valid model an uninterrupted run writes. After SIGINT/SIGTERM no temp file is left either; after SIGKILL a
-temp file may remain (nothing can clean up after kill -9), but never a half-written file under the final name.
+complete, valid model an uninterrupted run writes. After SIGINT/SIGTERM/SIGHUP no temp file is left either; after
+SIGKILL (or SIGQUIT, left at its default: stop at once) a temp file may remain (nothing can clean up after kill -9),
+but never a half-written file under the final name.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -104,13 +106,17 @@ def big(tmp_path_factory):
 
 def _launch(model: Path, out: Path) -> subprocess.Popen:
     # Python leaves SIGINT ignored in a child whose parent ignores it (a CI runner in the background): un-ignore it
-    # around the fork so the child installs its KeyboardInterrupt handler as it does in a terminal.
+    # around the fork so the child installs its KeyboardInterrupt handler as it does in a terminal. No core file
+    # (SIGQUIT's) in the output's folder: the child starts with a core size limit of 0.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    cores = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, cores[1]))
     try:
         return subprocess.Popen([str(ONNXPRUNE), "prune", str(model), "-o", str(out), *PRUNE_ARGS],
                                 cwd=out.parent, env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     finally:
+        resource.setrlimit(resource.RLIMIT_CORE, cores)
         signal.signal(signal.SIGINT, previous)
 
 
@@ -141,7 +147,9 @@ def _wait_for_temp_file(proc: subprocess.Popen, folder: Path, timeout: float) ->
 
 
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL,
-           "SIGHUP": signal.SIGHUP}  # a lost terminal or SSH session (sweep 15: it left the temp file)
+           "SIGHUP": signal.SIGHUP,  # a lost terminal or SSH session (sweep 15: it left the temp file)
+           "SIGQUIT": signal.SIGQUIT}  # Ctrl-\: left at its default, stop at once (docs/bad-input.md says why)
+AT_ONCE = ("SIGKILL", "SIGQUIT")  # no cleanup: a stray temp file may stay, never a partial output
 WHEN = ("loading", "pruning", "writing")
 
 
@@ -173,8 +181,8 @@ def test_interrupted_prune_leaves_input_intact_and_no_partial_output(big, tmp_pa
         assert out.read_bytes() == reference, "out.onnx exists but is not the complete output"
         onnx.checker.check_model(onnx.load(out), full_check=True)
     left = [p.name for p in tmp_path.iterdir() if p.name != "out.onnx"]
-    if signame == "SIGKILL":
-        assert proc.returncode == -signal.SIGKILL or not caught
+    if signame in AT_ONCE:
+        assert proc.returncode == -SIGNALS[signame] or not caught
         assert all(name.startswith(".out.onnx.") and name.endswith(".tmp") for name in left), left
     else:
         assert left == [], f"temp files left after {signame}: {left} (rc {proc.returncode}): {stderr[-2000:]}"
@@ -183,7 +191,7 @@ def test_interrupted_prune_leaves_input_intact_and_no_partial_output(big, tmp_pa
             assert proc.returncode != 0
             assert "Aborted" in stderr, stderr
     print(f"{signame} {when}: caught={caught} rc={proc.returncode} out={out.exists()} left={left} T={seconds:.1f}s")
-    if caught and when != "writing" and signame != "SIGKILL":
+    if caught and when != "writing" and signame not in AT_ONCE:
         assert not out.exists(), f"{signame} while {when} still wrote the output"
 
 
@@ -195,16 +203,17 @@ def test_a_signal_during_an_import_is_sent_again_after_it(monkeypatch):
     import time as clock
     from types import SimpleNamespace
 
+    from onnxprune import interrupts
     from onnxprune.converter import cli
 
     def frame(name, back=None):
         return SimpleNamespace(f_code=SimpleNamespace(co_filename=name), f_back=back)
 
     sent = []
-    monkeypatch.setattr(cli.os, "kill", lambda pid, signum: sent.append(signum))
+    monkeypatch.setattr(interrupts.os, "kill", lambda pid, signum: sent.append(signum))
     importing = frame("/site-packages/torch/distributed/__init__.py", frame("<frozen importlib._bootstrap>"))
     cli._terminate(sig.SIGTERM, importing)  # deferred: no exception here
-    clock.sleep(10 * cli.RETRY_SIGNAL_S)
+    clock.sleep(10 * interrupts.RETRY_S)
     assert sent == [sig.SIGTERM]
     with pytest.raises(KeyboardInterrupt):
         cli._terminate(sig.SIGTERM, frame("/work/converter/steps/auto.py"))
@@ -229,3 +238,41 @@ def test_standard_output_closed_piped_or_full(small, tmp_path):
                                  stderr=subprocess.PIPE, text=True)
         assert res.returncode == 2 and "Traceback" not in res.stderr and "internal error" not in res.stderr
         assert "standard output cannot be written (No space left on device)" in res.stderr.strip().splitlines()[-1]
+
+
+FIRST_CALL_INTERRUPTED = """
+import importlib.abc, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the parent ignores
+
+
+class CtrlC(importlib.abc.MetaPathFinder):  # Ctrl-C while `import onnx` is half done (its helper not yet loaded)
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnx.helper":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlC())
+import onnxprune
+
+try:
+    onnxprune.prune(sys.argv[1], sparsity=0.5)
+    time.sleep(2)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+print("again", onnxprune.prune(sys.argv[1], sparsity=0.5).report["compression"])
+"""
+
+
+def test_a_ctrl_c_during_the_first_calls_lazy_imports_leaves_later_calls_working(tmp_path):
+    """Library sweep: Ctrl-C while the first prune() imported onnx left onnx half-imported (its finished submodules
+    kept, the package forgotten), and every later call in the process failed ("pass 'magnitude' failed: module 'onnx'
+    has no attribute 'external_data_helper'"). The interrupt now waits for the import, then interrupts the call."""
+    onnx.save(builders.mlp_gemm(), tmp_path / "m.onnx")
+    (tmp_path / "first.py").write_text(FIRST_CALL_INTERRUPTED)
+    done = subprocess.run([sys.executable, str(tmp_path / "first.py"), str(tmp_path / "m.onnx")], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["interrupted", "again 2.0"], done.stdout
