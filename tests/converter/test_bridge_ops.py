@@ -643,6 +643,7 @@ def test_every_registered_op_type_is_exercised_here():
                                  POOL, PAD, RESIZE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...
+    tested |= {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # test_dynamic_quantization_matches_...
     registered = {op for _, op, _ in supported_ops()}
     assert registered - tested == set()
 
@@ -842,3 +843,53 @@ def test_block_wise_quantization_is_refused_by_name():
     for op in ("QuantizeLinear", "DequantizeLinear"):
         assert "block_size" in (lookup("", op, 21).check({"block_size": 4}, None) or "")
         assert lookup("", op, 21).check({"axis": 1}, None) is None
+
+
+# ------------------------------------------------------------------------- dynamic quantization (quantize_dynamic)
+def _dynamic_case(op: str, per_channel: bool) -> onnx.ModelProto:
+    """x -> DynamicQuantizeLinear -> ConvInteger / MatMulInteger (an int8 weight and its zero point) -> Cast -> Mul by
+    the scales, as onnxruntime's quantize_dynamic writes a layer."""
+    rng = np.random.default_rng(0)
+    shape = (4, 3, 3, 3) if op == "ConvInteger" else (6, 5)
+    channels = shape[0] if op == "ConvInteger" else shape[1]
+    w = rng.integers(-127, 128, size=shape).astype(np.int8)
+    zp = (rng.integers(-3, 4, size=channels) if per_channel else np.array(0)).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(zp, "wz"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node(op, ["xq", "w", "xz", "wz"], ["acc"], **({"pads": [1, 1, 1, 1]} if op == "ConvInteger"
+                                                                         else {})),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["s"]), helper.make_node("Mul", ["accf", "s"], ["y"])]
+    x_shape = [2, 3, 5, 5] if op == "ConvInteger" else [4, 6]
+    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("op, per_channel", [("ConvInteger", False), ("MatMulInteger", False), ("MatMulInteger", True)])
+def test_dynamic_quantization_matches_onnxruntime_and_passes_gradients(op, per_channel):  # (onnxruntime's CPU
+    # ConvInteger takes one weight zero point only)
+    """DynamicQuantizeLinear, ConvInteger and MatMulInteger in float on the integer grid: onnxruntime's values (its
+    int32 sums are exact in float here), and a gradient reaches the input through the rounding."""
+    model = _dynamic_case(op, per_channel)
+    x = f32(*[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim], lo=-2, hi=3)
+    want = run_ort(model, {"x": x})[0]
+    np.testing.assert_allclose(run_bridge(model, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    OnnxModule(model)(x=xt)[0].sum().backward()
+    assert xt.grad is not None and float(xt.grad.abs().sum()) > 0
+
+
+def test_dynamic_quantize_linear_outputs_match_onnxruntime():
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    graph = helper.make_graph([node], "dql", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in
+                               (("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    for lo, hi in ((-1.0, 2.0), (0.5, 2.0), (-3.0, -1.0)):  # both signs, all positive (zero point 0), all negative
+        x = f32(3, 4, lo=lo, hi=hi)
+        want, got = run_ort(model, {"x": x}), run_bridge(model, {"x": x})
+        np.testing.assert_array_equal(got[0].astype(np.uint8), want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+        np.testing.assert_array_equal(got[2].astype(np.uint8), want[2])

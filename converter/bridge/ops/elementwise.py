@@ -242,6 +242,21 @@ def dequantize_linear(inputs, attrs, ctx):
     return (q * _along(scale, q, attrs)).to(scale.dtype)
 
 
+@register("DynamicQuantizeLinear", since_opset=11)
+def dynamic_quantize_linear(inputs, attrs, ctx):
+    """(y, y_scale, y_zero_point) as ONNX defines them: the range [min(0, x), max(0, x)] over 255 steps, the zero
+    point rounded and saturated to uint8; y on that grid, held in float, rounded half to even with the gradient
+    passed straight through (the scale and zero point, the batch's own, are constants to it)."""
+    x = inputs[0]
+    lo = torch.clamp(x.detach().min(), max=0.0)
+    hi = torch.clamp(x.detach().max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all zeros: every value at the zero point 0
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    v = x / scale
+    return [torch.clamp(v + (torch.round(v) - v).detach() + zp, 0, 255), scale.to(x.dtype), zp.to(x.dtype)]
+
+
 @register("Scaler", domain="ai.onnx.ml")
 def scaler(inputs, attrs, ctx):
     """scikit-learn's StandardScaler as skl2onnx writes it: (x - offset) * scale, per feature (one value broadcasts),

@@ -93,6 +93,32 @@ def conv(inputs, attrs, ctx):
     return _CONV[nd](x, w, b, strides, begin, dilations, attrs.get("group", 1))
 
 
+# ConvInteger / MatMulInteger: dynamic quantization's integer products (its weights folded to float behind a
+# QuantizeLinear at load, passes/quantized_weights.py), computed in float on the integer grid so retraining passes
+# through them (exact while a product's sums stay below 2**24; the Cast to float after them is then a no-op)
+def _centred(x: Tensor, zp: Optional[Tensor], axis: int) -> Tensor:
+    """x - zero point in float; a zero point per position of `axis` (a weight's per-channel one) broadcast so."""
+    x = x if x.is_floating_point() else x.to(torch.float32)
+    if zp is None:
+        return x
+    zp = zp.to(x.dtype)
+    if zp.numel() > 1:
+        zp = zp.reshape([-1 if k == axis % x.dim() else 1 for k in range(x.dim())])
+    return x - zp
+
+
+@register("ConvInteger", since_opset=10, check=_check_rank(_CONV))
+def conv_integer(inputs, attrs, ctx):
+    x, w = _centred(inputs[0], _opt(inputs, 2), 1), _centred(inputs[1], _opt(inputs, 3), 0)
+    return conv([x, w], attrs, ctx)
+
+
+@register("MatMulInteger", since_opset=10)
+def matmul_integer(inputs, attrs, ctx):
+    """A's zero point is one value or one per row (axis -2), B's one value or one per column (axis -1)."""
+    return torch.matmul(_centred(inputs[0], _opt(inputs, 2), -2), _centred(inputs[1], _opt(inputs, 3), -1))
+
+
 def _conv_transpose_pads(attrs, in_sizes, kernel, strides, dilations, out_pad):
     """(pad_head, pad_tail) per axis, as onnxruntime computes them (output_shape / auto_pad / pads)."""
     nd = len(kernel)
