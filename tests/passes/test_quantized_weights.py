@@ -558,3 +558,27 @@ def test_dead_neuron_removal_says_why_it_leaves_an_integer_layer_alone(tmp_path)
     said = {_no_rule(n) for n in graph.nodes if n.op in ("ConvInteger", "MatMulInteger")}
     assert said == {"(op ConvInteger) holds integer-quantized weights: dead-neuron removal does not shrink it",
                     "(op MatMulInteger) holds integer-quantized weights: dead-neuron removal does not shrink it"}
+
+
+def test_sgd_retrains_a_dynamically_quantized_model_through_the_bridge(tmp_path):
+    """The automatic search with --recovery sgd on quantize_dynamic's LeNet-5 (labelled random images: the labels
+    are the input model's own classes): it retrains through the bridge (no 'cannot run' fallback), the file keeps its
+    integer ops (an int8 weight sparse enough is stored as a sparse Constant, which stock onnxruntime loads) and is
+    within the budget on the written model."""
+    import onnxprune
+
+    m = dynamic_models(tmp_path)["lenet"]
+    onnx.save(m, tmp_path / "dyn.onnx")
+    x = feed(m, 400, seed=3)
+    name = next(iter(x))
+    labels = np.concatenate([outputs(m, {name: x[name][i:i + 1]}) for i in range(400)]).argmax(-1)
+    result = onnxprune.prune(str(tmp_path / "dyn.onnx"), output=str(tmp_path / "out.onnx"),
+                             data={**x, "labels": labels}, max_loss=1, recovery="sgd", time_budget=15, seed=0)
+    assert not any("cannot run" in n for n in result.report["notes"])
+    assert result.report["auto"]["choices"]["recovery"]["value"] == "sgd"
+    written = onnx.load(tmp_path / "out.onnx")
+    assert [n.op_type for n in written.graph.node if n.op_type != "Constant"] == [n.op_type for n in m.graph.node]
+    assert result.report["budget"]["met"] and result.report["compression"] > 1.0
+    changed = np.concatenate([outputs(written, {name: x[name][i:i + 1]}) for i in range(400)]).argmax(-1) != labels
+    decision = np.arange(400) % 4 != 0  # the run decides on all but every 4th sample and trains on those
+    assert result.report["metrics"]["loss_pp"] == pytest.approx(100 * changed[decision].mean())  # one at a time
