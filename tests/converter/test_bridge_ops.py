@@ -644,6 +644,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...
     tested |= {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # test_dynamic_quantization_matches_...
+    tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     registered = {op for _, op, _ in supported_ops()}
     assert registered - tested == set()
 
@@ -893,3 +894,28 @@ def test_dynamic_quantize_linear_outputs_match_onnxruntime():
         np.testing.assert_array_equal(got[0].astype(np.uint8), want[0])
         np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
         np.testing.assert_array_equal(got[2].astype(np.uint8), want[2])
+
+
+@pytest.mark.parametrize("op", ["DynamicQuantizeMatMul", "MatMulIntegerToFloat"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_onnxruntimes_fused_dynamic_matmuls_match_onnxruntime(op, per_channel):
+    """The com.microsoft kernels onnxruntime's optimizer fuses a quantize_dynamic MatMul into (a model saved after
+    optimization holds them), with a bias and per-column or per-tensor weight scales and zero points."""
+    rng = np.random.default_rng(1)
+    w = rng.integers(-127, 128, size=(6, 5)).astype(np.int8)
+    n = 5 if per_channel else 1
+    ws = numpy_helper.from_array((0.01 + 0.01 * rng.random(n)).astype(np.float32).reshape(-1 if per_channel else ()), "ws")
+    wz = numpy_helper.from_array(rng.integers(-3, 4, size=n).astype(np.int8).reshape(-1 if per_channel else ()), "wz")
+    bias = numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "bias")
+    inits = [numpy_helper.from_array(w, "w"), ws, wz, bias]
+    if op == "DynamicQuantizeMatMul":
+        nodes = [helper.make_node(op, ["x", "w", "ws", "wz", "bias"], ["y"], domain="com.microsoft")]
+    else:
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                 helper.make_node(op, ["xq", "w", "xs", "ws", "xz", "wz", "bias"], ["y"], domain="com.microsoft")]
+    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
+    x = f32(4, 6, lo=-2, hi=3)
+    np.testing.assert_allclose(run_bridge(model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)

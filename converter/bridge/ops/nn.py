@@ -119,6 +119,26 @@ def matmul_integer(inputs, attrs, ctx):
     return torch.matmul(_centred(inputs[0], _opt(inputs, 2), -2), _centred(inputs[1], _opt(inputs, 3), -1))
 
 
+@register("DynamicQuantizeMatMul", domain="com.microsoft")
+def dynamic_quantize_matmul(inputs, attrs, ctx):
+    """onnxruntime's fusion of DynamicQuantizeLinear(A) -> MatMulInteger(B) -> scales (-> bias)."""
+    from .elementwise import dynamic_quantize_linear
+
+    q, scale, zp = dynamic_quantize_linear(inputs[:1], {}, ctx)
+    y = torch.matmul(q - zp, _centred(inputs[1], _opt(inputs, 3), -1)) * (scale * inputs[2].to(q.dtype))
+    bias = _opt(inputs, 4)
+    return y if bias is None else y + bias
+
+
+@register("MatMulIntegerToFloat", domain="com.microsoft")
+def matmul_integer_to_float(inputs, attrs, ctx):
+    """onnxruntime's fusion of MatMulInteger(A, B) -> Cast -> Mul(a_scale * b_scale) (-> bias)."""
+    a, b = _centred(inputs[0], _opt(inputs, 4), -2), _centred(inputs[1], _opt(inputs, 5), -1)
+    y = torch.matmul(a, b) * (inputs[2].to(a.dtype) * inputs[3].to(a.dtype))
+    bias = _opt(inputs, 6)
+    return y if bias is None else y + bias
+
+
 def _conv_transpose_pads(attrs, in_sizes, kernel, strides, dilations, out_pad):
     """(pad_head, pad_tail) per axis, as onnxruntime computes them (output_shape / auto_pad / pads)."""
     nd = len(kernel)
