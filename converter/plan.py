@@ -142,10 +142,8 @@ def configure(**choices) -> RunConfig:
     per_section: dict[str, dict] = {}
     for name, value in choices.items():
         _check_type(name, value, owner[name])
-        if name in ("layers", "neuron_layers") and value is not None:
-            value = _layer_map(name, value)
-        if name in SEQUENCES and value is not None:
-            value = _sequence(name, value)
+        if name in FORMS and value is not None:
+            value = FORMS[name](name, value)
         per_section.setdefault(owner[name], {})[name] = value
     config = RunConfig(given=frozenset(k for k, v in choices.items() if v is not None))
     for section, values in per_section.items():
@@ -214,6 +212,19 @@ def _layer_map(name: str, value) -> dict[str, float]:
             raise ConfigError(f"option {name}: layer '{layer}' has sparsity {share!r} of type "
                               f"{type(share).__name__}; give a number, e.g. {example}.")
     return dict(value)
+
+
+def _metric(name: str, value):
+    """metric= as given, once its form is checked (calibration.metric_choice reads it when the data is opened)."""
+    from onnxprune.calibration.metric_choice import parse_metric_spec
+
+    parse_metric_spec(value)
+    return value
+
+
+# options the API and recipes may give in more than one form (or a form of the wrong type): each one's reader
+FORMS = {"layers": _layer_map, "neuron_layers": _layer_map, "exclude": _sequence, "levels": _sequence,
+         "metric": _metric}
 
 
 def recipe_of(config: RunConfig | None) -> dict:

@@ -803,3 +803,18 @@ def test_a_python_caller_passing_exclude_or_levels_of_the_wrong_type_gets_a_conf
                      (dict(levels=[0.5, "0.9"]), "option levels=[0.5, '0.9'] takes sparsities")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             prune(builders.mlp_gemm(), sparsity=0.5, **kw)
+
+
+def test_a_python_caller_passing_a_metric_of_the_wrong_type_gets_a_config_error():
+    """Library sweep: prune(metric=3) failed as "step 'data' failed: TypeError". metric= takes a KIND, OUTPUT=KIND
+    strings or {OUTPUT: KIND}; anything else is a ConfigError naming the option and what it takes, before any work."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    for metric in (3, ["output=agreement", 3], {"output": 3}):
+        with pytest.raises(ConfigError, match=re.escape(f"option metric={metric!r} takes a KIND, OUTPUT=KIND strings "
+                                                        "(one or a list of them) or {OUTPUT: KIND}")):
+            prune(model, data=x, sparsity=0.5, metric=metric)
+    assert prune(model, data=x, sparsity=0.5, metric={"output": "rel_l2"}).report["compression"] > 1.0
