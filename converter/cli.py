@@ -270,7 +270,7 @@ def _data_options(f):
 
 
 def _input_shapes(values: tuple[str, ...]) -> dict:
-    from onnxprune.calibration.runtime import parse_input_shapes
+    from onnxprune.converter.plan import parse_input_shapes
 
     return parse_input_shapes(values)
 

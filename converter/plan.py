@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from dataclasses import dataclass, field
 
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
@@ -196,22 +197,52 @@ def _sequence(name: str, value) -> tuple:
     return tuple(items)
 
 
-def _layer_map(name: str, value) -> dict[str, float]:
-    """layers= / neuron_layers= as {NAME: SPARSITY}, or as the command line's NAME=SPARSITY strings: one string is
-    one entry, as exclude='fc1*' is one pattern (a library sweep: layers="fc1" failed with a raw AttributeError)."""
-    example = f"{name}={{'fc1': 0.9}}"
-    if isinstance(value, str):
+def parse_input_shapes(values, flag: str = "--input-shape", example: str | None = None) -> dict[str, tuple[int, ...]]:
+    """NAME=DIMS strings (--input-shape "ids=1,128" or "ids=1x128"; input_shapes='ids=1,128' from the API) as
+    {NAME: dims}."""
+    example = example or f"{flag} input_ids=1,128"
+    shapes = {}
+    for item in values or ():
+        name, sep, dims = str(item).rpartition("=")
+        try:
+            parsed = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip()) if sep and name else None
+        except ValueError:
+            parsed = None
+        if not parsed or any(d < 1 for d in parsed):
+            raise ConfigError(f"{flag} '{item}' is not NAME=DIMS with positive dims; e.g. {example}.")
+        shapes[name] = parsed
+    return shapes
+
+
+# options that take {NAME: VALUE} or the command line's NAME=VALUE strings (one string is one entry, as
+# exclude='fc1*' is one pattern): the command line's parser, what a NAME and a VALUE are, and an example
+NAMED = {"layers": (parse_layers, "layer", "SPARSITY", "{'fc1': 0.9}"),
+         "neuron_layers": (parse_layers, "layer", "SPARSITY", "{'fc1': 0.9}"),
+         "input_shapes": (parse_input_shapes, "input", "DIMS", "{'input_ids': (1, 128)}")}
+
+
+def _named(name: str, value) -> dict:
+    """layers= / neuron_layers= / input_shapes= as {NAME: VALUE}, read by the command line's parser: a dict's values
+    are written as the flag writes them, so both forms are checked alike (library sweeps: layers="fc1" was a raw
+    AttributeError, input_shapes="input=1,16" was read one character at a time)."""
+    parse, key, what, example = NAMED[name]
+    if isinstance(value, dict):
+        value = [f"{k}={_as_text(name, key, k, what, v, example)}" for k, v in value.items()]
+    elif isinstance(value, str):
         value = (value,)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return parse_layers(value, f"option {name}", example)
-    if not isinstance(value, dict):
-        raise ConfigError(f"option {name}={value!r} is of type {type(value).__name__}; it takes {{NAME: SPARSITY}}, "
-                          f"e.g. {example} (or 'fc1=0.9').")
-    for layer, share in value.items():
-        if isinstance(share, bool) or not isinstance(share, (int, float)):
-            raise ConfigError(f"option {name}: layer '{layer}' has sparsity {share!r} of type "
-                              f"{type(share).__name__}; give a number, e.g. {example}.")
-    return dict(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"option {name}={value!r} is of type {type(value).__name__}; it takes {{NAME: {what}}} or "
+                          f"NAME={what} strings, e.g. {name}={example}.")
+    return parse(value, f"option {name}", f"{name}={example}")
+
+
+def _as_text(name: str, key: str, k, what: str, v, example: str) -> str:
+    """A dict's value as the command line writes it: a number, or dims as 1,128."""
+    parts = v if isinstance(v, (list, tuple)) else (v,)
+    if not parts or any(isinstance(n, bool) or not isinstance(n, numbers.Real) for n in parts):
+        raise ConfigError(f"option {name}: {key} '{k}' has {what.lower()} {v!r} of type {type(v).__name__}; e.g. "
+                          f"{name}={example}.")
+    return ",".join(map(str, parts))
 
 
 def _metric(name: str, value):
@@ -223,7 +254,7 @@ def _metric(name: str, value):
 
 
 # options the API and recipes may give in more than one form (or a form of the wrong type): each one's reader
-FORMS = {"layers": _layer_map, "neuron_layers": _layer_map, "exclude": _sequence, "levels": _sequence,
+FORMS = {**dict.fromkeys(NAMED, _named), "exclude": _sequence, "levels": _sequence,
          "metric": _metric}
 
 

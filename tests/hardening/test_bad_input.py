@@ -818,3 +818,23 @@ def test_a_python_caller_passing_a_metric_of_the_wrong_type_gets_a_config_error(
                                                         "(one or a list of them) or {OUTPUT: KIND}")):
             prune(model, data=x, sparsity=0.5, metric=metric)
     assert prune(model, data=x, sparsity=0.5, metric={"output": "rel_l2"}).report["compression"] > 1.0
+
+
+def test_a_python_caller_may_give_input_shapes_as_name_equals_dims_strings_and_a_wrong_type_is_named():
+    """Library sweep: input_shapes="input=1,16" was read one character at a time ("--input-shape names ['i', 'n',
+    'p', ...]") and input_shapes=3 was "step 'random-shapes' failed: TypeError". input_shapes= takes {NAME: DIMS} or
+    the command line's NAME=DIMS strings (one string is one entry), read by --input-shape's own parser."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    for given in ("input=1,16", ["input=1x16"], {"input": (1, 16)}, {"input": [1, 16]}):
+        assert configure(sparsity=0.5, input_shapes=given).data.input_shapes == {"input": (1, 16)}
+    assert prune(builders.mlp_gemm(), sparsity=0.5, input_shapes="input=1,16").report["compression"] > 1.0
+    for value, said in (("input", "option input_shapes 'input' is not NAME=DIMS with positive dims; e.g. "
+                                  "input_shapes={'input_ids': (1, 128)}"),
+                        ({"input": (1, 0)}, "option input_shapes 'input=1,0' is not NAME=DIMS with positive dims"),
+                        ({"input": "1,16"}, "option input_shapes: input 'input' has dims '1,16' of type str"),
+                        (3, "option input_shapes=3 is of type int; it takes {NAME: DIMS} or NAME=DIMS strings")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(builders.mlp_gemm(), sparsity=0.5, input_shapes=value)
