@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import numbers
 from dataclasses import dataclass, field
 
@@ -214,20 +215,65 @@ def parse_input_shapes(values, flag: str = "--input-shape", example: str | None 
     return shapes
 
 
+def parse_points(text, flag: str = "--max-loss") -> float:
+    """A budget in percentage points: '1%' or '1pp' is read as 1, said once; anything else names the form."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    bare = str(text).strip().removesuffix("%").removesuffix("pp").strip()
+    try:
+        number = float(bare)
+    except ValueError:
+        raise ConfigError(f"{flag}: '{text}' is not a number of percentage points; write e.g. --max-loss 1 "
+                          "(1 pp).") from None
+    if bare != str(text).strip():
+        logging.getLogger("onnxprune").warning("%s %s read as %g percentage points", flag, text, number)
+    return number
+
+
+def parse_budgets(values, flag: str = "--max-loss", example: str | None = None, bare: bool = True) -> tuple:
+    """--max-loss L (once, unless `bare` is False) and OUTPUT=L (each output once; output_budgets='boxes=5' from the
+    API) as (the run's budget or None, {OUTPUT: L})."""
+    example = example or f"{flag} boxes=5"
+    run: float | None = None
+    own: dict[str, float] = {}
+    for item in values:
+        name, sep, value = str(item).rpartition("=")
+        if not sep and bare:
+            if run is not None:
+                raise ConfigError(f"two budgets ({run:g} and {item}); give one bare {flag} L, and OUTPUT=L for an "
+                                  "output with its own.")
+            run = parse_points(item, flag)
+        elif not name:
+            raise ConfigError(f"{flag} '{item}' names no output; write OUTPUT=L, e.g. {example}.")
+        elif name in own:
+            raise ConfigError(f"{flag}: output '{name}' is given two budgets.")
+        else:
+            own[name] = parse_points(value, flag)
+    return run, own
+
+
+def parse_output_budgets(values, flag: str, example: str) -> dict[str, float]:
+    """output_budgets= (the API's --max-loss OUTPUT=L) as {OUTPUT: L}: the run's own budget is max_loss=."""
+    return parse_budgets(values, flag, example, bare=False)[1]
+
+
 # options that take {NAME: VALUE} or the command line's NAME=VALUE strings (one string is one entry, as
 # exclude='fc1*' is one pattern): the command line's parser, what a NAME and a VALUE are, and an example
-NAMED = {"layers": (parse_layers, "layer", "SPARSITY", "{'fc1': 0.9}"),
-         "neuron_layers": (parse_layers, "layer", "SPARSITY", "{'fc1': 0.9}"),
-         "input_shapes": (parse_input_shapes, "input", "DIMS", "{'input_ids': (1, 128)}")}
+NAMED = {"layers": (parse_layers, "layer", ("SPARSITY", "sparsity"), "{'fc1': 0.9}"),
+         "neuron_layers": (parse_layers, "layer", ("SPARSITY", "sparsity"), "{'fc1': 0.9}"),
+         "input_shapes": (parse_input_shapes, "input", ("DIMS", "dims"), "{'input_ids': (1, 128)}"),
+         "output_budgets": (parse_output_budgets, "output", ("L", "budget"), "{'boxes': 5}")}
 
 
 def _named(name: str, value) -> dict:
-    """layers= / neuron_layers= / input_shapes= as {NAME: VALUE}, read by the command line's parser: a dict's values
-    are written as the flag writes them, so both forms are checked alike (library sweeps: layers="fc1" was a raw
-    AttributeError, input_shapes="input=1,16" was read one character at a time)."""
-    parse, key, what, example = NAMED[name]
+    """layers= / neuron_layers= / input_shapes= / output_budgets= as {NAME: VALUE}, read by the command line's parser:
+    a dict's values are written as the flag writes them, so both forms are checked alike (library sweeps:
+    layers="fc1" and output_budgets="logits=2" were raw AttributeErrors, input_shapes="input=1,16" was read one
+    character at a time)."""
+    parse, key, (what, word), example = NAMED[name]
     if isinstance(value, dict):
-        value = [f"{k}={_as_text(name, key, k, what, v, example)}" for k, v in value.items()]
+        value = [f"{k}={_as_text(v, f'option {name}: {key} {k!r} has {word}', f'{name}={example}')}"
+                 for k, v in value.items()]
     elif isinstance(value, str):
         value = (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
@@ -236,12 +282,11 @@ def _named(name: str, value) -> dict:
     return parse(value, f"option {name}", f"{name}={example}")
 
 
-def _as_text(name: str, key: str, k, what: str, v, example: str) -> str:
+def _as_text(value, where: str, example: str) -> str:
     """A dict's value as the command line writes it: a number, or dims as 1,128."""
-    parts = v if isinstance(v, (list, tuple)) else (v,)
+    parts = value if isinstance(value, (list, tuple)) else (value,)
     if not parts or any(isinstance(n, bool) or not isinstance(n, numbers.Real) for n in parts):
-        raise ConfigError(f"option {name}: {key} '{k}' has {what.lower()} {v!r} of type {type(v).__name__}; e.g. "
-                          f"{name}={example}.")
+        raise ConfigError(f"{where} {value!r} of type {type(value).__name__}; e.g. {example}.")
     return ",".join(map(str, parts))
 
 

@@ -838,3 +838,26 @@ def test_a_python_caller_may_give_input_shapes_as_name_equals_dims_strings_and_a
                         (3, "option input_shapes=3 is of type int; it takes {NAME: DIMS} or NAME=DIMS strings")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             prune(builders.mlp_gemm(), sparsity=0.5, input_shapes=value)
+
+
+def test_a_python_caller_may_give_output_budgets_as_output_equals_budget_strings_and_a_wrong_type_is_named():
+    """Library sweep: output_budgets="logits=2" was a raw AttributeError ('str' object has no attribute 'items').
+    output_budgets= takes {OUTPUT: L} or --max-loss's OUTPUT=L strings (one string is one entry), read by the
+    command line's own parser; a bare L (the run's budget is max_loss=) or a wrong type is a ConfigError."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    for given in ("output=2", ["output=2pp"], {"output": 2}):
+        assert configure(max_loss=1.0, output_budgets=given).budget.output_budgets == {"output": 2.0}
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    report = prune(model, data=x, max_loss=1.0, output_budgets="output=2", one_shot=True).report
+    assert report["budget"]["by_output"] == {"output": 2.0}
+    for value, said in (("2", "option output_budgets '2' names no output; write OUTPUT=L, e.g. "
+                              "output_budgets={'boxes': 5}"),
+                        ("output=x", "option output_budgets: 'x' is not a number of percentage points"),
+                        ({"output": "2"}, "option output_budgets: output 'output' has budget '2' of type str"),
+                        (2, "option output_budgets=2 is of type int; it takes {NAME: L} or NAME=L strings")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, data=x, max_loss=1.0, output_budgets=value, one_shot=True)
