@@ -861,3 +861,22 @@ def test_a_python_caller_may_give_output_budgets_as_output_equals_budget_strings
                         (2, "option output_budgets=2 is of type int; it takes {NAME: L} or NAME=L strings")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             prune(model, data=x, max_loss=1.0, output_budgets=value, one_shot=True)
+
+
+def test_a_level_outside_zero_to_one_is_the_same_one_line_error_from_the_api_and_the_command_line(tmp_path):
+    """Library sweep: --levels 1.5 and prune(levels=[1.5]) were refused by two checks in two wordings (the CLI's
+    parser and ScanConfig). The range is ScanConfig's alone; the command line parses numbers only."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    with pytest.raises(ConfigError) as api:
+        prune(model, data=x, max_loss=1.0, one_shot=True, levels=[0.5, 1.5])
+    assert "\n" not in str(api.value) and "every level must be a fraction in (0, 1)" in str(api.value)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", input=x)
+    for command in (("prune", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--max-loss", "1", "--one-shot"),
+                    ("sensitivity", tmp_path / "m.onnx")):
+        said = assert_clean_error(invoke(*command, "--data", tmp_path / "d.npz", "--levels", "0.5,1.5"), 2)
+        assert said == f"Error: {api.value}"
