@@ -880,3 +880,19 @@ def test_a_level_outside_zero_to_one_is_the_same_one_line_error_from_the_api_and
                     ("sensitivity", tmp_path / "m.onnx")):
         said = assert_clean_error(invoke(*command, "--data", tmp_path / "d.npz", "--levels", "0.5,1.5"), 2)
         assert said == f"Error: {api.value}"
+
+
+def test_a_python_caller_passing_a_list_of_single_samples_is_told_to_stack_them():
+    """Library sweep: data=list(x) (each array one sample, without the batch axis) was read as one batch per array
+    and refused as "array 'input' has shape [16] (samples first) ... expects [?, 16]": correct, but not what to do."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    for key in ("data", "eval_data"):
+        with pytest.raises(ConfigError, match=re.escape(
+                "these are shaped [16], without the batch axis of model input 'input' [?, 16], as single samples "
+                "are: pass np.stack(the list), or the array itself.")):
+            prune(model, sparsity=0.5, **{"data": x, key: list(x)})
+    assert prune(model, data=np.stack(list(x)), sparsity=0.5).report["compression"] > 1.0
