@@ -692,8 +692,8 @@ def test_a_python_caller_passing_a_string_for_a_number_or_a_wrong_model_gets_a_c
     from onnxprune.errors import ConfigError
 
     model = builders.mlp_gemm()
-    for kw, said in ((dict(sparsity="0.5"), "option sparsity='0.5' is a string; it takes a number"),
-                     (dict(sparsity=0.5, iterations=1, epochs="1"), "option epochs='1' is a string")):
+    for kw, said in ((dict(sparsity="0.5"), "option sparsity='0.5' must be a number, not a string"),
+                     (dict(sparsity=0.5, iterations=1, epochs="1"), "option epochs='1' must be a number")):
         with pytest.raises(ConfigError, match=said):
             prune(model, **kw)
     with pytest.raises(ConfigError, match="model must be a path or an onnx.ModelProto, not int"):
@@ -896,3 +896,33 @@ def test_a_python_caller_passing_a_list_of_single_samples_is_told_to_stack_them(
                 "are: pass np.stack(the list), or the array itself.")):
             prune(model, sparsity=0.5, **{"data": x, key: list(x)})
     assert prune(model, data=np.stack(list(x)), sparsity=0.5).report["compression"] > 1.0
+
+
+def test_a_python_caller_passing_any_option_of_the_wrong_type_gets_a_config_error_saying_what_it_takes():
+    """Library sweep: beside metric=, input_shapes= and output_budgets=, a wrong type was a raw TypeError (labels=3,
+    checkpoint_dir=3, sparsity=[0.5], batch_size=2.5, threads=2.5, verify_batches=None) or silently taken
+    (neurons="no" and one_shot="false" ran as True, seed=[1] as a seed). configure checks every option against its
+    config's annotation with the recipe's checker (recipe.coerce), so the API and a recipe say it alike."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    for kw, said in ((dict(labels=3), "option labels=3 must be a string, not an integer."),
+                     (dict(iterations=1, checkpoint_dir=3), "option checkpoint_dir=3 must be a string"),
+                     (dict(seed=[1]), "option seed=[1] must be an integer, not a list."),
+                     (dict(batch_size=2.5), "option batch_size=2.5 must be an integer, not a number."),
+                     (dict(neurons="no"), "option neurons='no' must be true or false, not a string."),
+                     (dict(verify_batches=None), "option verify_batches=None must be an integer, not None."),
+                     (dict(weight_bits=[8]), "option weight_bits=[8] must be an integer or a string, not a list.")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, data=x, sparsity=0.5, **kw)
+    for kw, said in ((dict(sparsity=[0.5]), "option sparsity=[0.5] must be a number, not a list."),
+                     (dict(max_loss=1.0, one_shot="false"), "option one_shot='false' must be true or false")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, data=x, **kw)
+    from pathlib import Path
+
+    config = configure(sparsity=1 / 2, epochs=2, checkpoint_dir=Path("ck"), weight_bits="auto", labels=None)
+    assert (config.retrain.epochs, config.retrain.checkpoint_dir, config.quantize.weight_bits) == (2.0, "ck", "auto")
