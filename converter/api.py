@@ -43,9 +43,10 @@ def prune(
     fields, the command line's flags in snake case (sparsity, quality, layers, exclude, max_loss, iterations, epochs,
     lr, …); `layers` is {NAME: SPARSITY} or NAME=SPARSITY strings as --layer takes them, `input_shapes` {NAME: DIMS}
     or NAME=DIMS strings as --input-shape takes them, `metric` a KIND, OUTPUT=KIND strings or {OUTPUT: KIND},
-    `exclude` a pattern or several; a wrong type is a ConfigError naming the option; an unknown one is a ConfigError listing the valid ones; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` (or
-    OUTPUT=L strings) beside `max_loss`. With `output`, the model is written atomically; with
-    `report_dir`, report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
+    `exclude` a pattern or several; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` (or OUTPUT=L strings)
+    beside `max_loss`. A wrong type is a ConfigError naming the option and what it takes; an unknown one a
+    ConfigError listing the valid ones. With `output`, the model is written atomically; with `report_dir`,
+    report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
     `force` (its figures: loss_pp, max_loss_pp, outputs, written, report; `budget_error(result.report)` gives the
     same error for a forced result).
     """

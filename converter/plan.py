@@ -210,15 +210,14 @@ def parse_input_shapes(values, flag: str = "--input-shape", example: str | None 
 
 def parse_points(text, flag: str = "--max-loss") -> float:
     """A budget in percentage points: '1%' or '1pp' is read as 1, said once; anything else names the form."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    bare = str(text).strip().removesuffix("%").removesuffix("pp").strip()
+    text = str(text).strip()
+    bare = text.removesuffix("%").removesuffix("pp").strip()
     try:
         number = float(bare)
     except ValueError:
         raise ConfigError(f"{flag}: '{text}' is not a number of percentage points; write e.g. --max-loss 1 "
                           "(1 pp).") from None
-    if bare != str(text).strip():
+    if bare != text:
         logging.getLogger("onnxprune").warning("%s %s read as %g percentage points", flag, text, number)
     return number
 
