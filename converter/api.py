@@ -19,6 +19,7 @@ import onnx
 from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import configure
+from onnxprune.converter.recipe import coerce
 from onnxprune.errors import ConfigError
 from onnxprune.interrupts import after_imports
 
@@ -52,6 +53,10 @@ def prune(
     """
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
+    # checked as the options are (a library sweep: output=3 was a raw TypeError, force="no" wrote a missed budget)
+    output = coerce(output, str | None, f"output={output!r}")
+    report_dir = coerce(report_dir, str | None, f"report_dir={report_dir!r}")
+    force = coerce(force, bool, f"force={force!r}")
     # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
     # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
     data, eval_data = _once(data), _once(eval_data)

@@ -926,3 +926,19 @@ def test_a_python_caller_passing_any_option_of_the_wrong_type_gets_a_config_erro
 
     config = configure(sparsity=1 / 2, epochs=2, checkpoint_dir=Path("ck"), weight_bits="auto", labels=None)
     assert (config.retrain.epochs, config.retrain.checkpoint_dir, config.quantize.weight_bits) == (2.0, "ck", "auto")
+
+
+def test_a_python_caller_passing_output_report_dir_or_force_of_the_wrong_type_gets_a_config_error(tmp_path):
+    """Library sweep: prune(output=3) and report_dir=3 were raw TypeErrors from Path(); force="no" was True and wrote
+    a model that missed its budget. They are checked as the options are (recipe.coerce); a path object is a path."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    for kw, said in ((dict(output=3), "output=3 must be a string, not an integer."),
+                     (dict(report_dir=3), "report_dir=3 must be a string, not an integer."),
+                     (dict(force="no"), "force='no' must be true or false, not a string.")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, sparsity=0.5, **kw)
+    prune(model, sparsity=0.5, output=tmp_path / "o.onnx", report_dir=tmp_path / "r")
+    assert (tmp_path / "o.onnx").exists() and (tmp_path / "r" / "report.json").exists()
