@@ -386,15 +386,20 @@ def _holds_classes(name: str, kind: str) -> bool:
 def parse_metric_spec(spec) -> tuple[str | None, dict[str, str]]:
     """`--metric` values -> (a KIND for the headline output or None, {OUTPUT: KIND} named outputs).
 
-    Accepts None, "KIND", "OUTPUT=KIND", a list of those, or a dict {OUTPUT: KIND}."""
+    Accepts None, "KIND", "OUTPUT=KIND", a list of those, or a dict {OUTPUT: KIND}; anything else (metric=3 from the
+    API: a library sweep's "step 'data' failed: TypeError") is a ConfigError naming the option and its forms."""
     if spec is None:
         return None, {}
+    items = [*spec, *spec.values()] if isinstance(spec, Mapping) else spec if isinstance(spec, (list, tuple)) \
+        else [spec]
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"option metric={spec!r} takes a KIND, OUTPUT=KIND strings (one or a list of them) or "
+                          "{OUTPUT: KIND}, e.g. metric='agreement' or metric={'logits': 'agreement'}.")
     if isinstance(spec, Mapping):
-        return None, {str(k): str(v) for k, v in spec.items()}
-    items = [spec] if isinstance(spec, str) else list(spec)
+        return None, dict(spec)
     headline, named = None, {}
     for item in items:
-        name, sep, kind = str(item).rpartition("=")
+        name, sep, kind = item.rpartition("=")
         if not sep:
             if headline is not None:
                 raise ConfigError(f"--metric {headline} and --metric {kind}: give one bare KIND at most; name the "

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import (FeedChecker, FeedSource, feed_reason, npz_shapes, stacked_batches,
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, stacked_batches,
                                          time_major_inputs)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, with_shapes)
@@ -253,7 +253,13 @@ def _as_named(source, specs):
         raise ConfigError(f"data given as {what} feeds a model with one input; this model takes "
                           f"{[s.name for s in specs]}: pass a dict of arrays named after them (or a list of such "
                           "dicts, one per batch).")
-    name = specs[0].name
+    name, rank = specs[0].name, len(specs[0].shape)
+    if arrays and rank and all(_is_array(a) and np.ndim(a) == rank - 1 for a in source):
+        # data=list(x): each sample read as a batch, and refused as a batch of the wrong shape (a library sweep)
+        raise ConfigError(f"data given as a list of arrays is one batch per array, samples first; these are shaped "
+                          f"{list(np.shape(source[0]))}, without the batch axis of model input '{name}' "
+                          f"{_dims(specs[0].shape)}, as single samples are: pass np.stack(the list), or the array "
+                          "itself.")
     return [{name: a} if _is_array(a) else a for a in source] if arrays else {name: source}
 
 
@@ -588,10 +594,9 @@ class _ChunkChecker:
 
     def _structure(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:
         want = spec.shape
-        declared = "[" + ", ".join("?" if d is None else str(d) for d in want) + "]"
         if arr.ndim != len(want) or any(d is not None and d != a for d, a in zip(want[1:], arr.shape[1:])):
             raise CalibrationError(f"'{where}': array '{spec.name}' has shape {list(arr.shape)} (samples first), "
-                                   f"model input '{spec.name}' expects {declared}; reshape the data to match.")
+                                   f"model input '{spec.name}' expects {_dims(want)}; reshape the data to match.")
         self._structure_dtype(arr, spec, where)
 
     def _structure_dtype(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:

@@ -311,24 +311,6 @@ def int_input_ranges(model: onnx.ModelProto) -> dict[str, int]:
     return ranges
 
 
-def parse_input_shapes(values) -> dict[str, tuple[int, ...]]:
-    """--input-shape NAME=DIMS values ("ids=1,128" or "ids=1x128") -> {NAME: dims}."""
-    from onnxprune.errors import ConfigError
-
-    shapes = {}
-    for item in values or ():
-        name, sep, dims = str(item).rpartition("=")
-        try:
-            parsed = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip()) if sep and name else None
-        except ValueError:
-            parsed = None
-        if not parsed or any(d < 1 for d in parsed):
-            raise ConfigError(f"--input-shape '{item}' is not NAME=DIMS with positive dims; e.g. --input-shape "
-                              "input_ids=1,128.")
-        shapes[name] = parsed
-    return shapes
-
-
 def with_shapes(specs: list[InputSpec], shapes: dict[str, tuple] | None) -> list[InputSpec]:
     """Specs with the dims given by --input-shape (checked against the declared rank and fixed dims)."""
     from onnxprune.errors import ConfigError

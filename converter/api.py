@@ -19,6 +19,7 @@ import onnx
 from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import configure
+from onnxprune.converter.recipe import coerce
 from onnxprune.errors import ConfigError
 from onnxprune.interrupts import after_imports
 
@@ -41,15 +42,21 @@ def prune(
     optional labels array), or an iterable of feed dicts (one batch each); for a model with one input also an array
     (samples first, as that dict) or an iterable of arrays (as those feed dicts). `choices` are the step configs'
     fields, the command line's flags in snake case (sparsity, quality, layers, exclude, max_loss, iterations, epochs,
-    lr, …); `layers` is {NAME: SPARSITY} or NAME=SPARSITY strings as --layer takes them, `exclude` a pattern or
-    several; an unknown one is a ConfigError listing the valid ones; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` beside
-    `max_loss`. With `output`, the model is written atomically; with
-    `report_dir`, report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
+    lr, …); `layers` is {NAME: SPARSITY} or NAME=SPARSITY strings as --layer takes them, `input_shapes` {NAME: DIMS}
+    or NAME=DIMS strings as --input-shape takes them, `metric` a KIND, OUTPUT=KIND strings or {OUTPUT: KIND},
+    `exclude` a pattern or several; `--max-loss OUTPUT=L` is `output_budgets={OUTPUT: L}` (or OUTPUT=L strings)
+    beside `max_loss`. A wrong type is a ConfigError naming the option and what it takes; an unknown one a
+    ConfigError listing the valid ones. With `output`, the model is written atomically; with `report_dir`,
+    report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
     `force` (its figures: loss_pp, max_loss_pp, outputs, written, report; `budget_error(result.report)` gives the
     same error for a forced result).
     """
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
+    # checked as the options are (a library sweep: output=3 was a raw TypeError, force="no" wrote a missed budget)
+    output = coerce(output, str | None, f"output={output!r}")
+    report_dir = coerce(report_dir, str | None, f"report_dir={report_dir!r}")
+    force = coerce(force, bool, f"force={force!r}")
     # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
     # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
     data, eval_data = _once(data), _once(eval_data)

@@ -160,46 +160,11 @@ def cli(ctx: click.Context, debug: bool, verbose: int):
         warnings.filterwarnings("ignore", category=RuntimeWarning)  # (calibration.metrics: inf or NaN outputs)
 
 
-class PointsType(click.ParamType):
-    """A budget in percentage points: '1%' or '1pp' is read as 1, said once; anything else names the form."""
-
-    name = "float"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        text = str(value).strip()
-        bare = text.removesuffix("%").removesuffix("pp").strip()
-        try:
-            number = float(bare)
-        except ValueError:
-            self.fail(f"'{value}' is not a number of percentage points; write e.g. --max-loss 1 (1 pp).", param, ctx)
-        if bare != text:
-            logging.getLogger("onnxprune").warning("--max-loss %s read as %g percentage points", text, number)
-        return number
-
-
-def _budget_spec(values: tuple[str, ...], param=None, ctx=None) -> tuple[float | None, dict[str, float]] | None:
+def _budget_spec(values: tuple[str, ...]) -> tuple[float | None, dict[str, float]] | None:
     """--max-loss L (once) and --max-loss OUTPUT=L (each output once): (the run's budget, {output: its own})."""
-    if not values:
-        return None
-    points = PointsType()
-    bare: float | None = None
-    own: dict[str, float] = {}
-    for item in values:
-        name, sep, value = str(item).rpartition("=")
-        if not sep:
-            if bare is not None:
-                raise click.BadParameter(f"two budgets ({bare:g} and {item}); give one bare --max-loss L, and "
-                                         "OUTPUT=L for an output with its own.", ctx, param)
-            bare = points.convert(item, param, ctx)
-            continue
-        if not name:
-            raise click.BadParameter(f"'{item}' names no output; write --max-loss OUTPUT=L, e.g. boxes=5.", ctx, param)
-        if name in own:
-            raise click.BadParameter(f"output '{name}' is given two budgets.", ctx, param)
-        own[name] = points.convert(value, param, ctx)
-    return bare, own
+    from onnxprune.converter.plan import parse_budgets
+
+    return parse_budgets(values) if values else None
 
 
 def _setup_logging(level: int) -> None:
@@ -270,7 +235,7 @@ def _data_options(f):
 
 
 def _input_shapes(values: tuple[str, ...]) -> dict:
-    from onnxprune.calibration.runtime import parse_input_shapes
+    from onnxprune.converter.plan import parse_input_shapes
 
     return parse_input_shapes(values)
 
@@ -283,15 +248,13 @@ def _metric_spec(values: tuple[str, ...]):
 
 
 def _parse_levels(text: str | None):
+    """--levels as numbers; their range is ScanConfig's to check, for the API's levels= alike."""
     if not text:
         return None
     try:
-        levels = tuple(float(x) for x in text.split(",") if x.strip())
+        return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--levels '{text}' is not a comma-separated list of numbers, e.g. 0.5,0.9,0.99.") from None
-    if not levels or any(not 0 < x < 1 for x in levels):
-        raise ConfigError(f"--levels '{text}': every level must be a fraction in (0, 1).")
-    return levels
 
 
 @cli.command()
@@ -301,7 +264,7 @@ def _parse_levels(text: str | None):
 @click.option("--quality", type=float, help="The paper's rule: drop |w| <= Q x the layer's weight std.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=S", help="Per-layer sparsity (node or weight name, glob ok).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave these layers dense (node or weight name, glob ok).")
-@click.option("--max-loss", multiple=True, metavar="[OUTPUT=]PP", callback=lambda c, p, v: _budget_spec(v, p, c),
+@click.option("--max-loss", multiple=True, metavar="[OUTPUT=]PP", callback=lambda c, p, v: _budget_spec(v),
               help="Accuracy budget (pp): with training data, the automatic search (prune, retrain, remove neurons) "
               "returns the smallest, fastest model within it. OUTPUT=PP (repeatable, beside a bare budget) gives one "
               "output its own, e.g. --max-loss 1 --max-loss boxes=5.")

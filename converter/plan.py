@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import numbers
 from dataclasses import dataclass, field
 
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
@@ -121,7 +123,7 @@ def choice_names() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def choice_types() -> dict:
-    """choice name -> its annotation (for checking a recipe's values)."""
+    """choice name -> its annotation (for checking a recipe's values and the API's, recipe.coerce)."""
     import typing
 
     out = {}
@@ -135,35 +137,26 @@ def choice_types() -> dict:
 
 def configure(**choices) -> RunConfig:
     """Route flat choices to the step configs that own them."""
+    from onnxprune.converter.recipe import coerce
+
     owner = owners()
     unknown = sorted(set(choices) - set(owner))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(owner))}.")
+    hints = choice_types()
     per_section: dict[str, dict] = {}
     for name, value in choices.items():
-        _check_type(name, value, owner[name])
-        if name in ("layers", "neuron_layers") and value is not None:
-            value = _layer_map(name, value)
-        if name in SEQUENCES and value is not None:
-            value = _sequence(name, value)
+        # a value of the wrong type is a ConfigError naming the option (sweep 16 and library sweeps: sparsity="0.5",
+        # labels=3, batch_size=2.5 were raw TypeErrors deep in a step; neurons="no" and one_shot="false" were True)
+        if name not in FORMS:
+            value = coerce(value, hints[name], f"option {name}={value!r}")
+        elif value is not None:
+            value = FORMS[name](name, value)
         per_section.setdefault(owner[name], {})[name] = value
     config = RunConfig(given=frozenset(k for k, v in choices.items() if v is not None))
     for section, values in per_section.items():
         setattr(config, section, dataclasses.replace(getattr(config, section), **values))
     return config
-
-
-def _check_type(name: str, value, section: str) -> None:
-    """A string where a number is wanted (`prune(sparsity="0.5")` from the API) is a usage error naming the option
-    (sweep 16: a raw TypeError from a comparison deep in a step's validation)."""
-    import re
-
-    if not isinstance(value, str):
-        return
-    field = next((f for f in dataclasses.fields(getattr(RunConfig(), section)) if f.name == name), None)
-    kind = str(field.type) if field is not None else ""
-    if re.search(r"\b(float|int)\b", kind) and not re.search(r"\b(str|Any|Path)\b", kind):
-        raise ConfigError(f"option {name}={value!r} is a string; it takes a number.")
 
 
 def parse_layers(values, flag: str = "--layer", example: str | None = None) -> dict[str, float]:
@@ -198,22 +191,108 @@ def _sequence(name: str, value) -> tuple:
     return tuple(items)
 
 
-def _layer_map(name: str, value) -> dict[str, float]:
-    """layers= / neuron_layers= as {NAME: SPARSITY}, or as the command line's NAME=SPARSITY strings: one string is
-    one entry, as exclude='fc1*' is one pattern (a library sweep: layers="fc1" failed with a raw AttributeError)."""
-    example = f"{name}={{'fc1': 0.9}}"
-    if isinstance(value, str):
+def parse_input_shapes(values, flag: str = "--input-shape", example: str | None = None) -> dict[str, tuple[int, ...]]:
+    """NAME=DIMS strings (--input-shape "ids=1,128" or "ids=1x128"; input_shapes='ids=1,128' from the API) as
+    {NAME: dims}."""
+    example = example or f"{flag} input_ids=1,128"
+    shapes = {}
+    for item in values or ():
+        name, sep, dims = str(item).rpartition("=")
+        try:
+            parsed = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip()) if sep and name else None
+        except ValueError:
+            parsed = None
+        if not parsed or any(d < 1 for d in parsed):
+            raise ConfigError(f"{flag} '{item}' is not NAME=DIMS with positive dims; e.g. {example}.")
+        shapes[name] = parsed
+    return shapes
+
+
+def parse_points(text, flag: str = "--max-loss") -> float:
+    """A budget in percentage points: '1%' or '1pp' is read as 1, said once; anything else names the form."""
+    text = str(text).strip()
+    bare = text.removesuffix("%").removesuffix("pp").strip()
+    try:
+        number = float(bare)
+    except ValueError:
+        raise ConfigError(f"{flag}: '{text}' is not a number of percentage points; write e.g. --max-loss 1 "
+                          "(1 pp).") from None
+    if bare != text:
+        logging.getLogger("onnxprune").warning("%s %s read as %g percentage points", flag, text, number)
+    return number
+
+
+def parse_budgets(values, flag: str = "--max-loss", example: str | None = None, bare: bool = True) -> tuple:
+    """--max-loss L (once, unless `bare` is False) and OUTPUT=L (each output once; output_budgets='boxes=5' from the
+    API) as (the run's budget or None, {OUTPUT: L})."""
+    example = example or f"{flag} boxes=5"
+    run: float | None = None
+    own: dict[str, float] = {}
+    for item in values:
+        name, sep, value = str(item).rpartition("=")
+        if not sep and bare:
+            if run is not None:
+                raise ConfigError(f"two budgets ({run:g} and {item}); give one bare {flag} L, and OUTPUT=L for an "
+                                  "output with its own.")
+            run = parse_points(item, flag)
+        elif not name:
+            raise ConfigError(f"{flag} '{item}' names no output; write OUTPUT=L, e.g. {example}.")
+        elif name in own:
+            raise ConfigError(f"{flag}: output '{name}' is given two budgets.")
+        else:
+            own[name] = parse_points(value, flag)
+    return run, own
+
+
+def parse_output_budgets(values, flag: str, example: str) -> dict[str, float]:
+    """output_budgets= (the API's --max-loss OUTPUT=L) as {OUTPUT: L}: the run's own budget is max_loss=."""
+    return parse_budgets(values, flag, example, bare=False)[1]
+
+
+# options that take {NAME: VALUE} or the command line's NAME=VALUE strings (one string is one entry, as
+# exclude='fc1*' is one pattern): the command line's parser, what a NAME and a VALUE are, and an example
+NAMED = {"layers": (parse_layers, "layer", ("SPARSITY", "sparsity"), "{'fc1': 0.9}"),
+         "neuron_layers": (parse_layers, "layer", ("SPARSITY", "sparsity"), "{'fc1': 0.9}"),
+         "input_shapes": (parse_input_shapes, "input", ("DIMS", "dims"), "{'input_ids': (1, 128)}"),
+         "output_budgets": (parse_output_budgets, "output", ("L", "budget"), "{'boxes': 5}")}
+
+
+def _named(name: str, value) -> dict:
+    """layers= / neuron_layers= / input_shapes= / output_budgets= as {NAME: VALUE}, read by the command line's parser:
+    a dict's values are written as the flag writes them, so both forms are checked alike (library sweeps:
+    layers="fc1" and output_budgets="logits=2" were raw AttributeErrors, input_shapes="input=1,16" was read one
+    character at a time)."""
+    parse, key, (what, word), example = NAMED[name]
+    if isinstance(value, dict):
+        value = [f"{k}={_as_text(v, f'option {name}: {key} {k!r} has {word}', f'{name}={example}')}"
+                 for k, v in value.items()]
+    elif isinstance(value, str):
         value = (value,)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return parse_layers(value, f"option {name}", example)
-    if not isinstance(value, dict):
-        raise ConfigError(f"option {name}={value!r} is of type {type(value).__name__}; it takes {{NAME: SPARSITY}}, "
-                          f"e.g. {example} (or 'fc1=0.9').")
-    for layer, share in value.items():
-        if isinstance(share, bool) or not isinstance(share, (int, float)):
-            raise ConfigError(f"option {name}: layer '{layer}' has sparsity {share!r} of type "
-                              f"{type(share).__name__}; give a number, e.g. {example}.")
-    return dict(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"option {name}={value!r} is of type {type(value).__name__}; it takes {{NAME: {what}}} or "
+                          f"NAME={what} strings, e.g. {name}={example}.")
+    return parse(value, f"option {name}", f"{name}={example}")
+
+
+def _as_text(value, where: str, example: str) -> str:
+    """A dict's value as the command line writes it: a number, or dims as 1,128."""
+    parts = value if isinstance(value, (list, tuple)) else (value,)
+    if not parts or any(isinstance(n, bool) or not isinstance(n, numbers.Real) for n in parts):
+        raise ConfigError(f"{where} {value!r} of type {type(value).__name__}; e.g. {example}.")
+    return ",".join(map(str, parts))
+
+
+def _metric(name: str, value):
+    """metric= as given, once its form is checked (calibration.metric_choice reads it when the data is opened)."""
+    from onnxprune.calibration.metric_choice import parse_metric_spec
+
+    parse_metric_spec(value)
+    return value
+
+
+# options the API and recipes may give in more than one form (or a form of the wrong type): each one's reader
+FORMS = {**dict.fromkeys(NAMED, _named), "exclude": _sequence, "levels": _sequence,
+         "metric": _metric}
 
 
 def recipe_of(config: RunConfig | None) -> dict:

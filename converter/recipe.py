@@ -22,6 +22,7 @@ another model (sha256 mismatch) is refused unless the caller explicitly allows i
 from __future__ import annotations
 
 import logging
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -236,55 +237,54 @@ def _options(options: Mapping, path: Path) -> dict:
     hints = _field_types()
     out = {}
     for key, value in options.items():
-        out[key] = _coerce(value, hints.get(key, typing.Any), f"recipe '{path}' [options] {key}")
+        out[key] = coerce(value, hints.get(key, typing.Any), f"recipe '{path}' [options] {key}")
     return out
 
 
-def _coerce(value, hint, where: str):
-    """Check a TOML value against a step config annotation; lists become tuples where the field is a tuple."""
+# what a field of each type takes: its check, and how a message says it
+_KINDS = {bool: (lambda v: isinstance(v, bool), "true or false"),
+          int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+          float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+          str: (lambda v: isinstance(v, (str, os.PathLike)), "a string"),
+          tuple: (lambda v: isinstance(v, (list, tuple)), "a list"),
+          dict: (lambda v: isinstance(v, Mapping), "a table (name = value)")}
+
+
+def coerce(value, hint, where: str):
+    """Check a value against a step config annotation (a recipe's TOML value; an API keyword, by plan.configure):
+    a list becomes a tuple where the field is a tuple, an integer a float where it is a float. A wrong type is a
+    ConfigError saying what the option takes (every type of a union)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is typing.Any:
-        return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+        kinds = [a for a in args if a is not type(None)]
+        if value is None and len(kinds) < len(args):
+            return None
+        for arg in kinds:
             try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0] if errors else ConfigError(f"{where}: unexpected value {value!r}.")
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, not {_type(value)}.")
+                return coerce(value, arg, where)
+            except ConfigError:
+                if len(kinds) == 1:
+                    raise
+        wants = " or ".join(_KINDS[k][1] for k in (typing.get_origin(a) or a for a in kinds) if k in _KINDS)
+        raise ConfigError(f"{where} must be {wants}, not {_type(value)}.")
+    kind = origin or hint
+    if kind not in _KINDS:  # typing.Any, or a type no check is written for
+        return value
+    check, want = _KINDS[kind]
+    if not check(value):
+        raise ConfigError(f"{where} must be {want}, not {_type(value)}.")
+    if kind is tuple:
         item = args[0] if args else typing.Any
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a table (name = value), not {_type(value)}.")
+        return tuple(coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if kind is dict:
         item = args[1] if len(args) == 2 else typing.Any
-        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, not {_type(value)}.")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, not {_type(value)}.")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, not {_type(value)}.")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, not {_type(value)}.")
-        return value
-    return value
+        return {str(k): coerce(v, item, f"{where}.{k}") for k, v in value.items()}
+    return float(value) if kind is float else os.fspath(value) if kind is str else value
 
 
 def _type(value) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
+            dict: "a table", tuple: "a tuple", type(None): "None"}.get(type(value), type(value).__name__)
 
 
 # ---------------------------------------------------------------- what a recipe may hold

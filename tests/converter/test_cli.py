@@ -261,9 +261,9 @@ def test_the_command_leaves_without_teardown_but_with_its_output_and_exit_code(m
 @pytest.mark.parametrize("given, read", [("1%", 1.0), ("0.5pp", 0.5), ("2", 2.0)])
 def test_max_loss_reads_percent_and_pp_suffixes_and_names_the_form_otherwise(tmp_path, given, read):
     """Newcomer audit: `--max-loss 1%` was "'1%' is not a valid float" with no hint."""
-    from onnxprune.converter.cli import PointsType
+    from onnxprune.converter.plan import parse_points
 
-    assert PointsType().convert(given, None, None) == read
+    assert parse_points(given) == read
     path = tmp_path / "m.onnx"
     onnx.save(builders.mlp_gemm(), path)
     res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--max-loss", "one"])

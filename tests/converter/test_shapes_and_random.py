@@ -146,7 +146,7 @@ def test_notes_that_differ_only_in_names_are_one_line():
 
 
 def test_bad_input_shape_flags_are_usage_errors():
-    from onnxprune.calibration.runtime import parse_input_shapes
+    from onnxprune.converter.plan import parse_input_shapes
 
     for bad in ("ids", "ids=a,b", "ids=0,3", "=1"):
         with pytest.raises(ConfigError, match="is not NAME=DIMS"):

@@ -692,8 +692,8 @@ def test_a_python_caller_passing_a_string_for_a_number_or_a_wrong_model_gets_a_c
     from onnxprune.errors import ConfigError
 
     model = builders.mlp_gemm()
-    for kw, said in ((dict(sparsity="0.5"), "option sparsity='0.5' is a string; it takes a number"),
-                     (dict(sparsity=0.5, iterations=1, epochs="1"), "option epochs='1' is a string")):
+    for kw, said in ((dict(sparsity="0.5"), "option sparsity='0.5' must be a number, not a string"),
+                     (dict(sparsity=0.5, iterations=1, epochs="1"), "option epochs='1' must be a number")):
         with pytest.raises(ConfigError, match=said):
             prune(model, **kw)
     with pytest.raises(ConfigError, match="model must be a path or an onnx.ModelProto, not int"):
@@ -803,3 +803,142 @@ def test_a_python_caller_passing_exclude_or_levels_of_the_wrong_type_gets_a_conf
                      (dict(levels=[0.5, "0.9"]), "option levels=[0.5, '0.9'] takes sparsities")):
         with pytest.raises(ConfigError, match=re.escape(said)):
             prune(builders.mlp_gemm(), sparsity=0.5, **kw)
+
+
+def test_a_python_caller_passing_a_metric_of_the_wrong_type_gets_a_config_error():
+    """Library sweep: prune(metric=3) failed as "step 'data' failed: TypeError". metric= takes a KIND, OUTPUT=KIND
+    strings or {OUTPUT: KIND}; anything else is a ConfigError naming the option and what it takes, before any work."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    for metric in (3, ["output=agreement", 3], {"output": 3}):
+        with pytest.raises(ConfigError, match=re.escape(f"option metric={metric!r} takes a KIND, OUTPUT=KIND strings "
+                                                        "(one or a list of them) or {OUTPUT: KIND}")):
+            prune(model, data=x, sparsity=0.5, metric=metric)
+    assert prune(model, data=x, sparsity=0.5, metric={"output": "rel_l2"}).report["compression"] > 1.0
+
+
+def test_a_python_caller_may_give_input_shapes_as_name_equals_dims_strings_and_a_wrong_type_is_named():
+    """Library sweep: input_shapes="input=1,16" was read one character at a time ("--input-shape names ['i', 'n',
+    'p', ...]") and input_shapes=3 was "step 'random-shapes' failed: TypeError". input_shapes= takes {NAME: DIMS} or
+    the command line's NAME=DIMS strings (one string is one entry), read by --input-shape's own parser."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    for given in ("input=1,16", ["input=1x16"], {"input": (1, 16)}, {"input": [1, 16]}):
+        assert configure(sparsity=0.5, input_shapes=given).data.input_shapes == {"input": (1, 16)}
+    assert prune(builders.mlp_gemm(), sparsity=0.5, input_shapes="input=1,16").report["compression"] > 1.0
+    for value, said in (("input", "option input_shapes 'input' is not NAME=DIMS with positive dims; e.g. "
+                                  "input_shapes={'input_ids': (1, 128)}"),
+                        ({"input": (1, 0)}, "option input_shapes 'input=1,0' is not NAME=DIMS with positive dims"),
+                        ({"input": "1,16"}, "option input_shapes: input 'input' has dims '1,16' of type str"),
+                        (3, "option input_shapes=3 is of type int; it takes {NAME: DIMS} or NAME=DIMS strings")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(builders.mlp_gemm(), sparsity=0.5, input_shapes=value)
+
+
+def test_a_python_caller_may_give_output_budgets_as_output_equals_budget_strings_and_a_wrong_type_is_named():
+    """Library sweep: output_budgets="logits=2" was a raw AttributeError ('str' object has no attribute 'items').
+    output_budgets= takes {OUTPUT: L} or --max-loss's OUTPUT=L strings (one string is one entry), read by the
+    command line's own parser; a bare L (the run's budget is max_loss=) or a wrong type is a ConfigError."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    for given in ("output=2", ["output=2pp"], {"output": 2}):
+        assert configure(max_loss=1.0, output_budgets=given).budget.output_budgets == {"output": 2.0}
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    report = prune(model, data=x, max_loss=1.0, output_budgets="output=2", one_shot=True).report
+    assert report["budget"]["by_output"] == {"output": 2.0}
+    for value, said in (("2", "option output_budgets '2' names no output; write OUTPUT=L, e.g. "
+                              "output_budgets={'boxes': 5}"),
+                        ("output=x", "option output_budgets: 'x' is not a number of percentage points"),
+                        ({"output": "2"}, "option output_budgets: output 'output' has budget '2' of type str"),
+                        (2, "option output_budgets=2 is of type int; it takes {NAME: L} or NAME=L strings")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, data=x, max_loss=1.0, output_budgets=value, one_shot=True)
+
+
+def test_a_level_outside_zero_to_one_is_the_same_one_line_error_from_the_api_and_the_command_line(tmp_path):
+    """Library sweep: --levels 1.5 and prune(levels=[1.5]) were refused by two checks in two wordings (the CLI's
+    parser and ScanConfig). The range is ScanConfig's alone; the command line parses numbers only."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    with pytest.raises(ConfigError) as api:
+        prune(model, data=x, max_loss=1.0, one_shot=True, levels=[0.5, 1.5])
+    assert "\n" not in str(api.value) and "every level must be a fraction in (0, 1)" in str(api.value)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", input=x)
+    for command in (("prune", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--max-loss", "1", "--one-shot"),
+                    ("sensitivity", tmp_path / "m.onnx")):
+        said = assert_clean_error(invoke(*command, "--data", tmp_path / "d.npz", "--levels", "0.5,1.5"), 2)
+        assert said == f"Error: {api.value}"
+
+
+def test_a_python_caller_passing_a_list_of_single_samples_is_told_to_stack_them():
+    """Library sweep: data=list(x) (each array one sample, without the batch axis) was read as one batch per array
+    and refused as "array 'input' has shape [16] (samples first) ... expects [?, 16]": correct, but not what to do."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    for key in ("data", "eval_data"):
+        with pytest.raises(ConfigError, match=re.escape(
+                "these are shaped [16], without the batch axis of model input 'input' [?, 16], as single samples "
+                "are: pass np.stack(the list), or the array itself.")):
+            prune(model, sparsity=0.5, **{"data": x, key: list(x)})
+    assert prune(model, data=np.stack(list(x)), sparsity=0.5).report["compression"] > 1.0
+
+
+def test_a_python_caller_passing_any_option_of_the_wrong_type_gets_a_config_error_saying_what_it_takes():
+    """Library sweep: beside metric=, input_shapes= and output_budgets=, a wrong type was a raw TypeError (labels=3,
+    checkpoint_dir=3, sparsity=[0.5], batch_size=2.5, threads=2.5, verify_batches=None) or silently taken
+    (neurons="no" and one_shot="false" ran as True, seed=[1] as a seed). configure checks every option against its
+    config's annotation with the recipe's checker (recipe.coerce), so the API and a recipe say it alike."""
+    from onnxprune import prune
+    from onnxprune.converter.plan import configure
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    for kw, said in ((dict(labels=3), "option labels=3 must be a string, not an integer."),
+                     (dict(iterations=1, checkpoint_dir=3), "option checkpoint_dir=3 must be a string"),
+                     (dict(seed=[1]), "option seed=[1] must be an integer, not a list."),
+                     (dict(batch_size=2.5), "option batch_size=2.5 must be an integer, not a number."),
+                     (dict(neurons="no"), "option neurons='no' must be true or false, not a string."),
+                     (dict(verify_batches=None), "option verify_batches=None must be an integer, not None."),
+                     (dict(weight_bits=[8]), "option weight_bits=[8] must be an integer or a string, not a list.")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, data=x, sparsity=0.5, **kw)
+    for kw, said in ((dict(sparsity=[0.5]), "option sparsity=[0.5] must be a number, not a list."),
+                     (dict(max_loss=1.0, one_shot="false"), "option one_shot='false' must be true or false")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, data=x, **kw)
+    from pathlib import Path
+
+    config = configure(sparsity=1 / 2, epochs=2, checkpoint_dir=Path("ck"), weight_bits="auto", labels=None)
+    assert (config.retrain.epochs, config.retrain.checkpoint_dir, config.quantize.weight_bits) == (2.0, "ck", "auto")
+
+
+def test_a_python_caller_passing_output_report_dir_or_force_of_the_wrong_type_gets_a_config_error(tmp_path):
+    """Library sweep: prune(output=3) and report_dir=3 were raw TypeErrors from Path(); force="no" was True and wrote
+    a model that missed its budget. They are checked as the options are (recipe.coerce); a path object is a path."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    for kw, said in ((dict(output=3), "output=3 must be a string, not an integer."),
+                     (dict(report_dir=3), "report_dir=3 must be a string, not an integer."),
+                     (dict(force="no"), "force='no' must be true or false, not a string.")):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            prune(model, sparsity=0.5, **kw)
+    prune(model, sparsity=0.5, output=tmp_path / "o.onnx", report_dir=tmp_path / "r")
+    assert (tmp_path / "o.onnx").exists() and (tmp_path / "r" / "report.json").exists()
