@@ -44,7 +44,8 @@ weights (opset 21 `block_size`), scales or zero points that are not initializers
 If/Loop/Scan bodies, an integer op whose weight scale the graph does not show (see opfacts.QUANTIZED_HOW).
 Dynamically quantized layers are not shrunk (their output scales sit in other nodes); the torch bridge runs
 DynamicQuantizeLinear, ConvInteger, MatMulInteger, DynamicQuantizeMatMul and MatMulIntegerToFloat on the grid in
-float, so sgd retrains the float stand-ins (the layer-wise refit does not take a weight behind the QuantizeLinear).
+float and DynamicQuantizeLSTM as a float LSTM (close to onnxruntime's, not equal), so sgd retrains the float
+stand-ins (the layer-wise refit does not take a weight behind the QuantizeLinear).
 """
 
 from __future__ import annotations

@@ -582,3 +582,28 @@ def test_sgd_retrains_a_dynamically_quantized_model_through_the_bridge(tmp_path)
     changed = np.concatenate([outputs(written, {name: x[name][i:i + 1]}) for i in range(400)]).argmax(-1) != labels
     decision = np.arange(400) % 4 != 0  # the run decides on all but every 4th sample and trains on those
     assert result.report["metrics"]["loss_pp"] == pytest.approx(100 * changed[decision].mean())  # one at a time
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm_per_channel"])
+def test_the_bridge_runs_a_dynamically_quantized_lstm_close_to_onnxruntime(tmp_path, name):
+    """DynamicQuantizeLSTM as a float LSTM of its dequantized weights (per direction, or per direction and gate
+    column): within 1% of onnxruntime, which also quantizes the input and hidden state each step; the gradient
+    reaches the folded weights through their QuantizeLinear."""
+    import torch
+
+    from onnxprune.converter.bridge import OnnxModule
+
+    m = dynamic_models(tmp_path)[name]
+    folded = copy(m)
+    records = fold(folded)
+    x = feed(m, 8)
+    module = OnnxModule(folded, trainable=[w.name for w in records])
+    got = module(**{k: torch.from_numpy(v) for k, v in x.items()})[0]
+    want = outputs(m, x)
+    assert np.linalg.norm(got.detach().numpy() - want) <= 0.01 * np.linalg.norm(want)
+    got.sum().backward()
+    params = module.onnx_parameters()
+    lstm_weights = [w.name for w in records if w.node.op_type == "DynamicQuantizeLSTM"]
+    assert len(lstm_weights) == 2
+    for w in lstm_weights:
+        assert params[w].grad is not None and float(params[w].grad.abs().sum()) > 0, w

@@ -18,7 +18,8 @@ _RNN_ACTIVATIONS = {
     "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu, "Softsign": F.softsign,
     "Softplus": F.softplus,
 }
-_RNN_DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+_RNN_DEFAULTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"],
+                 "DynamicQuantizeLSTM": ["Sigmoid", "Tanh", "Tanh"]}
 
 
 def _check_rnn(attrs, ctx):
@@ -166,3 +167,23 @@ def rnn(inputs, attrs, ctx):
         return (lambda xw_t, state: (f_act(_clip(xw_t + state[0] @ rt, clip)),)), xw
 
     return _rnn_run(inputs, attrs, ctx, 1, make_step, 1)
+
+
+def _dequantized(q: Tensor, scale: Tensor, zp: Optional[Tensor]) -> Tensor:
+    """DynamicQuantizeLSTM's W or R [dirs, rows, 4H] as float in ONNX's LSTM layout [dirs, 4H, rows]: a scale (and
+    zero point) per direction [dirs] or per direction and gate column [dirs, 4H]."""
+    q = q if q.is_floating_point() else q.to(torch.float32)
+    shape = [q.shape[0], 1, -1 if scale.dim() == 2 else 1]
+    if zp is not None:
+        q = q - zp.to(q.dtype).reshape(shape)
+    return (q * scale.to(q.dtype).reshape(shape)).transpose(1, 2)
+
+
+@register("DynamicQuantizeLSTM", domain="com.microsoft", check=_check_rnn)
+def dynamic_quantize_lstm(inputs, attrs, ctx):
+    """onnxruntime's int8 LSTM as a float LSTM of its dequantized weights. onnxruntime also quantizes the input and
+    the hidden state at every step, which this does not: close to its outputs, not equal (retraining's gradients
+    need no more; every figure of a run is onnxruntime's)."""
+    w = _dequantized(inputs[1], inputs[8], _opt(inputs, 9))
+    r = _dequantized(inputs[2], inputs[10], _opt(inputs, 11))
+    return lstm([inputs[0], w, r] + [_opt(inputs, k) for k in range(3, 8)], attrs, ctx)
