@@ -669,8 +669,10 @@ def _input_model_failed(exc: Exception, reader) -> str:
         where = msg[:260]
     per_feed = getattr(reader, "per_feed", False)
     batch = "one feed at a time" if per_feed else f"in batches of {getattr(reader, 'batch_size', '?')}"
-    hint = ("" if per_feed else "; a model exported for a batch of 1 (though its input names a batch axis) runs with "
-            "--batch-size 1, or from a folder of .npz files holding one feed each")
+    single = getattr(reader, "batch_size", None) == 1
+    hint = ("; check the data's shapes against the model's inputs (`onnxprune inspect` lists them)" if per_feed or single
+            else "; a model exported for a batch of 1 (though its input names a batch axis) runs with --batch-size 1, "
+                 "or from a folder of .npz files holding one feed each")
     return f"the input model fails in onnxruntime on {reader.description} read {batch} ({where}){hint}."
 
 

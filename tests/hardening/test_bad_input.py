@@ -585,6 +585,15 @@ def test_a_model_that_runs_only_at_batch_1_fails_in_one_line_that_says_what_to_d
     assert not (tmp_path / "o.onnx").exists()
     res = invoke(*args, "--batch-size", "1")
     assert res.exit_code == 0, res.output
+    # sweep 17: data of a length the model cannot take (its input declares 'feat'), read at batch 1, was told to
+    # use --batch-size 1
+    graph = helper.make_graph([nodes[1]], "g", [vi("r", ["batch", "feat"])], [vi("y", ["batch", 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    np.savez(tmp_path / "short.npz", r=rng.standard_normal((120, 3)).astype(np.float32))
+    args[5] = tmp_path / "short.npz"
+    line = assert_clean_error(invoke(*args, "--batch-size", "1"), 1, "the input model fails in onnxruntime on",
+                              "check the data's shapes against the model's inputs")
+    assert "runs with --batch-size 1" not in line
 
 
 def test_an_output_that_is_a_device_pipe_or_link_is_refused_and_left_as_it_is(mlp, tmp_path):
