@@ -102,6 +102,10 @@ class Evaluator:
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
         self.row_outputs: frozenset[int] = frozenset()  # scored outputs that are one vector [C] per feed
         self.mask_input = position_mask_input(reference_model)  # the attention-mask input, or None
+        # an encoder-decoder's encoder mask covers the encoder's positions only; a KV-cache decoder's covers past and
+        # current tokens (_current_positions)
+        self.encoder_mask = _encoder_mask(reference_model, self.mask_input)
+        self.fed_past = _fed_past(reference_model)
         self.padding: str | None = None  # which positions are padding, said as "attention_mask is 0"
         self.position_masks: list[np.ndarray | None] = []  # per batch, its [N, S] mask (True = a real token)
         self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
@@ -196,6 +200,8 @@ class Evaluator:
         for i, (name, kind) in enumerate(self.plan.items()):
             if kind not in MASKED_KINDS or (self.sample_axes and self.sample_axes[i] != 0):
                 continue
+            if self.encoder_mask and "encoder" not in name.lower():  # the decoder's positions are not the mask's
+                continue
             shapes = [as_array(ref[i]).shape for ref in self.reference_all]
             if all(len(sh) >= 3 and sh[:2] == m.shape and m.any() for sh, m in zip(shapes, masks)):
                 found.append(i)
@@ -234,6 +240,8 @@ class Evaluator:
         over the current S: their mask is its last S columns (the cache comes first). Taken when some output scored
         by positions is [N, S, ...] with S shorter than the mask in every batch; the masks then held are the trimmed
         ones. Sweep 13: a merged GPT-2 decoder fed real pasts had its mask dropped and padding scored."""
+        if not self.fed_past:  # no cache: a mask longer than an output is another sequence's (an encoder's)
+            return masks
         for i, kind in enumerate(self.plan.values()):
             if kind not in MASKED_KINDS or (self.sample_axes and self.sample_axes[i] != 0):
                 continue
@@ -653,6 +661,27 @@ def position_mask_input(model: onnx.ModelProto | None) -> str | None:
             continue
         return vi.name
     return None
+
+
+def _encoder_mask(model: onnx.ModelProto | None, mask: str | None) -> bool:
+    """Whether `mask` is an encoder's: named so (optimum's decoder takes `encoder_attention_mask`), or a plain
+    `attention_mask` beside decoder inputs (`decoder_input_ids`: a seq2seq export) that is not the decoder's own.
+    Sweep 17: T5's and BART's encoder mask was applied to the decoder's logits (its last columns), which scored 36%
+    of BART's decoder positions, chosen by the encoder's padding."""
+    if model is None or mask is None:
+        return False
+    low = mask.lower()
+    if "encoder" in low:
+        return True
+    return "decoder" not in low and any(i.name.lower().startswith("decoder") for i in model.graph.input)
+
+
+def _fed_past(model: onnx.ModelProto | None) -> bool:
+    """Whether the model takes a KV cache (past_key_values.*, past_*, *cache*), whose attention mask spans past and
+    current tokens."""
+    import re
+
+    return model is not None and any(re.search(r"past|cache", i.name, re.I) for i in model.graph.input)
 
 
 def _input_model_failed(exc: Exception, reader) -> str:

@@ -183,6 +183,7 @@ def test_a_decoder_fed_a_past_is_masked_by_the_last_columns_of_its_attention_mas
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["logits"], name="head")], "decoder",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 6]),
+         helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, ["N", "P", 5]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "T"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "S", 5])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -190,7 +191,37 @@ def test_a_decoder_fed_a_past_is_masked_by_the_last_columns_of_its_attention_mas
     n, past, s = 40, 3, 4
     mask = np.ones((n, past + s), np.int64)
     mask[::2, -1] = 0  # half the samples end with a padded position
-    ev = Evaluator(open_data({"x": rng.standard_normal((n, s, 6)).astype(np.float32), "attention_mask": mask},
+    ev = Evaluator(open_data({"x": rng.standard_normal((n, s, 6)).astype(np.float32), "attention_mask": mask,
+                              "past_key_values.0.key": np.zeros((n, past, 5), np.float32)},
                              model, batch_size=20), {"logits": "rel_l2"}, model)
     assert ev.masked == {0}
     np.testing.assert_array_equal(np.concatenate(ev.position_masks), mask[:, -s:].astype(bool))
+
+
+def test_an_encoder_decoders_encoder_mask_is_not_applied_to_the_decoders_positions():
+    """Sweep 17: T5 (legacy export) and BART (optimum's decoder, `encoder_attention_mask`) had the encoder's mask
+    applied to the decoder's logits (its last columns, as a KV-cache decoder's), so which decoder positions were
+    scored followed the encoder's padding. Without a cache the mask applies to the encoder's own outputs only."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "W")
+    n, t_enc, s = 40, 8, 8  # the same length too: the mask still is the encoder's
+    for mask_name in ("attention_mask", "encoder_attention_mask"):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["decoder_x", "W"], ["logits"]),
+             helper.make_node("Identity", ["x"], ["encoder_last_hidden_state"])], "seq2seq",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 6]),
+             helper.make_tensor_value_info(mask_name, TensorProto.INT64, ["N", "T"]),
+             helper.make_tensor_value_info("decoder_x", TensorProto.FLOAT, ["N", "S", 6])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "S", 5]),
+             helper.make_tensor_value_info("encoder_last_hidden_state", TensorProto.FLOAT, ["N", "T", 6])], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        mask = np.ones((n, t_enc), np.int64)
+        mask[::2, -3:] = 0
+        data = {"x": rng.standard_normal((n, t_enc, 6)).astype(np.float32), mask_name: mask,
+                "decoder_x": rng.standard_normal((n, s, 6)).astype(np.float32)}
+        ev = Evaluator(open_data(data, model, batch_size=20),
+                       {"logits": "rel_l2", "encoder_last_hidden_state": "rel_l2"}, model)
+        assert ev.masked == {1}, mask_name
