@@ -134,6 +134,9 @@ def npz_example(model, samples: int = 64) -> str:
         dtype = info["dtype"] if info["dtype"] in _NUMPY_NAMES else "float32"
         dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
         key = v.name if v.name.isidentifier() else None
+        if info["dtype"] == "object":  # a string input: text as a unicode array (saved without a pickle)
+            parts.append((key, v.name, f'np.full({dims_text}, "text")'))
+            continue
         parts.append((key, v.name, f"np.zeros({dims_text}, np.{'bool_' if dtype == 'bool' else dtype})"))  # numpy 1.x
     if all(k for k, _, _ in parts):
         args = ", ".join(f"{k}={arr}" for k, _, arr in parts)

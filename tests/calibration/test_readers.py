@@ -374,3 +374,41 @@ def test_random_feeds_of_scalar_inputs_are_arrays_onnxruntime_takes():
     assert all(isinstance(v, np.ndarray) for v in feeds.values())
     assert feeds["flag"].shape == () and feeds["flag"].dtype == np.bool_ and feeds["k"].dtype == np.int64
     assert make_session(model).run(None, feeds)[0].shape == (feeds["x"].shape[0], 3)
+
+
+def _string_model():
+    """text [N, 1] (string) -> LabelEncoder-free stand-in: an Equal against a category, cast to float, times a weight."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 3), np.float32), "W")
+    cat = numpy_helper.from_array(np.array(["red"], dtype=object), "cat")
+    nodes = [helper.make_node("Equal", ["text", "cat"], ["hit"]),
+             helper.make_node("Cast", ["hit"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["f", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("text", TensorProto.STRING, ["N", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w, cat])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)  # Equal on strings
+
+
+def test_text_for_a_string_input_is_read_from_a_unicode_array(tmp_path, caplog):
+    """Sweep 17: a numpy unicode array (what np.savez stores without a pickle) for a string input was refused as an
+    unsafe cast ("e.g. pixels/255 as float32"); it is passed to onnxruntime as the strings it holds, `inspect`'s
+    numpy line writes text for it, and random data for it says its figures mean nothing for real rows."""
+    import logging
+
+    import onnxruntime as ort
+
+    from onnxprune.converter.inspect import npz_example
+
+    model = _string_model()
+    np.savez(tmp_path / "calib.npz", text=np.array([["red"], ["blue"]] * 8, dtype=str))
+    reader = open_data(str(tmp_path / "calib.npz"), model, batch_size=16)
+    feeds, _ = next(iter(reader.batches()))
+    assert feeds["text"].dtype == object
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, feeds)[0][:2, 0].tolist() == [1.0, 0.0]
+    assert 'text=np.full((64, 1), "text")' in npz_example(model)
+    with caplog.at_level(logging.WARNING):
+        open_data("random", model, batch_size=16)
+    assert "random text for string input(s) text" in caplog.text
