@@ -151,3 +151,21 @@ def test_an_output_relating_the_samples_of_a_batch_keeps_its_batches_whole(caplo
         ev = Evaluator(data, None, model, split=16)
     assert [np.asarray(r[0]).shape for r in ev.reference_all] == [(64, 64)]  # one batch of 64, not four of 16
     assert "relate the samples of a batch" in caplog.text and "batches of 64" in caplog.text
+
+
+def test_streamed_batches_can_be_run_from_a_later_batch_on():
+    """Sweep 17: a measurement resumed on more samples asks for the batches after those it has ([2, 3]); streamed data
+    (over the cache budget) raised "streamed calibration batches can only be run in order". The batches before are
+    read past, and the values are those of the same batches held in memory."""
+    model = builders.mlp_gemm(in_features=16, hidden=(8,), out_features=4, seed=0)
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    streamed = Evaluator(open_data({"input": x}, model, batch_size=16), None, model, cache_bytes=1)
+    cached = Evaluator(open_data({"input": x}, model, batch_size=16), None, model)
+    assert not streamed.cached and cached.cached
+    sess = streamed.session(model)
+    got = [v[0] for v in streamed.run_batches(sess, [2, 3])]
+    want = [v[0] for v in cached.run_batches(sess, [2, 3])]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(CalibrationError, match="ascending order"):
+        list(streamed.run_batches(sess, [3, 1]))
