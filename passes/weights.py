@@ -302,7 +302,7 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) 
     first = via_nodes[0] if via_nodes else node
     users = ix.consumers.get(name, [])
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix, shapes)
-                               or _tied(name, users, first, ix)):
+                               or _tied(name, users, first, ix) or _shared_table(name, users, ix, shapes)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
         return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
                 "pruned only when each reads it alike)")
@@ -351,6 +351,18 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
         return False
     uses = {tie_use(u, name) for u in users}
     return len(uses) == 1 and None not in uses
+
+
+def _shared_table(name, users, ix: ScopeIndex, shapes) -> bool:
+    """An embedding table several Gathers of one graph read alike (axis 0, ids from the data): a seq2seq model's
+    shared embedding, read by its encoder and its decoder (sweep 17: T5's was "used in different ways"). One table,
+    one mask; rows are read, not multiplied, so nothing else changes."""
+    if shapes is None or len(users) < 2 or len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+        return False
+    if any(u.op_type != "Gather" or list(u.input).count(name) != 1 or u.input[0] != name for u in users):
+        return False
+    return (len({tuple(sorted(a.SerializeToString() for a in u.attribute)) for u in users}) == 1
+            and all(_embedding(u, ix, shapes) for u in users))
 
 
 def tie_use(node: onnx.NodeProto, name: str) -> tuple | None:

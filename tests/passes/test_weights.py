@@ -221,3 +221,27 @@ def test_a_weight_as_the_first_matmul_operand_counts_a_multiply_add_per_column()
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 64])])
     (w,) = find_prunable(m).prunable
     assert w.name == "W" and w.macs == 32 * 28 * 64
+
+
+def test_an_embedding_table_two_gathers_read_alike_is_one_weight():
+    """Sweep 17: T5's shared embedding, read by the encoder's and the decoder's Gather, was "used in different ways".
+    One table, one mask, two readers; a Gather with a constant index beside it keeps the refusal."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((20, 8)).astype(np.float32), "shared")
+    w = numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "W")
+
+    def model(second_ids: str, extra=()):
+        nodes = [helper.make_node("Gather", ["shared", "ids"], ["e1"]),
+                 helper.make_node("Gather", ["shared", second_ids], ["e2"]),
+                 helper.make_node("Add", ["e1", "e2"], ["e"]), helper.make_node("MatMul", ["e", "W"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.INT64, ["N", 6])
+                                               for n in ("ids", "dec_ids")],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 5])],
+                                  [table, w, *extra])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    inv = find_prunable(model("dec_ids"))
+    assert [(p.name, p.kind, p.readers) for p in inv.prunable] == [("shared", "embedding", 2), ("W", "fc", 1)]
+    fixed = numpy_helper.from_array(np.zeros((1, 6), np.int64), "fixed_ids")
+    inv = find_prunable(model("fixed_ids", (fixed,)))
+    assert "shared" not in {p.name for p in inv.prunable}
