@@ -8,7 +8,8 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     accuracy       top-1 accuracy against labels                               1% of samples lose their right class
     top5           label among the 5 largest scores                            1% of samples lose it from their top 5
     agreement      top-1 (argmax per sample) equals the dense model's          1% of samples change their top-1 class
-    seq_agreement  argmax over the last axis, per position, equals the dense   1% of positions change their top-1
+    seq_agreement  argmax over the last axis, per position, equals the dense   1% of a sample's positions (mean over
+                   model's; each sample's share, averaged over the samples     the samples) change their top-1
     map_iou        mean IoU of the class maps (argmax over axis 1) per sample    mean IoU 0.01 lower
                    ([N, C, H, W] segmentation outputs)
     ctc_agreement  greedy CTC decoding of [N, T, C] equals the dense one's      1% of samples change their text
@@ -818,7 +819,7 @@ def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: 
     """Per-sample terms of an [N, S, ...] output on its real positions only (`mask` [N, S], True = real): for
     cosine and rel_l2 the padded positions are zero in both (they add nothing to a dot product, a norm or a
     difference; rel_l2's `scale` is the set's, over real positions too); for seq_agreement they are made equal to
-    the dense model's, then taken off the agreeing positions and the positions counted. A sample with no real
+    the dense model's, then taken off the agreeing positions, each sample's share of its real positions. A sample with no real
     position is left out (no sample: nothing of it is scored, and counting it unchanged would narrow the bound)."""
     real = mask.any(axis=1)
     if not real.all():
@@ -827,10 +828,12 @@ def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: 
             labels = np.asarray(labels)[real]
     if kind == "seq_agreement":
         pad = ~mask.reshape(mask.shape + (1,) * (out.ndim - 2))
-        terms, counts = METRICS[kind].samples(np.where(pad, want, out), want, labels)
+        terms, counts = METRICS[kind].samples(np.where(pad, want, out), want, labels)  # shares of all positions
         per = int(np.prod(out.shape[2:-1], dtype=np.int64))  # positions per (sample, step): [N, S, C] -> 1
+        total = int(np.prod(out.shape[1:-1], dtype=np.int64))
         padded = (~mask).sum(axis=1) * per
-        return terms - padded[:, None], counts - padded
+        real = (total - padded).astype(np.float64)
+        return (terms * total - padded[:, None]) / real[:, None], counts  # the share of its real positions
     return METRICS[kind].terms(real_positions(out, mask), real_positions(want, mask), labels, scale)
 
 

@@ -137,7 +137,7 @@ def test_a_feed_with_no_detections_in_either_model_is_an_unchanged_sample(tmp_pa
     rule = BudgetRule(ev, 1.0)
     assert rule.n == 24 and all(len(v) == 24 and not v.any() for v in rule.values(ev.reference_all))
     assert SequentialScorer(ev).total == 24 and ev.dense == 1.0
-    assert unchanged_samples("seq_agreement", np.zeros((0, 3, 5)))[0].tolist() == [[3.0]]
+    assert unchanged_samples("seq_agreement", np.zeros((0, 3, 5)))[0].tolist() == [[1.0]]  # all its positions agree
     assert unchanged_samples("prob", np.zeros((0, 4)))[0].tolist() == [[1.0, 0.0]]
     assert unchanged_samples("rel_l2", np.zeros((0, 4)))[0].tolist() == [[0.0]]
 

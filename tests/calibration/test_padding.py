@@ -64,12 +64,15 @@ def test_rel_l2_and_seq_agreement_read_real_positions_only(kind):
         assert min(norms) > 0.1 * ev.scales[0][0]
         per_sample = [np.linalg.norm(a - d) / np.linalg.norm(d) for a, d in _pairs(ev, got)]
         want = 1 - float(np.mean(per_sample))
-    else:  # real positions whose argmax over D is unchanged: pooled for the figure, a share per sample for the rule
+    else:  # real positions whose argmax over D is unchanged: each sample's share, averaged for the figure as the
+        # rule averages them (sweep 17: pooled over positions, Whisper's figure read 0.87 pp beside the rule's 0.78)
         same = [(c.argmax(-1) == d.argmax(-1)) for c, d in _pairs(ev, got, flat=False)]
-        want = float(np.concatenate(same).mean())
+        assert len({len(s) for s in same}) > 1  # samples hold different numbers of real positions
+        want = float(np.mean([s.mean() for s in same]))
         per_sample = [1 - s.mean() for s in same]
     assert 0.0 < want < 1.0 and ev.last["last_hidden_state"]["after"] == pytest.approx(want, rel=1e-9)
     np.testing.assert_allclose(BudgetRule(ev, 1.0).values(got)[0][:, 0], per_sample, rtol=1e-6)
+    assert np.mean(per_sample) == pytest.approx(1 - ev.last["last_hidden_state"]["after"], rel=1e-6)
 
 
 def _pairs(ev, got, flat=True):
@@ -139,9 +142,9 @@ def test_padding_is_read_from_the_token_ids_when_the_model_takes_no_mask(side, p
     rng = np.random.default_rng(0)
     got = [(np.array(ref[0]) + rng.normal(0, 2.0, np.shape(ref[0])).astype(np.float32),) for ref in ev.reference_all]
     ev.score(got)
-    same = np.concatenate([(g[0].argmax(-1) == np.asarray(r[0]).argmax(-1))[m]
-                           for g, r, m in zip(got, ev.reference_all, ev.position_masks)])
-    assert 0.0 < same.mean() < 1.0 and ev.last["tags"]["after"] == pytest.approx(same.mean(), rel=1e-9)
+    same = np.array([row[real_row].mean() for g, r, m in zip(got, ev.reference_all, ev.position_masks)
+                     for row, real_row in zip(g[0].argmax(-1) == np.asarray(r[0]).argmax(-1), m) if real_row.any()])
+    assert 0.0 < same.mean() < 1.0 and ev.last["tags"]["after"] == pytest.approx(same.mean(), rel=1e-9)  # per sample
 
 
 @pytest.mark.parametrize("case", ["id inside a row", "one final id per row", "no padding", "a row of padding"])

@@ -36,13 +36,13 @@ def test_batch_sums_are_the_per_sample_terms_summed(kind):
     labels = rng.integers(0, 7, 12)
     terms, counts = METRICS[kind].terms(out, ref, labels)
     assert terms.shape == (12, len(METRICS[kind].lower_better)) and counts.shape == (12,)
-    assert counts.tolist() == [3 if kind == "seq_agreement" else 1] * 12
+    assert counts.tolist() == [1] * 12  # a sample counts once (seq_agreement: its share of positions)
     sums, n = METRICS[kind].batch(out, ref, labels)
     assert sums == pytest.approx(tuple(terms.sum(axis=0)), abs=0) and n == int(counts.sum())
     # the unchanged samples score as the dense model does: agreement 1, error 0, cosine 1, its own p[argmax]
     assert terms[:4] == pytest.approx(METRICS[kind].terms(ref, ref, labels)[0][:4], abs=1e-6)
     if kind not in ("accuracy", "top5", "expected_accuracy"):
-        best = [0.0 if low else (3.0 if kind == "seq_agreement" else 1.0) for low in METRICS[kind].lower_better]
+        best = [0.0 if low else 1.0 for low in METRICS[kind].lower_better]
         assert terms[:4] == pytest.approx(np.tile(best, (4, 1)), abs=1e-6)
 
 
@@ -51,7 +51,7 @@ def test_a_batch_of_another_shape_loses_every_sample():
     assert mismatch_samples("rel_l2", ref)[0].tolist() == [[1.0]] * 5
     assert mismatch_samples("prob", ref[:, 0])[0].tolist() == [[0.0, 1.0]] * 5
     terms, counts = mismatch_samples("seq_agreement", ref)
-    assert terms.tolist() == [[0.0]] * 5 and counts.tolist() == [4] * 5
+    assert terms.tolist() == [[0.0]] * 5 and counts.tolist() == [1] * 5
 
 
 def test_ratio_standard_error_matches_the_textbook_formula():
