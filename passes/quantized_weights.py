@@ -57,6 +57,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
+from onnxprune.passes.scopes import FLOAT_TYPES
 
 __all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "restore", "snap"]
 
@@ -422,7 +423,7 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         if held is None:  # nothing reads it any more
             continue
         if w.dynamic is not None:  # the integers back under W_q's name, read by the integer op itself
-            if w.dynamic.output[0] not in readers or held.data_type not in _FLOATS:
+            if w.dynamic.output[0] not in readers or held.data_type not in FLOAT_TYPES:
                 continue  # written already
             _restore_dynamic(graph, w, held, inits)
             gone.add(w.dynamic.output[0])
@@ -492,9 +493,6 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
     return len(gone)
 
 
-_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-
-
 def _restore_dynamic(graph: onnx.GraphProto, w: QuantizedWeight, held: onnx.TensorProto, inits: dict) -> None:
     """W_q on its grid in place of the float stand-in (the same integers where nothing changed, byte for byte);
     the integer op reads it again instead of the QuantizeLinear's output."""
@@ -521,7 +519,7 @@ def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
     changed = 0
     for t in model.graph.initializer:
         w = by.get(t.name)
-        if w is None or t.data_type not in _FLOATS:  # a dynamic weight already written back is integer
+        if w is None or t.data_type not in FLOAT_TYPES:  # a dynamic weight already written back is integer
             continue
         values = numpy_helper.to_array(t)
         q, scale, zp = _on_grid(values, w)
