@@ -222,7 +222,8 @@ def test_a_refit_the_time_runs_out_in_is_dropped_and_the_search_ends_with_a_note
     result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
     report = result.report
     assert len(out_of_time) == 1  # one wave started, then the stop
-    assert [h["phase"] for h in report["history"]] == ["one-shot"]
+    phases = [h["phase"] for h in report["history"]]  # the refit dropped: the one-shot start, or the input model
+    assert phases in (["one-shot"], ["one-shot", "input model"]), phases  # when the start removes almost nothing
     assert any(n.startswith("time budget: a refit at level 0 was stopped after 0 of its ") for n in report["notes"]), \
         report["notes"]
     assert report["budget"]["met"]

@@ -51,3 +51,29 @@ def test_a_result_both_parts_agree_on_is_kept(model_and_pool):
     result, _ = _prune(model, x)
     assert not [n for n in result.report["notes"] if n.startswith("second look:")]
     assert result.report["compression"] > 1.3  # pruned (1.46x here)
+
+
+def test_a_result_that_removes_almost_nothing_for_a_loss_keeps_the_input_model():
+    """Sweep 17: a layout detector's search spent 0.89 pp of its budget to remove 164 of 1.77M weights (1.00x). A
+    result under 1% of the nonzeros removed (search.NEGLIGIBLE) that loses anything gives way to the input model,
+    as small and as fast; one that loses nothing, or removes more, is kept."""
+    from onnxprune.converter.auto import search as S
+    from onnxprune.converter.auto.decide import Decision
+
+    model = builders.lenet300_like(hidden=(32, 16), seed=7)
+    s = S._Search.__new__(S._Search)
+    s.original, s.held, s.zeros, s.notes, s.t0 = model, 0, {}, [], 0.0
+    s.sizes = {"w": 10_000}
+    kept_input = S._Best(model, {"w": np.ones(10_000, bool)}, Decision(0.0, 0.0, 1.0, True, 100), {})
+    s._input_model, s._record = (lambda: kept_input), (lambda *a, **k: None)
+    other = builders.lenet300_like(hidden=(32, 16), seed=8)
+
+    def best(removed: int, loss: float):
+        mask = np.ones(10_000, bool)
+        mask[:removed] = False
+        return S._Best(other, {"w": mask}, Decision(loss, 0.1, 1.0, True, 100), {})
+
+    assert s._worth_it(best(50, 0.4)) is kept_input  # 0.5% removed for 0.4 pp
+    assert "removes 0.5% of the weights (1.005x) for 0.40 pp: the input model is kept" in s.notes[0]
+    for b in (best(50, 0.0), best(500, 0.4)):  # nothing lost; 5% removed
+        assert s._worth_it(b) is b
