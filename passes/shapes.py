@@ -36,8 +36,34 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             graph.initializer.append(t)
     graph.sparse_initializer.extend(g.sparse_initializer)
+    graph.value_info.extend(_ml_shapes(g))
     out.graph.CopyFrom(graph)
     return out
+
+
+# ai.onnx.ml ops whose output has their input's shape (float): onnx has no shape inference for them, and every shape
+# after one stayed unknown (sweep 17: MACs "unknown" for every scikit-learn pipeline; a StandardScaler leads them)
+ML_SAME_SHAPE = {"Scaler": onnx.TensorProto.FLOAT, "Normalizer": onnx.TensorProto.FLOAT,
+                 "Binarizer": None, "Imputer": None}  # None: the input's own element type
+
+
+def _ml_shapes(g: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Declared shapes for the outputs of ML_SAME_SHAPE nodes whose input's shape is declared (or was, upstream)."""
+    known = {vi.name: vi.type.tensor_type for vi in [*g.input, *g.value_info] if vi.type.HasField("tensor_type")
+             and vi.type.tensor_type.HasField("shape")}
+    added = []
+    for n in g.node:
+        if n.domain != "ai.onnx.ml" or n.op_type not in ML_SAME_SHAPE or not n.input or not n.output:
+            continue
+        src = known.get(n.input[0])
+        if src is None or n.output[0] in known:
+            continue
+        vi = onnx.ValueInfoProto(name=n.output[0])
+        vi.type.tensor_type.elem_type = ML_SAME_SHAPE[n.op_type] or src.elem_type
+        vi.type.tensor_type.shape.CopyFrom(src.shape)
+        known[n.output[0]] = vi.type.tensor_type
+        added.append(vi)
+    return added
 
 
 def infer_shapes(model: onnx.ModelProto, *, warn: bool = False) -> Shapes:

@@ -29,3 +29,24 @@ def test_failing_inference_falls_back_to_the_declared_shapes(caplog):
     m.graph.node[0].op_type = "NoSuchOp"
     shapes = infer_shapes(m, warn=True)
     assert shapes["x"] == [None, 6] and shapes["y"] == [None, 3]
+
+
+def test_shapes_pass_through_an_ml_scaler():
+    """Sweep 17: onnx infers no shape for ai.onnx.ml's Scaler, so every shape after a scikit-learn pipeline's
+    StandardScaler was unknown (inspect: MACs "unknown"). Its output has its input's shape."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.passes.shapes import infer_shapes
+    from onnxprune.passes.weights import find_prunable
+
+    w = numpy_helper.from_array(np.ones((10, 4), np.float32), "W")
+    nodes = [helper.make_node("Scaler", ["X"], ["scaled"], domain="ai.onnx.ml", offset=[0.0], scale=[1.0]),
+             helper.make_node("MatMul", ["scaled", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                              ir_version=8)
+    shapes = infer_shapes(model)
+    assert shapes["scaled"] == [None, 10]
+    assert find_prunable(model).prunable[0].macs == 40
