@@ -17,6 +17,16 @@ from onnxprune.passes.merge_copies import duplicate_groups
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
+def _attribute_rows(model) -> list[dict]:
+    """Parameters a node holds in its attributes (skl2onnx's LinearClassifier coefficients, SVM support vectors),
+    as rows of the left-alone table: a PCA + LogisticRegression pipeline listed its PCA matrix and never said where
+    the classifier's 300 coefficients were (sweep 17)."""
+    from onnxprune.passes.weights import attribute_parameters
+
+    return [{"name": text.split(" holds ")[0], "reason": f"holds {text.split(' holds ', 1)[1]}: node attributes are "
+             "not tensors, no pass prunes them", "size": n} for n, text in attribute_parameters(model)]
+
+
 def inspect_model(path: Path) -> dict:
     from onnxprune.converter import modelio
 
@@ -56,7 +66,7 @@ def inspect_model(path: Path) -> dict:
         "producer": f"{loaded.model.producer_name} {loaded.model.producer_version}".strip(),
         "layers": rows,
         "totals": totals(rows),
-        "skipped": skipped_rows(inventory),
+        "skipped": skipped_rows(inventory) + _attribute_rows(loaded.model),
         "sparse_tensors_in_input": loaded.had_sparse,
         "inputs": [_value_info(v) for v in _real_inputs(loaded.model)],
         "outputs": [_value_info(v) for v in loaded.model.graph.output],

@@ -272,3 +272,26 @@ def test_max_loss_reads_percent_and_pp_suffixes_and_names_the_form_otherwise(tmp
                                    "--data", "random", "--one-shot"])
     assert res.exit_code == 0, res.output
     assert ("read as" in res.output) == (given != "2")
+
+
+def test_inspect_lists_parameters_held_in_node_attributes(tmp_path):
+    """Sweep 17: a PCA + LogisticRegression pipeline (skl2onnx) listed its PCA matrix and never said where the
+    classifier's coefficients were: LinearClassifier holds them in an attribute, which no pass prunes."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.converter.inspect import inspect_model
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "pca")
+    nodes = [helper.make_node("MatMul", ["X", "pca"], ["z"]),
+             helper.make_node("LinearClassifier", ["z"], ["label", "scores"], domain="ai.onnx.ml",
+                              coefficients=[0.5] * 24, intercepts=[0.0] * 3, classlabels_ints=[0, 1, 2])]
+    graph = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                              ir_version=8)
+    onnx.save(model, tmp_path / "skl.onnx")
+    row = next(r for r in inspect_model(tmp_path / "skl.onnx")["skipped"] if r["name"].startswith("LinearClassifier"))
+    assert row["size"] == 24 and "attribute 'coefficients'" in row["reason"] and "no pass prunes them" in row["reason"]
