@@ -93,8 +93,6 @@ class AllocationOutcome:
 
     def ratio_of(self, sparsities: dict[str, float]) -> float:
         """The same ratio for another allocation (a try of the fit)."""
-        if not self.sizes:
-            return self.total / max(1, self.total - self.removed)
         kept = {n: size - int(round(sparsities.get(n, 0.0) * size)) for n, size in self.sizes.items()}
         return nonzero_ratio(kept, self.sizes, self.zeros)
 

@@ -112,6 +112,7 @@ class Evaluator:
         self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
+        self.auto_chosen: set[str] = set()  # the outputs whose metric was chosen automatically (_resolve_auto)
         self.scales: tuple[np.ndarray | None, ...] = ()  # per scored output, its dense set's typical norm (_scales)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
@@ -176,12 +177,11 @@ class Evaluator:
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             if first:
                 self.constant = self._constant_outputs()
-                if not self._quiet:
-                    for name in self.plan:
-                        if name in self.auto_chosen and self.plan[name] == "rel_l2":
-                            hint = ctc_hint(name, [b[list(self.plan).index(name)] for b in self.reference_all])
-                            if hint:
-                                log.warning("%s", hint)
+                for i, (name, kind) in enumerate(self.plan.items()):
+                    hint = (ctc_hint(name, [b[i] for b in self.reference_all])
+                            if not self._quiet and kind == "rel_l2" and name in self.auto_chosen else None)
+                    if hint:
+                        log.warning("%s", hint)
             if first and self.constant and not self._quiet:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
@@ -633,20 +633,15 @@ def _dynamic_batch(model: onnx.ModelProto | None) -> bool:
 
 
 def relating_outputs(model: onnx.ModelProto | None) -> list[str]:
-    """Outputs whose declared shape holds the first input's batch symbol on two or more axes ([N, N]: CLIP's
-    logits_per_image scores every image against every text of its batch): a sample's values depend on the samples
-    batched with it. Sweep 17: cut into parts of 16, CLIP's run claimed 0.50 pp (2 of 400 changed); run in batches of
-    64, 5.0% of held-out images changed."""
-    if model is None:
-        return []
-    inits = {t.name for t in model.graph.initializer}
-    first = next((vi for vi in model.graph.input if vi.name not in inits and vi.type.HasField("tensor_type")), None)
-    dims = first.type.tensor_type.shape.dim if first is not None else []
-    symbol = dims[0].dim_param if dims and dims[0].HasField("dim_param") else ""
-    if not symbol:
+    """Outputs whose declared shape holds an input's batch symbol (`_batch_dims`) on two or more axes ([N, N]:
+    CLIP's logits_per_image scores every image against every text of its batch): a sample's values depend on the
+    samples batched with it. Sweep 17: cut into parts of 16, CLIP's run claimed 0.50 pp (2 of 400 changed); run in
+    batches of 64, 5.0% of held-out images changed."""
+    batch = _batch_dims(model)
+    if not batch:
         return []
     return [o.name for o in model.graph.output if o.type.HasField("tensor_type")
-            and sum(d.dim_param == symbol for d in o.type.tensor_type.shape.dim) >= 2]
+            and any(sum(d.dim_param == b for d in o.type.tensor_type.shape.dim) >= 2 for b in batch)]
 
 
 def _split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]:
@@ -819,8 +814,9 @@ def _masked_samples(kind: str, out: np.ndarray, want: np.ndarray, labels, mask: 
     """Per-sample terms of an [N, S, ...] output on its real positions only (`mask` [N, S], True = real): for
     cosine and rel_l2 the padded positions are zero in both (they add nothing to a dot product, a norm or a
     difference; rel_l2's `scale` is the set's, over real positions too); for seq_agreement they are made equal to
-    the dense model's, then taken off the agreeing positions, each sample's share of its real positions. A sample with no real
-    position is left out (no sample: nothing of it is scored, and counting it unchanged would narrow the bound)."""
+    the dense model's, then taken off the agreeing positions, each sample's share of its real positions. A sample
+    with no real position is left out (no sample: nothing of it is scored, and counting it unchanged would narrow the
+    bound)."""
     real = mask.any(axis=1)
     if not real.all():
         out, want, mask = out[real], want[real], mask[real]

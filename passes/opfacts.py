@@ -147,11 +147,14 @@ QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, 
                         "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
 QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of QLinearConv/"
                  "QLinearMatMul, of a ConvInteger/MatMulInteger whose scale the graph does not multiply in after it "
-                 "(DynamicQuantizeLinear -> op -> Cast -> Mul(scale)), nor one several nodes read or a subgraph holds, nor "
-                 "behind a DequantizeLinear that is block-wise, has computed scales or reads 4-bit (INT4/UINT4) or "
-                 "float8 values; "
-                 "pass the float model, an 8-bit QDQ model (onnxruntime's quantize_static) or a dynamically "
-                 "quantized one (quantize_dynamic), whose weights are pruned on their own grid")
+                 "(DynamicQuantizeLinear -> op -> Cast -> Mul(scale)), nor one several nodes read or a subgraph "
+                 "holds, nor behind a DequantizeLinear that is block-wise, has computed scales or reads 4-bit "
+                 "(INT4/UINT4) or float8 values; pass the float model, an 8-bit QDQ model (onnxruntime's "
+                 "quantize_static) or a dynamically quantized one (quantize_dynamic), whose weights are pruned on "
+                 "their own grid")
+# Dynamic quantization's integer ops multiply as these float ops do (MACs: passes/weights.py).
+MULTIPLIES_AS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
+                 "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM"}
 # Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one
 # activation scale per tensor (the input model itself changed 1% of an LSTM's classes between batches of 300 and 64),
 # so runs of such a model are evaluated a sample at a time (converter/steps/data.py).

@@ -58,6 +58,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
 from onnxprune.passes.scopes import FLOAT_TYPES
+from onnxprune.passes.storage.graphs import default_opset
 
 __all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "restore", "snap"]
 
@@ -88,7 +89,7 @@ def kinds(folded: list[QuantizedWeight]) -> str:
                      for how, k in counts.items())
 
 
-def _written(model: onnx.ModelProto, w: QuantizedWeight) -> bool:
+def _folded_in(model: onnx.ModelProto, w: QuantizedWeight) -> bool:
     """Whether `model` holds `w` as its float stand-in (not yet written back)."""
     if w.dynamic is not None:
         return any(n.output and n.output[0] == w.dynamic.output[0] for n in model.graph.node)
@@ -213,10 +214,6 @@ def foldable(model: onnx.ModelProto) -> bool:
                 for n in model.graph.node) or bool(_dynamic_weights(model, shared)))
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 def _scale_after(node: onnx.NodeProto, producers, consumers, inits) -> str | None:
     """The weight scale of a ConvInteger/MatMulInteger whose input comes from a DynamicQuantizeLinear: the
     initializer the graph multiplies that input scale by, in the Mul after the op (through an integer bias Add
@@ -282,7 +279,8 @@ def _dynamic_weights(model: onnx.ModelProto, shared: set[str]) -> list[tuple]:
                 continue
             if np.all(scale == scale[0]) and np.all(zp == zp[0]):  # one scale, one zero point
                 scale, zp, axis = scale[:1].reshape(()), zp[:1].reshape(()), None
-            elif _opset(model) >= 13 and scale.size in (1, channels) and zp.size in (1, channels):  # per channel
+            elif default_opset(model) >= 13 and scale.size in (1, channels) and zp.size in (1, channels):  # a scale
+                # per channel: a per-axis QuantizeLinear
                 scale, zp = np.broadcast_to(scale, (channels,)).copy(), np.broadcast_to(zp, (channels,)).copy()
             elif np.all(zp == zp[0]):  # a per-channel scale no QuantizeLinear here takes: in units of the grid
                 scale, zp, axis = np.ones((), scale.dtype), zp[:1].reshape(()), None
@@ -332,7 +330,7 @@ def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
                slices: list[tuple[str, int, np.ndarray]] = ()) -> onnx.ModelProto:
     """`model` as it would be written: a copy with its folded weights quantized back, or `model` itself when it
     holds none of them (a model already written, a capture that reads none)."""
-    if not any(_written(model, w) for w in folded):
+    if not any(_folded_in(model, w) for w in folded):
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -417,16 +415,17 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
     taken |= {i.name for i in graph.input}
     nodes: list[onnx.NodeProto] = []
     gone: set[str] = set()
-    readers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.output}
+    quantizers = {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.output}
+    renames: dict[str, str] = {}  # a dynamic weight's QuantizeLinear output -> W_q, which its integer op reads again
     for w in folded:
         held = inits.get(w.name)
         if held is None:  # nothing reads it any more
             continue
         if w.dynamic is not None:  # the integers back under W_q's name, read by the integer op itself
-            if w.dynamic.output[0] not in readers or held.data_type not in FLOAT_TYPES:
+            if w.dynamic.output[0] not in quantizers or held.data_type not in FLOAT_TYPES:
                 continue  # written already
-            _restore_dynamic(graph, w, held, inits)
-            gone.add(w.dynamic.output[0])
+            _restore_dynamic(w, held)
+            renames[w.dynamic.output[0]] = w.name
             continue
         values = numpy_helper.to_array(held)
         q, scale, zp = _on_grid(values, w, slices)
@@ -478,8 +477,12 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
             nodes.append(quantize)
         nodes.append(node)
         gone.add(w.name)
-    if any(w.dynamic is not None for w in folded):
-        kept_nodes = [n for n in graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in gone)]
+    if renames:  # one pass over the nodes: the fold's QuantizeLinear nodes go, their readers read W_q
+        kept_nodes = [n for n in graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in renames)]
+        for n in kept_nodes:
+            for k, i in enumerate(n.input):
+                if i in renames:
+                    n.input[k] = renames[i]
         del graph.node[:]
         graph.node.extend(kept_nodes)
         _drop_unread(graph, {n for w in folded if w.dynamic is not None for n in w.dynamic.input[1:]})
@@ -490,12 +493,12 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         rest = list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes + rest)  # their inputs are all initializers: first is topological
-    return len(gone)
+    return len(gone) + len(renames)
 
 
-def _restore_dynamic(graph: onnx.GraphProto, w: QuantizedWeight, held: onnx.TensorProto, inits: dict) -> None:
-    """W_q on its grid in place of the float stand-in (the same integers where nothing changed, byte for byte);
-    the integer op reads it again instead of the QuantizeLinear's output."""
+def _restore_dynamic(w: QuantizedWeight, held: onnx.TensorProto) -> None:
+    """W_q on its grid in place of its float stand-in `held`, in place (the same integers where nothing changed,
+    byte for byte)."""
     values = numpy_helper.to_array(held)
     if values.shape != tuple(w.integer.dims):
         raise PassError(f"dynamically quantized weight '{w.name}' changed shape {tuple(w.integer.dims)} -> "
@@ -504,11 +507,6 @@ def _restore_dynamic(graph: onnx.GraphProto, w: QuantizedWeight, held: onnx.Tens
     tensor = _copy(w.integer) if np.array_equal(q, numpy_helper.to_array(w.integer)) else numpy_helper.from_array(
         q, w.name)
     held.CopyFrom(tensor)
-    inits[w.name] = held
-    for sc_node in graph.node:
-        for k, i in enumerate(sc_node.input):
-            if i == w.dynamic.output[0]:
-                sc_node.input[k] = w.name
 
 
 def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:

@@ -361,8 +361,7 @@ def _shared_table(name, users, ix: ScopeIndex, shapes) -> bool:
         return False
     if any(u.op_type != "Gather" or list(u.input).count(name) != 1 or u.input[0] != name for u in users):
         return False
-    return (len({tuple(sorted(a.SerializeToString() for a in u.attribute)) for u in users}) == 1
-            and all(_embedding(u, ix, shapes) for u in users))
+    return len({_attrs_key(u) for u in users}) == 1 and all(_embedding(u, ix, shapes) for u in users)
 
 
 def tie_use(node: onnx.NodeProto, name: str) -> tuple | None:
@@ -376,7 +375,12 @@ def tie_use(node: onnx.NodeProto, name: str) -> tuple | None:
     inputs = list(node.input)
     if inputs.count(name) != 1 or inputs.index(name) not in facts.inputs:
         return None
-    return node.op_type, inputs.index(name), tuple(sorted(a.SerializeToString() for a in node.attribute))
+    return node.op_type, inputs.index(name), _attrs_key(node)
+
+
+def _attrs_key(node: onnx.NodeProto) -> tuple:
+    """A node's attributes as a comparable key: two readers with equal keys read a weight alike."""
+    return tuple(sorted(a.SerializeToString() for a in node.attribute))
 
 
 def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
@@ -448,18 +452,13 @@ def _consumer_rank(name, lookup, tensor):
     return len(shape) if shape is not None else len(tensor.dims)
 
 
-# Dynamic quantization's integer ops multiply as their float ops do.
-_COUNTED_AS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
-               "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM"}
-
-
 def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
     """Multiply-adds a sample of the weight at input `index` of `node`."""
     if node.op_type in LOOKUP_OPS:
         return 0  # rows read, not multiplied
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
-    op = _COUNTED_AS.get(node.op_type, node.op_type)
+    op = opfacts.MULTIPLIES_AS.get(node.op_type, node.op_type)
     if op in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]

@@ -122,7 +122,6 @@ class _Search:
                  held: int = 0, scoring=None):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
         self.held = held
-        self.sizes = {w.name: w.size for w in inventory.prunable}
         self.zeros = zeros_of(original, inventory)  # the input's own zeros: never counted as removed
         self.progress, self._deadline, self.clock = progress, deadline, clock
         # the second look's time (`_second_look`: the result and the one-shot start on the training part), kept out
@@ -149,9 +148,8 @@ class _Search:
     def ratio(self, masks: dict[str, np.ndarray]) -> float:
         """A candidate's ratio as the summary will count it: the input's nonzeros over the candidate's, the weights
         left out of the search (`held`) kept (sweep 9: "2.0x kept" for "1.1x"), the input's own zeros not removed."""
-        kept = {n: int(m.sum()) for n, m in masks.items()}
-        sizes = {n: self.sizes.get(n, m.size) for n, m in masks.items()}
-        return nonzero_ratio(kept, sizes, self.zeros, self.held)
+        return nonzero_ratio({n: int(m.sum()) for n, m in masks.items()}, {n: m.size for n, m in masks.items()},
+                             self.zeros, self.held)
 
     def run(self) -> AutoResult:
         self.rule = BudgetRule(self.data.evaluator, self.config.max_loss)

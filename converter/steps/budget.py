@@ -129,12 +129,10 @@ def _stop_note(outcome, rule) -> str | None:
     from onnxprune.converter.auto.decide import worst_figures
     from onnxprune.converter.auto.search import stop_note
 
-    total = max(outcome.total, 1)
     past = [t for t in outcome.history if not t["fits"] and t["removed"] > outcome.removed]
     if past and not min(past, key=lambda t: t["removed"]).get("decision"):
         return None  # the nearest rejection stopped early and had no time left to be measured in full: no figures
-    tries = [{"ratio": outcome.ratio_of(t["sparsities"]) if "sparsities" in t else total / max(total - t["removed"], 1),
-              "kept": t["removed"] == outcome.removed and t["fits"],
+    tries = [{"ratio": outcome.ratio_of(t["sparsities"]), "kept": t["removed"] == outcome.removed and t["fits"],
               "within": t["fits"], "phase": "one-shot fit", "output": t["decision"].get("output"),
               "part": worst_figures(t["decision"]).get("part"),
               "loss_pp": t["decision"]["loss_pp"], "limit_pp": t["decision"]["limit_pp"]}
