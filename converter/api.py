@@ -49,7 +49,8 @@ def prune(
     ConfigError listing the valid ones. With `output`, the model is written atomically; with `report_dir`,
     report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
     `force` (its figures: loss_pp, max_loss_pp, outputs, written, report; `budget_error(result.report)` gives the
-    same error for a forced result).
+    same error for a forced result). `progress`: None (silent), True (the command line's progress lines on stderr)
+    or a callable `progress(task, done, total, info="")` that long steps call.
     """
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
@@ -57,6 +58,7 @@ def prune(
     output = coerce(output, str | None, f"output={output!r}")
     report_dir = coerce(report_dir, str | None, f"report_dir={report_dir!r}")
     force = coerce(force, bool, f"force={force!r}")
+    progress = _progress(progress)
     # a one-pass iterable of feed dicts (a generator, map()) is read once here: the run reads its data several times
     # (sweep 16: a generator was used up by the batch choice, then "the list of calibration feed dicts is empty")
     data, eval_data = _once(data), _once(eval_data)
@@ -73,6 +75,21 @@ def prune(
     if failed is not None and not force:
         raise failed
     return result
+
+
+def _progress(progress):
+    """`progress=` as the run calls it: a string or number was a step failure deep in the run ("step 'scan' failed
+    ...: TypeError: 'str' object is not callable"); it is a ConfigError naming the option before any work."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        from onnxprune.converter.progress import Progress
+
+        return Progress()
+    if not callable(progress):
+        raise ConfigError(f"progress={progress!r} must be None, True (progress lines on stderr) or a callable "
+                          "progress(task, done, total, info='').")
+    return progress
 
 
 def _once(source):

@@ -951,3 +951,19 @@ def test_a_python_caller_passing_output_report_dir_or_force_of_the_wrong_type_ge
             prune(model, sparsity=0.5, **kw)
     prune(model, sparsity=0.5, output=tmp_path / "o.onnx", report_dir=tmp_path / "r")
     assert (tmp_path / "o.onnx").exists() and (tmp_path / "r" / "report.json").exists()
+
+
+def test_a_python_caller_passing_progress_of_the_wrong_type_gets_a_config_error_and_a_callable_is_called():
+    """progress="yes" was "step 'scan' failed after [...]: TypeError: 'str' object is not callable"."""
+    from onnxprune import prune
+    from onnxprune.errors import ConfigError
+
+    model = builders.mlp_gemm()
+    with pytest.raises(ConfigError, match=r"progress='yes' must be None, True .* or a callable"):
+        prune(model, sparsity=0.5, progress="yes")
+    seen = []
+    prune(model, max_loss=1, one_shot=True, data="random", force=True,
+          progress=lambda task, done, total, info="": seen.append(task))
+    assert prune(model, sparsity=0.5, progress=True).model is not None
+    assert prune(model, sparsity=0.5, progress=False).model is not None
+    assert seen, "the callable was never called"
