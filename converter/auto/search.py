@@ -11,6 +11,7 @@ decision set says the loss is within budget (decide.py), and return the smallest
                  a round advances one knob by its step, retrains (cosine), judges: kept, or undone (back to the
                  best weights and masks) with that knob's step halved; a knob stops below a quarter step; after
                  the first undone round, rounds and the polish are judged with recovery.PER_LAYER_Z times the margin
+                 (and when the decision set cannot certify that rule, the search ends there: _cannot_go_on)
     passes       both knobs stopped with time left: polish, then both restart at half a step (at most 4 passes)
     polish       a longer retrain at the best masks, kept if the decision loss does not grow
 Time: given a `clock` (converter.auto.timing.RunClock, the automatic plan's), the search ends by the run's deadline
@@ -135,6 +136,7 @@ class _Search:
         self.choices: dict[str, dict] = {}
         self.notes: list[str] = []
         self._undone = False  # a round was undone: later rounds are judged by the stricter rule (_round_rule)
+        self._stuck = False  # ... which this decision set cannot certify: the rounds ended (_cannot_go_on)
         self._strict_rule: BudgetRule | None = None
         # the run's criterion, its statistics (a data-driven one's) those of the dense model, taken once
         self.scoring = scoring if scoring is not None else Scoring(config.criterion)
@@ -254,13 +256,13 @@ class _Search:
         knobs = self._knobs()
         best, kept, timed_out = self._rounds(best, knobs)
         passes = 1
-        while kept and not timed_out and passes < MAX_PASSES:  # time left: polish, then push again from there
+        while kept and not timed_out and passes < MAX_PASSES and not self._stuck:  # time left: polish, push again
             best = self._polish(best)
             for k in knobs:
                 k.step, k.done = RESTART_STEP, False
             best, kept, timed_out = self._rounds(best, knobs)
             passes += 1
-        if self._polished is not best:
+        if self._polished is not best and not self._stuck:
             best = self._polish(best)
         return best
 
@@ -497,10 +499,32 @@ class _Search:
             self._record(knob.name, best if kept else None, decision, kept, t0, levels=levels, share=share,
                          masks=masks, model=candidate)
             last_seconds = self._round_seconds = time.perf_counter() - t0
+            if self._undone and self._cannot_go_on():
+                return best, any_kept, False
             if knob.name == "weights" and kept and round(self.d0 * WEIGHT_FACTOR ** (knob.level + 1) * self.total) \
                     < len(self.sizes):
                 knob.done = True
         return best, any_kept, False
+
+    def _cannot_go_on(self) -> bool:
+        """After an undone round, whether the stricter rule the later rounds are judged by cannot certify the budget
+        on this decision set (BudgetRule.resolves): then no later candidate can pass but by a rule that prefers a
+        changed model, and the rounds, passes and polish end here with a note, as the refit search does
+        (recovery.py). Session 25: an MNIST MLP, 300 labelled decision samples, went on for five more rounds and a
+        polish after its first undone round, each rejected (no sample changed, upper bound 1.32 pp)."""
+        from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+        strict = self.strict_rule()
+        if self._stuck or strict.resolves():
+            return self._stuck
+        self._stuck = True
+        samples = strict.samples_to_resolve()
+        need = (f"{samples} would" if samples is not None else "no finite set certifies a zero budget")
+        self.notes.append(f"decision rule: after the first undone round, later candidates would be judged with "
+                          f"{PER_LAYER_Z:g}x the margin (each looks at the same decision set again), which "
+                          f"{strict.n} decision samples cannot certify at --max-loss {self.config.max_loss:g} "
+                          f"({need}): the search stopped at its best model (more --data or --val-data lets it go on)")
+        return True
 
     def _round_rule(self) -> BudgetRule | None:
         """The rule a round's candidate is judged by: the run's, until a round is undone; after that, the rule with

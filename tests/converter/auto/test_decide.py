@@ -289,9 +289,9 @@ def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
         cand[idx] = (cand[idx] + 1) % 10
         loose, strict = (BudgetRule(ev, 1.0, strictness=s).judge(halves(logits_for(cand))) for s in (1.0, 2.0))
         if metric == "accuracy":  # a positive budget: an upper bound, L + SE (L + 2 SE when stricter) within it,
-            # and, with no discordant pair, Wilson's bound at none changed (at Z, 2 Z)
+            # the margin never below Wilson's bound at none changed (at Z, however strict)
             for rule, s in ((loose, 1.0), (strict, 2.0)):
-                margin = 100.0 * wilson_upper(0.0, 100, s) if worse == 0 else s * rule.se_pp
+                margin = max(100.0 * wilson_upper(0.0, 100, 1.0), s * rule.se_pp)  # the floor at Z: decide.py
                 assert rule.limit_pp == pytest.approx(1.0 - margin)
         # agreement: 100 samples cannot certify 1 pp at 2 SE, so the stricter rule takes no changed sample at all
         assert not (strict.within and not loose.within)
@@ -454,3 +454,24 @@ def test_a_share_of_changed_positions_with_none_changed_is_not_zero_wide(kind):
             assert "share of changed positions is 1.64 pp" in why
             assert rule.point_ceilings()[0][0] == 0.0
         assert BudgetRule(FakeEvaluator(halves(dense), [None, None], metric=kind), 0.0).judge(halves(dense)).within
+
+
+def test_a_paired_rule_never_prefers_a_changed_candidate_to_an_unchanged_one():
+    """Session 25: at 2x the margin on 300 labelled samples an unchanged candidate was rejected (Wilson's floor at
+    2 Z, 1.32 pp) while one with a sample made worse passed (0.33 pp + 2 SE = 1.00 pp). The margin is never below
+    the floor, and the floor is Wilson's at Z however strict the rule, so the unchanged candidate is at least as
+    acceptable at any strictness, and a set that certifies the budget certifies it at any strictness."""
+    ev, labels, dense = setup(n=300, dense_wrong=10)
+    worse, swapped = dense.copy(), dense.copy()
+    worse[50] = swapped[50] = (labels[50] + 1) % 10  # one made worse
+    swapped[0] = labels[0]  # and one made better (the dense model was wrong there)
+    floor = 100.0 * wilson_upper(0.0, 300, 1.0)
+    for strictness in (1.0, 2.0):
+        rule = BudgetRule(ev, 1.0, strictness=strictness)
+        unchanged, one, two = (rule.judge(halves(logits_for(c))) for c in (dense, worse, swapped))
+        assert unchanged.within and unchanged.limit_pp == pytest.approx(1.0 - floor) and rule.resolves()
+        assert two.worse == 1 and two.better == 1 and two.loss_pp == 0.0
+        for changed in (one, two):
+            assert changed.limit_pp <= unchanged.limit_pp
+            assert changed.limit_pp == pytest.approx(1.0 - max(floor, strictness * changed.se_pp))
+    assert one.within and one.limit_pp == pytest.approx(1.0 - 2 * one.se_pp)  # 0.33 pp + 2 SE: at the budget

@@ -284,6 +284,27 @@ def test_after_the_first_undone_round_later_rounds_are_judged_with_twice_the_mar
            "margin (each looks at the same decision set again)" in searched.report["notes"]
 
 
+def test_a_decision_set_too_small_for_twice_the_margin_ends_the_rounds_at_the_first_undone_one(teacher_data):
+    """Label-free, 100 decision samples certify 1 pp (99 would) but not at twice the margin (396 would): after the
+    first undone round only a candidate that changed no sample could pass, a lucky draw more likely than a better
+    model, so the search ends there and says so, as the refit search does (session 25: an MNIST MLP went on for
+    five more rejected rounds and a polish)."""
+    from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+    model, data = teacher_data
+    x = data["input"]
+    result = run(model, configure(max_loss=1.0, data={"input": x[:900]}, val_data={"input": x[900:]},
+                                  recovery="sgd", time_budget=300, epochs=3, seed=0))
+    history = result.report["history"]
+    rounds = [h for h in history if h["phase"] in ("weights", "neurons", "polish")]
+    first = next(i for i, h in enumerate(rounds) if not h["kept"])
+    assert history[-1] is rounds[first], [h["phase"] for h in history]
+    assert any(f"later candidates would be judged with {PER_LAYER_Z:g}x the margin (each looks at the same decision "
+               "set again), which 100 decision samples cannot certify at --max-loss 1 (396 would): the search "
+               "stopped at its best model" in n for n in result.report["notes"])
+    assert result.report["budget"]["met"]
+
+
 def test_an_explicit_one_shot_keeps_to_the_time_budget_too(teacher_data):
     """`--one-shot --time-budget` bounds the scan and the fit as the fallback does (the budget was accepted and
     ignored: a helper's rapidocr_rec run took 277 s at --time-budget 60s); without --time-budget nothing is cut."""
