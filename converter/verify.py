@@ -133,6 +133,9 @@ def check_parity(
                   noise_floor=floors.get(worst))
 
 
+ORT_OLDEST_OPSET = 7  # onnxruntime runs models stamped with ai.onnx opset 7 and later (its Versioning.md)
+
+
 def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
     """A session (optimisations off) on the input model, or the one line that says onnxruntime cannot load it.
 
@@ -141,6 +144,15 @@ def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
     try:
         return make_session(model, optimize=False)
     except Exception as exc:
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and opset < ORT_OLDEST_OPSET:  # onnx's own pytorch-converted test models (opset 6):
+            # "Could not find an implementation for Gemm(6)", and "fix or re-export" said nothing of how
+            raise ModelError(
+                f"onnxruntime {ort.__version__} cannot load this model: its ai.onnx opset {opset} is older than "
+                f"onnxruntime runs ({ORT_OLDEST_OPSET} and later; {_ort_reason(exc)}). Upgrade it with onnx's version "
+                "converter and prune the upgraded file: python -c \"import onnx; from onnx import version_converter "
+                "as v; onnx.save(v.convert_version(onnx.load('model.onnx'), 13), 'model-opset13.onnx')\""
+            ) from None
         raise ModelError(
             f"onnxruntime {ort.__version__} cannot load this model (its graph, not the pruning, is the problem), so "
             f"no output can be verified or written: {_ort_reason(exc)}. Fix or re-export the model so that "

@@ -967,3 +967,27 @@ def test_a_python_caller_passing_progress_of_the_wrong_type_gets_a_config_error_
     assert prune(model, sparsity=0.5, progress=True).model is not None
     assert prune(model, sparsity=0.5, progress=False).model is not None
     assert seen, "the callable was never called"
+
+
+def test_a_model_older_than_onnxruntime_runs_is_told_how_to_upgrade_it(tmp_path):
+    """onnx's own pytorch-converted test models (opset 6, IR 3): "Could not find an implementation for Gemm(6)",
+    then "fix or re-export", which said nothing of how. The line names the opset and gives the version converter's
+    command, and the file that command writes is pruned."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(8, np.float32), "b")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="fc")], "old",
+                              [vi("x", [4, 16]), vi("w", [8, 16]), vi("b", [8])], [vi("y", [4, 8])], [w, b])
+    # IR 3: every initializer is also a graph input, as those exporters wrote them
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)])
+    model.ir_version = 3
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    res = prune(path, tmp_path, "--sparsity", "0.5")
+    line = assert_clean_error(res, 1, "its ai.onnx opset 6 is older than onnxruntime runs (7 and later",
+                              "version_converter", "convert_version(onnx.load('model.onnx'), 13)")
+    assert "internal error" not in line and leftovers(tmp_path) == []
+    from onnx import version_converter
+
+    onnx.save(version_converter.convert_version(onnx.load(path), 13), tmp_path / "model-opset13.onnx")
+    res = prune(tmp_path / "model-opset13.onnx", tmp_path, "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
