@@ -73,7 +73,21 @@ def inspect_model(path: Path) -> dict:
         "npz_example": npz_example(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
+        "too_old": _too_old(opsets),
     }
+
+
+def _too_old(opsets: dict) -> str | None:
+    """What prune will say of an ai.onnx opset older than onnxruntime runs, said by inspect from the opsets alone (no
+    session: inspect stays cheap on a large model); None when the opset is not that old."""
+    from onnxprune.converter.verify import ORT_OLDEST_OPSET
+
+    opset = opsets.get("ai.onnx")
+    if opset is None or opset >= ORT_OLDEST_OPSET:
+        return None
+    return (f"ai.onnx opset {opset} is older than onnxruntime runs ({ORT_OLDEST_OPSET} and later): prune refuses it "
+            "unless this onnxruntime still runs its ops; onnx.version_converter.convert_version(model, 13) upgrades "
+            "it (prune's refusal gives the command)")
 
 
 def _no_prunable(model, path) -> str:
@@ -192,6 +206,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     table.add_row("total", "", "", "", "", count(t["params"]), count(t["nonzeros"]), _pct(t["density"]),
                   count(t["macs"]), "", nbytes(stored), f"{stored / t['nonzeros']:.2f}" if t["nonzeros"] else "-")
     console.print(table)
+    if info.get("too_old"):
+        console.print(f"note: {info['too_old']}", markup=False, highlight=False)
     for kind in ("inputs", "outputs"):
         items = info.get(kind) or []
         text = "; ".join(f"{v['name']} {v['dtype']} "

@@ -986,6 +986,8 @@ def test_a_model_older_than_onnxruntime_runs_is_told_how_to_upgrade_it(tmp_path)
     line = assert_clean_error(res, 1, "its ai.onnx opset 6 is older than onnxruntime runs (7 and later",
                               "version_converter", "convert_version(onnx.load('model.onnx'), 13)")
     assert "internal error" not in line and leftovers(tmp_path) == []
+    said = invoke("inspect", path)  # inspect, a newcomer's first command, says it from the opsets alone
+    assert said.exit_code == 0 and "note: ai.onnx opset 6 is older than onnxruntime runs" in said.output
     from onnx import version_converter
 
     onnx.save(version_converter.convert_version(onnx.load(path), 13), tmp_path / "model-opset13.onnx")
