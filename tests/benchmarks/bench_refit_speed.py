@@ -111,15 +111,19 @@ def main(argv=None) -> int:
                     row["prune"] = prune(checkout, name, work, args.time_budget)
                 print(json.dumps(row), flush=True)
                 results.append(row)
-    print(f"\n{'model':20s} {'version':7s} {'refit s (0.9 / 0.54)':>22s} {'wall s':>7s} {'ratio':>6s} "
-          f"{'faithful':>8s}  refit candidates (phase, s, ratio, kept)")
+    print(f"\n{'model':20s} {'version':7s} {'refit alone s':>14s} {'wall s':>7s} {'ratio':>6s} "
+          f"{'faithful':>8s}  refit candidates in the run: count (kept), seconds each median / max")
     for r in results:
         fits = " / ".join(f"{x['seconds']:.1f}" for x in r.get("refit", []))
         diff = max((x.get("max_rel_diff", 0.0) for x in r.get("refit", [])), default=0.0)
         p = r.get("prune", {})
-        print(f"{r['model']:20s} {r['version']:7s} {fits:>22s} {p.get('wall_s', float('nan')):7.1f} "
-              f"{p.get('ratio', float('nan')):6.2f} {str(p.get('faithful', '-')):>8s}  {p.get('refits', [])}"
-              + (f"  [weights differ by {diff:.2g} of their scale]" if diff else ""))
+        seconds = sorted(c[1] for c in p.get("refits", []))
+        cands = (f"{len(seconds)} ({sum(c[3] for c in p['refits'])}), {seconds[len(seconds) // 2]:.1f} / "
+                 f"{seconds[-1]:.1f}" if seconds else "none")
+        print(f"{r['model']:20s} {r['version']:7s} {fits:>14s} {p.get('wall_s', float('nan')):7.1f} "
+              f"{p.get('ratio', float('nan')):6.2f} {str(p.get('faithful', '-')):>8s}  {cands}"
+              + (f"  [refit weights differ from the other checkout's by {diff:.2g} of their scale]"
+                 if "refit" in r and any("max_rel_diff" in x for x in r["refit"]) else ""))
         for n in p.get("notes", []):
             print(f"{'':30s}note: {n}")
     if args.json:
