@@ -12,7 +12,8 @@ current wave unless its input depends on a layer of that wave, so parallel branc
 the same tensor) share one onnxruntime pass over the data, and the dense targets of every layer come from one
 dense session (kept across calls on the same feeds: DenseSessions). Each pass runs only the nodes after the
 activations the last pass kept, not the whole prefix from the graph inputs (converter/reconstruct_segments.py:
-rapidocr_rec's 47 waves, one refit 276 s -> 67 s, the same weights bit for bit). Only the Gram matrices XᵀX and XᵀT are kept
+rapidocr_rec's 47 waves, one refit 220 s -> 37 s in one interleaved run of tests/benchmarks/bench_refit_speed.py,
+the same weights bit for bit). Only the Gram matrices XᵀX and XᵀT are kept
 (float64, summed over batches), so memory does not grow with the data. A Conv is the same least-squares problem
 on im2col patches (numpy strides, no torch); grouped and depthwise Convs solve one problem per group; Gemm/MatMul
 use their input as is, MatMul also with its weight behind a 2-D Transpose. A bias that belongs to the layer alone
@@ -48,7 +49,7 @@ from onnx import numpy_helper
 
 from onnxprune.calibration.runtime import output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
-from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest
+from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
@@ -323,14 +324,7 @@ def _batches(reader, limit: int | None):
         seen += len(next(iter(feeds.values())))
 
 
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors a node reads, its bodies' outer-scope reads included."""
-    names = list(node.input)
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for inner in g.node:
-                names.extend(_reads(inner))
-    return names
+_reads = reads  # the tensors a node reads, its bodies' outer-scope reads included (reconstruct_segments)
 
 
 def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:

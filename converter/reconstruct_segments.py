@@ -3,8 +3,9 @@
 The refit makes one onnxruntime pass per wave of layers on the pruned model (a wave's inputs) and, for the targets,
 on the dense model. A pass used to run every node its captures depend on, from the graph inputs: on a chain of W
 waves that is about W²/2 layers' work where W would do. Measured: rapidocr_rec (paddle2onnx text recognizer, 47
-waves, one layer each, 60 training lines of different widths, so one batch per line), one refit 262-331 s, of which
-onnxruntime's runs took 60% (10,494 runs, each a prefix of the model), the batches read from their .npz files 8 s.
+waves, one layer each, 60 training lines of different widths, so one batch per line), one refit 264-276 s, of which
+onnxruntime's runs took two thirds (10,494 runs, each a prefix of the model), the batches read from their .npz files
+8 s; with the frontier 37-62 s (onnxruntime 7 s), the same weights bit for bit (tests/benchmarks/bench_refit_speed.py).
 
 Here every pass keeps, per batch, the activations later passes need (the *frontier*), and the next pass runs only
 the nodes between it and its own captures:
@@ -113,8 +114,7 @@ def reads(node: onnx.NodeProto) -> list[str]:
 
 
 def _constant_names(graph: onnx.GraphProto) -> set[str]:
-    names = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    return names
+    return {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
 
 
 class Frontier:
@@ -137,7 +137,7 @@ class Pass:
     `model`: the exposed copy (reconstruct._capturing, every node kept; its captures are main-graph tensors
     `names`); `frontier`: what earlier passes kept (updated in place as the pass goes); `future`: the main-graph
     tensors later passes start from (their captures' names; a body capture's If/Loop node's reads); `changing`: the
-    weights the refit will still write (none on the dense model); `stream`: where the batches come from."""
+    weights the refit will still write (none on the dense model); `data`: the graph inputs the batches feed."""
 
     def __init__(self, model: onnx.ModelProto, names: list[str], frontier: Frontier | None, future: set[str],
                  changing: set[str], data: set[str]):
@@ -199,7 +199,7 @@ class Pass:
             if all(isinstance(v, np.ndarray) for v in kept.values()) and self.frontier.room.take(size):
                 self.new_values[b] = kept
                 self.new_size += size
-            else:  # no room (or a sequence value): the next pass starts from the graph inputs
+            else:  # no room (or a sequence value): the next pass starts from the last frontier (close)
                 self.drop()
         return values
 
