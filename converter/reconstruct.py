@@ -10,7 +10,10 @@ A recovery backend of its own (converter/auto/recovery.py) and the fallback for 
 Activations are captured by exposing them as extra graph outputs, a *wave* of layers per pass: a layer joins the
 current wave unless its input depends on a layer of that wave, so parallel branches (Q/K/V, a block's convs fed by
 the same tensor) share one onnxruntime pass over the data, and the dense targets of every layer come from one
-dense session (kept across calls on the same feeds: DenseSessions). Only the Gram matrices XᵀX and XᵀT are kept
+dense session (kept across calls on the same feeds: DenseSessions). Each pass runs only the nodes after the
+activations the last pass kept, not the whole prefix from the graph inputs (converter/reconstruct_segments.py:
+rapidocr_rec's 47 waves, one refit 220 s -> 37 s in one interleaved run of tests/benchmarks/bench_refit_speed.py,
+the same weights bit for bit). Only the Gram matrices XᵀX and XᵀT are kept
 (float64, summed over batches), so memory does not grow with the data. A Conv is the same least-squares problem
 on im2col patches (numpy strides, no torch); grouped and depthwise Convs solve one problem per group; Gemm/MatMul
 use their input as is, MatMul also with its weight behind a 2-D Transpose. A bias that belongs to the layer alone
@@ -36,7 +39,6 @@ auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -45,8 +47,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.calibration.runtime import make_session, output_names
+from onnxprune.calibration.runtime import output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
+from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
@@ -321,14 +324,7 @@ def _batches(reader, limit: int | None):
         seen += len(next(iter(feeds.values())))
 
 
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors a node reads, its bodies' outer-scope reads included."""
-    names = list(node.input)
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for inner in g.node:
-                names.extend(_reads(inner))
-    return names
+_reads = reads  # the tensors a node reads, its bodies' outer-scope reads included (reconstruct_segments)
 
 
 def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
@@ -448,12 +444,17 @@ class _Gram:
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         n, g = len(x), self.groups
-        xg = x.astype(np.float64).reshape(n, g, -1)
         tg = t.astype(np.float64).reshape(n, g, -1)
-        if self.intercept:
-            xg = np.concatenate([xg, np.ones((n, g, 1))], axis=2)
-        xx = np.einsum("rgi,rgj->gij", xg, xg, optimize=True) if g > 1 else (xg[:, 0].T @ xg[:, 0])[None]
-        xt = np.einsum("rgi,rgo->gio", xg, tg, optimize=True) if g > 1 else (xg[:, 0].T @ tg[:, 0])[None]
+        per = x.shape[1] // g
+        width = per + int(self.intercept)
+        if g == 1:
+            xg = np.empty((n, width))  # the float64 copy and the ones column written at once (no concatenate)
+            xg[:, :per] = x
+            if self.intercept:
+                xg[:, per] = 1.0
+            xx, xt = (xg.T @ xg)[None], (xg.T @ tg[:, 0])[None]
+        else:
+            xx, xt = self._grouped(x.reshape(n, g, per), tg, width)
         tt = np.einsum("rgo,rgo->go", tg, tg).reshape(-1)
         if self.xx is None:
             self.xx, self.xt, self.tt = xx, xt, tt
@@ -462,6 +463,28 @@ class _Gram:
             self.xt += xt
             self.tt += tt
         self.rows += n
+
+    def _grouped(self, x: np.ndarray, tg: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """A grouped Conv's XᵀX and XᵀT, GRAM_CHUNK_BYTES of float64 rows at a time: the same batched products
+        per group (bit for bit), on a block that stays in cache instead of the whole float64 copy with its ones
+        column (a depthwise layer's im2col is k² times its input). rapidocr_rec's 5x5 depthwise layers (240
+        groups, 1440 rows a line): 0.21 s -> 0.08 s a batch; they were 82% of its refit's Gram time."""
+        n, g, per = x.shape
+        step = max(1, min(g, GRAM_CHUNK_BYTES // (8 * n * width)))
+        xx, xt = np.empty((g, width, width)), np.empty((g, width, tg.shape[2]))
+        block = np.empty((n, step, width))
+        if self.intercept:
+            block[:, :, per] = 1.0
+        for start in range(0, g, step):
+            end = min(g, start + step)
+            part = block[:, :end - start]
+            part[:, :, :per] = x[:, start:end]
+            xx[start:end] = np.einsum("rgi,rgj->gij", part, part, optimize=True)
+            xt[start:end] = np.einsum("rgi,rgo->gio", part, tg[:, start:end], optimize=True)
+        return xx, xt
+
+
+GRAM_CHUNK_BYTES = 4 << 20  # a grouped Conv's float64 rows multiplied at once (_Gram._grouped)
 
 
 def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float,
@@ -703,13 +726,22 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     dense_session = dense_session if dense_session is not None else DenseSessions(dense_model)
     dense_consts = all_constants(dense_model.graph)
     every = waves(out, layers)
+    room = Room(REFIT_CACHE_BYTES)
+    stream = Stream(lambda: _batches(reader, limit), room)
+    frontier = Frontier(room)
+    dense_session.begin(room)
+    captures = [[_layer_captures(lay) for lay in wave] for wave in every]
     for k, wave in enumerate(every):
         def halt(k=k):
             if stop is not None and stop():
                 raise RefitStopped(k, len(every))
 
         halt()
-        _refit_wave(out, dense_session, wave, masks, reader, limit, damp, refit_bias, types, report,
+        later = [c for wave_captures in captures[k + 1:] for c in wave_captures]
+        plan = _Plan(stream, frontier, _roots(out, (x for xs, _ in later for x in xs)),
+                     {n for lay in (lay for w in every[k:] for lay in w) for n in _writes(lay)})
+        dense_session.future = _roots(out, (t for _, ts in later for t in ts))
+        _refit_wave(out, dense_session, wave, masks, plan, damp, refit_bias, types, report,
                     dense_consts if select else None, prior, dense_consts, halt)
         report.passes += 1
     for name, why in report.skipped.items():
@@ -726,37 +758,49 @@ class RefitStopped(Exception):
 
 
 class DenseSessions:
-    """The dense model's layer outputs for the refit: one session per wave, keeping only the nodes its targets need
-    (one at a time: memory stays at one session), and the outputs it gave kept for the next call on the same feeds
-    while they fit in `cache_bytes` (the dense model does not change between a search's candidates, so its
-    targets are computed once; measured: rapidocr_cls, 54 waves, 38 samples: a search's first refit 31.9 s,
-    the next 13.7 s).
+    """The dense model's layer outputs for the refit: one pass per wave, run from the activations the last pass
+    kept (reconstruct_segments; `begin` starts a refit call's), keeping only the nodes its targets need, and the
+    outputs it gave kept for the next call on the same feeds while they fit in `cache_bytes` (the dense model does
+    not change between a search's candidates, so its targets are computed once; measured: rapidocr_cls, 54 waves,
+    38 samples: a search's first refit 31.9 s, the next 13.7 s).
     `reconstruct(dense_session=)` reuses both across calls."""
 
     def __init__(self, dense_model: onnx.ModelProto, cache_bytes: int = DENSE_CACHE_BYTES):
         self.model, self.key, self.session, self.types = dense_model, None, None, None
-        self.mapping: dict = {}
         self.cache: dict[tuple, list[np.ndarray]] = {}
         self.room = cache_bytes
+        self.frontier: Frontier | None = None  # a refit call's (begin): none, every pass from the graph inputs
+        self.future: set = set()  # the tensors the call's later passes start from (reconstruct sets it per wave)
 
-    def run(self, targets: list, feeds):
+    def begin(self, room: Room) -> None:
+        """A refit call starts: its passes keep their frontier in `room` (the last call's is gone)."""
+        self.frontier, self.key, self.session = Frontier(room), None, None
+
+    def run(self, targets: list, feeds, b: int | None = None, key: str | None = None):
         """The dense values of `targets` (main-graph names or reconstruct_bodies captures) on `feeds`, a Loop's
-        iterations folded into the batch axis."""
-        key = (tuple(targets), _fingerprint(feeds))
+        iterations folded into the batch axis. `b`: the batch's index in the call's stream (with a frontier);
+        `key`: the feeds' digest when known."""
+        key = (tuple(targets), key or _fingerprint(feeds))
         if key in self.cache:
             return self.cache[key]
         if self.key != tuple(targets):
             self.types = _types(self.model) if self.types is None else self.types
             self.session = None  # the previous wave's goes first
-            model, self.mapping = _capturing(self.model, targets, self.types, only=True)
-            self.session = make_session(model, optimize=False)
+            self.session = _Run(self.model, targets, self.types, self.frontier if b is not None else None,
+                                self.future, set())
             self.key = tuple(targets)
-        out = _run_captures(self.session, self.mapping, targets, feeds)
+        out = self.session.run(b or 0, feeds)
         size = sum(v.nbytes for v in out)
         if size <= self.room:
             self.cache[key] = out
             self.room -= size
         return out
+
+    def close(self, batches: int, valid: bool) -> None:
+        """After a wave's last batch: its pass's frontier replaces the last (when it ran at all)."""
+        if self.session is not None:
+            self.session.close(batches, valid)
+        self.session, self.key = None, None
 
 
 def _run_captures(session, mapping: dict, captures: list, feeds) -> list[np.ndarray]:
@@ -765,17 +809,10 @@ def _run_captures(session, mapping: dict, captures: list, feeds) -> list[np.ndar
     return [unstack(v, mapping[k][1]) for k, v in zip(keys, values)]
 
 
-def _fingerprint(feeds) -> str:
-    """A digest of a feed dict's names, shapes, dtypes and values (the cache key of its dense outputs)."""
-    h = hashlib.sha1()
-    for name in sorted(feeds):
-        v = np.ascontiguousarray(feeds[name])
-        h.update(f"{name}{v.shape}{v.dtype}".encode())
-        h.update(v.tobytes())
-    return h.hexdigest()
+_fingerprint = digest  # the cache key of a feed dict's dense outputs
 
 
-def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, refit_bias,
+def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
                 types, report, dense_consts=None, prior: bool | str = False, dense_weights=None,
                 halt=None) -> None:
     """Stream the data once through the pruned model (the wave's inputs) and the dense one (its targets), then solve.
@@ -793,13 +830,14 @@ def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, re
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
     xs = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.inputs)))
     targets = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.targets)))
-    pruned, mapping = _capturing(model, xs, types, only=True) if xs else (None, {})
-    pruned = make_session(pruned, optimize=False) if xs else None
-    for b, feeds in enumerate(_batches(reader, limit)):
+    pruned = _Run(model, xs, types, plan.frontier, plan.future, plan.changing) if xs else None
+    batches = 0
+    for b, feeds in plan.stream:
         if b and halt is not None:
             halt()
-        xv = dict(zip(xs, _run_captures(pruned, mapping, xs, feeds))) if xs else {}
-        tv = dict(zip(targets, dense_session.run(targets, feeds)))
+        xv = dict(zip(xs, pruned.run(b, feeds))) if xs else {}
+        tv = dict(zip(targets, dense_session.run(targets, feeds, b, plan.stream.digest(b, feeds))))
+        batches = b + 1
         for lay, fit in zip(wave, fits):
             if isinstance(fit, _Fit):
                 fit.feed_captures(xv, tv)
@@ -808,6 +846,9 @@ def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, re
             dt = {n: tv[(n, lay.scope)] for n in fit.targets}
             if all(v.size for v in (*px.values(), *dt.values())):  # else its If branch did not run on this batch
                 fit.feed(px, dt)
+    if pruned is not None:
+        pruned.close(batches, plan.stream.kept)
+    dense_session.close(batches, plan.stream.kept)
     for fit in fits:
         fit.finish(inits, damp, report, prior)
 
@@ -815,6 +856,58 @@ def _refit_wave(model, dense_session, wave: list, masks, reader, limit, damp, re
 def _captures(layer, names: list) -> list:
     """A fit's inputs or targets as reconstruct_bodies captures (a _Fit's are already)."""
     return [n if isinstance(n, tuple) else (n, layer.scope) for n in names]
+
+
+def _layer_captures(layer) -> tuple[list, list]:
+    """(inputs read from the pruned model, targets read from the dense one) of a layer's fit, as captures (what
+    _Fit and RecurrentFit read, known before either is built)."""
+    if isinstance(layer, Layer):
+        return ([(s.x, s.scope) for s in layer.sites if not s.dense_x],
+                [(s.x, s.scope) for s in layer.sites if s.dense_x] + [(s.node.output[0], s.scope) for s in layer.sites])
+    return _captures(layer, list(layer.reads)), _captures(layer, list(layer.dense_names))
+
+
+def _roots(model: onnx.ModelProto, captures) -> set[str]:
+    """The main-graph tensors a pass needs for `captures`: the tensor itself, or for a capture inside a body every
+    tensor the If/Loop node around it reads."""
+    roots: set[str] = set()
+    for name, scope in ((c, ()) if isinstance(c, str) else c for c in captures):
+        roots.update(_reads(model.graph.node[scope[0][0]]) if scope else (name,))
+    return roots
+
+
+def _writes(layer) -> tuple[str, ...]:
+    """The tensors refitting `layer` writes (its weights and the bias refit with them)."""
+    return (*layer.weights, *((layer.bias,) if getattr(layer, "bias", None) else ()))
+
+
+@dataclass
+class _Plan:
+    """What one wave's pass reads and leaves (reconstruct_segments): the kept batches, the pruned model's frontier,
+    the tensors later passes start from and the weights the refit will still write."""
+
+    stream: Stream
+    frontier: Frontier
+    future: set
+    changing: set
+
+
+class _Run:
+    """One pass's captures on a model: the exposed copy run from the frontier (reconstruct_segments.Pass)."""
+
+    def __init__(self, model, captures: list, types, frontier, future: set, changing: set):
+        exposed, self.mapping = _capturing(model, captures, types)
+        self.keys = [(c, ()) if isinstance(c, str) else c for c in captures]
+        data = {i.name for i in model.graph.input} - set(all_constants(model.graph))
+        self.step = Pass(exposed, list(dict.fromkeys(self.mapping[k][0] for k in self.keys)), frontier, future,
+                         changing, data)
+
+    def run(self, b: int, feeds) -> list[np.ndarray]:
+        values = self.step.run(b, feeds)
+        return [unstack(values[self.mapping[k][0]], self.mapping[k][1]) for k in self.keys]
+
+    def close(self, batches: int, valid: bool) -> None:
+        self.step.close(batches, valid)
 
 
 class _Fit:

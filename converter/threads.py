@@ -7,10 +7,16 @@ onnxruntime: the same, but never fewer than min(2, usable cores), with its pool'
 so idle threads yield the cores. Measured (tests/benchmarks/bench_speed.py, a 22.6M-parameter encoder, one-shot,
 240 samples, idle 2-core box): 1 thread 329 s wall / 329 s CPU, 2 threads 180 s / 341 s: the scan's sessions scale.
 `--threads N` sets both.
+numpy's BLAS (the OpenBLAS its wheel bundles, which the layer-wise refit's Grams and solves run on): torch's count
+too. Its default is a thread per core, and on the shared 2-core box its LAPACK then ran several times slower than on
+one thread (np.linalg.solve of 32 systems of 600: 1.14 s with 2 threads, 0.21 s with 1; magika's refit at LAMP 0.9
+and 0.54: 14.5 s and 40.3 s, with OMP_NUM_THREADS=1 9.9 s and 12.7 s). bench_corpus sets OMP_NUM_THREADS=1, so its
+figures never showed it; the command line did not.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -56,7 +62,51 @@ def apply_threads(threads: int | None) -> int:
     torch = sys.modules.get("torch")  # not imported here: a one-shot run never needs it (finetune applies n later)
     if torch is not None:
         set_torch_threads(torch, n)
+    set_blas_threads(n)
     return n
+
+
+_BLAS_HOST: list[tuple] = []  # (set, count) of each OpenBLAS before the run first set it (restore_threads)
+
+
+def openblas() -> list[tuple]:
+    """(get, set) thread-count functions of every OpenBLAS loaded in this process (numpy's wheel bundles one, its
+    symbols prefixed scipy_openblas and suffixed 64_), found through /proc/self/maps; [] where there is none or no
+    such file (not Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and len(line.split()) >= 6})
+    except OSError:
+        return []
+    found = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("openblas", "scipy_openblas", "openblas64_", "scipy_openblas64_"):
+            for suffix in ("", "64_"):
+                get = getattr(lib, f"{name}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{name}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    found.append((get, put))
+                    break
+            else:
+                continue
+            break
+    return found
+
+
+def set_blas_threads(n: int) -> None:
+    """numpy's OpenBLAS on `n` threads, remembering each one's count the first time (restore_threads)."""
+    try:
+        libs = openblas()
+        if not _BLAS_HOST:
+            _BLAS_HOST.extend((put, int(get())) for get, put in libs)
+        for _, put in libs:
+            put(int(n))
+    except Exception as exc:  # a nicety: a library we cannot drive keeps its own count
+        log.debug("BLAS threads left as they are: %s", exc)
 
 
 _HOST: list[int] = []  # torch's thread count before the run first set it (restore_threads puts it back)
@@ -71,8 +121,11 @@ def set_torch_threads(torch, n: int) -> None:
 
 
 def restore_threads() -> None:
-    """Torch's thread count as the host had it before the run (pipeline.run, at its end)."""
+    """Torch's and numpy's BLAS thread counts as the host had them before the run (pipeline.run, at its end)."""
     torch = sys.modules.get("torch")
     if _HOST and torch is not None:
         torch.set_num_threads(_HOST.pop())
     _HOST.clear()
+    while _BLAS_HOST:
+        put, count = _BLAS_HOST.pop()
+        put(count)

@@ -88,6 +88,9 @@ SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (sear
 # its 150 decision samples saw none: the rule's resolution, as "auto" measured before; toward zero it was faithful
 # only because every refit candidate was rejected)
 REFIT_DAMP, REFIT_PRIOR = 1e-2, True
+# dense passes over the training part a refit makes in all, before one is measured (_first_estimate): the pruned
+# model's waves, each run from where the last stopped (converter/reconstruct_segments.py), and the dense model's
+DATA_PASSES = 2
 
 RECOVERY: dict[str, type] = {}
 register_recovery = registrar(RECOVERY, "recovery backend")
@@ -250,15 +253,21 @@ class ReconstructRecovery(Recovery):
 
     def _first_estimate(self, masks=None) -> float:
         """Seconds the first refit should take, before one is measured (0 without the run's clock): each wave of
-        layers (reconstruct.waves: parallel layers share one pass) streams the training part through about one
-        dense pass, and builds two sessions (about a model load each). Measured on the 22.6M-parameter encoder (36
-        layers, 16 samples): estimated 166 s by layers, took 207 s wall (loaded machine). all-MiniLM-L6-v2 (36
-        layers in 24 waves, 60 samples, quiet): 150 s by layers, 100 s by waves, took 87 s."""
+        layers (reconstruct.waves: parallel layers share one pass) builds two sessions (about a model load each);
+        the passes over the training part run from the activations the last one kept (reconstruct_segments), so
+        all the pruned model's together are about one dense pass, and the dense model's one more (DATA_PASSES).
+        Measured on the 22.6M-parameter encoder (36 layers, 16 samples): estimated 166 s by layers, took 207 s
+        wall (loaded machine). all-MiniLM-L6-v2 (36 layers in 24 waves, 60 samples, quiet): 150 s by layers, 100 s
+        by waves, took 87 s. Each wave a whole pass overpriced a deep chain once passes ran from the frontier:
+        rapidocr_rec (47 waves, 60 lines) was priced 136 s (214 s on a busier run) and never tried with 40 s left;
+        its refit then took 42-62 s, most of it the Grams of its depthwise layers, which no figure of the run
+        prices before a refit (an estimate short of them is caught by the refit's own stop: RefitStopped)."""
         clock = self.s.clock
         if clock is None:
             return 0.0
         n = getattr(self.s.data.train, "num_samples", None) or 0
-        return self._passes(masks) * (n * clock.after.pass_per_sample + 2.0 * clock.load_seconds)
+        passes = self._passes(masks)
+        return min(passes, DATA_PASSES) * n * clock.after.pass_per_sample + passes * 2.0 * clock.load_seconds
 
     def _passes(self, masks) -> int:
         """The refit's passes over the data: its waves (one per weight without masks)."""

@@ -543,3 +543,36 @@ def test_subsystems_batched_and_padded_equal_one_solve_per_row(monkeypatch):
         if len(s):
             want[s] = np.linalg.solve(m[np.ix_(s, s)], b[r, s])
         np.testing.assert_allclose(got[r], want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_grouped_grams_in_chunks_equal_the_whole_batched_product_bit_for_bit(intercept, monkeypatch):
+    """A grouped Conv's Grams are built a block of groups at a time (reconstruct.GRAM_CHUNK_BYTES); every group's
+    products are the ones one batched einsum over all groups gives, bit for bit, whatever the block."""
+    from onnxprune.converter import reconstruct as rec
+
+    rng = np.random.default_rng(0)
+    n, g, per, o = 37, 10, 9, 2
+    x = rng.standard_normal((n, g * per)).astype(np.float32)
+    t = rng.standard_normal((n, g * o)).astype(np.float32)
+    xg, tg = x.astype(np.float64).reshape(n, g, -1), t.astype(np.float64).reshape(n, g, -1)
+    if intercept:
+        xg = np.concatenate([xg, np.ones((n, g, 1))], axis=2)
+    want = (np.einsum("rgi,rgj->gij", xg, xg, optimize=True), np.einsum("rgi,rgo->gio", xg, tg, optimize=True),
+            np.einsum("rgo,rgo->go", tg, tg).reshape(-1))
+    for chunk in (1, 3 * 8 * n * (per + 1), 1 << 30):  # one group a block, three, all
+        monkeypatch.setattr(rec, "GRAM_CHUNK_BYTES", chunk)
+        gram = _Gram(g, intercept=intercept)
+        gram.add(x, t)
+        gram.add(x[:5], t[:5])
+        for got, full, part in zip((gram.xx, gram.xt, gram.tt), want, _grams(x[:5], t[:5], g, intercept)):
+            np.testing.assert_array_equal(got, full + part)
+
+
+def _grams(x, t, g, intercept):
+    n = len(x)
+    xg, tg = x.astype(np.float64).reshape(n, g, -1), t.astype(np.float64).reshape(n, g, -1)
+    if intercept:
+        xg = np.concatenate([xg, np.ones((n, g, 1))], axis=2)
+    return (np.einsum("rgi,rgj->gij", xg, xg, optimize=True), np.einsum("rgi,rgo->gio", xg, tg, optimize=True),
+            np.einsum("rgo,rgo->go", tg, tg).reshape(-1))

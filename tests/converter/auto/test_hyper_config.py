@@ -198,3 +198,26 @@ def test_when_every_rate_of_the_grid_ends_above_the_untrained_objective_smaller_
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: 1.0 if trainer.lr is None else 0.9)
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
     assert tried == list(hyper.PROBE_RATES) and "smaller" not in choice.rule  # a rate of the grid trains: as before
+
+
+def test_numpy_blas_takes_the_runs_thread_count_and_gets_the_hosts_back():
+    """numpy's OpenBLAS runs the refit's Grams and solves: a run sets it to torch's count (1 on the shared 2-core
+    box, where its default thread per core made LAPACK several times slower) and puts the host's back after."""
+    from onnxprune.converter.threads import openblas, restore_threads
+
+    libs = openblas()
+    if not libs:
+        pytest.skip("no OpenBLAS loaded in this process")
+    get = libs[0][0]
+    restore_threads()  # an earlier test's run left its count: the host's is the one before any
+    host = int(get())
+    try:
+        apply_threads(1)
+        assert int(get()) == 1
+        restore_threads()
+        assert int(get()) == host
+        apply_threads(3)
+        assert int(get()) == 3
+    finally:
+        restore_threads()
+    assert int(get()) == host

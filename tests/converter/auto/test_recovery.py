@@ -232,7 +232,8 @@ def test_a_refit_the_time_runs_out_in_is_dropped_and_the_search_ends_with_a_note
 
 def test_the_first_refit_is_priced_by_its_passes_over_the_data_not_by_its_layers():
     """Q, K and V share one pass (one wave), out_proj a second: the estimate before any refit is measured counts two
-    passes, each streaming the training part and building two sessions (MiniLM: 36 layers, 24 waves)."""
+    waves, each building two sessions, and at most two passes streaming the training part (the pruned model's from
+    the activations the last pass kept, and the dense model's; MiniLM: 36 layers, 24 waves)."""
     from types import SimpleNamespace as NS
 
     from onnxprune.passes.weights import find_prunable, weight_array
@@ -246,6 +247,7 @@ def test_the_first_refit_is_priced_by_its_passes_over_the_data_not_by_its_layers
     backend.s = NS(clock=clock, sizes=sizes, original=model, data=NS(train=NS(num_samples=30)))
     per_pass = 30 * 0.01 + 2 * 0.5
     assert backend._first_estimate(masks) == pytest.approx(2 * per_pass)
-    assert backend._first_estimate() == pytest.approx(4 * per_pass)  # without masks: one pass per weight
+    # without masks: one wave per weight, two sessions each; the data passes run from the frontier: two in all
+    assert backend._first_estimate() == pytest.approx(2 * 30 * 0.01 + 4 * 2 * 0.5)
     backend.s.clock = None
     assert backend._first_estimate(masks) == 0.0
