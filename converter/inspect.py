@@ -73,6 +73,7 @@ def inspect_model(path: Path) -> dict:
         "npz_example": npz_example(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
+        "inlined": loaded.inlined,
     }
 
 
@@ -207,6 +208,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         more = f" (+{len(info['copies']) - 3} more)" if len(info["copies"]) > 3 else ""
         console.print(f"bit-identical weight copies, each row above: {shown}{more}; prune merges each into one tied "
                       "weight (one mask, counted and stored once)", markup=False, highlight=False)
+    if info.get("inlined"):
+        console.print(inlined_text(info["inlined"]), markup=False, highlight=False)
     if not info["layers"]:
         console.print(info.get("no_prunable") or "No prunable weights.", markup=False, highlight=False)
     if info["skipped"]:
@@ -217,6 +220,13 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         for name, size, reason in grouped_skipped(info["skipped"]):
             skipped.add_row(name, count(size), reason)
         console.print(skipped)
+
+
+def inlined_text(names: list[str]) -> str:
+    """What inlining the model-local functions (modelio.inline_functions) did, said by inspect and prune alike."""
+    shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+    return (f"{len(names)} model-local function(s) ({shown}) inlined: the layers inside them are listed and pruned "
+            "like any other, and the model written has no local functions (onnxruntime inlines them at load too)")
 
 
 def node_cell(row: dict) -> str:

@@ -22,6 +22,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         sigmoid class scores, most classes absent (scores near 1e-5 on every anchor)
     wake_word           openWakeWord's verifier layout: one sigmoid score [N, 1] per sample, returned through an If
                         whose two branches both end in the Sigmoid; its output named '53' (the name says nothing)
+    function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
+                        (domain '__main__') that takes its Gemm weight and bias as inputs
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -406,3 +408,29 @@ def multi_label(*, in_features: int = 8, hidden: int = 16, labels: int = 6, sigm
     logits = g.matmul(x, "fc2", hidden, labels)
     g.nodes.append(helper.make_node("Sigmoid" if sigmoid else "Identity", [logits], ["output"], name="/out"))
     return _model(g, "multi_label", [_float("input", [BATCH, in_features])], [_float("output", [BATCH, labels])])
+
+
+def function_blocks(*, in_features: int = 8, hidden: int = 16, out_features: int = 4, blocks: int = 2,
+                    seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> `blocks` calls of a local function Block(x, W, B) = Relu(Gemm(x, W, B, transB=1)) -> Gemm ->
+    'output' [N, 4]: the layout of torch.onnx.export(..., export_modules_as_functions={Block}) (sweep 18's
+    depthwise-separable MNIST CNN, whose three blocks held 29.2K of its 37.8K weights). Each call passes its own
+    weight and bias from the main graph's initializers into the function."""
+    g = _Graph(seed)
+    x, width = "input", in_features
+    for i in range(blocks):
+        w = g.weight(f"block{i}.weight", (hidden, width), width)
+        b = g.bias(f"block{i}.bias", hidden)
+        out = f"/block{i}/Block_output_0"
+        g.nodes.append(helper.make_node("Block", [x, w, b], [out], name=f"/block{i}/Block", domain="__main__"))
+        x, width = out, hidden
+    g.gemm(x, "head", width, out_features)
+    g.nodes[-1].output[0] = "output"
+    body = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])]
+    block = helper.make_function("__main__", "Block", ["x", "w", "b"], ["y"], body,
+                                 [helper.make_opsetid("", OPSET)])
+    model = _model(g, "function_blocks", [_float("input", [BATCH, in_features])],
+                   [_float("output", [BATCH, out_features])])
+    model.opset_import.append(helper.make_opsetid("__main__", 1))
+    model.functions.append(block)
+    return model
