@@ -22,6 +22,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         sigmoid class scores, most classes absent (scores near 1e-5 on every anchor)
     wake_word           openWakeWord's verifier layout: one sigmoid score [N, 1] per sample, returned through an If
                         whose two branches both end in the Sigmoid; its output named '53' (the name says nothing)
+    fused_encoder_block onnxruntime.transformers' fused ops (com.microsoft BiasGelu, SkipLayerNormalization) between
+                        MatMuls on [N, 4, 8] tokens: onnx infers no shape after them
     function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
                         (domain '__main__') that takes its Gemm weight and bias as inputs
 
@@ -433,4 +435,31 @@ def function_blocks(*, in_features: int = 8, hidden: int = 16, out_features: int
                    [_float("output", [BATCH, out_features])])
     model.opset_import.append(helper.make_opsetid("__main__", 1))
     model.functions.append(block)
+    return model
+
+
+def fused_encoder_block(*, seq: int = 4, dim: int = 8, hidden: int = 16, classes: int = 3,
+                        seed: int = 0) -> onnx.ModelProto:
+    """input [N, 4, 8] -> MatMul -> com.microsoft BiasGelu -> MatMul -> com.microsoft SkipLayerNormalization (skip:
+    the input) -> MatMul 'head' -> 'output' [N, 4, 3]: the feed-forward half of a BERT layer as onnxruntime's
+    transformer optimizer writes it (sweep 18's fused BERT: every MatMul after the first contrib op had MACs
+    "unknown")."""
+    g = _Graph(seed)
+    w1 = g.weight("ffn.in.weight", (dim, hidden), dim)
+    h = g.op("MatMul", "ffn/in", ["input", w1])
+    out = "/ffn/BiasGelu_output_0"
+    g.nodes.append(helper.make_node("BiasGelu", [h, g.bias("ffn.in.bias", hidden)], [out], name="/ffn/BiasGelu",
+                                    domain="com.microsoft"))
+    w2 = g.weight("ffn.out.weight", (hidden, dim), hidden)
+    y = g.op("MatMul", "ffn/out", [out, w2])
+    normed = "/ffn/SkipLayerNorm_output_0"
+    gamma = g.const("ln.weight", np.ones(dim))
+    beta = g.const("ln.bias", np.zeros(dim))
+    g.nodes.append(helper.make_node("SkipLayerNormalization", [y, "input", gamma, beta], [normed],
+                                    name="/ffn/SkipLayerNorm", domain="com.microsoft", epsilon=1e-5))
+    wh = g.weight("head.weight", (dim, classes), dim)
+    g.nodes.append(helper.make_node("MatMul", [normed, wh], ["output"], name="/head/MatMul"))
+    model = _model(g, "fused_encoder_block", [_float("input", [BATCH, seq, dim])],
+                   [_float("output", [BATCH, seq, classes])])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model

@@ -75,10 +75,37 @@ def infer_shapes(model: onnx.ModelProto, *, warn: bool = False) -> Shapes:
         if warn:
             log.warning("shape inference failed (%s); rules that need shapes will block", exc)
         inferred = model
-    g = inferred.graph
+    shapes = _declared(inferred.graph)
+    if _contrib_unknown(model.graph, shapes):
+        for name, dims in _declared(_symbolic(model).graph).items():
+            shapes.setdefault(name, dims)
+    return shapes
+
+
+def _declared(g: onnx.GraphProto) -> Shapes:
     shapes: Shapes = {}
     for vi in [*g.value_info, *g.input, *g.output]:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     return shapes
+
+
+def _contrib_unknown(g: onnx.GraphProto, shapes: Shapes) -> bool:
+    """A com.microsoft node (onnxruntime's contrib ops) whose output onnx left without a shape."""
+    return any(n.domain == "com.microsoft" and any(o and o not in shapes for o in n.output) for n in g.node)
+
+
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic shape inference, which knows its contrib ops, on the skeleton; the model's own
+    declarations where it fails. onnx has no shape function for com.microsoft ops, and every shape after the first
+    stayed unknown: an onnxruntime.transformers-optimized BERT (EmbedLayerNormalization, Attention,
+    SkipLayerNormalization, BiasGelu) showed MACs "unknown" for every MatMul (sweep 18). It does not know every
+    contrib op (DynamicQuantizeLSTM: "Incomplete symbolic shape inference"), hence the fallback."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(skeleton(model), auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 - an op it does not know either: the shapes onnx found stand
+        log.debug("symbolic shape inference failed (%s)", exc)
+        return model

@@ -50,3 +50,21 @@ def test_shapes_pass_through_an_ml_scaler():
     shapes = infer_shapes(model)
     assert shapes["scaled"] == [None, 10]
     assert find_prunable(model).prunable[0].macs == 40
+
+
+def test_shapes_pass_through_onnxruntime_contrib_ops():
+    """Sweep 18: onnx has no shape function for com.microsoft ops, so every MatMul after the first fused op of an
+    onnxruntime.transformers-optimized BERT had MACs "unknown"; onnxruntime's symbolic inference knows them."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxprune.models import third_party_builders as tb
+    from onnxprune.passes.shapes import infer_shapes
+    from onnxprune.passes.weights import find_prunable
+
+    model = tb.fused_encoder_block(seed=2)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": np.ones((2, 4, 8), np.float32)})
+    assert infer_shapes(model)["/ffn/SkipLayerNorm_output_0"] == [None, 4, 8]
+    macs = {w.name: w.macs for w in find_prunable(model).prunable}
+    assert macs == {"ffn.in.weight": 4 * 8 * 16, "ffn.out.weight": 4 * 16 * 8, "head.weight": 4 * 8 * 3}
