@@ -24,6 +24,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         whose two branches both end in the Sigmoid; its output named '53' (the name says nothing)
     fused_encoder_block onnxruntime.transformers' fused ops (com.microsoft BiasGelu, SkipLayerNormalization) between
                         MatMuls on [N, 4, 8] tokens: onnx infers no shape after them
+    paired_scores       speechmos's AECMOS layout: a GRU whose h0 [2, 1, H] fixes a batch of 1, output declared
+                        [batch_size] that holds two scores per sample (echo, degradation)
     function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
                         (domain '__main__') that takes its Gemm weight and bias as inputs
 
@@ -463,3 +465,22 @@ def fused_encoder_block(*, seq: int = 4, dim: int = 8, hidden: int = 16, classes
                    [_float("output", [BATCH, seq, classes])])
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
+
+
+def paired_scores(*, frames: int = 6, features: int = 5, hidden: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """input [batch_size, frames, 5] -> GRU (h0 [1, 1, 4]: a batch of 1) -> last state [1, 4] -> MatMul [4, 2] ->
+    Reshape [-1] -> 'output' declared [batch_size], holding the sample's two scores (speechmos's AECMOS returns
+    echo and degradation MOS so, sweep 18)."""
+    g = _Graph(seed)
+    x = g.op("Transpose", "in", ["input"], perm=[1, 0, 2])  # [T, 1, F]
+    w = g.weight("gru.W", (1, 3 * hidden, features), features)
+    r = g.weight("gru.R", (1, 3 * hidden, hidden), hidden)
+    g.nodes.append(helper.make_node("GRU", [x, w, r, "", "", "h0"], ["/gru/Y", "/gru/Y_h"], name="/gru/GRU",
+                                    hidden_size=hidden))
+    g.initializers += [numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+                       numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    last = g.op("Squeeze", "last", ["/gru/Y_h", "axes0"])  # [1, H]
+    scores = g.op("MatMul", "head", [last, g.weight("head.weight", (hidden, 2), hidden)])
+    g.nodes.append(helper.make_node("Reshape", [scores, "flat"], ["output"], name="/out"))
+    return _model(g, "paired_scores", [_float("input", ["batch_size", frames, features]), _float("h0", [1, 1, hidden])],
+                  [_float("output", ["batch_size"])])
