@@ -125,10 +125,16 @@ def npz_example(model, samples: int = 64) -> str:
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
     batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
     one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget."""
+    from onnxprune.calibration.feeds import single_batch_states
+
     parts = []
     named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
     shapes = [_value_info(v)["shape"] or [] for v in _real_inputs(model)]
     batch_of_one = bool(shapes) and all(len(sh) >= 2 and sh[0] == 1 for sh in shapes)
+    states = single_batch_states(model)
+    if states:  # a recurrent state fixes a batch of 1: one file per sample (a folder), the state in each
+        named = {_value_info(v)["shape"][0]: 1 for v in _real_inputs(model)
+                 if _value_info(v)["shape"] and isinstance(_value_info(v)["shape"][0], str)}
     for v in _real_inputs(model):
         info = _value_info(v)
         shape = info["shape"] or []
@@ -153,6 +159,11 @@ def npz_example(model, samples: int = 64) -> str:
         args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
     else:
         args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
+    if states:
+        name, cell = next(iter(states.items()))
+        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+                f'{args}) for i in range({samples})]  # one sample per file, --data calib: {name!r} is the initial '
+                f'state of {cell} with a batch of 1 (axis 1)')
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
 
