@@ -67,7 +67,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     if not path.exists():
         raise ModelError(f"model file '{path}' does not exist; check the path.")
     if path.is_dir():
-        raise ModelError(f"'{path}' is a folder, not a model file; pass the .onnx file inside it.")
+        raise ModelError(f"'{path}' is a folder, not a model file; {_inside(path)}.")
     size = path.stat().st_size
     if size == 0:
         raise ModelError(f"model file '{path}' is empty; re-export or re-download it.")
@@ -109,6 +109,20 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     model, inlined = inline_functions(model)
     return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse,
                        storage=storage_info, inlined=inlined)
+
+
+def _inside(folder: Path) -> str:
+    """What to pass instead: the folder's .onnx files, named (a model exported with its weights beside it,
+    model.onnx + model.onnx.data, is often handed over as its folder: sweep 18)."""
+    try:
+        found = sorted(p.name for p in folder.iterdir() if p.suffix == ".onnx" and p.is_file())
+    except OSError:
+        found = None
+    if not found:
+        return ("pass the .onnx file inside it" if found is None else
+                "it holds no .onnx file: pass the path of the model file itself")
+    shown = ", ".join(f"'{folder / name}'" for name in found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+    return f"pass the .onnx file inside it: {shown}"
 
 
 def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
