@@ -61,6 +61,7 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs, untouched_outputs, ctc_hint,
+                                                 class_map_hint,
                                                  embedding_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -178,7 +179,8 @@ class Evaluator:
             if first:
                 self.constant = self._constant_outputs()
                 for i, (name, kind) in enumerate(self.plan.items()):
-                    hint = (ctc_hint(name, [b[i] for b in self.reference_all])
+                    values = [b[i] for b in self.reference_all]
+                    hint = ((ctc_hint(name, values) or class_map_hint(name, values))
                             if not self._quiet and kind == "rel_l2" and name in self.auto_chosen else None)
                     if hint:
                         log.warning("%s", hint)
