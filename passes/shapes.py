@@ -101,11 +101,21 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     declarations where it fails. onnx has no shape function for com.microsoft ops, and every shape after the first
     stayed unknown: an onnxruntime.transformers-optimized BERT (EmbedLayerNormalization, Attention,
     SkipLayerNormalization, BiasGelu) showed MACs "unknown" for every MatMul (sweep 18). It does not know every
-    contrib op (DynamicQuantizeLSTM: "Incomplete symbolic shape inference"), hence the fallback."""
+    contrib op (DynamicQuantizeLSTM), hence the fallback. Its steps are run here rather than through its
+    `infer_shapes`, which, where inference stops short, saves the model as sym_shape_infer_temp.onnx (and a .data file)
+    into the working directory before it raises: every `inspect` of an int8 BiLSTM left two files behind; the shapes
+    it did infer are kept."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
-        return SymbolicShapeInference.infer_shapes(skeleton(model), auto_merge=True)
+        if (get_opset(model) or 0) < 7:  # what its infer_shapes refuses
+            return model
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(skeleton(model))
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
     except Exception as exc:  # noqa: BLE001 - an op it does not know either: the shapes onnx found stand
         log.debug("symbolic shape inference failed (%s)", exc)
         return model
