@@ -78,6 +78,37 @@ def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
     return {k: v for k, v in out.items() if k in graph_inputs}
 
 
+STATE_PATH = {"Slice", "Split", "Gather", "Identity", "Cast"}  # ops a state passes through on its way to a cell
+
+
+def single_batch_states(model: onnx.ModelProto) -> dict[str, str]:
+    """Inputs that are an LSTM/GRU/RNN's initial state with a fixed batch of 1 ([layers x directions, 1, H], every dim
+    fixed, reaching the cell's initial_h or initial_c through STATE_PATH ops), with the cell they feed. Such a
+    model takes one sample per feed whatever its other inputs declare: speechmos's AECMOS ('input' [batch_size, 3,
+    frames, 160], 'h0' [4, 1, 64]) failed on the stacked file inspect's own line wrote ("Input initial_h must have
+    shape {2,200,64}", sweep 18)."""
+    users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            users.setdefault(name, []).append((node, k))
+    inits = {t.name for t in model.graph.initializer}
+    found = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if vi.name in inits or len(dims) != 3 or not all(d.HasField("dim_value") for d in dims) or dims[1].dim_value != 1:
+            continue
+        todo, seen = [vi.name], set()
+        while todo and vi.name not in found:
+            name = todo.pop()
+            for node, k in users.get(name, []):
+                if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and k in (5, 6):
+                    found[vi.name] = f"{node.op_type} '{node.name}'"
+                elif node.op_type in STATE_PATH and k == 0 and id(node) not in seen:
+                    seen.add(id(node))
+                    todo.extend(node.output)
+    return found
+
+
 def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec],
                 time_major: dict[str, str] | None = None) -> str | None:
     """Why (file, {array: shape}) sources must be read one feed at a time, or None for stacks of samples."""

@@ -61,6 +61,7 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs, untouched_outputs, ctc_hint,
+                                                 class_map_hint,
                                                  embedding_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -166,8 +167,8 @@ class Evaluator:
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
                 _say_nonfinite(reference_model, self.reference_all)
-            rows = self._rows(reference_model)
-            self.sample_axes = self._sample_axes(rows, reference_model)
+            rows, sizes = self._rows(reference_model)
+            self.sample_axes = self._sample_axes(rows, reference_model, sizes)
             self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
@@ -178,7 +179,8 @@ class Evaluator:
             if first:
                 self.constant = self._constant_outputs()
                 for i, (name, kind) in enumerate(self.plan.items()):
-                    hint = (ctc_hint(name, [b[i] for b in self.reference_all])
+                    values = [b[i] for b in self.reference_all]
+                    hint = ((ctc_hint(name, values) or class_map_hint(name, values))
                             if not self._quiet and kind == "rel_l2" and name in self.auto_chosen else None)
                     if hint:
                         log.warning("%s", hint)
@@ -283,13 +285,20 @@ class Evaluator:
             return None
         return self.position_masks[batch]
 
-    def _rows(self, model: onnx.ModelProto | None) -> list[int]:
-        """Each batch's samples: its first array's batch axis (axis 1 of a time-major input), `_rows`."""
+    def _rows(self, model: onnx.ModelProto | None) -> tuple[list[int], list[dict[str, int]]]:
+        """Each batch's samples: its first array's batch axis (axis 1 of a time-major input), `_rows`; and the size
+        each symbolic first dim of the inputs takes in it (`_declared_sizes`), read in the same pass."""
         time_major = set(time_major_inputs(model)) if model is not None else set()
-        return [_rows(feeds, time_major) for feeds, _ in self.batches()]
+        rows, sizes = [], []
+        for feeds, _ in self.batches():
+            rows.append(_rows(feeds, time_major))
+            sizes.append(_declared_sizes(model, feeds) if model is not None else {})
+        return rows, sizes
 
-    def _sample_axes(self, rows: list[int], model: onnx.ModelProto | None) -> tuple[int | None, ...]:
-        """Each scored output's sample axis: 0 when its declared first dim is an input's symbolic first dim, else the
+    def _sample_axes(self, rows: list[int], model: onnx.ModelProto | None,
+                     sizes: list[dict[str, int]]) -> tuple[int | None, ...]:
+        """Each scored output's sample axis: 0 when its declared first dim is an input's symbolic first dim and its
+        first axis has that dim's size in every batch (`_holds`), else the
         first axis (0 first) that holds the batch's sample count (`rows`) in every batch (a recurrent state [2, N,
         H], as silero VAD's stateN: its 2 rows were 2 samples, 270 decision samples for 135 feeds), else None: the
         output follows no batch, and each batch's rows are pooled into one sample. torchvision's ssdlite320 takes one
@@ -298,7 +307,9 @@ class Evaluator:
         shared = _batch_dims(model)
         axes = []
         for i, name in enumerate(self.plan):
-            if shared and _first_dim(model, name or model.graph.output[0].name) in shared:
+            symbol = _first_dim(model, name or model.graph.output[0].name) if shared else None
+            if symbol in shared and all(_holds(as_array(ref[i]).shape, size.get(symbol))
+                                        for ref, size in zip(self.reference_all, sizes)):
                 axes.append(0)
                 continue
             common = None
@@ -862,6 +873,25 @@ def _batch_dims(model: onnx.ModelProto | None) -> set[str]:
         return set()
     skip = {t.name for t in model.graph.initializer} | set(time_major_inputs(model))
     return {d for d in (_declared_first(vi) for vi in model.graph.input if vi.name not in skip) if d}
+
+
+def _declared_sizes(model: onnx.ModelProto, feeds: dict) -> dict[str, int]:
+    """The size each symbolic first dim of the graph inputs takes in one feed ('batch_size' -> 1)."""
+    sizes = {}
+    for vi in model.graph.input:
+        symbol = _declared_first(vi)
+        value = feeds.get(vi.name) if symbol else None
+        if value is not None and np.ndim(value):
+            sizes.setdefault(symbol, np.shape(value)[0])
+    return sizes
+
+
+def _holds(shape: tuple, size: int | None) -> bool:
+    """An output's rows agree with the batch its declared first dim names (or that batch's size is unknown). An
+    output can declare the input's batch symbol and not follow it: speechmos's AECMOS declares [batch_size] and
+    returns its two scores, echo and degradation, for a batch of 1, and 150 decision feeds were judged as 300
+    independent samples (sweep 18)."""
+    return size is None or (len(shape) > 0 and shape[0] == size)
 
 
 def _first_dim(model: onnx.ModelProto, output: str) -> str | None:

@@ -74,6 +74,7 @@ def inspect_model(path: Path) -> dict:
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
         "too_old": _too_old(opsets),
+        "inlined": loaded.inlined,
     }
 
 
@@ -138,10 +139,16 @@ def npz_example(model, samples: int = 64) -> str:
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
     batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
     one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget."""
+    from onnxprune.calibration.feeds import single_batch_states
+
     parts = []
     named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
     shapes = [_value_info(v)["shape"] or [] for v in _real_inputs(model)]
     batch_of_one = bool(shapes) and all(len(sh) >= 2 and sh[0] == 1 for sh in shapes)
+    states = single_batch_states(model)
+    if states:  # a recurrent state fixes a batch of 1: one file per sample (a folder), the state in each
+        named = {_value_info(v)["shape"][0]: 1 for v in _real_inputs(model)
+                 if _value_info(v)["shape"] and isinstance(_value_info(v)["shape"][0], str)}
     for v in _real_inputs(model):
         info = _value_info(v)
         shape = info["shape"] or []
@@ -166,6 +173,11 @@ def npz_example(model, samples: int = 64) -> str:
         args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
     else:
         args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
+    if states:
+        name, cell = next(iter(states.items()))
+        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+                f'{args}) for i in range({samples})]  # one sample per file, --data calib: {name!r} is the initial '
+                f'state of {cell} with a batch of 1 (axis 1)')
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
 
@@ -223,6 +235,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         more = f" (+{len(info['copies']) - 3} more)" if len(info["copies"]) > 3 else ""
         console.print(f"bit-identical weight copies, each row above: {shown}{more}; prune merges each into one tied "
                       "weight (one mask, counted and stored once)", markup=False, highlight=False)
+    if info.get("inlined"):
+        console.print(inlined_text(info["inlined"]), markup=False, highlight=False)
     if not info["layers"]:
         console.print(info.get("no_prunable") or "No prunable weights.", markup=False, highlight=False)
     if info["skipped"]:
@@ -233,6 +247,13 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         for name, size, reason in grouped_skipped(info["skipped"]):
             skipped.add_row(name, count(size), reason)
         console.print(skipped)
+
+
+def inlined_text(names: list[str]) -> str:
+    """What inlining the model-local functions (modelio.inline_functions) did, said by inspect and prune alike."""
+    shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+    return (f"{len(names)} model-local function(s) ({shown}) inlined: the layers inside them are listed and pruned "
+            "like any other, and the model written has no local functions (onnxruntime inlines them at load too)")
 
 
 def node_cell(row: dict) -> str:

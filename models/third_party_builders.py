@@ -22,6 +22,12 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         sigmoid class scores, most classes absent (scores near 1e-5 on every anchor)
     wake_word           openWakeWord's verifier layout: one sigmoid score [N, 1] per sample, returned through an If
                         whose two branches both end in the Sigmoid; its output named '53' (the name says nothing)
+    fused_encoder_block onnxruntime.transformers' fused ops (com.microsoft BiasGelu, SkipLayerNormalization) between
+                        MatMuls on [N, 4, 8] tokens: onnx infers no shape after them
+    paired_scores       speechmos's AECMOS layout: a GRU whose h0 [2, 1, H] fixes a batch of 1, output declared
+                        [batch_size] that holds two scores per sample (echo, degradation)
+    function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
+                        (domain '__main__') that takes its Gemm weight and bias as inputs
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -406,3 +412,75 @@ def multi_label(*, in_features: int = 8, hidden: int = 16, labels: int = 6, sigm
     logits = g.matmul(x, "fc2", hidden, labels)
     g.nodes.append(helper.make_node("Sigmoid" if sigmoid else "Identity", [logits], ["output"], name="/out"))
     return _model(g, "multi_label", [_float("input", [BATCH, in_features])], [_float("output", [BATCH, labels])])
+
+
+def function_blocks(*, in_features: int = 8, hidden: int = 16, out_features: int = 4, blocks: int = 2,
+                    seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> `blocks` calls of a local function Block(x, W, B) = Relu(Gemm(x, W, B, transB=1)) -> Gemm ->
+    'output' [N, 4]: the layout of torch.onnx.export(..., export_modules_as_functions={Block}) (sweep 18's
+    depthwise-separable MNIST CNN, whose three blocks held 29.2K of its 37.8K weights). Each call passes its own
+    weight and bias from the main graph's initializers into the function."""
+    g = _Graph(seed)
+    x, width = "input", in_features
+    for i in range(blocks):
+        w = g.weight(f"block{i}.weight", (hidden, width), width)
+        b = g.bias(f"block{i}.bias", hidden)
+        out = f"/block{i}/Block_output_0"
+        g.nodes.append(helper.make_node("Block", [x, w, b], [out], name=f"/block{i}/Block", domain="__main__"))
+        x, width = out, hidden
+    g.gemm(x, "head", width, out_features)
+    g.nodes[-1].output[0] = "output"
+    body = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])]
+    block = helper.make_function("__main__", "Block", ["x", "w", "b"], ["y"], body,
+                                 [helper.make_opsetid("", OPSET)])
+    model = _model(g, "function_blocks", [_float("input", [BATCH, in_features])],
+                   [_float("output", [BATCH, out_features])])
+    model.opset_import.append(helper.make_opsetid("__main__", 1))
+    model.functions.append(block)
+    return model
+
+
+def fused_encoder_block(*, seq: int = 4, dim: int = 8, hidden: int = 16, classes: int = 3,
+                        seed: int = 0) -> onnx.ModelProto:
+    """input [N, 4, 8] -> MatMul -> com.microsoft BiasGelu -> MatMul -> com.microsoft SkipLayerNormalization (skip:
+    the input) -> MatMul 'head' -> 'output' [N, 4, 3]: the feed-forward half of a BERT layer as onnxruntime's
+    transformer optimizer writes it (sweep 18's fused BERT: every MatMul after the first contrib op had MACs
+    "unknown")."""
+    g = _Graph(seed)
+    w1 = g.weight("ffn.in.weight", (dim, hidden), dim)
+    h = g.op("MatMul", "ffn/in", ["input", w1])
+    out = "/ffn/BiasGelu_output_0"
+    g.nodes.append(helper.make_node("BiasGelu", [h, g.bias("ffn.in.bias", hidden)], [out], name="/ffn/BiasGelu",
+                                    domain="com.microsoft"))
+    w2 = g.weight("ffn.out.weight", (hidden, dim), hidden)
+    y = g.op("MatMul", "ffn/out", [out, w2])
+    normed = "/ffn/SkipLayerNorm_output_0"
+    gamma = g.const("ln.weight", np.ones(dim))
+    beta = g.const("ln.bias", np.zeros(dim))
+    g.nodes.append(helper.make_node("SkipLayerNormalization", [y, "input", gamma, beta], [normed],
+                                    name="/ffn/SkipLayerNorm", domain="com.microsoft", epsilon=1e-5))
+    wh = g.weight("head.weight", (dim, classes), dim)
+    g.nodes.append(helper.make_node("MatMul", [normed, wh], ["output"], name="/head/MatMul"))
+    model = _model(g, "fused_encoder_block", [_float("input", [BATCH, seq, dim])],
+                   [_float("output", [BATCH, seq, classes])])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def paired_scores(*, frames: int = 6, features: int = 5, hidden: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """input [batch_size, frames, 5] -> GRU (h0 [1, 1, 4]: a batch of 1) -> last state [1, 4] -> MatMul [4, 2] ->
+    Reshape [-1] -> 'output' declared [batch_size], holding the sample's two scores (speechmos's AECMOS returns
+    echo and degradation MOS so, sweep 18)."""
+    g = _Graph(seed)
+    x = g.op("Transpose", "in", ["input"], perm=[1, 0, 2])  # [T, 1, F]
+    w = g.weight("gru.W", (1, 3 * hidden, features), features)
+    r = g.weight("gru.R", (1, 3 * hidden, hidden), hidden)
+    g.nodes.append(helper.make_node("GRU", [x, w, r, "", "", "h0"], ["/gru/Y", "/gru/Y_h"], name="/gru/GRU",
+                                    hidden_size=hidden))
+    g.initializers += [numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+                       numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    last = g.op("Squeeze", "last", ["/gru/Y_h", "axes0"])  # [1, H]
+    scores = g.op("MatMul", "head", [last, g.weight("head.weight", (hidden, 2), hidden)])
+    g.nodes.append(helper.make_node("Reshape", [scores, "flat"], ["output"], name="/out"))
+    return _model(g, "paired_scores", [_float("input", ["batch_size", frames, features]), _float("h0", [1, 1, hidden])],
+                  [_float("output", ["batch_size"])])

@@ -142,11 +142,14 @@ REDUCE_OPS = frozenset({"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "Re
                         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"})
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 # Integer weights (op -> input index of the integer weight): not pruned. What it would take, said once.
-QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0,
+# QGemm is onnxruntime's (com.microsoft) QOperator Gemm, which quantize_static writes for a Linear: its B at input 3
+# (sweep 18: a QOperator CNN's refusal counted its QLinearConvs only and never named its two QGemm layers).
+QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3,
+                        "DequantizeLinear": 0,
                         # onnxruntime's dynamic quantization (com.microsoft): W, R of an LSTM; B of a MatMul
                         "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
 QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of QLinearConv/"
-                 "QLinearMatMul, of a ConvInteger/MatMulInteger whose scale the graph does not multiply in after it "
+                 "QLinearMatMul/QGemm, of a ConvInteger/MatMulInteger whose scale the graph does not multiply in after it "
                  "(DynamicQuantizeLinear -> op -> Cast -> Mul(scale)), nor one several nodes read or a subgraph "
                  "holds, nor behind a DequantizeLinear that is block-wise, has computed scales or reads 4-bit "
                  "(INT4/UINT4) or float8 values; pass the float model, an 8-bit QDQ model (onnxruntime's "

@@ -75,10 +75,47 @@ def infer_shapes(model: onnx.ModelProto, *, warn: bool = False) -> Shapes:
         if warn:
             log.warning("shape inference failed (%s); rules that need shapes will block", exc)
         inferred = model
-    g = inferred.graph
+    shapes = _declared(inferred.graph)
+    if _contrib_unknown(model.graph, shapes):
+        for name, dims in _declared(_symbolic(model).graph).items():
+            shapes.setdefault(name, dims)
+    return shapes
+
+
+def _declared(g: onnx.GraphProto) -> Shapes:
     shapes: Shapes = {}
     for vi in [*g.value_info, *g.input, *g.output]:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     return shapes
+
+
+def _contrib_unknown(g: onnx.GraphProto, shapes: Shapes) -> bool:
+    """A com.microsoft node (onnxruntime's contrib ops) whose output onnx left without a shape."""
+    return any(n.domain == "com.microsoft" and any(o and o not in shapes for o in n.output) for n in g.node)
+
+
+def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic shape inference, which knows its contrib ops, on the skeleton; the model's own
+    declarations where it fails. onnx has no shape function for com.microsoft ops, and every shape after the first
+    stayed unknown: an onnxruntime.transformers-optimized BERT (EmbedLayerNormalization, Attention,
+    SkipLayerNormalization, BiasGelu) showed MACs "unknown" for every MatMul (sweep 18). It does not know every
+    contrib op (DynamicQuantizeLSTM), hence the fallback. Its steps are run here rather than through its
+    `infer_shapes`, which, where inference stops short, saves the model as sym_shape_infer_temp.onnx (and a .data file)
+    into the working directory before it raises: every `inspect` of an int8 BiLSTM left two files behind; the shapes
+    it did infer are kept."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+        if (get_opset(model) or 0) < 7:  # what its infer_shapes refuses
+            return model
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(skeleton(model))
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
+    except Exception as exc:  # noqa: BLE001 - an op it does not know either: the shapes onnx found stand
+        log.debug("symbolic shape inference failed (%s)", exc)
+        return model

@@ -70,6 +70,10 @@ class LoadStep(Step):
 
     def run(self, state: RunState) -> None:
         state.loaded = load(state.source)
+        if state.loaded.inlined:  # torch's export_modules_as_functions: the weights are read inside the functions
+            from onnxprune.converter.inspect import inlined_text
+
+            state.prune.notes.append(inlined_text(state.loaded.inlined))
         if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
             BypassIdentity()(state.loaded.model, state.prune)  # W -> Identity -> MatMul per use: one tied W
             MergeCopies()(state.loaded.model, state.prune)

@@ -261,3 +261,22 @@ def test_prune_a_batchless_classifier_to_a_budget(tmp_path):
     for _ in range(3):
         x = rng.standard_normal((3, 8, 8)).astype(np.float32)
         assert sess.run(None, {"image": x})[0].shape == dense.run(None, {"image": x})[0].shape == (4,)
+
+
+def test_an_output_declared_batch_major_that_holds_another_count_is_one_sample_per_feed(tmp_path):
+    """speechmos's AECMOS declares its output [batch_size] like its input and returns two scores for a batch of 1
+    (its GRU's h0 [4, 1, 64] fixes the batch): 150 decision feeds were judged as 300 independent samples (sweep 18)."""
+    model = tb.paired_scores(seed=1)
+    onnx.checker.check_model(model, full_check=True)
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(12):
+        np.savez(folder / f"{i:02d}.npz", input=rng.standard_normal((1, 6, 5)).astype(np.float32),
+                 h0=np.zeros((1, 1, 4), np.float32))
+    ev = Evaluator(open_data(folder, model), reference_model=model)
+    assert [np.shape(b[0]) for b in ev.reference_all] == [(2,)] * 12
+    assert ev.sample_axes == (None,) and ev.num_samples == 12 and BudgetRule(ev, 1.0).n == 12
+    stacked = builders.mlp_gemm()  # an output that does follow its declared batch keeps its rows
+    x = rng.standard_normal((10, 16)).astype(np.float32)
+    assert Evaluator(open_data({"input": x}, stacked, batch_size=4), reference_model=stacked).sample_axes == (0,)

@@ -412,3 +412,25 @@ def test_text_for_a_string_input_is_read_from_a_unicode_array(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         open_data("random", model, batch_size=16)
     assert "random text for string input(s) text" in caplog.text
+
+
+def test_inspect_writes_one_file_per_sample_for_a_recurrent_state_with_a_batch_of_one(tmp_path, monkeypatch):
+    """speechmos's AECMOS: 'input' [batch_size, ...] beside 'h0' [4, 1, 64], the initial state of its GRUs. The
+    stacked file inspect's line wrote failed in onnxruntime ("Input initial_h must have shape {2,200,64}"); the line
+    now writes a folder of one-sample files, which the model runs (sweep 18)."""
+    import onnxruntime as ort
+
+    from onnxprune.converter.inspect import npz_example
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.paired_scores(seed=2)
+    line = npz_example(model, samples=5)
+    assert line.endswith("'h0' is the initial state of GRU '/gru/GRU' with a batch of 1 (axis 1)")
+    monkeypatch.chdir(tmp_path)
+    exec(line.split("  #")[0], {})  # noqa: S102 - the line a user pastes
+    files = sorted((tmp_path / "calib").iterdir())
+    assert len(files) == 5
+    reader = open_data(str(tmp_path / "calib"), model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [sess.run(None, feeds)[0].shape for feeds, _ in reader.batches()] == [(2,)] * 5
+    assert "np.savez(\"calib.npz\"" in npz_example(tb.time_major_lstm())  # no state input: one stacked file

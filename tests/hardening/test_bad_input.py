@@ -135,8 +135,21 @@ def test_unusable_model_file_is_one_line_exit_1_and_writes_nothing(tmp_path, cas
 def test_missing_model_file_and_folder_instead_of_file(tmp_path):
     assert_clean_error(invoke("inspect", tmp_path / "nope.onnx"), 1, "nope.onnx", "does not exist")
     assert_clean_error(prune(tmp_path / "nope.onnx", tmp_path, "--sparsity", "0.5"), 1, "does not exist")
-    assert_clean_error(invoke("inspect", tmp_path), 1, "is a folder", "pass the .onnx file")
+    assert_clean_error(invoke("inspect", tmp_path), 1, "is a folder", "holds no .onnx file")
     assert leftovers(tmp_path) == []
+
+
+def test_a_folder_holding_the_model_names_its_onnx_file(tmp_path):
+    """A model exported with its weights beside it (model.onnx + model.onnx.data) handed over as its folder: the
+    line names the file to pass (sweep 18: it said only "pass the .onnx file inside it")."""
+    from onnxprune.models import builders
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    onnx.save(builders.mlp_gemm(), folder / "model.onnx", save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    line = assert_clean_error(invoke("inspect", folder), 1, "is a folder", "pass the .onnx file inside it")
+    assert line.endswith(f"inside it: '{folder / 'model.onnx'}'.")
 
 
 def test_debug_shows_the_traceback_instead(tmp_path):

@@ -210,3 +210,30 @@ def test_labels_are_scored_against_predicted_labels_when_no_output_holds_class_s
 
     with pytest.raises(CalibrationError, match="a batch has 2 labels for 3 output rows"):  # not "needs [N, classes]"
         METRICS["accuracy"].terms(np.array([1, 2, 0]), None, np.array([1, 0]))
+
+
+def test_weights_read_inside_model_local_functions_are_pruned(tmp_path):
+    """torch's export_modules_as_functions passes each block's weights into a local function call: inspect listed
+    them as "used by DS" and prune left 29.2K of a CNN's 37.8K weights dense (sweep 18). They are inlined at load."""
+    import onnxruntime as ort
+
+    from onnxprune.converter.inspect import inspect_model
+
+    model = tb.function_blocks(seed=3)
+    onnx.save(model, tmp_path / "blocks.onnx")
+    info = inspect_model(tmp_path / "blocks.onnx")
+    assert {r["weight"] for r in info["layers"]} == {"block0.weight", "block1.weight", "head.weight"}
+    assert info["inlined"] == ["Block"]
+    res = invoke("prune", tmp_path / "blocks.onnx", "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
+    assert "model-local function(s) ('Block') inlined" in res.output
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert not written.functions and "__main__" not in {o.domain for o in written.opset_import}
+    dense = modelio.load_model(tmp_path / "out.onnx").model
+    block0 = numpy_helper.to_array(next(t for t in dense.graph.initializer if t.name == "block0.weight"))
+    assert np.count_nonzero(block0) == block0.size // 2
+    x = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (written, dense)]
+    assert np.allclose(*(s.run(None, {"input": x})[0] for s in sessions), atol=1e-6)

@@ -59,6 +59,6 @@ def test_bias_inputs_are_known_per_op():
 def test_quantized_ops_say_what_pruning_them_would_take():
     assert "float model" in opfacts.QUANTIZED_HOW
     assert {k: v for k, v in opfacts.QUANTIZED_WEIGHT_OPS.items() if not k.startswith("Dynamic")} == {
-        "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "DequantizeLinear": 0,
+        "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "DequantizeLinear": 0,
         "MatMulIntegerToFloat": 1}
     assert opfacts.QUANTIZED_WEIGHT_OPS["DynamicQuantizeLSTM"] == (1, 2)  # sweep 8's int8 BiLSTM: W and R

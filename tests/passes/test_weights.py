@@ -245,3 +245,26 @@ def test_an_embedding_table_two_gathers_read_alike_is_one_weight():
     fixed = numpy_helper.from_array(np.zeros((1, 6), np.int64), "fixed_ids")
     inv = find_prunable(model("fixed_ids", (fixed,)))
     assert "shared" not in {p.name for p in inv.prunable}
+
+
+def test_qoperator_gemm_weights_are_named_among_the_integer_weights():
+    """onnxruntime's quantize_static in QOperator format writes a Linear as com.microsoft QGemm (weight at input 3):
+    a CNN's refusal counted "7 of the 7 weights seen" (its QLinearConvs) and never named its two QGemm layers
+    (sweep 18)."""
+    from onnxprune.converter.steps.load import inventory_of
+    from onnxprune.errors import ConverterError
+
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", 3])
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.ones((3, 4), np.int8), "fc.weight_quantized"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "ws"), numpy_helper.from_array(np.array(0, np.int8), "wz")]
+    node = helper.make_node("QGemm", ["x", "s", "z", "fc.weight_quantized", "ws", "wz", "", "s", "z"], ["y"],
+                            name="fc_quant", domain="com.microsoft", transB=1)
+    graph = helper.make_graph([node], "qgemm", [x], [y], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                          ir_version=8)
+    reasons = {s.name: s.reason for s in find_prunable(m).skipped}
+    assert reasons["fc.weight_quantized"].startswith("integer dtype (quantized weight of QGemm 'fc_quant')")
+    with pytest.raises(ConverterError, match="1 of the 1 weights seen are integer-quantized .all.*QGemm"):
+        inventory_of(m, where="m.onnx")
