@@ -16,7 +16,6 @@ figures never showed it; the command line did not.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
@@ -66,47 +65,29 @@ def apply_threads(threads: int | None) -> int:
     return n
 
 
-_BLAS_HOST: list[tuple] = []  # (set, count) of each OpenBLAS before the run first set it (restore_threads)
-
-
-def openblas() -> list[tuple]:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process (numpy's wheel bundles one, its
-    symbols prefixed scipy_openblas and suffixed 64_), found through /proc/self/maps; [] where there is none or no
-    such file (not Linux)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and len(line.split()) >= 6})
-    except OSError:
-        return []
-    found = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("openblas", "scipy_openblas", "openblas64_", "scipy_openblas64_"):
-            for suffix in ("", "64_"):
-                get = getattr(lib, f"{name}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{name}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    found.append((get, put))
-                    break
-            else:
-                continue
-            break
-    return found
+_BLAS_HOST: list = []  # threadpoolctl's limiter of the run's first setting: it restores the host's counts
 
 
 def set_blas_threads(n: int) -> None:
-    """numpy's OpenBLAS on `n` threads, remembering each one's count the first time (restore_threads)."""
+    """numpy's BLAS (every BLAS threadpoolctl finds loaded) on `n` threads, remembering the host's counts the first
+    time (restore_threads). threadpoolctl is the maintained way to drive them (an earlier version here found
+    OpenBLAS's symbols through /proc/self/maps with ctypes)."""
     try:
-        libs = openblas()
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=int(n), user_api="blas")
         if not _BLAS_HOST:
-            _BLAS_HOST.extend((put, int(get())) for get, put in libs)
-        for _, put in libs:
-            put(int(n))
+            _BLAS_HOST.append(limiter)
     except Exception as exc:  # a nicety: a library we cannot drive keeps its own count
         log.debug("BLAS threads left as they are: %s", exc)
+
+
+def blas_threads() -> int | None:
+    """The thread count of the first BLAS loaded (threadpoolctl), or None when there is none."""
+    from threadpoolctl import threadpool_info
+
+    counts = [d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"]
+    return counts[0] if counts else None
 
 
 _HOST: list[int] = []  # torch's thread count before the run first set it (restore_threads puts it back)
@@ -127,5 +108,4 @@ def restore_threads() -> None:
         torch.set_num_threads(_HOST.pop())
     _HOST.clear()
     while _BLAS_HOST:
-        put, count = _BLAS_HOST.pop()
-        put(count)
+        _BLAS_HOST.pop().restore_original_limits()
