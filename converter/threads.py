@@ -65,19 +65,21 @@ def apply_threads(threads: int | None) -> int:
     return n
 
 
-_BLAS_HOST: list = []  # threadpoolctl's limiter of the run's first setting: it restores the host's counts
+_BLAS_HOST: list[dict] = []  # {library prefix: thread count} of every BLAS before the run first set them
 
 
 def set_blas_threads(n: int) -> None:
     """numpy's BLAS (every BLAS threadpoolctl finds loaded) on `n` threads, remembering the host's counts the first
     time (restore_threads). threadpoolctl is the maintained way to drive them (an earlier version here found
-    OpenBLAS's symbols through /proc/self/maps with ctypes)."""
+    OpenBLAS's symbols through /proc/self/maps with ctypes). Its limiter's own restore puts back every library it saw,
+    OpenMP too, which set torch's threads back to the run's count after restore_threads had given the caller theirs:
+    the host's BLAS counts are set again by prefix instead."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_info, threadpool_limits
 
-        limiter = threadpool_limits(limits=int(n), user_api="blas")
         if not _BLAS_HOST:
-            _BLAS_HOST.append(limiter)
+            _BLAS_HOST.append({d["prefix"]: d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"})
+        threadpool_limits(limits=int(n), user_api="blas")
     except Exception as exc:  # a nicety: a library we cannot drive keeps its own count
         log.debug("BLAS threads left as they are: %s", exc)
 
@@ -108,4 +110,8 @@ def restore_threads() -> None:
         torch.set_num_threads(_HOST.pop())
     _HOST.clear()
     while _BLAS_HOST:
-        _BLAS_HOST.pop().restore_original_limits()
+        host = _BLAS_HOST.pop()
+        if host:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=host)
