@@ -28,12 +28,15 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
-from onnxprune.calibration.runtime import InputSpec
 from onnxprune.errors import CalibrationError
+
+if TYPE_CHECKING:  # annotations only: inspect reads single_batch_states without importing onnxruntime
+    from onnxprune.calibration.runtime import InputSpec
 
 log = logging.getLogger(__name__)
 

@@ -73,18 +73,18 @@ def inspect_model(path: Path) -> dict:
         "npz_example": npz_example(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
-        "too_old": _too_old(opsets),
+        "too_old": _too_old(loaded.model),
         "inlined": loaded.inlined,
     }
 
 
-def _too_old(opsets: dict) -> str | None:
+def _too_old(model) -> str | None:
     """What prune will say of an ai.onnx opset older than onnxruntime runs, said by inspect from the opsets alone (no
-    session: inspect stays cheap on a large model); None when the opset is not that old."""
-    from onnxprune.converter.verify import ORT_OLDEST_OPSET
+    session, and no onnxruntime import: inspect stays cheap on a large model); None when the opset is not that old."""
+    from onnxprune.passes.opfacts import ORT_OLDEST_OPSET, older_than_onnxruntime
 
-    opset = opsets.get("ai.onnx")
-    if opset is None or opset >= ORT_OLDEST_OPSET:
+    opset = older_than_onnxruntime(model)
+    if opset is None:
         return None
     return (f"ai.onnx opset {opset} is older than onnxruntime runs ({ORT_OLDEST_OPSET} and later): prune refuses it "
             "unless this onnxruntime still runs its ops; onnx.version_converter.convert_version(model, 13) upgrades "

@@ -29,6 +29,7 @@ from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, input_specs, mak
                                            with_outputs)
 from onnxprune.calibration.runtime import ort_reason as _ort_reason  # also read by converter.latency
 from onnxprune.errors import CalibrationError, ModelError, ParityError
+from onnxprune.passes.opfacts import ORT_OLDEST_OPSET, older_than_onnxruntime
 from onnxprune.passes.scopes import all_nodes
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,6 @@ def check_parity(
                   noise_floor=floors.get(worst))
 
 
-ORT_OLDEST_OPSET = 7  # onnxruntime runs models stamped with ai.onnx opset 7 and later (its Versioning.md)
-
-
 def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
     """A session (optimisations off) on the input model, or the one line that says onnxruntime cannot load it.
 
@@ -144,9 +142,9 @@ def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
     try:
         return make_session(model, optimize=False)
     except Exception as exc:
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        if opset is not None and opset < ORT_OLDEST_OPSET:  # onnx's own pytorch-converted test models (opset 6):
-            # "Could not find an implementation for Gemm(6)", and "fix or re-export" said nothing of how
+        opset = older_than_onnxruntime(model)
+        if opset is not None:  # onnx's own pytorch-converted test models (opset 6): "Could not find an
+            # implementation for Gemm(6)", and "fix or re-export" said nothing of how
             raise ModelError(
                 f"onnxruntime {ort.__version__} cannot load this model: its ai.onnx opset {opset} is older than "
                 f"onnxruntime runs ({ORT_OLDEST_OPSET} and later; {_ort_reason(exc)}). Upgrade it with onnx's version "

@@ -187,3 +187,17 @@ def is_bias(node: onnx.NodeProto, name: str) -> bool:
     """Whether tensor `name` is `node`'s bias input."""
     f = WEIGHT_OPS.get(node.op_type)
     return f is not None and f.bias is not None and len(node.input) > f.bias and node.input[f.bias] == name
+
+
+# onnxruntime runs models stamped with ai.onnx opset 7 and later (its Versioning.md); older ones load only where an
+# op's old version is still implemented (onnx's pytorch-converted test models at opset 6: Gemm(6) is not)
+ORT_OLDEST_OPSET = 7
+
+
+def older_than_onnxruntime(model: onnx.ModelProto) -> int | None:
+    """The model's ai.onnx opset when it is older than onnxruntime promises to run (ORT_OLDEST_OPSET), else None
+    (also for a model that imports no ai.onnx opset). Read from the opsets alone: prune's refusal and inspect's note."""
+    from onnxprune.passes.storage.graphs import default_opset
+
+    opset = default_opset(model)
+    return opset if 0 < opset < ORT_OLDEST_OPSET else None

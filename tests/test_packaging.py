@@ -55,3 +55,16 @@ def test_a_users_own_models_package_is_not_shadowed(tmp_path):
             "assert 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_inspect_reads_a_model_without_importing_onnxruntime_or_torch():
+    """inspect only reads the file: a calibration-line helper (calibration.feeds) once pulled in onnxruntime through
+    an annotation's import, and an opset note through converter.verify, on every `onnxprune inspect`."""
+    from onnxprune.models.paths import LENET300_ONNX
+
+    code = ("import sys; from pathlib import Path; from onnxprune.converter.inspect import inspect_model; "
+            f"inspect_model(Path({str(LENET300_ONNX)!r})); "
+            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
+            "[m for m in ('onnxruntime', 'torch') if m in sys.modules]; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
