@@ -310,7 +310,7 @@ def _ancestors(graph, names: list[str]) -> set[int]:
         if i in seen:
             continue
         seen.add(i)
-        todo.extend(producer[r] for r in _reads(nodes[i]) if r in producer)
+        todo.extend(producer[r] for r in reads(nodes[i]) if r in producer)
     return seen
 
 
@@ -322,9 +322,6 @@ def _batches(reader, limit: int | None):
             return
         yield feeds
         seen += len(next(iter(feeds.values())))
-
-
-_reads = reads  # the tensors a node reads, its bodies' outer-scope reads included (reconstruct_segments)
 
 
 def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
@@ -780,7 +777,7 @@ class DenseSessions:
         """The dense values of `targets` (main-graph names or reconstruct_bodies captures) on `feeds`, a Loop's
         iterations folded into the batch axis. `b`: the batch's index in the call's stream (with a frontier);
         `key`: the feeds' digest when known."""
-        key = (tuple(targets), key or _fingerprint(feeds))
+        key = (tuple(targets), key or digest(feeds))
         if key in self.cache:
             return self.cache[key]
         if self.key != tuple(targets):
@@ -807,9 +804,6 @@ def _run_captures(session, mapping: dict, captures: list, feeds) -> list[np.ndar
     keys = [(c, ()) if isinstance(c, str) else c for c in captures]
     values = session.run([mapping[k][0] for k in keys], feeds)
     return [unstack(v, mapping[k][1]) for k, v in zip(keys, values)]
-
-
-_fingerprint = digest  # the cache key of a feed dict's dense outputs
 
 
 def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
@@ -872,7 +866,7 @@ def _roots(model: onnx.ModelProto, captures) -> set[str]:
     tensor the If/Loop node around it reads."""
     roots: set[str] = set()
     for name, scope in ((c, ()) if isinstance(c, str) else c for c in captures):
-        roots.update(_reads(model.graph.node[scope[0][0]]) if scope else (name,))
+        roots.update(reads(model.graph.node[scope[0][0]]) if scope else (name,))
     return roots
 
 

@@ -34,6 +34,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.calibration.runtime import make_session
+from onnxprune.passes.scopes import outer_reads
 
 REFIT_CACHE_BYTES = 512 << 20  # the batches and the frontiers of one refit call, at most (Room)
 
@@ -104,13 +105,8 @@ class Stream:
 
 
 def reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors a node reads, its bodies' outer-scope reads included (and, harmlessly, their own names)."""
-    names = list(node.input)
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for inner in g.node:
-                names.extend(reads(inner))
-    return names
+    """The tensors a node reads: its inputs and what its bodies read from the enclosing scopes (passes.scopes)."""
+    return [*node.input, *sorted(outer_reads(node))]
 
 
 def _constant_names(graph: onnx.GraphProto) -> set[str]:

@@ -75,21 +75,25 @@ def set_blas_threads(n: int) -> None:
     OpenMP too, which set torch's threads back to the run's count after restore_threads had given the caller theirs:
     the host's BLAS counts are set again by prefix instead."""
     try:
-        from threadpoolctl import threadpool_info, threadpool_limits
+        from threadpoolctl import threadpool_limits
 
         if not _BLAS_HOST:
-            _BLAS_HOST.append({d["prefix"]: d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"})
+            _BLAS_HOST.append(_blas_counts())
         threadpool_limits(limits=int(n), user_api="blas")
     except Exception as exc:  # a nicety: a library we cannot drive keeps its own count
         log.debug("BLAS threads left as they are: %s", exc)
 
 
-def blas_threads() -> int | None:
-    """The thread count of the first BLAS loaded (threadpoolctl), or None when there is none."""
+def _blas_counts() -> dict[str, int]:
+    """{library prefix: thread count} of every BLAS loaded (threadpoolctl)."""
     from threadpoolctl import threadpool_info
 
-    counts = [d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"]
-    return counts[0] if counts else None
+    return {d["prefix"]: d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"}
+
+
+def blas_threads() -> int | None:
+    """The thread count of the first BLAS loaded, or None when there is none."""
+    return next(iter(_blas_counts().values()), None)
 
 
 _HOST: list[int] = []  # torch's thread count before the run first set it (restore_threads puts it back)
