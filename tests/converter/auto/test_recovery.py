@@ -12,6 +12,7 @@ from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.pipeline import configure, run
 from onnxprune.errors import ConfigError
 from onnxprune.models import builders
+from tests.oracle import assert_same_outputs
 from tests.converter._data import self_labelled
 from tests.converter.test_reconstruct import with_loop
 
@@ -277,3 +278,5 @@ def test_weights_that_are_zero_in_the_input_stay_zero_through_the_refit(small_un
     assert any(h["phase"] == "reconstruct" for h in result.report["history"])
     for name, zero in zeroed.items():
         assert not weight_array(result.dense_model, name)[zero].any(), name
+    # the written model (dead neurons removed) computes what its dense twin does, in onnxruntime
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": data["input"][:16]}])
