@@ -153,6 +153,31 @@ def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(o.name for o in model.graph.output if _bounded(o.name, scopes, 0))
 
 
+def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze): a value's place in its row
+    is its rank, not a class, so an argmax over the row never changes (TopK sorts) and scores nothing. Sweep 19's
+    spatial-transformer classifier returned its top 3 probabilities 'top3_prob' [N, 3], judged by argmax agreement:
+    100% whatever the probabilities did."""
+    if model is None:
+        return frozenset()
+    producers = _producers(model.graph)
+
+    def ranked(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 256 or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "TopK":
+            return name == node.output[0]
+        return node.op_type in _RANK_PASS and bool(node.input) and ranked(node.input[0], depth + 1)
+
+    return frozenset(o.name for o in model.graph.output if ranked(o.name))
+
+
+_RANK_PASS = {"Identity", "Cast", "Squeeze", "Unsqueeze"}
+# Metrics that read a class from an argmax over a row: none fits a row of ranks.
+_ARGMAX_KINDS = {"agreement", "seq_agreement", "ctc_agreement", "map_iou"}
+
+
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output if o}
 
@@ -163,7 +188,7 @@ def _bounded(name: str, scopes: list[dict], depth: int) -> bool:
         return False
     if node.op_type in _UNIT_SOURCES:
         return True
-    if node.op_type in _KEEP_FIRST:
+    if node.op_type in _KEEP_FIRST or (node.op_type == "TopK" and name == node.output[0]):  # TopK: values, not ids
         return bool(node.input) and _bounded(node.input[0], scopes, depth + 1)
     if node.op_type in _KEEP_ALL:
         return bool(node.input) and all(_bounded(i, scopes, depth + 1) for i in node.input if i)
@@ -302,10 +327,12 @@ def class_map_hint(name: str, batches: list) -> str | None:
             f"if its class map is what matters, pass --metric {name}=map_iou")
 
 
-def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
-               bounded: Collection[str] = (), embeddings: Collection[str] = ()) -> dict[str, str]:
+def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
+               embeddings: Collection[str] = (), ranked: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
-    `probability_outputs` found; `embeddings`: those `embedding_outputs` found), then rules that need the others:
+    `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
+    `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax),
+    then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
@@ -330,6 +357,11 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
              for name, value in values.items()}
+    for name in ranked:
+        if kinds.get(name) in _ARGMAX_KINDS:
+            kinds[name] = "rel_l2"
+            if not quiet:
+                log.info("output '%s' holds TopK's values (ranks, not classes): scored by relative L2", name)
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:

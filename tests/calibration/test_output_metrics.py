@@ -80,6 +80,21 @@ def test_tensorflows_call_op_in_an_output_name_says_nothing_of_what_it_holds():
     assert labels_output(onnx.helper.make_model(graph)) == names[1]
 
 
+def test_topks_values_are_ranks_not_classes_and_an_argmax_never_judges_them():
+    """Sweep 19: a spatial-transformer classifier (torch dynamo) returned TopK's 'top3_prob' [N, 3] beside its
+    'top3_ids'; the probabilities were scored by argmax agreement, which is 100% whatever they do (TopK sorts: the
+    argmax is always 0). The top probabilities of a Softmax are judged as probabilities (binary_prob), TopK's values
+    of anything else by relative L2; the ids stay exact."""
+    probs, scores = tb.top_k_head(), tb.top_k_head(softmax=False)
+    assert evaluator(probs, {"input": X8}).plan == {"top_prob": "binary_prob", "top_ids": "exact"}
+    ev = evaluator(scores, {"input": X8})
+    assert ev.plan == {"top_scores": "rel_l2", "top_ids": "exact"}
+    scaled = with_weight(scores, "fc2.weight", lambda w: 1.5 * w)
+    ev.evaluate(scaled)
+    assert (ev.outputs_of(scaled)[0].argmax(axis=1) == 0).all()  # what agreement read: nothing ever changes
+    assert ev.last["top_scores"]["loss_pp"] > 5.0
+
+
 def test_a_channels_first_class_map_is_scored_by_the_mean_iou_of_its_class_maps():
     """Newcomer sweep: a torch UNet's [N, 3, 32, 32] output 'classmap' was scored as seq_agreement, i.e. by its
     argmax over the width (the last axis); its classes are axis 1 (ONNX's channels-first layout). Scored per pixel
