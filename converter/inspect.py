@@ -146,9 +146,13 @@ def npz_example(model, samples: int = 64) -> str:
     shapes = [_value_info(v)["shape"] or [] for v in _real_inputs(model)]
     batch_of_one = bool(shapes) and all(len(sh) >= 2 and sh[0] == 1 for sh in shapes)
     states = single_batch_states(model)
+    shared = {} if states or batch_of_one else _shared_inputs(model, shapes)
     if states:  # a recurrent state fixes a batch of 1: one file per sample (a folder), the state in each
         named = {_value_info(v)["shape"][0]: 1 for v in _real_inputs(model)
                  if _value_info(v)["shape"] and isinstance(_value_info(v)["shape"][0], str)}
+    elif shared:  # one sample per file beside the shared inputs whole: the two first axes must differ in a file
+        named = {sh[0]: 1 for sh in shapes if sh and isinstance(sh[0], str) and sh[0] not in shared.values()}
+        named.update({symbol: 8 for symbol in shared.values()})
     for v in _real_inputs(model):
         info = _value_info(v)
         shape = info["shape"] or []
@@ -178,8 +182,28 @@ def npz_example(model, samples: int = 64) -> str:
         return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
                 f'{args}) for i in range({samples})]  # one sample per file, --data calib: {name!r} is the initial '
                 f'state of {cell} with a batch of 1 (axis 1)')
+    if shared:
+        said = ", ".join(f"{n!r} (first axis {d!r})" for n, d in shared.items())
+        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+                f'{args}) for i in range({samples})]  # one sample per file, --data calib: {said} is no batch '
+                f'of samples and goes whole into every file (stacked in one file, they would be one feed, never '
+                f'retrained on)')
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
+
+
+def _shared_inputs(model, shapes) -> dict[str, str]:
+    """Inputs whose symbolic first axis is not the batch: input -> its symbol. The batch is the symbol that leads
+    an output and an input; another input's leading symbol that the outputs carry too is a count of something else
+    (a zero-shot classifier's 'logits' [N, K] beside 'image' [N, ...] and 'prototypes' [K, D]: K is no batch).
+    Empty otherwise: tf2onnx's 'unk__117' and 'unk__118' on two inputs are two names for one batch."""
+    firsts = [sh[0] if sh and isinstance(sh[0], str) and sh[0] != "?" else None for sh in shapes]
+    outputs = [_value_info(v)["shape"] or [] for v in model.graph.output]
+    batch = next((o[0] for o in outputs if o and o[0] in firsts), None)
+    carried = {d for o in outputs for d in o if isinstance(d, str)}
+    if batch is None:
+        return {}
+    return {v.name: f for v, f in zip(_real_inputs(model), firsts) if f and f != batch and f in carried}
 
 
 _NUMPY_NAMES = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32",

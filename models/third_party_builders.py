@@ -28,6 +28,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         [batch_size] that holds two scores per sample (echo, degradation)
     function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
                         (domain '__main__') that takes its Gemm weight and bias as inputs
+    prototype_scores    two inputs of different first axes: 'image' [N, 8] and 'prototypes' [K, 6] (a zero-shot
+                        classifier's class embeddings, as CLIP takes texts), 'logits' [N, K] (sweep 19)
     top_k_head          a classifier that returns its top k: TopK's values 'top_prob' [N, k] (of a Softmax, or
                         'top_scores' of the logits) and their class ids 'top_ids' int64 [N, k] (sweep 19's STN)
 
@@ -503,3 +505,16 @@ def top_k_head(*, in_features: int = 8, hidden: int = 16, classes: int = 10, k: 
     g.nodes.append(helper.make_node("TopK", [scores, "k"], [values, "top_ids"], name="/out/TopK", axis=-1))
     return _model(g, "top_k_head", [_float("input", [BATCH, in_features])],
                   [_float(values, [BATCH, k]), helper.make_tensor_value_info("top_ids", TensorProto.INT64, [BATCH, k])])
+
+
+def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, 8] -> fc + relu -> fc -> [N, 6], scored against every row of 'prototypes' [K, 6]: 'logits'
+    [N, K] = embedding @ prototypes^T. The two inputs' first axes are different symbols: K is no batch."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("image", "fc1", in_features, hidden), "fc1")
+    emb = g.matmul(x, "fc2", hidden, dim)
+    g.nodes.append(helper.make_node("Transpose", ["prototypes"], ["prototypes_t"], name="/proto/Transpose",
+                                    perm=[1, 0]))
+    g.nodes.append(helper.make_node("MatMul", [emb, "prototypes_t"], ["logits"], name="/score/MatMul"))
+    return _model(g, "prototype_scores", [_float("image", [BATCH, in_features]), _float("prototypes", ["K", dim])],
+                  [_float("logits", [BATCH, "K"])])

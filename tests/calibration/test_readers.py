@@ -434,3 +434,28 @@ def test_inspect_writes_one_file_per_sample_for_a_recurrent_state_with_a_batch_o
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert [sess.run(None, feeds)[0].shape for feeds, _ in reader.batches()] == [(2,)] * 5
     assert "np.savez(\"calib.npz\"" in npz_example(tb.time_major_lstm())  # no state input: one stacked file
+
+
+def test_inspect_gives_an_input_that_is_no_batch_whole_to_every_file(tmp_path, monkeypatch):
+    """Sweep 19: a zero-shot classifier takes 'image' [N, 784] and class 'prototypes' [K, 32] (logits [N, K]).
+    inspect's line wrote 64 rows of each, as if K were the batch; real prototypes beside 400 images stack into no
+    samples, so the file was one feed, and one feed is never retrained on (one-shot 2.98x, where a folder of
+    one-image files with the prototypes in each retrained to 4.63x, both within 1 pp held out). The line now
+    writes that folder. tf2onnx's two names for one batch ('unk__1', 'unk__2', no output carrying the second) stay
+    one stacked file."""
+    import onnxruntime as ort
+
+    from onnxprune.converter.inspect import npz_example
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.prototype_scores()
+    line = npz_example(model, samples=5)
+    assert "'prototypes' (first axis 'K') is no batch of samples" in line
+    monkeypatch.chdir(tmp_path)
+    exec(line.split("  #")[0], {})  # noqa: S102 - the line a user pastes
+    reader = open_data(str(tmp_path / "calib"), model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [sess.run(None, feeds)[0].shape for feeds, _ in reader.batches()] == [(1, 8)] * 5
+    renamed = tb.masked_encoder()
+    renamed.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "unk__2"
+    assert npz_example(renamed).startswith('import numpy as np; np.savez("calib.npz"')
