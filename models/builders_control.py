@@ -145,9 +145,12 @@ def rnn_classifier(*, features: int = 8, hidden: int = 16, steps: int = 5, out_f
                       bidirectional=bidirectional, initial_state=initial_state, seed=seed, reverse=reverse)
 
 
-def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4,
+def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_features: int = 4, hand_back: bool = False,
               seed: int = 0) -> onnx.ModelProto:
-    """[N, T, F] -> Loop over T: h = tanh(x_t·W + h·R + b) (W, R loop-carried, unchanged) -> h_T -> Gemm."""
+    """[N, T, F] -> Loop over T: h = tanh(x_t·W + h·R + b) (W, R loop-carried, unchanged) -> h_T -> Gemm.
+
+    R goes back to the Loop through an Identity, W as the body's input itself; `hand_back`: W through an Identity
+    too (jax2onnx's lax.scan hands every carried weight back so)."""
     rng = np.random.default_rng(seed)
     f32 = TensorProto.FLOAT
     body = helper.make_graph(
@@ -158,14 +161,16 @@ def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_featur
          helper.make_node("Add", ["pre", "rnn.B"], ["pre_b"], name="/loop/bias"),
          helper.make_node("Tanh", ["pre_b"], ["h_out"], name="/loop/tanh"),
          helper.make_node("Identity", ["cond_in"], ["cond_out"], name="/loop/cond"),
-         helper.make_node("Identity", ["R_in"], ["R_out"], name="/loop/R_out")],
+         helper.make_node("Identity", ["R_in"], ["R_out"], name="/loop/R_out")]
+        + ([helper.make_node("Identity", ["W_in"], ["W_out"], name="/loop/W_out")] if hand_back else []),
         "rnn_body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
          helper.make_tensor_value_info("h_in", f32, None), helper.make_tensor_value_info("W_in", f32, None),
          helper.make_tensor_value_info("R_in", f32, None)],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_out", f32, None), helper.make_tensor_value_info("W_in", f32, None),
+         helper.make_tensor_value_info("h_out", f32, None),
+         helper.make_tensor_value_info("W_out" if hand_back else "W_in", f32, None),
          helper.make_tensor_value_info("R_out", f32, None)])
     nodes = [helper.make_node("Transpose", ["input"], ["x_tnf"], perm=[1, 0, 2], name="/time_major"),
              helper.make_node("Shape", ["input"], ["batch"], start=0, end=1, name="/batch"),

@@ -53,7 +53,10 @@ class ScopeIndex:
     # a Loop body input that every iteration passes on unchanged (body output = the same name) -> the Loop's input
     # for it: tf2onnx hands a Keras RNN's weights to its while-loop this way (loop_invariants below)
     carried: dict[str, str] = field(default_factory=dict)
-    pass_back: set[int] = field(default_factory=set)  # id() of those Identity nodes (not uses of the value)
+    # the outputs of those Identity nodes (not uses of the value); by name, as names are unique across scopes: the
+    # id() of a node read from a body is that of a wrapper protobuf (upb) may drop and make anew, and with two or
+    # more hand-backs the ids kept matched none of the body's nodes (jax2onnx's lax.scan, sweep 19)
+    pass_back: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> "ScopeIndex":
@@ -73,12 +76,13 @@ class ScopeIndex:
                 for name, (outer, hand_back) in loop_invariants(n).items():
                     ix.carried[name] = outer
                     if hand_back is not None:
-                        ix.pass_back.add(id(hand_back))
+                        ix.pass_back.add(hand_back.output[0])
         return ix
 
     def uses(self, name: str) -> list[onnx.NodeProto]:
         """The nodes that read `name`, less the Identity that hands a loop-invariant value back to its Loop."""
-        return [n for n in self.consumers.get(name, []) if id(n) not in self.pass_back]
+        return [n for n in self.consumers.get(name, [])
+                if not (n.op_type == "Identity" and n.output and n.output[0] in self.pass_back)]
 
     def nodes(self, model) -> Iterator[onnx.NodeProto]:
         return all_nodes(model)

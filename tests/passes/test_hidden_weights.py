@@ -30,6 +30,9 @@ MODELS = {
                                         {"gru.W": (1, 2), "gru.R": (1, 2), "fc.weight": (0, 1)}),
     "gather_bank": (bc.gather_bank, {"bank.weight": (2, 1)}),
     "while_rnn": (bc.while_rnn, {"rnn.W": (1, 0), "rnn.R": (1, 0), "fc.weight": (0, 1)}),
+    # sweep 19: with two Identity hand-backs (jax2onnx's lax.scan) W read as "not a weight (used by Loop)"
+    "while_rnn_hand_back": (lambda **k: bc.while_rnn(hand_back=True, **k),
+                            {"rnn.W": (1, 0), "rnn.R": (1, 0), "fc.weight": (0, 1)}),
 }
 
 
