@@ -243,46 +243,51 @@ def _ctc_like(arr: np.ndarray) -> bool:
     return len(leaders) == 1 and leaders <= {0, arr.shape[2] - 1}
 
 
-def ctc_hint(name: str, batches: list) -> str | None:
-    """What to pass when an output scored rel_l2 (no name or value says class scores) looks like a CTC head in every
-    batch of the data: [N, T, C] or time-major [T, N, C] whose every sample's most frequent class is the same first
-    or last class (`_ctc_like`). Not scored so by itself: argmax agreement alone would not see a feature map's
-    changes; the user who reads out text says so. The corpus's captcha recognizer (ddddocr, output '387' [T, 1,
-    8210] logits, blank 0 leading all 60 captchas): its relative error within 1 pp changed the text of 1 of 20
-    held-out captchas."""
+def _ctc_blank(batches: list) -> int | None:
+    """The blank when every batch, samples first, looks like a CTC head (`_ctc_like`: [N, T, C]) with one blank;
+    else None. (A time-major [T, N, C] output arrives samples first: the Evaluator's `samples_first`.)"""
     arrays = [as_array(b) for b in batches]
-    if not arrays or any(a.dtype.kind != "f" or a.ndim != 3 for a in arrays):
+    if not arrays or any(a.dtype.kind != "f" or a.ndim != 3 or not _ctc_like(a) for a in arrays):
         return None
-    for layout, view in (("[N, T, C]", lambda a: a), ("time-major [T, N, C]", lambda a: a.swapaxes(0, 1))):
-        views = [view(a) for a in arrays]
-        leaders = set()
-        for v in views:
-            if not _ctc_like(v):
-                break
-            leaders |= {int(np.bincount(row, minlength=v.shape[2]).argmax()) for row in v.argmax(axis=-1)}
-        else:
-            if len(leaders) == 1:
-                return (f"output '{name}' is scored rel_l2 (its name and values do not say class scores), but it looks "
-                        f"like a CTC head ({layout}, class {leaders.pop()} leads every sample's positions): if the "
-                        f"text read from it is what matters, pass --metric {name}=ctc_agreement")
-    return None
+    leaders = {int(np.bincount(row, minlength=a.shape[2]).argmax()) for a in arrays for row in a.argmax(axis=-1)}
+    return leaders.pop() if len(leaders) == 1 else None
 
 
-def class_map_hint(name: str, batches: list) -> str | None:
-    """What to pass when an output scored rel_l2 looks like a segmentation model's class logits in every batch:
-    [N, C, H, W] with 2 <= C < min(H, W) whose argmax over axis 1 is led by the same class (the background) in every
-    sample. Not scored so by itself, as `ctc_hint`: a feature map can look so too. Sweep 18's MNIST segmenter (output
-    'masks' [N, 11, 28, 28], logits): its relative error within 1 pp (0.96) lost 6.9 pp of held-out mean IoU."""
+def _class_map_layout(batches: list) -> tuple[int, int] | None:
+    """(channels, background) when every batch looks like a segmentation model's class logits: [N, C, H, W] with 2
+    <= C < min(H, W) whose argmax over axis 1 is led by the same class in every sample; else None."""
     arrays = [as_array(b) for b in batches]
     if not arrays or any(a.dtype.kind != "f" or a.ndim != 4 or not 2 <= a.shape[1] < min(a.shape[2:]) or not len(a)
                          for a in arrays):
         return None
     leaders = {int(np.bincount(m.ravel(), minlength=a.shape[1]).argmax()) for a in arrays for m in a.argmax(axis=1)}
-    if len(leaders) != 1:
-        return None
-    return (f"output '{name}' is scored rel_l2 (its name and values do not say class scores), but it looks like a "
-            f"segmentation map ([N, {arrays[0].shape[1]}, H, W], class {leaders.pop()} leads every sample's pixels): "
-            f"if its class map is what matters, pass --metric {name}=map_iou")
+    return (arrays[0].shape[1], leaders.pop()) if len(leaders) == 1 else None
+
+
+def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
+    """(kind, what it looks like) for an output the automatic choice scored rel_l2 (no name or value says class
+    scores) that looks like a read-out in every batch of the data (`batches` samples first), or None:
+
+      - a CTC head: [N, T, C] (a time-major output moved samples first) whose every sample's most frequent class is the same first or
+        last class (`_ctc_like`) -> ctc_agreement+rel_l2. The corpus's captcha recognizer (ddddocr, output '387'
+        [T, 1, 8210] logits, blank 0 leading all 60 captchas): its relative error within 1 pp changed the text of
+        1 of 20 held-out captchas;
+      - a segmentation map: [N, C, H, W] with 2 <= C < min(H, W) whose argmax over axis 1 is led by the same class
+        (the background) in every sample -> map_iou+rel_l2. Sweep 18's MNIST segmenter ('masks' [N, 11, 28, 28],
+        logits): its relative error within 1 pp (0.96) lost 6.9 pp of held-out mean IoU.
+
+    A feature map can look so too, and its read-out alone would not see its values change: both are scored, each
+    within the budget (output_metrics `_both`), so neither reading of the output moves silently. Until session 26
+    these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on)."""
+    blank = _ctc_blank(batches)
+    if blank is not None:
+        return "ctc_agreement+rel_l2", f"a CTC head ([N, T, C], class {blank} leads every sample's positions)"
+    seg = _class_map_layout(batches)
+    if seg is not None:
+        channels, background = seg
+        return "map_iou+rel_l2", (f"a segmentation map ([N, {channels}, H, W], class {background} leads every "
+                                  "sample's pixels)")
+    return None
 
 
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
