@@ -120,6 +120,43 @@ def test_im2col_rows_reproduce_every_conv_exactly_strides_pads_dilation_groups_d
         assert r["error_before"] < 1e-9, name
 
 
+def test_conv_transposes_are_refit_as_the_conv_they_equal_every_geometry():
+    """A ConvTranspose (a U-Net's or a decoder's upsampling) was left as pruned ("ConvTranspose ... is not refit":
+    sweep 18's U-Net, session 26). It is the stride-1 Conv of its zero-stuffed input with the channels swapped and
+    the kernel flipped: with nothing masked its rows reproduce it exactly (stride 2 with pads and output_padding,
+    dilation 2 with group 2 and asymmetric pads, auto_pad VALID with stride 3 and no bias); pruned, the refit lowers
+    every layer's error and the held-out output error, and the file is the masked oracle in onnxruntime."""
+    dense = builders.conv_transposes(seed=0)
+    check_full(dense)
+    masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
+    report = ReconstructReport()
+    reconstruct(dense, dense, masks, feeds_for(dense, 2, 4, seed=0), report=report)
+    assert {"up.weight", "dil.weight", "valid.weight"} <= set(report.refit), report.skipped
+    for name, r in report.refit.items():
+        assert r["error_before"] < 1e-9 * max(r["target"], 1.0), name
+    pruned, masks = prune(dense, 0.6)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 8, seed=0), report=report)
+    check_full(refit)
+    for name in ("up.weight", "dil.weight", "valid.weight"):
+        r = report.refit[name]
+        assert r["error_after"] < r["error_before"], name
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    held_out = feeds_for(dense, 2, 8, seed=70)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_a_conv_transpose_with_output_shape_is_left_as_pruned_with_its_reason():
+    dense = builders.conv_transposes(seed=0)
+    node = next(n for n in dense.graph.node if n.name == "/up/ConvTranspose")
+    node.attribute.append(helper.make_attribute("output_shape", [10, 10]))
+    del node.attribute[[a.name for a in node.attribute].index("output_padding")]
+    pruned, masks = prune(dense, 0.5)
+    report = ReconstructReport()
+    reconstruct(pruned, dense, masks, feeds_for(dense, 2, 4, seed=0), report=report)
+    assert "output_shape given" in report.skipped["up.weight"] and "dil.weight" in report.refit
+
+
 def test_refit_lowers_every_layer_error_and_matches_the_masked_oracle_in_onnxruntime():
     dense = builders.strided_convs(seed=1)
     pruned, masks = prune(dense, 0.6)
