@@ -399,14 +399,15 @@ def _transposed(layer: Layer, x: np.ndarray) -> tuple[np.ndarray, list, list, li
     pads = ([0] * 2 * spatial if _text(_attr(node, "auto_pad", b"NOTSET")) == "VALID"
             else list(_attr(node, "pads", [0] * 2 * spatial)))
     extra = list(_attr(node, "output_padding", [0] * spatial))
-    up = np.zeros((*x.shape[:2], *((n - 1) * s + 1 for n, s in zip(x.shape[2:], strides))), dtype=x.dtype)
-    up[(slice(None), slice(None), *(slice(None, None, s) for s in strides))] = x
     span = [d * (k - 1) for k, d in zip(kernel, dilations)]
     begin = [w - p for w, p in zip(span, pads[:spatial])]
     end = [w - p + a for w, p, a in zip(span, pads[spatial:], extra)]
-    crop = tuple(slice(max(0, -b), n - max(0, -e)) for b, e, n in zip(begin, end, up.shape[2:]))
-    up = up[(slice(None), slice(None), *crop)]
-    return up, [1] * spatial, dilations, [max(0, b) for b in begin] + [max(0, e) for e in end]
+    # one array, stuffed and padded at once (the im2col then pads nothing): s^d times the input, not twice that
+    size = [(n - 1) * s + 1 for n, s in zip(x.shape[2:], strides)]
+    up = np.zeros((*x.shape[:2], *(max(0, b) + n + max(0, e) for b, n, e in zip(begin, size, end))), dtype=x.dtype)
+    up[(slice(None), slice(None), *(slice(max(0, b), max(0, b) + n, s) for b, n, s in zip(begin, size, strides)))] = x
+    crop = tuple(slice(max(0, -b), m - max(0, -e)) for b, e, m in zip(begin, end, up.shape[2:]))
+    return up[(slice(None), slice(None), *crop)], [1] * spatial, dilations, [0] * 2 * spatial
 
 
 def _patches(x: np.ndarray, kernel: list, strides: list, dilations: list, pads: list,

@@ -146,6 +146,29 @@ def test_conv_transposes_are_refit_as_the_conv_they_equal_every_geometry():
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
 
 
+def test_a_1d_conv_transpose_whose_pads_crop_is_refit_exactly():
+    """A vocoder's 1-D upsampling (HiFi-GAN's ConvTranspose1d): pads larger than d(k - 1) crop the stuffed input
+    (stride 3, kernel 5, pads [5, 6], output_padding 2), and a second layer without bias."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(0.3 * rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w", (4, 6, 5)), ("b", (6,)), ("w2", (6, 2, 4)))]
+    g = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="ct", strides=[3], pads=[5, 6],
+                          output_padding=[2], kernel_shape=[5]),
+         helper.make_node("Relu", ["y"], ["r"]),
+         helper.make_node("ConvTranspose", ["r", "w2"], ["z"], name="ct2", strides=[2], pads=[1, 1], kernel_shape=[4])],
+        "ct1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, None])], inits)
+    dense = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    check_full(dense)
+    feeds = [{"x": rng.standard_normal((8, 4, 7)).astype(np.float32)} for _ in range(2)]
+    report = ReconstructReport()
+    reconstruct(dense, dense, {"w": np.ones((4, 6, 5), bool), "w2": np.ones((6, 2, 4), bool)}, feeds, report=report)
+    assert set(report.refit) == {"w", "w2"} and not report.skipped
+    for name, r in report.refit.items():
+        assert r["error_before"] < 1e-9 * r["target"], name
+
+
 def test_a_conv_transpose_with_output_shape_is_left_as_pruned_with_its_reason():
     dense = builders.conv_transposes(seed=0)
     node = next(n for n in dense.graph.node if n.name == "/up/ConvTranspose")
