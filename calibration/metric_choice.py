@@ -21,23 +21,40 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 _PROB_TOL = 1e-3  # rows summing to 1 within this (and values in [0, 1]) are probabilities
+# Words an exporter writes into every output's name, which say nothing of what the output holds: TensorFlow's
+# function-call ops, after which tf2onnx names a SavedModel's or a TFLite file's outputs ('StatefulPartitionedCall_1:1'
+# held sweep 19's softmax [N, 10]: read as a "state", it was scored by relative L2 and the labels were ignored; 1 pp
+# of it let 2.8% of held-out classes change).
+_EXPORTER_WORDS = re.compile(r"(stateful)?partitionedcall", re.I)
+
+
+class _Words:
+    """A pattern searched in what an output's name says: the name less `_EXPORTER_WORDS`."""
+
+    def __init__(self, pattern: str):
+        self._pattern = re.compile(pattern, re.I)
+
+    def search(self, name: str):
+        return self._pattern.search(_EXPORTER_WORDS.sub(" ", name))
+
+
 # Output names that say what an output holds, when its shape cannot (a [N, 4] box regression looks like 4 classes).
-_EMBEDDING_NAMES = re.compile(r"embed|(?<![a-z])emb(?![a-z])|pool|sentence|last_hidden|feature|vector|encod|latent",
-                              re.I)  # 'emb' alone: emb_a, text_emb (sweep 6's siamese), not member
+# 'emb' alone: emb_a, text_emb (sweep 6's siamese), not member
+_EMBEDDING_NAMES = _Words(r"embed|(?<![a-z])emb(?![a-z])|pool|sentence|last_hidden|feature|vector|encod|latent")
 # A recurrent state or cache handed to the next call (an RNN's hidden, silero's stateN, a decoder's memory): its
 # errors feed back, so its norm counts as much as its direction (sweep 5: a romanizer's 'hidden_out' at cosine
 # 0.997 was a relative L2 error of 0.075, and changed 9 of 400 names end to end).
-_STATE_NAMES = re.compile(r"hidden|state|cache|memory|past|present", re.I)
+_STATE_NAMES = _Words(r"hidden|state|cache|memory|past|present")
 # a decoder's key/value cache (optimum: past_key_values.N.key, present.N.encoder.value): a state before any other reading
-_CACHE_NAMES = re.compile(r"(?<![a-z])(present|past)(?![a-z])|key_values|kv_cache", re.I)
-_REGRESSION_NAMES = re.compile(r"box|loc|regress|delta|offset|landmark|coord|kps|depth|disp", re.I)
-_CLASS_NAMES = re.compile(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax", re.I)
+_CACHE_NAMES = _Words(r"(?<![a-z])(present|past)(?![a-z])|key_values|kv_cache")
+_REGRESSION_NAMES = _Words(r"box|loc|regress|delta|offset|landmark|coord|kps|depth|disp")
+_CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
-_PROBABILITY_NAMES = re.compile(r"prob|sigmoid", re.I)
+_PROBABILITY_NAMES = _Words(r"prob|sigmoid")
 # One number per sample named a logit: a binary classifier's decision before its sigmoid (sweep 6's siamese
 # 'same_logit' got per-sample rel_l2, which divides by values near 0 where the decision is made).
-_LOGIT_NAMES = re.compile(r"logit", re.I)
+_LOGIT_NAMES = _Words(r"logit")
 
 def _is_probability(arr: np.ndarray) -> bool:
     """Values in [0, 1] that sum to 1 over the last axis."""
@@ -136,6 +153,31 @@ def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(o.name for o in model.graph.output if _bounded(o.name, scopes, 0))
 
 
+def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze): a value's place in its row
+    is its rank, not a class, so an argmax over the row never changes (TopK sorts) and scores nothing. Sweep 19's
+    spatial-transformer classifier returned its top 3 probabilities 'top3_prob' [N, 3], judged by argmax agreement:
+    100% whatever the probabilities did."""
+    if model is None:
+        return frozenset()
+    producers = _producers(model.graph)
+
+    def ranked(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 256 or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "TopK":
+            return name == node.output[0]
+        return node.op_type in _RANK_PASS and bool(node.input) and ranked(node.input[0], depth + 1)
+
+    return frozenset(o.name for o in model.graph.output if ranked(o.name))
+
+
+_RANK_PASS = {"Identity", "Cast", "Squeeze", "Unsqueeze"}
+# Metrics that read a class from an argmax over a row: none fits a row of ranks.
+_ARGMAX_KINDS = {"agreement", "seq_agreement", "ctc_agreement", "map_iou"}
+
+
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output if o}
 
@@ -146,7 +188,7 @@ def _bounded(name: str, scopes: list[dict], depth: int) -> bool:
         return False
     if node.op_type in _UNIT_SOURCES:
         return True
-    if node.op_type in _KEEP_FIRST:
+    if node.op_type in _KEEP_FIRST or (node.op_type == "TopK" and name == node.output[0]):  # TopK: values, not ids
         return bool(node.input) and _bounded(node.input[0], scopes, depth + 1)
     if node.op_type in _KEEP_ALL:
         return bool(node.input) and all(_bounded(i, scopes, depth + 1) for i in node.input if i)
@@ -290,10 +332,12 @@ def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
     return None
 
 
-def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
-               bounded: Collection[str] = (), embeddings: Collection[str] = ()) -> dict[str, str]:
+def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
+               embeddings: Collection[str] = (), ranked: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
-    `probability_outputs` found; `embeddings`: those `embedding_outputs` found), then rules that need the others:
+    `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
+    `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax),
+    then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
@@ -318,6 +362,11 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False,
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
              for name, value in values.items()}
+    for name in ranked:
+        if kinds.get(name) in _ARGMAX_KINDS:
+            kinds[name] = "rel_l2"
+            if not quiet:
+                log.info("output '%s' holds TopK's values (ranks, not classes): scored by relative L2", name)
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:

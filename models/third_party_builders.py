@@ -28,6 +28,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         [batch_size] that holds two scores per sample (echo, degradation)
     function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
                         (domain '__main__') that takes its Gemm weight and bias as inputs
+    top_k_head          a classifier that returns its top k: TopK's values 'top_prob' [N, k] (of a Softmax, or
+                        'top_scores' of the logits) and their class ids 'top_ids' int64 [N, k] (sweep 19's STN)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -484,3 +486,20 @@ def paired_scores(*, frames: int = 6, features: int = 5, hidden: int = 4, seed: 
     g.nodes.append(helper.make_node("Reshape", [scores, "flat"], ["output"], name="/out"))
     return _model(g, "paired_scores", [_float("input", ["batch_size", frames, features]), _float("h0", [1, 1, hidden])],
                   [_float("output", ["batch_size"])])
+
+
+def top_k_head(*, in_features: int = 8, hidden: int = 16, classes: int = 10, k: int = 3, softmax: bool = True,
+               seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> fc -> (Softmax) -> TopK(k) -> values 'top_prob' (or 'top_scores' without the
+    Softmax) [N, k], sorted, and 'top_ids' int64 [N, k]. A value's place in its row is a rank, not a class."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    scores = g.matmul(x, "fc2", hidden, classes)
+    if softmax:
+        g.nodes.append(helper.make_node("Softmax", [scores], ["probs"], name="/out/Softmax", axis=-1))
+        scores = "probs"
+    g.initializers.append(numpy_helper.from_array(np.array([k], np.int64), "k"))
+    values = "top_prob" if softmax else "top_scores"
+    g.nodes.append(helper.make_node("TopK", [scores, "k"], [values, "top_ids"], name="/out/TopK", axis=-1))
+    return _model(g, "top_k_head", [_float("input", [BATCH, in_features])],
+                  [_float(values, [BATCH, k]), helper.make_tensor_value_info("top_ids", TensorProto.INT64, [BATCH, k])])

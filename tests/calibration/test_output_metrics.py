@@ -61,6 +61,40 @@ def test_a_state_handed_to_the_next_call_is_scored_by_relative_l2_and_token_feat
     assert labels_output(onnx.helper.make_model(graph)) == "logits"
 
 
+def test_tensorflows_call_op_in_an_output_name_says_nothing_of_what_it_holds():
+    """Sweep 19: tf2onnx names a TFLite file's (or a SavedModel's) outputs after TensorFlow's call op,
+    'StatefulPartitionedCall_1:1'. Read as a 'state', a Keras U-Net's softmax [N, 10] was scored by relative L2
+    (1 pp of it let 2.8% of 1,000 held-out digits change class) and its labels were ignored ("no output has the
+    shape [N, classes]"). Such a name is judged by its values, as an unnamed output; a real state keeps rel_l2."""
+    from onnxprune.calibration.metric_choice import labels_output
+
+    names = ("StatefulPartitionedCall_1:0", "StatefulPartitionedCall_1:1")
+    assert evaluator(tb.two_head_detector(names=names), {"input": X8}).plan == {names[0]: "rel_l2",
+                                                                                names[1]: "prob"}
+    assert auto_kind("PartitionedCall:0", np.zeros((2, 5), np.float32) + [[1, 2, 3, 4, 5]]) == "agreement"
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    assert auto_kind("StatefulPartitionedCall/lstm/hidden_state:0", x) == "rel_l2"
+    head = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([], "g", [head("x", onnx.TensorProto.FLOAT, ["N", 8])],
+                                   [head(names[1], onnx.TensorProto.FLOAT, ["N", 10])])
+    assert labels_output(onnx.helper.make_model(graph)) == names[1]
+
+
+def test_topks_values_are_ranks_not_classes_and_an_argmax_never_judges_them():
+    """Sweep 19: a spatial-transformer classifier (torch dynamo) returned TopK's 'top3_prob' [N, 3] beside its
+    'top3_ids'; the probabilities were scored by argmax agreement, which is 100% whatever they do (TopK sorts: the
+    argmax is always 0). The top probabilities of a Softmax are judged as probabilities (binary_prob), TopK's values
+    of anything else by relative L2; the ids stay exact."""
+    probs, scores = tb.top_k_head(), tb.top_k_head(softmax=False)
+    assert evaluator(probs, {"input": X8}).plan == {"top_prob": "binary_prob", "top_ids": "exact"}
+    ev = evaluator(scores, {"input": X8})
+    assert ev.plan == {"top_scores": "rel_l2", "top_ids": "exact"}
+    scaled = with_weight(scores, "fc2.weight", lambda w: 1.5 * w)
+    ev.evaluate(scaled)
+    assert (ev.outputs_of(scaled)[0].argmax(axis=1) == 0).all()  # what agreement read: nothing ever changes
+    assert ev.last["top_scores"]["loss_pp"] > 5.0
+
+
 def test_a_channels_first_class_map_is_scored_by_the_mean_iou_of_its_class_maps():
     """Newcomer sweep: a torch UNet's [N, 3, 32, 32] output 'classmap' was scored as seq_agreement, i.e. by its
     argmax over the width (the last axis); its classes are axis 1 (ONNX's channels-first layout). Scored per pixel

@@ -519,8 +519,22 @@ RESIZE += [
 ]
 
 
-@params([replace(c, id=f"{c.op}-{c.id}") for c in PAD + RESIZE])
-def test_pad_and_resize_match_onnxruntime(case):
+# GridSample (sweep 19: a spatial transformer, affine_grid + grid_sample from torch's dynamo exporter, left the bridge
+# out: "GridSample x1: no implementation"): each mode, padding and corner convention, the grid past [-1, 1]
+GS_X, GS_GRID = f32(2, 3, 5, 6, seed=3), f32(2, 4, 7, 2, seed=4, lo=-1.2, hi=1.2)
+GRID_SAMPLE = [Case(f"{mode}-{pad}-corners{corners}", "GridSample", [GS_X, GS_GRID],
+                    {"mode": mode, "padding_mode": pad, "align_corners": corners}, opset=16)
+               for mode in ("bilinear", "nearest", "bicubic") for pad in ("zeros", "border", "reflection")
+               for corners in (0, 1)]
+GRID_SAMPLE += [Case("defaults-16", "GridSample", [GS_X, GS_GRID], opset=16),
+                Case("linear-20", "GridSample", [GS_X, GS_GRID], {"mode": "linear"}, opset=20),
+                Case("cubic-20", "GridSample", [GS_X, GS_GRID], {"mode": "cubic", "padding_mode": "border"}, opset=20),
+                Case("volume-linear-20", "GridSample", [f32(1, 2, 3, 4, 5, seed=5), f32(1, 2, 3, 4, 3, seed=6)],
+                     {"mode": "linear", "align_corners": 1}, opset=20)]
+
+
+@params([replace(c, id=f"{c.op}-{c.id}") for c in PAD + RESIZE + GRID_SAMPLE])
+def test_pad_resize_and_grid_sample_match_onnxruntime(case):
     assert_matches_ort(case)
 
 
@@ -640,7 +654,7 @@ def test_registry_picks_the_implementation_in_force_at_the_opset():
 def test_every_registered_op_type_is_exercised_here():
     """Keeps this file honest: a new op needs a parity case."""
     tested = {c.op for group in (UNARY_CASES, BINARY, SCALER, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
-                                 POOL, PAD, RESIZE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
+                                 POOL, PAD, RESIZE, GRID_SAMPLE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...
     tested |= {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # test_dynamic_quantization_matches_...
@@ -675,6 +689,7 @@ GRAD = [
     ("LSTM", [(3, 2, 3), (1, 16, 3), (1, 16, 4), (1, 32), None, (1, 2, 4), (1, 2, 4), (1, 12)],
      {"hidden_size": 4}),
     ("GRU", [(3, 2, 3), (2, 12, 3), (2, 12, 4), (2, 24)], {"hidden_size": 4, "direction": "bidirectional"}),
+    ("GridSample", [(1, 2, 4, 5), (1, 3, 3, 2)], {"padding_mode": "border"}),  # the image and the grid
 ]
 
 

@@ -1,4 +1,4 @@
-"""Resize / Upsample: separable 1-D resampling along each resized axis, in ONNX coordinates."""
+"""Resize / Upsample: separable 1-D resampling along each resized axis, in ONNX coordinates; GridSample."""
 
 from __future__ import annotations
 
@@ -152,3 +152,32 @@ def upsample_v7(inputs, attrs, ctx):
 @register("Upsample", since_opset=9, static_inputs=(1,), check=_check_resize)
 def upsample(inputs, attrs, ctx):
     return _resize(inputs[0], None, _static(inputs, 1, ctx), None, attrs, legacy=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GridSample: torch's grid_sample, whose coordinates, modes and padding are ONNX's
+# --------------------------------------------------------------------------------------------------------------
+
+_GRID_MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest", "bicubic": "bicubic",
+               "cubic": "bicubic"}  # opset 16's names, then opset 20's
+
+
+def _check_grid_sample(attrs, ctx):
+    mode = attrs.get("mode", "bilinear")
+    if mode not in _GRID_MODES:
+        return f"GridSample mode '{mode}' is not supported"
+    if attrs.get("padding_mode", "zeros") not in ("zeros", "border", "reflection"):
+        return f"GridSample padding_mode '{attrs['padding_mode']}' is not supported"
+    return None
+
+
+@register("GridSample", since_opset=16, check=_check_grid_sample)
+def grid_sample(inputs, attrs, ctx):
+    """X [N, C, H, W] (or [N, C, D, H, W] from opset 20) sampled at grid [N, ..., 2 or 3] of (x, y[, z]) in [-1, 1]."""
+    x, grid = inputs[0], inputs[1]
+    mode = _GRID_MODES[attrs.get("mode", "bilinear")]
+    if x.dim() not in (4, 5) or (x.dim() == 5 and mode == "bicubic"):
+        raise NotImplementedError(f"GridSample of a {x.dim()}-D input in mode '{mode}' is not supported")
+    return torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode=mode,
+                                           padding_mode=attrs.get("padding_mode", "zeros"),
+                                           align_corners=bool(attrs.get("align_corners", 0)))
