@@ -28,26 +28,37 @@ _PROB_TOL = 1e-3  # rows summing to 1 within this (and values in [0, 1]) are pro
 _EXPORTER_WORDS = re.compile(r"(stateful)?partitionedcall", re.I)
 
 
+# camelCase word starts: 'bboxLoc' -> 'bbox Loc', 'ROILoc' -> 'ROI Loc'
+_CAMEL = (re.compile(r"([a-z0-9])([A-Z])"), re.compile(r"([A-Z])([A-Z][a-z])"))
+
+
 class _Words:
-    """A pattern searched in what an output's name says: the name less `_EXPORTER_WORDS`."""
+    """A pattern searched in what an output's name says: the name less `_EXPORTER_WORDS`, each alternative at the
+    start of a word (after a non-letter or a camelCase boundary). Anywhere in the name, 'loc' read Keras's
+    'block5_pool/Softmax' and 'dense_block/logits' as box regressions (class scores scored by relative L2, which
+    lets classes change within 1 pp: sweep 19's 2.8%), 'present' a 'representation' as a cache, 'class' nothing
+    more; a word that only ends in one (bbox, avgpool) is named in the pattern itself."""
 
     def __init__(self, pattern: str):
-        self._pattern = re.compile(pattern, re.I)
+        self._pattern = re.compile(rf"(?<![a-z])(?:{pattern})", re.I)
 
     def search(self, name: str):
-        return self._pattern.search(_EXPORTER_WORDS.sub(" ", name))
+        text = _EXPORTER_WORDS.sub(" ", name)
+        for camel in _CAMEL:
+            text = camel.sub(r"\1 \2", text)
+        return self._pattern.search(text)
 
 
 # Output names that say what an output holds, when its shape cannot (a [N, 4] box regression looks like 4 classes).
 # 'emb' alone: emb_a, text_emb (sweep 6's siamese), not member
-_EMBEDDING_NAMES = _Words(r"embed|(?<![a-z])emb(?![a-z])|pool|sentence|last_hidden|feature|vector|encod|latent")
+_EMBEDDING_NAMES = _Words(r"embed|emb(?![a-z])|pool|avgpool|maxpool|sentence|last_hidden|feature|vector|encod|latent")
 # A recurrent state or cache handed to the next call (an RNN's hidden, silero's stateN, a decoder's memory): its
 # errors feed back, so its norm counts as much as its direction (sweep 5: a romanizer's 'hidden_out' at cosine
 # 0.997 was a relative L2 error of 0.075, and changed 9 of 400 names end to end).
 _STATE_NAMES = _Words(r"hidden|state|cache|memory|past|present")
 # a decoder's key/value cache (optimum: past_key_values.N.key, present.N.encoder.value): a state before any other reading
-_CACHE_NAMES = _Words(r"(?<![a-z])(present|past)(?![a-z])|key_values|kv_cache")
-_REGRESSION_NAMES = _Words(r"box|loc|regress|delta|offset|landmark|coord|kps|depth|disp")
+_CACHE_NAMES = _Words(r"(present|past)(?![a-z])|key_values|kv_cache")
+_REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|depth|disp")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
@@ -88,10 +99,11 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
          say regression or embedding (rule 3's words: a [0, 1] target named 'depth' stays rel_l2); else rel_l2
          (regression), or binary_logit when its name says logit (a binary classifier's one logit: its sign and its
          sigmoid are judged as binary_prob judges a probability);
-      3. the name says embedding (embed, pool, last_hidden, feature, ...) or the graph does (`embedding`)
-         -> cosine; it says regression (box, loc,
-         delta, landmark, ...) or a state handed to the next call (hidden, state, cache, memory, past, present)
-         -> rel_l2;
+      3. [N, C] whose rows are probabilities -> prob, whatever its name says (a 'hidden_probs' softmax is class
+         scores); else the name says embedding (embed, pool, last_hidden, feature, ...) or the graph does
+         (`embedding`) -> cosine; it says regression (box, loc, delta, landmark, ...) or a state handed to the next
+         call (hidden, state, cache, memory, past, present) -> rel_l2. A name's words are read at word starts
+         (`_Words`: 'block' is no 'loc', 'representation' no 'present');
       4. [N, C] -> prob when the rows are probabilities; binary_prob when the graph bounds every value in [0, 1]
          (`bounded`) and the rows are not probabilities (a multi-label sigmoid head: each label judged at 0.5, the
          sample by its largest change); else agreement (class scores, logits);
@@ -117,6 +129,8 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
         return "binary_logit" if plain and _LOGIT_NAMES.search(name) else "rel_l2"
     if _CACHE_NAMES.search(name):  # a KV cache handed to the next call, encoder's or not (Whisper's present.N.encoder.key)
         return "rel_l2"
+    if arr.ndim == 2 and _is_probability(arr):  # rows of probabilities say more than a name (a 'hidden_probs')
+        return "prob"
     if _EMBEDDING_NAMES.search(name) or (embedding and not _CLASS_NAMES.search(name) and not _is_probability(arr)):
         return "cosine"
     if _REGRESSION_NAMES.search(name) or _STATE_NAMES.search(name):
@@ -285,46 +299,51 @@ def _ctc_like(arr: np.ndarray) -> bool:
     return len(leaders) == 1 and leaders <= {0, arr.shape[2] - 1}
 
 
-def ctc_hint(name: str, batches: list) -> str | None:
-    """What to pass when an output scored rel_l2 (no name or value says class scores) looks like a CTC head in every
-    batch of the data: [N, T, C] or time-major [T, N, C] whose every sample's most frequent class is the same first
-    or last class (`_ctc_like`). Not scored so by itself: argmax agreement alone would not see a feature map's
-    changes; the user who reads out text says so. The corpus's captcha recognizer (ddddocr, output '387' [T, 1,
-    8210] logits, blank 0 leading all 60 captchas): its relative error within 1 pp changed the text of 1 of 20
-    held-out captchas."""
+def _ctc_blank(batches: list) -> int | None:
+    """The blank when every batch, samples first, looks like a CTC head (`_ctc_like`: [N, T, C]) with one blank;
+    else None. (A time-major [T, N, C] output arrives samples first: the Evaluator's `samples_first`.)"""
     arrays = [as_array(b) for b in batches]
-    if not arrays or any(a.dtype.kind != "f" or a.ndim != 3 for a in arrays):
+    if not arrays or any(a.dtype.kind != "f" or a.ndim != 3 or not _ctc_like(a) for a in arrays):
         return None
-    for layout, view in (("[N, T, C]", lambda a: a), ("time-major [T, N, C]", lambda a: a.swapaxes(0, 1))):
-        views = [view(a) for a in arrays]
-        leaders = set()
-        for v in views:
-            if not _ctc_like(v):
-                break
-            leaders |= {int(np.bincount(row, minlength=v.shape[2]).argmax()) for row in v.argmax(axis=-1)}
-        else:
-            if len(leaders) == 1:
-                return (f"output '{name}' is scored rel_l2 (its name and values do not say class scores), but it looks "
-                        f"like a CTC head ({layout}, class {leaders.pop()} leads every sample's positions): if the "
-                        f"text read from it is what matters, pass --metric {name}=ctc_agreement")
-    return None
+    leaders = {int(np.bincount(row, minlength=a.shape[2]).argmax()) for a in arrays for row in a.argmax(axis=-1)}
+    return leaders.pop() if len(leaders) == 1 else None
 
 
-def class_map_hint(name: str, batches: list) -> str | None:
-    """What to pass when an output scored rel_l2 looks like a segmentation model's class logits in every batch:
-    [N, C, H, W] with 2 <= C < min(H, W) whose argmax over axis 1 is led by the same class (the background) in every
-    sample. Not scored so by itself, as `ctc_hint`: a feature map can look so too. Sweep 18's MNIST segmenter (output
-    'masks' [N, 11, 28, 28], logits): its relative error within 1 pp (0.96) lost 6.9 pp of held-out mean IoU."""
+def _class_map_layout(batches: list) -> tuple[int, int] | None:
+    """(channels, background) when every batch looks like a segmentation model's class logits: [N, C, H, W] with 2
+    <= C < min(H, W) whose argmax over axis 1 is led by the same class in every sample; else None."""
     arrays = [as_array(b) for b in batches]
     if not arrays or any(a.dtype.kind != "f" or a.ndim != 4 or not 2 <= a.shape[1] < min(a.shape[2:]) or not len(a)
                          for a in arrays):
         return None
     leaders = {int(np.bincount(m.ravel(), minlength=a.shape[1]).argmax()) for a in arrays for m in a.argmax(axis=1)}
-    if len(leaders) != 1:
-        return None
-    return (f"output '{name}' is scored rel_l2 (its name and values do not say class scores), but it looks like a "
-            f"segmentation map ([N, {arrays[0].shape[1]}, H, W], class {leaders.pop()} leads every sample's pixels): "
-            f"if its class map is what matters, pass --metric {name}=map_iou")
+    return (arrays[0].shape[1], leaders.pop()) if len(leaders) == 1 else None
+
+
+def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
+    """(kind, what it looks like) for an output the automatic choice scored rel_l2 (no name or value says class
+    scores) that looks like a read-out in every batch of the data (`batches` samples first), or None:
+
+      - a CTC head: [N, T, C] (a time-major output moved samples first) whose every sample's most frequent class is the same first or
+        last class (`_ctc_like`) -> ctc_agreement+rel_l2. The corpus's captcha recognizer (ddddocr, output '387'
+        [T, 1, 8210] logits, blank 0 leading all 60 captchas): its relative error within 1 pp changed the text of
+        1 of 20 held-out captchas;
+      - a segmentation map: [N, C, H, W] with 2 <= C < min(H, W) whose argmax over axis 1 is led by the same class
+        (the background) in every sample -> map_iou+rel_l2. Sweep 18's MNIST segmenter ('masks' [N, 11, 28, 28],
+        logits): its relative error within 1 pp (0.96) lost 6.9 pp of held-out mean IoU.
+
+    A feature map can look so too, and its read-out alone would not see its values change: both are scored, each
+    within the budget (output_metrics `_both`), so neither reading of the output moves silently. Until session 26
+    these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on)."""
+    blank = _ctc_blank(batches)
+    if blank is not None:
+        return "ctc_agreement+rel_l2", f"a CTC head ([N, T, C], class {blank} leads every sample's positions)"
+    seg = _class_map_layout(batches)
+    if seg is not None:
+        channels, background = seg
+        return "map_iou+rel_l2", (f"a segmentation map ([N, {channels}, H, W], class {background} leads every "
+                                  "sample's pixels)")
+    return None
 
 
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),

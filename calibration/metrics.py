@@ -60,9 +60,8 @@ import onnxruntime as ort
 from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, probability_outputs, untouched_outputs, ctc_hint,
-                                                 class_map_hint,
-                                                 embedding_outputs, ranked_outputs)
+                                                 parse_metric_spec, probability_outputs, untouched_outputs,
+                                                 read_out_kind, embedding_outputs, ranked_outputs)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys, mismatch_samples, pool, reference_scale,
@@ -173,17 +172,12 @@ class Evaluator:
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
                                    self._first_values(), reference_model)
+                self._read_outs()
             self.masked = self._masked_outputs()
             self.scales = self._scales()
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             if first:
                 self.constant = self._constant_outputs()
-                for i, (name, kind) in enumerate(self.plan.items()):
-                    values = [b[i] for b in self.reference_all]
-                    hint = ((ctc_hint(name, values) or class_map_hint(name, values))
-                            if not self._quiet and kind == "rel_l2" and name in self.auto_chosen else None)
-                    if hint:
-                        log.warning("%s", hint)
             if first and self.constant and not self._quiet:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
@@ -194,6 +188,24 @@ class Evaluator:
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
+
+    def _read_outs(self) -> None:
+        """An output the automatic choice scored rel_l2 that looks like a CTC head or a segmentation map in every
+        batch (metric_choice `read_out_kind`) is scored both ways: its read-out (the text, the class map) and its
+        values, each within the budget. Said once per run, with the flag that keeps one reading."""
+        for i, (name, kind) in enumerate(list(self.plan.items())):
+            if kind != "rel_l2" or name not in self.auto_chosen:
+                continue
+            found = read_out_kind(name, [self.samples_first(i, as_array(b[i]), None)[0] for b in self.reference_all])
+            if found is None:
+                continue
+            self.plan[name], looks = found
+            if not self._quiet:
+                read_out = found[0].split("+")[0]
+                log.warning("output '%s' looks like %s though no name or value says class scores: it is scored by "
+                            "%s and rel_l2, each within the budget, so neither its read-out nor its values move "
+                            "unseen; --metric %s=%s scores the read-out alone, --metric %s=rel_l2 the values alone",
+                            name, looks, read_out, name, read_out, name)
 
     def _masked_outputs(self) -> frozenset[int]:
         """The scored outputs whose padded positions are left out: [N, S, ...] along the attention mask in every

@@ -311,6 +311,34 @@ METRICS: dict[str, Metric] = {
                      continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
 }
+
+
+def _both(first: str, second: str) -> Metric:
+    """`first` and `second` at once on one output: their per-sample term columns side by side (each part bounded by
+    the decision rule), the figure the lower of the two. For an output the automatic choice cannot read for sure
+    (metric_choice `read_out_kind`: a CTC head or a class map that no name or value says is one), so neither
+    reading may move beyond the budget. Only `second` may be a relative error (it takes the set's scale)."""
+    a, b = METRICS[first], METRICS[second]
+    if a.norms is not None or a.needs_labels or b.needs_labels:
+        raise ValueError(f"cannot combine {first} and {second}")
+    k = len(a.lower_better)
+
+    def samples(out, ref, labels, scale=None):
+        ta, ca = a.samples(out, ref, labels)
+        tb, cb = b.samples(out, ref, labels, scale) if b.norms is not None else b.samples(out, ref, labels)
+        if not np.array_equal(ca, cb):  # both count one per sample
+            raise ValueError(f"{first} and {second} count samples differently")
+        return np.concatenate([ta, tb], axis=1), ca
+
+    return Metric(samples, lambda s, n: min(a.finish(s[:k], n), b.finish(s[k:], n)), False,
+                  f"{a.one_pp}; or {b.one_pp} (each bounded)", a.lower_better + b.lower_better,
+                  a.continuous and b.continuous, norms=b.norms)
+
+
+# an output that looks like a CTC head or a segmentation map without saying so (metric_choice `read_out_kind`): its
+# read-out and its values both held
+METRICS["ctc_agreement+rel_l2"] = _both("ctc_agreement", "rel_l2")
+METRICS["map_iou+rel_l2"] = _both("map_iou", "rel_l2")
 NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
 CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}

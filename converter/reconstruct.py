@@ -33,8 +33,10 @@ its iterations as rows), on temporary copies; the model keeps its graph.
 
 Left as they are (said in the report): weights in Scan bodies and If-in-Loop bodies, weights reached through
 Reshape/Gather chains,
-weights that are the first operand, ConvTranspose, Conv with more than two spatial dimensions, 0-sample data. A Conv's
-auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape.
+weights that are the first operand, Conv/ConvTranspose with more than two spatial dimensions, a ConvTranspose with
+auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads
+from its captured input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`:
+its input with stride - 1 zeros between positions, its weight with the channels swapped and the kernel flipped).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from onnxprune.passes.weights import find_prunable, name_nodes
 log = logging.getLogger(__name__)
 
 DEFAULT_DAMP = 1e-2  # ridge λ as a share of the mean diagonal of XᵀX (GPTQ's percdamp)
+CONVS = ("Conv", "ConvTranspose")  # refit on im2col patches (a ConvTranspose as the Conv it equals: _transposed)
 AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")  # Conv auto_pad values the im2col resolves (_pads)
 ROWS_PER_COLUMN = 128  # a Conv keeps at most this many im2col rows per weight column per batch (seeded sample)
 DENSE_CACHE_BYTES = 512 << 20  # dense layer outputs kept across a search's refits (DenseSessions)
@@ -218,9 +221,12 @@ def _unsupported(w, node, producers) -> str | None:
         return "reached through " + "/".join(w.via) + "; left as pruned"
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
-    if node.op_type == "ConvTranspose":
-        return f"ConvTranspose '{node.name}' is not refit; left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
+    if node.op_type == "ConvTranspose" and (len(w.shape) not in (3, 4) or auto_pad not in ("NOTSET", "VALID")
+                                            or _attr(node, "output_shape", None) is not None):
+        return (f"ConvTranspose '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}"
+                + (", output_shape given" if _attr(node, "output_shape", None) is not None else "")
+                + "; only 1-D/2-D ConvTransposes with explicit pads (or VALID) and no output_shape are refit")
     if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in AUTO_PADS):
         return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only 1-D/2-D Convs "
                 f"with explicit pads or auto_pad {'/'.join(AUTO_PADS)} are refit")
@@ -239,13 +245,13 @@ def _plain_transpose(w, node, producers) -> bool:
 def _computed_bias(node, inits) -> str | None:
     """A Gemm/Conv whose bias the graph computes (the legacy exporter hands an equal bias to two layers through an
     Identity): the refit subtracts a stored bias from its target, so the layer is left as pruned."""
-    if node.op_type in ("Gemm", "Conv") and len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+    if node.op_type in ("Gemm", *CONVS) and len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
         return f"its bias '{node.input[2]}' is computed by the graph, not stored; left as pruned"
     return None
 
 
 def _own_bias(node, inits, users) -> str | None:
-    if node.op_type not in ("Gemm", "Conv") or len(node.input) < 3 or node.input[2] not in inits:
+    if node.op_type not in ("Gemm", *CONVS) or len(node.input) < 3 or node.input[2] not in inits:
         return None
     if node.op_type == "Gemm" and (_attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0):
         return None
@@ -353,7 +359,12 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    cols, rows = _im2col(layer.node, x, ROWS_PER_COLUMN * _columns(layer, x), layer.kernel)
+    cap = ROWS_PER_COLUMN * _columns(layer, x)
+    if op == "ConvTranspose":
+        x, strides, dilations, pads = _transposed(layer, x)
+        cols, rows = _patches(x, list(layer.kernel), strides, dilations, pads, cap)
+    else:
+        cols, rows = _im2col(layer.node, x, cap, layer.kernel)
     y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     return cols, (y if rows is None else y[rows])
 
@@ -372,7 +383,37 @@ def _im2col(node, x: np.ndarray, cap: int | None = None, kernel=None) -> tuple[n
     kernel = list(kernel or _attr(node, "kernel_shape", None) or [])
     strides = list(_attr(node, "strides", [1] * spatial))
     dilations = list(_attr(node, "dilations", [1] * spatial))
-    pads = _pads(node, x.shape[2:], kernel, strides, dilations)
+    return _patches(x, kernel, strides, dilations, _pads(node, x.shape[2:], kernel, strides, dilations), cap)
+
+
+def _transposed(layer: Layer, x: np.ndarray) -> tuple[np.ndarray, list, list, list]:
+    """A ConvTranspose's input as the input of the stride-1 Conv it equals: (x with stride - 1 zeros between its
+    positions, strides, dilations, pads [begin…, end…]). With p the ConvTranspose's pads and a its output_padding,
+    that Conv pads d·(k - 1) - p_begin before and d·(k - 1) - p_end + a after (a negative pad crops), and its weight
+    is the ConvTranspose's with input and output channels swapped and the kernel flipped (`_weight_matrix`):
+    out = s·(in - 1) + a + d·(k - 1) + 1 - p_begin - p_end positions, as the ONNX spec's output shape."""
+    node, spatial = layer.node, x.ndim - 2
+    kernel = list(layer.kernel)
+    strides = list(_attr(node, "strides", [1] * spatial))
+    dilations = list(_attr(node, "dilations", [1] * spatial))
+    pads = ([0] * 2 * spatial if _text(_attr(node, "auto_pad", b"NOTSET")) == "VALID"
+            else list(_attr(node, "pads", [0] * 2 * spatial)))
+    extra = list(_attr(node, "output_padding", [0] * spatial))
+    span = [d * (k - 1) for k, d in zip(kernel, dilations)]
+    begin = [w - p for w, p in zip(span, pads[:spatial])]
+    end = [w - p + a for w, p, a in zip(span, pads[spatial:], extra)]
+    # one array, stuffed and padded at once (the im2col then pads nothing): s^d times the input, not twice that
+    size = [(n - 1) * s + 1 for n, s in zip(x.shape[2:], strides)]
+    up = np.zeros((*x.shape[:2], *(max(0, b) + n + max(0, e) for b, n, e in zip(begin, size, end))), dtype=x.dtype)
+    up[(slice(None), slice(None), *(slice(max(0, b), max(0, b) + n, s) for b, n, s in zip(begin, size, strides)))] = x
+    crop = tuple(slice(max(0, -b), m - max(0, -e)) for b, e, m in zip(begin, end, up.shape[2:]))
+    return up[(slice(None), slice(None), *crop)], [1] * spatial, dilations, [0] * 2 * spatial
+
+
+def _patches(x: np.ndarray, kernel: list, strides: list, dilations: list, pads: list,
+             cap: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_im2col` with its geometry given: pads [begin…, end…]."""
+    spatial = x.ndim - 2
     x = np.pad(x, [(0, 0), (0, 0), *zip(pads[:spatial], pads[spatial:])])
     span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
     axes = tuple(range(2, 2 + spatial))
@@ -414,12 +455,22 @@ def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
         return w if _attr(layer.node, "transB", 0) else w.T
     if op == "MatMul":
         return w if layer.transposed else w.T
+    if op == "ConvTranspose":  # [C, O/g, k…] -> the equal Conv's [O, C/g, k…], kernel flipped (_transposed)
+        g = int(_attr(layer.node, "group", 1))
+        c, per, *k = w.shape
+        w = w.reshape(g, c // g, per, *k).swapaxes(1, 2).reshape(g * per, c // g, *k)
+        return np.flip(w, axis=tuple(range(2, w.ndim))).reshape(g * per, -1)
     return w.reshape(w.shape[0], -1)
 
 
 def _store(layer: Layer, matrix: np.ndarray, shape: tuple) -> np.ndarray:
     if layer.node.op_type == "Conv":
         return matrix.reshape(shape)
+    if layer.node.op_type == "ConvTranspose":  # _weight_matrix's inverse
+        g = int(_attr(layer.node, "group", 1))
+        c, per, *k = shape
+        w = np.flip(matrix.reshape(g * per, c // g, *k), axis=tuple(range(2, 2 + len(k))))
+        return w.reshape(g, per, c // g, *k).swapaxes(1, 2).reshape(shape)
     return _weight_matrix(layer, matrix)  # a transpose or none: its own inverse
 
 
@@ -914,7 +965,7 @@ class _Fit:
         self.fixed = None
         if self.bias is None and len(layer.node.input) > 2 and layer.node.input[2]:  # Gemm/Conv bias kept as is
             self.fixed = _fixed_bias(layer, inits)
-        groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type == "Conv" else 1
+        groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type in CONVS else 1
         self.gram = _Gram(groups, intercept=self.bias is not None)
         # captures (tensor, scope) per site (the layer and its twins); x from the dense model under teacher forcing
         self.inputs = [(s.x, s.scope) for s in layer.sites if not s.dense_x]
@@ -935,7 +986,7 @@ class _Fit:
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
         if self.fixed is not None:
-            t = t - (self.fixed.reshape(1, -1, *([1] * (t.ndim - 2))) if self.layer.node.op_type == "Conv"
+            t = t - (self.fixed.reshape(1, -1, *([1] * (t.ndim - 2))) if self.layer.node.op_type in CONVS
                      else self.fixed)
         if self.layer.node.op_type == "Gemm":
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
@@ -987,6 +1038,6 @@ def _fixed_bias(layer: Layer, inits) -> np.ndarray:
     c = numpy_helper.to_array(inits[layer.node.input[2]]) if layer.node.input[2] in inits else None
     if c is None:
         raise ConfigError(f"{layer.node.op_type} '{layer.node.name}' takes a computed bias; refit it with refit_bias.")
-    if layer.node.op_type == "Conv":
+    if layer.node.op_type in CONVS:
         return c
     return float(_attr(layer.node, "beta", 1.0)) * c

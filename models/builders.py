@@ -167,6 +167,27 @@ def strided_convs(*, in_channels: int = 4, channels: int = 6, size: int = 11, se
     return g.model("strided_convs", [in_channels, size, size], x, [8, h - 1, w])
 
 
+def conv_transposes(*, in_channels: int = 4, channels: int = 6, size: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """ConvTransposes with every geometry the refit reads (a decoder's upsampling): stride 2 with pads 1 and
+    output_padding 1 (a U-Net's 2x), dilation 2 with group 2 and asymmetric pads, auto_pad VALID with stride 3 and no
+    bias, then a 1x1 Conv: [N, in, size, size] -> [N, 3, H, W]."""
+    g = _Graph(seed)
+    w1 = g.weight("up.weight", (in_channels, channels, 3, 3), in_channels * 9)
+    x = g.relu(g.op("ConvTranspose", "up", ["input", w1, g.bias("up.bias", channels)], kernel_shape=[3, 3],
+                    strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]), "up")
+    h = 2 * size
+    w2 = g.weight("dil.weight", (channels, channels // 2, 3, 3), channels // 2 * 9)
+    x = g.relu(g.op("ConvTranspose", "dil", [x, w2, g.bias("dil.bias", channels)], kernel_shape=[3, 3],
+                    dilations=[2, 2], pads=[1, 0, 2, 1], group=2), "dil")
+    hh, ww = h + 4 - 3, h + 4 - 1
+    w3 = g.weight("valid.weight", (channels, channels, 2, 3), channels * 6)
+    x = g.relu(g.op("ConvTranspose", "valid", [x, w3], kernel_shape=[2, 3], strides=[3, 3], auto_pad="VALID"),
+               "valid")
+    hh, ww = 3 * (hh - 1) + 2, 3 * (ww - 1) + 3
+    x = g.conv(x, "head", channels, 3, 1)
+    return g.model("conv_transposes", [in_channels, size, size], x, [3, hh, ww])
+
+
 def auto_pad_convs(*, explicit: bool = False, in_channels: int = 3, channels: int = 6, size: int = 11,
                    seed: int = 0) -> onnx.ModelProto:
     """Convs padded by auto_pad, as keras2onnx writes them: SAME_UPPER (kernel 4x3, stride 2x1: odd pads, the extra

@@ -175,7 +175,7 @@ class PerSample:
     binary: bool | tuple[bool, ...] = True  # each part (or those marked) is 0 or 1 per sample: Wilson-bounded
     # a continuous part that is a share in [0, 1], exactly 0 on an unchanged sample (changed positions, 1 - IoU):
     # its bound is never below Wilson's at none changed (the docstring), so it resolves a budget as a binary part does
-    share: bool = False
+    share: bool | tuple[bool, ...] = False
     # label-free paired forms: (the dense model's per-sample values, the candidate's) -> [n, parts], the variance of
     # each paired difference given its input (the labels it stands for); the SE adds its mean to the spread of d
     variance: Callable | None = None
@@ -183,9 +183,16 @@ class PerSample:
     def is_binary(self, part: int) -> bool:
         return self.binary if isinstance(self.binary, bool) else self.binary[part]
 
+    def is_share(self, part: int) -> bool:
+        return self.share if isinstance(self.share, bool) else self.share[part]
+
     def floored(self, part: int) -> bool:
         """Whether the part's upper bound is never below Wilson's at no sample changed: a binary part, or a share."""
-        return self.is_binary(part) or self.share
+        return self.is_binary(part) or self.is_share(part)
+
+    @property
+    def any_share(self) -> bool:
+        return any(self.is_share(j) for j in range(len(self.parts)))
 
     @property
     def any_binary(self) -> bool:
@@ -234,6 +241,20 @@ PER_SAMPLE: dict[str, PerSample] = {
     "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
 }
+
+
+def _both(first: str, second: str) -> PerSample:
+    """The per-sample form of output_metrics `_both`: the two kinds' parts side by side, each bounded as its own."""
+    a, b = PER_SAMPLE[first], PER_SAMPLE[second]
+    kind = f"{first}+{second}"
+    assert not (a.paired or b.paired or a.variance or b.variance) and kind in METRICS
+    each = [(f, j) for f in (a, b) for j in range(len(f.parts))]
+    return PerSample(_form(kind, False), False, a.parts + b.parts, f"{a.unit}; and {b.unit} (each bounded)",
+                     tuple(f.is_binary(j) for f, j in each), tuple(f.is_share(j) for f, j in each))
+
+
+PER_SAMPLE["ctc_agreement+rel_l2"] = _both("ctc_agreement", "rel_l2")
+PER_SAMPLE["map_iou+rel_l2"] = _both("map_iou", "rel_l2")
 
 
 def wilson_upper(share: float, n: int, z: float) -> float:
@@ -337,7 +358,7 @@ class _OutputRule:
                     limit = self.budget - 100.0 * (wilson_upper(share, n, self.strictness * self.z) - share)
                 else:  # even no changed sample does not certify the budget: one-sample resolution, none may change
                     limit = 0.0
-            elif self.form.share and n:  # a share of changed positions: never zero-wide (the docstring)
+            elif self.form.is_share(j) and n:  # a share of changed positions: never zero-wide (the docstring)
                 floor = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 if self.resolves():
                     limit = self.budget - max(self.strictness * self.z * se, floor - loss)
@@ -486,7 +507,7 @@ class BudgetRule:
                           "model is calibrated)")
         if fidelity:
             binary = any(r.form.any_binary for r in self.outputs if r.kind in fidelity)
-            share = any(r.form.share for r in self.outputs if r.kind in fidelity)
+            share = any(r.form.any_share for r in self.outputs if r.kind in fidelity)
             rules.append(f"{'/'.join(fidelity)} (against the input model): mean per-sample loss + {self.z:.3g} "
                          f"standard error <= {self._budget_text()}"
                          + (" (Wilson's bound for a share of changed samples)" if binary else "")
@@ -582,7 +603,7 @@ class BudgetRule:
                 n = len(r.dense)
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
-                what = "changed positions" if r.form.share and not r.form.any_binary else "changed samples"
+                what = "changed positions" if r.form.any_share and not r.form.any_binary else "changed samples"
                 return (f"{n} samples cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}): "
                         f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
                         f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} samples to decide "

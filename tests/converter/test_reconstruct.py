@@ -120,6 +120,66 @@ def test_im2col_rows_reproduce_every_conv_exactly_strides_pads_dilation_groups_d
         assert r["error_before"] < 1e-9, name
 
 
+def test_conv_transposes_are_refit_as_the_conv_they_equal_every_geometry():
+    """A ConvTranspose (a U-Net's or a decoder's upsampling) was left as pruned ("ConvTranspose ... is not refit":
+    sweep 18's U-Net, session 26). It is the stride-1 Conv of its zero-stuffed input with the channels swapped and
+    the kernel flipped: with nothing masked its rows reproduce it exactly (stride 2 with pads and output_padding,
+    dilation 2 with group 2 and asymmetric pads, auto_pad VALID with stride 3 and no bias); pruned, the refit lowers
+    every layer's error and the held-out output error, and the file is the masked oracle in onnxruntime."""
+    dense = builders.conv_transposes(seed=0)
+    check_full(dense)
+    masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
+    report = ReconstructReport()
+    reconstruct(dense, dense, masks, feeds_for(dense, 2, 4, seed=0), report=report)
+    assert {"up.weight", "dil.weight", "valid.weight"} <= set(report.refit), report.skipped
+    for name, r in report.refit.items():
+        assert r["error_before"] < 1e-9 * max(r["target"], 1.0), name
+    pruned, masks = prune(dense, 0.6)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 8, seed=0), report=report)
+    check_full(refit)
+    for name in ("up.weight", "dil.weight", "valid.weight"):
+        r = report.refit[name]
+        assert r["error_after"] < r["error_before"], name
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    held_out = feeds_for(dense, 2, 8, seed=70)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_a_1d_conv_transpose_whose_pads_crop_is_refit_exactly():
+    """A vocoder's 1-D upsampling (HiFi-GAN's ConvTranspose1d): pads larger than d(k - 1) crop the stuffed input
+    (stride 3, kernel 5, pads [5, 6], output_padding 2), and a second layer without bias."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(0.3 * rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w", (4, 6, 5)), ("b", (6,)), ("w2", (6, 2, 4)))]
+    g = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="ct", strides=[3], pads=[5, 6],
+                          output_padding=[2], kernel_shape=[5]),
+         helper.make_node("Relu", ["y"], ["r"]),
+         helper.make_node("ConvTranspose", ["r", "w2"], ["z"], name="ct2", strides=[2], pads=[1, 1], kernel_shape=[4])],
+        "ct1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 7])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, None])], inits)
+    dense = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    check_full(dense)
+    feeds = [{"x": rng.standard_normal((8, 4, 7)).astype(np.float32)} for _ in range(2)]
+    report = ReconstructReport()
+    reconstruct(dense, dense, {"w": np.ones((4, 6, 5), bool), "w2": np.ones((6, 2, 4), bool)}, feeds, report=report)
+    assert set(report.refit) == {"w", "w2"} and not report.skipped
+    for name, r in report.refit.items():
+        assert r["error_before"] < 1e-9 * r["target"], name
+
+
+def test_a_conv_transpose_with_output_shape_is_left_as_pruned_with_its_reason():
+    dense = builders.conv_transposes(seed=0)
+    node = next(n for n in dense.graph.node if n.name == "/up/ConvTranspose")
+    node.attribute.append(helper.make_attribute("output_shape", [10, 10]))
+    del node.attribute[[a.name for a in node.attribute].index("output_padding")]
+    pruned, masks = prune(dense, 0.5)
+    report = ReconstructReport()
+    reconstruct(pruned, dense, masks, feeds_for(dense, 2, 4, seed=0), report=report)
+    assert "output_shape given" in report.skipped["up.weight"] and "dil.weight" in report.refit
+
+
 def test_refit_lowers_every_layer_error_and_matches_the_masked_oracle_in_onnxruntime():
     dense = builders.strided_convs(seed=1)
     pruned, masks = prune(dense, 0.6)

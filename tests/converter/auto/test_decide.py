@@ -178,7 +178,8 @@ def test_a_zero_budget_is_judged_at_one_sample_resolution():
 
 def _pair(kind, rng, n=60):
     """A dense output of the shape the kind scores, a candidate moved from it, and labels."""
-    shape = {"seq_agreement": (n, 5, 7), "exact": (n, 3), "channel_prob": (n, 6, 8)}.get(kind, (n, 10))
+    shape = {"seq_agreement": (n, 5, 7), "exact": (n, 3), "channel_prob": (n, 6, 8), "ctc_agreement+rel_l2": (n, 9, 5),
+             "map_iou+rel_l2": (n, 3, 6, 6)}.get(kind, (n, 10))
     ref = rng.standard_normal(shape)
     if kind == "binary_prob":  # one sigmoid score per sample
         ref = 1 / (1 + np.exp(-rng.standard_normal((n, 1))))  # many near 0.5: crossings set the loss
@@ -475,3 +476,32 @@ def test_a_paired_rule_never_prefers_a_changed_candidate_to_an_unchanged_one():
             assert changed.limit_pp <= unchanged.limit_pp
             assert changed.limit_pp == pytest.approx(1.0 - max(floor, strictness * changed.se_pp))
     assert one.within and one.limit_pp == pytest.approx(1.0 - 2 * one.se_pp)  # 0.33 pp + 2 SE: at the budget
+
+
+def test_a_read_out_and_its_values_must_both_hold_the_budget():
+    """ctc_agreement+rel_l2 (an unnamed CTC head, metric_choice `read_out_kind`): a candidate whose text is the dense
+    model's on every sample but whose values moved 5% fails 1 pp on the values; one whose values moved 0.3% but
+    whose text changed on 3 of 300 samples fails on the text (ddddocr: within 1 pp of relative error, 1 of 20
+    held-out captchas read differently); one that moved neither passes. The figure is the lower of the two."""
+    rng = np.random.default_rng(4)
+    n, t, c = 300, 12, 6
+    ref = rng.standard_normal((n, t, c)).astype(np.float64)
+    ref[:, :, 0] += 3.0  # the blank leads
+    ref[:, ::3, 1 + rng.integers(0, c - 1)] += 8.0  # characters
+    kind = "ctc_agreement+rel_l2"
+    ev = FakeEvaluator([ref[:150], ref[150:]], [None, None], metric=kind)
+    rule = BudgetRule(ev, 1.0)
+    scaled = ref * 1.05  # same text, 5% relative error
+    assert not rule.judge(halves(scaled)).within
+    assert rule.judge(halves(scaled)).outputs["out"]["part"] == "relative error"
+    nudged = ref * 1.003
+    assert rule.judge(halves(nudged)).within
+    changed = nudged.copy()
+    for i in (5, 77, 201):  # one more character on 3 lines, a small change in norm
+        other = 1 + int(ref[i, 0].argmax()) % (c - 1)  # a character other than its neighbour's (no repeat)
+        changed[i, 1, other] = 1.0 + changed[i, 1].max()
+    d = rule.judge(halves(changed))
+    assert not d.within and d.outputs["out"]["part"] == "changed"
+    metric = METRICS[kind]
+    sums, count = metric.batch(changed, ref, None)
+    assert metric.finish(sums, count) == pytest.approx(1 - 3 / n)  # the text's figure is the lower one here
