@@ -158,6 +158,9 @@ class SgdRecovery(Recovery):
     """Masked retraining rounds through the torch bridge (search.py's rounds, passes and polish)."""
 
     def search(self, s, best):
+        why = s.choices.get("recovery", {}).get("rule")  # said as reconstruct says its own, so a run names either
+        s.notes.append(f"recovery by sgd{f' ({why})' if why else ''}: masked retraining rounds through the torch "
+                       "bridge over the weight and neuron knobs")
         return s.sgd_rounds(best)
 
 

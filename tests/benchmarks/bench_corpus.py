@@ -204,15 +204,19 @@ def card_budgets(card: dict) -> list[str]:
     return out
 
 
-def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
+def bench_one(name: str, root: Path, args, workdir: Path, calib: Path | None = None,
+              keep_stdout: bool = False) -> dict:
+    """Prune one corpus model as the benchmark does and score the output on its held-out data; `calib` replaces
+    the model's own calibration set (tests/benchmarks/bench_corpus_data.py), the holdout and card stay its own;
+    `keep_stdout` keeps the run's whole report in the result ("stdout")."""
     folder = root / name
     card = json.loads((folder / "card.json").read_text())
     model = folder / card["model"]
     out = workdir / name / "pruned.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
+    calib = calib or folder / card["data"]["calib"]
     cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out),
-           "--data", str(folder / card["data"]["calib"]), *(["--sparsity", str(args.sparsity)] if args.sparsity
-                                                            else ["--max-loss", "1"]),
+           "--data", str(calib), *(["--sparsity", str(args.sparsity)] if args.sparsity else ["--max-loss", "1"]),
            *(card_budgets(card) if args.card_budgets else []), *args.extra]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -231,6 +235,8 @@ def bench_one(name: str, root: Path, args, workdir: Path) -> dict:
     res["seconds"] = round(time.time() - t0, 1)
     text = (proc.stdout or "") + "\n" + (proc.stderr or "")
     res["tail"] = (proc.stdout or "").strip()[-3000:]          # the report (progress lines go to stderr)
+    if keep_stdout:
+        res["stdout"] = proc.stdout or ""                       # whole, for bench_corpus_data's notes
     res["stderr_tail"] = (proc.stderr or "").strip()[-1500:]
     if proc.returncode != 0:
         crashed = "internal error" in text or "Traceback (most recent call last)" in text

@@ -253,14 +253,13 @@ def build_silero_vad_op15(ctx):
     return build_silero_vad(ctx, "silero_vad_op15", "silero_vad/data/silero_vad_16k_op15.onnx")
 
 
-def build_magika(ctx):
-    """Google magika v3.3 file-type classifier (tf2onnx): int32 byte features, 214 classes."""
-    src, ver = package_file("magika", "models/standard_v3_3/model.onnx")
-    model = copy_model(src, ctx.dir)
-    rng = np.random.default_rng(SEED)
-    roots = [Path(sys.prefix) / "lib", Path("/usr/share"), Path("/usr/lib/python3"), Path("/etc"), Path("/usr/bin")]
+MAGIKA_ROOTS = [Path(sys.prefix) / "lib", Path("/usr/share"), Path("/usr/lib/python3"), Path("/etc"), Path("/usr/bin")]
+
+
+def magika_files(roots=None) -> list[Path]:
+    """Regular files (no symlinks) under `roots`, at most about 60,000 per root, sorted."""
     files = []
-    for r in roots:
+    for r in roots or MAGIKA_ROOTS:
         for dirpath, _, names in os.walk(r):
             for n in names:
                 p = Path(dirpath) / n
@@ -269,13 +268,17 @@ def build_magika(ctx):
             if len(files) > 60000:
                 break
     files.sort()
-    # spread over extensions so the classes vary
+    return files
+
+
+def magika_pick(files: list[Path], n: int, rng) -> list[Path]:
+    """`n` files of at least 8 bytes drawn round-robin over extensions (so the classes vary)."""
     by_ext = {}
     for p in files:
         by_ext.setdefault(p.suffix.lower(), []).append(p)
     picked = []
     exts = sorted(by_ext)
-    while len(picked) < 640 and exts:
+    while len(picked) < n and exts:
         for e in list(exts):
             lst = by_ext[e]
             if not lst:
@@ -287,10 +290,15 @@ def build_magika(ctx):
                     picked.append(p)
             except OSError:
                 pass
-            if len(picked) >= 640:
+            if len(picked) >= n:
                 break
+    return picked
+
+
+def magika_features(paths: list[Path]) -> np.ndarray:
+    """magika's own features: the first / last 1024 bytes after stripping whitespace, padded with 256, int32."""
     feats = []
-    for p in picked:
+    for p in paths:
         data = p.read_bytes()
         beg = data[:4096].lstrip()[:1024]
         end = data[-4096:].rstrip()[-1024:]
@@ -299,7 +307,16 @@ def build_magika(ctx):
         if end:
             f[2048 - len(end):] = np.frombuffer(end, np.uint8)
         feats.append(f)
-    feats = np.stack(feats)[rng.permutation(len(feats))]
+    return np.stack(feats)
+
+
+def build_magika(ctx):
+    """Google magika v3.3 file-type classifier (tf2onnx): int32 byte features, 214 classes."""
+    src, ver = package_file("magika", "models/standard_v3_3/model.onnx")
+    model = copy_model(src, ctx.dir)
+    rng = np.random.default_rng(SEED)
+    feats = magika_features(magika_pick(magika_files(), 640, rng))
+    feats = feats[rng.permutation(len(feats))]
     calib, hold = {"bytes": feats[:240]}, {"bytes": feats[240:]}  # 400 held out: 1 pp = 4 files
     return Entry(model, calib, hold, {"package": "magika", "version": ver, "file": "models/standard_v3_3/model.onnx"},
                  "tf2onnx 1.16.1", ["classifier", "token-ids", "int-input"],
@@ -482,18 +499,23 @@ def build_rapidocr_rec(ctx):
                  "text lines of 1-7 words rendered at height 48 (width <= 480), (x/255-0.5)/0.5, one line per feed")
 
 
-def build_rapidocr_cls(ctx):
-    """PP-OCR mobile v2 text-direction classifier (PaddlePaddle export): 0 / 180 degrees."""
-    src, ver = package_file("rapidocr-onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
-    model = copy_model(src, ctx.dir)
-    rng = np.random.default_rng(SEED)
+def cls_lines(rng, n: int) -> np.ndarray:
+    """`n` rendered text lines, half rotated by 180 degrees, as RapidOCR feeds its direction classifier: 48x192,
+    (x/255-0.5)/0.5, zero-padded on the right; float32 [n, 3, 48, 192]."""
     xs = []
-    for img, _ in _lines(rng, 200, rotate_share=0.5):
+    for img, _ in _lines(rng, n, rotate_share=0.5):
         w = min(192, int(48 * img.shape[1] / img.shape[0]))
         x = np.zeros((48, 192, 3), np.float32)
         x[:, :w] = ((resize(img, w, 48).astype(np.float32) / 255.0) - 0.5) / 0.5
         xs.append(x.transpose(2, 0, 1))
-    calib, hold = stacked_split({"x": np.stack(xs).astype(np.float32)})
+    return np.stack(xs).astype(np.float32)
+
+
+def build_rapidocr_cls(ctx):
+    """PP-OCR mobile v2 text-direction classifier (PaddlePaddle export): 0 / 180 degrees."""
+    src, ver = package_file("rapidocr-onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    model = copy_model(src, ctx.dir)
+    calib, hold = stacked_split({"x": cls_lines(np.random.default_rng(SEED), 200)})
     return Entry(model, calib, hold, {"package": "rapidocr-onnxruntime", "version": ver,
                                       "file": "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"},
                  "paddle2onnx (PaddlePaddle)", ["classifier", "constant-node-weights", "ocr"],
@@ -564,6 +586,16 @@ def build_sklearn_mlp(ctx):
                  "sklearn digits not used for training (200 to calibrate, 197 held out), /16, float32 [N,64]")
 
 
+def mnist_rows(images: np.ndarray) -> np.ndarray:
+    """MNIST images (load_mnist's [N,1,28,28] or [N,784]) as 28 rows of 28 pixels, float32 [N, 28, 28]."""
+    return images.reshape(-1, 28, 28).astype(np.float32)
+
+
+def lstm_feeds(rows: np.ndarray) -> list[dict]:
+    """Time-first feeds for the LSTM, one image per feed: {"rows": [28, 1, 28]}."""
+    return [{"rows": r[:, None, :]} for r in rows]
+
+
 def build_torch_lstm_legacy(ctx):
     """PyTorch LSTM over MNIST rows, time-first input [28, N, 28], torch.onnx legacy (TorchScript) exporter."""
     import torch
@@ -586,8 +618,7 @@ def build_torch_lstm_legacy(ctx):
     dummy = torch.zeros(28, 1, 28)
     torch.onnx.export(net, (dummy,), str(path), input_names=["rows"], output_names=["logits"], opset_version=17,
                       dynamic_axes={"rows": {1: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    x = xte.reshape(-1, 28, 28)[:200].astype(np.float32)
-    feeds = [{"rows": x[i][:, None, :]} for i in range(len(x))]
+    feeds = lstm_feeds(mnist_rows(xte[:200]))
     calib, hold = list_split(feeds)
     return Entry(path, calib, hold, {"package": "torch", "version": torch.__version__,
                                      "trained_on": "MNIST rows, 600 steps", "train_batch_accuracy": acc},
@@ -618,7 +649,7 @@ def build_torch_gru_legacy(ctx):
     path = ctx.dir / "model.onnx"
     torch.onnx.export(net, (torch.zeros(1, 28, 28),), str(path), input_names=["rows"], output_names=["logits"],
                       opset_version=17, dynamic_axes={"rows": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    x = xte.reshape(-1, 28, 28).astype(np.float32)
+    x = mnist_rows(xte)
     calib, hold = {"rows": x[200:440]}, {"rows": x[1000:2000]}  # a large held-out set: 1 pp = 10 images
     return Entry(path, calib, hold, {"package": "torch", "version": torch.__version__,
                                      "trained_on": "MNIST rows, 600 steps", "train_batch_accuracy": acc},
@@ -768,8 +799,7 @@ def build_keras_gru_tf2onnx(ctx):
     import tf2onnx
     tf.random.set_seed(SEED)
     (xtr, ytr), (xte, yte) = load_mnist(ctx.mnist)
-    xtr = xtr.reshape(-1, 28, 28).astype(np.float32)
-    xte = xte.reshape(-1, 28, 28).astype(np.float32)
+    xtr, xte = mnist_rows(xtr), mnist_rows(xte)
     inp = tf.keras.Input((28, 28), name="rows")
     h = tf.keras.layers.GRU(64, name="gru")(inp)
     h = tf.keras.layers.Dense(64, activation="relu", name="fc1")(h)

@@ -135,6 +135,9 @@ def test_given_flags_override_the_search(teacher_data):
     assert choices["lr"] == {"value": 0.05, "rule": "given (--lr)"}
     assert choices["neuron_cap"]["value"] == 0.25
     assert choices["recovery"]["value"] == "sgd"  # chosen before the retraining's own choices, and kept beside them
+    # the notes name the backend, as they do for reconstruct (a benchmark reads which one a run chose from them)
+    assert any(n.startswith(f"recovery by sgd ({choices['recovery']['rule']}): masked retraining")
+               for n in result.report["notes"])
     assert all(h.get("neuron_share", 0.0) <= 0.25 + 1e-9 for h in result.report["history"])
 
 
