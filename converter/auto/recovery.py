@@ -11,7 +11,8 @@ The rule (`choose`), in order:
      cannot build the graph (an op it lacks): reconstruct.
   3. no labels and fewer than SMALL_DATA training samples: reconstruct (SGD distillation on a few hundred samples
      memorises them; the refit solves one small convex problem per layer instead).
-  4. otherwise sgd.
+  4. otherwise sgd; when not one sgd round fits the time left (a slow step on a loaded machine, a large model),
+     the reconstruct search takes over from the one-shot start instead of returning it.
 
 The reconstruct search. From the one-shot start (density d0, within the budget), a candidate at level L keeps d0 ·
 0.6^L of the weights: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 # mask (1.67x): the refit changed 4 of 1000 decision rows, SGD/Adam distillation (3-10 epochs) 6-10; both searches
 # ended at 1.28-1.29x. Not moved: one model each way is no rule
 SMALL_DATA = 1000
+RETRAINED = ("weights", "neurons", "polish")  # history phases of the sgd backend that retrained a candidate
 # the per-layer phase judges by the rule with this many times its margin (it looks at one decision set many times).
 # Measured with REFIT_PRIOR "auto" on sklearn_mlp_digits: z x1 3.89x, card held-out rel_l2 0.074 (bar 0.05); z x2
 # 2.95x, rel_l2 0.053, no worse than the bisection's own 2.50x (0.054)
@@ -161,7 +163,19 @@ class SgdRecovery(Recovery):
         why = s.choices.get("recovery", {}).get("rule")  # said as reconstruct says its own, so a run names either
         s.notes.append(f"recovery by sgd{f' ({why})' if why else ''}: masked retraining rounds through the torch "
                        "bridge over the weight and neuron knobs")
-        return s.sgd_rounds(best)
+        before = len(s.history)
+        result = s.sgd_rounds(best)
+        if result is not best or any(h.get("phase") in RETRAINED for h in s.history[before:]):
+            return result
+        # not one round fit the time left (or the probe found no rate): the refit, which needs no rounds, takes over
+        # rather than the one-shot start being the result (the data-scale study, 4,000 rendered text lines under
+        # load: rapidocr_cls's round of 300 steps took 201 s, no round ran, 1.03x; on 1,000 lines the refit gave
+        # 1.44x)
+        s.choices["recovery"] = {"value": "reconstruct", "rule": f"sgd ({why}) ran no retraining round in the time "
+                                 "left: layer-wise refit"}
+        s.notes.append("recovery: no sgd retraining round fit the time left; the layer-wise refit took over")
+        log.info("auto: no sgd round fit the time left: recovery by reconstruct")
+        return ReconstructRecovery().search(s, best)
 
 
 @register_recovery("reconstruct")

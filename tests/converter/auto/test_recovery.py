@@ -280,3 +280,39 @@ def test_weights_that_are_zero_in_the_input_stay_zero_through_the_refit(small_un
         assert not weight_array(result.dense_model, name)[zero].any(), name
     # the written model (dead neurons removed) computes what its dense twin does, in onnxruntime
     assert_same_outputs(result.model, result.dense_model, feeds=[{"input": data["input"][:16]}])
+
+
+def test_when_no_sgd_round_fits_the_time_left_the_refit_takes_over(small_unlabelled, monkeypatch):
+    """sgd chosen, but not one retraining round fits the time left (a 300-step round took 201 s of a 10-minute
+    budget under load: rapidocr_cls on 4,000 lines ended at its one-shot start, 1.03x): the reconstruct search
+    continues from the one-shot start instead, and the run says so."""
+    from onnxprune.converter.auto.search import _Search
+
+    def no_round_fits(self, best, knobs):
+        self.notes.append("time budget: the search stopped after 1 steps of its history (a test)")
+        return best, False, True
+
+    monkeypatch.setattr(_Search, "_rounds", no_round_fits)
+    model, data = small_unlabelled
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0, recovery="sgd"))
+    report = result.report
+    choices = report["auto"]["choices"]
+    assert choices["recovery"]["value"] == "reconstruct" and "ran no retraining round" in choices["recovery"]["rule"]
+    assert any("the layer-wise refit took over" in n for n in report["notes"])
+    phases = [h["phase"] for h in report["history"]]
+    assert "reconstruct" in phases and not {"weights", "neurons"} & set(phases)
+    assert report["budget"]["met"] and report["compression"] >= report["history"][0]["ratio"] - 1e-9
+    onnx.checker.check_model(result.model, full_check=True)
+    x = data["input"]  # the written model runs in onnxruntime and keeps the input model's classes
+    agree = (make_session(result.model).run(None, {"input": x})[0].argmax(1)
+             == make_session(model).run(None, {"input": x})[0].argmax(1)).mean()
+    assert agree >= 0.98
+
+
+def test_sgd_rounds_that_ran_keep_their_result(small_unlabelled):
+    """The hand-over is only for a search that retrained nothing: with time for rounds, sgd's result stands."""
+    model, data = small_unlabelled
+    result = run(model, configure(max_loss=1.0, data=data, time_budget=60, seed=0, recovery="sgd"))
+    choices = result.report["auto"]["choices"]
+    assert choices["recovery"]["value"] == "sgd"
+    assert {"weights"} & {h["phase"] for h in result.report["history"]}
