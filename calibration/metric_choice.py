@@ -58,7 +58,7 @@ _EMBEDDING_NAMES = _Words(r"embed|emb(?![a-z])|pool|avgpool|maxpool|sentence|las
 _STATE_NAMES = _Words(r"hidden|state|cache|memory|past|present")
 # a decoder's key/value cache (optimum: past_key_values.N.key, present.N.encoder.value): a state before any other reading
 _CACHE_NAMES = _Words(r"(present|past)(?![a-z])|key_values|kv_cache")
-_REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|depth|disp")
+_REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|depth(?!wise)|disp")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).

@@ -84,7 +84,8 @@ def test_tensorflows_call_op_in_an_output_name_says_nothing_of_what_it_holds():
     ("dense_block/logits", "agreement"),  # 'block' is no 'loc' (a box regression): class scores
     ("model/block_3/dense", "agreement"), ("clock_scores", "agreement"), ("allocation", "agreement"),
     ("representation", "agreement"),  # no 'present' (a decoder's cache)
-    ("local_logits", "agreement"), ("member", "agreement"),
+    ("local_logits", "agreement"), ("member", "agreement"), ("depthwise_head/logits", "agreement"),
+    ("depth", "rel_l2"),
     ("bbox_pred", "rel_l2"), ("bboxLoc", "rel_l2"), ("ROILoc", "rel_l2"), ("loc", "rel_l2"), ("pred_boxes", "rel_l2"),
     ("landmarks", "rel_l2"), ("hidden_out", "rel_l2"), ("present.0.key", "rel_l2"),
     ("avgpool", "cosine"), ("text_emb", "cosine"), ("sentence_embedding", "cosine"),
