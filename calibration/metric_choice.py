@@ -135,9 +135,7 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
         return "cosine"
     if _REGRESSION_NAMES.search(name) or _STATE_NAMES.search(name):
         return "rel_l2"
-    if arr.ndim == 2:
-        if _is_probability(arr):
-            return "prob"
+    if arr.ndim == 2:  # rows of probabilities returned prob above
         # a multi-label head: every value a probability of its own (a Sigmoid per label, rows not summing to 1);
         # argmax agreement would not see a label crossing 0.5 below the top one
         return "binary_prob" if bounded and _is_unit_interval(arr) else "agreement"
@@ -292,21 +290,25 @@ def _ctc_like(arr: np.ndarray) -> bool:
     corpus's PP-OCRv4 recognizer (rapidocr_rec): class 0 is the most frequent in each of its 60 calibration lines,
     though it fills only 13-51% of a line's positions (a share rule at 50% missed it). A token classifier whose
     'outside' label (first or last) leads every sentence is caught too, and judged per sample: stricter."""
+    return _ctc_leader(arr) is not None
+
+
+def _ctc_leader(arr: np.ndarray) -> int | None:
+    """The class `_ctc_like` finds leading every sample (the first or the last), or None."""
     if arr.ndim != 3 or arr.shape[1] < 4 or arr.shape[2] < 3 or arr.size == 0:
-        return False
-    best = arr.argmax(axis=-1)
-    leaders = {int(np.bincount(row, minlength=arr.shape[2]).argmax()) for row in best}
-    return len(leaders) == 1 and leaders <= {0, arr.shape[2] - 1}
+        return None
+    leaders = {int(np.bincount(row, minlength=arr.shape[2]).argmax()) for row in arr.argmax(axis=-1)}
+    return leaders.pop() if len(leaders) == 1 and leaders <= {0, arr.shape[2] - 1} else None
 
 
 def _ctc_blank(batches: list) -> int | None:
     """The blank when every batch, samples first, looks like a CTC head (`_ctc_like`: [N, T, C]) with one blank;
     else None. (A time-major [T, N, C] output arrives samples first: the Evaluator's `samples_first`.)"""
     arrays = [as_array(b) for b in batches]
-    if not arrays or any(a.dtype.kind != "f" or a.ndim != 3 or not _ctc_like(a) for a in arrays):
+    if not arrays or any(a.dtype.kind != "f" for a in arrays):
         return None
-    leaders = {int(np.bincount(row, minlength=a.shape[2]).argmax()) for a in arrays for row in a.argmax(axis=-1)}
-    return leaders.pop() if len(leaders) == 1 else None
+    leaders = {_ctc_leader(a) for a in arrays}
+    return leaders.pop() if len(leaders) == 1 and None not in leaders else None
 
 
 def _class_map_layout(batches: list) -> tuple[int, int] | None:

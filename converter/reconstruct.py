@@ -222,10 +222,11 @@ def _unsupported(w, node, producers) -> str | None:
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
+    shaped = _attr(node, "output_shape", None) is not None
     if node.op_type == "ConvTranspose" and (len(w.shape) not in (3, 4) or auto_pad not in ("NOTSET", "VALID")
-                                            or _attr(node, "output_shape", None) is not None):
+                                            or shaped):
         return (f"ConvTranspose '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}"
-                + (", output_shape given" if _attr(node, "output_shape", None) is not None else "")
+                + (", output_shape given" if shaped else "")
                 + "; only 1-D/2-D ConvTransposes with explicit pads (or VALID) and no output_shape are refit")
     if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in AUTO_PADS):
         return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only 1-D/2-D Convs "
