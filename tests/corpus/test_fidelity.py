@@ -1,6 +1,7 @@
 """The corpus metrics (numpy only, milliseconds): each figure on hand-made outputs whose answer is known."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,14 @@ def test_meets_share_tells_noise_from_a_real_loss():
 def test_meets_share_is_nan_for_mismatched_shapes():
     check = {"output": "y", "metric": "rel_l2", "bar": 0.01}
     assert np.isnan(fid.meets_share(check, [np.ones((2, 3))], [np.ones((2, 4))], per_feed=False))
+
+
+def test_distinct_rows_keeps_each_rows_first_copy_in_order():
+    """magika's file pool held the same file installed twice: its rows were in both the calibration set and the
+    holdout (6 of 400), so the corpus now draws distinct rows before it splits them."""
+    spec = importlib.util.spec_from_file_location("corpus_builders", Path(__file__).with_name("build_corpus.py"))
+    builders = sys.modules.setdefault("corpus_builders", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(builders)  # its dataclass looks its module up in sys.modules
+    a = np.array([[3, 1], [0, 2], [3, 1], [5, 5], [0, 2], [4, 4]], np.int32)
+    out = builders.distinct_rows(a)
+    assert out.tolist() == [[3, 1], [0, 2], [5, 5], [4, 4]]
