@@ -40,12 +40,15 @@ from onnxprune.passes.channel_groups.inputs import _seed_inputs
 from onnxprune.passes.channel_groups.rules_elementwise import (
     BINARY,
     POOL_KEEPS_CONSTANT,
+    REDUCE_OPS,
     UNARY,
     _batchnorm,
     _binary,
     _pool,
     _prelu,
+    _normalization,
     _qdq,
+    _reduce,
     _resize,
     _unary,
 )
@@ -69,6 +72,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
     "BatchNormalization": _batchnorm, "PRelu": _prelu, **{op: _pool for op in POOL_KEEPS_CONSTANT},
+    **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _normalization,
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Concat": _concat, "Split": _split, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,

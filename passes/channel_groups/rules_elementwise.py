@@ -181,6 +181,63 @@ def _pool(b: Builder, node: gs.Node) -> None:
 
 
 
+# a reduction over other axes than the channel axis keeps each channel apart (torch's x.mean((2, 3)), Keras's
+# GlobalAveragePooling2D through tf2onnx); a constant channel stays that constant under these ops (a sum scales it)
+REDUCE_KEEPS_CONSTANT = ("ReduceMean", "ReduceMax", "ReduceMin")
+REDUCE_OPS = REDUCE_KEEPS_CONSTANT + ("ReduceSum",)
+
+
+def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
+    """The axes a Reduce* node reduces (attribute before ReduceSum 13 / the others 18, else the second input), or
+    None when they are not constants; no axes reduces them all, or none with noop_with_empty_axes."""
+    t = _opt_input(node, 1)
+    if t is not None:
+        axes = _const(t)
+        if axes is None:
+            return None
+    else:
+        axes = _attr(node, "axes", None)
+    if axes is None or len(np.ravel(axes)) == 0:
+        return [] if _attr(node, "noop_with_empty_axes", 0) else list(range(rank))
+    return sorted({int(a) % rank for a in np.ravel(axes)})
+
+
+def _reduce(b: Builder, node: gs.Node) -> None:
+    """Reduce{Mean,Max,Min,Sum} over axes other than the channel axis: each output channel is its input channel's
+    reduction (keepdims=0 moves the channel axis left by the reduced axes before it)."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    axes = _reduce_axes(node, r) if r is not None else None
+    if axes is None:
+        return b.opaque(node, "reduces axes that are not constants, or of an unknown rank")
+    ch = r + c.axis
+    if ch in axes:
+        return b.opaque(node, "reduces over the channel axis")
+    keep = _attr(node, "keepdims", 1)
+    out_rank = r if keep else r - len(axes)
+    new = ch if keep else ch - sum(a < ch for a in axes)
+    if node.op in REDUCE_KEEPS_CONSTANT:
+        value = c.value
+    else:  # a sum multiplies a constant by the number of entries it adds up
+        s = b.shape(x)
+        count = math.prod(s[a] for a in axes) if s is not None and all(isinstance(s[a], int) for a in axes) else None
+        value = c.value * count if count is not None else np.full(len(c.ids), NAN)
+    b.set(node.outputs[0], Channels(new - out_rank, c.ids, value))
+
+
+def _normalization(b: Builder, node: gs.Node) -> None:
+    """LayerNormalization / GroupNormalization keep the channels they read, with the reason: a normalization over
+    the channel axis (ConvNeXt's, a transformer's) computes every output from all channels' mean and variance, so
+    removing a channel, dead or not, changes the others. A LayerNormalization over axes after the channel axis
+    leaves channels apart, for which there is no rule yet (it says so)."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if node.op == "LayerNormalization" and c is not None and r is not None and r + c.axis < _attr(node, "axis", -1) % r:
+        return b.opaque(node, "normalizes over axes after the channel axis: no channel rule for that yet")
+    b.opaque(node, "normalizes across the channels (every output reads all channels' mean and variance): removing "
+                   "one would change the others")
+
+
 def _prelu(b: Builder, node: gs.Node) -> None:
     """PRelu(x, slope): the slope's entries on the channel axis go with their channels (MTCNN, ArcFace: [1, C, 1, 1]
     or [C, 1, 1]; a scalar slope is shared by all). A constant channel v stays constant: v, or slope·v below 0."""

@@ -178,6 +178,34 @@ def cnn_with_pool(pool: str, seed: int = 0, **attrs) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 9, 9]}, {"y": ["N", 3]})
 
 
+def cnn_with_reduce(op: str = "ReduceMean", keepdims: int = 0, axes=(2, 3), seed: int = 0) -> onnx.ModelProto:
+    """c1 3×3 (3→6) ─ Relu ─ <op> over `axes` (an attribute, or ReduceSum's input at opset 17) ─ [Flatten when
+    keepdims] ─ Gemm head (→3): torch's x.mean((2, 3)) head, Keras's GlobalAveragePooling2D through tf2onnx."""
+    g = G(seed)
+    x = g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 3)])
+    if op == "ReduceSum":
+        x = g.op(op, "reduce", [x, g.init("reduce.axes", np.array(axes, dtype=np.int64))], keepdims=keepdims)
+    else:
+        x = g.op(op, "reduce", [x], axes=list(axes), keepdims=keepdims)
+    if keepdims:
+        x = g.op("Flatten", "flat", [x])
+    width = 6 if 1 not in axes else 7 * 7
+    g.gemm(x, "head", width, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 9, 9]}, {"y": ["N", 3]})
+
+
+def channels_layer_norm(seed: int = 0) -> onnx.ModelProto:
+    """c1 1×1 (3→6) ─ Transpose to channels-last ─ LayerNormalization over the channels ─ MatMul (6→4): ConvNeXt's."""
+    g = G(seed)
+    x = g.op("Transpose", "nhwc", [g.conv("x", "c1", 3, 6, 1)], perm=[0, 2, 3, 1])
+    x = g.op("LayerNormalization", "ln", [x, g.init("ln.scale", np.ones(6, np.float32)),
+                                          g.init("ln.bias", np.zeros(6, np.float32))], axis=-1)
+    g.op("MatMul", "fc", [x, g.weight("fc.weight", (6, 4), 6)])
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 5, 5]}, {"y": ["N", 5, 5, 4]})
+
+
 def conv_transpose(seed: int = 0) -> onnx.ModelProto:
     """c1 3×3 (3→6) ─ Relu ─ ConvTranspose t 3×3 (6→5) ─ Relu ─ c2 1×1 (→4) ─ GAP ─ Flatten ─ Gemm."""
     g = G(seed)

@@ -205,6 +205,32 @@ def test_pools_keep_a_constant_only_where_that_is_exact(pool, attrs, removable):
     assert shp["c2.weight"][1] == (5 if removable else 6)
 
 
+@pytest.mark.parametrize("op, keepdims, axes, removable", [
+    ("ReduceMean", 0, (2, 3), True),   # torch's x.mean((2, 3))
+    ("ReduceMean", 1, (-1, -2), True),
+    ("ReduceMax", 0, (2, 3), True),
+    ("ReduceSum", 0, (2, 3), True),    # axes as an input (opset 13+); the constant is scaled by 7 x 7
+    ("ReduceMean", 1, (1,), False),    # over the channels: every channel reaches the same output
+])
+def test_reductions_over_other_axes_keep_channels_apart(op, keepdims, axes, removable):
+    m = G.zero(G.cnn_with_reduce(op, keepdims, axes), "c1.weight", 0, [4])  # c1's channel 4: relu(bias), constant
+    out, report = remove_dead_neurons(m)
+    G.assert_same(m, out)
+    shp = G.shapes(out)
+    if removable:
+        assert shp["c1.weight"][0] == 5 and shp["head.weight"] == (3, 5) and report.folded == 1
+    else:
+        assert out is m or shp["c1.weight"][0] == 6
+        assert any("reduces over the channel axis" in why for why in report.blocked)
+
+
+def test_a_layer_norm_over_the_channels_keeps_them_and_says_why():
+    m = G.zero(G.channels_layer_norm(), "c1.weight", 0, [2])
+    out, report = remove_dead_neurons(m)
+    assert G.shapes(out)["c1.weight"][0] == 6
+    assert any("normalizes across the channels" in why for why in report.blocked)
+
+
 def test_conv_transpose_is_a_producer_and_a_consumer_that_cannot_fold():
     m = G.zero(G.conv_transpose(), "c1.weight", 0, [1])  # (b) read by ConvTranspose: kept
     G.zero(m, "t.weight", 0, [4])  # (a) c1 channel 4
