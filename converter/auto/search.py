@@ -310,13 +310,14 @@ class _Search:
         # start over the rule's limit is refitted at half the budget, then at none; else the rounds start dense
         note = ""
         budgets = list(dict.fromkeys((self.config.max_loss, self.config.max_loss / 2, 0.0)))
+        memo: dict = {}  # tries measured by a fit judged by the mean, not run again by the next (fit_to_budget)
         for k, fit_budget in enumerate(budgets):
             allocation = allocate(self.sensitivity, self.inventory, fit_budget)
             rule = self._fit_rule(fit_budget)
             outcome = fit_to_budget(self.original, self.inventory, ev, allocation, fit_budget,
                                     result=self.sensitivity, deadline=self.deadline - self.pass_seconds(),
                                     judge=rule and rule.fit_judge(),  # the start is judged after the fit
-                                    ceilings=rule and rule.point_ceilings(), scoring=self.scoring)
+                                    ceilings=rule and rule.point_ceilings(), scoring=self.scoring, memo=memo)
             model = (pruned_model(self.original, outcome.sparsities, self.score) if any(outcome.sparsities.values())
                      else self.original)  # nothing pruned (no try fit, or none had time): the input model itself
             decision = self.judge(model)

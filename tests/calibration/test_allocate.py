@@ -93,6 +93,28 @@ def test_fit_never_returns_an_allocation_over_the_measured_budget(lenet_random):
             assert np.mean(np.abs(values) <= q * values.std()) == pytest.approx(outcome.sparsities[name], abs=0.02)
 
 
+def test_a_fit_at_a_smaller_budget_reuses_the_tries_an_earlier_fit_measured(lenet_random, monkeypatch):
+    """The automatic search's start is fitted at the budget, then half of it, then none (search._one_shot); judged
+    by the mean, a try the first fit measured is judged again at the new budget without another pass over the
+    data, and the second fit ends where a fresh one does."""
+    from onnxprune.calibration import allocate as allocate_module
+
+    model, inventory, ev, result = lenet_random
+    memo: dict = {}
+    first = fit_to_budget(model, inventory, ev, allocate(result, inventory, 5.0), 5.0, result=result, memo=memo)
+    assert memo and first.tries >= 2
+    runs = []
+    real = allocate_module._Screen.run
+    monkeypatch.setattr(allocate_module._Screen, "run", lambda self, *a, **k: runs.append(1) or real(self, *a, **k))
+    again = fit_to_budget(model, inventory, ev, allocate(result, inventory, 5.0), 2.5, result=result, memo=memo)
+    remembered = [h for h in again.history if h.get("remembered")]
+    assert remembered and len(runs) == again.tries - len(remembered)
+    monkeypatch.setattr(allocate_module._Screen, "run", real)
+    fresh = fit_to_budget(model, inventory, ev, allocate(result, inventory, 5.0), 2.5, result=result)
+    assert again.sparsities == fresh.sparsities and again.measured_loss_pp == pytest.approx(fresh.measured_loss_pp)
+    assert again.measured_loss_pp <= 2.5 + 1e-9
+
+
 def test_fit_backs_off_from_an_over_budget_allocation(lenet_random):
     model, inventory, ev, result = lenet_random
     greedy = Allocation({w.name: 0.9 for w in inventory.prunable}, result=result, budget_pp=1.0)
