@@ -88,6 +88,9 @@ def test_tensorflows_call_op_in_an_output_name_says_nothing_of_what_it_holds():
     ("depth", "rel_l2"),
     ("bbox_pred", "rel_l2"), ("bboxLoc", "rel_l2"), ("ROILoc", "rel_l2"), ("loc", "rel_l2"), ("pred_boxes", "rel_l2"),
     ("landmarks", "rel_l2"), ("hidden_out", "rel_l2"), ("present.0.key", "rel_l2"),
+    ("output_eyes_contours_and_brows", "rel_l2"), ("output_mesh_identity", "rel_l2"), ("keypoints", "rel_l2"),
+    ("pred_kpts", "rel_l2"), ("joints3d", "rel_l2"),
+    ("adjoint_logits", "agreement"), ("meshnet/logits", "agreement"), ("jointly/logits", "agreement"),
     ("avgpool", "cosine"), ("text_emb", "cosine"), ("sentence_embedding", "cosine"),
 ])
 def test_name_words_are_read_at_word_starts(name, kind):
