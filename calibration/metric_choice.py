@@ -351,6 +351,35 @@ def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
     return None
 
 
+LEADER_ROWS = 16  # samples the constant-argmax rule needs in all (fewer: one class may lead them by chance)
+LEADER_CLASSES = 3  # columns at least (two logits of a binary head are led by the likelier class alike)
+
+
+def constant_leader(name: str, batches: list) -> int | None:
+    """The column that holds the largest value of every sample of every batch (`batches` samples first, [n, C]
+    float), or None: C >= LEADER_CLASSES, LEADER_ROWS samples at least, and no name word says class scores.
+
+    An unnamed [N, C] output is scored by its argmax (agreement) as a classifier's logits. When one column leads
+    every sample, that argmax tells nothing apart on this data: the values are coordinates (mediapipe's hand
+    landmarks [N, 63], x and y in pixels beside small depths: the largest is always the same point's), or the data
+    hold one class only. Judged by its argmax alone, such an output may move as far as pruning takes it while the
+    same column stays on top; sweep 19's iris landmarks were judged so."""
+    if _CLASS_NAMES.search(name):
+        return None
+    leader, rows = None, 0
+    for b in batches:
+        arr = as_array(b)
+        if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[1] < LEADER_CLASSES or not len(arr):
+            return None
+        if not np.isfinite(arr).all():
+            return None
+        top = np.unique(arr.argmax(axis=1))
+        if len(top) != 1 or (leader is not None and int(top[0]) != leader):
+            return None
+        leader, rows = int(top[0]), rows + len(arr)
+    return leader if rows >= LEADER_ROWS else None
+
+
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
                embeddings: Collection[str] = (), ranked: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs

@@ -61,7 +61,8 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs, untouched_outputs,
-                                                 read_out_kind, embedding_outputs, ranked_outputs)
+                                                 read_out_kind, embedding_outputs, ranked_outputs,
+                                                 constant_leader)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys, mismatch_samples, pool, reference_scale,
@@ -194,9 +195,13 @@ class Evaluator:
         batch (metric_choice `read_out_kind`) is scored both ways: its read-out (the text, the class map) and its
         values, each within the budget. Said once per run, with the flag that keeps one reading."""
         for i, (name, kind) in enumerate(list(self.plan.items())):
-            if kind != "rel_l2" or name not in self.auto_chosen:
+            if kind not in ("rel_l2", "agreement") or name not in self.auto_chosen:
                 continue
-            found = read_out_kind(name, [self.samples_first(i, as_array(b[i]), None)[0] for b in self.reference_all])
+            batches = [self.samples_first(i, as_array(b[i]), None)[0] for b in self.reference_all]
+            if kind == "agreement":
+                self._led(name, batches)
+                continue
+            found = read_out_kind(name, batches)
             if found is None:
                 continue
             self.plan[name], looks = found
@@ -206,6 +211,20 @@ class Evaluator:
                             "%s and rel_l2, each within the budget, so neither its read-out nor its values move "
                             "unseen; --metric %s=%s scores the read-out alone, --metric %s=rel_l2 the values alone",
                             name, looks, read_out, name, read_out, name)
+
+    def _led(self, name: str, batches: list) -> None:
+        """An unnamed [N, C] output scored by its argmax whose argmax is one column in every sample of the data
+        (metric_choice `constant_leader`: coordinates, or one class only) is scored by agreement and rel_l2, each
+        within the budget."""
+        leader = constant_leader(name, batches)
+        if leader is None:
+            return
+        self.plan[name] = "agreement+rel_l2"
+        if not self._quiet:
+            log.warning("output '%s' is led by column %d in every sample of the data, so its argmax tells nothing "
+                        "apart here (coordinates, or data of one class): it is scored by agreement and rel_l2, each "
+                        "within the budget; --metric %s=agreement scores the argmax alone, --metric %s=rel_l2 the "
+                        "values alone", name, leader, name, name)
 
     def _masked_outputs(self) -> frozenset[int]:
         """The scored outputs whose padded positions are left out: [N, S, ...] along the attention mask in every
@@ -385,7 +404,10 @@ class Evaluator:
     def _first_values(self) -> tuple:
         """The dense outputs the automatic metrics are chosen on: the first batch's; for a `row_outputs` vector,
         the vectors of the first AUTO_ROWS feeds stacked [k, C] (one feed's is one sample: the rules that read
-        rows, probabilities and quantities, need several)."""
+        rows, probabilities and quantities, need several); for an output whose first batch holds fewer than
+        AUTO_ROWS samples (a model whose batch is fixed at 1), the first batches' rows together, up to AUTO_ROWS:
+        sweep 19's iris landmarks [1, 15] (coordinates, all positive) were judged by their argmax, as one row is
+        too few for the quantity rule."""
         if not self.reference_all:
             return ()
         values = list(self.reference_all[0])
@@ -393,6 +415,21 @@ class Evaluator:
             rows = [as_array(b[i]) for b in self.reference_all[:AUTO_ROWS]]
             if all(r.ndim == 1 and r.shape == rows[0].shape for r in rows):
                 values[i] = np.stack(rows)
+        for i, first in enumerate(values):  # a fixed batch of 1 (mediapipe's, TFLite's): rows of the next batches
+            first = as_array(first)
+            if i in self.row_outputs or not self.sample_axes or self.sample_axes[i] != 0 or first.ndim < 1 \
+                    or len(first) >= AUTO_ROWS:
+                continue
+            parts, rows = [], 0
+            for b in self.reference_all:
+                part = as_array(b[i])
+                if part.ndim != first.ndim or part.shape[1:] != first.shape[1:] or part.dtype != first.dtype:
+                    break
+                parts.append(part)
+                rows += len(part)
+                if rows >= AUTO_ROWS:
+                    break
+            values[i] = np.concatenate(parts) if len(parts) > 1 else first
         return tuple(values)
 
     def whole(self, i: int) -> bool:

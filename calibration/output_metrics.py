@@ -339,6 +339,7 @@ def _both(first: str, second: str) -> Metric:
 # read-out and its values both held
 METRICS["ctc_agreement+rel_l2"] = _both("ctc_agreement", "rel_l2")
 METRICS["map_iou+rel_l2"] = _both("map_iou", "rel_l2")
+METRICS["agreement+rel_l2"] = _both("agreement", "rel_l2")  # an unnamed [N, C] whose argmax never moves here
 NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
 CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}

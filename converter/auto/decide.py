@@ -255,6 +255,7 @@ def _both(first: str, second: str) -> PerSample:
 
 PER_SAMPLE["ctc_agreement+rel_l2"] = _both("ctc_agreement", "rel_l2")
 PER_SAMPLE["map_iou+rel_l2"] = _both("map_iou", "rel_l2")
+PER_SAMPLE["agreement+rel_l2"] = _both("agreement", "rel_l2")
 
 
 def wilson_upper(share: float, n: int, z: float) -> float:

@@ -470,3 +470,54 @@ def test_an_unnamed_ctc_head_is_scored_by_its_text_and_its_values():
     ev = Evaluator(open_data(feeds, model), reference_model=model)
     assert ev.plan == {"387": "ctc_agreement+rel_l2"} and ev.sample_axes == (1,)
     assert ev.dense == 1.0
+
+
+def _gemm_head(batch, shift: np.ndarray, out_name: str = "Identity", seed: int = 0) -> onnx.ModelProto:
+    """x [batch, 8] -> Gemm -> [batch, C] + `shift` per column; `batch` an int fixes it (a TFLite export's 1)."""
+    rng = np.random.default_rng(seed)
+    c = len(shift)
+    w = numpy_helper.from_array((0.1 * rng.standard_normal((8, c))).astype(np.float32), "w")
+    b = numpy_helper.from_array(shift.astype(np.float32), "b")
+    node = onnx.helper.make_node("Gemm", ["x", "w", "b"], [out_name], name="head")
+    vi = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], "g", [vi("x", onnx.TensorProto.FLOAT, [batch, 8])],
+                                   [vi(out_name, onnx.TensorProto.FLOAT, [batch, c])], [w, b])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_fixed_batch_of_one_still_gives_the_metric_choice_several_rows():
+    """Sweep 19: mediapipe's and other TFLite exports fix the batch at 1, and the metric was chosen on the first
+    batch's one row, too few for the rules that read rows: an unnamed head of quantities (MOS-like scores about 3)
+    was judged by its argmax. The first batches' rows are read together now."""
+    mos = _gemm_head(1, np.array([3.0, 3.5, 2.8]))
+    assert Evaluator(open_data({"x": X8}, mos, batch_size=16), None, mos).plan == {"Identity": "rel_l2"}
+    assert Evaluator(open_data({"x": X8}, _gemm_head("N", np.array([3.0, 3.5, 2.8]))), None,
+                     _gemm_head("N", np.array([3.0, 3.5, 2.8]))).plan == {"Identity": "rel_l2"}
+    logits = _gemm_head(1, np.zeros(5))
+    assert Evaluator(open_data({"x": X8}, logits, batch_size=16), None, logits).plan == {"Identity": "agreement"}
+
+
+def test_an_unnamed_output_led_by_one_column_everywhere_is_scored_by_its_argmax_and_its_values(caplog):
+    """Coordinates (x, y in pixels beside small depths of both signs) or data of one class: one column holds every
+    sample's largest value, so the argmax tells nothing apart and the values could move as far as pruning takes
+    them with the same column on top. Both readings are held; class-named outputs and varied argmaxes keep
+    agreement."""
+    led = _gemm_head("N", np.array([0.0, 0.5, 9.0, -0.5, 0.2, 0.0]))
+    with caplog.at_level("WARNING"):
+        ev = Evaluator(open_data({"x": X8}, led, batch_size=16), None, led)
+    assert ev.plan == {"Identity": "agreement+rel_l2"} and "led by column 2 in every sample" in caplog.text
+    named = _gemm_head("N", np.array([0.0, 0.5, 9.0, -0.5, 0.2, 0.0]), out_name="logits")
+    assert Evaluator(open_data({"x": X8}, named, batch_size=16), None, named).plan == {"logits": "agreement"}
+    varied = _gemm_head("N", np.zeros(6))
+    assert Evaluator(open_data({"x": X8}, varied, batch_size=16), None, varied).plan == {"Identity": "agreement"}
+    few = _gemm_head("N", np.array([0.0, 0.5, 9.0, -0.5, 0.2, 0.0]))
+    assert Evaluator(open_data({"x": X8[:8]}, few, batch_size=16), None, few).plan == {"Identity": "agreement"}
+    # the pair is scored as each of its kinds: a candidate that keeps the column on top but moves the values fails
+    out = ev.reference_all[0][0]
+    moved = out.copy()
+    moved[:, 0] += 0.5 * np.abs(out).max()
+    sums, count = METRICS["agreement+rel_l2"].batch(moved, out, None)
+    figure = METRICS["agreement+rel_l2"].finish(sums, count)
+    assert figure < 0.99 and (moved.argmax(axis=1) == out.argmax(axis=1)).all()
