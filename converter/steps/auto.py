@@ -86,8 +86,9 @@ class AutoSearchStep(Step):
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)
-        searched = {w.name for w in state.scannable.prunable}
-        held = sum(w.size for w in state.inventory.prunable if w.name not in searched)  # kept as they are
+        from onnxprune.converter.steps.budget import held_weights
+
+        held = held_weights(state)  # kept as they are
         result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock, held=held,
                              scoring=state.scoring)
         state.prune.masks.update(result.masks)
