@@ -474,12 +474,23 @@ def test_a_model_with_a_fixed_batch_of_one_is_refit_not_retrained_in_batches():
     """End to end, as sweep 20 ran it: every input fixes a batch of 1, the samples stacked in one file (as
     `inspect`'s line writes them), enough of them for sgd. The teacher failed first ("Got invalid dimensions");
     past it, sgd's batches of 32 failed in the torch bridge at the exporter's Reshape to [1, 7, 64]. Such a model is
-    refit layer by layer (onnxruntime, a sample at a time), and the rule says why."""
+    refit layer by layer (onnxruntime, a sample at a time), and the rule says why; one whose fixed batch no literal
+    shape holds still retrains by sgd."""
     from onnxprune.converter.pipeline import configure, run
     from onnxprune.models.builders_sweep3 import batch_of_one
 
     model = batch_of_one()
     images = np.random.default_rng(1).standard_normal((2200, 3, 8, 8)).astype(np.float32)
     result = run(model, configure(max_loss=1.0, data={"images": images}, seed=0, time_budget="30s"))
-    assert any("recovery by reconstruct (every input fixes a batch of 1" in n for n in result.report["notes"]), \
+    assert any("recovery by reconstruct (every input fixes a batch of 1 and Reshape" in n for n in result.report["notes"]), \
         result.report["notes"]
+    from onnxprune.converter.auto.recovery import choose
+
+    class Train:
+        num_samples, has_labels = 2000, False
+
+    assert choose(model, Train())[0] == "reconstruct"
+    flat = batch_of_one()  # the same convolutions, the Reshape's first entry computed (0: copy the input's)
+    shape = next(t for t in flat.graph.initializer if t.name == "head.shape")
+    shape.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 7, 64], np.int64), "head.shape"))
+    assert choose(flat, Train())[0] == "sgd"
