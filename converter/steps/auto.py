@@ -116,7 +116,7 @@ class AutoSearchStep(Step):
         # why the data is read feed by feed, where it is (sweep 20: 2,000 images beside a lookup table 'lut' [256]
         # in one file read "--data holds 1 feed(s)" and nothing said why the images were no samples)
         note = getattr(reader, "feed_note", None) if getattr(reader, "per_feed", False) else None
-        why = f" ({note})" if note else ""
+        why = f" ({note.split('as is: ', 1)[-1]})" if note else ""  # the reason; the note itself is said once
         if n is not None and not held_out and data.config.validation:
             return (f"--data holds {n} {unit}{why}, too few to hold out {MIN_VALIDATION} to decide on and train on "
                     f"the rest (the search needs 100, or --val-data)")
