@@ -91,10 +91,11 @@ class AllocationOutcome:
         """The input's nonzero weights / the pruned model's, over the prunable layers (as the summary counts)."""
         return self.ratio_of(self.sparsities)
 
-    def ratio_of(self, sparsities: dict[str, float]) -> float:
-        """The same ratio for another allocation (a try of the fit)."""
+    def ratio_of(self, sparsities: dict[str, float], held: int = 0) -> float:
+        """The same ratio for another allocation (a try of the fit). `held`: the prunable weights the fit was not
+        given (no evidence about them, or excluded), kept as they are, as the summary counts them."""
         kept = {n: size - int(round(sparsities.get(n, 0.0) * size)) for n, size in self.sizes.items()}
-        return nonzero_ratio(kept, self.sizes, self.zeros)
+        return nonzero_ratio(kept, self.sizes, self.zeros, held)
 
 
 def nonzero_ratio(kept: dict[str, int], sizes: dict[str, int], zeros: dict[str, int], held: int = 0) -> float:

@@ -9,7 +9,9 @@ per feed when its arrays cannot be samples-first (`feed_reason`, the rule the RE
   2. within one file the model inputs disagree on the length of their first axis, or
   3. one input has different non-first dimensions in different files (per-sample widths, sequence lengths), or
   4. an input is time-major (axis 0 is time): it is the X of an LSTM/GRU/RNN with layout 0, or its declared dims
-     name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N), or
+     name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N), or the symbol
+     that leads the outputs (their batch) sits on a later axis of it and not on axis 0 (torch's [T, N, E] of a
+     Transformer with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]), or
   5. an input declares a fixed first axis longer than 1 and every file's array has exactly that length there and
      the declared rank: a model with no batch axis (torchvision's detectors take one image [3, H, W]) or a fixed
      batch, which each file fills whole. Read as samples, a split cut [3, H, W] into [2, H, W] and [1, H, W]
@@ -73,10 +75,19 @@ def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
         if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and layout == 0 and node.input:
             out.setdefault(node.input[0], f"it is the X of {node.op_type} '{node.name}' (time first)")
     inits = {t.name for t in model.graph.initializer}
+    leading = {o.type.tensor_type.shape.dim[0].dim_param for o in model.graph.output
+               if o.type.HasField("tensor_type") and o.type.tensor_type.shape.dim} - {""}  # the outputs' batch
     for vi in model.graph.input:
         dims = [d.dim_param for d in vi.type.tensor_type.shape.dim] if vi.type.HasField("tensor_type") else []
         if vi.name not in inits and len(dims) > 1 and _TIME.search(dims[0]) and any(_BATCH.search(d) for d in dims[1:]):
             out.setdefault(vi.name, f"its declared dims are {dims}")
+        elif vi.name not in inits and len(dims) > 1 and dims[0] and dims[0] not in leading:
+            # sweep 20: 'rows' [T, N, 28] beside 'logits' [N, 10]; 'T' reads as no time word, so the file was cut
+            # along T into "28 samples" and onnxruntime refused the feeds
+            batch = next((d for d in dims[1:] if d in leading), None)
+            if batch is not None:
+                out.setdefault(vi.name, f"its declared dims are {dims} and the outputs' batch '{batch}' is on axis "
+                                        f"{dims.index(batch)}")
     graph_inputs = {vi.name for vi in model.graph.input} - inits
     return {k: v for k, v in out.items() if k in graph_inputs}
 

@@ -126,7 +126,9 @@ class Evaluator:
                         "shapes): their figures hold for batches of %s samples as the data is read, the batch this "
                         "run keeps whole; --batch-size sets the batch you run", ", ".join(relating),
                         getattr(reader, "batch_size", "?"))
-        if split and self._cached is not None and _dynamic_batch(reference_model) and not relating:
+        # a time-major feed is never cut along axis 0, its time (sweep 20: [T, N, 28] was cut into T = 16 and 12)
+        timed = bool(getattr(reader, "per_feed", False)) and bool(time_major_inputs(reference_model))
+        if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed:
             parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
         if parts is None or len(parts) <= len(self._cached):
             self._score_reference(reference_model)

@@ -359,10 +359,11 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
     """All graph outputs of the teacher on all samples, computed once with onnxruntime."""
     run = _teacher_fn(teacher)
     n = len(next(iter(inputs.values())))
-    # a model that takes exactly B > 1 samples (a helper's CNN exported for batches of 8: chunks of 32 failed in
-    # onnxruntime): chunks of B, the last one padded
+    # a model that takes exactly B samples (a helper's CNN exported for batches of 8: chunks of 32 failed in
+    # onnxruntime): chunks of B, the last one padded; B = 1 too (sweep 20: a model whose inputs all fix a batch of
+    # 1, or a [1, 16] conditioning input beside images [N, ...] given a row a sample, failed the sgd search here
+    # after every earlier step had read the same data one sample at a time)
     fixed = declared_batch(input_specs(teacher))
-    fixed = fixed if fixed is not None and fixed > 1 else None
     step = fixed or TEACHER_CHUNK
     chunks = []
     for i in range(0, n, step):

@@ -153,6 +153,14 @@ def npz_example(model, samples: int = 64) -> str:
     elif shared:  # one sample per file beside the shared inputs whole: the two first axes must differ in a file
         named = {sh[0]: 1 for sh in shapes if sh and isinstance(sh[0], str) and sh[0] not in shared.values()}
         named.update({symbol: 8 for symbol in shared.values()})
+    from onnxprune.calibration.feeds import time_major_inputs
+
+    time_major = {} if states or batch_of_one else time_major_inputs(model)
+    for v in _real_inputs(model):  # [T, N, ...]: the samples on axis 1, a few steps on axis 0 (sweep 20's [T, N, 28])
+        sh = _value_info(v)["shape"] or []
+        if v.name in time_major and len(sh) > 1 and isinstance(sh[0], str) and isinstance(sh[1], str):
+            named.setdefault(sh[0], 8)
+            named.setdefault(sh[1], samples)
     for v in _real_inputs(model):
         info = _value_info(v)
         shape = info["shape"] or []
@@ -189,6 +197,10 @@ def npz_example(model, samples: int = 64) -> str:
                 f'of samples and goes whole into every file (stacked in one file, they would be one feed, never '
                 f'retrained on)')
     line = f'import numpy as np; np.savez("calib.npz", {args})'
+    if time_major:
+        said = ", ".join(f"{n!r}" for n in time_major)
+        return line + (f"  # {said} time-major, [steps, samples, ...]: the samples on axis 1; a file is one feed, "
+                       "a folder of files many")
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
 
 

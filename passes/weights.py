@@ -396,6 +396,11 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
             inv.skipped.append(Skipped(name, reason, size))
 
 
+# named as normalizations in inspect's "not prunable" list only (no channel rule reads this): torch dynamo's nn.RMSNorm
+# at opset 23 read "not a weight of Conv/... (used by RMSNormalization)" (sweep 20)
+_LISTED_AS_NORMS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"})
+
+
 def _why_not(name, tensor, users) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         for u in users:
@@ -406,7 +411,7 @@ def _why_not(name, tensor, users) -> str | None:
     for u in users:
         if opfacts.is_bias(u, name):
             return f"bias of {u.op_type} '{u.name}'"
-        if u.op_type in NORM_OPS:
+        if u.op_type in NORM_OPS or u.op_type in _LISTED_AS_NORMS:
             return f"normalization parameter of {u.op_type} '{u.name}'"
         if u.op_type == "Add":
             return f"added by Add '{u.name}' (a bias, or a learned position table)"

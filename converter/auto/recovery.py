@@ -112,11 +112,41 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
     why = bridge_refusal(original)
     if why:
         return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit"
+    literal = _literal_batch(original)
+    if literal:
+        return "reconstruct", (f"every input fixes a batch of {literal[0]} and {literal[1]} reshapes to it (the "
+                               "exporter's literal shape runs no other batch, sgd's batches of samples included): "
+                               "layer-wise refit")
     n = getattr(train, "num_samples", None)
     if not getattr(train, "has_labels", False) and n is not None and n < SMALL_DATA:
         return "reconstruct", f"no labels and {n} training samples (< {SMALL_DATA}): layer-wise refit"
     return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
                                                       else f" and {n} training samples (>= {SMALL_DATA})")
+
+
+def _literal_batch(model) -> tuple[int, str] | None:
+    """(B, "Reshape 'name'") when every input fixes its first axis at one B and a Reshape of the main graph takes a
+    constant shape that starts with B: an exporter's traced batch (torch's `x.view(x.size(0), -1)` exported without
+    dynamic axes: [8, -1]; ultralytics' heads: [1, 7, 64]), which the torch bridge runs at no other batch. Sweep 20:
+    sgd failed such models with "Gemm node ... failed in the torch bridge: mat1 and mat2 shapes cannot be
+    multiplied (8x392 and 1568x128)" and "Reshape node '/head/Reshape' failed ...". A fixed batch reshaped by a
+    Flatten, or by a shape computed from the input, trains at any batch (sweep 11's CNN for batches of 8)."""
+    from onnx import numpy_helper
+
+    from onnxprune.calibration.runtime import declared_batch, input_specs
+    from onnxprune.passes.weights import constant_tensors
+
+    specs = input_specs(model)
+    batch = declared_batch(specs)
+    if batch is None or not all(s.shape and s.shape[0] == batch for s in specs):
+        return None
+    constants = constant_tensors(model)
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
+            shape = numpy_helper.to_array(constants[node.input[1]]).reshape(-1)
+            if shape.size > 1 and int(shape[0]) == batch:
+                return batch, f"Reshape '{node.name}'"
+    return None
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)

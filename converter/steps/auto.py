@@ -86,8 +86,9 @@ class AutoSearchStep(Step):
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)
-        searched = {w.name for w in state.scannable.prunable}
-        held = sum(w.size for w in state.inventory.prunable if w.name not in searched)  # kept as they are
+        from onnxprune.converter.steps.budget import held_weights
+
+        held = held_weights(state)  # kept as they are
         result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock, held=held,
                              scoring=state.scoring)
         state.prune.masks.update(result.masks)
@@ -112,9 +113,13 @@ class AutoSearchStep(Step):
         # "--data holds 20 samples" beside "600 decision samples")
         unit = "feed(s), each used as is" if getattr(reader, "per_feed", False) else "samples"
         held_out = data.every is not None or data.config.val_data is not None
+        # why the data is read feed by feed, where it is (sweep 20: 2,000 images beside a lookup table 'lut' [256]
+        # in one file read "--data holds 1 feed(s)" and nothing said why the images were no samples)
+        note = getattr(reader, "feed_note", None) if getattr(reader, "per_feed", False) else None
+        why = f" ({note.split('as is: ', 1)[-1]})" if note else ""  # the reason; the note itself is said once
         if n is not None and not held_out and data.config.validation:
-            return (f"--data holds {n} {unit}, too few to hold out {MIN_VALIDATION} to decide on and train on the "
-                    f"rest (the search needs 100, or --val-data)")
+            return (f"--data holds {n} {unit}{why}, too few to hold out {MIN_VALIDATION} to decide on and train on "
+                    f"the rest (the search needs 100, or --val-data)")
         if n is not None and n < MIN_TRAIN_SAMPLES:
             return f"--data leaves {n} training {unit} (fewer than {MIN_TRAIN_SAMPLES})"
         # no torch, or a graph the torch bridge cannot run: the search recovers by layer-wise refit

@@ -72,7 +72,7 @@ class FitBudgetStep(_Choose):
     loss plus its standard error within the budget (Wilson's bound for changed samples), not the mean alone; and
     the mean itself within the budget (`_fits`)."""
 
-    needs = ("original", "sensitivity", "scannable", "targets", "data", "scoring")
+    needs = ("original", "inventory", "sensitivity", "scannable", "targets", "data", "scoring")
 
     def __init__(self, config: BudgetConfig, *, timed: bool = False):
         super().__init__(config)
@@ -111,7 +111,7 @@ class FitBudgetStep(_Choose):
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
         state.notes.append(f"decision rule: {rule.statement()}")
-        stop = _stop_note(outcome, rule)
+        stop = _stop_note(outcome, rule, held_weights(state))
         if stop:
             state.notes.append(stop)
         return _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()}, state.targets)
@@ -124,15 +124,24 @@ def _fits(decision: dict, max_loss: float) -> bool:
     return bool(decision["within"]) and within_budget(decision["loss_pp"], max_loss)
 
 
-def _stop_note(outcome, rule) -> str | None:
-    """What held the one-shot fit back (auto.search.stop_note over its tries: the chosen one kept, the rest not)."""
+def held_weights(state: RunState) -> int:
+    """The prunable weights outside the budget's reach (read only by an If branch no sample took, a table whose
+    rows the data does not all read, --exclude), kept as they are: the summary counts them, so a ratio said about a
+    candidate does too (sweep 20: "the result's 1.51x" beside a summary's 1.00x)."""
+    searched = {w.name for w in state.scannable.prunable}
+    return sum(w.size for w in state.inventory.prunable if w.name not in searched)
+
+
+def _stop_note(outcome, rule, held: int = 0) -> str | None:
+    """What held the one-shot fit back (auto.search.stop_note over its tries: the chosen one kept, the rest not).
+    `held`: the prunable weights the fit was not given (`held_weights`), in every ratio as the summary counts."""
     from onnxprune.converter.auto.decide import worst_figures
     from onnxprune.converter.auto.search import stop_note
 
     past = [t for t in outcome.history if not t["fits"] and t["removed"] > outcome.removed]
     if past and not min(past, key=lambda t: t["removed"]).get("decision"):
         return None  # the nearest rejection stopped early and had no time left to be measured in full: no figures
-    tries = [{"ratio": outcome.ratio_of(t["sparsities"]), "kept": t["removed"] == outcome.removed and t["fits"],
+    tries = [{"ratio": outcome.ratio_of(t["sparsities"], held), "kept": t["removed"] == outcome.removed and t["fits"],
               "within": t["fits"], "phase": "one-shot fit", "output": t["decision"].get("output"),
               "part": worst_figures(t["decision"]).get("part"),
               "loss_pp": t["decision"]["loss_pp"], "limit_pp": t["decision"]["limit_pp"]}

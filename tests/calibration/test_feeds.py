@@ -238,3 +238,51 @@ def test_a_stacked_file_with_scalars_and_a_fixed_batch_is_a_feed_per_batch(tmp_p
     assert len(list(dynamic.batches())) == 1
     np.savez(tmp_path / "odd.npz", x=x[:10], flag=np.array(True))  # 2 whole batches of 4, 2 rows left out
     assert [f["x"].shape[0] for f, _ in open_data(tmp_path / "odd.npz", _flag_model(4)).batches()] == [4, 4]
+
+
+def _time_major_mean(steps_name="T"):
+    """x [T, N, 4] (no time word in 'T') -> mean over T -> MatMul -> 'logits' [N, 3], as torch names a
+    Transformer's batch_first=False input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=0), helper.make_node("MatMul", ["m", "W"], ["logits"])],
+        "tm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps_name, "N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_input_whose_later_axis_is_the_outputs_batch_is_time_major_and_read_whole():
+    """Sweep 20: torch's nn.TransformerEncoder with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]:
+    'T' is no time word, so a [28, 2000, 28] file was read as 28 samples, cut along T, and onnxruntime refused it;
+    inspect's line put its 64 samples on T. The outputs' batch on axis 1 makes the input time-major: one feed, never
+    cut (the Evaluator's parts too), and inspect puts the samples on axis 1."""
+    from onnxprune.calibration.feeds import time_major_inputs
+    from onnxprune.converter.inspect import npz_example
+
+    model = _time_major_mean()
+    assert "x" in time_major_inputs(model)
+    assert "np.zeros((8, 64, 4)" in npz_example(model)
+    x = np.random.default_rng(1).standard_normal((20, 50, 4)).astype(np.float32)  # 20 steps (> SPLIT_ROWS), 50 rows
+    reader = open_data({"x": x}, model, batch_size=8)
+    assert reader.per_feed
+    ev = Evaluator(reader, None, model, split=16)
+    assert ev.dense == 1.0 and [b[0]["x"].shape for b in ev._cached] == [(20, 50, 4)]
+
+
+def test_the_outputs_batch_leading_an_input_is_no_time_axis():
+    """[N, S] token ids beside 'logits' [N, C], and a zero-shot classifier's prototypes [K, D] beside images [N, ...]
+    and 'logits' [N, K], stay stacked samples."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.feeds import time_major_inputs
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["img", "protoT"], ["logits"]),
+                               helper.make_node("Transpose", ["proto"], ["protoT"])], "zs",
+                              [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("proto", TensorProto.FLOAT, ["K", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "K"])])
+    assert time_major_inputs(helper.make_model(graph)) == {}

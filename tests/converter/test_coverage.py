@@ -332,3 +332,17 @@ def test_an_untaken_branch_whose_condition_is_an_input_says_which_value_takes_it
     cov = branch_coverage(model, find_prunable(model).prunable, feeds)
     assert cov.untaken == ["If 'select'/else_branch (taken when input 'use_cache' is true)"]
     assert cov.unreached == {"Wt": cov.untaken[0]}
+
+
+def test_the_one_shot_fits_stop_note_counts_the_weights_left_as_they_are():
+    """Sweep 20: the one-shot fit's "what stopped" note gave ratios over the weights the budget could prune, while
+    the summary counts every prunable weight (an untaken branch's, kept as they are): "the result's 1.51x" beside
+    a summary of 1.00x (onnxscript functions called in an If; an optimum merged decoder: 1.04x beside 1.03x). The
+    result's ratio in the note is the summary's."""
+    import re
+
+    model = bc.if_network()
+    result = run(model, configure(max_loss=1.0, data={"input": POSITIVE}, one_shot=True))
+    stop = next(n for n in result.report["notes"] if n.startswith("what stopped the one-shot fit"))
+    said = float(re.search(r"the result's ([0-9.]+)x", stop).group(1))
+    assert said == pytest.approx(result.report["compression"], rel=1e-3), stop

@@ -444,3 +444,53 @@ def test_teacher_outputs_of_a_model_with_a_fixed_batch_run_in_chunks_of_that_bat
     assert y.shape == (20, 3)
     np.testing.assert_allclose(y.numpy(), x @ w, rtol=1e-5, atol=1e-5)
     assert make_session(model).run(None, {"x": x[:8]})[0].shape == (8, 3)
+
+
+def test_teacher_outputs_of_a_model_with_a_fixed_batch_of_one_run_a_sample_at_a_time():
+    """Sweep 20: a model whose inputs all fix a batch of 1 (or a [1, 16] conditioning input beside images [N, ...],
+    given a row a sample) read its --data one sample at a time in every step, then failed the sgd search in the
+    teacher ("step 'auto-search' failed ...: Got invalid dimensions for input: style"): its chunks of 2048 were
+    given to a session that takes 1."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.converter.finetune import teacher_outputs
+
+    rng = np.random.default_rng(0)
+    w, v = (rng.standard_normal(s).astype(np.float32) for s in ([4, 3], [2, 3]))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("MatMul", ["c", "V"], ["cv"]),
+                               helper.make_node("Add", ["xw", "cv"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x, c = rng.standard_normal([20, 4]).astype(np.float32), rng.standard_normal([20, 2]).astype(np.float32)
+    (y,) = teacher_outputs(model, {"x": torch.from_numpy(x), "c": torch.from_numpy(c)})
+    np.testing.assert_allclose(y.numpy(), x @ w + c @ v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_with_a_fixed_batch_of_one_is_refit_not_retrained_in_batches():
+    """End to end, as sweep 20 ran it: every input fixes a batch of 1, the samples stacked in one file (as
+    `inspect`'s line writes them), enough of them for sgd. The teacher failed first ("Got invalid dimensions");
+    past it, sgd's batches of 32 failed in the torch bridge at the exporter's Reshape to [1, 7, 64]. Such a model is
+    refit layer by layer (onnxruntime, a sample at a time), and the rule says why; one whose fixed batch no literal
+    shape holds still retrains by sgd."""
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models.builders_sweep3 import batch_of_one
+
+    model = batch_of_one()
+    images = np.random.default_rng(1).standard_normal((2200, 3, 8, 8)).astype(np.float32)
+    result = run(model, configure(max_loss=1.0, data={"images": images}, seed=0, time_budget="30s"))
+    assert any("recovery by reconstruct (every input fixes a batch of 1 and Reshape" in n for n in result.report["notes"]), \
+        result.report["notes"]
+    from onnxprune.converter.auto.recovery import choose
+
+    class Train:
+        num_samples, has_labels = 2000, False
+
+    assert choose(model, Train())[0] == "reconstruct"
+    flat = batch_of_one()  # the same convolutions, the Reshape's first entry computed (0: copy the input's)
+    shape = next(t for t in flat.graph.initializer if t.name == "head.shape")
+    shape.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 7, 64], np.int64), "head.shape"))
+    assert choose(flat, Train())[0] == "sgd"

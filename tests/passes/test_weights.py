@@ -268,3 +268,21 @@ def test_qoperator_gemm_weights_are_named_among_the_integer_weights():
     assert reasons["fc.weight_quantized"].startswith("integer dtype (quantized weight of QGemm 'fc_quant')")
     with pytest.raises(ConverterError, match="1 of the 1 weights seen are integer-quantized .all.*QGemm"):
         inventory_of(m, where="m.onnx")
+
+
+def test_an_rms_norm_scale_is_listed_as_a_normalization_parameter():
+    """Sweep 20: torch dynamo's nn.RMSNorm at opset 23 (RMSNormalization) had its scale listed as "not a weight of
+    Conv/ConvTranspose/Gemm/MatMul/... (used by RMSNormalization)"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("RMSNormalization", ["x", "scale"], ["n"]), helper.make_node("MatMul", ["n", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.ones(8, np.float32), "scale"),
+         numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    reasons = {s.name: s.reason for s in find_prunable(model).skipped}
+    assert reasons["scale"].startswith("normalization parameter of RMSNormalization"), reasons
