@@ -484,10 +484,10 @@ def test_a_model_with_a_fixed_batch_of_one_is_refit_not_retrained_in_batches():
     result = run(model, configure(max_loss=1.0, data={"images": images}, seed=0, time_budget="30s"))
     assert any("recovery by reconstruct (every input fixes a batch of 1 and Reshape" in n for n in result.report["notes"]), \
         result.report["notes"]
-    from onnxprune.converter.auto.recovery import choose
+    from onnxprune.converter.auto.recovery import SMALL_DATA, choose
 
-    class Train:
-        num_samples, has_labels = 2000, False
+    class Train:  # enough unlabelled samples for sgd (recovery.SMALL_DATA)
+        num_samples, has_labels = SMALL_DATA, False
 
     assert choose(model, Train())[0] == "reconstruct"
     flat = batch_of_one()  # the same convolutions, the Reshape's first entry computed (0: copy the input's)
