@@ -21,8 +21,10 @@ The reconstruct search. From the one-shot start (density d0, within the budget),
 allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer outputs
 (with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency). Levels grow by 1
 while candidates are within the budget, then bisect between the last level within and the first over, down to a
-quarter step or the time budget. The levels are tested in order of pruning (fixed-sequence testing): when the first
-candidate (level 0: the one-shot masks, refit) is outside the budget, more pruned levels are judged by the rule with
+quarter step or the time budget (a start that is the input model, no one-shot candidate having been within the
+budget, has nothing to refit at level 0: its first candidate is level 1). The levels are tested in order of pruning
+(fixed-sequence testing): when the first candidate (level 0: the one-shot masks, refit) is outside the budget, more
+pruned levels are judged by the rule with
 PER_LAYER_Z times its margin, and when the decision set cannot certify that rule (about 400 samples for a
 changed-class output at 1 pp) the search stops at the one-shot model. A level-1 pass after that rejection is the
 pattern of a lucky draw: sklearn_mlp_digits' level 0 changed 1 of 150 decision samples, its level 1 (2.5x) none, and
@@ -249,7 +251,10 @@ class ReconstructRecovery(Recovery):
         s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: it prunes weights only (whole "
                        "neurons are masked only by sgd retraining through the torch bridge)")
         lo, hi, pace = 0.0, None, None
-        level = 0.0
+        # level 0 refits the one-shot masks; when the start is the input model (no one-shot candidate was within
+        # the budget) there is nothing to refit there, and the first candidate is level 1. rapidocr_rec (3 minutes):
+        # a 41 s refit of the unpruned model, then no time for a level between 1.0x and the rejected 1.67x
+        level = 1.0 if best.model is s.original else 0.0
         after = None  # after a rejection at level 0: the rule with PER_LAYER_Z times the margin (fixed-sequence)
         while True:
             need = (pace or self._first_estimate(best.masks)) * 1.2
