@@ -407,9 +407,9 @@ class Evaluator:
         """The dense outputs the automatic metrics are chosen on: the first batch's; for a `row_outputs` vector,
         the vectors of the first AUTO_ROWS feeds stacked [k, C] (one feed's is one sample: the rules that read
         rows, probabilities and quantities, need several); for an output whose first batch holds fewer than
-        AUTO_ROWS samples (a model whose batch is fixed at 1), the first batches' rows together, up to AUTO_ROWS:
-        sweep 19's iris landmarks [1, 15] (coordinates, all positive) were judged by their argmax, as one row is
-        too few for the quantity rule."""
+        AUTO_ROWS samples (a model whose batch is fixed at 1: mediapipe's and other TFLite exports), the first
+        batches' rows together, up to AUTO_ROWS: on one row, a head of positive quantities (test_output_metrics'
+        MOS-like scores) was judged by its argmax, one row being too few for the quantity rule."""
         if not self.reference_all:
             return ()
         values = list(self.reference_all[0])
