@@ -112,6 +112,7 @@ def test_small_unlabelled_data_searches_by_refit_beyond_the_one_shot_model(small
                for n in report["notes"])
     # 600 samples: the small-data split (steps/data.py) refits on every 4th and decides on the other 450
     assert choices["refit_data"]["value"] == "train part"
+    assert not any(n.startswith("with labels") for n in report["notes"])  # label-free: decides on 3/4 already
     phases = [h["phase"] for h in report["history"]]
     assert phases[0] == "one-shot" and phases.count("reconstruct") >= 2
     # never worse than its own one-shot start (judged by the search's rule on the decision part); the plain
