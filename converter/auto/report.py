@@ -19,7 +19,11 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     judged = max(d["loss_pp"], 0.0) if paired_bound else d["loss_pp"]  # the rule's: a paired gain counts as 0
     upper = judged + budget - d["limit_pp"]
     if paired_bound:  # an upper bound, as below (a negative limit read badly)
-        return f"{named}loss {d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp"
+        # a gain counts as 0 and the margin is the spread of the samples changed either way: over the budget with a
+        # gain read as a contradiction (sweep 20: "loss -12.50 pp, upper bound 4.69 pp" rejected), so it says so
+        why = (" (a gain counts as 0; the bound is the spread of the samples changed either way)"
+               if d["loss_pp"] < 0 and upper > budget + 1e-9 else "")
+        return f"{named}loss {d['loss_pp']:.2f} pp, upper bound {upper:.2f} pp{why}"
     if form is None or form.paired:  # --max-loss 0: within the noise, the limit is the margin itself
         return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
     if binary and n:

@@ -69,6 +69,10 @@ def test_a_label_metric_reads_as_an_upper_bound_and_with_a_zero_budget_as_its_li
     assert part_figure(d, "accuracy", 300, 1.0) == "loss 5.67 pp, upper bound 7.73 pp"  # loss + 2.06 pp of margin
     gain = {"loss_pp": -0.89, "limit_pp": 0.11, "part": "accuracy"}  # sweep 7 printed "upper bound -0.00 pp"
     assert part_figure(gain, "accuracy", 225, 1.0) == "loss -0.89 pp, upper bound 0.89 pp"  # a gain counts as 0
+    # a gain over the budget says why (sweep 20: "loss -12.50 pp, upper bound 4.69 pp" read as a contradiction)
+    wide = {"loss_pp": -12.5, "limit_pp": -3.69, "part": "accuracy"}
+    assert part_figure(wide, "accuracy", 8, 1.0) == ("loss -12.50 pp, upper bound 4.69 pp (a gain counts as 0; the "
+                                                     "bound is the spread of the samples changed either way)")
     assert part_figure({"loss_pp": 0.2, "limit_pp": 0.4, "part": "accuracy"}, "accuracy", 300, 0.0) == \
         "loss 0.20 pp, limit 0.40 pp"
 
