@@ -249,6 +249,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
     tried: dict[tuple, float] = {}
     best = None
     screen = _Screen(evaluator, max_loss_pp if ceilings is None else ceilings)
+    remembering = memo is not None and judge is None and ceilings is None  # tries judged by the mean alone
 
     def decide(outputs) -> tuple[float, bool, dict | None]:
         if judge is None:
@@ -278,18 +279,18 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
             break
         t0 = time.perf_counter()
         cand = dict(allocation) if not tried else _candidate(x, allocation, result, inventory, max_loss_pp, weights)
-        key = tuple(sorted((n, round(s, 6)) for n, s in cand.items()))
+        key = _try_key(cand)
         if key in tried:  # the knob moved but the allocation did not: keep searching
             x = search.next(x, *tried[key], growable=result is not None)
             continue
-        reused = _remembered(memo, key, max_loss_pp) if judge is None and ceilings is None else None
+        reused = _remembered(memo, key, max_loss_pp) if remembering else None
         if reused is not None:
             loss, fits, decision, stopped = reused
         else:
             outputs, stopped = screen.run(pruned_model(model, cand, ranker), stop=best is not None,
                                           certain=ceilings is not None)
             loss, fits, decision = (round(stopped.loss_pp, 9), False, None) if stopped is not None else decide(outputs)
-            if memo is not None and judge is None and ceilings is None:
+            if remembering:
                 memo[key] = (loss, stopped, max_loss_pp)
         tried[key] = (loss, fits)
         last[0] = max(last[0], time.perf_counter() - t0)  # a screened try stops early; the next may not
@@ -319,8 +320,8 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
             break
         outputs, _ = screen.run(pruned_model(model, nearest["sparsities"], ranker), stop=False, certain=False)
         loss, fits, decision = decide(outputs)
-        if memo is not None and judge is None and ceilings is None:
-            memo[tuple(sorted((n, round(s, 6)) for n, s in nearest["sparsities"].items()))] = (loss, None, max_loss_pp)
+        if remembering:
+            memo[_try_key(nearest["sparsities"])] = (loss, None, max_loss_pp)
         del nearest["samples"]
         nearest.update(measured_loss_pp=loss, fits=fits, pruned_pct=dense - loss,
                        **({"decision": decision} if decision is not None else {}))
@@ -329,6 +330,11 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         if fits:
             best = nearest
     return _outcome(model, inventory, best, search.history, dense, max_loss_pp)
+
+
+def _try_key(sparsities: dict[str, float]) -> tuple:
+    """A try's allocation as a key (`tried`, `memo`): the same sparsities to 6 places are the same try."""
+    return tuple(sorted((n, round(s, 6)) for n, s in sparsities.items()))
 
 
 def _remembered(memo: dict | None, key: tuple, budget: float) -> tuple | None:

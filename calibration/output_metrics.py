@@ -336,10 +336,9 @@ def _both(first: str, second: str) -> Metric:
 
 
 # an output that looks like a CTC head or a segmentation map without saying so (metric_choice `read_out_kind`): its
-# read-out and its values both held
-METRICS["ctc_agreement+rel_l2"] = _both("ctc_agreement", "rel_l2")
-METRICS["map_iou+rel_l2"] = _both("map_iou", "rel_l2")
-METRICS["agreement+rel_l2"] = _both("agreement", "rel_l2")  # an unnamed [N, C] whose argmax never moves here
+# read-out and its values both held; and an unnamed [N, C] whose argmax never moves here (`constant_leader`)
+PAIRED_KINDS = ("ctc_agreement+rel_l2", "map_iou+rel_l2", "agreement+rel_l2")  # decide.PER_SAMPLE pairs them too
+METRICS.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
 NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
 CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}

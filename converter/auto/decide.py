@@ -98,7 +98,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import METRICS
+from onnxprune.calibration.output_metrics import METRICS, PAIRED_KINDS
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -253,9 +253,7 @@ def _both(first: str, second: str) -> PerSample:
                      tuple(f.is_binary(j) for f, j in each), tuple(f.is_share(j) for f, j in each))
 
 
-PER_SAMPLE["ctc_agreement+rel_l2"] = _both("ctc_agreement", "rel_l2")
-PER_SAMPLE["map_iou+rel_l2"] = _both("map_iou", "rel_l2")
-PER_SAMPLE["agreement+rel_l2"] = _both("agreement", "rel_l2")
+PER_SAMPLE.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
 
 
 def wilson_upper(share: float, n: int, z: float) -> float:
