@@ -303,6 +303,10 @@ NORM = [
     Case("LayerNormalization-broadcast-scale", "LayerNormalization", [f32(2, 3, 4), f32(1, 4), f32(3, 1)],
          {"axis": -2}),
     Case("LayerNormalization-stats-outputs", "LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], n_out=3),
+    Case("LpNormalization-l2-last", "LpNormalization", [f32(2, 3, 4)]),
+    Case("LpNormalization-l1-axis1", "LpNormalization", [f32(2, 3, 4)], {"axis": 1, "p": 1}),
+    Case("LpNormalization-l2-axis0", "LpNormalization", [f32(3, 5)], {"axis": 0, "p": 2}),
+    Case("LpNormalization-zero-rows", "LpNormalization", [f32(3, 4) * np.array([[1], [0], [1]], np.float32)]),
 ]
 
 
@@ -686,6 +690,7 @@ GRAD = [
     ("MatMul", [(2, 3, 4), (4, 2)], {}),
     ("BatchNormalization", [(2, 3, 4), (3,), (3,), (3,), (3,)], {"epsilon": 1e-3}),
     ("LayerNormalization", [(2, 3, 4), (4,), (4,)], {}),
+    ("LpNormalization", [(2, 3, 4)], {"axis": 1}),
     ("LSTM", [(3, 2, 3), (1, 16, 3), (1, 16, 4), (1, 32), None, (1, 2, 4), (1, 2, 4), (1, 12)],
      {"hidden_size": 4}),
     ("GRU", [(3, 2, 3), (2, 12, 3), (2, 12, 4), (2, 24)], {"hidden_size": 4, "direction": "bidirectional"}),

@@ -215,6 +215,18 @@ def instance_norm(inputs, attrs, ctx):
     return F.instance_norm(x, weight=scale, bias=bias, eps=attrs.get("epsilon", 1e-5))
 
 
+@register("LpNormalization")
+def lp_normalization(inputs, attrs, ctx):
+    """x / ||x||_p along `axis` (p 1 or 2); a zero norm gives 0, as onnxruntime (its slice is all zeros). A
+    retrieval model's L2-normalised embedding: without it such a model was refit, never retrained (sweep 20)."""
+    x = inputs[0]
+    p = int(attrs.get("p", 2))
+    if p not in (1, 2):
+        raise ValueError(f"LpNormalization p={p}: ONNX defines p 1 and 2 only")
+    norm = torch.linalg.vector_norm(x, p, dim=_axis(attrs.get("axis", -1), x.dim()), keepdim=True)
+    return x / torch.where(norm == 0, torch.ones_like(norm), norm)
+
+
 @register("LayerNormalization", since_opset=17)
 def layer_norm(inputs, attrs, ctx):
     """Normalise over axes [axis, rank); optional outputs Mean and InvStdDev (kept dims)."""
