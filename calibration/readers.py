@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, stacked_batches,
-                                         time_major_inputs)
+                                         time_major_inputs, time_major_stack)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -231,6 +231,12 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
         chunk = _memory_chunk(source, "in-memory arrays")
         reason = feed_reason([(chunk.where, {k: v.shape for k, v in chunk.arrays.items()})], specs,
                              time_major_inputs(model))
+        samples = time_major_stack({k: v.shape for k, v in chunk.arrays.items()}, specs,
+                                   time_major_inputs(model)) if reason else None
+        if samples:
+            return _feed_reader(_sample_feeds(lambda: chunk.arrays, samples, time_major_inputs(model),
+                                              "in-memory arrays"), specs, labels, limit, _per_sample(reason, samples),
+                                "in-memory arrays", SAMPLE_FEEDS)
         if reason:
             return _feed_reader(FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs, labels, limit,
                                 reason, "in-memory arrays")
@@ -280,6 +286,10 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> Data
             return _feed_reader(_batch_feeds(path, shapes, rows), specs, labels, limit,
                                 f"{reason}, beside samples stacked in batches of the fixed {rows} the model takes: "
                                 "a feed per batch, the scalars in each", path.name)
+        samples = time_major_stack(shapes, specs, time_major) if reason else None
+        if samples:
+            return _feed_reader(_sample_feeds(lambda: _npz_arrays(path), samples, time_major, path.name), specs,
+                                labels, limit, _per_sample(reason, samples), path.name, SAMPLE_FEEDS)
         if reason:
             return _feed_reader(FeedSource([path], _npz_arrays, str), specs, labels, limit, reason, path.name)
     if path.suffix == ".npy":
@@ -355,7 +365,8 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
                       checker=checker)
 
 
-def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: str) -> DataReader:
+def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: str,
+                 unit: str = "feed(s) used as is") -> DataReader:
     """One complete feed per batch, as the source holds it (calibration.feeds)."""
     first = source.items[0]
     arrays = source._load(first)
@@ -363,7 +374,7 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name))
     check(arrays, source._where(first))
     n = _cap(len(source), limit)
-    desc = f"{name}: {n:,} feed(s) used as is, " + (f"labels '{labels_name}'" if labels_name else "no labels")
+    desc = f"{name}: {n:,} {unit}, " + (f"labels '{labels_name}'" if labels_name else "no labels")
     reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=labels_name,
                         num_samples=len(source), description=desc)
     reader.per_feed, reader._feeds, reader._feed_check = True, source, check
@@ -385,6 +396,26 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
 
     return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
 
+
+
+def _sample_feeds(arrays: Callable[[], dict[str, np.ndarray]], n: int, time_major: dict[str, str],
+                  name: str) -> FeedSource:
+    """A stack of n samples of a time-major model (feeds.time_major_stack) as n feeds of one sample each: a
+    time-major input cut along axis 1 ([T, 1, C]), every other array along axis 0; the arrays are read once."""
+    cache: dict = {}
+
+    def load(i: int) -> dict[str, np.ndarray]:
+        whole = cache.setdefault("arrays", arrays())
+        return {k: (v[:, i:i + 1] if k in time_major else v[i:i + 1]) for k, v in whole.items()}
+
+    return FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}")
+
+
+SAMPLE_FEEDS = "time-major sample(s), a feed each"
+
+
+def _per_sample(reason: str, n: int) -> str:
+    return f"{reason}; its {n:,} samples (axis 1) are read one feed each"
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -199,8 +199,8 @@ def npz_example(model, samples: int = 64) -> str:
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     if time_major:
         said = ", ".join(f"{n!r}" for n in time_major)
-        return line + (f"  # {said} time-major, [steps, samples, ...]: the samples on axis 1; a file is one feed, "
-                       "a folder of files many")
+        return line + (f"  # {said} time-major, [steps, samples, ...]: the samples on axis 1, each read as "
+                       "one feed")
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
 
 

@@ -154,10 +154,11 @@ def test_batch_major_outputs_keep_their_rows(tmp_path):
 
 
 def test_a_time_major_feed_counts_its_sequences():
-    """x [T, N, C] (time first): the feed's batch is axis 1, so logits [N, classes] keep their N rows as samples."""
+    """x [T, N, C] (time first): the feed's batch is axis 1, so logits [N, classes] keep their N rows as samples
+    (a list of feed dicts is used as is; a stacked file is read a sample a feed, test_feeds)."""
     model = tb.time_major_lstm()
     x = np.random.default_rng(0).standard_normal((10, 3, 4)).astype(np.float32)
-    ev = Evaluator(open_data({"x": x}, model, batch_size=4), reference_model=model)
+    ev = Evaluator(open_data([{"x": x}], model, batch_size=4), reference_model=model)
     assert ev.sample_axes == (0,) and ev.units == [(3,)] and BudgetRule(ev, 1.0).n == 3
 
 

@@ -109,10 +109,34 @@ def test_time_major_input_is_never_cut_along_time():
     onnx.checker.check_model(model, full_check=True)
     reader = open_data({"x": x}, model, batch_size=4)
     assert reader.per_feed  # a stack would be cut into batches of 4 time steps
-    (feed, _), = list(reader.batches())
-    assert feed["x"].shape == (10, 3, 4)
+    feeds = list(reader.batches())  # one feed a sequence, every step of it (axis 1 cut, never axis 0)
+    assert [f["x"].shape for f, _ in feeds] == [(10, 1, 4)] * 3
+    assert all(np.array_equal(f["x"][:, 0], x[:, i]) for i, (f, _) in enumerate(feeds))
     ev = Evaluator(reader, None, model)
-    assert ev.plan == {"logits": "agreement"} and ev.dense == 1.0
+    assert ev.plan == {"logits": "agreement"} and ev.dense == 1.0 and ev.num_samples == 3
+
+
+def test_a_stacked_time_major_file_is_a_feed_a_sample_so_the_search_can_split_it(tmp_path):
+    """Sweep 20: a file of 2,000 sequences [T, 2000, C] was one feed, so the automatic search could not hold any out:
+    it pruned one-shot and decided on the samples it had fitted on (held out, 1.25% changed against 1 pp). Now each
+    sequence is a feed ([T, 1, C]; its label beside it), the validation split counts sequences, and a file whose
+    arrays do not line up (labels of another length) stays one feed, as before."""
+    from onnxprune.converter.steps.data import Data, DataConfig
+
+    model = tb.time_major_lstm()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 240, 4)).astype(np.float32), rng.integers(0, 3, 240)
+    np.savez(tmp_path / "seq.npz", x=x, labels=y)
+    reader = open_data(tmp_path / "seq.npz", model)
+    assert reader.per_feed and reader.num_samples == 240 and "240 samples (axis 1) are read one feed each" in \
+        reader.feed_note
+    feeds = list(reader.batches())
+    assert [(f["x"].shape, lab.tolist()) for f, lab in feeds[:2]] == [((6, 1, 4), [y[0]]), ((6, 1, 4), [y[1]])]
+    data = Data(model, DataConfig(data=str(tmp_path / "seq.npz"), validation=0.25), split=True)
+    held = [f["x"] for f, _ in data.reader(part="validation").batches()]
+    assert len(held) == 60 and np.array_equal(held[0][:, 0], x[:, 0])  # every 4th sequence decides
+    np.savez(tmp_path / "odd.npz", x=x, labels=y[:239])
+    assert [f["x"].shape for f, _ in open_data(tmp_path / "odd.npz", model, labels="labels").batches()] == [x.shape]
 
 
 def test_a_state_output_with_the_batch_on_axis_1_counts_one_sample_per_feed(tmp_path):
@@ -255,7 +279,7 @@ def _time_major_mean(steps_name="T"):
     return model
 
 
-def test_an_input_whose_later_axis_is_the_outputs_batch_is_time_major_and_read_whole():
+def test_an_input_whose_later_axis_is_the_outputs_batch_is_time_major_and_never_cut_along_time():
     """Sweep 20: torch's nn.TransformerEncoder with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]:
     'T' is no time word, so a [28, 2000, 28] file was read as 28 samples, cut along T, and onnxruntime refused it;
     inspect's line put its 64 samples on T. The outputs' batch on axis 1 makes the input time-major: one feed, never
@@ -270,7 +294,7 @@ def test_an_input_whose_later_axis_is_the_outputs_batch_is_time_major_and_read_w
     reader = open_data({"x": x}, model, batch_size=8)
     assert reader.per_feed
     ev = Evaluator(reader, None, model, split=16)
-    assert ev.dense == 1.0 and [b[0]["x"].shape for b in ev._cached] == [(20, 50, 4)]
+    assert ev.dense == 1.0 and [b[0]["x"].shape for b in ev._cached] == [(20, 1, 4)] * 50  # a feed a row
 
 
 def test_the_outputs_batch_leading_an_input_is_no_time_axis():
