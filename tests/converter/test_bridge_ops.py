@@ -303,6 +303,11 @@ NORM = [
     Case("LayerNormalization-broadcast-scale", "LayerNormalization", [f32(2, 3, 4), f32(1, 4), f32(3, 1)],
          {"axis": -2}),
     Case("LayerNormalization-stats-outputs", "LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], n_out=3),
+    Case("RMSNormalization-last", "RMSNormalization", [f32(2, 3, 4), f32(4, seed=1)], opset=23),
+    Case("RMSNormalization-axis1-eps", "RMSNormalization", [f32(2, 3, 4), f32(3, 4, seed=1)],
+         {"axis": 1, "epsilon": 1e-3}, opset=23),
+    Case("RMSNormalization-broadcast-scale", "RMSNormalization", [f32(2, 3, 4), f32(1, 4, seed=1)], {"axis": -2},
+         opset=23, consts=(1,)),
     Case("LpNormalization-l2-last", "LpNormalization", [f32(2, 3, 4)]),
     Case("LpNormalization-l1-axis1", "LpNormalization", [f32(2, 3, 4)], {"axis": 1, "p": 1}),
     Case("LpNormalization-l2-axis0", "LpNormalization", [f32(3, 5)], {"axis": 0, "p": 2}),
@@ -691,6 +696,7 @@ GRAD = [
     ("BatchNormalization", [(2, 3, 4), (3,), (3,), (3,), (3,)], {"epsilon": 1e-3}),
     ("LayerNormalization", [(2, 3, 4), (4,), (4,)], {}),
     ("LpNormalization", [(2, 3, 4)], {"axis": 1}),
+    ("RMSNormalization", [(2, 3, 4), (4,)], {}),
     ("LSTM", [(3, 2, 3), (1, 16, 3), (1, 16, 4), (1, 32), None, (1, 2, 4), (1, 2, 4), (1, 12)],
      {"hidden_size": 4}),
     ("GRU", [(3, 2, 3), (2, 12, 3), (2, 12, 4), (2, 24)], {"hidden_size": 4, "direction": "bidirectional"}),
@@ -701,7 +707,8 @@ GRAD = [
 @pytest.mark.parametrize("op,shapes,attrs", GRAD, ids=[g[0] for g in GRAD])
 def test_gradients_match_finite_differences(op, shapes, attrs):
     n_out = {"LSTM": 3, "GRU": 2}.get(op, 1)
-    module = OnnxModule(grad_model(op.split("-")[0], shapes, attrs, n_out=n_out))
+    module = OnnxModule(grad_model(op.split("-")[0], shapes, attrs, opset=23 if op == "RMSNormalization" else 17,
+                                   n_out=n_out))
     rng = np.random.default_rng(0)
     args = []
     for s in shapes:

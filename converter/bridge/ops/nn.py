@@ -215,6 +215,20 @@ def instance_norm(inputs, attrs, ctx):
     return F.instance_norm(x, weight=scale, bias=bias, eps=attrs.get("epsilon", 1e-5))
 
 
+@register("RMSNormalization", since_opset=23)
+def rms_norm(inputs, attrs, ctx):
+    """x / sqrt(mean(x^2 over axes [axis, rank)) + epsilon) * scale (scale broadcast), computed in float32 for a
+    half-precision x (stash_type 1). A Llama-style model by torch dynamo at opset 23 (sweep 20) could only be refit."""
+    x, scale = inputs[0], inputs[1]
+    axis = _axis(attrs.get("axis", -1), x.dim())
+    out_dtype = x.dtype
+    if attrs.get("stash_type", 1) == 1 and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    dims = tuple(range(axis, x.dim()))
+    y = x * torch.rsqrt(x.square().mean(dims, keepdim=True) + attrs.get("epsilon", 1e-5))
+    return (y * scale.to(y.dtype)).to(out_dtype)
+
+
 @register("LpNormalization")
 def lp_normalization(inputs, attrs, ctx):
     """x / ||x||_p along `axis` (p 1 or 2); a zero norm gives 0, as onnxruntime (its slice is all zeros). A
