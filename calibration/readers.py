@@ -70,6 +70,7 @@ class DataReader:
 
     per_feed = False
     feed_note = None  # why a per_feed reader reads feeds as they are: open_data says it once per run
+    one_sample_feeds = False  # per_feed, each feed one sample cut from a stack (a time-major file's sequences)
     whole_batches = False  # the model fixes a batch of more than 1 sample: a short last batch is left out
     _labels_dropped = False
     _feeds = None  # a calibration.feeds.FeedSource when per_feed
@@ -378,6 +379,7 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=labels_name,
                         num_samples=len(source), description=desc)
     reader.per_feed, reader._feeds, reader._feed_check = True, source, check
+    reader.one_sample_feeds = unit == SAMPLE_FEEDS
     reader.feed_note = f"reading {name} one complete feed at a time, as is: {reason}"
     return reader
 

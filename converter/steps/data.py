@@ -244,9 +244,13 @@ class Data:
         return self._eval
 
     def verification_feeds(self, batches: int) -> list | None:
-        """A few batches of the user's data (real inputs hit real activations)."""
+        """A few batches of the user's data (real inputs hit real activations); read a sample a feed (a time-major
+        file's sequences), as many samples as that many batches hold."""
+        reader = self.reader()
+        if getattr(reader, "one_sample_feeds", False):
+            batches *= self.batch_size
         feeds = []
-        for feed in self.reader():
+        for feed in reader:
             feeds.append(feed)
             if len(feeds) >= batches:
                 break

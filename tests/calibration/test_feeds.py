@@ -135,6 +135,8 @@ def test_a_stacked_time_major_file_is_a_feed_a_sample_so_the_search_can_split_it
     data = Data(model, DataConfig(data=str(tmp_path / "seq.npz"), validation=0.25), split=True)
     held = [f["x"] for f, _ in data.reader(part="validation").batches()]
     assert len(held) == 60 and np.array_equal(held[0][:, 0], x[:, 0])  # every 4th sequence decides
+    whole = Data(model, DataConfig(data=str(tmp_path / "seq.npz"), batch_size=16))
+    assert len(whole.verification_feeds(4)) == 64  # the parity check runs as many sequences as 4 batches hold
     np.savez(tmp_path / "odd.npz", x=x, labels=y[:239])
     assert [f["x"].shape for f, _ in open_data(tmp_path / "odd.npz", model, labels="labels").batches()] == [x.shape]
 
