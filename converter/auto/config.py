@@ -39,6 +39,7 @@ class AutoConfig:
     neurons: bool = True  # whole-neuron pruning (needs the dead-neuron pass afterwards)
     overrides: dict = field(default_factory=dict)  # any of OVERRIDES the user gave
     recovery: str = "auto"  # a backend of converter.auto.recovery.RECOVERY, or "auto" (its rule picks)
+    retrain: bool = True  # False: the one-shot start only, chosen on the training part (AutoData.chooser)
 
     def validate(self) -> None:
         if not 0 <= self.max_loss <= 100:

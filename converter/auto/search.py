@@ -73,6 +73,9 @@ class AutoData:
     train_on_labels: bool = True
 
 
+BACK_OFF = (0.75, 0.5, 0.25)  # shares of the fit's sparsities a rejected start without retraining is judged at
+
+
 @dataclass
 class AutoResult:
     model: onnx.ModelProto  # dense shapes, pruned weights zero, retrained weights written back
@@ -172,6 +175,12 @@ class _Search:
                               self.rule.statement(), None, {}, kept_input=True)
         best = start = self._one_shot()
         self.d0 = density(best.masks)
+        if not self.config.retrain:  # the plan's one-shot fallback: chosen on one part, decided on the other
+            best = self._worth_it(best)
+            self.notes.append(f"decision rule: {self.rule.statement()}")
+            return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
+                              self.rule.statement(), self.sensitivity, self.one_shot,
+                              kept_input=best.model is self.original)
         name, why = choose(self.original, self.data.train, self.config.recovery)
         self.choices["recovery"] = {"value": name, "rule": why}
         log.info("auto: recovery by %s (%s)", name, why)
@@ -330,6 +339,8 @@ class _Search:
             log.info("one-shot start fitted at %g pp: loss %.3f pp on '%s' on the decision set, over the rule's "
                      "limit %.3f pp; fitted again at %g pp", fit_budget, decision.loss_pp, decision.output,
                      decision.limit_pp, budgets[k + 1])
+        if not decision.within and not self.config.retrain and any(outcome.sparsities.values()):
+            model, decision, note = self._back_off(outcome, model, decision, note)
         # kept: what is nonzero after the one-shot. A weight that was zero in the input is masked from the start, so
         # no retraining or refit gives it a value: the refit at the start level refit every layer, unpruned ones too,
         # and revived the 24 all-zero channels of rapidocr_rec's input (dead-neuron removal then kept them, and the
@@ -345,6 +356,25 @@ class _Search:
         best = _Best(model, masks, decision, {"weights": 0.0, "neurons": 0.0})
         self._record("one-shot", best, decision, True, t0, note=note)
         return best
+
+    def _back_off(self, outcome, model, decision, note):
+        """Without retraining (the plan's one-shot fallback), a start the decision set rejects is pruned less: every
+        layer's sparsity at BACK_OFF of the fit's, judged in turn, the first within the rule kept. A choosing part
+        of 20 samples cannot tell the fits at the budget, half of it and none apart (one changed sample is 5 pp),
+        and all three rejected, the input model was kept."""
+        from onnxprune.calibration.allocate import pruned_model
+
+        for share in BACK_OFF:
+            if self.left() <= 0:
+                return model, decision, note + "; the time budget was spent backing off"
+            sparsities = {n: share * float(s) for n, s in outcome.sparsities.items()}
+            candidate = pruned_model(self.original, sparsities, self.score)
+            judged = self.judge(candidate)
+            note += f"; backed off to {share:g} of its sparsities: {'within' if judged.within else 'outside'} the rule"
+            if judged.within:
+                outcome.sparsities = sparsities
+                return candidate, judged, note
+        return model, decision, note
 
     def _fit_rule(self, budget: float):
         """The rule the fit's tries are judged by (its `fit_judge`) and stopped at (its `point_ceilings`), or None.

@@ -89,7 +89,9 @@ class Data:
 
     def __init__(self, model: onnx.ModelProto, config: DataConfig, *, split: bool = False, small_data: bool = False,
                  random_shapes: dict | None = None, budget: float | None = None,
-                 output_budgets: dict[str, float] | None = None):
+                 output_budgets: dict[str, float] | None = None, choose_every: int | None = None):
+        """`choose_every` k: a split made by the caller, every k-th sample chooses (the training part) and the
+        others decide, whatever --validation says (the automatic plan's one-shot fallback, steps/auto.py)."""
         from onnxprune.calibration.metrics import check_metric_spec
 
         check_metric_spec(model, config.metric)  # a mistyped output or metric fails before any work
@@ -106,7 +108,10 @@ class Data:
         self.small_data = small_data  # the automatic search's small-data policy (SMALL_TRAIN_EVERY)
         self.trains_on_every = False  # small data: every `every`-th sample trains and the others decide
         self._batch = None
-        self.every = self._split() if split else None  # before any part= reader is asked for
+        if choose_every is not None:
+            self.every, self.trains_on_every = int(choose_every), True
+        else:
+            self.every = self._split() if split else None  # before any part= reader is asked for
 
     def _split(self) -> int | None:
         c = self.config
