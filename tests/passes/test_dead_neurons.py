@@ -179,6 +179,38 @@ def test_concat_and_split_channels_are_removed_by_offset():
     assert [onnx.numpy_helper.to_array(t).tolist() for t in sizes] == [[4, 5]]
 
 
+def test_slices_along_the_channels_keep_their_range_as_channels_go():
+    """Sweep 21: GhostNet's `cat([p, cheap])[:, :out]` and ReXNet's partial residual sliced the channel axis, and a
+    Slice had no channel rule: every channel before one was kept (ghostnet_050, half its channels zeroed: 0 removed
+    where the dynamo export, which has no Slice there, lost 1,756)."""
+    m = G.ghost_slice()
+    G.zero(m, "y.weight", 1, [1, 4])  # (a) p channel 1, read at cat 1 and through the depthwise cheap at cat 4
+    G.zero(m, "head.weight", 1, [4])  # (a) y channel 4, the partial residual's tail
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (2, 3, 1, 1) and shp["dw.weight"] == (2, 1, 3, 3)
+    assert shp["y.weight"] == (4, 3, 1, 1) and shp["head.weight"] == (3, 4)
+    assert not [line for line in report.lines() if "Slice" in line]
+    bounds = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in out.graph.initializer}
+    slices = {n.name: [bounds.get(i) for i in n.input[1:3]] for n in out.graph.node if n.op_type == "Slice"}
+    assert slices == {"ghost_slice": [[0], [3]], "head_slice": [[0], [3]], "tail_slice": [[0, 3], [10, 4]]}
+
+
+def test_a_slice_with_a_step_on_the_channels_keeps_them_and_says_why():
+    m = G.ghost_slice()
+    steps = onnx.numpy_helper.from_array(np.array([2], dtype=np.int64), "gs.steps")
+    m.graph.initializer.append(steps)
+    node = next(n for n in m.graph.node if n.name == "ghost_slice")
+    node.input.append("gs.steps")
+    node.input[2] = "gs.ends_long"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([6], dtype=np.int64), "gs.ends_long"))
+    yw = next(t for t in m.graph.initializer if t.name == "y.weight")
+    yw.CopyFrom(onnx.numpy_helper.from_array(G.init(m, "y.weight")[:, :3].copy(), "y.weight"))
+    G.zero(m, "p.weight", 0, [2])  # (b) p channel 2: a constant, which only the Slice's step could place
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (3, 3, 1, 1)
+    assert any("slices the channel axis with step 2" in line for line in report.lines())
+
+
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_filters_go_with_their_channel(multiplier):
     m = G.depthwise_separable(multiplier=multiplier)
@@ -526,6 +558,7 @@ GRAPHS = {
                                                        pads=[1, 1, 1, 1], count_include_pad=1),
     "prelu/resize": G.prelu_resize, "prelu/resize sizes": partial(G.prelu_resize, resize="sizes", mode="linear"),
     "per-position prelu/upsample": partial(G.prelu_resize, slope=(1, 6, 7, 7), resize="upsample"),
+    "ghost/partial-residual slices": G.ghost_slice,
 }
 
 
