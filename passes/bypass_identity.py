@@ -11,6 +11,13 @@ six readers of another kind and was refused as "shared"; read directly it is one
 Rules: a main-graph Identity whose input is an initializer (not a graph input) and whose output is no graph
 output, is read by no If/Loop/Scan body, and is read only as a weight (an input other than the first) of
 Conv/ConvTranspose/Gemm/MatMul, once per reader (`weights.tie_use`, the rule a tied weight's readers follow). The Identity is dropped and its readers read the initializer. Nothing else moves.
+
+The same exporter hands one bias to several layers whose biases are equal (torchvision FCOS's head: eight zero
+Conv biases, one initializer, seven Identity nodes). Shared, the bias blocked dead-neuron removal of every layer that
+reads it ("initializer ... is shared with 'Identity_212', ...") and the layer-wise refit left seven of the head's
+fourteen weights as pruned ("its bias ... is computed by the graph"). An Identity of an initializer read only as the
+bias (input 2) of Conv/ConvTranspose/Gemm becomes a copy of it under the Identity's output name (`bias_identities`):
+each layer owns its bias, as merge_copies.py keeps them. Biases are small; the file grows by the copies.
 """
 
 from __future__ import annotations
@@ -48,19 +55,56 @@ def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
     return found
 
 
+BIAS_READERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def bias_identities(model: onnx.ModelProto) -> dict[str, str]:
+    """{Identity output: the initializer it passes on} for every Identity of an initializer read only as a bias."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}  # copied in memory
+    inits -= {v.name for v in graph.input}
+    frozen = frozen_names(graph)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = {}
+    for node in graph.node:
+        if node.op_type != "Identity" or (node.domain or "") not in ("", "ai.onnx") or node.input[0] not in inits:
+            continue
+        out = node.output[0]
+        uses = readers.get(out, [])
+        if out in frozen or not uses:
+            continue
+        if all(r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx") and list(r.input).count(out) == 1
+               and list(r.input).index(out) == 2 for r in uses):
+            found[out] = node.input[0]
+    return found
+
+
 @register_pass("bypass-identity")
 class BypassIdentity(Pass):
     """Drop the Identity nodes between an initializer and the layers that read it as a weight (module docstring)."""
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
-        rename = weight_identities(model)
-        if not rename:
+        rename, copies = weight_identities(model), bias_identities(model)
+        if not rename and not copies:
             return PassResult(model, False)
-        read_as(model, rename)
-        kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in rename)]
+        if rename:
+            read_as(model, rename)
+        if copies:
+            by_name = {t.name: t for t in model.graph.initializer}
+            for out, src in copies.items():
+                copy = onnx.TensorProto()
+                copy.CopyFrom(by_name[src])
+                copy.name = out
+                model.graph.initializer.append(copy)
+        gone = set(rename) | set(copies)
+        kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in gone)]
         del model.graph.node[:]
         model.graph.node.extend(kept)
-        log.debug("bypass-identity: %d Identity node(s) between a weight and its layer dropped", len(rename))
+        log.debug("bypass-identity: %d Identity node(s) between a weight and its layer dropped, %d shared bias(es) "
+                  "copied", len(rename), len(copies))
         return PassResult(model, True)
 
     def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
