@@ -136,3 +136,32 @@ def test_a_bias_an_identity_shares_becomes_each_layers_own_so_dead_channels_go_a
     small, report = remove_dead_neurons(out)
     G.assert_same(before, small)
     assert G.shapes(small)["a.weight"][0] == 3 and G.shapes(small)["b.weight"][:2] == (3, 3)
+
+
+def test_a_bias_two_layers_read_directly_is_copied_for_the_second():
+    """Sweep 21's LeViT (dynamo): two zero-initialized heads read one 'head.linear.bias'; shared, it blocks
+    dead-neuron removal of both ("initializer ... is shared with ..."). The second reader gets its own copy."""
+    from onnxprune.passes.bypass_identity import BypassIdentity, shared_biases
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
+    from tests.passes import _graphs as G
+
+    g = G.G(seed=3)
+    a = g.op("Relu", "a_relu", [g.op("Gemm", "a", ["x", g.weight("a.weight", (6, 5), 5), g.bias("ab", 6)],
+                                     transB=1)])
+    c = g.op("Relu", "c_relu", [g.op("Gemm", "c", [a, g.weight("c.weight", (6, 6), 6), "ab"], transB=1)])
+    g.gemm(c, "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": ["N", 5]}, {"y": ["N", 3]})
+    G.zero(model, "c.weight", 1, [4])  # a's neuron 4 read by nobody
+    G.zero(model, "head.weight", 1, [1])  # c's neuron 1 read by nobody
+    _, report = remove_dead_neurons(model)
+    assert report.removed == 0
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    assert shared_biases(model) == [(2, "ab")]
+    out = BypassIdentity()(model, PruneState()).model
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.input[2] for n in out.graph.node if n.op_type == "Gemm"][:2] == ["ab", "ab.c"]
+    small, _ = remove_dead_neurons(out)
+    G.assert_same(before, small)
+    assert G.shapes(small)["a.weight"] == (5, 5) and G.shapes(small)["c.weight"] == (5, 5)
