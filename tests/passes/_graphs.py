@@ -294,6 +294,17 @@ def ghost_slice(seed: int = 0) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 10, 10]}, {"y": ["N", 3]})
 
 
+def grouped_conv(seed: int = 0) -> onnx.ModelProto:
+    """p 3×3 (3→8) ─ Relu ─ q 3×3 padded, group 2 (8→8) ─ Relu ─ r 1×1, group 4 (8→4) ─ Relu ─ GAP ─ Gemm head."""
+    g = G(seed)
+    x = g.op("Relu", "p_relu", [g.conv("x", "p", 3, 8, 3, pad=1)])
+    x = g.op("Relu", "q_relu", [g.conv(x, "q", 8, 8, 3, pad=1, group=2)])
+    x = g.op("Relu", "r_relu", [g.conv(x, "r", 8, 4, 1, group=4)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 4, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
 def squeeze_excite(seed: int = 0) -> onnx.ModelProto:
     """s = Relu(c1 x); gate = Sigmoid(fc2(Relu(fc1(GAP s)))); c2(s · gate): the Mul merges c1 with fc2."""
     g = G(seed)

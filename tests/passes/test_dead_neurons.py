@@ -211,6 +211,24 @@ def test_a_slice_with_a_step_on_the_channels_keeps_them_and_says_why():
     assert any("slices the channel axis with step 2" in line for line in report.lines())
 
 
+def test_a_grouped_conv_loses_a_local_channel_from_every_group_at_once():
+    """Sweep 21's regnety_002 (group width 8): "a grouped Conv (group=46) has no channel rule" kept every channel
+    around its 13 grouped Convs (a hand recipe with half the neurons masked removed 2,302 channels; with the rule,
+    5,566). Local channel j of every group is one class, so the groups keep equal widths and `group` stays."""
+    g = G.G(seed=4)
+    p = g.op("Relu", "p_relu", [g.conv("x", "p", 3, 8, 3, pad=1)])
+    q = g.op("Relu", "q_relu", [g.conv(p, "q", 8, 8, 1, group=2)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [q])]), "head", 8, 3)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+    G.zero(m, "q.weight", 1, [1])  # (a) local input 1 of both groups: p channels 1 and 5
+    G.zero(m, "head.weight", 1, [2, 6, 3])  # (a) q's local output 2 of both groups; 3 of group 0 only: stays
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (6, 3, 3, 3) and shp["q.weight"] == (6, 3, 1, 1) and shp["head.weight"] == (3, 6)
+    assert [a.i for n in out.graph.node if n.name == "q" for a in n.attribute if a.name == "group"] == [2]
+    assert not [line for line in report.lines() if "grouped Conv" in line]
+
+
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_filters_go_with_their_channel(multiplier):
     m = G.depthwise_separable(multiplier=multiplier)
@@ -559,6 +577,7 @@ GRAPHS = {
     "prelu/resize": G.prelu_resize, "prelu/resize sizes": partial(G.prelu_resize, resize="sizes", mode="linear"),
     "per-position prelu/upsample": partial(G.prelu_resize, slope=(1, 6, 7, 7), resize="upsample"),
     "ghost/partial-residual slices": G.ghost_slice,
+    "grouped conv": G.grouped_conv,
 }
 
 
