@@ -11,6 +11,15 @@ six readers of another kind and was refused as "shared"; read directly it is one
 Rules: a main-graph Identity whose input is an initializer (not a graph input) and whose output is no graph
 output, is read by no If/Loop/Scan body, and is read only as a weight (an input other than the first) of
 Conv/ConvTranspose/Gemm/MatMul, once per reader (`weights.tie_use`, the rule a tied weight's readers follow). The Identity is dropped and its readers read the initializer. Nothing else moves.
+
+The same exporter hands one bias to several layers whose biases are equal (torchvision FCOS's head: eight zero
+Conv biases, one initializer, seven Identity nodes). Shared, the bias blocked dead-neuron removal of every layer that
+reads it ("initializer ... is shared with 'Identity_212', ...") and the layer-wise refit left seven of the head's
+fourteen weights as pruned ("its bias ... is computed by the graph"). An Identity of an initializer read only as the
+bias (input 2) of Conv/ConvTranspose/Gemm becomes a copy of it under the Identity's output name (`bias_identities`):
+each layer owns its bias, as merge_copies.py keeps them. Biases are small; the file grows by the copies. The
+dynamo exporter shares one equal bias directly (timm LeViT's two zero-initialized heads read 'head.linear.bias'):
+an initializer read only as a bias by several layers gets a copy per later reader (`shared_biases`).
 """
 
 from __future__ import annotations
@@ -48,19 +57,91 @@ def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
     return found
 
 
+BIAS_READERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def bias_identities(model: onnx.ModelProto) -> dict[str, str]:
+    """{Identity output: the initializer it passes on} for every Identity of an initializer read only as a bias."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}  # copied in memory
+    inits -= {v.name for v in graph.input}
+    frozen = frozen_names(graph)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = {}
+    for node in graph.node:
+        if node.op_type != "Identity" or (node.domain or "") not in ("", "ai.onnx") or node.input[0] not in inits:
+            continue
+        out = node.output[0]
+        uses = readers.get(out, [])
+        if out in frozen or not uses:
+            continue
+        if all(r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx") and list(r.input).count(out) == 1
+               and list(r.input).index(out) == 2 for r in uses):
+            found[out] = node.input[0]
+    return found
+
+
+def shared_biases(model: onnx.ModelProto) -> list[tuple[int, str]]:
+    """(node index, initializer) for each reader after the first of an initializer that several layers read only
+    as their bias (input 2 of Conv/ConvTranspose/Gemm), and nothing else reads."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}
+    inits -= frozen_names(graph)
+    readers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
+    for k, node in enumerate(graph.node):
+        for name in set(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append((k, node))
+    out = []
+    for name, uses in readers.items():
+        if len(uses) > 1 and all(r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx")
+                                 and list(r.input).count(name) == 1 and list(r.input).index(name) == 2
+                                 for _, r in uses):
+            out.extend((k, name) for k, _ in uses[1:])
+    return out
+
+
 @register_pass("bypass-identity")
 class BypassIdentity(Pass):
     """Drop the Identity nodes between an initializer and the layers that read it as a weight (module docstring)."""
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
-        rename = weight_identities(model)
-        if not rename:
+        rename, copies = weight_identities(model), bias_identities(model)
+        shared = shared_biases(model)
+        if not rename and not copies and not shared:
             return PassResult(model, False)
-        read_as(model, rename)
-        kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in rename)]
+        if shared:
+            by_name = {t.name: t for t in model.graph.initializer}
+            taken = by_name.keys() | {o for n in model.graph.node for o in n.output}
+            for k, src in shared:
+                node, name, i = model.graph.node[k], f"{src}.{model.graph.node[k].name or k}", 0
+                while name in taken:
+                    i += 1
+                    name = f"{src}.{node.name or k}.{i}"
+                copy = onnx.TensorProto()
+                copy.CopyFrom(by_name[src])
+                copy.name = name
+                model.graph.initializer.append(copy)
+                node.input[2] = name
+                taken = taken | {name}
+        if rename:
+            read_as(model, rename)
+        if copies:
+            by_name = {t.name: t for t in model.graph.initializer}
+            for out, src in copies.items():
+                copy = onnx.TensorProto()
+                copy.CopyFrom(by_name[src])
+                copy.name = out
+                model.graph.initializer.append(copy)
+        gone = set(rename) | set(copies)
+        kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in gone)]
         del model.graph.node[:]
         model.graph.node.extend(kept)
-        log.debug("bypass-identity: %d Identity node(s) between a weight and its layer dropped", len(rename))
+        log.debug("bypass-identity: %d Identity node(s) between a weight and its layer dropped, %d shared bias(es) "
+                  "copied", len(rename), len(copies) + len(shared))
         return PassResult(model, True)
 
     def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:

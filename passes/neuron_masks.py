@@ -29,6 +29,7 @@ multiply their factors together.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -91,6 +92,39 @@ def check_shares(values) -> None:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"--neuron-sparsity {value} must be in [0, 1); e.g. 0.5 removes half of each layer's "
                               "neurons.")
+
+
+def unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset()) -> dict[str, str]:
+    """{layer ("MatMul 'x'"): why} for every layer of `maskable` weights none of whose neurons can be masked whole,
+    because what reads (or holds) its channels blocks their removal: the first block's reason (rule 1 above)."""
+    cg = analyse(model, protected=protected)
+    why: dict[int, str] = {}
+    for ids, note in cg.blocks:
+        for r in cg.root_of(ids).tolist():
+            why.setdefault(int(r), note)
+    outputs = {t.name for t in cg.graph.outputs}  # a model's outputs are its outputs: nobody asks them to go
+    out = {}
+    for lay in cg.layers:
+        roots = cg.roots(lay.tensor).tolist()
+        if lay.weight in maskable and lay.tensor not in outputs and roots and all(int(r) in why for r in roots):
+            out[f"{lay.op} '{lay.node}'"] = why[int(roots[0])]
+    return out
+
+
+def unmaskable_note(model: onnx.ModelProto, maskable: set[str], protected=frozenset(), shown: int = 3) -> str | None:
+    """The run's note on the layers --neuron-sparsity cannot touch (None when it can touch every one)."""
+    layers = unmaskable(model, maskable, protected)
+    if not layers:
+        return None
+    reasons: dict[str, list[tuple[str, str]]] = {}  # by the reason with its names left out: one kind a line
+    for layer, why in layers.items():
+        reasons.setdefault(re.sub(r"'[^']*'", "''", why), []).append((layer, why))
+    ranked = sorted(reasons.values(), key=lambda items: -len(items))
+    parts = [f"{items[0][0]}{f' (+{len(items) - 1} more like it)' if len(items) > 1 else ''}: {items[0][1]}"
+             for items in ranked[:shown]]
+    more = f"; {len(ranked) - shown} other kind(s) of reason" if len(ranked) > shown else ""
+    return (f"--neuron-sparsity masked no neuron of {len(layers)} of {len(maskable)} layers: their channels cannot "
+            f"be removed ({'; '.join(parts)}{more}); only their weights were pruned")
 
 
 def neuron_map(model: onnx.ModelProto, maskable: set[str], protected=frozenset()) -> NeuronMap:

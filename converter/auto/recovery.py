@@ -92,6 +92,7 @@ PER_LAYER_Z = 2.0
 # no time left for it. rapidocr_cls with 25 minutes: none of 119 candidates passed the cross-fit (each changed 1 of 19
 # rows of a fold); judged relative to the start's own cross-fit, 1.44x -> 1.47x. A sequence that may not survive one
 # rejection stops within a step or two of the bisection's edge.
+REFIT_MARGIN = 1.2  # a refit (or a per-layer candidate) starts only with its estimate and 20% more left
 SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
 # the refit shrinks with λ = 0.01 x mean diag(XᵀX) toward the kept weights (prior; reconstruct's own default shrinks
 # toward zero). Toward zero, every layer refit on the small-data split interpolates its few training rows: at the
@@ -230,6 +231,14 @@ class SgdRecovery(Recovery):
         return ReconstructRecovery().search(s, best)
 
 
+def _refit_need(need: float, after: float) -> str:
+    """What a refit needs to start, said whole: sweep 21's mobilevit read "stopped ... with 73 s left (a refit takes
+    about 66 s)", its 20% margin unsaid, and the run ended after 45 s of a 2-minute budget."""
+    extra = f" and {after:.0f} s for what follows it" if after >= 0.5 else ""
+    return (f"a refit takes about {need / REFIT_MARGIN:.0f} s (estimated) and starts only with "
+            f"{round((REFIT_MARGIN - 1) * 100)}% more{extra}: {need + after:.0f} s; a longer --time-budget refits")
+
+
 @register_recovery("reconstruct")
 class ReconstructRecovery(Recovery):
     """Prune to a global level, refit layer by layer, judge on unseen samples; bisection on the level.
@@ -257,10 +266,10 @@ class ReconstructRecovery(Recovery):
         level = 1.0 if best.model is s.original else 0.0
         after = None  # after a rejection at level 0: the rule with PER_LAYER_Z times the margin (fixed-sequence)
         while True:
-            need = (pace or self._first_estimate(best.masks)) * 1.2
+            need = (pace or self._first_estimate(best.masks)) * REFIT_MARGIN
             if s.left() < need + s.tail:
                 s.notes.append(f"time budget: the refit search stopped at level {lo:g} with {max(0.0, s.left()):.0f}"
-                               f" s left (a refit takes about {need / 1.2:.0f} s)")
+                               f" s left: {_refit_need(need, s.tail)}")
                 break
             t0 = time.perf_counter()
             keep = round(s.d0 * WEIGHT_FACTOR ** level * s.total)
@@ -274,7 +283,7 @@ class ReconstructRecovery(Recovery):
             try:
                 model, masks, decision = self._candidate(masks, after)
             except RefitStopped as stopped:
-                self._stopped(stopped, level, need / 1.2)
+                self._stopped(stopped, level, need / REFIT_MARGIN)
                 break
             kept = decision.within and (level > 0 or decision.loss_pp <= best.decision.loss_pp + 1e-9)
             levels = {"weights": level, "neurons": 0.0}
@@ -369,10 +378,13 @@ class ReconstructRecovery(Recovery):
         tried = kept_n = 0
         while steps:
             for name in sorted(steps, key=lambda n: (-int(best.masks[n].sum()), n)):  # largest (kept) first
-                if s.left() < pace * 1.2 + s.tail + s.pass_seconds():  # the result is judged again after
+                if s.left() < pace * REFIT_MARGIN + s.tail + s.pass_seconds():  # the result is judged again after
                     if tried:
                         s.notes.append(f"time budget: the per-layer refit stopped after {tried} candidates "
                                        f"({kept_n} kept)")
+                    elif pace > 0 and not any(n.startswith("time budget: the refit search stopped") for n in s.notes):
+                        s.notes.append(f"time budget: no per-layer refit was tried with {max(0.0, s.left()):.0f} s "
+                                       f"left: {_refit_need(pace * REFIT_MARGIN, s.tail + s.pass_seconds())}")
                     return self._rejudged(best, kept_n)
                 alive = int(best.masks[name].sum())
                 keep = int(round(alive * WEIGHT_FACTOR ** steps[name]))

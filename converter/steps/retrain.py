@@ -94,6 +94,8 @@ class _Retraining(Step):
     def run(self, state: RunState) -> None:
         try:
             state.pruned, state.history = self._with_bridge(state)
+            if self.config.neuron_sparsity or self.config.neuron_layers:
+                self._unmaskable(state)
         except UnsupportedOpError as exc:
             note = (f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]}); "
                     "retrained by layer-wise reconstruction instead")
@@ -107,6 +109,16 @@ class _Retraining(Step):
 
     def _with_bridge(self, state: RunState):
         raise NotImplementedError
+
+    def _unmaskable(self, state: RunState) -> None:
+        """Say which layers --neuron-sparsity could not touch, and why (sweep 21's LeViT: 48 of 51 layers kept every
+        neuron behind the attention heads' Reshape, and the run said nothing of it)."""
+        from onnxprune.passes.neuron_masks import unmaskable_note
+
+        note = unmaskable_note(state.original, set(state.targets))
+        if note:
+            log.info(note)
+            state.notes.append(note)
 
     def _checkpoints(self, state: RunState):
         if not self.config.checkpoint_dir:

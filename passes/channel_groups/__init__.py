@@ -8,7 +8,7 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Conv c1 ─ BN ─ Relu ─ MaxPool ─ Flatten ─ Gemm fc1    c1 channel k  ==  fc1 input rows k·HW … k·HW+HW-1
     Conv a ─┐
     Conv b ─┴─ Add ─ Relu ─ Conv c                          a channel k  ==  b channel k  (one class)
-    Concat / Split: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
+    Concat / Split / Slice: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
@@ -57,6 +57,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _concat,
     _flatten,
     _reshape,
+    _slice,
     _split,
     _squeeze,
     _transpose,
@@ -75,7 +76,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _normalization,
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Concat": _concat, "Split": _split, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 

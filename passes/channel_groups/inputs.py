@@ -48,6 +48,8 @@ def _seed_inputs(b: Builder, crop: bool) -> None:
         t, n, gather = _flat_view(b, x)
         if t is None or x.name in b.protected or b.ch(t) is not None or not t.outputs:
             continue  # an input nothing reads (an exporter's unused input) has nothing to gather or crop
+        if any(u.op == "Slice" for u in t.outputs):
+            continue  # cropped already (by an earlier round, or by its exporter): the Slice is not cut again
         ids = b.cg.new_classes(n, f"input '{x.name}'")
         b.set(t, Channels(-1, ids, np.full(n, NAN)))
         b.cg.layers.append(Layer(x.name, "input", "", t.name, np.zeros((n, 0))))

@@ -1,4 +1,4 @@
-"""Rules for weight layers: Gemm, MatMul, Conv (dense and depthwise), ConvTranspose."""
+"""Rules for weight layers: Gemm, MatMul, Conv (dense, depthwise and grouped), ConvTranspose."""
 
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ def _conv(b: Builder, node: gs.Node) -> None:
         return _conv_dense(b, node, W)
     if cx is not None and W.shape[1] == 1 and len(cx.ids) == g and W.shape[0] % g == 0:
         return _depthwise(b, node, W, cx)
+    if W.shape[0] % g == 0 and (cx is None or (len(cx.ids) == g * W.shape[1] and cx.axis == 1 - W.ndim)):
+        return _grouped(b, node, W, g, cx)
     b.opaque(node, f"is a grouped Conv (group={g}), which has no channel rule")
 
 
@@ -91,6 +93,35 @@ def _conv_dense(b: Builder, node: gs.Node, W: np.ndarray) -> None:
     if b.read(node, x, axis, W.swapaxes(0, 1).reshape(i, -1), fold, b.frozen(w, node)):
         b.slices(x, w, 1)
     b.produce(node, w, W.reshape(o, -1), axis, bias, b.frozen(w, node) or bias_frozen)
+    b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
+
+
+def _grouped(b: Builder, node: gs.Node, W: np.ndarray, g: int, cx: Channels | None) -> None:
+    """Group k reads input channels k·ci … k·ci+ci-1 and writes outputs k·co … k·co+co-1 (RegNet, ResNeXt). The
+    groups must keep equal widths, so local channel j of every group is one class, on each side: a local channel goes
+    from all groups at once, and `group` stays."""
+    x, w = node.inputs[:2]
+    o, ci, axis = W.shape[0], W.shape[1], 1 - W.ndim
+    co = o // g
+    bias, bias_frozen = _bias(b, node, o)
+    frozen = b.frozen(w, node)
+    if cx is not None:
+        for k in range(1, g):
+            for j in range(ci):
+                b.cg.union(cx.ids[k * ci + j], cx.ids[j])
+        rows = np.concatenate([W[k * co:(k + 1) * co].swapaxes(0, 1).reshape(ci, -1) for k in range(g)])
+        taps = W.reshape(o, ci, -1).sum(axis=2, dtype=np.float64)
+
+        def fold(v: np.ndarray) -> np.ndarray:
+            return np.concatenate([taps[k * co:(k + 1) * co] @ v[k * ci:(k + 1) * ci] for k in range(g)])
+
+        if b.read(node, x, axis, rows, fold if _no_padding(node) and not bias_frozen else None, frozen):
+            b.edit(x, lambda keep: b.cg.slice(w, 1, keep[:ci]))
+    b.produce(node, w, W.reshape(o, -1), axis, bias, frozen or bias_frozen)
+    ids = b.ch(node.outputs[0]).ids
+    for k in range(1, g):
+        for j in range(co):
+            b.cg.union(ids[k * co + j], ids[j])
     b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 

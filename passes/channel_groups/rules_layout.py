@@ -1,4 +1,4 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split."""
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice."""
 
 from __future__ import annotations
 
@@ -147,3 +147,60 @@ def _split(b: Builder, node: gs.Node) -> None:
     b.edit(x, edit)
 
 
+
+
+def _slice_params(node: gs.Node, opset: int | None) -> tuple | None:
+    """(starts, ends, axes, steps) as int lists, or None where one is not constant."""
+    if opset is not None and opset < 10:  # Slice-1: attributes, no steps
+        starts, ends = _attr(node, "starts", None), _attr(node, "ends", None)
+        axes, steps = _attr(node, "axes", None), None
+    else:
+        starts, ends, axes, steps = (_opt_input(node, i) for i in (1, 2, 3, 4))
+        if any(t is not None and _const(t) is None for t in (starts, ends, axes, steps)):
+            return None
+        starts, ends, axes, steps = (None if t is None else _const(t) for t in (starts, ends, axes, steps))
+    if starts is None or ends is None:
+        return None
+    starts, ends = [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)]
+    axes = list(range(len(starts))) if axes is None else [int(v) for v in np.ravel(axes)]
+    steps = [1] * len(starts) if steps is None else [int(v) for v in np.ravel(steps)]
+    return starts, ends, axes, steps
+
+
+def _slice(b: Builder, node: gs.Node) -> None:
+    """A constant Slice: across other axes the channels pass; along the channel axis (step 1) it keeps a range of
+    positions, whose bounds follow the kept channels (GhostNet's `cat([x1, x2])[:, :out_chs]`, ReXNet's partial
+    residual `x[:, :C] + shortcut`). Positions it cuts off are not read through it."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    params = _slice_params(node, b.cg.graph.opset)
+    if r is None or params is None:
+        return b.opaque(node, "has starts, ends, axes or steps that are not constant, or an input rank shape "
+                              "inference did not give")
+    starts, ends, axes, steps = params
+    axes = [a % r for a in axes]
+    ch = r + c.axis
+    if ch not in axes:  # a slice across space or time: every position keeps its channels
+        return b.set(node.outputs[0], c)
+    i = axes.index(ch)
+    if steps[i] != 1:
+        return b.opaque(node, f"slices the channel axis with step {steps[i]}")
+    lo, hi, _ = slice(starts[i], ends[i], 1).indices(len(c.ids))
+    hi = max(lo, hi)
+    b.set(node.outputs[0], Channels(c.axis, c.ids[lo:hi], c.value[lo:hi]))
+
+    def edit(keep: np.ndarray) -> None:
+        new_lo = int(keep[:lo].sum())
+        new_hi = new_lo + int(keep[lo:hi].sum())
+        new_starts, new_ends = list(starts), list(ends)
+        new_starts[i], new_ends[i] = new_lo, new_hi
+        if b.cg.graph.opset is not None and b.cg.graph.opset < 10:
+            node.attrs["starts"], node.attrs["ends"] = new_starts, new_ends
+            return
+        for index, values, what in ((1, new_starts, "starts"), (2, new_ends, "ends")):
+            old = node.inputs[index]
+            dtype = _const(old).dtype if _const(old) is not None else np.int64
+            node.inputs[index] = gs.Constant(b.cg.unique(f"{node.name or 'slice'}_{what}"),
+                                             np.array(values, dtype=dtype))
+
+    b.edit(x, edit)

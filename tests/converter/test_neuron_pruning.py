@@ -90,3 +90,30 @@ def test_a_residual_bn_cnn_loses_half_its_channels_through_retraining():
     assert layers["stem.weight"] == (8, 4) and layers["b.weight"] == (8, 4) and layers["a.weight"] == (8, 4)
     assert_same_outputs(result.model, result.dense_model, feeds=[{"x": x[:16]}])
     onnx.checker.check_model(result.model)
+
+
+def test_layers_neuron_sparsity_cannot_touch_are_named_with_the_reason():
+    """Sweep 21's LeViT (dynamo): `--neuron-sparsity 0.5` masked the neurons of 3 of its 51 layers; the other 48
+    feed the attention heads' Reshape, which blocks their removal, and the run said nothing. Here the stem's
+    channels pass a Reshape to [N, 8, 64] (not a flattening one): the stem keeps its 8 neurons, b loses half, and a
+    note names the stem and the Reshape."""
+    from tests.passes import _graphs as G
+
+    g = G.G(seed=2)
+    s = g.op("Relu", "stem_relu", [g.conv("x", "stem", 3, 8, 3, pad=1)])
+    r = g.op("Reshape", "rows", [s, g.init("rows.shape", np.array([0, 8, -1], dtype=np.int64))])
+    s = g.op("Reshape", "back", [r, g.init("back.shape", np.array([0, 8, 8, 8], dtype=np.int64))])
+    b = g.op("Relu", "b_relu", [g.conv(s, "b", 8, 8, 3, pad=1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [b])]), "head", 8, 5)
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 5]})
+    x = np.random.default_rng(1).standard_normal((128, 3, 8, 8)).astype(np.float32)
+    labels = make_session(model).run(None, {"x": x})[0].argmax(1).astype(np.int64)
+    result = run(model, configure(sparsity=0.5, neuron_sparsity=0.5, iterations=1, epochs=1, lr=0.01,
+                                  data={"x": x, "labels": labels}, seed=0))
+    layers = hidden(result.report)
+    assert layers["stem.weight"] == (8, 8) and layers["b.weight"] == (8, 4)
+    notes = [n for n in result.report["notes"] if n.startswith("--neuron-sparsity masked no neuron")]
+    assert len(notes) == 1 and "1 of 3 layers" in notes[0] and "Conv 'stem'" in notes[0], result.report["notes"]
+    assert "Reshape 'rows'" in notes[0], notes[0]
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"x": x[:16]}])

@@ -271,6 +271,40 @@ def squeeze_unsqueeze(seed: int = 0) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
 
 
+def ghost_slice(seed: int = 0) -> onnx.ModelProto:
+    """GhostNet's cat([p, cheap(p)])[:, :5] (a Slice keeping fewer channels than the Concat holds; cheap is
+    depthwise) into y (1×1, 5 channels), then ReXNet's partial residual cat([y[:, :3] + stem, y[:, 3:]]) (the tail
+    sliced on axes [3, 1], spatially whole), GAP, Gemm head."""
+    g = G(seed)
+    s = g.op("Relu", "stem_relu", [g.conv("x", "stem", 3, 3, 3, pad=1)])
+    p = g.op("Relu", "p_relu", [g.conv(s, "p", 3, 3, 1)])
+    w = g.weight("dw.weight", (3, 1, 3, 3), 9)
+    cheap = g.op("Relu", "dw_relu", [g.op("Conv", "dw", [p, w, g.bias("dw.bias", 3)], group=3, kernel_shape=[3, 3],
+                                           pads=[1] * 4)])
+    i64 = lambda name, v: g.init(name, np.array(v, dtype=np.int64))  # noqa: E731
+    cat = g.op("Concat", "cat", [p, cheap], axis=1)
+    gh = g.op("Slice", "ghost_slice", [cat, i64("gs.starts", [0]), i64("gs.ends", [5]), i64("gs.axes", [1])])
+    y = g.conv(gh, "y", 5, 5, 1)
+    head = g.op("Slice", "head_slice", [y, i64("hs.starts", [0]), i64("hs.ends", [3]), i64("hs.axes", [-3])])
+    tail = g.op("Slice", "tail_slice", [y, i64("ts.starts", [0, 3]), i64("ts.ends", [10, 2**63 - 1]),
+                                        i64("ts.axes", [3, 1]), i64("ts.steps", [1, 1])])
+    z = g.op("Concat", "partial_res", [g.op("Add", "res_add", [head, s]), tail], axis=1)
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [z])]), "head", 5, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 10, 10]}, {"y": ["N", 3]})
+
+
+def grouped_conv(seed: int = 0) -> onnx.ModelProto:
+    """p 3×3 (3→8) ─ Relu ─ q 3×3 padded, group 2 (8→8) ─ Relu ─ r 1×1, group 4 (8→4) ─ Relu ─ GAP ─ Gemm head."""
+    g = G(seed)
+    x = g.op("Relu", "p_relu", [g.conv("x", "p", 3, 8, 3, pad=1)])
+    x = g.op("Relu", "q_relu", [g.conv(x, "q", 8, 8, 3, pad=1, group=2)])
+    x = g.op("Relu", "r_relu", [g.conv(x, "r", 8, 4, 1, group=4)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 4, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
 def squeeze_excite(seed: int = 0) -> onnx.ModelProto:
     """s = Relu(c1 x); gate = Sigmoid(fc2(Relu(fc1(GAP s)))); c2(s · gate): the Mul merges c1 with fc2."""
     g = G(seed)

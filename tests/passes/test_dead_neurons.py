@@ -179,6 +179,56 @@ def test_concat_and_split_channels_are_removed_by_offset():
     assert [onnx.numpy_helper.to_array(t).tolist() for t in sizes] == [[4, 5]]
 
 
+def test_slices_along_the_channels_keep_their_range_as_channels_go():
+    """Sweep 21: GhostNet's `cat([p, cheap])[:, :out]` and ReXNet's partial residual sliced the channel axis, and a
+    Slice had no channel rule: every channel before one was kept (ghostnet_050, half its channels zeroed: 0 removed
+    where the dynamo export, which has no Slice there, lost 1,756)."""
+    m = G.ghost_slice()
+    G.zero(m, "y.weight", 1, [1, 4])  # (a) p channel 1, read at cat 1 and through the depthwise cheap at cat 4
+    G.zero(m, "head.weight", 1, [4])  # (a) y channel 4, the partial residual's tail
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (2, 3, 1, 1) and shp["dw.weight"] == (2, 1, 3, 3)
+    assert shp["y.weight"] == (4, 3, 1, 1) and shp["head.weight"] == (3, 4)
+    assert not [line for line in report.lines() if "Slice" in line]
+    bounds = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in out.graph.initializer}
+    slices = {n.name: [bounds.get(i) for i in n.input[1:3]] for n in out.graph.node if n.op_type == "Slice"}
+    assert slices == {"ghost_slice": [[0], [3]], "head_slice": [[0], [3]], "tail_slice": [[0, 3], [10, 4]]}
+
+
+def test_a_slice_with_a_step_on_the_channels_keeps_them_and_says_why():
+    m = G.ghost_slice()
+    steps = onnx.numpy_helper.from_array(np.array([2], dtype=np.int64), "gs.steps")
+    m.graph.initializer.append(steps)
+    node = next(n for n in m.graph.node if n.name == "ghost_slice")
+    node.input.append("gs.steps")
+    node.input[2] = "gs.ends_long"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([6], dtype=np.int64), "gs.ends_long"))
+    yw = next(t for t in m.graph.initializer if t.name == "y.weight")
+    yw.CopyFrom(onnx.numpy_helper.from_array(G.init(m, "y.weight")[:, :3].copy(), "y.weight"))
+    G.zero(m, "p.weight", 0, [2])  # (b) p channel 2: a constant, which only the Slice's step could place
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (3, 3, 1, 1)
+    assert any("slices the channel axis with step 2" in line for line in report.lines())
+
+
+def test_a_grouped_conv_loses_a_local_channel_from_every_group_at_once():
+    """Sweep 21's regnety_002 (group width 8): "a grouped Conv (group=46) has no channel rule" kept every channel
+    around its 13 grouped Convs (a hand recipe with half the neurons masked removed 2,302 channels; with the rule,
+    5,566). Local channel j of every group is one class, so the groups keep equal widths and `group` stays."""
+    g = G.G(seed=4)
+    p = g.op("Relu", "p_relu", [g.conv("x", "p", 3, 8, 3, pad=1)])
+    q = g.op("Relu", "q_relu", [g.conv(p, "q", 8, 8, 1, group=2)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [q])]), "head", 8, 3)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+    G.zero(m, "q.weight", 1, [1])  # (a) local input 1 of both groups: p channels 1 and 5
+    G.zero(m, "head.weight", 1, [2, 6, 3])  # (a) q's local output 2 of both groups; 3 of group 0 only: stays
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (6, 3, 3, 3) and shp["q.weight"] == (6, 3, 1, 1) and shp["head.weight"] == (3, 6)
+    assert [a.i for n in out.graph.node if n.name == "q" for a in n.attribute if a.name == "group"] == [2]
+    assert not [line for line in report.lines() if "grouped Conv" in line]
+
+
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_filters_go_with_their_channel(multiplier):
     m = G.depthwise_separable(multiplier=multiplier)
@@ -526,6 +576,8 @@ GRAPHS = {
                                                        pads=[1, 1, 1, 1], count_include_pad=1),
     "prelu/resize": G.prelu_resize, "prelu/resize sizes": partial(G.prelu_resize, resize="sizes", mode="linear"),
     "per-position prelu/upsample": partial(G.prelu_resize, slope=(1, 6, 7, 7), resize="upsample"),
+    "ghost/partial-residual slices": G.ghost_slice,
+    "grouped conv": G.grouped_conv,
 }
 
 

@@ -97,3 +97,71 @@ def test_an_identity_per_use_is_bypassed_so_the_weight_is_one_tied_weight():
     fresh.graph.node.insert(0, helper.make_node("Identity", ["cell.W"], ["w_out"], name="Identity_out"))
     fresh.graph.output.append(helper.make_tensor_value_info("w_out", onnx.TensorProto.FLOAT, [12, 12]))
     assert weight_identities(fresh) == {}  # an Identity that is also a graph output stays
+
+
+def test_a_bias_an_identity_shares_becomes_each_layers_own_so_dead_channels_go_and_the_refit_fits_it():
+    """Sweep 21's torchvision FCOS (legacy export): the head's eight zero Conv biases were one initializer, seven
+    layers reading it through an Identity. Dead-neuron removal kept every channel of those layers ("shared with
+    'Identity_212', ...") and the refit left seven weights as pruned ("its bias ... is computed by the graph").
+    Copied per reader at load, each layer owns its bias: outputs unchanged, a dead channel of both layers goes."""
+    from onnxprune.converter.reconstruct import _computed_bias
+    from onnxprune.passes.bypass_identity import BypassIdentity, bias_identities
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
+    from tests.passes import _graphs as G
+
+    g = G.G(seed=1)
+    a = g.op("Relu", "a_relu", [g.conv("x", "a", 3, 4, 3, pad=1)])
+    g.op("Identity", "Identity_1", ["a.bias"])
+    w = g.weight("b.weight", (4, 4, 3, 3), 36)
+    b = g.op("Relu", "b_relu", [g.op("Conv", "b", [a, w, "Identity_1_out"], pads=[1] * 4, kernel_shape=[3, 3])])
+    x = g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [b])])
+    g.gemm(x, "head", 4, 3)
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+    G.zero(model, "b.weight", 1, [2])  # a's channel 2 is read by nobody (kind a)
+    G.zero(model, "head.weight", 1, [1])  # b's channel 1 is read by nobody
+    onnx.checker.check_model(model, full_check=True)
+    _, report = remove_dead_neurons(model)
+    assert report.removed == 0 and any("is shared with 'Identity_1'" in line for line in report.lines())
+    assert bias_identities(model) == {"Identity_1_out": "a.bias"}
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    out = BypassIdentity()(model, PruneState()).model
+    onnx.checker.check_model(out, full_check=True)
+    assert not [n for n in out.graph.node if n.op_type == "Identity"]
+    inits = {t.name: t for t in out.graph.initializer}
+    node_b = next(n for n in out.graph.node if n.name == "b")
+    assert _computed_bias(node_b, inits) is None
+    G.assert_same(before, out)
+    small, report = remove_dead_neurons(out)
+    G.assert_same(before, small)
+    assert G.shapes(small)["a.weight"][0] == 3 and G.shapes(small)["b.weight"][:2] == (3, 3)
+
+
+def test_a_bias_two_layers_read_directly_is_copied_for_the_second():
+    """Sweep 21's LeViT (dynamo): two zero-initialized heads read one 'head.linear.bias'; shared, it blocks
+    dead-neuron removal of both ("initializer ... is shared with ..."). The second reader gets its own copy."""
+    from onnxprune.passes.bypass_identity import BypassIdentity, shared_biases
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
+    from tests.passes import _graphs as G
+
+    g = G.G(seed=3)
+    a = g.op("Relu", "a_relu", [g.op("Gemm", "a", ["x", g.weight("a.weight", (6, 5), 5), g.bias("ab", 6)],
+                                     transB=1)])
+    c = g.op("Relu", "c_relu", [g.op("Gemm", "c", [a, g.weight("c.weight", (6, 6), 6), "ab"], transB=1)])
+    g.gemm(c, "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": ["N", 5]}, {"y": ["N", 3]})
+    G.zero(model, "c.weight", 1, [4])  # a's neuron 4 read by nobody
+    G.zero(model, "head.weight", 1, [1])  # c's neuron 1 read by nobody
+    _, report = remove_dead_neurons(model)
+    assert report.removed == 0
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    assert shared_biases(model) == [(2, "ab")]
+    out = BypassIdentity()(model, PruneState()).model
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.input[2] for n in out.graph.node if n.op_type == "Gemm"][:2] == ["ab", "ab.c"]
+    small, _ = remove_dead_neurons(out)
+    G.assert_same(before, small)
+    assert G.shapes(small)["a.weight"] == (5, 5) and G.shapes(small)["c.weight"] == (5, 5)
