@@ -3,12 +3,16 @@ metrics, history, the settings of every step."""
 
 from __future__ import annotations
 
+import logging
+
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.steps.load import where
 from onnxprune.converter.summary import float_nonzeros, layer_rows, skipped_rows, totals
 from onnxprune.passes.magnitude import quality_for_sparsity
 from onnxprune.passes.storage import describe_model
 from onnxprune.passes.weights import weight_array
+
+log = logging.getLogger(__name__)
 
 
 @register_step("report")
@@ -69,7 +73,31 @@ class ReportStep(Step):
                 row["act_before"] = act_before.get(row["weight"])
                 row["act"] = act_after.get(row["weight"])
             report["act"] = act_after
+            note = _unbounded_loss(state)
+            if note and note not in state.notes:
+                log.warning("%s", note)
+                state.notes.append(note)
         state.report = report
+
+
+UNBOUNDED_LOSS_PP = 5.0  # a recipe run without --max-loss that loses more than this says so
+
+
+def _unbounded_loss(state: RunState) -> str | None:
+    """A note when a run without --max-loss (a hand recipe: --sparsity, --quality, --iterations) lost more than
+    UNBOUNDED_LOSS_PP on its data: sweep 21's harsh recipe on a DenseNet (half of every layer's weights and neurons,
+    one round) fell to chance accuracy and wrote its file with the loss only in the summary line."""
+    budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
+    sets = (state.metrics or {}).get("sets") or {}
+    figures = sets.get("evaluation") or sets.get("calibration")
+    if budget is not None or not figures or figures.get("loss_pp") is None:
+        return None
+    loss = float(figures["loss_pp"])
+    if not loss > UNBOUNDED_LOSS_PP:
+        return None
+    data = str(figures.get("data") or "the data").split(":", 1)[0]
+    return (f"this recipe loses {loss:.1f} pp of {figures.get('metric')} on {data}, and no --max-loss bounds it: "
+            "add --max-loss L (pp) to let the tool keep within L, or prune more gently")
 
 
 def _sensitivity_report(sensitivity) -> dict:

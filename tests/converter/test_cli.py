@@ -295,3 +295,21 @@ def test_inspect_lists_parameters_held_in_node_attributes(tmp_path):
     onnx.save(model, tmp_path / "skl.onnx")
     row = next(r for r in inspect_model(tmp_path / "skl.onnx")["skipped"] if r["name"].startswith("LinearClassifier"))
     assert row["size"] == 24 and "attribute 'coefficients'" in row["reason"] and "no pass prunes them" in row["reason"]
+
+
+def test_a_recipe_without_a_budget_that_loses_much_says_so(tmp_path):
+    """Sweep 21: a harsh hand recipe fell to chance accuracy and wrote its file with the loss only in the summary
+    line. Without --max-loss, a run that loses more than UNBOUNDED_LOSS_PP of its metric says so in a note naming
+    --max-loss; a gentle recipe, or a run with a budget, says nothing of it."""
+    from onnxprune.models.paths import LENET300_ONNX, MNIST_SLICE
+
+    harsh = invoke("prune", LENET300_ONNX, "-o", tmp_path / "h.onnx", "--sparsity", "0.995", "--data", MNIST_SLICE,
+                   "--json")
+    assert harsh.exit_code == 0, harsh.output
+    report = json.loads(harsh.output[harsh.output.index("{"):])
+    assert report["metrics"]["loss_pp"] > 5
+    assert any("no --max-loss bounds it" in n for n in report["notes"])
+    gentle = invoke("prune", LENET300_ONNX, "-o", tmp_path / "g.onnx", "--sparsity", "0.3", "--data", MNIST_SLICE,
+                    "--json")
+    assert gentle.exit_code == 0, gentle.output
+    assert not any("no --max-loss" in n for n in json.loads(gentle.output[gentle.output.index("{"):])["notes"])
