@@ -574,8 +574,9 @@ def test_sgd_retrains_a_dynamically_quantized_model_through_the_bridge(tmp_path)
     x = feed(m, 400, seed=3)
     name = next(iter(x))
     labels = np.concatenate([outputs(m, {name: x[name][i:i + 1]}) for i in range(400)]).argmax(-1)
+    # 30 s: at 15 s one run under a load of 5.6 kept nothing (sweep 21), though the test is of what sgd writes
     result = onnxprune.prune(str(tmp_path / "dyn.onnx"), output=str(tmp_path / "out.onnx"),
-                             data={**x, "labels": labels}, max_loss=1, recovery="sgd", time_budget=15, seed=0)
+                             data={**x, "labels": labels}, max_loss=1, recovery="sgd", time_budget=30, seed=0)
     assert not any("cannot run" in n for n in result.report["notes"])
     assert result.report["auto"]["choices"]["recovery"]["value"] == "sgd"
     written = onnx.load(tmp_path / "out.onnx")
