@@ -25,11 +25,13 @@ Policies giving the same V at an N (third and half from N = 3,000 on) share one 
     MNIST test       only with --test, for the final report once the policy is chosen (reads the cached outputs)
 
     python -m tests.benchmarks.bench_labelled_split [--models mlp cnn] [--sizes 1000 2000 5000]
-        [--policies p10 third half] [--time-budget 2m] [--cache DIR] [--seed S] [--rerun] [--test] [--table-only]
+        [--policies p10 third half] [--time-budget 2m] [--cache DIR] [--seeds 1 2 3] [--rerun] [--test]
+        [--table-only]
 
-Prints per run: model, N, policy, V, the decision samples the run said it judged on, weights ratio, the run's
+Prints per run: model, N, calibration draw, policy, V, the decision samples the run said it judged on, weights ratio, the run's
 claimed loss, accuracy lost on the selection set (pp +- SE; faithful when <= 1 pp), top-1 changes (%), wall
-seconds; then per policy the geometric-mean ratio and the worst / mean selection loss. Measured:
+seconds; then per policy (over every draw asked for) the geometric-mean ratio and the worst / mean selection loss.
+Measured:
 tests/corpus/RESULTS.md, "Labelled split".
 """
 
@@ -114,9 +116,9 @@ def read_decision(stdout: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def prune(name: str, n: int, key: str, v: float | None, args) -> dict:
-    model, calib = train_model(name, args.cache), make_calib(name, n, args.cache, args.seed)
-    out = args.cache / "runs" / f"{name}_{n}_{key}{_tag(args.seed)}.onnx"
+def prune(name: str, n: int, key: str, v: float | None, seed: int, args) -> dict:
+    model, calib = train_model(name, args.cache), make_calib(name, n, args.cache, seed)
+    out = args.cache / "runs" / f"{name}_{n}_{key}{_tag(seed)}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out), "--data", str(calib),
            "--max-loss", "1", "--time-budget", args.time_budget]
@@ -125,7 +127,7 @@ def prune(name: str, n: int, key: str, v: float | None, args) -> dict:
     env = dict(os.environ, COLUMNS="250")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
-    res = {"model": name, "n": n, "key": key, "validation": v, "time_budget": args.time_budget, "seed": args.seed,
+    res = {"model": name, "n": n, "key": key, "validation": v, "time_budget": args.time_budget, "seed": seed,
            "cmd": " ".join(cmd[1:]).replace(str(args.cache), "CACHE")}
     start = time.time()
     try:
@@ -143,7 +145,7 @@ def prune(name: str, n: int, key: str, v: float | None, args) -> dict:
     return res
 
 
-HEADER = (f"{'model':6s} {'N':>5s} {'policy':>7s} {'V':>6s} {'decide':>6s} {'ratio':>6s} {'claim':>6s} "
+HEADER = (f"{'model':6s} {'N':>5s} {'draw':>4s} {'policy':>7s} {'V':>6s} {'decide':>6s} {'ratio':>6s} {'claim':>6s} "
           f"{'lost pp +- SE':>14s} {'<=1pp':>5s} {'chg %':>6s} {'wall s':>6s}")
 
 
@@ -158,23 +160,27 @@ def row(policy: str, r: dict, split: str = "select") -> str:
         ch = f"{100 * s['changed_share']:.2f}"
     else:
         lost, ok, ch = "-", r.get("outcome", "-"), "-"
-    return (f"{r['model']:6s} {r['n']:>5d} {policy:>7s} {v:>6s} {str(r.get('decide') or '-'):>6s} {ratio:>6s} "
+    return (f"{r['model']:6s} {r['n']:>5d} {r.get('seed', 1):>4d} {policy:>7s} {v:>6s} {str(r.get('decide') or '-'):>6s} {ratio:>6s} "
             f"{claim:>6s} {lost:>14s} {ok:>5s} {ch:>6s} {r.get('seconds', 0):6.0f}")
 
 
 def summary(rows: list[tuple[str, dict]], split: str = "select") -> list[str]:
-    """Per policy: geometric-mean ratio, worst and mean accuracy lost, runs faithful."""
-    lines = [f"{'policy':>7s} {'runs':>4s} {'geomean ratio':>13s} {'worst lost pp':>13s} {'mean lost pp':>12s} "
-             f"{'faithful':>8s}"]
-    for policy in dict.fromkeys(p for p, _ in rows):
-        done = [r for p, r in rows if p == policy and r.get(split) and r.get("ratio")]
-        if not done:
-            continue
-        gm = math.exp(sum(math.log(r["ratio"]) for r in done) / len(done))
-        lost = [r[split]["loss_pp"] for r in done]
-        ok = sum(x <= FAITHFUL_PP for x in lost)
-        lines.append(f"{policy:>7s} {len(done):>4d} {gm:>13.2f} {max(lost):>13.2f} {sum(lost) / len(lost):>12.2f} "
-                     f"{ok:>4d}/{len(done):<3d}")
+    """Per policy, over every size and then at each size: geometric-mean ratio, worst and mean accuracy lost, runs
+    faithful."""
+    lines = [f"{'N':>5s} {'policy':>7s} {'runs':>4s} {'geomean ratio':>13s} {'worst lost pp':>13s} "
+             f"{'mean lost pp':>12s} {'faithful':>8s}"]
+    sizes = ["all", *sorted({r["n"] for _, r in rows})] if len({r["n"] for _, r in rows}) > 1 else ["all"]
+    for size in sizes:
+        for policy in dict.fromkeys(p for p, _ in rows):
+            done = [r for p, r in rows if p == policy and r.get(split) and r.get("ratio")
+                    and size in ("all", r["n"])]
+            if not done:
+                continue
+            gm = math.exp(sum(math.log(r["ratio"]) for r in done) / len(done))
+            lost = [r[split]["loss_pp"] for r in done]
+            ok = sum(x <= FAITHFUL_PP for x in lost)
+            lines.append(f"{size:>5} {policy:>7s} {len(done):>4d} {gm:>13.2f} {max(lost):>13.2f} "
+                         f"{sum(lost) / len(lost):>12.2f} {ok:>4d}/{len(done):<3d}")
     return lines
 
 
@@ -191,8 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs `-m onnxprune`")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--seed", type=int, default=SEED_CALIB, help="the calibration draw (another seed: other samples "
-                    "of the same pool)")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[SEED_CALIB], help="the calibration draws (another "
+                    "seed: other samples of the same pool), run one after the other")
     ap.add_argument("--rerun", action="store_true", help="run again what results.json already holds")
     ap.add_argument("--label", default="", help="tag the runs (e.g. a branch whose default differs): a run is "
                     "reused only under the same label")
@@ -204,25 +210,25 @@ def main(argv=None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     store = args.cache / "results.json"
     results = load_results(store)
-    wanted = [(m, n, p) for m in args.models for n in args.sizes for p in args.policies]
+    wanted = [(m, n, p, s) for s in args.seeds for m in args.models for n in args.sizes for p in args.policies]
 
-    def pick(m, n, p):
+    def pick(m, n, p, s):
         k = run_key(p, n)
         return next((x for x in results if (x["model"], x["n"], x["key"], x["time_budget"], x.get("seed", 1),
-                                            x.get("label", "")) == (m, n, k, args.time_budget, args.seed,
-                                                                    args.label)), None)
+                                            x.get("label", "")) == (m, n, k, args.time_budget, s, args.label)), None)
 
     if args.train_only:
         for m in args.models:
             print(m, train_model(m, args.cache), flush=True)
             for n in args.sizes:
-                make_calib(m, n, args.cache, args.seed)
+                for s in args.seeds:
+                    make_calib(m, n, args.cache, s)
         return 0
     if args.test:
         print("MNIST test set (10,000 images)\n" + HEADER)
         rows = []
-        for m, n, p in wanted:
-            r = pick(m, n, p)
+        for m, n, p, s in wanted:
+            r = pick(m, n, p, s)
             if r and r.get("output"):
                 if "test" not in r:
                     r["test"] = score(m, train_model(m, args.cache), Path(r["output"]), "test")
@@ -234,11 +240,11 @@ def main(argv=None) -> int:
     if not args.table_only:
         print(HEADER, flush=True)
         fresh = set()  # runs made in this call: a policy sharing one's split is not run again
-        for m, n, p in wanted:
-            old = pick(m, n, p)
+        for m, n, p, s in wanted:
+            old = pick(m, n, p, s)
             if old and (not args.rerun or id(old) in fresh):
                 continue
-            r = prune(m, n, run_key(p, n), validation(p, n), args)
+            r = prune(m, n, run_key(p, n), validation(p, n), s, args)
             r["label"] = args.label
             if old:
                 results.remove(old)
@@ -246,11 +252,11 @@ def main(argv=None) -> int:
             store.write_text(json.dumps(results, indent=2) + "\n")
             fresh.add(id(r))
             print(row(p, r), flush=True)
-    print(f"\nselection set: MNIST train[{SELECT[0]}:{SELECT[1]}]; calibration draw seed {args.seed}; "
+    print(f"\nselection set: MNIST train[{SELECT[0]}:{SELECT[1]}]; calibration draws {args.seeds}; "
           f"--time-budget {args.time_budget}\n" + HEADER)
     rows = []
-    for m, n, p in wanted:
-        r = pick(m, n, p)
+    for m, n, p, s in wanted:
+        r = pick(m, n, p, s)
         if r:
             rows.append((p, r))
             print(row(p, r))
