@@ -3,16 +3,12 @@ metrics, history, the settings of every step."""
 
 from __future__ import annotations
 
-import logging
-
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.steps.load import where
 from onnxprune.converter.summary import float_nonzeros, layer_rows, skipped_rows, totals
 from onnxprune.passes.magnitude import quality_for_sparsity
 from onnxprune.passes.storage import describe_model
 from onnxprune.passes.weights import weight_array
-
-log = logging.getLogger(__name__)
 
 
 @register_step("report")
@@ -73,9 +69,8 @@ class ReportStep(Step):
                 row["act_before"] = act_before.get(row["weight"])
                 row["act"] = act_after.get(row["weight"])
             report["act"] = act_after
-            note = _unbounded_loss(state)
+            note = _unbounded_loss(state)  # a note with the others (a warning would precede --json's document)
             if note and note not in state.notes:
-                log.warning("%s", note)
                 state.notes.append(note)
         state.report = report
 
