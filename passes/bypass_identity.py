@@ -37,24 +37,8 @@ log = logging.getLogger(__name__)
 
 def weight_identities(model: onnx.ModelProto) -> dict[str, str]:
     """{Identity output: the initializer it passes on} for every Identity `BypassIdentity` drops."""
-    graph = model.graph
-    inits = {t.name for t in graph.initializer} - {v.name for v in graph.input}
-    frozen = frozen_names(graph)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    found = {}
-    for node in graph.node:
-        if node.op_type != "Identity" or (node.domain or "") not in ("", "ai.onnx") or node.input[0] not in inits:
-            continue
-        out = node.output[0]
-        uses = readers.get(out, [])
-        if out in frozen or not uses:
-            continue
-        if all((use := tie_use(r, out)) is not None and use[1] > 0 for r in uses):  # read as a weight, not data
-            found[out] = node.input[0]
-    return found
+    inits = {t.name for t in model.graph.initializer}
+    return _identities(model, inits, lambda r, out: (use := tie_use(r, out)) is not None and use[1] > 0)  # a weight
 
 
 BIAS_READERS = ("Conv", "ConvTranspose", "Gemm")
@@ -62,9 +46,16 @@ BIAS_READERS = ("Conv", "ConvTranspose", "Gemm")
 
 def bias_identities(model: onnx.ModelProto) -> dict[str, str]:
     """{Identity output: the initializer it passes on} for every Identity of an initializer read only as a bias."""
+    inits = {t.name for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}  # copied
+    return _identities(model, inits, lambda r, out: r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx")
+                       and list(r.input).count(out) == 1 and list(r.input).index(out) == 2)
+
+
+def _identities(model: onnx.ModelProto, inits: set[str], reads) -> dict[str, str]:
+    """{Identity output: its initializer} for each Identity of one of `inits` (not a graph input) whose output is
+    not frozen (a graph output, read in a body) and whose every reader r passes `reads(r, output)`."""
     graph = model.graph
-    inits = {t.name for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}  # copied in memory
-    inits -= {v.name for v in graph.input}
+    inits = inits - {v.name for v in graph.input}
     frozen = frozen_names(graph)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -76,10 +67,7 @@ def bias_identities(model: onnx.ModelProto) -> dict[str, str]:
             continue
         out = node.output[0]
         uses = readers.get(out, [])
-        if out in frozen or not uses:
-            continue
-        if all(r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx") and list(r.input).count(out) == 1
-               and list(r.input).index(out) == 2 for r in uses):
+        if out not in frozen and uses and all(reads(r, out) for r in uses):
             found[out] = node.input[0]
     return found
 

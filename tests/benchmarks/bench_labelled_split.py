@@ -42,15 +42,13 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tests.benchmarks.bench_recovery_rule import (POOL, REPO, SEED_CALIB, SELECT, _tag, as_input, logits, mnist,
-                                                  read_report, train_model)
+                                                  read_report, run_cli, train_model)
 
 DEFAULT_CACHE = Path(os.environ.get("ONNXPRUNE_BENCH_CACHE", Path.home() / ".cache" / "onnxprune-labelled-split"))
 MODELS = ["mlp", "cnn", "gru", "lstm", "conv1d", "encoder"]
@@ -124,21 +122,10 @@ def prune(name: str, n: int, key: str, v: float | None, seed: int, args) -> dict
            "--max-loss", "1", "--time-budget", args.time_budget]
     if v is not None:
         cmd += ["--validation", f"{v:.4f}"]
-    env = dict(os.environ, COLUMNS="250")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", "1")
     res = {"model": name, "n": n, "key": key, "validation": v, "time_budget": args.time_budget, "seed": seed,
            "cmd": " ".join(cmd[1:]).replace(str(args.cache), "CACHE")}
-    start = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        res.update(seconds=time.time() - start, outcome="timeout")
-        return res
-    res["seconds"] = time.time() - start
-    (out.parent / f"{out.stem}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
-    if proc.returncode != 0 or not out.exists():
-        res.update(outcome=f"exit {proc.returncode}", reason=(proc.stderr or proc.stdout).strip()[-300:])
+    proc = run_cli(cmd, out, res, args.timeout)
+    if proc is None:
         return res
     res.update(read_report(proc.stdout), outcome="ok", output=str(out), decide=read_decision(proc.stdout))
     res["select"] = score(name, model, out, "select")

@@ -235,25 +235,34 @@ def prune(name: str, n: int, recovery: str, args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out), "--data", str(calib),
            "--max-loss", "1", "--time-budget", args.time_budget, "--recovery", recovery]
-    env = dict(os.environ, COLUMNS="250")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", "1")
     res = {"model": name, "n": n, "recovery": recovery, "time_budget": args.time_budget, "seed": args.seed,
            "cmd": " ".join(cmd[1:]).replace(str(args.cache), "CACHE")}
-    start = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        res.update(seconds=time.time() - start, outcome="timeout")
-        return res
-    res["seconds"] = time.time() - start
-    (out.parent / f"{out.stem}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
-    if proc.returncode != 0 or not out.exists():
-        res.update(outcome=f"exit {proc.returncode}", reason=(proc.stderr or proc.stdout).strip()[-300:])
+    proc = run_cli(cmd, out, res, args.timeout)
+    if proc is None:
         return res
     res.update(read_report(proc.stdout), outcome="ok", output=str(out))
     res["select"] = score(name, model, out, "select")
     return res
+
+
+def run_cli(cmd: list[str], out: Path, res: dict, timeout: float):
+    """Run one prune command (one thread each for BLAS, wide columns), its log beside `out`; `res` gets its seconds,
+    and its outcome when it timed out or failed (then None), else the finished process."""
+    env = dict(os.environ, COLUMNS="250")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        res.update(seconds=time.time() - start, outcome="timeout")
+        return None
+    res["seconds"] = time.time() - start
+    (out.parent / f"{out.stem}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
+    if proc.returncode != 0 or not out.exists():
+        res.update(outcome=f"exit {proc.returncode}", reason=(proc.stderr or proc.stdout).strip()[-300:])
+        return None
+    return proc
 
 
 def row(r: dict, split: str = "select") -> str:
