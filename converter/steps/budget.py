@@ -110,7 +110,10 @@ class FitBudgetStep(_Choose):
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
-        state.notes.append(f"decision rule: {rule.statement()}")
+        state.notes.append(f"decision rule: {rule.statement()}; the scan and the fit chose on these same samples, "
+                           "so new data will likely show more (LeNet-300-100, 500 images: 0-2 of 500 changed claimed, "
+                           "0.54-1.22% of other images changed); the automatic search without --one-shot, given 64 "
+                           "samples or more, decides on samples that did not choose")
         stop = _stop_note(outcome, rule, held_weights(state))
         if stop:
             state.notes.append(stop)
