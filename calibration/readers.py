@@ -230,14 +230,12 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
     source = _as_named(source, specs)
     if isinstance(source, Mapping):
         chunk = _memory_chunk(source, "in-memory arrays")
-        reason = feed_reason([(chunk.where, {k: v.shape for k, v in chunk.arrays.items()})], specs,
-                             time_major_inputs(model))
-        samples = time_major_stack({k: v.shape for k, v in chunk.arrays.items()}, specs,
-                                   time_major_inputs(model)) if reason else None
-        if samples:
-            return _feed_reader(_sample_feeds(lambda: chunk.arrays, samples, time_major_inputs(model),
-                                              "in-memory arrays"), specs, labels, limit, _per_sample(reason, samples),
-                                "in-memory arrays", SAMPLE_FEEDS)
+        shapes, time_major = {k: v.shape for k, v in chunk.arrays.items()}, time_major_inputs(model)
+        reason = feed_reason([(chunk.where, shapes)], specs, time_major)
+        stack = _time_major_reader(lambda: chunk.arrays, shapes, specs, labels, limit, reason, time_major,
+                                   "in-memory arrays") if reason else None
+        if stack is not None:
+            return stack
         if reason:
             return _feed_reader(FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs, labels, limit,
                                 reason, "in-memory arrays")
@@ -287,10 +285,10 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> Data
             return _feed_reader(_batch_feeds(path, shapes, rows), specs, labels, limit,
                                 f"{reason}, beside samples stacked in batches of the fixed {rows} the model takes: "
                                 "a feed per batch, the scalars in each", path.name)
-        samples = time_major_stack(shapes, specs, time_major) if reason else None
-        if samples:
-            return _feed_reader(_sample_feeds(lambda: _npz_arrays(path), samples, time_major, path.name), specs,
-                                labels, limit, _per_sample(reason, samples), path.name, SAMPLE_FEEDS)
+        stack = _time_major_reader(lambda: _npz_arrays(path), shapes, specs, labels, limit, reason, time_major,
+                                   path.name) if reason else None
+        if stack is not None:
+            return stack
         if reason:
             return _feed_reader(FeedSource([path], _npz_arrays, str), specs, labels, limit, reason, path.name)
     if path.suffix == ".npy":
@@ -379,7 +377,6 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     reader = DataReader(lambda: iter(()), specs, batch_size=1, limit=limit, labels_name=labels_name,
                         num_samples=len(source), description=desc)
     reader.per_feed, reader._feeds, reader._feed_check = True, source, check
-    reader.one_sample_feeds = unit == SAMPLE_FEEDS
     reader.feed_note = f"reading {name} one complete feed at a time, as is: {reason}"
     return reader
 
@@ -390,34 +387,46 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
     n = next(s[0] for s in shapes.values() if s)
     if n % rows:
         _say_left_out(rows, n % rows, f"the {n} in {path.name}")
-    cache: dict = {}
+    arrays = _loaded_once(lambda: _npz_arrays(path))
 
     def load(start: int) -> dict[str, np.ndarray]:
-        arrays = cache.setdefault("arrays", _npz_arrays(path))
-        return {k: (v[start:start + rows] if v.ndim and v.shape[0] == n else v) for k, v in arrays.items()}
+        return {k: (v[start:start + rows] if v.ndim and v.shape[0] == n else v) for k, v in arrays().items()}
 
     return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
 
 
 
-def _sample_feeds(arrays: Callable[[], dict[str, np.ndarray]], n: int, time_major: dict[str, str],
-                  name: str) -> FeedSource:
-    """A stack of n samples of a time-major model (feeds.time_major_stack) as n feeds of one sample each: a
-    time-major input cut along axis 1 ([T, 1, C]), every other array along axis 0; the arrays are read once."""
-    cache: dict = {}
+def _time_major_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str, tuple], specs, labels, limit,
+                       reason: str, time_major: dict[str, str], name: str) -> DataReader | None:
+    """A stack of N samples of a time-major model (feeds.time_major_stack) read as N feeds of one sample each: a
+    time-major input cut along axis 1 ([T, 1, C]), every other array along axis 0, the arrays read once; None when
+    the arrays are no such stack."""
+    n = time_major_stack(shapes, specs, time_major)
+    if not n:
+        return None
+    whole = _loaded_once(arrays)
 
     def load(i: int) -> dict[str, np.ndarray]:
-        whole = cache.setdefault("arrays", arrays())
-        return {k: (v[:, i:i + 1] if k in time_major else v[i:i + 1]) for k, v in whole.items()}
+        return {k: (v[:, i:i + 1] if k in time_major else v[i:i + 1]) for k, v in whole().items()}
 
-    return FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}")
+    reader = _feed_reader(FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}"), specs, labels, limit,
+                          f"{reason}; its {n:,} samples (axis 1) are read one feed each", name,
+                          "time-major sample(s), a feed each")
+    reader.one_sample_feeds = True
+    return reader
 
 
-SAMPLE_FEEDS = "time-major sample(s), a feed each"
+def _loaded_once(load: Callable[[], dict[str, np.ndarray]]) -> Callable[[], dict[str, np.ndarray]]:
+    """`load`, called on first use only: the feeds cut from one file share its arrays (a file read per feed made a
+    pass over 2,000 time-major sequences take 5 s)."""
+    cache: list = []
 
+    def arrays() -> dict[str, np.ndarray]:
+        if not cache:
+            cache.append(load())
+        return cache[0]
 
-def _per_sample(reason: str, n: int) -> str:
-    return f"{reason}; its {n:,} samples (axis 1) are read one feed each"
+    return arrays
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
