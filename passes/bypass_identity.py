@@ -47,8 +47,14 @@ BIAS_READERS = ("Conv", "ConvTranspose", "Gemm")
 def bias_identities(model: onnx.ModelProto) -> dict[str, str]:
     """{Identity output: the initializer it passes on} for every Identity of an initializer read only as a bias."""
     inits = {t.name for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL}  # copied
-    return _identities(model, inits, lambda r, out: r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx")
-                       and list(r.input).count(out) == 1 and list(r.input).index(out) == 2)
+    return _identities(model, inits, _reads_as_bias)
+
+
+def _reads_as_bias(node: onnx.NodeProto, name: str) -> bool:
+    """`node` reads `name` once, as its bias (input 2 of Conv/ConvTranspose/Gemm)."""
+    inputs = list(node.input)
+    return (node.op_type in BIAS_READERS and (node.domain or "") in ("", "ai.onnx") and inputs.count(name) == 1
+            and inputs.index(name) == 2)
 
 
 def _identities(model: onnx.ModelProto, inits: set[str], reads) -> dict[str, str]:
@@ -85,11 +91,17 @@ def shared_biases(model: onnx.ModelProto) -> list[tuple[int, str]]:
                 readers.setdefault(name, []).append((k, node))
     out = []
     for name, uses in readers.items():
-        if len(uses) > 1 and all(r.op_type in BIAS_READERS and (r.domain or "") in ("", "ai.onnx")
-                                 and list(r.input).count(name) == 1 and list(r.input).index(name) == 2
-                                 for _, r in uses):
+        if len(uses) > 1 and all(_reads_as_bias(r, name) for _, r in uses):
             out.extend((k, name) for k, _ in uses[1:])
     return out
+
+
+def _copy_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto, name: str) -> None:
+    """A copy of `tensor` under `name`, appended to the model's initializers (a layer's own bias)."""
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    model.graph.initializer.append(copy)
 
 
 @register_pass("bypass-identity")
@@ -101,29 +113,21 @@ class BypassIdentity(Pass):
         shared = shared_biases(model)
         if not rename and not copies and not shared:
             return PassResult(model, False)
+        by_name = {t.name: t for t in model.graph.initializer}  # the sources: initializers the model had
         if shared:
-            by_name = {t.name: t for t in model.graph.initializer}
             taken = by_name.keys() | {o for n in model.graph.node for o in n.output}
             for k, src in shared:
                 node, name, i = model.graph.node[k], f"{src}.{model.graph.node[k].name or k}", 0
                 while name in taken:
                     i += 1
                     name = f"{src}.{node.name or k}.{i}"
-                copy = onnx.TensorProto()
-                copy.CopyFrom(by_name[src])
-                copy.name = name
-                model.graph.initializer.append(copy)
+                _copy_initializer(model, by_name[src], name)
                 node.input[2] = name
-                taken = taken | {name}
+                taken.add(name)
         if rename:
             read_as(model, rename)
-        if copies:
-            by_name = {t.name: t for t in model.graph.initializer}
-            for out, src in copies.items():
-                copy = onnx.TensorProto()
-                copy.CopyFrom(by_name[src])
-                copy.name = out
-                model.graph.initializer.append(copy)
+        for out, src in copies.items():
+            _copy_initializer(model, by_name[src], out)
         gone = set(rename) | set(copies)
         kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in gone)]
         del model.graph.node[:]

@@ -83,8 +83,7 @@ def _unbounded_loss(state: RunState) -> str | None:
     UNBOUNDED_LOSS_PP on its data: sweep 21's harsh recipe on a DenseNet (half of every layer's weights and neurons,
     one round) fell to chance accuracy and wrote its file with the loss only in the summary line."""
     budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
-    sets = (state.metrics or {}).get("sets") or {}
-    figures = sets.get("evaluation") or sets.get("calibration")
+    figures = state.metrics  # the headline set's: --eval-data's when given, else the calibration data's
     if budget is not None or not figures or figures.get("loss_pp") is None:
         return None
     loss = float(figures["loss_pp"])
