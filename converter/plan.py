@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
 from onnxprune.converter.steps.base import Step, StepConfig, check_plan
-from onnxprune.converter.steps.budget import AllocateStep, BudgetCheckStep, BudgetConfig, FitBudgetStep
+from onnxprune.converter.steps.budget import (AllocateStep, BudgetCheckStep, BudgetConfig, ChooseApartStep,
+                                              FitBudgetStep)
 from onnxprune.converter.steps.data import DataConfig, DataStep, draws_random_inputs
 from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
@@ -343,6 +344,8 @@ def build_plan(config: RunConfig) -> list[Step]:
             shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
     elif budget:
         timed = not retrain and config.auto.time_budget is not None  # --one-shot --time-budget: bounded too
+        if has_data and not retrain and not draws_random_inputs(config.data):
+            steps.append(ChooseApartStep(config.budget, config.targets.criterion))
         if timed:
             from onnxprune.converter.auto import parse_duration
 

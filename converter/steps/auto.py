@@ -5,7 +5,7 @@ budget, learns the learning rate and the round length from the model and the dat
 and whole neurons in turns, retrains, and keeps a round only when its stated decision rule says the loss is within
 the budget (every scored output judged, converter.auto.decide). With too little data to both decide on (>= 50
 held-out samples) and train on (>= 25), it runs the one-shot search instead and says so once: chosen on every k-th
-sample and decided on the others where --data allows (`_choose_apart`), else on one set.
+sample and decided on the others where --data allows (`steps.data.choose_apart`), else on one set.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.converter.steps.data import choose_apart
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import Target
 
 log = logging.getLogger(__name__)
 
 ALMOST_ALL = float(np.nextafter(1.0, 0.0))  # the sparsity a layer the search emptied is recorded at
-MIN_CHOOSE = 16  # the one-shot fallback's choosing part, at least (`_choose_apart`)
-MIN_DECIDE = 24  # ... and its deciding part
 
 
 @dataclass
@@ -63,7 +62,7 @@ class AutoSearchStep(Step):
     def run(self, state: RunState) -> None:
         why = self._why_not(state) or self._too_few_to_decide(state)
         if why is not None:
-            apart = None if self.targets_config.layers else self._choose_apart(state)
+            apart = None if self.targets_config.layers else choose_apart(state.original, state.data, self.budget.max_loss)
             if apart is None:
                 self._one_shot(state, why)
                 return
@@ -177,7 +176,7 @@ class AutoSearchStep(Step):
 
     def _too_few_to_decide(self, state: RunState) -> str | None:
         """Why the search cannot retrain when the part of --data held out to decide on cannot certify the budget but
-        all of it could, or None. The one-shot search then decides on a larger part (`_choose_apart`); it used to
+        all of it could, or None. The one-shot search then decides on a larger part (`steps.data.choose_apart`); it used to
         decide on all of --data, the samples that had chosen it among them: on an MNIST MLP with 99 unlabelled
         samples, three draws gave 2.79x, 1.85x and 6.10x, each "0 of 99 changed", and changed 1.28%, 0.25% and
         5.01% of 10,000 test predictions against 1 pp."""
@@ -193,36 +192,6 @@ class AutoSearchStep(Step):
         if n is None or need is None or need > n:
             return None  # neither can: the search keeps the input model and says how many samples would do
         return f"the {split.n} samples held out to decide on cannot certify --max-loss {budget:g} ({need} would)"
-
-    def _choose_apart(self, state: RunState):
-        """(Data, (chosen on, decided on)) for a one-shot search that cannot retrain: every k-th sample of --data
-        chooses (the scan and the fit) and the others decide, k >= 4 the least at which the deciding part can
-        certify the budget, the choosing part at least MIN_CHOOSE; None when --data cannot be so split (too few
-        samples, one feed, --val-data, random data): the one-shot search then chooses and decides on one set, as
-        before. Chosen and judged on one set, a fit keeps the allocation that set's noise favours most (the 99-sample
-        MLP above)."""
-        from onnxprune.converter.auto.decide import BudgetRule
-        from onnxprune.converter.steps.data import SMALL_TRAIN_EVERY, Data, draws_random_inputs
-
-        data, budget = state.data, self.budget.max_loss
-        if data.config.val_data is not None or draws_random_inputs(data.config):
-            return None
-        n = data.reader().num_samples
-        if n is None or -(-n // SMALL_TRAIN_EVERY) < MIN_CHOOSE:
-            return None
-        rule = BudgetRule(data.calibration, budget)
-        floored = budget > 0 and any(r.form.any_floored for r in rule.outputs)
-        need = (rule.samples_to_resolve() or 0) if floored else 0
-        if n - -(-n // SMALL_TRAIN_EVERY) < MIN_DECIDE:
-            return None
-        # the least k whose deciding part can certify; none: every 4th chooses, and the deciding part, too small,
-        # keeps the input model and says how many samples would do (choosing and deciding on all 99 did not)
-        k = next((k for k in range(SMALL_TRAIN_EVERY, n // MIN_CHOOSE + 1) if n - -(-n // k) >= need),
-                 SMALL_TRAIN_EVERY)
-        apart = Data(state.original, data.config, random_shapes=data.random_shapes, budget=data.budget,
-                     output_budgets=data.output_budgets, choose_every=k)
-        apart._metrics_said = True  # said by the first split's evaluator
-        return apart, (-(-n // k), n - -(-n // k))
 
     def _one_shot(self, state: RunState, why: str) -> None:
         from onnxprune.converter.steps.budget import FitBudgetStep

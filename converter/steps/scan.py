@@ -71,7 +71,8 @@ class ScanStep(Step):
         if self.timed and state.clock is not None:
             start, end = state.clock.clock(), state.clock.search_deadline()
             deadline = start + FALLBACK_SCAN_SHARE * max(0.0, end - start)
-        state.sensitivity = scan(state.original, state.scannable, state.data.calibration, self.config,
+        # the samples that choose: the deciding ones, unless the run chooses apart (steps/budget.ChooseApartStep)
+        state.sensitivity = scan(state.original, state.scannable, state.data.chooser, self.config,
                                  state.progress, scoring=state.scoring, budget_pp=self.budget_pp,
                                  deadline=deadline)
         if self.timed:

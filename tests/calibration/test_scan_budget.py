@@ -332,7 +332,10 @@ def test_one_shot_budget_run_is_verified_and_explicit_levels_are_all_scanned(tmp
     onnx.save(model, path)
     x = np.random.default_rng(0).standard_normal((160, 1, 28, 28)).astype(np.float32)
     np.savez(tmp_path / "d.npz", input=x)
-    result = run(path, configure(max_loss=1.0, data=str(tmp_path / "d.npz"), levels=levels, one_shot=True))
+    # rel_l2: on random inputs an untrained net's classes are near ties, and a fit chosen on one quarter of the
+    # samples changed 5 of the other 120 classes (the input model kept); its outputs move by well under 1%
+    result = run(path, configure(max_loss=1.0, data=str(tmp_path / "d.npz"), levels=levels, one_shot=True,
+                                 metric="rel_l2"))
     report = result.report
     assert report["budget"]["met"] and report["compression"] > 1.0
     assert report["parity"]["inputs"] == "data" and report["parity"]["max_rel_diff"] <= 1e-5  # checked in onnxruntime

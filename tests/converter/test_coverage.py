@@ -345,4 +345,5 @@ def test_the_one_shot_fits_stop_note_counts_the_weights_left_as_they_are():
     result = run(model, configure(max_loss=1.0, data={"input": POSITIVE}, one_shot=True))
     stop = next(n for n in result.report["notes"] if n.startswith("what stopped the one-shot fit"))
     said = float(re.search(r"the result's ([0-9.]+)x", stop).group(1))
-    assert said == pytest.approx(result.report["compression"], rel=1e-3), stop
+    # as printed: to the digits that tell it from the candidate past it (2 here)
+    assert said == pytest.approx(result.report["compression"], abs=0.006), stop

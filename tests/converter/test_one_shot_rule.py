@@ -59,33 +59,38 @@ def test_without_a_judge_the_mean_decides(label_free):
     assert outcome.decision is None and outcome.history[0]["fits"]
 
 
+def _deciding_rule(model, data, result, budget=1.0):
+    """The rule on the samples that decided a --one-shot run: all but the every-k-th that chose (choose-apart)."""
+    from onnxprune.converter.steps.data import Data, DataConfig
+
+    every = result.report["allocation"]["chosen_apart"]["every"]
+    return BudgetRule(Data(model, DataConfig(data=data, seed=0), choose_every=every).calibration, budget)
+
+
 def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
+    """--one-shot --max-loss chooses on one sample in k (the scan and the fit) and decides on the others: the
+    decision stated is the rule's on the deciding samples, of the model written."""
     model, data = label_free
     result = run(model, configure(max_loss=1.0, data=data, one_shot=True, levels=(0.3, 0.6, 0.9), seed=0))
     budget, allocation = result.report["budget"], result.report["allocation"]
     assert budget["rule"].startswith("accepted when") and "decision" in budget and budget["met"]
     assert any(n.startswith("decision rule: ") for n in result.report["notes"])
-    # every try the fit kept as "within" is within by the rule, and the rule is stricter than the mean
-    ev = Evaluator(open_data(data, model), None, model)
-    rule = BudgetRule(ev, 1.0)
+    apart = allocation["chosen_apart"]
+    assert apart["chosen_on"] + apart["decided_on"] == 120 and apart["decided_on"] == budget["decision"]["n"]
+    assert any(n.startswith(f"--one-shot: the scan and the fit chose on one sample in {apart['every']} of --data")
+               for n in result.report["notes"])
+    # every try the fit judged by a rule (on the choosing part, where it can certify) kept its verdict
     for entry in allocation["history"]:
-        if "samples" in entry:  # stopped once certainly over the rule's ceilings (sampling.py): never judged
-            assert not entry["fits"] and "decision" not in entry
-            continue
-        assert entry["fits"] == entry["decision"]["within"]
-        assert entry["decision"]["loss_pp"] <= entry["decision"]["limit_pp"] + 1e-9 or not entry["fits"]
-    # a try rejected past the chosen one is named as what stopped the fit
-    chosen = max((h["removed"] for h in allocation["history"] if h["fits"]), default=0)
-    past = [h for h in allocation["history"] if not h["fits"] and h["removed"] > chosen]
-    stopped = [n for n in result.report["notes"] if n.startswith("what stopped the one-shot fit")]
-    assert len(stopped) == (1 if past else 0)
-    if past:
-        nearest = min(past, key=lambda h: h["removed"])
-        assert f"output '{nearest['decision']['output']}'" in stopped[0]
+        if "decision" in entry:
+            assert entry["fits"] == entry["decision"]["within"]
+    # the deciding samples' looks: the fit's pick, then less pruned, the first within kept
+    looks = apart["looks"]
+    assert looks and all(not x["within"] for x in looks[:-1]) and [x["share"] for x in looks] == \
+        [1.0, 0.75, 0.5, 0.25][:len(looks)]
     # the decision stated is the rule's on the model written, recomputed here from onnxruntime's outputs
     final = result.model
     onnx.checker.check_model(final)
-    again = rule.judge(final)
+    again = _deciding_rule(model, data, result).judge(final)
     assert again.within == budget["met"] and abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
     x = data["input"][:8]
     dense = make_session(model).run(None, {"input": x})[0]
@@ -93,17 +98,55 @@ def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
     assert np.abs(pruned - dense).max() < 0.5 * np.abs(dense).max()  # pruned, not broken
 
 
+def test_one_shot_on_too_few_samples_to_split_chooses_and_decides_on_one_set_and_says_so():
+    """Under 64 samples --data is not split (16 to choose, 24 to decide, at least): the scan and the fit choose on
+    the samples that judge them, and the decision-rule note says so. A relative error can be certified there."""
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=60, data_seed=2)
+    data = {"input": data["input"]}
+    result = run(model, configure(max_loss=1.0, data=data, one_shot=True, metric="rel_l2", seed=0))
+    budget = result.report["budget"]
+    assert "chosen_apart" not in result.report["allocation"] and budget["met"] and budget["decision"]["n"] == 60
+    rule_note = next(n for n in result.report["notes"] if n.startswith("decision rule: "))
+    assert "the scan and the fit chose on these same samples" in rule_note
+    again = BudgetRule(Evaluator(open_data(data, model), "rel_l2", model), 1.0).judge(result.model)
+    assert abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
+
+
+def test_with_val_data_the_scan_and_the_fit_choose_on_data_and_val_data_decides(monkeypatch):
+    """--one-shot --val-data V: --data chooses (the scan and the fit), V decides, as its name says; it used to scan
+    and fit on V itself."""
+    from onnxprune.converter.steps import scan as scan_step
+
+    scanned, real = [], scan_step.scan
+    monkeypatch.setattr(scan_step, "scan", lambda m, inv, ev, *a, **k: scanned.append(ev.reader.num_samples)
+                        or real(m, inv, ev, *a, **k))
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=600, data_seed=2)
+    x = data["input"]
+    result = run(model, configure(max_loss=1.0, data={"input": x[:200]}, val_data={"input": x[200:]}, one_shot=True,
+                                  seed=0))
+    apart, budget = result.report["allocation"]["chosen_apart"], result.report["budget"]
+    assert apart["every"] is None and apart["chosen_on"] == 200 and apart["decided_on"] == budget["decision"]["n"] == 400
+    assert "--one-shot: the scan and the fit chose on --data (200 samples) and --val-data (400) decides" in \
+        result.report["notes"]
+    assert scanned == [200]  # the scan read --data
+    again = BudgetRule(Evaluator(open_data({"input": x[200:]}, model), None, model), 1.0).judge(result.model)
+    assert budget["met"] and again.within and abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
+
+
 def test_the_budget_check_judges_the_measure_steps_pass(label_free, monkeypatch):
-    """The model written is run once on the decision set (measure); the budget check judges those outputs."""
+    """The model written is run once on the decision set (measure); the budget check judges those outputs. The only
+    models run to be judged are the fit's looks on the deciding samples."""
     model, data = label_free
-    real = BudgetRule.judge
+    real, calls = BudgetRule.judge, []
 
-    def runs_a_model(self, candidate):
-        raise AssertionError("no model is run only to be judged: the fit judges its own pass, the check measure's")
+    def counted(self, candidate):
+        calls.append(candidate)
+        return real(self, candidate)
 
-    monkeypatch.setattr(BudgetRule, "judge", runs_a_model)
+    monkeypatch.setattr(BudgetRule, "judge", counted)
     result = run(model, configure(max_loss=1.0, data=data, one_shot=True, levels=(0.3, 0.6, 0.9), seed=0))
-    again = real(BudgetRule(Evaluator(open_data(data, model), None, model), 1.0), result.model)
+    assert len(calls) == len(result.report["allocation"]["chosen_apart"]["looks"])
+    again = real(_deciding_rule(model, data, result), result.model)
     assert result.report["budget"]["decision_loss_pp"] == pytest.approx(again.loss_pp, abs=1e-9)
 
 
@@ -210,16 +253,16 @@ def test_with_labels_on_small_data_retraining_distils_and_the_labels_judge():
 
 
 def test_confidence_asks_the_rule_for_more_and_the_run_says_how_many_samples_would_do():
-    """240 label-free samples (one-shot: all of them decide) certify 1 pp of changed classes at the default margin
-    (about 84%), not at --confidence 0.95 (Wilson's bound with none changed: 1.645²/(240 + 1.645²) = 1.11 pp): the
-    input model is kept, and the run names the samples that would certify it. The setting ends with the run."""
+    """240 label-free samples (one-shot: 180 decide, 60 choose) certify 1 pp of changed classes at the default
+    margin (about 84%), not at --confidence 0.95 (Wilson's bound with none changed: 1.645²/(180 + 1.645²) = 1.48 pp):
+    the input model is kept, and the run names the samples that would certify it. The setting ends with the run."""
     from onnxprune.converter.auto.decide import Z, current_z
 
     model, data = self_labelled(hidden=(32, 16), model_seed=7, n=240, data_seed=2)
     feed = {"input": data["input"]}
     sure = run(model, configure(max_loss=1.0, data=feed, seed=0, one_shot=True, confidence=0.95))
     notes = [x for x in sure.report["notes"] if "cannot certify --max-loss 1" in x]
-    assert len(notes) == 1 and "give 268 samples to decide on" in notes[0] and "1.11 pp" in notes[0], notes
+    assert len(notes) == 1 and "give 268 samples to decide on" in notes[0] and "1.48 pp" in notes[0], notes
     assert sure.report["confidence"] == 0.95 and sure.report["budget"]["met"] and current_z() == Z
     kept = {t.name: t.raw_data for t in sure.model.graph.initializer}
     assert all(kept[t.name] == t.raw_data for t in model.graph.initializer if t.name in kept)

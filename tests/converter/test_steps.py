@@ -34,12 +34,13 @@ def _names(**choices) -> list[str]:
 def test_each_kind_of_run_is_its_own_step_list():
     tail = ["shrink", "encode", "verify"]
     assert _names(sparsity=0.9) == ["load", "inventory", "random-shapes", "targets", "prune", *tail, "report"]
-    assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "targets", "scan",
-                                                                  "fit-budget", "prune", *tail, "measure", "report",
-                                                                  "budget-check"]
+    assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "targets",
+                                                                  "choose-apart", "scan", "fit-budget", "prune",
+                                                                  *tail, "measure", "report", "budget-check"]
     assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "auto-search", *tail,
                                                    "measure", "report", "budget-check"]
-    assert _names(max_loss=1.0, data="d.npz", one_shot=True, time_budget="60s")[3:6] == ["targets", "clock", "scan"]
+    assert _names(max_loss=1.0, data="d.npz", one_shot=True, time_budget="60s")[3:7] == ["targets", "choose-apart",
+                                                                                          "clock", "scan"]
     assert _names(max_loss=1.0, data="random") == _names(max_loss=1.0, data="random", one_shot=True)
     assert _names(max_loss=1.0, data="random")[:4] == ["load", "inventory", "random-shapes", "data"]  # no real data
     assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "retrain",

@@ -133,8 +133,11 @@ def test_a_looser_box_budget_prunes_further_and_holds_both_outputs_in_onnxruntim
         assert result.exit_code == 0, result.output
         runs[name] = (json.loads(result.output[result.output.index("{"):]), out)
     plain, own = runs["plain"][0], runs["own"][0]
-    # the plain run's note names the output that held it back and the flag that gives it its own budget
-    assert any("`--max-loss 1 --max-loss boxes=L` gives it a budget of its own" in n for n in plain["notes"])
+    # the plain run's note names the output that held it back and the flag that gives it its own budget (on the
+    # 200 samples that choose, one changed class is over 1 pp: 'scores')
+    held = [n for n in plain["notes"] if n.startswith("what stopped the one-shot fit")]
+    assert len(held) == 1 and any(f"`--max-loss 1 --max-loss {o}=L` gives it a budget of its own" in held[0]
+                                  for o in ("boxes", "scores")), plain["notes"]
     assert plain["budget"]["met"] and own["budget"]["met"]
     assert own["budget"]["by_output"] == {"boxes": 5.0} and "by_output" not in plain["budget"]
     # (its shared layer's class changes, near-ties of untrained weights, stop both soon: 1.04x and 1.09x here)
