@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.converter.steps.data import choose_apart
+from onnxprune.converter.steps.data import MIN_CHOOSE, choose_apart
 from onnxprune.errors import ConfigError
 from onnxprune.passes.magnitude import Target
 
@@ -199,6 +199,12 @@ class AutoSearchStep(Step):
         from onnxprune.converter.steps.scan import ScanStep
 
         note = f"{why}: the one-shot budget search ran (no retraining)"
+        data = state.data
+        chose = data.reader().num_samples if data.config.val_data is not None else None
+        if chose is not None and chose >= MIN_CHOOSE:  # --data chooses, --val-data decides (steps/budget.py)
+            data.chooses_apart = True
+            note += (f", chosen on --data's {chose} samples and decided on --val-data's "
+                     f"{data.reader(data.config.val_data).num_samples}")
         log.warning(note)
         state.notes.append(note)
         # --time-budget holds here too, as for --one-shot (steps/scan.py): the run's clock started, the timed scan

@@ -133,6 +133,19 @@ def test_with_val_data_the_scan_and_the_fit_choose_on_data_and_val_data_decides(
     assert budget["met"] and again.within and abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
 
 
+def test_the_automatic_plans_fallback_beside_val_data_chooses_on_data_and_val_data_decides():
+    """--max-loss with 20 samples of --data (too few to retrain on) and --val-data: the one-shot fallback chooses on
+    --data and --val-data decides; it used to scan, fit and decide on --val-data alone."""
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=420, data_seed=2)
+    x = data["input"]
+    result = run(model, configure(max_loss=1.0, data={"input": x[:20]}, val_data={"input": x[20:]}, seed=0))
+    apart, budget = result.report["allocation"]["chosen_apart"], result.report["budget"]
+    assert apart["chosen_on"] == 20 and apart["decided_on"] == budget["decision"]["n"] == 400 and budget["met"]
+    assert any("chosen on --data's 20 samples and decided on --val-data's 400" in n for n in result.report["notes"])
+    again = BudgetRule(Evaluator(open_data({"input": x[20:]}, model), None, model), 1.0).judge(result.model)
+    assert again.within and abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
+
+
 def test_the_budget_check_judges_the_measure_steps_pass(label_free, monkeypatch):
     """The model written is run once on the decision set (measure); the budget check judges those outputs. The only
     models run to be judged are the fit's looks on the deciding samples."""
