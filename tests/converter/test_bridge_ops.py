@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.converter.bridge import OnnxModule, lookup, supported_ops
 from onnxprune.converter.bridge.ops import _source_coords, sparse_to_dense
-from onnxprune.errors import UnsupportedOpError
+from onnxprune.errors import ConverterError, UnsupportedOpError
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -429,6 +429,17 @@ def test_attention_fully_masked_row_is_zero_with_finite_gradients():
     for name, t in zip("qkv", (q, k, v)):
         assert torch.isfinite(t.grad).all(), f"{name}: non-finite gradient"
     assert torch.all(q.grad[1, :, 2] == 0) and torch.any(q.grad[0, :, 2] != 0)
+
+
+@pytest.mark.parametrize("inputs, attrs, opset, message", [
+    ([Q4, K4, V4, None, PAST[0]], {}, 23, "past_key and past_value must be given together"),
+    ([Q4, K4, V4, None] + PAST + [i64(3, 5)], {}, 24, "nonpad_kv_seqlen .* cannot be given with past_key"),
+    (QKV3, {}, 23, "3-D Q/K/V need the q_num_heads and kv_num_heads attributes"),
+], ids=["past-key-alone", "nonpad-with-past", "3d-without-heads"])
+def test_attention_inputs_the_spec_forbids_are_a_one_line_error_naming_them(inputs, attrs, opset, message):
+    model = make_model(Case("Attention-bad", "Attention", inputs, attrs, opset=opset, n_out=1))
+    with pytest.raises(ConverterError, match=f"^Attention node 'attention_node' failed in the torch bridge: {message}"):
+        run_bridge(model, feeds_of(Case("Attention-bad", "Attention", inputs)))
 
 
 def test_attention_combinations_it_cannot_run_are_refused_by_name():

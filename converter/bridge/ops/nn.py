@@ -337,11 +337,14 @@ def attention(inputs, attrs, ctx):
     q, k, v = inputs[:3]
     mask, past_k, past_v, nonpad = (_opt(inputs, i) for i in range(3, 7))
     if (past_k is None) != (past_v is None):
-        raise ValueError(f"Attention '{ctx.name}': past_key and past_value must be given together")
+        raise ValueError("past_key and past_value must be given together")
+    if nonpad is not None and past_k is not None:
+        raise ValueError("nonpad_kv_seqlen marks an external cache; it cannot be given with past_key/past_value "
+                         "(give one or the other)")
     three_d = q.dim() == 3
     if three_d:
         if "q_num_heads" not in attrs:
-            raise ValueError(f"Attention '{ctx.name}': 3-D Q/K/V need the q_num_heads and kv_num_heads attributes")
+            raise ValueError("3-D Q/K/V need the q_num_heads and kv_num_heads attributes")
         q = q.unflatten(-1, (attrs["q_num_heads"], -1)).transpose(1, 2)
         k = k.unflatten(-1, (attrs["kv_num_heads"], -1)).transpose(1, 2)
         v = v.unflatten(-1, (attrs["kv_num_heads"], -1)).transpose(1, 2)
