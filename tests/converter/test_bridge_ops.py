@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.converter.bridge import OnnxModule, lookup, supported_ops
 from onnxprune.converter.bridge.ops import _source_coords, sparse_to_dense
+from onnxprune.errors import ConverterError, UnsupportedOpError
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -327,6 +328,131 @@ def test_batch_norm_uses_running_stats_in_train_mode():
     want = run_ort(model, feeds_of(case))[0]
     got = module(*[torch.from_numpy(a) for a in case.inputs])[0].detach().numpy()
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg="output 'out0' in train mode")
+
+
+# ---------------------------------------------------------------------------------------------- attention
+# Attention (opset 23, 24 with nonpad_kv_seqlen) as torch dynamo writes scaled_dot_product_attention. onnxruntime
+# (1.31 here) runs every case below on the CPU; the ones it refuses are in ATTENTION_REFERENCE.
+
+QB, QH, QS, QD = 2, 4, 5, 8  # batch, query heads, query positions, head size
+Q4, K4, V4 = f32(QB, QH, QS, QD, seed=1), f32(QB, QH, QS, QD, seed=2), f32(QB, QH, QS, 6, seed=3)
+KV2 = [f32(QB, 2, QS, QD, seed=2), f32(QB, 2, QS, 6, seed=3)]  # 2 KV heads for 4 query heads
+QKV3 = [f32(QB, QS, QH * QD, seed=1), f32(QB, 7, 2 * QD, seed=2), f32(QB, 7, 2 * 6, seed=3)]  # 3-D, 2 KV heads
+PAST = [f32(QB, QH, 3, QD, seed=4), f32(QB, QH, 3, 6, seed=5)]
+BOOL_MASK = f32(QS, QS, seed=6) > -0.5
+DEAD_ROW = np.tile(BOOL_MASK, (QB, 1, 1, 1))
+DEAD_ROW[1, 0, 2] = False  # batch 1's query 2 may attend no key: a zero row, not NaN
+HALF = [None if a is None else a.astype(np.float16) for a in [Q4, K4, V4, None] + PAST]
+ATTENTION = [
+    Case("Attention-4d", "Attention", [Q4, K4, V4], opset=23),
+    Case("Attention-4d-scale-softcap", "Attention", [Q4, K4, V4], {"scale": 0.3, "softcap": 2.0}, opset=23),
+    Case("Attention-4d-gqa", "Attention", [Q4] + KV2, opset=23),
+    Case("Attention-3d-gqa-cross", "Attention", QKV3, {"q_num_heads": QH, "kv_num_heads": 2}, opset=23),
+    Case("Attention-3d-causal-mask", "Attention", QKV3[:1] + [f32(QB, QS, 2 * QD, seed=2), f32(QB, QS, 12, seed=3),
+                                                              f32(QB, 1, QS, QS, seed=7)],
+         {"q_num_heads": QH, "kv_num_heads": 2, "is_causal": 1}, opset=23),
+    Case("Attention-causal", "Attention", [Q4, K4, V4], {"is_causal": 1}, opset=23),
+    Case("Attention-causal-short-query", "Attention", [Q4[:, :, :3], K4, V4], {"is_causal": 1}, opset=23),
+    Case("Attention-bool-mask", "Attention", [Q4, K4, V4, BOOL_MASK], opset=23),
+    Case("Attention-bool-mask-per-head", "Attention", [Q4, K4, V4, f32(QH, QS, QS, seed=8) > -0.5], opset=23),
+    Case("Attention-float-mask-const", "Attention", [Q4, K4, V4, f32(QB, 1, QS, QS, seed=7)], opset=23, consts=(3,)),
+    Case("Attention-causal-and-bool-mask", "Attention", [Q4, K4, V4, BOOL_MASK], {"is_causal": 1}, opset=23),
+    Case("Attention-causal-and-float-mask", "Attention", [Q4, K4, V4, f32(QS, QS, seed=7)], {"is_causal": 1},
+         opset=23),
+    Case("Attention-fully-masked-row", "Attention", [Q4, K4, V4, DEAD_ROW], {"qk_matmul_output_mode": 3},
+         opset=23, n_out=4),
+    Case("Attention-past-causal", "Attention", [Q4, K4, V4, None] + PAST, {"is_causal": 1}, opset=23, n_out=3),
+    Case("Attention-past-3d-mask", "Attention", [QKV3[0], f32(QB, QS, QH * QD, seed=2), f32(QB, QS, QH * 6, seed=3),
+                                                 f32(QS, QS + 3, seed=7)] + PAST,
+         {"q_num_heads": QH, "kv_num_heads": QH}, opset=23, n_out=4),
+    *[Case(f"Attention-qk-mode{m}-softcap-mask", "Attention", [Q4, K4, V4, f32(QS, QS, seed=7)],
+           {"qk_matmul_output_mode": m, "softcap": 0.5}, opset=23, n_out=4) for m in range(4)],
+    Case("Attention-softmax-precision", "Attention", [Q4, K4, V4], {"softmax_precision": TensorProto.DOUBLE},
+         opset=23),
+    Case("Attention-fp16", "Attention", HALF[:3] + [BOOL_MASK],
+         {"is_causal": 1}, opset=23, atol=2e-3, rtol=2e-3),
+    Case("Attention-fp16-softmax-float", "Attention", HALF,
+         {"softmax_precision": TensorProto.FLOAT, "qk_matmul_output_mode": 3}, opset=23, n_out=4, atol=2e-3,
+         rtol=2e-3),
+    Case("Attention-24", "Attention", [Q4] + KV2, {"is_causal": 1}, opset=24),
+    Case("Attention-24-nonpad", "Attention", [Q4, K4, V4, None, None, None, i64(3, 5)], opset=24),
+    # nonpad 2 < 5 queries: a negative offset, the leading rows see no key and are zero
+    Case("Attention-24-nonpad-causal", "Attention", [Q4, K4, V4, BOOL_MASK, None, None, i64(2, 5)],
+         {"is_causal": 1}, opset=24),
+]
+
+
+@params(ATTENTION)
+def test_attention_matches_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+# onnxruntime 1.31 refuses a mask shorter than the keys ("inconsistent total_sequence_length"), which the spec
+# pads with -inf / False: compared with onnx's reference implementation instead.
+ATTENTION_REFERENCE = [
+    Case("Attention-short-bool-mask", "Attention", [Q4, K4, V4, BOOL_MASK[:, :3]], opset=23),
+    Case("Attention-short-float-mask", "Attention", [Q4, K4, V4, f32(QS, 3, seed=7)], {"is_causal": 1}, opset=24),
+]
+
+
+@params(ATTENTION_REFERENCE)
+def test_attention_cases_onnxruntime_refuses_match_the_onnx_reference(case):
+    from onnx.reference import ReferenceEvaluator
+
+    model, feeds = make_model(case), feeds_of(case)
+    with pytest.raises(Exception, match="total_sequence_length"):
+        run_ort(model, feeds)  # when onnxruntime runs these, move them to ATTENTION
+    for out, w, g in zip(model.graph.output, ReferenceEvaluator(model).run(None, feeds), run_bridge(model, feeds)):
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL, err_msg=f"{case.id}: output '{out.name}'")
+
+
+def test_attention_mode0_is_the_product_before_softcap_as_onnxruntime():
+    """Spec and onnxruntime: mode 0 is QK^T before the softcap; onnx 1.23's reference returns it after (so the
+    mode cases above are checked against onnxruntime only)."""
+    case = next(c for c in ATTENTION if c.id == "Attention-qk-mode0-softcap-mask")
+    model, feeds = make_model(case), feeds_of(case)
+    got = run_bridge(model, feeds)[3]
+    q, k = torch.from_numpy(Q4), torch.from_numpy(K4)
+    want = (q @ k.transpose(-1, -2) / np.sqrt(QD)).numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert np.abs(got).max() > 0.5  # above the softcap: the check would see a capped product
+
+
+def test_attention_fully_masked_row_is_zero_with_finite_gradients():
+    case = next(c for c in ATTENTION if c.id == "Attention-fully-masked-row")
+    module = OnnxModule(make_model(case))
+    q, k, v = (torch.tensor(a, requires_grad=True) for a in (Q4, K4, V4))
+    y, _, _, probs = module(in0=q, in1=k, in2=v, in3=torch.from_numpy(DEAD_ROW))
+    assert torch.all(y[1, :, 2] == 0) and torch.all(probs[1, :, 2] == 0)
+    assert torch.all(y[0, :, 2] != 0)
+    y.square().sum().backward()
+    for name, t in zip("qkv", (q, k, v)):
+        assert torch.isfinite(t.grad).all(), f"{name}: non-finite gradient"
+    assert torch.all(q.grad[1, :, 2] == 0) and torch.any(q.grad[0, :, 2] != 0)
+
+
+@pytest.mark.parametrize("inputs, attrs, opset, message", [
+    ([Q4, K4, V4, None, PAST[0]], {}, 23, "past_key and past_value must be given together"),
+    ([Q4, K4, V4, None] + PAST + [i64(3, 5)], {}, 24, "nonpad_kv_seqlen .* cannot be given with past_key"),
+    (QKV3, {}, 23, "3-D Q/K/V need the q_num_heads and kv_num_heads attributes"),
+], ids=["past-key-alone", "nonpad-with-past", "3d-without-heads"])
+def test_attention_inputs_the_spec_forbids_are_a_one_line_error_naming_them(inputs, attrs, opset, message):
+    model = make_model(Case("Attention-bad", "Attention", inputs, attrs, opset=opset, n_out=1))
+    with pytest.raises(ConverterError, match=f"^Attention node 'attention_node' failed in the torch bridge: {message}"):
+        run_bridge(model, feeds_of(Case("Attention-bad", "Attention", inputs)))
+
+
+def test_attention_combinations_it_cannot_run_are_refused_by_name():
+    check = lookup("", "Attention", 25).check
+    assert "left_window_size=2" in check({"left_window_size": 2}, None)  # opset 25's window: not implemented
+    assert check({"left_window_size": -1, "right_window_size": -1}, None) is None
+    assert "not a multiple" in check({"q_num_heads": 6, "kv_num_heads": 4}, None)
+    assert "kv_num_heads" in check({"q_num_heads": 6}, None)
+    assert "qk_matmul_output_mode=4" in check({"qk_matmul_output_mode": 4}, None)
+    assert lookup("", "Attention", 22) is None
+    model = make_model(replace(ATTENTION[0], attrs={"left_window_size": 1}, opset=25))
+    with pytest.raises(UnsupportedOpError, match=r"Attention \(ai.onnx, opset 25\).*left_window_size=1"):
+        OnnxModule(model)
 
 
 # ------------------------------------------------------------------------------------------ shape and index
@@ -663,7 +789,8 @@ def test_registry_picks_the_implementation_in_force_at_the_opset():
 def test_every_registered_op_type_is_exercised_here():
     """Keeps this file honest: a new op needs a parity case."""
     tested = {c.op for group in (UNARY_CASES, BINARY, SCALER, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
-                                 POOL, PAD, RESIZE, GRID_SAMPLE, REDUCE, RECURRENT) for c in group} | {"Constant", "Dropout"}
+                                 POOL, PAD, RESIZE, GRID_SAMPLE, REDUCE, RECURRENT, ATTENTION) for c in group}
+    tested |= {"Constant", "Dropout"}
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...
     tested |= {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # test_dynamic_quantization_matches_...
@@ -697,6 +824,9 @@ GRAD = [
     ("LayerNormalization", [(2, 3, 4), (4,), (4,)], {}),
     ("LpNormalization", [(2, 3, 4)], {"axis": 1}),
     ("RMSNormalization", [(2, 3, 4), (4,)], {}),
+    ("Attention", [(1, 2, 3, 4), (1, 2, 4, 4), (1, 2, 4, 3)], {"scale": 0.7}),
+    ("Attention-gqa-3d-causal-float-mask-softcap", [(2, 3, 8), (2, 3, 4), (2, 3, 4), (3, 3)],
+     {"q_num_heads": 2, "kv_num_heads": 1, "is_causal": 1, "softcap": 1.5}),
     ("LSTM", [(3, 2, 3), (1, 16, 3), (1, 16, 4), (1, 32), None, (1, 2, 4), (1, 2, 4), (1, 12)],
      {"hidden_size": 4}),
     ("GRU", [(3, 2, 3), (2, 12, 3), (2, 12, 4), (2, 24)], {"hidden_size": 4, "direction": "bidirectional"}),
@@ -707,7 +837,8 @@ GRAD = [
 @pytest.mark.parametrize("op,shapes,attrs", GRAD, ids=[g[0] for g in GRAD])
 def test_gradients_match_finite_differences(op, shapes, attrs):
     n_out = {"LSTM": 3, "GRU": 2}.get(op, 1)
-    module = OnnxModule(grad_model(op.split("-")[0], shapes, attrs, opset=23 if op == "RMSNormalization" else 17,
+    base = op.split("-")[0]
+    module = OnnxModule(grad_model(base, shapes, attrs, opset=23 if base in ("RMSNormalization", "Attention") else 17,
                                    n_out=n_out))
     rng = np.random.default_rng(0)
     args = []

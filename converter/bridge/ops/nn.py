@@ -1,4 +1,4 @@
-"""Layers: MatMul/Gemm/Einsum, convolutions, normalisation, the Softmax family, Dropout and pooling."""
+"""Layers: MatMul/Gemm/Einsum, convolutions, normalisation, the Softmax family, Attention, Dropout and pooling."""
 
 from __future__ import annotations
 
@@ -299,6 +299,98 @@ def _softmax_axis(fn):
 for _name, _fn in _SOFTMAX.items():
     register(_name)(_softmax_coerced(_fn))
     register(_name, since_opset=13)(_softmax_axis(_fn))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attention (opset 23; 24 adds nonpad_kv_seqlen)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_attention(attrs, ctx):
+    mode = attrs.get("qk_matmul_output_mode", 0)
+    if mode not in (0, 1, 2, 3):
+        return f"Attention qk_matmul_output_mode={mode} is not defined (0, 1, 2 or 3)"
+    window = {k: attrs[k] for k in ("left_window_size", "right_window_size") if attrs.get(k, -1) >= 0}
+    if window:  # opset 25's sliding window: the 24 implementation would silently attend everywhere
+        return f"sliding-window Attention ({', '.join(f'{k}={v}' for k, v in window.items())}) is not supported"
+    heads = [k for k in ("q_num_heads", "kv_num_heads") if k in attrs]
+    if len(heads) == 1:
+        return f"Attention with {heads[0]} alone: 3-D inputs need both q_num_heads and kv_num_heads"
+    if heads and attrs["q_num_heads"] % attrs["kv_num_heads"]:
+        return (f"Attention q_num_heads={attrs['q_num_heads']} is not a multiple of "
+                f"kv_num_heads={attrs['kv_num_heads']}")
+    return None
+
+
+def _additive(allowed: Tensor, like: Tensor) -> Tensor:
+    """0 where allowed, -inf elsewhere, in like's dtype."""
+    return torch.zeros(allowed.shape, dtype=like.dtype, device=like.device).masked_fill(~allowed, -math.inf)
+
+
+@register("Attention", since_opset=23, check=_check_attention)
+def attention(inputs, attrs, ctx):
+    """softmax(softcap(Q K^T * scale) + mask [+ causal]) V over [B, H, S, D] (3-D [B, S, H*D] split by
+    q_num_heads/kv_num_heads), KV heads repeated for grouped-query attention, past_key/past_value prepended;
+    outputs Y, present_key, present_value, qk_matmul_output (mode 0 before softcap, 1 after, 2 with the mask, 3 the
+    probabilities). A fully-masked row gives zeros, as the spec and onnxruntime. torch dynamo writes it for
+    scaled_dot_product_attention at opset 23; without it a transformer could only be refit."""
+    q, k, v = inputs[:3]
+    mask, past_k, past_v, nonpad = (_opt(inputs, i) for i in range(3, 7))
+    if (past_k is None) != (past_v is None):
+        raise ValueError("past_key and past_value must be given together")
+    if nonpad is not None and past_k is not None:
+        raise ValueError("nonpad_kv_seqlen marks an external cache; it cannot be given with past_key/past_value "
+                         "(give one or the other)")
+    three_d = q.dim() == 3
+    if three_d:
+        if "q_num_heads" not in attrs:
+            raise ValueError("3-D Q/K/V need the q_num_heads and kv_num_heads attributes")
+        q = q.unflatten(-1, (attrs["q_num_heads"], -1)).transpose(1, 2)
+        k = k.unflatten(-1, (attrs["kv_num_heads"], -1)).transpose(1, 2)
+        v = v.unflatten(-1, (attrs["kv_num_heads"], -1)).transpose(1, 2)
+    if past_k is not None:
+        k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+    present_k, present_v = k, v
+    n_q, n_kv, s_q, s_kv = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    if n_q != n_kv:
+        k, v = k.repeat_interleave(n_q // n_kv, 1), v.repeat_interleave(n_q // n_kv, 1)
+    root = math.sqrt(attrs.get("scale", 1.0 / math.sqrt(q.shape[-1])))  # Q and K each scaled by sqrt(scale)
+    scores = torch.matmul(q * root, (k * root).transpose(-1, -2))
+    raw, softcap = scores, attrs.get("softcap", 0.0)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    bias = []  # additive, each broadcast right-aligned to [B, H, S_q, S_kv]
+    if mask is not None:
+        if mask.shape[-1] < s_kv:  # a short mask's missing keys are masked out
+            mask = F.pad(mask, (0, s_kv - mask.shape[-1]), value=False if mask.dtype == torch.bool else -math.inf)
+        bias.append(_additive(mask, q) if mask.dtype == torch.bool else mask.to(q.dtype))
+    keys = torch.arange(s_kv, device=q.device)
+    if attrs.get("is_causal", 0):  # bottom-right: query i sees key j <= i + offset (the keys before the block)
+        offset = (past_k.shape[2] if past_k is not None else 0) if nonpad is None else \
+            nonpad.reshape(-1, 1, 1, 1) - s_q
+        allowed = keys <= torch.arange(s_q, device=q.device).unsqueeze(-1) + offset
+        bias.append(_additive(allowed, q))
+    if nonpad is not None:
+        valid = keys < nonpad.reshape(-1, 1, 1, 1)
+        bias.append(_additive(valid, q))
+    total = None
+    for b in bias:
+        total = b if total is None else total + b
+    logits = scores if total is None else scores + total
+    precision = attrs.get("softmax_precision")
+    probs_dtype = ctx.dtype(precision) if precision is not None else logits.dtype
+    # a row no key may attend (all -inf bias) gives zero probabilities; softmax it as zeros so neither the values
+    # nor the gradient see the NaN of exp(-inf - -inf)
+    dead = None if total is None else torch.isneginf(total).all(-1, keepdim=True)
+    probs = torch.softmax((logits if dead is None else logits.masked_fill(dead, 0.0)).to(probs_dtype), -1)
+    if dead is not None:
+        probs = probs.masked_fill(dead, 0.0)
+    y = torch.matmul(probs.to(v.dtype), v)
+    if three_d:
+        y = y.transpose(1, 2).flatten(2)
+    mode = attrs.get("qk_matmul_output_mode", 0)
+    qk = (raw, scores, logits, probs)[mode].to(q.dtype)
+    return [y, present_k, present_v, qk][: ctx.n_outputs]
 
 
 # --------------------------------------------------------------------------------------------------------------
