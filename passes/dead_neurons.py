@@ -234,7 +234,32 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     _keep_io_types(out, like)
     _keep_constants_home(out, like)
     _relist_initializer_inputs(out, like)
+    _keep_annotations(out, like)
     return out
+
+
+def _keep_annotations(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Nodes and graphs keep their metadata_props and doc strings (onnx-graphsurgeon drops them): a torch dynamo
+    export's per-node stack traces were gone after a shrink (a transformer's 189 KB file read 74 KB, the shrink
+    credited with bytes it had not saved). By scope and node name; a node the shrink made has none."""
+    had = {sc.path: sc.graph for sc in scopes(like.graph)}
+    for sc in scopes(out.graph):
+        old = had.get(sc.path)
+        if old is None:
+            continue
+        if not sc.graph.metadata_props and old.metadata_props:
+            sc.graph.metadata_props.extend(old.metadata_props)
+        if not sc.graph.doc_string:
+            sc.graph.doc_string = old.doc_string
+        nodes = {n.name: n for n in old.node if n.name and (n.metadata_props or n.doc_string)}
+        for node in sc.graph.node:
+            was = nodes.get(node.name)
+            if was is None or was.op_type != node.op_type:
+                continue
+            if not node.metadata_props:
+                node.metadata_props.extend(was.metadata_props)
+            if not node.doc_string:
+                node.doc_string = was.doc_string
 
 
 def _keep_constants_home(out: onnx.ModelProto, like: onnx.ModelProto) -> None:

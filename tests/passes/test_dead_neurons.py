@@ -44,6 +44,25 @@ def test_mlp_drops_unread_and_constant_neurons_and_folds_the_constants(trans_b):
     assert G.op_counts(out) == G.op_counts(m)
 
 
+def test_nodes_and_the_graph_keep_their_metadata_and_doc_strings():
+    """onnx-graphsurgeon drops metadata_props and doc strings; a torch dynamo export's per-node stack traces were
+    gone after a shrink (a 189 KB transformer file read 74 KB, bytes the shrink had not saved)."""
+    m = G.mlp((20, 12, 10, 4))
+    G.zero(m, "fc2.weight", 1, [5])  # nobody reads fc1 neuron 5
+    for i, node in enumerate(m.graph.node):
+        onnx.helper.set_metadata_props(node, {"pkg.torch.onnx.stack_trace": f"File model.py, line {i}"})
+        node.doc_string = f"node {i}"
+    onnx.helper.set_metadata_props(m.graph, {"pkg.torch.export.graph_signature": "sig"})
+    m.graph.doc_string = "the graph"
+    out, report, _ = prune(m)
+    assert report.removed == 1
+    had = {n.name: n for n in m.graph.node}
+    assert all(n.metadata_props == had[n.name].metadata_props and n.doc_string == had[n.name].doc_string
+               for n in out.graph.node)
+    assert out.graph.metadata_props == m.graph.metadata_props and out.graph.doc_string == "the graph"
+    onnx.checker.check_model(out, full_check=True)
+
+
 def test_removal_cascades_until_nothing_is_dead():
     m = G.mlp((8, 6, 5, 3))
     w2 = G.init(m, "fc2.weight").copy()  # [5, 6]
