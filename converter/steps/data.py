@@ -103,16 +103,26 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
     n = data.reader().num_samples
     if n is None or -(-n // SMALL_TRAIN_EVERY) < MIN_CHOOSE or n - -(-n // SMALL_TRAIN_EVERY) < MIN_DECIDE:
         return None
-    rule = BudgetRule(data.calibration, budget)
+
+    def split(k: int, said: bool) -> Data:
+        apart = Data(model, data.config, random_shapes=data.random_shapes, budget=data.budget,
+                     output_budgets=data.output_budgets, choose_every=k)
+        apart._metrics_said = said  # the metric choice is said once per run
+        return apart
+
+    # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
+    # its rule says how many deciding samples the budget needs (a whole-set evaluator built only to ask cost the
+    # 22M encoder's one-shot a dense pass over all 240 samples)
+    apart, k = split(SMALL_TRAIN_EVERY, data._metrics_said), SMALL_TRAIN_EVERY
+    rule = BudgetRule(apart.calibration, budget)
     floored = budget > 0 and any(r.form.any_floored for r in rule.outputs)
     need = (rule.samples_to_resolve() or 0) if floored else 0
     # the least k whose deciding part can certify; none: every 4th chooses, and the deciding part, too small,
     # keeps the input model and says how many samples would do (choosing and deciding on all 99 did not)
     k = next((k for k in range(SMALL_TRAIN_EVERY, n // MIN_CHOOSE + 1) if n - -(-n // k) >= need),
              SMALL_TRAIN_EVERY)
-    apart = Data(model, data.config, random_shapes=data.random_shapes, budget=data.budget,
-                 output_budgets=data.output_budgets, choose_every=k)
-    apart._metrics_said = True  # said by the first split's evaluator
+    if k != SMALL_TRAIN_EVERY:
+        apart = split(k, True)
     return apart, (-(-n // k), n - -(-n // k))
 
 
