@@ -32,6 +32,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         classifier's class embeddings, as CLIP takes texts), 'logits' [N, K] (sweep 19)
     top_k_head          a classifier that returns its top k: TopK's values 'top_prob' [N, k] (of a Softmax, or
                         'top_scores' of the logits) and their class ids 'top_ids' int64 [N, k] (sweep 19's STN)
+    instance_norm_denoiser  an image-to-image net (style transfer, denoising): Conv -> InstanceNormalization ->
+                        Relu blocks, a stride-2 Conv, Resize x2 and a Concat skip, 'clean' [N, 1, H, W] (sweep 22)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -518,3 +520,29 @@ def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, se
     g.nodes.append(helper.make_node("MatMul", [emb, "prototypes_t"], ["logits"], name="/score/MatMul"))
     return _model(g, "prototype_scores", [_float("image", [BATCH, in_features]), _float("prototypes", ["K", dim])],
                   [_float("logits", [BATCH, "K"])])
+
+
+def instance_norm_denoiser(*, width: int = 8, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """'noisy' [N, 1, size, size] -> e1 3x3 (1->w) -> IN -> Relu ─┬─ e2 3x3 stride 2 (w->2w) -> IN -> Relu -> Resize x2
+    ─ Concat with the skip (3w) -> d1 3x3 (3w->w) -> IN -> Relu -> out 1x1 (w->1) -> Sigmoid -> 'clean' [N, 1, size, size].
+    The InstanceNormalization scale and bias are per channel (scale around 1, bias around 0), as torch's
+    InstanceNorm2d(affine=True) exports them."""
+    g, w = _Graph(seed), width
+
+    def norm(x: str, scope: str, c: int) -> str:
+        sc = g.const(f"{scope}.weight", g.rng.uniform(0.5, 1.5, c))
+        return g.relu(g.op("InstanceNormalization", scope, [x, sc, g.const(f"{scope}.bias", 0.2 * g.rng.standard_normal(c))],
+                           epsilon=1e-5), scope)
+
+    a = norm(g.conv("noisy", "e1", 1, w, 3), "n1", w)
+    we = g.weight("e2.weight", (2 * w, w, 3, 3), w * 9)
+    b = g.op("Conv", "e2", [a, we, g.bias("e2.bias", 2 * w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    b = norm(b, "n2", 2 * w)
+    up = g.op("Resize", "up", [b, "", g.const("up.scales", np.array([1, 1, 2, 2]))], mode="nearest")
+    cat = g.op("Concat", "cat", [up, a], axis=1)
+    d = norm(g.conv(cat, "d1", 3 * w, w, 3), "n3", w)
+    y = g.op("Sigmoid", "out", [g.conv(d, "out", w, 1, 1)])
+    g.nodes[-1].output[0] = "clean"
+    del y
+    return _model(g, "instance_norm_denoiser", [_float("noisy", [BATCH, 1, size, size])],
+                  [_float("clean", [BATCH, 1, size, size])])
