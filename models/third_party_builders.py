@@ -34,6 +34,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         'top_scores' of the logits) and their class ids 'top_ids' int64 [N, k] (sweep 19's STN)
     instance_norm_denoiser  an image-to-image net (style transfer, denoising): Conv -> InstanceNormalization ->
                         Relu blocks, a stride-2 Conv, Resize x2 and a Concat skip, 'clean' [N, 1, H, W] (sweep 22)
+    keras_flatten_cnn   tf2onnx's Keras CNN: NHWC 'image' [N, H, W, 1], Transposes around a Conv, and Flatten as a
+                        Reshape to a computed shape: Shape, Gather [0, 2, 3, 1], Cast, Slice [0:1], Concat with the
+                        feature count, Cast (onnx's shape inference gives no shape after it; sweep 22)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -546,3 +549,31 @@ def instance_norm_denoiser(*, width: int = 8, size: int = 8, seed: int = 0) -> o
     del y
     return _model(g, "instance_norm_denoiser", [_float("noisy", [BATCH, 1, size, size])],
                   [_float("clean", [BATCH, 1, size, size])])
+
+
+def keras_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, opset: int = 13,
+                      seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, size, size, 1] -> Transpose to NCHW -> conv 3x3 valid (1->width) -> Relu -> Transpose to NHWC
+    -> Reshape to Concat(Slice(Cast(Gather(Shape(relu), [0, 2, 3, 1])), 0:1), [features]) -> MatMul + Add ->
+    Softmax 'probs' [N, classes], as tf2onnx 1.17 writes keras.layers.Flatten under a dynamic batch (at opset 13,
+    onnx's data propagation leaves the Reshape without a shape; at 15 it follows it)."""
+    g, s = _Graph(seed), size - 2
+    nchw = g.op("Transpose", "in", ["image"], perm=[0, 3, 1, 2])
+    w = g.weight("conv.weight", (width, 1, 3, 3), 9)
+    y = g.relu(g.op("Conv", "conv", [nchw, w, g.bias("conv.bias", width)], kernel_shape=[3, 3]), "conv")
+    nhwc = g.op("Transpose", "out", [y], perm=[0, 2, 3, 1])
+    ints = lambda name, v: g.initializers.append(numpy_helper.from_array(np.array(v, np.int64 if name != "features" else np.int32), name)) or name  # noqa: E731
+    shape = g.op("Shape", "flatten", [y])
+    shape = g.op("Gather", "flatten", [shape, ints("perm_nhwc", [0, 2, 3, 1])], axis=0)
+    shape = g.op("Cast", "flatten/int32", [shape], to=TensorProto.INT32)
+    batch = g.op("Slice", "flatten", [shape, ints("zero", [0]), ints("one", [1]), ints("zero_axis", [0])])
+    target = g.op("Concat", "flatten", [batch, ints("features", [s * s * width])], axis=0)
+    target = g.op("Cast", "flatten/int64", [target], to=TensorProto.INT64)
+    flat = g.op("Reshape", "flatten", [nhwc, target])
+    logits = g.op("Add", "dense", [g.op("MatMul", "dense", [flat, g.weight("dense.weight", (s * s * width, classes),
+                                                                       s * s * width)]), g.bias("dense.bias", classes)])
+    g.op("Softmax", "dense", [logits], axis=-1)
+    g.nodes[-1].output[0] = "probs"
+    m = _model(g, "keras_flatten_cnn", [_float("image", [BATCH, size, size, 1])], [_float("probs", [BATCH, classes])])
+    m.opset_import[0].version = opset
+    return m

@@ -58,6 +58,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _concat,
     _flatten,
     _reshape,
+    _shape,
     _slice,
     _split,
     _squeeze,
@@ -77,7 +78,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _normalization,
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
-    "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
+    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow

@@ -897,3 +897,41 @@ def test_instance_norm_with_a_computed_scale_blocks_and_says_why():
     assert channels(report)["/d1/Conv"] == (8, 8)
     assert any("consumer InstanceNormalization '/n3/InstanceNormalization' is not over axis 1 with a constant "
                "scale and bias per channel" in why for why in report.blocked)
+
+
+def test_a_keras_flatten_to_a_computed_shape_shrinks_with_its_conv():
+    # tf2onnx's Flatten reads the batch size from Shape and concatenates the feature count: before, the Shape
+    # ("has no channel rule") and the Reshape ("not ... a constant shape") kept every Conv channel
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.keras_flatten_cnn(), "conv.weight", 0, [1])  # Relu(bias) folded into the dense bias
+    G.zero(m, "dense.weight", 0, [k * 4 + 3 for k in range(36)])  # channel 3 unread (NHWC: every 4th feature)
+    out, report, shp = prune(m)
+    assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and report.folded == 1
+    features = [t for t in out.graph.initializer if t.name.startswith("features")]
+    assert [G.init(out, t.name).tolist() for t in features] == [[72]]
+    assert not report.blocked
+
+
+def _shape_read(index: int) -> onnx.ModelProto:
+    """c1 1×1 (3→6) ─ Relu ─ 'y'... with Shape(relu)[index] as a second output 'dim' (int64 [1])."""
+    g = G.G(0)
+    x = g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 1)])
+    d = g.op("Gather", "dim", [g.op("Shape", "shape", [x]), g.init("index", np.array([index], np.int64))], axis=0)
+    g.nodes[-1].output[0] = "dim"
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 3, 5, 5]}, {"y": ["N", 3]})
+    m.graph.output.append(onnx.helper.make_tensor_value_info("dim", onnx.TensorProto.INT64, [1]))
+    del d
+    return m
+
+
+@pytest.mark.parametrize("index, removed", [(0, 2), (2, 2), (1, 0), (-3, 0)])
+def test_a_shape_read_for_other_dims_than_the_channels_lets_them_go(index, removed):
+    m = G.zero(_shape_read(index), "head.weight", 1, [1, 4])
+    out, report = remove_dead_neurons(m)
+    assert report.removed == removed
+    if removed:
+        G.assert_same(m, out)
+    else:
+        assert "consumer Shape 'shape' gives the channel count to an op that reads it" in "\n".join(report.blocked)
