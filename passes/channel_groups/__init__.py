@@ -9,6 +9,7 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Conv a ─┐
     Conv b ─┴─ Add ─ Relu ─ Conv c                          a channel k  ==  b channel k  (one class)
     Concat / Split / Slice: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
+    InstanceNormalization: per channel     Shape: harmless unless the channel count is read downstream
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
