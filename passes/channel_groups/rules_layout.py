@@ -151,7 +151,7 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     if not ((S[1] == total and S[0] in (-1, 0)) or (S[1] == -1 and S[0] == 0)) or (allowzero and 0 in S):
         return b.opaque(node, f"reshapes to {S.tolist()}, not [N, {total}]")
 
-    if features is not None:
+    if features is not None and S[1] != -1:  # a -1 follows the channels by itself
         b.block(c.ids, b.frozen(features, features.outputs[0]) if isinstance(features, gs.Constant) else
                 f"the feature count '{features.name}' of {node.op} '{node.name}' is not an initializer")
 

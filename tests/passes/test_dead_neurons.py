@@ -935,3 +935,10 @@ def test_a_shape_read_for_other_dims_than_the_channels_lets_them_go(index, remov
         G.assert_same(m, out)
     else:
         assert "consumer Shape 'shape' gives the channel count to an op that reads it" in "\n".join(report.blocked)
+
+
+def test_a_keras_flatten_to_minus_one_features_shrinks_without_an_edit():
+    from onnxprune.models import third_party_builders as tb
+    m = G.set_init(tb.keras_flatten_cnn(), "features", np.array([-1], np.int32))
+    out, report, shp = prune(G.zero(m, "conv.weight", 0, [1, 2]))
+    assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and G.init(out, "features") == [-1]
