@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
@@ -84,3 +85,19 @@ def test_a_run_of_several_outputs_prints_the_worst_loss_not_a_score_no_output_ha
     one = _metric_lines({"calibration": {"metric": "accuracy", "data": "calib.npz", "before": 0.96, "after": 0.95,
                                          "loss_pp": 1.0, "output_error": {"agreement": 0.99}}})
     assert one[0].startswith("accuracy on calib.npz (calibration): 96.00% -> 95.00% (loss +1.00 pp); headline output")
+
+
+def test_the_report_table_shows_no_combined_score_for_several_outputs():
+    from onnxprune.converter.report.html import _metric_block
+
+    outputs = {"output_label": {"metric": "accuracy", "before": 0.96, "after": 0.96, "loss_pp": 0.0},
+               "output_probability": {"metric": "prob", "before": 1.0, "after": 0.9951, "loss_pp": 0.49}}
+    one = {"metric": "worst of 2 outputs", "data": "calib.npz", "before": 0.96, "after": 0.9551, "loss_pp": 0.49,
+           "outputs": outputs, "output_error": {"agreement": 1.0}}
+    html = _metric_block({"metrics": {"sets": {"calibration": one}}, "summary": {}})
+    cells = re.findall(r'<td class="n"[^>]*>([^<]*)</td>', html)
+    assert cells[:3] == ["&ndash;", "&ndash;", "0.49 pp"]  # was 0.96 -> 0.9551 (no output's score)
+    assert cells[6:9] == ["96.00%", "96.00%", "0.00 pp"] and cells[9:12] == ["1", "0.9951", "0.49 pp"]
+    single = _metric_block({"metrics": {"sets": {"calibration": {**one, "metric": "accuracy", "outputs": {}}}},
+                            "summary": {}})
+    assert re.findall(r'<td class="n"[^>]*>([^<]*)</td>', single)[:3] == ["96.00%", "95.51%", "0.49 pp"]
