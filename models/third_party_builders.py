@@ -37,6 +37,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     keras_flatten_cnn   tf2onnx's Keras CNN: NHWC 'image' [N, H, W, 1], Transposes around a Conv, and Flatten as a
                         Reshape to a computed shape: Shape, Gather [0, 2, 3, 1], Cast, Slice [0:1], Concat with the
                         feature count, Cast (onnx's shape inference gives no shape after it; sweep 22)
+    keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
+                        depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
+                        Reshape to [-1, C, 1, 1] (sweep 22)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -576,4 +579,35 @@ def keras_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, opset:
     g.nodes[-1].output[0] = "probs"
     m = _model(g, "keras_flatten_cnn", [_float("image", [BATCH, size, size, 1])], [_float("probs", [BATCH, classes])])
     m.opset_import[0].version = opset
+    return m
+
+
+def keras_mobile_block(*, channels: int = 3, expand: int = 8, project: int = 4, classes: int = 3,
+                       seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, 2, 2, channels] -> Transpose to NCHW -> expand 1x1 (->expand) -> Clip 0..6 -> Pad (0, 1) on H, W
+    -> depthwise 3x3 stride 2 (group expand) -> Clip -> Reshape [-1, expand, 1, 1] -> project 1x1 (->project) ->
+    Reshape [-1, project] -> MatMul + Add -> Softmax 'probs' [N, classes] (opset 13, as tf2onnx writes it)."""
+    g = _Graph(seed)
+
+    def relu6(x: str, scope: str) -> str:
+        return g.op("Clip", scope, [x, g.const(f"{scope}.min", np.array(0.0)), g.const(f"{scope}.max", np.array(6.0))])
+
+    def ints(name: str, v) -> str:
+        g.initializers.append(numpy_helper.from_array(np.array(v, np.int64), name))
+        return name
+
+    x = g.op("Transpose", "in", ["image"], perm=[0, 3, 1, 2])
+    x = relu6(g.conv(x, "expand", channels, expand, 1), "expand_relu")
+    x = g.op("Pad", "pad", [x, ints("pads", [0, 0, 0, 0, 0, 0, 1, 1])], mode="constant")
+    w = g.weight("depthwise.weight", (expand, 1, 3, 3), 9)
+    x = g.op("Conv", "depthwise", [x, w, g.bias("depthwise.bias", expand)], kernel_shape=[3, 3], strides=[2, 2],
+             group=expand)
+    x = g.op("Reshape", "to_nchw", [relu6(x, "depthwise_relu"), ints("new_shape", [-1, expand, 1, 1])])
+    x = g.op("Reshape", "flatten", [g.conv(x, "project", expand, project, 1), ints("flat_shape", [-1, project])])
+    x = g.op("Add", "dense", [g.op("MatMul", "dense", [x, g.weight("dense.weight", (project, classes), project)]),
+                              g.bias("dense.bias", classes)])
+    g.op("Softmax", "dense", [x], axis=-1)
+    g.nodes[-1].output[0] = "probs"
+    m = _model(g, "keras_mobile_block", [_float("image", [BATCH, 2, 2, channels])], [_float("probs", [BATCH, classes])])
+    m.opset_import[0].version = 13
     return m

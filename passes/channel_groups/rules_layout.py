@@ -1,4 +1,4 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, and Shape (read for
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, and Shape (read for
 the batch size only)."""
 
 from __future__ import annotations
@@ -132,6 +132,64 @@ def _computed_flatten(b: Builder, node: gs.Node, x) -> tuple[np.ndarray, object]
     return np.array([0, int(np.ravel(F)[0])], dtype=np.int64), tail
 
 
+def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
+    """A Reshape to a constant shape that keeps the channel axis whole with the same elements before and after it
+    (tf2onnx writes its NHWC -> NCHW Transpose of a [N, 1, 1, C] map as Reshape to [-1, C, 1, 1]; a [N, C] ->
+    [N, C, 1, 1] unsqueeze): channel k stays channel k, on the axis where the products line up; the shape entry
+    follows the kept channels. False (nothing recorded) when it is not that."""
+    if S is None or s is None or np.asarray(S).ndim != 1 or _attr(node, "allowzero", 0) or not _static(s[1:]):
+        return False
+    ch = len(s) + c.axis
+    T = [int(v) for v in np.ravel(S)]
+    T = [s[i] if v == 0 and i < len(s) else v for i, v in enumerate(T)]  # 0 copies the input's dim
+    head = T[0] if T[0] is not None else -1
+    if ch < 1 or len(T) < 2 or any(not isinstance(v, int) or v < 1 for v in T[1:]) or \
+            not (head == -1 or (isinstance(s[0], int) and head == s[0])):
+        return False
+    before, after = math.prod(s[1:ch]), math.prod(s[ch + 1 :])
+    at = next((j for j in range(1, len(T)) if math.prod(T[1:j]) == before and T[j] == s[ch]
+               and math.prod(T[j + 1 :]) == after), None)
+    if at is None:
+        return False
+    k = node.inputs[1]
+
+    def edit(keep: np.ndarray) -> None:
+        new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
+        new[at] = int(keep.sum())
+        node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
+
+    b.edit(x, edit)
+    b.set(node.outputs[0], Channels(at - len(T), c.ids, c.value))
+    return True
+
+
+def _pad(b: Builder, node: gs.Node) -> None:
+    """Pad of the positions around each channel (tf2onnx's ZeroPadding2D before a strided depthwise Conv): channels
+    pass through; a constant channel stays that constant when the padding repeats it (edge, reflect, wrap) or pads
+    with the same value (a 0 with zeros), and is no constant otherwise."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r is None:
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
+    t = _opt_input(node, 1)
+    pads = _const(t) if t is not None else _attr(node, "pads", None)
+    at = _opt_input(node, 3)
+    axes = list(range(r)) if at is None else (None if _const(at) is None else
+                                                                [int(a) % r for a in np.ravel(_const(at))])
+    cv = _opt_input(node, 2)
+    fill = float(_attr(node, "value", 0.0)) if cv is None else (None if _const(cv) is None else
+                                                                 float(np.ravel(_const(cv))[0]))
+    if pads is None or axes is None or fill is None or len(np.ravel(pads)) != 2 * len(axes):
+        return b.opaque(node, "has pads, axes or a value that are not constants")
+    pads, ch = np.ravel(pads).astype(np.int64), r + c.axis
+    if ch in axes and (pads[axes.index(ch)] or pads[len(axes) + axes.index(ch)]):
+        return b.opaque(node, "pads the channel axis")
+    value = c.value
+    if _attr(node, "mode", "constant") == "constant" and pads.any():
+        value = np.where(c.value == fill, c.value, NAN)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))
+
+
 def _reshape(b: Builder, node: gs.Node) -> None:
     """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W), tf2onnx's Flatten with the batch
     size read from the input's shape); the shape constant follows."""
@@ -144,6 +202,8 @@ def _reshape(b: Builder, node: gs.Node) -> None:
             S, features = found
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
+        if features is None and _channel_reshape(b, node, x, c, s, S):
+            return None
         return b.opaque(node, "is not a flattening Reshape with a constant shape and static spatial sizes")
     per = math.prod(s[1:ch]) * math.prod(s[ch + 1 :])
     total = per * len(c.ids)
