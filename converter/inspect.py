@@ -367,8 +367,14 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                 moved = f"{agree}max rel error {err['max_rel']:.3g}, mean rel error {err['mean_rel']:.3g}"
         outputs = s.get("outputs") or {}
         which = (f"output '{s['headline']}'" if len(outputs) > 1 and s.get("headline") else "headline output")
-        console.print(f"{s['metric']} on {s['data']} ({name}): {100 * s['before']:.2f}% -> {100 * s['after']:.2f}% "
-                      f"(loss {s['loss_pp']:+.2f} pp); {which} vs the input model: {moved}", markup=False)
+        if len(outputs) > 1:  # before/after is the headline's dense score less the worst loss: no output's own
+            worst = max(outputs, key=lambda o: (outputs[o].get("loss_pp") or 0.0)  # (sweep 22: "96.00% -> 95.51%"
+                        / (outputs[o].get("budget_pp") or 1.0))                # with labels: neither output's)
+            figure = f"loss {s['loss_pp']:+.2f} pp, on output '{worst}'"
+        else:
+            figure = f"{100 * s['before']:.2f}% -> {100 * s['after']:.2f}% (loss {s['loss_pp']:+.2f} pp)"
+        console.print(f"{s['metric']} on {s['data']} ({name}): {figure}; {which} vs the input model: {moved}",
+                      markup=False)
         if len(outputs) > 1 or any(f.get("budget_pp") is not None for f in outputs.values()):
             for out, f in outputs.items():
                 own = f", budget {f['budget_pp']:g} pp" if f.get("budget_pp") is not None else ""

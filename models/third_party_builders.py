@@ -32,6 +32,14 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         classifier's class embeddings, as CLIP takes texts), 'logits' [N, K] (sweep 19)
     top_k_head          a classifier that returns its top k: TopK's values 'top_prob' [N, k] (of a Softmax, or
                         'top_scores' of the logits) and their class ids 'top_ids' int64 [N, k] (sweep 19's STN)
+    instance_norm_denoiser  an image-to-image net (style transfer, denoising): Conv -> InstanceNormalization ->
+                        Relu blocks, a stride-2 Conv, Resize x2 and a Concat skip, 'clean' [N, 1, H, W] (sweep 22)
+    keras_flatten_cnn   tf2onnx's Keras CNN: NHWC 'image' [N, H, W, 1], Transposes around a Conv, and Flatten as a
+                        Reshape to a computed shape: Shape, Gather [0, 2, 3, 1], Cast, Slice [0:1], Concat with the
+                        feature count, Cast (onnx's shape inference gives no shape after it; sweep 22)
+    keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
+                        depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
+                        Reshape to [-1, C, 1, 1] (sweep 22)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -518,3 +526,88 @@ def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, se
     g.nodes.append(helper.make_node("MatMul", [emb, "prototypes_t"], ["logits"], name="/score/MatMul"))
     return _model(g, "prototype_scores", [_float("image", [BATCH, in_features]), _float("prototypes", ["K", dim])],
                   [_float("logits", [BATCH, "K"])])
+
+
+def instance_norm_denoiser(*, width: int = 8, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """'noisy' [N, 1, size, size] -> e1 3x3 (1->w) -> IN -> Relu ─┬─ e2 3x3 stride 2 (w->2w) -> IN -> Relu -> Resize x2
+    ─ Concat with the skip (3w) -> d1 3x3 (3w->w) -> IN -> Relu -> out 1x1 (w->1) -> Sigmoid -> 'clean' [N, 1, size, size].
+    The InstanceNormalization scale and bias are per channel (scale around 1, bias around 0), as torch's
+    InstanceNorm2d(affine=True) exports them."""
+    g, w = _Graph(seed), width
+
+    def norm(x: str, scope: str, c: int) -> str:
+        sc = g.const(f"{scope}.weight", g.rng.uniform(0.5, 1.5, c))
+        return g.relu(g.op("InstanceNormalization", scope, [x, sc, g.const(f"{scope}.bias", 0.2 * g.rng.standard_normal(c))],
+                           epsilon=1e-5), scope)
+
+    a = norm(g.conv("noisy", "e1", 1, w, 3), "n1", w)
+    we = g.weight("e2.weight", (2 * w, w, 3, 3), w * 9)
+    b = g.op("Conv", "e2", [a, we, g.bias("e2.bias", 2 * w)], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    b = norm(b, "n2", 2 * w)
+    up = g.op("Resize", "up", [b, "", g.const("up.scales", np.array([1, 1, 2, 2]))], mode="nearest")
+    cat = g.op("Concat", "cat", [up, a], axis=1)
+    d = norm(g.conv(cat, "d1", 3 * w, w, 3), "n3", w)
+    y = g.op("Sigmoid", "out", [g.conv(d, "out", w, 1, 1)])
+    g.nodes[-1].output[0] = "clean"
+    del y
+    return _model(g, "instance_norm_denoiser", [_float("noisy", [BATCH, 1, size, size])],
+                  [_float("clean", [BATCH, 1, size, size])])
+
+
+def keras_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, opset: int = 13,
+                      seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, size, size, 1] -> Transpose to NCHW -> conv 3x3 valid (1->width) -> Relu -> Transpose to NHWC
+    -> Reshape to Concat(Slice(Cast(Gather(Shape(relu), [0, 2, 3, 1])), 0:1), [features]) -> MatMul + Add ->
+    Softmax 'probs' [N, classes], as tf2onnx 1.17 writes keras.layers.Flatten under a dynamic batch (at opset 13,
+    onnx's data propagation leaves the Reshape without a shape; at 15 it follows it)."""
+    g, s = _Graph(seed), size - 2
+    nchw = g.op("Transpose", "in", ["image"], perm=[0, 3, 1, 2])
+    w = g.weight("conv.weight", (width, 1, 3, 3), 9)
+    y = g.relu(g.op("Conv", "conv", [nchw, w, g.bias("conv.bias", width)], kernel_shape=[3, 3]), "conv")
+    nhwc = g.op("Transpose", "out", [y], perm=[0, 2, 3, 1])
+    ints = lambda name, v: g.initializers.append(numpy_helper.from_array(np.array(v, np.int64 if name != "features" else np.int32), name)) or name  # noqa: E731
+    shape = g.op("Shape", "flatten", [y])
+    shape = g.op("Gather", "flatten", [shape, ints("perm_nhwc", [0, 2, 3, 1])], axis=0)
+    shape = g.op("Cast", "flatten/int32", [shape], to=TensorProto.INT32)
+    batch = g.op("Slice", "flatten", [shape, ints("zero", [0]), ints("one", [1]), ints("zero_axis", [0])])
+    target = g.op("Concat", "flatten", [batch, ints("features", [s * s * width])], axis=0)
+    target = g.op("Cast", "flatten/int64", [target], to=TensorProto.INT64)
+    flat = g.op("Reshape", "flatten", [nhwc, target])
+    logits = g.op("Add", "dense", [g.op("MatMul", "dense", [flat, g.weight("dense.weight", (s * s * width, classes),
+                                                                       s * s * width)]), g.bias("dense.bias", classes)])
+    g.op("Softmax", "dense", [logits], axis=-1)
+    g.nodes[-1].output[0] = "probs"
+    m = _model(g, "keras_flatten_cnn", [_float("image", [BATCH, size, size, 1])], [_float("probs", [BATCH, classes])])
+    m.opset_import[0].version = opset
+    return m
+
+
+def keras_mobile_block(*, channels: int = 3, expand: int = 8, project: int = 4, classes: int = 3,
+                       seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, 2, 2, channels] -> Transpose to NCHW -> expand 1x1 (->expand) -> Clip 0..6 -> Pad (0, 1) on H, W
+    -> depthwise 3x3 stride 2 (group expand) -> Clip -> Reshape [-1, expand, 1, 1] -> project 1x1 (->project) ->
+    Reshape [-1, project] -> MatMul + Add -> Softmax 'probs' [N, classes] (opset 13, as tf2onnx writes it)."""
+    g = _Graph(seed)
+
+    def relu6(x: str, scope: str) -> str:
+        return g.op("Clip", scope, [x, g.const(f"{scope}.min", np.array(0.0)), g.const(f"{scope}.max", np.array(6.0))])
+
+    def ints(name: str, v) -> str:
+        g.initializers.append(numpy_helper.from_array(np.array(v, np.int64), name))
+        return name
+
+    x = g.op("Transpose", "in", ["image"], perm=[0, 3, 1, 2])
+    x = relu6(g.conv(x, "expand", channels, expand, 1), "expand_relu")
+    x = g.op("Pad", "pad", [x, ints("pads", [0, 0, 0, 0, 0, 0, 1, 1])], mode="constant")
+    w = g.weight("depthwise.weight", (expand, 1, 3, 3), 9)
+    x = g.op("Conv", "depthwise", [x, w, g.bias("depthwise.bias", expand)], kernel_shape=[3, 3], strides=[2, 2],
+             group=expand)
+    x = g.op("Reshape", "to_nchw", [relu6(x, "depthwise_relu"), ints("new_shape", [-1, expand, 1, 1])])
+    x = g.op("Reshape", "flatten", [g.conv(x, "project", expand, project, 1), ints("flat_shape", [-1, project])])
+    x = g.op("Add", "dense", [g.op("MatMul", "dense", [x, g.weight("dense.weight", (project, classes), project)]),
+                              g.bias("dense.bias", classes)])
+    g.op("Softmax", "dense", [x], axis=-1)
+    g.nodes[-1].output[0] = "probs"
+    m = _model(g, "keras_mobile_block", [_float("image", [BATCH, 2, 2, channels])], [_float("probs", [BATCH, classes])])
+    m.opset_import[0].version = 13
+    return m

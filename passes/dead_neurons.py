@@ -4,7 +4,8 @@ Once the pruned weights are zero, some neurons are dead:
   (a) every outgoing weight is zero in every consumer: the channel contributes nothing, drop it;
   (b) every incoming weight is zero: the channel holds c = act(bias) everywhere (through BN, pools, the
       element-wise chain), so fold c·W_row into the consumers' biases (Gemm/MatMul always, Conv only without
-      padding, where every output sees c under the whole kernel) and drop it.
+      padding, where every output sees c under the whole kernel) and drop it; c = 0 (a negative bias under a
+      Relu) adds nothing to any consumer, padded Conv and ConvTranspose included, and is dropped as well.
 Which channels must go together (residual Add, Concat offsets, Flatten into a Gemm, depthwise Conv) comes from
 `passes.channel_groups`.
 
@@ -131,7 +132,9 @@ def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
     read: set[int] = set()
     for rd in cg.reads:
         zero = ~rd.rows.any(axis=1)
-        const = np.isfinite(cg.channels[rd.tensor].value) & (rd.fold is not None)
+        value = cg.channels[rd.tensor].value
+        # a weight op is linear in its input: a position that is 0 everywhere adds nothing, padded Conv or not
+        const = (np.isfinite(value) & (rd.fold is not None)) | (value == 0)
         roots = cg.roots(rd.tensor)
         alive.update(roots[~(zero | const)].tolist())
         read.update(roots.tolist())

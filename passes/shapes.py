@@ -76,7 +76,7 @@ def infer_shapes(model: onnx.ModelProto, *, warn: bool = False) -> Shapes:
             log.warning("shape inference failed (%s); rules that need shapes will block", exc)
         inferred = model
     shapes = _declared(inferred.graph)
-    if _contrib_unknown(model.graph, shapes):
+    if _contrib_unknown(model.graph, shapes) or _layer_unknown(model.graph, shapes):
         for name, dims in _declared(_symbolic(model).graph).items():
             shapes.setdefault(name, dims)
     return shapes
@@ -89,6 +89,17 @@ def _declared(g: onnx.GraphProto) -> Shapes:
         if tt.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     return shapes
+
+
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _layer_unknown(g: onnx.GraphProto, shapes: Shapes) -> bool:
+    """A layer whose input or output onnx left without a shape: a Reshape to a shape computed from Shape ops that
+    onnx's data propagation does not follow (tf2onnx's Keras Flatten: Shape, Gather, Cast, Slice, Concat, Cast),
+    after which every MatMul's MACs were "unknown" (sweep 22); onnxruntime's symbolic inference follows it."""
+    return any(n.op_type in LAYERS and n.domain in ("", "ai.onnx") and
+               any(t and t not in shapes for t in [n.input[0], *n.output[:1]]) for n in g.node)
 
 
 def _contrib_unknown(g: onnx.GraphProto, shapes: Shapes) -> bool:

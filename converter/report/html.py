@@ -207,11 +207,13 @@ def _metric_block(doc: dict) -> str:
         err = one.get("output_error") or {}
         label = {"calibration": "calibration (--data)", "evaluation": "held out (--eval-data)"}.get(key, "")
         agreement = err.get("agreement")
+        several = len(one.get("outputs") or {}) > 1  # before/after: the headline's score less the worst loss, which
+        before, after = (None, None) if several else (one.get("before"), one.get("after"))  # no output has (sweep 22)
         rows.append(
             f"<tr><td class=\"name\">{_e(one.get('data'))}<div class=\"sub\">{_e(label)}</div></td>"
             f"<td>{_e(one.get('metric'))}</td>"
-            f"<td class=\"n\">{_m(one.get('before'), one.get('metric'))}</td>"
-            f"<td class=\"n\">{_m(one.get('after'), one.get('metric'))}</td>"
+            f"<td class=\"n\">{_m(before, one.get('metric'))}</td>"
+            f"<td class=\"n\">{_m(after, one.get('metric'))}</td>"
             f"<td class=\"n\" data-key=\"loss_pp\" data-value=\"{_e(json.dumps(one.get('loss_pp')))}\">"
             f"{_pp(one.get('loss_pp'))}</td>"
             f"<td class=\"n\">{'&ndash;' if agreement is None else _p(100 * agreement)}</td>"

@@ -9,6 +9,8 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Conv a ─┐
     Conv b ─┴─ Add ─ Relu ─ Conv c                          a channel k  ==  b channel k  (one class)
     Concat / Split / Slice: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
+    InstanceNormalization: per channel     Shape: harmless unless the channel count is read downstream
+    Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
@@ -44,6 +46,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     UNARY,
     _batchnorm,
     _binary,
+    _instance_norm,
     _pool,
     _prelu,
     _normalization,
@@ -56,7 +59,9 @@ from onnxprune.passes.channel_groups.rules_layers import _conv, _conv_transpose,
 from onnxprune.passes.channel_groups.rules_layout import (
     _concat,
     _flatten,
+    _pad,
     _reshape,
+    _shape,
     _slice,
     _split,
     _squeeze,
@@ -74,8 +79,9 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
     "BatchNormalization": _batchnorm, "PRelu": _prelu, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _normalization,
+    "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
-    "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
+    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow

@@ -201,7 +201,7 @@ class ChannelGraph:
         keep = {t: ~np.isin(self.roots(t), dead_arr) for t in self.channels}
         pending: dict[int, tuple[gs.Node, np.ndarray]] = {}
         for rd in self.reads:
-            live = rd.rows.any(axis=1) & ~keep[rd.tensor]
+            live = rd.rows.any(axis=1) & ~keep[rd.tensor] & (self.channels[rd.tensor].value != 0)  # 0 adds nothing
             if not live.any():
                 continue
             vals = np.where(live, self.channels[rd.tensor].value, 0.0)

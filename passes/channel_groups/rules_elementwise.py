@@ -1,4 +1,4 @@
-"""Rules for element-wise ops, BatchNormalization, PRelu, pools and Resize: channels pass through, constants are
+"""Rules for element-wise ops, BatchNormalization, InstanceNormalization, PRelu, pools and Resize: channels pass through, constants are
 carried."""
 
 from __future__ import annotations
@@ -159,6 +159,23 @@ def _batchnorm(b: Builder, node: gs.Node) -> None:
     eps = float(_attr(node, "epsilon", 1e-5))
     b.cg.scale(c.ids, scale / np.sqrt(var + eps))
     b.set(node.outputs[0], Channels(c.axis, c.ids, (c.value - mean) / np.sqrt(var + eps) * scale + bias))
+    b.edit(x, lambda keep: [b.cg.slice(p, 0, keep) for p in params])
+
+
+def _instance_norm(b: Builder, node: gs.Node) -> None:
+    """InstanceNormalization(x, scale, B) normalizes each channel over its own positions (a style-transfer,
+    denoising or image-to-image net's norm): channels stay apart and scale and B go with them. A channel that is
+    constant over its positions (a dead Conv row's bias, a zero) has no variance: it comes out as B[c], whatever
+    the constant was. Sweep 22's denoiser: every Conv before one kept its channels ("no channel rule")."""
+    x, params = node.inputs[0], node.inputs[1:3]
+    c, r, vals = b.ch(x), b.rank(x), [_const(p) for p in node.inputs[1:3]]
+    if r is None or r < 3 or c.axis != 1 - r or len(params) != 2 or any(v is None or v.size != len(c.ids)
+                                                                        for v in vals):
+        return b.opaque(node, "is not over axis 1 with a constant scale and bias per channel")
+    for p in params:
+        b.block(c.ids, b.frozen(p, node) if len(c.ids) > 1 else None)
+    bias = vals[1].astype(np.float64).reshape(-1)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(np.isfinite(c.value), bias, NAN)))
     b.edit(x, lambda keep: [b.cg.slice(p, 0, keep) for p in params])
 
 

@@ -1,4 +1,5 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice."""
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, and Shape (read for
+the batch size only)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,175 @@ def _flatten(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], _spread(c, math.prod(s[axis:ch]), math.prod(s[ch + 1 :])))
 
 
+# ops a computed shape goes through on its way from a Shape to a Reshape (tf2onnx's Keras Flatten: Shape ─ Gather
+# [0, 2, 3, 1] ─ Cast ─ Slice [0:1] ─ Concat with [800] ─ Cast ─ Reshape)
+SHAPE_OPS = ("Shape", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Identity")
+
+
+def _shape_atoms(b: Builder, t, depth: int = 0) -> list | None:
+    """The entries of a small int tensor computed from shapes: ("dim", tensor name, axis) for an entry read from a
+    tensor's shape, an int for a constant; None when some op on the way is not one of SHAPE_OPS with constant
+    indices (the entry is then unknown)."""
+    K = _const(t)
+    if K is not None:
+        return [int(v) for v in np.ravel(K)] if np.issubdtype(np.asarray(K).dtype, np.integer) else None
+    if depth > 12 or len(t.inputs) != 1 or t.inputs[0].op not in SHAPE_OPS:
+        return None
+    node = t.inputs[0]
+    if node.op == "Shape":
+        r = b.rank(node.inputs[0])
+        if r is None:
+            return None
+        lo, hi = _attr(node, "start", 0), _attr(node, "end", r)
+        return [("dim", node.inputs[0].name, a) for a in range(r)[slice(lo, hi)]]
+    if node.op == "Concat":
+        parts = [_shape_atoms(b, i, depth + 1) for i in node.inputs]
+        return None if any(p is None for p in parts) else [a for p in parts for a in p]
+    src = _shape_atoms(b, node.inputs[0], depth + 1)
+    if src is None or node.op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+        return src
+    if node.op == "Gather":
+        idx = _const(node.inputs[1])
+        if idx is None or _attr(node, "axis", 0) != 0:
+            return None
+        return [src[int(i)] for i in np.ravel(idx)]
+    starts, ends = _const(_opt_input(node, 1)), _const(_opt_input(node, 2))  # Slice along its only axis
+    axes, steps = _opt_input(node, 3), _opt_input(node, 4)
+    if starts is None or ends is None or (axes is not None and np.ravel(_const(axes) if _const(axes) is not None
+                                                                        else [1]).tolist() != [0]):
+        return None
+    if steps is not None and (_const(steps) is None or np.ravel(_const(steps)).tolist() != [1]):
+        return None
+    return src[slice(int(np.ravel(starts)[0]), int(min(np.ravel(ends)[0], len(src))))]
+
+
+def _shape(b: Builder, node: gs.Node) -> None:
+    """Shape of a channel-carrying tensor: harmless when nothing downstream reads the channel count (tf2onnx's
+    Flatten takes only the batch size from it). Follows its output through SHAPE_OPS and checks each tensor that
+    leaves them."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r is None:
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
+    todo, seen = [node.outputs[0]], set()
+    while todo:
+        t = todo.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
+        if len(inner) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
+            atoms = _shape_atoms(b, t)
+            if atoms is None or ("dim", x.name, r + c.axis) in atoms:
+                return b.opaque(node, "gives the channel count to an op that reads it")
+        todo += [o for n in inner for o in n.outputs]
+
+
+def _batch_only(b: Builder, atoms: list, x) -> bool:
+    """atoms is [dim 0 of x] (or of a tensor x is made from by ops that keep axis 0 the batch: tf2onnx's
+    NCHW -> NHWC Transpose before the Flatten)."""
+    if len(atoms) != 1 or not isinstance(atoms[0], tuple) or atoms[0][2] != 0:
+        return False
+    t = x
+    for _ in range(8):
+        if t.name == atoms[0][1]:
+            return True
+        if len(t.inputs) != 1:
+            return False
+        p = t.inputs[0]
+        if p.op != "Transpose" or list(_attr(p, "perm", [0]))[0] != 0:
+            return False
+        t = p.inputs[0]
+    return False
+
+
+def _computed_flatten(b: Builder, node: gs.Node, x) -> tuple[np.ndarray, object] | None:
+    """A Reshape's shape computed as Concat([N from x's shape], [features]) (through Casts): ([0, features], the
+    features constant), read as the constant shape [0, features]; None when it is not that."""
+    k = node.inputs[1]
+    while len(k.inputs) == 1 and k.inputs[0].op in ("Cast", "Identity"):
+        k = k.inputs[0].inputs[0]
+    if len(k.inputs) != 1 or k.inputs[0].op != "Concat" or len(k.inputs[0].inputs) != 2:
+        return None
+    head, tail = k.inputs[0].inputs
+    atoms, F = _shape_atoms(b, head), _const(tail)
+    if atoms is None or F is None or F.size != 1 or not _batch_only(b, atoms, x):
+        return None
+    return np.array([0, int(np.ravel(F)[0])], dtype=np.int64), tail
+
+
+def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
+    """A Reshape to a constant shape that keeps the channel axis whole with the same elements before and after it
+    (tf2onnx writes its NHWC -> NCHW Transpose of a [N, 1, 1, C] map as Reshape to [-1, C, 1, 1]; a [N, C] ->
+    [N, C, 1, 1] unsqueeze): channel k stays channel k, on the axis where the products line up; the shape entry
+    follows the kept channels. False (nothing recorded) when it is not that."""
+    if S is None or s is None or np.asarray(S).ndim != 1 or _attr(node, "allowzero", 0) or not _static(s[1:]):
+        return False
+    ch = len(s) + c.axis
+    T = [int(v) for v in np.ravel(S)]
+    T = [s[i] if v == 0 and i < len(s) else v for i, v in enumerate(T)]  # 0 copies the input's dim
+    head = T[0] if T[0] is not None else -1
+    if ch < 1 or len(T) < 2 or any(not isinstance(v, int) or v < 1 for v in T[1:]) or \
+            not (head == -1 or (isinstance(s[0], int) and head == s[0])):
+        return False
+    before, after = math.prod(s[1:ch]), math.prod(s[ch + 1 :])
+    at = next((j for j in range(1, len(T)) if math.prod(T[1:j]) == before and T[j] == s[ch]
+               and math.prod(T[j + 1 :]) == after), None)
+    if at is None:
+        return False
+    k = node.inputs[1]
+
+    def edit(keep: np.ndarray) -> None:
+        new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
+        new[at] = int(keep.sum())
+        node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
+
+    b.edit(x, edit)
+    b.set(node.outputs[0], Channels(at - len(T), c.ids, c.value))
+    return True
+
+
+def _pad(b: Builder, node: gs.Node) -> None:
+    """Pad of the positions around each channel (tf2onnx's ZeroPadding2D before a strided depthwise Conv): channels
+    pass through; a constant channel stays that constant when the padding repeats it (edge, reflect, wrap) or pads
+    with the same value (a 0 with zeros), and is no constant otherwise."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r is None:
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
+    t = _opt_input(node, 1)
+    pads = _const(t) if t is not None else _attr(node, "pads", None)
+    at = _opt_input(node, 3)
+    axes = list(range(r)) if at is None else (None if _const(at) is None else
+                                                                [int(a) % r for a in np.ravel(_const(at))])
+    cv = _opt_input(node, 2)
+    fill = float(_attr(node, "value", 0.0)) if cv is None else (None if _const(cv) is None else
+                                                                 float(np.ravel(_const(cv))[0]))
+    if pads is None or axes is None or fill is None or len(np.ravel(pads)) != 2 * len(axes):
+        return b.opaque(node, "has pads, axes or a value that are not constants")
+    pads, ch = np.ravel(pads).astype(np.int64), r + c.axis
+    if ch in axes and (pads[axes.index(ch)] or pads[len(axes) + axes.index(ch)]):
+        return b.opaque(node, "pads the channel axis")
+    value = c.value
+    if _attr(node, "mode", "constant") == "constant" and pads.any():
+        value = np.where(c.value == fill, c.value, NAN)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))
+
+
 def _reshape(b: Builder, node: gs.Node) -> None:
-    """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W)); the shape constant follows."""
+    """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W), tf2onnx's Flatten with the batch
+    size read from the input's shape); the shape constant follows."""
     x, k = node.inputs[:2]
     c, s, S = b.ch(x), b.shape(x), _const(k)
+    features = None
+    if S is None and b.ch(k) is None:
+        found = _computed_flatten(b, node, x)
+        if found is not None:
+            S, features = found
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
+        if features is None and _channel_reshape(b, node, x, c, s, S):
+            return None
         return b.opaque(node, "is not a flattening Reshape with a constant shape and static spatial sizes")
     per = math.prod(s[1:ch]) * math.prod(s[ch + 1 :])
     total = per * len(c.ids)
@@ -47,10 +211,21 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     if not ((S[1] == total and S[0] in (-1, 0)) or (S[1] == -1 and S[0] == 0)) or (allowzero and 0 in S):
         return b.opaque(node, f"reshapes to {S.tolist()}, not [N, {total}]")
 
+    if features is not None and S[1] != -1:  # a -1 follows the channels by itself
+        b.block(c.ids, b.frozen(features, features.outputs[0]) if isinstance(features, gs.Constant) else
+                f"the feature count '{features.name}' of {node.op} '{node.name}' is not an initializer")
+
     def edit(keep: np.ndarray) -> None:
-        if S[1] != -1:
-            new = np.array([S[0], per * int(keep.sum())], dtype=S.dtype)
-            node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
+        if S[1] == -1:
+            return
+        if features is not None:  # the Concat's constant [features]
+            user = features.outputs[0]
+            at = [i for i, t in enumerate(user.inputs) if t is features][0]
+            value = np.array([per * int(keep.sum())], dtype=features.values.dtype).reshape(features.values.shape)
+            user.inputs[at] = gs.Constant(b.cg.unique(f"{features.name}_pruned"), value)
+            return
+        new = np.array([S[0], per * int(keep.sum())], dtype=S.dtype)
+        node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
 
     b.edit(x, edit)
     b.set(node.outputs[0], _spread(c, math.prod(s[1:ch]), math.prod(s[ch + 1 :])))

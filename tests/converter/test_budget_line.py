@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
@@ -56,3 +57,47 @@ def test_an_eval_set_over_the_met_budget_gets_a_note_naming_both_figures():
     report["metrics"]["sets"]["evaluation"]["loss_pp"] = 1.2
     report["budget"]["met"] = False
     assert _eval_over_budget(report, 1.0, state) is None  # not met: the run refuses anyway
+
+
+def _metric_lines(sets: dict) -> list[str]:
+    report = {"layers": [], "before": {"params": 10, "nonzeros": 10}, "after": {"nonzeros": 5, "density": 0.5},
+              "compression": 2.0, "file_size_before": 100, "file_size_after": 60, "sparse_format": "constant",
+              "parity": {"batches": 4, "inputs": "data", "max_abs_diff": 0.0}, "metrics": {"sets": sets}}
+    out = io.StringIO()
+    print_prune_summary(report, Console(file=out, width=400, color_system=None))
+    return [line for line in out.getvalue().splitlines() if " on calib.npz " in line or line.startswith("  output")]
+
+
+def test_a_run_of_several_outputs_prints_the_worst_loss_not_a_score_no_output_has():
+    """Sweep 22: skl2onnx's MLP pipeline with labels read "worst of 2 outputs on ...: 96.00% -> 95.51% (loss +0.49
+    pp)": output_label's accuracy 96.00% less output_probability's 0.49 pp, a score neither output has."""
+    outputs = {"output_label": {"metric": "accuracy", "before": 0.96, "after": 0.96, "loss_pp": 0.0,
+                                "one_pp": "1% of samples lose their right class"},
+               "output_probability": {"metric": "prob", "before": 1.0, "after": 0.9951, "loss_pp": 0.49,
+                                      "one_pp": "1% of samples change class"}}
+    lines = _metric_lines({"calibration": {
+        "metric": "worst of 2 outputs", "data": "calib.npz", "before": 0.96, "after": 0.9551, "loss_pp": 0.49,
+        "headline": "output_label", "outputs": outputs, "output_error": {"agreement": 1.0}}})
+    assert lines[0].startswith("worst of 2 outputs on calib.npz (calibration): loss +0.49 pp, on output "
+                               "'output_probability'; output 'output_label' vs the input model: equal values")
+    assert "95.51" not in lines[0]
+    assert lines[1] == "  output output_label (accuracy; 1 pp = 1% of samples lose their right class): 96.00% -> 96.00% (loss +0.00 pp)"
+    one = _metric_lines({"calibration": {"metric": "accuracy", "data": "calib.npz", "before": 0.96, "after": 0.95,
+                                         "loss_pp": 1.0, "output_error": {"agreement": 0.99}}})
+    assert one[0].startswith("accuracy on calib.npz (calibration): 96.00% -> 95.00% (loss +1.00 pp); headline output")
+
+
+def test_the_report_table_shows_no_combined_score_for_several_outputs():
+    from onnxprune.converter.report.html import _metric_block
+
+    outputs = {"output_label": {"metric": "accuracy", "before": 0.96, "after": 0.96, "loss_pp": 0.0},
+               "output_probability": {"metric": "prob", "before": 1.0, "after": 0.9951, "loss_pp": 0.49}}
+    one = {"metric": "worst of 2 outputs", "data": "calib.npz", "before": 0.96, "after": 0.9551, "loss_pp": 0.49,
+           "outputs": outputs, "output_error": {"agreement": 1.0}}
+    html = _metric_block({"metrics": {"sets": {"calibration": one}}, "summary": {}})
+    cells = re.findall(r'<td class="n"[^>]*>([^<]*)</td>', html)
+    assert cells[:3] == ["&ndash;", "&ndash;", "0.49 pp"]  # was 0.96 -> 0.9551 (no output's score)
+    assert cells[6:9] == ["96.00%", "96.00%", "0.00 pp"] and cells[9:12] == ["1", "0.9951", "0.49 pp"]
+    single = _metric_block({"metrics": {"sets": {"calibration": {**one, "metric": "accuracy", "outputs": {}}}},
+                            "summary": {}})
+    assert re.findall(r'<td class="n"[^>]*>([^<]*)</td>', single)[:3] == ["96.00%", "95.51%", "0.49 pp"]

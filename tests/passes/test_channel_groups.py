@@ -27,7 +27,7 @@ def test_rules_are_a_dict_of_functions_covering_the_documented_ops():
     documented = {"Gemm", "MatMul", "Conv", "ConvTranspose", "Add", "Sub", "Mul", "Div", "BatchNormalization",
                   "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Gelu", "Erf", "HardSwish", "HardSigmoid", "Elu",
                   "Selu", "Softplus", "Identity", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-                  "Dropout", "Flatten", "Reshape", "Transpose", "Concat", "Split"}
+                  "Dropout", "Flatten", "Reshape", "Transpose", "Concat", "Split", "InstanceNormalization", "Shape", "Pad"}
     assert documented <= set(RULES)
     assert all(callable(f) for f in RULES.values())
 

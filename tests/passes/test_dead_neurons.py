@@ -163,10 +163,15 @@ def test_lenet5_conv_channels_go_with_their_flattened_features(flatten):
 
 def test_padded_conv_consumer_cannot_fold_a_constant_channel():
     m = G.residual(branch_k=3)  # conv a (3×3, pad 1) reads the stem
+    G.set_init(m, "stem.bias", np.where(np.arange(8) == 1, 0.2, G.init(m, "stem.bias")))  # Relu(0.2): not 0
     G.zero(m, "stem.weight", 0, [1])
     G.zero(m, "b.weight", 0, [1])  # stem 1 + b 1 is a constant … that a padded conv reads
     out, report, _ = prune(m)
     assert out is m and report.removed == 0
+    # with its own bias (-0.056) stem 1 is Relu's 0, which the padded conv adds nothing for: it goes (sweep 22)
+    m = G.zero(G.zero(G.residual(branch_k=3), "stem.weight", 0, [1]), "b.weight", 0, [1])
+    out, report, shp = prune(m)
+    assert shp["stem.weight"] == (7, 3, 3, 3) and shp["a.weight"] == (8, 7, 3, 3)
 
 
 def test_residual_channel_goes_only_when_dead_across_the_add():
@@ -302,10 +307,14 @@ def test_a_layer_norm_over_the_channels_keeps_them_and_says_why():
 
 def test_conv_transpose_is_a_producer_and_a_consumer_that_cannot_fold():
     m = G.zero(G.conv_transpose(), "c1.weight", 0, [1])  # (b) read by ConvTranspose: kept
+    G.set_init(m, "c1.bias", np.where(np.arange(6) == 1, 0.2, G.init(m, "c1.bias")))  # Relu(0.2), not 0
     G.zero(m, "t.weight", 0, [4])  # (a) c1 channel 4
     G.zero(m, "t.weight", 1, [2])  # (b) t channel 2, folded into c2 (1×1)
     out, report, shp = prune(m)
     assert shp["c1.weight"][0] == 5 and shp["t.weight"] == (5, 4, 3, 3) and shp["c2.weight"] == (4, 4, 1, 1)
+    # its own bias (-0.024) makes c1 1 Relu's 0: a ConvTranspose adds nothing for it either, and it goes
+    out, report, shp = prune(G.zero(G.conv_transpose(), "c1.weight", 0, [1]))
+    assert shp["c1.weight"][0] == 5 and shp["t.weight"] == (5, 5, 3, 3)
 
 
 def test_transpose_moves_the_channel_axis_to_a_channels_last_matmul():
@@ -852,3 +861,150 @@ def test_the_pass_notes_the_dead_channels_it_kept_for_alignment():
     state = PruneState()
     run_passes([RemoveDeadNeurons()], m, state)
     assert any("3 dead channel(s) kept so that convolution inputs stay multiples of 4" in n for n in state.notes)
+
+
+# -- sweep 22: an image-to-image net with InstanceNormalization; zero constants under padded Convs ----------------
+def _two_padded_convs(bias_c1=None) -> onnx.ModelProto:
+    """c1 3×3 pad 1 (3→8) ─ Relu ─ c2 3×3 pad 1 (8→6) ─ Relu ─ GAP ─ Flatten ─ Gemm (VGG's, a U-Net's blocks)."""
+    g = G.G(0)
+    x = g.op("Relu", "r1", [g.conv("x", "c1", 3, 8, 3, pad=1)])
+    x = g.op("Relu", "r2", [g.conv(x, "c2", 8, 6, 3, pad=1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 3, 8, 8]}, {"y": ["N", 3]})
+    if bias_c1 is not None:
+        G.set_init(m, "c1.bias", np.asarray(bias_c1, np.float32))
+    return m
+
+
+def test_a_zero_constant_channel_goes_under_a_padded_conv_and_a_nonzero_one_stays():
+    # rows 1, 2 dead with a negative bias: Relu makes them 0 everywhere, which a padded 3×3 Conv adds nothing
+    # for (before: kept, "neither unread nor a foldable constant"); row 3's Relu(0.3) is a constant the padded
+    # border would see under part of the kernel only: it stays
+    bias = [0.1, -0.5, -0.2, 0.3, 0.05, 0.1, -0.1, 0.2]
+    m = G.zero(_two_padded_convs(bias), "c1.weight", 0, [1, 2, 3])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (6, 3, 3, 3) and shp["c2.weight"] == (6, 6, 3, 3)
+    assert channels(report)["c1"] == (8, 6)
+    kept_bias = G.init(out, "c1.bias").tolist()
+    assert kept_bias == pytest.approx([0.1, 0.3, 0.05, 0.1, -0.1, 0.2])  # the positive constant stays
+
+
+def test_instance_norm_passes_channels_and_their_scale_and_bias_go_with_them():
+    from onnxprune.models import third_party_builders as tb
+    m = tb.instance_norm_denoiser()  # n1.bias [-0.15, 0.34, -0.06, ...], n2.bias[1:3] < 0, n3.bias[1] = 0.34
+    G.zero(m, "e1.weight", 0, [0, 2])  # constant -> IN -> B < 0 -> Relu 0: read by e2 and (Concat) d1, padded
+    G.zero(m, "e1.weight", 0, [1])  # IN -> B = 0.34 > 0 under padded Convs: stays
+    G.zero(m, "e2.weight", 0, [1, 2])  # through IN, Relu 0, Resize and Concat into d1 (padded): goes
+    G.zero(m, "d1.weight", 0, [1])  # IN -> Relu(0.34) read by the 1×1 'out' Conv: folded into its bias
+    out, report, shp = prune(m)
+    assert channels(report) == {"/e1/Conv": (8, 6), "/e2/Conv": (16, 14), "/d1/Conv": (8, 7), "/out/Conv": (1, 1)}
+    assert shp["n1.weight"] == shp["n1.bias"] == (6,) and shp["n2.bias"] == (14,) and shp["n3.weight"] == (7,)
+    assert shp["d1.weight"] == (7, 20, 3, 3) and shp["out.weight"] == (1, 7, 1, 1)
+    assert G.init(out, "out.bias") != pytest.approx(G.init(m, "out.bias"))  # Relu(0.34)·w went into it
+    assert not any("InstanceNormalization" in why for why in report.blocked)
+
+
+def test_instance_norm_with_a_computed_scale_blocks_and_says_why():
+    from onnxprune.models import third_party_builders as tb
+    m = tb.instance_norm_denoiser()
+    sc = next(t for t in m.graph.initializer if t.name == "n3.weight")
+    m.graph.initializer.remove(sc)
+    m.graph.input.append(onnx.helper.make_tensor_value_info("n3.weight", onnx.TensorProto.FLOAT, [8]))
+    G.zero(m, "d1.weight", 0, [1])
+    out, report = remove_dead_neurons(m)
+    assert channels(report)["/d1/Conv"] == (8, 8)
+    assert any("consumer InstanceNormalization '/n3/InstanceNormalization' is not over axis 1 with a constant "
+               "scale and bias per channel" in why for why in report.blocked)
+
+
+def test_a_keras_flatten_to_a_computed_shape_shrinks_with_its_conv():
+    # tf2onnx's Flatten reads the batch size from Shape and concatenates the feature count: before, the Shape
+    # ("has no channel rule") and the Reshape ("not ... a constant shape") kept every Conv channel
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.keras_flatten_cnn(), "conv.weight", 0, [1])  # Relu(bias) folded into the dense bias
+    G.zero(m, "dense.weight", 0, [k * 4 + 3 for k in range(36)])  # channel 3 unread (NHWC: every 4th feature)
+    out, report, shp = prune(m)
+    assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and report.folded == 1
+    features = [t for t in out.graph.initializer if t.name.startswith("features")]
+    assert [G.init(out, t.name).tolist() for t in features] == [[72]]
+    assert not report.blocked
+
+
+def _shape_read(index: int) -> onnx.ModelProto:
+    """c1 1×1 (3→6) ─ Relu ─ 'y'... with Shape(relu)[index] as a second output 'dim' (int64 [1])."""
+    g = G.G(0)
+    x = g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 1)])
+    d = g.op("Gather", "dim", [g.op("Shape", "shape", [x]), g.init("index", np.array([index], np.int64))], axis=0)
+    g.nodes[-1].output[0] = "dim"
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [x])]), "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 3, 5, 5]}, {"y": ["N", 3]})
+    m.graph.output.append(onnx.helper.make_tensor_value_info("dim", onnx.TensorProto.INT64, [1]))
+    del d
+    return m
+
+
+@pytest.mark.parametrize("index, removed", [(0, 2), (2, 2), (1, 0), (-3, 0)])
+def test_a_shape_read_for_other_dims_than_the_channels_lets_them_go(index, removed):
+    m = G.zero(_shape_read(index), "head.weight", 1, [1, 4])
+    out, report = remove_dead_neurons(m)
+    assert report.removed == removed
+    if removed:
+        G.assert_same(m, out)
+    else:
+        assert "consumer Shape 'shape' gives the channel count to an op that reads it" in "\n".join(report.blocked)
+
+
+def test_a_keras_flatten_to_minus_one_features_shrinks_without_an_edit():
+    from onnxprune.models import third_party_builders as tb
+    m = G.set_init(tb.keras_flatten_cnn(), "features", np.array([-1], np.int32))
+    out, report, shp = prune(G.zero(m, "conv.weight", 0, [1, 2]))
+    assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and G.init(out, "features") == [-1]
+
+
+def test_a_keras_mobile_block_shrinks_through_its_pad_and_its_channel_keeping_reshape():
+    # tf2onnx's MobileNetV2 (alpha 0.35, 32x32): before, 16 of 53 layers kept every channel ("consumer Pad ... has no
+    # channel rule"; "consumer Reshape ...mul_1__272 is not a flattening Reshape": [-1, 192, 1, 1] of a 1x1 map)
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.keras_mobile_block(), "project.weight", 1, [1, 6])  # (a): the project conv reads none of them
+    G.zero(m, "expand.weight", 0, [3])  # expand.bias[3] < 0: Clip gives 0, the Pad's zeros keep it 0 ...
+    G.zero(m, "depthwise.weight", 0, [3])  # ... and the depthwise row reads nothing: Clip(bias) folded into project
+    out, report, shp = prune(m)
+    assert channels(report)["/expand/Conv"] == (8, 5) and channels(report)["/depthwise/Conv"] == (8, 5)
+    assert shp["depthwise.weight"] == (5, 1, 3, 3) and shp["project.weight"] == (4, 5, 1, 1) and report.folded == 1
+    reshape = next(n for n in out.graph.node if n.name == "/to_nchw/Reshape")
+    assert G.init(out, reshape.input[1]).tolist() == [-1, 5, 1, 1]
+    dw = next(n for n in out.graph.node if n.name == "/depthwise/Conv")
+    assert onnx.helper.get_node_attr_value(dw, "group") == 5
+    assert not report.blocked
+
+
+def test_a_pad_with_computed_pads_blocks_and_says_why():
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.keras_mobile_block(), "project.weight", 1, [1])
+    pads = next(t for t in m.graph.initializer if t.name == "pads")
+    m.graph.initializer.remove(pads)
+    m.graph.input.append(onnx.helper.make_tensor_value_info("pads", onnx.TensorProto.INT64, [8]))
+    out, report = remove_dead_neurons(m)
+    assert report.removed == 0
+    from onnxprune.passes.dead_neurons import analyse
+    assert ("channels of Conv '/expand/Conv' kept: consumer Pad '/pad/Pad' has pads, axes or a value that are not "
+            "constants") in analyse(m).notes(set())
+
+
+@pytest.mark.parametrize("shape, ok", [([-1, 8, 1, 1], True), ([0, 8, 1, 1], True), ([-1, 8], True),
+                                       ([-1, 1, 8, 1], True), ([-1, 2, 4, 1], False)])
+def test_a_reshape_keeps_channels_only_where_they_stay_whole_on_an_axis(shape, ok):
+    from onnxprune.models import third_party_builders as tb
+    m = G.set_init(G.zero(tb.keras_mobile_block(), "project.weight", 1, [1]), "new_shape", np.array(shape, np.int64))
+    if len(shape) == 2 or shape[1] != 8:  # the project conv needs [N, 8, 1, 1]: put a Reshape back before it
+        back = onnx.helper.make_node("Reshape", ["/to_nchw/Reshape_output_0", "back_shape"], ["back"], name="back")
+        m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1, 8, 1, 1], np.int64), "back_shape"))
+        proj = next(n for n in m.graph.node if n.name == "/project/Conv")
+        proj.input[0] = "back"
+        m.graph.node.insert(list(m.graph.node).index(proj), back)
+    out, report = remove_dead_neurons(m)
+    assert (report.removed == 2) == ok  # the expand channel and its depthwise filter
+    if ok:
+        G.assert_same(m, out)

@@ -91,3 +91,15 @@ def test_symbolic_inference_that_stops_short_leaves_no_files_behind(tmp_path, mo
     shapes = infer_shapes(model)
     assert list(tmp_path.iterdir()) == []
     assert shapes["h"] == [None, 4]
+
+
+def test_a_flatten_to_a_computed_shape_gets_its_shapes_from_onnxruntime():
+    # tf2onnx's Keras Flatten at opset 13: onnx's data propagation leaves the Reshape and every MatMul after it
+    # without a shape, and `inspect` showed their MACs "unknown" (sweep 22)
+    from onnxprune.models import third_party_builders as tb
+    m = tb.keras_flatten_cnn()
+    plain = onnx.shape_inference.infer_shapes(m, data_prop=True, strict_mode=False)
+    vi = {v.name: v.type.tensor_type for v in plain.graph.value_info}
+    assert not vi["/dense/MatMul_output_0"].HasField("shape")  # what onnx alone gives: no rank, no dims
+    shapes = infer_shapes(m)
+    assert shapes["/flatten/Reshape_output_0"] == [None, 144] and shapes["/dense/MatMul_output_0"] == [None, 3]
