@@ -210,7 +210,8 @@ class FitBudgetStep(_Choose):
         state.notes.append(f"decision rule: {rule.statement()}")  # choose-apart said on what the fit chose
         state.notes.append(_apart_note(chosen, looks, rule, chooser.num_samples))
         if looks and looks[0]["within"]:  # kept as chosen: what held the fit back is on the samples that chose
-            stop = _stop_note(outcome, fit_rule, held) if fit_rule is not None else None
+            stop = _stop_note(outcome, fit_rule, held, f"the one-shot fit on the {chooser.num_samples} choosing "
+                              "samples") if fit_rule is not None else None
             stop = stop and stop.replace("decision samples", "choosing samples")
         else:  # rejected: what the deciding samples rejected
             stop = _looks_stop_note(looks, rule)
@@ -283,7 +284,7 @@ def held_weights(state: RunState) -> int:
     return sum(w.size for w in state.inventory.prunable if w.name not in searched)
 
 
-def _stop_note(outcome, rule, held: int = 0) -> str | None:
+def _stop_note(outcome, rule, held: int = 0, what: str = "the one-shot fit") -> str | None:
     """What held the one-shot fit back (auto.search.stop_note over its tries: the chosen one kept, the rest not).
     `held`: the prunable weights the fit was not given (`held_weights`), in every ratio as the summary counts."""
     from onnxprune.converter.auto.decide import worst_figures
@@ -297,7 +298,7 @@ def _stop_note(outcome, rule, held: int = 0) -> str | None:
               "part": worst_figures(t["decision"]).get("part"),
               "loss_pp": t["decision"]["loss_pp"], "limit_pp": t["decision"]["limit_pp"]}
              for t in outcome.history if t.get("decision")]
-    return stop_note(tries, rule, "the one-shot fit")
+    return stop_note(tries, rule, what)
 
 
 def on_main(choose, state: RunState) -> dict:
