@@ -11,7 +11,8 @@ stored tensor, counted once.
     W3 --MatMul c--           \\-MatMul c--     and every reader reads them the same way
 
 Rules:
-  1. Only main-graph initializers that are weights: every reader a Conv/ConvTranspose/Gemm/MatMul reading the copy
+  1. Only main-graph constants that are weights (initializers and Constant nodes: a model-local function called
+     twice is two copies of its Constant weights once inlined): every reader a Conv/ConvTranspose/Gemm/MatMul reading the copy
      directly, once, as the same input with the same attributes, all copies alike (exactly what `_tied` prunes as
      one weight). Biases, norm parameters, shape tensors and LSTM/GRU/RNN matrices are never merged: two equal
      biases merged would become "shared" and block dead-neuron removal of both layers.
@@ -39,37 +40,50 @@ def _raw(tensor: onnx.TensorProto) -> bytes:
     return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 
 
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The main graph's constant tensors by the name nodes read them as: initializers, then the `value` of each
+    Constant node (paddle2onnx writes every weight so; a model-local function's Constant weights are one node per
+    call once inlined)."""
+    out = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value" and node.output and node.output[0] not in out:
+            out[node.output[0]] = node.attribute[0].t
+    return out
+
+
 def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
-    """Groups of initializer names (first = the one kept) that `MergeCopies` would merge; [] when none."""
+    """Groups of constant names (first = the one kept; initializers and Constant nodes, `constant_tensors`) that
+    `MergeCopies` would merge; [] when none."""
     graph = model.graph
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     frozen = frozen_names(graph)
-    candidates: dict[tuple, list[onnx.TensorProto]] = {}
-    for t in graph.initializer:
-        if t.name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(t.name):
+    candidates: dict[tuple, list[tuple[str, onnx.TensorProto]]] = {}
+    for name, t in constant_tensors(graph).items():
+        if name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name):
             continue
         if int(np.prod(t.dims, dtype=np.int64)) < MIN_VALUES:
             continue
-        uses = {tie_use(n, t.name) for n in readers[t.name]}
+        uses = {tie_use(n, name) for n in readers[name]}
         if len(uses) != 1 or None in uses:
             continue
         use = uses.pop()
         if use[1] == 0:  # the first operand: the data a layer reads, not its weight
             continue
-        candidates.setdefault((t.data_type, tuple(t.dims), use), []).append(t)
+        candidates.setdefault((t.data_type, tuple(t.dims), use), []).append((name, t))
     groups = []
     for tensors in candidates.values():
         if len(tensors) < 2:
             continue
         by_bytes: dict[bytes, list[str]] = {}
-        for t in tensors:
+        for name, t in tensors:
             raw = _raw(t)
             if not any(raw):  # all zero
                 continue
-            by_bytes.setdefault(hashlib.blake2b(raw, digest_size=16).digest(), []).append(t.name)
+            by_bytes.setdefault(hashlib.blake2b(raw, digest_size=16).digest(), []).append(name)
         groups += [names for names in by_bytes.values() if len(names) > 1]
     return groups
 
@@ -82,18 +96,21 @@ class MergeCopies(Pass):
         groups = duplicate_groups(model)
         if not groups:
             return PassResult(model, False)
-        inits = {t.name: t for t in model.graph.initializer}
+        inits = constant_tensors(model.graph)
         rename = {}
         for kept, *copies in groups:
             for name in copies:
                 if _raw(inits[name]) != _raw(inits[kept]):  # a hash collision: never merge on a hash alone
                     continue
                 rename[name] = kept
+        saved = sum(len(_raw(inits[n])) for n in rename)
         read_as(model, rename)
         kept_inits = [t for t in model.graph.initializer if t.name not in rename]
         del model.graph.initializer[:]
         model.graph.initializer.extend(kept_inits)
-        saved = sum(len(_raw(inits[n])) for n in rename)
+        kept_nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in rename)]
+        del model.graph.node[:]
+        model.graph.node.extend(kept_nodes)
         merged = sorted({rename[n] for n in rename})
         shown = ", ".join(f"'{n}'" for n in merged[:3]) + (f" (+{len(merged) - 3} more)" if len(merged) > 3 else "")
         state.notes.append(f"{len(rename)} bit-identical copies of {len(merged)} weight(s) ({shown}) merged into "
