@@ -250,7 +250,11 @@ def test_a_grouped_conv_loses_a_local_channel_from_every_group_at_once():
     out, report, shp = prune(m)
     assert shp["p.weight"] == (6, 3, 3, 3) and shp["q.weight"] == (6, 3, 1, 1) and shp["head.weight"] == (3, 6)
     assert [a.i for n in out.graph.node if n.name == "q" for a in n.attribute if a.name == "group"] == [2]
-    assert not [line for line in report.lines() if "grouped Conv" in line]
+    assert not [line for line in report.lines() if "has no channel rule" in line]
+    # q's output 3 is read by no weight, but 7 (local 3 of group 1) is: the class stays, and the report says so
+    partnered = [line for line in report.lines() if "each in a class with a channel that is read elsewhere" in line]
+    assert len(partnered) == 1 and partnered[0].startswith("1 channel(s) no weight reads are kept") and \
+        partnered[0].endswith(": Conv 'q' 1"), report.lines()
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])
