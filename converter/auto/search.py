@@ -277,6 +277,7 @@ class _Search:
                                   f"{what} ({'; '.join(said)}); the search decided on the other {self.rule.n}")
                 # the result's decision is the exam's: one look at samples no candidate was judged on
                 examined = _Best(candidate.model, candidate.masks, decision, candidate.levels)
+                self._exam_rejected(ratio)
                 if candidate is not best:
                     log.warning(self.notes[-1])
                     self._record("final exam", examined, decision, True, time.perf_counter(),
@@ -286,9 +287,18 @@ class _Search:
                 f"{'; '.join(said)}: the input model is kept (more --data, or --val-data, decides better)")
         log.warning(note)
         self.notes.append(note)
+        self._exam_rejected(1.0)
         kept = self._input_model()
         self._record("input model", kept, kept.decision, True, self.t0)
         return kept
+
+    def _exam_rejected(self, ratio: float) -> None:
+        """The history's candidates more pruned than the one the exam kept are no longer kept (`stop_note` then
+        speaks of the result, not of a candidate the exam rejected)."""
+        for entry in self.history:
+            if entry.get("kept") and entry["ratio"] > ratio + 1e-9:
+                entry["kept"] = entry["fits"] = False
+                entry["exam"] = "rejected"
 
     def _input_model(self) -> _Best:
         """The input model as a result: no weight masked, judged within the budget. It is the reference itself,
@@ -722,8 +732,6 @@ class _Search:
 
 def _exam_figure(decision) -> str:
     """A look of the exam, said briefly: the worst output's changed samples, or its loss and limit."""
-    from onnxprune.converter.auto.decide import worst_figures
-
     worst = worst_figures(decision)
     verdict = "accepted" if decision.within else "rejected"
     if worst.get("changed") is not None:

@@ -124,6 +124,20 @@ def test_a_result_the_exam_rejects_falls_back_to_an_earlier_candidate(model):
     assert s.history == ["final exam"]
 
 
+def test_the_history_no_longer_counts_what_the_exam_rejected(model):
+    """After a walk back the candidates the exam rejected are not "kept" in the history, so the note on what stopped
+    the search speaks of the result."""
+    start, a, result = _best(0.5, 1), _best(0.75, 2), _best(0.9, 4)
+    s, _, _ = _search(model, {id(result.model): False, id(a.model): True, id(start.model): True})
+    s.kept = [start, a, result]
+    s._record = lambda *a, **k: None
+    s.history = [{"ratio": 2.0, "kept": True, "fits": True}, {"ratio": 4.0, "kept": True, "fits": True},
+                 {"ratio": 10.0, "kept": True, "fits": True}, {"ratio": 12.0, "kept": False, "fits": False}]
+    assert s._final_exam(result, start).model is a.model
+    assert [h["kept"] for h in s.history] == [True, True, False, False]
+    assert s.history[2]["exam"] == "rejected" and "exam" not in s.history[3]
+
+
 def test_the_exam_looks_a_few_times_at_most_then_keeps_the_input_model(model):
     start = _best(0.5, 1)
     kept = [_best(0.5 + 0.1 * k, 10 + k) for k in range(1, 5)]
