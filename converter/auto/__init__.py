@@ -6,6 +6,7 @@ One entry point: `auto_search(original, inventory, data, config, progress, deadl
                 that picks one; the refit search (bisection on one global level)
   hyper.py      hyperparameter rules and the learning-rate probe
   decide.py     the statistical rule deciding "within budget" on the decision set
+  exam.py       the final exam: on small decision sets a slice no candidate is judged on judges the result once
   allocation.py LAMP: a global target distributed over layers by layer-adaptive scores; pluggable criterion
   config.py     AutoConfig (validated), durations (thread counts: converter/threads.py, for every run)
 """

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +37,7 @@ from onnxprune.calibration.allocate import nonzero_ratio
 from onnxprune.converter.auto.allocation import density, global_masks
 from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision, rule_ceilings, worst_figures
+from onnxprune.converter.auto.exam import EXAM_LOOKS, exam_looks, exam_split
 from onnxprune.converter.auto.report import more_data, part_figure
 from onnxprune.converter.auto.recovery import RECOVERY, choose
 from onnxprune.errors import ConfigError
@@ -132,6 +133,15 @@ class _Search:
         # of the search's deadline at the pace of that part's own dense pass
         second = getattr(data, "second", None)
         self.second_reserve = 2.0 * float(getattr(second, "reference_seconds", None) or 0.0)
+        # the final exam (exam.py): on small data (the one-shot start chosen apart, retraining), a slice of the
+        # decision set no candidate is judged on judges the result once; the search decides on the rest
+        self.exam: BudgetRule | None = None
+        self.kept: list[_Best] = []  # the candidates kept, in order (the exam's walk back reads the last few)
+        split = exam_split(data.evaluator, config.max_loss) if data.chooser is not None and config.retrain else None
+        if split is not None:
+            self.data = data = replace(data, evaluator=split[0])
+            self.exam = split[1]
+            self.second_reserve += EXAM_LOOKS * float(getattr(self.exam.evaluator, "reference_seconds", None) or 0.0)
         self.t0 = time.perf_counter()
         self.tail = 0.0 if clock is not None else TAIL_SHARE * config.time_budget  # the clock reserves it itself
         self.span = max(0.0, self.left())  # the search's own seconds at its start: the scan's and probe's shares
@@ -185,6 +195,7 @@ class _Search:
         self.choices["recovery"] = {"value": name, "rule": why}
         log.info("auto: recovery by %s (%s)", name, why)
         best = self._second_look(RECOVERY[name]().search(self, best), start)
+        best = self._final_exam(best, start)
         best = self._worth_it(best)
         self.notes.append(f"decision rule: {self.rule.statement()}")
         stop = stop_note(self.history, self.rule)
@@ -241,6 +252,53 @@ class _Search:
             log.warning(note)
             self.notes.append(note)
         return self._input_model()
+
+    def _final_exam(self, best: _Best, start: _Best) -> _Best:
+        """The result, if the exam slice (exam.py; never judged on during the search) accepts it by the run's rule;
+        else the candidates kept before it, most pruned first, then the one-shot start (exam.exam_looks), the first
+        the exam accepts; else the input model. Said in a note either way."""
+        if self.exam is None:
+            return best
+        if best.model is self.original:
+            self.notes.append(f"final exam: the search kept the input model; its {self.exam.n} exam samples "
+                              "were not needed")
+            return best
+        said = []
+        for candidate in exam_looks(best, self.kept, start):
+            if candidate.model is self.original:
+                break
+            decision = self.judge(candidate.model, self.exam)
+            ratio = self.ratio(candidate.masks)
+            said.append(f"{ratio:.2f}x {_exam_figure(decision)}")
+            if decision.within:
+                what = ("the search's result" if candidate is best else
+                        "the one-shot start" if candidate is start else "an earlier candidate the search kept")
+                self.notes.append(f"final exam: {self.exam.n} decision samples no candidate was judged on accepted "
+                                  f"{what} ({'; '.join(said)}); the search decided on the other {self.rule.n}")
+                # the result's decision is the exam's: one look at samples no candidate was judged on
+                examined = _Best(candidate.model, candidate.masks, decision, candidate.levels)
+                self._exam_rejected(ratio)
+                if candidate is not best:
+                    log.warning(self.notes[-1])
+                    self._record("final exam", examined, decision, True, time.perf_counter(),
+                                 note="the exam's walk back")
+                return examined
+        note = (f"final exam: {self.exam.n} decision samples no candidate was judged on rejected "
+                f"{'; '.join(said)}: the input model is kept (more --data, or --val-data, decides better)")
+        log.warning(note)
+        self.notes.append(note)
+        self._exam_rejected(1.0)
+        kept = self._input_model()
+        self._record("input model", kept, kept.decision, True, self.t0)
+        return kept
+
+    def _exam_rejected(self, ratio: float) -> None:
+        """The history's candidates more pruned than the one the exam kept are no longer kept (`stop_note` then
+        speaks of the result, not of a candidate the exam rejected)."""
+        for entry in self.history:
+            if entry.get("kept") and entry["ratio"] > ratio + 1e-9:
+                entry["kept"] = entry["fits"] = False
+                entry["exam"] = "rejected"
 
     def _input_model(self) -> _Best:
         """The input model as a result: no weight masked, judged within the budget. It is the reference itself,
@@ -651,6 +709,8 @@ class _Search:
         if kept:
             entry["macs_ratio"] = self.macs0 / max(_macs(_shrunk(best.model if best else model)), 1)
             self._best_entry = entry
+            if self.exam is not None and best is not None and best.model is not self.original:
+                self.kept = (self.kept + [best])[-EXAM_LOOKS:]
         if note:
             entry["note"] = note
         self.history.append(entry)
@@ -668,6 +728,15 @@ class _Search:
             return f"{max(0, self.left()):.0f} s left"
         return (f"best {b['ratio']:.1f}x, loss {b['loss_pp']:+.2f} pp, {b['macs_ratio']:.2f}x fewer MACs; "
                 f"{max(0, self.left()):.0f} s left")
+
+
+def _exam_figure(decision) -> str:
+    """A look of the exam, said briefly: the worst output's changed samples, or its loss and limit."""
+    worst = worst_figures(decision)
+    verdict = "accepted" if decision.within else "rejected"
+    if worst.get("changed") is not None:
+        return f"{verdict}: {worst['changed']} of {decision.n} changed"
+    return f"{verdict}: loss {decision.loss_pp:.2f} pp, limit {decision.limit_pp:.2f}"
 
 
 def stop_note(history: list[dict], rule, what: str = "the search") -> str | None:
