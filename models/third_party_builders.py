@@ -40,6 +40,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
                         depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
                         Reshape to [-1, C, 1, 1] (sweep 22)
+    video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
+                        padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -611,3 +613,31 @@ def keras_mobile_block(*, channels: int = 3, expand: int = 8, project: int = 4, 
     m = _model(g, "keras_mobile_block", [_float("image", [BATCH, 2, 2, channels])], [_float("probs", [BATCH, classes])])
     m.opset_import[0].version = 13
     return m
+
+
+def video_clip_net(*, width: int = 4, frames: int = 4, size: int = 8, classes: int = 3,
+                   seed: int = 0) -> onnx.ModelProto:
+    """'clip' [N, 1, frames, size, size] -> c1 Conv3d 3x3x3 pads 1 (1->w) -> Relu -> MaxPool3d 2 -> c2 Conv3d
+    3x3x3 strides (1, 2, 2) pads 1 (w->2w) -> Relu -> up ConvTranspose3d 2x2x2 stride 2 (2w->w) -> Relu -> dil
+    Conv3d 3x3x3 dilation 2 pads 2, auto_pad NOTSET (w->w) -> Relu -> ReduceMean over T, H, W -> fc Gemm ->
+    'logits' [N, classes]: torch's Conv3d video/volume classifier, with each Conv geometry the im2col must get
+    right in three dimensions."""
+    g, w = _Graph(seed), width
+
+    def conv3d(x: str, scope: str, c_in: int, c_out: int, **attrs) -> str:
+        wt = g.weight(f"{scope}.weight", (c_out, c_in, 3, 3, 3), c_in * 27)
+        return g.relu(g.op("Conv", scope, [x, wt, g.bias(f"{scope}.bias", c_out)], kernel_shape=[3, 3, 3], **attrs),
+                      scope)
+
+    a = conv3d("clip", "c1", 1, w, pads=[1] * 6)
+    a = g.op("MaxPool", "pool", [a], kernel_shape=[2, 2, 2], strides=[2, 2, 2])
+    b = conv3d(a, "c2", w, 2 * w, pads=[1] * 6, strides=[1, 2, 2])
+    wu = g.weight("up.weight", (2 * w, w, 2, 2, 2), 2 * w * 8)
+    u = g.relu(g.op("ConvTranspose", "up", [b, wu, g.bias("up.bias", w)], kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
+               "up")
+    d = conv3d(u, "dil", w, w, pads=[2] * 6, dilations=[2, 2, 2])
+    m = g.op("ReduceMean", "mean", [d], axes=[2, 3, 4], keepdims=0)  # opset 17: axes an attribute
+    g.gemm(m, "fc", w, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "video_clip_net", [_float("clip", [BATCH, 1, frames, size, size])],
+                  [_float("logits", [BATCH, classes])])
