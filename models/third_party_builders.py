@@ -40,6 +40,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
                         depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
                         Reshape to [-1, C, 1, 1] (sweep 22)
+    einsum_siamese      two inputs 'left', 'right' [N, F] through one tower of linear layers written as Einsums
+                        ("bi,oi->bo" with W [out, in], "...i,io->...o" with W [in, out]) that both read, then |a - b|
+                        and a Gemm head 'logit' [N, 1] (torch.einsum layers in a Siamese net, sweep 23)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
@@ -641,3 +644,23 @@ def video_clip_net(*, width: int = 4, frames: int = 4, size: int = 8, classes: i
     g.nodes[-1].output[0] = "logits"
     return _model(g, "video_clip_net", [_float("clip", [BATCH, 1, frames, size, size])],
                   [_float("logits", [BATCH, classes])])
+
+
+def einsum_siamese(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """'left', 'right' [N, in_features] -> the same tower on each: Einsum "bi,oi->bo" with w1 [hidden, in] + b1 ->
+    Relu -> Einsum "...i,io->...o" with w2 [hidden, dim] + b2; then Abs(Sub) of the two -> head Gemm -> 'logit'
+    [N, 1]. w1 and w2 are each read by two Einsums (torch's legacy exporter writes torch.einsum as it is)."""
+    g = _Graph(seed)
+    w1 = g.weight("t.w1", (hidden, in_features), in_features)
+    w2 = g.weight("t.w2", (hidden, dim), hidden)
+    b1, b2 = g.bias("t.b1", hidden), g.bias("t.b2", dim)
+
+    def tower(x: str, scope: str) -> str:
+        h = g.relu(g.op("Add", scope, [g.op("Einsum", scope, [x, w1], equation="bi,oi->bo"), b1]), scope)
+        return g.op("Add", f"{scope}/2", [g.op("Einsum", f"{scope}/2", [h, w2], equation="...i,io->...o"), b2])
+
+    d = g.op("Abs", "diff", [g.op("Sub", "diff", [tower("left", "t"), tower("right", "t_1")])])
+    g.gemm(d, "head", dim, 1)
+    g.nodes[-1].output[0] = "logit"
+    return _model(g, "einsum_siamese", [_float("left", [BATCH, in_features]), _float("right", [BATCH, in_features])],
+                  [_float("logit", [BATCH, 1])])
