@@ -71,3 +71,12 @@ def test_pruning_an_einsum_siamese_prunes_its_shared_tower():
     assert layers["t.w1"]["nonzeros"] < layers["t.w1"]["params"]
     assert layers["t.w2"]["nonzeros"] < layers["t.w2"]["params"]
     assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+
+
+def test_the_unmaskable_note_counts_a_tied_weight_once():
+    """Sweep 23: "--neuron-sparsity masked no neuron of 4 of 3 layers" (the two towers' readers of each weight were
+    counted as layers, the weights were not)."""
+    from onnxprune.passes.neuron_masks import unmaskable_note
+    model = EinsumLinear()(einsum_siamese(seed=0), PruneState()).model
+    note = unmaskable_note(model, {w.name for w in find_prunable(model).prunable})
+    assert note is not None and "masked no neuron of 2 of 3 layers" in note, note
