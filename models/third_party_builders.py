@@ -43,6 +43,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     einsum_siamese      two inputs 'left', 'right' [N, F] through one tower of linear layers written as Einsums
                         ("bi,oi->bo" with W [out, in], "...i,io->...o" with W [in, out]) that both read, then |a - b|
                         and a Gemm head 'logit' [N, 1] (torch.einsum layers in a Siamese net, sweep 23)
+    bf16_weights        a Conv and two Gemms whose weights are stored bfloat16 and read through Cast(to=FLOAT)
+                        (float32 compute and IO; sweep 23: onnxruntime's Python API takes no bfloat16 feed)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
@@ -664,3 +666,26 @@ def einsum_siamese(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed
     g.nodes[-1].output[0] = "logit"
     return _model(g, "einsum_siamese", [_float("left", [BATCH, in_features]), _float("right", [BATCH, in_features])],
                   [_float("logit", [BATCH, 1])])
+
+
+def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
+                 seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->
+    'logits' [N, classes]; every weight a BFLOAT16 initializer 'X.weight_bf16' read through Cast(to=FLOAT) 'X.weight'
+    (biases float32)."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("input", "conv", 1, width, 3), "conv")
+    x = g.op("Flatten", "flat", [x], axis=1)
+    x = g.relu(g.gemm(x, "fc1", width * size * size, hidden), "fc1")
+    g.gemm(x, "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    casts = []
+    for k, t in enumerate(g.initializers):
+        if t.name.endswith(".weight"):
+            values = numpy_helper.to_array(t)
+            g.initializers[k] = helper.make_tensor(t.name + "_bf16", TensorProto.BFLOAT16, values.shape,
+                                                   values.reshape(-1).tolist())
+            casts.append(helper.make_node("Cast", [t.name + "_bf16"], [t.name], to=TensorProto.FLOAT,
+                                          name=f"/{t.name}/Cast"))
+    g.nodes[:0] = casts
+    return _model(g, "bf16_weights", [_float("input", [BATCH, 1, size, size])], [_float("logits", [BATCH, classes])])

@@ -664,3 +664,21 @@ def test_3d_convs_and_conv_transposes_are_refit_exactly_and_lower_the_error():
     assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
     held_out = feeds_for(dense, 2, 8, seed=70)
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_bfloat16_weights_behind_a_cast_are_scanned_and_pruned_within_the_budget():
+    """Sweep 23: a model storing its weights as bfloat16 (read through Cast to float) failed in the sensitivity scan:
+    "step 'auto-search' failed ...: RuntimeError: Numpy_type 256 can't be converted to MLDataType" (onnxruntime's
+    Python API takes no bfloat16 feed). The scan now writes such a weight's levels in; the file keeps bfloat16."""
+    from onnxprune.converter.pipeline import configure, run as run_pipeline
+    from onnxprune.models.third_party_builders import bf16_weights
+    dense = bf16_weights(seed=0)
+    check_full(dense)
+    data = {"input": np.random.default_rng(0).standard_normal((300, 1, 6, 6)).astype(np.float32)}
+    result = run_pipeline(dense, configure(max_loss=1.0, data=data, time_budget=60, seed=0))
+    check_full(result.model)
+    assert result.report["budget"]["met"]
+    types = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert types.get("fc1.weight_bf16") == TensorProto.BFLOAT16, types
+    assert {w.name for w in find_prunable(dense).prunable} == {"conv.weight_bf16", "fc1.weight_bf16", "fc2.weight_bf16"}
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-5)
