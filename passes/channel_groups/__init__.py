@@ -57,6 +57,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
 )
 from onnxprune.passes.channel_groups.rules_layers import _conv, _conv_transpose, _gemm, _matmul
 from onnxprune.passes.channel_groups.rules_layout import (
+    _cast,
     _concat,
     _flatten,
     _pad,
@@ -82,7 +83,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "Cast": _cast, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 

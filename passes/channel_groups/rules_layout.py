@@ -1,11 +1,12 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, and Shape (read for
-the batch size only)."""
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, and Shape (read
+for the batch size only)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.passes.channel_groups.builder import Builder
@@ -379,3 +380,22 @@ def _slice(b: Builder, node: gs.Node) -> None:
                                              np.array(values, dtype=dtype))
 
     b.edit(x, edit)
+
+
+def _cast(b: Builder, node: gs.Node) -> None:
+    """Cast changes each element's type alone: channels pass, a constant channel holds its value in the new type
+    (float16 rounding, an integer's truncation; NaN, "not a constant", where numpy cannot hold the type). A mixed
+    float16 model (onnxconverter-common's keep_io_types and op_block_list) puts Casts between layers: each one
+    blocked the channels before it (sweep 23: "consumer Cast '/fc/Gemm_cast_to_logits' (op Cast) has no channel
+    rule")."""
+    c = b.ch(node.inputs[0])
+    if c is None:
+        return b.opaque(node, "casts a tensor whose channels are not followed")
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", onnx.TensorProto.FLOAT)))
+        with np.errstate(all="ignore"):
+            known = np.isfinite(c.value)
+            value = np.where(known, np.where(known, c.value, 0).astype(dtype).astype(np.float64), NAN)
+    except (TypeError, ValueError, KeyError):
+        value = np.full_like(c.value, NAN, dtype=np.float64)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))

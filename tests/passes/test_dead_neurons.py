@@ -1008,3 +1008,23 @@ def test_a_reshape_keeps_channels_only_where_they_stay_whole_on_an_axis(shape, o
     assert (report.removed == 2) == ok  # the expand channel and its depthwise filter
     if ok:
         G.assert_same(m, out)
+
+
+@pytest.mark.parametrize("to", [onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE])
+def test_channels_pass_a_cast_chain_and_a_constant_keeps_its_cast_value(to):
+    """Sweep 23: a float16 model written by onnxconverter-common (keep_io_types, op_block_list) has Casts between its
+    layers, and each blocked the channels before it ("consumer Cast ... (op Cast) has no channel rule")."""
+    m = G.mlp((20, 12, 10, 4))
+    act = next(n for n in m.graph.node if n.name == "act1")
+    fc2 = next(n for n in m.graph.node if "fc2.weight" in n.input)
+    there = onnx.helper.make_node("Cast", [act.output[0]], ["low"], name="to_low", to=to)
+    back = onnx.helper.make_node("Cast", ["low"], ["back"], name="to_float", to=onnx.TensorProto.FLOAT)
+    fc2.input[0] = "back"
+    m.graph.node.insert(list(m.graph.node).index(fc2), back)
+    m.graph.node.insert(list(m.graph.node).index(back), there)
+    G.zero(m, "fc1.weight", 0, [1, 3])  # relu(0.5) = 0.5, exact in float16: folded into fc2's bias
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(12), [1, 3]), 0.5, G.init(m, "fc1.bias")))
+    G.zero(m, "fc2.weight", 1, [5])  # nobody reads fc1 neuron 5
+    out, report, shp = prune(m)
+    assert channels(report)["fc1"] == (12, 9)
+    assert shp["fc1.weight"] == (9, 20) and shp["fc2.weight"] == (10, 9)
