@@ -45,6 +45,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         and a Gemm head 'logit' [N, 1] (torch.einsum layers in a Siamese net, sweep 23)
     bf16_weights        a Conv and two Gemms whose weights are stored bfloat16 and read through Cast(to=FLOAT)
                         (float32 compute and IO; sweep 23: onnxruntime's Python API takes no bfloat16 feed)
+    pixel_shuffle_net   DepthToSpace and SpaceToDepth inside a CNN (torch's pixel_shuffle / pixel_unshuffle between
+                        Convs, not only at the head): 'input' [N, 2, 8, 8] -> 'image' [N, 2, 8, 8] (sweep 23)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
@@ -689,3 +691,16 @@ def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: in
                                           name=f"/{t.name}/Cast"))
     g.nodes[:0] = casts
     return _model(g, "bf16_weights", [_float("input", [BATCH, 1, size, size])], [_float("logits", [BATCH, classes])])
+
+
+def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 2, 8, 8] -> c1 3x3 (2->4w) -> Relu -> DepthToSpace 2 (mode) [N, w, 16, 16] -> c2 3x3 (w->w) ->
+    Relu -> SpaceToDepth 2 [N, 4w, 8, 8] -> c3 1x1 (4w->2) -> 'image' [N, 2, 8, 8]."""
+    g, w = _Graph(seed), width
+    a = g.relu(g.conv("input", "c1", 2, 4 * w, 3), "c1")
+    a = g.op("DepthToSpace", "d2s", [a], blocksize=2, mode=mode)
+    a = g.relu(g.conv(a, "c2", w, w, 3), "c2")
+    a = g.op("SpaceToDepth", "s2d", [a], blocksize=2)
+    g.conv(a, "c3", 4 * w, 2, 1)
+    g.nodes[-1].output[0] = "image"
+    return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])

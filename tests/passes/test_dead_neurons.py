@@ -1028,3 +1028,21 @@ def test_channels_pass_a_cast_chain_and_a_constant_keeps_its_cast_value(to):
     out, report, shp = prune(m)
     assert channels(report)["fc1"] == (12, 9)
     assert shp["fc1.weight"] == (9, 20) and shp["fc2.weight"] == (10, 9)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_removes_a_dead_block_of_channels_and_space_to_depth_its_copies(mode):
+    """Sweep 23: a pixel-shuffle inside a CNN kept every channel before it ("consumer DepthToSpace ... has no channel
+    rule"). A DepthToSpace output channel is b*b input channels: they go together, and only when all are dead; a
+    SpaceToDepth repeats each channel b*b times, and a dead one goes from every copy."""
+    from onnxprune.models import third_party_builders as tb
+    m = tb.pixel_shuffle_net(mode=mode)
+    group = [1 * 4 + k for k in range(4)] if mode == "CRD" else [k * 4 + 1 for k in range(4)]  # output channel 1
+    G.zero(m, "c1.weight", 0, group)
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(16), group), -0.5, G.init(m, "c1.bias")))  # relu -> 0
+    G.zero(m, "c1.weight", 0, [0 if mode == "DCR" else 2])  # one of another block: not the whole block, stays
+    G.zero(m, "c2.weight", 0, [2])
+    G.set_init(m, "c2.bias", np.where(np.arange(4) == 2, -0.5, G.init(m, "c2.bias")))  # c2 channel 2 is 0
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (16, 12) and channels(report)["/c2/Conv"] == (4, 3)
+    assert shp["c1.weight"] == (12, 2, 3, 3) and shp["c2.weight"] == (3, 3, 3, 3) and shp["c3.weight"] == (2, 12, 1, 1)
