@@ -113,6 +113,18 @@ def _unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset(
         roots = cg.roots(lay.tensor).tolist()
         if lay.weight in maskable and lay.tensor not in outputs and roots and all(int(r) in why for r in roots):
             out[f"{lay.op} '{lay.node}'"] = (lay.weight, why[int(roots[0])])
+    # a layer whose weight reaches it through another op than a Transpose (bfloat16 or float16 weights read through
+    # Cast) is no layer of the channel analysis: it kept every neuron and the run said nothing (sweep 23's
+    # bfloat16 ConvNeXt: neurons "-" in every row)
+    from onnxprune.passes.opfacts import CHANNEL_PRODUCERS
+    from onnxprune.passes.weights import find_prunable
+
+    followed = {lay.weight for lay in cg.layers}
+    for w in find_prunable(model).prunable:
+        if w.name in maskable and w.name not in followed and w.op_type in CHANNEL_PRODUCERS and w.via:
+            out.setdefault(f"{w.op_type} '{w.node}'", (w.name, (
+                f"its weight '{w.name}' reaches it through {'/'.join(w.via)}; the channel analysis follows weights "
+                "read directly (or through a Transpose)")))
     return out
 
 

@@ -682,3 +682,14 @@ def test_bfloat16_weights_behind_a_cast_are_scanned_and_pruned_within_the_budget
     assert types.get("fc1.weight_bf16") == TensorProto.BFLOAT16, types
     assert {w.name for w in find_prunable(dense).prunable} == {"conv.weight_bf16", "fc1.weight_bf16", "fc2.weight_bf16"}
     assert_same_outputs(result.model, result.dense_model, rtol=1e-5)
+
+
+def test_a_weight_read_through_a_cast_is_named_when_no_neuron_of_its_layer_is_masked():
+    """Sweep 23's bfloat16 ConvNeXt: the hand recipe's --neuron-sparsity masked no neuron of any layer (every weight
+    reaches its layer through Cast) and no note said so."""
+    from onnxprune.models.third_party_builders import bf16_weights
+    from onnxprune.passes.neuron_masks import unmaskable_note
+    model = bf16_weights(seed=0)
+    note = unmaskable_note(model, {w.name for w in find_prunable(model).prunable})
+    assert note is not None and "masked no neuron of 3 of 3 layers" in note, note
+    assert "reaches it through Cast" in note, note
