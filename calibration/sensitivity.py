@@ -549,7 +549,7 @@ def _level_batches(model, index, plan: _Plan, evaluator: Evaluator, cache) -> Ca
     with the values written in."""
     w = plan.weight
     sess = _session_or_none(lambda: _submodel(model, index, plan, cache) if plan.path == "downstream"
-                            else weight_as_input(model, w), evaluator, w)
+                            else weight_as_input(model, w), evaluator, w) if _feedable(model, w.name) else None
     if sess is None:
         return lambda fed: lambda order: evaluator.run_batches(
             evaluator.session(with_weight(model, w.name, fed)), order)
@@ -629,6 +629,18 @@ class _LevelSearch:
         if self.negligible is None:  # a share of changed samples: only none changed of every sample bounds the rest
             return upper is not None and measured.complete and upper <= 0.0
         return upper is not None and upper <= self.negligible
+
+
+# element types onnxruntime's Python API cannot take as a numpy feed (ml_dtypes' bfloat16 and float8 arrays: "Numpy_type
+# 256 can't be converted to MLDataType", sweep 23's bfloat16 weights): such a weight's levels are written in
+UNFEEDABLE = frozenset({onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+                        onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ})
+
+
+def _feedable(model: onnx.ModelProto, name: str) -> bool:
+    """Whether weight `name`'s values can be fed to onnxruntime as a numpy array (see UNFEEDABLE)."""
+    tensor = constant_tensors(model).get(name)
+    return tensor is None or tensor.data_type not in UNFEEDABLE
 
 
 def _session_or_none(build, evaluator: Evaluator, w: PrunableWeight):

@@ -32,8 +32,12 @@ def inspect_model(path: Path) -> dict:
 
     from onnxprune.passes import quantized_weights
 
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.einsum_linear import EinsumLinear
+
     loaded = modelio.load_model(path)
     name_nodes(loaded.model)
+    EinsumLinear()(loaded.model, PruneState())  # listed as prune reads them: an Einsum linear layer is a MatMul
     # quantized weights are listed as prune sees them (passes/quantized_weights.py), stored as the file holds them
     folded = ({w.name: w for w in quantized_weights.fold(loaded.model)}
               if quantized_weights.foldable(loaded.model) else {})

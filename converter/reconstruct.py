@@ -223,13 +223,14 @@ def _unsupported(w, node, producers) -> str | None:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
     shaped = _attr(node, "output_shape", None) is not None
-    if node.op_type == "ConvTranspose" and (len(w.shape) not in (3, 4) or auto_pad not in ("NOTSET", "VALID")
-                                            or shaped):
+    # the im2col (_patches) is written for any number of spatial dims: 1-D text/audio, 2-D images, 3-D volumes and
+    # clips (sweep 23's Conv3d net was left as pruned, "only 1-D/2-D Convs ... are refit")
+    if node.op_type == "ConvTranspose" and (len(w.shape) < 3 or auto_pad not in ("NOTSET", "VALID") or shaped):
         return (f"ConvTranspose '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}"
                 + (", output_shape given" if shaped else "")
-                + "; only 1-D/2-D ConvTransposes with explicit pads (or VALID) and no output_shape are refit")
-    if node.op_type == "Conv" and (len(w.shape) not in (3, 4) or auto_pad not in AUTO_PADS):
-        return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only 1-D/2-D Convs "
+                + "; only ConvTransposes with explicit pads (or VALID) and no output_shape are refit")
+    if node.op_type == "Conv" and (len(w.shape) < 3 or auto_pad not in AUTO_PADS):
+        return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only Convs "
                 f"with explicit pads or auto_pad {'/'.join(AUTO_PADS)} are refit")
     if node.op_type == "Gemm" and _attr(node, "transA", 0):
         return f"Gemm '{node.name}' has transA=1; left as pruned"

@@ -40,6 +40,15 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
                         depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
                         Reshape to [-1, C, 1, 1] (sweep 22)
+    einsum_siamese      two inputs 'left', 'right' [N, F] through one tower of linear layers written as Einsums
+                        ("bi,oi->bo" with W [out, in], "...i,io->...o" with W [in, out]) that both read, then |a - b|
+                        and a Gemm head 'logit' [N, 1] (torch.einsum layers in a Siamese net, sweep 23)
+    bf16_weights        a Conv and two Gemms whose weights are stored bfloat16 and read through Cast(to=FLOAT)
+                        (float32 compute and IO; sweep 23: onnxruntime's Python API takes no bfloat16 feed)
+    pixel_shuffle_net   DepthToSpace and SpaceToDepth inside a CNN (torch's pixel_shuffle / pixel_unshuffle between
+                        Convs, not only at the head): 'input' [N, 2, 8, 8] -> 'image' [N, 2, 8, 8] (sweep 23)
+    video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
+                        padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -611,3 +620,87 @@ def keras_mobile_block(*, channels: int = 3, expand: int = 8, project: int = 4, 
     m = _model(g, "keras_mobile_block", [_float("image", [BATCH, 2, 2, channels])], [_float("probs", [BATCH, classes])])
     m.opset_import[0].version = 13
     return m
+
+
+def video_clip_net(*, width: int = 4, frames: int = 4, size: int = 8, classes: int = 3,
+                   seed: int = 0) -> onnx.ModelProto:
+    """'clip' [N, 1, frames, size, size] -> c1 Conv3d 3x3x3 pads 1 (1->w) -> Relu -> MaxPool3d 2 -> c2 Conv3d
+    3x3x3 strides (1, 2, 2) pads 1 (w->2w) -> Relu -> up ConvTranspose3d 2x2x2 stride 2 (2w->w) -> Relu -> dil
+    Conv3d 3x3x3 dilation 2 pads 2, auto_pad NOTSET (w->w) -> Relu -> ReduceMean over T, H, W -> fc Gemm ->
+    'logits' [N, classes]: torch's Conv3d video/volume classifier, with each Conv geometry the im2col must get
+    right in three dimensions."""
+    g, w = _Graph(seed), width
+
+    def conv3d(x: str, scope: str, c_in: int, c_out: int, **attrs) -> str:
+        wt = g.weight(f"{scope}.weight", (c_out, c_in, 3, 3, 3), c_in * 27)
+        return g.relu(g.op("Conv", scope, [x, wt, g.bias(f"{scope}.bias", c_out)], kernel_shape=[3, 3, 3], **attrs),
+                      scope)
+
+    a = conv3d("clip", "c1", 1, w, pads=[1] * 6)
+    a = g.op("MaxPool", "pool", [a], kernel_shape=[2, 2, 2], strides=[2, 2, 2])
+    b = conv3d(a, "c2", w, 2 * w, pads=[1] * 6, strides=[1, 2, 2])
+    wu = g.weight("up.weight", (2 * w, w, 2, 2, 2), 2 * w * 8)
+    u = g.relu(g.op("ConvTranspose", "up", [b, wu, g.bias("up.bias", w)], kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
+               "up")
+    d = conv3d(u, "dil", w, w, pads=[2] * 6, dilations=[2, 2, 2])
+    m = g.op("ReduceMean", "mean", [d], axes=[2, 3, 4], keepdims=0)  # opset 17: axes an attribute
+    g.gemm(m, "fc", w, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "video_clip_net", [_float("clip", [BATCH, 1, frames, size, size])],
+                  [_float("logits", [BATCH, classes])])
+
+
+def einsum_siamese(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """'left', 'right' [N, in_features] -> the same tower on each: Einsum "bi,oi->bo" with w1 [hidden, in] + b1 ->
+    Relu -> Einsum "...i,io->...o" with w2 [hidden, dim] + b2; then Abs(Sub) of the two -> head Gemm -> 'logit'
+    [N, 1]. w1 and w2 are each read by two Einsums (torch's legacy exporter writes torch.einsum as it is)."""
+    g = _Graph(seed)
+    w1 = g.weight("t.w1", (hidden, in_features), in_features)
+    w2 = g.weight("t.w2", (hidden, dim), hidden)
+    b1, b2 = g.bias("t.b1", hidden), g.bias("t.b2", dim)
+
+    def tower(x: str, scope: str) -> str:
+        h = g.relu(g.op("Add", scope, [g.op("Einsum", scope, [x, w1], equation="bi,oi->bo"), b1]), scope)
+        return g.op("Add", f"{scope}/2", [g.op("Einsum", f"{scope}/2", [h, w2], equation="...i,io->...o"), b2])
+
+    d = g.op("Abs", "diff", [g.op("Sub", "diff", [tower("left", "t"), tower("right", "t_1")])])
+    g.gemm(d, "head", dim, 1)
+    g.nodes[-1].output[0] = "logit"
+    return _model(g, "einsum_siamese", [_float("left", [BATCH, in_features]), _float("right", [BATCH, in_features])],
+                  [_float("logit", [BATCH, 1])])
+
+
+def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
+                 seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->
+    'logits' [N, classes]; every weight a BFLOAT16 initializer 'X.weight_bf16' read through Cast(to=FLOAT) 'X.weight'
+    (biases float32)."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("input", "conv", 1, width, 3), "conv")
+    x = g.op("Flatten", "flat", [x], axis=1)
+    x = g.relu(g.gemm(x, "fc1", width * size * size, hidden), "fc1")
+    g.gemm(x, "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    casts = []
+    for k, t in enumerate(g.initializers):
+        if t.name.endswith(".weight"):
+            values = numpy_helper.to_array(t)
+            g.initializers[k] = helper.make_tensor(t.name + "_bf16", TensorProto.BFLOAT16, values.shape,
+                                                   values.reshape(-1).tolist())
+            casts.append(helper.make_node("Cast", [t.name + "_bf16"], [t.name], to=TensorProto.FLOAT,
+                                          name=f"/{t.name}/Cast"))
+    g.nodes[:0] = casts
+    return _model(g, "bf16_weights", [_float("input", [BATCH, 1, size, size])], [_float("logits", [BATCH, classes])])
+
+
+def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 2, 8, 8] -> c1 3x3 (2->4w) -> Relu -> DepthToSpace 2 (mode) [N, w, 16, 16] -> c2 3x3 (w->w) ->
+    Relu -> SpaceToDepth 2 [N, 4w, 8, 8] -> c3 1x1 (4w->2) -> 'image' [N, 2, 8, 8]."""
+    g, w = _Graph(seed), width
+    a = g.relu(g.conv("input", "c1", 2, 4 * w, 3), "c1")
+    a = g.op("DepthToSpace", "d2s", [a], blocksize=2, mode=mode)
+    a = g.relu(g.conv(a, "c2", w, w, 3), "c2")
+    a = g.op("SpaceToDepth", "s2d", [a], blocksize=2)
+    g.conv(a, "c3", 4 * w, 2, 1)
+    g.nodes[-1].output[0] = "image"
+    return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])

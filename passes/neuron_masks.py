@@ -97,6 +97,11 @@ def check_shares(values) -> None:
 def unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset()) -> dict[str, str]:
     """{layer ("MatMul 'x'"): why} for every layer of `maskable` weights none of whose neurons can be masked whole,
     because what reads (or holds) its channels blocks their removal: the first block's reason (rule 1 above)."""
+    return {layer: why for layer, (_, why) in _unmaskable(model, maskable, protected).items()}
+
+
+def _unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset()) -> dict[str, tuple[str, str]]:
+    """`unmaskable` with each layer's weight: {layer: (weight, why)} (a tied weight is read by several layers)."""
     cg = analyse(model, protected=protected)
     why: dict[int, str] = {}
     for ids, note in cg.blocks:
@@ -107,15 +112,31 @@ def unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset()
     for lay in cg.layers:
         roots = cg.roots(lay.tensor).tolist()
         if lay.weight in maskable and lay.tensor not in outputs and roots and all(int(r) in why for r in roots):
-            out[f"{lay.op} '{lay.node}'"] = why[int(roots[0])]
+            out[f"{lay.op} '{lay.node}'"] = (lay.weight, why[int(roots[0])])
+    # a layer whose weight reaches it through another op than a Transpose (bfloat16 or float16 weights read through
+    # Cast) is no layer of the channel analysis: it kept every neuron and the run said nothing (sweep 23's
+    # bfloat16 ConvNeXt: neurons "-" in every row)
+    from onnxprune.passes.opfacts import CHANNEL_PRODUCERS
+    from onnxprune.passes.weights import find_prunable
+
+    followed = {lay.weight for lay in cg.layers}
+    for w in find_prunable(model).prunable:
+        if w.name in maskable and w.name not in followed and w.op_type in CHANNEL_PRODUCERS and w.via:
+            out.setdefault(f"{w.op_type} '{w.node}'", (w.name, (
+                f"its weight '{w.name}' reaches it through {'/'.join(w.via)}; the channel analysis follows weights "
+                "read directly (or through a Transpose)")))
     return out
 
 
 def unmaskable_note(model: onnx.ModelProto, maskable: set[str], protected=frozenset(), shown: int = 3) -> str | None:
     """The run's note on the layers --neuron-sparsity cannot touch (None when it can touch every one)."""
-    layers = unmaskable(model, maskable, protected)
-    if not layers:
+    found = _unmaskable(model, maskable, protected)
+    if not found:
         return None
+    layers = {layer: why for layer, (_, why) in found.items()}
+    # counted in weights, as `maskable` is: a tied weight's readers (a Siamese net's two towers) are one layer
+    # (sweep 23 read "masked no neuron of 4 of 3 layers")
+    weights = {w for w, _ in found.values()}
     reasons: dict[str, list[tuple[str, str]]] = {}  # by the reason with its names left out: one kind a line
     for layer, why in layers.items():
         reasons.setdefault(re.sub(r"'[^']*'", "''", why), []).append((layer, why))
@@ -123,7 +144,7 @@ def unmaskable_note(model: onnx.ModelProto, maskable: set[str], protected=frozen
     parts = [f"{items[0][0]}{f' (+{len(items) - 1} more like it)' if len(items) > 1 else ''}: {items[0][1]}"
              for items in ranked[:shown]]
     more = f"; {len(ranked) - shown} other kind(s) of reason" if len(ranked) > shown else ""
-    return (f"--neuron-sparsity masked no neuron of {len(layers)} of {len(maskable)} layers: their channels cannot "
+    return (f"--neuron-sparsity masked no neuron of {len(weights)} of {len(maskable)} layers: their channels cannot "
             f"be removed ({'; '.join(parts)}{more}); only their weights were pruned")
 
 

@@ -190,14 +190,20 @@ def bridge_refusal(model) -> str | None:
     try:
         OnnxModule(model)
     except UnsupportedOpError as exc:
-        problems = getattr(exc, "unsupported", None)  # (domain, op_type, opset, node, reason) per node
-        if not problems:
-            return str(exc).splitlines()[0][:200]
-        counts: dict[tuple, int] = {}
-        for _, op_type, _, _, reason in problems:
-            counts[(op_type, reason)] = counts.get((op_type, reason), 0) + 1
-        return "; ".join(f"{op} x{n}: {reason}" for (op, reason), n in counts.items())[:200]
+        return refusal_line(exc)
     return None
+
+
+def refusal_line(exc: UnsupportedOpError) -> str:
+    """The bridge's refusal in one line naming the ops it lacks, not the heading of its multi-line message ("the
+    torch bridge cannot run 2 node(s) of this model:", which the hand recipe's note showed alone: sweep 23)."""
+    problems = getattr(exc, "unsupported", None)  # (domain, op_type, opset, node, reason) per node
+    if not problems:
+        return str(exc).splitlines()[0][:200]
+    counts: dict[tuple, int] = {}
+    for _, op_type, _, _, reason in problems:
+        counts[(op_type, reason)] = counts.get((op_type, reason), 0) + 1
+    return "; ".join(f"{op} x{n}: {reason}" for (op, reason), n in counts.items())[:200]
 
 
 class Recovery:

@@ -10,6 +10,7 @@ from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
 from onnxprune.passes import quantized_weights
 from onnxprune.passes.bypass_identity import BypassIdentity
+from onnxprune.passes.einsum_linear import EinsumLinear
 from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
@@ -75,6 +76,7 @@ class LoadStep(Step):
 
             state.prune.notes.append(inlined_text(state.loaded.inlined))
         if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
+            EinsumLinear()(state.loaded.model, state.prune)  # Einsum "bi,oi->bo" of a weight: the MatMul it is
             BypassIdentity()(state.loaded.model, state.prune)  # W -> Identity -> MatMul per use: one tied W
             MergeCopies()(state.loaded.model, state.prune)
         if quantized_weights.foldable(state.loaded.model):  # QDQ: pruned as floats, written back on their grid

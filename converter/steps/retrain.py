@@ -97,7 +97,9 @@ class _Retraining(Step):
             if self.config.neuron_sparsity or self.config.neuron_layers:
                 self._unmaskable(state)
         except UnsupportedOpError as exc:
-            note = (f"the torch bridge cannot run this graph ({str(exc).splitlines()[0][:200]}); "
+            from onnxprune.converter.auto.recovery import refusal_line
+
+            note = (f"the torch bridge cannot run this graph ({refusal_line(exc)}); "
                     "retrained by layer-wise reconstruction instead")
             if self.config.neuron_sparsity or self.config.neuron_layers:
                 note += "; --neuron-sparsity needs the bridge, so no neuron was masked whole (only dead ones go)"

@@ -59,6 +59,7 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Elu": lambda v, n: np.where(v > 0, v, _attr(n, "alpha", 1.0) * np.expm1(v)),
     "Selu": _selu,
     "Softplus": lambda v, n: np.logaddexp(0, v),
+    "Mish": lambda v, n: v * np.tanh(np.logaddexp(0, v)),  # sweep 23: "consumer Mish ... has no channel rule"
     "Softsign": lambda v, n: v / (1 + np.abs(v)),
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),

@@ -1,11 +1,12 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, and Shape (read for
-the batch size only)."""
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, DepthToSpace/SpaceToDepth, and Shape (read
+for the batch size only)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.passes.channel_groups.builder import Builder
@@ -379,3 +380,64 @@ def _slice(b: Builder, node: gs.Node) -> None:
                                              np.array(values, dtype=dtype))
 
     b.edit(x, edit)
+
+
+def _cast(b: Builder, node: gs.Node) -> None:
+    """Cast changes each element's type alone: channels pass, a constant channel holds its value in the new type
+    (float16 rounding, an integer's truncation; NaN, "not a constant", where numpy cannot hold the type). A mixed
+    float16 model (onnxconverter-common's keep_io_types and op_block_list) puts Casts between layers: each one
+    blocked the channels before it (sweep 23: "consumer Cast '/fc/Gemm_cast_to_logits' (op Cast) has no channel
+    rule")."""
+    c = b.ch(node.inputs[0])
+    if c is None:
+        return b.opaque(node, "casts a tensor whose channels are not followed")
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", onnx.TensorProto.FLOAT)))
+        with np.errstate(all="ignore"):
+            known = np.isfinite(c.value)
+            value = np.where(known, np.where(known, c.value, 0).astype(dtype).astype(np.float64), NAN)
+    except (TypeError, ValueError, KeyError):
+        value = np.full_like(c.value, NAN, dtype=np.float64)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))
+
+
+def _block_size(b: Builder, node: gs.Node, c: Channels | None, outward: bool) -> int | None:
+    """The blocksize of a DepthToSpace/SpaceToDepth over channels on axis 1 of a 4-D tensor, or None (made opaque)."""
+    size, r = int(_attr(node, "blocksize", 0)), b.rank(node.inputs[0])
+    if c is None or r != 4 or c.axis != -3 or size < 1 or (not outward and len(c.ids) % (size * size)):
+        b.opaque(node, "is not over the channel axis of a 4-D tensor with whole blocks of channels")
+        return None
+    return size
+
+
+def _depth_to_space(b: Builder, node: gs.Node) -> None:
+    """DepthToSpace moves blocks of b*b channels into space: output channel k is built from input channels
+    (i*b + j)*C' + k (mode DCR) or k*b*b + i*b + j (CRD). Those b*b channels go together (one class) and make one
+    output channel, a constant where all of them are the same one. A super-resolution or pixel-shuffle block inside a
+    net (torch's pixel_shuffle) kept every channel before it (sweep 23: "consumer DepthToSpace ... has no channel
+    rule")."""
+    c = b.ch(node.inputs[0])
+    size = _block_size(b, node, c, outward=False)
+    if size is None:
+        return None
+    k = size * size
+    out = len(c.ids) // k
+    crd = str(_attr(node, "mode", "DCR")).upper() == "CRD"
+    ids = c.ids.reshape(out, k) if crd else c.ids.reshape(k, out).T  # [output channel, its b*b input channels]
+    value = c.value.reshape(out, k) if crd else c.value.reshape(k, out).T
+    for row in ids.tolist():
+        for j in row[1:]:
+            b.cg.union(row[0], j)
+    with np.errstate(invalid="ignore"):
+        same = np.all(value == value[:, :1], axis=1)
+    b.set(node.outputs[0], Channels(c.axis, ids[:, 0].copy(), np.where(same, value[:, 0], NAN)))
+
+
+def _space_to_depth(b: Builder, node: gs.Node) -> None:
+    """SpaceToDepth puts each b*b block of positions into channels: output channel (i*b + j)*C + c holds input
+    channel c, so the channels are repeated b*b times, blocks of C (torch's pixel_unshuffle written as one op)."""
+    c = b.ch(node.inputs[0])
+    size = _block_size(b, node, c, outward=True)
+    if size is None:
+        return None
+    b.set(node.outputs[0], Channels(c.axis, np.tile(c.ids, size * size), np.tile(c.value, size * size)))

@@ -304,6 +304,14 @@ NORM = [
     Case("LayerNormalization-broadcast-scale", "LayerNormalization", [f32(2, 3, 4), f32(1, 4), f32(3, 1)],
          {"axis": -2}),
     Case("LayerNormalization-stats-outputs", "LayerNormalization", [f32(2, 3, 4), f32(4), f32(4)], n_out=3),
+    # torch's dynamo exporter writes nn.GroupNorm as GroupNormalization (sweep 23): per-group scale and bias at
+    # opset 18, per-channel from opset 21; 4-D images and 3-D sequences
+    Case("GroupNormalization-18", "GroupNormalization", [f32(2, 6, 4, 5), f32(3, seed=1), f32(3, seed=2)],
+         {"num_groups": 3}, opset=18),
+    Case("GroupNormalization-21", "GroupNormalization", [f32(2, 6, 4, 5), f32(6, seed=1), f32(6, seed=2)],
+         {"num_groups": 2, "epsilon": 1e-3}, opset=21),
+    Case("GroupNormalization-21-3d", "GroupNormalization", [f32(2, 4, 7), f32(4, seed=1), f32(4, seed=2)],
+         {"num_groups": 4}, opset=21),
     Case("RMSNormalization-last", "RMSNormalization", [f32(2, 3, 4), f32(4, seed=1)], opset=23),
     Case("RMSNormalization-axis1-eps", "RMSNormalization", [f32(2, 3, 4), f32(3, 4, seed=1)],
          {"axis": 1, "epsilon": 1e-3}, opset=23),
@@ -822,6 +830,7 @@ GRAD = [
     ("MatMul", [(2, 3, 4), (4, 2)], {}),
     ("BatchNormalization", [(2, 3, 4), (3,), (3,), (3,), (3,)], {"epsilon": 1e-3}),
     ("LayerNormalization", [(2, 3, 4), (4,), (4,)], {}),
+    ("GroupNormalization", [(2, 4, 3, 3), (4,), (4,)], {"num_groups": 2}),
     ("LpNormalization", [(2, 3, 4)], {"axis": 1}),
     ("RMSNormalization", [(2, 3, 4), (4,)], {}),
     ("Attention", [(1, 2, 3, 4), (1, 2, 4, 4), (1, 2, 4, 3)], {"scale": 0.7}),
@@ -838,7 +847,7 @@ GRAD = [
 def test_gradients_match_finite_differences(op, shapes, attrs):
     n_out = {"LSTM": 3, "GRU": 2}.get(op, 1)
     base = op.split("-")[0]
-    module = OnnxModule(grad_model(base, shapes, attrs, opset=23 if base in ("RMSNormalization", "Attention") else 17,
+    module = OnnxModule(grad_model(base, shapes, attrs, opset=23 if base in ("RMSNormalization", "Attention") else 21 if base == "GroupNormalization" else 17,
                                    n_out=n_out))
     rng = np.random.default_rng(0)
     args = []

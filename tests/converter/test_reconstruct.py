@@ -636,3 +636,60 @@ def _grams(x, t, g, intercept):
         xg = np.concatenate([xg, np.ones((n, g, 1))], axis=2)
     return (np.einsum("rgi,rgj->gij", xg, xg, optimize=True), np.einsum("rgi,rgo->gio", xg, tg, optimize=True),
             np.einsum("rgo,rgo->go", tg, tg).reshape(-1))
+
+
+def test_3d_convs_and_conv_transposes_are_refit_exactly_and_lower_the_error():
+    """Sweep 23's Conv3d clip classifier was left as pruned ("only 1-D/2-D Convs ... are refit"); the im2col takes
+    any number of spatial dims. With nothing masked every 3-D layer's rows reproduce it (pads, strides (1, 2, 2),
+    dilation 2, a stride-2 ConvTranspose3d); pruned, each layer's error and the held-out output error drop, and the
+    file is the masked oracle in onnxruntime."""
+    from onnxprune.models.third_party_builders import video_clip_net
+    dense = video_clip_net(seed=0)
+    check_full(dense)
+    convs = {"c1.weight", "c2.weight", "up.weight", "dil.weight"}
+    masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
+    report = ReconstructReport()
+    reconstruct(dense, dense, masks, feeds_for(dense, 2, 4, seed=0), report=report)
+    assert convs <= set(report.refit) and not report.skipped, report.skipped
+    for name in convs:
+        r = report.refit[name]
+        assert r["error_before"] < 1e-9 * max(r["target"], 1.0), name
+    pruned, masks = prune(dense, 0.6)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 8, seed=0), report=report)
+    check_full(refit)
+    for name in convs:
+        r = report.refit[name]
+        assert r["error_after"] < r["error_before"], name
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    held_out = feeds_for(dense, 2, 8, seed=70)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
+
+
+def test_bfloat16_weights_behind_a_cast_are_scanned_and_pruned_within_the_budget():
+    """Sweep 23: a model storing its weights as bfloat16 (read through Cast to float) failed in the sensitivity scan:
+    "step 'auto-search' failed ...: RuntimeError: Numpy_type 256 can't be converted to MLDataType" (onnxruntime's
+    Python API takes no bfloat16 feed). The scan now writes such a weight's levels in; the file keeps bfloat16."""
+    from onnxprune.converter.pipeline import configure, run as run_pipeline
+    from onnxprune.models.third_party_builders import bf16_weights
+    dense = bf16_weights(seed=0)
+    check_full(dense)
+    data = {"input": np.random.default_rng(0).standard_normal((300, 1, 6, 6)).astype(np.float32)}
+    result = run_pipeline(dense, configure(max_loss=1.0, data=data, time_budget=60, seed=0))
+    check_full(result.model)
+    assert result.report["budget"]["met"]
+    types = {t.name: t.data_type for t in result.model.graph.initializer}
+    assert types.get("fc1.weight_bf16") == TensorProto.BFLOAT16, types
+    assert {w.name for w in find_prunable(dense).prunable} == {"conv.weight_bf16", "fc1.weight_bf16", "fc2.weight_bf16"}
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-5)
+
+
+def test_a_weight_read_through_a_cast_is_named_when_no_neuron_of_its_layer_is_masked():
+    """Sweep 23's bfloat16 ConvNeXt: the hand recipe's --neuron-sparsity masked no neuron of any layer (every weight
+    reaches its layer through Cast) and no note said so."""
+    from onnxprune.models.third_party_builders import bf16_weights
+    from onnxprune.passes.neuron_masks import unmaskable_note
+    model = bf16_weights(seed=0)
+    note = unmaskable_note(model, {w.name for w in find_prunable(model).prunable})
+    assert note is not None and "masked no neuron of 3 of 3 layers" in note, note
+    assert "reaches it through Cast" in note, note

@@ -1012,3 +1012,41 @@ def test_a_reshape_keeps_channels_only_where_they_stay_whole_on_an_axis(shape, o
     assert (report.removed == 2) == ok  # the expand channel and its depthwise filter
     if ok:
         G.assert_same(m, out)
+
+
+@pytest.mark.parametrize("to", [onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE])
+def test_channels_pass_a_cast_chain_and_a_constant_keeps_its_cast_value(to):
+    """Sweep 23: a float16 model written by onnxconverter-common (keep_io_types, op_block_list) has Casts between its
+    layers, and each blocked the channels before it ("consumer Cast ... (op Cast) has no channel rule")."""
+    m = G.mlp((20, 12, 10, 4))
+    act = next(n for n in m.graph.node if n.name == "act1")
+    fc2 = next(n for n in m.graph.node if "fc2.weight" in n.input)
+    there = onnx.helper.make_node("Cast", [act.output[0]], ["low"], name="to_low", to=to)
+    back = onnx.helper.make_node("Cast", ["low"], ["back"], name="to_float", to=onnx.TensorProto.FLOAT)
+    fc2.input[0] = "back"
+    m.graph.node.insert(list(m.graph.node).index(fc2), back)
+    m.graph.node.insert(list(m.graph.node).index(back), there)
+    G.zero(m, "fc1.weight", 0, [1, 3])  # relu(0.5) = 0.5, exact in float16: folded into fc2's bias
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(12), [1, 3]), 0.5, G.init(m, "fc1.bias")))
+    G.zero(m, "fc2.weight", 1, [5])  # nobody reads fc1 neuron 5
+    out, report, shp = prune(m)
+    assert channels(report)["fc1"] == (12, 9)
+    assert shp["fc1.weight"] == (9, 20) and shp["fc2.weight"] == (10, 9)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_removes_a_dead_block_of_channels_and_space_to_depth_its_copies(mode):
+    """Sweep 23: a pixel-shuffle inside a CNN kept every channel before it ("consumer DepthToSpace ... has no channel
+    rule"). A DepthToSpace output channel is b*b input channels: they go together, and only when all are dead; a
+    SpaceToDepth repeats each channel b*b times, and a dead one goes from every copy."""
+    from onnxprune.models import third_party_builders as tb
+    m = tb.pixel_shuffle_net(mode=mode)
+    group = [1 * 4 + k for k in range(4)] if mode == "CRD" else [k * 4 + 1 for k in range(4)]  # output channel 1
+    G.zero(m, "c1.weight", 0, group)
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(16), group), -0.5, G.init(m, "c1.bias")))  # relu -> 0
+    G.zero(m, "c1.weight", 0, [0 if mode == "DCR" else 2])  # one of another block: not the whole block, stays
+    G.zero(m, "c2.weight", 0, [2])
+    G.set_init(m, "c2.bias", np.where(np.arange(4) == 2, -0.5, G.init(m, "c2.bias")))  # c2 channel 2 is 0
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (16, 12) and channels(report)["/c2/Conv"] == (4, 3)
+    assert shp["c1.weight"] == (12, 2, 3, 3) and shp["c2.weight"] == (3, 3, 3, 3) and shp["c3.weight"] == (2, 12, 1, 1)

@@ -379,3 +379,16 @@ def test_a_refit_the_time_left_cannot_start_says_the_whole_need(small_unlabelled
     assert est <= left < need, stop[0]
     assert not any("no per-layer refit was tried" in n for n in notes), notes  # said once
     assert result.report["budget"]["met"]
+
+
+def test_a_hand_recipe_on_a_graph_the_bridge_cannot_run_names_the_ops_in_its_note():
+    """Sweep 23: the hand recipe on an opset-21 net said "the torch bridge cannot run this graph (the torch bridge
+    cannot run 2 node(s) of this model:)": the heading of the bridge's message, naming no op."""
+    model = with_loop(builders.mlp_gemm(seed=0), "/relu1/Relu_output_0")
+    data = {"input": np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)}
+    result = run(model, configure(data=data, sparsity=0.5, iterations=1, epochs=1, seed=0))
+    notes = [n for n in result.report["notes"] if "cannot run this graph" in n]
+    assert notes and "Loop x1: control flow" in notes[0], result.report["notes"]
+    assert "node(s) of this model:" not in notes[0], notes
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(result.model, result.model)  # loads and runs in onnxruntime

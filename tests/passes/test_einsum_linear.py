@@ -1,0 +1,82 @@
+"""einsum-linear: a linear layer written as an Einsum is read as the MatMul it is (sweep 23's Siamese net)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune import prune
+from onnxprune.models.third_party_builders import einsum_siamese
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.einsum_linear import EinsumLinear, einsum_layers, linear_layout
+from onnxprune.passes.weights import find_prunable
+from tests.oracle import assert_same_outputs, check_full
+
+
+def _einsum(equation, weight_index=1):
+    ins = ["x", "W"] if weight_index == 1 else ["W", "x"]
+    return helper.make_node("Einsum", ins, ["y"], equation=equation)
+
+
+def test_linear_equations_are_recognized_and_others_are_not():
+    assert linear_layout(_einsum("bi,oi->bo"), 1) == "oi"
+    assert linear_layout(_einsum("bi,io->bo"), 1) == "io"
+    assert linear_layout(_einsum("...i,io->...o"), 1) == "io"
+    assert linear_layout(_einsum("bsi, oi -> bso"), 1) == "oi"
+    assert linear_layout(_einsum("oi,bi->bo", 0), 0) == "oi"
+    for eq in ("bi,bi->b", "bi,oi->ob", "bi,ii->bi", "bi,oi->bio", "bii,oi->bio", "...i,oi->bo", "bo,oi->bo",
+               "boi,oi->bo"):
+        assert linear_layout(_einsum(eq), 1) is None, eq
+
+
+def test_an_einsum_siamese_tower_is_one_tied_matmul_weight_per_layer_with_the_same_outputs():
+    """Before: the tower's weights were "shared by '/t/Einsum', '/t_1/Einsum'" and "not a weight of ..." (Einsum),
+    so 99.9% of an einsum-written Siamese MLP could not be pruned."""
+    model = einsum_siamese(seed=0)
+    check_full(model)
+    assert {w.name for w in find_prunable(model).prunable} == {"head.weight"}
+    assert einsum_layers(model) == {"t.w1": "oi", "t.w2": "io"}
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    check_full(rewritten)
+    assert [n.op_type for n in rewritten.graph.node].count("Einsum") == 0
+    assert_same_outputs(rewritten, model, rtol=1e-5)
+    prunable = {w.name: w for w in find_prunable(rewritten).prunable}
+    assert {"t.w1", "t.w2", "head.weight"} <= set(prunable)
+    w1 = next(t for t in rewritten.graph.initializer if t.name == "t.w1")
+    assert tuple(w1.dims) == (8, 16)  # stored [in, out] for MatMul
+
+
+def test_a_weight_also_read_by_another_op_is_left_as_it_was():
+    model = einsum_siamese(seed=0)
+    extra = helper.make_node("ReduceSum", ["t.w1"], ["w1_sum"], keepdims=0)
+    model.graph.node.append(extra)
+    model.graph.output.append(helper.make_tensor_value_info("w1_sum", onnx.TensorProto.FLOAT, []))
+    assert "t.w1" not in einsum_layers(model) and einsum_layers(model) == {"t.w2": "io"}
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    check_full(rewritten)
+    assert_same_outputs(rewritten, model, rtol=1e-5)
+
+
+def test_pruning_an_einsum_siamese_prunes_its_shared_tower():
+    model = einsum_siamese(hidden=32, seed=0)
+    rng = np.random.default_rng(0)
+    data = {"left": rng.standard_normal((64, 8)).astype(np.float32),
+            "right": rng.standard_normal((64, 8)).astype(np.float32)}
+    result = prune(model, data=data, sparsity=0.5, neuron_sparsity=0.5, iterations=1, epochs=1, seed=0)
+    onnx.checker.check_model(result.model, full_check=True)
+    layers = {r["weight"]: r for r in result.report["layers"]}
+    assert layers["t.w1"]["nonzeros"] < layers["t.w1"]["params"]
+    assert layers["t.w2"]["nonzeros"] < layers["t.w2"]["params"]
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+
+
+def test_the_unmaskable_note_counts_a_tied_weight_once():
+    """Sweep 23: "--neuron-sparsity masked no neuron of 4 of 3 layers" (the two towers' readers of each weight were
+    counted as layers, the weights were not)."""
+    from onnxprune.passes.neuron_masks import unmaskable_note
+    model = EinsumLinear()(einsum_siamese(seed=0), PruneState()).model
+    note = unmaskable_note(model, {w.name for w in find_prunable(model).prunable})
+    assert note is not None and "masked no neuron of 2 of 3 layers" in note, note
