@@ -129,6 +129,13 @@ def test_with_val_data_the_scan_and_the_fit_choose_on_data_and_val_data_decides(
     assert "--one-shot: the scan and the fit chose on --data (200 samples) and --val-data (400) decides" in \
         result.report["notes"]
     assert scanned == [200]  # the scan read --data
+    # the fit's pick, rejected by --val-data, is judged again less pruned; the first within is kept, as said
+    looks = apart["looks"]
+    assert looks[-1]["within"] and not any(x["within"] for x in looks[:-1])
+    assert [x["share"] for x in looks] == [1.0, 0.75, 0.5, 0.25][:len(looks)]
+    if len(looks) > 1:
+        assert any(f"backed off to {looks[-1]['share']:g} of its sparsities" in n for n in result.report["notes"])
+        assert looks[-1]["ratio"] == pytest.approx(result.report["compression"], rel=1e-6)
     again = BudgetRule(Evaluator(open_data({"input": x[200:]}, model), None, model), 1.0).judge(result.model)
     assert budget["met"] and again.within and abs(again.loss_pp - budget["decision_loss_pp"]) < 1e-6
 
