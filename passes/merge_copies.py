@@ -30,7 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
-from onnxprune.passes.scopes import outer_reads
+from onnxprune.passes.scopes import local_constants, outer_reads
 from onnxprune.passes.weights import tie_use
 
 MIN_VALUES = 16  # smaller tensors are not weights worth a tie
@@ -40,20 +40,9 @@ def _raw(tensor: onnx.TensorProto) -> bytes:
     return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 
 
-def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """The main graph's constant tensors by the name nodes read them as: initializers, then the `value` of each
-    Constant node (paddle2onnx writes every weight so; a model-local function's Constant weights are one node per
-    call once inlined)."""
-    out = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
-                and node.attribute[0].name == "value" and node.output and node.output[0] not in out:
-            out[node.output[0]] = node.attribute[0].t
-    return out
-
-
 def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
-    """Groups of constant names (first = the one kept; initializers and Constant nodes, `constant_tensors`) that
+    """Groups of constant names (first = the one kept; initializers and Constant nodes, scopes.local_constants:
+    paddle2onnx writes every weight as a Constant node, and an inlined function has one per call) that
     `MergeCopies` would merge; [] when none."""
     graph = model.graph
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -62,7 +51,7 @@ def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
             readers.setdefault(name, []).append(node)
     frozen = frozen_names(graph)
     candidates: dict[tuple, list[tuple[str, onnx.TensorProto]]] = {}
-    for name, t in constant_tensors(graph).items():
+    for name, t in local_constants(graph).items():
         if name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name):
             continue
         if int(np.prod(t.dims, dtype=np.int64)) < MIN_VALUES:
@@ -96,7 +85,7 @@ class MergeCopies(Pass):
         groups = duplicate_groups(model)
         if not groups:
             return PassResult(model, False)
-        inits = constant_tensors(model.graph)
+        inits = local_constants(model.graph)
         rename = {}
         for kept, *copies in groups:
             for name in copies:

@@ -66,6 +66,9 @@ class AllocateStep(_Choose):
         return _with_fixed({n: Target(sparsity=float(s)) for n, s in allocation.items()}, state.targets)
 
 
+SPENT = "the time budget was spent backing off"  # a fit chosen apart: why its looks stopped short
+
+
 @register_step("choose-apart")
 class ChooseApartStep(Step):
     """--one-shot --max-loss with real --data: the scan and the fit choose on samples that do not decide. Beside
@@ -182,10 +185,11 @@ class FitBudgetStep(_Choose):
         held = held_weights(state)
         chosen = outcome.ratio_of(outcome.sparsities, held)
         sparsities = {n: 0.0 for n in outcome.sparsities}  # none kept: the input model
-        looks: list = []  # the deciding samples' verdicts, in turn (a str: why the looks stopped)
+        looks: list[dict] = []  # the deciding samples' verdicts, in turn
+        spent = False  # the time budget ended the looks before one was within
         for share in ((1.0,) + tuple(BACK_OFF)) if any(outcome.sparsities.values()) else ():
             if share < 1.0 and deadline is not None and time.perf_counter() >= deadline:
-                looks.append("the time budget was spent backing off")
+                spent = True
                 break
             tried = {n: share * float(v) for n, v in outcome.sparsities.items()}
             decision = rule.judge(_candidate(state, tried)).as_dict()
@@ -201,14 +205,13 @@ class FitBudgetStep(_Choose):
                             "chosen_apart": {"every": state.data.every, "chosen_on": chooser.num_samples,
                                              "decided_on": rule.n,
                                              "fit_ratio": round(chosen, 4),
-                                             "looks": [x if isinstance(x, str) else
-                                                       {k: x[k] for k in ("share", "ratio", "within")}
-                                                       for x in looks]}}
+                                             "looks": [{k: x[k] for k in ("share", "ratio", "within")}
+                                                       for x in looks] + ([SPENT] if spent else [])}}
         if not any(sparsities.values()) and not any(t.sparsity or t.quality is not None
                                                     for t in (state.targets or {}).values()):
             state.allocation["kept_input"] = True
         state.notes.append(f"decision rule: {rule.statement()}")  # choose-apart said on what the fit chose
-        state.notes.append(_apart_note(chosen, looks, rule, chooser.num_samples))
+        state.notes.append(_apart_note(chosen, looks, spent, rule, chooser.num_samples))
         if looks and looks[0]["within"]:  # kept as chosen: what held the fit back is on the samples that chose
             stop = _stop_note(outcome, fit_rule, held, f"the one-shot fit on the {chooser.num_samples} choosing "
                               "samples") if fit_rule is not None else None
@@ -221,36 +224,27 @@ class FitBudgetStep(_Choose):
 
 
 def _candidate(state: RunState, sparsities: dict):
-    """The model the prune step would write for these sparsities, with the user's --layer targets (the same
-    criterion, the same masks)."""
-    from onnxprune.converter.steps.prune import copy_model
-    from onnxprune.passes.apply_masks import ApplyMasks
-    from onnxprune.passes.base import PruneState, run_passes
-    from onnxprune.passes.magnitude import MagnitudePrune
+    """The model the prune step would write for these sparsities, with the user's --layer targets."""
+    from onnxprune.converter.steps.prune import pruned_copy
 
-    model = copy_model(state.original)
     targets = _with_fixed({n: Target(sparsity=float(v)) for n, v in sparsities.items()}, state.targets)
-    run_passes([MagnitudePrune(state.inventory, targets, state.scoring), ApplyMasks()], model, PruneState())
-    return model
+    return pruned_copy(state.original, state.inventory, targets, state.scoring)
 
 
-def _apart_note(chosen: float, looks: list, rule, n_chose: int) -> str:
+def _apart_note(chosen: float, looks: list[dict], spent: bool, rule, n_chose: int) -> str:
     """What the deciding samples made of the fit chosen apart: kept, backed off, or the input model kept."""
-    judged = [x for x in looks if isinstance(x, dict)]
-    spent = [x for x in looks if isinstance(x, str)]
-    if not judged:
+    if not looks:
         return f"the one-shot fit on the {n_chose} choosing samples pruned nothing"
-    first = judged[0]
-    if first["within"]:
+    if looks[0]["within"]:
         return (f"the one-shot fit chose {chosen:.2f}x on the {n_chose} choosing samples and the {rule.n} deciding "
                 "samples kept it")
-    kept = next((x for x in judged if x["within"]), None)
     said = (f"the one-shot fit chose {chosen:.2f}x on the {n_chose} choosing samples, and the {rule.n} deciding "
             "samples rejected it")
-    if kept is not None:
+    if looks[-1]["within"]:
+        kept = looks[-1]
         return said + f"; backed off to {kept['share']:g} of its sparsities ({kept['ratio']:.2f}x), which they kept"
-    tail = f"; {spent[0]}" if spent else ""
-    shares = ", ".join(f"{x['share']:g}" for x in judged[1:]) or "nothing"
+    tail = f"; {SPENT}" if spent else ""
+    shares = ", ".join(f"{x['share']:g}" for x in looks[1:]) or "nothing"
     return (said + f"; backed off to {shares} of its sparsities, rejected too{tail}: the input model is kept (more "
             "--data chooses and decides better)")
 
@@ -265,7 +259,7 @@ def _looks_stop_note(looks: list, rule) -> str | None:
               "phase": "one-shot fit" if x["share"] == 1.0 else f"backed off to {x['share']:g}",
               "output": x["decision"].get("output"), "part": worst_figures(x["decision"]).get("part"),
               "loss_pp": x["decision"]["loss_pp"], "limit_pp": x["decision"]["limit_pp"]}
-             for x in looks if isinstance(x, dict)]
+             for x in looks]
     return stop_note(tries, rule, "the one-shot fit")
 
 
