@@ -49,7 +49,10 @@ def inspect_model(path: Path) -> dict:
         r["stored_bytes"] = stored["bytes"] if stored else r["params"] * _itemsize(loaded.model, r["weight"])
         if q is not None:  # as the file stores it: an integer tensor, or (fake quantization) a float one
             dtype = onnx.helper.tensor_dtype_to_np_dtype(q.integer.data_type)
-            if q.quantize is not None:  # float W -> QuantizeLinear -> DequantizeLinear: stored float
+            if q.lowp:  # float16/bfloat16 W -> Cast: stored in its own type
+                r["encoding"] = f"{dtype.name} + Cast"
+                r["stored_bytes"] = r["params"] * dtype.itemsize
+            elif q.quantize is not None:  # float W -> QuantizeLinear -> DequantizeLinear: stored float
                 src = onnx.helper.tensor_dtype_to_np_dtype(q.source.data_type)
                 r["encoding"] = f"{src.name} + QuantizeLinear/DequantizeLinear ({dtype.name} grid)"
                 r["stored_bytes"] = r["params"] * src.itemsize

@@ -671,10 +671,10 @@ def einsum_siamese(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed
 
 
 def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
-                 seed: int = 0) -> onnx.ModelProto:
+                 seed: int = 0, stored: int = TensorProto.BFLOAT16) -> onnx.ModelProto:
     """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->
-    'logits' [N, classes]; every weight a BFLOAT16 initializer 'X.weight_bf16' read through Cast(to=FLOAT) 'X.weight'
-    (biases float32)."""
+    'logits' [N, classes]; every weight a BFLOAT16 (or `stored`: FLOAT16) initializer 'X.weight_bf16' read through
+    Cast(to=FLOAT) 'X.weight' (biases float32)."""
     g = _Graph(seed)
     x = g.relu(g.conv("input", "conv", 1, width, 3), "conv")
     x = g.op("Flatten", "flat", [x], axis=1)
@@ -685,8 +685,9 @@ def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: in
     for k, t in enumerate(g.initializers):
         if t.name.endswith(".weight"):
             values = numpy_helper.to_array(t)
-            g.initializers[k] = helper.make_tensor(t.name + "_bf16", TensorProto.BFLOAT16, values.shape,
-                                                   values.reshape(-1).tolist())
+            g.initializers[k] = (helper.make_tensor(t.name + "_bf16", TensorProto.BFLOAT16, values.shape,
+                                                    values.reshape(-1).tolist()) if stored == TensorProto.BFLOAT16
+                                 else numpy_helper.from_array(values.astype(np.float16), t.name + "_bf16"))
             casts.append(helper.make_node("Cast", [t.name + "_bf16"], [t.name], to=TensorProto.FLOAT,
                                           name=f"/{t.name}/Cast"))
     g.nodes[:0] = casts

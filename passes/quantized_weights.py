@@ -12,6 +12,14 @@
     W_q[int8] ─ Cast ─ Mul(scale) ─ MatMul / Gather            (weight-only quantization, as torch exports it)
     folds to W = float(W_q) · scale and comes back with both nodes; the scale may be per row or per column.
 
+    W[float16/bfloat16] ─ Cast(to=FLOAT/DOUBLE) ─ Conv / Gemm / MatMul / ...   (weights stored in a lower precision:
+    onnxconverter-common's keep_io_types exports, bfloat16 checkpoints written as ONNX)
+    folds to W = Cast(W), a float initializer under the Cast's output name, and comes back in its stored type with the
+    Cast in front of its readers (`lowp`): every value the stored type holds is exact in float32, so the fold is
+    exact, a pruned weight is 0 in both, and a weight a refit moved is rounded to the stored type (`snap`) before the
+    budget check judges the model as written. Without the fold the refit, the channel analysis and the bridge saw a
+    Cast between the weight and its layer and left the layer as pruned (sweep 23's bfloat16 ConvNeXt).
+
 `fold` is exact in ONNX's semantics (DequantizeLinear computes (W_q - zero_point) · scale in the scale's type, as
 here), so every step between load and write sees float weights: the inventory, criteria, masks, refits,
 dead-neuron removal. A pruned weight is 0, which the grid holds exactly (the zero point); a weight nothing changed
@@ -60,7 +68,7 @@ from onnxprune.errors import PassError
 from onnxprune.passes.scopes import FLOAT_TYPES
 from onnxprune.passes.storage.graphs import default_opset
 
-__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "restore", "snap"]
+__all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "lowp_kinds", "restore", "snap"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class QuantizedWeight:
     name: str  # the DequantizeLinear's output: the float initializer between fold and restore
     node: onnx.NodeProto  # the DequantizeLinear as the input held it
     integer: onnx.TensorProto  # W_q as the input held it (dtype, name)
-    scale: onnx.TensorProto
+    scale: onnx.TensorProto | None  # None for a weight stored in a lower float precision (`lowp`)
     zero_point: onnx.TensorProto | None
     axis: int | None  # the scale's axis of W (normalized), None: one scale for the tensor
     quantize: onnx.NodeProto | None = None  # fake quantization: the QuantizeLinear between a float W and the node
@@ -76,17 +84,51 @@ class QuantizedWeight:
     cast: onnx.NodeProto | None = None  # weight-only quantization: W_q -> Cast -> Mul(scale) (`node` is the Mul)
     dynamic: onnx.NodeProto | None = None  # dynamic quantization: the QuantizeLinear the fold put in front of the
     # integer op (`node`), whose scale and zero point are `scale` and `zero_point`; `name` is W_q's own name
+    lowp: bool = False  # a float16/bfloat16 W read through Cast(to=float) (`node`); `integer` is W as stored
 
 
 def kinds(folded: list[QuantizedWeight]) -> str:
     """How the folded weights are quantized, in words and counts: "21 ConvInteger, 1 MatMulInteger (dynamic)"."""
     counts: dict[str, int] = {}
     for w in folded:
+        if w.lowp:
+            continue
         how = (f"{w.node.op_type} (dynamic)" if w.dynamic is not None else "Cast -> Mul" if w.cast is not None
                else "QuantizeLinear -> DequantizeLinear" if w.quantize is not None else "DequantizeLinear")
         counts[how] = counts.get(how, 0) + 1
     return ", ".join(f"{k} through {how}" if not how.endswith("(dynamic)") else f"{k} of {how}"
                      for how, k in counts.items())
+
+
+def lowp_kinds(folded: list[QuantizedWeight]) -> str:
+    """The stored types of the weights folded from a lower float precision: "bfloat16", "float16 (3), bfloat16 (2)"."""
+    counts: dict[str, int] = {}
+    for w in folded:
+        if w.lowp:
+            name = _dtype_name(w.integer.data_type)
+            counts[name] = counts.get(name, 0) + 1
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{name} ({k})" for name, k in counts.items())
+
+
+def _dtype_name(data_type: int) -> str:
+    return {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}.get(
+        data_type, onnx.TensorProto.DataType.Name(data_type).lower())
+
+
+LOWP_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)  # stored types the fold widens
+WIDER = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)  # ... to the Cast's own type
+
+
+def _lowp_cast(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs: set[str],
+               shared: set[str] = frozenset()) -> bool:
+    """`node` is Cast(to=float/double) of a float16/bfloat16 initializer of at least one dim that nothing else reads
+    (main graph), and its output no graph output."""
+    if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or len(node.output) != 1 or not node.input:
+        return False
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    w = inits.get(node.input[0])
+    return (to in WIDER and w is not None and w.data_type in LOWP_TYPES and len(w.dims) > 0
+            and node.input[0] not in shared and node.output[0] not in outputs and node.input[0] not in outputs)
 
 
 def _folded_in(model: onnx.ModelProto, w: QuantizedWeight) -> bool:
@@ -211,7 +253,8 @@ def foldable(model: onnx.ModelProto) -> bool:
     outputs = {o.name for o in model.graph.output}
     fake, casts, shared = _fake_quantizers(model.graph), _float_casts(model.graph), _shared(model.graph)
     return (any(_foldable(n, inits, outputs, fake, shared) or _cast_mul(n, inits, outputs, casts, shared)
-                for n in model.graph.node) or bool(_dynamic_weights(model, shared)))
+                or _lowp_cast(n, inits, outputs, shared) for n in model.graph.node)
+            or bool(_dynamic_weights(model, shared)))
 
 
 def _scale_after(node: onnx.NodeProto, producers, consumers, inits) -> str | None:
@@ -350,6 +393,12 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     fake, casts, shared = _fake_quantizers(graph), _float_casts(graph), _shared(graph)
     quantizers: set[str] = set()  # fake quantization's QuantizeLinear / weight-only Cast nodes folded with their node
     for node in graph.node:
+        if _lowp_cast(node, inits, outputs, shared):  # W[float16/bfloat16] -> Cast: W widened, exactly
+            w_t = inits[node.input[0]]
+            to = helper.tensor_dtype_to_np_dtype(next(a.i for a in node.attribute if a.name == "to"))
+            new.append(numpy_helper.from_array(numpy_helper.to_array(w_t).astype(to), node.output[0]))
+            folded.append(QuantizedWeight(node.output[0], _copy(node), _copy(w_t), None, None, None, lowp=True))
+            continue
         weight_only = _cast_mul(node, inits, outputs, casts, shared)
         if weight_only is not None:  # W_q -> Cast -> Mul(scale): W = float(W_q) * scale, in the scale's type
             cast, k, axis = weight_only
@@ -398,7 +447,7 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     graph.node.extend(n for n in kept_nodes if not (n.op_type in ("QuantizeLinear", "Cast")
                                                      and n.output[0] in quantizers))
     graph.initializer.extend(new)
-    _drop_unread(graph, {n for w in folded for n in (w.integer.name, w.scale.name,
+    _drop_unread(graph, {n for w in folded for n in (w.integer.name, w.scale.name if w.scale is not None else "",
                                                       w.zero_point.name if w.zero_point is not None else "",
                                                       w.source.name if w.source is not None else "")})
     return folded
@@ -426,6 +475,19 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
                 continue  # written already
             _restore_dynamic(w, held)
             renames[w.dynamic.output[0]] = w.name
+            continue
+        if w.lowp:  # back in the stored type (as stored where no value changed), read through its Cast
+            low = _lowered(numpy_helper.to_array(held), w)
+            stored = numpy_helper.to_array(w.integer)
+            name = _fresh(w.integer.name, taken)
+            same = low.shape == stored.shape and np.array_equal(low.astype(np.float32), stored.astype(np.float32))
+            tensor = _named(w.integer, name) if same else _lowp_tensor(low, w.integer.data_type, name)
+            inits[name] = tensor
+            graph.initializer.append(tensor)
+            cast = _copy(w.node)
+            cast.input[0] = name
+            nodes.append(cast)
+            gone.add(w.name)
             continue
         values = numpy_helper.to_array(held)
         q, scale, zp = _on_grid(values, w, slices)
@@ -520,6 +582,12 @@ def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
         if w is None or t.data_type not in FLOAT_TYPES:  # a dynamic weight already written back is integer
             continue
         values = numpy_helper.to_array(t)
+        if w.lowp:  # the value the stored type holds
+            snapped = _lowered(values, w).astype(values.dtype)
+            if not np.array_equal(snapped, values):
+                t.CopyFrom(numpy_helper.from_array(snapped, t.name))
+                changed += 1
+            continue
         q, scale, zp = _on_grid(values, w)
         centred = q.astype(np.int64) - (_along(zp.astype(np.int64), w.axis, q.ndim) if zp is not None else 0)
         snapped = (centred.astype(scale.dtype) * _along(scale, w.axis, q.ndim)).astype(values.dtype)
@@ -527,6 +595,20 @@ def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
             t.CopyFrom(numpy_helper.from_array(snapped, t.name))
             changed += 1
     return changed
+
+
+def _lowered(values: np.ndarray, w: QuantizedWeight) -> np.ndarray:
+    """`values` in w's stored type (float16 or ml_dtypes' bfloat16; round to nearest even, as Cast does)."""
+    return values.astype(helper.tensor_dtype_to_np_dtype(w.integer.data_type))
+
+
+def _lowp_tensor(values: np.ndarray, data_type: int, name: str) -> onnx.TensorProto:
+    """A float16/bfloat16 initializer of `values` (already in that type)."""
+    if data_type == onnx.TensorProto.BFLOAT16:  # raw bytes: from_array's bfloat16 support varies across onnx releases
+        tensor = onnx.TensorProto(name=name, data_type=data_type, dims=list(values.shape))
+        tensor.raw_data = np.ascontiguousarray(values).view(np.uint16).astype("<u2").tobytes()
+        return tensor
+    return numpy_helper.from_array(values, name)
 
 
 def _on_grid(values: np.ndarray, w: QuantizedWeight, slices=()) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

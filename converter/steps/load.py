@@ -85,10 +85,18 @@ class LoadStep(Step):
 
                 state.loaded.model = copy_model(state.loaded.model)
             state.quantized = quantized_weights.fold(state.loaded.model)
-            state.prune.notes.append(
-                f"{len(state.quantized)} integer-quantized weight(s) ({quantized_weights.kinds(state.quantized)}) "
-                "are pruned as float and written back on their own grid (same scales and zero points; a pruned weight "
-                "is the zero point)")
+            integer = [w for w in state.quantized if not w.lowp]
+            if integer:
+                state.prune.notes.append(
+                    f"{len(integer)} integer-quantized weight(s) ({quantized_weights.kinds(integer)}) are pruned as "
+                    "float and written back on their own grid (same scales and zero points; a pruned weight is the "
+                    "zero point)")
+            if len(integer) < len(state.quantized):
+                state.prune.notes.append(
+                    f"{len(state.quantized) - len(integer)} weight(s) stored as "
+                    f"{quantized_weights.lowp_kinds(state.quantized)} and read through a Cast are "
+                    "pruned, refit and shrunk in float32 and written back in their stored type (a changed weight "
+                    "rounded to it; the budget is checked on the model as written)")
         state.original = state.loaded.model
 
 

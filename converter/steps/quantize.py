@@ -86,9 +86,10 @@ class QuantizeStep(Step):
         return {**self.config.as_dict(), "trained": self.trained}
 
     def check(self, state: RunState) -> None:
-        if state.quantized:  # QDQ weights keep their own integer grid (passes/quantized_weights.py)
+        integer = [w for w in state.quantized if not w.lowp]
+        if integer:  # QDQ weights keep their own integer grid (passes/quantized_weights.py)
             raise ConfigError(f"--weight-bits {self.config.weight_bits}: this model's weights are already "
-                              f"integer-quantized ({len(state.quantized)} of them) and keep "
+                              f"integer-quantized ({len(integer)} of them) and keep "
                               "their own grid when pruned; drop --weight-bits.")
 
     def run(self, state: RunState) -> None:
