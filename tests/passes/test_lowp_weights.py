@@ -123,7 +123,7 @@ def test_prune_removes_neurons_of_a_bfloat16_model_and_writes_it_sparse_in_bfloa
     res = invoke("prune", src, "-o", out, "--data", tmp_path / "calib.npz", "--sparsity", "0.95",
                  "--neuron-sparsity", "0.25", "--iterations", "1", "--epochs", "1", "--report", tmp_path / "rep")
     assert res.exit_code == 0, res.output
-    assert "3 weight(s) stored as bfloat16 and read through a Cast" in res.output
+    assert "3 tensor(s) stored as bfloat16 and read through a Cast" in res.output
     assert "masked no neuron" not in res.output
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = {r["weight"]: r for r in report["table"]["rows"]}
