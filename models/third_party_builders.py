@@ -705,3 +705,28 @@ def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> on
     g.conv(a, "c3", 4 * w, 2, 1)
     g.nodes[-1].output[0] = "image"
     return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])
+
+
+def ort_fused_encoder(*, hidden: int = 16, heads: int = 2, seq: int = 6, classes: int = 4,
+                      seed: int = 0) -> onnx.ModelProto:
+    """What onnxruntime.transformers.optimizer writes for one encoder block, in small: 'input' [N, seq, hidden] ->
+    com.microsoft.Attention (packed QKV weight 'qkv_weight' [hidden, 3·hidden], bias 'qkv_bias') -> MatMul 'o.weight'
+    -> Add residual -> com.microsoft.FusedMatMul (transB=1, alpha 0.5) 'up.weight' [2·hidden, hidden] -> Relu ->
+    ReduceMean over the sequence -> Gemm 'head' -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    qkv = g.weight("qkv_weight", (hidden, 3 * hidden), hidden)
+    g.const("qkv_bias", g.rng.standard_normal(3 * hidden) * 0.1)
+    g.nodes.append(helper.make_node("Attention", ["input", qkv, "qkv_bias"], ["att"], name="Attention_0",
+                                    domain="com.microsoft", num_heads=heads))
+    o = g.matmul("att", "o", hidden, hidden)
+    res = g.op("Add", "residual", [o, "input"])
+    up = g.weight("up.weight", (2 * hidden, hidden), hidden)
+    g.nodes.append(helper.make_node("FusedMatMul", [res, up], ["up_out"], name="FusedMatMul_0",
+                                    domain="com.microsoft", transB=1, alpha=0.5))
+    a = g.op("Relu", "up_relu", ["up_out"])
+    pooled = g.op("ReduceMean", "pool", [a], axes=[1], keepdims=0)  # OPSET 13: axes an attribute
+    g.gemm(pooled, "head", 2 * hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    m = _model(g, "ort_fused_encoder", [_float("input", [BATCH, seq, hidden])], [_float("logits", [BATCH, classes])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m

@@ -94,8 +94,10 @@ def _no_rule(node: gs.Node) -> str:
     """Why a node with no rule keeps its channels: weight ops and bodies we do not shrink say so plainly."""
     if node.op in QUANTIZED_WEIGHT_OPS:
         return f"(op {node.op}) holds integer-quantized weights: dead-neuron removal does not shrink it"
-    if node.op in WEIGHT_OPS:
+    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].kind == "recurrent":
         return f"(op {node.op}) is recurrent: dead-neuron removal does not shrink its hidden size"
+    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].domain:
+        return f"(op {node.domain}.{node.op}) is a fused kernel: dead-neuron removal does not shrink it"
     if node.op in SUBGRAPH_OPS:
         return f"(op {node.op}) holds subgraphs: dead-neuron removal does not enter them"
     return f"(op {node.op}) has no channel rule"
