@@ -62,7 +62,8 @@ class DeadNeuronReport:
 
     @property
     def removed(self) -> int:
-        return sum(lay.before - lay.after for lay in self.layers)
+        """Channels removed, a weight alike layers read (a Siamese net's two towers) counted once."""
+        return sum({lay.weight or lay.node: lay.before - lay.after for lay in self.layers}.values())
 
     def lines(self) -> list[str]:
         out = [f"{l.op} '{l.node}' ({l.weight or 'features'}): {l.before} -> {l.after}" for l in self.layers

@@ -131,6 +131,7 @@ def build_channel_groups(
             b.opaque(node, why)
         elif mapped or node.op in PRODUCERS:
             RULES[node.op](b, node)
+    b.check_ties()
     inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}
     for name, c in b.cg.channels.items():
         if name in outputs:

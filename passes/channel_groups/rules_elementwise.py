@@ -112,7 +112,8 @@ def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarra
         b.opaque(node, f"has {what} '{k.name}' {K.shape} that does not broadcast on the channel axis")
         return None
     if size > 1:
-        b.block(c.ids, b.frozen(k, node))
+        b.block(c.ids, b.shared(k, node))  # alike readers (the bias Add of each tower of a Siamese net): tied
+        b.tie(k, ax, x, node)
         b.edit(x, lambda keep: b.cg.slice(k, ax, keep))
     return _per_channel(K, len(c.ids), c.axis)
 

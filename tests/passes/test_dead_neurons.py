@@ -708,11 +708,15 @@ def test_prelu_slope_entries_go_with_their_channels(slope):
     assert shp["slope"] == tuple(sliced)
 
 
-def test_a_prelu_slope_shared_by_two_layers_blocks_both():
+def test_a_prelu_slope_shared_by_two_layers_ties_their_channels():
+    """Two alike PRelus reading one slope: it is sliced once, so channel k of c1 and of c2 are one class (before
+    branch chan, the shared slope blocked both). c1's channel 1 alone dead: c2's channel 1 lives, both stay."""
+    from onnxprune.passes.dead_neurons import analyse
     m = G.zero(G.prelu_resize(shared_slope=True), "c1.weight", 0, [1])
     out, report = remove_dead_neurons(m)
     assert out is m and report.removed == 0
-    assert "initializer 'slope' is shared with 'act2'" in "\n".join(report.blocked)
+    cg = analyse(m)
+    assert cg.roots("act1_out").tolist() == cg.roots("act2_out").tolist()
 
 
 @pytest.mark.parametrize("resize, mode", [("scales", "nearest"), ("scales", "linear"), ("scales", "cubic"),
@@ -1050,3 +1054,82 @@ def test_depth_to_space_removes_a_dead_block_of_channels_and_space_to_depth_its_
     out, report, shp = prune(m)
     assert channels(report)["/c1/Conv"] == (16, 12) and channels(report)["/c2/Conv"] == (4, 3)
     assert shp["c1.weight"] == (12, 2, 3, 3) and shp["c2.weight"] == (3, 3, 3, 3) and shp["c3.weight"] == (2, 12, 1, 1)
+
+
+# -- a weight read by two towers (Siamese nets, shared encoders) ----------------------------------------------------
+def _einsum_siamese():
+    from onnxprune.models import third_party_builders as tb
+    from onnxprune.passes.einsum_linear import EinsumLinear
+    return EinsumLinear().run(tb.einsum_siamese(), PruneState()).model  # t.w1 [8, 16], t.w2 [16, 6]: [in, out]
+
+
+def test_a_weight_both_towers_read_loses_a_channel_dead_in_both_and_is_sliced_once():
+    """Sweep 23's siamese_einsum: "initializer 't.w1' is shared with '/t_1/Einsum'" kept every channel of both
+    towers. Both readers' output channels are one class: a channel dead for both goes, from the one weight (and its
+    shared bias), which both keep reading."""
+    m = _einsum_siamese()
+    G.zero(m, "t.w1", 1, [2, 5])  # hidden 2, 5: relu(b1) in both towers ...
+    G.set_init(m, "t.b1", np.where(np.isin(np.arange(16), [2]), -0.3, np.where(np.arange(16) == 5, 0.4,
+                                                                                     G.init(m, "t.b1"))))
+    G.zero(m, "t.w2", 0, [9])  # ... hidden 9 read by no one in either tower
+    out, report, shp = prune(m)
+    assert shp["t.w1"] == (8, 13) and shp["t.b1"] == (13,) and shp["t.w2"] == (13, 6)
+    assert channels(report)["/t/Einsum"] == channels(report)["/t_1/Einsum"] == (16, 13)
+    assert sorted(n.input[1] for n in out.graph.node if n.op_type == "MatMul") == ["t.w1", "t.w1", "t.w2", "t.w2"]
+    assert sum(t.name.startswith("t.w") for t in out.graph.initializer) == 2  # one copy each
+    assert report.removed == 3  # the weight's channels, not counted once per tower
+    assert not any("shared" in why for why in report.blocked)
+
+
+def test_a_weight_read_alike_by_two_towers_keeps_a_channel_dead_in_one_tower_only():
+    m = _einsum_siamese()
+    m.graph.node[0].input[0], m.graph.node[5].input[0] = "left", "right"
+    # a channel dead in the left tower only: give the right tower its own first layer, whose channel 4 lives
+    g = G.G(1)
+    right_w = g.weight("r.w1", (8, 16), 8)
+    m.graph.initializer.extend(g.inits)
+    m.graph.node[5].input[1] = right_w
+    G.zero(m, "t.w1", 1, [4])
+    G.set_init(m, "t.b1", np.where(np.arange(16) == 4, -0.3, G.init(m, "t.b1")))  # relu 0 on the left only
+    out, report = remove_dead_neurons(m)
+    assert report.removed == 0 and out is m  # t.w2 reads channel 4 of both towers: the right one lives
+
+
+def _shared_reader(alike: bool = True):
+    """left, right [N, 8] -> own Gemm each (a, b: 8 -> 6) -> Relu -> the same Gemm 'w' (6 -> 4) read by both (or by
+    a Gemm and a MatMul, `alike=False`) -> Sub -> Gemm head -> 'y' [N, 2]."""
+    g = G.G(0)
+    la = g.op("Relu", "ra", [g.gemm("left", "a", 8, 6)])
+    rb = g.op("Relu", "rb", [g.gemm("right", "b", 8, 6)])
+    w, bias = g.weight("w", (4, 6), 6), g.bias("wb", 4)
+    lo = g.op("Gemm", "wl", [la, w, bias], transB=1)
+    if alike:
+        ro = g.op("Gemm", "wr", [rb, w, bias], transB=1)
+    else:
+        ro = g.op("Add", "wr_add", [g.op("MatMul", "wr", [rb, g.op("Transpose", "wt", [w], perm=[1, 0])]), bias])
+    g.gemm(g.op("Sub", "d", [lo, ro]), "head", 4, 2)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"left": ["N", 8], "right": ["N", 8]}, {"y": ["N", 2]})
+
+
+def test_a_shared_weight_loses_an_input_channel_when_both_producers_lose_it():
+    """The input side of a weight two towers read: producer a's channel k and producer b's channel k are one class
+    (one column of w goes); dead in both, it goes from a, b and w; dead in a only, it stays."""
+    m = G.zero(_shared_reader(), "a.weight", 0, [1, 3])
+    G.set_init(m, "a.bias", np.where(np.isin(np.arange(6), [1, 3]), -0.2, G.init(m, "a.bias")))
+    G.zero(m, "b.weight", 0, [1, 3, 4])
+    G.set_init(m, "b.bias", np.where(np.isin(np.arange(6), [1, 3, 4]), -0.2, G.init(m, "b.bias")))
+    G.zero(m, "w", 0, [2])  # w's output 2: read by neither tower's Sub (wl and wr are one class), goes
+    G.zero(m, "head.weight", 1, [2])
+    out, report, shp = prune(m)
+    assert shp["a.weight"] == shp["b.weight"] == (4, 8) and shp["w"] == (3, 4) and shp["wb"] == (3,)
+    assert channels(report)["a"] == channels(report)["b"] == (6, 4)
+    assert channels(report)["wl"] == channels(report)["wr"] == (4, 3)
+
+
+def test_a_weight_shared_by_unlike_readers_still_blocks_and_says_why():
+    m = G.zero(_shared_reader(alike=False), "a.weight", 0, [1])
+    G.zero(m, "b.weight", 0, [1])
+    out, report = remove_dead_neurons(m)
+    assert channels(report)["a"] == channels(report)["b"] == (6, 6)
+    assert any("initializer 'w' is shared with" in why for why in report.blocked)
