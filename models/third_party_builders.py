@@ -47,6 +47,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         (float32 compute and IO; sweep 23: onnxruntime's Python API takes no bfloat16 feed)
     pixel_shuffle_net   DepthToSpace and SpaceToDepth inside a CNN (torch's pixel_shuffle / pixel_unshuffle between
                         Convs, not only at the head): 'input' [N, 2, 8, 8] -> 'image' [N, 2, 8, 8] (sweep 23)
+    pixel_unshuffle_net torch's pixel_unshuffle as its exporters write it inside a CNN: Reshape [N, C, H/2, 2, W/2, 2]
+                        -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [N, 4C, H/2, W/2] between Convs (sweep 23)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
@@ -704,3 +706,21 @@ def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> on
     g.conv(a, "c3", 4 * w, 2, 1)
     g.nodes[-1].output[0] = "image"
     return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])
+
+
+def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->w) -> Relu -> pixel_unshuffle 2 as torch exports it (legacy and
+    dynamo alike): Reshape [-1, w, size/2, 2, size/2, 2] -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [-1, 4w, size/2,
+    size/2], so output channel 4c + 2i + j is input channel c at offset (i, j) -> c2 1x1 (4w->3) -> 'image'
+    [N, 3, size/2, size/2]."""
+    g, w, h = _Graph(seed), width, size // 2
+    a = g.relu(g.conv("input", "c1", 2, w, 3), "c1")
+    for name, shape in (("unshuffle.split", [-1, w, h, 2, h, 2]), ("unshuffle.merge", [-1, 4 * w, h, h])):
+        g.initializers.append(numpy_helper.from_array(np.array(shape, np.int64), name))
+    a = g.op("Reshape", "unshuffle", [a, "unshuffle.split"])
+    a = g.op("Transpose", "unshuffle", [a], perm=[0, 1, 3, 5, 2, 4])
+    a = g.op("Reshape", "unshuffle/merge", [a, "unshuffle.merge"])
+    g.conv(a, "c2", 4 * w, 3, 1)
+    g.nodes[-1].output[0] = "image"
+    return _model(g, "pixel_unshuffle_net", [_float("input", [BATCH, 2, size, size])],
+                  [_float("image", [BATCH, 3, h, h])])

@@ -137,7 +137,11 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     """A Reshape to a constant shape that keeps the channel axis whole with the same elements before and after it
     (tf2onnx writes its NHWC -> NCHW Transpose of a [N, 1, 1, C] map as Reshape to [-1, C, 1, 1]; a [N, C] ->
     [N, C, 1, 1] unsqueeze): channel k stays channel k, on the axis where the products line up; the shape entry
-    follows the kept channels. False (nothing recorded) when it is not that."""
+    follows the kept channels. Or one that merges the channel axis with the axes right after it, channels outermost
+    ([N, C, 2, 2, H, W] -> [N, 4C, H, W]: the last Reshape of torch's pixel_unshuffle, written as Reshape ->
+    Transpose -> Reshape, sweep 23's "not a flattening Reshape"): channel k becomes the m consecutive channels
+    k*m ... k*m+m-1, m the product of the merged axes, and the entry is m times the kept channels. False (nothing
+    recorded) when it is neither."""
     if S is None or s is None or np.asarray(S).ndim != 1 or _attr(node, "allowzero", 0) or not _static(s[1:]):
         return False
     ch = len(s) + c.axis
@@ -147,20 +151,22 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     if ch < 1 or len(T) < 2 or any(not isinstance(v, int) or v < 1 for v in T[1:]) or \
             not (head == -1 or (isinstance(s[0], int) and head == s[0])):
         return False
-    before, after = math.prod(s[1:ch]), math.prod(s[ch + 1 :])
-    at = next((j for j in range(1, len(T)) if math.prod(T[1:j]) == before and T[j] == s[ch]
-               and math.prod(T[j + 1 :]) == after), None)
-    if at is None:
+    before = math.prod(s[1:ch])
+    found = next(((j, math.prod(s[ch + 1:end])) for end in range(ch + 1, len(s) + 1) for j in range(1, len(T))
+                  if math.prod(T[1:j]) == before and T[j] == math.prod(s[ch:end])
+                  and math.prod(T[j + 1 :]) == math.prod(s[end:])), None)
+    if found is None:
         return False
+    at, m = found
     k = node.inputs[1]
 
     def edit(keep: np.ndarray) -> None:
         new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
-        new[at] = int(keep.sum())
+        new[at] = int(keep.sum()) * m
         node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
 
     b.edit(x, edit)
-    b.set(node.outputs[0], Channels(at - len(T), c.ids, c.value))
+    b.set(node.outputs[0], Channels(at - len(T), np.repeat(c.ids, m), np.repeat(c.value, m)))
     return True
 
 

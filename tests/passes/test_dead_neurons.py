@@ -1133,3 +1133,38 @@ def test_a_weight_shared_by_unlike_readers_still_blocks_and_says_why():
     out, report = remove_dead_neurons(m)
     assert channels(report)["a"] == channels(report)["b"] == (6, 6)
     assert any("initializer 'w' is shared with" in why for why in report.blocked)
+
+
+# -- pixel_unshuffle written as Reshape -> Transpose -> Reshape ------------------------------------------------------
+def test_pixel_unshuffle_as_reshapes_removes_a_dead_channel_and_its_four_copies():
+    """Sweep 23: torch's pixel_unshuffle, exported as Reshape [N, C, H/2, 2, W/2, 2] -> Transpose -> Reshape
+    [N, 4C, H/2, W/2], kept every channel before it ("not a flattening Reshape"). Input channel c is output channels
+    4c ... 4c+3: it goes when all four are unread (or constants c2 folds), and both shapes follow."""
+    from onnxprune.models import third_party_builders as tb
+    m = tb.pixel_unshuffle_net()  # c1: 2 -> 4, c2 reads 16
+    G.zero(m, "c2.weight", 1, [4 * 1 + k for k in range(4)])  # (a): channel 1's four copies unread
+    G.zero(m, "c2.weight", 1, [4 * 2 + 1])  # one copy of channel 2 unread: stays
+    G.zero(m, "c1.weight", 0, [3])  # (b): relu(bias) everywhere: constant, folded into the unpadded 1x1 c2
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (4, 2) and report.folded == 1
+    assert shp["c1.weight"] == (2, 2, 3, 3) and shp["c2.weight"] == (3, 8, 1, 1)
+    assert G.init(out, next(n.input[1] for n in out.graph.node if n.name == "/unshuffle/Reshape")).tolist() == \
+        [-1, 2, 4, 2, 4, 2]
+    assert G.init(out, next(n.input[1] for n in out.graph.node if n.name == "/unshuffle/merge/Reshape")).tolist() == \
+        [-1, 8, 4, 4]
+    assert not any("Reshape" in why for why in report.blocked)
+
+
+def test_pixel_unshuffle_order_matches_torch():
+    """The rule maps input channel c to outputs 4c ... 4c+3, as torch's pixel_unshuffle orders them."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from onnxprune.models import third_party_builders as tb
+    m = tb.pixel_unshuffle_net()
+    cut = onnx.helper.make_tensor_value_info("/unshuffle/merge/Reshape_output_0", onnx.TensorProto.FLOAT, None)
+    pre = onnx.helper.make_tensor_value_info("/c1/Relu_output_0", onnx.TensorProto.FLOAT, None)
+    m.graph.output.extend([cut, pre])
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    got, before = ort.InferenceSession(m.SerializeToString()).run([cut.name, pre.name], {"input": x})
+    np.testing.assert_array_equal(got, torch.nn.functional.pixel_unshuffle(torch.from_numpy(before), 2).numpy())
