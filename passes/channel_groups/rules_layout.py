@@ -93,11 +93,28 @@ def _shape(b: Builder, node: gs.Node) -> None:
             continue
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
-        if len(inner) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
+        closing = [n for n in t.outputs if t is node.outputs[0] and _closes_group_norm(b, n, t)]
+        if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
                 return b.opaque(node, "gives the channel count to an op that reads it")
         todo += [o for n in inner for o in n.outputs]
+
+
+def _closes_group_norm(b: Builder, reshape: gs.Node, shape) -> bool:
+    """Reshape `reshape` reads `shape` (Shape of x) to close torch's legacy GroupNorm of x: x's new channel count is
+    what it must read (`_legacy_group_norm_parts`)."""
+    if reshape.op != "Reshape" or len(reshape.inputs) < 2 or reshape.inputs[1] is not shape:
+        return False
+    t = reshape.inputs[0]
+    norm = t.inputs[0] if len(t.inputs) == 1 else None
+    if norm is None or norm.op != "InstanceNormalization" or len(norm.inputs[0].inputs) != 1:
+        return False
+    opener = norm.inputs[0].inputs[0]
+    if opener.op != "Reshape":
+        return False
+    parts = _legacy_group_norm_parts(b, opener)
+    return parts is not None and parts[2] is reshape
 
 
 def _batch_only(b: Builder, atoms: list, x) -> bool:
@@ -197,6 +214,84 @@ def _pad(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, value))
 
 
+def _legacy_group_norm_parts(b: Builder, node: gs.Node):
+    """(groups, InstanceNormalization node, closing Reshape) when Reshape `node` opens torch's legacy export of
+    nn.GroupNorm: x [N, C, ...] -> Reshape [0, G, -1] -> InstanceNormalization (a scale and bias per group) ->
+    Reshape back to Shape(x) (or to x's constant shape), each tensor read by the next alone (the affine Mul and Add
+    follow as element-wise ops); else None."""
+    x = node.inputs[0]
+    c, s, S = b.ch(x), b.shape(x), _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if c is None or s is None or S is None or np.asarray(S).shape != (3,) or len(s) < 3 or len(s) + c.axis != 1 or \
+            _attr(node, "allowzero", 0) or not _static(s[2:]):
+        return None
+    n, (first, groups, rest) = len(c.ids), (int(v) for v in np.ravel(S))
+    if groups < 1 or n % groups or first not in (0, -1, s[0]) or rest not in (-1, n // groups * math.prod(s[2:])):
+        return None
+    outputs = {t.name for t in b.cg.graph.outputs}
+    mid = node.outputs[0]
+    if mid.name in outputs or len(mid.outputs) != 1 or mid.outputs[0].op != "InstanceNormalization":
+        return None
+    norm = mid.outputs[0]
+    vals = [_const(_opt_input(norm, i)) for i in (1, 2)]
+    if norm.inputs[0] is not mid or any(v is None or v.size != groups for v in vals):
+        return None
+    out = norm.outputs[0]
+    if out.name in outputs or len(out.outputs) != 1 or out.outputs[0].op != "Reshape" or _attr(out.outputs[0], "allowzero", 0):
+        return None
+    back = out.outputs[0]
+    if back.inputs[0] is not out or not _back_to(b, back.inputs[1], x, s):
+        return None
+    return groups, norm, back
+
+
+def _back_to(b: Builder, shape, x, s) -> bool:
+    """`shape` is Shape(x) whole, or a constant equal to x's shape (0 or -1 for the batch)."""
+    if len(shape.inputs) == 1 and shape.inputs[0].op == "Shape" and shape.inputs[0].inputs[0] is x:
+        return _attr(shape.inputs[0], "start", 0) == 0 and _attr(shape.inputs[0], "end", None) in (None, len(s))
+    T = _const(shape)
+    return T is not None and np.asarray(T).ndim == 1 and len(T) == len(s) and int(T[0]) in (0, -1, s[0]) and \
+        [int(v) for v in np.ravel(T)[1:]] == list(s[1:])
+
+
+def _legacy_group_norm(b: Builder, node: gs.Node) -> bool:
+    """torch's legacy export of nn.GroupNorm (`_legacy_group_norm_parts`) read as one GroupNormalization with the
+    InstanceNormalization's scale and bias per group (rules_elementwise._group_norm): a group's channels are one
+    class, G in the first Reshape, the InstanceNormalization's scale and bias (new constants) and a constant shape
+    back follow the kept groups. Sweep 23: the Reshape to [N, G, -1] kept every channel before it."""
+    from onnxprune.passes.channel_groups.rules_elementwise import _group_values
+
+    parts = _legacy_group_norm_parts(b, node)
+    if parts is None:
+        return False
+    groups, norm, back = parts
+    x, c = node.inputs[0], b.ch(node.inputs[0])
+    k = len(c.ids) // groups
+    for row in c.ids.reshape(groups, k).tolist():
+        for j in row[1:]:
+            b.cg.union(row[0], j)
+    scale, bias = (np.repeat(_const(norm.inputs[i]).astype(np.float64).reshape(-1), k) for i in (1, 2))
+    value = _group_values(c.value, groups, float(_attr(norm, "epsilon", 1e-5)), scale, bias)
+    b.set(back.outputs[0], Channels(c.axis, c.ids, value))
+    S = _const(node.inputs[1])
+
+    def edit(keep: np.ndarray) -> None:
+        kept = keep[::k]
+        new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
+        new[1] = int(kept.sum())
+        node.inputs[1] = gs.Constant(b.cg.unique(f"{node.inputs[1].name}_pruned"), new)
+        for i in (1, 2):
+            old = norm.inputs[i]
+            norm.inputs[i] = gs.Constant(b.cg.unique(f"{old.name}_pruned"), np.compress(kept, _const(old), axis=0))
+        T = _const(back.inputs[1])
+        if T is not None:
+            shape = np.array(np.ravel(T), dtype=np.asarray(T).dtype)
+            shape[1] = int(keep.sum())
+            back.inputs[1] = gs.Constant(b.cg.unique(f"{back.inputs[1].name}_pruned"), shape)
+
+    b.edit(x, edit)
+    return True
+
+
 def _reshape(b: Builder, node: gs.Node) -> None:
     """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W), tf2onnx's Flatten with the batch
     size read from the input's shape); the shape constant follows."""
@@ -209,7 +304,7 @@ def _reshape(b: Builder, node: gs.Node) -> None:
             S, features = found
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
-        if features is None and _channel_reshape(b, node, x, c, s, S):
+        if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S)):
             return None
         return b.opaque(node, "is not a flattening Reshape with a constant shape and static spatial sizes")
     per = math.prod(s[1:ch]) * math.prod(s[ch + 1 :])

@@ -1168,3 +1168,46 @@ def test_pixel_unshuffle_order_matches_torch():
     x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
     got, before = ort.InferenceSession(m.SerializeToString()).run([cut.name, pre.name], {"input": x})
     np.testing.assert_array_equal(got, torch.nn.functional.pixel_unshuffle(torch.from_numpy(before), 2).numpy())
+
+
+# -- GroupNorm: a whole group goes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["op21", "op18", "legacy"])
+def test_group_norm_loses_a_whole_dead_group_and_keeps_a_group_with_one_dead_channel(form):
+    """Sweep 23: GroupNormalization (opset 18, 21) and torch's legacy export of nn.GroupNorm (Reshape [0, G, -1] -
+    InstanceNormalization - Reshape - Mul - Add) kept every channel before them. A group's statistics are its own, so
+    a whole group can go: one of constants comes out as constants (scale·(v - mean)/sqrt(var + eps) + bias, folded by
+    the 1x1 Conv after it), one nobody reads goes as it is; num_groups (or the Reshape's G) follows. A group with one
+    dead channel stays (removing it would change the group's mean and variance)."""
+    from onnxprune.models import third_party_builders as tb
+    m = tb.group_norm_net(form=form)  # 8 channels, 4 groups of 2
+    G.zero(m, "c1.weight", 0, [2, 3])  # group 1: two different constants (c1's biases) in every position
+    G.zero(m, "c2.weight", 1, [6, 7])  # group 3: read by nobody
+    G.zero(m, "c1.weight", 0, [0])  # group 0: one constant channel beside a live one: stays
+    if form == "op18":  # onnx's checker refuses GroupNormalization-18 itself ("deprecated"); onnxruntime runs it
+        out, report = remove_dead_neurons(m)
+        G.assert_same_outputs(out, m)
+        shp = G.shapes(out)
+    else:
+        out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (8, 4) and report.folded == 1
+    assert shp["c1.weight"] == (4, 2, 3, 3) and shp["c2.weight"] == (3, 4, 1, 1)
+    if form == "legacy":
+        groups = next(n for n in out.graph.node if n.name == "/gn/Reshape")
+        assert G.init(out, groups.input[1]).tolist() == [0, 2, -1]
+        norm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
+        assert G.init(out, norm.input[1]).shape == (2,) and shp["gn.weight"] == shp["gn.bias"] == (4, 1, 1)
+    else:
+        gn = next(n for n in out.graph.node if n.op_type == "GroupNormalization")
+        assert onnx.helper.get_node_attr_value(gn, "num_groups") == 2
+        assert shp["gn.weight"] == shp["gn.bias"] == ((2,) if form == "op18" else (4,))
+    assert not any("normaliz" in why or "Reshape" in why for why in report.blocked)
+
+
+@pytest.mark.parametrize("form", ["op21", "legacy"])
+def test_a_group_norm_group_of_zeros_comes_out_as_its_bias(form):
+    """A dead group of zeros normalizes to 0/sqrt(eps) = 0: its outputs are the bias, folded into the reader."""
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.group_norm_net(form=form), "c1.weight", 0, [4, 5])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), [4, 5]), 0.0, G.init(m, "c1.bias")))
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (8, 6) and report.folded == 1
