@@ -101,18 +101,28 @@ def _shape(b: Builder, node: gs.Node) -> None:
         todo += [o for n in inner for o in n.outputs]
 
 
+def _before_casts(t):
+    """`t`, or the start of the chain of Casts that made it."""
+    for _ in range(4):
+        if len(t.inputs) != 1 or t.inputs[0].op != "Cast":
+            return t
+        t = t.inputs[0].inputs[0]
+    return t
+
+
 def _closes_group_norm(b: Builder, reshape: gs.Node, shape) -> bool:
     """Reshape `reshape` reads `shape` (Shape of x) to close torch's legacy GroupNorm of x: x's new channel count is
     what it must read (`_legacy_group_norm_parts`)."""
     if reshape.op != "Reshape" or len(reshape.inputs) < 2 or reshape.inputs[1] is not shape:
         return False
-    t = reshape.inputs[0]
+    t = _before_casts(reshape.inputs[0])
     norm = t.inputs[0] if len(t.inputs) == 1 else None
-    if norm is None or norm.op != "InstanceNormalization" or len(norm.inputs[0].inputs) != 1:
+    if norm is None or norm.op != "InstanceNormalization":
         return False
-    opener = norm.inputs[0].inputs[0]
-    if opener.op != "Reshape":
+    t = _before_casts(norm.inputs[0])
+    if len(t.inputs) != 1 or t.inputs[0].op != "Reshape":
         return False
+    opener = t.inputs[0]
     parts = _legacy_group_norm_parts(b, opener)
     return parts is not None and parts[2] is reshape
 
@@ -214,11 +224,33 @@ def _pad(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, value))
 
 
+def _past_casts(t, outputs: set[str]):
+    """`t`, or the end of the chain of Casts that alone read it (onnxconverter-common's mixed float16 keeps an
+    InstanceNormalization in float32 between two Casts); None where a tensor on the way is a graph output."""
+    for _ in range(4):
+        if t.name in outputs:
+            return None
+        if len(t.outputs) != 1 or t.outputs[0].op != "Cast":
+            return t
+        t = t.outputs[0].outputs[0]
+    return None
+
+
+def _cast_constant(t):
+    """(values, reader node, input index) of a constant read directly or through one Cast (mixed float16), or None."""
+    if _const(t) is not None:
+        return None
+    if len(t.inputs) == 1 and t.inputs[0].op == "Cast" and _const(t.inputs[0].inputs[0]) is not None:
+        return _const(t.inputs[0].inputs[0]), t.inputs[0], 0
+    return None
+
+
 def _legacy_group_norm_parts(b: Builder, node: gs.Node):
-    """(groups, InstanceNormalization node, closing Reshape) when Reshape `node` opens torch's legacy export of
-    nn.GroupNorm: x [N, C, ...] -> Reshape [0, G, -1] -> InstanceNormalization (a scale and bias per group) ->
-    Reshape back to Shape(x) (or to x's constant shape), each tensor read by the next alone (the affine Mul and Add
-    follow as element-wise ops); else None."""
+    """(groups, InstanceNormalization node, closing Reshape, [(reader, index) of its scale and bias constants]) when
+    Reshape `node` opens torch's legacy export of nn.GroupNorm: x [N, C, ...] -> Reshape [0, G, -1] ->
+    InstanceNormalization (a scale and bias per group, constants, or constants through a Cast) -> Reshape back to
+    Shape(x) (or to x's constant shape), each tensor read by the next alone, Casts allowed between them (the affine
+    Mul and Add follow as element-wise ops); else None."""
     x = node.inputs[0]
     c, s, S = b.ch(x), b.shape(x), _const(node.inputs[1]) if len(node.inputs) > 1 else None
     if c is None or s is None or S is None or np.asarray(S).shape != (3,) or len(s) < 3 or len(s) + c.axis != 1 or \
@@ -228,20 +260,26 @@ def _legacy_group_norm_parts(b: Builder, node: gs.Node):
     if groups < 1 or n % groups or first not in (0, -1, s[0]) or rest not in (-1, n // groups * math.prod(s[2:])):
         return None
     outputs = {t.name for t in b.cg.graph.outputs}
-    mid = node.outputs[0]
-    if mid.name in outputs or len(mid.outputs) != 1 or mid.outputs[0].op != "InstanceNormalization":
+    mid = _past_casts(node.outputs[0], outputs)
+    if mid is None or len(mid.outputs) != 1 or mid.outputs[0].op != "InstanceNormalization":
         return None
     norm = mid.outputs[0]
-    vals = [_const(_opt_input(norm, i)) for i in (1, 2)]
-    if norm.inputs[0] is not mid or any(v is None or v.size != groups for v in vals):
-        return None
-    out = norm.outputs[0]
-    if out.name in outputs or len(out.outputs) != 1 or out.outputs[0].op != "Reshape" or _attr(out.outputs[0], "allowzero", 0):
+    params = []
+    for i in (1, 2):
+        t = _opt_input(norm, i)
+        if t is None:
+            return None
+        found = (_const(t), norm, i) if _const(t) is not None else _cast_constant(t)
+        if found is None or np.asarray(found[0]).size != groups:
+            return None
+        params.append(found)
+    out = _past_casts(norm.outputs[0], outputs) if norm.inputs[0] is mid else None
+    if out is None or len(out.outputs) != 1 or out.outputs[0].op != "Reshape" or _attr(out.outputs[0], "allowzero", 0):
         return None
     back = out.outputs[0]
     if back.inputs[0] is not out or not _back_to(b, back.inputs[1], x, s):
         return None
-    return groups, norm, back
+    return groups, norm, back, params
 
 
 def _back_to(b: Builder, shape, x, s) -> bool:
@@ -263,13 +301,13 @@ def _legacy_group_norm(b: Builder, node: gs.Node) -> bool:
     parts = _legacy_group_norm_parts(b, node)
     if parts is None:
         return False
-    groups, norm, back = parts
+    groups, norm, back, params = parts
     x, c = node.inputs[0], b.ch(node.inputs[0])
     k = len(c.ids) // groups
     for row in c.ids.reshape(groups, k).tolist():
         for j in row[1:]:
             b.cg.union(row[0], j)
-    scale, bias = (np.repeat(_const(norm.inputs[i]).astype(np.float64).reshape(-1), k) for i in (1, 2))
+    scale, bias = (np.repeat(np.asarray(v, dtype=np.float64).reshape(-1), k) for v, _, _ in params)
     value = _group_values(c.value, groups, float(_attr(norm, "epsilon", 1e-5)), scale, bias)
     b.set(back.outputs[0], Channels(c.axis, c.ids, value))
     S = _const(node.inputs[1])
@@ -279,9 +317,9 @@ def _legacy_group_norm(b: Builder, node: gs.Node) -> bool:
         new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
         new[1] = int(kept.sum())
         node.inputs[1] = gs.Constant(b.cg.unique(f"{node.inputs[1].name}_pruned"), new)
-        for i in (1, 2):
-            old = norm.inputs[i]
-            norm.inputs[i] = gs.Constant(b.cg.unique(f"{old.name}_pruned"), np.compress(kept, _const(old), axis=0))
+        for v, reader, i in params:
+            old = reader.inputs[i]
+            reader.inputs[i] = gs.Constant(b.cg.unique(f"{old.name}_pruned"), np.compress(kept, np.asarray(v), axis=0))
         T = _const(back.inputs[1])
         if T is not None:
             shape = np.array(np.ravel(T), dtype=np.asarray(T).dtype)

@@ -1211,3 +1211,33 @@ def test_a_group_norm_group_of_zeros_comes_out_as_its_bias(form):
     G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), [4, 5]), 0.0, G.init(m, "c1.bias")))
     out, report, shp = prune(m)
     assert channels(report)["/c1/Conv"] == (8, 6) and report.folded == 1
+
+
+def test_a_legacy_group_norm_with_casts_around_its_instance_norm_loses_a_group():
+    """onnxconverter-common's mixed float16 keeps InstanceNormalization in float32 between Casts, its scale and bias
+    float16 constants through a Cast each (sweep 23's s2d_mixed16): the pattern reads through them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.models import third_party_builders as tb
+    m = tb.group_norm_net(form="legacy")
+    norm = next(n for n in m.graph.node if n.op_type == "InstanceNormalization")
+    at = list(m.graph.node).index(norm)
+    casts = [helper.make_node("Cast", [norm.input[0]], ["in_cast"], name="in_cast", to=TensorProto.FLOAT)]
+    for i, name in ((1, "gn.ones"), (2, "gn.zeros")):
+        half = next(t for t in m.graph.initializer if t.name == name)
+        half.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(half).astype(np.float16), name))
+        casts.append(helper.make_node("Cast", [name], [f"{name}_cast"], name=f"{name}_cast", to=TensorProto.FLOAT))
+        norm.input[i] = f"{name}_cast"
+    norm.input[0] = "in_cast"
+    back = next(n for n in m.graph.node if n.name == "/gn/back/Reshape")
+    back.input[0] = "out_cast"
+    casts.append(helper.make_node("Cast", [norm.output[0]], ["out_cast"], name="out_cast", to=TensorProto.FLOAT))
+    for k, node in enumerate(casts[:-1]):
+        m.graph.node.insert(at + k, node)
+    m.graph.node.insert(list(m.graph.node).index(norm) + 1, casts[-1])
+    G.zero(m, "c2.weight", 1, [2, 3])  # group 1 read by nobody
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (8, 6)
+    norm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
+    cast = next(n for n in out.graph.node if n.output[0] == norm.input[1])
+    assert G.init(out, cast.input[0]).dtype == np.float16 and G.init(out, cast.input[0]).shape == (3,)
