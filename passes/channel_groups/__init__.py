@@ -11,6 +11,8 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Concat / Split / Slice: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
     InstanceNormalization: per channel     Shape: harmless unless the channel count is read downstream
     Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
+    GroupNorm (op or legacy Reshape - InstanceNormalization - Reshape): a group's channels are one class
+    Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
@@ -20,7 +22,10 @@ Along the way each rule records, as data:
              depthwise `group`, a Gather on an input);
   * `Channels.value`: the constant each position holds when it is input-independent (act(bias) of a zero-weight
              row, carried through the element-wise chain), NaN when unknown;
-  * blocks: an op with no rule, a graph output, a shared or protected initializer keeps the classes it touches.
+  * blocks: an op with no rule, a graph output, a protected initializer, or one shared by unlike readers keeps the
+             classes it touches; one every reader of which is alike (same op, attributes and input: a Siamese net's
+             two towers) is tied instead (`Builder.shared`, `Builder.tie`): the positions each reader slices it by
+             are one class, and it is sliced once.
 
 `ChannelGraph.remove(dead)` folds, slices and adds biases; deciding what is dead is the caller's job.
 

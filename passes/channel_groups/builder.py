@@ -84,8 +84,8 @@ class Builder:
         """Axis `axis` of initializer `const` follows the positions of tensor `t` for `user`: tie them to the
         positions of the first tensor that slices the same axis (a weight shared by alike readers)."""
         c = self.ch(t)
-        if not isinstance(const, gs.Constant) or c is None or not const.values.ndim:
-            return
+        if not isinstance(const, gs.Constant) or c is None or not const.values.ndim or self.shared(const, user):
+            return  # a frozen constant blocks already (say it once)
         key = (const.name, axis % const.values.ndim)
         first, users = self.ties.setdefault(key, (c.ids, set()))
         users.add(id(user))
