@@ -1095,13 +1095,13 @@ def test_a_weight_read_alike_by_two_towers_keeps_a_channel_dead_in_one_tower_onl
     assert report.removed == 0 and out is m  # t.w2 reads channel 4 of both towers: the right one lives
 
 
-def _shared_reader(alike: bool = True):
+def _shared_reader(alike: bool = True, seed: int = 0):
     """left, right [N, 8] -> own Gemm each (a, b: 8 -> 6) -> Relu -> the same Gemm 'w' (6 -> 4) read by both (or by
     a Gemm and a MatMul, `alike=False`) -> Sub -> Gemm head -> 'y' [N, 2]."""
-    g = G.G(0)
+    g = G.G(seed)
     la = g.op("Relu", "ra", [g.gemm("left", "a", 8, 6)])
     rb = g.op("Relu", "rb", [g.gemm("right", "b", 8, 6)])
-    w, bias = g.weight("w", (4, 6), 6), g.bias("wb", 4)
+    w, bias = g.weight("shared.weight", (4, 6), 6), g.bias("wb", 4)
     lo = g.op("Gemm", "wl", [la, w, bias], transB=1)
     if alike:
         ro = g.op("Gemm", "wr", [rb, w, bias], transB=1)
@@ -1119,10 +1119,10 @@ def test_a_shared_weight_loses_an_input_channel_when_both_producers_lose_it():
     G.set_init(m, "a.bias", np.where(np.isin(np.arange(6), [1, 3]), -0.2, G.init(m, "a.bias")))
     G.zero(m, "b.weight", 0, [1, 3, 4])
     G.set_init(m, "b.bias", np.where(np.isin(np.arange(6), [1, 3, 4]), -0.2, G.init(m, "b.bias")))
-    G.zero(m, "w", 0, [2])  # w's output 2: read by neither tower's Sub (wl and wr are one class), goes
+    G.zero(m, "shared.weight", 0, [2])  # its output 2: read by neither tower's Sub (wl and wr are one class), goes
     G.zero(m, "head.weight", 1, [2])
     out, report, shp = prune(m)
-    assert shp["a.weight"] == shp["b.weight"] == (4, 8) and shp["w"] == (3, 4) and shp["wb"] == (3,)
+    assert shp["a.weight"] == shp["b.weight"] == (4, 8) and shp["shared.weight"] == (3, 4) and shp["wb"] == (3,)
     assert channels(report)["a"] == channels(report)["b"] == (6, 4)
     assert channels(report)["wl"] == channels(report)["wr"] == (4, 3)
 
@@ -1132,7 +1132,7 @@ def test_a_weight_shared_by_unlike_readers_still_blocks_and_says_why():
     G.zero(m, "b.weight", 0, [1])
     out, report = remove_dead_neurons(m)
     assert channels(report)["a"] == channels(report)["b"] == (6, 6)
-    assert any("initializer 'w' is shared with" in why for why in report.blocked)
+    assert any("initializer 'shared.weight' is shared with" in why for why in report.blocked)
 
 
 # -- pixel_unshuffle written as Reshape -> Transpose -> Reshape ------------------------------------------------------
@@ -1241,3 +1241,13 @@ def test_a_legacy_group_norm_with_casts_around_its_instance_norm_loses_a_group()
     norm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
     cast = next(n for n in out.graph.node if n.output[0] == norm.input[1])
     assert G.init(out, cast.input[0]).dtype == np.float16 and G.init(out, cast.input[0]).shape == (3,)
+
+
+def _test_graphs_of_branch_chan():
+    from onnxprune.models import third_party_builders as tb
+    return {"shared reader": _shared_reader, "pixel unshuffle": tb.pixel_unshuffle_net,
+            "group norm 21": partial(tb.group_norm_net, form="op21"),
+            "group norm legacy": partial(tb.group_norm_net, form="legacy")}
+
+
+GRAPHS.update(_test_graphs_of_branch_chan())  # the property test above draws from these too
