@@ -27,6 +27,7 @@ class Builder:
         # (initializer, axis) -> (class ids of the first tensor slicing it, reader nodes that tied it): a weight
         # several alike layers read (a Siamese net's towers) is sliced once, so their positions are one class each
         self.ties: dict[tuple[str, int], tuple[np.ndarray, set[int]]] = {}
+        self._main: set[int] | None = None  # ids of the main graph's nodes
 
     def ch(self, t) -> Channels | None:
         return self.cg.channels.get(t.name) if t is not None and t.name else None
@@ -72,11 +73,12 @@ class Builder:
         if why is None or not isinstance(t, gs.Constant) or t.name in self.protected:
             return why
         readers = list({id(n): n for n in t.outputs}.values())
-        main = {id(n) for n in self.cg.graph.nodes}
+        if self._main is None:
+            self._main = {id(n) for n in self.cg.graph.nodes}
         at = [i for i, x in enumerate(user.inputs) if x is t]
         for n in readers:
-            if id(n) not in main or n.op != user.op or (n.domain or "") != (user.domain or "") or \
-                    [i for i, x in enumerate(n.inputs) if x is t] != at or n.attrs != user.attrs:
+            if id(n) not in self._main or n.op != user.op or (n.domain or "") != (user.domain or "") or \
+                    [i for i, x in enumerate(n.inputs) if x is t] != at or not _same_attrs(n, user):
                 return why
         return None
 
@@ -135,3 +137,9 @@ class Builder:
         self.edit(t, lambda keep: [self.cg.slice(w, axis, keep), *(fn(keep) for fn in more)])
 
 
+def _same_attrs(a: gs.Node, b: gs.Node) -> bool:
+    """The same attributes (a value that does not compare plainly, a tensor attribute, is not the same)."""
+    try:
+        return a.attrs.keys() == b.attrs.keys() and all(bool(a.attrs[k] == b.attrs[k]) for k in a.attrs)
+    except (ValueError, TypeError):
+        return False
