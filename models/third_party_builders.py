@@ -734,6 +734,7 @@ def ort_fused_encoder(*, hidden: int = 16, heads: int = 2, seq: int = 6, classes
     g.nodes[-1].output[0] = "logits"
     m = _model(g, "ort_fused_encoder", [_float("input", [BATCH, seq, hidden])], [_float("logits", [BATCH, classes])])
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
 
 
 def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
