@@ -49,6 +49,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         Convs, not only at the head): 'input' [N, 2, 8, 8] -> 'image' [N, 2, 8, 8] (sweep 23)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
+    legacy_mha_rows     torch legacy's nn.MultiheadAttention around out_proj: [N, S, E] folded to [S*N, E] by a Reshape
+                        whose rows and head size are computed from Shape ops (Div, Cast, Mul), then a Gemm (sweep 24)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -704,3 +706,31 @@ def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> on
     g.conv(a, "c3", 4 * w, 2, 1)
     g.nodes[-1].output[0] = "image"
     return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])
+
+
+def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """torch legacy's nn.MultiheadAttention layout around out_proj: 'x' [N, S, E] -> in MatMul -> Transpose [S, N, E]
+    -> Reshape to [S, N*heads, E/heads], the head size computed as Cast(Div(Shape[2], heads)) (which onnx's data
+    propagation does not follow), -> Transpose there and back -> Reshape to [S*N, E], the rows computed as
+    Mul(Shape[0], Shape[1]) -> out_proj Gemm -> Reshape [S, N, out] -> Transpose -> 'y' [N, S, out]."""
+    g = _Graph(seed)
+    ints = lambda name, values: (g.initializers.append(numpy_helper.from_array(np.array(values, np.int64), name)), name)[1]
+    h = g.op("MatMul", "in_proj", ["x", g.weight("in_proj.weight", (dim, dim), dim)])
+    t = g.op("Transpose", "t", [h], perm=[1, 0, 2])
+    shape = g.op("Shape", "shape", [t])
+    s_len, n, e = (g.op("Gather", f"g{k}", [shape, ints(f"i{k}", k)], axis=0) for k in range(3))
+    hd = g.op("Cast", "hd", [g.op("Div", "hd", [e, ints("heads", heads)])], to=TensorProto.INT64)
+    one = ints("axes0", [0])
+    unsq = lambda v, scope: g.op("Unsqueeze", scope, [v, one])
+    nh = g.op("Mul", "nh", [n, ints("heads_n", heads)])
+    split = g.op("Concat", "split", [unsq(s_len, "u0"), unsq(nh, "u1"), unsq(hd, "u2")], axis=0)
+    q = g.op("Reshape", "heads", [t, split])
+    q = g.op("Transpose", "back", [g.op("Transpose", "there", [q], perm=[1, 0, 2])], perm=[1, 0, 2])
+    rows = g.op("Concat", "rows", [unsq(g.op("Mul", "sn", [s_len, n]), "u3"), unsq(e, "u4")], axis=0)
+    flat = g.op("Reshape", "flat", [q, rows])
+    y = g.gemm(flat, "out_proj", dim, out)
+    back = g.op("Concat", "unflat", [unsq(s_len, "u5"), unsq(n, "u6"), ints("out", [out])], axis=0)
+    y = g.op("Reshape", "unflat", [y, back])
+    g.op("Transpose", "y", [y], perm=[1, 0, 2])
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "legacy_mha_rows", [_float("x", [BATCH, seq, dim])], [_float("y", [BATCH, seq, out])])

@@ -34,7 +34,7 @@ from onnxprune.passes import opfacts
 from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
 from onnxprune.passes.opfacts import LOOKUP_OPS, NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_nodes, scopes
-from onnxprune.passes.shapes import infer_shapes
+from onnxprune.passes.shapes import at_batch, infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
            "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array", "zeros_of"]
@@ -280,6 +280,7 @@ class _LazyShapes:
     def __init__(self, model: onnx.ModelProto, now: bool):
         self._model = model
         self._shapes = infer_shapes(model) if now else None
+        self._probes = None
 
     def get(self, name, default=None):
         if self._shapes is None:
@@ -289,6 +290,16 @@ class _LazyShapes:
     def known(self, name, default=None):
         """The shape if inference already ran, without running it."""
         return default if self._shapes is None else self._shapes.get(name, default)
+
+    def rows_a_sample(self, name) -> int | None:
+        """Axis 0 of `name` a sample, from inference at a batch of 1 and of 2 (run once, on first use): d(2) = 2 d(1)
+        holds when the rows grow with the batch; None when either is unknown or they do not."""
+        if self._probes is None:
+            self._probes = [at_batch(self._model, b) or {} for b in (1, 2)]
+        one, two = (p.get(name) for p in self._probes)
+        if not one or not two or one[0] is None or two[0] is None or two[0] != 2 * one[0] or one[0] < 1:
+            return None
+        return one[0]
 
 
 def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) -> str | None:
@@ -525,7 +536,9 @@ def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
     if not a[1] or not src:
         return 1
     if len(src) < 2 or sum(d is None for d in src) != 1:  # exactly one unknown axis: the batch, on any axis
-        return 1
+        # several unknown (a Reshape of a Reshape whose target was computed from Shape ops: torch legacy's
+        # nn.MultiheadAttention before out_proj): the product's own rows at a batch of 1 and of 2
+        return lazy.rows_a_sample(node.input[0]) or 1 if sum(d is None for d in src) > 1 else 1
     per_sample = int(np.prod([d for d in src if d is not None], dtype=np.int64))
     return per_sample // a[1] if per_sample % a[1] == 0 and per_sample >= a[1] else 1
 
