@@ -51,6 +51,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
     legacy_mha_rows     torch legacy's nn.MultiheadAttention around out_proj: [N, S, E] folded to [S*N, E] by a Reshape
                         whose rows and head size are computed from Shape ops (Div, Cast, Mul), then a Gemm (sweep 24)
+    carried_loop_rnn    tf2onnx's Keras RNN behind Masking: a first step outside a Loop, the rest in it, its weights
+                        loop-carried values the body hands back unchanged (sweep 24)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -734,3 +736,38 @@ def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6,
     g.op("Transpose", "y", [y], perm=[1, 0, 2])
     g.nodes[-1].output[0] = "y"
     return _model(g, "legacy_mha_rows", [_float("x", [BATCH, seq, dim])], [_float("y", [BATCH, seq, out])])
+
+
+def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's Keras 3 RNN behind a Masking layer: the first time step runs outside a Loop (h = Tanh(x[:, 0] @ W))
+    and the Loop runs the rest, its weights W and R loop-carried values the body hands back unchanged (the Loop's
+    final W and R are read by nothing); 'x' [N, steps, features] -> last h -> Gemm -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    ints = lambda name, values, dtype=np.int64: (g.initializers.append(numpy_helper.from_array(np.array(values, dtype), name)), name)[1]
+    w = g.weight("W", (features, hidden), features)
+    r = g.weight("R", (hidden, hidden), hidden)
+    x0 = g.op("Gather", "x0", ["x", ints("zero", 0)], axis=1)
+    h0 = g.op("Tanh", "h0", [g.op("MatMul", "h0", [x0, w])])
+    f = TensorProto.FLOAT
+    body_nodes = [helper.make_node("Add", ["i", "one"], ["t"], name="/body/t"),
+                  helper.make_node("Gather", ["x", "t"], ["xt"], name="/body/xt", axis=1),
+                  helper.make_node("MatMul", ["xt", "w"], ["xw"], name="/body/MatMul"),
+                  helper.make_node("MatMul", ["h", "r"], ["hr"], name="/body/MatMul_1"),
+                  helper.make_node("Add", ["xw", "hr"], ["pre"], name="/body/Add"),
+                  helper.make_node("Tanh", ["pre"], ["h_next"], name="/body/Tanh"),
+                  helper.make_node("Identity", ["cond"], ["cond_out"], name="/body/cond")]
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("w", f, [features, hidden]), helper.make_tensor_value_info("r", f, [hidden, hidden]),
+         helper.make_tensor_value_info("h", f, [BATCH, hidden])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("w", f, [features, hidden]),
+         helper.make_tensor_value_info("r", f, [hidden, hidden]), helper.make_tensor_value_info("h_next", f, [BATCH, hidden])],
+        [numpy_helper.from_array(np.array(1, np.int64), "one")])
+    trips, cond = ints("trips", steps - 1), ints("cond", True, np.bool_)
+    g.nodes.append(helper.make_node("Loop", [trips, cond, w, r, h0], ["w_final", "r_final", "h_last"], name="/rnn/Loop",
+                                    body=body))
+    g.gemm("h_last", "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "carried_loop_rnn", [_float("x", [BATCH, steps, features])], [_float("logits", [BATCH, classes])])

@@ -358,10 +358,19 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
     passes/merge_copies.py). One mask serves every reader; the sensitivity scan measures all of them at once (the
     weight's descendants), the layer-wise refit pools their rows, and dead-neuron removal leaves it alone (channel
     groups block a shared tensor). Recurrent W/R matrices and chains through layout ops stay refused."""
-    if len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+    scopes = {ix.scope_of.get(id(u), "") for u in users}
+    if len(scopes) != 1 and not _main_and_loops(scopes):
         return False
     uses = {tie_use(u, name) for u in users}
     return len(uses) == 1 and None not in uses
+
+
+def _main_and_loops(scopes: set[str]) -> bool:
+    """Readers in the main graph and in Loop bodies only (no If branch: one branch runs, and its reader would tie
+    to a main-graph one that always runs): a weight a Loop body reads from outside besides a main-graph layer
+    (tf2onnx's Keras LSTM behind Masking runs the first time step outside its while loop; passes/loop_invariants.py
+    lets the body read the weight it carried)."""
+    return "" in scopes and all(s == "" or (s.startswith("Loop ") and "If " not in s) for s in scopes)
 
 
 def _shared_table(name, users, ix: ScopeIndex, shapes) -> bool:
