@@ -53,6 +53,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         whose rows and head size are computed from Shape ops (Div, Cast, Mul), then a Gemm (sweep 24)
     carried_loop_rnn    tf2onnx's Keras RNN behind Masking: a first step outside a Loop, the rest in it, its weights
                         loop-carried values the body hands back unchanged (sweep 24)
+    rows_regressor      skl2onnx's multi-output MLPRegressor: [N, 3] reshaped to [-1, 1], declared [N, 1]: three rows a
+                        sample (sweep 24)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -771,3 +773,19 @@ def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, clas
     g.gemm("h_last", "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "carried_loop_rnn", [_float("x", [BATCH, steps, features])], [_float("logits", [BATCH, classes])])
+
+
+def rows_regressor(*, in_features: int = 8, hidden: int = 16, targets: int = 3, sample_major: bool = True,
+                   seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's multi-output MLPRegressor: 'X' [N, in] -> MatMul/Add/Relu -> MatMul/Add [N, targets] -> Reshape to
+    [-1, 1]: 'variable' holds `targets` rows a sample (declared [N, 1]). `sample_major=False` transposes to
+    [targets, N] first: the rows are one target's after another's."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("X", "l1", in_features, hidden), "l1")
+    y = g.matmul(h, "l2", hidden, targets)
+    if not sample_major:
+        y = g.op("Transpose", "t", [y], perm=[1, 0])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, 1], np.int64), "shape_tensor"))
+    g.op("Reshape", "", [y, "shape_tensor"])
+    g.nodes[-1].output[0] = "variable"
+    return _model(g, "rows_regressor", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])])
