@@ -491,6 +491,26 @@ def test_crop_inputs_slices_the_image_to_the_box_of_read_pixels(flatten):
     assert out2 is out and report2.removed == 0
 
 
+def test_unread_pixels_inside_the_crop_box_are_said_to_stay_for_the_box():
+    """Sweep 24 (an MLP on [N, 1, 28, 28] written with onnx.helper): 92 unread border pixels the crop's box keeps were
+    said to be "kept, each in a class with a channel that is read elsewhere (a residual stream's channel ...)"."""
+    m = G.mlp((784, 20, 10), input_shape=["N", 1, 28, 28])
+    m = G.reshape_instead_of_flatten(m, [-1, 784])
+    read = set(range(28 * 28)) - set(_border(2))
+    G.zero(m, "fc1.weight", 1, sorted(set(range(784)) - read))
+    w1 = G.init(m, "fc1.weight").copy()
+    w1[:, 0], w1[:, 783] = 0.5, 0.5  # two corner pixels still read: the box is the whole image
+    G.set_init(m, "fc1.weight", w1)
+    out, report, shp = prune(m, crop_inputs=True)
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (20, 784) and report.removed == 0
+    lines = report.lines()
+    assert not [line for line in lines if "each in a class with a channel that is read elsewhere" in line], lines
+    boxed = [line for line in lines if "kept inside the box of the read ones" in line]
+    assert len(boxed) == 1 and boxed[0].startswith(f"{len(_border(2)) - 2} input feature(s) no weight reads") and \
+        boxed[0].endswith(": input 'x' " + str(len(_border(2)) - 2)), lines
+
+
 def test_crop_inputs_on_a_flat_input_and_after_neurons_died():
     m = G.mlp((12, 6, 3))
     G.zero(m, "fc1.weight", 1, [0, 1, 11])
