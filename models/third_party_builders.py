@@ -712,11 +712,13 @@ def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> on
     return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])
 
 
-def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6, seed: int = 0) -> onnx.ModelProto:
+def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6, qdq: bool = False,
+                    seed: int = 0) -> onnx.ModelProto:
     """torch legacy's nn.MultiheadAttention layout around out_proj: 'x' [N, S, E] -> in MatMul -> Transpose [S, N, E]
     -> Reshape to [S, N*heads, E/heads], the head size computed as Cast(Div(Shape[2], heads)) (which onnx's data
     propagation does not follow), -> Transpose there and back -> Reshape to [S*N, E], the rows computed as
-    Mul(Shape[0], Shape[1]) -> out_proj Gemm -> Reshape [S, N, out] -> Transpose -> 'y' [N, S, out]."""
+    Mul(Shape[0], Shape[1]) -> out_proj Gemm -> Reshape [S, N, out] -> Transpose -> 'y' [N, S, out]. `qdq`: the
+    Gemm's input through a uint8 QuantizeLinear -> DequantizeLinear pair (quantize_static's QDQ format)."""
     g = _Graph(seed)
     ints = lambda name, values: (g.initializers.append(numpy_helper.from_array(np.array(values, np.int64), name)), name)[1]
     h = g.op("MatMul", "in_proj", ["x", g.weight("in_proj.weight", (dim, dim), dim)])
@@ -732,6 +734,11 @@ def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6,
     q = g.op("Transpose", "back", [g.op("Transpose", "there", [q], perm=[1, 0, 2])], perm=[1, 0, 2])
     rows = g.op("Concat", "rows", [unsq(g.op("Mul", "sn", [s_len, n]), "u3"), unsq(e, "u4")], axis=0)
     flat = g.op("Reshape", "flat", [q, rows])
+    if qdq:
+        g.initializers.append(numpy_helper.from_array(np.array(0.02, np.float32), "act_scale"))
+        g.initializers.append(numpy_helper.from_array(np.array(128, np.uint8), "act_zero"))
+        flat = g.op("QuantizeLinear", "flat_q", [flat, "act_scale", "act_zero"])
+        flat = g.op("DequantizeLinear", "flat_dq", [flat, "act_scale", "act_zero"])
     y = g.gemm(flat, "out_proj", dim, out)
     back = g.op("Concat", "unflat", [unsq(s_len, "u5"), unsq(n, "u6"), ints("out", [out])], axis=0)
     y = g.op("Reshape", "unflat", [y, back])

@@ -518,7 +518,8 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
 
 ROW_CHAIN = 16  # ops walked back from a 2-D product to the Reshape/Flatten that made its rows
 ROW_KEEPING = opfacts.ELEMENTWISE_UNARY | opfacts.ARITHMETIC | opfacts.NORM_OPS | opfacts.SOFTMAX_OPS | {
-    "Gemm", "MatMul", "Identity", "Cast", "Dropout"}
+    "Gemm", "MatMul", "Identity", "Cast", "Dropout",
+    "QuantizeLinear", "DequantizeLinear"}  # an activation's Q/DQ pair (quantize_static's QDQ format; sweep 24)
 
 
 def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:

@@ -181,15 +181,17 @@ def test_a_seq_first_product_counts_every_position_of_a_sample():
     np.testing.assert_allclose(y, (x @ w1).reshape(-1, 6) @ w2, rtol=1e-5, atol=1e-5)
 
 
-def test_a_product_after_a_reshape_of_computed_heads_counts_every_row_of_a_sample():
+@pytest.mark.parametrize("qdq", [False, True])
+def test_a_product_after_a_reshape_of_computed_heads_counts_every_row_of_a_sample(qdq):
     """Sweep 24's conformer (torch legacy nn.MultiheadAttention): out_proj's Gemm reads [S*N, E] from a Reshape whose
     source [S, N*H, E/H] has two unknown axes (the head size computed by Div and Cast from Shape): inspect counted
-    2.3K MACs for 64.5K (one row a sample, not S). Inference at a batch of 1 and of 2 gives its rows: S a sample."""
+    2.3K MACs for 64.5K (one row a sample, not S). Inference at a batch of 1 and of 2 gives its rows: S a sample.
+    Its QDQ-quantized copy (quantize_static) has a QuantizeLinear -> DequantizeLinear pair between: rows kept."""
     import onnxruntime as ort
 
     from onnxprune.models.third_party_builders import legacy_mha_rows
 
-    m = legacy_mha_rows(seq=4, dim=8, heads=2, out=6)
+    m = legacy_mha_rows(seq=4, dim=8, heads=2, out=6, qdq=qdq)
     onnx.checker.check_model(m, full_check=True)
     assert {w.node: w.macs for w in find_prunable(m).prunable} == {"/in_proj/MatMul": 4 * 64, "/out_proj/Gemm": 4 * 48}
     rng = np.random.default_rng(0)
@@ -197,6 +199,8 @@ def test_a_product_after_a_reshape_of_computed_heads_counts_every_row_of_a_sampl
     (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     w = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     flat = (x @ w["in_proj.weight"]).transpose(1, 0, 2).reshape(-1, 8)
+    if qdq:
+        flat = (np.clip(np.round(flat / 0.02) + 128, 0, 255) - 128) * np.float32(0.02)
     ref = (flat @ w["out_proj.weight"].T + w["out_proj.bias"]).reshape(4, 3, 6).transpose(1, 0, 2)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
