@@ -55,6 +55,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         loop-carried values the body hands back unchanged (sweep 24)
     rows_regressor      skl2onnx's multi-output MLPRegressor: [N, 3] reshaped to [-1, 1], declared [N, 1]: three rows a
                         sample (sweep 24)
+    causal_tcn          torch legacy's TCN: F.pad's left padding as a Pad whose pads a chain of constant ops computes
+                        (ConstantOfShape, Concat, Reshape, Slice, Transpose, Cast), Conv1ds, the last time step as a
+                        Gather on axis 2, a Gemm (sweep 24)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -796,3 +799,37 @@ def rows_regressor(*, in_features: int = 8, hidden: int = 16, targets: int = 3, 
     g.op("Reshape", "", [y, "shape_tensor"])
     g.nodes[-1].output[0] = "variable"
     return _model(g, "rows_regressor", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])])
+
+
+def _legacy_pad_chain(g: _Graph, scope: str, left: int) -> str:
+    """torch legacy's pads for F.pad(x, (left, 0)) on [N, C, T], computed from constants: Concat([left, 0],
+    ConstantOfShape([4])) -> Reshape [-1, 2] -> Slice (reversed rows) -> Transpose -> Reshape [-1] -> Cast."""
+    def const(name, values, dtype=np.int64):
+        return g.op("Constant", f"{scope}/{name}", [], value=numpy_helper.from_array(np.array(values, dtype)))
+    zeros = g.op("ConstantOfShape", scope, [const("Constant", [4])],
+                 value=numpy_helper.from_array(np.array([0], np.int64)))
+    pads = g.op("Concat", scope, [const("Constant_1", [left, 0]), zeros], axis=0)
+    pads = g.op("Reshape", scope, [pads, const("Constant_2", [-1, 2])])
+    pads = g.op("Slice", scope, [pads, const("Constant_3", [-1]), const("Constant_4", [-(2 ** 63)]),
+                                 const("Constant_5", [0]), const("Constant_6", [-1])])
+    pads = g.op("Transpose", scope, [pads], perm=[1, 0])
+    pads = g.op("Reshape", f"{scope}/flat", [pads, const("Constant_7", [-1])])
+    return g.op("Cast", scope, [pads], to=TensorProto.INT64)
+
+
+def causal_tcn(*, channels: int = 3, width: int = 8, steps: int = 6, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """torch legacy's TCN: 'x' [N, channels, steps] -> Pad (pads computed from constants, `_legacy_pad_chain`) ->
+    Conv1d k3 -> Relu -> Pad (dilation 2) -> Conv1d k3 d2 -> Relu -> the last time step, Gather(axis=2, -1) ->
+    Gemm -> 'logits' [N, classes] (sweep 24)."""
+    g = _Graph(seed)
+    x = g.op("Pad", "b0", ["x", _legacy_pad_chain(g, "b0", 2)], mode="constant")
+    x = g.relu(g.op("Conv", "c1", [x, g.weight("c1.weight", (width, channels, 3), channels * 3),
+                                   g.bias("c1.bias", width)]), "c1")
+    x = g.op("Pad", "b1", [x, _legacy_pad_chain(g, "b1", 4)], mode="constant")
+    x = g.relu(g.op("Conv", "c2", [x, g.weight("c2.weight", (width, width, 3), width * 3),
+                                   g.bias("c2.bias", width)], dilations=[2]), "c2")
+    g.initializers.append(numpy_helper.from_array(np.array(-1, np.int64), "last"))
+    x = g.op("Gather", "last", [x, "last"], axis=2)
+    g.gemm(x, "head", width, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "causal_tcn", [_float("x", [BATCH, channels, steps])], [_float("logits", [BATCH, classes])])
