@@ -1070,3 +1070,29 @@ def test_depth_to_space_removes_a_dead_block_of_channels_and_space_to_depth_its_
     out, report, shp = prune(m)
     assert channels(report)["/c1/Conv"] == (16, 12) and channels(report)["/c2/Conv"] == (4, 3)
     assert shp["c1.weight"] == (12, 2, 3, 3) and shp["c2.weight"] == (3, 3, 3, 3) and shp["c3.weight"] == (2, 12, 1, 1)
+
+
+def test_channels_pass_a_folded_causal_pad_and_a_gather_of_the_last_time_step():
+    """Sweep 24's TCN (torch legacy): F.pad's pads computed from constants (folded at load, passes/constant_pads.py)
+    and `y[:, :, -1]` as Gather(axis=2) of a scalar: the hand recipe masked no neuron of 7 of 8 layers ("consumer
+    Pad ... has pads, axes or a value that are not constants", then "consumer Gather '/Gather' (op Gather) has no
+    channel rule"). A Gather across time keeps the channels; one along them stays blocked."""
+    from onnxprune.models.third_party_builders import causal_tcn
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.constant_pads import ConstantPads
+
+    m = ConstantPads()(causal_tcn(width=8, seed=0), PruneState()).model
+    G.zero(m, "c2.weight", 1, [2])  # c1's channel 2: read by no weight
+    G.zero(m, "head.weight", 1, [1, 5])  # c2's channels 1 and 5, through the Gather
+    out, report, shp = prune(m)
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c1.weight"] == (7, 3, 3) and shp["c2.weight"] == (6, 7, 3) and shp["head.weight"] == (4, 6)
+    along = onnx.ModelProto.FromString(m.SerializeToString())  # the same Gather along the channel axis: a class of its own, blocked
+    next(a for n in along.graph.node if n.op_type == "Gather" for a in n.attribute if a.name == "axis").i = 1
+    along.graph.node[-1].op_type = "MatMul"
+    del along.graph.node[-1].attribute[:]
+    along.graph.node[-1].input[1] = "mm.weight"
+    along.graph.node[-1].input.pop()
+    along.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((6, 4), np.float32), "mm.weight"))
+    out2, report2, shp2 = prune(along)  # c2's channels 0-6 are read by no weight, but the Gather picks among them
+    assert shp2["c2.weight"][0] == 8 and shp2["c1.weight"][0] == 7
