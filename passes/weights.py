@@ -437,6 +437,10 @@ def _why_not(name, tensor, users) -> str | None:
             return f"added by Add '{u.name}' (a bias, or a learned position table)"
         if WEIGHT_OPS.get(u.op_type) is not None and WEIGHT_OPS[u.op_type].kind == "recurrent":
             return f"bias, state or peephole of {u.op_type} '{u.name}'"
+    if len(users) > 1 and not any(u.op_type in WEIGHT_OPS or u.op_type in PASS_THROUGH for u in users):
+        # a rotary embedding's cos/sin tables, read by eight Muls, were "shared by ..." as if a weight (sweep 24)
+        kinds = "/".join(sorted({u.op_type for u in users}))
+        return f"not a weight of {_FLOAT_WEIGHT_OPS} (used by {len(users)} nodes: {kinds})"
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     op = users[0].op_type if users else "nothing"

@@ -310,3 +310,26 @@ def test_an_rms_norm_scale_is_listed_as_a_normalization_parameter():
     model.ir_version = 10
     reasons = {s.name: s.reason for s in find_prunable(model).skipped}
     assert reasons["scale"].startswith("normalization parameter of RMSNormalization"), reasons
+
+
+def test_a_table_several_elementwise_ops_read_is_said_to_be_no_weight():
+    """Sweep 24's rotary-embedding model (torch dynamo): the folded cos/sin tables, read by eight Muls each, were
+    listed as "shared by 'node_mul_72', ..." as if a weight several layers shared."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    cos, w = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "cos"], ["a"], name="mul_a"),
+             helper.make_node("Mul", ["a", "cos"], ["b"], name="mul_b"),
+             helper.make_node("MatMul", ["b", "w"], ["y"], name="mm")]
+    m = _model(nodes, [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(w, "w")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])])
+    onnx.checker.check_model(m, full_check=True)
+    inv = find_prunable(m)
+    assert [w.name for w in inv.prunable] == ["w"]
+    (reason,) = [s.reason for s in inv.skipped if s.name == "cos"]
+    assert reason.startswith("not a weight of Conv/") and reason.endswith("(used by 2 nodes: Mul)"), reason
+    x = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, (x * cos * cos) @ w, rtol=1e-5, atol=1e-5)
