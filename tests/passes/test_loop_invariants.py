@@ -56,3 +56,14 @@ def test_pruning_the_carried_loop_rnn_prunes_the_weight_it_carries():
     w = next(onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name == "W")
     assert (w == 0).mean() >= 0.4
     assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+
+
+def test_a_layer_inside_a_loop_body_is_named_when_no_neuron_of_it_is_masked():
+    """Sweep 24's Keras Bidirectional GRU (tf2onnx while loops): the hand recipe's table showed neurons "-" for the
+    four GRU MatMuls in the bodies and the note said "masked no neuron of 1 of 5 layers", naming only the head."""
+    from onnxprune.passes.neuron_masks import unmaskable_note
+
+    model = LoopInvariants()(carried_loop_rnn(seed=0), PruneState()).model
+    note = unmaskable_note(model, {"W", "R", "head.weight"})
+    assert note.startswith("--neuron-sparsity masked no neuron of 2 of 3 layers"), note
+    assert "MatMul '/body/MatMul_1': it is inside Loop '/rnn/Loop'/body; the channel analysis does not enter" in note
