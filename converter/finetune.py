@@ -374,7 +374,31 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
             chunks.append([o[:got] for o in run(part)])
         else:
             chunks.append(run(part))
-    return [torch.from_numpy(np.concatenate([c[j] for c in chunks])) for j in range(len(chunks[0]))]
+    outs = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    sizes = [min(step, n - i) for i in range(0, n, step)]
+    return [torch.from_numpy(_by_sample(o, [c[j] for c in chunks], sizes, run, inputs, teacher, j))
+            for j, o in enumerate(outs)]
+
+
+def _by_sample(out: np.ndarray, parts: list[np.ndarray], sizes: list[int], run, inputs, teacher, j: int) -> np.ndarray:
+    """A teacher output with k > 1 rows a sample, [k·N, ...], as [N, k, ...], so a batch's samples select their own
+    rows: skl2onnx's multi-output MLPRegressor writes its [N, 3] result as a Reshape to [-1, 1] (declared [N, 1]),
+    and sgd retraining indexed 128 of its 384 rows (sweep 24: "The size of tensor a (384) must match the size of
+    tensor b (128)"). Only rows a sample sets alone, one after another (sample-major: the first sample's own run
+    gives the first k rows); other layouts are refused with what to do."""
+    if out.ndim == 0 or len(out) == sum(sizes) or any(len(p) % s for p, s in zip(parts, sizes)):
+        return out
+    k = {len(p) // s for p, s in zip(parts, sizes)}
+    if len(k) != 1 or next(iter(k)) < 2:
+        return out
+    k = next(iter(k))
+    first = run({name: v[:1].numpy() for name, v in inputs.items()})[j]
+    if first.shape != (k, *out.shape[1:]) or not np.allclose(first, out[:k], rtol=1e-4, atol=1e-6):
+        raise ConfigError(
+            f"output '{output_names(teacher)[j]}' has {k} rows a sample ({len(out)} for {sum(sizes)} samples) that "
+            f"are not one sample's after another's: retraining cannot pair a batch's samples with their rows; pass "
+            f"--recovery reconstruct (layer-wise refit), or prune by --sparsity without --iterations")
+    return out.reshape(sum(sizes), k, *out.shape[1:])
 
 
 def _teacher_fn(teacher: onnx.ModelProto):
@@ -424,6 +448,8 @@ class Objective:
         for out, ref, kind in zip(outputs, teacher, self.output_kinds):
             if not out.dtype.is_floating_point:  # an ArgMax label beside the scores: no gradient, scored as exact
                 continue
+            if out.shape != ref.shape and out.dim() and ref.dim() > 1 and out.numel() == ref.numel():
+                out = out.reshape(ref.shape)  # k rows a sample: the teacher's are [N, k, ...] (`_by_sample`)
             if kind == "values":
                 terms.append(relative_mse(out, ref.to(out.dtype)))
                 continue

@@ -54,6 +54,15 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         Reshape [0, G, -1] -> InstanceNormalization -> Reshape(Shape(x)) -> Mul -> Add (sweep 23)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
+    legacy_mha_rows     torch legacy's nn.MultiheadAttention around out_proj: [N, S, E] folded to [S*N, E] by a Reshape
+                        whose rows and head size are computed from Shape ops (Div, Cast, Mul), then a Gemm (sweep 24)
+    carried_loop_rnn    tf2onnx's Keras RNN behind Masking: a first step outside a Loop, the rest in it, its weights
+                        loop-carried values the body hands back unchanged (sweep 24)
+    rows_regressor      skl2onnx's multi-output MLPRegressor: [N, 3] reshaped to [-1, 1], declared [N, 1]: three rows a
+                        sample (sweep 24)
+    causal_tcn          torch legacy's TCN: F.pad's left padding as a Pad whose pads a chain of constant ops computes
+                        (ConstantOfShape, Concat, Reshape, Slice, Transpose, Cast), Conv1ds, the last time step as a
+                        Gather on axis 2, a Gemm (sweep 24)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -785,3 +794,123 @@ def group_norm_net(*, form: str = "op21", width: int = 8, groups: int = 4, size:
         m.opset_import[0].version = 21 if form == "op21" else 18
         m.ir_version = 10 if form == "op21" else 8
     return m
+
+
+def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6, qdq: bool = False,
+                    seed: int = 0) -> onnx.ModelProto:
+    """torch legacy's nn.MultiheadAttention layout around out_proj: 'x' [N, S, E] -> in MatMul -> Transpose [S, N, E]
+    -> Reshape to [S, N*heads, E/heads], the head size computed as Cast(Div(Shape[2], heads)) (which onnx's data
+    propagation does not follow), -> Transpose there and back -> Reshape to [S*N, E], the rows computed as
+    Mul(Shape[0], Shape[1]) -> out_proj Gemm -> Reshape [S, N, out] -> Transpose -> 'y' [N, S, out]. `qdq`: the
+    Gemm's input through a uint8 QuantizeLinear -> DequantizeLinear pair (quantize_static's QDQ format)."""
+    g = _Graph(seed)
+    ints = lambda name, values: (g.initializers.append(numpy_helper.from_array(np.array(values, np.int64), name)), name)[1]
+    h = g.op("MatMul", "in_proj", ["x", g.weight("in_proj.weight", (dim, dim), dim)])
+    t = g.op("Transpose", "t", [h], perm=[1, 0, 2])
+    shape = g.op("Shape", "shape", [t])
+    s_len, n, e = (g.op("Gather", f"g{k}", [shape, ints(f"i{k}", k)], axis=0) for k in range(3))
+    hd = g.op("Cast", "hd", [g.op("Div", "hd", [e, ints("heads", heads)])], to=TensorProto.INT64)
+    one = ints("axes0", [0])
+    unsq = lambda v, scope: g.op("Unsqueeze", scope, [v, one])
+    nh = g.op("Mul", "nh", [n, ints("heads_n", heads)])
+    split = g.op("Concat", "split", [unsq(s_len, "u0"), unsq(nh, "u1"), unsq(hd, "u2")], axis=0)
+    q = g.op("Reshape", "heads", [t, split])
+    q = g.op("Transpose", "back", [g.op("Transpose", "there", [q], perm=[1, 0, 2])], perm=[1, 0, 2])
+    rows = g.op("Concat", "rows", [unsq(g.op("Mul", "sn", [s_len, n]), "u3"), unsq(e, "u4")], axis=0)
+    flat = g.op("Reshape", "flat", [q, rows])
+    if qdq:
+        g.initializers.append(numpy_helper.from_array(np.array(0.02, np.float32), "act_scale"))
+        g.initializers.append(numpy_helper.from_array(np.array(128, np.uint8), "act_zero"))
+        flat = g.op("QuantizeLinear", "flat_q", [flat, "act_scale", "act_zero"])
+        flat = g.op("DequantizeLinear", "flat_dq", [flat, "act_scale", "act_zero"])
+    y = g.gemm(flat, "out_proj", dim, out)
+    back = g.op("Concat", "unflat", [unsq(s_len, "u5"), unsq(n, "u6"), ints("out", [out])], axis=0)
+    y = g.op("Reshape", "unflat", [y, back])
+    g.op("Transpose", "y", [y], perm=[1, 0, 2])
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "legacy_mha_rows", [_float("x", [BATCH, seq, dim])], [_float("y", [BATCH, seq, out])])
+
+
+def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's Keras 3 RNN behind a Masking layer: the first time step runs outside a Loop (h = Tanh(x[:, 0] @ W))
+    and the Loop runs the rest, its weights W and R loop-carried values the body hands back unchanged (the Loop's
+    final W and R are read by nothing); 'x' [N, steps, features] -> last h -> Gemm -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    ints = lambda name, values, dtype=np.int64: (g.initializers.append(numpy_helper.from_array(np.array(values, dtype), name)), name)[1]
+    w = g.weight("W", (features, hidden), features)
+    r = g.weight("R", (hidden, hidden), hidden)
+    x0 = g.op("Gather", "x0", ["x", ints("zero", 0)], axis=1)
+    h0 = g.op("Tanh", "h0", [g.op("MatMul", "h0", [x0, w])])
+    f = TensorProto.FLOAT
+    body_nodes = [helper.make_node("Add", ["i", "one"], ["t"], name="/body/t"),
+                  helper.make_node("Gather", ["x", "t"], ["xt"], name="/body/xt", axis=1),
+                  helper.make_node("MatMul", ["xt", "w"], ["xw"], name="/body/MatMul"),
+                  helper.make_node("MatMul", ["h", "r"], ["hr"], name="/body/MatMul_1"),
+                  helper.make_node("Add", ["xw", "hr"], ["pre"], name="/body/Add"),
+                  helper.make_node("Tanh", ["pre"], ["h_next"], name="/body/Tanh"),
+                  helper.make_node("Identity", ["cond"], ["cond_out"], name="/body/cond")]
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("w", f, [features, hidden]), helper.make_tensor_value_info("r", f, [hidden, hidden]),
+         helper.make_tensor_value_info("h", f, [BATCH, hidden])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("w", f, [features, hidden]),
+         helper.make_tensor_value_info("r", f, [hidden, hidden]), helper.make_tensor_value_info("h_next", f, [BATCH, hidden])],
+        [numpy_helper.from_array(np.array(1, np.int64), "one")])
+    trips, cond = ints("trips", steps - 1), ints("cond", True, np.bool_)
+    g.nodes.append(helper.make_node("Loop", [trips, cond, w, r, h0], ["w_final", "r_final", "h_last"], name="/rnn/Loop",
+                                    body=body))
+    g.gemm("h_last", "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "carried_loop_rnn", [_float("x", [BATCH, steps, features])], [_float("logits", [BATCH, classes])])
+
+
+def rows_regressor(*, in_features: int = 8, hidden: int = 16, targets: int = 3, sample_major: bool = True,
+                   seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's multi-output MLPRegressor: 'X' [N, in] -> MatMul/Add/Relu -> MatMul/Add [N, targets] -> Reshape to
+    [-1, 1]: 'variable' holds `targets` rows a sample (declared [N, 1]). `sample_major=False` transposes to
+    [targets, N] first: the rows are one target's after another's."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("X", "l1", in_features, hidden), "l1")
+    y = g.matmul(h, "l2", hidden, targets)
+    if not sample_major:
+        y = g.op("Transpose", "t", [y], perm=[1, 0])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, 1], np.int64), "shape_tensor"))
+    g.op("Reshape", "", [y, "shape_tensor"])
+    g.nodes[-1].output[0] = "variable"
+    return _model(g, "rows_regressor", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])])
+
+
+def _legacy_pad_chain(g: _Graph, scope: str, left: int) -> str:
+    """torch legacy's pads for F.pad(x, (left, 0)) on [N, C, T], computed from constants: Concat([left, 0],
+    ConstantOfShape([4])) -> Reshape [-1, 2] -> Slice (reversed rows) -> Transpose -> Reshape [-1] -> Cast."""
+    def const(name, values, dtype=np.int64):
+        return g.op("Constant", f"{scope}/{name}", [], value=numpy_helper.from_array(np.array(values, dtype)))
+    zeros = g.op("ConstantOfShape", scope, [const("Constant", [4])],
+                 value=numpy_helper.from_array(np.array([0], np.int64)))
+    pads = g.op("Concat", scope, [const("Constant_1", [left, 0]), zeros], axis=0)
+    pads = g.op("Reshape", scope, [pads, const("Constant_2", [-1, 2])])
+    pads = g.op("Slice", scope, [pads, const("Constant_3", [-1]), const("Constant_4", [-(2 ** 63)]),
+                                 const("Constant_5", [0]), const("Constant_6", [-1])])
+    pads = g.op("Transpose", scope, [pads], perm=[1, 0])
+    pads = g.op("Reshape", f"{scope}/flat", [pads, const("Constant_7", [-1])])
+    return g.op("Cast", scope, [pads], to=TensorProto.INT64)
+
+
+def causal_tcn(*, channels: int = 3, width: int = 8, steps: int = 6, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """torch legacy's TCN: 'x' [N, channels, steps] -> Pad (pads computed from constants, `_legacy_pad_chain`) ->
+    Conv1d k3 -> Relu -> Pad (dilation 2) -> Conv1d k3 d2 -> Relu -> the last time step, Gather(axis=2, -1) ->
+    Gemm -> 'logits' [N, classes] (sweep 24)."""
+    g = _Graph(seed)
+    x = g.op("Pad", "b0", ["x", _legacy_pad_chain(g, "b0", 2)], mode="constant")
+    x = g.relu(g.op("Conv", "c1", [x, g.weight("c1.weight", (width, channels, 3), channels * 3),
+                                   g.bias("c1.bias", width)]), "c1")
+    x = g.op("Pad", "b1", [x, _legacy_pad_chain(g, "b1", 4)], mode="constant")
+    x = g.relu(g.op("Conv", "c2", [x, g.weight("c2.weight", (width, width, 3), width * 3),
+                                   g.bias("c2.bias", width)], dilations=[2]), "c2")
+    g.initializers.append(numpy_helper.from_array(np.array(-1, np.int64), "last"))
+    x = g.op("Gather", "last", [x, "last"], axis=2)
+    g.gemm(x, "head", width, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "causal_tcn", [_float("x", [BATCH, channels, steps])], [_float("logits", [BATCH, classes])])

@@ -164,21 +164,35 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
         if name in outputs or consumers != readers[name]:
             del ignored[name]
     blocked = cg.blocked()
+    boxes = {t for t, _ in cg.boxes}
     kept: dict[str, set[int]] = defaultdict(set)
+    boxed: dict[str, set[int]] = defaultdict(set)  # input features inside the crop's box (`ChannelGraph.boxed`)
     for tensor, zero in ignored.items():
         ids, roots = cg.channels[tensor].ids, cg.roots(tensor)
         for p in np.flatnonzero(zero).tolist():
             root = int(roots[p])
             if root not in dead and root not in blocked:
-                kept[cg.origins[int(ids[p])]].add(int(ids[p]))
-    if not kept:
-        return []
+                (boxed if tensor in boxes else kept)[cg.origins[int(ids[p])]].add(int(ids[p]))
+    lines = []
+    if kept:
+        lines.append(f"{_total(kept)} channel(s) no weight reads are kept, each in a class with a channel that is "
+                     f"read elsewhere (a residual stream's channel another block reads; a grouped Conv's local "
+                     f"channel, alive in another group: it goes from every group at once; a split's partner): "
+                     f"{_shown(kept)}")
+    if boxed:  # sweep 24: 92 border pixels of an MLP's image were said to be "in a class with a channel ..."
+        lines.append(f"{_total(boxed)} input feature(s) no weight reads are kept inside the box of the read ones (an "
+                     f"input is cropped to a box with a Slice, not gathered: onnxruntime's Gather of scattered "
+                     f"features costs more than the layer it shrinks): {_shown(boxed)}")
+    return lines
+
+
+def _total(kept: dict[str, set[int]]) -> int:
+    return sum(len(ids) for ids in kept.values())
+
+
+def _shown(kept: dict[str, set[int]]) -> str:
     counts = sorted(((len(ids), who) for who, ids in kept.items()), key=lambda c: (-c[0], c[1]))
-    shown = ", ".join(f"{who} {n}" for n, who in counts[:3]) + (f", +{len(counts) - 3} more" if len(counts) > 3 else "")
-    return [f"{sum(n for n, _ in counts)} channel(s) no weight reads are kept, each in a class with a channel that is "
-            f"read elsewhere (a residual stream's channel another block reads; a grouped Conv's local channel, alive in "
-            f"another group: it goes from every group at once; a split's partner): "
-            f"{shown}"]
+    return ", ".join(f"{who} {n}" for n, who in counts[:3]) + (f", +{len(counts) - 3} more" if len(counts) > 3 else "")
 
 
 def _class_norms(cg: ChannelGraph) -> dict[int, float]:

@@ -125,6 +125,11 @@ def _unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset(
             out.setdefault(f"{w.op_type} '{w.node}'", (w.name, (
                 f"its weight '{w.name}' reaches it through {'/'.join(w.via)}; the channel analysis follows weights "
                 "read directly (or through a Transpose)")))
+        elif w.name in maskable and w.name not in followed and w.op_type in CHANNEL_PRODUCERS and w.scope:
+            # a layer inside a Loop/If/Scan body (tf2onnx's Keras GRU: its while loop) kept every neuron, and the
+            # note named only the main graph's layers (sweep 24: "1 of 5 layers" beside four rows of "-")
+            out.setdefault(f"{w.op_type} '{w.node}'", (w.name, (
+                f"it is inside {w.scope}; the channel analysis does not enter If/Loop/Scan bodies")))
     return out
 
 

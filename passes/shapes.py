@@ -82,6 +82,34 @@ def infer_shapes(model: onnx.ModelProto, *, warn: bool = False) -> Shapes:
     return shapes
 
 
+def at_batch(model: onnx.ModelProto, batch: int) -> Shapes | None:
+    """Inferred shapes with the batch fixed at `batch`: every graph input with symbolic dims has exactly one, set to
+    `batch` (None when some input has more, or inference fails). onnx's data propagation then follows a Reshape whose
+    target is computed from Shape ops to its concrete rows: torch legacy's nn.MultiheadAttention folds [S, N, E] into
+    [S*N, E] before out_proj's Gemm through such a chain, and the rows a sample stayed unknown (sweep 24)."""
+    m = skeleton(model)
+    for vi in m.graph.input:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        free = [d for d in tt.shape.dim if not d.HasField("dim_value")]
+        if len(free) > 1:
+            return None
+        for d in free:
+            d.Clear()
+            d.dim_value = batch
+    del m.graph.value_info[:]
+    for vi in m.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - unknown: the caller keeps what it knew
+        log.debug("shape inference at batch %d failed (%s)", batch, exc)
+        return None
+    return _declared(inferred.graph)
+
+
 def _declared(g: onnx.GraphProto) -> Shapes:
     shapes: Shapes = {}
     for vi in [*g.value_info, *g.input, *g.output]:

@@ -34,7 +34,7 @@ from onnxprune.passes import opfacts
 from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
 from onnxprune.passes.opfacts import LOOKUP_OPS, NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_nodes, scopes
-from onnxprune.passes.shapes import infer_shapes
+from onnxprune.passes.shapes import at_batch, infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
            "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array", "zeros_of"]
@@ -280,6 +280,7 @@ class _LazyShapes:
     def __init__(self, model: onnx.ModelProto, now: bool):
         self._model = model
         self._shapes = infer_shapes(model) if now else None
+        self._probes = None
 
     def get(self, name, default=None):
         if self._shapes is None:
@@ -289,6 +290,16 @@ class _LazyShapes:
     def known(self, name, default=None):
         """The shape if inference already ran, without running it."""
         return default if self._shapes is None else self._shapes.get(name, default)
+
+    def rows_a_sample(self, name) -> int | None:
+        """Axis 0 of `name` a sample, from inference at a batch of 1 and of 2 (run once, on first use): d(2) = 2 d(1)
+        holds when the rows grow with the batch; None when either is unknown or they do not."""
+        if self._probes is None:
+            self._probes = [at_batch(self._model, b) or {} for b in (1, 2)]
+        one, two = (p.get(name) for p in self._probes)
+        if not one or not two or one[0] is None or two[0] is None or two[0] != 2 * one[0] or one[0] < 1:
+            return None
+        return one[0]
 
 
 def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) -> str | None:
@@ -347,10 +358,19 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
     passes/merge_copies.py). One mask serves every reader; the sensitivity scan measures all of them at once (the
     weight's descendants), the layer-wise refit pools their rows, and dead-neuron removal leaves it alone (channel
     groups block a shared tensor). Recurrent W/R matrices and chains through layout ops stay refused."""
-    if len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+    scopes = {ix.scope_of.get(id(u), "") for u in users}
+    if len(scopes) != 1 and not _main_and_loops(scopes):
         return False
     uses = {tie_use(u, name) for u in users}
     return len(uses) == 1 and None not in uses
+
+
+def _main_and_loops(scopes: set[str]) -> bool:
+    """Readers in the main graph and in Loop bodies only (no If branch: one branch runs, and its reader would tie
+    to a main-graph one that always runs): a weight a Loop body reads from outside besides a main-graph layer
+    (tf2onnx's Keras LSTM behind Masking runs the first time step outside its while loop; passes/loop_invariants.py
+    lets the body read the weight it carried)."""
+    return "" in scopes and all(s == "" or (s.startswith("Loop ") and "If " not in s) for s in scopes)
 
 
 def _shared_table(name, users, ix: ScopeIndex, shapes) -> bool:
@@ -417,6 +437,10 @@ def _why_not(name, tensor, users) -> str | None:
             return f"added by Add '{u.name}' (a bias, or a learned position table)"
         if WEIGHT_OPS.get(u.op_type) is not None and WEIGHT_OPS[u.op_type].kind == "recurrent":
             return f"bias, state or peephole of {u.op_type} '{u.name}'"
+    if len(users) > 1 and not any(u.op_type in WEIGHT_OPS or u.op_type in PASS_THROUGH for u in users):
+        # a rotary embedding's cos/sin tables, read by eight Muls, were "shared by ..." as if a weight (sweep 24)
+        kinds = "/".join(sorted({u.op_type for u in users}))
+        return f"not a weight of {_FLOAT_WEIGHT_OPS} (used by {len(users)} nodes: {kinds})"
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     op = users[0].op_type if users else "nothing"
@@ -498,7 +522,8 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
 
 ROW_CHAIN = 16  # ops walked back from a 2-D product to the Reshape/Flatten that made its rows
 ROW_KEEPING = opfacts.ELEMENTWISE_UNARY | opfacts.ARITHMETIC | opfacts.NORM_OPS | opfacts.SOFTMAX_OPS | {
-    "Gemm", "MatMul", "Identity", "Cast", "Dropout"}
+    "Gemm", "MatMul", "Identity", "Cast", "Dropout",
+    "QuantizeLinear", "DequantizeLinear"}  # an activation's Q/DQ pair (quantize_static's QDQ format; sweep 24)
 
 
 def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
@@ -525,7 +550,9 @@ def _rows_per_sample(node, out, lazy, ix: ScopeIndex) -> int:
     if not a[1] or not src:
         return 1
     if len(src) < 2 or sum(d is None for d in src) != 1:  # exactly one unknown axis: the batch, on any axis
-        return 1
+        # several unknown (a Reshape of a Reshape whose target was computed from Shape ops: torch legacy's
+        # nn.MultiheadAttention before out_proj): the product's own rows at a batch of 1 and of 2
+        return lazy.rows_a_sample(node.input[0]) or 1 if sum(d is None for d in src) > 1 else 1
     per_sample = int(np.prod([d for d in src if d is not None], dtype=np.int64))
     return per_sample // a[1] if per_sample % a[1] == 0 and per_sample >= a[1] else 1
 

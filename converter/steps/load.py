@@ -10,7 +10,9 @@ from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
 from onnxprune.passes import quantized_weights
 from onnxprune.passes.bypass_identity import BypassIdentity
+from onnxprune.passes.constant_pads import ConstantPads
 from onnxprune.passes.einsum_linear import EinsumLinear
+from onnxprune.passes.loop_invariants import LoopInvariants
 from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
@@ -79,6 +81,8 @@ class LoadStep(Step):
             EinsumLinear()(state.loaded.model, state.prune)  # Einsum "bi,oi->bo" of a weight: the MatMul it is
             BypassIdentity()(state.loaded.model, state.prune)  # W -> Identity -> MatMul per use: one tied W
             MergeCopies()(state.loaded.model, state.prune)
+            LoopInvariants()(state.loaded.model, state.prune)  # a weight a Loop carries unchanged: read from outside
+            ConstantPads()(state.loaded.model, state.prune)  # F.pad's pads computed from constants: one constant
         if quantized_weights.foldable(state.loaded.model):  # QDQ: pruned as floats, written back on their grid
             if state.loaded.model is state.source:
                 from onnxprune.converter.steps.prune import copy_model

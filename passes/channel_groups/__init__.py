@@ -67,6 +67,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _concat,
     _depth_to_space,
     _flatten,
+    _gather,
     _pad,
     _reshape,
     _shape,
@@ -91,7 +92,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Cast": _cast, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "Cast": _cast, "Gather": _gather, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 
@@ -102,7 +103,7 @@ def _no_rule(node: gs.Node) -> str:
         return f"(op {node.op}) holds integer-quantized weights: dead-neuron removal does not shrink it"
     if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].kind == "recurrent":
         return f"(op {node.op}) is recurrent: dead-neuron removal does not shrink its hidden size"
-    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].domain:
+    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].domain and (node.domain or "") == WEIGHT_OPS[node.op].domain:
         return f"(op {node.domain}.{node.op}) is a fused kernel: dead-neuron removal does not shrink it"
     if node.op in SUBGRAPH_OPS:
         return f"(op {node.op}) holds subgraphs: dead-neuron removal does not enter them"

@@ -407,6 +407,25 @@ def _squeeze(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(new - out_rank, c.ids, c.value))
 
 
+def _gather(b: Builder, node: gs.Node) -> None:
+    """A Gather with constant indices across another axis than the channels' (a TCN's last time step,
+    `y[:, :, -1]`, torch legacy: Gather(axis=2) of a scalar; sweep 24): every position keeps its channels, which
+    move by the axes the indices remove or add before them."""
+    x, idx = node.inputs[0], node.inputs[1]
+    c, r = b.ch(x), b.rank(x)
+    if c is None or b.ch(idx) is not None:
+        return b.opaque(node, "gathers with indices computed from channels")
+    k = _const(idx)
+    if r is None or k is None:
+        return b.opaque(node, "has indices that are not constant, or an input rank shape inference did not give")
+    axis, ch = _attr(node, "axis", 0) % r, r + c.axis
+    if axis == ch:
+        return b.opaque(node, "gathers along the channel axis")
+    out_rank = r - 1 + np.ndim(k)
+    new = ch if axis > ch else ch - 1 + np.ndim(k)
+    b.set(node.outputs[0], Channels(new - out_rank, c.ids, c.value))
+
+
 def _concat(b: Builder, node: gs.Node) -> None:
     r = b.rank(node.outputs[0])
     chans = [b.ch(t) for t in node.inputs]

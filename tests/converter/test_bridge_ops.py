@@ -525,7 +525,13 @@ SHAPE += [Case("Range-int", "Range", [np.array(2, np.int64), np.array(11, np.int
           Case("Trilu-upper", "Trilu", [f32(2, 4, 5)]),
           Case("DepthToSpace-DCR", "DepthToSpace", [f32(1, 8, 2, 3)], {"blocksize": 2}),
           Case("DepthToSpace-CRD", "DepthToSpace", [f32(1, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}),
-          Case("SpaceToDepth", "SpaceToDepth", [f32(1, 2, 4, 6)], {"blocksize": 2})]
+          Case("SpaceToDepth", "SpaceToDepth", [f32(1, 2, 4, 6)], {"blocksize": 2}),
+          # tf2onnx's Keras Bidirectional RNN (sweep 24: "the torch bridge cannot run this graph (ReverseSequence
+          # x2: no implementation)"): time-major and batch-major, lengths short of the sequence and whole
+          Case("ReverseSequence-time-major", "ReverseSequence", [f32(5, 3, 2), i64(5, 2, 4)],
+               {"time_axis": 0, "batch_axis": 1}),
+          Case("ReverseSequence-batch-major", "ReverseSequence", [f32(3, 5, 2, 2), i64(1, 5, 3)],
+               {"time_axis": 1, "batch_axis": 0})]
 SHAPE += both(Case("Trilu-lower-k", "Trilu", [f32(4, 5), i64(-1)], {"upper": 0}), 1)
 SHAPE += both(Case("CumSum", "CumSum", [f32(3, 4), np.array(1, np.int64)]), 1)
 SHAPE += both(Case("CumSum-exclusive-reverse", "CumSum", [f32(3, 4), np.array(0, np.int64)],

@@ -494,3 +494,40 @@ def test_a_model_with_a_fixed_batch_of_one_is_refit_not_retrained_in_batches():
     shape = next(t for t in flat.graph.initializer if t.name == "head.shape")
     shape.CopyFrom(onnx.numpy_helper.from_array(np.array([0, 7, 64], np.int64), "head.shape"))
     assert choose(flat, Train())[0] == "sgd"
+
+
+def test_an_output_with_several_rows_a_sample_is_retrained_sample_by_sample():
+    """Sweep 24: skl2onnx's multi-output MLPRegressor writes [N, 3] as a Reshape to [-1, 1]; the hand recipe
+    (--iterations 1) failed with "step 'retrain' failed ...: The size of tensor a (384) must match the size of
+    tensor b (128)": the teacher's [3N, 1] rows were indexed by sample."""
+    import onnx
+
+    from onnxprune import prune
+    from onnxprune.converter.finetune import teacher_outputs
+    from onnxprune.models.third_party_builders import rows_regressor
+    from tests.oracle import assert_same_outputs, check_full
+
+    model = rows_regressor(seed=0)
+    check_full(model)
+    x = np.random.default_rng(0).standard_normal((96, 8)).astype(np.float32)
+    (ref,) = teacher_outputs(model, {"X": torch.from_numpy(x)})
+    assert tuple(ref.shape) == (96, 3, 1)
+    (want,) = run(model, {"X": x}).values()
+    np.testing.assert_array_equal(ref.numpy().reshape(-1, 1), want)
+    result = prune(model, data={"X": x}, sparsity=0.5, iterations=1, epochs=1, seed=0)
+    check_full(result.model)
+    layers = {r["weight"]: r for r in result.report["layers"]}
+    assert all(r["nonzeros"] < r["params"] for r in layers.values())
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_rows_of_several_samples_interleaved_are_refused_with_what_to_do():
+    from onnxprune.converter.finetune import teacher_outputs
+    from onnxprune.errors import ConfigError
+    from onnxprune.models.third_party_builders import rows_regressor
+
+    model = rows_regressor(sample_major=False, seed=0)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    with pytest.raises(ConfigError, match="output 'variable' has 3 rows a sample .*--recovery reconstruct"):
+        teacher_outputs(model, {"X": x})

@@ -491,6 +491,26 @@ def test_crop_inputs_slices_the_image_to_the_box_of_read_pixels(flatten):
     assert out2 is out and report2.removed == 0
 
 
+def test_unread_pixels_inside_the_crop_box_are_said_to_stay_for_the_box():
+    """Sweep 24 (an MLP on [N, 1, 28, 28] written with onnx.helper): 92 unread border pixels the crop's box keeps were
+    said to be "kept, each in a class with a channel that is read elsewhere (a residual stream's channel ...)"."""
+    m = G.mlp((784, 20, 10), input_shape=["N", 1, 28, 28])
+    m = G.reshape_instead_of_flatten(m, [-1, 784])
+    read = set(range(28 * 28)) - set(_border(2))
+    G.zero(m, "fc1.weight", 1, sorted(set(range(784)) - read))
+    w1 = G.init(m, "fc1.weight").copy()
+    w1[:, 0], w1[:, 783] = 0.5, 0.5  # two corner pixels still read: the box is the whole image
+    G.set_init(m, "fc1.weight", w1)
+    out, report, shp = prune(m, crop_inputs=True)
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (20, 784) and report.removed == 0
+    lines = report.lines()
+    assert not [line for line in lines if "each in a class with a channel that is read elsewhere" in line], lines
+    boxed = [line for line in lines if "kept inside the box of the read ones" in line]
+    assert len(boxed) == 1 and boxed[0].startswith(f"{len(_border(2)) - 2} input feature(s) no weight reads") and \
+        boxed[0].endswith(": input 'x' " + str(len(_border(2)) - 2)), lines
+
+
 def test_crop_inputs_on_a_flat_input_and_after_neurons_died():
     m = G.mlp((12, 6, 3))
     G.zero(m, "fc1.weight", 1, [0, 1, 11])
@@ -1251,3 +1271,29 @@ def _test_graphs_of_branch_chan():
 
 
 GRAPHS.update(_test_graphs_of_branch_chan())  # the property test above draws from these too
+
+
+def test_channels_pass_a_folded_causal_pad_and_a_gather_of_the_last_time_step():
+    """Sweep 24's TCN (torch legacy): F.pad's pads computed from constants (folded at load, passes/constant_pads.py)
+    and `y[:, :, -1]` as Gather(axis=2) of a scalar: the hand recipe masked no neuron of 7 of 8 layers ("consumer
+    Pad ... has pads, axes or a value that are not constants", then "consumer Gather '/Gather' (op Gather) has no
+    channel rule"). A Gather across time keeps the channels; one along them stays blocked."""
+    from onnxprune.models.third_party_builders import causal_tcn
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.constant_pads import ConstantPads
+
+    m = ConstantPads()(causal_tcn(width=8, seed=0), PruneState()).model
+    G.zero(m, "c2.weight", 1, [2])  # c1's channel 2: read by no weight
+    G.zero(m, "head.weight", 1, [1, 5])  # c2's channels 1 and 5, through the Gather
+    out, report, shp = prune(m)
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c1.weight"] == (7, 3, 3) and shp["c2.weight"] == (6, 7, 3) and shp["head.weight"] == (4, 6)
+    along = onnx.ModelProto.FromString(m.SerializeToString())  # the same Gather along the channel axis: a class of its own, blocked
+    next(a for n in along.graph.node if n.op_type == "Gather" for a in n.attribute if a.name == "axis").i = 1
+    along.graph.node[-1].op_type = "MatMul"
+    del along.graph.node[-1].attribute[:]
+    along.graph.node[-1].input[1] = "mm.weight"
+    along.graph.node[-1].input.pop()
+    along.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((6, 4), np.float32), "mm.weight"))
+    out2, report2, shp2 = prune(along)  # c2's channels 0-6 are read by no weight, but the Gather picks among them
+    assert shp2["c2.weight"][0] == 8 and shp2["c1.weight"][0] == 7

@@ -181,6 +181,30 @@ def test_a_seq_first_product_counts_every_position_of_a_sample():
     np.testing.assert_allclose(y, (x @ w1).reshape(-1, 6) @ w2, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("qdq", [False, True])
+def test_a_product_after_a_reshape_of_computed_heads_counts_every_row_of_a_sample(qdq):
+    """Sweep 24's conformer (torch legacy nn.MultiheadAttention): out_proj's Gemm reads [S*N, E] from a Reshape whose
+    source [S, N*H, E/H] has two unknown axes (the head size computed by Div and Cast from Shape): inspect counted
+    2.3K MACs for 64.5K (one row a sample, not S). Inference at a batch of 1 and of 2 gives its rows: S a sample.
+    Its QDQ-quantized copy (quantize_static) has a QuantizeLinear -> DequantizeLinear pair between: rows kept."""
+    import onnxruntime as ort
+
+    from onnxprune.models.third_party_builders import legacy_mha_rows
+
+    m = legacy_mha_rows(seq=4, dim=8, heads=2, out=6, qdq=qdq)
+    onnx.checker.check_model(m, full_check=True)
+    assert {w.node: w.macs for w in find_prunable(m).prunable} == {"/in_proj/MatMul": 4 * 64, "/out_proj/Gemm": 4 * 48}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    w = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    flat = (x @ w["in_proj.weight"]).transpose(1, 0, 2).reshape(-1, 8)
+    if qdq:
+        flat = (np.clip(np.round(flat / 0.02) + 128, 0, 255) - 128) * np.float32(0.02)
+    ref = (flat @ w["out_proj.weight"].T + w["out_proj.bias"]).reshape(4, 3, 6).transpose(1, 0, 2)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("build, gates", [("lstm_classifier", 4), ("gru_classifier", 3), ("rnn_classifier", 1)])
 def test_recurrent_weights_count_their_macs_once_a_time_step(build, gates):
     """W [D, G·H, I] and R [D, G·H, H] run at every step of X [T, N, I]: MACs a sample = size x T (was unknown)."""
@@ -296,3 +320,26 @@ def test_an_rms_norm_scale_is_listed_as_a_normalization_parameter():
     model.ir_version = 10
     reasons = {s.name: s.reason for s in find_prunable(model).skipped}
     assert reasons["scale"].startswith("normalization parameter of RMSNormalization"), reasons
+
+
+def test_a_table_several_elementwise_ops_read_is_said_to_be_no_weight():
+    """Sweep 24's rotary-embedding model (torch dynamo): the folded cos/sin tables, read by eight Muls each, were
+    listed as "shared by 'node_mul_72', ..." as if a weight several layers shared."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    cos, w = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "cos"], ["a"], name="mul_a"),
+             helper.make_node("Mul", ["a", "cos"], ["b"], name="mul_b"),
+             helper.make_node("MatMul", ["b", "w"], ["y"], name="mm")]
+    m = _model(nodes, [numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(w, "w")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])])
+    onnx.checker.check_model(m, full_check=True)
+    inv = find_prunable(m)
+    assert [w.name for w in inv.prunable] == ["w"]
+    (reason,) = [s.reason for s in inv.skipped if s.name == "cos"]
+    assert reason.startswith("not a weight of Conv/") and reason.endswith("(used by 2 nodes: Mul)"), reason
+    x = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, (x * cos * cos) @ w, rtol=1e-5, atol=1e-5)

@@ -341,6 +341,22 @@ def one_hot(inputs, attrs, ctx):
     return torch.where(hot, values[1], values[0])
 
 
+@register("ReverseSequence")
+def reverse_sequence(inputs, attrs, ctx):
+    """Each batch entry b's first sequence_lens[b] steps along time_axis reversed, the rest as they were (tf2onnx's
+    Keras Bidirectional RNN reverses its input and the backward pass's output with it; sweep 24)."""
+    x, lens = inputs
+    t_axis, b_axis = attrs.get("time_axis", 0), attrs.get("batch_axis", 1)
+    steps = torch.arange(x.shape[t_axis], device=x.device)
+    lens = lens.long().to(x.device)
+    t, n = (steps[:, None], lens[None, :]) if t_axis < b_axis else (steps[None, :], lens[:, None])
+    idx = torch.where(t < n, n - 1 - t, t)  # [T, B] (time first) or [B, T]
+    shape = [1] * x.dim()
+    shape[t_axis], shape[b_axis] = x.shape[t_axis], x.shape[b_axis]
+    idx = idx.reshape(shape).expand(x.shape)
+    return torch.gather(x, t_axis, idx)
+
+
 @register("DepthToSpace")
 def depth_to_space(inputs, attrs, ctx):
     x = inputs[0]

@@ -1,0 +1,113 @@
+"""A weight a Loop carries unchanged becomes a value its body reads from outside (before anything is measured).
+
+tf2onnx writes a Keras 3 LSTM behind a Masking layer as a Loop (the TensorFlow while loop) whose kernel, recurrent
+kernel and bias are loop-carried values: the Loop takes each initializer as an initial value, the body reads it
+as a body input and hands it back unchanged as its next value. No pass follows a weight through a loop-carried
+value that something besides the Loop also reads (the first time step runs outside the loop, reading the same
+kernel), so the weights were "read by MatMul ... and by Loop ...: used in different ways" (sweep 24: 97% of a
+Masking+LSTM model's weights unprunable; a weight only the Loop reads is followed through the carried value already,
+`ScopeIndex.carried`). A value handed back unchanged is the same at every iteration: the body may read the
+initializer itself, as a value of the outer scope, which the inventory follows into bodies (passes/scopes.py), and
+the main-graph reader and the body's are one tied weight (`weights._tied`):
+
+    Loop(M, cond, W, h) body(i, c, w, h) -> (c', w, h')    ->    Loop(M, cond, h) body(i, c, h) -> (c', h'), reads W
+
+Rules: a main-graph Loop; a loop-carried value whose initial value is an initializer (not a graph input or output)
+that another main-graph node reads too, and whose body output is the body input itself (by name); the initializer's name is not defined anywhere in the
+body (no shadowing); the Loop's final value of it is read by nothing and is no graph output. The body then reads
+the initializer where it read the input (nested bodies too), and the value leaves the Loop's inputs, the body's
+inputs and outputs, and the Loop's outputs. The Loop computes the same outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.merge_copies import check_reads, frozen_names
+
+log = logging.getLogger(__name__)
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    """Every name a graph (and the graphs nested in it) defines."""
+    names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+        for a in node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= _defined(g)
+    return names
+
+
+def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for a in node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _rename_reads(g, old, new)
+    for v in [v for v in graph.value_info if v.name == old]:
+        graph.value_info.remove(v)
+
+
+def carried_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
+    """(Loop, k) for every loop-carried value k that the module docstring's rules let the body read from outside."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer} - {v.name for v in graph.input}
+    outputs = {v.name for v in graph.output}
+    frozen = frozen_names(graph)
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
+    found = []
+    for node in graph.node:
+        if node.op_type != "Loop" or (node.domain or "") not in ("", "ai.onnx"):
+            continue
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        if body is None:
+            continue
+        defined = None
+        for k in range(len(node.input) - 2):
+            init = node.input[2 + k]
+            if init not in inits or init in outputs or readers.get(init, 0) < 2 or 2 + k >= len(body.input) \
+                    or 1 + k >= len(body.output):
+                continue
+            if body.output[1 + k].name != body.input[2 + k].name:
+                continue
+            final = node.output[k] if k < len(node.output) else ""
+            if final and (final in readers or final in frozen):  # read by a node, a body or as a graph output
+                continue
+            defined = _defined(body) if defined is None else defined
+            if init in defined:
+                continue
+            found.append((node, k))
+    return found
+
+
+@register_pass("loop-invariants")
+class LoopInvariants(Pass):
+    """Let a Loop body read the weights it carries unchanged from the outer scope (module docstring)."""
+
+    def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        found = carried_weights(model)
+        if not found:
+            return PassResult(model, False)
+        for node, k in sorted(found, key=lambda f: -f[1]):  # the highest index first: the lower ones stay in place
+            body = next(a.g for a in node.attribute if a.name == "body")
+            init, inner = node.input[2 + k], body.input[2 + k].name
+            _rename_reads(body, inner, init)
+            del body.output[1 + k]
+            del body.input[2 + k]
+            del node.input[2 + k]
+            if k < len(node.output):
+                del node.output[k]
+        log.debug("loop-invariants: %d weight(s) carried unchanged through a Loop read from outside", len(found))
+        return PassResult(model, True)
+
+    def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
+        check_reads(model, self.name)

@@ -1,0 +1,58 @@
+"""passes/constant_pads.py: a Pad's pads computed from constants become one initializer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.models.third_party_builders import causal_tcn
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.constant_pads import ConstantPads, computed_pads
+from onnxprune.passes.weights import find_prunable
+from tests.oracle import assert_same_outputs, check_full, run
+
+
+def _causal_conv(x, w, b, left, dilation=1):
+    xp = np.pad(x, ((0, 0), (0, 0), (left, 0)))
+    k = w.shape[2]
+    t = xp.shape[2] - dilation * (k - 1)
+    return np.stack([np.einsum("nck,ock->no", xp[:, :, s: s + dilation * (k - 1) + 1: dilation], w) for s in range(t)],
+                    axis=2) + b[None, :, None]
+
+
+def test_a_pad_whose_pads_a_constant_chain_computes_reads_one_initializer_with_the_same_outputs():
+    """Sweep 24's TCN (torch legacy F.pad): the Convs behind such a Pad had MACs "unknown", and the channel analysis
+    blocked every channel through it ("has pads, axes or a value that are not constants")."""
+    model = causal_tcn(seed=0)
+    check_full(model)
+    assert sorted(computed_pads(model)) == ["/b0/Cast_output_0", "/b1/Cast_output_0"]
+    assert {w.name: w.macs for w in find_prunable(model).prunable}["c1.weight"] is None
+    folded = ConstantPads()(copy.deepcopy(model), PruneState()).model
+    check_full(folded)
+    inits = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    assert inits["/b0/Cast_output_0"].tolist() == [0, 0, 2, 0, 0, 0]
+    assert inits["/b1/Cast_output_0"].tolist() == [0, 0, 4, 0, 0, 0]
+    assert [n.op_type for n in folded.graph.node] == ["Pad", "Conv", "Relu", "Pad", "Conv", "Relu", "Gather", "Gemm"]
+    assert_same_outputs(folded, model, rtol=1e-6)
+    x = np.random.default_rng(1).standard_normal((3, 3, 6)).astype(np.float32)
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = np.maximum(_causal_conv(x, w["c1.weight"], w["c1.bias"], 2), 0)
+    h = np.maximum(_causal_conv(h, w["c2.weight"], w["c2.bias"], 4, dilation=2), 0)[:, :, -1]
+    np.testing.assert_allclose(run(folded, {"x": x})["logits"], h @ w["head.weight"].T + w["head.bias"], rtol=1e-4,
+                               atol=1e-5)
+    assert {w.name: w.macs for w in find_prunable(folded).prunable} == {"c1.weight": 6 * 72, "c2.weight": 6 * 192,
+                                                                        "head.weight": 32}
+
+
+def test_pads_read_from_the_data_stay_computed():
+    model = causal_tcn(seed=0)
+    cast = next(n for n in model.graph.node if n.output[0] == "/b0/Cast_output_0")
+    model.graph.node.insert(0, onnx.helper.make_node("Shape", ["x"], ["x_shape"], name="shape"))
+    model.graph.node.insert(1, onnx.helper.make_node("Add", [cast.input[0], "x_shape_pad"], ["data_pads"], name="add"))
+    model.graph.node.insert(1, onnx.helper.make_node("Concat", ["x_shape", "x_shape"], ["x_shape_pad"], name="cat",
+                                                     axis=0))
+    cast.input[0] = "data_pads"
+    assert "/b0/Cast_output_0" not in computed_pads(model) and "/b1/Cast_output_0" in computed_pads(model)
