@@ -341,8 +341,10 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
         after = report.get("params_after_shrink")
         nz = report.get("nonzeros_after_shrink")
-        held = (f": the written layers hold {count(after)} weights, {count(nz)} nonzero (what `onnxprune inspect` "
-                "of the output counts; the figures above are of the input's shapes)" if after and nz is not None
+        fewer = (f", {_ratio(b['nonzeros'] / nz)} fewer than the input's {count(b['nonzeros'])}"
+                 if nz and nz < a["nonzeros"] else "")  # the removed neurons' weights went too
+        held = (f": the written layers hold {count(after)} weights, {count(nz)} nonzero{fewer} (what `onnxprune "
+                "inspect` of the output counts; the figures above are of the input's shapes)" if after and nz is not None
                 else "")
         console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink "
                       f"accordingly{held}", markup=False)
