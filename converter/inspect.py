@@ -270,8 +270,9 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                          for v in items)
         console.print(f"{kind}: {text or '-'}", markup=False)  # '[unk__12, 32, 32, 3]' is not a rich style tag
     if info.get("npz_example"):
-        console.print("calibration data (replace the zeros with real samples; a file whose inputs cannot be stacked "
-                      "along the first axis is read as one feed):")
+        console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
+                      "data, at least 100 for --max-loss, and add labels=... if you have them; a file whose inputs "
+                      "cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
     if info.get("copies"):
         shown = ", ".join(f"'{c['weight']}' x{c['copies']}" for c in info["copies"][:3])
