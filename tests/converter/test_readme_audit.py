@@ -70,3 +70,27 @@ def test_sensitivity_table_explains_its_columns(tmp_path):
     text = " ".join(res.output.split())
     assert "max s @1pp = the largest share whose loss" in text and "scan s = seconds" in text
     assert "weights pruned by magnitude" in text
+
+
+@pytest.mark.parametrize("fmt", ["initializer", "constant"])
+def test_the_initializer_format_says_the_file_fails_the_full_check(tmp_path, fmt):
+    """README "Sparse format": `initializer` breaks shape inference and fails the full check. The run said
+    nothing; a newcomer's file then failed `onnx.checker.check_model(OUT, full_check=True)` in the next tool."""
+    import onnx
+    import onnxruntime as ort
+
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+
+    result = run(builders.mlp_gemm(), configure(sparsity=0.95, sparse_format=fmt))
+    path = tmp_path / "o.onnx"
+    onnx.save(result.model, path)
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # both load
+    said = [n for n in result.report["notes"] if "fails onnx.checker's full check" in n]
+    if fmt == "initializer":
+        with pytest.raises(Exception):
+            onnx.checker.check_model(str(path), full_check=True)
+        assert len(said) == 1
+    else:
+        onnx.checker.check_model(str(path), full_check=True)
+        assert not said
