@@ -423,7 +423,7 @@ def _widened(budget: dict) -> str:
     if not budget.get("met") or limit is None or budget["measured_loss_pp"] <= budget["max_loss_pp"]:
         return ""
     return (f" (by the decision rule's limit {limit:.2f} pp: one standard error of the paired difference, wider than "
-            "the budget on this decision set; more samples, or --val-data, narrow it)")
+            "the budget on this decision set; more decision samples (a larger --val-data, or more --data) narrow it)")
 
 
 CLASS_HEADLINES = ("accuracy", "top5", "agreement", "prob", "expected_accuracy")  # outputs of class scores

@@ -94,3 +94,12 @@ def test_the_initializer_format_says_the_file_fails_the_full_check(tmp_path, fmt
     else:
         onnx.checker.check_model(str(path), full_check=True)
         assert not said
+
+
+def test_a_loss_met_by_the_wider_limit_does_not_ask_for_val_data_a_run_already_gave():
+    """`--max-loss 0 --data train.npz --val-data val.npz` (README's command) printed "met (by the decision rule's
+    limit 0.36 pp ...; more samples, or --val-data, narrow it)": the run had --val-data."""
+    from onnxprune.converter.inspect import _widened
+
+    text = _widened({"met": True, "limit_pp": 0.36, "measured_loss_pp": 0.2, "max_loss_pp": 0.0})
+    assert "limit 0.36 pp" in text and "or --val-data," not in text and "a larger --val-data" in text
