@@ -103,3 +103,22 @@ def test_a_loss_met_by_the_wider_limit_does_not_ask_for_val_data_a_run_already_g
 
     text = _widened({"met": True, "limit_pp": 0.36, "measured_loss_pp": 0.2, "max_loss_pp": 0.0})
     assert "limit 0.36 pp" in text and "or --val-data," not in text and "a larger --val-data" in text
+
+
+def test_one_verified_batch_is_one_batch():
+    """64 calibration samples (inspect's line) printed "verified in onnxruntime on 1 batches of your data"."""
+    import io
+
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import print_prune_summary
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+
+    report = run(builders.mlp_gemm(), configure(sparsity=0.5)).report
+    for inputs, batches, said in (("data", 1, "on 1 batch of your data:"), ("data", 4, "on 4 batches of your data:"),
+                                  ("random", 3, "on 3 random inputs:")):
+        report["parity"].update(inputs=inputs, batches=batches)
+        out = io.StringIO()
+        print_prune_summary(report, Console(file=out, width=400))
+        assert said in out.getvalue(), out.getvalue()
