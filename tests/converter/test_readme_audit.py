@@ -122,3 +122,16 @@ def test_one_verified_batch_is_one_batch():
         out = io.StringIO()
         print_prune_summary(report, Console(file=out, width=400))
         assert said in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.parametrize("given, seconds", [(None, 900.0), ("90s", 90.0)])
+def test_the_plan_shows_the_time_budget_the_run_keeps(tmp_path, given, seconds):
+    """README's `--max-loss 1 --data calib.npz --plan` printed `time_budget = None` under auto-search; the run
+    keeps 15 minutes (the default, `--help`)."""
+    path = tmp_path / "d.npz"
+    np.savez(path, input=np.zeros((8, 1, 28, 28), np.float32))
+    args = ["prune", str(ROOT / "models" / "lenet5.onnx"), "-o", str(tmp_path / "o.onnx"), "--max-loss", "1",
+            "--data", str(path), "--plan"] + (["--time-budget", given] if given else [])
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert f"time_budget_seconds = {seconds!r}" in res.output
