@@ -135,3 +135,18 @@ def test_the_plan_shows_the_time_budget_the_run_keeps(tmp_path, given, seconds):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert f"time_budget_seconds = {seconds!r}" in res.output
+
+
+def test_the_search_progress_says_it_counts_seconds():
+    """An automatic run's log read "auto search: 39/180 (22%, eta 140s)" and ended there: 180 was the time budget
+    in seconds, not a count of candidates, and the search had stopped on its own rule, not been cut short."""
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+
+    rng = np.random.default_rng(0)
+    data = {"input": rng.standard_normal((300, 16)).astype(np.float32), "labels": rng.integers(0, 10, 300)}
+    tasks = []
+    run(builders.mlp_gemm(), configure(max_loss=1.0, data=data, seed=0, time_budget="15s"),
+        progress=lambda task, done, total, info="": tasks.append((task, total)))
+    searched = [(t, n) for t, n in tasks if t.startswith("auto search")]
+    assert searched and all(t == "auto search, seconds of --time-budget" for t, _ in searched), set(tasks)
