@@ -150,3 +150,27 @@ def test_the_search_progress_says_it_counts_seconds():
         progress=lambda task, done, total, info="": tasks.append((task, total)))
     searched = [(t, n) for t, n in tasks if t.startswith("auto search")]
     assert searched and all(t == "auto search, seconds of --time-budget" for t, _ in searched), set(tasks)
+
+
+def test_a_tasks_first_progress_line_gives_no_eta_of_zero():
+    """Every retraining round of an automatic run logged "auto: round 2 (weights): 20/64 (31%, eta 0s)": a task's
+    first line is printed at once, before any pace is known."""
+    import io
+
+    from onnxprune.converter.progress import Progress
+
+    out = io.StringIO()
+    clock = iter([100.0, 130.0])
+    import onnxprune.converter.progress as progress
+
+    real = progress.time.monotonic
+    progress.time.monotonic = lambda: next(clock)
+    try:
+        p = Progress(stream=out, every=10.0)
+        p("auto: round 2 (weights)", 20, 64)
+        p("auto: round 2 (weights)", 40, 64)
+    finally:
+        progress.time.monotonic = real
+    first, second = out.getvalue().splitlines()
+    assert first == "onnxprune: auto: round 2 (weights): 20/64 (31%)", first
+    assert second == "onnxprune: auto: round 2 (weights): 40/64 (62%, eta 18s)", second
