@@ -174,3 +174,21 @@ def test_a_tasks_first_progress_line_gives_no_eta_of_zero():
     first, second = out.getvalue().splitlines()
     assert first == "onnxprune: auto: round 2 (weights): 20/64 (31%)", first
     assert second == "onnxprune: auto: round 2 (weights): 40/64 (62%, eta 18s)", second
+
+
+def test_weight_bits_auto_says_the_kept_width_once_not_every_try():
+    """`--sparsity 0.9 --weight-bits auto --data calib.npz` printed "--weight-bits 4: 3 weight(s) quantized
+    (16-value codebook per layer) ...", then the same for 6 and for 5 bits, then that auto chose 5: a line for every
+    width tried, two of them for codebooks the file does not hold."""
+    import re as _re
+
+    from onnxprune.converter.pipeline import configure, run
+
+    data = str(ROOT / "models" / "data" / "mnist_train_5000.npz")
+    result = run(str(ROOT / "models" / "lenet300.onnx"),
+                 configure(sparsity=0.9, weight_bits="auto", data=data, limit=400, seed=0))
+    notes = result.report["notes"]
+    said = [n for n in notes if _re.match(r"--weight-bits \d+: \d+ weight\(s\) quantized", n)]
+    chose = next(n for n in notes if n.startswith("--weight-bits auto chose"))
+    bits = int(_re.search(r"chose (\d+)-bit", chose).group(1))
+    assert [n.split(":")[0] for n in said] == [f"--weight-bits {bits}"], notes
