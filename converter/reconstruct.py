@@ -53,7 +53,7 @@ from onnxprune.calibration.runtime import output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.weights import find_prunable, name_nodes
 
@@ -211,6 +211,10 @@ def _outside_reach(w) -> str | None:
     if w.kind == "embedding":
         return (f"embedding table of {w.op_type} '{w.node}' (rows read, not multiplied: each kept entry is its own "
                 "best fit); left as pruned")
+    facts = WEIGHT_OPS.get(w.op_type)
+    if facts is not None and not facts.refit:
+        return (f"{facts.domain or 'ai.onnx'}.{w.op_type} '{w.node}' is a fused kernel (its output is not x @ W); "
+                "left as pruned")
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None

@@ -47,6 +47,11 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         (float32 compute and IO; sweep 23: onnxruntime's Python API takes no bfloat16 feed)
     pixel_shuffle_net   DepthToSpace and SpaceToDepth inside a CNN (torch's pixel_shuffle / pixel_unshuffle between
                         Convs, not only at the head): 'input' [N, 2, 8, 8] -> 'image' [N, 2, 8, 8] (sweep 23)
+    pixel_unshuffle_net torch's pixel_unshuffle as its exporters write it inside a CNN: Reshape [N, C, H/2, 2, W/2, 2]
+                        -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [N, 4C, H/2, W/2] between Convs (sweep 23)
+    group_norm_net      a Conv -> GroupNorm -> Relu -> 1x1 Conv net in the three forms exporters write nn.GroupNorm:
+                        GroupNormalization-21 (scale, bias per channel), -18 (per group), and torch's legacy
+                        Reshape [0, G, -1] -> InstanceNormalization -> Reshape(Shape(x)) -> Mul -> Add (sweep 23)
     video_clip_net      a 3-D conv net on clips [N, 1, T, H, W] (torch's Conv3d/MaxPool3d, video or volume data):
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
 
@@ -705,3 +710,78 @@ def pixel_shuffle_net(*, width: int = 4, mode: str = "DCR", seed: int = 0) -> on
     g.conv(a, "c3", 4 * w, 2, 1)
     g.nodes[-1].output[0] = "image"
     return _model(g, "pixel_shuffle_net", [_float("input", [BATCH, 2, 8, 8])], [_float("image", [BATCH, 2, 8, 8])])
+
+
+def ort_fused_encoder(*, hidden: int = 16, heads: int = 2, seq: int = 6, classes: int = 4,
+                      seed: int = 0) -> onnx.ModelProto:
+    """What onnxruntime.transformers.optimizer writes for one encoder block, in small: 'input' [N, seq, hidden] ->
+    com.microsoft.Attention (packed QKV weight 'qkv_weight' [hidden, 3·hidden], bias 'qkv_bias') -> MatMul 'o.weight'
+    -> Add residual -> com.microsoft.FusedMatMul (transB=1, alpha 0.5) 'up.weight' [2·hidden, hidden] -> Relu ->
+    ReduceMean over the sequence -> Gemm 'head' -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    qkv = g.weight("qkv_weight", (hidden, 3 * hidden), hidden)
+    g.const("qkv_bias", g.rng.standard_normal(3 * hidden) * 0.1)
+    g.nodes.append(helper.make_node("Attention", ["input", qkv, "qkv_bias"], ["att"], name="Attention_0",
+                                    domain="com.microsoft", num_heads=heads))
+    o = g.matmul("att", "o", hidden, hidden)
+    res = g.op("Add", "residual", [o, "input"])
+    up = g.weight("up.weight", (2 * hidden, hidden), hidden)
+    g.nodes.append(helper.make_node("FusedMatMul", [res, up], ["up_out"], name="FusedMatMul_0",
+                                    domain="com.microsoft", transB=1, alpha=0.5))
+    a = g.op("Relu", "up_relu", ["up_out"])
+    pooled = g.op("ReduceMean", "pool", [a], axes=[1], keepdims=0)  # OPSET 13: axes an attribute
+    g.gemm(pooled, "head", 2 * hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    m = _model(g, "ort_fused_encoder", [_float("input", [BATCH, seq, hidden])], [_float("logits", [BATCH, classes])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
+def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->w) -> Relu -> pixel_unshuffle 2 as torch exports it (legacy and
+    dynamo alike): Reshape [-1, w, size/2, 2, size/2, 2] -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [-1, 4w, size/2,
+    size/2], so output channel 4c + 2i + j is input channel c at offset (i, j) -> c2 1x1 (4w->3) -> 'image'
+    [N, 3, size/2, size/2]."""
+    g, w, h = _Graph(seed), width, size // 2
+    a = g.relu(g.conv("input", "c1", 2, w, 3), "c1")
+    for name, shape in (("unshuffle.split", [-1, w, h, 2, h, 2]), ("unshuffle.merge", [-1, 4 * w, h, h])):
+        g.initializers.append(numpy_helper.from_array(np.array(shape, np.int64), name))
+    a = g.op("Reshape", "unshuffle", [a, "unshuffle.split"])
+    a = g.op("Transpose", "unshuffle", [a], perm=[0, 1, 3, 5, 2, 4])
+    a = g.op("Reshape", "unshuffle/merge", [a, "unshuffle.merge"])
+    g.conv(a, "c2", 4 * w, 3, 1)
+    g.nodes[-1].output[0] = "image"
+    return _model(g, "pixel_unshuffle_net", [_float("input", [BATCH, 2, size, size])],
+                  [_float("image", [BATCH, 3, h, h])])
+
+
+def group_norm_net(*, form: str = "op21", width: int = 8, groups: int = 4, size: int = 6,
+                   seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->width) -> GroupNorm(groups) -> Relu -> c2 1x1 (width->3) ->
+    'image' [N, 3, size, size]. form "op21": GroupNormalization at opset 21, scale and bias per channel ('gn.weight',
+    'gn.bias' [width]); "op18": at opset 18, per group ([groups]); "legacy": torch's legacy export at opset 17,
+    Reshape [0, G, -1] -> InstanceNormalization (ones, zeros [G]) -> Reshape to Shape(x) -> Mul 'gn.weight' ->
+    Add 'gn.bias' ([width, 1, 1])."""
+    g, w = _Graph(seed), width
+    a = g.conv("input", "c1", 2, w, 3)
+    n = groups if form == "op18" else w
+    scale = 1 + 0.2 * g.rng.standard_normal(n)
+    g.const("gn.weight", scale.reshape(-1, 1, 1) if form == "legacy" else scale)
+    g.const("gn.bias", 0.2 * g.rng.standard_normal(n).reshape((-1, 1, 1) if form == "legacy" else (-1,)))
+    if form == "legacy":
+        g.initializers.append(numpy_helper.from_array(np.array([0, groups, -1], np.int64), "gn.groups"))
+        g.const("gn.ones", np.ones(groups))
+        g.const("gn.zeros", np.zeros(groups))
+        r = g.op("Reshape", "gn", [a, "gn.groups"])
+        r = g.op("InstanceNormalization", "gn", [r, "gn.ones", "gn.zeros"], epsilon=1e-5)
+        r = g.op("Reshape", "gn/back", [r, g.op("Shape", "gn", [a])])
+        a = g.op("Add", "gn", [g.op("Mul", "gn", [r, "gn.weight"]), "gn.bias"])
+    else:
+        a = g.op("GroupNormalization", "gn", [a, "gn.weight", "gn.bias"], num_groups=groups, epsilon=1e-5)
+    g.conv(g.relu(a, "gn"), "c2", w, 3, 1)
+    g.nodes[-1].output[0] = "image"
+    m = _model(g, "group_norm_net", [_float("input", [BATCH, 2, size, size])], [_float("image", [BATCH, 3, size, size])])
+    if form != "legacy":
+        m.opset_import[0].version = 21 if form == "op21" else 18
+        m.ir_version = 10 if form == "op21" else 8
+    return m

@@ -62,7 +62,8 @@ class DeadNeuronReport:
 
     @property
     def removed(self) -> int:
-        return sum(lay.before - lay.after for lay in self.layers)
+        """Channels removed, a weight alike layers read (a Siamese net's two towers) counted once."""
+        return sum({lay.weight or lay.node: lay.before - lay.after for lay in self.layers}.values())
 
     def lines(self) -> list[str]:
         out = [f"{l.op} '{l.node}' ({l.weight or 'features'}): {l.before} -> {l.after}" for l in self.layers
@@ -369,8 +370,9 @@ class RemoveDeadNeurons(Pass):
     Rules:
       1. A channel goes when each consumer weight reading it is zero, or it is a constant that consumer folds into
          its bias exactly (Gemm, MatMul; Conv without padding).
-      2. Never empty a tensor; graph inputs and outputs keep their shapes; graph outputs, shared or protected
-         initializers and ops with no channel rule block (the report's `blocked` says which).
+      2. Never empty a tensor; graph inputs and outputs keep their shapes; graph outputs, protected initializers,
+         initializers shared by unlike readers and ops with no channel rule block (the report's `blocked` says
+         which); a weight alike layers read (a Siamese net's towers) ties their channels and is sliced once.
       3. State masks are sliced with their weights, so masks and graph keep lining up.
       4. The notes say what blocked a removal (at most MAX_NOTES lines); the per-layer counts are in `report`.
     Left alone: grouped (non-depthwise) convs, ops without a rule, constants read by padded convs or ConvTranspose.

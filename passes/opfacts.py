@@ -19,6 +19,13 @@ Two kinds of fact:
       DynamicQuantizeMatMul, MatMulIntegerToFloat       B[K, N] as MatMul (com.microsoft), not shrunk
       DynamicQuantizeLSTM  W[dirs, I, 4H], R[dirs, H, 4H]   out 2, in 1 (com.microsoft), not shrunk
 
+  onnxruntime's fused kernels (com.microsoft, written by onnxruntime.transformers.optimizer or by a session's saved
+  optimized graph) whose weight is a plain linear layer's, so magnitude pruning, the scan and the budget take it;
+  their output is not x @ W, so the layer-wise refit does not fit them and dead-neuron removal does not shrink them:
+
+      Attention    W[hidden, 3·hidden] (Q, K and V packed)   as MatMul, bias input 2
+      FusedMatMul  B[K, N] / B[N, K]                         transB=0: as MatMul; transB=1: out -2, in -1
+
   and **lookup ops** (`LOOKUP_OPS`): Gather's table T[V, D…] read on axis 0 with ids from the data (an embedding):
   input 0, no channel axes, no MACs, not refit, not shrunk.
 
@@ -72,6 +79,12 @@ def _matmul_axes(node, index, rank) -> Axes:
     return (None, None)
 
 
+def _fused_matmul_axes(node, index, rank) -> Axes:
+    if index == 1 and rank >= 2:
+        return (rank - 2, rank - 1) if attr(node, "transB", 0) else (rank - 1, rank - 2)
+    return (None, None)
+
+
 def _recurrent_axes(node, index, rank) -> Axes:
     return (1, 2) if index in (1, 2) and rank == 3 else (None, None)
 
@@ -91,6 +104,7 @@ class WeightFacts:
     grouped: bool = False  # a 'group' attribute splits input and output channels into blocks
     shrinkable: bool = True  # dead-neuron removal may slice its output channels (False: blocked, with a note)
     domain: str = ""  # the op's domain ("": ai.onnx)
+    refit: bool = True  # the layer-wise refit may fit it (False: a fused kernel whose output is not x @ W)
 
     def of(self, node: onnx.NodeProto) -> bool:
         """Whether `node` is this op in its domain (a custom op of the same name is not)."""
@@ -113,6 +127,9 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
     "MatMulIntegerToFloat": WeightFacts("fc", (1,), _matmul_axes, bias=6, shrinkable=False, domain="com.microsoft"),
     "DynamicQuantizeLSTM": WeightFacts("recurrent", (1, 2), _dq_recurrent_axes, bias=3, shrinkable=False,
                                        domain="com.microsoft"),
+    # onnxruntime's fused kernels: pruned by magnitude, neither refit nor shrunk (the table above)
+    "Attention": WeightFacts("fc", (1,), _matmul_axes, bias=2, shrinkable=False, domain="com.microsoft", refit=False),
+    "FusedMatMul": WeightFacts("fc", (1,), _fused_matmul_axes, shrinkable=False, domain="com.microsoft", refit=False),
 }
 # A lookup table: Gather(table, ids) on axis 0 with ids computed from the data (an embedding). Its rows are
 # read, not multiplied: no MACs, no channels to follow, nothing to refit; pruned by magnitude within the table.
@@ -157,7 +174,8 @@ QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for inte
                  "their own grid")
 # Dynamic quantization's integer ops multiply as these float ops do (MACs: passes/weights.py).
 MULTIPLIES_AS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
-                 "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM"}
+                 "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM", "Attention": "MatMul",
+                 "FusedMatMul": "MatMul"}
 # Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one
 # activation scale per tensor (the input model itself changed 1% of an LSTM's classes between batches of 300 and 64),
 # so runs of such a model are evaluated a sample at a time (converter/steps/data.py).

@@ -14,10 +14,11 @@
 
     W[float16/bfloat16] ─ Cast(to=FLOAT/DOUBLE) ─ Conv / Gemm / MatMul / ...   (weights stored in a lower precision:
     onnxconverter-common's keep_io_types exports, bfloat16 checkpoints written as ONNX)
-    folds to W = Cast(W), a float initializer under the Cast's output name, and comes back in its stored type with the
-    Cast in front of its readers (`lowp`): every value the stored type holds is exact in float32, so the fold is
-    exact, a pruned weight is 0 in both, and a weight a refit moved is rounded to the stored type (`snap`) before the
-    budget check judges the model as written. Without the fold the refit, the channel analysis and the bridge saw a
+    folds to W = Cast(W), a float initializer under W's own name (so tables, reports and --layer name the tensor the
+    file holds) that the Cast's readers read, and comes back in its stored type with the Cast in front of its
+    readers (`lowp`): every value the stored type holds is exact in float32, so the fold is exact, a pruned weight
+    is 0 in both, and a weight a refit moved is rounded to the stored type (`snap`) before the budget check judges
+    the model as written. Without the fold the refit, the channel analysis and the bridge saw a
     Cast between the weight and its layer and left the layer as pruned (sweep 23's bfloat16 ConvNeXt).
 
 `fold` is exact in ONNX's semantics (DequantizeLinear computes (W_q - zero_point) · scale in the scale's type, as
@@ -84,7 +85,8 @@ class QuantizedWeight:
     cast: onnx.NodeProto | None = None  # weight-only quantization: W_q -> Cast -> Mul(scale) (`node` is the Mul)
     dynamic: onnx.NodeProto | None = None  # dynamic quantization: the QuantizeLinear the fold put in front of the
     # integer op (`node`), whose scale and zero point are `scale` and `zero_point`; `name` is W_q's own name
-    lowp: bool = False  # a float16/bfloat16 W read through Cast(to=float) (`node`); `integer` is W as stored
+    lowp: bool = False  # a float16/bfloat16 W read through Cast(to=float) (`node`); `integer` is W as stored and
+    # `name` its own name, which the Cast's readers read between fold and restore
 
 
 def kinds(folded: list[QuantizedWeight]) -> str:
@@ -133,6 +135,8 @@ def _lowp_cast(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], outputs
 
 def _folded_in(model: onnx.ModelProto, w: QuantizedWeight) -> bool:
     """Whether `model` holds `w` as its float stand-in (not yet written back)."""
+    if w.lowp:
+        return any(t.name == w.name and t.data_type != w.integer.data_type for t in model.graph.initializer)
     if w.dynamic is not None:
         return any(n.output and n.output[0] == w.dynamic.output[0] for n in model.graph.node)
     return any(t.name == w.name for t in model.graph.initializer)
@@ -392,12 +396,13 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
     new: list[onnx.TensorProto] = []
     fake, casts, shared = _fake_quantizers(graph), _float_casts(graph), _shared(graph)
     quantizers: set[str] = set()  # fake quantization's QuantizeLinear / weight-only Cast nodes folded with their node
+    widened: dict[str, onnx.TensorProto] = {}  # a lowp Cast's output -> its weight widened, under the weight's name
     for node in graph.node:
-        if _lowp_cast(node, inits, outputs, shared):  # W[float16/bfloat16] -> Cast: W widened, exactly
+        if _lowp_cast(node, inits, outputs, shared):  # W[float16/bfloat16] -> Cast: W widened, exactly, in its place
             w_t = inits[node.input[0]]
             to = helper.tensor_dtype_to_np_dtype(next(a.i for a in node.attribute if a.name == "to"))
-            new.append(numpy_helper.from_array(numpy_helper.to_array(w_t).astype(to), node.output[0]))
-            folded.append(QuantizedWeight(node.output[0], _copy(node), _copy(w_t), None, None, None, lowp=True))
+            widened[node.output[0]] = numpy_helper.from_array(numpy_helper.to_array(w_t).astype(to), w_t.name)
+            folded.append(QuantizedWeight(w_t.name, _copy(node), _copy(w_t), None, None, None, lowp=True))
             continue
         weight_only = _cast_mul(node, inits, outputs, casts, shared)
         if weight_only is not None:  # W_q -> Cast -> Mul(scale): W = float(W_q) * scale, in the scale's type
@@ -443,6 +448,12 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
                                       _copy(source) if source is not None else None))
     if not any(w.dynamic is None for w in folded):
         return folded
+    if widened:  # each lowp weight in its own place, read by its Cast's readers (every scope)
+        by_name = {t.name: t for t in widened.values()}
+        for t in graph.initializer:
+            if t.name in by_name:
+                t.CopyFrom(by_name[t.name])
+        _rename_reads(graph, {out: t.name for out, t in widened.items()})
     del graph.node[:]
     graph.node.extend(n for n in kept_nodes if not (n.op_type in ("QuantizeLinear", "Cast")
                                                      and n.output[0] in quantizers))
@@ -466,6 +477,8 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
     gone: set[str] = set()
     quantizers = {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.output}
     renames: dict[str, str] = {}  # a dynamic weight's QuantizeLinear output -> W_q, which its integer op reads again
+    lowp_reads: dict[str, str] = {}  # a lowp weight's name -> its Cast's output, which its readers read again
+    casts: list[onnx.NodeProto] = []
     for w in folded:
         held = inits.get(w.name)
         if held is None:  # nothing reads it any more
@@ -476,18 +489,15 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
             _restore_dynamic(w, held)
             renames[w.dynamic.output[0]] = w.name
             continue
-        if w.lowp:  # back in the stored type (as stored where no value changed), read through its Cast
+        if w.lowp:  # back in the stored type (as stored where no value changed), its readers through its Cast
+            if held.data_type == w.integer.data_type:
+                continue  # written already
             low = _lowered(numpy_helper.to_array(held), w)
             stored = numpy_helper.to_array(w.integer)
-            name = _fresh(w.integer.name, taken)
             same = low.shape == stored.shape and np.array_equal(low.astype(np.float32), stored.astype(np.float32))
-            tensor = _named(w.integer, name) if same else _lowp_tensor(low, w.integer.data_type, name)
-            inits[name] = tensor
-            graph.initializer.append(tensor)
-            cast = _copy(w.node)
-            cast.input[0] = name
-            nodes.append(cast)
-            gone.add(w.name)
+            held.CopyFrom(_copy(w.integer) if same else _lowp_tensor(low, w.integer.data_type, w.name))
+            lowp_reads[w.name] = w.node.output[0]
+            casts.append(_copy(w.node))
             continue
         values = numpy_helper.to_array(held)
         q, scale, zp = _on_grid(values, w, slices)
@@ -548,6 +558,9 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         del graph.node[:]
         graph.node.extend(kept_nodes)
         _drop_unread(graph, {n for w in folded if w.dynamic is not None for n in w.dynamic.input[1:]})
+    if lowp_reads:
+        _rename_reads(graph, lowp_reads)
+        nodes = casts + nodes
     if nodes:
         kept = [t for t in graph.initializer if t.name not in gone]
         del graph.initializer[:]
@@ -555,7 +568,7 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         rest = list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes + rest)  # their inputs are all initializers: first is topological
-    return len(gone) + len(renames)
+    return len(gone) + len(renames) + len(lowp_reads)
 
 
 def _restore_dynamic(w: QuantizedWeight, held: onnx.TensorProto) -> None:
@@ -580,6 +593,8 @@ def snap(model: onnx.ModelProto, folded: list[QuantizedWeight]) -> int:
     for t in model.graph.initializer:
         w = by.get(t.name)
         if w is None or t.data_type not in FLOAT_TYPES:  # a dynamic weight already written back is integer
+            continue
+        if w.lowp and t.data_type == w.integer.data_type:  # written back already
             continue
         values = numpy_helper.to_array(t)
         if w.lowp:  # the value the stored type holds
@@ -631,6 +646,17 @@ def _on_grid(values: np.ndarray, w: QuantizedWeight, slices=()) -> tuple[np.ndar
         q = np.where(s != 0, np.rint(values.astype(np.float64) / s), 0.0) + z
     info = np.iinfo(dtype)
     return np.clip(q, info.min, info.max).astype(dtype), scale, zp
+
+
+def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Every node input (in any scope: a body reads outer names) named a key of `renames` reads its value instead."""
+    from onnxprune.passes.scopes import scopes
+
+    for sc in scopes(graph):
+        for n in sc.graph.node:
+            for k, i in enumerate(n.input):
+                if i in renames:
+                    n.input[k] = renames[i]
 
 
 def _fresh(name: str, taken: set[str]) -> str:

@@ -431,7 +431,7 @@ def _why_not(name, tensor, users) -> str | None:
 
 
 # The ops whose float weights are pruned, in words (the integer ops of dynamic quantization go without saying).
-_FLOAT_WEIGHT_OPS = "/".join(op for op, f in WEIGHT_OPS.items() if op not in QUANTIZED_WEIGHT_OPS)
+_FLOAT_WEIGHT_OPS = "/".join(op for op, f in WEIGHT_OPS.items() if op not in QUANTIZED_WEIGHT_OPS and not f.domain)
 
 
 def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank):

@@ -53,8 +53,7 @@ class EncodeStep(Step):
 
             restore(final, state.quantized, state.slices)
         present = set(constant_tensors(final))
-        stored = _stored_names(final, state.quantized)  # a float16/bfloat16 weight is encoded as stored
-        names = [stored.get(w.name, w.name) for w in state.inventory.prunable if stored.get(w.name, w.name) in present]
+        names = [w.name for w in state.inventory.prunable if w.name in present]
         run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)
         if self.config.sparse_format in COO_FORMATS:
             note = dense_kept_note(final, names)
@@ -65,16 +64,6 @@ class EncodeStep(Step):
 
 
 COO_FORMATS = ("constant", "initializer")
-
-
-def _stored_names(model: onnx.ModelProto, folded: list) -> dict[str, str]:
-    """Each weight stored in a lower float precision (passes/quantized_weights.py, `lowp`) written back: the name
-    the run knew it by (its Cast's output) -> the stored tensor's name (its Cast's input)."""
-    lowp = {w.name for w in folded if w.lowp}
-    if not lowp:
-        return {}
-    return {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.output
-            and n.output[0] in lowp}
 
 
 def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:

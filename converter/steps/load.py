@@ -93,9 +93,9 @@ class LoadStep(Step):
                     "zero point)")
             if len(integer) < len(state.quantized):
                 state.prune.notes.append(
-                    f"{len(state.quantized) - len(integer)} weight(s) stored as "
-                    f"{quantized_weights.lowp_kinds(state.quantized)} and read through a Cast are "
-                    "pruned, refit and shrunk in float32 and written back in their stored type (a changed weight "
+                    f"{len(state.quantized) - len(integer)} tensor(s) stored as "
+                    f"{quantized_weights.lowp_kinds(state.quantized)} and read through a Cast (weights, biases) are "
+                    "pruned, refit and shrunk in float32 and written back in their stored type (a changed value "
                     "rounded to it; the budget is checked on the model as written)")
         state.original = state.loaded.model
 

@@ -3,6 +3,8 @@ metrics, history, the settings of every step."""
 
 from __future__ import annotations
 
+import onnx
+
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.steps.load import where
 from onnxprune.converter.summary import float_nonzeros, layer_rows, skipped_rows, totals
@@ -113,9 +115,12 @@ def _kept_targets(state: RunState) -> dict:
 
 def _merge_rows(before: list[dict], after: list[dict], state: RunState) -> list[dict]:
     targets, neurons = _kept_targets(state), state.neurons or {}
+    stored = {w.name: w.integer.data_type for w in state.quantized}  # folded at load: the type the file holds
     rows = []
     for b, a in zip(before, after):
         row = dict(b)
+        if b["weight"] in stored:
+            row["dtype"] = onnx.helper.tensor_dtype_to_np_dtype(stored[b["weight"]]).name
         row["nonzeros_before"] = b["nonzeros"]
         row["nonzeros"] = a["nonzeros"]
         row["density"] = a["density"]

@@ -11,6 +11,8 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Concat / Split / Slice: offsets        depthwise Conv: channel k stays class k (its filter k goes with it)
     InstanceNormalization: per channel     Shape: harmless unless the channel count is read downstream
     Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
+    GroupNorm (op or legacy Reshape - InstanceNormalization - Reshape): a group's channels are one class
+    Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
@@ -20,7 +22,10 @@ Along the way each rule records, as data:
              depthwise `group`, a Gather on an input);
   * `Channels.value`: the constant each position holds when it is input-independent (act(bias) of a zero-weight
              row, carried through the element-wise chain), NaN when unknown;
-  * blocks: an op with no rule, a graph output, a shared or protected initializer keeps the classes it touches.
+  * blocks: an op with no rule, a graph output, a protected initializer, or one shared by unlike readers keeps the
+             classes it touches; one every reader of which is alike (same op, attributes and input: a Siamese net's
+             two towers) is tied instead (`Builder.shared`, `Builder.tie`): the positions each reader slices it by
+             are one class, and it is sliced once.
 
 `ChannelGraph.remove(dead)` folds, slices and adds biases; deciding what is dead is the caller's job.
 
@@ -45,6 +50,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     REDUCE_OPS,
     UNARY,
     _batchnorm,
+    _group_norm,
     _binary,
     _instance_norm,
     _pool,
@@ -81,7 +87,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
     "BatchNormalization": _batchnorm, "PRelu": _prelu, **{op: _pool for op in POOL_KEEPS_CONSTANT},
-    **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _normalization,
+    **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
@@ -94,8 +100,10 @@ def _no_rule(node: gs.Node) -> str:
     """Why a node with no rule keeps its channels: weight ops and bodies we do not shrink say so plainly."""
     if node.op in QUANTIZED_WEIGHT_OPS:
         return f"(op {node.op}) holds integer-quantized weights: dead-neuron removal does not shrink it"
-    if node.op in WEIGHT_OPS:
+    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].kind == "recurrent":
         return f"(op {node.op}) is recurrent: dead-neuron removal does not shrink its hidden size"
+    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].domain:
+        return f"(op {node.domain}.{node.op}) is a fused kernel: dead-neuron removal does not shrink it"
     if node.op in SUBGRAPH_OPS:
         return f"(op {node.op}) holds subgraphs: dead-neuron removal does not enter them"
     return f"(op {node.op}) has no channel rule"
@@ -131,6 +139,7 @@ def build_channel_groups(
             b.opaque(node, why)
         elif mapped or node.op in PRODUCERS:
             RULES[node.op](b, node)
+    b.check_ties()
     inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}
     for name, c in b.cg.channels.items():
         if name in outputs:

@@ -24,6 +24,10 @@ class Builder:
         self.cg = ChannelGraph(graph)
         self.shapes = shapes
         self.protected = protected
+        # (initializer, axis) -> (class ids of the first tensor slicing it, reader nodes that tied it): a weight
+        # several alike layers read (a Siamese net's towers) is sliced once, so their positions are one class each
+        self.ties: dict[tuple[str, int], tuple[np.ndarray, set[int]]] = {}
+        self._main: set[int] | None = None  # ids of the main graph's nodes
 
     def ch(self, t) -> Channels | None:
         return self.cg.channels.get(t.name) if t is not None and t.name else None
@@ -60,6 +64,51 @@ class Builder:
         more = f" (+{len(others) - 3} more)" if len(others) > 3 else ""  # an unrolled RNN shares it 60 times
         return f"initializer '{t.name}' is shared with {', '.join(repr(o) for o in others[:3])}{more}"
 
+    def shared(self, t, user: gs.Node) -> str | None:
+        """`frozen`, except that an initializer every reader of which is a node like `user` (same op and attributes,
+        reading it at the same input) may be edited: the caller ties each axis it slices (`tie`), so every reader's
+        positions there are one class and one keep mask serves them all. A reader that does not tie blocks
+        (`check_ties`)."""
+        why = self.frozen(t, user)
+        if why is None or not isinstance(t, gs.Constant) or t.name in self.protected:
+            return why
+        readers = list({id(n): n for n in t.outputs}.values())
+        if self._main is None:
+            self._main = {id(n) for n in self.cg.graph.nodes}
+        at = [i for i, x in enumerate(user.inputs) if x is t]
+        for n in readers:
+            if id(n) not in self._main or n.op != user.op or (n.domain or "") != (user.domain or "") or \
+                    [i for i, x in enumerate(n.inputs) if x is t] != at or not _same_attrs(n, user):
+                return why
+        return None
+
+    def tie(self, const, axis: int, t, user: gs.Node) -> None:
+        """Axis `axis` of initializer `const` follows the positions of tensor `t` for `user`: tie them to the
+        positions of the first tensor that slices the same axis (a weight shared by alike readers)."""
+        c = self.ch(t)
+        if not isinstance(const, gs.Constant) or c is None or not const.values.ndim or self.shared(const, user):
+            return  # a frozen constant blocks already (say it once)
+        key = (const.name, axis % const.values.ndim)
+        first, users = self.ties.setdefault(key, (c.ids, set()))
+        users.add(id(user))
+        if first is c.ids:
+            return
+        if len(first) != len(c.ids):
+            self.block(np.concatenate([first, c.ids]), f"initializer '{const.name}' is shared by readers whose "
+                                                        f"channels do not line up")
+            return
+        for i, j in zip(first.tolist(), c.ids.tolist()):
+            self.cg.union(i, j)
+
+    def check_ties(self) -> None:
+        """A shared initializer sliced for some readers must be sliced for all: block when a reader did not tie."""
+        consts = {t.name: t for t in self.cg.graph.tensors().values() if isinstance(t, gs.Constant)}
+        for (name, axis), (ids, users) in self.ties.items():
+            readers = {id(n) for n in consts[name].outputs} if name in consts else set()
+            if readers - users:
+                self.block(ids, f"initializer '{name}' is shared with a reader whose input there carries no channels "
+                                "followed")
+
     def produce(self, node: gs.Node, w, rows: np.ndarray, axis: int, bias: np.ndarray, frozen: str | None) -> None:
         value = np.where(rows.any(axis=1), NAN, bias)
         ids = self.cg.new_classes(len(rows), _desc(node))
@@ -88,3 +137,9 @@ class Builder:
         self.edit(t, lambda keep: [self.cg.slice(w, axis, keep), *(fn(keep) for fn in more)])
 
 
+def _same_attrs(a: gs.Node, b: gs.Node) -> bool:
+    """The same attributes (a value that does not compare plainly, a tensor attribute, is not the same)."""
+    try:
+        return a.attrs.keys() == b.attrs.keys() and all(bool(a.attrs[k] == b.attrs[k]) for k in a.attrs)
+    except (ValueError, TypeError):
+        return False

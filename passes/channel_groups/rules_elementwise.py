@@ -112,7 +112,8 @@ def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarra
         b.opaque(node, f"has {what} '{k.name}' {K.shape} that does not broadcast on the channel axis")
         return None
     if size > 1:
-        b.block(c.ids, b.frozen(k, node))
+        b.block(c.ids, b.shared(k, node))  # alike readers (the bias Add of each tower of a Siamese net): tied
+        b.tie(k, ax, x, node)
         b.edit(x, lambda keep: b.cg.slice(k, ax, keep))
     return _per_channel(K, len(c.ids), c.axis)
 
@@ -244,9 +245,9 @@ def _reduce(b: Builder, node: gs.Node) -> None:
 
 
 def _normalization(b: Builder, node: gs.Node) -> None:
-    """LayerNormalization / GroupNormalization keep the channels they read, with the reason: a normalization over
-    the channel axis (ConvNeXt's, a transformer's) computes every output from all channels' mean and variance, so
-    removing a channel, dead or not, changes the others. A LayerNormalization over axes after the channel axis
+    """LayerNormalization keeps the channels it reads, with the reason: a normalization over the channel axis
+    (ConvNeXt's, a transformer's) computes every output from all channels' mean and variance, so removing a channel,
+    dead or not, changes the others (GroupNormalization: `_group_norm`). A LayerNormalization over axes after the channel axis
     leaves channels apart, for which there is no rule yet (it says so)."""
     x = node.inputs[0]
     c, r = b.ch(x), b.rank(x)
@@ -325,3 +326,49 @@ def _set_entry(t: gs.Constant, pos: int, value: int) -> None:
     values = np.array(t.values)
     values[pos] = value
     t.values = values.astype(t.values.dtype)
+
+
+def _group_values(value: np.ndarray, groups: int, eps: float, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The constant each channel holds after a group normalization (scale, bias per channel), NaN unless every
+    channel of its group holds a known constant: the group's statistics are then those constants' (the same at every
+    position and sample), so each output is scale·(v - mean)/sqrt(var + eps) + bias: bias where the group is one
+    constant (a dead group of zeros: 0/sqrt(eps) = 0)."""
+    v = value.reshape(groups, -1)
+    with np.errstate(all="ignore"):
+        mean = v.mean(axis=1, keepdims=True)
+        var = np.square(v - mean).mean(axis=1, keepdims=True)
+        out = (scale.reshape(groups, -1) * (v - mean) / np.sqrt(var + eps) + bias.reshape(groups, -1))
+    return np.where(np.isfinite(v).all(axis=1, keepdims=True), out, NAN).reshape(-1)
+
+
+def _group_norm(b: Builder, node: gs.Node) -> None:
+    """GroupNormalization over axis 1: each output channel reads the mean and variance of its group (C/G consecutive
+    channels) only, so a whole group can go and the others compute what they did; one channel of a group cannot (it
+    changes its group's statistics). The channels of a group are one class; num_groups follows the kept groups, and
+    scale and bias go with them (per channel from opset 21, per group at 18-20). A group of known constants comes
+    out as constants (`_group_values`; a dead group of zeros as its bias), which readers fold as they do a
+    BatchNorm's. Sweep 23: every channel before a GroupNorm was kept ("normalizes across the channels")."""
+    x, params = node.inputs[0], [_opt_input(node, 1), _opt_input(node, 2)]
+    c, r, vals = b.ch(x), b.rank(x), [_const(p) for p in params]
+    groups, n = int(_attr(node, "num_groups", 0)), len(c.ids) if c is not None else 0
+    if r is None or r < 3 or c.axis != 1 - r or groups < 1 or n % groups or any(v is None for v in vals) or \
+            any(v.size not in (n, groups) for v in vals) or _extra_outputs_used(node):
+        return b.opaque(node, "normalizes across the channels of a group, and is not over axis 1 with whole groups "
+                              "and a constant scale and bias: removing a channel would change the others")
+    k = n // groups
+    for p in params:
+        b.block(c.ids, b.frozen(p, node) if groups > 1 else None)
+    for row in c.ids.reshape(groups, k).tolist():
+        for j in row[1:]:
+            b.cg.union(row[0], j)
+    scale, bias = (np.repeat(v.astype(np.float64).reshape(-1), k) if v.size != n else
+                   v.astype(np.float64).reshape(-1) for v in vals)
+    eps = float(_attr(node, "epsilon", 1e-5))
+    b.set(node.outputs[0], Channels(c.axis, c.ids, _group_values(c.value, groups, eps, scale, bias)))
+
+    def edit(keep: np.ndarray) -> None:
+        for p, v in zip(params, vals):
+            b.cg.slice(p, 0, keep if v.size == n else keep[::k])
+        node.attrs["num_groups"] = int(keep.sum()) // k
+
+    b.edit(x, edit)

@@ -26,14 +26,20 @@ def _gemm(b: Builder, node: gs.Node) -> None:
     wkn = W.T if tb else W  # [K, N] view of the weight (rows stay in the weight's dtype; folds upcast)
     in_ax, out_ax = (1, 0) if tb else (0, 1)
     n = wkn.shape[1]
-    bias_frozen = b.frozen(c, node) if c is not None else None
-    foldable = c is None or (beta != 0 and not bias_frozen)
+    frozen = b.shared(w, node)  # a weight alike Gemms read (a Siamese net's towers) is tied, not frozen
+    bias_frozen = b.shared(c, node) if c is not None else None
+    # a fold edits the bias: never one another node reads too
+    foldable = c is None or (beta != 0 and not b.frozen(c, node))
     fold = (lambda v: alpha * (v @ wkn.astype(np.float64))) if foldable else None
-    if b.read(node, a, -1, wkn, fold, b.frozen(w, node)):
+    if b.read(node, a, -1, wkn, fold, frozen):
+        b.tie(w, in_ax, a, node)
         b.slices(a, w, in_ax)
     sliced_bias = C is not None and C.ndim > 0 and C.shape[-1] == n > 1
     bias = beta * _per_channel(C, n) if C is not None else np.zeros(n)
-    b.produce(node, w, wkn.T, -1, bias, b.frozen(w, node) or (bias_frozen if sliced_bias else None))
+    b.produce(node, w, wkn.T, -1, bias, frozen or (bias_frozen if sliced_bias else None))
+    b.tie(w, out_ax, node.outputs[0], node)
+    if sliced_bias:
+        b.tie(c, -1, node.outputs[0], node)
     b.slices(node.outputs[0], w, out_ax, lambda keep: b.cg.slice_input(node, 2, -1, keep))
 
 
@@ -54,11 +60,13 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     if found is None:
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
     src, W, in_ax, out_ax, via = found
-    wkn = W
-    frozen = b.frozen(src, via or node)
+    wkn, user = W, via or node
+    frozen = b.shared(src, user)  # alike readers (a Siamese net's towers): tied
     if b.read(node, a, -1, wkn, lambda v: v @ wkn.astype(np.float64), frozen):
+        b.tie(src, in_ax, a, user)
         b.slices(a, src, in_ax)
     b.produce(node, src, wkn.T, -1, np.zeros(wkn.shape[1]), frozen)
+    b.tie(src, out_ax, node.outputs[0], user)
     b.slices(node.outputs[0], src, out_ax)
 
 
@@ -68,6 +76,14 @@ def _bias(b: Builder, node: gs.Node, n: int) -> tuple[np.ndarray, str | None]:
         return np.zeros(n), None
     v = _const(t)
     return (np.full(n, NAN) if v is None else v.astype(np.float64)), b.frozen(t, node)
+
+
+def _tied_bias(b: Builder, node: gs.Node, n: int) -> tuple[np.ndarray, str | None, bool]:
+    """(bias per output channel, why it may not be sliced, whether a fold may edit it): a bias alike readers share
+    is sliced once (tied with the outputs by the caller), never folded into."""
+    bias, strict = _bias(b, node, n)
+    t = _opt_input(node, 2)
+    return bias, (b.shared(t, node) if t is not None else None), strict is None
 
 
 def _conv(b: Builder, node: gs.Node) -> None:
@@ -87,12 +103,17 @@ def _conv(b: Builder, node: gs.Node) -> None:
 def _conv_dense(b: Builder, node: gs.Node, W: np.ndarray) -> None:
     x, w = node.inputs[:2]
     o, i, axis = W.shape[0], W.shape[1], 1 - W.ndim
-    bias, bias_frozen = _bias(b, node, o)
+    bias, bias_frozen, foldable = _tied_bias(b, node, o)
+    frozen = b.shared(w, node)  # a weight alike Convs read (a Siamese net's towers) is tied, not frozen
     taps = W.reshape(o, i, -1).sum(axis=2, dtype=np.float64)  # a constant input channel meets every tap
-    fold = (lambda v: taps @ v) if _no_padding(node) and not bias_frozen else None
-    if b.read(node, x, axis, W.swapaxes(0, 1).reshape(i, -1), fold, b.frozen(w, node)):
+    fold = (lambda v: taps @ v) if _no_padding(node) and foldable else None
+    if b.read(node, x, axis, W.swapaxes(0, 1).reshape(i, -1), fold, frozen):
+        b.tie(w, 1, x, node)
         b.slices(x, w, 1)
-    b.produce(node, w, W.reshape(o, -1), axis, bias, b.frozen(w, node) or bias_frozen)
+    b.produce(node, w, W.reshape(o, -1), axis, bias, frozen or bias_frozen)
+    b.tie(w, 0, node.outputs[0], node)
+    if _opt_input(node, 2) is not None:
+        b.tie(node.inputs[2], 0, node.outputs[0], node)
     b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 

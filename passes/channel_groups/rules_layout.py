@@ -93,11 +93,38 @@ def _shape(b: Builder, node: gs.Node) -> None:
             continue
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
-        if len(inner) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
+        closing = [n for n in t.outputs if t is node.outputs[0] and _closes_group_norm(b, n, t)]
+        if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
                 return b.opaque(node, "gives the channel count to an op that reads it")
         todo += [o for n in inner for o in n.outputs]
+
+
+def _before_casts(t):
+    """`t`, or the start of the chain of Casts that made it."""
+    for _ in range(4):
+        if len(t.inputs) != 1 or t.inputs[0].op != "Cast":
+            return t
+        t = t.inputs[0].inputs[0]
+    return t
+
+
+def _closes_group_norm(b: Builder, reshape: gs.Node, shape) -> bool:
+    """Reshape `reshape` reads `shape` (Shape of x) to close torch's legacy GroupNorm of x: x's new channel count is
+    what it must read (`_legacy_group_norm_parts`)."""
+    if reshape.op != "Reshape" or len(reshape.inputs) < 2 or reshape.inputs[1] is not shape:
+        return False
+    t = _before_casts(reshape.inputs[0])
+    norm = t.inputs[0] if len(t.inputs) == 1 else None
+    if norm is None or norm.op != "InstanceNormalization":
+        return False
+    t = _before_casts(norm.inputs[0])
+    if len(t.inputs) != 1 or t.inputs[0].op != "Reshape":
+        return False
+    opener = t.inputs[0]
+    parts = _legacy_group_norm_parts(b, opener)
+    return parts is not None and parts[2] is reshape
 
 
 def _batch_only(b: Builder, atoms: list, x) -> bool:
@@ -137,7 +164,11 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     """A Reshape to a constant shape that keeps the channel axis whole with the same elements before and after it
     (tf2onnx writes its NHWC -> NCHW Transpose of a [N, 1, 1, C] map as Reshape to [-1, C, 1, 1]; a [N, C] ->
     [N, C, 1, 1] unsqueeze): channel k stays channel k, on the axis where the products line up; the shape entry
-    follows the kept channels. False (nothing recorded) when it is not that."""
+    follows the kept channels. Or one that merges the channel axis with the axes right after it, channels outermost
+    ([N, C, 2, 2, H, W] -> [N, 4C, H, W]: the last Reshape of torch's pixel_unshuffle, written as Reshape ->
+    Transpose -> Reshape, sweep 23's "not a flattening Reshape"): channel k becomes the m consecutive channels
+    k*m ... k*m+m-1, m the product of the merged axes, and the entry is m times the kept channels. False (nothing
+    recorded) when it is neither."""
     if S is None or s is None or np.asarray(S).ndim != 1 or _attr(node, "allowzero", 0) or not _static(s[1:]):
         return False
     ch = len(s) + c.axis
@@ -147,20 +178,22 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     if ch < 1 or len(T) < 2 or any(not isinstance(v, int) or v < 1 for v in T[1:]) or \
             not (head == -1 or (isinstance(s[0], int) and head == s[0])):
         return False
-    before, after = math.prod(s[1:ch]), math.prod(s[ch + 1 :])
-    at = next((j for j in range(1, len(T)) if math.prod(T[1:j]) == before and T[j] == s[ch]
-               and math.prod(T[j + 1 :]) == after), None)
-    if at is None:
+    before = math.prod(s[1:ch])
+    found = next(((j, math.prod(s[ch + 1:end])) for end in range(ch + 1, len(s) + 1) for j in range(1, len(T))
+                  if math.prod(T[1:j]) == before and T[j] == math.prod(s[ch:end])
+                  and math.prod(T[j + 1 :]) == math.prod(s[end:])), None)
+    if found is None:
         return False
+    at, m = found
     k = node.inputs[1]
 
     def edit(keep: np.ndarray) -> None:
         new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
-        new[at] = int(keep.sum())
+        new[at] = int(keep.sum()) * m
         node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
 
     b.edit(x, edit)
-    b.set(node.outputs[0], Channels(at - len(T), c.ids, c.value))
+    b.set(node.outputs[0], Channels(at - len(T), np.repeat(c.ids, m), np.repeat(c.value, m)))
     return True
 
 
@@ -191,6 +224,112 @@ def _pad(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, value))
 
 
+def _past_casts(t, outputs: set[str]):
+    """`t`, or the end of the chain of Casts that alone read it (onnxconverter-common's mixed float16 keeps an
+    InstanceNormalization in float32 between two Casts); None where a tensor on the way is a graph output."""
+    for _ in range(4):
+        if t.name in outputs:
+            return None
+        if len(t.outputs) != 1 or t.outputs[0].op != "Cast":
+            return t
+        t = t.outputs[0].outputs[0]
+    return None
+
+
+def _cast_constant(t):
+    """(values, reader node, input index) of a constant read directly or through one Cast (mixed float16), or None."""
+    if _const(t) is not None:
+        return None
+    if len(t.inputs) == 1 and t.inputs[0].op == "Cast" and _const(t.inputs[0].inputs[0]) is not None:
+        return _const(t.inputs[0].inputs[0]), t.inputs[0], 0
+    return None
+
+
+def _legacy_group_norm_parts(b: Builder, node: gs.Node):
+    """(groups, InstanceNormalization node, closing Reshape, [(reader, index) of its scale and bias constants]) when
+    Reshape `node` opens torch's legacy export of nn.GroupNorm: x [N, C, ...] -> Reshape [0, G, -1] ->
+    InstanceNormalization (a scale and bias per group, constants, or constants through a Cast) -> Reshape back to
+    Shape(x) (or to x's constant shape), each tensor read by the next alone, Casts allowed between them (the affine
+    Mul and Add follow as element-wise ops); else None."""
+    x = node.inputs[0]
+    c, s, S = b.ch(x), b.shape(x), _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if c is None or s is None or S is None or np.asarray(S).shape != (3,) or len(s) < 3 or len(s) + c.axis != 1 or \
+            _attr(node, "allowzero", 0) or not _static(s[2:]):
+        return None
+    n, (first, groups, rest) = len(c.ids), (int(v) for v in np.ravel(S))
+    if groups < 1 or n % groups or first not in (0, -1, s[0]) or rest not in (-1, n // groups * math.prod(s[2:])):
+        return None
+    outputs = {t.name for t in b.cg.graph.outputs}
+    mid = _past_casts(node.outputs[0], outputs)
+    if mid is None or len(mid.outputs) != 1 or mid.outputs[0].op != "InstanceNormalization":
+        return None
+    norm = mid.outputs[0]
+    params = []
+    for i in (1, 2):
+        t = _opt_input(norm, i)
+        if t is None:
+            return None
+        found = (_const(t), norm, i) if _const(t) is not None else _cast_constant(t)
+        if found is None or np.asarray(found[0]).size != groups:
+            return None
+        params.append(found)
+    out = _past_casts(norm.outputs[0], outputs) if norm.inputs[0] is mid else None
+    if out is None or len(out.outputs) != 1 or out.outputs[0].op != "Reshape" or _attr(out.outputs[0], "allowzero", 0):
+        return None
+    back = out.outputs[0]
+    if back.inputs[0] is not out or not _back_to(b, back.inputs[1], x, s):
+        return None
+    return groups, norm, back, params
+
+
+def _back_to(b: Builder, shape, x, s) -> bool:
+    """`shape` is Shape(x) whole, or a constant equal to x's shape (0 or -1 for the batch)."""
+    if len(shape.inputs) == 1 and shape.inputs[0].op == "Shape" and shape.inputs[0].inputs[0] is x:
+        return _attr(shape.inputs[0], "start", 0) == 0 and _attr(shape.inputs[0], "end", None) in (None, len(s))
+    T = _const(shape)
+    return T is not None and np.asarray(T).ndim == 1 and len(T) == len(s) and int(T[0]) in (0, -1, s[0]) and \
+        [int(v) for v in np.ravel(T)[1:]] == list(s[1:])
+
+
+def _legacy_group_norm(b: Builder, node: gs.Node) -> bool:
+    """torch's legacy export of nn.GroupNorm (`_legacy_group_norm_parts`) read as one GroupNormalization with the
+    InstanceNormalization's scale and bias per group (rules_elementwise._group_norm): a group's channels are one
+    class, G in the first Reshape, the InstanceNormalization's scale and bias (new constants) and a constant shape
+    back follow the kept groups. Sweep 23: the Reshape to [N, G, -1] kept every channel before it."""
+    from onnxprune.passes.channel_groups.rules_elementwise import _group_values
+
+    parts = _legacy_group_norm_parts(b, node)
+    if parts is None:
+        return False
+    groups, norm, back, params = parts
+    x, c = node.inputs[0], b.ch(node.inputs[0])
+    k = len(c.ids) // groups
+    for row in c.ids.reshape(groups, k).tolist():
+        for j in row[1:]:
+            b.cg.union(row[0], j)
+    scale, bias = (np.repeat(np.asarray(v, dtype=np.float64).reshape(-1), k) for v, _, _ in params)
+    value = _group_values(c.value, groups, float(_attr(norm, "epsilon", 1e-5)), scale, bias)
+    b.set(back.outputs[0], Channels(c.axis, c.ids, value))
+    S = _const(node.inputs[1])
+
+    def edit(keep: np.ndarray) -> None:
+        kept = keep[::k]
+        new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
+        new[1] = int(kept.sum())
+        node.inputs[1] = gs.Constant(b.cg.unique(f"{node.inputs[1].name}_pruned"), new)
+        for v, reader, i in params:
+            old = reader.inputs[i]
+            reader.inputs[i] = gs.Constant(b.cg.unique(f"{old.name}_pruned"), np.compress(kept, np.asarray(v), axis=0))
+        T = _const(back.inputs[1])
+        if T is not None:
+            shape = np.array(np.ravel(T), dtype=np.asarray(T).dtype)
+            shape[1] = int(keep.sum())
+            back.inputs[1] = gs.Constant(b.cg.unique(f"{back.inputs[1].name}_pruned"), shape)
+
+    b.edit(x, edit)
+    return True
+
+
 def _reshape(b: Builder, node: gs.Node) -> None:
     """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W), tf2onnx's Flatten with the batch
     size read from the input's shape); the shape constant follows."""
@@ -203,7 +342,7 @@ def _reshape(b: Builder, node: gs.Node) -> None:
             S, features = found
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
-        if features is None and _channel_reshape(b, node, x, c, s, S):
+        if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S)):
             return None
         return b.opaque(node, "is not a flattening Reshape with a constant shape and static spatial sizes")
     per = math.prod(s[1:ch]) * math.prod(s[ch + 1 :])

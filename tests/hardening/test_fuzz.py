@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 
 from onnxprune.converter import modelio
 from onnxprune.errors import ConverterError
-from onnxprune.models import builders
+from onnxprune.models import builders, third_party_builders
 from onnxprune.passes.sparse_encode import dense_to_sparse
 from tests.hardening.helpers import assert_clean_error, invoke, leftovers
 
@@ -60,6 +60,8 @@ SEEDS = {
     "conv": builders.conv_bn_relu(in_channels=2, out_channels=3, kernel=3, size=4).SerializeToString(),
     "sparse": _with_sparse_initializer().SerializeToString(),
     "constant": _with_constant_weight().SerializeToString(),
+    # weights stored as bfloat16 and read through Cast (folded at load, passes/quantized_weights.py `lowp`)
+    "bf16": third_party_builders.bf16_weights(width=2, size=4, hidden=4, classes=3).SerializeToString(),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
@@ -115,7 +116,11 @@ def test_shared_and_protected_initializers_block():
             node.input[1] = "fc2.weight"
             node.input[2] = "fc2.bias"
     m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
-    cg = build(m)
+    cg = build(m)  # alike readers (branch chan): tied, fc1's, fc2's and fc3's channel k one class
+    assert cg.roots("fc1_out").tolist() == cg.roots("fc2_out").tolist() == cg.roots("y").tolist()
+    assert "shared" not in notes(cg)
+    next(n for n in m.graph.node if n.name == "fc3").attribute.append(onnx.helper.make_attribute("alpha", 0.5))
+    cg = build(m)  # unlike readers (another alpha): the weight is frozen
     assert "initializer 'fc2.weight' is shared with 'fc3'" in notes(cg)
     cg = build(G.mlp((6, 5, 4, 3)), protected=frozenset({"fc2.weight"}))
     assert set(cg.roots("fc1_out").tolist()) <= cg.blocked()  # fc2 may not lose rows

@@ -708,11 +708,15 @@ def test_prelu_slope_entries_go_with_their_channels(slope):
     assert shp["slope"] == tuple(sliced)
 
 
-def test_a_prelu_slope_shared_by_two_layers_blocks_both():
+def test_a_prelu_slope_shared_by_two_layers_ties_their_channels():
+    """Two alike PRelus reading one slope: it is sliced once, so channel k of c1 and of c2 are one class (before
+    branch chan, the shared slope blocked both). c1's channel 1 alone dead: c2's channel 1 lives, both stay."""
+    from onnxprune.passes.dead_neurons import analyse
     m = G.zero(G.prelu_resize(shared_slope=True), "c1.weight", 0, [1])
     out, report = remove_dead_neurons(m)
     assert out is m and report.removed == 0
-    assert "initializer 'slope' is shared with 'act2'" in "\n".join(report.blocked)
+    cg = analyse(m)
+    assert cg.roots("act1_out").tolist() == cg.roots("act2_out").tolist()
 
 
 @pytest.mark.parametrize("resize, mode", [("scales", "nearest"), ("scales", "linear"), ("scales", "cubic"),
@@ -1071,3 +1075,200 @@ def test_flattened_positions_a_gemm_ignores_are_not_reported_as_kept_channels():
     out, report, shp = prune(m)
     assert shp["p.weight"] == (3, 2, 3, 3) and shp["head.weight"] == (3, 48)
     assert not [line for line in report.lines() if "no weight reads are kept" in line], report.lines()
+
+
+# -- a weight read by two towers (Siamese nets, shared encoders) ----------------------------------------------------
+def _einsum_siamese():
+    from onnxprune.models import third_party_builders as tb
+    from onnxprune.passes.einsum_linear import EinsumLinear
+    return EinsumLinear().run(tb.einsum_siamese(), PruneState()).model  # t.w1 [8, 16], t.w2 [16, 6]: [in, out]
+
+
+def test_a_weight_both_towers_read_loses_a_channel_dead_in_both_and_is_sliced_once():
+    """Sweep 23's siamese_einsum: "initializer 't.w1' is shared with '/t_1/Einsum'" kept every channel of both
+    towers. Both readers' output channels are one class: a channel dead for both goes, from the one weight (and its
+    shared bias), which both keep reading."""
+    m = _einsum_siamese()
+    G.zero(m, "t.w1", 1, [2, 5])  # hidden 2, 5: relu(b1) in both towers ...
+    G.set_init(m, "t.b1", np.where(np.isin(np.arange(16), [2]), -0.3, np.where(np.arange(16) == 5, 0.4,
+                                                                                     G.init(m, "t.b1"))))
+    G.zero(m, "t.w2", 0, [9])  # ... hidden 9 read by no one in either tower
+    out, report, shp = prune(m)
+    assert shp["t.w1"] == (8, 13) and shp["t.b1"] == (13,) and shp["t.w2"] == (13, 6)
+    assert channels(report)["/t/Einsum"] == channels(report)["/t_1/Einsum"] == (16, 13)
+    assert sorted(n.input[1] for n in out.graph.node if n.op_type == "MatMul") == ["t.w1", "t.w1", "t.w2", "t.w2"]
+    assert sum(t.name.startswith("t.w") for t in out.graph.initializer) == 2  # one copy each
+    assert report.removed == 3  # the weight's channels, not counted once per tower
+    assert not any("shared" in why for why in report.blocked)
+
+
+def test_a_weight_read_alike_by_two_towers_keeps_a_channel_dead_in_one_tower_only():
+    m = _einsum_siamese()
+    m.graph.node[0].input[0], m.graph.node[5].input[0] = "left", "right"
+    # a channel dead in the left tower only: give the right tower its own first layer, whose channel 4 lives
+    g = G.G(1)
+    right_w = g.weight("r.w1", (8, 16), 8)
+    m.graph.initializer.extend(g.inits)
+    m.graph.node[5].input[1] = right_w
+    G.zero(m, "t.w1", 1, [4])
+    G.set_init(m, "t.b1", np.where(np.arange(16) == 4, -0.3, G.init(m, "t.b1")))  # relu 0 on the left only
+    out, report = remove_dead_neurons(m)
+    assert report.removed == 0 and out is m  # t.w2 reads channel 4 of both towers: the right one lives
+
+
+def _shared_reader(alike: bool = True, seed: int = 0):
+    """left, right [N, 8] -> own Gemm each (a, b: 8 -> 6) -> Relu -> the same Gemm 'w' (6 -> 4) read by both (or by
+    a Gemm and a MatMul, `alike=False`) -> Sub -> Gemm head -> 'y' [N, 2]."""
+    g = G.G(seed)
+    la = g.op("Relu", "ra", [g.gemm("left", "a", 8, 6)])
+    rb = g.op("Relu", "rb", [g.gemm("right", "b", 8, 6)])
+    w, bias = g.weight("shared.weight", (4, 6), 6), g.bias("wb", 4)
+    lo = g.op("Gemm", "wl", [la, w, bias], transB=1)
+    if alike:
+        ro = g.op("Gemm", "wr", [rb, w, bias], transB=1)
+    else:
+        ro = g.op("Add", "wr_add", [g.op("MatMul", "wr", [rb, g.op("Transpose", "wt", [w], perm=[1, 0])]), bias])
+    g.gemm(g.op("Sub", "d", [lo, ro]), "head", 4, 2)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"left": ["N", 8], "right": ["N", 8]}, {"y": ["N", 2]})
+
+
+def test_a_shared_weight_loses_an_input_channel_when_both_producers_lose_it():
+    """The input side of a weight two towers read: producer a's channel k and producer b's channel k are one class
+    (one column of w goes); dead in both, it goes from a, b and w; dead in a only, it stays."""
+    m = G.zero(_shared_reader(), "a.weight", 0, [1, 3])
+    G.set_init(m, "a.bias", np.where(np.isin(np.arange(6), [1, 3]), -0.2, G.init(m, "a.bias")))
+    G.zero(m, "b.weight", 0, [1, 3, 4])
+    G.set_init(m, "b.bias", np.where(np.isin(np.arange(6), [1, 3, 4]), -0.2, G.init(m, "b.bias")))
+    G.zero(m, "shared.weight", 0, [2])  # its output 2: read by neither tower's Sub (wl and wr are one class), goes
+    G.zero(m, "head.weight", 1, [2])
+    out, report, shp = prune(m)
+    assert shp["a.weight"] == shp["b.weight"] == (4, 8) and shp["shared.weight"] == (3, 4) and shp["wb"] == (3,)
+    assert channels(report)["a"] == channels(report)["b"] == (6, 4)
+    assert channels(report)["wl"] == channels(report)["wr"] == (4, 3)
+
+
+def test_a_weight_shared_by_unlike_readers_still_blocks_and_says_why():
+    m = G.zero(_shared_reader(alike=False), "a.weight", 0, [1])
+    G.zero(m, "b.weight", 0, [1])
+    out, report = remove_dead_neurons(m)
+    assert channels(report)["a"] == channels(report)["b"] == (6, 6)
+    assert any("initializer 'shared.weight' is shared with" in why for why in report.blocked)
+
+
+# -- pixel_unshuffle written as Reshape -> Transpose -> Reshape ------------------------------------------------------
+def test_pixel_unshuffle_as_reshapes_removes_a_dead_channel_and_its_four_copies():
+    """Sweep 23: torch's pixel_unshuffle, exported as Reshape [N, C, H/2, 2, W/2, 2] -> Transpose -> Reshape
+    [N, 4C, H/2, W/2], kept every channel before it ("not a flattening Reshape"). Input channel c is output channels
+    4c ... 4c+3: it goes when all four are unread (or constants c2 folds), and both shapes follow."""
+    from onnxprune.models import third_party_builders as tb
+    m = tb.pixel_unshuffle_net()  # c1: 2 -> 4, c2 reads 16
+    G.zero(m, "c2.weight", 1, [4 * 1 + k for k in range(4)])  # (a): channel 1's four copies unread
+    G.zero(m, "c2.weight", 1, [4 * 2 + 1])  # one copy of channel 2 unread: stays
+    G.zero(m, "c1.weight", 0, [3])  # (b): relu(bias) everywhere: constant, folded into the unpadded 1x1 c2
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (4, 2) and report.folded == 1
+    assert shp["c1.weight"] == (2, 2, 3, 3) and shp["c2.weight"] == (3, 8, 1, 1)
+    assert G.init(out, next(n.input[1] for n in out.graph.node if n.name == "/unshuffle/Reshape")).tolist() == \
+        [-1, 2, 4, 2, 4, 2]
+    assert G.init(out, next(n.input[1] for n in out.graph.node if n.name == "/unshuffle/merge/Reshape")).tolist() == \
+        [-1, 8, 4, 4]
+    assert not any("Reshape" in why for why in report.blocked)
+
+
+def test_pixel_unshuffle_order_matches_torch():
+    """The rule maps input channel c to outputs 4c ... 4c+3, as torch's pixel_unshuffle orders them."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from onnxprune.models import third_party_builders as tb
+    m = tb.pixel_unshuffle_net()
+    cut = onnx.helper.make_tensor_value_info("/unshuffle/merge/Reshape_output_0", onnx.TensorProto.FLOAT, None)
+    pre = onnx.helper.make_tensor_value_info("/c1/Relu_output_0", onnx.TensorProto.FLOAT, None)
+    m.graph.output.extend([cut, pre])
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    got, before = ort.InferenceSession(m.SerializeToString()).run([cut.name, pre.name], {"input": x})
+    np.testing.assert_array_equal(got, torch.nn.functional.pixel_unshuffle(torch.from_numpy(before), 2).numpy())
+
+
+# -- GroupNorm: a whole group goes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["op21", "op18", "legacy"])
+def test_group_norm_loses_a_whole_dead_group_and_keeps_a_group_with_one_dead_channel(form):
+    """Sweep 23: GroupNormalization (opset 18, 21) and torch's legacy export of nn.GroupNorm (Reshape [0, G, -1] -
+    InstanceNormalization - Reshape - Mul - Add) kept every channel before them. A group's statistics are its own, so
+    a whole group can go: one of constants comes out as constants (scale·(v - mean)/sqrt(var + eps) + bias, folded by
+    the 1x1 Conv after it), one nobody reads goes as it is; num_groups (or the Reshape's G) follows. A group with one
+    dead channel stays (removing it would change the group's mean and variance)."""
+    from onnxprune.models import third_party_builders as tb
+    m = tb.group_norm_net(form=form)  # 8 channels, 4 groups of 2
+    G.zero(m, "c1.weight", 0, [2, 3])  # group 1: two different constants (c1's biases) in every position
+    G.zero(m, "c2.weight", 1, [6, 7])  # group 3: read by nobody
+    G.zero(m, "c1.weight", 0, [0])  # group 0: one constant channel beside a live one: stays
+    if form == "op18":  # onnx's checker refuses GroupNormalization-18 itself ("deprecated"); onnxruntime runs it
+        out, report = remove_dead_neurons(m)
+        G.assert_same_outputs(out, m)
+        shp = G.shapes(out)
+    else:
+        out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (8, 4) and report.folded == 1
+    assert shp["c1.weight"] == (4, 2, 3, 3) and shp["c2.weight"] == (3, 4, 1, 1)
+    if form == "legacy":
+        groups = next(n for n in out.graph.node if n.name == "/gn/Reshape")
+        assert G.init(out, groups.input[1]).tolist() == [0, 2, -1]
+        norm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
+        assert G.init(out, norm.input[1]).shape == (2,) and shp["gn.weight"] == shp["gn.bias"] == (4, 1, 1)
+    else:
+        gn = next(n for n in out.graph.node if n.op_type == "GroupNormalization")
+        assert onnx.helper.get_node_attr_value(gn, "num_groups") == 2
+        assert shp["gn.weight"] == shp["gn.bias"] == ((2,) if form == "op18" else (4,))
+    assert not any("normaliz" in why or "Reshape" in why for why in report.blocked)
+
+
+@pytest.mark.parametrize("form", ["op21", "legacy"])
+def test_a_group_norm_group_of_zeros_comes_out_as_its_bias(form):
+    """A dead group of zeros normalizes to 0/sqrt(eps) = 0: its outputs are the bias, folded into the reader."""
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.group_norm_net(form=form), "c1.weight", 0, [4, 5])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), [4, 5]), 0.0, G.init(m, "c1.bias")))
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (8, 6) and report.folded == 1
+
+
+def test_a_legacy_group_norm_with_casts_around_its_instance_norm_loses_a_group():
+    """onnxconverter-common's mixed float16 keeps InstanceNormalization in float32 between Casts, its scale and bias
+    float16 constants through a Cast each (sweep 23's s2d_mixed16): the pattern reads through them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.models import third_party_builders as tb
+    m = tb.group_norm_net(form="legacy")
+    norm = next(n for n in m.graph.node if n.op_type == "InstanceNormalization")
+    at = list(m.graph.node).index(norm)
+    casts = [helper.make_node("Cast", [norm.input[0]], ["in_cast"], name="in_cast", to=TensorProto.FLOAT)]
+    for i, name in ((1, "gn.ones"), (2, "gn.zeros")):
+        half = next(t for t in m.graph.initializer if t.name == name)
+        half.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(half).astype(np.float16), name))
+        casts.append(helper.make_node("Cast", [name], [f"{name}_cast"], name=f"{name}_cast", to=TensorProto.FLOAT))
+        norm.input[i] = f"{name}_cast"
+    norm.input[0] = "in_cast"
+    back = next(n for n in m.graph.node if n.name == "/gn/back/Reshape")
+    back.input[0] = "out_cast"
+    casts.append(helper.make_node("Cast", [norm.output[0]], ["out_cast"], name="out_cast", to=TensorProto.FLOAT))
+    for k, node in enumerate(casts[:-1]):
+        m.graph.node.insert(at + k, node)
+    m.graph.node.insert(list(m.graph.node).index(norm) + 1, casts[-1])
+    G.zero(m, "c2.weight", 1, [2, 3])  # group 1 read by nobody
+    out, report, shp = prune(m)
+    assert channels(report)["/c1/Conv"] == (8, 6)
+    norm = next(n for n in out.graph.node if n.op_type == "InstanceNormalization")
+    cast = next(n for n in out.graph.node if n.output[0] == norm.input[1])
+    assert G.init(out, cast.input[0]).dtype == np.float16 and G.init(out, cast.input[0]).shape == (3,)
+
+
+def _test_graphs_of_branch_chan():
+    from onnxprune.models import third_party_builders as tb
+    return {"shared reader": _shared_reader, "pixel unshuffle": tb.pixel_unshuffle_net,
+            "group norm 21": partial(tb.group_norm_net, form="op21"),
+            "group norm legacy": partial(tb.group_norm_net, form="legacy")}
+
+
+GRAPHS.update(_test_graphs_of_branch_chan())  # the property test above draws from these too

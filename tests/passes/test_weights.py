@@ -194,21 +194,31 @@ def test_recurrent_weights_count_their_macs_once_a_time_step(build, gates):
 
 def test_a_matrix_in_an_onnxruntime_fused_kernel_says_to_prune_before_fusing():
     """onnxruntime.transformers.optimizer's output (a helper's MiniLM: Attention's QKV weights, 2.66M, and
-    EmbedLayerNormalization's tables) read "not a weight of Conv/.../RNN (used by Attention)"."""
+    EmbedLayerNormalization's tables) read "not a weight of Conv/.../RNN (used by Attention)". A fused kernel whose
+    weight is a linear layer's (FusedMatMul, Attention: tests/passes/test_fused_kernels.py) is pruned; the others
+    say to prune before fusing."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("FusedMatMul", ["x", "W"], ["y"], domain="com.microsoft", name="fused"),
-         helper.make_node("SkipLayerNormalization", ["y", "x", "gamma"], ["z"], domain="com.microsoft",
+        [helper.make_node("EmbedLayerNormalization", ["ids", "", "table", "positions", "", "gamma", "beta"],
+                          ["e", "mask"], domain="com.microsoft", name="embed"),
+         helper.make_node("FusedMatMul", ["e", "W"], ["y"], domain="com.microsoft", name="fused"),
+         helper.make_node("SkipLayerNormalization", ["y", "e", "gamma"], ["z"], domain="com.microsoft",
                           name="skip")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["N", 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 8])],
         [numpy_helper.from_array(rng.standard_normal([8, 8]).astype(np.float32), "W"),
-         numpy_helper.from_array(np.ones(8, np.float32), "gamma")])
+         numpy_helper.from_array(rng.standard_normal([30, 8]).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.standard_normal([4, 8]).astype(np.float32), "positions"),
+         numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+         numpy_helper.from_array(np.zeros(8, np.float32), "beta")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    reasons = {s.name: s.reason for s in find_prunable(model).skipped}
-    assert "fused com.microsoft.FusedMatMul 'fused'" in reasons["W"] and "before onnxruntime's" in reasons["W"]
+    inv = find_prunable(model)
+    reasons = {s.name: s.reason for s in inv.skipped}
+    assert "W" in {w.name for w in inv.prunable}
+    assert ("fused com.microsoft.EmbedLayerNormalization 'embed'" in reasons["table"]
+            and "before onnxruntime's" in reasons["table"])
     assert "fused" not in reasons["gamma"]  # a vector: not a matrix anyone would prune
 
 
