@@ -274,8 +274,9 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                          for v in items)
         console.print(f"{kind}: {text or '-'}", markup=False)  # '[unk__12, 32, 32, 3]' is not a rich style tag
     if info.get("npz_example"):
-        console.print("calibration data (replace the zeros with real samples; a file whose inputs cannot be stacked "
-                      "along the first axis is read as one feed):")
+        console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
+                      "data, at least 100 for --max-loss, and add labels=... if you have them; a file whose inputs "
+                      "cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
     if info.get("copies"):
         shown = ", ".join(f"'{c['weight']}' x{c['copies']}" for c in info["copies"][:3])
@@ -345,8 +346,10 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
         after = report.get("params_after_shrink")
         nz = report.get("nonzeros_after_shrink")
-        held = (f": the written layers hold {count(after)} weights, {count(nz)} nonzero (what `onnxprune inspect` "
-                "of the output counts; the figures above are of the input's shapes)" if after and nz is not None
+        fewer = (f", {_ratio(b['nonzeros'] / nz)} fewer than the input's {count(b['nonzeros'])}"
+                 if nz and nz < a["nonzeros"] else "")  # the removed neurons' weights went too
+        held = (f": the written layers hold {count(after)} weights, {count(nz)} nonzero{fewer} (what `onnxprune "
+                "inspect` of the output counts; the figures above are of the input's shapes)" if after and nz is not None
                 else "")
         console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink "
                       f"accordingly{held}", markup=False)
@@ -357,7 +360,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         console.print(f"onnxruntime CPU latency vs the input model (median, interleaved): {runs}")
     p = report["parity"]
     console.print(
-        f"verified in onnxruntime on {p['batches']} {'batches of your data' if p['inputs'] == 'data' else 'random inputs'}:"
+        f"verified in onnxruntime on {p['batches']} "
+        + (("batch of your data" if p["batches"] == 1 else "batches of your data") if p["inputs"] == "data"
+           else "random input" if p["batches"] == 1 else "random inputs") + ":"
         f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
         + (f" (within {p.get('noise_multiple') or _noise_multiple():g}x the dense model's own float32 noise, {p['noise_floor']:.2g}, on "
            f"'{p['worst_output']}')" if p.get("noise_floor") else "")
@@ -424,7 +429,7 @@ def _widened(budget: dict) -> str:
     if not budget.get("met") or limit is None or budget["measured_loss_pp"] <= budget["max_loss_pp"]:
         return ""
     return (f" (by the decision rule's limit {limit:.2f} pp: one standard error of the paired difference, wider than "
-            "the budget on this decision set; more samples, or --val-data, narrow it)")
+            "the budget on this decision set; more decision samples (a larger --val-data, or more --data) narrow it)")
 
 
 CLASS_HEADLINES = ("accuracy", "top5", "agreement", "prob", "expected_accuracy")  # outputs of class scores

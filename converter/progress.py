@@ -71,7 +71,7 @@ class Progress:
         self._last_line[task] = now
         pct = f"{100 * done / total:.0f}%" if total else "?"
         eta = ""
-        if total and 0 < done < total:
+        if total and 0 < done < total and now > start:  # a task's first line has no pace yet: no "eta 0s"
             eta = f", eta {(now - start) * (total - done) / done:.0f}s"
         print(f"onnxprune: {task}: {done}/{total} ({pct}{eta}){' ' + info if info else ''}", file=self.stream, flush=True)
 

@@ -169,9 +169,12 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     boxed: dict[str, set[int]] = defaultdict(set)  # input features inside the crop's box (`ChannelGraph.boxed`)
     for tensor, zero in ignored.items():
         ids, roots = cg.channels[tensor].ids, cg.roots(tensor)
+        # a channel is ignored when none of its positions is read: a Flatten into a Gemm gives each channel one
+        # position per pixel, and a sparse Gemm's zero columns at some of them leave the channel read
+        read_ids = set(ids[~zero].tolist())
         for p in np.flatnonzero(zero).tolist():
             root = int(roots[p])
-            if root not in dead and root not in blocked:
+            if root not in dead and root not in blocked and int(ids[p]) not in read_ids:
                 (boxed if tensor in boxes else kept)[cg.origins[int(ids[p])]].add(int(ids[p]))
     lines = []
     if kept:

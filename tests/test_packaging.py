@@ -26,6 +26,19 @@ def test_every_package_folder_is_listed_under_the_onnxprune_name():
     assert all(name == "onnxprune" or name.startswith("onnxprune.") for name in listed), listed
 
 
+def test_every_folder_of_modules_is_a_listed_package():
+    """README audit: converter/steps/ had modules but no __init__.py, so the test above did not see it and the
+    packages list left it out: a wheel (`pip install .`, not -e) had no onnxprune.converter.steps, and every
+    `onnxprune prune` ended in "internal error (ModuleNotFoundError: No module named 'onnxprune.converter.steps')"."""
+    listed = set(_setuptools()["packages"])
+    folders = {p.parent for top in TOPS for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
+    for folder in folders:
+        rel = folder.relative_to(ROOT).parts
+        name = ".".join((TOPS[rel[0]], *rel[1:]))
+        assert (folder / "__init__.py").is_file(), f"{folder.relative_to(ROOT)} has modules but no __init__.py"
+        assert name in listed, f"add {name} to [tool.setuptools] packages in pyproject.toml"
+
+
 def test_package_dir_maps_the_owner_folders_under_onnxprune():
     mapping = _setuptools()["package-dir"]
     assert {k: v for k, v in mapping.items() if k != "onnxprune"} == {v: k for k, v in TOPS.items() if k != "onnxprune"}

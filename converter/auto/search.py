@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 WEIGHT_FACTOR = 0.6  # kept weights x this per weight level
 NEURON_FACTOR = 0.75  # neurons left x this per neuron level
 SMALLEST_STEP = 0.25
+SEARCH_TASK = "auto search, seconds of --time-budget"  # its progress counts seconds: "auto search: 39/180" read as
+# 39 of 180 candidates, and the run ending at 22% as a search cut short
 MAX_PASSES, RESTART_STEP = 4, 0.5  # knobs exhausted with time left: polish, then another pass from half steps
 NEGLIGIBLE = 1.01  # a result under this ratio (under 1% of the nonzeros removed) that loses anything keeps the input
 TAIL_SHARE = 0.04  # of the time budget, left for shrink, encode, verify and measure (without a RunClock)
@@ -719,7 +721,7 @@ class _Search:
         limit = (f"limit {decision.limit_pp:.3f}" if decision.limit_pp >= 0
                  else f"limit {decision.limit_pp:.3f}: the margin alone exceeds the budget")
         log.info("auto %s: %.1fx, loss %.3f pp (%s) %s", phase, entry["ratio"], decision.loss_pp, limit, verdict)
-        self.progress("auto search", int(time.perf_counter() - self.t0), int(self.config.time_budget),
+        self.progress(SEARCH_TASK, int(time.perf_counter() - self.t0), int(self.config.time_budget),
                       self._headline())
 
     def _headline(self) -> str:

@@ -236,6 +236,10 @@ class AutoSearchStep(Step):
             return None
         return state.data.choosing
 
+    def settings(self) -> dict:
+        """`--plan` showed `time_budget = None` where the run takes 15 minutes: the bound it will keep, in seconds."""
+        return {**super().settings(), "time_budget_seconds": self._time_budget()}
+
     def _time_budget(self) -> float:
         from onnxprune.converter.auto import parse_duration
         from onnxprune.converter.auto.config import DEFAULT_TIME_BUDGET

@@ -116,7 +116,7 @@ class QuantizeStep(Step):
             _record(state, None, rule.statement(), [])
             self._recheck_search(state)
             return
-        self._best, self._attempts = None, 0
+        self._best, self._attempts, self._said = None, 0, {}
         chosen, tried = bisect(lambda b: self._judge(state, names, b, rule), CODEBOOK_WIDTHS)
         if chosen is None:
             fits, info = self._judge(state, names, 16, rule)
@@ -124,7 +124,8 @@ class QuantizeStep(Step):
             chosen = 16 if fits else None
         if chosen is not None:
             state.pruned = self._best
-        self._best = None
+            state.notes.extend(self._said.get(chosen, []))  # the kept width's own lines, not every try's
+        self._best, self._said = None, {}
         state.notes.append(_auto_note(chosen, tried, rule, self.trained and self._train_note(state)))
         _record(state, chosen, rule.statement(), tried)
         self._recheck_search(state)
@@ -147,7 +148,10 @@ class QuantizeStep(Step):
     def _judge(self, state: RunState, names: list[str], bits: int, rule) -> tuple[bool, dict]:
         """Is `bits` within the rule, measured on the file it would write? Keeps the model when it is (bisection
         tries narrower widths after a success, so the last one kept is the narrowest)."""
+        before = len(state.notes)
         model = self._candidate(state, names, bits)
+        self._said[bits] = state.notes[before:]  # "--weight-bits 4: 3 weight(s) quantized ...": said for the kept one
+        del state.notes[before:]
         decision = rule.judge_outputs(list(rule.evaluator.run_all(self._as_written(state, model))))
         self._attempts += 1
         state.progress("quantize", self._attempts, MAX_TRIES, f"{bits} bits: loss {decision.loss_pp:.3f} pp")

@@ -103,7 +103,7 @@ def _no_rule(node: gs.Node) -> str:
         return f"(op {node.op}) holds integer-quantized weights: dead-neuron removal does not shrink it"
     if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].kind == "recurrent":
         return f"(op {node.op}) is recurrent: dead-neuron removal does not shrink its hidden size"
-    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].domain and (node.domain or "") == WEIGHT_OPS[node.op].domain:
+    if node.op in WEIGHT_OPS and WEIGHT_OPS[node.op].domain and WEIGHT_OPS[node.op].of(node):  # not ai.onnx's Attention
         return f"(op {node.domain}.{node.op}) is a fused kernel: dead-neuron removal does not shrink it"
     if node.op in SUBGRAPH_OPS:
         return f"(op {node.op}) holds subgraphs: dead-neuron removal does not enter them"

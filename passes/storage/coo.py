@@ -91,6 +91,10 @@ def _encoder(home: str):
             else:
                 model.graph.sparse_initializer.append(sparse)
         replace_initializers(model.graph, drop=set(encoded) & init_names)
+        if home == "initializer" and set(encoded) & init_names:  # README "Sparse format"; the file is still valid
+            state.notes.append("--sparse-format initializer: the file loads in onnxruntime but fails onnx.checker's "
+                               "full check and onnx shape inference (a Gemm/MatMul/Conv input may not be a sparse "
+                               "initializer); --sparse-format constant, the default, is as small and passes both")
         if new_constants:
             nodes = new_constants + list(model.graph.node)
             del model.graph.node[:]

@@ -360,6 +360,26 @@ def test_the_summary_says_what_the_written_layers_hold_after_dead_neuron_removal
     assert "the written layers hold" in out.getvalue()
 
 
+def test_the_summary_gives_the_written_models_ratio_when_removal_took_nonzeros(tmp_path):
+    """README audit: a Conv-Flatten-Gemm at --sparsity 0.9 printed "weights 101K -> 10.1K nonzero (10.0x fewer)"
+    and, on the next line, that the written layers hold 5.44K nonzero (the removed neurons' weights went with
+    them): `inspect` of the output then says 18.5x. The line gives that ratio too."""
+    import io
+
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import _ratio, count, print_prune_summary
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+
+    report = run(builders.mlp_gemm(), configure(sparsity=0.9)).report
+    nz, before = report["nonzeros_after_shrink"], report["before"]["nonzeros"]
+    assert nz < report["after"]["nonzeros"]
+    out = io.StringIO()
+    print_prune_summary(report, Console(file=out, width=400))
+    assert f"{count(nz)} nonzero, {_ratio(before / nz)} fewer than the input's {count(before)}" in out.getvalue()
+
+
 def test_compression_counts_from_the_inputs_own_nonzeros(tmp_path):
     """Issue 13: a model already 25% zeros was reported "1.7x fewer" for 1.26x. The ratio is the input's nonzeros
     over the output's, as the summary's "A -> B nonzero" beside it; on a dense input that is weights / nonzeros."""

@@ -1076,6 +1076,27 @@ def test_depth_to_space_removes_a_dead_block_of_channels_and_space_to_depth_its_
     assert shp["c1.weight"] == (12, 2, 3, 3) and shp["c2.weight"] == (3, 3, 3, 3) and shp["c3.weight"] == (2, 12, 1, 1)
 
 
+def test_flattened_positions_a_gemm_ignores_are_not_reported_as_kept_channels():
+    """README audit: a newcomer's Conv -> Flatten -> Gemm at --sparsity 0.9 was told "3 channel(s) no weight reads
+    are kept, each in a class with a channel that is read elsewhere (a residual stream's channel ...; a grouped
+    Conv's local channel ...; a split's partner): Conv '/0/Conv' 3", where every kept channel was read: only some of
+    its flattened positions had zero columns in the Gemm, as any sparse Gemm after a Flatten has. A channel counts
+    only when none of its positions is read."""
+    g = G.G(seed=5)
+    p = g.op("Relu", "p_relu", [g.conv("x", "p", 2, 4, 3, pad=1)])
+    g.gemm(g.op("Flatten", "flat", [p]), "head", 4 * 4 * 4, 3)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 2, 4, 4]}, {"y": ["N", 3]})
+    G.zero(m, "head.weight", 1, [0, 1, 17, 35, 63])  # a few positions of channels 0, 1, 2 and 3; each still read
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (4, 2, 3, 3)
+    assert not [line for line in report.lines() if "no weight reads are kept" in line], report.lines()
+    G.zero(m, "head.weight", 1, list(range(16, 32)))  # every position of channel 1: removed, not kept
+    out, report, shp = prune(m)
+    assert shp["p.weight"] == (3, 2, 3, 3) and shp["head.weight"] == (3, 48)
+    assert not [line for line in report.lines() if "no weight reads are kept" in line], report.lines()
+
+
 # -- a weight read by two towers (Siamese nets, shared encoders) ----------------------------------------------------
 def _einsum_siamese():
     from onnxprune.models import third_party_builders as tb
