@@ -10,30 +10,32 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
 from onnxprune.models.third_party_builders import bf16_weights
 from onnxprune.passes.dead_neurons import remove_dead_neurons
 from onnxprune.passes.quantized_weights import as_written, fold, foldable, restore, snap
-from tests.oracle import check_full
+from onnxprune.converter.steps.prune import copy_model
+from tests.oracle import check_full, first_output
 
 STORED = [TensorProto.BFLOAT16, TensorProto.FLOAT16]
 X = np.random.default_rng(1).standard_normal((32, 1, 6, 6)).astype(np.float32)
 
 
 def run(model: onnx.ModelProto, x: np.ndarray = X) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x})[0]
+    return first_output(model, {"input": x})  # onnxruntime, optimisations off (tests/oracle.py)
 
 
 def copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
+    return copy_model(model)
+
+
+def folded_model(stored: int) -> tuple[onnx.ModelProto, onnx.ModelProto, list]:
+    """(the builder's model, its folded copy, the fold's records)."""
+    m = bf16_weights(seed=0, stored=stored)
+    folded = copy(m)
+    return m, folded, fold(folded)
 
 
 def as_float(tensor: onnx.TensorProto) -> np.ndarray:
@@ -42,10 +44,8 @@ def as_float(tensor: onnx.TensorProto) -> np.ndarray:
 
 @pytest.mark.parametrize("stored", STORED)
 def test_fold_is_exact_and_restore_gives_each_stored_tensor_back_byte_for_byte(stored):
-    m = bf16_weights(seed=0, stored=stored)
-    assert foldable(m)
-    folded = copy(m)
-    records = fold(folded)
+    assert foldable(bf16_weights(seed=0, stored=stored))
+    m, folded, records = folded_model(stored)
     assert sorted(r.name for r in records) == ["conv.weight_bf16", "fc1.weight_bf16", "fc2.weight_bf16"]  # own names
     assert all(r.lowp for r in records)
     assert "Cast" not in {n.op_type for n in folded.graph.node}  # every layer reads its float32 weight directly
@@ -62,9 +62,7 @@ def test_fold_is_exact_and_restore_gives_each_stored_tensor_back_byte_for_byte(s
 
 @pytest.mark.parametrize("stored", STORED)
 def test_a_refit_value_is_rounded_to_the_stored_type_and_pruned_zeros_stay_exact(stored):
-    m = bf16_weights(seed=0, stored=stored)
-    folded = copy(m)
-    records = fold(folded)
+    _, folded, records = folded_model(stored)
     w = next(t for t in folded.graph.initializer if t.name == "fc1.weight_bf16")
     values = numpy_helper.to_array(w).copy()
     values[0, :5] = 0.0
@@ -83,9 +81,7 @@ def test_a_refit_value_is_rounded_to_the_stored_type_and_pruned_zeros_stay_exact
 
 @pytest.mark.parametrize("stored", STORED)
 def test_dead_neurons_of_a_float16_or_bfloat16_layer_are_removed_and_written_in_the_stored_type(stored):
-    m = bf16_weights(seed=0, stored=stored)
-    folded = copy(m)
-    records = fold(folded)
+    _, folded, records = folded_model(stored)
     tensors = {t.name: t for t in folded.graph.initializer}
     w1 = numpy_helper.to_array(tensors["fc1.weight_bf16"]).copy()  # Gemm transB: [hidden, in]
     w1[[3, 7, 11]] = 0.0  # three hidden neurons with no inputs
