@@ -380,6 +380,25 @@ def test_the_summary_gives_the_written_models_ratio_when_removal_took_nonzeros(t
     assert f"{count(nz)} nonzero, {_ratio(before / nz)} fewer than the input's {count(before)}" in out.getvalue()
 
 
+def test_the_json_gives_the_written_files_ratio_beside_the_pruned_one(tmp_path):
+    """README audit left it: --json's `compression` counts in the input's shapes (10.0x) where the written file,
+    after dead-neuron removal, holds fewer nonzeros; `compression_written` is what `inspect` of the output counts."""
+    import onnx
+
+    from onnxprune.converter.inspect import inspect_model
+    from onnxprune.models import builders
+    from tests.hardening.helpers import invoke
+
+    onnx.save(builders.mlp_gemm(), tmp_path / "m.onnx")
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", "random", "--sparsity", "0.9",
+                 "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    written = inspect_model(tmp_path / "out.onnx")["totals"]["nonzeros"]
+    assert report["compression_written"] == pytest.approx(report["before"]["nonzeros"] / written)
+    assert report["compression_written"] > report["compression"]
+
+
 def test_compression_counts_from_the_inputs_own_nonzeros(tmp_path):
     """Issue 13: a model already 25% zeros was reported "1.7x fewer" for 1.26x. The ratio is the input's nonzeros
     over the output's, as the summary's "A -> B nonzero" beside it; on a dense input that is weights / nonzeros."""
