@@ -488,6 +488,10 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
     op = opfacts.MULTIPLIES_AS.get(node.op_type, node.op_type)
+    if out is None and op == "MatMul" and index == 1 and not _attr(node, "transA", 0) and shapes.get(node.input[0]):
+        # a fused product (com.microsoft FusedMatMul) whose output onnx's shape inference does not give: its rows
+        # are its input's
+        out = [*shapes[node.input[0]][:-1], None]
     if op in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]

@@ -34,6 +34,7 @@ def test_attention_and_fused_matmul_weights_are_prunable_with_their_channel_axes
     assert qkv.op_type == "Attention" and qkv.kind == "fc" and qkv.shape[qkv.out_axis] == 48  # Q, K and V columns
     assert qkv.macs == 16 * 48 * 6  # once a position, as a MatMul over [N, 6, 16]
     assert up.op_type == "FusedMatMul" and up.shape[up.out_axis] == 32  # transB=1: [out, in]
+    assert up.macs == 32 * 16 * 6  # its rows from its input (onnx's shape inference has no FusedMatMul)
     assert {s.name for s in inv.skipped} >= {"qkv_bias"}
 
 
