@@ -355,6 +355,9 @@ class BudgetCheckStep(Step):
                                                 **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp",
                                                                              "changed", "budget_pp")
                                                    if k in worst}}
+        elif not kept_input:  # judged by the mean alone (--iterations' level search, a --recipe): said beside "met"
+            n = getattr(getattr(state.data, "calibration", None), "num_samples", None)
+            report["budget"]["judged_by_mean"] = {"n": n}
         note = _eval_over_budget(report, self.config.max_loss, state)
         if note:
             report["notes"].append(note)

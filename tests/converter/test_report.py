@@ -419,3 +419,25 @@ def test_compression_counts_from_the_inputs_own_nonzeros(tmp_path):
     assert b["nonzeros"] == pytest.approx(0.75 * b["params"], rel=0.01)
     assert result.report["compression"] == pytest.approx(b["nonzeros"] / a["nonzeros"])
     assert result.report["compression"] == pytest.approx(1.5, rel=0.02)  # half of all weights kept, 3/4 were nonzero
+
+
+def test_a_budget_judged_by_the_mean_says_so_beside_met(tmp_path):
+    """README audit: `--max-loss 0.5 --iterations 5` on 300 labelled samples printed "budget: measured loss 0.33 pp,
+    --max-loss 0.5 pp: met" and lost 1.40 pp on --eval-data. The level search judges by the mean, with no margin for
+    the set's noise (the automatic search bounds it by the decision rule): the budget line says which."""
+    import onnx
+
+    from onnxprune.models import builders
+    from tests.hardening.helpers import invoke
+
+    onnx.save(builders.mlp_gemm(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32))
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz",
+                 "--max-loss", "50", "--iterations", "2", "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("budget:"))
+    assert "by the mean over 120 samples (one sample = 0.83 pp), no margin for its noise" in line, line
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "auto.onnx", "--data", tmp_path / "calib.npz",
+                 "--max-loss", "50", "--time-budget", "20s")
+    assert res.exit_code == 0, res.output
+    assert "by the mean" not in res.output  # the automatic search's line gives the rule's closest test
