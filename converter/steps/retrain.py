@@ -200,10 +200,11 @@ class BudgetSearchStep(_Retraining):
         over = [h for h in search.history if not h.get("fits")]
         if over:  # said, not only in report.json's history (a helper: an undone round was silent)
             worst = max(over, key=lambda h: h["loss_pp"])
-            state.notes.append(f"{len(over)} of {len(search.history)} retraining rounds lost more than --max-loss "
-                               f"{self.budget.max_loss:g} on the decision data and were undone (the worst at "
-                               f"{100 * worst['overall_density']:.0f}% of the weights: {worst['loss_pp']:.2f} pp); "
-                               "(the search backs off after each)")
+            rounds = "round" if len(search.history) == 1 else "rounds"
+            state.notes.append(f"{len(over)} of {len(search.history)} retraining {rounds} lost more than --max-loss "
+                               f"{self.budget.max_loss:g} on the decision data and {'was' if len(over) == 1 else 'were'}"
+                               f" undone (the worst at {100 * worst['overall_density']:.0f}% of the weights: "
+                               f"{worst['loss_pp']:.2f} pp); the search backs off a step after each")
         if search.best is None:  # even the gentlest round was over budget: never worse than one-shot
             return self._one_shot_fallback(state), search.history
         state.prune.masks.update(search.best[1])
