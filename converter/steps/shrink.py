@@ -61,4 +61,9 @@ class ShrinkStep(Step):
                   for lay in remove.report.layers}
         state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded,
                          "aligned": remove.report.aligned}
+        if (c.crop_inputs or c.gather_inputs) and not any(
+                lay.op == "input" and lay.after < lay.before for lay in remove.report.layers):
+            flag = "--crop-inputs" if c.crop_inputs else "--gather-inputs"  # said, not silent (README audit)
+            state.prune.notes.append(f"{flag}: no input feature went: every one is read by a kept weight, or no "
+                                     "input feeds a prunable layer whose columns could say it is unread")
 

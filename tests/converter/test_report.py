@@ -441,3 +441,14 @@ def test_a_budget_judged_by_the_mean_says_so_beside_met(tmp_path):
                  "--max-loss", "50", "--time-budget", "20s")
     assert res.exit_code == 0, res.output
     assert "by the mean" not in res.output  # the automatic search's line gives the rule's closest test
+
+
+def test_crop_inputs_says_when_no_input_feature_went(tmp_path):
+    """README audit: --crop-inputs said nothing when there was nothing to crop (every input feature still read)."""
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+
+    notes = run(builders.mlp_gemm(), configure(sparsity=0.1, crop_inputs=True)).report["notes"]
+    assert any(n.startswith("--crop-inputs: no input feature went") for n in notes), notes
+    notes = run(builders.mlp_gemm(), configure(sparsity=0.97, crop_inputs=True)).report["notes"]
+    assert not any(n.startswith("--crop-inputs: no input feature went") for n in notes), notes
