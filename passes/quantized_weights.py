@@ -13,7 +13,7 @@
     folds to W = float(W_q) · scale and comes back with both nodes; the scale may be per row or per column.
 
     W[float16/bfloat16] ─ Cast(to=FLOAT/DOUBLE) ─ Conv / Gemm / MatMul / ...   (weights stored in a lower precision:
-    onnxconverter-common's keep_io_types exports, bfloat16 checkpoints written as ONNX)
+    onnxruntime.transformers.float16 with force_fp16_initializers and an op_block_list, bfloat16 weights by hand)
     folds to W = Cast(W), a float initializer under W's own name (so tables, reports and --layer name the tensor the
     file holds) that the Cast's readers read, and comes back in its stored type with the Cast in front of its
     readers (`lowp`): every value the stored type holds is exact in float32, so the fold is exact, a pruned weight
