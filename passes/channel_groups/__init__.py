@@ -54,6 +54,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _binary,
     _instance_norm,
     _pool,
+    _pow,
     _prelu,
     _normalization,
     _qdq,
@@ -87,7 +88,7 @@ __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
-    "BatchNormalization": _batchnorm, "PRelu": _prelu, **{op: _pool for op in POOL_KEEPS_CONSTANT},
+    "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,

@@ -102,6 +102,19 @@ def _binary(b: Builder, node: gs.Node) -> None:
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
 
 
+def _pow(b: Builder, node: gs.Node) -> None:
+    """Pow(x, e) with e one constant (x**3 of GPT-2/T5's tanh GELU, x**2 of a hand-written norm): element-wise, the
+    channels pass through and a constant channel maps to its power (NaN, not folded, where that is not finite).
+    Sweep 25: "consumer Pow ... has no channel rule" kept every neuron of T5's gated-gelu FFN."""
+    x, e = node.inputs[0], node.inputs[1]
+    c, E = b.ch(x), _const(e)
+    if c is None or b.ch(e) is not None or E is None or E.size != 1:
+        return b.opaque(node, "raises to a power that is not one constant")
+    with np.errstate(all="ignore"):
+        v = np.power(c.value, float(E.reshape(-1)[0]))
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(np.isfinite(v), v, NAN)))
+
+
 def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarray, what: str) -> np.ndarray | None:
     """A constant operand K of `node` beside the channels c of tensor x: its entries on the channel axis (when it has
     one per channel) are sliced with the channels (blocked when K may not be edited); returns its value per channel

@@ -313,3 +313,22 @@ def test_a_recipe_without_a_budget_that_loses_much_says_so(tmp_path):
                     "--json")
     assert gentle.exit_code == 0, gentle.output
     assert not any("no --max-loss" in n for n in json.loads(gentle.output[gentle.output.index("{"):])["notes"])
+
+
+def test_inspect_says_why_macs_are_unknown_for_a_symbolic_sequence(tmp_path):
+    """Sweep 25: a Hugging Face BERT ([batch, seq] inputs) showed MACs/sample 'unknown' on every MatMul and the total,
+    with no word why."""
+    from tests.passes import _graphs as G
+
+    model = G.matmul_mlp()
+    assert "unknown" not in invoke("inspect", _save(model, tmp_path / "fixed.onnx")).output
+    for v in (*model.graph.input, *model.graph.output):
+        v.type.tensor_type.shape.dim[1].dim_param = "seq"
+    res = invoke("inspect", _save(model, tmp_path / "seq.onnx"))
+    assert res.exit_code == 0, res.output
+    assert "MACs/sample unknown for 2 of 2 layers" in " ".join(res.output.split())
+
+
+def _save(model, path):
+    onnx.save(model, path)
+    return path

@@ -74,6 +74,12 @@ def activation(g: G, x: str, name: str, act: str) -> str:
         one = g.op("Add", f"{name}_one", [e, g.init(f"{name}.one", np.float32(1))])
         half = g.init(f"{name}.half", np.float32(0.5))
         return g.op("Mul", f"{name}_half", [g.op("Mul", f"{name}_mul", [x, one]), half])
+    if act == "GeluTanh":  # gelu_new, GPT-2/T5's form: x·0.5·(1+tanh(√(2/π)·(x+0.044715·x³))), x³ by Pow
+        cube = g.op("Pow", f"{name}_pow", [x, g.init(f"{name}.three", np.float32(3))])
+        inner = g.op("Add", f"{name}_inner", [x, g.op("Mul", f"{name}_k", [cube, g.init(f"{name}.k", np.float32(0.044715))])])
+        t = g.op("Tanh", f"{name}_tanh", [g.op("Mul", f"{name}_c", [inner, g.init(f"{name}.c", np.float32(math.sqrt(2 / math.pi)))])])
+        one = g.op("Add", f"{name}_one", [t, g.init(f"{name}.one", np.float32(1))])
+        return g.op("Mul", f"{name}_mul", [g.op("Mul", f"{name}_half", [x, g.init(f"{name}.half", np.float32(0.5))]), one])
     if act == "Clip":
         return g.op("Clip", name, [x, g.init(f"{name}.min", np.float32(-0.05)), g.init(f"{name}.max", np.float32(0.3))])
     return g.op(act, name, [x])

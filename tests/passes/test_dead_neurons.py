@@ -125,7 +125,7 @@ def test_matmul_without_bias_gets_an_add_and_keeps_the_output_name():
 
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
-                                 "Softplus", "Identity", "Clip", "GeluErf", "Dropout"])
+                                 "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout"])
 def test_constants_are_folded_through_every_activation(act):
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
