@@ -27,31 +27,9 @@ import onnx
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads, frozen_names
+from onnxprune.passes.scopes import body_definitions, rename_reads
 
 log = logging.getLogger(__name__)
-
-
-def _defined(graph: onnx.GraphProto) -> set[str]:
-    """Every name a graph (and the graphs nested in it) defines."""
-    names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(node.output)
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= _defined(g)
-    return names
-
-
-def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                _rename_reads(g, old, new)
-    for v in [v for v in graph.value_info if v.name == old]:
-        graph.value_info.remove(v)
 
 
 def carried_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
@@ -82,7 +60,7 @@ def carried_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
             final = node.output[k] if k < len(node.output) else ""
             if final and (final in readers or final in frozen):  # read by a node, a body or as a graph output
                 continue
-            defined = _defined(body) if defined is None else defined
+            defined = body_definitions(node) if defined is None else defined
             if init in defined:
                 continue
             found.append((node, k))
@@ -100,7 +78,7 @@ class LoopInvariants(Pass):
         for node, k in sorted(found, key=lambda f: -f[1]):  # the highest index first: the lower ones stay in place
             body = next(a.g for a in node.attribute if a.name == "body")
             init, inner = node.input[2 + k], body.input[2 + k].name
-            _rename_reads(body, inner, init)
+            rename_reads(body, {inner: init})
             del body.output[1 + k]
             del body.input[2 + k]
             del node.input[2 + k]

@@ -30,7 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
-from onnxprune.passes.scopes import local_constants, outer_reads
+from onnxprune.passes.scopes import local_constants, outer_reads, rename_reads
 from onnxprune.passes.weights import tie_use
 
 MIN_VALUES = 16  # smaller tensors are not weights worth a tie
@@ -121,12 +121,7 @@ def frozen_names(graph: onnx.GraphProto) -> set[str]:
 
 def read_as(model: onnx.ModelProto, rename: dict[str, str]) -> None:
     """Main-graph nodes read rename[name] where they read name; the renamed names' value_info goes."""
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    for v in [v for v in model.graph.value_info if v.name in rename]:
-        model.graph.value_info.remove(v)
+    rename_reads(model.graph, rename, bodies=False)
 
 
 def check_reads(model: onnx.ModelProto, pass_name: str) -> None:

@@ -66,7 +66,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
-from onnxprune.passes.scopes import FLOAT_TYPES
+from onnxprune.passes.scopes import FLOAT_TYPES, rename_reads
 from onnxprune.passes.storage.graphs import default_opset
 
 __all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "lowp_kinds", "restore", "snap"]
@@ -453,7 +453,7 @@ def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
         for t in graph.initializer:
             if t.name in by_name:
                 t.CopyFrom(by_name[t.name])
-        _rename_reads(graph, {out: t.name for out, t in widened.items()})
+        rename_reads(graph, {out: t.name for out, t in widened.items()})
     del graph.node[:]
     graph.node.extend(n for n in kept_nodes if not (n.op_type in ("QuantizeLinear", "Cast")
                                                      and n.output[0] in quantizers))
@@ -559,7 +559,7 @@ def restore(model: onnx.ModelProto, folded: list[QuantizedWeight],
         graph.node.extend(kept_nodes)
         _drop_unread(graph, {n for w in folded if w.dynamic is not None for n in w.dynamic.input[1:]})
     if lowp_reads:
-        _rename_reads(graph, lowp_reads)
+        rename_reads(graph, lowp_reads)
         nodes = casts + nodes
     if nodes:
         kept = [t for t in graph.initializer if t.name not in gone]
@@ -646,17 +646,6 @@ def _on_grid(values: np.ndarray, w: QuantizedWeight, slices=()) -> tuple[np.ndar
         q = np.where(s != 0, np.rint(values.astype(np.float64) / s), 0.0) + z
     info = np.iinfo(dtype)
     return np.clip(q, info.min, info.max).astype(dtype), scale, zp
-
-
-def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Every node input (in any scope: a body reads outer names) named a key of `renames` reads its value instead."""
-    from onnxprune.passes.scopes import scopes
-
-    for sc in scopes(graph):
-        for n in sc.graph.node:
-            for k, i in enumerate(n.input):
-                if i in renames:
-                    n.input[k] = renames[i]
 
 
 def _fresh(name: str, taken: set[str]) -> str:

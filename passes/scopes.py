@@ -185,6 +185,18 @@ def outer_reads(node: onnx.NodeProto) -> set[str]:
     return read - body_definitions(node)
 
 
+def rename_reads(graph: onnx.GraphProto, rename: dict[str, str], *, bodies: bool = True) -> None:
+    """Every node of `graph` (and, with `bodies`, of its bodies at any depth: a body reads outer names) reads
+    rename[name] where it read name; the renamed names' value_info goes (a declared type would no longer hold)."""
+    for sc in scopes(graph) if bodies else [Scope(graph, "")]:
+        for node in sc.graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+        for v in [v for v in sc.graph.value_info if v.name in rename]:
+            sc.graph.value_info.remove(v)
+
+
 def all_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of the main graph and of its bodies, depth first."""
     for sc in scopes(model.graph):
