@@ -32,16 +32,12 @@ def inspect_model(path: Path) -> dict:
 
     from onnxprune.passes import quantized_weights
 
+    from onnxprune.converter.steps.load import run_load_passes
     from onnxprune.passes.base import PruneState
-    from onnxprune.passes.einsum_linear import EinsumLinear
-    from onnxprune.passes.constant_pads import ConstantPads
-    from onnxprune.passes.loop_invariants import LoopInvariants
 
     loaded = modelio.load_model(path)
     name_nodes(loaded.model)
-    EinsumLinear()(loaded.model, PruneState())  # listed as prune reads them: an Einsum linear layer is a MatMul
-    LoopInvariants()(loaded.model, PruneState())  # and a weight a Loop carries unchanged as one its body reads
-    ConstantPads()(loaded.model, PruneState())  # a Pad's pads computed from constants: MACs behind it known
+    run_load_passes(loaded.model, PruneState(), listed_only=True)  # weights listed as prune reads them
     # quantized weights are listed as prune sees them (passes/quantized_weights.py), stored as the file holds them
     folded = ({w.name: w for w in quantized_weights.fold(loaded.model)}
               if quantized_weights.foldable(loaded.model) else {})

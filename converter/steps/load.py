@@ -9,6 +9,7 @@ from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
 from onnxprune.passes import quantized_weights
+from onnxprune.passes.base import PruneState
 from onnxprune.passes.bypass_identity import BypassIdentity
 from onnxprune.passes.constant_pads import ConstantPads
 from onnxprune.passes.einsum_linear import EinsumLinear
@@ -78,11 +79,7 @@ class LoadStep(Step):
 
             state.prune.notes.append(inlined_text(state.loaded.inlined))
         if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
-            EinsumLinear()(state.loaded.model, state.prune)  # Einsum "bi,oi->bo" of a weight: the MatMul it is
-            BypassIdentity()(state.loaded.model, state.prune)  # W -> Identity -> MatMul per use: one tied W
-            MergeCopies()(state.loaded.model, state.prune)
-            LoopInvariants()(state.loaded.model, state.prune)  # a weight a Loop carries unchanged: read from outside
-            ConstantPads()(state.loaded.model, state.prune)  # F.pad's pads computed from constants: one constant
+            run_load_passes(state.loaded.model, state.prune)
         if quantized_weights.foldable(state.loaded.model):  # QDQ: pruned as floats, written back on their grid
             if state.loaded.model is state.source:
                 from onnxprune.converter.steps.prune import copy_model
@@ -102,6 +99,25 @@ class LoadStep(Step):
                     "pruned, refit and shrunk in float32 and written back in their stored type (a changed value "
                     "rounded to it; the budget is checked on the model as written)")
         state.original = state.loaded.model
+
+
+# The passes that rewrite how a model's weights are read, in the order the load step runs them; `listed`: `inspect`
+# runs it too, so that it lists the weights as prune reads them (it lists a weight's copies and an Identity in front
+# of it as they are)
+LOAD_PASSES = (
+    (EinsumLinear, True),  # Einsum "bi,oi->bo" of a weight: the MatMul it is
+    (BypassIdentity, False),  # W -> Identity -> MatMul per use: one tied W
+    (MergeCopies, False),  # bit-identical copies of a weight: one tied weight
+    (LoopInvariants, True),  # a weight a Loop carries unchanged: read from outside
+    (ConstantPads, True),  # F.pad's pads computed from constants: one constant
+)
+
+
+def run_load_passes(model: onnx.ModelProto, prune: PruneState, *, listed_only: bool = False) -> None:
+    """LOAD_PASSES on `model`, in place (`listed_only`: the ones `inspect` runs)."""
+    for cls, listed in LOAD_PASSES:
+        if listed or not listed_only:
+            cls()(model, prune)
 
 
 @register_step("inventory")
