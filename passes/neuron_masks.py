@@ -121,11 +121,13 @@ def _unmaskable(model: onnx.ModelProto, maskable: set[str], protected=frozenset(
 
     followed = {lay.weight for lay in cg.layers}
     for w in find_prunable(model).prunable:
-        if w.name in maskable and w.name not in followed and w.op_type in CHANNEL_PRODUCERS and w.via:
+        if w.name not in maskable or w.name in followed or w.op_type not in CHANNEL_PRODUCERS:
+            continue
+        if w.via:
             out.setdefault(f"{w.op_type} '{w.node}'", (w.name, (
                 f"its weight '{w.name}' reaches it through {'/'.join(w.via)}; the channel analysis follows weights "
                 "read directly (or through a Transpose)")))
-        elif w.name in maskable and w.name not in followed and w.op_type in CHANNEL_PRODUCERS and w.scope:
+        elif w.scope:
             # a layer inside a Loop/If/Scan body (tf2onnx's Keras GRU: its while loop) kept every neuron, and the
             # note named only the main graph's layers (sweep 24: "1 of 5 layers" beside four rows of "-")
             out.setdefault(f"{w.op_type} '{w.node}'", (w.name, (

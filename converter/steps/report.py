@@ -59,14 +59,13 @@ class ReportStep(Step):
         if state.quantize is not None:
             report["quantize"] = state.quantize
         report.update(_sensitivity_report(state.sensitivity))
-        nonzeros = report["after"]["nonzeros"]  # from the input's own nonzeros: zeros it already had are not ours
-        report["compression"] = (report["before"]["nonzeros"] or report["before"]["params"]) / nonzeros if nonzeros \
-            else float("inf")
+        # from the input's own nonzeros: zeros it already had are not ours
+        counted, nonzeros = report["before"]["nonzeros"] or report["before"]["params"], report["after"]["nonzeros"]
+        report["compression"] = counted / nonzeros if nonzeros else float("inf")
         # the written file's ratio: dead-neuron removal takes the nonzero weights of removed neurons with them (a
         # Conv-Flatten-Gemm at --sparsity 0.9: 10.0x pruned, 18.6x written, as `inspect` of the output counts)
         written = state.nonzeros_after_shrink
-        report["compression_written"] = ((report["before"]["nonzeros"] or report["before"]["params"]) / written
-                                         if written else report["compression"])
+        report["compression_written"] = counted / written if written else report["compression"]
         # in the input's shapes, as the prunable weights' ratio above (encode has let go of the shrunk model)
         report["all_weights"] = {"before": float_nonzeros(original), "after": float_nonzeros(state.pruned)}
         if state.metrics is not None:
