@@ -32,7 +32,7 @@ def inspect_model(path: Path) -> dict:
 
     from onnxprune.passes import quantized_weights
 
-    from onnxprune.converter.steps.load import run_load_passes
+    from onnxprune.passes.loading import run_load_passes
     from onnxprune.passes.base import PruneState
 
     loaded = modelio.load_model(path)

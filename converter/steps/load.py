@@ -9,12 +9,7 @@ from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError
 from onnxprune.passes import quantized_weights
-from onnxprune.passes.base import PruneState
-from onnxprune.passes.bypass_identity import BypassIdentity
-from onnxprune.passes.constant_pads import ConstantPads
-from onnxprune.passes.einsum_linear import EinsumLinear
-from onnxprune.passes.loop_invariants import LoopInvariants
-from onnxprune.passes.merge_copies import MergeCopies
+from onnxprune.passes.loading import run_load_passes
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
@@ -99,25 +94,6 @@ class LoadStep(Step):
                     "pruned, refit and shrunk in float32 and written back in their stored type (a changed value "
                     "rounded to it; the budget is checked on the model as written)")
         state.original = state.loaded.model
-
-
-# The passes that rewrite how a model's weights are read, in the order the load step runs them; `listed`: `inspect`
-# runs it too, so that it lists the weights as prune reads them (it lists a weight's copies and an Identity in front
-# of it as they are)
-LOAD_PASSES = (
-    (EinsumLinear, True),  # Einsum "bi,oi->bo" of a weight: the MatMul it is
-    (BypassIdentity, False),  # W -> Identity -> MatMul per use: one tied W
-    (MergeCopies, False),  # bit-identical copies of a weight: one tied weight
-    (LoopInvariants, True),  # a weight a Loop carries unchanged: read from outside
-    (ConstantPads, True),  # F.pad's pads computed from constants: one constant
-)
-
-
-def run_load_passes(model: onnx.ModelProto, prune: PruneState, *, listed_only: bool = False) -> None:
-    """LOAD_PASSES on `model`, in place (`listed_only`: the ones `inspect` runs)."""
-    for cls, listed in LOAD_PASSES:
-        if listed or not listed_only:
-            cls()(model, prune)
 
 
 @register_step("inventory")
