@@ -63,6 +63,10 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     causal_tcn          torch legacy's TCN: F.pad's left padding as a Pad whose pads a chain of constant ops computes
                         (ConstantOfShape, Concat, Reshape, Slice, Transpose, Cast), Conv1ds, the last time step as a
                         Gather on axis 2, a Gemm (sweep 24)
+    cached_decoder      a decoder fed a past: 'x' [N, S, D] and 'past_value' [N, H, P, Dh] -> 'logits' [N, S, C] and
+                        'present_value' = Concat(past_value, new values) on axis -2 (the new part computed, the past
+                        copied; GPT-2's present.* as the legacy exporter writes them, a one-input Concat before it;
+                        sweep 25)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -914,3 +918,32 @@ def causal_tcn(*, channels: int = 3, width: int = 8, steps: int = 6, classes: in
     g.gemm(x, "head", width, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "causal_tcn", [_float("x", [BATCH, channels, steps])], [_float("logits", [BATCH, classes])])
+
+
+def cached_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """x [N, S, D], past_value [N, H, P, D/H] -> 'logits' [N, S, C] (a MatMul of the states) and 'present_value'
+    [N, H, P + S, D/H] = Concat(past_value, the new values, axis=-2): the values a MatMul computes, reshaped to heads
+    and transposed, behind the past copied as fed (through a one-input Concat, as torch's legacy exporter writes
+    GPT-2's present.0.key)."""
+    g = _Graph(seed)
+    head = dim // heads
+    h = g.relu(g.matmul("x", "fc", dim, dim), "fc")
+    v = g.op("MatMul", "v_proj", [h, g.weight("v_proj.weight", (dim, dim), dim)])
+    g.initializers.append(numpy_helper.from_array(np.array([0, 0, heads, head], np.int64), "heads.shape"))
+    v = g.op("Transpose", "v", [g.op("Reshape", "v", [v, "heads.shape"])], perm=[0, 2, 1, 3])
+    past = g.op("Concat", "past", ["past_value"], axis=-2)
+    g.nodes.append(helper.make_node("Concat", [past, v], ["present_value"], name="/present/Concat", axis=-2))
+    g.nodes.append(helper.make_node("MatMul", [h, g.weight("head.weight", (dim, classes), dim)], ["logits"],
+                                    name="/head/MatMul"))
+    return _model(g, "cached_decoder", [_float("x", [BATCH, "seq", dim]),
+                                        _float("past_value", [BATCH, heads, "past", head])],
+                  [_float("logits", [BATCH, "seq", classes]),
+                   _float("present_value", [BATCH, heads, "total", head])])
+
+
+def cached_decoder_feed(n: int = 64, *, dim: int = 8, heads: int = 2, seq: int = 3, past: int = 12,
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """Random states and a past four times as long as the new part."""
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, seq, dim)).astype(np.float32),
+            "past_value": rng.standard_normal((n, heads, past, dim // heads)).astype(np.float32)}

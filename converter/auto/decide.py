@@ -423,11 +423,11 @@ class BudgetRule:
         per_output: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for b, (values, ref, labels) in enumerate(zip(batches, refs, self.evaluator.labels, strict=True)):
             values = values if isinstance(values, tuple) else (values,)
-            mask = self.evaluator.position_mask(b)
+            mask, crop = self.evaluator.position_mask(b), self.evaluator.crop(b)
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
                 # the Evaluator's own per-sample terms: samples as it counts them (an output with no batch: per
                 # feed), a batch of another shape lost whole
-                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels, mask)
+                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels, mask, crop)
                 if got is not None:
                     per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
@@ -519,7 +519,7 @@ class BudgetRule:
         return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
                 f"the loss reported is the worst output's"
                 + (f"; one sample = {self.resolution_pp:.3g} pp here" if counted else "")
-                + self._changes_allowed() + self._padding())
+                + self._changes_allowed() + self._padding() + self._copied())
 
     def _budget_text(self) -> str:
         """'1 pp', or with outputs of their own budget 'its budget (1 pp; 'boxes' 5 pp)'."""
@@ -537,6 +537,19 @@ class BudgetRule:
             return ""
         names = ", ".join(f"'{list(ev.plan)[i]}'" for i in masked)
         return f"; padding not scored on {names}: positions where {ev.padding}"
+
+    def _copied(self) -> str:
+        """Which outputs are scored on their computed part only (a decoder's present.* past the past it was fed:
+        calibration.metrics `Evaluator.crops`)."""
+        ev = self.evaluator
+        crops = getattr(ev, "crops", None) or []
+        cut = sorted({i for batch in crops for i in batch})
+        if not cut:
+            return ""
+        names = list(ev.plan)
+        fed = sorted({p for i in cut for p in ev.copies[i][1] if p})
+        return (f"; {', '.join(repr(names[i]) for i in cut)} scored on their new part only: the part that copies "
+                f"{', '.join(repr(p) for p in fed)} as fed is equal in every model")
 
     def changes_allowed(self, n: int | None = None) -> int | None:
         """How many of `n` (default: this set's) decision samples may change class/value within the budget by

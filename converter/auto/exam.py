@@ -33,7 +33,7 @@ EXAM_LOOKS = 4  # the result, two candidates kept before it, the one-shot start:
 
 class EvaluatorSlice:
     """An Evaluator (calibration.metrics) seen on some of its batches only: what a BudgetRule reads (`plan`,
-    `reference_all`, `labels`, `position_mask`, `output_terms`, `run_all`), the rest the evaluator's own."""
+    `reference_all`, `labels`, `position_mask`, `crop`, `output_terms`, `run_all`), the rest the evaluator's own."""
 
     def __init__(self, evaluator, batches: list[int]):
         self.base, self.indices = evaluator, list(batches)
@@ -45,6 +45,9 @@ class EvaluatorSlice:
 
     def position_mask(self, batch):
         return self.base.position_mask(None if batch is None else self.indices[batch])
+
+    def crop(self, batch):
+        return self.base.crop(None if batch is None else self.indices[batch])
 
     def run_all(self, model_or_session, extra_feeds=None):
         return self.base.run_batches(self.base.session(model_or_session), self.indices, extra_feeds)

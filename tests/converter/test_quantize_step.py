@@ -131,6 +131,10 @@ class _Scripted:
     def position_mask(self, batch):
         return None
 
+    def crop(self, batch):  # no output copies an input
+        return None
+
+    cropped = staticmethod(Evaluator.cropped)
     output_terms = Evaluator.output_terms  # the Evaluator's own per-sample terms, over the outputs above
 
 

@@ -38,6 +38,10 @@ class FakeEvaluator:
     def position_mask(self, batch):
         return None
 
+    def crop(self, batch):  # no output copies an input
+        return None
+
+    cropped = staticmethod(Evaluator.cropped)
     output_terms = Evaluator.output_terms  # the Evaluator's own per-sample terms, over the outputs above
 
 
