@@ -2,8 +2,10 @@
 
 A round at level L prunes toward the sensitivity allocation with its density scaled by 0.6^L (and, with
 --neuron-sparsity, that share of every layer's neurons, ramped over the first NEURON_RAMP levels), retrains and
-measures the loss on the calibration evaluator (the validation part of --data when it is split). A round within
-the budget is kept and the next goes one step further; a round over it is undone — back to the best model, its
+measures the loss on the calibration evaluator (the validation part of --data when it is split). A round is within
+the budget when its mean loss is and, given a `judge`, the decision rule accepts it (converter.auto.decide: every
+output's loss plus its margin for the set's noise; the budget check judges the written model by the same rule, so
+the search never keeps a round the check would refuse). A round within the budget is kept and the next goes one step further; a round over it is undone — back to the best model, its
 masks and weights — and the step halves (1, 1/2, 1/4, then the search stops):
 
     level  0 ok  →  1 ok  →  2 over  →  1.5 ok  →  2.0 over  →  1.75 …        density x0.6 per level
@@ -33,12 +35,13 @@ class BudgetSearch:
     """The search state: best model so far, its level, the step, the trainer and the history."""
 
     def __init__(self, original: onnx.ModelProto, inventory, targets: dict, config, max_loss: float, reader,
-                 evaluator, trainer_options: dict, resume: dict | None = None, scoring=MAGNITUDE):
+                 evaluator, trainer_options: dict, resume: dict | None = None, scoring=MAGNITUDE, judge=None):
         from onnxprune.converter.finetune import MaskedTrainer
         from onnxprune.converter.schedule import neuron_schedule
 
         self.config, self.max_loss, self.reader, self.evaluator = config, max_loss, reader, evaluator
         self.scoring = scoring  # passes.criteria.Scoring: ranks the weights each round
+        self.judge = judge  # model -> (score, the decision rule's verdict dict); None: the mean alone
         self.base = {n: t.sparsity for n, t in targets.items()}
         self.trainer_options = {**trainer_options, "teacher": original}  # always distill from the dense model
         self.nmap, plan = neuron_schedule(original, set(self.base), config.neuron_sparsity, config.neuron_layers, 1)
@@ -71,9 +74,9 @@ class BudgetSearch:
         stats = trainer.train(c.epochs, c.lr, reg=c.reg, reg_strength=c.reg_strength, batch_size=c.train_batch_size,
                               progress=lambda e, b, n, loss, sp: on_batch(r, c.iterations, e, b, n, loss, sp))
         candidate = trainer.export()
-        score = self.evaluator.evaluate(candidate)
+        score, decision = (self.evaluator.evaluate(candidate), None) if self.judge is None else self.judge(candidate)
         loss_pp = 100.0 * (self.evaluator.dense - score)
-        fits = within_budget(loss_pp, self.max_loss)
+        fits = within_budget(loss_pp, self.max_loss) and (decision is None or bool(decision["within"]))
         if fits:
             self.best, self.best_level = (candidate, {n: m.copy() for n, m in trainer.masks.items()}), level
         else:
@@ -84,10 +87,14 @@ class BudgetSearch:
                  "overall_density": sum(int(m.sum()) for m in trainer.masks.values()) / total,
                  "density": {n: float(m.mean()) for n, m in trainer.masks.items()},
                  "train_loss": stats.loss, "metric": score, "loss_pp": loss_pp, "fits": fits,
+                 **({"decision": {k: decision.get(k) for k in ("loss_pp", "limit_pp", "within", "n", "output")}}
+                    if decision is not None else {}),
                  "seconds": round(time.perf_counter() - t0, 3), **({"neurons": neurons} if neurons else {})}
         self.history.append(entry)
-        log.info("round %d (level %.2f): density %.4f, loss %.3f pp (budget %.3f)%s", r, level,
-                 entry["overall_density"], loss_pp, self.max_loss, "" if fits else ", backing off")
+        log.info("round %d (level %.2f): density %.4f, loss %.3f pp (budget %.3f%s)%s", r, level,
+                 entry["overall_density"], loss_pp, self.max_loss,
+                 "" if decision is None else f"; the rule's limit {decision['limit_pp']:.3f}",
+                 "" if fits else ", backing off")
         return entry
 
     @property

@@ -258,8 +258,27 @@ class MainOnly:
     def evaluate(self, model, *args, **kwargs):
         return self._backend.on_main(self._evaluator.evaluate, model, *args, **kwargs)
 
+    def judged(self, model, max_loss: float) -> tuple[float, dict]:
+        """(score, the decision rule's verdict on `model` as a dict: converter.auto.decide.BudgetRule, the rule
+        the budget check judges the written model by), both measured on rank 0 and sent to every rank."""
+        def both():
+            from onnxprune.converter.auto.decide import BudgetRule
+
+            rules = self.__dict__.setdefault("_rules", {})
+            if max_loss not in rules:
+                rules[max_loss] = BudgetRule(self._evaluator, max_loss)
+            return [self._evaluator.evaluate(model), rules[max_loss].judge(model).as_dict()]
+
+        score, decision = self._backend.on_main(both, encode=lambda r: json.dumps(r, default=_plain))
+        return float(score), decision
+
     def __getattr__(self, name):
         return getattr(self._evaluator, name)
+
+
+def _plain(value):
+    """A numpy scalar as JSON takes it (a decision's counts and flags)."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def local_rank() -> int:

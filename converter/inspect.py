@@ -410,12 +410,6 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
             tight = (f"; the rule's closest test: output '{t['output']}' "
                      f"({t['metric']}: {part_figure(t, t['metric'], t['n'], own)}"
                      + (f" of its {own:g} pp" if own != budget["max_loss_pp"] else "") + ")")
-        mean = budget.get("judged_by_mean")
-        if mean is not None and not tight:  # no decision rule's margin: a newcomer audit read "met" at 0.33 pp on 300
-            # samples beside 1.40 pp lost on --eval-data
-            n = mean.get("n")
-            tight = (f"; by the mean{f' over {n:,} samples (one sample = {100.0 / n:.2g} pp)' if n else ''}, no "
-                     "margin for its noise (without --iterations the automatic search bounds it by the decision rule)")
         by_output = budget.get("by_output")
         scale = (f" (each output's loss as a share of its own budget, in pp of --max-loss "
                  f"{budget['max_loss_pp']:g}; own budgets: "

@@ -188,9 +188,11 @@ class BudgetSearchStep(_Retraining):
 
         c, data = self.config, state.data
         checkpoint, resume = self._checkpoints(state)
+        evaluator = _main_only(data.calibration)
         search = BudgetSearch(state.original, state.inventory, state.targets, c, self.budget.max_loss,
-                              data.train_reader(batch_size=c.train_batch_size), _main_only(data.calibration),
-                              c.trainer_options(data.config.seed), resume, state.scoring)
+                              data.train_reader(batch_size=c.train_batch_size), evaluator,
+                              c.trainer_options(data.config.seed), resume, state.scoring,
+                              judge=lambda model: evaluator.judged(model, self.budget.max_loss))
         on_batch = self._on_batch(state)
         for r in range(search.done + 1, c.iterations + 1):
             if search.round(r, on_batch)["fits"] and checkpoint is not None:
@@ -202,7 +204,8 @@ class BudgetSearchStep(_Retraining):
             worst = max(over, key=lambda h: h["loss_pp"])
             rounds = "round" if len(search.history) == 1 else "rounds"
             state.notes.append(f"{len(over)} of {len(search.history)} retraining {rounds} lost more than --max-loss "
-                               f"{self.budget.max_loss:g} on the decision data and {'was' if len(over) == 1 else 'were'}"
+                               f"{self.budget.max_loss:g} on the decision data (its mean, or the decision rule's "
+                               "bound) and {'was' if len(over) == 1 else 'were'}"
                                f" undone (the worst at {100 * worst['overall_density']:.0f}% of the weights: "
                                f"{worst['loss_pp']:.2f} pp); the search backs off a step after each")
         if search.best is None:  # even the gentlest round was over budget: never worse than one-shot
@@ -216,8 +219,11 @@ class BudgetSearchStep(_Retraining):
         from onnxprune.calibration.allocate import fit_to_budget, pruned_model
 
         sparsities = {n: float(t.sparsity or 0.0) for n, t in state.targets.items()}
+        from onnxprune.converter.auto.decide import BudgetRule
+
         outcome = fit_to_budget(state.original, state.inventory, state.data.calibration, sparsities,
-                                self.budget.max_loss, scoring=state.scoring)
+                                self.budget.max_loss, scoring=state.scoring,
+                                judge=BudgetRule(state.data.calibration, self.budget.max_loss).fit_judge())
         model = pruned_model(state.original, outcome.sparsities, state.scoring.bind(state.original))
         state.prune.masks.update({n: ~((weight_array(model, n) == 0) & (weight_array(state.original, n) != 0))
                                   for n in outcome.sparsities})

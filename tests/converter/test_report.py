@@ -421,10 +421,13 @@ def test_compression_counts_from_the_inputs_own_nonzeros(tmp_path):
     assert result.report["compression"] == pytest.approx(1.5, rel=0.02)  # half of all weights kept, 3/4 were nonzero
 
 
-def test_a_budget_judged_by_the_mean_says_so_beside_met(tmp_path):
+def test_the_level_search_and_its_budget_line_use_the_decision_rule(tmp_path):
     """README audit: `--max-loss 0.5 --iterations 5` on 300 labelled samples printed "budget: measured loss 0.33 pp,
-    --max-loss 0.5 pp: met" and lost 1.40 pp on --eval-data. The level search judges by the mean, with no margin for
-    the set's noise (the automatic search bounds it by the decision rule): the budget line says which."""
+    --max-loss 0.5 pp: met" and lost 1.40 pp on --eval-data: the level search and the check judged by the mean, with
+    no margin for the set's noise. Both now judge by the decision rule, as the automatic search does, and the budget
+    line gives the rule's closest test."""
+    import json
+
     import onnx
 
     from onnxprune.models import builders
@@ -433,14 +436,18 @@ def test_a_budget_judged_by_the_mean_says_so_beside_met(tmp_path):
     onnx.save(builders.mlp_gemm(), tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32))
     res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz",
-                 "--max-loss", "50", "--iterations", "2", "--epochs", "1")
+                 "--max-loss", "50", "--iterations", "2", "--epochs", "1", "--report", tmp_path / "rep")
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if x.startswith("budget:"))
-    assert "by the mean over 120 samples (one sample = 0.83 pp), no margin for its noise" in line, line
+    assert "the rule's closest test" in line and "by the mean" not in line, line
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["summary"]["budget_met"]
+    rounds = [h for h in report["history"] if h.get("phase") == "prune"]
+    assert rounds and all("decision" in h and h["fits"] == h["decision"]["within"] for h in rounds)
     res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "auto.onnx", "--data", tmp_path / "calib.npz",
                  "--max-loss", "50", "--time-budget", "20s")
     assert res.exit_code == 0, res.output
-    assert "by the mean" not in res.output  # the automatic search's line gives the rule's closest test
+    assert "the rule's closest test" in res.output
 
 
 def test_crop_inputs_says_when_no_input_feature_went(tmp_path):
