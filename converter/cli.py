@@ -599,7 +599,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input
 @click.option("--iterations", type=int, default=8, show_default=True, help="Prune -> retrain rounds.")
 @_output_options
 def demo(out_dir: Path, max_loss: float, iterations: int, quiet: bool, as_json: bool):
-    """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about 6 s on a quiet 2-core CPU).
+    """Run the whole pipeline on the shipped LeNet-300-100 and MNIST slice (about 9 s on a 2-core CPU).
 
     Sensitivity scan -> budgeted prune -> retrain (iterated, up to half of each layer's neurons masked whole
     on the way) -> dead-neuron removal and input crop -> sparse write -> verify, then a report (report.html) you can

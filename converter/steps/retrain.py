@@ -205,7 +205,7 @@ class BudgetSearchStep(_Retraining):
             rounds = "round" if len(search.history) == 1 else "rounds"
             state.notes.append(f"{len(over)} of {len(search.history)} retraining {rounds} lost more than --max-loss "
                                f"{self.budget.max_loss:g} on the decision data (its mean, or the decision rule's "
-                               "bound) and {'was' if len(over) == 1 else 'were'}"
+                               f"bound) and {'was' if len(over) == 1 else 'were'}"
                                f" undone (the worst at {100 * worst['overall_density']:.0f}% of the weights: "
                                f"{worst['loss_pp']:.2f} pp); the search backs off a step after each")
         if search.best is None:  # even the gentlest round was over budget: never worse than one-shot
