@@ -94,3 +94,42 @@ def test_a_round_over_budget_is_undone_and_the_step_halves(teacher_data):
     assert densities[3] > densities[2]  # the level-1.5 round restarted from the level-1 masks: denser than level 2
     kept = {n: float(m.mean()) for n, m in search.best[1].items()}
     assert all(abs(kept[n] - search.history[3]["density"][n]) < 1e-12 for n in names)
+
+
+def test_a_first_round_over_budget_starts_again_from_the_dense_model_gentler(teacher_data):
+    """The demo's first round, judged by the decision rule, was over (0.40 pp by the mean on 500 images, the rule's
+    bound past 0.5): the search ended there and kept the one-shot fallback (3.56x). It now starts again from the
+    dense model at a gentler level (density x 0.6^-0.5 of the allocation)."""
+    model, data = teacher_data
+    names = [w.name for w in find_prunable(model).prunable]
+    targets = {n: Target(sparsity=0.5) for n in names}
+    config = configure(max_loss=1.0, data=data, iterations=4, epochs=0.2, lr=0.01, seed=0)
+    d = _data(model, max_loss=1.0, data=data, iterations=4, epochs=0.2, lr=0.01, seed=0)
+    search = BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
+                          ScriptedEvaluator([3.0, 0.2, 0.3]), {"seed": 0, "device": "cpu"})
+    first = search.round(1, lambda *a: None)
+    assert not first["fits"] and not search.finished and search.best is None
+    second = search.round(2, lambda *a: None)
+    assert second["level"] == -0.5 and second["fits"]
+    assert second["overall_density"] > first["overall_density"]  # every weight came back before the gentler level
+    assert search.round(3, lambda *a: None)["level"] == 0.0
+
+
+def test_a_round_the_decision_rule_rejects_is_undone_though_its_mean_fits(teacher_data):
+    model, data = teacher_data
+    names = [w.name for w in find_prunable(model).prunable]
+    targets = {n: Target(sparsity=0.5) for n in names}
+    config = configure(max_loss=1.0, data=data, iterations=2, epochs=0.2, lr=0.01, seed=0)
+    d = _data(model, max_loss=1.0, data=data, iterations=2, epochs=0.2, lr=0.01, seed=0)
+    verdicts = [False, True]
+
+    def judge(candidate):  # a mean of 0.5 pp each time; the rule's bound past the budget the first time
+        within = verdicts.pop(0)
+        return 0.995, {"loss_pp": 0.5, "limit_pp": 1.0 if within else 0.3, "within": within, "n": 60,
+                       "output": "y"}
+
+    search = BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
+                          ScriptedEvaluator([]), {"seed": 0, "device": "cpu"}, judge=judge)
+    first = search.round(1, lambda *a: None)
+    assert first["loss_pp"] == pytest.approx(0.5) and not first["fits"] and first["decision"]["within"] is False
+    assert search.round(2, lambda *a: None)["fits"] and search.best is not None
