@@ -170,11 +170,34 @@ def check_model(model: onnx.ModelProto, *, where: str) -> None:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        newer = _op_newer_than_opset(str(exc))
+        newer = _op_newer_than_opset(str(exc)) or _attribute_newer_than_opset(str(exc), model)
         raise ModelError(f"'{where}' is not a valid ONNX model: {_first_line(exc)}; "
                          + (newer or "fix or re-export it.")) from None
     except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
         raise ModelError(f"'{where}' is not a valid ONNX model: a name in it is not UTF-8 text; re-export it.") from None
+
+
+def _attribute_newer_than_opset(message: str, model: onnx.ModelProto) -> str | None:
+    """For "Unrecognized attribute: num_outputs for operator Split": the opset that has it, when a newer one does
+    (sweep 25: torch.onnx's dynamo exporter at opset_version=17 writes GPT-2's Split with opset 18's num_outputs;
+    the line said only "fix or re-export it")."""
+    import re
+
+    found = re.search(r"Unrecognized attribute: (\w+) for operator (\w+)", message)
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if not found or version is None:
+        return None
+    attribute, op = found.groups()
+    for v in range(version + 1, onnx.defs.onnx_opset_version() + 1):
+        try:
+            schema = onnx.defs.get_schema(op, v)
+        except Exception:  # noqa: BLE001 - not a default-domain op, or none at this opset
+            return None
+        if attribute in schema.attributes:
+            return (f"'{attribute}' is an attribute of {op} from opset {schema.since_version} on and the model "
+                    f"imports opset {version} (the exporter wrote a newer opset's form): re-export at opset >= "
+                    f"{schema.since_version}.")
+    return None
 
 
 def _op_newer_than_opset(message: str) -> str | None:

@@ -27,6 +27,21 @@ def test_an_op_newer_than_the_models_opset_says_which_opset_it_needs():
         check_model(model, where="m.onnx")
 
 
+def test_an_attribute_newer_than_the_models_opset_says_which_opset_has_it():
+    """Sweep 25: torch.onnx's dynamo exporter at opset_version=17 writes GPT-2's Split with opset 18's num_outputs;
+    the line said only "fix or re-export it"."""
+    graph = helper.make_graph(
+        [helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 2]) for n in ("a", "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(ModelError, match=r"Unrecognized attribute: num_outputs for operator Split; 'num_outputs' is "
+                                         r"an attribute of Split from opset 18 on and the model imports opset 17 "
+                                         r".*re-export at opset >= 18\.$"):
+        check_model(model, where="m.onnx")
+
+
 def test_a_missed_budget_whose_mean_is_within_names_the_bound_that_is_not():
     """"measured loss 0.850 pp exceeds --max-loss 1" (--weight-bits 4 on a CNN): the upper bound was over."""
     report = {"budget": {"max_loss_pp": 1.0, "measured_loss_pp": 0.85, "met": False,
