@@ -31,6 +31,8 @@ y_i is sample i of an output, d_i the dense model's: the output's first axis whe
 no batch (a detector taking one image [3, H, W] and returning [D, 4] boxes, D data-dependent) is scored row by row as
 the table says, and each feed's rows are pooled into one sample (`Evaluator.output_terms`): the figure is the same,
 the samples (and so every standard error and n) are the feeds, and a changed detection count loses that feed.
+An output k times as long as the batch whose first k rows are the first sample's alone is read [N, k, ...]
+(`Evaluator.grouped`: skl2onnx's multi-output regressor, [N, 3] reshaped to [-1, 1]).
 Padding is not scored: when the model takes an attention mask (an input named `attention_mask` or `input_mask`,
 [N, S], 1 on real tokens, 0 on padding: what Hugging Face exports take) and an output is [N, S, ...] along it, its
 padded positions are left out of `cosine`, `rel_l2` and `seq_agreement` (`Evaluator.masked`; the values there are
@@ -106,6 +108,7 @@ class Evaluator:
         self._cached = self._cache_batches(cache_bytes)
         self.reference_all: list[tuple] | None = None
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
+        self.grouped: dict[int, int] = {}  # scored outputs of k rows a sample, one sample's after another's: k
         self.row_outputs: frozenset[int] = frozenset()  # scored outputs that are one vector [C] per feed
         self.mask_input = position_mask_input(reference_model)  # the attention-mask input, or None
         # an encoder-decoder's encoder mask covers the encoder's positions only; a KV-cache decoder's covers past and
@@ -180,6 +183,7 @@ class Evaluator:
                 _say_nonfinite(reference_model, self.reference_all)
             rows, sizes = self._rows(reference_model)
             self.sample_axes = self._sample_axes(rows, reference_model, sizes)
+            self.grouped = self._grouped(sess, rows)
             self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
@@ -405,6 +409,44 @@ class Evaluator:
             axes.append(None if not common else 0 if 0 in common else min(common))
         return tuple(axes)
 
+    def _grouped(self, sess, rows: list[int]) -> dict[int, int]:
+        """Scored outputs that follow no batch whose length is k >= 2 times the batch's samples in every batch, the
+        first sample's k rows first (run alone, it gives them): {output: k}, its sample axis now 0, its rows read
+        as [N, k, ...] (`samples_first`). skl2onnx's multi-output MLPRegressor writes its [N, 3] result as a Reshape
+        to [-1, 1]: each feed was pooled into one sample (sweep 24: 15 decision samples from 225). Rows in another
+        order (target-major) stay pooled: per sample they cannot be told apart."""
+        if not self.sample_axes or not self.reference_all or getattr(self.reader, "per_feed", False):
+            return {}
+        found = {}
+        for i, axis in enumerate(self.sample_axes):
+            if axis is not None:
+                continue
+            lengths = [as_array(ref[i]).shape for ref in self.reference_all]
+            if any(not shape or not r or shape[0] % r for shape, r in zip(lengths, rows)):
+                continue
+            ks = {shape[0] // r for shape, r in zip(lengths, rows)}
+            if len(ks) == 1 and min(ks) >= 2:
+                found[i] = ks.pop()
+        if not found:
+            return {}
+        feeds, labels = next(iter(self.batches()))
+        alone = _split_batch(feeds, labels, 1)
+        if len(alone) < 2:
+            return {}
+        try:
+            first = self._run_feeds(sess, alone[0][0])
+        except Exception:  # noqa: BLE001 - a model that cannot run one sample alone keeps its feeds pooled
+            return {}
+        grouped = {}
+        axes = list(self.sample_axes)
+        for i, k in found.items():
+            mine, ref = as_array(first[i]), as_array(self.reference_all[0][i])
+            scale = float(np.abs(ref).max()) if ref.size else 0.0
+            if mine.shape == (k, *ref.shape[1:]) and np.allclose(mine, ref[:k], rtol=1e-4, atol=1e-6 * max(scale, 1.0)):
+                grouped[i], axes[i] = k, 0
+        self.sample_axes = tuple(axes)
+        return grouped
+
     def output_samples(self, i: int, value) -> int:
         """Samples of scored output `i` in one batch's `value`: its length on its sample axis, one for an output
         that follows no batch (its rows pooled)."""
@@ -412,7 +454,7 @@ class Evaluator:
         if axis is None:
             return 1
         shape = as_array(value).shape
-        return shape[axis] if len(shape) > axis else 1
+        return (shape[axis] if len(shape) > axis else 1) // self.grouped.get(i, 1)
 
     def samples_first(self, i: int, out: np.ndarray, want: np.ndarray | None) -> tuple:
         """Scored output `i` and its dense value with the samples (or, for an output that follows no batch, the rows
@@ -420,6 +462,12 @@ class Evaluator:
         vector [C] is one row [1, C]."""
         if i in self.row_outputs and out.ndim == 1:
             return out[None], None if want is None or want.ndim != 1 else want[None]
+        k = self.grouped.get(i)
+        if k:  # k rows a sample, one sample's after another's (`_grouped`): [N, k, ...]
+            def rows(x):
+                return x if x is None or x.ndim < 1 or len(x) % k else x.reshape(len(x) // k, k, *x.shape[1:])
+
+            return rows(out), rows(want)
         axis = self.sample_axes[i] if self.sample_axes else 0
         if not axis or out.ndim <= axis or (want is not None and want.ndim <= axis):
             return out, want
