@@ -31,8 +31,8 @@ y_i is sample i of an output, d_i the dense model's: the output's first axis whe
 no batch (a detector taking one image [3, H, W] and returning [D, 4] boxes, D data-dependent) is scored row by row as
 the table says, and each feed's rows are pooled into one sample (`Evaluator.output_terms`): the figure is the same,
 the samples (and so every standard error and n) are the feeds, and a changed detection count loses that feed.
-An output k times as long as the batch whose first k rows are the first sample's alone is read [N, k, ...]
-(`Evaluator.grouped`: skl2onnx's multi-output regressor, [N, 3] reshaped to [-1, 1]).
+An output k times as long as the batch whose first k rows are the first sample's alone has its rows pooled k at a
+time, one sample each (`Evaluator.grouped`: skl2onnx's multi-output regressor, [N, 3] reshaped to [-1, 1]).
 Padding is not scored: when the model takes an attention mask (an input named `attention_mask` or `input_mask`,
 [N, S], 1 on real tokens, 0 on padding: what Hugging Face exports take) and an output is [N, S, ...] along it, its
 padded positions are left out of `cosine`, `rel_l2` and `seq_agreement` (`Evaluator.masked`; the values there are
@@ -71,7 +71,8 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, a
                                                  constant_leader)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
-                                                  count_samples, map_keys, mismatch_samples, pool, reference_scale,
+                                                  count_samples, map_keys, mismatch_samples, pool, pool_rows,
+                                                  reference_scale,
                                                   unchanged_samples)
 from onnxprune.calibration.readers import DataReader
 from onnxprune.calibration.runtime import make_session
@@ -411,8 +412,8 @@ class Evaluator:
 
     def _grouped(self, sess, rows: list[int]) -> dict[int, int]:
         """Scored outputs that follow no batch whose length is k >= 2 times the batch's samples in every batch, the
-        first sample's k rows first (run alone, it gives them): {output: k}, its sample axis now 0, its rows read
-        as [N, k, ...] (`samples_first`). skl2onnx's multi-output MLPRegressor writes its [N, 3] result as a Reshape
+        first sample's k rows first (run alone, it gives them): {output: k}, its sample axis now 0, its rows scored
+        as ever and summed k at a time, one sample each (`output_terms`: the figure is the same). skl2onnx's multi-output MLPRegressor writes its [N, 3] result as a Reshape
         to [-1, 1]: each feed was pooled into one sample (sweep 24: 15 decision samples from 225). Rows in another
         order (target-major) stay pooled: per sample they cannot be told apart."""
         if not self.sample_axes or not self.reference_all or getattr(self.reader, "per_feed", False):
@@ -462,12 +463,6 @@ class Evaluator:
         vector [C] is one row [1, C]."""
         if i in self.row_outputs and out.ndim == 1:
             return out[None], None if want is None or want.ndim != 1 else want[None]
-        k = self.grouped.get(i)
-        if k:  # k rows a sample, one sample's after another's (`_grouped`): [N, k, ...]
-            def rows(x):
-                return x if x is None or x.ndim < 1 or len(x) % k else x.reshape(len(x) // k, k, *x.shape[1:])
-
-            return rows(out), rows(want)
         axis = self.sample_axes[i] if self.sample_axes else 0
         if not axis or out.ndim <= axis or (want is not None and want.ndim <= axis):
             return out, want
@@ -495,13 +490,16 @@ class Evaluator:
                 count = max(1, int(got[1].sum()))
                 worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)[None, :] * count
                 return worst, np.array([count], dtype=np.int64)
-            return got
+            k = self.grouped.get(i)
+            return pool_rows(*got, k) if k and len(got[0]) % k == 0 else got
         if out.size == 0:
             return unchanged_samples(kind, want) if pooled and want is not None and not METRICS[kind].classes else None
         scale = self.scales[i] if self.scales else None
         if mask is not None and i in self.masked and want is not None and out.shape[:2] == mask.shape:
             return _masked_samples(kind, out, want, labels, mask, scale)
         got = METRICS[kind].terms(out, want, labels, scale)
+        if i in self.grouped and len(got[0]) % self.grouped[i] == 0:  # k rows a sample: each sample's own summed
+            return pool_rows(*got, self.grouped[i])
         return pool(*got) if pooled else got
 
     def _first_values(self) -> tuple:

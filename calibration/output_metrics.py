@@ -364,6 +364,14 @@ def pool(terms: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return terms.sum(axis=0, keepdims=True), np.array([int(counts.sum())], dtype=np.int64)
 
 
+def pool_rows(terms: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row terms summed k rows at a time, one sample each (an output of k rows a sample, one sample's after
+    another's): the same sums, a sample's rows its own."""
+    n = len(terms) // k
+    return (terms[:n * k].reshape(n, k, *terms.shape[1:]).sum(axis=1),
+            counts[:n * k].reshape(n, k).sum(axis=1).astype(np.int64))
+
+
 def _n(x: np.ndarray) -> int:
     return len(x) if x.ndim else 1
 
