@@ -74,14 +74,20 @@ class ScriptedEvaluator:
         return 1.0 - self.losses.pop(0) / 100.0
 
 
-def test_a_round_over_budget_is_undone_and_the_step_halves(teacher_data):
+def _search(teacher_data, losses, iterations, judge=None):
+    """A BudgetSearch over the teacher model's layers at sparsity 0.5, measured by a script (and `judge`)."""
     model, data = teacher_data
+    targets = {w.name: Target(sparsity=0.5) for w in find_prunable(model).prunable}
+    config = configure(max_loss=1.0, data=data, iterations=iterations, epochs=0.2, lr=0.01, seed=0)
+    d = _data(model, max_loss=1.0, data=data, iterations=iterations, epochs=0.2, lr=0.01, seed=0)
+    return BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
+                        ScriptedEvaluator(losses), {"seed": 0, "device": "cpu"}, judge=judge)
+
+
+def test_a_round_over_budget_is_undone_and_the_step_halves(teacher_data):
+    model, _ = teacher_data
     names = [w.name for w in find_prunable(model).prunable]
-    targets = {n: Target(sparsity=0.5) for n in names}
-    config = configure(max_loss=1.0, data=data, iterations=6, epochs=0.2, lr=0.01, seed=0)
-    d = _data(model, max_loss=1.0, data=data, iterations=6, epochs=0.2, lr=0.01, seed=0)
-    search = BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
-                          ScriptedEvaluator([0.2, 0.5, 3.0, 0.4, 2.0, 5.0]), {"seed": 0, "device": "cpu"})
+    search = _search(teacher_data, [0.2, 0.5, 3.0, 0.4, 2.0, 5.0], 6)
     levels, densities = [], []
     for r in range(1, 7):
         entry = search.round(r, lambda *a: None)
@@ -100,13 +106,7 @@ def test_a_first_round_over_budget_starts_again_from_the_dense_model_gentler(tea
     """The demo's first round, judged by the decision rule, was over (0.40 pp by the mean on 500 images, the rule's
     bound past 0.5): the search ended there and kept the one-shot fallback (3.56x). It now starts again from the
     dense model at a gentler level (density x 0.6^-0.5 of the allocation)."""
-    model, data = teacher_data
-    names = [w.name for w in find_prunable(model).prunable]
-    targets = {n: Target(sparsity=0.5) for n in names}
-    config = configure(max_loss=1.0, data=data, iterations=4, epochs=0.2, lr=0.01, seed=0)
-    d = _data(model, max_loss=1.0, data=data, iterations=4, epochs=0.2, lr=0.01, seed=0)
-    search = BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
-                          ScriptedEvaluator([3.0, 0.2, 0.3]), {"seed": 0, "device": "cpu"})
+    search = _search(teacher_data, [3.0, 0.2, 0.3], 4)
     first = search.round(1, lambda *a: None)
     assert not first["fits"] and not search.finished and search.best is None
     second = search.round(2, lambda *a: None)
@@ -116,11 +116,6 @@ def test_a_first_round_over_budget_starts_again_from_the_dense_model_gentler(tea
 
 
 def test_a_round_the_decision_rule_rejects_is_undone_though_its_mean_fits(teacher_data):
-    model, data = teacher_data
-    names = [w.name for w in find_prunable(model).prunable]
-    targets = {n: Target(sparsity=0.5) for n in names}
-    config = configure(max_loss=1.0, data=data, iterations=2, epochs=0.2, lr=0.01, seed=0)
-    d = _data(model, max_loss=1.0, data=data, iterations=2, epochs=0.2, lr=0.01, seed=0)
     verdicts = [False, True]
 
     def judge(candidate):  # a mean of 0.5 pp each time; the rule's bound past the budget the first time
@@ -128,8 +123,7 @@ def test_a_round_the_decision_rule_rejects_is_undone_though_its_mean_fits(teache
         return 0.995, {"loss_pp": 0.5, "limit_pp": 1.0 if within else 0.3, "within": within, "n": 60,
                        "output": "y"}
 
-    search = BudgetSearch(model, find_prunable(model), targets, config.retrain, 1.0, d.train_reader(batch_size=64),
-                          ScriptedEvaluator([]), {"seed": 0, "device": "cpu"}, judge=judge)
+    search = _search(teacher_data, [], 2, judge=judge)
     first = search.round(1, lambda *a: None)
     assert first["loss_pp"] == pytest.approx(0.5) and not first["fits"] and first["decision"]["within"] is False
     assert search.round(2, lambda *a: None)["fits"] and search.best is not None
