@@ -361,7 +361,9 @@ def build_plan(config: RunConfig) -> list[Step]:
     if config.quantize.weight_bits is not None:
         steps.append(QuantizeStep(config.quantize, config.retrain, config.budget, shrink, config.encode,
                                   trained=retrain or auto))
-    steps += [ShrinkStep(shrink), EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
+    # the automatic plan crops inputs by itself: "--crop-inputs: no input feature went" is said only when asked
+    steps += [ShrinkStep(shrink, asked=shrink.crop_inputs == config.shrink.crop_inputs),
+              EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
     if has_data:
         steps.append(MeasureStep())
     steps.append(ReportStep())

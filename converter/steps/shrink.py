@@ -35,9 +35,10 @@ class ShrinkStep(Step):
     gives = ("shrunk", "neurons")
     optional = ("neurons",)
 
-    def __init__(self, config: ShrinkConfig):
+    def __init__(self, config: ShrinkConfig, *, asked: bool = True):
         super().__init__(config)
         self.config = config
+        self.asked = asked  # the cropping is the user's (a flag, a recipe), not the automatic plan's own choice
 
     def run(self, state: RunState) -> None:
         c = self.config
@@ -61,7 +62,7 @@ class ShrinkStep(Step):
                   for lay in remove.report.layers}
         state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded,
                          "aligned": remove.report.aligned}
-        if (c.crop_inputs or c.gather_inputs) and not any(
+        if self.asked and (c.crop_inputs or c.gather_inputs) and not any(
                 lay.op == "input" and lay.after < lay.before for lay in remove.report.layers):
             flag = "--crop-inputs" if c.crop_inputs else "--gather-inputs"  # said, not silent (README audit)
             state.prune.notes.append(f"{flag}: no input feature went: every one is read by a kept weight, or no "

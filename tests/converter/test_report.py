@@ -459,3 +459,15 @@ def test_crop_inputs_says_when_no_input_feature_went(tmp_path):
     assert any(n.startswith("--crop-inputs: no input feature went") for n in notes), notes
     notes = run(builders.mlp_gemm(), configure(sparsity=0.97, crop_inputs=True)).report["notes"]
     assert not any(n.startswith("--crop-inputs: no input feature went") for n in notes), notes
+
+
+def test_the_automatic_plans_own_cropping_is_not_said_as_a_flag(tmp_path):
+    """The automatic plan crops inputs by itself: "--crop-inputs: no input feature went" was said on runs that never
+    passed the flag (magika's default run)."""
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+
+    feed = {"input": np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)}
+    np.savez(tmp_path / "calib.npz", **feed)
+    result = run(builders.mlp_gemm(), configure(max_loss=1.0, data=str(tmp_path / "calib.npz"), time_budget="20s"))
+    assert not any("--crop-inputs" in n for n in result.report["notes"]), result.report["notes"]
