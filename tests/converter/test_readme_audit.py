@@ -37,9 +37,9 @@ def test_threads_help_says_what_onnxruntime_gets(monkeypatch):
 
 def test_demo_help_gives_the_readmes_time():
     """`demo --help` said "about a minute on a laptop CPU" where README says about 6 s (measured there)."""
-    seconds = re.search(r"It takes about (\d+) s on a quiet 2-core CPU", (ROOT / "README.md").read_text()).group(1)
+    seconds = re.search(r"It takes about (\d+) s on a 2-core CPU", (ROOT / "README.md").read_text()).group(1)
     text = " ".join(CliRunner().invoke(cli, ["demo", "--help"]).output.split())
-    assert f"about {seconds} s on a quiet 2-core CPU" in text and "about a minute" not in text
+    assert f"about {seconds} s on a 2-core CPU" in text and "about a minute" not in text
 
 
 def test_inspect_calibration_hint_asks_for_a_few_hundred_random_samples_and_labels():
