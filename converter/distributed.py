@@ -277,8 +277,8 @@ class MainOnly:
 
 
 def _plain(value):
-    """A numpy scalar as JSON takes it (a decision's counts and flags)."""
-    return value.item() if hasattr(value, "item") else str(value)
+    """A numpy scalar or array as JSON takes it (a decision's counts and flags, an allocation's figures)."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def local_rank() -> int:
@@ -290,15 +290,18 @@ def local_rank() -> int:
 
 
 def encode_targets(chosen) -> str:
-    """(targets {weight: Target}, anything) → JSON of the targets: the other ranks need only those."""
-    targets, _ = chosen
-    return json.dumps({n: [t.sparsity, t.quality] for n, t in targets.items()})
+    """(targets {weight: Target}, what else rank 0 chose: a JSON-able dict or None) → JSON: the other ranks need
+    the targets and the allocation the retraining steps read (`state.allocation`)."""
+    targets, extra = chosen
+    return json.dumps({"targets": {n: [t.sparsity, t.quality] for n, t in targets.items()}, "extra": extra},
+                      default=_plain)
 
 
 def decode_targets(data: bytes):
     from onnxprune.passes.magnitude import Target
 
-    return {n: Target(sparsity=s, quality=q) for n, (s, q) in json.loads(data).items()}, None
+    got = json.loads(data)
+    return {n: Target(sparsity=s, quality=q) for n, (s, q) in got["targets"].items()}, got["extra"]
 
 
 def encode_checkpoint(resume: dict | None) -> bytes:

@@ -60,7 +60,15 @@ class AllocateStep(_Choose):
 
     def _choose(self, state: RunState) -> dict:
         from onnxprune.calibration.allocate import allocate
+        from onnxprune.converter.auto.decide import BudgetRule
 
+        rule = BudgetRule(state.data.calibration, self.config.max_loss)  # the level search's judge (steps/retrain)
+        why = rule.uncertifiable()
+        if why:  # no round could be certified: the input model, said once, as the other budgeted plans keep it
+            log.warning(why)
+            state.notes.append(why)
+            state.allocation = {"sparsities": {}, "rule": rule.statement(), "kept_input": True}
+            return {n: Target(sparsity=0.0) for n in state.targets}
         allocation = allocate(state.sensitivity, state.scannable, self.config.max_loss)
         state.allocation = {"predicted_loss_pp": allocation.predicted_loss_pp, "sparsities": dict(allocation)}
         return _with_fixed({n: Target(sparsity=float(s)) for n, s in allocation.items()}, state.targets)
@@ -296,11 +304,16 @@ def _stop_note(outcome, rule, held: int = 0, what: str = "the one-shot fit") -> 
 
 
 def on_main(choose, state: RunState) -> dict:
-    """Targets chosen on rank 0 (which alone scanned) and given to every torchrun process; alone: just chosen."""
+    """Targets chosen on rank 0 (which alone scanned) and given to every torchrun process with the allocation the
+    choice recorded (rank 1 had none: `--max-loss --iterations` under torchrun failed with "step 'allocate' did not
+    give allocation"); alone: just chosen."""
     from onnxprune.converter import distributed
 
-    targets, _ = distributed.current().on_main(lambda: (choose(state), None), encode=distributed.encode_targets,
-                                               decode=distributed.decode_targets)
+    def chosen():
+        return choose(state), state.allocation
+
+    targets, state.allocation = distributed.current().on_main(chosen, encode=distributed.encode_targets,
+                                                              decode=distributed.decode_targets)
     return targets
 
 

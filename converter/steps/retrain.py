@@ -187,6 +187,8 @@ class BudgetSearchStep(_Retraining):
         from onnxprune.converter.budget import BudgetSearch
 
         c, data = self.config, state.data
+        if (state.allocation or {}).get("kept_input"):  # the decision set cannot certify the budget (allocate)
+            return state.original, []
         checkpoint, resume = self._checkpoints(state)
         evaluator = _main_only(data.calibration)
         search = BudgetSearch(state.original, state.inventory, state.targets, c, self.budget.max_loss,

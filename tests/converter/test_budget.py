@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -127,3 +128,18 @@ def test_a_round_the_decision_rule_rejects_is_undone_though_its_mean_fits(teache
     first = search.round(1, lambda *a: None)
     assert first["loss_pp"] == pytest.approx(0.5) and not first["fits"] and first["decision"]["within"] is False
     assert search.round(2, lambda *a: None)["fits"] and search.best is not None
+
+
+def test_a_decision_set_that_cannot_certify_the_budget_keeps_the_input_model(tmp_path):
+    """The level search judges by the decision rule: where the set cannot certify the budget at all (52 labelled
+    samples at 1 pp: the bound with none changed is 1.89 pp), no round could be kept, and the input model is kept
+    and said, as in the other budgeted plans (it had crashed: an empty allocation, then a round of no weights)."""
+    from onnxprune.models.paths import LENET300_ONNX, MNIST_TRAIN_SLICE
+    from tests.hardening.helpers import invoke
+
+    res = invoke("prune", LENET300_ONNX, "-o", tmp_path / "o.onnx", "--data", MNIST_TRAIN_SLICE, "--labels", "labels",
+                 "--limit", "512", "--max-loss", "1", "--iterations", "2", "--epochs", "1", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["compression"] == 1.0 and report["budget"]["met"] and report["budget"]["kept_input"]
+    assert any("cannot certify --max-loss 1" in n for n in report["notes"])

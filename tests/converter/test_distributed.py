@@ -148,3 +148,26 @@ def test_shutdown_ends_the_gloo_threads_before_the_interpreter_tears_down():
     assert proc.returncode == 0, proc.stderr[-3000:]
     threads = proc.stdout.strip().splitlines()[-1]
     assert "gloo" not in threads, threads
+
+
+def test_a_budgeted_retraining_runs_under_two_processes(tmp_path):
+    """`--max-loss --iterations` under torchrun failed on rank 1 ("step 'allocate' did not give allocation": only
+    rank 0 chose, and only its state held the allocation); every rank now gets it with the targets, and the level
+    search's rounds are judged on rank 0 by the decision rule, the verdict sent to every rank."""
+    out = tmp_path / "budget.onnx"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "onnxprune", "prune", str(LENET300_ONNX), "-o", str(out), "--data", str(MNIST_TRAIN_SLICE),
+               "--labels", "labels", "--limit", "1200", "--max-loss", "1", "--iterations", "2", "--epochs", "1",
+               "--seed", "1", "--device", "cpu", "--json", "-q"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads(stdout)
+    assert report["budget"]["met"] and "decision" in report["budget"] and report["compression"] > 1
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
