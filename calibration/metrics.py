@@ -413,9 +413,10 @@ class Evaluator:
     def _grouped(self, sess, rows: list[int]) -> dict[int, int]:
         """Scored outputs that follow no batch whose length is k >= 2 times the batch's samples in every batch, the
         first sample's k rows first (run alone, it gives them): {output: k}, its sample axis now 0, its rows scored
-        as ever and summed k at a time, one sample each (`output_terms`: the figure is the same). skl2onnx's multi-output MLPRegressor writes its [N, 3] result as a Reshape
-        to [-1, 1]: each feed was pooled into one sample (sweep 24: 15 decision samples from 225). Rows in another
-        order (target-major) stay pooled: per sample they cannot be told apart."""
+        as ever and summed k at a time, one sample each (`output_terms`: the figure is the same). skl2onnx's
+        multi-output MLPRegressor writes its [N, 3] result as a Reshape to [-1, 1]: each feed was pooled into one
+        sample (sweep 24: 15 decision samples from 225). Rows in another order (target-major) stay pooled: per
+        sample they cannot be told apart."""
         if not self.sample_axes or not self.reference_all or getattr(self.reader, "per_feed", False):
             return {}
         found = {}
