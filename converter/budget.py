@@ -5,8 +5,9 @@ A round at level L prunes toward the sensitivity allocation with its density sca
 measures the loss on the calibration evaluator (the validation part of --data when it is split). A round is within
 the budget when its mean loss is and, given a `judge`, the decision rule accepts it (converter.auto.decide: every
 output's loss plus its margin for the set's noise; the budget check judges the written model by the same rule, so
-the search never keeps a round the check would refuse). A round within the budget is kept and the next goes one step further; a round over it is undone — back to the best model, its
-masks and weights — and the step halves (1, 1/2, 1/4, then the search stops):
+the search never keeps a round the check would refuse). A round within the budget is kept and the next goes one
+step further; a round over it is undone — back to the best model, its masks and weights — and the step halves (1,
+1/2, 1/4, then the search stops):
 
     level  0 ok  →  1 ok  →  2 over  →  1.5 ok  →  2.0 over  →  1.75 …        density x0.6 per level
     level  0 over  →  -0.5 (from the dense model again) ok  →  0 …           gentler than the allocation
