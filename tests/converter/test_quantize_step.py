@@ -131,6 +131,8 @@ class _Scripted:
     def position_mask(self, batch):
         return None
 
+    grouped: dict = {}  # no output of several rows a sample
+
     def crop(self, batch):  # no output copies an input
         return None
 
