@@ -311,8 +311,21 @@ def recipe_of(config: RunConfig | None) -> dict:
                 # given and the search would not choose (newcomer audit: the report's options and its Reproduce
                 # block said lr 0.001, T 4, batch 128 where the run used 0.003, 1, 32)
                 continue
+            if auto and key == "shrink" and name == "crop_inputs":
+                value = resolved_shrink(config).crop_inputs  # as the run resolved it: recorded as the default,
+                # a replay gave crop_inputs=False as the user's and wrote an uncropped model (CI audit: another file)
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def resolved_shrink(config: RunConfig):
+    """The shrink step's config as the plan runs it: the automatic search crops the input to what the weights read
+    unless --crop-inputs, --gather-inputs or --no-neurons said otherwise."""
+    shrink = config.shrink
+    if (automatic(config) and shrink.neurons and not shrink.gather_inputs
+            and "crop_inputs" not in config.given):
+        shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
+    return shrink
 
 
 def automatic(config: RunConfig) -> bool:
@@ -340,8 +353,7 @@ def build_plan(config: RunConfig) -> list[Step]:
     if auto:
         steps.append(AutoSearchStep(config.auto, config.budget, config.retrain, config.targets, config.shrink,
                                     config.scan, config.given))
-        if shrink.neurons and not shrink.gather_inputs and "crop_inputs" not in config.given:
-            shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
+        shrink = resolved_shrink(config)
     elif budget:
         timed = not retrain and config.auto.time_budget is not None  # --one-shot --time-budget: bounded too
         if has_data and not retrain and not draws_random_inputs(config.data):
