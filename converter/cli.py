@@ -338,7 +338,8 @@ def _parse_levels(text: str | None):
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.html, report.json and recipe.toml here.")
 @click.option("--force", is_flag=True, help="Write the model even when --max-loss was not met.")
 @click.option("--plan", "show_plan", is_flag=True, help="Print the steps this command would run, with their settings, "
-              "and do nothing else.")
+              "and do nothing else (after the checks a run makes before any work: the model and data files exist, "
+              "-o and --report can be written; a failed check exits as the run would).")
 @_output_options
 def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_neurons, checkpoint_dir, resume,
           recipe, allow_other_model, report_dir, force, quiet, as_json, show_plan, **choices):
@@ -387,7 +388,7 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     elif resume:
         raise ConfigError("--resume continues an interrupted retraining run; this run has no --iterations.")
     if show_plan:
-        _print_plan(config, as_json)
+        _print_plan(config, as_json, model, output, report_dir)
         return
     _convert_and_show(model, output, config, report_dir=report_dir, quiet=quiet, as_json=as_json, force=force,
                       command=["onnxprune", *sys.argv[1:]])
@@ -400,11 +401,13 @@ def _typed(choices: dict) -> dict:
     return {k: v for k, v in choices.items() if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
 
 
-def _print_plan(config, as_json: bool) -> None:
+def _print_plan(config, as_json: bool, model: Path, output: Path, report_dir: Path | None) -> None:
+    from onnxprune.converter.convert import preflight
     from onnxprune.converter.plan import build_plan, describe_plan
     from onnxprune.plain import dumps
 
     config.validate()
+    preflight(model, output, config, report_dir=report_dir)  # what the run would refuse at once, a plan refuses
     plan = describe_plan(build_plan(config))
     if as_json:
         click.echo(dumps({"plan": plan}, indent=2))
