@@ -1,7 +1,9 @@
 """The command line: a thin layer over converter.pipeline and friends.
 
 Errors: a ConfigError is a usage error (exit 2); any other ConverterError prints `Error: …` (exit 1, or the
-error's own code); anything unexpected prints one line too. Tracebacks only with --debug.
+error's own code); anything unexpected prints one line too (exit 4, INTERNAL); an interrupt prints `Aborted!`
+(exit 128 + the signal's number: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP). With --json a failed command's stdout is one
+document too: the report of a missed budget, else {"error": {...}} (`_json_failure`). Tracebacks only with --debug.
 """
 
 from __future__ import annotations
@@ -27,10 +29,63 @@ log = logging.getLogger("onnxprune")
 _STARTED: float | None = None  # time.perf_counter() when this process started (main); --time-budget counts from it
 
 
+INTERNAL = 4  # exit code of an unexpected failure (a defect of onnxprune): not 1, which says the input is unusable
+
+# This process's command: whether --json was asked for, whether a JSON document was printed, and how it failed (the
+# `error` document a --json run prints when it printed none). Reset by each FriendlyGroup.main.
+_RUN: dict = {"json": False, "shown": False, "failure": None, "signal": None}
+
+
 class ConverterException(click.ClickException):
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1, kind: str = "error"):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.kind = exit_code, kind
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C, SIGTERM or SIGHUP: `Aborted!` on stderr (as click says it), exit 128 + the signal's number, as a shell
+    reports a process the signal ended (CI audit: it was exit 1, the code of unusable input)."""
+
+    kind = "interrupted"
+
+    def __init__(self, signum: int):
+        super().__init__("Aborted!")
+        self.exit_code = 128 + signum
+
+    def show(self, file=None) -> None:
+        click.echo("Aborted!", err=True)
+
+
+def _echo_json(doc) -> None:
+    """Every JSON document a command prints goes here: a --json run prints one, on success and on failure."""
+    from onnxprune.plain import dumps
+
+    _RUN["shown"] = True
+    click.echo(dumps(doc, indent=2))
+
+
+def _record(exc: click.ClickException) -> None:
+    """The failure a --json run reports as its document (the first one: later ones are its consequences)."""
+    if _RUN["failure"] is None:
+        kind = getattr(exc, "kind", "usage" if isinstance(exc, click.UsageError) else "error")
+        _RUN["failure"] = {"kind": kind, "message": exc.format_message(), "exit_code": exc.exit_code}
+
+
+def _json_failure(code: int) -> None:
+    """A --json command that failed without printing its document prints {"error": {kind, message, exit_code}}
+    (CI audit: stdout was empty, and a script reading it as JSON got a parse error, not the reason). `kind`: the
+    error's class (ModelError, CalibrationError, ...), `usage`, `budget`, `internal`, `interrupted` or `output`."""
+    if not _RUN["json"] or _RUN["shown"]:
+        return
+    failure = dict(_RUN["failure"] or {"kind": "error", "message": "see standard error"})
+    failure["exit_code"] = code
+    with contextlib.suppress(OSError, ValueError):
+        _echo_json({"error": failure})
+        sys.stdout.flush()
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 class FriendlyCommand(click.Command):
@@ -44,6 +99,12 @@ class FriendlyCommand(click.Command):
             raise click.UsageError(str(exc), ctx=ctx) from None
 
 
+def _interrupted(signum: int, frame=None) -> None:
+    """Remember which signal interrupts the run (its exit code), then unwind as KeyboardInterrupt."""
+    _RUN["signal"] = signum
+    raise KeyboardInterrupt
+
+
 def _silence_stdout() -> None:
     """Standard output to /dev/null: nothing more can be said there, and the exit's flush must not fail again."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -55,9 +116,10 @@ def _silence_stdout() -> None:
 
 
 def _internal(exc: BaseException) -> "ConverterException":
-    """An exception no user can cause, as its one line (exit 1)."""
+    """An exception no user can cause, as its one line (exit INTERNAL: a CI job tells an onnxprune defect from
+    unusable input, which is 1)."""
     return ConverterException(f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
-                              "rerun with --debug for the traceback and please report it.")
+                              "rerun with --debug for the traceback and please report it.", INTERNAL, "internal")
 
 
 def _traceback(ctx: click.Context) -> None:
@@ -75,7 +137,32 @@ class FriendlyGroup(click.Group):
 
     command_class = FriendlyCommand
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's main, and with --json a document on stdout also when the command fails (`_json_failure`)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        _RUN.update(json=_wants_json(argv), shown=False, failure=None, signal=None)
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        except SystemExit as done:
+            if standalone_mode and isinstance(done.code, int) and done.code != 0:
+                _json_failure(done.code)
+            raise
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:  # the group's own options (`onnxprune --bogus`)
+            _record(exc)
+            raise
+
     def invoke(self, ctx: click.Context):
+        try:
+            return self._invoke(ctx)
+        except click.ClickException as exc:
+            _record(exc)
+            raise
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -85,9 +172,10 @@ class FriendlyGroup(click.Group):
             raise click.UsageError(str(exc), ctx=ctx) from None
         except ConverterError as exc:
             _traceback(ctx)
-            raise ConverterException(str(exc), exc.exit_code) from None
+            kind = "budget" if exc.exit_code == 3 else type(exc).__name__
+            raise ConverterException(str(exc), exc.exit_code, kind) from None
         except KeyboardInterrupt:
-            raise click.exceptions.Abort() from None
+            raise Interrupted(_RUN["signal"] or signal.SIGINT) from None
         except BrokenPipeError:  # the reader stopped reading (`| head -1`): its choice; the work is done, exit 0
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
@@ -98,9 +186,9 @@ class FriendlyGroup(click.Group):
             _silence_stdout()
             raise ConverterException(f"{exc.filename or 'standard output'} cannot be written "
                                      f"({exc.strerror or type(exc).__name__}); any model was written before this "
-                                     "(its path is -o); redirect the output where there is room.", 2) from None
+                                     "(its path is -o); redirect the output where there is room.", 2, "output") from None
         except MemoryError:
-            raise ConverterException("out of memory; try a smaller --batch-size or --limit.") from None
+            raise ConverterException("out of memory; try a smaller --batch-size or --limit.", 1, "memory") from None
         except Exception as exc:
             _traceback(ctx)
             raise _internal(exc) from None
@@ -194,11 +282,9 @@ def inspect(model: Path, as_json: bool, quiet: bool):
     """
     from onnxprune.converter.inspect import inspect_model, print_inspection
 
-    from onnxprune.plain import dumps
-
     info = inspect_model(model)
     if as_json:
-        click.echo(dumps(info, indent=2))
+        _echo_json(info)
     elif not quiet:
         print_inspection(info)
 
@@ -404,13 +490,12 @@ def _typed(choices: dict) -> dict:
 def _print_plan(config, as_json: bool, model: Path, output: Path, report_dir: Path | None) -> None:
     from onnxprune.converter.convert import preflight
     from onnxprune.converter.plan import build_plan, describe_plan
-    from onnxprune.plain import dumps
 
     config.validate()
     preflight(model, output, config, report_dir=report_dir)  # what the run would refuse at once, a plan refuses
     plan = describe_plan(build_plan(config))
     if as_json:
-        click.echo(dumps({"plan": plan}, indent=2))
+        _echo_json({"plan": plan})
         return
     for i, step in enumerate(plan, 1):
         click.echo(f"{i:2d}. {step['step']:<14} {step['does']}")
@@ -439,10 +524,9 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
     from onnxprune.converter.convert import convert
     from onnxprune.converter.pipeline import budget_error
     from onnxprune.converter.progress import Progress
-    from onnxprune.plain import dumps
 
     def show_json(report):
-        click.echo(dumps(report, indent=2))
+        _echo_json(report)
 
     from onnxprune.converter.distributed import is_main
 
@@ -562,6 +646,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input
         modelio.atomic_write_bytes(out_dir / f"{stem}.json", result.to_json().encode())
         modelio.atomic_write_bytes(out_dir / f"{stem}.png", scan_figure(result))
     if as_json:
+        _RUN["shown"] = True
         click.echo(result.to_json())
         return
     if quiet:
@@ -632,7 +717,7 @@ def _terminate(signum, frame):
     signal is sent again a moment later instead (onnxprune.interrupts)."""
     if interrupts.deferred(signum, frame):
         return
-    raise KeyboardInterrupt
+    _interrupted(signum, frame)
 
 
 def process_started() -> float:

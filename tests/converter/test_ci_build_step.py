@@ -44,3 +44,74 @@ def test_a_plan_refuses_what_the_run_would_refuse_at_once(tmp_path, calib):
         res = _plan(*args)
         assert res.exit_code == code and said in res.output, (args, res.output)
         assert '"plan"' not in res.output
+
+
+def _json(res) -> dict:
+    """stdout holds exactly one JSON document (json.loads refuses a second, or none)."""
+    return json.loads(res.stdout)
+
+
+def test_a_failed_json_run_prints_one_error_document_on_stdout(tmp_path, calib):
+    """stdout of a failed `--json` run was empty (docs/bad-input.md said so): a build script reading it as JSON got
+    a parse error instead of the reason. Now {"error": {kind, message, exit_code}}; the line stays on stderr."""
+    runner = CliRunner()
+    res = runner.invoke(cli, ["prune", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o.onnx"), "--sparsity",
+                              "0.5", "--json"])
+    assert res.exit_code == 1 and "Error: model file" in res.stderr
+    assert _json(res)["error"] == {"kind": "ModelError", "exit_code": 1,
+                                   "message": f"model file '{tmp_path / 'none.onnx'}' does not exist; check the path."}
+    for args in (["--sparsity", "1.5"], ["--nosuch"]):  # a bad value; a flag click itself refuses
+        res = runner.invoke(cli, ["prune", str(LENET300), "-o", str(tmp_path / "o.onnx"), *args, "--json"])
+        assert res.exit_code == 2 and _json(res)["error"]["kind"] == "usage", res.output
+    res = runner.invoke(cli, ["inspect", str(calib), "--json"])  # not a model
+    assert res.exit_code == 1 and _json(res)["error"]["kind"] == "ModelError"
+    res = runner.invoke(cli, ["prune", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o.onnx"), "--sparsity",
+                              "0.5"])
+    assert res.exit_code == 1 and res.stdout == ""  # without --json: nothing on stdout, as before
+    res = runner.invoke(cli, ["inspect", str(LENET300), "--json"])
+    assert res.exit_code == 0 and "error" not in _json(res)  # the next command starts clean
+
+
+def test_a_missed_budget_prints_its_report_alone(tmp_path):
+    """Exit 3 with --json: the report (budget.met false), one document, no error document after it."""
+    import onnx
+
+    from tests.converter._data import self_labelled
+
+    model, data = self_labelled()
+    mpath, dpath = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, mpath)
+    np.savez(dpath, **data)
+    res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(tmp_path / "o.onnx"), "--data", str(dpath),
+                                   "--max-loss", "0", "--layer", "fc1*=0.995", "--one-shot", "--json"])
+    assert res.exit_code == 3 and _json(res)["budget"]["met"] is False
+
+
+def test_internal_errors_and_interrupts_have_exit_codes_of_their_own(monkeypatch, tmp_path):
+    """Unusable input, an onnxprune defect and an interrupted run all exited 1: a CI job could not tell "fix your
+    model" from "report a bug" from "the runner killed it, retry". Now 1, 4 (INTERNAL) and 128 + the signal."""
+    import signal
+
+    from onnxprune.converter import cli as cli_module
+    from onnxprune.converter import inspect as inspect_module
+
+    def boom(model):
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(inspect_module, "inspect_model", boom)
+    res = CliRunner().invoke(cli, ["inspect", str(LENET300), "--json"])
+    assert res.exit_code == cli_module.INTERNAL == 4 and "internal error (RuntimeError: a defect)" in res.stderr
+    assert _json(res)["error"]["kind"] == "internal" and _json(res)["error"]["exit_code"] == 4
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # as main()'s handler raises it
+        monkeypatch.setattr(inspect_module, "inspect_model", lambda model: cli_module._interrupted(signum))
+        res = CliRunner().invoke(cli, ["inspect", str(LENET300), "--json"])
+        assert res.exit_code == 128 + signum and res.stderr.strip() == "Aborted!", res.output
+        assert _json(res)["error"] == {"kind": "interrupted", "message": "Aborted!", "exit_code": 128 + signum}
+
+    def ctrl_c(model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inspect_module, "inspect_model", ctrl_c)  # Python's own SIGINT handler (no main())
+    res = CliRunner().invoke(cli, ["inspect", str(LENET300)])
+    assert res.exit_code == 130 and res.stdout == ""
