@@ -115,3 +115,22 @@ def test_internal_errors_and_interrupts_have_exit_codes_of_their_own(monkeypatch
     monkeypatch.setattr(inspect_module, "inspect_model", ctrl_c)  # Python's own SIGINT handler (no main())
     res = CliRunner().invoke(cli, ["inspect", str(LENET300)])
     assert res.exit_code == 130 and res.stdout == ""
+
+
+def test_the_json_fields_readme_documents_for_ci_are_there(tmp_path):
+    """README's CI paragraph names the fields a script reads from `prune --json`, `inspect --json` and
+    `--plan --json` (inspect's and the plan's were documented nowhere before the CI build-step audit)."""
+    runner = CliRunner()
+    info = _json(runner.invoke(cli, ["inspect", str(LENET300), "--json"]))
+    assert {"node", "op", "weight", "shape", "params", "nonzeros", "density", "macs", "neurons"} <= set(info["layers"][0])
+    assert set(info["totals"]) == {"params", "nonzeros", "density", "macs"}
+    assert {"name", "reason", "size"} <= set(info["skipped"][0])
+    assert set(info["inputs"][0]) == set(info["outputs"][0]) == {"name", "shape", "dtype"}
+    out = tmp_path / "o.onnx"
+    res = runner.invoke(cli, ["prune", str(LENET300), "-o", str(out), "--sparsity", "0.5", "--json"])
+    report = _json(res)
+    assert report["compression"] == pytest.approx(2.0) and report["compression_written"] >= report["compression"]
+    assert "budget" not in report and "time_budget" not in report  # a run without --max-loss or a time budget
+    step = _json(runner.invoke(cli, ["prune", str(LENET300), "-o", str(out), "--sparsity", "0.5", "--plan",
+                                     "--json"]))["plan"][0]
+    assert set(step) == {"step", "does", "needs", "gives", "settings"}
