@@ -450,7 +450,7 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     if no_neurons:
         choices["neurons"] = False
     if recipe is not None:
-        from onnxprune.converter.plan import PER_RUN
+        from onnxprune.converter.plan import PER_RUN, RECIPE_OVERRIDES, replay
 
         # a recipe replays a run's choices; flags beside it were dropped without a word (a helper's --max-loss
         # dense_5=2 beside a recipe of 5 pp: "budget 5 pp ... met"). The per-run ones (data) pass through.
@@ -463,8 +463,8 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
         if beside:
             raise ConfigError(f"--recipe replays the recipe's choices; {', '.join(beside)} given beside it would be "
                               "ignored: drop them, or edit the recipe (or run without --recipe).")
-        config = _config_from_recipe(recipe, model, allow_other_model,
-                                     {k: choices[k] for k in per_run if choices.get(k) is not None})
+        config = replay(recipe, model, {k: choices[k] for k in per_run if choices.get(k) is not None},
+                        allow_other_model=allow_other_model)
     else:
         config = configure(layers=parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
                            neuron_layers=parse_layers(neuron_layers, "--neuron-layer"), **choices)
@@ -501,21 +501,6 @@ def _print_plan(config, as_json: bool, model: Path, output: Path, report_dir: Pa
         click.echo(f"{i:2d}. {step['step']:<14} {step['does']}")
         for key, value in step["settings"].items():
             click.echo(f"      {key} = {value!r}")
-
-
-RECIPE_OVERRIDES = ("threads", "device")  # where a recipe runs, not what it chooses: given beside --recipe, they win
-
-
-def _config_from_recipe(path: Path, model: Path, allow_other_model: bool, overrides: dict):
-    from onnxprune.converter import modelio
-    from onnxprune.converter.plan import configure
-    from onnxprune.converter.recipe import load_recipe
-
-    if not path.is_file():
-        raise ConfigError(f"recipe '{path}' does not exist; pass the recipe.toml an earlier run wrote.")
-    choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None,
-                          allow_other_model=allow_other_model)
-    return configure(**{**choices, **overrides})
 
 
 def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=False, as_json=False, force=False,

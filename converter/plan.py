@@ -24,7 +24,9 @@ import dataclasses
 import functools
 import logging
 import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
 from onnxprune.converter.steps.base import Step, StepConfig, check_plan
@@ -46,6 +48,21 @@ from onnxprune.errors import ConfigError
 
 # Given per run, not part of a recipe (or of a checkpoint's fingerprint).
 PER_RUN = ("data", "eval_data", "val_data", "checkpoint_dir", "resume")
+RECIPE_OVERRIDES = ("threads", "device")  # where a recipe runs, not what it chooses: given beside a recipe, they win
+
+
+def replay(recipe, model, overrides: dict, *, allow_other_model: bool = False,
+           override_hint: str = "--allow-other-model") -> RunConfig:
+    """The config of a recipe replay (`--recipe`, the API's `recipe=`): the recipe's choices, checked against the
+    model file it was written for, with the per-run `overrides` (PER_RUN, RECIPE_OVERRIDES) given beside it."""
+    from onnxprune.converter import modelio
+    from onnxprune.converter.recipe import load_recipe
+
+    if not Path(recipe).is_file():
+        raise ConfigError(f"recipe '{recipe}' does not exist; pass the recipe.toml an earlier run wrote.")
+    sha = modelio.sha256_file(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_file() else None
+    choices = load_recipe(recipe, sha, allow_other_model=allow_other_model, override_hint=override_hint)
+    return configure(**{**choices, **overrides})
 
 
 @dataclass

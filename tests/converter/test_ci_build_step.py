@@ -134,3 +134,24 @@ def test_the_json_fields_readme_documents_for_ci_are_there(tmp_path):
     step = _json(runner.invoke(cli, ["prune", str(LENET300), "-o", str(out), "--sparsity", "0.5", "--plan",
                                      "--json"]))["plan"][0]
     assert set(step) == {"step", "does", "needs", "gives", "settings"}
+
+
+def test_the_python_api_replays_a_recipe_as_the_command_line_does(tmp_path):
+    """`onnxprune.prune(..., recipe=...)` was "unknown option(s) recipe": a build script could not replay a run's
+    recipe.toml, the way to the same bytes again. It takes `recipe=` (and `allow_other_model=`) as --recipe does:
+    the same file as the command line's replay, choices beside it refused, another model's recipe refused."""
+    import onnxprune
+
+    first = onnxprune.prune(str(LENET300), sparsity=0.5, exclude="fc3*", output=str(tmp_path / "a.onnx"),
+                            report_dir=str(tmp_path / "rep"))
+    recipe = tmp_path / "rep" / "recipe.toml"
+    again = onnxprune.prune(LENET300, recipe=recipe, output=str(tmp_path / "b.onnx"))
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert again.report["options"] == first.report["options"]
+    res = CliRunner().invoke(cli, ["prune", str(LENET300), "-o", str(tmp_path / "c.onnx"), "--recipe", str(recipe)])
+    assert res.exit_code == 0 and (tmp_path / "c.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    with pytest.raises(onnxprune.ConfigError, match="sparsity given beside it would be ignored"):
+        onnxprune.prune(LENET300, recipe=recipe, sparsity=0.9, output=str(tmp_path / "d.onnx"))
+    with pytest.raises(onnxprune.ConfigError, match="pass allow_other_model=True"):
+        onnxprune.prune(ROOT / "models" / "lenet5.onnx", recipe=recipe, output=str(tmp_path / "d.onnx"))
+    assert not (tmp_path / "d.onnx").exists()
