@@ -255,13 +255,24 @@ def _budget_spec(values: tuple[str, ...]) -> tuple[float | None, dict[str, float
     return parse_budgets(values) if values else None
 
 
+class _Source(logging.Formatter):
+    """`onnxprune: LEVEL: message` for onnxprune's records, the library's own name for another library's (CI audit:
+    matplotlib's "mkdir -p failed for path ~/.config/matplotlib" under a read-only HOME read "onnxprune: WARNING:
+    mkdir -p failed ...", as if onnxprune had tried to write there)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name
+        record.source = "onnxprune" if name in ("onnxprune", "root") or name.startswith("onnxprune.") else name
+        return super().format(record)
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_onnxprune", False):
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("onnxprune: %(levelname)s: %(message)s"))
+    handler.setFormatter(_Source("%(source)s: %(levelname)s: %(message)s"))
     handler._onnxprune = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

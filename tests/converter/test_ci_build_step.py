@@ -155,3 +155,21 @@ def test_the_python_api_replays_a_recipe_as_the_command_line_does(tmp_path):
     with pytest.raises(onnxprune.ConfigError, match="pass allow_other_model=True"):
         onnxprune.prune(ROOT / "models" / "lenet5.onnx", recipe=recipe, output=str(tmp_path / "d.onnx"))
     assert not (tmp_path / "d.onnx").exists()
+
+
+def test_another_librarys_log_line_is_not_signed_onnxprune(monkeypatch):
+    """Under a read-only HOME, matplotlib's own warning (it could not create ~/.config/matplotlib) was printed as
+    "onnxprune: WARNING: mkdir -p failed for path ...": a CI log reader looked for onnxprune writing into HOME."""
+    import logging
+
+    from onnxprune.converter import cli as cli_module
+
+    records = [logging.LogRecord(name, logging.WARNING, __file__, 1, "said", None, None)
+               for name in ("onnxprune.converter.auto.search", "onnxprune", "matplotlib", "py.warnings")]
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # the handler the CLI installs, removed after
+    monkeypatch.setattr(root, "level", root.level)
+    cli_module._setup_logging(logging.WARNING)
+    fmt = next(h for h in root.handlers if getattr(h, "_onnxprune", False))
+    assert [fmt.format(r) for r in records] == ["onnxprune: WARNING: said", "onnxprune: WARNING: said",
+                                                "matplotlib: WARNING: said", "py.warnings: WARNING: said"]
