@@ -144,8 +144,14 @@ class FriendlyGroup(click.Group):
         try:
             return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
         except SystemExit as done:
-            if standalone_mode and isinstance(done.code, int) and done.code != 0:
-                _json_failure(done.code)
+            code = done.code
+            if code == 1 and _RUN["signal"] is not None and _RUN["failure"] is None:
+                code = 128 + _RUN["signal"]  # interrupted outside the command (click's own "Aborted!", exit 1)
+                _RUN["failure"] = {"kind": "interrupted", "message": "Aborted!"}
+            if standalone_mode and isinstance(code, int) and code != 0:
+                _json_failure(code)
+            if code != done.code:
+                raise SystemExit(code) from None
             raise
 
     def make_context(self, *args, **kwargs):
@@ -744,7 +750,7 @@ def main() -> None:
         with contextlib.suppress(AttributeError, ValueError):  # a path the terminal's encoding cannot show
             getattr(sys, name).reconfigure(errors="backslashreplace")  # (PYTHONIOENCODING=ascii) is escaped
 
-    for s in INTERRUPTS:  # SIGINT, SIGTERM, SIGHUP: "Aborted!", temp files removed, exit 1
+    for s in INTERRUPTS:  # SIGINT, SIGTERM, SIGHUP: "Aborted!", temp files removed, exit 128 + signal
         signal.signal(s, _terminate)
     try:
         cli(prog_name="onnxprune")

@@ -116,6 +116,16 @@ def test_internal_errors_and_interrupts_have_exit_codes_of_their_own(monkeypatch
     res = CliRunner().invoke(cli, ["inspect", str(LENET300)])
     assert res.exit_code == 130 and res.stdout == ""
 
+    import click
+
+    def parsing(*args, **kwargs):  # a SIGTERM while click parses, outside the command: click's own "Aborted!"
+        cli_module._interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(click.Group, "make_context", parsing)
+    res = CliRunner().invoke(cli, ["inspect", str(LENET300), "--json"])
+    assert res.exit_code == 143 and "Aborted!" in res.stderr
+    assert _json(res)["error"] == {"kind": "interrupted", "message": "Aborted!", "exit_code": 143}
+
 
 def test_the_json_fields_readme_documents_for_ci_are_there(tmp_path):
     """README's CI paragraph names the fields a script reads from `prune --json`, `inspect --json` and
