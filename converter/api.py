@@ -18,7 +18,7 @@ import onnx
 
 from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
-from onnxprune.converter.plan import configure
+from onnxprune.converter.plan import PER_RUN, RECIPE_OVERRIDES, configure, replay
 from onnxprune.converter.recipe import coerce
 from onnxprune.errors import ConfigError
 from onnxprune.interrupts import after_imports
@@ -34,6 +34,8 @@ def prune(
     report_dir: str | os.PathLike | None = None,
     force: bool = False,
     progress=None,
+    recipe: str | os.PathLike | None = None,
+    allow_other_model: bool = False,
     **choices,
 ) -> PruneResult | None:
     """Prune `model` (a path or a ModelProto) and return the verified result.
@@ -50,7 +52,10 @@ def prune(
     report.html/report.json/recipe.toml too. A missed --max-loss budget raises BudgetError unless
     `force` (its figures: loss_pp, max_loss_pp, outputs, written, report; `budget_error(result.report)` gives the
     same error for a forced result). `progress`: None (silent), True (the command line's progress lines on stderr)
-    or a callable `progress(task, done, total, info="")` that long steps call.
+    or a callable `progress(task, done, total, info="")` that long steps call. `recipe`: replay an earlier run's
+    recipe.toml, as --recipe (with the same data, a search that ended on its own rule writes the same bytes); beside
+    it only the per-run choices (val_data, checkpoint_dir, resume, threads, device); `allow_other_model=True` applies
+    a recipe written for another model file.
     """
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
@@ -65,7 +70,17 @@ def prune(
     if "val_data" in choices:
         choices["val_data"] = _once(choices["val_data"])
     choices = {k: _plain(v) for k, v in choices.items()}  # numpy scalars as Python numbers: the report stays JSON
-    config = configure(data=data, eval_data=eval_data, **choices)
+    if recipe is not None:  # the command line's --recipe (CI audit: the API had no replay, `recipe=` was unknown)
+        recipe = coerce(recipe, str, f"recipe={recipe!r}")
+        allow_other_model = coerce(allow_other_model, bool, f"allow_other_model={allow_other_model!r}")
+        beside = sorted(set(choices) - set(PER_RUN) - set(RECIPE_OVERRIDES))
+        if beside:
+            raise ConfigError(f"recipe= replays the recipe's choices; {', '.join(beside)} given beside it would be "
+                              "ignored: drop them, or edit the recipe (or run without recipe=).")
+        config = replay(recipe, model, {"data": data, "eval_data": eval_data, **choices},
+                        allow_other_model=allow_other_model, override_hint="allow_other_model=True")
+    else:
+        config = configure(data=data, eval_data=eval_data, **choices)
     result = convert(model, Path(output) if output is not None else None, config,
                      report_dir=Path(report_dir) if report_dir is not None else None, force=force, progress=progress,
                      command=["onnxprune.prune"])

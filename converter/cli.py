@@ -1,7 +1,9 @@
 """The command line: a thin layer over converter.pipeline and friends.
 
 Errors: a ConfigError is a usage error (exit 2); any other ConverterError prints `Error: …` (exit 1, or the
-error's own code); anything unexpected prints one line too. Tracebacks only with --debug.
+error's own code); anything unexpected prints one line too (exit 4, INTERNAL); an interrupt prints `Aborted!`
+(exit 128 + the signal's number: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP). With --json a failed command's stdout is one
+document too: the report of a missed budget, else {"error": {...}} (`_json_failure`). Tracebacks only with --debug.
 """
 
 from __future__ import annotations
@@ -27,10 +29,63 @@ log = logging.getLogger("onnxprune")
 _STARTED: float | None = None  # time.perf_counter() when this process started (main); --time-budget counts from it
 
 
+INTERNAL = 4  # exit code of an unexpected failure (a defect of onnxprune): not 1, which says the input is unusable
+
+# This process's command: whether --json was asked for, whether a JSON document was printed, and how it failed (the
+# `error` document a --json run prints when it printed none). Reset by each FriendlyGroup.main.
+_RUN: dict = {"json": False, "shown": False, "failure": None, "signal": None}
+
+
 class ConverterException(click.ClickException):
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = 1, kind: str = "error"):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.kind = exit_code, kind
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C, SIGTERM or SIGHUP: `Aborted!` on stderr (as click says it), exit 128 + the signal's number, as a shell
+    reports a process the signal ended (CI audit: it was exit 1, the code of unusable input)."""
+
+    kind = "interrupted"
+
+    def __init__(self, signum: int):
+        super().__init__("Aborted!")
+        self.exit_code = 128 + signum
+
+    def show(self, file=None) -> None:
+        click.echo("Aborted!", err=True)
+
+
+def _echo_json(doc) -> None:
+    """Every JSON document a command prints goes here: a --json run prints one, on success and on failure."""
+    from onnxprune.plain import dumps
+
+    _RUN["shown"] = True
+    click.echo(dumps(doc, indent=2))
+
+
+def _record(exc: click.ClickException) -> None:
+    """The failure a --json run reports as its document (the first one: later ones are its consequences)."""
+    if _RUN["failure"] is None:
+        kind = getattr(exc, "kind", "usage" if isinstance(exc, click.UsageError) else "error")
+        _RUN["failure"] = {"kind": kind, "message": exc.format_message(), "exit_code": exc.exit_code}
+
+
+def _json_failure(code: int) -> None:
+    """A --json command that failed without printing its document prints {"error": {kind, message, exit_code}}
+    (CI audit: stdout was empty, and a script reading it as JSON got a parse error, not the reason). `kind`: the
+    error's class (ModelError, CalibrationError, ...), `usage`, `budget`, `internal`, `interrupted` or `output`."""
+    if not _RUN["json"] or _RUN["shown"]:
+        return
+    failure = dict(_RUN["failure"] or {"kind": "error", "message": "see standard error"})
+    failure["exit_code"] = code
+    with contextlib.suppress(OSError, ValueError):
+        _echo_json({"error": failure})
+        sys.stdout.flush()
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 class FriendlyCommand(click.Command):
@@ -44,6 +99,12 @@ class FriendlyCommand(click.Command):
             raise click.UsageError(str(exc), ctx=ctx) from None
 
 
+def _interrupted(signum: int, frame=None) -> None:
+    """Remember which signal interrupts the run (its exit code), then unwind as KeyboardInterrupt."""
+    _RUN["signal"] = signum
+    raise KeyboardInterrupt
+
+
 def _silence_stdout() -> None:
     """Standard output to /dev/null: nothing more can be said there, and the exit's flush must not fail again."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -55,9 +116,10 @@ def _silence_stdout() -> None:
 
 
 def _internal(exc: BaseException) -> "ConverterException":
-    """An exception no user can cause, as its one line (exit 1)."""
+    """An exception no user can cause, as its one line (exit INTERNAL: a CI job tells an onnxprune defect from
+    unusable input, which is 1)."""
     return ConverterException(f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
-                              "rerun with --debug for the traceback and please report it.")
+                              "rerun with --debug for the traceback and please report it.", INTERNAL, "internal")
 
 
 def _traceback(ctx: click.Context) -> None:
@@ -75,7 +137,38 @@ class FriendlyGroup(click.Group):
 
     command_class = FriendlyCommand
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's main, and with --json a document on stdout also when the command fails (`_json_failure`)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        _RUN.update(json=_wants_json(argv), shown=False, failure=None, signal=None)
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        except SystemExit as done:
+            code = done.code
+            if code == 1 and _RUN["signal"] is not None and _RUN["failure"] is None:
+                code = 128 + _RUN["signal"]  # interrupted outside the command (click's own "Aborted!", exit 1)
+                _RUN["failure"] = {"kind": "interrupted", "message": "Aborted!"}
+            if standalone_mode and isinstance(code, int) and code != 0:
+                _json_failure(code)
+            if code != done.code:
+                raise SystemExit(code) from None
+            raise
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:  # the group's own options (`onnxprune --bogus`)
+            _record(exc)
+            raise
+
     def invoke(self, ctx: click.Context):
+        try:
+            return self._invoke(ctx)
+        except click.ClickException as exc:
+            _record(exc)
+            raise
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -85,9 +178,10 @@ class FriendlyGroup(click.Group):
             raise click.UsageError(str(exc), ctx=ctx) from None
         except ConverterError as exc:
             _traceback(ctx)
-            raise ConverterException(str(exc), exc.exit_code) from None
+            kind = "budget" if exc.exit_code == 3 else type(exc).__name__
+            raise ConverterException(str(exc), exc.exit_code, kind) from None
         except KeyboardInterrupt:
-            raise click.exceptions.Abort() from None
+            raise Interrupted(_RUN["signal"] or signal.SIGINT) from None
         except BrokenPipeError:  # the reader stopped reading (`| head -1`): its choice; the work is done, exit 0
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
@@ -98,9 +192,9 @@ class FriendlyGroup(click.Group):
             _silence_stdout()
             raise ConverterException(f"{exc.filename or 'standard output'} cannot be written "
                                      f"({exc.strerror or type(exc).__name__}); any model was written before this "
-                                     "(its path is -o); redirect the output where there is room.", 2) from None
+                                     "(its path is -o); redirect the output where there is room.", 2, "output") from None
         except MemoryError:
-            raise ConverterException("out of memory; try a smaller --batch-size or --limit.") from None
+            raise ConverterException("out of memory; try a smaller --batch-size or --limit.", 1, "memory") from None
         except Exception as exc:
             _traceback(ctx)
             raise _internal(exc) from None
@@ -167,13 +261,24 @@ def _budget_spec(values: tuple[str, ...]) -> tuple[float | None, dict[str, float
     return parse_budgets(values) if values else None
 
 
+class _Source(logging.Formatter):
+    """`onnxprune: LEVEL: message` for onnxprune's records, the library's own name for another library's (CI audit:
+    matplotlib's "mkdir -p failed for path ~/.config/matplotlib" under a read-only HOME read "onnxprune: WARNING:
+    mkdir -p failed ...", as if onnxprune had tried to write there)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name
+        record.source = "onnxprune" if name in ("onnxprune", "root") or name.startswith("onnxprune.") else name
+        return super().format(record)
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_onnxprune", False):
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("onnxprune: %(levelname)s: %(message)s"))
+    handler.setFormatter(_Source("%(source)s: %(levelname)s: %(message)s"))
     handler._onnxprune = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
@@ -194,11 +299,9 @@ def inspect(model: Path, as_json: bool, quiet: bool):
     """
     from onnxprune.converter.inspect import inspect_model, print_inspection
 
-    from onnxprune.plain import dumps
-
     info = inspect_model(model)
     if as_json:
-        click.echo(dumps(info, indent=2))
+        _echo_json(info)
     elif not quiet:
         print_inspection(info)
 
@@ -338,7 +441,8 @@ def _parse_levels(text: str | None):
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write report.html, report.json and recipe.toml here.")
 @click.option("--force", is_flag=True, help="Write the model even when --max-loss was not met.")
 @click.option("--plan", "show_plan", is_flag=True, help="Print the steps this command would run, with their settings, "
-              "and do nothing else.")
+              "and do nothing else (after the checks a run makes before any work: the model and data files exist, "
+              "-o and --report can be written; a failed check exits as the run would).")
 @_output_options
 def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_neurons, checkpoint_dir, resume,
           recipe, allow_other_model, report_dir, force, quiet, as_json, show_plan, **choices):
@@ -363,7 +467,7 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     if no_neurons:
         choices["neurons"] = False
     if recipe is not None:
-        from onnxprune.converter.plan import PER_RUN
+        from onnxprune.converter.plan import PER_RUN, RECIPE_OVERRIDES, replay
 
         # a recipe replays a run's choices; flags beside it were dropped without a word (a helper's --max-loss
         # dense_5=2 beside a recipe of 5 pp: "budget 5 pp ... met"). The per-run ones (data) pass through.
@@ -376,8 +480,8 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
         if beside:
             raise ConfigError(f"--recipe replays the recipe's choices; {', '.join(beside)} given beside it would be "
                               "ignored: drop them, or edit the recipe (or run without --recipe).")
-        config = _config_from_recipe(recipe, model, allow_other_model,
-                                     {k: choices[k] for k in per_run if choices.get(k) is not None})
+        config = replay(recipe, model, {k: choices[k] for k in per_run if choices.get(k) is not None},
+                        allow_other_model=allow_other_model)
     else:
         config = configure(layers=parse_layers(layers), exclude=tuple(exclude), levels=_parse_levels(levels),
                            neuron_layers=parse_layers(neuron_layers, "--neuron-layer"), **choices)
@@ -387,7 +491,7 @@ def prune(model: Path, output: Path, layers, exclude, levels, neuron_layers, no_
     elif resume:
         raise ConfigError("--resume continues an interrupted retraining run; this run has no --iterations.")
     if show_plan:
-        _print_plan(config, as_json)
+        _print_plan(config, as_json, model, output, report_dir)
         return
     _convert_and_show(model, output, config, report_dir=report_dir, quiet=quiet, as_json=as_json, force=force,
                       command=["onnxprune", *sys.argv[1:]])
@@ -400,34 +504,20 @@ def _typed(choices: dict) -> dict:
     return {k: v for k, v in choices.items() if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
 
 
-def _print_plan(config, as_json: bool) -> None:
+def _print_plan(config, as_json: bool, model: Path, output: Path, report_dir: Path | None) -> None:
+    from onnxprune.converter.convert import preflight
     from onnxprune.converter.plan import build_plan, describe_plan
-    from onnxprune.plain import dumps
 
     config.validate()
+    preflight(model, output, config, report_dir=report_dir)  # what the run would refuse at once, a plan refuses
     plan = describe_plan(build_plan(config))
     if as_json:
-        click.echo(dumps({"plan": plan}, indent=2))
+        _echo_json({"plan": plan})
         return
     for i, step in enumerate(plan, 1):
         click.echo(f"{i:2d}. {step['step']:<14} {step['does']}")
         for key, value in step["settings"].items():
             click.echo(f"      {key} = {value!r}")
-
-
-RECIPE_OVERRIDES = ("threads", "device")  # where a recipe runs, not what it chooses: given beside --recipe, they win
-
-
-def _config_from_recipe(path: Path, model: Path, allow_other_model: bool, overrides: dict):
-    from onnxprune.converter import modelio
-    from onnxprune.converter.plan import configure
-    from onnxprune.converter.recipe import load_recipe
-
-    if not path.is_file():
-        raise ConfigError(f"recipe '{path}' does not exist; pass the recipe.toml an earlier run wrote.")
-    choices = load_recipe(path, modelio.sha256_file(model) if Path(model).is_file() else None,
-                          allow_other_model=allow_other_model)
-    return configure(**{**choices, **overrides})
 
 
 def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=False, as_json=False, force=False,
@@ -436,10 +526,9 @@ def _convert_and_show(model, output: Path, config, *, report_dir=None, quiet=Fal
     from onnxprune.converter.convert import convert
     from onnxprune.converter.pipeline import budget_error
     from onnxprune.converter.progress import Progress
-    from onnxprune.plain import dumps
 
     def show_json(report):
-        click.echo(dumps(report, indent=2))
+        _echo_json(report)
 
     from onnxprune.converter.distributed import is_main
 
@@ -559,6 +648,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input
         modelio.atomic_write_bytes(out_dir / f"{stem}.json", result.to_json().encode())
         modelio.atomic_write_bytes(out_dir / f"{stem}.png", scan_figure(result))
     if as_json:
+        _RUN["shown"] = True
         click.echo(result.to_json())
         return
     if quiet:
@@ -629,7 +719,7 @@ def _terminate(signum, frame):
     signal is sent again a moment later instead (onnxprune.interrupts)."""
     if interrupts.deferred(signum, frame):
         return
-    raise KeyboardInterrupt
+    _interrupted(signum, frame)
 
 
 def process_started() -> float:
@@ -660,7 +750,7 @@ def main() -> None:
         with contextlib.suppress(AttributeError, ValueError):  # a path the terminal's encoding cannot show
             getattr(sys, name).reconfigure(errors="backslashreplace")  # (PYTHONIOENCODING=ascii) is escaped
 
-    for s in INTERRUPTS:  # SIGINT, SIGTERM, SIGHUP: "Aborted!", temp files removed, exit 1
+    for s in INTERRUPTS:  # SIGINT, SIGTERM, SIGHUP: "Aborted!", temp files removed, exit 128 + signal
         signal.signal(s, _terminate)
     try:
         cli(prog_name="onnxprune")

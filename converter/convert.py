@@ -16,7 +16,7 @@ from pathlib import Path
 
 from onnxprune.converter import modelio
 from onnxprune.converter.pipeline import PruneResult, RunConfig, budget_error, run
-from onnxprune.errors import ConfigError
+from onnxprune.errors import CalibrationError, ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,18 @@ def check_report_dir(report_dir: Path, flag: str = "--report") -> None:
     modelio.check_output_folder(report_dir, flag)  # /proc, read-only mounts: refused before any work
 
 
-def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,
-            progress=None, command=None, on_budget_error=None, started: float | None = None) -> PruneResult | None:
-    """Run the plan; with `output`, write the model (and with `report_dir` the report). A missed budget raises
-    BudgetError after `on_budget_error(report)` (so a caller can still show the numbers); with `force` the model
-    is written and `budget_error(result.report)` tells the caller. `started`: when the run's clock starts
-    (pipeline.run)."""
+def preflight(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None) -> None:
+    """The checks a run makes before any work: the model and data files exist; -o, --report and --checkpoint-dir can
+    be written and are not the input model or its data. `prune --plan` makes them too (CI audit: a plan exited 0 for
+    a missing model, a missing --data file, a missing output folder and -o equal to the input, each of which the run
+    refuses in its first second)."""
+    if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
+        raise ModelError(f"model file '{model}' does not exist; check the path.")
+    d = config.data
+    for source in (d.data, d.eval_data, d.val_data):
+        if isinstance(source, (str, os.PathLike)) and str(source) != "random" and not Path(source).exists():
+            raise CalibrationError(f"calibration data '{source}' does not exist; pass an .npz file, a folder or "
+                                   "'random'.")
     protect = (Path(model),) if isinstance(model, (str, os.PathLike)) else ()
     if output is not None:
         modelio.check_output_path(Path(output), protect=protect)
@@ -48,6 +54,16 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         check_report_dir(Path(report_dir))
     if config.retrain.checkpoint_dir:  # checked before any work, as -o and --report are (sweep 15)
         check_report_dir(Path(config.retrain.checkpoint_dir), "--checkpoint-dir")
+
+
+def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,
+            progress=None, command=None, on_budget_error=None, started: float | None = None) -> PruneResult | None:
+    """Run the plan; with `output`, write the model (and with `report_dir` the report). A missed budget raises
+    BudgetError after `on_budget_error(report)` (so a caller can still show the numbers); with `force` the model
+    is written and `budget_error(result.report)` tells the caller. `started`: when the run's clock starts
+    (pipeline.run)."""
+    preflight(model, output, config, report_dir=report_dir)
+    protect = (Path(model),) if isinstance(model, (str, os.PathLike)) else ()
     from onnxprune.converter import distributed, streaming
 
     if output is not None and streaming.applies(model, config):  # big one-shot: tensor by tensor, bounded memory

@@ -266,7 +266,8 @@ def save_model(
     try:
         if external_data:
             data_name = path.name + ".data"
-            tmp_data = folder / f".{data_name}.tmp"
+            tmp_data = _temp_name(folder / data_name)  # its own name: two runs writing one output at once (CI audit:
+            # a fixed '.NAME.data.tmp' was one file both wrote into, and the other run's graph pointed into it)
             _write_with_external_data(model, Path(tmp), tmp_data, data_name)
         else:
             with open(tmp, "xb") as f:
@@ -472,7 +473,7 @@ def _write_with_external_data(model: onnx.ModelProto, tmp: Path, tmp_data: Path,
     """External data for dense and sparse tensors alike (onnx.save leaves sparse ones inline)."""
     model = onnx.ModelProto.FromString(model.SerializeToString()) if model.ByteSize() < PROTOBUF_LIMIT else model
     offset = 0
-    with open(tmp_data, "wb") as data:
+    with open(tmp_data, "xb") as data:
         for tensor in _tensors_for_external(model):
             if not tensor.HasField("raw_data"):
                 arr = numpy_helper.to_array(tensor)
@@ -488,7 +489,7 @@ def _write_with_external_data(model: onnx.ModelProto, tmp: Path, tmp_data: Path,
             offset += len(raw)
         data.flush()
         os.fsync(data.fileno())
-    with open(tmp, "wb") as f:
+    with open(tmp, "xb") as f:
         f.write(model.SerializeToString())
 
 

@@ -24,7 +24,9 @@ import dataclasses
 import functools
 import logging
 import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from onnxprune.converter.steps.auto import AutoSearchConfig, AutoSearchStep
 from onnxprune.converter.steps.base import Step, StepConfig, check_plan
@@ -46,6 +48,21 @@ from onnxprune.errors import ConfigError
 
 # Given per run, not part of a recipe (or of a checkpoint's fingerprint).
 PER_RUN = ("data", "eval_data", "val_data", "checkpoint_dir", "resume")
+RECIPE_OVERRIDES = ("threads", "device")  # where a recipe runs, not what it chooses: given beside a recipe, they win
+
+
+def replay(recipe, model, overrides: dict, *, allow_other_model: bool = False,
+           override_hint: str = "--allow-other-model") -> RunConfig:
+    """The config of a recipe replay (`--recipe`, the API's `recipe=`): the recipe's choices, checked against the
+    model file it was written for, with the per-run `overrides` (PER_RUN, RECIPE_OVERRIDES) given beside it."""
+    from onnxprune.converter import modelio
+    from onnxprune.converter.recipe import load_recipe
+
+    if not Path(recipe).is_file():
+        raise ConfigError(f"recipe '{recipe}' does not exist; pass the recipe.toml an earlier run wrote.")
+    sha = modelio.sha256_file(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_file() else None
+    choices = load_recipe(recipe, sha, allow_other_model=allow_other_model, override_hint=override_hint)
+    return configure(**{**choices, **overrides})
 
 
 @dataclass
@@ -311,8 +328,21 @@ def recipe_of(config: RunConfig | None) -> dict:
                 # given and the search would not choose (newcomer audit: the report's options and its Reproduce
                 # block said lr 0.001, T 4, batch 128 where the run used 0.003, 1, 32)
                 continue
+            if auto and key == "shrink" and name == "crop_inputs":
+                value = resolved_shrink(config).crop_inputs  # as the run resolved it: recorded as the default,
+                # a replay gave crop_inputs=False as the user's and wrote an uncropped model (CI audit: another file)
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def resolved_shrink(config: RunConfig):
+    """The shrink step's config as the plan runs it: the automatic search crops the input to what the weights read
+    unless --crop-inputs, --gather-inputs or --no-neurons said otherwise."""
+    shrink = config.shrink
+    if (automatic(config) and shrink.neurons and not shrink.gather_inputs
+            and "crop_inputs" not in config.given):
+        shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
+    return shrink
 
 
 def automatic(config: RunConfig) -> bool:
@@ -340,8 +370,7 @@ def build_plan(config: RunConfig) -> list[Step]:
     if auto:
         steps.append(AutoSearchStep(config.auto, config.budget, config.retrain, config.targets, config.shrink,
                                     config.scan, config.given))
-        if shrink.neurons and not shrink.gather_inputs and "crop_inputs" not in config.given:
-            shrink = dataclasses.replace(shrink, crop_inputs=True)  # speed: cut the input to what weights read
+        shrink = resolved_shrink(config)
     elif budget:
         timed = not retrain and config.auto.time_budget is not None  # --one-shot --time-budget: bounded too
         if has_data and not retrain and not draws_random_inputs(config.data):

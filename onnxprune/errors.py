@@ -1,4 +1,5 @@
-"""One family of errors. The CLI maps ConfigError to exit 2, any other ConverterError to exit 1.
+"""One family of errors. The CLI maps ConfigError to exit 2, BudgetError to 3, any other ConverterError to exit 1
+(an unexpected exception is 4, an interrupt 128 + the signal: converter/cli.py).
 
 Every message says what went wrong, where (node, tensor, file) and what to do about it.
 """

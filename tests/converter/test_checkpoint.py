@@ -100,5 +100,5 @@ def test_an_interrupted_cli_run_says_where_its_checkpoints_are(setup, tmp_path, 
     monkeypatch.setattr(Checkpoints, "save", save_then_interrupt)
     res = CliRunner().invoke(cli, ["prune", str(mpath), "-o", str(out), "--sparsity", "0.8", "--data", str(dpath),
                                    "--iterations", "2", "--epochs", "1", "-q"])
-    assert res.exit_code == 1 and not out.exists()
+    assert res.exit_code == 130 and not out.exists()  # 128 + SIGINT (CI build-step audit; it was 1)
     assert f"checkpoints are kept in '{out}.ckpt'" in res.output and "--resume" in res.output

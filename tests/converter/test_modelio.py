@@ -69,6 +69,19 @@ def test_external_data_roundtrip_keeps_sparse_tensors_external(tmp_path):
     assert_same_outputs(loaded.model, ref, rtol=0)
 
 
+def test_a_write_with_external_data_leaves_another_runs_temp_files_alone(tmp_path):
+    """CI audit: the data file was staged as '.NAME.data.tmp', one fixed name: two runs writing one output at once
+    (or a run beside a killed one's leftover) wrote into the same file, and renamed it from under each other. Each
+    write stages its data under a name of its own, as the graph's temp file always was."""
+    other = tmp_path / ".big.onnx.data.tmp"  # another run's data, half written
+    other.write_bytes(b"another run")
+    m = builders.lenet300_like()
+    out = modelio.save_model(m, tmp_path / "big.onnx", external_data=True)
+    assert other.read_bytes() == b"another run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".big.onnx.data.tmp", "big.onnx", "big.onnx.data"]
+    assert_same_outputs(modelio.load_model(out).model, m, rtol=0)
+
+
 def _point_outside(t, location):
     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
     onnx.external_data_helper.set_external_data(t, location, offset=0, length=16)

@@ -142,3 +142,26 @@ def test_an_automatic_runs_recipe_leaves_out_the_retraining_settings_the_search_
     assert given["lr"] == 0.01 and "temperature" not in given
     hand = recipe_of(configure(max_loss=1.0, data=data, iterations=3))  # a hand recipe keeps every setting it ran
     assert hand["lr"] == 1e-3 and hand["temperature"] == 4.0
+
+
+def test_an_automatic_runs_recipe_records_the_input_crop_it_ran_and_a_replay_crops_alike():
+    """CI audit: an automatic run crops the input to what the weights read (plan.resolved_shrink), but its recipe
+    said `crop_inputs = false` (the flag's default); the replay passed that as the user's choice and wrote an
+    uncropped model: another file (sha256) from the same choices, so a CI cache keyed on it missed."""
+    import numpy as np
+
+    from onnxprune.converter.plan import build_plan, configure, recipe_of
+
+    data = {"input": np.zeros((200, 8), np.float32)}
+
+    def crop(config):
+        return next(s for s in build_plan(config) if s.name == "shrink").config.crop_inputs
+
+    auto = configure(max_loss=1.0, data=data)
+    assert crop(auto) and recipe_of(auto)["crop_inputs"] is True
+    assert crop(configure(data=data, **recipe_of(auto)))  # the replay crops as the run did
+    for off in ({"crop_inputs": False}, {"gather_inputs": True}, {"neurons": False}):
+        config = configure(max_loss=1.0, data=data, **off)
+        assert not crop(config) and recipe_of(config)["crop_inputs"] is False
+        assert not crop(configure(data=data, **recipe_of(config)))
+    assert recipe_of(configure(sparsity=0.5))["crop_inputs"] is False  # a hand run: as given

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def invoke(*args) -> Result:
 
 
 def error_lines(res: Result) -> list[str]:
-    return [line for line in res.output.splitlines() if line.startswith("Error:")]
+    return [line for line in res.stderr.splitlines() if line.startswith("Error:")]
 
 
 def assert_clean_error(res: Result, code: int, *fragments: str) -> str:
@@ -34,7 +35,9 @@ def assert_clean_error(res: Result, code: int, *fragments: str) -> str:
     assert "Traceback" not in res.output, res.output
     errors = error_lines(res)
     assert len(errors) == 1, f"expected one 'Error:' line, got:\n{res.output}"
-    assert res.output.rstrip().splitlines()[-1] == errors[0], f"the error is not the last line:\n{res.output}"
+    assert res.stderr.rstrip().splitlines()[-1] == errors[0], f"the error is not the last line:\n{res.output}"
+    if res.stdout.lstrip().startswith("{"):  # --json: the same error as the one document on stdout (CI audit)
+        assert json.loads(res.stdout)["error"]["message"] == errors[0][len("Error: "):], res.stdout
     assert "internal error" not in errors[0], f"an unexpected exception reached the user: {errors[0]}"
     for text in fragments:  # a tuple: any one of its strings
         options = text if isinstance(text, tuple) else (text,)
