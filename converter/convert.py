@@ -71,7 +71,8 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     from onnxprune.calibration.runtime import arena_scope
 
     with contextlib.redirect_stdout(sys.stderr), arena_scope():  # a library that prints (onnx-graphsurgeon) must
-        result = run(model, config, progress, started)  # not break --json; the data step may turn the arena off
+        # not break --json; the data step may turn the arena off
+        result = run(model, config, progress, started, reports=output is not None and report_dir is not None)
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
         return None
     report = result.report

@@ -55,10 +55,11 @@ class PruneResult:
 
 
 def run(source, config: RunConfig, progress: Progress | None = None,
-        started: float | None = None) -> PruneResult | None:
+        started: float | None = None, *, reports: bool = False) -> PruneResult | None:
     """Validate the settings, build the plan and run it. Raises the ConverterError family. `started`
     (time.perf_counter()) is when the run's clock starts, default now: the command line gives its process's start,
-    so that --time-budget holds what the user waits for, the interpreter and the imports included.
+    so that --time-budget holds what the user waits for, the interpreter and the imports included. `reports`: the
+    caller writes a report after the run (convert's `report_dir`), which the time budget reserves.
 
     Under torchrun every process runs the plan: rank 0 alone scans, verifies and reports (the main-only steps),
     the others take part in choosing and retraining and return None."""
@@ -72,7 +73,7 @@ def run(source, config: RunConfig, progress: Progress | None = None,
     runtime.use_device(config.retrain.device, distributed.local_rank())  # every onnxruntime session; cuda w/o GPU fails
     backend = distributed.setup(config.retrain.device)  # torchrun's processes join here; alone: nothing happens
     state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None),
-                     started=started or 0.0)
+                     started=started or 0.0, reports=reports)
     from onnxprune.converter.auto.decide import decision_scope
 
     from onnxprune.passes.quantized_weights import as_written

@@ -21,6 +21,9 @@ measurements, is reserved out of the budget before the search starts, and re-est
   handling    HANDLING_LOADS × the load step's seconds: shrink, encode, report, sessions and the write scale with
               the model's bytes as loading it does (measured on the 22.6M-parameter encoder, loaded 2-core
               machine: load 1.5 s; shrink, encode, report and write 1.9 s, six sessions built about 6 s: 5.3 loads)
+  report      REPORT_SECONDS when the run writes --report (its figures and page: a fixed cost, not the model's;
+              its latency is planned against the deadline on its own, `latency_plan`). The CI audit measured 2.8-3.6 s
+              at load 3-4, and three of seven one-minute runs with --report ended 1.5-5.2 s past their budget
   margin      RESERVE_MARGIN × the sum (what the pace cannot foresee: the load rising after the search)
 
 VERIFY_COST and ACTIVATION_COST were measured against the evaluator's own pass (optimisations on) on a 2-core
@@ -45,6 +48,7 @@ RESERVE_MARGIN = 1.25
 VERIFY_COST = 5.0  # scored passes a verified sample costs (the module docstring: 2.9-6.8 measured, mostly 3-5)
 ACTIVATION_COST = 5.0  # scored passes a sample of Act% costs (the module docstring: 2.2-7.3 measured)
 RECENT_PACES = 4  # the reserve is priced at the slowest of the last this many measured passes
+REPORT_SECONDS = 3.5  # writing --report's figures and page (the module docstring: 2.8-3.6 s measured at load 3-4)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class AfterSearch:
     activation_samples: int  # one batch: the rest is read only when time is left
     measured_on: str = "the decision set's reference pass"
     paces: list = field(default_factory=list)  # (samples, seconds) of every judged candidate
+    report: float = 0.0  # REPORT_SECONDS when the run writes --report
 
     def __post_init__(self) -> None:
         self.first_pace = self.pass_per_sample  # the reference pass's
@@ -80,12 +85,12 @@ class AfterSearch:
                 + ACTIVATION_COST * self.activation_samples)
 
     def seconds(self) -> float:
-        return RESERVE_MARGIN * (self.handling + self.pace() * self.passes())
+        return RESERVE_MARGIN * (self.handling + self.report + self.pace() * self.passes())
 
     def as_dict(self) -> dict:
         return {"reserve_s": round(self.seconds(), 3), "pass_ms_per_sample": round(1e3 * self.pass_per_sample, 2),
                 "pass_measured_on": self.measured_on, "reserve_ms_per_sample": round(1e3 * self.pace(), 2),
-                "handling_s": round(self.handling, 2),
+                "handling_s": round(self.handling, 2), "report_s": self.report,
                 "verify_samples": self.verify_samples, "measure_samples": self.measure_samples,
                 "activation_samples": self.activation_samples, "margin": RESERVE_MARGIN}
 
@@ -142,7 +147,7 @@ def after_search(state) -> AfterSearch:
         measure += int(n_extra) if n_extra is not None else n_eval
     activation = batch if n_data is None else min(batch, int(n_data))
     return AfterSearch(per_sample, HANDLING_LOADS * float(state.seconds.get("load", 0.0)), verify, measure,
-                       activation)
+                       activation, report=REPORT_SECONDS if state.reports else 0.0)
 
 
 def run_clock(state, budget: float) -> RunClock:
@@ -192,6 +197,7 @@ def spent(seconds: dict, budget: float, reserve: dict | None = None) -> dict:
            "search_s": round(search, 1), "after_search_s": round(after, 1), "within": total <= budget}
     if reserve:
         out["reserved_after_search_s"] = reserve.get("reserve_s")
+        out["reserved_report_s"] = reserve.get("report_s", 0.0)  # within it: --report's figures and page
     return out
 
 

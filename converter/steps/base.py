@@ -73,6 +73,7 @@ class RunState:
     started: float = 0.0  # time.perf_counter() when the run started (deadlines count from it); given (the CLI:
     #                       its process's start), run_steps counts the time before its first step as "startup"
     deadline: float | None = None  # time.perf_counter() the whole run should end by (--time-budget), or None
+    reports: bool = False  # the caller writes --report after the run: its time budget reserves the writing
     clock: Any = None  # with --time-budget, converter.auto.timing.RunClock: the budget and the reserve after the search
     seconds: dict[str, float] = field(default_factory=dict)
 
