@@ -955,7 +955,7 @@ def cached_decoder_feed(n: int = 64, *, dim: int = 8, heads: int = 2, seq: int =
             "past_value": rng.standard_normal((n, heads, past, dim // heads)).astype(np.float32)}
 
 
-def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str = "legacy",
+def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str = "legacy", seq: int | str = "seq",
                   seed: int = 0) -> onnx.ModelProto:
     """'x' [N, S, dim] -> `blocks` x (x + c_proj(gelu_new(c_fc(x)))) -> 'y' [N, S, dim], each Conv1D (weight [in, out],
     addmm on `x.view(-1, x.size(-1))`, then `.view(N, S, out)`) written as torch.onnx writes it (GPT-2's MLP).
@@ -963,7 +963,8 @@ def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str 
     Slice(Shape(x), -1:)))), the unflatten's Concat(Unsqueeze(Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1)),
     Constant [out]), shape constants as Constant nodes. `form="dynamo"` (opset 18): Reshapes with allowzero=1, the
     flatten to an initializer [-1, in], the unflatten to one Concat(Shape(x, 0:1), Shape(x, 1:2), [out]) of the graph
-    input that every layer of the same width reads."""
+    input that every layer of the same width reads. `seq`: the declared sequence length (an int: a model exported at a
+    fixed length)."""
     if form not in ("legacy", "dynamo"):
         raise ValueError(f"form must be 'legacy' or 'dynamo', not {form!r}")
     g = _Graph(seed)
@@ -1021,7 +1022,7 @@ def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str 
         h = gelu_new(conv1d(x, f"h.{i}.mlp.c_fc", dim, hidden), f"/h.{i}/mlp/act")
         x = op("Add", f"/h.{i}/Add", [x, conv1d(h, f"h.{i}.mlp.c_proj", hidden, dim)])
     g.nodes[-1].output[0] = "y"
-    m = _model(g, "hf_conv1d_mlp", [_float("x", [BATCH, "seq", dim])], [_float("y", [BATCH, "seq", dim])])
+    m = _model(g, "hf_conv1d_mlp", [_float("x", [BATCH, seq, dim])], [_float("y", [BATCH, seq, dim])])
     if form == "dynamo":
         m.opset_import[0].version = 18
     return m

@@ -496,6 +496,8 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     total = per * len(c.ids)
     allowzero = _attr(node, "allowzero", 0)
     if not ((S[1] == total and S[0] in (-1, 0)) or (S[1] == -1 and S[0] == 0)) or (allowzero and 0 in S):
+        if features is None and _computed_channel_reshape(b, node, x, c, s):  # [N, 28, C] -> [-1, C] at a fixed length
+            return None
         return b.opaque(node, f"reshapes to {S.tolist()}, not [N, {total}]")
 
     if features is not None and S[1] != -1:  # a -1 follows the channels by itself

@@ -1395,6 +1395,20 @@ def test_neuron_masks_on_hf_conv1d_layers_shrink_them_to_the_masked_models_outpu
     assert G.shapes(out)["h.1.mlp.c_proj.weight"] == (8, 8)
 
 
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_hf_conv1d_exported_at_a_fixed_sequence_length_shrinks_too(form):
+    """[N, 5, C] -> [-1, C]: a constant shape of two entries whose second is not the flattened size took the flatten's
+    path and blocked ("reshapes to [-1, 16], not [N, 80]"); it keeps the channel axis whole."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+    from tests.oracle import assert_same_outputs
+
+    m = G.zero(hf_conv1d_mlp(form=form, seq=5), "h.0.mlp.c_proj.weight", 0, [1, 5])
+    out, report, shp = prune(m)
+    assert shp["h.0.mlp.c_fc.weight"] == (8, 14) and not report.blocked
+    rng = np.random.default_rng(0)
+    assert_same_outputs(out, m, feeds=[{"x": rng.standard_normal((n, 5, 8)).astype(np.float32)} for n in (1, 4)])
+
+
 def test_a_flatten_reading_the_count_of_another_tensor_keeps_the_channels_and_says_why():
     """The channel count read from the Shape of another tensor than the one reshaped (here the c_fc output before
     gelu_new) is not known to follow the reshaped tensor's channels: its layer keeps them."""
