@@ -67,6 +67,12 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         'present_value' = Concat(past_value, new values) on axis -2 (the new part computed, the past
                         copied; GPT-2's present.* as the legacy exporter writes them, a one-input Concat before it;
                         sweep 25)
+    hf_conv1d_mlp       Hugging Face's Conv1D (GPT-2's c_fc, c_proj) as torch exports it: 'x' [N, S, D] through `blocks`
+                        residual MLPs x + c_proj(gelu_new(c_fc(x))), each Conv1D a Reshape to [-1, C] -> Gemm ->
+                        Reshape to [N, S, C_out]; legacy: [-1, C] computed from the input's own Shape (Slice [-1:]),
+                        [N, S, C_out] a Concat of Gather(Shape, 0), Gather(Shape, 1) and a Constant [C_out]; dynamo:
+                        [-1, C] a constant, [N, S, C_out] one Concat of Shape slices of 'x' that every layer of the
+                        same width reads (sweep 25)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -947,3 +953,76 @@ def cached_decoder_feed(n: int = 64, *, dim: int = 8, heads: int = 2, seq: int =
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((n, seq, dim)).astype(np.float32),
             "past_value": rng.standard_normal((n, heads, past, dim // heads)).astype(np.float32)}
+
+
+def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str = "legacy", seq: int | str = "seq",
+                  seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, S, dim] -> `blocks` x (x + c_proj(gelu_new(c_fc(x)))) -> 'y' [N, S, dim], each Conv1D (weight [in, out],
+    addmm on `x.view(-1, x.size(-1))`, then `.view(N, S, out)`) written as torch.onnx writes it (GPT-2's MLP).
+    `form="legacy"` (opset 17, dynamo=False): the flatten's shape is Concat(Constant [-1], Unsqueeze(Squeeze(
+    Slice(Shape(x), -1:)))), the unflatten's Concat(Unsqueeze(Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1)),
+    Constant [out]), shape constants as Constant nodes. `form="dynamo"` (opset 18): Reshapes with allowzero=1, the
+    flatten to an initializer [-1, in], the unflatten to one Concat(Shape(x, 0:1), Shape(x, 1:2), [out]) of the graph
+    input that every layer of the same width reads. `seq`: the declared sequence length (an int: a model exported at a
+    fixed length)."""
+    if form not in ("legacy", "dynamo"):
+        raise ValueError(f"form must be 'legacy' or 'dynamo', not {form!r}")
+    g = _Graph(seed)
+    shared: dict[str, str] = {}
+
+    def op(op_type: str, name: str, inputs, **attrs) -> str:
+        g.nodes.append(helper.make_node(op_type, list(inputs), [f"{name}_output_0"], name=name, **attrs))
+        return f"{name}_output_0"
+
+    def ints(name: str, values) -> str:
+        return op("Constant", name, [], value=numpy_helper.from_array(np.array(values, np.int64)))
+
+    def once(name: str, make) -> str:
+        if name not in shared:
+            shared[name] = make()
+        return shared[name]
+
+    def init(name: str, values) -> str:
+        g.initializers.append(numpy_helper.from_array(np.array(values, np.int64), name))
+        return name
+
+    def conv1d(x: str, scope: str, n_in: int, n_out: int) -> str:
+        w, b = g.weight(f"{scope}.weight", (n_in, n_out), n_in), g.bias(f"{scope}.bias", n_out)
+        s = "/" + scope.replace(".mlp.", "/mlp/")
+        if form == "dynamo":
+            flat = op("Reshape", f"{s}/view", [x, once(f"flat_{n_in}", lambda: init(f"flat_{n_in}", [-1, n_in]))],
+                      allowzero=1)
+            y = op("Gemm", f"{s}/addmm", [flat, w, b])
+            n, t = (once(f"size_{k}", lambda k=k: op("Shape", f"/size_{k}", ["x"], start=k, end=k + 1)) for k in (0, 1))
+            back = once(f"back_{n_out}", lambda: op("Concat", f"/back_{n_out}", [n, t, init(f"out_{n_out}", [n_out])],
+                                                    axis=0))
+            return op("Reshape", f"{s}/view_1", [y, back], allowzero=1)
+        last = op("Slice", f"{s}/Slice", [op("Shape", f"{s}/Shape_2", [x]), ints(f"{s}/Constant_3", [-1]),
+                                          ints(f"{s}/Constant_4", [2 ** 63 - 1]), ints(f"{s}/Constant_2", [0])])
+        count = op("Squeeze", f"{s}/Squeeze", [last, ints(f"{s}/Constant_5", [0])])
+        count = op("Unsqueeze", f"{s}/Unsqueeze", [count, ints(f"{s}/Constant_8", [0])])
+        flat = op("Reshape", f"{s}/Reshape", [x, op("Concat", f"{s}/Concat", [ints(f"{s}/Constant_6", [-1]), count],
+                                                   axis=0)])
+        y = op("Gemm", f"{s}/Gemm", [flat, w, b], alpha=1.0, beta=1.0)
+        dims = [op("Unsqueeze", f"{s}/Unsqueeze_{k + 1}", [
+            op("Gather", f"{s}/Gather_{k}", [op("Shape", f"{s}/Shape_{k}", [x]), ints(f"{s}/Constant_{k}", k)], axis=0),
+            ints(f"{s}/Constant_{k + 9}", [0])]) for k in (0, 1)]
+        back = op("Concat", f"{s}/Concat_1", [*dims, ints(f"{s}/Constant_7", [n_out])], axis=0)
+        return op("Reshape", f"{s}/Reshape_1", [y, back])
+
+    def gelu_new(x: str, s: str) -> str:
+        f = lambda name, v: g.const(f"{s}/{name}", np.array(v, np.float32))  # noqa: E731
+        cube = op("Mul", f"{s}/Mul_1", [f("c", 0.044715), op("Pow", f"{s}/Pow", [x, f("three", 3.0)])])
+        inner = op("Mul", f"{s}/Mul_2", [f("k", np.sqrt(2.0 / np.pi)), op("Add", f"{s}/Add", [x, cube])])
+        one = op("Add", f"{s}/Add_1", [f("one", 1.0), op("Tanh", f"{s}/Tanh", [inner])])
+        return op("Mul", f"{s}/Mul_3", [op("Mul", f"{s}/Mul", [f("half", 0.5), x]), one])
+
+    x = "x"
+    for i in range(blocks):
+        h = gelu_new(conv1d(x, f"h.{i}.mlp.c_fc", dim, hidden), f"/h.{i}/mlp/act")
+        x = op("Add", f"/h.{i}/Add", [x, conv1d(h, f"h.{i}.mlp.c_proj", hidden, dim)])
+    g.nodes[-1].output[0] = "y"
+    m = _model(g, "hf_conv1d_mlp", [_float("x", [BATCH, seq, dim])], [_float("y", [BATCH, seq, dim])])
+    if form == "dynamo":
+        m.opset_import[0].version = 18
+    return m

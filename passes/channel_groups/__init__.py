@@ -13,6 +13,8 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
     GroupNorm (op or legacy Reshape - InstanceNormalization - Reshape): a group's channels are one class
     Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
+    Reshape keeping the channel axis whole under a computed shape (GPT-2's Conv1D: [N, S, C] -> [-1, C] ->
+        Gemm -> [N, S, C_out], N and S read from a Shape): C from x's own Shape follows; a constant is rewritten
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);

@@ -93,7 +93,8 @@ def _shape(b: Builder, node: gs.Node) -> None:
             continue
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
-        closing = [n for n in t.outputs if t is node.outputs[0] and _closes_group_norm(b, n, t)]
+        closing = [n for n in t.outputs if (t is node.outputs[0] and _closes_group_norm(b, n, t))
+                   or _reads_own_count(b, n, t, x)]
         if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
@@ -195,6 +196,147 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     b.edit(x, edit)
     b.set(node.outputs[0], Channels(at - len(T), np.repeat(c.ids, m), np.repeat(c.value, m)))
     return True
+
+
+def _reshape_entries(b: Builder, node: gs.Node) -> list | None:
+    """The entries of Reshape `node`'s target shape, constant or computed (`_shape_atoms`), a 0 (allowzero 0) read
+    as the input's dim at its place; None when some entry is unknown."""
+    T = _shape_atoms(b, node.inputs[1]) if len(node.inputs) > 1 else None
+    if T is None or _attr(node, "allowzero", 0):
+        return T
+    return [("dim", node.inputs[0].name, i) if isinstance(a, int) and a == 0 else a for i, a in enumerate(T)]
+
+
+def _channel_dim(b: Builder, atom) -> bool:
+    """Entry `atom` ("dim", tensor, axis) is the size of a tensor's channel axis (or of a channel-carrying tensor
+    whose rank is unknown): it changes as channels go."""
+    c, s = b.cg.channels.get(atom[1]), b.shapes.get(atom[1])
+    return c is not None and (s is None or atom[2] == len(s) + c.axis)
+
+
+def _static_entry(b: Builder, atom) -> int | None:
+    """An entry's value where it is fixed: a constant, or a static size of a tensor's axis that is not a channel
+    axis; None otherwise."""
+    if isinstance(atom, int):
+        return atom
+    s = b.shapes.get(atom[1])
+    if s is None or _channel_dim(b, atom) or not isinstance(s[atom[2]], int):
+        return None
+    return s[atom[2]]
+
+
+def _kept_axis(b: Builder, node: gs.Node, x, c: Channels | None, s) -> tuple[int, list] | None:
+    """(j, entries) when Reshape `node` keeps x's channel axis whole as entry j of its target shape, constant or
+    computed (`_reshape_entries`), whatever the axes before it: entry j is the channel count (x's own Shape entry for
+    its channel axis, or a constant equal to it), the entries after it are fixed and multiply to the sizes behind x's
+    channel axis, and no entry before it is a channel count (at most one -1). The reshape being valid, the entries
+    before j then multiply to the sizes before x's channel axis, which channels going do not change, so channel k
+    stays channel k on axis j. Hugging Face's Conv1D (GPT-2): [N, S, C] -> [-1, C] and [N*S, C] -> [N, S, C], the
+    N and S read from a tensor's Shape, C from x's own Shape or a constant. None otherwise."""
+    if c is None or s is None or len(node.inputs) < 2:
+        return None
+    T = _reshape_entries(b, node)
+    ch = len(s) + c.axis
+    if T is None or ch < 0 or not _static(s[ch + 1 :]):
+        return None
+    own, n, behind = ("dim", x.name, ch), len(c.ids), math.prod(s[ch + 1 :])
+    for j in range(len(T) - 1, -1, -1):
+        tail = [_static_entry(b, a) for a in T[j + 1 :]]
+        if any(v is None or v < 1 for v in tail):
+            return None  # further left only adds entries
+        if math.prod(tail) != behind or not (T[j] == own or (isinstance(T[j], int) and T[j] == n)):
+            continue
+        head = T[:j]
+        if sum(isinstance(a, int) and a == -1 for a in head) > 1 or \
+                any(isinstance(a, int) and a < 1 and a != -1 for a in head) or \
+                any(isinstance(a, tuple) and _channel_dim(b, a) for a in head):
+            return None
+        return j, T
+    return None
+
+
+def _entry_path(b: Builder, node: gs.Node, j: int) -> tuple[list[tuple[gs.Node, int]], int] | None:
+    """([(reader, input index), ...] from Reshape `node`'s shape input down to the integer constant that gives entry j
+    of its target shape, through Cast, Identity, (Un)Squeeze and Concat; the entry's index in that constant), or None
+    when entry j is not read from a constant that way."""
+    path, reader, i = [], node, 1
+    for _ in range(16):
+        path.append((reader, i))
+        t = reader.inputs[i]
+        if _const(t) is not None:
+            return path, j
+        if len(t.inputs) != 1:
+            return None
+        p = t.inputs[0]
+        if p.op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+            reader, i = p, 0
+        elif p.op == "Concat":
+            for k, part in enumerate(p.inputs):
+                atoms = _shape_atoms(b, part)
+                if atoms is None:
+                    return None
+                if j < len(atoms):
+                    reader, i = p, k
+                    break
+                j -= len(atoms)
+            else:
+                return None
+        else:
+            return None
+    return None
+
+
+def _computed_channel_reshape(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
+    """A Reshape that keeps x's channel axis whole (`_kept_axis`) under a shape whose other entries need not be
+    static: channel k stays channel k on that axis. An entry read from x's own Shape follows the kept channels by
+    itself; a constant is rewritten, in a copy of the nodes that compute the shape where other nodes read them too
+    (torch's dynamo export computes one shape for every layer of the same width). False when it is not that.
+    Sweep 25: GPT-2's Conv1D layers kept every neuron ("not a flattening Reshape with a constant shape")."""
+    kept = _kept_axis(b, node, x, c, s)
+    if kept is None:
+        return False
+    j, T = kept
+    if isinstance(T[j], int):
+        found = _entry_path(b, node, j)
+        if found is None:
+            return False
+        path, at = found
+        last, i = path[-1]
+        if last.inputs[i].name in b.protected:
+            b.block(c.ids, f"the channel count '{last.inputs[i].name}' of {node.op} '{node.name}' is protected")
+
+        def edit(keep: np.ndarray) -> None:
+            old = last.inputs[i]
+            new = np.array(_const(old), copy=True)
+            new.reshape(-1)[at] = int(keep.sum())
+            current = gs.Constant(b.cg.unique(f"{old.name}_pruned"), new)
+            if not any(len(r.outputs[0].outputs) > 1 for r, _ in path[1:]):
+                last.inputs[i] = current
+                return
+            for r, k in reversed(path[1:]):  # the shape is shared: this Reshape gets its own copy of the chain
+                out = r.outputs[0]
+                copy = gs.Node(r.op, b.cg.unique(f"{r.name}_pruned"), dict(r.attrs),
+                               [current if m == k else t for m, t in enumerate(r.inputs)],
+                               [gs.Variable(b.cg.unique(f"{out.name}_pruned"), dtype=out.dtype, shape=out.shape)],
+                               domain=r.domain)
+                b.cg.graph.nodes.append(copy)
+                current = copy.outputs[0]
+            node.inputs[1] = current
+
+        b.edit(x, edit)
+    b.set(node.outputs[0], Channels(j - len(T), c.ids, c.value))
+    return True
+
+
+def _reads_own_count(b: Builder, reshape: gs.Node, t, x) -> bool:
+    """Reshape `reshape` of x itself reads x's channel count (Shape(x) through SHAPE_OPS, as tensor t) as the entry
+    that keeps x's channel axis (`_kept_axis`): the count follows the kept channels by itself (Hugging Face's Conv1D
+    flattens its input with `x.view(-1, x.size(-1))`)."""
+    if reshape.op != "Reshape" or len(reshape.inputs) < 2 or reshape.inputs[1] is not t or reshape.inputs[0] is not x:
+        return False
+    c, s = b.ch(x), b.shape(x)
+    kept = _kept_axis(b, reshape, x, c, s)
+    return kept is not None and kept[1][kept[0]] == ("dim", x.name, len(s) + c.axis)
 
 
 def _pad(b: Builder, node: gs.Node) -> None:
@@ -331,8 +473,10 @@ def _legacy_group_norm(b: Builder, node: gs.Node) -> bool:
 
 
 def _reshape(b: Builder, node: gs.Node) -> None:
-    """Only the flattening Reshape to [N, features] (torch's x.view(-1, C*H*W), tf2onnx's Flatten with the batch
-    size read from the input's shape); the shape constant follows."""
+    """The flattening Reshape to [N, features] (torch's x.view(-1, C*H*W), tf2onnx's Flatten with the batch size read
+    from the input's shape), the shape constant following; else legacy GroupNorm's, one that keeps the channel axis
+    whole or merges it with the axes after it (`_channel_reshape`), or one that keeps it whole under a computed shape
+    (`_computed_channel_reshape`)."""
     x, k = node.inputs[:2]
     c, s, S = b.ch(x), b.shape(x), _const(k)
     features = None
@@ -342,13 +486,18 @@ def _reshape(b: Builder, node: gs.Node) -> None:
             S, features = found
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
-        if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S)):
+        if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S) or
+                                 _computed_channel_reshape(b, node, x, c, s)):
             return None
-        return b.opaque(node, "is not a flattening Reshape with a constant shape and static spatial sizes")
+        return b.opaque(node, "is not a flattening Reshape, nor one that keeps the channel axis whole or merges it "
+                              "with the axes after it (it splits the channels, as into attention heads, or its shape "
+                              "or sizes are not known)")
     per = math.prod(s[1:ch]) * math.prod(s[ch + 1 :])
     total = per * len(c.ids)
     allowzero = _attr(node, "allowzero", 0)
     if not ((S[1] == total and S[0] in (-1, 0)) or (S[1] == -1 and S[0] == 0)) or (allowzero and 0 in S):
+        if features is None and _computed_channel_reshape(b, node, x, c, s):  # [N, 28, C] -> [-1, C] at a fixed length
+            return None
         return b.opaque(node, f"reshapes to {S.tolist()}, not [N, {total}]")
 
     if features is not None and S[1] != -1:  # a -1 follows the channels by itself

@@ -117,3 +117,22 @@ def test_layers_neuron_sparsity_cannot_touch_are_named_with_the_reason():
     assert len(notes) == 1 and "1 of 3 layers" in notes[0] and "Conv 'stem'" in notes[0], result.report["notes"]
     assert "Reshape 'rows'" in notes[0], notes[0]
     assert_same_outputs(result.model, result.dense_model, feeds=[{"x": x[:16]}])
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_neuron_sparsity_shrinks_hf_conv1d_layers_behind_computed_reshapes(form):
+    """Sweep 25, L1: GPT-2's Conv1D (Reshape -> Gemm -> Reshape to a shape computed from Shape ops) kept every neuron
+    under --neuron-sparsity. Retrained and shrunk, each c_fc loses half its neurons (c_proj's are the residual
+    stream's, a graph input's: kept), and the written model computes the masked dense one's outputs at batch and
+    sequence sizes the data never had."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+
+    data = {"x": np.random.default_rng(0).standard_normal((64, 6, 8)).astype(np.float32)}
+    result = run(hf_conv1d_mlp(form=form), configure(sparsity=0.5, neuron_sparsity=0.5, iterations=1, epochs=1,
+                                                     lr=0.01, data=data, seed=0))
+    assert hidden(result.report) == {"h.0.mlp.c_fc.weight": (16, 8), "h.0.mlp.c_proj.weight": (8, 8),
+                                     "h.1.mlp.c_fc.weight": (16, 8), "h.1.mlp.c_proj.weight": (8, 8)}
+    onnx.checker.check_model(result.model, full_check=True)
+    rng = np.random.default_rng(1)
+    assert_same_outputs(result.model, result.dense_model, feeds=[
+        {"x": rng.standard_normal((n, s, 8)).astype(np.float32)} for n, s in [(1, 1), (2, 5), (5, 11)]])

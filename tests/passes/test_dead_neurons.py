@@ -1288,7 +1288,8 @@ def _test_graphs_of_branch_chan():
     from onnxprune.models import third_party_builders as tb
     return {"shared reader": _shared_reader, "pixel unshuffle": tb.pixel_unshuffle_net,
             "group norm 21": partial(tb.group_norm_net, form="op21"),
-            "group norm legacy": partial(tb.group_norm_net, form="legacy")}
+            "group norm legacy": partial(tb.group_norm_net, form="legacy"),
+            "hf conv1d legacy": tb.hf_conv1d_mlp, "hf conv1d dynamo": partial(tb.hf_conv1d_mlp, form="dynamo")}
 
 
 GRAPHS.update(_test_graphs_of_branch_chan())  # the property test above draws from these too
@@ -1318,3 +1319,125 @@ def test_channels_pass_a_folded_causal_pad_and_a_gather_of_the_last_time_step():
     along.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((6, 4), np.float32), "mm.weight"))
     out2, report2, shp2 = prune(along)  # c2's channels 0-6 are read by no weight, but the Gather picks among them
     assert shp2["c2.weight"][0] == 8 and shp2["c1.weight"][0] == 7
+
+
+# -- Hugging Face's Conv1D (GPT-2's MLP): Reshape -> Gemm -> Reshape with computed shapes --------------------------
+CONV1D_SIZES = [(1, 1), (2, 5), (5, 11)]  # batch and sequence sizes: the unflatten's shape is computed from them
+
+
+def _conv1d_feeds(dim: int = 8) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [{"x": rng.standard_normal((n, s, dim)).astype(np.float32)} for n, s in CONV1D_SIZES]
+
+
+def _shape_entries(model: onnx.ModelProto, reshape: str) -> list:
+    """The Reshape's shape input when it is an initializer, else the initializers its Concat reads (None elsewhere)."""
+    node = next(n for n in model.graph.node if n.name == reshape)
+    inits = {t.name for t in model.graph.initializer}
+    if node.input[1] in inits:
+        return G.init(model, node.input[1]).tolist()
+    concat = next(n for n in model.graph.node if node.input[1] in n.output)
+    return [G.init(model, t).tolist() if t in inits else None for t in concat.input]
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_hf_conv1d_mlp_loses_dead_neurons_through_its_computed_reshapes(form):
+    """Sweep 25, L1: torch exports GPT-2's Conv1D as Reshape [-1, C] -> Gemm -> Reshape [N, S, C_out], the N and S
+    read from a Shape and, in the legacy export, C from the input's own Shape: every Conv1D kept every neuron
+    ("consumer Reshape ... is not a flattening Reshape with a constant shape"). The unflatten's C_out and a constant
+    [-1, C] follow the kept neurons (dynamo's one shape for both c_fc layers becomes one each); a C read from the
+    input's Shape follows them by itself."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+    from tests.oracle import assert_same_outputs
+
+    m = G.zero(hf_conv1d_mlp(form=form), "h.0.mlp.c_proj.weight", 0, [1, 5])  # read by no weight
+    G.zero(m, "h.0.mlp.c_fc.weight", 1, [3])  # gelu_new(bias): folded into c_proj's bias
+    G.zero(m, "h.1.mlp.c_proj.weight", 0, [2])
+    out, report, shp = prune(m)
+    onnx.checker.check_model(out, full_check=True)
+    assert_same_outputs(out, m, feeds=_conv1d_feeds())
+    assert shp["h.0.mlp.c_fc.weight"] == (8, 13) and shp["h.0.mlp.c_proj.weight"] == (13, 8)
+    assert shp["h.1.mlp.c_fc.weight"] == (8, 15) and shp["h.1.mlp.c_proj.weight"] == (15, 8)
+    assert report.folded == 1 and not report.blocked
+    if form == "legacy":
+        for i, n in ((0, 13), (1, 15)):
+            assert _shape_entries(out, f"/h.{i}/mlp/c_fc/Reshape_1")[2] == [n]
+            assert _shape_entries(out, f"/h.{i}/mlp/c_proj/Reshape_1")[2] == [8]
+            assert f"/h.{i}/mlp/c_proj/Shape_2" in {n.name for n in out.graph.node}  # the count read, not rewritten
+    else:
+        for i, n in ((0, 13), (1, 15)):
+            assert _shape_entries(out, f"/h.{i}/mlp/c_fc/view_1")[2] == [n]
+            assert _shape_entries(out, f"/h.{i}/mlp/c_proj/view") == [-1, n]
+            assert _shape_entries(out, f"/h.{i}/mlp/c_proj/view_1")[2] == [8]
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_neuron_masks_on_hf_conv1d_layers_shrink_them_to_the_masked_models_outputs(form):
+    """--neuron-sparsity's path: the weakest half of each c_fc's neurons masked whole, then removed; the shrunk model
+    computes the masked one's outputs at batch and sequence sizes other than any it was analysed at."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+    from onnxprune.passes.neuron_masks import neuron_map, neuron_masks, unmaskable
+    from tests.oracle import assert_same_outputs, zero_weights
+
+    m = hf_conv1d_mlp(form=form, seed=3)
+    names = {f"h.{i}.mlp.{layer}.weight" for i in (0, 1) for layer in ("c_fc", "c_proj")}
+    assert set(unmaskable(m, names)) == {f"Gemm '/h.{i}/mlp/c_proj/{'Gemm' if form == 'legacy' else 'addmm'}'"
+                                         for i in (0, 1)}  # the residual stream's channels: a graph input's
+    weights = {n: G.init(m, n) for n in names}
+    masks, _ = neuron_masks(neuron_map(m, names), weights, {n: np.ones(a.shape, bool) for n, a in weights.items()},
+                            0.5)
+    masked = zero_weights(m, masks)
+    out, report = remove_dead_neurons(masked)
+    onnx.checker.check_model(out, full_check=True)
+    assert_same_outputs(out, masked, feeds=_conv1d_feeds())
+    assert {k: v for k, v in channels(report).items() if "c_fc" in k} == {
+        f"/h.{i}/mlp/c_fc/{'Gemm' if form == 'legacy' else 'addmm'}": (16, 8) for i in (0, 1)}
+    assert G.shapes(out)["h.1.mlp.c_proj.weight"] == (8, 8)
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_hf_conv1d_exported_at_a_fixed_sequence_length_shrinks_too(form):
+    """[N, 5, C] -> [-1, C]: a constant shape of two entries whose second is not the flattened size took the flatten's
+    path and blocked ("reshapes to [-1, 16], not [N, 80]"); it keeps the channel axis whole."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+    from tests.oracle import assert_same_outputs
+
+    m = G.zero(hf_conv1d_mlp(form=form, seq=5), "h.0.mlp.c_proj.weight", 0, [1, 5])
+    out, report, shp = prune(m)
+    assert shp["h.0.mlp.c_fc.weight"] == (8, 14) and not report.blocked
+    rng = np.random.default_rng(0)
+    assert_same_outputs(out, m, feeds=[{"x": rng.standard_normal((n, 5, 8)).astype(np.float32)} for n in (1, 4)])
+
+
+def test_a_flatten_reading_the_count_of_another_tensor_keeps_the_channels_and_says_why():
+    """The channel count read from the Shape of another tensor than the one reshaped (here the c_fc output before
+    gelu_new) is not known to follow the reshaped tensor's channels: its layer keeps them."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+    from onnxprune.passes.neuron_masks import unmaskable
+
+    m = G.zero(hf_conv1d_mlp(), "h.0.mlp.c_proj.weight", 0, [1, 5])
+    shape = next(n for n in m.graph.node if n.name == "/h.0/mlp/c_proj/Shape_2")
+    shape.input[0] = "/h.0/mlp/c_fc/Reshape_1_output_0"
+    out, report = remove_dead_neurons(m)
+    assert channels(report)["/h.0/mlp/c_fc/Gemm"] == (16, 16)
+    why = unmaskable(m, {"h.0.mlp.c_fc.weight"})["Gemm '/h.0/mlp/c_fc/Gemm'"]
+    assert why == "consumer Shape '/h.0/mlp/c_proj/Shape_2' gives the channel count to an op that reads it"
+
+
+def test_an_unflatten_into_heads_keeps_the_channels():
+    """[N*S, C] -> [N, S, H, C/H] (attention's heads) splits the channel axis: no entry is the channel count, so the
+    Conv1D keeps its neurons (as GPT-2's c_attn does)."""
+    from onnxprune.models.third_party_builders import hf_conv1d_mlp
+    from onnxprune.passes.neuron_masks import unmaskable
+
+    m = G.zero(hf_conv1d_mlp(blocks=1), "h.0.mlp.c_proj.weight", 0, [1, 5])
+    const = next(n for n in m.graph.node if n.name == "/h.0/mlp/c_fc/Constant_7")
+    const.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array([2, 8], np.int64)))
+    count = next(n for n in m.graph.node if n.name == "/h.0/mlp/c_proj/Concat")  # [-1, 16]: a constant count
+    count.input[1] = "sixteen"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([16], np.int64), "sixteen"))
+    out, report = remove_dead_neurons(m)
+    assert channels(report)["/h.0/mlp/c_fc/Gemm"] == (16, 16)
+    assert unmaskable(m, {"h.0.mlp.c_fc.weight"})["Gemm '/h.0/mlp/c_fc/Gemm'"].startswith(
+        "consumer Reshape '/h.0/mlp/c_fc/Reshape_1' is not a flattening Reshape, nor one that keeps the channel axis "
+        "whole")
