@@ -959,6 +959,18 @@ def test_a_keras_flatten_to_a_computed_shape_shrinks_with_its_conv():
     assert not report.blocked
 
 
+def test_a_keras3_flatten_behind_a_cast_shrinks_with_its_conv():
+    # Keras 3's own ONNX export (torch backend) writes a Cast to FLOAT between the NHWC Transpose and the Flatten's
+    # Reshape; the batch size read through it was not recognised ("consumer Reshape '/Reshape' is not a flattening
+    # Reshape with a constant shape and static spatial sizes"), so the Conv before it kept every channel (sweep 26)
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.keras3_flatten_cnn(), "conv.weight", 0, [1])  # Relu(bias) folded into the dense bias
+    G.zero(m, "dense.weight", 0, [k * 4 + 3 for k in range(36)])  # channel 3 unread (NHWC: every 4th feature)
+    out, report, shp = prune(m)
+    assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and report.folded == 1
+    assert not report.blocked
+
+
 def _shape_read(index: int) -> onnx.ModelProto:
     """c1 1×1 (3→6) ─ Relu ─ 'y'... with Shape(relu)[index] as a second output 'dim' (int64 [1])."""
     g = G.G(0)
