@@ -39,6 +39,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         feature count, Cast (onnx's shape inference gives no shape after it; sweep 22)
     keras3_flatten_cnn  Keras 3's own ONNX export (torch backend) of the same CNN: a Cast to FLOAT between the NHWC
                         Transpose and the Flatten's Reshape to Concat(Unsqueeze(Gather(Shape, 0)), [-1]) (sweep 26)
+    quantized_lookup_encoder  onnxruntime's quantize_dynamic of an embedding: Gather of a uint8 table, then
+                        DequantizeLinear of the rows, then a float MatMul (sweep 26)
     keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
                         depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
                         Reshape to [-1, C, 1, 1] (sweep 22)
@@ -629,6 +631,26 @@ def keras3_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, seed:
     g.op("Softmax", "dense", [logits], axis=-1)
     g.nodes[-1].output[0] = "probs"
     return _model(g, "keras3_flatten_cnn", [_float("image", [BATCH, size, size, 1])], [_float("probs", [BATCH, classes])])
+
+
+def quantized_lookup_encoder(*, vocab: int = 20, dim: int = 8, hidden: int = 6, seq_len: int = 5,
+                             seed: int = 0) -> onnx.ModelProto:
+    """'input_ids' int64 [N, S] -> Gather of a uint8 table [vocab, dim] -> DequantizeLinear (per-tensor scale and
+    zero point) -> MatMul [dim, hidden] + Add -> ReduceMean over S -> 'pooled' [N, hidden]: the embedding form of
+    onnxruntime's quantize_dynamic (the Gather reads integer rows, a DequantizeLinear after it; sweep 26)."""
+    g = _Graph(seed)
+    rng = np.random.default_rng(seed)
+    g.initializers += [numpy_helper.from_array(rng.integers(0, 256, (vocab, dim)).astype(np.uint8), "table_quantized"),
+                       numpy_helper.from_array(np.array(0.02, np.float32), "table_scale"),
+                       numpy_helper.from_array(np.array(128, np.uint8), "table_zero_point")]
+    rows = g.op("Gather", "embed", ["table_quantized", "input_ids"], axis=0)
+    x = g.op("DequantizeLinear", "embed/dq", [rows, "table_scale", "table_zero_point"])
+    x = g.op("Add", "proj", [g.op("MatMul", "proj", [x, g.weight("proj.weight", (dim, hidden), dim)]),
+                             g.bias("proj.bias", hidden)])
+    g.op("ReduceMean", "pool", [x], axes=[1], keepdims=0)
+    g.nodes[-1].output[0] = "pooled"
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, seq_len])
+    return _model(g, "quantized_lookup_encoder", [ids], [_float("pooled", [BATCH, hidden])])
 
 
 def keras_mobile_block(*, channels: int = 3, expand: int = 8, project: int = 4, classes: int = 3,
