@@ -246,6 +246,7 @@ class TrainData:
     teacher: list[torch.Tensor] | None  # one tensor per graph output of the teacher
     batch_size: int
     reader: object = None  # set when streaming (too large for memory): batches come from the reader
+    whole: bool = False  # whole batches only (a model that runs no other batch): a short last batch is left out
 
     @property
     def num_samples(self) -> int:
@@ -255,7 +256,7 @@ class TrainData:
         if getattr(self.reader, "per_feed", False):
             return self.num_samples  # one step per feed
         b = batch_size or self.batch_size
-        return math.ceil(self.num_samples / b) if self.num_samples else 0
+        return (self.num_samples // b if self.whole else math.ceil(self.num_samples / b)) if self.num_samples else 0
 
     def epoch(self, generator: torch.Generator, batch_size: int | None = None, teacher_fn=None) -> Iterator[tuple]:
         """Yield (inputs, labels, teacher outputs) batches; in memory: a seeded permutation per epoch."""
@@ -275,7 +276,7 @@ class TrainData:
             return
         b = batch_size or self.batch_size
         order = torch.randperm(self.num_samples, generator=generator)
-        for i in range(0, len(order), b):
+        for i in range(0, len(order) - (len(order) % b if self.whole else 0), b):
             batch = order[i : i + b]
             idx = shard(batch)
             n_local = len(idx)
@@ -628,6 +629,18 @@ class MaskedTrainer:
         self.params = self.module.onnx_parameters()
         self._mask_tensors: dict[str, torch.Tensor] = {}
         self.set_masks(self.masks)
+        # an exporter's literal batch (ultralytics' heads: every input [1, ...] and a Reshape to [1, 4, 16, A]) runs
+        # in the bridge at that batch only: it trains in batches of B (sweep 26: the hand recipe on a YOLOv8 export
+        # failed with "Reshape node '/model.22/dfl/Reshape' failed in the torch bridge: shape '[1, 4, 16, 84]' is
+        # invalid for input of size 10752")
+        from onnxprune.converter.auto.recovery import literal_batch
+
+        literal = literal_batch(model)
+        self.literal_batch = literal[0] if literal else None
+        if literal:
+            self.data.whole, self.accumulate = True, 1  # a micro-batch would be a batch the bridge cannot run
+            log.info("every input fixes a batch of %d and %s reshapes to it: retrained in batches of %d",
+                     literal[0], literal[1], literal[0])
         self.objective = self._make_objective(temperature, label_smoothing, distill_weight)
 
     def _build(self):
@@ -751,7 +764,8 @@ class MaskedTrainer:
         # DDP (rebuilt for each call, since the trainable set changes) broadcasts rank 0's weights as it wraps
         self._forward = self.backend.wrap(self.module) if opt is not None else self.module
         l1 = reg_strength if reg == "l1" else 0.0
-        return self._loop(opt, epochs, lr, lr_schedule, lr_min, batch_size, list(active), l1, progress)
+        return self._loop(opt, epochs, lr, lr_schedule, lr_min, self.literal_batch or batch_size, list(active), l1,
+                          progress)
 
     def _loop(self, opt, epochs, lr, lr_schedule, lr_min, batch_size, active, l1, progress) -> FinetuneStats:
         backend = self.backend
@@ -833,7 +847,8 @@ class MaskedTrainer:
         return loss
 
     def _make_objective(self, temperature, label_smoothing, distill_weight) -> Objective:
-        inputs, _, _ = next(self.data.epoch(torch.Generator().manual_seed(0), 2, self._teacher_fn))
+        inputs, _, _ = next(self.data.epoch(torch.Generator().manual_seed(0), self.literal_batch or 2,
+                                            self._teacher_fn))
         with torch.no_grad():
             self.module.eval()
             sample = _as_tuple(self.module(**{k: v.to(self.device) for k, v in inputs.items()}))

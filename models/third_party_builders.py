@@ -37,6 +37,10 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     keras_flatten_cnn   tf2onnx's Keras CNN: NHWC 'image' [N, H, W, 1], Transposes around a Conv, and Flatten as a
                         Reshape to a computed shape: Shape, Gather [0, 2, 3, 1], Cast, Slice [0:1], Concat with the
                         feature count, Cast (onnx's shape inference gives no shape after it; sweep 22)
+    keras3_flatten_cnn  Keras 3's own ONNX export (torch backend) of the same CNN: a Cast to FLOAT between the NHWC
+                        Transpose and the Flatten's Reshape to Concat(Unsqueeze(Gather(Shape, 0)), [-1]) (sweep 26)
+    quantized_lookup_encoder  onnxruntime's quantize_dynamic of an embedding: Gather of a uint8 table, then
+                        DequantizeLinear of the rows, then a float MatMul (sweep 26)
     keras_mobile_block  tf2onnx's MobileNetV2 block at its last 1x1 stage: ZeroPadding2D as Pad before a stride-2
                         depthwise Conv, ReLU6 as Clip, and the NHWC -> NCHW Transpose of a 1x1 map written as a
                         Reshape to [-1, C, 1, 1] (sweep 22)
@@ -613,6 +617,50 @@ def keras_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, opset:
     m = _model(g, "keras_flatten_cnn", [_float("image", [BATCH, size, size, 1])], [_float("probs", [BATCH, classes])])
     m.opset_import[0].version = opset
     return m
+
+
+def keras3_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, size, size, 1] -> Transpose to NCHW -> conv 3x3 valid (1->width) -> Relu -> Transpose to NHWC
+    -> Cast(to=FLOAT) -> Reshape to Concat(Unsqueeze(Gather(Shape(nhwc), 0)), [-1]) -> MatMul + Add -> Softmax
+    'probs' [N, classes], as Keras 3's own `model.export(..., format="onnx")` (torch backend) writes
+    keras.layers.Flatten: a Cast to the same type between the NHWC Transpose and the Reshape (sweep 26)."""
+    g, s = _Graph(seed), size - 2
+    nchw = g.op("Transpose", "in", ["image"], perm=[0, 3, 1, 2])
+    w = g.weight("conv.weight", (width, 1, 3, 3), 9)
+    y = g.relu(g.op("Conv", "conv", [nchw, w, g.bias("conv.bias", width)], kernel_shape=[3, 3]), "conv")
+    nhwc = g.op("Transpose", "out", [y], perm=[0, 2, 3, 1])
+    same = g.op("Cast", "flatten/cast", [nhwc], to=TensorProto.FLOAT)
+    for name, v in (("index0", np.array(0, np.int64)), ("axes0", np.array([0], np.int64)),
+                    ("minus_one", np.array([-1], np.int64))):
+        g.initializers.append(numpy_helper.from_array(v, name))
+    batch = g.op("Gather", "flatten", [g.op("Shape", "flatten", [nhwc]), "index0"], axis=0)
+    target = g.op("Concat", "flatten", [g.op("Unsqueeze", "flatten", [batch, "axes0"]), "minus_one"], axis=0)
+    flat = g.op("Reshape", "flatten", [same, target])
+    logits = g.op("Add", "dense", [g.op("MatMul", "dense", [flat, g.weight("dense.weight", (s * s * width, classes),
+                                                                       s * s * width)]), g.bias("dense.bias", classes)])
+    g.op("Softmax", "dense", [logits], axis=-1)
+    g.nodes[-1].output[0] = "probs"
+    return _model(g, "keras3_flatten_cnn", [_float("image", [BATCH, size, size, 1])], [_float("probs", [BATCH, classes])])
+
+
+def quantized_lookup_encoder(*, vocab: int = 20, dim: int = 8, hidden: int = 6, seq_len: int = 5,
+                             seed: int = 0) -> onnx.ModelProto:
+    """'input_ids' int64 [N, S] -> Gather of a uint8 table [vocab, dim] -> DequantizeLinear (per-tensor scale and
+    zero point) -> MatMul [dim, hidden] + Add -> ReduceMean over S -> 'pooled' [N, hidden]: the embedding form of
+    onnxruntime's quantize_dynamic (the Gather reads integer rows, a DequantizeLinear after it; sweep 26)."""
+    g = _Graph(seed)
+    rng = np.random.default_rng(seed)
+    g.initializers += [numpy_helper.from_array(rng.integers(0, 256, (vocab, dim)).astype(np.uint8), "table_quantized"),
+                       numpy_helper.from_array(np.array(0.02, np.float32), "table_scale"),
+                       numpy_helper.from_array(np.array(128, np.uint8), "table_zero_point")]
+    rows = g.op("Gather", "embed", ["table_quantized", "input_ids"], axis=0)
+    x = g.op("DequantizeLinear", "embed/dq", [rows, "table_scale", "table_zero_point"])
+    x = g.op("Add", "proj", [g.op("MatMul", "proj", [x, g.weight("proj.weight", (dim, hidden), dim)]),
+                             g.bias("proj.bias", hidden)])
+    g.op("ReduceMean", "pool", [x], axes=[1], keepdims=0)
+    g.nodes[-1].output[0] = "pooled"
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, seq_len])
+    return _model(g, "quantized_lookup_encoder", [ids], [_float("pooled", [BATCH, hidden])])
 
 
 def keras_mobile_block(*, channels: int = 3, expand: int = 8, project: int = 4, classes: int = 3,

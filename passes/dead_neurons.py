@@ -90,9 +90,11 @@ def remove_dead_neurons(
             counts.setdefault((lay.node, lay.weight), [lay.op, len(lay.rows), len(lay.rows)])
         dead, by_weights = dead_classes(cg)
         dead = cg.boxed(_keep_one_per_tensor(cg, dead))
+        removable = dead
         dead, kept = _keep_aligned(cg, dead, first)
         report.aligned = kept  # the same dead channels are kept back again each round: the last count holds
-        report.blocked = cg.notes(by_weights & cg.blocked(), costly=True) + partnered(cg, dead)
+        # the channels kept for alignment have their own note: not "in a class with a channel read elsewhere"
+        report.blocked = cg.notes(by_weights & cg.blocked(), costly=True) + partnered(cg, removable)
         if not dead and crop_inputs and not crop_now:
             crop_now = True
             continue

@@ -411,7 +411,7 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
         users = ix.consumers.get(name, [])
         if size < 2:  # a scalar constant (an epsilon, a scale): no weight, not worth a line
             continue
-        reason = _why_not(name, tensor, users)
+        reason = _why_not(name, tensor, users, ix)
         if reason:
             inv.skipped.append(Skipped(name, reason, size))
 
@@ -421,12 +421,30 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
 _LISTED_AS_NORMS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"})
 
 
-def _why_not(name, tensor, users) -> str | None:
+def _quantized_lookup(node, name, ix: ScopeIndex) -> bool:
+    """`node` is a Gather of rows of the integer table `name` (axis 0) whose rows only DequantizeLinear reads (sweep
+    26: all-MiniLM-L6-v2 through quantize_dynamic, its 30522x384 word table half the file, was in neither of
+    inspect's lists)."""
+    if node.op_type != "Gather" or not node.input or node.input[0] != name or _attr_int(node, "axis", 0) != 0:
+        return False
+    readers = ix.consumers.get(node.output[0], [])
+    return bool(readers) and all(r.op_type == "DequantizeLinear" and r.input[0] == node.output[0] for r in readers)
+
+
+def _attr_int(node, key: str, default: int) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == key), default)
+
+
+def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         for u in users:
             k = QUANTIZED_WEIGHT_OPS.get(u.op_type, ())
             if any(i < len(u.input) and u.input[i] == name for i in (k if isinstance(k, tuple) else (k,))):
                 return f"integer dtype (quantized weight of {u.op_type} '{u.name}'): {QUANTIZED_HOW}"
+            if _quantized_lookup(u, name, ix):
+                return (f"an integer-quantized embedding table: Gather '{u.name}' reads its rows, a DequantizeLinear "
+                        "after it makes them float (onnxruntime's quantize_dynamic writes this); no pass folds that "
+                        "form: prune the float model, then quantize the pruned one")
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
         if opfacts.is_bias(u, name):

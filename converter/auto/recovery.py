@@ -135,7 +135,7 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
     why = bridge_refusal(original)
     if why:
         return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit"
-    literal = _literal_batch(original)
+    literal = literal_batch(original)
     if literal:
         return "reconstruct", (f"every input fixes a batch of {literal[0]} and {literal[1]} reshapes to it (the "
                                "exporter's literal shape runs no other batch, sgd's batches of samples included): "
@@ -147,7 +147,7 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
                                                       else f" and {n} training samples (>= {SMALL_DATA})")
 
 
-def _literal_batch(model) -> tuple[int, str] | None:
+def literal_batch(model) -> tuple[int, str] | None:
     """(B, "Reshape 'name'") when every input fixes its first axis at one B and a Reshape of the main graph takes a
     constant shape that starts with B: an exporter's traced batch (torch's `x.view(x.size(0), -1)` exported without
     dynamic axes: [8, -1]; ultralytics' heads: [1, 7, 64]), which the torch bridge runs at no other batch. Sweep 20:

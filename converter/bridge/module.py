@@ -546,7 +546,7 @@ def _set_raw(proto: onnx.TensorProto, raw: bytes) -> None:
     for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data",
               "external_data"):
         proto.ClearField(f)
-    proto.data_location = TensorProto.DEFAULT
+    proto.ClearField("data_location")  # not `= DEFAULT`: proto2 writes an explicitly set default (2 bytes a tensor)
     proto.raw_data = raw
 
 

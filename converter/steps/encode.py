@@ -71,11 +71,14 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
     below about a third of the weights kept, so at the densities a budget often ends at (30-70%) the pruned weights
     stay dense, zeros and all. Says how many, and what `compact` (a bitmask or relative indices plus the nonzeros,
     measured on these very weights, without its few decoder nodes) would store them in; None when that saves under
-    10% or under 1 KB, or when compact cannot be used (opset < 11)."""
+    10% or under 1 KB, or when compact cannot be used (opset < 11). Weights that are graph inputs too stay dense
+    in every format: then the note says that instead."""
     if default_opset(model) < MIN_OPSET:
         return None
     tensors, homes = constant_tensors(model), constant_homes(model)
+    graph_inputs = {i.name for i in model.graph.input}
     count = entries = kept = dense = compact = 0
+    as_inputs: list[int] = []  # bytes of pruned weights that are graph inputs too
     itemsizes = set()
     for name in names:
         if name not in tensors or homes[name][0] is not model.graph:  # encoded sparse, or in a body (COO there)
@@ -84,9 +87,20 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
         nonzeros = int(np.count_nonzero(values))
         if values.dtype not in packing.FLOATS or nonzeros == values.size:
             continue
+        if name in graph_inputs:
+            as_inputs.append(values.nbytes)
+            continue
         count, entries, kept, dense = count + 1, entries + values.size, kept + nonzeros, dense + values.nbytes
         itemsizes.add(values.dtype.itemsize)
         compact += min(packing.candidates(values)[0].nbytes, values.nbytes)
+    if as_inputs:
+        # sweep 26: torch.onnx at opset 7 (IR 3) lists every initializer as a graph input; no sparse form may replace
+        # one, and the note blamed COO's cost at 10% kept and offered compact, which refuses IR 3
+        return (f"{len(as_inputs)} pruned weight(s) ({_size(sum(as_inputs))}) stay dense in the file: they are graph "
+                "inputs too, which a caller may feed and no sparse form may replace (exporters list every "
+                "initializer as an input below IR 4, and torch.onnx with keep_initializers_as_inputs=True); "
+                "re-export without them as inputs (torch.onnx: keep_initializers_as_inputs=False, opset 9 or "
+                "later) to store them sparse")
     if not count or dense - compact < max(0.1 * dense, 1024):
         return None
     # COO pays below itemsize / (itemsize + 8) kept: a third for float32, a fifth for float16

@@ -130,7 +130,7 @@ def _closes_group_norm(b: Builder, reshape: gs.Node, shape) -> bool:
 
 def _batch_only(b: Builder, atoms: list, x) -> bool:
     """atoms is [dim 0 of x] (or of a tensor x is made from by ops that keep axis 0 the batch: tf2onnx's
-    NCHW -> NHWC Transpose before the Flatten)."""
+    NCHW -> NHWC Transpose before the Flatten; Keras 3's torch export, a Cast to the same type after it)."""
     if len(atoms) != 1 or not isinstance(atoms[0], tuple) or atoms[0][2] != 0:
         return False
     t = x
@@ -140,7 +140,7 @@ def _batch_only(b: Builder, atoms: list, x) -> bool:
         if len(t.inputs) != 1:
             return False
         p = t.inputs[0]
-        if p.op != "Transpose" or list(_attr(p, "perm", [0]))[0] != 0:
+        if p.op not in ("Cast", "Identity") and (p.op != "Transpose" or list(_attr(p, "perm", [0]))[0] != 0):
             return False
         t = p.inputs[0]
     return False

@@ -64,7 +64,8 @@ def _encoder(home: str):
         """Re-home the weights that get smaller as sparse; "constant" needs opset >= 11, "initializer" IR >= 6."""
         if home == "constant" and default_opset(model) < 11:
             state.notes.append(f"sparse format 'constant' needs opset >= 11 (model has {default_opset(model)}); "
-                               "weights kept dense.")
+                               "weights kept dense. Convert the model to opset 11+ (onnx.version_converter) to "
+                               "store them sparse.")
             return []
         if home == "initializer" and model.ir_version < 6:
             state.notes.append(f"sparse initializers need IR >= 6 (model has IR {model.ir_version}); "

@@ -496,6 +496,33 @@ def test_a_model_with_a_fixed_batch_of_one_is_refit_not_retrained_in_batches():
     assert choose(flat, Train())[0] == "sgd"
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_the_hand_recipe_retrains_a_model_with_a_literal_batch_in_batches_of_that_size(batch):
+    """Sweep 26: the hand recipe (--iterations 1 --neuron-sparsity) on ultralytics' YOLOv8 export, whose inputs fix a
+    batch of 1 and whose head reshapes to [1, 4, 16, anchors], failed with "Reshape node '/model.22/dfl/Reshape'
+    failed in the torch bridge: shape '[1, 4, 16, 84]' is invalid for input of size 10752": the trainer ran batches
+    of 2 (its objective's sample) and of 128. It now trains in whole batches of the literal B (a short last batch
+    left out), masks neurons and writes a model that runs in onnxruntime."""
+    from onnxprune import prune
+    from onnxprune.models.builders_sweep3 import batch_of_one
+    from tests.oracle import check_full
+
+    model = batch_of_one()
+    if batch != 1:
+        for v in (model.graph.input[0], model.graph.output[0]):
+            v.type.tensor_type.shape.dim[0].dim_value = batch
+        shape = next(t for t in model.graph.initializer if t.name == "head.shape")
+        shape.CopyFrom(onnx.numpy_helper.from_array(np.array([batch, 7, 64], np.int64), "head.shape"))
+    images = np.random.default_rng(1).standard_normal((42, 3, 8, 8)).astype(np.float32)
+    result = prune(model, data={"images": images}, sparsity=0.5, neuron_sparsity=0.5, iterations=1, epochs=1,
+                   seed=0)
+    check_full(result.model)
+    assert any(r["neurons_after"] < r["neurons_before"] for r in result.report["layers"]), result.report["layers"]
+    feed = {"images": images[:batch]}
+    (got,) = run(result.model, feed).values()
+    assert got.shape == (batch, 7, 64) and np.isfinite(got).all()
+
+
 def test_an_output_with_several_rows_a_sample_is_retrained_sample_by_sample():
     """Sweep 24: skl2onnx's multi-output MLPRegressor writes [N, 3] as a Reshape to [-1, 1]; the hand recipe
     (--iterations 1) failed with "step 'retrain' failed ...: The size of tensor a (384) must match the size of
@@ -531,3 +558,19 @@ def test_rows_of_several_samples_interleaved_are_refused_with_what_to_do():
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
     with pytest.raises(ConfigError, match="output 'variable' has 3 rows a sample .*--recovery reconstruct"):
         teacher_outputs(model, {"X": x})
+
+
+def test_retrained_weights_are_written_without_an_explicit_default_location():
+    """Sweep 26: the hand recipe on Keras 3's unrolled GRU wrote a file 10 bytes larger than its input at 2x fewer
+    nonzeros (its pruned weights stayed dense): the bridge set `data_location = DEFAULT` on every tensor it wrote
+    back, 2 bytes each in proto2."""
+    from onnxprune import prune
+
+    model = builders.lenet300_like(hidden=(16, 8))
+    x = np.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    result = prune(model, data={next(iter(i.name for i in model.graph.input)): x}, sparsity=0.3, iterations=1,
+                   epochs=1, seed=0, sparse_format="dense")
+    check_full(result.model)
+    assert not any(t.HasField("data_location") for t in result.model.graph.initializer)
+    sizes = {t.name: t.ByteSize() for t in model.graph.initializer}
+    assert all(t.ByteSize() == sizes[t.name] for t in result.model.graph.initializer if t.name in sizes)

@@ -212,3 +212,15 @@ def test_a_signal_landing_inside_a_temp_files_removal_waits_until_it_is_gone(tmp
         signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensors_read_from_external_data_are_written_without_an_explicit_default_location(tmp_path):
+    """Sweep 26: a tensor whose `data_location` is set to DEFAULT (rather than left unset) costs 2 bytes more in the
+    file; a model read from external data kept that field on every tensor it loaded."""
+    m = builders.lenet300_like(hidden=(16, 8))
+    inline = sum(t.ByteSize() for t in m.graph.initializer)  # before onnx.save moves the data out of `m`
+    onnx.save(m, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    loaded = modelio.load_model(tmp_path / "ext.onnx").model
+    assert not any(t.HasField("data_location") for t in loaded.graph.initializer)
+    assert sum(t.ByteSize() for t in loaded.graph.initializer) == inline

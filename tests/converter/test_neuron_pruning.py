@@ -136,3 +136,21 @@ def test_neuron_sparsity_shrinks_hf_conv1d_layers_behind_computed_reshapes(form)
     rng = np.random.default_rng(1)
     assert_same_outputs(result.model, result.dense_model, feeds=[
         {"x": rng.standard_normal((n, s, 8)).astype(np.float32)} for n, s in [(1, 1), (2, 5), (5, 11)]])
+
+
+def test_a_dynamically_quantized_layer_is_named_among_those_neuron_sparsity_cannot_touch():
+    """Sweep 26: the hand recipe (--neuron-sparsity 0.5) on all-MiniLM-L6-v2 through onnxruntime's quantize_dynamic
+    masked no neuron of its 36 MatMulInteger layers (dead-neuron removal does not shrink them) and said nothing of
+    it, where the float model lost 4608 FFN neurons."""
+    from onnxprune.models.builders_control import matmul_integer
+    from tests.oracle import check_full
+
+    model = matmul_integer()
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    result = run(model, configure(sparsity=0.5, neuron_sparsity=0.5, iterations=1, epochs=1, data={"input": x},
+                                  seed=0))
+    notes = [n for n in result.report["notes"] if n.startswith("--neuron-sparsity masked no neuron")]
+    assert len(notes) == 1 and "MatMulInteger '/fc1/MatMulInteger': MatMulInteger holds integer-quantized weights" \
+        in notes[0], result.report["notes"]
+    check_full(result.model)
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": x[:1]}])

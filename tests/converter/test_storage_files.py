@@ -175,3 +175,25 @@ def test_the_storage_note_gives_float16s_break_even():
     names = [t.name for t in model.graph.initializer if t.name.endswith("weight")]
     note = dense_kept_note(model, names)
     assert note is not None and "pays only below about a fifth kept" in note, note
+
+
+def test_pruned_weights_that_are_graph_inputs_too_are_said_to_stay_dense_for_that():
+    """Sweep 26: a CNN torch.onnx wrote at opset 7 (IR 3, every initializer a graph input), converted to opset 11
+    and pruned to 10% kept, wrote a file as large as its input, and the note said COO "pays only below about a third
+    kept" and offered --sparse-format compact, which refuses IR 3. No sparse form may replace a graph input."""
+    from onnxprune import prune
+    from onnxprune.converter.steps.encode import dense_kept_note
+    from tests.oracle import check_full
+
+    model = builders.lenet300_like(hidden=(64, 32))
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    check_full(model)
+    result = prune(model, sparsity=0.9, seed=0)
+    check_full(result.model)
+    notes = [n for n in result.report["notes"] if "stay dense in the file" in n]
+    assert len(notes) == 1 and notes[0].startswith("3 pruned weight(s) (") and "graph inputs too" in notes[0], notes
+    assert "compact" not in notes[0] and "pays only below" not in notes[0]
+    names = [t.name for t in model.graph.initializer if t.name.endswith("weight")]
+    assert "graph inputs too" in dense_kept_note(result.model, names)
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-5)

@@ -870,6 +870,9 @@ def test_channels_a_conv_reads_stay_a_multiple_of_4_where_they_were(c, dead, kep
     assert shp["a.weight"][0] == kept and shp["b.weight"][1] == kept
     assert report.aligned == kept - (c - dead)
     assert (report.aligned_note() in report.lines()) == bool(report.aligned)
+    # sweep 26 (YOLOv8n, hand recipe): the same channels were also said to be "kept, each in a class with a channel
+    # that is read elsewhere": 210 channels in both notes, the second reason untrue
+    assert not any("no weight reads are kept" in line for line in report.lines()), report.lines()
 
 
 def test_depthwise_channels_stay_a_multiple_of_4_and_the_strongest_dead_ones_stay():
@@ -956,6 +959,18 @@ def test_a_keras_flatten_to_a_computed_shape_shrinks_with_its_conv():
     assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and report.folded == 1
     features = [t for t in out.graph.initializer if t.name.startswith("features")]
     assert [G.init(out, t.name).tolist() for t in features] == [[72]]
+    assert not report.blocked
+
+
+def test_a_keras3_flatten_behind_a_cast_shrinks_with_its_conv():
+    # Keras 3's own ONNX export (torch backend) writes a Cast to FLOAT between the NHWC Transpose and the Flatten's
+    # Reshape; the batch size read through it was not recognised ("consumer Reshape '/Reshape' is not a flattening
+    # Reshape with a constant shape and static spatial sizes"), so the Conv before it kept every channel (sweep 26)
+    from onnxprune.models import third_party_builders as tb
+    m = G.zero(tb.keras3_flatten_cnn(), "conv.weight", 0, [1])  # Relu(bias) folded into the dense bias
+    G.zero(m, "dense.weight", 0, [k * 4 + 3 for k in range(36)])  # channel 3 unread (NHWC: every 4th feature)
+    out, report, shp = prune(m)
+    assert shp["conv.weight"] == (2, 1, 3, 3) and shp["dense.weight"] == (72, 3) and report.folded == 1
     assert not report.blocked
 
 

@@ -304,6 +304,24 @@ def test_qoperator_gemm_weights_are_named_among_the_integer_weights():
         inventory_of(m, where="m.onnx")
 
 
+def test_an_integer_embedding_table_read_by_gather_then_dequantize_is_listed_with_what_to_do():
+    """Sweep 26: all-MiniLM-L6-v2 through onnxruntime's quantize_dynamic: its uint8 word table [30522, 384], half the
+    file, read by Gather and then DequantizeLinear, was in neither of inspect's lists (the inventory's total said
+    10.6M weights of a 22.9 MB file)."""
+    from onnxprune.models.third_party_builders import quantized_lookup_encoder
+    from tests.oracle import check_full, run
+
+    m = quantized_lookup_encoder()
+    check_full(m)
+    ids = np.random.default_rng(0).integers(0, 20, (3, 5)).astype(np.int64)
+    assert run(m, {"input_ids": ids})["pooled"].shape == (3, 6)
+    inv = find_prunable(m)
+    reasons = {s.name: s.reason for s in inv.skipped}
+    assert reasons["table_quantized"].startswith("an integer-quantized embedding table: Gather '/embed/Gather' reads its rows")
+    assert "prune the float model, then quantize the pruned one" in reasons["table_quantized"]
+    assert [p.name for p in inv.prunable] == ["proj.weight"]
+
+
 def test_an_rms_norm_scale_is_listed_as_a_normalization_parameter():
     """Sweep 20: torch dynamo's nn.RMSNorm at opset 23 (RMSNormalization) had its scale listed as "not a weight of
     Conv/ConvTranspose/Gemm/MatMul/... (used by RMSNormalization)"."""
