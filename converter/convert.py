@@ -88,12 +88,12 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         modelio.save_model(result.model, output, protect=protect)
         report["output"] = str(output)
         report["file_size_after"] = modelio.saved_size(output)  # with its external data
-        if report_dir is not None:
-            with _report_writes(output):
+        if report_dir is None:
+            _count_write(report, time.perf_counter() - t0)
+        else:
+            with _report_writes(output), _one_report_at_a_time(Path(report_dir)):
                 write_report(result, Path(report_dir), config)
-        _count_write(report, time.perf_counter() - t0)
-        if report_dir is not None:
-            with _report_writes(output):
+                _count_write(report, time.perf_counter() - t0)
                 _final_times(Path(report_dir) / "report.json", report)
     if config.retrain.checkpoint_dir:
         from onnxprune.converter.checkpoint import Checkpoints
@@ -110,6 +110,29 @@ def _report_writes(output: Path):
             yield
     except ConfigError as exc:
         raise ConfigError(f"the model was written to '{output}', but the report was not: {exc}") from None
+
+
+@contextlib.contextmanager
+def _one_report_at_a_time(folder: Path):
+    """One run's report files at a time in a --report folder (CI audit: two runs writing one folder at once left
+    recipe.toml of one and report.json of the other): an advisory lock on the folder itself (flock on its
+    descriptor: no file of ours left in it), where the system has one; else, or where it cannot be taken, none."""
+    modelio.make_folder(folder)
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: as before
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _not_the_data(output: Path, config: RunConfig) -> None:

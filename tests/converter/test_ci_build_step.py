@@ -183,3 +183,36 @@ def test_another_librarys_log_line_is_not_signed_onnxprune(monkeypatch):
     fmt = next(h for h in root.handlers if getattr(h, "_onnxprune", False))
     assert [fmt.format(r) for r in records] == ["onnxprune: WARNING: said", "onnxprune: WARNING: said",
                                                 "matplotlib: WARNING: said", "py.warnings: WARNING: said"]
+
+
+def test_runs_sharing_a_report_folder_write_their_report_files_one_run_at_a_time(tmp_path):
+    """CI audit (Left): two runs writing one --report folder at once left recipe.toml of one and report.json of the
+    other. Each run's report files are written under a lock on the folder: a second writer waits for the first."""
+    import threading
+
+    from onnxprune.converter.convert import _one_report_at_a_time
+
+    folder = tmp_path / "rep"
+    order, holding, release = [], threading.Event(), threading.Event()
+
+    def first():
+        with _one_report_at_a_time(folder):
+            order.append("first in")
+            holding.set()
+            release.wait(10)
+            order.append("first out")
+
+    def second():
+        holding.wait(10)
+        with _one_report_at_a_time(folder):
+            order.append("second in")
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start(), b.start()
+    holding.wait(10)
+    b.join(0.5)  # the second writer is still waiting for the lock
+    assert b.is_alive() and order == ["first in"]
+    release.set()
+    a.join(10), b.join(10)
+    assert order == ["first in", "first out", "second in"]
+    assert sorted(p.name for p in folder.iterdir()) == []  # the lock leaves no file of ours in the folder
