@@ -895,7 +895,7 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
         _, node = through(name)
         if node is None or node.op_type != "Concat" or len(node.input) < 2:
             continue
-        parts = [through(x)[0] if through(x)[0] in inputs else None for x in node.input]
+        parts = [part if part in inputs else None for part in (through(x)[0] for x in node.input)]
         if any(parts) and None in parts:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             found[i] = (axis, parts)

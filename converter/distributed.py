@@ -277,7 +277,8 @@ class MainOnly:
 
 
 def _plain(value):
-    """A numpy scalar or array as JSON takes it (a decision's counts and flags, an allocation's figures)."""
+    """A numpy scalar or array as JSON takes it (a decision's counts and flags, an allocation's figures): json's
+    `default=` hook, so a NaN loss stays NaN on every rank (onnxprune.plain, the cleaner for files, writes it null)."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 

@@ -349,7 +349,7 @@ class BudgetCheckStep(Step):
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
         # the input model kept, unquantized: the reference itself, within any budget (nothing to certify)
         kept_input = bool((state.auto or state.allocation or {}).get("kept_input")) and not state.quantize
-        if decision is None and not (kept_input and "rule" not in (state.allocation or {})):
+        if decision is None and (not kept_input or "rule" in (state.allocation or {})):
             # the one-shot fit and the level search chose by the rule, a recipe's choices are judged by it: the
             # model written (with any --layer the user fixed) is judged by the rule (a newcomer audit read "met" at
             # 0.33 pp by the mean on 300 samples, where --eval-data lost 1.40 pp)

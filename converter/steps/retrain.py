@@ -219,10 +219,9 @@ class BudgetSearchStep(_Retraining):
     def _one_shot_fallback(self, state: RunState):
         """The one-shot model within --max-loss (measured, backed off from the allocation), with a note saying so."""
         from onnxprune.calibration.allocate import fit_to_budget, pruned_model
-
-        sparsities = {n: float(t.sparsity or 0.0) for n, t in state.targets.items()}
         from onnxprune.converter.auto.decide import BudgetRule
 
+        sparsities = {n: float(t.sparsity or 0.0) for n, t in state.targets.items()}
         outcome = fit_to_budget(state.original, state.inventory, state.data.calibration, sparsities,
                                 self.budget.max_loss, scoring=state.scoring,
                                 judge=BudgetRule(state.data.calibration, self.budget.max_loss).fit_judge())
