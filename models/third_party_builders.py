@@ -1074,3 +1074,77 @@ def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str 
     if form == "dynamo":
         m.opset_import[0].version = 18
     return m
+
+
+def scripted_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, in_if: bool = False,
+                  seed: int = 0) -> onnx.ModelProto:
+    """x [T, N, 4] -> LSTM -> last hidden state [N, 6] -> fc -> 'logits', the LSTM's W, R and B computed as
+    torch.jit.script'ed models export them (silero-vad's decoder): torch's stored weight_ih [4H, F] in gate order
+    i, f, g, o, reordered to ONNX's i, o, f, c by Slice [0:H], [3H:4H], [H:3H] -> Concat -> Unsqueeze, the Slices'
+    bounds in Constant nodes. `in_if`: both branches of an If (the batch's mean > 0) hold the same chains and LSTM
+    (reading the same stored weights, as silero's state and no-state branches do), the else branch's output negated."""
+    g = _Graph(seed)
+    h = hidden
+    stored = {"rnn.weight_ih": (4 * h, features), "rnn.weight_hh": (4 * h, h)}
+    for name, shape in stored.items():
+        g.const(name, g.rng.standard_normal(shape) / np.sqrt(shape[1]))
+    g.const("rnn.bias_ih", 0.1 * g.rng.standard_normal(4 * h))
+    g.const("rnn.bias_hh", 0.1 * g.rng.standard_normal(4 * h))
+    fc = g.weight("fc.weight", (classes, h), h)
+    fc_b = g.bias("fc.bias", classes)
+
+    def chain(prefix: str) -> list:
+        nodes, k = [], [0]
+
+        def const(value) -> str:
+            k[0] += 1
+            name = f"{prefix}/Constant_{k[0]}_output_0"
+            nodes.append(helper.make_node("Constant", [], [name], name=f"{prefix}/Constant_{k[0]}",
+                                          value=numpy_helper.from_array(np.array(value, np.int64))))
+            return name
+
+        def reorder(src: str, tag: str) -> str:  # i, f, g, o -> i, o, f, c along axis 0
+            parts = []
+            for j, (a, b) in enumerate(((0, h), (3 * h, 4 * h), (h, 3 * h))):
+                out = f"{prefix}/{tag}/Slice_{j}_output_0"
+                nodes.append(helper.make_node("Slice", [src, const([a]), const([b]), const([0])], [out],
+                                              name=f"{prefix}/{tag}/Slice_{j}"))
+                parts.append(out)
+            out = f"{prefix}/{tag}/Concat_output_0"
+            nodes.append(helper.make_node("Concat", parts, [out], axis=0, name=f"{prefix}/{tag}/Concat"))
+            return out
+
+        w, r = reorder("rnn.weight_ih", "W"), reorder("rnn.weight_hh", "R")
+        b = f"{prefix}/B/Concat_output_0"
+        nodes.append(helper.make_node("Concat", [reorder("rnn.bias_ih", "Bi"), reorder("rnn.bias_hh", "Bh")], [b],
+                                      axis=0, name=f"{prefix}/B/Concat"))
+        lstm_in = []
+        for src, tag in ((w, "W"), (r, "R"), (b, "B")):
+            out = f"{prefix}/{tag}/Unsqueeze_output_0"
+            nodes.append(helper.make_node("Unsqueeze", [src, const([0])], [out], name=f"{prefix}/{tag}/Unsqueeze"))
+            lstm_in.append(out)
+        nodes.append(helper.make_node("LSTM", ["x", *lstm_in], [f"{prefix}/Y", f"{prefix}/Y_h"], hidden_size=h,
+                                      name=f"{prefix}/LSTM"))
+        nodes.append(helper.make_node("Squeeze", [f"{prefix}/Y_h", const([0])], [f"{prefix}/last"],
+                                      name=f"{prefix}/Squeeze"))
+        nodes.append(helper.make_node("Gemm", [f"{prefix}/last", fc, fc_b], [f"{prefix}/logits"], transB=1,
+                                      name=f"{prefix}/fc/Gemm"))
+        return nodes
+
+    if not in_if:
+        g.nodes += chain("/rnn")
+        g.nodes.append(helper.make_node("Identity", ["/rnn/logits"], ["logits"], name="/out/Identity"))
+    else:
+        out = [_float(f"{b}_logits", [BATCH, classes]) for b in ("then", "else")]
+        then_g = helper.make_graph(chain("/then/rnn") + [helper.make_node("Identity", ["/then/rnn/logits"],
+                                                                          ["then_logits"], name="/then/out")],
+                                   "then", [], [out[0]])
+        else_g = helper.make_graph(chain("/else/rnn") + [helper.make_node("Neg", ["/else/rnn/logits"],
+                                                                          ["else_logits"], name="/else/out")],
+                                   "else", [], [out[1]])
+        g.nodes.append(helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0, name="/mean"))
+        zero = g.const("zero", np.array(0.0))
+        g.nodes.append(helper.make_node("Greater", ["mean", zero], ["cond"], name="/cond"))
+        g.nodes.append(helper.make_node("If", ["cond"], ["logits"], then_branch=then_g, else_branch=else_g,
+                                        name="/select"))
+    return _model(g, "scripted_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])

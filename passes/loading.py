@@ -9,6 +9,7 @@ import onnx
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.bypass_identity import BypassIdentity
 from onnxprune.passes.constant_pads import ConstantPads
+from onnxprune.passes.constant_weights import ConstantWeights
 from onnxprune.passes.einsum_linear import EinsumLinear
 from onnxprune.passes.loop_invariants import LoopInvariants
 from onnxprune.passes.merge_copies import MergeCopies
@@ -19,6 +20,7 @@ from onnxprune.passes.merge_copies import MergeCopies
 LOAD_PASSES = (
     (EinsumLinear, True),  # Einsum "bi,oi->bo" of a weight: the MatMul it is
     (BypassIdentity, False),  # W -> Identity -> MatMul per use: one tied W
+    (ConstantWeights, True),  # a layer's weight computed from constants (Slice/Concat of a stored one): stored
     (MergeCopies, False),  # bit-identical copies of a weight: one tied weight
     (LoopInvariants, True),  # a weight a Loop carries unchanged: read from outside
     (ConstantPads, True),  # F.pad's pads computed from constants: one constant

@@ -1,0 +1,248 @@
+"""A layer's weight that nodes compute from constants alone is read as the one constant it is (a load pass).
+
+torch.jit.script'ed models keep what tracing would fold: silero-vad's decoder LSTM reads its W, R and B as
+
+    weight_ih -> Slice [0:128], Slice [384:512], Slice [128:384] -> Concat -> Unsqueeze -> LSTM W
+
+(torch's gate order i, f, g, o put into ONNX's i, o, f, c), inside If branches, once per branch. The inventory
+looks for a weight where the layer reads it, so 132K of silero_vad_op15's 307K weights (264K of silero_vad's 541K,
+two sample rates) were "not a weight of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN (used by 6 nodes: Slice)",
+never pruned, and every ratio counted them kept. onnxruntime folds such chains when it loads the model anyway.
+
+Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute
+from initializers and Constant nodes alone (no graph or body input), through at most MAX_CHAIN standard-domain nodes
+without bodies and no random op, is evaluated once (onnx's reference evaluator) and becomes a main-graph
+initializer that the layer reads instead (bodies read outer names). Only when the chain does more than what is
+already read through (a lone Identity or Transpose of one constant: passes/bypass_identity.py, the MatMul's
+transposed weight), its result is a float tensor of the same type as every float constant it reads (a Cast from
+float16 stays the low-precision weight it is: passes/quantized_weights.py), and every other constant it reads is a
+small index or shape (at most MAX_INDEX values: a DequantizeLinear of an int8 weight stays quantized). Chains that
+evaluate to the same bytes become one initializer, read by every such layer (silero's two LSTMs, the branch with a
+state and the one without, read one tied W); its name is the largest constant the chain read, with ".folded". The
+chain's nodes and constants that nothing else reads go, so the file holds each weight once, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
+from onnxprune.passes.merge_copies import check_reads
+from onnxprune.passes.opfacts import WEIGHT_OPS
+from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, scopes
+
+log = logging.getLogger(__name__)
+
+MAX_CHAIN = 64  # nodes: silero's LSTM bias is 6 Slices, 3 Concats, an Unsqueeze and their 20 Constants
+MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape
+READ_THROUGH = frozenset({"Identity", "Transpose"})  # a lone one of these the inventory reads through already
+NEVER = ("Random", "Bernoulli", "Multinomial")  # ops that do not compute the same twice
+
+
+def _weight_inputs(node: onnx.NodeProto) -> list[int]:
+    facts = WEIGHT_OPS.get(node.op_type)
+    if facts is None or not facts.of(node):
+        return []
+    return [k for k in (*facts.inputs, *((facts.bias,) if facts.bias is not None else ()))
+            if k < len(node.input) and node.input[k]]
+
+
+def _chain(name: str, ix: ScopeIndex, inputs: set[str]) -> tuple[list[onnx.NodeProto], list[str]] | None:
+    """(the nodes computing `name`, the initializer names they read), or None when anything but constants feeds
+    them, or a node is not one the rules fold."""
+    nodes: dict[int, onnx.NodeProto] = {}
+    leaves: list[str] = []
+    stack = [name]
+    while stack:
+        t = stack.pop()
+        if not t:
+            continue
+        node = ix.producers.get(t)
+        if node is None:
+            if t in ix.consts and t not in inputs:
+                if t not in leaves:
+                    leaves.append(t)
+                continue
+            return None  # a graph input, a body input or a name nothing defines
+        if id(node) in nodes:
+            continue
+        if (node.domain or "") not in ("", "ai.onnx") or node.op_type.startswith(NEVER) or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return None
+        nodes[id(node)] = node
+        if len(nodes) > MAX_CHAIN:
+            return None
+        stack.extend(node.input)
+    return list(nodes.values()), leaves
+
+
+def _ordered(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The chain's nodes so that each comes after what it reads (they may come from several scopes)."""
+    made = {o: n for n in nodes for o in n.output}
+    done: set[int] = set()
+    out: list[onnx.NodeProto] = []
+
+    def visit(n):
+        if id(n) in done:
+            return
+        done.add(id(n))
+        for i in n.input:
+            if i in made:
+                visit(made[i])
+        out.append(n)
+
+    for n in nodes:
+        visit(n)
+    return out
+
+
+def _evaluate(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex) -> np.ndarray | None:
+    from onnx.reference import ReferenceEvaluator
+
+    inits = []
+    for leaf in leaves:
+        t = onnx.TensorProto()
+        t.CopyFrom(ix.consts[leaf])
+        t.name = leaf
+        inits.append(t)
+    out = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+    graph = onnx.helper.make_graph(_ordered(nodes), "weight", [], [out], inits)
+    sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        (value,) = ReferenceEvaluator(sub).run(None, {})
+    except Exception as exc:  # noqa: BLE001 - an op the reference does not run: the weight stays as it is read
+        log.debug("constant-weights: could not evaluate '%s' (%s)", name, exc)
+        return None
+    return np.asarray(value)
+
+
+def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
+    if value is None or value.size == 0:
+        return False
+    if len(nodes) == 1 and nodes[0].op_type in READ_THROUGH:
+        return False
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(value.dtype) if value.dtype.kind == "f" else None
+    if dtype not in FLOAT_TYPES:
+        return False
+    for leaf in leaves:
+        t = ix.consts[leaf]
+        if t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data:
+            return False  # its bytes are not loaded
+        if t.data_type in FLOAT_TYPES:
+            if t.data_type != dtype:
+                return False
+        elif int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
+            return False
+    for n in nodes:  # a Constant node is a leaf that lives in the chain
+        if n.op_type == "Constant":
+            v = next((a.t for a in n.attribute if a.name == "value"), None)
+            if v is None or (v.data_type in FLOAT_TYPES and v.data_type != dtype) or (
+                    v.data_type not in FLOAT_TYPES and int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX):
+                return False
+    return True
+
+
+def computed_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, list, list, np.ndarray]]:
+    """[(layer, input index, chain nodes, leaves, value)] for every weight input the rules fold."""
+    if model.ir_version < 4:  # an initializer must also be a graph input there
+        return []
+    ix = ScopeIndex.of(model)
+    inputs = {v.name for sc in scopes(model.graph) for v in sc.graph.input}
+    outputs = {v.name for sc in scopes(model.graph) for v in sc.graph.output}
+    found = []
+    memo: dict[str, tuple | None] = {}
+    for sc in scopes(model.graph):
+        for node in sc.graph.node:
+            for k in _weight_inputs(node):
+                name = node.input[k]
+                if name in ix.consts or name in outputs or name not in ix.producers:
+                    continue
+                if name not in memo:
+                    chain = _chain(name, ix, inputs)
+                    memo[name] = None
+                    if chain is not None:
+                        value = _evaluate(model, name, *chain, ix)
+                        if _foldable(*chain, value, ix):
+                            memo[name] = (*chain, value)
+                if memo[name] is not None:
+                    found.append((node, k, *memo[name]))
+    return found
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    name, k = f"{base}.folded", 1
+    while name in taken:
+        name, k = f"{base}.folded.{k}", k + 1
+    taken.add(name)
+    return name
+
+
+@register_pass("constant-weights")
+class ConstantWeights(Pass):
+    """Store a weight that nodes compute from constants as the constant it is (module docstring)."""
+
+    def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        found = computed_weights(model)
+        if not found:
+            return PassResult(model, False)
+        ix = ScopeIndex.of(model)
+        taken = set(ix.consts) | set(ix.producers) | {v.name for sc in scopes(model.graph) for v in sc.graph.input}
+        by_bytes: dict[tuple, str] = {}
+        chained_nodes: dict[int, onnx.NodeProto] = {}
+        leaves: set[str] = set()
+        for node, k, nodes, chain_leaves, value in found:
+            key = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes(), digest_size=16).digest())
+            if key not in by_bytes:
+                read = chain_leaves + [n.output[0] for n in nodes if n.op_type == "Constant"]  # what it reads
+                floats = [t for t in read if t in ix.consts and ix.consts[t].data_type in FLOAT_TYPES]
+                biggest = max(floats, key=lambda n: int(np.prod(ix.consts[n].dims, dtype=np.int64)), default=None)
+                by_bytes[key] = _unique(biggest or node.input[k], taken)
+                model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), by_bytes[key]))
+            node.input[k] = by_bytes[key]
+            chained_nodes.update((id(n), n) for n in nodes)
+            leaves.update(chain_leaves)
+        self._drop_unread(model, chained_nodes, leaves)
+        state.notes.append(f"{len(found)} layer weight(s) that nodes computed from constants (Slice/Concat/... of a "
+                           f"stored tensor) stored as the {len(by_bytes)} constant(s) they are, so they can be pruned")
+        log.debug("constant-weights: %d weight input(s) folded into %d initializer(s)", len(found), len(by_bytes))
+        return PassResult(model, True)
+
+    @staticmethod
+    def _drop_unread(model: onnx.ModelProto, chained: dict[int, onnx.NodeProto], leaves: set[str]) -> None:
+        """The chains' nodes and constants nothing reads any more, in every scope (inner bodies first)."""
+        chained_outputs = {o for n in chained.values() for o in n.output}
+        while True:
+            read = set()
+            for sc in scopes(model.graph):
+                read.update(i for n in sc.graph.node for i in n.input if i)
+                read.update(v.name for v in sc.graph.output)
+            dead = {o for o in chained_outputs if o not in read}
+            changed = False
+            for sc in reversed(list(scopes(model.graph))):
+                keep = [n for n in sc.graph.node
+                        if not (n.output and all(o in dead or not o for o in n.output)
+                                and any(o in chained_outputs for o in n.output))]
+                if len(keep) != len(sc.graph.node):
+                    keep = [onnx.NodeProto.FromString(n.SerializeToString()) for n in keep]
+                    del sc.graph.node[:]
+                    sc.graph.node.extend(keep)
+                    changed = True
+                inits = [t for t in sc.graph.initializer if not (t.name in leaves and t.name not in read)]
+                if len(inits) != len(sc.graph.initializer):
+                    del sc.graph.initializer[:]
+                    sc.graph.initializer.extend(inits)
+                    changed = True
+            if not changed:
+                break
+        for sc in scopes(model.graph):
+            names = {o for n in sc.graph.node for o in n.output}
+            for v in [v for v in sc.graph.value_info if v.name in chained_outputs and v.name not in names]:
+                sc.graph.value_info.remove(v)
+
+    def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
+        check_reads(model, self.name)

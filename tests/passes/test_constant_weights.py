@@ -1,0 +1,141 @@
+"""passes/constant_weights.py: a layer's weight that nodes compute from constants is stored as the constant it is."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.models.builders import BATCH, IR_VERSION, OPSET
+from onnxprune.models.third_party_builders import scripted_lstm
+from onnxprune.passes.base import PruneState
+from onnxprune.passes.constant_weights import ConstantWeights, computed_weights
+from onnxprune.passes.loading import run_load_passes
+from onnxprune.passes.scopes import all_nodes
+from onnxprune.passes.weights import find_prunable, weight_array
+from tests.oracle import assert_same_outputs, check_full, run
+
+X = np.random.default_rng(3).standard_normal((5, 4, 4)).astype(np.float32)  # [T, N, F]
+
+
+def _fold(model):
+    state = PruneState()
+    out = ConstantWeights()(copy.deepcopy(model), state).model
+    return out, state
+
+
+def _gates(w: np.ndarray, h: int) -> np.ndarray:
+    """torch's i, f, g, o blocks along axis 0 in ONNX's i, o, f, c order."""
+    return np.concatenate([w[:h], w[3 * h:], w[h: 3 * h]])
+
+
+def test_a_scripted_lstm_reads_its_reordered_weights_as_initializers_with_the_same_outputs():
+    """silero-vad's decoder (torch.jit.script): 132K of silero_vad_op15's 307K weights were 'not a weight ... (used
+    by 6 nodes: Slice)'."""
+    model = scripted_lstm(hidden=6)
+    assert find_prunable(model).prunable == [] or all(w.op_type != "LSTM" for w in find_prunable(model).prunable)
+    folded, state = _fold(model)
+    check_full(folded)
+    assert not any(n.op_type in ("Slice", "Concat", "Unsqueeze") and "rnn" in n.name for n in folded.graph.node
+                   if n.name != "/rnn/Squeeze")
+    inits = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert "rnn.weight_ih" not in inits and "rnn.weight_hh" not in inits  # held once, as the LSTM reads it
+    np.testing.assert_array_equal(inits["rnn.weight_ih.folded"], _gates(stored["rnn.weight_ih"], 6)[None])
+    np.testing.assert_array_equal(inits["rnn.weight_hh.folded"], _gates(stored["rnn.weight_hh"], 6)[None])
+    bias = np.concatenate([_gates(stored["rnn.bias_ih"], 6), _gates(stored["rnn.bias_hh"], 6)])[None]
+    lstm = next(n for n in folded.graph.node if n.op_type == "LSTM")
+    np.testing.assert_array_equal(inits[lstm.input[3]], bias)
+    np.testing.assert_array_equal(run(folded, {"x": X})["logits"], run(model, {"x": X})["logits"])
+    assert_same_outputs(folded, model, rtol=1e-6)
+    lstm_weights = {w.name for w in find_prunable(folded).prunable if w.op_type == "LSTM"}
+    assert lstm_weights == {"rnn.weight_ih.folded", "rnn.weight_hh.folded"}
+    assert any("3 layer weight(s) that nodes computed from constants" in n for n in state.notes)
+    # the model's file holds no more values than before
+    size = lambda m: sum(int(np.prod(t.dims)) for t in m.graph.initializer)  # noqa: E731
+    assert size(folded) == size(model)
+
+
+def test_both_branches_that_compute_the_same_weight_read_one_initializer():
+    model = scripted_lstm(hidden=6, in_if=True)
+    assert len(computed_weights(model)) == 6  # W, R, B of two LSTMs
+    folded, _ = _fold(model)
+    check_full(folded)
+    lstms = [n for n in all_nodes(folded) if n.op_type == "LSTM"]
+    assert len(lstms) == 2 and list(lstms[0].input[1:4]) == list(lstms[1].input[1:4])
+    assert {t.name for t in folded.graph.initializer} >= set(lstms[0].input[1:4])
+    assert not any(n.op_type == "Slice" for n in all_nodes(folded))
+    for x in (np.abs(X), -np.abs(X)):  # each branch
+        np.testing.assert_array_equal(run(folded, {"x": x})["logits"], run(model, {"x": x})["logits"])
+    tied = [w for w in find_prunable(folded).prunable if w.op_type == "LSTM"]
+    assert {w.name for w in tied} == {"rnn.weight_ih.folded", "rnn.weight_hh.folded"}
+
+
+def test_the_load_step_folds_them_and_a_fixed_sparsity_prunes_the_lstm():
+    from onnxprune.converter.pipeline import configure, run as run_pipeline
+
+    model = scripted_lstm(hidden=6)
+    loaded = copy.deepcopy(model)
+    run_load_passes(loaded, PruneState())
+    assert any(t.name == "rnn.weight_ih.folded" for t in loaded.graph.initializer)
+    result = run_pipeline(model, configure(sparsity=0.5, data={"x": np.random.default_rng(0).standard_normal(
+        (5, 32, 4)).astype(np.float32)}))
+    w = weight_array(result.model, "rnn.weight_ih.folded")
+    assert 0.4 <= float(np.mean(w == 0)) <= 0.6
+    check_full(result.model)
+    # the written model is the pruned weights' model: the same outputs as the input model with those zeros
+    dense = copy.deepcopy(loaded)
+    for t in dense.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(weight_array(result.model, t.name), t.name))
+    np.testing.assert_allclose(run(result.model, {"x": X})["logits"], run(dense, {"x": X})["logits"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def _linear(weight_nodes: list, inits: list, weight: str, extra_inputs=()) -> onnx.ModelProto:
+    nodes = weight_nodes + [helper.make_node("MatMul", ["x", weight], ["y"], name="/fc/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 8]),
+                                           *extra_inputs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 4])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def _const(name, value):
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def test_a_reshaped_flat_weight_is_folded():
+    rng = np.random.default_rng(0)
+    model = _linear([helper.make_node("Reshape", ["flat", "shape"], ["w"], name="/fc/Reshape")],
+                    [_const("flat", rng.standard_normal(32).astype(np.float32)), _const("shape", np.array([8, 4]))],
+                    "w")
+    folded, _ = _fold(model)
+    check_full(folded)
+    assert [n.op_type for n in folded.graph.node] == ["MatMul"]
+    assert {t.name for t in folded.graph.initializer} == {"flat.folded"}
+    assert_same_outputs(folded, model, rtol=1e-6)
+
+
+def test_what_the_inventory_reads_already_or_what_is_not_the_same_weight_is_left_alone():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    cases = {
+        "a lone Transpose": ([helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0])], [_const("wt", w.T.copy())]),
+        "a float16 weight behind a Cast": ([helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT)],
+                                           [_const("w16", w.astype(np.float16))]),
+        "an int8 weight behind DequantizeLinear": (
+            [helper.make_node("DequantizeLinear", ["w8", "scale", "zp"], ["w"])],
+            [_const("w8", np.round(w * 20).astype(np.int8)), _const("scale", np.float32(0.05)),
+             _const("zp", np.int8(0))]),
+    }
+    for what, (nodes, inits) in cases.items():
+        model = _linear(nodes, inits, "w")
+        assert computed_weights(model) == [], what
+        folded, _ = _fold(model)
+        assert [n.op_type for n in folded.graph.node] == [n.op_type for n in model.graph.node], what
+    # a weight computed from a graph input is not a constant
+    model = _linear([helper.make_node("Reshape", ["flat", "shape_in"], ["w"])],
+                    [_const("flat", rng.standard_normal(32).astype(np.float32))], "w",
+                    [helper.make_tensor_value_info("shape_in", TensorProto.INT64, [2])])
+    assert computed_weights(model) == []
