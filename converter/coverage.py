@@ -58,20 +58,155 @@ PREFIX = "onnxprune::coverage"
 
 @dataclass
 class Coverage:
-    """Branches ("If 'name'/then_branch") no sample took, and the weights only such branches read."""
+    """Branches ("If 'name'/then_branch") no sample took, and the weights only such branches read; branches no
+    input of the model's declared shapes can take (`static_conditions`), and what only they read."""
 
     untaken: list[str] = field(default_factory=list)
     unreached: dict[str, str] = field(default_factory=dict)  # weight -> the untaken branch around a reader
+    dead: list[str] = field(default_factory=list)  # outermost branches no valid input takes
+    # weight -> the dead branch around it: read by nothing but such branches (it never runs; left as it is)
+    unused: dict[str, str] = field(default_factory=dict)
 
     def note(self, budgeted: bool) -> str | None:
-        if not self.unreached:
+        notes = []
+        untaken = [w for w in self.unreached if w not in self.unused]
+        if untaken:
+            where = _listed(self.untaken)
+            what = f"{len(untaken)} weight(s) read in branches no sample of --data took ({where})"
+            notes.append(f"{what} were left as they are: the budget has no evidence about them; add samples that "
+                         "take those branches to --data to prune them" if budgeted else
+                         f"{what} were pruned as asked, but no sample checked them; add samples that take those "
+                         "branches")
+        if self.dead:
+            what = (f"{len(self.unused)} weight(s) read only there are left as they are, and w" if self.unused
+                    else "W")
+            notes.append(f"{len(self.dead)} If branch(es) can take no input of the shapes the model declares "
+                         f"({_listed(self.dead)}: the condition follows from those shapes alone); {what}eights they "
+                         "share with the branches that run are pruned on those branches' evidence")
+        return "; ".join(notes) or None
+
+
+def _listed(labels: list[str]) -> str:
+    return ", ".join(labels[:3]) + (f" (+{len(labels) - 3} more)" if len(labels) > 3 else "")
+
+
+# ops a condition computed from shapes alone goes through (static_conditions); any other leaves it to the data
+_STATIC_OPS = frozenset({"Constant", "Shape", "Size", "Gather", "Squeeze", "Unsqueeze", "Cast", "Identity", "Not",
+                         "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Slice",
+                         "Concat", "Add", "Sub", "Mul", "ReduceProd", "Reshape"})
+
+
+def static_conditions(model: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> dict[int, bool]:
+    """{id(If node): the branch it always takes (True: then)} for the Ifs whose condition follows from constants and
+    the shapes the model declares or shape inference gives alone: torch.jit.script'ed models branch on
+    `input.dim() == 3` or `state.shape[0]` (silero-vad's decoder: its state input is declared [2, batch, 128], so
+    its no-state LSTM branch can never run; onnxruntime refuses a feed that breaks a declared dimension). A Shape
+    gives the dimensions known (unknown ones stay unknown: anything that reads one is not decided), Size of a Shape
+    the rank; every other op computes on known values only."""
+    from onnxprune.passes.scopes import ScopeIndex, scopes
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - a model inference cannot follow: nothing is decided statically
+        return {}
+    shapes: dict[str, list] = {}
+    for sc in scopes(inferred.graph):
+        for v in (*sc.graph.input, *sc.graph.output, *sc.graph.value_info):
+            t = v.type.tensor_type
+            if v.type.HasField("tensor_type") and t.HasField("shape"):
+                shapes.setdefault(v.name, [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim])
+    ix = ScopeIndex.of(model)
+    memo: dict[str, np.ndarray | None] = {}
+
+    def value(name: str, depth: int = 0):
+        if name in memo:
+            return memo[name]
+        memo[name] = None  # a cycle or a dead end stays unknown
+        if name in ix.consts:
+            memo[name] = onnx.numpy_helper.to_array(ix.consts[name])
+            return memo[name]
+        node = ix.producers.get(name)
+        if node is None or depth > 32 or node.op_type not in _STATIC_OPS or (node.domain or "") not in ("",
+                                                                                                        "ai.onnx"):
             return None
-        where = ", ".join(self.untaken[:3]) + (f" (+{len(self.untaken) - 3} more)" if len(self.untaken) > 3 else "")
-        what = f"{len(self.unreached)} weight(s) read in branches no sample of --data took ({where})"
-        if budgeted:
-            return (f"{what} were left as they are: the budget has no evidence about them; add samples that take "
-                    "those branches to --data to prune them")
-        return f"{what} were pruned as asked, but no sample checked them; add samples that take those branches"
+        try:
+            memo[name] = _static(node, name, shapes, lambda i: value(i, depth + 1))
+        except Exception:  # noqa: BLE001 - an op's inputs it cannot compute on: unknown
+            memo[name] = None
+        return memo[name]
+
+    out = {}
+    for node in ifs:
+        cond = value(node.input[0])
+        if cond is not None and np.asarray(cond).size == 1:
+            out[id(node)] = bool(np.asarray(cond).reshape(()))
+    return out
+
+
+def _static(node: onnx.NodeProto, name: str, shapes: dict, value) -> np.ndarray | None:
+    """`name`'s value when `node` computes it from values `value` knows (None: unknown). A Shape is a float array
+    with NaN for the unknown dimensions; only Gather/Slice/Size read through those, everything else needs all known."""
+    op = node.op_type
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if op == "Constant":
+        return onnx.numpy_helper.to_array(attrs["value"]) if "value" in attrs else None
+    if op == "Shape":
+        dims = shapes.get(node.input[0])
+        if dims is None:
+            return None
+        dims = np.array([np.nan if d is None else d for d in dims], np.float64)
+        return dims[attrs.get("start", 0): attrs.get("end", len(dims)) if "end" in attrs else None]
+    ins = [value(i) if i else None for i in node.input]
+    if op == "Size":
+        x = ins[0]
+        return None if x is None else np.array(x.size, np.int64)
+    if any(x is None for k, x in enumerate(ins) if node.input[k]):
+        return None
+    if op in ("Gather", "Slice"):
+        if op == "Gather":
+            got = np.take(ins[0], ins[1].astype(np.int64), axis=attrs.get("axis", 0))
+        else:
+            starts, ends = ins[1].astype(np.int64), ins[2].astype(np.int64)
+            axes = ins[3].astype(np.int64) if len(ins) > 3 and ins[3] is not None else range(len(starts))
+            steps = ins[4].astype(np.int64) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+            index = [slice(None)] * ins[0].ndim
+            for a, b, e, st in zip(axes, starts, ends, steps):
+                index[a] = slice(int(b), int(e), int(st))
+            got = ins[0][tuple(index)]
+        return None if np.issubdtype(np.asarray(got).dtype, np.floating) and np.isnan(got).any() else _ints(got)
+    if any(np.issubdtype(np.asarray(x).dtype, np.floating) and np.isnan(x).any() for x in ins if x is not None):
+        return None
+    x = [_ints(v) for v in ins]
+    if op in ("Identity",):
+        return x[0]
+    if op == "Cast":
+        return x[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if op == "Not":
+        return np.logical_not(x[0])
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = attrs.get("axes", list(x[1].astype(np.int64)) if len(x) > 1 else None)
+        if op == "Squeeze":
+            return np.squeeze(x[0], axis=tuple(axes)) if axes is not None else np.squeeze(x[0])
+        out = x[0]
+        for a in sorted(int(a) % (out.ndim + len(axes)) for a in axes):
+            out = np.expand_dims(out, a)
+        return out
+    if op == "Concat":
+        return np.concatenate(x, axis=attrs.get("axis", 0))
+    if op == "Reshape":
+        return x[0].reshape([int(d) for d in x[1]]) if 0 not in list(x[1]) else None
+    if op == "ReduceProd":
+        return np.prod(x[0], keepdims=bool(attrs.get("keepdims", 1)))
+    fn = {"Equal": np.equal, "Greater": np.greater, "Less": np.less, "GreaterOrEqual": np.greater_equal,
+          "LessOrEqual": np.less_equal, "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+          "Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
+    return fn(x[0], x[1])
+
+
+def _ints(v) -> np.ndarray:
+    """A Shape's float dims back to int64 once all known; other values as they are."""
+    v = np.asarray(v)
+    return v.astype(np.int64) if v.dtype == np.float64 and np.all(np.mod(v, 1) == 0) else v
 
 
 def _walk(graph: onnx.GraphProto, path="", around=(), counted=True, slots=None):
@@ -238,18 +373,32 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
             name, negated = cond
             wanted = (key[1] == "then_branch") != negated
             labels[key] += f" (taken when input '{name}' is {'true' if wanted else 'false'})"
-    inner = [label for key, label in labels.items() if key in untaken]
+    static = static_conditions(model, [node for node, _, _, slot in walked if slot is not None])
+    dead = {(slot, "else_branch" if static[id(node)] else "then_branch") for node, _, _, slot in walked
+            if slot is not None and id(node) in static}
+    if dead - untaken:  # some sample took a branch decided dead: the decision is wrong, so the data decides
+        log.debug("coverage: branches decided dead that ran: %s", sorted(dead - untaken))
+        dead &= untaken
+    outermost = lambda keys: [b for b in keys if not any(b.startswith(o + "/") for o in keys)]  # noqa: E731
     # a branch inside an untaken one is implied by it: only the outermost are named
-    cov.untaken = [b for b in inner if not any(b.startswith(o + "/") for o in inner)]
-    blocked: dict[str, str] = {}  # tensor read by a node in an untaken branch -> that branch
+    cov.untaken = outermost([label for key, label in labels.items() if key in untaken - dead])
+    cov.dead = outermost([label for key, label in labels.items() if key in dead])
+    blocked: dict[str, str] = {}  # tensor read by a node in an untaken branch some input can take -> that branch
+    only_dead: dict[str, str] = {}  # tensor read in a branch no valid input takes -> that branch
     for node, _, around, _ in walked:
+        gone = next((labels[b] for b in around if b in dead), None)
         hit = next((labels[b] for b in around if b in untaken), None)
-        if hit:
-            for name in node.input:
+        for name in node.input:
+            if gone:
+                only_dead.setdefault(name, gone)
+            elif hit:
                 blocked.setdefault(name, hit)
+    live = {name for node, _, around, _ in walked if not any(b in dead for b in around) for name in node.input}
     for w in weights:
         if w.name in blocked:
             cov.unreached[w.name] = blocked[w.name]
+        elif w.name in only_dead and w.name not in live:  # it never runs: no evidence and no need of any
+            cov.unreached[w.name] = cov.unused[w.name] = only_dead[w.name]
     if cov.unreached:
         log.info("branches no sample took: %s", cov.untaken)
     return cov

@@ -139,9 +139,6 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             report.skipped[w.name] = body
             continue
         if not w.via and w.op_type in RECURRENT_GATES:
-            if w.scope and any(n is not node and w.name in n.input and n.op_type not in SUBGRAPH_OPS for n in every):
-                report.skipped[w.name] = f"read by {w.op_type}s in several bodies; left as pruned"
-                continue
             recurrent.setdefault(w.node, {})[w.input_index] = w.name
             continue
         why = _outside_reach(w) or _unsupported(w, node, producers) or _computed_bias(node, inits)
@@ -157,11 +154,16 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
                 continue
         layers.append(layer)
     for name, weights in recurrent.items():
-        layer, why = recurrent_layer(nodes[name], weights, inits, users, refit_bias)
-        if layer is None:
+        node = nodes[name]
+        twins = [n for n in every if n is not node and n.op_type not in SUBGRAPH_OPS
+                 and any(w in n.input for w in weights.values())]
+        layer, why = recurrent_layer(node, weights, inits, users, refit_bias, len(twins))
+        if layer is not None and twins:
+            why = _recurrent_twins(layer, twins, where)
+        if layer is None or why:
             report.skipped.update(dict.fromkeys(weights.values(), why))
         else:
-            layer.scope = where[id(nodes[name])].scope
+            layer.scope = where[id(node)].scope
             layers.append(layer)
     missing = set(masks) - {n for lay in layers for n in lay.weights} - set(report.skipped)
     for name in missing:
@@ -203,6 +205,21 @@ def _twins(layer: Layer, w, every, where) -> str | None:
         if not same:
             return f"{node.op_type} '{node.name}' and '{n.name}' read it differently; left as pruned"
         layer.twins.append(Layer(w.name, n, None, n.input[0], scope=where[id(n)].scope))
+    return None
+
+
+def _recurrent_twins(layer, others, where) -> str | None:
+    """The other readers of a recurrent node's W or R become its twins when each is the same op reading the same
+    W, R and B with the same attributes (the same layer run in another If branch); None, or why the weights are
+    left as pruned."""
+    node = layer.node
+    for n in others:
+        if n.op_type != node.op_type or list(n.input[1:4]) != list(node.input[1:4]) or (
+                [a.SerializeToString() for a in n.attribute] != [a.SerializeToString() for a in node.attribute]):
+            return f"{node.op_type} '{node.name}' and '{n.name}' read it differently; left as pruned"
+        if (len(n.input) > 4 and n.input[4]) or (len(n.input) > 7 and n.input[7]):
+            return f"{n.op_type} '{n.name}' takes sequence_lens or peepholes; left as pruned"
+        layer.twins.append((n, where[id(n)].scope))
     return None
 
 
@@ -893,10 +910,7 @@ def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
             if isinstance(fit, _Fit):
                 fit.feed_captures(xv, tv)
                 continue
-            px = {n: xv[(n, lay.scope)] for n in fit.inputs}
-            dt = {n: tv[(n, lay.scope)] for n in fit.targets}
-            if all(v.size for v in (*px.values(), *dt.values())):  # else its If branch did not run on this batch
-                fit.feed(px, dt)
+            fit.feed_captures(xv, tv)  # each site whose If branch ran on this batch
     if pruned is not None:
         pruned.close(batches, plan.stream.kept)
     dense_session.close(batches, plan.stream.kept)
@@ -905,7 +919,7 @@ def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
 
 
 def _captures(layer, names: list) -> list:
-    """A fit's inputs or targets as reconstruct_bodies captures (a _Fit's are already)."""
+    """A fit's inputs or targets as reconstruct_bodies captures (both fits' are already)."""
     return [n if isinstance(n, tuple) else (n, layer.scope) for n in names]
 
 
@@ -915,7 +929,10 @@ def _layer_captures(layer) -> tuple[list, list]:
     if isinstance(layer, Layer):
         return ([(s.x, s.scope) for s in layer.sites if not s.dense_x],
                 [(s.x, s.scope) for s in layer.sites if s.dense_x] + [(s.node.output[0], s.scope) for s in layer.sites])
-    return _captures(layer, list(layer.reads)), _captures(layer, list(layer.dense_names))
+    from onnxprune.converter.reconstruct_recurrent import site_names
+
+    return ([(n.input[0], sc) for n, sc in layer.sites],
+            [(name, sc) for n, sc in layer.sites for name in site_names(n)])
 
 
 def _roots(model: onnx.ModelProto, captures) -> set[str]:

@@ -87,6 +87,13 @@ class RecurrentLayer:
     bias: str | None = None  # B refit with them (the intercept), when it belongs to this node alone
     notes: list[str] = field(default_factory=list)
     scope: tuple = ()  # the If branch it sits in (reconstruct_bodies.Scope), () in the main graph
+    # (node, scope) of the other nodes that read the same W, R and B alike: the same layer in another If branch
+    # (silero-vad's decoder LSTM with and without a state); their rows join this node's, from the branches that ran
+    twins: list = field(default_factory=list)
+
+    @property
+    def sites(self) -> list[tuple[onnx.NodeProto, tuple]]:
+        return [(self.node, self.scope), *self.twins]
 
     @property
     def weight(self) -> str:
@@ -98,21 +105,27 @@ class RecurrentLayer:
 
     @property
     def reads(self) -> tuple[str, ...]:  # from the pruned model: X only (the states are the dense model's)
-        return (self.node.input[0],)
+        return tuple(node.input[0] for node, _ in self.sites)
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return tuple(o for o in self.node.output if o)
+        return tuple(o for node, _ in self.sites for o in node.output if o)
 
     @property
     def dense_names(self) -> tuple[str, ...]:
         """What the refit reads from the dense model: X, all hidden states Y, and initial_h when given."""
-        return tuple(n for n in (self.node.input[0], state_name(self.node), _input(self.node, 5)) if n)
+        return tuple(n for node, _ in self.sites for n in site_names(node))
 
 
-def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: bool = True
+def site_names(node: onnx.NodeProto) -> tuple[str, ...]:
+    """X, all hidden states Y, and initial_h when given: what a recurrent node's rows are made of."""
+    return tuple(n for n in (node.input[0], state_name(node), _input(node, 5)) if n)
+
+
+def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: bool = True, twins: int = 0
                     ) -> tuple[RecurrentLayer | None, str | None]:
-    """The refittable layer of `node` given its masked weights {input index: name}, or (None, why not)."""
+    """The refittable layer of `node` given its masked weights {input index: name}, or (None, why not); `twins`:
+    how many other nodes read its weights (its B is its own when they alone read it too)."""
     op = node.op_type
     if _input(node, 4):
         return None, f"{op} '{node.name}' takes sequence_lens (padded steps); left as pruned"
@@ -126,7 +139,7 @@ def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: boo
         if _input(node, i) not in inits:
             return None, f"{op} '{node.name}': input {i} is computed, not a constant; left as pruned"
     b = _input(node, 3)
-    bias = b if refit_bias and b in inits and users.get(b, 0) == 1 else None
+    bias = b if refit_bias and b in inits and users.get(b, 0) == 1 + twins else None
     return RecurrentLayer(node, weights.get(1), weights.get(2), bias), None
 
 
@@ -170,7 +183,9 @@ class RecurrentFit:
             p.free = tuple(part for part in p.parts if self.masks[part] is not None)
             p.gram = _Gram(1, intercept=layer.bias is not None)
         self.problems = [p for p in self.problems if p.free]
-        self.inputs, self.targets = list(layer.reads), list(layer.dense_names)
+        # captures (tensor, scope) per site: X from the pruned model, X, Y and initial_h from the dense one
+        self.inputs = [(n.input[0], sc) for n, sc in layer.sites]
+        self.targets = [(name, sc) for n, sc in layer.sites for name in site_names(n)]
 
     def _reset_activation(self):
         """The GRU reset gate's activation (f, the first of each direction's pair), or None if not one we compute."""
@@ -195,9 +210,9 @@ class RecurrentFit:
 
     # -------------------------------------------------------------------------------------------- rows
 
-    def _sequences(self, values: dict[str, np.ndarray]):
+    def _sequences(self, values: dict[str, np.ndarray], node=None):
         """(X [T, N, in], Y [T, dirs, N, H], h0 [dirs, N, H]) (layout 0: recurrent_layer refuses layout 1)."""
-        node = self.layer.node
+        node = self.layer.node if node is None else node
         x, y = values[node.input[0]], values[state_name(node)]
         h0 = values.get(_input(node, 5))
         if h0 is None:
@@ -207,9 +222,9 @@ class RecurrentFit:
     def _reverse(self, d: int) -> bool:
         return self.direction == "reverse" or (self.direction == "bidirectional" and d == 1)
 
-    def _rows(self, values, d: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, values, d: int, node=None) -> tuple[np.ndarray, np.ndarray]:
         """(X_t, H_{t-1}) rows [T·N, in] and [T·N, H] of direction d."""
-        x, y, h0 = self._sequences(values)
+        x, y, h0 = self._sequences(values, node)
         hd = y[:, d]
         prev = (np.concatenate([hd[1:], h0[d][None]]) if self._reverse(d)
                 else np.concatenate([h0[d][None], hd[:-1]]))
@@ -237,11 +252,20 @@ class RecurrentFit:
             rows["R"] = self._reset(x, hp, weights, b, p.direction) * hp
         return rows
 
-    def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray]) -> None:
+    def feed_captures(self, pruned: dict, dense: dict) -> None:
+        """Values by capture: one batch of rows from each site whose body ran (a branch that did not gives none)."""
+        for node, scope in self.layer.sites:
+            px = {node.input[0]: pruned[(node.input[0], scope)]}
+            dt = {n: dense[(n, scope)] for n in site_names(node)}
+            if all(v.size for v in (*px.values(), *dt.values())):
+                self.feed(px, dt, node)
+
+    def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray], node=None) -> None:
+        node = self.layer.node if node is None else node
         for d in sorted({p.direction for p in self.problems}):
-            x = pruned[self.layer.node.input[0]]
+            x = pruned[node.input[0]]
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            xd, hd = self._rows(dense, d)
+            xd, hd = self._rows(dense, d, node)
             for p in (q for q in self.problems if q.direction == d):
                 dcols = self._columns(p, xd, hd, self.dense, self.dense_b)
                 cols = {"W": x, "R": dcols["R"]}  # the state rows are the dense model's (module doc)

@@ -1077,12 +1077,14 @@ def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str 
 
 
 def scripted_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, in_if: bool = False,
-                  seed: int = 0) -> onnx.ModelProto:
+                  static_if: bool = False, seed: int = 0) -> onnx.ModelProto:
     """x [T, N, 4] -> LSTM -> last hidden state [N, 6] -> fc -> 'logits', the LSTM's W, R and B computed as
     torch.jit.script'ed models export them (silero-vad's decoder): torch's stored weight_ih [4H, F] in gate order
     i, f, g, o, reordered to ONNX's i, o, f, c by Slice [0:H], [3H:4H], [H:3H] -> Concat -> Unsqueeze, the Slices'
     bounds in Constant nodes. `in_if`: both branches of an If (the batch's mean > 0) hold the same chains and LSTM
-    (reading the same stored weights, as silero's state and no-state branches do), the else branch's output negated."""
+    (reading the same stored weights, as silero's state and no-state branches do), the else branch's output negated;
+    `static_if`: the If's condition is x.shape[2] == features instead (declared, so the else branch never runs: silero
+    branches on its state's declared first dimension so)."""
     g = _Graph(seed)
     h = hidden
     stored = {"rnn.weight_ih": (4 * h, features), "rnn.weight_hh": (4 * h, h)}
@@ -1142,9 +1144,17 @@ def scripted_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, in_if
         else_g = helper.make_graph(chain("/else/rnn") + [helper.make_node("Neg", ["/else/rnn/logits"],
                                                                           ["else_logits"], name="/else/out")],
                                    "else", [], [out[1]])
-        g.nodes.append(helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0, name="/mean"))
-        zero = g.const("zero", np.array(0.0))
-        g.nodes.append(helper.make_node("Greater", ["mean", zero], ["cond"], name="/cond"))
+        if static_if:
+            g.initializers.append(numpy_helper.from_array(np.array([2], np.int64), "feature_axis"))
+            g.initializers.append(numpy_helper.from_array(np.array([features], np.int64), "features"))
+            g.nodes.append(helper.make_node("Shape", ["x"], ["x_shape"], name="/shape"))
+            g.nodes.append(helper.make_node("Gather", ["x_shape", "feature_axis"], ["f"], axis=0, name="/gather"))
+            g.nodes.append(helper.make_node("Equal", ["f", "features"], ["f_eq"], name="/equal"))
+            g.nodes.append(helper.make_node("Squeeze", ["f_eq"], ["cond"], name="/cond"))
+        else:
+            g.nodes.append(helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0, name="/mean"))
+            zero = g.const("zero", np.array(0.0))
+            g.nodes.append(helper.make_node("Greater", ["mean", zero], ["cond"], name="/cond"))
         g.nodes.append(helper.make_node("If", ["cond"], ["logits"], then_branch=then_g, else_branch=else_g,
                                         name="/select"))
     return _model(g, "scripted_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])

@@ -347,3 +347,83 @@ def test_the_one_shot_fits_stop_note_counts_the_weights_left_as_they_are():
     said = float(re.search(r"the result's ([0-9.]+)x", stop).group(1))
     # as printed: to the digits that tell it from the candidate past it (2 here)
     assert said == pytest.approx(result.report["compression"], abs=0.006), stop
+
+
+def _folded_scripted(**kw):
+    import copy
+
+    from onnxprune.models.third_party_builders import scripted_lstm
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.loading import run_load_passes
+
+    model = copy.deepcopy(scripted_lstm(**kw))
+    run_load_passes(model, PruneState())
+    return model
+
+
+SEQ = np.abs(np.random.default_rng(4).standard_normal((5, 64, 4))).astype(np.float32)  # [T, N, F], mean > 0
+
+
+def test_a_branch_no_input_of_the_declared_shapes_takes_holds_back_nothing_it_shares():
+    """silero-vad's decoder runs its LSTM in If_1's then branch when state.shape[0] (declared 2) is nonzero, and
+    the same LSTM (the same W, R, B) with a zero state in the else branch, which no valid input takes. Both read one
+    weight, so the untaken reader kept it whole ("read in branches no sample took") and 43% of silero_vad_op15's
+    weights unpruned."""
+    from onnxprune.converter.coverage import static_conditions
+    from onnxprune.passes.scopes import all_nodes
+
+    model = _folded_scripted(in_if=True, static_if=True)
+    ifs = [n for n in all_nodes(model) if n.op_type == "If"]
+    assert list(static_conditions(model, ifs).values()) == [True]  # x.shape[2] == 4, declared
+    lstm = {"rnn.weight_ih.folded", "rnn.weight_hh.folded"}
+
+    def coverage(m):
+        return branch_coverage(m, find_prunable(m).prunable, open_data({"x": SEQ}, m, batch_size=32))
+
+    cov = coverage(model)
+    assert cov.dead == ["If '/select'/else_branch"] and cov.untaken == [] and cov.unreached == {}
+    assert "1 If branch(es) can take no input of the shapes the model declares" in cov.note(True)
+    # decided by the data alone (the mean's sign), the same untaken branch holds its weights back, as before
+    data_if = _folded_scripted(in_if=True)
+    assert static_conditions(data_if, [n for n in all_nodes(data_if) if n.op_type == "If"]) == {}
+    cov = coverage(data_if)
+    assert cov.dead == [] and cov.untaken == ["If '/select'/else_branch"] and lstm <= set(cov.unreached)
+
+
+def test_a_budget_prunes_an_lstm_shared_with_a_dead_branch_and_says_so():
+    model = _folded_scripted(in_if=True, static_if=True, hidden=6)
+    x = np.random.default_rng(5).standard_normal((5, 256, 4)).astype(np.float32)
+    result = run(model, configure(max_loss=5.0, data={"x": x}, one_shot=True, seed=0))
+    notes = result.report["notes"]
+    assert any("can take no input of the shapes the model declares (If '/select'/else_branch" in n for n in notes)
+    assert not any("read in branches no sample of --data took" in n for n in notes)
+    assert {r["weight"] for r in result.report["layers"]} >= {"rnn.weight_ih.folded", "rnn.weight_hh.folded"}
+    assert float(np.mean(weight_array(result.model, "rnn.weight_ih.folded") == 0)) > 0  # the budget pruned it
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_static_conditions_follow_ranks_and_declared_dims_and_leave_unknown_ones_to_the_data():
+    from onnx import TensorProto, helper
+
+    from onnxprune.converter.coverage import static_conditions
+
+    def model_with(nodes, shape):
+        then = helper.make_graph([helper.make_node("Identity", ["x"], ["a"])], "t", [],
+                                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Neg", ["x"], ["b"])], "e", [],
+                                  [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
+        g = helper.make_graph(nodes + [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.array(3, np.int64), "three"),
+                               onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        return static_conditions(m, [n for n in m.graph.node if n.op_type == "If"])
+
+    rank = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Size", ["s"], ["r"]),
+            helper.make_node("Equal", ["r", "three"], ["eq"]), helper.make_node("Not", ["eq"], ["cond"])]
+    assert list(model_with(rank, ["N", "T", 8]).values()) == [False]  # torch.jit's `x.dim() == 3` check
+    first = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["d"], axis=0),
+             helper.make_node("Squeeze", ["d"], ["d0"]), helper.make_node("Equal", ["d0", "three"], ["cond"])]
+    assert list(model_with(first, [3, "N"]).values()) == [True]
+    assert model_with(first, ["N", 3]) == {}  # an unknown dimension: the data decides

@@ -241,3 +241,52 @@ def test_independent_chains_share_their_passes_and_refit_as_one_layer_at_a_time(
     for name in masks:
         np.testing.assert_allclose(weight_array(together, name), weight_array(alone, name), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
+
+
+def _scripted(**kw):
+    """third_party_builders.scripted_lstm as the load step reads it: its W, R and B folded into initializers."""
+    import copy
+
+    from onnxprune.models.third_party_builders import scripted_lstm
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.loading import run_load_passes
+
+    model = copy.deepcopy(scripted_lstm(**kw))
+    run_load_passes(model, PruneState())
+    return model
+
+
+def _time_major(n_batches: int, batch: int, seed: int, sign=None) -> list[dict]:
+    """[T=5, N, F=4] correlated sequences; `sign` +1/-1 puts every batch's mean on that side (one If branch)."""
+    mix = np.random.default_rng(99).standard_normal((2, 4))
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n_batches):
+        x = (rng.standard_normal((5, batch, 2)) @ mix + 0.1 * rng.standard_normal((5, batch, 4))).astype(np.float32)
+        s = sign if sign is not None else (1 if k % 2 else -1)
+        out.append({"x": (x - x.mean() + s * 0.5).astype(np.float32)})
+    return out
+
+
+def test_an_lstm_two_branches_run_alike_is_refit_on_the_rows_of_both():
+    """silero-vad's decoder LSTM, once folded (passes/constant_weights.py), is one W, R and B read by an LSTM in each
+    branch of an If. The refit said "read by LSTMs in several bodies; left as pruned" before; now each branch that
+    ran gives its rows."""
+    dense = _scripted(in_if=True, hidden=6)
+    masks = {n: m for n, m in prune(dense, 0.5)[1].items() if n.startswith("rnn.")}
+    assert set(masks) == {"rnn.weight_ih.folded", "rnn.weight_hh.folded"}
+    pruned = zero_weights(dense, masks)
+    feeds = _time_major(8, 16, 0)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds, report=report)
+    check_full(refit)
+    assert set(report.refit) == set(masks) and not report.skipped, report.skipped
+    for name, r in report.refit.items():
+        assert r["error_after"] < r["error_before"], name
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    held_out = _time_major(4, 16, 100)
+    assert output_error(refit, dense, held_out) < 0.8 * output_error(pruned, dense, held_out)
+    # data that takes one branch only: the rows are that branch's, and the refit still runs
+    one = ReconstructReport()
+    reconstruct(pruned, dense, masks, _time_major(4, 16, 0, sign=1), report=one)
+    assert set(one.refit) == set(masks) and not one.skipped

@@ -86,7 +86,7 @@ def test_state_rows_and_gate_blocks_reproduce_every_step_of_the_node(case):
     masks = {node.input[1]: np.ones(weight_array(model, node.input[1]).shape, bool)}
     fit = RecurrentFit(RecurrentLayer(node, node.input[1], None), local_constants(model.graph), masks,
                        local_constants(model.graph))
-    names = list(fit.targets)
+    names = [n for n, _ in fit.targets]
     feed = sequences(1, 6, seed=7)[0]
     values = dict(zip(names, run(_with_outputs(model, names, {}, only=True), feed).values()))
     y = values[state_name(node)]
@@ -124,10 +124,10 @@ def test_a_gate_block_is_the_ridge_solution_on_the_kept_inputs_and_states():
     node = next(n for n in dense.graph.node if n.op_type == "GRU")
     fit = RecurrentFit(RecurrentLayer(node, "gru.W", "gru.R", "gru.B"), local_constants(dense.graph), masks,
                        local_constants(dense.graph))
-    session = _with_outputs(dense, list(fit.targets), {}, only=True)
+    session = _with_outputs(dense, [n for n, _ in fit.targets], {}, only=True)
     xs, hs = [], []
     for feed in feeds:
-        x, h = fit._rows(dict(zip(fit.targets, run(session, feed).values())), 0)
+        x, h = fit._rows(dict(zip([n for n, _ in fit.targets], run(session, feed).values())), 0)
         xs.append(x)
         hs.append(h)
     rows = np.concatenate([np.concatenate(xs), np.concatenate(hs)], axis=1)
