@@ -16,7 +16,8 @@ initializer that the layer reads instead (bodies read outer names). Only when th
 already read through (a lone Identity or Transpose of one constant: passes/bypass_identity.py, the MatMul's
 transposed weight), its result is a float tensor of the same type as every float constant it reads (a Cast from
 float16 stays the low-precision weight it is: passes/quantized_weights.py), and every other constant it reads is a
-small index or shape (at most MAX_INDEX values: a DequantizeLinear of an int8 weight stays quantized). Chains that
+small index or shape (at most MAX_INDEX values: a DequantizeLinear of an int8 weight stays quantized), and the
+stored floats it reads hold at least as many values as it gives (a ConstantOfShape fill stays as it is). Chains that
 evaluate to the same bytes become one initializer, read by every such layer (silero's two LSTMs, the branch with a
 state and the one without, read one tied W); its name is the largest constant the chain read, with ".folded". The
 chain's nodes and constants that nothing else reads go, so the file holds each weight once, as before.
@@ -138,13 +139,19 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
                 return False
         elif int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
             return False
+    stored = sum(int(np.prod(ix.consts[leaf].dims, dtype=np.int64)) for leaf in leaves
+                 if ix.consts[leaf].data_type in FLOAT_TYPES)
     for n in nodes:  # a Constant node is a leaf that lives in the chain
         if n.op_type == "Constant":
             v = next((a.t for a in n.attribute if a.name == "value"), None)
             if v is None or (v.data_type in FLOAT_TYPES and v.data_type != dtype) or (
                     v.data_type not in FLOAT_TYPES and int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX):
                 return False
-    return True
+            if v.data_type in FLOAT_TYPES:
+                stored += int(np.prod(v.dims, dtype=np.int64))
+    # its values are read from stored floats, not made: a ConstantOfShape fill (onnx's "light" test models) or an
+    # Expand of a scalar stays as it is, so no file grows by a tensor its model never stored
+    return stored >= value.size
 
 
 def computed_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, list, list, np.ndarray]]:
