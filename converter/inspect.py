@@ -365,7 +365,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         + (("batch of your data" if p["batches"] == 1 else "batches of your data") if p["inputs"] == "data"
            else "random input" if p["batches"] == 1 else "random inputs") + ":"
         f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
-        + (f" (within {p.get('noise_multiple') or _noise_multiple():g}x the dense model's own float32 noise, {p['noise_floor']:.2g}, on "
+        + (f" (within {p.get('noise_multiple') or _noise_multiple():g}x the dense model's own rounding noise, {p['noise_floor']:.2g}, on "
            f"'{p['worst_output']}')" if p.get("noise_floor") else "")
     )
     m = report.get("metrics")

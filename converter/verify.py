@@ -231,14 +231,14 @@ def _judge(label: str, gap: _Gap, rtol: float, floor: float | None, source: str 
     if floor is None or not np.isfinite(gap.diff):
         raise ParityError(f"{said}); this is a bug, please report it with --debug.")
     if floor > NOISE_CEILING * gap.scale:
-        raise ParityError(f"{said}); the dense model's own float32 noise on these inputs ({floor:.3g}) is above "
+        raise ParityError(f"{said}); the dense model's own rounding noise on these inputs ({floor:.3g}) is above "
                           f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: "
                           + ("verify on other inputs (--data with real samples)." if source == "random" else
                              "verify on other samples (--data), or report it with --debug."))
     if gap.diff > NOISE_MULTIPLE * floor:
-        raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x the dense model's own float32 noise {floor:.3g}); this is "
+        raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x the dense model's own rounding noise {floor:.3g}); this is "
                           "a bug, please report it with --debug.")
-    log.info("%s: max abs diff %.3g is %.3g of its scale, within %gx the dense model's float32 noise %.3g", label,
+    log.info("%s: max abs diff %.3g is %.3g of its scale, within %gx the dense model's rounding noise %.3g", label,
              gap.diff, gap.rel, NOISE_MULTIPLE, floor)
 
 
@@ -295,12 +295,12 @@ def noise_floor(oracle: onnx.ModelProto, names: list[str], feeds, wants) -> dict
     try:
         session = make_session(nudged(oracle), optimize=False)
     except Exception as exc:
-        log.info("no float32 noise floor: the nudged model does not load (%s)", _ort_reason(exc))
+        log.info("no rounding-noise floor: the nudged model does not load (%s)", _ort_reason(exc))
         return {}
     try:
         return {name: gap.diff for name, gap in _gaps(session, names, feeds, wants).items()}
     except Exception as exc:  # ParityError (a shape, a NaN moved) or a failed run
-        log.info("no float32 noise floor: the nudged model does not run like the dense one (%s)", exc)
+        log.info("no rounding-noise floor: the nudged model does not run like the dense one (%s)", exc)
         return {}
 
 

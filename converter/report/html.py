@@ -278,7 +278,7 @@ def _noise_clause(parity: Mapping) -> str:
         return ""
     multiple = parity.get("noise_multiple")
     times = f"{_g(multiple)}x " if multiple else "a multiple of "
-    return (f"; accepted within {times}the dense model's own float32 noise ({_g(floor)} on "
+    return (f"; accepted within {times}the dense model's own rounding noise ({_g(floor)} on "
             f"<code>{_e(parity.get('worst_output'))}</code>), not 1e-5 of the output's scale")
 
 

@@ -277,12 +277,12 @@ def test_parity_accepted_by_the_noise_rule_says_so(tmp_path):
     report = result.report
     plain, _ = write_report(report, tmp_path / "plain", original_model=result.original,
                             pruned_dense_model=result.dense_model)
-    assert "float32 noise" not in plain.read_text()
+    assert "rounding noise" not in plain.read_text()
     report["parity"] = {**report["parity"], "noise_floor": 3.1e-7, "noise_multiple": 4.0, "worst_output": "probs<b>"}
     noisy, json_path = write_report(report, tmp_path / "noisy", original_model=result.original,
                                     pruned_dense_model=result.dense_model)
     text = noisy.read_text()
-    assert text.count("4x the dense model's own float32 noise (3.1e-07 on <code>probs&lt;b&gt;</code>)") == 2
+    assert text.count("4x the dense model's own rounding noise (3.1e-07 on <code>probs&lt;b&gt;</code>)") == 2
     assert json.loads(json_path.read_text())["parity"]["noise_floor"] == 3.1e-7
 
 

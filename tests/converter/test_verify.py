@@ -81,7 +81,7 @@ def test_one_wrong_weight_is_refused(seed):
 
 
 def test_the_logits_feeding_a_saturated_output_are_checked_too():
-    """A head bias off by 1e-3 moves a map in the Sigmoid's tail (~1e-4) by about its own float32 noise, but the
+    """A head bias off by 1e-3 moves a map in the Sigmoid's tail (~1e-4) by about its own rounding noise, but the
     logits by far more."""
     oracle = conv_sigmoid_head(seed=0, **{**HEAD, "logit_bias": -9.0})
     shrunk, _ = remove_dead_neurons(oracle)
@@ -93,7 +93,7 @@ def test_the_logits_feeding_a_saturated_output_are_checked_too():
 def test_an_output_that_is_all_float32_noise_is_refused_with_what_to_do():
     oracle = conv_sigmoid_head(seed=0, **{**HEAD, "logit_bias": -14.0})  # the map ~1e-6: the kernel's noise level
     shrunk, _ = remove_dead_neurons(oracle)
-    with pytest.raises(ParityError, match="own float32 noise .* above 0.01 of the output scale.*--data with real"):
+    with pytest.raises(ParityError, match="own rounding noise .* above 0.01 of the output scale.*--data with real"):
         check_parity(shrunk, oracle)
     # on the user's own samples, asking for "real samples" is wrong advice: other samples, or a report
     feeds = [random_feeds(oracle, seed=s) for s in (0, 1, 2)]
@@ -170,7 +170,7 @@ def test_the_summary_says_when_an_output_passed_by_the_float32_noise_allowance(t
     res = CliRunner().invoke(cli, ["prune", str(path), "-o", str(tmp_path / "out.onnx"), "--sparsity", "0.01"])
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("verified in onnxruntime"))
-    assert f"within {verify.NOISE_MULTIPLE:g}x the dense model's own float32 noise" in line and "on 'output'" in line
+    assert f"within {verify.NOISE_MULTIPLE:g}x the dense model's own rounding noise" in line and "on 'output'" in line
 
 
 def test_noise_floor_of_a_decomposed_layernorm_leaves_the_pow_exponent_alone():
