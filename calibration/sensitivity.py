@@ -118,15 +118,25 @@ class SensitivityResult:
                 return lay
         raise ConfigError(f"no layer '{name}' in the sensitivity result; it has {[x.name for x in self.layers]}.")
 
+    def as_dict(self) -> dict:
+        """The document `to_json` writes and `sensitivity --json` prints (onnxprune.plain: a NaN metric is null)."""
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **dataclasses.asdict(self)}, indent=1)
+        from onnxprune.plain import dumps
+
+        return dumps(self.as_dict(), indent=1)
 
     @classmethod
     def from_json(cls, text: str | dict) -> SensitivityResult:
         data = json.loads(text) if isinstance(text, str) else dict(text)
         if data.pop("format", FORMAT) != FORMAT:
             raise ConfigError(f"not an onnxprune sensitivity file (expected format '{FORMAT}').")
-        layers = [LayerSensitivity(**lay) for lay in data.pop("layers")]
+        nan = float("nan")  # a metric written as null (a NaN: the pruned model's outputs were not finite)
+        layers = [LayerSensitivity(**{**lay, "values": [nan if v is None else v for v in lay.get("values", [])]})
+                  for lay in data.pop("layers")]
+        if data.get("dense") is None:
+            data["dense"] = nan
         return cls(layers=layers, **data)
 
 

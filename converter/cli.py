@@ -648,8 +648,7 @@ def sensitivity(model, data, eval_data, labels, metric, batch_size, limit, input
         modelio.atomic_write_bytes(out_dir / f"{stem}.json", result.to_json().encode())
         modelio.atomic_write_bytes(out_dir / f"{stem}.png", scan_figure(result))
     if as_json:
-        _RUN["shown"] = True
-        click.echo(result.to_json())
+        _echo_json(result.as_dict())
         return
     if quiet:
         return

@@ -242,3 +242,21 @@ def test_a_layer_onnxruntime_refuses_with_its_weight_as_input_is_scanned_with_th
     got = sensitivity.scan(model, inventory, ev, (0.5, 0.9))
     for a, b in zip(got.layers, want.layers):
         assert a.values == pytest.approx(b.values, abs=1e-9), a.name
+
+
+def test_a_nan_metric_is_written_as_strict_json_and_read_back_as_nan():
+    """A level whose pruned model's outputs were not finite scores NaN; json.dumps wrote a bare NaN, which strict
+    parsers (jq, JavaScript) refuse. The file and `sensitivity --json` hold null, read back as NaN."""
+    import json
+    import math
+
+    from onnxprune.calibration.sensitivity import LayerSensitivity
+
+    result = SensitivityResult(metric="top1", dense=97.0, levels=[0.5, 0.9],
+                               layers=[LayerSensitivity("fc1.weight", "fc1", "Gemm", "fc", 10, [0.5, 0.9],
+                                                        [96.0, float("nan")])])
+    text = result.to_json()
+    assert "NaN" not in text and json.loads(text, parse_constant=lambda c: pytest.fail(c))["layers"][0]["values"] == [
+        96.0, None]
+    back = SensitivityResult.from_json(text)
+    assert back.layers[0].values[0] == 96.0 and math.isnan(back.layers[0].values[1]) and back.dense == 97.0
