@@ -77,6 +77,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         [N, S, C_out] a Concat of Gather(Shape, 0), Gather(Shape, 1) and a Constant [C_out]; dynamo:
                         [-1, C] a constant, [N, S, C_out] one Concat of Shape slices of 'x' that every layer of the
                         same width reads (sweep 25)
+    weight_norm_mlp     torch's parametrizations.weight_norm exported with do_constant_folding=False: each Gemm's
+                        weight g * v / ReduceL2(v) computed in the graph (sweep 27)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -1158,3 +1160,23 @@ def scripted_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, in_if
         g.nodes.append(helper.make_node("If", ["cond"], ["logits"], then_branch=then_g, else_branch=else_g,
                                         name="/select"))
     return _model(g, "scripted_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def weight_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> Gemm -> Relu -> Gemm -> 'logits' [N, 4], each Gemm's weight computed at run time as
+    torch.nn.utils.parametrizations.weight_norm exports it with do_constant_folding=False: ReduceL2(v, axes=[1],
+    keepdims=1) -> Div(v, .) -> Mul(., g), g [out, 1] (sweep 27: onnx's reference evaluator and onnxruntime differ in
+    the last bits of g * v / ||v||)."""
+    g = _Graph(seed)
+    x = "x"
+    for k, (fan_in, fan_out) in enumerate(((in_features, hidden), (hidden, classes))):
+        scope = f"{2 * k}"
+        v = g.const(f"{2 * k}.parametrizations.weight.original1", g.rng.standard_normal((fan_out, fan_in)))
+        gain = g.const(f"{2 * k}.parametrizations.weight.original0", g.rng.uniform(0.5, 2.0, (fan_out, 1)))
+        norm = g.op("ReduceL2", f"{scope}/weight", [v], axes=[1], keepdims=1)
+        w = g.op("Mul", f"{scope}/weight", [g.op("Div", f"{scope}/weight", [v, norm]), gain])
+        x = g.op("Gemm", scope, [x, w, g.bias(f"{2 * k}.bias", fan_out)], transB=1)
+        if k == 0:
+            x = g.op("Relu", "1", [x])
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "weight_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
