@@ -79,6 +79,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         same width reads (sweep 25)
     weight_norm_mlp     torch's parametrizations.weight_norm exported with do_constant_folding=False: each Gemm's
                         weight g * v / ReduceL2(v) computed in the graph (sweep 27)
+    cond_while_rnn      tf2onnx's tf.while_loop RNN under a tf.cond: a Loop in each If branch carries the same
+                        main-graph W and R unchanged, the two bodies' inputs named alike (sweep 27)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -1180,3 +1182,52 @@ def weight_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4,
             x = g.op("Relu", "1", [x])
     g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
     return _model(g, "weight_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
+                   seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's tf.while_loop RNN under a tf.cond (sweep 27: an image fed inverted is turned back first): 'x'
+    [1, steps, features]; If mean(x) > 0.5 the then branch runs the Loop on 1 - x, else on x; each branch's Loop
+    carries W and R (main-graph initializers) unchanged, its body reading them as body inputs named alike in both
+    bodies (as tf2onnx names them); the last h -> Gemm -> 'logits' [1, classes]."""
+    g = _Graph(seed)
+    f = TensorProto.FLOAT
+    w = g.weight("W", (features, hidden), features)
+    r = g.weight("R", (hidden, hidden), hidden)
+    h0 = g.const("h0", np.zeros((1, hidden)))
+    trips = "trips"
+    g.initializers.append(numpy_helper.from_array(np.array(steps, np.int64), trips))
+    g.initializers.append(numpy_helper.from_array(np.array(True), "keep_going"))
+    g.const("half", np.array(0.5))
+    g.const("one_f", np.array(1.0))
+
+    def branch(tag: str, inverted: bool) -> onnx.GraphProto:
+        body = helper.make_graph(
+            [helper.make_node("Gather", [f"x_{tag}", "i"], ["xt"], name=f"/{tag}/body/xt", axis=1),
+             helper.make_node("MatMul", ["xt", "w"], ["xw"], name=f"/{tag}/body/MatMul"),
+             helper.make_node("MatMul", ["h", "r"], ["hr"], name=f"/{tag}/body/MatMul_1"),
+             helper.make_node("Add", ["xw", "hr"], ["pre"], name=f"/{tag}/body/Add"),
+             helper.make_node("Tanh", ["pre"], ["h_next"], name=f"/{tag}/body/Tanh"),
+             helper.make_node("Identity", ["cond"], ["cond_out"], name=f"/{tag}/body/cond")],
+            "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("w", f, [features, hidden]),
+             helper.make_tensor_value_info("r", f, [hidden, hidden]), helper.make_tensor_value_info("h", f, [1, hidden])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("w", f, [features, hidden]),
+             helper.make_tensor_value_info("r", f, [hidden, hidden]),
+             helper.make_tensor_value_info("h_next", f, [1, hidden])])
+        nodes = [helper.make_node("Sub", ["one_f", "x"], [f"x_{tag}"], name=f"/{tag}/invert") if inverted else
+                 helper.make_node("Identity", ["x"], [f"x_{tag}"], name=f"/{tag}/plain"),
+                 helper.make_node("Loop", [trips, "keep_going", w, r, h0], [f"w_{tag}", f"r_{tag}", f"h_{tag}"],
+                                  name=f"/{tag}/Loop", body=body)]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"h_{tag}", f, [1, hidden])])
+
+    mean = g.op("ReduceMean", "mean", ["x"], keepdims=0)
+    cond = g.op("Greater", "cond", [mean, "half"])
+    g.nodes.append(helper.make_node("If", [cond], ["h_last"], name="/cond/If", then_branch=branch("then", True),
+                                    else_branch=branch("else", False)))
+    g.gemm("h_last", "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "cond_while_rnn", [_float("x", [1, steps, features])], [_float("logits", [1, classes])])
