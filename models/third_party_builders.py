@@ -79,6 +79,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         same width reads (sweep 25)
     weight_norm_mlp     torch's parametrizations.weight_norm exported with do_constant_folding=False: each Gemm's
                         weight g * v / ReduceL2(v) computed in the graph (sweep 27)
+    spectral_norm_mlp   torch dynamo's parametrizations.spectral_norm: each Gemm's weight W / (u . (W v)) computed in
+                        the graph, the MatMul reading W v itself inside the chain (sweep 27)
     cond_while_rnn      tf2onnx's tf.while_loop RNN under a tf.cond: a Loop in each If branch carries the same
                         main-graph W and R unchanged, the two bodies' inputs named alike (sweep 27)
 
@@ -1231,3 +1233,24 @@ def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classe
     g.gemm("h_last", "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "cond_while_rnn", [_float("x", [1, steps, features])], [_float("logits", [1, classes])])
+
+
+def spectral_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> Gemm -> LeakyRelu -> Gemm -> 'logits' [N, 4], each Gemm's weight computed at run time as torch's
+    dynamo exporter writes parametrizations.spectral_norm in eval mode: W / (u . (W v)), u and v stored vectors:
+    MatMul(W, v) -> MatMul(u, .) -> Div(W, .) (sweep 27)."""
+    g = _Graph(seed)
+    x = "x"
+    for k, (fan_in, fan_out) in enumerate(((in_features, hidden), (hidden, classes))):
+        scope = f"m.{2 * k}"
+        w = g.const(f"{scope}.parametrizations.weight.original", g.rng.standard_normal((fan_out, fan_in)))
+        u = g.const(f"{scope}.u", g.rng.standard_normal(fan_out) / np.sqrt(fan_out))
+        v = g.const(f"{scope}.v", g.rng.standard_normal(fan_in) / np.sqrt(fan_in))
+        mv = g.op("MatMul", f"{scope}/mv", [w, v])
+        sigma = g.op("MatMul", f"{scope}/dot", [u, mv])
+        x = g.op("Gemm", scope, [x, g.op("Div", f"{scope}/div", [w, sigma]), g.bias(f"{scope}.bias", fan_out)],
+                 transB=1)
+        if k == 0:
+            x = g.op("LeakyRelu", "m.1", [x], alpha=0.2)
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "spectral_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])

@@ -236,9 +236,21 @@ class ConstantWeights(Pass):
             chained_nodes.update((id(n), n) for n in nodes)
             leaves.update(chain_leaves)
         self._drop_unread(model, chained_nodes, leaves)
-        state.notes.append(f"{len(found)} layer weight(s) that nodes computed from constants (Slice/Concat/... of a "
-                           f"stored tensor) stored as the {len(by_bytes)} constant(s) they are, so they can be pruned")
-        log.debug("constant-weights: %d weight input(s) folded into %d initializer(s)", len(found), len(by_bytes))
+        # a fold whose reader was itself inside another fold's chain (spectral_norm's sigma = u . (W v): the MatMul
+        # reading W v is a chain node of W / sigma) is read by nothing once that chain went
+        read = {i for sc in scopes(model.graph) for n in sc.graph.node for i in n.input}
+        orphans = set(by_bytes.values()) - read
+        if orphans:
+            kept = [t for t in model.graph.initializer if t.name not in orphans]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
+        weights = sum(1 for node, k, *_ in found if node.input[k] not in orphans)
+        ops = sorted({n.op_type for _, _, nodes, *_ in found for n in nodes if n.op_type != "Constant"})
+        state.notes.append(f"{weights} layer weight(s) that nodes computed from constants ({'/'.join(ops[:4])}"
+                           f"{'/...' if len(ops) > 4 else ''} of a stored tensor) stored as the "
+                           f"{len(by_bytes) - len(orphans)} constant(s) they are, so they can be pruned")
+        log.debug("constant-weights: %d weight input(s) folded into %d initializer(s)", weights,
+                  len(by_bytes) - len(orphans))
         return PassResult(model, True)
 
     @staticmethod
