@@ -81,6 +81,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         weight g * v / ReduceL2(v) computed in the graph (sweep 27)
     spectral_norm_mlp   torch dynamo's parametrizations.spectral_norm: each Gemm's weight W / (u . (W v)) computed in
                         the graph, the MatMul reading W v itself inside the chain (sweep 27)
+    greedy_decoder      a scripted greedy decoder's fixed loop unrolled by the legacy exporter: a tied embedding read
+                        by one Gather a step, the first step's ids a start token (sweep 27)
     cond_while_rnn      tf2onnx's tf.while_loop RNN under a tf.cond: a Loop in each If branch carries the same
                         main-graph W and R unchanged, the two bodies' inputs named alike (sweep 27)
 
@@ -1254,3 +1256,32 @@ def spectral_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 
             x = g.op("LeakyRelu", "m.1", [x], alpha=0.2)
     g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
     return _model(g, "spectral_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def greedy_decoder(*, features: int = 6, dim: int = 8, vocab: int = 5, steps: int = 3, bos: int | None = None,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A torch.jit.script'ed greedy decoder as the legacy exporter unrolls its fixed-length loop (sweep 27's seq2seq):
+    'x' [N, 6] -> Gemm -> h; the first step's token a start id (ConstantOfShape of the batch, `bos`, default the last
+    id), each step h = Tanh(Gemm(E[token]) + h), logits = h @ E^T (the tied table stored again, transposed), the next
+    token its ArgMax; the table E [vocab, dim] read by one Gather a step; 'logits' [N, steps, vocab]."""
+    g = _Graph(seed)
+    bos = vocab - 1 if bos is None else bos
+    table = g.weight("emb.weight", (vocab, dim), dim)
+    g.const("emb.weight.T", numpy_helper.to_array(g.initializers[-1]).T.copy())
+    h = g.gemm("x", "enc", features, dim)
+    shape = g.op("Shape", "batch", ["x"], start=0, end=1)
+    token = g.op("ConstantOfShape", "bos", [shape], value=numpy_helper.from_array(np.array([bos], np.int64)))
+    w_in = g.weight("dec.weight", (dim, dim), dim)
+    b_in = g.bias("dec.bias", dim)
+    outs = []
+    for t in range(steps):
+        e = g.op("Gather", f"emb_{t}", [table, token], axis=0)
+        h = g.op("Tanh", f"dec_{t}", [g.op("Add", f"dec_{t}", [g.op("Gemm", f"dec_{t}", [e, w_in, b_in], transB=1), h])])
+        logits = g.op("MatMul", f"out_{t}", [h, "emb.weight.T"])
+        token = g.op("ArgMax", f"next_{t}", [logits], axis=1, keepdims=0)
+        outs.append(logits)
+    axes = "one_axis"
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+    stacked = [g.op("Unsqueeze", f"step_{t}", [o, axes]) for t, o in enumerate(outs)]
+    g.nodes.append(helper.make_node("Concat", stacked, ["logits"], axis=1, name="/stack"))
+    return _model(g, "greedy_decoder", [_float("x", [BATCH, features])], [_float("logits", [BATCH, steps, vocab])])
