@@ -79,7 +79,7 @@ class Coverage:
                          "branches")
         if self.dead:
             what = (f"{len(self.unused)} weight(s) read only there are left as they are, and w" if self.unused
-                    else "W")
+                    else "w")
             notes.append(f"{len(self.dead)} If branch(es) can take no input of the shapes the model declares "
                          f"({_listed(self.dead)}: the condition follows from those shapes alone); {what}eights they "
                          "share with the branches that run are pruned on those branches' evidence")
