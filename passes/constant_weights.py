@@ -43,6 +43,9 @@ MAX_CHAIN = 64  # nodes: silero's LSTM bias is 6 Slices, 3 Concats, an Unsqueeze
 MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape
 READ_THROUGH = frozenset({"Identity", "Transpose"})  # a lone one of these the inventory reads through already
 NEVER = ("Random", "Bernoulli", "Multinomial")  # ops that do not compute the same twice
+# what an index or a shape is stored as; an int8/uint8 constant is a quantized weight (read through Cast -> Mul, or a
+# DequantizeLinear: passes/quantized_weights.py), never folded to float here, however small
+INDEX_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
 QUANTIZED = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})  # stay quantized weights
 # ops that only move or copy values: onnx's reference evaluator gives the bytes onnxruntime does. A chain with any
 # other op (weight_norm's ReduceL2 -> Div -> Mul) is evaluated by onnxruntime, whose float kernels the input model
@@ -165,13 +168,14 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
         if t.data_type in FLOAT_TYPES:
             if t.data_type != dtype:
                 return False
-        elif int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
+        elif t.data_type not in INDEX_TYPES or int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
             return False
     for n in nodes:  # a Constant node is a leaf that lives in the chain
         if n.op_type == "Constant":
             v = next((a.t for a in n.attribute if a.name == "value"), None)
             if v is None or (v.data_type in FLOAT_TYPES and v.data_type != dtype) or (
-                    v.data_type not in FLOAT_TYPES and int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX):
+                    v.data_type not in FLOAT_TYPES and (v.data_type not in INDEX_TYPES
+                                                        or int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX)):
                 return False
     return True
 
