@@ -83,6 +83,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         the graph, the MatMul reading W v itself inside the chain (sweep 27)
     greedy_decoder      a scripted greedy decoder's fixed loop unrolled by the legacy exporter: a tied embedding read
                         by one Gather a step, the first step's ids a start token (sweep 27)
+    cond_fixed_batch    torch.cond by torch's dynamo exporter at a batch of 1: the net in both If branches, each with
+                        a Reshape to the literal [1, -1] (sweep 27)
     cond_while_rnn      tf2onnx's tf.while_loop RNN under a tf.cond: a Loop in each If branch carries the same
                         main-graph W and R unchanged, the two bodies' inputs named alike (sweep 27)
 
@@ -1285,3 +1287,34 @@ def greedy_decoder(*, features: int = 6, dim: int = 8, vocab: int = 5, steps: in
     stacked = [g.op("Unsqueeze", f"step_{t}", [o, axes]) for t, o in enumerate(outs)]
     g.nodes.append(helper.make_node("Concat", stacked, ["logits"], axis=1, name="/stack"))
     return _model(g, "greedy_decoder", [_float("x", [BATCH, features])], [_float("logits", [BATCH, steps, vocab])])
+
+
+def cond_fixed_batch(*, channels: int = 2, width: int = 4, size: int = 4, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """torch.cond exported by torch's dynamo exporter at a batch of 1 (sweep 27): 'x' [1, 2, 4, 4]; If mean(x) > 0.5
+    the then branch runs the net on 1 - x, else on x; each branch: Conv -> Relu -> Reshape to the literal [1, -1]
+    -> Gemm -> 'logits' [1, 3], both reading the same main-graph weights."""
+    g = _Graph(seed)
+    f = TensorProto.FLOAT
+    w = g.weight("conv.weight", (width, channels, 3, 3), channels * 9)
+    b = g.bias("conv.bias", width)
+    fc = g.weight("fc.weight", (classes, width * size * size), width * size * size)
+    fc_b = g.bias("fc.bias", classes)
+    g.initializers.append(numpy_helper.from_array(np.array([1, width * size * size], np.int64), "view_shape"))
+    g.const("half", np.array(0.5))
+    g.const("one_f", np.array(1.0))
+
+    def branch(tag: str, inverted: bool) -> onnx.GraphProto:
+        x = f"x_{tag}"
+        nodes = [helper.make_node("Sub", ["one_f", "x"], [x], name=f"/{tag}/invert") if inverted else
+                 helper.make_node("Identity", ["x"], [x], name=f"/{tag}/plain"),
+                 helper.make_node("Conv", [x, w, b], [f"conv_{tag}"], name=f"/{tag}/Conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", [f"conv_{tag}"], [f"relu_{tag}"], name=f"/{tag}/Relu"),
+                 helper.make_node("Reshape", [f"relu_{tag}", "view_shape"], [f"view_{tag}"], name=f"/{tag}/view"),
+                 helper.make_node("Gemm", [f"view_{tag}", fc, fc_b], [f"logits_{tag}"], name=f"/{tag}/fc", transB=1)]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"logits_{tag}", f, [1, classes])])
+
+    cond = g.op("Greater", "cond", [g.op("ReduceMean", "mean", ["x"], keepdims=0), "half"])
+    g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/cond/If", then_branch=branch("then", True),
+                                    else_branch=branch("else", False)))
+    return _model(g, "cond_fixed_batch", [_float("x", [1, channels, size, size])], [_float("logits", [1, classes])])
