@@ -141,10 +141,13 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
                                "exporter's literal shape runs no other batch, sgd's batches of samples included): "
                                "layer-wise refit")
     n = getattr(train, "num_samples", None)
+    # feeds used as is are counted a feed each (sweep 27: a stateful VAD's 30 feeds of 4 streams were "30 training
+    # samples"); the rule's threshold is not changed here
+    unit = "training feeds (each used as is)" if getattr(train, "per_feed", False) else "training samples"
     if not getattr(train, "has_labels", False) and n is not None and n < SMALL_DATA:
-        return "reconstruct", f"no labels and {n} training samples (< {SMALL_DATA}): layer-wise refit"
+        return "reconstruct", f"no labels and {n} {unit} (< {SMALL_DATA}): layer-wise refit"
     return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
-                                                      else f" and {n} training samples (>= {SMALL_DATA})")
+                                                      else f" and {n} {unit} (>= {SMALL_DATA})")
 
 
 def literal_batch(model) -> tuple[int, str] | None:

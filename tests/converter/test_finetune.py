@@ -601,3 +601,21 @@ def test_a_literal_batch_reshaped_inside_an_if_branch_is_found():
         (got,) = run(result.model, {"x": x[k:k + 1]}).values()
         (want,) = run(result.dense_model, {"x": x[k:k + 1]}).values()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_recovery_rule_counts_feeds_used_as_is_as_feeds():
+    """Sweep 27's stateful VAD (a folder of per-step feeds, the state's batch on axis 1): 30 feeds of 4 streams were
+    told "no labels and 30 training samples"."""
+    from onnxprune.converter.auto.recovery import choose
+    from onnxprune.models import builders
+
+    class Feeds:
+        num_samples, has_labels, per_feed = 30, False, True
+
+    class Samples:
+        num_samples, has_labels = 30, False
+
+    model = builders.mlp_gemm()
+    assert choose(model, Feeds()) == ("reconstruct", "no labels and 30 training feeds (each used as is) (< 10000): "
+                                                     "layer-wise refit")
+    assert choose(model, Samples())[1] == "no labels and 30 training samples (< 10000): layer-wise refit"
