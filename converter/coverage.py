@@ -79,7 +79,7 @@ class Coverage:
                          "branches")
         if self.dead:
             what = (f"{len(self.unused)} weight(s) read only there are left as they are, and w" if self.unused
-                    else "W")
+                    else "w")
             notes.append(f"{len(self.dead)} If branch(es) can take no input of the shapes the model declares "
                          f"({_listed(self.dead)}: the condition follows from those shapes alone); {what}eights they "
                          "share with the branches that run are pruned on those branches' evidence")
@@ -461,9 +461,9 @@ class RowCoverage:
 
 
 def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
-    """Which rows of each embedding table among `weights` the samples of `reader` read: the ids reaching each
-    table's Gather, read from the feeds when they are a graph input, else from one run of a copy of the model whose
-    outputs are those ids. A table read inside a body (If/Loop/Scan) counts as not all read: its ids are not
+    """Which rows of each embedding table among `weights` the samples of `reader` read: the ids reaching each of
+    the table's main-graph Gathers (a tied table's every lookup), read from the feeds when they are a graph input,
+    from the constant they are, else from one run of a copy of the model whose outputs are those ids. A table read inside a body (If/Loop/Scan) counts as not all read: its ids are not
     counted here."""
     from onnxprune.calibration.runtime import make_session
 
@@ -471,14 +471,23 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     tables = [w for w in weights if w.kind == "embedding"]
     if not tables:
         return cov
+    from onnxprune.passes.opfacts import LOOKUP_OPS
+
     nodes = {n.name: n for n in model.graph.node}
-    ids = {w.name: nodes[w.node].input[1] for w in tables if not w.scope and w.node in nodes}
+    # every main-graph lookup of the table: a greedy decoder's embedding is read once a step, the first step's ids
+    # a constant start token (sweep 27: "1 of 12 rows" where the data read 11)
+    ids = {w.name: sorted({n.input[1] for n in model.graph.node if n.op_type in LOOKUP_OPS and len(n.input) > 1
+                           and n.input[0] == w.name} | {nodes[w.node].input[1]})
+           for w in tables if not w.scope and w.node in nodes}
     for w in tables:
         if w.name not in ids:
             cov.partial[w.name] = (0, w.shape[0])
             cov.bodies.add(w.name)
     inputs = {i.name for i in model.graph.input}
-    computed = sorted({t for t in ids.values() if t not in inputs})
+    consts = {t.name: t for t in model.graph.initializer}
+    consts.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+                   for n in model.graph.node if n.op_type == "Constant" and n.output})
+    computed = sorted({t for ts in ids.values() for t in ts if t not in inputs and t not in consts})
     session = None
     if computed:
         copy = onnx.ModelProto()
@@ -490,11 +499,20 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     seen = {n: np.zeros(rows_of[n], bool) for n in ids}
     for feeds in reader:
         values = dict(zip(computed, session.run(computed, feeds))) if session is not None else {}
-        for name, t in ids.items():
-            x = np.asarray(feeds[t] if t in feeds else values[t]).astype(np.int64).reshape(-1)
-            rows = len(seen[name])
-            x = np.where(x < 0, x + rows, x)
-            seen[name][x[(x >= 0) & (x < rows)]] = True
+        for name, ts in ids.items():
+            for t in ts:
+                if t in feeds:
+                    x = feeds[t]
+                elif t in values:
+                    x = values[t]
+                elif consts.get(t) is not None:
+                    x = onnx.numpy_helper.to_array(consts[t])
+                else:
+                    continue
+                x = np.asarray(x).astype(np.int64).reshape(-1)
+                rows = len(seen[name])
+                x = np.where(x < 0, x + rows, x)
+                seen[name][x[(x >= 0) & (x < rows)]] = True
     for name, s in seen.items():
         if not s.all():
             cov.partial[name] = (int(s.sum()), len(s))

@@ -261,11 +261,16 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     table.add_row("total", "", "", "", "", count(t["params"]), count(t["nonzeros"]), _pct(t["density"]),
                   count(t["macs"]), "", nbytes(stored), f"{stored / t['nonzeros']:.2f}" if t["nonzeros"] else "-")
     console.print(table)
-    unknown = sum(r["macs"] is None for r in info["layers"])
+    looped = sum(r["macs"] is None and r.get("in_loop", False) for r in info["layers"])
+    unknown = sum(r["macs"] is None for r in info["layers"]) - looped
     if unknown:
         console.print(f"note: MACs/sample unknown for {unknown} of {len(info['layers'])} layers: shape inference gives "
                       "no size for an axis of their input other than the batch (an input with a symbolic axis "
                       "besides the batch, such as a sequence length, does this)", markup=False, highlight=False)
+    if looped:  # sweep 27: a scripted loop over a static [N, 28, 28] input was told of a symbolic axis
+        console.print(f"note: MACs/sample unknown for {looped} of {len(info['layers'])} layers inside a Loop/Scan "
+                      "body: they run once an iteration, and the iterations are not counted", markup=False,
+                      highlight=False)
     if info.get("too_old"):
         console.print(f"note: {info['too_old']}", markup=False, highlight=False)
     for kind in ("inputs", "outputs"):

@@ -31,6 +31,7 @@ def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:
                 "neurons": w.shape[w.out_axis] if w.out_axis is not None else None,
                 "via": list(w.via),
                 "readers": w.readers,
+                "in_loop": "Loop " in w.scope or "Scan " in w.scope,  # runs once an iteration: MACs unknown
             }
         )
     return rows

@@ -77,6 +77,16 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         [N, S, C_out] a Concat of Gather(Shape, 0), Gather(Shape, 1) and a Constant [C_out]; dynamo:
                         [-1, C] a constant, [N, S, C_out] one Concat of Shape slices of 'x' that every layer of the
                         same width reads (sweep 25)
+    weight_norm_mlp     torch's parametrizations.weight_norm exported with do_constant_folding=False: each Gemm's
+                        weight g * v / ReduceL2(v) computed in the graph (sweep 27)
+    spectral_norm_mlp   torch dynamo's parametrizations.spectral_norm: each Gemm's weight W / (u . (W v)) computed in
+                        the graph, the MatMul reading W v itself inside the chain (sweep 27)
+    greedy_decoder      a scripted greedy decoder's fixed loop unrolled by the legacy exporter: a tied embedding read
+                        by one Gather a step, the first step's ids a start token (sweep 27)
+    cond_fixed_batch    torch.cond by torch's dynamo exporter at a batch of 1: the net in both If branches, each with
+                        a Reshape to the literal [1, -1] (sweep 27)
+    cond_while_rnn      tf2onnx's tf.while_loop RNN under a tf.cond: a Loop in each If branch carries the same
+                        main-graph W and R unchanged, the two bodies' inputs named alike (sweep 27)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -1158,3 +1168,153 @@ def scripted_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, in_if
         g.nodes.append(helper.make_node("If", ["cond"], ["logits"], then_branch=then_g, else_branch=else_g,
                                         name="/select"))
     return _model(g, "scripted_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def weight_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> Gemm -> Relu -> Gemm -> 'logits' [N, 4], each Gemm's weight computed at run time as
+    torch.nn.utils.parametrizations.weight_norm exports it with do_constant_folding=False: ReduceL2(v, axes=[1],
+    keepdims=1) -> Div(v, .) -> Mul(., g), g [out, 1] (sweep 27: onnx's reference evaluator and onnxruntime differ in
+    the last bits of g * v / ||v||)."""
+    g = _Graph(seed)
+    x = "x"
+    for k, (fan_in, fan_out) in enumerate(((in_features, hidden), (hidden, classes))):
+        scope = f"{2 * k}"
+        v = g.const(f"{2 * k}.parametrizations.weight.original1", g.rng.standard_normal((fan_out, fan_in)))
+        gain = g.const(f"{2 * k}.parametrizations.weight.original0", g.rng.uniform(0.5, 2.0, (fan_out, 1)))
+        norm = g.op("ReduceL2", f"{scope}/weight", [v], axes=[1], keepdims=1)
+        w = g.op("Mul", f"{scope}/weight", [g.op("Div", f"{scope}/weight", [v, norm]), gain])
+        x = g.op("Gemm", scope, [x, w, g.bias(f"{2 * k}.bias", fan_out)], transB=1)
+        if k == 0:
+            x = g.op("Relu", "1", [x])
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "weight_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
+                   seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's tf.while_loop RNN under a tf.cond (sweep 27: an image fed inverted is turned back first): 'x'
+    [1, steps, features]; If mean(x) > 0.5 the then branch runs the Loop on 1 - x, else on x; each branch's Loop
+    carries W and R (main-graph initializers) unchanged, its body reading them as body inputs named alike in both
+    bodies (as tf2onnx names them); the last h -> Gemm -> 'logits' [1, classes]."""
+    g = _Graph(seed)
+    f = TensorProto.FLOAT
+    w = g.weight("W", (features, hidden), features)
+    r = g.weight("R", (hidden, hidden), hidden)
+    h0 = g.const("h0", np.zeros((1, hidden)))
+    trips = "trips"
+    g.initializers.append(numpy_helper.from_array(np.array(steps, np.int64), trips))
+    g.initializers.append(numpy_helper.from_array(np.array(True), "keep_going"))
+    g.const("half", np.array(0.5))
+    g.const("one_f", np.array(1.0))
+
+    def branch(tag: str, inverted: bool) -> onnx.GraphProto:
+        body = helper.make_graph(
+            [helper.make_node("Gather", [f"x_{tag}", "i"], ["xt"], name=f"/{tag}/body/xt", axis=1),
+             helper.make_node("MatMul", ["xt", "w"], ["xw"], name=f"/{tag}/body/MatMul"),
+             helper.make_node("MatMul", ["h", "r"], ["hr"], name=f"/{tag}/body/MatMul_1"),
+             helper.make_node("Add", ["xw", "hr"], ["pre"], name=f"/{tag}/body/Add"),
+             helper.make_node("Tanh", ["pre"], ["h_next"], name=f"/{tag}/body/Tanh"),
+             helper.make_node("Identity", ["cond"], ["cond_out"], name=f"/{tag}/body/cond")],
+            "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("w", f, [features, hidden]),
+             helper.make_tensor_value_info("r", f, [hidden, hidden]), helper.make_tensor_value_info("h", f, [1, hidden])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("w", f, [features, hidden]),
+             helper.make_tensor_value_info("r", f, [hidden, hidden]),
+             helper.make_tensor_value_info("h_next", f, [1, hidden])])
+        nodes = [helper.make_node("Sub", ["one_f", "x"], [f"x_{tag}"], name=f"/{tag}/invert") if inverted else
+                 helper.make_node("Identity", ["x"], [f"x_{tag}"], name=f"/{tag}/plain"),
+                 helper.make_node("Loop", [trips, "keep_going", w, r, h0], [f"w_{tag}", f"r_{tag}", f"h_{tag}"],
+                                  name=f"/{tag}/Loop", body=body)]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"h_{tag}", f, [1, hidden])])
+
+    mean = g.op("ReduceMean", "mean", ["x"], keepdims=0)
+    cond = g.op("Greater", "cond", [mean, "half"])
+    g.nodes.append(helper.make_node("If", [cond], ["h_last"], name="/cond/If", then_branch=branch("then", True),
+                                    else_branch=branch("else", False)))
+    g.gemm("h_last", "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "cond_while_rnn", [_float("x", [1, steps, features])], [_float("logits", [1, classes])])
+
+
+def spectral_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> Gemm -> LeakyRelu -> Gemm -> 'logits' [N, 4], each Gemm's weight computed at run time as torch's
+    dynamo exporter writes parametrizations.spectral_norm in eval mode: W / (u . (W v)), u and v stored vectors:
+    MatMul(W, v) -> MatMul(u, .) -> Div(W, .) (sweep 27)."""
+    g = _Graph(seed)
+    x = "x"
+    for k, (fan_in, fan_out) in enumerate(((in_features, hidden), (hidden, classes))):
+        scope = f"m.{2 * k}"
+        w = g.const(f"{scope}.parametrizations.weight.original", g.rng.standard_normal((fan_out, fan_in)))
+        u = g.const(f"{scope}.u", g.rng.standard_normal(fan_out) / np.sqrt(fan_out))
+        v = g.const(f"{scope}.v", g.rng.standard_normal(fan_in) / np.sqrt(fan_in))
+        mv = g.op("MatMul", f"{scope}/mv", [w, v])
+        sigma = g.op("MatMul", f"{scope}/dot", [u, mv])
+        x = g.op("Gemm", scope, [x, g.op("Div", f"{scope}/div", [w, sigma]), g.bias(f"{scope}.bias", fan_out)],
+                 transB=1)
+        if k == 0:
+            x = g.op("LeakyRelu", "m.1", [x], alpha=0.2)
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "spectral_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def greedy_decoder(*, features: int = 6, dim: int = 8, vocab: int = 5, steps: int = 3, bos: int | None = None,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A torch.jit.script'ed greedy decoder as the legacy exporter unrolls its fixed-length loop (sweep 27's seq2seq):
+    'x' [N, 6] -> Gemm -> h; the first step's token a start id (ConstantOfShape of the batch, `bos`, default the last
+    id), each step h = Tanh(Gemm(E[token]) + h), logits = h @ E^T (the tied table stored again, transposed), the next
+    token its ArgMax; the table E [vocab, dim] read by one Gather a step; 'logits' [N, steps, vocab]."""
+    g = _Graph(seed)
+    bos = vocab - 1 if bos is None else bos
+    table = g.weight("emb.weight", (vocab, dim), dim)
+    g.const("emb.weight.T", numpy_helper.to_array(g.initializers[-1]).T.copy())
+    h = g.gemm("x", "enc", features, dim)
+    shape = g.op("Shape", "batch", ["x"], start=0, end=1)
+    token = g.op("ConstantOfShape", "bos", [shape], value=numpy_helper.from_array(np.array([bos], np.int64)))
+    w_in = g.weight("dec.weight", (dim, dim), dim)
+    b_in = g.bias("dec.bias", dim)
+    outs = []
+    for t in range(steps):
+        e = g.op("Gather", f"emb_{t}", [table, token], axis=0)
+        h = g.op("Tanh", f"dec_{t}", [g.op("Add", f"dec_{t}", [g.op("Gemm", f"dec_{t}", [e, w_in, b_in], transB=1), h])])
+        logits = g.op("MatMul", f"out_{t}", [h, "emb.weight.T"])
+        token = g.op("ArgMax", f"next_{t}", [logits], axis=1, keepdims=0)
+        outs.append(logits)
+    axes = "one_axis"
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+    stacked = [g.op("Unsqueeze", f"step_{t}", [o, axes]) for t, o in enumerate(outs)]
+    g.nodes.append(helper.make_node("Concat", stacked, ["logits"], axis=1, name="/stack"))
+    return _model(g, "greedy_decoder", [_float("x", [BATCH, features])], [_float("logits", [BATCH, steps, vocab])])
+
+
+def cond_fixed_batch(*, channels: int = 2, width: int = 4, size: int = 4, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """torch.cond exported by torch's dynamo exporter at a batch of 1 (sweep 27): 'x' [1, 2, 4, 4]; If mean(x) > 0.5
+    the then branch runs the net on 1 - x, else on x; each branch: Conv -> Relu -> Reshape to the literal [1, -1]
+    -> Gemm -> 'logits' [1, 3], both reading the same main-graph weights."""
+    g = _Graph(seed)
+    f = TensorProto.FLOAT
+    w = g.weight("conv.weight", (width, channels, 3, 3), channels * 9)
+    b = g.bias("conv.bias", width)
+    fc = g.weight("fc.weight", (classes, width * size * size), width * size * size)
+    fc_b = g.bias("fc.bias", classes)
+    g.initializers.append(numpy_helper.from_array(np.array([1, width * size * size], np.int64), "view_shape"))
+    g.const("half", np.array(0.5))
+    g.const("one_f", np.array(1.0))
+
+    def branch(tag: str, inverted: bool) -> onnx.GraphProto:
+        x = f"x_{tag}"
+        nodes = [helper.make_node("Sub", ["one_f", "x"], [x], name=f"/{tag}/invert") if inverted else
+                 helper.make_node("Identity", ["x"], [x], name=f"/{tag}/plain"),
+                 helper.make_node("Conv", [x, w, b], [f"conv_{tag}"], name=f"/{tag}/Conv", pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", [f"conv_{tag}"], [f"relu_{tag}"], name=f"/{tag}/Relu"),
+                 helper.make_node("Reshape", [f"relu_{tag}", "view_shape"], [f"view_{tag}"], name=f"/{tag}/view"),
+                 helper.make_node("Gemm", [f"view_{tag}", fc, fc_b], [f"logits_{tag}"], name=f"/{tag}/fc", transB=1)]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"logits_{tag}", f, [1, classes])])
+
+    cond = g.op("Greater", "cond", [g.op("ReduceMean", "mean", ["x"], keepdims=0), "half"])
+    g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/cond/If", then_branch=branch("then", True),
+                                    else_branch=branch("else", False)))
+    return _model(g, "cond_fixed_batch", [_float("x", [1, channels, size, size])], [_float("logits", [1, classes])])

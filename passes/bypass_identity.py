@@ -19,7 +19,8 @@ fourteen weights as pruned ("its bias ... is computed by the graph"). An Identit
 bias (input 2) of Conv/ConvTranspose/Gemm becomes a copy of it under the Identity's output name (`bias_identities`):
 each layer owns its bias, as merge_copies.py keeps them. Biases are small; the file grows by the copies. The
 dynamo exporter shares one equal bias directly (timm LeViT's two zero-initialized heads read 'head.linear.bias'):
-an initializer read only as a bias by several layers gets a copy per later reader (`shared_biases`).
+an initializer read only as a bias by several layers gets a copy per later reader (`shared_biases`), unless
+they are one tied layer applied again (the same weight and attributes: a scripted loop unrolled; `_one_tied_layer`).
 """
 
 from __future__ import annotations
@@ -91,9 +92,18 @@ def shared_biases(model: onnx.ModelProto) -> list[tuple[int, str]]:
                 readers.setdefault(name, []).append((k, node))
     out = []
     for name, uses in readers.items():
-        if len(uses) > 1 and all(_reads_as_bias(r, name) for _, r in uses):
+        if len(uses) > 1 and all(_reads_as_bias(r, name) for _, r in uses) and not _one_tied_layer(uses):
             out.extend((k, name) for k, _ in uses[1:])
     return out
+
+
+def _one_tied_layer(uses) -> bool:
+    """Every reader is the same layer applied again: the same op reading the same weight with the same attributes
+    (a scripted loop unrolled by the exporter, sweep 27's greedy decoder). A tied weight's neurons go together or
+    not at all, so one bias serves them; copies only grew the file (its Gemm's bias 3 times)."""
+    first = uses[0][1]
+    key = lambda n: (n.op_type, n.input[1], sorted(a.SerializeToString() for a in n.attribute))  # noqa: E731
+    return all(len(n.input) > 1 and key(n) == key(first) for _, n in uses)
 
 
 def _copy_initializer(model: onnx.ModelProto, tensor: onnx.TensorProto, name: str) -> None:

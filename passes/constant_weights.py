@@ -11,8 +11,9 @@ never pruned, and every ratio counted them kept. onnxruntime folds such chains w
 
 Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute
 from initializers and Constant nodes alone (no graph or body input), through at most MAX_CHAIN standard-domain nodes
-without bodies and no random op, is evaluated once (onnx's reference evaluator) and becomes a main-graph
-initializer that the layer reads instead (bodies read outer names). Only when the chain does more than what is
+without bodies and no random op, is evaluated once (onnx's reference evaluator where the chain only moves values,
+EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight holds the bits the
+input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads instead (bodies read outer names). Only when the chain does more than what is
 already read through (a lone Identity or Transpose of one constant: passes/bypass_identity.py, the MatMul's
 transposed weight), its result is a float tensor of the same type as every float constant it reads (a Cast from
 float16 stays the low-precision weight it is: passes/quantized_weights.py), and every other constant it reads is a
@@ -43,6 +44,15 @@ MAX_CHAIN = 64  # nodes: silero's LSTM bias is 6 Slices, 3 Concats, an Unsqueeze
 MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape
 READ_THROUGH = frozenset({"Identity", "Transpose"})  # a lone one of these the inventory reads through already
 NEVER = ("Random", "Bernoulli", "Multinomial")  # ops that do not compute the same twice
+# what an index or a shape is stored as; an int8/uint8 constant is a quantized weight (read through Cast -> Mul, or a
+# DequantizeLinear: passes/quantized_weights.py), never folded to float here, however small
+INDEX_TYPES = frozenset({onnx.TensorProto.INT64, onnx.TensorProto.INT32})
+QUANTIZED = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})  # stay quantized weights
+# ops that only move or copy values: onnx's reference evaluator gives the bytes onnxruntime does. A chain with any
+# other op (weight_norm's ReduceL2 -> Div -> Mul) is evaluated by onnxruntime, whose float kernels the input model
+# runs: the reference's numpy arithmetic differs in the last bits (every one of 5 seeded 4x8 weight_norm weights)
+EXACT_OPS = frozenset({"Constant", "Identity", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Transpose",
+                       "Flatten", "Gather", "Split", "Expand", "Tile", "Shape", "Size", "ConstantOfShape"})
 
 
 def _weight_inputs(node: onnx.NodeProto) -> list[int]:
@@ -103,8 +113,6 @@ def _ordered(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
 
 
 def _evaluate(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex) -> np.ndarray | None:
-    from onnx.reference import ReferenceEvaluator
-
     inits = []
     for leaf in leaves:
         t = onnx.TensorProto()
@@ -115,15 +123,39 @@ def _evaluate(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex) 
     graph = onnx.helper.make_graph(_ordered(nodes), "weight", [], [out], inits)
     sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     try:
-        (value,) = ReferenceEvaluator(sub).run(None, {})
-    except Exception as exc:  # noqa: BLE001 - an op the reference does not run: the weight stays as it is read
+        if all(n.op_type in EXACT_OPS for n in nodes):
+            from onnx.reference import ReferenceEvaluator
+
+            (value,) = ReferenceEvaluator(sub).run(None, {})
+        else:
+            (value,) = _runtime(sub)
+    except Exception as exc:  # noqa: BLE001 - an op it does not run: the weight stays as it is read
         log.debug("constant-weights: could not evaluate '%s' (%s)", name, exc)
         return None
     return np.asarray(value)
 
 
+def _runtime(sub: onnx.ModelProto) -> list:
+    """`sub`'s outputs as onnxruntime computes them (imported here: only a model with an arithmetic chain needs it,
+    and `inspect` of any other imports no onnxruntime)."""
+    import onnxruntime as ort
+
+    sub = onnx.ModelProto.FromString(sub.SerializeToString())
+    outputs = [onnx.helper.make_empty_tensor_value_info(o.name) for o in sub.graph.output]  # a typed-less output
+    del sub.graph.output[:]
+    sub.graph.output.extend(outputs)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {})
+
+
 def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
     if value is None or value.size == 0:
+        return False
+    if any(n.op_type in QUANTIZED for n in nodes):  # an integer weight on its grid: passes/quantized_weights.py
         return False
     if len(nodes) == 1 and nodes[0].op_type in READ_THROUGH:
         return False
@@ -137,7 +169,7 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
         if t.data_type in FLOAT_TYPES:
             if t.data_type != dtype:
                 return False
-        elif int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
+        elif t.data_type not in INDEX_TYPES or int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
             return False
     stored = sum(int(np.prod(ix.consts[leaf].dims, dtype=np.int64)) for leaf in leaves
                  if ix.consts[leaf].data_type in FLOAT_TYPES)
@@ -145,7 +177,8 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
         if n.op_type == "Constant":
             v = next((a.t for a in n.attribute if a.name == "value"), None)
             if v is None or (v.data_type in FLOAT_TYPES and v.data_type != dtype) or (
-                    v.data_type not in FLOAT_TYPES and int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX):
+                    v.data_type not in FLOAT_TYPES and (v.data_type not in INDEX_TYPES
+                                                        or int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX)):
                 return False
             if v.data_type in FLOAT_TYPES:
                 stored += int(np.prod(v.dims, dtype=np.int64))
@@ -214,9 +247,21 @@ class ConstantWeights(Pass):
             chained_nodes.update((id(n), n) for n in nodes)
             leaves.update(chain_leaves)
         self._drop_unread(model, chained_nodes, leaves)
-        state.notes.append(f"{len(found)} layer weight(s) that nodes computed from constants (Slice/Concat/... of a "
-                           f"stored tensor) stored as the {len(by_bytes)} constant(s) they are, so they can be pruned")
-        log.debug("constant-weights: %d weight input(s) folded into %d initializer(s)", len(found), len(by_bytes))
+        # a fold whose reader was itself inside another fold's chain (spectral_norm's sigma = u . (W v): the MatMul
+        # reading W v is a chain node of W / sigma) is read by nothing once that chain went
+        read = {i for sc in scopes(model.graph) for n in sc.graph.node for i in n.input}
+        orphans = set(by_bytes.values()) - read
+        if orphans:
+            kept = [t for t in model.graph.initializer if t.name not in orphans]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
+        weights = sum(1 for node, k, *_ in found if node.input[k] not in orphans)
+        ops = sorted({n.op_type for _, _, nodes, *_ in found for n in nodes if n.op_type != "Constant"})
+        state.notes.append(f"{weights} layer weight(s) that nodes computed from constants ({'/'.join(ops[:4])}"
+                           f"{'/...' if len(ops) > 4 else ''} of a stored tensor) stored as the "
+                           f"{len(by_bytes) - len(orphans)} constant(s) they are, so they can be pruned")
+        log.debug("constant-weights: %d weight input(s) folded into %d initializer(s)", weights,
+                  len(by_bytes) - len(orphans))
         return PassResult(model, True)
 
     @staticmethod

@@ -1,6 +1,8 @@
 """The passes the load step runs on every model before anything is measured (they rewrite how its weights are read,
 never what it computes), listed once: `converter/steps/load.py` runs them all, `inspect` the ones marked `listed`.
-Kept apart from the load step so that `inspect` imports neither onnxruntime nor torch (tests/test_packaging.py)."""
+Kept apart from the load step so that `inspect` imports neither onnxruntime nor torch (tests/test_packaging.py; only
+a weight that nodes compute with arithmetic, weight_norm's g * v / ||v||, is evaluated by onnxruntime,
+passes/constant_weights.py)."""
 
 from __future__ import annotations
 

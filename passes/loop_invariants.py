@@ -12,9 +12,11 @@ the main-graph reader and the body's are one tied weight (`weights._tied`):
 
     Loop(M, cond, W, h) body(i, c, w, h) -> (c', w, h')    ->    Loop(M, cond, h) body(i, c, h) -> (c', h'), reads W
 
-Rules: a main-graph Loop; a loop-carried value whose initial value is an initializer (not a graph input or output)
-that another main-graph node reads too, and whose body output is the body input itself (by name); the initializer's name is not defined anywhere in the
-body (no shadowing); the Loop's final value of it is read by nothing and is no graph output. The body then reads
+Rules: a Loop in the main graph or in any body (tf2onnx's tf.while_loop under a tf.cond: a Loop in each If branch
+carries the same weights, the two bodies' inputs named alike, so no carried input had one reader; sweep 27); a
+loop-carried value whose initial value is a main-graph initializer (not a graph input or output, not defined anew in
+the Loop's scope) that another node (in any scope) reads too, and whose body output is the body input itself (by name); the initializer's name is not defined anywhere in the
+body (no shadowing); the Loop's final value of it is read by nothing and is no output of the graph or of the Loop's branch. The body then reads
 the initializer where it read the input (nested bodies too), and the value leaves the Loop's inputs, the body's
 inputs and outputs, and the Loop's outputs. The Loop computes the same outputs.
 """
@@ -27,7 +29,7 @@ import onnx
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads, frozen_names
-from onnxprune.passes.scopes import body_definitions, rename_reads
+from onnxprune.passes.scopes import body_definitions, rename_reads, scopes
 
 log = logging.getLogger(__name__)
 
@@ -36,34 +38,46 @@ def carried_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
     """(Loop, k) for every loop-carried value k that the module docstring's rules let the body read from outside."""
     graph = model.graph
     inits = {t.name for t in graph.initializer} - {v.name for v in graph.input}
-    outputs = {v.name for v in graph.output}
     frozen = frozen_names(graph)
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in set(node.input):
-            readers[name] = readers.get(name, 0) + 1
+    readers: dict[str, int] = {}  # nodes reading each name, in every scope (the Loops of both If branches)
+    for sc in scopes(graph):
+        for node in sc.graph.node:
+            for name in set(node.input):
+                readers[name] = readers.get(name, 0) + 1
     found = []
-    for node in graph.node:
-        if node.op_type != "Loop" or (node.domain or "") not in ("", "ai.onnx"):
+    for sc in scopes(graph):
+        # a Loop inside an If branch (tf2onnx's tf.while_loop under a tf.cond): the same rules, its scope's outputs
+        # read too, and the initializer not defined anew in that scope
+        outputs = {v.name for v in sc.graph.output}
+        local = ({t.name for t in sc.graph.initializer} | {v.name for v in sc.graph.input}
+                 | {o for n in sc.graph.node for o in n.output}) if sc.path else set()
+        for node in sc.graph.node:
+            found.extend(_carried(node, inits, outputs, local, frozen, readers))
+    return found
+
+
+def _carried(node, inits, outputs, local, frozen, readers) -> list[tuple[onnx.NodeProto, int]]:
+    found = []
+    if node.op_type != "Loop" or (node.domain or "") not in ("", "ai.onnx"):
+        return found
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    if body is None:
+        return found
+    defined = None
+    for k in range(len(node.input) - 2):
+        init = node.input[2 + k]
+        if init not in inits or init in outputs or init in local or readers.get(init, 0) < 2 \
+                or 2 + k >= len(body.input) or 1 + k >= len(body.output):
             continue
-        body = next((a.g for a in node.attribute if a.name == "body"), None)
-        if body is None:
+        if body.output[1 + k].name != body.input[2 + k].name:
             continue
-        defined = None
-        for k in range(len(node.input) - 2):
-            init = node.input[2 + k]
-            if init not in inits or init in outputs or readers.get(init, 0) < 2 or 2 + k >= len(body.input) \
-                    or 1 + k >= len(body.output):
-                continue
-            if body.output[1 + k].name != body.input[2 + k].name:
-                continue
-            final = node.output[k] if k < len(node.output) else ""
-            if final and (final in readers or final in frozen):  # read by a node, a body or as a graph output
-                continue
-            defined = body_definitions(node) if defined is None else defined
-            if init in defined:
-                continue
-            found.append((node, k))
+        final = node.output[k] if k < len(node.output) else ""
+        if final and (final in readers or final in frozen or final in outputs):  # read by a node, a body, as
+            continue  # a graph output or its branch's output
+        defined = body_definitions(node) if defined is None else defined
+        if init in defined:
+            continue
+        found.append((node, k))
     return found
 
 

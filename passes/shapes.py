@@ -111,11 +111,19 @@ def at_batch(model: onnx.ModelProto, batch: int) -> Shapes | None:
 
 
 def _declared(g: onnx.GraphProto) -> Shapes:
+    """Every shape `g` declares, in the main graph and in its If branches (inference fills theirs too: a layer in
+    an If branch had "unknown" MACs on a fully static input, sweep 27's torch.cond); the main graph's first. Not in
+    Loop/Scan bodies: a body's layer runs once an iteration, and its MACs a sample stay unknown, not one iteration's."""
+    from onnxprune.passes.scopes import scopes
+
     shapes: Shapes = {}
-    for vi in [*g.value_info, *g.input, *g.output]:
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for sc in scopes(g):
+        if "Loop " in sc.path or "Scan " in sc.path:
+            continue
+        for vi in [*sc.graph.value_info, *sc.graph.input, *sc.graph.output]:
+            tt = vi.type.tensor_type
+            if vi.type.HasField("tensor_type") and tt.HasField("shape") and vi.name not in shapes:
+                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     return shapes
 
 

@@ -155,14 +155,17 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
                                "exporter's literal shape runs no other batch, sgd's batches of samples included): "
                                "layer-wise refit")
     n = getattr(train, "num_samples", None)
+    # feeds used as is are counted a feed each (sweep 27: a stateful VAD's 30 feeds of 4 streams were "30 training
+    # samples"); the rule's threshold is not changed here
+    unit = "training feeds (each used as is)" if getattr(train, "per_feed", False) else "training samples"
     if not getattr(train, "has_labels", False) and n is not None and n < SMALL_DATA:
-        return "reconstruct", f"no labels and {n} training samples (< {SMALL_DATA}): layer-wise refit"
+        return "reconstruct", f"no labels and {n} {unit} (< {SMALL_DATA}): layer-wise refit"
     return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
-                                                      else f" and {n} training samples (>= {SMALL_DATA})")
+                                                      else f" and {n} {unit} (>= {SMALL_DATA})")
 
 
 def literal_batch(model) -> tuple[int, str] | None:
-    """(B, "Reshape 'name'") when every input fixes its first axis at one B and a Reshape of the main graph takes a
+    """(B, "Reshape 'name'") when every input fixes its first axis at one B and a Reshape (in any graph) takes a
     constant shape that starts with B: an exporter's traced batch (torch's `x.view(x.size(0), -1)` exported without
     dynamic axes: [8, -1]; ultralytics' heads: [1, 7, 64]), which the torch bridge runs at no other batch. Sweep 20:
     sgd failed such models with "Gemm node ... failed in the torch bridge: mat1 and mat2 shapes cannot be
@@ -177,8 +180,10 @@ def literal_batch(model) -> tuple[int, str] | None:
     batch = declared_batch(specs)
     if batch is None or not all(s.shape and s.shape[0] == batch for s in specs):
         return None
+    from onnxprune.passes.scopes import all_nodes
+
     constants = constant_tensors(model)
-    for node in model.graph.node:
+    for node in all_nodes(model):  # an If branch's too (sweep 27: torch.cond exported by dynamo at a batch of 1)
         if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
             shape = numpy_helper.to_array(constants[node.input[1]]).reshape(-1)
             if shape.size > 1 and int(shape[0]) == batch:

@@ -163,9 +163,12 @@ class FitBudgetStep(_Choose):
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
+        # feeds used as is are split a feed at a time (a folder of a stateful model's steps: 320 samples in 10 feeds
+        # were told "given 64 samples or more", sweep 27)
+        unit = "feeds" if getattr(state.data.calibration.reader, "per_feed", False) else "samples"
         state.notes.append(f"decision rule: {rule.statement()}; the scan and the fit chose on these same samples, "
                            "so new data will likely show more (LeNet-300-100, 500 images: 0-2 of 500 changed claimed, "
-                           "0.54-1.22% of other images changed); given 64 samples or more, or --val-data, the run "
+                           f"0.54-1.22% of other images changed); given 64 {unit} or more, or --val-data, the run "
                            "decides on samples that did not choose")
         stop = _stop_note(outcome, rule, held_weights(state))
         if stop:

@@ -332,3 +332,18 @@ def test_inspect_says_why_macs_are_unknown_for_a_symbolic_sequence(tmp_path):
 def _save(model, path):
     onnx.save(model, path)
     return path
+
+
+def test_inspect_says_a_loop_bodys_layers_run_once_an_iteration(tmp_path):
+    """A scripted loop over a static input (sweep 27: LSTM cell over the 28 rows of [N, 28, 28]) was told its MACs
+    were unknown because of "an input with a symbolic axis besides the batch", which it does not have."""
+    from onnxprune.models.third_party_builders import cond_while_rnn
+
+    onnx.save(cond_while_rnn(), tmp_path / "loop.onnx")
+    res = invoke("inspect", tmp_path / "loop.onnx")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "MACs/sample unknown for 2 of 3 layers inside a Loop/Scan body: they run once an iteration" in text
+    assert "symbolic axis" not in text
+    info = json.loads(invoke("inspect", tmp_path / "loop.onnx", "--json").output)
+    assert [r["in_loop"] for r in info["layers"]] == [False, True, True]

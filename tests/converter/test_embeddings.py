@@ -131,3 +131,21 @@ def test_the_search_states_its_ratios_over_every_prunable_weight_a_left_table_in
     kept = [h for h in result.report["history"] if h.get("kept")][-1]
     assert kept["ratio"] == pytest.approx(result.report["compression"], rel=1e-6)
     np.testing.assert_array_equal(weight_array(result.model, "embed.weight"), weight_array(model, "embed.weight"))
+
+
+def test_every_lookup_of_a_tied_table_counts_its_rows():
+    """A greedy decoder reads its embedding once a step: the first step's ids are the start token, the later ones
+    the tokens it chose. Only the first Gather's ids were counted (sweep 27's seq2seq: "'emb.weight' 1 of 12 rows,
+    unread e.g. 0, 1, 2" where the data read 11 of them)."""
+    from tests.oracle import run as run_model
+
+    model = tb.greedy_decoder(vocab=12, steps=3)
+    inv = find_prunable(model)
+    assert inv.by_name()["emb.weight"].readers == 3
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    chosen = run_model(model, {"x": x})["logits"].argmax(-1)[:, :-1]  # the tokens steps 2 and 3 look up
+    read = {11} | set(chosen.reshape(-1).tolist())
+    assert 1 < len(read) < 12, read  # the check needs rows read besides the start token, and some unread
+    cov = row_coverage(model, inv.prunable, open_data({"x": x}, model, batch_size=16))
+    assert cov.partial == {"emb.weight": (len(read), 12)}
+    assert cov.unread["emb.weight"] == sorted(set(range(12)) - read)[:3]

@@ -574,3 +574,48 @@ def test_retrained_weights_are_written_without_an_explicit_default_location():
     assert not any(t.HasField("data_location") for t in result.model.graph.initializer)
     sizes = {t.name: t.ByteSize() for t in model.graph.initializer}
     assert all(t.ByteSize() == sizes[t.name] for t in result.model.graph.initializer if t.name in sizes)
+
+
+def test_a_literal_batch_reshaped_inside_an_if_branch_is_found():
+    """Sweep 27's torch.cond CNN (dynamo, a batch of 1): the literal Reshape to [1, 1176] sits in both If branches,
+    and only the main graph was searched, so sgd's batches failed: "Reshape node 'node_cond__0/else_branch/
+    node_view_2' failed in the torch bridge: shape '[1, 1176]' is invalid for input of size 2352"."""
+    from onnxprune import prune
+    from onnxprune.converter.auto.recovery import SMALL_DATA, choose, literal_batch
+    from onnxprune.models.third_party_builders import cond_fixed_batch
+    from tests.oracle import check_full
+
+    model = cond_fixed_batch()
+    check_full(model)
+    assert literal_batch(model) in ((1, "Reshape '/then/view'"), (1, "Reshape '/else/view'"))
+
+    class Train:  # enough labelled samples for sgd (recovery.SMALL_DATA)
+        num_samples, has_labels = SMALL_DATA, True
+
+    assert choose(model, Train())[0] == "reconstruct"
+    x = np.random.default_rng(1).uniform(0, 1, (24, 2, 4, 4)).astype(np.float32)
+    x[::3] = 1 - x[::3] * 0.2  # some bright inputs: the then branch runs too
+    result = prune(model, data={"x": x}, sparsity=0.5, iterations=1, epochs=1, seed=0)
+    check_full(result.model)
+    for k in (0, 1):
+        (got,) = run(result.model, {"x": x[k:k + 1]}).values()
+        (want,) = run(result.dense_model, {"x": x[k:k + 1]}).values()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_recovery_rule_counts_feeds_used_as_is_as_feeds():
+    """Sweep 27's stateful VAD (a folder of per-step feeds, the state's batch on axis 1): 30 feeds of 4 streams were
+    told "no labels and 30 training samples"."""
+    from onnxprune.converter.auto.recovery import choose
+    from onnxprune.models import builders
+
+    class Feeds:
+        num_samples, has_labels, per_feed = 30, False, True
+
+    class Samples:
+        num_samples, has_labels = 30, False
+
+    model = builders.mlp_gemm()
+    assert choose(model, Feeds()) == ("reconstruct", "no labels and 30 training feeds (each used as is) (< 10000): "
+                                                     "layer-wise refit")
+    assert choose(model, Samples())[1] == "no labels and 30 training samples (< 10000): layer-wise refit"

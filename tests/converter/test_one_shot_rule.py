@@ -288,3 +288,17 @@ def test_confidence_asks_the_rule_for_more_and_the_run_says_how_many_samples_wou
     assert all(kept[t.name] == t.raw_data for t in model.graph.initializer if t.name in kept)
     plain = run(model, configure(max_loss=1.0, data=feed, seed=0, one_shot=True))
     assert not any("cannot certify" in x for x in plain.report["notes"]) and "confidence" not in plain.report
+
+
+def test_feeds_used_as_is_are_told_how_many_feeds_would_let_the_run_choose_apart():
+    """A stateful model's calibration set is a folder of feeds (the state's batch is its axis 1): 10 feeds of 32
+    samples cannot be split a sample at a time, and the note said "given 64 samples or more ... the run decides on
+    samples that did not choose" to a run of 320 samples (sweep 27's streaming VAD)."""
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import scripted_lstm
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((5, 32, 4)).astype(np.float32)} for _ in range(10)]
+    result = prune(scripted_lstm(hidden=8), data=feeds, max_loss=1, one_shot=True, seed=0)
+    said = [n for n in result.report["notes"] if "the run decides on samples that did not choose" in n]
+    assert len(said) == 1 and "given 64 feeds or more, or --val-data" in said[0], said

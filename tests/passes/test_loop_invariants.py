@@ -67,3 +67,32 @@ def test_a_layer_inside_a_loop_body_is_named_when_no_neuron_of_it_is_masked():
     note = unmaskable_note(model, {"W", "R", "head.weight"})
     assert note.startswith("--neuron-sparsity masked no neuron of 2 of 3 layers"), note
     assert "MatMul '/body/MatMul_1': it is inside Loop '/rnn/Loop'/body; the channel analysis does not enter" in note
+
+
+def test_weights_the_loops_of_both_if_branches_carry_are_read_from_outside_and_pruned():
+    """Sweep 27's tf.function (tf2onnx): a tf.while_loop RNN under a tf.cond; each branch's Loop carries the same
+    W and R, the two bodies' inputs named alike, so each carried body input had two readers (one per body) and the
+    weights were "not a weight of ... (used by 2 nodes: Loop)": 64% of the model's weights unprunable."""
+    from onnxprune.models.third_party_builders import cond_while_rnn
+    from onnxprune.passes.scopes import all_nodes
+
+    model = cond_while_rnn(hidden=16, seed=0)
+    check_full(model)
+    assert {"W", "R"}.isdisjoint(w.name for w in find_prunable(model).prunable)
+    assert sorted((n.name, k) for n, k in carried_weights(model)) == [("/else/Loop", 0), ("/else/Loop", 1),
+                                                                     ("/then/Loop", 0), ("/then/Loop", 1)]
+    rewritten = LoopInvariants()(copy.deepcopy(model), PruneState()).model
+    check_full(rewritten)
+    assert all(list(n.input)[2:] == ["h0"] for n in all_nodes(rewritten) if n.op_type == "Loop")
+    rng = np.random.default_rng(0)
+    for x in (rng.uniform(0, 0.4, (1, 4, 3)), rng.uniform(0.6, 1, (1, 4, 3))):  # each branch
+        x = x.astype(np.float32)
+        assert_same_outputs(rewritten, model, feeds=[{"x": x}], rtol=0)
+    found = {w.name: w for w in find_prunable(rewritten).prunable}
+    assert {"W", "R", "head.weight"} <= set(found) and found["W"].readers == 2
+    data = {"x": rng.uniform(0, 1, (64, 1, 4, 3)).astype(np.float32)}
+    result = prune(model, data=[{"x": x} for x in data["x"]], sparsity=0.5, seed=0)
+    check_full(result.model)
+    layers = {r["weight"]: r for r in result.report["layers"]}
+    assert layers["W"]["nonzeros"] < layers["W"]["params"] and layers["R"]["nonzeros"] < layers["R"]["params"]
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"x": x} for x in data["x"][:8]], rtol=1e-4)

@@ -361,3 +361,21 @@ def test_a_table_several_elementwise_ops_read_is_said_to_be_no_weight():
     x = rng.standard_normal((2, 4, 8)).astype(np.float32)
     (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(y, (x * cos * cos) @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_in_an_if_branch_has_its_macs_and_a_loop_bodys_stay_unknown():
+    """Shape inference gives the shapes inside If branches too, but only the main graph's were read: every layer of
+    sweep 27's torch.cond model (an If on a fully static [1, 1, 28, 28] input) had MACs "unknown". A Loop body's
+    layer runs once an iteration: its MACs a sample stay unknown rather than one iteration's."""
+    from onnxprune.models.third_party_builders import cond_while_rnn, scripted_lstm
+    from onnxprune.passes.base import PruneState
+    from onnxprune.passes.loading import run_load_passes
+
+    model = scripted_lstm(in_if=True, hidden=6, classes=3)
+    run_load_passes(model, PruneState())
+    fc = find_prunable(model).by_name()["fc.weight"]
+    assert fc.scope and fc.readers == 2 and fc.macs == 18  # one branch runs: 3 x 6 once
+    model = cond_while_rnn()
+    run_load_passes(model, PruneState())
+    found = find_prunable(model).by_name()
+    assert found["W"].macs is None and found["R"].macs is None and found["head.weight"].macs == 24
