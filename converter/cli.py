@@ -425,10 +425,12 @@ def _parse_levels(text: str | None):
               help="With --max-loss and --iterations: share of --data held out from retraining, to measure the "
                    "budget on (0: measure on the training data).")
 @click.option("--neuron-sparsity", type=float, default=0.0, show_default=True,
-              help="Share of each layer's neurons/channels to remove whole while retraining (smaller, faster model).")
+              help="Share of each layer's neurons/channels to remove whole while retraining (smaller, faster model); "
+                   "with --max-loss alone, the most the automatic search removes.")
 @click.option("--neuron-layer", "neuron_layers", multiple=True, metavar="NAME=S",
               help="Neuron sparsity for one layer (node or weight name, glob); overrides --neuron-sparsity.")
-@click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass).")
+@click.option("--no-neurons", is_flag=True, help="Keep dead neurons (skip the shape-shrinking pass; the automatic "
+              "search then masks no whole neuron).")
 @click.option("--crop-inputs", is_flag=True,
               help="Crop the input to the box of features some weight reads (a Slice; fast in onnxruntime).")
 @click.option("--gather-inputs", is_flag=True,
