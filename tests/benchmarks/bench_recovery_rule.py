@@ -24,8 +24,10 @@ outputs and results.json, appended to after each run; a run already in results.j
 
 Prints per run: model, N, recovery asked / the one the run said it used, weights ratio (the tool's "weights A -> B
 nonzero (Rx fewer)"), the run's claimed loss, top-1 changes on the selection set (%, faithful when <= 1%), its
-accuracy (dense accuracy beside it), wall seconds. The defaults (six models, three sizes, both backends: 36 runs)
-took about 25-30 minutes a draw on the shared 2-core machine. Measured: tests/corpus/RESULTS.md, "Recovery rule"
+accuracy (dense accuracy beside it), the neurons dead-neuron removal took out, wall seconds. `--flags` adds prune
+flags to every run and `--variant NAME` keeps those runs apart (session 32's refit search with and without whole
+neurons: `--sizes 240 --recoveries auto --seed S` and `--flags=--no-neurons --variant no-neurons`, S = 1..5).
+The defaults (six models, three sizes, both backends: 36 runs) took about 25-30 minutes a draw on the shared 2-core machine. Measured: tests/corpus/RESULTS.md, "Recovery rule"
 (which chose converter/auto/recovery.SMALL_DATA on the selection set; the test set was scored once, after).
 """
 
@@ -226,17 +228,20 @@ def read_report(stdout: str) -> dict:
     out["used"] = m.group(1) if m else ("one-shot" if "one-shot" in stdout else "?")
     m = re.search(r"budget: measured loss ([-+]?[\d.]+) pp", stdout)
     out["claimed_pp"] = float(m.group(1)) if m else None
+    m = re.search(r"dead neurons removed: (\d+)", stdout)
+    out["neurons"] = int(m.group(1)) if m else 0
     return out
 
 
 def prune(name: str, n: int, recovery: str, args) -> dict:
     model, calib = train_model(name, args.cache), make_calib(name, n, args.cache, args.seed)
-    out = args.cache / "runs" / f"{name}_{n}_{recovery}{_tag(args.seed)}.onnx"
+    variant = f"_{args.variant}" if args.variant else ""
+    out = args.cache / "runs" / f"{name}_{n}_{recovery}{_tag(args.seed)}{variant}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [args.python, "-m", "onnxprune", "prune", str(model), "-o", str(out), "--data", str(calib),
-           "--max-loss", "1", "--time-budget", args.time_budget, "--recovery", recovery]
+           "--max-loss", "1", "--time-budget", args.time_budget, "--recovery", recovery, *args.flags.split()]
     res = {"model": name, "n": n, "recovery": recovery, "time_budget": args.time_budget, "seed": args.seed,
-           "cmd": " ".join(cmd[1:]).replace(str(args.cache), "CACHE")}
+           "variant": args.variant, "cmd": " ".join(cmd[1:]).replace(str(args.cache), "CACHE")}
     proc = run_cli(cmd, out, res, args.timeout)
     if proc is None:
         return res
@@ -276,11 +281,11 @@ def row(r: dict, split: str = "select") -> str:
     else:
         ch, ok, acc = "-", r.get("outcome", "-"), "-"
     return (f"{r['model']:7s} {r['n']:>6d} {r['recovery']:>11s} {r.get('used', '-'):>11s} {ratio:>6s} {claim:>6s} "
-            f"{ch:>7s} {ok:>4s} {acc:>13s} {r.get('seconds', 0):6.0f}")
+            f"{ch:>7s} {ok:>4s} {acc:>13s} {r.get('neurons', 0):>7d} {r.get('seconds', 0):6.0f}")
 
 
 HEADER = (f"{'model':7s} {'N':>6s} {'asked':>11s} {'used':>11s} {'ratio':>6s} {'claim':>6s} {'chg %':>7s} "
-          f"{'<=1%':>4s} {'acc/dense %':>13s} {'wall s':>6s}")
+          f"{'<=1%':>4s} {'acc/dense %':>13s} {'neurons':>7s} {'wall s':>6s}")
 
 
 def load_results(path: Path) -> list[dict]:
@@ -299,6 +304,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--seed", type=int, default=SEED_CALIB, help="the calibration draw (another seed: other samples "
                     "of the same pool)")
+    ap.add_argument("--flags", default="", help="more prune flags for every run, e.g. '--no-neurons'")
+    ap.add_argument("--variant", default="", help="a name for runs with --flags (kept apart in results.json)")
     ap.add_argument("--rerun", action="store_true", help="run again what results.json already holds")
     ap.add_argument("--train-only", action="store_true", help="train the models and write the sets, run nothing")
     ap.add_argument("--table-only", action="store_true", help="print results.json's table, run nothing")
@@ -311,8 +318,9 @@ def main(argv=None) -> int:
     wanted = [(m, n, r) for m in args.models for n in args.sizes for r in args.recoveries]
 
     def pick(m, n, r):
-        return next((x for x in results if (x["model"], x["n"], x["recovery"], x["time_budget"], x.get("seed", 1))
-                     == (m, n, r, args.time_budget, args.seed)), None)
+        return next((x for x in results if (x["model"], x["n"], x["recovery"], x["time_budget"], x.get("seed", 1),
+                                            x.get("variant", "")) == (m, n, r, args.time_budget, args.seed,
+                                                                      args.variant)), None)
 
     if args.train_only:
         for m in args.models:
