@@ -461,10 +461,10 @@ class RowCoverage:
 
 
 def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
-    """Which rows of each embedding table among `weights` the samples of `reader` read: the ids reaching each of
-    the table's main-graph Gathers (a tied table's every lookup), read from the feeds when they are a graph input,
-    from the constant they are, else from one run of a copy of the model whose outputs are those ids. A table read inside a body (If/Loop/Scan) counts as not all read: its ids are not
-    counted here."""
+    """Which rows of each embedding table among `weights` the samples of `reader` read: the ids reaching each of the
+    table's main-graph Gathers (a tied table's every lookup), read from the feeds when they are a graph input, from
+    the constant they are, else from one run of a copy of the model whose outputs are those ids. A table read inside a
+    body (If/Loop/Scan) counts as not all read: its ids are not counted here."""
     from onnxprune.calibration.runtime import make_session
 
     cov = RowCoverage()

@@ -19,17 +19,18 @@ The rule (`choose`), in order:
 The reconstruct search. From the one-shot start, refit at its masks (level 0), two knobs in turn, each by the levels
 and bisection below: first **whole neurons** (level L masks 1 - 0.75^L of every channel group's neurons, the weakest
 by ‖in‖·g·‖out‖, passes/neuron_masks.py, on top of the start's masks; halving stops at SMALLEST_NEURON_STEP; off with
---no-neurons, capped by --neuron-sparsity), then **single weights** from the best of those. A neuron masked whole
-has its row and its readers' columns zero, so every layer after it is refit without it (He et al. 2017's channel
-pruning by reconstruction) and dead-neuron removal takes it out of the dense shapes: a faster, smaller file, where
-weights alone left the corpus's MACs at 1.00x. Measured on tests/benchmarks/bench_recovery_rule.py's MNIST models
-(mlp, cnn, conv1d, encoder; 240 unlabelled samples, draws 1-5; its 5,000-image selection set, never the corpus;
-tests/corpus/RESULTS.md, session 32), weights only -> neurons first: geometric-mean weights ratio 2.37x -> 2.73x, neurons removed
-11 -> 1,488, mean top-1 changes 0.52% -> 0.76%, results over 1% 3 -> 5 of 20 (the budget used more fully, under
-the same 84% rule). Choosing the neuron level on the training part instead was tried: the refit fits those very
-samples, so 82% of the CNN's neurons masked still changed none of them, and the decision set rejected it. A weight
-level L keeps d · 0.6^L of the weights, d the density the neuron levels left: LAMP over the best model's (refit) weights, nested in its masks (search.WEIGHT_FACTOR,
-allocation.global_masks, the --criterion score), then every layer is refit against the dense model's layer outputs
+--no-neurons, capped by --neuron-sparsity), then **single weights** from the best of those. A neuron masked whole has
+its row and its readers' columns zero, so every layer after it is refit without it (He et al. 2017's channel pruning
+by reconstruction) and dead-neuron removal takes it out of the dense shapes: a faster, smaller file, where weights
+alone left the corpus's MACs at 1.00x. Measured on tests/benchmarks/bench_recovery_rule.py's MNIST models (mlp, cnn,
+conv1d, encoder; 240 unlabelled samples, draws 1-5; its 5,000-image selection set, never the corpus;
+tests/corpus/RESULTS.md, session 32), weights only -> neurons first: geometric-mean weights ratio 2.37x -> 2.73x,
+neurons removed 11 -> 1,488, mean top-1 changes 0.52% -> 0.76%, results over 1% 3 -> 5 of 20 (the budget used more
+fully, under the same 84% rule). Choosing the neuron level on the training part instead was tried: the refit fits
+those very samples, so 82% of the CNN's neurons masked still changed none of them, and the decision set rejected it. A
+weight level L keeps d · 0.6^L of the weights, d the density the neuron levels left: LAMP over the best model's
+(refit) weights, nested in its masks (search.WEIGHT_FACTOR, allocation.global_masks, the --criterion score), then
+every layer is refit against the dense model's layer outputs
 (with `select`, each layer picks which weights to keep, as many as LAMP gave it, by OBS saliency). Levels grow by 1
 while candidates are within the budget, then bisect between the last level within and the first over, down to a
 quarter step or the time budget (a start that is the input model, no one-shot candidate having been within the

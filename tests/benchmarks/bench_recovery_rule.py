@@ -26,9 +26,10 @@ Prints per run: model, N, recovery asked / the one the run said it used, weights
 nonzero (Rx fewer)"), the run's claimed loss, top-1 changes on the selection set (%, faithful when <= 1%), its
 accuracy (dense accuracy beside it), the neurons dead-neuron removal took out, wall seconds. `--flags` adds prune
 flags to every run and `--variant NAME` keeps those runs apart (session 32's refit search with and without whole
-neurons: `--sizes 240 --recoveries auto --seed S` and `--flags=--no-neurons --variant no-neurons`, S = 1..5).
-The defaults (six models, three sizes, both backends: 36 runs) took about 25-30 minutes a draw on the shared 2-core machine. Measured: tests/corpus/RESULTS.md, "Recovery rule"
-(which chose converter/auto/recovery.SMALL_DATA on the selection set; the test set was scored once, after).
+neurons: `--sizes 240 --recoveries auto --seed S` and `--flags=--no-neurons --variant no-neurons`, S = 1..5). The
+defaults (six models, three sizes, both backends: 36 runs) took about 25-30 minutes a draw on the shared 2-core
+machine. Measured: tests/corpus/RESULTS.md, "Recovery rule" (which chose converter/auto/recovery.SMALL_DATA on the
+selection set; the test set was scored once, after).
 """
 
 from __future__ import annotations
