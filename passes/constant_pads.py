@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads, frozen_names
+from onnxprune.passes.scopes import constant_chain
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +32,10 @@ MAX_VALUES = 64
 
 
 def _chain(name: str, producers: dict, inits: set[str], graph_inputs: set[str]) -> list[onnx.NodeProto] | None:
-    """The nodes computing `name` from constants alone, in graph order; None when a graph input, a body or another
-    domain takes part, or the chain is longer than MAX_CHAIN."""
-    found: dict[int, onnx.NodeProto] = {}
-    stack = [name]
-    while stack:
-        t = stack.pop()
-        if not t:
-            continue
-        node = producers.get(t)
-        if node is None:
-            if t in inits and t not in graph_inputs:
-                continue
-            return None
-        if id(node) in found:
-            continue
-        if (node.domain or "") not in ("", "ai.onnx") or any(
-                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            return None
-        found[id(node)] = node
-        if len(found) > MAX_CHAIN:
-            return None
-        stack.extend(node.input)
-    return list(found.values())
+    """The nodes computing `name` from constants alone; None when a graph input, a body or another domain takes
+    part, or the chain is longer than MAX_CHAIN."""
+    chain = constant_chain(name, producers, inits, graph_inputs, max_nodes=MAX_CHAIN)
+    return None if chain is None else chain[0]
 
 
 def computed_pads(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:

@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads
 from onnxprune.passes.opfacts import WEIGHT_OPS
-from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, scopes
+from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, constant_chain, scopes
 
 log = logging.getLogger(__name__)
 
@@ -67,30 +67,7 @@ def _weight_inputs(node: onnx.NodeProto) -> list[int]:
 def _chain(name: str, ix: ScopeIndex, inputs: set[str]) -> tuple[list[onnx.NodeProto], list[str]] | None:
     """(the nodes computing `name`, the initializer names they read), or None when anything but constants feeds
     them, or a node is not one the rules fold."""
-    nodes: dict[int, onnx.NodeProto] = {}
-    leaves: list[str] = []
-    stack = [name]
-    while stack:
-        t = stack.pop()
-        if not t:
-            continue
-        node = ix.producers.get(t)
-        if node is None:
-            if t in ix.consts and t not in inputs:
-                if t not in leaves:
-                    leaves.append(t)
-                continue
-            return None  # a graph input, a body input or a name nothing defines
-        if id(node) in nodes:
-            continue
-        if (node.domain or "") not in ("", "ai.onnx") or node.op_type.startswith(NEVER) or any(
-                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            return None
-        nodes[id(node)] = node
-        if len(nodes) > MAX_CHAIN:
-            return None
-        stack.extend(node.input)
-    return list(nodes.values()), leaves
+    return constant_chain(name, ix.producers, ix.consts, inputs, max_nodes=MAX_CHAIN, never=NEVER)
 
 
 def _ordered(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

@@ -260,3 +260,35 @@ def lift_constants(model: onnx.ModelProto) -> list[str]:
         model.graph.node.extend(kept)
         model.graph.initializer.extend(lifted)
     return [t.name for t in lifted]
+
+
+def constant_chain(name: str, producers: dict, consts, inputs, *, max_nodes: int, never: tuple[str, ...] = ()
+                   ) -> tuple[list[onnx.NodeProto], list[str]] | None:
+    """(the nodes computing `name` from constants alone, the constants with no producer they read) or None when a
+    graph or body input (`inputs`), a name nothing defines, a node of another domain or with a body, an op whose name
+    starts with one of `never`, or more than `max_nodes` nodes take part (passes/constant_pads.py,
+    passes/constant_weights.py)."""
+    nodes: dict[int, onnx.NodeProto] = {}
+    leaves: list[str] = []
+    stack = [name]
+    while stack:
+        t = stack.pop()
+        if not t:
+            continue
+        node = producers.get(t)
+        if node is None:
+            if t in consts and t not in inputs:
+                if t not in leaves:
+                    leaves.append(t)
+                continue
+            return None
+        if id(node) in nodes:
+            continue
+        if (node.domain or "") not in ("", "ai.onnx") or (never and node.op_type.startswith(never)) or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return None
+        nodes[id(node)] = node
+        if len(nodes) > max_nodes:
+            return None
+        stack.extend(node.input)
+    return list(nodes.values()), leaves
