@@ -143,6 +143,19 @@ def static_conditions(model: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> dict
     return out
 
 
+def dead_branches(model: onnx.ModelProto) -> list[str]:
+    """The outermost If branches no input of the model's declared shapes can take ("If 'name'/else_branch"), as
+    `branch_coverage` names them; `inspect` says them (no data needed)."""
+    walked = list(_walk(model.graph))
+    ifs = [node for node, _, _, slot in walked if slot is not None]
+    if not ifs:
+        return []
+    static = static_conditions(model, ifs)
+    labels = [f"{label}/{'else_branch' if static[id(node)] else 'then_branch'}" for node, label, _, slot in walked
+              if slot is not None and id(node) in static]
+    return [b for b in labels if not any(b.startswith(o + "/") for o in labels)]
+
+
 def _static(node: onnx.NodeProto, name: str, shapes: dict, value) -> np.ndarray | None:
     """`name`'s value when `node` computes it from values `value` knows (None: unknown). A Shape is a float array
     with NaN for the unknown dimensions; only Gather/Slice/Size read through those, everything else needs all known."""

@@ -81,8 +81,19 @@ def inspect_model(path: Path) -> dict:
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
         "too_old": _too_old(loaded.model),
+        "dead_branches": _dead_branches(loaded.model),
         "inlined": loaded.inlined,
     }
+
+
+def _dead_branches(model) -> list[str]:
+    """If branches no input of the declared shapes can take (converter/coverage.static_conditions)."""
+    from onnxprune.converter.coverage import dead_branches
+
+    try:
+        return dead_branches(model)
+    except Exception:  # noqa: BLE001 - a graph the static reading cannot follow: nothing said
+        return []
 
 
 def _too_old(model) -> str | None:
@@ -273,6 +284,12 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       highlight=False)
     if info.get("too_old"):
         console.print(f"note: {info['too_old']}", markup=False, highlight=False)
+    dead = info.get("dead_branches") or []
+    if dead:
+        shown = ", ".join(dead[:3]) + (f" (+{len(dead) - 3} more)" if len(dead) > 3 else "")
+        console.print(f"note: {len(dead)} If branch(es) can take no input of the shapes the model declares ({shown}: "
+                      "the condition follows from those shapes alone); prune leaves what only they read as it is "
+                      "and prunes what they share with the branches that run", markup=False, highlight=False)
     for kind in ("inputs", "outputs"):
         items = info.get(kind) or []
         text = "; ".join(f"{v['name']} {v['dtype']} "

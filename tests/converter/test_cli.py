@@ -347,3 +347,18 @@ def test_inspect_says_a_loop_bodys_layers_run_once_an_iteration(tmp_path):
     assert "symbolic axis" not in text
     info = json.loads(invoke("inspect", tmp_path / "loop.onnx", "--json").output)
     assert [r["in_loop"] for r in info["layers"]] == [False, True, True]
+
+
+def test_inspect_names_the_if_branches_no_input_of_the_declared_shapes_can_take(tmp_path):
+    """converter/coverage.static_conditions, said before any data: silero-vad's no-state LSTM branch (its state is
+    declared [2, batch, 128]) never runs, and prune prunes what it shares with the branch that does."""
+    from onnxprune.models.third_party_builders import scripted_lstm
+
+    for static, want in ((True, ["If '/select'/else_branch"]), (False, [])):
+        path = tmp_path / f"scripted_{static}.onnx"
+        onnx.save(scripted_lstm(in_if=True, static_if=static), path)
+        doc = json.loads(invoke("inspect", path, "--json").output)
+        assert doc["dead_branches"] == want
+        text = invoke("inspect", path).output
+        assert ("1 If branch(es) can take no input of the shapes the model declares (If '/select'/else_branch"
+                in text) == static
