@@ -94,6 +94,12 @@ class Layer:
     def weights(self) -> tuple[str, ...]:
         return (self.weight,)
 
+    def captures(self) -> tuple[list, list]:
+        """(inputs read from the pruned model, targets read from the dense one) as reconstruct_bodies captures
+        (tensor, scope), per site; x from the dense model under teacher forcing."""
+        return ([(s.x, s.scope) for s in self.sites if not s.dense_x],
+                [(s.x, s.scope) for s in self.sites if s.dense_x] + [(s.node.output[0], s.scope) for s in self.sites])
+
 
 @dataclass
 class ReconstructReport:
@@ -801,7 +807,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     stream = Stream(lambda: _batches(reader, limit), room)
     frontier = Frontier(room)
     dense_session.begin(room)
-    captures = [[_layer_captures(lay) for lay in wave] for wave in every]
+    captures = [[lay.captures() for lay in wave] for wave in every]
     for k, wave in enumerate(every):
         def halt(k=k):
             if stop is not None and stop():
@@ -896,8 +902,8 @@ def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
     fits = [RecurrentFit(lay, inits, masks, dense_weights) if isinstance(lay, RecurrentLayer) else
             _Fit(lay, inits, masks[lay.weight], refit_bias,
                  None if dense_consts is None else numpy_helper.to_array(dense_consts[lay.weight])) for lay in wave]
-    xs = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.inputs)))
-    targets = list(dict.fromkeys(c for lay, fit in zip(wave, fits) for c in _captures(lay, fit.targets)))
+    xs = list(dict.fromkeys(c for fit in fits for c in fit.inputs))
+    targets = list(dict.fromkeys(c for fit in fits for c in fit.targets))
     pruned = _Run(model, xs, types, plan.frontier, plan.future, plan.changing) if xs else None
     batches = 0
     for b, feeds in plan.stream:
@@ -906,10 +912,7 @@ def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
         xv = dict(zip(xs, pruned.run(b, feeds))) if xs else {}
         tv = dict(zip(targets, dense_session.run(targets, feeds, b, plan.stream.digest(b, feeds))))
         batches = b + 1
-        for lay, fit in zip(wave, fits):
-            if isinstance(fit, _Fit):
-                fit.feed_captures(xv, tv)
-                continue
+        for fit in fits:
             fit.feed_captures(xv, tv)  # each site whose If branch ran on this batch
     if pruned is not None:
         pruned.close(batches, plan.stream.kept)
@@ -918,21 +921,6 @@ def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
         fit.finish(inits, damp, report, prior)
 
 
-def _captures(layer, names: list) -> list:
-    """A fit's inputs or targets as reconstruct_bodies captures (both fits' are already)."""
-    return [n if isinstance(n, tuple) else (n, layer.scope) for n in names]
-
-
-def _layer_captures(layer) -> tuple[list, list]:
-    """(inputs read from the pruned model, targets read from the dense one) of a layer's fit, as captures (what
-    _Fit and RecurrentFit read, known before either is built)."""
-    if isinstance(layer, Layer):
-        return ([(s.x, s.scope) for s in layer.sites if not s.dense_x],
-                [(s.x, s.scope) for s in layer.sites if s.dense_x] + [(s.node.output[0], s.scope) for s in layer.sites])
-    from onnxprune.converter.reconstruct_recurrent import site_names
-
-    return ([(n.input[0], sc) for n, sc in layer.sites],
-            [(name, sc) for n, sc in layer.sites for name in site_names(n)])
 
 
 def _roots(model: onnx.ModelProto, captures) -> set[str]:
@@ -990,14 +978,7 @@ class _Fit:
             self.fixed = _fixed_bias(layer, inits)
         groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type in CONVS else 1
         self.gram = _Gram(groups, intercept=self.bias is not None)
-        # captures (tensor, scope) per site (the layer and its twins); x from the dense model under teacher forcing
-        self.inputs = [(s.x, s.scope) for s in layer.sites if not s.dense_x]
-        self.targets = [(s.x, s.scope) for s in layer.sites if s.dense_x] + [(s.node.output[0], s.scope)
-                                                                            for s in layer.sites]
-
-    def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray]) -> None:
-        """Main-graph values by name (the layer alone)."""
-        self.add(pruned[self.layer.x], dense[self.layer.node.output[0]])
+        self.inputs, self.targets = layer.captures()  # per site: the layer and its twins
 
     def feed_captures(self, pruned: dict, dense: dict) -> None:
         """Values by capture: one batch of rows from each site whose body ran (a branch that did not gives none)."""

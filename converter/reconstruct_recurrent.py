@@ -111,10 +111,11 @@ class RecurrentLayer:
     def outputs(self) -> tuple[str, ...]:
         return tuple(o for node, _ in self.sites for o in node.output if o)
 
-    @property
-    def dense_names(self) -> tuple[str, ...]:
-        """What the refit reads from the dense model: X, all hidden states Y, and initial_h when given."""
-        return tuple(n for node, _ in self.sites for n in site_names(node))
+    def captures(self) -> tuple[list, list]:
+        """(X from the pruned model, X, Y and initial_h from the dense one) as reconstruct_bodies captures (tensor,
+        scope), per site: the node and its twins."""
+        return ([(n.input[0], sc) for n, sc in self.sites],
+                [(name, sc) for n, sc in self.sites for name in site_names(n)])
 
 
 def site_names(node: onnx.NodeProto) -> tuple[str, ...]:
@@ -183,9 +184,7 @@ class RecurrentFit:
             p.free = tuple(part for part in p.parts if self.masks[part] is not None)
             p.gram = _Gram(1, intercept=layer.bias is not None)
         self.problems = [p for p in self.problems if p.free]
-        # captures (tensor, scope) per site: X from the pruned model, X, Y and initial_h from the dense one
-        self.inputs = [(n.input[0], sc) for n, sc in layer.sites]
-        self.targets = [(name, sc) for n, sc in layer.sites for name in site_names(n)]
+        self.inputs, self.targets = layer.captures()
 
     def _reset_activation(self):
         """The GRU reset gate's activation (f, the first of each direction's pair), or None if not one we compute."""
