@@ -272,7 +272,6 @@ class ReconstructRecovery(Recovery):
     `select`: each layer's refit chooses its own mask of the same size by OBS saliency (reconstruct._select)."""
 
     per_layer = True  # after the bisection, raise layers one at a time while time is left (rule 'per layer')
-    neuron_cap = None  # --neuron-sparsity, the most of a group's neurons the neuron levels mask
     select = False  # measured: off gave 5.1x vs 3.9x (sklearn_mlp_digits), 56x vs 20x (mtcnn_onet), same on mtcnn_rnet
 
     def search(self, s, best):
@@ -350,8 +349,7 @@ class ReconstructRecovery(Recovery):
         from onnxprune.passes.neuron_masks import neuron_map
 
         s = self.s
-        cap = s.config.overrides.get("neuron_sparsity")
-        if not s.config.neurons or (cap is not None and cap <= 0):
+        if not s.config.neurons or (s.neuron_cap is not None and s.neuron_cap <= 0):
             return None
         held = {w.name for w in s.inventory.prunable if w.kind == "embedding"}
         try:
@@ -359,7 +357,6 @@ class ReconstructRecovery(Recovery):
         except Exception as exc:  # noqa: BLE001 - a graph the channel analysis cannot follow: weights only
             log.debug("reconstruct: no neuron map (%s)", exc)
             return None
-        self.neuron_cap = cap
         return nmap if nmap.candidates else None
 
     def _bisect(self, best, knob: str, nmap=None):
@@ -368,7 +365,7 @@ class ReconstructRecovery(Recovery):
         keeps the phase's start density x WEIGHT_FACTOR^L of the weights, by LAMP (`_global`); `neurons`: level L
         masks 1 - NEURON_FACTOR^L of every channel group's neurons, the weakest (passes.neuron_masks), on top of
         the phase's start masks. Every candidate is refit and judged."""
-        from onnxprune.converter.auto.search import NEURON_FACTOR, WEIGHT_FACTOR, _Best
+        from onnxprune.converter.auto.search import WEIGHT_FACTOR, _Best
         from onnxprune.converter.reconstruct import RefitStopped
         from onnxprune.passes.neuron_masks import neuron_masks
 
@@ -376,6 +373,7 @@ class ReconstructRecovery(Recovery):
         base, levels0 = best, dict(best.levels)
         base_keep = sum(int(m.sum()) for m in best.masks.values()) if knob == "weights" else None
         weights = s._weights_of(best.model) if knob == "neurons" else None
+        smallest = SMALLEST_LEVEL_STEP if knob == "weights" else SMALLEST_NEURON_STEP
         lo, hi, level = 0.0, None, 1.0
         while True:
             need = (self.pace or self._first_estimate(best.masks)) * REFIT_MARGIN
@@ -391,15 +389,13 @@ class ReconstructRecovery(Recovery):
                 emptied = not all(m.any() for m in masks.values())
                 share = None
             else:
-                share = 1.0 - NEURON_FACTOR ** level
-                if self.neuron_cap is not None:
-                    share = min(share, self.neuron_cap)
+                share = s._share(level)  # 1 - NEURON_FACTOR^level, at most --neuron-sparsity
                 masks, _ = neuron_masks(nmap, weights, base.masks, [share] * len(nmap.groups))
                 masks = {n: masks.get(n, m) for n, m in base.masks.items()}
                 emptied = sum(int(m.sum()) for m in masks.values()) >= sum(int(m.sum()) for m in base.masks.values())
             if emptied:  # a layer emptied (weights), or no neuron left to mask (neurons): too far
                 hi = level
-                if hi - lo < (SMALLEST_LEVEL_STEP if knob == "weights" else SMALLEST_NEURON_STEP) * 2:
+                if hi - lo < smallest * 2:
                     break
                 level = (lo + hi) / 2.0
                 continue
@@ -420,8 +416,7 @@ class ReconstructRecovery(Recovery):
                 lo = level
             else:
                 hi = level
-            capped = share is not None and self.neuron_cap is not None and share >= self.neuron_cap - 1e-9
-            smallest = SMALLEST_LEVEL_STEP if knob == "weights" else SMALLEST_NEURON_STEP
+            capped = share is not None and s.neuron_cap is not None and share >= s.neuron_cap - 1e-9
             if (knob == "weights" and keep <= len(s.sizes)) or (kept and capped) or (
                     hi is not None and hi - lo < smallest * 2):
                 break

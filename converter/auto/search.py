@@ -540,11 +540,15 @@ class _Search:
             nmap = neuron_map(self.original, set(self.sizes))
             if nmap.candidates:
                 knobs.append(_Knob("neurons"))
-        cap = self.config.overrides.get("neuron_sparsity")
-        if cap is not None and cap <= 0:
+        if self.neuron_cap is not None and self.neuron_cap <= 0:
             knobs = knobs[:1]
-        self.nmap, self.neuron_cap = nmap, cap
+        self.nmap = nmap
         return knobs
+
+    @property
+    def neuron_cap(self) -> float | None:
+        """--neuron-sparsity: the most of a channel group's neurons either search masks whole (None: no cap)."""
+        return self.config.overrides.get("neuron_sparsity")
 
     def _rounds(self, best: _Best, knobs: list[_Knob]) -> tuple[_Best, bool, bool]:
         """One pass over the knobs until each is done; (best, anything kept, stopped by the time budget)."""
