@@ -130,6 +130,18 @@ def _runtime(sub: onnx.ModelProto) -> list:
     return session.run(None, {})
 
 
+def _read(nodes, leaves, ix: ScopeIndex) -> list[str] | None:
+    """The constants a chain reads: its leaves and its Constant nodes' values (None: a Constant holding no `value`
+    tensor, which the rules do not read)."""
+    read = list(leaves)
+    for n in nodes:  # a Constant node is a leaf that lives in the chain
+        if n.op_type == "Constant":
+            if n.output[0] not in ix.consts:
+                return None
+            read.append(n.output[0])
+    return read
+
+
 def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
     if value is None or value.size == 0:
         return False
@@ -138,28 +150,20 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
     if len(nodes) == 1 and nodes[0].op_type in READ_THROUGH:
         return False
     dtype = onnx.helper.np_dtype_to_tensor_dtype(value.dtype) if value.dtype.kind == "f" else None
-    if dtype not in FLOAT_TYPES:
+    read = _read(nodes, leaves, ix)
+    if dtype not in FLOAT_TYPES or read is None:
         return False
-    for leaf in leaves:
-        t = ix.consts[leaf]
+    stored = 0
+    for name in read:
+        t = ix.consts[name]
         if t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data:
             return False  # its bytes are not loaded
         if t.data_type in FLOAT_TYPES:
             if t.data_type != dtype:
                 return False
+            stored += int(np.prod(t.dims, dtype=np.int64))
         elif t.data_type not in INDEX_TYPES or int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
             return False
-    stored = sum(int(np.prod(ix.consts[leaf].dims, dtype=np.int64)) for leaf in leaves
-                 if ix.consts[leaf].data_type in FLOAT_TYPES)
-    for n in nodes:  # a Constant node is a leaf that lives in the chain
-        if n.op_type == "Constant":
-            v = next((a.t for a in n.attribute if a.name == "value"), None)
-            if v is None or (v.data_type in FLOAT_TYPES and v.data_type != dtype) or (
-                    v.data_type not in FLOAT_TYPES and (v.data_type not in INDEX_TYPES
-                                                        or int(np.prod(v.dims, dtype=np.int64)) > MAX_INDEX)):
-                return False
-            if v.data_type in FLOAT_TYPES:
-                stored += int(np.prod(v.dims, dtype=np.int64))
     # its values are read from stored floats, not made: a ConstantOfShape fill (onnx's "light" test models) or an
     # Expand of a scalar stays as it is, so no file grows by a tensor its model never stored
     return stored >= value.size
@@ -167,9 +171,12 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
 
 def computed_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, list, list, np.ndarray]]:
     """[(layer, input index, chain nodes, leaves, value)] for every weight input the rules fold."""
+    return _computed(model, ScopeIndex.of(model))
+
+
+def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodeProto, int, list, list, np.ndarray]]:
     if model.ir_version < 4:  # an initializer must also be a graph input there
         return []
-    ix = ScopeIndex.of(model)
     inputs = {v.name for sc in scopes(model.graph) for v in sc.graph.input}
     outputs = {v.name for sc in scopes(model.graph) for v in sc.graph.output}
     found = []
@@ -205,10 +212,10 @@ class ConstantWeights(Pass):
     """Store a weight that nodes compute from constants as the constant it is (module docstring)."""
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
-        found = computed_weights(model)
+        ix = ScopeIndex.of(model)
+        found = _computed(model, ix)
         if not found:
             return PassResult(model, False)
-        ix = ScopeIndex.of(model)
         taken = set(ix.consts) | set(ix.producers) | {v.name for sc in scopes(model.graph) for v in sc.graph.input}
         by_bytes: dict[tuple, str] = {}
         chained_nodes: dict[int, onnx.NodeProto] = {}
@@ -216,8 +223,7 @@ class ConstantWeights(Pass):
         for node, k, nodes, chain_leaves, value in found:
             key = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes(), digest_size=16).digest())
             if key not in by_bytes:
-                read = chain_leaves + [n.output[0] for n in nodes if n.op_type == "Constant"]  # what it reads
-                floats = [t for t in read if t in ix.consts and ix.consts[t].data_type in FLOAT_TYPES]
+                floats = [t for t in _read(nodes, chain_leaves, ix) if ix.consts[t].data_type in FLOAT_TYPES]
                 biggest = max(floats, key=lambda n: int(np.prod(ix.consts[n].dims, dtype=np.int64)), default=None)
                 by_bytes[key] = _unique(biggest or node.input[k], taken)
                 model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), by_bytes[key]))
