@@ -48,6 +48,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxprune.converter.reconstruct_bodies import bodies
+from onnxprune.passes.scopes import ScopeIndex, local_constants
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,9 @@ def static_conditions(model: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> dict
     its no-state LSTM branch can never run; onnxruntime refuses a feed that breaks a declared dimension). A Shape
     gives the dimensions known (unknown ones stay unknown: anything that reads one is not decided), Size of a Shape
     the rank; every other op computes on known values only."""
-    from onnxprune.passes.scopes import ScopeIndex, scopes
+    from onnxprune.passes.shapes import infer_shapes
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a model inference cannot follow: nothing is decided statically
-        return {}
-    shapes: dict[str, list] = {}
-    for sc in scopes(inferred.graph):
-        for v in (*sc.graph.input, *sc.graph.output, *sc.graph.value_info):
-            t = v.type.tensor_type
-            if v.type.HasField("tensor_type") and t.HasField("shape"):
-                shapes.setdefault(v.name, [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim])
+    shapes = infer_shapes(model)  # on a skeleton: no big weight copied; a failure leaves the declared shapes
     ix = ScopeIndex.of(model)
     memo: dict[str, np.ndarray | None] = {}
 
@@ -147,12 +139,26 @@ def dead_branches(model: onnx.ModelProto) -> list[str]:
     """The outermost If branches no input of the model's declared shapes can take ("If 'name'/else_branch"), as
     `branch_coverage` names them; `inspect` says them (no data needed)."""
     walked = list(_walk(model.graph))
-    ifs = [node for node, _, _, slot in walked if slot is not None]
-    if not ifs:
-        return []
-    static = static_conditions(model, ifs)
-    labels = [f"{label}/{'else_branch' if static[id(node)] else 'then_branch'}" for node, label, _, slot in walked
-              if slot is not None and id(node) in static]
+    labels = _branch_labels(walked)
+    dead = _dead(model, walked) if labels else set()
+    return _outermost([label for key, label in labels.items() if key in dead])
+
+
+def _branch_labels(walked) -> dict[tuple[int, str], str]:
+    """{(slot, branch attribute): "If 'name'/then_branch"} for every counted If, in graph order."""
+    return {(slot, attr): f"{label}/{attr}" for node, label, _, slot in walked if slot is not None
+            for attr, _ in bodies(node)}
+
+
+def _dead(model: onnx.ModelProto, walked) -> set[tuple[int, str]]:
+    """The (slot, branch attribute) of every branch `static_conditions` says no valid input takes."""
+    static = static_conditions(model, [node for node, _, _, slot in walked if slot is not None])
+    return {(slot, "else_branch" if static[id(node)] else "then_branch") for node, _, _, slot in walked
+            if slot is not None and id(node) in static}
+
+
+def _outermost(labels: list[str]) -> list[str]:
+    """The branches not inside another of `labels` (a branch inside a named one is implied by it)."""
     return [b for b in labels if not any(b.startswith(o + "/") for o in labels)]
 
 
@@ -375,8 +381,7 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
     for feeds in reader:
         counts += session.run([output], feeds)[0]
     walked = list(_walk(model.graph))
-    labels = {(slot, attr): f"{label}/{attr}" for node, label, _, slot in walked if slot is not None
-              for attr, _ in bodies(node)}  # graph order
+    labels = _branch_labels(walked)
     untaken = {key for key in labels if counts[2 * key[0] + BRANCH[key[1]]] == 0}
     conditions = {slot: _condition(model.graph, node) for node, _, around, slot in walked
                   if slot is not None and not around}
@@ -386,16 +391,12 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
             name, negated = cond
             wanted = (key[1] == "then_branch") != negated
             labels[key] += f" (taken when input '{name}' is {'true' if wanted else 'false'})"
-    static = static_conditions(model, [node for node, _, _, slot in walked if slot is not None])
-    dead = {(slot, "else_branch" if static[id(node)] else "then_branch") for node, _, _, slot in walked
-            if slot is not None and id(node) in static}
+    dead = _dead(model, walked)
     if dead - untaken:  # some sample took a branch decided dead: the decision is wrong, so the data decides
         log.debug("coverage: branches decided dead that ran: %s", sorted(dead - untaken))
         dead &= untaken
-    outermost = lambda keys: [b for b in keys if not any(b.startswith(o + "/") for o in keys)]  # noqa: E731
-    # a branch inside an untaken one is implied by it: only the outermost are named
-    cov.untaken = outermost([label for key, label in labels.items() if key in untaken - dead])
-    cov.dead = outermost([label for key, label in labels.items() if key in dead])
+    cov.untaken = _outermost([label for key, label in labels.items() if key in untaken - dead])
+    cov.dead = _outermost([label for key, label in labels.items() if key in dead])
     blocked: dict[str, str] = {}  # tensor read by a node in an untaken branch some input can take -> that branch
     only_dead: dict[str, str] = {}  # tensor read in a branch no valid input takes -> that branch
     for node, _, around, _ in walked:
@@ -497,10 +498,9 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
             cov.partial[w.name] = (0, w.shape[0])
             cov.bodies.add(w.name)
     inputs = {i.name for i in model.graph.input}
-    consts = {t.name: t for t in model.graph.initializer}
-    consts.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
-                   for n in model.graph.node if n.op_type == "Constant" and n.output})
-    computed = sorted({t for ts in ids.values() for t in ts if t not in inputs and t not in consts})
+    consts = local_constants(model.graph)
+    made = consts.keys() | {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
+    computed = sorted({t for ts in ids.values() for t in ts if t not in inputs and t not in made})
     session = None
     if computed:
         copy = onnx.ModelProto()
@@ -518,7 +518,7 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
                     x = feeds[t]
                 elif t in values:
                     x = values[t]
-                elif consts.get(t) is not None:
+                elif t in consts:
                     x = onnx.numpy_helper.to_array(consts[t])
                 else:
                     continue
