@@ -167,8 +167,10 @@ def neuron_map(model: onnx.ModelProto, maskable: set[str], protected=frozenset()
     """Analyse `model` once: the weight axes of every class, and which classes may be masked whole."""
     cg = analyse(model, protected=protected)
     produced = {(lay.weight, lay.tensor) for lay in cg.layers}
-    entries = [Entry(a.weight, a.axis, cg.roots(a.tensor), (a.weight, a.tensor) in produced,
-                     np.array([cg.gain.get(int(i), 1.0) for i in cg.channels[a.tensor].ids])) for a in cg.axes]
+    entries = [Entry(a.weight, a.axis, np.tile(cg.roots(a.tensor), a.repeat),
+                     (a.weight, a.tensor) in produced if a.incoming is None else a.incoming,
+                     np.tile([cg.gain.get(int(i), 1.0) for i in cg.channels[a.tensor].ids], a.repeat))
+               for a in cg.axes]
     has_in = {int(r) for e in entries if e.incoming for r in e.roots}
     has_out = {int(r) for e in entries if not e.incoming for r in e.roots}
     frozen = {int(r) for e in entries if e.weight not in maskable for r in e.roots} | cg.blocked()

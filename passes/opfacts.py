@@ -117,9 +117,9 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
     "Gemm": WeightFacts("fc", (0, 1), _gemm_axes, bias=2),
     "MatMul": WeightFacts("fc", (0, 1), _matmul_axes),
     # W (input) and R (recurrent) matrices; B, sequence_lens, initial states and peepholes are not weights.
-    "LSTM": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
-    "GRU": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
-    "RNN": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3, shrinkable=False),
+    "LSTM": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3),
+    "GRU": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3),
+    "RNN": WeightFacts("recurrent", (1, 2), _recurrent_axes, bias=3),
     # Dynamic quantization: integer weights, seen as their float stand-ins (DYNAMIC_QUANT_WEIGHTS below)
     "ConvInteger": WeightFacts("conv", (1,), _conv_axes, grouped=True, shrinkable=False),
     "MatMulInteger": WeightFacts("fc", (1,), _matmul_axes, shrinkable=False),

@@ -64,7 +64,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _resize,
     _unary,
 )
-from onnxprune.passes.channel_groups.rules_layers import _conv, _conv_transpose, _gemm, _matmul
+from onnxprune.passes.channel_groups.rules_layers import RECURRENT_GATES, _conv, _conv_transpose, _gemm, _matmul, _recurrent
 from onnxprune.passes.channel_groups.rules_layout import (
     _cast,
     _concat,
@@ -89,6 +89,7 @@ __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel
 
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
+    **{op: _recurrent for op in RECURRENT_GATES},
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
     "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,

@@ -46,11 +46,15 @@ class Edit:
 
 @dataclass
 class WeightAxis:
-    """Axis `axis` of initializer `weight` is indexed by the positions of `tensor` (for neuron masks)."""
+    """Axis `axis` of initializer `weight` is indexed by the positions of `tensor` (for neuron masks): `repeat`
+    times over, in blocks (a recurrent weight's gates: LSTM's W rows are [i; o; f; c], each over the hidden units);
+    `incoming` says whether the weight produces the positions (None: it does when it is their layer's weight)."""
 
     weight: str
     axis: int
     tensor: str
+    repeat: int = 1
+    incoming: bool | None = None
 
 
 @dataclass

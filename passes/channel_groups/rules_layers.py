@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -10,11 +12,14 @@ from onnxprune.passes.channel_groups.graph import Channels, Layer, WeightAxis
 from onnxprune.passes.channel_groups.util import (
     NAN,
     _attr,
+    _desc,
     _const,
     _no_padding,
     _opt_input,
     _per_channel,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _gemm(b: Builder, node: gs.Node) -> None:
@@ -182,3 +187,74 @@ def _conv_transpose(b: Builder, node: gs.Node) -> None:
     b.slices(node.outputs[0], w, 1, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 
+
+
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # W and R rows are these many blocks of hidden_size, in order
+
+
+def _recurrent(b: Builder, node: gs.Node) -> None:
+    """LSTM/GRU/RNN, one direction: hidden unit k is a class. Its incoming weights are row k of every gate block of
+    W and R (and of B, P); what reads it is column k of R (every gate of every unit reads h[t-1]) and whatever reads
+    Y, Y_h or Y_c at position k. A unit's output varies with time even when its rows are zero (its cell integrates
+    sigmoid(bias) gates), so it never holds a constant: it goes only when nothing reads it, column k of R and every
+    reader downstream zero, and then exactly, whatever its own rows hold. Removing it slices W, R, B and P by gate
+    block, R's columns and the initial states (an initial state other than an initializer of this node alone keeps
+    its size and is read through a Gather of the kept units: a graph input's interface does not change), and sets
+    hidden_size. Bidirectional layers keep their units (a unit of each direction sits at the same position of
+    Y's last axis, and what reads them concatenates the directions)."""
+    x, w, r = node.inputs[:3]
+    W, R, gates = _const(w), _const(r), RECURRENT_GATES[node.op]
+    outs = [t for t in node.outputs if t.name]
+    if W is None or R is None or W.ndim != 3 or R.ndim != 3 or W.shape[0] != 1 or not outs:
+        why = ("is bidirectional: dead-neuron removal does not shrink its hidden size"
+               if W is not None and W.ndim == 3 and W.shape[0] != 1 else "has no constant W and R")
+        log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why)
+        return b.opaque(node, f"({node.op}) {why}")
+    hidden, features = R.shape[2], W.shape[2]
+    bias_t = _opt_input(node, 3)
+    peep = _opt_input(node, 7) if node.op == "LSTM" else None
+    extras = [t for t in (bias_t, peep) if t is not None]
+    frozen = next((why for why in (b.frozen(t, node) for t in (w, r, *extras)) if why), None)
+    if frozen is None and any(_const(t) is None for t in extras):
+        frozen = f"{_desc(node)} has a computed bias or peephole"
+    if b.read(node, x, -1, W[0].T, None, frozen):  # a constant input channel is not folded into B: kept unless unread
+        b.slices(x, w, 2)
+    main = outs[0]
+    ids = b.cg.new_classes(hidden, _desc(node))
+    value = np.full(hidden, NAN)  # never a constant (docstring)
+    for t in outs:
+        b.set(t, Channels(-1, ids, value))
+    by_unit = [m[0].reshape(gates, hidden, -1).swapaxes(0, 1).reshape(hidden, -1) for m in (W, R)]
+    b.cg.layers.append(Layer(node.name, node.op, w.name, main.name, np.hstack(by_unit)))
+    b.cg.axes += [WeightAxis(w.name, 1, main.name, gates, True), WeightAxis(r.name, 1, main.name, gates, True),
+                  WeightAxis(r.name, 2, main.name, 1, False)]
+    if frozen:
+        b.block(ids, frozen)
+    b.read(node, main, -1, R[0].T, None, frozen)  # column k of R: every gate reads unit k's last output
+    states = [i for i in ((5, 6) if node.op == "LSTM" else (5,)) if _opt_input(node, i) is not None]
+
+    def edit(keep: np.ndarray) -> None:
+        rows = np.tile(keep, gates)
+        b.cg.slice(w, 1, rows)
+        b.cg.slice(r, 1, rows)
+        b.cg.slice(r, 2, keep)
+        if bias_t is not None:
+            b.cg.slice(bias_t, 1, np.tile(keep, 2 * gates))
+        if peep is not None:
+            b.cg.slice(peep, 1, np.tile(keep, 3))
+        taken: dict[str, gs.Variable] = {}  # LSTM's h0 and c0 are often one tensor (torch: zeros of one shape)
+        for i in states:
+            t = node.inputs[i]
+            if isinstance(t, gs.Constant) and not b.frozen(t, node):
+                b.cg.slice(t, 2, keep)
+                continue
+            if t.name not in taken:
+                idx = gs.Constant(b.cg.unique(f"{node.name}_kept_units"), np.flatnonzero(keep).astype(np.int64))
+                out = gs.Variable(b.cg.unique(f"{t.name}_kept"), dtype=t.dtype)
+                b.cg.graph.nodes.append(gs.Node("Gather", b.cg.unique(f"{node.name}_state_gather"), {"axis": 2},
+                                                [t, idx], [out]))
+                taken[t.name] = out
+            node.inputs[i] = taken[t.name]
+        node.attrs["hidden_size"] = int(keep.sum())
+
+    b.edit(main, edit)

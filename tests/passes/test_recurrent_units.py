@@ -1,0 +1,164 @@
+"""Dead-neuron removal shrinks LSTM/GRU/RNN hidden sizes (passes/channel_groups/rules_layers._recurrent).
+
+A hidden unit goes when nothing reads it: its column of R and every reader of Y, Y_h, Y_c at its position zero.
+Every shrunk model is checked with onnx's full checker and against onnxruntime on the unshrunk (masked) model."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.models.builders_control import gru_classifier, lstm_classifier, rnn_classifier
+from onnxprune.models.third_party_builders import time_major_lstm
+from onnxprune.passes.dead_neurons import remove_dead_neurons
+from onnxprune.passes.neuron_masks import neuron_map, neuron_masks
+from tests.oracle import run
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+BUILDERS = {
+    "lstm": lambda **k: lstm_classifier(**k),
+    "gru": lambda **k: gru_classifier(**k),
+    "gru_lbr": lambda **k: gru_classifier(linear_before_reset=1, **k),
+    "rnn": lambda **k: rnn_classifier(**k),
+    "lstm_reverse": lambda **k: lstm_classifier(reverse=True, **k),
+}
+X = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)
+
+
+def _inits(model) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer}
+
+
+def _set(model, values: dict[str, np.ndarray]) -> None:
+    for i in model.graph.initializer:
+        if i.name in values:
+            i.CopyFrom(numpy_helper.from_array(values[i.name].astype(numpy_helper.to_array(i).dtype), i.name))
+
+
+def _node(model, op):
+    return next(n for n in model.graph.node if n.op_type == op)
+
+
+def _hidden(model, op) -> int:
+    return next(a.i for a in _node(model, op).attribute if a.name == "hidden_size")
+
+
+def _same(a, b, feeds) -> None:
+    got, want = run(a, feeds), run(b, feeds)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("state", [False, True])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_masked_hidden_units_leave_the_dense_shapes(name, state):
+    model = BUILDERS[name](initial_state=state, seed=1)
+    op = _node(model, "LSTM" if "lstm" in name else "GRU" if "gru" in name else "RNN").op_type
+    weights = {k: v for k, v in _inits(model).items() if v.ndim >= 2}
+    nmap = neuron_map(model, set(weights))
+    assert len(nmap.candidates) == 16  # the hidden units (the Gemm's outputs are the graph's output)
+    masks, gone = neuron_masks(nmap, weights, {k: np.ones(v.shape, bool) for k, v in weights.items()}, 0.5)
+    assert len(gone) == 8
+    _set(model, {k: weights[k] * masks[k] for k in weights})
+    shrunk, report = remove_dead_neurons(model)
+    onnx.checker.check_model(shrunk, full_check=True)
+    assert _hidden(shrunk, op) == 8 and report.removed == 8
+    after, g = _inits(shrunk), GATES[op]
+    w, r = (after[f"{op.lower()}.{k}"] for k in "WR")
+    assert w.shape == (1, g * 8, 8) and r.shape == (1, g * 8, 8) and after[f"{op.lower()}.B"].shape == (1, 2 * g * 8)
+    assert after["fc.weight"].shape == (4, 8)
+    _same(shrunk, model, {"input": X})
+
+
+def test_a_unit_nothing_reads_goes_whatever_its_own_rows_hold():
+    """Unit 3's rows of W and R stay; its column of R and of the head are zero: it reads, nobody reads it."""
+    model = lstm_classifier(seed=2)
+    v = _inits(model)
+    v["lstm.R"][0][:, 3] = 0.0
+    v["fc.weight"][:, 3] = 0.0
+    _set(model, v)
+    shrunk, report = remove_dead_neurons(model)
+    assert _hidden(shrunk, "LSTM") == 15 and report.removed == 1
+    _same(shrunk, model, {"input": X})
+
+
+def test_a_unit_the_recurrence_reads_stays():
+    """The head ignores unit 3, but the gates of other units read it through R: it is alive."""
+    model = gru_classifier(seed=2)
+    v = _inits(model)
+    v["gru.W"][0][3::16] = 0.0  # its input rows of every gate
+    v["fc.weight"][:, 3] = 0.0
+    _set(model, v)
+    shrunk, report = remove_dead_neurons(model)
+    assert _hidden(shrunk, "GRU") == 16 and report.removed == 0
+
+
+def _state_input(model: onnx.ModelProto, hidden: int = 16) -> onnx.ModelProto:
+    """`model` (built with initial_state=True) with its initial state a graph input 'h0' [1, N, hidden]."""
+    drop = {"/batch", "/state_shape", "/h0"}
+    nodes = [n for n in model.graph.node if n.name not in drop]
+    inits = [i for i in model.graph.initializer if i.name not in ("dirs", "hid")]
+    h0 = helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "N", hidden])
+    graph = helper.make_graph(nodes, "state_input", [*model.graph.input, h0], list(model.graph.output), inits)
+    out = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+def test_an_initial_state_fed_by_the_user_keeps_its_size_and_is_read_through_a_gather():
+    model = _state_input(lstm_classifier(initial_state=True, seed=3))
+    v = _inits(model)
+    for k in (2, 5, 11):
+        v["lstm.R"][0][:, k] = 0.0
+        v["fc.weight"][:, k] = 0.0
+    _set(model, v)
+    shrunk, _ = remove_dead_neurons(model)
+    onnx.checker.check_model(shrunk, full_check=True)
+    assert _hidden(shrunk, "LSTM") == 13
+    dims = [d.dim_value or d.dim_param for d in shrunk.graph.input[1].type.tensor_type.shape.dim]
+    assert dims == [1, "N", 16]  # the model's interface is the same
+    gather = [n for n in shrunk.graph.node if n.op_type == "Gather"]
+    assert len(gather) == 1 and list(gather[0].input)[0] == "h0"
+    h0 = np.random.default_rng(4).standard_normal((1, 3, 16)).astype(np.float32)
+    _same(shrunk, model, {"input": X, "h0": h0})
+
+
+def test_a_state_the_model_outputs_keeps_every_unit():
+    model = lstm_classifier(seed=3)
+    model.graph.output.append(helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "N", 16]))
+    v = _inits(model)
+    v["lstm.R"][0][:, 4] = 0.0
+    v["fc.weight"][:, 4] = 0.0
+    _set(model, v)
+    shrunk, report = remove_dead_neurons(model)
+    assert _hidden(shrunk, "LSTM") == 16 and report.removed == 0
+    assert any("graph output" in line for line in report.blocked)
+
+
+def test_time_major_lstm_read_through_squeeze_shrinks():
+    model = time_major_lstm(hidden=6, seed=1)
+    v = _inits(model)
+    v["lstm.R"][0][:, 1] = 0.0
+    v["fc.weight"][1, :] = 0.0  # MatMul weight [hidden, classes]: row 1 reads unit 1
+    _set(model, v)
+    shrunk, report = remove_dead_neurons(model)
+    assert _hidden(shrunk, "LSTM") == 5 and report.removed == 1
+    x = np.random.default_rng(5).standard_normal((5, 2, 4)).astype(np.float32)
+    _same(shrunk, model, {"x": x})
+
+
+def test_bidirectional_layers_keep_their_units_and_say_so(caplog):
+    model = lstm_classifier(bidirectional=True, seed=3)
+    v = _inits(model)
+    v["lstm.R"][:, :, 4] = 0.0
+    v["fc.weight"][:, [4, 20]] = 0.0
+    _set(model, v)
+    with caplog.at_level(logging.INFO, logger="onnxprune.passes.channel_groups"):
+        shrunk, report = remove_dead_neurons(model)
+    assert report.removed == 0
+    assert any("bidirectional" in r.getMessage() for r in caplog.records)
