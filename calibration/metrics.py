@@ -449,6 +449,12 @@ class Evaluator:
         self.sample_axes = tuple(axes)
         return grouped
 
+    @property
+    def rows(self) -> int:
+        """Samples the scored outputs hold in all (per batch, the most any output has): what the decision rule counts,
+        also where a sample is a feed read as is (`num_samples` then counts feeds, which may hold a batch each)."""
+        return sum(max(u, default=1) for u in self.units)
+
     def output_samples(self, i: int, value) -> int:
         """Samples of scored output `i` in one batch's `value`: its length on its sample axis, one for an output
         that follows no batch (its rows pooled)."""

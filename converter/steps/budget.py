@@ -163,9 +163,8 @@ class FitBudgetStep(_Choose):
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
-        # feeds used as is are split a feed at a time (a folder of a stateful model's steps: 320 samples in 10 feeds
-        # were told "given 64 samples or more", sweep 27)
-        unit = "feeds" if getattr(state.data.calibration.reader, "per_feed", False) else "samples"
+        # feeds used as is are split a feed at a time and counted by their samples (steps/data.choose_apart)
+        unit = ("samples in 2 feeds" if getattr(state.data.calibration.reader, "per_feed", False) else "samples")
         state.notes.append(f"decision rule: {rule.statement()}; the scan and the fit chose on these same samples, "
                            "so new data will likely show more (LeNet-300-100, 500 images: 0-2 of 500 changed claimed, "
                            f"0.54-1.22% of other images changed); given 64 {unit} or more, or --val-data, the run "
@@ -213,7 +212,7 @@ class FitBudgetStep(_Choose):
                             "measured_loss_pp": outcome.measured_loss_pp,
                             "predicted_loss_pp": outcome.predicted_loss_pp, "tries": outcome.tries,
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement(),
-                            "chosen_apart": {"every": state.data.every, "chosen_on": chooser.num_samples,
+                            "chosen_apart": {"every": state.data.every, "chosen_on": chooser.rows,
                                              "decided_on": rule.n,
                                              "fit_ratio": round(chosen, 4),
                                              "looks": [{k: x[k] for k in ("share", "ratio", "within")}
@@ -222,9 +221,9 @@ class FitBudgetStep(_Choose):
                                                     for t in (state.targets or {}).values()):
             state.allocation["kept_input"] = True
         state.notes.append(f"decision rule: {rule.statement()}")  # choose-apart said on what the fit chose
-        state.notes.append(_apart_note(chosen, looks, spent, rule, chooser.num_samples))
+        state.notes.append(_apart_note(chosen, looks, spent, rule, chooser.rows))
         if looks and looks[0]["within"]:  # kept as chosen: what held the fit back is on the samples that chose
-            stop = _stop_note(outcome, fit_rule, held, f"the one-shot fit on the {chooser.num_samples} choosing "
+            stop = _stop_note(outcome, fit_rule, held, f"the one-shot fit on the {chooser.rows} choosing "
                               "samples") if fit_rule is not None else None
             stop = stop and stop.replace("decision samples", "choosing samples")
         else:  # rejected: what the deciding samples rejected

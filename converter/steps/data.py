@@ -100,14 +100,17 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
 
     if data.config.val_data is not None or draws_random_inputs(data.config):
         return None
-    n = data.reader().num_samples
-    if n is None or -(-n // SMALL_TRAIN_EVERY) < MIN_CHOOSE or n - -(-n // SMALL_TRAIN_EVERY) < MIN_DECIDE:
+    reader = data.reader()
+    n, per_feed = reader.num_samples, bool(getattr(reader, "per_feed", False))
+    if n is None or (n < 2 if per_feed else
+                     -(-n // SMALL_TRAIN_EVERY) < MIN_CHOOSE or n - -(-n // SMALL_TRAIN_EVERY) < MIN_DECIDE):
         return None
 
     def split(k: int, said: bool) -> Data:
         apart = Data(model, data.config, random_shapes=data.random_shapes, budget=data.budget,
                      output_budgets=data.output_budgets, choose_every=k)
         apart._metrics_said = said  # the metric choice is said once per run
+        apart._warned = data._warned  # ... and what reading --data says (random data, feeds used as is)
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -115,14 +118,22 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
     # 22M encoder's one-shot a dense pass over all 240 samples)
     apart, k = split(SMALL_TRAIN_EVERY, data._metrics_said), SMALL_TRAIN_EVERY
     rule = BudgetRule(apart.calibration, budget)
+    # feeds read as is split by feed and count their samples (sweep 27: 6 files of 50 rows beside a scalar input
+    # chose and decided on the same 300 samples, "given 64 feeds or more"): a feed's rows on average
+    per = (apart.choosing.rows + rule.n) / n if per_feed else 1.0
+    if per_feed and (apart.choosing.rows < MIN_CHOOSE or rule.n < MIN_DECIDE):
+        return None
     floored = budget > 0 and any(r.form.any_floored for r in rule.outputs)
     need = (rule.samples_to_resolve() or 0) if floored else 0
-    # the least k whose deciding part can certify; none: every 4th chooses, and the deciding part, too small,
-    # keeps the input model and says how many samples would do (choosing and deciding on all 99 did not)
-    k = next((k for k in range(SMALL_TRAIN_EVERY, n // MIN_CHOOSE + 1) if n - -(-n // k) >= need),
-             SMALL_TRAIN_EVERY)
+    # the least k whose deciding part can certify, the choosing part keeping MIN_CHOOSE; none: every 4th chooses,
+    # and the deciding part, too small, keeps the input model and says how many samples would do (choosing and
+    # deciding on all 99 did not)
+    k = next((k for k in range(SMALL_TRAIN_EVERY, n + 1) if -(-n // k) * per >= MIN_CHOOSE
+              and (n - -(-n // k)) * per >= need), SMALL_TRAIN_EVERY)
     if k != SMALL_TRAIN_EVERY:
         apart = split(k, True)
+    if per_feed:
+        return apart, (apart.choosing.rows, BudgetRule(apart.calibration, budget).n)
     return apart, (-(-n // k), n - -(-n // k))
 
 

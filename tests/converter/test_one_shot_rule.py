@@ -290,15 +290,35 @@ def test_confidence_asks_the_rule_for_more_and_the_run_says_how_many_samples_wou
     assert not any("cannot certify" in x for x in plain.report["notes"]) and "confidence" not in plain.report
 
 
-def test_feeds_used_as_is_are_told_how_many_feeds_would_let_the_run_choose_apart():
+def test_feeds_used_as_is_are_split_by_feed_and_counted_by_their_samples():
     """A stateful model's calibration set is a folder of feeds (the state's batch is its axis 1): 10 feeds of 32
-    samples cannot be split a sample at a time, and the note said "given 64 samples or more ... the run decides on
-    samples that did not choose" to a run of 320 samples (sweep 27's streaming VAD)."""
+    samples were one set that chose and decided ("given 64 feeds or more", sweep 27's streaming VAD; its mixture of
+    experts, 6 feeds of 50, claimed 1 of 300 changed and changed 1.70% of 2,000 held out). Every 4th feed chooses now
+    (3 feeds, 96 samples) and the 7 others (224 samples) decide; the notes count samples, not feeds."""
     from onnxprune import prune
     from onnxprune.models.third_party_builders import scripted_lstm
 
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.standard_normal((5, 32, 4)).astype(np.float32)} for _ in range(10)]
     result = prune(scripted_lstm(hidden=8), data=feeds, max_loss=1, one_shot=True, seed=0)
+    notes = result.report["notes"]
+    assert any("chose on one sample in 4 of --data (96) and the 224 others decide" in n for n in notes), notes
+    assert any("decision rule: accepted when the scored output is within the budget on the 224 decision samples" in n
+               for n in notes), notes
+    assert not any("did not choose" in n and "given 64" in n for n in notes), notes
+    assert not any("on the 3 choosing samples" in n for n in notes), notes
+    apart = result.report["allocation"]["chosen_apart"]
+    assert apart["chosen_on"] == 96 and apart["decided_on"] == 224, apart
+
+
+def test_two_feeds_too_small_to_split_choose_and_decide_on_one_set():
+    """Feeds used as is whose choosing part would hold fewer than MIN_CHOOSE samples are not split; the note says
+    how many samples would let the run decide apart."""
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import scripted_lstm
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((5, 8, 4)).astype(np.float32)} for _ in range(3)]  # 1 feed of 8 would choose
+    result = prune(scripted_lstm(hidden=8), data=feeds, max_loss=5, one_shot=True, seed=0)
     said = [n for n in result.report["notes"] if "the run decides on samples that did not choose" in n]
-    assert len(said) == 1 and "given 64 feeds or more, or --val-data" in said[0], said
+    assert len(said) == 1 and "given 64 samples in 2 feeds or more, or --val-data" in said[0], said
