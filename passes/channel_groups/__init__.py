@@ -15,6 +15,10 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
     Reshape keeping the channel axis whole under a computed shape (GPT-2's Conv1D: [N, S, C] -> [-1, C] ->
         Gemm -> [N, S, C_out], N and S read from a Shape): C from x's own Shape follows; a constant is rewritten
+    LSTM/GRU/RNN: hidden unit k is a class of Y, Y_h and Y_c (both directions' unit k one class); column k of R
+        reads it, so it goes only when that column and every reader downstream are zero
+    Reshape merging a last channel axis with the static axes before it ([T, N, 2, H] -> [T, N, 2H]): unit k ->
+        positions d·H + k
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);

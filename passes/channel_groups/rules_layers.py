@@ -200,37 +200,39 @@ def _recurrent(b: Builder, node: gs.Node) -> None:
     reader downstream zero, and then exactly, whatever its own rows hold. Removing it slices W, R, B and P by gate
     block, R's columns and the initial states (an initial state other than an initializer of this node alone keeps
     its size and is read through a Gather of the kept units: a graph input's interface does not change), and sets
-    hidden_size. Bidirectional layers keep their units (a unit of each direction sits at the same position of
-    Y's last axis, and what reads them concatenates the directions)."""
+    hidden_size. A bidirectional layer's unit k of both directions is one class (they sit at the same position of
+    Y's last axis; torch concatenates them as [..., 2, H] -> [..., 2H], rules_layout._merge_before): they go
+    together."""
     x, w, r = node.inputs[:3]
     W, R, gates = _const(w), _const(r), RECURRENT_GATES[node.op]
     outs = [t for t in node.outputs if t.name]
-    if W is None or R is None or W.ndim != 3 or R.ndim != 3 or W.shape[0] != 1 or not outs:
-        why = ("is bidirectional: dead-neuron removal does not shrink its hidden size"
-               if W is not None and W.ndim == 3 and W.shape[0] != 1 else "has no constant W and R")
+    if W is None or R is None or W.ndim != 3 or R.ndim != 3 or W.shape[0] != R.shape[0] or not outs:
+        why = "has no constant W and R" if outs else "has no output that is read"
         log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why)
         return b.opaque(node, f"({node.op}) {why}")
-    hidden, features = R.shape[2], W.shape[2]
+    hidden, dirs = R.shape[2], W.shape[0]
     bias_t = _opt_input(node, 3)
     peep = _opt_input(node, 7) if node.op == "LSTM" else None
     extras = [t for t in (bias_t, peep) if t is not None]
     frozen = next((why for why in (b.frozen(t, node) for t in (w, r, *extras)) if why), None)
     if frozen is None and any(_const(t) is None for t in extras):
         frozen = f"{_desc(node)} has a computed bias or peephole"
-    if b.read(node, x, -1, W[0].T, None, frozen):  # a constant input channel is not folded into B: kept unless unread
+    # a constant input channel is not folded into B: kept unless unread
+    if b.read(node, x, -1, np.concatenate([W[d].T for d in range(dirs)], axis=1), None, frozen):
         b.slices(x, w, 2)
     main = outs[0]
     ids = b.cg.new_classes(hidden, _desc(node))
     value = np.full(hidden, NAN)  # never a constant (docstring)
     for t in outs:
         b.set(t, Channels(-1, ids, value))
-    by_unit = [m[0].reshape(gates, hidden, -1).swapaxes(0, 1).reshape(hidden, -1) for m in (W, R)]
+    by_unit = [m[d].reshape(gates, hidden, -1).swapaxes(0, 1).reshape(hidden, -1) for m in (W, R) for d in range(dirs)]
     b.cg.layers.append(Layer(node.name, node.op, w.name, main.name, np.hstack(by_unit)))
     b.cg.axes += [WeightAxis(w.name, 1, main.name, gates, True), WeightAxis(r.name, 1, main.name, gates, True),
                   WeightAxis(r.name, 2, main.name, 1, False)]
     if frozen:
         b.block(ids, frozen)
-    b.read(node, main, -1, R[0].T, None, frozen)  # column k of R: every gate reads unit k's last output
+    # column k of R: every gate of its direction reads unit k's last output
+    b.read(node, main, -1, np.concatenate([R[d].T for d in range(dirs)], axis=1), None, frozen)
     states = [i for i in ((5, 6) if node.op == "LSTM" else (5,)) if _opt_input(node, i) is not None]
 
     def edit(keep: np.ndarray) -> None:

@@ -198,6 +198,36 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     return True
 
 
+def _merge_before(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
+    """A Reshape to a constant shape that merges a last channel axis with the static axes right before it, the
+    entries ahead copied (0, or the same static size): a bidirectional LSTM's Y, [T, N, 2, H] -> [T, N, 2H] (torch's
+    Reshape to [0, 0, -1]). Channel k becomes positions d·C + k, every block d of the merged axes; a merged entry
+    that is not -1 follows the kept channels. False (nothing recorded) when it is not that."""
+    if S is None or s is None or np.asarray(S).ndim != 1 or _attr(node, "allowzero", 0) or c.axis != -1:
+        return False
+    T = [int(v) for v in np.ravel(S)]
+    j = len(T) - 1  # the merged entry; the input's axes j .. last merge into it
+    if j < 1 or j >= len(s) - 1 or not _static(s[j:-1]):
+        return False
+    if any(not (v == 0 or (isinstance(s[i], int) and v == s[i])) for i, v in enumerate(T[:j])):
+        return False
+    outer = math.prod(s[j:-1])
+    if T[j] != -1 and T[j] != outer * len(c.ids):
+        return False
+    k = node.inputs[1]
+
+    def edit(keep: np.ndarray) -> None:
+        if T[j] == -1:
+            return
+        new = np.array(np.ravel(S), dtype=np.asarray(S).dtype)
+        new[j] = outer * int(keep.sum())
+        node.inputs[1] = gs.Constant(b.cg.unique(f"{k.name}_pruned"), new)
+
+    b.edit(x, edit)
+    b.set(node.outputs[0], _spread(c, outer, 1))
+    return True
+
+
 def _reshape_entries(b: Builder, node: gs.Node) -> list | None:
     """The entries of Reshape `node`'s target shape, constant or computed (`_shape_atoms`), a 0 (allowzero 0) read
     as the input's dim at its place; None when some entry is unknown."""
@@ -487,7 +517,7 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
         if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S) or
-                                 _computed_channel_reshape(b, node, x, c, s)):
+                                 _merge_before(b, node, x, c, s, S) or _computed_channel_reshape(b, node, x, c, s)):
             return None
         return b.opaque(node, "is not a flattening Reshape, nor one that keeps the channel axis whole or merges it "
                               "with the axes after it (it splits the channels, as into attention heads, or its shape "

@@ -5,7 +5,6 @@ Every shrunk model is checked with onnx's full checker and against onnxruntime o
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import onnx
@@ -152,13 +151,68 @@ def test_time_major_lstm_read_through_squeeze_shrinks():
     _same(shrunk, model, {"x": x})
 
 
-def test_bidirectional_layers_keep_their_units_and_say_so(caplog):
+def test_a_bidirectional_unit_goes_from_both_directions_at_once():
+    """Unit k of the forward and the backward direction sit at one position of Y's last axis: one class. Y_h
+    [2, N, H] -> Transpose -> Flatten reads them as features k and H + k of the head."""
     model = lstm_classifier(bidirectional=True, seed=3)
     v = _inits(model)
     v["lstm.R"][:, :, 4] = 0.0
     v["fc.weight"][:, [4, 20]] = 0.0
     _set(model, v)
-    with caplog.at_level(logging.INFO, logger="onnxprune.passes.channel_groups"):
-        shrunk, report = remove_dead_neurons(model)
-    assert report.removed == 0
-    assert any("bidirectional" in r.getMessage() for r in caplog.records)
+    shrunk, report = remove_dead_neurons(model)
+    onnx.checker.check_model(shrunk, full_check=True)
+    assert _hidden(shrunk, "LSTM") == 15 and report.removed == 1
+    after = _inits(shrunk)
+    assert after["lstm.W"].shape == (2, 60, 8) and after["fc.weight"].shape == (4, 30)
+    _same(shrunk, model, {"input": X})
+
+
+def test_a_unit_one_direction_still_reads_stays():
+    model = lstm_classifier(bidirectional=True, seed=3)
+    v = _inits(model)
+    v["lstm.R"][0, :, 4] = 0.0  # the backward direction's gates still read its unit 4
+    v["fc.weight"][:, [4, 20]] = 0.0
+    _set(model, v)
+    shrunk, report = remove_dead_neurons(model)
+    assert _hidden(shrunk, "LSTM") == 16 and report.removed == 0
+
+
+def _stacked_bidirectional(hidden: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """x [T, N, 4] -> bidirectional LSTM -> Y [T, 2, N, H] -> Transpose [T, N, 2, H] -> Reshape [0, 0, -1] ->
+    bidirectional LSTM -> same -> MatMul [2H, 3]: torch.onnx's export of a 2-layer nn.LSTM(bidirectional=True)."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, x = [], [], "x"
+    for layer, features in enumerate((4, 2 * hidden)):
+        p = f"l{layer}"
+        inits += [numpy_helper.from_array((rng.standard_normal((2, 4 * hidden, features)) / 3).astype(np.float32),
+                                          f"{p}.W"),
+                  numpy_helper.from_array((rng.standard_normal((2, 4 * hidden, hidden)) / 3).astype(np.float32),
+                                          f"{p}.R"),
+                  numpy_helper.from_array((rng.standard_normal((2, 8 * hidden)) / 10).astype(np.float32), f"{p}.B")]
+        nodes += [helper.make_node("LSTM", [x, f"{p}.W", f"{p}.R", f"{p}.B"], [f"{p}.Y"], hidden_size=hidden,
+                                   direction="bidirectional", name=f"/{p}/LSTM"),
+                  helper.make_node("Transpose", [f"{p}.Y"], [f"{p}.T"], perm=[0, 2, 1, 3], name=f"/{p}/Transpose"),
+                  helper.make_node("Reshape", [f"{p}.T", "merge"], [f"{p}.out"], name=f"/{p}/Reshape")]
+        x = f"{p}.out"
+    inits += [numpy_helper.from_array(np.array([0, 0, -1], np.int64), "merge"),
+              numpy_helper.from_array((rng.standard_normal((2 * hidden, 3)) / 3).astype(np.float32), "fc.weight")]
+    nodes.append(helper.make_node("MatMul", [x, "fc.weight"], ["logits"], name="/fc/MatMul"))
+    graph = helper.make_graph(nodes, "bilstm2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", "N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_stacked_bidirectional_layers_shrink_through_the_direction_merge():
+    model = _stacked_bidirectional()
+    onnx.checker.check_model(model, full_check=True)
+    weights = {k: v for k, v in _inits(model).items() if v.ndim >= 2}
+    nmap = neuron_map(model, set(weights))
+    assert len(nmap.candidates) == 12
+    masks, gone = neuron_masks(nmap, weights, {k: np.ones(v.shape, bool) for k, v in weights.items()}, 0.5)
+    _set(model, {k: weights[k] * masks[k] for k in weights})
+    shrunk, report = remove_dead_neurons(model)
+    onnx.checker.check_model(shrunk, full_check=True)
+    after = _inits(shrunk)
+    assert report.removed == 6 and after["l1.W"].shape == (2, 12, 6) and after["fc.weight"].shape == (6, 3)
+    x = np.random.default_rng(1).standard_normal((5, 2, 4)).astype(np.float32)
+    _same(shrunk, model, {"x": x})
