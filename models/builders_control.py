@@ -202,6 +202,37 @@ def gather_bank(*, in_features: int = 16, out_features: int = 10, seed: int = 0)
     return _model("gather_bank", nodes, inits, [in_features], [out_features])
 
 
+def expert_bank(*, in_features: int = 16, hidden: int = 8, experts: int = 3, out_features: int = 4,
+                seed: int = 0) -> onnx.ModelProto:
+    """A top-1 mixture of experts as torch.onnx writes `torch.bmm(x.unsqueeze(1), w[e]) + b[e]`: [N, in] -> router
+    Gemm -> ArgMax e [N] -> Gather(w [E, in, hidden], e) [N, in, hidden] read by a batched MatMul, plus
+    Gather(b [E, hidden], e) added -> Relu -> x the router's top softmax probability (the gate) -> Gemm head [N, out].
+    Each sample multiplies one expert's matrix."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Gemm", ["input", "router.weight", "router.bias"], ["logits_e"], transB=1, name="/router/Gemm"),
+        helper.make_node("ArgMax", ["logits_e"], ["e"], axis=1, keepdims=0, name="/router/ArgMax"),
+        helper.make_node("Gather", ["experts.w", "e"], ["w_e"], axis=0, name="/experts/Gather"),
+        helper.make_node("Unsqueeze", ["input", "axis1"], ["x3"], name="/experts/Unsqueeze"),
+        helper.make_node("MatMul", ["x3", "w_e"], ["h3"], name="/experts/MatMul"),
+        helper.make_node("Squeeze", ["h3", "axis1"], ["h"], name="/experts/Squeeze"),
+        helper.make_node("Gather", ["experts.b", "e"], ["b_e"], axis=0, name="/experts/Gather_1"),
+        helper.make_node("Add", ["h", "b_e"], ["hb"], name="/experts/Add"),
+        helper.make_node("Relu", ["hb"], ["a"], name="/experts/Relu"),
+        helper.make_node("Softmax", ["logits_e"], ["g"], axis=1, name="/router/Softmax"),
+        helper.make_node("ReduceMax", ["g"], ["gate"], axes=[1], keepdims=1, name="/router/ReduceMax"),
+        helper.make_node("Mul", ["a", "gate"], ["ag"], name="/experts/Mul"),
+        helper.make_node("Gemm", ["ag", "head.weight", "head.bias"], ["output"], transB=1, name="/head/Gemm")]
+    inits = [_init("router.weight", _w(rng, (experts, in_features), in_features)),
+             _init("router.bias", np.zeros(experts, np.float32)),
+             _init("experts.w", _w(rng, (experts, in_features, hidden), in_features)),
+             _init("experts.b", (0.1 * rng.standard_normal((experts, hidden))).astype(np.float32)),
+             _init("axis1", np.array([1], np.int64)),
+             _init("head.weight", _w(rng, (out_features, hidden), hidden)),
+             _init("head.bias", np.zeros(out_features, np.float32))]
+    return _model("expert_bank", nodes, inits, [in_features], [out_features])
+
+
 def matmul_integer(*, in_features: int = 16, hidden: int = 12, out_features: int = 4, seed: int = 0) -> onnx.ModelProto:
     """[N, in] -> DynamicQuantizeLinear -> MatMulInteger(int8 weight) -> Cast -> Mul(scales) -> Gemm -> [N, out]."""
     rng = np.random.default_rng(seed)

@@ -201,7 +201,10 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
     uses = [] if via_nodes else ix.uses(source_name)
-    macs = _macs(node, size, shapes, ix, index)
+    # a bank a sample selects one matrix of (an expert): that matrix's MACs
+    per_sample = next((int(tensor.dims[0]) for v in via_nodes if v.op_type == "Gather" and _per_sample_bank(v, ix, shapes)),
+                      1)
+    macs = _macs(node, size // per_sample, shapes, ix, index)
     if macs is not None and len(uses) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
         macs *= len(uses)  # a tied weight: every reader multiplies (If branches: one runs, counted once)
     return PrunableWeight(
@@ -243,7 +246,8 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
             via.insert(0, node)  # a dynamically quantized weight's float stand-in (passes/quantized_weights.py)
             name = node.input[0]
             continue
-        if node.op_type == "Gather" and channels and node.input[0] in ix.consts and _scalar(node.input[1], ix, shapes):
+        if node.op_type == "Gather" and channels and node.input[0] in ix.consts and (
+                _scalar(node.input[1], ix, shapes) or _per_sample_bank(node, ix, shapes)):
             return node.input[0], [node] + via, None
         if node.op_type not in PASS_THROUGH:
             return None
@@ -255,7 +259,8 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
 def _embedding(node, ix: ScopeIndex, shapes) -> bool:
     """An embedding lookup: Gather on axis 0 of a float table of rank >= 2 (an initializer or Constant node) with
     ids computed from the data, not a constant and not a scalar (a scalar selects a bank of whole weights, which
-    the layer that reads the bank claims)."""
+    the layer that reads the bank claims), nor a bank of matrices a weight op reads per sample (`_per_sample_bank`),
+    nor a bank of biases (`_bias_bank`)."""
     if node.op_type not in LOOKUP_OPS or (node.domain or "") not in ("", "ai.onnx") or len(node.input) < 2:
         return False
     table = ix.consts.get(node.input[0])
@@ -263,7 +268,57 @@ def _embedding(node, ix: ScopeIndex, shapes) -> bool:
         return False
     if _attr(node, "axis", 0) % len(table.dims) != 0 or node.input[1] in ix.consts:
         return False
-    return not _scalar(node.input[1], ix, shapes)
+    if _scalar(node.input[1], ix, shapes) or _bias_bank(node, ix) is not None:
+        return False
+    return not (_per_sample_bank(node, ix, shapes) and _weight_operand(node.output[0], ix))
+
+
+def _per_sample_bank(node, ix: ScopeIndex, shapes) -> bool:
+    """Gather on axis 0 of a float table of rank >= 3 with one id a sample ([N]): each sample selects a whole
+    matrix, as a top-1 mixture of experts' [E, in, out] bank read by a batched MatMul (sweep 27: inventoried as an
+    embedding table, 0 MACs where each sample multiplies in x out)."""
+    table = ix.consts.get(node.input[0]) if node.op_type == "Gather" and len(node.input) > 1 else None
+    if table is None or len(table.dims) < 3 or _attr(node, "axis", 0) % len(table.dims) != 0:
+        return False
+    shape = shapes.get(node.input[1])
+    return shape is not None and len(shape) == 1
+
+
+def _weight_operand(name, ix: ScopeIndex) -> bool:
+    """`name` reaches a weight op's weight input through layout ops alone, read once on the way."""
+    for _ in range(16):
+        users = ix.consumers.get(name, [])
+        if len(users) != 1:
+            return False
+        u = users[0]
+        facts = WEIGHT_OPS.get(u.op_type)
+        if facts is not None and facts.of(u):
+            return any(i < len(u.input) and u.input[i] == name for i in facts.inputs if i > 0)
+        if u.op_type not in PASS_THROUGH:
+            return False
+        name = u.output[0]
+    return False
+
+
+def _bias_bank(node, ix: ScopeIndex) -> str | None:
+    """The Add that adds a Gather's rows (axis 0 of a float [E, C] table, ids from the data) to a weight op's
+    output, when every reader of those rows is such an Add: a bias a sample selects (a mixture of experts' [E, out]
+    biases, sweep 27: pruned to 5% as if an embedding table). Biases are not pruned (Deep Compression's rule)."""
+    table = ix.consts.get(node.input[0]) if node.op_type == "Gather" and node.input else None
+    if table is None or len(table.dims) != 2 or _attr(node, "axis", 0) % 2 != 0:
+        return None
+    readers = ix.consumers.get(node.output[0], [])
+    if not readers or any(r.op_type != "Add" for r in readers):
+        return None
+    for r in readers:
+        other = [i for i in r.input if i != node.output[0]]
+        producer = ix.producers.get(other[0]) if len(other) == 1 else None
+        while producer is not None and producer.op_type in ("Squeeze", "Unsqueeze", "Reshape", "Identity"):
+            producer = ix.producers.get(producer.input[0])
+        if producer is None or producer.op_type not in WEIGHT_OPS:
+            return None
+    r = readers[0]
+    return f"a bias bank: Gather '{node.name}' selects its rows per sample and Add '{r.name}' adds them to a layer's output"
 
 
 def _scalar(name, ix: ScopeIndex, shapes) -> bool:
@@ -468,7 +523,8 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
                 "take apart: prune the model before onnxruntime's transformer optimizer fuses it, then optimize the "
                 "pruned one")
     if op == "Gather":
-        return f"not a weight of {_FLOAT_WEIGHT_OPS}, nor a table Gather reads with ids on axis 0 (used by Gather)"
+        return _bias_bank(users[0], ix) or (
+            f"not a weight of {_FLOAT_WEIGHT_OPS}, nor a table Gather reads with ids on axis 0 (used by Gather)")
     return f"not a weight of {_FLOAT_WEIGHT_OPS} (used by {op})"
 
 
@@ -485,6 +541,8 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank)
             in_axis = perm[in_axis] if in_axis is not None else None
         elif v.op_type in ("Identity", "Cast", "QuantizeLinear"):
             continue
+        elif v.op_type == "Gather" and consumer_rank == storage_rank and _attr(v, "axis", 0) % storage_rank == 0:
+            continue  # one id a sample: the bank axis becomes the batch axis, the others line up
         elif v.op_type == "Gather" and consumer_rank == storage_rank - 1:  # a scalar index drops the bank axis
             g = _attr(v, "axis", 0) % storage_rank
             out_axis = None if out_axis is None else out_axis + (out_axis >= g)

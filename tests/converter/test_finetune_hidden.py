@@ -19,6 +19,7 @@ MODELS = {
     "gru_bidirectional": lambda: bc.gru_classifier(bidirectional=True, initial_state=True, seed=0),
     "if_network": lambda: bc.if_network(seed=0),
     "gather_bank": lambda: bc.gather_bank(seed=0),
+    "expert_bank": lambda: bc.expert_bank(seed=0),
     "while_rnn": lambda: bc.while_rnn(seed=0),
 }
 

@@ -154,6 +154,7 @@ MODELS = {
     "lstm": lambda: builders_control.lstm_classifier(),
     "gru-bidirectional-initial-state": lambda: builders_control.gru_classifier(bidirectional=True, initial_state=True),
     "gather-weight-bank": lambda: builders_control.gather_bank(),
+    "expert-bank": lambda: builders_control.expert_bank(),
     # third-party forms (models/third_party_builders.py): onnxruntime's fused kernels, pixel_unshuffle Reshapes,
     # GroupNormalization, torch legacy's F.pad chain before dilated causal Conv1d, a Loop-carried weight
     "ort-fused-encoder": lambda: third_party_builders.ort_fused_encoder(),

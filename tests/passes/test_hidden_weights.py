@@ -29,6 +29,8 @@ MODELS = {
     "gru_bidirectional_initial_state": (lambda **k: bc.gru_classifier(bidirectional=True, initial_state=True, **k),
                                         {"gru.W": (1, 2), "gru.R": (1, 2), "fc.weight": (0, 1)}),
     "gather_bank": (bc.gather_bank, {"bank.weight": (2, 1)}),
+    # sweep 27: a top-1 mixture of experts' [E, in, out] bank, one expert a sample, was an embedding table (0 MACs)
+    "expert_bank": (bc.expert_bank, {"router.weight": (0, 1), "experts.w": (2, 1), "head.weight": (0, 1)}),
     "while_rnn": (bc.while_rnn, {"rnn.W": (1, 0), "rnn.R": (1, 0), "fc.weight": (0, 1)}),
     # sweep 19: with two Identity hand-backs (jax2onnx's lax.scan) W read as "not a weight (used by Loop)"
     "while_rnn_hand_back": (lambda **k: bc.while_rnn(hand_back=True, **k),
@@ -75,6 +77,18 @@ def test_recurrent_biases_and_embedding_like_gathers_are_not_weights():
     reasons = {s.name: s.reason for s in inv.skipped}
     assert reasons["lstm.B"] == "bias of LSTM '/lstm'"
     assert {w.kind for w in inv.prunable if w.name.startswith("lstm")} == {"recurrent"}
+
+
+def test_a_bank_each_sample_selects_one_matrix_of_is_a_weight_and_its_bias_bank_a_bias():
+    """Sweep 27's mixture of experts: w [E, in, out] Gathered with one id a sample and read by a batched MatMul is
+    that MatMul's weight, multiplied once a sample by one expert (in x out MACs, not 0 as an embedding table's);
+    b [E, out] Gathered the same way and added to its output is a bias bank, left alone as biases are (it was
+    pruned to 5% like a table)."""
+    inv = find_prunable(bc.expert_bank(in_features=16, hidden=8, experts=3))
+    w = inv.by_name()["experts.w"]
+    assert (w.kind, w.op_type, w.via, w.macs) == ("fc", "MatMul", ("Gather",), 16 * 8)
+    reasons = {s.name: s.reason for s in inv.skipped}
+    assert "experts.b" not in inv.by_name() and reasons["experts.b"].startswith("a bias bank: Gather")
 
 
 def test_integer_weights_say_what_pruning_them_would_take():
@@ -151,7 +165,7 @@ def test_sensitivity_scan_of_an_if_model_runs_and_matches_the_oracle():
     assert all(v < 100.0 for lay in fast.layers for v in lay.values[-1:])  # pruning 90% of any layer is seen
 
 
-@pytest.mark.parametrize("name", ["lstm", "gather_bank", "while_rnn"])
+@pytest.mark.parametrize("name", ["lstm", "gather_bank", "expert_bank", "while_rnn"])
 def test_sensitivity_scan_of_recurrent_and_bank_models_matches_the_oracle(name):
     model = MODELS[name][0](seed=5)
     inv = find_prunable(model)
