@@ -154,3 +154,22 @@ def test_a_dynamically_quantized_layer_is_named_among_those_neuron_sparsity_cann
         in notes[0], result.report["notes"]
     check_full(result.model)
     assert_same_outputs(result.model, result.dense_model, feeds=[{"input": x[:1]}])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_neuron_sparsity_shrinks_a_recurrent_layer_through_retraining(bidirectional):
+    """LSTM hidden units are neurons too (passes/channel_groups/rules_layers._recurrent): retrained through the torch
+    bridge with their gate rows and their column of R masked, then taken out of W, R and B by the shrink; the written
+    model computes what the masked one does (the pipeline's verification, and here again)."""
+    from onnxprune.models.builders_control import lstm_classifier
+
+    model = lstm_classifier(hidden=16, bidirectional=bidirectional, seed=0)
+    x = np.random.default_rng(0).standard_normal((256, 5, 8)).astype(np.float32)
+    result = run(model, configure(sparsity=0.5, neuron_sparsity=0.5, iterations=1, epochs=1, lr=0.01,
+                                     data={"input": x}, seed=0))
+    assert hidden(result.report)["lstm.W"] == (16, 8)
+    lstm = next(n for n in result.model.graph.node if n.op_type == "LSTM")
+    assert next(a.i for a in lstm.attribute if a.name == "hidden_size") == 8
+    assert result.report["parity"]["max_abs_diff"] <= 1e-5
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": x[:16]}])
+    onnx.checker.check_model(result.model, full_check=True)
