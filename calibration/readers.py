@@ -152,7 +152,8 @@ class DataReader:
         nth = "every other" if every == 2 else f"every {every}{'rd' if every % 10 == 3 and every % 100 != 13 else 'th'}"
         if role is None:
             role = "held out from retraining" if holdout else ""
-        which = (f"{nth} sample" if holdout else f"all but {nth} sample") + (f", {role}" if role else "")
+        unit = "feed" if self.per_feed else "sample"  # a part of feeds used as is is cut a feed at a time
+        which = (f"{nth} {unit}" if holdout else f"all but {nth} {unit}") + (f", {role}" if role else "")
         count = "?" if out.num_samples is None else f"{out.num_samples:,}"
         out.description = f"{self.description} -> {count} used ({which})"
         return out

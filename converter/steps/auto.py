@@ -60,7 +60,8 @@ class AutoSearchStep(Step):
         self.neurons, self.given = shrink.neurons, frozenset(given)
 
     def run(self, state: RunState) -> None:
-        why = self._why_not(state) or self._too_few_to_decide(state)
+        few = self._why_not(state)  # too few samples to split or to train on, counted a feed at a time when used as is
+        why = few or self._too_few_to_decide(state)
         if why is not None:
             apart = None if self.targets_config.layers else choose_apart(state.original, state.data, self.budget.max_loss)
             if apart is None:
@@ -72,8 +73,14 @@ class AutoSearchStep(Step):
             # a data-driven criterion's statistics from the choosing part too (steps/targets.py took all of --data)
             state.scoring = calibration_scoring(self.targets_config.criterion, state.data.train_reader(),
                                                 seed=state.data.config.seed)
-            note = (f"{why}: the one-shot search ran (no retraining), chosen on {choose} samples and decided on the "
-                    f"{decide} others, so that the samples that judge it did not choose it")
+            if few is not None and self._feeds_retrain(state, choose, decide):
+                n = state.data.reader().num_samples
+                note = (f"--data holds {n} feed(s), each used as is: split by feed, the {choose} samples of every "
+                        f"{state.data.every}th feed train and the {decide} samples of the others decide")
+                why = None
+            else:
+                note = (f"{why}: the one-shot search ran (no retraining), chosen on {choose} samples and decided on "
+                        f"the {decide} others, so that the samples that judge it did not choose it")
             log.warning(note)
             state.notes.append(note)
         if self.targets_config.layers:  # the one-shot search above honours them as fixed; the search has no pins
@@ -146,6 +153,19 @@ class AutoSearchStep(Step):
         # no torch, or a graph the torch bridge cannot run: the search recovers by layer-wise refit
         # (converter.auto.recovery.choose), which needs neither
         return None
+
+    def _feeds_retrain(self, state: RunState, choose: int, decide: int) -> bool:
+        """Whether feeds used as is, too few to split a sample at a time, hold samples enough to retrain on a feed in
+        every SMALL_TRAIN_EVERY (steps/data.choose_apart) and decide on the others: MIN_TRAIN_SAMPLES and
+        MIN_VALIDATION samples, counted as the decision rule counts them. Sweep 27: 10 feeds of 32 streams (a
+        stateful VAD with its batch on axis 1) and 6 feeds of 50 images beside a scalar input ran one-shot,
+        "the search needs 100", on 320 and 300 samples."""
+        from onnxprune.converter.auto import MIN_TRAIN_SAMPLES
+        from onnxprune.converter.steps.data import MIN_VALIDATION
+
+        reader = state.data.reader()
+        return (bool(getattr(reader, "per_feed", False)) and bool(state.data.config.validation)
+                and choose >= MIN_TRAIN_SAMPLES and decide >= MIN_VALIDATION)
 
     def _few_labelled(self, state: RunState) -> list[str]:
         """With labels, --validation's share decides (every 10th sample), which on 1,000-10,000 samples is 100-1,000

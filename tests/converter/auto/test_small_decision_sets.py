@@ -86,3 +86,36 @@ def test_a_one_shot_fallback_is_decided_on_samples_that_did_not_choose_it(tmp_pa
     test = np.load(MNIST_SLICE)["input"]
     got, want = (s.run(None, {name: test})[0].argmax(-1) for s in (pruned, dense))
     assert (got != want).mean() <= 0.02
+
+
+def test_feeds_used_as_is_retrain_split_by_feed_when_their_samples_suffice():
+    """Sweep 27: 10 feeds of 32 streams (a stateful model's state has its batch on axis 1, so each file is a feed
+    used as is) ran one-shot, "--data holds 10 feed(s) ... the search needs 100", on 320 samples. Every 4th feed now
+    trains (96 samples, the layer-wise refit) and the 7 others decide (224); the written model is verified and the
+    decision set's claim is within the budget."""
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import scripted_lstm
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((5, 32, 4)).astype(np.float32)} for _ in range(10)]
+    model = scripted_lstm(hidden=8)
+    result = prune(model, data=feeds, max_loss=1, seed=0, time_budget=60)
+    notes = result.report["notes"]
+    assert any("split by feed, the 96 samples of every 4th feed train and the 224 samples of the others decide" in n
+               for n in notes), notes
+    assert any(n.startswith("recovery by reconstruct") for n in notes), notes
+    assert not any("the one-shot search ran" in n for n in notes), notes
+    assert result.report["budget"]["met"]
+    assert any(h["phase"].startswith("reconstruct") for h in result.history)
+    assert_same_outputs(result.model, result.dense_model, feeds=feeds[:2])
+
+
+def test_a_few_feeds_of_a_few_samples_still_run_one_shot():
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import scripted_lstm
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((5, 8, 4)).astype(np.float32)} for _ in range(8)]  # 16 train, 48 decide
+    result = prune(scripted_lstm(hidden=8), data=feeds, max_loss=3, seed=0, time_budget=60)
+    assert any("the one-shot search ran (no retraining), chosen on 16 samples and decided on the 48 others" in n
+               for n in result.report["notes"]), result.report["notes"]
