@@ -38,6 +38,16 @@ def _set(model, values: dict[str, np.ndarray]) -> None:
             i.CopyFrom(numpy_helper.from_array(values[i.name].astype(numpy_helper.to_array(i).dtype), i.name))
 
 
+def _unread(model, units, op: str = "lstm", head_cols=None) -> None:
+    """Zero unit k's column of R (every direction) and the head's columns reading it, for k in `units`: nothing
+    reads those units any more (their own rows stay)."""
+    v = _inits(model)
+    for k in units:
+        v[f"{op}.R"][:, :, k] = 0.0
+    v["fc.weight"][:, list(head_cols if head_cols is not None else units)] = 0.0
+    _set(model, v)
+
+
 def _node(model, op):
     return next(n for n in model.graph.node if n.op_type == op)
 
@@ -77,10 +87,7 @@ def test_masked_hidden_units_leave_the_dense_shapes(name, state):
 def test_a_unit_nothing_reads_goes_whatever_its_own_rows_hold():
     """Unit 3's rows of W and R stay; its column of R and of the head are zero: it reads, nobody reads it."""
     model = lstm_classifier(seed=2)
-    v = _inits(model)
-    v["lstm.R"][0][:, 3] = 0.0
-    v["fc.weight"][:, 3] = 0.0
-    _set(model, v)
+    _unread(model, [3])
     shrunk, report = remove_dead_neurons(model)
     assert _hidden(shrunk, "LSTM") == 15 and report.removed == 1
     _same(shrunk, model, {"input": X})
@@ -111,11 +118,7 @@ def _state_input(model: onnx.ModelProto, hidden: int = 16) -> onnx.ModelProto:
 
 def test_an_initial_state_fed_by_the_user_keeps_its_size_and_is_read_through_a_gather():
     model = _state_input(lstm_classifier(initial_state=True, seed=3))
-    v = _inits(model)
-    for k in (2, 5, 11):
-        v["lstm.R"][0][:, k] = 0.0
-        v["fc.weight"][:, k] = 0.0
-    _set(model, v)
+    _unread(model, [2, 5, 11])
     shrunk, _ = remove_dead_neurons(model)
     onnx.checker.check_model(shrunk, full_check=True)
     assert _hidden(shrunk, "LSTM") == 13
@@ -130,10 +133,7 @@ def test_an_initial_state_fed_by_the_user_keeps_its_size_and_is_read_through_a_g
 def test_a_state_the_model_outputs_keeps_every_unit():
     model = lstm_classifier(seed=3)
     model.graph.output.append(helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "N", 16]))
-    v = _inits(model)
-    v["lstm.R"][0][:, 4] = 0.0
-    v["fc.weight"][:, 4] = 0.0
-    _set(model, v)
+    _unread(model, [4])
     shrunk, report = remove_dead_neurons(model)
     assert _hidden(shrunk, "LSTM") == 16 and report.removed == 0
     assert any("graph output" in line for line in report.blocked)
@@ -155,10 +155,7 @@ def test_a_bidirectional_unit_goes_from_both_directions_at_once():
     """Unit k of the forward and the backward direction sit at one position of Y's last axis: one class. Y_h
     [2, N, H] -> Transpose -> Flatten reads them as features k and H + k of the head."""
     model = lstm_classifier(bidirectional=True, seed=3)
-    v = _inits(model)
-    v["lstm.R"][:, :, 4] = 0.0
-    v["fc.weight"][:, [4, 20]] = 0.0
-    _set(model, v)
+    _unread(model, [4], head_cols=[4, 20])
     shrunk, report = remove_dead_neurons(model)
     onnx.checker.check_model(shrunk, full_check=True)
     assert _hidden(shrunk, "LSTM") == 15 and report.removed == 1
