@@ -193,7 +193,7 @@ RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # W and R rows are these many
 
 
 def _recurrent(b: Builder, node: gs.Node) -> None:
-    """LSTM/GRU/RNN, one direction: hidden unit k is a class. Its incoming weights are row k of every gate block of
+    """LSTM/GRU/RNN: hidden unit k is a class. Its incoming weights are row k of every gate block of
     W and R (and of B, P); what reads it is column k of R (every gate of every unit reads h[t-1]) and whatever reads
     Y, Y_h or Y_c at position k. A unit's output varies with time even when its rows are zero (its cell integrates
     sigmoid(bias) gates), so it never holds a constant: it goes only when nothing reads it, column k of R and every
