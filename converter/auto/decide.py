@@ -447,6 +447,15 @@ class BudgetRule:
         own = [r.budget for r in self.outputs if not r.form.paired and r.form.any_floored]
         return min(own) if own else self.budget
 
+    def short_samples(self) -> str:
+        """The decision samples that cannot resolve the budget, in words: the rule's n, or where the outputs count
+        samples differently, the first such output's own count and name (sweep 28's GNN: "5142 decision samples
+        cannot certify" was the per-node output's count, where the per-graph output's 112 feeds fell short)."""
+        short = [r for r in self.outputs if r.dense is not None and not r.resolves()]
+        if not short or len({len(r.dense) for r in self.outputs if r.dense is not None}) <= 1:
+            return f"{self.n} decision samples"
+        return f"{len(short[0].dense)} decision samples of output '{short[0].name}'"
+
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs
         budget >= Wilson's bound with none changed, 100·z²/(n + z²) pp); when not, a changed-class output is judged

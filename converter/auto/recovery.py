@@ -476,7 +476,7 @@ class ReconstructRecovery(Recovery):
             samples = strict.samples_to_resolve()
             need = (f"a changed-class output needs {samples} samples" if samples is not None
                     else "no finite set certifies a zero budget")
-            s.notes.append(f"per-layer refit skipped: {strict.n} decision samples cannot certify --max-loss "
+            s.notes.append(f"per-layer refit skipped: {strict.short_samples()} cannot certify --max-loss "
                            f"{s.config.max_loss:g} at {PER_LAYER_Z:g}x the margin ({need})")
             return best
         steps = {n: 1.0 for n in s.sizes}

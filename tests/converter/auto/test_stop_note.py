@@ -120,3 +120,34 @@ def test_a_pooled_share_is_not_said_as_whole_samples_changed():
     terms = np.zeros((180, 2))
     terms[:10, 0] = 0.036  # ten feeds with a few of their positions flipped
     assert rule.judge(terms)["changed"] == 10
+
+
+def test_outputs_that_count_samples_differently_are_told_by_their_own_count():
+    """Sweep 28's message-passing GNN (per-node logits [nodes, 3] beside per-graph logits [1, 2], 150 graphs a feed
+    each): the per-graph output's candidate was said as "1 of 5142 decision samples changed in some of their rows
+    (0.89% of the rows on average)", 5,142 the nodes; it is 1 of its 112 decision feeds. The refit's skip note said
+    "5142 decision samples cannot certify" where the graphs' 112 fell short."""
+    import numpy as np
+
+    from onnxprune.converter.auto.decide import BudgetRule, _OutputRule
+
+    nodes, graphs = _OutputRule("node_logits", "agreement", 1.0, 1.0), _OutputRule("graph_logits", "agreement", 1.0, 1.0)
+    nodes.dense, graphs.dense = np.zeros((5142, 1)), np.zeros((112, 1))
+    terms = np.zeros((112, 1))
+    terms[0] = 1.0
+    entry = {**_entry(1.6, False, False, output="graph_logits", part="changed"), **graphs.judge(terms)}
+    assert entry["n"] == 112 and entry["changed"] == 1
+    rule = SimpleNamespace(outputs=[SimpleNamespace(name="node_logits", kind="agreement"),
+                                    SimpleNamespace(name="graph_logits", kind="agreement")],
+                           n=5142, budget=1.0, z=1.0, strictness=1.0)
+    note = stop_note([_entry(1.41, True, True, output="node_logits"), {**entry, "ratio": 1.6, "kept": False}], rule)
+    assert "(agreement: 1 of 112 decision samples changed, upper bound" in note and "5142" not in note
+    assert f"about {samples_for_share(1 / 112, 1.0, 1.0)} decision samples (here 112)" in note
+    strict = BudgetRule.__new__(BudgetRule)
+    strict.outputs, strict.n = [nodes, graphs], 5142
+    for r in strict.outputs:
+        r.strictness = 2.0
+    assert strict.short_samples() == "112 decision samples of output 'graph_logits'"
+    nodes.dense = np.zeros((112, 1))  # alike counts: the rule's n, as before
+    strict.n = 112
+    assert strict.short_samples() == "112 decision samples"
