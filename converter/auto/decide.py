@@ -524,11 +524,32 @@ class BudgetRule:
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
             rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
-        counted = any(r.form.paired or r.form.any_binary for r in self.outputs)  # one sample's worth: a resolution
-        return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
-                f"the loss reported is the worst output's"
-                + (f"; one sample = {self.resolution_pp:.3g} pp here" if counted else "")
+        counted = [r for r in self.outputs if r.form.paired or r.form.any_binary]  # one sample's worth: a resolution
+        counts = self._counts()
+        if len(set(counts.values())) > 1:  # a per-node output beside a per-graph one: each its own samples
+            samples = "the decision samples (" + ", ".join(f"{n} of '{k}'" for k, n in counts.items()) + ")"
+            fewest = min(counted, key=lambda r: len(r.dense)) if counted else None
+            one = (f"; one sample = {100.0 / len(fewest.dense):.3g} pp of '{fewest.name}' here" if fewest else "")
+        else:
+            samples = f"the {self.n} decision samples"
+            one = f"; one sample = {self.resolution_pp:.3g} pp here" if counted else ""
+        return (f"accepted when {every} is within the budget on {samples} ({'; '.join(rules)}); "
+                f"the loss reported is the worst output's" + one
                 + self._changes_allowed() + self._padding() + self._copied())
+
+    def _counts(self) -> dict:
+        """Each scored output's decision samples (they differ where an output follows no batch and is pooled per
+        feed beside one that follows it: sweep 28's GNN, 5,142 nodes and 112 graphs)."""
+        return {r.name: len(r.dense) for r in self.outputs if r.dense is not None}
+
+    def _binary_fewest(self) -> tuple[int, str] | None:
+        """(n, name) of the output judged by a share of changed samples with the fewest decision samples: the one
+        that bounds what changes fit; None when no output is."""
+        binary = [r for r in self.outputs if not r.form.paired and r.form.any_binary and r.dense is not None]
+        if not binary:
+            return None
+        r = min(binary, key=lambda r: len(r.dense))
+        return len(r.dense), r.name
 
     def _budget_text(self) -> str:
         """'1 pp', or with outputs of their own budget 'its budget (1 pp; 'boxes' 5 pp)'."""
@@ -563,8 +584,9 @@ class BudgetRule:
     def changes_allowed(self, n: int | None = None) -> int | None:
         """How many of `n` (default: this set's) decision samples may change class/value within the budget by
         Wilson's bound (-1: not even none), or None when no scored output has such a part."""
-        n = self.n if n is None else n
-        if not any(not r.form.paired and r.form.any_binary for r in self.outputs) or not n:
+        fewest = self._binary_fewest()
+        n = (fewest[0] if fewest else self.n) if n is None else n
+        if not fewest or not n:
             return None
         return self._allowed(n, self.z * self.strictness, self._binary_budget())
 
@@ -601,15 +623,18 @@ class BudgetRule:
         k = self.changes_allowed()
         if k is None or self._binary_budget() <= 0:
             return ""
-        lo, hi = self.n, max(2 * self.n, 16)
+        n, name = self._binary_fewest()
+        of = f" of '{name}'" if len(set(self._counts().values())) > 1 else ""
+        lo, hi = n, max(2 * n, 16)
         while self.changes_allowed(hi) <= k:
             lo, hi = hi, 2 * hi
         while hi - lo > 1:  # the smallest set that allows one more changed sample
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if self.changes_allowed(mid) <= k else (lo, mid)
         if k < 0:
-            return f"; not even a set with no changed sample fits the budget here, from {hi} decision samples on it does"
-        return f"; {k} changed sample(s) fit the budget here, {k + 1} from {hi} decision samples on"
+            return (f"; not even a set with no changed sample{of} fits the budget here, from {hi} decision samples on "
+                    "it does")
+        return f"; {k} changed sample(s){of} fit the budget here, {k + 1} from {hi} decision samples on"
 
     def uncertifiable(self) -> str | None:
         """Why no pruned candidate can be certified on this set, or None: a positive budget under Wilson's bound with

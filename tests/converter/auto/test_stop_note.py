@@ -151,3 +151,27 @@ def test_outputs_that_count_samples_differently_are_told_by_their_own_count():
     nodes.dense = np.zeros((112, 1))  # alike counts: the rule's n, as before
     strict.n = 112
     assert strict.short_samples() == "112 decision samples"
+
+
+def test_the_rule_statement_counts_each_outputs_own_samples_when_they_differ():
+    """The same GNN's rule note said "on the 5142 decision samples ... one sample = 0.0194 pp here; 44 changed
+    sample(s) fit the budget here", where one changed graph of 112 (0.89 pp) was over the budget."""
+    import numpy as np
+
+    from onnxprune.converter.auto.decide import BudgetRule, _OutputRule
+
+    def rule(*sizes):
+        r = BudgetRule.__new__(BudgetRule)
+        r.outputs = [_OutputRule(name, "agreement", 1.0, 1.0) for name in ("node_logits", "graph_logits")[:len(sizes)]]
+        for o, n in zip(r.outputs, sizes):
+            o.dense = np.zeros((n, 1))
+        r.n, r.budget, r.z, r.strictness, r.own_budgets = max(sizes), 1.0, 1.0, 1.0, False
+        r.evaluator = SimpleNamespace()
+        return r
+
+    said = rule(5142, 112).statement()
+    assert "on the decision samples (5142 of 'node_logits', 112 of 'graph_logits')" in said
+    assert "one sample = 0.893 pp of 'graph_logits' here; 0 changed sample(s) of 'graph_logits' fit the budget here, " \
+           "1 from 261 decision samples on" in said
+    said = rule(5142).statement()  # one count: as before
+    assert "on the 5142 decision samples" in said and "one sample = 0.0194 pp here; 44 changed sample(s) fit" in said
