@@ -1190,6 +1190,32 @@ def weight_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4,
     return _model(g, "weight_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
+def constant_list_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> Gemm -> Relu -> Gemm -> 'logits' [N, 4] with its weights in Constant nodes' other forms (sweep
+    28): the first Gemm's weight `Constant(value_floats)` -> Reshape by `Constant(value_ints)` and its bias
+    `Constant(value_floats)`, the second's weight `Constant(sparse_value)` (a tenth of it zero) and its bias a
+    `Constant(value_float)` broadcast. A hand-built or converted model stores small tensors this way."""
+    g = _Graph(seed)
+    w1 = (g.rng.standard_normal((hidden, in_features)) / np.sqrt(in_features)).astype(np.float32)
+    w2 = (g.rng.standard_normal((classes, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    w2[np.abs(w2) < np.quantile(np.abs(w2), 0.1)] = 0
+    flat = w2.reshape(-1)
+    nz = np.flatnonzero(flat)
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(flat[nz], "w2"),
+                                       numpy_helper.from_array(nz.astype(np.int64), "w2_idx"), list(w2.shape))
+    g.nodes += [helper.make_node("Constant", [], ["w1_flat"], name="/c0", value_floats=w1.reshape(-1).tolist()),
+                helper.make_node("Constant", [], ["w1_shape"], name="/c1", value_ints=list(w1.shape)),
+                helper.make_node("Reshape", ["w1_flat", "w1_shape"], ["w1"], name="/w1"),
+                helper.make_node("Constant", [], ["b1"], name="/c2",
+                                 value_floats=g.rng.uniform(-0.1, 0.1, hidden).astype(np.float32).tolist()),
+                helper.make_node("Constant", [], ["w2"], name="/c3", sparse_value=sparse),
+                helper.make_node("Constant", [], ["b2"], name="/c4", value_float=0.25)]
+    x = g.op("Relu", "1", [g.op("Gemm", "0", ["x", "w1", "b1"], transB=1)])
+    x = g.op("Gemm", "2", [x, "w2", "b2"], transB=1)
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "constant_list_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
 def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
                    seed: int = 0) -> onnx.ModelProto:
     """tf2onnx's tf.while_loop RNN under a tf.cond (sweep 27: an image fed inverted is turned back first): 'x'
