@@ -1216,6 +1216,28 @@ def constant_list_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 
     return _model(g, "constant_list_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
+def nbeats_mlp(*, window: int = 12, horizon: int = 4, hidden: int = 16, blocks: int = 2, seed: int = 0,
+               name: str = "forecast") -> onnx.ModelProto:
+    """N-BEATS as torch exports it (sweep 28): 'window' [N, 12] -> `blocks` blocks, each Gemm -> Relu -> Gemm -> Relu
+    and two heads, a backcast Gemm [window] subtracted from the block's input (the residual Sub) and a forecast Gemm
+    [horizon] summed over the blocks -> `name` [N, 4]: future values of a series, of either sign."""
+    g = _Graph(seed)
+
+    def dense(scope: str, x: str, fan_out: int, fan_in: int) -> str:
+        return g.op("Gemm", scope, [x, g.weight(f"{scope}.weight", (fan_out, fan_in), fan_in),
+                                    g.bias(f"{scope}.bias", fan_out)], transB=1)
+
+    x, forecast = "window", None
+    for b in range(blocks):
+        h = g.op("Relu", f"b{b}/r0", [dense(f"b{b}.fc0", x, hidden, window)])
+        h = g.op("Relu", f"b{b}/r1", [dense(f"b{b}.fc1", h, hidden, hidden)])
+        back, fore = dense(f"b{b}.back", h, window, hidden), dense(f"b{b}.fore", h, horizon, hidden)
+        x = g.op("Sub", f"b{b}/residual", [x, back])
+        forecast = fore if forecast is None else g.op("Add", f"b{b}/sum", [forecast, fore])
+    g.nodes.append(helper.make_node("Identity", [forecast], [name], name="/out"))
+    return _model(g, "nbeats_mlp", [_float("window", [BATCH, window])], [_float(name, [BATCH, horizon])])
+
+
 def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
                    seed: int = 0) -> onnx.ModelProto:
     """tf2onnx's tf.while_loop RNN under a tf.cond (sweep 27: an image fed inverted is turned back first): 'x'
