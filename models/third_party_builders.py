@@ -1238,6 +1238,34 @@ def nbeats_mlp(*, window: int = 12, horizon: int = 4, hidden: int = 16, blocks: 
     return _model(g, "nbeats_mlp", [_float("window", [BATCH, window])], [_float(name, [BATCH, horizon])])
 
 
+def loop_embedding_bag(*, rows: int = 12, dim: int = 4, bag: int = 3, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """torch's legacy export of `nn.EmbeddingBag(mode="mean")` on 'ids' [N, 3] (sweep 28's DLRM): a Loop over the
+    batch (trip count Shape(ids)[0]) whose body Gathers sample i's ids, then the table's rows (the table an outer-scope
+    initializer read inside the body), and means them -> a scan output [N, 4] -> Gemm -> 'logits' [N, 3]."""
+    g = _Graph(seed)
+    f = TensorProto.FLOAT
+    table = g.const("emb.weight", g.rng.standard_normal((rows, dim)))
+    head = g.weight("head.weight", (classes, dim), dim)
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["ids", "i"], ["bag_ids"], name="/bag/Gather", axis=0),
+         helper.make_node("Gather", [table, "bag_ids"], ["bag_rows"], name="/emb/Gather_5", axis=0),
+         helper.make_node("ReduceMean", ["bag_rows"], ["bag_mean"], name="/emb/ReduceMean", axes=[0], keepdims=0),
+         helper.make_node("Identity", ["cond"], ["cond_out"], name="/emb/cond")],
+        "bag_body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("bag_mean", f, [dim])])
+    zero = "zero"
+    g.initializers += [numpy_helper.from_array(np.zeros(1, np.int64), zero), numpy_helper.from_array(np.array(True), "true")]
+    count = g.op("Squeeze", "/emb/count", [g.op("Gather", "/emb/n", [g.op("Shape", "/emb/shape", ["ids"]), zero],
+                                                axis=0), zero])
+    g.nodes.append(helper.make_node("Loop", [count, "true"], ["bags"], name="/emb/Loop", body=body))
+    x = g.op("Gemm", "/head", ["bags", head, g.bias("head.bias", classes)], transB=1)
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "loop_embedding_bag", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, bag])],
+                  [_float("logits", [BATCH, classes])])
+
+
 def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
                    seed: int = 0) -> onnx.ModelProto:
     """tf2onnx's tf.while_loop RNN under a tf.cond (sweep 27: an image fed inverted is turned back first): 'x'
