@@ -814,6 +814,22 @@ def ort_fused_encoder(*, hidden: int = 16, heads: int = 2, seq: int = 6, classes
     return m
 
 
+def ort_fused_gemm_mlp(*, in_features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """What a session's saved optimized model (onnxruntime, ORT_ENABLE_EXTENDED or ALL) writes for Gemm -> Relu (sweep
+    28's LeNet-5: 'fused /fc1/Gemm'): 'input' [N, 12] -> com.microsoft.FusedGemm (transB=1, activation "Relu")
+    'fc1.weight' [16, 12], bias 'fc1.bias' -> Gemm 'fc2' -> 'logits' [N, 4]."""
+    g = _Graph(seed)
+    w = g.weight("fc1.weight", (hidden, in_features), in_features)
+    b = g.bias("fc1.bias", hidden)
+    g.nodes.append(helper.make_node("FusedGemm", ["input", w, b], ["fc1_out"], name="fused /fc1/Gemm",
+                                    domain="com.microsoft", transB=1, activation="Relu"))
+    g.gemm("fc1_out", "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    m = _model(g, "ort_fused_gemm_mlp", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
 def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
     """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->w) -> Relu -> pixel_unshuffle 2 as torch exports it (legacy and
     dynamo alike): Reshape [-1, w, size/2, 2, size/2, 2] -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [-1, 4w, size/2,

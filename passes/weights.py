@@ -462,11 +462,15 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     op = users[0].op_type if users else "nothing"
+    if users and users[0].domain == "com.microsoft.nchwc":  # sweep 28: "not a weight of Conv/... (used by Conv)"
+        return (f"a weight of onnxruntime's com.microsoft.nchwc.{op} '{users[0].name}', stored in the blocked (NCHWc) "
+                "layout onnxruntime writes for this machine's CPU when it saves a model optimized at ORT_ENABLE_ALL: "
+                "prune the model onnxruntime was given, then let onnxruntime optimize the pruned one")
     if users and users[0].domain == "com.microsoft" and len(tensor.dims) >= 2:  # a matrix in a fused kernel of
         # onnxruntime.transformers.optimizer (Attention's QKV, EmbedLayerNormalization's tables, FusedMatMul)
         return (f"a weight of onnxruntime's fused com.microsoft.{op} '{users[0].name}', which these passes do not "
-                "take apart: prune the model before onnxruntime's transformer optimizer fuses it, then optimize the "
-                "pruned one")
+                "take apart: prune the model before onnxruntime fuses it (its transformer optimizer, or a session "
+                "that saves its optimized model), then optimize the pruned one")
     if op == "Gather":
         return f"not a weight of {_FLOAT_WEIGHT_OPS}, nor a table Gather reads with ids on axis 0 (used by Gather)"
     return f"not a weight of {_FLOAT_WEIGHT_OPS} (used by {op})"
@@ -506,9 +510,10 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
     op = opfacts.MULTIPLIES_AS.get(node.op_type, node.op_type)
-    if out is None and op == "MatMul" and index == 1 and not _attr(node, "transA", 0) and shapes.get(node.input[0]):
-        # a fused product (com.microsoft FusedMatMul) whose output onnx's shape inference does not give: its rows
-        # are its input's
+    if out is None and op in ("MatMul", "Gemm") and index == 1 and not _attr(node, "transA", 0) \
+            and shapes.get(node.input[0]):
+        # a fused product (com.microsoft FusedMatMul, FusedGemm) whose output onnx's shape inference does not give:
+        # its rows are its input's
         out = [*shapes[node.input[0]][:-1], None]
     if op in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
