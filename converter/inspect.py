@@ -83,7 +83,17 @@ def inspect_model(path: Path) -> dict:
         "too_old": _too_old(loaded.model),
         "dead_branches": _dead_branches(loaded.model),
         "inlined": loaded.inlined,
+        "foreign_ops": _foreign_ops(loaded.model),
     }
+
+
+def _foreign_ops(model) -> list[str]:
+    """Ops of domains onnx's shape inference does not know (onnxruntime's com.microsoft kernels, its NCHWc layout
+    ops), "domain.Op", sorted: the sizes after them are not inferred, whatever the inputs declare."""
+    from onnxprune.passes.scopes import all_nodes
+
+    known = ("", "ai.onnx", "ai.onnx.ml")
+    return sorted({f"{n.domain}.{n.op_type}" for n in all_nodes(model) if n.domain not in known})
 
 
 def _dead_branches(model) -> list[str]:
@@ -275,9 +285,17 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     looped = sum(r["macs"] is None and r.get("in_loop", False) for r in info["layers"])
     unknown = sum(r["macs"] is None for r in info["layers"]) - looped
     if unknown:
+        symbolic = any(not isinstance(d, int) for v in info["inputs"] for d in (v["shape"] or [])[1:])
+        foreign = info.get("foreign_ops") or []
+        if symbolic or not foreign:
+            why = "an input with a symbolic axis besides the batch, such as a sequence length, does this"
+        else:  # sweep 28: onnxruntime's saved ViT ([N, 1, 28, 28] in) was told of a symbolic axis it has not
+            why = (f"this model has ops onnx's shape inference does not know, {', '.join(foreign[:3])}"
+                   + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "") + ": the sizes after them are "
+                   "not inferred")
         console.print(f"note: MACs/sample unknown for {unknown} of {len(info['layers'])} layers: shape inference gives "
-                      "no size for an axis of their input other than the batch (an input with a symbolic axis "
-                      "besides the batch, such as a sequence length, does this)", markup=False, highlight=False)
+                      f"no size for an axis of their input other than the batch ({why})", markup=False,
+                      highlight=False)
     if looped:  # sweep 27: a scripted loop over a static [N, 28, 28] input was told of a symbolic axis
         console.print(f"note: MACs/sample unknown for {looped} of {len(info['layers'])} layers inside a Loop/Scan "
                       "body: they run once an iteration, and the iterations are not counted", markup=False,
