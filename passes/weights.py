@@ -141,7 +141,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
                 inv.skipped.append(Skipped(source_name, reason, size))
                 continue
             inv.prunable.append(_weight(node, index, facts, source_name, tensor, via_nodes, ix, shapes))
-    _explain_the_rest(ix, claimed, inv)
+    _explain_the_rest(ix, claimed, inv, {o.name for sc in scopes(model.graph) for o in sc.graph.output})
     return inv
 
 
@@ -403,13 +403,19 @@ def _attrs_key(node: onnx.NodeProto) -> tuple:
     return tuple(sorted(a.SerializeToString() for a in node.attribute))
 
 
-def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
+def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory, outputs: set[str] = frozenset()) -> None:
+    """Why each constant no layer claimed is not a weight; `outputs`: names a graph or body returns."""
     for name, tensor in ix.consts.items():
         if name in claimed:
             continue
         size = int(np.prod(tensor.dims, dtype=np.int64))
         users = ix.consumers.get(name, [])
         if size < 2:  # a scalar constant (an epsilon, a scale): no weight, not worth a line
+            continue
+        if not users and name in outputs:  # a constant a branch returns as is (torch dynamo's EmbeddingBag: the
+            # zero row of an empty bag, 'row_result'); it was "used by nothing" (sweep 28)
+            inv.skipped.append(Skipped(name, "a constant a graph or If/Loop/Scan body returns as its output, read by "
+                                             "no layer", size))
             continue
         reason = _why_not(name, tensor, users, ix)
         if reason:

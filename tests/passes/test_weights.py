@@ -379,3 +379,29 @@ def test_a_layer_in_an_if_branch_has_its_macs_and_a_loop_bodys_stay_unknown():
     run_load_passes(model, PruneState())
     found = find_prunable(model).by_name()
     assert found["W"].macs is None and found["R"].macs is None and found["head.weight"].macs == 24
+
+
+def test_a_constant_a_branch_returns_as_its_output_is_not_said_to_be_used_by_nothing():
+    """torch dynamo's nn.EmbeddingBag (sweep 28's DLRM): an If branch returns a zero row 'row_result' [16] for an
+    empty bag; inspect listed it "not a weight of Conv/... (used by nothing)"."""
+    import numpy as np
+
+    from tests.oracle import run
+
+    zero = helper.make_node("Constant", [], ["row_result"], value=numpy_helper.from_array(np.zeros(4, np.float32)))
+    then = helper.make_graph([zero], "then", [], [helper.make_tensor_value_info("row_result", TensorProto.FLOAT, [4])])
+    other = helper.make_graph([helper.make_node("ReduceMean", ["rows"], ["mean"], axes=[0], keepdims=0)], "else", [],
+                              [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [4])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["empty"], ["row"], then_branch=then, else_branch=other),
+         helper.make_node("Unsqueeze", ["row", "zero"], ["row2"]), helper.make_node("MatMul", ["row2", "W"], ["y"])],
+        "g", [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [3, 4]),
+              helper.make_tensor_value_info("empty", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.ones((4, 2), np.float32), "W"), numpy_helper.from_array(np.zeros(1, np.int64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(run(model, {"rows": rows, "empty": np.array(True)})["y"], np.zeros((1, 2)))
+    reasons = {s.name: s.reason for s in find_prunable(model).skipped}
+    assert reasons["row_result"] == "a constant a graph or If/Loop/Scan body returns as its output, read by no layer"
