@@ -644,17 +644,38 @@ class BudgetRule:
         asks for no changed sample, which is what the set can check."""
         if self.budget <= 0:
             return None
-        for r in self.outputs:
+        for i, r in enumerate(self.outputs):
             if not r.resolves():
                 n = len(r.dense)
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
                 what = "changed positions" if r.form.any_share and not r.form.any_binary else "changed samples"
-                return (f"{n} samples cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}): "
+                pooled = self._pooled(i)
+                unit = "feeds" if pooled else "samples"
+                how = (f" (an output that follows no batch: its rows, {pooled} here, pooled into one sample a feed)"
+                       if pooled else "")
+                return (f"{n} {unit} cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}){how}: "
                         f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
-                        f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} samples to decide "
+                        f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} {unit} to decide "
                         f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}")
         return None
+
+    def _pooled(self, i: int) -> int:
+        """The rows of scored output `i` on the decision set when it follows no batch and each feed's rows are
+        pooled into one sample (Evaluator.sample_axes None, not k rows a sample), else 0. Sweep 28's batched GNN
+        (8 graphs a feed, per-graph logits [graphs, 2]) was told "40 samples cannot certify ... give 99 samples"
+        beside its 320 graphs: the samples are feeds."""
+        ev = self.evaluator
+        axes = getattr(ev, "sample_axes", None)
+        if not axes or i >= len(axes) or axes[i] is not None or i in (getattr(ev, "grouped", None) or {}):
+            return 0
+        refs = getattr(ev, "reference_all", None) or []
+        rows = 0
+        for batch in refs:
+            values = batch if isinstance(batch, tuple) else (batch,)
+            if i < len(values):
+                rows += len(values[i]) if getattr(values[i], "ndim", 0) else 1
+        return rows
 
     def warnings(self) -> list[str]:
         out = []
