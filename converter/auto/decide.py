@@ -451,10 +451,12 @@ class BudgetRule:
         """The decision samples that cannot resolve the budget, in words: the rule's n, or where the outputs count
         samples differently, the first such output's own count and name (sweep 28's GNN: "5142 decision samples
         cannot certify" was the per-node output's count, where the per-graph output's 112 feeds fell short)."""
-        short = [r for r in self.outputs if r.dense is not None and not r.resolves()]
+        short = [i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()]
         if not short or len({len(r.dense) for r in self.outputs if r.dense is not None}) <= 1:
             return f"{self.n} decision samples"
-        return f"{len(short[0].dense)} decision samples of output '{short[0].name}'"
+        r = self.outputs[short[0]]
+        unit = "decision feeds" if self._pooled(short[0]) else "decision samples"  # its rows pooled a feed each
+        return f"{len(r.dense)} {unit} of output '{r.name}'"
 
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs
@@ -665,7 +667,7 @@ class BudgetRule:
         pooled into one sample (Evaluator.sample_axes None, not k rows a sample), else 0. Sweep 28's batched GNN
         (8 graphs a feed, per-graph logits [graphs, 2]) was told "40 samples cannot certify ... give 99 samples"
         beside its 320 graphs: the samples are feeds."""
-        ev = self.evaluator
+        ev = getattr(self, "evaluator", None)
         axes = getattr(ev, "sample_axes", None)
         if not axes or i >= len(axes) or axes[i] is not None or i in (getattr(ev, "grouped", None) or {}):
             return 0

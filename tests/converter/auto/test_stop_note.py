@@ -148,6 +148,11 @@ def test_outputs_that_count_samples_differently_are_told_by_their_own_count():
     for r in strict.outputs:
         r.strictness = 2.0
     assert strict.short_samples() == "112 decision samples of output 'graph_logits'"
+    # the per-graph output follows no batch: its samples are feeds, one graph's row each (the one-shot's note said
+    # "the 32218 samples held out to decide on cannot certify --max-loss 1 (99 would)" of a batched GNN's nodes)
+    strict.evaluator = SimpleNamespace(sample_axes=(0, None), grouped={},
+                                       reference_all=[(np.zeros((46, 3)), np.zeros((1, 2)))] * 112)
+    assert strict.short_samples() == "112 decision feeds of output 'graph_logits'"
     nodes.dense = np.zeros((112, 1))  # alike counts: the rule's n, as before
     strict.n = 112
     assert strict.short_samples() == "112 decision samples"
