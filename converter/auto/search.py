@@ -409,6 +409,14 @@ class _Search:
         self.one_shot = {"sparsities": outcome.sparsities, "measured_loss_pp": outcome.measured_loss_pp,
                          "compression": outcome.compression, "tries": outcome.tries}
         if not decision.within:
+            if model is not self.original:  # said, not only in the history's note: sweep 28's batched GNN (one-shot
+                # only) wrote the input model with "kept unpruned (nothing to certify)" and no word of the fit's 1.04x
+                said = (f"the one-shot fit's result, {self.ratio(masks):.3g}x, was over the rule on the decision set "
+                        f"(loss {decision.loss_pp:.3f} pp on '{decision.output}', limit {decision.limit_pp:.3f} pp): "
+                        + ("the search starts from the input model" if self.config.retrain else
+                           "the input model is kept"))
+                log.info(said)
+                self.notes.append(said)
             model, masks = self.original, {n: weight_array(self.original, n) != 0 for n in masks}
             note += (f"; its loss {decision.loss_pp:.3f} pp on '{decision.output}' is over the rule's limit "
                      f"{decision.limit_pp:.3f} pp, so the search starts from the input model")

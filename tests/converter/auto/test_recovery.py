@@ -220,6 +220,9 @@ def test_a_start_that_is_the_input_model_is_not_refit_at_level_0(small_unlabelle
     result = run(model, configure(max_loss=1.0, data={"input": data["input"][:300]}, time_budget=120, seed=0))
     history = result.report["history"]
     assert history[0]["ratio"] == pytest.approx(1.0) and "starts from the input model" in history[0]["note"]
+    # and the run says so (sweep 28: the one-shot fallback wrote the input model with no word of the rejected fit)
+    assert any(n.startswith("the one-shot fit's result, ") and "was over the rule on the decision set" in n
+               and n.endswith("the search starts from the input model") for n in result.report["auto"]["notes"])
     refits = [h for h in history if h["phase"] == "reconstruct"]
     assert refits and all(h["levels"]["weights"] > 0 for h in refits)
     assert result.report["budget"]["met"]
