@@ -441,6 +441,10 @@ def _attr_int(node, key: str, default: int) -> int:
     return next((int(a.i) for a in node.attribute if a.name == key), default)
 
 
+_INTEGER_WEIGHT_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                                   onnx.TensorProto.UINT4})  # what a quantized weight is stored as (not an index)
+
+
 def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         for u in users:
@@ -451,6 +455,13 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
                 return (f"an integer-quantized embedding table: Gather '{u.name}' reads its rows, a DequantizeLinear "
                         "after it makes them float (onnxruntime's quantize_dynamic writes this); no pass folds that "
                         "form: prune the float model, then quantize the pruned one")
+        fused = next((u for u in users if u.domain == "com.microsoft"), None)
+        if fused is not None and len(tensor.dims) >= 2 and tensor.data_type in _INTEGER_WEIGHT_TYPES:
+            # quantize_dynamic of a transformer-optimized model (sweep 28): QAttention's int8 QKV and
+            # QEmbedLayerNormalization's int8 tables were in neither of inspect's lists
+            return (f"an integer-quantized weight of onnxruntime's com.microsoft.{fused.op_type} '{fused.name}', which "
+                    "no pass folds back to float: prune the float model (before onnxruntime fuses and quantizes it), "
+                    "then quantize the pruned one")
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
         if opfacts.is_bias(u, name):

@@ -405,3 +405,30 @@ def test_a_constant_a_branch_returns_as_its_output_is_not_said_to_be_used_by_not
     np.testing.assert_array_equal(run(model, {"rows": rows, "empty": np.array(True)})["y"], np.zeros((1, 2)))
     reasons = {s.name: s.reason for s in find_prunable(model).skipped}
     assert reasons["row_result"] == "a constant a graph or If/Loop/Scan body returns as its output, read by no layer"
+
+
+def test_an_integer_weight_of_an_onnxruntime_quantized_fused_kernel_is_listed_with_what_to_do():
+    """quantize_dynamic of a transformer-optimized BERT (sweep 28): QAttention's int8 QKV [64, 192] and
+    QEmbedLayerNormalization's int8 tables were in neither of inspect's lists (an integer tensor not read by a known
+    quantized op was taken for an index or a shape)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(-127, 127, (16, 48)).astype(np.int8), "qkv_weight_quantized"),
+             numpy_helper.from_array(np.zeros(48, np.float32), "qkv_bias"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "w_scale"),
+             numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
+             numpy_helper.from_array(np.array([3, 1], np.int64), "shape_like")]  # an int64 vector: no line
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_scale", "x_zero"]),
+             helper.make_node("QAttention", ["xq", "qkv_weight_quantized", "qkv_bias", "x_scale", "w_scale", "",
+                                             "x_zero", "w_zero"], ["att"], domain="com.microsoft", name="Attention_0_quant",
+                              num_heads=2),
+             helper.make_node("Reshape", ["att", "shape_like"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    reasons = {s.name: s.reason for s in find_prunable(model).skipped}
+    assert reasons["qkv_weight_quantized"].startswith(
+        "an integer-quantized weight of onnxruntime's com.microsoft.QAttention 'Attention_0_quant', which no pass folds "
+        "back to float: prune the float model")
+    assert "shape_like" not in reasons and "w_zero" not in reasons
