@@ -425,6 +425,14 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory, outputs: set[str]
 # named as normalizations in inspect's "not prunable" list only (no channel rule reads this): torch dynamo's nn.RMSNorm
 # at opset 23 read "not a weight of Conv/... (used by RMSNormalization)" (sweep 20)
 _LISTED_AS_NORMS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"})
+# onnxruntime's fused kernels (com.microsoft) that take a layer's bias or a normalization's gamma/beta (sweep 28: every
+# one read "not a weight of Conv/... (used by SkipLayerNormalization)"): input index -> what it is
+_FUSED_VECTORS = {"SkipLayerNormalization": {2: "normalization parameter", 3: "normalization parameter",
+                                             4: "a layer's bias, fused into"},
+                  "SkipSimplifiedLayerNormalization": {2: "normalization parameter", 3: "a layer's bias, fused into"},
+                  "EmbedLayerNormalization": {5: "normalization parameter", 6: "normalization parameter"},
+                  "BiasGelu": {1: "a layer's bias, fused into"}, "FastGelu": {1: "a layer's bias, fused into"},
+                  "BiasAdd": {1: "a layer's bias, fused into"}}
 
 
 def _quantized_lookup(node, name, ix: ScopeIndex) -> bool:
@@ -466,6 +474,11 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
     for u in users:
         if opfacts.is_bias(u, name):
             return f"bias of {u.op_type} '{u.name}'"
+        if u.domain == "com.microsoft" and u.op_type in _FUSED_VECTORS and len(tensor.dims) <= 1:
+            what = next((w for k, w in _FUSED_VECTORS[u.op_type].items() if k < len(u.input) and u.input[k] == name),
+                        None)
+            if what is not None:
+                return f"{what} {'of ' if what.startswith('norm') else ''}onnxruntime's {u.op_type} '{u.name}'"
         if u.op_type in NORM_OPS or u.op_type in _LISTED_AS_NORMS:
             return f"normalization parameter of {u.op_type} '{u.name}'"
         if u.op_type == "Add":

@@ -432,3 +432,24 @@ def test_an_integer_weight_of_an_onnxruntime_quantized_fused_kernel_is_listed_wi
         "an integer-quantized weight of onnxruntime's com.microsoft.QAttention 'Attention_0_quant', which no pass folds "
         "back to float: prune the float model")
     assert "shape_like" not in reasons and "w_zero" not in reasons
+
+
+def test_the_vectors_of_onnxruntimes_fused_normalizations_and_activations_are_named_for_what_they_are():
+    """onnxruntime.transformers.optimizer's BERT (sweep 28): SkipLayerNormalization's gamma/beta and the layer bias it
+    adds, BiasGelu's bias and EmbedLayerNormalization's gamma/beta all read "not a weight of Conv/... (used by
+    SkipLayerNormalization)"."""
+    import numpy as np
+
+    vec = {n: numpy_helper.from_array(np.ones(8, np.float32), n) for n in ("gamma", "beta", "o.bias", "f1.bias")}
+    nodes = [helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "o.bias"], ["s"],
+                              domain="com.microsoft", name="SkipLayerNorm_AddBias_0"),
+             helper.make_node("BiasGelu", ["s", "f1.bias"], ["y"], domain="com.microsoft", name="Gelu_AddBias_0")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, 8])
+                                           for n in ("x", "skip")],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8])], list(vec.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    reasons = {s.name: s.reason for s in find_prunable(model).skipped}
+    for name in ("gamma", "beta"):
+        assert reasons[name] == "normalization parameter of onnxruntime's SkipLayerNormalization 'SkipLayerNorm_AddBias_0'"
+    assert reasons["o.bias"] == "a layer's bias, fused into onnxruntime's SkipLayerNormalization 'SkipLayerNorm_AddBias_0'"
+    assert reasons["f1.bias"] == "a layer's bias, fused into onnxruntime's BiasGelu 'Gelu_AddBias_0'"
