@@ -566,10 +566,10 @@ def _rows_in_bodies(model: onnx.ModelProto, tables, reader) -> dict[str, np.ndar
     for w in tables:
         spans[w.name] = (offset, int(w.shape[0]))
         offset += int(w.shape[0])
-    copy = rows_model(model, spans)
-    if copy is None:
-        return None
-    try:
+    try:  # the copy's rewrite and its run alike: a graph these rules do not foresee leaves the tables uncounted
+        copy = rows_model(model, spans)
+        if copy is None:
+            return None
         session = make_session(copy, optimize=False)
         output = copy.graph.output[0].name
         read = np.zeros(offset, bool)
