@@ -552,6 +552,16 @@ SIGNAL += [Case("STFT-twosided", "STFT", [f32(3, 40, 1), np.array(4, np.int64), 
                 consts=(1, 2))]
 
 
+# ONNX DFT (sweep 28: torch.fft.rfft exported by dynamo, opset 20): axis an attribute at 17, an input from 20
+SIGNAL += [Case("DFT-17-real", "DFT", [f32(2, 12, 1)]),
+           Case("DFT-17-onesided-axis2", "DFT", [f32(2, 3, 10, 1)], {"axis": 2, "onesided": 1}),
+           Case("DFT-17-complex-inverse", "DFT", [f32(2, 8, 2)], {"inverse": 1}),
+           Case("DFT-17-dft_length", "DFT", [f32(2, 9, 1), np.array(12, np.int64)], consts=(1,)),
+           Case("DFT-20-onesided", "DFT", [f32(3, 16, 1), None, np.array(-2, np.int64)], {"onesided": 1}, opset=20,
+                consts=(2,)),
+           Case("DFT-20-default-axis", "DFT", [f32(2, 5, 6, 2)], opset=20)]
+
+
 @params(SIGNAL)
 def test_signal_ops_match_onnxruntime(case):
     assert_matches_ort(case)

@@ -613,3 +613,34 @@ def stft(inputs, attrs, ctx):
     onesided = attrs.get("onesided", 1) and not x.is_complex()
     spec = torch.fft.rfft(frames, dim=-1) if onesided else torch.fft.fft(frames, dim=-1)
     return torch.view_as_real(spec).to(signal.dtype)
+
+
+def _dft(inputs, attrs, ctx, axis: int):
+    """ONNX DFT on `axis` of input [..., 1] (real) or [..., 2] (complex) -> [..., 2]: dft_length (input 1) pads or
+    cuts the signal; `inverse` divides by the length (as torch.fft.ifft); `onesided` keeps the first length // 2 + 1
+    bins. torch dynamo exports `torch.fft.rfft` as this op (sweep 28's H)."""
+    x = inputs[0]
+    c = torch.view_as_complex(x.contiguous()) if x.shape[-1] == 2 else x[..., 0]
+    axis = axis if axis >= 0 else x.dim() + axis  # an axis of the input, its last (real/imaginary) one excluded
+    given = _static(inputs, 1, ctx)
+    n = int(given[0]) if given else int(c.shape[axis])
+    if attrs.get("inverse", 0):
+        y = torch.fft.ifft(c, n=n, dim=axis)
+    elif not c.is_complex() and attrs.get("onesided", 0):
+        y = torch.fft.rfft(c, n=n, dim=axis)
+    else:
+        y = torch.fft.fft(c, n=n, dim=axis)
+    if attrs.get("onesided", 0) and y.shape[axis] > n // 2 + 1:
+        y = y.narrow(axis, 0, n // 2 + 1)
+    return torch.view_as_real(y.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)).to(x.dtype)
+
+
+@register("DFT", since_opset=17, static_inputs=(1,))
+def dft17(inputs, attrs, ctx):
+    return _dft(inputs, attrs, ctx, int(attrs.get("axis", 1)))
+
+
+@register("DFT", since_opset=20, static_inputs=(1, 2))
+def dft20(inputs, attrs, ctx):
+    given = _static(inputs, 2, ctx)
+    return _dft(inputs, attrs, ctx, int(given[0]) if given else -2)
