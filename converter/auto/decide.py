@@ -455,8 +455,13 @@ class BudgetRule:
         if not short or len({len(r.dense) for r in self.outputs if r.dense is not None}) <= 1:
             return f"{self.n} decision samples"
         r = self.outputs[short[0]]
-        unit = "decision feeds" if self._pooled(short[0]) else "decision samples"  # its rows pooled a feed each
-        return f"{len(r.dense)} {unit} of output '{r.name}'"
+        return f"{len(r.dense)} decision {self.short_unit()} of output '{r.name}'"
+
+    def short_unit(self) -> str:
+        """"feeds" where the first output that cannot resolve the budget is pooled a feed a sample (its rows), else
+        "samples": what a count of more decision data is in."""
+        short = [i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()]
+        return "feeds" if short and self._pooled(short[0]) else "samples"
 
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs

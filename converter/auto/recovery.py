@@ -485,7 +485,7 @@ class ReconstructRecovery(Recovery):
         strict = self.s.strict_rule()
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
             samples = strict.samples_to_resolve()
-            need = (f"a changed-class output needs {samples} samples" if samples is not None
+            need = (f"a changed-class output needs {samples} {strict.short_unit()}" if samples is not None
                     else "no finite set certifies a zero budget")
             s.notes.append(f"per-layer refit skipped: {strict.short_samples()} cannot certify --max-loss "
                            f"{s.config.max_loss:g} at {PER_LAYER_Z:g}x the margin ({need})")

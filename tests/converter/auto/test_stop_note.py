@@ -153,6 +153,7 @@ def test_outputs_that_count_samples_differently_are_told_by_their_own_count():
     strict.evaluator = SimpleNamespace(sample_axes=(0, None), grouped={},
                                        reference_all=[(np.zeros((46, 3)), np.zeros((1, 2)))] * 112)
     assert strict.short_samples() == "112 decision feeds of output 'graph_logits'"
+    assert strict.short_unit() == "feeds"  # "a changed-class output needs 396 feeds", not samples
     nodes.dense = np.zeros((112, 1))  # alike counts: the rule's n, as before
     strict.n = 112
     assert strict.short_samples() == "112 decision samples"
