@@ -144,10 +144,9 @@ def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec
         if len(set(firsts.values())) > 1:
             return f"'{where}': the inputs' first axes differ ({firsts})"
         for n, s in ins.items():
-            if n in seen and seen[n][0] != s[1:]:
-                return (f"input '{n}' has shape {list(s)} in '{where}' and [?, {', '.join(map(str, seen[n][0]))}] in "
-                        f"'{seen[n][1]}'")
-            seen.setdefault(n, (s[1:], where))
+            if n in seen and seen[n][0][1:] != s[1:]:  # both shapes whole (it said "[?, 8, 44]": sweep 28)
+                return f"input '{n}' has shape {list(s)} in '{where}' and {list(seen[n][0])} in '{seen[n][1]}'"
+            seen.setdefault(n, (s, where))
     for spec in specs:
         first = spec.shape[0] if spec.shape else None
         if first is None or first < 2 or not seen.get(spec.name):

@@ -59,9 +59,10 @@ _STATE_NAMES = _Words(r"hidden|state|cache|memory|past|present")
 # a decoder's key/value cache (optimum: past_key_values.N.key, present.N.encoder.value): a state before any other reading
 _CACHE_NAMES = _Words(r"(present|past)(?![a-z])|key_values|kv_cache")
 # points and contours (mediapipe's 'output_eyes_contours_and_brows', face 'mesh', pose 'keypoints'/'kpts'/'joints'):
-# coordinates, whose argmax is no class (sweep 19's iris_landmark was judged by argmax agreement)
+# coordinates, whose argmax is no class (sweep 19's iris_landmark was judged by argmax agreement); a forecast's horizon
+# of future values (sweep 28's N-BEATS 'forecast' [N, 12] was judged by the argmax over its 12 steps)
 _REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|kpt|keypoint|contour|"
-                           r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp")
+                           r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).

@@ -341,6 +341,80 @@ class _Counter:
 _RULES = {"If": _Counter.if_, "Loop": _Counter.loop, "Scan": _Counter.scan}
 
 
+class _RowCounter(_Counter):
+    """Rewrites a copy of the model so that its only output marks which rows of each embedding table its lookups
+    read, wherever they sit (row_coverage: a table read inside a body). One float32 vector of every counted table's
+    rows end to end (`tables`: name -> (offset, rows)); each lookup adds a one at offset + id for each id it reads
+    (ScatterElements of ones into zeros; a negative id counts from the end, as Gather reads it), and the vector is
+    carried out of If branches, Loop and Scan bodies as `_Counter` carries its counts (an If's branches mark
+    nothing of their own here). torch's legacy export of `nn.EmbeddingBag` reads each table in a Loop body, one bag
+    an iteration (sweep 28's DLRM: its three tables were left unpruned, "read inside an If/Loop/Scan body")."""
+
+    def __init__(self, tables: dict[str, tuple[int, int]], opset: int):
+        self.tables, self.opset, self.next_slot, self.names = tables, opset, 0, 0
+        self.width = sum(rows for _, rows in tables.values())
+        self.zeros = self.name("zeros")
+
+    def graph(self, graph: onnx.GraphProto) -> str | None:
+        from onnxprune.passes.opfacts import LOOKUP_OPS
+
+        parts = []
+        for node in list(graph.node):
+            if node.op_type in LOOKUP_OPS and node.domain in ("", "ai.onnx") and node.input[0] in self.tables:
+                parts.append(self.rows(node, graph))
+            if _counted(node):
+                parts.append(_RULES[node.op_type](self, node, graph))
+        return self.add(graph, parts)
+
+    def if_(self, node: onnx.NodeProto, parent: onnx.GraphProto) -> str:
+        branches = bodies(node)
+        _name_outputs(node, len(branches[0][1].output))
+        for _, g in branches:  # both branches give a vector: zeros, plus what the branch's lookups read
+            out = self.add(g, [self.constant(g, np.zeros(self.width, np.float32)), self.graph(g)])
+            g.output.append(self.vector(out))
+        node.output.append(self.name(f"{node.name}::rows"))
+        return node.output[-1]
+
+    def rows(self, node: onnx.NodeProto, graph: onnx.GraphProto) -> str:
+        offset, rows = self.tables[node.input[0]]
+
+        def op(op_type: str, inputs: list[str], **attrs) -> str:
+            out = self.name(op_type)
+            graph.node.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+            return out
+
+        def ints(value: int, shape: tuple = ()) -> str:
+            out = self.name("ints")
+            graph.node.append(helper.make_node("Constant", [], [out], name=out, value=onnx.numpy_helper.from_array(
+                np.full(shape, value, np.int64))))
+            return out
+
+        flat = op("Reshape", [op("Cast", [node.input[1]], to=TensorProto.INT64), ints(-1, (1,))])
+        pos = op("Where", [op("Less", [flat, ints(0)]), op("Add", [flat, ints(rows)]), flat])
+        at = op("Add", [pos, ints(offset)])
+        ones = op("Expand", [self.constant(graph, np.ones((), np.float32)), op("Shape", [at])])
+        return op("ScatterElements", [self.constant(graph, np.zeros(self.width, np.float32)), at, ones], axis=0)
+
+
+def rows_model(model: onnx.ModelProto, tables: dict[str, tuple[int, int]]) -> onnx.ModelProto | None:
+    """A copy of `model` whose only output marks the rows of `tables` its lookups read (`_RowCounter`), or None (an
+    opset before ScatterElements, or no lookup found)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset < 11 or not tables:
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    counter = _RowCounter(tables, opset)
+    total = counter.graph(copy.graph)
+    if total is None:
+        return None
+    copy.graph.node.insert(0, helper.make_node("Constant", [], [counter.zeros], name=counter.zeros,
+                                               value=onnx.numpy_helper.from_array(np.zeros(counter.width, np.float32))))
+    del copy.graph.output[:]
+    copy.graph.output.append(counter.vector(total))
+    return copy
+
+
 def _name_outputs(node: onnx.NodeProto, n: int) -> None:
     """Name the outputs a node leaves out at the end, so that one added after them lands where the body says."""
     while len(node.output) < n:
@@ -445,7 +519,7 @@ class RowCoverage:
 
     partial: dict[str, tuple[int, int]] = field(default_factory=dict)
     unread: dict[str, list[int]] = field(default_factory=dict)  # a few of each table's unread rows, lowest first
-    bodies: set[str] = field(default_factory=set)  # tables read inside a body: their rows are not counted
+    bodies: set[str] = field(default_factory=set)  # tables read inside a body whose rows could not be counted
 
     def reasons(self) -> dict[str, str]:
         return {n: ("read inside an If/Loop/Scan body, its rows not counted" if n in self.bodies else
@@ -474,11 +548,45 @@ class RowCoverage:
         return f", unread e.g. {', '.join(map(str, rows))}" if rows else ""
 
 
+def _rows_in_bodies(model: onnx.ModelProto, tables, reader) -> dict[str, np.ndarray] | None:
+    """Which rows of `tables` (read inside a body) the samples of `reader` read: {name: bool per row}, from one run
+    of `rows_model`'s copy over the data; None when they cannot be counted (a lookup on another axis than 0, an
+    opset before 11, or a copy onnxruntime does not run), and the tables then count as not all read."""
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.passes.opfacts import LOOKUP_OPS
+    from onnxprune.passes.scopes import all_nodes
+
+    if not tables:
+        return None
+    names = {w.name for w in tables}
+    lookups = [n for n in all_nodes(model) if n.op_type in LOOKUP_OPS and n.input and n.input[0] in names]
+    if any(a.name == "axis" and a.i != 0 for n in lookups for a in n.attribute):
+        return None
+    spans, offset = {}, 0
+    for w in tables:
+        spans[w.name] = (offset, int(w.shape[0]))
+        offset += int(w.shape[0])
+    try:  # the copy's rewrite and its run alike: a graph these rules do not foresee leaves the tables uncounted
+        copy = rows_model(model, spans)
+        if copy is None:
+            return None
+        session = make_session(copy, optimize=False)
+        output = copy.graph.output[0].name
+        read = np.zeros(offset, bool)
+        for feeds in reader:
+            read |= session.run([output], feeds)[0] > 0
+    except Exception as exc:  # noqa: BLE001 - a copy the runtime refuses: the tables stay "not counted"
+        log.debug("coverage: rows read inside bodies not counted (%s)", exc)
+        return None
+    return {name: read[o: o + rows] for name, (o, rows) in spans.items()}
+
+
 def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     """Which rows of each embedding table among `weights` the samples of `reader` read: the ids reaching each of the
     table's main-graph Gathers (a tied table's every lookup), read from the feeds when they are a graph input, from
     the constant they are, else from one run of a copy of the model whose outputs are those ids. A table read inside a
-    body (If/Loop/Scan) counts as not all read: its ids are not counted here."""
+    body (If/Loop/Scan: torch's legacy `nn.EmbeddingBag`) is counted by one run of a copy that marks the rows its
+    lookups read (`_rows_in_bodies`); where that cannot run, it counts as not all read."""
     from onnxprune.calibration.runtime import make_session
 
     cov = RowCoverage()
@@ -493,10 +601,15 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     ids = {w.name: sorted({n.input[1] for n in model.graph.node if n.op_type in LOOKUP_OPS and len(n.input) > 1
                            and n.input[0] == w.name} | {nodes[w.node].input[1]})
            for w in tables if not w.scope and w.node in nodes}
-    for w in tables:
-        if w.name not in ids:
+    inside = [w for w in tables if w.name not in ids]
+    counted = _rows_in_bodies(model, inside, reader)
+    for w in inside:
+        if counted is None:
             cov.partial[w.name] = (0, w.shape[0])
             cov.bodies.add(w.name)
+        elif not counted[w.name].all():
+            cov.partial[w.name] = (int(counted[w.name].sum()), w.shape[0])
+            cov.unread[w.name] = [int(i) for i in np.flatnonzero(~counted[w.name])[:3]]
     inputs = {i.name for i in model.graph.input}
     consts = local_constants(model.graph)
     made = consts.keys() | {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}

@@ -83,7 +83,58 @@ def inspect_model(path: Path) -> dict:
         "too_old": _too_old(loaded.model),
         "dead_branches": _dead_branches(loaded.model),
         "inlined": loaded.inlined,
+        "foreign_ops": _foreign_ops(loaded.model),
+        "shape_stops": _shape_stops(loaded.model, rows),
     }
+
+
+def _shape_stops(model, rows) -> list[str]:
+    """The ops where onnx's shape inference stops on the way to the layers whose MACs are unknown ("domain.Op" past
+    ai.onnx, sorted): walking back from each such main-graph layer's input, the first op whose inputs all have sizes
+    (every axis but the first) and whose output has none. skl2onnx's tabular pipeline (inputs [?, 1], sweep 28)
+    stopped at ai.onnx.ml's OneHotEncoder, and inspect blamed "an input with a symbolic axis besides the batch"."""
+    unknown = {r["node"] for r in rows if r["macs"] is None and not r.get("in_loop")}
+    if not unknown:
+        return []
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - no inference at all: nothing to name
+        return []
+    graph = inferred.graph
+
+    def sized(v) -> bool:
+        t = v.type.tensor_type if v.type.HasField("tensor_type") else None
+        return (t is not None and t.HasField("shape") and len(t.shape.dim) > 0
+                and all(d.HasField("dim_value") for d in t.shape.dim[1:]))
+
+    known = {v.name for v in (*graph.input, *graph.value_info, *graph.output) if sized(v)}
+    known |= {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    producers = {o: n for n in graph.node for o in n.output}
+    stops = set()
+    for node in graph.node:
+        if node.name not in unknown or not node.input:
+            continue
+        todo, seen = [node.input[0]], set()
+        while todo:
+            t = todo.pop()
+            if t in seen or t in known or t not in producers:
+                continue
+            seen.add(t)
+            p = producers[t]
+            missing = [i for i in p.input if i and i not in known]
+            if not missing:
+                stops.add(f"{p.domain}.{p.op_type}" if p.domain not in ("", "ai.onnx") else p.op_type)
+            todo.extend(missing)
+    return sorted(stops, key=lambda op: ("." not in op, op))  # another domain's ops first: the likelier cause
+
+
+def _foreign_ops(model) -> list[str]:
+    """Ops of domains onnx's shape inference does not know (onnxruntime's com.microsoft kernels, its NCHWc layout
+    ops), "domain.Op", sorted: the sizes after them are not inferred, whatever the inputs declare."""
+    from onnxprune.passes.scopes import all_nodes
+
+    known = ("", "ai.onnx", "ai.onnx.ml")
+    return sorted({f"{n.domain}.{n.op_type}" for n in all_nodes(model) if n.domain not in known})
 
 
 def _dead_branches(model) -> list[str]:
@@ -275,9 +326,21 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     looped = sum(r["macs"] is None and r.get("in_loop", False) for r in info["layers"])
     unknown = sum(r["macs"] is None for r in info["layers"]) - looped
     if unknown:
+        symbolic = any(not isinstance(d, int) for v in info["inputs"] for d in (v["shape"] or [])[1:])
+        stops = info.get("shape_stops") or []
+        foreign = info.get("foreign_ops") or []
+        if symbolic or not (stops or foreign):
+            why = "an input with a symbolic axis besides the batch, such as a sequence length, does this"
+        elif stops:  # sweep 28: onnxruntime's saved ViT ([N, 1, 28, 28] in) was told of a symbolic axis it has not
+            why = (f"onnx's shape inference gives no sizes after {', '.join(stops[:3])}"
+                   + (f" (+{len(stops) - 3} more)" if len(stops) > 3 else "") + ", on the way to them")
+        else:
+            why = (f"this model has ops onnx's shape inference does not know, {', '.join(foreign[:3])}"
+                   + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "") + ": the sizes after them are "
+                   "not inferred")
         console.print(f"note: MACs/sample unknown for {unknown} of {len(info['layers'])} layers: shape inference gives "
-                      "no size for an axis of their input other than the batch (an input with a symbolic axis "
-                      "besides the batch, such as a sequence length, does this)", markup=False, highlight=False)
+                      f"no size for an axis of their input other than the batch ({why})", markup=False,
+                      highlight=False)
     if looped:  # sweep 27: a scripted loop over a static [N, 28, 28] input was told of a symbolic axis
         console.print(f"note: MACs/sample unknown for {looped} of {len(info['layers'])} layers inside a Loop/Scan "
                       "body: they run once an iteration, and the iterations are not counted", markup=False,

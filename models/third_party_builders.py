@@ -814,6 +814,22 @@ def ort_fused_encoder(*, hidden: int = 16, heads: int = 2, seq: int = 6, classes
     return m
 
 
+def ort_fused_gemm_mlp(*, in_features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """What a session's saved optimized model (onnxruntime, ORT_ENABLE_EXTENDED or ALL) writes for Gemm -> Relu (sweep
+    28's LeNet-5: 'fused /fc1/Gemm'): 'input' [N, 12] -> com.microsoft.FusedGemm (transB=1, activation "Relu")
+    'fc1.weight' [16, 12], bias 'fc1.bias' -> Gemm 'fc2' -> 'logits' [N, 4]."""
+    g = _Graph(seed)
+    w = g.weight("fc1.weight", (hidden, in_features), in_features)
+    b = g.bias("fc1.bias", hidden)
+    g.nodes.append(helper.make_node("FusedGemm", ["input", w, b], ["fc1_out"], name="fused /fc1/Gemm",
+                                    domain="com.microsoft", transB=1, activation="Relu"))
+    g.gemm("fc1_out", "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    m = _model(g, "ort_fused_gemm_mlp", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
 def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
     """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->w) -> Relu -> pixel_unshuffle 2 as torch exports it (legacy and
     dynamo alike): Reshape [-1, w, size/2, 2, size/2, 2] -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [-1, 4w, size/2,
@@ -1188,6 +1204,82 @@ def weight_norm_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4,
             x = g.op("Relu", "1", [x])
     g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
     return _model(g, "weight_norm_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def constant_list_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> Gemm -> Relu -> Gemm -> 'logits' [N, 4] with its weights in Constant nodes' other forms (sweep
+    28): the first Gemm's weight `Constant(value_floats)` -> Reshape by `Constant(value_ints)` and its bias
+    `Constant(value_floats)`, the second's weight `Constant(sparse_value)` (a tenth of it zero) and its bias a
+    `Constant(value_float)` broadcast. A hand-built or converted model stores small tensors this way."""
+    g = _Graph(seed)
+    w1 = (g.rng.standard_normal((hidden, in_features)) / np.sqrt(in_features)).astype(np.float32)
+    w2 = (g.rng.standard_normal((classes, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    w2[np.abs(w2) < np.quantile(np.abs(w2), 0.1)] = 0
+    flat = w2.reshape(-1)
+    nz = np.flatnonzero(flat)
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(flat[nz], "w2"),
+                                       numpy_helper.from_array(nz.astype(np.int64), "w2_idx"), list(w2.shape))
+    g.nodes += [helper.make_node("Constant", [], ["w1_flat"], name="/c0", value_floats=w1.reshape(-1).tolist()),
+                helper.make_node("Constant", [], ["w1_shape"], name="/c1", value_ints=list(w1.shape)),
+                helper.make_node("Reshape", ["w1_flat", "w1_shape"], ["w1"], name="/w1"),
+                helper.make_node("Constant", [], ["b1"], name="/c2",
+                                 value_floats=g.rng.uniform(-0.1, 0.1, hidden).astype(np.float32).tolist()),
+                helper.make_node("Constant", [], ["w2"], name="/c3", sparse_value=sparse),
+                helper.make_node("Constant", [], ["b2"], name="/c4", value_float=0.25)]
+    x = g.op("Relu", "1", [g.op("Gemm", "0", ["x", "w1", "b1"], transB=1)])
+    x = g.op("Gemm", "2", [x, "w2", "b2"], transB=1)
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "constant_list_mlp", [_float("x", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def nbeats_mlp(*, window: int = 12, horizon: int = 4, hidden: int = 16, blocks: int = 2, seed: int = 0,
+               name: str = "forecast") -> onnx.ModelProto:
+    """N-BEATS as torch exports it (sweep 28): 'window' [N, 12] -> `blocks` blocks, each Gemm -> Relu -> Gemm -> Relu
+    and two heads, a backcast Gemm [window] subtracted from the block's input (the residual Sub) and a forecast Gemm
+    [horizon] summed over the blocks -> `name` [N, 4]: future values of a series, of either sign."""
+    g = _Graph(seed)
+
+    def dense(scope: str, x: str, fan_out: int, fan_in: int) -> str:
+        return g.op("Gemm", scope, [x, g.weight(f"{scope}.weight", (fan_out, fan_in), fan_in),
+                                    g.bias(f"{scope}.bias", fan_out)], transB=1)
+
+    x, forecast = "window", None
+    for b in range(blocks):
+        h = g.op("Relu", f"b{b}/r0", [dense(f"b{b}.fc0", x, hidden, window)])
+        h = g.op("Relu", f"b{b}/r1", [dense(f"b{b}.fc1", h, hidden, hidden)])
+        back, fore = dense(f"b{b}.back", h, window, hidden), dense(f"b{b}.fore", h, horizon, hidden)
+        x = g.op("Sub", f"b{b}/residual", [x, back])
+        forecast = fore if forecast is None else g.op("Add", f"b{b}/sum", [forecast, fore])
+    g.nodes.append(helper.make_node("Identity", [forecast], [name], name="/out"))
+    return _model(g, "nbeats_mlp", [_float("window", [BATCH, window])], [_float(name, [BATCH, horizon])])
+
+
+def loop_embedding_bag(*, rows: int = 12, dim: int = 4, bag: int = 3, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """torch's legacy export of `nn.EmbeddingBag(mode="mean")` on 'ids' [N, 3] (sweep 28's DLRM): a Loop over the
+    batch (trip count Shape(ids)[0]) whose body Gathers sample i's ids, then the table's rows (the table an outer-scope
+    initializer read inside the body), and means them -> a scan output [N, 4] -> Gemm -> 'logits' [N, 3]."""
+    g = _Graph(seed)
+    f = TensorProto.FLOAT
+    table = g.const("emb.weight", g.rng.standard_normal((rows, dim)))
+    head = g.weight("head.weight", (classes, dim), dim)
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["ids", "i"], ["bag_ids"], name="/bag/Gather", axis=0),
+         helper.make_node("Gather", [table, "bag_ids"], ["bag_rows"], name="/emb/Gather_5", axis=0),
+         helper.make_node("ReduceMean", ["bag_rows"], ["bag_mean"], name="/emb/ReduceMean", axes=[0], keepdims=0),
+         helper.make_node("Identity", ["cond"], ["cond_out"], name="/emb/cond")],
+        "bag_body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                     helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("bag_mean", f, [dim])])
+    zero = "zero"
+    g.initializers += [numpy_helper.from_array(np.zeros(1, np.int64), zero), numpy_helper.from_array(np.array(True), "true")]
+    count = g.op("Squeeze", "/emb/count", [g.op("Gather", "/emb/n", [g.op("Shape", "/emb/shape", ["ids"]), zero],
+                                                axis=0), zero])
+    g.nodes.append(helper.make_node("Loop", [count, "true"], ["bags"], name="/emb/Loop", body=body))
+    x = g.op("Gemm", "/head", ["bags", head, g.bias("head.bias", classes)], transB=1)
+    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="/out"))
+    return _model(g, "loop_embedding_bag", [helper.make_tensor_value_info("ids", TensorProto.INT64, [BATCH, bag])],
+                  [_float("logits", [BATCH, classes])])
 
 
 def cond_while_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,

@@ -130,6 +130,8 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
     # onnxruntime's fused kernels: pruned by magnitude, neither refit nor shrunk (the table above)
     "Attention": WeightFacts("fc", (1,), _matmul_axes, bias=2, shrinkable=False, domain="com.microsoft", refit=False),
     "FusedMatMul": WeightFacts("fc", (1,), _fused_matmul_axes, shrinkable=False, domain="com.microsoft", refit=False),
+    # a Gemm and its activation, as a session's saved optimized model writes it (ORT_ENABLE_EXTENDED and above)
+    "FusedGemm": WeightFacts("fc", (1,), _gemm_axes, bias=2, shrinkable=False, domain="com.microsoft", refit=False),
 }
 # A lookup table: Gather(table, ids) on axis 0 with ids computed from the data (an embedding). Its rows are
 # read, not multiplied: no MACs, no channels to follow, nothing to refit; pruned by magnitude within the table.
@@ -175,7 +177,7 @@ QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for inte
 # Dynamic quantization's integer ops multiply as these float ops do (MACs: passes/weights.py).
 MULTIPLIES_AS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
                  "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM", "Attention": "MatMul",
-                 "FusedMatMul": "MatMul"}
+                 "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
 # Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one
 # activation scale per tensor (the input model itself changed 1% of an LSTM's classes between batches of 300 and 64),
 # so runs of such a model are evaluated a sample at a time (converter/steps/data.py).
@@ -204,7 +206,8 @@ def weight_facts(op_type: str) -> Optional[WeightFacts]:
 def is_bias(node: onnx.NodeProto, name: str) -> bool:
     """Whether tensor `name` is `node`'s bias input."""
     f = WEIGHT_OPS.get(node.op_type)
-    return f is not None and f.bias is not None and len(node.input) > f.bias and node.input[f.bias] == name
+    return (f is not None and f.of(node) and f.bias is not None and len(node.input) > f.bias
+            and node.input[f.bias] == name)
 
 
 # onnxruntime runs models stamped with ai.onnx opset 7 and later (its Versioning.md); older ones load only where an

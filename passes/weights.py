@@ -141,7 +141,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
                 inv.skipped.append(Skipped(source_name, reason, size))
                 continue
             inv.prunable.append(_weight(node, index, facts, source_name, tensor, via_nodes, ix, shapes))
-    _explain_the_rest(ix, claimed, inv)
+    _explain_the_rest(ix, claimed, inv, {o.name for sc in scopes(model.graph) for o in sc.graph.output})
     return inv
 
 
@@ -458,13 +458,19 @@ def _attrs_key(node: onnx.NodeProto) -> tuple:
     return tuple(sorted(a.SerializeToString() for a in node.attribute))
 
 
-def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
+def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory, outputs: set[str] = frozenset()) -> None:
+    """Why each constant no layer claimed is not a weight; `outputs`: names a graph or body returns."""
     for name, tensor in ix.consts.items():
         if name in claimed:
             continue
         size = int(np.prod(tensor.dims, dtype=np.int64))
         users = ix.consumers.get(name, [])
         if size < 2:  # a scalar constant (an epsilon, a scale): no weight, not worth a line
+            continue
+        if not users and name in outputs:  # a constant a branch returns as is (torch dynamo's EmbeddingBag: the
+            # zero row of an empty bag, 'row_result'); it was "used by nothing" (sweep 28)
+            inv.skipped.append(Skipped(name, "a constant a graph or If/Loop/Scan body returns as its output, read by "
+                                             "no layer", size))
             continue
         reason = _why_not(name, tensor, users, ix)
         if reason:
@@ -474,6 +480,14 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory) -> None:
 # named as normalizations in inspect's "not prunable" list only (no channel rule reads this): torch dynamo's nn.RMSNorm
 # at opset 23 read "not a weight of Conv/... (used by RMSNormalization)" (sweep 20)
 _LISTED_AS_NORMS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"})
+# onnxruntime's fused kernels (com.microsoft) that take a layer's bias or a normalization's gamma/beta (sweep 28: every
+# one read "not a weight of Conv/... (used by SkipLayerNormalization)"): input index -> what it is
+_FUSED_VECTORS = {"SkipLayerNormalization": {2: "normalization parameter", 3: "normalization parameter",
+                                             4: "a layer's bias, fused into"},
+                  "SkipSimplifiedLayerNormalization": {2: "normalization parameter", 3: "a layer's bias, fused into"},
+                  "EmbedLayerNormalization": {5: "normalization parameter", 6: "normalization parameter"},
+                  "BiasGelu": {1: "a layer's bias, fused into"}, "FastGelu": {1: "a layer's bias, fused into"},
+                  "BiasAdd": {1: "a layer's bias, fused into"}}
 
 
 def _quantized_lookup(node, name, ix: ScopeIndex) -> bool:
@@ -490,6 +504,10 @@ def _attr_int(node, key: str, default: int) -> int:
     return next((int(a.i) for a in node.attribute if a.name == key), default)
 
 
+_INTEGER_WEIGHT_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4,
+                                   onnx.TensorProto.UINT4})  # what a quantized weight is stored as (not an index)
+
+
 def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
     if tensor.data_type not in FLOAT_TYPES:
         for u in users:
@@ -500,10 +518,22 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
                 return (f"an integer-quantized embedding table: Gather '{u.name}' reads its rows, a DequantizeLinear "
                         "after it makes them float (onnxruntime's quantize_dynamic writes this); no pass folds that "
                         "form: prune the float model, then quantize the pruned one")
+        fused = next((u for u in users if u.domain == "com.microsoft"), None)
+        if fused is not None and len(tensor.dims) >= 2 and tensor.data_type in _INTEGER_WEIGHT_TYPES:
+            # quantize_dynamic of a transformer-optimized model (sweep 28): QAttention's int8 QKV and
+            # QEmbedLayerNormalization's int8 tables were in neither of inspect's lists
+            return (f"an integer-quantized weight of onnxruntime's com.microsoft.{fused.op_type} '{fused.name}', which "
+                    "no pass folds back to float: prune the float model (before onnxruntime fuses and quantizes it), "
+                    "then quantize the pruned one")
         return None  # shapes, axes, indices: not weights, not worth a line
     for u in users:
         if opfacts.is_bias(u, name):
             return f"bias of {u.op_type} '{u.name}'"
+        if u.domain == "com.microsoft" and u.op_type in _FUSED_VECTORS and len(tensor.dims) <= 1:
+            what = next((w for k, w in _FUSED_VECTORS[u.op_type].items() if k < len(u.input) and u.input[k] == name),
+                        None)
+            if what is not None:
+                return f"{what} {'of ' if what.startswith('norm') else ''}onnxruntime's {u.op_type} '{u.name}'"
         if u.op_type in NORM_OPS or u.op_type in _LISTED_AS_NORMS:
             return f"normalization parameter of {u.op_type} '{u.name}'"
         if u.op_type == "Add":
@@ -517,11 +547,15 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
     if len(users) > 1:
         return "shared by " + ", ".join(f"'{u.name}'" for u in users)
     op = users[0].op_type if users else "nothing"
+    if users and users[0].domain == "com.microsoft.nchwc":  # sweep 28: "not a weight of Conv/... (used by Conv)"
+        return (f"a weight of onnxruntime's com.microsoft.nchwc.{op} '{users[0].name}', stored in the blocked (NCHWc) "
+                "layout onnxruntime writes for this machine's CPU when it saves a model optimized at ORT_ENABLE_ALL: "
+                "prune the model onnxruntime was given, then let onnxruntime optimize the pruned one")
     if users and users[0].domain == "com.microsoft" and len(tensor.dims) >= 2:  # a matrix in a fused kernel of
         # onnxruntime.transformers.optimizer (Attention's QKV, EmbedLayerNormalization's tables, FusedMatMul)
         return (f"a weight of onnxruntime's fused com.microsoft.{op} '{users[0].name}', which these passes do not "
-                "take apart: prune the model before onnxruntime's transformer optimizer fuses it, then optimize the "
-                "pruned one")
+                "take apart: prune the model before onnxruntime fuses it (its transformer optimizer, or a session "
+                "that saves its optimized model), then optimize the pruned one")
     if op == "Gather":
         return _bias_bank(users[0], ix) or (
             f"not a weight of {_FLOAT_WEIGHT_OPS}, nor a table Gather reads with ids on axis 0 (used by Gather)")
@@ -564,9 +598,10 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
     shapes = {n: lazy.known(n) for n in (*node.input, *node.output) if lazy.known(n) is not None}
     out = shapes.get(node.output[0]) if node.output else None
     op = opfacts.MULTIPLIES_AS.get(node.op_type, node.op_type)
-    if out is None and op == "MatMul" and index == 1 and not _attr(node, "transA", 0) and shapes.get(node.input[0]):
-        # a fused product (com.microsoft FusedMatMul) whose output onnx's shape inference does not give: its rows
-        # are its input's
+    if out is None and op in ("MatMul", "Gemm") and index == 1 and not _attr(node, "transA", 0) \
+            and shapes.get(node.input[0]):
+        # a fused product (com.microsoft FusedMatMul, FusedGemm) whose output onnx's shape inference does not give:
+        # its rows are its input's
         out = [*shapes[node.input[0]][:-1], None]
     if op in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])

@@ -447,6 +447,22 @@ class BudgetRule:
         own = [r.budget for r in self.outputs if not r.form.paired and r.form.any_floored]
         return min(own) if own else self.budget
 
+    def short_samples(self) -> str:
+        """The decision samples that cannot resolve the budget, in words: the rule's n, or where the outputs count
+        samples differently, the first such output's own count and name (sweep 28's GNN: "5142 decision samples
+        cannot certify" was the per-node output's count, where the per-graph output's 112 feeds fell short)."""
+        short = [i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()]
+        if not short or len({len(r.dense) for r in self.outputs if r.dense is not None}) <= 1:
+            return f"{self.n} decision samples"
+        r = self.outputs[short[0]]
+        return f"{len(r.dense)} decision {self.short_unit()} of output '{r.name}'"
+
+    def short_unit(self) -> str:
+        """"feeds" where the first output that cannot resolve the budget is pooled a feed a sample (its rows), else
+        "samples": what a count of more decision data is in."""
+        short = [i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()]
+        return "feeds" if short and self._pooled(short[0]) else "samples"
+
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs
         budget >= Wilson's bound with none changed, 100·z²/(n + z²) pp); when not, a changed-class output is judged
@@ -515,11 +531,32 @@ class BudgetRule:
         if self.budget > 0:  # what the margin buys: a model at the budget's edge passes on new data this often
             rules[-1] += f"; one-sided, about {NormalDist().cdf(self.z * self.strictness):.0%} confidence"
         every = f"every one of {len(self.outputs)} outputs" if len(self.outputs) > 1 else "the scored output"
-        counted = any(r.form.paired or r.form.any_binary for r in self.outputs)  # one sample's worth: a resolution
-        return (f"accepted when {every} is within the budget on the {self.n} decision samples ({'; '.join(rules)}); "
-                f"the loss reported is the worst output's"
-                + (f"; one sample = {self.resolution_pp:.3g} pp here" if counted else "")
+        counted = [r for r in self.outputs if r.form.paired or r.form.any_binary]  # one sample's worth: a resolution
+        counts = self._counts()
+        if len(set(counts.values())) > 1:  # a per-node output beside a per-graph one: each its own samples
+            samples = "the decision samples (" + ", ".join(f"{n} of '{k}'" for k, n in counts.items()) + ")"
+            fewest = min(counted, key=lambda r: len(r.dense)) if counted else None
+            one = (f"; one sample = {100.0 / len(fewest.dense):.3g} pp of '{fewest.name}' here" if fewest else "")
+        else:
+            samples = f"the {self.n} decision samples"
+            one = f"; one sample = {self.resolution_pp:.3g} pp here" if counted else ""
+        return (f"accepted when {every} is within the budget on {samples} ({'; '.join(rules)}); "
+                f"the loss reported is the worst output's" + one
                 + self._changes_allowed() + self._padding() + self._copied())
+
+    def _counts(self) -> dict:
+        """Each scored output's decision samples (they differ where an output follows no batch and is pooled per
+        feed beside one that follows it: sweep 28's GNN, 5,142 nodes and 112 graphs)."""
+        return {r.name: len(r.dense) for r in self.outputs if r.dense is not None}
+
+    def _binary_fewest(self) -> tuple[int, str] | None:
+        """(n, name) of the output judged by a share of changed samples with the fewest decision samples: the one
+        that bounds what changes fit; None when no output is."""
+        binary = [r for r in self.outputs if not r.form.paired and r.form.any_binary and r.dense is not None]
+        if not binary:
+            return None
+        r = min(binary, key=lambda r: len(r.dense))
+        return len(r.dense), r.name
 
     def _budget_text(self) -> str:
         """'1 pp', or with outputs of their own budget 'its budget (1 pp; 'boxes' 5 pp)'."""
@@ -554,8 +591,9 @@ class BudgetRule:
     def changes_allowed(self, n: int | None = None) -> int | None:
         """How many of `n` (default: this set's) decision samples may change class/value within the budget by
         Wilson's bound (-1: not even none), or None when no scored output has such a part."""
-        n = self.n if n is None else n
-        if not any(not r.form.paired and r.form.any_binary for r in self.outputs) or not n:
+        fewest = self._binary_fewest()
+        n = (fewest[0] if fewest else self.n) if n is None else n
+        if not fewest or not n:
             return None
         return self._allowed(n, self.z * self.strictness, self._binary_budget())
 
@@ -592,15 +630,18 @@ class BudgetRule:
         k = self.changes_allowed()
         if k is None or self._binary_budget() <= 0:
             return ""
-        lo, hi = self.n, max(2 * self.n, 16)
+        n, name = self._binary_fewest()
+        of = f" of '{name}'" if len(set(self._counts().values())) > 1 else ""
+        lo, hi = n, max(2 * n, 16)
         while self.changes_allowed(hi) <= k:
             lo, hi = hi, 2 * hi
         while hi - lo > 1:  # the smallest set that allows one more changed sample
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if self.changes_allowed(mid) <= k else (lo, mid)
         if k < 0:
-            return f"; not even a set with no changed sample fits the budget here, from {hi} decision samples on it does"
-        return f"; {k} changed sample(s) fit the budget here, {k + 1} from {hi} decision samples on"
+            return (f"; not even a set with no changed sample{of} fits the budget here, from {hi} decision samples on "
+                    "it does")
+        return f"; {k} changed sample(s){of} fit the budget here, {k + 1} from {hi} decision samples on"
 
     def uncertifiable(self) -> str | None:
         """Why no pruned candidate can be certified on this set, or None: a positive budget under Wilson's bound with
@@ -610,17 +651,38 @@ class BudgetRule:
         asks for no changed sample, which is what the set can check."""
         if self.budget <= 0:
             return None
-        for r in self.outputs:
+        for i, r in enumerate(self.outputs):
             if not r.resolves():
                 n = len(r.dense)
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
                 what = "changed positions" if r.form.any_share and not r.form.any_binary else "changed samples"
-                return (f"{n} samples cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}): "
+                pooled = self._pooled(i)
+                unit = "feeds" if pooled else "samples"
+                how = (f" (an output that follows no batch: its rows, {pooled} here, pooled into one sample a feed)"
+                       if pooled else "")
+                return (f"{n} {unit} cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}){how}: "
                         f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
-                        f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} samples to decide "
+                        f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} {unit} to decide "
                         f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}")
         return None
+
+    def _pooled(self, i: int) -> int:
+        """The rows of scored output `i` on the decision set when it follows no batch and each feed's rows are
+        pooled into one sample (Evaluator.sample_axes None, not k rows a sample), else 0. Sweep 28's batched GNN
+        (8 graphs a feed, per-graph logits [graphs, 2]) was told "40 samples cannot certify ... give 99 samples"
+        beside its 320 graphs: the samples are feeds."""
+        ev = getattr(self, "evaluator", None)
+        axes = getattr(ev, "sample_axes", None)
+        if not axes or i >= len(axes) or axes[i] is not None or i in (getattr(ev, "grouped", None) or {}):
+            return 0
+        refs = getattr(ev, "reference_all", None) or []
+        rows = 0
+        for batch in refs:
+            values = batch if isinstance(batch, tuple) else (batch,)
+            if i < len(values):
+                rows += len(values[i]) if getattr(values[i], "ndim", 0) else 1
+        return rows
 
     def warnings(self) -> list[str]:
         out = []

@@ -214,6 +214,9 @@ def bridge_refusal(model) -> str | None:
     return None
 
 
+REFUSAL_CHARS = 200  # about what a note's one line of refused ops holds
+
+
 def refusal_line(exc: UnsupportedOpError) -> str:
     """The bridge's refusal in one line naming the ops it lacks, not the heading of its multi-line message ("the
     torch bridge cannot run 2 node(s) of this model:", which the hand recipe's note showed alone: sweep 23)."""
@@ -223,7 +226,15 @@ def refusal_line(exc: UnsupportedOpError) -> str:
     counts: dict[tuple, int] = {}
     for _, op_type, _, _, reason in problems:
         counts[(op_type, reason)] = counts.get((op_type, reason), 0) + 1
-    return "; ".join(f"{op} x{n}: {reason}" for (op, reason), n in counts.items())[:200]
+    said = [f"{op} x{n}: {reason}" for (op, reason), n in counts.items()]
+    # whole entries within REFUSAL_CHARS, then how many more (a cut at 200 characters ended sweep 28's DLRM's Loop
+    # reason mid-word: "export the model with a fixed num")
+    line = said[0]
+    for i, entry in enumerate(said[1:], 1):
+        if len(line) + len(entry) + 2 > REFUSAL_CHARS:
+            return f"{line}; +{len(said) - i} more op kind(s)"
+        line = f"{line}; {entry}"
+    return line
 
 
 class Recovery:
@@ -474,9 +485,9 @@ class ReconstructRecovery(Recovery):
         strict = self.s.strict_rule()
         if not strict.resolves():  # no candidate can be certified at the wider margin: only luck would be kept
             samples = strict.samples_to_resolve()
-            need = (f"a changed-class output needs {samples} samples" if samples is not None
+            need = (f"a changed-class output needs {samples} {strict.short_unit()}" if samples is not None
                     else "no finite set certifies a zero budget")
-            s.notes.append(f"per-layer refit skipped: {strict.n} decision samples cannot certify --max-loss "
+            s.notes.append(f"per-layer refit skipped: {strict.short_samples()} cannot certify --max-loss "
                            f"{s.config.max_loss:g} at {PER_LAYER_Z:g}x the margin ({need})")
             return best
         steps = {n: 1.0 for n in s.sizes}

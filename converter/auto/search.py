@@ -409,6 +409,14 @@ class _Search:
         self.one_shot = {"sparsities": outcome.sparsities, "measured_loss_pp": outcome.measured_loss_pp,
                          "compression": outcome.compression, "tries": outcome.tries}
         if not decision.within:
+            if model is not self.original:  # said, not only in the history's note: sweep 28's batched GNN (one-shot
+                # only) wrote the input model with "kept unpruned (nothing to certify)" and no word of the fit's 1.04x
+                said = (f"the one-shot fit's result, {self.ratio(masks):.3g}x, was over the rule on the decision set "
+                        f"(loss {decision.loss_pp:.3f} pp on '{decision.output}', limit {decision.limit_pp:.3f} pp): "
+                        + ("the search starts from the input model" if self.config.retrain else
+                           "the input model is kept"))
+                log.info(said)
+                self.notes.append(said)
             model, masks = self.original, {n: weight_array(self.original, n) != 0 for n in masks}
             note += (f"; its loss {decision.loss_pp:.3f} pp on '{decision.output}' is over the rule's limit "
                      f"{decision.limit_pp:.3f} pp, so the search starts from the input model")
@@ -620,7 +628,7 @@ class _Search:
         need = (f"{samples} would" if samples is not None else "no finite set certifies a zero budget")
         self.notes.append(f"decision rule: after the first undone round, later candidates would be judged with "
                           f"{PER_LAYER_Z:g}x the margin (each looks at the same decision set again), which "
-                          f"{strict.n} decision samples cannot certify at --max-loss {self.config.max_loss:g} "
+                          f"{strict.short_samples()} cannot certify at --max-loss {self.config.max_loss:g} "
                           f"({need}): the search stopped at its best model (more --data or --val-data lets it go on)")
         return True
 
@@ -705,6 +713,7 @@ class _Search:
                  "metric": self.data.evaluator.dense - decision.loss_pp / 100.0, "loss_pp": decision.loss_pp,
                  "limit_pp": decision.limit_pp, "se_pp": decision.se_pp, "within": decision.within,
                  "output": decision.output, "part": worst.get("part"), "changed": worst.get("changed"),
+                 "n": worst.get("n", decision.n),  # the output's own samples (a per-graph output: its feeds)
                  "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(time.perf_counter() - self.t0, 1)}
         if decision.strictness != 1.0:
             entry["strictness"] = decision.strictness  # judged by the stricter rule (stop_note reads it)
@@ -741,7 +750,7 @@ def _exam_figure(decision) -> str:
     worst = worst_figures(decision)
     verdict = "accepted" if decision.within else "rejected"
     if worst.get("changed") is not None:
-        return f"{verdict}: {worst['changed']} of {decision.n} changed"
+        return f"{verdict}: {worst['changed']} of {worst.get('n', decision.n)} changed"
     return f"{verdict}: loss {decision.loss_pp:.2f} pp, limit {decision.limit_pp:.2f}"
 
 
@@ -754,6 +763,9 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     if not past:
         return None
     h = min(past, key=lambda e: e["ratio"])
+    # the output's own decision samples: outputs may count differently (sweep 28's GNN: 5,142 nodes for the per-node
+    # logits, 150 feeds' graphs for the per-graph ones, one each); the rule's n is the largest
+    n = h.get("n") or rule.n
     r = next((r for r in rule.outputs if r.name == h["output"]), None)
     kind, factor = (r.kind, getattr(r, "factor", 1.0)) if r is not None else ("", 1.0)
     # the history holds the worst output's figures in pp of the run's budget (decide.Decision); in its own here
@@ -766,9 +778,9 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
            f"{100 * (1 / result - 1 / h['ratio']):.2g}% more of the weights removed")
     note = (f"what stopped {what}: the least pruned candidate past the result's {result:.{digits or 4}f}x, "
             f"{its} ({h['phase']}), was outside the budget on output '{h['output']}' "
-            f"({kind}: {part_figure(h, kind, rule.n, budget)}; {flag}"
+            f"({kind}: {part_figure(h, kind, n, budget)}; {flag}"
             + (f", judged with {h['strictness']:g}x the margin" if h.get("strictness", 1.0) != 1.0 else "") + ")")
-    note += more_data(h, kind, rule.n, budget, rule.z * h.get("strictness", rule.strictness))
+    note += more_data(h, kind, n, budget, rule.z * h.get("strictness", rule.strictness))
     if len(rule.outputs) > 1 and factor == 1.0:  # one output holding the rest back: it may have its own budget
         note += (f"; if '{h['output']}' may move more than the others, `--max-loss {budget:g} --max-loss "
                  f"{h['output']}=L` gives it a budget of its own")

@@ -211,7 +211,9 @@ class AutoSearchStep(Step):
         n, need = data.reader().num_samples, split.samples_to_resolve()
         if n is None or need is None or need > n:
             return None  # neither can: the search keeps the input model and says how many samples would do
-        return f"the {split.n} samples held out to decide on cannot certify --max-loss {budget:g} ({need} would)"
+        # the short output's own count: sweep 28's batched GNN was told "the 32218 samples held out to decide on
+        # cannot certify --max-loss 1 (99 would)", 32,218 its nodes, where its per-graph output had 90 feeds
+        return f"the {split.short_samples()} held out cannot certify --max-loss {budget:g} ({need} would)"
 
     def _one_shot(self, state: RunState, why: str) -> None:
         from onnxprune.converter.steps.budget import FitBudgetStep

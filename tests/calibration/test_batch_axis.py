@@ -281,3 +281,16 @@ def test_an_output_declared_batch_major_that_holds_another_count_is_one_sample_p
     stacked = builders.mlp_gemm()  # an output that does follow its declared batch keeps its rows
     x = rng.standard_normal((10, 16)).astype(np.float32)
     assert Evaluator(open_data({"input": x}, stacked, batch_size=4), reference_model=stacked).sample_axes == (0,)
+
+
+def test_too_few_feeds_to_certify_a_pooled_output_are_counted_as_feeds(tmp_path):
+    """Sweep 28's batched GNN (8 graphs a feed, per-graph logits [graphs, 2]): "40 samples cannot certify --max-loss 1
+    for output 'graph_logits' ... give 99 samples" beside its 320 graphs. An output that follows no batch is pooled a
+    feed a sample: the note counts feeds, and says how many rows were pooled."""
+    model = batchless_detector()
+    ev = Evaluator(open_data(image_folder(tmp_path / "imgs"), model), {"boxes": "agreement"}, reference_model=model)
+    rows = sum(len(b[0]) for b in ev.reference_all)
+    why = BudgetRule(ev, 1.0).uncertifiable()
+    assert why.startswith(f"24 feeds cannot certify --max-loss 1 for output 'boxes' (agreement) (an output that "
+                          f"follows no batch: its rows, {rows} here, pooled into one sample a feed)"), why
+    assert "give 99 feeds to decide on" in why

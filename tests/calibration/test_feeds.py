@@ -67,6 +67,18 @@ def test_widths_that_differ_per_file_are_never_concatenated(tmp_path):
         np.testing.assert_allclose(a.values, b.values, atol=1e-6)
 
 
+def test_the_reason_for_a_feed_a_file_names_both_files_shapes_whole():
+    """Sweep 28's per-frame tagger (files of [10, 8, T], T differing) was told "input 'feats' has shape [10, 8, 27] in
+    '0001.npz' and [?, 8, 44] in '0000.npz'": the first file's batch hidden as '?'."""
+    from onnxprune.calibration.feeds import feed_reason
+    from onnxprune.calibration.runtime import input_specs
+
+    specs = input_specs(tb.variable_width())
+    files = [("line0.npz", {"image": (1, 3, 6, 6)}), ("line1.npz", {"image": (1, 3, 6, 9)})]
+    said = feed_reason(files, specs)
+    assert said == "input 'image' has shape [1, 3, 6, 9] in 'line1.npz' and [1, 3, 6, 6] in 'line0.npz'"
+
+
 def test_stacked_files_keep_being_batched(tmp_path):
     folder = tmp_path / "stack"
     folder.mkdir()

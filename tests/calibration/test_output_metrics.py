@@ -92,6 +92,7 @@ def test_tensorflows_call_op_in_an_output_name_says_nothing_of_what_it_holds():
     ("pred_kpts", "rel_l2"), ("joints3d", "rel_l2"),
     ("adjoint_logits", "agreement"), ("meshnet/logits", "agreement"), ("jointly/logits", "agreement"),
     ("avgpool", "cosine"), ("text_emb", "cosine"), ("sentence_embedding", "cosine"),
+    ("forecast", "rel_l2"), ("y_forecast", "rel_l2"), ("backcast", "rel_l2"), ("horizon_values", "rel_l2"),
 ])
 def test_name_words_are_read_at_word_starts(name, kind):
     """Anywhere in a name, 'loc' read Keras's 'dense_block/logits' as a box regression (class scores scored by
@@ -152,6 +153,17 @@ def test_a_channels_first_class_map_is_scored_by_the_mean_iou_of_its_class_maps(
 
     assert PER_SAMPLE["map_iou"].fn(out, ref, None)[:, 0] == pytest.approx([0.0, 1 - (46 / 47 + 1 / 2) / 2])
     assert 1 - (46 / 47 + 1 / 2) / 2 > 0.2  # one pixel of 48 (2%) is a quarter of the sample's mean IoU
+
+
+def test_a_forecast_horizon_is_scored_as_values_not_by_its_argmax():
+    """Sweep 28: an N-BEATS forecaster's 'forecast' [N, 12] (future values of a series, either sign) was judged by
+    `agreement`, the argmax over its 12 steps: a pruned model that moved every value passed while its peak step
+    stayed, and one that moved the peak by a hair failed. Its name says regression now, and so does 'backcast'."""
+    model = tb.nbeats_mlp()
+    onnx.checker.check_model(model, full_check=True)
+    window = RNG.standard_normal((64, 12)).astype(np.float32)
+    assert evaluator(model, {"window": window}).plan == {"forecast": "rel_l2"}
+    assert evaluator(tb.nbeats_mlp(name="logits"), {"window": window}).plan == {"logits": "agreement"}
 
 
 def test_a_head_beside_the_class_scores_is_regression_whatever_its_name():

@@ -540,6 +540,42 @@ SHAPE += both(Case("OneHot", "OneHot", [np.array([[0, 3], [-1, 7]], np.int64), n
                                         np.array([0.0, 2.0], np.float32)], {"axis": 1}), 1)
 
 
+SIGNAL = []  # ONNX STFT (sweep 28: torch.stft(center=False) exported by either torch exporter)
+HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(16) / 16)).astype(np.float32)
+SIGNAL += both(Case("STFT-window-onesided", "STFT", [f32(2, 64, 1), np.array(8, np.int64), HANN]), 1, 2)
+SIGNAL += both(Case("STFT-frame_length-no-window", "STFT", [f32(2, 50, 1), np.array(5, np.int64), None,
+                                                          np.array(12, np.int64)]), 1, 3)
+SIGNAL += [Case("STFT-twosided", "STFT", [f32(3, 40, 1), np.array(4, np.int64), HANN[:8] * 0 + 1],
+                {"onesided": 0}, consts=(1, 2)),
+           # torch's export feeds the signal [N, L] as it is (sweep 28's F: "Dimension out of range")
+           Case("STFT-signal-without-its-last-axis", "STFT", [f32(2, 64), np.array(8, np.int64), HANN],
+                consts=(1, 2))]
+
+
+# ONNX DFT (sweep 28: torch.fft.rfft exported by dynamo, opset 20): axis an attribute at 17, an input from 20
+SIGNAL += [Case("DFT-17-real", "DFT", [f32(2, 12, 1)]),
+           Case("DFT-17-onesided-axis2", "DFT", [f32(2, 3, 10, 1)], {"axis": 2, "onesided": 1}),
+           Case("DFT-17-complex-inverse", "DFT", [f32(2, 8, 2)], {"inverse": 1}),
+           Case("DFT-17-dft_length", "DFT", [f32(2, 9, 1), np.array(12, np.int64)], consts=(1,)),
+           Case("DFT-20-onesided", "DFT", [f32(3, 16, 1), None, np.array(-2, np.int64)], {"onesided": 1}, opset=20,
+                consts=(2,)),
+           Case("DFT-20-default-axis", "DFT", [f32(2, 5, 6, 2)], opset=20)]
+
+
+@params(SIGNAL)
+def test_signal_ops_match_onnxruntime(case):
+    assert_matches_ort(case)
+
+
+def test_stft_trains_the_weights_after_it():
+    """A gradient flows through the frames' DFT to a weight after it (the bridge retrains what reads the spectrum)."""
+    x = torch.from_numpy(f32(2, 64, 1)).requires_grad_(True)
+    spec = OnnxModule(make_model(Case("STFT-grad", "STFT", [f32(2, 64, 1), np.array(8, np.int64), HANN],
+                                      consts=(1, 2))))(in0=x)[0]
+    spec.pow(2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 @params(SHAPE)
 def test_shape_and_index_ops_match_onnxruntime(case):
     assert_matches_ort(case)
@@ -803,7 +839,7 @@ def test_registry_picks_the_implementation_in_force_at_the_opset():
 def test_every_registered_op_type_is_exercised_here():
     """Keeps this file honest: a new op needs a parity case."""
     tested = {c.op for group in (UNARY_CASES, BINARY, SCALER, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
-                                 POOL, PAD, RESIZE, GRID_SAMPLE, REDUCE, RECURRENT, ATTENTION) for c in group}
+                                 SIGNAL, POOL, PAD, RESIZE, GRID_SAMPLE, REDUCE, RECURRENT, ATTENTION) for c in group}
     tested |= {"Constant", "Dropout"}
     tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...

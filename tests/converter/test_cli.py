@@ -349,6 +349,43 @@ def test_inspect_says_a_loop_bodys_layers_run_once_an_iteration(tmp_path):
     assert [r["in_loop"] for r in info["layers"]] == [False, True, True]
 
 
+def test_inspect_says_ops_shape_inference_does_not_know_where_no_input_has_a_symbolic_axis(tmp_path):
+    """onnxruntime's saved optimized ViT (input [N, 1, 28, 28], sweep 28) was told its MACs were unknown because of
+    "an input with a symbolic axis besides the batch"; what stopped shape inference were its com.microsoft.nchwc ops.
+    A model with a symbolic length is still told of it."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(shape, source="x"):
+        nodes = [helper.make_node("Blocked", [source], ["b"], domain="com.example.layout", name="blocked"),
+                 helper.make_node("MatMul", ["b", "W"], ["y"], name="fc")]
+        if source != "x":
+            nodes.insert(0, helper.make_node("Scaler", ["x"], [source], domain="ai.onnx.ml", name="scaler",
+                                             offset=[0.0] * 8, scale=[1.0] * 8))
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "?", 4])],
+                                  [numpy_helper.from_array(np.ones((8, 4), np.float32), "W")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3),
+                                                       helper.make_opsetid("com.example.layout", 1)], ir_version=8)
+
+    onnx.save(model(["N", 6, 8]), tmp_path / "blocked.onnx")
+    text = " ".join(invoke("inspect", tmp_path / "blocked.onnx").output.split())
+    assert ("MACs/sample unknown for 1 of 1 layers: shape inference gives no size for an axis of their input other "
+            "than the batch (onnx's shape inference gives no sizes after com.example.layout.Blocked, on the way to "
+            "them)") in text, text
+    assert "symbolic axis" not in text
+    info = json.loads(invoke("inspect", tmp_path / "blocked.onnx", "--json").output)
+    assert info["foreign_ops"] == info["shape_stops"] == ["com.example.layout.Blocked"]
+    # skl2onnx's tabular pipeline (inputs [?, 1]): ai.onnx.ml's Scaler, an op onnx knows but gives no sizes after,
+    # the first on the way back
+    onnx.save(model(["N", 6, 8], "scaled"), tmp_path / "scaler.onnx")
+    text = " ".join(invoke("inspect", tmp_path / "scaler.onnx").output.split())
+    assert "(onnx's shape inference gives no sizes after ai.onnx.ml.Scaler, on the way to them)" in text, text
+    onnx.save(model(["N", "S", 8]), tmp_path / "symbolic.onnx")  # a symbolic length: that is said
+    text = " ".join(invoke("inspect", tmp_path / "symbolic.onnx").output.split())
+    assert "an input with a symbolic axis besides the batch" in text
+
+
 def test_inspect_names_the_if_branches_no_input_of_the_declared_shapes_can_take(tmp_path):
     """converter/coverage.static_conditions, said before any data: silero-vad's no-state LSTM branch (its state is
     declared [2, batch, 128]) never runs, and prune prunes what it shares with the branch that does."""

@@ -149,3 +149,42 @@ def test_every_lookup_of_a_tied_table_counts_its_rows():
     cov = row_coverage(model, inv.prunable, open_data({"x": x}, model, batch_size=16))
     assert cov.partial == {"emb.weight": (len(read), 12)}
     assert cov.unread["emb.weight"] == sorted(set(range(12)) - read)[:3]
+
+
+def test_rows_a_loop_body_reads_are_counted_and_the_table_pruned_where_every_row_is_read():
+    """Sweep 28's DLRM, exported by torch's legacy exporter: each `nn.EmbeddingBag` is a Loop over the batch whose
+    body Gathers the table, and all three tables were left unpruned, "read inside an If/Loop/Scan body, where its
+    rows are not counted", though 300 samples read every row. A copy of the model marks the rows its lookups read
+    wherever they sit (`coverage.rows_model`), checked here against the ids fed; a table all of whose rows are read is
+    then pruned by a budget like any other, and the written model computes what its weights say (onnxruntime)."""
+    from onnxprune.converter.coverage import rows_model
+    from tests.oracle import check_full
+    from tests.oracle import run as ort_run
+
+    model = tb.loop_embedding_bag(rows=12)
+    inv = find_prunable(model)
+    table = inv.by_name()["emb.weight"]
+    assert table.kind == "embedding" and table.scope
+    some = _ids(40, 12, 3, rows=[0, 2, 3, 7, 11])
+    part = row_coverage(model, inv.prunable, open_data({"ids": some}, model, batch_size=8))
+    assert part.partial == {"emb.weight": (5, 12)} and part.bodies == set()
+    assert part.unread["emb.weight"] == [1, 4, 5]
+    negative = some - 12  # Gather reads -k as row rows - k: the same rows
+    assert row_coverage(model, inv.prunable, open_data({"ids": negative}, model, batch_size=8)).partial == part.partial
+    counting = rows_model(model, {"emb.weight": (0, 12)})
+    check_full(counting)
+    marks = ort_run(counting, {"ids": some[:4]})[counting.graph.output[0].name]
+    np.testing.assert_array_equal(marks > 0, np.isin(np.arange(12), some[:4]))
+    every = _ids(300, 12, 3)
+    assert row_coverage(model, inv.prunable, open_data({"ids": every}, model, batch_size=16)).partial == {}
+    result = run(model, configure(sparsity=0.5, data={"ids": every}))
+    written = result.model
+    check_full(written)
+    pruned = weight_array(written, "emb.weight")
+    assert (pruned == 0).mean() == pytest.approx(0.5, abs=0.05)
+    head = weight_array(written, "head.weight")
+    bias = next(onnx.numpy_helper.to_array(t) for t in written.graph.initializer if t.name == "head.bias")
+    np.testing.assert_allclose(ort_run(written, {"ids": every[:16]})["logits"],
+                               pruned[every[:16]].mean(axis=1) @ head.T + bias, rtol=1e-5, atol=1e-6)
+    budgeted = run(model, configure(max_loss=1.0, data={"ids": every}, one_shot=True))
+    assert not any("rows are not counted" in n or "does not all read" in n for n in budgeted.state.notes)

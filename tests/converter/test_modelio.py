@@ -30,6 +30,43 @@ def test_load_densifies_sparse_initializers_and_constants(tmp_path):
     assert_same_outputs(loaded.model, dense, rtol=0)
 
 
+def test_constants_in_list_and_scalar_forms_are_read_as_the_tensors_they_are_and_pruned(tmp_path):
+    """Sweep 28: LeNet-300-100 with fc1's weight as `Constant(value_floats) -> Reshape` lost its 235K weights from
+    `inspect` altogether (neither a row nor "not considered prunable"): the passes read a Constant's `value` only.
+    Loading rewrites value_floats/value_ints/value_float/value_int as `value` tensors (same outputs, bit for bit);
+    the load passes then fold the Reshape and every Gemm's weight is pruned, the written model running in onnxruntime
+    as the masked weights say."""
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models.third_party_builders import constant_list_mlp
+    from onnxprune.passes.weights import find_prunable, weight_array
+    from tests.oracle import check_full
+
+    model = constant_list_mlp()
+    check_full(model)
+    assert not any(w.name == "w1" for w in find_prunable(model).prunable)
+    path = tmp_path / "forms.onnx"
+    onnx.save(model, path)
+    loaded = modelio.load_model(path)
+    assert not [a.name for n in loaded.model.graph.node for a in n.attribute if a.name.startswith("value_")]
+    check_full(loaded.model)
+    assert_same_outputs(loaded.model, model, rtol=0)
+    result = run(str(path), configure(sparsity=0.5))
+    written = result.model
+    check_full(written)
+    gemms = [w for w in find_prunable(written).prunable if w.op_type == "Gemm"]
+    assert len(gemms) == 2
+    nonzeros = sum(int(np.count_nonzero(weight_array(written, w.name))) for w in gemms)
+    assert nonzeros <= (128 + 58) // 2 + 1  # half of w1's 128 and w2's 58 nonzeros
+    # the masked dense model holds the input's values where it keeps them, and the written one computes it
+    masked = {w.name: weight_array(result.dense_model, w.name) for w in find_prunable(result.dense_model).prunable}
+    w1 = next(v for k, v in masked.items() if k.startswith("w1"))
+    kept = w1 != 0
+    stored = np.asarray(model.graph.node[0].attribute[0].floats, np.float32).reshape(16, 8)  # value_floats, as built
+    assert w1.shape == stored.shape and kept.sum() == 64
+    np.testing.assert_array_equal(w1[kept], stored[kept])
+    assert_same_outputs(written, result.dense_model, rtol=1e-5)
+
+
 def test_save_is_atomic_and_refuses_the_input(tmp_path):
     m = builders.mlp_gemm()
     src = tmp_path / "in.onnx"

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxprune.models.third_party_builders import ort_fused_encoder
+from onnxprune.models.third_party_builders import ort_fused_encoder, ort_fused_gemm_mlp
 from onnxprune.passes.weights import find_prunable
 from tests.hardening.helpers import invoke
 from tests.oracle import check_full
@@ -77,3 +77,57 @@ def test_a_budgeted_run_prunes_a_fused_encoder_within_its_budget(tmp_path):
     pruned = {row["weight"]: row for row in report["layers"]}
     assert "qkv_weight" in pruned and "up.weight" in pruned
     check_full(onnx.load(tmp_path / "out.onnx"))
+
+
+def test_a_fused_gemm_of_a_saved_optimized_model_is_pruned_and_computes_its_written_weights(tmp_path):
+    """Sweep 28: LeNet-5 saved by an onnxruntime session at ORT_ENABLE_ALL has fc1 as com.microsoft.FusedGemm (Gemm
+    and Relu): 400K of its 405K weights were "a weight of onnxruntime's fused com.microsoft.FusedGemm ..., which
+    these passes do not take apart: prune the model before onnxruntime's transformer optimizer fuses it" (no
+    transformer optimizer had run). It is a Gemm's weight: pruned by magnitude with its MACs, neither refit nor
+    shrunk."""
+    model = ort_fused_gemm_mlp()
+    inv = find_prunable(model)
+    fc1 = inv.by_name()["fc1.weight"]
+    assert fc1.op_type == "FusedGemm" and fc1.shape[fc1.out_axis] == 16 and fc1.macs == 16 * 12
+    assert "bias of FusedGemm 'fused /fc1/Gemm'" in {s.reason for s in inv.skipped}
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz",
+                 "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
+    out = onnx.load(tmp_path / "out.onnx")
+    check_full(out)
+    written = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    written.update({n.output[0]: numpy_helper.to_array(a.t) for n in out.graph.node if n.op_type == "Constant"
+                    for a in n.attribute if a.name == "value"})
+    w1, b1, w2, b2 = (written[k] for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
+    assert abs((w1 == 0).mean() - 0.5) < 0.02
+    held_out = np.random.default_rng(7).standard_normal((16, 12)).astype(np.float32)
+    np.testing.assert_allclose(run(out, held_out), np.maximum(held_out @ w1.T + b1, 0) @ w2.T + b2,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_layout_blocked_kernel_of_a_saved_optimized_model_is_named_with_its_domain(tmp_path):
+    """The same LeNet-5's convolutions became com.microsoft.nchwc.Conv (weights in a blocked layout for this CPU):
+    their weights read "not a weight of Conv/ConvTranspose/Gemm/... (used by Conv)", their biases "bias of Conv";
+    they are named as onnxruntime's NCHWc kernels, with what to do. (Where this CPU gets no NCHWc transform the
+    saved model has none, and there is nothing to check.)"""
+    from onnxprune.models import builders
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(builders.lenet5_like().SerializeToString(), options, providers=["CPUExecutionProvider"])
+    saved = onnx.load(tmp_path / "opt.onnx")
+    blocked = [n for n in saved.graph.node if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    if not blocked:
+        import pytest
+
+        pytest.skip("onnxruntime wrote no NCHWc kernel on this CPU")
+    why = {s.name: s.reason for s in find_prunable(saved).skipped}
+    for node in blocked:
+        for name in node.input[1:3]:
+            if name in why:
+                assert why[name].startswith(f"a weight of onnxruntime's com.microsoft.nchwc.Conv '{node.name}', stored "
+                                            "in the blocked (NCHWc) layout"), why[name]

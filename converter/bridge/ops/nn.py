@@ -588,3 +588,59 @@ def global_average_pool(inputs, attrs, ctx):
 def global_max_pool(inputs, attrs, ctx):
     x = inputs[0]
     return x.amax(tuple(range(2, x.dim())), keepdim=True)
+
+
+@register("STFT", since_opset=17, static_inputs=(1, 3))
+def stft(inputs, attrs, ctx):
+    """ONNX STFT (opset 17): signal [B, L, 1] or [B, L] (real) or [B, L, 2] (complex), frame_step, window [frame_length] and
+    frame_length both optional -> [B, frames, bins, 2], frames = 1 + (L - frame_length) // frame_step, bins =
+    frame_length // 2 + 1 when `onesided` (default) else frame_length. Each frame times the window, then its DFT
+    (exp(-2 pi i k n / N), unnormalized, as torch.fft): torch.stft's centring and padding conventions are not the
+    ONNX op's, so the frames are cut with unfold. torch legacy and dynamo export `torch.stft(..., center=False)`
+    as this op (sweep 28's F: the bridge had none, so only the layer-wise refit could recover it)."""
+    signal = inputs[0]
+    step = int(_static(inputs, 1, ctx)[0])
+    window = _opt(inputs, 2)
+    given = _static(inputs, 3, ctx)
+    length = int(given[0]) if given else int(window.shape[0])
+    if signal.dim() == 2:  # [B, L]: a real signal without its last axis (torch's export; onnxruntime runs it)
+        x = signal
+    else:
+        x = torch.view_as_complex(signal.contiguous()) if signal.shape[-1] == 2 else signal[..., 0]
+    frames = x.unfold(1, length, step)  # [B, frames, frame_length]
+    if window is not None:
+        frames = frames * window
+    onesided = attrs.get("onesided", 1) and not x.is_complex()
+    spec = torch.fft.rfft(frames, dim=-1) if onesided else torch.fft.fft(frames, dim=-1)
+    return torch.view_as_real(spec).to(signal.dtype)
+
+
+def _dft(inputs, attrs, ctx, axis: int):
+    """ONNX DFT on `axis` of input [..., 1] (real) or [..., 2] (complex) -> [..., 2]: dft_length (input 1) pads or
+    cuts the signal; `inverse` divides by the length (as torch.fft.ifft); `onesided` keeps the first length // 2 + 1
+    bins. torch dynamo exports `torch.fft.rfft` as this op (sweep 28's H)."""
+    x = inputs[0]
+    c = torch.view_as_complex(x.contiguous()) if x.shape[-1] == 2 else x[..., 0]
+    axis = axis if axis >= 0 else x.dim() + axis  # an axis of the input, its last (real/imaginary) one excluded
+    given = _static(inputs, 1, ctx)
+    n = int(given[0]) if given else int(c.shape[axis])
+    if attrs.get("inverse", 0):
+        y = torch.fft.ifft(c, n=n, dim=axis)
+    elif not c.is_complex() and attrs.get("onesided", 0):
+        y = torch.fft.rfft(c, n=n, dim=axis)
+    else:
+        y = torch.fft.fft(c, n=n, dim=axis)
+    if attrs.get("onesided", 0) and y.shape[axis] > n // 2 + 1:
+        y = y.narrow(axis, 0, n // 2 + 1)
+    return torch.view_as_real(y.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)).to(x.dtype)
+
+
+@register("DFT", since_opset=17, static_inputs=(1,))
+def dft17(inputs, attrs, ctx):
+    return _dft(inputs, attrs, ctx, int(attrs.get("axis", 1)))
+
+
+@register("DFT", since_opset=20, static_inputs=(1, 2))
+def dft20(inputs, attrs, ctx):
+    given = _static(inputs, 2, ctx)
+    return _dft(inputs, attrs, ctx, int(given[0]) if given else -2)

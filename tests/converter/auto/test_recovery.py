@@ -220,6 +220,9 @@ def test_a_start_that_is_the_input_model_is_not_refit_at_level_0(small_unlabelle
     result = run(model, configure(max_loss=1.0, data={"input": data["input"][:300]}, time_budget=120, seed=0))
     history = result.report["history"]
     assert history[0]["ratio"] == pytest.approx(1.0) and "starts from the input model" in history[0]["note"]
+    # and the run says so (sweep 28: the one-shot fallback wrote the input model with no word of the rejected fit)
+    assert any(n.startswith("the one-shot fit's result, ") and "was over the rule on the decision set" in n
+               and n.endswith("the search starts from the input model") for n in result.report["auto"]["notes"])
     refits = [h for h in history if h["phase"] == "reconstruct"]
     assert refits and all(h["levels"]["weights"] > 0 for h in refits)
     assert result.report["budget"]["met"]
@@ -447,3 +450,33 @@ def test_no_neurons_and_a_neuron_cap_hold_in_the_refit_search():
     capped = run(model, configure(max_loss=1.0, data=data, time_budget=60, seed=0, neuron_sparsity=0.1))
     shares = [h["neuron_share"] for h in capped.report["history"] if h["phase"] == "reconstruct-neurons"]
     assert shares and max(shares) <= 0.1 + 1e-9
+
+
+def test_the_bridges_refusal_line_keeps_whole_reasons_and_counts_the_rest():
+    """Sweep 28's DLRM (torch.nn.EmbeddingBag exported by dynamo: SequenceEmpty, SequenceInsert and Loops without a
+    trip count) had its recovery note cut at 200 characters mid-word: "...; export the model with a fixed num"."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from onnxprune.converter.auto.recovery import REFUSAL_CHARS, bridge_refusal
+
+    body = h.make_graph(
+        [h.make_node("Identity", ["c"], ["c_out"]), h.make_node("Identity", ["v"], ["v_out"])], "body",
+        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("c", T.BOOL, []),
+         h.make_tensor_value_info("v", T.FLOAT, None)],
+        [h.make_tensor_value_info("c_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, None)])
+    nodes = [h.make_node("Loop", ["", "cond", "x"], ["y0"], body=body),
+             h.make_node("FancyAttentionWithAVeryLongName", ["y0"], ["y1"], domain="com.example.fused"),
+             h.make_node("AnotherFusedKernelOfSomeVendor", ["y1"], ["y2"], domain="com.example.fused"),
+             h.make_node("MatMul", ["y2", "w"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])],
+                         [h.make_tensor("cond", T.BOOL, [], [True]),
+                          onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.example.fused", 1)],
+                         ir_version=8)
+    line = bridge_refusal(model)
+    assert line.startswith("Loop x1: control flow: a Loop without a trip count M is not supported")
+    assert "export the model with a fixed number of iterations; FancyAttentionWithAVeryLongName x1: no implementation" \
+        in line and line.endswith("; +1 more op kind(s)")
+    assert len(line) <= REFUSAL_CHARS + len("; +1 more op kind(s)")

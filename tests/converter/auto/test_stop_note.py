@@ -120,3 +120,64 @@ def test_a_pooled_share_is_not_said_as_whole_samples_changed():
     terms = np.zeros((180, 2))
     terms[:10, 0] = 0.036  # ten feeds with a few of their positions flipped
     assert rule.judge(terms)["changed"] == 10
+
+
+def test_outputs_that_count_samples_differently_are_told_by_their_own_count():
+    """Sweep 28's message-passing GNN (per-node logits [nodes, 3] beside per-graph logits [1, 2], 150 graphs a feed
+    each): the per-graph output's candidate was said as "1 of 5142 decision samples changed in some of their rows
+    (0.89% of the rows on average)", 5,142 the nodes; it is 1 of its 112 decision feeds. The refit's skip note said
+    "5142 decision samples cannot certify" where the graphs' 112 fell short."""
+    import numpy as np
+
+    from onnxprune.converter.auto.decide import BudgetRule, _OutputRule
+
+    nodes, graphs = _OutputRule("node_logits", "agreement", 1.0, 1.0), _OutputRule("graph_logits", "agreement", 1.0, 1.0)
+    nodes.dense, graphs.dense = np.zeros((5142, 1)), np.zeros((112, 1))
+    terms = np.zeros((112, 1))
+    terms[0] = 1.0
+    entry = {**_entry(1.6, False, False, output="graph_logits", part="changed"), **graphs.judge(terms)}
+    assert entry["n"] == 112 and entry["changed"] == 1
+    rule = SimpleNamespace(outputs=[SimpleNamespace(name="node_logits", kind="agreement"),
+                                    SimpleNamespace(name="graph_logits", kind="agreement")],
+                           n=5142, budget=1.0, z=1.0, strictness=1.0)
+    note = stop_note([_entry(1.41, True, True, output="node_logits"), {**entry, "ratio": 1.6, "kept": False}], rule)
+    assert "(agreement: 1 of 112 decision samples changed, upper bound" in note and "5142" not in note
+    assert f"about {samples_for_share(1 / 112, 1.0, 1.0)} decision samples (here 112)" in note
+    strict = BudgetRule.__new__(BudgetRule)
+    strict.outputs, strict.n = [nodes, graphs], 5142
+    for r in strict.outputs:
+        r.strictness = 2.0
+    assert strict.short_samples() == "112 decision samples of output 'graph_logits'"
+    # the per-graph output follows no batch: its samples are feeds, one graph's row each (the one-shot's note said
+    # "the 32218 samples held out to decide on cannot certify --max-loss 1 (99 would)" of a batched GNN's nodes)
+    strict.evaluator = SimpleNamespace(sample_axes=(0, None), grouped={},
+                                       reference_all=[(np.zeros((46, 3)), np.zeros((1, 2)))] * 112)
+    assert strict.short_samples() == "112 decision feeds of output 'graph_logits'"
+    assert strict.short_unit() == "feeds"  # "a changed-class output needs 396 feeds", not samples
+    nodes.dense = np.zeros((112, 1))  # alike counts: the rule's n, as before
+    strict.n = 112
+    assert strict.short_samples() == "112 decision samples"
+
+
+def test_the_rule_statement_counts_each_outputs_own_samples_when_they_differ():
+    """The same GNN's rule note said "on the 5142 decision samples ... one sample = 0.0194 pp here; 44 changed
+    sample(s) fit the budget here", where one changed graph of 112 (0.89 pp) was over the budget."""
+    import numpy as np
+
+    from onnxprune.converter.auto.decide import BudgetRule, _OutputRule
+
+    def rule(*sizes):
+        r = BudgetRule.__new__(BudgetRule)
+        r.outputs = [_OutputRule(name, "agreement", 1.0, 1.0) for name in ("node_logits", "graph_logits")[:len(sizes)]]
+        for o, n in zip(r.outputs, sizes):
+            o.dense = np.zeros((n, 1))
+        r.n, r.budget, r.z, r.strictness, r.own_budgets = max(sizes), 1.0, 1.0, 1.0, False
+        r.evaluator = SimpleNamespace()
+        return r
+
+    said = rule(5142, 112).statement()
+    assert "on the decision samples (5142 of 'node_logits', 112 of 'graph_logits')" in said
+    assert "one sample = 0.893 pp of 'graph_logits' here; 0 changed sample(s) of 'graph_logits' fit the budget here, " \
+           "1 from 261 decision samples on" in said
+    said = rule(5142).statement()  # one count: as before
+    assert "on the 5142 decision samples" in said and "one sample = 0.0194 pp here; 44 changed sample(s) fit" in said
