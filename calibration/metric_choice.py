@@ -583,9 +583,25 @@ def _predicted_labels(infos) -> str | None:
     return None
 
 
+def _binary_scores(infos) -> str | None:
+    """A binary classifier's one score a sample: the first float output declared [N, 1] or [N] not named as
+    regression, embedding or state (a click probability, a 'same' logit). Labels 0/1 are scored against it by its
+    side of the threshold (accuracy: 0.5 for a probability, 0 for a logit); nothing trains against it (retraining
+    distils). Sweep 28: a DLRM's 0/1 click labels were ignored, "no output has the shape [N, classes]"."""
+    for info in infos:
+        shape = _declared(info)
+        if (shape is not None and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+                and not _REGRESSION_NAMES.search(info.name) and not _EMBEDDING_NAMES.search(info.name)
+                and not _STATE_NAMES.search(info.name)):
+            return info.name
+    return None
+
+
 def scored_labels_output(model: onnx.ModelProto) -> str | None:
-    """The output labels are scored against: class scores [N, classes] (`labels_output`), else predicted labels."""
-    return _labels_output(model.graph.output) or _predicted_labels(model.graph.output)
+    """The output labels are scored against: class scores [N, classes] (`labels_output`), else predicted labels,
+    else a binary classifier's one score a sample."""
+    infos = model.graph.output
+    return _labels_output(infos) or _predicted_labels(infos) or _binary_scores(infos)
 
 
 def untouched_outputs(model: onnx.ModelProto) -> list[str]:
@@ -637,7 +653,7 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
     plan = dict.fromkeys(names, AUTO)
     target = _labels_output(infos) if has_labels or (headline in CLASS_KINDS) else None
     if target is None and has_labels and headline in (None, "accuracy"):
-        target = _predicted_labels(infos)
+        target = _predicted_labels(infos) or _binary_scores(infos)
     if headline is not None:
         _check_kind(headline, has_labels, "")
         first = target if headline in CLASS_KINDS and target else names[0]
@@ -648,8 +664,9 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
         return _headline_first(plan, first)
     if has_labels:
         if target is None:
-            log.warning("no output has the shape [N, classes] the labels could belong to (outputs: %s); labels are "
-                        "ignored, every output is compared with the dense model", ", ".join(names))
+            log.warning("no output has the shape [N, classes] (or [N, 1], a binary score) the labels could belong "
+                        "to (outputs: %s); labels are ignored, every output is compared with the dense model",
+                        ", ".join(names))
             return plan
         plan[target] = "accuracy"
         return _headline_first(plan, target)

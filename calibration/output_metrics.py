@@ -71,9 +71,31 @@ def _predicted(out: np.ndarray) -> bool:
     return out.ndim == 1 and out.dtype.kind in "iu"
 
 
+def _binary(out: np.ndarray) -> bool:
+    """A binary classifier's one float score a sample, [N] or [N, 1] (metric_choice._binary_scores)."""
+    return out.dtype.kind == "f" and (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1))
+
+
+def _binary_labels(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The class a binary score says, 0 or 1: above 0.5 where the input model's scores in this batch are all
+    probabilities (within [0, 1]), above 0 where they are logits, as `binary_prob` and `binary_logit` read them."""
+    r = np.asarray(ref, dtype=np.float64)
+    threshold = 0.5 if r.size and r.min() >= 0.0 and r.max() <= 1.0 else 0.0
+    return (out.reshape(len(out)) > threshold).astype(np.int64)
+
+
 def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
     if labels is None:
         raise CalibrationError("this metric needs labels and the batch has none; pass --labels NAME.")
+    if _binary(out) and labels.size and (labels.min() < 0 or labels.max() > 1):
+        raise CalibrationError(f"labels go up to {int(labels.max())} but the scored output holds one score a sample "
+                               "(a binary classifier's): give labels 0 and 1, or score another output "
+                               "(--metric OUTPUT=accuracy).")
+    if _binary(out):
+        if len(labels) != len(out):
+            raise CalibrationError(f"a batch has {len(labels)} labels for {len(out)} output rows; give one label per "
+                                   "sample of the scored output (or score it against the dense model: drop --labels).")
+        return
     if out.ndim != 2 and not _predicted(out):
         raise CalibrationError(f"the scored output has shape {list(out.shape)}; label metrics need [N, classes]. "
                                "Pick the output the labels belong to (--metric OUTPUT=accuracy) or another metric "
@@ -92,7 +114,7 @@ def _ones(n: int) -> np.ndarray:
 
 def _accuracy(out, ref, labels):
     _check_classes(out, labels)
-    predicted = out if _predicted(out) else out.argmax(axis=1)
+    predicted = out if _predicted(out) else _binary_labels(out, ref) if _binary(out) else out.argmax(axis=1)
     return (predicted == labels)[:, None].astype(np.float64), _ones(len(labels))
 
 

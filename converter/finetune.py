@@ -439,7 +439,16 @@ class Objective:
 
     def _supervised(self, outputs, labels) -> torch.Tensor:
         i = self._primary()
-        logits = _as_logits(outputs[i], self.output_kinds[i])
+        out = outputs[i]
+        if out.is_floating_point() and not labels.is_floating_point() and (
+                out.dim() == 1 or (out.dim() == 2 and out.shape[1] == 1)):
+            # a binary classifier's one score a sample, labels 0/1 (metric_choice._binary_scores): binary
+            # cross-entropy, on the probability where every score of the batch is one, else on the logit
+            y = labels.to(out.dtype).reshape(out.shape)
+            if bool((out >= 0).all()) and bool((out <= 1).all()):
+                return F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), y)
+            return F.binary_cross_entropy_with_logits(out, y)
+        logits = _as_logits(out, self.output_kinds[i])
         if labels.dtype.is_floating_point and labels.shape == logits.shape:
             return F.mse_loss(outputs[i], labels.to(outputs[i].dtype))
         return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
