@@ -583,14 +583,25 @@ def _predicted_labels(infos) -> str | None:
     return None
 
 
-def _binary_scores(infos) -> str | None:
-    """A binary classifier's one score a sample: the first float output declared [N, 1] or [N] not named as
-    regression, embedding or state (a click probability, a 'same' logit). Labels 0/1 are scored against it by its
-    side of the threshold (accuracy: 0.5 for a probability, 0 for a logit); nothing trains against it (retraining
-    distils). Sweep 28: a DLRM's 0/1 click labels were ignored, "no output has the shape [N, classes]"."""
+def _binary_scores(model: onnx.ModelProto, infos) -> str | None:
+    """A binary classifier's one score a sample: the first float output declared [N, 1] or [N] that a Sigmoid makes
+    (through layout ops) or whose name says class scores (`_CLASS_NAMES`: a 'click_prob', a 'same' logit), not named
+    as regression, embedding or state; a plain [N, 1] regression output is none (its labels stay ignored, said).
+    Labels 0/1 are scored against it by its side of the threshold (accuracy: 0.5 for a probability, 0 for a logit)
+    and retrained with binary cross-entropy. Sweep 28: a DLRM's 0/1 click labels were ignored, "no output has the
+    shape [N, classes]"."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def sigmoid(name: str) -> bool:
+        node = producers.get(name)
+        while node is not None and node.op_type in ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"):
+            node = producers.get(node.input[0])
+        return node is not None and node.op_type == "Sigmoid"
+
     for info in infos:
         shape = _declared(info)
         if (shape is not None and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+                and (sigmoid(info.name) or _CLASS_NAMES.search(info.name))
                 and not _REGRESSION_NAMES.search(info.name) and not _EMBEDDING_NAMES.search(info.name)
                 and not _STATE_NAMES.search(info.name)):
             return info.name
@@ -601,7 +612,7 @@ def scored_labels_output(model: onnx.ModelProto) -> str | None:
     """The output labels are scored against: class scores [N, classes] (`labels_output`), else predicted labels,
     else a binary classifier's one score a sample."""
     infos = model.graph.output
-    return _labels_output(infos) or _predicted_labels(infos) or _binary_scores(infos)
+    return _labels_output(infos) or _predicted_labels(infos) or _binary_scores(model, infos)
 
 
 def untouched_outputs(model: onnx.ModelProto) -> list[str]:
@@ -653,7 +664,7 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
     plan = dict.fromkeys(names, AUTO)
     target = _labels_output(infos) if has_labels or (headline in CLASS_KINDS) else None
     if target is None and has_labels and headline in (None, "accuracy"):
-        target = _predicted_labels(infos) or _binary_scores(infos)
+        target = _predicted_labels(infos) or _binary_scores(model, infos)
     if headline is not None:
         _check_kind(headline, has_labels, "")
         first = target if headline in CLASS_KINDS and target else names[0]

@@ -16,21 +16,22 @@ from onnxprune.errors import CalibrationError
 from tests.oracle import assert_same_outputs, run
 
 
-def binary_model(sigmoid: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """x [N, 8] -> Gemm 16 -> Relu -> Gemm 1 (-> Sigmoid) -> 'click' [N, 1]."""
+def binary_model(sigmoid: bool = True, seed: int = 0, name: str | None = None) -> onnx.ModelProto:
+    """x [N, 8] -> Gemm 16 -> Relu -> Gemm 1 -> Sigmoid -> 'click' [N, 1]; without the Sigmoid 'click_logit'."""
+    name = name or ("click" if sigmoid else "click_logit")
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array((rng.standard_normal((16, 8)) / 3).astype(np.float32), "fc1.weight"),
              numpy_helper.from_array(np.zeros(16, np.float32), "fc1.bias"),
              numpy_helper.from_array((rng.standard_normal((1, 16)) / 4).astype(np.float32), "fc2.weight"),
              numpy_helper.from_array(np.zeros(1, np.float32), "fc2.bias")]
-    last = "click" if not sigmoid else "logit"
+    last = name if not sigmoid else "logit"
     nodes = [helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], transB=1, name="/fc1/Gemm"),
              helper.make_node("Relu", ["h"], ["a"], name="/relu"),
              helper.make_node("Gemm", ["a", "fc2.weight", "fc2.bias"], [last], transB=1, name="/fc2/Gemm")]
     if sigmoid:
-        nodes.append(helper.make_node("Sigmoid", ["logit"], ["click"], name="/sigmoid"))
+        nodes.append(helper.make_node("Sigmoid", ["logit"], [name], name="/sigmoid"))
     graph = helper.make_graph(nodes, "binary", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info("click", TensorProto.FLOAT, ["N", 1])], inits)
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -38,7 +39,7 @@ def labelled(model, n: int = 400, seed: int = 1) -> dict:
     """Inputs and the labels the model itself gives (so the dense accuracy is 100%), a tenth flipped."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, 8)).astype(np.float32)
-    score = run(model, {"x": x})["click"][:, 0]
+    score = run(model, {"x": x})[model.graph.output[0].name][:, 0]
     y = (score > (0.5 if score.min() >= 0 and score.max() <= 1 else 0.0)).astype(np.int64)
     flip = rng.random(n) < 0.1
     return {"x": x, "labels": np.where(flip, 1 - y, y)}
@@ -49,10 +50,19 @@ def test_labels_are_scored_by_the_scores_side_of_its_threshold(sigmoid):
     model = binary_model(sigmoid)
     data = labelled(model)
     ev = Evaluator(open_data(data, model, batch_size=64), None, model)
-    assert ev.plan == {"click": "accuracy"}
-    score = run(model, {"x": data["x"]})["click"][:, 0]
+    out = model.graph.output[0].name
+    assert ev.plan == {out: "accuracy"}
+    score = run(model, {"x": data["x"]})[out][:, 0]
     want = float(((score > (0.5 if sigmoid else 0.0)).astype(np.int64) == data["labels"]).mean())
     assert ev.dense == pytest.approx(want) and 0.85 < want < 0.95
+
+
+def test_a_plain_one_value_regression_keeps_ignoring_labels(caplog):
+    """An [N, 1] output no Sigmoid makes and no class word names is a regression: labels are not scored on it."""
+    model = binary_model(sigmoid=False, name="y")
+    data = labelled(model)
+    ev = Evaluator(open_data(data, model, batch_size=64), None, model)
+    assert ev.plan["y"] != "accuracy"
 
 
 def test_labels_other_than_0_and_1_for_one_score_a_sample_are_refused_clearly():
