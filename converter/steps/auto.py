@@ -75,8 +75,8 @@ class AutoSearchStep(Step):
                                                 seed=state.data.config.seed)
             if few is not None and self._feeds_retrain(state, choose, decide):
                 n = state.data.reader().num_samples
-                note = (f"--data holds {n} feed(s), each used as is: split by feed, the {choose} samples of every "
-                        f"{state.data.every}th feed train and the {decide} samples of the others decide")
+                note = (f"--data holds {n} feed(s), each used as is: split by feed, the {choose} samples of one feed "
+                        f"in {state.data.every} train and the {decide} samples of the others decide")
                 why = None
             else:
                 note = (f"{why}: the one-shot search ran (no retraining), chosen on {choose} samples and decided on "

@@ -101,7 +101,7 @@ def test_feeds_used_as_is_retrain_split_by_feed_when_their_samples_suffice():
     model = scripted_lstm(hidden=8)
     result = prune(model, data=feeds, max_loss=1, seed=0, time_budget=60)
     notes = result.report["notes"]
-    assert any("split by feed, the 96 samples of every 4th feed train and the 224 samples of the others decide" in n
+    assert any("split by feed, the 96 samples of one feed in 4 train and the 224 samples of the others decide" in n
                for n in notes), notes
     assert any(n.startswith("recovery by reconstruct") for n in notes), notes
     assert not any("the one-shot search ran" in n for n in notes), notes
