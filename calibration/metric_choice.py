@@ -584,24 +584,17 @@ def _predicted_labels(infos) -> str | None:
 
 
 def _binary_scores(model: onnx.ModelProto, infos) -> str | None:
-    """A binary classifier's one score a sample: the first float output declared [N, 1] or [N] that a Sigmoid makes
-    (through layout ops) or whose name says class scores (`_CLASS_NAMES`: a 'click_prob', a 'same' logit), not named
-    as regression, embedding or state; a plain [N, 1] regression output is none (its labels stay ignored, said).
-    Labels 0/1 are scored against it by its side of the threshold (accuracy: 0.5 for a probability, 0 for a logit)
-    and retrained with binary cross-entropy. Sweep 28: a DLRM's 0/1 click labels were ignored, "no output has the
-    shape [N, classes]"."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-
-    def sigmoid(name: str) -> bool:
-        node = producers.get(name)
-        while node is not None and node.op_type in ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"):
-            node = producers.get(node.input[0])
-        return node is not None and node.op_type == "Sigmoid"
-
+    """A binary classifier's one score a sample: the first float output declared [N, 1] or [N] that is a
+    probability by construction (`probability_outputs`: a Sigmoid through ops that keep [0, 1]) or whose name says
+    class scores (`_CLASS_NAMES`: a 'click_prob', a 'same' logit), not named as regression, embedding or state; a
+    plain [N, 1] regression output is none (its labels stay ignored, said). Labels 0/1 are scored against it by its
+    side of the threshold (accuracy: 0.5 for a probability, 0 for a logit) and retrained with binary cross-entropy.
+    Sweep 28: a DLRM's 0/1 click labels were ignored, "no output has the shape [N, classes]"."""
+    bounded = probability_outputs(model)
     for info in infos:
         shape = _declared(info)
         if (shape is not None and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
-                and (sigmoid(info.name) or _CLASS_NAMES.search(info.name))
+                and (info.name in bounded or _CLASS_NAMES.search(info.name))
                 and not _REGRESSION_NAMES.search(info.name) and not _EMBEDDING_NAMES.search(info.name)
                 and not _STATE_NAMES.search(info.name)):
             return info.name

@@ -87,23 +87,19 @@ def _binary_labels(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def _check_classes(out: np.ndarray, labels: np.ndarray) -> None:
     if labels is None:
         raise CalibrationError("this metric needs labels and the batch has none; pass --labels NAME.")
-    if _binary(out) and labels.size and (labels.min() < 0 or labels.max() > 1):
+    binary = _binary(out)
+    if binary and labels.size and (labels.min() < 0 or labels.max() > 1):
         raise CalibrationError(f"labels go up to {int(labels.max())} but the scored output holds one score a sample "
                                "(a binary classifier's): give labels 0 and 1, or score another output "
                                "(--metric OUTPUT=accuracy).")
-    if _binary(out):
-        if len(labels) != len(out):
-            raise CalibrationError(f"a batch has {len(labels)} labels for {len(out)} output rows; give one label per "
-                                   "sample of the scored output (or score it against the dense model: drop --labels).")
-        return
-    if out.ndim != 2 and not _predicted(out):
+    if out.ndim != 2 and not _predicted(out) and not binary:
         raise CalibrationError(f"the scored output has shape {list(out.shape)}; label metrics need [N, classes]. "
                                "Pick the output the labels belong to (--metric OUTPUT=accuracy) or another metric "
                                "(--metric OUTPUT=rel_l2).")
     if len(labels) != len(out):
         raise CalibrationError(f"a batch has {len(labels)} labels for {len(out)} output rows; give one label per "
                                "sample of the scored output (or score it against the dense model: drop --labels).")
-    if labels.size and not _predicted(out) and labels.max() >= out.shape[1]:
+    if labels.size and not _predicted(out) and not binary and labels.max() >= out.shape[1]:
         raise CalibrationError(f"labels go up to {int(labels.max())} but the model has {out.shape[1]} classes "
                                f"(0..{out.shape[1] - 1}); check the labels array or the scored output.")
 
@@ -120,8 +116,9 @@ def _accuracy(out, ref, labels):
 
 def _top5(out, ref, labels):
     _check_classes(out, labels)
-    if out.shape[1] < 5:
-        raise ConfigError(f"top5 needs at least 5 classes; the output has {out.shape[1]}. Use --metric accuracy.")
+    if _binary(out) or out.shape[1] < 5:  # a binary score [N] or [N, 1] has one class column at most
+        classes = 1 if _binary(out) else out.shape[1]
+        raise ConfigError(f"top5 needs at least 5 classes; the output has {classes}. Use --metric accuracy.")
     top = np.argpartition(-out, 4, axis=1)[:, :5]
     return (top == labels[:, None]).any(axis=1)[:, None].astype(np.float64), _ones(len(labels))
 

@@ -85,3 +85,25 @@ def test_retraining_with_labels_uses_binary_cross_entropy(sigmoid):
     assert losses and all(np.isfinite(losses)) and 0 < losses[0] < 1, result.history  # BCE near ln 2 or below
     assert result.report["metrics"]["metric"] == "accuracy"
     assert_same_outputs(result.model, result.dense_model, feeds=[{"x": data["x"][:16]}])
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 1)])
+def test_top5_on_one_score_a_sample_says_it_has_one_class(shape):
+    from onnxprune.calibration.output_metrics import METRICS
+    from onnxprune.errors import ConfigError
+
+    out = np.random.default_rng(0).random(shape).astype(np.float32)
+    with pytest.raises(ConfigError, match="top5 needs at least 5 classes; the output has 1"):
+        METRICS["top5"].samples(out, out, np.array([0, 1, 0, 1]))
+
+
+def test_a_probability_behind_an_if_takes_binary_labels():
+    """openWakeWord's score leaves through If(Sigmoid | Identity of the Sigmoid): a probability by construction
+    (metric_choice.probability_outputs), so 0/1 labels are scored on it."""
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.wake_word(name="out")
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    y = (run(model, {"input": x})["out"][:, 0] > 0.5).astype(np.int64)
+    ev = Evaluator(open_data({"input": x, "labels": y}, model, batch_size=16), None, model)
+    assert ev.plan == {"out": "accuracy"} and ev.dense == 1.0
