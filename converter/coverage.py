@@ -263,10 +263,10 @@ class _Counter:
     def vector(self, name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [self.width])
 
-    def constant(self, graph: onnx.GraphProto, values: np.ndarray) -> str:
+    def constant(self, graph: onnx.GraphProto, values: np.ndarray, dtype=np.float32) -> str:
         out = self.name("constant")
         graph.node.append(helper.make_node("Constant", [], [out], name=out,
-                                           value=onnx.numpy_helper.from_array(values.astype(np.float32))))
+                                           value=onnx.numpy_helper.from_array(np.asarray(values).astype(dtype))))
         return out
 
     def add(self, graph: onnx.GraphProto, parts: list[str | None]) -> str | None:
@@ -384,10 +384,7 @@ class _RowCounter(_Counter):
             return out
 
         def ints(value: int, shape: tuple = ()) -> str:
-            out = self.name("ints")
-            graph.node.append(helper.make_node("Constant", [], [out], name=out, value=onnx.numpy_helper.from_array(
-                np.full(shape, value, np.int64))))
-            return out
+            return self.constant(graph, np.full(shape, value), np.int64)
 
         flat = op("Reshape", [op("Cast", [node.input[1]], to=TensorProto.INT64), ints(-1, (1,))])
         pos = op("Where", [op("Less", [flat, ints(0)]), op("Add", [flat, ints(rows)]), flat])

@@ -313,7 +313,7 @@ def _bias_bank(node, ix: ScopeIndex) -> str | None:
     for r in readers:
         other = [i for i in r.input if i != node.output[0]]
         producer = ix.producers.get(other[0]) if len(other) == 1 else None
-        while producer is not None and producer.op_type in ("Squeeze", "Unsqueeze", "Reshape", "Identity"):
+        while producer is not None and producer.op_type in PASS_THROUGH:
             producer = ix.producers.get(producer.input[0])
         if producer is None or producer.op_type not in WEIGHT_OPS:
             return None

@@ -451,17 +451,21 @@ class BudgetRule:
         """The decision samples that cannot resolve the budget, in words: the rule's n, or where the outputs count
         samples differently, the first such output's own count and name (sweep 28's GNN: "5142 decision samples
         cannot certify" was the per-node output's count, where the per-graph output's 112 feeds fell short)."""
-        short = [i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()]
-        if not short or len({len(r.dense) for r in self.outputs if r.dense is not None}) <= 1:
+        i = self._short()
+        if i is None or len(set(self._counts().values())) <= 1:
             return f"{self.n} decision samples"
-        r = self.outputs[short[0]]
+        r = self.outputs[i]
         return f"{len(r.dense)} decision {self.short_unit()} of output '{r.name}'"
 
     def short_unit(self) -> str:
         """"feeds" where the first output that cannot resolve the budget is pooled a feed a sample (its rows), else
         "samples": what a count of more decision data is in."""
-        short = [i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()]
-        return "feeds" if short and self._pooled(short[0]) else "samples"
+        i = self._short()
+        return "feeds" if i is not None and self._pooled(i) else "samples"
+
+    def _short(self) -> int | None:
+        """The first scored output whose bound cannot resolve the budget, or None."""
+        return next((i for i, r in enumerate(self.outputs) if r.dense is not None and not r.resolves()), None)
 
     def resolves(self) -> bool:
         """Whether every scored output's bound can certify the budget at this z (a share of changed samples needs

@@ -132,8 +132,9 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
               and (n - -(-n // k)) * per >= need), SMALL_TRAIN_EVERY)
     if k != SMALL_TRAIN_EVERY:
         apart = split(k, True)
+        rule = BudgetRule(apart.calibration, budget)
     if per_feed:
-        return apart, (apart.choosing.rows, BudgetRule(apart.calibration, budget).n)
+        return apart, (apart.choosing.rows, rule.n)
     return apart, (-(-n // k), n - -(-n // k))
 
 
