@@ -89,25 +89,20 @@ def inspect_model(path: Path) -> dict:
 
 
 def _shape_stops(model, rows) -> list[str]:
-    """The ops where onnx's shape inference stops on the way to the layers whose MACs are unknown ("domain.Op" past
+    """The ops where shape inference stops on the way to the layers whose MACs are unknown ("domain.Op" past
     ai.onnx, sorted): walking back from each such main-graph layer's input, the first op whose inputs all have sizes
-    (every axis but the first) and whose output has none. skl2onnx's tabular pipeline (inputs [?, 1], sweep 28)
-    stopped at ai.onnx.ml's OneHotEncoder, and inspect blamed "an input with a symbolic axis besides the batch"."""
+    (every axis but the first) and whose output has none. The shapes are the MACs' own (passes.shapes.infer_shapes:
+    the skeleton, no weight copied into onnx's C++, ai.onnx.ml's same-shape ops followed), so the op named is where
+    the sizes the MACs need stop. skl2onnx's tabular pipeline (inputs [?, 1], sweep 28) stopped at ai.onnx.ml's
+    OneHotEncoder, and inspect blamed "an input with a symbolic axis besides the batch"."""
+    from onnxprune.passes.shapes import infer_shapes
+
     unknown = {r["node"] for r in rows if r["macs"] is None and not r.get("in_loop")}
     if not unknown:
         return []
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - no inference at all: nothing to name
-        return []
-    graph = inferred.graph
-
-    def sized(v) -> bool:
-        t = v.type.tensor_type if v.type.HasField("tensor_type") else None
-        return (t is not None and t.HasField("shape") and len(t.shape.dim) > 0
-                and all(d.HasField("dim_value") for d in t.shape.dim[1:]))
-
-    known = {v.name for v in (*graph.input, *graph.value_info, *graph.output) if sized(v)}
+    graph = model.graph
+    shapes = infer_shapes(model)
+    known = {name for name, dims in shapes.items() if dims and all(isinstance(d, int) for d in dims[1:])}
     known |= {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     producers = {o: n for n in graph.node for o in n.output}
     stops = set()
