@@ -106,9 +106,13 @@ def big(tmp_path_factory):
 
 def _launch(model: Path, out: Path) -> subprocess.Popen:
     # Python leaves SIGINT ignored in a child whose parent ignores it (a CI runner in the background): un-ignore it
-    # around the fork so the child installs its KeyboardInterrupt handler as it does in a terminal. No core file
-    # (SIGQUIT's) in the output's folder: the child starts with a core size limit of 0.
+    # around the fork so the child installs its KeyboardInterrupt handler as it does in a terminal. A shell without
+    # job control starts a background job with SIGQUIT ignored too, and the child inherits that: SIGQUIT while
+    # loading then did nothing and the run finished (rc 0; seen in `bash -c '... &'`), so it is set to its default
+    # (stop at once, what the test is about) around the fork as well. No core file (SIGQUIT's) in the output's
+    # folder: the child starts with a core size limit of 0.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    quit_before = signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     cores = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, cores[1]))
     try:
@@ -118,6 +122,7 @@ def _launch(model: Path, out: Path) -> subprocess.Popen:
     finally:
         resource.setrlimit(resource.RLIMIT_CORE, cores)
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGQUIT, quit_before)
 
 
 def _wait_for_main(proc: subprocess.Popen, timeout: float) -> None:
