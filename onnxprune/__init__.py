@@ -32,6 +32,12 @@ __all__ = ["prune", "BudgetError", "CalibrationError", "ConfigError", "Converter
            "ParityError", "PassError", "UnsupportedOpError"]
 
 
+def __dir__() -> list[str]:
+    """What `dir(onnxprune)`, help() and tab completion list: the public names, `prune` among them (loaded on first
+    use, so it is not in the module's namespace until then), not this module's own helpers."""
+    return sorted({*__all__, "errors"})
+
+
 def __getattr__(name: str):
     if name == "prune":
         from onnxprune.interrupts import after_imports

@@ -81,3 +81,13 @@ def test_inspect_reads_a_model_without_importing_onnxruntime_or_torch():
             "[m for m in ('onnxruntime', 'torch') if m in sys.modules]; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_dir_lists_prune_and_the_public_names_only():
+    """A newcomer's `dir(onnxprune)` listed 'annotations' (the __future__ import) and not `prune`, the one function
+    the README calls (it is loaded on first use)."""
+    code = ("import onnxprune, sys; names = dir(onnxprune); print(' '.join(names)); "
+            "assert 'prune' in names and 'annotations' not in names and not any(n.startswith('_') for n in names); "
+            "assert all(hasattr(onnxprune, n) for n in names); assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
