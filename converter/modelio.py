@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
+        not_onnx(path)
         raise ModelError(
             f"'{path}' is not a readable ONNX model (truncated or corrupted protobuf: {_first_line(exc)}); "
             "re-export or re-download it."
@@ -81,6 +83,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     except OSError as exc:
         raise ModelError(f"cannot read '{path}': {exc.strerror or exc}; check the file's permissions.") from None
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        not_onnx(path)
         raise ModelError(f"'{path}' parses but holds no graph; it is not an ONNX model (is it another format?).")
     _check_text(model, path)
     external = _external_tensors(model)
@@ -110,6 +113,62 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     constant_tensors(model)
     return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse,
                        storage=storage_info, inlined=inlined)
+
+
+def not_onnx(path: Path) -> None:
+    """Raise ModelError naming what `path` is instead, when its first bytes say it is another format a newcomer
+    passes by mistake (calibration data, a framework's checkpoint, a text file): "'calib.npz' is a NumPy .npz
+    archive, not an ONNX model; pass it with --data ..." rather than a protobuf parser's "Wire format was corrupt"."""
+    found = _other_format(path)
+    if found:
+        what, fix = found
+        raise ModelError(f"'{path}' is {what}, not an ONNX model; {fix}.")
+
+
+def _other_format(path: Path) -> tuple[str, str] | None:
+    """(what the file is, what to do) from its first bytes, or None when it looks like none of them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        if names and all(n.endswith(".npy") for n in names):
+            return ("a NumPy .npz archive (calibration data?)",
+                    "pass the .onnx model first and this file with --data")
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return ("a PyTorch checkpoint (torch.save)",
+                    "export the model with torch.onnx.export first (README, 'Your own model')")
+        inside = [n for n in names if n.endswith(".onnx")]
+        if inside:
+            return f"a zip archive holding {inside[0]}", "unzip it and pass the .onnx file"
+        return "a zip archive", "pass the .onnx model itself"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (a Keras .h5 model?)", "convert it to ONNX first (tf2onnx)"
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model", "convert it to ONNX first (python -m tf2onnx.convert --tflite FILE)"
+    if head[4:8] == b"ORTM":
+        return "an onnxruntime .ort model", "pass the .onnx model it was made from"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array", "calibration data goes in an .npz file given with --data"
+    if head.startswith(b"GGUF"):
+        return "a GGUF model (llama.cpp)", "export the model to ONNX first"
+    if len(head) > 9 and head[8:10] in (b'{"', b"{ ") and int.from_bytes(head[:8], "little") < (1 << 28):
+        return "a safetensors file (weights without a graph)", "export the model to ONNX first"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (a scikit-learn model?)", "convert it to ONNX first (skl2onnx)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "a text file", "pass the binary .onnx file an exporter writes"
+    return None
 
 
 def _inside(folder: Path) -> str:

@@ -147,6 +147,7 @@ def _load_graph(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:
+        modelio.not_onnx(path)
         raise ModelError(f"'{path}' is not a readable ONNX model ({str(exc).splitlines()[0][:200]}).") from None
     modelio._check_external_locations(modelio._external_tensors(model), path.parent)
     name_nodes(model)

@@ -155,7 +155,7 @@ def test_symlinked_external_data_leaving_the_folder_is_refused(tmp_path):
     "content, match",
     [
         (b"", "empty"),
-        (b"this is not a model at all, just text\n" * 3, "not a readable ONNX model|holds no graph"),
+        (b"this is not a model at all, just text\n" * 3, "is a text file, not an ONNX model; pass the binary"),
         (None, "not a readable ONNX model|not a valid ONNX model|holds no graph"),  # truncated
     ],
 )
@@ -261,3 +261,50 @@ def test_tensors_read_from_external_data_are_written_without_an_explicit_default
     loaded = modelio.load_model(tmp_path / "ext.onnx").model
     assert not any(t.HasField("data_location") for t in loaded.graph.initializer)
     assert sum(t.ByteSize() for t in loaded.graph.initializer) == inline
+
+
+def _zip(path, files):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("name, write, said", [
+    ("calib.npz", lambda p: np.savez(p, input=np.zeros((2, 3), np.float32)),
+     "is a NumPy .npz archive (calibration data?), not an ONNX model; pass the .onnx model first and this file with --data"),
+    ("model.pt", lambda p: _zip(p, {"archive/data.pkl": b"\x80\x02.", "archive/version": b"3"}),
+     "is a PyTorch checkpoint (torch.save), not an ONNX model; export the model with torch.onnx.export first"),
+    ("bundle.zip", lambda p: _zip(p, {"m/model.onnx": b"x"}),
+     "is a zip archive holding m/model.onnx, not an ONNX model; unzip it and pass the .onnx file"),
+    ("x.npy", lambda p: np.save(p, np.zeros(3)), "is a NumPy .npy array, not an ONNX model"),
+    ("m.h5", lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64), "is an HDF5 file (a Keras .h5 model?)"),
+    ("m.tflite", lambda p: p.write_bytes(b"\x1c\0\0\0TFL3" + b"\0" * 64), "is a TensorFlow Lite model"),
+    ("m.ort", lambda p: p.write_bytes(b"\x10\0\0\0ORTM" + b"\0" * 64), "is an onnxruntime .ort model"),
+    ("m.safetensors", lambda p: p.write_bytes((20).to_bytes(8, "little") + b'{"w": {"dtype": "F32"}}'),
+     "is a safetensors file (weights without a graph)"),
+    ("m.pkl", lambda p: p.write_bytes(b"\x80\x04\x95" + b"\0" * 40), "is a Python pickle (a scikit-learn model?)"),
+])
+def test_a_file_of_another_format_is_named(tmp_path, name, write, said):
+    """A newcomer's mix-ups (the calibration file or a framework's checkpoint passed as the model) were "not a
+    readable ONNX model (truncated or corrupted protobuf: ... Wire format was corrupt); re-export or re-download
+    it": true, but it sent them to re-export a file that was never an ONNX model. Now the file's first bytes name
+    what it is and what to do, in load_model and in the streaming writer's reader alike."""
+    from onnxprune.converter import streaming
+
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ModelError) as got:
+        modelio.load_model(path)
+    assert said in str(got.value) and str(got.value).startswith(f"'{path}' is "), got.value
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        streaming._load_graph(path)
+
+
+def test_a_real_model_is_not_taken_for_another_format(tmp_path):
+    """The sniffing runs only when parsing fails; and an ONNX file's own first bytes match none of the formats."""
+    path = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), path)
+    assert modelio._other_format(path) is None
+    assert modelio.load_model(path).model.graph.node
