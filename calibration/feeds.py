@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from onnxprune.calibration.value_types import dim_params
 from onnxprune.errors import CalibrationError
 
 if TYPE_CHECKING:  # annotations only: inspect reads single_batch_states without importing onnxruntime
@@ -82,7 +83,7 @@ def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
     leading = {o.type.tensor_type.shape.dim[0].dim_param for o in model.graph.output
                if o.type.HasField("tensor_type") and o.type.tensor_type.shape.dim} - {""}  # the outputs' batch
     for vi in model.graph.input:
-        dims = [d.dim_param for d in vi.type.tensor_type.shape.dim] if vi.type.HasField("tensor_type") else []
+        dims = dim_params(vi)  # an optional tensor's own; a sequence's stacking axis first (no name: never time)
         if vi.name not in inits and len(dims) > 1 and _TIME.search(dims[0]) and any(_BATCH.search(d) for d in dims[1:]):
             out.setdefault(vi.name, f"its declared dims are {dims}")
         elif vi.name not in inits and len(dims) > 1 and dims[0] and dims[0] not in leading:
@@ -131,6 +132,10 @@ def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec
                 time_major: dict[str, str] | None = None) -> str | None:
     """Why (file, {array: shape}) sources must be read one feed at a time, or None for stacks of samples."""
     names = [s.name for s in specs]
+    for spec in specs:  # its array's first axis lists the sequence's elements, not samples: nothing to cut
+        if spec.kind == "sequence":
+            return (f"input '{spec.name}' is a sequence of tensors, its elements stacked on its array's first axis "
+                    "(a file is one feed)")
     for name, why in (time_major or {}).items():
         if name in names:
             return f"input '{name}' is time-major: {why}"

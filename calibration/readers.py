@@ -31,7 +31,7 @@ import onnx
 
 from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, stacked_batches,
                                          time_major_inputs, time_major_stack)
-from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch, refuse_unfed,
                                            input_specs, int_input_ranges, random_array, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
 
@@ -197,6 +197,7 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
 
 def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataReader:
     specs = with_shapes(input_specs(model), shapes)
+    refuse_unfed(specs)  # a map input: no data of ours feeds it
     batch_size = _batch_size_for(specs, batch_size)
     reader = _open_source(source, model, labels, batch_size, limit, seed, specs, warn)
     # a model that takes exactly N > 1 samples (a batch fixed in its inputs) cannot run a short last batch: a split
@@ -451,7 +452,8 @@ def _random_reader(specs, batch_size, limit, seed, highs: dict[str, int], warn: 
             yield Chunk({s.name: _random_array(rng, s, n, highs.get(s.name, DEFAULT_INT_HIGH)) for s in specs}, None,
                         f"random data (seed {seed})")
 
-    if any(not s.shape for s in specs):  # a scalar input (a sample rate): whole random feeds, one per step
+    # a scalar input (a sample rate), a sequence's stacked elements: whole random feeds, one per step
+    if any(not s.shape or s.kind == "sequence" for s in specs):
         def feed(i: int) -> dict[str, np.ndarray]:
             rng = np.random.default_rng([seed, i])
             return {s.name: random_array(rng, s, tuple(DEFAULT_DYNAMIC_DIM if d is None else d for d in s.shape),

@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf import message
 
+from onnxprune.calibration.value_types import value_tensor
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,41 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple  # ints, or None for symbolic dims
+    # "tensor" (an optional(tensor) too: onnxruntime takes an array for it), "sequence" (seq(tensor): the data's
+    # array holds its elements stacked on axis 0, `shape` is [elements, *element shape], and sessions pass the
+    # elements as a list: `SequenceFeeds`), or the type in words for what cannot be fed ("map(int64, float32)")
+    kind: str = "tensor"
+
+
+def unfed_inputs(specs: list[InputSpec]) -> list[InputSpec]:
+    """The inputs no data can feed (a map, a sequence of maps, a sparse tensor): neither a tensor nor a sequence."""
+    return [s for s in specs if s.kind not in ("tensor", "sequence")]
+
+
+def refuse_unfed(specs: list[InputSpec]) -> None:
+    """A ConfigError naming the first input of a type onnxprune cannot feed, and what to do."""
+    bad = unfed_inputs(specs)
+    if bad:
+        s = bad[0]
+        raise ConfigError(f"input '{s.name}' is {s.kind}: onnxprune feeds tensors, optional tensors and sequences "
+                          "of tensors, not this type, so it can neither measure nor verify the model; export the "
+                          "model with a tensor input (for scikit-learn's DictVectorizer, vectorize before the "
+                          "model).")
+
+
+class SequenceFeeds(ort.InferenceSession):
+    """An onnxruntime session whose seq(tensor) inputs take an array of their elements stacked on axis 0 (as the
+    data holds them) and pass them on as the list onnxruntime wants. It is the built session itself (its state
+    shared, not built again), so whatever takes an InferenceSession takes it."""
+
+    def __init__(self, session: ort.InferenceSession, names: list[str]):  # noqa: super().__init__ would build anew
+        self.__dict__.update(session.__dict__)
+        self._sequence_inputs = set(names)
+
+    def run(self, output_names, input_feed, run_options=None):
+        feed = {k: (list(v) if k in self._sequence_inputs and isinstance(v, np.ndarray) else v)
+                for k, v in input_feed.items()}
+        return super().run(output_names, feed, run_options)
 
 
 def declared_batch(specs: list[InputSpec]) -> int | None:
@@ -57,10 +93,15 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     for vi in model.graph.input:
         if vi.name in inits:
             continue
-        tt = vi.type.tensor_type
+        kind, tt = value_tensor(vi.type)
+        if tt is None:  # a map, a sequence of maps: said when data is read (refuse_unfed), listed by inspect
+            specs.append(InputSpec(vi.name, np.dtype(np.float32), (), kind))
+            continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.dtype(np.float32)
         shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
-        specs.append(InputSpec(vi.name, np.dtype(dtype), shape))
+        if kind == "sequence":  # the elements stacked: [elements, *element shape] (an unknown element rank: 1-D)
+            shape = (None, *(shape if tt.HasField("shape") else (None,)))
+        specs.append(InputSpec(vi.name, np.dtype(dtype), shape, kind))
     return specs
 
 
@@ -248,10 +289,12 @@ def _serialized(model: onnx.ModelProto) -> bytes | None:
 
 
 def _checked(session: ort.InferenceSession, providers: list) -> ort.InferenceSession:
-    """Say once when onnxruntime fell back from CUDA to the CPU (e.g. its CUDA libraries are missing)."""
+    """Say once when onnxruntime fell back from CUDA to the CPU (e.g. its CUDA libraries are missing); a session
+    with sequence inputs takes their elements stacked in an array (SequenceFeeds)."""
     if len(providers) > 1 and "CUDAExecutionProvider" not in session.get_providers():
         _warn_fallback()
-    return session
+    sequences = [i.name for i in session.get_inputs() if i.type.startswith("seq(tensor")]
+    return SequenceFeeds(session, sequences) if sequences else session
 
 
 def ort_reason(exc: BaseException) -> str:
@@ -331,7 +374,7 @@ def with_shapes(specs: list[InputSpec], shapes: dict[str, tuple] | None) -> list
                 raise ConfigError(f"--input-shape {s.name}={','.join(map(str, dims))} does not fit the declared "
                                   f"shape {declared} of input '{s.name}'; give {len(s.shape)} dims, fixed ones as "
                                   "declared.")
-            s = InputSpec(s.name, s.dtype, tuple(dims))
+            s = InputSpec(s.name, s.dtype, tuple(dims), s.kind)
         out.append(s)
     return out
 
@@ -354,7 +397,9 @@ def random_feeds(model: onnx.ModelProto, *, batch: int = DEFAULT_DYNAMIC_DIM, se
     rng = np.random.default_rng(seed)
     highs = int_input_ranges(model)
     feeds = {}
-    for spec in with_shapes(input_specs(model), shapes):
+    specs = input_specs(model)
+    refuse_unfed(specs)
+    for spec in with_shapes(specs, shapes):
         shape = tuple(batch if d is None else d for d in spec.shape)
         feeds[spec.name] = random_array(rng, spec, shape, highs.get(spec.name, DEFAULT_INT_HIGH))
     return feeds

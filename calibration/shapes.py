@@ -172,11 +172,9 @@ def _elements(dims_by_input: dict[str, tuple]) -> float:
 
 def _dim_params(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Input name -> the dim_param of each axis ('' when unnamed or fixed)."""
-    out = {}
-    for vi in model.graph.input:
-        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
-        out[vi.name] = [d.dim_param if d.HasField("dim_param") else "" for d in dims]
-    return out
+    from onnxprune.calibration.value_types import dim_params
+
+    return {vi.name: dim_params(vi) for vi in model.graph.input}
 
 
 def _show(shapes: dict[str, tuple], specs: list[InputSpec]) -> str:

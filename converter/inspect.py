@@ -14,6 +14,7 @@ from rich.table import Table
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.plain import count, nbytes
 from onnxprune.passes.merge_copies import duplicate_groups
+from onnxprune.calibration.value_types import type_words, value_tensor
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
@@ -78,6 +79,7 @@ def inspect_model(path: Path) -> dict:
         "inputs": [_value_info(v) for v in _real_inputs(loaded.model)],
         "outputs": [_value_info(v) for v in loaded.model.graph.output],
         "npz_example": npz_example(loaded.model),
+        "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
         "too_old": _too_old(loaded.model),
@@ -173,38 +175,36 @@ def _real_inputs(model) -> list:
     return [v for v in model.graph.input if v.name not in inits]
 
 
-def _type_text(t) -> str:
-    """An onnx TypeProto as text: float32, seq(map(int64, float32)), ..."""
-    import onnx
-
-    kind = t.WhichOneof("value")
-    if kind == "tensor_type":
-        return str(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)) if t.tensor_type.elem_type else "?"
-    if kind == "sequence_type":
-        return f"seq({_type_text(t.sequence_type.elem_type)})"
-    if kind == "map_type":
-        key = onnx.helper.tensor_dtype_to_np_dtype(t.map_type.key_type)
-        return f"map({key}, {_type_text(t.map_type.value_type)})"
-    if kind == "optional_type":
-        return f"optional({_type_text(t.optional_type.elem_type)})"
-    return kind or "?"
-
-
 def _value_info(v) -> dict:
-    tt = v.type.tensor_type if v.type.HasField("tensor_type") else None
+    """name, shape (an optional tensor's; a sequence's element shape), dtype (the type in words: "optional(int64)",
+    "seq(float32)"), kind ("tensor", "sequence", or the type in words for what no data can feed)."""
+    kind, tt = value_tensor(v.type)
     shape = None
     if tt is not None and tt.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
-    return {"name": v.name, "shape": shape, "dtype": _type_text(v.type)}
+    return {"name": v.name, "shape": shape, "dtype": type_words(v.type), "kind": kind,
+            "element": type_words(onnx.TypeProto(tensor_type=tt)) if tt is not None else None}
 
 
-def npz_example(model, samples: int = 64) -> str:
+def _unfed(model) -> str | None:
+    """What `prune` will say of an input no data can feed (a map, a sequence of maps), or None."""
+    bad = [v for v in _real_inputs(model) if value_tensor(v.type)[1] is None]
+    if not bad:
+        return None
+    return (f"input '{bad[0].name}' is {type_words(bad[0].type)}: onnxprune feeds tensors, optional tensors and "
+            "sequences of tensors, not this type, so prune can neither measure nor verify the model; export it "
+            "with a tensor input")
+
+
+def npz_example(model, samples: int = 64) -> str | None:
     """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
     batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
     one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget."""
     from onnxprune.calibration.feeds import single_batch_states
 
+    if _unfed(model):
+        return None
     parts = []
     named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
     shapes = [_value_info(v)["shape"] or [] for v in _real_inputs(model)]
@@ -225,10 +225,15 @@ def npz_example(model, samples: int = 64) -> str:
         if v.name in time_major and len(sh) > 1 and isinstance(sh[0], str) and isinstance(sh[1], str):
             named.setdefault(sh[0], 8)
             named.setdefault(sh[1], samples)
+    sequences = []
     for v in _real_inputs(model):
         info = _value_info(v)
         shape = info["shape"] or []
         dims = []
+        if info["kind"] == "sequence":  # its elements stacked on a first axis of their own; a file is one feed
+            sequences.append(v.name)
+            dims.append(2)
+            shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 8) for i, d in enumerate(shape)]
         for i, d in enumerate(shape):
             if i == 0 and batch_of_one:
                 dims.append(samples)
@@ -238,7 +243,7 @@ def npz_example(model, samples: int = 64) -> str:
                 dims.append(named.setdefault(d, samples if i == 0 else 8))
             else:
                 dims.append(samples if i == 0 else 8)
-        dtype = info["dtype"] if info["dtype"] in _NUMPY_NAMES else "float32"
+        dtype = info["element"] if info["element"] in _NUMPY_NAMES else "float32"
         dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
         key = v.name if v.name.isidentifier() else None
         if info["dtype"] == "object":  # a string input: text as a unicode array (saved without a pickle)
@@ -249,6 +254,11 @@ def npz_example(model, samples: int = 64) -> str:
         args = ", ".join(f"{k}={arr}" for k, _, arr in parts)
     else:
         args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
+    if sequences:
+        said = ", ".join(f"{n!r}" for n in sequences)
+        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+                f'{args}) for i in range({samples})]  # one feed per file, --data calib: {said} is a sequence of '
+                'tensors, its elements stacked on the first axis (here 2)')
     if states:
         name, cell = next(iter(states.items()))
         return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
@@ -354,6 +364,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                          f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else f"{v['name']} {v['dtype']}"
                          for v in items)
         console.print(f"{kind}: {text or '-'}", markup=False)  # '[unk__12, 32, 32, 3]' is not a rich style tag
+    if info.get("unfed"):
+        console.print(f"note: {info['unfed']}", markup=False, highlight=False)
     if info.get("npz_example"):
         console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
                       "data, at least 100 for --max-loss, and add labels=... if you have them; a file whose inputs "

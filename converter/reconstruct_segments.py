@@ -168,8 +168,12 @@ class Pass:
         del g.node[:]
         g.node.extend(self.nodes)
         inits = _constant_names(g)
+        declared = {vi.name: vi for vi in self.model.graph.input}
         del g.input[:]
         for name in self.inputs:
+            if name in declared and not declared[name].type.HasField("tensor_type"):  # a graph input's own type: a
+                g.input.append(declared[name])  # sequence (its stacked array, SequenceFeeds) or an optional tensor
+                continue
             v = np.asarray(example[name])
             g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype),
                                                          [None] * v.ndim))

@@ -8,7 +8,8 @@
   matrices enter the Loop as loop-carried values every iteration passes on unchanged (by name, and through an
   Identity), the bias is read from the outer scope;
 * `gather_bank`: a Gather with a data-dependent scalar index picks one of two weight matrices from a constant table;
-* `matmul_integer`: a dynamically quantized MatMulInteger (int8 weight) followed by a float Gemm.
+* `matmul_integer`: a dynamically quantized MatMulInteger (int8 weight) followed by a float Gemm;
+* `container_input`: an MLP whose input is a sequence of tensors, an optional tensor or a map (DictVectorizer).
 
 Same conventions as models/builders.py: ir_version 8, opset 17, float32, batch axis "N", weights scaled by
 1/sqrt(fan_in), graph input "input", graph output "output".
@@ -284,3 +285,42 @@ def if_table(*, vocab: int = 20, dim: int = 8, length: int = 6, out_features: in
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def container_input(container: str = "sequence", *, in_features: int = 16, hidden: int = 24, out_features: int = 5,
+                    seed: int = 0) -> onnx.ModelProto:
+    """An MLP whose graph input "input" is not a plain tensor: `container` "sequence" (seq(tensor [N, F]): a
+    ConcatFromSequence along axis 0 joins the elements, as a torch.jit List[Tensor] argument exports), "optional"
+    (optional(tensor [N, F]) unwrapped by OptionalGetElement, opset 18) or "map" (map(int64, float), scikit-learn's
+    DictVectorizer input, read by ai.onnx.ml's DictVectorizer over `in_features` integer keys)."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("fc1.weight", _w(rng, (in_features, hidden), in_features)), _init("fc1.bias", np.zeros(hidden)
+                                                                                    .astype(np.float32)),
+             _init("fc2.weight", _w(rng, (hidden, out_features), hidden))]
+    tensor = helper.make_tensor_type_proto(TensorProto.FLOAT, [BATCH, in_features])
+    opsets = [helper.make_opsetid("", OPSET)]
+    if container == "sequence":
+        value = helper.make_value_info("input", helper.make_sequence_type_proto(tensor))
+        head = [helper.make_node("ConcatFromSequence", ["input"], ["x"], axis=0, name="join")]
+    elif container == "optional":
+        value = helper.make_value_info("input", helper.make_optional_type_proto(tensor))
+        head = [helper.make_node("OptionalGetElement", ["input"], ["x"], name="unwrap")]
+        opsets = [helper.make_opsetid("", 18)]
+    elif container == "map":
+        value = helper.make_value_info("input", helper.make_map_type_proto(
+            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+        head = [helper.make_node("DictVectorizer", ["input"], ["x"], domain="ai.onnx.ml", name="vectorize",
+                                 int64_vocabulary=list(range(in_features)))]
+        opsets.append(helper.make_opsetid("ai.onnx.ml", 3))
+    else:
+        raise ValueError(f"container {container!r} is not one of sequence, optional, map")
+    nodes = [*head,
+             helper.make_node("MatMul", ["x", "fc1.weight"], ["h0"], name="fc1"),
+             helper.make_node("Add", ["h0", "fc1.bias"], ["h1"], name="fc1_bias"),
+             helper.make_node("Relu", ["h1"], ["h"], name="relu"),
+             helper.make_node("MatMul", ["h", "fc2.weight"], ["output"], name="fc2")]
+    graph = helper.make_graph(nodes, f"{container}_input", [value],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, out_features])],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
+                             producer_name="onnxprune.models.builders_control")

@@ -1,0 +1,123 @@
+"""Inputs that are not plain tensors (sequence, optional, map types): each is fed, or refused in one line.
+
+Before: a seq(tensor) input was read as a 0-d tensor ("model input 'xs' expects []", inspect wrote
+`np.zeros(())`), an optional(tensor) input likewise, and `prune --sparsity` on either failed with an IndexError
+in the random-shapes step or "pass --input-shape", which cannot help. Now an optional tensor is its tensor (onnxruntime
+takes an array for it); a sequence of tensors is fed from an array of its elements stacked on axis 0, one file a
+feed (sessions hand onnxruntime the list: calibration.runtime.SequenceFeeds); a map (scikit-learn's
+DictVectorizer) cannot be fed by any data of ours, and every command that needs data says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxprune.calibration.runtime import input_specs, make_session
+from onnxprune.models.builders_control import container_input
+from tests.hardening.helpers import invoke
+
+
+def _outputs(path, feeds):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [session.run(None, f)[0] for f in feeds]
+
+
+def _pruned_agrees(tmp_path, model, out, feeds):
+    """The written model loads in stock onnxruntime, passes the full check, and computes what the dense model with
+    its (pruned) weights computes; its weights are sparser than the input's."""
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    dense = onnx.load(model)
+    pruned = {t.name: onnx.numpy_helper.to_array(t) for t in written.graph.initializer}
+    for t in dense.graph.initializer:
+        if t.name in pruned and pruned[t.name].shape == tuple(t.dims):
+            t.CopyFrom(onnx.numpy_helper.from_array(pruned[t.name], t.name))
+    onnx.save(dense, tmp_path / "oracle.onnx")
+    for got, want in zip(_outputs(out, feeds), _outputs(tmp_path / "oracle.onnx", feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return sum(int(np.count_nonzero(v)) for v in pruned.values())
+
+
+def test_specs_read_the_tensor_inside():
+    seq, opt, mapped = (input_specs(container_input(c))[0] for c in ("sequence", "optional", "map"))
+    assert (seq.kind, seq.shape, seq.dtype) == ("sequence", (None, None, 16), np.float32)
+    assert (opt.kind, opt.shape) == ("tensor", (None, 16))
+    assert mapped.kind == "map(int64, float32)"
+
+
+def test_a_session_takes_a_sequence_as_its_stacked_elements():
+    session = make_session(container_input("sequence"))
+    assert isinstance(session, ort.InferenceSession)  # whatever checks for a session still sees one
+    x = np.random.default_rng(0).standard_normal((3, 2, 16)).astype(np.float32)
+    (stacked,) = session.run(None, {"input": x})
+    (listed,) = session.run(None, {"input": list(x)})
+    np.testing.assert_array_equal(stacked, listed)
+    assert stacked.shape == (6, 5)
+
+
+@pytest.mark.parametrize("container", ["sequence", "optional"])
+def test_inspect_and_prune_without_data(tmp_path, container):
+    model = tmp_path / f"{container}.onnx"
+    onnx.save(container_input(container), model)
+    info = json.loads(invoke("inspect", model, "--json").output)
+    want = {"sequence": "np.zeros((2, 1, 16), np.float32)", "optional": "input=np.zeros((64, 16), np.float32)"}
+    assert want[container] in info["npz_example"], info["npz_example"]
+    res = invoke("prune", model, "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
+    assert "verified in onnxruntime" in res.output
+    x = np.random.default_rng(1).standard_normal((2, 3, 16)).astype(np.float32)
+    feeds = [{"input": list(x)}] if container == "sequence" else [{"input": x[0]}]
+    assert _pruned_agrees(tmp_path, model, tmp_path / "out.onnx", feeds) < 16 * 24 + 24 * 5
+
+
+def test_a_sequence_input_is_calibrated_a_file_a_feed_under_a_budget(tmp_path):
+    """inspect's own line, with real values: a folder of files, each the stacked elements of one sequence."""
+    model = tmp_path / "seq.onnx"
+    onnx.save(container_input("sequence"), model)
+    rng = np.random.default_rng(2)
+    (tmp_path / "calib").mkdir()
+    for i in range(120):
+        np.savez(tmp_path / "calib" / f"{i:03d}.npz", input=rng.standard_normal((2, 1, 16)).astype(np.float32))
+    res = invoke("prune", model, "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib", "--max-loss", "1",
+                 "--time-budget", "1m")
+    assert res.exit_code == 0, res.output
+    assert "120 feed(s) used as is" in " ".join(res.output.split()), res.output
+    feeds = [{"input": list(rng.standard_normal((2, 1, 16)).astype(np.float32))} for _ in range(4)]
+    _pruned_agrees(tmp_path, model, tmp_path / "out.onnx", feeds)
+    # a stacked file of samples is not a sequence's elements: said, with the shape it needs
+    np.savez(tmp_path / "flat.npz", input=rng.standard_normal((50, 16)).astype(np.float32))
+    res = invoke("prune", model, "-o", tmp_path / "o2.onnx", "--data", tmp_path / "flat.npz", "--max-loss", "1")
+    assert res.exit_code != 0 and "expects [?, ?, 16]" in res.output and "Traceback" not in res.output
+
+
+def test_an_optional_input_is_calibrated_as_its_tensor(tmp_path):
+    model = tmp_path / "opt.onnx"
+    onnx.save(container_input("optional"), model)
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", input=rng.standard_normal((200, 16)).astype(np.float32))
+    res = invoke("prune", model, "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz", "--max-loss", "1",
+                 "--time-budget", "1m")
+    assert res.exit_code == 0, res.output
+    _pruned_agrees(tmp_path, model, tmp_path / "out.onnx", [{"input": rng.standard_normal((8, 16)).astype(np.float32)}])
+
+
+def test_a_map_input_is_refused_in_one_line_by_every_command_that_needs_data(tmp_path):
+    model = tmp_path / "map.onnx"
+    onnx.save(container_input("map"), model)
+    text = " ".join(invoke("inspect", model).output.split())
+    assert "input 'input' is map(int64, float32): onnxprune feeds tensors, optional tensors and sequences of " \
+           "tensors" in text
+    assert "np.savez" not in text  # no line of numpy that cannot feed it
+    np.savez(tmp_path / "calib.npz", input=np.zeros((4, 16), np.float32))
+    for extra in (["--sparsity", "0.5"], ["--data", tmp_path / "calib.npz", "--max-loss", "1"],
+                  ["--data", "random", "--sparsity", "0.5"]):
+        res = invoke("prune", model, "-o", tmp_path / "out.onnx", *extra)
+        assert res.exit_code != 0 and "Traceback" not in res.output and "internal error" not in res.output
+        assert "input 'input' is map(int64, float32): onnxprune feeds tensors" in " ".join(res.output.split()), \
+            res.output
+        assert not (tmp_path / "out.onnx").exists()
