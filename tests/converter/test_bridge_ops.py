@@ -846,6 +846,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # test_dynamic_quantization_matches_...
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
+    tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
     registered = {op for _, op, _ in supported_ops()}
     assert registered - tested == set()
 
@@ -1129,3 +1130,26 @@ def test_onnxruntimes_fused_dynamic_matmuls_match_onnxruntime(op, per_channel):
                               ir_version=8)
     x = f32(4, 6, lo=-2, hi=3)
     np.testing.assert_allclose(run_bridge(model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_optional_ops_match_onnxruntime():
+    """An optional(tensor) input (fed as its array) unwrapped by OptionalGetElement, checked by OptionalHasElement,
+    and a computed value wrapped by Optional: the bridge runs them, so such a model retrains (it fell back to the
+    layer-wise refit: "OptionalGetElement x1: no implementation")."""
+    from onnxprune.models.builders_control import container_input
+
+    model = container_input("optional")
+    x = f32(4, 16, lo=-1, hi=1)
+    np.testing.assert_allclose(run_bridge(model, {"input": x})[0], run_ort(model, {"input": x})[0], rtol=1e-5,
+                               atol=1e-6)
+    nodes = [helper.make_node("Optional", ["x"], ["o"]), helper.make_node("OptionalHasElement", ["o"], ["has"]),
+             helper.make_node("OptionalGetElement", ["o"], ["y0"]), helper.make_node("Relu", ["y0"], ["y"])]
+    graph = helper.make_graph(nodes, "opt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2]),
+                               helper.make_tensor_value_info("has", TensorProto.BOOL, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = f32(3, 2, lo=-1, hi=1)
+    want, got = run_ort(model, {"x": x}), run_bridge(model, {"x": x})
+    np.testing.assert_allclose(got[0], want[0])
+    assert bool(got[1]) is bool(want[1]) is True

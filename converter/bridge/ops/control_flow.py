@@ -8,6 +8,7 @@ values, in the order of ``Body.outer``; ``attrs["_inputs"]`` is the number of th
 * If: runs one branch, chosen by the (scalar) condition at run time; gradients flow through the branch taken.
 * Loop: bounded loops only (a trip count M is required; the condition may end it earlier). Loop-carried values
   are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
+* Optional, OptionalGetElement, OptionalHasElement: a present optional is its tensor (an empty one is refused).
 Scan is not implemented.
 """
 
@@ -71,3 +72,22 @@ def loop(inputs, attrs, ctx):
 def _empty_scan(body, index: int, device) -> torch.Tensor:
     """A scan output of a loop that ran zero times: [0, *declared element dims], unknown dims 0 (as onnxruntime)."""
     return torch.zeros((0, *body.output_dims(index)), dtype=body.output_dtype(index), device=device)
+
+
+# ---- Optional: a present value is its tensor (the data feeds an optional input as its array) -------------------
+
+@register("Optional", since_opset=15)
+def optional(inputs, attrs, ctx):
+    if not inputs or inputs[0] is None:  # fails as the node, by name (the bridge's run says which)
+        raise ValueError("an empty Optional (no input) is not supported; only a present value is")
+    return inputs[0]
+
+
+@register("OptionalGetElement", since_opset=15)
+def optional_get_element(inputs, attrs, ctx):
+    return inputs[0]
+
+
+@register("OptionalHasElement", since_opset=15)
+def optional_has_element(inputs, attrs, ctx):
+    return torch.tensor(len(inputs) > 0 and inputs[0] is not None)
