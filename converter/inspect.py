@@ -177,13 +177,18 @@ def _real_inputs(model) -> list:
 
 def _value_info(v) -> dict:
     """name, shape (an optional tensor's; a sequence's element shape), dtype (the type in words: "optional(int64)",
-    "seq(float32)"), kind ("tensor", "sequence", or the type in words for what no data can feed)."""
+    "seq(float32)"): the keys the README documents for `inspect --json`."""
     kind, tt = value_tensor(v.type)
     shape = None
     if tt is not None and tt.HasField("shape"):
         shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
-    return {"name": v.name, "shape": shape, "dtype": type_words(v.type), "kind": kind,
-            "element": type_words(onnx.TypeProto(tensor_type=tt)) if tt is not None else None}
+    return {"name": v.name, "shape": shape, "dtype": type_words(v.type)}
+
+
+def _element(v) -> tuple[str, str | None]:
+    """(kind, the numpy dtype name of its tensor) of an input (calibration.value_types.value_tensor)."""
+    kind, tt = value_tensor(v.type)
+    return kind, (type_words(onnx.TypeProto(tensor_type=tt)) if tt is not None else None)
 
 
 def _unfed(model) -> str | None:
@@ -228,9 +233,10 @@ def npz_example(model, samples: int = 64) -> str | None:
     sequences = []
     for v in _real_inputs(model):
         info = _value_info(v)
+        kind, element = _element(v)
         shape = info["shape"] or []
         dims = []
-        if info["kind"] == "sequence":  # its elements stacked on a first axis of their own; a file is one feed
+        if kind == "sequence":  # its elements stacked on a first axis of their own; a file is one feed
             sequences.append(v.name)
             dims.append(2)
             shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 8) for i, d in enumerate(shape)]
@@ -243,7 +249,7 @@ def npz_example(model, samples: int = 64) -> str | None:
                 dims.append(named.setdefault(d, samples if i == 0 else 8))
             else:
                 dims.append(samples if i == 0 else 8)
-        dtype = info["element"] if info["element"] in _NUMPY_NAMES else "float32"
+        dtype = element if element in _NUMPY_NAMES else "float32"
         dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
         key = v.name if v.name.isidentifier() else None
         if info["dtype"] == "object":  # a string input: text as a unicode array (saved without a pickle)
