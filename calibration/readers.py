@@ -31,8 +31,8 @@ import onnx
 
 from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, stacked_batches,
                                          time_major_inputs, time_major_stack)
-from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch, refuse_unfed,
-                                           input_specs, int_input_ranges, random_array, with_shapes)
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
+                                           input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)

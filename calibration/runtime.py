@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf import message
 
-from onnxprune.calibration.value_types import value_tensor
+from onnxprune.calibration.value_types import unfed_reason, value_tensor
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,20 +48,12 @@ class InputSpec:
     kind: str = "tensor"
 
 
-def unfed_inputs(specs: list[InputSpec]) -> list[InputSpec]:
-    """The inputs no data can feed (a map, a sequence of maps, a sparse tensor): neither a tensor nor a sequence."""
-    return [s for s in specs if s.kind not in ("tensor", "sequence")]
-
-
 def refuse_unfed(specs: list[InputSpec]) -> None:
-    """A ConfigError naming the first input of a type onnxprune cannot feed, and what to do."""
-    bad = unfed_inputs(specs)
-    if bad:
-        s = bad[0]
-        raise ConfigError(f"input '{s.name}' is {s.kind}: onnxprune feeds tensors, optional tensors and sequences "
-                          "of tensors, not this type, so it can neither measure nor verify the model; export the "
-                          "model with a tensor input (for scikit-learn's DictVectorizer, vectorize before the "
-                          "model).")
+    """A ConfigError naming the first input no data can feed (a map, a sequence of maps, a sparse tensor)."""
+    bad = next((s for s in specs if s.kind not in ("tensor", "sequence")), None)
+    if bad is not None:
+        raise ConfigError(unfed_reason(bad.name, bad.kind) + " (for scikit-learn's DictVectorizer, vectorize before "
+                          "the model).")
 
 
 class SequenceFeeds(ort.InferenceSession):
@@ -69,7 +61,7 @@ class SequenceFeeds(ort.InferenceSession):
     data holds them) and pass them on as the list onnxruntime wants. It is the built session itself (its state
     shared, not built again), so whatever takes an InferenceSession takes it."""
 
-    def __init__(self, session: ort.InferenceSession, names: list[str]):  # noqa: super().__init__ would build anew
+    def __init__(self, session: ort.InferenceSession, names: list[str]):  # not super().__init__: it builds anew
         self.__dict__.update(session.__dict__)
         self._sequence_inputs = set(names)
 

@@ -44,3 +44,9 @@ def dim_params(vi: onnx.ValueInfoProto) -> list[str]:
         return []
     params = [d.dim_param if d.HasField("dim_param") else "" for d in tt.shape.dim] if tt.HasField("shape") else [""]
     return ["", *params] if kind == "sequence" else params
+
+
+def unfed_reason(name: str, kind: str) -> str:
+    """What prune says (and inspect notes) of an input no data of ours can feed, `kind` its type in words."""
+    return (f"input '{name}' is {kind}: onnxprune feeds tensors, optional tensors and sequences of tensors, not this "
+            "type, so it can neither measure nor verify the model; export the model with a tensor input")

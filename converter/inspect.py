@@ -14,7 +14,7 @@ from rich.table import Table
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.plain import count, nbytes
 from onnxprune.passes.merge_copies import duplicate_groups
-from onnxprune.calibration.value_types import type_words, value_tensor
+from onnxprune.calibration.value_types import type_words, unfed_reason, value_tensor
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
@@ -196,9 +196,7 @@ def _unfed(model) -> str | None:
     bad = [v for v in _real_inputs(model) if value_tensor(v.type)[1] is None]
     if not bad:
         return None
-    return (f"input '{bad[0].name}' is {type_words(bad[0].type)}: onnxprune feeds tensors, optional tensors and "
-            "sequences of tensors, not this type, so prune can neither measure nor verify the model; export it "
-            "with a tensor input")
+    return unfed_reason(bad[0].name, type_words(bad[0].type))
 
 
 def npz_example(model, samples: int = 64) -> str | None:

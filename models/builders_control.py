@@ -294,8 +294,8 @@ def container_input(container: str = "sequence", *, in_features: int = 16, hidde
     (optional(tensor [N, F]) unwrapped by OptionalGetElement, opset 18) or "map" (map(int64, float), scikit-learn's
     DictVectorizer input, read by ai.onnx.ml's DictVectorizer over `in_features` integer keys)."""
     rng = np.random.default_rng(seed)
-    inits = [_init("fc1.weight", _w(rng, (in_features, hidden), in_features)), _init("fc1.bias", np.zeros(hidden)
-                                                                                    .astype(np.float32)),
+    inits = [_init("fc1.weight", _w(rng, (in_features, hidden), in_features)),
+             _init("fc1.bias", np.zeros(hidden, np.float32)),
              _init("fc2.weight", _w(rng, (hidden, out_features), hidden))]
     tensor = helper.make_tensor_type_proto(TensorProto.FLOAT, [BATCH, in_features])
     opsets = [helper.make_opsetid("", OPSET)]
