@@ -99,6 +99,7 @@ class OnnxModule(nn.Module):
         self._steps = self._plan(order, nodes, names, resolved, consts, self._buffer_seeds)
         self._outputs = tuple(o.name for o in graph.output)
         self._inputs = tuple(i.name for i in graph.input if i.name not in init_types)
+        self._sequences = {i.name for i in graph.input if i.type.HasField("sequence_type")}
         _mark_last_uses(self._steps, self._outputs)
         self._base_dropout = dict(self._run.dropout_ratios)
         if device is not None:
@@ -215,11 +216,14 @@ class OnnxModule(nn.Module):
         if missing:
             raise TypeError(f"missing graph input(s) {missing}; inputs are {list(self._inputs)}")
         for name, v in feeds.items():
+            if isinstance(v, (list, tuple)) and name in self._sequences:  # a sequence given as its elements
+                v = torch.stack([torch.as_tensor(np.asarray(e)) if not isinstance(e, torch.Tensor) else e for e in v])
             if not isinstance(v, torch.Tensor):
                 v = torch.as_tensor(np.asarray(v), device=self._device())
             if self._dtype is not None and v.is_floating_point() and v.dtype != self._dtype:
                 v = v.to(self._dtype)
-            feeds[name] = v
+            # a seq(tensor) input: its elements stacked on axis 0, as the data holds them (ops/sequence.py)
+            feeds[name] = list(v.unbind(0)) if name in self._sequences else v
         return feeds
 
     def _device(self) -> torch.device:

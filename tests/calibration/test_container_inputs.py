@@ -121,3 +121,24 @@ def test_a_map_input_is_refused_in_one_line_by_every_command_that_needs_data(tmp
         assert "input 'input' is map(int64, float32): onnxprune feeds tensors" in " ".join(res.output.split()), \
             res.output
         assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("container", ["sequence", "optional"])
+def test_retraining_runs_through_the_torch_bridge(tmp_path, container):
+    """The bridge runs the sequence ops (a seq input unbound from its stacked array) and the Optional ops, so masked
+    retraining trains these models instead of falling back to the layer-wise refit."""
+    model = tmp_path / f"{container}.onnx"
+    onnx.save(container_input(container), model)
+    rng = np.random.default_rng(4)
+    if container == "sequence":
+        (tmp_path / "calib").mkdir()
+        for i in range(40):
+            np.savez(tmp_path / "calib" / f"{i:03d}.npz", input=rng.standard_normal((2, 1, 16)).astype(np.float32))
+        data, feeds = tmp_path / "calib", [{"input": list(rng.standard_normal((2, 1, 16)).astype(np.float32))}]
+    else:
+        np.savez(tmp_path / "calib.npz", input=rng.standard_normal((64, 16)).astype(np.float32))
+        data, feeds = tmp_path / "calib.npz", [{"input": rng.standard_normal((8, 16)).astype(np.float32)}]
+    res = invoke("prune", model, "-o", tmp_path / "out.onnx", "--data", data, "--sparsity", "0.5", "--iterations", "1")
+    assert res.exit_code == 0, res.output
+    assert "torch bridge cannot run" not in res.output and "layer-wise reconstruction instead" not in res.output
+    _pruned_agrees(tmp_path, model, tmp_path / "out.onnx", feeds)

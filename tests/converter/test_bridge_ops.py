@@ -847,6 +847,8 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
     tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
+    tested |= {"SequenceConstruct", "SequenceEmpty", "SequenceAt", "SequenceLength", "SequenceInsert", "SequenceErase",
+               "ConcatFromSequence", "SplitToSequence"}  # test_sequence_ops_match_onnxruntime
     registered = {op for _, op, _ in supported_ops()}
     assert registered - tested == set()
 
@@ -1153,3 +1155,45 @@ def test_optional_ops_match_onnxruntime():
     want, got = run_ort(model, {"x": x}), run_bridge(model, {"x": x})
     np.testing.assert_allclose(got[0], want[0])
     assert bool(got[1]) is bool(want[1]) is True
+
+
+def test_sequence_ops_match_onnxruntime():
+    """Sequences of tensors (lists in the bridge): split, at, length, insert, erase, construct, empty, concat and
+    stack, and a seq(tensor) graph input given as its elements stacked on axis 0 (the data's layout) or as a list."""
+    from onnxprune.models.builders_control import container_input
+
+    model = container_input("sequence")
+    x = f32(3, 2, 16, lo=-1, hi=1)
+    want = run_ort(model, {"input": list(x)})[0]
+    np.testing.assert_allclose(run_bridge(model, {"input": x})[0], want, rtol=1e-5, atol=1e-6)
+    module = OnnxModule(model).eval()
+    with torch.no_grad():
+        listed = module(input=[torch.from_numpy(e) for e in x])[0].numpy()
+    np.testing.assert_allclose(listed, want, rtol=1e-5, atol=1e-6)
+
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("SplitToSequence", ["x", "sizes"], ["s"], axis=1),
+             helper.make_node("SequenceLength", ["s"], ["n"]),
+             helper.make_node("SequenceAt", ["s", "minus1"], ["a"]),
+             helper.make_node("SequenceInsert", ["s", "x", "zero"], ["s2"]),
+             helper.make_node("SequenceErase", ["s2"], ["s3"]),
+             helper.make_node("ConcatFromSequence", ["s3"], ["y"], axis=1),
+             helper.make_node("SequenceConstruct", ["a", "a"], ["c"]),
+             helper.make_node("ConcatFromSequence", ["c"], ["z"], axis=-1, new_axis=1),
+             helper.make_node("SplitToSequence", ["x"], ["s4"], axis=0, keepdims=0),
+             helper.make_node("SequenceAt", ["s4", "two"], ["r"]),
+             helper.make_node("SequenceEmpty", [], ["e"], dtype=TensorProto.FLOAT),
+             helper.make_node("SequenceInsert", ["e", "x"], ["e2"]),
+             helper.make_node("SequenceLength", ["e2"], ["n2"])]
+    outs = [("n", TensorProto.INT64, []), ("y", TensorProto.FLOAT, [4, 8]), ("z", TensorProto.FLOAT, [4, 4, 2]),
+            ("r", TensorProto.FLOAT, [6]), ("n2", TensorProto.INT64, [])]
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info(*o) for o in outs],
+                              [i64("sizes", [2, 4]), i64("minus1", -1), i64("zero", 0), i64("two", 2)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = f32(4, 6, lo=-1, hi=1)
+    want, got = run_ort(model, {"x": x}), run_bridge(model, {"x": x})
+    for (name, _, _), w, g in zip(outs, want, got):
+        assert g.shape == w.shape, name
+        np.testing.assert_allclose(g, w, rtol=1e-6, err_msg=name)

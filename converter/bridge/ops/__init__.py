@@ -1,7 +1,7 @@
 """ONNX ops as tiny torch functions, looked up by (domain, op_type, opset).
 
 One module per op family: ``core`` (registry, node context, shared helpers), ``elementwise``, ``nn``, ``shape``,
-``resize``, ``reduce``, ``recurrent``, ``control_flow``. Importing this package registers them all.
+``resize``, ``reduce``, ``recurrent``, ``control_flow``, ``sequence``. Importing this package registers them all.
 
 Each op is ``fn(inputs, attrs, ctx) -> Tensor | list[Tensor]``:
   * ``inputs``: the node's inputs in ONNX order, ``None`` for an omitted optional input ("" name);
@@ -27,7 +27,7 @@ all its inputs are constants (Constant).
 Where the spec leaves room, the reference is onnxruntime (what the pruned model is deployed on): Slice's
 INT64_MAX end with a negative step runs to the start, ConvTranspose auto_pad/output_shape pads follow its split,
 Resize copies the input when no axis changes size and computes coordinates in its float32/float64 mix.
-Known gaps: Scan and unbounded Loops, sequences/optionals/strings, quantized ops, AveragePool dilations,
+Known gaps: Scan and unbounded Loops, strings, quantized ops, AveragePool dilations,
 Resize antialias, RNN activations with alpha/beta, ScatterND reductions other than add, Attention's sliding window
 (opset 25's left/right_window_size, refused by name; onnxruntime 1.31 does not know them); TopK ``sorted=0`` still
 sorts; Resize nearest can pick the other pixel when the source coordinate lies within ~1e-6 of a rounding tie.
@@ -35,7 +35,7 @@ sorts; Resize nearest can pick the other pixel when the source coordinate lies w
 
 from __future__ import annotations
 
-from . import control_flow, elementwise, nn, recurrent, reduce, resize, shape  # noqa: F401  (registers the ops)
+from . import control_flow, elementwise, nn, recurrent, reduce, resize, sequence, shape  # noqa: F401  (registers the ops)
 from .core import (CONTROL_FLOW_OPS, DEFAULT_DOMAIN, ONNX_TO_TORCH, TORCH_TO_ONNX, NodeContext, OpDef, OpFn,
                    OpResult, RunState, Tensor, lookup, normalize_domain, numpy_to_torch, parse_attributes, register,
                    sparse_to_dense, supported_ops, tensor_raw_bytes)
