@@ -118,11 +118,11 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
 def not_onnx(path: Path) -> None:
     """Raise ModelError naming what `path` is instead, when its first bytes say it is another format a newcomer
     passes by mistake (calibration data, a framework's checkpoint, a text file): "'calib.npz' is a NumPy .npz
-    archive, not an ONNX model; pass it with --data ..." rather than a protobuf parser's "Wire format was corrupt"."""
+    archive, not a binary ONNX model; pass it with --data ..." rather than a protobuf parser's "Wire format was corrupt"."""
     found = _other_format(path)
     if found:
         what, fix = found
-        raise ModelError(f"'{path}' is {what}, not an ONNX model; {fix}.")
+        raise ModelError(f"'{path}' is {what}, not a binary ONNX model; {fix}.")
 
 
 def _other_format(path: Path) -> tuple[str, str] | None:
@@ -167,6 +167,10 @@ def _other_format(path: Path) -> tuple[str, str] | None:
     except UnicodeDecodeError:
         return None
     if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        if text.lstrip().startswith(("ir_version", "producer_name", "opset_import", "graph {", "<")):
+            return ("an ONNX model in text form (textproto or onnx.parser's syntax)",
+                    f"write it as the binary protobuf first: python -c \"import onnx; onnx.save(onnx.load('{path}', "
+                    "format='textproto'), 'model.onnx')\" (onnx.parser.parse_model for the < > syntax)")
         return "a text file", "pass the binary .onnx file an exporter writes"
     return None
 

@@ -155,7 +155,7 @@ def test_symlinked_external_data_leaving_the_folder_is_refused(tmp_path):
     "content, match",
     [
         (b"", "empty"),
-        (b"this is not a model at all, just text\n" * 3, "is a text file, not an ONNX model; pass the binary"),
+        (b"this is not a model at all, just text\n" * 3, "is a text file, not a binary ONNX model; pass the binary"),
         (None, "not a readable ONNX model|not a valid ONNX model|holds no graph"),  # truncated
     ],
 )
@@ -273,18 +273,20 @@ def _zip(path, files):
 
 @pytest.mark.parametrize("name, write, said", [
     ("calib.npz", lambda p: np.savez(p, input=np.zeros((2, 3), np.float32)),
-     "is a NumPy .npz archive (calibration data?), not an ONNX model; pass the .onnx model first and this file with --data"),
+     "is a NumPy .npz archive (calibration data?), not a binary ONNX model; pass the .onnx model first and this file with --data"),
     ("model.pt", lambda p: _zip(p, {"archive/data.pkl": b"\x80\x02.", "archive/version": b"3"}),
-     "is a PyTorch checkpoint (torch.save), not an ONNX model; export the model with torch.onnx.export first"),
+     "is a PyTorch checkpoint (torch.save), not a binary ONNX model; export the model with torch.onnx.export first"),
     ("bundle.zip", lambda p: _zip(p, {"m/model.onnx": b"x"}),
-     "is a zip archive holding m/model.onnx, not an ONNX model; unzip it and pass the .onnx file"),
-    ("x.npy", lambda p: np.save(p, np.zeros(3)), "is a NumPy .npy array, not an ONNX model"),
+     "is a zip archive holding m/model.onnx, not a binary ONNX model; unzip it and pass the .onnx file"),
+    ("x.npy", lambda p: np.save(p, np.zeros(3)), "is a NumPy .npy array, not a binary ONNX model"),
     ("m.h5", lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64), "is an HDF5 file (a Keras .h5 model?)"),
     ("m.tflite", lambda p: p.write_bytes(b"\x1c\0\0\0TFL3" + b"\0" * 64), "is a TensorFlow Lite model"),
     ("m.ort", lambda p: p.write_bytes(b"\x10\0\0\0ORTM" + b"\0" * 64), "is an onnxruntime .ort model"),
     ("m.safetensors", lambda p: p.write_bytes((20).to_bytes(8, "little") + b'{"w": {"dtype": "F32"}}'),
      "is a safetensors file (weights without a graph)"),
     ("m.pkl", lambda p: p.write_bytes(b"\x80\x04\x95" + b"\0" * 40), "is a Python pickle (a scikit-learn model?)"),
+    ("m.txt", lambda p: p.write_text(str(builders.mlp_gemm())),
+     "is an ONNX model in text form (textproto or onnx.parser's syntax), not a binary ONNX model; write it as the binary"),
 ])
 def test_a_file_of_another_format_is_named(tmp_path, name, write, said):
     """A newcomer's mix-ups (the calibration file or a framework's checkpoint passed as the model) were "not a
@@ -298,7 +300,7 @@ def test_a_file_of_another_format_is_named(tmp_path, name, write, said):
     with pytest.raises(ModelError) as got:
         modelio.load_model(path)
     assert said in str(got.value) and str(got.value).startswith(f"'{path}' is "), got.value
-    with pytest.raises(ModelError, match="not an ONNX model"):
+    with pytest.raises(ModelError, match="not a binary ONNX model"):
         streaming._load_graph(path)
 
 
@@ -308,3 +310,20 @@ def test_a_real_model_is_not_taken_for_another_format(tmp_path):
     onnx.save(builders.mlp_gemm(), path)
     assert modelio._other_format(path) is None
     assert modelio.load_model(path).model.graph.node
+
+
+def test_the_textproto_line_it_gives_converts_the_file(tmp_path):
+    """The fix the error names for a textproto model works as written."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.txt"
+    path.write_text(str(builders.mlp_gemm()))
+    with pytest.raises(ModelError) as got:
+        modelio.load_model(path)
+    command = str(got.value).split("first: ")[1].split(" (onnx.parser")[0]
+    assert command.startswith("python -c ")
+    done = subprocess.run(["bash", "-c", command.replace("python ", f"{sys.executable} ", 1)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert modelio.load_model(tmp_path / "model.onnx").model.graph.node
