@@ -847,6 +847,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
     tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
+    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression"}  # test_classic_..., test_non_max_suppression_...
     tested |= {"SequenceConstruct", "SequenceEmpty", "SequenceAt", "SequenceLength", "SequenceInsert", "SequenceErase",
                "ConcatFromSequence", "SplitToSequence"}  # test_sequence_ops_match_onnxruntime
     registered = {op for _, op, _ in supported_ops()}
@@ -885,6 +886,10 @@ GRAD = [
      {"hidden_size": 4}),
     ("GRU", [(3, 2, 3), (2, 12, 3), (2, 12, 4), (2, 24)], {"hidden_size": 4, "direction": "bidirectional"}),
     ("GridSample", [(1, 2, 4, 5), (1, 3, 3, 2)], {"padding_mode": "border"}),  # the image and the grid
+    ("LRN", [(1, 5, 2, 3)], {"size": 3, "alpha": 0.3, "beta": 0.7, "bias": 1.5}),
+    ("MeanVarianceNormalization", [(2, 3, 2, 2)], {}),
+    ("LpPool", [(1, 2, 4, 4)], {"kernel_shape": [2, 2], "strides": [2, 2], "p": 3, "pads": [1, 0, 0, 1]}),
+    ("GlobalLpPool", [(1, 2, 3, 3)], {"p": 2}),
 ]
 
 
@@ -1197,3 +1202,72 @@ def test_sequence_ops_match_onnxruntime():
     for (name, _, _), w, g in zip(outs, want, got):
         assert g.shape == w.shape, name
         np.testing.assert_allclose(g, w, rtol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------ classic layers, windows, bitwise, selection
+I32A = np.random.default_rng(7).integers(-100, 100, (3, 4)).astype(np.int32)
+I32B = np.random.default_rng(8).integers(-100, 100, (3, 4)).astype(np.int32)
+U8 = np.array([[1, 2, 3, 250], [128, 7, 0, 255]], np.uint8)
+CLASSIC = [
+    Case("LRN-odd", "LRN", [f32(2, 6, 4, 5)], {"size": 3, "alpha": 1e-2, "beta": 0.75, "bias": 2.0}),
+    Case("LRN-5", "LRN", [f32(2, 7, 3, 3, lo=-3, hi=3)], {"size": 5, "alpha": 0.5, "beta": 0.6}),  # (onnxruntime:
+    # odd sizes only)
+    Case("MeanVarianceNormalization", "MeanVarianceNormalization", [f32(2, 3, 4, 5, lo=-2, hi=5)], atol=1e-4),
+    Case("MeanVarianceNormalization-axes", "MeanVarianceNormalization", [f32(2, 3, 6)], {"axes": [1]}, atol=1e-4),
+    Case("LpPool-p2", "LpPool", [f32(2, 3, 6, 6)], {"kernel_shape": [2, 2], "strides": [2, 2]}, opset=18),
+    Case("LpPool-p1-pads", "LpPool", [f32(1, 2, 5, 5)], {"kernel_shape": [3, 3], "p": 1, "pads": [1, 1, 1, 1]},
+         opset=18),
+    Case("LpPool-p3-1d", "LpPool", [f32(2, 3, 9)], {"kernel_shape": [3], "p": 3, "strides": [2]}, opset=18),
+    Case("GlobalLpPool-p2", "GlobalLpPool", [f32(2, 3, 4, 5)]),
+    Case("GlobalLpPool-p1", "GlobalLpPool", [f32(2, 3, 7)], {"p": 1}),
+    Case("HannWindow", "HannWindow", [np.array(8, np.int64)], consts=(0,)),
+    Case("HammingWindow-symmetric", "HammingWindow", [np.array(7, np.int64)], {"periodic": 0}, consts=(0,)),
+    Case("BlackmanWindow-double", "BlackmanWindow", [np.array(10, np.int64)],
+         {"output_datatype": TensorProto.DOUBLE}, consts=(0,)),
+    Case("EyeLike-k1", "EyeLike", [f32(3, 4)], {"k": 1}),
+    Case("EyeLike-int64-k-2", "EyeLike", [f32(4, 3)], {"k": -2, "dtype": TensorProto.INT64}),
+    Case("Compress-axis1", "Compress", [f32(3, 4), np.array([True, False, True], bool)], {"axis": 1}),
+    Case("Compress-flat", "Compress", [f32(2, 3), np.array([False, True, True, False], bool)]),
+    Case("BitwiseAnd", "BitwiseAnd", [I32A, I32B], opset=18), Case("BitwiseOr", "BitwiseOr", [I32A, I32B], opset=18),
+    Case("BitwiseXor", "BitwiseXor", [I32A, I32B], opset=18), Case("BitwiseNot", "BitwiseNot", [U8], opset=18),
+    Case("BitShift-left", "BitShift", [U8, np.array([[1], [3]], np.uint8)], {"direction": "LEFT"}),
+    Case("BitShift-right", "BitShift", [U8.astype(np.uint32), np.array([2], np.uint32)], {"direction": "RIGHT"}),
+]
+
+
+@pytest.mark.parametrize("case", CLASSIC, ids=lambda c: c.id)
+def test_classic_window_bitwise_and_selection_ops_match_onnxruntime(case):
+    """LRN and MeanVarianceNormalization (AlexNet/GoogLeNet-era exports), Lp pooling, STFT windows, EyeLike,
+    Compress and the bitwise ops: a model with any of them could only be refit, never retrained."""
+    assert_matches_ort(case)
+
+
+@pytest.mark.parametrize("center", [0, 1])
+def test_non_max_suppression_matches_onnxruntime(center):
+    """A detector exported with its NMS: the bridge runs the whole graph, so what comes before it trains."""
+    rng = np.random.default_rng(3 + center)
+    xy = rng.uniform(0, 20, (2, 30, 2))
+    wh = rng.uniform(1, 8, (2, 30, 2))
+    boxes = (np.concatenate([xy, wh], -1) if center else
+             np.concatenate([xy[..., ::-1], xy[..., ::-1] + wh[..., ::-1]], -1)).astype(np.float32)
+    scores = rng.permutation(2 * 3 * 30).reshape(2, 3, 30).astype(np.float32) / 180  # distinct
+    for limit, iou, thr in ((5, 0.4, 0.3), (100, 0.0, None), (0, 0.5, 0.1)):
+        inputs = [boxes, scores, np.array([limit], np.int64), np.array([iou], np.float32),
+                  None if thr is None else np.array([thr], np.float32)]
+        case = Case(f"NonMaxSuppression-{center}-{limit}", "NonMaxSuppression", inputs,
+                    {"center_point_box": center}, consts=(2, 3, 4))
+        want, got = run_ort(make_model(case), feeds_of(case)), run_bridge(make_model(case), feeds_of(case))
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_lrn_of_an_even_size_follows_the_spec():
+    """onnxruntime takes odd sizes only; for an even size the window is floor((size - 1) / 2) channels before and
+    ceil((size - 1) / 2) after, as the spec writes it (torch's local_response_norm has them the other way round;
+    onnx.reference's LRN loops over the batch instead of the channels, so it is no reference here)."""
+    x = f32(2, 7, 3, 3, lo=-3, hi=3)
+    size, alpha, beta, bias = 4, 0.5, 0.6, 1.0
+    case = Case("LRN-even", "LRN", [x], {"size": size, "alpha": alpha, "beta": beta})
+    before, after = (size - 1) // 2, -(-(size - 1) // 2)
+    square_sum = np.stack([np.square(x[:, max(0, c - before):min(7, c + after + 1)]).sum(1) for c in range(7)], 1)
+    want = x / (bias + alpha / size * square_sum) ** beta
+    np.testing.assert_allclose(run_bridge(make_model(case), feeds_of(case))[0], want, rtol=1e-5, atol=1e-6)

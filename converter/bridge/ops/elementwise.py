@@ -265,3 +265,33 @@ def scaler(inputs, attrs, ctx):
     offset = torch.as_tensor(list(attrs.get("offset", [0.0])), dtype=torch.float32, device=x.device)
     scale = torch.as_tensor(list(attrs.get("scale", [1.0])), dtype=torch.float32, device=x.device)
     return (x - offset) * scale
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bitwise (integer tensors: masks and hashing in exported preprocessing)
+# --------------------------------------------------------------------------------------------------------------
+
+for _name, _fn in {"BitwiseAnd": torch.bitwise_and, "BitwiseOr": torch.bitwise_or,
+                   "BitwiseXor": torch.bitwise_xor}.items():
+    register(_name, since_opset=18)(_binary(_fn))
+
+
+@register("BitwiseNot", since_opset=18)
+def bitwise_not(inputs, attrs, ctx):
+    return torch.bitwise_not(inputs[0])
+
+
+_UNSIGNED_BITS = {torch.uint8: 8, torch.uint16: 16, torch.uint32: 32, torch.uint64: 64}
+
+
+@register("BitShift", since_opset=11)
+def bit_shift(inputs, attrs, ctx):
+    """Unsigned integers shifted by `direction`; bits shifted past the type's width are gone (masked, as
+    onnxruntime's unsigned arithmetic)."""
+    x, by = inputs[0], inputs[1]
+    wide, by = x.to(torch.int64), by.to(torch.int64)  # torch shifts few unsigned types itself
+    if attrs["direction"] == "LEFT":
+        y = torch.bitwise_left_shift(wide, by)
+        bits = _UNSIGNED_BITS.get(x.dtype, 64)
+        return (y & ((1 << bits) - 1) if bits < 64 else y).to(x.dtype)
+    return torch.bitwise_right_shift(wide, by).to(x.dtype)

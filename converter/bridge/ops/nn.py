@@ -1,4 +1,5 @@
-"""Layers: MatMul/Gemm/Einsum, convolutions, normalisation, the Softmax family, Attention, Dropout and pooling."""
+"""Layers: MatMul/Gemm/Einsum, convolutions, normalisation (LRN and MeanVarianceNormalization too), the Softmax family,
+Attention, Dropout, pooling (Lp too), window functions and NonMaxSuppression."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from onnx import TensorProto
 
-from .core import NodeContext, Tensor, _axis, _lowest, _opt, _static, _torch_pad, register
+from .core import ONNX_TO_TORCH, NodeContext, Tensor, _axis, _lowest, _opt, _static, _torch_pad, register
 
 # --------------------------------------------------------------------------------------------------------------
 # Linear algebra
@@ -644,3 +646,132 @@ def dft17(inputs, attrs, ctx):
 def dft20(inputs, attrs, ctx):
     given = _static(inputs, 2, ctx)
     return _dft(inputs, attrs, ctx, int(given[0]) if given else -2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classic normalisations and Lp pooling (AlexNet/GoogLeNet-era exports, Caffe2 and MXNet converters)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@register("LRN")
+def lrn(inputs, attrs, ctx):
+    """x / (bias + alpha / size * sum of x^2 over `size` channels around c)^beta, the window floor((size - 1) / 2)
+    channels before c and ceil((size - 1) / 2) after (torch's local_response_norm puts the larger half first, so an
+    even size differs: summed here)."""
+    x = inputs[0]
+    size = int(attrs["size"])
+    alpha, beta, bias = attrs.get("alpha", 1e-4), attrs.get("beta", 0.75), attrs.get("bias", 1.0)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = F.pad(x.square(), (0, 0) * (x.dim() - 2) + (before, after))
+    channels = x.shape[1]
+    window = sum(sq[:, i:i + channels] for i in range(size))
+    return x / (bias + alpha / size * window).pow(beta)
+
+
+@register("MeanVarianceNormalization")
+def mean_variance_normalization(inputs, attrs, ctx):
+    """(x - mean) / sqrt(variance) over `axes` (default [0, 2, 3]), the variance E[x^2] - E[x]^2, as onnxruntime
+    computes it (its epsilon, 1e-9, under the root)."""
+    x = inputs[0]
+    axes = tuple(_axis(a, x.dim()) for a in attrs.get("axes", [0, 2, 3]))
+    mean = x.mean(axes, keepdim=True)
+    var = x.square().mean(axes, keepdim=True) - mean.square()
+    return (x - mean) / torch.sqrt(var + 1e-9)
+
+
+def _lp(x: Tensor, p: int) -> Tensor:
+    return x.abs().pow(p) if p != 2 else x.square()
+
+
+@register("LpPool", check=_check_rank(_AVG_POOL))
+def lp_pool(inputs, attrs, ctx):
+    """(sum over the window of |x|^p)^(1/p), zero padding (pads, auto_pad, ceil_mode and dilations as the other
+    pools read them)."""
+    x = inputs[0]
+    p = int(attrs.get("p", 2))
+    kernel, strides, dilations, begin, end = _pool_geometry(x, attrs)
+    if any(d != 1 for d in dilations):
+        raise ValueError("LpPool with dilations is not supported")
+    ends = _explicit_end_pads(x, kernel, strides, dilations, begin, end, attrs.get("ceil_mode", 0))
+    return _sum_pool(F.pad(_lp(x, p), _torch_pad(begin, ends)), list(kernel), list(strides)).pow(1.0 / p)
+
+
+@register("GlobalLpPool")
+def global_lp_pool(inputs, attrs, ctx):
+    x = inputs[0]
+    p = int(attrs.get("p", 2))
+    return _lp(x, p).sum(tuple(range(2, x.dim())), keepdim=True).pow(1.0 / p)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Window functions (an audio front end's STFT window, when the exporter did not fold it into a constant)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _window(coefficients):
+    def op(inputs, attrs, ctx):
+        size = int(_static(inputs, 0, ctx)[0])
+        span = size if attrs.get("periodic", 1) else size - 1
+        n = torch.arange(size, dtype=torch.float64)
+        phase = 2 * math.pi * n / max(span, 1)
+        w = sum(c * torch.cos(k * phase) for k, c in enumerate(coefficients))
+        return w.to(ONNX_TO_TORCH[attrs.get("output_datatype", TensorProto.FLOAT)])
+
+    return op
+
+
+register("HannWindow", since_opset=17, static_inputs=(0,))(_window((0.5, -0.5)))
+register("HammingWindow", since_opset=17, static_inputs=(0,))(_window((25 / 46, -21 / 46)))  # the spec's alpha, beta
+register("BlackmanWindow", since_opset=17, static_inputs=(0,))(_window((0.42, -0.5, 0.08)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Detector post-processing (no gradient: indices), so that a model exported with it still trains before it
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _corners(b: Tensor, center: int) -> Tensor:
+    """[..., 4] boxes as (y1, x1, y2, x2) with y1 <= y2, x1 <= x2 (center_point_box 1: x, y, w, h)."""
+    if center:
+        x, y, w, h = b.unbind(-1)
+        return torch.stack([y - h / 2, x - w / 2, y + h / 2, x + w / 2], -1)
+    y1, x1, y2, x2 = b.unbind(-1)
+    return torch.stack([torch.minimum(y1, y2), torch.minimum(x1, x2), torch.maximum(y1, y2), torch.maximum(x1, x2)], -1)
+
+
+def _iou(box: Tensor, others: Tensor) -> Tensor:
+    lo, hi = torch.maximum(box[:2], others[:, :2]), torch.minimum(box[2:], others[:, 2:])
+    inter = (hi - lo).clamp(min=0).prod(-1)
+    area = (box[2:] - box[:2]).prod()
+    areas = (others[:, 2:] - others[:, :2]).prod(-1)
+    union = area + areas - inter
+    return torch.where((area > 0) & (areas > 0) & (union > 0), inter / union, torch.zeros_like(inter))
+
+
+@register("NonMaxSuppression", since_opset=10)
+def non_max_suppression(inputs, attrs, ctx):
+    """[selected, 3] (batch, class, box) in onnxruntime's order: per batch, per class, greedily by score (stable
+    among equal scores), a box suppressed when its IoU with a kept one is over iou_threshold; boxes at or below
+    score_threshold never taken; at most max_output_boxes_per_class (0 or absent: none)."""
+    boxes, scores = inputs[0].detach(), inputs[1].detach()
+    limit, iou_t, score_t = (_opt(inputs, i) for i in (2, 3, 4))
+    limit = int(limit.reshape(-1)[0]) if limit is not None and limit.numel() else 0
+    iou_t = float(iou_t.reshape(-1)[0]) if iou_t is not None and iou_t.numel() else 0.0
+    selected = []
+    if limit > 0:
+        corners = _corners(boxes.float(), int(attrs.get("center_point_box", 0)))
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                s = scores[b, c].float()
+                candidates = torch.arange(s.shape[0], device=s.device)
+                if score_t is not None and score_t.numel():
+                    candidates = candidates[s > float(score_t.reshape(-1)[0])]
+                order = candidates[torch.argsort(-s[candidates], stable=True)]
+                kept = 0
+                while order.numel() and kept < limit:
+                    i = order[0]
+                    selected.append((b, c, int(i)))
+                    kept += 1
+                    rest = order[1:]
+                    order = rest[_iou(corners[b, i], corners[b, rest]) <= iou_t]
+    return torch.tensor(selected, dtype=torch.int64, device=boxes.device).reshape(-1, 3)

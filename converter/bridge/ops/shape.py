@@ -423,3 +423,29 @@ def pad(inputs, attrs, ctx):
     value = _static(inputs, 2, ctx)
     return _pad(inputs[0], _static(inputs, 1, ctx), attrs.get("mode", "constant"), value[0] if value else 0,
                 _static(inputs, 3, ctx))
+
+
+@register("EyeLike")
+def eye_like(inputs, attrs, ctx):
+    """A 2-D tensor of the input's shape with ones on diagonal k, of `dtype` (default the input's)."""
+    x = inputs[0]
+    dtype = ONNX_TO_TORCH[attrs["dtype"]] if "dtype" in attrs else x.dtype
+    rows, cols = x.shape
+    k = int(attrs.get("k", 0))
+    eye = torch.zeros((rows, cols), dtype=dtype, device=x.device)
+    idx = torch.arange(max(0, -k), min(rows, cols - k), device=x.device)
+    eye[idx, idx + k] = 1
+    return eye
+
+
+@register("Compress")
+def compress(inputs, attrs, ctx):
+    """The slices along `axis` (the flattened input without one) where `condition` is true; a condition shorter
+    than the axis selects among its first entries."""
+    x, condition = inputs[0], inputs[1].reshape(-1).bool()
+    if "axis" not in attrs:
+        x, axis = x.reshape(-1), 0
+    else:
+        axis = _axis(attrs["axis"], x.dim())
+    keep = torch.nonzero(condition[: x.shape[axis]]).reshape(-1)
+    return torch.index_select(x, axis, keep)
