@@ -847,7 +847,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
     tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
-    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression"}  # test_classic_..., test_non_max_suppression_...
+    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression", "MaxUnpool"}  # test_classic_..., _non_max_..., _max_unpool_
     tested |= {"SequenceConstruct", "SequenceEmpty", "SequenceAt", "SequenceLength", "SequenceInsert", "SequenceErase",
                "ConcatFromSequence", "SplitToSequence"}  # test_sequence_ops_match_onnxruntime
     registered = {op for _, op, _ in supported_ops()}
@@ -1271,3 +1271,21 @@ def test_lrn_of_an_even_size_follows_the_spec():
     square_sum = np.stack([np.square(x[:, max(0, c - before):min(7, c + after + 1)]).sum(1) for c in range(7)], 1)
     want = x / (bias + alpha / size * square_sum) ** beta
     np.testing.assert_allclose(run_bridge(make_model(case), feeds_of(case))[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("output_shape", [False, True])
+def test_max_unpool_after_max_pool_matches_onnxruntime(output_shape):
+    """SegNet's decoder (torch writes nn.MaxUnpool2d as MaxUnpool, its indices MaxPool's second output), with and
+    without the output_shape input (an odd input size the default formula cannot restore)."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["p"], ["r"]),
+             helper.make_node("MaxUnpool", ["r", "i"] + (["shape"] if output_shape else []), ["y"],
+                              kernel_shape=[2, 2], strides=[2, 2])]
+    size = 7 if output_shape else 6
+    inits = [numpy_helper.from_array(np.array([2, 3, size, size], np.int64), "shape")] if output_shape else []
+    graph = helper.make_graph(nodes, "unpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, size, size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = f32(2, 3, size, size)
+    np.testing.assert_allclose(run_bridge(model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-6)

@@ -1,5 +1,5 @@
 """Layers: MatMul/Gemm/Einsum, convolutions, normalisation (LRN and MeanVarianceNormalization too), the Softmax family,
-Attention, Dropout, pooling (Lp too), window functions and NonMaxSuppression."""
+Attention, Dropout, pooling (Lp too, and MaxUnpool), window functions and NonMaxSuppression."""
 
 from __future__ import annotations
 
@@ -775,3 +775,22 @@ def non_max_suppression(inputs, attrs, ctx):
                     rest = order[1:]
                     order = rest[_iou(corners[b, i], corners[b, rest]) <= iou_t]
     return torch.tensor(selected, dtype=torch.int64, device=boxes.device).reshape(-1, 3)
+
+
+@register("MaxUnpool", static_inputs=(2,))
+def max_unpool(inputs, attrs, ctx):
+    """Y[I[i]] = X[i] over the flat output, as onnxruntime: I are MaxPool's indices (flat over N, C and the spatial
+    axes); the output's spatial size is `output_shape` when given, else (in - 1) * stride + kernel - pads (SegNet's
+    decoder: torch writes nn.MaxUnpool2d as this op)."""
+    x, idx = inputs[0], inputs[1]
+    given = _static(inputs, 2, ctx)
+    if given is not None:
+        shape = [int(d) for d in given]
+    else:
+        kernel = list(attrs["kernel_shape"])
+        nd = len(kernel)
+        strides, pads = attrs.get("strides", [1] * nd), attrs.get("pads", [0] * (2 * nd))
+        shape = list(x.shape[:2]) + [(n - 1) * s + k - pads[i] - pads[i + nd]
+                                     for i, (n, s, k) in enumerate(zip(x.shape[2:], strides, kernel))]
+    flat = torch.zeros(math.prod(shape), dtype=x.dtype, device=x.device)
+    return flat.scatter(0, idx.reshape(-1).to(torch.int64), x.reshape(-1)).reshape(shape)
