@@ -423,7 +423,7 @@ def _resolve(nodes, names, opsets, run: RunState, dtype, problems: list) -> list
             reason = f"the model imports no opset for domain '{label}'"
         opdef = lookup(domain, node.op_type, opset) if reason is None else None
         if reason is None and opdef is None:
-            reason = ("control flow op with no implementation (the bridge runs If and Loop)"
+            reason = ("control flow op with no implementation (the bridge runs If, Loop and Scan from opset 9)"
                       if domain == "" and node.op_type in CONTROL_FLOW_OPS else "no implementation")
         attrs = ctx = None
         if reason is None:

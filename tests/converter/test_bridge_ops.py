@@ -833,7 +833,8 @@ def test_registry_picks_the_implementation_in_force_at_the_opset():
     assert lookup("", "ReduceMean", 18).since_opset == 18
     assert lookup("", "ReduceSum", 13).since_opset == 13
     assert lookup("", "Gelu", 17) is None and lookup("", "Gelu", 20) is not None
-    assert lookup("", "Scan", 17) is None and lookup("com.acme", "Conv", 1) is None
+    assert lookup("", "Scan", 8) is None and lookup("", "Scan", 17).since_opset == 9  # opset 8's Scan differs
+    assert lookup("com.acme", "Conv", 1) is None
 
 
 def test_every_registered_op_type_is_exercised_here():
@@ -841,7 +842,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested = {c.op for group in (UNARY_CASES, BINARY, SCALER, ACTIVATIONS, CONV, CONV_T, GEMM, MATMUL, EINSUM, NORM, SHAPE,
                                  SIGNAL, POOL, PAD, RESIZE, GRID_SAMPLE, REDUCE, RECURRENT, ATTENTION) for c in group}
     tested |= {"Constant", "Dropout"}
-    tested |= {"If", "Loop"}  # tests/converter/test_bridge_control_flow.py
+    tested |= {"If", "Loop", "Scan"}  # tests/converter/test_bridge_control_flow.py
     tested |= {"QuantizeLinear", "DequantizeLinear"}  # as the pairs a QDQ model holds: test_qdq_pairs_match_...
     tested |= {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # test_dynamic_quantization_matches_...
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...

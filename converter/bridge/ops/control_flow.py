@@ -1,4 +1,4 @@
-"""Control flow: If and Loop, their bodies run by the module as small programs (converter/bridge/module.py `Body`).
+"""Control flow: If, Loop and Scan, their bodies run by the module as small programs (converter/bridge/module.py `Body`).
 
 The module compiles every graph attribute into a ``Body`` before the first run and hands it to the op through
 ``attrs`` (``then_branch``/``else_branch``, ``body``). A body may read names of the enclosing scopes: the module
@@ -9,14 +9,15 @@ values, in the order of ``Body.outer``; ``attrs["_inputs"]`` is the number of th
 * Loop: bounded loops only (a trip count M is required; the condition may end it earlier). Loop-carried values
   are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
 * Optional, OptionalGetElement, OptionalHasElement: a present optional is its tensor (an empty one is refused).
-Scan is not implemented.
+* Scan (opset 9 on): states threaded through the steps, inputs and outputs scanned along their own axes and
+  directions (opset 8's Scan, with its batch axis and sequence_lens, is not implemented).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .core import _opt, register
+from .core import _axis, _opt, register
 
 
 def _outer(inputs: list, attrs: dict) -> list:
@@ -91,3 +92,36 @@ def optional_get_element(inputs, attrs, ctx):
 @register("OptionalHasElement", since_opset=15)
 def optional_has_element(inputs, attrs, ctx):
     return torch.tensor(len(inputs) > 0 and inputs[0] is not None)
+
+
+# ---- Scan (opset 9 on: no batch axis of its own, scan axes and directions per input and output) ---------------
+
+@register("Scan", since_opset=9)
+def scan(inputs, attrs, ctx):
+    """Inputs: N initial states, then num_scan_inputs tensors scanned along their scan_input_axes (reversed where
+    scan_input_directions is 1); body (states..., one slice of each) -> (states..., one element of each scan
+    output); the scan outputs stacked along scan_output_axes (reversed where scan_output_directions is 1)."""
+    own = inputs[:attrs["_inputs"]]
+    outer, body = _outer(inputs, attrs), attrs["body"]
+    m = int(attrs["num_scan_inputs"])
+    n = len(own) - m
+    states, xs = list(own[:n]), list(own[n:])
+    in_axes = attrs.get("scan_input_axes", [0] * m)
+    in_dirs = attrs.get("scan_input_directions", [0] * m)
+    xs = [x.movedim(_axis(a, x.dim()), 0) for x, a in zip(xs, in_axes)]
+    xs = [x.flip(0) if d else x for x, d in zip(xs, in_dirs)]
+    k = ctx.n_outputs - n
+    elements: list[list] = [[] for _ in range(k)]
+    for t in range(xs[0].shape[0] if xs else 0):
+        outs = body.run(outer, [*states, *(x[t] for x in xs)])
+        states = list(outs[:n])
+        for j, o in enumerate(outs[n:]):
+            elements[j].append(o)
+    out_axes = attrs.get("scan_output_axes", [0] * k)
+    out_dirs = attrs.get("scan_output_directions", [0] * k)
+    stacked = []
+    for j in range(k):
+        s = torch.stack(elements[j]) if elements[j] else _empty_scan(body, n + j, own[0].device)
+        s = s.flip(0) if out_dirs[j] else s
+        stacked.append(s.movedim(0, _axis(out_axes[j], s.dim())))
+    return states + stacked
