@@ -849,6 +849,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
     tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
     tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression", "MaxUnpool"}  # test_classic_..., _non_max_..., _max_unpool_
+    tested |= {c.op for c in NEWER}  # test_newer_ops_match_onnxruntime
     tested |= {"SequenceConstruct", "SequenceEmpty", "SequenceAt", "SequenceLength", "SequenceInsert", "SequenceErase",
                "ConcatFromSequence", "SplitToSequence"}  # test_sequence_ops_match_onnxruntime
     registered = {op for _, op, _ in supported_ops()}
@@ -891,6 +892,7 @@ GRAD = [
     ("MeanVarianceNormalization", [(2, 3, 2, 2)], {}),
     ("LpPool", [(1, 2, 4, 4)], {"kernel_shape": [2, 2], "strides": [2, 2], "p": 3, "pads": [1, 0, 0, 1]}),
     ("GlobalLpPool", [(1, 2, 3, 3)], {"p": 2}),
+    ("Det", [(2, 3, 3)], {}),
 ]
 
 
@@ -1290,3 +1292,35 @@ def test_max_unpool_after_max_pool_matches_onnxruntime(output_shape):
     onnx.checker.check_model(model, full_check=True)
     x = f32(2, 3, size, size)
     np.testing.assert_allclose(run_bridge(model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-6)
+
+
+COS = np.cos(np.arange(6)[:, None] / (10.0 ** (np.arange(4)[None] / 4))).astype(np.float32)  # [positions, dim/2]
+SIN = np.sin(np.arange(6)[:, None] / (10.0 ** (np.arange(4)[None] / 4))).astype(np.float32)
+NEWER = [
+    Case("Swish", "Swish", [f32(3, 4, lo=-3, hi=3)], {"alpha": 1.5}, opset=24),
+    Case("Det", "Det", [f32(2, 3, 3)]),
+    Case("RotaryEmbedding-4d-halves", "RotaryEmbedding", [f32(2, 2, 3, 8), COS, SIN, np.array([[0, 1, 2], [3, 4, 5]])],
+         opset=23),
+    Case("RotaryEmbedding-3d-interleaved", "RotaryEmbedding", [f32(2, 6, 16), np.stack([COS, COS[::-1]]),  # no
+         np.stack([SIN, SIN[::-1]])],  # position_ids: caches per sample and position, [B, S, dim/2]
+         {"interleaved": 1, "num_heads": 2}, opset=23),
+    Case("RotaryEmbedding-partial", "RotaryEmbedding", [f32(1, 2, 6, 12), COS, SIN, np.array([[0, 1, 2, 3, 4, 5]])],
+         {"rotary_embedding_dim": 8}, opset=23),
+    Case("AffineGrid-2d", "AffineGrid", [f32(2, 2, 3), np.array([2, 3, 4, 5], np.int64)], consts=(1,), opset=20),
+    Case("AffineGrid-3d-aligned", "AffineGrid", [f32(1, 3, 4), np.array([1, 2, 3, 4, 2], np.int64)],
+         {"align_corners": 1}, consts=(1,), opset=20),
+    Case("Col2Im", "Col2Im", [f32(1, 8, 9), np.array([4, 4], np.int64), np.array([2, 2], np.int64)], consts=(1, 2),
+         opset=18),
+    Case("Col2Im-strided-padded", "Col2Im", [f32(1, 4, 9), np.array([5, 5], np.int64), np.array([2, 2], np.int64)],
+         {"strides": [2, 2], "pads": [1, 1, 1, 1]}, consts=(1, 2), opset=18),
+    Case("Unique-sorted", "Unique", [np.array([3, 1, 2, 3, 1, 7], np.int64)], n_out=4),
+    Case("Unique-unsorted", "Unique", [np.array([3.0, 1.0, 2.0, 3.0, 1.0], np.float32)], {"sorted": 0}, n_out=4),
+    Case("Unique-axis", "Unique", [np.array([[1, 2], [3, 4], [1, 2]], np.int64)], {"axis": 0}, n_out=4),
+]
+
+
+@pytest.mark.parametrize("case", NEWER, ids=lambda c: c.id)
+def test_newer_ops_match_onnxruntime(case):
+    """Swish and RotaryEmbedding (opset 24/23 exports of LLMs), Det, AffineGrid (a spatial transformer before
+    GridSample), Col2Im (torch's F.fold), Unique."""
+    assert_matches_ort(case)

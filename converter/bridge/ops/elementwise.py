@@ -295,3 +295,14 @@ def bit_shift(inputs, attrs, ctx):
         bits = _UNSIGNED_BITS.get(x.dtype, 64)
         return (y & ((1 << bits) - 1) if bits < 64 else y).to(x.dtype)
     return torch.bitwise_right_shift(wide, by).to(x.dtype)
+
+
+@register("Swish", since_opset=24)
+def swish(inputs, attrs, ctx):
+    x = inputs[0]
+    return x * torch.sigmoid(attrs.get("alpha", 1.0) * x)
+
+
+@register("Det")
+def det(inputs, attrs, ctx):
+    return torch.linalg.det(inputs[0])

@@ -794,3 +794,56 @@ def max_unpool(inputs, attrs, ctx):
                                      for i, (n, s, k) in enumerate(zip(x.shape[2:], strides, kernel))]
     flat = torch.zeros(math.prod(shape), dtype=x.dtype, device=x.device)
     return flat.scatter(0, idx.reshape(-1).to(torch.int64), x.reshape(-1)).reshape(shape)
+
+
+@register("RotaryEmbedding", since_opset=23)
+def rotary_embedding(inputs, attrs, ctx):
+    """Rotates the first rotary_embedding_dim (default: all) of each head's features by the cos/sin caches (indexed
+    by position_ids when given), halves or interleaved pairs; input [B, heads, S, D] or [B, S, heads * D] with
+    num_heads (the spec's reference, onnx.reference's rotary_embedding)."""
+    x, cos, sin, positions = inputs[0], inputs[1], inputs[2], _opt(inputs, 3)
+    shape = x.shape
+    if x.dim() == 4:
+        x = x.transpose(1, 2)  # [B, S, heads, D]
+    else:
+        heads = int(attrs.get("num_heads", 0))
+        if not heads:
+            raise ValueError("RotaryEmbedding of a 3-D input needs num_heads")
+        x = x.reshape(shape[0], shape[1], heads, shape[2] // heads)
+    dim = int(attrs.get("rotary_embedding_dim", 0)) or x.shape[-1]
+    rotate, keep = x[..., :dim], x[..., dim:]
+    if positions is not None:
+        cos, sin = cos[positions.long()], sin[positions.long()]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    if attrs.get("interleaved", 0):
+        x1, x2 = rotate[..., 0::2], rotate[..., 1::2]
+    else:
+        x1, x2 = rotate.chunk(2, dim=-1)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    rotated = (torch.stack([real, imag], -1).reshape(rotate.shape) if attrs.get("interleaved", 0)
+               else torch.cat([real, imag], -1))
+    y = torch.cat([rotated, keep], -1)
+    return y.reshape(shape) if len(shape) == 3 else y.transpose(1, 2)
+
+
+@register("AffineGrid", since_opset=20, static_inputs=(1,))
+def affine_grid(inputs, attrs, ctx):
+    """A sampling grid [N, H, W, 2] ([N, D, H, W, 3]) from theta [N, 2, 3] ([N, 3, 4]) for GridSample (a spatial
+    transformer: torch writes F.affine_grid as this op)."""
+    theta, size = inputs[0], [int(d) for d in _static(inputs, 1, ctx)]
+    return F.affine_grid(theta, size, align_corners=bool(attrs.get("align_corners", 0)))
+
+
+@register("Col2Im", since_opset=18, static_inputs=(1, 2))
+def col2im(inputs, attrs, ctx):
+    """F.fold of [N, C * prod(block), L] into [N, C, *image_shape] (torch writes F.fold as this op)."""
+    x = inputs[0]
+    image, block = [int(d) for d in _static(inputs, 1, ctx)], [int(d) for d in _static(inputs, 2, ctx)]
+    nd = len(image)
+    if nd != 2:
+        raise ValueError(f"Col2Im of {nd} spatial dims is not supported (2 only, as torch's fold)")
+    pads = attrs.get("pads", [0] * 2 * nd)
+    if pads[:nd] != pads[nd:]:
+        raise ValueError("Col2Im with pads that differ at the two ends is not supported")
+    return F.fold(x, image, block, dilation=attrs.get("dilations", [1] * nd), padding=pads[:nd],
+                  stride=attrs.get("strides", [1] * nd))

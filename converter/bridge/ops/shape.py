@@ -449,3 +449,26 @@ def compress(inputs, attrs, ctx):
         axis = _axis(attrs["axis"], x.dim())
     keep = torch.nonzero(condition[: x.shape[axis]]).reshape(-1)
     return torch.index_select(x, axis, keep)
+
+
+@register("Unique")
+def unique(inputs, attrs, ctx):
+    """Y, indices (first occurrences), inverse_indices, counts, sorted (default) or in order of first occurrence,
+    over the flattened input or along `axis` (no gradient: a selection), as numpy's np.unique computes them."""
+    x = inputs[0]
+    arr = x.detach().cpu().numpy()
+    axis = attrs.get("axis")
+    if axis is not None:
+        axis = _axis(axis, arr.ndim)
+    values, first, inverse, counts = np.unique(arr if axis is not None else arr.reshape(-1), return_index=True,
+                                               return_inverse=True, return_counts=True, axis=axis)
+    inverse = inverse.reshape(-1)
+    if not attrs.get("sorted", 1):  # in order of first occurrence
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        values = np.take(values, order, axis=axis if axis is not None else 0)
+        first, counts, inverse = first[order], counts[order], rank[inverse]
+    out = [torch.from_numpy(np.ascontiguousarray(values)).to(x.device)]
+    out += [torch.from_numpy(a.astype(np.int64)).to(x.device) for a in (first, inverse, counts)]
+    return out[: ctx.n_outputs]
