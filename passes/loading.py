@@ -15,11 +15,13 @@ from onnxprune.passes.constant_weights import ConstantWeights
 from onnxprune.passes.einsum_linear import EinsumLinear
 from onnxprune.passes.loop_invariants import LoopInvariants
 from onnxprune.passes.merge_copies import MergeCopies
+from onnxprune.passes.qoperator import QOperatorToQDQ
 
 # The passes that rewrite how a model's weights are read, in the order the load step runs them; `listed`: `inspect`
 # runs it too, so that it lists the weights as prune reads them (it lists a weight's copies and an Identity in front
 # of it as they are)
 LOAD_PASSES = (
+    (QOperatorToQDQ, True),  # QLinearConv/QLinearMatMul/QGemm: the QDQ layer they are, so their weights fold
     (EinsumLinear, True),  # Einsum "bi,oi->bo" of a weight: the MatMul it is
     (BypassIdentity, False),  # W -> Identity -> MatMul per use: one tied W
     (ConstantWeights, True),  # a layer's weight computed from constants (Slice/Concat of a stored one): stored

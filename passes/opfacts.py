@@ -167,8 +167,11 @@ QUANTIZED_WEIGHT_OPS = {"ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3, 
                         "DequantizeLinear": 0,
                         # onnxruntime's dynamic quantization (com.microsoft): W, R of an LSTM; B of a MatMul
                         "DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": 1, "MatMulIntegerToFloat": 1}
-QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of QLinearConv/"
-                 "QLinearMatMul/QGemm, of a ConvInteger/MatMulInteger whose scale the graph does not multiply in after it "
+QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for integer weights of a QLinearConv/"
+                 "QLinearMatMul/QGemm whose weight, scales or bias are computed or read by other nodes too (or a "
+                 "per-channel one below opset 13, a QGemm with transA, or with alpha != 1 and a bias; the others are "
+                 "read as their QDQ form, passes/qoperator.py), "
+                 "of a ConvInteger/MatMulInteger whose scale the graph does not multiply in after it "
                  "(DynamicQuantizeLinear -> op -> Cast -> Mul(scale)), nor one several nodes read or a subgraph "
                  "holds, nor behind a DequantizeLinear that is block-wise, has computed scales or reads 4-bit "
                  "(INT4/UINT4) or float8 values; pass the float model, an 8-bit QDQ model (onnxruntime's "
