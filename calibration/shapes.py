@@ -3,7 +3,7 @@
 Without real data onnxprune invents inputs (seeded noise): for verification, for the scan on `--data random` and
 for latency. A declared symbolic dim must then get a size. Batch-like dims get `DEFAULT_DYNAMIC_DIM` (the caller's
 batch); every other symbolic dim (an image's height and width, a sequence or audio length) gets the first size of
-`SIZE_LADDER` the model runs at in onnxruntime:
+`SIZE_LADDER` the model runs at in onnxruntime (a dim named by arithmetic of others, "P + 1", is that arithmetic):
 
     2 → 32 → 64 → 224      (a 3x3 stride-2 stack needs H, W >= 16; a detector that upsamples and concatenates
                             needs multiples of 32; a reflect-padded STFT needs more samples than its padding)
@@ -24,6 +24,7 @@ error, that only real samples (--data) stand in for it.
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from dataclasses import dataclass
@@ -96,7 +97,8 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
     scalar_note = _scalar_note(scalars)
     if not any(free.values()):
         return RandomShapes(given, None, scalar_note)
-    candidates = [(size, _at(specs, batch, free, size)) for size in SIZE_LADDER]
+    params = _dim_params(model)
+    candidates = [(size, _at(specs, batch, free, size, params)) for size in SIZE_LADDER]
     candidates = [(size, c) for size, c in candidates if _elements(c) <= MAX_PROBE_ELEMENTS]
     if not candidates:  # a crafted huge fixed dim: nothing is allocated here, the verifier refuses it by name
         return RandomShapes(given, None, scalar_note)
@@ -137,11 +139,53 @@ def _first_that_runs(session, model, seed, given, candidates) -> tuple[int | Non
     return None, {}, failures
 
 
-def _at(specs: list[InputSpec], batch, free, size: int) -> dict[str, tuple]:
-    """The dims of every input with a free symbolic dim, that dim at `size`, batch-like ones left None."""
-    return {s.name: tuple(size if a in free[s.name] else (None if a in batch[s.name] else d)
+def _at(specs: list[InputSpec], batch, free, size: int, params: dict | None = None) -> dict[str, tuple]:
+    """The dims of every input with a free symbolic dim, that dim at `size`, batch-like ones left None. A dim whose
+    name is arithmetic of other names (torch dynamo's "P + 1" for an attention mask beside a past of length P,
+    "2*s0", "s0//2") is that arithmetic at `size` for each name it reads (sweep 29's Qwen2 decoding step: a mask of
+    224 beside a past of 224 ran at no size, "GatherND ... invalid index found, index = 224")."""
+    params = params or {}
+    batch_names = {params[s.name][a] for s in specs for a in batch[s.name] if a < len(params.get(s.name, ()))}
+
+    def value(s, a):
+        names = params.get(s.name, ())
+        return dim_expression(names[a], size, batch_names) if a < len(names) else size
+
+    return {s.name: tuple(value(s, a) if a in free[s.name] else (None if a in batch[s.name] else d)
                           for a, d in enumerate(s.shape))
             for s in specs if free[s.name]}
+
+
+_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+        ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+
+
+def dim_expression(name: str, size: int, batch_names: set[str] = frozenset()) -> int:
+    """A dim named `name` when every plain name in it is `size`: the arithmetic (+, -, *, //, %) of an expression
+    dim, `size` for a plain name or one this cannot read (a batch name inside it, a function, a value below 1)."""
+    try:
+        tree = ast.parse(name.strip(), mode="eval").body
+    except (SyntaxError, ValueError):
+        return size
+    if isinstance(tree, ast.Name):
+        return size
+
+    def ev(node) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id not in batch_names:
+            return size
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError(name)
+
+    try:
+        got = ev(tree)
+    except (ValueError, ZeroDivisionError):
+        return size
+    return got if got >= 1 else size
 
 
 def _brief(exc: BaseException) -> str:

@@ -130,3 +130,32 @@ def test_a_model_onnxruntime_cannot_load_is_left_to_the_verifier_to_name():
                               ir_version=8)
     assert choose_random_shapes(model, {"x": (1, 7)}) == shapes_mod.RandomShapes({"x": (1, 7)}, None, None)
     assert choose_random_shapes(model) == shapes_mod.RandomShapes({}, None, None)
+
+
+def test_a_dim_named_by_arithmetic_of_others_is_that_arithmetic():
+    """torch dynamo names an attention mask's length "P + 1" beside a past of length "P" (sweep 29's Qwen2 decoding
+    step): every size gave the mask the past's length and the model ran at none ("GatherND ... invalid index")."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.calibration.shapes import choose_random_shapes, dim_expression
+
+    assert [dim_expression(n, 32) for n in ("P + 1", "2*s0", "(s0 + 1)//2", "s0 - 40", "Max(1, s0)", "seq")] == \
+        [33, 64, 16, 32, 32, 32]
+    assert dim_expression("N + 1", 32, {"N"}) == 32  # a batch name inside: not read
+    nodes = [helper.make_node("MatMul", ["past", "W"], ["h"], name="fc"),  # [N, P, 4] @ [4, 4]
+             helper.make_node("ReduceSum", ["h", "last"], ["score"], keepdims=0),  # [N, P]
+             helper.make_node("Slice", ["mask", "one", "big", "one"], ["tail"]),  # [N, P + 1] -> [N, P]
+             helper.make_node("Shape", ["score"], ["shape"]),
+             helper.make_node("Reshape", ["tail", "shape"], ["fitted"]),  # fails unless the mask is P + 1 long
+             helper.make_node("Mul", ["score", "fitted"], ["y"])]
+    inits = [numpy_helper.from_array(np.eye(4, dtype=np.float32), "W"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([1 << 30], np.int64), "big")]
+    graph = helper.make_graph(nodes, "past", [helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", "P", 4]),
+                                              helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "P + 1"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "P"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    chosen = choose_random_shapes(model)
+    assert chosen.size == 2 and chosen.shapes["mask"] == (None, 3) and chosen.shapes["past"] == (None, 2, 4)
