@@ -24,7 +24,6 @@ error, that only real samples (--data) stand in for it.
 
 from __future__ import annotations
 
-import ast
 import logging
 import re
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import onnxruntime as ort
 
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
                                            make_session, ort_reason, random_feeds, with_shapes)
+from onnxprune.calibration.value_types import dim_expression
 from onnxprune.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -156,36 +156,7 @@ def _at(specs: list[InputSpec], batch, free, size: int, params: dict | None = No
             for s in specs if free[s.name]}
 
 
-_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-        ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
 
-
-def dim_expression(name: str, size: int, batch_names: set[str] = frozenset()) -> int:
-    """A dim named `name` when every plain name in it is `size`: the arithmetic (+, -, *, //, %) of an expression
-    dim, `size` for a plain name or one this cannot read (a batch name inside it, a function, a value below 1)."""
-    try:
-        tree = ast.parse(name.strip(), mode="eval").body
-    except (SyntaxError, ValueError):
-        return size
-    if isinstance(tree, ast.Name):
-        return size
-
-    def ev(node) -> int:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name) and node.id not in batch_names:
-            return size
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        raise ValueError(name)
-
-    try:
-        got = ev(tree)
-    except (ValueError, ZeroDivisionError):
-        return size
-    return got if got >= 1 else size
 
 
 def _brief(exc: BaseException) -> str:

@@ -1,7 +1,10 @@
 """What kind of value a graph input or output is, read from its onnx TypeProto, without onnxruntime (inspect reads
-models without importing it): the tensor behind an optional, a sequence's element tensor, a type in words."""
+models without importing it): the tensor behind an optional, a sequence's element tensor, a type in words, and a
+dim named by arithmetic of other dims."""
 
 from __future__ import annotations
+
+import ast
 
 import onnx
 
@@ -50,3 +53,45 @@ def unfed_reason(name: str, kind: str) -> str:
     """What prune says (and inspect notes) of an input no data of ours can feed, `kind` its type in words."""
     return (f"input '{name}' is {kind}: onnxprune feeds tensors, optional tensors and sequences of tensors, not this "
             "type, so it can neither measure nor verify the model; export the model with a tensor input")
+
+
+_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+        ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+
+
+def dim_expression(name: str, size: int, batch_names: set[str] = frozenset(), values: dict | None = None) -> int:
+    """A dim named `name` when every plain name in it is `size` (or its entry in `values`): the arithmetic (+, -, *,
+    //, %) of an expression dim ("P + 1", torch dynamo's), `size` for a plain name or one this cannot read (a batch
+    name inside it, a function, a value below 1)."""
+    try:
+        tree = ast.parse(name.strip(), mode="eval").body
+    except (SyntaxError, ValueError):
+        return size
+    if isinstance(tree, ast.Name):
+        return size
+
+    def ev(node) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id not in batch_names:
+            return (values or {}).get(node.id, size)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError(name)
+
+    try:
+        got = ev(tree)
+    except (ValueError, ZeroDivisionError):
+        return size
+    return got if got >= 1 else size
+
+
+def is_dim_expression(name: str) -> bool:
+    """Whether a dim's name is arithmetic of other names ("P + 1"), not a plain name ("P", "batch_size")."""
+    try:
+        tree = ast.parse(name.strip(), mode="eval").body
+    except (SyntaxError, ValueError):
+        return False
+    return isinstance(tree, (ast.BinOp, ast.UnaryOp))

@@ -14,7 +14,8 @@ from rich.table import Table
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.plain import count, nbytes
 from onnxprune.passes.merge_copies import duplicate_groups
-from onnxprune.calibration.value_types import type_words, unfed_reason, value_tensor
+from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
+                                                value_tensor)
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
@@ -228,6 +229,10 @@ def npz_example(model, samples: int = 64) -> str | None:
         if v.name in time_major and len(sh) > 1 and isinstance(sh[0], str) and isinstance(sh[1], str):
             named.setdefault(sh[0], 8)
             named.setdefault(sh[1], samples)
+    for v in _real_inputs(model):  # every plain name's size first, so that "P + 1" reads P's wherever it stands
+        for i, d in enumerate(_value_info(v)["shape"] or []):
+            if isinstance(d, str) and d != "?" and not is_dim_expression(d) and not (i == 0 and batch_of_one):
+                named.setdefault(d, samples if i == 0 else 8)
     sequences = []
     for v in _real_inputs(model):
         info = _value_info(v)
@@ -243,8 +248,10 @@ def npz_example(model, samples: int = 64) -> str | None:
                 dims.append(samples)
             elif isinstance(d, int) and d > 0:
                 dims.append(d)
-            elif d != "?":
+            elif d != "?" and not is_dim_expression(d):
                 dims.append(named.setdefault(d, samples if i == 0 else 8))
+            elif d != "?":  # "P + 1" beside P: that arithmetic of the sizes its names got (8 when new)
+                dims.append(dim_expression(d, 8, values=named))
             else:
                 dims.append(samples if i == 0 else 8)
         dtype = element if element in _NUMPY_NAMES else "float32"

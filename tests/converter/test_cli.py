@@ -400,3 +400,20 @@ def test_inspect_names_the_if_branches_no_input_of_the_declared_shapes_can_take(
         text = invoke("inspect", path).output
         assert ("1 If branch(es) can take no input of the shapes the model declares (If '/select'/else_branch"
                 in text) == static
+
+
+def test_inspects_numpy_line_sizes_a_dim_named_by_arithmetic_as_that_arithmetic(tmp_path):
+    """torch dynamo's decoding step declares 'attention_mask' [N, P + 1] beside 'past' [N, 2, P, 16]: the
+    line gives the mask P + 1 positions for the past's P, whichever input comes first."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["past", "W"], ["y"], name="fc"), helper.make_node("Identity", ["mask"], ["m"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "P + 1"]),
+                                           helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", 2, "P", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "P", 4]),
+                               helper.make_tensor_value_info("m", TensorProto.INT64, ["N", "P + 1"])],
+                              [numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    line = json.loads(invoke("inspect", tmp_path / "m.onnx", "--json").output)["npz_example"]
+    assert "mask=np.zeros((64, 9), np.int64)" in line and "past=np.zeros((64, 2, 8, 4), np.float32)" in line, line
