@@ -20,6 +20,13 @@ onnxruntime fuses a DequantizeLinear -> Conv/MatMul/Gemm -> QuantizeLinear group
 kernel when it builds a session, so the written model runs as the input did. A QGemm without y_s has a float output
 (no QuantizeLinear). Its bias C is quantized at a_s · b_s (onnxruntime's quantizer writes it so, with alpha 1).
 
+onnxruntime's QOperator activations (com.microsoft QLinearAdd, QLinearMul, QLinearConcat, QLinearLeakyRelu,
+QLinearSigmoid, QLinearAveragePool, QLinearGlobalAveragePool; ACTIVATIONS) become DequantizeLinear of each operand ->
+the float op -> QuantizeLinear the same way, so the model is standard ops and Q/DQ pairs: the channel analysis, the
+torch bridge and dead-neuron removal pass through them. onnxruntime fuses these groups back into the same integer
+kernels (0 difference); run op by op without its optimizer they can differ by one step of the output's grid (their
+integer kernels round through lookup tables), which the run's reference, the input model as given, counts.
+
 Rules: a main-graph node whose weight, its scale and zero point, the input's scale and any bias are initializers
 (the bias scale x_s · w_s is computed here, one float per channel); transA, a QGemm with alpha other than 1 and a
 bias, and a weight read by other nodes too are left as they are (the inventory then names them as before).
@@ -131,6 +138,51 @@ def to_qdq(node: onnx.NodeProto, inits: dict, added: list[onnx.TensorProto]) -> 
     return nodes
 
 
+# onnxruntime's QOperator activations (com.microsoft): op -> (the float op, how its quantized operands are laid out).
+# "unary": X, x_s, x_zp, y_s, y_zp; "binary": A, a_s, a_zp, B, b_s, b_zp, c_s, c_zp; "concat": y_s, y_zp, then
+# (X, x_s, x_zp) per operand. Read as DequantizeLinear of each operand -> the float op -> QuantizeLinear, they leave a
+# model of standard ops that the channel analysis, the torch bridge and dead-neuron removal pass through.
+ACTIVATIONS = {"QLinearAdd": ("Add", "binary"), "QLinearMul": ("Mul", "binary"),
+               "QLinearLeakyRelu": ("LeakyRelu", "unary"), "QLinearSigmoid": ("Sigmoid", "unary"),
+               "QLinearAveragePool": ("AveragePool", "unary"), "QLinearGlobalAveragePool": ("GlobalAveragePool", "unary"),
+               "QLinearConcat": ("Concat", "concat")}
+
+
+def _activation_operands(node: onnx.NodeProto) -> tuple[list[tuple[str, str, str]], tuple[str, str]] | None:
+    """((X, scale, zero point) per operand, (y scale, y zero point)) of a QOperator activation, or None."""
+    op, layout = ACTIVATIONS[node.op_type]
+    ins = list(node.input)
+    if layout == "unary" and len(ins) >= 4:
+        return [(ins[0], ins[1], _input(node, 2))], (ins[3], _input(node, 4))
+    if layout == "binary" and len(ins) >= 7:
+        return [(ins[0], ins[1], ins[2]), (ins[3], ins[4], ins[5])], (ins[6], _input(node, 7))
+    if layout == "concat" and len(ins) >= 5 and (len(ins) - 2) % 3 == 0:
+        return [tuple(ins[k:k + 3]) for k in range(2, len(ins), 3)], (ins[0], ins[1])
+    return None
+
+
+def activation_convertible(node: onnx.NodeProto) -> bool:
+    if node.domain != "com.microsoft" or node.op_type not in ACTIVATIONS or _activation_operands(node) is None:
+        return False
+    attrs = _attrs(node)
+    return not attrs.get("channels_last", 0)  # NHWC pools: no standard op reads that layout
+
+
+def activation_to_qdq(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    op, _ = ACTIVATIONS[node.op_type]
+    operands, (y_s, y_zp) = _activation_operands(node)
+    base = node.name or node.output[0]
+    nodes, floats = [], []
+    for k, (x, x_s, x_zp) in enumerate(operands):
+        floats.append(f"{base}/in{k}_dq")
+        nodes.append(_dq(f"{base}/DequantizeLinear_{k}", [x, x_s] + ([x_zp] if x_zp else []), floats[-1], None))
+    attrs = {k: v for k, v in _attrs(node).items() if k != "channels_last"}
+    nodes.append(helper.make_node(op, floats, [f"{base}/y_float"], name=f"{base}/{op}", **attrs))
+    nodes.append(helper.make_node("QuantizeLinear", [f"{base}/y_float", y_s] + ([y_zp] if y_zp else []),
+                                  [node.output[0]], name=f"{base}/QuantizeLinear_y"))
+    return nodes
+
+
 @register_pass("qoperator-to-qdq")
 class QOperatorToQDQ(Pass):
     """Rewrite each convertible QLinearConv/QLinearMatMul/QGemm as its QDQ form (module docstring)."""
@@ -150,17 +202,19 @@ class QOperatorToQDQ(Pass):
             if convertible(n, inits, readers, opset):
                 nodes.extend(to_qdq(n, inits, added))
                 converted.append(n.op_type)
+            elif activation_convertible(n):  # once a layer is, its activations' QOperator ops too
+                nodes.extend(activation_to_qdq(n))
+                converted.append(n.op_type)
             else:
                 nodes.append(n)
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(added)
-        if any(op == "QGemm" for op in converted) and not any(
-                n.domain == "com.microsoft" for n in graph.node):  # the last com.microsoft node went
+        if not any(n.domain == "com.microsoft" for n in graph.node):  # the last com.microsoft node went
             keep = [o for o in model.opset_import if o.domain != "com.microsoft"]
             del model.opset_import[:]
             model.opset_import.extend(keep)
-        state.notes.append(f"{len(converted)} QOperator layer(s) ({', '.join(sorted(set(converted)))}) are read as "
+        state.notes.append(f"{len(converted)} QOperator node(s) ({', '.join(sorted(set(converted)))}) are read as "
                            "their QDQ form (DequantizeLinear -> layer -> QuantizeLinear, which onnxruntime fuses back "
                            "into the same integer kernel), so their weights are pruned on their own grid")
         log.debug("qoperator-to-qdq: %d layer(s)", len(converted))

@@ -65,7 +65,7 @@ def test_qoperator_lenet_becomes_its_qdq_form_exactly(tmp_path, per_channel, wei
     assert QOperatorToQDQ()(converted, state).modified
     onnx.checker.check_model(converted, full_check=True)
     assert not {"QLinearConv", "QGemm", "QLinearMatMul"} & set(ops(converted))
-    assert "are read as their QDQ form" in state.notes[-1]
+    assert "QOperator node(s)" in state.notes[-1] and "are read as their QDQ form" in state.notes[-1]
     for optimize in (True, False):  # fused back into the integer kernels, and run as written: the same outputs
         np.testing.assert_array_equal(run(converted, X, optimize), run(m, X, optimize))
     opts = ort.SessionOptions()  # onnxruntime fuses the QDQ groups back into its integer kernels
@@ -99,7 +99,7 @@ def test_a_qoperator_model_is_pruned_on_its_grid_and_verified(tmp_path):
     res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--sparsity", "0.6")
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert "QOperator layer(s) (QGemm, QLinearConv) are read as their QDQ form" in text
+    assert "QOperator node(s) (QGemm, QLinearConv) are read as their QDQ form" in text
     assert "verified in onnxruntime" in text
     out = onnx.load(tmp_path / "out.onnx")
     onnx.checker.check_model(out, full_check=True)
@@ -118,3 +118,54 @@ def test_per_channel_layers_of_an_opset_below_13_are_left_as_they_are(tmp_path):
     state = PruneState()
     QOperatorToQDQ()(m, state)
     assert ops(m)["QLinearConv"] == 2  # per-channel: kept
+
+
+def activation_cnn() -> onnx.ModelProto:
+    """Conv -> LeakyRelu -> Conv, a residual Add, a Mul, a Concat, AveragePool, GlobalAveragePool, Gemm, Sigmoid: in
+    QOperator format each of these is an integer op (QLinearAdd, QLinearConcat, ... com.microsoft)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = []
+
+    def weight(name, *shape):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:])))
+                                             .astype(np.float32), name))
+        return name
+
+    nodes = [helper.make_node("Conv", ["x", weight("c1", 8, 3, 3, 3)], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("LeakyRelu", ["a"], ["a1"], alpha=0.1),
+             helper.make_node("Conv", ["a1", weight("c2", 8, 8, 3, 3)], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a1", "b"], ["s"]), helper.make_node("Mul", ["s", "a1"], ["mm"]),
+             helper.make_node("Concat", ["mm", "a1"], ["cat"], axis=1),
+             helper.make_node("AveragePool", ["cat"], ["ap"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["ap"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", weight("fc", 5, 16)], ["z"], transB=1),
+             helper.make_node("Sigmoid", ["z"], ["y"])]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_qoperator_activations_become_qdq_and_fuse_back(tmp_path):
+    x = np.random.default_rng(5).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    m = qoperator(tmp_path, activation_cnn(), x, per_channel=True, name="acts")
+    integer_ops = {"QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid",
+                   "QLinearAveragePool", "QLinearGlobalAveragePool"}
+    assert integer_ops <= set(ops(m))
+    converted = onnx.ModelProto()
+    converted.CopyFrom(m)
+    QOperatorToQDQ()(converted, PruneState())
+    onnx.checker.check_model(converted, full_check=True)
+    assert not integer_ops & set(ops(converted)) and not any(n.domain for n in converted.graph.node)
+    np.testing.assert_array_equal(run(converted, x), run(m, x))  # onnxruntime fuses them back: the same kernels
+    unfused = run(converted, x, optimize=False)  # run op by op in float: within one step of the output's grid
+    assert np.abs(unfused - run(m, x)).max() <= 1.5 / 255 + 1e-6
+    path = tmp_path / "acts.onnx"
+    onnx.save(m, path)
+    np.savez(tmp_path / "calib.npz", x=x)
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz", "--sparsity", "0.5",
+                 "--iterations", "1")
+    assert res.exit_code == 0, res.output
+    assert "torch bridge cannot run" not in res.output  # the whole model is standard ops and Q/DQ pairs now
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
