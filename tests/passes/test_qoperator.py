@@ -76,9 +76,10 @@ def test_qoperator_lenet_becomes_its_qdq_form_exactly(tmp_path, per_channel, wei
     assert fused["QLinearConv"] == 2 and "Conv" not in fused
 
 
-def test_qlinear_matmul_becomes_its_qdq_form_exactly(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True])  # per column of B [K, N]: the DequantizeLinear's axis 1
+def test_qlinear_matmul_becomes_its_qdq_form_exactly(tmp_path, per_channel):
     x = np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32)
-    m = qoperator(tmp_path, builders.mlp_matmul(), x, per_channel=False, name="mlp")
+    m = qoperator(tmp_path, builders.mlp_matmul(), x, per_channel=per_channel, name="mlp")
     assert ops(m)["QLinearMatMul"] >= 2
     converted = onnx.ModelProto()
     converted.CopyFrom(m)
