@@ -562,6 +562,24 @@ def top_k_head(*, in_features: int = 8, hidden: int = 16, classes: int = 10, k: 
                   [_float(values, [BATCH, k]), helper.make_tensor_value_info("top_ids", TensorProto.INT64, [BATCH, k])])
 
 
+def kmeans_scores(*, in_features: int = 8, dim: int = 6, clusters: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's PCA + KMeans (sweep 29): 'X' [N, 8] -> MatMul (the projection) -> squared distances to the
+    centroids |x|^2 - 2 x.c + |c|^2 (ReduceSumSquare, Gemm with the centroids, Adds) -> ArgMin -> 'label' [N] and
+    Sqrt -> 'scores' [N, K], the distances: a row's class is its smallest value."""
+    g = _Graph(seed)
+    x = g.matmul("X", "pca", in_features, dim)
+    centers = g.weight("centers", (clusters, dim), dim)
+    csq = (numpy_helper.to_array(next(t for t in g.initializers if t.name == centers)) ** 2).sum(1)
+    g.initializers += [numpy_helper.from_array(csq.astype(np.float32), "csq")]
+    g.nodes += [helper.make_node("ReduceSumSquare", [x], ["xsq"], name="/km/ReduceSumSquare", axes=[1], keepdims=1),
+                helper.make_node("Gemm", [x, centers, "xsq"], ["xc"], name="/km/Gemm", alpha=-2.0, transB=1),
+                helper.make_node("Add", ["xc", "csq"], ["d2"], name="/km/Add"),
+                helper.make_node("ArgMin", ["d2"], ["label"], name="/km/ArgMin", axis=1, keepdims=0),
+                helper.make_node("Sqrt", ["d2"], ["scores"], name="/km/Sqrt")]
+    return _model(g, "kmeans_scores", [_float("X", [BATCH, in_features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]), _float("scores", [BATCH, clusters])])
+
+
 def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
     """'image' [N, 8] -> fc + relu -> fc -> [N, 6], scored against every row of 'prototypes' [K, 6]: 'logits'
     [N, K] = embedding @ prototypes^T. The two inputs' first axes are different symbols: K is no batch."""

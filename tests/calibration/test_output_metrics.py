@@ -129,6 +129,16 @@ def test_topks_values_are_ranks_not_classes_and_an_argmax_never_judges_them():
     assert ev.last["top_scores"]["loss_pp"] > 5.0
 
 
+def test_distances_an_argmin_reads_are_not_judged_by_their_argmax():
+    """Sweep 29: skl2onnx's KMeans gives 'label' = ArgMin of the squared distances and 'scores', their Sqrt. The
+    scores were judged by argmax agreement, whose class is the farthest centroid: the search stopped where that
+    changed ("outside the budget on output 'scores' (agreement: 1 of 187 ...)"). Now relative L2; the label stays
+    exact."""
+    model = tb.kmeans_scores()
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    assert evaluator(model, {"X": x}).plan == {"label": "exact", "scores": "rel_l2"}
+
+
 def test_a_channels_first_class_map_is_scored_by_the_mean_iou_of_its_class_maps():
     """Newcomer sweep: a torch UNet's [N, 3, 32, 32] output 'classmap' was scored as seq_agreement, i.e. by its
     argmax over the width (the last axis); its classes are axis 1 (ONNX's channels-first layout). Scored per pixel
