@@ -347,7 +347,13 @@ def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
 
     A feature map can look so too, and its read-out alone would not see its values change: both are scored, each
     within the budget (output_metrics `_both`), so neither reading of the output moves silently. Until session 26
-    these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on)."""
+    these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on).
+
+    A state or cache handed to the next call (`_STATE_NAMES`) is no read-out: sweep 29's Qwen2 decoding step,
+    'present_key_1' [N, 2 heads, 16 positions, 16], was scored as a segmentation map ("class 1 leads every sample's
+    pixels") beside 'present_key_0', scored rel_l2."""
+    if _STATE_NAMES.search(name):
+        return None
     blank = _ctc_blank(batches)
     if blank is not None:
         return "ctc_agreement+rel_l2", f"a CTC head ([N, T, C], class {blank} leads every sample's positions)"
