@@ -388,11 +388,15 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
             one.setdefault(name, []).append((k, next(iter(sizes))))
     if not one:
         return None
-    said = []
+    alike: dict[tuple, list[str]] = {}  # inputs with the same free axes at the same sizes are said once
     for name, axes in one.items():
-        labels = [dims[name][k].dim_param or "?" for k, _ in axes]
-        said.append(f"input '{name}' declares axes {', '.join(f'{k} ({lab})' for (k, _), lab in zip(axes, labels))} "
-                    f"of any size, and every sample of --data has {' x '.join(str(v) for _, v in axes)} there")
+        alike.setdefault(tuple((k, dims[name][k].dim_param or "?", v) for k, v in axes), []).append(name)
+    said = []
+    for axes, names in alike.items():
+        who = (f"input '{names[0]}' declares" if len(names) == 1
+               else f"inputs {', '.join(repr(n) for n in names)} declare")
+        said.append(f"{who} {'axis' if len(axes) == 1 else 'axes'} {', '.join(f'{k} ({lab})' for k, lab, _ in axes)} "
+                    f"of any size, and every sample of --data has {' x '.join(str(v) for *_, v in axes)} there")
     return ("; ".join(said) + ": the pruned model is measured at that size only (the budget too) and may lose more "
             "at others; if it will run at other sizes, give --data samples of those sizes (a folder of .npz feeds, "
             "one size a file)")

@@ -249,6 +249,14 @@ def test_data_of_one_size_for_an_input_of_any_size_is_said(tmp_path):
         np.savez(feeds / f"{k}.npz", x=rng.standard_normal((10, 1, size, size)).astype(np.float32))
     result = prune(model, data=str(feeds), sparsity=0.3)
     assert not [n for n in result.report["notes"] if "of any size" in n]
+    from onnxprune.converter.steps.data import one_size_note
+
+    two = _any_size_cnn()  # two inputs alike are said once
+    two.graph.input.append(onnx.helper.make_tensor_value_info("x2", onnx.TensorProto.FLOAT, ["N", 1, "H", "W"]))
+    x2 = rng.standard_normal((40, 1, 8, 8)).astype(np.float32)
+    note = one_size_note(two, open_data({"x": x2, "x2": x2}, two, batch_size=16))
+    assert note.startswith("inputs 'x', 'x2' declare axes 2 (H), 3 (W) of any size, and every sample of --data has "
+                           "8 x 8 there: ")
     static = builders.lenet300_like(hidden=(16, 8))  # only the batch is free: nothing to say
     x = rng.random((40,) + tuple(d.dim_value for d in static.graph.input[0].type.tensor_type.shape.dim[1:]))
     result = prune(static, data={static.graph.input[0].name: x.astype(np.float32)}, sparsity=0.3)
