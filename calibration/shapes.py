@@ -17,13 +17,16 @@ with the real names, `--data`). Which symbolic dims are batch-like (kept small):
   3. an unnamed axis 1 that is the only symbolic dim of an input of rank >= 3 with a fixed axis 0 (a recurrent
      state [2, N, H]).
 
-Dims given with `--input-shape` are used as given and never probed. A scalar input (a sample rate, a flag) has no
+A dim named by an expression of symbols (torch.onnx's dynamo: 'P + 1' beside 'P', '8*T8 + 8') is drawn at
+that expression's value, its symbols at the size tried. Dims given with `--input-shape` are used as given and
+never probed. A scalar input (a sample rate, a flag) has no
 shape to choose, and its random value decides which branch the model takes: it is said in the note, and in the
 error, that only real samples (--data) stand in for it.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from dataclasses import dataclass
@@ -96,7 +99,8 @@ def choose_random_shapes(model: onnx.ModelProto, shapes: dict[str, tuple] | None
     scalar_note = _scalar_note(scalars)
     if not any(free.values()):
         return RandomShapes(given, None, scalar_note)
-    candidates = [(size, _at(specs, batch, free, size)) for size in SIZE_LADDER]
+    params = _dim_params(model)
+    candidates = [(size, _at(specs, batch, free, size, params)) for size in SIZE_LADDER]
     candidates = [(size, c) for size, c in candidates if _elements(c) <= MAX_PROBE_ELEMENTS]
     if not candidates:  # a crafted huge fixed dim: nothing is allocated here, the verifier refuses it by name
         return RandomShapes(given, None, scalar_note)
@@ -137,11 +141,59 @@ def _first_that_runs(session, model, seed, given, candidates) -> tuple[int | Non
     return None, {}, failures
 
 
-def _at(specs: list[InputSpec], batch, free, size: int) -> dict[str, tuple]:
-    """The dims of every input with a free symbolic dim, that dim at `size`, batch-like ones left None."""
-    return {s.name: tuple(size if a in free[s.name] else (None if a in batch[s.name] else d)
+def _at(specs: list[InputSpec], batch, free, size: int, params: dict[str, list[str]] | None = None
+        ) -> dict[str, tuple]:
+    """The dims of every input with a free symbolic dim, that dim at `size` (or what its name computes from symbols
+    at `size`: `_derived`), batch-like ones left None."""
+    params = params or {}
+    batch_names = {params[s.name][a] for s in specs for a in batch[s.name] if params.get(s.name, [""] * 99)[a]}
+
+    def free_dim(s: InputSpec, a: int) -> int:
+        names = params.get(s.name)
+        return _derived(names[a], size, batch_names) if names and a < len(names) else size
+
+    return {s.name: tuple(free_dim(s, a) if a in free[s.name] else (None if a in batch[s.name] else d)
                           for a, d in enumerate(s.shape))
             for s in specs if free[s.name]}
+
+
+_DERIVED = re.compile(r"^[A-Za-z_0-9\s+\-*/()]+$")
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+def _derived(name: str, size: int, batch_names: set[str]) -> int:
+    """A free dim's size: `size`, or, when its name is an expression of symbols (torch.onnx's dynamo writes a
+    dim derived from another as "P + 1", "8*T8 + 8"), the expression with every symbol at `size`. Sweep 29's Qwen2
+    decoding step declares 'past_key_0' [N, 2, P, 16] and 'attention_mask' [N, P + 1]: both at one size, no size of
+    the ladder ran ("GatherND: invalid index"). An expression of a batch-like symbol, or one that does not give a
+    positive integer, stays at `size`."""
+    if not name or not _DERIVED.match(name) or not re.search(r"[+\-*/]", name):
+        return size
+    symbols = set(_SYMBOL.findall(name))
+    if not symbols or symbols & batch_names:
+        return size
+    try:
+        value = _arithmetic(ast.parse(name, mode="eval").body, {sym: size for sym in symbols})
+    except (SyntaxError, ValueError, ZeroDivisionError):  # not an expression of sizes after all
+        return size
+    return value if value > 0 else size
+
+
+_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+        ast.FloorDiv: lambda a, b: a // b, ast.Div: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+
+
+def _arithmetic(node: ast.AST, values: dict[str, int]) -> int:
+    """An integer expression of symbols, read (never run as code): + - * / // % and parentheses, ints, names."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arithmetic(node.left, values), _arithmetic(node.right, values))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arithmetic(node.operand, values)
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.Name) and node.id in values:
+        return values[node.id]
+    raise ValueError(f"not a size expression: {ast.dump(node)}")
 
 
 def _brief(exc: BaseException) -> str:
@@ -203,8 +255,8 @@ def _no_size_fits(model, specs, batch, free, scalars, failures) -> str:
     placeholders: list[str] = []
     flags = []
     for s in specs:
-        if not free[s.name]:
-            continue
+        if not free[s.name] and not batch[s.name]:
+            continue  # its shape is fixed; an input with only a batch is named too, its batch at 1 like the others
         dims = []
         for a, d in enumerate(s.shape):
             if a in free[s.name]:
