@@ -146,11 +146,11 @@ def _at(specs: list[InputSpec], batch, free, size: int, params: dict[str, list[s
     """The dims of every input with a free symbolic dim, that dim at `size` (or what its name computes from symbols
     at `size`: `_derived`), batch-like ones left None."""
     params = params or {}
-    batch_names = {params[s.name][a] for s in specs for a in batch[s.name] if params.get(s.name, [""] * 99)[a]}
+    named = lambda s, a: params[s.name][a] if a < len(params.get(s.name, ())) else ""  # noqa: E731
+    batch_names = {named(s, a) for s in specs for a in batch[s.name]} - {""}
 
     def free_dim(s: InputSpec, a: int) -> int:
-        names = params.get(s.name)
-        return _derived(names[a], size, batch_names) if names and a < len(names) else size
+        return _derived(named(s, a), size, batch_names)
 
     return {s.name: tuple(free_dim(s, a) if a in free[s.name] else (None if a in batch[s.name] else d)
                           for a, d in enumerate(s.shape))

@@ -365,12 +365,15 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
     """A note when an input declares axes of any size besides its batch (an image's H and W, a clip's length) and
     every sample of `reader` has one size there: whatever the run measures is measured at that size only. Sweep 29: a
     depthwise-separable net with [N, 1, H, W] in, pruned on 28x28 images, changed 0.70% of 2,000 held-out
-    predictions at 28x28 and 2.90% at 22-34 px. The batch is axis 0 and any axis named like an input's axis 0."""
-    graph_inputs = [vi for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
-    dims = {vi.name: list(vi.type.tensor_type.shape.dim) for vi in graph_inputs if vi.type.HasField("tensor_type")}
-    batch = {d[0].dim_param for d in dims.values() if d and d[0].dim_param}
-    free = {name: [k for k, dim in enumerate(d) if k > 0 and not dim.HasField("dim_value")
-                   and not (dim.dim_param and dim.dim_param in batch)] for name, d in dims.items()}
+    predictions at 28x28 and 2.90% at 22-34 px. Batch-like axes are those random inputs keep small
+    (`calibration.shapes.batch_axes`: axis 0, a time-major input's axis 1, a state's lone axis)."""
+    from onnxprune.calibration.runtime import input_specs
+    from onnxprune.calibration.shapes import batch_axes
+
+    batch = batch_axes(model)
+    names = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    free = {s.name: [k for k, d in enumerate(s.shape) if d is None and k not in batch.get(s.name, ())]
+            for s in input_specs(model)}
     free = {name: axes for name, axes in free.items() if axes}
     if not free:
         return None
@@ -390,11 +393,11 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
         return None
     alike: dict[tuple, list[str]] = {}  # inputs with the same free axes at the same sizes are said once
     for name, axes in one.items():
-        alike.setdefault(tuple((k, dims[name][k].dim_param or "?", v) for k, v in axes), []).append(name)
+        alike.setdefault(tuple((k, names[name][k] or "?", v) for k, v in axes), []).append(name)
     said = []
-    for axes, names in alike.items():
-        who = (f"input '{names[0]}' declares" if len(names) == 1
-               else f"inputs {', '.join(repr(n) for n in names)} declare")
+    for axes, inputs in alike.items():
+        who = (f"input '{inputs[0]}' declares" if len(inputs) == 1
+               else f"inputs {', '.join(repr(n) for n in inputs)} declare")
         said.append(f"{who} {'axis' if len(axes) == 1 else 'axes'} {', '.join(f'{k} ({lab})' for k, lab, _ in axes)} "
                     f"of any size, and every sample of --data has {' x '.join(str(v) for *_, v in axes)} there")
     return ("; ".join(said) + ": the pruned model is measured at that size only (the budget too) and may lose more "
