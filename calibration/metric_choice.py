@@ -170,9 +170,9 @@ def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
 
 
 def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
-    """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze, Sqrt), or a row an ArgMin of the
-    graph reads (below): a value's place in its row
-    is its rank, not a class, so an argmax over the row never changes (TopK sorts) and scores nothing. Sweep 19's
+    """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze, Sqrt), or a row an ArgMin of
+    the graph reads (below): a value's place in its row is its rank, not a class, so an argmax over the row never
+    changes (TopK sorts) and scores nothing. Sweep 19's
     spatial-transformer classifier returned its top 3 probabilities 'top3_prob' [N, 3], judged by argmax agreement:
     100% whatever the probabilities did."""
     if model is None:

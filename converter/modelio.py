@@ -216,7 +216,7 @@ def _free_names(graph: onnx.GraphProto) -> set[str]:
             for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 read |= _free_names(g)
         defined.update(o for o in node.output if o)
-    return read - defined | {o.name for o in graph.output} - defined
+    return (read | {o.name for o in graph.output}) - defined
 
 
 def _sorted_order(graph: onnx.GraphProto, outer: set[str], orders: list) -> bool:

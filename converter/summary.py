@@ -54,7 +54,8 @@ def float_nonzeros(model: onnx.ModelProto) -> int:
     float parameters other nodes hold in attributes (ai.onnx.ml's SVM support vectors and coefficients, a
     LinearClassifier's, a Scaler's: `inspect` lists them as not prunable): what the prunable weights' ratio leaves
     out, said beside it when it is much (a dynamo GRU's weights behind Slices, an embedding table; sweep 29's
-    scaler + PCA + SVC said "2.19x fewer" for its PCA alone, 27% of its float parameters, the file unchanged)."""
+    scaler + PCA + SVC said "2.19x fewer" for its PCA alone, 29% of its 71K nonzero float parameters, the file
+    unchanged)."""
     from onnxprune.passes.scopes import all_nodes
 
     held = 0

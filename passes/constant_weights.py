@@ -11,8 +11,9 @@ never pruned, and every ratio counted them kept. onnxruntime folds such chains w
 
 Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute
 from initializers and Constant nodes alone (no graph or body input, except a Loop body input every iteration hands
-back unchanged from a main-graph initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most MAX_CHAIN standard-domain nodes
-without bodies and no random op, is evaluated once (onnx's reference evaluator where the chain only moves values,
+back unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most
+MAX_CHAIN standard-domain nodes without bodies and no random op, is evaluated once (onnx's reference evaluator
+where the chain only moves values,
 EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight holds the bits the
 input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads instead (bodies read
 outer names). Only when the chain does more than what is already read through (a lone Identity or Transpose of one
