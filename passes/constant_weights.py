@@ -13,9 +13,8 @@ Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/
 from initializers and Constant nodes alone (no graph or body input, except a Loop body input every iteration hands
 back unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most
 MAX_CHAIN standard-domain nodes without bodies and no random op, is evaluated once (onnx's reference evaluator
-where the chain only moves values,
-EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight holds the bits the
-input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads instead (bodies read
+where the chain only moves values, EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so
+that the stored weight holds the bits the input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads instead (bodies read
 outer names). Only when the chain does more than what is already read through (a lone Identity or Transpose of one
 constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of the same type as
 every float constant it reads (a Cast from float16 stays the low-precision weight it is: passes/quantized_weights.py),
