@@ -11,19 +11,19 @@ never pruned, and every ratio counted them kept. onnxruntime folds such chains w
 
 Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute
 from initializers and Constant nodes alone (no graph or body input, except a Loop body input every iteration hands
-back unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most
-MAX_CHAIN standard-domain nodes without bodies and no random op, is evaluated once (onnx's reference evaluator
-where the chain only moves values, EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so
-that the stored weight holds the bits the input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads instead (bodies read
-outer names). Only when the chain does more than what is already read through (a lone Identity or Transpose of one
-constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of the same type as
-every float constant it reads (a Cast from float16 stays the low-precision weight it is: passes/quantized_weights.py),
-and every other constant it reads is a small index or shape (at most MAX_INDEX values: a DequantizeLinear of an int8
-weight stays quantized), and the stored floats it reads hold at least as many values as it gives (a ConstantOfShape
-fill stays as it is). Chains that
-evaluate to the same bytes become one initializer, read by every such layer (silero's two LSTMs, the branch with a
-state and the one without, read one tied W); its name is the largest constant the chain read, with ".folded". The
-chain's nodes and constants that nothing else reads go, so the file holds each weight once, as before.
+back unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most MAX_CHAIN
+standard-domain nodes without bodies and no random op, is evaluated once (onnx's reference evaluator where the chain
+only moves values, EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight
+holds the bits the input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads
+instead (bodies read outer names). Only when the chain does more than what is already read through (a lone Identity or
+Transpose of one constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of
+the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
+passes/quantized_weights.py), and every other constant it reads is a small index or shape (at most MAX_INDEX values: a
+DequantizeLinear of an int8 weight stays quantized), and the stored floats it reads hold at least as many values as it
+gives (a ConstantOfShape fill stays as it is). Chains that evaluate to the same bytes become one initializer, read by
+every such layer (silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the
+largest constant the chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the
+file holds each weight once, as before.
 """
 
 from __future__ import annotations
