@@ -170,16 +170,20 @@ def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
 
 
 def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
-    """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze): a value's place in its row
-    is its rank, not a class, so an argmax over the row never changes (TopK sorts) and scores nothing. Sweep 19's
+    """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze, Sqrt), or a row an ArgMin of
+    the graph reads (below): a value's place in its row is its rank, not a class, so an argmax over the row never
+    changes (TopK sorts) and scores nothing. Sweep 19's
     spatial-transformer classifier returned its top 3 probabilities 'top3_prob' [N, 3], judged by argmax agreement:
     100% whatever the probabilities did."""
     if model is None:
         return frozenset()
     producers = _producers(model.graph)
+    argmin = {n.input[0] for n in model.graph.node if n.op_type == "ArgMin" and n.input}
 
     def ranked(name: str, depth: int = 0) -> bool:
         node = producers.get(name)
+        if name in argmin:  # a row whose class is its smallest value (below)
+            return True
         if node is None or depth > 256 or node.domain not in ("", "ai.onnx"):
             return False
         if node.op_type == "TopK":
@@ -189,7 +193,10 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(o.name for o in model.graph.output if ranked(o.name))
 
 
-_RANK_PASS = {"Identity", "Cast", "Squeeze", "Unsqueeze"}
+# Also an output the graph's own ArgMin reads (through those ops, or a Sqrt): distances, whose class is the nearest;
+# their argmax is the farthest. Sweep 29: skl2onnx's KMeans 'scores' [N, 16] (Sqrt of the squared distances an ArgMin
+# turns into 'label') was judged by argmax agreement, and the search stopped where the farthest centroid changed.
+_RANK_PASS = {"Identity", "Cast", "Squeeze", "Unsqueeze", "Sqrt"}
 # Metrics that read a class from an argmax over a row: none fits a row of ranks.
 _ARGMAX_KINDS = {"agreement", "seq_agreement", "ctc_agreement", "map_iou"}
 
@@ -340,7 +347,13 @@ def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
 
     A feature map can look so too, and its read-out alone would not see its values change: both are scored, each
     within the budget (output_metrics `_both`), so neither reading of the output moves silently. Until session 26
-    these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on)."""
+    these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on).
+
+    A state or cache handed to the next call (`_STATE_NAMES`) is no read-out: sweep 29's Qwen2 decoding step,
+    'present_key_1' [N, 2 heads, 16 positions, 16], was scored as a segmentation map ("class 1 leads every sample's
+    pixels") beside 'present_key_0', scored rel_l2."""
+    if _STATE_NAMES.search(name):
+        return None
     blank = _ctc_blank(batches)
     if blank is not None:
         return "ctc_agreement+rel_l2", f"a CTC head ([N, T, C], class {blank} leads every sample's positions)"
@@ -415,7 +428,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
         if kinds.get(name) in _ARGMAX_KINDS:
             kinds[name] = "rel_l2"
             if not quiet:
-                log.info("output '%s' holds TopK's values (ranks, not classes): scored by relative L2", name)
+                log.info("output '%s' holds TopK's values or distances an ArgMin reads (ranks, not classes): "
+                         "scored by relative L2", name)
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:

@@ -3,7 +3,7 @@
 Without real data onnxprune invents inputs (seeded noise): for verification, for the scan on `--data random` and
 for latency. A declared symbolic dim must then get a size. Batch-like dims get `DEFAULT_DYNAMIC_DIM` (the caller's
 batch); every other symbolic dim (an image's height and width, a sequence or audio length) gets the first size of
-`SIZE_LADDER` the model runs at in onnxruntime (a dim named by arithmetic of others, "P + 1", is that arithmetic):
+`SIZE_LADDER` the model runs at in onnxruntime:
 
     2 → 32 → 64 → 224      (a 3x3 stride-2 stack needs H, W >= 16; a detector that upsamples and concatenates
                             needs multiples of 32; a reflect-padded STFT needs more samples than its padding)
@@ -17,7 +17,9 @@ with the real names, `--data`). Which symbolic dims are batch-like (kept small):
   3. an unnamed axis 1 that is the only symbolic dim of an input of rank >= 3 with a fixed axis 0 (a recurrent
      state [2, N, H]).
 
-Dims given with `--input-shape` are used as given and never probed. A scalar input (a sample rate, a flag) has no
+A dim named by an expression of symbols (torch.onnx's dynamo: 'P + 1' beside 'P', '8*T8 + 8') is drawn at
+that expression's value, its symbols at the size tried. Dims given with `--input-shape` are used as given and
+never probed. A scalar input (a sample rate, a flag) has no
 shape to choose, and its random value decides which branch the model takes: it is said in the note, and in the
 error, that only real samples (--data) stand in for it.
 """
@@ -157,8 +159,6 @@ def _at(specs: list[InputSpec], batch, free, size: int, params: dict | None = No
 
 
 
-
-
 def _brief(exc: BaseException) -> str:
     """The innermost failing node of an onnxruntime error ("Conv 'conv2d': Invalid input shape: {2,2}")."""
     reason = " ".join(str(exc).split())
@@ -216,8 +216,8 @@ def _no_size_fits(model, specs, batch, free, scalars, failures) -> str:
     placeholders: list[str] = []
     flags = []
     for s in specs:
-        if not free[s.name]:
-            continue
+        if not free[s.name] and not batch[s.name]:
+            continue  # its shape is fixed; an input with only a batch is named too, its batch at 1 like the others
         dims = []
         for a, d in enumerate(s.shape):
             if a in free[s.name]:

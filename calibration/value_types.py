@@ -56,13 +56,13 @@ def unfed_reason(name: str, kind: str) -> str:
 
 
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-        ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
+        ast.FloorDiv: lambda a, b: a // b, ast.Div: lambda a, b: a // b, ast.Mod: lambda a, b: a % b}
 
 
 def dim_expression(name: str, size: int, batch_names: set[str] = frozenset(), values: dict | None = None) -> int:
     """A dim named `name` when every plain name in it is `size` (or its entry in `values`): the arithmetic (+, -, *,
-    //, %) of an expression dim ("P + 1", torch dynamo's), `size` for a plain name or one this cannot read (a batch
-    name inside it, a function, a value below 1)."""
+    / and // as integer division, %) of an expression dim (torch dynamo's "P + 1", "8*T8 + 8"), read, never run as
+    code; `size` for a plain name or one this cannot read (a batch name inside it, a function, a value below 1)."""
     try:
         tree = ast.parse(name.strip(), mode="eval").body
     except (SyntaxError, ValueError):

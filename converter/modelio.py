@@ -233,13 +233,84 @@ def check_model(model: onnx.ModelProto, *, where: str) -> None:
             )
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
+            try:
+                onnx.checker.check_model(model)
+            except onnx.checker.ValidationError as exc:
+                if "topologically sorted" not in str(exc) or not sort_nodes(model):
+                    raise
+                log.warning("the nodes of '%s' were not in topological order (onnx's checker refuses that; "
+                            "onnxruntime sorts them itself): sorted, the model computes the same", where)
+                onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         newer = _op_newer_than_opset(str(exc)) or _attribute_newer_than_opset(str(exc), model)
         raise ModelError(f"'{where}' is not a valid ONNX model: {_first_line(exc)}; "
                          + (newer or "fix or re-export it.")) from None
     except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
         raise ModelError(f"'{where}' is not a valid ONNX model: a name in it is not UTF-8 text; re-export it.") from None
+
+
+def sort_nodes(model: onnx.ModelProto) -> bool:
+    """Put the nodes of the graph and of every body in topological order, in place (among the nodes ready at once,
+    the order they had); True when that changed anything, False (and nothing changed) when some node reads a name
+    nothing defines. onnxruntime.transformers' float16 conversion appends the Cast of each kept float32 input after
+    the nodes that read it (sweep 29: a Swin so converted, which onnxruntime runs, was "not a valid ONNX model:
+    Nodes in a graph must be topologically sorted")."""
+    orders: list[tuple[onnx.GraphProto, list[onnx.NodeProto]]] = []
+    if not _sorted_order(model.graph, set(), orders):
+        return False
+    changed = False
+    for graph, order in reversed(orders):  # bodies first: a graph's nodes are copied with the bodies they hold
+        if [id(n) for n in order] != [id(n) for n in graph.node]:
+            copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in order]
+            del graph.node[:]
+            graph.node.extend(copies)
+            changed = True
+    return changed
+
+
+def _free_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a body reads from the scopes around it."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(i for i in node.input if i)
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                read |= _free_names(g)
+        defined.update(o for o in node.output if o)
+    return (read | {o.name for o in graph.output}) - defined
+
+
+def _sorted_order(graph: onnx.GraphProto, outer: set[str], orders: list) -> bool:
+    known = set(outer) | {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.values.name for t in graph.sparse_initializer}
+    needs = []
+    for node in graph.node:
+        need = {i for i in node.input if i}
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                need |= _free_names(g)
+        needs.append(need)
+    pending, order = list(range(len(graph.node))), []
+    while pending:
+        rest = []
+        for k in pending:
+            if needs[k] <= known:
+                order.append(graph.node[k])
+                known.update(o for o in graph.node[k].output if o)
+            else:
+                rest.append(k)
+        if len(rest) == len(pending):
+            return False
+        pending = rest
+    orders.append((graph, order))
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                if not _sorted_order(g, known, orders):
+                    return False
+    return True
 
 
 def _attribute_newer_than_opset(message: str, model: onnx.ModelProto) -> str | None:

@@ -562,6 +562,24 @@ def top_k_head(*, in_features: int = 8, hidden: int = 16, classes: int = 10, k: 
                   [_float(values, [BATCH, k]), helper.make_tensor_value_info("top_ids", TensorProto.INT64, [BATCH, k])])
 
 
+def kmeans_scores(*, in_features: int = 8, dim: int = 6, clusters: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's PCA + KMeans (sweep 29): 'X' [N, 8] -> MatMul (the projection) -> squared distances to the
+    centroids |x|^2 - 2 x.c + |c|^2 (ReduceSumSquare, Gemm with the centroids, Adds) -> ArgMin -> 'label' [N] and
+    Sqrt -> 'scores' [N, K], the distances: a row's class is its smallest value."""
+    g = _Graph(seed)
+    x = g.matmul("X", "pca", in_features, dim)
+    centers = g.weight("centers", (clusters, dim), dim)
+    csq = (numpy_helper.to_array(next(t for t in g.initializers if t.name == centers)) ** 2).sum(1)
+    g.initializers += [numpy_helper.from_array(csq.astype(np.float32), "csq")]
+    g.nodes += [helper.make_node("ReduceSumSquare", [x], ["xsq"], name="/km/ReduceSumSquare", axes=[1], keepdims=1),
+                helper.make_node("Gemm", [x, centers, "xsq"], ["xc"], name="/km/Gemm", alpha=-2.0, transB=1),
+                helper.make_node("Add", ["xc", "csq"], ["d2"], name="/km/Add"),
+                helper.make_node("ArgMin", ["d2"], ["label"], name="/km/ArgMin", axis=1, keepdims=0),
+                helper.make_node("Sqrt", ["d2"], ["scores"], name="/km/Sqrt")]
+    return _model(g, "kmeans_scores", [_float("X", [BATCH, in_features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]), _float("scores", [BATCH, clusters])])
+
+
 def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
     """'image' [N, 8] -> fc + relu -> fc -> [N, 6], scored against every row of 'prototypes' [K, 6]: 'logits'
     [N, K] = embedding @ prototypes^T. The two inputs' first axes are different symbols: K is no batch."""
@@ -948,6 +966,41 @@ def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, clas
     g.gemm("h_last", "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "carried_loop_rnn", [_float("x", [BATCH, steps, features])], [_float("logits", [BATCH, classes])])
+
+
+def conv_lstm_loop(*, steps: int = 3, channels: int = 2, size: int = 5, classes: int = 3,
+                   seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's Keras ConvLSTM2D (sweep 29), cut down: a while Loop carries the kernel K [3, 3, C, 2C] (HWIO, read
+    by nothing else) and hands it back unchanged; the body Splits it into two gate kernels on axis 3 and Transposes
+    each to a Conv weight [C, C, 3, 3] (perm 3, 2, 0, 1): h' = Tanh(Conv(h, K1)) * Sigmoid(Conv(h, K2)).
+    'x' [N, C, size, size] is h at the start; the last h -> Flatten -> Gemm -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    k = g.weight("K", (3, 3, channels, 2 * channels), 9 * channels)
+    f = TensorProto.FLOAT
+    body_nodes = [helper.make_node("Split", ["k"], ["k1", "k2"], name="/body/split", axis=3),
+                  helper.make_node("Transpose", ["k1"], ["w1"], name="/body/t1", perm=[3, 2, 0, 1]),
+                  helper.make_node("Transpose", ["k2"], ["w2"], name="/body/t2", perm=[3, 2, 0, 1]),
+                  helper.make_node("Conv", ["h", "w1"], ["c1"], name="/body/conv1", pads=[1, 1, 1, 1]),
+                  helper.make_node("Conv", ["h", "w2"], ["c2"], name="/body/conv2", pads=[1, 1, 1, 1]),
+                  helper.make_node("Tanh", ["c1"], ["a"], name="/body/tanh"),
+                  helper.make_node("Sigmoid", ["c2"], ["b"], name="/body/sigmoid"),
+                  helper.make_node("Mul", ["a", "b"], ["h_next"], name="/body/mul"),
+                  helper.make_node("Identity", ["cond"], ["cond_out"], name="/body/cond")]
+    hw = [BATCH, channels, size, size]
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("k", f, [3, 3, channels, 2 * channels]), helper.make_tensor_value_info("h", f, hw)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("k", f, [3, 3, channels, 2 * channels]), helper.make_tensor_value_info("h_next", f, hw)])
+    g.initializers += [numpy_helper.from_array(np.array(steps, np.int64), "trips"),
+                       numpy_helper.from_array(np.array(True), "cond0")]
+    g.nodes.append(helper.make_node("Loop", ["trips", "cond0", k, "x"], ["k_final", "h_last"], name="/convlstm/Loop",
+                                    body=body))
+    flat = g.op("Flatten", "flat", ["h_last"], axis=1)
+    g.gemm(flat, "head", channels * size * size, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "conv_lstm_loop", [_float("x", hw)], [_float("logits", [BATCH, classes])])
 
 
 def rows_regressor(*, in_features: int = 8, hidden: int = 16, targets: int = 3, sample_major: bool = True,

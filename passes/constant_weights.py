@@ -10,19 +10,20 @@ two sample rates) were "not a weight of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/
 never pruned, and every ratio counted them kept. onnxruntime folds such chains when it loads the model anyway.
 
 Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute
-from initializers and Constant nodes alone (no graph or body input), through at most MAX_CHAIN standard-domain nodes
-without bodies and no random op, is evaluated once (onnx's reference evaluator where the chain only moves values,
-EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight holds the bits the
-input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads instead (bodies read
-outer names). Only when the chain does more than what is already read through (a lone Identity or Transpose of one
-constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of the same type as
-every float constant it reads (a Cast from float16 stays the low-precision weight it is: passes/quantized_weights.py),
-and every other constant it reads is a small index or shape (at most MAX_INDEX values: a DequantizeLinear of an int8
-weight stays quantized), and the stored floats it reads hold at least as many values as it gives (a ConstantOfShape
-fill stays as it is). Chains that
-evaluate to the same bytes become one initializer, read by every such layer (silero's two LSTMs, the branch with a
-state and the one without, read one tied W); its name is the largest constant the chain read, with ".folded". The
-chain's nodes and constants that nothing else reads go, so the file holds each weight once, as before.
+from initializers and Constant nodes alone (no graph or body input, except a Loop body input every iteration hands
+back unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most MAX_CHAIN
+standard-domain nodes without bodies and no random op, is evaluated once (onnx's reference evaluator where the chain
+only moves values, EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight
+holds the bits the input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads
+instead (bodies read outer names). Only when the chain does more than what is already read through (a lone Identity or
+Transpose of one constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of
+the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
+passes/quantized_weights.py), and every other constant it reads is a small index or shape (at most MAX_INDEX values: a
+DequantizeLinear of an int8 weight stays quantized), and the stored floats it reads hold at least as many values as it
+gives (a ConstantOfShape fill stays as it is). Chains that evaluate to the same bytes become one initializer, read by
+every such layer (silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the
+largest constant the chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the
+file holds each weight once, as before.
 """
 
 from __future__ import annotations
@@ -178,6 +179,14 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
     if model.ir_version < 4:  # an initializer must also be a graph input there
         return []
     inputs = {v.name for sc in scopes(model.graph) for v in sc.graph.input}
+    # a Loop body input every iteration hands back unchanged, set from a main-graph initializer, is that constant
+    # (tf2onnx's Keras ConvLSTM2D: the kernel carried into the while loop, Split into its 4 gates and Transposed to
+    # each gate's Conv weight inside the body; sweep 29); loop-invariants then drops what the Loop no longer reads
+    graph_inputs = {v.name for v in model.graph.input}
+    for inner, outer in ix.carried.items():
+        if outer in ix.consts and outer not in graph_inputs and inner not in ix.consts:
+            ix.consts[inner] = ix.consts[outer]
+            inputs.discard(inner)
     outputs = {v.name for sc in scopes(model.graph) for v in sc.graph.output}
     found = []
     memo: dict[str, tuple | None] = {}
@@ -225,7 +234,7 @@ class ConstantWeights(Pass):
             if key not in by_bytes:
                 floats = [t for t in _read(nodes, chain_leaves, ix) if ix.consts[t].data_type in FLOAT_TYPES]
                 biggest = max(floats, key=lambda n: int(np.prod(ix.consts[n].dims, dtype=np.int64)), default=None)
-                by_bytes[key] = _unique(biggest or node.input[k], taken)
+                by_bytes[key] = _unique(ix.carried.get(biggest, biggest) if biggest else node.input[k], taken)
                 model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), by_bytes[key]))
             node.input[k] = by_bytes[key]
             chained_nodes.update((id(n), n) for n in nodes)

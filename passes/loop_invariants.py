@@ -18,7 +18,9 @@ loop-carried value whose initial value is a main-graph initializer (not a graph 
 the Loop's scope) that another node (in any scope) reads too, and whose body output is the body input itself (by name); the initializer's name is not defined anywhere in the
 body (no shadowing); the Loop's final value of it is read by nothing and is no output of the graph or of the Loop's branch. The body then reads
 the initializer where it read the input (nested bodies too), and the value leaves the Loop's inputs, the body's
-inputs and outputs, and the Loop's outputs. The Loop computes the same outputs.
+inputs and outputs, and the Loop's outputs. The Loop computes the same outputs. A carried initializer the body
+reads nowhere (constant-weights stored what its chain computed: sweep 29's ConvLSTM2D) leaves the Loop too, with
+one reader, and the initializer goes when nothing reads it any more.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ def _carried(node, inits, outputs, local, frozen, readers) -> list[tuple[onnx.No
     defined = None
     for k in range(len(node.input) - 2):
         init = node.input[2 + k]
-        if init not in inits or init in outputs or init in local or readers.get(init, 0) < 2 \
-                or 2 + k >= len(body.input) or 1 + k >= len(body.output):
+        if init not in inits or init in outputs or init in local or 2 + k >= len(body.input) \
+                or 1 + k >= len(body.output):
+            continue
+        if readers.get(init, 0) < 2 and not _unread(body, body.input[2 + k].name):
             continue
         if body.output[1 + k].name != body.input[2 + k].name:
             continue
@@ -81,6 +85,12 @@ def _carried(node, inits, outputs, local, frozen, readers) -> list[tuple[onnx.No
     return found
 
 
+def _unread(body: onnx.GraphProto, name: str) -> bool:
+    """No node of `body` (or of a body inside it) reads `name`: the body only hands it back (a weight whose chain
+    constant-weights folded, sweep 29's ConvLSTM2D kernel), so the Loop need not carry it."""
+    return not any(name in n.input for sc in scopes(body) for n in sc.graph.node)
+
+
 @register_pass("loop-invariants")
 class LoopInvariants(Pass):
     """Let a Loop body read the weights it carries unchanged from the outer scope (module docstring)."""
@@ -89,6 +99,7 @@ class LoopInvariants(Pass):
         found = carried_weights(model)
         if not found:
             return PassResult(model, False)
+        carried = {node.input[2 + k] for node, k in found}
         for node, k in sorted(found, key=lambda f: -f[1]):  # the highest index first: the lower ones stay in place
             body = next(a.g for a in node.attribute if a.name == "body")
             init, inner = node.input[2 + k], body.input[2 + k].name
@@ -98,6 +109,12 @@ class LoopInvariants(Pass):
             del node.input[2 + k]
             if k < len(node.output):
                 del node.output[k]
+        read = {i for sc in scopes(model.graph) for n in sc.graph.node for i in n.input}
+        unread = carried - read - {v.name for v in model.graph.output}
+        kept = [t for t in model.graph.initializer if t.name not in unread]  # carried, read by nothing now
+        if len(kept) != len(model.graph.initializer):
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
         log.debug("loop-invariants: %d weight(s) carried unchanged through a Loop read from outside", len(found))
         return PassResult(model, True)
 

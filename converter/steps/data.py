@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
@@ -351,6 +352,57 @@ class DataStep(Step):
     def run(self, state: RunState) -> None:
         state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
                           random_shapes=state.random_shapes, budget=self.budget, output_budgets=self.output_budgets)
+        note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())
+        if note:  # a note in the summary, not a warning: most text models are calibrated at one length
+            log.info(note)
+            state.notes.append(note)
+
+
+SIZE_BATCHES = 64  # batches of --data looked at for the sizes of an input's free axes
+
+
+def one_size_note(model: onnx.ModelProto, reader) -> str | None:
+    """A note when an input declares axes of any size besides its batch (an image's H and W, a clip's length) and
+    every sample of `reader` has one size there: whatever the run measures is measured at that size only. Sweep 29: a
+    depthwise-separable net with [N, 1, H, W] in, pruned on 28x28 images, changed 0.70% of 2,000 held-out
+    predictions at 28x28 and 2.90% at 22-34 px. Batch-like axes are those random inputs keep small
+    (`calibration.shapes.batch_axes`: axis 0, a time-major input's axis 1, a state's lone axis)."""
+    from onnxprune.calibration.runtime import input_specs
+    from onnxprune.calibration.shapes import batch_axes
+
+    batch = batch_axes(model)
+    names = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    free = {s.name: [k for k, d in enumerate(s.shape) if d is None and k not in batch.get(s.name, ())]
+            for s in input_specs(model)}
+    free = {name: axes for name, axes in free.items() if axes}
+    if not free:
+        return None
+    seen: dict[tuple[str, int], set[int]] = {(name, k): set() for name, axes in free.items() for k in axes}
+    for i, (feeds, _) in enumerate(reader.batches()):
+        if i >= SIZE_BATCHES:
+            break
+        for (name, k), sizes in seen.items():
+            a = feeds.get(name)
+            if a is not None and k < np.ndim(a):
+                sizes.add(int(np.shape(a)[k]))
+    one = {}
+    for (name, k), sizes in seen.items():
+        if len(sizes) == 1:
+            one.setdefault(name, []).append((k, next(iter(sizes))))
+    if not one:
+        return None
+    alike: dict[tuple, list[str]] = {}  # inputs with the same free axes at the same sizes are said once
+    for name, axes in one.items():
+        alike.setdefault(tuple((k, names[name][k] or "?", v) for k, v in axes), []).append(name)
+    said = []
+    for axes, inputs in alike.items():
+        who = (f"input '{inputs[0]}' declares" if len(inputs) == 1
+               else f"inputs {', '.join(repr(n) for n in inputs)} declare")
+        said.append(f"{who} {'axis' if len(axes) == 1 else 'axes'} {', '.join(f'{k} ({lab})' for k, lab, _ in axes)} "
+                    f"of any size, and every sample of --data has {' x '.join(str(v) for *_, v in axes)} there")
+    return ("; ".join(said) + ": the pruned model is measured at that size only (the budget too) and may lose more "
+            "at others; if it will run at other sizes, give --data samples of those sizes (a folder of .npz feeds, "
+            "one size a file)")
 
 
 def _batch_dependent(model) -> str | None:

@@ -88,7 +88,7 @@ def _binary(b: Builder, node: gs.Node) -> None:
     cx, cy, fn = b.ch(x), b.ch(y), BINARY[node.op]
     with np.errstate(all="ignore"):
         if cx is not None and cy is not None:
-            return _merge(b, node, [cx, cy], fn(cx.value, cy.value))
+            return _merge(b, node, [cx, cy], lambda: fn(cx.value, cy.value))
         c, k = (cx, y) if cx is not None else (cy, x)
         K = _const(k)
         if K is None:
@@ -131,11 +131,15 @@ def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarra
     return _per_channel(K, len(c.ids), c.axis)
 
 
-def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray) -> None:
-    """Element-wise between channel-carrying tensors (residual Add, Mul, a Concat across another axis)."""
+def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray | Callable[[], np.ndarray]) -> None:
+    """Element-wise between channel-carrying tensors (residual Add, Mul, a Concat across another axis). `value` may
+    be a function, called once the channels are known to line up (sweep 29's MLP-Mixer: a residual Add of 64 feature
+    channels on the last axis and a token-mixing layer's 16 on another raised "operands could not be broadcast")."""
     first = chans[0]
     if any(c.axis != first.axis or len(c.ids) != len(first.ids) for c in chans):
         return b.opaque(node, "combines tensors whose channels do not line up")
+    if callable(value):
+        value = value()
     for c in chans[1:]:
         for i, j in zip(first.ids.tolist(), c.ids.tolist()):
             b.cg.union(i, j)

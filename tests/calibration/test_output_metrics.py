@@ -129,6 +129,28 @@ def test_topks_values_are_ranks_not_classes_and_an_argmax_never_judges_them():
     assert ev.last["top_scores"]["loss_pp"] > 5.0
 
 
+def test_distances_an_argmin_reads_are_not_judged_by_their_argmax():
+    """Sweep 29: skl2onnx's KMeans gives 'label' = ArgMin of the squared distances and 'scores', their Sqrt. The
+    scores were judged by argmax agreement, whose class is the farthest centroid: the search stopped where that
+    changed ("outside the budget on output 'scores' (agreement: 1 of 187 ...)"). Now relative L2; the label stays
+    exact."""
+    model = tb.kmeans_scores()
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    assert evaluator(model, {"X": x}).plan == {"label": "exact", "scores": "rel_l2"}
+
+
+def test_a_key_value_cache_is_no_segmentation_map_whatever_its_argmax_does():
+    """Sweep 29: a Qwen2 decoding step's 'present_key_1' [N, 2 heads, 16 positions, 16] was "a segmentation map
+    ([N, 2, H, W], class 1 leads every sample's pixels)", scored map_iou+rel_l2, beside 'present_key_0' (rel_l2)."""
+    from onnxprune.calibration.metric_choice import read_out_kind
+
+    keys = np.random.default_rng(0).standard_normal((6, 2, 16, 16)).astype(np.float32)
+    keys[:, 1] += 3.0  # head 1 leads every position: the argmax over axis 1 is 1 throughout
+    assert read_out_kind("masks", [keys])[0] == "map_iou+rel_l2"
+    for name in ("present_key_1", "past_key_values.1.key", "present.1.value", "next_state"):
+        assert read_out_kind(name, [keys]) is None, name
+
+
 def test_a_channels_first_class_map_is_scored_by_the_mean_iou_of_its_class_maps():
     """Newcomer sweep: a torch UNet's [N, 3, 32, 32] output 'classmap' was scored as seq_agreement, i.e. by its
     argmax over the width (the last axis); its classes are axis 1 (ONNX's channels-first layout). Scored per pixel

@@ -159,3 +159,46 @@ def test_a_dim_named_by_arithmetic_of_others_is_that_arithmetic():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     chosen = choose_random_shapes(model)
     assert chosen.size == 2 and chosen.shapes["mask"] == (None, 3) and chosen.shapes["past"] == (None, 2, 4)
+
+
+def _decoding_step(mask_dim: str = "P + 1") -> onnx.ModelProto:
+    """A decoding step as torch.onnx's dynamo declares one (sweep 29's Qwen2): 'x' [N, 1, 4] -> MatMul -> the new
+    key [N, 2, 1, 4], Concat with 'past' [N, 2, P, 4] on axis 2, times 'mask' [N, P + 1] on the positions."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32), "W")
+    shape = numpy_helper.from_array(np.array([0, 2, 1, 4], np.int64), "kshape")
+    axes = numpy_helper.from_array(np.array([1, 3], np.int64), "axes")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["k"]), helper.make_node("Reshape", ["k", "kshape"], ["k4"]),
+             helper.make_node("Concat", ["past", "k4"], ["keys"], axis=2),
+             helper.make_node("Unsqueeze", ["mask_f", "axes"], ["m4"]),
+             helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["keys", "m4"], ["y"])]
+    nodes = [nodes[0], nodes[1], nodes[2], nodes[4], nodes[3], nodes[5]]
+    graph = helper.make_graph(nodes, "step", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4]),
+        helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", mask_dim]),
+        helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", 2, "P", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, mask_dim, 4])], [w, shape, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_dim_declared_as_an_expression_of_another_is_drawn_at_its_value():
+    """Sweep 29: torch.onnx's dynamo declared a Qwen2 decoding step's 'attention_mask' [N, P + 1] beside its past
+    [N, 2, P, 16]; both got one size of the ladder, none ran ("GatherND: invalid index"), and `prune --sparsity 0.5`
+    without --data failed. "P + 1" is now drawn at P + 1."""
+    model = _decoding_step()
+    chosen = choose_random_shapes(model)
+    assert chosen.shapes["mask"][1] == chosen.shapes["past"][2] + 1
+    assert _runs(model, chosen.shapes)
+
+
+def test_the_flags_offered_when_no_size_runs_name_every_input_with_a_batch():
+    """The flags offered set the batch to 1; an input whose only symbolic dim is its batch ('x' [N, 1, 4]) was not
+    named, kept its default batch of 2, and a user who passed the flags as offered met "Axis 0 has mismatched
+    dimensions of 2 and 1" (sweep 29's Qwen2 decoding step)."""
+    model = _decoding_step(mask_dim="Q")  # no relation said: no size runs
+    with pytest.raises(ModelError) as err:
+        choose_random_shapes(model)
+    assert "--input-shape x=1,1,4 --input-shape mask=1,Q --input-shape past=1,2,P,4" in str(err.value)

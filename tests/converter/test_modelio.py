@@ -327,3 +327,38 @@ def test_the_textproto_line_it_gives_converts_the_file(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert modelio.load_model(tmp_path / "model.onnx").model.graph.node
+
+
+def test_nodes_out_of_topological_order_are_sorted_at_load(tmp_path):
+    """Sweep 29: onnxruntime.transformers' float16 conversion (keep_io_types) appends the Cast of each float32 input
+    after the nodes that read it; onnxruntime runs such a model, onnx's checker refuses it, and so did `prune`:
+    "not a valid ONNX model: Nodes in a graph must be topologically sorted". The nodes are sorted at load (an If
+    branch's too) and the model computes the same; a node reading a name nothing defines is still refused."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.models.builders_control import if_network
+
+    model = if_network(seed=0)
+    shuffled = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = list(shuffled.graph.node)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(reversed(nodes))
+    for node in shuffled.graph.node:  # the branches' nodes too
+        for a in node.attribute:
+            if a.HasField("g") and len(a.g.node) > 1:
+                body = list(a.g.node)
+                del a.g.node[:]
+                a.g.node.extend(reversed(body))
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(shuffled)
+    path = tmp_path / "shuffled.onnx"
+    onnx.save(shuffled, path)
+    loaded = modelio.load_model(path).model
+    onnx.checker.check_model(loaded, full_check=True)
+    assert_same_outputs(loaded, model)
+    broken = onnx.ModelProto.FromString(model.SerializeToString())
+    broken.graph.node.append(helper.make_node("Relu", ["nowhere"], ["dangling"]))
+    broken.graph.node.insert(0, broken.graph.node.pop())
+    onnx.save(broken, tmp_path / "broken.onnx")
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        modelio.load_model(tmp_path / "broken.onnx")

@@ -471,3 +471,38 @@ def test_the_automatic_plans_own_cropping_is_not_said_as_a_flag(tmp_path):
     np.savez(tmp_path / "calib.npz", **feed)
     result = run(builders.mlp_gemm(), configure(max_loss=1.0, data=str(tmp_path / "calib.npz"), time_budget="20s"))
     assert not any("--crop-inputs" in n for n in result.report["notes"]), result.report["notes"]
+
+
+def test_parameters_held_in_attributes_count_among_all_float_weights():
+    """Sweep 29: skl2onnx's scaler + PCA + SVC said "weights 20.6K -> 9.41K nonzero (2.19x fewer)" for its PCA
+    MatMul alone, the file unchanged: the SVM's 55.5K support vectors and coefficients are node attributes, which no
+    pass prunes, and the line for the whole model did not count them. A MatMul feeding a LinearClassifier: its
+    coefficients and intercepts count, and the line is said."""
+    import io
+
+    import numpy as np
+    import onnx
+    from onnx import helper
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import print_prune_summary
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import third_party_builders as tb
+
+    clf = tb.linear_classifier(in_features=6, classes=4)
+    w = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    node = clf.graph.node[0]
+    node.input[0] = "projected"
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "W"], ["projected"], name="pca"), node], "g",
+                              [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 8])],
+                              list(clf.graph.output), [onnx.numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=list(clf.opset_import))
+    model.ir_version = clf.ir_version
+    onnx.checker.check_model(model, full_check=True)
+    result = run(model, configure(sparsity=0.5))
+    whole = result.report["all_weights"]
+    assert whole["before"] == 48 + 24 + 4  # W, the coefficients and the intercepts
+    assert whole["after"] == 24 + 24 + 4
+    out = io.StringIO()
+    print_prune_summary(result.report, Console(file=out, width=200))
+    assert "all float weights 76 -> 52 nonzero (1.46x fewer): 37% of them are not prunable here" in out.getvalue()

@@ -1456,3 +1456,24 @@ def test_an_unflatten_into_heads_keeps_the_channels():
     assert unmaskable(m, {"h.0.mlp.c_fc.weight"})["Gemm '/h.0/mlp/c_fc/Gemm'"].startswith(
         "consumer Reshape '/h.0/mlp/c_fc/Reshape_1' is not a flattening Reshape, nor one that keeps the channel axis "
         "whole")
+
+
+def test_a_residual_add_of_channels_on_two_axes_is_left_whole_not_a_crash():
+    """An MLP-Mixer block (sweep 29's fold_mixer, torch dynamo): h [N, 16 tokens, 64 features] plus the token-mixing
+    layer's output transposed back, whose 16 channels lie on the token axis. The residual Add's rule computed its
+    channels' values before checking that they line up: "operands could not be broadcast together with shapes (64,)
+    (16,)", and `prune` failed in dead-neuron removal on the dense model. Now the Add keeps both sides whole; the
+    head's dead inputs still go."""
+    g = G.G(0)
+    h = g.op("MatMul", "feat", ["x", g.weight("feat.weight", (8, 64), 8)])  # [N, 16, 64]
+    t = g.op("Transpose", "t1", [h], perm=[0, 2, 1])  # [N, 64, 16]
+    mixed = g.op("MatMul", "mix", [t, g.weight("mix.weight", (16, 16), 16)])
+    back = g.op("Transpose", "t2", [mixed], perm=[0, 2, 1])
+    r = g.op("Relu", "act", [g.op("Add", "res", [h, back])])
+    hid = g.op("Relu", "hid_act", [g.op("MatMul", "hid", [r, g.weight("hid.weight", (64, 12), 64)])])
+    g.op("MatMul", "head", [hid, g.weight("head.weight", (12, 4), 12)])
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 16, 8]}, {"y": ["N", 16, 4]})
+    G.zero(m, "head.weight", 0, [2, 5])  # hid neurons 2 and 5 read by nothing
+    out, report, shp = prune(m)
+    assert shp["hid.weight"] == (64, 10) and shp["feat.weight"] == (8, 64) and shp["mix.weight"] == (16, 16)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from onnxprune import prune
-from onnxprune.models.third_party_builders import carried_loop_rnn
+from onnxprune.models.third_party_builders import carried_loop_rnn, conv_lstm_loop
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.loop_invariants import LoopInvariants, carried_weights
 from onnxprune.passes.weights import find_prunable
@@ -96,3 +96,31 @@ def test_weights_the_loops_of_both_if_branches_carry_are_read_from_outside_and_p
     layers = {r["weight"]: r for r in result.report["layers"]}
     assert layers["W"]["nonzeros"] < layers["W"]["params"] and layers["R"]["nonzeros"] < layers["R"]["params"]
     assert_same_outputs(result.model, result.dense_model, feeds=[{"x": x} for x in data["x"][:8]], rtol=1e-4)
+
+
+def test_gate_kernels_a_loop_body_splits_from_a_carried_kernel_are_stored_and_pruned():
+    """Sweep 29's Keras ConvLSTM2D (tf2onnx): the while Loop carries the kernel, which the body Splits into its
+    gates and Transposes to each gate Conv's weight. The chain stopped at the body input, so 9.8K of the model's
+    17.7K weights were "not a weight ... (used by Loop)". Now constant-weights reads a carried invariant as the
+    initializer that sets it, each gate's weight is stored as the constant it is, and the Loop no longer carries the
+    kernel (read by nothing): the file holds it once."""
+    from onnxprune.passes.loading import run_load_passes
+
+    model = conv_lstm_loop(seed=0)
+    check_full(model)
+    assert "K" not in {w.name for w in find_prunable(model).prunable}
+    loaded = copy.deepcopy(model)
+    run_load_passes(loaded, PruneState())
+    check_full(loaded)
+    assert_same_outputs(loaded, model, seeds=(0, 1, 2), rtol=0)
+    found = {w.name: w for w in find_prunable(loaded).prunable}
+    assert sorted(n for n in found if n != "head.weight") == ["K.folded", "K.folded.1"]
+    assert all(found[n].size == 2 * 2 * 9 for n in ("K.folded", "K.folded.1"))
+    loop = next(n for n in loaded.graph.node if n.op_type == "Loop")
+    assert list(loop.input)[2:] == ["x"] and "K" not in {t.name for t in loaded.graph.initializer}
+    data = {"x": np.random.default_rng(0).standard_normal((32, 2, 5, 5)).astype(np.float32)}
+    result = prune(model, data=data, sparsity=0.5)
+    check_full(result.model)
+    layers = {r["weight"]: r for r in result.report["layers"]}
+    assert layers["K.folded"]["nonzeros"] <= layers["K.folded"]["params"] // 2 + 1
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-5)
