@@ -66,6 +66,7 @@ class RunState:
     metrics: dict | None = None  # the metric before/after on each data set
     final_outputs: list | None = None  # the calibration set's scored outputs of `final`, per batch (measure: the
     #                                    budget check judges this pass instead of running the model again)
+    features: Any = None  # converter/coverage.FeatureCoverage: first-layer features one value in all the data
     activations: tuple | None = None  # (Act% per layer of the input model, of the pruned model)
     report: dict | None = None
     auto: dict | None = None  # what the automatic search decided and why (converter.auto)

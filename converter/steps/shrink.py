@@ -49,6 +49,9 @@ class ShrinkStep(Step):
             if state.pruned is state.original:
                 state.pruned = copy_model(state.pruned)
             snap(state.pruned, state.quantized)
+        note = state.features.note(state.original, state.pruned) if state.features is not None else None
+        if note:
+            state.prune.notes.append(note)
         if not c.neurons:
             state.shrunk, state.neurons = state.pruned, None
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
+from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import CalibrationError, ConfigError
 from onnxprune.passes.magnitude import layer_matches, resolve_targets
 from onnxprune.passes.scopes import all_nodes
@@ -63,6 +64,10 @@ class TargetsStep(Step):
         from onnxprune.converter.criteria import calibration_scoring
 
         c, inventory = self.config, state.inventory
+        if state.data is not None and not draws_random_inputs(state.data.config):  # said after pruning (shrink)
+            from onnxprune.converter.coverage import feature_coverage
+
+            state.features = feature_coverage(state.original, inventory.prunable, state.data.reader())
         reader = state.data.train_reader() if state.data is not None else None
         state.scoring = calibration_scoring(c.criterion, reader, seed=state.data.config.seed if reader else 0)
         if not self.budgeted:
