@@ -48,6 +48,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxprune.converter.reconstruct_bodies import bodies
+from onnxprune.errors import ConverterError
 from onnxprune.passes.scopes import ScopeIndex, local_constants
 
 log = logging.getLogger(__name__)
@@ -717,6 +718,17 @@ def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage
             layers[w.name] = (node.input[0], w.in_axis, w.shape[w.in_axis])
     if not layers:
         return cov
+    try:
+        return _feature_coverage(model, layers, reader, make_session, with_outputs)
+    except ConverterError:  # the data's own errors: said by the step that reads it, as before
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model the data does not run is said by the data's check, by name
+        log.debug("input features not counted: %s", exc)
+        return FeatureCoverage()
+
+
+def _feature_coverage(model, layers, reader, make_session, with_outputs) -> FeatureCoverage:
+    cov = FeatureCoverage()
     inputs = {i.name for i in model.graph.input}
     outs = sorted({x for x, _, _ in layers.values() if x not in inputs})
     session = make_session(with_outputs(model, outs), optimize=False) if outs else None
