@@ -677,9 +677,8 @@ class FeatureCoverage:
             return None
         return (f"{count:,} pruned weight(s) read input features that have one value in every sample of --data "
                 f"({'; '.join(said[:3])}{' ...' if len(said) > 3 else ''}): no sample measured them, so an input "
-                "with values there may change more than the budget says; give samples that cover every feature "
-                "(sweep 29: images with ink where none of the 250 calibration images had any changed 5.0%, the "
-                "rest 1.5%)")
+                "with values there may change more than the budget says; samples that vary there would measure "
+                "them")
 
 
 def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage:
