@@ -268,30 +268,17 @@ def sort_nodes(model: onnx.ModelProto) -> bool:
     return changed
 
 
-def _free_names(graph: onnx.GraphProto) -> set[str]:
-    """Names a body reads from the scopes around it."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    defined |= {t.values.name for t in graph.sparse_initializer}
-    read: set[str] = set()
-    for node in graph.node:
-        read.update(i for i in node.input if i)
-        for a in node.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                read |= _free_names(g)
-        defined.update(o for o in node.output if o)
-    return (read | {o.name for o in graph.output}) - defined
+def _needs(node: onnx.NodeProto) -> set[str]:
+    """Names `node` needs defined before it: its inputs and what its bodies read from the scopes around them."""
+    from onnxprune.passes.scopes import outer_reads
+
+    return {i for i in node.input if i} | outer_reads(node)
 
 
 def _sorted_order(graph: onnx.GraphProto, outer: set[str], orders: list) -> bool:
     known = set(outer) | {v.name for v in graph.input} | {t.name for t in graph.initializer}
     known |= {t.values.name for t in graph.sparse_initializer}
-    needs = []
-    for node in graph.node:
-        need = {i for i in node.input if i}
-        for a in node.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                need |= _free_names(g)
-        needs.append(need)
+    needs = [_needs(node) for node in graph.node]
     pending, order = list(range(len(graph.node))), []
     while pending:
         rest = []
