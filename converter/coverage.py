@@ -651,9 +651,9 @@ class FeatureCoverage:
     """Input features a first layer reads that have one value in every sample of the data (0 for a pixel no
     calibration image inks, or what a scaler makes of it): weight -> (its input axis, a bool per feature, True where
     no sample differs). Pruning a weight on such a feature moves every sample alike (by nothing when the value is 0),
-    so what it does to an input that varies there was never measured. Measured (sweep 29, scikit-learn's scaler + PCA + SVC on MNIST, 250 calibration images):
-    2.19x "0 of 187 changed", 1.75% of 2,000 test images changed, 5.0% of those with ink where no calibration image
-    had any against 1.5% of the rest."""
+    so what it does to an input that varies there was never measured. Measured (sweep 29, scikit-learn's scaler +
+    PCA + SVC on MNIST, 250 calibration images): 2.19x "0 of 187 changed", 1.75% of 2,000 test images changed, 5.0%
+    of those with ink where no calibration image had any against 1.5% of the rest."""
 
     unseen: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
 
@@ -684,27 +684,26 @@ class FeatureCoverage:
 def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage:
     """The features of each first fully connected layer (a main-graph MatMul/Gemm weight whose input no prunable
     weight precedes: what the model's inputs become before any learned layer) that have one value in every sample
-    of `reader`, from one run of a copy of the model whose outputs are those layers' inputs."""
-    from onnxprune.calibration.runtime import make_session, with_outputs
+    of `reader`, from one run of the nodes that compute those layers' inputs (sensitivity's prefix model:
+    onnxruntime runs every node of a session whatever is fetched)."""
+    from onnxprune.calibration.sensitivity import _GraphIndex
 
-    cov = FeatureCoverage()
-    nodes = {n.name: n for n in model.graph.node}
+    index = _GraphIndex(model)
     layer_nodes = {w.node for w in weights}
-    producers = {o: n for n in model.graph.node for o in n.output}
 
     def first(x: str) -> bool:
         todo, seen = [x], set()
         while todo:
-            t = todo.pop()
-            p = producers.get(t)
-            if p is None or t in seen:
+            i = index.producer.get(todo.pop())
+            if i is None or i in seen:
                 continue
-            seen.add(t)
-            if p.name in layer_nodes:
+            seen.add(i)
+            if index.nodes[i].name in layer_nodes:
                 return False
-            todo.extend(i for i in p.input if i)
+            todo.extend(index.inputs[i])
         return True
 
+    nodes = {n.name: n for n in index.nodes}
     layers = {}
     for w in weights:
         node = nodes.get(w.node)
@@ -716,9 +715,9 @@ def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage
         if first(node.input[0]):
             layers[w.name] = (node.input[0], w.in_axis, w.shape[w.in_axis])
     if not layers:
-        return cov
+        return FeatureCoverage()
     try:
-        return _feature_coverage(model, layers, reader, make_session, with_outputs)
+        return _feature_coverage(model, index, layers, reader)
     except ConverterError:  # the data's own errors: said by the step that reads it, as before
         raise
     except Exception as exc:  # noqa: BLE001 - a model the data does not run is said by the data's check, by name
@@ -726,15 +725,20 @@ def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage
         return FeatureCoverage()
 
 
-def _feature_coverage(model, layers, reader, make_session, with_outputs) -> FeatureCoverage:
+def _feature_coverage(model: onnx.ModelProto, index, layers: dict, reader) -> FeatureCoverage:
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.calibration.sensitivity import _prefix_model
+
     cov = FeatureCoverage()
     inputs = {i.name for i in model.graph.input}
     outs = sorted({x for x, _, _ in layers.values() if x not in inputs})
-    session = make_session(with_outputs(model, outs), optimize=False) if outs else None
+    session = make_session(_prefix_model(model, index, outs, set(), None), optimize=False) if outs else None
+    reads = {i.name for i in session.get_inputs()} if session is not None else set()  # the inputs the prefix reads
     varies = {name: np.zeros(size, bool) for name, (_, _, size) in layers.items()}
     first_row: dict[str, np.ndarray] = {}
     for feeds in reader:
-        values = dict(zip(outs, session.run(outs, feeds))) if session is not None else {}
+        values = (dict(zip(outs, session.run(outs, {k: v for k, v in feeds.items() if k in reads})))
+                  if session is not None else {})
         for name, (x, _, size) in layers.items():
             v = feeds.get(x) if x in inputs else values.get(x)
             if v is None:
