@@ -612,17 +612,17 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
     consts = local_constants(model.graph)
     made = consts.keys() | {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
     computed = sorted({t for ts in ids.values() for t in ts if t not in inputs and t not in made})
-    session = None
-    if computed:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        del copy.graph.output[:]
-        copy.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in computed)
-        session = make_session(copy, optimize=False)
+    session, reads = None, set()
+    if computed:  # only the nodes that compute the ids (onnxruntime runs every node of a session, fetched or not)
+        from onnxprune.calibration.sensitivity import _GraphIndex, _prefix_model
+
+        session = make_session(_prefix_model(model, _GraphIndex(model), computed, set(), None), optimize=False)
+        reads = {i.name for i in session.get_inputs()}
     rows_of = {w.name: w.shape[0] for w in tables}
     seen = {n: np.zeros(rows_of[n], bool) for n in ids}
     for feeds in reader:
-        values = dict(zip(computed, session.run(computed, feeds))) if session is not None else {}
+        values = (dict(zip(computed, session.run(computed, {k: v for k, v in feeds.items() if k in reads})))
+                  if session is not None else {})
         for name, ts in ids.items():
             for t in ts:
                 if t in feeds:
