@@ -44,7 +44,7 @@ from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 
 log = logging.getLogger(__name__)
 
-# op -> (weight input, bias input or None, output scale input, whether the output scale is optional)
+# op -> (weight input, bias input or None, output scale input); the weight's scale and zero point follow the weight
 LAYERS = {("", "QLinearConv"): (3, 8, 6), ("", "QLinearMatMul"): (3, None, 6), ("com.microsoft", "QGemm"): (3, 6, 7)}
 
 
@@ -86,16 +86,23 @@ def convertible(node: onnx.NodeProto, inits: dict, readers: dict, opset: int = 1
         a = _attrs(node)
         if a.get("transA", 0) or (a.get("alpha", 1.0) != 1.0 and _input(node, 6)):
             return False
-    if numpy_helper.to_array(inits[_input(node, w)]).dtype not in (np.int8, np.uint8):
+    if inits[_input(node, w)].data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
         return False
     # a per-channel scale needs DequantizeLinear's axis (opset 13); the model's opset is not raised for it (other
     # ops' meaning changes at 13: Softmax's axis, Squeeze's axes)
-    return opset >= 13 or numpy_helper.to_array(inits[_input(node, w + 1)]).size <= 1
+    return opset >= 13 or int(np.prod(inits[_input(node, w + 1)].dims)) <= 1
+
+
+def _given(names: list[str]) -> list[str]:
+    """Inputs without the absent ones at the end (an absent zero point: the op's default, 0)."""
+    while names and not names[-1]:
+        names = names[:-1]
+    return names
 
 
 def _dq(name: str, inputs: list[str], output: str, axis: int | None) -> onnx.NodeProto:
-    return helper.make_node("DequantizeLinear", inputs, [output], name=name, **({"axis": axis} if axis is not None
-                                                                                else {}))
+    return helper.make_node("DequantizeLinear", _given(inputs), [output], name=name,
+                            **({"axis": axis} if axis is not None else {}))
 
 
 def to_qdq(node: onnx.NodeProto, inits: dict, added: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
@@ -108,10 +115,6 @@ def to_qdq(node: onnx.NodeProto, inits: dict, added: list[onnx.TensorProto]) -> 
     nodes = [_dq(f"{base}/DequantizeLinear_x", [_input(node, 0), _input(node, 1), _input(node, 2)], x_f, None),
              _dq(f"{base}/DequantizeLinear_w", [_input(node, w), _input(node, w + 1), _input(node, w + 2)], w_f,
                  axis)]
-    while nodes[0].input and not nodes[0].input[-1]:  # an absent zero point: the op's default, 0
-        nodes[0].input.pop()
-    while nodes[1].input and not nodes[1].input[-1]:
-        nodes[1].input.pop()
     operands = [x_f, w_f]
     if bias is not None and _input(node, bias):
         x_scale = numpy_helper.to_array(inits[_input(node, 1)]).astype(np.float32)
@@ -133,7 +136,7 @@ def to_qdq(node: onnx.NodeProto, inits: dict, added: list[onnx.TensorProto]) -> 
         nodes.append(helper.make_node("Gemm", operands, [out], name=f"{base}/Gemm",
                                       **{k: v for k, v in attrs.items() if k in ("alpha", "transB")}))
     if has_y:
-        q = [y_f, _input(node, y_scale)] + ([_input(node, y_scale + 1)] if _input(node, y_scale + 1) else [])
+        q = _given([y_f, _input(node, y_scale), _input(node, y_scale + 1)])
         nodes.append(helper.make_node("QuantizeLinear", q, [node.output[0]], name=f"{base}/QuantizeLinear_y"))
     return nodes
 
@@ -175,11 +178,11 @@ def activation_to_qdq(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     nodes, floats = [], []
     for k, (x, x_s, x_zp) in enumerate(operands):
         floats.append(f"{base}/in{k}_dq")
-        nodes.append(_dq(f"{base}/DequantizeLinear_{k}", [x, x_s] + ([x_zp] if x_zp else []), floats[-1], None))
+        nodes.append(_dq(f"{base}/DequantizeLinear_{k}", [x, x_s, x_zp], floats[-1], None))
     attrs = {k: v for k, v in _attrs(node).items() if k != "channels_last"}
     nodes.append(helper.make_node(op, floats, [f"{base}/y_float"], name=f"{base}/{op}", **attrs))
-    nodes.append(helper.make_node("QuantizeLinear", [f"{base}/y_float", y_s] + ([y_zp] if y_zp else []),
-                                  [node.output[0]], name=f"{base}/QuantizeLinear_y"))
+    nodes.append(helper.make_node("QuantizeLinear", _given([f"{base}/y_float", y_s, y_zp]), [node.output[0]],
+                                  name=f"{base}/QuantizeLinear_y"))
     return nodes
 
 
@@ -195,11 +198,12 @@ class QOperatorToQDQ(Pass):
             for name in n.input:
                 readers[name] = readers.get(name, 0) + 1
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        if opset < 10 or not any(convertible(n, inits, readers, opset) for n in graph.node):
+        layers = [opset >= 10 and convertible(n, inits, readers, opset) for n in graph.node]
+        if not any(layers):
             return PassResult(model, False)
         nodes, added, converted = [], [], []
-        for n in graph.node:
-            if convertible(n, inits, readers, opset):
+        for n, layer in zip(graph.node, layers):
+            if layer:
                 nodes.extend(to_qdq(n, inits, added))
                 converted.append(n.op_type)
             elif activation_convertible(n):  # once a layer is, its activations' QOperator ops too
