@@ -216,8 +216,9 @@ class OnnxModule(nn.Module):
         if missing:
             raise TypeError(f"missing graph input(s) {missing}; inputs are {list(self._inputs)}")
         for name, v in feeds.items():
-            if isinstance(v, (list, tuple)) and name in self._sequences:  # a sequence given as its elements
-                v = torch.stack([torch.as_tensor(np.asarray(e)) if not isinstance(e, torch.Tensor) else e for e in v])
+            if isinstance(v, (list, tuple)) and name in self._sequences:  # a sequence given as its elements: as the
+                v = (torch.stack(list(v)) if all(isinstance(e, torch.Tensor) for e in v)  # data holds them, stacked
+                     else np.stack([np.asarray(e) for e in v]))  # (arrays then go to the module's device below)
             if not isinstance(v, torch.Tensor):
                 v = torch.as_tensor(np.asarray(v), device=self._device())
             if self._dtype is not None and v.is_floating_point() and v.dtype != self._dtype:

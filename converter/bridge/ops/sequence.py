@@ -74,4 +74,3 @@ def split_to_sequence(inputs, attrs, ctx):
         return (list(parts),)
     sizes = split.reshape(-1).tolist() if split.dim() else int(split.item())
     return (list(torch.split(x, sizes, dim=axis)),)
-
