@@ -369,9 +369,10 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
     (`calibration.shapes.batch_axes`: axis 0, a time-major input's axis 1, a state's lone axis)."""
     from onnxprune.calibration.runtime import input_specs
     from onnxprune.calibration.shapes import batch_axes
+    from onnxprune.calibration.value_types import dim_params
 
     batch = batch_axes(model)
-    names = {vi.name: [d.dim_param for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    names = {vi.name: dim_params(vi) for vi in model.graph.input}  # the axes as the data holds them (a sequence's too)
     free = {s.name: [k for k, d in enumerate(s.shape) if d is None and k not in batch.get(s.name, ())]
             for s in input_specs(model)}
     free = {name: axes for name, axes in free.items() if axes}
