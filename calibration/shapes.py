@@ -36,7 +36,7 @@ import onnxruntime as ort
 
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, input_specs,
                                            make_session, ort_reason, random_feeds, with_shapes)
-from onnxprune.calibration.value_types import dim_expression
+from onnxprune.calibration.value_types import dim_expression, dim_params
 from onnxprune.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,6 @@ def _at(specs: list[InputSpec], batch, free, size: int, params: dict | None = No
             for s in specs if free[s.name]}
 
 
-
 def _brief(exc: BaseException) -> str:
     """The innermost failing node of an onnxruntime error ("Conv 'conv2d': Invalid input shape: {2,2}")."""
     reason = " ".join(str(exc).split())
@@ -187,8 +186,6 @@ def _elements(dims_by_input: dict[str, tuple]) -> float:
 
 def _dim_params(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Input name -> the dim_param of each axis ('' when unnamed or fixed)."""
-    from onnxprune.calibration.value_types import dim_params
-
     return {vi.name: dim_params(vi) for vi in model.graph.input}
 
 

@@ -11,11 +11,11 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
+from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
+                                                value_tensor)
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.plain import count, nbytes
 from onnxprune.passes.merge_copies import duplicate_groups
-from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
-                                                value_tensor)
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
