@@ -8,8 +8,8 @@ the decoder's ~350 bytes of nodes dominate), and the smallest of the three is wr
 in the model's metadata (key METADATA, JSON: weight -> key and record; the decoder's tensors and intermediates are
 named `_c<key>.…`), which the decoder reads back.
 
-Needs opset >= 11 and IR >= 4 (initializers that are not graph inputs); otherwise the weights stay dense and a
-note says why. Weights that are graph inputs stay dense.
+Needs opset >= 11 and IR >= 4 (initializers that are not graph inputs); at opset 9-10 the weights are written as the
+"constant" format's scatter chain instead (coo.py), below that they stay dense, and a note says why. Weights that are graph inputs stay dense.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from onnxprune.errors import ModelError
 from onnxprune.passes.base import PruneState
-from onnxprune.passes.storage import StorageFormat, packing, register_format
+from onnxprune.passes.storage import StorageFormat, coo, packing, register_format
 from onnxprune.passes.storage.coo import dense_to_sparse
 from onnxprune.passes.storage.decoder import MIN_OPSET, SHARED, DecoderBuilder, prefix, shared_tensors
 from onnxprune.passes.storage.graphs import default_opset, first_line, replace_initializers
@@ -63,6 +63,11 @@ def encode_weight(name: str, values: np.ndarray, dense_bytes: int, key: int, sha
 
 def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
     refusal = _refusal(model)
+    if refusal and default_opset(model) in coo.SCATTER_OPSETS and model.ir_version >= 4:
+        state.notes.append(f"sparse format 'compact' needs opset >= {MIN_OPSET} for its decoder (model has "
+                           f"{default_opset(model)}): the pruned weights are stored as COO (values and int64 "
+                           "indices scattered into zeros), as --sparse-format constant writes them at this opset")
+        return coo.encode_constant(model, names, state)
     if refusal:
         state.notes.append(refusal)
         return []

@@ -7,6 +7,15 @@ fp16 below 1/5. Two homes, same bytes:
   * "initializer": graph.sparse_initializer; loads in onnxruntime, passes the plain checker only.
 Decoding (for the passes, which need dense tensors: onnx-graphsurgeon would silently turn sparse tensors into
 zero-filled dense ones) accepts linear or coordinate indices, and refuses indices outside the shape.
+
+A sparse Constant needs opset 11. At opset 9 and 10 "constant" writes the same two arrays as plain Constant nodes
+and the standard ops that rebuild the weight (`scatter_nodes`):
+
+    ConstantOfShape([numel], 0) -> Scatter(axis 0, indices, values) -> Reshape(shape) -> the weight's name
+
+Scatter is ScatterElements' name before opset 11 (deprecated there). Every input is a constant, so onnxruntime
+folds the chain into one initializer when the session is created; its nodes are named `<weight>__coo9.*`, which
+`decode` and `describe` recognise. Below opset 9 (no ConstantOfShape, no Scatter) the weights stay dense.
 """
 
 from __future__ import annotations
@@ -59,13 +68,58 @@ def sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(dense, sparse.values.name)
 
 
+SCATTER_OPSETS = (9, 10)  # ConstantOfShape and Scatter exist; a sparse Constant does not (11)
+SCATTER_TAG = "__coo9."  # the scatter chain's tensor names: <weight>__coo9.<part>
+SCATTER_BYTES = 150  # its nodes, less the names
+
+
+def scatter_nodes(values: np.ndarray, name: str) -> list[onnx.NodeProto]:
+    """The opset 9-10 home of a COO weight: its values and int64 linear indices as Constant nodes, scattered into
+    zeros and reshaped to the weight's shape; the last node writes `name`."""
+    flat = values.reshape(-1)
+    idx = np.flatnonzero(flat).astype(np.int64)
+    tag = name + SCATTER_TAG
+
+    def const(part: str, array: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [tag + part], value=numpy_helper.from_array(np.asarray(array)))
+
+    return [
+        const("values", flat[idx]), const("indices", idx), const("numel", np.array([flat.size], np.int64)),
+        helper.make_node("ConstantOfShape", [tag + "numel"], [tag + "zeros"],
+                         value=numpy_helper.from_array(np.zeros(1, flat.dtype))),
+        helper.make_node("Scatter", [tag + "zeros", tag + "indices", tag + "values"], [tag + "flat"], axis=0),
+        const("shape", np.array(values.shape, np.int64)),
+        helper.make_node("Reshape", [tag + "flat", tag + "shape"], [name]),
+    ]
+
+
+def scatter_pays_off(values: np.ndarray, name: str) -> bool:
+    """The chain costs about 150 bytes beside the arrays and its tensor names (12 references of the weight's name
+    and a part: 415 bytes a weight of a 10-letter name)."""
+    nnz = int(np.count_nonzero(values))
+    return sparse_bytes(nnz, values.dtype.itemsize) + SCATTER_BYTES + 12 * (len(name) + 10) < values.size * values.dtype.itemsize
+
+
+def _old_opset(model: onnx.ModelProto, state: PruneState, where: str = "") -> bool | None:
+    """None when the model's opset holds a sparse Constant; True when it holds the scatter chain (9-10); False,
+    with a note, when it holds neither."""
+    opset = default_opset(model)
+    if opset >= 11:
+        return None
+    if opset in SCATTER_OPSETS:
+        return True
+    state.notes.append(f"sparse storage needs opset >= 9 (ConstantOfShape, Scatter; model has {opset}): pruned "
+                       f"weights{where} kept dense. Convert the model to opset 11+ (onnx.version_converter."
+                       "convert_version(model, 11)) to store them sparse.")
+    return False
+
+
 def _encoder(home: str):
     def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
-        """Re-home the weights that get smaller as sparse; "constant" needs opset >= 11, "initializer" IR >= 6."""
-        if home == "constant" and default_opset(model) < 11:
-            state.notes.append(f"sparse format 'constant' needs opset >= 11 (model has {default_opset(model)}); "
-                               "weights kept dense. Convert the model to opset 11+ (onnx.version_converter) to "
-                               "store them sparse.")
+        """Re-home the weights that get smaller as sparse; "constant" needs opset >= 11 (at 9-10 the scatter
+        chain), "initializer" IR >= 6."""
+        scatter = _old_opset(model, state) if home == "constant" else None
+        if scatter is False:
             return []
         if home == "initializer" and model.ir_version < 6:
             state.notes.append(f"sparse initializers need IR >= 6 (model has IR {model.ir_version}); "
@@ -78,10 +132,15 @@ def _encoder(home: str):
         new_constants: list[onnx.NodeProto] = []
         for name in names:
             values = numpy_helper.to_array(tensors[name])
-            if name in graph_inputs or not pays_off(values):
+            if name in graph_inputs or not (scatter_pays_off(values, name) if scatter else pays_off(values)):
+                continue
+            encoded.append(name)
+            if scatter:
+                if name not in init_names:  # a Constant node: the chain writes its name instead
+                    _drop_constant(model.graph, name)
+                new_constants += scatter_nodes(values, name)
                 continue
             sparse = dense_to_sparse(values, name)
-            encoded.append(name)
             if name not in init_names:  # already a Constant node: swap its attribute
                 node = next(n for n in model.graph.node if n.op_type == "Constant" and n.output[0] == name)
                 del node.attribute[:]
@@ -105,24 +164,39 @@ def _encoder(home: str):
     return encode
 
 
+def _drop_constant(graph: onnx.GraphProto, name: str) -> None:
+    kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] == name)]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def encode_in_bodies(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
-    """Weights that live in If/Loop/Scan bodies, re-homed in their body as Constant(sparse_value) nodes."""
-    if default_opset(model) < 11:
-        state.notes.append(f"sparse Constant nodes need opset >= 11 (model has {default_opset(model)}); weights in "
-                           "subgraph bodies kept dense.")
+    """Weights that live in If/Loop/Scan bodies, re-homed in their body as Constant(sparse_value) nodes (the
+    scatter chain at opset 9-10)."""
+    scatter = _old_opset(model, state, " in subgraph bodies")
+    if scatter is False:
         return []
     tensors, homes = constant_tensors(model), constant_homes(model)
     order = {id(g): k for k, (g, _) in enumerate(homes.values())}
     encoded: list[str] = []
     new_constants: dict[int, list[onnx.NodeProto]] = {}
+    drops: dict[int, set[str]] = {}  # Constant nodes the scatter chain replaces, dropped with the inner-first refill
     graphs: dict[int, onnx.GraphProto] = {}
     for name in names:
         values = numpy_helper.to_array(tensors[name])
-        if not pays_off(values):
+        if not (scatter_pays_off(values, name) if scatter else pays_off(values)):
             continue
-        sparse = dense_to_sparse(values, name)
         encoded.append(name)
         graph, node = homes[name]
+        if scatter:
+            if node is not None:
+                drops.setdefault(id(graph), set()).add(name)
+            else:
+                replace_initializers(graph, drop={name})
+            graphs.setdefault(id(graph), graph)
+            new_constants.setdefault(id(graph), []).extend(scatter_nodes(values, name))
+            continue
+        sparse = dense_to_sparse(values, name)
         if node is not None:  # already a Constant node: swap its attribute
             del node.attribute[:]
             node.attribute.append(helper.make_attribute("sparse_value", sparse))
@@ -135,15 +209,57 @@ def encode_in_bodies(model: onnx.ModelProto, names: list[str], state: PruneState
     # body edited after that would be a detached copy. Scopes come outer before inner in `order`.
     for key in sorted(graphs, key=lambda k: order[k], reverse=True):
         graph = graphs[key]
-        nodes = new_constants[key] + list(graph.node)
+        drop = drops.get(key, set())
+        nodes = new_constants[key] + [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in drop)]
         del graph.node[:]
         graph.node.extend(nodes)
     return encoded
 
 
+def _scatter_chains(graph: onnx.GraphProto) -> dict[str, dict[str, onnx.NodeProto]]:
+    """{weight: {part: node}} of every complete scatter chain (`scatter_nodes`) in `graph` itself: its nodes are
+    known by their outputs, `<weight>__coo9.<part>`, and the Reshape that writes the weight from `...flat`."""
+    chains: dict[str, dict[str, onnx.NodeProto]] = {}
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if SCATTER_TAG in out:
+            weight, part = out.rsplit(SCATTER_TAG, 1)
+            chains.setdefault(weight, {})[part] = node
+        elif node.op_type == "Reshape" and node.input and node.input[0] == out + SCATTER_TAG + "flat":
+            chains.setdefault(out, {})["reshape"] = node
+    parts = {"values", "indices", "numel", "zeros", "flat", "shape", "reshape"}
+    return {w: c for w, c in chains.items() if set(c) == parts}
+
+
+def _scatter_dense(weight: str, chain: dict[str, onnx.NodeProto]) -> np.ndarray:
+    def value(part):
+        return numpy_helper.to_array(next(a.t for a in chain[part].attribute if a.name == "value"))
+
+    try:
+        shape = tuple(int(d) for d in value("shape"))
+        refuse_huge(int(np.prod(shape, dtype=np.float64)), weight)
+        sparse = helper.make_sparse_tensor(numpy_helper.from_array(value("values"), weight),
+                                           numpy_helper.from_array(value("indices").astype(np.int64), weight + "i"),
+                                           list(shape))
+    except (StopIteration, ValueError, TypeError) as exc:
+        raise ModelError(f"the sparse weight '{weight}' (opset 9-10 scatter form) is malformed ({first_line(exc)}); "
+                         "the file is corrupted or was edited, re-export it.") from None
+    return numpy_helper.to_array(sparse_to_dense(sparse))
+
+
 def decode(model: onnx.ModelProto) -> list[str]:
-    """Move sparse initializers and Constant(sparse_value) into dense form; return their names."""
+    """Move sparse initializers, Constant(sparse_value) and scatter chains into dense form; return their names."""
     names: list[str] = []
+    for graph in reversed(list(all_graphs(model.graph))):  # inner bodies first: a refill copies the bodies it holds
+        chains = _scatter_chains(graph)
+        if chains:
+            dense = {w: _scatter_dense(w, c) for w, c in chains.items()}
+            members = {id(n) for c in chains.values() for n in c.values()}
+            nodes = [helper.make_node("Constant", [], [w], name=w, value=numpy_helper.from_array(a))
+                     for w, a in dense.items()] + [n for n in graph.node if id(n) not in members]
+            del graph.node[:]
+            graph.node.extend(nodes)
+            names += list(chains)
     for graph in all_graphs(model.graph):
         for sparse in list(graph.sparse_initializer):
             dense = sparse_to_dense(sparse)
@@ -166,6 +282,11 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     """COO weights: indices + values bytes, as stored."""
     out = {}
     for graph in all_graphs(model.graph):
+        for weight, chain in _scatter_chains(graph).items():
+            arrays = [a.t for part in ("values", "indices") for a in chain[part].attribute if a.name == "value"]
+            nnz = int(np.prod(list(arrays[0].dims), dtype=np.int64)) if arrays else 0
+            size = sum(n.ByteSize() for n in chain.values())
+            out[weight] = {"encoding": "coo (scatter, opset 9-10)", "bytes": size, "nonzeros": nnz}
         homes = [("initializer", sp, sp.values.name) for sp in graph.sparse_initializer]
         homes += [("constant", a.sparse_tensor, n.output[0]) for n in graph.node if n.op_type == "Constant"
                   for a in n.attribute if a.name == "sparse_value"]
@@ -176,5 +297,6 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     return out
 
 
-register_format(StorageFormat("constant", _encoder("constant"), decode, describe))
+encode_constant = _encoder("constant")
+register_format(StorageFormat("constant", encode_constant, decode, describe))
 register_format(StorageFormat("initializer", _encoder("initializer"), decode, describe))

@@ -150,7 +150,7 @@ def test_decoder_constants_are_shared_between_weights():
 
 def test_old_opset_keeps_weights_dense_and_says_why():
     dense, names = _pruned()
-    dense.opset_import[0].version = 10
+    dense.opset_import[0].version = 8
     state, out = PruneState(), _copy(dense)
     assert not SparseEncode(names, "compact")(out, state).modified
     assert "opset >= 11" in state.notes[0] and out.SerializeToString() == dense.SerializeToString()
