@@ -1235,6 +1235,16 @@ CLASSIC = [
     Case("BitwiseXor", "BitwiseXor", [I32A, I32B], opset=18), Case("BitwiseNot", "BitwiseNot", [U8], opset=18),
     Case("BitShift-left", "BitShift", [U8, np.array([[1], [3]], np.uint8)], {"direction": "LEFT"}),
     Case("BitShift-right", "BitShift", [U8.astype(np.uint32), np.array([2], np.uint32)], {"direction": "RIGHT"}),
+    Case("CenterCropPad-crop-pad", "CenterCropPad", [f32(2, 7, 4), i64(4, 7)], {"axes": [1, 2]}, opset=18,
+         consts=(1,)),
+    Case("CenterCropPad-all-axes", "CenterCropPad", [f32(3, 5), i64(2, 8)], opset=18, consts=(1,)),
+    Case("CenterCropPad-runtime-shape", "CenterCropPad", [f32(1, 6, 6), i64(5, 3)], {"axes": [-2, -1]}, opset=18),
+    Case("MelWeightMatrix", "MelWeightMatrix", [np.array(8, np.int64), np.array(64, np.int64),
+                                                np.array(16000, np.int64), np.array(0.0, np.float32),
+                                                np.array(8000.0, np.float32)], consts=(0, 1, 2, 3, 4)),
+    Case("MelWeightMatrix-narrow-double", "MelWeightMatrix",
+         [np.array(40, np.int64), np.array(400, np.int64), np.array(16000, np.int64), np.array(20.0, np.float32),
+          np.array(7600.0, np.float32)], {"output_datatype": TensorProto.DOUBLE}, consts=(0, 1, 2, 3, 4)),
 ]
 
 

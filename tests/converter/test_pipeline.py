@@ -123,18 +123,15 @@ def test_prune_json_exit_code_3_when_budget_missed(teacher_data, tmp_path):
 
 
 def test_graphs_the_bridge_cannot_run_fall_back_to_layerwise_reconstruction(teacher_data):
-    """An op the bridge does not run (CenterCropPad, here a crop to the size it has) sits after the MLP: retraining
-    still happens, by reconstruction. (It was a Scan, which the bridge runs now.)"""
+    """An op the bridge does not run (ai.onnx.ml Normalizer, L2: the class order stays) sits after the MLP:
+    retraining still happens, by reconstruction. (It was a Scan, then a CenterCropPad, which the bridge runs now.)"""
     model, data = teacher_data
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for opset in m.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, 18)
+    m.opset_import.append(onnx.helper.make_opsetid("ai.onnx.ml", 1))
     out = m.graph.output[0]
-    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([10], np.int64), "crop"))
-    m.graph.node.append(onnx.helper.make_node("CenterCropPad", [out.name, "crop"], ["looped"], axes=[1],
-                                              name="crop"))
+    m.graph.node.append(onnx.helper.make_node("Normalizer", [out.name], ["looped"], norm="L2", name="normalize",
+                                              domain="ai.onnx.ml"))
     del m.graph.output[:]
     m.graph.output.append(onnx.helper.make_tensor_value_info("looped", onnx.TensorProto.FLOAT, ["N", 10]))
     onnx.checker.check_model(m, full_check=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto
@@ -723,6 +724,27 @@ def _window(coefficients):
 register("HannWindow", since_opset=17, static_inputs=(0,))(_window((0.5, -0.5)))
 register("HammingWindow", since_opset=17, static_inputs=(0,))(_window((25 / 46, -21 / 46)))  # the spec's alpha, beta
 register("BlackmanWindow", since_opset=17, static_inputs=(0,))(_window((0.42, -0.5, 0.08)))
+
+
+@register("MelWeightMatrix", since_opset=17, static_inputs=(0, 1, 2, 3, 4))
+def mel_weight_matrix(inputs, attrs, ctx):
+    """[dft_length // 2 + 1, num_mel_bins] triangular mel filters, as onnx's reference and onnxruntime compute them
+    (bin edges floored to whole DFT bins); a constant of its inputs."""
+    bins, dft, rate = (int(_static(inputs, i, ctx)[0]) for i in range(3))
+    low, high = (float(_static(inputs, i, ctx)[0]) for i in (3, 4))
+    lo, hi = (2595 * np.log1p(hz / 700) / np.log(10) for hz in (low, high))
+    edges = np.arange(bins + 2) * ((hi - lo) / (bins + 2)) + lo
+    edges = (((dft + 1) * (700 * np.expm1(edges / 2595 * np.log(10)))) // rate).astype(int)
+    out = np.zeros((dft // 2 + 1, bins))
+    for i in range(bins):
+        left, centre, right = edges[i:i + 3]
+        if centre == left:
+            out[centre, i] = 1
+        else:
+            out[left:centre + 1, i] = (np.arange(left, centre + 1) - left) / (centre - left)
+        if right > centre:
+            out[centre:right, i] = (right - np.arange(centre, right)) / (right - centre)
+    return torch.as_tensor(out).to(ONNX_TO_TORCH[attrs.get("output_datatype", TensorProto.FLOAT)])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -146,6 +146,24 @@ def _wrap_indices(idx: Tensor, size: int) -> Tensor:
     return torch.where(idx < 0, idx + size, idx)
 
 
+@register("CenterCropPad", since_opset=18, static_inputs=(1,))
+def center_crop_pad(inputs, attrs, ctx):
+    """Crop each named axis to its target size around the centre, or zero-pad it there (the extra one of an odd
+    difference at the end), as onnx's reference."""
+    x = inputs[0]
+    shape = [int(v) for v in _static(inputs, 1, ctx)]
+    axes = [_axis(int(a), x.dim()) for a in attrs.get("axes", range(x.dim()))]
+    for axis, size in zip(axes, shape):
+        dim = x.shape[axis]
+        if size < dim:
+            x = x.narrow(axis, (dim - size) // 2, size)
+        elif size > dim:
+            before = (size - dim) // 2
+            pads = [0, 0] * (x.dim() - 1 - axis) + [before, size - dim - before]
+            x = torch.nn.functional.pad(x, pads)
+    return x
+
+
 @register("Gather")
 def gather(inputs, attrs, ctx):
     """out = data.shape[:axis] + indices.shape + data.shape[axis+1:] (Embedding is Gather on axis 0)."""
