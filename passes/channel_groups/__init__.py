@@ -66,6 +66,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _qdq,
     _reduce,
     _resize,
+    _roi_align,
     _unary,
 )
 from onnxprune.passes.channel_groups.rules_layers import RECURRENT_GATES, _conv, _conv_transpose, _gemm, _matmul, _recurrent
@@ -95,7 +96,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _recurrent for op in RECURRENT_GATES},
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
-    "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
+    "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT}, "RoiAlign": _roi_align,
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,

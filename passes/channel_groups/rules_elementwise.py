@@ -215,6 +215,17 @@ def _pool(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, v))
 
 
+def _roi_align(b: Builder, node: gs.Node) -> None:
+    """RoiAlign(x [N, C, H, W], rois, batch_indices) -> [R, C, h, w], a two-stage detector's box head after its
+    backbone: each roi's bins sample its image's channels apart. A sample outside the map weighs 0, so a zero channel
+    stays 0 and any other constant does not stay that constant."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r != 4 or c.axis != -3:
+        return b.opaque(node, "samples a tensor whose channel axis is not axis 1 of 4")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
+
+
 
 
 # a reduction over other axes than the channel axis keeps each channel apart (torch's x.mean((2, 3)), Keras's

@@ -848,7 +848,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
     tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
-    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression", "MaxUnpool"}  # test_classic_..., _non_max_..., _max_unpool_
+    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression", "MaxUnpool", "RoiAlign"}  # test_classic_..., _non_max_..., _max_unpool_, _roi_align_
     tested |= {c.op for c in NEWER}  # test_newer_ops_match_onnxruntime
     tested |= {"SequenceConstruct", "SequenceEmpty", "SequenceAt", "SequenceLength", "SequenceInsert", "SequenceErase",
                "ConcatFromSequence", "SplitToSequence"}  # test_sequence_ops_match_onnxruntime
@@ -1271,6 +1271,30 @@ def test_non_max_suppression_matches_onnxruntime(center):
                     {"center_point_box": center}, consts=(2, 3, 4))
         want, got = run_ort(make_model(case), feeds_of(case)), run_bridge(make_model(case), feeds_of(case))
         np.testing.assert_array_equal(got[0], want[0])
+
+
+ROIS = np.array([[0.5, 1.0, 6.0, 5.5], [2.0, 0.0, 3.0, 9.5], [-3.0, -2.0, 4.0, 3.0], [5.0, 4.0, 16.0, 12.0],
+                 [1.0, 1.0, 1.2, 1.1]], np.float32)  # inside, tall, partly outside, past the edge, tiny
+ROI_BATCH = np.array([0, 1, 1, 0, 1], np.int64)
+
+
+@pytest.mark.parametrize("opset,attrs", [
+    (16, {}), (16, {"mode": "max"}), (16, {"sampling_ratio": 2, "output_height": 3, "output_width": 2}),
+    (16, {"coordinate_transformation_mode": "output_half_pixel", "spatial_scale": 0.5, "output_height": 2,
+          "output_width": 4}),
+    (16, {"mode": "max", "sampling_ratio": 3, "spatial_scale": 0.7, "output_height": 2, "output_width": 2}),
+    (10, {"output_height": 2, "output_width": 3}), (10, {"mode": "max", "spatial_scale": 0.5}),
+], ids=["avg", "max", "ratio2", "output-half-pixel", "max-ratio3", "opset10", "opset10-max"])
+def test_roi_align_matches_onnxruntime(opset, attrs):
+    """A two-stage detector's RoiAlign (torchvision's MultiScaleRoIAlign exports one per level): rois of several
+    adaptive grids in one call, partly outside the map, a tiny one; both modes (max as onnxruntime computes it: the
+    largest weighted corner), both coordinate modes, opset 10's."""
+    case = Case(f"RoiAlign-{opset}", "RoiAlign", [f32(2, 3, 8, 10, seed=5), ROIS, ROI_BATCH], attrs, opset=opset)
+    assert_matches_ort(case)
+    x = torch.tensor(f32(2, 3, 8, 10, seed=5), requires_grad=True)
+    out = OnnxModule(make_model(case))(x, torch.tensor(ROIS), torch.tensor(ROI_BATCH))
+    (out[0] if isinstance(out, (list, tuple)) else out).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the feature map (what trains before it) gets a gradient
 
 
 def test_lrn_of_an_even_size_follows_the_spec():

@@ -921,6 +921,25 @@ def test_a_zero_constant_channel_goes_under_a_padded_conv_and_a_nonzero_one_stay
     assert kept_bias == pytest.approx([0.1, 0.3, 0.05, 0.1, -0.1, 0.2])  # the positive constant stays
 
 
+def test_roi_align_passes_channels_so_a_backbone_conv_before_it_shrinks():
+    """c1 (3->8) - Relu - RoiAlign (3 rois, 2x2 bins) - Flatten - Gemm: a detector's box head after its backbone.
+    Channels go through RoiAlign apart; dead rows of c1 go with the head's columns that read them."""
+    g = G.G(0)
+    x = g.op("Relu", "r1", [g.conv("x", "c1", 3, 8, 3, pad=1)])
+    rois = g.init("rois", np.array([[0, 0, 5, 5], [1.5, 2, 7, 6.5], [-1, 3, 4, 9]], np.float32))
+    batch = g.init("batch_idx", np.array([0, 1, 1], np.int64))
+    x = g.op("RoiAlign", "roi", [x, rois, batch], output_height=2, output_width=2, sampling_ratio=2)
+    g.gemm(g.op("Flatten", "flat", [x]), "head", 32, 4)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": [2, 3, 8, 8]}, {"y": [3, 4]})
+    m.opset_import[0].version = max(m.opset_import[0].version, 16)
+    G.zero(m, "c1.weight", 0, [1, 4, 6])
+    G.set_init(m, "c1.bias", np.array([0.1, -0.3, 0.2, 0.1, -0.1, 0.3, -0.2, 0.1], np.float32))
+    out, report, shp = prune(m)
+    assert channels(report)["c1"] == (8, 5) and shp["head.weight"] == (4, 20)
+    assert not any("RoiAlign" in why for why in report.blocked)
+
+
 def test_instance_norm_passes_channels_and_their_scale_and_bias_go_with_them():
     from onnxprune.models import third_party_builders as tb
     m = tb.instance_norm_denoiser()  # n1.bias [-0.15, 0.34, -0.06, ...], n2.bias[1:3] < 0, n3.bias[1] = 0.34

@@ -1,5 +1,5 @@
 """Layers: MatMul/Gemm/Einsum, convolutions, normalisation (LRN and MeanVarianceNormalization too), the Softmax family,
-Attention, Dropout, pooling (Lp too, and MaxUnpool), window functions and NonMaxSuppression."""
+Attention, Dropout, pooling (Lp too, and MaxUnpool), window functions, MelWeightMatrix, NonMaxSuppression and RoiAlign."""
 
 from __future__ import annotations
 
@@ -797,6 +797,67 @@ def non_max_suppression(inputs, attrs, ctx):
                     rest = order[1:]
                     order = rest[_iou(corners[b, i], corners[b, rest]) <= iou_t]
     return torch.tensor(selected, dtype=torch.int64, device=boxes.device).reshape(-1, 3)
+
+
+def _roi_axis(start: Tensor, size: Tensor, bins: int, grid: int, extent: int):
+    """One axis of RoiAlign's sampling points for rois sharing a grid: (low, high, weight of low, weight of high),
+    each [R, bins * grid], as onnxruntime's kernel computes them (a point past -1 or the extent weighs 0; below 0 it
+    is 0; at or past the last pixel it is the last pixel)."""
+    step = size / bins
+    k = torch.arange(bins * grid, device=start.device, dtype=start.dtype)
+    pos = start[:, None] + (k // grid)[None] * step[:, None] + ((k % grid)[None] + 0.5) * (step / grid)[:, None]
+    valid = (pos >= -1.0) & (pos <= extent)
+    pos = pos.clamp(min=0)
+    low = pos.floor().long()
+    last = low >= extent - 1
+    low = torch.where(last, torch.full_like(low, extent - 1), low)
+    high = torch.where(last, low, low + 1)
+    frac = torch.where(last, torch.zeros_like(pos), pos - low.to(pos.dtype))
+    return low, high, (1 - frac) * valid, frac * valid
+
+
+@register("RoiAlign", since_opset=10)
+def roi_align(inputs, attrs, ctx):
+    """Bilinear samples of each roi's bins from its image's feature map, averaged or (onnxruntime's max) the
+    largest weighted corner; `half_pixel` (opset 16's default) shifts by half a pixel, `output_half_pixel` (opset
+    10's only mode) keeps each roi at least one pixel wide. A sampling_ratio of 0 takes ceil(roi size / bins) points a
+    bin per roi: rois of one grid are sampled together. Gradients reach the feature map."""
+    x, rois, batch = inputs[0], inputs[1].to(inputs[0].dtype), inputs[2].long()
+    oh, ow = int(attrs.get("output_height", 1)), int(attrs.get("output_width", 1))
+    ratio, scale = int(attrs.get("sampling_ratio", 0)), float(attrs.get("spatial_scale", 1.0))
+    mode = attrs.get("mode", "avg")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    default = "half_pixel" if ctx.opset >= 16 else "output_half_pixel"
+    coords = attrs.get("coordinate_transformation_mode", default)
+    half = (coords.decode() if isinstance(coords, bytes) else coords) == "half_pixel"
+    _, channels, height, width = x.shape
+    box = rois * scale - (0.5 if half else 0.0)
+    heights, widths = box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]
+    if not half:
+        heights, widths = heights.clamp(min=1.0), widths.clamp(min=1.0)
+    out = x.new_zeros((rois.shape[0], channels, oh, ow))
+    if ratio > 0:
+        grids = torch.full((rois.shape[0], 2), ratio, dtype=torch.long)
+    else:
+        grids = torch.stack([torch.ceil(heights / oh), torch.ceil(widths / ow)], 1).detach().long().cpu()
+    for gh, gw in {tuple(g) for g in grids.tolist()}:
+        pick = ((grids[:, 0] == gh) & (grids[:, 1] == gw)).nonzero().reshape(-1).to(x.device)
+        if gh <= 0 or gw <= 0:  # an empty roi: no sample, 0 as onnxruntime
+            continue
+        ylo, yhi, wylo, wyhi = _roi_axis(box[pick, 1], heights[pick], oh, gh, height)
+        xlo, xhi, wxlo, wxhi = _roi_axis(box[pick, 0], widths[pick], ow, gw, width)
+        img = batch[pick][:, None, None]
+        corners = [x[img, :, yy[:, :, None], xx[:, None, :]] * (wy[:, :, None] * wx[:, None, :])[..., None]
+                   for yy, wy in ((ylo, wylo), (yhi, wyhi)) for xx, wx in ((xlo, wxlo), (xhi, wxhi))]
+        # [R, oh * gh, ow * gw, C] -> [R, C, oh, gh, ow, gw]
+        if mode == "max":
+            value = torch.stack(corners).amax(0)
+        else:
+            value = sum(corners)
+        value = value.permute(0, 3, 1, 2).reshape(len(pick), channels, oh, gh, ow, gw)
+        value = value.amax((3, 5)) if mode == "max" else value.mean((3, 5))
+        out = out.index_copy(0, pick, value)
+    return out
 
 
 @register("MaxUnpool", static_inputs=(2,))
