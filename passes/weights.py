@@ -114,7 +114,9 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
     shapes = _LazyShapes(model, now=with_macs)
     inv = Inventory()
     claimed: set[str] = set()
-    graph_inputs = {i.name for i in model.graph.input}
+    # fed at run time: below IR 4 every initializer is listed as an input too (onnx's "light" zoo models: each Conv
+    # weight a ConstantOfShape of such a shape; counted as data, the refusal named no weight that is computed)
+    graph_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     for node in ix.nodes(model):
         facts = WEIGHT_OPS.get(node.op_type)
         if facts is None and _embedding(node, ix, shapes):

@@ -204,6 +204,11 @@ def test_weights_that_are_not_stored_tensors_are_named_in_the_refusal(tmp_path):
     from onnxprune.passes.weights import find_prunable
 
     assert "MatMul 'mm' reads its weight 'fed' from a graph input (fed at run time)" in find_prunable(m).computed
+    # below IR 4 every initializer is a graph input too, the fill's shape among them (the shipped light models are
+    # IR 3): the shape is still a constant, and the Conv's weight still one the graph computes
+    m.graph.input.append(h.make_tensor_value_info("shape", onnx.TensorProto.INT64, [4]))
+    m.ir_version = 3
+    assert "Conv 'conv' reads its weight 'w' from ConstantOfShape 'fill_w'" in find_prunable(m).computed
     # attention's Q·K^T: a MatMul of two values computed from the data has no weight to list (sweep 13)
     g = h.make_graph(
         [h.make_node("Transpose", ["x2"], ["kt"], perm=[1, 0], name="t"),
