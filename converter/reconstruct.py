@@ -33,7 +33,8 @@ its iterations as rows), on temporary copies; the model keeps its graph.
 
 Left as they are (said in the report): weights in Scan bodies and If-in-Loop bodies, weights reached through
 Reshape/Gather chains,
-weights that are the first operand, Conv/ConvTranspose with more than two spatial dimensions, a ConvTranspose with
+weights that are a Gemm's first operand (a MatMul's is refit: W [*b, M, K] @ X [..., *b, K, N] is the least-squares
+problem over X's columns, one per matrix of W's batch axes), a ConvTranspose with
 auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads
 from its captured input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`:
 its input with stride - 1 zeros between positions, its weight with the channels swapped and the kernel flipped).
@@ -77,6 +78,11 @@ class Layer:
     dense_x: bool = False  # its input depends on its own output (a Loop's carried state): read from the dense model
     twins: list = field(default_factory=list)  # the same weight's readers in other bodies (If branches): rows too
     kernel: tuple = ()  # a Conv's kernel: its kernel_shape, else the weight's spatial dims (the attribute is optional)
+    # a MatMul's first operand, W [*b, M, K] @ X [..., *b, K, N]: the rows are X's columns, and each matrix of W's
+    # batch axes b (leading 1s dropped) is a group of M outputs over K inputs (a capsule net's W per route and class)
+    first: bool = False
+    batch: tuple = ()  # W's batch axes b
+    groups: int = 1  # their product
 
     @property
     def sites(self) -> list:
@@ -153,6 +159,9 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             continue
         layer = Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via),
                       scope=place.scope, kernel=tuple(_attr(node, "kernel_shape", None) or w.shape[2:]))
+        if w.input_index == 0:  # W @ X (_unsupported lets only a MatMul's through)
+            layer.x, layer.first, layer.batch = node.input[1], True, _first_batch(w.shape)
+            layer.groups = int(np.prod(layer.batch, dtype=np.int64))
         if w.scope or w.readers > 1:  # an If branch's twin, or a tied weight's other readers in one graph
             why = _twins(layer, w, every, where)
             if why:
@@ -210,8 +219,17 @@ def _twins(layer: Layer, w, every, where) -> str | None:
                 and [a.SerializeToString() for a in n.attribute] == [a.SerializeToString() for a in node.attribute])
         if not same:
             return f"{node.op_type} '{node.name}' and '{n.name}' read it differently; left as pruned"
-        layer.twins.append(Layer(w.name, n, None, n.input[0], scope=where[id(n)].scope))
+        layer.twins.append(Layer(w.name, n, None, n.input[1 if layer.first else 0], scope=where[id(n)].scope,
+                                 first=layer.first, batch=layer.batch, groups=layer.groups))
     return None
+
+
+def _first_batch(shape) -> tuple:
+    """The batch axes b of a first-operand weight [1.., *b, M, K], leading 1s (broadcast) dropped."""
+    dims = [int(d) for d in shape[:-2]]
+    while dims and dims[0] == 1:
+        dims = dims[1:]
+    return tuple(dims)
 
 
 def _recurrent_twins(layer, others, where) -> str | None:
@@ -246,6 +264,8 @@ def _outside_reach(w) -> str | None:
 def _unsupported(w, node, producers) -> str | None:
     if w.via and not _plain_transpose(w, node, producers):
         return "reached through " + "/".join(w.via) + "; left as pruned"
+    if w.input_index == 0 and node.op_type == "MatMul" and not w.via and len(w.shape) >= 2:
+        return None  # W @ X: refit over X's columns (Layer.first)
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
@@ -384,6 +404,8 @@ def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
 def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(X rows, T rows): one row per output position, X over the weight's input axis (im2col for Conv)."""
     op = layer.node.op_type
+    if layer.first:
+        return _first_rows(layer, x, y)
     if op == "Gemm":
         return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
     if op == "MatMul":
@@ -396,6 +418,21 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
         cols, rows = _im2col(layer.node, x, cap, layer.kernel)
     y = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     return cols, (y if rows is None else y[rows])
+
+
+def _first_rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W [*b, M, K] @ X [..., *b, K, N] = Y [..., *b, M, N]: a row per column n of X (and per leading index), its
+    features X[..., :, :, n] group by group ([*b, K] flattened: _Gram's groups side by side), its targets likewise.
+    X's axes where W has b are broadcast to b first, as MatMul does (an X of fewer axes, or of 1s there)."""
+    batch = layer.batch
+    k, m = x.shape[-2], y.shape[-2]
+    if x.ndim - 2 < len(batch):
+        x = x.reshape((1,) * (len(batch) - x.ndim + 2) + x.shape)
+    lead = x.ndim - 2 - len(batch)
+    x = np.broadcast_to(x, x.shape[:lead] + tuple(batch) + x.shape[-2:])
+    y = y.reshape(y.shape[:-2 - len(batch)] + tuple(batch) + y.shape[-2:])
+    xs, ys = np.moveaxis(x, -1, lead), np.moveaxis(y, -1, y.ndim - 2 - len(batch))  # [..., N, *b, K | M]
+    return xs.reshape(-1, layer.groups * k), ys.reshape(-1, layer.groups * m)
 
 
 def _columns(layer: Layer, x: np.ndarray) -> int:
@@ -480,6 +517,8 @@ def _text(value) -> str:
 def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
     """[outputs, inputs] view of the stored weight (Gemm transB, MatMul [K, N] or [N, K] via Transpose, Conv)."""
     op = layer.node.op_type
+    if layer.first:  # [*b, M, K] -> [b·M, K]: group g's rows together (_first_rows' columns)
+        return w.reshape(-1, w.shape[-1])
     if op == "Gemm":
         return w if _attr(layer.node, "transB", 0) else w.T
     if op == "MatMul":
@@ -493,7 +532,7 @@ def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
 
 
 def _store(layer: Layer, matrix: np.ndarray, shape: tuple) -> np.ndarray:
-    if layer.node.op_type == "Conv":
+    if layer.node.op_type == "Conv" or layer.first:
         return matrix.reshape(shape)
     if layer.node.op_type == "ConvTranspose":  # _weight_matrix's inverse
         g = int(_attr(layer.node, "group", 1))
@@ -976,7 +1015,7 @@ class _Fit:
         self.fixed = None
         if self.bias is None and len(layer.node.input) > 2 and layer.node.input[2]:  # Gemm/Conv bias kept as is
             self.fixed = _fixed_bias(layer, inits)
-        groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type in CONVS else 1
+        groups = int(_attr(layer.node, "group", 1)) if layer.node.op_type in CONVS else layer.groups
         self.gram = _Gram(groups, intercept=self.bias is not None)
         self.inputs, self.targets = layer.captures()  # per site: the layer and its twins
 

@@ -106,6 +106,41 @@ def test_matmul_weights_behind_a_transpose_are_refit_in_their_stored_layout():
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
 
 
+def _first_operand_model(w_shape, x_shape, seed=0) -> onnx.ModelProto:
+    """Y = W @ X (the weight is MatMul's first operand) -> Relu -> a second W2 @ . -> Flatten: W [*b, M, K] with X
+    [N, *x, K, T]. A 2-D W is `torch.mm(W, x)` / a graph conv's A @ X; a batched one a capsule net's per-route
+    transforms; an X of 1s where W has b is broadcast by MatMul."""
+    rng = np.random.default_rng(seed)
+    m, k = w_shape[-2:]
+    w = (rng.standard_normal(w_shape) / np.sqrt(k)).astype(np.float32)
+    w2 = (rng.standard_normal(tuple(w_shape[:-2]) + (4, m)) / np.sqrt(m)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["w1", "x"], ["h0"], name="first"),
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("MatMul", ["w2", "h"], ["z"], name="second"),
+             helper.make_node("Flatten", ["z"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, "first_operand", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                     ["N", *x_shape[1:]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
+                              [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("w_shape,x_shape", [
+    ((24, 16), (1, 16, 10)),  # torch.mm(W, x): 2-D W, X [N, K, T]
+    ((1, 6, 12, 8), (1, 6, 8, 5)),  # per-route matrices, W's leading 1 broadcast over the batch
+    ((3, 12, 8), (1, 1, 8, 5)),  # X of 1 there: MatMul broadcasts it to each of W's 3 matrices
+], ids=["2d", "batched", "broadcast-x"])
+def test_weights_that_are_a_matmuls_first_operand_are_refit(w_shape, x_shape):
+    """Sweep 29's L5: W @ X was left as pruned ("first operand of MatMul"; a capsule net's 276K of 445K weights).
+    The least-squares problem is over X's columns, one per matrix of W's batch axes."""
+    dense = _first_operand_model(w_shape, x_shape)
+    pruned, masks = prune(dense, 0.6)
+    _refit_lowers_the_error(pruned, dense, masks, ["w1", "w2"])
+    report = ReconstructReport()
+    reconstruct(pruned, dense, masks, feeds_for(dense, 4, 8, seed=0), report=report)
+    assert not report.skipped
+
+
 # weights inside If branches and Loop bodies: tests/converter/test_reconstruct_bodies.py
 
 
