@@ -254,8 +254,9 @@ def _outside_reach(w) -> str | None:
                 "best fit); left as pruned")
     facts = WEIGHT_OPS.get(w.op_type)
     if facts is not None and not facts.refit:
-        return (f"{facts.domain or 'ai.onnx'}.{w.op_type} '{w.node}' is a fused kernel (its output is not x @ W); "
-                "left as pruned")
+        what = ("a deformable convolution (it reads its input at learned offsets)" if w.op_type == "DeformConv"
+                else "a fused kernel")
+        return f"{facts.domain or 'ai.onnx'}.{w.op_type} '{w.node}' is {what} (its output is not x @ W); left as pruned"
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None

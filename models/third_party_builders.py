@@ -1463,3 +1463,24 @@ def cond_fixed_batch(*, channels: int = 2, width: int = 4, size: int = 4, classe
     g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/cond/If", then_branch=branch("then", True),
                                     else_branch=branch("else", False)))
     return _model(g, "cond_fixed_batch", [_float("x", [1, channels, size, size])], [_float("logits", [1, classes])])
+
+
+def deformable_cnn(*, size: int = 8, width: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'image' [N, 3, size, size] -> c1 3x3 (3->width) -> Relu -> offsets 3x3 (width->18, a Conv, as DCN predicts
+    them) -> DeformConv 3x3 pad 1 (width->width, weight 'dcn.weight', bias) -> Relu -> GlobalAveragePool -> Flatten
+    -> fc -> 'logits' [N, classes] (torchvision's deform_conv2d as torch.onnx writes it at opset 19: DBNet++'s and
+    DCNv2 detectors' blocks)."""
+    g = _Graph(seed)
+    x = g.relu(g.conv("image", "c1", 3, width, 3), "c1")
+    offsets = g.op("Conv", "offsets", [x, g.const("offsets.weight", 0.05 * g.rng.standard_normal((18, width, 3, 3))),
+                                       g.const("offsets.bias", np.zeros(18))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    w = g.weight("dcn.weight", (width, width, 3, 3), width * 9)
+    y = g.relu(g.op("DeformConv", "dcn", [x, w, offsets, g.bias("dcn.bias", width)], kernel_shape=[3, 3],
+                    pads=[1, 1, 1, 1]), "dcn")
+    flat = g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [y])])
+    g.gemm(flat, "fc", width, classes)
+    g.nodes[-1].output[0] = "logits"
+    model = _model(g, "deformable_cnn", [_float("image", [BATCH, 3, size, size])], [_float("logits", [BATCH, classes])])
+    model.opset_import[0].version = max(model.opset_import[0].version, 19)
+    model.ir_version = max(model.ir_version, 9)
+    return model

@@ -114,6 +114,9 @@ class WeightFacts:
 WEIGHT_OPS: dict[str, WeightFacts] = {
     "Conv": WeightFacts("conv", (1,), _conv_axes, bias=2, grouped=True),
     "ConvTranspose": WeightFacts("conv", (1,), _conv_transpose_axes, bias=2, grouped=True),
+    # a deformable Conv (opset 19): W over taps read at learned offsets; pruned by magnitude and retrained by sgd,
+    # neither refit (its product is not W times a stored input) nor shrunk (no channel rule)
+    "DeformConv": WeightFacts("conv", (1,), _conv_axes, bias=3, grouped=True, shrinkable=False, refit=False),
     "Gemm": WeightFacts("fc", (0, 1), _gemm_axes, bias=2),
     "MatMul": WeightFacts("fc", (0, 1), _matmul_axes),
     # W (input) and R (recurrent) matrices; B, sequence_lens, initial states and peepholes are not weights.
@@ -178,7 +181,7 @@ QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for inte
                  "quantize_static) or a dynamically quantized one (quantize_dynamic), whose weights are pruned on "
                  "their own grid")
 # Dynamic quantization's integer ops multiply as these float ops do (MACs: passes/weights.py).
-MULTIPLIES_AS = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
+MULTIPLIES_AS = {"DeformConv": "Conv", "ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
                  "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM", "Attention": "MatMul",
                  "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
 # Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one

@@ -848,7 +848,7 @@ def test_every_registered_op_type_is_exercised_here():
     tested |= {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # test_onnxruntimes_fused_dynamic_matmuls_...
     tested |= {"DynamicQuantizeLSTM"}  # tests/passes/test_quantized_weights.py: test_the_bridge_runs_a_dynamically_...
     tested |= {"Optional", "OptionalGetElement", "OptionalHasElement"}  # test_optional_ops_match_onnxruntime
-    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression", "MaxUnpool", "RoiAlign"}  # test_classic_..., _non_max_..., _max_unpool_, _roi_align_
+    tested |= {c.op for c in CLASSIC} | {"NonMaxSuppression", "MaxUnpool", "RoiAlign", "DeformConv"}  # test_classic_..., _non_max_..., _max_unpool_, _roi_align_
     tested |= {c.op for c in NEWER}  # test_newer_ops_match_onnxruntime
     tested |= {"SequenceConstruct", "SequenceEmpty", "SequenceAt", "SequenceLength", "SequenceInsert", "SequenceErase",
                "ConcatFromSequence", "SplitToSequence"}  # test_sequence_ops_match_onnxruntime
@@ -1295,6 +1295,39 @@ def test_roi_align_matches_onnxruntime(opset, attrs):
     out = OnnxModule(make_model(case))(x, torch.tensor(ROIS), torch.tensor(ROI_BATCH))
     (out[0] if isinstance(out, (list, tuple)) else out).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # the feature map (what trains before it) gets a gradient
+
+
+@pytest.mark.parametrize("attrs,mask,bias,og", [
+    ({}, False, False, 1),
+    ({"pads": [1, 1, 1, 1], "strides": [2, 1]}, True, True, 1),
+    ({"dilations": [2, 1], "pads": [2, 0, 1, 1], "group": 2}, True, False, 2),
+    ({"pads": [1, 2, 0, 1], "strides": [1, 2], "group": 2}, False, True, 4),
+], ids=["plain", "dcnv2-mask-bias-strided", "dilated-groups-og2", "og4-groups"])
+def test_deform_conv_matches_onnxruntime(attrs, mask, bias, og):
+    """Deformable convolutions (DCNv1, DCNv2 with a mask; offsets up to a few pixels past the map's edge), so a
+    model holding one trains; gradients reach W, the input and the offsets."""
+    rng = np.random.default_rng(11)
+    kh, kw = 3, 3
+    x, c, co = f32(2, 4, 6, 7, seed=3), 4, 6
+    g = attrs.get("group", 1)
+    w = f32(co, c // g, kh, kw, seed=4)
+    sh, sw = attrs.get("strides", [1, 1])
+    dh, dw = attrs.get("dilations", [1, 1])
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    oh = (6 + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (7 + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    offset = rng.uniform(-2.5, 2.5, (2, og * kh * kw * 2, oh, ow)).astype(np.float32)
+    inputs = [x, w, offset, f32(co, seed=5) if bias else None,
+              rng.uniform(0, 1, (2, og * kh * kw, oh, ow)).astype(np.float32) if mask else None]
+    while inputs[-1] is None:
+        inputs.pop()
+    case = Case("DeformConv", "DeformConv", inputs, {"kernel_shape": [kh, kw], "offset_group": og, **attrs},
+                opset=19, atol=1e-4)
+    assert_matches_ort(case)
+    args = [torch.tensor(a, requires_grad=True) if a is not None else None for a in inputs]
+    out = OnnxModule(make_model(case))(*[a for a in args if a is not None])
+    (out[0] if isinstance(out, (list, tuple)) else out).sum().backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in args[:3])
 
 
 def test_lrn_of_an_even_size_follows_the_spec():

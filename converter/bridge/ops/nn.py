@@ -96,6 +96,48 @@ def conv(inputs, attrs, ctx):
     return _CONV[nd](x, w, b, strides, begin, dilations, attrs.get("group", 1))
 
 
+@register("DeformConv", since_opset=19)
+def deform_conv(inputs, attrs, ctx):
+    """A deformable 2-D convolution (torchvision's deform_conv2d, DCNv1 without a mask, DCNv2 with one): each kernel
+    tap reads the input at its position plus a learned offset (dy, dx per tap and offset group, [N, og·kh·kw·2, oh,
+    ow]), bilinearly, 0 outside the map (a corner outside counts 0), times the mask, then the grouped product with W."""
+    x, w, offset = inputs[0], inputs[1], inputs[2]
+    b, mask = _opt(inputs, 3), _opt(inputs, 4)
+    n, c, height, width = x.shape
+    co, _, kh, kw = w.shape
+    sh, sw = attrs.get("strides", [1, 1])
+    dh, dw = attrs.get("dilations", [1, 1])
+    top, left = attrs.get("pads", [0, 0, 0, 0])[:2]
+    groups, og = int(attrs.get("group", 1)), int(attrs.get("offset_group", 1))
+    oh, ow = offset.shape[2], offset.shape[3]
+    taps = kh * kw
+    off = offset.reshape(n, og, taps, 2, oh, ow)
+    ki = torch.arange(kh, device=x.device).repeat_interleave(kw) * dh  # tap k = i * kw + j
+    kj = torch.arange(kw, device=x.device).repeat(kh) * dw
+    base_y = (torch.arange(oh, device=x.device) * sh - top)[None, :, None] + ki[:, None, None]  # [taps, oh, 1]
+    base_x = (torch.arange(ow, device=x.device) * sw - left)[None, None, :] + kj[:, None, None]  # [taps, 1, ow]
+    y = base_y.to(x.dtype) + off[:, :, :, 0]  # [n, og, taps, oh, ow]
+    xx = base_x.to(x.dtype) + off[:, :, :, 1]
+    inside = (y > -1) & (y < height) & (xx > -1) & (xx < width)
+    y0, x0 = torch.floor(y), torch.floor(xx)
+    ly, lx = y - y0, xx - x0
+    y0, x0 = y0.long(), x0.long()
+    source = x.reshape(n, og, c // og, height * width)
+    sampled = 0
+    for yy, xk, weight in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x0 + 1, (1 - ly) * lx),
+                           (y0 + 1, x0, ly * (1 - lx)), (y0 + 1, x0 + 1, ly * lx)):
+        valid = inside & (yy >= 0) & (yy < height) & (xk >= 0) & (xk < width)
+        index = (yy.clamp(0, height - 1) * width + xk.clamp(0, width - 1)).reshape(n, og, 1, -1)
+        picked = torch.gather(source, 3, index.expand(n, og, c // og, index.shape[-1]))
+        sampled = sampled + picked * (weight * valid).reshape(n, og, 1, -1)
+    sampled = sampled.reshape(n, og, c // og, taps, oh, ow)
+    if mask is not None:
+        sampled = sampled * mask.reshape(n, og, 1, taps, oh, ow)
+    cols = sampled.reshape(n, groups, (c // groups) * taps, oh * ow)  # [C/g, kh, kw] as W's input axes
+    out = torch.einsum("gok,ngkl->ngol", w.reshape(groups, co // groups, -1), cols).reshape(n, co, oh, ow)
+    return out if b is None else out + b.reshape(1, -1, 1, 1)
+
+
 # ConvInteger / MatMulInteger: dynamic quantization's integer products (its weights folded to float behind a
 # QuantizeLinear at load, passes/quantized_weights.py), computed in float on the integer grid so retraining passes
 # through them (exact while a product's sums stay below 2**24; the Cast to float after them is then a no-op)
