@@ -192,6 +192,25 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                     out[node.output[0]] = numpy_helper.to_array(a.t)
                 elif a.name == "sparse_value":
                     out[node.output[0]] = _densify(a.sparse_tensor)
+        out.update(_scattered(graph, out))
+    return out
+
+
+def _scattered(graph: onnx.GraphProto, consts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights written at opset 9-10 as ConstantOfShape -> Scatter(axis 0) -> Reshape of constants (no sparse
+    Constant before opset 11), computed here with numpy as the ops define them, not by the tool's decoder."""
+    producers = {o: n for n in graph.node for o in n.output}
+    out = {}
+    for node in graph.node:
+        scatter = producers.get(node.input[0]) if node.op_type == "Reshape" else None
+        zeros = producers.get(scatter.input[0]) if scatter is not None and scatter.op_type == "Scatter" else None
+        if zeros is None or zeros.op_type != "ConstantOfShape":
+            continue
+        numel, shape = consts[zeros.input[0]], consts[node.input[1]]
+        indices, values = consts[scatter.input[1]], consts[scatter.input[2]]
+        flat = np.zeros(int(np.prod(numel)), values.dtype)
+        flat[indices] = values
+        out[node.output[0]] = flat.reshape(shape)
     return out
 
 
