@@ -54,6 +54,7 @@ class EncodeStep(Step):
             restore(final, state.quantized, state.slices)
         present = set(constant_tensors(final))
         names = [w.name for w in state.inventory.prunable if w.name in present]
+        final = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes)
         run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)
         if self.config.sparse_format in COO_FORMATS:
             note = dense_kept_note(final, names)
@@ -64,6 +65,45 @@ class EncodeStep(Step):
 
 
 COO_FORMATS = ("constant", "initializer")
+SPARSE_OPSET = 9  # the lowest opset a sparse form exists at (passes/storage/coo.py: the scatter chain)
+
+
+def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes: list[str]) -> onnx.ModelProto:
+    """A model below opset 9 (the ONNX zoo's classic CNNs are opset 7; old exporters wrote 7 and 8) has no op that
+    holds a sparse weight, so every pruned weight stayed dense and the file did not shrink (sweep 29's L4). Where a
+    pruned weight would be smaller sparse, the model is raised to opset 9 by onnx.version_converter (Upsample's scales
+    become an input, BatchNormalization loses `spatial`, ...), kept only when onnxruntime gives the same outputs on
+    seeded random inputs (the verify step then checks the written model against the input's on the data too);
+    otherwise it stays as it is, dense, and the note says why."""
+    from onnx import version_converter
+
+    from onnxprune.passes.storage.coo import old_opset_note, scatter_pays_off
+    from onnxprune.passes.storage.graphs import first_line
+
+    opset = default_opset(model)
+    if fmt not in ("constant", "compact") or opset >= SPARSE_OPSET:  # "initializer": a sparse initializer, any opset
+        return model
+    tensors, inputs = constant_tensors(model), {i.name for i in model.graph.input}
+    pays = [n for n in names if n in tensors and n not in inputs and tensors[n].data_type in FLOAT_TYPES
+            and scatter_pays_off(numpy_helper.to_array(tensors[n]), n)]
+    if not pays:
+        return model
+    from onnxprune.converter.verify import check_parity
+
+    try:
+        raised = version_converter.convert_version(model, SPARSE_OPSET)
+        onnx.checker.check_model(raised)
+        check_parity(raised, model)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps the model as it is, and says so
+        notes.append(old_opset_note(opset, first_line(exc)))
+        return model
+    notes.append(f"opset raised {opset} -> {SPARSE_OPSET} by onnx.version_converter (onnxruntime gives the same "
+                 f"outputs), so that {len(pays)} pruned weight(s) are stored sparse: no op below opset "
+                 f"{SPARSE_OPSET} holds a sparse weight; --sparse-format dense keeps opset {opset}")
+    return raised
+
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:

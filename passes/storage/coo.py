@@ -108,10 +108,21 @@ def _old_opset(model: onnx.ModelProto, state: PruneState, where: str = "") -> bo
         return None
     if opset in SCATTER_OPSETS:
         return True
-    state.notes.append(f"sparse storage needs opset >= 9 (ConstantOfShape, Scatter; model has {opset}): pruned "
-                       f"weights{where} kept dense. Convert the model to opset 11+ (onnx.version_converter."
-                       "convert_version(model, 11)) to store them sparse.")
+    if not any(n.startswith(OLD_OPSET) for n in state.notes):  # the encode step's, when raising the opset failed
+        state.notes.append(old_opset_note(opset, where=where))
     return False
+
+
+OLD_OPSET = "sparse storage needs opset >= 9"
+
+
+def old_opset_note(opset: int, why: str | None = None, where: str = "") -> str:
+    """Why pruned weights of a model below opset 9 stay dense; `why` the version converter's failure, if it ran."""
+    head = f"{OLD_OPSET} (ConstantOfShape, Scatter; model has {opset}): pruned weights{where} kept dense"
+    if why:
+        return f"{head}; raising the model to opset 9 with onnx.version_converter failed ({why})"
+    return (f"{head}. Convert the model to opset 11+ (onnx.version_converter.convert_version(model, 11)) to store "
+            "them sparse.")
 
 
 def _encoder(home: str):

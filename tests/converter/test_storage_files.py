@@ -197,3 +197,41 @@ def test_pruned_weights_that_are_graph_inputs_too_are_said_to_stay_dense_for_tha
     names = [t.name for t in model.graph.initializer if t.name.endswith("weight")]
     assert "graph inputs too" in dense_kept_note(result.model, names)
     assert_same_outputs(result.model, result.dense_model, rtol=1e-5)
+
+
+def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.opset_import[0].version = opset
+    return out
+
+
+def test_a_model_below_opset_9_is_raised_so_its_pruned_weights_are_stored_sparse(tmp_path):
+    """No op below opset 9 holds a sparse weight (the ONNX zoo's classic CNNs are opset 7): the written model is
+    raised to 9 by onnx.version_converter and its weights stored as the scatter chain; onnxruntime's outputs are
+    those of the input with the same weights (the verify step); --sparse-format dense keeps the opset."""
+    model = _at_opset(builders.lenet300_like(seed=0), 8)
+    result = run(model, configure(sparsity=0.9, neurons=False))
+    final = result.model
+    assert final.opset_import[0].version == 9 and any("opset raised 8 -> 9" in n for n in result.report["notes"])
+    assert "Scatter" in {n.op_type for n in final.graph.node}
+    assert final.ByteSize() < 0.4 * model.ByteSize()
+    onnx.checker.check_model(final, full_check=True)
+    assert_same_outputs(final, result.dense_model, rtol=1e-5)
+    dense = run(model, configure(sparsity=0.9, neurons=False, sparse_format="dense")).model
+    assert dense.opset_import[0].version == 8
+
+
+def test_a_model_the_version_converter_fails_on_stays_at_its_opset_and_says_why(monkeypatch):
+    from onnx import version_converter
+
+    def refuse(model, target):
+        raise RuntimeError("No Adapter For Relu from 8 to 9")  # as onnx says for an op it cannot adapt
+
+    monkeypatch.setattr(version_converter, "convert_version", refuse)
+    model = _at_opset(builders.lenet300_like(seed=0), 8)
+    result = run(model, configure(sparsity=0.9, neurons=False))
+    assert result.model.opset_import[0].version == 8
+    assert "Scatter" not in {n.op_type for n in result.model.graph.node}
+    notes = [n for n in result.report["notes"] if "opset" in n]
+    assert len(notes) == 1 and "No Adapter For Relu" in notes[0] and "kept dense" in notes[0]  # said once
