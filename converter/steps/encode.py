@@ -54,7 +54,11 @@ class EncodeStep(Step):
             restore(final, state.quantized, state.slices)
         present = set(constant_tensors(final))
         names = [w.name for w in state.inventory.prunable if w.name in present]
-        final = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes)
+        if default_opset(final) < SPARSE_OPSET and self.config.sparse_format in ("constant", "compact"):
+            from onnxprune.converter.steps.verify import parity_feeds
+
+            final = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes,
+                                       parity_feeds(state, 1))
         run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)
         if self.config.sparse_format in COO_FORMATS:
             note = dense_kept_note(final, names)
@@ -68,12 +72,13 @@ COO_FORMATS = ("constant", "initializer")
 SPARSE_OPSET = 9  # the lowest opset a sparse form exists at (passes/storage/coo.py: the scatter chain)
 
 
-def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes: list[str]) -> onnx.ModelProto:
+def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes: list[str], feeds=None
+                       ) -> onnx.ModelProto:
     """A model below opset 9 (the ONNX zoo's classic CNNs are opset 7; old exporters wrote 7 and 8) has no op that
     holds a sparse weight, so every pruned weight stayed dense and the file did not shrink (sweep 29's L4). Where a
     pruned weight would be smaller sparse, the model is raised to opset 9 by onnx.version_converter (Upsample's scales
     become an input, BatchNormalization loses `spatial`, ...), kept only when onnxruntime gives the same outputs on
-    seeded random inputs (the verify step then checks the written model against the input's on the data too);
+    `feeds` (a batch of the data; seeded random inputs without them), as the verify step then checks again;
     otherwise it stays as it is, dense, and the note says why."""
     from onnx import version_converter
 
@@ -93,7 +98,7 @@ def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes
     try:
         raised = version_converter.convert_version(model, SPARSE_OPSET)
         onnx.checker.check_model(raised)
-        check_parity(raised, model)
+        check_parity(raised, model, feeds)
     except Exception as exc:  # noqa: BLE001 - any failure keeps the model as it is, and says so
         notes.append(old_opset_note(opset, first_line(exc)))
         return model

@@ -50,16 +50,20 @@ class VerifyStep(Step):
         state.parity = check_parity(state.final, state.pruned, feeds, source="random" if random else "data")
 
     def _feeds(self, state: RunState):
-        """The user's data; without it, seeded random inputs at the run's random shapes (steps.shapes: --input-shape
-        and the size chosen for the other symbolic dims), else the verifier's."""
-        if state.data is not None:
-            return state.data.verification_feeds(self.config.verify_batches)
-        shapes = state.random_shapes if state.random_shapes is not None else self.data_config.input_shapes
-        if not shapes:
-            return None
-        from onnxprune.calibration.runtime import random_feeds
+        return parity_feeds(state, self.config.verify_batches, self.data_config.input_shapes)
 
-        return [random_feeds(state.original, seed=s, shapes=shapes) for s in (0, 1, 2)]
+
+def parity_feeds(state: RunState, batches: int, input_shapes=None):
+    """The user's data (`batches` of it); without it, seeded random inputs at the run's random shapes (steps.shapes:
+    --input-shape and the size chosen for the other symbolic dims), else None: the verifier's own."""
+    if state.data is not None:
+        return state.data.verification_feeds(batches)
+    shapes = state.random_shapes if state.random_shapes is not None else input_shapes
+    if not shapes:
+        return None
+    from onnxprune.calibration.runtime import random_feeds
+
+    return [random_feeds(state.original, seed=s, shapes=shapes) for s in range(min(batches, 3))]
 
 
 ACTIVATION_BATCHES = 8  # batches Act% per layer reads at most without a deadline (activation_density's default)
