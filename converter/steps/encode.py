@@ -54,7 +54,7 @@ class EncodeStep(Step):
             restore(final, state.quantized, state.slices)
         present = set(constant_tensors(final))
         names = [w.name for w in state.inventory.prunable if w.name in present]
-        if default_opset(final) < SPARSE_OPSET and self.config.sparse_format in ("constant", "compact"):
+        if default_opset(final) < STORAGE_OPSET.get(self.config.sparse_format, 0):
             from onnxprune.converter.steps.verify import parity_feeds
 
             final = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes,
@@ -69,42 +69,58 @@ class EncodeStep(Step):
 
 
 COO_FORMATS = ("constant", "initializer")
-SPARSE_OPSET = 9  # the lowest opset a sparse form exists at (passes/storage/coo.py: the scatter chain)
+# the lowest opset each format's ops exist at: "constant"'s scatter chain (passes/storage/coo.py), compact's decoder
+# (CumSum, ScatterND, BitShift); "initializer" (a sparse initializer) and "dense" at any
+STORAGE_OPSET = {"constant": 9, "compact": MIN_OPSET}
+COMPACT_NODES = 400  # bytes: about what a compact decoder's nodes and record cost beside its arrays
 
 
 def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes: list[str], feeds=None
                        ) -> onnx.ModelProto:
     """A model below opset 9 (the ONNX zoo's classic CNNs are opset 7; old exporters wrote 7 and 8) has no op that
-    holds a sparse weight, so every pruned weight stayed dense and the file did not shrink (sweep 29's L4). Where a
-    pruned weight would be smaller sparse, the model is raised to opset 9 by onnx.version_converter (Upsample's scales
-    become an input, BatchNormalization loses `spatial`, ...), kept only when onnxruntime gives the same outputs on
-    `feeds` (a batch of the data; seeded random inputs without them), as the verify step then checks again;
-    otherwise it stays as it is, dense, and the note says why."""
+    holds a sparse weight, so every pruned weight stayed dense and the file did not shrink (sweep 29's L4); compact's
+    decoder needs opset 11. Where a pruned weight would be smaller in the format, the model is raised to the format's
+    opset (STORAGE_OPSET) by onnx.version_converter (Upsample's scales become an input, then a Resize; ...), kept
+    only when onnxruntime gives the same outputs on `feeds` (a batch of the data; seeded random inputs without
+    them), as the verify step then checks again; otherwise it stays as it is, and the note says why."""
     from onnx import version_converter
 
     from onnxprune.passes.storage.coo import old_opset_note, scatter_pays_off
     from onnxprune.passes.storage.graphs import first_line
 
-    opset = default_opset(model)
-    if fmt not in ("constant", "compact") or opset >= SPARSE_OPSET:  # "initializer": a sparse initializer, any opset
+    opset, target = default_opset(model), STORAGE_OPSET.get(fmt, 0)
+    if opset >= target:
         return model
     tensors, inputs = constant_tensors(model), {i.name for i in model.graph.input}
+
+    def smaller(name: str) -> bool:
+        values = numpy_helper.to_array(tensors[name])
+        if fmt == "compact":
+            return packing.candidates(values)[0].nbytes + COMPACT_NODES < values.nbytes
+        return scatter_pays_off(values, name)
+
     pays = [n for n in names if n in tensors and n not in inputs and tensors[n].data_type in FLOAT_TYPES
-            and scatter_pays_off(numpy_helper.to_array(tensors[n]), n)]
+            and smaller(n)]
     if not pays:
         return model
     from onnxprune.converter.verify import check_parity
 
     try:
-        raised = version_converter.convert_version(model, SPARSE_OPSET)
+        raised = version_converter.convert_version(model, target)
         onnx.checker.check_model(raised)
         check_parity(raised, model, feeds)
     except Exception as exc:  # noqa: BLE001 - any failure keeps the model as it is, and says so
-        notes.append(old_opset_note(opset, first_line(exc)))
+        if opset < STORAGE_OPSET["constant"]:
+            notes.append(old_opset_note(opset, first_line(exc)))
+        else:  # compact at opset 9-10: the scatter chain instead (passes/storage/compact.py says so)
+            notes.append(f"raising the model to opset {target} for --sparse-format compact's decoder failed "
+                         f"({first_line(exc)})")
         return model
-    notes.append(f"opset raised {opset} -> {SPARSE_OPSET} by onnx.version_converter (onnxruntime gives the same "
-                 f"outputs), so that {len(pays)} pruned weight(s) are stored sparse: no op below opset "
-                 f"{SPARSE_OPSET} holds a sparse weight; --sparse-format dense keeps opset {opset}")
+    why = (f"no op below opset {target} holds a sparse weight" if fmt == "constant" else
+           f"compact's decoder needs opset {target}")
+    notes.append(f"opset raised {opset} -> {target} by onnx.version_converter (onnxruntime gives the same outputs), "
+                 f"so that {len(pays)} pruned weight(s) are stored {'sparse' if fmt == 'constant' else 'compact'}: "
+                 f"{why}; --sparse-format dense keeps opset {opset}")
     return raised
 
 

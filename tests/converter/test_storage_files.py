@@ -235,3 +235,16 @@ def test_a_model_the_version_converter_fails_on_stays_at_its_opset_and_says_why(
     assert "Scatter" not in {n.op_type for n in result.model.graph.node}
     notes = [n for n in result.report["notes"] if "opset" in n]
     assert len(notes) == 1 and "No Adapter For Relu" in notes[0] and "kept dense" in notes[0]  # said once
+
+
+def test_compact_raises_an_old_model_to_opset_11_for_its_decoder():
+    """At 50% kept COO does not pay, a bitmask does: --sparse-format compact raises an opset-8 model to 11 (its
+    decoder's CumSum/ScatterND/BitShift) and stores the weights compact; onnxruntime's outputs are the input's."""
+    model = _at_opset(builders.lenet300_like(seed=0), 8)
+    result = run(model, configure(sparsity=0.5, neurons=False, sparse_format="compact"))
+    final = result.model
+    assert final.opset_import[0].version == 11 and any("opset raised 8 -> 11" in n for n in result.report["notes"])
+    assert any(p.key == compact.METADATA for p in final.metadata_props)
+    assert final.ByteSize() < 0.8 * model.ByteSize()
+    onnx.checker.check_model(final, full_check=True)
+    assert_same_outputs(final, result.dense_model, rtol=1e-5)
