@@ -16,6 +16,7 @@ from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.storage import packing
+from onnxprune.passes.storage.coo import OLD_OPSET
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset
 from onnxprune.passes.weights import constant_tensors, find_prunable, unname_nodes
@@ -60,7 +61,8 @@ class EncodeStep(Step):
             final = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes,
                                        parity_feeds(state, 1))
         run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)
-        if self.config.sparse_format in COO_FORMATS:
+        raise_failed = any(n.startswith(OLD_OPSET) and "failed" in n for n in state.prune.notes)
+        if self.config.sparse_format in COO_FORMATS and not raise_failed:  # compact would need the raise that failed
             note = dense_kept_note(final, names)
             if note:
                 state.prune.notes.append(note)
@@ -131,11 +133,9 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
     """Why a pruned model's file did not shrink, where that is so: COO (int64 index + value per nonzero) pays only
     below about a third of the weights kept, so at the densities a budget often ends at (30-70%) the pruned weights
     stay dense, zeros and all. Says how many, and what `compact` (a bitmask or relative indices plus the nonzeros,
-    measured on these very weights, without its few decoder nodes) would store them in; None when that saves under
-    10% or under 1 KB, or when compact cannot be used (opset < 11). Weights that are graph inputs too stay dense
-    in every format: then the note says that instead."""
-    if default_opset(model) < MIN_OPSET:
-        return None
+    measured on these very weights, without its few decoder nodes) would store them in (below opset 11, after
+    raising the model to 11: raised_for_storage); None when that saves under 10% or under 1 KB. Weights that are
+    graph inputs too stay dense in every format: then the note says that instead."""
     tensors, homes = constant_tensors(model), constant_homes(model)
     graph_inputs = {i.name for i in model.graph.input}
     count = entries = kept = dense = compact = 0
@@ -164,12 +164,14 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
                 "later) to store them sparse")
     if not count or dense - compact < max(0.1 * dense, 1024):
         return None
+    opset = default_opset(model)
     # COO pays below itemsize / (itemsize + 8) kept: a third for float32, a fifth for float16
     shares = " or ".join(_BREAK_EVEN.get(k, f"{k / (k + 8):.0%}") for k in sorted(itemsizes, reverse=True))
     return (f"{count} pruned weight(s) ({_size(dense)}, {kept / entries:.0%} of their entries kept) stay dense in "
             f"the file: sparse COO storage costs an int64 index beside each nonzero and pays only below about {shares} "
             f"kept; --sparse-format compact stores them in about {_size(compact)} (exact; onnxruntime decodes them "
-            "at load)")
+            "at load" + (f"; it raises the model from opset {opset} to {MIN_OPSET}, where the outputs stay the same)"
+                         if opset < MIN_OPSET else ")"))
 
 
 _BREAK_EVEN = {8: "half", 4: "a third", 2: "a fifth"}  # itemsize -> the share kept below which COO pays
