@@ -16,7 +16,7 @@ from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.storage import packing
-from onnxprune.passes.storage.coo import OLD_OPSET
+from onnxprune.passes.storage.coo import OLD_OPSET, old_opset_note, scatter_pays_off
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset
 from onnxprune.passes.weights import constant_tensors, find_prunable, unname_nodes
@@ -87,7 +87,6 @@ def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes
     them), as the verify step then checks again; otherwise it stays as it is, and the note says why."""
     from onnx import version_converter
 
-    from onnxprune.passes.storage.coo import old_opset_note, scatter_pays_off
     from onnxprune.passes.storage.graphs import first_line
 
     opset, target = default_opset(model), STORAGE_OPSET.get(fmt, 0)
