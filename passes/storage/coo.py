@@ -14,8 +14,9 @@ and the standard ops that rebuild the weight (`scatter_nodes`):
     ConstantOfShape([numel], 0) -> Scatter(axis 0, indices, values) -> Reshape(shape) -> the weight's name
 
 Scatter is ScatterElements' name before opset 11 (deprecated there). Every input is a constant, so onnxruntime
-folds the chain into one initializer when the session is created; its nodes are named `<weight>__coo9.*`, which
-`decode` and `describe` recognise. Below opset 9 (no ConstantOfShape, no Scatter) the weights stay dense.
+folds the chain into one initializer when the session is created; its tensors are named `<weight>__coo9.<part>`,
+which `decode` and `describe` recognise. Below opset 9 (no ConstantOfShape, no Scatter) the encode step raises the
+model to opset 9 where it can (converter/steps/encode.raised_for_storage); otherwise the weights stay dense.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def scatter_nodes(values: np.ndarray, name: str) -> list[onnx.NodeProto]:
 def scatter_pays_off(values: np.ndarray, name: str) -> bool:
     """The chain costs about 150 bytes beside the arrays and its tensor names (12 references of the weight's name
     and a part: 415 bytes a weight of a 10-letter name)."""
-    nnz = int(np.count_nonzero(values))
-    return sparse_bytes(nnz, values.dtype.itemsize) + SCATTER_BYTES + 12 * (len(name) + 10) < values.size * values.dtype.itemsize
+    chain = sparse_bytes(int(np.count_nonzero(values)), values.dtype.itemsize) + SCATTER_BYTES + 12 * (len(name) + 10)
+    return chain < values.size * values.dtype.itemsize
 
 
 def _old_opset(model: onnx.ModelProto, state: PruneState, where: str = "") -> bool | None:
