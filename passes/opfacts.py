@@ -181,7 +181,8 @@ QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for inte
                  "quantize_static) or a dynamically quantized one (quantize_dynamic), whose weights are pruned on "
                  "their own grid")
 # Dynamic quantization's integer ops multiply as these float ops do (MACs: passes/weights.py).
-MULTIPLIES_AS = {"DeformConv": "Conv", "ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
+MULTIPLIES_AS = {"DeformConv": "Conv",
+                 "ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
                  "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM", "Attention": "MatMul",
                  "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
 # Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one

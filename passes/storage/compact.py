@@ -8,8 +8,10 @@ the decoder's ~350 bytes of nodes dominate), and the smallest of the three is wr
 in the model's metadata (key METADATA, JSON: weight -> key and record; the decoder's tensors and intermediates are
 named `_c<key>.…`), which the decoder reads back.
 
-Needs opset >= 11 and IR >= 4 (initializers that are not graph inputs); at opset 9-10 the weights are written as the
-"constant" format's scatter chain instead (coo.py), below that they stay dense, and a note says why. Weights that are graph inputs stay dense.
+Needs opset >= 11 and IR >= 4 (initializers that are not graph inputs): the encode step raises an older model to 11
+where onnxruntime's outputs stay the same (converter/steps/encode.raised_for_storage); otherwise, at opset 9-10, the
+weights are written as the "constant" format's scatter chain (coo.py), below that they stay dense, and a note says
+why. Weights that are graph inputs stay dense.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Layers: MatMul/Gemm/Einsum, convolutions, normalisation (LRN and MeanVarianceNormalization too), the Softmax family,
-Attention, Dropout, pooling (Lp too, and MaxUnpool), window functions, MelWeightMatrix, NonMaxSuppression and RoiAlign."""
+"""Layers: MatMul/Gemm/Einsum, convolutions (DeformConv too), normalisation (LRN and MeanVarianceNormalization too),
+the Softmax family, Attention, Dropout, pooling (Lp too, and MaxUnpool), window functions, MelWeightMatrix,
+NonMaxSuppression and RoiAlign."""
 
 from __future__ import annotations
 
