@@ -130,6 +130,10 @@ def _encoder(home: str):
     def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
         """Re-home the weights that get smaller as sparse; "constant" needs opset >= 11 (at 9-10 the scatter
         chain), "initializer" IR >= 6."""
+        graph_inputs = {i.name for i in model.graph.input}
+        tensors = constant_tensors(model)
+        if not any(n not in graph_inputs and pays_off(numpy_helper.to_array(tensors[n])) for n in names):
+            return []  # nothing would be smaller sparse (or every such weight is a graph input: the step says so)
         scatter = _old_opset(model, state) if home == "constant" else None
         if scatter is False:
             return []
@@ -137,8 +141,6 @@ def _encoder(home: str):
             state.notes.append(f"sparse initializers need IR >= 6 (model has IR {model.ir_version}); "
                                "weights kept dense.")
             return []
-        graph_inputs = {i.name for i in model.graph.input}
-        tensors = constant_tensors(model)
         init_names = {t.name for t in model.graph.initializer}
         encoded: list[str] = []
         new_constants: list[onnx.NodeProto] = []
