@@ -201,7 +201,7 @@ def test_pruned_weights_that_are_graph_inputs_too_are_said_to_stay_dense_for_tha
     # raise of the opset (a torch.onnx legacy export at opset 7 said "Convert the model to opset 11+")
     old = prune(_at_opset(model, 7), sparsity=0.9, seed=0)
     assert old.model.opset_import[0].version == 7
-    assert not any("opset" in n for n in old.report["notes"]), old.report["notes"]
+    assert not any(n.startswith(("sparse storage needs opset", "opset raised")) for n in old.report["notes"])
 
 
 def _at_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
