@@ -848,6 +848,27 @@ def ort_fused_gemm_mlp(*, in_features: int = 12, hidden: int = 16, classes: int 
     return m
 
 
+def ort_fused_conv_net(*, width: int = 8, size: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """What a session's saved optimized model (onnxruntime, ORT_ENABLE_EXTENDED) writes for Conv -> Relu (sweep 30's
+    ShuffleNet: 37 of its 56 convolutions): 'input' [N, 2, size, size] -> com.microsoft.FusedConv 3x3 pad 1
+    (activation "Relu") 'c1.weight' [width, 2, 3, 3], bias 'c1.bias' -> FusedConv depthwise 3x3 (group=width,
+    activation "Relu") 'dw.weight' -> GlobalAveragePool -> Flatten -> Gemm 'fc' -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    for name, shape, group in (("c1", (width, 2, 3, 3), 1), ("dw", (width, 1, 3, 3), width)):
+        w = g.weight(f"{name}.weight", shape, int(np.prod(shape[1:])))
+        b = g.bias(f"{name}.bias", width)
+        g.nodes.append(helper.make_node("FusedConv", ["input" if name == "c1" else "c1_out", w, b], [f"{name}_out"],
+                                        name=f"fused /{name}/Conv", domain="com.microsoft", activation="Relu",
+                                        kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group))
+    a = g.op("GlobalAveragePool", "gap", ["dw_out"])
+    a = g.op("Flatten", "flatten", [a])
+    g.gemm(a, "fc", width, classes)
+    g.nodes[-1].output[0] = "logits"
+    m = _model(g, "ort_fused_conv_net", [_float("input", [BATCH, 2, size, size])], [_float("logits", [BATCH, classes])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
 def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
     """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->w) -> Relu -> pixel_unshuffle 2 as torch exports it (legacy and
     dynamo alike): Reshape [-1, w, size/2, 2, size/2, 2] -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [-1, 4w, size/2,
