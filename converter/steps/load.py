@@ -7,7 +7,7 @@ import onnx
 from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
-from onnxprune.errors import ConverterError
+from onnxprune.errors import ConverterError, ModelError
 from onnxprune.passes import quantized_weights
 from onnxprune.passes.loading import run_load_passes
 from onnxprune.passes.opfacts import QUANTIZED_HOW
@@ -20,7 +20,38 @@ def load(source) -> modelio.LoadedModel:
     loaded = modelio.from_proto(source) if isinstance(source, onnx.ModelProto) else modelio.load_model(source)
     loaded.named = name_nodes(loaded.model)
     input_session(loaded.model)
+    refuse_training_mode(loaded.model)
     return loaded
+
+
+def refuse_training_mode(model: onnx.ModelProto) -> None:
+    """A model exported in training mode (torch.onnx.export(..., training=TrainingMode.TRAINING), or a module left in
+    .train()) is refused at once, naming its nodes: a Dropout whose training_mode is a constant true drops a random
+    share of its input on every run, a BatchNormalization with training_mode=1 normalizes by each batch's own
+    statistics, so no output is a function of its sample and no loss can be measured (sweep 30: 24 s of work, then
+    "differs from the dense model ... report it with --debug")."""
+    from onnx import numpy_helper
+
+    from onnxprune.passes.scopes import all_constants, all_nodes
+
+    consts = all_constants(model.graph)
+    found = []
+    for node in all_nodes(model):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in consts:
+            ratio = numpy_helper.to_array(consts[node.input[1]]) if len(node.input) > 1 and node.input[1] in consts \
+                else 0.5 if len(node.input) < 2 or not node.input[1] else None
+            if bool(numpy_helper.to_array(consts[node.input[2]]).all()) and (ratio is None or float(ratio) > 0):
+                found.append(f"Dropout '{node.name}' (training_mode true)")
+        elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
+            found.append(f"BatchNormalization '{node.name}' (training_mode=1)")
+    if found:
+        more = f" (+{len(found) - 2} more)" if len(found) > 2 else ""
+        raise ModelError(
+            f"The model was exported in training mode: {', '.join(found[:2])}{more} make every output depend on "
+            "chance or on the rest of the batch, so nothing can be measured against it. Export it for inference: "
+            "model.eval() before torch.onnx.export, and training=torch.onnx.TrainingMode.EVAL (the default).")
 
 
 def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
