@@ -24,12 +24,11 @@ def load(source) -> modelio.LoadedModel:
     return loaded
 
 
-def refuse_training_mode(model: onnx.ModelProto) -> None:
-    """A model exported in training mode (torch.onnx.export(..., training=TrainingMode.TRAINING), or a module left in
-    .train()) is refused at once, naming its nodes: a Dropout whose training_mode is a constant true drops a random
-    share of its input on every run, a BatchNormalization with training_mode=1 normalizes by each batch's own
-    statistics, so no output is a function of its sample and no loss can be measured (sweep 30: 24 s of work, then
-    "differs from the dense model ... report it with --debug")."""
+def training_mode_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes that make a model a training-mode export (torch.onnx.export(..., training=TrainingMode.TRAINING), or
+    a module left in .train()), in words: a Dropout whose training_mode is a constant true (and whose ratio is not 0)
+    drops a random share of its input on every run, a BatchNormalization with training_mode=1 normalizes by each
+    batch's own statistics. `prune` refuses such a model at load, `inspect` says so."""
     from onnx import numpy_helper
 
     from onnxprune.passes.scopes import all_constants, all_nodes
@@ -46,12 +45,23 @@ def refuse_training_mode(model: onnx.ModelProto) -> None:
                 found.append(f"Dropout '{node.name}' (training_mode true)")
         elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
             found.append(f"BatchNormalization '{node.name}' (training_mode=1)")
+    return found
+
+
+TRAINING_MODE_FIX = ("Export it for inference: model.eval() before torch.onnx.export, and "
+                     "training=torch.onnx.TrainingMode.EVAL (the default).")
+
+
+def refuse_training_mode(model: onnx.ModelProto) -> None:
+    """A model exported in training mode is refused at once, naming its nodes: no output is a function of its
+    sample, so no loss can be measured (sweep 30: 24 s of work, then "differs from the dense model ... report it
+    with --debug")."""
+    found = training_mode_nodes(model)
     if found:
         more = f" (+{len(found) - 2} more)" if len(found) > 2 else ""
         raise ModelError(
             f"The model was exported in training mode: {', '.join(found[:2])}{more} make every output depend on "
-            "chance or on the rest of the batch, so nothing can be measured against it. Export it for inference: "
-            "model.eval() before torch.onnx.export, and training=torch.onnx.TrainingMode.EVAL (the default).")
+            f"chance or on the rest of the batch, so nothing can be measured against it. {TRAINING_MODE_FIX}")
 
 
 def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:

@@ -291,6 +291,8 @@ def test_a_model_exported_in_training_mode_is_refused_at_load_naming_its_nodes(t
     res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--sparsity",
                                    "0.5"])
     assert res.exit_code == 1 and "exported in training mode" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])  # run first: it says so too
+    assert res.exit_code == 0 and "warning: the model was exported in training mode (BatchNormalization" in res.output
     for node in model.graph.node:  # for inference: BN's statistics stored, Dropout off
         if node.op_type == "BatchNormalization":
             del node.attribute[:]
