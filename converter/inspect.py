@@ -93,7 +93,7 @@ def inspect_model(path: Path) -> dict:
 
 
 def _training_mode(model) -> list[str]:
-    from onnxprune.converter.steps.load import training_mode_nodes
+    from onnxprune.passes.loading import training_mode_nodes
 
     return training_mode_nodes(model)
 
@@ -372,7 +372,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"note: {info['too_old']}", markup=False, highlight=False)
     trained = info.get("training_mode") or []
     if trained:  # sweep 30: prune refuses it at load; inspect, run first, said nothing
-        from onnxprune.converter.steps.load import TRAINING_MODE_FIX
+        from onnxprune.passes.loading import TRAINING_MODE_FIX
 
         more = f" (+{len(trained) - 2} more)" if len(trained) > 2 else ""
         console.print(f"warning: the model was exported in training mode ({', '.join(trained[:2])}{more}): its outputs "

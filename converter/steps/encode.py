@@ -15,7 +15,6 @@ from onnxprune.errors import ConfigError
 from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.scopes import constant_homes
-from onnxprune.passes.quantized_weights import _along
 from onnxprune.passes.storage import packing
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset
@@ -75,6 +74,8 @@ def grid_kept_note(model: onnx.ModelProto, folded) -> str | None:
     "3.16x fewer" nonzeros and "file 431.13 KB -> 431.13 KB", nothing said): a pruned integer weight is written back
     dense on its own grid, a pruned entry as its zero point, since no sparse form of integer weights is written.
     None when no such weight lost an entry. Read before `restore`, while the folded weights are float."""
+    from onnxprune.passes.quantized_weights import _along
+
     tensors = constant_tensors(model)
     count = entries = kept = nbytes = 0
     kinds = set()
@@ -90,7 +91,8 @@ def grid_kept_note(model: onnx.ModelProto, folded) -> str | None:
                                                                                          stored.ndim)):
             continue  # none pruned (an entry at its zero point in the input is none; a shrunk one is not compared)
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(w.integer.data_type).itemsize
-        count, entries, kept, nbytes = count + 1, entries + values.size, kept + nonzeros, nbytes + values.size * itemsize
+        count, entries, kept = count + 1, entries + values.size, kept + nonzeros
+        nbytes += values.size * itemsize
         kinds.add(onnx.TensorProto.DataType.Name(w.integer.data_type).lower())
     if not count:
         return None

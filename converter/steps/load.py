@@ -9,7 +9,7 @@ from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError, ModelError
 from onnxprune.passes import quantized_weights
-from onnxprune.passes.loading import run_load_passes
+from onnxprune.passes.loading import TRAINING_MODE_FIX, run_load_passes, training_mode_nodes
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
@@ -22,34 +22,6 @@ def load(source) -> modelio.LoadedModel:
     input_session(loaded.model)
     refuse_training_mode(loaded.model)
     return loaded
-
-
-def training_mode_nodes(model: onnx.ModelProto) -> list[str]:
-    """The nodes that make a model a training-mode export (torch.onnx.export(..., training=TrainingMode.TRAINING), or
-    a module left in .train()), in words: a Dropout whose training_mode is a constant true (and whose ratio is not 0)
-    drops a random share of its input on every run, a BatchNormalization with training_mode=1 normalizes by each
-    batch's own statistics. `prune` refuses such a model at load, `inspect` says so."""
-    from onnx import numpy_helper
-
-    from onnxprune.passes.scopes import all_constants, all_nodes
-
-    consts = all_constants(model.graph)
-    found = []
-    for node in all_nodes(model):
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in consts:
-            ratio = numpy_helper.to_array(consts[node.input[1]]) if len(node.input) > 1 and node.input[1] in consts \
-                else 0.5 if len(node.input) < 2 or not node.input[1] else None
-            if bool(numpy_helper.to_array(consts[node.input[2]]).all()) and (ratio is None or float(ratio) > 0):
-                found.append(f"Dropout '{node.name}' (training_mode true)")
-        elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
-            found.append(f"BatchNormalization '{node.name}' (training_mode=1)")
-    return found
-
-
-TRAINING_MODE_FIX = ("Export it for inference: model.eval() before torch.onnx.export, and "
-                     "training=torch.onnx.TrainingMode.EVAL (the default).")
 
 
 def refuse_training_mode(model: onnx.ModelProto) -> None:
