@@ -88,7 +88,14 @@ def inspect_model(path: Path) -> dict:
         "inlined": loaded.inlined,
         "foreign_ops": _foreign_ops(loaded.model),
         "shape_stops": _shape_stops(loaded.model, rows),
+        "training_mode": _training_mode(loaded.model),
     }
+
+
+def _training_mode(model) -> list[str]:
+    from onnxprune.passes.loading import training_mode_nodes
+
+    return training_mode_nodes(model)
 
 
 def _shape_stops(model, rows) -> list[str]:
@@ -363,6 +370,14 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       highlight=False)
     if info.get("too_old"):
         console.print(f"note: {info['too_old']}", markup=False, highlight=False)
+    trained = info.get("training_mode") or []
+    if trained:  # sweep 30: prune refuses it at load; inspect, run first, said nothing
+        from onnxprune.passes.loading import TRAINING_MODE_FIX
+
+        more = f" (+{len(trained) - 2} more)" if len(trained) > 2 else ""
+        console.print(f"warning: the model was exported in training mode ({', '.join(trained[:2])}{more}): its outputs "
+                      f"depend on chance or on the rest of the batch, and prune refuses it. {TRAINING_MODE_FIX}",
+                      markup=False, highlight=False)
     dead = info.get("dead_branches") or []
     if dead:
         shown = ", ".join(dead[:3]) + (f" (+{len(dead) - 3} more)" if len(dead) > 3 else "")

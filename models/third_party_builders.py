@@ -848,6 +848,50 @@ def ort_fused_gemm_mlp(*, in_features: int = 12, hidden: int = 16, classes: int 
     return m
 
 
+def ort_fused_conv_net(*, width: int = 8, size: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """What a session's saved optimized model (onnxruntime, ORT_ENABLE_EXTENDED) writes for Conv -> Relu (sweep 30's
+    ShuffleNet: 37 of its 56 convolutions): 'input' [N, 2, size, size] -> com.microsoft.FusedConv 3x3 pad 1
+    (activation "Relu") 'c1.weight' [width, 2, 3, 3], bias 'c1.bias' -> FusedConv depthwise 3x3 (group=width,
+    activation "Relu") 'dw.weight' -> GlobalAveragePool -> Flatten -> Gemm 'fc' -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    for name, shape, group in (("c1", (width, 2, 3, 3), 1), ("dw", (width, 1, 3, 3), width)):
+        w = g.weight(f"{name}.weight", shape, int(np.prod(shape[1:])))
+        b = g.bias(f"{name}.bias", width)
+        g.nodes.append(helper.make_node("FusedConv", ["input" if name == "c1" else "c1_out", w, b], [f"{name}_out"],
+                                        name=f"fused /{name}/Conv", domain="com.microsoft", activation="Relu",
+                                        kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group))
+    a = g.op("GlobalAveragePool", "gap", ["dw_out"])
+    a = g.op("Flatten", "flatten", [a])
+    g.gemm(a, "fc", width, classes)
+    g.nodes[-1].output[0] = "logits"
+    m = _model(g, "ort_fused_conv_net", [_float("input", [BATCH, 2, size, size])], [_float("logits", [BATCH, classes])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return m
+
+
+def training_mode_net(*, features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """What torch.onnx.export(..., training=TrainingMode.TRAINING) writes (sweep 30): 'input' [N, 12] -> Gemm 'fc1'
+    -> BatchNormalization training_mode=1 (three outputs: Y, running mean, running var) -> Relu -> Dropout(ratio 0.3,
+    training_mode a Constant true; two outputs) -> Gemm 'fc2' -> 'logits' [N, 4]. onnxruntime runs it; no output is
+    a function of its sample."""
+    g = _Graph(seed)
+    a = g.gemm("input", "fc1", features, hidden)
+    stats = [g.const(f"bn.{k}", v) for k, v in (("scale", np.ones(hidden, np.float32)),
+                                                ("bias", np.zeros(hidden, np.float32)),
+                                                ("mean", np.zeros(hidden, np.float32)),
+                                                ("var", np.ones(hidden, np.float32)))]
+    g.nodes.append(helper.make_node("BatchNormalization", [a, *stats], ["bn_out", "bn_mean", "bn_var"],
+                                    name="/bn/BatchNormalization", training_mode=1, momentum=0.9))
+    a = g.relu("bn_out", "relu")
+    ratio, training = g.const("d.ratio", np.array(0.3, np.float32)), "d.training"
+    g.nodes.append(helper.make_node("Constant", [], [training], name="/d/Constant",
+                                    value=numpy_helper.from_array(np.array(True), training)))
+    g.nodes.append(helper.make_node("Dropout", [a, ratio, training], ["d_out", "d_mask"], name="/d/Dropout"))
+    g.gemm("d_out", "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "training_mode_net", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
 def pixel_unshuffle_net(*, width: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
     """'input' [N, 2, size, size] -> c1 3x3 pad 1 (2->w) -> Relu -> pixel_unshuffle 2 as torch exports it (legacy and
     dynamo alike): Reshape [-1, w, size/2, 2, size/2, 2] -> Transpose [0, 1, 3, 5, 2, 4] -> Reshape [-1, 4w, size/2,

@@ -2,11 +2,13 @@
 never what it computes), listed once: `converter/steps/load.py` runs them all, `inspect` the ones marked `listed`.
 Kept apart from the load step so that `inspect` imports neither onnxruntime nor torch (tests/test_packaging.py; only
 a weight that nodes compute with arithmetic, weight_norm's g * v / ||v||, is evaluated by onnxruntime,
-passes/constant_weights.py)."""
+passes/constant_weights.py). Also what makes a model a training-mode export, which the load step refuses and
+`inspect` says (`training_mode_nodes`)."""
 
 from __future__ import annotations
 
 import onnx
+from onnx import numpy_helper
 
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.bypass_identity import BypassIdentity
@@ -16,6 +18,7 @@ from onnxprune.passes.einsum_linear import EinsumLinear
 from onnxprune.passes.loop_invariants import LoopInvariants
 from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.qoperator import QOperatorToQDQ
+from onnxprune.passes.scopes import all_constants, all_nodes
 
 # The passes that rewrite how a model's weights are read, in the order the load step runs them; `listed`: `inspect`
 # runs it too, so that it lists the weights as prune reads them (it lists a weight's copies and an Identity in front
@@ -36,3 +39,27 @@ def run_load_passes(model: onnx.ModelProto, prune: PruneState, *, listed_only: b
     for cls, listed in LOAD_PASSES:
         if listed or not listed_only:
             cls()(model, prune)
+
+
+def training_mode_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes that make a model a training-mode export (torch.onnx.export(..., training=TrainingMode.TRAINING), or
+    a module left in .train()), in words: a Dropout whose training_mode is a constant true (and whose ratio is not 0)
+    drops a random share of its input on every run, a BatchNormalization with training_mode=1 normalizes by each
+    batch's own statistics. `prune` refuses such a model at load, `inspect` says so."""
+    consts = all_constants(model.graph)
+    found = []
+    for node in all_nodes(model):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in consts:
+            ratio = numpy_helper.to_array(consts[node.input[1]]) if len(node.input) > 1 and node.input[1] in consts \
+                else 0.5 if len(node.input) < 2 or not node.input[1] else None
+            if bool(numpy_helper.to_array(consts[node.input[2]]).all()) and (ratio is None or float(ratio) > 0):
+                found.append(f"Dropout '{node.name}' (training_mode true)")
+        elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
+            found.append(f"BatchNormalization '{node.name}' (training_mode=1)")
+    return found
+
+
+TRAINING_MODE_FIX = ("Export it for inference: model.eval() before torch.onnx.export, and "
+                     "training=torch.onnx.TrainingMode.EVAL (the default).")

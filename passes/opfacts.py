@@ -25,6 +25,7 @@ Two kinds of fact:
 
       Attention    W[hidden, 3·hidden] (Q, K and V packed)   as MatMul, bias input 2
       FusedMatMul  B[K, N] / B[N, K]                         transB=0: as MatMul; transB=1: out -2, in -1
+      FusedGemm    as Gemm;  FusedConv  as Conv (a session's saved optimized model: the op and its activation)
 
   and **lookup ops** (`LOOKUP_OPS`): Gather's table T[V, D…] read on axis 0 with ids from the data (an embedding):
   input 0, no channel axes, no MACs, not refit, not shrunk.
@@ -135,6 +136,9 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
     "FusedMatMul": WeightFacts("fc", (1,), _fused_matmul_axes, shrinkable=False, domain="com.microsoft", refit=False),
     # a Gemm and its activation, as a session's saved optimized model writes it (ORT_ENABLE_EXTENDED and above)
     "FusedGemm": WeightFacts("fc", (1,), _gemm_axes, bias=2, shrinkable=False, domain="com.microsoft", refit=False),
+    # ... and a Conv and its activation (sweep 30: ShuffleNet at ORT_ENABLE_EXTENDED, 37 of 56 convolutions)
+    "FusedConv": WeightFacts("conv", (1,), _conv_axes, bias=2, grouped=True, shrinkable=False, domain="com.microsoft",
+                             refit=False),
 }
 # A lookup table: Gather(table, ids) on axis 0 with ids computed from the data (an embedding). Its rows are
 # read, not multiplied: no MACs, no channels to follow, nothing to refit; pruned by magnitude within the table.
@@ -184,7 +188,7 @@ QUANTIZED_HOW = ("dequantize to float, prune, requantize: not supported for inte
 MULTIPLIES_AS = {"DeformConv": "Conv",
                  "ConvInteger": "Conv", "MatMulInteger": "MatMul", "DynamicQuantizeMatMul": "MatMul",
                  "MatMulIntegerToFloat": "MatMul", "DynamicQuantizeLSTM": "LSTM", "Attention": "MatMul",
-                 "FusedMatMul": "MatMul", "FusedGemm": "Gemm"}
+                 "FusedMatMul": "MatMul", "FusedGemm": "Gemm", "FusedConv": "Conv"}
 # Ops whose output for one sample depends on the other samples of the batch: dynamic quantization computes one
 # activation scale per tensor (the input model itself changed 1% of an LSTM's classes between batches of 300 and 64),
 # so runs of such a model are evaluated a sample at a time (converter/steps/data.py).

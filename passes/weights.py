@@ -605,6 +605,9 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
         # a fused product (com.microsoft FusedMatMul, FusedGemm) whose output onnx's shape inference does not give:
         # its rows are its input's
         out = [*shapes[node.input[0]][:-1], None]
+    if out is None and op == "Conv" and index == 1 and shapes.get(node.input[0]):
+        weight = ix.consts.get(node.input[1])  # a fused Conv (com.microsoft FusedConv): from its input
+        out = _conv_out(node, shapes[node.input[0]], weight.dims[0] if weight is not None and weight.dims else None)
     if op in ("LSTM", "GRU", "RNN"):  # W and R run once a time step (X: [T, N, I], layout 1: [N, T, I])
         x = shapes.get(node.input[0])
         steps = None if not x or len(x) != 3 else x[1] if _attr(node, "layout", 0) else x[0]
@@ -635,6 +638,26 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
     if op == "MatMul":
         return size * int(np.prod(out[1:-1], dtype=np.int64)) if len(out) >= 2 else size
     return None
+
+
+def _conv_out(node, inp, channels) -> list | None:
+    """A Conv's output shape from its input's and its attributes (explicit pads or auto_pad), None where a spatial
+    size or the kernel's is unknown: what onnx's shape inference gives a Conv and not com.microsoft's FusedConv."""
+    kernel = list(_attr(node, "kernel_shape", []))
+    spatial = list(inp[2:])
+    if not kernel or len(kernel) != len(spatial) or any(d is None for d in spatial):
+        return None
+    k = len(kernel)
+    strides, dilations = list(_attr(node, "strides", [1] * k)), list(_attr(node, "dilations", [1] * k))
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        sizes = [-(-d // s) for d, s in zip(spatial, strides)]
+    else:
+        pads = list(_attr(node, "pads", [0] * 2 * k)) if auto_pad != "VALID" else [0] * 2 * k
+        sizes = [(d + pads[i] + pads[i + k] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                 for i, d in enumerate(spatial)]
+    return [inp[0], channels, *sizes] if all(d > 0 for d in sizes) else None
 
 
 ROW_CHAIN = 16  # ops walked back from a 2-D product to the Reshape/Flatten that made its rows

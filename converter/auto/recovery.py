@@ -60,7 +60,7 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.auto.allocation import global_masks
-from onnxprune.errors import UnsupportedOpError
+from onnxprune.errors import ConfigError, UnsupportedOpError
 from onnxprune.registry import registrar
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,12 @@ register_recovery = registrar(RECOVERY, "recovery backend")
 
 def choose(original, train, requested: str = "auto") -> tuple[str, str]:
     """(backend name, the rule that picked it); see the module docstring."""
+    if requested == "sgd":  # sweep 30: a FusedConv model ran its scan, then stopped on the bridge's multi-line error
+        why = bridge_refusal(original)
+        if why:
+            raise ConfigError(f"--recovery sgd retrains through the torch bridge, which cannot run this graph ({why}); "
+                              "use --recovery reconstruct (a layer-wise refit in onnxruntime), or leave --recovery "
+                              "out and the search picks it")
     if requested != "auto":
         return requested, "given (--recovery)"
     try:

@@ -269,3 +269,34 @@ def test_every_steps_description_is_its_whole_first_paragraph():
         text = cls.describe(cls.__new__(cls))
         assert "\n" not in text and text == " ".join(doc.split("\n\n")[0].split()), name
         assert text.endswith((".", ")", "?")), f"{name}: {text!r}"
+
+
+def test_a_model_exported_in_training_mode_is_refused_at_load_naming_its_nodes(tmp_path):
+    """Sweep 30: a CNN exported with training=TrainingMode.TRAINING (BatchNormalization training_mode=1, Dropout with a
+    constant true training_mode) ran 24 s and ended "differs from the dense model ... report it with --debug"; it is
+    refused at load in one line that names the nodes and the export to use. The same graph for inference loads."""
+    from onnxprune.converter.steps.load import load
+    from onnxprune.errors import ModelError
+    from onnxprune.models.third_party_builders import training_mode_net
+
+    model = training_mode_net()
+    onnx.checker.check_model(model, full_check=True)
+    make_session(model)  # onnxruntime runs it
+    with pytest.raises(ModelError) as err:
+        load(model)
+    text = str(err.value)
+    assert "exported in training mode" in text and "/bn/BatchNormalization' (training_mode=1)" in text
+    assert "Dropout '/d/Dropout' (training_mode true)" in text and "TrainingMode.EVAL" in text
+    onnx.save(model, tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--sparsity",
+                                   "0.5"])
+    assert res.exit_code == 1 and "exported in training mode" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])  # run first: it says so too
+    assert res.exit_code == 0 and "warning: the model was exported in training mode (BatchNormalization" in res.output
+    for node in model.graph.node:  # for inference: BN's statistics stored, Dropout off
+        if node.op_type == "BatchNormalization":
+            del node.attribute[:]
+            del node.output[1:]
+        if node.op_type == "Constant":
+            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(False), node.output[0]))
+    assert load(model).model is not None

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxprune.models.third_party_builders import ort_fused_encoder, ort_fused_gemm_mlp
+from onnxprune.models.third_party_builders import ort_fused_conv_net, ort_fused_encoder, ort_fused_gemm_mlp
 from onnxprune.passes.weights import find_prunable
 from tests.hardening.helpers import invoke
 from tests.oracle import check_full
@@ -106,6 +106,40 @@ def test_a_fused_gemm_of_a_saved_optimized_model_is_pruned_and_computes_its_writ
     held_out = np.random.default_rng(7).standard_normal((16, 12)).astype(np.float32)
     np.testing.assert_allclose(run(out, held_out), np.maximum(held_out @ w1.T + b1, 0) @ w2.T + b2,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_conv_of_a_saved_optimized_model_is_pruned_and_computes_its_written_weights(tmp_path):
+    """Sweep 30: ShuffleNet saved by an onnxruntime session at ORT_ENABLE_EXTENDED has 37 of its 56 convolutions as
+    com.microsoft.FusedConv (Conv and Relu): 325K of its 344K weights were out of reach and a --max-loss run wrote
+    "1.00x". It is a Conv's weight (groups too): pruned by magnitude with its MACs, neither refit nor shrunk."""
+    model = ort_fused_conv_net()
+    inv = find_prunable(model)
+    rows = inv.by_name()
+    c1, dw = rows["c1.weight"], rows["dw.weight"]
+    assert c1.op_type == "FusedConv" and c1.kind == "conv" and c1.shape[c1.out_axis] == 8
+    assert c1.macs == 8 * 2 * 9 * 36  # a sample, as a Conv at 6x6 (from its input's shape and its attributes)
+    assert dw.op_type == "FusedConv" and dw.shape == (8, 1, 3, 3)  # group=8
+    assert "bias of FusedConv 'fused /c1/Conv'" in {s.reason for s in inv.skipped}
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((64, 2, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz",
+                 "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
+    out = onnx.load(tmp_path / "out.onnx")
+    check_full(out)
+    written = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    written.update({n.output[0]: numpy_helper.to_array(a.t) for n in out.graph.node if n.op_type == "Constant"
+                    for a in n.attribute if a.name == "value"})
+    assert abs((written["c1.weight"] == 0).mean() - 0.5) < 0.05
+    # the output computes what the input model computes with the written weights (onnxruntime on both)
+    oracle = onnx.ModelProto()
+    oracle.CopyFrom(model)
+    for t in oracle.graph.initializer:
+        if t.name in written and written[t.name].shape == tuple(t.dims):
+            t.CopyFrom(numpy_helper.from_array(written[t.name], t.name))
+    held_out = np.random.default_rng(7).standard_normal((16, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(out, held_out), run(oracle, held_out), rtol=1e-5, atol=1e-6)
 
 
 def test_a_layout_blocked_kernel_of_a_saved_optimized_model_is_named_with_its_domain(tmp_path):

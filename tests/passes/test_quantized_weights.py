@@ -486,6 +486,24 @@ def test_prune_writes_a_dynamically_quantized_model_with_pruned_weights_at_their
     assert result.report["compression"] == pytest.approx(b["nonzeros"] / a["nonzeros"])
 
 
+def test_a_pruned_integer_weight_that_stays_dense_on_its_grid_is_said(tmp_path):
+    """Sweep 30: quantize_dynamic's LeNet-5 (per-channel, reduce_range) pruned 3.16x fewer nonzeros with the file
+    431.13 KB -> 431.13 KB and no word why; a pruned integer weight is written back dense on its grid (a pruned entry
+    is its zero point), and the run says so with the share kept."""
+    import onnxprune
+    from onnxprune.converter.steps.encode import grid_kept_note
+
+    m = dynamic_models(tmp_path)["lenet"]
+    onnx.save(m, tmp_path / "dyn.onnx")
+    result = onnxprune.prune(str(tmp_path / "dyn.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    note = next(n for n in result.report["notes"] if "pruned integer-quantized" in n)
+    assert note.startswith("5 pruned integer-quantized weight(s) (") and "of int8, 5" in note
+    assert "a pruned entry as its zero point" in note and "stay dense in the file" in note
+    folded = copy(m)
+    records = fold(folded)
+    assert grid_kept_note(folded, records) is None  # nothing pruned: nothing to say
+
+
 def test_a_budgeted_run_on_a_dynamically_quantized_lstm_keeps_its_budget_on_the_written_model(tmp_path):
     """DynamicQuantizeLSTM (per-channel [dirs, 4H] scales: folded in grid units) and its MatMulInteger head, one-shot
     under --max-loss 1: the loss the run reports is what onnxruntime measures between the input and the written file
