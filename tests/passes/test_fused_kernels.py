@@ -90,9 +90,19 @@ def test_a_fused_gemm_of_a_saved_optimized_model_is_pruned_and_computes_its_writ
     fc1 = inv.by_name()["fc1.weight"]
     assert fc1.op_type == "FusedGemm" and fc1.shape[fc1.out_axis] == 16 and fc1.macs == 16 * 12
     assert "bias of FusedGemm 'fused /fc1/Gemm'" in {s.reason for s in inv.skipped}
+    out, written = _pruned_half(model, (64, 12), tmp_path)
+    w1, b1, w2, b2 = (written[k] for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
+    assert abs((w1 == 0).mean() - 0.5) < 0.02
+    held_out = np.random.default_rng(7).standard_normal((16, 12)).astype(np.float32)
+    np.testing.assert_allclose(run(out, held_out), np.maximum(held_out @ w1.T + b1, 0) @ w2.T + b2,
+                               rtol=1e-5, atol=1e-5)
+
+
+def _pruned_half(model, shape, tmp_path):
+    """`prune --sparsity 0.5` on seeded data of `shape` through the CLI: the written model (full check passed) and
+    its dense constants by name."""
     onnx.save(model, tmp_path / "m.onnx")
-    x = np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=x)
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz",
                  "--sparsity", "0.5")
     assert res.exit_code == 0, res.output
@@ -101,11 +111,7 @@ def test_a_fused_gemm_of_a_saved_optimized_model_is_pruned_and_computes_its_writ
     written = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
     written.update({n.output[0]: numpy_helper.to_array(a.t) for n in out.graph.node if n.op_type == "Constant"
                     for a in n.attribute if a.name == "value"})
-    w1, b1, w2, b2 = (written[k] for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
-    assert abs((w1 == 0).mean() - 0.5) < 0.02
-    held_out = np.random.default_rng(7).standard_normal((16, 12)).astype(np.float32)
-    np.testing.assert_allclose(run(out, held_out), np.maximum(held_out @ w1.T + b1, 0) @ w2.T + b2,
-                               rtol=1e-5, atol=1e-5)
+    return out, written
 
 
 def test_a_fused_conv_of_a_saved_optimized_model_is_pruned_and_computes_its_written_weights(tmp_path):
@@ -120,17 +126,7 @@ def test_a_fused_conv_of_a_saved_optimized_model_is_pruned_and_computes_its_writ
     assert c1.macs == 8 * 2 * 9 * 36  # a sample, as a Conv at 6x6 (from its input's shape and its attributes)
     assert dw.op_type == "FusedConv" and dw.shape == (8, 1, 3, 3)  # group=8
     assert "bias of FusedConv 'fused /c1/Conv'" in {s.reason for s in inv.skipped}
-    onnx.save(model, tmp_path / "m.onnx")
-    x = np.random.default_rng(0).standard_normal((64, 2, 6, 6)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=x)
-    res = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz",
-                 "--sparsity", "0.5")
-    assert res.exit_code == 0, res.output
-    out = onnx.load(tmp_path / "out.onnx")
-    check_full(out)
-    written = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    written.update({n.output[0]: numpy_helper.to_array(a.t) for n in out.graph.node if n.op_type == "Constant"
-                    for a in n.attribute if a.name == "value"})
+    out, written = _pruned_half(model, (64, 2, 6, 6), tmp_path)
     assert abs((written["c1.weight"] == 0).mean() - 0.5) < 0.05
     # the output computes what the input model computes with the written weights (onnxruntime on both)
     oracle = onnx.ModelProto()
