@@ -456,10 +456,12 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     )
     whole = report.get("all_weights") or {}
     if whole.get("before") and b["nonzeros"] < PRUNABLE_SHARE * whole["before"]:
-        console.print(f"all float weights {count(whole['before'])} -> {count(whole['after'])} nonzero "
-                      f"({whole['before'] / max(whole['after'], 1):.2f}x fewer): "
+        packed = (f"; {count(whole['packed'])} of them are {', '.join(whole.get('packed_what') or [])}, counted as "
+                  "nonzero" if whole.get("packed") else "")
+        console.print(f"all {'' if packed else 'float '}weights {count(whole['before'])} -> {count(whole['after'])} "
+                      f"nonzero ({whole['before'] / max(whole['after'], 1):.2f}x fewer): "
                       f"{100 * (1 - b['nonzeros'] / whole['before']):.0f}% of them are not prunable here "
-                      "(`onnxprune inspect` lists each and why)", markup=False)
+                      f"(`onnxprune inspect` lists each and why){packed}", markup=False)
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:
         changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]

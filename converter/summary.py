@@ -71,5 +71,23 @@ def float_nonzeros(model: onnx.ModelProto) -> int:
                       if t.data_type in FLOAT_TYPES)
 
 
+def packed_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
+    """(values, what) of weights integer kernels hold packed, which the tool neither prunes nor unpacks: onnxruntime's
+    com.microsoft MatMulNBits (K x N values of `bits` bits each, in blocks). Counted whole beside the float weights,
+    as nonzero (a code is a value, its zero point included): sweep 30's 4-bit row transformer said "all float weights
+    5.83K ... 89% not prunable", its 67K 4-bit weights nowhere."""
+    from onnxprune.passes.scopes import all_nodes
+
+    values, count, bits = 0, 0, set()
+    for node in all_nodes(model):
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            values += int(attrs.get("K", 0)) * int(attrs.get("N", 0))
+            bits.add(int(attrs.get("bits", 4)))
+            count += 1
+    what = [f"{'/'.join(map(str, sorted(bits)))}-bit values of {count} MatMulNBits"] if count else []
+    return values, what
+
+
 def skipped_rows(inventory: Inventory) -> list[dict]:
     return [{"name": s.name, "reason": s.reason, "size": s.size} for s in inventory.skipped]

@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.steps.load import where
-from onnxprune.converter.summary import float_nonzeros, layer_rows, skipped_rows, totals
+from onnxprune.converter.summary import float_nonzeros, layer_rows, packed_weights, skipped_rows, totals
 from onnxprune.passes.magnitude import quality_for_sparsity
 from onnxprune.passes.storage import describe_model
 from onnxprune.passes.weights import weight_array
@@ -67,7 +67,9 @@ class ReportStep(Step):
         written = state.nonzeros_after_shrink
         report["compression_written"] = counted / written if written else report["compression"]
         # in the input's shapes, as the prunable weights' ratio above (encode has let go of the shrunk model)
-        report["all_weights"] = {"before": float_nonzeros(original), "after": float_nonzeros(state.pruned)}
+        packed, what = packed_weights(original)  # never pruned: the same before and after
+        report["all_weights"] = {"before": float_nonzeros(original) + packed,
+                                 "after": float_nonzeros(state.pruned) + packed, "packed": packed, "packed_what": what}
         if state.metrics is not None:
             report["metrics"] = state.metrics
             act_before, act_after = state.activations

@@ -506,3 +506,38 @@ def test_parameters_held_in_attributes_count_among_all_float_weights():
     out = io.StringIO()
     print_prune_summary(result.report, Console(file=out, width=200))
     assert "all float weights 76 -> 52 nonzero (1.46x fewer): 37% of them are not prunable here" in out.getvalue()
+
+
+def test_weights_a_matmulnbits_holds_packed_are_counted_in_the_whole_model_figure():
+    """Sweep 30's L4: onnxruntime's 4-bit MatMulNBits holds its weights packed (K x N values of 4 bits, in blocks);
+    the tool prunes the float head only, and the whole-model line counted float weights alone ("all float weights
+    5.83K", its 67K 4-bit weights nowhere). They count now, whole and as nonzero, and the line says so."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import print_prune_summary
+
+    k, n, block = 64, 16, 32
+    rng = np.random.default_rng(0)
+    packed = rng.integers(0, 256, (n, k // block, block // 2), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.02, n * (k // block)).astype(np.float32)
+    head = (rng.standard_normal((n, 10)) / 4).astype(np.float32)
+    nodes = [helper.make_node("MatMulNBits", ["input", "B", "scales"], ["h"], domain="com.microsoft", K=k, N=n,
+                              bits=4, block_size=block, name="q4"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"), helper.make_node("MatMul", ["r", "head"], ["y"],
+                                                                                   name="head")]
+    graph = helper.make_graph(nodes, "nbits", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])],
+                              [numpy_helper.from_array(a, name) for a, name in ((packed, "B"), (scales, "scales"),
+                                                                                 (head, "head"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
+    result = run(model, configure(sparsity=0.5))
+    whole = result.report["all_weights"]
+    assert whole["packed"] == k * n and whole["packed_what"] == ["4-bit values of 1 MatMulNBits"]
+    assert whole["before"] == k * n + np.count_nonzero(scales) + 160 and whole["after"] == whole["before"] - 80
+    out = io.StringIO()
+    print_prune_summary(result.report, Console(file=out, width=300))
+    assert "all weights 1.22K -> 1.14K nonzero" in out.getvalue()
+    assert "1.02K of them are 4-bit values of 1 MatMulNBits, counted as nonzero" in out.getvalue()
