@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 from onnxprune.errors import ModelError
 from onnxprune.passes.base import PruneState
-from onnxprune.passes.storage import StorageFormat, coo, packing, register_format
+from onnxprune.passes.storage import FORMATS, StorageFormat, coo, packing, register_format
 from onnxprune.passes.storage.coo import dense_to_sparse
 from onnxprune.passes.storage.decoder import MIN_OPSET, SHARED, DecoderBuilder, prefix, shared_tensors
 from onnxprune.passes.storage.graphs import default_opset, first_line, replace_initializers
@@ -69,7 +69,7 @@ def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[
         state.notes.append(f"sparse format 'compact' needs opset >= {MIN_OPSET} for its decoder (model has "
                            f"{default_opset(model)}): the pruned weights are stored as COO (values and int64 "
                            "indices scattered into zeros), as --sparse-format constant writes them at this opset")
-        return coo.encode_constant(model, names, state)
+        return FORMATS["constant"].encode(model, names, state)
     if refusal:
         state.notes.append(refusal)
         return []

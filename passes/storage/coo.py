@@ -132,26 +132,32 @@ def _encoder(home: str):
         chain), "initializer" IR >= 6."""
         graph_inputs = {i.name for i in model.graph.input}
         tensors = constant_tensors(model)
-        if not any(n not in graph_inputs and pays_off(numpy_helper.to_array(tensors[n])) for n in names):
-            return []  # nothing would be smaller sparse (or every such weight is a graph input: the step says so)
-        scatter = _old_opset(model, state) if home == "constant" else None
-        if scatter is False:
-            return []
-        if home == "initializer" and model.ir_version < 6:
-            state.notes.append(f"sparse initializers need IR >= 6 (model has IR {model.ir_version}); "
-                               "weights kept dense.")
-            return []
         init_names = {t.name for t in model.graph.initializer}
         encoded: list[str] = []
         new_constants: list[onnx.NodeProto] = []
+        replaced: set[str] = set()  # Constant nodes a scatter chain takes the place of
+        scatter, decided = None, False  # what the model can hold, asked at the first weight smaller sparse (no note
+        # when none is, or when every such weight is a graph input: the encode step says so)
         for name in names:
+            if name in graph_inputs:
+                continue
             values = numpy_helper.to_array(tensors[name])
-            if name in graph_inputs or not (scatter_pays_off(values, name) if scatter else pays_off(values)):
+            if not pays_off(values):
+                continue
+            if not decided:
+                decided, scatter = True, _old_opset(model, state) if home == "constant" else None
+                if scatter is False:
+                    return []
+                if home == "initializer" and model.ir_version < 6:
+                    state.notes.append(f"sparse initializers need IR >= 6 (model has IR {model.ir_version}); "
+                                       "weights kept dense.")
+                    return []
+            if scatter and not scatter_pays_off(values, name):
                 continue
             encoded.append(name)
             if scatter:
                 if name not in init_names:  # a Constant node: the chain writes its name instead
-                    _drop_constant(model.graph, name)
+                    replaced.add(name)
                 new_constants += scatter_nodes(values, name)
                 continue
             sparse = dense_to_sparse(values, name)
@@ -170,18 +176,13 @@ def _encoder(home: str):
                                "full check and onnx shape inference (a Gemm/MatMul/Conv input may not be a sparse "
                                "initializer); --sparse-format constant, the default, is as small and passes both")
         if new_constants:
-            nodes = new_constants + list(model.graph.node)
+            nodes = new_constants + [n for n in model.graph.node
+                                     if not (n.op_type == "Constant" and n.output[0] in replaced)]
             del model.graph.node[:]
             model.graph.node.extend(nodes)
         return encoded
 
     return encode
-
-
-def _drop_constant(graph: onnx.GraphProto, name: str) -> None:
-    kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] == name)]
-    del graph.node[:]
-    graph.node.extend(kept)
 
 
 def encode_in_bodies(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
@@ -297,8 +298,8 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     out = {}
     for graph in all_graphs(model.graph):
         for weight, chain in _scatter_chains(graph).items():
-            arrays = [a.t for part in ("values", "indices") for a in chain[part].attribute if a.name == "value"]
-            nnz = int(np.prod(list(arrays[0].dims), dtype=np.int64)) if arrays else 0
+            values = next((a.t for a in chain["values"].attribute if a.name == "value"), None)
+            nnz = int(np.prod(list(values.dims), dtype=np.int64)) if values is not None else 0
             size = sum(n.ByteSize() for n in chain.values())
             out[weight] = {"encoding": "coo (scatter, opset 9-10)", "bytes": size, "nonzeros": nnz}
         homes = [("initializer", sp, sp.values.name) for sp in graph.sparse_initializer]
@@ -311,6 +312,5 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     return out
 
 
-encode_constant = _encoder("constant")
-register_format(StorageFormat("constant", encode_constant, decode, describe))
+register_format(StorageFormat("constant", _encoder("constant"), decode, describe))
 register_format(StorageFormat("initializer", _encoder("initializer"), decode, describe))
