@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -14,9 +15,9 @@ from onnxprune.converter.summary import layer_rows, totals
 from onnxprune.errors import ConfigError
 from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
-from onnxprune.passes.scopes import constant_homes
+from onnxprune.passes.scopes import FLOAT_TYPES, constant_homes
 from onnxprune.passes.storage import packing
-from onnxprune.passes.storage.coo import OLD_OPSET, old_opset_note, scatter_pays_off
+from onnxprune.passes.storage.coo import old_opset_note, scatter_pays_off
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset
 from onnxprune.passes.weights import constant_tensors, find_prunable, unname_nodes
@@ -58,13 +59,11 @@ class EncodeStep(Step):
                 state.prune.notes.append(note)
         present = set(constant_tensors(final))
         names = [w.name for w in state.inventory.prunable if w.name in present]
-        if default_opset(final) < STORAGE_OPSET.get(self.config.sparse_format, 0):
-            from onnxprune.converter.steps.verify import parity_feeds
+        from onnxprune.converter.steps.verify import parity_feeds
 
-            final = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes,
-                                       parity_feeds(state, 1))
+        final, raise_failed = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes,
+                                                 lambda: parity_feeds(state, 1))
         run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)
-        raise_failed = any(n.startswith(OLD_OPSET) and "failed" in n for n in state.prune.notes)
         if self.config.sparse_format in COO_FORMATS and not raise_failed:  # compact would need the raise that failed
             note = dense_kept_note(final, names)
             if note:
@@ -80,21 +79,22 @@ STORAGE_OPSET = {"constant": 9, "compact": MIN_OPSET}
 COMPACT_NODES = 400  # bytes: about what a compact decoder's nodes and record cost beside its arrays
 
 
-def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes: list[str], feeds=None
-                       ) -> onnx.ModelProto:
+def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes: list[str],
+                       feeds: Callable[[], list | None] = lambda: None) -> tuple[onnx.ModelProto, bool]:
     """A model below opset 9 (the ONNX zoo's classic CNNs are opset 7; old exporters wrote 7 and 8) has no op that
     holds a sparse weight, so every pruned weight stayed dense and the file did not shrink (sweep 29's L4); compact's
     decoder needs opset 11. Where a pruned weight would be smaller in the format, the model is raised to the format's
     opset (STORAGE_OPSET) by onnx.version_converter (Upsample's scales become an input, then a Resize; ...), kept
-    only when onnxruntime gives the same outputs on `feeds` (a batch of the data; seeded random inputs without
-    them), as the verify step then checks again; otherwise it stays as it is, and the note says why."""
+    only when onnxruntime gives the same outputs on `feeds()` (a batch of the data, read only when a raise is tried;
+    seeded random inputs without it), as the verify step then checks again; otherwise it stays as it is, and the
+    note says why. Returns the model and whether a raise was tried and failed."""
     from onnx import version_converter
 
     from onnxprune.passes.storage.graphs import first_line
 
     opset, target = default_opset(model), STORAGE_OPSET.get(fmt, 0)
     if opset >= target:
-        return model
+        return model, False
     tensors, inputs = constant_tensors(model), {i.name for i in model.graph.input}
 
     def smaller(name: str) -> bool:
@@ -106,29 +106,27 @@ def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes
     pays = [n for n in names if n in tensors and n not in inputs and tensors[n].data_type in FLOAT_TYPES
             and smaller(n)]
     if not pays:
-        return model
+        return model, False
     from onnxprune.converter.verify import check_parity
 
     try:
         raised = version_converter.convert_version(model, target)
         onnx.checker.check_model(raised)
-        check_parity(raised, model, feeds)
+        check_parity(raised, model, feeds())
     except Exception as exc:  # noqa: BLE001 - any failure keeps the model as it is, and says so
         if opset < STORAGE_OPSET["constant"]:
             notes.append(old_opset_note(opset, first_line(exc)))
         else:  # compact at opset 9-10: the scatter chain instead (passes/storage/compact.py says so)
             notes.append(f"raising the model to opset {target} for --sparse-format compact's decoder failed "
                          f"({first_line(exc)})")
-        return model
+        return model, True
     why = (f"no op below opset {target} holds a sparse weight" if fmt == "constant" else
            f"compact's decoder needs opset {target}")
     notes.append(f"opset raised {opset} -> {target} by onnx.version_converter (onnxruntime gives the same outputs), "
                  f"so that {len(pays)} pruned weight(s) are stored {'sparse' if fmt == 'constant' else 'compact'}: "
                  f"{why}; --sparse-format dense keeps opset {opset}")
-    return raised
+    return raised, False
 
-
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def grid_kept_note(model: onnx.ModelProto, folded) -> str | None:
