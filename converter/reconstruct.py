@@ -82,7 +82,11 @@ class Layer:
     # batch axes b (leading 1s dropped) is a group of M outputs over K inputs (a capsule net's W per route and class)
     first: bool = False
     batch: tuple = ()  # W's batch axes b
-    groups: int = 1  # their product
+
+    @property
+    def groups(self) -> int:
+        """The matrices of a first-operand weight (the product of its batch axes), 1 for any other layer."""
+        return int(np.prod(self.batch, dtype=np.int64))
 
     @property
     def sites(self) -> list:
@@ -161,7 +165,6 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
                       scope=place.scope, kernel=tuple(_attr(node, "kernel_shape", None) or w.shape[2:]))
         if w.input_index == 0:  # W @ X (_unsupported lets only a MatMul's through)
             layer.x, layer.first, layer.batch = node.input[1], True, _first_batch(w.shape)
-            layer.groups = int(np.prod(layer.batch, dtype=np.int64))
         if w.scope or w.readers > 1:  # an If branch's twin, or a tied weight's other readers in one graph
             why = _twins(layer, w, every, where)
             if why:
@@ -220,7 +223,7 @@ def _twins(layer: Layer, w, every, where) -> str | None:
         if not same:
             return f"{node.op_type} '{node.name}' and '{n.name}' read it differently; left as pruned"
         layer.twins.append(Layer(w.name, n, None, n.input[1 if layer.first else 0], scope=where[id(n)].scope,
-                                 first=layer.first, batch=layer.batch, groups=layer.groups))
+                                 first=layer.first, batch=layer.batch))
     return None
 
 

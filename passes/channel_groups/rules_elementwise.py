@@ -226,8 +226,6 @@ def _roi_align(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
 
 
-
-
 # a reduction over other axes than the channel axis keeps each channel apart (torch's x.mean((2, 3)), Keras's
 # GlobalAveragePooling2D through tf2onnx); a constant channel stays that constant under these ops (a sum scales it)
 REDUCE_KEEPS_CONSTANT = ("ReduceMean", "ReduceMax", "ReduceMin")
