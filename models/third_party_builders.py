@@ -34,6 +34,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         'top_scores' of the logits) and their class ids 'top_ids' int64 [N, k] (sweep 19's STN)
     instance_norm_denoiser  an image-to-image net (style transfer, denoising): Conv -> InstanceNormalization ->
                         Relu blocks, a stride-2 Conv, Resize x2 and a Concat skip, 'clean' [N, 1, H, W] (sweep 22)
+    channel_split_cnn   torchvision's ShuffleNetV2 channel split as the legacy exporter writes it: Slices on axis 1
+                        whose bounds are Div(Gather(Shape(x), 1), 2), which onnx's data propagation does not follow
+                        (sweep 30)
     keras_flatten_cnn   tf2onnx's Keras CNN: NHWC 'image' [N, H, W, 1], Transposes around a Conv, and Flatten as a
                         Reshape to a computed shape: Shape, Gather [0, 2, 3, 1], Cast, Slice [0:1], Concat with the
                         feature count, Cast (onnx's shape inference gives no shape after it; sweep 22)
@@ -617,6 +620,26 @@ def instance_norm_denoiser(*, width: int = 8, size: int = 8, seed: int = 0) -> o
     del y
     return _model(g, "instance_norm_denoiser", [_float("noisy", [BATCH, 1, size, size])],
                   [_float("clean", [BATCH, 1, size, size])])
+
+
+def channel_split_cnn(*, width: int = 8, size: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """torchvision's ShuffleNetV2 unit as the legacy exporter writes `x.chunk(2, dim=1)`: 'image' [N, 2, size, size]
+    -> conv 3x3 (2->width) -> Relu -> two Slices on axis 1 whose bounds are Div(Gather(Shape(x), 1), 2) -> the second
+    half through conv 1x1 -> Relu -> Concat with the first -> conv 1x1 (width->classes) -> ReduceMean over H, W ->
+    'logits' [N, classes]. onnx's data propagation does not follow the Div: no size after the Slices (sweep 30)."""
+    g, half = _Graph(seed), width // 2
+    ints = lambda name, v: g.initializers.append(numpy_helper.from_array(np.array(v, np.int64), name)) or name  # noqa: E731
+    x = g.relu(g.conv("image", "stem", 2, width, 3), "stem")
+    c = g.op("Gather", "split/c", [g.op("Shape", "split", [x]), ints("split.axis", 1)], axis=0)
+    mid = g.op("Unsqueeze", "split/mid", [g.op("Div", "split/half", [c, ints("split.two", 2)]), ints("split.axes", [0])])
+    dim = ints("split.dim", [1])
+    a = g.op("Slice", "split/a", [x, ints("split.zero", [0]), mid, dim])
+    b = g.op("Slice", "split/b", [x, mid, ints("split.end", [2**62]), dim])
+    b = g.relu(g.conv(b, "branch", half, half, 1), "branch")
+    y = g.conv(g.op("Concat", "cat", [a, b], axis=1), "head", width, classes, 1)
+    g.op("ReduceMean", "pool", [y], axes=[2, 3], keepdims=0)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "channel_split_cnn", [_float("image", [BATCH, 2, size, size])], [_float("logits", [BATCH, classes])])
 
 
 def keras_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, opset: int = 13,

@@ -76,10 +76,21 @@ def infer_shapes(model: onnx.ModelProto, *, warn: bool = False) -> Shapes:
             log.warning("shape inference failed (%s); rules that need shapes will block", exc)
         inferred = model
     shapes = _declared(inferred.graph)
-    if _contrib_unknown(model.graph, shapes) or _layer_unknown(model.graph, shapes):
+    if _contrib_unknown(model.graph, shapes) or _layer_unknown(model.graph, shapes) \
+            or _layer_partial(model.graph, shapes):
         for name, dims in _declared(_symbolic(model).graph).items():
-            shapes.setdefault(name, dims)
+            shapes[name] = _merged(shapes.get(name), dims)
     return shapes
+
+
+def _merged(known: list | None, other: list) -> list:
+    """`known` with the sizes it lacks taken from `other` (another inference's dims of the same tensor); `known`
+    itself where the ranks differ."""
+    if known is None:
+        return other
+    if len(known) != len(other):
+        return known
+    return [k if k is not None else o for k, o in zip(known, other)]
 
 
 def at_batch(model: onnx.ModelProto, batch: int) -> Shapes | None:
@@ -136,6 +147,21 @@ def _layer_unknown(g: onnx.GraphProto, shapes: Shapes) -> bool:
     after which every MatMul's MACs were "unknown" (sweep 22); onnxruntime's symbolic inference follows it."""
     return any(n.op_type in LAYERS and n.domain in ("", "ai.onnx") and
                any(t and t not in shapes for t in [n.input[0], *n.output[:1]]) for n in g.node)
+
+
+def _layer_partial(g: onnx.GraphProto, shapes: Shapes) -> bool:
+    """A layer whose input or output has an unknown size besides the batch although every graph input has none: a
+    Slice whose bounds come from Shape through a Div, which onnx's data propagation does not follow (torchvision's
+    ShuffleNetV2 splits its channels so, and MACs were "unknown" for 50 of 57 layers, sweep 30); onnxruntime's
+    symbolic inference follows it. Not where an input has a symbolic axis besides the batch (a sequence length):
+    there the sizes are unknown for a reason, and symbolic inference would be paid for nothing."""
+    stored = {t.name for t in g.initializer}
+    feeds = [vi for vi in g.input if vi.name not in stored]
+    if any(not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape")
+           or any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim[1:]) for vi in feeds):
+        return False
+    return any(n.op_type in LAYERS and n.domain in ("", "ai.onnx") and
+               any(t and None in (shapes.get(t) or [0])[1:] for t in [n.input[0], *n.output[:1]]) for n in g.node)
 
 
 def _contrib_unknown(g: onnx.GraphProto, shapes: Shapes) -> bool:

@@ -164,6 +164,7 @@ MODELS = {
     "causal-tcn": lambda: third_party_builders.causal_tcn(),
     "carried-loop-rnn": lambda: third_party_builders.carried_loop_rnn(),
     "video-clip-net": lambda: third_party_builders.video_clip_net(),
+    "channel-split": lambda: third_party_builders.channel_split_cnn(),
 }
 
 

@@ -205,6 +205,33 @@ def test_a_product_after_a_reshape_of_computed_heads_counts_every_row_of_a_sampl
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_layers_after_a_channel_split_computed_from_shape_count_their_macs():
+    """Sweep 30's ShuffleNetV2 (torch legacy): `x.chunk(2, dim=1)` is two Slices whose bounds are Div(Gather(Shape(x),
+    1), 2); onnx's data propagation stops at the Div, and MACs were unknown for 50 of 57 layers on a fully static
+    input. onnxruntime's symbolic inference follows it; its sizes fill the ones onnx left unknown."""
+    import onnxruntime as ort
+
+    from onnxprune.models.third_party_builders import channel_split_cnn
+
+    m = channel_split_cnn(width=8, size=6, classes=3)
+    onnx.checker.check_model(m, full_check=True)
+    assert {w.node: w.macs for w in find_prunable(m).prunable} == {
+        "/stem/Conv": 8 * 2 * 9 * 36, "/branch/Conv": 4 * 4 * 36, "/head/Conv": 3 * 8 * 36}
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    w = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+    def conv(v, name, pad):
+        v = np.pad(v, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        k = w[f"{name}.weight"]
+        cols = np.lib.stride_tricks.sliding_window_view(v, k.shape[2:], axis=(2, 3))  # N, C, H, W, kh, kw
+        return np.einsum("nchwij,ocij->nohw", cols, k) + w[f"{name}.bias"][None, :, None, None]
+
+    h = np.maximum(conv(x, "stem", 1), 0)
+    ref = conv(np.concatenate([h[:, :4], np.maximum(conv(h[:, 4:], "branch", 0), 0)], axis=1), "head", 0)
+    np.testing.assert_allclose(y, ref.mean(axis=(2, 3)), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("build, gates", [("lstm_classifier", 4), ("gru_classifier", 3), ("rnn_classifier", 1)])
 def test_recurrent_weights_count_their_macs_once_a_time_step(build, gates):
     """W [D, G·H, I] and R [D, G·H, H] run at every step of X [T, N, I]: MACs a sample = size x T (was unknown)."""
