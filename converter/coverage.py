@@ -49,6 +49,7 @@ from onnx import TensorProto, helper
 
 from onnxprune.converter.reconstruct_bodies import bodies
 from onnxprune.errors import ConverterError
+from onnxprune.plain import listed, more
 from onnxprune.passes.scopes import ScopeIndex, local_constants
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Coverage:
 
 
 def _listed(labels: list[str]) -> str:
-    return ", ".join(labels[:3]) + (f" (+{len(labels) - 3} more)" if len(labels) > 3 else "")
+    return listed(labels)
 
 
 # ops a condition computed from shapes alone goes through (static_conditions); any other leaves it to the data
@@ -533,8 +534,7 @@ class RowCoverage:
         if not self.partial:
             return None
         what = "; ".join(self._said(n) for n in list(self.partial)[:3])
-        more = f" (+{len(self.partial) - 3} more)" if len(self.partial) > 3 else ""
-        head = f"embedding table(s) whose rows --data does not all read ({what}{more})"
+        head = f"embedding table(s) whose rows --data does not all read ({what}{more(len(self.partial), 3)})"
         if budgeted:
             return (f"{head} were left as they are: the budget has no evidence about the unread rows; data that "
                     "reads every row (every token id, category or item) lets them be pruned; a table some of whose "

@@ -14,7 +14,7 @@ from rich.table import Table
 from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
                                                 value_tensor)
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
-from onnxprune.plain import count, nbytes
+from onnxprune.plain import count, listed, more, nbytes
 from onnxprune.passes.merge_copies import duplicate_groups
 from onnxprune.passes.weights import find_prunable, name_nodes
 
@@ -355,12 +355,10 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         if symbolic or not (stops or foreign):
             why = "an input with a symbolic axis besides the batch, such as a sequence length, does this"
         elif stops:  # sweep 28: onnxruntime's saved ViT ([N, 1, 28, 28] in) was told of a symbolic axis it has not
-            why = (f"onnx's shape inference gives no sizes after {', '.join(stops[:3])}"
-                   + (f" (+{len(stops) - 3} more)" if len(stops) > 3 else "") + ", on the way to them")
+            why = f"onnx's shape inference gives no sizes after {listed(stops)}, on the way to them"
         else:
-            why = (f"this model has ops onnx's shape inference does not know, {', '.join(foreign[:3])}"
-                   + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "") + ": the sizes after them are "
-                   "not inferred")
+            why = (f"this model has ops onnx's shape inference does not know, {listed(foreign)}: the sizes after "
+                   "them are not inferred")
         console.print(f"note: MACs/sample unknown for {unknown} of {len(info['layers'])} layers: shape inference gives "
                       f"no size for an axis of their input other than the batch ({why})", markup=False,
                       highlight=False)
@@ -374,14 +372,13 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     if trained:  # sweep 30: prune refuses it at load; inspect, run first, said nothing
         from onnxprune.passes.loading import TRAINING_MODE_FIX
 
-        more = f" (+{len(trained) - 2} more)" if len(trained) > 2 else ""
-        console.print(f"warning: the model was exported in training mode ({', '.join(trained[:2])}{more}): its outputs "
+        console.print(f"warning: the model was exported in training mode ({listed(trained, 2)}): its outputs "
                       f"depend on chance or on the rest of the batch, and prune refuses it. {TRAINING_MODE_FIX}",
                       markup=False, highlight=False)
     dead = info.get("dead_branches") or []
     if dead:
-        shown = ", ".join(dead[:3]) + (f" (+{len(dead) - 3} more)" if len(dead) > 3 else "")
-        console.print(f"note: {len(dead)} If branch(es) can take no input of the shapes the model declares ({shown}: "
+        console.print(f"note: {len(dead)} If branch(es) can take no input of the shapes the model declares "
+                      f"({listed(dead)}: "
                       "the condition follows from those shapes alone); prune leaves what only they read as it is "
                       "and prunes what they share with the branches that run", markup=False, highlight=False)
     for kind in ("inputs", "outputs"):
@@ -399,8 +396,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
     if info.get("copies"):
         shown = ", ".join(f"'{c['weight']}' x{c['copies']}" for c in info["copies"][:3])
-        more = f" (+{len(info['copies']) - 3} more)" if len(info["copies"]) > 3 else ""
-        console.print(f"bit-identical weight copies, each row above: {shown}{more}; prune merges each into one tied "
+        console.print(f"bit-identical weight copies, each row above: {shown}{more(len(info['copies']), 3)}; prune "
+                      "merges each into one tied "
                       "weight (one mask, counted and stored once)", markup=False, highlight=False)
     if info.get("inlined"):
         console.print(inlined_text(info["inlined"]), markup=False, highlight=False)
@@ -418,15 +415,15 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
 
 def inlined_text(names: list[str]) -> str:
     """What inlining the model-local functions (modelio.inline_functions) did, said by inspect and prune alike."""
-    shown = ", ".join(f"'{n}'" for n in names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+    shown = listed(f"'{n}'" for n in names)
     return (f"{len(names)} model-local function(s) ({shown}) inlined: the layers inside them are listed and pruned "
             "like any other, and the model written has no local functions (onnxruntime inlines them at load too)")
 
 
 def node_cell(row: dict) -> str:
     """The layer's node; a tied weight's, with how many more nodes read it (an unrolled cell: '/cell/Gemm +3')."""
-    more = (row.get("readers") or 1) - 1
-    return f"{row['node']} +{more}" if more else row["node"]
+    others = (row.get("readers") or 1) - 1
+    return f"{row['node']} +{others}" if others else row["node"]
 
 
 PRUNABLE_SHARE = 0.9  # prunable weights below this share of the model's float weights: the whole model's ratio too

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper
 
 from onnxprune.errors import ConfigError, ModelError
+from onnxprune.plain import listed
 from onnxprune.passes import storage
 from onnxprune.passes.storage.coo import sparse_to_dense  # noqa: F401  (public name, kept)
 from onnxprune.passes.storage.graphs import MAX_ELEMENTS  # noqa: F401  (public name, kept)
@@ -185,8 +186,7 @@ def _inside(folder: Path) -> str:
     if not found:
         return ("pass the .onnx file inside it" if found is None else
                 "it holds no .onnx file: pass the path of the model file itself")
-    shown = ", ".join(f"'{folder / name}'" for name in found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
-    return f"pass the .onnx file inside it: {shown}"
+    return "pass the .onnx file inside it: " + listed(f"'{folder / name}'" for name in found)
 
 
 def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:

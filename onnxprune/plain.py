@@ -4,6 +4,7 @@
     plain(obj, toml=True)      TOML-ready: None and empty tables dropped, NaN/inf refused (a recipe holds no NaN)
     dumps(obj)                 strict JSON text (never bare NaN/Infinity)
     count(266_200) == "266K"   3 significant digits with K/M/G;  nbytes(1_065_000) == "1.02 MB"
+    listed(names) == "a, b, c (+2 more)"   the first few of a list, and how many are not shown: more(5, 3)
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def count(n, digits: int = 3) -> str:
         if abs(n) >= div:
             return f"{n / div:.{digits}g}{unit}"
     return f"{n:.0f}"
+
+
+def more(total: int, shown: int, what: str = "more") -> str:
+    """" (+2 more)" for the items of `total` past the `shown` first ones; "" when every one is shown."""
+    return f" (+{total - shown} {what})" if total > shown else ""
+
+
+def listed(items, shown: int = 3, sep: str = ", ") -> str:
+    """The first `shown` of `items` (strings) joined by `sep`, then more(): "'a', 'b', 'c' (+2 more)"."""
+    items = list(items)
+    return sep.join(items[:shown]) + more(len(items), shown)
 
 
 def nbytes(n) -> str:

@@ -32,6 +32,7 @@ from onnx import numpy_helper
 from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
 from onnxprune.passes.scopes import local_constants, outer_reads, rename_reads
 from onnxprune.passes.weights import tie_use
+from onnxprune.plain import listed
 
 MIN_VALUES = 16  # smaller tensors are not weights worth a tie
 
@@ -101,7 +102,7 @@ class MergeCopies(Pass):
         del model.graph.node[:]
         model.graph.node.extend(kept_nodes)
         merged = sorted({rename[n] for n in rename})
-        shown = ", ".join(f"'{n}'" for n in merged[:3]) + (f" (+{len(merged) - 3} more)" if len(merged) > 3 else "")
+        shown = listed(f"'{n}'" for n in merged)
         state.notes.append(f"{len(rename)} bit-identical copies of {len(merged)} weight(s) ({shown}) merged into "
                            f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less "
                            "in the file")

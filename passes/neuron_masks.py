@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import ConfigError
+from onnxprune.plain import more
 from onnxprune.passes.dead_neurons import ALIGN, ALIGN_ABOVE, analyse
 
 
@@ -156,11 +157,11 @@ def unmaskable_note(model: onnx.ModelProto, maskable: set[str], protected=frozen
     for layer, why in layers.items():
         reasons.setdefault(re.sub(r"'[^']*'", "''", why), []).append((layer, why))
     ranked = sorted(reasons.values(), key=lambda items: -len(items))
-    parts = [f"{items[0][0]}{f' (+{len(items) - 1} more like it)' if len(items) > 1 else ''}: {items[0][1]}"
+    parts = [f"{items[0][0]}{more(len(items), 1, 'more like it')}: {items[0][1]}"
              for items in ranked[:shown]]
-    more = f"; {len(ranked) - shown} other kind(s) of reason" if len(ranked) > shown else ""
+    kinds = f"; {len(ranked) - shown} other kind(s) of reason" if len(ranked) > shown else ""
     return (f"--neuron-sparsity masked no neuron of {len(weights)} of {len(maskable)} layers: their channels cannot "
-            f"be removed ({'; '.join(parts)}{more}); only their weights were pruned")
+            f"be removed ({'; '.join(parts)}{kinds}); only their weights were pruned")
 
 
 def neuron_map(model: onnx.ModelProto, maskable: set[str], protected=frozenset()) -> NeuronMap:

@@ -8,6 +8,7 @@ from onnxprune.converter import modelio
 from onnxprune.converter.steps.base import RunState, Step, register_step
 from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError, ModelError
+from onnxprune.plain import listed, more
 from onnxprune.passes import quantized_weights
 from onnxprune.passes.loading import TRAINING_MODE_FIX, run_load_passes, training_mode_nodes
 from onnxprune.passes.opfacts import QUANTIZED_HOW
@@ -30,9 +31,8 @@ def refuse_training_mode(model: onnx.ModelProto) -> None:
     with --debug")."""
     found = training_mode_nodes(model)
     if found:
-        more = f" (+{len(found) - 2} more)" if len(found) > 2 else ""
         raise ModelError(
-            f"The model was exported in training mode: {', '.join(found[:2])}{more} make every output depend on "
+            f"The model was exported in training mode: {listed(found, 2)} make every output depend on "
             f"chance or on the rest of the batch, so nothing can be measured against it. {TRAINING_MODE_FIX}")
 
 
@@ -43,26 +43,25 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
         how = f": {QUANTIZED_HOW}"  # what integer weights would take: said once, after the weights it concerns
         reasons = "; ".join(f"{s.name} ({s.size:,} values): {s.reason.removesuffix(how)}" for s in largest[:3])
         reasons = reasons or "no weights at all"
-        more = f" (+{len(largest) - 3} smaller)" if len(largest) > 3 else ""
+        rest = more(len(largest), 3, "smaller")
         quantized = sum(s.reason.endswith(how) for s in largest)
         if quantized:
-            more += (f". {quantized} of the {len(largest)} weights seen are integer-quantized"
+            rest += (f". {quantized} of the {len(largest)} weights seen are integer-quantized"
                      f"{' (all)' if quantized == len(largest) else ''}: {QUANTIZED_HOW}")
         computed = ""
         if inventory.computed:  # e.g. onnx's "light" test models: every Conv weight is a ConstantOfShape fill
-            extra = f" (+{len(inventory.computed) - 1} more)" if len(inventory.computed) > 1 else ""
-            computed = (f" Weights that are not stored tensors cannot be pruned: {inventory.computed[0]}{extra}; "
+            computed = (f" Weights that are not stored tensors cannot be pruned: {listed(inventory.computed, 1)}; "
                         "export the model with its weights as initializers.")
         held = attribute_parameters(model)
         if held:  # e.g. skl2onnx's LinearClassifier: the coefficients are node attributes, not tensors
-            extra = f" (+{len(held) - 1} more attribute{'s' if len(held) > 2 else ''})" if len(held) > 1 else ""
+            extra = more(len(held), 1, "more attribute" + ("s" if len(held) > 2 else ""))
             computed += (f" Parameters held in node attributes cannot be pruned: {held[0][1]}{extra}; only weight "
                          "tensors (initializers or Constant nodes) feeding these ops can.")
             reasons = reasons.replace("no weights at all", "no weight tensors")
         raise ConverterError(
             f"'{where}' has no prunable weights (float weights of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN, or an "
             f"embedding table a Gather reads with ids). "
-            f"Largest seen: {reasons}{more}.{computed} Nothing to do."
+            f"Largest seen: {reasons}{rest}.{computed} Nothing to do."
         )
     return inventory
 

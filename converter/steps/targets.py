@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.plain import listed
 from onnxprune.passes.magnitude import layer_matches, resolve_targets
 from onnxprune.passes.scopes import all_nodes
 from onnxprune.passes.weights import Inventory
@@ -124,8 +125,7 @@ class TargetsStep(Step):
         found = unscored_weights(state.original, state.inventory, evaluator.scored_outputs)
         if found:
             scored = ", ".join(o for o in evaluator.scored_outputs if o)
-            names = ", ".join(f"'{n}'" for n in list(found)[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3
-                                                                   else "")
+            names = listed(f"'{n}'" for n in found)
             state.notes.append(f"{len(found)} weight(s) reach no scored output ({names}; scored: {scored}) and were "
                                "left as they are: the budget has no evidence about them; score the outputs they "
                                "feed (--metric OUTPUT=KIND for each) to prune them")

@@ -17,6 +17,7 @@ from onnxprune.passes.channel_groups.graph import (
     WeightAxis,
 )
 from onnxprune.passes.channel_groups.util import NAN, _desc
+from onnxprune.plain import listed
 
 
 class Builder:
@@ -61,8 +62,8 @@ class Builder:
         others = sorted({n.name for n in t.outputs if n is not user})
         if not others:
             return None
-        more = f" (+{len(others) - 3} more)" if len(others) > 3 else ""  # an unrolled RNN shares it 60 times
-        return f"initializer '{t.name}' is shared with {', '.join(repr(o) for o in others[:3])}{more}"
+        # an unrolled RNN shares it 60 times
+        return f"initializer '{t.name}' is shared with {listed(repr(o) for o in others)}"
 
     def shared(self, t, user: gs.Node) -> str | None:
         """`frozen`, except that an initializer every reader of which is a node like `user` (same op and attributes,

@@ -300,3 +300,13 @@ def test_a_model_exported_in_training_mode_is_refused_at_load_naming_its_nodes(t
         if node.op_type == "Constant":
             node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(False), node.output[0]))
     assert load(model).model is not None
+
+
+def test_a_list_in_a_message_shows_its_first_few_and_counts_the_rest():
+    """The one "(+N more)" of every message that names a few of many (plain.listed, plain.more)."""
+    from onnxprune.plain import listed, more
+
+    assert listed(["'a'", "'b'", "'c'", "'d'", "'e'"]) == "'a', 'b', 'c' (+2 more)"
+    assert listed(iter(["a", "b", "c"])) == "a, b, c" and listed([]) == ""
+    assert listed(["a", "b", "c"], 1, sep="; ") == "a (+2 more)"
+    assert more(4, 1, "more like it") == " (+3 more like it)" and more(2, 2) == ""
