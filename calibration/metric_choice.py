@@ -15,7 +15,7 @@ from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, MET
                                                   probability_channels)
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import attr
-from onnxprune.passes.scopes import local_constants
+from onnxprune.passes.scopes import FLOAT_TYPES, local_constants
 
 log = logging.getLogger(__name__)
 
@@ -560,12 +560,11 @@ def _check_kind(kind: str, has_labels: bool, where: str) -> None:
 def _declared(info: onnx.ValueInfoProto) -> tuple | None:
     """Declared shape of a float tensor output (ints or None per dim); None for other types or no shape."""
     tt = info.type.tensor_type if info.type.HasField("tensor_type") else None
-    if tt is None or not tt.HasField("shape") or tt.elem_type not in _FLOAT_TYPES:
+    if tt is None or not tt.HasField("shape") or tt.elem_type not in FLOAT_TYPES:
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 
 

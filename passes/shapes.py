@@ -12,11 +12,12 @@ import logging
 
 import onnx
 
+from onnxprune.passes.scopes import FLOAT_TYPES
+
 log = logging.getLogger(__name__)
 
 Shapes = dict[str, list]  # tensor name -> dims (int, or None where unknown)
 BIG = 4096  # float initializers with this many elements or more travel as declared inputs
-FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -30,7 +31,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         size = 1
         for d in t.dims:
             size *= d
-        if t.data_type in FLOATS and size >= BIG:
+        if t.data_type in FLOAT_TYPES and size >= BIG:
             if t.name not in listed:
                 graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:

@@ -57,10 +57,10 @@ import math
 import time
 
 import numpy as np
-import onnx
 
 from onnxprune.converter.auto.allocation import global_masks
 from onnxprune.errors import ConfigError, UnsupportedOpError
+from onnxprune.passes.scopes import FLOAT_TYPES
 from onnxprune.registry import registrar
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,6 @@ def literal_batch(model) -> tuple[int, str] | None:
     return None
 
 
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def _has_float_output(model) -> bool:

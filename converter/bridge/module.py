@@ -42,7 +42,7 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 from onnxprune.errors import ConfigError, ConverterError, ModelError, UnsupportedOpError
-from onnxprune.passes.scopes import outer_reads
+from onnxprune.passes.scopes import FLOAT_TYPES, outer_reads
 
 from .ops import (CONTROL_FLOW_OPS, ONNX_TO_TORCH, NodeContext, OpDef, RunState, default_dropout_ratio, lookup,
                   normalize_domain, numpy_to_torch, parse_attributes, sparse_to_dense, supported_ops,
@@ -50,7 +50,6 @@ from .ops import (CONTROL_FLOW_OPS, ONNX_TO_TORCH, NodeContext, OpDef, RunState,
 
 log = logging.getLogger(__name__)
 
-_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 _MASTER_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
@@ -483,7 +482,7 @@ def _check_trainable(trainable: Iterable[str], init_types: dict, graph) -> list:
     if unknown:
         raise ConfigError(f"trainable tensor(s) {unknown} are not initializers of graph '{graph.name}'")
     sparse = {s.values.name for s in graph.sparse_initializer}
-    not_float = [n for n in trainable if init_types[n] not in _FLOAT_TYPES]
+    not_float = [n for n in trainable if init_types[n] not in FLOAT_TYPES]
     if not_float:
         raise ConfigError(f"trainable tensor(s) {not_float} are not floating point; only float initializers train")
     in_sparse = [n for n in trainable if n in sparse]
