@@ -19,7 +19,7 @@ from onnxprune.passes.scopes import FLOAT_TYPES, constant_homes
 from onnxprune.passes.storage import packing
 from onnxprune.passes.storage.coo import old_opset_note, scatter_pays_off
 from onnxprune.passes.storage.decoder import MIN_OPSET
-from onnxprune.passes.storage.graphs import default_opset
+from onnxprune.passes.storage.graphs import default_opset, fed_inputs
 from onnxprune.passes.weights import constant_tensors, find_prunable, unname_nodes
 
 
@@ -92,10 +92,12 @@ def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes
 
     from onnxprune.passes.storage.graphs import first_line
 
+    if fmt == "compact" and model.ir_version < 4:  # compact writes COO there (passes/storage/compact.py)
+        fmt = "constant"
     opset, target = default_opset(model), STORAGE_OPSET.get(fmt, 0)
     if opset >= target:
         return model, False
-    tensors, inputs = constant_tensors(model), {i.name for i in model.graph.input}
+    tensors, inputs = constant_tensors(model), fed_inputs(model)
 
     def smaller(name: str) -> bool:
         values = numpy_helper.to_array(tensors[name])
@@ -170,7 +172,7 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
     raising the model to 11: raised_for_storage); None when that saves under 10% or under 1 KB. Weights that are
     graph inputs too stay dense in every format: then the note says that instead."""
     tensors, homes = constant_tensors(model), constant_homes(model)
-    graph_inputs = {i.name for i in model.graph.input}
+    graph_inputs = fed_inputs(model)
     count = entries = kept = dense = compact = 0
     as_inputs: list[int] = []  # bytes of pruned weights that are graph inputs too
     itemsizes = set()
@@ -188,23 +190,25 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
         itemsizes.add(values.dtype.itemsize)
         compact += min(packing.candidates(values)[0].nbytes, values.nbytes)
     if as_inputs:
-        # sweep 26: torch.onnx at opset 7 (IR 3) lists every initializer as a graph input; no sparse form may replace
-        # one, and the note blamed COO's cost at 10% kept and offered compact, which refuses IR 3
+        # sweep 26: the note blamed COO's cost at 10% kept and offered compact for weights no sparse form may replace
         return (f"{len(as_inputs)} pruned weight(s) ({_size(sum(as_inputs))}) stay dense in the file: they are graph "
-                "inputs too, which a caller may feed and no sparse form may replace (exporters list every "
-                "initializer as an input below IR 4, and torch.onnx with keep_initializers_as_inputs=True); "
-                "re-export without them as inputs (torch.onnx: keep_initializers_as_inputs=False, opset 9 or "
-                "later) to store them sparse")
+                "inputs too, which a caller may feed and no sparse form may replace (torch.onnx writes them so with "
+                "keep_initializers_as_inputs=True); re-export without them as inputs (torch.onnx: "
+                "keep_initializers_as_inputs=False) to store them sparse")
     if not count or dense - compact < max(0.1 * dense, 1024):
         return None
     opset = default_opset(model)
     # COO pays below itemsize / (itemsize + 8) kept: a third for float32, a fifth for float16
     shares = " or ".join(_BREAK_EVEN.get(k, f"{k / (k + 8):.0%}") for k in sorted(itemsizes, reverse=True))
-    return (f"{count} pruned weight(s) ({_size(dense)}, {kept / entries:.0%} of their entries kept) stay dense in "
+    head = (f"{count} pruned weight(s) ({_size(dense)}, {kept / entries:.0%} of their entries kept) stay dense in "
             f"the file: sparse COO storage costs an int64 index beside each nonzero and pays only below about {shares} "
-            f"kept; --sparse-format compact stores them in about {_size(compact)} (exact; onnxruntime decodes them "
-            "at load" + (f"; it raises the model from opset {opset} to {MIN_OPSET}, where the outputs stay the same)"
-                         if opset < MIN_OPSET else ")"))
+            "kept; ")
+    if model.ir_version < 4:  # compact's arrays are initializers, which IR 3 would list as inputs: it refuses IR < 4
+        return head + (f"--sparse-format compact would store them in about {_size(compact)} but needs IR >= 4 (this "
+                       f"model has IR {model.ir_version})")
+    return head + (f"--sparse-format compact stores them in about {_size(compact)} (exact; onnxruntime decodes them "
+                   "at load" + (f"; it raises the model from opset {opset} to {MIN_OPSET}, where the outputs stay the "
+                                "same)" if opset < MIN_OPSET else ")"))
 
 
 _BREAK_EVEN = {8: "half", 4: "a third", 2: "a fifth"}  # itemsize -> the share kept below which COO pays

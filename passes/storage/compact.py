@@ -65,10 +65,17 @@ def encode_weight(name: str, values: np.ndarray, dense_bytes: int, key: int, sha
 
 def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
     refusal = _refusal(model)
-    if refusal and default_opset(model) in coo.SCATTER_OPSETS and model.ir_version >= 4:
+    opset = default_opset(model)
+    if refusal and opset in coo.SCATTER_OPSETS and model.ir_version >= 4:
         state.notes.append(f"sparse format 'compact' needs opset >= {MIN_OPSET} for its decoder (model has "
-                           f"{default_opset(model)}): the pruned weights are stored as COO (values and int64 "
+                           f"{opset}): the pruned weights are stored as COO (values and int64 "
                            "indices scattered into zeros), as --sparse-format constant writes them at this opset")
+        return FORMATS["constant"].encode(model, names, state)
+    if refusal and model.ir_version < 4 and (opset >= MIN_OPSET or opset in coo.SCATTER_OPSETS):
+        # its arrays are initializers, which IR 3 lists as graph inputs too; COO's are Constant nodes
+        state.notes.append(f"sparse format 'compact' needs IR >= 4 for its decoder's arrays (model has IR "
+                           f"{model.ir_version}): the pruned weights are stored as COO, as --sparse-format constant "
+                           "writes them")
         return FORMATS["constant"].encode(model, names, state)
     if refusal:
         state.notes.append(refusal)

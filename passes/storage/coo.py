@@ -29,7 +29,8 @@ from onnxprune.errors import ModelError
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.storage import StorageFormat, register_format
-from onnxprune.passes.storage.graphs import all_graphs, default_opset, first_line, refuse_huge, replace_initializers
+from onnxprune.passes.storage.graphs import (all_graphs, default_opset, drop_inputs, fed_inputs, first_line, refuse_huge,
+                                             replace_initializers)
 from onnxprune.passes.weights import constant_tensors
 
 
@@ -130,7 +131,7 @@ def _encoder(home: str):
     def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
         """Re-home the weights that get smaller as sparse; "constant" needs opset >= 11 (at 9-10 the scatter
         chain), "initializer" IR >= 6."""
-        graph_inputs = {i.name for i in model.graph.input}
+        graph_inputs = fed_inputs(model)
         tensors = constant_tensors(model)
         init_names = {t.name for t in model.graph.initializer}
         encoded: list[str] = []
@@ -171,6 +172,7 @@ def _encoder(home: str):
             else:
                 model.graph.sparse_initializer.append(sparse)
         replace_initializers(model.graph, drop=set(encoded) & init_names)
+        drop_inputs(model.graph, set(encoded) & init_names)  # below IR 4 an initializer is listed as an input too
         if home == "initializer" and set(encoded) & init_names:  # README "Sparse format"; the file is still valid
             state.notes.append("--sparse-format initializer: the file loads in onnxruntime but fails onnx.checker's "
                                "full check and onnx shape inference (a Gemm/MatMul/Conv input may not be a sparse "

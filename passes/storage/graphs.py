@@ -24,6 +24,25 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def fed_inputs(model: onnx.ModelProto) -> set[str]:
+    """The main graph's inputs a caller may feed, which no sparse form may replace: all of them, but below IR 4 not
+    the initializers, which that IR lists among the inputs whatever the exporter meant (torch.onnx at opset 7-8, the
+    ONNX model zoo's classic CNNs). From IR 4 an initializer listed as an input is there by choice
+    (torch.onnx's keep_initializers_as_inputs=True): a default a caller may override."""
+    names = {i.name for i in model.graph.input}
+    if model.ir_version < 4:
+        names -= {t.name for t in model.graph.initializer}
+    return names
+
+
+def drop_inputs(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the graph inputs named in `names` (initializers below IR 4 that a node now computes)."""
+    kept = [i for i in graph.input if i.name not in names]
+    if len(kept) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(kept)
+
+
 def replace_initializers(graph: onnx.GraphProto, *, drop: set[str], add=()) -> None:
     """Drop the named initializers (keeping the order of the rest) and append `add`."""
     if drop:

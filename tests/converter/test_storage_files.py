@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -225,6 +226,35 @@ def test_a_model_below_opset_9_is_raised_so_its_pruned_weights_are_stored_sparse
     assert_same_outputs(final, result.dense_model, rtol=1e-5)
     dense = run(model, configure(sparsity=0.9, neurons=False, sparse_format="dense")).model
     assert dense.opset_import[0].version == 8
+
+
+@pytest.mark.parametrize("fmt, opset", [("constant", 7), ("compact", 7), ("constant", 11), ("compact", 11)])
+def test_below_ir_4_an_initializer_listed_as_an_input_is_stored_sparse_and_leaves_the_inputs(fmt, opset):
+    """IR 3 lists every initializer among the graph inputs (torch.onnx at opset 7-8, the ONNX zoo's classic CNNs),
+    whatever the exporter meant: those pruned weights kept 1.12 MB of a LeNet-5's 1.65 MB dense at 10x ("graph
+    inputs too, which a caller may feed"). They are stored sparse as Constant nodes and leave the inputs; the
+    weights not stored sparse (biases) stay listed, as IR 3 requires. compact, whose arrays are initializers,
+    writes COO there and says so. From IR 4 a listed initializer is there by choice and stays dense (above)."""
+    model = _at_opset(builders.lenet300_like(hidden=(64, 32), seed=0), opset)
+    model.ir_version = 3
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in model.graph.initializer)
+    onnx.checker.check_model(model, full_check=True)
+    result = run(model, configure(sparsity=0.9, neurons=False, sparse_format=fmt))
+    final = result.model
+    weights = {t.name for t in model.graph.initializer if t.name.endswith("weight")}
+    assert final.ir_version == 3 and not weights & {i.name for i in final.graph.input}
+    assert not weights & {t.name for t in final.graph.initializer}
+    assert {t.name for t in final.graph.initializer} <= {i.name for i in final.graph.input}  # IR 3's rule holds
+    assert final.ByteSize() < 0.4 * model.ByteSize()
+    assert final.opset_import[0].version == max(opset, 9)
+    notes = result.report["notes"]
+    assert not any("graph inputs too" in n for n in notes)
+    assert any("needs IR >= 4" in n and "stored as COO" in n for n in notes) == (fmt == "compact")
+    onnx.checker.check_model(final, full_check=True)
+    assert_same_outputs(final, result.dense_model, rtol=1e-5)
+    session = make_session(final)
+    assert [i.name for i in session.get_inputs()] == ["input"]
 
 
 def test_a_model_the_version_converter_fails_on_stays_at_its_opset_and_says_why(monkeypatch):
