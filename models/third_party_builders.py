@@ -628,10 +628,14 @@ def channel_split_cnn(*, width: int = 8, size: int = 6, classes: int = 3, seed: 
     half through conv 1x1 -> Relu -> Concat with the first -> conv 1x1 (width->classes) -> ReduceMean over H, W ->
     'logits' [N, classes]. onnx's data propagation does not follow the Div: no size after the Slices (sweep 30)."""
     g, half = _Graph(seed), width // 2
-    ints = lambda name, v: g.initializers.append(numpy_helper.from_array(np.array(v, np.int64), name)) or name  # noqa: E731
+    def ints(name, v):
+        g.initializers.append(numpy_helper.from_array(np.array(v, np.int64), name))
+        return name
+
     x = g.relu(g.conv("image", "stem", 2, width, 3), "stem")
     c = g.op("Gather", "split/c", [g.op("Shape", "split", [x]), ints("split.axis", 1)], axis=0)
-    mid = g.op("Unsqueeze", "split/mid", [g.op("Div", "split/half", [c, ints("split.two", 2)]), ints("split.axes", [0])])
+    half_c = g.op("Div", "split/half", [c, ints("split.two", 2)])
+    mid = g.op("Unsqueeze", "split/mid", [half_c, ints("split.axes", [0])])
     dim = ints("split.dim", [1])
     a = g.op("Slice", "split/a", [x, ints("split.zero", [0]), mid, dim])
     b = g.op("Slice", "split/b", [x, mid, ints("split.end", [2**62]), dim])
@@ -639,7 +643,8 @@ def channel_split_cnn(*, width: int = 8, size: int = 6, classes: int = 3, seed: 
     y = g.conv(g.op("Concat", "cat", [a, b], axis=1), "head", width, classes, 1)
     g.op("ReduceMean", "pool", [y], axes=[2, 3], keepdims=0)
     g.nodes[-1].output[0] = "logits"
-    return _model(g, "channel_split_cnn", [_float("image", [BATCH, 2, size, size])], [_float("logits", [BATCH, classes])])
+    return _model(g, "channel_split_cnn", [_float("image", [BATCH, 2, size, size])],
+                  [_float("logits", [BATCH, classes])])
 
 
 def keras_flatten_cnn(*, size: int = 8, width: int = 4, classes: int = 3, opset: int = 13,

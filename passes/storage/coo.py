@@ -29,8 +29,8 @@ from onnxprune.errors import ModelError
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.scopes import constant_homes
 from onnxprune.passes.storage import StorageFormat, register_format
-from onnxprune.passes.storage.graphs import (all_graphs, default_opset, drop_inputs, fed_inputs, first_line, refuse_huge,
-                                             replace_initializers)
+from onnxprune.passes.storage.graphs import (all_graphs, default_opset, drop_inputs, fed_inputs, first_line,
+                                             refuse_huge, replace_initializers)
 from onnxprune.passes.weights import constant_tensors
 
 
