@@ -151,11 +151,32 @@ def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
                 "converter and prune the upgraded file: python -c \"import onnx; from onnx import version_converter "
                 "as v; onnx.save(v.convert_version(onnx.load('model.onnx'), 13), 'model-opset13.onnx')\""
             ) from None
+        locale = _missing_locale(model, exc)
+        if locale:
+            raise ModelError(locale) from None
         raise ModelError(
             f"onnxruntime {ort.__version__} cannot load this model (its graph, not the pruning, is the problem), so "
             f"no output can be verified or written: {_ort_reason(exc)}. Fix or re-export the model so that "
             "onnxruntime loads it (supported ops, opset and IR version, consistent shapes)."
         ) from None
+
+
+def _missing_locale(model: onnx.ModelProto, exc: Exception) -> str | None:
+    """The one line for a StringNormalizer whose locale this machine lacks (sweep 31: skl2onnx's TfidfVectorizer sets
+    none, onnxruntime's default is en_US.UTF-8, and a machine with only C.UTF-8 refused it with "fix or re-export the
+    model", which no export changes)."""
+    import re
+
+    found = re.search(r"Failed to construct locale with name:\s*([^:\s]+)", str(exc))
+    if not found:
+        return None
+    name = found.group(1)
+    nodes = [n.name or n.output[0] for n in model.graph.node if n.op_type == "StringNormalizer"]
+    who = f"StringNormalizer '{nodes[0]}'" + (f" (+{len(nodes) - 1} more)" if len(nodes) > 1 else "") if nodes else \
+        "a StringNormalizer"
+    return (f"onnxruntime cannot load this model on this machine: {who} needs the locale '{name}' (its locale "
+            "attribute, or onnxruntime's default where it sets none), which this machine does not have; install it "
+            f"(locale-gen {name}), or set the node's locale attribute to one `locale -a` lists (C.UTF-8 on most).")
 
 
 def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str,

@@ -1006,3 +1006,22 @@ def test_a_model_older_than_onnxruntime_runs_is_told_how_to_upgrade_it(tmp_path)
     onnx.save(version_converter.convert_version(onnx.load(path), 13), tmp_path / "model-opset13.onnx")
     res = prune(tmp_path / "model-opset13.onnx", tmp_path, "--sparsity", "0.5")
     assert res.exit_code == 0, res.output
+
+
+def test_a_string_normalizer_whose_locale_the_machine_lacks_is_named_with_the_fix(tmp_path):
+    """Sweep 31: skl2onnx's TfidfVectorizer writes a StringNormalizer with no locale, onnxruntime's default is
+    en_US.UTF-8, and on a machine with only C.UTF-8 the refusal said "fix or re-export the model", which no export
+    changes. It names the node, the locale and the two ways out."""
+    m = gemm_then(None)
+    norm = helper.make_node("StringNormalizer", ["s"], ["t"], case_change_action="LOWER", locale="xx_XX.UTF-8",
+                            name="norm")
+    m.graph.node.append(norm)
+    m.graph.input.append(vi("s", ["N"], TensorProto.STRING))
+    m.graph.output.append(vi("t", ["N"], TensorProto.STRING))
+    path = tmp_path / "text.onnx"
+    onnx.save(m, path)
+    line = assert_clean_error(prune(path, tmp_path, "--sparsity", "0.5"), 1, "StringNormalizer 'norm' needs the "
+                              "locale 'xx_XX.UTF-8'", "locale-gen xx_XX.UTF-8", "`locale -a`")
+    assert "re-export" not in line
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.onnx").exists()
+
