@@ -1063,6 +1063,21 @@ def rows_regressor(*, in_features: int = 8, hidden: int = 16, targets: int = 3, 
     return _model(g, "rows_regressor", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])])
 
 
+def constant_outputs_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A classifier whose graph also returns stored tensors and its input as they are (a hand edit after export):
+    'X' [N, in] -> Gemm/Relu -> Gemm 'scores' [N, classes]; 'class_ids' (int64 [classes]) and 'prior' (float
+    [classes]) are initializers listed as graph outputs, and 'X' is a graph output too. Neither constant follows the
+    samples."""
+    g = _Graph(seed)
+    g.gemm(g.relu(g.gemm("X", "fc1", in_features, hidden), "fc1"), "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "scores"
+    g.initializers += [numpy_helper.from_array(np.arange(classes, dtype=np.int64), "class_ids"),
+                       numpy_helper.from_array(np.full(classes, 1.0 / classes, np.float32), "prior")]
+    outputs = [_float("scores", [BATCH, classes]), helper.make_tensor_value_info("class_ids", TensorProto.INT64,
+               [classes]), _float("prior", [classes]), _float("X", [BATCH, in_features])]
+    return _model(g, "constant_outputs_mlp", [_float("X", [BATCH, in_features])], outputs)
+
+
 def _legacy_pad_chain(g: _Graph, scope: str, left: int) -> str:
     """torch legacy's pads for F.pad(x, (left, 0)) on [N, C, T], computed from constants: Concat([left, 0],
     ConstantOfShape([4])) -> Reshape [-1, 2] -> Slice (reversed rows) -> Transpose -> Reshape [-1] -> Cast."""
