@@ -1026,21 +1026,37 @@ def test_a_string_normalizer_whose_locale_the_machine_lacks_is_named_with_the_fi
     assert leftovers(tmp_path) == [] and not (tmp_path / "o.onnx").exists()
 
 
-def test_a_model_that_fails_on_one_sample_too_is_not_told_to_run_at_batch_1(tmp_path):
-    """Sweep 31: torch's dynamo export of an LSTM with proj_size writes an initial cell state of the hidden width,
-    which onnxruntime refuses at any batch; the refusal said a model exported for a batch of 1 runs with
-    --batch-size 1, which fails the same way. The first sample alone is tried: it fails, so the batch is not why."""
+def _fails_at_any_batch(tmp_path) -> Path:
+    """x [N, 4] -> Gemm -> Reshape to [-1, 3]: 4 features never fold into rows of 3, at any batch."""
     rng = np.random.default_rng(0)
-    three = numpy_helper.from_array(np.array([-1, 3], np.int64), "three")  # 4 features never fold into rows of 3
+    three = numpy_helper.from_array(np.array([-1, 3], np.int64), "three")
     nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1, name="fc"),
              helper.make_node("Reshape", ["h", "three"], ["y"], name="bad_rows")]
     graph = helper.make_graph(nodes, "g", [vi("x", ["N", 4])], [vi("y", [None, 3])],
                               [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "W"), three])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((120, 4)).astype(np.float32))
+    return path
+
+
+def test_a_model_that_fails_on_one_sample_too_is_not_told_to_run_at_batch_1(tmp_path):
+    """Sweep 31: torch's dynamo export of an LSTM with proj_size writes an initial cell state of the hidden width,
+    which onnxruntime refuses at any batch; the refusal said a model exported for a batch of 1 runs with
+    --batch-size 1, which fails the same way. The first sample alone is tried: it fails, so the batch is not why."""
+    path = _fails_at_any_batch(tmp_path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32))
     line = assert_clean_error(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"),
                               1, "the input model fails in onnxruntime on", "and on its first sample alone",
                               "Reshape 'bad_rows'", "the batch is not why")
     assert "--batch-size 1" not in line
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_random_inputs_of_the_declared_shapes_that_fail_alone_too_are_not_told_to_pass_shapes(tmp_path):
+    """Sweep 31: the same LSTM with --sparsity and no --data was told to "pass --input-shape NAME=DIMS with shapes
+    the model takes", though the random inputs had its declared shapes and one sample fails as well."""
+    line = assert_clean_error(prune(_fails_at_any_batch(tmp_path), tmp_path, "--sparsity", "0.5"), 1,
+                              "cannot run the model on random inputs", "'bad_rows'",
+                              "one sample alone fails too", "does not run in onnxruntime as exported")
+    assert "--input-shape" not in line
     assert not (tmp_path / "o.onnx").exists()
