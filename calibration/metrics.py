@@ -178,7 +178,8 @@ class Evaluator:
             except ConverterError:
                 raise
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
-                raise CalibrationError(_input_model_failed(exc, self.reader)) from exc
+                one = self._one_sample_fails(sess)
+                raise CalibrationError(_input_model_failed(exc, self.reader, one)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
                 _say_nonfinite(reference_model, self.reference_all)
@@ -614,6 +615,18 @@ class Evaluator:
         """Are the calibration batches held in memory (rather than streamed from the reader each time)?"""
         return self._cached is not None
 
+    def _one_sample_fails(self, sess: ort.InferenceSession) -> bool:
+        """Whether the input model fails on the first sample of the data alone too (then the batch is not why)."""
+        for feeds, _ in self.batches():
+            if not all(isinstance(v, np.ndarray) and v.ndim and len(v) > 1 for v in feeds.values()):
+                return False
+            try:
+                self._run_feeds(sess, {k: v[:1] for k, v in feeds.items()})
+            except Exception:
+                return True
+            return False
+        return False
+
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         return iter(self._cached) if self._cached is not None else self.reader.batches()
 
@@ -924,9 +937,11 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
     return got
 
 
-def _input_model_failed(exc: Exception, reader) -> str:
+def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
     """One line for the input model failing in onnxruntime on the user's data as batched (sweep 8: a Khmer segmenter
-    declares a 'batch' axis but reshapes to batch 1; stacked data ended in a raw onnxruntime Reshape error)."""
+    declares a 'batch' axis but reshapes to batch 1; stacked data ended in a raw onnxruntime Reshape error). When
+    the first sample alone fails too (`one_fails`), the batch is not why (sweep 31: torch's dynamo export of an LSTM
+    with proj_size writes an initial cell state onnxruntime refuses at any batch)."""
     import re
 
     msg = " ".join(str(exc).split())
@@ -939,6 +954,10 @@ def _input_model_failed(exc: Exception, reader) -> str:
     per_feed = getattr(reader, "per_feed", False)
     batch = "one feed at a time" if per_feed else f"in batches of {getattr(reader, 'batch_size', '?')}"
     single = getattr(reader, "batch_size", None) == 1
+    if one_fails and not (per_feed or single):
+        return (f"the input model fails in onnxruntime on {reader.description} read {batch} and on its first sample "
+                f"alone ({where}): the batch is not why; check the data's shapes against the model's inputs "
+                "(`onnxprune inspect` lists them), else the model does not run in onnxruntime as exported.")
     hint = ("; check the data's shapes against the model's inputs (`onnxprune inspect` lists them)" if per_feed or single
             else "; a model exported for a batch of 1 (though its input names a batch axis) runs with --batch-size 1, "
                  "or from a folder of .npz files holding one feed each")

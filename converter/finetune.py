@@ -243,7 +243,7 @@ class TrainData:
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor | None
-    teacher: list[torch.Tensor] | None  # one tensor per graph output of the teacher
+    teacher: list[torch.Tensor | None] | None  # one tensor per graph output of the teacher (None: follows no sample)
     batch_size: int
     reader: object = None  # set when streaming (too large for memory): batches come from the reader
     whole: bool = False  # whole batches only (a model that runs no other batch): a short last batch is left out
@@ -283,7 +283,7 @@ class TrainData:
             idx = idx if n_local else batch[:1]
             yield ({k: v[idx] for k, v in self.inputs.items()},
                    None if self.labels is None else self.labels[idx],
-                   None if self.teacher is None else [t[idx] for t in self.teacher], n_local, len(batch))
+                   sample_rows(self.teacher, idx, self.num_samples), n_local, len(batch))
 
     def _stream(self, teacher_fn, shard) -> Iterator[tuple]:
         per_feed = getattr(self.reader, "per_feed", False)
@@ -375,10 +375,24 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
             chunks.append([o[:got] for o in run(part)])
         else:
             chunks.append(run(part))
-    outs = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
     sizes = [min(step, n - i) for i in range(0, n, step)]
-    return [torch.from_numpy(_by_sample(o, [c[j] for c in chunks], sizes, run, inputs, teacher, j))
-            for j, o in enumerate(outs)]
+    outs = []
+    for j in range(len(chunks[0])):
+        parts = [c[j] for c in chunks]
+        out = _by_sample(np.concatenate(parts), parts, sizes, run, inputs, teacher, j) if all(
+            np.ndim(p) for p in parts) else None
+        outs.append(torch.from_numpy(out) if out is not None and len(out) == n else None)
+    return outs
+
+
+def sample_rows(teacher: list | None, index, n: int) -> list | None:
+    """The teacher's outputs of the samples `index` of n. An output that follows no sample (None from
+    `teacher_outputs`, or not n rows: a constant [10] beside logits [N, 10]) has no rows to select and is not
+    distilled (sweep 31: an initializer that is a graph output, its rows of two chunks indexed by sample, an
+    IndexError in the sgd search)."""
+    if teacher is None:
+        return None
+    return [None if t is None or not t.dim() or len(t) != n else t[index] for t in teacher]
 
 
 def _by_sample(out: np.ndarray, parts: list[np.ndarray], sizes: list[int], run, inputs, teacher, j: int) -> np.ndarray:
@@ -456,8 +470,8 @@ class Objective:
     def _distill(self, outputs, teacher) -> torch.Tensor:
         t, terms = self.temperature, []
         for out, ref, kind in zip(outputs, teacher, self.output_kinds):
-            if not out.dtype.is_floating_point:  # an ArgMax label beside the scores: no gradient, scored as exact
-                continue
+            if ref is None or not out.dtype.is_floating_point:  # an ArgMax label beside the scores: no gradient,
+                continue  # scored as exact; an output that follows no sample (`sample_rows`) has no rows to match
             if out.shape != ref.shape and out.dim() and ref.dim() > 1 and out.numel() == ref.numel():
                 out = out.reshape(ref.shape)  # k rows a sample: the teacher's are [N, k, ...] (`_by_sample`)
             if kind == "values":
@@ -850,7 +864,7 @@ class MaskedTrainer:
         with self._amp.autocast():
             outputs = _as_tuple(self._forward(**inputs))
             loss = self.objective(outputs, None if labels is None else labels.to(dev),
-                                  None if teacher is None else [t.to(dev) for t in teacher])
+                                  None if teacher is None else [None if t is None else t.to(dev) for t in teacher])
         if l1:
             loss = loss + l1 * sum(self.params[w].abs().sum() for w in active if w in self.params)
         return loss
@@ -873,7 +887,7 @@ def _micro_batches(batch: tuple, parts: int) -> list[tuple]:
         return [batch]
     bounds = np.linspace(0, size, parts + 1).astype(int)
     return [({k: v[a:b] for k, v in inputs.items()}, None if labels is None else labels[a:b],
-             None if teacher is None else [t[a:b] for t in teacher], int(b - a)) for a, b in zip(bounds, bounds[1:])]
+             sample_rows(teacher, slice(a, b), size), int(b - a)) for a, b in zip(bounds, bounds[1:])]
 
 
 def _has_labels(data) -> bool:

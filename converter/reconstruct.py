@@ -283,8 +283,6 @@ def _unsupported(w, node, producers) -> str | None:
     if node.op_type == "Conv" and (len(w.shape) < 3 or auto_pad not in AUTO_PADS):
         return (f"Conv '{node.name}': {len(w.shape) - 2} spatial dims, auto_pad {auto_pad}; only Convs "
                 f"with explicit pads or auto_pad {'/'.join(AUTO_PADS)} are refit")
-    if node.op_type == "Gemm" and _attr(node, "transA", 0):
-        return f"Gemm '{node.name}' has transA=1; left as pruned"
     return None
 
 
@@ -410,8 +408,9 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     op = layer.node.op_type
     if layer.first:
         return _first_rows(layer, x, y)
-    if op == "Gemm":
-        return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+    if op == "Gemm":  # A [K, M] with transA=1 (a hand-written Gemm, sweep 31): its rows are A's columns
+        x = x.reshape(x.shape[0], -1).T if _attr(layer.node, "transA", 0) else x.reshape(x.shape[0], -1)
+        return x, y.reshape(y.shape[0], -1)
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     cap = ROWS_PER_COLUMN * _columns(layer, x)

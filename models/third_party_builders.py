@@ -798,6 +798,23 @@ def einsum_siamese(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed
                   [_float("logit", [BATCH, 1])])
 
 
+def einsum_bilinear(*, in_features: int = 12, a: int = 6, b: int = 5, classes: int = 4, equation: str = "bi,oij,bj->bo",
+                    opset: int = OPSET, seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, in] -> two Gemm + Tanh projections x [N, a] and y [N, b] -> `torch.einsum("bi,oij,bj->bo", x, W,
+    y)` with W [classes, a, b] (torch's legacy exporter writes the bilinear head as this one Einsum) -> 'logits'.
+    `equation` may lay W's letters out otherwise ("bi,jio,bj->bo": W [b, a, classes])."""
+    g = _Graph(seed)
+    x = g.op("Tanh", "px", [g.gemm("input", "px", in_features, a)])
+    y = g.op("Tanh", "py", [g.gemm("input", "py", in_features, b)])
+    sizes = {"o": classes, "i": a, "j": b}
+    w_term = equation.split(",")[1]
+    g.weight("bilinear.W", tuple(sizes[c] for c in w_term), a * b)
+    g.nodes.append(helper.make_node("Einsum", [x, "bilinear.W", y], ["logits"], equation=equation, name="/Einsum"))
+    model = _model(g, "einsum_bilinear", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+    model.opset_import[0].version = opset
+    return model
+
+
 def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
                  seed: int = 0, stored: int = TensorProto.BFLOAT16) -> onnx.ModelProto:
     """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->
@@ -1089,6 +1106,21 @@ def rows_regressor(*, in_features: int = 8, hidden: int = 16, targets: int = 3, 
     g.op("Reshape", "", [y, "shape_tensor"])
     g.nodes[-1].output[0] = "variable"
     return _model(g, "rows_regressor", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])])
+
+
+def constant_outputs_mlp(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A classifier whose graph also returns stored tensors and its input as they are (a hand edit after export):
+    'X' [N, in] -> Gemm/Relu -> Gemm 'scores' [N, classes]; 'class_ids' (int64 [classes]) and 'prior' (float
+    [classes]) are initializers listed as graph outputs, and 'X' is a graph output too. Neither constant follows the
+    samples."""
+    g = _Graph(seed)
+    g.gemm(g.relu(g.gemm("X", "fc1", in_features, hidden), "fc1"), "fc2", hidden, classes)
+    g.nodes[-1].output[0] = "scores"
+    g.initializers += [numpy_helper.from_array(np.arange(classes, dtype=np.int64), "class_ids"),
+                       numpy_helper.from_array(np.full(classes, 1.0 / classes, np.float32), "prior")]
+    outputs = [_float("scores", [BATCH, classes]), helper.make_tensor_value_info("class_ids", TensorProto.INT64,
+               [classes]), _float("prior", [classes]), _float("X", [BATCH, in_features])]
+    return _model(g, "constant_outputs_mlp", [_float("X", [BATCH, in_features])], outputs)
 
 
 def _legacy_pad_chain(g: _Graph, scope: str, left: int) -> str:

@@ -14,6 +14,16 @@ it) with two distinct letters (o, i), the other x; x's letters are a prefix P (d
 "...") then i, with i and o not in P; the output's letters are P then o. Every reader of W must be such an Einsum
 with the same layout of W (W is stored once, transposed when the layout is [out, in]); otherwise nothing moves.
 The node keeps its name and output; x @ W broadcasts over P as the Einsum did.
+
+A bilinear layer of three operands (`torch.einsum("bi,oij,bj->bo", x, W, y)`, what torch's legacy exporter writes
+for it; sweep 31: its [10, 24, 24] weight was "not a weight ... (used by Einsum)") is a MatMul of x by W laid out
+[in_x, out · in_y], then a product with y summed over in_y:
+
+    Einsum(x, W, y) "Pi,oij,Pj->Po"  ->  MatMul(x, W') -> Reshape [P, o, j] -> Mul(Unsqueeze(y, -2)) -> ReduceSum(-1)
+
+Rules: a main-graph Einsum of three operands, one a 3-D float initializer W (letters o, i, j in any order, read by
+this Einsum alone), the others x and y with the same explicit prefix P (distinct letters, no "...") then i and j;
+the output P then o; i, j, o distinct and not in P. W' (W's values, [i, o·j]) is stored under W's name.
 """
 
 from __future__ import annotations
@@ -85,14 +95,107 @@ def einsum_layers(model: onnx.ModelProto) -> dict[str, str]:
     return {name: next(iter(s)) for name, s in layouts.items() if len(s) == 1 and None not in s}
 
 
+def bilinear_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, int, int], int] | None:
+    """(W's axes in the order (i, o, j), x's input index) when Einsum `node` is the bilinear layer of the module
+    docstring with W its input `weight_index`, else None."""
+    if node.op_type != "Einsum" or (node.domain or "") not in ("", "ai.onnx") or len(node.input) != 3:
+        return None
+    terms = _terms(node)
+    if terms is None or len(terms[0]) != 3 or not 0 <= weight_index < 3:
+        return None
+    lhs, out = terms
+    split = [_split(t) for t in (*lhs, out)]
+    if any(t is None or t[0] for t in split):
+        return None
+    letters = [t[1] for t in split]
+    w, (a, b) = letters[weight_index], [letters[k] for k in range(3) if k != weight_index]
+    prefix = out[:-1]
+    if (len(w) != 3 or len(set(w)) != 3 or not a or not b or a[:-1] != prefix or b[:-1] != prefix
+            or len(set(prefix)) != len(prefix)):
+        return None
+    i, j, o = a[-1], b[-1], out[-1]
+    if len({i, j, o}) != 3 or set(w) != {i, j, o} or {i, j, o} & set(prefix):
+        return None
+    return (w.index(i), w.index(o), w.index(j)), (0 if weight_index != 0 else 1)
+
+
+def bilinear_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple[int, int, int], int]]:
+    """{weight: (its Einsum, W's axes as (i, o, j), x's input index)} for each 3-D float weight read by one
+    bilinear Einsum alone."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer
+             if t.data_type in FLOAT and len(t.dims) == 3 and t.data_location != onnx.TensorProto.EXTERNAL}
+    frozen = frozen_names(graph)
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append((node, k))
+    found = {}
+    for name, reads in readers.items():
+        if len(reads) != 1 or name in frozen:
+            continue
+        node, k = reads[0]
+        layout = bilinear_layout(node, k)
+        if layout is not None and not any(x in inits for j, x in enumerate(node.input) if j != k):
+            found[name] = (node, *layout)
+    return found
+
+
+def _rewrite_bilinear(model: onnx.ModelProto, name: str, node: onnx.NodeProto, axes: tuple, x_index: int) -> None:
+    graph = model.graph
+    k = next(n for n, t in enumerate(graph.initializer) if t.name == name)
+    w = np.transpose(numpy_helper.to_array(graph.initializer[k]), axes)  # [i, o, j]
+    i, o, j = w.shape
+    graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.reshape(i, o * j)), name))
+    for v in [v for v in graph.value_info if v.name == name]:
+        graph.value_info.remove(v)
+    x = node.input[x_index]
+    y = next(n for m, n in enumerate(node.input) if m not in (x_index, list(node.input).index(name)))
+    rank = len(_terms(node)[1])  # the output's letters: P then o
+    base, out = node.name or node.output[0], node.output[0]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    shape = numpy_helper.from_array(np.array([0] * (rank - 1) + [o, j], np.int64), f"{base}/bilinear_shape")
+    graph.initializer.append(shape)
+    nodes = [onnx.helper.make_node("MatMul", [x, name], [f"{base}/bilinear_xw"], name=node.name),
+             onnx.helper.make_node("Reshape", [f"{base}/bilinear_xw", shape.name], [f"{base}/bilinear_xwr"],
+                                   name=f"{base}/bilinear_reshape")]
+    if opset >= 13:
+        axis = numpy_helper.from_array(np.array([-2], np.int64), f"{base}/bilinear_axis")
+        last = numpy_helper.from_array(np.array([-1], np.int64), f"{base}/bilinear_last")
+        graph.initializer.extend([axis, last])
+        nodes += [onnx.helper.make_node("Unsqueeze", [y, axis.name], [f"{base}/bilinear_y"],
+                                        name=f"{base}/bilinear_unsqueeze"),
+                  onnx.helper.make_node("Mul", [f"{base}/bilinear_xwr", f"{base}/bilinear_y"], [f"{base}/bilinear_p"],
+                                        name=f"{base}/bilinear_mul"),
+                  onnx.helper.make_node("ReduceSum", [f"{base}/bilinear_p", last.name], [out], keepdims=0,
+                                        name=f"{base}/bilinear_sum")]
+    else:
+        nodes += [onnx.helper.make_node("Unsqueeze", [y], [f"{base}/bilinear_y"], axes=[rank - 1],
+                                        name=f"{base}/bilinear_unsqueeze"),
+                  onnx.helper.make_node("Mul", [f"{base}/bilinear_xwr", f"{base}/bilinear_y"], [f"{base}/bilinear_p"],
+                                        name=f"{base}/bilinear_mul"),
+                  onnx.helper.make_node("ReduceSum", [f"{base}/bilinear_p"], [out], axes=[rank], keepdims=0,
+                                        name=f"{base}/bilinear_sum")]
+    at = list(graph.node).index(node)
+    graph.node.remove(node)
+    for n, new in enumerate(nodes):
+        graph.node.insert(at + n, new)
+
+
 @register_pass("einsum-linear")
 class EinsumLinear(Pass):
     """Rewrite each linear-layer Einsum as a MatMul reading its weight as [in, out] (module docstring)."""
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
         found = einsum_layers(model)
+        bilinear = bilinear_layers(model)
+        for name, (node, axes, x_index) in bilinear.items():
+            _rewrite_bilinear(model, name, node, axes, x_index)
+        if bilinear:
+            log.debug("einsum-linear: %d bilinear Einsum weight(s) read by MatMul", len(bilinear))
         if not found:
-            return PassResult(model, False)
+            return PassResult(model, bool(bilinear))
         for k, t in enumerate(model.graph.initializer):
             if found.get(t.name) == "oi":
                 w = numpy_helper.to_array(t)

@@ -258,7 +258,8 @@ def function_matching(data, teacher, seed: int, target: int = FUNCTION_MATCHING)
         mixed[name] = (w * v[a] + (1 - w) * v[b]).contiguous()
     teacher_mixed = teacher_outputs(teacher, mixed)
     inputs = {k: torch.cat([v, mixed[k]]) for k, v in data.inputs.items()}
-    taught = [torch.cat([t, m.to(t.dtype)]) for t, m in zip(data.teacher, teacher_mixed)]
+    taught = [None if t is None or m is None else torch.cat([t, m.to(t.dtype)])
+              for t, m in zip(data.teacher, teacher_mixed)]
     rule = (f"{extra} mixup samples (pairs of the {n} training samples, λ uniform) labelled by the input model: "
             f"function matching on small label-free data, {n + extra} samples in all")
     return TrainData(inputs, None, taught, data.batch_size), Choice(extra, rule)

@@ -473,7 +473,7 @@ class _Search:
     def _hyper(self, best: _Best) -> bool:
         """Choose the rounds' hyperparameters; False (with a note) when the learning-rate probe found no rate to
         retrain at in the time left, or none that trains."""
-        from onnxprune.converter.finetune import TrainData, load_data
+        from onnxprune.converter.finetune import TrainData, load_data, sample_rows
 
         t0 = time.perf_counter()
         o = self.config.overrides
@@ -495,7 +495,7 @@ class _Search:
             train_idx, eval_idx = hyper.slices(n, self.config.seed)
             part = lambda idx: TrainData({k: v[idx] for k, v in td.inputs.items()},  # noqa: E731
                                          None if td.labels is None else td.labels[idx],
-                                         None if td.teacher is None else [t[idx] for t in td.teacher], bs.value)
+                                         sample_rows(td.teacher, idx, n), bs.value)
             probe_train, probe_eval = part(train_idx), part(eval_idx)
         else:  # streamed (too large for memory, or read one complete feed at a time): slices of its batches.
             # Sweep 7's audio CNN (a folder of one-feed files) trained at a fixed 0.01 without a probe, and every

@@ -619,3 +619,33 @@ def test_the_recovery_rule_counts_feeds_used_as_is_as_feeds():
     assert choose(model, Feeds()) == ("reconstruct", "no labels and 30 training feeds (each used as is) (< 10000): "
                                                      "layer-wise refit")
     assert choose(model, Samples())[1] == "no labels and 30 training samples (< 10000): layer-wise refit"
+
+
+def test_outputs_that_follow_no_sample_are_not_distilled_and_the_sgd_search_runs():
+    """Sweep 31: a classifier whose graph also returns an initializer (class ids, a prior) and its input as they
+    are; the labelled sgd search stopped with "step 'auto-search' failed ...: IndexError: index 101 is out of
+    bounds for dimension 0 with size 20": the teacher's [classes] rows (the data's and the mixup samples' runs one
+    after the other) were indexed by sample. Such an output gets no teacher rows (None) and no distillation term."""
+    import onnx
+
+    from onnxprune import prune
+    from onnxprune.converter.finetune import sample_rows, teacher_outputs
+    from onnxprune.models.third_party_builders import constant_outputs_mlp
+    from tests.oracle import assert_same_outputs, check_full
+
+    model = constant_outputs_mlp(seed=0)
+    check_full(model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((240, 8)).astype(np.float32)
+    scores, ids, prior, same = teacher_outputs(model, {"X": torch.from_numpy(x)})
+    assert ids is None and prior is None and tuple(scores.shape) == (240, 4) and tuple(same.shape) == (240, 8)
+    np.testing.assert_array_equal(scores.numpy(), run(model, {"X": x})["scores"])
+    assert sample_rows([scores, None, torch.zeros(4)], torch.arange(3), 240)[1:] == [None, None]
+    labels = run(model, {"X": x})["scores"].argmax(1)
+    result = prune(model, data={"X": x, "labels": labels}, max_loss=5, recovery="sgd", time_budget=40, seed=0)
+    check_full(result.model)
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+    got = run(result.model, {"X": x})
+    np.testing.assert_array_equal(got["class_ids"], np.arange(4))
+    np.testing.assert_array_equal(got["X"], x)
+    onnx.checker.check_model(result.model, full_check=True)

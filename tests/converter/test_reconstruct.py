@@ -141,6 +141,28 @@ def test_weights_that_are_a_matmuls_first_operand_are_refit(w_shape, x_shape):
     assert not report.skipped
 
 
+def test_a_gemm_with_trans_a_is_refit_over_its_input_s_columns():
+    """Sweep 31's L1: a hand-written Gemm reading its activation transposed (`Gemm(h [K, N], W [M, K], transA=1,
+    transB=1)`, after a layer that computes [K, N]) was "has transA=1; left as pruned". Its rows are A's columns."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((12, 10)) / np.sqrt(10)).astype(np.float32)
+    w2 = (rng.standard_normal((6, 12)) / np.sqrt(12)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["w1", "x", "b1"], ["h0"], transB=1, name="first"),  # [12, N]
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transA=1, transB=1, name="second")]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(rng.standard_normal((12, 1)).astype(np.float32) * 0.1, "b1"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32) * 0.1, "b2")]
+    graph = helper.make_graph(nodes, "trans_a", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    check_full(dense)
+    pruned, masks = prune(dense, 0.6)
+    masks = {"w2": masks["w2"]}
+    pruned = zero_weights(dense, masks)
+    _refit_lowers_the_error(pruned, dense, masks, ["w2"])
+
+
 # weights inside If branches and Loop bodies: tests/converter/test_reconstruct_bodies.py
 
 

@@ -1006,3 +1006,57 @@ def test_a_model_older_than_onnxruntime_runs_is_told_how_to_upgrade_it(tmp_path)
     onnx.save(version_converter.convert_version(onnx.load(path), 13), tmp_path / "model-opset13.onnx")
     res = prune(tmp_path / "model-opset13.onnx", tmp_path, "--sparsity", "0.5")
     assert res.exit_code == 0, res.output
+
+
+def test_a_string_normalizer_whose_locale_the_machine_lacks_is_named_with_the_fix(tmp_path):
+    """Sweep 31: skl2onnx's TfidfVectorizer writes a StringNormalizer with no locale, onnxruntime's default is
+    en_US.UTF-8, and on a machine with only C.UTF-8 the refusal said "fix or re-export the model", which no export
+    changes. It names the node, the locale and the two ways out."""
+    m = gemm_then(None)
+    norm = helper.make_node("StringNormalizer", ["s"], ["t"], case_change_action="LOWER", locale="xx_XX.UTF-8",
+                            name="norm")
+    m.graph.node.append(norm)
+    m.graph.input.append(vi("s", ["N"], TensorProto.STRING))
+    m.graph.output.append(vi("t", ["N"], TensorProto.STRING))
+    path = tmp_path / "text.onnx"
+    onnx.save(m, path)
+    line = assert_clean_error(prune(path, tmp_path, "--sparsity", "0.5"), 1, "StringNormalizer 'norm' needs the "
+                              "locale 'xx_XX.UTF-8'", "locale-gen xx_XX.UTF-8", "`locale -a`")
+    assert "re-export" not in line
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.onnx").exists()
+
+
+def _fails_at_any_batch(tmp_path) -> Path:
+    """x [N, 4] -> Gemm -> Reshape to [-1, 3]: 4 features never fold into rows of 3, at any batch."""
+    rng = np.random.default_rng(0)
+    three = numpy_helper.from_array(np.array([-1, 3], np.int64), "three")
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1, name="fc"),
+             helper.make_node("Reshape", ["h", "three"], ["y"], name="bad_rows")]
+    graph = helper.make_graph(nodes, "g", [vi("x", ["N", 4])], [vi("y", [None, 3])],
+                              [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "W"), three])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def test_a_model_that_fails_on_one_sample_too_is_not_told_to_run_at_batch_1(tmp_path):
+    """Sweep 31: torch's dynamo export of an LSTM with proj_size writes an initial cell state of the hidden width,
+    which onnxruntime refuses at any batch; the refusal said a model exported for a batch of 1 runs with
+    --batch-size 1, which fails the same way. The first sample alone is tried: it fails, so the batch is not why."""
+    path = _fails_at_any_batch(tmp_path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32))
+    line = assert_clean_error(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"),
+                              1, "the input model fails in onnxruntime on", "and on its first sample alone",
+                              "Reshape 'bad_rows'", "the batch is not why")
+    assert "--batch-size 1" not in line
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_random_inputs_of_the_declared_shapes_that_fail_alone_too_are_not_told_to_pass_shapes(tmp_path):
+    """Sweep 31: the same LSTM with --sparsity and no --data was told to "pass --input-shape NAME=DIMS with shapes
+    the model takes", though the random inputs had its declared shapes and one sample fails as well."""
+    line = assert_clean_error(prune(_fails_at_any_batch(tmp_path), tmp_path, "--sparsity", "0.5"), 1,
+                              "cannot run the model on random inputs", "'bad_rows'",
+                              "one sample alone fails too", "does not run in onnxruntime as exported")
+    assert "--input-shape" not in line
+    assert not (tmp_path / "o.onnx").exists()

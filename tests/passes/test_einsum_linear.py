@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper
 
 from onnxprune import prune
@@ -81,3 +82,59 @@ def test_the_unmaskable_note_counts_a_tied_weight_once():
     # the towers' readers are tied now (branch chan), not blocked: protect the Sub, so t.w2's two readers stay
     note = unmaskable_note(model, {w.name for w in find_prunable(model).prunable}, protected={"/diff/Sub"})
     assert note is not None and "masked no neuron of 1 of 3 layers" in note and "(+1 more like it)" in note, note
+
+
+def test_bilinear_equations_are_recognized_and_others_are_not():
+    from onnxprune.passes.einsum_linear import bilinear_layout
+
+    def node(eq, w=1):
+        ins = ["x", "y"]
+        ins.insert(w, "W")
+        return helper.make_node("Einsum", ins, ["z"], equation=eq)
+
+    assert bilinear_layout(node("bi,oij,bj->bo"), 1) == ((1, 0, 2), 0)
+    assert bilinear_layout(node("bsi,jio,bsj->bso"), 1) == ((1, 2, 0), 0)
+    assert bilinear_layout(node("oij,bi,bj->bo", 0), 0) == ((1, 0, 2), 1)
+    for eq in ("...i,oij,...j->...o", "bi,oij,bj->ob", "bi,oii,bi->bo", "bi,oij,cj->bo", "bi,oij,bj->boi",
+               "bi,oij,bj"):
+        assert bilinear_layout(node(eq), 1) is None, eq
+
+
+@pytest.mark.parametrize("equation, opset", [("bi,oij,bj->bo", 17), ("bi,jio,bj->bo", 17), ("bi,oij,bj->bo", 12)])
+def test_a_bilinear_einsum_weight_is_a_matmul_weight_with_the_same_outputs(equation, opset):
+    """Sweep 31: torch's legacy exporter writes `torch.einsum("bi,oij,bj->bo", x, W, y)` as one Einsum; its W was
+    "not a weight ... (used by Einsum)". The pass writes it as MatMul(x, W [i, o·j]) -> Reshape -> Mul by y ->
+    ReduceSum, W's values under its name, and the pruned model computes what its written weights say."""
+    from onnxprune.models.third_party_builders import einsum_bilinear
+
+    model = einsum_bilinear(equation=equation, opset=opset, seed=0)
+    check_full(model)
+    assert "bilinear.W" not in {w.name for w in find_prunable(model).prunable}
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    check_full(rewritten)
+    assert "Einsum" not in [n.op_type for n in rewritten.graph.node]
+    assert_same_outputs(rewritten, model, rtol=1e-5)
+    w = next(t for t in rewritten.graph.initializer if t.name == "bilinear.W")
+    assert tuple(w.dims) == (6, 4 * 5)
+    assert "bilinear.W" in {w.name for w in find_prunable(rewritten).prunable}
+    data = {"input": np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)}
+    result = prune(model, data=data, sparsity=0.5, seed=0)
+    check_full(result.model)
+    layers = {r["weight"]: r for r in result.report["layers"]}
+    assert layers["bilinear.W"]["nonzeros"] <= layers["bilinear.W"]["params"] // 2 + 1
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_a_bilinear_weight_read_twice_or_under_an_ellipsis_is_left_as_it_was():
+    from onnxprune.models.third_party_builders import einsum_bilinear
+    from onnxprune.passes.einsum_linear import bilinear_layers
+
+    model = einsum_bilinear(equation="...i,oij,...j->...o", seed=0)
+    assert bilinear_layers(model) == {}
+    model = einsum_bilinear(seed=0)
+    model.graph.node.append(helper.make_node("ReduceSum", ["bilinear.W"], ["w_sum"], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("w_sum", onnx.TensorProto.FLOAT, []))
+    assert bilinear_layers(model) == {}
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    assert_same_outputs(rewritten, model, rtol=1e-5)
