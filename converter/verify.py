@@ -31,6 +31,7 @@ from onnxprune.calibration.runtime import ort_reason as _ort_reason  # also read
 from onnxprune.errors import CalibrationError, ModelError, ParityError
 from onnxprune.passes.opfacts import ORT_OLDEST_OPSET, older_than_onnxruntime
 from onnxprune.passes.scopes import all_nodes
+from onnxprune.plain import listed
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,7 @@ def _missing_locale(model: onnx.ModelProto, exc: Exception) -> str | None:
         return None
     name = found.group(1)
     nodes = [n.name or n.output[0] for n in model.graph.node if n.op_type == "StringNormalizer"]
-    who = f"StringNormalizer '{nodes[0]}'" + (f" (+{len(nodes) - 1} more)" if len(nodes) > 1 else "") if nodes else \
-        "a StringNormalizer"
+    who = "StringNormalizer " + listed([f"'{n}'" for n in nodes], 1) if nodes else "a StringNormalizer"
     return (f"onnxruntime cannot load this model on this machine: {who} needs the locale '{name}' (its locale "
             "attribute, or onnxruntime's default where it sets none), which this machine does not have; install it "
             f"(locale-gen {name}), or set the node's locale attribute to one `locale -a` lists (C.UTF-8 on most).")
