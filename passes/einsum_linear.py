@@ -79,12 +79,16 @@ def linear_layout(node: onnx.NodeProto, weight_index: int) -> str | None:
     return {i + o: "io", o + i: "oi"}.get(ws[1])
 
 
+def _weights(graph: onnx.GraphProto, rank: int) -> dict[str, onnx.TensorProto]:
+    """The float initializers of `rank` dims held in the file (not external data): the weights a rewrite may move."""
+    return {t.name: t for t in graph.initializer
+            if t.data_type in FLOAT and len(t.dims) == rank and t.data_location != onnx.TensorProto.EXTERNAL}
+
+
 def einsum_layers(model: onnx.ModelProto) -> dict[str, str]:
     """{weight initializer: "io" or "oi"} for every weight whose every reader is a linear Einsum of one layout."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer
-             if t.data_type in FLOAT and len(t.dims) == 2 and t.data_location != onnx.TensorProto.EXTERNAL}
-    frozen = frozen_names(graph)
+    inits, frozen = _weights(graph, 2), frozen_names(graph)
     layouts: dict[str, set] = {}
     for node in graph.node:
         for k, name in enumerate(node.input):
@@ -123,9 +127,7 @@ def bilinear_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, t
     """{weight: (its Einsum, W's axes as (i, o, j), x's input index)} for each 3-D float weight read by one
     bilinear Einsum alone."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer
-             if t.data_type in FLOAT and len(t.dims) == 3 and t.data_location != onnx.TensorProto.EXTERNAL}
-    frozen = frozen_names(graph)
+    inits, frozen = _weights(graph, 3), frozen_names(graph)
     readers: dict[str, list] = {}
     for node in graph.node:
         for k, name in enumerate(node.input):
