@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, stacked_batches,
-                                         time_major_inputs, time_major_stack)
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, shared_stack,
+                                         stacked_batches, time_major_inputs, time_major_stack)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -287,6 +287,15 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> Data
             return _feed_reader(_batch_feeds(path, shapes, rows), specs, labels, limit,
                                 f"{reason}, beside samples stacked in batches of the fixed {rows} the model takes: "
                                 "a feed per batch, the scalars in each", path.name)
+        shared = shared_stack(shapes, specs) if reason else None
+        if shared:  # inputs that hold one value for the file beside samples stacked on a dynamic batch
+            n, names = shared
+            reader = _feed_reader(_batch_feeds(path, shapes, 1, n), specs, labels, limit,
+                                  f"{reason}; input(s) {names} hold one value for the file (their declared shape), "
+                                  f"and its {n:,} samples of the others are read one feed each, those in every one",
+                                  path.name, "sample(s), a feed each")
+            reader.one_sample_feeds = True
+            return reader
         stack = _time_major_reader(lambda: _npz_arrays(path), shapes, specs, labels, limit, reason, time_major,
                                    path.name) if reason else None
         if stack is not None:
@@ -383,10 +392,11 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     return reader
 
 
-def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
-    """A stacked .npz with scalar inputs as feeds of `rows` samples each: arrays with the stack's sample count are
-    cut (labels too), the others (the scalars) go whole into every feed; the file is read once."""
-    n = next(s[0] for s in shapes.values() if s)
+def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int, n: int | None = None) -> FeedSource:
+    """A stacked .npz with scalar inputs as feeds of `rows` samples each: arrays with the stack's sample count `n`
+    (default: the first array's first axis) are cut (labels too), the others (the scalars) go whole into every feed;
+    the file is read once."""
+    n = n if n is not None else next(s[0] for s in shapes.values() if s)
     if n % rows:
         _say_left_out(rows, n % rows, f"the {n} in {path.name}")
     arrays = _loaded_once(lambda: _npz_arrays(path))

@@ -272,10 +272,49 @@ def test_a_stacked_file_with_scalars_and_a_fixed_batch_is_a_feed_per_batch(tmp_p
         np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in got]), x)
         np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]), np.arange(12) % 3)
     assert "a feed per batch" in open_data(tmp_path / "d.npz", _flag_model(4)).feed_note
-    dynamic = open_data(tmp_path / "d.npz", _flag_model("N"))  # any batch: the file is one feed, as before
-    assert len(list(dynamic.batches())) == 1
+    dynamic = open_data(tmp_path / "d.npz", _flag_model("N"))  # any batch: a sample a feed (shared_stack, below)
+    assert [f["x"].shape for f, _ in dynamic.batches()] == [(1, 4)] * 12
     np.savez(tmp_path / "odd.npz", x=x[:10], flag=np.array(True))  # 2 whole batches of 4, 2 rows left out
     assert [f["x"].shape[0] for f, _ in open_data(tmp_path / "odd.npz", _flag_model(4)).batches()] == [4, 4]
+
+
+def test_inputs_that_hold_one_value_for_the_file_go_whole_into_a_feed_per_sample(tmp_path):
+    """Sweep 31's L2: tf2onnx made a Keras Normalization layer's statistics graph inputs [1, 8]; a file of 250 images
+    beside them was one feed, and only the one-shot search ran. An array with exactly its input's fixed declared
+    shape goes whole into every feed, and the samples the other inputs stack on their dynamic batch are a feed each
+    (labels cut with them), so the search splits, retrains and decides on samples; the outputs are the file's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["z"]),
+             helper.make_node("MatMul", ["z", "W"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                     helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 4]),
+                     helper.make_tensor_value_info("std", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(rng.standard_normal([4, 3]).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    mean, std = np.full((1, 4), 0.5, np.float32), np.full((1, 4), 2.0, np.float32)
+    np.savez(tmp_path / "d.npz", x=x, mean=mean, std=std, labels=np.arange(10) % 3)
+    reader = open_data(tmp_path / "d.npz", model)
+    got = list(reader.batches())
+    assert reader.per_feed and reader.one_sample_feeds and len(got) == 10 == reader.num_samples
+    assert "hold one value for the file" in reader.feed_note and "'mean', 'std'" in reader.feed_note
+    assert all(f["x"].shape == (1, 4) and f["mean"].shape == f["std"].shape == (1, 4) for f, _ in got)
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in got]), x)
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]), np.arange(10) % 3)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    whole = sess.run(None, {"x": x, "mean": mean, "std": std})[0]
+    np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]), whole, rtol=1e-6)
+    np.savez(tmp_path / "other.npz", x=x, mean=np.zeros((2, 4), np.float32), std=std)  # not its declared shape
+    with pytest.raises(CalibrationError):
+        list(open_data(tmp_path / "other.npz", model).batches())
 
 
 def _time_major_mean(steps_name="T"):
