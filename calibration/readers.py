@@ -234,8 +234,8 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
         chunk = _memory_chunk(source, "in-memory arrays")
         shapes, time_major = {k: v.shape for k, v in chunk.arrays.items()}, time_major_inputs(model)
         reason = feed_reason([(chunk.where, shapes)], specs, time_major)
-        stack = _time_major_reader(lambda: chunk.arrays, shapes, specs, labels, limit, reason, time_major,
-                                   "in-memory arrays") if reason else None
+        stack = _stack_reader(lambda: chunk.arrays, shapes, specs, labels, limit, reason, time_major,
+                              "in-memory arrays")
         if stack is not None:
             return stack
         if reason:
@@ -287,17 +287,7 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> Data
             return _feed_reader(_batch_feeds(path, shapes, rows), specs, labels, limit,
                                 f"{reason}, beside samples stacked in batches of the fixed {rows} the model takes: "
                                 "a feed per batch, the scalars in each", path.name)
-        shared = shared_stack(shapes, specs) if reason else None
-        if shared:  # inputs that hold one value for the file beside samples stacked on a dynamic batch
-            n, names = shared
-            reader = _feed_reader(_batch_feeds(path, shapes, 1, n), specs, labels, limit,
-                                  f"{reason}; input(s) {names} hold one value for the file (their declared shape), "
-                                  f"and its {n:,} samples of the others are read one feed each, those in every one",
-                                  path.name, "sample(s), a feed each")
-            reader.one_sample_feeds = True
-            return reader
-        stack = _time_major_reader(lambda: _npz_arrays(path), shapes, specs, labels, limit, reason, time_major,
-                                   path.name) if reason else None
+        stack = _stack_reader(lambda: _npz_arrays(path), shapes, specs, labels, limit, reason, time_major, path.name)
         if stack is not None:
             return stack
         if reason:
@@ -392,11 +382,10 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     return reader
 
 
-def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int, n: int | None = None) -> FeedSource:
-    """A stacked .npz with scalar inputs as feeds of `rows` samples each: arrays with the stack's sample count `n`
-    (default: the first array's first axis) are cut (labels too), the others (the scalars) go whole into every feed;
-    the file is read once."""
-    n = n if n is not None else next(s[0] for s in shapes.values() if s)
+def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
+    """A stacked .npz with scalar inputs as feeds of `rows` samples each: arrays with the stack's sample count are
+    cut (labels too), the others (the scalars) go whole into every feed; the file is read once."""
+    n = next(s[0] for s in shapes.values() if s)
     if n % rows:
         _say_left_out(rows, n % rows, f"the {n} in {path.name}")
     arrays = _loaded_once(lambda: _npz_arrays(path))
@@ -406,6 +395,39 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int, n: int | None 
 
     return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
 
+
+
+def _stack_reader(arrays, shapes, specs, labels, limit, reason, time_major, name) -> DataReader | None:
+    """A file (or dict of arrays) read per feed (`reason`) whose arrays still stack samples, a sample a feed: beside
+    inputs that hold one value (`_shared_reader`) or of a time-major model (`_time_major_reader`); else None."""
+    if not reason:
+        return None
+    found = _shared_reader(arrays, shapes, specs, labels, limit, reason, name)
+    if found is None:
+        found = _time_major_reader(arrays, shapes, specs, labels, limit, reason, time_major, name)
+    return found
+
+
+def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str, tuple], specs, labels, limit,
+                   reason: str, name: str) -> DataReader | None:
+    """Inputs that hold one value for the file (feeds.shared_stack) beside N samples stacked on a dynamic batch, read
+    as N feeds of one sample each, those inputs' arrays whole in every one, the arrays read once; None when the
+    arrays are no such stack."""
+    found = shared_stack(shapes, specs)
+    if not found:
+        return None
+    n, shared = found
+    whole = _loaded_once(arrays)
+
+    def load(i: int) -> dict[str, np.ndarray]:
+        return {k: (v if k in shared else v[i:i + 1]) for k, v in whole().items()}
+
+    reader = _feed_reader(FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}"), specs, labels, limit,
+                          f"{reason}; input(s) {shared} hold one value for the file (their declared shape), and its "
+                          f"{n:,} samples of the others are read one feed each, those in every one", name,
+                          "sample(s), a feed each")
+    reader.one_sample_feeds = True
+    return reader
 
 
 def _time_major_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str, tuple], specs, labels, limit,

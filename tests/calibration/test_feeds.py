@@ -363,3 +363,15 @@ def test_the_outputs_batch_leading_an_input_is_no_time_axis():
                                helper.make_tensor_value_info("proto", TensorProto.FLOAT, ["K", 4])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "K"])])
     assert time_major_inputs(helper.make_model(graph)) == {}
+
+
+def test_a_dict_of_arrays_with_inputs_that_hold_one_value_is_a_feed_per_sample():
+    """The API's dict of arrays reads as the .npz does (shared_stack): a scalar flag beside 6 stacked rows of a
+    dynamic batch, labels cut with them."""
+    x = np.random.default_rng(2).standard_normal((6, 4)).astype(np.float32)
+    reader = open_data({"x": x, "flag": np.array(False), "labels": np.arange(6) % 3}, _flag_model("N"))
+    got = list(reader.batches())
+    assert reader.one_sample_feeds and len(got) == 6 and "hold one value" in reader.feed_note
+    assert all(f["x"].shape == (1, 4) and f["flag"].shape == () and not bool(f["flag"]) for f, _ in got)
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in got]), x)
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]), np.arange(6) % 3)
