@@ -19,10 +19,10 @@ per feed when its arrays cannot be samples-first (`feed_reason`, the rule the RE
 
 One file (or dict of arrays) that stacks N sequences of a time-major model in the layout rule 4 reads (N on axis 1
 of each time-major input, on axis 0 of the others and of the labels) is N feeds of one sequence each
-(`time_major_stack`): the search can then split, retrain and decide on sequences. One file (or dict) whose inputs differ on
-axis 0 only because some arrays have exactly their input's fixed declared shape (a scalar, statistics [1, 8]) while
-the others stack N samples on a dynamic batch is N feeds of one sample each, those arrays whole in every one
-(`shared_stack`); beside a fixed batch B, scalars go whole into feeds of B rows (`stacked_batches`).
+(`time_major_stack`): the search can then split, retrain and decide on sequences. One file (or dict) whose inputs
+differ on axis 0 only because some arrays have exactly their input's fixed declared shape (a scalar, statistics
+[1, 8]) while the others stack N samples on a dynamic batch is N feeds of one sample each, those arrays whole in
+every one (`shared_stack`); beside a fixed batch B, scalars go whole into feeds of B rows (`stacked_batches`).
 
 Otherwise the file is a stack of samples and the ordinary readers cut it into batches. Per feed, every feed is one
 step: one onnxruntime run, one scored batch, one retraining step; nothing is concatenated across feeds. A feed is
