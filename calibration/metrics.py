@@ -75,7 +75,7 @@ from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_R
                                                   reference_scale,
                                                   unchanged_samples)
 from onnxprune.calibration.readers import DataReader
-from onnxprune.calibration.runtime import make_session
+from onnxprune.calibration.runtime import first_sample_fails, make_session
 from onnxprune.errors import CalibrationError, ConfigError, ConverterError
 
 log = logging.getLogger(__name__)
@@ -617,15 +617,8 @@ class Evaluator:
 
     def _one_sample_fails(self, sess: ort.InferenceSession) -> bool:
         """Whether the input model fails on the first sample of the data alone too (then the batch is not why)."""
-        for feeds, _ in self.batches():
-            if not all(isinstance(v, np.ndarray) and v.ndim and len(v) > 1 for v in feeds.values()):
-                return False
-            try:
-                self._run_feeds(sess, {k: v[:1] for k, v in feeds.items()})
-            except Exception:
-                return True
-            return False
-        return False
+        feeds = next(self.batches(), None)
+        return feeds is not None and first_sample_fails(lambda one: self._run_feeds(sess, one), feeds[0])
 
     def batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         return iter(self._cached) if self._cached is not None else self.reader.batches()

@@ -289,6 +289,18 @@ def _checked(session: ort.InferenceSession, providers: list) -> ort.InferenceSes
     return SequenceFeeds(session, sequences) if sequences else session
 
 
+def first_sample_fails(run, feed: dict) -> bool:
+    """Whether the first sample of a batched `feed` fails on its own too (`run` runs one feed dict): then the batch is
+    not why the feed failed. False when some value is no array of two or more samples (nothing smaller to try)."""
+    if not all(isinstance(v, np.ndarray) and v.ndim and len(v) > 1 for v in feed.values()):
+        return False
+    try:
+        run({k: v[:1] for k, v in feed.items()})
+    except Exception:  # noqa: BLE001 - any failure of the one sample is the answer
+        return True
+    return False
+
+
 def ort_reason(exc: BaseException) -> str:
     """onnxruntime's message without its status prefix and C++ source location."""
     text = " ".join(str(exc).split()) or type(exc).__name__

@@ -25,8 +25,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxprune.calibration.metrics import as_array, map_keys
-from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, input_specs, make_session, output_names, random_feeds,
-                                           with_outputs)
+from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, first_sample_fails, input_specs, make_session,
+                                           output_names, random_feeds, with_outputs)
 from onnxprune.calibration.runtime import ort_reason as _ort_reason  # also read by converter.latency
 from onnxprune.errors import CalibrationError, ModelError, ParityError
 from onnxprune.passes.opfacts import ORT_OLDEST_OPSET, older_than_onnxruntime
@@ -199,7 +199,8 @@ def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source:
             shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
             hint = ("pass --input-shape NAME=DIMS with shapes the model takes, or real samples with --data"
                     if source == "random" else "check the data's shapes")
-            if source == "random" and _declared_only_batch(oracle, feed) and _fails_alone(ref, names, feed, quiet):
+            if source == "random" and _declared_only_batch(oracle, feed) and first_sample_fails(
+                    lambda one: ref.run(names, one, quiet), feed):
                 hint = ("they have its declared shapes and one sample alone fails too, so no other shape or batch "
                         "is the fix: the model does not run in onnxruntime as exported")
             raise ModelError(
@@ -218,17 +219,6 @@ def _declared_only_batch(model: onnx.ModelProto, feed: dict) -> bool:
                 not d.HasField("dim_value") or d.dim_value != n for d, n in zip(list(dims)[1:], shape[1:])):
             return False
     return True
-
-
-def _fails_alone(session, names: list[str], feed: dict, options) -> bool:
-    """Whether the first sample of a batched feed fails on its own too."""
-    if not all(np.ndim(v) and len(v) > 1 for v in feed.values()):
-        return False
-    try:
-        session.run(names, {k: v[:1] for k, v in feed.items()}, options)
-    except Exception:
-        return True
-    return False
 
 
 def _compare(name: str, got, want) -> tuple[float, float]:

@@ -130,7 +130,6 @@ def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes
     return raised, False
 
 
-
 def grid_kept_note(model: onnx.ModelProto, folded) -> str | None:
     """Why an integer-quantized model's file did not shrink with its nonzeros (sweep 30: quantize_dynamic's LeNet-5,
     "3.16x fewer" nonzeros and "file 431.13 KB -> 431.13 KB", nothing said): a pruned integer weight is written back
