@@ -396,7 +396,6 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
     return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
 
 
-
 def _stack_reader(arrays, shapes, specs, labels, limit, reason, time_major, name) -> DataReader | None:
     """A file (or dict of arrays) read per feed (`reason`) whose arrays still stack samples, a sample a feed: beside
     inputs that hold one value (`_shared_reader`) or of a time-major model (`_time_major_reader`); else None."""

@@ -963,8 +963,6 @@ def _refit_wave(model, dense_session, wave: list, masks, plan, damp, refit_bias,
         fit.finish(inits, damp, report, prior)
 
 
-
-
 def _roots(model: onnx.ModelProto, captures) -> set[str]:
     """The main-graph tensors a pass needs for `captures`: the tensor itself, or for a capture inside a body every
     tensor the If/Loop node around it reads."""

@@ -387,7 +387,6 @@ def _value_inputs(model: onnx.ModelProto) -> set[str]:
     return fine - ruled_out
 
 
-
 def _refuse_huge_inputs(model: onnx.ModelProto) -> None:
     for spec in input_specs(model):
         count = float(np.prod([DEFAULT_DYNAMIC_DIM if d is None else d for d in spec.shape], dtype=np.float64))

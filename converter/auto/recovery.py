@@ -199,8 +199,6 @@ def literal_batch(model) -> tuple[int, str] | None:
     return None
 
 
-
-
 def _has_float_output(model) -> bool:
     """Whether some graph output is a float tensor: retraining needs one to take a gradient through (an ArgMax
     label has none; a ZipMap's maps are left to bridge_refusal)."""

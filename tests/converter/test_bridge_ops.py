@@ -24,8 +24,6 @@ from onnxprune.errors import ConverterError, UnsupportedOpError
 ATOL, RTOL = 1e-5, 1e-4
 
 
-
-
 # ---------------------------------------------------------------------------------------------------- harness
 
 
