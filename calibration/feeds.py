@@ -22,7 +22,8 @@ of each time-major input, on axis 0 of the others and of the labels) is N feeds 
 (`time_major_stack`): the search can then split, retrain and decide on sequences. One file (or dict) whose inputs
 differ on axis 0 only because some arrays have exactly their input's fixed declared shape (a scalar, statistics
 [1, 8]) while the others stack N samples on a dynamic batch is N feeds of one sample each, those arrays whole in
-every one (`shared_stack`); beside a fixed batch B, scalars go whole into feeds of B rows (`stacked_batches`).
+every one (`shared_stack`), and so is each file of a folder of such files (readers._shared_folder_reader); beside
+a fixed batch B, scalars go whole into feeds of B rows (`stacked_batches`).
 
 Otherwise the file is a stack of samples and the ordinary readers cut it into batches. Per feed, every feed is one
 step: one onnxruntime run, one scored batch, one retraining step; nothing is concatenated across feeds. A feed is
@@ -209,14 +210,15 @@ def stacked_batches(shapes: dict[str, tuple], specs: list[InputSpec]) -> int | N
     return b if b is not None and b >= 1 and n > b else None
 
 
-def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec]) -> tuple[int, list[str]] | None:
+def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 2) -> tuple[int, list[str]] | None:
     """(N, the shared inputs) when a file's inputs differ on their first axis only because some hold one value for
     the whole file: each such array has exactly its input's declared shape, every dim of it fixed (a scalar, or the
     [1, 1, 1, 1] statistics tf2onnx makes graph inputs of a Keras Normalization layer), while every other input
     stacks N > 1 samples on a symbolic first axis at its declared rank (and any further array, the labels, has N
     rows). Each sample is then a feed, the shared arrays whole in every one. Read as one feed, sweep 31's Keras
     model (two such statistics beside 250 images) could only be pruned one-shot, on the samples that judged it
-    (1.00x). None otherwise."""
+    (1.00x). `least`: the fewest samples that make a stack (a folder's file may hold one: `least=1`). None
+    otherwise."""
     shared, counts = [], set()
     for s in specs:
         shape = shapes.get(s.name)
@@ -232,7 +234,7 @@ def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec]) -> tuple[int,
         return None
     (n,) = counts
     names = {s.name for s in specs}
-    if n < 2 or any(not shape or shape[0] != n for name, shape in shapes.items() if name not in names):
+    if n < least or any(not shape or shape[0] != n for name, shape in shapes.items() if name not in names):
         return None
     return n, shared
 

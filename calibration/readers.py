@@ -342,8 +342,9 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
     if all(p.suffix == ".npz" for p in files):
         reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs, time_major)
         if reason:
-            return _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason,
-                                f"folder '{folder.name}/' ({len(files)} files)")
+            name = f"folder '{folder.name}/' ({len(files)} files)"
+            return (_shared_folder_reader(files, specs, labels, limit, reason, name)
+                    or _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason, name))
 
     def load(p: Path) -> Chunk:
         return _npz_chunk(p) if p.suffix == ".npz" else _npy_chunk(p, specs, labels, mmap=True)
@@ -425,6 +426,32 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
                           f"{reason}; input(s) {shared} hold one value for the file (their declared shape), and its "
                           f"{n:,} samples of the others are read one feed each, those in every one", name,
                           "sample(s), a feed each")
+    reader.one_sample_feeds = True
+    return reader
+
+
+def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, name: str) -> DataReader | None:
+    """A folder whose every file is a stack beside inputs that hold one value for that file (feeds.shared_stack, a
+    file of one sample too), read as a feed per sample of every file, each file's shared arrays whole in its
+    samples' feeds; one file's arrays held at a time. None when any file is no such stack (each file a feed)."""
+    found = [shared_stack(npz_shapes(p) or {}, specs, least=1) for p in files]
+    if not all(found) or all(n == 1 for n, _ in found):
+        return None
+    shared = sorted({s for _, names in found for s in names})
+    held: dict = {}
+
+    def load(item: tuple[Path, int, list[str]]) -> dict[str, np.ndarray]:
+        path, i, names = item
+        if held.get("path") != path:
+            held.clear()
+            held.update(path=path, arrays=_npz_arrays(path))
+        return {k: (v if k in names else v[i:i + 1]) for k, v in held["arrays"].items()}
+
+    items = [(p, i, names) for p, (n, names) in zip(files, found) for i in range(n)]
+    reader = _feed_reader(FeedSource(items, load, lambda it: f"{it[0].name}, sample {it[1]}"), specs, labels,
+                          limit, f"{reason}; input(s) {shared} hold one value for each file (their declared shape), "
+                          f"and the {len(items):,} samples of the others are read one feed each, their file's "
+                          "values in every one", name, "sample(s), a feed each")
     reader.one_sample_feeds = True
     return reader
 

@@ -317,6 +317,55 @@ def test_inputs_that_hold_one_value_for_the_file_go_whole_into_a_feed_per_sample
         list(open_data(tmp_path / "other.npz", model).batches())
 
 
+def _normalizing_model():
+    """x [N, 4] normalized by graph inputs 'mean' and 'std' of fixed shape [1, 4] (tf2onnx's Keras Normalization
+    statistics), then a MatMul to 'logits' [N, 3]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal([4, 3]).astype(np.float32)
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["z"]),
+             helper.make_node("MatMul", ["z", "W"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                     helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 4]),
+                     helper.make_tensor_value_info("std", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_folder_of_files_with_inputs_that_hold_one_value_is_a_feed_per_sample(tmp_path):
+    """Session 36's Left: the one-value inputs were recognised in one .npz, but a folder of such files was a feed per
+    file. Each file's samples are now a feed each, that file's statistics whole in every one (a file of one sample
+    too), labels cut with them; onnxruntime per feed gives each file's outputs on the whole file."""
+    import onnxruntime as ort
+
+    model, rng = _normalizing_model(), np.random.default_rng(3)
+    files = []
+    for k, n in enumerate((5, 1, 3)):
+        arrays = {"x": rng.standard_normal((n, 4)).astype(np.float32), "mean": np.full((1, 4), k, np.float32),
+                  "std": np.full((1, 4), k + 1.0, np.float32), "labels": np.arange(n) % 3}
+        np.savez(tmp_path / f"{k}.npz", **arrays)
+        files.append(arrays)
+    reader = open_data(tmp_path, model)
+    got = list(reader.batches())
+    assert reader.per_feed and reader.one_sample_feeds and len(got) == 9 == reader.num_samples
+    assert "hold one value for each file" in reader.feed_note and "'mean', 'std'" in reader.feed_note
+    assert [float(f["mean"][0, 0]) for f, _ in got] == [0.0] * 5 + [1.0] + [2.0] * 3
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    whole = np.concatenate([sess.run(None, {k: a[k] for k in ("x", "mean", "std")})[0] for a in files])
+    np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]), whole, rtol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]),
+                                  np.concatenate([a["labels"] for a in files]))
+    assert len(list(reader.part(4, holdout=True).batches())) == 3  # samples 0, 4, 8 held out, as in one file
+    np.savez(tmp_path / "3.npz", x=rng.standard_normal((2, 4)).astype(np.float32), mean=np.zeros((2, 4), np.float32),
+             std=np.ones((1, 4), np.float32))  # a mean per sample, not its declared shape: each file a feed, as before
+    reader = open_data(tmp_path, model)
+    assert not getattr(reader, "one_sample_feeds", False) and reader.num_samples == 4
+
+
 def _time_major_mean(steps_name="T"):
     """x [T, N, 4] (no time word in 'T') -> mean over T -> MatMul -> 'logits' [N, 3], as torch names a
     Transformer's batch_first=False input."""
