@@ -56,6 +56,7 @@ from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
+from onnxprune.passes.shapes import conv_pads
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -499,18 +500,9 @@ def _patches(x: np.ndarray, kernel: list, strides: list, dilations: list, pads: 
 
 
 def _pads(node, size, kernel, strides, dilations) -> list[int]:
-    """Explicit [begin…, end…] pads; auto_pad SAME_* / VALID resolved on the input's spatial `size` as the ONNX
-    Conv spec does (SAME: output ceil(size / stride), the odd pad at the end for SAME_UPPER, at the start for
-    SAME_LOWER)."""
-    auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
-    if auto_pad == "NOTSET":
-        return list(_attr(node, "pads", [0] * 2 * len(size)))
-    if auto_pad == "VALID":
-        return [0] * 2 * len(size)
-    total = [max(0, (-(-n // s) - 1) * s + d * (k - 1) + 1 - n) for n, k, s, d in zip(size, kernel, strides, dilations)]
-    small = [t // 2 for t in total]
-    big = [t - h for t, h in zip(total, small)]
-    return small + big if auto_pad == "SAME_UPPER" else big + small
+    """Explicit [begin…, end…] pads, auto_pad resolved on the input's spatial `size` (passes.shapes.conv_pads)."""
+    return conv_pads(_text(_attr(node, "auto_pad", b"NOTSET")), size, kernel, strides, dilations,
+                     _attr(node, "pads", None))
 
 
 def _text(value) -> str:

@@ -193,3 +193,20 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - an op it does not know either: the shapes onnx found stand
         log.debug("symbolic shape inference failed (%s)", exc)
         return model
+
+
+def conv_pads(auto_pad: str, size, kernel, strides, dilations, pads=None) -> list[int]:
+    """A Conv's explicit [begin…, end…] pads on an input of spatial `size`, as the ONNX Conv spec resolves auto_pad:
+    NOTSET the `pads` attribute (zeros if absent), VALID none, SAME_* an output of ceil(size / stride) with the odd
+    pad at the end (SAME_UPPER) or the start (SAME_LOWER). The one reading of it for shape inference
+    (passes/weights), the refit's im2col (converter/reconstruct) and the torch bridge (converter/bridge/ops/nn)."""
+    k = len(size)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max(0, (-(-n // s) - 1) * s + d * (kk - 1) + 1 - n)
+                 for n, kk, s, d in zip(size, kernel, strides, dilations)]
+        small = [t // 2 for t in total]
+        big = [t - h for t, h in zip(total, small)]
+        return small + big if auto_pad == "SAME_UPPER" else big + small
+    if auto_pad == "VALID":
+        return [0] * 2 * k
+    return list(pads) if pads is not None else [0] * 2 * k

@@ -34,7 +34,7 @@ from onnxprune.passes import opfacts
 from onnxprune.passes.opfacts import LAYOUT_OPS as PASS_THROUGH
 from onnxprune.passes.opfacts import LOOKUP_OPS, NORM_OPS, QUANTIZED_HOW, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_nodes, scopes
-from onnxprune.passes.shapes import at_batch, infer_shapes
+from onnxprune.passes.shapes import at_batch, conv_pads, infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
            "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array", "zeros_of"]
@@ -650,13 +650,10 @@ def _conv_out(node, inp, channels) -> list | None:
     k = len(kernel)
     strides, dilations = list(_attr(node, "strides", [1] * k)), list(_attr(node, "dilations", [1] * k))
     auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        sizes = [-(-d // s) for d, s in zip(spatial, strides)]
-    else:
-        pads = list(_attr(node, "pads", [0] * 2 * k)) if auto_pad != "VALID" else [0] * 2 * k
-        sizes = [(d + pads[i] + pads[i + k] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
-                 for i, d in enumerate(spatial)]
+    pads = conv_pads(auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad, spatial, kernel, strides,
+                     dilations, _attr(node, "pads", None))
+    sizes = [(d + pads[i] + pads[i + k] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+             for i, d in enumerate(spatial)]
     return [inp[0], channels, *sizes] if all(d > 0 for d in sizes) else None
 
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 import onnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onnxprune.passes.shapes import BIG, infer_shapes, skeleton
 from tests.passes import _graphs as G
@@ -103,3 +105,38 @@ def test_a_flatten_to_a_computed_shape_gets_its_shapes_from_onnxruntime():
     assert not vi["/dense/MatMul_output_0"].HasField("shape")  # what onnx alone gives: no rank, no dims
     shapes = infer_shapes(m)
     assert shapes["/flatten/Reshape_output_0"] == [None, 144] and shapes["/dense/MatMul_output_0"] == [None, 3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET"]), st.integers(1, 2), st.data())
+def test_conv_pads_are_the_pads_onnxruntime_resolves_auto_pad_to(auto_pad, dims, data):
+    """The one reading of a Conv's auto_pad (shape inference, the refit's im2col and the bridge call it): a Conv with
+    that auto_pad and one with the explicit pads conv_pads gives compute the same values in onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.passes.shapes import conv_pads
+
+    size = [data.draw(st.integers(3, 9)) for _ in range(dims)]
+    kernel = [data.draw(st.integers(1, 3)) for _ in range(dims)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(dims)]
+    same = auto_pad.startswith("SAME")  # onnxruntime: "Dilation not supported for AutoPadType::SAME_*"
+    dilations = [1 if same else data.draw(st.integers(1, 2)) for _ in range(dims)]
+    pads = [data.draw(st.integers(0, 2)) for _ in range(2 * dims)] if auto_pad == "NOTSET" else None
+    if any(n + (p or 0) < d * (k - 1) + 1 for n, k, d, p in zip(size, kernel, dilations, (pads or [0] * dims))):
+        return  # no output position
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal([1, 2, *size]).astype(np.float32)
+    w = numpy_helper.from_array(rng.standard_normal([3, 2, *kernel]).astype(np.float32), "W")
+
+    def run(**attrs):
+        node = helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=kernel, strides=strides, dilations=dilations,
+                                **attrs)
+        graph = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    given_attrs = {"auto_pad": auto_pad} if auto_pad != "NOTSET" else {"pads": pads}
+    explicit = conv_pads(auto_pad, size, kernel, strides, dilations, pads)
+    np.testing.assert_allclose(run(pads=explicit), run(**given_attrs), rtol=1e-5, atol=1e-6)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto
 
+from onnxprune.passes.shapes import conv_pads
+
 from .core import ONNX_TO_TORCH, NodeContext, Tensor, _axis, _lowest, _opt, _static, _torch_pad, register
 
 # --------------------------------------------------------------------------------------------------------------
@@ -52,26 +54,10 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _same_pads(auto_pad: str, in_sizes, kernel, strides, dilations):
-    """SAME_UPPER puts the odd pad at the end, SAME_LOWER at the beginning; output = ceil(in / stride)."""
-    begin, end = [], []
-    for n, k, s, d in zip(in_sizes, kernel, strides, dilations):
-        total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
-        small, big = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else big)
-        end.append(big if auto_pad == "SAME_UPPER" else small)
-    return begin, end
-
-
 def _spatial_pads(attrs: dict, in_sizes, kernel, strides, dilations):
-    nd = len(kernel)
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return _same_pads(auto_pad, in_sizes, kernel, strides, dilations)
-    if auto_pad == "VALID":
-        return [0] * nd, [0] * nd
-    pads = attrs.get("pads", [0] * (2 * nd))
-    return list(pads[:nd]), list(pads[nd:])
+    """(begin, end) pads, auto_pad resolved on the input's spatial sizes (passes.shapes.conv_pads)."""
+    pads = conv_pads(attrs.get("auto_pad", "NOTSET"), list(in_sizes), kernel, strides, dilations, attrs.get("pads"))
+    return pads[:len(kernel)], pads[len(kernel):]
 
 
 def _check_rank(kinds):
