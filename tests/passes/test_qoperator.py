@@ -8,6 +8,7 @@ nothing to prune (sweeps 18 and 29)."""
 from __future__ import annotations
 
 import collections
+import json
 
 import numpy as np
 import onnx
@@ -107,6 +108,26 @@ def test_a_qoperator_model_is_pruned_on_its_grid_and_verified(tmp_path):
     weights = [t for t in out.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
     assert weights and all(np.mean(onnx.numpy_helper.to_array(t) == 0) >= 0.5 for t in weights)  # int8: zp 0
     assert run(out, X).shape == run(m, X).shape
+
+
+def test_a_qoperator_model_kept_unpruned_is_written_as_it_was_given(tmp_path):
+    """Sweep 30's L2: read in its QDQ form, a QOperator model the search kept unpruned was written in that form, a
+    larger file (65.84 KB -> 71.09 KB) for 1.00x. Kept unpruned, its file smaller than the rewritten one, it is written
+    as given (the same bytes, so the same outputs) and the note says why; the figures count the file written."""
+    m = qoperator(tmp_path, G.lenet5(), X, per_channel=True)
+    path, out = tmp_path / "qop.onnx", tmp_path / "out.onnx"
+    onnx.save(m, path)
+    np.savez(tmp_path / "few.npz", **{m.graph.input[0].name: X[:8]})  # 8 samples cannot certify 1 pp: kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
+    assert report["file_size_after"] == report["file_size_before"] == path.stat().st_size
+    assert any("written as it was given" in n for n in report["notes"])
+    np.testing.assert_array_equal(run(onnx.load(out), X), run(m, X))
+    res = invoke("prune", path, "-o", out, "--sparsity", "0.6")  # pruned: its QDQ form, as before
+    assert res.exit_code == 0 and "written as it was given" not in res.output
+    assert ops(onnx.load(out))["DequantizeLinear"] > 0
 
 
 def test_per_channel_layers_of_an_opset_below_13_are_left_as_they_are(tmp_path):
