@@ -31,11 +31,12 @@ Weights inside If branches and Loop bodies are refit too: their inputs and dense
 bodies as extra outputs (converter/reconstruct_bodies.py: a branch that did not run gives 0 rows, a Loop stacks
 its iterations as rows), on temporary copies; the model keeps its graph.
 
+A weight that is a MatMul's first operand, W [*b, M, K] @ X [..., *b, K, N], is the least-squares problem over X's
+columns, one per matrix of W's batch axes (`Layer.first`); a Gemm's first operand likewise, op(A) [M, K] over op(B)'s
+columns [K, N] (its C kept as is and subtracted from the target: it adds to Y by broadcasting, not per row).
+
 Left as they are (said in the report): weights in Scan bodies and If-in-Loop bodies, weights reached through
-Reshape/Gather chains,
-weights that are a Gemm's first operand (a MatMul's is refit: W [*b, M, K] @ X [..., *b, K, N] is the least-squares
-problem over X's columns, one per matrix of W's batch axes), a ConvTranspose with
-auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads
+Reshape/Gather chains, a ConvTranspose with auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads
 from its captured input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`:
 its input with stride - 1 zeros between positions, its weight with the channels swapped and the kernel flipped).
 """
@@ -164,8 +165,9 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             continue
         layer = Layer(w.name, node, _own_bias(node, inits, users), node.input[0], transposed=bool(w.via),
                       scope=place.scope, kernel=tuple(_attr(node, "kernel_shape", None) or w.shape[2:]))
-        if w.input_index == 0:  # W @ X (_unsupported lets only a MatMul's through)
+        if w.input_index == 0:  # W @ X (_unsupported lets only a MatMul's and a Gemm's through)
             layer.x, layer.first, layer.batch = node.input[1], True, _first_batch(w.shape)
+            layer.bias = None  # a Gemm's C adds to Y [M, N] by broadcasting, no intercept per row: kept as is
         if w.scope or w.readers > 1:  # an If branch's twin, or a tied weight's other readers in one graph
             why = _twins(layer, w, every, where)
             if why:
@@ -271,6 +273,8 @@ def _unsupported(w, node, producers) -> str | None:
         return "reached through " + "/".join(w.via) + "; left as pruned"
     if w.input_index == 0 and node.op_type == "MatMul" and not w.via and len(w.shape) >= 2:
         return None  # W @ X: refit over X's columns (Layer.first)
+    if w.input_index == 0 and node.op_type == "Gemm" and not w.via and len(w.shape) == 2:
+        return None  # op(A) op(B) with the weight A: the same, op(B) [K, N] (Layer.first, _rows)
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
@@ -407,7 +411,8 @@ def waves(model: onnx.ModelProto, layers: list[Layer]) -> list[list[Layer]]:
 def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(X rows, T rows): one row per output position, X over the weight's input axis (im2col for Conv)."""
     op = layer.node.op_type
-    if layer.first:
+    if layer.first:  # a Gemm's op(B) is [K, N]: B itself, or B [N, K] transposed (transB)
+        x = x.T if op == "Gemm" and _attr(layer.node, "transB", 0) else x
         return _first_rows(layer, x, y)
     if op == "Gemm":  # A [K, M] with transA=1 (a hand-written Gemm, sweep 31): its rows are A's columns
         x = x.reshape(x.shape[0], -1).T if _attr(layer.node, "transA", 0) else x.reshape(x.shape[0], -1)
@@ -512,8 +517,8 @@ def _text(value) -> str:
 def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
     """[outputs, inputs] view of the stored weight (Gemm transB, MatMul [K, N] or [N, K] via Transpose, Conv)."""
     op = layer.node.op_type
-    if layer.first:  # [*b, M, K] -> [b·M, K]: group g's rows together (_first_rows' columns)
-        return w.reshape(-1, w.shape[-1])
+    if layer.first:  # [*b, M, K] -> [b·M, K]: group g's rows together (_first_rows' columns); a Gemm's A [K, M]
+        return w.T if op == "Gemm" and _attr(layer.node, "transA", 0) else w.reshape(-1, w.shape[-1])  # (transA)
     if op == "Gemm":
         return w if _attr(layer.node, "transB", 0) else w.T
     if op == "MatMul":
@@ -527,6 +532,8 @@ def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
 
 
 def _store(layer: Layer, matrix: np.ndarray, shape: tuple) -> np.ndarray:
+    if layer.first and layer.node.op_type == "Gemm":
+        return _weight_matrix(layer, matrix)  # a transpose (transA) or none: its own inverse
     if layer.node.op_type == "Conv" or layer.first:
         return matrix.reshape(shape)
     if layer.node.op_type == "ConvTranspose":  # _weight_matrix's inverse

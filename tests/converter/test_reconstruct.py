@@ -163,6 +163,40 @@ def test_a_gemm_with_trans_a_is_refit_over_its_input_s_columns():
     _refit_lowers_the_error(pruned, dense, masks, ["w2"])
 
 
+@pytest.mark.parametrize("trans_a,alpha,beta", [(0, 1.0, 1.0), (1, 2.0, 0.5)], ids=["plain", "transA-alpha-beta"])
+def test_a_weight_that_is_a_gemms_first_operand_is_refit(trans_a, alpha, beta):
+    """Sweep 31's L1: Gemm(W, x, C, transB=1), the weight as the first operand A (a hand-written `W @ x.T + C`), was
+    pruned and left ("first operand of Gemm"). It is refit as a MatMul's first operand, op(A) [M, K] over op(B)'s
+    columns; alpha divides the target, and beta * C [M, 1], which adds by broadcasting, is kept and subtracted."""
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((12, 10)) / np.sqrt(10)).astype(np.float32)
+    w2 = (rng.standard_normal((6, 12)) / np.sqrt(12)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["w1", "x", "b1"], ["h0"], transA=trans_a, transB=1, alpha=alpha, beta=beta,
+                              name="first"),  # [12, N]
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transA=1, transB=1, name="second")]
+    inits = [numpy_helper.from_array(w1.T.copy() if trans_a else w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(rng.standard_normal((12, 1)).astype(np.float32) * 0.1, "b1"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32) * 0.1, "b2")]
+    graph = helper.make_graph(nodes, "first_gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    check_full(dense)
+    masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
+    report = ReconstructReport()
+    reconstruct(dense, dense, masks, feeds_for(dense, 2, 16, seed=0), report=report)
+    assert report.refit["w1"]["error_before"] < 1e-9 * max(report.refit["w1"]["target"], 1.0)  # the rows are exact
+    pruned, masks = prune(dense, 0.6)
+    _refit_lowers_the_error(pruned, dense, masks, ["w1", "w2"])
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 16, seed=0))
+    assert weight_array(refit, "b1").tolist() == weight_array(dense, "b1").tolist()  # C kept as it was
+    report = ReconstructReport()  # the search's own masks (select): in the stored layout, as many weights kept
+    chosen = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 16, seed=0), report=report, select=True)
+    assert report.masks["w1"].shape == masks["w1"].shape and report.masks["w1"].sum() == masks["w1"].sum()
+    assert not weight_array(chosen, "w1")[~report.masks["w1"]].any()
+    check_full(chosen)
+
+
 # weights inside If branches and Loop bodies: tests/converter/test_reconstruct_bodies.py
 
 
