@@ -278,25 +278,31 @@ def test_a_stacked_file_with_scalars_and_a_fixed_batch_is_a_feed_per_batch(tmp_p
     assert [f["x"].shape[0] for f, _ in open_data(tmp_path / "odd.npz", _flag_model(4)).batches()] == [4, 4]
 
 
-def test_inputs_that_hold_one_value_for_the_file_go_whole_into_a_feed_per_sample(tmp_path):
-    """Sweep 31's L2: tf2onnx made a Keras Normalization layer's statistics graph inputs [1, 8]; a file of 250 images
-    beside them was one feed, and only the one-shot search ran. An array with exactly its input's fixed declared
-    shape goes whole into every feed, and the samples the other inputs stack on their dynamic batch are a feed each
-    (labels cut with them), so the search splits, retrains and decides on samples; the outputs are the file's."""
+def _normalizing_model():
+    """x [N, 4] normalized by graph inputs 'mean' and 'std' of fixed shape [1, 4] (tf2onnx's Keras Normalization
+    statistics), then a MatMul to 'logits' [N, 3]."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    w = np.random.default_rng(0).standard_normal([4, 3]).astype(np.float32)
     nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["z"]),
              helper.make_node("MatMul", ["z", "W"], ["logits"])]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
                      helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 4]),
                      helper.make_tensor_value_info("std", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(rng.standard_normal([4, 3]).astype(np.float32), "W")])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "W")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_inputs_that_hold_one_value_for_the_file_go_whole_into_a_feed_per_sample(tmp_path):
+    """Sweep 31's L2: tf2onnx made a Keras Normalization layer's statistics graph inputs [1, 8]; a file of 250 images
+    beside them was one feed, and only the one-shot search ran. An array with exactly its input's fixed declared
+    shape goes whole into every feed, and the samples the other inputs stack on their dynamic batch are a feed each
+    (labels cut with them), so the search splits, retrains and decides on samples; the outputs are the file's."""
+    model, rng = _normalizing_model(), np.random.default_rng(0)
     x = rng.standard_normal((10, 4)).astype(np.float32)
     mean, std = np.full((1, 4), 0.5, np.float32), np.full((1, 4), 2.0, np.float32)
     np.savez(tmp_path / "d.npz", x=x, mean=mean, std=std, labels=np.arange(10) % 3)
@@ -315,25 +321,6 @@ def test_inputs_that_hold_one_value_for_the_file_go_whole_into_a_feed_per_sample
     np.savez(tmp_path / "other.npz", x=x, mean=np.zeros((2, 4), np.float32), std=std)  # not its declared shape
     with pytest.raises(CalibrationError):
         list(open_data(tmp_path / "other.npz", model).batches())
-
-
-def _normalizing_model():
-    """x [N, 4] normalized by graph inputs 'mean' and 'std' of fixed shape [1, 4] (tf2onnx's Keras Normalization
-    statistics), then a MatMul to 'logits' [N, 3]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).standard_normal([4, 3]).astype(np.float32)
-    nodes = [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["z"]),
-             helper.make_node("MatMul", ["z", "W"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
-                     helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 4]),
-                     helper.make_tensor_value_info("std", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def test_a_folder_of_files_with_inputs_that_hold_one_value_is_a_feed_per_sample(tmp_path):

@@ -141,22 +141,30 @@ def test_weights_that_are_a_matmuls_first_operand_are_refit(w_shape, x_shape):
     assert not report.skipped
 
 
-def test_a_gemm_with_trans_a_is_refit_over_its_input_s_columns():
-    """Sweep 31's L1: a hand-written Gemm reading its activation transposed (`Gemm(h [K, N], W [M, K], transA=1,
-    transB=1)`, after a layer that computes [K, N]) was "has transA=1; left as pruned". Its rows are A's columns."""
-    rng = np.random.default_rng(0)
+def _two_gemms(trans_a=0, alpha=1.0, beta=1.0, seed=0) -> onnx.ModelProto:
+    """Gemm(w1, x, b1 [12, 1], transB=1): the weight is the first operand A (stored [K, M] with transA), h [12, N]
+    -> Relu -> Gemm(h, w2, b2, transA=1, transB=1): the activation read transposed, y [N, 6]."""
+    rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((12, 10)) / np.sqrt(10)).astype(np.float32)
     w2 = (rng.standard_normal((6, 12)) / np.sqrt(12)).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["w1", "x", "b1"], ["h0"], transB=1, name="first"),  # [12, N]
+    nodes = [helper.make_node("Gemm", ["w1", "x", "b1"], ["h0"], transA=trans_a, transB=1, alpha=alpha, beta=beta,
+                              name="first"),  # [12, N]
              helper.make_node("Relu", ["h0"], ["h"], name="relu"),
              helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transA=1, transB=1, name="second")]
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+    inits = [numpy_helper.from_array(w1.T.copy() if trans_a else w1, "w1"), numpy_helper.from_array(w2, "w2"),
              numpy_helper.from_array(rng.standard_normal((12, 1)).astype(np.float32) * 0.1, "b1"),
              numpy_helper.from_array(rng.standard_normal(6).astype(np.float32) * 0.1, "b2")]
-    graph = helper.make_graph(nodes, "trans_a", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+    graph = helper.make_graph(nodes, "two_gemms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
     dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     check_full(dense)
+    return dense
+
+
+def test_a_gemm_with_trans_a_is_refit_over_its_input_s_columns():
+    """Sweep 31's L1: a hand-written Gemm reading its activation transposed (`Gemm(h [K, N], W [M, K], transA=1,
+    transB=1)`, after a layer that computes [K, N]) was "has transA=1; left as pruned". Its rows are A's columns."""
+    dense = _two_gemms()
     pruned, masks = prune(dense, 0.6)
     masks = {"w2": masks["w2"]}
     pruned = zero_weights(dense, masks)
@@ -168,20 +176,7 @@ def test_a_weight_that_is_a_gemms_first_operand_is_refit(trans_a, alpha, beta):
     """Sweep 31's L1: Gemm(W, x, C, transB=1), the weight as the first operand A (a hand-written `W @ x.T + C`), was
     pruned and left ("first operand of Gemm"). It is refit as a MatMul's first operand, op(A) [M, K] over op(B)'s
     columns; alpha divides the target, and beta * C [M, 1], which adds by broadcasting, is kept and subtracted."""
-    rng = np.random.default_rng(1)
-    w1 = (rng.standard_normal((12, 10)) / np.sqrt(10)).astype(np.float32)
-    w2 = (rng.standard_normal((6, 12)) / np.sqrt(12)).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["w1", "x", "b1"], ["h0"], transA=trans_a, transB=1, alpha=alpha, beta=beta,
-                              name="first"),  # [12, N]
-             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
-             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transA=1, transB=1, name="second")]
-    inits = [numpy_helper.from_array(w1.T.copy() if trans_a else w1, "w1"), numpy_helper.from_array(w2, "w2"),
-             numpy_helper.from_array(rng.standard_normal((12, 1)).astype(np.float32) * 0.1, "b1"),
-             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32) * 0.1, "b2")]
-    graph = helper.make_graph(nodes, "first_gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
-    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    check_full(dense)
+    dense = _two_gemms(trans_a, alpha, beta, seed=1)
     masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(dense).prunable}
     report = ReconstructReport()
     reconstruct(dense, dense, masks, feeds_for(dense, 2, 16, seed=0), report=report)
