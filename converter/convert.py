@@ -118,6 +118,10 @@ def _input_as_given(model, output: Path, report: dict, protect) -> None:
     given = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     modelio.save_model(given, output, protect=protect)
     rewritten, report["file_size_after"] = report["file_size_after"], modelio.saved_size(output)
+    if "storage" in report:
+        from onnxprune.passes.storage import describe_model
+
+        report["storage"] = describe_model(given)  # per weight, as written
     report.setdefault("notes", []).append(
         f"the input model is written as it was given: nothing was pruned, and its file ({nbytes(report['file_size_after'])}) "
         f"is smaller than the rewritten one ({nbytes(rewritten)})")

@@ -124,6 +124,10 @@ def test_a_qoperator_model_kept_unpruned_is_written_as_it_was_given(tmp_path):
     assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
     assert report["file_size_after"] == report["file_size_before"] == path.stat().st_size
     assert any("written as it was given" in n for n in report["notes"])
+    from onnxprune.passes.storage import describe_model
+
+    assert report["storage"] == describe_model(m)  # the storage described is the file's (its QLinear ops' weights:
+    # none in a storage format)
     np.testing.assert_array_equal(run(onnx.load(out), X), run(m, X))
     res = invoke("prune", path, "-o", out, "--sparsity", "0.6")  # pruned: its QDQ form, as before
     assert res.exit_code == 0 and "written as it was given" not in res.output
