@@ -210,24 +210,26 @@ def stacked_batches(shapes: dict[str, tuple], specs: list[InputSpec]) -> int | N
     return b if b is not None and b >= 1 and n > b else None
 
 
-def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 2) -> tuple[int, list[str]] | None:
+def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 2,
+                 time_major: dict[str, str] | None = None) -> tuple[int, list[str]] | None:
     """(N, the shared inputs) when a file's inputs differ on their first axis only because some hold one value for
     the whole file: each such array has exactly its input's declared shape, every dim of it fixed (a scalar, or the
     [1, 1, 1, 1] statistics tf2onnx makes graph inputs of a Keras Normalization layer), while every other input
     stacks N > 1 samples on a symbolic first axis at its declared rank (and any further array, the labels, has N
     rows). Each sample is then a feed, the shared arrays whole in every one. Read as one feed, sweep 31's Keras
     model (two such statistics beside 250 images) could only be pruned one-shot, on the samples that judged it
-    (1.00x). `least`: the fewest samples that make a stack (a folder's file may hold one: `least=1`). None
-    otherwise."""
+    (1.00x). A time-major input stacks its samples on axis 1 ([T, N, C]: its axis 0 is time, never cut). `least`:
+    the fewest samples that make a stack (a folder's file may hold one: `least=1`). None otherwise."""
     shared, counts = [], set()
     for s in specs:
         shape = shapes.get(s.name)
+        axis = 1 if s.name in (time_major or {}) else 0
         if shape is None or s.kind != "tensor":
             return None
         if all(d is not None for d in s.shape) and tuple(shape) == tuple(s.shape):
             shared.append(s.name)
-        elif s.shape and s.shape[0] is None and len(shape) == len(s.shape):
-            counts.add(shape[0])
+        elif len(s.shape) > axis and s.shape[axis] is None and len(shape) == len(s.shape):
+            counts.add(shape[axis])
         else:
             return None
     if not shared or len(counts) != 1:

@@ -343,7 +343,7 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
         reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs, time_major)
         if reason:
             name = f"folder '{folder.name}/' ({len(files)} files)"
-            return (_shared_folder_reader(files, specs, labels, limit, reason, name)
+            return (_shared_folder_reader(files, specs, labels, limit, reason, name, time_major or {})
                     or _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason, name))
 
     def load(p: Path) -> Chunk:
@@ -402,25 +402,25 @@ def _stack_reader(arrays, shapes, specs, labels, limit, reason, time_major, name
     inputs that hold one value (`_shared_reader`) or of a time-major model (`_time_major_reader`); else None."""
     if not reason:
         return None
-    found = _shared_reader(arrays, shapes, specs, labels, limit, reason, name)
+    found = _shared_reader(arrays, shapes, specs, labels, limit, reason, name, time_major or {})
     if found is None:
         found = _time_major_reader(arrays, shapes, specs, labels, limit, reason, time_major, name)
     return found
 
 
 def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str, tuple], specs, labels, limit,
-                   reason: str, name: str) -> DataReader | None:
-    """Inputs that hold one value for the file (feeds.shared_stack) beside N samples stacked on a dynamic batch, read
-    as N feeds of one sample each, those inputs' arrays whole in every one, the arrays read once; None when the
-    arrays are no such stack."""
-    found = shared_stack(shapes, specs)
+                   reason: str, name: str, time_major: dict[str, str]) -> DataReader | None:
+    """Inputs that hold one value for the file (feeds.shared_stack) beside N samples stacked on a dynamic batch (axis
+    1 of a time-major input), read as N feeds of one sample each, those inputs' arrays whole in every one, the arrays
+    read once; None when the arrays are no such stack."""
+    found = shared_stack(shapes, specs, time_major=time_major)
     if not found:
         return None
     n, shared = found
     whole = _loaded_once(arrays)
 
     def load(i: int) -> dict[str, np.ndarray]:
-        return {k: (v if k in shared else v[i:i + 1]) for k, v in whole().items()}
+        return _sample(whole(), i, shared, time_major)
 
     reader = _feed_reader(FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}"), specs, labels, limit,
                           f"{reason}; input(s) {shared} hold one value for the file (their declared shape), and its "
@@ -430,11 +430,18 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
     return reader
 
 
-def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, name: str) -> DataReader | None:
+def _sample(arrays: dict[str, np.ndarray], i: int, shared, time_major: dict[str, str]) -> dict[str, np.ndarray]:
+    """Sample i of a stack as a feed: the shared arrays whole, a time-major input's [T, 1, ...] (axis 1), the
+    others' (the labels too) [1, ...]."""
+    return {k: (v if k in shared else v[:, i:i + 1] if k in time_major else v[i:i + 1]) for k, v in arrays.items()}
+
+
+def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, name: str,
+                          time_major: dict[str, str]) -> DataReader | None:
     """A folder whose every file is a stack beside inputs that hold one value for that file (feeds.shared_stack, a
     file of one sample too), read as a feed per sample of every file, each file's shared arrays whole in its
     samples' feeds; one file's arrays held at a time. None when any file is no such stack (each file a feed)."""
-    found = [shared_stack(npz_shapes(p) or {}, specs, least=1) for p in files]
+    found = [shared_stack(npz_shapes(p) or {}, specs, least=1, time_major=time_major) for p in files]
     if not all(found) or all(n == 1 for n, _ in found):
         return None
     shared = sorted({s for _, names in found for s in names})
@@ -445,7 +452,7 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
         if held.get("path") != path:
             held.clear()
             held.update(path=path, arrays=_npz_arrays(path))
-        return {k: (v if k in names else v[i:i + 1]) for k, v in held["arrays"].items()}
+        return _sample(held["arrays"], i, names, time_major)
 
     items = [(p, i, names) for p, (n, names) in zip(files, found) for i in range(n)]
     reader = _feed_reader(FeedSource(items, load, lambda it: f"{it[0].name}, sample {it[1]}"), specs, labels,
@@ -467,7 +474,7 @@ def _time_major_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict
     whole = _loaded_once(arrays)
 
     def load(i: int) -> dict[str, np.ndarray]:
-        return {k: (v[:, i:i + 1] if k in time_major else v[i:i + 1]) for k, v in whole().items()}
+        return _sample(whole(), i, (), time_major)
 
     reader = _feed_reader(FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}"), specs, labels, limit,
                           f"{reason}; its {n:,} samples (axis 1) are read one feed each", name,

@@ -368,6 +368,36 @@ def _time_major_mean(steps_name="T"):
     return model
 
 
+def test_a_time_major_stack_beside_an_input_that_holds_one_value_is_cut_along_its_samples_not_time(tmp_path):
+    """x [T, N, 4] of a time-major model beside a scalar 'scale': the one-value reading (shared_stack) took x's first
+    axis, time, for its samples and cut 20 steps into 20 "samples". The samples are on x's axis 1: 6 feeds of
+    [20, 1, 4], the scalar in each, in one file, a dict of arrays, or each file of a folder; onnxruntime per feed
+    gives the whole file's outputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = _time_major_mean()
+    g = model.graph
+    g.node[0].output[0] = "m0"
+    g.node.insert(1, helper.make_node("Mul", ["m0", "scale"], ["m"]))
+    g.input.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, []))
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(4)
+    x, scale = rng.standard_normal((20, 6, 4)).astype(np.float32), np.array(3.0, np.float32)
+    np.savez(tmp_path / "one.npz", x=x, scale=scale)
+    (tmp_path / "folder").mkdir()
+    np.savez(tmp_path / "folder" / "a.npz", x=x[:, :4], scale=scale)
+    np.savez(tmp_path / "folder" / "b.npz", x=x[:, 4:], scale=scale)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    whole = sess.run(None, {"x": x, "scale": scale})[0]
+    for source in (tmp_path / "one.npz", {"x": x, "scale": scale}, tmp_path / "folder"):
+        reader = open_data(source, model)
+        got = list(reader.batches())
+        assert reader.per_feed and reader.one_sample_feeds and len(got) == 6, source
+        assert all(f["x"].shape == (20, 1, 4) and f["scale"].shape == () for f, _ in got)
+        np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]), whole, rtol=1e-6)
+
+
 def test_an_input_whose_later_axis_is_the_outputs_batch_is_time_major_and_never_cut_along_time():
     """Sweep 20: torch's nn.TransformerEncoder with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]:
     'T' is no time word, so a [28, 2000, 28] file was read as 28 samples, cut along T, and onnxruntime refused it;
