@@ -408,7 +408,7 @@ def _parse_levels(text: str | None):
     "--sparse-format",
     type=click.Choice(list(SPARSE_FORMATS)),
     default="constant",
-    show_default=True,
+    show_default="constant, or compact for a model stored compact",
     help="How pruned weights are stored (see README); compact: smallest exact encoding per weight, decoded by "
          "standard ops onnxruntime folds at load.",
 )

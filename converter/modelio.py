@@ -53,6 +53,7 @@ class LoadedModel:
     storage: dict[str, dict] = field(default_factory=dict)  # weight -> how the file stored it (encoding, bytes)
     named: list[str] = field(default_factory=list)  # node names the run gave (steps/load.py), taken off when written
     inlined: list[str] = field(default_factory=list)  # model-local functions inlined at load (inline_functions)
+    formats: list[str] = field(default_factory=list)  # storage formats it held that a run keeps (storage.kept_formats)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -106,14 +107,14 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
     _check_tensor_data(model, path)
     if check:
         check_model(model, where=str(path))
-    storage_info = storage.describe_model(model)
+    storage_info, formats = storage.describe_model(model), storage.kept_formats(model)
     had_sparse = densify_sparse(model)
     if had_sparse:
         log.info("densified %d sparse tensor(s) of %s before any graph pass", len(had_sparse), path)
     model, inlined = inline_functions(model)
     constant_tensors(model)
     return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse,
-                       storage=storage_info, inlined=inlined)
+                       storage=storage_info, inlined=inlined, formats=formats)
 
 
 def not_onnx(path: Path) -> None:
@@ -195,12 +196,12 @@ def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
     _check_declared_sizes(model, "<in-memory model>")
     if check:
         check_model(model, where="<in-memory model>")
-    storage_info = storage.describe_model(model)
+    storage_info, formats = storage.describe_model(model), storage.kept_formats(model)
     had_sparse = densify_sparse(model)
     model, inlined = inline_functions(model)
     constant_tensors(model)
     return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse,
-                       storage=storage_info, inlined=inlined)
+                       storage=storage_info, inlined=inlined, formats=formats)
 
 
 def inline_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:

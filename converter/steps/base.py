@@ -62,6 +62,7 @@ class RunState:
     params_after_shrink: int | None = None
     nonzeros_after_shrink: int | None = None  # the written layers' nonzeros (a removed neuron's weights are gone)
     final: onnx.ModelProto | None = None  # encoded: what gets written
+    sparse_format: str | None = None  # how `final` stores its pruned weights (--sparse-format, or the input's own)
     parity: Any = None  # converter.verify.Parity
     metrics: dict | None = None  # the metric before/after on each data set
     final_outputs: list | None = None  # the calibration set's scored outputs of `final`, per batch (measure: the

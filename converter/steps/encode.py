@@ -25,10 +25,10 @@ from onnxprune.passes.weights import constant_tensors, find_prunable, unname_nod
 
 @dataclass
 class EncodeConfig(StepConfig):
-    sparse_format: str = "constant"
+    sparse_format: str | None = None  # None: the input's own kept format (storage.kept_formats), else DEFAULT_FORMAT
 
     def validate(self) -> None:
-        if self.sparse_format not in FORMATS:
+        if self.sparse_format is not None and self.sparse_format not in FORMATS:
             raise ConfigError(f"--sparse-format '{self.sparse_format}' is not one of {', '.join(FORMATS)}.")
 
 
@@ -61,10 +61,10 @@ class EncodeStep(Step):
         names = [w.name for w in state.inventory.prunable if w.name in present]
         from onnxprune.converter.steps.verify import parity_feeds
 
-        final, raise_failed = raised_for_storage(final, names, self.config.sparse_format, state.prune.notes,
-                                                 lambda: parity_feeds(state, 1))
-        run_passes([SparseEncode(names, self.config.sparse_format)], final, state.prune)
-        if self.config.sparse_format in COO_FORMATS and not raise_failed:  # compact would need the raise that failed
+        fmt = state.sparse_format = self.config.sparse_format or self._input_format(state)
+        final, raise_failed = raised_for_storage(final, names, fmt, state.prune.notes, lambda: parity_feeds(state, 1))
+        run_passes([SparseEncode(names, fmt)], final, state.prune)
+        if fmt in COO_FORMATS and not raise_failed:  # compact would need the raise that failed
             note = dense_kept_note(final, names)
             if note:
                 state.prune.notes.append(note)
@@ -72,6 +72,19 @@ class EncodeStep(Step):
         state.final = final
 
 
+    @staticmethod
+    def _input_format(state: RunState) -> str:
+        """DEFAULT_FORMAT, or the format the input itself stored weights in where a run keeps it (compact: a model
+        pruned with --sparse-format compact and pruned again had grown 333 KB -> 585 KB in the default's COO)."""
+        kept = state.loaded.formats if state.loaded is not None else []
+        if not kept:
+            return DEFAULT_FORMAT
+        state.prune.notes.append(f"pruned weights are stored in the input's own format, --sparse-format {kept[0]} "
+                                 f"(--sparse-format {DEFAULT_FORMAT} for the default)")
+        return kept[0]
+
+
+DEFAULT_FORMAT = "constant"  # without --sparse-format, and an input stored in no kept format
 COO_FORMATS = ("constant", "initializer")
 # the lowest opset each format's ops exist at: "constant"'s scatter chain (passes/storage/coo.py), compact's decoder
 # (CumSum, ScatterND, BitShift); "initializer" (a sparse initializer) and "dense" at any

@@ -164,8 +164,8 @@ class QuantizeStep(Step):
         from onnxprune.converter.steps.encode import EncodeStep
         from onnxprune.converter.steps.shrink import ShrinkStep
 
-        scratch = RunState(source=None, pruned=model, inventory=state.inventory,
-                           prune=PruneState(masks=dict(state.prune.masks)))
+        scratch = RunState(source=None, pruned=model, inventory=state.inventory, loaded=state.loaded,
+                           prune=PruneState(masks=dict(state.prune.masks)))  # loaded: the input's own format
         ShrinkStep(self.shrink).run(scratch)
         EncodeStep(self.encode).run(scratch)
         return scratch.final

@@ -41,7 +41,7 @@ class ReportStep(Step):
             "nonzeros_after_shrink": state.nonzeros_after_shrink,
             "file_size_before": state.loaded.file_size,
             "file_size_after": state.final.ByteSize(),
-            "sparse_format": state.config.encode.sparse_format if state.config is not None else None,
+            "sparse_format": state.sparse_format,
             "criterion": state.scoring.criterion if state.scoring is not None else None,
             "weight_bits": state.config.quantize.weight_bits if state.config is not None else None,
             "storage": describe_model(state.final),  # per weight: encoding, bytes, nonzeros

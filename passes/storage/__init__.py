@@ -29,6 +29,7 @@ class StorageFormat:
     encode: Callable[[onnx.ModelProto, list[str], PruneState], list[str]]
     decode: Callable[[onnx.ModelProto], list[str]]
     describe: Callable[[onnx.ModelProto], dict[str, dict]]
+    kept: bool = False  # an input stored in this format is written in it again unless --sparse-format says otherwise
 
 
 FORMATS: dict[str, StorageFormat] = {}
@@ -47,6 +48,12 @@ def decode_model(model: onnx.ModelProto) -> list[str]:
     for decode in dict.fromkeys(f.decode for f in FORMATS.values()):  # one call per distinct decoder
         names += decode(model)
     return names
+
+
+def kept_formats(model: onnx.ModelProto) -> list[str]:
+    """The formats marked `kept` that hold weights of `model` (read before it is decoded): a model pruned with
+    --sparse-format compact and pruned again is written compact by default, not grown into the default's COO."""
+    return [f.name for f in FORMATS.values() if f.kept and f.describe(model)]
 
 
 def describe_model(model: onnx.ModelProto) -> dict[str, dict]:

@@ -184,4 +184,4 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     return out
 
 
-register_format(StorageFormat("compact", encode, decode, describe))
+register_format(StorageFormat("compact", encode, decode, describe, kept=True))

@@ -86,6 +86,32 @@ def test_prune_accepts_a_compact_file_and_writes_one(tmp_path):
     assert {v["encoding"] for v in report["storage"].values()}
 
 
+def test_a_compact_file_pruned_again_is_written_compact_unless_told_otherwise(tmp_path):
+    """A model pruned with --sparse-format compact and pruned again without the flag was written in the default's
+    COO, larger than its input (the shipped LeNet-5 at 0.8, then --data --max-loss 1: 333 KB -> 585 KB). The input's
+    own compact format is the default for it (said in a note, and in report.json's sparse_format); --sparse-format
+    constant still chooses COO. Both files compute the same in onnxruntime and pass the full check."""
+    _, _, path = _compact_file(tmp_path)
+    outs = {}
+    for flag in ((), ("--sparse-format", "constant")):
+        out = tmp_path / f"again{len(flag)}.onnx"
+        res = invoke("prune", path, "-o", out, "--sparsity", "0.97", *flag, "--json")
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.output)
+        onnx.checker.check_model(onnx.load(out), full_check=True)
+        outs[report["sparse_format"]] = (out, report)
+    (kept, report), (coo, other) = outs["compact"], outs["constant"]
+    assert "fc1.weight" in compact.read_records(onnx.load(kept)) and not compact.read_records(onnx.load(coo))
+    assert any("the input's own format, --sparse-format compact" in n for n in report["notes"])
+    assert not any("own format" in n for n in other["notes"])
+    assert report["file_size_after"] < min(other["file_size_after"], report["file_size_before"])
+    assert_same_outputs(onnx.load(coo), onnx.load(kept))  # the files as written, decoded by onnxruntime
+    dense = tmp_path / "dense.onnx"  # an input stored in no kept format: the default, as before
+    modelio.save_model(_pruned("lenet300_like", 0.5)[0], dense)
+    res = invoke("prune", dense, "-o", tmp_path / "d.onnx", "--sparsity", "0.9", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["sparse_format"] == "constant"
+
+
 def test_weight_bits_oracle_is_the_quantized_dense_model_and_metrics_come_from_the_final_file(tmp_path):
     model = builders.lenet300_like(hidden=(64, 32))
     res = run(model, configure(sparsity=0.9, sparse_format="compact", weight_bits=4, neurons=False))
