@@ -13,6 +13,7 @@ from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_
 from onnxprune.converter.steps.prune import copy_model
 from onnxprune.converter.summary import layer_rows, totals
 from onnxprune.errors import ConfigError
+from onnxprune.plain import listed
 from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.scopes import FLOAT_TYPES, constant_homes
@@ -64,6 +65,9 @@ class EncodeStep(Step):
         fmt = state.sparse_format = self.config.sparse_format or self._input_format(state)
         final, raise_failed = raised_for_storage(final, names, fmt, state.prune.notes, lambda: parity_feeds(state, 1))
         run_passes([SparseEncode(names, fmt)], final, state.prune)
+        note = codebooks_dropped_note(state, final)
+        if note:
+            state.prune.notes.append(note)
         if fmt in COO_FORMATS and not raise_failed:  # compact would need the raise that failed
             note = dense_kept_note(final, names)
             if note:
@@ -82,6 +86,27 @@ class EncodeStep(Step):
         state.prune.notes.append(f"pruned weights are stored in the input's own format, --sparse-format {kept[0]} "
                                  f"(--sparse-format {DEFAULT_FORMAT} for the default)")
         return kept[0]
+
+
+def codebooks_dropped_note(state: RunState, final) -> str | None:
+    """Weights the input stored on n-bit codebooks (an earlier run's --weight-bits n) that `final` stores as plain
+    float32 values (a refit or retraining moved them off, or a format without codebooks): the file can grow (the
+    shipped LeNet-5 at 0.8, 4-bit codebooks, compact, 86.6 KB, pruned again by --data --max-loss 1: 2.64x fewer
+    weights, 138 KB). Said, with the flag that writes codebooks again; None otherwise."""
+    from onnxprune.passes.storage import describe_model
+
+    stored = state.loaded.storage if state.loaded is not None else {}
+    coded = {k: v["codebook_bits"] for k, v in stored.items() if v.get("codebook_bits")}
+    if not coded:
+        return None
+    written = describe_model(final)
+    dropped = sorted(k for k in coded if k in written and not written[k].get("codebook_bits"))
+    if not dropped:
+        return None
+    bits = max(coded[k] for k in dropped)
+    return (f"the input stored {listed(dropped, 2)} on {bits}-bit codebooks (--weight-bits); this run writes "
+            f"{'them' if len(dropped) > 1 else 'it'} as float32 values: --weight-bits {bits} writes codebooks again "
+            "(their change measured within the budget)")
 
 
 DEFAULT_FORMAT = "constant"  # without --sparse-format, and an input stored in no kept format

@@ -181,6 +181,8 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
         size += sum(n.ByteSize() for n in model.graph.node if any(_owner(o, {name: rec}) for o in n.output))
         encoding = rec["index"] if rec["index"] == "zeros" else f"{rec['index']}+{rec['values']}{rec['bits'] or ''}"
         out[name] = {"encoding": encoding, "bytes": size, "nonzeros": rec["nonzeros"]}
+        if rec["values"] == "codebook":
+            out[name]["codebook_bits"] = rec["bits"]  # its values are 2**bits shared floats (--weight-bits)
     return out
 
 
