@@ -123,8 +123,8 @@ def _input_as_given(model, output: Path, report: dict, protect) -> None:
 
         report["storage"] = describe_model(given)  # per weight, as written
     report.setdefault("notes", []).append(
-        f"the input model is written as it was given: nothing was pruned, and its file ({nbytes(report['file_size_after'])}) "
-        f"is smaller than the rewritten one ({nbytes(rewritten)})")
+        f"the input model is written as it was given: nothing was pruned, and its file "
+        f"({nbytes(report['file_size_after'])}) is smaller than the rewritten one ({nbytes(rewritten)})")
 
 
 @contextlib.contextmanager

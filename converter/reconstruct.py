@@ -36,8 +36,8 @@ columns, one per matrix of W's batch axes (`Layer.first`); a Gemm's first operan
 columns [K, N] (its C kept as is and subtracted from the target: it adds to Y by broadcasting, not per row).
 
 Left as they are (said in the report): weights in Scan bodies and If-in-Loop bodies, weights reached through
-Reshape/Gather chains, a ConvTranspose with auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads
-from its captured input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`:
+Reshape/Gather chains, a ConvTranspose with auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad
+(SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`:
 its input with stride - 1 zeros between positions, its weight with the channels swapped and the kernel flipped).
 """
 

@@ -135,7 +135,8 @@ def test_conv_pads_are_the_pads_onnxruntime_resolves_auto_pad_to(auto_pad, dims,
         graph = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
 
     given_attrs = {"auto_pad": auto_pad} if auto_pad != "NOTSET" else {"pads": pads}
     explicit = conv_pads(auto_pad, size, kernel, strides, dilations, pads)
