@@ -408,7 +408,7 @@ def _parse_levels(text: str | None):
     "--sparse-format",
     type=click.Choice(list(SPARSE_FORMATS)),
     default="constant",
-    show_default="constant, or compact for a model stored compact",
+    show_default="constant; compact for a model stored compact, or with --weight-bits",
     help="How pruned weights are stored (see README); compact: smallest exact encoding per weight, decoded by "
          "standard ops onnxruntime folds at load.",
 )
@@ -416,7 +416,7 @@ def _parse_levels(text: str | None):
               callback=lambda c, p, v: v if v in (None, "auto") else int(v),
               help="Surviving weights as fp16 (16) or an n-bit k-means codebook per layer (fine-tuned when retraining); "
                    "auto: the smallest width within the budget on the decision data. Changes outputs, measured on the "
-                   "final file. Smallest files with --sparse-format compact.")
+                   "final file. Stored --sparse-format compact unless told otherwise.")
 @click.option("--quant-epochs", type=float, default=1.0, show_default=True,
               help="Passes over the training data fine-tuning the codebooks after the last retraining round.")
 @click.option("--quant-lr", type=float, default=None,

@@ -165,7 +165,7 @@ class QuantizeStep(Step):
         from onnxprune.converter.steps.shrink import ShrinkStep
 
         scratch = RunState(source=None, pruned=model, inventory=state.inventory, loaded=state.loaded,
-                           prune=PruneState(masks=dict(state.prune.masks)))  # loaded: the input's own format
+                           config=state.config, prune=PruneState(masks=dict(state.prune.masks)))  # the run's format
         ShrinkStep(self.shrink).run(scratch)
         EncodeStep(self.encode).run(scratch)
         return scratch.final

@@ -30,6 +30,7 @@ class StorageFormat:
     decode: Callable[[onnx.ModelProto], list[str]]
     describe: Callable[[onnx.ModelProto], dict[str, dict]]
     kept: bool = False  # an input stored in this format is written in it again unless --sparse-format says otherwise
+    narrow: bool = False  # stores --weight-bits values in their width (fp16, n-bit codes): the default with the flag
 
 
 FORMATS: dict[str, StorageFormat] = {}

@@ -186,4 +186,4 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     return out
 
 
-register_format(StorageFormat("compact", encode, decode, describe, kept=True))
+register_format(StorageFormat("compact", encode, decode, describe, kept=True, narrow=True))
