@@ -62,7 +62,7 @@ class EncodeStep(Step):
         names = [w.name for w in state.inventory.prunable if w.name in present]
         from onnxprune.converter.steps.verify import parity_feeds
 
-        fmt = state.sparse_format = self.config.sparse_format or self._default_format(state)
+        fmt = state.sparse_format = self.config.sparse_format or self._default_format(state, final)
         final, raise_failed = raised_for_storage(final, names, fmt, state.prune.notes, lambda: parity_feeds(state, 1))
         run_passes([SparseEncode(names, fmt)], final, state.prune)
         note = codebooks_dropped_note(state, final)
@@ -77,12 +77,13 @@ class EncodeStep(Step):
 
 
     @staticmethod
-    def _default_format(state: RunState) -> str:
+    def _default_format(state: RunState, model) -> str:
         """Without --sparse-format: the format the input itself stored weights in where a run keeps it (compact: a
         model pruned with --sparse-format compact and pruned again had grown 333 KB -> 585 KB in the default's COO);
         else, with --weight-bits, a format that stores the values in their width (compact: the default's COO wrote
         LeNet-5's 4-bit codes as float32, 857 KB, the same file as without them, for a 34% change of a layer's range;
-        86.6 KB compact); else DEFAULT_FORMAT. Each choice but the last is said."""
+        86.6 KB compact; not below IR 4, where compact writes COO); else DEFAULT_FORMAT. Each choice but the last is
+        said."""
         kept = state.loaded.formats if state.loaded is not None else []
         if kept:
             state.prune.notes.append(f"pruned weights are stored in the input's own format, --sparse-format "
@@ -90,7 +91,7 @@ class EncodeStep(Step):
             return kept[0]
         bits = getattr(getattr(state.config, "quantize", None), "weight_bits", None)
         narrow = [f.name for f in FORMATS.values() if f.narrow]
-        if bits is None or not narrow:
+        if bits is None or not narrow or model.ir_version < 4:  # IR 3: compact's arrays would be graph inputs
             return DEFAULT_FORMAT
         state.prune.notes.append(f"--weight-bits {bits}: pruned weights are stored --sparse-format {narrow[0]}, which "
                                  f"keeps their values in that width (--sparse-format {DEFAULT_FORMAT} writes them as "
