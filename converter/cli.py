@@ -407,7 +407,7 @@ def _parse_levels(text: str | None):
 @click.option(
     "--sparse-format",
     type=click.Choice(list(SPARSE_FORMATS)),
-    default="constant",
+    default=None,  # the encode step's choice: constant, or compact for a model stored compact, or with --weight-bits
     show_default="constant; compact for a model stored compact, or with --weight-bits",
     help="How pruned weights are stored (see README); compact: smallest exact encoding per weight, decoded by "
          "standard ops onnxruntime folds at load.",
