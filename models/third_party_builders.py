@@ -5,6 +5,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     two_head_detector   boxes [N, 4] (regression) first, class probabilities [N, 2] second (face detectors)
     regressor           one value per sample [N, 1]
     embedder            an [N, D] output named "embedding" (sentence encoders)
+    sklearn_pls         skl2onnx's StandardScaler + PLSRegression: 'variable' [N, 2] predicted values of both signs
     sklearn_mlp         skl2onnx's shape: output_label int64 [N] and output_probability, a ZipMap seq(map)
     streaming_vad       a scalar sample rate 'sr' [], a recurrent state [2, N, H] (batch on axis 1), audio [N, T]
     token_classifier    int64 token ids [N, T] into a Gather on an embedding table [V, D]
@@ -137,6 +138,32 @@ def regressor(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.
     y = g.matmul(x, "fc2", hidden, 1)
     g.nodes.append(helper.make_node("Identity", [y], ["value"], name="/out/Identity"))
     return _model(g, "regressor", [_float("input", [BATCH, in_features])], [_float("value", [BATCH, 1])])
+
+
+def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
+                producer: str = "skl2onnx") -> onnx.ModelProto:
+    """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->
+    MatMul(coef [in, targets]) -> Add(intercept) -> 'variable' [N, targets], the name skl2onnx gives every
+    regressor's predictions; values of both signs, as centred targets are. coef is the product of the PLS rotations
+    and loadings (rank `components`), small on the last half of the features."""
+    rng = np.random.default_rng(seed)
+    rotations = rng.standard_normal((in_features, components)) / np.sqrt(in_features)
+    loadings = rng.standard_normal((components, targets))
+    coef = rotations @ loadings
+    coef[in_features // 2:] *= 0.02  # features the targets barely depend on (Friedman #1's five noise features)
+    coef = coef.astype(np.float32)
+    g = _Graph(seed)
+    g.nodes.append(helper.make_node("Scaler", ["X"], ["variable1"], name="Scaler", domain="ai.onnx.ml",
+                                    offset=[0.5] * in_features, scale=[3.0] * in_features))
+    g.initializers += [numpy_helper.from_array(np.full(in_features, 0.01, np.float32), "Su_Subcst"),
+                       numpy_helper.from_array(coef, "Ma_MatMulcst"),
+                       numpy_helper.from_array(rng.standard_normal(targets).astype(np.float32) * 0.1, "Ad_Addcst")]
+    g.nodes += [helper.make_node("Sub", ["variable1", "Su_Subcst"], ["Su_C0"], name="Su_Sub"),
+                helper.make_node("MatMul", ["Su_C0", "Ma_MatMulcst"], ["Ma_Y0"], name="Ma_MatMul"),
+                helper.make_node("Add", ["Ma_Y0", "Ad_Addcst"], ["variable"], name="Ad_Add")]
+    model = _model(g, "pls", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, targets])], ml=True)
+    model.producer_name = producer
+    return model
 
 
 def embedder(*, in_features: int = 8, hidden: int = 16, dim: int = 12, seed: int = 0) -> onnx.ModelProto:
