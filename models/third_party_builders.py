@@ -15,6 +15,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     strided_detector    a fully-convolutional net on dynamic H x W whose 3x3 stride-2 stack needs H, W >= 15 (MTCNN)
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
     linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
+    linear_regressor    skl2onnx's StandardScaler + Ridge: Scaler and LinearRegressor, a few coefficients in attributes
     decomposed_layernorm_mlp  LayerNorm written out as ReduceMean/Sub/Pow(., 2.0)/Sqrt/Div (legacy torch, paddle2onnx)
     step_logits         a decoder step's 'logits' [N, 1, vocab] (labels [N] fit no output: no [N, classes])
     scores_and_label    float features [N, F] and int64 category ids [N, K] (Gather on embedding tables), outputs
@@ -252,6 +253,21 @@ def linear_classifier(*, in_features: int = 8, classes: int = 3, seed: int = 0) 
     return _model(g, "linear_classifier", [_float("input", [BATCH, in_features])],
                   [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
                    _float("probabilities", [BATCH, classes])], ml=True)
+
+
+def linear_regressor(*, in_features: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's StandardScaler + Ridge: Scaler(offset, scale) -> LinearRegressor(coefficients, intercepts) ->
+    'variable' [N, 1], every parameter an attribute of as many values as features."""
+    rng = np.random.default_rng(seed)
+    g = _Graph(seed)
+    g.nodes += [helper.make_node("Scaler", ["X"], ["variable1"], name="Scaler", domain="ai.onnx.ml",
+                                 offset=rng.standard_normal(in_features).tolist(), scale=[0.5] * in_features),
+                helper.make_node("LinearRegressor", ["variable1"], ["variable"], name="LinearRegressor",
+                                 domain="ai.onnx.ml", coefficients=rng.standard_normal(in_features).tolist(),
+                                 intercepts=[0.3])]
+    model = _model(g, "ridge", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])], ml=True)
+    model.producer_name = "skl2onnx"
+    return model
 
 
 def decomposed_layernorm_mlp(*, in_features: int = 8, hidden: int = 16, out_features: int = 4,

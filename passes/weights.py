@@ -160,8 +160,14 @@ def attribute_parameters(model: onnx.ModelProto, *, least: int = 16) -> list[tup
             if n >= least:
                 domain = f" ({node.domain})" if node.domain not in ("", "ai.onnx") else ""
                 found.append((n, f"{node.op_type} '{node.name}'{domain} holds {n:,} values in its attribute "
-                                 f"'{a.name}'"))
-    return sorted(found, key=lambda f: -f[0])
+                                 f"'{a.name}'", node.op_type in _PREPROCESSORS))
+    return [(n, text) for n, text, _ in sorted(found, key=lambda f: (-f[0], f[2]))]
+
+
+# ai.onnx.ml ops that prepare features: of two attributes as large, the model's own (a LinearRegressor's
+# coefficients) is named before a Scaler's offsets
+_PREPROCESSORS = {"Scaler", "Normalizer", "Imputer", "Binarizer", "OneHotEncoder", "LabelEncoder", "CategoryMapper",
+                  "FeatureVectorizer", "ArrayFeatureExtractor", "DictVectorizer", "CastMap"}
 
 
 def _from_data(name: str, ix: ScopeIndex, graph_inputs, limit: int = 20000) -> bool:
