@@ -272,6 +272,8 @@ def _unsupported(w, node, producers) -> str | None:
         return None  # W @ X: refit over X's columns (Layer.first)
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
+    if node.op_type == "MatMul" and len(w.shape) == 1:  # x [.., K] @ w [K] -> [..]: skl2onnx's GaussianProcess mean
+        return f"a 1-D second operand of MatMul '{node.name}' (one dot product, no output axis); left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
     shaped = _attr(node, "output_shape", None) is not None
     # the im2col (_patches) is written for any number of spatial dims: 1-D text/audio, 2-D images, 3-D volumes and

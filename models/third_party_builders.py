@@ -16,6 +16,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
     linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
     linear_regressor    skl2onnx's StandardScaler + Ridge: Scaler and LinearRegressor, a few coefficients in attributes
+    kernel_regressor    skl2onnx's GaussianProcessRegressor mean: kernel features [N, K] @ alpha [K] (a 1-D weight)
     decomposed_layernorm_mlp  LayerNorm written out as ReduceMean/Sub/Pow(., 2.0)/Sqrt/Div (legacy torch, paddle2onnx)
     step_logits         a decoder step's 'logits' [N, 1, vocab] (labels [N] fit no output: no [N, classes])
     scores_and_label    float features [N, F] and int64 category ids [N, K] (Gather on embedding tables), outputs
@@ -266,6 +267,23 @@ def linear_regressor(*, in_features: int = 6, seed: int = 0) -> onnx.ModelProto:
                                  domain="ai.onnx.ml", coefficients=rng.standard_normal(in_features).tolist(),
                                  intercepts=[0.3])]
     model = _model(g, "ridge", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])], ml=True)
+    model.producer_name = "skl2onnx"
+    return model
+
+
+def kernel_regressor(*, in_features: int = 6, centres: int = 40, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's GaussianProcessRegressor prediction: kernel features k(x, X_train) [N, K] (here exp(-relu(x @ W)),
+    W [F, K] a float weight) times the dual coefficients alpha [K], a 1-D MatMul weight -> [N], scaled, shifted and
+    reshaped to 'GPmean' [N, 1]."""
+    g = _Graph(seed)
+    h = g.matmul("X", "feat", in_features, centres)
+    h = g.op("Neg", "neg", [g.relu(h, "feat")])
+    h = g.op("Exp", "kernel", [h])
+    alpha = g.const("alpha", g.rng.standard_normal(centres) / np.sqrt(centres))
+    y = g.op("MatMul", "mean", [h, alpha])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, 1], np.int64), "shape"))
+    g.nodes.append(helper.make_node("Reshape", [y, "shape"], ["GPmean"], name="/out/Reshape"))
+    model = _model(g, "gpr", [_float("X", [BATCH, in_features])], [_float("GPmean", [BATCH, 1])])
     model.producer_name = "skl2onnx"
     return model
 
