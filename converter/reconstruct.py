@@ -36,9 +36,10 @@ columns, one per matrix of W's batch axes (`Layer.first`); a Gemm's first operan
 columns [K, N] (its C kept as is and subtracted from the target: it adds to Y by broadcasting, not per row).
 
 Left as they are (said in the report): weights in Scan bodies and If-in-Loop bodies, weights reached through
-Reshape/Gather chains, a ConvTranspose with auto_pad SAME_* or output_shape, 0-sample data. A Conv's auto_pad
-(SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`:
-its input with stride - 1 zeros between positions, its weight with the channels swapped and the kernel flipped).
+Reshape/Gather chains, a 1-D MatMul weight (x [N, K] @ alpha [K]), a ConvTranspose with auto_pad SAME_* or
+output_shape, 0-sample data. A Conv's auto_pad (SAME_UPPER/SAME_LOWER/VALID) becomes explicit pads from its captured
+input's spatial shape. A ConvTranspose is refit as the stride-1 Conv it equals (`_transposed`: its input with
+stride - 1 zeros between positions, its weight with the channels swapped and the kernel flipped).
 """
 
 from __future__ import annotations
@@ -277,6 +278,8 @@ def _unsupported(w, node, producers) -> str | None:
         return None  # op(A) op(B) with the weight A: the same, op(B) [K, N] (Layer.first, _rows)
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
+    if node.op_type == "MatMul" and len(w.shape) == 1:  # x [.., K] @ w [K] -> [..]: skl2onnx's GaussianProcess mean
+        return f"a 1-D second operand of MatMul '{node.name}' (one dot product, no output axis); left as pruned"
     auto_pad = _text(_attr(node, "auto_pad", b"NOTSET"))
     shaped = _attr(node, "output_shape", None) is not None
     # the im2col (_patches) is written for any number of spatial dims: 1-D text/audio, 2-D images, 3-D volumes and

@@ -5,6 +5,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     two_head_detector   boxes [N, 4] (regression) first, class probabilities [N, 2] second (face detectors)
     regressor           one value per sample [N, 1]
     embedder            an [N, D] output named "embedding" (sentence encoders)
+    sklearn_pls         skl2onnx's StandardScaler + PLSRegression: 'variable' [N, 2] predicted values of both signs
     sklearn_mlp         skl2onnx's shape: output_label int64 [N] and output_probability, a ZipMap seq(map)
     streaming_vad       a scalar sample rate 'sr' [], a recurrent state [2, N, H] (batch on axis 1), audio [N, T]
     token_classifier    int64 token ids [N, T] into a Gather on an embedding table [V, D]
@@ -14,6 +15,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     strided_detector    a fully-convolutional net on dynamic H x W whose 3x3 stride-2 stack needs H, W >= 15 (MTCNN)
     fixed_size_map      dynamic H x W declared, but an Add of a learned [1, C, 48, 48] map runs at 48 x 48 only
     linear_classifier   skl2onnx's LogisticRegression: ai.onnx.ml LinearClassifier, coefficients in attributes
+    linear_regressor    skl2onnx's StandardScaler + Ridge: Scaler and LinearRegressor, a few coefficients in attributes
+    kernel_regressor    skl2onnx's GaussianProcessRegressor mean: kernel features [N, K] @ alpha [K] (a 1-D weight)
     decomposed_layernorm_mlp  LayerNorm written out as ReduceMean/Sub/Pow(., 2.0)/Sqrt/Div (legacy torch, paddle2onnx)
     step_logits         a decoder step's 'logits' [N, 1, vocab] (labels [N] fit no output: no [N, classes])
     scores_and_label    float features [N, F] and int64 category ids [N, K] (Gather on embedding tables), outputs
@@ -139,6 +142,32 @@ def regressor(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.
     return _model(g, "regressor", [_float("input", [BATCH, in_features])], [_float("value", [BATCH, 1])])
 
 
+def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
+                producer: str = "skl2onnx") -> onnx.ModelProto:
+    """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->
+    MatMul(coef [in, targets]) -> Add(intercept) -> 'variable' [N, targets], the name skl2onnx gives every
+    regressor's predictions; values of both signs, as centred targets are. coef is the product of the PLS rotations
+    and loadings (rank `components`), small on the last half of the features."""
+    rng = np.random.default_rng(seed)
+    rotations = rng.standard_normal((in_features, components)) / np.sqrt(in_features)
+    loadings = rng.standard_normal((components, targets))
+    coef = rotations @ loadings
+    coef[in_features // 2:] *= 0.02  # features the targets barely depend on (Friedman #1's five noise features)
+    coef = coef.astype(np.float32)
+    g = _Graph(seed)
+    g.nodes.append(helper.make_node("Scaler", ["X"], ["variable1"], name="Scaler", domain="ai.onnx.ml",
+                                    offset=[0.5] * in_features, scale=[3.0] * in_features))
+    g.initializers += [numpy_helper.from_array(np.full(in_features, 0.01, np.float32), "Su_Subcst"),
+                       numpy_helper.from_array(coef, "Ma_MatMulcst"),
+                       numpy_helper.from_array(rng.standard_normal(targets).astype(np.float32) * 0.1, "Ad_Addcst")]
+    g.nodes += [helper.make_node("Sub", ["variable1", "Su_Subcst"], ["Su_C0"], name="Su_Sub"),
+                helper.make_node("MatMul", ["Su_C0", "Ma_MatMulcst"], ["Ma_Y0"], name="Ma_MatMul"),
+                helper.make_node("Add", ["Ma_Y0", "Ad_Addcst"], ["variable"], name="Ad_Add")]
+    model = _model(g, "pls", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, targets])], ml=True)
+    model.producer_name = producer
+    return model
+
+
 def embedder(*, in_features: int = 8, hidden: int = 16, dim: int = 12, seed: int = 0) -> onnx.ModelProto:
     """input [N, 8] -> fc + relu -> fc -> 'embedding' [N, 12]."""
     g = _Graph(seed)
@@ -225,6 +254,38 @@ def linear_classifier(*, in_features: int = 8, classes: int = 3, seed: int = 0) 
     return _model(g, "linear_classifier", [_float("input", [BATCH, in_features])],
                   [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
                    _float("probabilities", [BATCH, classes])], ml=True)
+
+
+def linear_regressor(*, in_features: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's StandardScaler + Ridge: Scaler(offset, scale) -> LinearRegressor(coefficients, intercepts) ->
+    'variable' [N, 1], every parameter an attribute of as many values as features."""
+    rng = np.random.default_rng(seed)
+    g = _Graph(seed)
+    g.nodes += [helper.make_node("Scaler", ["X"], ["variable1"], name="Scaler", domain="ai.onnx.ml",
+                                 offset=rng.standard_normal(in_features).tolist(), scale=[0.5] * in_features),
+                helper.make_node("LinearRegressor", ["variable1"], ["variable"], name="LinearRegressor",
+                                 domain="ai.onnx.ml", coefficients=rng.standard_normal(in_features).tolist(),
+                                 intercepts=[0.3])]
+    model = _model(g, "ridge", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])], ml=True)
+    model.producer_name = "skl2onnx"
+    return model
+
+
+def kernel_regressor(*, in_features: int = 6, centres: int = 40, seed: int = 0) -> onnx.ModelProto:
+    """skl2onnx's GaussianProcessRegressor prediction: kernel features k(x, X_train) [N, K] (here exp(-relu(x @ W)),
+    W [F, K] a float weight) times the dual coefficients alpha [K], a 1-D MatMul weight -> [N], scaled, shifted and
+    reshaped to 'GPmean' [N, 1]."""
+    g = _Graph(seed)
+    h = g.matmul("X", "feat", in_features, centres)
+    h = g.op("Neg", "neg", [g.relu(h, "feat")])
+    h = g.op("Exp", "kernel", [h])
+    alpha = g.const("alpha", g.rng.standard_normal(centres) / np.sqrt(centres))
+    y = g.op("MatMul", "mean", [h, alpha])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, 1], np.int64), "shape"))
+    g.nodes.append(helper.make_node("Reshape", [y, "shape"], ["GPmean"], name="/out/Reshape"))
+    model = _model(g, "gpr", [_float("X", [BATCH, in_features])], [_float("GPmean", [BATCH, 1])])
+    model.producer_name = "skl2onnx"
+    return model
 
 
 def decomposed_layernorm_mlp(*, in_features: int = 8, hidden: int = 16, out_features: int = 4,

@@ -14,6 +14,7 @@ from onnxprune.passes.base import PruneState
 from onnxprune.passes.bypass_identity import BypassIdentity
 from onnxprune.passes.constant_pads import ConstantPads
 from onnxprune.passes.constant_weights import ConstantWeights
+from onnxprune.passes.contrib_qdq import ContribQDQ
 from onnxprune.passes.einsum_linear import EinsumLinear
 from onnxprune.passes.loop_invariants import LoopInvariants
 from onnxprune.passes.merge_copies import MergeCopies
@@ -24,6 +25,7 @@ from onnxprune.passes.scopes import all_constants, all_nodes
 # runs it too, so that it lists the weights as prune reads them (it lists a weight's copies and an Identity in front
 # of it as they are)
 LOAD_PASSES = (
+    (ContribQDQ, True),  # com.microsoft QuantizeLinear/DequantizeLinear: the ai.onnx ops they equal
     (QOperatorToQDQ, True),  # QLinearConv/QLinearMatMul/QGemm: the QDQ layer they are, so their weights fold
     (EinsumLinear, True),  # Einsum "bi,oi->bo" of a weight: the MatMul it is
     (BypassIdentity, False),  # W -> Identity -> MatMul per use: one tied W

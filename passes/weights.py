@@ -160,8 +160,14 @@ def attribute_parameters(model: onnx.ModelProto, *, least: int = 16) -> list[tup
             if n >= least:
                 domain = f" ({node.domain})" if node.domain not in ("", "ai.onnx") else ""
                 found.append((n, f"{node.op_type} '{node.name}'{domain} holds {n:,} values in its attribute "
-                                 f"'{a.name}'"))
-    return sorted(found, key=lambda f: -f[0])
+                                 f"'{a.name}'", node.op_type in _PREPROCESSORS))
+    return [(n, text) for n, text, _ in sorted(found, key=lambda f: (-f[0], f[2]))]
+
+
+# ai.onnx.ml ops that prepare features: of two attributes as large, the model's own (a LinearRegressor's
+# coefficients) is named before a Scaler's offsets
+_PREPROCESSORS = {"Scaler", "Normalizer", "Imputer", "Binarizer", "OneHotEncoder", "LabelEncoder", "CategoryMapper",
+                  "FeatureVectorizer", "ArrayFeatureExtractor", "DictVectorizer", "CastMap"}
 
 
 def _from_data(name: str, ix: ScopeIndex, graph_inputs, limit: int = 20000) -> bool:
@@ -227,6 +233,25 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
     )
 
 
+_NARROW = {getattr(onnx.TensorProto, n): n for n in ("INT4", "UINT4", "FLOAT4E2M1", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ",
+                                                     "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0")
+           if hasattr(onnx.TensorProto, n)}
+
+
+def _dequantizer(node: onnx.NodeProto, ix: ScopeIndex) -> str:
+    """A DequantizeLinear whose weight no pass folds, in words that say which of QUANTIZED_HOW's cases it is:
+    "block-wise (block_size 32) DequantizeLinear of INT4 values" (sweep 32: onnxruntime's MatMul4BitsQuantizer in
+    QDQ format; the reason said "behind a DequantizeLinear" and listed every case no pass folds)."""
+    stored = _NARROW.get(ix.consts[node.input[0]].data_type)
+    block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    computed = [i for i in node.input[1:] if i and i not in ix.consts]
+    where = "block-wise (block_size %d) " % block if block else ""
+    what = f" of {stored} values" if stored else ""
+    how = f" with computed {' and '.join('scales' if i == node.input[1] else 'zero points' for i in computed)}" \
+        if computed else ""
+    return f"{where}DequantizeLinear{what}{how}"
+
+
 def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
     """Follow layout-only ops (and a bank-selecting Gather) back to a constant: (name, via nodes, problem) or None.
 
@@ -241,7 +266,7 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
         if node is None:
             return None
         if node.op_type == "DequantizeLinear" and node.input[0] in ix.consts:
-            return node.input[0], via, f"behind a DequantizeLinear (quantized weight): {QUANTIZED_HOW}"
+            return node.input[0], via, f"behind a {_dequantizer(node, ix)} (quantized weight): {QUANTIZED_HOW}"
         if len(ix.consumers.get(name, [])) != 1:
             return None
         if node.op_type == "QuantizeLinear" and all(i in ix.consts for i in node.input if i):

@@ -52,8 +52,10 @@ def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
         if inventory.computed:  # e.g. onnx's "light" test models: every Conv weight is a ConstantOfShape fill
             computed = (f" Weights that are not stored tensors cannot be pruned: {listed(inventory.computed, 1)}; "
                         "export the model with its weights as initializers.")
-        held = attribute_parameters(model)
-        if held:  # e.g. skl2onnx's LinearClassifier: the coefficients are node attributes, not tensors
+        # e.g. skl2onnx's LinearClassifier: the coefficients are node attributes, not tensors; a small linear model's
+        # (sweep 32: Ridge on 10 features, 10 coefficients) too, which were "no weights at all"
+        held = attribute_parameters(model) or attribute_parameters(model, least=2)
+        if held:
             extra = more(len(held), 1, "more attribute" + ("s" if len(held) > 2 else ""))
             computed += (f" Parameters held in node attributes cannot be pruned: {held[0][1]}{extra}; only weight "
                          "tensors (initializers or Constant nodes) feeding these ops can.")

@@ -122,6 +122,7 @@ class TargetsStep(Step):
         from onnxprune.calibration.sensitivity import unscored_weights
 
         evaluator = state.data.calibration
+        self._say(state, unscored_outputs_note(state.original, evaluator.scored_outputs))
         found = unscored_weights(state.original, state.inventory, evaluator.scored_outputs)
         if found:
             scored = ", ".join(o for o in evaluator.scored_outputs if o)
@@ -135,3 +136,24 @@ class TargetsStep(Step):
     def _say(state: RunState, note: str | None) -> None:
         if note:
             state.notes.append(note)
+
+
+def unscored_outputs_note(model, scored: list[str]) -> str | None:
+    """The graph outputs --metric left out that pruning can change (a weighted layer reaches them), said by name:
+    the layers they share with the scored outputs are pruned with nothing holding them. Sweep 32: a DETR-style head
+    run with `--metric center=rel_l2` changed 3.00% of its held-out `class_logits` classes, and the only line about
+    it named the one weight left alone ("reach no scored output ('cls.weight'; scored: center)")."""
+    from onnxprune.calibration.metric_choice import untouched_outputs
+
+    if not all(scored):  # "" = the first output, no reference: nothing was named
+        return None
+    fixed = set(untouched_outputs(model))
+    left = [o.name for o in model.graph.output if o.name not in scored and o.name not in fixed]
+    if not left:
+        return None
+    many = len(left) > 1
+    return (f"output{'s' if many else ''} {listed(repr(n) for n in left)} {'are' if many else 'is'} not scored: "
+            f"--metric names only {listed(repr(n) for n in scored)}, so the layers shared with "
+            f"{'them' if many else 'it'} are pruned with nothing holding {'them' if many else 'it'}; name every "
+            "output that matters (--metric OUTPUT=KIND for each), or drop --metric and give one output a budget of "
+            "its own with --max-loss OUTPUT=L")

@@ -325,7 +325,7 @@ def test_unsupported_ops_are_all_listed_in_one_error():
              helper.make_node("FancyOp", ["a"], ["b"], name="fancy1", domain="com.acme"),
              helper.make_node("FancyOp", ["b"], ["c"], name="fancy2", domain="com.acme"),
              helper.make_node("Loop", ["", "cond"], [], name="loop0", body=body),
-             helper.make_node("Resize", ["c", "", "scales"], ["d"], name="aa", antialias=1, mode="linear"),
+             helper.make_node("Resize", ["c", "", "scales"], ["d"], name="aa", mode="area"),
              helper.make_node("StringNormalizer", ["d"], ["y"], name="strings")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
@@ -337,7 +337,7 @@ def test_unsupported_ops_are_all_listed_in_one_error():
     msg = str(info.value)
     for name in ["'fancy1'", "'fancy2'", "'loop0'", "'aa'", "'strings'"]:
         assert name in msg, f"{name} missing from: {msg}"
-    assert "control flow" in msg and "antialias" in msg and "com.acme" in msg and "'ok'" not in msg
+    assert "control flow" in msg and "mode 'area'" in msg and "com.acme" in msg and "'ok'" not in msg
     assert len(info.value.unsupported) == 5
 
 

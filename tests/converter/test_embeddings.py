@@ -100,6 +100,28 @@ def test_weights_no_scored_output_reaches_are_left_as_they_are_by_a_budget():
     assert any("reach no scored output" in n for n in result.report["notes"])
 
 
+def test_an_output_metric_leaves_out_is_named_and_does_move():
+    """Sweep 32: a DETR-style head run with `--metric center=rel_l2` changed 3.00% of its held-out class_logits
+    classes; the one line about it named the weight left alone, not the output that no longer counted. The note
+    names the output, and it is true: the written model's left-out output differs from the input model's in
+    onnxruntime while the named one holds its budget."""
+    import onnxruntime as ort
+
+    model = tb.two_head_detector()
+    boxes, scores = (o.name for o in model.graph.output)
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    result = run(model, configure(max_loss=5.0, data={"input": x}, one_shot=True, metric=f"{boxes}=rel_l2"))
+    notes = [n for n in result.report["notes"] if "not scored" in n]
+    assert notes == [f"output '{scores}' is not scored: --metric names only '{boxes}', so the layers shared with it "
+                     "are pruned with nothing holding it; name every output that matters (--metric OUTPUT=KIND for "
+                     "each), or drop --metric and give one output a budget of its own with --max-loss OUTPUT=L"]
+    session = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    before, after = (session(m).run(None, {"input": x}) for m in (model, result.model))
+    assert not np.allclose(before[1], after[1], atol=1e-4)  # the shared layer moved the unscored scores
+    both = run(model, configure(max_loss=5.0, data={"input": x}, one_shot=True))
+    assert not any("not scored" in n for n in both.report["notes"])  # every output scored: nothing to say
+
+
 def test_the_refit_search_holds_an_embedding_at_its_mask_in_its_global_levels():
     """The refit cannot fit a table (its kept entries are their own best fit): its global levels move only the
     other layers, and the per-layer phase raises the table one judged step at a time."""

@@ -192,6 +192,36 @@ def test_a_weight_that_is_a_gemms_first_operand_is_refit(trans_a, alpha, beta):
     check_full(chosen)
 
 
+def test_a_one_dimensional_matmul_weight_is_left_as_pruned_and_the_rest_refit(tmp_path):
+    """Sweep 32: skl2onnx's GaussianProcessRegressor ends in MatMul(k(x, X_train) [N, K], alpha [K]); the refit
+    stopped the whole run with "step 'auto-search' failed ...: IndexError: tuple index out of range" (its solve
+    reads a weight's second axis). Such a weight is left as pruned, said; the layers before it are refit, and a
+    budgeted run writes a model within its budget in onnxruntime."""
+    from onnxprune import prune as run_prune
+    from onnxprune.models.third_party_builders import kernel_regressor
+
+    dense = kernel_regressor()
+    check_full(dense)
+    pruned, masks = prune(dense, 0.5)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 16, seed=0), report=report)
+    check_full(refit)
+    assert "1-D second operand of MatMul" in report.skipped["alpha"]
+    assert report.refit["feat.weight"]["error_after"] < report.refit["feat.weight"]["error_before"]
+    assert_same_outputs(refit, zero_weights(refit, masks), rtol=1e-6)
+    np.testing.assert_array_equal(weight_array(refit, "alpha"), weight_array(pruned, "alpha"))
+    x = np.random.default_rng(1).standard_normal((400, 6)).astype(np.float32)
+    onnx.save(dense, tmp_path / "gpr.onnx")
+    result = run_prune(str(tmp_path / "gpr.onnx"), output=str(tmp_path / "out.onnx"), data={"X": x[:250]},
+                       max_loss=1)
+    assert result.report["metrics"]["metric"] == "rel_l2"
+    written = onnx.load(tmp_path / "out.onnx")
+    check_full(written)
+    want, got = (run(m, {"X": x[250:]})["GPmean"].astype(np.float64) for m in (dense, written))
+    rel = np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-12)
+    assert 0 < rel.mean() < 0.02  # pruned, and within the budget (1 pp of relative L2) with room for held-out noise
+
+
 # weights inside If branches and Loop bodies: tests/converter/test_reconstruct_bodies.py
 
 

@@ -139,6 +139,29 @@ def test_parameters_held_in_node_attributes_are_named_in_the_refusal(tmp_path):
     assert shown.exit_code == 0 and line.removeprefix("Error: ") in " ".join(shown.output.split())
 
 
+
+def test_a_small_linear_models_attribute_coefficients_are_named_not_no_weights_at_all(tmp_path):
+    """Sweep 32: skl2onnx's StandardScaler + Ridge on 10 features holds 10 coefficients in LinearRegressor's
+    attributes, fewer than the 16 the refusal names: it said "Largest seen: no weights at all". It names the model's
+    coefficients (before the Scaler's offsets, as many values) for a model that runs in onnxruntime."""
+    import onnxruntime as ort
+
+    model = tb.linear_regressor(in_features=6)
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    attrs = {n.op_type: {a.name: list(a.floats) for a in n.attribute} for n in model.graph.node}
+    want = ((x - np.float32(attrs["Scaler"]["offset"])) * 0.5) @ np.float32(attrs["LinearRegressor"]["coefficients"])
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    np.testing.assert_allclose(got[:, 0], want + 0.3, rtol=1e-5, atol=1e-5)
+    onnx.save(model, tmp_path / "ridge.onnx")
+    res = invoke("prune", tmp_path / "ridge.onnx", "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    line = assert_clean_error(res, 1, "has no prunable weights",
+                              "LinearRegressor 'LinearRegressor' (ai.onnx.ml) holds 6 values in its attribute "
+                              "'coefficients'")
+    assert "no weights at all" not in line
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def _one_shot_budget(tmp_path, model, x):
     """`prune m.onnx -o out.onnx --max-loss 1 --one-shot --data calib.npz` on `model` and samples `x`; must succeed."""
     onnx.save(model, tmp_path / "m.onnx")

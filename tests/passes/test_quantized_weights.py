@@ -390,6 +390,39 @@ def test_an_int4_weight_is_refused_naming_its_width():
     assert "4-bit (INT4/UINT4)" in why and "8-bit QDQ model" in why
 
 
+def test_a_block_wise_int4_weight_is_refused_naming_its_kind(tmp_path):
+    """Sweep 32: onnxruntime's MatMul4BitsQuantizer in QDQ format writes each MatMul weight as INT4 read through a
+    DequantizeLinear with block_size (opset 21); the refusal said "behind a DequantizeLinear (quantized weight)"
+    and then listed every case no pass folds. It names this one's: block-wise, 4-bit."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.passes.weights import find_prunable
+    from tests.hardening.helpers import assert_clean_error, invoke
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-8, 8, (16, 12)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"], axis=0, block_size=4, name="dq"),
+         helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "int4_blocked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])],
+        [helper.make_tensor("Wq", TensorProto.INT4, [16, 12], w.ravel().tolist()),
+         numpy_helper.from_array(rng.uniform(0.01, 0.1, (4, 12)).astype(np.float32), "s")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(m, full_check=True)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    scale = np.repeat(numpy_helper.to_array(m.graph.initializer[1]), 4, axis=0)
+    np.testing.assert_allclose(got, x @ (w * scale), rtol=1e-5, atol=1e-6)  # a model onnxruntime runs as written
+    why = next(s.reason for s in find_prunable(m).skipped if s.name == "Wq")
+    assert why.startswith("behind a block-wise (block_size 4) DequantizeLinear of INT4 values (quantized weight)")
+    onnx.save(m, tmp_path / "int4.onnx")
+    res = invoke("prune", str(tmp_path / "int4.onnx"), "-o", str(tmp_path / "out.onnx"), "--sparsity", "0.5")
+    assert_clean_error(res, 1, "has no prunable weights",
+                       "Wq (192 values): behind a block-wise (block_size 4) DequantizeLinear of INT4 values")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 # ---- dynamic quantization (onnxruntime's quantize_dynamic: ConvInteger, MatMulInteger, DynamicQuantizeLSTM) -------
 
 def dynamic(tmp_path, model: onnx.ModelProto, name: str, per_channel: bool = False,

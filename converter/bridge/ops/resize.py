@@ -1,4 +1,5 @@
-"""Resize / Upsample: separable 1-D resampling along each resized axis, in ONNX coordinates; GridSample."""
+"""Resize / Upsample: separable 1-D resampling along each resized axis, in ONNX coordinates (antialiased linear and
+cubic, Resize-18's `antialias=1`, as a constant [out, in] matrix per axis); GridSample."""
 
 from __future__ import annotations
 
@@ -59,6 +60,46 @@ def _cubic_coeffs(t: Tensor, a: float) -> Tensor:
     return torch.where(d <= 1, near, far)
 
 
+def _antialias_taps(ratio: np.ndarray, scale: float, mode: str, a: float) -> tuple[np.ndarray, int]:
+    """ONNX's antialiased kernel (Resize-18 `antialias=1`, linear or cubic): the kernel stretched by 1/scale when
+    downsampling, sampled at the input positions around each output's source coordinate (`ratio` = its
+    fractional part, 1 at an integer), normalized; (weights [out, taps], offset of the first tap from floor)."""
+    s = min(scale, 1.0)
+    if mode == "cubic":
+        start = int(np.floor(-2 / s) + 1)
+        d = np.abs(s * (np.arange(start, 2 - start)[None, :] - ratio[:, None]))
+        w = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                     np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+    else:
+        start = int(np.floor(-1 / s) + 1)
+        w = np.clip(1 - np.abs(s * (np.arange(start, 2 - start)[None, :] - ratio[:, None])), 0, 1)
+    return w / w.sum(-1, keepdims=True), start
+
+
+def _antialias_matrix(xo: Tensor, in_len: int, scale: float, attrs: dict) -> np.ndarray:
+    """The [out, in] matrix of an antialiased linear/cubic resize along one axis, as onnxruntime computes it (the
+    taps nearest the source coordinate, edge-padded; `exclude_outside` drops the padded ones and renormalizes)."""
+    x = xo.double().numpy()
+    fl = np.floor(x)
+    ratio = np.where(x == fl, 1.0, x - fl)
+    w, _ = _antialias_taps(ratio, scale, attrs.get("mode"), attrs.get("cubic_coeff_a", -0.75))
+    n = w.shape[1]
+    pad = int(np.ceil(n / 2))
+    p = np.floor(x + pad)
+    frac = x + pad - p
+    if n % 2 == 0:
+        offset = np.where(frac == 0, -(n // 2), -(n // 2) + 1)
+    else:
+        offset = np.where(frac <= 0.5, -((n - 1) // 2), -((n - 1) // 2) + 1)
+    idx = (p + offset).astype(np.int64)[:, None] + np.arange(n)[None, :] - pad
+    if attrs.get("exclude_outside", 0):
+        w = np.where((idx < 0) | (idx >= in_len), 0.0, w)
+        w = w / np.where(w.sum(-1, keepdims=True) == 0, 1.0, w.sum(-1, keepdims=True))
+    m = np.zeros((len(x), in_len))
+    np.add.at(m, (np.repeat(np.arange(len(x)), n), np.clip(idx, 0, in_len - 1).ravel()), w.ravel())
+    return m
+
+
 def _along(w: Tensor, axis: int, rank: int, dtype) -> Tensor:
     return w.to(dtype).reshape([-1] + [1] * (rank - axis - 1))
 
@@ -69,7 +110,10 @@ def _resample_axis(x: Tensor, axis: int, out_len: int, scale: float, attrs: dict
     coord = "asymmetric" if legacy else attrs.get("coordinate_transformation_mode", "half_pixel")
     xo = _source_coords(out_len, in_len, scale, coord, roi)
     rank, dev = x.dim(), x.device
-    if mode == "nearest":
+    if mode in ("linear", "cubic") and attrs.get("antialias", 0):
+        m = torch.tensor(_antialias_matrix(xo, in_len, scale, attrs), dtype=x.dtype, device=dev)
+        y = torch.matmul(x.movedim(axis, -1), m.T).movedim(-1, axis)
+    elif mode == "nearest":
         nm = "simple" if legacy else attrs.get("nearest_mode", "round_prefer_floor")
         idx = _nearest_index(xo, nm, scale < 1).clamp(0, in_len - 1)
         y = x.index_select(axis, idx.to(dev))
@@ -126,8 +170,6 @@ def _check_resize(attrs, ctx):
     mode = attrs.get("mode", "nearest")
     if mode not in ("nearest", "linear", "cubic"):
         return f"Resize mode '{mode}' is not supported"
-    if attrs.get("antialias", 0):
-        return "Resize with antialias=1 is not supported"
     return None
 
 
