@@ -441,18 +441,13 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
              for name, value in values.items()}
-    for name in ranked:
-        if kinds.get(name) in _ARGMAX_KINDS:
-            kinds[name] = "rel_l2"
-            if not quiet:
-                log.info("output '%s' holds TopK's values or distances an ArgMin reads (ranks, not classes): "
-                         "scored by relative L2", name)
-    for name in predicted:
-        if kinds.get(name) in _ARGMAX_KINDS:
-            kinds[name] = "rel_l2"
-            if not quiet:
-                log.info("output '%s' holds a regressor's predicted values (the converter's name for them): scored "
-                         "by relative L2", name)
+    for names, what in ((ranked, "TopK's values or distances an ArgMin reads (ranks, not classes)"),
+                        (predicted, "a regressor's predicted values (the converter's name for them)")):
+        for name in names:
+            if kinds.get(name) in _ARGMAX_KINDS:
+                kinds[name] = "rel_l2"
+                if not quiet:
+                    log.info("output '%s' holds %s: scored by relative L2", name, what)
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:
