@@ -20,7 +20,8 @@ Transpose of one constant: passes/bypass_identity.py, the MatMul's transposed we
 the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
 passes/quantized_weights.py), and every other constant it reads is a small index or shape (at most MAX_INDEX values: a
 DequantizeLinear of an int8 weight stays quantized), and the stored floats it reads hold at least as many values as it
-gives (a ConstantOfShape fill stays as it is). Chains that evaluate to the same bytes become one initializer, read by
+gives, its shape read through Shape not counted (a ConstantOfShape fill stays as it is, also one shaped like a
+stored tensor: skl2onnx's WhiteKernel zeros [1, N] from Shape(X_train)). Chains that evaluate to the same bytes become one initializer, read by
 every such layer (silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the
 largest constant the chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the
 file holds each weight once, as before.
@@ -143,6 +144,9 @@ def _read(nodes, leaves, ix: ScopeIndex) -> list[str] | None:
     return read
 
 
+SHAPE_ONLY = {"Shape", "Size"}  # ops that read a tensor's shape, not its values
+
+
 def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
     if value is None or value.size == 0:
         return False
@@ -162,6 +166,8 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
         if t.data_type in FLOAT_TYPES:
             if t.data_type != dtype:
                 return False
+            if all(n.op_type in SHAPE_ONLY for n in nodes if name in n.input):
+                continue  # only its shape is read: a fill shaped like it is made, not stored (sweep 32's L5)
             stored += int(np.prod(t.dims, dtype=np.int64))
         elif t.data_type not in INDEX_TYPES or int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
             return False

@@ -138,6 +138,10 @@ def test_what_the_inventory_reads_already_or_what_is_not_the_same_weight_is_left
     fill = helper.make_node("ConstantOfShape", ["shape"], ["w"], value=helper.make_tensor("v", TensorProto.FLOAT,
                                                                                           [1], [0.1]))
     assert computed_weights(_linear([fill], [_const("shape", np.array([8, 4]))], "w")) == []
+    # ... also one shaped like a stored tensor (sweep 32's L5: skl2onnx's GaussianProcessRegressor, a WhiteKernel's
+    # zeros [1, 400] from ConstantOfShape(Shape(X_train)), was stored as a weight of 400 params, 0 nonzero)
+    shaped = [helper.make_node("Shape", ["train"], ["shape"]), fill]
+    assert computed_weights(_linear(shaped, [_const("train", w)], "w")) == []
     # a weight computed from a graph input is not a constant
     model = _linear([helper.make_node("Reshape", ["flat", "shape_in"], ["w"])],
                     [_const("flat", rng.standard_normal(32).astype(np.float32))], "w",
