@@ -272,10 +272,8 @@ def _outside_reach(w) -> str | None:
 def _unsupported(w, node, producers) -> str | None:
     if w.via and not _plain_transpose(w, node, producers):
         return "reached through " + "/".join(w.via) + "; left as pruned"
-    if w.input_index == 0 and node.op_type == "MatMul" and not w.via and len(w.shape) >= 2:
-        return None  # W @ X: refit over X's columns (Layer.first)
-    if w.input_index == 0 and node.op_type == "Gemm" and not w.via and len(w.shape) == 2:
-        return None  # op(A) op(B) with the weight A: the same, op(B) [K, N] (Layer.first, _rows)
+    if w.input_index == 0 and node.op_type in ("MatMul", "Gemm") and not w.via and len(w.shape) >= 2:
+        return None  # W @ X, a Gemm's op(A) op(B) alike: refit over X's (op(B)'s) columns (Layer.first, _rows)
     if w.input_index != 1:
         return f"first operand of {node.op_type} '{node.name}'; left as pruned"
     if node.op_type == "MatMul" and len(w.shape) == 1:  # x [.., K] @ w [K] -> [..]: skl2onnx's GaussianProcess mean

@@ -13,10 +13,10 @@ quantized by onnxruntime 1.32 with the option, "no prunable weights"; the same m
 
 Rules: a com.microsoft QuantizeLinear/DequantizeLinear (main graph and bodies) becomes the ai.onnx op when the
 model's ai.onnx opset has that op for its integer type and layout: the type read from its zero point, or from the
-dequantized initializer, which must be initializers (int8/uint8 and a bias's int32 from opset 10, a per-axis scale from 13, int16,
-uint16, int4 and uint4 from 21) and its scale float32 (float16 from opset 19). The `axis` attribute is dropped below
-opset 13, where the op has none (one scale: it reads nothing). Anything else stays as it was. The written model
-holds the ai.onnx nodes.
+dequantized initializer, which must be initializers (int8/uint8 and a bias's int32 from opset 10, a per-axis scale
+from 13, int16, uint16, int4 and uint4 from 21) and its scale float32 (float16 from opset 19). The `axis` attribute
+is dropped below opset 13, where the op has none (one scale: it reads nothing). Anything else stays as it was. The
+written model holds the ai.onnx nodes.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 OPS = ("QuantizeLinear", "DequantizeLinear")
 # the integer type's first ai.onnx opset of QuantizeLinear/DequantizeLinear (int32: DequantizeLinear's, biases)
-SINCE = {TensorProto.INT8: 10, TensorProto.UINT8: 10, TensorProto.INT32: 10, TensorProto.INT16: 21, TensorProto.UINT16: 21,
-         TensorProto.INT4: 21, TensorProto.UINT4: 21}
+SINCE = {TensorProto.INT8: 10, TensorProto.UINT8: 10, TensorProto.INT32: 10, TensorProto.INT16: 21,
+         TensorProto.UINT16: 21, TensorProto.INT4: 21, TensorProto.UINT4: 21}
 PER_AXIS = 13  # the opset from which the ops take a per-axis scale and an `axis` attribute
 SCALE_SINCE = {TensorProto.FLOAT: 10, TensorProto.FLOAT16: 19, TensorProto.BFLOAT16: 19}
 
@@ -86,5 +86,6 @@ class ContribQDQ(Pass):
                     sc.graph.node[k].CopyFrom(new)
                     changed += 1
         if changed:
-            log.debug("contrib-qdq: %d com.microsoft QuantizeLinear/DequantizeLinear node(s) read as ai.onnx's", changed)
+            log.debug("contrib-qdq: %d com.microsoft QuantizeLinear/DequantizeLinear node(s) read as ai.onnx's",
+                      changed)
         return PassResult(model, changed > 0)

@@ -17,7 +17,7 @@ from onnxprune.plain import listed
 from onnxprune.passes.base import run_passes
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.scopes import FLOAT_TYPES, constant_homes
-from onnxprune.passes.storage import packing
+from onnxprune.passes.storage import describe_model, packing
 from onnxprune.passes.storage.coo import old_opset_note, scatter_pays_off
 from onnxprune.passes.storage.decoder import MIN_OPSET
 from onnxprune.passes.storage.graphs import default_opset, fed_inputs
@@ -75,7 +75,6 @@ class EncodeStep(Step):
         unname_nodes(final, state.loaded.named if state.loaded is not None else ())  # the input's own names
         state.final = final
 
-
     @staticmethod
     def _default_format(state: RunState, model) -> str:
         """Without --sparse-format: the format the input itself stored weights in where a run keeps it (compact: a
@@ -90,8 +89,8 @@ class EncodeStep(Step):
                                      f"{kept[0]} (--sparse-format {DEFAULT_FORMAT} for the default)")
             return kept[0]
         bits = getattr(getattr(state.config, "quantize", None), "weight_bits", None)
-        narrow = [f.name for f in FORMATS.values() if f.narrow]
-        if bits is None or not narrow or model.ir_version < 4:  # IR 3: compact's arrays would be graph inputs
+        narrow = [f.name for f in FORMATS.values() if f.narrow and model.ir_version >= f.min_ir]
+        if bits is None or not narrow:  # below its IR (compact: 4) a narrow format would write COO anyway
             return DEFAULT_FORMAT
         state.prune.notes.append(f"--weight-bits {bits}: pruned weights are stored --sparse-format {narrow[0]}, which "
                                  f"keeps their values in that width (--sparse-format {DEFAULT_FORMAT} writes them as "
@@ -104,8 +103,6 @@ def codebooks_dropped_note(state: RunState, final) -> str | None:
     float32 values (a refit or retraining moved them off, or a format without codebooks): the file can grow (the
     shipped LeNet-5 at 0.8, 4-bit codebooks, compact, 86.6 KB, pruned again by --data --max-loss 1: 2.64x fewer
     weights, 138 KB). Said, with the flag that writes codebooks again; None otherwise."""
-    from onnxprune.passes.storage import describe_model
-
     stored = state.loaded.storage if state.loaded is not None else {}
     coded = {k: v["codebook_bits"] for k, v in stored.items() if v.get("codebook_bits")}
     if not coded:
@@ -141,7 +138,7 @@ def raised_for_storage(model: onnx.ModelProto, names: list[str], fmt: str, notes
 
     from onnxprune.passes.storage.graphs import first_line
 
-    if fmt == "compact" and model.ir_version < 4:  # compact writes COO there (passes/storage/compact.py)
+    if model.ir_version < FORMATS[fmt].min_ir:  # compact writes COO there (passes/storage/compact.py)
         fmt = "constant"
     opset, target = default_opset(model), STORAGE_OPSET.get(fmt, 0)
     if opset >= target:
@@ -251,9 +248,10 @@ def dense_kept_note(model: onnx.ModelProto, names: list[str]) -> str | None:
     head = (f"{count} pruned weight(s) ({_size(dense)}, {kept / entries:.0%} of their entries kept) stay dense in "
             f"the file: sparse COO storage costs an int64 index beside each nonzero and pays only below about {shares} "
             "kept; ")
-    if model.ir_version < 4:  # compact's arrays are initializers, which IR 3 would list as inputs: it refuses IR < 4
-        return head + (f"--sparse-format compact would store them in about {_size(compact)} but needs IR >= 4 (this "
-                       f"model has IR {model.ir_version})")
+    least = FORMATS["compact"].min_ir  # its arrays are initializers, which IR 3 lists among the inputs
+    if model.ir_version < least:
+        return head + (f"--sparse-format compact would store them in about {_size(compact)} but needs IR >= {least} "
+                       f"(this model has IR {model.ir_version})")
     return head + (f"--sparse-format compact stores them in about {_size(compact)} (exact; onnxruntime decodes them "
                    "at load" + (f"; it raises the model from opset {opset} to {MIN_OPSET}, where the outputs stay the "
                                 "same)" if opset < MIN_OPSET else ")"))

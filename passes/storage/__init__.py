@@ -31,6 +31,8 @@ class StorageFormat:
     describe: Callable[[onnx.ModelProto], dict[str, dict]]
     kept: bool = False  # an input stored in this format is written in it again unless --sparse-format says otherwise
     narrow: bool = False  # stores --weight-bits values in their width (fp16, n-bit codes): the default with the flag
+    min_ir: int = 0  # the lowest IR version it stores weights at (compact's arrays are initializers, which IR 3 lists
+    #                  among the graph inputs); below it, a format falls back (compact: to COO) or refuses
 
 
 FORMATS: dict[str, StorageFormat] = {}

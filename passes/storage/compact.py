@@ -35,13 +35,16 @@ log = logging.getLogger(__name__)
 METADATA = "onnxprune.compact"
 
 
+MIN_IR = 4  # its arrays are initializers, which IR 3 lists among the graph inputs too
+
+
 def _refusal(model: onnx.ModelProto) -> str | None:
     if default_opset(model) < MIN_OPSET:
         return (f"sparse format 'compact' needs opset >= {MIN_OPSET} for its decoder (CumSum, ScatterND; model has "
                 f"{default_opset(model)}); weights kept dense. Convert the model to opset {MIN_OPSET}+ "
                 "(onnx.version_converter) or use --sparse-format initializer.")
-    if model.ir_version < 4:
-        return f"sparse format 'compact' needs IR >= 4 (model has IR {model.ir_version}); weights kept dense."
+    if model.ir_version < MIN_IR:
+        return f"sparse format 'compact' needs IR >= {MIN_IR} (model has IR {model.ir_version}); weights kept dense."
     return None
 
 
@@ -66,14 +69,14 @@ def encode_weight(name: str, values: np.ndarray, dense_bytes: int, key: int, sha
 def encode(model: onnx.ModelProto, names: list[str], state: PruneState) -> list[str]:
     refusal = _refusal(model)
     opset = default_opset(model)
-    if refusal and opset in coo.SCATTER_OPSETS and model.ir_version >= 4:
+    if refusal and opset in coo.SCATTER_OPSETS and model.ir_version >= MIN_IR:
         state.notes.append(f"sparse format 'compact' needs opset >= {MIN_OPSET} for its decoder (model has "
                            f"{opset}): the pruned weights are stored as COO (values and int64 "
                            "indices scattered into zeros), as --sparse-format constant writes them at this opset")
         return FORMATS["constant"].encode(model, names, state)
-    if refusal and model.ir_version < 4 and (opset >= MIN_OPSET or opset in coo.SCATTER_OPSETS):
+    if refusal and model.ir_version < MIN_IR and (opset >= MIN_OPSET or opset in coo.SCATTER_OPSETS):
         # its arrays are initializers, which IR 3 lists as graph inputs too; COO's are Constant nodes
-        state.notes.append(f"sparse format 'compact' needs IR >= 4 for its decoder's arrays (model has IR "
+        state.notes.append(f"sparse format 'compact' needs IR >= {MIN_IR} for its decoder's arrays (model has IR "
                            f"{model.ir_version}): the pruned weights are stored as COO, as --sparse-format constant "
                            "writes them")
         return FORMATS["constant"].encode(model, names, state)
@@ -186,4 +189,4 @@ def describe(model: onnx.ModelProto) -> dict[str, dict]:
     return out
 
 
-register_format(StorageFormat("compact", encode, decode, describe, kept=True, narrow=True))
+register_format(StorageFormat("compact", encode, decode, describe, kept=True, narrow=True, min_ir=MIN_IR))

@@ -60,10 +60,10 @@ def _cubic_coeffs(t: Tensor, a: float) -> Tensor:
     return torch.where(d <= 1, near, far)
 
 
-def _antialias_taps(ratio: np.ndarray, scale: float, mode: str, a: float) -> tuple[np.ndarray, int]:
+def _antialias_taps(ratio: np.ndarray, scale: float, mode: str, a: float) -> np.ndarray:
     """ONNX's antialiased kernel (Resize-18 `antialias=1`, linear or cubic): the kernel stretched by 1/scale when
     downsampling, sampled at the input positions around each output's source coordinate (`ratio` = its
-    fractional part, 1 at an integer), normalized; (weights [out, taps], offset of the first tap from floor)."""
+    fractional part, 1 at an integer), normalized: weights [out, taps]."""
     s = min(scale, 1.0)
     if mode == "cubic":
         start = int(np.floor(-2 / s) + 1)
@@ -73,7 +73,7 @@ def _antialias_taps(ratio: np.ndarray, scale: float, mode: str, a: float) -> tup
     else:
         start = int(np.floor(-1 / s) + 1)
         w = np.clip(1 - np.abs(s * (np.arange(start, 2 - start)[None, :] - ratio[:, None])), 0, 1)
-    return w / w.sum(-1, keepdims=True), start
+    return w / w.sum(-1, keepdims=True)
 
 
 def _antialias_matrix(xo: Tensor, in_len: int, scale: float, attrs: dict) -> np.ndarray:
@@ -82,7 +82,7 @@ def _antialias_matrix(xo: Tensor, in_len: int, scale: float, attrs: dict) -> np.
     x = xo.double().numpy()
     fl = np.floor(x)
     ratio = np.where(x == fl, 1.0, x - fl)
-    w, _ = _antialias_taps(ratio, scale, attrs.get("mode"), attrs.get("cubic_coeff_a", -0.75))
+    w = _antialias_taps(ratio, scale, attrs.get("mode"), attrs.get("cubic_coeff_a", -0.75))
     n = w.shape[1]
     pad = int(np.ceil(n / 2))
     p = np.floor(x + pad)
