@@ -7,7 +7,8 @@ Once the pruned weights are zero, some neurons are dead:
       padding, where every output sees c under the whole kernel) and drop it; c = 0 (a negative bias under a
       Relu) adds nothing to any consumer, padded Conv and ConvTranspose included, and is dropped as well.
 Which channels must go together (residual Add, Concat offsets, Flatten into a Gemm, depthwise Conv) comes from
-`passes.channel_groups`.
+`passes.channel_groups`; a weight that is Gemm's or MatMul's first operand (a column-major W·xᵀ) has its channels on
+the activations' axis -2 and a column bias [out, 1].
 
     before: x ─ Gemm fc1 W1[300×784] ─ Relu ─ Gemm fc2 W2[100×300]      W1 row 7 zero, W2 column 42 zero
     after:  x ─ Gemm fc1 W1[298×784] ─ Relu ─ Gemm fc2 W2[100×298]      b2 += relu(b1[7])·W2[:, 7]

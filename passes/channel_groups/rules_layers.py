@@ -22,34 +22,53 @@ from onnxprune.passes.channel_groups.util import (
 log = logging.getLogger(__name__)
 
 
+def gemm_weight(node) -> tuple[int, np.ndarray] | None:
+    """(which operand is the weight, its values) of a Gemm: the second operand when it is a 2-D constant, else the
+    first (a column-major export: `Gemm(W, x, transB=1)` computes W·xᵀ, its channels on the output's axis 0)."""
+    for k in (1, 0):
+        v = _const(node.inputs[k])
+        if v is not None and v.ndim == 2:
+            return k, v
+    return None
+
+
 def _gemm(b: Builder, node: gs.Node) -> None:
-    a, w, c = node.inputs[0], node.inputs[1], _opt_input(node, 2)
-    W, C = _const(w), _const(c)
-    if W is None or W.ndim != 2 or _attr(node, "transA", 0) or (c is not None and C is None):
-        return b.opaque(node, "has no constant weight and bias (or uses transA)")
-    tb, alpha, beta = bool(_attr(node, "transB", 0)), float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
-    wkn = W.T if tb else W  # [K, N] view of the weight (rows stay in the weight's dtype; folds upcast)
-    in_ax, out_ax = (1, 0) if tb else (0, 1)
+    """Y = alpha·op(A)·op(B) + beta·C. The weight is B (channels on Y's last axis, read on op(A)'s columns) or A
+    (channels on Y's axis 0, read on op(B)'s rows); C adds per channel when it is constant along the other axis."""
+    c = _opt_input(node, 2)
+    C, found = _const(c), gemm_weight(node)
+    if found is None or (c is not None and C is None):
+        return b.opaque(node, "has no constant 2-D weight and constant bias")
+    k, W = found
+    ta, tb = bool(_attr(node, "transA", 0)), bool(_attr(node, "transB", 0))
+    alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+    w, a = node.inputs[k], node.inputs[1 - k]
+    if k == 1:  # [K, N] view of the weight (rows stay in the weight's dtype; folds upcast)
+        wkn, (in_ax, out_ax), a_axis, y_axis = (W.T if tb else W), ((1, 0) if tb else (0, 1)), (-2 if ta else -1), -1
+    else:
+        wkn, (in_ax, out_ax), a_axis, y_axis = (W if ta else W.T), ((0, 1) if ta else (1, 0)), (-1 if tb else -2), -2
     n = wkn.shape[1]
     frozen = b.shared(w, node)  # a weight alike Gemms read (a Siamese net's towers) is tied, not frozen
     bias_frozen = b.shared(c, node) if c is not None else None
     # a fold edits the bias: never one another node reads too
     foldable = c is None or (beta != 0 and not b.frozen(c, node))
     fold = (lambda v: alpha * (v @ wkn.astype(np.float64))) if foldable else None
-    if b.read(node, a, -1, wkn, fold, frozen):
+    if b.read(node, a, a_axis, wkn, fold, frozen):
         b.tie(w, in_ax, a, node)
         b.slices(a, w, in_ax)
-    sliced_bias = C is not None and C.ndim > 0 and C.shape[-1] == n > 1
-    bias = beta * _per_channel(C, n) if C is not None else np.zeros(n)
-    b.produce(node, w, wkn.T, -1, bias, frozen or (bias_frozen if sliced_bias else None))
+    sliced_bias = C is not None and C.ndim >= -y_axis and C.shape[y_axis] == n > 1
+    bias = beta * _per_channel(C, n, y_axis) if C is not None else np.zeros(n)
+    b.produce(node, w, wkn.T, y_axis, bias, frozen or (bias_frozen if sliced_bias else None))
     b.tie(w, out_ax, node.outputs[0], node)
     if sliced_bias:
-        b.tie(c, -1, node.outputs[0], node)
-    b.slices(node.outputs[0], w, out_ax, lambda keep: b.cg.slice_input(node, 2, -1, keep))
+        b.tie(c, y_axis, node.outputs[0], node)
+    more = [lambda keep: b.cg.slice_input(node, 2, y_axis, keep)] if sliced_bias else []
+    b.slices(node.outputs[0], w, out_ax, *more)
 
 
 def _matmul_weight(w):
-    """(constant to slice, [K, N] weight, K axis in it, N axis in it, user of the constant) or None."""
+    """(constant to slice, the 2-D weight as the MatMul reads it, the constant's axes of its axes 0 and 1, user of the
+    constant) or None: a 2-D constant, or one behind a plain Transpose."""
     if isinstance(w, gs.Constant) and w.values.ndim == 2:
         return w, w.values, 0, 1, None
     t = w.inputs[0] if len(w.inputs) == 1 else None
@@ -59,18 +78,29 @@ def _matmul_weight(w):
     return None
 
 
+def matmul_weight(node) -> tuple[int, tuple] | None:
+    """(which operand is the weight, `_matmul_weight` of it): the second when it is one, else the first when the
+    other operand has at least 2 axes (W·X, X [..., K, N]: the channels on axis -2)."""
+    for k in (1, 0):
+        found = _matmul_weight(node.inputs[k])
+        if found is not None:
+            return k, found
+    return None
+
+
 def _matmul(b: Builder, node: gs.Node) -> None:
-    a, w = node.inputs
-    found = _matmul_weight(w)
-    if found is None:
+    found = matmul_weight(node)
+    if found is None or (found[0] == 0 and (b.rank(node.inputs[1]) or 0) < 2):
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
-    src, W, in_ax, out_ax, via = found
-    wkn, user = W, via or node
+    k, (src, W, ax0, ax1, via) = found
+    a, user = node.inputs[1 - k], via or node
+    # [K, N] view: the second operand as it is; the first one transposed (W [M, K] reads X's axis -2)
+    wkn, in_ax, out_ax, axis = (W, ax0, ax1, -1) if k == 1 else (W.T, ax1, ax0, -2)
     frozen = b.shared(src, user)  # alike readers (a Siamese net's towers): tied
-    if b.read(node, a, -1, wkn, lambda v: v @ wkn.astype(np.float64), frozen):
+    if b.read(node, a, axis, wkn, lambda v: v @ wkn.astype(np.float64), frozen):
         b.tie(src, in_ax, a, user)
         b.slices(a, src, in_ax)
-    b.produce(node, src, wkn.T, -1, np.zeros(wkn.shape[1]), frozen)
+    b.produce(node, src, wkn.T, axis, np.zeros(wkn.shape[1]), frozen)
     b.tie(src, out_ax, node.outputs[0], user)
     b.slices(node.outputs[0], src, out_ax)
 

@@ -117,6 +117,43 @@ def matmul_mlp(widths=(16, 12, 5), transposed: bool = True, seed: int = 0, bias:
     return g.model({"x": ["N", 3, widths[0]]}, {"y": ["N", 3, widths[-1]]})
 
 
+def column_major_mlp(widths=(20, 12, 10, 4), seed: int = 0, act: str = "Relu", bias: bool = True,
+                     trans_a: int = 0) -> onnx.ModelProto:
+    """The weights as Gemm's first operand (a column-major export): fc1 = Gemm(W1, x, b1 [h, 1], transB=1) gives
+    [h1, N], the middle layers Gemm(W, h) (with `trans_a`, W stored [in, out]), the last one Gemm(h, W, transA=1,
+    transB=1) back to [N, out]."""
+    g, x, last = G(seed), "x", len(widths) - 2
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        n = f"fc{i + 1}"
+        if i == last:
+            ins = [x, g.weight(f"{n}.weight", (b, a), a)] + ([g.bias(f"{n}.bias", b)] if bias else [])
+            x = g.op("Gemm", n, ins, transA=1, transB=1)
+            continue
+        first = i == 0 or not trans_a
+        w = g.weight(f"{n}.weight", (b, a) if first else (a, b), a)
+        c = [g.init(f"{n}.bias", (0.1 * g.rng.standard_normal((b, 1))).astype(np.float32))] if bias else []
+        x = g.op("Gemm", n, [w, x, *c], **({"transB": 1} if i == 0 else {} if first else {"transA": 1}))
+        x = activation(g, x, f"act{i + 1}", act)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", widths[0]]}, {"y": ["N", widths[-1]]})
+
+
+def first_operand_matmul_mlp(widths=(16, 12, 5), seed: int = 0, bias: bool = True) -> onnx.ModelProto:
+    """MatMul(W [out, in], X [N, in, 3]) + a column bias [out, 1]: the channels on axis -2 of every activation."""
+    g = G(seed)
+    x = g.op("Transpose", "t_in", ["x"], perm=[0, 2, 1])
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        n = f"fc{i + 1}"
+        x = g.op("MatMul", n, [g.weight(f"{n}.weight", (b, a), a), x])
+        if bias:
+            column = (0.1 * g.rng.standard_normal((b, 1))).astype(np.float32)
+            x = g.op("Add", f"{n}_add", [x, g.init(f"{n}.bias", column)])
+        if i < len(widths) - 2:
+            x = g.op("Relu", f"act{i + 1}", [x])
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", 3, widths[0]]}, {"y": ["N", widths[-1], 3]})
+
+
 def lenet5(seed: int = 0, flatten: str = "Flatten") -> onnx.ModelProto:
     """conv-bn-relu-pool ×2, flatten, three Gemms (28×28 input, 16×4×4 features)."""
     g = G(seed)

@@ -124,6 +124,48 @@ def test_matmul_without_bias_gets_an_add_and_keeps_the_output_name():
     assert G.op_counts(out)["Add"] == 1 and out.graph.output[0].name == "y"
 
 
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_a_weight_that_is_gemms_first_operand_loses_its_dead_rows(trans_a):
+    """A column-major export (W·xᵀ: the activations [features, N], the biases [out, 1]): both kinds of dead neurons
+    go, the constants fold into the next layer's column bias, the last Gemm (transA=1) reads the channels on axis 0.
+    Before: every such layer was opaque ("uses transA"; a first operand was no weight), so nothing shrank."""
+    m = G.column_major_mlp((20, 12, 10, 4), trans_a=trans_a, act="Sigmoid")
+    G.zero(m, "fc1.weight", 0, [1, 3])  # (b): sigmoid(bias) folds into fc2's column bias
+    G.zero(m, "fc2.weight", 1 - trans_a, [5])  # (a) nobody reads fc1 neuron 5
+    G.zero(m, "fc3.weight", 1, [0, 9])  # (a) fc3 (transA=1, transB=1) reads no fc2 neurons 0 and 9
+    b2 = G.init(m, "fc2.bias")
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (9, 20) and shp["fc1.bias"] == (9, 1)
+    assert shp["fc2.weight"] == ((8, 9) if not trans_a else (9, 8)) and shp["fc2.bias"] == (8, 1)
+    assert shp["fc3.weight"] == (4, 8) and shp["fc3.bias"] == (4,)
+    assert not np.allclose(G.init(out, "fc2.bias"), np.delete(b2, [0, 9], 0))  # sigmoid(b1[1,3]) · W2 went in
+    assert channels(report) == {"fc1": (12, 9), "fc2": (10, 8), "fc3": (4, 4)}
+    assert report.folded == 2 and G.op_counts(out) == G.op_counts(m)
+
+
+def test_a_first_operand_gemm_without_bias_gets_a_column_bias():
+    m = G.zero(G.column_major_mlp((10, 8, 6, 3), bias=False, act="Sigmoid"), "fc1.weight", 0, [2])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (7, 10) and shp["fc2_bias"] == (6, 1) and report.folded == 1
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_first_operand_matmul_loses_its_dead_rows(bias):
+    """W·X with X [N, in, 3]: the channels on axis -2; a folded constant goes into the column bias Add, or a new
+    one [out, 1] keeping the output's name."""
+    m = G.first_operand_matmul_mlp((16, 12, 5), bias=bias)
+    if not bias:
+        m.graph.node[2].op_type = "Sigmoid"  # sigmoid(0) = 0.5: a constant to fold
+    G.zero(m, "fc1.weight", 0, [0, 7])  # (b)
+    G.zero(m, "fc2.weight", 1, [3])  # (a)
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (9, 16) and shp["fc2.weight"] == (5, 9)
+    if bias:
+        assert shp["fc1.bias"] == (9, 1) and G.op_counts(out) == G.op_counts(m)
+    else:
+        assert shp["fc2_bias"] == (5, 1) and G.op_counts(out)["Add"] == 1 and out.graph.output[0].name == "y"
+
+
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
                                  "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout"])
 def test_constants_are_folded_through_every_activation(act):
