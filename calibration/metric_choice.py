@@ -380,6 +380,16 @@ def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
     return None
 
 
+def unnamed_heads(plan: Mapping[str, str], auto_chosen: Collection[str]) -> list[str]:
+    """The outputs the automatic choice scored by their argmax alone (agreement) with no word of their names saying
+    class scores, when there are two or more of them: a model of several unnamed heads, which of them are class
+    scores and which are values (a regression beside a classifier) nothing in the model says. One such output is a
+    classifier's logits (agreement); rule 6 of `auto_kinds` already made them regressions when another output
+    plainly holds the classes."""
+    heads = [n for n, k in plan.items() if k == "agreement" and n in auto_chosen and not _CLASS_NAMES.search(n)]
+    return heads if len(heads) >= 2 else []
+
+
 LEADER_ROWS = 16  # samples the constant-argmax rule needs in all (fewer: one class may lead them by chance)
 LEADER_CLASSES = 3  # columns at least (two logits of a binary head are led by the likelier class alike)
 

@@ -68,7 +68,7 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, a
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, probability_outputs, untouched_outputs,
                                                  read_out_kind, embedding_outputs, ranked_outputs, predicted_values,
-                                                 constant_leader)
+                                                 constant_leader, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
@@ -211,7 +211,8 @@ class Evaluator:
     def _read_outs(self) -> None:
         """An output the automatic choice scored rel_l2 that looks like a CTC head or a segmentation map in every
         batch (metric_choice `read_out_kind`) is scored both ways: its read-out (the text, the class map) and its
-        values, each within the budget. Said once per run, with the flag that keeps one reading."""
+        values, each within the budget. Said once per run, with the flag that keeps one reading. Then unnamed heads
+        that nothing tells apart (`_unnamed_heads`)."""
         for i, (name, kind) in enumerate(list(self.plan.items())):
             if kind not in ("rel_l2", "agreement") or name not in self.auto_chosen:
                 continue
@@ -229,6 +230,25 @@ class Evaluator:
                             "%s and rel_l2, each within the budget, so neither its read-out nor its values move "
                             "unseen; --metric %s=%s scores the read-out alone, --metric %s=rel_l2 the values alone",
                             name, looks, read_out, name, read_out, name)
+        self._unnamed_heads()
+
+    def _unnamed_heads(self) -> None:
+        """Two or more outputs scored by their argmax only because nothing says otherwise (metric_choice
+        `unnamed_heads`: no class name, rows not probabilities, no other output holding the classes) are each scored
+        by agreement and rel_l2, each within the budget: which of them holds classes, if any, nothing in the model
+        says. Sweep 32: a Keras model's `stats` [N, 2] regression (ink, a combination of an input) beside its `digit`
+        logits [N, 10] was judged by the argmax over its two values, which bounds neither."""
+        heads = unnamed_heads(self.plan, self.auto_chosen)
+        if not heads:
+            return
+        for name in heads:
+            self.plan[name] = "agreement+rel_l2"
+        if not self._quiet:
+            names = ", ".join(f"'{n}'" for n in heads)
+            log.warning("outputs %s hold no class name nor probabilities, so nothing says which of them are class "
+                        "scores and which values: each is scored by agreement and rel_l2, within the budget; "
+                        "--metric OUTPUT=agreement (class scores) or --metric OUTPUT=rel_l2 (values) for each "
+                        "says which", names)
 
     def _led(self, name: str, batches: list) -> None:
         """An unnamed [N, C] output scored by its argmax whose argmax is one column in every sample of the data

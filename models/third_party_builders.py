@@ -117,18 +117,20 @@ def _float(name: str, shape) -> onnx.ValueInfoProto:
 
 
 def two_head_detector(*, in_features: int = 8, hidden: int = 16, seed: int = 0,
-                      names: tuple[str, str] = ("boxes", "scores")) -> onnx.ModelProto:
+                      names: tuple[str, str] = ("boxes", "scores"), softmax: bool = True) -> onnx.ModelProto:
     """input [N, 8] -> shared fc + relu -> 'boxes' [N, 4] (first output) and 'scores' = softmax [N, 2].
 
     The class head's weight is 'cls.weight'; pruning it does not move the boxes at all. `names` renames the two
-    outputs (keras2onnx's MTCNN calls them 'dense_2' and 'softmax_1': the names say nothing)."""
+    outputs (keras2onnx's MTCNN calls them 'dense_2' and 'softmax_1': the names say nothing); without `softmax`
+    the second head is raw values (sweep 32's Keras `digit` [N, 10] logits beside `stats` [N, 2])."""
     boxes_name, scores_name = names
     g = _Graph(seed)
     x = g.relu(g.matmul("input", "shared", in_features, hidden), "shared")
     boxes = g.matmul(x, "box", hidden, 4)
     g.nodes.append(helper.make_node("Identity", [boxes], [boxes_name], name="/box/Identity"))
     logits = g.matmul(x, "cls", hidden, 2)
-    g.nodes.append(helper.make_node("Softmax", [logits], [scores_name], name="/cls/Softmax", axis=-1))
+    g.nodes.append(helper.make_node("Softmax", [logits], [scores_name], name="/cls/Softmax", axis=-1) if softmax
+                   else helper.make_node("Identity", [logits], [scores_name], name="/cls/Identity"))
     return _model(g, "two_head_detector", [_float("input", [BATCH, in_features])],
                   [_float(boxes_name, [BATCH, 4]), _float(scores_name, [BATCH, 2])])
 

@@ -557,6 +557,30 @@ def test_an_unnamed_output_led_by_one_column_everywhere_is_scored_by_its_argmax_
     assert figure < 0.99 and (moved.argmax(axis=1) == out.argmax(axis=1)).all()
 
 
+def test_two_unnamed_heads_are_each_scored_by_their_argmax_and_their_values(caplog):
+    """Sweep 32: a Keras model's `digit` logits [N, 10] beside its `stats` regression [N, 2] (values of both signs),
+    neither name saying which is which, were both judged by their argmax: `stats` could move as far as pruning took
+    it while the larger of its two values stayed on top. Each is held both ways now, and a warning names the flag
+    that says which is which; one unnamed output stays a classifier's logits."""
+    model = tb.two_head_detector(names=("digit", "stats"), softmax=False)
+    with caplog.at_level("WARNING"):
+        ev = evaluator(model, {"input": X8})
+    assert ev.plan == {"digit": "agreement+rel_l2", "stats": "agreement+rel_l2"}
+    assert "outputs 'digit', 'stats' hold no class name" in caplog.text and "--metric OUTPUT=rel_l2" in caplog.text
+    named = evaluator(model, {"input": X8}, ["digit=agreement", "stats=rel_l2"])
+    assert named.plan == {"digit": "agreement", "stats": "rel_l2"}
+    assert evaluator(tb.two_head_detector(names=("logits", "stats"), softmax=False), {"input": X8}).plan == {
+        "logits": "agreement", "stats": "rel_l2"}  # rule 6: a class name says where the classes are
+    # a candidate that moves `stats` by 20% and keeps its argmax: within 1 pp before, a loss of 20 pp now
+    stats = ev.reference_all[0][1]
+    moved = np.where(stats > 0, 1.2, 0.8) * stats
+    assert (moved.argmax(axis=1) == stats.argmax(axis=1)).all()
+    sums, count = METRICS["agreement"].batch(moved, stats, None)
+    assert METRICS["agreement"].finish(sums, count) == 1.0
+    sums, count = METRICS["agreement+rel_l2"].batch(moved, stats, None)
+    assert METRICS["agreement+rel_l2"].finish(sums, count) < 0.85
+
+
 def test_a_sklearn_regressors_predictions_are_values_whatever_their_signs(tmp_path):
     """Sweep 32: skl2onnx's StandardScaler + PLSRegression with two targets returns 'variable' [N, 2] (centred
     values of both signs, so no quantity rule fires); it was judged by the argmax over the two targets, "top-1
