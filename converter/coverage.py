@@ -41,6 +41,7 @@ the counting runs on a copy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -519,6 +520,20 @@ class RowCoverage:
     partial: dict[str, tuple[int, int]] = field(default_factory=dict)
     unread: dict[str, list[int]] = field(default_factory=dict)  # a few of each table's unread rows, lowest first
     bodies: set[str] = field(default_factory=set)  # tables read inside a body whose rows could not be counted
+    read: dict[str, np.ndarray] = field(default_factory=dict)  # a counted table's rows: True where a sample reads it
+
+    def merge(self, other: "RowCoverage") -> "RowCoverage":
+        """The rows read by either's data (--data and --val-data): a row one of them reads is read."""
+        out = RowCoverage(bodies=self.bodies | other.bodies)
+        for name in self.partial.keys() & other.partial.keys():
+            if name in out.bodies:
+                out.partial[name] = self.partial[name]
+                continue
+            read = self.read[name] | other.read[name]
+            if not read.all():
+                out.partial[name], out.read[name] = (int(read.sum()), len(read)), read
+                out.unread[name] = [int(i) for i in np.flatnonzero(~read)[:3]]
+        return out
 
     def reasons(self) -> dict[str, str]:
         return {n: ("read inside an If/Loop/Scan body, its rows not counted" if n in self.bodies else
@@ -530,9 +545,20 @@ class RowCoverage:
         read, rows = self.partial[name]
         return f"'{name}' {read:,} of {rows:,} rows{self._examples(name)}"
 
-    def note(self, budgeted: bool) -> str | None:
+    def note(self, budgeted: bool, rows_apart: Collection[str] = ()) -> str | None:
+        """What was done with the tables: under a budget, those in `rows_apart` pruned on their read rows alone
+        (the others left whole); without one, pruned as asked."""
         if not self.partial:
             return None
+        apart = [n for n in self.partial if n in rows_apart]
+        whole = RowCoverage({n: v for n, v in self.partial.items() if n not in rows_apart}, self.unread, self.bodies)
+        if apart and budgeted:
+            what = "; ".join(self._said(n) for n in apart[:3])
+            said = (f"embedding table(s) whose rows --data does not all read ({what}{more(len(apart), 3)}) were "
+                    "pruned on the rows it reads; the unread rows keep their input values, as the budget has no "
+                    "evidence about them (data that reads them lets them be pruned)")
+            rest = whole.note(budgeted)
+            return f"{said}; {rest}" if rest else said
         what = "; ".join(self._said(n) for n in list(self.partial)[:3])
         head = f"embedding table(s) whose rows --data does not all read ({what}{more(len(self.partial), 3)})"
         if budgeted:
@@ -608,6 +634,7 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
         elif not counted[w.name].all():
             cov.partial[w.name] = (int(counted[w.name].sum()), w.shape[0])
             cov.unread[w.name] = [int(i) for i in np.flatnonzero(~counted[w.name])[:3]]
+            cov.read[w.name] = counted[w.name]
     inputs = {i.name for i in model.graph.input}
     consts = local_constants(model.graph)
     made = consts.keys() | {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
@@ -641,6 +668,7 @@ def row_coverage(model: onnx.ModelProto, weights, reader) -> RowCoverage:
         if not s.all():
             cov.partial[name] = (int(s.sum()), len(s))
             cov.unread[name] = [int(i) for i in np.flatnonzero(~s)[:3]]
+            cov.read[name] = s
     if cov.partial:
         log.info("embedding rows read by the data: %s", {n: f"{r} of {t}" for n, (r, t) in cov.partial.items()})
     return cov

@@ -36,6 +36,7 @@ from onnxprune.converter.steps.data import DataConfig, DataStep, draws_random_in
 from onnxprune.converter.steps.encode import EncodeConfig, EncodeStep
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
 from onnxprune.converter.steps.prune import PruneStep
+from onnxprune.converter.steps.rows import UnreadRowsStep
 from onnxprune.converter.steps.quantize import AUTO as QUANT_AUTO, QuantizeConfig, QuantizeStep
 from onnxprune.converter.steps.report import ReportStep
 from onnxprune.converter.steps.retrain import BudgetSearchStep, RetrainConfig, RetrainStep
@@ -387,6 +388,8 @@ def build_plan(config: RunConfig) -> list[Step]:
         steps.append(BudgetSearchStep(config.retrain, config.budget) if budget else RetrainStep(config.retrain))
     else:
         steps.append(PruneStep())
+    if budget and has_data and not draws_random_inputs(config.data):  # tables pruned on the rows the data reads
+        steps.append(UnreadRowsStep())
     if config.quantize.weight_bits is not None:
         steps.append(QuantizeStep(config.quantize, config.retrain, config.budget, shrink, config.encode,
                                   trained=retrain or auto))

@@ -112,23 +112,27 @@ class _Knob:
 
 def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData, config: AutoConfig,
                 progress: Callable[..., None] | None = None, deadline: float | None = None, clock=None,
-                held: int = 0, scoring=None) -> AutoResult:
+                held: int = 0, scoring=None, frozen: dict[str, np.ndarray] | None = None) -> AutoResult:
     """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget);
     `clock` (timing.RunClock), when given, replaces it: the run's deadline less the reserve for the steps after.
     `held`: the weights of the prunable ones left out of `inventory` (no evidence about them, or excluded), counted
     as kept in every ratio the search states, so its figures are the summary's (sweep 9: "2.0x kept" for "1.1x").
     `scoring` (passes.criteria.Scoring, with its statistics on the training part): what ranks the weights in every
-    phase; None: config.criterion without data (magnitude)."""
+    phase; None: config.criterion without data (magnitude). `frozen`: weight -> the entries the run gives back their
+    input values after the search whatever its masks say (embedding rows no sample reads: converter/steps/rows.py),
+    counted as kept in every ratio."""
     config.validate()
     return _Search(original, inventory, data, config, progress or (lambda *a, **k: None),
-                   deadline or time.perf_counter() + config.time_budget, clock, held, scoring).run()
+                   deadline or time.perf_counter() + config.time_budget, clock, held, scoring, frozen).run()
 
 
 class _Search:
+    frozen: dict[str, np.ndarray] = {}  # (read only) entries kept whatever the masks say; __init__ sets the run's
+
     def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline, clock=None,
-                 held: int = 0, scoring=None):
+                 held: int = 0, scoring=None, frozen: dict[str, np.ndarray] | None = None):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
-        self.held = held
+        self.held, self.frozen = held, frozen or {}
         self.zeros = zeros_of(original, inventory)  # the input's own zeros: never counted as removed
         self.progress, self._deadline, self.clock = progress, deadline, clock
         # the second look's time (`_second_look`: the result and the one-shot start on the training part), kept out
@@ -165,8 +169,8 @@ class _Search:
     def ratio(self, masks: dict[str, np.ndarray]) -> float:
         """A candidate's ratio as the summary will count it: the input's nonzeros over the candidate's, the weights
         left out of the search (`held`) kept (sweep 9: "2.0x kept" for "1.1x"), the input's own zeros not removed."""
-        return nonzero_ratio({n: int(m.sum()) for n, m in masks.items()}, {n: m.size for n, m in masks.items()},
-                             self.zeros, self.held)
+        kept = {n: int((m | self.frozen[n]).sum() if n in self.frozen else m.sum()) for n, m in masks.items()}
+        return nonzero_ratio(kept, {n: m.size for n, m in masks.items()}, self.zeros, self.held)
 
     def run(self) -> AutoResult:
         self.rule = BudgetRule(self.data.evaluator, self.config.max_loss)

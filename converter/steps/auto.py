@@ -116,7 +116,7 @@ class AutoSearchStep(Step):
 
         held = held_weights(state)  # kept as they are
         result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock, held=held,
-                             scoring=state.scoring)
+                             scoring=state.scoring, frozen=state.unread_rows)
         state.prune.masks.update(result.masks)
         state.notes.extend(([short] if short else []) + result.notes + self._few_labelled(state))
         state.auto = result.report()

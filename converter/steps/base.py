@@ -48,6 +48,8 @@ class RunState:
     random_shapes: dict | None = None  # without real data: input -> dims random inputs are drawn at (steps.shapes)
     scannable: Any = None  # the Inventory a budget allocates over (excluded and fixed layers left out)
     targets: dict | None = None  # weight name -> passes.magnitude.Target
+    unread_rows: dict = field(default_factory=dict)  # embedding table -> bool [rows, 1...]: rows no sample reads,
+    #                                                   given back their input values after pruning (steps/rows.py)
     scoring: Any = None  # passes.criteria.Scoring: the run's criterion, bound to its calibration statistics
     sensitivity: Any = None  # calibration.sensitivity.SensitivityResult
     allocation: dict | None = None  # how the budget chose the targets (for the report)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import CalibrationError, ConfigError
@@ -109,8 +111,19 @@ class TargetsStep(Step):
             unreached.update(cov.unreached)
             self._say(state, cov.note(self.budgeted))
         rows = row_coverage(state.original, state.inventory.prunable, state.data.reader())
-        unreached.update(rows.reasons())
-        self._say(state, rows.note(self.budgeted))
+        val = state.data.config.val_data
+        if rows.partial and val is not None:  # a row the decision set alone reads is read
+            rows = rows.merge(row_coverage(state.original, state.inventory.prunable, state.data.reader(val)))
+        # under a budget, a table whose rows the data does not all read is pruned on its read rows, the unread ones
+        # given their input values back after pruning (steps/rows.py); rows on the stored axis 0: no op between the
+        # table and its lookup
+        if self.budgeted and not draws_random_inputs(state.data.config):
+            tables = {w.name: w for w in state.inventory.prunable if not w.via and len(w.shape) >= 1}
+            state.unread_rows = {n: np.broadcast_to((~read).reshape(-1, *[1] * (len(tables[n].shape) - 1)),
+                                                    tables[n].shape).copy()
+                                 for n, read in rows.read.items() if n in tables and len(read) == tables[n].shape[0]}
+        unreached.update({n: why for n, why in rows.reasons().items() if n not in state.unread_rows})
+        self._say(state, rows.note(self.budgeted, state.unread_rows))
         return unreached
 
     def _unscored(self, state: RunState) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Embedding tables (a Gather reading a float table with ids from the data) are weights: pruned by magnitude where
-the data reads every row, left as they are (and said) where it does not; and weights no scored output reaches are
-left alone by a budget."""
+the data reads every row; under a budget, pruned on the rows the data reads, the unread rows kept (and said); and
+weights no scored output reaches are left alone by a budget."""
 
 from __future__ import annotations
 
@@ -60,17 +60,42 @@ def test_a_fixed_sparsity_prunes_the_table_and_onnxruntime_agrees():
     assert_same_outputs(result.model, result.dense_model, feeds=[{"ids": data["ids"][:16]}])
 
 
-def test_a_budget_leaves_a_table_whose_rows_the_data_does_not_all_read_and_says_so():
+@pytest.mark.parametrize("one_shot", [True, False])
+def test_a_budget_prunes_a_table_on_the_rows_the_data_reads_and_keeps_the_others(one_shot):
+    """A row no sample reads has no evidence behind it: it keeps its input values, the rows read are pruned by the
+    budget like any weight (until session 38 the whole table was left as it was: torch's legacy EmbeddingBag read
+    499 of its 500 rows, and 87% of a model's weights stayed). The written model computes what its weights say,
+    and its outputs on the data are those of the pruned rows alone (the unread rows change nothing there)."""
+    from tests.oracle import check_full
+
     model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
     data = {"ids": _ids(200, 30, 5, rows=range(12))}
-    result = run(model, configure(max_loss=50.0, data=data, one_shot=True))
-    np.testing.assert_array_equal(weight_array(result.model, "embed.weight"), weight_array(model, "embed.weight"))
-    assert any("'embed.weight' 12 of 30 rows, unread e.g. 12, 13, 14" in n and "left as they are" in n
+    result = run(model, configure(max_loss=50.0, data=data, one_shot=one_shot, time_budget=None if one_shot else 30))
+    table, given = weight_array(result.dense_model, "embed.weight"), weight_array(model, "embed.weight")
+    np.testing.assert_array_equal(table[12:], given[12:])
+    assert (table[:12] == 0).any()
+    assert result.state.masks["embed.weight"][12:].all()
+    assert any("'embed.weight' 12 of 30 rows, unread e.g. 12, 13, 14" in n and "pruned on the rows it reads" in n
                for n in result.report["notes"])
+    check_full(result.model)
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"ids": data["ids"][:16]}])
+    if not one_shot:  # the search's ratios count the unread rows as kept, as the summary does
+        kept = [h for h in result.report["history"] if h.get("kept")][-1]
+        assert kept["ratio"] == pytest.approx(result.report["compression"], rel=1e-6)
     # with a fixed sparsity it is pruned as asked, and the run says no sample checked the unread rows
     fixed = run(model, configure(sparsity=0.5, data=data))
     assert (weight_array(fixed.model, "embed.weight") == 0).mean() == pytest.approx(0.5, abs=0.02)
     assert any("no sample checked the unread rows" in n for n in fixed.report["notes"])
+
+
+def test_rows_the_decision_set_alone_reads_count_as_read():
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    inv = find_prunable(model)
+    a = row_coverage(model, inv.prunable, open_data({"ids": _ids(64, 30, 5, rows=range(10))}, model))
+    b = row_coverage(model, inv.prunable, open_data({"ids": _ids(64, 30, 5, rows=range(5, 20))}, model))
+    both = a.merge(b)
+    assert both.partial == {"embed.weight": (20, 30)} and both.unread["embed.weight"] == [20, 21, 22]
+    assert a.merge(row_coverage(model, inv.prunable, open_data({"ids": _ids(64, 30, 5)}, model))).partial == {}
 
 
 def test_a_budget_prunes_a_table_the_data_reads_whole():
@@ -152,7 +177,8 @@ def test_the_search_states_its_ratios_over_every_prunable_weight_a_left_table_in
     result = run(model, configure(data={"ids": ids}, max_loss=20.0, time_budget=30))
     kept = [h for h in result.report["history"] if h.get("kept")][-1]
     assert kept["ratio"] == pytest.approx(result.report["compression"], rel=1e-6)
-    np.testing.assert_array_equal(weight_array(result.model, "embed.weight"), weight_array(model, "embed.weight"))
+    table = weight_array(result.dense_model, "embed.weight")
+    np.testing.assert_array_equal(table[100:], weight_array(model, "embed.weight")[100:])  # the unread rows
 
 
 def test_every_lookup_of_a_tied_table_counts_its_rows():

@@ -36,9 +36,10 @@ def test_each_kind_of_run_is_its_own_step_list():
     assert _names(sparsity=0.9) == ["load", "inventory", "random-shapes", "targets", "prune", *tail, "report"]
     assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "targets",
                                                                   "choose-apart", "scan", "fit-budget", "prune",
-                                                                  *tail, "measure", "report", "budget-check"]
-    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "auto-search", *tail,
-                                                   "measure", "report", "budget-check"]
+                                                                  "unread-rows", *tail, "measure", "report",
+                                                                  "budget-check"]
+    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "auto-search",
+                                                   "unread-rows", *tail, "measure", "report", "budget-check"]
     assert _names(max_loss=1.0, data="d.npz", one_shot=True, time_budget="60s")[3:7] == ["targets", "choose-apart",
                                                                                           "clock", "scan"]
     assert _names(max_loss=1.0, data="random") == _names(max_loss=1.0, data="random", one_shot=True)
@@ -46,8 +47,8 @@ def test_each_kind_of_run_is_its_own_step_list():
     assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "retrain",
                                                                  *tail, "measure", "report"]
     assert _names(max_loss=1.0, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "scan",
-                                                                 "allocate", "budget-search", *tail, "measure",
-                                                                 "report", "budget-check"]
+                                                                 "allocate", "budget-search", "unread-rows", *tail,
+                                                                 "measure", "report", "budget-check"]
 
 
 def test_only_the_budgeted_retraining_holds_out_a_validation_part():

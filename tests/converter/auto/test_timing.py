@@ -119,7 +119,8 @@ def test_the_step_gives_the_search_the_budget_less_the_reserve(small, monkeypatc
 
     seen = {}
 
-    def capture(original, inventory, data, config, progress=None, deadline=None, clock=None, held=0, scoring=None):
+    def capture(original, inventory, data, config, progress=None, deadline=None, clock=None, held=0, scoring=None,
+                frozen=None):
         seen["clock"] = clock
         raise RuntimeError("captured")
 

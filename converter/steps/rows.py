@@ -1,0 +1,60 @@
+"""Embedding rows no sample reads keep their input values: a budgeted run prunes a table on the rows its data reads.
+
+A row no sample of --data (or --val-data) reads has no evidence behind it: pruning it changes nothing the budget
+measures, and a user's input that reads it later meets whatever pruning left (converter/coverage.RowCoverage).
+Until session 38 such a table was left whole, however few rows went unread: torch's legacy `nn.EmbeddingBag`
+read 499 of its 500 rows, and 87% of a model's weights were left as they are. Now the search prunes the table
+like any other weight (its unread rows' losses are nothing, as they are), counts their entries as kept in every
+ratio it states (`auto_search(frozen=)`), and this step, after the pruning step and before anything else reads the
+pruned model, writes the input's values back into those rows and marks them kept. The outputs on the data are the
+ones the search measured: no sample reads what changed.
+
+    table [V, D], rows read R:   pruned rows R (by the search)   rows V \\ R = the input's values, mask kept
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.converter.steps.base import RunState, Step, register_step
+from onnxprune.passes.magnitude import Target
+from onnxprune.passes.weights import constant_tensors
+
+
+def keep_unread_rows(pruned: onnx.ModelProto, original: onnx.ModelProto, unread: dict[str, np.ndarray],
+                     masks: dict[str, np.ndarray]) -> int:
+    """Write `original`'s values into the `unread` entries of each table of `pruned` (in place) and mark them kept
+    in `masks`; returns how many entries changed."""
+    before, after = constant_tensors(original), constant_tensors(pruned)
+    changed = 0
+    for name, rows in unread.items():
+        if name not in after or name not in before:
+            continue
+        values = numpy_helper.to_array(after[name])
+        given = numpy_helper.to_array(before[name]).astype(values.dtype)
+        back = np.where(rows, given, values)
+        moved = int(np.count_nonzero(back != values))
+        if moved:
+            after[name].CopyFrom(numpy_helper.from_array(back, name))
+        changed += moved
+        if name in masks:
+            masks[name] = masks[name] | rows
+    return changed
+
+
+@register_step("unread-rows")
+class UnreadRowsStep(Step):
+    """Give the embedding rows no sample reads their input values back (a budgeted run with data)."""
+
+    needs = ("original", "pruned")
+    gives = ("pruned",)
+
+    def run(self, state: RunState) -> None:
+        if not state.unread_rows:
+            return
+        keep_unread_rows(state.pruned, state.original, state.unread_rows, state.prune.masks)
+        for name in state.unread_rows:
+            if name in state.prune.masks and state.targets is not None and name in state.targets:
+                state.targets[name] = Target(sparsity=1.0 - float(state.prune.masks[name].mean()))
