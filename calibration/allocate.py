@@ -85,6 +85,9 @@ class AllocationOutcome:
     decision: dict | None = None  # the judge's decision on the chosen allocation (when a judge decided)
     sizes: dict[str, int] = field(default_factory=dict)  # each prunable weight's size
     zeros: dict[str, int] = field(default_factory=dict)  # ... and the zeros the input already held (weights.zeros_of)
+    # entries a sparsity can remove for good, where fewer than the size: a table pruned on the rows the data reads
+    # (its unread rows ranked last and given back after pruning: converter/steps/rows.py)
+    caps: dict[str, int] = field(default_factory=dict)
 
     @property
     def compression(self) -> float:
@@ -94,7 +97,7 @@ class AllocationOutcome:
     def ratio_of(self, sparsities: dict[str, float], held: int = 0) -> float:
         """The same ratio for another allocation (a try of the fit). `held`: the prunable weights the fit was not
         given (no evidence about them, or excluded), kept as they are, as the summary counts them."""
-        kept = {n: size - int(round(sparsities.get(n, 0.0) * size)) for n, size in self.sizes.items()}
+        kept = {n: size - _dropped(n, size, sparsities.get(n, 0.0), self.caps) for n, size in self.sizes.items()}
         return nonzero_ratio(kept, self.sizes, self.zeros, held)
 
 
@@ -210,8 +213,13 @@ def pruned_model(model: onnx.ModelProto, sparsities: dict[str, float], scorer: S
     return out
 
 
-def _removed(inventory: Inventory, sparsities: dict[str, float]) -> int:
-    return sum(int(round(sparsities.get(w.name, 0.0) * w.size)) for w in inventory.prunable)
+def _dropped(name: str, size: int, sparsity: float, caps: dict[str, int]) -> int:
+    """Entries a sparsity removes for good: round(s * size), at most the weight's cap (`AllocationOutcome.caps`)."""
+    return min(int(round(sparsity * size)), caps.get(name, size))
+
+
+def _removed(inventory: Inventory, sparsities: dict[str, float], caps: dict[str, int]) -> int:
+    return sum(_dropped(w.name, w.size, sparsities.get(w.name, 0.0), caps) for w in inventory.prunable)
 
 
 def _over_why(decision: dict | None, budget: float) -> str:
@@ -242,6 +250,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
     and 0 pp on 60 samples where one changed line is 1.67 pp, ran the 0.5 pp fit's eight tries again (40 s of a
     3-minute budget, every try as at 1 pp)."""
     ranker = scoring.bind(model)
+    caps = {n: int((~m).sum()) for n, m in scoring.last.items()}  # entries ranked last come back (steps/rows.py)
     result = result if result is not None else getattr(allocation, "result", None)
     weights = getattr(allocation, "weights", None)
     dense = 100.0 * (evaluator.dense if evaluator.dense is not None else evaluator.evaluate(model))
@@ -296,7 +305,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
         last[0] = max(last[0], time.perf_counter() - t0)  # a screened try stops early; the next may not
         entry = {"try": len(tried), "knob": x, "measured_loss_pp": loss, "fits": fits,
                  "predicted_loss_pp": predicted_loss(result, cand) if result is not None else None,
-                 "removed": _removed(inventory, cand), "sparsities": cand, "pruned_pct": dense - loss}
+                 "removed": _removed(inventory, cand, caps), "sparsities": cand, "pruned_pct": dense - loss}
         if decision is not None:
             entry["decision"] = decision
         if stopped is not None:  # clearly over: the loss is the estimate from the samples run
@@ -329,7 +338,7 @@ def fit_to_budget(model: onnx.ModelProto, inventory: Inventory, evaluator: Evalu
                  " (within the budget after all: it is the answer)" if fits else "")
         if fits:
             best = nearest
-    return _outcome(model, inventory, best, search.history, dense, max_loss_pp)
+    return _outcome(model, inventory, best, search.history, dense, max_loss_pp, caps)
 
 
 def _try_key(sparsities: dict[str, float]) -> tuple:
@@ -421,7 +430,7 @@ class _KnobSearch:
         return mid if self.lo < mid < self.hi else None
 
 
-def _outcome(model, inventory, best, history, dense, max_loss_pp) -> AllocationOutcome:
+def _outcome(model, inventory, best, history, dense, max_loss_pp, caps=None) -> AllocationOutcome:
     total = sum(w.size for w in inventory.prunable)
     notes = []
     if best is None:
@@ -437,4 +446,5 @@ def _outcome(model, inventory, best, history, dense, max_loss_pp) -> AllocationO
                              tries=len(history), history=history, predicted_loss_pp=best["predicted_loss_pp"] or 0.0,
                              dense_pct=dense, pruned_pct=best["pruned_pct"], removed=best["removed"], total=total,
                              notes=notes, decision=best.get("decision"),
-                             sizes={w.name: w.size for w in inventory.prunable}, zeros=zeros_of(model, inventory))
+                             sizes={w.name: w.size for w in inventory.prunable}, zeros=zeros_of(model, inventory),
+                             caps=caps or {})

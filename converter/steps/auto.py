@@ -71,8 +71,10 @@ class AutoSearchStep(Step):
             from onnxprune.converter.criteria import calibration_scoring
 
             # a data-driven criterion's statistics from the choosing part too (steps/targets.py took all of --data)
+            last = state.scoring.last  # the unread rows ranked last (steps/targets.py)
             state.scoring = calibration_scoring(self.targets_config.criterion, state.data.train_reader(),
                                                 seed=state.data.config.seed)
+            state.scoring.last = last
             if few is not None and self._feeds_retrain(state, choose, decide):
                 n = state.data.reader().num_samples
                 note = (f"--data holds {n} feed(s), each used as is: split by feed, the {choose} samples of one feed "

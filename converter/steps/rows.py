@@ -4,9 +4,11 @@ A row no sample of --data (or --val-data) reads has no evidence behind it: pruni
 measures, and a user's input that reads it later meets whatever pruning left (converter/coverage.RowCoverage).
 Until session 38 such a table was left whole, however few rows went unread: torch's legacy `nn.EmbeddingBag`
 read 499 of its 500 rows, and 87% of a model's weights were left as they are. Now the search prunes the table
-like any other weight (its unread rows' losses are nothing, as they are), counts their entries as kept in every
-ratio it states (`auto_search(frozen=)`), and this step, after the pruning step and before anything else reads the
-pruned model, writes the input's values back into those rows and marks them kept. The outputs on the data are the
+like any other weight, every ranking putting the unread entries after all the others (`Scoring.last`: a sparsity
+drops read entries first, and the one-shot fit counts only those as removed, `AllocationOutcome.caps`), the search
+counts them as kept in every ratio it states (`auto_search(frozen=)`), and this step, after the pruning step and
+before anything else reads the pruned model, writes the input's values back into those rows and marks them kept
+(retraining's weight decay moved them; a sparsity past the read entries' share dropped some). The outputs on the data are the
 ones the search measured: no sample reads what changed.
 
     table [V, D], rows read R:   pruned rows R (by the search)   rows V \\ R = the input's values, mask kept

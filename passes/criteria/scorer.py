@@ -27,11 +27,12 @@ class Scorer:
 
     def __init__(self, criterion: str = DEFAULT, *, weights: Mapping[str, PrunableWeight] | None = None,
                  model: onnx.ModelProto | None = None, stats: Statistics | None = None,
-                 fallbacks: dict[str, str] | None = None):
+                 fallbacks: dict[str, str] | None = None, last: Mapping[str, np.ndarray] | None = None):
         self.criterion = get_criterion(criterion)
         self.weights = dict(weights or {})
         self.model, self.stats = model, stats
         self.fallbacks = {} if fallbacks is None else fallbacks  # {weight: its op} ranked by magnitude (no stats)
+        self.last = last or {}  # {weight: bool mask}: entries ranked after every other (`rank_last`)
         self._scores: dict[str, np.ndarray] = {}
 
     def scores(self, name: str, values: np.ndarray) -> np.ndarray:
@@ -47,12 +48,13 @@ class Scorer:
             self.weights = find_prunable(self.model, with_macs=False).by_name()
         ctx = ScoreContext(self.weights.get(name), values, self.model, self.stats)
         try:
-            return score(self.criterion.name, ctx)
+            found = score(self.criterion.name, ctx)
         except MissingStatistics as missing:
             if name not in self.fallbacks:
                 log.info("%s: ranked by magnitude", missing)
             self.fallbacks[name] = missing.where or name
-            return score(DEFAULT, ctx)
+            found = score(DEFAULT, ctx)
+        return rank_last(found, self.last.get(name))
 
     def axis(self, name: str) -> int | None:
         """The comparison group: None for the whole layer, else the output-row axis of the weight."""
@@ -85,6 +87,9 @@ class Scoring:
     stats_for: Callable[[onnx.ModelProto], Statistics] | None = None
     _bound: tuple | None = field(default=None, repr=False, compare=False)
     fallbacks: dict = field(default_factory=dict, repr=False, compare=False)  # every bound Scorer's, shared
+    # {weight: bool mask} entries every bound Scorer ranks after all others: an embedding table's rows no sample reads
+    # (converter/steps/rows.py), so that a sparsity drops read entries only and counts exactly what goes
+    last: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def needs_model(self) -> bool:
@@ -98,7 +103,8 @@ class Scoring:
             if self._bound is None or self._bound[0] is not model:
                 self._bound = (model, self.stats_for(model))
             stats = self._bound[1]
-        return Scorer(self.criterion, weights=self.weights, model=model, stats=stats, fallbacks=self.fallbacks)
+        return Scorer(self.criterion, weights=self.weights, model=model, stats=stats, fallbacks=self.fallbacks,
+                      last=self.last)
 
     def note(self) -> str | None:
         """One note for the weights its statistics did not reach (ranked by magnitude), counted, or None."""
@@ -108,6 +114,15 @@ class Scoring:
         shown = ", ".join(ops[:3]) + (f" and {len(ops) - 3} more" if len(ops) > 3 else "")
         return (f"--criterion {self.criterion}: its statistics do not reach {len(self.fallbacks)} weight(s) (of "
                 f"{shown}); those are ranked by magnitude within their own layers")
+
+
+def rank_last(scores: np.ndarray, last: np.ndarray | None) -> np.ndarray:
+    """`scores` with the entries of `last` raised above every other score (finite, so sums over scores such as
+    LAMP's stay finite): any sparsity up to the share of the others drops none of them."""
+    if last is None or not last.any() or last.shape != scores.shape:
+        return scores
+    top = float(np.max(scores[~last])) if (~last).any() else 0.0
+    return np.where(last, top + 1.0 + np.abs(top), scores).astype(scores.dtype, copy=False)
 
 
 MAGNITUDE = Scoring()

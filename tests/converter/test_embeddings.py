@@ -179,6 +179,13 @@ def test_the_search_states_its_ratios_over_every_prunable_weight_a_left_table_in
     assert kept["ratio"] == pytest.approx(result.report["compression"], rel=1e-6)
     table = weight_array(result.dense_model, "embed.weight")
     np.testing.assert_array_equal(table[100:], weight_array(model, "embed.weight")[100:])  # the unread rows
+    # the one-shot fit ranks the unread rows last and counts none of them as removed: it said "chose 1.74x" for a
+    # summary of 1.17x when it counted the table's sparsity over all its rows
+    one = run(model, configure(data={"ids": ids}, max_loss=20.0, one_shot=True))
+    chose = next(n for n in one.report["notes"] if n.startswith("the one-shot fit chose"))
+    assert f"chose {one.report['compression']:.2f}x" in chose
+    np.testing.assert_array_equal(weight_array(one.dense_model, "embed.weight")[100:],
+                                  weight_array(model, "embed.weight")[100:])
 
 
 def test_every_lookup_of_a_tied_table_counts_its_rows():

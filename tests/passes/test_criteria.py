@@ -284,3 +284,23 @@ def test_the_automatic_search_keeps_a_weight_in_a_layer_the_bias_alone_decides(t
     out = onnx.load(str(tmp_path / "o.onnx"))
     got, want = make_session(out).run(None, {"x": x})[0], make_session(model).run(None, {"x": x})[0]
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_entries_ranked_last_go_only_after_every_other():
+    """An embedding table's unread rows (converter/steps/rows.py): any sparsity up to the others' share drops none
+    of them, whatever their scores, and the scores stay finite for sums over them (LAMP)."""
+    from onnxprune.passes.criteria.rank import keep_mask
+    from onnxprune.passes.criteria.scorer import Scorer, rank_last
+
+    values = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    last = np.zeros((6, 4), bool)
+    last[4:] = True
+    values[4:] *= 1e-3  # the smallest magnitudes: plain magnitude would drop them first
+    scorer = Scorer(last={"t": last})
+    ranked = scorer.scores("t", values)
+    assert np.isfinite(ranked).all() and ranked[last].min() > ranked[~last].max()
+    for s in (0.25, 0.5, 2 / 3):
+        keep = scorer.keep("t", values, s)
+        assert keep[last].all() and (~keep).sum() == round(s * values.size)
+    assert not keep_mask(np.abs(values), 0.25)[last].all()  # without it they go first
+    np.testing.assert_array_equal(rank_last(np.abs(values), None), np.abs(values))
