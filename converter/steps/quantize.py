@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from onnxprune.plain import listed
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.encode import EncodeConfig
 from onnxprune.converter.steps.prune import copy_model
@@ -100,7 +101,10 @@ class QuantizeStep(Step):
             state.notes.append("--weight-bits: codebooks not fine-tuned under torchrun (k-means only); run the "
                                "quantization in one process to train them.")
         present = set(constant_tensors(state.pruned))
-        names = [w.name for w in state.inventory.prunable if w.name in present]
+        names = [w.name for w in state.inventory.prunable if w.name in present and w.name not in state.unread_rows]
+        if state.unread_rows:  # a codebook would move the rows no sample reads, where nothing measures it
+            state.notes.append(f"--weight-bits: {listed(repr(n) for n in state.unread_rows)} keep their float "
+                               "values: rows of them no sample of --data reads would move on a codebook, unmeasured")
         widths = self.config.weight_bits
         if widths != AUTO:
             state.pruned = self._candidate(state, names, widths)

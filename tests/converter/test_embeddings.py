@@ -88,6 +88,20 @@ def test_a_budget_prunes_a_table_on_the_rows_the_data_reads_and_keeps_the_others
     assert any("no sample checked the unread rows" in n for n in fixed.report["notes"])
 
 
+def test_weight_bits_leave_a_partly_read_tables_values_float():
+    """A codebook moves every kept value of a weight, the unread rows' too, where nothing measures it: such a table
+    keeps its float values (said), its unread rows exactly the input's; the other weights take the codebook."""
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    data = {"ids": _ids(200, 30, 5, rows=range(12))}
+    result = run(model, configure(max_loss=50.0, data=data, one_shot=True, weight_bits=4))
+    table = weight_array(result.dense_model, "embed.weight")
+    np.testing.assert_array_equal(table[12:], weight_array(model, "embed.weight")[12:])
+    assert any("'embed.weight' keep their float values" in n for n in result.report["notes"])
+    fc = weight_array(result.dense_model, "fc.weight")
+    assert len(np.unique(fc[fc != 0])) <= 16  # 4-bit codes elsewhere
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"ids": data["ids"][:16]}])
+
+
 def test_rows_the_decision_set_alone_reads_count_as_read():
     model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
     inv = find_prunable(model)
