@@ -1649,3 +1649,22 @@ def deformable_cnn(*, size: int = 8, width: int = 8, classes: int = 3, seed: int
     model.opset_import[0].version = max(model.opset_import[0].version, 19)
     model.ir_version = max(model.ir_version, 9)
     return model
+
+
+def sampling_vae(*, features: int = 12, hidden: int = 16, latent: int = 4, seed: int = 0,
+                 outputs: tuple[str, ...] = ("recon", "mu")) -> onnx.ModelProto:
+    """A VAE as torch exports it with its sampling (sweep 33): 'input' [N, 12] -> Gemm 'enc' + Relu -> Gemm 'mu',
+    Gemm 'lv'; z = mu + RandomNormalLike(mu) * Exp(0.5 lv) -> Gemm 'dec' -> Sigmoid -> 'recon' [N, 12]; 'mu' [N, 4]
+    is a function of the input, 'recon' is not. `outputs`: the graph outputs, of those two."""
+    g = _Graph(seed)
+    h = g.relu(g.gemm("input", "enc", features, hidden), "enc")
+    mu = g.gemm(h, "mu", hidden, latent)
+    lv = g.gemm(h, "lv", hidden, latent)
+    eps = g.op("RandomNormalLike", "sample", [mu])
+    std = g.op("Exp", "sample", [g.op("Mul", "sample/half", [lv, g.const("half", np.array(0.5, np.float32))])])
+    z = g.op("Add", "sample", [mu, g.op("Mul", "sample", [eps, std])])
+    g.op("Sigmoid", "dec", [g.gemm(z, "dec", latent, features)])
+    g.nodes.append(helper.make_node("Identity", [g.nodes[-1].output[0]], ["recon"], name="/recon/Identity"))
+    g.nodes.append(helper.make_node("Identity", [mu], ["mu"], name="/mu/Identity"))
+    shapes = {"recon": [BATCH, features], "mu": [BATCH, latent]}
+    return _model(g, "sampling_vae", [_float("input", [BATCH, features])], [_float(o, shapes[o]) for o in outputs])
