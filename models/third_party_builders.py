@@ -1668,3 +1668,23 @@ def sampling_vae(*, features: int = 12, hidden: int = 16, latent: int = 4, seed:
     g.nodes.append(helper.make_node("Identity", [mu], ["mu"], name="/mu/Identity"))
     shapes = {"recon": [BATCH, features], "mu": [BATCH, latent]}
     return _model(g, "sampling_vae", [_float("input", [BATCH, features])], [_float(o, shapes[o]) for o in outputs])
+
+
+def imputer_mlp(*, features: int = 6, hidden: int = 16, classes: int = 3, form: str = "imputer",
+                seed: int = 0) -> onnx.ModelProto:
+    """A model that takes missing values as NaN and replaces them itself (sweep 33): 'X' [N, 6] -> an ai.onnx.ml
+    Imputer (replaced_value_float NaN, each feature's mean, as skl2onnx writes scikit-learn's SimpleImputer), or with
+    `form="nan_to_num"` Where(IsNaN(X), 0, X) (torch.nan_to_num) -> fc + relu -> fc -> 'variable' [N, 3]."""
+    g = _Graph(seed)
+    if form == "imputer":
+        means = g.rng.standard_normal(features).astype(np.float32)
+        g.nodes.append(helper.make_node("Imputer", ["X"], ["imputed"], name="Imputer", domain="ai.onnx.ml",
+                                        imputed_value_floats=means.tolist(), replaced_value_float=float("nan")))
+    else:
+        nan = g.op("IsNaN", "nan_to_num", ["X"])
+        g.nodes.append(helper.make_node("Where", [nan, g.const("zero", np.array(0.0, np.float32)), "X"],
+                                        ["imputed"], name="/nan_to_num/Where"))
+    h = g.relu(g.matmul("imputed", "fc1", features, hidden), "fc1")
+    g.nodes.append(helper.make_node("Identity", [g.matmul(h, "fc2", hidden, classes)], ["variable"], name="out"))
+    return _model(g, "imputer_mlp", [_float("X", [BATCH, features])], [_float("variable", [BATCH, classes])],
+                  ml=form == "imputer")
