@@ -1688,3 +1688,26 @@ def imputer_mlp(*, features: int = 6, hidden: int = 16, classes: int = 3, form: 
     g.nodes.append(helper.make_node("Identity", [g.matmul(h, "fc2", hidden, classes)], ["variable"], name="out"))
     return _model(g, "imputer_mlp", [_float("X", [BATCH, features])], [_float("variable", [BATCH, classes])],
                   ml=form == "imputer")
+
+
+def bernoulli_nb(*, features: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """scikit-learn's BernoulliNB as skl2onnx writes it (sweep 33): 'X' [N, 6] -> Greater(threshold) -> Cast ->
+    MatMul with flp - Log(1 - Exp(flp)), a weight nodes compute from the stored log-probabilities 'flp' [6, 3] that
+    Exp also reads for the ReduceSum of Log(1 - Exp(flp)) (the load step stores the computed weight beside 'flp')
+    -> + that sum + the class prior -> 'label' (ArgMax) [N] and 'probabilities' (Softmax) [N, 3]."""
+    g = _Graph(seed)
+    flp = g.const("flp", np.log(g.rng.uniform(0.05, 0.95, (features, classes))))
+    neg = g.op("Log", "neg", [g.op("Sub", "neg", [g.const("one", np.array(1.0, np.float32)),
+                                                 g.op("Exp", "neg", [flp])])])
+    diff = g.op("Sub", "diff", [flp, neg])
+    g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "axis"))
+    total = g.op("ReduceSum", "neg", [neg, "axis"], keepdims=1)
+    binary = g.op("Cast", "binarise", [g.op("Greater", "binarise", ["X", g.const("threshold", np.zeros(1))])],
+                  to=TensorProto.FLOAT)
+    scores = g.op("Add", "prior", [g.op("Add", "sum", [g.op("MatMul", "dot", [binary, diff]), total]),
+                                   g.const("prior", np.log(np.full((1, classes), 1.0 / classes)))])
+    g.nodes.append(helper.make_node("ArgMax", [scores], ["label"], name="ArgMax", axis=1, keepdims=0))
+    g.nodes.append(helper.make_node("Softmax", [scores], ["probabilities"], name="Softmax", axis=1))
+    return _model(g, "bernoulli_nb", [_float("X", [BATCH, features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
+                   _float("probabilities", [BATCH, classes])])
