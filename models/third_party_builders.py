@@ -1711,3 +1711,18 @@ def bernoulli_nb(*, features: int = 6, classes: int = 3, seed: int = 0) -> onnx.
     return _model(g, "bernoulli_nb", [_float("X", [BATCH, features])],
                   [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
                    _float("probabilities", [BATCH, classes])])
+
+
+def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """An autoencoder whose decoder is its encoder's weight transposed, as torch's legacy exporter writes
+    F.linear(h, enc.weight.t()) (sweep 33): 'input' [N, 12] -> Gemm(x, enc.weight [8, 12], transB=1) + Relu ->
+    Gemm(h, enc.weight, dec.bias) (transB=0: the same matrix read as W^T) -> 'recon' [N, 12], and a head Gemm 'cls'
+    -> 'logits' [N, 3]."""
+    g = _Graph(seed)
+    h = g.relu(g.gemm("input", "enc", features, hidden), "enc")
+    g.nodes.append(helper.make_node("Gemm", [h, "enc.weight", g.bias("dec.bias", features)], ["recon"],
+                                    name="/dec/Gemm"))
+    g.gemm(h, "cls", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "tied_autoencoder", [_float("input", [BATCH, features])],
+                  [_float("recon", [BATCH, features]), _float("logits", [BATCH, classes])])
