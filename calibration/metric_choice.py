@@ -60,9 +60,12 @@ _STATE_NAMES = _Words(r"hidden|state|cache|memory|past|present")
 _CACHE_NAMES = _Words(r"(present|past)(?![a-z])|key_values|kv_cache")
 # points and contours (mediapipe's 'output_eyes_contours_and_brows', face 'mesh', pose 'keypoints'/'kpts'/'joints'):
 # coordinates, whose argmax is no class (sweep 19's iris_landmark was judged by argmax agreement); a forecast's horizon
-# of future values (sweep 28's N-BEATS 'forecast' [N, 12] was judged by the argmax over its 12 steps)
+# of future values (sweep 28's N-BEATS 'forecast' [N, 12] was judged by the argmax over its 12 steps); an
+# autoencoder's or denoiser's flat image through a Sigmoid ('recon' [N, 784]: sweep 33's tied autoencoder was judged
+# as 784 labels at 0.5, a sample changed when any pixel near 0.5 crossed it, and no pruning passed); a colour ('rgb')
 _REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|kpt|keypoint|contour|"
-                           r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon")
+                           r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon|recon|"
+                           r"denois|rgb(?![a-z])")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
