@@ -1713,15 +1713,19 @@ def bernoulli_nb(*, features: int = 6, classes: int = 3, seed: int = 0) -> onnx.
                    _float("probabilities", [BATCH, classes])])
 
 
-def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, form: str = "legacy",
+                     seed: int = 0) -> onnx.ModelProto:
     """An autoencoder whose decoder is its encoder's weight transposed, as torch's legacy exporter writes
     F.linear(h, enc.weight.t()) (sweep 33): 'input' [N, 12] -> Gemm(x, enc.weight [8, 12], transB=1) + Relu ->
     Gemm(h, enc.weight, dec.bias) (transB=0: the same matrix read as W^T) -> 'recon' [N, 12], and a head Gemm 'cls'
-    -> 'logits' [N, 3]."""
+    -> 'logits' [N, 3]. `form="dynamo"`: the decoder reads Transpose(enc.weight) with transB=1, as dynamo writes it."""
     g = _Graph(seed)
     h = g.relu(g.gemm("input", "enc", features, hidden), "enc")
-    g.nodes.append(helper.make_node("Gemm", [h, "enc.weight", g.bias("dec.bias", features)], ["recon"],
-                                    name="/dec/Gemm"))
+    w, trans = "enc.weight", {}
+    if form == "dynamo":
+        w, trans = g.op("Transpose", "t", ["enc.weight"], perm=[1, 0]), {"transB": 1}
+    g.nodes.append(helper.make_node("Gemm", [h, w, g.bias("dec.bias", features)], ["recon"], name="/dec/Gemm",
+                                    **trans))
     g.gemm(h, "cls", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "tied_autoencoder", [_float("input", [BATCH, features])],

@@ -485,16 +485,18 @@ def test_the_vectors_of_onnxruntimes_fused_normalizations_and_activations_are_na
     assert reasons["f1.bias"] == "a layer's bias, fused into onnxruntime's BiasGelu 'Gelu_AddBias_0'"
 
 
-def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path):
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, form):
     """Sweep 33: a tied autoencoder (torch's F.linear(h, enc.weight.t()): one Gemm reads W with transB=1, the decoder's
     with transB=0) was "used in different ways" and kept whole, 99% of its weights. A mask is elementwise, so one
     serves both readers: the weight is prunable, its MACs count both, and a pruned model computes in onnxruntime what
-    the input computes with the same entries zeroed in both readers. A Conv reading it beside a Gemm stays refused."""
+    the input computes with the same entries zeroed in both readers; dynamo's form (a Transpose into the decoder's
+    Gemm) too. A Conv reading it beside a Gemm stays refused."""
     from onnxprune import prune
     from onnxprune.models.third_party_builders import tied_autoencoder
     from tests.oracle import assert_same_outputs
 
-    model = tied_autoencoder()
+    model = tied_autoencoder(form=form)
     onnx.checker.check_model(model, full_check=True)
     tied = find_prunable(model).by_name()["enc.weight"]
     assert (tied.node, tied.readers, tied.out_axis, tied.in_axis, tied.macs) == ("/enc/Gemm", 2, 0, 1, 2 * 96)
@@ -504,7 +506,8 @@ def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path):
     onnx.checker.check_model(written, full_check=True)
     w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "enc.weight"))
     assert w.shape == (8, 12) and 0.4 <= np.mean(w == 0) <= 0.6
-    assert [n.input[1] for n in written.graph.node if n.op_type == "Gemm"].count("enc.weight") == 2
+    reads = [i for n in written.graph.node if n.op_type in ("Gemm", "Transpose") for i in n.input]
+    assert reads.count("enc.weight") == 2
     oracle = onnx.ModelProto()  # the input with the written model's zeros (enc.weight's, cls.weight's) zeroed
     oracle.CopyFrom(model)
     pruned = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name.endswith(".weight")}
