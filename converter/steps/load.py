@@ -38,8 +38,8 @@ def refuse_training_mode(model: onnx.ModelProto) -> None:
     drawn = chance_nodes(model)
     if drawn:
         raise ModelError(
-            f"The model draws random numbers: {listed(drawn, 2)} draws new values on every run, so those outputs are no "
-            f"function of the input and nothing can be measured against them. {CHANCE_FIX}")
+            f"The model draws random numbers: {listed(drawn, 2)} draws new values on every run, so those outputs are "
+            f"no function of the input and nothing can be measured against them. {CHANCE_FIX}")
 
 
 def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:
