@@ -1730,3 +1730,14 @@ def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, f
     g.nodes[-1].output[0] = "logits"
     return _model(g, "tied_autoencoder", [_float("input", [BATCH, features])],
                   [_float("recon", [BATCH, features]), _float("logits", [BATCH, classes])])
+
+
+def log_relu_head(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A head whose output is -inf where it is the log of a zero (sweep 33): 'input' [N, 8] -> fc + relu -> fc ->
+    'logits' [N, 4], and Log(Relu(logits)) -> 'log_relu' [N, 4]."""
+    g = _Graph(seed)
+    logits = g.matmul(g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1"), "fc2", hidden, classes)
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/out/Identity"))
+    g.nodes.append(helper.make_node("Log", [g.relu(logits, "log")], ["log_relu"], name="/log/Log"))
+    return _model(g, "log_relu_head", [_float("input", [BATCH, in_features])],
+                  [_float("logits", [BATCH, classes]), _float("log_relu", [BATCH, classes])])
