@@ -587,12 +587,14 @@ def test_a_sklearn_regressors_predictions_are_values_whatever_their_signs(tmp_pa
 
 @pytest.mark.parametrize("name, kind", [("recon", "rel_l2"), ("reconstruction", "rel_l2"), ("x_recon", "rel_l2"),
                                         ("denoised", "rel_l2"), ("rgb", "rel_l2"), ("tags", "binary_prob"),
-                                        ("precondition", "binary_prob"), ("rgba_tags", "binary_prob")])
+                                        ("precondition", "binary_prob"), ("rgba_tags", "binary_prob"),
+                                        ("recon_logits", "binary_prob"), ("rgb_class_scores", "binary_prob")])
 def test_a_flat_image_through_a_sigmoid_named_a_reconstruction_is_values_not_labels(name, kind):
     """Sweep 33: a tied autoencoder's 'recon' [N, 784] (a Sigmoid of the decoder) was scored binary_prob, 784 labels
     each judged at 0.5: a sample changed when any pixel near 0.5 crossed it (170 of 187 at 1.14x where its relative
     L2 moved 2.3%), so no pruning could pass. A name that says reconstruction, denoised or rgb scores it as values;
-    a multi-label head keeps its rule, and the words are read at word starts."""
+    a multi-label head keeps its rule, so does a name that also says class scores, and the words are read at word
+    starts."""
     rng = np.random.default_rng(0)
     image = 1 / (1 + np.exp(-3 * rng.standard_normal((8, 784)))).astype(np.float32)
     assert auto_kind(name, image, bounded=True) == kind
@@ -623,3 +625,12 @@ def test_an_output_that_is_inf_where_it_logs_a_zero_is_compared_by_value(tmp_pat
     result = prune(model, data={"input": x}, output=tmp_path / "o.onnx", max_loss=1, time_budget="1m")
     budget = result.report["budget"]
     assert budget["met"] and np.isfinite(budget["measured_loss_pp"])
+
+
+def test_labels_go_to_the_head_beside_a_reconstruction():
+    """Sweep 33: labels belong to the first [N, C] output not named as regression; a tied autoencoder's 'recon'
+    [N, 12] comes first and its digit head 'logits' [N, 3] second: the labels are the head's."""
+    from onnxprune.calibration.metric_choice import labels_output
+    from onnxprune.models.third_party_builders import tied_autoencoder
+
+    assert labels_output(tied_autoencoder()) == "logits"
