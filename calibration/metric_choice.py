@@ -60,9 +60,13 @@ _STATE_NAMES = _Words(r"hidden|state|cache|memory|past|present")
 _CACHE_NAMES = _Words(r"(present|past)(?![a-z])|key_values|kv_cache")
 # points and contours (mediapipe's 'output_eyes_contours_and_brows', face 'mesh', pose 'keypoints'/'kpts'/'joints'):
 # coordinates, whose argmax is no class (sweep 19's iris_landmark was judged by argmax agreement); a forecast's horizon
-# of future values (sweep 28's N-BEATS 'forecast' [N, 12] was judged by the argmax over its 12 steps)
+# of future values (sweep 28's N-BEATS 'forecast' [N, 12] was judged by the argmax over its 12 steps); an
+# autoencoder's or denoiser's flat image through a Sigmoid ('recon' [N, 784]: sweep 33's tied autoencoder was judged
+# as 784 labels at 0.5, a sample changed when any pixel near 0.5 crossed it, and no pruning passed); a colour ('rgb')
 _REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|kpt|keypoint|contour|"
                            r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon")
+# an image a model rebuilds, unless the name also says class scores ('recon_logits' stays agreement)
+_IMAGE_NAMES = _Words(r"recon|denois|rgb(?![a-z])")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
@@ -70,6 +74,12 @@ _PROBABILITY_NAMES = _Words(r"prob|sigmoid")
 # One number per sample named a logit: a binary classifier's decision before its sigmoid (sweep 6's siamese
 # 'same_logit' got per-sample rel_l2, which divides by values near 0 where the decision is made).
 _LOGIT_NAMES = _Words(r"logit")
+
+def _regression(name: str) -> bool:
+    """The name says regression: a box, a landmark, a forecast, ... (`_REGRESSION_NAMES`), or an image rebuilt
+    (`_IMAGE_NAMES`) where no class word is in the name."""
+    return bool(_REGRESSION_NAMES.search(name) or (_IMAGE_NAMES.search(name) and not _CLASS_NAMES.search(name)))
+
 
 def _is_probability(arr: np.ndarray) -> bool:
     """Values in [0, 1] that sum to 1 over the last axis."""
@@ -127,7 +137,7 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
         return "exact"
     if arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1):
         evident = bounded or bool(_PROBABILITY_NAMES.search(name))
-        plain = not (_REGRESSION_NAMES.search(name) or _EMBEDDING_NAMES.search(name))
+        plain = not (_regression(name) or _EMBEDDING_NAMES.search(name))
         if evident and plain and _is_unit_interval(arr):
             return "binary_prob"
         return "binary_logit" if plain and _LOGIT_NAMES.search(name) else "rel_l2"
@@ -137,7 +147,7 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
         return "prob"
     if _EMBEDDING_NAMES.search(name) or (embedding and not _CLASS_NAMES.search(name) and not _is_probability(arr)):
         return "cosine"
-    if _REGRESSION_NAMES.search(name) or _STATE_NAMES.search(name):
+    if _regression(name) or _STATE_NAMES.search(name):
         return "rel_l2"
     if arr.ndim == 2:  # rows of probabilities returned prob above
         # a multi-label head: every value a probability of its own (a Sigmoid per label, rows not summing to 1);
@@ -602,7 +612,7 @@ def _labels_output(infos) -> str | None:
     for info in infos:
         shape = _declared(info)
         if (shape is not None and len(shape) == 2 and (shape[1] is None or shape[1] >= 2)
-                and not _REGRESSION_NAMES.search(info.name) and not _EMBEDDING_NAMES.search(info.name)
+                and not _regression(info.name) and not _EMBEDDING_NAMES.search(info.name)
                 and not _STATE_NAMES.search(info.name)):
             return info.name
     return None
@@ -636,7 +646,7 @@ def _binary_scores(model: onnx.ModelProto, infos) -> str | None:
         shape = _declared(info)
         if (shape is not None and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
                 and (info.name in bounded or _CLASS_NAMES.search(info.name))
-                and not _REGRESSION_NAMES.search(info.name) and not _EMBEDDING_NAMES.search(info.name)
+                and not _regression(info.name) and not _EMBEDDING_NAMES.search(info.name)
                 and not _STATE_NAMES.search(info.name)):
             return info.name
     return None

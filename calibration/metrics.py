@@ -982,23 +982,29 @@ WILD = 1e30  # an output value beyond this is a broken model, not a trained one
 
 
 def _say_nonfinite(model, batches) -> None:
-    """Warn when the input model itself computes inf, NaN or wild values on the data (a corrupt weight file, an
-    input outside what the model was built for): every figure on such an output is meaningless."""
+    """Warn when the input model itself computes inf, NaN or wild values on the data: values past WILD (a corrupt
+    weight file, an input outside what the model was built for) make every figure on such an output meaningless;
+    inf or NaN alone (the log of a zero) is compared by value (`output_metrics._finite_parts`)."""
     names = [o.name for o in model.graph.output]
-    bad = {}
+    bad, wild = {}, False
     for batch in batches:
         for name, value in zip(names, batch):
             v = np.asarray(value) if not isinstance(value, np.ndarray) else value
             if v.dtype.kind == "f" and v.size:
-                wild = int((~np.isfinite(v)).sum())
+                count = int((~np.isfinite(v)).sum())
                 if float(np.finfo(v.dtype).max) > WILD:  # float16 holds nothing that large (comparing warned: sweep 9)
-                    wild += int((np.abs(np.nan_to_num(v)) > WILD).sum())
-                if wild:
-                    bad[name] = bad.get(name, 0) + wild
-    if bad:
+                    large = int((np.abs(np.nan_to_num(v, posinf=0.0, neginf=0.0)) > WILD).sum())
+                    count, wild = count + large, wild or large > 0
+                if count:
+                    bad[name] = bad.get(name, 0) + count
+    said = ", ".join(f"'{k}': {v:,} values" for k, v in bad.items())
+    if wild:
         log.warning(f"the input model computes inf, NaN or values beyond {WILD:g} on this data (%s): its weights may "
-                    "be corrupt or the data outside what it was built for; figures on those outputs mean nothing",
-                    ", ".join(f"'{k}': {v:,} values" for k, v in bad.items()))
+                    "be corrupt or the data outside what it was built for; figures on those outputs mean nothing", said)
+    elif bad:  # sweep 33: Log(Relu(x)) is -inf where x <= 0; a relative error compares such positions by value
+        log.warning("the input model computes inf or NaN on this data (%s): a relative error compares those "
+                    "positions by value (the same inf or NaN is no change, another value a sample lost) and the "
+                    "rest as usual; if that is not what they mean, check the data and the model", said)
 
 
 def token_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:

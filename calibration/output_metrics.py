@@ -418,6 +418,7 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray, floor) -> np.ndarray:
     number or one-element array). Float32 outputs are subtracted and squared in float32 and summed in float64 (no
     float64 copy of a large output: most of a detector's scoring time was that copy); only where a float32 square
     overflowed (past 1.8e19: a corrupt model's weights of 7e35) again in float64."""
+    out, ref, moved = _finite_parts(out, ref)
     f32 = out.dtype == np.float32 and ref.dtype == np.float32
     if not f32:
         d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
@@ -426,7 +427,24 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray, floor) -> np.ndarray:
             d2, b2 = _square_sums(_flat(out), _flat(ref))
         if not (np.isfinite(d2).all() and np.isfinite(b2).all()):
             d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
-    return np.sqrt(d2) / np.maximum(np.sqrt(b2), np.maximum(floor, _TINY))
+    errors = np.sqrt(d2) / np.maximum(np.sqrt(b2), np.maximum(floor, _TINY))
+    return errors if moved is None else np.where(moved, np.maximum(errors, 1.0), errors)
+
+
+def _finite_parts(out, ref) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`out` and `ref` with the positions where either is inf or NaN set to 0, and per sample whether any such
+    position differs (None when every value is finite). A dense output may be -inf where it is the log of a zero (a
+    log-probability, Log(Relu(x)): sweep 33, "rel_l2: nan pp" and every model refused); the same non-finite value
+    there is no change, another one a sample lost (a relative error of at least 1)."""
+    out, ref = np.asarray(out), np.asarray(ref)
+    if out.dtype.kind != "f" or ref.dtype.kind != "f" or out.shape != ref.shape:
+        return out, ref, None
+    bad = ~(np.isfinite(out) & np.isfinite(ref))
+    if not bad.any():
+        return out, ref, None
+    same = (out == ref) | (np.isnan(out) & np.isnan(ref))
+    moved = _flat(bad & ~same).any(axis=1)
+    return np.where(bad, 0, out).astype(out.dtype), np.where(bad, 0, ref).astype(ref.dtype), moved
 
 
 def reference_scale(metric: Metric, refs) -> np.ndarray:
@@ -442,8 +460,9 @@ def reference_scale(metric: Metric, refs) -> np.ndarray:
 
 
 def _sample_norms(ref: np.ndarray) -> np.ndarray:
-    """||ref_i||^2 per sample, in float64."""
-    return np.square(_per_sample(ref)).sum(axis=1)
+    """||ref_i||^2 per sample, in float64, over its finite values (`_finite_parts`)."""
+    b = _per_sample(ref)
+    return np.square(np.where(np.isfinite(b), b, 0.0)).sum(axis=1)
 
 
 def _channel_norms(ref: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ Rules, all enforced with one `CalibrationError` that names the file, the array a
   1. Arrays are named after the model inputs, first axis = samples; one optional labels array (default "labels").
   2. The first chunk is checked when the reader is opened (names, rank, fixed dims, dtype); later chunks when read.
   3. Safe casts (float64 -> float32, int32 -> int64, ...) are done and logged once; unsafe ones are errors.
-  4. NaN/inf, empty files, zero samples, pickled arrays (`allow_pickle=False`, always) are errors.
+  4. NaN/inf (NaN is a missing value where the model replaces it: `runtime.replaces_nan`), empty files, zero
+     samples, pickled arrays (`allow_pickle=False`, always) are errors.
   5. Deterministic: the same source, batch size, limit and seed give the same batches, every time.
   6. A source whose arrays cannot be samples-first (a scalar input, inputs disagreeing on axis 0 in a file, an
      input whose other dims differ between files) is read one complete feed at a time, as is (calibration.feeds).
@@ -732,8 +733,11 @@ class _ChunkChecker:
                 log.info("casting calibration array '%s' from %s to %s (%s)", spec.name, arr.dtype, spec.dtype, where)
             arr = arr.astype(spec.dtype)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise CalibrationError(f"'{where}': array '{spec.name}' holds {bad} NaN/inf value(s); clean the data.")
+            ok = np.isfinite(arr) | np.isnan(arr) if spec.missing else np.isfinite(arr)  # NaN: a missing value
+            bad = int(np.size(arr) - np.count_nonzero(ok))
+            if bad:
+                what = "inf" if spec.missing else "NaN/inf"
+                raise CalibrationError(f"'{where}': array '{spec.name}' holds {bad} {what} value(s); clean the data.")
         return arr
 
 

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import math
 import os
 import re
 import tempfile
@@ -46,6 +47,28 @@ class InputSpec:
     # array holds its elements stacked on axis 0, `shape` is [elements, *element shape], and sessions pass the
     # elements as a list: `SequenceFeeds`), or the type in words for what cannot be fed ("map(int64, float32)")
     kind: str = "tensor"
+    # NaN marks a missing value the model replaces itself (`replaces_nan`): NaN is data there, inf still is not
+    missing: bool = False
+
+
+def replaces_nan(model: onnx.ModelProto, name: str) -> bool:
+    """Whether every node of the main graph reading input `name` replaces its NaN: an ai.onnx.ml Imputer whose
+    replaced_value_float is NaN (scikit-learn's SimpleImputer through skl2onnx; sweep 33: data with the missing
+    values the pipeline was built for was refused, "holds 440 NaN/inf value(s); clean the data"), an IsNaN, or a
+    Where that takes another value where an IsNaN of `name` is true (torch.nan_to_num)."""
+    readers = [n for n in model.graph.node if name in n.input]
+    isnan = {n.output[0] for n in readers if n.op_type == "IsNaN" and n.domain in ("", "ai.onnx")}
+
+    def replaces(node) -> bool:
+        if node.op_type == "Imputer" and node.domain == "ai.onnx.ml":
+            value = next((a.f for a in node.attribute if a.name == "replaced_value_float"), 0.0)
+            return math.isnan(value) and not any(a.name == "replaced_value_int64" for a in node.attribute)
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        return node.op_type == "IsNaN" or (node.op_type == "Where" and node.input[0] in isnan
+                                           and list(node.input[1:]).count(name) == 1 and node.input[2] == name)
+
+    return bool(readers) and all(replaces(n) for n in readers)
 
 
 def refuse_unfed(specs: list[InputSpec]) -> None:
@@ -93,7 +116,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
         if kind == "sequence":  # the elements stacked: [elements, *element shape] (an unknown element rank: 1-D)
             shape = (None, *(shape if tt.HasField("shape") else (None,)))
-        specs.append(InputSpec(vi.name, np.dtype(dtype), shape, kind))
+        missing = np.issubdtype(dtype, np.floating) and replaces_nan(model, vi.name)
+        specs.append(InputSpec(vi.name, np.dtype(dtype), shape, kind, missing))
     return specs
 
 

@@ -89,6 +89,7 @@ def inspect_model(path: Path) -> dict:
         "foreign_ops": _foreign_ops(loaded.model),
         "shape_stops": _shape_stops(loaded.model, rows),
         "training_mode": _training_mode(loaded.model),
+        "chance": _chance(loaded.model),
     }
 
 
@@ -96,6 +97,12 @@ def _training_mode(model) -> list[str]:
     from onnxprune.passes.loading import training_mode_nodes
 
     return training_mode_nodes(model)
+
+
+def _chance(model) -> list[str]:
+    from onnxprune.passes.loading import chance_nodes
+
+    return chance_nodes(model)
 
 
 def _shape_stops(model, rows) -> list[str]:
@@ -375,6 +382,12 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"warning: the model was exported in training mode ({listed(trained, 2)}): its outputs "
                       f"depend on chance or on the rest of the batch, and prune refuses it. {TRAINING_MODE_FIX}",
                       markup=False, highlight=False)
+    drawn = info.get("chance") or []
+    if drawn:  # sweep 33: a VAE's sampling was pruned as if its reconstruction were a function of the image
+        from onnxprune.passes.loading import CHANCE_FIX
+
+        console.print(f"warning: the model draws random numbers ({listed(drawn, 2)}): those outputs differ on every "
+                      f"run, and prune refuses it. {CHANCE_FIX}", markup=False, highlight=False)
     dead = info.get("dead_branches") or []
     if dead:
         console.print(f"note: {len(dead)} If branch(es) can take no input of the shapes the model declares "

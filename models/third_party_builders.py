@@ -1651,3 +1651,95 @@ def deformable_cnn(*, size: int = 8, width: int = 8, classes: int = 3, seed: int
     model.opset_import[0].version = max(model.opset_import[0].version, 19)
     model.ir_version = max(model.ir_version, 9)
     return model
+
+
+def sampling_vae(*, features: int = 12, hidden: int = 16, latent: int = 4, seed: int = 0,
+                 outputs: tuple[str, ...] = ("recon", "mu")) -> onnx.ModelProto:
+    """A VAE as torch exports it with its sampling (sweep 33): 'input' [N, 12] -> Gemm 'enc' + Relu -> Gemm 'mu',
+    Gemm 'lv'; z = mu + RandomNormalLike(mu) * Exp(0.5 lv) -> Gemm 'dec' -> Sigmoid -> 'recon' [N, 12]; 'mu' [N, 4]
+    is a function of the input, 'recon' is not. `outputs`: the graph outputs, of those two."""
+    g = _Graph(seed)
+    h = g.relu(g.gemm("input", "enc", features, hidden), "enc")
+    mu = g.gemm(h, "mu", hidden, latent)
+    lv = g.gemm(h, "lv", hidden, latent)
+    eps = g.op("RandomNormalLike", "sample", [mu])
+    std = g.op("Exp", "sample", [g.op("Mul", "sample/half", [lv, g.const("half", np.array(0.5, np.float32))])])
+    z = g.op("Add", "sample", [mu, g.op("Mul", "sample", [eps, std])])
+    g.op("Sigmoid", "dec", [g.gemm(z, "dec", latent, features)])
+    g.nodes.append(helper.make_node("Identity", [g.nodes[-1].output[0]], ["recon"], name="/recon/Identity"))
+    g.nodes.append(helper.make_node("Identity", [mu], ["mu"], name="/mu/Identity"))
+    shapes = {"recon": [BATCH, features], "mu": [BATCH, latent]}
+    return _model(g, "sampling_vae", [_float("input", [BATCH, features])], [_float(o, shapes[o]) for o in outputs])
+
+
+def imputer_mlp(*, features: int = 6, hidden: int = 16, classes: int = 3, form: str = "imputer",
+                seed: int = 0) -> onnx.ModelProto:
+    """A model that takes missing values as NaN and replaces them itself (sweep 33): 'X' [N, 6] -> an ai.onnx.ml
+    Imputer (replaced_value_float NaN, each feature's mean, as skl2onnx writes scikit-learn's SimpleImputer), or with
+    `form="nan_to_num"` Where(IsNaN(X), 0, X) (torch.nan_to_num) -> fc + relu -> fc -> 'variable' [N, 3]."""
+    g = _Graph(seed)
+    if form == "imputer":
+        means = g.rng.standard_normal(features).astype(np.float32)
+        g.nodes.append(helper.make_node("Imputer", ["X"], ["imputed"], name="Imputer", domain="ai.onnx.ml",
+                                        imputed_value_floats=means.tolist(), replaced_value_float=float("nan")))
+    else:
+        nan = g.op("IsNaN", "nan_to_num", ["X"])
+        g.nodes.append(helper.make_node("Where", [nan, g.const("zero", np.array(0.0, np.float32)), "X"],
+                                        ["imputed"], name="/nan_to_num/Where"))
+    h = g.relu(g.matmul("imputed", "fc1", features, hidden), "fc1")
+    g.nodes.append(helper.make_node("Identity", [g.matmul(h, "fc2", hidden, classes)], ["variable"], name="out"))
+    return _model(g, "imputer_mlp", [_float("X", [BATCH, features])], [_float("variable", [BATCH, classes])],
+                  ml=form == "imputer")
+
+
+def bernoulli_nb(*, features: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """scikit-learn's BernoulliNB as skl2onnx writes it (sweep 33): 'X' [N, 6] -> Greater(threshold) -> Cast ->
+    MatMul with flp - Log(1 - Exp(flp)), a weight nodes compute from the stored log-probabilities 'flp' [6, 3] that
+    Exp also reads for the ReduceSum of Log(1 - Exp(flp)) (the load step stores the computed weight beside 'flp')
+    -> + that sum + the class prior -> 'label' (ArgMax) [N] and 'probabilities' (Softmax) [N, 3]."""
+    g = _Graph(seed)
+    flp = g.const("flp", np.log(g.rng.uniform(0.05, 0.95, (features, classes))))
+    neg = g.op("Log", "neg", [g.op("Sub", "neg", [g.const("one", np.array(1.0, np.float32)),
+                                                 g.op("Exp", "neg", [flp])])])
+    diff = g.op("Sub", "diff", [flp, neg])
+    g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "axis"))
+    total = g.op("ReduceSum", "neg", [neg, "axis"], keepdims=1)
+    binary = g.op("Cast", "binarise", [g.op("Greater", "binarise", ["X", g.const("threshold", np.zeros(1))])],
+                  to=TensorProto.FLOAT)
+    scores = g.op("Add", "prior", [g.op("Add", "sum", [g.op("MatMul", "dot", [binary, diff]), total]),
+                                   g.const("prior", np.log(np.full((1, classes), 1.0 / classes)))])
+    g.nodes.append(helper.make_node("ArgMax", [scores], ["label"], name="ArgMax", axis=1, keepdims=0))
+    g.nodes.append(helper.make_node("Softmax", [scores], ["probabilities"], name="Softmax", axis=1))
+    return _model(g, "bernoulli_nb", [_float("X", [BATCH, features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
+                   _float("probabilities", [BATCH, classes])])
+
+
+def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, form: str = "legacy",
+                     seed: int = 0) -> onnx.ModelProto:
+    """An autoencoder whose decoder is its encoder's weight transposed, as torch's legacy exporter writes
+    F.linear(h, enc.weight.t()) (sweep 33): 'input' [N, 12] -> Gemm(x, enc.weight [8, 12], transB=1) + Relu ->
+    Gemm(h, enc.weight, dec.bias) (transB=0: the same matrix read as W^T) -> 'recon' [N, 12], and a head Gemm 'cls'
+    -> 'logits' [N, 3]. `form="dynamo"`: the decoder reads Transpose(enc.weight) with transB=1, as dynamo writes it."""
+    g = _Graph(seed)
+    h = g.relu(g.gemm("input", "enc", features, hidden), "enc")
+    w, trans = "enc.weight", {}
+    if form == "dynamo":
+        w, trans = g.op("Transpose", "t", ["enc.weight"], perm=[1, 0]), {"transB": 1}
+    g.nodes.append(helper.make_node("Gemm", [h, w, g.bias("dec.bias", features)], ["recon"], name="/dec/Gemm",
+                                    **trans))
+    g.gemm(h, "cls", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "tied_autoencoder", [_float("input", [BATCH, features])],
+                  [_float("recon", [BATCH, features]), _float("logits", [BATCH, classes])])
+
+
+def log_relu_head(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """A head whose output is -inf where it is the log of a zero (sweep 33): 'input' [N, 8] -> fc + relu -> fc ->
+    'logits' [N, 4], and Log(Relu(logits)) -> 'log_relu' [N, 4]."""
+    g = _Graph(seed)
+    logits = g.matmul(g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1"), "fc2", hidden, classes)
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="/out/Identity"))
+    g.nodes.append(helper.make_node("Log", [g.relu(logits, "log")], ["log_relu"], name="/log/Log"))
+    return _model(g, "log_relu_head", [_float("input", [BATCH, in_features])],
+                  [_float("logits", [BATCH, classes]), _float("log_relu", [BATCH, classes])])

@@ -3,7 +3,7 @@ never what it computes), listed once: `converter/steps/load.py` runs them all, `
 Kept apart from the load step so that `inspect` imports neither onnxruntime nor torch (tests/test_packaging.py; only
 a weight that nodes compute with arithmetic, weight_norm's g * v / ||v||, is evaluated by onnxruntime,
 passes/constant_weights.py). Also what makes a model a training-mode export, which the load step refuses and
-`inspect` says (`training_mode_nodes`)."""
+`inspect` says (`training_mode_nodes`), and what makes its outputs depend on chance (`chance_nodes`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from onnxprune.passes.einsum_linear import EinsumLinear
 from onnxprune.passes.loop_invariants import LoopInvariants
 from onnxprune.passes.merge_copies import MergeCopies
 from onnxprune.passes.qoperator import QOperatorToQDQ
-from onnxprune.passes.scopes import all_constants, all_nodes
+from onnxprune.passes.scopes import all_constants, all_nodes, outer_reads
+from onnxprune.plain import listed
 
 # The passes that rewrite how a model's weights are read, in the order the load step runs them; `listed`: `inspect`
 # runs it too, so that it lists the weights as prune reads them (it lists a weight's copies and an Identity in front
@@ -61,6 +62,54 @@ def training_mode_nodes(model: onnx.ModelProto) -> list[str]:
         elif node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
             found.append(f"BatchNormalization '{node.name}' (training_mode=1)")
     return found
+
+
+# ops that draw new random numbers on every run (onnx's generator ops)
+RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                        "Bernoulli"})
+
+
+def chance_nodes(model: onnx.ModelProto) -> list[str]:
+    """The random ops whose values reach a graph output, in words with the outputs they reach: a VAE's sampling
+    z = mu + eps * sigma exported with torch.randn_like is a RandomNormalLike (sweep 33: "budget met" on a
+    reconstruction that two runs of the input model give 35% apart; onnxruntime seeds each session alike, so the
+    measurement held only while both models drew the same numbers in the same order). A random op in an If/Loop/Scan
+    body counts for the node that holds it. `prune` refuses such a model at load, `inspect` says so."""
+    graph = model.graph
+    reached: dict[str, str] = {}  # tensor -> the random op it depends on
+    for node in graph.node:
+        source = next((reached[i] for i in _reads(node) if i in reached), None)
+        if source is None:
+            drawn = _draws(node)
+            source = f"{drawn.op_type} '{drawn.name}'" if drawn is not None else None
+        if source is not None:
+            reached.update((o, source) for o in node.output if o)
+    found: dict[str, list[str]] = {}
+    for out in graph.output:
+        if out.name in reached:
+            found.setdefault(reached[out.name], []).append(f"'{out.name}'")
+    return [f"{op} (output{'s' if len(outs) > 1 else ''} {listed(outs, 3)})" for op, outs in found.items()]
+
+
+def _draws(node: onnx.NodeProto) -> onnx.NodeProto | None:
+    """`node`, or the first node of its bodies (at any depth), that is a random op of the standard domain."""
+    if node.domain in ("", "ai.onnx") and node.op_type in RANDOM_OPS:
+        return node
+    for attr in node.attribute:
+        for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            drawn = next((d for d in map(_draws, body.node) if d is not None), None)
+            if drawn is not None:
+                return drawn
+    return None
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """What `node` reads, its bodies' reads from outside among them."""
+    return {i for i in node.input if i} | outer_reads(node)
+
+
+CHANCE_FIX = ("Export the model without the sampling for inference (a VAE's decoder on the mean mu, a dropout "
+              "layer off), or give onnxprune only the part whose outputs are a function of its input.")
 
 
 TRAINING_MODE_FIX = ("Export it for inference: model.eval() before torch.onnx.export, and "

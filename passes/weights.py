@@ -444,7 +444,28 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
     if len(scopes) != 1 and not _main_and_loops(scopes):
         return False
     uses = {tie_use(u, name) for u in users}
-    return len(uses) == 1 and None not in uses
+    return (len(uses) == 1 and None not in uses) or (len(scopes) == 1 and _tied_transposed(name, users, ix))
+
+
+def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
+    """A matrix several Gemm/MatMul nodes of one graph read as their second operand, some as W and some as W^T
+    (transB, or a Transpose in front, as torch's dynamo writes it): a tied autoencoder's decoder,
+    F.linear(h, enc.weight.t()) (sweep 33: 99% of its weights were "used in different ways"). A mask is elementwise,
+    so one mask serves every reader; the layer-wise refit leaves the weight as pruned (its readers' rows are not
+    alike: reconstruct._twins says so) and channel groups block a shared tensor."""
+    def second_operand(node, tensor) -> bool:
+        inputs = list(node.input)
+        return (node.op_type in ("Gemm", "MatMul") and (node.domain or "") in ("", "ai.onnx")
+                and inputs.count(tensor) == 1 and inputs.index(tensor) == 1)
+
+    for u in users:
+        if u.op_type == "Transpose" and (u.domain or "") in ("", "ai.onnx") and _attr(u, "perm", [1, 0]) == [1, 0]:
+            after = ix.consumers.get(u.output[0], [])
+            if not after or not all(second_operand(a, u.output[0]) for a in after):
+                return False
+        elif not second_operand(u, name):
+            return False
+    return True
 
 
 def _main_and_loops(scopes: set[str]) -> bool:

@@ -10,7 +10,8 @@ from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError, ModelError
 from onnxprune.plain import listed, more
 from onnxprune.passes import quantized_weights
-from onnxprune.passes.loading import TRAINING_MODE_FIX, run_load_passes, training_mode_nodes
+from onnxprune.passes.loading import (CHANCE_FIX, TRAINING_MODE_FIX, chance_nodes, run_load_passes,
+                                      training_mode_nodes)
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
 
@@ -26,14 +27,19 @@ def load(source) -> modelio.LoadedModel:
 
 
 def refuse_training_mode(model: onnx.ModelProto) -> None:
-    """A model exported in training mode is refused at once, naming its nodes: no output is a function of its
-    sample, so no loss can be measured (sweep 30: 24 s of work, then "differs from the dense model ... report it
-    with --debug")."""
+    """A model exported in training mode, or whose outputs a random op reaches, is refused at once, naming its nodes:
+    those outputs are no function of the sample, so no loss can be measured (sweep 30: 24 s of work, then "differs
+    from the dense model ... report it with --debug"; sweep 33: a VAE's sampling, chance_nodes)."""
     found = training_mode_nodes(model)
     if found:
         raise ModelError(
             f"The model was exported in training mode: {listed(found, 2)} make every output depend on "
             f"chance or on the rest of the batch, so nothing can be measured against it. {TRAINING_MODE_FIX}")
+    drawn = chance_nodes(model)
+    if drawn:
+        raise ModelError(
+            f"The model draws random numbers: {listed(drawn, 2)} draws new values on every run, so those outputs are "
+            f"no function of the input and nothing can be measured against them. {CHANCE_FIX}")
 
 
 def inventory_of(model: onnx.ModelProto, *, where: str) -> Inventory:

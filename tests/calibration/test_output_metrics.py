@@ -607,3 +607,54 @@ def test_a_sklearn_regressors_predictions_are_values_whatever_their_signs(tmp_pa
     assert not np.array_equal(before, after)  # something was pruned
     rel = np.linalg.norm(after - before, axis=1) / np.linalg.norm(before, axis=1)
     assert rel.mean() < 0.02  # within the 1 pp budget (1% mean relative L2), with room for held-out noise
+
+
+@pytest.mark.parametrize("name, kind", [("recon", "rel_l2"), ("reconstruction", "rel_l2"), ("x_recon", "rel_l2"),
+                                        ("denoised", "rel_l2"), ("rgb", "rel_l2"), ("tags", "binary_prob"),
+                                        ("precondition", "binary_prob"), ("rgba_tags", "binary_prob"),
+                                        ("recon_logits", "binary_prob"), ("rgb_class_scores", "binary_prob")])
+def test_a_flat_image_through_a_sigmoid_named_a_reconstruction_is_values_not_labels(name, kind):
+    """Sweep 33: a tied autoencoder's 'recon' [N, 784] (a Sigmoid of the decoder) was scored binary_prob, 784 labels
+    each judged at 0.5: a sample changed when any pixel near 0.5 crossed it (170 of 187 at 1.14x where its relative
+    L2 moved 2.3%), so no pruning could pass. A name that says reconstruction, denoised or rgb scores it as values;
+    a multi-label head keeps its rule, so does a name that also says class scores, and the words are read at word
+    starts."""
+    rng = np.random.default_rng(0)
+    image = 1 / (1 + np.exp(-3 * rng.standard_normal((8, 784)))).astype(np.float32)
+    assert auto_kind(name, image, bounded=True) == kind
+
+
+def test_an_output_that_is_inf_where_it_logs_a_zero_is_compared_by_value(tmp_path):
+    """Sweep 33: Log(Relu(x)) is -inf wherever x <= 0; its relative L2 was NaN for every candidate, so the run ended
+    "the decision rule's bound is over --max-loss 1 on output 'log_relu' (rel_l2: nan pp ...)", exit 3, for any
+    model. Positions where the dense or the pruned value is inf or NaN are compared by value: the same value is no
+    change, another one loses the sample (a relative error of at least 1); the rest, and the set's scale, as usual."""
+    from onnxprune import prune
+    from onnxprune.calibration.output_metrics import _relative_errors, reference_scale
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.models.third_party_builders import log_relu_head
+
+    ref = np.array([[-np.inf, 1.0, 2.0], [0.5, -np.inf, 1.0]], np.float32)
+    out = np.array([[-np.inf, 1.1, 2.0], [0.5, 0.2, 1.0]], np.float32)
+    rel = _relative_errors(out, ref, 0.0)
+    assert rel[0] == pytest.approx(0.1 / np.sqrt(5), rel=1e-5) and rel[1] >= 1.0
+    assert np.isfinite(reference_scale(METRICS["rel_l2"], [ref])).all()
+    model = log_relu_head()
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)
+    logits, logged = make_session(model).run(None, {"input": x})
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(logged, np.log(np.maximum(logits, 0)), rtol=1e-5)  # -inf at the zeros
+    assert np.isneginf(logged).mean() > 0.2
+    result = prune(model, data={"input": x}, output=tmp_path / "o.onnx", max_loss=1, time_budget="1m")
+    budget = result.report["budget"]
+    assert budget["met"] and np.isfinite(budget["measured_loss_pp"])
+
+
+def test_labels_go_to_the_head_beside_a_reconstruction():
+    """Sweep 33: labels belong to the first [N, C] output not named as regression; a tied autoencoder's 'recon'
+    [N, 12] comes first and its digit head 'logits' [N, 3] second: the labels are the head's."""
+    from onnxprune.calibration.metric_choice import labels_output
+    from onnxprune.models.third_party_builders import tied_autoencoder
+
+    assert labels_output(tied_autoencoder()) == "logits"

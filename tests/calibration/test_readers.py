@@ -459,3 +459,48 @@ def test_inspect_gives_an_input_that_is_no_batch_whole_to_every_file(tmp_path, m
     renamed = tb.masked_encoder()
     renamed.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "unk__2"
     assert npz_example(renamed).startswith('import numpy as np; np.savez("calib.npz"')
+
+
+@pytest.mark.parametrize("form", ["imputer", "nan_to_num"])
+def test_nan_is_read_as_a_missing_value_where_the_model_replaces_it(tmp_path, form):
+    """Sweep 33: a scikit-learn SimpleImputer + MLP (skl2onnx: an ai.onnx.ml Imputer replacing NaN) was refused
+    with the data it was built for: "'calib.npz': array 'X' holds 440 NaN/inf value(s); clean the data". Where every
+    reader of the input replaces NaN (that Imputer; torch.nan_to_num's Where(IsNaN(x), 0, x)), NaN is read as data;
+    inf is still refused, and so is NaN where the model does not replace it. A pruned model is written from such
+    data, and onnxruntime computes finite outputs from it."""
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.converter.cli import cli
+    from click.testing import CliRunner
+    from onnxprune.models.third_party_builders import imputer_mlp
+
+    model = imputer_mlp(form=form)
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 6)).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    filled = np.where(np.isnan(x), 0.0, x).astype(np.float32)
+    if form == "imputer":  # onnxruntime fills each feature with its stored mean
+        means = np.array(next(a.floats for a in model.graph.node[0].attribute if a.name == "imputed_value_floats"))
+        filled = np.where(np.isnan(x), means, x).astype(np.float32)
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)  # the same model fed the filled values: the replacement is what onnxruntime computes
+    got, want = (make_session(m).run(None, {"X": v})[0] for m, v in ((model, x), (plain, filled)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    reader = open_data({"X": x}, model, batch_size=32)
+    assert sum(np.isnan(f["X"]).sum() for f, _ in reader.batches()) == np.isnan(x).sum()
+    bad = x.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(CalibrationError, match=r"'X' holds 1 inf value"):
+        open_data({"X": bad}, model, batch_size=32)
+    other = imputer_mlp(form=form)
+    next(n for n in other.graph.node if n.name == "/fc1/MatMul").input[0] = "X"  # a reader that does not replace
+    # NaN: refused as before
+    with pytest.raises(CalibrationError, match="NaN/inf"):
+        open_data({"X": x}, other, batch_size=32)
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", X=x)
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--data",
+                                   str(tmp_path / "calib.npz"), "--sparsity", "0.5"])
+    assert res.exit_code == 0, res.output
+    out = make_session(onnx.load(tmp_path / "o.onnx")).run(None, {"X": x})[0]
+    assert np.isfinite(out).all() and out.shape == (96, 3)

@@ -272,6 +272,36 @@ def test_every_steps_description_is_its_whole_first_paragraph():
         assert text.endswith((".", ")", "?")), f"{name}: {text!r}"
 
 
+def test_a_model_whose_output_a_random_op_reaches_is_refused_at_load_naming_the_op_and_output(tmp_path):
+    """Sweep 33: a VAE exported with its sampling (torch.randn_like: RandomNormalLike) was "budget met" on its
+    reconstruction, which two runs of the input model give far apart; onnxruntime seeds each session alike, so the
+    measurement held only while both models drew the same numbers in the same order. It is refused at load naming the
+    op and the output it reaches, and inspect says so; a random op that reaches no output is no reason."""
+    from onnxprune.converter.steps.load import load
+    from onnxprune.errors import ModelError
+    from onnxprune.models.third_party_builders import sampling_vae
+
+    model = sampling_vae()
+    onnx.checker.check_model(model, full_check=True)
+    session = make_session(model)
+    x = {"input": np.random.default_rng(0).standard_normal((16, 12)).astype(np.float32)}
+    (recon_a, mu_a), (recon_b, mu_b) = session.run(None, x), session.run(None, x)
+    assert np.array_equal(mu_a, mu_b) and np.abs(recon_a - recon_b).max() > 1e-3  # onnxruntime: recon is chance
+    with pytest.raises(ModelError) as err:
+        load(model)
+    text = str(err.value)
+    assert "draws random numbers: RandomNormalLike '/sample/RandomNormalLike' (output 'recon')" in text
+    assert "'mu'" not in text and "decoder on the mean" in text
+    onnx.save(model, tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--sparsity",
+                                   "0.5"])
+    assert res.exit_code == 1 and "draws random numbers" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.onnx").exists()
+    res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and "warning: the model draws random numbers (RandomNormalLike" in res.output
+    load(sampling_vae(outputs=("mu",)))  # the sampling reaches no output: loads
+
+
 def test_a_model_exported_in_training_mode_is_refused_at_load_naming_its_nodes(tmp_path):
     """Sweep 30: a CNN exported with training=TrainingMode.TRAINING (BatchNormalization training_mode=1, Dropout with a
     constant true training_mode) ran 24 s and ended "differs from the dense model ... report it with --debug"; it is

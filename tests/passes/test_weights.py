@@ -47,14 +47,15 @@ def test_plain_matmul_weight_outputs_on_last_axis():
 def test_shared_integer_and_quantized_weights_are_skipped_with_reasons():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, "N"])
     q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["N", 4])
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
     wq = numpy_helper.from_array(np.ones((4, 4), np.int8), "Wq")
     scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["y"], name="a"),
-        helper.make_node("Gemm", ["x", "W"], ["z"], name="b", transB=1),  # the same tensor read another way
+        helper.make_node("Gemm", ["W", "x"], ["z"], name="b", transB=1),  # the same tensor read another way: as
+        # a first operand (a transposed second one, W^T, is the same weight: test_a_weight_read_as_w_and_...)
         helper.make_node("DequantizeLinear", ["Wq", "s"], ["Wd"], name="dq"),
         helper.make_node("MatMul", ["x", "Wd"], ["q"], name="c"),
     ]
@@ -78,7 +79,9 @@ def test_a_weight_several_nodes_read_the_same_way_is_one_tied_weight():
     assert tied.macs == 3 * 12 * 12  # every step multiplies
     assert inv.by_name()["inp.weight"].readers == 1
     next(n for n in m.graph.node if n.name == "cell1").attribute.append(helper.make_attribute("alpha", 0.5))
-    assert "cell.W" not in find_prunable(m).by_name()
+    assert find_prunable(m).by_name()["cell.W"].readers == 3  # read otherwise (alpha), still one elementwise mask
+    cell = next(n for n in m.graph.node if n.name == "cell1")
+    cell.input[0], cell.input[1] = cell.input[1], cell.input[0]  # cell.W as a first operand: read another way
     assert "used in different ways" in {s.name: s.reason for s in find_prunable(m).skipped}["cell.W"]
 
 
@@ -480,3 +483,38 @@ def test_the_vectors_of_onnxruntimes_fused_normalizations_and_activations_are_na
         assert reasons[name] == "normalization parameter of onnxruntime's SkipLayerNormalization 'SkipLayerNorm_AddBias_0'"
     assert reasons["o.bias"] == "a layer's bias, fused into onnxruntime's SkipLayerNormalization 'SkipLayerNorm_AddBias_0'"
     assert reasons["f1.bias"] == "a layer's bias, fused into onnxruntime's BiasGelu 'Gelu_AddBias_0'"
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, form):
+    """Sweep 33: a tied autoencoder (torch's F.linear(h, enc.weight.t()): one Gemm reads W with transB=1, the decoder's
+    with transB=0) was "used in different ways" and kept whole, 99% of its weights. A mask is elementwise, so one
+    serves both readers: the weight is prunable, its MACs count both, and a pruned model computes in onnxruntime what
+    the input computes with the same entries zeroed in both readers; dynamo's form (a Transpose into the decoder's
+    Gemm) too. A Conv reading it beside a Gemm stays refused."""
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import tied_autoencoder
+    from tests.oracle import assert_same_outputs
+
+    model = tied_autoencoder(form=form)
+    onnx.checker.check_model(model, full_check=True)
+    tied = find_prunable(model).by_name()["enc.weight"]
+    assert (tied.node, tied.readers, tied.out_axis, tied.in_axis, tied.macs) == ("/enc/Gemm", 2, 0, 1, 2 * 96)
+    out = tmp_path / "o.onnx"
+    prune(model, output=out, sparsity=0.5, sparse_format="dense")
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "enc.weight"))
+    assert w.shape == (8, 12) and 0.4 <= np.mean(w == 0) <= 0.6
+    reads = [i for n in written.graph.node if n.op_type in ("Gemm", "Transpose") for i in n.input]
+    assert reads.count("enc.weight") == 2
+    oracle = onnx.ModelProto()  # the input with the written model's zeros (enc.weight's, cls.weight's) zeroed
+    oracle.CopyFrom(model)
+    pruned = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name.endswith(".weight")}
+    for init in oracle.graph.initializer:
+        if init.name in pruned:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
+    assert_same_outputs(written, oracle)
+    conv = tied_autoencoder()
+    conv.graph.node.append(helper.make_node("Conv", ["input", "enc.weight"], ["c"], name="conv"))
+    assert "used in different ways" in {s.name: s.reason for s in find_prunable(conv).skipped}["enc.weight"]

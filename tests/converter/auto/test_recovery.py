@@ -520,3 +520,32 @@ def test_neuron_levels_stop_when_a_level_masks_nothing_more():
     assert 1 <= len(neurons) <= 12, len(neurons)
     assert time.perf_counter() - t0 < 40
     assert not [n for n in result.report["notes"] if n.startswith("time budget: the refit search stopped")]
+
+
+def test_a_search_left_at_the_input_model_keeps_it_and_writes_it_as_given(tmp_path):
+    """Sweep 33: scikit-learn's BernoulliNB (skl2onnx) computes its MatMul weight from the stored log-probabilities,
+    which the load step stores beside them. The automatic search found nothing within the budget, but its one-shot
+    start was a copy of the input whose fit's sparsities rounded to no weight: level 0 refit that unpruned copy (its
+    weights moved by rounding), the result was not "kept", and the file was rewritten 4.38 KB -> 6.86 KB for 1.00x.
+    A start that masks no weight is the input model: no refit at level 0, the result is kept, and the input is
+    written as given."""
+    from onnxprune import prune
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.models.third_party_builders import bernoulli_nb
+
+    model = bernoulli_nb()
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal((400, 6)).astype(np.float32)
+    flp = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "flp")).astype(np.float64)
+    neg = np.log1p(-np.exp(flp))
+    scores = (x > 0) @ (flp - neg) + neg.sum(0) + np.log(1 / 3)  # the Bernoulli naive Bayes joint log-likelihood
+    label, probabilities = make_session(model).run(None, {"X": x})
+    np.testing.assert_array_equal(label, scores.argmax(1))
+    np.testing.assert_allclose(probabilities, np.exp(scores) / np.exp(scores).sum(1, keepdims=True), atol=1e-5)
+    path, out = tmp_path / "nb.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    result = prune(path, data={"X": x}, output=out, max_loss=1, time_budget="1m")
+    report = result.report
+    assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
+    assert any(n.startswith("what stopped the search") for n in report["auto"]["notes"])  # candidates were judged
+    assert not any(h["phase"] == "reconstruct" and h["kept"] for h in report["history"])  # no refit of the input
