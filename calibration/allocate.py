@@ -85,7 +85,7 @@ class AllocationOutcome:
     decision: dict | None = None  # the judge's decision on the chosen allocation (when a judge decided)
     sizes: dict[str, int] = field(default_factory=dict)  # each prunable weight's size
     zeros: dict[str, int] = field(default_factory=dict)  # ... and the zeros the input already held (weights.zeros_of)
-    # entries a sparsity can remove for good, where fewer than the size: a table pruned on the rows the data reads
+    # the entries a sparsity is a share of, where fewer than the size: a table pruned on the rows the data reads
     # (its unread rows ranked last and given back after pruning: converter/steps/rows.py)
     caps: dict[str, int] = field(default_factory=dict)
 
@@ -214,8 +214,9 @@ def pruned_model(model: onnx.ModelProto, sparsities: dict[str, float], scorer: S
 
 
 def _dropped(name: str, size: int, sparsity: float, caps: dict[str, int]) -> int:
-    """Entries a sparsity removes for good: round(s * size), at most the weight's cap (`AllocationOutcome.caps`)."""
-    return min(int(round(sparsity * size)), caps.get(name, size))
+    """Entries a sparsity removes: round(s * size), or of a capped weight round(s * cap) (`AllocationOutcome.caps`:
+    its sparsity is a share of the entries the data reads, `Scorer.keep`)."""
+    return int(round(sparsity * caps.get(name, size)))
 
 
 def _removed(inventory: Inventory, sparsities: dict[str, float], caps: dict[str, int]) -> int:

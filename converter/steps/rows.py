@@ -4,8 +4,9 @@ A row no sample of --data (or --val-data) reads has no evidence behind it: pruni
 measures, and a user's input that reads it later meets whatever pruning left (converter/coverage.RowCoverage).
 Until session 38 such a table was left whole, however few rows went unread: torch's legacy `nn.EmbeddingBag`
 read 499 of its 500 rows, and 87% of a model's weights were left as they are. Now the search prunes the table
-like any other weight, every ranking putting the unread entries after all the others (`Scoring.last`: a sparsity
-drops read entries first, and the one-shot fit counts only those as removed, `AllocationOutcome.caps`), the search
+like any other weight, every ranking putting the unread entries after all the others and taking a sparsity as a
+share of the read ones (`Scoring.last`, `Scorer.keep`: a level s drops s of the entries the data reads, as for a table
+read whole, and the one-shot fit counts those, `AllocationOutcome.caps`), the search
 counts them as kept in every ratio it states (`auto_search(frozen=)`), and this step, after the pruning step and
 before anything else reads the pruned model, writes the input's values back into those rows and marks them kept
 (retraining's weight decay moved them; a sparsity past the read entries' share dropped some). The outputs on the data are the

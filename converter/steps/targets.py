@@ -122,7 +122,7 @@ class TargetsStep(Step):
             state.unread_rows = {n: np.broadcast_to((~read).reshape(-1, *[1] * (len(tables[n].shape) - 1)),
                                                     tables[n].shape).copy()
                                  for n, read in rows.read.items() if n in tables and len(read) == tables[n].shape[0]}
-            state.scoring.last = state.unread_rows  # every ranking drops read entries first: counts stay exact
+            state.scoring.last = state.unread_rows  # a sparsity is a share of the read entries: counts stay exact
         unreached.update({n: why for n, why in rows.reasons().items() if n not in state.unread_rows})
         self._say(state, rows.note(self.budgeted, state.unread_rows))
         return unreached

@@ -68,7 +68,12 @@ class Scorer:
         return w.out_axis
 
     def keep(self, name: str, values: np.ndarray, sparsity: float, current: np.ndarray | None = None) -> np.ndarray:
-        """The keep-mask of `name` at `sparsity`, within `current` (never regrow)."""
+        """The keep-mask of `name` at `sparsity`, within `current` (never regrow). A weight with entries ranked last
+        (`last`) takes the sparsity as a share of its other entries: a partly read table's level s drops s of the
+        entries the data reads, as it does for a table the data reads whole."""
+        last = self.last.get(name)
+        if last is not None and last.shape == np.shape(values) and last.any():
+            sparsity = sparsity * float((~last).sum()) / last.size
         return keep_mask(self.scores(name, values), sparsity, current, self.axis(name))
 
     def masks(self, values: Mapping[str, np.ndarray], targets: Mapping[str, float],
@@ -87,8 +92,8 @@ class Scoring:
     stats_for: Callable[[onnx.ModelProto], Statistics] | None = None
     _bound: tuple | None = field(default=None, repr=False, compare=False)
     fallbacks: dict = field(default_factory=dict, repr=False, compare=False)  # every bound Scorer's, shared
-    # {weight: bool mask} entries every bound Scorer ranks after all others: an embedding table's rows no sample reads
-    # (converter/steps/rows.py), so that a sparsity drops read entries only and counts exactly what goes
+    # {weight: bool mask} entries every bound Scorer ranks after all others, a sparsity a share of the rest: an
+    # embedding table's rows no sample reads (converter/steps/rows.py)
     last: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
