@@ -431,7 +431,7 @@ class _KnobSearch:
         return mid if self.lo < mid < self.hi else None
 
 
-def _outcome(model, inventory, best, history, dense, max_loss_pp, caps=None) -> AllocationOutcome:
+def _outcome(model, inventory, best, history, dense, max_loss_pp, caps: dict[str, int]) -> AllocationOutcome:
     total = sum(w.size for w in inventory.prunable)
     notes = []
     if best is None:
@@ -448,4 +448,4 @@ def _outcome(model, inventory, best, history, dense, max_loss_pp, caps=None) -> 
                              dense_pct=dense, pruned_pct=best["pruned_pct"], removed=best["removed"], total=total,
                              notes=notes, decision=best.get("decision"),
                              sizes={w.name: w.size for w in inventory.prunable}, zeros=zeros_of(model, inventory),
-                             caps=caps or {})
+                             caps=caps)

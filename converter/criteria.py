@@ -21,9 +21,11 @@ def gradient_statistics(*args, **kwargs):
     return compute(*args, **kwargs)
 
 
-def calibration_scoring(criterion: str, reader=None, *, max_samples: int = STATS_SAMPLES, seed: int = 0) -> Scoring:
-    """`criterion` with its statistics taken on `reader` (a DataReader; None or magnitude: no statistics)."""
+def calibration_scoring(criterion: str, reader=None, *, max_samples: int = STATS_SAMPLES, seed: int = 0,
+                        last: dict | None = None) -> Scoring:
+    """`criterion` with its statistics taken on `reader` (a DataReader; None or magnitude: no statistics); `last`:
+    the run's `RunState.unread_rows` (`Scoring.last`)."""
     if not get_criterion(criterion).needs_data or reader is None:
-        return Scoring(criterion)
+        return Scoring(criterion, last=last or {})
     return Scoring(criterion, stats_for=lambda model: CalibrationStats(
-        model, reader, gradients=gradient_statistics, max_samples=max_samples, seed=seed))
+        model, reader, gradients=gradient_statistics, max_samples=max_samples, seed=seed), last=last or {})

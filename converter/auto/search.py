@@ -112,27 +112,26 @@ class _Knob:
 
 def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData, config: AutoConfig,
                 progress: Callable[..., None] | None = None, deadline: float | None = None, clock=None,
-                held: int = 0, scoring=None, frozen: dict[str, np.ndarray] | None = None) -> AutoResult:
+                held: int = 0, scoring=None) -> AutoResult:
     """The one entry point; `deadline` is a time.perf_counter() value (default: now + config.time_budget);
     `clock` (timing.RunClock), when given, replaces it: the run's deadline less the reserve for the steps after.
     `held`: the weights of the prunable ones left out of `inventory` (no evidence about them, or excluded), counted
     as kept in every ratio the search states, so its figures are the summary's (sweep 9: "2.0x kept" for "1.1x").
     `scoring` (passes.criteria.Scoring, with its statistics on the training part): what ranks the weights in every
-    phase; None: config.criterion without data (magnitude). `frozen`: weight -> the entries the run gives back their
-    input values after the search whatever its masks say (embedding rows no sample reads: converter/steps/rows.py),
-    counted as kept in every ratio."""
+    phase; None: config.criterion without data (magnitude). Its `last` entries (embedding rows no sample reads,
+    given back their input values after the search: converter/steps/rows.py) count as kept in every ratio."""
     config.validate()
     return _Search(original, inventory, data, config, progress or (lambda *a, **k: None),
-                   deadline or time.perf_counter() + config.time_budget, clock, held, scoring, frozen).run()
+                   deadline or time.perf_counter() + config.time_budget, clock, held, scoring).run()
 
 
 class _Search:
-    frozen: dict[str, np.ndarray] = {}  # (read only) entries kept whatever the masks say; __init__ sets the run's
+    frozen: dict[str, np.ndarray] = {}  # (read only) entries kept whatever the masks say: the scoring's `last`
 
     def __init__(self, original, inventory, data: AutoData, config: AutoConfig, progress, deadline, clock=None,
-                 held: int = 0, scoring=None, frozen: dict[str, np.ndarray] | None = None):
+                 held: int = 0, scoring=None):
         self.original, self.inventory, self.data, self.config = original, inventory, data, config
-        self.held, self.frozen = held, frozen or {}
+        self.held = held
         self.zeros = zeros_of(original, inventory)  # the input's own zeros: never counted as removed
         self.progress, self._deadline, self.clock = progress, deadline, clock
         # the second look's time (`_second_look`: the result and the one-shot start on the training part), kept out
@@ -159,6 +158,7 @@ class _Search:
         self._strict_rule: BudgetRule | None = None
         # the run's criterion, its statistics (a data-driven one's) those of the dense model, taken once
         self.scoring = scoring if scoring is not None else Scoring(config.criterion)
+        self.frozen = self.scoring.last  # entries given back after the search (steps/rows.py): kept in ratios
         self.score = self.scoring.bind(original)
         self.sizes = {w.name: w.size for w in inventory.prunable}
         self.total = sum(self.sizes.values())

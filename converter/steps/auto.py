@@ -71,10 +71,8 @@ class AutoSearchStep(Step):
             from onnxprune.converter.criteria import calibration_scoring
 
             # a data-driven criterion's statistics from the choosing part too (steps/targets.py took all of --data)
-            last = state.scoring.last  # the unread rows ranked last (steps/targets.py)
             state.scoring = calibration_scoring(self.targets_config.criterion, state.data.train_reader(),
-                                                seed=state.data.config.seed)
-            state.scoring.last = last
+                                                seed=state.data.config.seed, last=state.unread_rows)
             if few is not None and self._feeds_retrain(state, choose, decide):
                 n = state.data.reader().num_samples
                 note = (f"--data holds {n} feed(s), each used as is: split by feed, the {choose} samples of one feed "
@@ -118,7 +116,7 @@ class AutoSearchStep(Step):
 
         held = held_weights(state)  # kept as they are
         result = auto_search(state.original, state.scannable, data, config, state.progress, clock=clock, held=held,
-                             scoring=state.scoring, frozen=state.unread_rows)
+                             scoring=state.scoring)
         state.prune.masks.update(result.masks)
         state.notes.extend(([short] if short else []) + result.notes + self._few_labelled(state))
         state.auto = result.report()

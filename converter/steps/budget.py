@@ -110,9 +110,8 @@ class ChooseApartStep(Step):
 
         # a data-driven criterion's statistics from the samples that choose too (steps/targets.py read --data)
         if data is not state.data:
-            last = state.scoring.last  # the unread rows ranked last (steps/targets.py)
-            state.scoring = calibration_scoring(self.criterion, data.train_reader(), seed=data.config.seed)
-            state.scoring.last = last
+            state.scoring = calibration_scoring(self.criterion, data.train_reader(), seed=data.config.seed,
+                                                last=state.unread_rows)
         state.data = data
         log.info(note)
         state.notes.append(note)

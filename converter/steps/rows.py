@@ -6,11 +6,10 @@ Until session 38 such a table was left whole, however few rows went unread: torc
 read 499 of its 500 rows, and 87% of a model's weights were left as they are. Now the search prunes the table
 like any other weight, every ranking putting the unread entries after all the others and taking a sparsity as a
 share of the read ones (`Scoring.last`, `Scorer.keep`: a level s drops s of the entries the data reads, as for a table
-read whole, and the one-shot fit counts those, `AllocationOutcome.caps`), the search
-counts them as kept in every ratio it states (`auto_search(frozen=)`), and this step, after the pruning step and
-before anything else reads the pruned model, writes the input's values back into those rows and marks them kept
-(retraining's weight decay moved them; a sparsity past the read entries' share dropped some). The outputs on the data are the
-ones the search measured: no sample reads what changed.
+read whole, and the one-shot fit counts those, `AllocationOutcome.caps`), the automatic search counts them as kept in
+every ratio it states, and this step, after the pruning step and before anything else reads the pruned model, writes
+the input's values back into those rows and marks them kept (retraining's weight decay moved them). The outputs on
+the data are the ones the search measured: no sample reads what changed.
 
     table [V, D], rows read R:   pruned rows R (by the search)   rows V \\ R = the input's values, mask kept
 """
@@ -27,24 +26,20 @@ from onnxprune.passes.weights import constant_tensors
 
 
 def keep_unread_rows(pruned: onnx.ModelProto, original: onnx.ModelProto, unread: dict[str, np.ndarray],
-                     masks: dict[str, np.ndarray]) -> int:
+                     masks: dict[str, np.ndarray]) -> None:
     """Write `original`'s values into the `unread` entries of each table of `pruned` (in place) and mark them kept
-    in `masks`; returns how many entries changed."""
+    in `masks`."""
     before, after = constant_tensors(original), constant_tensors(pruned)
-    changed = 0
     for name, rows in unread.items():
         if name not in after or name not in before:
             continue
         values = numpy_helper.to_array(after[name])
         given = numpy_helper.to_array(before[name]).astype(values.dtype)
         back = np.where(rows, given, values)
-        moved = int(np.count_nonzero(back != values))
-        if moved:
+        if not np.array_equal(back, values):
             after[name].CopyFrom(numpy_helper.from_array(back, name))
-        changed += moved
         if name in masks:
             masks[name] = masks[name] | rows
-    return changed
 
 
 @register_step("unread-rows")

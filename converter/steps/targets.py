@@ -118,10 +118,9 @@ class TargetsStep(Step):
         # given their input values back after pruning (steps/rows.py); rows on the stored axis 0: no op between the
         # table and its lookup
         if self.budgeted and not draws_random_inputs(state.data.config):
-            tables = {w.name: w for w in state.inventory.prunable if not w.via and len(w.shape) >= 1}
-            state.unread_rows = {n: np.broadcast_to((~read).reshape(-1, *[1] * (len(tables[n].shape) - 1)),
-                                                    tables[n].shape).copy()
-                                 for n, read in rows.read.items() if n in tables and len(read) == tables[n].shape[0]}
+            tables = {w.name: w.shape for w in state.inventory.prunable if not w.via}
+            state.unread_rows = {n: np.broadcast_to((~read).reshape(-1, *[1] * (len(tables[n]) - 1)), tables[n]).copy()
+                                 for n, read in rows.read.items() if n in tables}
             state.scoring.last = state.unread_rows  # a sparsity is a share of the read entries: counts stay exact
         unreached.update({n: why for n, why in rows.reasons().items() if n not in state.unread_rows})
         self._say(state, rows.note(self.budgeted, state.unread_rows))

@@ -119,8 +119,7 @@ def test_the_step_gives_the_search_the_budget_less_the_reserve(small, monkeypatc
 
     seen = {}
 
-    def capture(original, inventory, data, config, progress=None, deadline=None, clock=None, held=0, scoring=None,
-                frozen=None):
+    def capture(original, inventory, data, config, progress=None, deadline=None, clock=None, held=0, scoring=None):
         seen["clock"] = clock
         raise RuntimeError("captured")
 
