@@ -79,7 +79,9 @@ def inspect_model(path: Path) -> dict:
         "sparse_tensors_in_input": loaded.had_sparse,
         "inputs": [_value_info(v) for v in _real_inputs(loaded.model)],
         "outputs": [_value_info(v) for v in loaded.model.graph.output],
-        "npz_example": npz_example(loaded.model),
+        # nothing to prune, nothing to calibrate: sweep 33's export_params=False MLP was offered a line of zeros
+        # for its weights, fed as graph inputs, before being told it had no prunable weights
+        "npz_example": npz_example(loaded.model) if inventory.prunable else None,
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],

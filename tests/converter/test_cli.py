@@ -201,6 +201,12 @@ def test_weights_that_are_not_stored_tensors_are_named_in_the_refusal(tmp_path):
     assert "Conv 'conv' reads its weight 'w' from ConstantOfShape 'fill_w' (+1 more)" in line
     assert "export the model with its weights as initializers" in line
     assert not (tmp_path / "o.onnx").exists()
+    # inspect says the same, and offers no calibration line: nothing to prune is nothing to calibrate (sweep 33's
+    # export_params=False MLP was first shown an np.savez line of zeros for its weights)
+    shown = invoke("inspect", p)
+    assert shown.exit_code == 0 and "no prunable weights" in shown.output, shown.output
+    assert "calibration data" not in shown.output and "np.savez" not in shown.output, shown.output
+    assert json.loads(invoke("inspect", p, "--json").output)["npz_example"] is None
     from onnxprune.passes.weights import find_prunable
 
     assert "MatMul 'mm' reads its weight 'fed' from a graph input (fed at run time)" in find_prunable(m).computed
