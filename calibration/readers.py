@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, shared_stack,
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, rows_interact, shared_stack,
                                          stacked_batches, time_major_inputs, time_major_stack)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
@@ -71,6 +71,7 @@ class DataReader:
 
     per_feed = False
     feed_note = None  # why a per_feed reader reads feeds as they are: open_data says it once per run
+    rows_note = None  # why a file's stacked rows were left whole (feeds.rows_interact): a warning, once per run
     one_sample_feeds = False  # per_feed, each feed one sample cut from a stack (a time-major file's sequences)
     whole_batches = False  # the model fixes a batch of more than 1 sample: a short last batch is left out
     _labels_dropped = False
@@ -188,6 +189,8 @@ def open_data(source, model: onnx.ModelProto, *, labels: str | None = None, batc
     if limit is not None and limit < 1:
         raise ConfigError(f"sample limit {limit} must be >= 1 (or unset).")
     reader = _open(source, model, labels, batch_size, limit, seed, shapes, warn)
+    if warn and reader.rows_note:  # the data holds fewer samples than its rows: the user should know why
+        log.warning("%s", reader.rows_note)
     if warn and reader.feed_note:  # said once per run, like the random-data warning
         log.info("%s", reader.feed_note)
     elif warn and not reader.per_feed and reader.batch_size != batch_size:
@@ -225,18 +228,18 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            return _folder_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
+            return _folder_reader(path, specs, labels, batch_size, limit, time_major_inputs(model), model)
         if not path.exists():
             raise CalibrationError(f"calibration data '{path}' does not exist; pass an .npz file, a folder or "
                                    "'random'.")
-        return _npz_reader(path, specs, labels, batch_size, limit, time_major_inputs(model))
+        return _npz_reader(path, specs, labels, batch_size, limit, time_major_inputs(model), model)
     source = _as_named(source, specs)
     if isinstance(source, Mapping):
         chunk = _memory_chunk(source, "in-memory arrays")
         shapes, time_major = {k: v.shape for k, v in chunk.arrays.items()}, time_major_inputs(model)
         reason = feed_reason([(chunk.where, shapes)], specs, time_major)
         stack = _stack_reader(lambda: chunk.arrays, shapes, specs, labels, limit, reason, time_major,
-                              "in-memory arrays")
+                              "in-memory arrays", model)
         if stack is not None:
             return stack
         if reason:
@@ -278,7 +281,7 @@ def _is_array(value) -> bool:
 
 # ---- sources ---------------------------------------------------------------------------------------------------
 
-def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
+def _npz_reader(path, specs, labels, batch_size, limit, time_major=None, model=None) -> DataReader:
     if path.suffix == ".npz":
         _refuse_empty(path)
         shapes = npz_shapes(path) or {}
@@ -288,7 +291,8 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None) -> Data
             return _feed_reader(_batch_feeds(path, shapes, rows), specs, labels, limit,
                                 f"{reason}, beside samples stacked in batches of the fixed {rows} the model takes: "
                                 "a feed per batch, the scalars in each", path.name)
-        stack = _stack_reader(lambda: _npz_arrays(path), shapes, specs, labels, limit, reason, time_major, path.name)
+        stack = _stack_reader(lambda: _npz_arrays(path), shapes, specs, labels, limit, reason, time_major, path.name,
+                              model)
         if stack is not None:
             return stack
         if reason:
@@ -328,7 +332,7 @@ def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None
                                                                labels_name), checker=checker)
 
 
-def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=None) -> DataReader:
+def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=None, model=None) -> DataReader:
     files = sorted(p for p in folder.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
     label_files = {p for p in files if p.suffix == ".npy" and p.stem.endswith(f"_{labels or DEFAULT_LABELS}")}
     files = [p for p in files if p not in label_files]
@@ -344,7 +348,7 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
         reason = feed_reason([(str(p), npz_shapes(p) or {}) for p in files], specs, time_major)
         if reason:
             name = f"folder '{folder.name}/' ({len(files)} files)"
-            return (_shared_folder_reader(files, specs, labels, limit, reason, name, time_major or {})
+            return (_shared_folder_reader(files, specs, labels, limit, reason, name, time_major or {}, model)
                     or _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit, reason, name))
 
     def load(p: Path) -> Chunk:
@@ -398,19 +402,19 @@ def _batch_feeds(path: Path, shapes: dict[str, tuple], rows: int) -> FeedSource:
     return FeedSource(list(range(0, n - n % rows, rows)), load, lambda start: f"{path.name}[{start}:{start + rows}]")
 
 
-def _stack_reader(arrays, shapes, specs, labels, limit, reason, time_major, name) -> DataReader | None:
+def _stack_reader(arrays, shapes, specs, labels, limit, reason, time_major, name, model=None) -> DataReader | None:
     """A file (or dict of arrays) read per feed (`reason`) whose arrays still stack samples, a sample a feed: beside
     inputs that hold one value (`_shared_reader`) or of a time-major model (`_time_major_reader`); else None."""
     if not reason:
         return None
-    found = _shared_reader(arrays, shapes, specs, labels, limit, reason, name, time_major or {})
+    found = _shared_reader(arrays, shapes, specs, labels, limit, reason, name, time_major or {}, model)
     if found is None:
         found = _time_major_reader(arrays, shapes, specs, labels, limit, reason, time_major, name)
     return found
 
 
 def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str, tuple], specs, labels, limit,
-                   reason: str, name: str, time_major: dict[str, str]) -> DataReader | None:
+                   reason: str, name: str, time_major: dict[str, str], model=None) -> DataReader | None:
     """Inputs that hold one value for the file (feeds.shared_stack) beside N samples stacked on a dynamic batch (axis
     1 of a time-major input), read as N feeds of one sample each, those inputs' arrays whole in every one, the arrays
     read once; None when the arrays are no such stack."""
@@ -419,6 +423,13 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
         return None
     n, shared = found
     whole = _loaded_once(arrays)
+    mixed = rows_interact(model, whole(), specs, shared, time_major) if model is not None else None
+    if mixed:  # its rows are one feed's, not samples: the file as it is
+        reader = _feed_reader(FeedSource([name], lambda _: whole(), lambda _: name), specs, labels, limit,
+                              f"{reason}; its rows are not independent samples ({mixed}), so it is one feed",
+                              name)
+        reader.rows_note = _rows_note(name, n, mixed, "it is one feed, used as is")
+        return reader
 
     def load(i: int) -> dict[str, np.ndarray]:
         return _sample(whole(), i, shared, time_major)
@@ -431,6 +442,13 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
     return reader
 
 
+def _rows_note(where: str, rows: int, why: str, fate: str) -> str:
+    """The warning for stacked rows left whole (feeds.rows_interact)."""
+    return (f"the {rows:,} rows of {where} are not independent samples: {why}; {fate}, so every measurement sees "
+            "the rows together as the model reads them (a file per independent sample gives the search more "
+            "samples to decide on)")
+
+
 def _sample(arrays: dict[str, np.ndarray], i: int, shared, time_major: dict[str, str]) -> dict[str, np.ndarray]:
     """Sample i of a stack as a feed: the shared arrays whole, a time-major input's [T, 1, ...] (axis 1), the
     others' (the labels too) [1, ...]."""
@@ -438,7 +456,7 @@ def _sample(arrays: dict[str, np.ndarray], i: int, shared, time_major: dict[str,
 
 
 def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, name: str,
-                          time_major: dict[str, str]) -> DataReader | None:
+                          time_major: dict[str, str], model=None) -> DataReader | None:
     """A folder whose every file is a stack beside inputs that hold one value for that file (feeds.shared_stack, a
     file of one sample too), read as a feed per sample of every file, each file's shared arrays whole in its
     samples' feeds; one file's arrays held at a time. None when any file is no such stack (each file a feed)."""
@@ -446,6 +464,16 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
     if not all(found) or all(n == 1 for n, _ in found):
         return None
     shared = sorted({s for _, names in found for s in names})
+    probe = next((p for p, (n, _) in zip(files, found) if n > 1), None)
+    mixed = (rows_interact(model, _npz_arrays(probe), specs, found[files.index(probe)][1], time_major)
+             if model is not None and probe is not None else None)
+    if mixed:  # each file's rows are one feed's, not samples: every file as it is
+        reader = _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit,
+                              f"{reason}; the rows of '{probe.name}' are not independent samples ({mixed}), so "
+                              "each file is one feed", name)
+        reader.rows_note = _rows_note(f"'{probe.name}' of {name}", found[files.index(probe)][0], mixed,
+                                      "each file is one feed, used as is")
+        return reader
     held: dict = {}
 
     def load(item: tuple[Path, int, list[str]]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from rich.console import Console
@@ -216,6 +217,29 @@ def _unfed(model) -> str | None:
     return unfed_reason(bad[0].name, type_words(bad[0].type))
 
 
+def _rows_in_order(model, states: dict[str, str]) -> str | None:
+    """Why the rows of the inputs beside a recurrent state of batch 1 are one sequence, not samples (random rows
+    run together and one at a time differ: feeds.rows_interact), or None. silero's sequence VAD ('input'
+    [sequence_length, 576], 'h'/'c' [1, 1, 128]): the line had said one row per file, and a run on such files
+    judged every chunk from the zero state."""
+    from onnxprune.calibration.feeds import rows_interact
+    from onnxprune.calibration.runtime import input_specs
+
+    specs = input_specs(model)
+    rng, arrays = np.random.default_rng(0), {}
+    for spec in specs:
+        if spec.kind != "tensor" or spec.dtype is None or not np.issubdtype(spec.dtype, np.floating):
+            return None  # ids, flags, containers: no random row says what real ones do
+        if spec.name in states:
+            arrays[spec.name] = np.zeros(spec.shape, spec.dtype)
+            continue
+        if not spec.shape or spec.shape[0] is not None:
+            return None
+        arrays[spec.name] = rng.standard_normal([4] + [8 if d is None else d for d in spec.shape[1:]]).astype(
+            spec.dtype)
+    return rows_interact(model, arrays, specs, list(states), {})
+
+
 def npz_example(model, samples: int = 64) -> str | None:
     """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
@@ -231,8 +255,9 @@ def npz_example(model, samples: int = 64) -> str | None:
     batch_of_one = bool(shapes) and all(len(sh) >= 2 and sh[0] == 1 for sh in shapes)
     states = single_batch_states(model)
     shared = {} if states or batch_of_one else _shared_inputs(model, shapes)
+    in_order = _rows_in_order(model, states) if states else None
     if states:  # a recurrent state fixes a batch of 1: one file per sample (a folder), the state in each
-        named = {_value_info(v)["shape"][0]: 1 for v in _real_inputs(model)
+        named = {_value_info(v)["shape"][0]: 8 if in_order else 1 for v in _real_inputs(model)
                  if _value_info(v)["shape"] and isinstance(_value_info(v)["shape"][0], str)}
     elif shared:  # one sample per file beside the shared inputs whole: the two first axes must differ in a file
         named = {sh[0]: 1 for sh in shapes if sh and isinstance(sh[0], str) and sh[0] not in shared.values()}
@@ -286,6 +311,12 @@ def npz_example(model, samples: int = 64) -> str | None:
         return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
                 f'{args}) for i in range({samples})]  # one feed per file, --data calib: {said} is a sequence of '
                 'tensors, its elements stacked on the first axis (here 2)')
+    if states and in_order:
+        name, cell = next(iter(states.items()))
+        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+                f'{args}) for i in range({samples})]  # one whole sequence per file, --data calib: the model reads '
+                f'the rows of an input in order, {name!r} the initial state of {cell} carried from each to the next '
+                f'({in_order}), so a file of single rows would judge every row from the initial state alone')
     if states:
         name, cell = next(iter(states.items()))
         return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '

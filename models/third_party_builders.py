@@ -482,6 +482,32 @@ def time_major_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, see
     return _model(g, "time_major_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])
 
 
+def chunk_sequence_vad(*, frame: int = 12, hidden: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """silero's sequence VAD: 'input' [sequence_length, frame] is chunks in time (no batch axis), beside the LSTM's
+    initial state 'h', 'c' [1, 1, H] (every dim fixed) -> 'speech_probs' [sequence_length], 'hn', 'cn' [1, 1, H].
+
+    Each chunk is encoded alone (relu(fc1(chunk))), then one LSTM runs over the chunks in order with batch 1, the
+    state carried from each chunk to the next: the rows of 'input' are one sequence, not samples."""
+    g = _Graph(seed)
+    e = g.relu(g.matmul("input", "fc1", frame, hidden), "enc")
+    x = g.op("Unsqueeze", "time", [e, g.const("axes1", np.zeros(1))])  # [T, 1, H]: time first, batch 1
+    g.initializers[-1] = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes1")
+    g.const("lstm.W", g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden))
+    g.const("lstm.R", 2.0 * g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden))
+    g.nodes.append(helper.make_node("LSTM", [x, "lstm.W", "lstm.R", "", "", "h", "c"], ["Y", "hn", "cn"],
+                                    name="/lstm/LSTM", hidden_size=hidden))
+    y = g.op("Reshape", "flat", ["Y", g.const("flat_shape", np.zeros(2))])  # [T, 1, 1, H] -> [T, H]
+    g.initializers[-1] = numpy_helper.from_array(np.array([-1, hidden], dtype=np.int64), "flat_shape")
+    p = g.op("Sigmoid", "out", [g.matmul(y, "fc2", hidden, 1)])
+    p = g.op("Reshape", "probs", [p, g.const("probs_shape", np.zeros(1))])
+    g.initializers[-1] = numpy_helper.from_array(np.array([-1], dtype=np.int64), "probs_shape")
+    g.nodes.append(helper.make_node("Identity", [p], ["speech_probs"], name="/out/Identity"))
+    return _model(g, "chunk_sequence_vad", [_float("input", ["sequence_length", frame]), _float("h", [1, 1, hidden]),
+                                            _float("c", [1, 1, hidden])],
+                  [_float("speech_probs", ["sequence_length"]), _float("hn", [1, 1, hidden]),
+                   _float("cn", [1, 1, hidden])])
+
+
 def yolo_head(*, channels: int = 3, width: int = 8, size: int = 8, classes: int = 6, present: int = 2,
               pixels: float = 64.0, channels_last: bool = False, seed: int = 0) -> onnx.ModelProto:
     """image [N, 3, size, size] -> conv 3x3 + relu -> 'box' conv 1x1 (4 channels) x `pixels` and 'cls' conv 1x1

@@ -434,6 +434,11 @@ def test_inspect_writes_one_file_per_sample_for_a_recurrent_state_with_a_batch_o
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert [sess.run(None, feeds)[0].shape for feeds, _ in reader.batches()] == [(2,)] * 5
     assert "np.savez(\"calib.npz\"" in npz_example(tb.time_major_lstm())  # no state input: one stacked file
+    # silero's sequence VAD: the rows of 'input' are chunks in time, the state carried from one to the next; the
+    # line writes a whole sequence per file (one row per file judged every chunk from the zero state)
+    line = npz_example(tb.chunk_sequence_vad(), samples=3)
+    assert "input=np.zeros((8, 12), np.float32)" in line and "one whole sequence per file" in line, line
+    assert "'speech_probs'" in line
 
 
 def test_inspect_gives_an_input_that_is_no_batch_whole_to_every_file(tmp_path, monkeypatch):
