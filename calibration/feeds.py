@@ -243,16 +243,37 @@ def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 
 
 ROWS_APART_PROBE = 4  # rows run together and one at a time by `rows_interact`
 ROWS_APART_RTOL = 1e-4  # of an output's largest magnitude: float32 batching differs by ~1e-6, a carried state by ~1
+ROWS_APART_BYTES = 512 << 20  # no probe past this many stored weight bytes (converter/streaming.STREAM_BYTES)
+
+
+def _stored_bytes(model) -> int:
+    """The main graph's initializer bytes, held or external, without serializing the model."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += next((int(e.value) for e in t.external_data if e.key == "length"), 0)
+        else:
+            total += len(t.raw_data) or 4 * max(len(t.float_data), len(t.int64_data), len(t.int32_data))
+    return total
 
 
 def rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_major: dict[str, str]) -> str | None:
-    """Why the stacked rows of `arrays` (a file `shared_stack` would cut into one-sample feeds, `shared` its
-    whole arrays) are not independent samples of `model`, or None when they are (or cannot be told apart). Up to
-    ROWS_APART_PROBE rows are run together and one at a time in onnxruntime; every output must be the rows' own
-    outputs stacked (or one value that every run gives alike). silero's sequence VAD ('input' [sequence_length,
+    """Why the stacked rows of `arrays` (a file the readers would cut into samples: batches, or one-sample feeds
+    beside `shared` arrays held whole) are not independent samples of `model`, or None when they are (or cannot be
+    told apart). Up to ROWS_APART_PROBE rows are run together and one at a time in onnxruntime; every float output
+    must be the rows' own outputs stacked (k rows a sample, also one target's after another's), one value every run
+    gives alike, or an [N, N] relation of the rows (the Evaluator keeps such batches whole). silero's sequence VAD ('input' [sequence_length,
     576] beside its LSTM state 'h'/'c' [1, 1, 128]) reads axis 0 as chunks in time, the state carried from each to
     the next: cut into chunks that each started from the zero state, a run judged only a sequence's first chunk,
     said "budget met" at 1.36x, and changed 53 of 180 speech decisions on the whole sequences the files held."""
+    from onnxprune.passes.opfacts import BATCH_DEPENDENT_OPS
+
+    if any(s.name not in arrays or np.ndim(arrays[s.name]) == 0 for s in specs if s.name not in shared):
+        return None  # the reader's own checks say what is missing
+    if any(n.op_type in BATCH_DEPENDENT_OPS for n in model.graph.node):
+        return None  # rows a batch's range quantizes together: evaluated a sample at a time already
+    if _stored_bytes(model) > ROWS_APART_BYTES:
+        return None  # a session of a model this large is no probe: its data are taken as they come
     stacked = [s for s in specs if s.name not in shared]
     rows = {arrays[s.name].shape[1 if s.name in time_major else 0] for s in stacked if s.name in arrays}
     if len(rows) != 1:
@@ -310,15 +331,24 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
         parts = [a[j] for a in alone]
         if not isinstance(whole, np.ndarray) or not all(isinstance(p, np.ndarray) for p in parts):
             continue  # a sequence or map output: the tensors beside it decide
-        axis = next((ax for ax in range(whole.ndim) if whole.shape[ax] == k and parts[0].ndim == whole.ndim
-                     and parts[0].shape[ax] == 1), None)
+        if not np.issubdtype(whole.dtype, np.floating):
+            continue  # labels and ids: a near tie may flip between batch sizes; the float outputs decide
+        part = parts[0]
+        grown = [ax for ax in range(whole.ndim) if part.ndim == whole.ndim and part.shape[ax] != whole.shape[ax]]
+        if part.ndim == whole.ndim and len(grown) > 1 and all(whole.shape[ax] == k * part.shape[ax] for ax in grown):
+            continue  # [N, N]: it relates the rows to each other (a CLIP's logits), which the Evaluator keeps whole
+        axis = grown[0] if len(grown) == 1 and whole.shape[grown[0]] == k * part.shape[grown[0]] else None
         if axis is None:  # one value for all the rows: it must not depend on which rows ran
             same = all(p.shape == whole.shape and _close(p, whole) for p in parts)
             if not same:
                 return (f"output '{name}' ({list(whole.shape)} for {k} rows) does not follow the rows and changes "
                         "with them")
             continue
-        if not _close(np.concatenate(parts, axis=axis), whole):
+        joined = np.concatenate(parts, axis=axis)
+        m = part.shape[axis]  # rows a sample, one target's after another's when `whole` is target-major
+        crossed = np.moveaxis(whole, axis, 0).reshape(m, k, -1).transpose(1, 0, 2).reshape(
+            np.moveaxis(joined, axis, 0).shape) if m > 1 else None
+        if not _close(joined, whole) and not (crossed is not None and _close(np.moveaxis(joined, axis, 0), crossed)):
             return (f"output '{name}' of {k} rows run together differs from the rows run one at a time (the model "
                     "reads that axis as a sequence, or mixes its rows)")
     return None

@@ -245,7 +245,9 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
         if reason:
             return _feed_reader(FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs, labels, limit,
                                 reason, "in-memory arrays")
-        return _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays")
+        return (_whole_if_mixed(model, chunk, FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs,
+                                labels, limit, "in-memory arrays")
+                or _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays"))
     if isinstance(source, Iterable):
         return _feeds_reader(list(source), specs, labels, batch_size, limit, time_major_inputs(model))
     raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
@@ -303,7 +305,26 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None, model=N
         chunk = _npz_chunk(path)
     else:
         raise CalibrationError(f"calibration file '{path}' is neither .npz nor .npy; save arrays with numpy.savez.")
-    return _single_chunk_reader(chunk, specs, labels, batch_size, limit, path.name)
+    return (_whole_if_mixed(model, chunk, FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs,
+                            labels, limit, path.name)
+            or _single_chunk_reader(chunk, specs, labels, batch_size, limit, path.name))
+
+
+def _whole_if_mixed(model, first: Chunk, source: FeedSource, specs, labels, limit, name: str) -> DataReader | None:
+    """Stacked samples whose rows the model does not read as samples (feeds.rows_interact on the `first` chunk: a
+    sequence in time on axis 0 with no time name, no state input and no batch word) read as `source`, one feed a
+    file, said; None when the rows are samples. Cut into batches, a sequence's rows were scored as samples, each
+    batch run as a sequence of its own."""
+    if model is None:
+        return None
+    mixed = rows_interact(model, first.arrays, specs, [], {})
+    if not mixed:
+        return None
+    reader = _feed_reader(source, specs, labels, limit, ROWS_TOGETHER, name)
+    one = len(source) == 1
+    reader.rows_note = _rows_note(name if one else f"'{Path(first.where).name}' of {name}", first.n, mixed,
+                                  "it is one feed, used as is" if one else "each file is one feed, used as is")
+    return reader
 
 
 def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataReader:
@@ -355,6 +376,11 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
         return _npz_chunk(p) if p.suffix == ".npz" else _npy_chunk(p, specs, labels, mmap=True)
 
     first = load(files[0])
+    desc = f"folder '{folder.name}/' ({len(files)} files)"
+    if all(p.suffix == ".npz" for p in files):
+        whole = _whole_if_mixed(model, first, FeedSource(files, _npz_arrays, str), specs, labels, limit, desc)
+        if whole is not None:
+            return whole
     labels_name = _labels_name(first, specs, labels)
     checker = _ChunkChecker(specs, labels_name)
     checker.first(first, batch_size)
@@ -365,7 +391,6 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
         for p in files:
             yield load(p)
 
-    desc = f"folder '{folder.name}/' ({len(files)} files)"
     return DataReader(chunks, specs, batch_size=batch_size, limit=limit, labels_name=labels_name,
                       num_samples=total, description=_describe(desc, _cap(total, limit), labels_name),
                       checker=checker)
@@ -426,8 +451,7 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
     mixed = rows_interact(model, whole(), specs, shared, time_major) if model is not None else None
     if mixed:  # its rows are one feed's, not samples: the file as it is
         reader = _feed_reader(FeedSource([name], lambda _: whole(), lambda _: name), specs, labels, limit,
-                              f"{reason}; its rows are not independent samples ({mixed}), so it is one feed",
-                              name)
+                              f"{reason}; {ROWS_TOGETHER}", name)
         reader.rows_note = _rows_note(name, n, mixed, "it is one feed, used as is")
         return reader
 
@@ -440,6 +464,9 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
                           "sample(s), a feed each")
     reader.one_sample_feeds = True
     return reader
+
+
+ROWS_TOGETHER = "the model reads the rows of a file together, not as samples"
 
 
 def _rows_note(where: str, rows: int, why: str, fate: str) -> str:
@@ -469,8 +496,7 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
              if model is not None and probe is not None else None)
     if mixed:  # each file's rows are one feed's, not samples: every file as it is
         reader = _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit,
-                              f"{reason}; the rows of '{probe.name}' are not independent samples ({mixed}), so "
-                              "each file is one feed", name)
+                              f"{reason}; {ROWS_TOGETHER}", name)
         reader.rows_note = _rows_note(f"'{probe.name}' of {name}", found[files.index(probe)][0], mixed,
                                       "each file is one feed, used as is")
         return reader

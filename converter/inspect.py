@@ -245,7 +245,7 @@ def npz_example(model, samples: int = 64) -> str | None:
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
     batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
     one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget."""
-    from onnxprune.calibration.feeds import single_batch_states
+    from onnxprune.calibration.feeds import RECURRENT, single_batch_states
 
     if _unfed(model):
         return None
@@ -333,6 +333,13 @@ def npz_example(model, samples: int = 64) -> str | None:
         said = ", ".join(f"{n!r}" for n in time_major)
         return line + (f"  # {said} time-major, [steps, samples, ...]: the samples on axis 1, each read as "
                        "one feed")
+    # only a graph that can carry something from one row to the next is run (inspect otherwise only reads the file)
+    carries = any(n.op_type in RECURRENT | {"Loop", "Scan"} for n in model.graph.node)
+    in_order = _rows_in_order(model, {}) if carries and not batch_of_one else None
+    if in_order:  # rows the model reads together (a sequence on axis 0 with no time word): a folder of sequences
+        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+                f'{args}) for i in range({samples})]  # one whole sequence per file, --data calib: the model reads '
+                f'the rows of a file together, not as samples ({in_order})')
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
 
 

@@ -398,6 +398,54 @@ def test_stacked_rows_of_a_sequence_are_one_feed_not_samples(tmp_path):
     assert rows_interact(stats, ones, input_specs(stats), ["mean", "std"], {}) is None
 
 
+def test_a_stacked_file_whose_rows_are_a_sequence_is_one_feed(tmp_path):
+    """The same sequence VAD with its initial state held inside (no state input, no time word in
+    'sequence_length', no batch word): a stacked file was cut into batches of 16 rows, each run as a sequence of its
+    own, and its rows scored as samples. Rows the model reads together make the file one feed, said; a folder of
+    such files one feed a file; rows that are samples (a plain MLP) are batched as before, and so are in-memory
+    arrays of either kind alike."""
+    import logging
+
+    from onnx import numpy_helper
+
+    model = tb.chunk_sequence_vad()
+    held = [i for i in model.graph.input if i.name not in ("h", "c")]
+    del model.graph.input[:]
+    model.graph.input.extend(held)
+    model.graph.initializer.extend([numpy_helper.from_array(np.zeros((1, 1, 6), np.float32), n) for n in "hc"])
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(1).standard_normal((40, 12)).astype(np.float32)
+    np.savez(tmp_path / "seq.npz", input=x)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("onnxprune").addHandler(handler)
+    try:
+        reader = open_data(tmp_path / "seq.npz", model)
+    finally:
+        logging.getLogger("onnxprune").removeHandler(handler)
+    got = list(reader.batches())
+    assert reader.per_feed and reader.num_samples == 1 and got[0][0]["input"].shape == (40, 12)
+    assert any(r.levelno == logging.WARNING and "the 40 rows of seq.npz are not independent samples" in r.getMessage()
+               for r in records)
+    assert open_data({"input": x}, model).num_samples == 1
+    (tmp_path / "folder").mkdir()
+    for k in range(3):
+        np.savez(tmp_path / "folder" / f"{k}.npz", input=x[10 * k:10 * k + 10])
+    folder = open_data(tmp_path / "folder", model)
+    assert folder.per_feed and folder.num_samples == 3
+    from onnxprune.models.builders import mlp_gemm
+
+    plain = mlp_gemm(in_features=12, hidden=(8,), out_features=3)
+    np.savez(tmp_path / "rows.npz", **{plain.graph.input[0].name: x})
+    rows = open_data(tmp_path / "rows.npz", plain)
+    assert not rows.per_feed and rows.num_samples == 40 and rows.rows_note is None
+    from onnxprune.converter.inspect import npz_example  # inspect's line: a folder of sequences, and plain rows
+
+    assert "one whole sequence per file" in npz_example(model) and "input=np.zeros((64, 12)" in npz_example(model)
+    assert npz_example(plain).startswith('import numpy as np; np.savez("calib.npz"')
+
+
 def _time_major_mean(steps_name="T"):
     """x [T, N, 4] (no time word in 'T') -> mean over T -> MatMul -> 'logits' [N, 3], as torch names a
     Transformer's batch_first=False input."""
