@@ -201,6 +201,8 @@ class Evaluator:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
                             "sample; pass varied, real samples")
+            elif first and not self._quiet:
+                self._say_input_blind()
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
                 self.num_samples = sum(rows)
@@ -312,6 +314,47 @@ class Evaluator:
                     return False
                 samples += rows.shape[0] if i == 0 else 0
         return samples >= 2
+
+    def input_blind_losses(self) -> dict[str, float]:
+        """Per output scored by its values' relative error or cosine (`BLIND_KINDS`), the loss in pp its metric gives
+        an output that no longer reads the input: the dense model's mean value over the set, given for every sample.
+        Outputs padded, cropped, pooled per feed or of shapes that change between batches are left out."""
+        losses = {}
+        for i, (name, kind) in enumerate(self.plan.items()):
+            if kind not in BLIND_KINDS or i in self.masked or self.whole(i) or i in self.grouped:
+                continue
+            try:
+                dense = [self.samples_first(i, as_array(r[i]), None)[0] for r in self.reference_all]
+            except Exception:  # noqa: BLE001 (a sequence of maps: not compared here)
+                continue
+            if any(self.crops and i in c for c in self.crops) or len({d.shape[1:] for d in dense}) != 1:
+                continue
+            dense = np.concatenate(dense).astype(np.float64)
+            if dense.dtype.kind != "f" or len(dense) < 2 or not np.isfinite(dense).all():
+                continue
+            blind = np.broadcast_to(dense.mean(axis=0), dense.shape)
+            scale = self.scales[i] if self.scales else None
+            before = METRICS[kind].finish(*METRICS[kind].batch(dense, dense, None, scale))
+            after = METRICS[kind].finish(*METRICS[kind].batch(blind, dense, None, scale))
+            losses[name] = 100.0 * (float(before) - float(after))
+        return losses
+
+    def _say_input_blind(self) -> None:
+        """Sweep 34: a triplet-loss embedding, L2-normalized, whose values share one direction and vary by 0.1% of
+        their norm, was pruned to 2 weights of 54.9K "within 0.00 pp" of cosine: the written model gives every
+        image the same embedding (nearest-class-mean accuracy 92.8% -> 9.0% on held-out digits). When the dense
+        model's mean output, given for every sample, is within an output's budget by its metric, that budget does
+        not tell a model that reads its input from one that does not: said, with the flag that bounds it."""
+        if not self.budget_pp:
+            return
+        for name, loss in self.input_blind_losses().items():
+            budget = self.output_budgets.get(name, self.budget_pp)
+            if loss <= budget:
+                log.warning("output '%s' varies little across the samples next to its size: its mean value given "
+                            "for every sample, whatever the input, scores a loss of %.2g pp by %s, within its budget "
+                            "of %g pp, so a model that no longer reads its input would be within it too; "
+                            "--max-loss %s=L with L well below %.2g pp bounds how far it moves", name,
+                            loss, self.plan[name], budget, name, loss)
 
     def _current_positions(self, masks: list[np.ndarray]) -> list[np.ndarray]:
         """A decoder fed a past (KV cache) has an attention mask over past + current tokens, [N, P + S], and outputs
@@ -863,6 +906,7 @@ def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:
 AUTO_ROWS = 8  # feeds whose vectors a row output's metric is chosen on
 MASK_INPUTS = ("attention_mask", "input_mask")  # 1 = a real token, 0 = padding (Hugging Face's convention)
 MASKED_KINDS = frozenset({"cosine", "rel_l2", "seq_agreement"})  # kinds that read an output position by position
+BLIND_KINDS = frozenset({"cosine", "rel_l2"})  # value kinds relative to each sample's own size (`_say_input_blind`)
 
 
 def position_mask_input(model: onnx.ModelProto | None) -> str | None:
