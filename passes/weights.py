@@ -444,7 +444,8 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
     if len(scopes) != 1 and not _main_and_loops(scopes):
         return False
     uses = {tie_use(u, name) for u in users}
-    return (len(uses) == 1 and None not in uses) or (len(scopes) == 1 and _tied_transposed(name, users, ix))
+    return (len(uses) == 1 and None not in uses) or (len(scopes) == 1 and (_tied_transposed(name, users, ix)
+                                                                             or _tied_conv_transposed(name, users)))
 
 
 def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
@@ -466,6 +467,22 @@ def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
         elif not second_operand(u, name):
             return False
     return True
+
+
+def _tied_conv_transposed(name, users) -> bool:
+    """A kernel Conv and ConvTranspose nodes of one graph read directly as their weight, some of each: a tied
+    convolutional autoencoder, whose decoder is F.conv_transpose2d(h, enc.weight) (sweep 34: the two tied kernels,
+    35% of the weights, were "used in different ways"). The tensor is the same [C, K, *kernel] to both, read with
+    its axes 0 and 1 in opposite roles; a mask is elementwise, so one mask serves every reader. The layer-wise refit
+    leaves it as pruned (reconstruct._twins: its readers differ) and channel groups block a shared tensor."""
+    ops = set()
+    for u in users:
+        inputs = list(u.input)
+        if (u.op_type not in ("Conv", "ConvTranspose") or (u.domain or "") not in ("", "ai.onnx")
+                or inputs.count(name) != 1 or inputs.index(name) != 1):
+            return False
+        ops.add(u.op_type)
+    return ops == {"Conv", "ConvTranspose"}
 
 
 def _main_and_loops(scopes: set[str]) -> bool:
