@@ -318,24 +318,31 @@ class Evaluator:
     def input_blind_losses(self) -> dict[str, float]:
         """Per output scored by its values' relative error or cosine (`BLIND_KINDS`), the loss in pp its metric gives
         an output that no longer reads the input: the dense model's mean value over the set, given for every sample.
-        Outputs padded, cropped, pooled per feed or of shapes that change between batches are left out."""
+        Outputs padded, cropped, pooled per feed, not float or of shapes that change between batches are left out.
+        Batch by batch: no copy of the set's outputs is made."""
         losses = {}
         for i, (name, kind) in enumerate(self.plan.items()):
             if kind not in BLIND_KINDS or i in self.masked or self.whole(i) or i in self.grouped:
+                continue
+            if any(i in c for c in self.crops or ()):
                 continue
             try:
                 dense = [self.samples_first(i, as_array(r[i]), None)[0] for r in self.reference_all]
             except Exception:  # noqa: BLE001 (a sequence of maps: not compared here)
                 continue
-            if any(self.crops and i in c for c in self.crops) or len({d.shape[1:] for d in dense}) != 1:
+            if (not dense or len({d.shape[1:] for d in dense}) != 1 or any(d.dtype.kind != "f" for d in dense)
+                    or sum(len(d) for d in dense) < 2 or not all(np.isfinite(d).all() for d in dense)):
                 continue
-            dense = np.concatenate(dense).astype(np.float64)
-            if dense.dtype.kind != "f" or len(dense) < 2 or not np.isfinite(dense).all():
-                continue
-            blind = np.broadcast_to(dense.mean(axis=0), dense.shape)
+            mean = sum(d.sum(axis=0, dtype=np.float64) for d in dense) / sum(len(d) for d in dense)
             scale = self.scales[i] if self.scales else None
-            before = METRICS[kind].finish(*METRICS[kind].batch(dense, dense, None, scale))
-            after = METRICS[kind].finish(*METRICS[kind].batch(blind, dense, None, scale))
+            metric, totals = METRICS[kind], {"before": [0.0, 0], "after": [0.0, 0]}
+            for d in dense:
+                blind = np.broadcast_to(mean.astype(d.dtype), d.shape)
+                for key, out in (("before", d), ("after", blind)):
+                    sums, count = metric.batch(out, d, None, scale)
+                    totals[key][0] += sums[0]
+                    totals[key][1] += count
+            before, after = (metric.finish((totals[k][0],), totals[k][1]) for k in ("before", "after"))
             losses[name] = 100.0 * (float(before) - float(after))
         return losses
 
