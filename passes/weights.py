@@ -445,7 +445,7 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
         return False
     uses = {tie_use(u, name) for u in users}
     return (len(uses) == 1 and None not in uses) or (len(scopes) == 1 and (_tied_transposed(name, users, ix)
-                                                                             or _tied_conv_transposed(name, users)))
+                                                                             or _tied_kernel(name, users)))
 
 
 def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
@@ -469,20 +469,19 @@ def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
     return True
 
 
-def _tied_conv_transposed(name, users) -> bool:
-    """A kernel Conv and ConvTranspose nodes of one graph read directly as their weight, some of each: a tied
-    convolutional autoencoder, whose decoder is F.conv_transpose2d(h, enc.weight) (sweep 34: the two tied kernels,
-    35% of the weights, were "used in different ways"). The tensor is the same [C, K, *kernel] to both, read with
-    its axes 0 and 1 in opposite roles; a mask is elementwise, so one mask serves every reader. The layer-wise refit
-    leaves it as pruned (reconstruct._twins: its readers differ) and channel groups block a shared tensor."""
-    ops = set()
+def _tied_kernel(name, users) -> bool:
+    """A kernel several Conv/ConvTranspose nodes of one graph read directly as their weight, whatever their
+    attributes: a tied convolutional autoencoder, whose decoder is F.conv_transpose2d(h, enc.weight), or TridentNet's
+    one kernel applied at dilations 1, 2 and 3 (sweep 34: 35% and 91% of their weights were "used in different
+    ways"). The tensor is the same to every reader; a mask is elementwise, so one mask serves them all. The layer-wise
+    refit leaves it as pruned where its readers differ (reconstruct._twins says so) and channel groups block a
+    shared tensor."""
     for u in users:
         inputs = list(u.input)
         if (u.op_type not in ("Conv", "ConvTranspose") or (u.domain or "") not in ("", "ai.onnx")
                 or inputs.count(name) != 1 or inputs.index(name) != 1):
             return False
-        ops.add(u.op_type)
-    return ops == {"Conv", "ConvTranspose"}
+    return len(users) > 1
 
 
 def _main_and_loops(scopes: set[str]) -> bool:

@@ -522,7 +522,8 @@ def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, fo
 
 def test_a_kernel_a_conv_and_a_conv_transpose_read_is_one_tied_weight(tmp_path):
     """Sweep 34: a tied convolutional autoencoder (F.conv_transpose2d(h, enc.weight): a Conv and a ConvTranspose read
-    one kernel, its axes 0 and 1 in opposite roles) had both kernels "used in different ways", 35% of its weights.
+    one kernel, its axes 0 and 1 in opposite roles) had both kernels "used in different ways", 35% of its weights;
+    TridentNet's kernel, read by Convs at three dilations, 91%.
     One mask serves both readers: the kernel is prunable, its MACs count both, its row names the Conv's output
     channels, and the written model computes in onnxruntime what the input computes with the same entries zeroed.
     A reader of another kind stays refused."""
@@ -550,6 +551,10 @@ def test_a_kernel_a_conv_and_a_conv_transpose_read_is_one_tied_weight(tmp_path):
         if init.name in pruned:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
     assert_same_outputs(written, oracle)
+    trident = tied_conv_autoencoder()  # TridentNet: the kernel also applied at dilation 2, another Conv
+    trident.graph.node.append(helper.make_node("Conv", ["input", "enc.weight"], ["d2"], name="dilated",
+                                               kernel_shape=[4, 4], dilations=[2, 2], pads=[3, 3, 3, 3]))
+    assert find_prunable(trident).by_name()["enc.weight"].readers == 3
     read = tied_conv_autoencoder()  # a reader that is no Conv/ConvTranspose weight input
     read.graph.node.append(helper.make_node("Neg", ["enc.weight"], ["n"], name="neg"))
     assert "used in different ways" in {s.name: s.reason for s in find_prunable(read).skipped}["enc.weight"]
