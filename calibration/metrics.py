@@ -201,6 +201,8 @@ class Evaluator:
                 log.warning("every sample of the data gives the input model the same outputs (identical or blank "
                             "inputs, say all zeros): every figure of this run is judged on what amounts to one "
                             "sample; pass varied, real samples")
+            elif first and not self._quiet:
+                self._say_input_blind()
             self.reference = [as_array(b[0]) for b in self.reference_all]
             if not getattr(self.reader, "per_feed", False):  # per feed, a "sample" is a feed (reader.num_samples)
                 self.num_samples = sum(rows)
@@ -312,6 +314,54 @@ class Evaluator:
                     return False
                 samples += rows.shape[0] if i == 0 else 0
         return samples >= 2
+
+    def input_blind_losses(self) -> dict[str, float]:
+        """Per output scored by its values' relative error or cosine (`BLIND_KINDS`), the loss in pp its metric gives
+        an output that no longer reads the input: the dense model's mean value over the set, given for every sample.
+        Outputs padded, cropped, pooled per feed, not float or of shapes that change between batches are left out.
+        Batch by batch: no copy of the set's outputs is made."""
+        losses = {}
+        for i, (name, kind) in enumerate(self.plan.items()):
+            if kind not in BLIND_KINDS or i in self.masked or self.whole(i) or i in self.grouped:
+                continue
+            if any(i in c for c in self.crops or ()):
+                continue
+            try:
+                dense = [self.samples_first(i, as_array(r[i]), None)[0] for r in self.reference_all]
+            except Exception:  # noqa: BLE001 (a sequence of maps: not compared here)
+                continue
+            if (not dense or len({d.shape[1:] for d in dense}) != 1 or any(d.dtype.kind != "f" for d in dense)
+                    or sum(len(d) for d in dense) < 2 or not all(np.isfinite(d).all() for d in dense)):
+                continue
+            mean = sum(d.sum(axis=0, dtype=np.float64) for d in dense) / sum(len(d) for d in dense)
+            scale = self.scales[i] if self.scales else None
+            metric, totals = METRICS[kind], {"before": [0.0, 0], "after": [0.0, 0]}
+            for d in dense:
+                blind = np.broadcast_to(mean.astype(d.dtype), d.shape)
+                for key, out in (("before", d), ("after", blind)):
+                    sums, count = metric.batch(out, d, None, scale)
+                    totals[key][0] += sums[0]
+                    totals[key][1] += count
+            before, after = (metric.finish((totals[k][0],), totals[k][1]) for k in ("before", "after"))
+            losses[name] = 100.0 * (float(before) - float(after))
+        return losses
+
+    def _say_input_blind(self) -> None:
+        """Sweep 34: a triplet-loss embedding, L2-normalized, whose values share one direction and vary by 0.1% of
+        their norm, was pruned to 2 weights of 54.9K "within 0.00 pp" of cosine: the written model gives every
+        image the same embedding (nearest-class-mean accuracy 92.8% -> 9.0% on held-out digits). When the dense
+        model's mean output, given for every sample, is within an output's budget by its metric, that budget does
+        not tell a model that reads its input from one that does not: said, with the flag that bounds it."""
+        if not self.budget_pp:
+            return
+        for name, loss in self.input_blind_losses().items():
+            budget = self.output_budgets.get(name, self.budget_pp)
+            if loss <= budget:
+                log.warning("output '%s' varies little across the samples next to its size: its mean value given "
+                            "for every sample, whatever the input, scores a loss of %.2g pp by %s, within its budget "
+                            "of %g pp, so a model that no longer reads its input would be within it too; "
+                            "--max-loss %s=L with L well below %.2g pp bounds how far it moves", name,
+                            loss, self.plan[name], budget, name, loss)
 
     def _current_positions(self, masks: list[np.ndarray]) -> list[np.ndarray]:
         """A decoder fed a past (KV cache) has an attention mask over past + current tokens, [N, P + S], and outputs
@@ -863,6 +913,7 @@ def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:
 AUTO_ROWS = 8  # feeds whose vectors a row output's metric is chosen on
 MASK_INPUTS = ("attention_mask", "input_mask")  # 1 = a real token, 0 = padding (Hugging Face's convention)
 MASKED_KINDS = frozenset({"cosine", "rel_l2", "seq_agreement"})  # kinds that read an output position by position
+BLIND_KINDS = frozenset({"cosine", "rel_l2"})  # value kinds relative to each sample's own size (`_say_input_blind`)
 
 
 def position_mask_input(model: onnx.ModelProto | None) -> str | None:

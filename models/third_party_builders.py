@@ -1760,6 +1760,24 @@ def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, f
                   [_float("recon", [BATCH, features]), _float("logits", [BATCH, classes])])
 
 
+def tied_conv_autoencoder(*, channels: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """A convolutional autoencoder whose decoder reads its encoder's kernel, as torch writes
+    F.conv_transpose2d(h, enc.weight) (sweep 34): 'input' [N, 1, 8, 8] -> Conv(enc.weight [6, 1, 4, 4], stride 2,
+    pads 1) + Relu -> [N, 6, 4, 4]; ConvTranspose(h, enc.weight, dec.bias [1], stride 2, pads 1) -> 'recon'
+    [N, 1, 8, 8] (the same kernel, its axes 0 and 1 in the other roles); a head Gemm 'cls' on the flattened code ->
+    'logits' [N, 3]."""
+    g = _Graph(seed)
+    w = g.weight("enc.weight", (channels, 1, 4, 4), 16)
+    geo = {"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    h = g.relu(g.op("Conv", "enc", ["input", w, g.bias("enc.bias", channels)], **geo), "enc")
+    g.nodes.append(helper.make_node("ConvTranspose", [h, w, g.bias("dec.bias", 1)], ["recon"], name="/dec/ConvT",
+                                    **geo))
+    g.gemm(g.op("Flatten", "flat", [h], axis=1), "cls", channels * 16, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "tied_conv_autoencoder", [_float("input", [BATCH, 1, 8, 8])],
+                  [_float("recon", [BATCH, 1, 8, 8]), _float("logits", [BATCH, classes])])
+
+
 def log_relu_head(*, in_features: int = 8, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
     """A head whose output is -inf where it is the log of a zero (sweep 33): 'input' [N, 8] -> fc + relu -> fc ->
     'logits' [N, 4], and Log(Relu(logits)) -> 'log_relu' [N, 4]."""

@@ -61,8 +61,13 @@ class ShrinkStep(Step):
         remove = RemoveDeadNeurons(gather_inputs=c.gather_inputs, crop_inputs=c.crop_inputs)
         state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
         state.slices = list(remove.report.slices)  # a folded quantized weight's scales go with its channels
-        layers = {lay.weight or lay.node: {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}
-                  for lay in remove.report.layers}
+        first = {w.name: w.node for w in state.inventory.prunable} if state.inventory is not None else {}
+        layers = {}
+        for lay in remove.report.layers:
+            key = lay.weight or lay.node
+            if key in layers and first.get(key) != lay.node:  # a tied weight's row counts its first reader's
+                continue  # channels, as inspect does (sweep 34: a Conv kernel a ConvTranspose also read showed 1->1)
+            layers[key] = {"node": lay.node, "op": lay.op, "before": lay.before, "after": lay.after}
         state.neurons = {"layers": layers, "removed": remove.report.removed, "folded": remove.report.folded,
                          "aligned": remove.report.aligned}
         if self.asked and (c.crop_inputs or c.gather_inputs) and not any(

@@ -658,3 +658,30 @@ def test_labels_go_to_the_head_beside_a_reconstruction():
     from onnxprune.models.third_party_builders import tied_autoencoder
 
     assert labels_output(tied_autoencoder()) == "logits"
+
+
+def test_an_output_whose_mean_is_within_its_budget_is_said(caplog):
+    """Sweep 34: a triplet embedding whose values all point one way (spread 0.1% of their norm) was pruned to 2 of
+    54.9K weights "within 0.00 pp" of cosine, the written model giving every image the same embedding. When the
+    dense mean, given for every sample, is within an output's budget by its metric, a model that no longer reads
+    its input would be too: said, with the per-output budget that bounds it. Not said for an output that varies, nor
+    without a budget, nor under an own budget below that loss."""
+    offset = _gemm_head("N", np.full(4, 100.0))
+    with caplog.at_level("WARNING"):
+        ev = Evaluator(open_data({"x": X8}, offset, batch_size=16), ["Identity=rel_l2"], offset, budget=1.0)
+    loss = ev.input_blind_losses()["Identity"]
+    assert 0 < loss < 1 and "output 'Identity' varies little across the samples" in caplog.text
+    assert "--max-loss Identity=L" in caplog.text
+    # the figure is what a model that ignores its input scores: the weight zeroed, the bias as its mean
+    dense = np.concatenate([r[0] for r in ev.reference_all])
+    blind = np.broadcast_to(dense.mean(axis=0), dense.shape)
+    sums, count = METRICS["rel_l2"].batch(blind, dense, None, ev.scales[0])
+    assert abs(100 * (1 - METRICS["rel_l2"].finish(sums, count)) - loss) < 1e-6
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Evaluator(open_data({"x": X8}, offset, batch_size=16), ["Identity=rel_l2"], offset)  # no budget
+        Evaluator(open_data({"x": X8}, offset, batch_size=16), ["Identity=rel_l2"], offset, budget=1.0,
+                  output_budgets={"Identity": loss / 10})
+        varied = _gemm_head("N", np.zeros(4))
+        ev = Evaluator(open_data({"x": X8}, varied, batch_size=16), ["Identity=rel_l2"], varied, budget=1.0)
+    assert "varies little" not in caplog.text and ev.input_blind_losses()["Identity"] > 50

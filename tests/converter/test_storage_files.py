@@ -154,6 +154,10 @@ def test_weight_bits_without_a_format_stores_the_values_in_their_width(tmp_path,
     assert report["sparse_format"] == "compact" and other["sparse_format"] == "constant"
     assert any(f"--weight-bits {bits}: pruned weights are stored --sparse-format compact" in n for n in report["notes"])
     assert not any("keeps their values in that width" in n for n in other["notes"])
+    # the format named keeps float32 values: said, with the one that would not (sweep 34)
+    assert any(f"--weight-bits {bits}: --sparse-format constant writes the" in n and "as float32" in n
+               and "--sparse-format compact keeps them" in n for n in other["notes"])
+    assert not any("so the file is no smaller" in n for n in report["notes"])
     assert report["file_size_after"] < 0.6 * other["file_size_after"]
     assert_same_outputs(onnx.load(coo), onnx.load(narrow))
 

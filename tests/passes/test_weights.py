@@ -518,3 +518,43 @@ def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, fo
     conv = tied_autoencoder()
     conv.graph.node.append(helper.make_node("Conv", ["input", "enc.weight"], ["c"], name="conv"))
     assert "used in different ways" in {s.name: s.reason for s in find_prunable(conv).skipped}["enc.weight"]
+
+
+def test_a_kernel_a_conv_and_a_conv_transpose_read_is_one_tied_weight(tmp_path):
+    """Sweep 34: a tied convolutional autoencoder (F.conv_transpose2d(h, enc.weight): a Conv and a ConvTranspose read
+    one kernel, its axes 0 and 1 in opposite roles) had both kernels "used in different ways", 35% of its weights;
+    TridentNet's kernel, read by Convs at three dilations, 91%.
+    One mask serves both readers: the kernel is prunable, its MACs count both, its row names the Conv's output
+    channels, and the written model computes in onnxruntime what the input computes with the same entries zeroed.
+    A reader of another kind stays refused."""
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import tied_conv_autoencoder
+    from tests.oracle import assert_same_outputs
+
+    model = tied_conv_autoencoder()
+    onnx.checker.check_model(model, full_check=True)
+    tied = find_prunable(model).by_name()["enc.weight"]
+    assert (tied.node, tied.readers, tied.out_axis, tied.macs) == ("/enc/Conv", 2, 0, 2 * 96 * 16)
+    out = tmp_path / "o.onnx"
+    report = prune(model, output=out, sparsity=0.5, sparse_format="dense")
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "enc.weight"))
+    assert w.shape == (6, 1, 4, 4) and 0.4 <= np.mean(w == 0) <= 0.6
+    assert [i for n in written.graph.node for i in n.input].count("enc.weight") == 2
+    row = next(r for r in report.report["layers"] if r["weight"] == "enc.weight")
+    assert row["neurons_before"] == 6  # the Conv's channels, not the ConvTranspose's one
+    oracle = onnx.ModelProto()
+    oracle.CopyFrom(model)
+    pruned = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name.endswith(".weight")}
+    for init in oracle.graph.initializer:
+        if init.name in pruned:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
+    assert_same_outputs(written, oracle)
+    trident = tied_conv_autoencoder()  # TridentNet: the kernel also applied at dilation 2, another Conv
+    trident.graph.node.append(helper.make_node("Conv", ["input", "enc.weight"], ["d2"], name="dilated",
+                                               kernel_shape=[4, 4], dilations=[2, 2], pads=[3, 3, 3, 3]))
+    assert find_prunable(trident).by_name()["enc.weight"].readers == 3
+    read = tied_conv_autoencoder()  # a reader that is no Conv/ConvTranspose weight input
+    read.graph.node.append(helper.make_node("Neg", ["enc.weight"], ["n"], name="neg"))
+    assert "used in different ways" in {s.name: s.reason for s in find_prunable(read).skipped}["enc.weight"]
