@@ -33,3 +33,25 @@ def test_images_stored_channels_last_are_told_the_transpose_not_a_reshape(tmp_pa
     np.savez(flat, input=np.zeros((20, 36), np.float32))
     r = _run("prune", model, "-o", tmp_path / "o.onnx", "--sparsity", "0.5", "--data", flat)
     assert r.exit_code == 1 and "reshape the data to match" in r.output
+
+
+def test_weight_bits_beside_a_budget_on_a_graph_the_bridge_cannot_run_quantizes_without_torch(tmp_path):
+    """`--max-loss 1 --weight-bits 4` on a scikit-learn pipeline (the bridge lacks its ArrayFeatureExtractor; here
+    ZipMap): the search refit it layer by layer, then the quantize step tried to fine-tune the codebooks through the
+    bridge and the run ended in its multi-line refusal ("Skip fine-tuning for this model or add the op to
+    converter/bridge/ops/"). The codebooks are k-means ones then, said in a note, and the file is written."""
+    from onnxprune.models import third_party_builders
+
+    model = tmp_path / "skl.onnx"
+    onnx.save(third_party_builders.sklearn_mlp(), model)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=rng.standard_normal((200, 4)).astype(np.float32), labels=rng.integers(0, 3, 200))
+    out = tmp_path / "o.onnx"
+    r = _run("prune", model, "-o", out, "--data", data, "--max-loss", "1", "--time-budget", "1m",
+             "--weight-bits", "4", "--force")
+    assert "Traceback" not in r.output and "Skip fine-tuning" not in r.output, r.output
+    assert r.exit_code in (0, 3) and out.exists(), r.output
+    line = " ".join(r.output.split())
+    assert "--weight-bits 4: codebooks by k-means only, not fine-tuned (the torch bridge cannot run this graph: " \
+           "ZipMap x1: no implementation)" in line
