@@ -55,3 +55,11 @@ def test_weight_bits_beside_a_budget_on_a_graph_the_bridge_cannot_run_quantizes_
     line = " ".join(r.output.split())
     assert "--weight-bits 4: codebooks by k-means only, not fine-tuned (the torch bridge cannot run this graph: " \
            "ZipMap x1: no implementation)" in line
+
+
+def test_readme_tells_a_dynamo_export_to_use_two_samples():
+    """README's export snippet gave `(example,)` for both exporters; the dynamo one, given one sample, fixed the
+    batch of a small transformer's logits at 1 and the model ran at batch 1 only (the run then failed on stacked
+    data). README says to give it 2 or more samples."""
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "give it an `example` of 2 or more samples: it fixes an axis whose example size is 1" in text
