@@ -63,3 +63,21 @@ def test_readme_tells_a_dynamo_export_to_use_two_samples():
     data). README says to give it 2 or more samples."""
     text = " ".join((ROOT / "README.md").read_text().split())
     assert "give it an `example` of 2 or more samples: it fixes an axis whose example size is 1" in text
+
+
+def test_a_budget_that_reads_like_a_fraction_is_said_to_be_percentage_points(tmp_path):
+    """`--max-loss 0.01` (meant as 1%) kept the input model with "give 9999 samples ... or --max-loss 0.45" and no
+    word that the budget is in percentage points; now the line says so once, and what 1% is."""
+    from onnxprune.converter.auto.decide import fraction_hint
+
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), model)
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32))
+    r = _run("prune", model, "-o", tmp_path / "o.onnx", "--data", data, "--max-loss", "0.01", "--time-budget", "1m")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    text = " ".join(r.output.split())
+    hint = "--max-loss is in percentage points, not a fraction: 0.01 is 0.01 pp (if you meant 1%, pass --max-loss 1)"
+    assert hint in text and "so the input model is kept" in text
+    assert text.count(hint) == 2  # the warning as it happens and its note in the summary, no second line of it
+    assert fraction_hint(0.5) == "" and fraction_hint(0) == "" and "pass --max-loss 5)" in fraction_hint(0.05)
