@@ -78,6 +78,7 @@ def test_a_budget_that_cannot_hold_verification_says_so_in_one_line():
     note = c.shortfall_note()
     assert note is not None and "\n" not in note
     assert "cannot hold the verification" in note and "verification ran anyway" in note
+    assert note.endswith("(a --time-budget without a unit is seconds: 10m is 10 minutes)")  # `10` meant as minutes
     assert c.search_seconds() == 0.0
 
 
