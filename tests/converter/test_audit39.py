@@ -81,3 +81,23 @@ def test_a_budget_that_reads_like_a_fraction_is_said_to_be_percentage_points(tmp
     assert hint in text and "so the input model is kept" in text
     assert text.count(hint) == 2  # the warning as it happens and its note in the summary, no second line of it
     assert fraction_hint(0.5) == "" and fraction_hint(0) == "" and "pass --max-loss 5)" in fraction_hint(0.05)
+
+
+def test_the_plan_refuses_data_the_run_refuses(tmp_path):
+    """README: `--plan` "exits as the run would, so a CI gate on the plan fails where the run would". A calibration
+    file whose array was named 'image' for a model taking 'input' planned with exit 0; the run failed at once with
+    exit 1. The plan opens the data as the run's data step does; good data still plans."""
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), model)
+    x = np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32)
+    np.savez(tmp_path / "bad.npz", image=x)
+    np.savez(tmp_path / "good.npz", input=x)
+    plan = ["prune", model, "-o", tmp_path / "o.onnx", "--max-loss", "1", "--plan", "--data"]
+    r = _run(*plan, tmp_path / "bad.npz")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "bad.npz' lacks model input(s) ['input']; it holds ['image']" in r.output
+    r = _run(*plan, tmp_path / "good.npz", "--val-data", tmp_path / "bad.npz")
+    assert r.exit_code == 1 and "lacks model input(s)" in r.output
+    r = _run(*plan, tmp_path / "good.npz")
+    assert r.exit_code == 0 and "auto-search" in r.output, r.output
+    assert not (tmp_path / "o.onnx").exists()
