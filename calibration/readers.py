@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, shared_stack,
-                                         stacked_batches, time_major_inputs, time_major_stack)
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, reorder_hint,
+                                         shared_stack, stacked_batches, time_major_inputs, time_major_stack)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -659,21 +659,6 @@ def _batch_size_for(specs, batch_size: int) -> int:
     return batch_size if fixed is None else fixed
 
 
-def _reorder_hint(have: tuple, want: tuple) -> str:
-    """What fixes a sample shape: a transpose when it holds the declared sizes in another order (images stored
-    height x width x channels for a channels-first model), where a reshape would scramble the values; else a reshape."""
-    sizes, axes = list(have[1:]), []
-    if len(have) == len(want) and all(d is not None for d in want[1:]):
-        for d in want[1:]:
-            free = [i for i, a in enumerate(sizes) if a == d and i + 1 not in axes]
-            axes.append(free[0] + 1 if free else -1)
-    if not axes or -1 in axes:
-        return "reshape the data to match."
-    order = ", ".join(str(a) for a in [0] + axes)
-    return (f"it holds the same sizes in another order: np.transpose(x, ({order})) puts them in the model's order "
-            "(a reshape would scramble the values).")
-
-
 def _safe_cast(have: np.dtype, want: np.dtype) -> bool:
     if have.kind in "US" and want == np.dtype(object):
         return True  # text for a string input: a unicode array (savez stores it without a pickle), object to onnxruntime
@@ -732,7 +717,7 @@ class _ChunkChecker:
         if arr.ndim != len(want) or any(d is not None and d != a for d, a in zip(want[1:], arr.shape[1:])):
             raise CalibrationError(f"'{where}': array '{spec.name}' has shape {list(arr.shape)} (samples first), "
                                    f"model input '{spec.name}' expects {_dims(want)}; "
-                                   f"{_reorder_hint(arr.shape, want)}")
+                                   f"{reorder_hint(arr.shape, want)}")
         self._structure_dtype(arr, spec, where)
 
     def _structure_dtype(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:

@@ -101,3 +101,21 @@ def test_the_plan_refuses_data_the_run_refuses(tmp_path):
     r = _run(*plan, tmp_path / "good.npz")
     assert r.exit_code == 0 and "auto-search" in r.output, r.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_folder_with_one_file_channels_last_is_told_the_transpose(tmp_path):
+    """A folder of .npz files, one of them written [N, 6, 6, 1] for a model taking [N, 1, 6, 6]: its files disagree
+    on the input's shape, so each is one feed, and the refusal said "reshape the data to match" (a reshape scrambles
+    every image). It names the file and gives the transpose."""
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.conv_bn_relu(in_channels=1, size=6), model)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    x = np.random.default_rng(0).random((20, 1, 6, 6), np.float32)
+    np.savez(folder / "a.npz", input=x)
+    np.savez(folder / "b.npz", input=x.transpose(0, 2, 3, 1))
+    r = _run("prune", model, "-o", tmp_path / "o.onnx", "--sparsity", "0.5", "--data", folder)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    line = " ".join(r.output.split())
+    assert "b.npz': array 'input' has shape [20, 6, 6, 1]" in line
+    assert "np.transpose(x, (0, 3, 1, 2))" in line and not (tmp_path / "o.onnx").exists()
