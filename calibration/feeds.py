@@ -245,28 +245,6 @@ def _dims(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def reorder_hint(have: tuple, want: tuple) -> str:
-    """What fixes a sample shape: a transpose when it holds the declared sizes in another order (images stored
-    height x width x channels for a channels-first model), where a reshape would scramble the values; else a reshape."""
-    sizes, axes = list(have[1:]), []
-    if len(have) == len(want) and all(d is not None for d in want[1:]):
-        for d in want[1:]:
-            free = [i for i, a in enumerate(sizes) if a == d and i + 1 not in axes]
-            axes.append(free[0] + 1 if free else -1)
-    if not axes or -1 in axes:
-        return "reshape the data to match."
-    order = ", ".join(str(a) for a in [0] + axes)
-    return (f"it holds the same sizes in another order: np.transpose(x, ({order})) puts them in the model's order "
-            "(a reshape would scramble the values).")
-
-
-def _feed_hint(have: tuple, want: tuple) -> str:
-    """reorder_hint for a feed used as is, whose first axis must fit too."""
-    if want and want[0] is not None and (not have or want[0] != have[0]):
-        return "reshape the data to match."
-    return reorder_hint(have, want)
-
-
 class FeedChecker:
     """One feed against the declared inputs: names, rank, every fixed dim, dtype (safe casts), finite values."""
 
@@ -306,3 +284,25 @@ class FeedSource:
             if every and (i % every == 0) != holdout:
                 continue
             yield check(self._load(item), self._where(item))
+
+
+def reorder_hint(have: tuple, want: tuple) -> str:
+    """What fixes a sample shape: a transpose when it holds the declared sizes in another order (images stored
+    height x width x channels for a channels-first model), where a reshape would scramble the values; else a reshape."""
+    sizes, axes = list(have[1:]), []
+    if len(have) == len(want) and all(d is not None for d in want[1:]):
+        for d in want[1:]:
+            free = [i for i, a in enumerate(sizes) if a == d and i + 1 not in axes]
+            axes.append(free[0] + 1 if free else -1)
+    if not axes or -1 in axes:
+        return "reshape the data to match."
+    order = ", ".join(str(a) for a in [0] + axes)
+    return (f"it holds the same sizes in another order: np.transpose(x, ({order})) puts them in the model's order "
+            "(a reshape would scramble the values).")
+
+
+def _feed_hint(have: tuple, want: tuple) -> str:
+    """reorder_hint for a feed used as is, whose first axis must fit too."""
+    if want and want[0] is not None and (not have or want[0] != have[0]):
+        return "reshape the data to match."
+    return reorder_hint(have, want)
