@@ -439,6 +439,10 @@ def node_cell(row: dict) -> str:
     return f"{row['node']} +{others}" if others else row["node"]
 
 
+# audit 39: the budget line's "upper bound" and the notes' "decision samples" were explained nowhere on the terminal
+BUDGET_TERMS = ("; decision samples = the samples each candidate is judged on (--val-data, else a part of --data "
+                "held out from retraining); upper bound = a loss plus the decision rule's margin for chance, which "
+                "must stay within --max-loss")
 PRUNABLE_SHARE = 0.9  # prunable weights below this share of the model's float weights: the whole model's ratio too
 
 
@@ -458,7 +462,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console.print(table)
     console.print("W% = share of the layer's weights kept; q = pruning threshold / the layer's weight std (the "
                   "paper's quality parameter); neurons = output channels before->after; Act% = share of nonzero "
-                  "activations before->after; pp = percentage points of the metric")
+                  "activations before->after; pp = percentage points of the metric"
+                  + (BUDGET_TERMS if report.get("budget") else ""))
     console.print(
         f"weights {count(b['nonzeros'])} -> {count(a['nonzeros'])} nonzero "
         f"({_ratio(report['compression'])} fewer); file {nbytes(report['file_size_before'])} -> "

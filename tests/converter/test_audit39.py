@@ -119,3 +119,21 @@ def test_a_folder_with_one_file_channels_last_is_told_the_transpose(tmp_path):
     line = " ".join(r.output.split())
     assert "b.npz': array 'input' has shape [20, 6, 6, 1]" in line
     assert "np.transpose(x, (0, 3, 1, 2))" in line and not (tmp_path / "o.onnx").exists()
+
+
+def test_the_summary_explains_decision_samples_and_upper_bound(tmp_path):
+    """The budget line reads "(accuracy: loss 0.44 pp, upper bound 0.89 pp)" and the notes "on the 225 decision
+    samples": neither term was explained on the terminal (the legend covered W%, q, neurons, Act% and pp). A run
+    with a budget explains both in the legend; one without a budget does not carry them."""
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), model)
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32))
+    r = _run("prune", model, "-o", tmp_path / "o.onnx", "--data", data, "--max-loss", "5", "--one-shot")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "decision samples = the samples each candidate is judged on" in text
+    assert "upper bound = a loss plus the decision rule's margin for chance" in text
+    assert "upper bound" in text.split("budget:", 1)[1]
+    r = _run("prune", model, "-o", tmp_path / "p.onnx", "--sparsity", "0.5")
+    assert r.exit_code == 0 and "decision samples =" not in r.output
