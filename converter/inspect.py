@@ -551,7 +551,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                  + ", ".join(f"'{k}' {v:g} pp" for k, v in by_output.items()) + ")") if by_output else ""
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp{scale}, --max-loss "
                       f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{tight}", markup=False)
-    for note in group_notes(report.get("notes", [])):
+    for note in by_topic(group_notes(report.get("notes", []))):
         console.print(f"note: {note}", markup=False)
     if report.get("output"):
         console.print(f"wrote {report['output']}", markup=False)
@@ -608,6 +608,23 @@ def group_notes(notes: list[str]) -> list[str]:
             line += f" (+{len(members) - 1} more like it: {shown})"
         lines.append(line)
     return lines
+
+
+def by_topic(notes: list[str]) -> list[str]:
+    """Notes that open with one topic ("decision rule: ", "time budget: ") printed together, where the first of them
+    stood, the rest in their order (audit 39: a run's two "decision rule:" notes stood apart, a "time budget:" note
+    between them)."""
+    def topic(note: str) -> str:
+        head, sep, _ = note.partition(": ")
+        return head if sep and len(head) <= TOPIC_CHARS and "'" not in head else note
+
+    order: dict[str, list[str]] = {}
+    for note in notes:
+        order.setdefault(topic(note), []).append(note)
+    return [n for members in order.values() for n in members]
+
+
+TOPIC_CHARS = 24  # "decision rule", "time budget", "--weight-bits 4": a topic is a few words before the first colon
 
 
 def _ratio(x: float) -> str:

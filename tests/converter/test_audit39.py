@@ -137,3 +137,24 @@ def test_the_summary_explains_decision_samples_and_upper_bound(tmp_path):
     assert "upper bound" in text.split("budget:", 1)[1]
     r = _run("prune", model, "-o", tmp_path / "p.onnx", "--sparsity", "0.5")
     assert r.exit_code == 0 and "decision samples =" not in r.output
+
+
+def test_notes_of_one_topic_are_printed_together():
+    """A CNN run printed "decision rule: after the first undone round ...", then a "time budget:" note, then
+    "decision rule: accepted when ...": one topic in two places. Notes of a topic stand together where its first
+    stood; the rest keep their order, and a note whose head is a sentence is its own topic."""
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import by_topic, print_prune_summary
+
+    notes = ["recovery by sgd (the torch bridge runs the graph): retraining", "decision rule: after the first undone",
+             "time budget: the search stopped", "decision rule: accepted when", "what stopped the search: 'x'",
+             "time budget: Act% not measured"]
+    assert by_topic(notes) == [notes[0], notes[1], notes[3], notes[2], notes[5], notes[4]]
+    report = {"layers": [], "before": {"params": 10, "nonzeros": 10}, "after": {"nonzeros": 5, "density": 0.5},
+              "compression": 2.0, "file_size_before": 100, "file_size_after": 60, "sparse_format": "constant",
+              "parity": {"batches": 1, "inputs": "data", "max_abs_diff": 0.0}, "notes": notes}
+    console = Console(record=True, width=300)
+    print_prune_summary(report, console)
+    lines = [ln for ln in console.export_text().splitlines() if ln.startswith("note: ")]
+    assert [ln.split(": ", 1)[1] for ln in lines] == by_topic(notes)
