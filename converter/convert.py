@@ -48,6 +48,7 @@ def preflight(model, output: Path | None, config: RunConfig, *, report_dir: Path
     if output is not None:
         modelio.check_output_path(Path(output), protect=protect)
         _not_the_data(Path(output), config)
+        modelio.check_model_output(Path(output))
     if report_dir is not None:
         if output is None:
             raise ConfigError("report_dir needs output too: the report describes a written model.")

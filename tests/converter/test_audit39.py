@@ -158,3 +158,30 @@ def test_notes_of_one_topic_are_printed_together():
     print_prune_summary(report, console)
     lines = [ln for ln in console.export_text().splitlines() if ln.startswith("note: ")]
     assert [ln.split(": ", 1)[1] for ln in lines] == by_topic(notes)
+
+
+def test_an_output_path_that_holds_another_kind_of_file_is_refused(tmp_path):
+    """`-o calib.npz` (a data file's name typed in the wrong place) replaced the numpy archive with a model, and
+    `-o other/model.onnx.data` another model's external weights: the run said "wrote ...". An existing output file
+    that is not an ONNX model is refused and left as it was; an existing model (the last run's output) and an empty
+    file are overwritten as before."""
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), model)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input=np.zeros((4, 16), np.float32))
+    weights = tmp_path / "other.onnx.data"
+    weights.write_bytes(np.arange(64, dtype=np.float32).tobytes())
+    for victim, kind in ((npz, "a zip archive (a numpy .npz?)"), (weights, "external tensor data?")):
+        before = victim.read_bytes()
+        r = _run("prune", model, "-o", victim, "--sparsity", "0.5")
+        assert r.exit_code == 2 and "Traceback" not in r.output
+        assert "exists and is" in r.output and kind in r.output and "not an ONNX model" in r.output
+        assert victim.read_bytes() == before
+        r = _run("prune", model, "-o", victim, "--sparsity", "0.5", "--plan")
+        assert r.exit_code == 2
+    out = tmp_path / "o.onnx"
+    for _ in range(2):  # the second run replaces the first one's model
+        assert _run("prune", model, "-o", out, "--sparsity", "0.5").exit_code == 0
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    assert _run("prune", model, "-o", empty, "--sparsity", "0.5").exit_code == 0 and empty.stat().st_size > 0

@@ -287,7 +287,8 @@ def test_a_round_that_does_not_fit_is_said_with_its_time_not_a_polish_none_reser
     out = _Search._rounds(fake, best, [_Knob("weights")])
     assert out == (best, False, True)
     assert fake.notes == ["time budget: the search stopped after 2 candidates (the one-shot start and the rounds "
-                          "after it: report.json's history) with 173 s left for the tail: a round of 300 steps takes about 164 s here; a longer --time-budget retrains further"]
+                          "after it: report.json's history) with 173 s left for the tail: a round of 300 steps takes "
+                          "about 164 s here; a longer --time-budget retrains further"]
 
 
 def test_report_json_counts_the_write_in_the_time_budget(small, tmp_path):
