@@ -248,9 +248,10 @@ def _dims(shape: tuple) -> str:
 class FeedChecker:
     """One feed against the declared inputs: names, rank, every fixed dim, dtype (safe casts), finite values."""
 
-    def __init__(self, specs: list[InputSpec], labels_name: str | None, chunk_checker):
+    def __init__(self, specs: list[InputSpec], labels_name: str | None, chunk_checker, reason: str | None = None):
         self.specs, self.labels_name = specs, labels_name
         self._chunk = chunk_checker  # readers._ChunkChecker: names, casts and NaN checks shared with stacks
+        self.reason = reason  # why the source is read a feed at a time (feed_reason), said when a feed is refused
 
     def __call__(self, arrays: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         arrays = dict(arrays)
@@ -262,7 +263,8 @@ class FeedChecker:
             if arr.ndim != len(s.shape) or any(d is not None and d != a for d, a in zip(s.shape, arr.shape)):
                 declared = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
                 raise CalibrationError(f"'{where}': array '{s.name}' has shape {list(arr.shape)}, model input "
-                                       f"'{s.name}' expects {declared} (the file is one feed, used as is); "
+                                       f"'{s.name}' expects {declared} (the file is one feed, used as is"
+                                       f"{': ' + self.reason if self.reason else ''}); "
                                        f"{_feed_hint(arr.shape, s.shape)}")
             self._chunk._structure_dtype(arr, s, where)
             feed[s.name] = np.require(self._chunk._value(arr, s, where), requirements="C")  # keeps scalars 0-d

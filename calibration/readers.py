@@ -373,7 +373,7 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     first = source.items[0]
     arrays = source._load(first)
     labels_name = _labels_name(Chunk(arrays, None, source._where(first)), specs, labels)
-    check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name))
+    check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name), reason)
     check(arrays, source._where(first))
     n = _cap(len(source), limit)
     desc = f"{name}: {n:,} {unit}, " + (f"labels '{labels_name}'" if labels_name else "no labels")

@@ -106,7 +106,7 @@ def test_the_plan_refuses_data_the_run_refuses(tmp_path):
 def test_a_folder_with_one_file_channels_last_is_told_the_transpose(tmp_path):
     """A folder of .npz files, one of them written [N, 6, 6, 1] for a model taking [N, 1, 6, 6]: its files disagree
     on the input's shape, so each is one feed, and the refusal said "reshape the data to match" (a reshape scrambles
-    every image). It names the file and gives the transpose."""
+    every image). It names the file, why each file is one feed (the files disagree), and gives the transpose."""
     model = tmp_path / "m.onnx"
     onnx.save(builders.conv_bn_relu(in_channels=1, size=6), model)
     folder = tmp_path / "calib"
@@ -119,6 +119,8 @@ def test_a_folder_with_one_file_channels_last_is_told_the_transpose(tmp_path):
     line = " ".join(r.output.split())
     assert "b.npz': array 'input' has shape [20, 6, 6, 1]" in line
     assert "np.transpose(x, (0, 3, 1, 2))" in line and not (tmp_path / "o.onnx").exists()
+    # why a folder of stacked samples was read a file a feed: its files disagree on the input's shape
+    assert "(the file is one feed, used as is: input 'input' has shape [20, 6, 6, 1] in" in line
 
 
 def test_the_summary_explains_decision_samples_and_upper_bound(tmp_path):
