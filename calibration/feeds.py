@@ -374,9 +374,10 @@ def _dims(shape: tuple) -> str:
 class FeedChecker:
     """One feed against the declared inputs: names, rank, every fixed dim, dtype (safe casts), finite values."""
 
-    def __init__(self, specs: list[InputSpec], labels_name: str | None, chunk_checker):
+    def __init__(self, specs: list[InputSpec], labels_name: str | None, chunk_checker, reason: str | None = None):
         self.specs, self.labels_name = specs, labels_name
         self._chunk = chunk_checker  # readers._ChunkChecker: names, casts and NaN checks shared with stacks
+        self.reason = reason  # why the source is read a feed at a time (feed_reason), said when a feed is refused
 
     def __call__(self, arrays: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         arrays = dict(arrays)
@@ -388,8 +389,9 @@ class FeedChecker:
             if arr.ndim != len(s.shape) or any(d is not None and d != a for d, a in zip(s.shape, arr.shape)):
                 declared = "[" + ", ".join("?" if d is None else str(d) for d in s.shape) + "]"
                 raise CalibrationError(f"'{where}': array '{s.name}' has shape {list(arr.shape)}, model input "
-                                       f"'{s.name}' expects {declared} (the file is one feed, used as is); reshape "
-                                       "the data to match.")
+                                       f"'{s.name}' expects {declared} (the file is one feed, used as is"
+                                       f"{': ' + self.reason if self.reason else ''}); "
+                                       f"{_feed_hint(arr.shape, s.shape)}")
             self._chunk._structure_dtype(arr, s, where)
             feed[s.name] = np.require(self._chunk._value(arr, s, where), requirements="C")  # keeps scalars 0-d
         return feed, None if labels is None else np.asarray(labels)
@@ -410,3 +412,25 @@ class FeedSource:
             if every and (i % every == 0) != holdout:
                 continue
             yield check(self._load(item), self._where(item))
+
+
+def reorder_hint(have: tuple, want: tuple) -> str:
+    """What fixes a sample shape: a transpose when it holds the declared sizes in another order (images stored
+    height x width x channels for a channels-first model), where a reshape would scramble the values; else a reshape."""
+    sizes, axes = list(have[1:]), []
+    if len(have) == len(want) and all(d is not None for d in want[1:]):
+        for d in want[1:]:
+            free = [i for i, a in enumerate(sizes) if a == d and i + 1 not in axes]
+            axes.append(free[0] + 1 if free else -1)
+    if not axes or -1 in axes:
+        return "reshape the data to match."
+    order = ", ".join(str(a) for a in [0] + axes)
+    return (f"it holds the same sizes in another order: np.transpose(x, ({order})) puts them in the model's order "
+            "(a reshape would scramble the values).")
+
+
+def _feed_hint(have: tuple, want: tuple) -> str:
+    """reorder_hint for a feed used as is, whose first axis must fit too."""
+    if want and want[0] is not None and (not have or want[0] != have[0]):
+        return "reshape the data to match."
+    return reorder_hint(have, want)

@@ -1025,7 +1025,8 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
                 "(`onnxprune inspect` lists them), else the model does not run in onnxruntime as exported.")
     hint = ("; check the data's shapes against the model's inputs (`onnxprune inspect` lists them)" if per_feed or single
             else "; a model exported for a batch of 1 (though its input names a batch axis) runs with --batch-size 1, "
-                 "or from a folder of .npz files holding one feed each")
+                 "or from a folder of .npz files holding one feed each (torch's dynamo exporter fixes the batch "
+                 "axis when its example holds one sample: export with two or more)")
     return f"the input model fails in onnxruntime on {reader.description} read {batch} ({where}){hint}."
 
 

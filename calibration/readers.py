@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, rows_interact, shared_stack,
-                                         stacked_batches, time_major_inputs, time_major_stack)
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, reorder_hint,
+                                         rows_interact, shared_stack, stacked_batches, time_major_inputs,
+                                         time_major_stack)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -402,7 +403,7 @@ def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: st
     first = source.items[0]
     arrays = source._load(first)
     labels_name = _labels_name(Chunk(arrays, None, source._where(first)), specs, labels)
-    check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name))
+    check = FeedChecker(specs, labels_name, _ChunkChecker(specs, labels_name), reason)
     check(arrays, source._where(first))
     n = _cap(len(source), limit)
     desc = f"{name}: {n:,} {unit}, " + (f"labels '{labels_name}'" if labels_name else "no labels")
@@ -770,7 +771,8 @@ class _ChunkChecker:
         want = spec.shape
         if arr.ndim != len(want) or any(d is not None and d != a for d, a in zip(want[1:], arr.shape[1:])):
             raise CalibrationError(f"'{where}': array '{spec.name}' has shape {list(arr.shape)} (samples first), "
-                                   f"model input '{spec.name}' expects {_dims(want)}; reshape the data to match.")
+                                   f"model input '{spec.name}' expects {_dims(want)}; "
+                                   f"{reorder_hint(arr.shape, want)}")
         self._structure_dtype(arr, spec, where)
 
     def _structure_dtype(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:

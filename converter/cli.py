@@ -507,11 +507,12 @@ def _typed(choices: dict) -> dict:
 
 
 def _print_plan(config, as_json: bool, model: Path, output: Path, report_dir: Path | None) -> None:
-    from onnxprune.converter.convert import preflight
+    from onnxprune.converter.convert import data_opens, preflight
     from onnxprune.converter.plan import build_plan, describe_plan
 
     config.validate()
     preflight(model, output, config, report_dir=report_dir)  # what the run would refuse at once, a plan refuses
+    data_opens(model, config)
     plan = describe_plan(build_plan(config))
     if as_json:
         _echo_json({"plan": plan})

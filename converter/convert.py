@@ -48,6 +48,7 @@ def preflight(model, output: Path | None, config: RunConfig, *, report_dir: Path
     if output is not None:
         modelio.check_output_path(Path(output), protect=protect)
         _not_the_data(Path(output), config)
+        modelio.check_model_output(Path(output))
     if report_dir is not None:
         if output is None:
             raise ConfigError("report_dir needs output too: the report describes a written model.")
@@ -57,6 +58,34 @@ def preflight(model, output: Path | None, config: RunConfig, *, report_dir: Path
         check_report_dir(Path(report_dir))
     if config.retrain.checkpoint_dir:  # checked before any work, as -o and --report are (sweep 15)
         check_report_dir(Path(config.retrain.checkpoint_dir), "--checkpoint-dir")
+
+
+def data_opens(model, config: RunConfig) -> None:
+    """`prune --plan`'s look into its data files: each real --data/--eval-data/--val-data opened against the model's
+    inputs as the run's data step opens it (names, ranks, dtypes, labels of the first batch), so the plan refuses
+    what the run refuses in its first seconds (audit 39: a calibration file whose array was named 'image' where the
+    model takes 'input' planned with exit 0 and the run failed with exit 1). Only the readers' own refusals count:
+    a model or source the readers cannot judge without the run's load step is left to the run."""
+    if not isinstance(model, (str, os.PathLike)):
+        return
+    from onnxprune.calibration.readers import open_data
+
+    d = config.data
+    sources = [s for s in (d.data, d.eval_data, d.val_data) if isinstance(s, (str, os.PathLike)) and str(s) != "random"]
+    if not sources:
+        return
+    try:
+        graph = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the run's load step says what is wrong with the model
+        return
+    for source in sources:
+        try:
+            open_data(source, graph, labels=d.labels, batch_size=d.batch_size or 64, limit=d.limit, seed=d.seed,
+                      shapes=d.input_shapes, warn=False)
+        except CalibrationError:
+            raise
+        except Exception:  # noqa: BLE001 - anything else is for the run to find and say
+            log.debug("--plan: %s not checked against the model", source, exc_info=True)
 
 
 def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path | None = None, force: bool = False,

@@ -479,6 +479,10 @@ def node_cell(row: dict) -> str:
     return f"{row['node']} +{others}" if others else row["node"]
 
 
+# audit 39: the budget line's "upper bound" and the notes' "decision samples" were explained nowhere on the terminal
+BUDGET_TERMS = ("; decision samples = the samples each candidate is judged on (--val-data, else a part of --data "
+                "held out from retraining); upper bound = a loss plus the decision rule's margin for chance, which "
+                "must stay within --max-loss")
 PRUNABLE_SHARE = 0.9  # prunable weights below this share of the model's float weights: the whole model's ratio too
 
 
@@ -498,7 +502,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console.print(table)
     console.print("W% = share of the layer's weights kept; q = pruning threshold / the layer's weight std (the "
                   "paper's quality parameter); neurons = output channels before->after; Act% = share of nonzero "
-                  "activations before->after; pp = percentage points of the metric")
+                  "activations before->after; pp = percentage points of the metric"
+                  + (BUDGET_TERMS if report.get("budget") else ""))
     console.print(
         f"weights {count(b['nonzeros'])} -> {count(a['nonzeros'])} nonzero "
         f"({_ratio(report['compression'])} fewer); file {nbytes(report['file_size_before'])} -> "
@@ -586,7 +591,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                  + ", ".join(f"'{k}' {v:g} pp" for k, v in by_output.items()) + ")") if by_output else ""
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp{scale}, --max-loss "
                       f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{tight}", markup=False)
-    for note in group_notes(report.get("notes", [])):
+    for note in by_topic(group_notes(report.get("notes", []))):
         console.print(f"note: {note}", markup=False)
     if report.get("output"):
         console.print(f"wrote {report['output']}", markup=False)
@@ -643,6 +648,23 @@ def group_notes(notes: list[str]) -> list[str]:
             line += f" (+{len(members) - 1} more like it: {shown})"
         lines.append(line)
     return lines
+
+
+def by_topic(notes: list[str]) -> list[str]:
+    """Notes that open with one topic ("decision rule: ", "time budget: ") printed together, where the first of them
+    stood, the rest in their order (audit 39: a run's two "decision rule:" notes stood apart, a "time budget:" note
+    between them)."""
+    def topic(note: str) -> str:
+        head, sep, _ = note.partition(": ")
+        return head if sep and len(head) <= TOPIC_CHARS and "'" not in head else note
+
+    order: dict[str, list[str]] = {}
+    for note in notes:
+        order.setdefault(topic(note), []).append(note)
+    return [n for members in order.values() for n in members]
+
+
+TOPIC_CHARS = 24  # "decision rule", "time budget", "--weight-bits 4": a topic is a few words before the first colon
 
 
 def _ratio(x: float) -> str:

@@ -556,6 +556,35 @@ def check_output_path(path: Path, protect=()) -> None:
                           f"({exc.strerror or type(exc).__name__}); choose another {flag}.")
 
 
+def check_model_output(path: Path) -> None:
+    """An existing output file that is not an ONNX model is not replaced by one (-o; reports and recipes are
+    checked by check_output_path alone)."""
+    foreign = _not_a_model(path)
+    if foreign is not None:
+        raise ConfigError(f"output '{path}' exists and is {foreign}, not an ONNX model: the written model would "
+                          "replace it; choose another -o (an existing file is overwritten only when it is a model).")
+
+
+def _not_a_model(path: Path) -> str | None:
+    """What an existing, non-empty output file is when it is not an ONNX model, else None. A serialized ModelProto
+    opens with its ir_version field (tag 0x08). Audit 39: `-o calib.npz` (the calibration file's name, typed in the
+    wrong place) replaced a numpy archive with a model, and `-o other.onnx.data` another model's weights."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head[:1] == b"\x08":
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a numpy .npz?)"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy .npy file"
+    return "a file of another kind (external tensor data?)" if path.name.endswith(".data") else "a file of another kind"
+
+
 def _external_files(model_path: Path) -> list[Path]:
     """The external data files an ONNX file points to (read without its data), existing ones only; [] when it is
     not a readable model (the load step says why)."""

@@ -668,7 +668,8 @@ class BudgetRule:
                 return (f"{n} {unit} cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}){how}: "
                         f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
                         f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} {unit} to decide "
-                        f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}")
+                        f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}"
+                        f"{fraction_hint(r.budget)}")
         return None
 
     def _pooled(self, i: int) -> int:
@@ -693,13 +694,25 @@ class BudgetRule:
         if 0 < self.budget < self.resolution_pp and any(r.form.paired for r in self.outputs):
             out.append(f"the decision set ({self.n} samples) cannot resolve --max-loss {self.budget:g}: one sample = "
                        f"{self.resolution_pp:.3g} pp; decisions are made at one-sample resolution (pass a larger "
-                       "--val-data)")
+                       f"--val-data){'' if self.uncertifiable() else fraction_hint(self.budget)}")
         for r in self.outputs:
             if METRICS[r.kind].needs_labels and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
                 out.append(f"the dense model scores {100 * float(r.dense[:, 0].mean()):.2f}% on the decision set: it "
                            "looks like data the model was trained on, so the budget measures fitting, not "
                            "generalization (pass held-out samples as --val-data)")
         return out
+
+
+FRACTION_LIKE = 0.1  # a --max-loss at most this would be a share of at most 10% if meant as a fraction: said
+
+
+def fraction_hint(budget_pp: float) -> str:
+    """Audit 39: `--max-loss 0.01`, meant as 1%, kept the input model with "give 9999 samples ... or --max-loss
+    0.45" and no word that the budget is in percentage points."""
+    if not 0 < budget_pp <= FRACTION_LIKE:
+        return ""
+    return (f"; --max-loss is in percentage points, not a fraction: {budget_pp:g} is {budget_pp:g} pp "
+            f"(if you meant {100 * budget_pp:g}%, pass --max-loss {100 * budget_pp:g})")
 
 
 def rule_ceilings(evaluator, budget_pp: float) -> list[np.ndarray] | None:

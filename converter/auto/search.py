@@ -595,7 +595,8 @@ class _Search:
             polish = self.round_steps * hyper.POLISH_FACTOR * per_step * 0.5 if len(self.history) >= 3 else 0.0
             if self.left() < est + self.tail + polish:
                 kept_for = "the polish and the tail" if polish else "the tail"
-                self.notes.append(f"time budget: the search stopped after {len(self.history)} steps of its history "
+                self.notes.append(f"time budget: the search stopped after {len(self.history)} candidates (the "
+                                  "one-shot start and the rounds after it: report.json's history) "
                                   f"with {max(0.0, self.left()):.0f} s left for {kept_for}: a round of "
                                   f"{self.round_steps} steps takes about {est:.0f} s here; a longer --time-budget "
                                   "retrains further")

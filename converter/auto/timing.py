@@ -126,7 +126,9 @@ class RunClock:
             return None
         return (f"time budget: --time-budget {self.budget:g} s cannot hold the verification and measurement after "
                 f"the search (estimated {need:.0f} s, {max(left, 0.0):.0f} s left); the search kept no time of its "
-                "own and verification ran anyway, so the run took longer than its budget")
+                "own and verification ran anyway, so the run took longer than its budget"
+                + (f" (a --time-budget without a unit is seconds: {self.budget:g}m is {self.budget:g} minutes)"
+                   if self.budget < 60 else ""))  # audit 39: `--time-budget 3` meant as 3 minutes
 
 
 def after_search(state) -> AfterSearch:

@@ -100,6 +100,8 @@ class QuantizeStep(Step):
             self.trained = False
             state.notes.append("--weight-bits: codebooks not fine-tuned under torchrun (k-means only); run the "
                                "quantization in one process to train them.")
+        if self.trained:
+            self._untrained_where_the_bridge_cannot_run(state)
         present = set(constant_tensors(state.pruned))
         names = [w.name for w in state.inventory.prunable if w.name in present and w.name not in state.unread_rows]
         if state.unread_rows:  # a codebook would move the rows no sample reads, where nothing measures it
@@ -133,6 +135,25 @@ class QuantizeStep(Step):
         state.notes.append(_auto_note(chosen, tried, rule, self.trained and self._train_note(state)))
         _record(state, chosen, rule.statement(), tried)
         self._recheck_search(state)
+
+    def _untrained_where_the_bridge_cannot_run(self, state: RunState) -> None:
+        """Audit 39: `--max-loss 1 --weight-bits 4` on a scikit-learn pipeline, which the automatic search had refit
+        layer by layer because the torch bridge lacks ArrayFeatureExtractor, ended in the bridge's multi-line refusal
+        ("Skip fine-tuning for this model ..."), though nothing the user asked for needs torch: k-means codebooks
+        alone, said."""
+        from onnxprune.converter.auto.recovery import bridge_refusal
+
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            why = "torch is not installed"
+        else:
+            refused = bridge_refusal(state.original if state.original is not None else state.pruned)
+            why = refused and f"the torch bridge cannot run this graph: {refused}"
+        if why:
+            self.trained = False
+            state.notes.append(f"--weight-bits {self.config.weight_bits}: codebooks by k-means only, not fine-tuned "
+                               f"({why})")
 
     # ---- one candidate
     def _candidate(self, state: RunState, names: list[str], bits: int):

@@ -78,6 +78,7 @@ def test_a_budget_that_cannot_hold_verification_says_so_in_one_line():
     note = c.shortfall_note()
     assert note is not None and "\n" not in note
     assert "cannot hold the verification" in note and "verification ran anyway" in note
+    assert note.endswith("(a --time-budget without a unit is seconds: 10m is 10 minutes)")  # `10` meant as minutes
     assert c.search_seconds() == 0.0
 
 
@@ -274,7 +275,8 @@ def test_retraining_is_not_begun_when_less_than_the_probes_share_is_left():
 
 def test_a_round_that_does_not_fit_is_said_with_its_time_not_a_polish_none_reserved():
     """Before any round no polish is reserved, so the note names the round's own cost (rapidocr_cls with every
-    weight trainable: 300 steps at 0.42 s, 164 s, with 173 s left; it said '173 s left for the polish')."""
+    weight trainable: 300 steps at 0.42 s, 164 s, with 173 s left; it said '173 s left for the polish'). Audit 39:
+    "after 2 steps of its history" said nothing to a newcomer; the count is of candidates, named."""
     from types import SimpleNamespace
 
     from onnxprune.converter.auto.search import _Knob, _Search
@@ -284,8 +286,9 @@ def test_a_round_that_does_not_fit_is_said_with_its_time_not_a_polish_none_reser
     best = SimpleNamespace(model=None, masks={})
     out = _Search._rounds(fake, best, [_Knob("weights")])
     assert out == (best, False, True)
-    assert fake.notes == ["time budget: the search stopped after 2 steps of its history with 173 s left for the "
-                          "tail: a round of 300 steps takes about 164 s here; a longer --time-budget retrains further"]
+    assert fake.notes == ["time budget: the search stopped after 2 candidates (the one-shot start and the rounds "
+                          "after it: report.json's history) with 173 s left for the tail: a round of 300 steps takes "
+                          "about 164 s here; a longer --time-budget retrains further"]
 
 
 def test_report_json_counts_the_write_in_the_time_budget(small, tmp_path):
