@@ -508,13 +508,7 @@ def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, fo
     assert w.shape == (8, 12) and 0.4 <= np.mean(w == 0) <= 0.6
     reads = [i for n in written.graph.node if n.op_type in ("Gemm", "Transpose") for i in n.input]
     assert reads.count("enc.weight") == 2
-    oracle = onnx.ModelProto()  # the input with the written model's zeros (enc.weight's, cls.weight's) zeroed
-    oracle.CopyFrom(model)
-    pruned = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name.endswith(".weight")}
-    for init in oracle.graph.initializer:
-        if init.name in pruned:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
-    assert_same_outputs(written, oracle)
+    assert_same_outputs(written, _zeros_of(written, model))  # the input with the written model's zeros zeroed
     conv = tied_autoencoder()
     conv.graph.node.append(helper.make_node("Conv", ["input", "enc.weight"], ["c"], name="conv"))
     assert "used in different ways" in {s.name: s.reason for s in find_prunable(conv).skipped}["enc.weight"]
@@ -544,13 +538,7 @@ def test_a_kernel_a_conv_and_a_conv_transpose_read_is_one_tied_weight(tmp_path):
     assert [i for n in written.graph.node for i in n.input].count("enc.weight") == 2
     row = next(r for r in report.report["layers"] if r["weight"] == "enc.weight")
     assert row["neurons_before"] == 6  # the Conv's channels, not the ConvTranspose's one
-    oracle = onnx.ModelProto()
-    oracle.CopyFrom(model)
-    pruned = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name.endswith(".weight")}
-    for init in oracle.graph.initializer:
-        if init.name in pruned:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
-    assert_same_outputs(written, oracle)
+    assert_same_outputs(written, _zeros_of(written, model))
     trident = tied_conv_autoencoder()  # TridentNet: the kernel also applied at dilation 2, another Conv
     trident.graph.node.append(helper.make_node("Conv", ["input", "enc.weight"], ["d2"], name="dilated",
                                                kernel_shape=[4, 4], dilations=[2, 2], pads=[3, 3, 3, 3]))
@@ -558,3 +546,15 @@ def test_a_kernel_a_conv_and_a_conv_transpose_read_is_one_tied_weight(tmp_path):
     read = tied_conv_autoencoder()  # a reader that is no Conv/ConvTranspose weight input
     read.graph.node.append(helper.make_node("Neg", ["enc.weight"], ["n"], name="neg"))
     assert "used in different ways" in {s.name: s.reason for s in find_prunable(read).skipped}["enc.weight"]
+
+
+def _zeros_of(written, model):
+    """`model` with the written model's zeros of each '.weight' zeroed: the oracle a pruned tied weight is checked
+    against in onnxruntime."""
+    oracle = onnx.ModelProto()
+    oracle.CopyFrom(model)
+    pruned = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name.endswith(".weight")}
+    for init in oracle.graph.initializer:
+        if init.name in pruned:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
+    return oracle
