@@ -262,10 +262,11 @@ def rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_majo
     beside `shared` arrays held whole) are not independent samples of `model`, or None when they are (or cannot be
     told apart). Up to ROWS_APART_PROBE rows are run together and one at a time in onnxruntime; every float output
     must be the rows' own outputs stacked (k rows a sample, also one target's after another's), one value every run
-    gives alike, or an [N, N] relation of the rows (the Evaluator keeps such batches whole). silero's sequence VAD ('input' [sequence_length,
-    576] beside its LSTM state 'h'/'c' [1, 1, 128]) reads axis 0 as chunks in time, the state carried from each to
-    the next: cut into chunks that each started from the zero state, a run judged only a sequence's first chunk,
-    said "budget met" at 1.36x, and changed 53 of 180 speech decisions on the whole sequences the files held."""
+    gives alike, or an [N, N] relation of the rows (the Evaluator keeps such batches whole). silero's sequence
+    VAD ('input' [sequence_length, 576] beside its LSTM state 'h'/'c' [1, 1, 128]) reads axis 0 as chunks in time,
+    the state carried from each to the next: cut into chunks that each started from the zero state, a run judged
+    only a sequence's first chunk, said "budget met" at 1.36x, and changed 53 of 180 speech decisions on the whole
+    sequences the files held."""
     from onnxprune.passes.opfacts import BATCH_DEPENDENT_OPS
 
     if any(s.name not in arrays or np.ndim(arrays[s.name]) == 0 for s in specs if s.name not in shared):
