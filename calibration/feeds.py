@@ -247,14 +247,9 @@ ROWS_APART_BYTES = 512 << 20  # no probe past this many stored weight bytes (con
 
 
 def _stored_bytes(model) -> int:
-    """The main graph's initializer bytes, held or external, without serializing the model."""
-    total = 0
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            total += next((int(e.value) for e in t.external_data if e.key == "length"), 0)
-        else:
-            total += len(t.raw_data) or 4 * max(len(t.float_data), len(t.int64_data), len(t.int32_data))
-    return total
+    """The main graph's initializer bytes, held or external (their shapes and types: nothing is read)."""
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer if t.data_type != onnx.TensorProto.STRING)
 
 
 def rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_major: dict[str, str]) -> str | None:
@@ -269,6 +264,8 @@ def rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_majo
     sequences the files held."""
     from onnxprune.passes.opfacts import BATCH_DEPENDENT_OPS
 
+    if model is None:
+        return None
     if any(s.name not in arrays or np.ndim(arrays[s.name]) == 0 for s in specs if s.name not in shared):
         return None  # the reader's own checks say what is missing
     if any(n.op_type in BATCH_DEPENDENT_OPS for n in model.graph.node):

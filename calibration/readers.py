@@ -244,10 +244,8 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
         if stack is not None:
             return stack
         if reason:
-            return _feed_reader(FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs, labels, limit,
-                                reason, "in-memory arrays")
-        return (_whole_if_mixed(model, chunk, FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs,
-                                labels, limit, "in-memory arrays")
+            return _feed_reader(_chunk_source(chunk), specs, labels, limit, reason, "in-memory arrays")
+        return (_whole_if_mixed(model, chunk, _chunk_source(chunk), specs, labels, limit, "in-memory arrays")
                 or _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays"))
     if isinstance(source, Iterable):
         return _feeds_reader(list(source), specs, labels, batch_size, limit, time_major_inputs(model))
@@ -306,9 +304,12 @@ def _npz_reader(path, specs, labels, batch_size, limit, time_major=None, model=N
         chunk = _npz_chunk(path)
     else:
         raise CalibrationError(f"calibration file '{path}' is neither .npz nor .npy; save arrays with numpy.savez.")
-    return (_whole_if_mixed(model, chunk, FeedSource([chunk], lambda c: c.arrays, lambda c: c.where), specs,
-                            labels, limit, path.name)
+    return (_whole_if_mixed(model, chunk, _chunk_source(chunk), specs, labels, limit, path.name)
             or _single_chunk_reader(chunk, specs, labels, batch_size, limit, path.name))
+
+
+def _chunk_source(chunk: Chunk) -> FeedSource:
+    return FeedSource([chunk], lambda c: c.arrays, lambda c: c.where)
 
 
 def _whole_if_mixed(model, first: Chunk, source: FeedSource, specs, labels, limit, name: str) -> DataReader | None:
@@ -316,16 +317,9 @@ def _whole_if_mixed(model, first: Chunk, source: FeedSource, specs, labels, limi
     sequence in time on axis 0 with no time name, no state input and no batch word) read as `source`, one feed a
     file, said; None when the rows are samples. Cut into batches, a sequence's rows were scored as samples, each
     batch run as a sequence of its own."""
-    if model is None:
-        return None
     mixed = rows_interact(model, first.arrays, specs, [], {})
-    if not mixed:
-        return None
-    reader = _feed_reader(source, specs, labels, limit, ROWS_TOGETHER, name)
-    one = len(source) == 1
-    reader.rows_note = _rows_note(name if one else f"'{Path(first.where).name}' of {name}", first.n, mixed,
-                                  "it is one feed, used as is" if one else "each file is one feed, used as is")
-    return reader
+    return _rows_whole(source, specs, labels, limit, ROWS_TOGETHER, name, Path(first.where).name, first.n,
+                       mixed) if mixed else None
 
 
 def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataReader:
@@ -449,12 +443,10 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
         return None
     n, shared = found
     whole = _loaded_once(arrays)
-    mixed = rows_interact(model, whole(), specs, shared, time_major) if model is not None else None
+    mixed = rows_interact(model, whole(), specs, shared, time_major)
     if mixed:  # its rows are one feed's, not samples: the file as it is
-        reader = _feed_reader(FeedSource([name], lambda _: whole(), lambda _: name), specs, labels, limit,
-                              f"{reason}; {ROWS_TOGETHER}", name)
-        reader.rows_note = _rows_note(name, n, mixed, "it is one feed, used as is")
-        return reader
+        return _rows_whole(FeedSource([name], lambda _: whole(), lambda _: name), specs, labels, limit,
+                           f"{reason}; {ROWS_TOGETHER}", name, name, n, mixed)
 
     def load(i: int) -> dict[str, np.ndarray]:
         return _sample(whole(), i, shared, time_major)
@@ -470,11 +462,18 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
 ROWS_TOGETHER = "the model reads the rows of a file together, not as samples"
 
 
-def _rows_note(where: str, rows: int, why: str, fate: str) -> str:
-    """The warning for stacked rows left whole (feeds.rows_interact)."""
-    return (f"the {rows:,} rows of {where} are not independent samples: {why}; {fate}, so every measurement sees "
-            "the rows together as the model reads them (a file per independent sample gives the search more "
-            "samples to decide on)")
+def _rows_whole(source: FeedSource, specs, labels, limit, reason: str, name: str, probed: str, rows: int,
+                why: str) -> DataReader:
+    """`source` read a file a feed because the `rows` of the file `probed` are not independent samples (`why`:
+    feeds.rows_interact), with the warning open_data gives once (`rows_note`)."""
+    reader = _feed_reader(source, specs, labels, limit, reason, name)
+    one = len(source) == 1
+    where = name if one else f"'{probed}' of {name}"
+    fate = "it is one feed, used as is" if one else "each file is one feed, used as is"
+    reader.rows_note = (f"the {rows:,} rows of {where} are not independent samples: {why}; {fate}, so every "
+                        "measurement sees the rows together as the model reads them (a file per independent sample "
+                        "gives the search more samples to decide on)")
+    return reader
 
 
 def _sample(arrays: dict[str, np.ndarray], i: int, shared, time_major: dict[str, str]) -> dict[str, np.ndarray]:
@@ -492,15 +491,11 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
     if not all(found) or all(n == 1 for n, _ in found):
         return None
     shared = sorted({s for _, names in found for s in names})
-    probe = next((p for p, (n, _) in zip(files, found) if n > 1), None)
-    mixed = (rows_interact(model, _npz_arrays(probe), specs, found[files.index(probe)][1], time_major)
-             if model is not None and probe is not None else None)
+    probe, (rows, held_whole) = next((p, f) for p, f in zip(files, found) if f[0] > 1)
+    mixed = rows_interact(model, _npz_arrays(probe), specs, held_whole, time_major)
     if mixed:  # each file's rows are one feed's, not samples: every file as it is
-        reader = _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit,
-                              f"{reason}; {ROWS_TOGETHER}", name)
-        reader.rows_note = _rows_note(f"'{probe.name}' of {name}", found[files.index(probe)][0], mixed,
-                                      "each file is one feed, used as is")
-        return reader
+        return _rows_whole(FeedSource(files, _npz_arrays, str), specs, labels, limit, f"{reason}; {ROWS_TOGETHER}",
+                           name, probe.name, rows, mixed)
     held: dict = {}
 
     def load(item: tuple[Path, int, list[str]]) -> dict[str, np.ndarray]:

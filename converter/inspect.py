@@ -223,7 +223,7 @@ def _rows_in_order(model, states: dict[str, str]) -> str | None:
     [sequence_length, 576], 'h'/'c' [1, 1, 128]): the line had said one row per file, and a run on such files
     judged every chunk from the zero state."""
     from onnxprune.calibration.feeds import rows_interact
-    from onnxprune.calibration.runtime import input_specs
+    from onnxprune.calibration.runtime import input_specs, random_array
 
     specs = input_specs(model)
     rng, arrays = np.random.default_rng(0), {}
@@ -235,8 +235,7 @@ def _rows_in_order(model, states: dict[str, str]) -> str | None:
             continue
         if not spec.shape or spec.shape[0] is not None:
             return None
-        arrays[spec.name] = rng.standard_normal([4] + [8 if d is None else d for d in spec.shape[1:]]).astype(
-            spec.dtype)
+        arrays[spec.name] = random_array(rng, spec, (4, *(8 if d is None else d for d in spec.shape[1:])))
     return rows_interact(model, arrays, specs, list(states), {})
 
 
@@ -308,26 +307,21 @@ def npz_example(model, samples: int = 64) -> str | None:
         args = "**{" + ", ".join(f"{name!r}: {arr}" for _, name, arr in parts) + "}"
     if sequences:
         said = ", ".join(f"{n!r}" for n in sequences)
-        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
-                f'{args}) for i in range({samples})]  # one feed per file, --data calib: {said} is a sequence of '
-                'tensors, its elements stacked on the first axis (here 2)')
+        return _folder_line(args, samples, "feed", f"{said} is a sequence of tensors, its elements stacked on the "
+                            "first axis (here 2)")
     if states and in_order:
         name, cell = next(iter(states.items()))
-        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
-                f'{args}) for i in range({samples})]  # one whole sequence per file, --data calib: the model reads '
-                f'the rows of an input in order, {name!r} the initial state of {cell} carried from each to the next '
-                f'({in_order}), so a file of single rows would judge every row from the initial state alone')
+        return _folder_line(args, samples, "whole sequence", f"the model reads the rows of an input in order, "
+                            f"{name!r} the initial state of {cell} carried from each to the next ({in_order}), so a "
+                            "file of single rows would judge every row from the initial state alone")
     if states:
         name, cell = next(iter(states.items()))
-        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
-                f'{args}) for i in range({samples})]  # one sample per file, --data calib: {name!r} is the initial '
-                f'state of {cell} with a batch of 1 (axis 1)')
+        return _folder_line(args, samples, "sample", f"{name!r} is the initial state of {cell} with a batch of 1 "
+                            "(axis 1)")
     if shared:
         said = ", ".join(f"{n!r} (first axis {d!r})" for n, d in shared.items())
-        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
-                f'{args}) for i in range({samples})]  # one sample per file, --data calib: {said} is no batch '
-                f'of samples and goes whole into every file (stacked in one file, they would be one feed, never '
-                f'retrained on)')
+        return _folder_line(args, samples, "sample", f"{said} is no batch of samples and goes whole into every "
+                            "file (stacked in one file, they would be one feed, never retrained on)")
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     if time_major:
         said = ", ".join(f"{n!r}" for n in time_major)
@@ -337,10 +331,15 @@ def npz_example(model, samples: int = 64) -> str | None:
     carries = any(n.op_type in RECURRENT | {"Loop", "Scan"} for n in model.graph.node)
     in_order = _rows_in_order(model, {}) if carries and not batch_of_one else None
     if in_order:  # rows the model reads together (a sequence on axis 0 with no time word): a folder of sequences
-        return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
-                f'{args}) for i in range({samples})]  # one whole sequence per file, --data calib: the model reads '
-                f'the rows of a file together, not as samples ({in_order})')
+        return _folder_line(args, samples, "whole sequence", f"the model reads the rows of a file together, not as "
+                            f"samples ({in_order})")
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
+
+
+def _folder_line(args: str, files: int, each: str, why: str) -> str:
+    """The numpy line writing a folder 'calib' of `files` .npz files, one `each` a file, and why (for --data calib)."""
+    return (f'import numpy as np, os; os.makedirs("calib", exist_ok=True); [np.savez(f"calib/{{i:03d}}.npz", '
+            f'{args}) for i in range({files})]  # one {each} per file, --data calib: {why}')
 
 
 def _shared_inputs(model, shapes) -> dict[str, str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from onnxprune.plain import listed
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.encode import EncodeConfig
 from onnxprune.converter.steps.prune import copy_model
@@ -42,6 +41,7 @@ from onnxprune.converter.steps.shrink import ShrinkConfig
 from onnxprune.errors import ConfigError
 from onnxprune.passes.base import PruneState, run_passes
 from onnxprune.passes.weights import constant_tensors
+from onnxprune.plain import listed
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
