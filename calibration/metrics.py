@@ -340,9 +340,9 @@ class Evaluator:
                 blind = np.broadcast_to(mean.astype(d.dtype), d.shape)
                 for key, out in (("before", d), ("after", blind)):
                     sums, count = metric.batch(out, d, None, scale)
-                    totals[key][0] += sums[0]
+                    totals[key][0] = np.asarray(sums) + totals[key][0]
                     totals[key][1] += count
-            before, after = (metric.finish((totals[k][0],), totals[k][1]) for k in ("before", "after"))
+            before, after = (metric.finish(tuple(totals[k][0]), totals[k][1]) for k in ("before", "after"))
             losses[name] = 100.0 * (float(before) - float(after))
         return losses
 
@@ -1224,7 +1224,7 @@ def output_error(a_outputs, b_outputs) -> dict[str, float | None]:
         pairs = [tuple(_joined(x) if is_list else x for x, is_list in zip((a_outputs, b_outputs), batched))]
     rel, agree, changes, exact = [], [], [], False  # changes: each sample's largest absolute change (NaN: lost)
     floats = [b for b in (as_array(b) for _, b in pairs) if b.dtype.kind in "fc"]
-    floor = FLOOR * reference_scale(METRICS["rel_l2"], floats)  # the whole set's, as the rel_l2 figure's
+    floor = FLOOR * reference_scale(METRICS["rel_l2"], floats)[:1]  # the whole set's, as the rel_l2 figure's
     for a, b in pairs:
         a, b = as_array(a), as_array(b)
         if a.shape != b.shape:

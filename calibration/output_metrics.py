@@ -13,6 +13,7 @@ zero) is judged against the output's scale rather than its own, and the figure d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -222,7 +223,12 @@ def as_probabilities(x: np.ndarray) -> np.ndarray:
 
 
 def _rel_l2(out, ref, labels, scale):
-    return _relative_errors(out, ref, FLOOR * scale)[:, None], _ones(_n(out))
+    """Two parts per sample: its relative error (`_relative_errors`, floored at FLOOR x scale[0]) and the share of the
+    output's variance over the set its change is (`_variance_lost`, against scale[1], the set's `_spread`)."""
+    scale = np.atleast_1d(np.asarray(scale, dtype=np.float64))
+    errors = _relative_errors(out, ref, FLOOR * scale[:1])
+    lost = _variance_lost(out, ref, float(scale[1]) if len(scale) > 1 else 0.0)
+    return np.stack([errors, lost], axis=1), _ones(_n(out))
 
 
 def _channel_rel_l2(out, ref, labels, scale):
@@ -268,6 +274,7 @@ class Metric:
     continuous: bool = False  # per-sample shares that are not 0/1 (a clean subset bounds a small loss)
     classes: bool = False  # scores an [N, classes] output: a bare --metric KIND goes to the class-score output
     norms: Callable | None = None  # dense values -> per-sample squared norms [n, k] its relative errors divide by
+    spread: bool = False  # its scale also holds the set's spread around its mean (`_spread`), after the norms' RMS
 
     @property
     def needs_reference(self) -> bool:
@@ -314,9 +321,13 @@ METRICS: dict[str, Metric] = {
     "expected_accuracy": Metric(_expected_accuracy, lambda s, n: s[0] / n, False,
                                 "the input model's probabilities expect 1% of samples to lose their right class",
                                 classes=True),
-    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
+    # two parts, each bounded: a relative error alone let a regression far from zero (294 +- 5 kelvin) lose most of
+    # what it tells samples apart within "1 pp" (sweep 34's L3: held-out R^2 0.738 -> 0.422 at 13.2x)
+    "rel_l2": Metric(_rel_l2, lambda s, n: max(0.0, 1.0 - max(s[0], s[1]) / n), False,
                      "a mean relative L2 error of 0.01 (relative to each sample's norm, or to 0.1 of the output's "
-                     "RMS norm where that is larger)", (True,), True, norms=lambda ref: _sample_norms(ref)[:, None]),
+                     "RMS norm where that is larger), or 1% of the output's variance over the set lost (the mean "
+                     "squared change over the mean squared distance from the set's mean value)", (True, True), True,
+                     norms=lambda ref: _sample_norms(ref)[:, None], spread=True),
     "channel_rel_l2": Metric(_channel_rel_l2, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
                              "a mean relative L2 error of 0.01 in the worst channel (axis 1; the last axis of [N, "
                              "positions, channels]) of each sample (relative to its norm, or to 0.1 of the channel's "
@@ -351,7 +362,7 @@ def _both(first: str, second: str) -> Metric:
 
     return Metric(samples, lambda s, n: min(a.finish(s[:k], n), b.finish(s[k:], n)), False,
                   f"{a.one_pp}; or {b.one_pp} (each bounded)", a.lower_better + b.lower_better,
-                  a.continuous and b.continuous, norms=b.norms)
+                  a.continuous and b.continuous, norms=b.norms, spread=b.spread)
 
 
 # an output that looks like a CTC head or a segmentation map without saying so (metric_choice `read_out_kind`): its
@@ -450,13 +461,45 @@ def _finite_parts(out, ref) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 def reference_scale(metric: Metric, refs) -> np.ndarray:
     """The typical norm of a relative-error metric's dense values `refs` (arrays, samples first, as it scores them):
     the RMS over every sample of the set of its norm (`Metric.norms`), sqrt(mean_j ||d_j||^2), [1]; per channel c
-    for the channel kinds, sqrt(mean_j ||d_jc||^2), [C]. Zero for a set with no samples."""
+    for the channel kinds, sqrt(mean_j ||d_jc||^2), [C]. Zero for a set with no samples. A kind with `spread`
+    (rel_l2) has the set's `_spread` after it, [2]."""
     parts = [metric.norms(np.asarray(r)) for r in refs if np.asarray(r).size]
-    if not parts:
-        return np.zeros(1)
-    if len({p.shape[1] for p in parts}) > 1:  # channel counts that differ between batches: no floor, as before
-        return np.zeros(1)
-    return np.sqrt(np.concatenate(parts).mean(axis=0))
+    if not parts or len({p.shape[1] for p in parts}) > 1:  # channel counts that differ: no floor, as before
+        return np.zeros(2 if metric.spread else 1)
+    scale = np.sqrt(np.concatenate(parts).mean(axis=0))
+    return np.append(scale, _spread(refs, float(scale[0]))) if metric.spread else scale
+
+
+# below this share of an output's RMS norm, its spread over the set is float32 noise around a constant (a sample's
+# value is resolved to about 6e-8 of it): such an output is held by its relative error alone
+SPREAD_MIN = 1e-4
+
+
+def _spread(refs, rms: float) -> float:
+    """sqrt(mean_j ||d_j - m||^2), m the mean of the dense values d_j over every sample of the set (finite values;
+    two passes, no copy of the set): how far the output's samples lie from one another, the scale of rel_l2's
+    variance part. 0 (no such part) where the samples' sizes differ between batches, for fewer than 2 samples, or
+    where it is under SPREAD_MIN of the output's RMS norm `rms`."""
+    flats = [_per_sample(r) for r in (np.asarray(r) for r in refs) if r.size]
+    if not flats or len({f.shape[1] for f in flats}) > 1 or sum(len(f) for f in flats) < 2:
+        return 0.0
+    flats = [np.where(np.isfinite(f), f, 0.0) for f in flats]
+    n = sum(len(f) for f in flats)
+    mean = sum(f.sum(axis=0) for f in flats) / n
+    spread = math.sqrt(sum(float(np.square(f - mean).sum()) for f in flats) / n)
+    return spread if spread >= SPREAD_MIN * rms and spread > _TINY else 0.0
+
+
+def _variance_lost(out: np.ndarray, ref: np.ndarray, spread: float) -> np.ndarray:
+    """||out_i - ref_i||^2 / spread^2 per sample (`spread` the set's `_spread`): its mean over the set is the share of
+    the output's variance the change is, 1 - R^2 of out against ref; zeros where `spread` is 0. A sample whose
+    non-finite values moved counts at least 1, as in `_relative_errors`."""
+    if spread <= 0:
+        return np.zeros(_n(out))
+    out, ref, moved = _finite_parts(out, ref)
+    d2 = np.square(_per_sample(out) - _per_sample(ref)).sum(axis=1)
+    lost = d2 / (spread * spread)
+    return lost if moved is None else np.where(moved, np.maximum(lost, 1.0), lost)
 
 
 def _sample_norms(ref: np.ndarray) -> np.ndarray:

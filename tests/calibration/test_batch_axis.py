@@ -139,7 +139,7 @@ def test_a_feed_with_no_detections_in_either_model_is_an_unchanged_sample(tmp_pa
     assert SequentialScorer(ev).total == 24 and ev.dense == 1.0
     assert unchanged_samples("seq_agreement", np.zeros((0, 3, 5)))[0].tolist() == [[1.0]]  # all its positions agree
     assert unchanged_samples("prob", np.zeros((0, 4)))[0].tolist() == [[1.0, 0.0]]
-    assert unchanged_samples("rel_l2", np.zeros((0, 4)))[0].tolist() == [[0.0]]
+    assert unchanged_samples("rel_l2", np.zeros((0, 4)))[0].tolist() == [[0.0, 0.0]]  # neither part moved
 
 
 def test_batch_major_outputs_keep_their_rows(tmp_path):

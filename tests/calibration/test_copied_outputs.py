@@ -40,9 +40,10 @@ def test_the_new_values_alone_are_scored_by_the_evaluator_and_the_rule(past):
     assert 100 * (1 - ev.last["present_value"]["after"]) == pytest.approx(5.0, rel=1e-4)
     rule = BudgetRule(ev, 1.0)
     values = rule.values(list(ev.run_all(candidate)))
-    assert 100 * values[1].mean() == pytest.approx(5.0, rel=1e-4)  # the rule reads the same samples
+    assert 100 * values[1][:, 0].mean() == pytest.approx(5.0, rel=1e-4)  # the rule reads the same samples
     half = EvaluatorSlice(ev, [0, 2])  # an exam's slice maps its batches to the evaluator's
-    assert 100 * BudgetRule(half, 1.0).values(list(half.run_all(candidate)))[1].mean() == pytest.approx(5.0, rel=1e-4)
+    assert 100 * BudgetRule(half, 1.0).values(list(half.run_all(candidate)))[1][:, 0].mean() == pytest.approx(5.0,
+                                                                                                 rel=1e-4)
     said = rule.statement()
     assert ("'present_value' scored on their new part only: the part that copies 'past_value' as fed" in said) == (past > 0)
 

@@ -35,7 +35,7 @@ def test_a_binary_parts_ceiling_is_the_changed_samples_the_rule_admits(n, budget
         assert 100 * wilson_upper(k / n, n, rule.z) <= budget < 100 * wilson_upper((k + 1) / n, n, rule.z)
     assert (k > 0) == (budget == 5.0)  # 0 changed of 240 at 1 pp (and 96 samples cannot certify 1 pp at all)
     # a continuous part's margin is known only once measured: its ceiling is the budget
-    assert [c.tolist() for c in BudgetRule(evaluator(model, "rel_l2", n=n), budget).point_ceilings()] == [[budget]]
+    assert [c.tolist() for c in BudgetRule(evaluator(model, "rel_l2", n=n), budget).point_ceilings()] == [[budget, budget]]
     (both,) = BudgetRule(evaluator(model, "prob", n=n), budget).point_ceilings()
     assert both.tolist() == [pytest.approx(100.0 * k / n), budget]
 

@@ -13,7 +13,7 @@ from onnxprune.calibration.metrics import METRICS, Evaluator
 from onnxprune.calibration.output_metrics import mismatch_samples
 from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
-from onnxprune.calibration.sampling import SequentialScorer, _Moments
+from onnxprune.calibration.sampling import PRECISION, SequentialScorer, _Moments
 from onnxprune.calibration.sensitivity import DEFAULT_LEVELS, SMALL_SHARE, masked, scan, weight_as_input
 from onnxprune.converter.pipeline import configure, run
 from onnxprune.models import builders
@@ -48,7 +48,7 @@ def test_batch_sums_are_the_per_sample_terms_summed(kind):
 
 def test_a_batch_of_another_shape_loses_every_sample():
     ref = np.zeros((5, 4, 3), dtype=np.float32)
-    assert mismatch_samples("rel_l2", ref)[0].tolist() == [[1.0]] * 5
+    assert mismatch_samples("rel_l2", ref)[0].tolist() == [[1.0, 1.0]] * 5
     assert mismatch_samples("prob", ref[:, 0])[0].tolist() == [[0.0, 1.0]] * 5
     terms, counts = mismatch_samples("seq_agreement", ref)
     assert terms.tolist() == [[0.0]] * 5 and counts.tolist() == [1] * 5
@@ -223,7 +223,12 @@ def test_budgeted_scan_finds_each_layers_largest_level_within_budget(name):
             if any(y > x + 1e-9 for x, y in zip(losses[1:], losses)):
                 continue  # the bisection assumes a monotone curve; this one is not
             fits = [s for s, loss in zip(a.levels, a.losses(fast.dense)) if within_budget(loss, budget)]
-            assert max(fits, default=0.0) == _largest_within(b.levels, losses, budget), f"{a.node} at {budget}"
+            got, want = max(fits, default=0.0), _largest_within(b.levels, losses, budget)
+            if got != want:  # a "known" stop judges its estimate, known to +-PRECISION of the budget: only a level
+                # whose loss on every sample is that close to the budget may land on the other side of it
+                lo = min(got, want)
+                edge = 0 if lo == 0 else b.levels.index(lo) + 1  # the first level only one of them took
+                assert abs(losses[edge] - budget) <= PRECISION * budget, f"{a.node} at {budget}"
             assert a.levels == sorted(set(a.levels) & set(DEFAULT_LEVELS))
             below = [s for s in a.levels if s <= max(fits, default=0.0)]
             assert below == list(DEFAULT_LEVELS[:len(below)])  # every level up to the answer is measured

@@ -29,9 +29,13 @@ def test_the_nearest_rejected_candidate_past_the_result_is_named_with_its_part_a
 
 
 def test_a_one_part_metric_is_named_without_a_part_and_without_a_hint():
-    note = stop_note([_entry(1.3, True, True), _entry(1.6, False, False, output="boxes", part="relative error")],
+    note = stop_note([_entry(1.3, True, True), _entry(1.6, False, False, output="emb", part="1 - cosine")],
+                     _rule(("emb", "cosine")))
+    assert "output 'emb' (cosine: 1.40 pp, upper bound 1.50 pp; --max-loss 1)" in note and "--metric" not in note
+    # rel_l2 has two parts (its relative error, the variance lost): the one outside is named
+    note = stop_note([_entry(1.3, True, True), _entry(1.6, False, False, output="boxes", part="variance lost")],
                      _rule(("boxes", "rel_l2")))
-    assert "output 'boxes' (rel_l2: 1.40 pp, upper bound 1.50 pp; --max-loss 1)" in note and "--metric" not in note
+    assert "output 'boxes' (rel_l2: variance lost 1.40 pp, upper bound 1.50 pp; --max-loss 1)" in note
 
 
 def test_a_changed_class_is_counted_in_samples():
