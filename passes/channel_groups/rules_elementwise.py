@@ -88,7 +88,8 @@ def _binary(b: Builder, node: gs.Node) -> None:
     cx, cy, fn = b.ch(x), b.ch(y), BINARY[node.op]
     with np.errstate(all="ignore"):
         if cx is not None and cy is not None:
-            return _merge(b, node, [cx, cy], lambda: fn(cx.value, cy.value))
+            return _merge(b, node, [cx, cy], lambda: _product(cx.value, cy.value) if node.op == "Mul"
+                          else fn(cx.value, cy.value))
         c, k = (cx, y) if cx is not None else (cy, x)
         K = _const(k)
         if K is None:
@@ -100,6 +101,14 @@ def _binary(b: Builder, node: gs.Node) -> None:
             with np.errstate(divide="ignore"):
                 b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
+
+
+def _product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mul of two channel-carrying tensors, per channel: 0 where either factor is 0 whatever the other holds (NaN:
+    it varies; a finite activation times 0), else x * y. Sweep 34's L1: WaveNet's gated unit tanh(a) * sigmoid(b),
+    a and b two halves of one Conv: a dead `a` row makes tanh(a) 0 and the product 0, yet 0 * NaN kept every channel
+    whose `b` half still reads the input."""
+    return np.where((x == 0) | (y == 0), 0.0, x * y)
 
 
 def _pow(b: Builder, node: gs.Node) -> None:

@@ -360,6 +360,16 @@ def squeeze_excite(seed: int = 0) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
 
 
+def gated_conv(seed: int = 0) -> onnx.ModelProto:
+    """WaveNet's gated unit: c1 (3 -> 2x4) ─ Split in halves a, b ─ Tanh(a) · Sigmoid(b) ─ c2 1x1 (4 -> 5) ─ head.
+    The Mul merges a's channel j with b's: one class, its two rows of c1."""
+    g = G(seed)
+    g.op("Split", "split", [g.conv("x", "c1", 3, 8, 3)], n_out=2, axis=1)
+    gated = g.op("Mul", "gate", [g.op("Tanh", "filt", ["split_out"]), g.op("Sigmoid", "sig", ["split_out1"])])
+    _head(g, g.conv(gated, "c2", 4, 5, 1), 5)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
 def normalised_mlp(seed: int = 0) -> onnx.ModelProto:
     """fc1 ─ Sub(mean[8]) ─ Div(std[8]) ─ Relu ─ Dropout ─ fc2: per-channel constants are members."""
     g = G(seed)

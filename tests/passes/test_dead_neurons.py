@@ -384,6 +384,23 @@ def test_gating_mul_merges_the_gate_with_the_gated_channels():
     assert shp["c1.weight"][0] == 5 and shp["fc2.weight"] == (5, 3) and shp["fc2.bias"] == (5,)
 
 
+def test_a_gated_product_is_dead_where_either_factor_is_zero():
+    """Sweep 34's L1: in WaveNet's tanh(a) · sigmoid(b), a dead `a` row (weights and bias 0) makes tanh(a) 0 and the
+    product 0 whatever b holds, yet the pair was kept (0 times a varying value was unknown). Now both rows of c1 go
+    with c2's column. A dead `b` row leaves sigmoid(0) = 0.5 times tanh(a): alive, kept."""
+    m = G.zero(G.zero(G.gated_conv(), "c1.weight", 0, [1]), "c1.bias", 0, [1])  # a's channel 1: tanh(0) = 0
+    out, report, shp = prune(m)  # onnxruntime: the written model equals the zeroed one
+    assert shp["c1.weight"] == (6, 3, 3, 3) and shp["c1.bias"] == (6,) and shp["c2.weight"] == (5, 3, 1, 1)
+    assert report.removed == 2  # the pair's two rows of c1
+    onnx.checker.check_model(out, full_check=True)
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    assert onnx.numpy_helper.to_array(next(t for t in out.graph.initializer if t.name == split.input[1])).tolist() \
+        == [3, 3]
+    m = G.zero(G.zero(G.gated_conv(), "c1.weight", 0, [5]), "c1.bias", 0, [5])  # b's channel 1: sigmoid(0) = 0.5
+    out, report = remove_dead_neurons(m)
+    assert out is m and report.removed == 0
+
+
 def test_prelu_slopes_per_channel_are_sliced_with_their_channels_and_a_shared_one_is_kept():
     """Sweep 3: an insightface-style net (Conv -> BN -> PRelu) kept every channel: PRelu had no channel rule."""
     from onnxprune.models.builders_sweep3 import prelu_net
