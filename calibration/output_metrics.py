@@ -226,9 +226,9 @@ def _rel_l2(out, ref, labels, scale):
     """Two parts per sample: its relative error (`_relative_errors`, floored at FLOOR x scale[0]) and the share of the
     output's variance over the set its change is (`_variance_lost`, against scale[1], the set's `_spread`)."""
     scale = np.atleast_1d(np.asarray(scale, dtype=np.float64))
-    errors = _relative_errors(out, ref, FLOOR * scale[:1])
-    lost = _variance_lost(out, ref, float(scale[1]) if len(scale) > 1 else 0.0)
-    return np.stack([errors, lost], axis=1), _ones(_n(out))
+    d2, b2, moved = _change_sums(out, ref)
+    lost = _variance_lost(d2, moved, float(scale[1]) if len(scale) > 1 else 0.0)
+    return np.stack([_relative(d2, b2, moved, FLOOR * scale[:1]), lost], axis=1), _ones(_n(out))
 
 
 def _channel_rel_l2(out, ref, labels, scale):
@@ -426,9 +426,20 @@ def _square_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _relative_errors(out: np.ndarray, ref: np.ndarray, floor) -> np.ndarray:
     """||out_i - ref_i|| / max(||ref_i||, floor) per sample (`floor`: FLOOR times the set's `reference_scale`, a
-    number or one-element array). Float32 outputs are subtracted and squared in float32 and summed in float64 (no
-    float64 copy of a large output: most of a detector's scoring time was that copy); only where a float32 square
-    overflowed (past 1.8e19: a corrupt model's weights of 7e35) again in float64."""
+    number or one-element array); a sample whose non-finite values moved counts at least 1 (`_finite_parts`)."""
+    return _relative(*_change_sums(out, ref), floor)
+
+
+def _relative(d2: np.ndarray, b2: np.ndarray, moved: np.ndarray | None, floor) -> np.ndarray:
+    errors = np.sqrt(d2) / np.maximum(np.sqrt(b2), np.maximum(floor, _TINY))
+    return errors if moved is None else np.where(moved, np.maximum(errors, 1.0), errors)
+
+
+def _change_sums(out: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per sample: sum (out - ref)^2, sum ref^2 over the finite positions, and whether a non-finite value moved
+    (`_finite_parts`). Float32 outputs are subtracted and squared in float32 and summed in float64 (no float64 copy
+    of a large output: most of a detector's scoring time was that copy); only where a float32 square overflowed
+    (past 1.8e19: a corrupt model's weights of 7e35) again in float64."""
     out, ref, moved = _finite_parts(out, ref)
     f32 = out.dtype == np.float32 and ref.dtype == np.float32
     if not f32:
@@ -438,8 +449,7 @@ def _relative_errors(out: np.ndarray, ref: np.ndarray, floor) -> np.ndarray:
             d2, b2 = _square_sums(_flat(out), _flat(ref))
         if not (np.isfinite(d2).all() and np.isfinite(b2).all()):
             d2, b2 = _square_sums(_per_sample(out), _per_sample(ref))
-    errors = np.sqrt(d2) / np.maximum(np.sqrt(b2), np.maximum(floor, _TINY))
-    return errors if moved is None else np.where(moved, np.maximum(errors, 1.0), errors)
+    return d2, b2, moved
 
 
 def _finite_parts(out, ref) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -490,14 +500,12 @@ def _spread(refs, rms: float) -> float:
     return spread if spread >= SPREAD_MIN * rms and spread > _TINY else 0.0
 
 
-def _variance_lost(out: np.ndarray, ref: np.ndarray, spread: float) -> np.ndarray:
-    """||out_i - ref_i||^2 / spread^2 per sample (`spread` the set's `_spread`): its mean over the set is the share of
-    the output's variance the change is, 1 - R^2 of out against ref; zeros where `spread` is 0. A sample whose
-    non-finite values moved counts at least 1, as in `_relative_errors`."""
+def _variance_lost(d2: np.ndarray, moved: np.ndarray | None, spread: float) -> np.ndarray:
+    """||out_i - ref_i||^2 / spread^2 per sample (`d2`: the squared changes, `_change_sums`; `spread` the set's
+    `_spread`): its mean over the set is the share of the output's variance the change is, 1 - R^2 of out against
+    ref; zeros where `spread` is 0. A sample whose non-finite values moved counts at least 1, as a relative error."""
     if spread <= 0:
-        return np.zeros(_n(out))
-    out, ref, moved = _finite_parts(out, ref)
-    d2 = np.square(_per_sample(out) - _per_sample(ref)).sum(axis=1)
+        return np.zeros(len(d2))
     lost = d2 / (spread * spread)
     return lost if moved is None else np.where(moved, np.maximum(lost, 1.0), lost)
 
