@@ -12,6 +12,7 @@ from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kinds
 from onnxprune.calibration.output_metrics import (channel_axis, mismatch_samples, probability_channels,
                                                   reference_scale)
 from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.metric_choice import SCALE_SPREAD, channel_scale_spread
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule
 from onnxprune.models import third_party_builders as tb
 from tests.oracle import first_output, with_initializer
@@ -152,6 +153,34 @@ def test_rule_7_channels_last_only_for_a_head_with_scores_among_its_channels():
     assert auto_kinds({"out": hidden}) == {"out": "rel_l2"}
     # more positions than channels is what makes the last axis the channels: [N, 4 + classes, anchors] stays axis 1
     assert channel_axis((3, 10, 64)) == 1 and channel_axis((3, 64, 10)) == 2 and channel_axis((3, 64, 10, 2)) == 1
+
+
+def test_probabilities_packed_beside_other_channels_are_judged_per_channel_however_close_the_scales():
+    """ddddocr's common_det (YOLOX, [1, 3549, 4 + 1 + 1]: box offsets and log-sizes of RMS 0.5-1.2 beside objectness
+    and class probabilities of RMS 0.07 and 0.31, 17x apart) was judged by one relative error over the whole output,
+    where a score crossing the threshold at a few anchors costs little: its class scores at 0, every detection lost,
+    moved it 2.9 pp. Probability channels beside others are judged per channel whatever the spread; a head whose every
+    channel holds probabilities, or none does, is left to the scale rule."""
+    rng = np.random.default_rng(0)
+    offsets = rng.normal(0, 1, (3, 3549, 4))
+    scores = rng.uniform(0, 1, (3, 3549, 2)) ** 8  # mostly background, a few anchors high
+    head = np.concatenate([offsets, scores], axis=2)
+    assert channel_scale_spread(head) < SCALE_SPREAD and auto_kinds({"output": head}) == {"output": "channel_prob"}
+    assert auto_kinds({"output": offsets}) == {"output": "rel_l2"}  # no probability among the channels
+    model = tb.yolo_head(channels_last=True, pixels=1.0, present=6)  # boxes in small units (YOLOX), every class seen
+    ev = Evaluator(open_data({"image": IMAGES}, model, batch_size=16), None, model)
+    dense = run(model)
+    assert channel_scale_spread(dense) < SCALE_SPREAD and ev.plan == {"output0": "channel_prob"}
+
+    def lose_class_1(w):
+        w[1] = 0.0
+        return w
+    lost = with_initializer(model, "cls.weight", lose_class_1)
+    after = run(lost)
+    assert ((after[:, :, 4:] > 0.25) != (dense[:, :, 4:] > 0.25)).sum() > 100
+    got = ev.loss_pp(ev.evaluate(lost))
+    assert got == pytest.approx(user_check(np.moveaxis(after, 1, 2), np.moveaxis(dense, 1, 2)), rel=1e-5)
+    assert got > 10.0 and not BudgetRule(ev, 1.0).judge(lost).within
 
 
 def test_channels_last_terms_are_the_channels_first_terms_of_the_same_head():
