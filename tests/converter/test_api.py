@@ -1,0 +1,74 @@
+"""The Python API as a user's own code calls it (audit 40): its errors name the keywords the caller wrote."""
+
+from __future__ import annotations
+
+import inspect
+
+import click
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.converter import api
+from onnxprune.converter.cli import cli
+from onnxprune.converter.plan import choice_names
+from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.models import builders
+
+
+def test_every_prune_flag_is_said_as_the_keyword_the_api_takes():
+    """Each option of `onnxprune prune` is written in an API error as a keyword `prune()` takes (or left as it is,
+    for the few with no keyword), so a new flag cannot slip back into an API caller's messages."""
+    keywords = set(inspect.signature(api.prune).parameters) | set(choice_names())
+    for param in cli.commands["prune"].params:
+        if not isinstance(param, click.Option):
+            continue
+        for flag in param.opts:
+            said = api.api_words(f"pass {flag} here")
+            if flag in api.NOT_KEYWORDS or flag in ("-v", "-q"):
+                assert said == f"pass {flag} here", flag
+                continue
+            word = said.removeprefix("pass ").removesuffix(" here")
+            name, _, value = word.partition("=")
+            assert name in keywords and "-" not in name, (flag, said)
+            assert value in (("True", "False") if param.is_flag else ("",)), (flag, said)
+
+
+@pytest.mark.parametrize("cli_said, api_said", [
+    ("--max-loss needs data to measure the loss on; pass --data FILE.npz.",
+     "max_loss= needs data to measure the loss on; pass data='FILE.npz'."),
+    ("measured loss 1.234 pp exceeds --max-loss 1; nothing written (pass --force to write it anyway, or raise "
+     "--max-loss).", "measured loss 1.234 pp exceeds max_loss=1; nothing written (pass force=True to write it "
+     "anyway, or raise max_loss=)."),
+    ("output 'a.onnx' is the input model; choose another output path (-o).",
+     "output 'a.onnx' is the input model; choose another output path (output=)."),
+    ("--confidence sets how sure --max-loss's decisions are; add --max-loss (and --data).",
+     "confidence= sets how sure max_loss's decisions are; add max_loss= (and data=)."),
+    ("add a positive bare --max-loss L (e.g. --max-loss 1 --max-loss boxes=5).",
+     "add a positive bare max_loss=L (e.g. max_loss=1 output_budgets='boxes=5')."),
+    ("--criterion wanda needs data (or use --criterion magnitude); --threads -1; --time-budget 3m; --no-neurons.",
+     "criterion='wanda' needs data (or use criterion='magnitude'); threads=-1; time_budget='3m'; neurons=False."),
+    ("--layer NAME=S, --input-shape ids=4,196, --report, --sparsity/--quality; rerun with --debug or --plan.",
+     "layers='NAME=S', input_shapes='ids=4,196', report_dir=, sparsity=/quality=; rerun with --debug or --plan."),
+])
+def test_a_command_line_message_in_the_apis_words(cli_said, api_said):
+    assert api.api_words(cli_said) == api_said
+
+
+def test_the_apis_refusals_name_its_keywords_not_flags(tmp_path):
+    """Audit 39/40: prune(max_loss=1) without data was told "pass --data FILE.npz", output= the input model "choose
+    another output path (-o)", labels in an array named y "pass its name with --labels"."""
+    model = builders.mlp_gemm()
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    cases = [(ConfigError, dict(max_loss=1), "max_loss= needs data"),
+             (ConfigError, dict(sparsity=0.5, output=tmp_path / "m.onnx"), "choose another output path (output=)"),
+             (ConfigError, dict(sparsity=0.5, time_budget=60), "drop time_budget="),
+             (ConfigError, dict(sparsity=1.5), "sparsity=1.5 is outside"),
+             (CalibrationError, dict(max_loss=1, one_shot=True, data={"input": x, "y": x[:, 0]}),
+              "pass its name with labels=")]
+    for kind, kwargs, said in cases:
+        with pytest.raises(kind) as error:
+            api.prune(tmp_path / "m.onnx", **kwargs)
+        assert said in str(error.value), (kwargs, str(error.value))
+        assert " --" not in str(error.value) and "(-o)" not in str(error.value), str(error.value)
