@@ -72,3 +72,26 @@ def test_the_apis_refusals_name_its_keywords_not_flags(tmp_path):
             api.prune(tmp_path / "m.onnx", **kwargs)
         assert said in str(error.value), (kwargs, str(error.value))
         assert " --" not in str(error.value) and "(-o)" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("cwd_holds_the_data", [False, True])
+def test_a_model_proto_loaded_without_its_external_data_is_refused_naming_the_fix(tmp_path, monkeypatch,
+                                                                                 cwd_holds_the_data):
+    """Audit 40: onnx.load(dynamo export, load_external_data=False) passed to prune() was "'<in-memory model>' is not
+    a valid ONNX model: Data of TensorProto ... should be stored in model.onnx.data, but it is not regular file; fix
+    or re-export it" (or, run from the folder holding the data file, passed onnx's checker). It holds references,
+    not weights: the error says so and what to pass; the same model loaded with its data prunes."""
+    from onnxprune.errors import ModelError
+
+    model = builders.mlp_gemm()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.onnx.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path if cwd_holds_the_data else tmp_path.parent)
+    bare = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    with pytest.raises(ModelError) as error:
+        api.prune(bare, sparsity=0.5)
+    said = str(error.value)
+    assert "load_external_data=False" in said and "'m.onnx.data'" in said and "Pass the model's path" in said, said
+    assert "not a valid ONNX model" not in said
+    whole = api.prune(onnx.load(str(tmp_path / "m.onnx")), sparsity=0.5)
+    assert whole.report["compression"] == pytest.approx(2.0, rel=0.05)
