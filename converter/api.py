@@ -4,7 +4,7 @@
     result = onnxprune.prune("model.onnx", data={"input": x, "labels": y}, max_loss=0.5, iterations=3,
                              output="small.onnx")
     result.model        # onnx.ModelProto, verified
-    result.report       # the numbers of report.json
+    result.report       # the document --json prints (report.json holds its numbers under summary and run)
 """
 
 from __future__ import annotations

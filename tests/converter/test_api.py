@@ -95,3 +95,30 @@ def test_a_model_proto_loaded_without_its_external_data_is_refused_naming_the_fi
     assert "not a valid ONNX model" not in said
     whole = api.prune(onnx.load(str(tmp_path / "m.onnx")), sparsity=0.5)
     assert whole.report["compression"] == pytest.approx(2.0, rel=0.05)
+
+
+def test_the_results_report_is_the_document_json_prints_for_the_same_run(tmp_path):
+    """README said `report` was "report.json's content"; it is the `--json` document (report.json nests its numbers
+    under summary and run). The same one-shot run through the API and the command line: the same figures, the same
+    bytes written."""
+    import json
+
+    from click.testing import CliRunner
+
+    model = builders.mlp_gemm()
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", input=x)
+    result = api.prune(tmp_path / "m.onnx", data=tmp_path / "d.npz", max_loss=2, one_shot=True,
+                       output=tmp_path / "api.onnx")
+    ran = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "cli.onnx"), "--data",
+                                   str(tmp_path / "d.npz"), "--max-loss", "2", "--one-shot", "--json"])
+    assert ran.exit_code == 0, ran.output
+    shown = json.loads(ran.stdout)
+    for key in ("compression", "compression_written", "file_size_after", "nonzeros_after_shrink"):
+        assert result.report[key] == shown[key], key
+    assert result.report["budget"]["met"] == shown["budget"]["met"]
+    assert result.report["budget"]["measured_loss_pp"] == shown["budget"]["measured_loss_pp"]
+    assert [r["nonzeros"] for r in result.report["layers"]] == [r["nonzeros"] for r in shown["layers"]]
+    assert (tmp_path / "api.onnx").read_bytes() == (tmp_path / "cli.onnx").read_bytes()
+    assert set(shown) <= set(result.report) | {"latency"}
