@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import functools
+import logging
 import os
 import re
 from pathlib import Path
@@ -61,7 +63,9 @@ def prune(
     flags (`max_loss=`, not --max-loss: `api_words`).
     """
     try:
-        return _prune(model, data, eval_data, output, report_dir, force, progress, recipe, allow_other_model, choices)
+        with _logged_in_api_words():
+            return _prune(model, data, eval_data, output, report_dir, force, progress, recipe, allow_other_model,
+                          choices)
     except ConverterError as error:  # audit 39/40: "pass --data FILE.npz" to a caller who wrote data=...
         if error.args and isinstance(error.args[0], str):
             error.args = (api_words(error.args[0]), *error.args[1:])
@@ -191,3 +195,24 @@ def _choices() -> frozenset:
     from onnxprune.converter.plan import choice_names
 
     return frozenset(choice_names()) | {"recipe", "data", "eval_data", "output", "report_dir"}
+
+
+@contextlib.contextmanager
+def _logged_in_api_words():
+    """The run's log records (onnxprune.*) in the API's words while prune() runs: its warnings said "give 99 samples
+    (more --data, or --val-data), or --max-loss 1.64" to a caller who wrote data= and max_loss= (audit 40). The
+    record factory is the one hook every logger's records pass through; the caller's own is kept and put back."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        if record.name.startswith("onnxprune") and isinstance(record.msg, str) and "-" in record.getMessage():
+            record.msg, record.args = api_words(record.getMessage()), ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        if logging.getLogRecordFactory() is factory:  # unless the caller set another one meanwhile
+            logging.setLogRecordFactory(previous)

@@ -122,3 +122,28 @@ def test_the_results_report_is_the_document_json_prints_for_the_same_run(tmp_pat
     assert [r["nonzeros"] for r in result.report["layers"]] == [r["nonzeros"] for r in shown["layers"]]
     assert (tmp_path / "api.onnx").read_bytes() == (tmp_path / "cli.onnx").read_bytes()
     assert set(shown) <= set(result.report) | {"latency"}
+
+
+def test_the_runs_warnings_name_the_keywords_and_the_callers_record_factory_is_put_back(caplog):
+    """Audit 40: prune(data=x[:60], max_loss=1) logged "give 99 samples to decide on (more --data, or --val-data), or
+    --max-loss 1.64"; random data "Pass real samples (--data FILE.npz)". The same warnings in the API's words; the
+    logging record factory is the caller's again after the call, also after an error."""
+    import logging
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
+    before = logging.getLogRecordFactory()
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        api.prune(model, data=x, max_loss=1, one_shot=True)
+        api.prune(model, data="random", max_loss=1, one_shot=True)
+    said = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("onnxprune"))
+    assert "cannot certify max_loss=1" in said and "(more data=, or val_data=)" in said, said
+    assert "Pass real samples (data='FILE.npz')" in said, said
+    assert "--" not in said, said
+    assert logging.getLogRecordFactory() is before
+    with pytest.raises(ConfigError):
+        api.prune(model, max_loss=1)
+    assert logging.getLogRecordFactory() is before
+    outside = logging.getLogger("onnxprune.test").makeRecord("onnxprune.test", logging.WARNING, "f", 1, "--data", (),
+                                                            None)
+    assert outside.getMessage() == "--data"  # outside a call the command line's words are kept
