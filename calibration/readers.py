@@ -212,7 +212,13 @@ def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataR
     return reader
 
 
-_LEFT_OUT_SAID: set[str] = set()  # said once per process (a run opens the same part of its data more than once)
+_LEFT_OUT_SAID: set[str] = set()  # said once a run (a run opens the same part of its data more than once)
+
+
+def new_run() -> None:
+    """Forget what the last run said once (convert calls it first): a second prune() in one process said nothing of
+    the samples left out (audit 40: the set was once per process)."""
+    _LEFT_OUT_SAID.clear()
 
 
 def _say_left_out(batch: int, left: int, of: str) -> None:

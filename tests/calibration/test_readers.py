@@ -540,3 +540,25 @@ def test_inputs_and_labels_given_as_a_pair_or_a_data_loader_are_told_the_dict_to
     got = np.concatenate([feed["input"] for feed in iter(inputs_only.get_next, None)])
     np.testing.assert_array_equal(got, x)
     assert open_data((x, x), model).num_samples == 120  # two batches of inputs, as before
+
+
+def test_a_second_run_in_one_process_says_the_samples_left_out_again(caplog):
+    """Audit 40: the fixed batch's "the last N of ... are left out" was said once per process, so a notebook's second
+    prune() of the same model and data said nothing of it (and its report holds no such note)."""
+    from onnxprune.converter.api import prune
+    from onnxprune.models import builders
+
+    model = builders.mlp_gemm()
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 8
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    said = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnxprune"):
+            prune(model, data=x, max_loss=5, one_shot=True)
+        said.append(sorted({r.getMessage() for r in caplog.records if "are left out" in r.getMessage()}))
+    assert said[0] and said[1] == said[0], said
+    assert any("the last 4 of in-memory arrays: 100 samples" in m for m in said[1]), said
