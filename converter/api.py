@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,13 @@ def _progress(progress):
     if not callable(progress):
         raise ConfigError(f"progress={progress!r} must be None, True (progress lines on stderr) or a callable "
                           "progress(task, done, total, info='').")
-    return progress
+    stdout = sys.stdout
+
+    def called(*args, **kwargs):  # the run sends stdout to stderr (a library's prints must not break --json); the
+        with contextlib.redirect_stdout(stdout):  # caller's print() in its callback went there too (audit 40)
+            return progress(*args, **kwargs)
+
+    return called
 
 
 def _once(source):

@@ -147,3 +147,20 @@ def test_the_runs_warnings_name_the_keywords_and_the_callers_record_factory_is_p
     outside = logging.getLogger("onnxprune.test").makeRecord("onnxprune.test", logging.WARNING, "f", 1, "--data", (),
                                                             None)
     assert outside.getMessage() == "--data"  # outside a call the command line's words are kept
+
+
+def test_a_progress_callbacks_print_reaches_the_callers_stdout(capsys):
+    """Audit 40: the run sends stdout to stderr while it works (a library's prints must not break --json), so a
+    caller's `progress=lambda task, done, total, info='': print(...)` printed to stderr."""
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32)
+    seen = []
+
+    def progress(task, done, total, info=""):
+        seen.append((task, done, total))
+        print(f"tick {task} {done}/{total}")
+
+    api.prune(model, data=x, max_loss=2, one_shot=True, progress=progress)
+    captured = capsys.readouterr()
+    assert seen and captured.out.count("tick ") == len(seen), (len(seen), captured.out[-500:])
+    assert "tick " not in captured.err
