@@ -162,7 +162,7 @@ LITERALS = frozenset({"random", "auto", "cpu", "cuda", "constant", "initializer"
                       "reconstruct", "magnitude", "obd", "taylor", "wanda", "cubic", "geometric", "linear", "ce",
                       "distill", "ce+distill", "l1", "l2"})
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o\b)(?:( )('[^']*'|[^\s;)'(]*[^\s,;)'(.:]))?")
-_NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?|-?inf|nan")
 
 
 def api_words(message: str) -> str:
@@ -187,7 +187,7 @@ def _keyword(match: re.Match) -> str:
     bare = value.strip("'")
     if name == "max_loss" and "=" in bare:
         name = "output_budgets"
-    if _NUMBER.fullmatch(bare) or re.fullmatch(r"[A-Z]", bare):
+    if not value.startswith("'") and (_NUMBER.fullmatch(bare) or re.fullmatch(r"[A-Z]", bare)):
         return f"{name}={bare}"
     return f"{name}={bare!r}"
 

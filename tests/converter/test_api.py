@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import click
 import numpy as np
@@ -164,3 +165,14 @@ def test_a_progress_callbacks_print_reaches_the_callers_stdout(capsys):
     captured = capsys.readouterr()
     assert seen and captured.out.count("tick ") == len(seen), (len(seen), captured.out[-500:])
     assert "tick " not in captured.err
+
+
+def test_a_width_given_as_text_is_told_to_be_a_number():
+    """Audit 40: prune(weight_bits="8") said "weight_bits=8 is not one of 16, 8, 7, ...": the value it names is in the
+    list it gives. A width given as text is said to be text; the number runs."""
+    model = builders.mlp_gemm()
+    with pytest.raises(ConfigError, match=re.escape("weight_bits='8' is text; a width is a number (16, 8, 7")):
+        api.prune(model, sparsity=0.5, weight_bits="8")
+    assert api.prune(model, sparsity=0.5, weight_bits=8).report["weight_bits"] is not None
+    with pytest.raises(ConfigError, match=re.escape("max_loss=nan must be in percentage points")):
+        api.prune(model, data=np.zeros((8, 16), np.float32), max_loss=float("nan"), one_shot=True)
