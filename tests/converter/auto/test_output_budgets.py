@@ -103,7 +103,7 @@ def test_an_output_budget_names_a_scored_output_beside_a_positive_run_budget(det
         Evaluator(open_data({"input": x}, model), None, model, budget=1.0, output_budgets={"nope": 5.0})
     with pytest.raises(ConfigError, match="'boxes' is not a scored output; scored: scores"):
         Evaluator(open_data({"input": x}, model), ["scores=prob"], model, budget=1.0, output_budgets={"boxes": 5.0})
-    with pytest.raises(ConfigError, match="positive bare max_loss=L"):  # the keywords it takes
+    with pytest.raises(ConfigError, match="positive bare --max-loss"):
         Evaluator(open_data({"input": x}, model), None, model, budget=0.0, output_budgets={"boxes": 5.0})
 
 
