@@ -176,3 +176,14 @@ def test_a_width_given_as_text_is_told_to_be_a_number():
     assert api.prune(model, sparsity=0.5, weight_bits=8).report["weight_bits"] is not None
     with pytest.raises(ConfigError, match=re.escape("max_loss=nan must be in percentage points")):
         api.prune(model, data=np.zeros((8, 16), np.float32), max_loss=float("nan"), one_shot=True)
+
+
+def test_levels_and_exclude_take_numpy_arrays():
+    """Audit 40: levels=np.array([0.5, 0.9]) (or np.linspace) was refused as "takes sparsities (one, or a list of
+    them)"; an array is its list of numbers (of patterns, for exclude=)."""
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32)
+    result = api.prune(model, data=x, max_loss=2, one_shot=True, levels=np.array([0.5, 0.9]))
+    assert result.report["options"]["levels"] == [0.5, 0.9], result.report["options"].get("levels")
+    excluded = api.prune(model, sparsity=0.5, exclude=np.array(["fc1*"]))
+    assert {r["weight"]: r["nonzeros"] == r["params"] for r in excluded.report["layers"]}["fc1.weight"]
