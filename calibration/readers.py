@@ -36,6 +36,7 @@ from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_re
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.plain import listed
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,13 @@ def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataR
     return reader
 
 
-_LEFT_OUT_SAID: set[str] = set()  # said once per process (a run opens the same part of its data more than once)
+_LEFT_OUT_SAID: set[str] = set()  # said once a run (a run opens the same part of its data more than once)
+
+
+def new_run() -> None:
+    """Forget what the last run said once (convert calls it first): a second prune() in one process said nothing of
+    the samples left out (audit 40: the set was once per process)."""
+    _LEFT_OUT_SAID.clear()
 
 
 def _say_left_out(batch: int, left: int, of: str) -> None:
@@ -247,8 +254,8 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
             return _feed_reader(_chunk_source(chunk), specs, labels, limit, reason, "in-memory arrays")
         return (_whole_if_mixed(model, chunk, _chunk_source(chunk), specs, labels, limit, "in-memory arrays")
                 or _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays"))
-    if isinstance(source, Iterable):
-        return _feeds_reader(list(source), specs, labels, batch_size, limit, time_major_inputs(model))
+    if isinstance(source, Iterable):  # a torch DataLoader of tensors too: the list of arrays it stands for
+        return _feeds_reader(_as_named(list(source), specs), specs, labels, batch_size, limit, time_major_inputs(model))
     raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
                       "pass a path, 'random', a dict of arrays or a list of feed dicts (for a one-input "
                       "model also an array or a list of arrays).")
@@ -266,6 +273,10 @@ def _as_named(source, specs):
                           f"{[s.name for s in specs]}: pass a dict of arrays named after them (or a list of such "
                           "dicts, one per batch).")
     name, rank = specs[0].name, len(specs[0].shape)
+    if arrays and _labels_beside(source, rank):  # data=(x, y): y read as a second batch of inputs (audit 40)
+        raise ConfigError(f"data given as a {type(source).__name__} of arrays is one batch per array; these look like "
+                          f"(inputs, labels), shaped {listed(str(list(np.shape(a))) for a in source)}: name them, "
+                          f"data={{'{name}': x, 'labels': y}}.")
     if arrays and rank and all(_is_array(a) and np.ndim(a) == rank - 1 for a in source):
         # data=list(x): each sample read as a batch, and refused as a batch of the wrong shape (a library sweep)
         raise ConfigError(f"data given as a list of arrays is one batch per array, samples first; these are shaped "
@@ -273,6 +284,15 @@ def _as_named(source, specs):
                           f"{_dims(specs[0].shape)}, as single samples are: pass np.stack(the list), or the array "
                           "itself.")
     return [{name: a} if _is_array(a) else a for a in source] if arrays else {name: source}
+
+
+def _labels_beside(arrays, rank: int) -> bool:
+    """Arrays that read as (inputs, labels...): the first of the model input's rank, the others of a lower rank and
+    as many rows (a torch DataLoader's [x, y] batch, `data=(x, y)`)."""
+    if len(arrays) < 2 or not all(_is_array(a) for a in arrays) or np.ndim(arrays[0]) != rank or not rank:
+        return False
+    rows = np.shape(arrays[0])[0]
+    return all(0 < np.ndim(a) < rank and np.shape(a)[0] == rows for a in arrays[1:])
 
 
 def _is_array(value) -> bool:
@@ -334,6 +354,14 @@ def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataR
 def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None) -> DataReader:
     if not feeds:
         raise CalibrationError("the list of calibration feed dicts is empty; give at least one batch.")
+    first = feeds[0]
+    if isinstance(first, (list, tuple)) and first and all(_is_array(a) for a in first):  # a torch DataLoader's
+        # [inputs, labels] batches were "feed dict #0 is a list, not a dict" (audit 40): say how to name them
+        names = ", ".join(f"'{s.name}': x" if len(specs) == 1 else f"'{s.name}': ..." for s in specs)
+        raise ConfigError(f"feed dict #0 is a {type(first).__name__} of {len(first)} arrays (shaped "
+                          f"{listed(str(list(np.shape(a))) for a in first)}), as a torch DataLoader yields "
+                          f"(inputs, labels) batches: give each batch as a dict named after the model inputs, e.g. "
+                          f"data=({{{names}, 'labels': y}} for x, y in loader).")
     chunks = [_memory_chunk(f, f"feed dict #{i}") for i, f in enumerate(feeds)]
     reason = feed_reason([(c.where, {k: v.shape for k, v in c.arrays.items()}) for c in chunks], specs, time_major)
     if reason:

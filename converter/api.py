@@ -4,13 +4,18 @@
     result = onnxprune.prune("model.onnx", data={"input": x, "labels": y}, max_loss=0.5, iterations=3,
                              output="small.onnx")
     result.model        # onnx.ModelProto, verified
-    result.report       # the numbers of report.json
+    result.report       # the document --json prints (report.json holds its numbers under summary and run)
 """
 
 from __future__ import annotations
 
 import collections.abc
+import contextlib
+import functools
+import logging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from onnxprune.converter.convert import convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import PER_RUN, RECIPE_OVERRIDES, configure, replay
 from onnxprune.converter.recipe import coerce
-from onnxprune.errors import ConfigError
+from onnxprune.errors import ConfigError, ConverterError
 from onnxprune.interrupts import after_imports
 
 
@@ -55,8 +60,20 @@ def prune(
     or a callable `progress(task, done, total, info="")` that long steps call. `recipe`: replay an earlier run's
     recipe.toml, as --recipe (with the same data, a search that ended on its own rule writes the same bytes); beside
     it only the per-run choices (val_data, checkpoint_dir, resume, threads, device); `allow_other_model=True` applies
-    a recipe written for another model file.
+    a recipe written for another model file. Every error's message names these keywords, not the command line's
+    flags (`max_loss=`, not --max-loss: `api_words`).
     """
+    try:
+        with _logged_in_api_words():
+            return _prune(model, data, eval_data, output, report_dir, force, progress, recipe, allow_other_model,
+                          choices)
+    except ConverterError as error:  # audit 39/40: "pass --data FILE.npz" to a caller who wrote data=...
+        if error.args and isinstance(error.args[0], str):
+            error.args = (api_words(error.args[0]), *error.args[1:])
+        raise
+
+
+def _prune(model, data, eval_data, output, report_dir, force, progress, recipe, allow_other_model, choices):
     if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):  # (sweep 16: "step 'load' failed: TypeError")
         raise ConfigError(f"model must be a path or an onnx.ModelProto, not {type(model).__name__}.")
     # checked as the options are (a library sweep: output=3 was a raw TypeError, force="no" wrote a missed budget)
@@ -104,7 +121,13 @@ def _progress(progress):
     if not callable(progress):
         raise ConfigError(f"progress={progress!r} must be None, True (progress lines on stderr) or a callable "
                           "progress(task, done, total, info='').")
-    return progress
+    stdout = sys.stdout
+
+    def called(*args, **kwargs):  # the run sends stdout to stderr (a library's prints must not break --json); the
+        with contextlib.redirect_stdout(stdout):  # caller's print() in its callback went there too (audit 40)
+            return progress(*args, **kwargs)
+
+    return called
 
 
 def _once(source):
@@ -122,3 +145,81 @@ def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+# The command line's flags whose keyword is not the flag in snake case, or which take no value (True/False); flags
+# with no keyword (--plan, --json, --debug, -q, -v) stay as they are. tests/converter/test_api.py checks this
+# against every option of `onnxprune prune`.
+KEYWORDS = {"-o": "output", "--output": "output", "--report": "report_dir", "--layer": "layers",
+            "--neuron-layer": "neuron_layers", "--input-shape": "input_shapes"}
+SWITCHES = {"--one-shot": "one_shot=True", "--alternate": "alternate=True", "--crop-inputs": "crop_inputs=True",
+            "--gather-inputs": "gather_inputs=True", "--resume": "resume=True",
+            "--allow-other-model": "allow_other_model=True", "--force": "force=True", "--no-neurons": "neurons=False"}
+NOT_KEYWORDS = ("--plan", "--json", "--debug", "--verbose", "--quiet")
+# the words a message writes after a flag as its value (--data random, --criterion magnitude), besides numbers,
+# quoted strings, NAME=VALUE, file names and CAPITAL placeholders (FILE.npz, N)
+LITERALS = frozenset({"random", "auto", "cpu", "cuda", "constant", "initializer", "dense", "compact", "sgd",
+                      "reconstruct", "magnitude", "obd", "taylor", "wanda", "cubic", "geometric", "linear", "ce",
+                      "distill", "ce+distill", "l1", "l2"})
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o\b)(?:( )('[^']*'|[^\s;)'(]*[^\s,;)'(.:]))?")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?|-?inf|nan")
+
+
+def api_words(message: str) -> str:
+    """A message of the command line's words in the API's: `--max-loss 1` -> `max_loss=1`, `--data FILE.npz` ->
+    `data='FILE.npz'`, `--max-loss boxes=5` -> `output_budgets='boxes=5'`, `--force` -> `force=True`, `-o` ->
+    `output=`. Messages are written once, for both (audit 39 found "choose another output path (-o)" and
+    "--max-loss needs data" raised to a caller who wrote output= and max_loss=)."""
+    return _FLAG.sub(_keyword, message)
+
+
+def _keyword(match: re.Match) -> str:
+    flag, space, value = match.group(1), match.group(2), match.group(3)
+    names = _choices()
+    if flag in SWITCHES:
+        return SWITCHES[flag] + (space + value if value else "")
+    name = KEYWORDS.get(flag, flag.lstrip("-").replace("-", "_"))
+    if flag in NOT_KEYWORDS or (flag not in KEYWORDS and name not in names):
+        return match.group(0)
+    if not value or not _is_value(value):  # a keyword alone: "drop max_loss=", "max_loss's decisions"
+        rest = match.string[match.end(1):]
+        return (name if rest.startswith("'s") else f"{name}=") + (space + value if value else "")
+    bare = value.strip("'")
+    if name == "max_loss" and "=" in bare:
+        name = "output_budgets"
+    if not value.startswith("'") and (_NUMBER.fullmatch(bare) or re.fullmatch(r"[A-Z]", bare)):
+        return f"{name}={bare}"
+    return f"{name}={bare!r}"
+
+
+def _is_value(word: str) -> bool:
+    return bool(word.startswith("'") or _NUMBER.match(word) or "=" in word or word in LITERALS
+                or re.fullmatch(r"[A-Z][A-Z0-9_]*(\.\w+)?", word) or re.fullmatch(r"[\w./-]+\.[a-z]{2,4}", word))
+
+
+@functools.lru_cache(maxsize=1)
+def _choices() -> frozenset:
+    from onnxprune.converter.plan import choice_names
+
+    return frozenset(choice_names()) | {"recipe", "data", "eval_data", "output", "report_dir"}
+
+
+@contextlib.contextmanager
+def _logged_in_api_words():
+    """The run's log records (onnxprune.*) in the API's words while prune() runs: its warnings said "give 99 samples
+    (more --data, or --val-data), or --max-loss 1.64" to a caller who wrote data= and max_loss= (audit 40). The
+    record factory is the one hook every logger's records pass through; the caller's own is kept and put back."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        if record.name.startswith("onnxprune") and isinstance(record.msg, str) and "-" in record.getMessage():
+            record.msg, record.args = api_words(record.getMessage()), ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        if logging.getLogRecordFactory() is factory:  # unless the caller set another one meanwhile
+            logging.setLogRecordFactory(previous)

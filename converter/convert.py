@@ -94,6 +94,9 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     BudgetError after `on_budget_error(report)` (so a caller can still show the numbers); with `force` the model
     is written and `budget_error(result.report)` tells the caller. `started`: when the run's clock starts
     (pipeline.run)."""
+    from onnxprune.calibration import readers
+
+    readers.new_run()  # what a run says once, said again by the next run in this process
     preflight(model, output, config, report_dir=report_dir)
     protect = (Path(model),) if isinstance(model, (str, os.PathLike)) else ()
     from onnxprune.converter import distributed, streaming

@@ -204,6 +204,8 @@ def _sequence(name: str, value) -> tuple:
     """exclude= / levels= as a tuple: one pattern (exclude='fc1*', not its characters) or one level alone is one
     entry; anything else is a ConfigError naming the option (a library sweep: exclude=3 was a raw TypeError)."""
     kind, what, example = SEQUENCES[name]
+    if hasattr(value, "tolist") and not isinstance(value, str):  # levels=np.linspace(0.1, 0.9, 5): its numbers
+        value = value.tolist()  # (audit 40: a numpy array was "takes sparsities (one, or a list of them)")
     items = (value,) if isinstance(value, (str, int, float)) else value
     if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, kind) for v in items):
         raise ConfigError(f"option {name}={value!r} takes {what} (one, or a list of them), e.g. {example}.")

@@ -41,7 +41,7 @@ class BudgetError(ConverterError):
     """The accuracy budget (--max-loss) was not met. Its message is one line; its figures, for a build script:
     `loss_pp` the measured loss and `max_loss_pp` the budget (pp), `outputs` the scored graph outputs that missed
     their budget, `written` the model's path when --force wrote it anyway (else None), `report` the run's report
-    (what report.json holds)."""
+    (the document `--json` prints, as `PruneResult.report`)."""
 
     exit_code = 3
 

@@ -91,3 +91,20 @@ def test_dir_lists_prune_and_the_public_names_only():
             "assert all(hasattr(onnxprune, n) for n in names); assert 'torch' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_fixed_target_prune_runs_without_torch(tmp_path):
+    """Audit 40: every `onnxprune.prune(...)` imported torch (plan -> steps.auto -> auto.search -> auto.hyper's
+    top-level `import torch`), so a fixed-target run failed with a raw ModuleNotFoundError where torch is absent,
+    and paid torch's import where it is present. A fixed-target run and a one-shot budget never need it."""
+    from onnxprune.models.paths import LENET300_ONNX
+
+    code = ("import sys; sys.modules['torch'] = None; import numpy as np, onnxprune; "
+            f"r = onnxprune.prune({str(LENET300_ONNX)!r}, sparsity=0.5, output={str(tmp_path / 'a.onnx')!r}); "
+            "x = np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32); "
+            f"s = onnxprune.prune({str(LENET300_ONNX)!r}, data=x, max_loss=50, one_shot=True, time_budget=30); "
+            "print(round(r.report['compression'], 2), s.report['budget']['met'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2.0", "True"], out.stdout
+    assert (tmp_path / "a.onnx").is_file()

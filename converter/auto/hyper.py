@@ -41,7 +41,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 PROBE_RATES = (0.01, 0.03, 0.003, 0.1, 0.3)  # middle-out: the likeliest first, when time cuts the probe short
 # tried after the grid only when every rate of it ended above the untrained start's objective: sweep 7's CNN with a
@@ -150,6 +149,8 @@ def stream_slices(reader) -> tuple[StreamPart, StreamPart]:
 def objective_on(trainer, data) -> float:
     """Mean training objective of the trainer's current model on `data` (a TrainData), no update. Streamed data
     gets its teacher outputs from the trainer's own teacher function, as its training steps do."""
+    import torch  # here, not at the top: every plan imports this module, and a fixed-target run needs no torch
+
     total, count = 0.0, 0
     trainer.module.eval()
     with torch.no_grad():
@@ -238,6 +239,8 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
 def function_matching(data, teacher, seed: int, target: int = FUNCTION_MATCHING) -> tuple[object, Choice]:
     """The training part (a converter.finetune.TrainData) filled up to `target` samples with mixup inputs labelled
     by `teacher` (the input model), when it is label-free, in memory, small and all-float; else as it is."""
+    import torch
+
     from onnxprune.converter.finetune import TrainData, teacher_outputs
 
     n = data.num_samples

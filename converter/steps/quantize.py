@@ -58,6 +58,10 @@ class QuantizeConfig(StepConfig):
     def validate(self) -> None:
         from onnxprune.passes.quantize import BITS
 
+        if isinstance(self.weight_bits, str) and self.weight_bits != AUTO:  # weight_bits="8" from the API was
+            # "--weight-bits 8 is not one of 16, 8, 7, ..." (audit 40)
+            raise ConfigError(f"--weight-bits {self.weight_bits!r} is text; a width is a number "
+                              f"({', '.join(map(str, BITS))}), or '{AUTO}'.")
         if self.weight_bits is not None and self.weight_bits != AUTO and self.weight_bits not in BITS:
             raise ConfigError(f"--weight-bits {self.weight_bits} is not one of {', '.join(map(str, BITS))}, {AUTO}.")
         if self.quant_epochs < 0:

@@ -1,4 +1,5 @@
 import logging
+import re
 
 import numpy as np
 import onnx
@@ -509,3 +510,55 @@ def test_nan_is_read_as_a_missing_value_where_the_model_replaces_it(tmp_path, fo
     assert res.exit_code == 0, res.output
     out = make_session(onnx.load(tmp_path / "o.onnx")).run(None, {"X": x})[0]
     assert np.isfinite(out).all() and out.shape == (96, 3)
+
+
+def test_inputs_and_labels_given_as_a_pair_or_a_data_loader_are_told_the_dict_to_pass():
+    """Audit 40: data=(x, y) read y as a second batch of inputs ("array 'input' has shape [60] ... reshape the data to
+    match", about "the file"), a torch DataLoader of (x, y) was "feed dict #0 is a list, not a dict", and one of
+    input batches alone "is a Tensor, not a dict ... (a one-input model also takes a plain array per batch)"."""
+    import torch
+
+    from onnxprune.errors import ConfigError
+    from onnxprune.models import builders
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((60, 16)).astype(np.float32)
+    y = np.arange(60) % 4
+    for pair in ((x, y), [x, y]):
+        with pytest.raises(ConfigError, match=re.escape("look like (inputs, labels), shaped [60, 16], [60]: name "
+                                                        "them, data={'input': x, 'labels': y}")):
+            open_data(pair, model)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+                                         batch_size=20)
+    with pytest.raises(ConfigError, match=re.escape("feed dict #0 is a list of 2 arrays (shaped [20, 16], [20]), as "
+                                                    "a torch DataLoader yields (inputs, labels) batches")):
+        open_data(loader, model)
+    named = open_data(({"input": a, "labels": b} for a, b in loader), model)  # the form the message gives
+    assert named.num_samples == 60 and named.labels_name == "labels"
+    inputs_only = open_data(torch.utils.data.DataLoader(torch.from_numpy(x), batch_size=20), model)
+    assert inputs_only.num_samples == 60
+    got = np.concatenate([feed["input"] for feed in iter(inputs_only.get_next, None)])
+    np.testing.assert_array_equal(got, x)
+    assert open_data((x, x), model).num_samples == 120  # two batches of inputs, as before
+
+
+def test_a_second_run_in_one_process_says_the_samples_left_out_again(caplog):
+    """Audit 40: the fixed batch's "the last N of ... are left out" was said once per process, so a notebook's second
+    prune() of the same model and data said nothing of it (and its report holds no such note)."""
+    from onnxprune.converter.api import prune
+    from onnxprune.models import builders
+
+    model = builders.mlp_gemm()
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 8
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    said = []
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="onnxprune"):
+            prune(model, data=x, max_loss=5, one_shot=True)
+        said.append(sorted({r.getMessage() for r in caplog.records if "are left out" in r.getMessage()}))
+    assert said[0] and said[1] == said[0], said
+    assert any("the last 4 of in-memory arrays: 100 samples" in m for m in said[1]), said

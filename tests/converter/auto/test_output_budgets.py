@@ -188,7 +188,7 @@ def test_the_python_api_takes_output_budgets_beside_max_loss(detector):
     model, x, _ = detector
     result = api.prune(model, data={"input": x}, max_loss=1.0, output_budgets={"boxes": 5.0}, one_shot=True)
     assert result.report["budget"]["met"] and result.report["budget"]["by_output"] == {"boxes": 5.0}
-    with pytest.raises(ConfigError, match="positive bare --max-loss"):
+    with pytest.raises(ConfigError, match="positive bare max_loss=L"):  # the keywords it takes
         api.prune(model, data={"input": x}, output_budgets={"boxes": 5.0}, one_shot=True)
 
 
