@@ -1787,3 +1787,34 @@ def log_relu_head(*, in_features: int = 8, hidden: int = 16, classes: int = 4, s
     g.nodes.append(helper.make_node("Log", [g.relu(logits, "log")], ["log_relu"], name="/log/Log"))
     return _model(g, "log_relu_head", [_float("input", [BATCH, in_features])],
                   [_float("logits", [BATCH, classes]), _float("log_relu", [BATCH, classes])])
+
+
+def cross_attention_projections(*, tokens: int = 3, dim: int = 8, free_width: bool = False, seed: int = 0
+                                ) -> onnx.ModelProto:
+    """x [N, 3, 8] -> 'y' [N, 3, 24]: the input projections of torch legacy's `nn.MultiheadAttention` whose query is
+    not its key and value (a Perceiver's latents attending to the tokens, sweep 35). One stored in_proj_weight [3E, E]
+    is cut at E = x.shape[-1], read as Shape -> Slice -> Squeeze -> Unsqueeze, into the query's rows [0:E] and the key
+    and value's [E:3E] (end E * 3), each Transposed into its MatMul; y is the two products concatenated.
+    `free_width` declares x's last dimension a name, so the cut is not a fixed number."""
+    g = _Graph(seed)
+    w = g.weight("xa.in_proj_weight", (3 * dim, dim), dim)
+
+    def const(name: str, value) -> str:
+        g.initializers.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        return name
+
+    g.nodes += [helper.make_node("Shape", ["x"], ["/xa/Shape_output_0"], name="/xa/Shape"),
+                helper.make_node("Slice", ["/xa/Shape_output_0", const("last", [-1]), const("end", [2 ** 62])],
+                                 ["/xa/Slice_output_0"], name="/xa/Slice"),
+                helper.make_node("Squeeze", ["/xa/Slice_output_0"], ["/xa/E"], name="/xa/Squeeze"),
+                helper.make_node("Unsqueeze", ["/xa/E", const("axes", [0])], ["/xa/E1"], name="/xa/Unsqueeze"),
+                helper.make_node("Mul", ["/xa/E1", const("three", [3])], ["/xa/E3"], name="/xa/Mul")]
+    for part, (start, end) in {"q": (const("zero", [0]), "/xa/E1"), "kv": ("/xa/E1", "/xa/E3")}.items():
+        g.nodes += [helper.make_node("Slice", [w, start, end, "axes"], [f"/xa/w_{part}"], name=f"/xa/Slice_{part}"),
+                    helper.make_node("Transpose", [f"/xa/w_{part}"], [f"/xa/wt_{part}"], name=f"/xa/Transpose_{part}",
+                                     perm=[1, 0]),
+                    helper.make_node("MatMul", ["x", f"/xa/wt_{part}"], [f"/xa/{part}"], name=f"/xa/MatMul_{part}")]
+    g.nodes.append(helper.make_node("Concat", ["/xa/q", "/xa/kv"], ["y"], name="/xa/Concat", axis=-1))
+    width = "E" if free_width else dim
+    return _model(g, "cross_attention_projections", [_float("x", [BATCH, tokens, width])],
+                  [_float("y", [BATCH, tokens, 3 * width if not free_width else "E3"])])
