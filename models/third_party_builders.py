@@ -1818,3 +1818,26 @@ def cross_attention_projections(*, tokens: int = 3, dim: int = 8, free_width: bo
     width = "E" if free_width else dim
     return _model(g, "cross_attention_projections", [_float("x", [BATCH, tokens, width])],
                   [_float("y", [BATCH, tokens, 3 * width if not free_width else "E3"])])
+
+
+def grid_gcn(*, side: int = 3, features: int = 4, hidden: int = 8, classes: int = 3, seed: int = 0
+             ) -> onnx.ModelProto:
+    """x [N, 9, 4] (the nodes of a 3x3 grid) -> two Kipf GCN layers relu(A @ (h W + b)) -> mean over the nodes ->
+    'logits' [N, 3]: torch legacy's `self.A @ self.w1(p)` with the normalized adjacency A [9, 9] a stored buffer, the
+    first operand of the MatMuls that mix the nodes of every feature (sweep 35's GCN over MNIST's 4x4 patches)."""
+    g = _Graph(seed)
+    n = side * side
+    adj = np.eye(n)
+    for i in range(n):
+        for j in (i - side, i + side) + ((i - 1,) if i % side else ()) + ((i + 1,) if (i + 1) % side else ()):
+            if 0 <= j < n:
+                adj[i, j] = 1
+    d = 1 / np.sqrt(adj.sum(1))
+    a = g.const("A", d[:, None] * adj * d[None])
+    h = "x"
+    for k, (fi, fo) in enumerate(((features, hidden), (hidden, hidden)), 1):
+        h = g.relu(g.op("MatMul", f"mix{k}", [a, g.matmul(h, f"w{k}", fi, fo)]), f"w{k}")
+    h = g.op("ReduceMean", "pool", [h], axes=[1], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [h, g.weight("head.weight", (classes, hidden), hidden),
+                                             g.bias("head.bias", classes)], ["logits"], name="/head/Gemm", transB=1))
+    return _model(g, "grid_gcn", [_float("x", [BATCH, n, features])], [_float("logits", [BATCH, classes])])
