@@ -1841,3 +1841,21 @@ def grid_gcn(*, side: int = 3, features: int = 4, hidden: int = 8, classes: int 
     g.nodes.append(helper.make_node("Gemm", [h, g.weight("head.weight", (classes, hidden), hidden),
                                              g.bias("head.bias", classes)], ["logits"], name="/head/Gemm", transB=1))
     return _model(g, "grid_gcn", [_float("x", [BATCH, n, features])], [_float("logits", [BATCH, classes])])
+
+
+def factorization_machine(*, features: int = 6, factors: int = 3, classes: int = 3, seed: int = 0
+                          ) -> onnx.ModelProto:
+    """x [N, 6] -> a factorization machine's pairwise term 0.5 * ((x V)² - x² V²) [N, 3] -> fc -> 'logits' [N, 3]
+    (torch legacy's DeepFM, sweep 35): the stored V [6, 3] is read by one MatMul as it is and by another as V ** 2,
+    Pow of V and a Constant 2."""
+    g = _Graph(seed)
+    v = g.weight("V", (features, factors), features)
+    g.initializers.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    xv = g.op("Pow", "xv_sq", [g.op("MatMul", "xv", ["x", v]), "two"])
+    v2 = g.op("Pow", "v_sq", [v, "two"])
+    x2v2 = g.op("MatMul", "x2v2", [g.op("Pow", "x_sq", ["x", "two"]), v2])
+    g.initializers.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    fm = g.op("Mul", "fm", [g.op("Sub", "fm", [xv, x2v2]), "half"])
+    g.nodes.append(helper.make_node("Gemm", [fm, g.weight("fc.weight", (classes, factors), factors),
+                                             g.bias("fc.bias", classes)], ["logits"], name="/fc/Gemm", transB=1))
+    return _model(g, "factorization_machine", [_float("x", [BATCH, features])], [_float("logits", [BATCH, classes])])

@@ -33,6 +33,9 @@ Slice". Where a chain fails only by reaching a Shape node of a tensor whose rank
 Shape is given its inferred dimensions; one that is not a fixed number (the batch) is given each size of PLACEHOLDERS
 in turn, and the chain folds only where every evaluation gives the same bytes (a weight sliced at the batch size
 stays as it is).
+
+A chain is folded only where nothing else reads the stored floats it reads: where another node also reads one as it
+is, the fold would store it twice and prune the two copies apart (`_alone`).
 """
 
 from __future__ import annotations
@@ -272,7 +275,21 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
                             memo[name] = (*chain, value)
                 if memo[name] is not None:
                     found.append((node, k, *memo[name]))
-    return found
+    return _alone(found, ix)
+
+
+def _alone(found: list, ix: ScopeIndex) -> list:
+    """The folds whose stored floats nothing but folded chains reads (a Loop body's hand-back aside): a chain of a
+    tensor another node also reads as it is (a DeepFM's V, read by x @ V and, as V ** 2, by x² @ V², sweep 35) would
+    store it twice and prune the two copies apart, so it stays computed from the one the other node reads."""
+    while True:
+        chained = {id(n) for _, _, nodes, *_ in found for n in nodes}
+        kept = [f for f in found if all(id(r) in chained or (r.op_type == "Identity" and r.output[0] in ix.pass_back)
+                                        for leaf in f[3] if ix.consts[leaf].data_type in FLOAT_TYPES
+                                        for r in ix.consumers.get(leaf, []))]
+        if len(kept) == len(found):
+            return found
+        found = kept
 
 
 def _unique(base: str, taken: set[str]) -> str:
