@@ -167,7 +167,7 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
-                                 "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout"])
+                                 "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos"])
 def test_constants_are_folded_through_every_activation(act):
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
