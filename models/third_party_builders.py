@@ -1859,3 +1859,28 @@ def factorization_machine(*, features: int = 6, factors: int = 3, classes: int =
     g.nodes.append(helper.make_node("Gemm", [fm, g.weight("fc.weight", (classes, factors), factors),
                                              g.bias("fc.bias", classes)], ["logits"], name="/fc/Gemm", transB=1))
     return _model(g, "factorization_machine", [_float("x", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def early_exit(*, features: int = 8, hidden: int = 16, classes: int = 4, threshold: float = 0.5, seed: int = 0
+               ) -> onnx.ModelProto:
+    """input [N, 8] -> exit head e1 -> y1 [N, 4]; if every sample's largest softmax(y1) passes `threshold` the If
+    returns y1 (then branch), else fc2(relu(fc1(input))) (else branch): torch.jit.script's early exit (sweep 35), the
+    exit head computed in the main graph, read by the condition and by the then branch as an outer name."""
+    g = _Graph(seed)
+    y1 = g.op("Gemm", "e1", ["input", g.weight("e1.weight", (classes, features), features), g.bias("e1.bias", classes)],
+              transB=1)
+    conf = g.op("ReduceMin", "conf_min", [g.op("ReduceMax", "conf", [g.op("Softmax", "e1", [y1], axis=1)], axes=[1])],
+                keepdims=0)
+    g.initializers.append(numpy_helper.from_array(np.array(threshold, np.float32), "threshold"))
+    cond = g.op("Greater", "exit", [conf, "threshold"])
+    then = helper.make_graph([helper.make_node("Identity", [y1], ["exit_out"], name="/then/Identity")], "then", [],
+                             [_float("exit_out", [BATCH, classes])])
+    deep = _Graph(seed + 1)
+    h = deep.relu(deep.gemm("input", "fc1", features, hidden), "fc1")
+    deep.nodes.append(helper.make_node("Gemm", [h, deep.weight("fc2.weight", (classes, hidden), hidden),
+                                                deep.bias("fc2.bias", classes)], ["deep_out"], name="/fc2/Gemm",
+                                       transB=1))
+    g.initializers += deep.initializers
+    other = helper.make_graph(deep.nodes, "else", [], [_float("deep_out", [BATCH, classes])])
+    g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/If", then_branch=then, else_branch=other))
+    return _model(g, "early_exit", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
