@@ -1787,3 +1787,100 @@ def log_relu_head(*, in_features: int = 8, hidden: int = 16, classes: int = 4, s
     g.nodes.append(helper.make_node("Log", [g.relu(logits, "log")], ["log_relu"], name="/log/Log"))
     return _model(g, "log_relu_head", [_float("input", [BATCH, in_features])],
                   [_float("logits", [BATCH, classes]), _float("log_relu", [BATCH, classes])])
+
+
+def cross_attention_projections(*, tokens: int = 3, dim: int = 8, free_width: bool = False, seed: int = 0
+                                ) -> onnx.ModelProto:
+    """x [N, 3, 8] -> 'y' [N, 3, 24]: the input projections of torch legacy's `nn.MultiheadAttention` whose query is
+    not its key and value (a Perceiver's latents attending to the tokens, sweep 35). One stored in_proj_weight [3E, E]
+    is cut at E = x.shape[-1], read as Shape -> Slice -> Squeeze -> Unsqueeze, into the query's rows [0:E] and the key
+    and value's [E:3E] (end E * 3), each Transposed into its MatMul; y is the two products concatenated.
+    `free_width` declares x's last dimension a name, so the cut is not a fixed number."""
+    g = _Graph(seed)
+    w = g.weight("xa.in_proj_weight", (3 * dim, dim), dim)
+
+    def const(name: str, value) -> str:
+        g.initializers.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        return name
+
+    g.nodes += [helper.make_node("Shape", ["x"], ["/xa/Shape_output_0"], name="/xa/Shape"),
+                helper.make_node("Slice", ["/xa/Shape_output_0", const("last", [-1]), const("end", [2 ** 62])],
+                                 ["/xa/Slice_output_0"], name="/xa/Slice"),
+                helper.make_node("Squeeze", ["/xa/Slice_output_0"], ["/xa/E"], name="/xa/Squeeze"),
+                helper.make_node("Unsqueeze", ["/xa/E", const("axes", [0])], ["/xa/E1"], name="/xa/Unsqueeze"),
+                helper.make_node("Mul", ["/xa/E1", const("three", [3])], ["/xa/E3"], name="/xa/Mul")]
+    for part, (start, end) in {"q": (const("zero", [0]), "/xa/E1"), "kv": ("/xa/E1", "/xa/E3")}.items():
+        g.nodes += [helper.make_node("Slice", [w, start, end, "axes"], [f"/xa/w_{part}"], name=f"/xa/Slice_{part}"),
+                    helper.make_node("Transpose", [f"/xa/w_{part}"], [f"/xa/wt_{part}"], name=f"/xa/Transpose_{part}",
+                                     perm=[1, 0]),
+                    helper.make_node("MatMul", ["x", f"/xa/wt_{part}"], [f"/xa/{part}"], name=f"/xa/MatMul_{part}")]
+    g.nodes.append(helper.make_node("Concat", ["/xa/q", "/xa/kv"], ["y"], name="/xa/Concat", axis=-1))
+    width = "E" if free_width else dim
+    return _model(g, "cross_attention_projections", [_float("x", [BATCH, tokens, width])],
+                  [_float("y", [BATCH, tokens, 3 * width if not free_width else "E3"])])
+
+
+def grid_gcn(*, side: int = 3, features: int = 4, hidden: int = 8, classes: int = 3, seed: int = 0
+             ) -> onnx.ModelProto:
+    """x [N, 9, 4] (the nodes of a 3x3 grid) -> two Kipf GCN layers relu(A @ (h W + b)) -> mean over the nodes ->
+    'logits' [N, 3]: torch legacy's `self.A @ self.w1(p)` with the normalized adjacency A [9, 9] a stored buffer, the
+    first operand of the MatMuls that mix the nodes of every feature (sweep 35's GCN over MNIST's 4x4 patches)."""
+    g = _Graph(seed)
+    n = side * side
+    adj = np.eye(n)
+    for i in range(n):
+        for j in (i - side, i + side) + ((i - 1,) if i % side else ()) + ((i + 1,) if (i + 1) % side else ()):
+            if 0 <= j < n:
+                adj[i, j] = 1
+    d = 1 / np.sqrt(adj.sum(1))
+    a = g.const("A", d[:, None] * adj * d[None])
+    h = "x"
+    for k, (fi, fo) in enumerate(((features, hidden), (hidden, hidden)), 1):
+        h = g.relu(g.op("MatMul", f"mix{k}", [a, g.matmul(h, f"w{k}", fi, fo)]), f"w{k}")
+    h = g.op("ReduceMean", "pool", [h], axes=[1], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [h, g.weight("head.weight", (classes, hidden), hidden),
+                                             g.bias("head.bias", classes)], ["logits"], name="/head/Gemm", transB=1))
+    return _model(g, "grid_gcn", [_float("x", [BATCH, n, features])], [_float("logits", [BATCH, classes])])
+
+
+def factorization_machine(*, features: int = 6, factors: int = 3, classes: int = 3, seed: int = 0
+                          ) -> onnx.ModelProto:
+    """x [N, 6] -> a factorization machine's pairwise term 0.5 * ((x V)² - x² V²) [N, 3] -> fc -> 'logits' [N, 3]
+    (torch legacy's DeepFM, sweep 35): the stored V [6, 3] is read by one MatMul as it is and by another as V ** 2,
+    Pow of V and a Constant 2."""
+    g = _Graph(seed)
+    v = g.weight("V", (features, factors), features)
+    g.initializers.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    xv = g.op("Pow", "xv_sq", [g.op("MatMul", "xv", ["x", v]), "two"])
+    v2 = g.op("Pow", "v_sq", [v, "two"])
+    x2v2 = g.op("MatMul", "x2v2", [g.op("Pow", "x_sq", ["x", "two"]), v2])
+    g.initializers.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    fm = g.op("Mul", "fm", [g.op("Sub", "fm", [xv, x2v2]), "half"])
+    g.nodes.append(helper.make_node("Gemm", [fm, g.weight("fc.weight", (classes, factors), factors),
+                                             g.bias("fc.bias", classes)], ["logits"], name="/fc/Gemm", transB=1))
+    return _model(g, "factorization_machine", [_float("x", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def early_exit(*, features: int = 8, hidden: int = 16, classes: int = 4, threshold: float = 0.5, seed: int = 0
+               ) -> onnx.ModelProto:
+    """input [N, 8] -> exit head e1 -> y1 [N, 4]; if every sample's largest softmax(y1) passes `threshold` the If
+    returns y1 (then branch), else fc2(relu(fc1(input))) (else branch): torch.jit.script's early exit (sweep 35), the
+    exit head computed in the main graph, read by the condition and by the then branch as an outer name."""
+    g = _Graph(seed)
+    y1 = g.op("Gemm", "e1", ["input", g.weight("e1.weight", (classes, features), features), g.bias("e1.bias", classes)],
+              transB=1)
+    conf = g.op("ReduceMin", "conf_min", [g.op("ReduceMax", "conf", [g.op("Softmax", "e1", [y1], axis=1)], axes=[1])],
+                keepdims=0)
+    g.initializers.append(numpy_helper.from_array(np.array(threshold, np.float32), "threshold"))
+    cond = g.op("Greater", "exit", [conf, "threshold"])
+    then = helper.make_graph([helper.make_node("Identity", [y1], ["exit_out"], name="/then/Identity")], "then", [],
+                             [_float("exit_out", [BATCH, classes])])
+    deep = _Graph(seed + 1)
+    h = deep.relu(deep.gemm("input", "fc1", features, hidden), "fc1")
+    deep.nodes.append(helper.make_node("Gemm", [h, deep.weight("fc2.weight", (classes, hidden), hidden),
+                                                deep.bias("fc2.bias", classes)], ["deep_out"], name="/fc2/Gemm",
+                                       transB=1))
+    g.initializers += deep.initializers
+    other = helper.make_graph(deep.nodes, "else", [], [_float("deep_out", [BATCH, classes])])
+    g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/If", then_branch=then, else_branch=other))
+    return _model(g, "early_exit", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])

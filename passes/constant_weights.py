@@ -25,6 +25,17 @@ stored tensor: skl2onnx's WhiteKernel zeros [1, N] from Shape(X_train)). Chains 
 every such layer (silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the
 largest constant the chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the
 file holds each weight once, as before.
+
+A chain may also read a tensor's shape: torch legacy's `nn.MultiheadAttention` with a query other than its key and
+value slices in_proj_weight at `E = q.size(-1)`, read as Shape -> Slice -> Squeeze -> Unsqueeze -> Add of the
+normalized latents, so a Perceiver's cross-attention projections (21% of its weights, sweep 35) were "used by 2 nodes:
+Slice". Where a chain fails only by reaching a Shape node of a tensor whose rank onnx's shape inference knows, that
+Shape is given its inferred dimensions; one that is not a fixed number (the batch) is given each size of PLACEHOLDERS
+in turn, and the chain folds only where every evaluation gives the same bytes (a weight sliced at the batch size
+stays as it is).
+
+A chain is folded only where nothing else reads the stored floats it reads: where another node also reads one as it
+is, the fold would store it twice and prune the two copies apart (`_alone`).
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ log = logging.getLogger(__name__)
 MAX_CHAIN = 64  # nodes: silero's LSTM bias is 6 Slices, 3 Concats, an Unsqueeze and their 20 Constants
 MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape
 READ_THROUGH = frozenset({"Identity", "Transpose"})  # a lone one of these the inventory reads through already
+PLACEHOLDERS = (1, 2, 3)  # sizes a dimension read through Shape that is not a fixed number is given, in turn
 NEVER = ("Random", "Bernoulli", "Multinomial")  # ops that do not compute the same twice
 # what an index or a shape is stored as; an int8/uint8 constant is a quantized weight (read through Cast -> Mul, or a
 # DequantizeLinear: passes/quantized_weights.py), never folded to float here, however small
@@ -66,10 +78,43 @@ def _weight_inputs(node: onnx.NodeProto) -> list[int]:
             if k < len(node.input) and node.input[k]]
 
 
-def _chain(name: str, ix: ScopeIndex, inputs: set[str]) -> tuple[list[onnx.NodeProto], list[str]] | None:
+def _chain(name: str, ix: ScopeIndex, inputs: set[str], dims: dict | None = None
+           ) -> tuple[list[onnx.NodeProto], list[str]] | None:
     """(the nodes computing `name`, the initializer names they read), or None when anything but constants feeds
-    them, or a node is not one the rules fold."""
-    return constant_chain(name, ix.producers, ix.consts, inputs, max_nodes=MAX_CHAIN, never=NEVER)
+    them, or a node is not one the rules fold. With `dims`, a Shape node of a tensor of known rank ends the chain."""
+    return constant_chain(name, ix.producers, ix.consts, inputs, max_nodes=MAX_CHAIN, never=NEVER,
+                          shaped=frozenset(dims or ()))
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Each main-graph tensor's dimensions by onnx's shape inference (None: not a fixed number); {} where it fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # noqa: BLE001 - a model onnx cannot infer: no chain reads shapes
+        log.debug("constant-weights: no shapes inferred (%s)", exc)
+        return {}
+    dims = {}
+    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return dims
+
+
+def _shape_feeds(nodes, leaves, dims: dict | None) -> list[dict[str, np.ndarray]]:
+    """The values of the chain's Shape nodes that read a tensor outside it, once per size in PLACEHOLDERS given to
+    every dimension that is not a fixed number ([{}]: none; one dict where every dimension they read is fixed)."""
+    made = {o for n in nodes for o in n.output} | set(leaves)
+    shapes = [n for n in nodes if n.op_type == "Shape" and n.input[0] not in made]
+    if not shapes:
+        return [{}]
+    cuts = {}
+    for n in shapes:
+        at = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        cuts[n.output[0]] = (dims[n.input[0]], slice(at.get("start", 0), at.get("end")))
+    free = any(None in d[cut] for d, cut in cuts.values())
+    return [{o: np.array([size if x is None else x for x in d], np.int64)[cut] for o, (d, cut) in cuts.items()}
+            for size in (PLACEHOLDERS if free else PLACEHOLDERS[:1])]
 
 
 def _ordered(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -92,7 +137,22 @@ def _ordered(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     return out
 
 
-def _evaluate(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex) -> np.ndarray | None:
+def _evaluate(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex, dims: dict | None = None
+              ) -> np.ndarray | None:
+    """The chain's value; None where it does not run, or where it reads a dimension that is not a fixed number and
+    differs between the sizes given to it (the weight depends on the input's shape)."""
+    values = []
+    for shapes in _shape_feeds(nodes, leaves, dims):
+        chain = [onnx.helper.make_node("Constant", [], [n.output[0]], value=numpy_helper.from_array(shapes[n.output[0]]))
+                 if n.op_type == "Shape" and n.output[0] in shapes else n for n in nodes]
+        value = _evaluate_once(model, name, chain, leaves, ix)
+        if value is None or (values and (value.shape != values[0].shape or value.tobytes() != values[0].tobytes())):
+            return None
+        values.append(value)
+    return values[0]
+
+
+def _evaluate_once(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex) -> np.ndarray | None:
     inits = []
     for leaf in leaves:
         t = onnx.TensorProto()
@@ -196,6 +256,7 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
     outputs = {v.name for sc in scopes(model.graph) for v in sc.graph.output}
     found = []
     memo: dict[str, tuple | None] = {}
+    dims = None
     for sc in scopes(model.graph):
         for node in sc.graph.node:
             for k in _weight_inputs(node):
@@ -204,14 +265,31 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
                     continue
                 if name not in memo:
                     chain = _chain(name, ix, inputs)
+                    if chain is None and any(n.op_type == "Shape" for n in model.graph.node):
+                        dims = _dims(model) if dims is None else dims  # torch legacy's cross-attention (module doc)
+                        chain = _chain(name, ix, inputs, dims)
                     memo[name] = None
                     if chain is not None:
-                        value = _evaluate(model, name, *chain, ix)
+                        value = _evaluate(model, name, *chain, ix, dims)
                         if _foldable(*chain, value, ix):
                             memo[name] = (*chain, value)
                 if memo[name] is not None:
                     found.append((node, k, *memo[name]))
-    return found
+    return _alone(found, ix)
+
+
+def _alone(found: list, ix: ScopeIndex) -> list:
+    """The folds whose stored floats nothing but folded chains reads (a Loop body's hand-back aside): a chain of a
+    tensor another node also reads as it is (a DeepFM's V, read by x @ V and, as V ** 2, by x² @ V², sweep 35) would
+    store it twice and prune the two copies apart, so it stays computed from the one the other node reads."""
+    while True:
+        chained = {id(n) for _, _, nodes, *_ in found for n in nodes}
+        kept = [f for f in found if all(id(r) in chained or (r.op_type == "Identity" and r.output[0] in ix.pass_back)
+                                        for leaf in f[3] if ix.consts[leaf].data_type in FLOAT_TYPES
+                                        for r in ix.consumers.get(leaf, []))]
+        if len(kept) == len(found):
+            return found
+        found = kept
 
 
 def _unique(base: str, taken: set[str]) -> str:

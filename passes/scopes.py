@@ -262,12 +262,13 @@ def lift_constants(model: onnx.ModelProto) -> list[str]:
     return [t.name for t in lifted]
 
 
-def constant_chain(name: str, producers: dict, consts, inputs, *, max_nodes: int, never: tuple[str, ...] = ()
-                   ) -> tuple[list[onnx.NodeProto], list[str]] | None:
+def constant_chain(name: str, producers: dict, consts, inputs, *, max_nodes: int, never: tuple[str, ...] = (),
+                   shaped: frozenset[str] | set[str] = frozenset()) -> tuple[list[onnx.NodeProto], list[str]] | None:
     """(the nodes computing `name` from constants alone, the constants with no producer they read) or None when a
     graph or body input (`inputs`), a name nothing defines, a node of another domain or with a body, an op whose name
     starts with one of `never`, or more than `max_nodes` nodes take part (passes/constant_pads.py,
-    passes/constant_weights.py)."""
+    passes/constant_weights.py). A Shape node reading a tensor in `shaped` (whose rank is known) is part of the chain
+    and ends it there: the caller gives it its value."""
     nodes: dict[int, onnx.NodeProto] = {}
     leaves: list[str] = []
     stack = [name]
@@ -290,5 +291,7 @@ def constant_chain(name: str, producers: dict, consts, inputs, *, max_nodes: int
         nodes[id(node)] = node
         if len(nodes) > max_nodes:
             return None
+        if node.op_type == "Shape" and node.input[0] in shaped:
+            continue
         stack.extend(node.input)
     return list(nodes.values()), leaves

@@ -61,6 +61,8 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Softplus": lambda v, n: np.logaddexp(0, v),
     "Mish": lambda v, n: v * np.tanh(np.logaddexp(0, v)),  # sweep 23: "consumer Mish ... has no channel rule"
     "Softsign": lambda v, n: v / (1 + np.abs(v)),
+    "Sin": lambda v, n: np.sin(v),  # sweep 35: SIREN's sin(30 Wx), "consumer Sin ... has no channel rule"
+    "Cos": lambda v, n: np.cos(v),  # Fourier features' cos beside it: cos(0) = 1, a constant folded on
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),
     "Identity": lambda v, n: v,

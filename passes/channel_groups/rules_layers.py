@@ -94,6 +94,9 @@ def _matmul(b: Builder, node: gs.Node) -> None:
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
     k, (src, W, ax0, ax1, via) = found
     a, user = node.inputs[1 - k], via or node
+    c = b.ch(a)
+    if k == 0 and c is not None and c.axis == -1:
+        return _mixing(b, node, W, c)
     # [K, N] view: the second operand as it is; the first one transposed (W [M, K] reads X's axis -2)
     wkn, in_ax, out_ax, axis = (W, ax0, ax1, -1) if k == 1 else (W.T, ax1, ax0, -2)
     frozen = b.shared(src, user)  # alike readers (a Siamese net's towers): tied
@@ -103,6 +106,18 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     b.produce(node, src, wkn.T, axis, np.zeros(wkn.shape[1]), frozen)
     b.tie(src, out_ax, node.outputs[0], user)
     b.slices(node.outputs[0], src, out_ax)
+
+
+def _mixing(b: Builder, node: gs.Node, W: np.ndarray, c: Channels) -> None:
+    """W [M, K] @ X [..., K, C] with X's channels on its last axis (a GCN's normalized adjacency mixing the nodes of
+    every feature, sweep 35): output column j is W @ X[..., j], so the channels pass through and W's rows are not
+    neurons here. A channel that holds v everywhere gives v times W's row sums: a constant where v is 0 or the row
+    sums are all one number, else it varies along the rows."""
+    sums = W.sum(axis=1, dtype=np.float64)
+    scale = sums[0] if len(sums) and np.allclose(sums, sums[0], rtol=1e-6, atol=0) else NAN
+    with np.errstate(all="ignore"):
+        value = np.where(c.value == 0, 0.0, c.value * scale)
+    b.set(node.outputs[0], Channels(-1, c.ids, value))
 
 
 def _bias(b: Builder, node: gs.Node, n: int) -> tuple[np.ndarray, str | None]:

@@ -427,3 +427,23 @@ def test_static_conditions_follow_ranks_and_declared_dims_and_leave_unknown_ones
              helper.make_node("Squeeze", ["d"], ["d0"]), helper.make_node("Equal", ["d0", "three"], ["cond"])]
     assert list(model_with(first, [3, "N"]).values()) == [True]
     assert model_with(first, ["N", 3]) == {}  # an unknown dimension: the data decides
+
+
+def test_an_early_exit_head_no_batch_left_by_is_left_as_it_is():
+    """torch.jit.script's early exit (sweep 35): the exit head is computed in the main graph, read by the If's
+    condition and by the then branch. Every batch of the data took the deep branch, so the head was judged only by a
+    condition that stayed false: it was pruned to 1%, and the exit then fired for 0% of the test images (79.3%)."""
+    from onnxprune.models.third_party_builders import early_exit
+
+    model = early_exit()
+    x = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32)
+    cov = branch_coverage(model, find_prunable(model).prunable, open_data({"input": x}, model, batch_size=64))
+    assert cov.untaken == ["If '/If'/then_branch"]
+    assert set(cov.unreached) == {"e1.weight"}  # fc1 and fc2 ran; e1 reaches the output only through the exit
+    one = branch_coverage(model, find_prunable(model).prunable, open_data({"input": x[:64]}, model, batch_size=1))
+    assert one.untaken == [] and one.unreached == {}  # single samples leave by both ways
+    result = run(model, configure(max_loss=1.0, data={"input": x}, one_shot=True))
+    np.testing.assert_array_equal(weight_array(result.model, "e1.weight"), weight_array(model, "e1.weight"))
+    assert any("read in branches no sample of --data took (If '/If'/then_branch)" in n for n in result.report["notes"])
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"input": x[:64]}])

@@ -167,7 +167,7 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
-                                 "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout"])
+                                 "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos"])
 def test_constants_are_folded_through_every_activation(act):
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
@@ -1555,3 +1555,20 @@ def test_a_residual_add_of_channels_on_two_axes_is_left_whole_not_a_crash():
     G.zero(m, "head.weight", 0, [2, 5])  # hid neurons 2 and 5 read by nothing
     out, report, shp = prune(m)
     assert shp["hid.weight"] == (64, 10) and shp["feat.weight"] == (8, 64) and shp["mix.weight"] == (16, 16)
+
+
+def test_dead_features_pass_through_a_gcn_adjacency_that_mixes_the_nodes():
+    """A @ H with A [9, 9] constant and H [N, 9, C]: feature j of the output is A @ H[..., j], so a dead feature of
+    w1 is dead after the mixing too (sweep 35's GCN: "MatMul '/MatMul' reads '/w1/Add_output_0' on another axis",
+    8 dead features kept)."""
+    from onnxprune.models.third_party_builders import grid_gcn
+
+    m = grid_gcn()
+    G.zero(m, "w1.weight", 1, [0, 5])  # relu(0 + 0) = 0: nothing of features 0 and 5 reaches w2
+    G.set_init(m, "w1.bias", np.where(np.isin(np.arange(8), [0, 5]), 0.0, G.init(m, "w1.bias")))
+    G.zero(m, "w2.weight", 1, [2])  # w2's feature 2 holds its bias b2[2] everywhere before the second mixing
+    out, report, shp = prune(m)
+    assert shp["w1.weight"] == (4, 6) and shp["w1.bias"] == (6,) and shp["w2.weight"][0] == 6
+    assert shp["A"] == (9, 9) and G.op_counts(out) == G.op_counts(m)
+    # ... and b2[2] times A's row sums after it, which differ (corner, edge and centre nodes): it varies and stays
+    assert shp["w2.weight"][1] == 8
