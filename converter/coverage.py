@@ -51,7 +51,7 @@ from onnx import TensorProto, helper
 from onnxprune.converter.reconstruct_bodies import bodies
 from onnxprune.errors import ConverterError
 from onnxprune.plain import listed, more
-from onnxprune.passes.scopes import ScopeIndex, local_constants
+from onnxprune.passes.scopes import ScopeIndex, local_constants, scopes
 
 log = logging.getLogger(__name__)
 
@@ -497,12 +497,7 @@ def branch_coverage(model: onnx.ModelProto, weights, reader) -> Coverage:
 
 def _reads(graph: onnx.GraphProto) -> set[str]:
     """Every name the nodes of `graph` and of its bodies read."""
-    names = set()
-    for node in graph.node:
-        names.update(node.input)
-        for _, g in bodies(node):
-            names |= _reads(g)
-    return names
+    return {name for sc in scopes(graph) for node in sc.graph.node for name in node.input}
 
 
 def _behind_untaken(graph: onnx.GraphProto, walked, untaken: set, blocked: dict[str, str]) -> dict[str, str]:

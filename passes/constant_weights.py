@@ -51,6 +51,7 @@ from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads
 from onnxprune.passes.opfacts import WEIGHT_OPS
 from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, constant_chain, scopes
+from onnxprune.passes.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +85,6 @@ def _chain(name: str, ix: ScopeIndex, inputs: set[str], dims: dict | None = None
     them, or a node is not one the rules fold. With `dims`, a Shape node of a tensor of known rank ends the chain."""
     return constant_chain(name, ix.producers, ix.consts, inputs, max_nodes=MAX_CHAIN, never=NEVER,
                           shaped=frozenset(dims or ()))
-
-
-def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Each main-graph tensor's dimensions by onnx's shape inference (None: not a fixed number); {} where it fails."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # noqa: BLE001 - a model onnx cannot infer: no chain reads shapes
-        log.debug("constant-weights: no shapes inferred (%s)", exc)
-        return {}
-    dims = {}
-    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return dims
 
 
 def _shape_feeds(nodes, leaves, dims: dict | None) -> list[dict[str, np.ndarray]]:
@@ -143,7 +129,8 @@ def _evaluate(model: onnx.ModelProto, name: str, nodes, leaves, ix: ScopeIndex, 
     differs between the sizes given to it (the weight depends on the input's shape)."""
     values = []
     for shapes in _shape_feeds(nodes, leaves, dims):
-        chain = [onnx.helper.make_node("Constant", [], [n.output[0]], value=numpy_helper.from_array(shapes[n.output[0]]))
+        chain = [onnx.helper.make_node("Constant", [], [n.output[0]],
+                                       value=numpy_helper.from_array(shapes[n.output[0]]))
                  if n.op_type == "Shape" and n.output[0] in shapes else n for n in nodes]
         value = _evaluate_once(model, name, chain, leaves, ix)
         if value is None or (values and (value.shape != values[0].shape or value.tobytes() != values[0].tobytes())):
@@ -266,7 +253,7 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
                 if name not in memo:
                     chain = _chain(name, ix, inputs)
                     if chain is None and any(n.op_type == "Shape" for n in model.graph.node):
-                        dims = _dims(model) if dims is None else dims  # torch legacy's cross-attention (module doc)
+                        dims = infer_shapes(model) if dims is None else dims  # torch legacy's cross-attention
                         chain = _chain(name, ix, inputs, dims)
                     memo[name] = None
                     if chain is not None:
