@@ -60,9 +60,22 @@ def preflight(model, output: Path | None, config: RunConfig, *, report_dir: Path
         check_report_dir(Path(config.retrain.checkpoint_dir), "--checkpoint-dir")
 
 
+# `--plan` reads all of --data as the run's first pass does (names, dtypes, shapes and labels of every file; the run
+# refused a folder's 5th file in its targets step while the plan had looked only at the first) up to this size;
+# a larger set is looked at by its first batch only, the plan staying a quick check
+PLAN_READS_BYTES = 1 << 30
+
+
+def _bytes_under(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
 def data_opens(model, config: RunConfig) -> None:
     """`prune --plan`'s look into its data files: each real --data/--eval-data/--val-data opened against the model's
-    inputs as the run's data step opens it (names, ranks, dtypes, labels of the first batch), so the plan refuses
+    inputs as the run's data step opens it, and read through as the run's first pass reads it (every file's names,
+    ranks, dtypes and labels, up to PLAN_READS_BYTES), so the plan refuses
     what the run refuses in its first seconds (audit 39: a calibration file whose array was named 'image' where the
     model takes 'input' planned with exit 0 and the run failed with exit 1). Only the readers' own refusals count:
     a model or source the readers cannot judge without the run's load step is left to the run."""
@@ -80,8 +93,11 @@ def data_opens(model, config: RunConfig) -> None:
         return
     for source in sources:
         try:
-            open_data(source, graph, labels=d.labels, batch_size=d.batch_size or 64, limit=d.limit, seed=d.seed,
-                      shapes=d.input_shapes, warn=False)
+            reader = open_data(source, graph, labels=d.labels, batch_size=d.batch_size or 64, limit=d.limit,
+                               seed=d.seed, shapes=d.input_shapes, warn=False)
+            if _bytes_under(Path(source)) <= PLAN_READS_BYTES:
+                for _ in reader.batches():  # every file as the run reads it: a bad 5th of 6 files is the plan's
+                    pass
         except CalibrationError:
             raise
         except Exception:  # noqa: BLE001 - anything else is for the run to find and say

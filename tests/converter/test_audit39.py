@@ -103,6 +103,27 @@ def test_the_plan_refuses_data_the_run_refuses(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_the_plan_reads_every_file_of_a_folder_as_the_run_does(tmp_path):
+    """The plan looked at a folder's first batch only: a folder whose 5th of 6 files named its array 'image' planned
+    with exit 0 while the run refused that file in its first second. The plan now reads the data through as the
+    run's first pass does (up to convert.PLAN_READS_BYTES), and exits as the run does, naming the same file."""
+    model = tmp_path / "m.onnx"
+    onnx.save(builders.mlp_gemm(), model)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        np.savez(folder / f"f{k}.npz", **{"image" if k == 4 else "input": rng.standard_normal((40, 16), np.float32)})
+    args = ["prune", model, "-o", tmp_path / "o.onnx", "--max-loss", "1", "--data", folder]
+    plan, run = _run(*args, "--plan"), _run(*args, "--time-budget", "1m")
+    for r in (plan, run):
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        assert "f4.npz' lacks model input(s) ['input']; it holds ['image']" in r.output, r.output
+    (folder / "f4.npz").unlink()
+    assert _run(*args, "--plan").exit_code == 0
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_a_folder_with_one_file_channels_last_is_told_the_transpose(tmp_path):
     """A folder of .npz files, one of them written [N, 6, 6, 1] for a model taking [N, 1, 6, 6]: its files disagree
     on the input's shape, so each is one feed, and the refusal said "reshape the data to match" (a reshape scrambles
