@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from onnxprune.converter.convert import convert
+from onnxprune.converter.convert import API_COMMAND, convert
 from onnxprune.converter.pipeline import PruneResult, budget_error
 from onnxprune.converter.plan import PER_RUN, RECIPE_OVERRIDES, configure, replay
 from onnxprune.converter.recipe import coerce
@@ -100,7 +100,7 @@ def _prune(model, data, eval_data, output, report_dir, force, progress, recipe, 
         config = configure(data=data, eval_data=eval_data, **choices)
     result = convert(model, Path(output) if output is not None else None, config,
                      report_dir=Path(report_dir) if report_dir is not None else None, force=force, progress=progress,
-                     command=["onnxprune.prune"])
+                     command=[API_COMMAND])
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 holds the result
         return None
     failed = budget_error(result.report)

@@ -128,6 +128,8 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         return None
     report = result.report
     report["command"] = list(command or [])
+    if report["command"] == [API_COMMAND]:
+        _notes_in_api_words(report)
     failed = budget_error(report)
     if failed is not None and not force:
         if on_budget_error is not None:
@@ -152,6 +154,22 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
 
         Checkpoints(config.retrain.checkpoint_dir, "").clear()  # the run is complete: its checkpoints can go
     return result  # forced past a missed budget: budget_error(result.report) still says so
+
+
+API_COMMAND = "onnxprune.prune"  # the command a run of the Python API records
+
+
+def _notes_in_api_words(report: dict) -> None:
+    """Every notes list of an API run's report in prune()'s keywords (audit 40's Left: "cannot certify --max-loss 1"
+    and "more --data gives the search a final exam" reached a caller who wrote max_loss= and data=), as its errors
+    and warnings are (`api.api_words`); report.json and report.html are written from the same report."""
+    from onnxprune.converter.api import api_words
+
+    for key, value in report.items():
+        if key == "notes" and isinstance(value, list):
+            report[key] = [api_words(n) if isinstance(n, str) else n for n in value]
+        elif isinstance(value, dict):
+            _notes_in_api_words(value)
 
 
 def _input_as_given(model, output: Path, report: dict, protect) -> None:

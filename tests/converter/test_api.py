@@ -150,6 +150,30 @@ def test_the_runs_warnings_name_the_keywords_and_the_callers_record_factory_is_p
     assert outside.getMessage() == "--data"  # outside a call the command line's words are kept
 
 
+def test_the_reports_notes_name_the_keywords_in_the_result_and_the_files(tmp_path):
+    """Audit 40's Left: an API run's notes said "cannot certify --max-loss 1 at 2x the margin" and "a larger
+    --max-loss would" to a caller who wrote max_loss=; the result's report and report.json now say the keywords
+    (the notes are written in the flags, test_stop_note; the command line says them as written)."""
+    import json
+    import re
+
+    model = builders.mlp_gemm()
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    result = api.prune(model, data=x, max_loss=1, time_budget=30, report_dir=tmp_path / "rep",
+                       output=tmp_path / "o.onnx")
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+
+    def notes(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield from (v if k == "notes" and isinstance(v, list) else notes(v))
+
+    for report in (result.report, json.loads((tmp_path / "rep" / "report.json").read_text())):
+        said = [n for n in notes(report) if isinstance(n, str)]
+        assert said and not [n for n in said if flag.search(n)], said
+        assert any("max_loss=1" in n for n in said), said
+
+
 def test_a_progress_callbacks_print_reaches_the_callers_stdout(capsys):
     """Audit 40: the run sends stdout to stderr while it works (a library's prints must not break --json), so a
     caller's `progress=lambda task, done, total, info='': print(...)` printed to stderr."""
