@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +120,7 @@ def _progress(progress):
     if not callable(progress):
         raise ConfigError(f"progress={progress!r} must be None, True (progress lines on stderr) or a callable "
                           "progress(task, done, total, info='').")
-    stdout = sys.stdout
-
-    def called(*args, **kwargs):  # the run sends stdout to stderr (a library's prints must not break --json); the
-        with contextlib.redirect_stdout(stdout):  # caller's print() in its callback went there too (audit 40)
-            return progress(*args, **kwargs)
-
-    return called
+    return progress  # its print()s reach the caller's stdout: an API run leaves sys.stdout alone (convert.convert)
 
 
 def _once(source):

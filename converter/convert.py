@@ -121,8 +121,11 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         return _streamed(model, Path(output), config, report_dir, progress, command) if distributed.is_main() else None
     from onnxprune.calibration.runtime import arena_scope
 
-    with contextlib.redirect_stdout(sys.stderr), arena_scope():  # a library that prints (onnx-graphsurgeon) must
-        # not break --json; the data step may turn the arena off
+    # on the command line a library that prints (onnx-graphsurgeon) must not break --json: its stdout goes to stderr.
+    # An API run leaves the caller's sys.stdout alone (audit 40: it was stderr for the whole call, so the caller's
+    # other threads printed there too). The data step may turn the arena off
+    quiet = contextlib.redirect_stdout(sys.stderr) if list(command or []) != [API_COMMAND] else contextlib.nullcontext()
+    with quiet, arena_scope():
         result = run(model, config, progress, started, reports=output is not None and report_dir is not None)
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
         return None

@@ -7,7 +7,7 @@
 pipeline) or, with --external, its weights in external data (the streamed path). `stack`: a transformer-shaped MLP
 stack (models/large.py, hidden 4096 by default) written tensor by tensor with external data (the streamed path),
 then loaded by onnxruntime in a fresh process for one inference on a batch of 2. Every command runs in its own
-process; its peak RSS is its own (ru_maxrss read at exit). Check `df -h` first: a 1B model is 4 GB on disk (8 GB
+process; its peak RSS is its own (the kernel's, read by os.wait4). Check `df -h` first: a 1B model is 4 GB on disk (8 GB
 with the output); the folder is removed afterwards unless --keep.
 """
 
@@ -64,10 +64,8 @@ def vgg16(seed: int = 0, width: float = 1.0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-PEAK = ("import atexit, resource, sys; atexit.register(lambda: sys.stderr.write('PEAK_RSS_KB=%d\\n' % "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); ")
-CLI = PEAK + "from onnxprune.converter.cli import main; main()"
-ORT_RUN = PEAK + """
+CLI = "from onnxprune.converter.cli import main; main()"
+ORT_RUN = """
 import sys, numpy as np, onnxruntime as ort
 opts = ort.SessionOptions(); opts.log_severity_level = 3
 s = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
@@ -92,15 +90,21 @@ write_mlp_stack(sys.argv[1], hidden=int(sys.argv[2]), ffn=int(sys.argv[3]), bloc
 
 
 def child(code: str, *args: str) -> tuple[float, float, str]:
-    """(seconds, this child's own peak RSS in MB, stdout) of `python -c code args`."""
+    """(seconds, this child's own peak RSS in MB, stdout) of `python -c code args`. The peak is the kernel's for
+    that child (os.wait4's rusage): the command line leaves by os._exit (converter/cli.py `_leave`), which skipped
+    the atexit line the children used to write, and every prune figure read "nan" from then on."""
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
-    secs = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-2000:]}")
-    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB=")]
-    return secs, int(peak[-1].split("=")[1]) / 1024 if peak else float("nan"), done.stdout
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        secs = time.perf_counter() - t0
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{stderr[-2000:]}")
+    return secs, usage.ru_maxrss / 1024, stdout
 
 
 def weight_bytes(path: Path) -> int:

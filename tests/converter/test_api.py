@@ -175,7 +175,7 @@ def test_the_reports_notes_name_the_keywords_in_the_result_and_the_files(tmp_pat
 
 
 def test_a_progress_callbacks_print_reaches_the_callers_stdout(capsys):
-    """Audit 40: the run sends stdout to stderr while it works (a library's prints must not break --json), so a
+    """Audit 40: the run sent stdout to stderr while it worked (a library's prints must not break --json), so a
     caller's `progress=lambda task, done, total, info='': print(...)` printed to stderr."""
     model = builders.mlp_gemm()
     x = np.random.default_rng(0).standard_normal((120, 16)).astype(np.float32)
@@ -189,6 +189,39 @@ def test_a_progress_callbacks_print_reaches_the_callers_stdout(capsys):
     captured = capsys.readouterr()
     assert seen and captured.out.count("tick ") == len(seen), (len(seen), captured.out[-500:])
     assert "tick " not in captured.err
+
+
+def test_an_api_run_leaves_the_callers_stdout_alone_and_the_command_line_keeps_json_clean(monkeypatch, tmp_path):
+    """Audit 40's Left: for the whole of prune() sys.stdout was the process's stderr (the command line's guard for
+    --json), so the caller's other threads printed to stderr meanwhile. An API run now leaves it alone; a command
+    line run still sends a library's prints to stderr, and its --json stdout is one document."""
+    import io
+    import json
+    import sys
+
+    from click.testing import CliRunner
+
+    from onnxprune.converter import convert as conv
+
+    seen, real_run = [], conv.run
+
+    def spying(*args, **kwargs):
+        seen.append(sys.stdout)
+        print("a library prints")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "run", spying)
+    mine = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", mine)
+    api.prune(builders.mlp_gemm(), sparsity=0.5)
+    assert seen == [mine] and "a library prints" in mine.getvalue()
+    monkeypatch.undo()
+    monkeypatch.setattr(conv, "run", spying)
+    onnx.save(builders.mlp_gemm(), tmp_path / "m.onnx")
+    ran = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                   "--sparsity", "0.5", "--json"])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.stdout)["compression"] > 1 and "a library prints" in ran.stderr
 
 
 def test_a_width_given_as_text_is_told_to_be_a_number():
