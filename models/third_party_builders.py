@@ -1003,20 +1003,28 @@ def ort_fused_conv_net(*, width: int = 8, size: int = 6, classes: int = 3, seed:
     return m
 
 
-def training_mode_net(*, features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+def training_mode_net(*, features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0,
+                      batchnorm: bool = True) -> onnx.ModelProto:
     """What torch.onnx.export(..., training=TrainingMode.TRAINING) writes (sweep 30): 'input' [N, 12] -> Gemm 'fc1'
     -> BatchNormalization training_mode=1 (three outputs: Y, running mean, running var) -> Relu -> Dropout(ratio 0.3,
     training_mode a Constant true; two outputs) -> Gemm 'fc2' -> 'logits' [N, 4]. onnxruntime runs it; no output is
-    a function of its sample."""
+    a function of its sample. `batchnorm=False`: no BatchNormalization, what a module in .eval() whose forward calls
+    F.dropout(x, p, training=True) (Monte Carlo dropout) exports (sweep 36)."""
     g = _Graph(seed)
     a = g.gemm("input", "fc1", features, hidden)
+    if not batchnorm:
+        a = g.relu(a, "relu")
+        return _dropout_head(g, a, hidden, classes, features)
     stats = [g.const(f"bn.{k}", v) for k, v in (("scale", np.ones(hidden, np.float32)),
                                                 ("bias", np.zeros(hidden, np.float32)),
                                                 ("mean", np.zeros(hidden, np.float32)),
                                                 ("var", np.ones(hidden, np.float32)))]
     g.nodes.append(helper.make_node("BatchNormalization", [a, *stats], ["bn_out", "bn_mean", "bn_var"],
                                     name="/bn/BatchNormalization", training_mode=1, momentum=0.9))
-    a = g.relu("bn_out", "relu")
+    return _dropout_head(g, g.relu("bn_out", "relu"), hidden, classes, features)
+
+
+def _dropout_head(g, a: str, hidden: int, classes: int, features: int) -> onnx.ModelProto:
     ratio, training = g.const("d.ratio", np.array(0.3, np.float32)), "d.training"
     g.nodes.append(helper.make_node("Constant", [], [training], name="/d/Constant",
                                     value=numpy_helper.from_array(np.array(True), training)))
