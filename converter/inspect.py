@@ -419,7 +419,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         from onnxprune.passes.loading import training_mode_fix
 
         console.print(f"warning: the model was exported in training mode ({listed(trained, 2)}): its outputs "
-                      f"depend on chance or on the rest of the batch, and prune refuses it. {training_mode_fix(trained)}",
+                      f"depend on chance or on the rest of the batch, and prune refuses it. "
+                      f"{training_mode_fix(trained)}",
                       markup=False, highlight=False)
     drawn = info.get("chance") or []
     if drawn:  # sweep 33: a VAE's sampling was pruned as if its reconstruction were a function of the image
