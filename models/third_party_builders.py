@@ -1892,3 +1892,24 @@ def early_exit(*, features: int = 8, hidden: int = 16, classes: int = 4, thresho
     other = helper.make_graph(deep.nodes, "else", [], [_float("deep_out", [BATCH, classes])])
     g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/If", then_branch=then, else_branch=other))
     return _model(g, "early_exit", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def stats_pooling_tdnn(*, features: int = 6, frames: int = 10, hidden: int = 8, classes: int = 3,
+                       spread: str = "Sqrt", seed: int = 0) -> onnx.ModelProto:
+    """x [N, 6, 10] (features by frames) -> Conv1d k=1 (6->8) -> Relu -> an x-vector's statistics pooling over the
+    frames as torch legacy exports `cat([h.mean(2), sqrt(h.var(2, unbiased=False) + 1e-5)], 1)`: ReduceMean, Sub,
+    Mul of the difference by itself, ReduceMean, Add eps, Sqrt (`spread="Log"`: the log-variance instead) -> Concat
+    on axis 1 [N, 16] -> Gemm -> 'logits' [N, 3] (sweep 36's TDNN: "consumer Sqrt ... has no channel rule")."""
+    g = _Graph(seed)
+    w = g.weight("t.weight", (hidden, features, 1), features)
+    h = g.relu(g.op("Conv", "t", ["x", w, g.bias("t.bias", hidden)], kernel_shape=[1]), "t")
+    mean = g.op("ReduceMean", "mean", [h], axes=[2], keepdims=0)
+    mean_k = g.op("ReduceMean", "mean_k", [h], axes=[2], keepdims=1)
+    d = g.op("Sub", "dev", [h, mean_k])
+    var = g.op("ReduceMean", "var", [g.op("Mul", "sq", [d, d])], axes=[2], keepdims=0)
+    s = g.op(spread, "spread", [g.op("Add", "eps", [var, g.const("eps", np.array(1e-5))])])
+    st = g.op("Concat", "stats", [mean, s], axis=1)
+    g.nodes.append(helper.make_node("Gemm", [st, g.weight("seg.weight", (classes, 2 * hidden), 2 * hidden),
+                                             g.bias("seg.bias", classes)], ["logits"], name="/seg/Gemm", transB=1))
+    return _model(g, "stats_pooling_tdnn", [_float("x", [BATCH, features, frames])],
+                  [_float("logits", [BATCH, classes])])

@@ -46,6 +46,10 @@ def _selu(v: np.ndarray, n: gs.Node) -> np.ndarray:
     return g * np.where(v > 0, v, a * np.exp(v) - a)
 
 
+def _finite(v: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(v), v, NAN)
+
+
 UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Relu": lambda v, n: np.maximum(v, 0),
     "LeakyRelu": lambda v, n: np.where(v >= 0, v, _attr(n, "alpha", 0.01) * v),
@@ -65,6 +69,13 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Cos": lambda v, n: np.cos(v),  # Fourier features' cos beside it: cos(0) = 1, a constant folded on
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),
+    "Sign": lambda v, n: np.sign(v),  # sweep 36: LISTA's soft threshold sign(u) relu(|u| - th)
+    # sweep 36: an x-vector's stats pooling sqrt(var + eps), "consumer Sqrt ... has no channel rule"; a constant
+    # channel maps to its image, NaN (not folded) where that is not finite: sqrt(-1), log(0), 1/0
+    "Sqrt": lambda v, n: _finite(np.sqrt(v)),
+    "Exp": lambda v, n: _finite(np.exp(v)),
+    "Log": lambda v, n: _finite(np.log(v)),
+    "Reciprocal": lambda v, n: _finite(1 / v),
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,  # inference: the identity (training_mode is refused below)
 }

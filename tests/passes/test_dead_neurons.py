@@ -1572,3 +1572,31 @@ def test_dead_features_pass_through_a_gcn_adjacency_that_mixes_the_nodes():
     assert shp["A"] == (9, 9) and G.op_counts(out) == G.op_counts(m)
     # ... and b2[2] times A's row sums after it, which differ (corner, edge and centre nodes): it varies and stays
     assert shp["w2.weight"][1] == 8
+
+
+@pytest.mark.parametrize("spread", ["Sqrt", "Log"])
+def test_dead_channels_pass_an_x_vector_statistics_pooling(spread):
+    """cat([mean(h), sqrt(var(h) + eps)]) over the frames (sweep 36's TDNN: "consumer Sqrt '/Sqrt' (op Sqrt) has no
+    channel rule (8 dead kept)"): a dead channel's mean is 0 and its spread sqrt(eps) (or log(eps)), a constant the
+    segment layer's bias takes; both of its columns there go."""
+    from onnxprune.models.third_party_builders import stats_pooling_tdnn
+
+    m = stats_pooling_tdnn(spread=spread)
+    G.zero(m, "t.weight", 0, [1, 4])
+    G.set_init(m, "t.bias", np.where(np.isin(np.arange(8), [1, 4]), 0.0, G.init(m, "t.bias")))
+    bias = G.init(m, "seg.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["t.weight"] == (6, 6, 1) and shp["seg.weight"] == (3, 12) and report.folded == 2
+    assert not np.allclose(G.init(out, "seg.bias"), bias)  # sqrt(eps) (log(eps)) times the spread columns went in
+    assert G.op_counts(out) == G.op_counts(m)
+
+
+@pytest.mark.parametrize("act", ["Exp", "Sign", "Reciprocal"])
+def test_constants_are_folded_through_more_element_wise_ops(act):
+    """Sweep 36: exp, sign (LISTA's soft threshold) and 1/x map a constant channel to a constant."""
+    m = G.mlp((10, 8, 6, 3), act=act, seed=3)
+    G.zero(m, "fc1.weight", 0, [2, 5])
+    G.zero(m, "fc2.weight", 0, [1])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
