@@ -1600,3 +1600,33 @@ def test_constants_are_folded_through_more_element_wise_ops(act):
     G.zero(m, "fc2.weight", 0, [1])
     out, report, shp = prune(m)
     assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
+
+
+def test_dead_channels_pass_a_chunk_whose_bounds_torch_computes_from_the_shape():
+    """torch legacy's `x.chunk(2, dim=1)`: two Slices on the channel axis whose bounds are Div(Gather(Shape(x), 1),
+    2) of a tensor whose channel count is fixed (sweep 36's RevNet: "consumer Slice '/Slice' has starts, ends, axes
+    or steps that are not constant", 4 dead stem channels kept; sweep 34's legacy WaveNet, ShuffleNetV2). The load
+    step stores the bounds as the constants they are; dead channels of either half then go, each Slice's bounds
+    following the kept channels."""
+    from onnxprune.models.third_party_builders import channel_split_cnn
+    from onnxprune.passes.loading import run_load_passes
+
+    m = channel_split_cnn(width=8, size=6, classes=3)
+    loaded = onnx.ModelProto()
+    loaded.CopyFrom(m)
+    run_load_passes(loaded, PruneState())
+    G.assert_same(m, loaded)  # the bounds stored: the same outputs in onnxruntime
+    assert "Shape" not in G.op_counts(loaded) and G.op_counts(loaded)["Slice"] == 2
+    for half in ([1], [5, 6]):  # a dead channel of the first half (read by Concat), of the second (by 'branch')
+        z = G.zero(onnx.ModelProto.FromString(loaded.SerializeToString()), "stem.weight", 0, half)
+        G.set_init(z, "stem.bias", np.where(np.isin(np.arange(8), half), 0.0, G.init(z, "stem.bias")))
+        out, report, shp = prune(z)  # onnxruntime's outputs on seeded inputs equal the zeroed model's
+        onnx.checker.check_model(out, full_check=True)
+        assert shp["stem.weight"][0] == 8 - len(half) and report.removed >= len(half)
+        # the first half's dead channel: the Concat's first part shrinks, the head reads 7; the second's: 'branch'
+        # reads 2 of its 4 inputs
+        assert (shp["head.weight"][1], shp["branch.weight"][1]) == ((7, 4) if half == [1] else (8, 2))
+    batch = channel_split_cnn(width=8, size=6, classes=3)  # bounds read from the batch size stay computed
+    G.set_init(batch, "split.axis", np.array(0, np.int64))
+    run_load_passes(batch, PruneState())
+    assert "Shape" in G.op_counts(batch)
