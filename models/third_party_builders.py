@@ -1913,3 +1913,22 @@ def stats_pooling_tdnn(*, features: int = 6, frames: int = 10, hidden: int = 8, 
                                              g.bias("seg.bias", classes)], ["logits"], name="/seg/Gemm", transB=1))
     return _model(g, "stats_pooling_tdnn", [_float("x", [BATCH, features, frames])],
                   [_float("logits", [BATCH, classes])])
+
+
+def per_target_sequence(*, features: int = 6, hidden: int = 8, classes: tuple = (4, 3), seed: int = 0
+                        ) -> onnx.ModelProto:
+    """'X' [N, 6] -> Gemm -> Relu -> one Gemm -> Softmax per target -> SequenceConstruct 'probabilities' (a
+    sequence of [N, 4] and [N, 3] tensors), beside 'label' [N, 2] int64: what skl2onnx writes for a
+    MultiOutputClassifier (sweep 36)."""
+    g = _Graph(seed)
+    h = g.relu(g.gemm("X", "fc", features, hidden), "fc")
+    probs, labels = [], []
+    for k, c in enumerate(classes):
+        p = g.op("Softmax", f"p{k}", [g.gemm(h, f"head{k}", hidden, c)], axis=1)
+        probs.append(p)
+        labels.append(g.op("ArgMax", f"l{k}", [p], axis=1, keepdims=1))
+    g.nodes.append(helper.make_node("SequenceConstruct", probs, ["probabilities"], name="/seq"))
+    g.nodes.append(helper.make_node("Concat", labels, ["label"], name="/labels", axis=1))
+    seq = helper.make_tensor_sequence_value_info("probabilities", TensorProto.FLOAT, None)
+    return _model(g, "per_target_sequence", [_float("X", [BATCH, features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH, len(classes)]), seq])

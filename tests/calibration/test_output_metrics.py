@@ -310,6 +310,28 @@ def test_regression_and_embedding_losses_follow_their_definitions():
     assert ev.loss_pp(ev.evaluate(flipped)) > 50.0
 
 
+def test_a_sequence_of_tensors_of_different_shapes_is_refused_in_one_line_naming_the_output(tmp_path):
+    """Sweep 36: skl2onnx's MultiOutputClassifier returns 'probabilities' as a sequence of one tensor per target
+    ([N, 10] and [N, 3]); a budgeted run ended "step 'targets' failed after [load, inventory, data]: ValueError:
+    setting an array element with a sequence", and --sparsity 0.5 "output 'probabilities' cannot be compared by
+    value: a sequence output ... it cannot be compared by value". Both now name the output, its parts and the export
+    that works, in one line, exit 1."""
+    model = tb.per_target_sequence()
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(4).standard_normal((120, 6)).astype(np.float32)
+    label, probs = make_session(model).run(None, {"X": x[:5]})  # onnxruntime runs it: a list of two tensors
+    assert label.shape == (5, 2) and [p.shape for p in probs] == [(5, 4), (5, 3)]
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", X=x)
+    for extra in (["--data", str(tmp_path / "calib.npz"), "--max-loss", "1"], ["--sparsity", "0.5"]):
+        res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), *extra])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1 and "Traceback" not in res.output and len(lines) == 1, res.output
+        assert "output 'probabilities' is a sequence of 2 tensors of different shapes" in lines[0]
+        assert "[5, 4]" in lines[0] or "[4]" in lines[0] or ", 4]" in lines[0]
+        assert "estimators_" in lines[0] and "ValueError" not in lines[0]
+
+
 def test_zipmap_output_is_compared_by_value():
     model = tb.sklearn_mlp()
     ev = evaluator(model, {"input": X4})
