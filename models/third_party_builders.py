@@ -1932,3 +1932,18 @@ def per_target_sequence(*, features: int = 6, hidden: int = 8, classes: tuple = 
     seq = helper.make_tensor_sequence_value_info("probabilities", TensorProto.FLOAT, None)
     return _model(g, "per_target_sequence", [_float("X", [BATCH, features])],
                   [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH, len(classes)]), seq])
+
+
+def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 4, T] and a padding mask 'mask' [N, 1, T] (1 where a frame is real) -> Conv1d k=3 pad 1 (4->8) ->
+    Relu -> Mul by the mask (a speech or TTS encoder's `h * mask`) -> Conv1d k=1 (8->3) -> 'y' [N, 3, T]. The mask
+    is a graph input, no constant, and carries no channels (sweep 36)."""
+    g = _Graph(seed)
+    w = g.weight("c1.weight", (hidden, features, 3), features * 3)
+    h = g.relu(g.op("Conv", "c1", ["x", w, g.bias("c1.bias", hidden)], kernel_shape=[3], pads=[1, 1]), "c1")
+    h = g.op("Mul", "masked", [h, "mask"])
+    w2 = g.weight("c2.weight", (out, hidden, 1), hidden)
+    g.nodes.append(helper.make_node("Conv", [h, w2, g.bias("c2.bias", out)], ["y"], name="/c2/Conv",
+                                    kernel_shape=[1]))
+    return _model(g, "masked_sequence_conv", [_float("x", [BATCH, features, "T"]), _float("mask", [BATCH, 1, "T"])],
+                  [_float("y", [BATCH, out, "T"])])

@@ -1630,3 +1630,27 @@ def test_dead_channels_pass_a_chunk_whose_bounds_torch_computes_from_the_shape()
     G.set_init(batch, "split.axis", np.array(0, np.int64))
     run_load_passes(batch, PruneState())
     assert "Shape" in G.op_counts(batch)
+
+
+def test_dead_channels_pass_a_mask_that_multiplies_every_channel_alike():
+    """`h * mask` with mask [N, 1, T] a graph input (a padding mask over a sequence; CBAM's spatial attention map
+    [N, 1, H, W] alike): a dead channel of h is 0 after it too and goes, the mask untouched (sweep 36: "Mul ...
+    combines the channels with '...', which carries none"). A constant channel that is not 0 varies with the mask:
+    it stays. A per-channel factor computed from the input (SKNet's branch weights [N, C, 1, 1]) still blocks."""
+    from onnxprune.models.third_party_builders import masked_sequence_conv
+
+    m = masked_sequence_conv()
+    G.zero(m, "c1.weight", 0, [1, 2, 6])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                      np.where(np.arange(8) == 6, 0.5, G.init(m, "c1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs (mask among them) equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c1.weight"] == (6, 4, 3) and shp["c2.weight"] == (3, 6, 1)  # relu(0.5) * mask varies: 6 stays
+    assert G.op_counts(out) == G.op_counts(m)
+    gated = masked_sequence_conv()
+    mask = next(i for i in gated.graph.input if i.name == "mask")
+    mask.type.tensor_type.shape.dim[1].dim_value = 8  # one factor per channel, from the input: no removal
+    G.zero(gated, "c1.weight", 0, [1])
+    G.set_init(gated, "c1.bias", np.where(np.arange(8) == 1, 0.0, G.init(gated, "c1.bias")))
+    out, report, shp = prune(gated)
+    assert shp["c1.weight"] == (8, 4, 3)
