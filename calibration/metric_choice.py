@@ -88,6 +88,13 @@ def _is_probability(arr: np.ndarray) -> bool:
     return bool(arr.min() >= 0.0 and arr.max() <= 1.0 and np.allclose(arr.sum(axis=-1), 1.0, atol=_PROB_TOL))
 
 
+def _one_channel_map(arr: np.ndarray) -> bool:
+    """[N, 1, H, W, ...] (H > 1) whose last axis is no probabilities: one channel over positions (a PixelCNN's
+    per-pixel Bernoulli logits, a binary mask's logits, a heatmap), whose last axis holds columns, not classes. Sweep
+    36: PixelCNN's 'logits' [N, 1, 28, 28] was scored seq_agreement, an argmax over each row's 28 pixels."""
+    return arr.ndim >= 4 and arr.shape[1] == 1 and int(np.prod(arr.shape[2:-1])) > 1 and not _is_probability(arr)
+
+
 def _is_class_map(arr: np.ndarray, name: str) -> bool:
     """[N, C, H, W] class scores over axis 1 (rule 5): probabilities there and not over the last axis, or a class
     name with fewer channels than columns (a channels-last [N, H, W, C] map has the classes last)."""
@@ -127,7 +134,9 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
           [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
           (per-position outputs: sequences, anchors), and [N, T, C] among them whose every sample's most frequent
           class is the same first or last class -> ctc_agreement (a CTC head: OCR lines, speech; the blank leads,
-          and what is read out is the decoded text: one changed line per sample, not one position);
+          and what is read out is the decoded text: one changed line per sample, not one position); but not
+          [N, 1, H, W] (H > 1) without probabilities over its last axis, whatever its name: one channel over
+          positions, its last axis columns (`_one_channel_map`) -> rel_l2;
          anything else (feature maps, audio, images) -> rel_l2.
     """
     if map_keys(value) is not None:
@@ -155,6 +164,8 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
         return "binary_prob" if bounded and _is_unit_interval(arr) else "agreement"
     if _is_class_map(arr, name):
         return "map_iou"
+    if _one_channel_map(arr):
+        return "rel_l2"
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):
         return "ctc_agreement" if _ctc_like(arr) else "seq_agreement"
     return "rel_l2"

@@ -181,6 +181,7 @@ class Evaluator:
                 one = self._one_sample_fails(sess)
                 raise CalibrationError(_input_model_failed(exc, self.reader, one)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
+            _refuse_unstacked(reference_model, self.reference_all)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
                 _say_nonfinite(reference_model, self.reference_all)
             rows, sizes = self._rows(reference_model)
@@ -1031,6 +1032,19 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
 
 
 WILD = 1e30  # an output value beyond this is a broken model, not a trained one
+
+
+def _refuse_unstacked(model, batches) -> None:
+    """An output that is a sequence of tensors of different shapes, named, in one line (sweep 36: a
+    MultiOutputClassifier's probabilities ended "step 'targets' failed ... ValueError: setting an array element with a
+    sequence")."""
+    for batch in batches:
+        for out, value in zip(model.graph.output, batch):
+            if isinstance(value, list) and map_keys(value) is None:
+                try:
+                    as_array(value)
+                except CalibrationError as exc:
+                    raise CalibrationError(f"output '{out.name}' is {exc}") from None
 
 
 def _say_nonfinite(model, batches) -> None:

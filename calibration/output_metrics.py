@@ -38,14 +38,17 @@ def as_array(value) -> np.ndarray:
         if value and all(isinstance(v, Mapping) for v in value):
             keys = sorted(value[0])
             if any(sorted(v) != keys for v in value):
-                raise CalibrationError("a sequence-of-maps output has different keys in different samples; it "
-                                       "cannot be compared by value.")
+                raise CalibrationError("a sequence of maps with different keys in different samples, which cannot be "
+                                       "compared by value.")
             return np.asarray([[v[k] for k in keys] for v in value])
         try:
             return np.stack([np.asarray(v) for v in value]) if value else np.zeros((0,))
-        except ValueError:
-            raise CalibrationError("a sequence output holds tensors of different shapes; it cannot be compared by "
-                                   "value.") from None
+        except ValueError:  # sweep 36: skl2onnx's MultiOutputClassifier, one probabilities tensor per target
+            shapes = ", ".join(str(list(np.shape(v))) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+            raise CalibrationError(
+                f"a sequence of {len(value)} tensors of different shapes ({shapes}; skl2onnx writes one per target of "
+                "a MultiOutputClassifier), which onnxprune cannot compare by value: export a model whose outputs are "
+                "tensors (a MultiOutputClassifier: one model per fitted estimator in its estimators_).") from None
     return np.asarray(value)
 
 

@@ -416,10 +416,11 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"note: {info['too_old']}", markup=False, highlight=False)
     trained = info.get("training_mode") or []
     if trained:  # sweep 30: prune refuses it at load; inspect, run first, said nothing
-        from onnxprune.passes.loading import TRAINING_MODE_FIX
+        from onnxprune.passes.loading import training_mode_fix
 
         console.print(f"warning: the model was exported in training mode ({listed(trained, 2)}): its outputs "
-                      f"depend on chance or on the rest of the batch, and prune refuses it. {TRAINING_MODE_FIX}",
+                      f"depend on chance or on the rest of the batch, and prune refuses it. "
+                      f"{training_mode_fix(trained)}",
                       markup=False, highlight=False)
     drawn = info.get("chance") or []
     if drawn:  # sweep 33: a VAE's sampling was pruned as if its reconstruction were a function of the image

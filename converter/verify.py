@@ -232,7 +232,7 @@ def _compare(name: str, got, want) -> tuple[float, float]:
     try:
         got, want = as_array(got), as_array(want)
     except CalibrationError as exc:
-        raise ParityError(f"output '{name}' cannot be compared by value: {exc}") from None
+        raise ParityError(f"output '{name}' is {exc}") from None
     if got.shape != want.shape:
         raise ParityError(f"output '{name}' has shape {got.shape} in the written model, {want.shape} expected.")
     if not np.issubdtype(got.dtype, np.number):  # strings, bools: equal or not (numbers, ints too, by their gap)

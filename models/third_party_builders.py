@@ -1003,20 +1003,28 @@ def ort_fused_conv_net(*, width: int = 8, size: int = 6, classes: int = 3, seed:
     return m
 
 
-def training_mode_net(*, features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+def training_mode_net(*, features: int = 12, hidden: int = 16, classes: int = 4, seed: int = 0,
+                      batchnorm: bool = True) -> onnx.ModelProto:
     """What torch.onnx.export(..., training=TrainingMode.TRAINING) writes (sweep 30): 'input' [N, 12] -> Gemm 'fc1'
     -> BatchNormalization training_mode=1 (three outputs: Y, running mean, running var) -> Relu -> Dropout(ratio 0.3,
     training_mode a Constant true; two outputs) -> Gemm 'fc2' -> 'logits' [N, 4]. onnxruntime runs it; no output is
-    a function of its sample."""
+    a function of its sample. `batchnorm=False`: no BatchNormalization, what a module in .eval() whose forward calls
+    F.dropout(x, p, training=True) (Monte Carlo dropout) exports (sweep 36)."""
     g = _Graph(seed)
     a = g.gemm("input", "fc1", features, hidden)
+    if not batchnorm:
+        a = g.relu(a, "relu")
+        return _dropout_head(g, a, hidden, classes, features)
     stats = [g.const(f"bn.{k}", v) for k, v in (("scale", np.ones(hidden, np.float32)),
                                                 ("bias", np.zeros(hidden, np.float32)),
                                                 ("mean", np.zeros(hidden, np.float32)),
                                                 ("var", np.ones(hidden, np.float32)))]
     g.nodes.append(helper.make_node("BatchNormalization", [a, *stats], ["bn_out", "bn_mean", "bn_var"],
                                     name="/bn/BatchNormalization", training_mode=1, momentum=0.9))
-    a = g.relu("bn_out", "relu")
+    return _dropout_head(g, g.relu("bn_out", "relu"), hidden, classes, features)
+
+
+def _dropout_head(g, a: str, hidden: int, classes: int, features: int) -> onnx.ModelProto:
     ratio, training = g.const("d.ratio", np.array(0.3, np.float32)), "d.training"
     g.nodes.append(helper.make_node("Constant", [], [training], name="/d/Constant",
                                     value=numpy_helper.from_array(np.array(True), training)))
@@ -1884,3 +1892,58 @@ def early_exit(*, features: int = 8, hidden: int = 16, classes: int = 4, thresho
     other = helper.make_graph(deep.nodes, "else", [], [_float("deep_out", [BATCH, classes])])
     g.nodes.append(helper.make_node("If", [cond], ["logits"], name="/If", then_branch=then, else_branch=other))
     return _model(g, "early_exit", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def stats_pooling_tdnn(*, features: int = 6, frames: int = 10, hidden: int = 8, classes: int = 3,
+                       spread: str = "Sqrt", seed: int = 0) -> onnx.ModelProto:
+    """x [N, 6, 10] (features by frames) -> Conv1d k=1 (6->8) -> Relu -> an x-vector's statistics pooling over the
+    frames as torch legacy exports `cat([h.mean(2), sqrt(h.var(2, unbiased=False) + 1e-5)], 1)`: ReduceMean, Sub,
+    Mul of the difference by itself, ReduceMean, Add eps, Sqrt (`spread="Log"`: the log-variance instead) -> Concat
+    on axis 1 [N, 16] -> Gemm -> 'logits' [N, 3] (sweep 36's TDNN: "consumer Sqrt ... has no channel rule")."""
+    g = _Graph(seed)
+    w = g.weight("t.weight", (hidden, features, 1), features)
+    h = g.relu(g.op("Conv", "t", ["x", w, g.bias("t.bias", hidden)], kernel_shape=[1]), "t")
+    mean = g.op("ReduceMean", "mean", [h], axes=[2], keepdims=0)
+    mean_k = g.op("ReduceMean", "mean_k", [h], axes=[2], keepdims=1)
+    d = g.op("Sub", "dev", [h, mean_k])
+    var = g.op("ReduceMean", "var", [g.op("Mul", "sq", [d, d])], axes=[2], keepdims=0)
+    s = g.op(spread, "spread", [g.op("Add", "eps", [var, g.const("eps", np.array(1e-5))])])
+    st = g.op("Concat", "stats", [mean, s], axis=1)
+    g.nodes.append(helper.make_node("Gemm", [st, g.weight("seg.weight", (classes, 2 * hidden), 2 * hidden),
+                                             g.bias("seg.bias", classes)], ["logits"], name="/seg/Gemm", transB=1))
+    return _model(g, "stats_pooling_tdnn", [_float("x", [BATCH, features, frames])],
+                  [_float("logits", [BATCH, classes])])
+
+
+def per_target_sequence(*, features: int = 6, hidden: int = 8, classes: tuple = (4, 3), seed: int = 0
+                        ) -> onnx.ModelProto:
+    """'X' [N, 6] -> Gemm -> Relu -> one Gemm -> Softmax per target -> SequenceConstruct 'probabilities' (a
+    sequence of [N, 4] and [N, 3] tensors), beside 'label' [N, 2] int64: what skl2onnx writes for a
+    MultiOutputClassifier (sweep 36)."""
+    g = _Graph(seed)
+    h = g.relu(g.gemm("X", "fc", features, hidden), "fc")
+    probs, labels = [], []
+    for k, c in enumerate(classes):
+        p = g.op("Softmax", f"p{k}", [g.gemm(h, f"head{k}", hidden, c)], axis=1)
+        probs.append(p)
+        labels.append(g.op("ArgMax", f"l{k}", [p], axis=1, keepdims=1))
+    g.nodes.append(helper.make_node("SequenceConstruct", probs, ["probabilities"], name="/seq"))
+    g.nodes.append(helper.make_node("Concat", labels, ["label"], name="/labels", axis=1))
+    seq = helper.make_tensor_sequence_value_info("probabilities", TensorProto.FLOAT, None)
+    return _model(g, "per_target_sequence", [_float("X", [BATCH, features])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH, len(classes)]), seq])
+
+
+def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 4, T] and a padding mask 'mask' [N, 1, T] (1 where a frame is real) -> Conv1d k=3 pad 1 (4->8) ->
+    Relu -> Mul by the mask (a speech or TTS encoder's `h * mask`) -> Conv1d k=1 (8->3) -> 'y' [N, 3, T]. The mask
+    is a graph input, no constant, and carries no channels (sweep 36)."""
+    g = _Graph(seed)
+    w = g.weight("c1.weight", (hidden, features, 3), features * 3)
+    h = g.relu(g.op("Conv", "c1", ["x", w, g.bias("c1.bias", hidden)], kernel_shape=[3], pads=[1, 1]), "c1")
+    h = g.op("Mul", "masked", [h, "mask"])
+    w2 = g.weight("c2.weight", (out, hidden, 1), hidden)
+    g.nodes.append(helper.make_node("Conv", [h, w2, g.bias("c2.bias", out)], ["y"], name="/c2/Conv",
+                                    kernel_shape=[1]))
+    return _model(g, "masked_sequence_conv", [_float("x", [BATCH, features, "T"]), _float("mask", [BATCH, 1, "T"])],
+                  [_float("y", [BATCH, out, "T"])])

@@ -11,6 +11,14 @@ Rules: a main-graph Pad's pads, constant value or axes input that a node compute
 inputs) and Constant nodes alone, through at most MAX_CHAIN nodes of the standard domain without bodies, with at
 most MAX_VALUES values, is evaluated once (onnx's reference evaluator) and becomes an initializer of the same name;
 the chain's nodes that nothing else reads go. The Pad pads exactly as before.
+
+A Slice's starts, ends, axes or steps likewise, and also where the chain reads a tensor's shape: torch legacy's
+`x.chunk(2, dim=1)` is two Slices whose bounds are Mul(Div(Add(Gather(Shape(x), 1), 1), 2), k), so the channel
+analysis blocked every channel through it ("consumer Slice ... has starts, ends, axes or steps that are not
+constant"; sweep 36's RevNet, sweep 34's legacy WaveNet, ShuffleNetV2). A Shape node of a tensor whose rank onnx's
+inference knows is given its inferred dimensions, one that is not a fixed number each of constant_weights'
+PLACEHOLDERS in turn, and the bounds are stored only where every evaluation gives the same values (a Slice cut at
+the batch size or a dynamic length stays as it is).
 """
 
 from __future__ import annotations
@@ -56,11 +64,48 @@ def computed_pads(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
+def computed_bounds(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, list[onnx.NodeProto]]]:
+    """{a Slice's starts/ends/axes/steps input computed from constants and fixed dimensions: (its value, the nodes
+    that compute it, up to the Shapes)} (module docstring); onnx's shape inference runs only where such a chain reads
+    a Shape."""
+    from onnxprune.passes.constant_weights import _shape_feeds  # PLACEHOLDERS' sizes where a dimension is free
+    from onnxprune.passes.shapes import infer_shapes
+
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output if o}
+    inits = {t.name for t in g.initializer}
+    graph_inputs = {v.name for v in g.input}
+    names = [name for node in g.node if node.op_type == "Slice" and (node.domain or "") in ("", "ai.onnx")
+             for name in list(node.input)[1:5] if name and name in producers]
+    dims = None
+    found: dict[str, tuple[np.ndarray, list[onnx.NodeProto]]] = {}
+    for name in dict.fromkeys(names):
+        chain = constant_chain(name, producers, inits, graph_inputs, max_nodes=MAX_CHAIN)
+        if chain is None:
+            dims = infer_shapes(model) if dims is None else dims
+            chain = constant_chain(name, producers, inits, graph_inputs, max_nodes=MAX_CHAIN,
+                                   shaped=frozenset(n for n, d in dims.items() if d is not None))
+        if chain is None or all(n.op_type == "Constant" for n in chain[0]):
+            continue  # a lone Constant node is read as the constant it is already
+        nodes, leaves = chain
+        values = []
+        for shapes in _shape_feeds(nodes, leaves, dims):
+            fed = [onnx.helper.make_node("Constant", [], [n.output[0]],
+                                         value=numpy_helper.from_array(shapes[n.output[0]]))
+                   if n.op_type == "Shape" and n.output[0] in shapes else n for n in nodes]
+            values.append(_evaluate(model, name, fed))
+        if values and all(v is not None and v.shape == values[0].shape and v.tobytes() == values[0].tobytes()
+                          for v in values):
+            found[name] = (values[0], nodes)
+    return found
+
+
 def _evaluate(model: onnx.ModelProto, name: str, chain: list[onnx.NodeProto]) -> np.ndarray | None:
     from onnx.reference import ReferenceEvaluator
 
-    order = {id(n): k for k, n in enumerate(model.graph.node)}
-    nodes = sorted(chain, key=lambda n: order[id(n)])
+    from onnxprune.passes.constant_weights import _ordered
+
+    nodes = _ordered(chain)
     needed = {i for n in nodes for i in n.input}
     inits = [t for t in model.graph.initializer if t.name in needed]
     out = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
@@ -82,6 +127,8 @@ class ConstantPads(Pass):
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
         found = computed_pads(model)
         values = {name: v for name, chain in found.items() if (v := _evaluate(model, name, chain)) is not None}
+        for name, (value, nodes) in computed_bounds(model).items():
+            found[name], values[name] = nodes, value
         if not values:
             return PassResult(model, False)
         g = model.graph

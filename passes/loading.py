@@ -114,3 +114,15 @@ CHANCE_FIX = ("Export the model without the sampling for inference (a VAE's deco
 
 TRAINING_MODE_FIX = ("Export it for inference: model.eval() before torch.onnx.export, and "
                      "training=torch.onnx.TrainingMode.EVAL (the default).")
+# sweep 36: an MC-dropout model, in .eval() and exported for inference, was told to call model.eval()
+ALWAYS_DROPOUT_FIX = ("A dropout the forward applies whatever the module's mode (F.dropout(x, p, training=True), "
+                      "Monte Carlo dropout) is exported so even after model.eval(): pass training=self.training, or "
+                      "export a forward without it.")
+
+
+def training_mode_fix(found: list[str]) -> str:
+    """The advice for `training_mode_nodes`' findings: where only Dropouts were found, the model may well have been
+    exported in .eval() with a dropout its forward always applies, which model.eval() does not turn off."""
+    if found and all(f.startswith("Dropout ") for f in found):
+        return f"{TRAINING_MODE_FIX} {ALWAYS_DROPOUT_FIX}"
+    return TRAINING_MODE_FIX

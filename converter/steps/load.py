@@ -10,7 +10,7 @@ from onnxprune.converter.verify import input_session
 from onnxprune.errors import ConverterError, ModelError
 from onnxprune.plain import listed, more
 from onnxprune.passes import quantized_weights
-from onnxprune.passes.loading import (CHANCE_FIX, TRAINING_MODE_FIX, chance_nodes, run_load_passes,
+from onnxprune.passes.loading import (CHANCE_FIX, chance_nodes, run_load_passes, training_mode_fix,
                                       training_mode_nodes)
 from onnxprune.passes.opfacts import QUANTIZED_HOW
 from onnxprune.passes.weights import Inventory, attribute_parameters, find_prunable, name_nodes
@@ -33,8 +33,9 @@ def refuse_training_mode(model: onnx.ModelProto) -> None:
     found = training_mode_nodes(model)
     if found:
         raise ModelError(
-            f"The model was exported in training mode: {listed(found, 2)} make every output depend on "
-            f"chance or on the rest of the batch, so nothing can be measured against it. {TRAINING_MODE_FIX}")
+            f"The model was exported in training mode: {listed(found, 2)} make{'s' if len(found) == 1 else ''} every "
+            f"output depend on chance or on the rest of the batch, so nothing can be measured against it. "
+            f"{training_mode_fix(found)}")
     drawn = chance_nodes(model)
     if drawn:
         raise ModelError(

@@ -46,6 +46,10 @@ def _selu(v: np.ndarray, n: gs.Node) -> np.ndarray:
     return g * np.where(v > 0, v, a * np.exp(v) - a)
 
 
+def _finite(v: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(v), v, NAN)
+
+
 UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Relu": lambda v, n: np.maximum(v, 0),
     "LeakyRelu": lambda v, n: np.where(v >= 0, v, _attr(n, "alpha", 0.01) * v),
@@ -65,6 +69,13 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Cos": lambda v, n: np.cos(v),  # Fourier features' cos beside it: cos(0) = 1, a constant folded on
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),
+    "Sign": lambda v, n: np.sign(v),  # sweep 36: LISTA's soft threshold sign(u) relu(|u| - th)
+    # sweep 36: an x-vector's stats pooling sqrt(var + eps), "consumer Sqrt ... has no channel rule"; a constant
+    # channel maps to its image, NaN (not folded) where that is not finite: sqrt(-1), log(0), 1/0
+    "Sqrt": lambda v, n: _finite(np.sqrt(v)),
+    "Exp": lambda v, n: _finite(np.exp(v)),
+    "Log": lambda v, n: _finite(np.log(v)),
+    "Reciprocal": lambda v, n: _finite(1 / v),
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,  # inference: the identity (training_mode is refused below)
 }
@@ -94,6 +105,9 @@ def _binary(b: Builder, node: gs.Node) -> None:
                           else fn(cx.value, cy.value))
         c, k = (cx, y) if cx is not None else (cy, x)
         K = _const(k)
+        if K is None and node.op == "Mul" and _gate(b, x if cx is not None else y, c, k):
+            b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
+            return None
         if K is None:
             return b.opaque(node, f"combines the channels with '{k.name}', which carries none")
         kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
@@ -103,6 +117,19 @@ def _binary(b: Builder, node: gs.Node) -> None:
             with np.errstate(divide="ignore"):
                 b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
+
+
+def _gate(b: Builder, x, c: Channels, k) -> bool:
+    """Whether `k`, a tensor that carries no channels and is no constant, multiplies `x`'s channels by one factor
+    shared by all of them: its size on their axis is 1 or it has no such axis (a padding mask [N, 1, T] or [N, T, 1]
+    over a sequence's features, CBAM's spatial attention [N, 1, H, W]). A channel that is 0 stays 0 and can go
+    without touching `k`; any other value varies with `k`. Sweep 36: "Mul ... combines the channels with
+    '/Unsqueeze_output_0', which carries none"."""
+    xs, ks = b.shape(x), b.shape(k)
+    if xs is None or ks is None or len(ks) > len(xs):
+        return False
+    ax = len(ks) + c.axis
+    return ax < 0 or ks[ax] == 1
 
 
 def _product(x: np.ndarray, y: np.ndarray) -> np.ndarray:

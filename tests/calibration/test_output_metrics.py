@@ -272,6 +272,29 @@ def test_pruning_the_class_head_is_the_runs_loss_not_hidden_behind_the_boxes():
     assert only_boxes.loss_pp(only_boxes.evaluate(dead_head)) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_one_channel_map_is_scored_as_values_not_by_an_argmax_over_its_columns():
+    """Sweep 36: a PixelCNN's per-pixel Bernoulli logits, 'logits' [N, 1, 28, 28], were scored seq_agreement, the
+    argmax over each row's 28 pixels (which pixel of a row is most likely ink). One channel over positions is scored
+    by its values, as a user compares two such maps; a one-position [N, 1, 1, C] class vector keeps its argmax."""
+    model = tb.segmenter(classes=1, name="logits")
+    images = np.random.default_rng(3).standard_normal((16, 3, 6, 8)).astype(np.float32)
+    ev = evaluator(model, {"image": images})
+    assert ev.plan == {"logits": "rel_l2"}
+    scaled = with_weight(model, "head.weight", lambda w: 1.03 * w)  # a change of about 3% of each map
+    ref, got = ev.outputs_of(model)[0], ev.outputs_of(scaled)[0]
+    onnx_ref = make_session(model).run(None, {"image": images})[0]  # what a user measures in onnxruntime
+    onnx_got = make_session(scaled).run(None, {"image": images})[0]
+    assert np.allclose(ref, onnx_ref, atol=1e-6) and np.allclose(got, onnx_got, atol=1e-6)
+    d, r = onnx_got.reshape(16, -1).astype(np.float64), onnx_ref.reshape(16, -1).astype(np.float64)
+    floor = 0.1 * np.sqrt(np.mean(np.sum(r ** 2, 1)))
+    relative = 100 * np.mean(np.linalg.norm(d - r, axis=1) / np.maximum(np.linalg.norm(r, axis=1), floor))
+    lost = 100 * np.mean(np.sum((d - r) ** 2, 1)) / np.mean(np.sum((r - r.mean(0)) ** 2, 1))  # variance part
+    assert ev.loss_pp(ev.evaluate(scaled)) == pytest.approx(max(relative, lost), rel=1e-3)
+    assert auto_kind("logits", np.zeros((2, 1, 1, 10), np.float32) + np.arange(10)) == "seq_agreement"
+    probs = np.full((2, 1, 6, 4), 0.25, np.float32)  # probabilities over the last axis: classes there
+    assert auto_kind("out", probs) == "seq_agreement"
+
+
 def test_regression_and_embedding_losses_follow_their_definitions():
     model = tb.regressor()
     ev = evaluator(model, {"input": X8})
@@ -285,6 +308,28 @@ def test_regression_and_embedding_losses_follow_their_definitions():
     assert ev.loss_pp(ev.evaluate(with_weight(emb, "fc2.weight", lambda w: 3.0 * w))) < 1.0  # scale: cosine same
     flipped = with_weight(emb, "fc2.weight", lambda w: -w)
     assert ev.loss_pp(ev.evaluate(flipped)) > 50.0
+
+
+def test_a_sequence_of_tensors_of_different_shapes_is_refused_in_one_line_naming_the_output(tmp_path):
+    """Sweep 36: skl2onnx's MultiOutputClassifier returns 'probabilities' as a sequence of one tensor per target
+    ([N, 10] and [N, 3]); a budgeted run ended "step 'targets' failed after [load, inventory, data]: ValueError:
+    setting an array element with a sequence", and --sparsity 0.5 "output 'probabilities' cannot be compared by
+    value: a sequence output ... it cannot be compared by value". Both now name the output, its parts and the export
+    that works, in one line, exit 1."""
+    model = tb.per_target_sequence()
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(4).standard_normal((120, 6)).astype(np.float32)
+    label, probs = make_session(model).run(None, {"X": x[:5]})  # onnxruntime runs it: a list of two tensors
+    assert label.shape == (5, 2) and [p.shape for p in probs] == [(5, 4), (5, 3)]
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", X=x)
+    for extra in (["--data", str(tmp_path / "calib.npz"), "--max-loss", "1"], ["--sparsity", "0.5"]):
+        res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), *extra])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1 and "Traceback" not in res.output and len(lines) == 1, res.output
+        assert "output 'probabilities' is a sequence of 2 tensors of different shapes" in lines[0]
+        assert "[5, 4]" in lines[0] or "[4]" in lines[0] or ", 4]" in lines[0]
+        assert "estimators_" in lines[0] and "ValueError" not in lines[0]
 
 
 def test_zipmap_output_is_compared_by_value():

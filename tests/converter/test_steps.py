@@ -302,6 +302,35 @@ def test_a_model_whose_output_a_random_op_reaches_is_refused_at_load_naming_the_
     load(sampling_vae(outputs=("mu",)))  # the sampling reaches no output: loads
 
 
+def test_a_dropout_the_forward_always_applies_is_refused_with_advice_that_fits_it(tmp_path):
+    """Sweep 36: an MC-dropout MLP (in .eval(), its forward F.dropout(h, 0.2, training=True)) exported for inference
+    still holds a Dropout whose training_mode is true; the refusal told its user to call model.eval(), which they had
+    done. With Dropouts alone it now names the always-on dropout and what to change; with a BatchNormalization in
+    training mode the advice stays the export's mode alone. prune and inspect say the same."""
+    from onnxprune.converter.steps.load import load
+    from onnxprune.errors import ModelError
+    from onnxprune.models.third_party_builders import training_mode_net
+
+    model = training_mode_net(batchnorm=False)
+    onnx.checker.check_model(model, full_check=True)
+    make_session(model)  # onnxruntime runs it
+    with pytest.raises(ModelError) as err:
+        load(model)
+    text = str(err.value)
+    assert "Dropout '/d/Dropout' (training_mode true) makes every output" in text
+    assert "F.dropout(x, p, training=True)" in text and "training=self.training" in text
+    onnx.save(model, tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--sparsity",
+                                   "0.5"])
+    assert res.exit_code == 1 and "training=self.training" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and "training=self.training" in res.output
+    with pytest.raises(ModelError) as err:  # a BatchNormalization in training mode: the export's mode
+        load(training_mode_net())
+    assert "training=self.training" not in str(err.value) and " make every output" in str(err.value)
+
+
 def test_a_model_exported_in_training_mode_is_refused_at_load_naming_its_nodes(tmp_path):
     """Sweep 30: a CNN exported with training=TrainingMode.TRAINING (BatchNormalization training_mode=1, Dropout with a
     constant true training_mode) ran 24 s and ended "differs from the dense model ... report it with --debug"; it is

@@ -1572,3 +1572,85 @@ def test_dead_features_pass_through_a_gcn_adjacency_that_mixes_the_nodes():
     assert shp["A"] == (9, 9) and G.op_counts(out) == G.op_counts(m)
     # ... and b2[2] times A's row sums after it, which differ (corner, edge and centre nodes): it varies and stays
     assert shp["w2.weight"][1] == 8
+
+
+@pytest.mark.parametrize("spread", ["Sqrt", "Log"])
+def test_dead_channels_pass_an_x_vector_statistics_pooling(spread):
+    """cat([mean(h), sqrt(var(h) + eps)]) over the frames (sweep 36's TDNN: "consumer Sqrt '/Sqrt' (op Sqrt) has no
+    channel rule (8 dead kept)"): a dead channel's mean is 0 and its spread sqrt(eps) (or log(eps)), a constant the
+    segment layer's bias takes; both of its columns there go."""
+    from onnxprune.models.third_party_builders import stats_pooling_tdnn
+
+    m = stats_pooling_tdnn(spread=spread)
+    G.zero(m, "t.weight", 0, [1, 4])
+    G.set_init(m, "t.bias", np.where(np.isin(np.arange(8), [1, 4]), 0.0, G.init(m, "t.bias")))
+    bias = G.init(m, "seg.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["t.weight"] == (6, 6, 1) and shp["seg.weight"] == (3, 12) and report.folded == 2
+    assert not np.allclose(G.init(out, "seg.bias"), bias)  # sqrt(eps) (log(eps)) times the spread columns went in
+    assert G.op_counts(out) == G.op_counts(m)
+
+
+@pytest.mark.parametrize("act", ["Exp", "Sign", "Reciprocal"])
+def test_constants_are_folded_through_more_element_wise_ops(act):
+    """Sweep 36: exp, sign (LISTA's soft threshold) and 1/x map a constant channel to a constant."""
+    m = G.mlp((10, 8, 6, 3), act=act, seed=3)
+    G.zero(m, "fc1.weight", 0, [2, 5])
+    G.zero(m, "fc2.weight", 0, [1])
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
+
+
+def test_dead_channels_pass_a_chunk_whose_bounds_torch_computes_from_the_shape():
+    """torch legacy's `x.chunk(2, dim=1)`: two Slices on the channel axis whose bounds are Div(Gather(Shape(x), 1),
+    2) of a tensor whose channel count is fixed (sweep 36's RevNet: "consumer Slice '/Slice' has starts, ends, axes
+    or steps that are not constant", 4 dead stem channels kept; sweep 34's legacy WaveNet, ShuffleNetV2). The load
+    step stores the bounds as the constants they are; dead channels of either half then go, each Slice's bounds
+    following the kept channels."""
+    from onnxprune.models.third_party_builders import channel_split_cnn
+    from onnxprune.passes.loading import run_load_passes
+
+    m = channel_split_cnn(width=8, size=6, classes=3)
+    loaded = onnx.ModelProto()
+    loaded.CopyFrom(m)
+    run_load_passes(loaded, PruneState())
+    G.assert_same(m, loaded)  # the bounds stored: the same outputs in onnxruntime
+    assert "Shape" not in G.op_counts(loaded) and G.op_counts(loaded)["Slice"] == 2
+    for half in ([1], [5, 6]):  # a dead channel of the first half (read by Concat), of the second (by 'branch')
+        z = G.zero(onnx.ModelProto.FromString(loaded.SerializeToString()), "stem.weight", 0, half)
+        G.set_init(z, "stem.bias", np.where(np.isin(np.arange(8), half), 0.0, G.init(z, "stem.bias")))
+        out, report, shp = prune(z)  # onnxruntime's outputs on seeded inputs equal the zeroed model's
+        onnx.checker.check_model(out, full_check=True)
+        assert shp["stem.weight"][0] == 8 - len(half) and report.removed >= len(half)
+        # the first half's dead channel: the Concat's first part shrinks, the head reads 7; the second's: 'branch'
+        # reads 2 of its 4 inputs
+        assert (shp["head.weight"][1], shp["branch.weight"][1]) == ((7, 4) if half == [1] else (8, 2))
+    batch = channel_split_cnn(width=8, size=6, classes=3)  # bounds read from the batch size stay computed
+    G.set_init(batch, "split.axis", np.array(0, np.int64))
+    run_load_passes(batch, PruneState())
+    assert "Shape" in G.op_counts(batch)
+
+
+def test_dead_channels_pass_a_mask_that_multiplies_every_channel_alike():
+    """`h * mask` with mask [N, 1, T] a graph input (a padding mask over a sequence; CBAM's spatial attention map
+    [N, 1, H, W] alike): a dead channel of h is 0 after it too and goes, the mask untouched (sweep 36: "Mul ...
+    combines the channels with '...', which carries none"). A constant channel that is not 0 varies with the mask:
+    it stays. A per-channel factor computed from the input (SKNet's branch weights [N, C, 1, 1]) still blocks."""
+    from onnxprune.models.third_party_builders import masked_sequence_conv
+
+    m = masked_sequence_conv()
+    G.zero(m, "c1.weight", 0, [1, 2, 6])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                      np.where(np.arange(8) == 6, 0.5, G.init(m, "c1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs (mask among them) equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c1.weight"] == (6, 4, 3) and shp["c2.weight"] == (3, 6, 1)  # relu(0.5) * mask varies: 6 stays
+    assert G.op_counts(out) == G.op_counts(m)
+    gated = masked_sequence_conv()
+    mask = next(i for i in gated.graph.input if i.name == "mask")
+    mask.type.tensor_type.shape.dim[1].dim_value = 8  # one factor per channel, from the input: no removal
+    G.zero(gated, "c1.weight", 0, [1])
+    G.set_init(gated, "c1.bias", np.where(np.arange(8) == 1, 0.0, G.init(gated, "c1.bias")))
+    out, report, shp = prune(gated)
+    assert shp["c1.weight"] == (8, 4, 3)
