@@ -302,7 +302,8 @@ def test_feeds_used_as_is_are_split_by_feed_and_counted_by_their_samples():
     feeds = [{"x": rng.standard_normal((5, 32, 4)).astype(np.float32)} for _ in range(10)]
     result = prune(scripted_lstm(hidden=8), data=feeds, max_loss=1, one_shot=True, seed=0)
     notes = result.report["notes"]
-    assert any("chose on one sample in 4 of --data (96) and the 224 others decide" in n for n in notes), notes
+    # in prune()'s words (the command line says "of --data (96)")
+    assert any("chose on one sample in 4 of data= (96) and the 224 others decide" in n for n in notes), notes
     assert any("decision rule: accepted when the scored output is within the budget on the 224 decision samples" in n
                for n in notes), notes
     assert not any("did not choose" in n and "given 64" in n for n in notes), notes
@@ -321,4 +322,4 @@ def test_two_feeds_too_small_to_split_choose_and_decide_on_one_set():
     feeds = [{"x": rng.standard_normal((5, 8, 4)).astype(np.float32)} for _ in range(3)]  # 1 feed of 8 would choose
     result = prune(scripted_lstm(hidden=8), data=feeds, max_loss=5, one_shot=True, seed=0)
     said = [n for n in result.report["notes"] if "the run decides on samples that did not choose" in n]
-    assert len(said) == 1 and "given 64 samples in 2 feeds or more, or --val-data" in said[0], said
+    assert len(said) == 1 and "given 64 samples in 2 feeds or more, or val_data=" in said[0], said  # prune()'s

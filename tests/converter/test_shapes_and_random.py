@@ -241,8 +241,8 @@ def test_data_of_one_size_for_an_input_of_any_size_is_said(tmp_path):
     rng = np.random.default_rng(0)
     result = prune(model, data={"x": rng.standard_normal((40, 1, 8, 8)).astype(np.float32)}, sparsity=0.3)
     said = [n for n in result.report["notes"] if "of any size" in n]
-    assert said and said[0].startswith("input 'x' declares axes 2 (H), 3 (W) of any size, and every sample of --data "
-                                       "has 8 x 8 there: the pruned model is measured at that size only")
+    assert said and said[0].startswith("input 'x' declares axes 2 (H), 3 (W) of any size, and every sample of data= "
+                                       "has 8 x 8 there: the pruned model is measured at that size only")  # prune()'s
     feeds = tmp_path / "feeds"
     feeds.mkdir()
     for k, size in enumerate((8, 10, 8, 12)):  # a folder of feeds of several sizes: nothing to say
