@@ -832,8 +832,9 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     kept weights in a layer with fewer rows (samples x positions) than inputs, where the zero-shrunk solution
     interpolates the rows it saw and forgets the rest of the input space (measured: keras MTCNN's dense layer,
     576 inputs, 38 samples, 6% pruned: held-out rel_l2 0.005 -> 0.26 toward zero, 0.002 toward the kept weights).
-    `stop`: a callable asked before each wave; when it says True the refit raises RefitStopped (a caller's time
-    ran out: a refit's onnxruntime passes are unoptimized and may take several times its estimate).
+    `stop(done, waves)`: a callable asked before each wave and each batch of a wave (`done` waves of `waves` done);
+    when it says True the refit raises RefitStopped (a caller's time ran out, or its pace says it will: a refit's
+    onnxruntime passes are unoptimized and may take several times its estimate).
     """
     if damp < 0:
         raise ConfigError(f"damp {damp} must be >= 0.")
@@ -852,7 +853,7 @@ def reconstruct(model: onnx.ModelProto, dense_model: onnx.ModelProto, masks: dic
     captures = [[lay.captures() for lay in wave] for wave in every]
     for k, wave in enumerate(every):
         def halt(k=k):
-            if stop is not None and stop():
+            if stop is not None and stop(k, len(every)):
                 raise RefitStopped(k, len(every))
 
         halt()

@@ -105,6 +105,9 @@ PER_LAYER_Z = 2.0
 # no time left for it. rapidocr_cls with 25 minutes: none of 119 candidates passed the cross-fit (each changed 1 of 19
 # rows of a fold); judged relative to the start's own cross-fit, 1.44x -> 1.47x. A sequence that may not survive one
 # rejection stops within a step or two of the bisection's edge.
+# a first refit tried at its own pace (`_paced_stop`) is judged by its pace from this many waves on (the first waves
+# alone say little: a session's first run costs more)
+PACED_AFTER = 2
 REFIT_MARGIN = 1.2  # a refit (or a per-layer candidate) starts only with its estimate and 20% more left
 SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
 # the neuron levels' bisection stops at half a level (13% of a group's neurons): each look at the decision set is a
@@ -278,11 +281,18 @@ class SgdRecovery(Recovery):
         return ReconstructRecovery().search(s, best)
 
 
-def _refit_need(need: float, after: float) -> str:
+def _now() -> float:
+    """The clock a paced refit reads its own pace by (`_paced_stop`; a test's slow refit sets another)."""
+    return time.perf_counter()
+
+
+def _refit_need(need: float, after: float, passes_only: bool = False) -> str:
     """What a refit needs to start, said whole: sweep 21's mobilevit read "stopped ... with 73 s left (a refit takes
-    about 66 s)", its 20% margin unsaid, and the run ended after 45 s of a 2-minute budget."""
+    about 66 s)", its 20% margin unsaid, and the run ended after 45 s of a 2-minute budget. `passes_only`: the
+    first refit's passes over the data alone (`_data_estimate`), which is what stopped it."""
     extra = f" and {after:.0f} s for what follows it" if after >= 0.5 else ""
-    return (f"a refit takes about {need / REFIT_MARGIN:.0f} s (estimated) and starts only with "
+    what = "its passes over the data alone take" if passes_only else "takes"
+    return (f"a refit {what} about {need / REFIT_MARGIN:.0f} s (estimated) and starts only with "
             f"{round((REFIT_MARGIN - 1) * 100)}% more{extra}: {need + after:.0f} s; a longer --time-budget refits")
 
 
@@ -306,7 +316,7 @@ class ReconstructRecovery(Recovery):
         s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: whole neurons first (each level "
                        "masks a share of every layer's neurons, which dead-neuron removal takes out of the dense "
                        "shapes), then single weights, every candidate refit layer by layer")
-        self.pace, self.after, self.stopped = None, None, False
+        self.pace, self.after, self.stopped, self.projected = None, None, False, None
         # level 0 refits the one-shot masks; when the start is the input model (no one-shot candidate was within
         # the budget) there is nothing to refit there, and the first candidate is level 1. rapidocr_rec (3 minutes):
         # a 41 s refit of the unpruned model, then no time for a level between 1.0x and the rejected 1.67x
@@ -334,16 +344,18 @@ class ReconstructRecovery(Recovery):
 
         s = self.s
         need = self._first_estimate(best.masks) * REFIT_MARGIN
-        if s.left() < need + s.tail:
+        paced = s.left() < need + s.tail  # priced over the time left: tried at its own pace (`_paced_stop`)
+        if paced and s.left() < self._data_estimate(best.masks) * REFIT_MARGIN + s.tail:
+            need = self._data_estimate(best.masks) * REFIT_MARGIN
             s.notes.append(f"time budget: the refit search stopped at level 0 with {max(0.0, s.left()):.0f} s "
-                           f"left: {_refit_need(need, s.tail)}")
+                           f"left: {_refit_need(need, s.tail, passes_only=True)}")
             self.stopped = True
             return best, True
         t0 = time.perf_counter()
         try:
-            model, masks, decision = self._candidate(best.masks)
+            model, masks, decision = self._candidate(best.masks, paced=paced)
         except RefitStopped as stopped:
-            self._stopped(stopped, 0.0, need / REFIT_MARGIN)
+            self._stopped(stopped, 0.0, need / REFIT_MARGIN, paced=paced)
             self.stopped = True
             return best, True
         kept = decision.within and decision.loss_pp <= best.decision.loss_pp + 1e-9
@@ -478,9 +490,20 @@ class ReconstructRecovery(Recovery):
         clock = self.s.clock
         if clock is None:
             return 0.0
+        return self._data_estimate(masks) + self._passes(masks) * 2.0 * clock.load_seconds
+
+    def _data_estimate(self, masks=None) -> float:
+        """The first refit's passes over the training part alone (`_first_estimate` without its sessions): what it
+        takes at the least. The sessions' part is the load step's seconds for each of them, which a model whose load
+        step does much more than build a session overprices many times: rapidocr_cls (54 waves, 2 s to load on a
+        busy machine) was priced 213 s and never refit in 3 minutes (1.12x), its refits then taking 2-3 s each
+        (1.44x given 10 minutes). A first refit priced over the time left whose passes alone fit is tried at its own
+        pace instead (`_paced_stop`)."""
+        clock = self.s.clock
+        if clock is None:
+            return 0.0
         n = getattr(self.s.data.train, "num_samples", None) or 0
-        passes = self._passes(masks)
-        return min(passes, DATA_PASSES) * n * clock.after.pass_per_sample + passes * 2.0 * clock.load_seconds
+        return min(self._passes(masks), DATA_PASSES) * n * clock.after.pass_per_sample
 
     def _passes(self, masks) -> int:
         """The refit's passes over the data: its waves (one per weight without masks)."""
@@ -545,9 +568,15 @@ class ReconstructRecovery(Recovery):
         s.notes.append(f"per-layer refit: {tried} candidates, {kept_n} kept; every layer at its smallest step")
         return self._rejudged(best, kept_n)
 
-    def _stopped(self, stopped, level, estimate: float) -> None:
+    def _stopped(self, stopped, level, estimate: float, paced: bool = False) -> None:
         """The note for a refit the time ran out in (reconstruct's `stop`): it was dropped, the best kept."""
         at = f"at level {level:g} " if level is not None else "of a layer "
+        if paced and self.projected is not None and self.s.left() >= self.s.tail:
+            self.s.notes.append(f"time budget: a refit {at}(estimated {estimate:.0f} s, over the time left, so tried "
+                                f"at its own pace) was stopped after {stopped.done} of its {stopped.waves} waves: at "
+                                f"that pace it takes about {self.projected:.0f} s; the best model before it is kept; "
+                                "a longer --time-budget refits")
+            return
         self.s.notes.append(f"time budget: a refit {at}was stopped after {stopped.done} of its {stopped.waves} "
                             f"waves when the search's time ran out (estimated {estimate:.0f} s); the best model "
                             "before it is kept")
@@ -558,12 +587,30 @@ class ReconstructRecovery(Recovery):
             return best
         return type(best)(best.model, best.masks, self.s.judge(best.model), best.levels)
 
-    def _candidate(self, masks, rule=None):
+    def _candidate(self, masks, rule=None, paced: bool = False):
         s = self.s
-        model, chosen = self._refit(_zeroed(s.original, masks), masks, s.data.train)
+        model, chosen = self._refit(_zeroed(s.original, masks), masks, s.data.train, paced)
         return model, chosen, s.judge(model, rule)
 
-    def _refit(self, pruned, masks, reader):
+    def _paced_stop(self, paced: bool):
+        """reconstruct's `stop(done, waves)`: when the search's time is gone, or, for a refit `paced` (priced over
+        the time left, tried anyway: `_data_estimate`), from PACED_AFTER waves on, when the waves left at the pace of
+        those done would not end before it."""
+        s, t0 = self.s, _now()
+
+        def stop(done: int, waves: int) -> bool:
+            left = s.left() - s.tail
+            if left < 0:
+                return True
+            if not paced or done < PACED_AFTER:
+                return False
+            spent = _now() - t0
+            self.projected = spent * waves / done
+            return spent * (waves - done) / done > left
+
+        return stop
+
+    def _refit(self, pruned, masks, reader, paced: bool = False):
         from onnxprune.calibration.runtime import no_arena
         from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
 
@@ -571,7 +618,7 @@ class ReconstructRecovery(Recovery):
         with no_arena():  # two short-lived sessions per wave: the arena's memory outlived them (runtime.no_arena)
             model = reconstruct(pruned, self.s.original, masks, reader, limit=None, report=report,
                                 dense_session=self.dense, select=self.select,
-                                damp=REFIT_DAMP, prior=REFIT_PRIOR, stop=lambda: self.s.left() < self.s.tail)
+                                damp=REFIT_DAMP, prior=REFIT_PRIOR, stop=self._paced_stop(paced))
         for name, why in report.skipped.items():
             note = f"reconstruct did not refit '{name}': {why}"
             if note not in self.s.notes:

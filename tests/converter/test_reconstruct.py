@@ -642,7 +642,7 @@ def _stop_on_second_ask():
     """A reconstruct `stop` that says stop the second time it is asked, and the list of its asks."""
     asked = []
 
-    def stop():
+    def stop(done, waves):
         asked.append(1)
         return len(asked) > 1
 
@@ -664,7 +664,7 @@ def test_a_stop_asked_before_each_wave_ends_the_refit_and_never_stopping_changes
         reconstruct(pruned, dense, masks, feeds, stop=after_one)
     assert (stopped.value.done, stopped.value.waves) == (1, n_waves) and len(asked) == 2
     plain = reconstruct(pruned, dense, masks, feeds)
-    never = reconstruct(pruned, dense, masks, feeds, stop=lambda: False)
+    never = reconstruct(pruned, dense, masks, feeds, stop=lambda done, waves: False)
     for a, b in zip(plain.graph.initializer, never.graph.initializer):
         np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b), err_msg=a.name)
 

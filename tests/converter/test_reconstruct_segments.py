@@ -127,7 +127,7 @@ def test_the_dense_sessions_across_calls_start_each_call_afresh(monkeypatch):
     with pytest.raises(rec.RefitStopped):
         asked = []
         reconstruct(prune_to(dense, first), dense, first, feeds, dense_session=shared,
-                    stop=lambda: asked.append(1) or len(asked) > 2)
+                    stop=lambda done, waves: asked.append(1) or len(asked) > 2)
     again, _ = _refit(dense, second, feeds, shared)
     fresh, _ = _refit(dense, second, feeds)
     for name in second:

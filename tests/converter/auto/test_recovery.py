@@ -191,8 +191,8 @@ def _rejecting_the_first(monkeypatch):
     rules = []
     real = recovery.ReconstructRecovery._candidate
 
-    def rejecting_the_first(self, masks, rule=None):
-        out, chosen, decision = real(self, masks, rule)
+    def rejecting_the_first(self, masks, rule=None, paced=False):
+        out, chosen, decision = real(self, masks, rule, paced)
         rules.append(rule)
         if len(rules) == 1:
             decision = dataclasses.replace(decision, within=False)
@@ -385,13 +385,17 @@ def test_a_refit_the_time_left_cannot_start_says_the_whole_need(small_unlabelled
         seen.append(self.s.left())
         return self.s.left() / 1.1
 
+    # a refit whose whole estimate is over the time left is tried at its own pace when its passes over the data
+    # fit (test below); here those passes alone are priced over it
     monkeypatch.setattr(recovery.ReconstructRecovery, "_first_estimate", estimate)
+    monkeypatch.setattr(recovery.ReconstructRecovery, "_data_estimate", estimate)
     result = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
     notes = result.report["notes"]
     stop = [n for n in notes if n.startswith("time budget: the refit search stopped at level")]
     assert len(stop) == 1 and seen, notes
-    left, est, need = (int(v) for v in re.search(r"with (\d+) s left: a refit takes about (\d+) s \(estimated\) and "
-                                                 r"starts only with 20% more: (\d+) s", stop[0]).groups())
+    left, est, need = (int(v) for v in re.search(r"with (\d+) s left: a refit its passes over the data alone take "
+                                                 r"about (\d+) s \(estimated\) and starts only with 20% more: "
+                                                 r"(\d+) s", stop[0]).groups())
     assert est <= left < need, stop[0]
     assert not any("no per-layer refit was tried" in n for n in notes), notes  # said once
     assert result.report["budget"]["met"]
@@ -549,3 +553,34 @@ def test_a_search_left_at_the_input_model_keeps_it_and_writes_it_as_given(tmp_pa
     assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
     assert any(n.startswith("what stopped the search") for n in report["auto"]["notes"])  # candidates were judged
     assert not any(h["phase"] == "reconstruct" and h["kept"] for h in report["history"])  # no refit of the input
+
+
+def test_a_first_refit_priced_over_the_time_left_is_tried_at_its_own_pace(small_unlabelled, monkeypatch):
+    """rapidocr_cls on a busy machine: its first refit was priced 213 s (54 waves, two sessions each at the load
+    step's 2 s) with 137 s left, so the search stopped at the one-shot start (1.12x); its refits took 2-3 s (1.44x
+    given 10 minutes). A first refit priced over the time left whose passes over the data fit is tried: a fast one
+    runs to its end and the search goes on; a slow one is stopped by its own pace after PACED_AFTER waves, with
+    the time it would take said, and the one-shot start is kept."""
+    from onnxprune.converter import reconstruct as rec
+    from onnxprune.converter.auto import recovery
+
+    model, data = small_unlabelled
+    monkeypatch.setattr(recovery.ReconstructRecovery, "_first_estimate", lambda self, masks=None: 1e6)
+    fast = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    phases = [h["phase"] for h in fast.report["history"]]
+    assert phases[:2] == ["one-shot", "reconstruct"] and len(phases) > 2, phases
+    assert not [n for n in fast.report["notes"] if n.startswith("time budget: the refit search stopped at level 0")]
+    assert fast.report["budget"]["met"]
+
+    real_wave, waves_run = rec._refit_wave, []
+
+    def slow_wave(*args, **kwargs):  # each wave as if it took 1,000 s, by the refit's own clock
+        waves_run.append(1)
+        return real_wave(*args, **kwargs)
+
+    monkeypatch.setattr(rec, "_refit_wave", slow_wave)
+    monkeypatch.setattr(recovery, "_now", lambda: 1000.0 * len(waves_run))
+    slow = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    note = [n for n in slow.report["notes"] if "so tried at its own pace) was stopped after 2 of its" in n]
+    assert note and "at that pace it takes about" in note[0], slow.report["notes"]
+    assert len(waves_run) == recovery.PACED_AFTER
