@@ -32,6 +32,17 @@ def needs_onnxruntime(version: str | None, why: str) -> None:
         pytest.skip(f"needs onnxruntime >= {version}: {why} (this is {onnxruntime.__version__})")
 
 
+def needs_quantization_tool() -> None:
+    """Skip a test that makes its model with onnxruntime.quantization (quantize_static, quantize_dynamic) where that
+    tool cannot run: before onnxruntime 1.19 it reads onnx.mapping, which onnx 1.19 (the floor) no longer has
+    (AttributeError at 1.17.0 and 1.18.1; the tool's own code never imports onnxruntime.quantization)."""
+    if not hasattr(onnx, "mapping") and runtime_version() < (1, 19):
+        import onnxruntime
+
+        pytest.skip(f"onnxruntime.quantization of {onnxruntime.__version__} needs onnx.mapping, gone in onnx "
+                    f"{onnx.__version__}")
+
+
 def onnxruntime_since(version: str, why: str):
     """needs_onnxruntime as a decorator: `@onnxruntime_since("1.26.0", "a DeformConv kernel")`."""
     import onnxruntime

@@ -998,6 +998,7 @@ def test_pooling_matches_onnxruntime_for_random_geometry(data):
 @PROPERTY
 @given(data=st.data())
 def test_conv_matches_onnxruntime_for_random_geometry(data):
+    needs_onnxruntime("1.20.1", "SAME_UPPER with a stride over the kernel as the ONNX spec pads it")
     nd = data.draw(st.integers(1, 2), label="rank")
     kernel = data.draw(st.lists(st.integers(1, 4), min_size=nd, max_size=nd), label="kernel")
     attrs = {"strides": data.draw(st.lists(st.integers(1, 3), min_size=nd, max_size=nd), label="strides"),

@@ -13,13 +13,14 @@ from onnxprune.passes.base import PruneState
 from onnxprune.passes.contrib_qdq import ContribQDQ, standard
 from onnxprune.passes.weights import find_prunable
 from tests.passes import _graphs as G
-from tests.oracle import onnxruntime_since
+from tests.oracle import needs_quantization_tool, onnxruntime_since
 
 X = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
 
 
 def contrib_lenet(tmp_path, per_channel: bool = True) -> onnx.ModelProto:
     """onnxruntime's own quantize_static output with its contrib Q/DQ ops (QDQ format, int8 weights)."""
+    needs_quantization_tool()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):

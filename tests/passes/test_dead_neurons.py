@@ -7,13 +7,13 @@ from functools import partial
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState, run_passes
 from onnxprune.passes.dead_neurons import RemoveDeadNeurons, remove_dead_neurons
-from tests.oracle import needs_onnxruntime
+from tests.oracle import needs_onnxruntime, runtime_version
 from tests.passes import _graphs as G
 
 
@@ -697,6 +697,7 @@ GRAPHS = {
 @given(st.data())
 def test_property_random_dead_slices_in_every_test_graph_keep_outputs_and_reach_a_fixed_point(data):
     name = data.draw(st.sampled_from(sorted(GRAPHS)))
+    assume(name != "group norm 21" or runtime_version() >= (1, 18))  # GroupNormalization-21: onnxruntime >= 1.18
     m = GRAPHS[name](seed=data.draw(st.integers(0, 9)))
     for t in list(m.graph.initializer):
         w = G.init(m, t.name)

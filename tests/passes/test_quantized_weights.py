@@ -14,12 +14,13 @@ from onnx import numpy_helper
 from onnxprune.passes.dead_neurons import remove_dead_neurons
 from onnxprune.passes.quantized_weights import as_written, fold, foldable, restore
 from tests.passes import _graphs as G
-from tests.oracle import onnxruntime_since
+from tests.oracle import needs_quantization_tool, onnxruntime_since
 
 X = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
 
 
 def qdq_lenet(tmp_path, per_channel: bool = True, weight_type: str = "QInt8", seed: int = 0) -> onnx.ModelProto:
+    needs_quantization_tool()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -429,6 +430,7 @@ def test_a_block_wise_int4_weight_is_refused_naming_its_kind(tmp_path):
 
 def dynamic(tmp_path, model: onnx.ModelProto, name: str, per_channel: bool = False,
             weight_type: str = "QInt8") -> onnx.ModelProto:
+    needs_quantization_tool()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}_dyn_{per_channel}_{weight_type}.onnx"
