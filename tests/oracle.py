@@ -23,8 +23,8 @@ def runtime_version(version: str | None = None) -> tuple[int, ...]:
 
 def needs_onnxruntime(version: str | None, why: str) -> None:
     """Skip a test whose model or expected values need a newer onnxruntime than the installed one (the compatibility
-    audit of 2026-12-06 ran the suite at the declared floor, onnxruntime 1.17: these failed there because the runtime
-    lacks the op or computes it otherwise, tests/corpus/RESULTS.md). `version` is the first one the test passed at of
+    audit of 2026-12-06 ran the suite at onnxruntime 1.17.0 and at the floor, 1.18.1: these failed there because the
+    runtime lacks the op or computes it otherwise, tests/corpus/RESULTS.md). `version` is the first one the test passed at of
     1.17.0, 1.18.1, 1.19.2, 1.20.1, 1.22.1, 1.23.2, 1.24.4, 1.26.0, 1.28.0, 1.30.0 and 1.31.1; None runs it."""
     if version is not None and runtime_version() < runtime_version(version):
         import onnxruntime
