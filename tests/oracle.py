@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from onnxprune.calibration.runtime import make_session, output_names, random_feeds
+
+
+def runtime_version(version: str | None = None) -> tuple[int, ...]:
+    """(major, minor, patch) of `version`, or of the installed onnxruntime."""
+    if version is None:
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def needs_onnxruntime(version: str | None, why: str) -> None:
+    """Skip a test whose model or expected values need a newer onnxruntime than the installed one (the compatibility
+    audit of 2026-12-06 ran the suite at onnxruntime 1.17.0 and at the floor, 1.18.1: these failed there because the
+    runtime lacks the op or computes it otherwise, tests/corpus/RESULTS.md). `version` is the first one the test passed at of
+    1.17.0, 1.18.1, 1.19.2, 1.20.1, 1.22.1, 1.23.2, 1.24.4, 1.26.0, 1.28.0, 1.30.0 and 1.31.1; None runs it."""
+    if version is not None and runtime_version() < runtime_version(version):
+        import onnxruntime
+
+        pytest.skip(f"needs onnxruntime >= {version}: {why} (this is {onnxruntime.__version__})")
+
+
+def needs_quantization_tool() -> None:
+    """Skip a test that makes its model with onnxruntime.quantization (quantize_static, quantize_dynamic) where that
+    tool cannot run: before onnxruntime 1.19 it reads onnx.mapping, which onnx 1.19 (the floor) no longer has
+    (AttributeError at 1.17.0 and 1.18.1; the tool's own code never imports onnxruntime.quantization)."""
+    if not hasattr(onnx, "mapping") and runtime_version() < (1, 19):
+        import onnxruntime
+
+        pytest.skip(f"onnxruntime.quantization of {onnxruntime.__version__} needs onnx.mapping, gone in onnx "
+                    f"{onnx.__version__}")
+
+
+def onnxruntime_since(version: str, why: str):
+    """needs_onnxruntime as a decorator: `@onnxruntime_since("1.26.0", "a DeformConv kernel")`."""
+    import onnxruntime
+
+    return pytest.mark.skipif(runtime_version() < runtime_version(version),
+                              reason=f"needs onnxruntime >= {version}: {why} (this is {onnxruntime.__version__})")
 
 
 def with_initializer(model: onnx.ModelProto, name: str, fn) -> onnx.ModelProto:

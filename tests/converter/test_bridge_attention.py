@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.converter.bridge import OnnxModule
 from onnxprune.passes.dead_neurons import remove_dead_neurons
+from tests.oracle import onnxruntime_since
 
 S, F, D, H, FF, C = 6, 8, 16, 2, 32, 4  # positions, input features, model width, heads, feed-forward width, classes
 
@@ -85,6 +86,7 @@ def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("form", ["4d", "3d"])
+@onnxruntime_since("1.23.2", "ONNX's Attention (opset 23)")
 def test_the_bridge_runs_the_encoder_as_onnxruntime_and_reaches_every_weight(form):
     model, x = encoder_classifier(form), inputs(16)
     module = OnnxModule(model, trainable=["W_in", "Wq", "Wk", "Wv", "Wo", "W1", "W2", "Wh"])
@@ -98,6 +100,7 @@ def test_the_bridge_runs_the_encoder_as_onnxruntime_and_reaches_every_weight(for
 @pytest.mark.parametrize("form, blocker", [("4d", "consumer Reshape 'Reshape_v_split'"),
                                            ("3d", "consumer Attention 'Attention_att_m' (op Attention) has no "
                                                   "channel rule")])
+@onnxruntime_since("1.23.2", "ONNX's Attention (opset 23)")
 def test_dead_neuron_removal_keeps_the_dead_value_channel_attention_reads(form, blocker):
     """A V channel that carries nothing could only leave with a rule proving it safe (dropping it would change the
     head size, and with it the default 1/sqrt(head size) scale): the channel stays, and the note names the node that
@@ -115,6 +118,7 @@ def test_dead_neuron_removal_keeps_the_dead_value_channel_attention_reads(form, 
     np.testing.assert_allclose(run_ort(shrunk, x), run_ort(model, x), rtol=1e-4, atol=1e-5)
 
 
+@onnxruntime_since("1.23.2", "ONNX's Attention (opset 23)")
 def test_sgd_retrains_an_attention_model_label_free_within_the_budget(tmp_path):
     """The recovery the report names is sgd, its rounds ran (retraining through the bridge: before Attention was
     there, --recovery sgd stopped with 'the torch bridge cannot run 1 node(s)'), the written model passes the full

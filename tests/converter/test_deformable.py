@@ -8,7 +8,7 @@ from onnxprune.converter.pipeline import configure, run
 from onnxprune.converter.reconstruct import ReconstructReport, reconstruct
 from onnxprune.models.third_party_builders import deformable_cnn
 from onnxprune.passes.weights import find_prunable, weight_array
-from tests.oracle import assert_same_outputs, zero_weights
+from tests.oracle import assert_same_outputs, onnxruntime_since, zero_weights
 
 
 def _data(n=256, seed=0):
@@ -19,6 +19,7 @@ def _data(n=256, seed=0):
     return model, {"image": x, "labels": labels}
 
 
+@onnxruntime_since("1.26.0", "a DeformConv kernel")
 def test_the_deformable_weight_is_found_and_pruned_and_the_output_verified():
     model, data = _data()
     inv = find_prunable(model)
@@ -31,6 +32,7 @@ def test_the_deformable_weight_is_found_and_pruned_and_the_output_verified():
     assert_same_outputs(result.model, result.dense_model, feeds=[{"image": data["image"][:16]}])
 
 
+@onnxruntime_since("1.26.0", "a DeformConv kernel")
 def test_a_model_with_a_deformable_conv_retrains_through_the_bridge():
     model, data = _data()
     result = run(model, configure(sparsity=0.6, data=data, iterations=1, epochs=1, neurons=False))
@@ -41,6 +43,7 @@ def test_a_model_with_a_deformable_conv_retrains_through_the_bridge():
     assert_same_outputs(result.model, result.dense_model, feeds=[{"image": data["image"][:16]}])
 
 
+@onnxruntime_since("1.26.0", "a DeformConv kernel")
 def test_the_refit_leaves_it_as_pruned_and_says_why():
     model, data = _data()
     masks = {w.name: np.abs(weight_array(model, w.name)) > np.median(np.abs(weight_array(model, w.name)))

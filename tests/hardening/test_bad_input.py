@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.models import builders
 from onnxprune.passes.sparse_encode import dense_to_sparse
 from tests.hardening.helpers import assert_clean_error, gemm_then, invoke, leftovers, make_model, vi
+from tests.oracle import onnxruntime_since
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_READERS = (ROOT / "calibration" / "readers.py").exists()
@@ -228,6 +229,7 @@ def test_model_onnxruntime_cannot_load_is_refused_at_load_on_every_path(kind, re
     assert leftovers(tmp_path) == [] and not (tmp_path / "o.onnx").exists()
 
 
+@onnxruntime_since("1.28.0", "an older one loads the model and fails at its first run, a message of its own")
 def test_declared_shapes_that_do_not_fit_the_weights_are_named(tmp_path):
     m = builders.mlp_gemm()
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5  # the weights want 16 features

@@ -11,7 +11,7 @@ from onnxprune.models import builders
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.merge_copies import MergeCopies, duplicate_groups
 from onnxprune.passes.weights import find_prunable
-from tests.oracle import run
+from tests.oracle import onnxruntime_since, run
 
 
 def _feed(n=8):
@@ -98,6 +98,7 @@ def _function_called_twice() -> onnx.ModelProto:
     return model
 
 
+@onnxruntime_since("1.18.1", "a model of IR 10")
 def test_a_functions_constant_weight_inlined_per_call_is_one_tied_weight():
     """Inlined, a function called twice held two Constant-node copies of its weight: counted twice ("8.83K -> 4.42K,
     2.00x" where the input's own weights are 4.74K) and written twice (the file 18.8 KB -> 34.8 KB at half the
@@ -117,6 +118,7 @@ def test_a_functions_constant_weight_inlined_per_call_is_one_tied_weight():
                                rtol=1e-5, atol=1e-5)
 
 
+@onnxruntime_since("1.18.1", "a model of IR 10")
 def test_constant_node_copies_in_the_main_graph_merge_and_read_the_first():
     """Two Constant nodes with the same weight, each read by its own MatMul, become one: the second node goes and
     its reader reads the first's output; the outputs stay bit-identical."""

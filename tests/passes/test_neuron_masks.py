@@ -14,7 +14,7 @@ from tests.oracle import zero_weights
 from tests.passes import _graphs as G
 
 
-def setup(model):
+def make_case(model):
     names = {w.name for w in find_prunable(model).prunable}
     weights = {n: weight_array(model, n) for n in names}
     return neuron_map(model, names), weights, {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}
@@ -30,7 +30,7 @@ def shrink(model, masks):
 
 def test_mlp_masks_whole_rows_and_columns_and_the_shapes_shrink():
     m = G.mlp((20, 12, 10, 4))
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, gone = neuron_masks(nmap, w, ones, 0.5)
     rows = ~masks["fc1.weight"].any(axis=1)
     assert rows.sum() == 6 and not masks["fc2.weight"][:, rows].any()  # fc1's 6 weakest, in and out
@@ -50,7 +50,7 @@ def test_weakest_by_in_norm_times_out_norm():
     w1[1] *= 0.5  # neuron 1: 0.5 → second weakest
     G.set_init(m, "fc1.weight", w1)
     G.set_init(m, "fc2.weight", w2)
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     s = scores(nmap, w)
     fc1 = sorted(r for r in s if nmap.origins[r] == "Gemm 'fc1'")  # class ids follow the neuron order
     assert s[fc1[0]] == pytest.approx(0.1 * np.sqrt(6 * 3)) and s[fc1[1]] == pytest.approx(0.5 * np.sqrt(6 * 3))
@@ -65,7 +65,7 @@ def test_weakest_by_in_norm_times_out_norm():
 def test_ranking_ignores_relu_rescaling(scale, seed):
     """relu(a·x)·(W/a) == relu(x)·W: moving magnitude from one side of a neuron to the other changes nothing."""
     m = G.mlp((8, 6, 3), seed=seed)
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     before, _ = neuron_masks(nmap, w, ones, 0.5)
     k = seed % 6
     w2 = {n: a.copy() for n, a in w.items()}
@@ -77,7 +77,7 @@ def test_ranking_ignores_relu_rescaling(scale, seed):
 
 def test_masks_only_shrink_and_dead_neurons_count_toward_the_fraction():
     m = G.mlp((10, 8, 3))
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     start = {n: o.copy() for n, o in ones.items()}
     start["fc1.weight"][[2, 5]] = False  # two neurons already dead (no inputs)
     masks, gone = neuron_masks(nmap, w, start, 0.25)
@@ -87,7 +87,7 @@ def test_masks_only_shrink_and_dead_neurons_count_toward_the_fraction():
 
 def test_residual_class_is_masked_in_every_producer_and_consumer():
     m = G.residual()
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, gone = neuron_masks(nmap, w, ones, 0.5)
     stem = ~masks["stem.weight"].reshape(8, -1).any(axis=1)
     assert stem.sum() == 4
@@ -99,7 +99,7 @@ def test_residual_class_is_masked_in_every_producer_and_consumer():
 
 def test_concat_branches_keep_a_channel_and_split_outputs_too():
     m = G.concat_split()
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, gone = neuron_masks(nmap, w, ones, 0.9)
     for name in ("p.weight", "q.weight"):
         assert masks[name].reshape(masks[name].shape[0], -1).any(axis=1).sum() >= 1
@@ -109,7 +109,7 @@ def test_concat_branches_keep_a_channel_and_split_outputs_too():
 
 def test_depthwise_filters_go_with_their_channel():
     m = G.depthwise_separable(pad=1)
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, gone = neuron_masks(nmap, w, ones, 0.5)
     dead = ~masks["pw0.weight"].reshape(8, -1).any(axis=1)
     assert dead.sum() == 4 and not masks["dw.weight"].reshape(8, -1)[dead].any()
@@ -129,7 +129,7 @@ def test_weights_that_cannot_be_masked_keep_their_neurons():
 
 def test_a_graph_output_blocks_masking_its_neurons():
     m = G.middle_output()  # fc1's activation is also a graph output
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, gone = neuron_masks(nmap, w, ones, 0.5)
     assert masks["fc1.weight"].all() and masks["fc2.weight"].any(axis=1).sum() == 3
     out, counts = shrink(m, masks)
@@ -139,7 +139,7 @@ def test_a_graph_output_blocks_masking_its_neurons():
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.99])
 def test_fraction_bounds(fraction):
     m = G.mlp((10, 8, 3))
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, gone = neuron_masks(nmap, w, ones, fraction)
     live = masks["fc1.weight"].any(axis=1).sum()
     assert live == max(1, 8 - int(np.floor(fraction * 8 + 1e-9)))
@@ -162,7 +162,7 @@ def test_a_batchnorm_scale_counts_in_the_score():
     w = G.init(m, "c1.weight").copy()
     w[4] *= 100.0  # … however large its conv weights
     G.set_init(m, "c1.weight", w)
-    nmap, weights, ones = setup(m)
+    nmap, weights, ones = make_case(m)
     masks, _ = neuron_masks(nmap, weights, ones, 1 / 6)
     assert not masks["c1.weight"][4].any() and masks["c1.weight"][[0, 1, 2, 3, 5]].all()
 
@@ -172,21 +172,21 @@ def test_a_batchnorm_scale_counts_in_the_score():
 def test_ranking_ignores_a_rescaling_the_batchnorm_divides_out(scale, channel):
     """conv·a with BN mean·a, var·a² computes the same function (up to ε): the ranking must not move."""
     m = _conv_bn_net(seed=3)
-    nmap, weights, ones = setup(m)
+    nmap, weights, ones = make_case(m)
     before, _ = neuron_masks(nmap, weights, ones, 0.5)
     m2 = _conv_bn_net(seed=3)
     for name, power in (("c1.weight", 1), ("c1.bias", 1), ("bn1.mean", 1), ("bn1.var", 2)):
         v = G.init(m2, name).astype(np.float64).copy()
         v[channel] *= scale ** power
         G.set_init(m2, name, v)
-    nmap2, weights2, _ = setup(m2)
+    nmap2, weights2, _ = make_case(m2)
     after, _ = neuron_masks(nmap2, weights2, ones, 0.5)
     assert all(np.array_equal(before[n], after[n]) for n in before)
 
 
 def test_transformer_ffn_loses_half_its_hidden_neurons_and_keeps_the_residual_stream():
     m = G.transformer_ffn()
-    nmap, w, ones = setup(m)
+    nmap, w, ones = make_case(m)
     masks, _ = neuron_masks(nmap, w, ones, 0.5)
     out, counts = shrink(m, masks)  # exact in onnxruntime through the erf-GELU chain
     assert counts == {"fc1": (64, 32), "fc2": (16, 16)}  # fc2's outputs join the residual Add with the input

@@ -20,12 +20,14 @@ from onnxprune.passes.base import PruneState
 from onnxprune.passes.qoperator import QOperatorToQDQ
 from tests.hardening.helpers import invoke
 from tests.passes import _graphs as G
+from tests.oracle import needs_quantization_tool
 
 X = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
 
 
 def qoperator(tmp_path, model: onnx.ModelProto, x: np.ndarray, per_channel: bool, weight_type: str = "QInt8",
               name: str = "m") -> onnx.ModelProto:
+    needs_quantization_tool()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     feed = model.graph.input[0].name

@@ -14,11 +14,13 @@ from onnx import numpy_helper
 from onnxprune.passes.dead_neurons import remove_dead_neurons
 from onnxprune.passes.quantized_weights import as_written, fold, foldable, restore
 from tests.passes import _graphs as G
+from tests.oracle import needs_quantization_tool, onnxruntime_since
 
 X = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
 
 
 def qdq_lenet(tmp_path, per_channel: bool = True, weight_type: str = "QInt8", seed: int = 0) -> onnx.ModelProto:
+    needs_quantization_tool()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -390,6 +392,7 @@ def test_an_int4_weight_is_refused_naming_its_width():
     assert "4-bit (INT4/UINT4)" in why and "8-bit QDQ model" in why
 
 
+@onnxruntime_since("1.19.2", "int4 tensors")
 def test_a_block_wise_int4_weight_is_refused_naming_its_kind(tmp_path):
     """Sweep 32: onnxruntime's MatMul4BitsQuantizer in QDQ format writes each MatMul weight as INT4 read through a
     DequantizeLinear with block_size (opset 21); the refusal said "behind a DequantizeLinear (quantized weight)"
@@ -427,6 +430,7 @@ def test_a_block_wise_int4_weight_is_refused_naming_its_kind(tmp_path):
 
 def dynamic(tmp_path, model: onnx.ModelProto, name: str, per_channel: bool = False,
             weight_type: str = "QInt8") -> onnx.ModelProto:
+    needs_quantization_tool()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = tmp_path / f"{name}.onnx", tmp_path / f"{name}_dyn_{per_channel}_{weight_type}.onnx"
@@ -455,6 +459,7 @@ def outputs(model: onnx.ModelProto, feeds) -> np.ndarray:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
 def test_dynamically_quantized_weights_fold_to_float_and_come_back_byte_for_byte(tmp_path):
     """Each integer weight becomes a float initializer of its own name read through a QuantizeLinear that gives the
     integers back, so the folded model runs exactly as the input; written back, the file is the input's bytes."""
@@ -519,6 +524,7 @@ def test_prune_writes_a_dynamically_quantized_model_with_pruned_weights_at_their
     assert result.report["compression"] == pytest.approx(b["nonzeros"] / a["nonzeros"])
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
 def test_a_pruned_integer_weight_that_stays_dense_on_its_grid_is_said(tmp_path):
     """Sweep 30: quantize_dynamic's LeNet-5 (per-channel, reduce_range) pruned 3.16x fewer nonzeros with the file
     431.13 KB -> 431.13 KB and no word why; a pruned integer weight is written back dense on its grid (a pruned entry
@@ -578,6 +584,7 @@ def test_an_integer_op_whose_weight_scale_the_graph_does_not_show_is_still_refus
     assert reasons["W"].endswith(QUANTIZED_HOW) and "MatMulInteger 'mm'" in reasons["W"]
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
 def test_a_model_that_quantizes_activations_per_batch_is_evaluated_a_sample_at_a_time(tmp_path):
     from onnxprune.converter.steps.data import _batch_dependent
 
@@ -613,6 +620,7 @@ def test_dead_neuron_removal_says_why_it_leaves_an_integer_layer_alone(tmp_path)
                     "(op MatMulInteger) holds integer-quantized weights: dead-neuron removal does not shrink it"}
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
 def test_sgd_retrains_a_dynamically_quantized_model_through_the_bridge(tmp_path):
     """The automatic search with --recovery sgd on quantize_dynamic's LeNet-5 (labelled random images: the labels
     are the input model's own classes): it retrains through the bridge (no 'cannot run' fallback), the file keeps its

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune.passes.shapes import BIG, infer_shapes, skeleton
+from tests.oracle import needs_onnxruntime
 from tests.passes import _graphs as G
 
 
@@ -112,6 +113,8 @@ def test_a_flatten_to_a_computed_shape_gets_its_shapes_from_onnxruntime():
 def test_conv_pads_are_the_pads_onnxruntime_resolves_auto_pad_to(auto_pad, dims, data):
     """The one reading of a Conv's auto_pad (shape inference, the refit's im2col and the bridge call it): a Conv with
     that auto_pad and one with the explicit pads conv_pads gives compute the same values in onnxruntime."""
+    needs_onnxruntime("1.20.1", "SAME_UPPER with a stride over the kernel as the ONNX spec pads it (1.15.1-1.19.2 give "
+                      "other values than the spec's pads, 0 and 0, on a size-3 input of kernel 1, stride 3)")
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -53,7 +53,7 @@ def logits_for(classes, n_classes=10):
     return out
 
 
-def setup(n=1000, dense_wrong=20, seed=0):
+def make_case(n=1000, dense_wrong=20, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     dense = labels.copy()
@@ -68,7 +68,7 @@ def halves(x):
 
 
 def test_the_dense_model_itself_is_within_a_zero_budget_and_the_resolution_is_one_sample():
-    ev, labels, dense = setup()
+    ev, labels, dense = make_case()
     rule = BudgetRule(ev, 0.0)
     d = rule.judge([r[0] for r in ev.reference_all])
     assert d.loss_pp == 0.0 and d.se_pp == 0.0 and d.within and d.n == 1000
@@ -77,7 +77,7 @@ def test_the_dense_model_itself_is_within_a_zero_budget_and_the_resolution_is_on
 
 
 def test_paired_loss_counts_discordant_samples_and_the_margin_is_one_standard_error():
-    ev, labels, dense = setup()
+    ev, labels, dense = make_case()
     cand = dense.copy()
     cand[100:130] = (labels[100:130] + 1) % 10  # 30 newly wrong
     cand[:10] = labels[:10]  # 10 newly right
@@ -99,7 +99,7 @@ def test_paired_loss_counts_discordant_samples_and_the_margin_is_one_standard_er
 def test_a_measured_gain_is_not_credited_against_a_positive_budget():
     """Sweep 6, k_conv1d: -0.89 pp on 225 decision samples ("upper bound 0.37 pp") and 1.90 pp lost held out. The
     bound is max(L, 0) + 1 SE: a gain no longer buys its own noise."""
-    ev, labels, dense = setup(n=200, dense_wrong=40)
+    ev, labels, dense = make_case(n=200, dense_wrong=40)
     cand = dense.copy()
     cand[:12] = labels[:12]  # 12 newly right
     cand[100:106] = (labels[100:106] + 1) % 10  # 6 newly wrong: L = -3 pp, SE ~2.1 pp
@@ -111,7 +111,7 @@ def test_a_measured_gain_is_not_credited_against_a_positive_budget():
 
 
 def test_a_loss_within_the_noise_passes_a_zero_budget():
-    ev, labels, dense = setup()
+    ev, labels, dense = make_case()
     cand = dense.copy()
     cand[100:103] = (labels[100:103] + 1) % 10  # 3 newly wrong, 2 newly right: 0.1 pp, SE ~0.22 pp
     cand[:2] = labels[:2]
@@ -120,11 +120,11 @@ def test_a_loss_within_the_noise_passes_a_zero_budget():
 
 
 def test_warnings_for_an_unresolvable_budget_and_for_training_data():
-    ev, _, _ = setup(n=100, dense_wrong=0)
+    ev, _, _ = make_case(n=100, dense_wrong=0)
     warnings = BudgetRule(ev, 0.5).warnings()
     assert any("cannot resolve --max-loss 0.5: one sample = 1 pp" in w for w in warnings)
     assert any("looks like data the model was trained on" in w for w in warnings)
-    ev, _, _ = setup(n=1000, dense_wrong=50)
+    ev, _, _ = make_case(n=1000, dense_wrong=50)
     assert BudgetRule(ev, 0.5).warnings() == []
 
 
@@ -277,7 +277,7 @@ def test_a_batch_of_another_shape_loses_every_sample_of_it():
 
 
 def test_a_negative_budget_is_refused():
-    ev, _, _ = setup()
+    ev, _, _ = make_case()
     with pytest.raises(ConfigError, match="max-loss"):
         BudgetRule(ev, -1.0)
 
@@ -287,7 +287,7 @@ def test_a_stricter_rule_accepts_a_subset_for_both_kinds(metric):
     """strictness 2 (the refit's per-layer phase): a paired rule takes 2 SE off a positive budget, a share of changed
     samples is bounded by Wilson at 2 SE. A larger z inside max(budget, z·SE) would have loosened the paired rule: a 3 pp loss on 100
     samples passed a 1 pp budget at z = 2 (a run then ended over its budget)."""
-    ev, labels, dense = setup(n=100, dense_wrong=5)
+    ev, labels, dense = make_case(n=100, dense_wrong=5)
     if metric == "agreement":
         ev = FakeEvaluator(ev.reference_all, ev.labels, "agreement")
     rng = np.random.default_rng(3)
@@ -375,7 +375,7 @@ def test_confidence_does_not_widen_the_no_loss_test_of_a_zero_budget():
     it stays at one standard error whatever --confidence says."""
     from onnxprune.converter.auto.decide import decision_scope
 
-    ev, labels, dense = setup()
+    ev, labels, dense = make_case()
     worse = dense.copy()
     worse[500:515] = (labels[500:515] + 1) % 10  # 15 more wrong of 1,000: 1.5 pp, SE ~0.38 pp
     outs = [logits_for(worse[:500]), logits_for(worse[500:])]
@@ -403,7 +403,7 @@ def test_accuracy_with_no_discordant_pair_is_bounded_by_wilson_not_zero():
     """Sweep 8: a ViT with 225 labelled decision samples, none of them flipped between right and wrong, printed
     "upper bound 0.00 pp" (the paired SE is 0 there) and lost 1.19 pp (SE 0.23) on 4,700 unseen images. The bound on
     the share made worse is Wilson's, as for a share of changed classes: 1/(n + 1) at Z = 1."""
-    ev, labels, dense = setup(n=226, dense_wrong=10)
+    ev, labels, dense = make_case(n=226, dense_wrong=10)
     cand = dense.copy()
     cand[:3] = (cand[:3] + 3) % 10  # three wrong answers changed to other wrong ones: no discordant pair
     assert (cand[:3] != labels[:3]).all()
@@ -416,7 +416,7 @@ def test_accuracy_with_no_discordant_pair_is_bounded_by_wilson_not_zero():
     # --max-loss 0 keeps its meaning (no loss beyond the noise): the unchanged model is within it
     assert BudgetRule(ev, 0.0).judge(halves(logits_for(dense))).within
     # too few labelled samples to certify 1 pp even with none flipped: the input model is kept, saying why
-    small, _, _ = setup(n=90, dense_wrong=5)
+    small, _, _ = make_case(n=90, dense_wrong=5)
     why = BudgetRule(small, 1.0).uncertifiable()
     assert why and "90 samples cannot certify --max-loss 1 for output" in why
 
@@ -424,7 +424,7 @@ def test_accuracy_with_no_discordant_pair_is_bounded_by_wilson_not_zero():
 def test_a_choosing_rule_has_no_zero_width_floor_and_still_certifies_on_enough_samples():
     """The one-shot start is chosen on the training part (75 labelled samples in sweep 8's two-input model) and
     certified on the decision set: the floor (1.3 pp at 75) rejected every try there and the start fell to 1.0x."""
-    ev, labels, dense = setup(n=76, dense_wrong=4)
+    ev, labels, dense = make_case(n=76, dense_wrong=4)
     choosing = BudgetRule(ev, 1.0, certifies=False)
     assert choosing.uncertifiable() is None
     d = choosing.judge(halves(logits_for(dense)))
@@ -469,7 +469,7 @@ def test_a_paired_rule_never_prefers_a_changed_candidate_to_an_unchanged_one():
     2 Z, 1.32 pp) while one with a sample made worse passed (0.33 pp + 2 SE = 1.00 pp). The margin is never below
     the floor, and the floor is Wilson's at Z however strict the rule, so the unchanged candidate is at least as
     acceptable at any strictness, and a set that certifies the budget certifies it at any strictness."""
-    ev, labels, dense = setup(n=300, dense_wrong=10)
+    ev, labels, dense = make_case(n=300, dense_wrong=10)
     worse, swapped = dense.copy(), dense.copy()
     worse[50] = swapped[50] = (labels[50] + 1) % 10  # one made worse
     swapped[0] = labels[0]  # and one made better (the dense model was wrong there)
