@@ -345,10 +345,10 @@ class ReconstructRecovery(Recovery):
         s = self.s
         need = self._first_estimate(best.masks) * REFIT_MARGIN
         paced = s.left() < need + s.tail  # priced over the time left: tried at its own pace (`_paced_stop`)
-        if paced and s.left() < self._data_estimate(best.masks) * REFIT_MARGIN + s.tail:
-            need = self._data_estimate(best.masks) * REFIT_MARGIN
+        floor = self._data_estimate(best.masks) * REFIT_MARGIN if paced else need
+        if s.left() < floor + s.tail:
             s.notes.append(f"time budget: the refit search stopped at level 0 with {max(0.0, s.left()):.0f} s "
-                           f"left: {_refit_need(need, s.tail, passes_only=True)}")
+                           f"left: {_refit_need(floor, s.tail, passes_only=True)}")
             self.stopped = True
             return best, True
         t0 = time.perf_counter()
@@ -411,9 +411,13 @@ class ReconstructRecovery(Recovery):
         tried = None  # the last level's neuron masks
         while True:
             need = (self.pace or self._first_estimate(best.masks)) * REFIT_MARGIN
-            if s.left() < need + s.tail:
+            # no refit measured yet (a start that is the input model has no level 0): priced over the time left,
+            # it is tried at its own pace when its passes over the data fit, as at level 0
+            paced = self.pace is None and s.left() < need + s.tail
+            floor = self._data_estimate(best.masks) * REFIT_MARGIN if paced else need
+            if s.left() < floor + s.tail:
                 s.notes.append(f"time budget: the refit search stopped at {knob} level {lo:g} with "
-                               f"{max(0.0, s.left()):.0f} s left: {_refit_need(need, s.tail)}")
+                               f"{max(0.0, s.left()):.0f} s left: {_refit_need(floor, s.tail, paced)}")
                 self.stopped = True
                 break
             t0 = time.perf_counter()
@@ -439,9 +443,9 @@ class ReconstructRecovery(Recovery):
                 level = (lo + hi) / 2.0
                 continue
             try:
-                model, masks, decision = self._candidate(masks, self.after)
+                model, masks, decision = self._candidate(masks, self.after, paced=paced)
             except RefitStopped as stopped:
-                self._stopped(stopped, level, need / REFIT_MARGIN)
+                self._stopped(stopped, level, need / REFIT_MARGIN, paced=paced)
                 self.stopped = True
                 break
             levels = {**levels0, knob: level}
