@@ -47,7 +47,10 @@ step starts at 1), refit as above; kept when within the budget by the rule twice
 skipped when that rule cannot certify the budget at all, decide.BudgetRule.resolves), else the layer's step halves,
 and a layer whose step falls under a quarter is done; rounds over the layers go on until every layer is done or the
 time budget. A candidate is refit on the training part and judged on the decision part (the automatic plan always
-holds one out: converter/steps/data.py), so no sample it is judged on was used by its refit.
+holds one out: converter/steps/data.py), so no sample it is judged on was used by its refit. Time: a candidate
+starts only when its estimate (the last refit's measured time, or before one, `_first_estimate`) and 20% more fit
+the time left; a first refit priced over it whose passes over the data fit is tried at its own pace, stopped once its
+waves' pace says it will not end in time (`_paced_stop`); every refit stops when the search's time is gone.
 """
 
 from __future__ import annotations
