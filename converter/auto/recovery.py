@@ -346,13 +346,8 @@ class ReconstructRecovery(Recovery):
         from onnxprune.converter.reconstruct import RefitStopped
 
         s = self.s
-        need = self._first_estimate(best.masks) * REFIT_MARGIN
-        paced = s.left() < need + s.tail  # priced over the time left: tried at its own pace (`_paced_stop`)
-        floor = self._data_estimate(best.masks) * REFIT_MARGIN if paced else need
-        if s.left() < floor + s.tail:
-            s.notes.append(f"time budget: the refit search stopped at level 0 with {max(0.0, s.left()):.0f} s "
-                           f"left: {_refit_need(floor, s.tail, passes_only=True)}")
-            self.stopped = True
+        need, paced = self._may_start(best.masks, "level 0")
+        if need is None:
             return best, True
         t0 = time.perf_counter()
         try:
@@ -413,15 +408,8 @@ class ReconstructRecovery(Recovery):
         lo, hi, level = 0.0, None, 1.0
         tried = None  # the last level's neuron masks
         while True:
-            need = (self.pace or self._first_estimate(best.masks)) * REFIT_MARGIN
-            # no refit measured yet (a start that is the input model has no level 0): priced over the time left,
-            # it is tried at its own pace when its passes over the data fit, as at level 0
-            paced = self.pace is None and s.left() < need + s.tail
-            floor = self._data_estimate(best.masks) * REFIT_MARGIN if paced else need
-            if s.left() < floor + s.tail:
-                s.notes.append(f"time budget: the refit search stopped at {knob} level {lo:g} with "
-                               f"{max(0.0, s.left()):.0f} s left: {_refit_need(floor, s.tail, paced)}")
-                self.stopped = True
+            need, paced = self._may_start(best.masks, f"{knob} level {lo:g}")
+            if need is None:
                 break
             t0 = time.perf_counter()
             if knob == "weights":
@@ -468,6 +456,22 @@ class ReconstructRecovery(Recovery):
                 break
             level = lo + 1.0 if hi is None else (lo + hi) / 2.0
         return best
+
+    def _may_start(self, masks, where: str) -> tuple[float | None, bool]:
+        """(the next refit's estimate with REFIT_MARGIN, whether it runs at its own pace), or (None, False) when it
+        may not start: said in a note, and the search stops. The estimate is the last refit's measured time, or
+        before one (level 0, or level 1 of a start that is the input model) `_first_estimate`; a first refit priced
+        over the time left is tried at its own pace (`_paced_stop`) when its passes over the data alone fit."""
+        s = self.s
+        need = (self.pace or self._first_estimate(masks)) * REFIT_MARGIN
+        paced = self.pace is None and s.left() < need + s.tail
+        floor = self._data_estimate(masks) * REFIT_MARGIN if paced else need
+        if s.left() < floor + s.tail:
+            s.notes.append(f"time budget: the refit search stopped at {where} with {max(0.0, s.left()):.0f} s "
+                           f"left: {_refit_need(floor, s.tail, paced)}")
+            self.stopped = True
+            return None, False
+        return need, paced
 
     def _global(self, best, keep: int) -> dict:
         """Masks keeping `keep` weights by LAMP over the layers the refit fits; a table the refit leaves as it is
@@ -604,6 +608,7 @@ class ReconstructRecovery(Recovery):
         the time left, tried anyway: `_data_estimate`), from PACED_AFTER waves on, when the waves left at the pace of
         those done would not end before it."""
         s, t0 = self.s, _now()
+        self.projected = None  # this refit's own, once its pace is read
 
         def stop(done: int, waves: int) -> bool:
             left = s.left() - s.tail
