@@ -124,14 +124,15 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
     # on the command line a library that prints (onnx-graphsurgeon) must not break --json: its stdout goes to stderr.
     # An API run leaves the caller's sys.stdout alone (audit 40: it was stderr for the whole call, so the caller's
     # other threads printed there too). The data step may turn the arena off
-    quiet = contextlib.redirect_stdout(sys.stderr) if list(command or []) != [API_COMMAND] else contextlib.nullcontext()
+    api = list(command or []) == [API_COMMAND]
+    quiet = contextlib.nullcontext() if api else contextlib.redirect_stdout(sys.stderr)
     with quiet, arena_scope():
         result = run(model, config, progress, started, reports=output is not None and report_dir is not None)
     if result is None:  # a torchrun process other than rank 0: it trained; rank 0 writes
         return None
     report = result.report
     report["command"] = list(command or [])
-    if report["command"] == [API_COMMAND]:
+    if api:
         _notes_in_api_words(report)
     failed = budget_error(report)
     if failed is not None and not force:

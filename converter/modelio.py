@@ -240,14 +240,19 @@ def inline_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
     return inlined, names
 
 
+def _newer_opset(model: onnx.ModelProto) -> int | None:
+    """The model's standard opset when it is newer than this onnx knows, else None."""
+    newest = onnx.defs.onnx_opset_version()
+    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx") and i.version > newest), None)
+
+
 def _checked_by_path(skeleton: onnx.ModelProto, path: Path) -> bool:
     """onnx's checker on the file itself, before its external data is read: the checker then reads the graph, not
     copies of the weights. Checked in memory after loading, a model of 528 MB of external weights (bench_large's
     VGG-16) peaked at 3.15x them in `inspect` (the checker serialises the proto and parses it again). False when
     the checker refuses it: the in-memory check after loading says why, as for any model (and sorts the nodes of
     a graph onnx's checker refuses only for their order)."""
-    newest = onnx.defs.onnx_opset_version()
-    if any(i.domain in ("", "ai.onnx") and i.version > newest for i in skeleton.opset_import):
+    if _newer_opset(skeleton) is not None:
         return False
     try:
         onnx.checker.check_model(str(path))
@@ -258,13 +263,13 @@ def _checked_by_path(skeleton: onnx.ModelProto, path: Path) -> bool:
 
 def check_model(model: onnx.ModelProto, *, where: str) -> None:
     """onnx.checker plus an opset check, turned into one clear line."""
-    newest = onnx.defs.onnx_opset_version()
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and imp.version > newest:
-            raise ModelError(
-                f"'{where}' uses opset {imp.version}, newer than this onnx ({onnx.__version__}) supports "
-                f"(<= {newest}); upgrade onnx or re-export the model with opset <= {newest}."
-            )
+    version = _newer_opset(model)
+    if version is not None:
+        newest = onnx.defs.onnx_opset_version()
+        raise ModelError(
+            f"'{where}' uses opset {version}, newer than this onnx ({onnx.__version__}) supports "
+            f"(<= {newest}); upgrade onnx or re-export the model with opset <= {newest}."
+        )
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
             try:
