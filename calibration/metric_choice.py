@@ -214,6 +214,30 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(o.name for o in model.graph.output if ranked(o.name))
 
 
+def graph_facts(model: onnx.ModelProto | None) -> dict:
+    """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
+    `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`."""
+    return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
+            "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model)}
+
+
+def input_sizes(model: onnx.ModelProto | None) -> frozenset[int]:
+    """The number of values a sample of each float graph input holds, where every axis after the first is declared
+    (784 for [N, 1, 28, 28] or [N, 784]); inputs of one axis or with a symbolic one after the first are left out."""
+    if model is None:
+        return frozenset()
+    initializers = {i.name for i in model.graph.initializer}
+    sizes = set()
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        if value.name in initializers or not value.type.HasField("tensor_type") or tensor.elem_type not in FLOAT_TYPES:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+        if len(dims) >= 2 and all(d > 0 for d in dims[1:]):
+            sizes.add(int(np.prod(dims[1:])))
+    return frozenset(sizes)
+
+
 def predicted_values(model: onnx.ModelProto | None) -> frozenset[str]:
     """Graph outputs that hold predicted values or features, never class scores, by the converter's own naming:
     skl2onnx (and onnxmltools, which shares its naming) call a regressor's predictions and a transformer's output
@@ -442,12 +466,12 @@ def constant_leader(name: str, batches: list) -> int | None:
 
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
-               predicted: Collection[str] = ()) -> dict[str, str]:
+               predicted: Collection[str] = (), input_sizes: Collection[int] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
-    `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2),
-    then rules that need the others:
+    `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2;
+    `input_sizes`: the values a sample of each float input holds, `input_sizes`), then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
@@ -469,6 +493,12 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          every value of one sign, not all in [0, 1], not log-probabilities, and far from 0 against their spread.
          DNSMOS's [N, 3] MOS (SIG, BAK, OVRL, about 1 to 4.5) was judged by its argmax over the three scores,
          which bounds no score.
+      9. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing),
+         with C >= RECONSTRUCTION_COLUMNS values a sample, as many as a sample of a float input holds, is a
+         reconstruction or a latent of the input's size (an autoencoder's decoded image, a flow's z) -> rel_l2.
+         Session 42: a torch MLP autoencoder 784-256-32-256-784 whose output is named 'output' was judged by the
+         argmax over its 784 pixels, which a change of one weight moves (the search kept the input model; scored
+         rel_l2, 1.21x within 1 pp); a flow's latent z [N, 784] (sweep 35's RealNVP) was judged the same way.
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
              for name, value in values.items()}
@@ -493,6 +523,15 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
             if not quiet:
                 log.info("output '%s' is scored as regression (rel_l2): its values are all of one sign and far from 0 "
                          "against their spread (quantities, not class scores)", name)
+    sizes = set(input_sizes)
+    for name in plain:
+        arr = as_array(values[name])
+        if kinds[name] == "agreement" and arr.ndim == 2 and arr.shape[1] >= RECONSTRUCTION_COLUMNS \
+                and arr.shape[1] in sizes:
+            kinds[name] = "rel_l2"
+            if not quiet:
+                log.info("output '%s' is scored as regression (rel_l2): it holds as many values a sample as an input "
+                         "(%d: a reconstruction or a latent of the input, not class scores)", name, arr.shape[1])
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is None:
@@ -515,6 +554,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
     return kinds
 
 
+# an output of this many values a sample or more, as many as an input's sample, is that input's reconstruction or
+# latent (rule 9); below it a classifier may have as many classes as features (iris: 4 features, 3 classes)
+RECONSTRUCTION_COLUMNS = 16
 QUANTITY_ROWS = 4  # rows of the first batch the quantity rule needs (one row of 2 logits can be of one sign)
 QUANTITY_SCALE = 1.5  # |mean| / std over the batch at or beyond which values of one sign are quantities
 

@@ -66,8 +66,7 @@ import onnxruntime as ort
 from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, probability_outputs, untouched_outputs,
-                                                 read_out_kind, embedding_outputs, ranked_outputs, predicted_values,
+                                                 parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
                                                  constant_leader, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -637,9 +636,7 @@ class Evaluator:
         the graph (which outputs it makes probabilities)."""
         self.auto_chosen = {n for n, k in self.plan.items() if k == AUTO}
         if AUTO in self.plan.values():  # every output at once: a head beside the others
-            chosen = auto_kinds(dict(zip(self.plan, first())), bounded=probability_outputs(model),
-                                embeddings=embedding_outputs(model), ranked=ranked_outputs(model),
-                                predicted=predicted_values(model), quiet=self._quiet)
+            chosen = auto_kinds(dict(zip(self.plan, first())), quiet=self._quiet, **graph_facts(model))
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]

@@ -517,15 +517,12 @@ def output_kinds(model: onnx.ModelProto, sample_outputs) -> list[str]:
     producer) where the metric choice scores it as classes (calibration.metric_choice.auto_kinds), else "values".
     The same rule as the scoring, so a face detector's [N, 4] box offsets beside its softmax are matched as values
     (a softmax KL over four offsets ignores a shift of all four, and that output drifted while training)."""
-    from onnxprune.calibration.metric_choice import (auto_kinds, embedding_outputs, predicted_values,
-                                                       probability_outputs, ranked_outputs)
+    from onnxprune.calibration.metric_choice import auto_kinds, graph_facts
 
     names = output_names(model)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     metrics = auto_kinds({n: o.detach().float().cpu().numpy() if torch.is_tensor(o) else o
-                          for n, o in zip(names, sample_outputs)}, quiet=True, bounded=probability_outputs(model),
-                         embeddings=embedding_outputs(model), ranked=ranked_outputs(model),
-                         predicted=predicted_values(model))
+                          for n, o in zip(names, sample_outputs)}, quiet=True, **graph_facts(model))
     kinds = []
     for name, out in zip(names, sample_outputs):
         if not torch.is_tensor(out) or not out.dtype.is_floating_point or out.dim() < 2 or out.shape[-1] < 2 \

@@ -144,6 +144,18 @@ def regressor(*, in_features: int = 8, hidden: int = 16, seed: int = 0) -> onnx.
     return _model(g, "regressor", [_float("input", [BATCH, in_features])], [_float("value", [BATCH, 1])])
 
 
+def flat_autoencoder(*, features: int = 32, code: int = 8, output: str = "output", out_features: int | None = None,
+                     seed: int = 0) -> onnx.ModelProto:
+    """A dense autoencoder whose output's name says nothing (session 42): 'input' [N, 32] -> fc + relu -> code [N, 8]
+    -> fc -> `output` [N, 32] (`out_features` other than `features`: a head of that many values instead)."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "enc", features, code), "enc")
+    width = out_features or features
+    y = g.matmul(x, "dec", code, width)
+    g.nodes.append(helper.make_node("Identity", [y], [output], name="/out/Identity"))
+    return _model(g, "flat_autoencoder", [_float("input", [BATCH, features])], [_float(output, [BATCH, width])])
+
+
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
                 producer: str = "skl2onnx") -> onnx.ModelProto:
     """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->

@@ -219,6 +219,30 @@ def test_an_unnamed_head_of_quantities_is_regression_and_logits_stay_class_score
     assert auto_kinds({"logits": mos}) == {"logits": "agreement"}  # the name says class scores
 
 
+def test_an_unnamed_output_of_an_inputs_size_is_a_reconstruction_not_class_scores():
+    """Rule 9: a torch autoencoder's decoded image 'output' [N, 784] was judged by the argmax over its pixels."""
+    x32 = RNG.standard_normal((64, 32)).astype(np.float32)
+    assert evaluator(tb.flat_autoencoder(), {"input": x32}).plan == {"output": "rel_l2"}
+    assert evaluator(tb.flat_autoencoder(output="z"), {"input": x32}).plan == {"z": "rel_l2"}
+    # a name that says class scores, another width, or too few values to tell from a classifier: class scores
+    assert evaluator(tb.flat_autoencoder(output="logits"), {"input": x32}).plan == {"logits": "agreement"}
+    assert evaluator(tb.flat_autoencoder(out_features=30), {"input": x32}).plan == {"output": "agreement"}
+    x10 = RNG.standard_normal((64, 10)).astype(np.float32)
+    assert evaluator(tb.flat_autoencoder(features=10), {"input": x10}).plan == {"output": "agreement"}
+    values = {"output": x32}
+    assert auto_kinds(values, input_sizes={32}) == {"output": "rel_l2"}
+    assert auto_kinds(values) == {"output": "agreement"}
+
+
+def test_input_sizes_counts_the_declared_values_of_a_sample():
+    from onnxprune.calibration.metric_choice import input_sizes
+    model = tb.flat_autoencoder()
+    assert input_sizes(model) == {32}
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "F"  # a symbolic width says no size
+    assert input_sizes(model) == frozenset()
+    assert input_sizes(tb.regressor()) == {8} and input_sizes(None) == frozenset()
+
+
 def test_a_lopsided_output_is_scored_per_channel_so_its_small_channels_count():
     # a YOLOv8 head: [N, 4 + classes, anchors], box coordinates in pixels beside class probabilities
     rng = np.random.default_rng(0)
