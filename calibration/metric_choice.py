@@ -493,12 +493,14 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          every value of one sign, not all in [0, 1], not log-probabilities, and far from 0 against their spread.
          DNSMOS's [N, 3] MOS (SIG, BAK, OVRL, about 1 to 4.5) was judged by its argmax over the three scores,
          which bounds no score.
-      9. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing),
-         with C >= RECONSTRUCTION_COLUMNS values a sample, as many as a sample of a float input holds, is a
-         reconstruction or a latent of the input's size (an autoencoder's decoded image, a flow's z) -> rel_l2.
-         Session 42: a torch MLP autoencoder 784-256-32-256-784 whose output is named 'output' was judged by the
-         argmax over its 784 pixels, which a change of one weight moves (the search kept the input model; scored
-         rel_l2, 1.21x within 1 pp); a flow's latent z [N, 784] (sweep 35's RealNVP) was judged the same way.
+      9. a [N, C] output scored as agreement (its rows are not probabilities) or binary_prob (a Sigmoid makes it)
+         whose name says nothing, with C >= RECONSTRUCTION_COLUMNS values a sample, as many as a sample of a float
+         input holds, is a reconstruction or a latent of the input's size (an autoencoder's decoded image, a flow's
+         z) -> rel_l2. Session 42: a torch MLP autoencoder 784-256-32-256-784 whose output is named 'output' was
+         judged by the argmax over its 784 pixels, which nearly any change moves (the search kept the input model;
+         scored rel_l2, 1.21x within 1 pp); with a Sigmoid, by binary_prob, where one of 784 pixels crossing 0.5
+         changes a sample (the input model kept); a flow's latent z [N, 784] (sweep 35's RealNVP) was judged by
+         its argmax.
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
              for name, value in values.items()}
@@ -524,10 +526,10 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                 log.info("output '%s' is scored as regression (rel_l2): its values are all of one sign and far from 0 "
                          "against their spread (quantities, not class scores)", name)
     sizes = set(input_sizes)
-    for name in plain:
+    for name, kind in kinds.items():
         arr = as_array(values[name])
-        if kinds[name] == "agreement" and arr.ndim == 2 and arr.shape[1] >= RECONSTRUCTION_COLUMNS \
-                and arr.shape[1] in sizes:
+        if kind in ("agreement", "binary_prob") and not _CLASS_NAMES.search(name) and arr.ndim == 2 \
+                and arr.shape[1] >= RECONSTRUCTION_COLUMNS and arr.shape[1] in sizes:
             kinds[name] = "rel_l2"
             if not quiet:
                 log.info("output '%s' is scored as regression (rel_l2): it holds as many values a sample as an input "

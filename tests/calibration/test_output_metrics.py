@@ -232,6 +232,12 @@ def test_an_unnamed_output_of_an_inputs_size_is_a_reconstruction_not_class_score
     values = {"output": x32}
     assert auto_kinds(values, input_sizes={32}) == {"output": "rel_l2"}
     assert auto_kinds(values) == {"output": "agreement"}
+    # a Sigmoid's image (binary_prob by rule 4: one pixel crossing 0.5 would change a sample); a multi-label head
+    # of another width keeps binary_prob
+    pixels = {"output": 1 / (1 + np.exp(-x32))}
+    assert auto_kinds(pixels, bounded={"output"}, input_sizes={32}) == {"output": "rel_l2"}
+    assert auto_kinds(pixels, bounded={"output"}, input_sizes={64}) == {"output": "binary_prob"}
+    assert auto_kinds({"probs": pixels["output"]}, bounded={"probs"}, input_sizes={32}) == {"probs": "binary_prob"}
 
 
 def test_input_sizes_counts_the_declared_values_of_a_sample():
