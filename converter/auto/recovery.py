@@ -108,8 +108,8 @@ PER_LAYER_Z = 2.0
 # no time left for it. rapidocr_cls with 25 minutes: none of 119 candidates passed the cross-fit (each changed 1 of 19
 # rows of a fold); judged relative to the start's own cross-fit, 1.44x -> 1.47x. A sequence that may not survive one
 # rejection stops within a step or two of the bisection's edge.
-# a first refit tried at its own pace (`_paced_stop`) is judged by its pace from this many waves on (the first waves
-# alone say little: a session's first run costs more)
+# a first refit tried at its own pace (`_paced_stop`) is judged from this many waves on, by the pace of the waves after
+# the first (a session's first run costs more, and the first wave's sessions are the run's first of their segment)
 PACED_AFTER = 2
 REFIT_MARGIN = 1.2  # a refit (or a per-layer candidate) starts only with its estimate and 20% more left
 SMALLEST_LEVEL_STEP = 0.25  # bisection stops when the bracket is narrower (search.SMALLEST_STEP)
@@ -606,19 +606,25 @@ class ReconstructRecovery(Recovery):
     def _paced_stop(self, paced: bool):
         """reconstruct's `stop(done, waves)`: when the search's time is gone, or, for a refit `paced` (priced over
         the time left, tried anyway: `_data_estimate`), from PACED_AFTER waves on, when the waves left at the pace of
-        those done would not end before it."""
+        those done after the first would not end before it."""
         s, t0 = self.s, _now()
+        first: list[float] = []  # when the first wave ended (the first ask with a wave done)
         self.projected = None  # this refit's own, once its pace is read
 
         def stop(done: int, waves: int) -> bool:
             left = s.left() - s.tail
             if left < 0:
                 return True
-            if not paced or done < PACED_AFTER:
+            if not paced or done < 1:
                 return False
-            spent = _now() - t0
-            self.projected = spent * waves / done
-            return spent * (waves - done) / done > left
+            now = _now()
+            if not first:
+                first.append(now)
+            if done < PACED_AFTER:
+                return False
+            pace = (now - first[0]) / (done - 1)
+            self.projected = now - t0 + pace * (waves - done)
+            return pace * (waves - done) > left
 
         return stop
 

@@ -584,3 +584,11 @@ def test_a_first_refit_priced_over_the_time_left_is_tried_at_its_own_pace(small_
     note = [n for n in slow.report["notes"] if "so tried at its own pace) was stopped after 2 of its" in n]
     assert note and "at that pace it takes about" in note[0], slow.report["notes"]
     assert len(waves_run) == recovery.PACED_AFTER
+
+    # a first wave that took 1,000 s and later ones 0.01 s each (a session's first run, a cold cache): the pace is
+    # read from the waves after the first, and the refit runs to its end
+    waves_run.clear()
+    monkeypatch.setattr(recovery, "_now", lambda: 1000.0 * min(len(waves_run), 1) + 0.01 * max(len(waves_run) - 1, 0))
+    warm = run(model, configure(max_loss=1.0, data=data, time_budget=120, seed=0))
+    assert not [n for n in warm.report["notes"] if "so tried at its own pace) was stopped" in n], warm.report["notes"]
+    assert len(waves_run) > recovery.PACED_AFTER
