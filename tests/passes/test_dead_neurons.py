@@ -1650,3 +1650,32 @@ def test_dead_channels_pass_a_mask_that_multiplies_every_channel_alike():
     G.set_init(gated, "c1.bias", np.where(np.arange(8) == 1, 0.0, G.init(gated, "c1.bias")))
     out, report, shp = prune(gated)
     assert shp["c1.weight"] == (8, 4, 3)
+
+
+@pytest.mark.parametrize("where", [False, True], ids=["keras_threshold", "torch_where"])
+def test_dead_channels_pass_a_threshold_made_of_a_comparison(where):
+    """Keras' `ReLU(threshold=0.2)` as tf2onnx writes it (Greater -> Cast -> Mul by h, Not -> Cast -> Mul by the
+    value below the threshold) and torch's `where(h > 0, h, 0.1 * h)` (Greater -> Where): a dead channel of h goes, a
+    constant one (bias 0.5: above the threshold, 0.5 after it) is folded into fc2's bias and goes too (sweep 37:
+    "consumer Greater ... (op Greater) has no channel rule (8 dead kept)"). A comparison with a tensor that carries
+    no channels still blocks."""
+    from onnxprune.models.third_party_builders import thresholded_relu_mlp
+
+    m = thresholded_relu_mlp(where=where)
+    G.zero(m, "fc1.weight", 1, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+    b2 = G.init(m, "fc2.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["fc1.weight"] == (6, 5) and shp["fc1.bias"] == (5,) and shp["fc2.weight"] == (5, 3)
+    assert not np.allclose(G.init(out, "fc2.bias"), b2)  # 0.5 · fc2's row 6 went in
+    assert report.removed == 3 and report.folded == 3  # each a constant (0, or -0.05 below the threshold; 0.5)
+    assert G.op_counts(out) == G.op_counts(m)
+    varying = thresholded_relu_mlp(where=where)
+    cmp = next(n for n in varying.graph.node if n.op_type == "Greater")
+    cmp.input[1] = "x_max"  # compared with a tensor the input computes: no removal
+    varying.graph.node.insert(0, onnx.helper.make_node("ReduceMax", ["x"], ["x_max"], keepdims=1, axes=[1]))
+    G.zero(varying, "fc1.weight", 1, [1])
+    G.set_init(varying, "fc1.bias", np.where(np.arange(8) == 1, 0.0, G.init(varying, "fc1.bias")))
+    out, report, shp = prune(varying)
+    assert shp["fc1.weight"] == (6, 8)
