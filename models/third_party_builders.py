@@ -1949,13 +1949,14 @@ def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, se
                   [_float("y", [BATCH, out, "T"])])
 
 
-def thresholded_relu_mlp(*, where: bool = False, features: int = 6, hidden: int = 8, out: int = 3,
+def thresholded_relu_mlp(*, where: bool = False, clip: bool = False, features: int = 6, hidden: int = 8, out: int = 3,
                          seed: int = 0) -> onnx.ModelProto:
     """'x' [N, 6] -> MatMul + Add (6->8) -> a thresholded activation -> MatMul + Add (8->3) -> 'y' [N, 3].
 
     The activation as tf2onnx writes Keras' `ReLU(threshold=0.2)` (tf.where lowered: Greater(h, 0.2) -> Cast -> Mul
     by h, plus Not -> Cast -> Mul by a constant, -0.05 here, the value below the threshold), or with `where` as torch
-    writes `torch.where(h > 0, h, 0.1 * h)`: Greater(h, 0) -> Where(cond, h, Mul(h, 0.1)) (sweep 37)."""
+    writes `torch.where(h > 0, h, 0.1 * h)`: Greater(h, 0) -> Where(cond, h, Mul(h, 0.1)) (sweep 37). With `clip`,
+    then Min(., 0.4) -> Max(., -0.02), as tf2onnx writes the `max_value` of Keras' ReLU (clip_by_value)."""
     g = _Graph(seed)
     h = g.matmul("x", "fc1", features, hidden)
     if where:
@@ -1966,6 +1967,9 @@ def thresholded_relu_mlp(*, where: bool = False, features: int = 6, hidden: int 
         on = g.op("Mul", "act/on", [g.op("Cast", "act/on", [above], to=TensorProto.FLOAT), h])
         below = g.op("Cast", "act/off", [g.op("Not", "act", [above])], to=TensorProto.FLOAT)
         h = g.op("Add", "act", [on, g.op("Mul", "act/off", [g.const("floor", np.array(-0.05)), below])])
+    if clip:
+        h = g.op("Max", "clip", [g.op("Min", "clip", [h, g.const("high", np.array(0.4))]),
+                                 g.const("low", np.array(-0.02))])
     y = g.matmul(h, "fc2", hidden, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "thresholded_relu_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])

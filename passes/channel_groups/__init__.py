@@ -53,6 +53,7 @@ from onnxprune.passes.channel_groups.inputs import _seed_inputs
 from onnxprune.passes.channel_groups.rules_elementwise import (
     BINARY,
     COMPARE,
+    EXTREMA,
     POOL_KEEPS_CONSTANT,
     REDUCE_OPS,
     UNARY,
@@ -98,7 +99,7 @@ __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _recurrent for op in RECURRENT_GATES},
-    **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
+    **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY}, **{op: _binary for op in EXTREMA},
     **{op: _compare for op in COMPARE}, "Where": _where,
     "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     "RoiAlign": _roi_align,

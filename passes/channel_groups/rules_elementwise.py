@@ -97,9 +97,16 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+# Min/Max of two tensors, element-wise like BINARY, no factor on the channels. Sweep 37: Keras' ReLU(max_value=6)
+# is clip_by_value, which tf2onnx writes as Min(x, 6) -> Max(., 0): "consumer Min ... (op Min) has no channel rule".
+EXTREMA: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"Min": np.minimum, "Max": np.maximum}
+
+
 def _binary(b: Builder, node: gs.Node) -> None:
+    if len(node.inputs) != 2:  # Min/Max take any number
+        return b.opaque(node, f"has {len(node.inputs)} operands")
     x, y = node.inputs
-    cx, cy, fn = b.ch(x), b.ch(y), BINARY[node.op]
+    cx, cy, fn = b.ch(x), b.ch(y), {**BINARY, **EXTREMA}[node.op]
     with np.errstate(all="ignore"):
         if cx is not None and cy is not None:
             return _merge(b, node, [cx, cy], lambda: _product(cx.value, cy.value) if node.op == "Mul"

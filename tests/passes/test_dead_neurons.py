@@ -1679,3 +1679,26 @@ def test_dead_channels_pass_a_threshold_made_of_a_comparison(where):
     G.set_init(varying, "fc1.bias", np.where(np.arange(8) == 1, 0.0, G.init(varying, "fc1.bias")))
     out, report, shp = prune(varying)
     assert shp["fc1.weight"] == (6, 8)
+
+
+def test_dead_channels_pass_a_clip_made_of_min_and_max():
+    """Keras' `ReLU(max_value=...)` is clip_by_value, which tf2onnx writes as Min(x, high) -> Max(., low): a dead
+    channel goes and a constant one is folded at its clipped value (0.5 -> 0.4; -0.05 -> -0.02) (sweep 37: "consumer
+    Min ... (op Min) has no channel rule (4 dead kept)"). Min/Max of three operands still block."""
+    from onnxprune.models.third_party_builders import thresholded_relu_mlp
+
+    m = thresholded_relu_mlp(clip=True)
+    G.zero(m, "fc1.weight", 1, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal: the clipped values were folded
+    assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3)
+    assert report.removed == 3 and report.folded == 3
+    assert G.op_counts(out) == G.op_counts(m)
+    three = thresholded_relu_mlp(clip=True)
+    node = next(n for n in three.graph.node if n.op_type == "Min")
+    node.input.append("high")
+    G.zero(three, "fc1.weight", 1, [1])
+    G.set_init(three, "fc1.bias", np.where(np.arange(8) == 1, 0.0, G.init(three, "fc1.bias")))
+    out, report, shp = prune(three)
+    assert shp["fc1.weight"] == (6, 8)
