@@ -1973,3 +1973,25 @@ def thresholded_relu_mlp(*, where: bool = False, clip: bool = False, features: i
     y = g.matmul(h, "fc2", hidden, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "thresholded_relu_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def adaptive_pool_gathernd(*, channels: int = 4, hidden: int = 6, size: int = 5, out: int = 3,
+                           seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 4, 5, 5] -> Conv 1x1 (4->6) -> Relu -> torch dynamo's `adaptive_avg_pool2d(h, (2, 2))` of a size it
+    does not divide: Transpose [H, W, N, C] -> GatherND of the overlapping 3x3 windows (constant indices [2, 3, 2, 3,
+    2]) -> Transpose [N, C, 2, 3, 2, 3] -> ReduceMean over the windows -> Flatten -> MatMul + Add (24->3) -> 'y'
+    (sweep 37)."""
+    g = _Graph(seed)
+    w = g.weight("c1.weight", (hidden, channels, 1, 1), channels)
+    h = g.relu(g.op("Conv", "c1", ["x", w, g.bias("c1.bias", hidden)], kernel_shape=[1, 1]), "c1")
+    h = g.op("Transpose", "pool", [h], perm=[2, 3, 0, 1])
+    starts = [0, size - 3]
+    idx = np.array([[[[(s + i, t + j) for j in range(3)] for t in starts] for i in range(3)] for s in starts])
+    g.initializers.append(numpy_helper.from_array(idx.astype(np.int64), "windows"))
+    h = g.op("GatherND", "pool", [h, "windows"])
+    h = g.op("Transpose", "pool/back", [h], perm=[4, 5, 0, 1, 2, 3])
+    h = g.op("Flatten", "flat", [g.op("ReduceMean", "pool", [h], axes=[3, 5], keepdims=0)], axis=1)
+    g.matmul(h, "fc", hidden * 4, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "adaptive_pool_gathernd", [_float("x", [BATCH, channels, size, size])],
+                  [_float("y", [BATCH, out])])

@@ -80,6 +80,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _depth_to_space,
     _flatten,
     _gather,
+    _gather_nd,
     _pad,
     _reshape,
     _shape,
@@ -107,7 +108,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Cast": _cast, "Gather": _gather, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "Cast": _cast, "Gather": _gather, "GatherND": _gather_nd, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 

@@ -1,5 +1,5 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, DepthToSpace/SpaceToDepth, and Shape (read
-for the batch size only)."""
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, Gather(ND),
+DepthToSpace/SpaceToDepth, and Shape (read for the batch size only)."""
 
 from __future__ import annotations
 
@@ -603,6 +603,22 @@ def _gather(b: Builder, node: gs.Node) -> None:
     out_rank = r - 1 + np.ndim(k)
     new = ch if axis > ch else ch - 1 + np.ndim(k)
     b.set(node.outputs[0], Channels(new - out_rank, c.ids, c.value))
+
+
+def _gather_nd(b: Builder, node: gs.Node) -> None:
+    """A GatherND with constant indices into leading axes that are not the channels' (torch dynamo's
+    `adaptive_avg_pool2d` to a size that does not divide the map, 7x7 -> 3x3: Transpose to [H, W, N, C], GatherND of
+    the overlapping windows, ReduceMean; sweep 37): the axes after the indexed ones are copied whole, the channels
+    among them, at the same place counted from the end."""
+    x, idx = node.inputs[0], node.inputs[1]
+    c, r, k = b.ch(x), b.rank(x), _const(idx)
+    if c is None or b.ch(idx) is not None:
+        return b.opaque(node, "gathers with indices computed from channels")
+    if r is None or k is None or k.ndim < 1:
+        return b.opaque(node, "has indices that are not constant, or an input rank shape inference did not give")
+    if r + c.axis < int(_attr(node, "batch_dims", 0)) + k.shape[-1]:
+        return b.opaque(node, "indexes the channel axis (or batches over it)")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
 
 
 def _concat(b: Builder, node: gs.Node) -> None:

@@ -1702,3 +1702,29 @@ def test_dead_channels_pass_a_clip_made_of_min_and_max():
     G.set_init(three, "fc1.bias", np.where(np.arange(8) == 1, 0.0, G.init(three, "fc1.bias")))
     out, report, shp = prune(three)
     assert shp["fc1.weight"] == (6, 8)
+
+
+def test_dead_channels_pass_a_gather_nd_over_the_spatial_axes():
+    """torch dynamo writes `adaptive_avg_pool2d(h, (3, 3))` of a 7x7 map as Transpose [H, W, N, C] -> GatherND of the
+    overlapping windows -> Transpose -> ReduceMean: the GatherND copies the trailing [N, C] whole, so a dead channel
+    goes and a constant one (bias 0.5) is folded into fc's bias (sweep 37: "consumer GatherND ... (op GatherND) has
+    no channel rule (4 dead kept)"). A GatherND that indexes the channel axis still blocks."""
+    from onnxprune.models.third_party_builders import adaptive_pool_gathernd
+
+    m = adaptive_pool_gathernd()
+    G.zero(m, "c1.weight", 0, [1, 2, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [1, 2]), 0.0,
+                                      np.where(np.arange(6) == 4, 0.5, G.init(m, "c1.bias"))))
+    b2 = G.init(m, "fc.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["c1.weight"] == (3, 4, 1, 1) and shp["fc.weight"] == (12, 3)
+    assert not np.allclose(G.init(out, "fc.bias"), b2)
+    assert report.removed == 3 and G.op_counts(out) == G.op_counts(m)
+    across = adaptive_pool_gathernd(size=6)  # 6 channels, 6x6
+    node = next(n for n in across.graph.node if n.op_type == "Transpose")
+    del node.attribute[:]
+    node.attribute.append(onnx.helper.make_attribute("perm", [1, 2, 0, 3]))  # [C, H, N, W]: indexes C and H
+    G.zero(across, "c1.weight", 0, [1])
+    G.set_init(across, "c1.bias", np.where(np.arange(6) == 1, 0.0, G.init(across, "c1.bias")))
+    out, report, shp = prune(across)
+    assert shp["c1.weight"] == (6, 4, 1, 1)
