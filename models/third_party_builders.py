@@ -1995,3 +1995,17 @@ def adaptive_pool_gathernd(*, channels: int = 4, hidden: int = 6, size: int = 5,
     g.nodes[-1].output[0] = "y"
     return _model(g, "adaptive_pool_gathernd", [_float("x", [BATCH, channels, size, size])],
                   [_float("y", [BATCH, out])])
+
+
+def residual_shape_read(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> fc1 (6->8) = h -> r = h + relu(fc2(h)) (8->8) -> fc3 (8->3) -> 'y'; Shape(r) is a second output
+    'r_shape', as torch legacy's MultiheadAttention reads its input's shape (a Set Transformer's residual stream, sweep
+    37): r's channels are kept, each class being h's and fc2's channel."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    r = g.op("Add", "res", [h, g.relu(g.matmul(h, "fc2", hidden, hidden), "fc2")])
+    g.nodes.append(helper.make_node("Shape", [r], ["r_shape"], name="/res/Shape"))
+    g.matmul(r, "fc3", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "residual_shape_read", [_float("x", [BATCH, features])],
+                  [_float("y", [BATCH, out]), helper.make_tensor_value_info("r_shape", TensorProto.INT64, [2])])

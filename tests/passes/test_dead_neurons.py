@@ -1728,3 +1728,23 @@ def test_dead_channels_pass_a_gather_nd_over_the_spatial_axes():
     G.set_init(across, "c1.bias", np.where(np.arange(6) == 1, 0.0, G.init(across, "c1.bias")))
     out, report, shp = prune(across)
     assert shp["c1.weight"] == (6, 4, 1, 1)
+
+
+def test_a_dead_row_of_a_residual_branch_is_no_dead_class_kept_by_a_block():
+    """fc2's rows 0, 1 are dead but h's channels 0, 1 live in the residual stream r = h + relu(fc2(h)): nothing could
+    go, so the Shape that reads r keeps no dead class and says none (sweep 37: "channels of MatMul '/emb/MatMul'
+    kept: consumer Shape ... (8 dead kept)" of a Set Transformer whose FFN rows were zero). With fc1's rows dead too
+    the class is dead and the note counts it."""
+    from onnxprune.models.third_party_builders import residual_shape_read
+
+    m = residual_shape_read()
+    G.zero(m, "fc2.weight", 1, [0, 1])
+    G.set_init(m, "fc2.bias", np.where(np.arange(8) < 2, 0.0, G.init(m, "fc2.bias")))
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 8) and report.removed == 0
+    assert not any("dead kept" in line for line in report.blocked)
+    G.zero(m, "fc1.weight", 1, [0, 1])
+    G.set_init(m, "fc1.bias", np.where(np.arange(8) < 2, 0.0, G.init(m, "fc1.bias")))
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 8)
+    assert any("Shape '/res/Shape'" in line and "(2 dead kept)" in line for line in report.blocked), report.blocked
