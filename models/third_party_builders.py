@@ -2009,3 +2009,20 @@ def residual_shape_read(*, features: int = 6, hidden: int = 8, out: int = 3, see
     g.nodes[-1].output[0] = "y"
     return _model(g, "residual_shape_read", [_float("x", [BATCH, features])],
                   [_float("y", [BATCH, out]), helper.make_tensor_value_info("r_shape", TensorProto.INT64, [2])])
+
+
+def hard_shrink_mlp(*, fill: float = 0.0, features: int = 6, hidden: int = 8, out: int = 3,
+                    seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) = h -> Keras' `hard_shrink` as tf2onnx writes tf.where(|h| > 0.5, h,
+    zeros_like(h)): Abs -> Greater -> Cast -> Mul by h, plus Not -> Cast -> Mul by ConstantOfShape(Shape(h)) (`fill`:
+    0 for zeros_like, 1 for ones_like) -> Add -> MatMul + Add (8->3) -> 'y' (sweep 37)."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    above = g.op("Greater", "act", [g.op("Abs", "act", [h]), g.const("threshold", np.array(0.5))])
+    on = g.op("Mul", "act/on", [g.op("Cast", "act/on", [above], to=TensorProto.FLOAT), h])
+    like = g.op("ConstantOfShape", "act", [g.op("Shape", "act", [h])],
+                value=numpy_helper.from_array(np.array([fill], np.float32)))
+    off = g.op("Mul", "act/off", [like, g.op("Cast", "act/off", [g.op("Not", "act", [above])], to=TensorProto.FLOAT)])
+    g.matmul(g.op("Add", "act", [on, off]), "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "hard_shrink_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])

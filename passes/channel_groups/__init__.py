@@ -77,6 +77,7 @@ from onnxprune.passes.channel_groups.rules_layers import RECURRENT_GATES, _conv,
 from onnxprune.passes.channel_groups.rules_layout import (
     _cast,
     _concat,
+    _constant_of_shape,
     _depth_to_space,
     _flatten,
     _gather,
@@ -107,7 +108,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
-    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
+    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "ConstantOfShape": _constant_of_shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Cast": _cast, "Gather": _gather, "GatherND": _gather_nd, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
@@ -154,7 +155,7 @@ def build_channel_groups(
             if node.op in WEIGHT_OPS or node.op in SUBGRAPH_OPS:
                 log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why.split(") ", 1)[1])
             b.opaque(node, why)
-        elif mapped or node.op in PRODUCERS:
+        elif mapped or node.op in PRODUCERS or node.op == "ConstantOfShape":  # of a shape that has channels
             RULES[node.op](b, node)
     b.check_ties()
     inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}

@@ -1748,3 +1748,21 @@ def test_a_dead_row_of_a_residual_branch_is_no_dead_class_kept_by_a_block():
     out, report, shp = prune(m)
     assert shp["fc1.weight"] == (6, 8)
     assert any("Shape '/res/Shape'" in line and "(2 dead kept)" in line for line in report.blocked), report.blocked
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0], ids=["zeros_like", "ones_like"])
+def test_dead_channels_pass_a_constant_of_the_shape_of_the_channels(fill):
+    """tf.where(|h| > 0.5, h, zeros_like(h)) (Keras' hard_shrink, soft_shrink, sparse_plus) as tf2onnx writes it:
+    the else branch is ConstantOfShape(Shape(h)), a tensor of h's channels each `fill`; a dead channel goes, a
+    constant one (bias 0.7) is folded, and the Shape follows the channels left (sweep 37: "consumer Shape ... gives
+    the channel count to an op that reads it (2 dead kept)")."""
+    from onnxprune.models.third_party_builders import hard_shrink_mlp
+
+    m = hard_shrink_mlp(fill=fill)
+    G.zero(m, "fc1.weight", 1, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.7, G.init(m, "fc1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3)
+    assert report.removed == 3 and not report.blocked
+    assert G.op_counts(out) == G.op_counts(m)
