@@ -1949,17 +1949,22 @@ def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, se
                   [_float("y", [BATCH, out, "T"])])
 
 
-def thresholded_relu_mlp(*, where: bool = False, clip: bool = False, features: int = 6, hidden: int = 8, out: int = 3,
-                         seed: int = 0) -> onnx.ModelProto:
+def thresholded_relu_mlp(*, where: bool | str = False, clip: bool = False, features: int = 6, hidden: int = 8,
+                         out: int = 3, seed: int = 0) -> onnx.ModelProto:
     """'x' [N, 6] -> MatMul + Add (6->8) -> a thresholded activation -> MatMul + Add (8->3) -> 'y' [N, 3].
 
     The activation as tf2onnx writes Keras' `ReLU(threshold=0.2)` (tf.where lowered: Greater(h, 0.2) -> Cast -> Mul
     by h, plus Not -> Cast -> Mul by a constant, -0.05 here, the value below the threshold), or with `where` as torch
     writes `torch.where(h > 0, h, 0.1 * h)`: Greater(h, 0) -> Where(cond, h, Mul(h, 0.1)) (sweep 37). With `clip`,
-    then Min(., 0.4) -> Max(., -0.02), as tf2onnx writes the `max_value` of Keras' ReLU (clip_by_value)."""
+    then Min(., 0.4) -> Max(., -0.02), as tf2onnx writes the `max_value` of Keras' ReLU (clip_by_value). With
+    `where="or"` torch legacy's Hardshrink(0.3): Where(Or(Greater(h, 0.3), Less(h, -0.3)), h, 0)."""
     g = _Graph(seed)
     h = g.matmul("x", "fc1", features, hidden)
-    if where:
+    if where == "or":
+        cond = g.op("Or", "act", [g.op("Greater", "act", [h, g.const("shrink_hi", np.array(0.3))]),
+                                  g.op("Less", "act", [h, g.const("shrink_lo", np.array(-0.3))])])
+        h = g.op("Where", "act", [cond, h, g.const("zero", np.array(0.0))])
+    elif where:
         cond = g.op("Greater", "act", [h, g.const("zero", np.array(0.0))])
         h = g.op("Where", "act", [cond, h, g.op("Mul", "act", [h, g.const("slope", np.array(0.1))])])
     else:

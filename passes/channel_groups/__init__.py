@@ -102,14 +102,14 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _recurrent for op in RECURRENT_GATES},
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY}, **{op: _binary for op in EXTREMA},
-    **{op: _compare for op in COMPARE}, "Where": _where,
+    **{op: _compare for op in COMPARE}, "Where": _where, "GatherND": _gather_nd, "ConstantOfShape": _constant_of_shape,
     "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     "RoiAlign": _roi_align,
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
     "InstanceNormalization": _instance_norm,
     "Resize": _resize, "Upsample": _resize,
-    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "ConstantOfShape": _constant_of_shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Cast": _cast, "Gather": _gather, "GatherND": _gather_nd, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
+    "Cast": _cast, "Gather": _gather, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 

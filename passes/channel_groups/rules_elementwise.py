@@ -46,6 +46,11 @@ def _selu(v: np.ndarray, n: gs.Node) -> np.ndarray:
     return g * np.where(v > 0, v, a * np.exp(v) - a)
 
 
+def _celu(v: np.ndarray, n: gs.Node) -> np.ndarray:
+    a = _attr(n, "alpha", 1.0)
+    return np.maximum(v, 0) + np.minimum(0, a * np.expm1(v / a))
+
+
 def _finite(v: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v), v, NAN)
 
@@ -62,6 +67,7 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "HardSwish": lambda v, n: v * np.clip(v / 6 + 0.5, 0, 1),
     "Elu": lambda v, n: np.where(v > 0, v, _attr(n, "alpha", 1.0) * np.expm1(v)),
     "Selu": _selu,
+    "Celu": _celu,  # sweep 37: torch's nn.CELU, "consumer Celu ... has no channel rule"
     "Softplus": lambda v, n: np.logaddexp(0, v),
     "Mish": lambda v, n: v * np.tanh(np.logaddexp(0, v)),  # sweep 23: "consumer Mish ... has no channel rule"
     "Softsign": lambda v, n: v / (1 + np.abs(v)),
@@ -130,6 +136,8 @@ def _binary(b: Builder, node: gs.Node) -> None:
 COMPARE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Greater": np.greater, "Less": np.less, "GreaterOrEqual": np.greater_equal, "LessOrEqual": np.less_equal,
     "Equal": np.equal,
+    # sweep 37: torch legacy's Hardshrink, Where(Or(x > l, x < -l), x, 0): "consumer Or ... has no channel rule"
+    "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
 }
 
 
@@ -140,10 +148,11 @@ def _truth(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y:
 
 
 def _compare(b: Builder, node: gs.Node) -> None:
-    """x > k (Less, Equal, ...), k a constant (one value or one per channel) or a tensor carrying the same channels:
-    element-wise, the channels pass as a mask, a constant channel maps to its truth. Keras' `ReLU(threshold=...)` and
-    tf.where, which tf2onnx writes as Greater -> Cast -> Mul, and torch's `where(h > 0, h, 0.1 * h)` (Greater ->
-    Where). Sweep 37: "consumer Greater ... (op Greater) has no channel rule" kept every dead Dense unit."""
+    """x > k (Less, Equal, ...; And, Or, Xor of two masks), k a constant (one value or one per channel) or a tensor
+    carrying the same channels: element-wise, the channels pass as a mask, a constant channel maps to its truth.
+    Keras' `ReLU(threshold=...)` and tf.where, which tf2onnx writes as Greater -> Cast -> Mul, and torch's
+    `where(h > 0, h, 0.1 * h)` (Greater -> Where). Sweep 37: "consumer Greater ... (op Greater) has no channel rule"
+    kept every dead Dense unit."""
     x, y = node.inputs
     cx, cy, fn = b.ch(x), b.ch(y), COMPARE[node.op]
     if cx is not None and cy is not None:

@@ -169,9 +169,10 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
                                  "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos",
-                                 "Exp", "Sign", "Reciprocal"])
+                                 "Exp", "Sign", "Reciprocal", "Celu"])
 def test_constants_are_folded_through_every_activation(act):
-    """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant."""
+    """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant; sweep 37
+    Celu (torch's nn.CELU, both exporters: "consumer Celu ... (op Celu) has no channel rule")."""
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
     G.zero(m, "fc2.weight", 0, [1])
@@ -1652,13 +1653,14 @@ def test_dead_channels_pass_a_mask_that_multiplies_every_channel_alike():
     assert shp["c1.weight"] == (8, 4, 3)
 
 
-@pytest.mark.parametrize("where", [False, True], ids=["keras_threshold", "torch_where"])
+@pytest.mark.parametrize("where", [False, True, "or"], ids=["keras_threshold", "torch_where", "torch_hardshrink"])
 def test_dead_channels_pass_a_threshold_made_of_a_comparison(where):
     """Keras' `ReLU(threshold=0.2)` as tf2onnx writes it (Greater -> Cast -> Mul by h, Not -> Cast -> Mul by the
     value below the threshold) and torch's `where(h > 0, h, 0.1 * h)` (Greater -> Where): a dead channel of h goes, a
     constant one (bias 0.5: above the threshold, 0.5 after it) is folded into fc2's bias and goes too (sweep 37:
     "consumer Greater ... (op Greater) has no channel rule (8 dead kept)"). A comparison with a tensor that carries
-    no channels still blocks."""
+    no channels still blocks. torch legacy's Hardshrink(0.3) joins two comparisons: Where(Or(h > 0.3, h < -0.3), h,
+    0) (sweep 37: "consumer Or ... (op Or) has no channel rule")."""
     from onnxprune.models.third_party_builders import thresholded_relu_mlp
 
     m = thresholded_relu_mlp(where=where)
