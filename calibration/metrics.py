@@ -179,7 +179,7 @@ class Evaluator:
                 raise
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
                 one = self._one_sample_fails(sess)
-                raise CalibrationError(_input_model_failed(exc, self.reader, one)) from exc
+                raise CalibrationError(_input_model_failed(exc, self.reader, one, reference_model)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             _refuse_unstacked(reference_model, self.reference_all)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
@@ -1003,7 +1003,19 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
     return got
 
 
-def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
+def _model_node(model: onnx.ModelProto | None, op: str, name: str) -> str:
+    """`name` as the model's node it is: onnxruntime's optimizer names a node it makes after a tensor of the node it
+    replaces ('y_nchwc', its NCHWc Conv of the model's Conv '/c2/Conv' writing 'y'; sweep 37: the error named a node
+    the user's model does not hold)."""
+    if model is None or any(n.name == name for n in model.graph.node):
+        return f"{op} '{name}'"
+    made = [n.name for n in model.graph.node if n.op_type == op and any(
+        t and name.startswith(t + "_") for t in list(n.input) + list(n.output))]
+    origin = f" from the model's {op} '{made[0]}'" if len(made) == 1 else ""
+    return f"{op} '{name}', a node onnxruntime's graph optimizer made{origin}"
+
+
+def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: onnx.ModelProto | None = None) -> str:
     """One line for the input model failing in onnxruntime on the user's data as batched (sweep 8: a Khmer segmenter
     declares a 'batch' axis but reshapes to batch 1; stacked data ended in a raw onnxruntime Reshape error). When
     the first sample alone fails too (`one_fails`), the batch is not why (sweep 31: torch's dynamo export of an LSTM
@@ -1014,7 +1026,7 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
     m = re.search(r"running (\S+) node\. Name:'([^']*)'.*?Status Message: (.*)", msg)
     if m:
         detail = re.sub(r"\S+\.(?:h|cc):\d+ \S+?\(.*?\) (?:[^.]*? was false\. )?", "", m.group(3), count=1)
-        where = f"{m.group(1)} '{m.group(2)}': {detail[:300]}"
+        where = f"{_model_node(model, m.group(1), m.group(2))}: {detail[:300]}"
     else:
         where = msg[:260]
     per_feed = getattr(reader, "per_feed", False)

@@ -2031,3 +2031,17 @@ def hard_shrink_mlp(*, fill: float = 0.0, features: int = 6, hidden: int = 8, ou
     g.matmul(g.op("Add", "act", [on, off]), "fc2", hidden, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "hard_shrink_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def same_upper_dilated_conv(*, channels: int = 16, size: int = 14, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 1, 14, 14] -> Conv 3x3 (1->16) -> Relu -> Conv '/c2/Conv' (2x5, dilations 2, auto_pad SAME_UPPER)
+    -> 'y': torch legacy's `padding="same"` with a dilation, which onnxruntime refuses to run ("Dilation not supported
+    for AutoPadType::SAME_UPPER"); its optimizer makes the Conv an NCHWc node named after the tensor, 'y_nchwc'
+    (sweep 37)."""
+    g = _Graph(seed)
+    h = g.relu(g.conv("x", "c1", 1, channels, 3), "c1")
+    w = g.weight("c2.weight", (channels, channels, 2, 5), channels * 10)
+    g.nodes.append(helper.make_node("Conv", [h, w, g.bias("c2.bias", channels)], ["y"], name="/c2/Conv",
+                                    auto_pad="SAME_UPPER", dilations=[2, 2], kernel_shape=[2, 5]))
+    return _model(g, "same_upper_dilated_conv", [_float("x", [BATCH, 1, size, size])],
+                  [_float("y", [BATCH, channels, size, size])])

@@ -1058,6 +1058,21 @@ def test_a_model_that_fails_on_one_sample_too_is_not_told_to_run_at_batch_1(tmp_
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_a_failing_node_the_optimizer_made_is_named_as_the_models_node(tmp_path):
+    """Sweep 37: torch legacy's `padding="same"` with a dilation writes auto_pad SAME_UPPER, which onnxruntime's Conv
+    refuses; its optimizer had made the Conv an NCHWc node, and the refusal named "Conv 'y_nchwc'", which the user's
+    model does not hold. The model's Conv is named (where the runtime named its own node, as the one it was made
+    from)."""
+    from onnxprune.models.third_party_builders import same_upper_dilated_conv
+
+    path = tmp_path / "m.onnx"
+    onnx.save(same_upper_dilated_conv(), path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((40, 1, 14, 14)).astype(np.float32))
+    line = assert_clean_error(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"),
+                              1, "the input model fails in onnxruntime on", "Dilation not supported")
+    assert "Conv '/c2/Conv'" in line, line
+
+
 def test_random_inputs_of_the_declared_shapes_that_fail_alone_too_are_not_told_to_pass_shapes(tmp_path):
     """Sweep 31: the same LSTM with --sparsity and no --data was told to "pass --input-shape NAME=DIMS with shapes
     the model takes", though the random inputs had its declared shapes and one sample fails as well."""
