@@ -2045,3 +2045,26 @@ def same_upper_dilated_conv(*, channels: int = 16, size: int = 14, seed: int = 0
                                     auto_pad="SAME_UPPER", dilations=[2, 2], kernel_shape=[2, 5]))
     return _model(g, "same_upper_dilated_conv", [_float("x", [BATCH, 1, size, size])],
                   [_float("y", [BATCH, channels, size, size])])
+
+
+def hard_shrink_conv(*, channels: int = 2, hidden: int = 6, size: int = 5, out: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 2, 5, 5] -> Conv 1x1 (2->6) = h -> Keras' `hard_shrink` on the NHWC twin as tf2onnx writes it:
+    t = Transpose(h) [N, 5, 5, 6]; Cast(Greater(Abs(t), 0.5)) * t + Cast(Not(.)) * zeros_like, the zeros a
+    ConstantOfShape of Gather(Shape(h), [0, 2, 3, 1]) -> Transpose back -> Conv 1x1 (6->3) -> 'y' (sweep 37)."""
+    g = _Graph(seed)
+    w = g.weight("c1.weight", (hidden, channels, 1, 1), channels)
+    h = g.op("Conv", "c1", ["x", w, g.bias("c1.bias", hidden)], kernel_shape=[1, 1])
+    t = g.op("Transpose", "nhwc", [h], perm=[0, 2, 3, 1])
+    above = g.op("Greater", "act", [g.op("Abs", "act", [t]), g.const("threshold", np.array(0.5))])
+    on = g.op("Mul", "act/on", [g.op("Cast", "act/on", [above], to=TensorProto.FLOAT), t])
+    g.initializers.append(numpy_helper.from_array(np.array([0, 2, 3, 1], np.int64), "nhwc_order"))
+    shape = g.op("Gather", "act", [g.op("Shape", "act", [h]), "nhwc_order"], axis=0)
+    like = g.op("ConstantOfShape", "act", [shape], value=numpy_helper.from_array(np.array([0.0], np.float32)))
+    off = g.op("Mul", "act/off", [like, g.op("Cast", "act/off", [g.op("Not", "act", [above])], to=TensorProto.FLOAT)])
+    h = g.op("Transpose", "nchw", [g.op("Add", "act", [on, off])], perm=[0, 3, 1, 2])
+    w2 = g.weight("c2.weight", (out, hidden, 1, 1), hidden)
+    g.nodes.append(helper.make_node("Conv", [h, w2, g.bias("c2.bias", out)], ["y"], name="/c2/Conv",
+                                    kernel_shape=[1, 1]))
+    return _model(g, "hard_shrink_conv", [_float("x", [BATCH, channels, size, size])],
+                  [_float("y", [BATCH, out, size, size])])

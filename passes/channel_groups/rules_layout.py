@@ -93,9 +93,8 @@ def _shape(b: Builder, node: gs.Node) -> None:
             continue
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
-        closing = [n for n in t.outputs if (t is node.outputs[0] and (_closes_group_norm(b, n, t)
-                                                                      or _like(n) is not None))
-                   or _reads_own_count(b, n, t, x)]
+        closing = [n for n in t.outputs if (t is node.outputs[0] and _closes_group_norm(b, n, t))
+                   or _like(n) is not None or _reads_own_count(b, n, t, x)]
         if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
@@ -104,26 +103,42 @@ def _shape(b: Builder, node: gs.Node) -> None:
 
 
 def _like(node: gs.Node):
-    """x when `node` is ConstantOfShape(Shape(x)) of x's whole shape (tf's zeros_like / ones_like), else None."""
+    """(x, perm) when `node` is ConstantOfShape(Shape(x)) of x's whole shape (tf's zeros_like / ones_like), perm None,
+    or of that shape permuted by a Gather of constant indices (tf2onnx's zeros_like of an NHWC tensor reads the shape
+    of its NCHW twin: Gather [0, 2, 3, 1]); else None."""
     if node.op != "ConstantOfShape" or len(node.inputs[0].inputs) != 1:
         return None
-    shape = node.inputs[0].inputs[0]
-    whole = shape.op == "Shape" and _attr(shape, "start", 0) == 0 and _attr(shape, "end", None) is None
-    return shape.inputs[0] if whole else None
+    src, perm = node.inputs[0].inputs[0], None
+    if src.op == "Gather" and len(src.inputs[0].inputs) == 1:
+        idx = _const(src.inputs[1])
+        if idx is None or _attr(src, "axis", 0) != 0:
+            return None
+        perm, src = [int(i) for i in np.ravel(idx)], src.inputs[0].inputs[0]
+    if src.op != "Shape" or _attr(src, "start", 0) != 0 or _attr(src, "end", None) is not None:
+        return None
+    return src.inputs[0], perm
 
 
 def _constant_of_shape(b: Builder, node: gs.Node) -> None:
-    """ConstantOfShape(Shape(x)), tf's zeros_like / ones_like: a tensor of x's channels, each the one fill value;
-    the Shape follows the channels left by itself. tf2onnx writes tf.where(cond, x, zeros_like(x)) (Keras'
-    hard_shrink, soft_shrink, sparse_plus) as Mul(Cast(Not(cond)), zeros_like(x)) + Mul(Cast(cond), x) (sweep 37:
-    "consumer Shape ... gives the channel count to an op that reads it"). Of any other shape it carries none."""
-    x = _like(node)
-    c = b.ch(x) if x is not None else None
-    if c is None:
+    """ConstantOfShape(Shape(x)), tf's zeros_like / ones_like: a tensor of x's channels (on the axis a permuting Gather
+    moves them to), each the one fill value; the Shape follows the channels left by itself. tf2onnx writes
+    tf.where(cond, x, zeros_like(x)) (Keras' hard_shrink, soft_shrink, sparse_plus) as Mul(Cast(Not(cond)),
+    zeros_like(x)) + Mul(Cast(cond), x) (sweep 37: "consumer Shape ... gives the channel count to an op that reads
+    it"). Of any other shape it carries none."""
+    like = _like(node)
+    c = b.ch(like[0]) if like is not None else None
+    r = b.rank(like[0]) if like is not None else None
+    if c is None or r is None:
         return None
+    axis, perm = c.axis, like[1]
+    if perm is not None:
+        perm = [p % r for p in perm]
+        if sorted(perm) != list(range(r)):
+            return None
+        axis = perm.index(r + c.axis) - r
     fill = node.attrs.get("value")
     value = 0.0 if fill is None else float(np.ravel(getattr(fill, "values", fill))[0])
-    b.set(node.outputs[0], Channels(c.axis, c.ids, np.full(len(c.ids), value)))
+    b.set(node.outputs[0], Channels(axis, c.ids, np.full(len(c.ids), value)))
 
 
 def _before_casts(t):

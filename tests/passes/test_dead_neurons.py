@@ -1768,3 +1768,20 @@ def test_dead_channels_pass_a_constant_of_the_shape_of_the_channels(fill):
     assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3)
     assert report.removed == 3 and not report.blocked
     assert G.op_counts(out) == G.op_counts(m)
+
+
+def test_dead_channels_pass_a_zeros_like_of_the_nhwc_twin():
+    """tf2onnx's zeros_like of a Keras conv's NHWC output reads the shape of its NCHW twin through a Gather [0, 2, 3,
+    1]: the ConstantOfShape carries the channels on the last axis; a dead channel goes and a constant one (bias 0.7,
+    |0.7| > 0.5) is folded into c2's bias (sweep 37: a Conv2D(activation="hard_shrink") kept its dead channels at
+    "consumer Shape ... gives the channel count to an op that reads it")."""
+    from onnxprune.models.third_party_builders import hard_shrink_conv
+
+    m = hard_shrink_conv()
+    G.zero(m, "c1.weight", 0, [1, 2, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [1, 2]), 0.0,
+                                      np.where(np.arange(6) == 4, 0.7, G.init(m, "c1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["c1.weight"] == (3, 2, 1, 1) and shp["c2.weight"] == (3, 3, 1, 1)
+    assert report.removed == 3 and not report.blocked
+    assert G.op_counts(out) == G.op_counts(m)
