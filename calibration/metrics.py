@@ -123,6 +123,7 @@ class Evaluator:
         self.crops: list[dict[int, tuple[int, int, np.ndarray]]] = []  # per batch, `_crops`
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
+        self.constant_note: str | None = None  # what that means here, said once (`constant_outputs_note`)
         self.auto_chosen: set[str] = set()  # the outputs whose metric was chosen automatically (_resolve_auto)
         self.scales: tuple[np.ndarray | None, ...] = ()  # per scored output, its dense set's typical norm (_scales)
         self.reference: list[np.ndarray] | None = None
@@ -198,10 +199,9 @@ class Evaluator:
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             if first:
                 self.constant = self._constant_outputs()
+                self.constant_note = constant_outputs_note(self._inputs_vary()) if self.constant else None
             if first and self.constant and not self._quiet:
-                log.warning("every sample of the data gives the input model the same outputs (identical or blank "
-                            "inputs, say all zeros): every figure of this run is judged on what amounts to one "
-                            "sample; pass varied, real samples")
+                log.warning(self.constant_note)
             elif first and not self._quiet:
                 self._say_input_blind()
             self.reference = [as_array(b[0]) for b in self.reference_all]
@@ -315,6 +315,19 @@ class Evaluator:
                     return False
                 samples += rows.shape[0] if i == 0 else 0
         return samples >= 2
+
+    def _inputs_vary(self) -> bool:
+        """Whether two samples of the data differ in some input (each feed's rows against the first sample's)."""
+        first: dict[str, np.ndarray] = {}
+        for feeds, _ in self.batches():
+            for name, value in feeds.items():
+                rows = np.asarray(value)
+                if rows.ndim == 0 or rows.dtype == object:
+                    continue
+                ref = first.setdefault(name, rows[0])
+                if rows.shape[1:] != ref.shape or not (rows == ref).all():
+                    return True
+        return False
 
     def input_blind_losses(self) -> dict[str, float]:
         """Per output scored by its values' relative error or cosine (`BLIND_KINDS`), the loss in pp its metric gives
@@ -1001,6 +1014,18 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
             continue
         got[i] = (at, [None if a is None else int(np.shape(a)[at]) for a in arrays])
     return got
+
+
+def constant_outputs_note(inputs_vary: bool) -> str:
+    """The line for data on which every sample gives the input model the same outputs: blank or identical inputs
+    (sweep 15), or varied inputs a model ignores (sweep 37: a Keras CNN whose hard_shrink zeroed every unit, 11.7%,
+    was told to "pass varied, real samples", which it had been given)."""
+    if inputs_vary:
+        return ("every sample of the data gives the input model the same outputs, though the inputs differ: its "
+                "outputs do not follow its input (an untrained or collapsed model?); every figure of this run is judged on "
+                "what amounts to one sample, and weights the outputs ignore go at no cost")
+    return ("every sample of the data gives the input model the same outputs (identical or blank inputs, say all "
+            "zeros): every figure of this run is judged on what amounts to one sample; pass varied, real samples")
 
 
 def _model_node(model: onnx.ModelProto | None, op: str, name: str) -> str:

@@ -679,6 +679,32 @@ def test_data_whose_every_sample_gives_the_same_outputs_is_said(tmp_path, caplog
     assert not [r for r in caplog.records if "same outputs" in r.message]
 
 
+def test_varied_data_a_model_ignores_is_not_told_to_be_varied(tmp_path, caplog):
+    """Sweep 37: a Keras CNN whose hard_shrink zeroed every unit gives every sample the same outputs; the run said
+    "identical or blank inputs ... pass varied, real samples", though the 250 images differed. It now says the
+    outputs do not follow the input, in the log and in the result's notes; blank data is still told as before."""
+    import logging
+
+    from onnxprune import prune
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.calibration.readers import open_data
+
+    model = builders.mlp_gemm()
+    for t in model.graph.initializer:
+        if t.name == "fc1.weight":
+            t.CopyFrom(numpy_helper.from_array(np.zeros(numpy_helper.to_array(t).shape, np.float32), t.name))
+    name = model.graph.input[0].name
+    varied = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        Evaluator(open_data({name: varied}, model, batch_size=64), None, model)
+    said = [r.message for r in caplog.records if "gives the input model the same outputs" in r.message]
+    assert len(said) == 1 and "though the inputs differ" in said[0] and "pass varied" not in said[0]
+    result = prune(model, data={name: varied[:120]}, sparsity=0.5)
+    assert any("though the inputs differ" in n for n in result.report["notes"])
+    blank = prune(model, data={name: np.zeros((120, 16), np.float32)}, sparsity=0.5)
+    assert any("pass varied, real samples" in n for n in blank.report["notes"])
+
+
 def test_a_python_caller_keeps_its_torch_threads_and_grad_mode_and_may_pass_a_generator():
     """Sweep 16, onnxprune as a library: prune() left torch at 1 thread; retraining under the caller's
     torch.no_grad() failed ("element 0 of tensors does not require grad"); a generator of feed dicts was used up by
