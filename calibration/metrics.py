@@ -1022,8 +1022,8 @@ def constant_outputs_note(inputs_vary: bool) -> str:
     was told to "pass varied, real samples", which it had been given)."""
     if inputs_vary:
         return ("every sample of the data gives the input model the same outputs, though the inputs differ: its "
-                "outputs do not follow its input (an untrained or collapsed model?); every figure of this run is judged on "
-                "what amounts to one sample, and weights the outputs ignore go at no cost")
+                "outputs do not follow its input (an untrained or collapsed model?); every figure of this run is "
+                "judged on what amounts to one sample, and weights the outputs ignore go at no cost")
     return ("every sample of the data gives the input model the same outputs (identical or blank inputs, say all "
             "zeros): every figure of this run is judged on what amounts to one sample; pass varied, real samples")
 
