@@ -122,6 +122,7 @@ class Evaluator:
         self.crops: list[dict[int, tuple[int, int, np.ndarray]]] = []  # per batch, `_crops`
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
+        self.constant_note: str | None = None  # what that means here, said once (`constant_outputs_note`)
         self.auto_chosen: set[str] = set()  # the outputs whose metric was chosen automatically (_resolve_auto)
         self.scales: tuple[np.ndarray | None, ...] = ()  # per scored output, its dense set's typical norm (_scales)
         self.reference: list[np.ndarray] | None = None
@@ -178,7 +179,7 @@ class Evaluator:
                 raise
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
                 one = self._one_sample_fails(sess)
-                raise CalibrationError(_input_model_failed(exc, self.reader, one)) from exc
+                raise CalibrationError(_input_model_failed(exc, self.reader, one, reference_model)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             _refuse_unstacked(reference_model, self.reference_all)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
@@ -197,10 +198,9 @@ class Evaluator:
             self.units = [tuple(self.output_samples(i, v) for i, v in enumerate(b)) for b in self.reference_all]
             if first:
                 self.constant = self._constant_outputs()
+                self.constant_note = constant_outputs_note(self._inputs_vary()) if self.constant else None
             if first and self.constant and not self._quiet:
-                log.warning("every sample of the data gives the input model the same outputs (identical or blank "
-                            "inputs, say all zeros): every figure of this run is judged on what amounts to one "
-                            "sample; pass varied, real samples")
+                log.warning(self.constant_note)
             elif first and not self._quiet:
                 self._say_input_blind()
             self.reference = [as_array(b[0]) for b in self.reference_all]
@@ -314,6 +314,19 @@ class Evaluator:
                     return False
                 samples += rows.shape[0] if i == 0 else 0
         return samples >= 2
+
+    def _inputs_vary(self) -> bool:
+        """Whether two samples of the data differ in some input (each feed's rows against the first sample's)."""
+        first: dict[str, np.ndarray] = {}
+        for feeds, _ in self.batches():
+            for name, value in feeds.items():
+                rows = np.asarray(value)
+                if rows.ndim == 0 or rows.dtype == object:
+                    continue
+                ref = first.setdefault(name, rows[0])
+                if rows.shape[1:] != ref.shape or not (rows == ref).all():
+                    return True
+        return False
 
     def input_blind_losses(self) -> dict[str, float]:
         """Per output scored by its values' relative error or cosine (`BLIND_KINDS`), the loss in pp its metric gives
@@ -1000,7 +1013,31 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
     return got
 
 
-def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
+def constant_outputs_note(inputs_vary: bool) -> str:
+    """The line for data on which every sample gives the input model the same outputs: blank or identical inputs
+    (sweep 15), or varied inputs a model ignores (sweep 37: a Keras CNN whose hard_shrink zeroed every unit, 11.7%,
+    was told to "pass varied, real samples", which it had been given)."""
+    if inputs_vary:
+        return ("every sample of the data gives the input model the same outputs, though the inputs differ: its "
+                "outputs do not follow its input (an untrained or collapsed model?); every figure of this run is "
+                "judged on what amounts to one sample, and weights the outputs ignore go at no cost")
+    return ("every sample of the data gives the input model the same outputs (identical or blank inputs, say all "
+            "zeros): every figure of this run is judged on what amounts to one sample; pass varied, real samples")
+
+
+def _model_node(model: onnx.ModelProto | None, op: str, name: str) -> str:
+    """`name` as the model's node it is: onnxruntime's optimizer names a node it makes after a tensor of the node it
+    replaces ('y_nchwc', its NCHWc Conv of the model's Conv '/c2/Conv' writing 'y'; sweep 37: the error named a node
+    the user's model does not hold)."""
+    if model is None or any(n.name == name for n in model.graph.node):
+        return f"{op} '{name}'"
+    made = [n.name for n in model.graph.node if n.op_type == op and any(
+        t and name.startswith(t + "_") for t in list(n.input) + list(n.output))]
+    origin = f" from the model's {op} '{made[0]}'" if len(made) == 1 else ""
+    return f"{op} '{name}', a node onnxruntime's graph optimizer made{origin}"
+
+
+def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: onnx.ModelProto | None = None) -> str:
     """One line for the input model failing in onnxruntime on the user's data as batched (sweep 8: a Khmer segmenter
     declares a 'batch' axis but reshapes to batch 1; stacked data ended in a raw onnxruntime Reshape error). When
     the first sample alone fails too (`one_fails`), the batch is not why (sweep 31: torch's dynamo export of an LSTM
@@ -1011,7 +1048,7 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False) -> str:
     m = re.search(r"running (\S+) node\. Name:'([^']*)'.*?Status Message: (.*)", msg)
     if m:
         detail = re.sub(r"\S+\.(?:h|cc):\d+ \S+?\(.*?\) (?:[^.]*? was false\. )?", "", m.group(3), count=1)
-        where = f"{m.group(1)} '{m.group(2)}': {detail[:300]}"
+        where = f"{_model_node(model, m.group(1), m.group(2))}: {detail[:300]}"
     else:
         where = msg[:260]
     per_feed = getattr(reader, "per_feed", False)

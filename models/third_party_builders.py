@@ -1959,3 +1959,124 @@ def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, se
                                     kernel_shape=[1]))
     return _model(g, "masked_sequence_conv", [_float("x", [BATCH, features, "T"]), _float("mask", [BATCH, 1, "T"])],
                   [_float("y", [BATCH, out, "T"])])
+
+
+def thresholded_relu_mlp(*, where: bool | str = False, clip: bool = False, features: int = 6, hidden: int = 8,
+                         out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) -> a thresholded activation -> MatMul + Add (8->3) -> 'y' [N, 3].
+
+    The activation as tf2onnx writes Keras' `ReLU(threshold=0.2)` (tf.where lowered: Greater(h, 0.2) -> Cast -> Mul
+    by h, plus Not -> Cast -> Mul by a constant, -0.05 here, the value below the threshold), or with `where` as torch
+    writes `torch.where(h > 0, h, 0.1 * h)`: Greater(h, 0) -> Where(cond, h, Mul(h, 0.1)) (sweep 37). With `clip`,
+    then Min(., 0.4) -> Max(., -0.02), as tf2onnx writes the `max_value` of Keras' ReLU (clip_by_value). With
+    `where="or"` torch legacy's Hardshrink(0.3): Where(Or(Greater(h, 0.3), Less(h, -0.3)), h, 0)."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    if where == "or":
+        cond = g.op("Or", "act", [g.op("Greater", "act", [h, g.const("shrink_hi", np.array(0.3))]),
+                                  g.op("Less", "act", [h, g.const("shrink_lo", np.array(-0.3))])])
+        h = g.op("Where", "act", [cond, h, g.const("zero", np.array(0.0))])
+    elif where:
+        cond = g.op("Greater", "act", [h, g.const("zero", np.array(0.0))])
+        h = g.op("Where", "act", [cond, h, g.op("Mul", "act", [h, g.const("slope", np.array(0.1))])])
+    else:
+        above = g.op("Greater", "act", [h, g.const("threshold", np.array(0.2))])
+        on = g.op("Mul", "act/on", [g.op("Cast", "act/on", [above], to=TensorProto.FLOAT), h])
+        below = g.op("Cast", "act/off", [g.op("Not", "act", [above])], to=TensorProto.FLOAT)
+        h = g.op("Add", "act", [on, g.op("Mul", "act/off", [g.const("floor", np.array(-0.05)), below])])
+    if clip:
+        h = g.op("Max", "clip", [g.op("Min", "clip", [h, g.const("high", np.array(0.4))]),
+                                 g.const("low", np.array(-0.02))])
+    y = g.matmul(h, "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "thresholded_relu_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def adaptive_pool_gathernd(*, channels: int = 4, hidden: int = 6, size: int = 5, out: int = 3,
+                           seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 4, 5, 5] -> Conv 1x1 (4->6) -> Relu -> torch dynamo's `adaptive_avg_pool2d(h, (2, 2))` of a size it
+    does not divide: Transpose [H, W, N, C] -> GatherND of the overlapping 3x3 windows (constant indices [2, 3, 2, 3,
+    2]) -> Transpose [N, C, 2, 3, 2, 3] -> ReduceMean over the windows -> Flatten -> MatMul + Add (24->3) -> 'y'
+    (sweep 37)."""
+    g = _Graph(seed)
+    w = g.weight("c1.weight", (hidden, channels, 1, 1), channels)
+    h = g.relu(g.op("Conv", "c1", ["x", w, g.bias("c1.bias", hidden)], kernel_shape=[1, 1]), "c1")
+    h = g.op("Transpose", "pool", [h], perm=[2, 3, 0, 1])
+    starts = [0, size - 3]
+    idx = np.array([[[[(s + i, t + j) for j in range(3)] for t in starts] for i in range(3)] for s in starts])
+    g.initializers.append(numpy_helper.from_array(idx.astype(np.int64), "windows"))
+    h = g.op("GatherND", "pool", [h, "windows"])
+    h = g.op("Transpose", "pool/back", [h], perm=[4, 5, 0, 1, 2, 3])
+    h = g.op("Flatten", "flat", [g.op("ReduceMean", "pool", [h], axes=[3, 5], keepdims=0)], axis=1)
+    g.matmul(h, "fc", hidden * 4, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "adaptive_pool_gathernd", [_float("x", [BATCH, channels, size, size])],
+                  [_float("y", [BATCH, out])])
+
+
+def residual_shape_read(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> fc1 (6->8) = h -> r = h + relu(fc2(h)) (8->8) -> fc3 (8->3) -> 'y'; Shape(r) is a second output
+    'r_shape', as torch legacy's MultiheadAttention reads its input's shape (a Set Transformer's residual stream, sweep
+    37): r's channels are kept, each class being h's and fc2's channel."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    r = g.op("Add", "res", [h, g.relu(g.matmul(h, "fc2", hidden, hidden), "fc2")])
+    g.nodes.append(helper.make_node("Shape", [r], ["r_shape"], name="/res/Shape"))
+    g.matmul(r, "fc3", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "residual_shape_read", [_float("x", [BATCH, features])],
+                  [_float("y", [BATCH, out]), helper.make_tensor_value_info("r_shape", TensorProto.INT64, [2])])
+
+
+def hard_shrink_mlp(*, fill: float = 0.0, features: int = 6, hidden: int = 8, out: int = 3,
+                    seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) = h -> Keras' `hard_shrink` as tf2onnx writes tf.where(|h| > 0.5, h,
+    zeros_like(h)): Abs -> Greater -> Cast -> Mul by h, plus Not -> Cast -> Mul by ConstantOfShape(Shape(h)) (`fill`:
+    0 for zeros_like, 1 for ones_like) -> Add -> MatMul + Add (8->3) -> 'y' (sweep 37)."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    above = g.op("Greater", "act", [g.op("Abs", "act", [h]), g.const("threshold", np.array(0.5))])
+    on = g.op("Mul", "act/on", [g.op("Cast", "act/on", [above], to=TensorProto.FLOAT), h])
+    like = g.op("ConstantOfShape", "act", [g.op("Shape", "act", [h])],
+                value=numpy_helper.from_array(np.array([fill], np.float32)))
+    off = g.op("Mul", "act/off", [like, g.op("Cast", "act/off", [g.op("Not", "act", [above])], to=TensorProto.FLOAT)])
+    g.matmul(g.op("Add", "act", [on, off]), "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "hard_shrink_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def same_upper_dilated_conv(*, channels: int = 16, size: int = 14, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 1, 14, 14] -> Conv 3x3 (1->16) -> Relu -> Conv '/c2/Conv' (2x5, dilations 2, auto_pad SAME_UPPER)
+    -> 'y': torch legacy's `padding="same"` with a dilation, which onnxruntime refuses to run ("Dilation not supported
+    for AutoPadType::SAME_UPPER"); its optimizer makes the Conv an NCHWc node named after the tensor, 'y_nchwc'
+    (sweep 37)."""
+    g = _Graph(seed)
+    h = g.relu(g.conv("x", "c1", 1, channels, 3), "c1")
+    w = g.weight("c2.weight", (channels, channels, 2, 5), channels * 10)
+    g.nodes.append(helper.make_node("Conv", [h, w, g.bias("c2.bias", channels)], ["y"], name="/c2/Conv",
+                                    auto_pad="SAME_UPPER", dilations=[2, 2], kernel_shape=[2, 5]))
+    return _model(g, "same_upper_dilated_conv", [_float("x", [BATCH, 1, size, size])],
+                  [_float("y", [BATCH, channels, size, size])])
+
+
+def hard_shrink_conv(*, channels: int = 2, hidden: int = 6, size: int = 5, out: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 2, 5, 5] -> Conv 1x1 (2->6) = h -> Keras' `hard_shrink` on the NHWC twin as tf2onnx writes it:
+    t = Transpose(h) [N, 5, 5, 6]; Cast(Greater(Abs(t), 0.5)) * t + Cast(Not(.)) * zeros_like, the zeros a
+    ConstantOfShape of Gather(Shape(h), [0, 2, 3, 1]) -> Transpose back -> Conv 1x1 (6->3) -> 'y' (sweep 37)."""
+    g = _Graph(seed)
+    w = g.weight("c1.weight", (hidden, channels, 1, 1), channels)
+    h = g.op("Conv", "c1", ["x", w, g.bias("c1.bias", hidden)], kernel_shape=[1, 1])
+    t = g.op("Transpose", "nhwc", [h], perm=[0, 2, 3, 1])
+    above = g.op("Greater", "act", [g.op("Abs", "act", [t]), g.const("threshold", np.array(0.5))])
+    on = g.op("Mul", "act/on", [g.op("Cast", "act/on", [above], to=TensorProto.FLOAT), t])
+    g.initializers.append(numpy_helper.from_array(np.array([0, 2, 3, 1], np.int64), "nhwc_order"))
+    shape = g.op("Gather", "act", [g.op("Shape", "act", [h]), "nhwc_order"], axis=0)
+    like = g.op("ConstantOfShape", "act", [shape], value=numpy_helper.from_array(np.array([0.0], np.float32)))
+    off = g.op("Mul", "act/off", [like, g.op("Cast", "act/off", [g.op("Not", "act", [above])], to=TensorProto.FLOAT)])
+    h = g.op("Transpose", "nchw", [g.op("Add", "act", [on, off])], perm=[0, 3, 1, 2])
+    w2 = g.weight("c2.weight", (out, hidden, 1, 1), hidden)
+    g.nodes.append(helper.make_node("Conv", [h, w2, g.bias("c2.bias", out)], ["y"], name="/c2/Conv",
+                                    kernel_shape=[1, 1]))
+    return _model(g, "hard_shrink_conv", [_float("x", [BATCH, channels, size, size])],
+                  [_float("y", [BATCH, out, size, size])])

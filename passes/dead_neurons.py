@@ -129,7 +129,7 @@ def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
 
     Removable: not blocked, and every consumer weight reading any of its positions is zero there or the position
     holds a known constant the consumer can fold into its bias. Dead by weights: read only that way (and read at
-    all), or a known constant where it is produced.
+    all), or a known constant where it is produced that no weight reads varying.
     """
     everything = {int(r) for t in cg.channels for r in cg.roots(t)}
     alive: set[int] = set()
@@ -143,7 +143,10 @@ def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
         alive.update(roots[~(zero | const)].tolist())
         read.update(roots.tolist())
     constant = {int(r) for lay in cg.layers for r in cg.roots(lay.tensor)[np.isfinite(cg.channels[lay.tensor].value)]}
-    return everything - alive - cg.blocked(), (read - alive) | constant
+    # a class a weight reads varying is alive, constant where one layer produces it or not: a dead row of a residual
+    # branch whose stream lives is no dead class (sweep 37: "kept: consumer Shape ... (8 dead kept)" of a Set
+    # Transformer's stream, which nothing would have removed)
+    return everything - alive - cg.blocked(), (read | constant) - alive
 
 
 def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:

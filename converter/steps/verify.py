@@ -88,9 +88,9 @@ class MeasureStep(Step):
         state.metrics = measure(state.data, state.final, keep=kept)
         state.final_outputs = kept.get("calibration")  # the budget check judges this pass
         if state.data.calibration.constant:  # in the report too, not only on stderr (sweep 16)
-            state.notes.append("every sample of the data gives the input model the same outputs (identical or blank "
-                               "inputs, say all zeros): every figure of this run is judged on what amounts to one "
-                               "sample; pass varied, real samples")
+            from onnxprune.calibration.metrics import constant_outputs_note
+
+            state.notes.append(getattr(state.data.calibration, "constant_note", None) or constant_outputs_note(False))
         from onnxprune.calibration.activations import activation_densities
         from onnxprune.converter.auto.timing import ACTIVATION_COST, optional_batches
 

@@ -52,15 +52,19 @@ from onnxprune.passes.channel_groups.graph import ChannelGraph, Shapes
 from onnxprune.passes.channel_groups.inputs import _seed_inputs
 from onnxprune.passes.channel_groups.rules_elementwise import (
     BINARY,
+    COMPARE,
+    EXTREMA,
     POOL_KEEPS_CONSTANT,
     REDUCE_OPS,
     UNARY,
     _batchnorm,
     _group_norm,
     _binary,
+    _compare,
     _instance_norm,
     _pool,
     _pow,
+    _where,
     _prelu,
     _normalization,
     _qdq,
@@ -73,9 +77,11 @@ from onnxprune.passes.channel_groups.rules_layers import RECURRENT_GATES, _conv,
 from onnxprune.passes.channel_groups.rules_layout import (
     _cast,
     _concat,
+    _constant_of_shape,
     _depth_to_space,
     _flatten,
     _gather,
+    _gather_nd,
     _pad,
     _reshape,
     _shape,
@@ -95,7 +101,8 @@ __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _recurrent for op in RECURRENT_GATES},
-    **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY},
+    **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY}, **{op: _binary for op in EXTREMA},
+    **{op: _compare for op in COMPARE}, "Where": _where, "GatherND": _gather_nd, "ConstantOfShape": _constant_of_shape,
     "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     "RoiAlign": _roi_align,
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
@@ -148,7 +155,7 @@ def build_channel_groups(
             if node.op in WEIGHT_OPS or node.op in SUBGRAPH_OPS:
                 log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why.split(") ", 1)[1])
             b.opaque(node, why)
-        elif mapped or node.op in PRODUCERS:
+        elif mapped or node.op in PRODUCERS or node.op == "ConstantOfShape":  # of a shape that has channels
             RULES[node.op](b, node)
     b.check_ties()
     inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}

@@ -1,5 +1,5 @@
-"""Rules for element-wise ops, BatchNormalization, InstanceNormalization, PRelu, pools and Resize: channels pass through, constants are
-carried."""
+"""Rules for element-wise ops (comparisons and Where among them), BatchNormalization, InstanceNormalization, PRelu,
+pools and Resize: channels pass through, constants are carried."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ def _selu(v: np.ndarray, n: gs.Node) -> np.ndarray:
     return g * np.where(v > 0, v, a * np.exp(v) - a)
 
 
+def _celu(v: np.ndarray, n: gs.Node) -> np.ndarray:
+    a = _attr(n, "alpha", 1.0)
+    return np.maximum(v, 0) + np.minimum(0, a * np.expm1(v / a))
+
+
 def _finite(v: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v), v, NAN)
 
@@ -62,6 +67,7 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "HardSwish": lambda v, n: v * np.clip(v / 6 + 0.5, 0, 1),
     "Elu": lambda v, n: np.where(v > 0, v, _attr(n, "alpha", 1.0) * np.expm1(v)),
     "Selu": _selu,
+    "Celu": _celu,  # sweep 37: torch's nn.CELU, "consumer Celu ... has no channel rule"
     "Softplus": lambda v, n: np.logaddexp(0, v),
     "Mish": lambda v, n: v * np.tanh(np.logaddexp(0, v)),  # sweep 23: "consumer Mish ... has no channel rule"
     "Softsign": lambda v, n: v / (1 + np.abs(v)),
@@ -76,6 +82,7 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Exp": lambda v, n: _finite(np.exp(v)),
     "Log": lambda v, n: _finite(np.log(v)),
     "Reciprocal": lambda v, n: _finite(1 / v),
+    "Not": lambda v, n: np.where(np.isnan(v), NAN, (v == 0) * 1.0),  # sweep 37: tf.where's else branch
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,  # inference: the identity (training_mode is refused below)
 }
@@ -96,9 +103,16 @@ BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+# Min/Max of two tensors, element-wise like BINARY, no factor on the channels. Sweep 37: Keras' ReLU(max_value=6)
+# is clip_by_value, which tf2onnx writes as Min(x, 6) -> Max(., 0): "consumer Min ... (op Min) has no channel rule".
+EXTREMA: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"Min": np.minimum, "Max": np.maximum}
+
+
 def _binary(b: Builder, node: gs.Node) -> None:
+    if len(node.inputs) != 2:  # Min/Max take any number
+        return b.opaque(node, f"has {len(node.inputs)} operands")
     x, y = node.inputs
-    cx, cy, fn = b.ch(x), b.ch(y), BINARY[node.op]
+    cx, cy, fn = b.ch(x), b.ch(y), {**BINARY, **EXTREMA}[node.op]
     with np.errstate(all="ignore"):
         if cx is not None and cy is not None:
             return _merge(b, node, [cx, cy], lambda: _product(cx.value, cy.value) if node.op == "Mul"
@@ -117,6 +131,71 @@ def _binary(b: Builder, node: gs.Node) -> None:
             with np.errstate(divide="ignore"):
                 b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
         b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
+
+
+COMPARE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "Greater": np.greater, "Less": np.less, "GreaterOrEqual": np.greater_equal, "LessOrEqual": np.less_equal,
+    "Equal": np.equal,
+    # sweep 37: torch legacy's Hardshrink, Where(Or(x > l, x < -l), x, 0): "consumer Or ... has no channel rule"
+    "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+}
+
+
+def _truth(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A comparison per channel as 1.0 / 0.0, NaN (it varies) where either side does."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(x) | np.isnan(y), NAN, fn(x, y) * 1.0)
+
+
+def _compare(b: Builder, node: gs.Node) -> None:
+    """x > k (Less, Equal, ...; And, Or, Xor of two masks), k a constant (one value or one per channel) or a tensor
+    carrying the same channels: element-wise, the channels pass as a mask, a constant channel maps to its truth.
+    Keras' `ReLU(threshold=...)` and tf.where, which tf2onnx writes as Greater -> Cast -> Mul, and torch's
+    `where(h > 0, h, 0.1 * h)` (Greater -> Where). Sweep 37: "consumer Greater ... (op Greater) has no channel rule"
+    kept every dead Dense unit."""
+    x, y = node.inputs
+    cx, cy, fn = b.ch(x), b.ch(y), COMPARE[node.op]
+    if cx is not None and cy is not None:
+        return _merge(b, node, [cx, cy], lambda: _truth(fn, cx.value, cy.value))
+    c, k = (cx, y) if cx is not None else (cy, x)
+    K = _const(k)
+    if K is None:
+        return b.opaque(node, f"compares the channels with '{k.name}', which carries none")
+    kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
+    if kv is not None:
+        b.set(node.outputs[0], Channels(c.axis, c.ids, _truth(fn, c.value, kv) if cx is not None
+                                        else _truth(fn, kv, c.value)))
+
+
+def _where(b: Builder, node: gs.Node) -> None:
+    """Where(cond, x, y), element-wise: the operands that carry channels must line up, the others are constants
+    (one value or one per channel, sliced with them). A constant channel takes x's or y's value as its condition
+    is 1 or 0; where the condition varies, the one value both sides hold, else NaN."""
+    chans = [b.ch(t) for t in node.inputs]
+    first = next((c for c in chans if c is not None), None)
+    if first is None:
+        return b.opaque(node, "selects between tensors that carry no channels")
+    values = []
+    for t, c in zip(node.inputs, chans):
+        if c is not None:
+            values.append(c.value)
+            continue
+        K = _const(t)
+        if K is None:
+            return b.opaque(node, f"selects with '{t.name}', which carries no channels")
+        kv = _channel_constant(b, node, next(u for u, cu in zip(node.inputs, chans) if cu is first), first, t, K,
+                               "a constant")
+        if kv is None:
+            return None
+        values.append(np.asarray(kv, dtype=np.float64))
+
+    def value() -> np.ndarray:
+        cond, yes, no = values
+        with np.errstate(invalid="ignore"):
+            known = np.where(cond != 0, yes, no)
+            return np.where(np.isnan(cond), np.where(yes == no, yes, NAN), known)
+
+    _merge(b, node, [c for c in chans if c is not None], value)
 
 
 def _gate(b: Builder, x, c: Channels, k) -> bool:

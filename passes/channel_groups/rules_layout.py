@@ -1,5 +1,5 @@
-"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, DepthToSpace/SpaceToDepth, and Shape (read
-for the batch size only)."""
+"""Rules for layout ops: Flatten, Reshape, Transpose, (Un)Squeeze, Concat, Split, Slice, Pad, Cast, Gather(ND),
+DepthToSpace/SpaceToDepth, and Shape (read for the batch size only)."""
 
 from __future__ import annotations
 
@@ -94,12 +94,51 @@ def _shape(b: Builder, node: gs.Node) -> None:
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
         closing = [n for n in t.outputs if (t is node.outputs[0] and _closes_group_norm(b, n, t))
-                   or _reads_own_count(b, n, t, x)]
+                   or _like(n) is not None or _reads_own_count(b, n, t, x)]
         if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
                 return b.opaque(node, "gives the channel count to an op that reads it")
         todo += [o for n in inner for o in n.outputs]
+
+
+def _like(node: gs.Node):
+    """(x, perm) when `node` is ConstantOfShape(Shape(x)) of x's whole shape (tf's zeros_like / ones_like), perm None,
+    or of that shape permuted by a Gather of constant indices (tf2onnx's zeros_like of an NHWC tensor reads the shape
+    of its NCHW twin: Gather [0, 2, 3, 1]); else None."""
+    if node.op != "ConstantOfShape" or len(node.inputs[0].inputs) != 1:
+        return None
+    src, perm = node.inputs[0].inputs[0], None
+    if src.op == "Gather" and len(src.inputs[0].inputs) == 1:
+        idx = _const(src.inputs[1])
+        if idx is None or _attr(src, "axis", 0) != 0:
+            return None
+        perm, src = [int(i) for i in np.ravel(idx)], src.inputs[0].inputs[0]
+    if src.op != "Shape" or _attr(src, "start", 0) != 0 or _attr(src, "end", None) is not None:
+        return None
+    return src.inputs[0], perm
+
+
+def _constant_of_shape(b: Builder, node: gs.Node) -> None:
+    """ConstantOfShape(Shape(x)), tf's zeros_like / ones_like: a tensor of x's channels (on the axis a permuting Gather
+    moves them to), each the one fill value; the Shape follows the channels left by itself. tf2onnx writes
+    tf.where(cond, x, zeros_like(x)) (Keras' hard_shrink, soft_shrink, sparse_plus) as Mul(Cast(Not(cond)),
+    zeros_like(x)) + Mul(Cast(cond), x) (sweep 37: "consumer Shape ... gives the channel count to an op that reads
+    it"). Of any other shape it carries none."""
+    like = _like(node)
+    c = b.ch(like[0]) if like is not None else None
+    r = b.rank(like[0]) if like is not None else None
+    if c is None or r is None:
+        return None
+    axis, perm = c.axis, like[1]
+    if perm is not None:
+        perm = [p % r for p in perm]
+        if sorted(perm) != list(range(r)):
+            return None
+        axis = perm.index(r + c.axis) - r
+    fill = node.attrs.get("value")
+    value = 0.0 if fill is None else float(np.ravel(getattr(fill, "values", fill))[0])
+    b.set(node.outputs[0], Channels(axis, c.ids, np.full(len(c.ids), value)))
 
 
 def _before_casts(t):
@@ -603,6 +642,22 @@ def _gather(b: Builder, node: gs.Node) -> None:
     out_rank = r - 1 + np.ndim(k)
     new = ch if axis > ch else ch - 1 + np.ndim(k)
     b.set(node.outputs[0], Channels(new - out_rank, c.ids, c.value))
+
+
+def _gather_nd(b: Builder, node: gs.Node) -> None:
+    """A GatherND with constant indices into leading axes that are not the channels' (torch dynamo's
+    `adaptive_avg_pool2d` to a size that does not divide the map, 7x7 -> 3x3: Transpose to [H, W, N, C], GatherND of
+    the overlapping windows, ReduceMean; sweep 37): the axes after the indexed ones are copied whole, the channels
+    among them, at the same place counted from the end."""
+    x, idx = node.inputs[0], node.inputs[1]
+    c, r, k = b.ch(x), b.rank(x), _const(idx)
+    if c is None or b.ch(idx) is not None:
+        return b.opaque(node, "gathers with indices computed from channels")
+    if r is None or k is None or k.ndim < 1:
+        return b.opaque(node, "has indices that are not constant, or an input rank shape inference did not give")
+    if r + c.axis < int(_attr(node, "batch_dims", 0)) + k.shape[-1]:
+        return b.opaque(node, "indexes the channel axis (or batches over it)")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
 
 
 def _concat(b: Builder, node: gs.Node) -> None:

@@ -679,6 +679,32 @@ def test_data_whose_every_sample_gives_the_same_outputs_is_said(tmp_path, caplog
     assert not [r for r in caplog.records if "same outputs" in r.message]
 
 
+def test_varied_data_a_model_ignores_is_not_told_to_be_varied(tmp_path, caplog):
+    """Sweep 37: a Keras CNN whose hard_shrink zeroed every unit gives every sample the same outputs; the run said
+    "identical or blank inputs ... pass varied, real samples", though the 250 images differed. It now says the
+    outputs do not follow the input, in the log and in the result's notes; blank data is still told as before."""
+    import logging
+
+    from onnxprune import prune
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.calibration.readers import open_data
+
+    model = builders.mlp_gemm()
+    for t in model.graph.initializer:
+        if t.name == "fc1.weight":
+            t.CopyFrom(numpy_helper.from_array(np.zeros(numpy_helper.to_array(t).shape, np.float32), t.name))
+    name = model.graph.input[0].name
+    varied = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        Evaluator(open_data({name: varied}, model, batch_size=64), None, model)
+    said = [r.message for r in caplog.records if "gives the input model the same outputs" in r.message]
+    assert len(said) == 1 and "though the inputs differ" in said[0] and "pass varied" not in said[0]
+    result = prune(model, data={name: varied[:120]}, sparsity=0.5)
+    assert any("though the inputs differ" in n for n in result.report["notes"])
+    blank = prune(model, data={name: np.zeros((120, 16), np.float32)}, sparsity=0.5)
+    assert any("pass varied, real samples" in n for n in blank.report["notes"])
+
+
 def test_a_python_caller_keeps_its_torch_threads_and_grad_mode_and_may_pass_a_generator():
     """Sweep 16, onnxprune as a library: prune() left torch at 1 thread; retraining under the caller's
     torch.no_grad() failed ("element 0 of tensors does not require grad"); a generator of feed dicts was used up by
@@ -1056,6 +1082,21 @@ def test_a_model_that_fails_on_one_sample_too_is_not_told_to_run_at_batch_1(tmp_
                               "Reshape 'bad_rows'", "the batch is not why")
     assert "--batch-size 1" not in line
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_failing_node_the_optimizer_made_is_named_as_the_models_node(tmp_path):
+    """Sweep 37: torch legacy's `padding="same"` with a dilation writes auto_pad SAME_UPPER, which onnxruntime's Conv
+    refuses; its optimizer had made the Conv an NCHWc node, and the refusal named "Conv 'y_nchwc'", which the user's
+    model does not hold. The model's Conv is named (where the runtime named its own node, as the one it was made
+    from)."""
+    from onnxprune.models.third_party_builders import same_upper_dilated_conv
+
+    path = tmp_path / "m.onnx"
+    onnx.save(same_upper_dilated_conv(), path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((40, 1, 14, 14)).astype(np.float32))
+    line = assert_clean_error(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"),
+                              1, "the input model fails in onnxruntime on", "Dilation not supported")
+    assert "Conv '/c2/Conv'" in line, line
 
 
 def test_random_inputs_of_the_declared_shapes_that_fail_alone_too_are_not_told_to_pass_shapes(tmp_path):

@@ -169,9 +169,10 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
                                  "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos",
-                                 "Exp", "Sign", "Reciprocal"])
+                                 "Exp", "Sign", "Reciprocal", "Celu"])
 def test_constants_are_folded_through_every_activation(act):
-    """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant."""
+    """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant; sweep 37
+    Celu (torch's nn.CELU, both exporters: "consumer Celu ... (op Celu) has no channel rule")."""
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
     G.zero(m, "fc2.weight", 0, [1])
@@ -1650,3 +1651,137 @@ def test_dead_channels_pass_a_mask_that_multiplies_every_channel_alike():
     G.set_init(gated, "c1.bias", np.where(np.arange(8) == 1, 0.0, G.init(gated, "c1.bias")))
     out, report, shp = prune(gated)
     assert shp["c1.weight"] == (8, 4, 3)
+
+
+@pytest.mark.parametrize("where", [False, True, "or"], ids=["keras_threshold", "torch_where", "torch_hardshrink"])
+def test_dead_channels_pass_a_threshold_made_of_a_comparison(where):
+    """Keras' `ReLU(threshold=0.2)` as tf2onnx writes it (Greater -> Cast -> Mul by h, Not -> Cast -> Mul by the
+    value below the threshold) and torch's `where(h > 0, h, 0.1 * h)` (Greater -> Where): a dead channel of h goes, a
+    constant one (bias 0.5: above the threshold, 0.5 after it) is folded into fc2's bias and goes too (sweep 37:
+    "consumer Greater ... (op Greater) has no channel rule (8 dead kept)"). A comparison with a tensor that carries
+    no channels still blocks. torch legacy's Hardshrink(0.3) joins two comparisons: Where(Or(h > 0.3, h < -0.3), h,
+    0) (sweep 37: "consumer Or ... (op Or) has no channel rule")."""
+    from onnxprune.models.third_party_builders import thresholded_relu_mlp
+
+    m = thresholded_relu_mlp(where=where)
+    G.zero(m, "fc1.weight", 1, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+    b2 = G.init(m, "fc2.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["fc1.weight"] == (6, 5) and shp["fc1.bias"] == (5,) and shp["fc2.weight"] == (5, 3)
+    assert not np.allclose(G.init(out, "fc2.bias"), b2)  # 0.5 · fc2's row 6 went in
+    assert report.removed == 3 and report.folded == 3  # each a constant (0, or -0.05 below the threshold; 0.5)
+    assert G.op_counts(out) == G.op_counts(m)
+    varying = thresholded_relu_mlp(where=where)
+    cmp = next(n for n in varying.graph.node if n.op_type == "Greater")
+    cmp.input[1] = "x_max"  # compared with a tensor the input computes: no removal
+    varying.graph.node.insert(0, onnx.helper.make_node("ReduceMax", ["x"], ["x_max"], keepdims=1, axes=[1]))
+    G.zero(varying, "fc1.weight", 1, [1])
+    G.set_init(varying, "fc1.bias", np.where(np.arange(8) == 1, 0.0, G.init(varying, "fc1.bias")))
+    out, report, shp = prune(varying)
+    assert shp["fc1.weight"] == (6, 8)
+
+
+def test_dead_channels_pass_a_clip_made_of_min_and_max():
+    """Keras' `ReLU(max_value=...)` is clip_by_value, which tf2onnx writes as Min(x, high) -> Max(., low): a dead
+    channel goes and a constant one is folded at its clipped value (0.5 -> 0.4; -0.05 -> -0.02) (sweep 37: "consumer
+    Min ... (op Min) has no channel rule (4 dead kept)"). Min/Max of three operands still block."""
+    from onnxprune.models.third_party_builders import thresholded_relu_mlp
+
+    m = thresholded_relu_mlp(clip=True)
+    G.zero(m, "fc1.weight", 1, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal: the clipped values were folded
+    assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3)
+    assert report.removed == 3 and report.folded == 3
+    assert G.op_counts(out) == G.op_counts(m)
+    three = thresholded_relu_mlp(clip=True)
+    node = next(n for n in three.graph.node if n.op_type == "Min")
+    node.input.append("high")
+    G.zero(three, "fc1.weight", 1, [1])
+    G.set_init(three, "fc1.bias", np.where(np.arange(8) == 1, 0.0, G.init(three, "fc1.bias")))
+    out, report, shp = prune(three)
+    assert shp["fc1.weight"] == (6, 8)
+
+
+def test_dead_channels_pass_a_gather_nd_over_the_spatial_axes():
+    """torch dynamo writes `adaptive_avg_pool2d(h, (3, 3))` of a 7x7 map as Transpose [H, W, N, C] -> GatherND of the
+    overlapping windows -> Transpose -> ReduceMean: the GatherND copies the trailing [N, C] whole, so a dead channel
+    goes and a constant one (bias 0.5) is folded into fc's bias (sweep 37: "consumer GatherND ... (op GatherND) has
+    no channel rule (4 dead kept)"). A GatherND that indexes the channel axis still blocks."""
+    from onnxprune.models.third_party_builders import adaptive_pool_gathernd
+
+    m = adaptive_pool_gathernd()
+    G.zero(m, "c1.weight", 0, [1, 2, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [1, 2]), 0.0,
+                                      np.where(np.arange(6) == 4, 0.5, G.init(m, "c1.bias"))))
+    b2 = G.init(m, "fc.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["c1.weight"] == (3, 4, 1, 1) and shp["fc.weight"] == (12, 3)
+    assert not np.allclose(G.init(out, "fc.bias"), b2)
+    assert report.removed == 3 and G.op_counts(out) == G.op_counts(m)
+    across = adaptive_pool_gathernd(size=6)  # 6 channels, 6x6
+    node = next(n for n in across.graph.node if n.op_type == "Transpose")
+    del node.attribute[:]
+    node.attribute.append(onnx.helper.make_attribute("perm", [1, 2, 0, 3]))  # [C, H, N, W]: indexes C and H
+    G.zero(across, "c1.weight", 0, [1])
+    G.set_init(across, "c1.bias", np.where(np.arange(6) == 1, 0.0, G.init(across, "c1.bias")))
+    out, report, shp = prune(across)
+    assert shp["c1.weight"] == (6, 4, 1, 1)
+
+
+def test_a_dead_row_of_a_residual_branch_is_no_dead_class_kept_by_a_block():
+    """fc2's rows 0, 1 are dead but h's channels 0, 1 live in the residual stream r = h + relu(fc2(h)): nothing could
+    go, so the Shape that reads r keeps no dead class and says none (sweep 37: "channels of MatMul '/emb/MatMul'
+    kept: consumer Shape ... (8 dead kept)" of a Set Transformer whose FFN rows were zero). With fc1's rows dead too
+    the class is dead and the note counts it."""
+    from onnxprune.models.third_party_builders import residual_shape_read
+
+    m = residual_shape_read()
+    G.zero(m, "fc2.weight", 1, [0, 1])
+    G.set_init(m, "fc2.bias", np.where(np.arange(8) < 2, 0.0, G.init(m, "fc2.bias")))
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 8) and report.removed == 0
+    assert not any("dead kept" in line for line in report.blocked)
+    G.zero(m, "fc1.weight", 1, [0, 1])
+    G.set_init(m, "fc1.bias", np.where(np.arange(8) < 2, 0.0, G.init(m, "fc1.bias")))
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 8)
+    assert any("Shape '/res/Shape'" in line and "(2 dead kept)" in line for line in report.blocked), report.blocked
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0], ids=["zeros_like", "ones_like"])
+def test_dead_channels_pass_a_constant_of_the_shape_of_the_channels(fill):
+    """tf.where(|h| > 0.5, h, zeros_like(h)) (Keras' hard_shrink, soft_shrink, sparse_plus) as tf2onnx writes it:
+    the else branch is ConstantOfShape(Shape(h)), a tensor of h's channels each `fill`; a dead channel goes, a
+    constant one (bias 0.7) is folded, and the Shape follows the channels left (sweep 37: "consumer Shape ... gives
+    the channel count to an op that reads it (2 dead kept)")."""
+    from onnxprune.models.third_party_builders import hard_shrink_mlp
+
+    m = hard_shrink_mlp(fill=fill)
+    G.zero(m, "fc1.weight", 1, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.7, G.init(m, "fc1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3)
+    assert report.removed == 3 and not report.blocked
+    assert G.op_counts(out) == G.op_counts(m)
+
+
+def test_dead_channels_pass_a_zeros_like_of_the_nhwc_twin():
+    """tf2onnx's zeros_like of a Keras conv's NHWC output reads the shape of its NCHW twin through a Gather [0, 2, 3,
+    1]: the ConstantOfShape carries the channels on the last axis; a dead channel goes and a constant one (bias 0.7,
+    |0.7| > 0.5) is folded into c2's bias (sweep 37: a Conv2D(activation="hard_shrink") kept its dead channels at
+    "consumer Shape ... gives the channel count to an op that reads it")."""
+    from onnxprune.models.third_party_builders import hard_shrink_conv
+
+    m = hard_shrink_conv()
+    G.zero(m, "c1.weight", 0, [1, 2, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [1, 2]), 0.0,
+                                      np.where(np.arange(6) == 4, 0.7, G.init(m, "c1.bias"))))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["c1.weight"] == (3, 2, 1, 1) and shp["c2.weight"] == (3, 3, 1, 1)
+    assert report.removed == 3 and not report.blocked
+    assert G.op_counts(out) == G.op_counts(m)

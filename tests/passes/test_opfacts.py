@@ -6,12 +6,13 @@ from onnx import helper
 from onnxprune.calibration import activations
 from onnxprune.passes import opfacts, weights
 from onnxprune.passes.channel_groups import PRODUCERS, RULES
-from onnxprune.passes.channel_groups.rules_elementwise import BINARY, UNARY
+from onnxprune.passes.channel_groups.rules_elementwise import BINARY, COMPARE, UNARY
 
 
 def test_channel_group_rules_agree_with_the_table():
     assert set(UNARY) <= opfacts.ELEMENTWISE_UNARY
     assert set(BINARY) <= opfacts.ARITHMETIC
+    assert set(COMPARE) <= opfacts.COMPARISON
     assert PRODUCERS <= set(opfacts.WEIGHT_OPS) and PRODUCERS == opfacts.CHANNEL_PRODUCERS
     layout_rules = {"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
     assert layout_rules <= set(RULES) and layout_rules <= opfacts.LAYOUT_OPS
