@@ -238,7 +238,10 @@ def export(cache: Path, exporter: str) -> Path:
 
 
 def has_onnxscript(python: str) -> bool:
-    return subprocess.run([python, "-c", "import onnxscript"], capture_output=True).returncode == 0
+    """onnxscript imports in `python`, whose torch exports with external_data and dynamic_shapes (2.4's does not)."""
+    check = ("import inspect, onnxscript, torch; "
+             "assert {'external_data', 'dynamic_shapes'} <= set(inspect.signature(torch.onnx.export).parameters)")
+    return subprocess.run([python, "-c", check], capture_output=True).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------------- the runs
@@ -315,7 +318,8 @@ def main() -> None:
                                 "--cache", str(args.cache)], cwd=REPO, check=True, capture_output=True)
                 models["minilm-dynamo"] = args.cache / "dynamo" / "model.onnx", args.cache / "calib.npz"
             else:
-                print(f"# dynamo exporter skipped: onnxscript does not import in {args.dynamo_python}")
+                print(f"# dynamo exporter skipped: onnxscript does not import in {args.dynamo_python}, or its torch is "
+                      "older than the export's external_data")
     with tempfile.TemporaryDirectory() as tmp:
         outdir = args.out or Path(tmp)
         outdir.mkdir(parents=True, exist_ok=True)
