@@ -527,9 +527,10 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                          "against their spread (quantities, not class scores)", name)
     sizes = set(input_sizes)
     for name, kind in kinds.items():
+        if kind not in ("agreement", "binary_prob") or _CLASS_NAMES.search(name):
+            continue
         arr = as_array(values[name])
-        if kind in ("agreement", "binary_prob") and not _CLASS_NAMES.search(name) and arr.ndim == 2 \
-                and arr.shape[1] >= RECONSTRUCTION_COLUMNS and arr.shape[1] in sizes:
+        if arr.ndim == 2 and arr.shape[1] >= RECONSTRUCTION_COLUMNS and arr.shape[1] in sizes:
             kinds[name] = "rel_l2"
             if not quiet:
                 log.info("output '%s' is scored as regression (rel_l2): it holds as many values a sample as an input "
@@ -557,7 +558,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
 
 
 # an output of this many values a sample or more, as many as an input's sample, is that input's reconstruction or
-# latent (rule 9); below it a classifier may have as many classes as features (iris: 4 features, 3 classes)
+# latent (rule 9); below it a small classifier may well have as many classes as input features
 RECONSTRUCTION_COLUMNS = 16
 QUANTITY_ROWS = 4  # rows of the first batch the quantity rule needs (one row of 2 logits can be of one sign)
 QUANTITY_SCALE = 1.5  # |mean| / std over the batch at or beyond which values of one sign are quantities
