@@ -27,6 +27,20 @@ def test_an_op_newer_than_the_models_opset_says_which_opset_it_needs():
         check_model(model, where="m.onnx")
 
 
+def test_an_op_of_no_onnx_opset_says_the_exporter_wrote_its_frameworks_op():
+    """Sweep 37: tf2onnx 1.17 writes Keras 3's gelu as 'Erfc' and celu as 'Expm1', ops no ONNX opset has; the line
+    said "fix or re-export it" as for any invalid file."""
+    graph = helper.make_graph(
+        [helper.make_node("Expm1", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(ModelError, match=r"No Op registered for Expm1 .*; Expm1 is in no ONNX opset \(onnxruntime "
+                                         r"cannot run it either\): the exporter wrote its framework's op; re-export"):
+        check_model(model, where="m.onnx")
+
+
 def test_an_attribute_newer_than_the_models_opset_says_which_opset_has_it():
     """Sweep 25: torch.onnx's dynamo exporter at opset_version=17 writes GPT-2's Split with opset 18's num_outputs;
     the line said only "fix or re-export it"."""
