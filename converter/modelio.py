@@ -375,8 +375,10 @@ def _op_newer_than_opset(message: str) -> str | None:
     try:
         since = onnx.defs.get_schema(op, onnx.defs.onnx_opset_version()).since_version
     except Exception:  # noqa: BLE001 - no op of that name in any opset of the default domain
+        if any(onnx.defs.has(op, domain) for domain in {s.domain for s in onnx.defs.get_all_schemas()}):
+            return None  # an op of another ONNX domain (ai.onnx.ml's Normalizer) under the wrong one: the checker's
         # sweep 37: tf2onnx 1.17 wrote Keras 3's gelu as 'Erfc' and celu as 'Expm1', names of its framework's ops
-        # that no ONNX opset defines (onnxruntime cannot load the file either)
+        # that no ONNX opset of any domain defines (onnxruntime cannot load the file either)
         return (f"{op} is in no ONNX opset (onnxruntime cannot run it either): the exporter wrote its framework's "
                 "op; re-export with that layer written in other ops, or with an exporter version that converts it.")
     if since <= version:

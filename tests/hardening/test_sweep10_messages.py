@@ -39,6 +39,10 @@ def test_an_op_of_no_onnx_opset_says_the_exporter_wrote_its_frameworks_op():
     with pytest.raises(ModelError, match=r"No Op registered for Expm1 .*; Expm1 is in no ONNX opset \(onnxruntime "
                                          r"cannot run it either\): the exporter wrote its framework's op; re-export"):
         check_model(model, where="m.onnx")
+    # an op of another ONNX domain written under the standard one is not called an op of no opset
+    model.graph.node[0].op_type = "Normalizer"  # ai.onnx.ml's
+    with pytest.raises(ModelError, match=r"No Op registered for Normalizer .*; fix or re-export it\.$"):
+        check_model(model, where="m.onnx")
 
 
 def test_an_attribute_newer_than_the_models_opset_says_which_opset_has_it():
