@@ -107,10 +107,11 @@ def _is_unit_interval(arr: np.ndarray) -> bool:
     return arr.size > 0 and bool(np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0)
 
 
-def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = False) -> str:
+def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = False, tokens: bool = False) -> str:
     """The metric that fits one output, from its dense value (first batch) and its name; `bounded`: the graph makes
     it a probability (`probability_outputs`: a Sigmoid, through reshapes, means and If branches); `embedding`: the
-    graph makes it an embedding (`embedding_outputs`: an L2 normalization or a pooling over positions).
+    graph makes it an embedding (`embedding_outputs`: an L2 normalization or a pooling over positions); `tokens`:
+    the model reads token ids (`token_id_inputs`), so its per-position outputs are per token, never a CTC head.
 
     Rules, first match wins:
       1. a sequence of maps (ZipMap) -> prob when it holds probabilities, else rel_l2; other non-float values
@@ -134,7 +135,10 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
           [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
           (per-position outputs: sequences, anchors), and [N, T, C] among them whose every sample's most frequent
           class is the same first or last class -> ctc_agreement (a CTC head: OCR lines, speech; the blank leads,
-          and what is read out is the decoded text: one changed line per sample, not one position); but not
+          and what is read out is the decoded text: one changed line per sample, not one position), unless the
+          model reads token ids (`tokens`): a language model's next-token logits or a tagger's labels are read
+          token by token (a char LM's space, a tagger's 'O' leads every sample), and CTC aligns frames of an image
+          or a sound, not tokens; but not
           [N, 1, H, W] (H > 1) without probabilities over its last axis, whatever its name: one channel over
           positions, its last axis columns (`_one_channel_map`) -> rel_l2;
          anything else (feature maps, audio, images) -> rel_l2.
@@ -167,7 +171,7 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
     if _one_channel_map(arr):
         return "rel_l2"
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):
-        return "ctc_agreement" if _ctc_like(arr) else "seq_agreement"
+        return "ctc_agreement" if _ctc_like(arr) and not tokens else "seq_agreement"
     return "rel_l2"
 
 
@@ -216,9 +220,54 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
 
 def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
-    `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`."""
+    `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
-            "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model)}
+            "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
+            "tokens": bool(token_id_inputs(model))}
+
+
+# ops an id passes through on its way to a lookup (a cast, a reshape, an offset, a clamp into the vocabulary)
+_ID_PASS = {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Add", "Sub", "Clip"}
+# com.microsoft's fused BERT embedding reads the ids as its first input
+_FUSED_LOOKUPS = {"EmbedLayerNormalization"}
+
+
+def token_id_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:
+    """Integer graph inputs read as token ids: their values reach, through casts, reshapes and offsets
+    (`_ID_PASS`), the indices of a Gather whose table is a float constant (an embedding lookup), or a fused
+    embedding op (`_FUSED_LOOKUPS`). An attention mask or a length is read otherwise and does not count."""
+    if model is None:
+        return ()
+    graph = model.graph
+    tables = {n for n, t in local_constants(graph).items() if t.data_type in FLOAT_TYPES}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    initializers = {t.name for t in graph.initializer}
+    found = []
+    for vi in graph.input:
+        t = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if vi.name in initializers or t is None or not t.elem_type or \
+                onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).kind not in "iu":
+            continue
+        frontier, seen = [vi.name], set()
+        while frontier and len(seen) < 64:
+            value = frontier.pop()
+            seen.add(value)
+            for node in readers.get(value, ()):
+                if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == value \
+                        and node.input[0] in tables and attr(node, "axis", 0) == 0:
+                    found.append(vi.name)
+                    frontier = []
+                    break
+                if node.op_type in _FUSED_LOOKUPS and node.input[0] == value:
+                    found.append(vi.name)
+                    frontier = []
+                    break
+                if node.op_type in _ID_PASS and node.input[0] == value:
+                    frontier.extend(o for o in node.output if o and o not in seen)
+    return tuple(found)
 
 
 def input_sizes(model: onnx.ModelProto | None) -> frozenset[int]:
@@ -360,7 +409,8 @@ def _ctc_like(arr: np.ndarray) -> bool:
     torch's CTCLoss, the last in TensorFlow's), is the most frequent top-1 class of every sample. Measured on the
     corpus's PP-OCRv4 recognizer (rapidocr_rec): class 0 is the most frequent in each of its 60 calibration lines,
     though it fills only 13-51% of a line's positions (a share rule at 50% missed it). A token classifier whose
-    'outside' label (first or last) leads every sentence is caught too, and judged per sample: stricter."""
+    'outside' label (first or last) leads every sentence, or a char LM whose space does, looks so too: the callers
+    tell them apart by the graph (`token_id_inputs`)."""
     return _ctc_leader(arr) is not None
 
 
@@ -393,7 +443,7 @@ def _class_map_layout(batches: list) -> tuple[int, int] | None:
     return (arrays[0].shape[1], leaders.pop()) if len(leaders) == 1 else None
 
 
-def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
+def read_out_kind(name: str, batches: list, tokens: bool = False) -> tuple[str, str] | None:
     """(kind, what it looks like) for an output the automatic choice scored rel_l2 (no name or value says class
     scores) that looks like a read-out in every batch of the data (`batches` samples first), or None:
 
@@ -409,12 +459,18 @@ def read_out_kind(name: str, batches: list) -> tuple[str, str] | None:
     within the budget (output_metrics `_both`), so neither reading of the output moves silently. Until session 26
     these outputs kept rel_l2 and the run named the flag (a hint a newcomer's run, the corpus's, did not act on).
 
+    A model that reads token ids (`tokens`, `token_id_inputs`) has no CTC head: such an output is per-token class
+    scores, each position read apart -> seq_agreement+rel_l2.
+
     A state or cache handed to the next call (`_STATE_NAMES`) is no read-out: sweep 29's Qwen2 decoding step,
     'present_key_1' [N, 2 heads, 16 positions, 16], was scored as a segmentation map ("class 1 leads every sample's
     pixels") beside 'present_key_0', scored rel_l2."""
     if _STATE_NAMES.search(name):
         return None
     blank = _ctc_blank(batches)
+    if blank is not None and tokens:
+        return "seq_agreement+rel_l2", (f"per-token class scores ([N, T, C] of a model reading token ids, class "
+                                        f"{blank} leads every sample's positions)")
     if blank is not None:
         return "ctc_agreement+rel_l2", f"a CTC head ([N, T, C], class {blank} leads every sample's positions)"
     seg = _class_map_layout(batches)
@@ -466,12 +522,14 @@ def constant_leader(name: str, batches: list) -> int | None:
 
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
-               predicted: Collection[str] = (), input_sizes: Collection[int] = ()) -> dict[str, str]:
+               predicted: Collection[str] = (), input_sizes: Collection[int] = (),
+               tokens: bool = False) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
     `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2;
-    `input_sizes`: the values a sample of each float input holds, `input_sizes`), then rules that need the others:
+    `input_sizes`: the values a sample of each float input holds, `input_sizes`; `tokens`: the model reads token
+    ids, `token_id_inputs`), then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
@@ -502,7 +560,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          changes a sample (the input model kept); a flow's latent z [N, 784] (sweep 35's RealNVP) was judged by
          its argmax.
     """
-    kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings)
+    kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings, tokens=tokens)
              for name, value in values.items()}
     for names, what in ((ranked, "TopK's values or distances an ArgMin reads (ranks, not classes)"),
                         (predicted, "a regressor's predicted values (the converter's name for them)")):

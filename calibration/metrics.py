@@ -67,6 +67,7 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
+                                                 token_id_inputs,
                                                  constant_leader, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -124,6 +125,7 @@ class Evaluator:
         self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
         self.constant_note: str | None = None  # what that means here, said once (`constant_outputs_note`)
         self.auto_chosen: set[str] = set()  # the outputs whose metric was chosen automatically (_resolve_auto)
+        self._tokens = False  # the model reads token ids (_resolve_auto)
         self.scales: tuple[np.ndarray | None, ...] = ()  # per scored output, its dense set's typical norm (_scales)
         self.reference: list[np.ndarray] | None = None
         self.dense: float | None = None
@@ -222,7 +224,7 @@ class Evaluator:
             if kind == "agreement":
                 self._led(name, batches)
                 continue
-            found = read_out_kind(name, batches)
+            found = read_out_kind(name, batches, tokens=self._tokens)
             if found is None:
                 continue
             self.plan[name], looks = found
@@ -648,6 +650,7 @@ class Evaluator:
         """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are) and
         the graph (which outputs it makes probabilities)."""
         self.auto_chosen = {n for n, k in self.plan.items() if k == AUTO}
+        self._tokens = bool(token_id_inputs(model))  # per-token outputs, never a CTC head (`_read_outs`)
         if AUTO in self.plan.values():  # every output at once: a head beside the others
             chosen = auto_kinds(dict(zip(self.plan, first())), quiet=self._quiet, **graph_facts(model))
             for name, kind in self.plan.items():

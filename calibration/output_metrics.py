@@ -368,9 +368,11 @@ def _both(first: str, second: str) -> Metric:
                   a.continuous and b.continuous, norms=b.norms, spread=b.spread)
 
 
-# an output that looks like a CTC head or a segmentation map without saying so (metric_choice `read_out_kind`): its
-# read-out and its values both held; and an unnamed [N, C] whose argmax never moves here (`constant_leader`)
-PAIRED_KINDS = ("ctc_agreement+rel_l2", "map_iou+rel_l2", "agreement+rel_l2")  # decide.PER_SAMPLE pairs them too
+# an output that looks like a CTC head, per-token class scores or a segmentation map without saying so (metric_choice
+# `read_out_kind`): its read-out and its values both held; and an unnamed [N, C] whose argmax never moves here
+# (`constant_leader`). Padding is scored in a pair (stricter): `_masked_samples` reads one kind's terms.
+PAIRED_KINDS = ("ctc_agreement+rel_l2", "seq_agreement+rel_l2", "map_iou+rel_l2",
+                "agreement+rel_l2")  # decide.PER_SAMPLE pairs them too
 METRICS.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
 NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS

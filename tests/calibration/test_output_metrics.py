@@ -795,3 +795,83 @@ def test_rel_l2_bounds_the_variance_an_output_far_from_zero_loses(caplog):
     ev = Evaluator(open_data({"x": X8}, varied, batch_size=16), ["Identity=rel_l2"], varied)
     terms, _ = METRICS["rel_l2"].terms(1.01 * ev.reference_all[0][0], ev.reference_all[0][0], None, ev.scales[0])
     assert terms[:, 0].mean() == pytest.approx(0.01, rel=1e-3) and terms[:, 1].mean() < 1e-3
+
+
+def _tagger(out_name: str, classes: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """ids [N, T] -> Cast -> Gather(emb) -> * mask -> MatMul -> + b: per-token class scores whose class 0 (a
+    tagger's 'O', a char LM's space) leads every sample; `mask` is an int input read otherwise than as ids."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((20, 8)).astype(np.float32), "emb"),
+             numpy_helper.from_array((rng.standard_normal((8, classes)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([3.0] + [0.0] * (classes - 1), np.float32), "b"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["emb", "ids32"], ["h"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["maskf", "axes"], ["mask3"]),
+             helper.make_node("Mul", ["h", "mask3"], ["hm"]),
+             helper.make_node("MatMul", ["hm", "w"], ["z"]), helper.make_node("Add", ["z", "b"], [out_name])]
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "tagger", [vi("ids", TensorProto.INT64, ["N", "T"]),
+                                                vi("mask", TensorProto.INT64, ["N", "T"])],
+                              [vi(out_name, TensorProto.FLOAT, ["N", "T", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_per_token_scores_led_by_one_class_are_read_token_by_token_not_as_a_ctc_line():
+    """Session 43: a char-level transformer LM (torch, dynamo and legacy exports, 'logits' [N, 64, 96]) whose space,
+    class 0, leads every sample's next-character predictions was scored ctc_agreement, a sample changed when any of
+    its 64 positions did: 143 of 187 changed at 1.10x, and the input model was kept. A model that reads token ids
+    (a Gather of a float table, through casts) has no CTC head: its per-position outputs are per token, scored
+    seq_agreement (named) or seq_agreement+rel_l2 (unnamed). An int mask read otherwise is no token input."""
+    from onnxprune.calibration.metric_choice import read_out_kind, token_id_inputs
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 20, (24, 10)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[::3, 7:] = 0
+    named = _tagger("logits")
+    assert token_id_inputs(named) == ("ids",)
+    assert token_id_inputs(tb.segmenter(name="masks", classes=4, seed=3)) == ()  # float input: none
+    sess = make_session(named)
+    dense = sess.run(None, {"ids": ids, "mask": mask})[0]
+    assert (np.bincount(dense.argmax(-1).ravel()).argmax() == 0)  # class 0 leads
+    assert auto_kind("logits", dense) == "ctc_agreement"  # without the graph: looks like a CTC head
+    assert auto_kind("logits", dense, tokens=True) == "seq_agreement"
+    assert read_out_kind("out", [dense], tokens=True)[0] == "seq_agreement+rel_l2"
+    assert read_out_kind("out", [dense])[0] == "ctc_agreement+rel_l2"
+    data = {"ids": ids, "mask": mask}
+    ev = Evaluator(open_data(data, named, batch_size=8), reference_model=named)
+    assert ev.plan == {"logits": "seq_agreement"} and ev.dense == 1.0
+    unnamed = _tagger("out")
+    ev = Evaluator(open_data(data, unnamed, batch_size=8), reference_model=unnamed)
+    assert ev.plan == {"out": "seq_agreement+rel_l2"} and ev.dense == 1.0
+    # one changed position of one sample is a share of that sample's positions, not a changed sample
+    other = onnx.ModelProto()
+    other.CopyFrom(unnamed)
+    b = next(t for t in other.graph.initializer if t.name == "b")
+    b.CopyFrom(numpy_helper.from_array(np.array([3.0, 0.0, 0.0, 0.0, 0.0, 2.5], np.float32), "b"))
+    moved = make_session(other).run(None, {"ids": ids, "mask": mask})[0]
+    changed = (moved.argmax(-1) != dense.argmax(-1)).mean(axis=1)
+    assert 0 < changed.min() and changed.max() < 1  # some positions of every sample, not all
+    terms, _ = METRICS["seq_agreement+rel_l2"].samples(moved, dense, None, 1.0)
+    assert np.allclose(terms[:, 0], 1 - changed)  # the share of its positions that agree
+
+
+def test_an_unnamed_per_token_head_holds_both_readings_through_the_budget():
+    """The pair seq_agreement+rel_l2 goes through the decision rule (decide.PER_SAMPLE) and the written model agrees
+    with the pruned one in onnxruntime."""
+    from onnxprune.converter.pipeline import configure, run
+    from tests.oracle import assert_same_outputs
+
+    model = _tagger("out", seed=2)
+    rng = np.random.default_rng(3)
+    data = {"ids": rng.integers(0, 20, (250, 10)).astype(np.int64), "mask": np.ones((250, 10), np.int64)}
+    result = run(model, configure(max_loss=1.0, data=data, one_shot=True))
+    decision = result.report["budget"]["decision"]
+    assert decision["outputs"]["out"]["metric"] == "seq_agreement+rel_l2"
+    assert_same_outputs(result.model, result.dense_model, feeds=[{k: v[:16] for k, v in data.items()}])
