@@ -200,8 +200,12 @@ class _GraphIndex:
         if w.scope:
             return self.holder[w.name] if w.name in self.holder else self.consumers[w.name][0]
         tensor = w.name
-        for _ in range(len(w.via) + 1):
-            i = self.consumers[tensor][0]
+        for step in range(len(w.via) + 1):
+            readers = self.consumers[tensor]
+            # along its own chain: a tied embedding's table is read by a Gather too (passes/weights._tied_lookup)
+            i = next((j for j in readers if self.nodes[j].name == w.node), None)
+            if i is None:
+                i = next((j for j in readers if step < len(w.via) and self.nodes[j].op_type == w.via[step]), readers[0])
             if self.nodes[i].op_type in WEIGHT_OPS or self.nodes[i].name == w.node:
                 return i
             tensor = self.nodes[i].output[0]

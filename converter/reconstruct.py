@@ -56,7 +56,7 @@ from onnxprune.calibration.runtime import output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, LOOKUP_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.shapes import conv_pads
 from onnxprune.passes.weights import find_prunable, name_nodes
@@ -218,6 +218,10 @@ def _twins(layer: Layer, w, every, where) -> str | None:
     others = [n for n in every if n is not node and w.name in n.input and n.op_type not in SUBGRAPH_OPS]
     if not others:
         return None
+    lookup = next((n for n in others if n.op_type in LOOKUP_OPS and n.input and n.input[0] == w.name), None)
+    if lookup is not None:  # passes/weights._tied_lookup: an output layer tied to the input embedding
+        return (f"also the embedding table of {lookup.op_type} '{lookup.name}' (a refit of {node.op_type} "
+                f"'{node.name}' would move the rows it reads); left as pruned")
     if w.via:
         return f"read by several bodies through {'/'.join(w.via)}; left as pruned"
     for n in others:

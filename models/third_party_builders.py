@@ -93,6 +93,11 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         a Reshape to the literal [1, -1] (sweep 27)
     cond_while_rnn      tf2onnx's tf.while_loop RNN under a tf.cond: a Loop in each If branch carries the same
                         main-graph W and R unchanged, the two bodies' inputs named alike (sweep 27)
+    tied_lm             a language model whose output layer is its input embedding: 'tokens' int64 -> Gather(emb.weight
+                        [V, d]) -> MatMul + Relu -> logits through the same table, as torch's dynamo writes
+                        `head.weight = emb.weight` (a Transpose into a MatMul, [N, T, V]), as a Gemm(transB=1)
+                        on one token a sample ([N, V]), or as the legacy exporter does, the transpose folded into a
+                        constant of its own (session 43)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -1778,6 +1783,32 @@ def tied_autoencoder(*, features: int = 12, hidden: int = 8, classes: int = 3, f
     g.nodes[-1].output[0] = "logits"
     return _model(g, "tied_autoencoder", [_float("input", [BATCH, features])],
                   [_float("recon", [BATCH, features]), _float("logits", [BATCH, classes])])
+
+
+def tied_lm(*, vocab: int = 20, dim: int = 8, steps: int = 6, form: str = "dynamo", seed: int = 0) -> onnx.ModelProto:
+    """A language model whose output layer reads its input embedding (session 43): 'tokens' [N, T] int64 ->
+    Gather(emb.weight [V, d]) -> MatMul(mix [d, d]) + Relu -> MatMul(h, Transpose(emb.weight)) -> 'logits' [N, T, V],
+    as torch's dynamo writes a tied head; `form="gemm"`: 'tokens' [N] (one a sample) -> ... -> Gemm(h, emb.weight,
+    transB=1) -> 'logits' [N, V]; `form="legacy"`: the head's MatMul reads 'head.weight_t' [d, V], the table's
+    transpose folded into a constant of its own, as torch's legacy exporter writes the tie."""
+    g = _Graph(seed)
+    table = g.weight("emb.weight", (vocab, dim), dim)
+    h = g.op("Gather", "emb", [table, "tokens"])
+    if form == "gemm":
+        h = g.relu(g.gemm(h, "mix", dim, dim), "mix")
+        g.nodes.append(helper.make_node("Gemm", [h, table], ["logits"], name="/head/Gemm", transB=1))
+        return _model(g, "tied_lm", [helper.make_tensor_value_info("tokens", TensorProto.INT64, [BATCH])],
+                      [_float("logits", [BATCH, vocab])])
+    mix = g.weight("mix.weight", (dim, dim), dim)
+    h = g.relu(g.op("MatMul", "mix", [h, mix]), "mix")
+    if form == "legacy":
+        e = numpy_helper.to_array(next(t for t in g.initializers if t.name == table))
+        head = g.const("head.weight_t", np.ascontiguousarray(e.T))
+    else:
+        head = g.op("Transpose", "t", [table], perm=[1, 0])
+    g.nodes.append(helper.make_node("MatMul", [h, head], ["logits"], name="/head/MatMul"))
+    return _model(g, "tied_lm", [helper.make_tensor_value_info("tokens", TensorProto.INT64, [BATCH, steps])],
+                  [_float("logits", [BATCH, steps, vocab])])
 
 
 def tied_conv_autoencoder(*, channels: int = 6, classes: int = 3, seed: int = 0) -> onnx.ModelProto:

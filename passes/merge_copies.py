@@ -19,6 +19,14 @@ Rules:
   2. Never a graph input or output, a name read inside an If/Loop/Scan body, or an all-zero tensor (nothing to
      prune; tying it would only block removing it).
   3. The first copy in initializer order is kept under its own name; the others' readers are renamed to it.
+
+A matrix stored twice, once as its transpose, is merged too (`transposed_copies`): a tied language model's output
+layer, `head.weight = emb.weight`, exported with the transpose folded into its own constant (torch's legacy exporter
+and dynamo both do; sweep 37's GRU LM, session 43's char LM): the table E [V, d] read by a Gather and E^T [d, V] read
+by the head's MatMul. Pruned apart they get two masks and the file stores both. The copy's readers then read
+Transpose(E), which onnxruntime folds at load: one tied weight (passes/weights.py `_tied_lookup`, or
+`_tied_transposed` for a tied autoencoder's W and W^T), one mask, one stored tensor. Only where the inventory then
+prunes the kept matrix (else the pair stays as it was: two weights it prunes apart beat one it refuses).
 """
 
 from __future__ import annotations
@@ -78,14 +86,99 @@ def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
     return groups
 
 
+def _second_operand(node: onnx.NodeProto, name: str) -> bool:
+    inputs = list(node.input)
+    return (node.op_type in ("Gemm", "MatMul") and (node.domain or "") in ("", "ai.onnx") and inputs.count(name) == 1
+            and inputs.index(name) == 1)
+
+
+def _lookup(node: onnx.NodeProto, name: str) -> bool:
+    return (node.op_type == "Gather" and (node.domain or "") in ("", "ai.onnx") and len(node.input) == 2
+            and node.input[0] == name and node.input[1] != name
+            and all(a.name != "axis" or onnx.helper.get_attribute_value(a) == 0 for a in node.attribute))
+
+
+def transposed_copies(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(kept, copy) pairs of main-graph float matrices where copy holds kept's transpose exactly, copy is read only
+    as a Gemm/MatMul's second operand and kept only so or as a Gather's table (module docstring); [] when none.
+    Each matrix is in one pair at most; the one a Gather reads, else the first in graph order, is kept."""
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    frozen = frozen_names(graph)
+    mats = {}
+    for name, t in local_constants(graph).items():
+        if (name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name)
+                or len(t.dims) != 2 or t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                                            onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+                or int(np.prod(t.dims, dtype=np.int64)) < MIN_VALUES):
+            continue
+        mats[name] = t
+    copies = [n for n in mats if all(_second_operand(r, n) for r in readers[n])]
+    keepers = [n for n in mats if all(_second_operand(r, n) or _lookup(r, n) for r in readers[n])]
+    keepers.sort(key=lambda n: not any(_lookup(r, n) for r in readers[n]))  # a table first
+    pairs, used = [], set()
+    arrays: dict[str, np.ndarray] = {}
+
+    def array(n: str) -> np.ndarray:
+        """The matrix's bits as unsigned integers: a view of raw_data (no copy), compared bit for bit."""
+        if n not in arrays:
+            t = mats[n]
+            size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+            arrays[n] = np.frombuffer(raw, dtype=f"<u{size}").reshape(tuple(t.dims))
+        return arrays[n]
+
+    for kept in keepers:
+        if kept in used:
+            continue
+        for copy in copies:
+            t, c = mats[kept], mats[copy]
+            if copy == kept or copy in used or c.data_type != t.data_type or list(c.dims) != list(t.dims)[::-1]:
+                continue
+            a, b = array(kept), array(copy)
+            if not np.array_equal(a[0], b[:, 0]) or not a.any():  # a first row tells most pairs apart
+                continue
+            if np.array_equal(a.T, b):
+                pairs.append((kept, copy))
+                used.update((kept, copy))
+                break
+    return pairs
+
+
+def _merge_transposed(model: onnx.ModelProto, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Read each copy as Transpose(kept): a Transpose node before the copy's first reader; the copy goes."""
+    graph = model.graph
+    taken = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+    for kept, copy in pairs:
+        out = f"{kept}_T"
+        while out in taken:
+            out += "_"
+        taken.add(out)
+        first = next(i for i, n in enumerate(graph.node) if copy in n.input)
+        graph.node.insert(first, onnx.helper.make_node("Transpose", [kept], [out], name=f"{out}_merged", perm=[1, 0]))
+        read_as(model, {copy: out})
+    gone = {c for _, c in pairs}
+    kept_inits = [t for t in graph.initializer if t.name not in gone]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    kept_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in gone)]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    return pairs
+
+
 @register_pass("merge-copies")
 class MergeCopies(Pass):
     """Read every bit-identical copy of a weight as its first copy and drop the others (module docstring)."""
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
         groups = duplicate_groups(model)
+        merged_t = self._transposed(model, state)
         if not groups:
-            return PassResult(model, False)
+            return PassResult(model, bool(merged_t))
         inits = local_constants(model.graph)
         rename = {}
         for kept, *copies in groups:
@@ -107,6 +200,29 @@ class MergeCopies(Pass):
                            f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less "
                            "in the file")
         return PassResult(model, True)
+
+    def _transposed(self, model: onnx.ModelProto, state: PruneState) -> list[tuple[str, str]]:
+        """Merge `transposed_copies` where the inventory then prunes the kept matrix; the note says which."""
+        from onnxprune.passes.weights import find_prunable
+
+        pairs = transposed_copies(model)
+        if not pairs:
+            return []
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        _merge_transposed(trial, pairs)
+        prunable = {w.name for w in find_prunable(trial, with_macs=False).prunable}
+        pairs = [(k, c) for k, c in pairs if k in prunable]
+        if not pairs:
+            return []
+        inits = local_constants(model.graph)
+        saved = sum(len(_raw(inits[c])) for _, c in pairs)
+        _merge_transposed(model, pairs)
+        shown = listed(f"'{c}' as '{k}'" for k, c in pairs)
+        state.notes.append(f"{len(pairs)} weight(s) stored again as their transpose ({shown}, transposed) merged into "
+                           f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less in "
+                           "the file")
+        return pairs
 
     def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:
         check_reads(model, self.name)

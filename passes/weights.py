@@ -120,6 +120,8 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
     for node in ix.nodes(model):
         facts = WEIGHT_OPS.get(node.op_type)
         if facts is None and _embedding(node, ix, shapes):
+            if _tied_lookup(node.input[0], ix.uses(node.input[0]), ix, shapes):
+                continue  # the output layer that reads the table too claims it (`_tied_lookup`)
             facts = LOOKUP_OPS[node.op_type]
         if facts is None or not facts.of(node):
             continue
@@ -209,12 +211,16 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
     uses = [] if via_nodes else ix.uses(source_name)
+    if via_nodes and via_nodes[0].op_type in PASS_THROUGH and _tied_lookup(source_name, ix.uses(source_name), ix,
+                                                                            shapes):
+        uses = ix.uses(source_name)  # a tied embedding's output layer through a Transpose: the table's readers
     # a bank a sample selects one matrix of (an expert): that matrix's MACs
     per_sample = next((int(tensor.dims[0]) for v in via_nodes if v.op_type == "Gather" and _per_sample_bank(v, ix, shapes)),
                       1)
     macs = _macs(node, size // per_sample, shapes, ix, index)
-    if macs is not None and len(uses) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
-        macs *= len(uses)  # a tied weight: every reader multiplies (If branches: one runs, counted once)
+    multiplies = [u for u in uses if u.op_type not in LOOKUP_OPS]  # a lookup reads rows: no MACs
+    if macs is not None and len(multiplies) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
+        macs *= len(multiplies)  # a tied weight: every reader multiplies (If branches: one runs, counted once)
     return PrunableWeight(
         name=source_name,
         node=node.name,
@@ -395,7 +401,8 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) 
     first = via_nodes[0] if via_nodes else node
     users = ix.consumers.get(name, [])
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix, shapes)
-                               or _tied(name, users, first, ix) or _shared_table(name, users, ix, shapes)):
+                               or _tied(name, users, first, ix) or _shared_table(name, users, ix, shapes)
+                               or _tied_lookup(name, users, ix, shapes)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
         return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
                 "pruned only when each reads it alike)")
@@ -467,6 +474,23 @@ def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
         elif not second_operand(u, name):
             return False
     return True
+
+
+def _tied_lookup(name, users, ix: ScopeIndex, shapes) -> bool:
+    """An output layer tied to the input embedding: a table E [V, d] that Gathers of one graph read as an embedding
+    (axis 0, ids from the data) and Gemm/MatMul nodes read as their second operand, as E^T (transB, or a Transpose in
+    front: torch's dynamo writes `head.weight = emb.weight` so) or as E. Language models tie them (GPT-2, T5, a
+    BERT's masked-LM head), and the table is their largest weight (session 43: a dynamo-exported char LM's was
+    "used in different ways" and kept whole). A mask is elementwise, so one mask serves every reader. The output
+    layer claims it: a weight op's kind (every row is multiplied by it, so the data reads every row), its MACs; the
+    layer-wise refit leaves it as pruned (it would move the table's rows too: reconstruct._twins says so) and
+    channel groups block a shared tensor."""
+    if shapes is None or len(users) < 2 or len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+        return False
+    lookups = [u for u in users if u.op_type in LOOKUP_OPS and list(u.input).count(name) == 1 and u.input[0] == name
+               and _embedding(u, ix, shapes)]
+    linear = [u for u in users if all(u is not v for v in lookups)]
+    return bool(lookups) and bool(linear) and _tied_transposed(name, linear, ix)
 
 
 def _tied_kernel(name, users) -> bool:

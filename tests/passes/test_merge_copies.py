@@ -275,3 +275,56 @@ def test_a_bias_the_convs_of_one_kernel_share_at_other_dilations_stays_one_bias(
     assert sorted(t.name for t in result.model.graph.initializer) == ["b", "fc.bias", "fc.weight", "w"]
     np.testing.assert_allclose(run(result.model, {"x": x[:8]})["logits"],
                                run(result.dense_model, {"x": x[:8]})["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_matrix_stored_again_as_its_transpose_is_one_tied_weight(tmp_path):
+    """Sweep 37's L2, session 43: a tied language model exported with the head's transpose folded into a constant of
+    its own (torch's legacy exporter: 'emb.weight' [V, d] read by the Gather, 'head.weight_t' [d, V] = its transpose
+    read by the head's MatMul) was pruned as two weights with two masks and stored twice. The copy's reader now reads
+    Transpose(emb.weight): one tied weight, bit-identical outputs, one matrix less in the file. A copy one value off,
+    and a pair whose kept matrix the inventory would then refuse (a Gather of it with a constant index), stay apart."""
+    from onnxprune.models.third_party_builders import tied_lm
+    from onnxprune.passes.merge_copies import transposed_copies
+    from tests.oracle import assert_same_outputs
+
+    model = tied_lm(form="legacy")
+    onnx.checker.check_model(model, full_check=True)
+    assert transposed_copies(model) == [("emb.weight", "head.weight_t")]
+    before = {w.name for w in find_prunable(model).prunable}
+    assert {"emb.weight", "head.weight_t"} <= before  # two weights, pruned apart
+    state = PruneState()
+    merged = MergeCopies()(tied_lm(form="legacy"), state).model
+    onnx.checker.check_model(merged, full_check=True)
+    assert "head.weight_t" not in {t.name for t in merged.graph.initializer}
+    assert any("stored again as their transpose" in n and "'head.weight_t' as 'emb.weight'" in n for n in state.notes)
+    tied = find_prunable(merged).by_name()["emb.weight"]
+    assert (tied.node, tied.readers, tied.kind) == ("/head/MatMul", 2, "fc")
+    ids = np.random.default_rng(0).integers(0, 20, (16, 6)).astype(np.int64)
+    np.testing.assert_array_equal(run(merged, {"tokens": ids})["logits"], run(model, {"tokens": ids})["logits"])
+    out = tmp_path / "o.onnx"
+    prune(model, output=out, sparsity=0.5, sparse_format="dense")
+    written = onnx.load(out)
+    assert "head.weight_t" not in {t.name for t in written.graph.initializer}
+    assert written.ByteSize() < model.ByteSize() - 20 * 8 * 4 * 0.9  # the copy's bytes are gone
+    oracle = tied_lm(form="legacy")  # the input with the written table's zeros in both of its copies
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "emb.weight"))
+    assert 0.4 <= np.mean(w == 0) <= 0.6
+    written_w = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
+    for init in oracle.graph.initializer:
+        if init.name in ("emb.weight", "head.weight_t", "mix.weight"):
+            keep = (w != 0).T if init.name == "head.weight_t" else written_w[init.name] != 0
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * keep, init.name))
+    assert_same_outputs(written, oracle, feeds=[{"tokens": ids}])
+
+    off = tied_lm(form="legacy")
+    t = next(t for t in off.graph.initializer if t.name == "head.weight_t")
+    values = numpy_helper.to_array(t).copy()
+    values[3, 4] += 1e-3
+    t.CopyFrom(numpy_helper.from_array(values, t.name))
+    assert transposed_copies(off) == []
+    bank = tied_lm(form="legacy")
+    bank.graph.initializer.append(numpy_helper.from_array(np.array(3, np.int64), "three"))
+    bank.graph.node.append(helper.make_node("Gather", ["emb.weight", "three"], ["row3"], name="bank"))
+    state = PruneState()
+    kept = MergeCopies()(bank, state).model
+    assert "head.weight_t" in {t.name for t in kept.graph.initializer} and not state.notes

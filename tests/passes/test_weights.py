@@ -558,3 +558,51 @@ def _zeros_of(written, model):
         if init.name in pruned:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (pruned[init.name] != 0), init.name))
     return oracle
+
+
+@pytest.mark.parametrize("form", ["dynamo", "gemm"])
+def test_an_embedding_the_output_layer_reads_too_is_one_tied_weight(tmp_path, form):
+    """Session 43: a char LM exported by dynamo reads its table `head.weight` with a Gather (the embedding) and, through
+    a Transpose, with its output MatMul (torch's tied head): "used in different ways", kept whole, and in a language
+    model it is the largest weight. A mask is elementwise, so one serves both readers. The output layer claims it: a
+    weight op's kind (every row is multiplied by it: no unread rows to hold back), its MACs (the lookup has none);
+    the sensitivity scan follows its own chain past the Gather; the layer-wise refit leaves it as pruned and says
+    why; a pruned model computes in onnxruntime what the input computes with the same entries zeroed."""
+    from onnxprune import prune
+    from onnxprune.calibration.sensitivity import _GraphIndex
+    from onnxprune.converter.reconstruct import ReconstructReport, _layers
+    from onnxprune.models.third_party_builders import tied_lm
+    from tests.oracle import assert_same_outputs
+
+    model = tied_lm(form=form)
+    onnx.checker.check_model(model, full_check=True)
+    inv = find_prunable(model)
+    tied = inv.by_name()["emb.weight"]
+    node = "/head/Gemm" if form == "gemm" else "/head/MatMul"
+    steps = 1 if form == "gemm" else 6
+    assert (tied.node, tied.kind, tied.readers, tied.macs) == (node, "fc", 2, steps * 8 * 20)
+    assert tied.via == (() if form == "gemm" else ("Transpose",))
+    assert not inv.skipped or "emb.weight" not in {s.name for s in inv.skipped}
+    index = _GraphIndex(model)
+    assert index.nodes[index.consumer_of(tied)].name == node
+    report = ReconstructReport()
+    masks = {n: np.ones(inv.by_name()[n].shape, bool) for n in ("emb.weight", "mix.weight")}
+    _layers(model, masks, report)
+    assert "also the embedding table of Gather" in report.skipped["emb.weight"]
+    rng = np.random.default_rng(0)
+    shape = (64,) if form == "gemm" else (64, 6)
+    data = {"tokens": rng.integers(0, 20, shape).astype(np.int64)}
+    out = tmp_path / "o.onnx"
+    prune(model, output=out, sparsity=0.5, sparse_format="dense")
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "emb.weight"))
+    assert w.shape == (20, 8) and 0.4 <= np.mean(w == 0) <= 0.6
+    reads = [n.op_type for n in written.graph.node if "emb.weight" in n.input]
+    assert sorted(reads) == sorted(["Gather", "Gemm" if form == "gemm" else "Transpose"])
+    assert_same_outputs(written, _zeros_of(written, model), feeds=[{"tokens": data["tokens"][:16]}])
+    # a Gather of the table with a constant index (a bank) beside the head stays refused
+    bank = tied_lm(form=form)
+    bank.graph.initializer.append(numpy_helper.from_array(np.array(3, np.int64), "three"))
+    bank.graph.node.append(helper.make_node("Gather", ["emb.weight", "three"], ["row3"], name="bank"))
+    assert "emb.weight" in {s.name for s in find_prunable(bank).skipped}
