@@ -176,9 +176,12 @@ class MergeCopies(Pass):
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
         groups = duplicate_groups(model)
-        merged_t = self._transposed(model, state)
-        if not groups:
-            return PassResult(model, bool(merged_t))
+        if groups:
+            self._identical(model, groups, state)
+        transposed = self._transposed(model, state)  # after: a symmetric copy is an identical one, merged above
+        return PassResult(model, bool(groups or transposed))
+
+    def _identical(self, model: onnx.ModelProto, groups: list[list[str]], state: PruneState) -> None:
         inits = local_constants(model.graph)
         rename = {}
         for kept, *copies in groups:
@@ -199,7 +202,6 @@ class MergeCopies(Pass):
         state.notes.append(f"{len(rename)} bit-identical copies of {len(merged)} weight(s) ({shown}) merged into "
                            f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less "
                            "in the file")
-        return PassResult(model, True)
 
     def _transposed(self, model: onnx.ModelProto, state: PruneState) -> list[tuple[str, str]]:
         """Merge `transposed_copies` where the inventory then prunes the kept matrix; the note says which."""
