@@ -16,7 +16,7 @@ from onnxprune.calibration.value_types import (dim_expression, is_dim_expression
                                                 value_tensor)
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
 from onnxprune.plain import count, listed, more, nbytes
-from onnxprune.passes.merge_copies import duplicate_groups
+from onnxprune.passes.merge_copies import duplicate_groups, transposed_copies
 from onnxprune.passes.weights import find_prunable, name_nodes
 
 
@@ -86,6 +86,8 @@ def inspect_model(path: Path) -> dict:
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
+        # candidates: prune merges each where the inventory then prunes the kept matrix (merge_copies.MergeCopies)
+        "transposed_copies": [{"weight": kept, "copy": copy} for kept, copy in transposed_copies(loaded.model)],
         "too_old": _too_old(loaded.model),
         "dead_branches": _dead_branches(loaded.model),
         "inlined": loaded.inlined,
@@ -452,6 +454,11 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"bit-identical weight copies, each row above: {shown}{more(len(info['copies']), 3)}; prune "
                       "merges each into one tied "
                       "weight (one mask, counted and stored once)", markup=False, highlight=False)
+    if info.get("transposed_copies"):
+        shown = ", ".join(f"'{c['copy']}' = '{c['weight']}' transposed" for c in info["transposed_copies"][:3])
+        console.print(f"weights stored again as their transpose: {shown}{more(len(info['transposed_copies']), 3)}; "
+                      "prune reads each copy as a Transpose of its matrix, one tied weight (one mask, counted and "
+                      "stored once), where that weight stays prunable", markup=False, highlight=False)
     if info.get("inlined"):
         console.print(inlined_text(info["inlined"]), markup=False, highlight=False)
     if not info["layers"]:

@@ -53,6 +53,13 @@ def test_inspect_marks_a_tied_weight_and_names_bit_identical_copies(tmp_path):
     assert [r["readers"] for r in info["layers"]] == [1, 1, 1, 1, 1]
     res = invoke("inspect", tmp_path / "copies.onnx")
     assert "'cell.W.0' x3; prune merges each into one tied weight" in res.output
+    assert info["transposed_copies"] == []
+    from onnxprune.models.third_party_builders import tied_lm
+
+    onnx.save(tied_lm(form="legacy"), tmp_path / "lm.onnx")  # session 43: the head stores the table transposed
+    info = json.loads(invoke("inspect", tmp_path / "lm.onnx", "--json").output)
+    assert info["transposed_copies"] == [{"weight": "emb.weight", "copy": "head.weight_t"}]
+    assert "'head.weight_t' = 'emb.weight' transposed; prune reads" in invoke("inspect", tmp_path / "lm.onnx").output
 
 
 def test_inspect_prints_lowercase_symbolic_dims_and_a_calibration_line_numpy_1_runs(tmp_path):
