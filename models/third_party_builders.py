@@ -2080,3 +2080,25 @@ def hard_shrink_conv(*, channels: int = 2, hidden: int = 6, size: int = 5, out: 
                                     kernel_shape=[1, 1]))
     return _model(g, "hard_shrink_conv", [_float("x", [BATCH, channels, size, size])],
                   [_float("y", [BATCH, out, size, size])])
+
+
+def shared_dense_crops(*, features: int = 4, crops: int = 2, hidden: int = 3, classes: int = 2,
+                       seed: int = 0) -> onnx.ModelProto:
+    """One Dense layer shared by several crops of the input, as tf2onnx writes a Keras functional model that calls
+    one layer on each quadrant (sweep 38): 'input' [N, crops * features] -> Slice per crop -> MatMul(crop,
+    'shared.weight' [features, hidden]) (one initializer, `crops` readers) + 'shared.bias' -> Relu -> Concat ->
+    MatMul 'head' -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    w, b = g.weight("shared.weight", (features, hidden), features), g.bias("shared.bias", hidden)
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "crop.axis"))
+    outs = []
+    for k in range(crops):
+        g.initializers += [numpy_helper.from_array(np.array([v], np.int64), f"crop{k}.{e}")
+                           for e, v in (("start", k * features), ("end", (k + 1) * features))]
+        crop = g.op("Slice", f"crop{k}", ["input", f"crop{k}.start", f"crop{k}.end", "crop.axis"])
+        outs.append(g.relu(g.op("Add", f"shared{k}", [g.op("MatMul", f"shared{k}", [crop, w]), b]), f"shared{k}"))
+    h = g.op("Concat", "cat", outs, axis=1)
+    g.nodes.append(helper.make_node("MatMul", [h, g.weight("head.weight", (crops * hidden, classes), crops * hidden)],
+                                    ["logits"], name="/head/MatMul"))
+    return _model(g, "shared_dense_crops", [_float("input", [BATCH, crops * features])],
+                  [_float("logits", [BATCH, classes])])
