@@ -2102,3 +2102,22 @@ def shared_dense_crops(*, features: int = 4, crops: int = 2, hidden: int = 3, cl
                                     ["logits"], name="/head/MatMul"))
     return _model(g, "shared_dense_crops", [_float("input", [BATCH, crops * features])],
                   [_float("logits", [BATCH, classes])])
+
+
+def columns_mlp(*, features: int = 6, hidden: int = 5, classes: int = 3, state: bool = False,
+                seed: int = 0) -> onnx.ModelProto:
+    """Samples as columns (sweep 38: a torch model that reads x.t()): 'input' [features, N] -> Transpose -> Gemm
+    + Relu -> Gemm -> 'logits' [N, classes]. `state=True` adds a recurrent-style input 'h' [2, N, hidden] (a fixed
+    first axis before the batch, beside 'input' then [N, features]: samples first) summed over axis 0 into the
+    hidden layer."""
+    g = _Graph(seed)
+    x = "input" if state else g.op("Transpose", "t", ["input"], perm=[1, 0])
+    h = g.gemm(x, "l1", features, hidden)
+    if state:
+        g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "state.axes"))
+        h = g.op("Add", "state", [h, g.op("ReduceSum", "state", ["h", "state.axes"], keepdims=0)])
+    g.gemm(g.relu(h, "l1"), "out", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    inputs = ([_float("input", [BATCH, features]), _float("h", [2, BATCH, hidden])] if state
+              else [_float("input", [features, BATCH])])
+    return _model(g, "columns_mlp", inputs, [_float("logits", [BATCH, classes])])
