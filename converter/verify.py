@@ -194,15 +194,16 @@ def _unregistered_op(model: onnx.ModelProto, exc: Exception) -> str | None:
     if not nodes:
         return None
     names = listed([f"'{n.name or n.output[0]}'" for n in nodes], 2)
-    head = f"onnxruntime {ort.__version__} cannot load this model: {len(nodes)} node(s) {names} are op {op} of domain "
+    head = (f"onnxruntime {ort.__version__} cannot load this model, so no output can be verified or written: "
+            f"{len(nodes)} node(s) {names} are {domain}:{op}")
     if domain == "org.pytorch.aten" and op == "ATen":
         ops = sorted({f"aten::{a.s.decode()}" for n in nodes for a in n.attribute if a.name == "operator"})
-        return (f"{head}{domain} ({listed(ops, 4)}), torch's own operators, which torch.onnx.export writes with "
+        return (f"{head} ({listed(ops, 4)}), torch's own operators, which torch.onnx.export writes with "
                 "operator_export_type=ONNX_ATEN or ONNX_ATEN_FALLBACK and onnxruntime does not run; re-export with "
                 "the default operator_export_type (an operator torch has no ONNX export for: write it in other ops, "
                 "or try dynamo=True).")
-    return (f"{head}'{domain}', which onnxruntime has no kernel for (a custom op of the exporter or of a library "
-            "onnxruntime is not given here); re-export the model with those layers written in ONNX ops.")
+    return (f"{head}, an op onnxruntime has no kernel for (a custom op of the exporter or of a library onnxruntime "
+            "is not given here); re-export the model with those layers written in ONNX ops.")
 
 
 def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str,
