@@ -2121,3 +2121,21 @@ def columns_mlp(*, features: int = 6, hidden: int = 5, classes: int = 3, state: 
     inputs = ([_float("input", [BATCH, features]), _float("h", [2, BATCH, hidden])] if state
               else [_float("input", [features, BATCH])])
     return _model(g, "columns_mlp", inputs, [_float("logits", [BATCH, classes])])
+
+
+def spatial_softmax(*, channels: int = 2, hidden: int = 6, size: int = 4, out: int = 3, axis: int = 3,
+                    op: str = "Softmax", opset: int = OPSET, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 2, 4, 4] -> Conv 1x1 c1 (2->6) -> Relu -> `op` over `axis` (3: each row's positions, a spatial
+    softmax; 1: the channels, torch's nn.Softmax2d, sweep 38) -> Conv 1x1 c2 (6->6) -> Flatten -> Gemm fc -> 'y'
+    [N, 3]; `opset` sets the model's opset (before 13 the op normalizes every axis from `axis` on)."""
+    g = _Graph(seed)
+    h = g.relu(g.op("Conv", "c1", ["x", g.weight("c1.weight", (hidden, channels, 1, 1), channels),
+                                   g.bias("c1.bias", hidden)], kernel_shape=[1, 1]), "c1")
+    h = g.op(op, "norm", [h], axis=axis)
+    h = g.op("Conv", "c2", [h, g.weight("c2.weight", (hidden, hidden, 1, 1), hidden), g.bias("c2.bias", hidden)],
+             kernel_shape=[1, 1])
+    g.gemm(g.op("Flatten", "flat", [h], axis=1), "fc", hidden * size * size, out)
+    g.nodes[-1].output[0] = "y"
+    model = _model(g, "spatial_softmax", [_float("x", [BATCH, channels, size, size])], [_float("y", [BATCH, out])])
+    model.opset_import[0].version = opset
+    return model
