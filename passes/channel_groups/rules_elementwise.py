@@ -419,7 +419,8 @@ def _softmax(b: Builder, node: gs.Node) -> None:
         return b.opaque(node, "normalizes across the channels (every output reads all channels): removing one, "
                               "constant or not, would change the others")
     shape = b.shape(x)
-    n = math.prod(shape[a] for a in axes) if shape is not None and all(isinstance(shape[a], int) for a in axes) else None
+    static = shape is not None and all(isinstance(shape[a], int) for a in axes)
+    n = math.prod(shape[a] for a in axes) if static else None
     value = np.full(len(c.ids), NAN)
     if n and node.op != "Hardmax":
         share = 1.0 / n if node.op == "Softmax" else -math.log(n)
