@@ -12,6 +12,7 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     InstanceNormalization: per channel     Shape: harmless unless the channel count is read downstream
     Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
     GroupNorm (op or legacy Reshape - InstanceNormalization - Reshape): a group's channels are one class
+    Softmax over other axes (a map's positions): channels pass, a constant one 1/n; over the channels: kept
     Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
     Reshape keeping the channel axis whole under a computed shape (GPT-2's Conv1D: [N, S, C] -> [-1, C] ->
         Gemm -> [N, S, C_out], N and S read from a Shape): C from x's own Shape follows; a constant is rewritten
