@@ -312,11 +312,12 @@ def give_output_shapes(model: onnx.ModelProto) -> list[str]:
         return []
     batch = next((d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim[:1] if d.dim_param),
                  "N")
-    for k, out in enumerate(missing):
-        a, b = (np.shape(r[k]) for r in runs)
-        if len(a) != len(b):
-            return []
+    pairs = [tuple(np.shape(r[k]) for r in runs) for k in range(len(missing))]
+    if any(len(a) != len(b) for a, b in pairs):
+        return []  # a rank that follows the input: nothing given
+    for out, (a, b) in zip(missing, pairs):
         shape = out.type.tensor_type.shape
+        shape.SetInParent()  # a scalar's shape has no dims, but is there
         for j, (m, n) in enumerate(zip(a, b)):
             dim = shape.dim.add()
             if m == n:

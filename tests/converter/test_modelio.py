@@ -384,6 +384,16 @@ def test_an_output_that_declares_no_shape_is_given_the_one_onnxruntime_computes(
     assert batch and dims == [batch, builders.mlp_gemm().graph.output[0].type.tensor_type.shape.dim[1].dim_value]
     assert "declared no shape" in caplog.text and f"'output' [{batch}, {dims[1]}]" in caplog.text
     assert_same_outputs(loaded, builders.mlp_gemm())
+    from onnx import TensorProto, helper
+
+    total = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(total, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              tmp_path / "scalar.onnx")
+    scalar = modelio.load_model(tmp_path / "scalar.onnx").model  # a scalar: a shape with no dims
+    assert scalar.graph.output[0].type.tensor_type.HasField("shape")
+    assert len(scalar.graph.output[0].type.tensor_type.shape.dim) == 0
     model.graph.node[0].op_type = "NoSuchOp"  # onnxruntime cannot run it: nothing given, the checker's line stands
     onnx.save(model, tmp_path / "broken.onnx")
     with pytest.raises(ModelError, match="not a valid ONNX model"):
