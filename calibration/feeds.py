@@ -11,7 +11,8 @@ per feed when its arrays cannot be samples-first (`feed_reason`, the rule the RE
   4. an input is time-major (axis 0 is time): it is the X of an LSTM/GRU/RNN with layout 0, or its declared dims
      name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N), or the symbol
      that leads the outputs (their batch) sits on a later axis of it and not on axis 0 (torch's [T, N, E] of a
-     Transformer with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]), or
+     Transformer with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]; also after a fixed axis 0,
+     samples as columns, 'input' [784, N] beside 'logits' [N, 10], where no input leads with the batch), or
   5. an input declares a fixed first axis longer than 1 and every file's array has exactly that length there and
      the declared rank: a model with no batch axis (torchvision's detectors take one image [3, H, W]) or a fixed
      batch, which each file fills whole. Read as samples, a split cut [3, H, W] into [2, H, W] and [1, H, W]
@@ -86,19 +87,33 @@ def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
     inits = {t.name for t in model.graph.initializer}
     leading = {o.type.tensor_type.shape.dim[0].dim_param for o in model.graph.output
                if o.type.HasField("tensor_type") and o.type.tensor_type.shape.dim} - {""}  # the outputs' batch
+    # a fixed first axis before the outputs' batch reads as samples on axis 1 only where no input leads with the
+    # batch: a recurrent state [2, N, H] beside audio [N, T] stays as it was (rule 2 reads such files a feed each)
+    columns = not any(dim_params(vi)[:1] and dim_params(vi)[0] in leading for vi in model.graph.input
+                      if vi.name not in inits)
     for vi in model.graph.input:
         dims = dim_params(vi)  # an optional tensor's own; a sequence's stacking axis first (no name: never time)
         if vi.name not in inits and len(dims) > 1 and _TIME.search(dims[0]) and any(_BATCH.search(d) for d in dims[1:]):
             out.setdefault(vi.name, f"its declared dims are {dims}")
-        elif vi.name not in inits and len(dims) > 1 and dims[0] and dims[0] not in leading:
+        elif (vi.name not in inits and len(dims) > 1 and (dims[0] or (columns and _fixed_first(vi) > 1))
+              and dims[0] not in leading):
             # sweep 20: 'rows' [T, N, 28] beside 'logits' [N, 10]; 'T' reads as no time word, so the file was cut
-            # along T into "28 samples" and onnxruntime refused the feeds
+            # along T into "28 samples" and onnxruntime refused the feeds; sweep 38: samples as columns, 'input'
+            # [784, N] beside 'logits' [N, 10], was "a fixed first axis of 784 ... no batch axis", one feed a file
             batch = next((d for d in dims[1:] if d in leading), None)
             if batch is not None:
-                out.setdefault(vi.name, f"its declared dims are {dims} and the outputs' batch '{batch}' is on axis "
+                shown = [d or _fixed_first(vi) for d in dims[:1]] + dims[1:]
+                out.setdefault(vi.name, f"its declared dims are {shown} and the outputs' batch '{batch}' is on axis "
                                         f"{dims.index(batch)}")
     graph_inputs = {vi.name for vi in model.graph.input} - inits
     return {k: v for k, v in out.items() if k in graph_inputs}
+
+
+def _fixed_first(vi: onnx.ValueInfoProto) -> int:
+    """The fixed size of a tensor input's first axis, 0 when it has none (symbolic, unnamed or no shape)."""
+    tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+    dims = tt.shape.dim if tt is not None and tt.HasField("shape") else []
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
 
 
 STATE_PATH = {"Slice", "Split", "Gather", "Identity", "Cast"}  # ops a state passes through on its way to a cell

@@ -751,7 +751,8 @@ def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage
     """The features of each first fully connected layer (a main-graph MatMul/Gemm weight whose input no prunable
     weight precedes: what the model's inputs become before any learned layer) that have one value in every sample
     of `reader`, from one run of the nodes that compute those layers' inputs (sensitivity's prefix model:
-    onnxruntime runs every node of a session whatever is fetched)."""
+    onnxruntime runs every node of a session whatever is fetched). A tied weight's features are judged on every
+    reader's input: one value in each (a Keras Dense shared by four crops), else not said."""
     from onnxprune.calibration.sensitivity import _GraphIndex
 
     index = _GraphIndex(model)
@@ -776,10 +777,13 @@ def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage
         if (w.scope or w.kind != "fc" or w.in_axis is None or node is None or node.op_type not in ("MatMul", "Gemm")
                 or w.input_index != 1 or len(w.shape) != 2):
             continue
-        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+        # a tied weight (Keras' shared Dense over four crops): a feature is unseen only where every reader's input
+        # has one value; each reader must be a first layer of the same op reading the same operand
+        readers = [n for n in index.nodes if n.op_type == node.op_type and len(n.input) > 1
+                   and n.input[1] == node.input[1]]
+        if len(readers) != w.readers or any(_transposes_a(n) or not first(n.input[0]) for n in readers):
             continue
-        if first(node.input[0]):
-            layers[w.name] = (node.input[0], w.in_axis, w.shape[w.in_axis])
+        layers[w.name] = ([n.input[0] for n in readers], w.in_axis, w.shape[w.in_axis])
     if not layers:
         return FeatureCoverage()
     try:
@@ -791,32 +795,37 @@ def feature_coverage(model: onnx.ModelProto, weights, reader) -> FeatureCoverage
         return FeatureCoverage()
 
 
+def _transposes_a(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
+
+
 def _feature_coverage(model: onnx.ModelProto, index, layers: dict, reader) -> FeatureCoverage:
     from onnxprune.calibration.runtime import make_session
     from onnxprune.calibration.sensitivity import _prefix_model
 
     cov = FeatureCoverage()
     inputs = {i.name for i in model.graph.input}
-    outs = sorted({x for x, _, _ in layers.values() if x not in inputs})
+    outs = sorted({x for xs, _, _ in layers.values() for x in xs if x not in inputs})
     session = make_session(_prefix_model(model, index, outs, set(), None), optimize=False) if outs else None
     reads = {i.name for i in session.get_inputs()} if session is not None else set()  # the inputs the prefix reads
     varies = {name: np.zeros(size, bool) for name, (_, _, size) in layers.items()}
-    first_row: dict[str, np.ndarray] = {}
+    first_row: dict[tuple[str, str], np.ndarray] = {}
     for feeds in reader:
         values = (dict(zip(outs, session.run(outs, {k: v for k, v in feeds.items() if k in reads})))
                   if session is not None else {})
-        for name, (x, _, size) in layers.items():
-            v = feeds.get(x) if x in inputs else values.get(x)
-            if v is None:
-                continue
-            v = np.asarray(v)
-            if v.ndim == 0 or v.shape[-1] != size:
-                varies[name][:] = True  # not features on the last axis: nothing said
-                continue
-            rows = v.reshape(-1, size)
-            ref = first_row.setdefault(name, rows[0].copy())
-            varies[name] |= (rows != ref).any(0)
+        for name, (xs, _, size) in layers.items():
+            for x in xs:
+                v = feeds.get(x) if x in inputs else values.get(x)
+                if v is None:
+                    continue
+                v = np.asarray(v)
+                if v.ndim == 0 or v.shape[-1] != size:
+                    varies[name][:] = True  # not features on the last axis: nothing said
+                    continue
+                rows = v.reshape(-1, size)
+                ref = first_row.setdefault((name, x), rows[0].copy())  # each reader's own: a constant per crop
+                varies[name] |= (rows != ref).any(0)
     for name, v in varies.items():
-        if name in first_row and not v.all():
+        if any(key[0] == name for key in first_row) and not v.all():
             cov.unseen[name] = (layers[name][1], ~v)
     return cov

@@ -271,6 +271,8 @@ def npz_example(model, samples: int = 64) -> str | None:
         if v.name in time_major and len(sh) > 1 and isinstance(sh[0], str) and isinstance(sh[1], str):
             named.setdefault(sh[0], 8)
             named.setdefault(sh[1], samples)
+        elif v.name in time_major and len(sh) > 1 and isinstance(sh[0], int) and isinstance(sh[1], str):
+            named.setdefault(sh[1], samples)  # samples as columns after a fixed axis ([784, N], sweep 38)
     for v in _real_inputs(model):  # every plain name's size first, so that "P + 1" reads P's wherever it stands
         for i, d in enumerate(_value_info(v)["shape"] or []):
             if isinstance(d, str) and d != "?" and not is_dim_expression(d) and not (i == 0 and batch_of_one):
@@ -326,9 +328,11 @@ def npz_example(model, samples: int = 64) -> str | None:
                             "file (stacked in one file, they would be one feed, never retrained on)")
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     if time_major:
+        fixed = {v.name for v in _real_inputs(model) if v.name in time_major
+                 and isinstance((_value_info(v)["shape"] or [None])[0], int)}
         said = ", ".join(f"{n!r}" for n in time_major)
-        return line + (f"  # {said} time-major, [steps, samples, ...]: the samples on axis 1, each read as "
-                       "one feed")
+        form = "[features, samples, ...]" if fixed == set(time_major) else "time-major, [steps, samples, ...]"
+        return line + f"  # {said} {form}: the samples on axis 1, each read as one feed"
     # only a graph that can carry something from one row to the next is run (inspect otherwise only reads the file)
     carries = any(n.op_type in RECURRENT | {"Loop", "Scan"} for n in model.graph.node)
     in_order = _rows_in_order(model, {}) if carries and not batch_of_one else None

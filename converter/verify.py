@@ -152,7 +152,7 @@ def input_session(model: onnx.ModelProto) -> ort.InferenceSession:
                 "converter and prune the upgraded file: python -c \"import onnx; from onnx import version_converter "
                 "as v; onnx.save(v.convert_version(onnx.load('model.onnx'), 13), 'model-opset13.onnx')\""
             ) from None
-        locale = _missing_locale(model, exc)
+        locale = _missing_locale(model, exc) or _unregistered_op(model, exc)
         if locale:
             raise ModelError(locale) from None
         raise ModelError(
@@ -177,6 +177,33 @@ def _missing_locale(model: onnx.ModelProto, exc: Exception) -> str | None:
     return (f"onnxruntime cannot load this model on this machine: {who} needs the locale '{name}' (its locale "
             "attribute, or onnxruntime's default where it sets none), which this machine does not have; install it "
             f"(locale-gen {name}), or set the node's locale attribute to one `locale -a` lists (C.UTF-8 on most).")
+
+
+def _unregistered_op(model: onnx.ModelProto, exc: Exception) -> str | None:
+    """The one line for an op of a domain onnxruntime has no kernel for (sweep 38: torch.onnx.export's
+    operator_export_type=ONNX_ATEN writes every layer as org.pytorch.aten's ATen, ONNX_ATEN_FALLBACK the ops torch
+    has no ONNX export for, aten::cummax; the line said "fix or re-export the model so that onnxruntime loads it
+    (supported ops, ...)", which names neither the nodes nor the export option that wrote them)."""
+    import re
+
+    found = re.search(r"([\w.]+):(\w+)\(-?\d+\) is not a registered function/op", str(exc))
+    if not found:
+        return None
+    domain, op = found.groups()
+    nodes = [n for n in all_nodes(model) if n.domain == domain and n.op_type == op]
+    if not nodes:
+        return None
+    names = listed([f"'{n.name or n.output[0]}'" for n in nodes], 2)
+    head = (f"onnxruntime {ort.__version__} cannot load this model, so no output can be verified or written: "
+            f"{len(nodes)} node(s) {names} are {domain}:{op}")
+    if domain == "org.pytorch.aten" and op == "ATen":
+        ops = sorted({f"aten::{a.s.decode()}" for n in nodes for a in n.attribute if a.name == "operator"})
+        return (f"{head} ({listed(ops, 4)}), torch's own operators, which torch.onnx.export writes with "
+                "operator_export_type=ONNX_ATEN or ONNX_ATEN_FALLBACK and onnxruntime does not run; re-export with "
+                "the default operator_export_type (an operator torch has no ONNX export for: write it in other ops, "
+                "or try dynamo=True).")
+    return (f"{head}, an op onnxruntime has no kernel for (a custom op of the exporter or of a library onnxruntime "
+            "is not given here); re-export the model with those layers written in ONNX ops.")
 
 
 def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str,

@@ -2111,3 +2111,62 @@ def hard_shrink_conv(*, channels: int = 2, hidden: int = 6, size: int = 5, out: 
                                     kernel_shape=[1, 1]))
     return _model(g, "hard_shrink_conv", [_float("x", [BATCH, channels, size, size])],
                   [_float("y", [BATCH, out, size, size])])
+
+
+def shared_dense_crops(*, features: int = 4, crops: int = 2, hidden: int = 3, classes: int = 2,
+                       seed: int = 0) -> onnx.ModelProto:
+    """One Dense layer shared by several crops of the input, as tf2onnx writes a Keras functional model that calls
+    one layer on each quadrant (sweep 38): 'input' [N, crops * features] -> Slice per crop -> MatMul(crop,
+    'shared.weight' [features, hidden]) (one initializer, `crops` readers) + 'shared.bias' -> Relu -> Concat ->
+    MatMul 'head' -> 'logits' [N, classes]."""
+    g = _Graph(seed)
+    w, b = g.weight("shared.weight", (features, hidden), features), g.bias("shared.bias", hidden)
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "crop.axis"))
+    outs = []
+    for k in range(crops):
+        g.initializers += [numpy_helper.from_array(np.array([v], np.int64), f"crop{k}.{e}")
+                           for e, v in (("start", k * features), ("end", (k + 1) * features))]
+        crop = g.op("Slice", f"crop{k}", ["input", f"crop{k}.start", f"crop{k}.end", "crop.axis"])
+        outs.append(g.relu(g.op("Add", f"shared{k}", [g.op("MatMul", f"shared{k}", [crop, w]), b]), f"shared{k}"))
+    h = g.op("Concat", "cat", outs, axis=1)
+    g.nodes.append(helper.make_node("MatMul", [h, g.weight("head.weight", (crops * hidden, classes), crops * hidden)],
+                                    ["logits"], name="/head/MatMul"))
+    return _model(g, "shared_dense_crops", [_float("input", [BATCH, crops * features])],
+                  [_float("logits", [BATCH, classes])])
+
+
+def columns_mlp(*, features: int = 6, hidden: int = 5, classes: int = 3, state: bool = False,
+                seed: int = 0) -> onnx.ModelProto:
+    """Samples as columns (sweep 38: a torch model that reads x.t()): 'input' [features, N] -> Transpose -> Gemm
+    + Relu -> Gemm -> 'logits' [N, classes]. `state=True` adds a recurrent-style input 'h' [2, N, hidden] (a fixed
+    first axis before the batch, beside 'input' then [N, features]: samples first) summed over axis 0 into the
+    hidden layer."""
+    g = _Graph(seed)
+    x = "input" if state else g.op("Transpose", "t", ["input"], perm=[1, 0])
+    h = g.gemm(x, "l1", features, hidden)
+    if state:
+        g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "state.axes"))
+        h = g.op("Add", "state", [h, g.op("ReduceSum", "state", ["h", "state.axes"], keepdims=0)])
+    g.gemm(g.relu(h, "l1"), "out", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    inputs = ([_float("input", [BATCH, features]), _float("h", [2, BATCH, hidden])] if state
+              else [_float("input", [features, BATCH])])
+    return _model(g, "columns_mlp", inputs, [_float("logits", [BATCH, classes])])
+
+
+def spatial_softmax(*, channels: int = 2, hidden: int = 6, size: int = 4, out: int = 3, axis: int = 3,
+                    op: str = "Softmax", opset: int = OPSET, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 2, 4, 4] -> Conv 1x1 c1 (2->6) -> Relu -> `op` over `axis` (3: each row's positions, a spatial
+    softmax; 1: the channels, torch's nn.Softmax2d, sweep 38) -> Conv 1x1 c2 (6->6) -> Flatten -> Gemm fc -> 'y'
+    [N, 3]; `opset` sets the model's opset (before 13 the op normalizes every axis from `axis` on)."""
+    g = _Graph(seed)
+    h = g.relu(g.op("Conv", "c1", ["x", g.weight("c1.weight", (hidden, channels, 1, 1), channels),
+                                   g.bias("c1.bias", hidden)], kernel_shape=[1, 1]), "c1")
+    h = g.op(op, "norm", [h], axis=axis)
+    h = g.op("Conv", "c2", [h, g.weight("c2.weight", (hidden, hidden, 1, 1), hidden), g.bias("c2.bias", hidden)],
+             kernel_shape=[1, 1])
+    g.gemm(g.op("Flatten", "flat", [h], axis=1), "fc", hidden * size * size, out)
+    g.nodes[-1].output[0] = "y"
+    model = _model(g, "spatial_softmax", [_float("x", [BATCH, channels, size, size])], [_float("y", [BATCH, out])])
+    model.opset_import[0].version = opset
+    return model

@@ -12,6 +12,7 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
     InstanceNormalization: per channel     Shape: harmless unless the channel count is read downstream
     Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
     GroupNorm (op or legacy Reshape - InstanceNormalization - Reshape): a group's channels are one class
+    Softmax over other axes (a map's positions): channels pass, a constant one 1/n; over the channels: kept
     Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
     Reshape keeping the channel axis whole under a computed shape (GPT-2's Conv1D: [N, S, C] -> [-1, C] ->
         Gemm -> [N, S, C_out], N and S read from a Shape): C from x's own Shape follows; a constant is rewritten
@@ -71,6 +72,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _reduce,
     _resize,
     _roi_align,
+    _softmax,
     _unary,
 )
 from onnxprune.passes.channel_groups.rules_layers import RECURRENT_GATES, _conv, _conv_transpose, _gemm, _matmul, _recurrent
@@ -92,7 +94,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _transpose,
 )
 from onnxprune.passes.channel_groups.util import NAN
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, QUANTIZED_WEIGHT_OPS, SOFTMAX_OPS, SUBGRAPH_OPS, WEIGHT_OPS
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
     "RoiAlign": _roi_align,
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
-    "InstanceNormalization": _instance_norm,
+    "InstanceNormalization": _instance_norm, **{op: _softmax for op in SOFTMAX_OPS},
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Cast": _cast, "Gather": _gather, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,

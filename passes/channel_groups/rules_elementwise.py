@@ -400,6 +400,34 @@ def _normalization(b: Builder, node: gs.Node) -> None:
                    "one would change the others")
 
 
+def _softmax(b: Builder, node: gs.Node) -> None:
+    """Softmax, LogSoftmax, Hardmax over axes other than the channel axis (a spatial softmax over a map's positions,
+    attention over keys) keep each channel apart, as a reduction does; over the channel axis (torch's nn.Softmax2d,
+    sweep 38) every output reads all channels, so removing one, constant or not, changes the others (said so; it was
+    "has no channel rule"). Before opset 13 the op normalizes every axis from `axis` on (default 1) as one. A
+    channel constant over the normalized positions is 1/n under Softmax (log of that under LogSoftmax); Hardmax's
+    first position wins, so no constant."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r is None:
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
+    opset = b.cg.graph.opset
+    old = opset is not None and opset < 13
+    axis = int(_attr(node, "axis", 1 if old else -1)) % r
+    axes = list(range(axis, r)) if old else [axis]
+    if r + c.axis in axes:
+        return b.opaque(node, "normalizes across the channels (every output reads all channels): removing one, "
+                              "constant or not, would change the others")
+    shape = b.shape(x)
+    static = shape is not None and all(isinstance(shape[a], int) for a in axes)
+    n = math.prod(shape[a] for a in axes) if static else None
+    value = np.full(len(c.ids), NAN)
+    if n and node.op != "Hardmax":
+        share = 1.0 / n if node.op == "Softmax" else -math.log(n)
+        value = np.where(np.isnan(c.value), NAN, share)
+    b.set(node.outputs[0], Channels(c.axis, c.ids, value))
+
+
 def _prelu(b: Builder, node: gs.Node) -> None:
     """PRelu(x, slope): the slope's entries on the channel axis go with their channels (MTCNN, ArcFace: [1, C, 1, 1]
     or [C, 1, 1]; a scalar slope is shared by all). A constant channel v stays constant: v, or slope·v below 0."""

@@ -534,3 +534,30 @@ def test_a_dict_of_arrays_with_inputs_that_hold_one_value_is_a_feed_per_sample()
     assert all(f["x"].shape == (1, 4) and f["flag"].shape == () and not bool(f["flag"]) for f, _ in got)
     np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in got]), x)
     np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]), np.arange(6) % 3)
+
+
+def test_samples_as_columns_after_a_fixed_axis_are_read_a_feed_each(tmp_path):
+    """Sweep 38: a torch model reading x.t(), 'input' [784, N] beside 'logits' [N, 10], was "a fixed first axis of
+    784 that every file fills whole: no batch axis", one feed, and kept unpruned ("1 feeds cannot certify"). The
+    outputs' batch on axis 1 of an input whose axis 0 is fixed, where no input leads with the batch, reads as
+    samples on axis 1: a [6, 50] file is 50 feeds of [6, 1]. A state [2, N, H] beside 'input' [N, 6] stays as it was
+    (not samples on axis 1)."""
+    import onnxruntime as ort
+
+    from onnxprune.calibration.feeds import time_major_inputs
+    from onnxprune.converter.inspect import npz_example
+
+    model = tb.columns_mlp()
+    onnx.checker.check_model(model, full_check=True)
+    assert "on axis 1" in time_major_inputs(model)["input"]
+    assert "np.zeros((6, 64)" in npz_example(model)
+    x = np.random.default_rng(3).standard_normal((6, 50)).astype(np.float32)
+    np.savez(tmp_path / "cols.npz", input=x)
+    reader = open_data(tmp_path / "cols.npz", model)
+    got = list(reader.batches())
+    assert reader.per_feed and reader.one_sample_feeds and len(got) == 50
+    assert all(f["input"].shape == (6, 1) for f, _ in got)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]),
+                               sess.run(None, {"input": x})[0], rtol=1e-6)
+    assert time_major_inputs(tb.columns_mlp(state=True)) == {}

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.coverage import feature_coverage
-from onnxprune.models import builders
+from onnxprune.models import builders, third_party_builders
 from onnxprune.passes.weights import find_prunable
 from tests.hardening.helpers import invoke
 
@@ -57,3 +57,22 @@ def test_a_budgeted_run_says_it_pruned_them_and_full_data_says_nothing(tmp_path)
     full = invoke("prune", tmp_path / "m.onnx", "-o", tmp_path / "b.onnx", "--data", tmp_path / "full.npz",
                   "--sparsity", "0.5")
     assert full.exit_code == 0 and "one value in every sample" not in full.output
+
+
+def test_a_shared_layer_has_an_unseen_feature_only_where_every_crop_it_reads_has_one_value():
+    """Sweep 38: a Keras Dense shared by four quadrants (one weight, four MatMuls) was judged by its first reader's
+    crop alone: 72 of 196 features said to have one value in every sample, where none had in all four."""
+    model = third_party_builders.shared_dense_crops(features=4, crops=2)
+    onnx.checker.check_model(model, full_check=True)
+    weights = find_prunable(model).prunable
+    shared = next(w for w in weights if w.name == "shared.weight")
+    assert shared.readers == 2
+    x = _data(40, 0)[:, :8]
+    x[:, 0] = 0.0  # feature 0 blank in the first crop, inked in the second
+    x[:, 1], x[:, 5] = 0.0, 2.0  # feature 1 one value in each crop
+    cov = feature_coverage(model, weights, [{"input": x[i:i + 8]} for i in range(0, 40, 8)])
+    axis, unseen = cov.unseen["shared.weight"]
+    assert axis == 0 and unseen.tolist() == [False, True, False, False]
+    x[:, 5] = np.arange(40)  # feature 1 varies in the second crop: nothing unseen
+    cov = feature_coverage(model, weights, [{"input": x[i:i + 8]} for i in range(0, 40, 8)])
+    assert "shared.weight" not in cov.unseen

@@ -364,6 +364,42 @@ def test_nodes_out_of_topological_order_are_sorted_at_load(tmp_path):
         modelio.load_model(tmp_path / "broken.onnx")
 
 
+def test_an_output_that_declares_no_shape_is_given_the_one_onnxruntime_computes(tmp_path, caplog):
+    """Sweep 38: skl2onnx writes BayesianRidge's `return_std` output 'std' with an element type and no shape;
+    onnxruntime runs the model, onnx's checker refuses it ("Field 'shape' of 'type' is required but missing"), and
+    so did `prune` ("fix or re-export it"). At load the output is given the shape onnxruntime computes (the batch
+    axis named as the input's, fixed sizes as they are) and the model computes the same; one onnxruntime cannot run
+    is still refused."""
+    model = builders.mlp_gemm()
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(onnx.checker.ValidationError, match="of 'type' is required but missing"):
+        onnx.checker.check_model(model)
+    onnx.save(model, tmp_path / "noshape.onnx")
+    with caplog.at_level("WARNING"):
+        loaded = modelio.load_model(tmp_path / "noshape.onnx").model
+    onnx.checker.check_model(loaded, full_check=True)
+    dims = [d.dim_param or d.dim_value for d in loaded.graph.output[0].type.tensor_type.shape.dim]
+    batch = loaded.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert batch and dims == [batch, builders.mlp_gemm().graph.output[0].type.tensor_type.shape.dim[1].dim_value]
+    assert "declared no shape" in caplog.text and f"'output' [{batch}, {dims[1]}]" in caplog.text
+    assert_same_outputs(loaded, builders.mlp_gemm())
+    from onnx import TensorProto, helper
+
+    total = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(total, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              tmp_path / "scalar.onnx")
+    scalar = modelio.load_model(tmp_path / "scalar.onnx").model  # a scalar: a shape with no dims
+    assert scalar.graph.output[0].type.tensor_type.HasField("shape")
+    assert len(scalar.graph.output[0].type.tensor_type.shape.dim) == 0
+    model.graph.node[0].op_type = "NoSuchOp"  # onnxruntime cannot run it: nothing given, the checker's line stands
+    onnx.save(model, tmp_path / "broken.onnx")
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        modelio.load_model(tmp_path / "broken.onnx")
+
+
 def test_a_model_with_external_data_is_checked_by_its_file_before_the_weights_are_read(tmp_path, monkeypatch):
     """bench_large's VGG-16 with 528 MB of external weights peaked at 3.15x them in `inspect`: onnx's checker ran on
     the loaded proto (serialised, then parsed again). The file itself is checked first, before the weights are read

@@ -124,3 +124,26 @@ def test_undone_retraining_rounds_are_said(tmp_path):
     over = [h for h in result.report["history"] if h.get("fits") is False]
     notes = [n for n in result.report["notes"] if "retraining rounds lost more than --max-loss 2" in n]
     assert over and len(notes) == 1 and notes[0].startswith(f"{len(over)} of ")
+
+
+@pytest.mark.parametrize("domain, op, says", [
+    ("org.pytorch.aten", "ATen", r"2 node\(s\) 'a0', 'a1' are org.pytorch.aten:ATen \(aten::cummax, aten::relu\), "
+                                 r"torch's own operators, .*operator_export_type=ONNX_ATEN or ONNX_ATEN_FALLBACK "
+                                 r".*re-export with the default operator_export_type"),
+    ("com.example", "Warp", r"2 node\(s\) 'a0', 'a1' are com.example:Warp, an op onnxruntime has no kernel for "
+                            r".*re-export the model with those layers written in ONNX ops\.$"),
+])
+def test_an_op_of_a_domain_onnxruntime_does_not_run_is_named_with_its_nodes(domain, op, says):
+    """Sweep 38: torch.onnx.export(operator_export_type=ONNX_ATEN or ONNX_ATEN_FALLBACK) writes org.pytorch.aten's
+    ATen nodes; the refusal said "fix or re-export the model so that onnxruntime loads it (supported ops, ...)"
+    without the nodes or the option that wrote them."""
+    from onnxprune.converter.verify import input_session
+
+    nodes = [helper.make_node(op, [i], [o], name=f"a{k}", domain=domain, operator=name)
+             for k, (i, o, name) in enumerate([("x", "h", "relu"), ("h", "y", "cummax")])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
+    model.ir_version = 8
+    with pytest.raises(ModelError, match=says):
+        input_session(model)

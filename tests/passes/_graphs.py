@@ -390,7 +390,7 @@ def concat_input_equal_split(seed: int = 0) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
 
 
-def with_op_between(op: str = "Softmax", seed: int = 0, **attrs) -> onnx.ModelProto:
+def with_op_between(op: str = "LpNormalization", seed: int = 0, **attrs) -> onnx.ModelProto:
     """fc1 ─ Relu ─ <op> ─ fc2: an op with no channel rule sits in fc1's channel path."""
     g = G(seed)
     x = g.op(op, "mid", [g.op("Relu", "act1", [g.gemm("x", "fc1", 10, 8)])], **attrs)

@@ -454,11 +454,11 @@ def test_concat_with_a_graph_input_and_an_equal_split():
 
 # -- blocks ---------------------------------------------------------------------------------------------------------
 def test_an_op_without_a_rule_blocks_removal_and_the_report_says_so():
-    m = G.zero(G.with_op_between("Softmax", axis=1), "fc1.weight", 0, [2])
+    m = G.zero(G.with_op_between("LpNormalization", axis=1), "fc1.weight", 0, [2])
     out, report = remove_dead_neurons(m)
     assert out is m and report.removed == 0
-    assert ("channels of Gemm 'fc1' kept: consumer Softmax 'mid' (op Softmax) has no channel rule (1 dead kept)"
-            in report.blocked)
+    assert ("channels of Gemm 'fc1' kept: consumer LpNormalization 'mid' (op LpNormalization) has no channel rule "
+            "(1 dead kept)" in report.blocked)
 
 
 def test_a_graph_output_in_the_middle_blocks_its_layer_only():
@@ -1785,3 +1785,29 @@ def test_dead_channels_pass_a_zeros_like_of_the_nhwc_twin():
     assert shp["c1.weight"] == (3, 2, 1, 1) and shp["c2.weight"] == (3, 3, 1, 1)
     assert report.removed == 3 and not report.blocked
     assert G.op_counts(out) == G.op_counts(m)
+
+
+@pytest.mark.parametrize("op, axis, opset", [("Softmax", 3, 17), ("LogSoftmax", 2, 17), ("Softmax", 2, 11)])
+def test_dead_channels_pass_a_softmax_over_the_positions(op, axis, opset):
+    """A softmax over a map's positions keeps each channel apart: dead channels 1, 2 go and a constant one (bias
+    0.5, the same at every position) is 1/n there (log(1/n) for LogSoftmax), folded into c2's bias; before opset 13
+    axis 2 normalizes axes 2 and 3 together. Over the channel axis (torch's nn.Softmax2d, sweep 38) every output reads
+    all channels: kept, and said so (it was "has no channel rule")."""
+    from onnxprune.models.third_party_builders import spatial_softmax
+
+    m = spatial_softmax(op=op, axis=axis, opset=opset)
+    onnx.checker.check_model(m, full_check=True)
+    G.zero(m, "c1.weight", 0, [1, 2, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [1, 2]), 0.0,
+                                      np.where(np.arange(6) == 4, 0.5, G.init(m, "c1.bias"))))
+    b2 = G.init(m, "c2.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    assert shp["c1.weight"] == (3, 2, 1, 1) and shp["c2.weight"] == (6, 3, 1, 1)
+    assert not np.allclose(G.init(out, "c2.bias"), b2)
+    assert report.removed == 3 and G.op_counts(out) == G.op_counts(m)
+    across = spatial_softmax(op=op, axis=1, opset=opset)
+    G.zero(across, "c1.weight", 0, [1])
+    G.set_init(across, "c1.bias", np.where(np.arange(6) == 1, 0.0, G.init(across, "c1.bias")))
+    out, report, shp = prune(across)
+    assert shp["c1.weight"] == (6, 2, 1, 1) and report.removed == 0
+    assert any("normalizes across the channels (every output reads all channels)" in why for why in report.blocked)
