@@ -1106,6 +1106,36 @@ def test_block_wise_quantization_is_refused_by_name():
         assert lookup("", op, 21).check({"axis": 1}, None) is None
 
 
+
+def test_a_value_quantized_onto_the_grids_first_or_last_step_keeps_its_gradient():
+    """Straight through on the closed range, as torch's fake_quantize ops: 1.27 and -1.28 land on int8's 127 and
+    -128 and were not clipped, 1.3 and -1.3 were. torch 2.14's clamp gives 0 at a bound (torch 2.13's gave 1), which
+    stopped the gradient of the per-channel case above at a value that rounded onto 127."""
+    model = _qdq_model(np.array(0.01, np.float32), np.array(0, np.int8))
+    x = np.array([1.27, -1.28, 1.3, -1.3, 0.5, 0.0], np.float32).reshape(1, 1, 6)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    OnnxModule(model)(x=xt)[0].sum().backward()
+    np.testing.assert_array_equal(xt.grad.numpy().ravel(), [1, 1, 0, 0, 1, 1])
+
+
+def test_dynamic_quantization_passes_the_gradient_of_the_batchs_smallest_and_largest_values():
+    """DynamicQuantizeLinear maps the batch's smallest value (below 0) to 0 and its largest to 255 (here exactly:
+    range [-1, 2], zero point 85): both are on the grid, so their gradient passes like every other's, 1 / scale.
+    With torch.clamp's gradient they got 0 at torch 2.14."""
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    graph = helper.make_graph([node], "dql", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in
+                               (("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.array([[-1.0, 2.0, 0.5], [0.0, -0.25, 1.0]], np.float32)
+    y = run_ort(model, {"x": x})[0]
+    assert y[0, 0] == 0 and y[0, 1] == 255
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = OnnxModule(model)(x=xt)
+    out[0].sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), np.full(x.shape, 1 / float(out[1])), rtol=1e-6)
+
+
 # ------------------------------------------------------------------------- dynamic quantization (quantize_dynamic)
 def _dynamic_case(op: str, per_channel: bool) -> onnx.ModelProto:
     """x -> DynamicQuantizeLinear -> ConvInteger / MatMulInteger (an int8 weight and its zero point) -> Cast -> Mul by

@@ -211,6 +211,14 @@ def _along(p: Tensor, x: Tensor, attrs: dict) -> Tensor:
     return p.reshape([-1 if k == axis else 1 for k in range(x.dim())])
 
 
+def _saturate(q: Tensor, lo: float, hi: float) -> Tensor:
+    """q clamped to [lo, hi], the integer type's range, with the gradient passed on the closed interval and stopped
+    past it, as torch's fake_quantize ops do: a value that rounds onto the grid's first or last step was not clipped.
+    Not torch.clamp's gradient, which gives 0 at a bound since torch 2.14 (1 before): the batch's largest and smallest
+    values, which DynamicQuantizeLinear puts on 255 and 0, lost theirs there."""
+    return torch.where((q >= lo) & (q <= hi), q, torch.clamp(q.detach(), lo, hi))
+
+
 def _check_qdq(attrs, ctx):
     if attrs.get("block_size"):
         return "block-wise quantization (block_size) is not supported"
@@ -230,7 +238,7 @@ def quantize_linear(inputs, attrs, ctx):
     q = v + (torch.round(v) - v).detach()
     if zp is not None:
         q = q + _along(zp, x, attrs).to(x.dtype)
-    return torch.clamp(q, lo, hi)
+    return _saturate(q, lo, hi)
 
 
 @register("DequantizeLinear", since_opset=10, check=_check_qdq)
@@ -254,7 +262,7 @@ def dynamic_quantize_linear(inputs, attrs, ctx):
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all zeros: every value at the zero point 0
     zp = torch.clamp(torch.round(-lo / scale), 0, 255)
     v = x / scale
-    return [torch.clamp(v + (torch.round(v) - v).detach() + zp, 0, 255), scale.to(x.dtype), zp.to(x.dtype)]
+    return [_saturate(v + (torch.round(v) - v).detach() + zp, 0, 255), scale.to(x.dtype), zp.to(x.dtype)]
 
 
 @register("Scaler", domain="ai.onnx.ml")
