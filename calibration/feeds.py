@@ -157,7 +157,7 @@ def feed_reason(files: list[tuple[str, dict[str, tuple]]], specs: list[InputSpec
                     "(a file is one feed)")
     for name, why in (time_major or {}).items():
         if name in names:
-            return f"input '{name}' is time-major: {why}"
+            return f"input '{name}' holds its samples on axis 1 (time-major, or samples as columns): {why}"
     seen: dict[str, tuple[tuple, str]] = {}
     for where, shapes in files:
         ins = {n: shapes[n] for n in names if n in shapes}

@@ -557,7 +557,7 @@ def _time_major_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict
 
     reader = _feed_reader(FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}"), specs, labels, limit,
                           f"{reason}; its {n:,} samples (axis 1) are read one feed each", name,
-                          "time-major sample(s), a feed each")
+                          "sample(s) on axis 1, a feed each")
     reader.one_sample_feeds = True
     return reader
 

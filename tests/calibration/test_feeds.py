@@ -557,6 +557,13 @@ def test_samples_as_columns_after_a_fixed_axis_are_read_a_feed_each(tmp_path):
     got = list(reader.batches())
     assert reader.per_feed and reader.one_sample_feeds and len(got) == 50
     assert all(f["input"].shape == (6, 1) for f, _ in got)
+    # said as what it is (sweep 38's L5: "time-major sample(s)", "input 'input' is time-major")
+    assert "50 sample(s) on axis 1, a feed each" in reader.description
+    from onnxprune.calibration.feeds import feed_reason
+    from onnxprune.calibration.runtime import input_specs
+
+    why = feed_reason([], input_specs(model), time_major_inputs(model))
+    assert why.startswith("input 'input' holds its samples on axis 1 (time-major, or samples as columns): ")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]),
                                sess.run(None, {"input": x})[0], rtol=1e-6)
