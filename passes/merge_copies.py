@@ -49,16 +49,21 @@ def _raw(tensor: onnx.TensorProto) -> bytes:
     return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 
 
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each name the main graph's nodes read -> those nodes."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
     """Groups of constant names (first = the one kept; initializers and Constant nodes, scopes.local_constants:
     paddle2onnx writes every weight as a Constant node, and an inlined function has one per call) that
     `MergeCopies` would merge; [] when none."""
     graph = model.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    frozen = frozen_names(graph)
+    readers, frozen = _readers(graph), frozen_names(graph)
     candidates: dict[tuple, list[tuple[str, onnx.TensorProto]]] = {}
     for name, t in local_constants(graph).items():
         if name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name):
@@ -103,11 +108,7 @@ def transposed_copies(model: onnx.ModelProto) -> list[tuple[str, str]]:
     as a Gemm/MatMul's second operand and kept only so or as a Gather's table (module docstring); [] when none.
     Each matrix is in one pair at most; the one a Gather reads, else the first in graph order, is kept."""
     graph = model.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    frozen = frozen_names(graph)
+    readers, frozen = _readers(graph), frozen_names(graph)
     mats = {}
     for name, t in local_constants(graph).items():
         if (name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name)

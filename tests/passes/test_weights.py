@@ -485,6 +485,19 @@ def test_the_vectors_of_onnxruntimes_fused_normalizations_and_activations_are_na
     assert reasons["f1.bias"] == "a layer's bias, fused into onnxruntime's BiasGelu 'Gelu_AddBias_0'"
 
 
+def _halved(model: onnx.ModelProto, name: str, shape: tuple, tmp_path) -> onnx.ModelProto:
+    """`model` pruned at --sparsity 0.5 (stored dense), checked whole, its tied weight `name` about half zeros."""
+    from onnxprune import prune
+
+    out = tmp_path / "o.onnx"
+    prune(model, output=out, sparsity=0.5, sparse_format="dense")
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == name))
+    assert w.shape == shape and 0.4 <= np.mean(w == 0) <= 0.6
+    return written
+
+
 @pytest.mark.parametrize("form", ["legacy", "dynamo"])
 def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, form):
     """Sweep 33: a tied autoencoder (torch's F.linear(h, enc.weight.t()): one Gemm reads W with transB=1, the decoder's
@@ -492,7 +505,6 @@ def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, fo
     serves both readers: the weight is prunable, its MACs count both, and a pruned model computes in onnxruntime what
     the input computes with the same entries zeroed in both readers; dynamo's form (a Transpose into the decoder's
     Gemm) too. A Conv reading it beside a Gemm stays refused."""
-    from onnxprune import prune
     from onnxprune.models.third_party_builders import tied_autoencoder
     from tests.oracle import assert_same_outputs
 
@@ -500,12 +512,7 @@ def test_a_weight_read_as_w_and_as_its_transpose_is_one_tied_weight(tmp_path, fo
     onnx.checker.check_model(model, full_check=True)
     tied = find_prunable(model).by_name()["enc.weight"]
     assert (tied.node, tied.readers, tied.out_axis, tied.in_axis, tied.macs) == ("/enc/Gemm", 2, 0, 1, 2 * 96)
-    out = tmp_path / "o.onnx"
-    prune(model, output=out, sparsity=0.5, sparse_format="dense")
-    written = onnx.load(out)
-    onnx.checker.check_model(written, full_check=True)
-    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "enc.weight"))
-    assert w.shape == (8, 12) and 0.4 <= np.mean(w == 0) <= 0.6
+    written = _halved(model, "enc.weight", (8, 12), tmp_path)
     reads = [i for n in written.graph.node if n.op_type in ("Gemm", "Transpose") for i in n.input]
     assert reads.count("enc.weight") == 2
     assert_same_outputs(written, _zeros_of(written, model))  # the input with the written model's zeros zeroed
@@ -568,7 +575,6 @@ def test_an_embedding_the_output_layer_reads_too_is_one_tied_weight(tmp_path, fo
     weight op's kind (every row is multiplied by it: no unread rows to hold back), its MACs (the lookup has none);
     the sensitivity scan follows its own chain past the Gather; the layer-wise refit leaves it as pruned and says
     why; a pruned model computes in onnxruntime what the input computes with the same entries zeroed."""
-    from onnxprune import prune
     from onnxprune.calibration.sensitivity import _GraphIndex
     from onnxprune.converter.reconstruct import ReconstructReport, _layers
     from onnxprune.models.third_party_builders import tied_lm
@@ -592,12 +598,7 @@ def test_an_embedding_the_output_layer_reads_too_is_one_tied_weight(tmp_path, fo
     rng = np.random.default_rng(0)
     shape = (64,) if form == "gemm" else (64, 6)
     data = {"tokens": rng.integers(0, 20, shape).astype(np.int64)}
-    out = tmp_path / "o.onnx"
-    prune(model, output=out, sparsity=0.5, sparse_format="dense")
-    written = onnx.load(out)
-    onnx.checker.check_model(written, full_check=True)
-    w = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "emb.weight"))
-    assert w.shape == (20, 8) and 0.4 <= np.mean(w == 0) <= 0.6
+    written = _halved(model, "emb.weight", (20, 8), tmp_path)
     reads = [n.op_type for n in written.graph.node if "emb.weight" in n.input]
     assert sorted(reads) == sorted(["Gather", "Gemm" if form == "gemm" else "Transpose"])
     assert_same_outputs(written, _zeros_of(written, model), feeds=[{"tokens": data["tokens"][:16]}])
