@@ -92,6 +92,7 @@ def inspect_model(path: Path) -> dict:
         "dead_branches": _dead_branches(loaded.model),
         "inlined": loaded.inlined,
         "foreign_ops": _foreign_ops(loaded.model),
+        "aten": _aten(loaded.model),
         "shape_stops": _shape_stops(loaded.model, rows),
         "training_mode": _training_mode(loaded.model),
         "chance": _chance(loaded.model),
@@ -152,6 +153,18 @@ def _foreign_ops(model) -> list[str]:
 
     known = ("", "ai.onnx", "ai.onnx.ml")
     return sorted({f"{n.domain}.{n.op_type}" for n in all_nodes(model) if n.domain not in known})
+
+
+def _aten(model) -> str | None:
+    """What prune will say of torch's ATen nodes (onnxruntime does not run them), said without onnxruntime."""
+    from onnxprune.converter.modelio import aten_advice, aten_nodes
+
+    nodes = aten_nodes(model)
+    if not nodes:
+        return None
+    names = listed([f"'{n.name or n.output[0]}'" for n in nodes], 2)
+    return (f"onnxruntime does not run this model, and prune refuses it: {len(nodes)} node(s) {names} are "
+            f"org.pytorch.aten:ATen {aten_advice(nodes)}")
 
 
 def _dead_branches(model) -> list[str]:
@@ -458,6 +471,8 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"bit-identical weight copies, each row above: {shown}{more(len(info['copies']), 3)}; prune "
                       "merges each into one tied "
                       "weight (one mask, counted and stored once)", markup=False, highlight=False)
+    if info.get("aten"):
+        console.print(f"note: {info['aten']}", markup=False, highlight=False)
     if info.get("transposed_copies"):
         shown = ", ".join(f"'{c['copy']}' = '{c['weight']}' transposed" for c in info["transposed_copies"][:3])
         console.print(f"weights stored again as their transpose: {shown}{more(len(info['transposed_copies']), 3)}; "

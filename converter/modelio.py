@@ -38,6 +38,22 @@ from onnxprune.passes.storage.graphs import refuse_huge as _refuse_huge
 
 log = logging.getLogger(__name__)
 
+
+def aten_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes of torch's own operators, org.pytorch.aten's ATen (torch.onnx.export's operator_export_type=ONNX_ATEN or
+    ONNX_ATEN_FALLBACK), which onnxruntime does not run."""
+    return [n for g in _all_graphs(model.graph) for n in g.node
+            if n.domain == "org.pytorch.aten" and n.op_type == "ATen"]
+
+
+def aten_advice(nodes: list[onnx.NodeProto]) -> str:
+    """What ATen nodes are and what to do, said by prune's refusal (verify) and by inspect (sweep 38's L6)."""
+    ops = sorted({f"aten::{a.s.decode()}" for n in nodes for a in n.attribute if a.name == "operator"})
+    return (f"({listed(ops, 4)}), torch's own operators, which torch.onnx.export writes with "
+            "operator_export_type=ONNX_ATEN or ONNX_ATEN_FALLBACK and onnxruntime does not run; re-export with "
+            "the default operator_export_type (an operator torch has no ONNX export for: write it in other ops, "
+            "or try dynamo=True).")
+
 PROTOBUF_LIMIT = 2**31 - 1
 
 

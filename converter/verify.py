@@ -197,11 +197,9 @@ def _unregistered_op(model: onnx.ModelProto, exc: Exception) -> str | None:
     head = (f"onnxruntime {ort.__version__} cannot load this model, so no output can be verified or written: "
             f"{len(nodes)} node(s) {names} are {domain}:{op}")
     if domain == "org.pytorch.aten" and op == "ATen":
-        ops = sorted({f"aten::{a.s.decode()}" for n in nodes for a in n.attribute if a.name == "operator"})
-        return (f"{head} ({listed(ops, 4)}), torch's own operators, which torch.onnx.export writes with "
-                "operator_export_type=ONNX_ATEN or ONNX_ATEN_FALLBACK and onnxruntime does not run; re-export with "
-                "the default operator_export_type (an operator torch has no ONNX export for: write it in other ops, "
-                "or try dynamo=True).")
+        from onnxprune.converter.modelio import aten_advice
+
+        return f"{head} {aten_advice(nodes)}"
     return (f"{head}, an op onnxruntime has no kernel for (a custom op of the exporter or of a library onnxruntime "
             "is not given here); re-export the model with those layers written in ONNX ops.")
 

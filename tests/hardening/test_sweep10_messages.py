@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -147,3 +149,12 @@ def test_an_op_of_a_domain_onnxruntime_does_not_run_is_named_with_its_nodes(doma
     model.ir_version = 8
     with pytest.raises(ModelError, match=says):
         input_session(model)
+    # inspect says so too, without onnxruntime (sweep 38's L6: "no prunable weights", exit 0, nothing more)
+    from onnxprune.converter.inspect import _aten
+
+    said = _aten(model)
+    if domain == "org.pytorch.aten":
+        assert said.startswith("onnxruntime does not run this model, and prune refuses it: 2 node(s)")
+        assert re.search(says.split(" torch's own")[0].split("are ")[1], said) and "dynamo=True" in said
+    else:
+        assert said is None  # a custom op may have its library: not said
