@@ -466,18 +466,17 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "data, at least 100 for --max-loss, and add labels=... if you have them; a file whose inputs "
                       "cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
-    if info.get("copies"):
-        shown = ", ".join(f"'{c['weight']}' x{c['copies']}" for c in info["copies"][:3])
-        console.print(f"bit-identical weight copies, each row above: {shown}{more(len(info['copies']), 3)}; prune "
-                      "merges each into one tied "
-                      "weight (one mask, counted and stored once)", markup=False, highlight=False)
+    copies = [("copies", "bit-identical weight copies, each row above", lambda c: f"'{c['weight']}' x{c['copies']}",
+               "prune merges each into one tied weight (one mask, counted and stored once)"),
+              ("transposed_copies", "weights stored again as their transpose",
+               lambda c: f"'{c['copy']}' = '{c['weight']}' transposed", "prune reads each copy as a Transpose of its "
+               "matrix, one tied weight (one mask, counted and stored once), where that weight stays prunable")]
+    for key, head, one, then in copies:
+        if info.get(key):
+            shown = ", ".join(one(c) for c in info[key][:3])
+            console.print(f"{head}: {shown}{more(len(info[key]), 3)}; {then}", markup=False, highlight=False)
     if info.get("aten"):
         console.print(f"note: {info['aten']}", markup=False, highlight=False)
-    if info.get("transposed_copies"):
-        shown = ", ".join(f"'{c['copy']}' = '{c['weight']}' transposed" for c in info["transposed_copies"][:3])
-        console.print(f"weights stored again as their transpose: {shown}{more(len(info['transposed_copies']), 3)}; "
-                      "prune reads each copy as a Transpose of its matrix, one tied weight (one mask, counted and "
-                      "stored once), where that weight stays prunable", markup=False, highlight=False)
     if info.get("inlined"):
         console.print(inlined_text(info["inlined"]), markup=False, highlight=False)
     if not info["layers"]:
