@@ -16,6 +16,7 @@ import onnx
 
 from onnxprune.calibration.runtime import make_session
 from onnxprune.passes.opfacts import ACTIVATION_CHAIN
+from onnxprune.passes.scopes import readers_of
 from onnxprune.passes.weights import Inventory
 
 ELEMENTWISE = ACTIVATION_CHAIN  # bias Add, BN, Relu, …: passes/opfacts.py
@@ -23,10 +24,7 @@ ELEMENTWISE = ACTIVATION_CHAIN  # bias Add, BN, Relu, …: passes/opfacts.py
 
 def activation_tensors(model: onnx.ModelProto, inventory: Inventory) -> dict[str, str]:
     """Weight name -> the tensor holding that layer's activation (after its element-wise chain)."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = readers_of(model.graph)
     nodes = {n.name: n for n in model.graph.node}
     out = {}
     for w in inventory.prunable:

@@ -15,7 +15,7 @@ from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, MET
                                                   probability_channels)
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import attr
-from onnxprune.passes.scopes import FLOAT_TYPES, local_constants
+from onnxprune.passes.scopes import FLOAT_TYPES, local_constants, readers_of
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +240,7 @@ def token_id_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:
         return ()
     graph = model.graph
     tables = {n for n, t in local_constants(graph).items() if t.data_type in FLOAT_TYPES}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    readers = readers_of(graph)
     initializers = {t.name for t in graph.initializer}
     found = []
     for vi in graph.input:
@@ -256,12 +253,9 @@ def token_id_inputs(model: onnx.ModelProto | None) -> tuple[str, ...]:
             value = frontier.pop()
             seen.add(value)
             for node in readers.get(value, ()):
-                if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == value \
-                        and node.input[0] in tables and attr(node, "axis", 0) == 0:
-                    found.append(vi.name)
-                    frontier = []
-                    break
-                if node.op_type in _FUSED_LOOKUPS and node.input[0] == value:
+                if (node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == value
+                        and node.input[0] in tables and attr(node, "axis", 0) == 0) or \
+                        (node.op_type in _FUSED_LOOKUPS and node.input[0] == value):
                     found.append(vi.name)
                     frontier = []
                     break

@@ -67,7 +67,6 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
-                                                 token_id_inputs,
                                                  constant_leader, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -650,9 +649,10 @@ class Evaluator:
         """Automatic metrics chosen from the dense outputs of one batch (`first()`, asked only when some are) and
         the graph (which outputs it makes probabilities)."""
         self.auto_chosen = {n for n, k in self.plan.items() if k == AUTO}
-        self._tokens = bool(token_id_inputs(model))  # per-token outputs, never a CTC head (`_read_outs`)
         if AUTO in self.plan.values():  # every output at once: a head beside the others
-            chosen = auto_kinds(dict(zip(self.plan, first())), quiet=self._quiet, **graph_facts(model))
+            facts = graph_facts(model)
+            self._tokens = facts["tokens"]  # per-token outputs, never a CTC head (`_read_outs`)
+            chosen = auto_kinds(dict(zip(self.plan, first())), quiet=self._quiet, **facts)
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]

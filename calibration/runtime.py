@@ -357,10 +357,9 @@ def int_input_ranges(model: onnx.ModelProto) -> dict[str, int]:
             for attr in node.attribute:
                 if attr.name == "value":
                     tables[node.output[0]] = tuple(attr.t.dims)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    from onnxprune.passes.scopes import readers_of
+
+    consumers = readers_of(graph)
     ranges = {}
     for spec in input_specs(model):
         if not np.issubdtype(spec.dtype, np.integer):

@@ -39,7 +39,7 @@ from onnxprune.errors import ConfigError
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.opfacts import BIAS_INPUT, CHANNEL_PRODUCERS, CONNECTION_PRESERVING
-from onnxprune.passes.scopes import all_nodes, hoist_body_constants, lift_constants
+from onnxprune.passes.scopes import all_nodes, hoist_body_constants, lift_constants, readers_of
 from onnxprune.passes.weights import FLOAT_TYPES, NORM_OPS, find_prunable, name_nodes
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,6 @@ def _float_initializers(model: onnx.ModelProto) -> set[str]:
     return {t.name for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
 
 
-def _consumers(graph) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
-    return users
-
-
 def _weight_nodes(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, onnx.NodeProto]:
     """The Conv/Gemm/MatMul that consumes each masked weight (through Transpose/Reshape/... chains)."""
     nodes = {n.name: n for n in all_nodes(model)}
@@ -117,7 +109,7 @@ def companions(model: onnx.ModelProto, node: onnx.NodeProto, users=None, inits=N
     Add/Sub/Mul with a float initializer (a MatMul's bias, a folded-BN scale), then a BatchNormalization/
     LayerNormalization/InstanceNormalization/GroupNormalization's scale and bias (never BN's running stats).
     """
-    users = users if users is not None else _consumers(model.graph)
+    users = users if users is not None else readers_of(model.graph)
     inits = inits if inits is not None else _float_initializers(model)
     out = []
     index = BIAS_INPUT.get(node.op_type)
@@ -147,7 +139,7 @@ def trainable_tensors(model: onnx.ModelProto, masks: dict[str, np.ndarray],
                       freeze: Iterable[str] = ()) -> dict[str, list[str]]:
     """{masked weight: [its companions]} for every masked weight not frozen (freeze takes tensor or node names)."""
     freeze = set(freeze)
-    users, inits = _consumers(model.graph), _float_initializers(model)
+    users, inits = readers_of(model.graph), _float_initializers(model)
     groups = {}
     for name, node in _weight_nodes(model, masks).items():
         if name in freeze or node.name in freeze:

@@ -31,6 +31,7 @@ import onnx
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.merge_copies import check_reads, frozen_names, read_as
+from onnxprune.passes.scopes import readers_of
 from onnxprune.passes.weights import tie_use
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,7 @@ def _identities(model: onnx.ModelProto, inits: set[str], reads) -> dict[str, str
     graph = model.graph
     inits = inits - {v.name for v in graph.input}
     frozen = frozen_names(graph)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(graph)
     found = {}
     for node in graph.node:
         if node.op_type != "Identity" or (node.domain or "") not in ("", "ai.onnx") or node.input[0] not in inits:

@@ -38,8 +38,8 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.passes.base import Pass, PassError, PassResult, PruneState, register_pass
-from onnxprune.passes.scopes import local_constants, outer_reads, rename_reads
-from onnxprune.passes.weights import tie_use
+from onnxprune.passes.scopes import drop_local_constants, local_constants, outer_reads, readers_of, rename_reads
+from onnxprune.passes.weights import second_operand, tie_use
 from onnxprune.plain import listed
 
 MIN_VALUES = 16  # smaller tensors are not weights worth a tie
@@ -49,21 +49,12 @@ def _raw(tensor: onnx.TensorProto) -> bytes:
     return tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
 
 
-def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Each name the main graph's nodes read -> those nodes."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
 def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
     """Groups of constant names (first = the one kept; initializers and Constant nodes, scopes.local_constants:
     paddle2onnx writes every weight as a Constant node, and an inlined function has one per call) that
     `MergeCopies` would merge; [] when none."""
     graph = model.graph
-    readers, frozen = _readers(graph), frozen_names(graph)
+    readers, frozen = readers_of(graph), frozen_names(graph)
     candidates: dict[tuple, list[tuple[str, onnx.TensorProto]]] = {}
     for name, t in local_constants(graph).items():
         if name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name):
@@ -91,12 +82,6 @@ def duplicate_groups(model: onnx.ModelProto) -> list[list[str]]:
     return groups
 
 
-def _second_operand(node: onnx.NodeProto, name: str) -> bool:
-    inputs = list(node.input)
-    return (node.op_type in ("Gemm", "MatMul") and (node.domain or "") in ("", "ai.onnx") and inputs.count(name) == 1
-            and inputs.index(name) == 1)
-
-
 def _lookup(node: onnx.NodeProto, name: str) -> bool:
     return (node.op_type == "Gather" and (node.domain or "") in ("", "ai.onnx") and len(node.input) == 2
             and node.input[0] == name and node.input[1] != name
@@ -108,7 +93,7 @@ def transposed_copies(model: onnx.ModelProto) -> list[tuple[str, str]]:
     as a Gemm/MatMul's second operand and kept only so or as a Gather's table (module docstring); [] when none.
     Each matrix is in one pair at most; the one a Gather reads, else the first in graph order, is kept."""
     graph = model.graph
-    readers, frozen = _readers(graph), frozen_names(graph)
+    readers, frozen = readers_of(graph), frozen_names(graph)
     mats = {}
     for name, t in local_constants(graph).items():
         if (name in frozen or t.data_location == onnx.TensorProto.EXTERNAL or not readers.get(name)
@@ -117,8 +102,8 @@ def transposed_copies(model: onnx.ModelProto) -> list[tuple[str, str]]:
                 or int(np.prod(t.dims, dtype=np.int64)) < MIN_VALUES):
             continue
         mats[name] = t
-    copies = [n for n in mats if all(_second_operand(r, n) for r in readers[n])]
-    keepers = [n for n in mats if all(_second_operand(r, n) or _lookup(r, n) for r in readers[n])]
+    copies = [n for n in mats if all(second_operand(r, n) for r in readers[n])]
+    keepers = [n for n in mats if all(second_operand(r, n) or _lookup(r, n) for r in readers[n])]
     keepers.sort(key=lambda n: not any(_lookup(r, n) for r in readers[n]))  # a table first
     pairs, used = [], set()
     arrays: dict[str, np.ndarray] = {}
@@ -149,7 +134,7 @@ def transposed_copies(model: onnx.ModelProto) -> list[tuple[str, str]]:
     return pairs
 
 
-def _merge_transposed(model: onnx.ModelProto, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _merge_transposed(model: onnx.ModelProto, pairs: list[tuple[str, str]]) -> None:
     """Read each copy as Transpose(kept): a Transpose node before the copy's first reader; the copy goes."""
     graph = model.graph
     taken = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
@@ -161,14 +146,7 @@ def _merge_transposed(model: onnx.ModelProto, pairs: list[tuple[str, str]]) -> l
         first = next(i for i, n in enumerate(graph.node) if copy in n.input)
         graph.node.insert(first, onnx.helper.make_node("Transpose", [kept], [out], name=f"{out}_merged", perm=[1, 0]))
         read_as(model, {copy: out})
-    gone = {c for _, c in pairs}
-    kept_inits = [t for t in graph.initializer if t.name not in gone]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-    kept_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in gone)]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    return pairs
+    drop_local_constants(graph, {c for _, c in pairs})
 
 
 @register_pass("merge-copies")
@@ -192,12 +170,7 @@ class MergeCopies(Pass):
                 rename[name] = kept
         saved = sum(len(_raw(inits[n])) for n in rename)
         read_as(model, rename)
-        kept_inits = [t for t in model.graph.initializer if t.name not in rename]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept_inits)
-        kept_nodes = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in rename)]
-        del model.graph.node[:]
-        model.graph.node.extend(kept_nodes)
+        drop_local_constants(model.graph, set(rename))
         merged = sorted({rename[n] for n in rename})
         shown = listed(f"'{n}'" for n in merged)
         state.notes.append(f"{len(rename)} bit-identical copies of {len(merged)} weight(s) ({shown}) merged into "

@@ -66,7 +66,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
-from onnxprune.passes.scopes import FLOAT_TYPES, rename_reads
+from onnxprune.passes.scopes import FLOAT_TYPES, readers_of, rename_reads
 from onnxprune.passes.storage.graphs import default_opset
 
 __all__ = ["QuantizedWeight", "as_written", "fold", "foldable", "kinds", "lowp_kinds", "restore", "snap"]
@@ -297,10 +297,7 @@ def _dynamic_weights(model: onnx.ModelProto, shared: set[str]) -> list[tuple]:
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output} | {i.name for i in graph.input}
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = readers_of(graph)
     found = []
     for node in graph.node:
         for index, si, zi, axis in DYNAMIC_QUANT_WEIGHTS.get((node.domain or "", node.op_type), ()):

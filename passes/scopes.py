@@ -124,6 +124,15 @@ def local_constants(graph) -> dict[str, onnx.TensorProto]:
     return out
 
 
+def readers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each name the graph's own nodes read (not its bodies') -> those nodes, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def all_constants(graph) -> dict[str, onnx.TensorProto]:
     """Every dense constant of the graph and its bodies, by name (the first definition wins)."""
     out: dict[str, onnx.TensorProto] = {}
@@ -161,6 +170,16 @@ def drop_constant(model: onnx.ModelProto, name: str) -> bool:
         del graph.node[:]
         graph.node.extend(kept_nodes)
     return True
+
+
+def drop_local_constants(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the graph's own constants `names` (initializers and Constant nodes), in place."""
+    kept = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    kept_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
 
 
 def body_definitions(node: onnx.NodeProto) -> set[str]:

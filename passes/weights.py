@@ -37,7 +37,8 @@ from onnxprune.passes.scopes import FLOAT_TYPES, ScopeIndex, all_constants, all_
 from onnxprune.passes.shapes import at_batch, conv_pads, infer_shapes
 
 __all__ = ["FLOAT_TYPES", "NORM_OPS", "PASS_THROUGH", "SUBGRAPH_OPS", "WEIGHT_OPS", "Inventory", "PrunableWeight",
-           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "tie_use", "weight_array", "zeros_of"]
+           "Skipped", "constant_tensors", "find_prunable", "name_nodes", "second_operand", "tie_use", "weight_array",
+           "zeros_of"]
 
 
 @dataclass(frozen=True)
@@ -455,17 +456,19 @@ def _tied(name, users, first, ix: ScopeIndex) -> bool:
                                                                              or _tied_kernel(name, users)))
 
 
+def second_operand(node: onnx.NodeProto, tensor: str) -> bool:
+    """Does `node`, a Gemm/MatMul of the standard domain, read `tensor` once, as its second operand (its weight)?"""
+    inputs = list(node.input)
+    return (node.op_type in ("Gemm", "MatMul") and (node.domain or "") in ("", "ai.onnx")
+            and inputs.count(tensor) == 1 and inputs.index(tensor) == 1)
+
+
 def _tied_transposed(name, users, ix: ScopeIndex) -> bool:
     """A matrix several Gemm/MatMul nodes of one graph read as their second operand, some as W and some as W^T
     (transB, or a Transpose in front, as torch's dynamo writes it): a tied autoencoder's decoder,
     F.linear(h, enc.weight.t()) (sweep 33: 99% of its weights were "used in different ways"). A mask is elementwise,
     so one mask serves every reader; the layer-wise refit leaves the weight as pruned (its readers' rows are not
     alike: reconstruct._twins says so) and channel groups block a shared tensor."""
-    def second_operand(node, tensor) -> bool:
-        inputs = list(node.input)
-        return (node.op_type in ("Gemm", "MatMul") and (node.domain or "") in ("", "ai.onnx")
-                and inputs.count(tensor) == 1 and inputs.index(tensor) == 1)
-
     for u in users:
         if u.op_type == "Transpose" and (u.domain or "") in ("", "ai.onnx") and _attr(u, "perm", [1, 0]) == [1, 0]:
             after = ix.consumers.get(u.output[0], [])
