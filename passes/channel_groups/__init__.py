@@ -1,9 +1,9 @@
 """Channel groups: which channels of which tensors live and die together (coupling as data, after DepGraph).
 
-A *class* is one output channel of a weight layer (Gemm, MatMul with a constant weight, Conv, ConvTranspose) or,
-with `gather_inputs`, one feature of a flattened graph input. Walking the graph in topological order, every
-tensor that carries classes gets a `Channels` map: its channel axis and, per position on that axis, the class it
-holds. One small rule per op type (`RULES`) says how the map flows through that op:
+A *class* is one output channel of a weight layer (Gemm, MatMul with a constant weight, Conv, ConvTranspose), one
+feature of a lookup in a constant table (Gather: the table's last axis) or, with `gather_inputs`, one feature of a
+flattened graph input. Walking the graph in topological order, every tensor that carries classes gets a `Channels`
+map: its channel axis and, per position on that axis, the class it holds. One small rule per op type (`RULES`) says how the map flows through that op:
 
     Conv c1 ─ BN ─ Relu ─ MaxPool ─ Flatten ─ Gemm fc1    c1 channel k  ==  fc1 input rows k·HW … k·HW+HW-1
     Conv a ─┐
@@ -20,6 +20,10 @@ holds. One small rule per op type (`RULES`) says how the map flows through that 
         reads it, so it goes only when that column and every reader downstream are zero
     Reshape merging a last channel axis with the static axes before it ([T, N, 2, H] -> [T, N, 2H]): unit k ->
         positions d·H + k
+    Expand: channels keep their place from the end; a count in the target is 1, a constant (rewritten) or read
+        from the Shape of a tensor holding these very channels (an SE gate's `y.view(b, c, 1, 1).expand_as(h)`;
+        a Reshape or Expand sized by another tensor's count is checked once every class is joined: check_counts)
+    Gather of a constant table's rows (nn.Embedding): a producer, column d of the table is feature d
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);
@@ -81,9 +85,12 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _concat,
     _constant_of_shape,
     _depth_to_space,
+    _expand,
+    check_counts,
     _flatten,
     _gather,
     _gather_nd,
+    is_lookup,
     _pad,
     _reshape,
     _shape,
@@ -111,7 +118,8 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "InstanceNormalization": _instance_norm, **{op: _softmax for op in SOFTMAX_OPS},
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Cast": _cast, "Gather": _gather, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "Cast": _cast, "Gather": _gather, "Expand": _expand,
+    "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 
@@ -157,9 +165,10 @@ def build_channel_groups(
             if node.op in WEIGHT_OPS or node.op in SUBGRAPH_OPS:
                 log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why.split(") ", 1)[1])
             b.opaque(node, why)
-        elif mapped or node.op in PRODUCERS or node.op == "ConstantOfShape":  # of a shape that has channels
+        elif mapped or node.op in PRODUCERS or node.op == "ConstantOfShape" or is_lookup(node):
             RULES[node.op](b, node)
     b.check_ties()
+    check_counts(b)
     inner, outputs = _subgraph_names(graph), {t.name for t in graph.outputs}
     for name, c in b.cg.channels.items():
         if name in outputs:

@@ -29,6 +29,8 @@ class Builder:
         # several alike layers read (a Siamese net's towers) is sliced once, so their positions are one class each
         self.ties: dict[tuple[str, int], tuple[np.ndarray, set[int]]] = {}
         self._main: set[int] | None = None  # ids of the main graph's nodes
+        # (tensor, Reshape/Expand node): the node's target shape holds the tensor's channel count (check_counts)
+        self.counts: list[tuple[str, gs.Node]] = []
 
     def ch(self, t) -> Channels | None:
         return self.cg.channels.get(t.name) if t is not None and t.name else None

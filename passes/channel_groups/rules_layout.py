@@ -94,7 +94,7 @@ def _shape(b: Builder, node: gs.Node) -> None:
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
         closing = [n for n in t.outputs if (t is node.outputs[0] and _closes_group_norm(b, n, t))
-                   or _like(n) is not None or _reads_own_count(b, n, t, x)]
+                   or _like(n) is not None or _reads_own_count(b, n, t, x) or _sizes_another(b, n, t, x)]
         if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
@@ -283,6 +283,15 @@ def _channel_dim(b: Builder, atom) -> bool:
     return c is not None and (s is None or atom[2] == len(s) + c.axis)
 
 
+def _count_of(b: Builder, atom) -> int | None:
+    """The channel count entry `atom` is (the size of a channel-carrying tensor's channel axis), else None. Read from
+    another tensor than the one reshaped, it follows the kept channels only where they are that tensor's classes:
+    `check_counts` sees to it."""
+    if not isinstance(atom, tuple) or not _channel_dim(b, atom):
+        return None
+    return len(b.cg.channels[atom[1]].ids)
+
+
 def _static_entry(b: Builder, atom) -> int | None:
     """An entry's value where it is fixed: a constant, or a static size of a tensor's axis that is not a channel
     axis; None otherwise."""
@@ -313,7 +322,8 @@ def _kept_axis(b: Builder, node: gs.Node, x, c: Channels | None, s) -> tuple[int
         tail = [_static_entry(b, a) for a in T[j + 1 :]]
         if any(v is None or v < 1 for v in tail):
             return None  # further left only adds entries
-        if math.prod(tail) != behind or not (T[j] == own or (isinstance(T[j], int) and T[j] == n)):
+        if math.prod(tail) != behind or not (T[j] == own or (isinstance(T[j], int) and T[j] == n) or
+                                             _count_of(b, T[j]) == n):
             continue
         head = T[:j]
         if sum(isinstance(a, int) and a == -1 for a in head) > 1 or \
@@ -365,16 +375,25 @@ def _computed_channel_reshape(b: Builder, node: gs.Node, x, c: Channels | None, 
     if kept is None:
         return False
     j, T = kept
-    if isinstance(T[j], int):
-        found = _entry_path(b, node, j)
-        if found is None:
-            return False
-        path, at = found
-        last, i = path[-1]
-        if last.inputs[i].name in b.protected:
-            b.block(c.ids, f"the channel count '{last.inputs[i].name}' of {node.op} '{node.name}' is protected")
+    if isinstance(T[j], int) and not _rewrites_count(b, node, x, c, j):
+        return False
+    b.set(node.outputs[0], Channels(j - len(T), c.ids, c.value))
+    return True
 
-        def edit(keep: np.ndarray) -> None:
+
+def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
+    """Entry j of `node`'s target shape (its input 1: Reshape, Expand) is a constant channel count: an edit of x's
+    channels rewrites it to the kept count, in a copy of the nodes that compute the shape where other nodes read them
+    too. False when the entry is not read from a constant through Cast, Identity, (Un)Squeeze and Concat."""
+    found = _entry_path(b, node, j)
+    if found is None:
+        return False
+    path, at = found
+    last, i = path[-1]
+    if last.inputs[i].name in b.protected:
+        b.block(c.ids, f"the channel count '{last.inputs[i].name}' of {node.op} '{node.name}' is protected")
+
+    def edit(keep: np.ndarray) -> None:
             old = last.inputs[i]
             new = np.array(_const(old), copy=True)
             new.reshape(-1)[at] = int(keep.sum())
@@ -392,9 +411,61 @@ def _computed_channel_reshape(b: Builder, node: gs.Node, x, c: Channels | None, 
                 current = copy.outputs[0]
             node.inputs[1] = current
 
-        b.edit(x, edit)
-    b.set(node.outputs[0], Channels(j - len(T), c.ids, c.value))
+    b.edit(x, edit)
     return True
+
+
+def _expand(b: Builder, node: gs.Node) -> None:
+    """Expand broadcasts from the last axis, so the channels keep their place counted from the end; the target's
+    entry there is 1 (the input's count is kept), a constant count (rewritten to the kept count), or a count read
+    from a tensor whose channels these are (`check_counts`): an SE block's gate `y.expand_as(h)` (torch legacy: the
+    target is Shape(h); dynamo: a Concat holding the count), a feature vector expanded against prototypes
+    ([N, 1, C] -> [N, K, C]). Sweep 38's L3: "Expand ... has no channel rule"."""
+    x, k = node.inputs[:2]
+    c, r = b.ch(x), b.rank(x)
+    T = _shape_atoms(b, k) if b.ch(k) is None else None
+    if T is None or r is None:
+        return b.opaque(node, "has a target shape that is neither constant nor read from shapes, or an input rank "
+                              "shape inference did not give")
+    j, n = len(T) + c.axis, len(c.ids)
+    entry = T[j] if j >= 0 else 1
+    if n > 1 and entry != 1 and not (isinstance(entry, tuple) and _count_of(b, entry) == n):
+        if not (isinstance(entry, int) and entry == n and _rewrites_count(b, node, x, c, j)):
+            return b.opaque(node, "expands to a channel count it does not read from a constant or from these channels")
+    elif n == 1 and entry != 1:
+        return b.opaque(node, "broadcasts one channel to many")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
+
+
+def _sizes_another(b: Builder, node: gs.Node, t, x) -> bool:
+    """Reshape or Expand `node` of another tensor than x takes its target shape `t` from x's Shape: whether an entry
+    there that is x's channel count sizes the channels of the other tensor, which are x's own classes (an SE block's
+    `y.view(b, c, 1, 1).expand_as(h)`, the gate multiplied with h), is known once every class is joined: recorded
+    for `check_counts`, which blocks x's channels otherwise."""
+    if node.op not in ("Reshape", "Expand") or len(node.inputs) < 2 or node.inputs[1] is not t or \
+            node.inputs[0] is x:
+        return False
+    b.counts.append((x.name, node))
+    return True
+
+
+def check_counts(b: Builder) -> None:
+    """After the walk (every class joined): a Reshape or Expand sized by a tensor x's channel count (`_sizes_another`)
+    keeps x's channels unless that entry sizes its own output's channel axis, and the channels there are x's, one
+    for one (then the count follows the kept channels by itself); else x's channels stay, and the output's."""
+    for name, node in b.counts:
+        c, s = b.cg.channels.get(name), b.shapes.get(name)
+        if c is None or s is None:
+            continue
+        count = ("dim", name, len(s) + c.axis)
+        T = _shape_atoms(b, node.inputs[1])
+        out = b.cg.channels.get(node.outputs[0].name)
+        at = [i - len(T) for i, a in enumerate(T) if a == count] if T is not None else None
+        if at == [] or (out is not None and at == [out.axis] and len(out.ids) == len(c.ids) and
+                        np.array_equal(b.cg.root_of(out.ids), b.cg.root_of(c.ids))):
+            continue
+        b.block(c.ids if out is None else np.concatenate([c.ids, out.ids]),
+                f"{node.op} '{node.name}' is sized by the channel count of '{name}' but does not carry its channels")
 
 
 def _reads_own_count(b: Builder, reshape: gs.Node, t, x) -> bool:
@@ -625,11 +696,35 @@ def _squeeze(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(new - out_rank, c.ids, c.value))
 
 
+def is_lookup(node: gs.Node) -> bool:
+    """A Gather of a constant table's rows (axis 0 of a table of 2 or more axes): nn.Embedding, Keras Embedding."""
+    x = node.inputs[0] if node.op == "Gather" and len(node.inputs) == 2 else None
+    return isinstance(x, gs.Constant) and x.values.ndim >= 2 and _attr(node, "axis", 0) % x.values.ndim == 0
+
+
+def _lookup(b: Builder, node: gs.Node) -> None:
+    """A lookup (`is_lookup`) produces channels: feature d of every row it returns is column d of the table (its last
+    axis), so a column that is zero is a feature that is 0 whatever the ids, and goes with the readers' weight rows
+    (sweep 38's L7: torch's nn.Embedding and Keras' Embedding concatenated into a Dense's input kept their zeroed
+    columns without a word). A table another node reads too (a language model's head tied to it) keeps them, as any
+    shared weight; alike lookups of one table (a Siamese net's two) are tied."""
+    table, idx = node.inputs[0], node.inputs[1]
+    if b.ch(idx) is not None:
+        return b.opaque(node, "gathers with indices computed from channels")
+    values, axis = table.values, table.values.ndim - 1
+    frozen = b.shared(table, node)
+    b.produce(node, table, values.reshape(-1, values.shape[-1]).T, -1, np.zeros(values.shape[-1]), frozen)
+    b.tie(table, axis, node.outputs[0], node)
+    b.slices(node.outputs[0], table, axis)
+
+
 def _gather(b: Builder, node: gs.Node) -> None:
     """A Gather with constant indices across another axis than the channels' (a TCN's last time step,
     `y[:, :, -1]`, torch legacy: Gather(axis=2) of a scalar; sweep 24): every position keeps its channels, which
-    move by the axes the indices remove or add before them."""
+    move by the axes the indices remove or add before them. A lookup in a constant table produces them (`_lookup`)."""
     x, idx = node.inputs[0], node.inputs[1]
+    if is_lookup(node):
+        return _lookup(b, node)
     c, r = b.ch(x), b.rank(x)
     if c is None or b.ch(idx) is not None:
         return b.opaque(node, "gathers with indices computed from channels")

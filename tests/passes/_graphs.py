@@ -360,6 +360,31 @@ def squeeze_excite(seed: int = 0) -> onnx.ModelProto:
     return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
 
 
+def squeeze_excite_expand(form: str = "shape", seed: int = 0) -> onnx.ModelProto:
+    """The gate broadcast by `y.view(b, c, 1, 1).expand_as(s)`, as torch writes it: "shape" (legacy) views the gate
+    to [N, C, 1, 1] with C read from Shape(s) and expands it to Shape(s); "concat" (dynamo) views it to the constant
+    [-1, 6, 1, 1] and expands it to Concat(Shape(x)[:1], [6], [4], [4]); "other": as "shape", but the expanded gate
+    scales the channels of another conv, c3 (Shape(s) then sizes channels that are not s's)."""
+    g = G(seed)
+    s = g.op("Relu", "r1", [g.conv("x", "c1", 3, 6, 3)])
+    z = g.op("Flatten", "se_flat", [g.op("GlobalAveragePool", "se_gap", [s])])
+    z = g.op("Relu", "r_fc1", [g.gemm(z, "fc1", 6, 3)])
+    gate = g.op("Sigmoid", "gate", [g.gemm(z, "fc2", 3, 6)])
+    i64 = lambda name, v: g.init(name, np.array(v, dtype=np.int64))  # noqa: E731
+    if form == "concat":
+        view = g.op("Reshape", "view", [gate, i64("view.shape", [-1, 6, 1, 1])])
+        batch = g.op("Shape", "x_shape", ["x"], start=0, end=1)
+        target = g.op("Concat", "target", [batch, i64("six", [6]), i64("four", [4]), i64("four_", [4])], axis=0)
+    else:
+        at = [g.op("Gather", f"at{a}", [g.op("Shape", f"s_shape{a}", [s]), i64(f"i{a}", a)], axis=0) for a in (0, 1)]
+        dims = [g.op("Unsqueeze", f"dim{a}", [d, i64(f"ax{a}", [0])]) for a, d in enumerate(at)]
+        view = g.op("Reshape", "view", [gate, g.op("Concat", "view_shape", [*dims, i64("ones", [1, 1])], axis=0)])
+        target = g.op("Shape", "s_shape", [s])
+    scaled = s if form != "other" else g.op("Relu", "r3", [g.conv("x", "c3", 3, 6, 3)])
+    _head(g, g.conv(g.op("Mul", "scale", [scaled, g.op("Expand", "expand", [view, target])]), "c2", 6, 4, 1), 4)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
 def gated_conv(seed: int = 0) -> onnx.ModelProto:
     """WaveNet's gated unit: c1 (3 -> 2x4) ─ Split in halves a, b ─ Tanh(a) · Sigmoid(b) ─ c2 1x1 (4 -> 5) ─ head.
     The Mul merges a's channel j with b's: one class, its two rows of c1."""

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState, run_passes
 from onnxprune.passes.dead_neurons import RemoveDeadNeurons, remove_dead_neurons
-from tests.oracle import needs_onnxruntime, runtime_version
+from tests.oracle import assert_same_outputs, needs_onnxruntime, runtime_version
 from tests.passes import _graphs as G
 
 
@@ -1509,19 +1509,29 @@ def test_hf_conv1d_exported_at_a_fixed_sequence_length_shrinks_too(form):
     assert_same_outputs(out, m, feeds=[{"x": rng.standard_normal((n, 5, 8)).astype(np.float32)} for n in (1, 4)])
 
 
-def test_a_flatten_reading_the_count_of_another_tensor_keeps_the_channels_and_says_why():
-    """The channel count read from the Shape of another tensor than the one reshaped (here the c_fc output before
-    gelu_new) is not known to follow the reshaped tensor's channels: its layer keeps them."""
+def test_a_flatten_reading_the_count_of_another_tensor_follows_it_only_where_its_channels_are_the_same():
+    """The channel count read from the Shape of another tensor than the one reshaped follows the kept channels where
+    that tensor holds the same classes (c_fc's output before gelu_new: an element-wise chain), checked once every
+    class is joined; the count of another layer's output (h.0's c_fc sizing h.1's c_proj input) keeps both layers'
+    channels, and says why."""
     from onnxprune.models.third_party_builders import hf_conv1d_mlp
     from onnxprune.passes.neuron_masks import unmaskable
 
     m = G.zero(hf_conv1d_mlp(), "h.0.mlp.c_proj.weight", 0, [1, 5])
     shape = next(n for n in m.graph.node if n.name == "/h.0/mlp/c_proj/Shape_2")
     shape.input[0] = "/h.0/mlp/c_fc/Reshape_1_output_0"
-    out, report = remove_dead_neurons(m)
-    assert channels(report)["/h.0/mlp/c_fc/Gemm"] == (16, 16)
-    why = unmaskable(m, {"h.0.mlp.c_fc.weight"})["Gemm '/h.0/mlp/c_fc/Gemm'"]
-    assert why == "consumer Shape '/h.0/mlp/c_proj/Shape_2' gives the channel count to an op that reads it"
+    out, report, _ = prune(m)
+    assert channels(report)["/h.0/mlp/c_fc/Gemm"] == (16, 14)
+
+    m = G.zero(G.zero(hf_conv1d_mlp(), "h.0.mlp.c_proj.weight", 0, [1, 5]), "h.1.mlp.c_proj.weight", 0, [2])
+    shape = next(n for n in m.graph.node if n.name == "/h.1/mlp/c_proj/Shape_2")
+    shape.input[0] = "/h.0/mlp/c_fc/Reshape_1_output_0"
+    out, report, _ = prune(m)
+    assert channels(report)["/h.0/mlp/c_fc/Gemm"] == (16, 16) and channels(report)["/h.1/mlp/c_fc/Gemm"] == (16, 16)
+    why = unmaskable(m, {"h.0.mlp.c_fc.weight", "h.1.mlp.c_fc.weight"})
+    assert why["Gemm '/h.0/mlp/c_fc/Gemm'"] == why["Gemm '/h.1/mlp/c_fc/Gemm'"] == (
+        "Reshape '/h.1/mlp/c_proj/Reshape' is sized by the channel count of '/h.0/mlp/c_fc/Reshape_1_output_0' but "
+        "does not carry its channels")
 
 
 def test_an_unflatten_into_heads_keeps_the_channels():
@@ -1811,3 +1821,66 @@ def test_dead_channels_pass_a_softmax_over_the_positions(op, axis, opset):
     out, report, shp = prune(across)
     assert shp["c1.weight"] == (6, 2, 1, 1) and report.removed == 0
     assert any("normalizes across the channels (every output reads all channels)" in why for why in report.blocked)
+
+
+# -- lookups in a constant table (nn.Embedding, Keras Embedding) ---------------------------------------------------
+def _looked_up(shared: str = "") -> onnx.ModelProto:
+    """'x' [N, 6] -> Gemm a (8) + Relu, 'ids' [N] -> Gather(emb.weight [5, 4]) (`shared="twice"`: a second lookup
+    of 'ids2' in the same table, added to the first; `"head"`: the table read by a MatMul too), Concat -> Gemm fc
+    -> 'y' [N, 3]: sweep 38's two-input models (a float image and an int hint id through an Embedding)."""
+    g = G.G(0)
+    a = G.activation(g, g.gemm("x", "a", 6, 8), "act", "Relu")
+    table = g.weight("emb.weight", (5, 4), 4)
+    e = g.op("Gather", "emb", [table, "ids"], axis=0)
+    if shared == "twice":
+        e = g.op("Add", "both", [e, g.op("Gather", "emb2", [table, "ids2"], axis=0)])
+    h = g.op("Concat", "cat", [a, e], axis=1)
+    g.gemm(h, "fc", 12, 3)
+    g.nodes[-1].output[0] = "y"
+    outputs = {"y": ["N", 3]}
+    if shared == "head":
+        g.op("MatMul", "head", [e, g.op("Transpose", "t", [table], perm=[1, 0])])
+        g.nodes[-1].output[0] = "scores"
+        outputs["scores"] = ["N", 5]
+    m = g.model({"x": ["N", 6]}, outputs)
+    for name in ["ids"] + (["ids2"] if shared == "twice" else []):
+        m.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, ["N"]))
+    return m
+
+
+@pytest.mark.parametrize("shared", ["", "twice", "head"])
+def test_a_zero_column_of_a_looked_up_table_is_a_dead_feature_and_goes(shared):
+    """A lookup in a constant table (Gather on axis 0) produces its table's columns as channels: a zero column is a
+    feature that is 0 whatever the ids, so it goes with the weight rows that read it (sweep 38's L7: torch's and
+    Keras' Embedding concatenated into a Dense's input kept their zeroed columns and the run said nothing). Two alike
+    lookups of one table slice it once; a table the head reads too (a tied language model) keeps its columns."""
+    m = G.zero(_looked_up(shared), "emb.weight", 1, [1, 3])
+    out, report, shp = prune(m)
+    if shared == "head":
+        assert shp["emb.weight"] == (5, 4) and shp["fc.weight"] == (3, 12) and report.removed == 0
+        return
+    assert shp["emb.weight"] == (5, 2) and shp["fc.weight"] == (3, 10)
+    assert channels(report)["emb"] == (4, 2) and report.removed == 2
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((7, 6)).astype(np.float32), "ids": np.arange(7) % 5,
+              "ids2": (np.arange(7) + 2) % 5}]
+    feeds = [{k: v for k, v in f.items() if k in {i.name for i in m.graph.input}} for f in feeds]
+    assert_same_outputs(out, m, feeds=feeds)
+
+
+@pytest.mark.parametrize("form", ["shape", "concat", "other"])
+def test_an_excitation_gate_expanded_to_the_map_keeps_its_channels_in_step(form):
+    """`h * y.view(b, c, 1, 1).expand_as(h)`, an SE block as many torch codebases write it: Expand had no channel rule
+    and the view read h's channel count from Shape(h), so a dead channel of c1 stayed (sweep 38's L3; legacy and
+    dynamo exports alike). The count read from h's own shape follows the kept channels where the gate's channels
+    are h's (the Mul joins them), a constant count is rewritten; when the expanded gate scales another conv's
+    channels, Shape(h)'s count sizes channels that are not h's, and c1 keeps them."""
+    m = G.zero(G.squeeze_excite_expand(form), "c1.weight", 0, [2, 4])  # c1's channels 2 and 4: relu(bias) …
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [2, 4]), -1.0, G.init(m, "c1.bias")).astype(np.float32))
+    out, report, shp = prune(m)  # … = 0: read by fc1 (through the pool) as nothing, by the Mul as a zero
+    if form == "other":
+        assert shp["c1.weight"][0] == 6
+        assert any("is sized by the channel count of" in line for line in report.blocked)
+        return
+    assert shp["c1.weight"][0] == 4 and shp["fc2.weight"][0] == 4 and shp["c2.weight"][1] == 4
+    assert channels(report)["c1"] == (6, 4)
