@@ -24,6 +24,8 @@ map: its channel axis and, per position on that axis, the class it holds. One sm
         from the Shape of a tensor holding these very channels (an SE gate's `y.view(b, c, 1, 1).expand_as(h)`;
         a Reshape or Expand sized by another tensor's count is checked once every class is joined: check_counts)
     Gather of a constant table's rows (nn.Embedding): a producer, column d of the table is feature d
+    Reshape into groups, Transpose of the two, Reshape back (ShuffleNet's shuffle): a permutation of the channels,
+        the chain one Gather of the kept channels once any go
 
 Along the way each rule records, as data:
   * `Layer`: weights whose output rows are the classes (producers, depthwise members, gathered inputs);

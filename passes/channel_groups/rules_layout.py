@@ -627,7 +627,8 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     ch = None if s is None else len(s) + c.axis
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
         if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S) or
-                                 _merge_before(b, node, x, c, s, S) or _computed_channel_reshape(b, node, x, c, s)):
+                                 _merge_before(b, node, x, c, s, S) or _computed_channel_reshape(b, node, x, c, s)
+                                 or _shuffle(b, node, x, c, s)):
             return None
         return b.opaque(node, "is not a flattening Reshape, nor one that keeps the channel axis whole or merges it "
                               "with the axes after it (it splits the channels, as into attention heads, or its shape "
@@ -658,6 +659,51 @@ def _reshape(b: Builder, node: gs.Node) -> None:
 
     b.edit(x, edit)
     b.set(node.outputs[0], _spread(c, math.prod(s[1:ch]), math.prod(s[ch + 1 :])))
+
+
+def _shuffle(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
+    """ShuffleNet's channel shuffle: Reshape [.., C, ..] -> [.., g, C/g, ..], a Transpose that swaps those two axes,
+    a Reshape back to x's shape. It permutes the channels (output channel j·g + i is input channel i·C/g + j), so
+    the channels follow to the last Reshape's output in that order. Channels going unevenly across the groups would
+    break both reshapes: once any go, the chain becomes one Gather of the kept channels in their shuffled order (sweep
+    38's L2: "it splits the channels" kept every dead channel of a grouped net). The shapes are read from shape
+    inference; a legacy export with a dynamic batch computes the group size from x's Shape (a Div), whose channel
+    count then keeps them (`_shape`). False when the chain is not that."""
+    mid = node.outputs[0]
+    tr = mid.outputs[0] if len(mid.outputs) == 1 else None
+    if c is None or s is None or tr is None or tr.op != "Transpose" or len(tr.outputs[0].outputs) != 1:
+        return False
+    last = tr.outputs[0].outputs[0]
+    outputs = {t.name for t in b.cg.graph.outputs}
+    if last.op != "Reshape" or last.inputs[0] is not tr.outputs[0] or {mid.name, tr.outputs[0].name} & outputs:
+        return False
+    s1, s2, r, n = b.shape(mid), b.shape(last.outputs[0]), len(s), len(c.ids)
+    ch = r + c.axis
+    if s1 is None or s2 is None or len(s1) != r + 1 or len(s2) != r or s2[ch] != n:
+        return False
+    g, k = s1[ch], s1[ch + 1]
+    same = lambda u, v: not (isinstance(u, int) and isinstance(v, int)) or u == v  # noqa: E731
+    if not (isinstance(g, int) and isinstance(k, int) and g > 1 and k > 1 and g * k == n) or not all(
+            same(u, v) for u, v in zip(s[:ch] + s[ch + 1:], s1[:ch] + s1[ch + 2:])) or not all(map(same, s, s2)):
+        return False
+    swap = list(range(r + 1))
+    swap[ch], swap[ch + 1] = ch + 1, ch
+    if list(_attr(tr, "perm", [])) != swap:
+        return False
+    order = np.arange(n).reshape(g, k).T.ravel()  # output position p holds input channel order[p]
+    final = last.outputs[0]
+
+    def edit(keep: np.ndarray) -> None:
+        if keep.all():
+            return
+        index = (np.cumsum(keep) - 1)[order[keep[order]]].astype(np.int64)
+        last.outputs = []
+        b.cg.graph.nodes.append(gs.Node("Gather", b.cg.unique(f"{node.name}_shuffle"), {"axis": ch},
+                                        [x, gs.Constant(b.cg.unique(f"{node.name}_shuffle_order"), index)], [final]))
+
+    b.edit(x, edit)
+    b.set(final, Channels(c.axis, c.ids[order], c.value[order]))
+    return True
 
 
 def _transpose(b: Builder, node: gs.Node) -> None:

@@ -1884,3 +1884,32 @@ def test_an_excitation_gate_expanded_to_the_map_keeps_its_channels_in_step(form)
         return
     assert shp["c1.weight"][0] == 4 and shp["fc2.weight"][0] == 4 and shp["c2.weight"][1] == 4
     assert channels(report)["c1"] == (6, 4)
+
+
+def _shuffled(perm=(0, 2, 1, 3, 4)) -> onnx.ModelProto:
+    """c1 (3 -> 8) + Relu -> ShuffleNet's channel shuffle in 2 groups, as torch's dynamo writes it (Reshape to the
+    constant [-1, 2, 4, 4, 4], Transpose `perm`, Reshape to [-1, 8, 4, 4]) -> c2 (1x1, 8 -> 4) -> head."""
+    g = G.G(0)
+    s = g.op("Relu", "r1", [g.conv("x", "c1", 3, 8, 3)])
+    v = g.op("Reshape", "split", [s, g.init("split.shape", np.array([-1, 2, 4, 4, 4], np.int64))])
+    t = g.op("Transpose", "swap", [v], perm=list(perm))
+    m = g.op("Reshape", "merge", [t, g.init("merge.shape", np.array([-1, 8, 4, 4], np.int64))])
+    G._head(g, g.conv(m, "c2", 8, 4, 1), 4)
+    return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
+
+
+@pytest.mark.parametrize("dead", [[1, 6], [1, 2]])
+def test_a_channel_shuffle_carries_dead_channels_through_as_one_gather(dead):
+    """ShuffleNet's shuffle (Reshape into groups, Transpose of the two group axes, Reshape back) permutes the channels:
+    c1's dead channels go, and c2's input rows follow them in their shuffled order; channels going unevenly across
+    the groups ([1, 2]: both in group 0) would break the reshapes, so the chain becomes one Gather of the kept
+    channels (sweep 38's L2: "it splits the channels" kept them). Another Transpose is no shuffle: they stay."""
+    m = G.zero(_shuffled(), "c1.weight", 0, dead)
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), dead), -1.0, G.init(m, "c1.bias")).astype(np.float32))
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 6 and shp["c2.weight"][1] == 6
+    assert G.op_counts(out).get("Transpose", 0) == 0 and G.op_counts(out)["Gather"] == 1
+    other = G.zero(_shuffled(perm=(0, 1, 2, 4, 3)), "c1.weight", 0, dead)
+    G.set_init(other, "c1.bias", G.init(m, "c1.bias"))
+    out, report, shp = prune(other)
+    assert shp["c1.weight"][0] == 8
