@@ -150,7 +150,8 @@ def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
 
 
 def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
-    """Lines for channels every weight reading them ignores (zero rows) that stay because their class is alive
+    """Lines for channels every weight reading them ignores (zero rows, or a constant it folds: sweep 38's forced dead
+    rows before a grouped Conv were kept without a word) that stay because their class is alive
     through another member: a grouped Conv drops local channel j from every group at once, so one dead in some
     groups only stays (sweep 21: regnety_002, half of every Conv's channels zeroed at random, removed no more), as
     does a residual stream's channel the head ignores while a block reads it, or one split from a tensor whose
@@ -160,7 +161,8 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     ignored: dict[str, np.ndarray] = {}
     readers: dict[str, set[int]] = defaultdict(set)
     for rd in cg.reads:
-        zero = ~rd.rows.any(axis=1)
+        value = cg.channels[rd.tensor].value  # a constant the reader folds is not needed either (as dead_classes)
+        zero = ~rd.rows.any(axis=1) | (np.isfinite(value) & (rd.fold is not None)) | (value == 0)
         ignored[rd.tensor] = ignored[rd.tensor] & zero if rd.tensor in ignored else zero
         readers[rd.tensor].add(id(rd.node))
     tensors = cg.graph.tensors()
@@ -184,8 +186,8 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
                 (boxed if tensor in boxes else kept)[cg.origins[int(ids[p])]].add(int(ids[p]))
     lines = []
     if kept:
-        lines.append(f"{_total(kept)} channel(s) no weight reads are kept, each in a class with a channel that is "
-                     f"read elsewhere (a residual stream's channel another block reads; a grouped Conv's local "
+        lines.append(f"{_total(kept)} channel(s) no weight needs (unread, or a constant) are kept, each in a class "
+                     f"with a channel that is read elsewhere (a residual stream's channel another block reads; a grouped Conv's local "
                      f"channel, alive in another group: it goes from every group at once; a split's partner): "
                      f"{_shown(kept)}")
     if boxed:  # sweep 24: 92 border pixels of an MLP's image were said to be "in a class with a channel ..."
