@@ -94,7 +94,8 @@ def _shape(b: Builder, node: gs.Node) -> None:
         seen.add(t.name)
         inner = [n for n in t.outputs if n.op in SHAPE_OPS and n.op != "Shape"]
         closing = [n for n in t.outputs if (t is node.outputs[0] and _closes_group_norm(b, n, t))
-                   or _like(n) is not None or _reads_own_count(b, n, t, x) or _sizes_another(b, n, t, x)]
+                   or _like(n) is not None or _reads_own_count(b, n, t, x) or _into_shuffle(b, n, t, x)
+                   or _sizes_another(b, n, t, x)]
         if len(inner) + len(closing) < len(t.outputs) or any(t is o for o in b.cg.graph.outputs):
             atoms = _shape_atoms(b, t)
             if atoms is None or ("dim", x.name, r + c.axis) in atoms:
@@ -661,36 +662,44 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], _spread(c, math.prod(s[1:ch]), math.prod(s[ch + 1 :])))
 
 
-def _shuffle(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
-    """ShuffleNet's channel shuffle: Reshape [.., C, ..] -> [.., g, C/g, ..], a Transpose that swaps those two axes,
-    a Reshape back to x's shape. It permutes the channels (output channel j·g + i is input channel i·C/g + j), so
-    the channels follow to the last Reshape's output in that order. Channels going unevenly across the groups would
-    break both reshapes: once any go, the chain becomes one Gather of the kept channels in their shuffled order (sweep
-    38's L2: "it splits the channels" kept every dead channel of a grouped net). The shapes are read from shape
-    inference; a legacy export with a dynamic batch computes the group size from x's Shape (a Div), whose channel
-    count then keeps them (`_shape`). False when the chain is not that."""
+def _shuffle_chain(b: Builder, node: gs.Node, x, c: Channels | None, s) -> tuple[gs.Node, int] | None:
+    """(the last Reshape, the group count g) when Reshape `node` of x begins ShuffleNet's channel shuffle: to
+    [.., g, C/g, ..], a Transpose that swaps those two axes, a Reshape back to x's shape (shapes from shape
+    inference; C/g may be unknown there, a legacy export computing it from x's Shape); else None."""
     mid = node.outputs[0]
     tr = mid.outputs[0] if len(mid.outputs) == 1 else None
-    if c is None or s is None or tr is None or tr.op != "Transpose" or len(tr.outputs[0].outputs) != 1:
-        return False
+    if c is None or s is None or node.inputs[0] is not x or tr is None or tr.op != "Transpose" or \
+            len(tr.outputs[0].outputs) != 1:
+        return None
     last = tr.outputs[0].outputs[0]
     outputs = {t.name for t in b.cg.graph.outputs}
     if last.op != "Reshape" or last.inputs[0] is not tr.outputs[0] or {mid.name, tr.outputs[0].name} & outputs:
-        return False
+        return None
     s1, s2, r, n = b.shape(mid), b.shape(last.outputs[0]), len(s), len(c.ids)
     ch = r + c.axis
     if s1 is None or s2 is None or len(s1) != r + 1 or len(s2) != r or s2[ch] != n:
-        return False
+        return None
     g, k = s1[ch], s1[ch + 1]
     same = lambda u, v: not (isinstance(u, int) and isinstance(v, int)) or u == v  # noqa: E731
-    if not (isinstance(g, int) and isinstance(k, int) and g > 1 and k > 1 and g * k == n) or not all(
+    if not (isinstance(g, int) and 1 < g < n and n % g == 0 and same(k, n // g)) or not all(
             same(u, v) for u, v in zip(s[:ch] + s[ch + 1:], s1[:ch] + s1[ch + 2:])) or not all(map(same, s, s2)):
-        return False
+        return None
     swap = list(range(r + 1))
     swap[ch], swap[ch + 1] = ch + 1, ch
-    if list(_attr(tr, "perm", [])) != swap:
+    return (last, g) if list(_attr(tr, "perm", [])) == swap else None
+
+
+def _shuffle(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
+    """ShuffleNet's channel shuffle (`_shuffle_chain`) permutes the channels: output channel j·g + i is input channel
+    i·C/g + j, so the channels follow to the last Reshape's output in that order. Channels going unevenly across the
+    groups would break both reshapes: once any go, the chain becomes one Gather of the kept channels in their
+    shuffled order, and a shape computed for it from x's Shape dies with it (`_into_shuffle`). Sweep 38's L2: "it
+    splits the channels" kept every dead channel of a grouped net. False when the chain is not that."""
+    found = _shuffle_chain(b, node, x, c, s)
+    if found is None:
         return False
-    order = np.arange(n).reshape(g, k).T.ravel()  # output position p holds input channel order[p]
+    (last, g), n, ch = found, len(c.ids), len(s) + c.axis
+    order = np.arange(n).reshape(g, n // g).T.ravel()  # output position p holds input channel order[p]
     final = last.outputs[0]
 
     def edit(keep: np.ndarray) -> None:
@@ -704,6 +713,25 @@ def _shuffle(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
     b.edit(x, edit)
     b.set(final, Channels(c.axis, c.ids[order], c.value[order]))
     return True
+
+
+def _into_shuffle(b: Builder, node: gs.Node, t, x, depth: int = 0) -> bool:
+    """Whether `node`, reading t (computed from x's Shape), computes only target shapes of a channel shuffle of x
+    (either Reshape), which `_shuffle` replaces by a Gather once channels go: then x's channel count read there
+    goes unused (torch legacy's `x.view(b, g, c // g, h, w)` with a dynamic batch divides it in the graph)."""
+    c, s = b.ch(x), b.shape(x)
+    if node.op == "Reshape" and len(node.inputs) > 1 and node.inputs[1] is t:
+        data = node.inputs[0]
+        tr = data.inputs[0] if data is not x and len(data.inputs) == 1 else None
+        first = node if data is x else (tr.inputs[0].inputs[0] if tr is not None and tr.op == "Transpose"
+                                        and len(tr.inputs[0].inputs) == 1 else None)
+        found = _shuffle_chain(b, first, x, c, s) if first is not None and first.op == "Reshape" else None
+        return found is not None and node in (first, found[0])
+    if depth > 8 or node.op == "Reshape" or not node.outputs:
+        return False
+    outputs = {o.name for o in b.cg.graph.outputs}
+    return all(o.name not in outputs and o.outputs and all(_into_shuffle(b, m, o, x, depth + 1) for m in o.outputs)
+               for o in node.outputs)
 
 
 def _transpose(b: Builder, node: gs.Node) -> None:

@@ -1886,30 +1886,44 @@ def test_an_excitation_gate_expanded_to_the_map_keeps_its_channels_in_step(form)
     assert channels(report)["c1"] == (6, 4)
 
 
-def _shuffled(perm=(0, 2, 1, 3, 4)) -> onnx.ModelProto:
+def _shuffled(perm=(0, 2, 1, 3, 4), form: str = "dynamo") -> onnx.ModelProto:
     """c1 (3 -> 8) + Relu -> ShuffleNet's channel shuffle in 2 groups, as torch's dynamo writes it (Reshape to the
-    constant [-1, 2, 4, 4, 4], Transpose `perm`, Reshape to [-1, 8, 4, 4]) -> c2 (1x1, 8 -> 4) -> head."""
+    constant [-1, 2, 4, 4, 4], Transpose `perm`, Reshape to [-1, 8, 4, 4]) or its legacy exporter with a dynamic
+    batch (`form="legacy"`: the shapes computed from Shape(s), the group size c // 2 by a Div) -> c2 (1x1, 8 -> 4)
+    -> head."""
     g = G.G(0)
     s = g.op("Relu", "r1", [g.conv("x", "c1", 3, 8, 3)])
-    v = g.op("Reshape", "split", [s, g.init("split.shape", np.array([-1, 2, 4, 4, 4], np.int64))])
+    i64 = lambda name, v: g.init(name, np.array(v, np.int64))  # noqa: E731
+    if form == "legacy":
+        dim = [g.op("Gather", f"at{a}", [g.op("Shape", f"shape{a}", [s]), i64(f"i{a}", a)], axis=0) for a in range(4)]
+        dim[1] = g.op("Div", "per_group", [dim[1], i64("groups", 2)])
+        dim = [g.op("Unsqueeze", f"dim{a}", [d, i64(f"ax{a}", [0])]) for a, d in enumerate(dim)]
+        split = g.op("Concat", "split.shape", [dim[0], i64("two", [2]), *dim[1:]], axis=0)
+        merge = g.op("Concat", "merge.shape", [dim[0], i64("minus_one", [-1]), *dim[2:]], axis=0)
+    else:
+        split, merge = i64("split.shape", [-1, 2, 4, 4, 4]), i64("merge.shape", [-1, 8, 4, 4])
+    v = g.op("Reshape", "split", [s, split])
     t = g.op("Transpose", "swap", [v], perm=list(perm))
-    m = g.op("Reshape", "merge", [t, g.init("merge.shape", np.array([-1, 8, 4, 4], np.int64))])
+    m = g.op("Reshape", "merge", [t, merge])
     G._head(g, g.conv(m, "c2", 8, 4, 1), 4)
     return g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]})
 
 
+@pytest.mark.parametrize("form", ["dynamo", "legacy"])
 @pytest.mark.parametrize("dead", [[1, 6], [1, 2]])
-def test_a_channel_shuffle_carries_dead_channels_through_as_one_gather(dead):
+def test_a_channel_shuffle_carries_dead_channels_through_as_one_gather(dead, form):
     """ShuffleNet's shuffle (Reshape into groups, Transpose of the two group axes, Reshape back) permutes the channels:
     c1's dead channels go, and c2's input rows follow them in their shuffled order; channels going unevenly across
     the groups ([1, 2]: both in group 0) would break the reshapes, so the chain becomes one Gather of the kept
-    channels (sweep 38's L2: "it splits the channels" kept them). Another Transpose is no shuffle: they stay."""
-    m = G.zero(_shuffled(), "c1.weight", 0, dead)
+    channels (sweep 38's L2: "it splits the channels" kept them); the legacy export's shape computation goes with the
+    chain. Another Transpose is no shuffle: they stay."""
+    m = G.zero(_shuffled(form=form), "c1.weight", 0, dead)
     G.set_init(m, "c1.bias", np.where(np.isin(np.arange(8), dead), -1.0, G.init(m, "c1.bias")).astype(np.float32))
     out, report, shp = prune(m)
     assert shp["c1.weight"][0] == 6 and shp["c2.weight"][1] == 6
     assert G.op_counts(out).get("Transpose", 0) == 0 and G.op_counts(out)["Gather"] == 1
-    other = G.zero(_shuffled(perm=(0, 1, 2, 4, 3)), "c1.weight", 0, dead)
+    assert not {"Shape", "Div", "Reshape"} & set(G.op_counts(out))
+    other = G.zero(_shuffled(perm=(0, 1, 2, 4, 3), form=form), "c1.weight", 0, dead)
     G.set_init(other, "c1.bias", G.init(m, "c1.bias"))
     out, report, shp = prune(other)
     assert shp["c1.weight"][0] == 8
