@@ -456,10 +456,10 @@ def check_counts(b: Builder) -> None:
     for one (then the count follows the kept channels by itself); else x's channels stay, and the output's."""
     for name, node in b.counts:
         c, s = b.cg.channels.get(name), b.shapes.get(name)
-        if c is None or s is None:
+        if c is None:
             continue
-        count = ("dim", name, len(s) + c.axis)
-        T = _shape_atoms(b, node.inputs[1])
+        count = ("dim", name, len(s) + c.axis) if s is not None else None
+        T = _shape_atoms(b, node.inputs[1]) if count is not None else None
         out = b.cg.channels.get(node.outputs[0].name)
         at = [i - len(T) for i, a in enumerate(T) if a == count] if T is not None else None
         if at == [] or (out is not None and at == [out.axis] and len(out.ids) == len(c.ids) and
