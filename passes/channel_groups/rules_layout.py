@@ -41,11 +41,47 @@ def _flatten(b: Builder, node: gs.Node) -> None:
 SHAPE_OPS = ("Shape", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Identity")
 
 
+_FOLD = {  # numpy forms of the ops torch's legacy exporter computes constant shapes with (expand's -1 handling)
+    "Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Equal": np.equal, "Where": np.where, "Neg": np.negative,
+    "Abs": np.abs, "Max": np.maximum, "Min": np.minimum, "Identity": lambda a: a,
+}
+
+
+def _folded(t, depth: int = 0) -> np.ndarray | None:
+    """A small tensor computed from constants alone (ConstantOfShape, arithmetic, Equal, Where, Cast, Concat,
+    (Un)Squeeze), as numpy computes it; None when an input is not such a tensor. torch's legacy exporter writes
+    `x.expand(-1, k, -1)` to Expand(x, Where(Equal(S, -1), 1, S)) with the 1s from a ConstantOfShape (sweep 38's L3)."""
+    K = _const(t)
+    if K is not None or depth > 8 or len(t.inputs) != 1:
+        return K
+    node = t.inputs[0]
+    args = [_folded(i, depth + 1) for i in node.inputs]
+    if any(a is None for a in args) or (args and max(np.size(a) for a in args) > 64):
+        return None
+    if node.op in _FOLD:
+        return np.asarray(_FOLD[node.op](*args))
+    if node.op == "ConstantOfShape":
+        value = node.attrs.get("value")
+        fill = value.values.reshape(-1)[0] if isinstance(value, gs.Constant) else np.float32(0)
+        return np.full([int(d) for d in np.ravel(args[0])], fill, dtype=np.asarray(fill).dtype)
+    if node.op == "Cast":
+        return args[0].astype(onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to", 1))))
+    if node.op == "Concat":
+        return np.concatenate([np.atleast_1d(a) for a in args], axis=int(_attr(node, "axis", 0)))
+    if node.op in ("Unsqueeze", "Squeeze") and len(args) <= 2:
+        axes = args[1] if len(args) == 2 else _attr(node, "axes", None)
+        if axes is None:
+            return np.squeeze(args[0]) if node.op == "Squeeze" else None
+        axes = [int(a) for a in np.ravel(axes)]
+        return np.expand_dims(args[0], axes) if node.op == "Unsqueeze" else np.squeeze(args[0], tuple(axes))
+    return None
+
+
 def _shape_atoms(b: Builder, t, depth: int = 0) -> list | None:
     """The entries of a small int tensor computed from shapes: ("dim", tensor name, axis) for an entry read from a
-    tensor's shape, an int for a constant; None when some op on the way is not one of SHAPE_OPS with constant
-    indices (the entry is then unknown)."""
-    K = _const(t)
+    tensor's shape, an int for a constant (or a tensor computed from constants alone: `_folded`); None when some op on
+    the way is not one of SHAPE_OPS with constant indices (the entry is then unknown)."""
+    K = _folded(t)
     if K is not None:
         return [int(v) for v in np.ravel(K)] if np.issubdtype(np.asarray(K).dtype, np.integer) else None
     if depth > 12 or len(t.inputs) != 1 or t.inputs[0].op not in SHAPE_OPS:

@@ -1943,3 +1943,29 @@ def test_a_constant_channel_a_grouped_conv_keeps_for_its_partners_is_said():
     assert shp["p.weight"][0] == 8
     assert any(line.startswith("1 channel(s) no weight needs (unread, or a constant) are kept") and
                line.endswith(": Conv 'p' 1") for line in report.lines()), report.lines()
+
+
+@pytest.mark.parametrize("form", ["constant", "legacy"])
+def test_features_expanded_along_a_new_axis_keep_their_channels_in_step(form):
+    """`h[:, None, :].expand(-1, 3, -1)` -> a MatMul -> a mean over the copies: Expand keeps the channels on the last
+    axis. torch's legacy exporter writes the target's -1s as Where(Equal(S, -1), 1, S), the 1s from a ConstantOfShape,
+    all constants (folded to [1, 3, 1]); dynamo writes the constant. Sweep 38's L3: "Expand ... has no channel rule"."""
+    g = G.G(0)
+    h = G.activation(g, g.gemm("x", "a", 6, 8), "act", "Relu")
+    h = g.op("Unsqueeze", "copies", [h, g.init("axis1", np.array([1], np.int64))])
+    if form == "legacy":
+        ones = g.op("ConstantOfShape", "ones", [g.init("three", np.array([3], np.int64))],
+                    value=onnx.numpy_helper.from_array(np.array([1], np.int64)))
+        minus = g.op("Mul", "minus", [ones, g.init("minus_one", np.array(-1, np.int64))])
+        shape = g.init("target", np.array([-1, 3, -1], np.int64))
+        target = g.op("Where", "fix", [g.op("Equal", "is_minus", [shape, minus]), ones, shape])
+    else:
+        target = g.init("target", np.array([1, 3, 1], np.int64))
+    e = g.op("Expand", "expand", [h, target])
+    y = g.op("MatMul", "mm", [e, g.weight("mm.weight", (8, 4), 8)])
+    g.op("ReduceMean", "mean", [y], axes=[1], keepdims=0)
+    g.nodes[-1].output[0] = "y"
+    m = G.zero(g.model({"x": ["N", 6]}, {"y": ["N", 4]}), "a.weight", 0, [2, 5])
+    G.set_init(m, "a.bias", np.where(np.isin(np.arange(8), [2, 5]), -1.0, G.init(m, "a.bias")).astype(np.float32))
+    out, report, shp = prune(m)
+    assert shp["a.weight"] == (6, 6) and shp["mm.weight"] == (6, 4)
