@@ -1856,3 +1856,39 @@ def test_dead_channels_pass_torchs_flatten_of_the_positions(batch):
     out, report, shp = prune(m)
     assert shp["c2.weight"] == (4, 4, 3, 3) and shp["fc.weight"] == (3, 4), channels(report)
     assert "/Shape" in {n.name for n in out.graph.node}  # the count read from the Shape, not rewritten
+
+
+def test_a_graph_with_local_functions_and_bodies_loses_its_dead_neurons():
+    """Sweep 39: skl2onnx's KNNImputer (opset 18), inlined at load, is a graph of 64 If nodes whose branches call 5
+    local functions; onnx_graphsurgeon's sort of functions recurses without end in such a graph, so the shrink step
+    failed ("pass 'dead-neurons' failed ...: RecursionError"). The graph's nodes and bodies are sorted, the functions
+    kept in their order."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    half = helper.make_function("local", "half", ["x"], ["y"], [
+        helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [0.5])),
+        helper.make_node("Mul", ["x", "c"], ["y"])], [helper.make_opsetid("", 17)])
+    branch = lambda name, op: helper.make_graph(  # noqa: E731
+        [helper.make_node(op, ["r2"], [f"{name}_out"], domain="local" if op == "half" else "")], name, [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+    inits = {"w1": rng.standard_normal((6, 4)), "b1": rng.standard_normal(6), "w2": rng.standard_normal((5, 6)),
+             "b2": np.zeros(5), "w3": rng.standard_normal((3, 5)), "b3": np.zeros(3)}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], transB=1, name="/l1/Gemm"),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"], transB=1, name="/l2/Gemm"),
+             helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("If", ["flag"], ["g"], then_branch=branch("then", "half"),
+                              else_branch=branch("else", "Identity")),
+             helper.make_node("Gemm", ["g", "w3", "b3"], ["y"], transB=1, name="/l3/Gemm")]
+    graph = helper.make_graph(nodes, "functions_and_bodies",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
+                              + [numpy_helper.from_array(np.array(True), "flag")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                          functions=[half], ir_version=8)
+    G.zero(G.zero(m, "w1", 0, [0, 3]), "b1", 0, [0, 3])
+    out, report, shp = prune(m)
+    assert shp["w1"] == (4, 4) and shp["w2"] == (5, 4), channels(report)
+    assert [f.name for f in out.functions] == ["half"]
