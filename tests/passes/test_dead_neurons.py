@@ -1814,10 +1814,10 @@ def test_dead_channels_pass_a_softmax_over_the_positions(op, axis, opset):
 
 
 # -- torch legacy's x.flatten(2): Reshape [Shape(x)[0:2], -1] -------------------------------------------------------
-def _flatten2_pool(batch="N") -> onnx.ModelProto:
+def _flatten2_pool(batch="N", constant: bool = False) -> onnx.ModelProto:
     """Conv [N, 1, 6, 6] -> Relu -> Conv 8 -> Relu -> x.flatten(2) as torch legacy writes it (Reshape to
-    Concat(Slice(Shape(x), 0, 2), [-1]): [N, 8, 36]) -> ReduceMean over the positions -> Gemm: attention or average
-    pooling over a map's positions."""
+    Concat(Slice(Shape(x), 0, 2), [-1]): [N, 8, 36]; `constant`: to a stored [0, 8, -1]) -> ReduceMean over the
+    positions -> Gemm: attention or average pooling over a map's positions."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -1828,7 +1828,7 @@ def _flatten2_pool(batch="N") -> onnx.ModelProto:
         "c2.bias": rng.standard_normal(8).astype(np.float32) * 0.1,
         "fc.weight": rng.standard_normal((3, 8)).astype(np.float32),
         "fc.bias": np.zeros(3, np.float32), "start": np.array([0]), "end": np.array([2]), "rest": np.array([-1]),
-        "axes": np.array([2])}.items()]
+        "axes": np.array([2]), "fixed": np.array([0, 8, -1])}.items()]
     nodes = [helper.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["h1"], pads=[1, 1, 1, 1], name="/c1/Conv"),
              helper.make_node("Relu", ["h1"], ["r1"]),
              helper.make_node("Conv", ["r1", "c2.weight", "c2.bias"], ["h2"], pads=[1, 1, 1, 1], name="/c2/Conv"),
@@ -1836,7 +1836,7 @@ def _flatten2_pool(batch="N") -> onnx.ModelProto:
              helper.make_node("Shape", ["r2"], ["s"], name="/Shape"),
              helper.make_node("Slice", ["s", "start", "end"], ["lead"]),
              helper.make_node("Concat", ["lead", "rest"], ["target"], axis=0),
-             helper.make_node("Reshape", ["r2", "target"], ["flat"], name="/Reshape"),
+             helper.make_node("Reshape", ["r2", "fixed" if constant else "target"], ["flat"], name="/Reshape"),
              helper.make_node("ReduceMean", ["flat", "axes"], ["pooled"], keepdims=0),
              helper.make_node("Gemm", ["pooled", "fc.weight", "fc.bias"], ["y"], transB=1, name="/fc/Gemm")]
     graph = helper.make_graph(nodes, "flatten2", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
@@ -1845,17 +1845,23 @@ def _flatten2_pool(batch="N") -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
-@pytest.mark.parametrize("batch", ["N", 2], ids=["dynamic", "fixed"])
-def test_dead_channels_pass_torchs_flatten_of_the_positions(batch):
+@pytest.mark.parametrize("batch,constant", [("N", False), (2, False), ("N", True)],
+                         ids=["dynamic", "fixed", "constant-shape"])
+def test_dead_channels_pass_torchs_flatten_of_the_positions(batch, constant):
     """Sweep 39: attention pooling over a conv map's positions (torch legacy's h.flatten(2), Reshape to
     [Shape(h)[0], Shape(h)[1], -1]) kept every dead channel ("consumer Shape ... gives the channel count to an op
     that reads it", "consumer Reshape ... is not a flattening Reshape, nor one that keeps the channel axis whole"):
     a -1 after the channel axis was no fixed entry. With the entries before it the input's own leading sizes, the -1
-    is what lies behind the channel axis, and the channel count read from its Shape follows the kept channels."""
-    m = G.zero(G.zero(_flatten2_pool(batch), "c2.weight", 0, [1, 2, 5, 6]), "c2.bias", 0, [1, 2, 5, 6])
+    is what lies behind the channel axis, and the channel count read from its Shape follows the kept channels (a
+    stored [0, 8, -1] is rewritten to [0, 4, -1])."""
+    m = G.zero(G.zero(_flatten2_pool(batch, constant), "c2.weight", 0, [1, 2, 5, 6]), "c2.bias", 0, [1, 2, 5, 6])
     out, report, shp = prune(m)
     assert shp["c2.weight"] == (4, 4, 3, 3) and shp["fc.weight"] == (3, 4), channels(report)
-    assert "/Shape" in {n.name for n in out.graph.node}  # the count read from the Shape, not rewritten
+    if constant:
+        reshape = next(n for n in out.graph.node if n.name == "/Reshape")
+        assert G.init(out, reshape.input[1]).tolist() == [0, 4, -1]
+    else:
+        assert "/Shape" in {n.name for n in out.graph.node}  # the count read from the Shape, not rewritten
 
 
 def test_a_graph_with_local_functions_and_bodies_loses_its_dead_neurons():
