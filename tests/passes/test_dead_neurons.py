@@ -1898,3 +1898,45 @@ def test_a_graph_with_local_functions_and_bodies_loses_its_dead_neurons():
     out, report, shp = prune(m)
     assert shp["w1"] == (4, 4) and shp["w2"] == (5, 4), channels(report)
     assert [f.name for f in out.functions] == ["half"]
+
+
+# -- a grouped ConvTranspose ------------------------------------------------------------------------------------
+def _grouped_up() -> onnx.ModelProto:
+    """Conv 1 -> 8 -> Relu -> ConvTranspose(8 -> 8, group 4, kernel 2, stride 2): group k reads channels 2k, 2k + 1
+    and writes outputs 2k, 2k + 1 -> Relu -> Conv 8 -> 4 -> GlobalAveragePool -> Flatten -> 'y' [N, 4]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in {
+        "c1.weight": rng.standard_normal((8, 1, 3, 3)), "c1.bias": rng.standard_normal(8) * 0.1,
+        "up.weight": rng.standard_normal((8, 2, 2, 2)), "up.bias": rng.standard_normal(8) * 0.1,
+        "c3.weight": rng.standard_normal((4, 8, 3, 3)), "c3.bias": np.zeros(4)}.items()]
+    nodes = [helper.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["h1"], pads=[1, 1, 1, 1], name="/c1/Conv"),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "up.weight", "up.bias"], ["u"], group=4, strides=[2, 2],
+                              name="/up/ConvTranspose"),
+             helper.make_node("Relu", ["u"], ["r2"]),
+             helper.make_node("Conv", ["r2", "c3.weight", "c3.bias"], ["h3"], pads=[1, 1, 1, 1], name="/c3/Conv"),
+             helper.make_node("GlobalAveragePool", ["h3"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])]
+    graph = helper.make_graph(nodes, "grouped_up", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["N", 1, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_dead_channels_go_through_a_grouped_conv_transpose_a_local_channel_of_every_group_at_once():
+    """Sweep 39: a ConvTranspose2d(16, 16, groups=4) kept the dead channels before it ("a grouped or non-constant
+    ConvTranspose"). As for a grouped Conv, local channel j of every group is one class on each side: it goes when it
+    is dead in every group (the input's channels 0, 2, 4, 6; the outputs' 0, 2, 4, 6), `group` stays, and one group's
+    dead channel alone stays."""
+    m = G.zero(G.zero(_grouped_up(), "c1.weight", 0, [0, 2, 4, 6]), "c1.bias", 0, [0, 2, 4, 6])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (4, 1, 3, 3) and shp["up.weight"] == (4, 2, 2, 2), channels(report)
+    up = next(n for n in out.graph.node if n.op_type == "ConvTranspose")
+    assert next(a.i for a in up.attribute if a.name == "group") == 4
+    m = G.zero(G.zero(_grouped_up(), "up.weight", 1, [0]), "up.bias", 0, [0, 2, 4, 6])
+    out, report, shp = prune(m)
+    assert shp["up.weight"] == (8, 1, 2, 2) and shp["up.bias"] == (4,) and shp["c3.weight"] == (4, 4, 3, 3)
+    m = G.zero(G.zero(_grouped_up(), "c1.weight", 0, [0]), "c1.bias", 0, [0])  # group 0's alone
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (8, 1, 3, 3) and shp["up.weight"] == (8, 2, 2, 2)
