@@ -54,19 +54,45 @@ class InputSpec:
 def replaces_nan(model: onnx.ModelProto, name: str) -> bool:
     """Whether every node of the main graph reading input `name` replaces its NaN: an ai.onnx.ml Imputer whose
     replaced_value_float is NaN (scikit-learn's SimpleImputer through skl2onnx; sweep 33: data with the missing
-    values the pipeline was built for was refused, "holds 440 NaN/inf value(s); clean the data"), an IsNaN, or a
-    Where that takes another value where an IsNaN of `name` is true (torch.nan_to_num)."""
-    readers = [n for n in model.graph.node if name in n.input]
+    values the pipeline was built for was refused, "holds 440 NaN/inf value(s); clean the data"), an IsNaN, a Where
+    that takes another value where an IsNaN of `name` is true (torch.nan_to_num), a Shape or Size (no value read),
+    an op that only moves values (a Gather of columns, a Reshape, ...) whose every reader replaces them in turn, or a
+    call of a model-local function that is a NaN-aware op as the Imputer is: it is handed the IsNaN of the same input,
+    or its body tests that argument with an IsNaN or replaces it by these rules (skl2onnx's KNNImputer, opset 18, is
+    nine onnxscript functions: sweep 39's KNNImputer + MLP was refused the NaN it imputes)."""
+    functions = {(f.domain, f.name): f for f in model.functions}
+    return _replaced(list(model.graph.node), name, functions, 0)
+
+
+MOVES_VALUES = frozenset({"Identity", "Gather", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten",
+                          "Compress", "Cast"})  # ops that compute no value from the ones they move
+NAN_DEPTH = 8  # ops that move values, and function bodies, followed at most
+
+
+def _replaced(nodes: list, name: str, functions: dict, depth: int) -> bool:
+    """`replaces_nan` over `nodes` (a graph's or a function body's) for the tensor `name`."""
+    readers = [n for n in nodes if name in n.input]
     isnan = {n.output[0] for n in readers if n.op_type == "IsNaN" and n.domain in ("", "ai.onnx")}
 
     def replaces(node) -> bool:
         if node.op_type == "Imputer" and node.domain == "ai.onnx.ml":
             value = next((a.f for a in node.attribute if a.name == "replaced_value_float"), 0.0)
             return math.isnan(value) and not any(a.name == "replaced_value_int64" for a in node.attribute)
+        body = functions.get((node.domain, node.op_type))
+        if body is not None:  # a model-local function: a NaN-aware op when it tests or replaces the argument
+            if isnan & set(node.input):
+                return True
+            params = [p for p, a in zip(body.input, node.input) if a == name]
+            return depth < NAN_DEPTH and all(
+                any(n.op_type == "IsNaN" and p in n.input for n in body.node)
+                or _replaced(list(body.node), p, functions, depth + 1) for p in params)
         if node.domain not in ("", "ai.onnx"):
             return False
-        return node.op_type == "IsNaN" or (node.op_type == "Where" and node.input[0] in isnan
-                                           and list(node.input[1:]).count(name) == 1 and node.input[2] == name)
+        if node.op_type in MOVES_VALUES and node.input[0] == name and list(node.input).count(name) == 1:
+            return depth < NAN_DEPTH and all(_replaced(nodes, o, functions, depth + 1) for o in node.output if o)
+        return node.op_type in ("IsNaN", "Shape", "Size") or (
+            node.op_type == "Where" and node.input[0] in isnan and list(node.input[1:]).count(name) == 1
+            and node.input[2] == name)
 
     return bool(readers) and all(replaces(n) for n in readers)
 

@@ -82,13 +82,15 @@ class Layer:
     twins: list = field(default_factory=list)  # the same weight's readers in other bodies (If branches): rows too
     kernel: tuple = ()  # a Conv's kernel: its kernel_shape, else the weight's spatial dims (the attribute is optional)
     # a MatMul's first operand, W [*b, M, K] @ X [..., *b, K, N]: the rows are X's columns, and each matrix of W's
-    # batch axes b (leading 1s dropped) is a group of M outputs over K inputs (a capsule net's W per route and class)
+    # batch axes b (leading 1s dropped) is a group of M outputs over K inputs (a capsule net's W per route and class);
+    # a second operand with batch axes, X [..., *b, N, K] @ W [*b, K, M] (torch.baddbmm's grouped linear), is the
+    # same problem transposed: a group per matrix of b, X's rows as the rows
     first: bool = False
     batch: tuple = ()  # W's batch axes b
 
     @property
     def groups(self) -> int:
-        """The matrices of a first-operand weight (the product of its batch axes), 1 for any other layer."""
+        """The matrices of a MatMul weight with batch axes (their product), 1 for any other layer."""
         return int(np.prod(self.batch, dtype=np.int64))
 
     @property
@@ -169,6 +171,8 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
         if w.input_index == 0:  # W @ X (_unsupported lets only a MatMul's and a Gemm's through)
             layer.x, layer.first, layer.batch = node.input[1], True, _first_batch(w.shape)
             layer.bias = None  # a Gemm's C adds to Y [M, N] by broadcasting, no intercept per row: kept as is
+        elif node.op_type == "MatMul":  # X @ W [*b, K, M]: a group per matrix of b
+            layer.batch = _first_batch(w.shape)
         if w.scope or w.readers > 1:  # an If branch's twin, or a tied weight's other readers in one graph
             why = _twins(layer, w, every, where)
             if why:
@@ -236,7 +240,7 @@ def _twins(layer: Layer, w, every, where) -> str | None:
 
 
 def _first_batch(shape) -> tuple:
-    """The batch axes b of a first-operand weight [1.., *b, M, K], leading 1s (broadcast) dropped."""
+    """The batch axes b of a MatMul weight [1.., *b, M, K] (either operand), leading 1s (broadcast) dropped."""
     dims = [int(d) for d in shape[:-2]]
     while dims and dims[0] == 1:
         dims = dims[1:]
@@ -422,6 +426,8 @@ def _rows(layer: Layer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     if op == "Gemm":  # A [K, M] with transA=1 (a hand-written Gemm, sweep 31): its rows are A's columns
         x = x.reshape(x.shape[0], -1).T if _attr(layer.node, "transA", 0) else x.reshape(x.shape[0], -1)
         return x, y.reshape(y.shape[0], -1)
+    if op == "MatMul" and layer.batch:  # X [..., *b, N, K] @ W [*b, K, M]: transposed, W^T @ X^T
+        return _first_rows(layer, np.swapaxes(x, -1, -2), np.swapaxes(y, -1, -2))
     if op == "MatMul":
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     cap = ROWS_PER_COLUMN * _columns(layer, x)
@@ -526,8 +532,8 @@ def _weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
         return w.T if op == "Gemm" and _attr(layer.node, "transA", 0) else w.reshape(-1, w.shape[-1])  # (transA)
     if op == "Gemm":
         return w if _attr(layer.node, "transB", 0) else w.T
-    if op == "MatMul":
-        return w if layer.transposed else w.T
+    if op == "MatMul":  # [*b, K, M] -> [b·M, K] (leading 1s of W too): group g's rows together (_first_rows)
+        return w if layer.transposed else np.swapaxes(w, -1, -2).reshape(-1, w.shape[-2])
     if op == "ConvTranspose":  # [C, O/g, k…] -> the equal Conv's [O, C/g, k…], kernel flipped (_transposed)
         g = int(_attr(layer.node, "group", 1))
         c, per, *k = w.shape
@@ -541,6 +547,8 @@ def _store(layer: Layer, matrix: np.ndarray, shape: tuple) -> np.ndarray:
         return _weight_matrix(layer, matrix)  # a transpose (transA) or none: its own inverse
     if layer.node.op_type == "Conv" or layer.first:
         return matrix.reshape(shape)
+    if layer.node.op_type == "MatMul" and not layer.transposed:  # [b·M, K] -> [*b, K, M]
+        return np.swapaxes(matrix.reshape(*shape[:-2], shape[-1], shape[-2]), -1, -2)
     if layer.node.op_type == "ConvTranspose":  # _weight_matrix's inverse
         g = int(_attr(layer.node, "group", 1))
         c, per, *k = shape

@@ -17,6 +17,7 @@ most `NOISE_CEILING` of its scale (outputs that are all noise on these inputs ar
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,6 +205,11 @@ def _unregistered_op(model: onnx.ModelProto, exc: Exception) -> str | None:
             "is not given here); re-export the model with those layers written in ONNX ops.")
 
 
+# onnxruntime's words for an index a value gave that leaves its range (a Gather of ids computed from pixels: sweep 39's
+# pixel-level Embedding, ids round(7x), failed on standard normal inputs and was told it "does not run as exported")
+VALUE_FAILURE = re.compile(r"out of (data )?bounds|out of range", re.IGNORECASE)
+
+
 def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source: str,
                        limit: float | None = None) -> list[list]:
     """The oracle's outputs on the feeds, in order, until they hold `limit` bytes (default OUTPUT_BYTES; at least one
@@ -224,7 +230,10 @@ def _reference_outputs(oracle: onnx.ModelProto, names: list[str], feeds, source:
             shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feed.items())
             hint = ("pass --input-shape NAME=DIMS with shapes the model takes, or real samples with --data"
                     if source == "random" else "check the data's shapes")
-            if source == "random" and _declared_only_batch(oracle, feed) and first_sample_fails(
+            if source == "random" and VALUE_FAILURE.search(str(exc)):
+                hint = ("the model computes an index from an input's values and random ones (floats standard "
+                        "normal, integers from 0) leave its range: give real samples with --data")
+            elif source == "random" and _declared_only_batch(oracle, feed) and first_sample_fails(
                     lambda one: ref.run(names, one, quiet), feed):
                 hint = ("they have its declared shapes and one sample alone fails too, so no other shape or batch "
                         "is the fix: the model does not run in onnxruntime as exported")

@@ -18,9 +18,11 @@ holds the bits the input model computes in onnxruntime) and becomes a main-graph
 instead (bodies read outer names). Only when the chain does more than what is already read through (a lone Identity or
 Transpose of one constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of
 the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
-passes/quantized_weights.py), and every other constant it reads is a small index or shape (at most MAX_INDEX values: a
-DequantizeLinear of an int8 weight stays quantized), and the stored floats it reads hold at least as many values as it
-gives, its shape read through Shape not counted (a ConstantOfShape fill stays as it is, also one shaped like a
+passes/quantized_weights.py), and every other constant it reads is an int64/int32 index or shape (at most MAX_INDEX
+values, or as many as the weight it gives: torch.index_select's stored permutation of 128 rows, exported without
+constant folding, left a 128 x 128 weight "used by Gather", sweep 39; a DequantizeLinear of an int8 weight stays
+quantized), and the stored floats it reads hold at least as many values as it gives, its shape read through Shape not
+counted (a ConstantOfShape fill stays as it is, also one shaped like a
 stored tensor: skl2onnx's WhiteKernel zeros [1, N] from Shape(X_train)). Chains that evaluate to the same bytes become one initializer, read by
 every such layer (silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the
 largest constant the chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the
@@ -56,7 +58,7 @@ from onnxprune.passes.shapes import infer_shapes
 log = logging.getLogger(__name__)
 
 MAX_CHAIN = 64  # nodes: silero's LSTM bias is 6 Slices, 3 Concats, an Unsqueeze and their 20 Constants
-MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape
+MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape (or as many as it gives)
 READ_THROUGH = frozenset({"Identity", "Transpose"})  # a lone one of these the inventory reads through already
 PLACEHOLDERS = (1, 2, 3)  # sizes a dimension read through Shape that is not a fixed number is given, in turn
 NEVER = ("Random", "Bernoulli", "Multinomial")  # ops that do not compute the same twice
@@ -216,8 +218,8 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
             if all(n.op_type in SHAPE_ONLY for n in nodes if name in n.input):
                 continue  # only its shape is read: a fill shaped like it is made, not stored (sweep 32's L5)
             stored += int(np.prod(t.dims, dtype=np.int64))
-        elif t.data_type not in INDEX_TYPES or int(np.prod(t.dims, dtype=np.int64)) > MAX_INDEX:
-            return False
+        elif t.data_type not in INDEX_TYPES or int(np.prod(t.dims, dtype=np.int64)) > max(MAX_INDEX, value.size):
+            return False  # an index picks at most one value of the weight each (torch.index_select's permutation)
     # its values are read from stored floats, not made: a ConstantOfShape fill (onnx's "light" test models) or an
     # Expand of a scalar stays as it is, so no file grows by a tensor its model never stored
     return stored >= value.size

@@ -115,11 +115,17 @@ def remove_dead_neurons(
     return current, report
 
 
+# the graph's nodes and its bodies', not its local functions (kept in their order): onnx_graphsurgeon 0.6's sort of
+# functions recurses without end in a graph that holds both functions and bodies (sweep 39: skl2onnx's KNNImputer at
+# opset 18, inlined at load, keeps 5 functions its 64 If branches call; "RecursionError" in the shrink step)
+SORT = "nodes"
+
+
 def analyse(model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs: bool = False,
             protected: set[str] | frozenset[str] = frozenset()) -> ChannelGraph:
     """The channel groups of `model` (on a graph of its own, free to edit)."""
     with _quiet_graphsurgeon():
-        graph = _lift_constant_nodes(gs.import_onnx(model)).toposort()
+        graph = _lift_constant_nodes(gs.import_onnx(model)).toposort(mode=SORT)
     return build_channel_groups(graph, infer_shapes(model, warn=True), gather_inputs=gather_inputs,
                                 crop_inputs=crop_inputs, protected=frozenset(protected))
 
@@ -283,7 +289,7 @@ def _lift_constant_nodes(graph: gs.Graph) -> gs.Graph:
 def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export with stale intermediate shapes dropped and `like`'s IR version, opsets and metadata."""
     with _quiet_graphsurgeon():
-        graph.cleanup().toposort()
+        graph.cleanup().toposort(mode=SORT)
         io = {t.name for t in [*graph.inputs, *graph.outputs]}
         for t in graph.tensors().values():
             if isinstance(t, gs.Variable) and t.name not in io:

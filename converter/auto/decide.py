@@ -666,12 +666,26 @@ class BudgetRule:
                 unit = "feeds" if pooled else "samples"
                 how = (f" (an output that follows no batch: its rows, {pooled} here, pooled into one sample a feed)"
                        if pooled else "")
+                single = self._one_a_feed() if pooled else 0
+                alone = (f", --batch-size 1 (a feed each sample: {single} here)" if single > n else "")
                 return (f"{n} {unit} cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}){how}: "
                         f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
                         f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} {unit} to decide "
-                        f"on (more --data, or --val-data), or {flag}{math.ceil(bound * 100) / 100:g}"
+                        f"on (more --data, or --val-data){alone}, or {flag}{math.ceil(bound * 100) / 100:g}"
                         f"{fraction_hint(r.budget)}")
         return None
+
+    def _one_a_feed(self) -> int:
+        """The samples of the decision set's feeds where the reader cut them from stacked samples and the model takes
+        any batch, so --batch-size 1 makes each a feed of its own; else 0. Sweep 39: an MLP's NonZero output of
+        (sample, class) pairs [K, 2], 187 samples read in 12 feeds, was told to give 99 feeds (more --data)."""
+        ev = getattr(self, "evaluator", None)
+        reader = getattr(ev, "reader", None)
+        if reader is None or getattr(reader, "per_feed", False) or getattr(reader, "whole_batches", False):
+            return 0
+        from onnxprune.calibration.metrics import feed_samples
+
+        return sum(feed_samples(f, reader) for f, _ in ev.batches())
 
     def _pooled(self, i: int) -> int:
         """The rows of scored output `i` on the decision set when it follows no batch and each feed's rows are

@@ -221,9 +221,13 @@ def _depthwise(b: Builder, node: gs.Node, W: np.ndarray, cx: Channels) -> None:
 
 def _conv_transpose(b: Builder, node: gs.Node) -> None:
     x, w = node.inputs[:2]
-    W = _const(w)
-    if W is None or int(_attr(node, "group", 1)) != 1:
-        return b.opaque(node, "is a grouped or non-constant ConvTranspose")
+    W, g, cx = _const(w), int(_attr(node, "group", 1)), b.ch(node.inputs[0])
+    if W is None:
+        return b.opaque(node, "is a non-constant ConvTranspose")
+    if g != 1:
+        if W.shape[0] % g == 0 and (cx is None or (len(cx.ids) == W.shape[0] and cx.axis == 1 - W.ndim)):
+            return _grouped_transpose(b, node, W, g, cx)
+        return b.opaque(node, f"is a grouped ConvTranspose (group={g}) whose input is not its channels")
     i, o, axis = W.shape[0], W.shape[1], 1 - W.ndim
     if b.read(node, x, axis, W.reshape(i, -1), None, b.frozen(w, node)):  # borders see fewer taps: no folding
         b.slices(x, w, 0)
@@ -232,6 +236,32 @@ def _conv_transpose(b: Builder, node: gs.Node) -> None:
     b.slices(node.outputs[0], w, 1, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 
+
+
+def _grouped_transpose(b: Builder, node: gs.Node, W: np.ndarray, g: int, cx: Channels | None) -> None:
+    """A grouped ConvTranspose, W [C_in, C_out/g, k…]: group k reads input channels k·ci … k·ci+ci-1 and writes
+    outputs k·co … k·co+co-1, as a grouped Conv (`_grouped`): local channel j of every group is one class on each
+    side, so the groups keep equal widths and `group` stays; the input's channels are W's axis 0, the outputs' its
+    local axis 1. Sweep 39: a ConvTranspose2d(16, 16, groups=4) kept the dead channels before it ("a grouped or
+    non-constant ConvTranspose")."""
+    x, w = node.inputs[:2]
+    i, co, axis = W.shape[0], W.shape[1], 1 - W.ndim
+    ci = i // g
+    frozen = b.frozen(w, node)
+    if cx is not None:
+        for k in range(1, g):
+            for j in range(ci):
+                b.cg.union(cx.ids[k * ci + j], cx.ids[j])
+        if b.read(node, x, axis, W.reshape(i, -1), None, frozen):  # borders see fewer taps: no folding
+            b.slices(x, w, 0)
+    bias, bias_frozen = _bias(b, node, g * co)
+    rows = np.concatenate([W[k * ci:(k + 1) * ci].swapaxes(0, 1).reshape(co, -1) for k in range(g)])
+    b.produce(node, w, rows, axis, bias, frozen or bias_frozen)
+    ids = b.ch(node.outputs[0]).ids
+    for k in range(1, g):
+        for j in range(co):
+            b.cg.union(ids[k * co + j], ids[j])
+    b.edit(node.outputs[0], lambda keep: [b.cg.slice(w, 1, keep[:co]), b.cg.slice_input(node, 2, 0, keep)])
 
 
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # W and R rows are these many blocks of hidden_size, in order

@@ -346,8 +346,10 @@ def _kept_axis(b: Builder, node: gs.Node, x, c: Channels | None, s) -> tuple[int
     its channel axis, or a constant equal to it), the entries after it are fixed and multiply to the sizes behind x's
     channel axis, and no entry before it is a channel count (at most one -1). The reshape being valid, the entries
     before j then multiply to the sizes before x's channel axis, which channels going do not change, so channel k
-    stays channel k on axis j. Hugging Face's Conv1D (GPT-2): [N, S, C] -> [-1, C] and [N*S, C] -> [N, S, C], the
-    N and S read from a tensor's Shape, C from x's own Shape or a constant. None otherwise."""
+    stays channel k on axis j. One -1 after the channel axis is what lies behind it where the entries before j are
+    x's own leading sizes (`_leading_dims`: torch legacy's x.flatten(2), sweep 39's attention pooling). Hugging
+    Face's Conv1D (GPT-2): [N, S, C] -> [-1, C] and [N*S, C] -> [N, S, C], the N and S read from a tensor's Shape, C
+    from x's own Shape or a constant. None otherwise."""
     if c is None or s is None or len(node.inputs) < 2:
         return None
     T = _reshape_entries(b, node)
@@ -357,18 +359,30 @@ def _kept_axis(b: Builder, node: gs.Node, x, c: Channels | None, s) -> tuple[int
     own, n, behind = ("dim", x.name, ch), len(c.ids), math.prod(s[ch + 1 :])
     for j in range(len(T) - 1, -1, -1):
         tail = [_static_entry(b, a) for a in T[j + 1 :]]
-        if any(v is None or v < 1 for v in tail):
+        if any(v is None or (v < 1 and v != -1) for v in tail) or tail.count(-1) > 1:
             return None  # further left only adds entries
-        if math.prod(tail) != behind or not (T[j] == own or (isinstance(T[j], int) and T[j] == n) or
-                                             _count_of(b, T[j]) == n):
+        if not (T[j] == own or (isinstance(T[j], int) and T[j] == n) or _count_of(b, T[j]) == n):
             continue
         head = T[:j]
+        if -1 in tail:  # torch's x.flatten(2) of [N, C, H, W]: [Shape(x)[0], Shape(x)[1], -1]; with the head x's own
+            if _leading_dims(b, head, x, s, ch):  # sizes before its channel axis, the -1 is what lies behind it
+                return j, T
+            continue
+        if math.prod(tail) != behind:
+            continue
         if sum(isinstance(a, int) and a == -1 for a in head) > 1 or \
                 any(isinstance(a, int) and a < 1 and a != -1 for a in head) or \
                 any(isinstance(a, tuple) and _channel_dim(b, a) for a in head):
             return None
         return j, T
     return None
+
+
+def _leading_dims(b: Builder, head: list, x, s, ch: int) -> bool:
+    """Whether the entries `head` are x's own sizes of its axes before the channel axis, each read from x's Shape or
+    a constant equal to a static one."""
+    return len(head) == ch and all(a == ("dim", x.name, i) or (isinstance(a, int) and a == s[i] and a >= 1)
+                                   for i, a in enumerate(head))
 
 
 def _entry_path(b: Builder, node: gs.Node, j: int) -> tuple[list[tuple[gs.Node, int]], int] | None:

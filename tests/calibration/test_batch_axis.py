@@ -294,3 +294,32 @@ def test_too_few_feeds_to_certify_a_pooled_output_are_counted_as_feeds(tmp_path)
     assert why.startswith(f"24 feeds cannot certify --max-loss 1 for output 'boxes' (agreement) (an output that "
                           f"follows no batch: its rows, {rows} here, pooled into one sample a feed)"), why
     assert "give 99 feeds to decide on" in why
+
+
+def test_a_pooled_output_of_stacked_samples_is_told_that_a_feed_each_sample_would_do():
+    """Sweep 39: an MLP's logits beside 'sure', the (sample, class) pairs whose probability passes 0.4 (torch.nonzero:
+    [K, 2], no batch axis), 250 stacked images read in batches: "12 feeds cannot certify ... give 99 feeds to decide
+    on (more --data, or --val-data)", though --batch-size 1 makes each of its samples a feed of its own (the run
+    then judged 187). The note says so; a folder of one-feed files (above) is not told it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1, name="fc"),
+             helper.make_node("Softmax", ["logits"], ["p"], axis=1),
+             helper.make_node("Greater", ["p", "half"], ["hit"]),
+             helper.make_node("NonZero", ["hit"], ["pairs"]),
+             helper.make_node("Transpose", ["pairs"], ["sure"], perm=[1, 0])]
+    graph = helper.make_graph(nodes, "nonzero_pairs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+                               helper.make_tensor_value_info("sure", TensorProto.INT64, ["K", 2])],
+                              [numpy_helper.from_array(rng.standard_normal((3, 6)).astype(np.float32), "W"),
+                               numpy_helper.from_array(np.array(0.4, np.float32), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = rng.standard_normal((120, 6)).astype(np.float32)
+    ev = Evaluator(open_data({"x": x}, model, batch_size=16), {"sure": "exact"}, reference_model=model)
+    why = BudgetRule(ev, 1.0).uncertifiable()
+    assert why.startswith("8 feeds cannot certify --max-loss 1 for output 'sure' (exact)"), why
+    assert "(more --data, or --val-data), --batch-size 1 (a feed each sample: 120 here), or --max-loss" in why
+    alone = Evaluator(open_data({"x": x}, model, batch_size=1), {"sure": "exact"}, reference_model=model)
+    assert alone.num_samples == 120 and BudgetRule(alone, 1.0).uncertifiable() is None

@@ -512,6 +512,75 @@ def test_nan_is_read_as_a_missing_value_where_the_model_replaces_it(tmp_path, fo
     assert np.isfinite(out).all() and out.shape == (96, 3)
 
 
+
+def _function_imputer(extra: str = "") -> onnx.ModelProto:
+    """'X' [N, 6] read as skl2onnx's onnxscript converters read it (KNNImputer, opset 18): an IsNaN of it, a Gather
+    of two columns into a local function that tests them for NaN and fills them ('fill'), X and its IsNaN into one
+    that fills where told ('impute'), X into one that reads its shape only ('rows') -> Concat -> MatMul -> 'y'.
+    `extra`: "matmul", a MatMul reads X directly too; "scale", a local function that multiplies X (no NaN test)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    zero = helper.make_node("Constant", [], ["z"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0]))
+    fill = helper.make_function("local", "fill", ["x"], ["y"], [
+        zero, helper.make_node("IsNaN", ["x"], ["m"]), helper.make_node("Where", ["m", "z", "x"], ["y"])],
+        [helper.make_opsetid("", 18)])
+    impute = helper.make_function("local", "impute", ["x", "m"], ["y"], [
+        zero, helper.make_node("Where", ["m", "z", "x"], ["y"])], [helper.make_opsetid("", 18)])
+    rows = helper.make_function("local", "rows", ["x"], ["n"], [helper.make_node("Shape", ["x"], ["n"], end=1)],
+                                [helper.make_opsetid("", 18)])
+    scale = helper.make_function("local", "scale", ["x"], ["y"], [
+        helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])),
+        helper.make_node("Mul", ["x", "two"], ["y"])], [helper.make_opsetid("", 18)])
+    nodes = [helper.make_node("IsNaN", ["X"], ["isnan"]),
+             helper.make_node("Gather", ["X", "cols"], ["sub"], axis=1),
+             helper.make_node("fill", ["sub"], ["a"], domain="local"),
+             helper.make_node("impute", ["X", "isnan"], ["b"], domain="local"),
+             helper.make_node("rows", ["X"], ["n"], domain="local"),
+             helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+             helper.make_node("MatMul", ["cat", "W"], ["y0"]),
+             helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["y0", "nf"], ["y1"])]
+    inits = [numpy_helper.from_array(np.array([0, 2], np.int64), "cols"),
+             numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32), "W")]
+    if extra == "matmul":
+        nodes += [helper.make_node("MatMul", ["X", "W6"], ["y2"]), helper.make_node("Add", ["y1", "y2"], ["y"])]
+        inits.append(numpy_helper.from_array(np.ones((6, 3), np.float32), "W6"))
+    elif extra == "scale":
+        nodes += [helper.make_node("scale", ["X"], ["s"], domain="local"),
+                  helper.make_node("MatMul", ["s", "W6"], ["y2"]), helper.make_node("Add", ["y1", "y2"], ["y"])]
+        inits.append(numpy_helper.from_array(np.ones((6, 3), np.float32), "W6"))
+    else:
+        nodes.append(helper.make_node("Identity", ["y1"], ["y"]))
+    graph = helper.make_graph(nodes, "function_imputer", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                                                        ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                             functions=[fill, impute, rows, scale], ir_version=9)
+
+
+def test_nan_is_a_missing_value_where_model_local_functions_replace_it():
+    """Sweep 39: skl2onnx writes scikit-learn's KNNImputer (opset 18) as onnxscript functions: X is read by an IsNaN,
+    a Gather of the columns into a function that tests them for NaN, and functions handed X with its IsNaN or reading
+    its shape only; the data it was built for was refused ("holds 439 NaN/inf value(s); clean the data"). A function
+    that tests the argument for NaN, or is handed its IsNaN, or replaces it by the same rules, replaces it, and so does
+    an op that only moves values into such readers. A MatMul beside them, or a function that only scales X, still
+    lets NaN through: refused as before."""
+    import onnxruntime as ort
+
+    model = _function_imputer()
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    assert np.isfinite(out).all()
+    reader = open_data({"X": x}, model, batch_size=16)
+    assert sum(np.isnan(f["X"]).sum() for f, _ in reader.batches()) == np.isnan(x).sum()
+    for extra in ("matmul", "scale"):
+        with pytest.raises(CalibrationError, match="NaN/inf"):
+            open_data({"X": x}, _function_imputer(extra), batch_size=16)
+
+
 def test_inputs_and_labels_given_as_a_pair_or_a_data_loader_are_told_the_dict_to_pass():
     """Audit 40: data=(x, y) read y as a second batch of inputs ("array 'input' has shape [60] ... reshape the data to
     match", about "the file"), a torch DataLoader of (x, y) was "feed dict #0 is a list, not a dict", and one of

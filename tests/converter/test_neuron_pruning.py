@@ -95,13 +95,14 @@ def test_a_residual_bn_cnn_loses_half_its_channels_through_retraining():
 def test_layers_neuron_sparsity_cannot_touch_are_named_with_the_reason():
     """Sweep 21's LeViT (dynamo): `--neuron-sparsity 0.5` masked the neurons of 3 of its 51 layers; the other 48
     feed the attention heads' Reshape, which blocks their removal, and the run said nothing. Here the stem's
-    channels pass a Reshape to [N, 8, 64] (not a flattening one): the stem keeps its 8 neurons, b loses half, and a
-    note names the stem and the Reshape."""
+    channels pass a Reshape to [N, 2, 4, 64], two heads of 4 (it splits the channels): the stem keeps its 8 neurons, b
+    loses half, and a note names the stem and the Reshape. (A Reshape to [N, 8, 64] keeps the channel axis whole since
+    sweep 39: the stem's neurons go through it.)"""
     from tests.passes import _graphs as G
 
     g = G.G(seed=2)
     s = g.op("Relu", "stem_relu", [g.conv("x", "stem", 3, 8, 3, pad=1)])
-    r = g.op("Reshape", "rows", [s, g.init("rows.shape", np.array([0, 8, -1], dtype=np.int64))])
+    r = g.op("Reshape", "rows", [s, g.init("rows.shape", np.array([0, 2, 4, -1], dtype=np.int64))])
     s = g.op("Reshape", "back", [r, g.init("back.shape", np.array([0, 8, 8, 8], dtype=np.int64))])
     b = g.op("Relu", "b_relu", [g.conv(s, "b", 8, 8, 3, pad=1)])
     g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [b])]), "head", 8, 5)

@@ -141,6 +141,40 @@ def test_weights_that_are_a_matmuls_first_operand_are_refit(w_shape, x_shape):
     assert not report.skipped
 
 
+
+def _batched_second_operand_model(w_shape, x_shape, seed=0) -> onnx.ModelProto:
+    """Y = X @ W (the weight is MatMul's second operand, with batch axes) -> Relu -> . @ W2 -> Flatten: W [*b, K, M]
+    with X [N, *x, T, K]: torch.baddbmm's grouped linear (each of 4 pixel groups through its own matrix), a weight
+    with leading 1s, an X of 1s where W has b."""
+    rng = np.random.default_rng(seed)
+    k, m = w_shape[-2:]
+    w = (rng.standard_normal(w_shape) / np.sqrt(k)).astype(np.float32)
+    w2 = (rng.standard_normal(tuple(w_shape[:-2]) + (m, 4)) / np.sqrt(m)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="first"),
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("MatMul", ["h", "w2"], ["z"], name="second"),
+             helper.make_node("Flatten", ["z"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, "batched_second", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                     ["N", *x_shape[1:]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
+                              [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("w_shape,x_shape", [
+    ((4, 12, 8), (1, 4, 6, 12)),  # torch.baddbmm: a matrix per group
+    ((1, 12, 8), (1, 3, 6, 12)),  # one matrix with a leading 1, broadcast over X's groups
+    ((3, 12, 8), (1, 1, 6, 12)),  # X of 1 there: MatMul broadcasts it to each of W's 3 matrices
+], ids=["grouped", "leading-1", "broadcast-x"])
+def test_a_matmuls_second_operand_with_batch_axes_is_refit_a_group_per_matrix(w_shape, x_shape):
+    """Sweep 39: a grouped linear by torch.baddbmm (x [4, N, 196] @ W [4, 196, 32]) crashed the automatic search
+    ("too many values to unpack": the refit read W [*b, K, M] as one 2-D matrix). Each matrix of W's batch axes is
+    a group of M outputs over K inputs, X's rows the rows, as a first operand's transposed."""
+    dense = _batched_second_operand_model(w_shape, x_shape)
+    pruned, masks = prune(dense, 0.6)
+    _refit_lowers_the_error(pruned, dense, masks, ["w1", "w2"])
+
+
 def _two_gemms(trans_a=0, alpha=1.0, beta=1.0, seed=0) -> onnx.ModelProto:
     """Gemm(w1, x, b1 [12, 1], transB=1): the weight is the first operand A (stored [K, M] with transA), h [12, N]
     -> Relu -> Gemm(h, w2, b2, transA=1, transB=1): the activation read transposed, y [N, 6]."""

@@ -240,6 +240,30 @@ def test_declared_shapes_that_do_not_fit_the_weights_are_named(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+
+def test_random_inputs_that_leave_an_index_s_range_are_told_to_give_real_samples(tmp_path):
+    """Sweep 39: a pixel-level Embedding (ids = round(7 x), a table of 8 rows) run with --sparsity and no --data
+    failed on standard normal inputs ("indices element out of data bounds") and was told "one sample alone fails too
+    ... the model does not run in onnxruntime as exported", though it runs on every input of its range. An index
+    out of its range is a value the random inputs gave: the line says to give real samples."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Mul", ["x", "seven"], ["scaled"]), helper.make_node("Round", ["scaled"], ["rounded"]),
+             helper.make_node("Cast", ["rounded"], ["ids"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "ids"], ["e"], name="/e/Gather"),
+             helper.make_node("Flatten", ["e"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "W"], ["y"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "g", [vi("x", ["N", 4])], [vi("y", ["N", 3])], [
+        numpy_helper.from_array(np.array(7.0, np.float32), "seven"),
+        numpy_helper.from_array(rng.standard_normal((8, 2)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.standard_normal((3, 8)).astype(np.float32), "W")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    line = assert_clean_error(prune(path, tmp_path, "--sparsity", "0.5"), 1, "cannot run the model on random inputs",
+                              "out of data bounds", "give real samples with --data")
+    assert "does not run in onnxruntime as exported" not in line
+    np.savez(tmp_path / "calib.npz", x=rng.random((40, 4)).astype(np.float32))
+    assert prune(path, tmp_path, "--sparsity", "0.5", "--data", tmp_path / "calib.npz").exit_code == 0
+
 def test_symbolic_dims_random_inputs_cannot_fill_say_pass_data(tmp_path):
     m = builders.mlp_gemm()
     dim = m.graph.input[0].type.tensor_type.shape.dim[1]

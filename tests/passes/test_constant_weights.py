@@ -242,3 +242,36 @@ def test_a_weight_another_node_reads_as_it_is_is_not_stored_twice():
     for t in written.graph.initializer:
         t.CopyFrom(numpy_helper.from_array(weight_array(result.model, t.name), t.name))
     assert_same_outputs(result.model, written, rtol=1e-5)
+
+
+def test_a_weight_read_through_a_stored_permutation_of_its_rows_is_folded():
+    """Sweep 39: `h @ torch.index_select(W, 0, perm).t()` exported with do_constant_folding=False reads W [128, 128]
+    through Gather(W, perm) with perm a stored int64 vector of 128 values; an integer constant of more than MAX_INDEX
+    (64) values was taken for no index, so W was "used by Gather", never pruned, and dead neurons before it were kept
+    ("has no constant 2-D weight"). An index holds at most as many values as the weight it gives; one that holds more
+    still stops the fold."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((96, 4)).astype(np.float32)
+    perm = rng.permutation(96).astype(np.int64)
+    nodes = [helper.make_node("Gather", ["W", "perm"], ["w"], axis=0, name="/Gather"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="/fc/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 96])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 4])],
+                              initializer=[_const("W", w), _const("perm", perm)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    folded, _ = _fold(model)
+    check_full(folded)
+    assert [n.op_type for n in folded.graph.node] == ["MatMul"]
+    np.testing.assert_array_equal(weight_array(folded, "W.folded"), w[perm])
+    assert_same_outputs(folded, model, rtol=1e-6)
+    assert [p.name for p in find_prunable(folded).prunable] == ["W.folded"]
+    # 96 indices that give a weight of 32 values (a Slice after the Gather): no index of it, left as it is
+    cut = helper.make_node("Slice", ["wp", "starts", "ends"], ["w8"], name="/Slice")
+    graph = helper.make_graph([helper.make_node("Gather", ["W", "perm"], ["wp"], axis=0), cut,
+                               helper.make_node("MatMul", ["x", "w8"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 4])],
+                              initializer=[_const("W", w), _const("perm", perm), _const("starts", np.array([0])),
+                                           _const("ends", np.array([8]))])
+    assert computed_weights(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                              ir_version=IR_VERSION)) == []

@@ -1969,3 +1969,132 @@ def test_features_expanded_along_a_new_axis_keep_their_channels_in_step(form):
     G.set_init(m, "a.bias", np.where(np.isin(np.arange(8), [2, 5]), -1.0, G.init(m, "a.bias")).astype(np.float32))
     out, report, shp = prune(m)
     assert shp["a.weight"] == (6, 6) and shp["mm.weight"] == (6, 4)
+
+
+# -- torch legacy's x.flatten(2): Reshape [Shape(x)[0:2], -1] -------------------------------------------------------
+def _flatten2_pool(batch="N", constant: bool = False) -> onnx.ModelProto:
+    """Conv [N, 1, 6, 6] -> Relu -> Conv 8 -> Relu -> x.flatten(2) as torch legacy writes it (Reshape to
+    Concat(Slice(Shape(x), 0, 2), [-1]): [N, 8, 36]; `constant`: to a stored [0, 8, -1]) -> ReduceMean over the
+    positions -> Gemm: attention or average pooling over a map's positions."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(v, k) for k, v in {
+        "c1.weight": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+        "c1.bias": rng.standard_normal(4).astype(np.float32) * 0.1,
+        "c2.weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.5,
+        "c2.bias": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "fc.weight": rng.standard_normal((3, 8)).astype(np.float32),
+        "fc.bias": np.zeros(3, np.float32), "start": np.array([0]), "end": np.array([2]), "rest": np.array([-1]),
+        "axes": np.array([2]), "fixed": np.array([0, 8, -1])}.items()]
+    nodes = [helper.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["h1"], pads=[1, 1, 1, 1], name="/c1/Conv"),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "c2.weight", "c2.bias"], ["h2"], pads=[1, 1, 1, 1], name="/c2/Conv"),
+             helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("Shape", ["r2"], ["s"], name="/Shape"),
+             helper.make_node("Slice", ["s", "start", "end"], ["lead"]),
+             helper.make_node("Concat", ["lead", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["r2", "fixed" if constant else "target"], ["flat"], name="/Reshape"),
+             helper.make_node("ReduceMean", ["flat", "axes"], ["pooled"], keepdims=0),
+             helper.make_node("Gemm", ["pooled", "fc.weight", "fc.bias"], ["y"], transB=1, name="/fc/Gemm")]
+    graph = helper.make_graph(nodes, "flatten2", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                [batch, 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+@pytest.mark.parametrize("batch,constant", [("N", False), (2, False), ("N", True)],
+                         ids=["dynamic", "fixed", "constant-shape"])
+def test_dead_channels_pass_torchs_flatten_of_the_positions(batch, constant):
+    """Sweep 39: attention pooling over a conv map's positions (torch legacy's h.flatten(2), Reshape to
+    [Shape(h)[0], Shape(h)[1], -1]) kept every dead channel ("consumer Shape ... gives the channel count to an op
+    that reads it", "consumer Reshape ... is not a flattening Reshape, nor one that keeps the channel axis whole"):
+    a -1 after the channel axis was no fixed entry. With the entries before it the input's own leading sizes, the -1
+    is what lies behind the channel axis, and the channel count read from its Shape follows the kept channels (a
+    stored [0, 8, -1] is rewritten to [0, 4, -1])."""
+    m = G.zero(G.zero(_flatten2_pool(batch, constant), "c2.weight", 0, [1, 2, 5, 6]), "c2.bias", 0, [1, 2, 5, 6])
+    out, report, shp = prune(m)
+    assert shp["c2.weight"] == (4, 4, 3, 3) and shp["fc.weight"] == (3, 4), channels(report)
+    if constant:
+        reshape = next(n for n in out.graph.node if n.name == "/Reshape")
+        assert G.init(out, reshape.input[1]).tolist() == [0, 4, -1]
+    else:
+        assert "/Shape" in {n.name for n in out.graph.node}  # the count read from the Shape, not rewritten
+
+
+def test_a_graph_with_local_functions_and_bodies_loses_its_dead_neurons():
+    """Sweep 39: skl2onnx's KNNImputer (opset 18), inlined at load, is a graph of 64 If nodes whose branches call 5
+    local functions; onnx_graphsurgeon's sort of functions recurses without end in such a graph, so the shrink step
+    failed ("pass 'dead-neurons' failed ...: RecursionError"). The graph's nodes and bodies are sorted, the functions
+    kept in their order."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    half = helper.make_function("local", "half", ["x"], ["y"], [
+        helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [0.5])),
+        helper.make_node("Mul", ["x", "c"], ["y"])], [helper.make_opsetid("", 17)])
+    branch = lambda name, op: helper.make_graph(  # noqa: E731
+        [helper.make_node(op, ["r2"], [f"{name}_out"], domain="local" if op == "half" else "")], name, [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+    inits = {"w1": rng.standard_normal((6, 4)), "b1": rng.standard_normal(6), "w2": rng.standard_normal((5, 6)),
+             "b2": np.zeros(5), "w3": rng.standard_normal((3, 5)), "b3": np.zeros(3)}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], transB=1, name="/l1/Gemm"),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"], transB=1, name="/l2/Gemm"),
+             helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("If", ["flag"], ["g"], then_branch=branch("then", "half"),
+                              else_branch=branch("else", "Identity")),
+             helper.make_node("Gemm", ["g", "w3", "b3"], ["y"], transB=1, name="/l3/Gemm")]
+    graph = helper.make_graph(nodes, "functions_and_bodies",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()]
+                              + [numpy_helper.from_array(np.array(True), "flag")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                          functions=[half], ir_version=8)
+    G.zero(G.zero(m, "w1", 0, [0, 3]), "b1", 0, [0, 3])
+    out, report, shp = prune(m)
+    assert shp["w1"] == (4, 4) and shp["w2"] == (5, 4), channels(report)
+    assert [f.name for f in out.functions] == ["half"]
+
+
+# -- a grouped ConvTranspose ------------------------------------------------------------------------------------
+def _grouped_up() -> onnx.ModelProto:
+    """Conv 1 -> 8 -> Relu -> ConvTranspose(8 -> 8, group 4, kernel 2, stride 2): group k reads channels 2k, 2k + 1
+    and writes outputs 2k, 2k + 1 -> Relu -> Conv 8 -> 4 -> GlobalAveragePool -> Flatten -> 'y' [N, 4]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in {
+        "c1.weight": rng.standard_normal((8, 1, 3, 3)), "c1.bias": rng.standard_normal(8) * 0.1,
+        "up.weight": rng.standard_normal((8, 2, 2, 2)), "up.bias": rng.standard_normal(8) * 0.1,
+        "c3.weight": rng.standard_normal((4, 8, 3, 3)), "c3.bias": np.zeros(4)}.items()]
+    nodes = [helper.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["h1"], pads=[1, 1, 1, 1], name="/c1/Conv"),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "up.weight", "up.bias"], ["u"], group=4, strides=[2, 2],
+                              name="/up/ConvTranspose"),
+             helper.make_node("Relu", ["u"], ["r2"]),
+             helper.make_node("Conv", ["r2", "c3.weight", "c3.bias"], ["h3"], pads=[1, 1, 1, 1], name="/c3/Conv"),
+             helper.make_node("GlobalAveragePool", ["h3"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])]
+    graph = helper.make_graph(nodes, "grouped_up", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["N", 1, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_dead_channels_go_through_a_grouped_conv_transpose_a_local_channel_of_every_group_at_once():
+    """Sweep 39: a ConvTranspose2d(16, 16, groups=4) kept the dead channels before it ("a grouped or non-constant
+    ConvTranspose"). As for a grouped Conv, local channel j of every group is one class on each side: it goes when it
+    is dead in every group (the input's channels 0, 2, 4, 6; the outputs' 0, 2, 4, 6), `group` stays, and one group's
+    dead channel alone stays."""
+    m = G.zero(G.zero(_grouped_up(), "c1.weight", 0, [0, 2, 4, 6]), "c1.bias", 0, [0, 2, 4, 6])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (4, 1, 3, 3) and shp["up.weight"] == (4, 2, 2, 2), channels(report)
+    up = next(n for n in out.graph.node if n.op_type == "ConvTranspose")
+    assert next(a.i for a in up.attribute if a.name == "group") == 4
+    m = G.zero(G.zero(_grouped_up(), "up.weight", 1, [0]), "up.bias", 0, [0, 2, 4, 6])
+    out, report, shp = prune(m)
+    assert shp["up.weight"] == (8, 1, 2, 2) and shp["up.bias"] == (4,) and shp["c3.weight"] == (4, 4, 3, 3)
+    m = G.zero(G.zero(_grouped_up(), "c1.weight", 0, [0]), "c1.bias", 0, [0])  # group 0's alone
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (8, 1, 3, 3) and shp["up.weight"] == (8, 2, 2, 2)
