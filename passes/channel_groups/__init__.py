@@ -23,6 +23,7 @@ map: its channel axis and, per position on that axis, the class it holds. One sm
     Expand: channels keep their place from the end; a count in the target is 1, a constant (rewritten) or read
         from the Shape of a tensor holding these very channels (an SE gate's `y.view(b, c, 1, 1).expand_as(h)`;
         a Reshape or Expand sized by another tensor's count is checked once every class is joined: check_counts)
+    Tile of other axes (Keras' UpSampling1D): channels pass
     Gather of a constant table's rows (nn.Embedding): a producer, column d of the table is feature d
     Reshape into groups, Transpose of the two, Reshape back (ShuffleNet's shuffle): a permutation of the channels,
         the chain one Gather of the kept channels once any go
@@ -88,6 +89,7 @@ from onnxprune.passes.channel_groups.rules_layout import (
     _constant_of_shape,
     _depth_to_space,
     _expand,
+    _tile,
     check_counts,
     _flatten,
     _gather,
@@ -120,7 +122,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "InstanceNormalization": _instance_norm, **{op: _softmax for op in SOFTMAX_OPS},
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
-    "Cast": _cast, "Gather": _gather, "Expand": _expand,
+    "Cast": _cast, "Gather": _gather, "Expand": _expand, "Tile": _tile,
     "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow

@@ -466,6 +466,19 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
     return True
 
 
+def _tile(b: Builder, node: gs.Node) -> None:
+    """Tile of other axes than the channels' (Keras' UpSampling1D: Unsqueeze, Tile [1, 1, 2, 1], Reshape back with
+    the count read from the input's Shape, `check_counts`): every copy holds the channels in place (sweep 39's L2).
+    Repeats on the channel axis copy the channels: kept."""
+    x, reps = node.inputs[:2]
+    c, r, R = b.ch(x), b.rank(x), _folded(reps) if b.ch(reps) is None else None
+    if R is None or r is None or np.size(R) != r:
+        return b.opaque(node, "has repeats that are not constants, or an input rank shape inference did not give")
+    if int(np.ravel(R)[r + c.axis]) != 1:
+        return b.opaque(node, "repeats the channel axis")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
+
+
 def _expand(b: Builder, node: gs.Node) -> None:
     """Expand broadcasts from the last axis, so the channels keep their place counted from the end; the target's
     entry there is 1 (the input's count is kept), a constant count (rewritten to the kept count), or a count read

@@ -2098,3 +2098,24 @@ def test_dead_channels_go_through_a_grouped_conv_transpose_a_local_channel_of_ev
     m = G.zero(G.zero(_grouped_up(), "c1.weight", 0, [0]), "c1.bias", 0, [0])  # group 0's alone
     out, report, shp = prune(m)
     assert shp["c1.weight"] == (8, 1, 3, 3) and shp["up.weight"] == (8, 2, 2, 2)
+
+
+def test_an_upsample_by_tile_keeps_the_channels_in_step():
+    """Keras' UpSampling1D as tf2onnx writes it: Unsqueeze, Tile [1, 1, 2, 1], Reshape back to [N, 2T, C] with N and
+    C read from the input's Shape. Tile had no channel rule and the count came from another tensor's Shape (sweep 39's
+    L2: forced dead Conv1D rows kept); both now follow the kept channels."""
+    g = G.G(0)
+    i64 = lambda name, v: g.init(name, np.array(v, np.int64))  # noqa: E731
+    h = g.op("MatMul", "a", ["x", g.weight("a.weight", (5, 8), 5)])
+    h = G.activation(g, g.op("Add", "a_bias", [h, g.bias("a.bias", 8)]), "act", "Relu")
+    shape = g.op("Shape", "h_shape", [h])
+    target = g.op("Concat", "target", [g.op("Slice", "n", [shape, i64("s0", [0]), i64("e0", [1])]), i64("t2", [8]),
+                                       g.op("Slice", "c", [shape, i64("s2", [2]), i64("e2", [3])])], axis=0)
+    tiled = g.op("Tile", "tile", [g.op("Unsqueeze", "u", [h, i64("ax2", [2])]), i64("reps", [1, 1, 2, 1])])
+    y = g.op("MatMul", "mm", [g.op("Reshape", "up", [tiled, target]), g.weight("mm.weight", (8, 3), 8)])
+    g.op("ReduceMean", "mean", [y], axes=[1], keepdims=0)
+    g.nodes[-1].output[0] = "y"
+    m = G.zero(g.model({"x": ["N", 4, 5]}, {"y": ["N", 3]}), "a.weight", 1, [2, 5])
+    G.set_init(m, "a.bias", np.where(np.isin(np.arange(8), [2, 5]), -1.0, G.init(m, "a.bias")).astype(np.float32))
+    out, report, shp = prune(m)
+    assert shp["a.weight"] == (5, 6) and shp["mm.weight"] == (6, 3)
