@@ -106,6 +106,20 @@ def test_matmul_weights_behind_a_transpose_are_refit_in_their_stored_layout():
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
 
 
+def _weight_matmuls(w: np.ndarray, w2: np.ndarray, x_shape, first: bool, name: str) -> onnx.ModelProto:
+    """MatMul(w1, x) or MatMul(x, w1) (`first`: the weight is the first operand) -> Relu -> the same with w2 ->
+    Flatten to 'y' [N, F]."""
+    pair = (lambda w_, t: [w_, t]) if first else (lambda w_, t: [t, w_])  # noqa: E731
+    nodes = [helper.make_node("MatMul", pair("w1", "x"), ["h0"], name="first"),
+             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
+             helper.make_node("MatMul", pair("w2", "h"), ["z"], name="second"),
+             helper.make_node("Flatten", ["z"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape[1:]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
+                              [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def _first_operand_model(w_shape, x_shape, seed=0) -> onnx.ModelProto:
     """Y = W @ X (the weight is MatMul's first operand) -> Relu -> a second W2 @ . -> Flatten: W [*b, M, K] with X
     [N, *x, K, T]. A 2-D W is `torch.mm(W, x)` / a graph conv's A @ X; a batched one a capsule net's per-route
@@ -114,15 +128,7 @@ def _first_operand_model(w_shape, x_shape, seed=0) -> onnx.ModelProto:
     m, k = w_shape[-2:]
     w = (rng.standard_normal(w_shape) / np.sqrt(k)).astype(np.float32)
     w2 = (rng.standard_normal(tuple(w_shape[:-2]) + (4, m)) / np.sqrt(m)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["w1", "x"], ["h0"], name="first"),
-             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
-             helper.make_node("MatMul", ["w2", "h"], ["z"], name="second"),
-             helper.make_node("Flatten", ["z"], ["y"], name="flat")]
-    graph = helper.make_graph(nodes, "first_operand", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                     ["N", *x_shape[1:]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
-                              [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w2, "w2")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return _weight_matmuls(w, w2, x_shape, True, "first_operand")
 
 
 @pytest.mark.parametrize("w_shape,x_shape", [
@@ -150,15 +156,7 @@ def _batched_second_operand_model(w_shape, x_shape, seed=0) -> onnx.ModelProto:
     k, m = w_shape[-2:]
     w = (rng.standard_normal(w_shape) / np.sqrt(k)).astype(np.float32)
     w2 = (rng.standard_normal(tuple(w_shape[:-2]) + (m, 4)) / np.sqrt(m)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="first"),
-             helper.make_node("Relu", ["h0"], ["h"], name="relu"),
-             helper.make_node("MatMul", ["h", "w2"], ["z"], name="second"),
-             helper.make_node("Flatten", ["z"], ["y"], name="flat")]
-    graph = helper.make_graph(nodes, "batched_second", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                     ["N", *x_shape[1:]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "F"])],
-                              [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w2, "w2")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return _weight_matmuls(w, w2, x_shape, False, "batched_second")
 
 
 @pytest.mark.parametrize("w_shape,x_shape", [
