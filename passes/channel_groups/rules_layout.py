@@ -55,9 +55,13 @@ def _folded(t, depth: int = 0) -> np.ndarray | None:
     if K is not None or depth > 8 or len(t.inputs) != 1:
         return K
     node = t.inputs[0]
-    args = [_folded(i, depth + 1) for i in node.inputs]
-    if any(a is None for a in args) or (args and max(np.size(a) for a in args) > 64):
+    if node.op not in _FOLD and node.op not in ("ConstantOfShape", "Cast", "Concat", "Unsqueeze", "Squeeze"):
         return None
+    args = []
+    for i in node.inputs:  # stops at the first input that is no such tensor
+        args.append(_folded(i, depth + 1))
+        if args[-1] is None or np.size(args[-1]) > 64:
+            return None
     if node.op in _FOLD:
         return np.asarray(_FOLD[node.op](*args))
     if node.op == "ConstantOfShape":
