@@ -28,7 +28,8 @@ Two kinds of fact:
       FusedGemm    as Gemm;  FusedConv  as Conv (a session's saved optimized model: the op and its activation)
 
   and **lookup ops** (`LOOKUP_OPS`): Gather's table T[V, D…] read on axis 0 with ids from the data (an embedding):
-  input 0, no channel axes, no MACs, not refit, not shrunk.
+  input 0, no MACs, not refit; no output-channel axis for the criteria, but channel groups follow its columns (a
+  dead feature leaves the table).
 
 * **Data ops**: what an op does to the values it carries. `ELEMENTWISE_UNARY` (one tensor in, same shape out,
   element by element), `ARITHMETIC` (element-wise binary with broadcasting), `CHANNELWISE` (a per-channel affine
@@ -141,7 +142,8 @@ WEIGHT_OPS: dict[str, WeightFacts] = {
                              refit=False),
 }
 # A lookup table: Gather(table, ids) on axis 0 with ids computed from the data (an embedding). Its rows are
-# read, not multiplied: no MACs, no channels to follow, nothing to refit; pruned by magnitude within the table.
+# read, not multiplied: no MACs, nothing to refit; pruned by magnitude within the table. Its columns are the features
+# of what it returns: channel groups follow them (`channel_groups.rules_layout._lookup`), a dead one leaves the table.
 LOOKUP_OPS: dict[str, WeightFacts] = {
     "Gather": WeightFacts("embedding", (0,), lambda node, index, rank: (None, None), shrinkable=False),
 }
