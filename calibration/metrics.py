@@ -74,12 +74,14 @@ from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_R
                                                   reference_scale,
                                                   unchanged_samples)
 from onnxprune.calibration.readers import DataReader
-from onnxprune.calibration.runtime import first_sample_fails, make_session
+from onnxprune.calibration.runtime import available_memory, first_sample_fails, make_session
 from onnxprune.errors import CalibrationError, ConfigError, ConverterError
+from onnxprune.plain import listed, nbytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 512 << 20  # calibration batches kept in memory when they fit
+REFERENCE_SHARE = 0.5  # the input model's scored outputs over the data, held for a run: at most this share of memory
 
 
 class Evaluator:
@@ -175,7 +177,7 @@ class Evaluator:
             t0 = time.perf_counter()
             sess = self.session(reference_model)
             try:
-                self.reference_all = list(self.run_all(sess))
+                self.reference_all = self._reference_outputs(sess, reference_model)
             except ConverterError:
                 raise
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
@@ -210,6 +212,21 @@ class Evaluator:
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
+
+    def _reference_outputs(self, sess: ort.InferenceSession, model: onnx.ModelProto) -> list[tuple]:
+        """The input model's scored outputs on every batch, which the run holds as what every candidate is compared
+        to; refused after the first batch when all of them would not fit in REFERENCE_SHARE of the memory available
+        (`_refuse_large_reference`)."""
+        held: list[tuple] = []
+        for values in self.run_all(sess):
+            held.append(values)
+            if len(held) == 1:
+                feeds = next(self.batches())[0]
+                batches = (len(self._cached) if self._cached is not None else
+                           math.ceil((self.reader.num_samples or 0) / max(1, feed_samples(feeds, self.reader))))
+                _refuse_large_reference(model, [n or sess.get_outputs()[0].name for n in self.plan], values,
+                                        batches, available_memory())
+        return held
 
     def _read_outs(self) -> None:
         """An output the automatic choice scored rel_l2 that looks like a CTC head or a segmentation map in every
@@ -1069,6 +1086,27 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: 
 
 
 WILD = 1e30  # an output value beyond this is a broken model, not a trained one
+
+
+def _refuse_large_reference(model, names: list[str], first: tuple, batches: int, available: int | None) -> None:
+    """Refuse, before the dense pass runs on, outputs whose values over the data would not fit in REFERENCE_SHARE of
+    the memory `available`, naming the largest and what to do. Real models 44: imgly's ISNet background remover
+    (1024x1024, six masks and six feature maps of deep supervision as graph outputs) holds 119 MB a sample; its 150
+    calibration pages grew the process past 12 GB before the first candidate, where the package reads one mask."""
+    sizes = [as_array(v).nbytes if not isinstance(v, list) else sum(as_array(x).nbytes for x in v) for v in first]
+    total = sum(sizes) * batches
+    if available is None or batches <= 1 or total <= REFERENCE_SHARE * available:
+        return
+    largest = sorted(zip(sizes, names, first), key=lambda t: -t[0])
+    shown = listed(f"'{n}' {list(np.shape(v))} {nbytes(b)}" for b, n, v in largest)
+    fit = int(REFERENCE_SHARE * available // max(1, sum(sizes)))
+    many = f"{len(names)} scored outputs take" if len(names) > 1 else "scored output takes"
+    raise CalibrationError(
+        f"the input model's {many} {nbytes(sum(sizes))} a batch of the data ({shown}): {nbytes(total)} over its "
+        f"{batches} batches, which the run holds in memory as what every candidate is compared to, and only "
+        f"{nbytes(available)} is available. Name the outputs that matter with --metric OUTPUT=KIND (KIND `auto` "
+        f"chooses it as now; only those are scored and held; side outputs such as deep supervision's maps or "
+        f"features rarely are: `onnxprune inspect` lists the outputs)" + (f", or give fewer batches (about {fit} fit)." if fit > 1 else "."))
 
 
 def _refuse_unstacked(model, batches) -> None:
