@@ -850,9 +850,10 @@ def check_metric_spec(model: onnx.ModelProto, spec) -> None:
         if name not in names:
             raise ConfigError(f"output '{name}' (--metric {name}={kind}) is not a graph output; valid outputs: "
                               f"{', '.join(names)}.")
-    for kind in [*named.values(), *([headline] if headline else [])]:
-        if kind not in METRICS:
-            raise ConfigError(f"unknown metric '{kind}'; choose one of {', '.join(METRICS)}.")
+    for kind in [*(k for k in named.values() if k != AUTO), *([headline] if headline else [])]:  # OUTPUT=auto names
+        if kind not in METRICS:  # an output and leaves its metric to the automatic choice (metric_plan)
+            raise ConfigError(f"unknown metric '{kind}'; choose one of {', '.join(METRICS)}, or `auto` beside an "
+                              "output's name (--metric OUTPUT=auto).")
 
 
 def _headline_first(plan: dict[str, str], first: str) -> dict[str, str]:

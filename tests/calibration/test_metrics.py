@@ -206,3 +206,18 @@ def test_outputs_too_large_to_hold_as_the_reference_are_refused_by_name(monkeypa
     assert [len(r) for r in ev.reference_all] == [1] * 4  # only the output named is held
     monkeypatch.setattr(metrics, "available_memory", lambda: None)  # unknown: nothing refused
     assert len(Evaluator(open_data({"input": x}, model, batch_size=16), None, model).reference_all[0]) == 2
+
+
+def test_an_output_named_with_auto_keeps_the_automatic_choice():
+    """Real models 44: the refusal of outputs too large to hold says to name the ones that matter; `--metric
+    OUTPUT=auto` names one without choosing its kind (the CLI's early check refused `auto`)."""
+    from onnxprune.calibration.metric_choice import check_metric_spec
+    model = _side_output_model()
+    first = model.graph.output[0].name
+    check_metric_spec(model, [f"{first}=auto"])
+    with pytest.raises(ConfigError, match="unknown metric 'f1'.*--metric OUTPUT=auto"):
+        check_metric_spec(model, [f"{first}=f1"])
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    named = Evaluator(open_data({"input": x}, model, batch_size=16), [f"{first}=auto"], model)
+    whole = Evaluator(open_data({"input": x}, model, batch_size=16), None, model)
+    assert list(named.plan) == [first] and named.plan[first] == whole.plan[first] == "agreement"
