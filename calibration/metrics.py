@@ -1078,6 +1078,12 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: 
         return (f"the input model fails in onnxruntime on {reader.description} read {batch} and on its first sample "
                 f"alone ({where}): the batch is not why; check the data's shapes against the model's inputs "
                 "(`onnxprune inspect` lists them), else the model does not run in onnxruntime as exported.")
+    if re.search(r"bad_alloc|[Ff]ailed to allocate memory|MemoryError", msg):  # not the data's shapes (real models 44)
+        free = available_memory()
+        return (f"the input model ran out of memory in onnxruntime on {reader.description} read {batch} ({where})"
+                + (f"; {nbytes(free)} is available now" if free is not None else "") + ": a smaller --batch-size, "
+                "fewer samples, or --metric OUTPUT=KIND naming the outputs that matter (only those are held) needs "
+                "less.")
     hint = ("; check the data's shapes against the model's inputs (`onnxprune inspect` lists them)" if per_feed or single
             else "; a model exported for a batch of 1 (though its input names a batch axis) runs with --batch-size 1, "
                  "or from a folder of .npz files holding one feed each (torch's dynamo exporter fixes the batch "

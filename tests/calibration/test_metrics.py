@@ -221,3 +221,18 @@ def test_an_output_named_with_auto_keeps_the_automatic_choice():
     named = Evaluator(open_data({"input": x}, model, batch_size=16), [f"{first}=auto"], model)
     whole = Evaluator(open_data({"input": x}, model, batch_size=16), None, model)
     assert list(named.plan) == [first] and named.plan[first] == whole.plan[first] == "agreement"
+
+
+def test_an_input_model_out_of_memory_is_said_as_such():
+    """Real models 44: ISNet's dense pass ended "fails in onnxruntime ... (Cast 'graph_output_cast6': std::bad_alloc);
+    check the data's shapes against the model's inputs": the shapes were right and memory had run out."""
+    from onnxprune.calibration.metrics import _input_model_failed
+    model = builders.mlp_gemm(in_features=16, hidden=(8,), out_features=4, seed=0)
+    reader = open_data({"input": np.zeros((4, 16), np.float32)}, model, batch_size=1)
+    exc = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+                       "Cast node. Name:'graph_output_cast6' Status Message: std::bad_alloc")
+    text = _input_model_failed(exc, reader, False, model)
+    assert "ran out of memory" in text and "std::bad_alloc" in text and "data's shapes" not in text
+    assert "--metric OUTPUT=KIND" in text
+    shapes = _input_model_failed(RuntimeError("Got invalid dimensions for input"), reader, False, model)
+    assert "data's shapes" in shapes and "ran out of memory" not in shapes
