@@ -449,9 +449,9 @@ def read_out_kind(name: str, batches: list, tokens: bool = False) -> tuple[str, 
     scores) that looks like a read-out in every batch of the data (`batches` samples first), or None:
 
       - a CTC head: [N, T, C] (a time-major output moved samples first) whose most frequent class, over all positions
-        and in most samples, is the first or last class (`_ctc_like`) -> ctc_agreement+rel_l2. The corpus's captcha recognizer (ddddocr, output '387'
-        [T, 1, 8210] logits, blank 0 leading all 60 captchas): its relative error within 1 pp changed the text of
-        1 of 20 held-out captchas;
+        and in most samples, is the first or last class (`_ctc_like`) -> ctc_agreement+rel_l2. The corpus's captcha
+        recognizer (ddddocr, output '387' [T, 1, 8210] logits, blank 0 leading all 60 captchas): its relative error
+        within 1 pp changed the text of 1 of 20 held-out captchas;
       - a segmentation map: [N, C, H, W] with 2 <= C < min(H, W) whose argmax over axis 1 is led by the same class
         (the background) in every sample -> map_iou+rel_l2. Sweep 18's MNIST segmenter ('masks' [N, 11, 28, 28],
         logits): its relative error within 1 pp (0.96) lost 6.9 pp of held-out mean IoU.

@@ -1112,7 +1112,8 @@ def _refuse_large_reference(model, names: list[str], first: tuple, batches: int,
         f"{batches} batches, which the run holds in memory as what every candidate is compared to, and only "
         f"{nbytes(available)} is available. Name the outputs that matter with --metric OUTPUT=KIND (KIND `auto` "
         f"chooses it as now; only those are scored and held; side outputs such as deep supervision's maps or "
-        f"features rarely are: `onnxprune inspect` lists the outputs)" + (f", or give fewer batches (about {fit} fit)." if fit > 1 else "."))
+        f"features rarely are: `onnxprune inspect` lists the outputs)"
+        + (f", or give fewer batches (about {fit} fit)." if fit > 1 else "."))
 
 
 def _refuse_unstacked(model, batches) -> None:
