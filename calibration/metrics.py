@@ -67,7 +67,7 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
-                                                 constant_leader, unnamed_heads)
+                                                 few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
@@ -271,18 +271,19 @@ class Evaluator:
                         "says which", names)
 
     def _led(self, name: str, batches: list) -> None:
-        """An unnamed [N, C] output scored by its argmax whose argmax is one column in every sample of the data
-        (metric_choice `constant_leader`: coordinates, or one class only) is scored by agreement and rel_l2, each
-        within the budget."""
-        leader = constant_leader(name, batches)
-        if leader is None:
+        """An unnamed [N, C] output scored by its argmax whose argmax is one or two columns in every sample of the
+        data (metric_choice `few_leaders`: coordinates, or one or two classes only) is scored by agreement and rel_l2,
+        each within the budget."""
+        leaders = few_leaders(name, batches)
+        if leaders is None:
             return
         self.plan[name] = "agreement+rel_l2"
         if not self._quiet:
-            log.warning("output '%s' is led by column %d in every sample of the data, so its argmax tells nothing "
-                        "apart here (coordinates, or data of one class): it is scored by agreement and rel_l2, each "
-                        "within the budget; --metric %s=agreement scores the argmax alone, --metric %s=rel_l2 the "
-                        "values alone", name, leader, name, name)
+            columns = f"column {leaders[0]}" if len(leaders) == 1 else "columns " + " and ".join(map(str, leaders))
+            log.warning("output '%s' is led by %s in every sample of the data, so its argmax tells little apart "
+                        "here (coordinates, or data of one or two classes): it is scored by agreement and rel_l2, "
+                        "each within the budget; --metric %s=agreement scores the argmax alone, --metric %s=rel_l2 "
+                        "the values alone", name, columns, name, name)
 
     def _masked_outputs(self) -> frozenset[int]:
         """The scored outputs whose padded positions are left out: [N, S, ...] along the attention mask in every

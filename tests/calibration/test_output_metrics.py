@@ -615,6 +615,25 @@ def _gemm_head(batch, shift: np.ndarray, out_name: str = "Identity", seed: int =
     return model
 
 
+def test_an_unnamed_output_led_by_two_columns_everywhere_is_scored_by_its_values_too(caplog):
+    """Real models 44: mediapipe's iris landmarks `output_iris` [1, 15] (five points' x, y, z in a 64 px crop) are
+    led by point 1's x on some eyes and point 4's y on others: two columns, where the rule asked for one, so the
+    output was scored by its argmax alone, blind to where the points go. One or two columns leading every sample
+    hold both readings; three keep agreement."""
+    import onnxruntime as ort
+
+    two = _gemm_head("N", np.array([0.0, 9.0, 0.0, 9.0, -0.5, 0.0]))
+    with caplog.at_level("WARNING"):
+        ev = Evaluator(open_data({"x": X8}, two, batch_size=16), None, two)
+    sess = ort.InferenceSession(two.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert set(sess.run(None, {"x": X8})[0].argmax(1).tolist()) == {1, 3}
+    assert ev.plan == {"Identity": "agreement+rel_l2"} and "led by columns 1 and 3 in every sample" in caplog.text
+    three = _gemm_head("N", np.array([9.0, 9.0, 9.0, 0.0, 0.0, 0.0]))
+    assert len(set(ort.InferenceSession(three.SerializeToString(), providers=["CPUExecutionProvider"])
+                   .run(None, {"x": X8})[0].argmax(1).tolist())) == 3
+    assert Evaluator(open_data({"x": X8}, three, batch_size=16), None, three).plan == {"Identity": "agreement"}
+
+
 def test_a_fixed_batch_of_one_still_gives_the_metric_choice_several_rows():
     """Sweep 19: mediapipe's and other TFLite exports fix the batch at 1, and the metric was chosen on the first
     batch's one row, too few for the rules that read rows: an unnamed head of quantities (MOS-like scores about 3)

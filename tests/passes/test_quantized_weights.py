@@ -170,7 +170,7 @@ def test_a_budgeted_run_judges_the_model_as_written_and_shrinks_through_qdq_pair
     onnx.save(m, tmp_path / "qdq.onnx")
     x = np.random.default_rng(1).random((300, 1, 28, 28)).astype(np.float32)
     # random weights on random images: one class leads every sample, so the automatic choice would add rel_l2
-    # (metric_choice.constant_leader); the argmax's changes are what this test counts
+    # (metric_choice.few_leaders); the argmax's changes are what this test counts
     result = onnxprune.prune(str(tmp_path / "qdq.onnx"), output=str(tmp_path / "out.onnx"), data={"x": x},
                              max_loss=1, one_shot=True, metric="agreement")
     written = onnx.load(tmp_path / "out.onnx")
