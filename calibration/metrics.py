@@ -1100,7 +1100,7 @@ def _refuse_large_reference(model, names: list[str], first: tuple, batches: int,
     the memory `available`, naming the largest and what to do. Real models 44: imgly's ISNet background remover
     (1024x1024, six masks and six feature maps of deep supervision as graph outputs) holds 119 MB a sample; its 150
     calibration pages grew the process past 12 GB before the first candidate, where the package reads one mask."""
-    sizes = [as_array(v).nbytes if not isinstance(v, list) else sum(as_array(x).nbytes for x in v) for v in first]
+    sizes = [_held_bytes(v) for v in first]
     total = sum(sizes) * batches
     if available is None or batches <= 1 or total <= REFERENCE_SHARE * available:
         return
@@ -1115,6 +1115,14 @@ def _refuse_large_reference(model, names: list[str], first: tuple, batches: int,
         f"chooses it as now; only those are scored and held; side outputs such as deep supervision's maps or "
         f"features rarely are: `onnxprune inspect` lists the outputs)"
         + (f", or give fewer batches (about {fit} fit)." if fit > 1 else "."))
+
+
+def _held_bytes(value) -> int:
+    """Bytes an output's value holds (a sequence's tensors or a map's values summed; 0 for what has no array form)."""
+    try:
+        return sum(as_array(v).nbytes for v in value) if isinstance(value, list) else as_array(value).nbytes
+    except (CalibrationError, TypeError, ValueError):
+        return 0
 
 
 def _refuse_unstacked(model, batches) -> None:
