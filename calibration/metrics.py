@@ -67,19 +67,21 @@ from onnxprune.calibration.feeds import time_major_inputs
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
                                                  check_metric_spec, choose_metric, is_classifier, metric_plan,
                                                  parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
-                                                 constant_leader, unnamed_heads)
+                                                 few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
                                                   unchanged_samples)
 from onnxprune.calibration.readers import DataReader
-from onnxprune.calibration.runtime import first_sample_fails, make_session
+from onnxprune.calibration.runtime import available_memory, first_sample_fails, make_session
 from onnxprune.errors import CalibrationError, ConfigError, ConverterError
+from onnxprune.plain import listed, nbytes
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 512 << 20  # calibration batches kept in memory when they fit
+REFERENCE_SHARE = 0.5  # the input model's scored outputs over the data, held for a run: at most this share of memory
 
 
 class Evaluator:
@@ -175,7 +177,7 @@ class Evaluator:
             t0 = time.perf_counter()
             sess = self.session(reference_model)
             try:
-                self.reference_all = list(self.run_all(sess))
+                self.reference_all = self._reference_outputs(sess, reference_model)
             except ConverterError:
                 raise
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
@@ -210,6 +212,21 @@ class Evaluator:
             self.dense_by = self._per_output(self.reference_all)
             self.dense = self.dense_by[self.output]
             self.last = {}
+
+    def _reference_outputs(self, sess: ort.InferenceSession, model: onnx.ModelProto) -> list[tuple]:
+        """The input model's scored outputs on every batch, which the run holds as what every candidate is compared
+        to; refused after the first batch when all of them would not fit in REFERENCE_SHARE of the memory available
+        (`_refuse_large_reference`)."""
+        held: list[tuple] = []
+        for values in self.run_all(sess):
+            held.append(values)
+            if len(held) == 1:
+                feeds = next(self.batches())[0]
+                batches = (len(self._cached) if self._cached is not None else
+                           math.ceil((self.reader.num_samples or 0) / max(1, feed_samples(feeds, self.reader))))
+                _refuse_large_reference(model, [n or sess.get_outputs()[0].name for n in self.plan], values,
+                                        batches, available_memory())
+        return held
 
     def _read_outs(self) -> None:
         """An output the automatic choice scored rel_l2 that looks like a CTC head or a segmentation map in every
@@ -254,18 +271,19 @@ class Evaluator:
                         "says which", names)
 
     def _led(self, name: str, batches: list) -> None:
-        """An unnamed [N, C] output scored by its argmax whose argmax is one column in every sample of the data
-        (metric_choice `constant_leader`: coordinates, or one class only) is scored by agreement and rel_l2, each
-        within the budget."""
-        leader = constant_leader(name, batches)
-        if leader is None:
+        """An unnamed [N, C] output scored by its argmax whose argmax is one or two columns in every sample of the
+        data (metric_choice `few_leaders`: coordinates, or one or two classes only) is scored by agreement and rel_l2,
+        each within the budget."""
+        leaders = few_leaders(name, batches)
+        if leaders is None:
             return
         self.plan[name] = "agreement+rel_l2"
         if not self._quiet:
-            log.warning("output '%s' is led by column %d in every sample of the data, so its argmax tells nothing "
-                        "apart here (coordinates, or data of one class): it is scored by agreement and rel_l2, each "
-                        "within the budget; --metric %s=agreement scores the argmax alone, --metric %s=rel_l2 the "
-                        "values alone", name, leader, name, name)
+            columns = f"column {leaders[0]}" if len(leaders) == 1 else "columns " + " and ".join(map(str, leaders))
+            log.warning("output '%s' is led by %s in every sample of the data, so its argmax tells little apart "
+                        "here (coordinates, or data of one or two classes): it is scored by agreement and rel_l2, "
+                        "each within the budget; --metric %s=agreement scores the argmax alone, --metric %s=rel_l2 "
+                        "the values alone", name, columns, name, name)
 
     def _masked_outputs(self) -> frozenset[int]:
         """The scored outputs whose padded positions are left out: [N, S, ...] along the attention mask in every
@@ -1061,6 +1079,12 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: 
         return (f"the input model fails in onnxruntime on {reader.description} read {batch} and on its first sample "
                 f"alone ({where}): the batch is not why; check the data's shapes against the model's inputs "
                 "(`onnxprune inspect` lists them), else the model does not run in onnxruntime as exported.")
+    if re.search(r"bad_alloc|[Ff]ailed to allocate memory|MemoryError", msg):  # not the data's shapes (real models 44)
+        free = available_memory()
+        return (f"the input model ran out of memory in onnxruntime on {reader.description} read {batch} ({where})"
+                + (f"; {nbytes(free)} is available now" if free is not None else "") + ": a smaller --batch-size, "
+                "fewer samples, or --metric OUTPUT=KIND naming the outputs that matter (only those are held) needs "
+                "less.")
     hint = ("; check the data's shapes against the model's inputs (`onnxprune inspect` lists them)" if per_feed or single
             else "; a model exported for a batch of 1 (though its input names a batch axis) runs with --batch-size 1, "
                  "or from a folder of .npz files holding one feed each (torch's dynamo exporter fixes the batch "
@@ -1069,6 +1093,36 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: 
 
 
 WILD = 1e30  # an output value beyond this is a broken model, not a trained one
+
+
+def _refuse_large_reference(model, names: list[str], first: tuple, batches: int, available: int | None) -> None:
+    """Refuse, before the dense pass runs on, outputs whose values over the data would not fit in REFERENCE_SHARE of
+    the memory `available`, naming the largest and what to do. Real models 44: imgly's ISNet background remover
+    (1024x1024, six masks and six feature maps of deep supervision as graph outputs) holds 119 MB a sample; its 150
+    calibration pages grew the process past 12 GB before the first candidate, where the package reads one mask."""
+    sizes = [_held_bytes(v) for v in first]
+    total = sum(sizes) * batches
+    if available is None or batches <= 1 or total <= REFERENCE_SHARE * available:
+        return
+    largest = sorted(zip(sizes, names, first), key=lambda t: -t[0])
+    shown = listed(f"'{n}' {list(np.shape(v))} {nbytes(b)}" for b, n, v in largest)
+    fit = int(REFERENCE_SHARE * available // max(1, sum(sizes)))
+    many = f"{len(names)} scored outputs take" if len(names) > 1 else "scored output takes"
+    raise CalibrationError(
+        f"the input model's {many} {nbytes(sum(sizes))} a batch of the data ({shown}): {nbytes(total)} over its "
+        f"{batches} batches, which the run holds in memory as what every candidate is compared to, and only "
+        f"{nbytes(available)} is available. Name the outputs that matter with --metric OUTPUT=KIND (KIND `auto` "
+        f"chooses it as now; only those are scored and held; side outputs such as deep supervision's maps or "
+        f"features rarely are: `onnxprune inspect` lists the outputs)"
+        + (f", or give fewer batches (about {fit} fit)." if fit > 1 else "."))
+
+
+def _held_bytes(value) -> int:
+    """Bytes an output's value holds (a sequence's tensors or a map's values summed; 0 for what has no array form)."""
+    try:
+        return sum(as_array(v).nbytes for v in value) if isinstance(value, list) else as_array(value).nbytes
+    except (CalibrationError, TypeError, ValueError):
+        return 0
 
 
 def _refuse_unstacked(model, batches) -> None:

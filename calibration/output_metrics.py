@@ -370,7 +370,7 @@ def _both(first: str, second: str) -> Metric:
 
 # an output that looks like a CTC head, per-token class scores or a segmentation map without saying so (metric_choice
 # `read_out_kind`): its read-out and its values both held; and an unnamed [N, C] whose argmax never moves here
-# (`constant_leader`). Padding is scored in a pair (stricter): `_masked_samples` reads one kind's terms.
+# (`few_leaders`). Padding is scored in a pair (stricter): `_masked_samples` reads one kind's terms.
 PAIRED_KINDS = ("ctc_agreement+rel_l2", "seq_agreement+rel_l2", "map_iou+rel_l2",
                 "agreement+rel_l2")  # decide.PER_SAMPLE pairs them too
 METRICS.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})

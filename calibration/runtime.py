@@ -204,6 +204,21 @@ def providers_for(device: str | None = None) -> list:
 _DEFAULT_THREADS: int | None = None  # intra-op threads when a caller gives none (None: onnxruntime's default)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable, else the free pages where the system says), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            found = next((int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:")), None)
+        if found is not None:
+            return found
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
+        return None
+
+
 def default_threads() -> int | None:
     """The run's thread count (set by converter.threads.apply_threads), or None for the libraries' defaults."""
     return _DEFAULT_THREADS

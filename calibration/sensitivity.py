@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.calibration.metrics import Evaluator, feed_samples
-from onnxprune.calibration.runtime import make_session, with_outputs
+from onnxprune.calibration.runtime import available_memory, make_session, with_outputs
 from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer, Threshold
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import MAGNITUDE, Scorer, Scoring
@@ -428,19 +427,11 @@ def _groups(plans: list[_Plan], sizes: dict[str, float], samples: int, budget: i
 # ---- the scan ------------------------------------------------------------------------------------------------
 
 def default_memory_budget() -> int:
-    """DEFAULT_MEMORY_BUDGET, or MEMORY_SHARE of the memory available now when that is less (Linux's MemAvailable,
-    else the free pages where the system says; not below the 256 MB it was)."""
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            available = next((int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:")), None)
-    except (OSError, ValueError, IndexError):
-        pass
+    """DEFAULT_MEMORY_BUDGET, or MEMORY_SHARE of the memory available now when that is less
+    (`runtime.available_memory`; not below the 256 MB it was)."""
+    available = available_memory()
     if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system that says
-            return DEFAULT_MEMORY_BUDGET
+        return DEFAULT_MEMORY_BUDGET
     return int(max(256 << 20, min(DEFAULT_MEMORY_BUDGET, MEMORY_SHARE * available)))
 
 

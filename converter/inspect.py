@@ -15,7 +15,7 @@ from rich.table import Table
 from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
                                                 value_tensor)
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
-from onnxprune.plain import count, listed, more, nbytes
+from onnxprune.plain import count, listed, more, nbytes, short_name
 from onnxprune.passes.merge_copies import duplicate_groups, transposed_copies
 from onnxprune.passes.weights import find_prunable, name_nodes
 
@@ -501,7 +501,8 @@ def inlined_text(names: list[str]) -> str:
 def node_cell(row: dict) -> str:
     """The layer's node; a tied weight's, with how many more nodes read it (an unrolled cell: '/cell/Gemm +3')."""
     others = (row.get("readers") or 1) - 1
-    return f"{row['node']} +{others}" if others else row["node"]
+    node = short_name(row["node"])
+    return f"{node} +{others}" if others else node
 
 
 # audit 39: the budget line's "upper bound" and the notes' "decision samples" were explained nowhere on the terminal
@@ -544,7 +545,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                       f"(`onnxprune inspect` lists each and why){packed}", markup=False)
     neurons = report.get("neurons")
     if neurons and neurons["removed"]:
-        changed = [f"{v['node']} {v['before']}->{v['after']}" for v in neurons["layers"].values() if v["before"] != v["after"]]
+        changed = [f"{short_name(v['node'])} {v['before']}->{v['after']}" for v in neurons["layers"].values()
+                   if v["before"] != v["after"]]
         after = report.get("params_after_shrink")
         nz = report.get("nonzeros_after_shrink")
         fewer = (f", {_ratio(b['nonzeros'] / nz)} fewer than the input's {count(b['nonzeros'])}"
@@ -552,7 +554,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         held = (f": the written layers hold {count(after)} weights, {count(nz)} nonzero{fewer} (what `onnxprune "
                 "inspect` of the output counts; the figures above are of the input's shapes)" if after and nz is not None
                 else "")
-        console.print(f"dead neurons removed: {neurons['removed']} ({', '.join(changed)}); dense shapes shrink "
+        console.print(f"dead neurons removed: {neurons['removed']} ({listed(changed, 4)}); dense shapes shrink "
                       f"accordingly{held}", markup=False)
     latency = (report.get("latency") or {}).get("batches") or []
     if latency:

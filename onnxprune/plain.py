@@ -67,6 +67,24 @@ def listed(items, shown: int = 3, sep: str = ", ") -> str:
     return sep.join(items[:shown]) + more(len(items), shown)
 
 
+NAME_CHARS = 60  # a node name longer than this is shortened where the terminal lists layers (`short_name`)
+
+
+def short_name(name: str, limit: int = NAME_CHARS) -> str:
+    """A long node name shortened for a table or a listing, its ends kept: TFLite's fused names, the names of every
+    op folded into one joined by ';' (tf2onnx --tflite: 300 characters a Conv), as their first and last parts, then
+    a middle ellipsis past `limit`. Real models 44: MediaPipe's hand landmarker wrote a 2,624-character summary line."""
+    if len(name) <= limit:
+        return name
+    parts = name.split(";")
+    if len(parts) > 2:
+        name = f"{parts[0]};…;{parts[-1]}"
+    if len(name) <= limit:
+        return name
+    half = (limit - 1) // 2
+    return f"{name[:half]}…{name[len(name) - (limit - 1 - half):]}"
+
+
 def nbytes(n) -> str:
     """1065000 -> '1.02 MB' (binary units, as file managers show them), None -> 'unknown'."""
     if n is None:

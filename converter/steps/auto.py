@@ -100,15 +100,17 @@ class AutoSearchStep(Step):
         clock = self._clock(state)
         train = state.data.train_reader(batch_size=r.train_batch_size)
         # the chooser's evaluator runs the dense model on the training part (magika's 60 samples: 2.5 s at load 7),
-        # not wanted when the search has no time: it keeps the input model
-        chooser = self._chooser(state, train) if clock.search_seconds() > 0 else None
+        # not wanted when the search has no time: it keeps the input model; nor is the second look's, the same pass
+        # (real models 44: ISNet's 38 training pages took 4 min after its decision pass had used the 5 min budget)
+        searching = clock.search_seconds() > 0
+        chooser = self._chooser(state, train) if searching else None
         from onnxprune.calibration.metric_choice import labels_output
 
         # labels scored against predicted labels (an integer output) judge only: retraining distils
         data = AutoData(train=train, evaluator=state.data.calibration, dense=state.original, chooser=chooser,
                         train_on_labels=chooser is None and labels_output(state.original) is not None,
                         # the training part: a second look at a retrained result (not at a start it chose)
-                        second=state.data.choosing if why is None else None)
+                        second=state.data.choosing if why is None and searching else None)
         short = clock.shortfall_note()  # said once, before the search: the budget cannot hold verification
         if short:
             log.warning(short)

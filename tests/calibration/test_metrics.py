@@ -1,4 +1,6 @@
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -169,3 +171,68 @@ def test_streamed_batches_can_be_run_from_a_later_batch_on():
         np.testing.assert_array_equal(g, w)
     with pytest.raises(CalibrationError, match="ascending order"):
         list(streamed.run_batches(sess, [3, 1]))
+
+
+def _side_output_model() -> onnx.ModelProto:
+    """An MLP that also exposes a wide feature map as a graph output (deep supervision's side outputs, ISNet's)."""
+    model = builders.mlp_gemm(in_features=16, hidden=(32,), out_features=4, seed=0)
+    hidden = next(n.output[0] for n in model.graph.node if n.op_type == "Relu")
+    reps = numpy_helper.from_array(np.array([1, 64], np.int64), "reps")
+    model.graph.initializer.append(reps)
+    model.graph.node.append(helper.make_node("Tile", [hidden, "reps"], ["features"]))
+    model.graph.output.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 2048]))
+    return model
+
+
+def test_outputs_too_large_to_hold_as_the_reference_are_refused_by_name(monkeypatch):
+    """Real models 44: imgly's ISNet (1024x1024, twelve outputs of deep supervision, 119 MB a sample) grew the process
+    past 12 GB holding the input model's outputs over 150 calibration pages, before its first candidate. After the
+    first batch, outputs that would not fit in half the memory available are refused, the largest named, and the
+    outputs that matter can be named instead: only those are held."""
+    import onnxprune.calibration.metrics as metrics
+    model = _side_output_model()
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == [model.graph.output[0].name, "features"]
+    monkeypatch.setattr(metrics, "available_memory", lambda: 600 << 10)  # the features' 513 KB do not fit in half
+    with pytest.raises(CalibrationError) as err:
+        Evaluator(open_data({"input": x}, model, batch_size=16), None, model)
+    text = str(err.value)
+    assert "128.25 KB a batch of the data ('features' [16, 2048] 128.00 KB, 'output' [16, 4] 256 B)" in text
+    assert "513.00 KB over its 4 batches" in text and "600.00 KB is available" in text
+    assert "--metric OUTPUT=KIND" in text and "give fewer batches (about 2 fit)" in text
+    first = model.graph.output[0].name
+    ev = Evaluator(open_data({"input": x}, model, batch_size=16), {first: "rel_l2"}, model)
+    assert [len(r) for r in ev.reference_all] == [1] * 4  # only the output named is held
+    monkeypatch.setattr(metrics, "available_memory", lambda: None)  # unknown: nothing refused
+    assert len(Evaluator(open_data({"input": x}, model, batch_size=16), None, model).reference_all[0]) == 2
+
+
+def test_an_output_named_with_auto_keeps_the_automatic_choice():
+    """Real models 44: the refusal of outputs too large to hold says to name the ones that matter; `--metric
+    OUTPUT=auto` names one without choosing its kind (the CLI's early check refused `auto`)."""
+    from onnxprune.calibration.metric_choice import check_metric_spec
+    model = _side_output_model()
+    first = model.graph.output[0].name
+    check_metric_spec(model, [f"{first}=auto"])
+    with pytest.raises(ConfigError, match="unknown metric 'f1'.*--metric OUTPUT=auto"):
+        check_metric_spec(model, [f"{first}=f1"])
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    named = Evaluator(open_data({"input": x}, model, batch_size=16), [f"{first}=auto"], model)
+    whole = Evaluator(open_data({"input": x}, model, batch_size=16), None, model)
+    assert list(named.plan) == [first] and named.plan[first] == whole.plan[first] == "agreement"
+
+
+def test_an_input_model_out_of_memory_is_said_as_such():
+    """Real models 44: ISNet's dense pass ended "fails in onnxruntime ... (Cast 'graph_output_cast6': std::bad_alloc);
+    check the data's shapes against the model's inputs": the shapes were right and memory had run out."""
+    from onnxprune.calibration.metrics import _input_model_failed
+    model = builders.mlp_gemm(in_features=16, hidden=(8,), out_features=4, seed=0)
+    reader = open_data({"input": np.zeros((4, 16), np.float32)}, model, batch_size=1)
+    exc = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+                       "Cast node. Name:'graph_output_cast6' Status Message: std::bad_alloc")
+    text = _input_model_failed(exc, reader, False, model)
+    assert "ran out of memory" in text and "std::bad_alloc" in text and "data's shapes" not in text
+    assert "--metric OUTPUT=KIND" in text
+    shapes = _input_model_failed(RuntimeError("Got invalid dimensions for input"), reader, False, model)
+    assert "data's shapes" in shapes and "ran out of memory" not in shapes

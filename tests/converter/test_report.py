@@ -541,3 +541,35 @@ def test_weights_a_matmulnbits_holds_packed_are_counted_in_the_whole_model_figur
     print_prune_summary(result.report, Console(file=out, width=300))
     assert "all weights 1.22K -> 1.14K nonzero" in out.getvalue()
     assert "1.02K of them are 4-bit values of 1 MatMulNBits, counted as nonzero" in out.getvalue()
+
+
+def test_the_summary_lists_a_few_layers_with_long_names_shortened():
+    """Real models 44: tf2onnx --tflite names a Conv after every op TFLite folded into it, joined by ';' (300
+    characters a node), and MediaPipe's hand landmarker's summary listed every layer that lost neurons: one line of
+    2,624 characters. The line lists four layers, then how many more; a long name keeps its ends."""
+    import io
+
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import print_prune_summary
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models import builders
+    from onnxprune.plain import NAME_CHARS, short_name
+
+    model = builders.mlp_gemm(hidden=(32, 32, 32, 32, 32), seed=0)
+    for i, node in enumerate(model.graph.node):
+        node.name = ";".join(f"model_1/model/batch_normalization_{i}_{k}/FusedBatchNormV3" for k in range(6))
+    report = run(model, configure(sparsity=0.9)).report
+    changed = [v for v in report["neurons"]["layers"].values() if v["before"] != v["after"]]
+    assert len(changed) > 4
+    out = io.StringIO()
+    print_prune_summary(report, Console(file=out, width=2000, color_system=None))
+    line = next(t for t in out.getvalue().splitlines() if t.startswith("dead neurons removed"))
+    assert f"(+{len(changed) - 4} more)" in line and len(line) < 800
+    assert short_name(changed[0]["node"]) in line and changed[0]["node"] not in line
+    shown = short_name(changed[0]["node"])
+    assert shown.startswith("model_1/model/batch_norma") and shown.endswith("_5/FusedBatchNormV3") and "…" in shown
+    assert short_name("model_1/model/re_lu/Relu6;a/b;c/d;model_1/model/conv2d/Conv2D") == \
+        "model_1/model/re_lu/Relu6;…;model_1/model/conv2d/Conv2D"
+    assert len(short_name("x" * 500)) == NAME_CHARS and short_name("conv2d_1") == "conv2d_1"
+    assert all(len(cell) <= NAME_CHARS for cell in map(short_name, (v["node"] for v in changed)))

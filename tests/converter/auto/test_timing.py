@@ -178,6 +178,14 @@ def test_a_budget_the_reserve_takes_whole_keeps_the_input_model_without_a_scan(s
         raise AssertionError("the chooser's evaluator ran its dense pass with no time left")
 
     monkeypatch.setattr(AutoSearchStep, "_chooser", staticmethod(no_chooser))
+    from onnxprune.converter.steps.data import Data
+    evaluator = Data._evaluator
+
+    def decision_part_only(self, source, part=None):  # real models 44: nor the second look's, on the training part
+        assert part != "train", "the second look's evaluator ran its dense pass with no time left"
+        return evaluator(self, source, part)
+
+    monkeypatch.setattr(Data, "_evaluator", decision_part_only)
     model, data = small
     result = run(model, configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))
     notes = result.report["notes"]
