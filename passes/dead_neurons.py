@@ -130,6 +130,14 @@ def analyse(model: onnx.ModelProto, *, gather_inputs: bool = False, crop_inputs:
                                 crop_inputs=crop_inputs, protected=frozenset(protected))
 
 
+def unneeded(cg: ChannelGraph, rd) -> np.ndarray:
+    """Per position of the tensor `rd` (a Read) reads: the reader's weight rows there are zero, or the position holds
+    a known constant the reader folds into its bias, or 0 (a weight op is linear in its input: a position that is 0
+    everywhere adds nothing, padded Conv or not)."""
+    value = cg.channels[rd.tensor].value
+    return ~rd.rows.any(axis=1) | (np.isfinite(value) & (rd.fold is not None)) | (value == 0)
+
+
 def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
     """(removable classes, classes dead by their weights whatever the blocks).
 
@@ -141,12 +149,8 @@ def dead_classes(cg: ChannelGraph) -> tuple[set[int], set[int]]:
     alive: set[int] = set()
     read: set[int] = set()
     for rd in cg.reads:
-        zero = ~rd.rows.any(axis=1)
-        value = cg.channels[rd.tensor].value
-        # a weight op is linear in its input: a position that is 0 everywhere adds nothing, padded Conv or not
-        const = (np.isfinite(value) & (rd.fold is not None)) | (value == 0)
         roots = cg.roots(rd.tensor)
-        alive.update(roots[~(zero | const)].tolist())
+        alive.update(roots[~unneeded(cg, rd)].tolist())
         read.update(roots.tolist())
     constant = {int(r) for lay in cg.layers for r in cg.roots(lay.tensor)[np.isfinite(cg.channels[lay.tensor].value)]}
     # a class a weight reads varying is alive, constant where one layer produces it or not: a dead row of a residual
@@ -167,8 +171,7 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     ignored: dict[str, np.ndarray] = {}
     readers: dict[str, set[int]] = defaultdict(set)
     for rd in cg.reads:
-        value = cg.channels[rd.tensor].value  # a constant the reader folds is not needed either (as dead_classes)
-        zero = ~rd.rows.any(axis=1) | (np.isfinite(value) & (rd.fold is not None)) | (value == 0)
+        zero = unneeded(cg, rd)
         ignored[rd.tensor] = ignored[rd.tensor] & zero if rd.tensor in ignored else zero
         readers[rd.tensor].add(id(rd.node))
     tensors = cg.graph.tensors()
@@ -193,9 +196,9 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     lines = []
     if kept:
         lines.append(f"{_total(kept)} channel(s) no weight needs (unread, or a constant) are kept, each in a class "
-                     f"with a channel that is read elsewhere (a residual stream's channel another block reads; a grouped Conv's local "
-                     f"channel, alive in another group: it goes from every group at once; a split's partner): "
-                     f"{_shown(kept)}")
+                     f"with a channel that is read elsewhere (a residual stream's channel another block reads; a "
+                     f"grouped Conv's local channel, alive in another group: it goes from every group at once; a "
+                     f"split's partner): {_shown(kept)}")
     if boxed:  # sweep 24: 92 border pixels of an MLP's image were said to be "in a class with a channel ..."
         lines.append(f"{_total(boxed)} input feature(s) no weight reads are kept inside the box of the read ones (an "
                      f"input is cropped to a box with a Slice, not gathered: onnxruntime's Gather of scattered "

@@ -3,7 +3,8 @@
 A *class* is one output channel of a weight layer (Gemm, MatMul with a constant weight, Conv, ConvTranspose), one
 feature of a lookup in a constant table (Gather: the table's last axis) or, with `gather_inputs`, one feature of a
 flattened graph input. Walking the graph in topological order, every tensor that carries classes gets a `Channels`
-map: its channel axis and, per position on that axis, the class it holds. One small rule per op type (`RULES`) says how the map flows through that op:
+map: its channel axis and, per position on that axis, the class it holds. One small rule per op type (`RULES`)
+says how the map flows through that op:
 
     Conv c1 ─ BN ─ Relu ─ MaxPool ─ Flatten ─ Gemm fc1    c1 channel k  ==  fc1 input rows k·HW … k·HW+HW-1
     Conv a ─┐
@@ -123,7 +124,8 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Resize": _resize, "Upsample": _resize,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape, "Pad": _pad, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _squeeze,
     "Cast": _cast, "Gather": _gather, "Expand": _expand, "Tile": _tile,
-    "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split, "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
+    "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth, "Concat": _concat, "Split": _split,
+    "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
 

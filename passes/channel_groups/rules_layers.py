@@ -167,6 +167,14 @@ def _conv_dense(b: Builder, node: gs.Node, W: np.ndarray) -> None:
     b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 
+def _join_groups(b: Builder, ids: np.ndarray, g: int) -> None:
+    """Local channel j of every one of the g equal groups of `ids` is one class (a grouped Conv's input or output)."""
+    width = len(ids) // g
+    for k in range(1, g):
+        for j in range(width):
+            b.cg.union(ids[k * width + j], ids[j])
+
+
 def _grouped(b: Builder, node: gs.Node, W: np.ndarray, g: int, cx: Channels | None) -> None:
     """Group k reads input channels k·ci … k·ci+ci-1 and writes outputs k·co … k·co+co-1 (RegNet, ResNeXt). The
     groups must keep equal widths, so local channel j of every group is one class, on each side: a local channel goes
@@ -177,9 +185,7 @@ def _grouped(b: Builder, node: gs.Node, W: np.ndarray, g: int, cx: Channels | No
     bias, bias_frozen = _bias(b, node, o)
     frozen = b.frozen(w, node)
     if cx is not None:
-        for k in range(1, g):
-            for j in range(ci):
-                b.cg.union(cx.ids[k * ci + j], cx.ids[j])
+        _join_groups(b, cx.ids, g)
         rows = np.concatenate([W[k * co:(k + 1) * co].swapaxes(0, 1).reshape(ci, -1) for k in range(g)])
         taps = W.reshape(o, ci, -1).sum(axis=2, dtype=np.float64)
 
@@ -190,9 +196,7 @@ def _grouped(b: Builder, node: gs.Node, W: np.ndarray, g: int, cx: Channels | No
             b.edit(x, lambda keep: b.cg.slice(w, 1, keep[:ci]))
     b.produce(node, w, W.reshape(o, -1), axis, bias, frozen or bias_frozen)
     ids = b.ch(node.outputs[0]).ids
-    for k in range(1, g):
-        for j in range(co):
-            b.cg.union(ids[k * co + j], ids[j])
+    _join_groups(b, ids, g)
     b.slices(node.outputs[0], w, 0, lambda keep: b.cg.slice_input(node, 2, 0, keep))
 
 
@@ -249,18 +253,14 @@ def _grouped_transpose(b: Builder, node: gs.Node, W: np.ndarray, g: int, cx: Cha
     ci = i // g
     frozen = b.frozen(w, node)
     if cx is not None:
-        for k in range(1, g):
-            for j in range(ci):
-                b.cg.union(cx.ids[k * ci + j], cx.ids[j])
+        _join_groups(b, cx.ids, g)
         if b.read(node, x, axis, W.reshape(i, -1), None, frozen):  # borders see fewer taps: no folding
             b.slices(x, w, 0)
     bias, bias_frozen = _bias(b, node, g * co)
     rows = np.concatenate([W[k * ci:(k + 1) * ci].swapaxes(0, 1).reshape(co, -1) for k in range(g)])
     b.produce(node, w, rows, axis, bias, frozen or bias_frozen)
     ids = b.ch(node.outputs[0]).ids
-    for k in range(1, g):
-        for j in range(co):
-            b.cg.union(ids[k * co + j], ids[j])
+    _join_groups(b, ids, g)
     b.edit(node.outputs[0], lambda keep: [b.cg.slice(w, 1, keep[:co]), b.cg.slice_input(node, 2, 0, keep)])
 
 

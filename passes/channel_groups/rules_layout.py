@@ -449,22 +449,22 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
         b.block(c.ids, f"the channel count '{last.inputs[i].name}' of {node.op} '{node.name}' is protected")
 
     def edit(keep: np.ndarray) -> None:
-            old = last.inputs[i]
-            new = np.array(_const(old), copy=True)
-            new.reshape(-1)[at] = int(keep.sum())
-            current = gs.Constant(b.cg.unique(f"{old.name}_pruned"), new)
-            if not any(len(r.outputs[0].outputs) > 1 for r, _ in path[1:]):
-                last.inputs[i] = current
-                return
-            for r, k in reversed(path[1:]):  # the shape is shared: this Reshape gets its own copy of the chain
-                out = r.outputs[0]
-                copy = gs.Node(r.op, b.cg.unique(f"{r.name}_pruned"), dict(r.attrs),
-                               [current if m == k else t for m, t in enumerate(r.inputs)],
-                               [gs.Variable(b.cg.unique(f"{out.name}_pruned"), dtype=out.dtype, shape=out.shape)],
-                               domain=r.domain)
-                b.cg.graph.nodes.append(copy)
-                current = copy.outputs[0]
-            node.inputs[1] = current
+        old = last.inputs[i]
+        new = np.array(_const(old), copy=True)
+        new.reshape(-1)[at] = int(keep.sum())
+        current = gs.Constant(b.cg.unique(f"{old.name}_pruned"), new)
+        if not any(len(r.outputs[0].outputs) > 1 for r, _ in path[1:]):
+            last.inputs[i] = current
+            return
+        for r, k in reversed(path[1:]):  # the shape is shared: this node gets its own copy of the chain
+            out = r.outputs[0]
+            copy = gs.Node(r.op, b.cg.unique(f"{r.name}_pruned"), dict(r.attrs),
+                           [current if m == k else t for m, t in enumerate(r.inputs)],
+                           [gs.Variable(b.cg.unique(f"{out.name}_pruned"), dtype=out.dtype, shape=out.shape)],
+                           domain=r.domain)
+            b.cg.graph.nodes.append(copy)
+            current = copy.outputs[0]
+        node.inputs[1] = current
 
     b.edit(x, edit)
     return True

@@ -299,8 +299,9 @@ def test_a_grouped_conv_loses_a_local_channel_from_every_group_at_once():
     assert not [line for line in report.lines() if "has no channel rule" in line]
     # q's output 3 is read by no weight, but 7 (local 3 of group 1) is: the class stays, and the report says so
     partnered = [line for line in report.lines() if "each in a class with a channel that is read elsewhere" in line]
-    assert len(partnered) == 1 and partnered[0].startswith("1 channel(s) no weight needs (unread, or a constant) are kept") and \
-        partnered[0].endswith(": Conv 'q' 1"), report.lines()
+    assert len(partnered) == 1, report.lines()
+    assert partnered[0].startswith("1 channel(s) no weight needs (unread, or a constant) are kept"), report.lines()
+    assert partnered[0].endswith(": Conv 'q' 1"), report.lines()
 
 
 @pytest.mark.parametrize("multiplier", [1, 2])
