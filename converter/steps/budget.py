@@ -350,8 +350,7 @@ class BudgetCheckStep(Step):
         from onnxprune.converter.auto.decide import BudgetRule, worst_figures
 
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
-        # the input model kept, unquantized: the reference itself, within any budget (nothing to certify)
-        kept_input = bool((state.auto or state.allocation or {}).get("kept_input")) and not state.quantize
+        kept_input = input_kept(state)  # the reference itself, within any budget (nothing to certify)
         if decision is None and (not kept_input or "rule" in (state.allocation or {})):
             # the one-shot fit and the level search chose by the rule, a recipe's choices are judged by it: the
             # model written (with any --layer the user fixed) is judged by the rule (a newcomer audit read "met" at
@@ -376,6 +375,12 @@ class BudgetCheckStep(Step):
         note = _eval_over_budget(report, self.config.max_loss, state)
         if note:
             report["notes"].append(note)
+
+
+def input_kept(state) -> bool:
+    """The search or the fit kept the input model (no candidate could be certified, or none was within the budget)
+    and --weight-bits did not quantize it: its weights are the input's, its outputs the reference's."""
+    return bool((state.auto or state.allocation or {}).get("kept_input")) and not state.quantize
 
 
 def _eval_over_budget(report: dict, budget: float, state) -> str | None:

@@ -143,3 +143,45 @@ def test_a_decision_set_that_cannot_certify_the_budget_keeps_the_input_model(tmp
     report = json.loads(res.output[res.output.index("{"):])
     assert report["compression"] == 1.0 and report["budget"]["met"] and report["budget"]["kept_input"]
     assert any("cannot certify --max-loss 1" in n for n in report["notes"])
+
+
+def test_a_kept_input_model_is_measured_by_its_own_outputs_without_another_pass(tmp_path, monkeypatch):
+    """Real models 44's ISNet: kept unpruned, a run still measured the written model with a full pass over the data
+    (112 pages of a 160-GMAC model, about 6 minutes) to find what it held already, the input model's outputs. The
+    input kept, the measure step runs no pass and says so; a pruned result is measured by a pass of its own."""
+    from onnxprune.calibration import metrics as M
+    from onnxprune.converter.steps import verify as V
+    from onnxprune.models.paths import LENET300_ONNX, MNIST_TRAIN_SLICE
+    from tests.hardening.helpers import invoke
+
+    passes: list[int] = []
+    measure, run_all = V.measure, M.Evaluator.run_all
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return run_all(self, *args, **kwargs)
+
+    def spied(*args, **kwargs):
+        monkeypatch.setattr(M.Evaluator, "run_all", counted)
+        try:
+            return measure(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(M.Evaluator, "run_all", run_all)
+
+    monkeypatch.setattr(V, "measure", spied)
+    common = ["--data", MNIST_TRAIN_SLICE, "--labels", "labels", "--max-loss", "1", "--json"]
+    res = invoke("prune", LENET300_ONNX, "-o", tmp_path / "kept.onnx", *common, "--limit", "512", "--iterations", "2",
+                 "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["budget"]["kept_input"] and passes == []
+    assert V.INPUT_KEPT_NOTE in report["notes"]
+    calibration = report["metrics"]["sets"]["calibration"]
+    assert calibration["loss_pp"] == 0.0 and calibration["after"] == calibration["before"]
+    assert report["parity"]["max_abs_diff"] <= 1e-5  # the written file against the input model, on the data
+
+    res = invoke("prune", LENET300_ONNX, "-o", tmp_path / "pruned.onnx", *common, "--limit", "2048", "--one-shot")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert report["compression"] > 1.0 and not report["budget"].get("kept_input") and passes  # measured: a pass
+    assert V.INPUT_KEPT_NOTE not in report["notes"]
