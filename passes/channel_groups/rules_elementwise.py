@@ -119,9 +119,16 @@ def _binary(b: Builder, node: gs.Node) -> None:
                           else fn(cx.value, cy.value))
         c, k = (cx, y) if cx is not None else (cy, x)
         K = _const(k)
-        if K is None and node.op == "Mul" and _gate(b, x if cx is not None else y, c, k):
+        scales = node.op == "Mul" or (node.op == "Div" and cx is not None)  # one factor on every channel
+        if K is None and scales and _gate(b, x if cx is not None else y, c, k):
             b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
             return None
+        if K is None and scales:
+            from onnxprune.passes.channel_groups.rules_layout import expanded_gate  # it imports this module
+
+            if expanded_gate(b, node, x if cx is not None else y, c, k):
+                b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
+                return None
         if K is None:
             return b.opaque(node, f"combines the channels with '{k.name}', which carries none")
         kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
@@ -199,11 +206,12 @@ def _where(b: Builder, node: gs.Node) -> None:
 
 
 def _gate(b: Builder, x, c: Channels, k) -> bool:
-    """Whether `k`, a tensor that carries no channels and is no constant, multiplies `x`'s channels by one factor
-    shared by all of them: its size on their axis is 1 or it has no such axis (a padding mask [N, 1, T] or [N, T, 1]
-    over a sequence's features, CBAM's spatial attention [N, 1, H, W]). A channel that is 0 stays 0 and can go
-    without touching `k`; any other value varies with `k`. Sweep 36: "Mul ... combines the channels with
-    '/Unsqueeze_output_0', which carries none"."""
+    """Whether `k`, a tensor that carries no channels and is no constant, multiplies (or divides) `x`'s channels by
+    one factor shared by all of them: its size on their axis is 1 or it has no such axis (a padding mask [N, 1, T] or
+    [N, T, 1] over a sequence's features, CBAM's spatial attention [N, 1, H, W], a norm [N, 1]). A channel that is 0
+    stays 0 and can go without touching `k` (0 / k: k is a norm clamped above 0, or the model divides by zero
+    anyway); any other value varies with `k`. Sweep 36: "Mul ... combines the channels with '/Unsqueeze_output_0',
+    which carries none"."""
     xs, ks = b.shape(x), b.shape(k)
     if xs is None or ks is None or len(ks) > len(xs):
         return False
@@ -346,7 +354,16 @@ def _roi_align(b: Builder, node: gs.Node) -> None:
 # a reduction over other axes than the channel axis keeps each channel apart (torch's x.mean((2, 3)), Keras's
 # GlobalAveragePooling2D through tf2onnx); a constant channel stays that constant under these ops (a sum scales it)
 REDUCE_KEEPS_CONSTANT = ("ReduceMean", "ReduceMax", "ReduceMin")
-REDUCE_OPS = REDUCE_KEEPS_CONSTANT + ("ReduceSum",)
+# sums of a function of each entry that is 0 at 0: a constant channel v over n entries becomes f(v, n); over the
+# channel axis, a channel that is 0 everywhere adds nothing, so it may go (F.normalize's norm: ReduceL2 over the
+# features, then x / ‖x‖)
+REDUCE_SUMS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "ReduceSum": lambda v, n: v * n,
+    "ReduceL1": lambda v, n: np.abs(v) * n,
+    "ReduceL2": lambda v, n: np.abs(v) * math.sqrt(n),
+    "ReduceSumSquare": lambda v, n: v * v * n,
+}
+REDUCE_OPS = REDUCE_KEEPS_CONSTANT + tuple(REDUCE_SUMS)
 
 
 def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
@@ -365,8 +382,12 @@ def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
 
 
 def _reduce(b: Builder, node: gs.Node) -> None:
-    """Reduce{Mean,Max,Min,Sum} over axes other than the channel axis: each output channel is its input channel's
-    reduction (keepdims=0 moves the channel axis left by the reduced axes before it)."""
+    """Reduce{Mean,Max,Min,Sum,L1,L2,SumSquare} over axes other than the channel axis: each output channel is its
+    input channel's reduction (keepdims=0 moves the channel axis left by the reduced axes before it). A sum over the
+    channel axis (REDUCE_SUMS) reads every channel, as a weight layer whose rows are all 1 would: a channel that is
+    0 adds nothing and may go, any other stays (a constant one too: nothing here folds it); the output carries no
+    channels. Mean, Max and Min over the channels keep them: a removed channel, even 0, changes the count or the
+    extremum."""
     x = node.inputs[0]
     c, r = b.ch(x), b.rank(x)
     axes = _reduce_axes(node, r) if r is not None else None
@@ -374,16 +395,21 @@ def _reduce(b: Builder, node: gs.Node) -> None:
         return b.opaque(node, "reduces axes that are not constants, or of an unknown rank")
     ch = r + c.axis
     if ch in axes:
-        return b.opaque(node, "reduces over the channel axis")
+        if node.op not in REDUCE_SUMS:
+            return b.opaque(node, "reduces over the channel axis (a removed channel, even 0, changes a mean, a maximum "
+                                  "or a minimum)")
+        b.read(node, x, c.axis, np.ones((len(c.ids), 1), dtype=np.float32), None, None)
+        return None
     keep = _attr(node, "keepdims", 1)
     out_rank = r if keep else r - len(axes)
     new = ch if keep else ch - sum(a < ch for a in axes)
     if node.op in REDUCE_KEEPS_CONSTANT:
         value = c.value
-    else:  # a sum multiplies a constant by the number of entries it adds up
+    else:  # a sum of f(entry) maps a constant v to f(v, the number of entries it adds up)
         s = b.shape(x)
         count = math.prod(s[a] for a in axes) if s is not None and all(isinstance(s[a], int) for a in axes) else None
-        value = c.value * count if count is not None else np.full(len(c.ids), NAN)
+        with np.errstate(all="ignore"):
+            value = REDUCE_SUMS[node.op](c.value, count) if count is not None else np.full(len(c.ids), NAN)
     b.set(node.outputs[0], Channels(new - out_rank, c.ids, value))
 
 

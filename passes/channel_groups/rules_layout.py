@@ -505,6 +505,30 @@ def _expand(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
 
 
+def expanded_gate(b: Builder, node: gs.Node, x, c: Channels, k) -> bool:
+    """Whether `k`, the one input of `node` (a Mul, or a Div of x's channels) beside x's channels, is an Expand of a
+    factor shared by every channel (`_gate`: size 1 on their axis) to x's channel count, read from a constant
+    (rewritten to the kept count) or from the Shape of a tensor holding these very channels (`check_counts`):
+    F.normalize's `x / norm.clamp_min(eps).expand_as(x)`, both torch exporters. Then k is read by `node` alone and
+    carries x's channels; its count follows the kept ones."""
+    from onnxprune.passes.channel_groups.rules_elementwise import _gate
+
+    expand = k.inputs[0] if len(k.inputs) == 1 else None
+    if expand is None or expand.op != "Expand" or len(expand.inputs) < 2 or len(k.outputs) != 1:
+        return False
+    d = expand.inputs[0]
+    T = _shape_atoms(b, expand.inputs[1]) if b.ch(expand.inputs[1]) is None else None
+    if b.ch(d) is not None or T is None or not _gate(b, x, c, d):
+        return False
+    j, n = len(T) + c.axis, len(c.ids)
+    entry = T[j] if j >= 0 else 1
+    if entry != 1 and not (isinstance(entry, tuple) and _count_of(b, entry) == n):
+        if not (isinstance(entry, int) and entry == n and _rewrites_count(b, expand, x, c, j)):
+            return False
+    b.set(k, Channels(c.axis, c.ids, np.full(n, NAN)))  # read from x's Shape: check_counts finds x's channels here
+    return True
+
+
 def _sizes_another(b: Builder, node: gs.Node, t, x) -> bool:
     """Reshape or Expand `node` of another tensor than x takes its target shape `t` from x's Shape: whether an entry
     there that is x's channel count sizes the channels of the other tensor, which are x's own classes (an SE block's

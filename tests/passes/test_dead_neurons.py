@@ -2120,3 +2120,73 @@ def test_an_upsample_by_tile_keeps_the_channels_in_step():
     G.set_init(m, "a.bias", np.where(np.isin(np.arange(8), [2, 5]), -1.0, G.init(m, "a.bias")).astype(np.float32))
     out, report, shp = prune(m)
     assert shp["a.weight"] == (5, 6) and shp["mm.weight"] == (6, 3)
+
+
+def _normalized(form: str) -> onnx.ModelProto:
+    """a (6 -> 8) + Relu -> F.normalize over the features, as torch's exporters write it: ReduceL2 over axis 1
+    (keepdims), Clip at eps, Expand to h's shape, h / that -> head (8 -> 3). The Expand's target: Shape(h) (legacy),
+    Concat(Shape(x)[0:1], the constant 8) (dynamo), or Shape of another layer's 8 features ("other")."""
+    g = G.G(0)
+    h = g.op("Relu", "act", [g.gemm("x", "a", 6, 8)])
+    norm = g.op("ReduceL2", "norm", [h], axes=[1], keepdims=1)
+    norm = g.op("Clip", "clamp", [norm, g.init("eps", np.array(1e-12, np.float32))])
+    if form == "dynamo":
+        n = g.op("Slice", "n", [g.op("Shape", "x_shape", ["x"]), g.init("zero", np.array([0], np.int64)),
+                                g.init("one", np.array([1], np.int64))])
+        target = g.op("Concat", "target", [n, g.init("features", np.array([8], np.int64))], axis=0)
+    elif form == "other":
+        other = g.op("Relu", "other_act", [g.gemm("x", "o", 6, 8)])
+        target = g.op("Shape", "other_shape", [other])
+        g.gemm(other, "side", 8, 2)
+        g.nodes[-1].output[0] = "side_y"
+    else:
+        target = g.op("Shape", "h_shape", [h])
+    e = g.op("Expand", "expand", [norm, target])
+    g.gemm(g.op("Div", "unit", [h, e]), "head", 8, 3)
+    g.nodes[-1].output[0] = "y"
+    outputs = {"y": ["N", 3], **({"side_y": ["N", 2]} if form == "other" else {})}
+    return g.model({"x": ["N", 6]}, outputs)
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo", "other"])
+def test_features_normalized_by_their_norm_lose_their_zero_features(form):
+    """F.normalize(h): a feature that is 0 adds nothing to the norm (ReduceL2 over the features reads every one of
+    them, as a weight layer of ones would) and 0 / norm stays 0, so it goes with the head's rows that read it; the
+    Expand of the norm to h's count follows the kept features (read from h's Shape, or a constant rewritten). The
+    session 44 closing note's left item: "ReduceL2 ... has no channel rule", "Div ... combines the channels with
+    '/Expand_output_0', which carries none". Expanded to another layer's count, a's features stay."""
+    m = G.zero(_normalized(form), "a.weight", 0, [1, 5])  # a's features 1 and 5: relu(bias) …
+    G.set_init(m, "a.bias", np.where(np.isin(np.arange(8), [1, 5]), -1.0, G.init(m, "a.bias")).astype(np.float32))
+    onnx.checker.check_model(m, full_check=True)
+    out, report, shp = prune(m)  # … = 0 (prune compares onnxruntime's outputs before and after)
+    if form == "other":
+        assert shp["a.weight"][0] == 8
+        assert any("is sized by the channel count of" in line for line in report.blocked)
+        return
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["a.weight"] == (6, 6) and shp["head.weight"] == (3, 6) and channels(report)["a"] == (8, 6)
+    rng = np.random.default_rng(3)
+    assert_same_outputs(out, m, feeds=[{"x": rng.standard_normal((5, 6)).astype(np.float32)}])
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceL2", "ReduceL1", "ReduceSumSquare", "ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_a_sum_over_the_channels_lets_a_zero_channel_go_and_keeps_a_constant_one(op, value):
+    """A sum of f(entry) with f(0) = 0 over the channel axis (ReduceSum, L1, L2, SumSquare) needs no channel that is 0
+    everywhere; a nonzero constant one adds to every output and stays, as do all channels under a mean, a maximum
+    or a minimum (a removed 0 changes the count, or the extremum where the others are below it)."""
+    g = G.G(2)
+    h = g.op("Relu", "act", [g.conv("x", "c1", 3, 6, 3)])
+    axes = [g.init("axes", np.array([1], np.int64))] if op == "ReduceSum" else []
+    s = g.op(op, "over_channels", [h, *axes], keepdims=1, **({} if op == "ReduceSum" else {"axes": [1]}))
+    g.op("Mul", "scaled", [h, s])  # the map is read on: both the sum and the map
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [g.nodes[-1].output[0]])]), "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    m = G.zero(g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]}), "c1.weight", 0, [2])
+    bias = np.where(np.arange(6) == 2, value, G.init(m, "c1.bias")).astype(np.float32)
+    G.set_init(m, "c1.bias", bias)  # channel 2 is relu(bias): `value` everywhere
+    out, report, shp = prune(m)
+    removable = value == 0.0 and op not in ("ReduceMean", "ReduceMax")
+    assert shp["c1.weight"][0] == (5 if removable else 6), report.lines()
+    if op in ("ReduceMean", "ReduceMax") and value == 0.0:  # the dead channel it kept is said
+        assert any("reduces over the channel axis" in why for why in report.blocked)
