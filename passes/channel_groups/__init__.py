@@ -14,6 +14,7 @@ says how the map flows through that op:
     Pad of other axes: channels pass        Reshape keeping the channel axis whole ([N, C, 1, 1] <-> [-1, C, 1, 1])
     GroupNorm (op or legacy Reshape - InstanceNormalization - Reshape): a group's channels are one class
     Softmax over other axes (a map's positions): channels pass, a constant one 1/n; over the channels: kept
+    LayerNormalization over axes after the channels (nn.LayerNorm([H, W])): channels pass; over them: kept
     Reshape merging the channel axis with the axes after it (pixel_unshuffle): channel k -> m channels k·m …
     Reshape keeping the channel axis whole under a computed shape (GPT-2's Conv1D: [N, S, C] -> [-1, C] ->
         Gemm -> [N, S, C_out], N and S read from a Shape): C from x's own Shape follows; a constant is rewritten
@@ -25,6 +26,8 @@ says how the map flows through that op:
         from the Shape of a tensor holding these very channels (an SE gate's `y.view(b, c, 1, 1).expand_as(h)`;
         a Reshape or Expand sized by another tensor's count is checked once every class is joined: check_counts)
     Tile of other axes (Keras' UpSampling1D): channels pass
+    Reduce{Sum,L1,L2,SumSquare} over the channel axis: a reader of every channel, as a layer of ones (a 0 goes);
+        Mul/Div by an Expand of a factor shared by all channels to their count (F.normalize): channels pass
     Gather of a constant table's rows (nn.Embedding): a producer, column d of the table is feature d
     Reshape into groups, Transpose of the two, Reshape back (ShuffleNet's shuffle): a permutation of the channels,
         the chain one Gather of the kept channels once any go

@@ -414,16 +414,25 @@ def _reduce(b: Builder, node: gs.Node) -> None:
 
 
 def _normalization(b: Builder, node: gs.Node) -> None:
-    """LayerNormalization keeps the channels it reads, with the reason: a normalization over the channel axis
-    (ConvNeXt's, a transformer's) computes every output from all channels' mean and variance, so removing a channel,
-    dead or not, changes the others (GroupNormalization: `_group_norm`). A LayerNormalization over axes after the channel axis
-    leaves channels apart, for which there is no rule yet (it says so)."""
+    """LayerNormalization over the channel axis (ConvNeXt's, a transformer's) computes every output from all
+    channels' mean and variance, so removing a channel, dead or not, changes the others: kept, with the reason
+    (GroupNormalization: `_group_norm`). Over axes after the channel axis only (nn.LayerNorm([H, W]) of a map, sweep
+    39's L3) each channel is normalized over its own positions, apart: channels pass. A constant channel becomes
+    the bias there ((v - v) / sqrt(eps) * scale + bias), a constant only where the bias is one value (or absent: 0)."""
     x = node.inputs[0]
     c, r = b.ch(x), b.rank(x)
-    if node.op == "LayerNormalization" and c is not None and r is not None and r + c.axis < _attr(node, "axis", -1) % r:
-        return b.opaque(node, "normalizes over axes after the channel axis: no channel rule for that yet")
-    b.opaque(node, "normalizes across the channels (every output reads all channels' mean and variance): removing "
-                   "one would change the others")
+    if node.op != "LayerNormalization" or c is None or r is None or r + c.axis >= _attr(node, "axis", -1) % r:
+        return b.opaque(node, "normalizes across the channels (every output reads all channels' mean and variance): "
+                              "removing one would change the others")
+    if _extra_outputs_used(node):
+        return b.opaque(node, "uses its mean or inverse standard deviation outputs")
+    scale, bias = _opt_input(node, 1), _opt_input(node, 2)
+    S, B = _const(scale) if scale is not None else None, _const(bias) if bias is not None else np.zeros(1)
+    if scale is not None and (S is None or b.ch(scale) is not None) or bias is not None and B is None:
+        return b.opaque(node, "normalizes each channel with a scale or bias that is not a constant")
+    flat = np.ravel(B)
+    shared = float(flat[0]) if flat.size and np.all(flat == flat[0]) else NAN
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(np.isfinite(c.value), shared, NAN)))
 
 
 def _softmax(b: Builder, node: gs.Node) -> None:

@@ -2190,3 +2190,42 @@ def test_a_sum_over_the_channels_lets_a_zero_channel_go_and_keeps_a_constant_one
     assert shp["c1.weight"][0] == (5 if removable else 6), report.lines()
     if op in ("ReduceMean", "ReduceMax") and value == 0.0:  # the dead channel it kept is said
         assert any("reduces over the channel axis" in why for why in report.blocked)
+
+
+@pytest.mark.parametrize("bias", ["shared", "map", "unread"])
+def test_a_layer_norm_over_each_channels_positions_carries_the_channels(bias):
+    """nn.LayerNorm([H, W]) of a map normalizes each channel over its own positions: channels pass (sweep 39's L3: "no
+    channel rule for that yet" kept dead ones). A dead channel becomes the bias there: one value ("shared") folds into
+    c2's bias and goes; a bias that varies over the positions ("map") is no constant and stays, unless c2 does not
+    read it ("unread")."""
+    g = G.G(5)
+    h = g.op("Relu", "act", [g.conv("x", "c1", 3, 6, 3)])  # [N, 6, 4, 4]
+    rng = np.random.default_rng(0)
+    values = np.full((4, 4), 0.3) if bias == "shared" else rng.standard_normal((4, 4))
+    ln = g.op("LayerNormalization", "ln", [h, g.init("ln.scale", rng.uniform(0.5, 1.5, (4, 4)).astype(np.float32)),
+                                           g.init("ln.bias", values.astype(np.float32))], axis=2)
+    c2 = g.op("Relu", "act2", [g.conv(ln, "c2", 6, 5, 1)])
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [c2])]), "head", 5, 3)
+    g.nodes[-1].output[0] = "y"
+    m = G.zero(g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]}), "c1.weight", 0, [1, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [1, 4]), -1.0, G.init(m, "c1.bias")).astype(np.float32))
+    if bias == "unread":
+        G.zero(m, "c2.weight", 1, [1, 4])
+    onnx.checker.check_model(m, full_check=True)
+    out, report, shp = prune(m)  # onnxruntime's outputs compared before and after
+    assert shp["c1.weight"][0] == (6 if bias == "map" else 4) and shp["c2.weight"][1] == shp["c1.weight"][0]
+    assert not any("no channel rule for that yet" in why for why in report.blocked)
+
+
+def test_a_layer_norm_over_the_channels_and_positions_keeps_them():
+    """Over the channel axis and the positions (nn.LayerNorm([C, H, W])), every output reads all channels: kept."""
+    g = G.G(5)
+    h = g.op("Relu", "act", [g.conv("x", "c1", 3, 6, 3)])
+    ln = g.op("LayerNormalization", "ln", [h, g.init("ln.scale", np.ones((6, 4, 4), np.float32))], axis=1)
+    g.gemm(g.op("Flatten", "flat", [g.op("GlobalAveragePool", "gap", [ln])]), "head", 6, 3)
+    g.nodes[-1].output[0] = "y"
+    m = G.zero(g.model({"x": ["N", 3, 6, 6]}, {"y": ["N", 3]}), "c1.weight", 0, [1])
+    G.set_init(m, "c1.bias", np.where(np.arange(6) == 1, -1.0, G.init(m, "c1.bias")).astype(np.float32))
+    out, report, shp = prune(m)
+    assert shp["c1.weight"][0] == 6
+    assert any("normalizes across the channels" in why for why in report.blocked)
