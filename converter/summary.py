@@ -28,13 +28,21 @@ def layer_rows(model: onnx.ModelProto, inventory: Inventory) -> list[dict]:
                 "nonzeros": nnz,
                 "density": (nnz / w.size) if (nnz is not None and w.size) else None,
                 "macs": w.macs,
-                "neurons": w.shape[w.out_axis] if w.out_axis is not None else None,
+                "neurons": neurons(w),
                 "via": list(w.via),
                 "readers": w.readers,
                 "in_loop": "Loop " in w.scope or "Scan " in w.scope,  # runs once an iteration: MACs unknown
             }
         )
     return rows
+
+
+def neurons(w) -> int | None:
+    """A weight's output channels: its out axis, or an embedding table's features (its last axis: what a lookup
+    returns per id, which dead-neuron removal follows, as prune's table shows them); None where unknown."""
+    if w.out_axis is not None:
+        return w.shape[w.out_axis]
+    return w.shape[-1] if w.kind == "embedding" and len(w.shape) >= 2 else None
 
 
 def totals(rows: list[dict]) -> dict:

@@ -25,9 +25,17 @@ def _ids(n, vocab, seq_len, *, rows=None, seed=0):
 
 
 def test_the_table_is_an_embedding_weight_with_no_macs():
-    w = find_prunable(tb.token_classifier(vocab=30, dim=8)).by_name()["embed.weight"]
+    """A table has no output-channel axis for the criteria (its rows are read, not multiplied), but its columns are
+    the features a lookup returns (channel groups follow them): `inspect`'s neurons column counts them, as prune's
+    table does (it showed "-")."""
+    from onnxprune.converter.summary import layer_rows
+
+    model = tb.token_classifier(vocab=30, dim=8)
+    inventory = find_prunable(model)
+    w = inventory.by_name()["embed.weight"]
     assert (w.kind, w.op_type, w.input_index, w.shape, w.macs) == ("embedding", "Gather", 0, (30, 8), 0)
-    assert (w.out_axis, w.in_axis) == (None, None)  # no channels: dead-neuron removal leaves it alone
+    assert (w.out_axis, w.in_axis) == (None, None)
+    assert {r["weight"]: r["neurons"] for r in layer_rows(model, inventory)}["embed.weight"] == 8
 
 
 def test_rows_read_are_counted_from_the_feeds_and_from_computed_ids():
