@@ -616,8 +616,11 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         scale = (f" (each output's loss as a share of its own budget, in pp of --max-loss "
                  f"{budget['max_loss_pp']:g}; own budgets: "
                  + ", ".join(f"'{k}' {v:g} pp" for k, v in by_output.items()) + ")") if by_output else ""
+        chosen = (" on the samples that also chose the result (new data will likely show more: see the decision "
+                  "rule's note)" if budget["met"] and budget.get("chosen_by_judges") else "")
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp{scale}, --max-loss "
-                      f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{tight}", markup=False)
+                      f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{chosen}{tight}",
+                      markup=False)
     for note in by_topic(group_notes(report.get("notes", []))):
         console.print(f"note: {note}", markup=False)
     if report.get("output"):

@@ -91,10 +91,14 @@ class AutoResult:
     sensitivity: Any = None
     one_shot: dict = field(default_factory=dict)
     kept_input: bool = False  # no candidate could be certified or tried: the input model itself
+    # the result is the most pruned of many candidates the decision set judged, with no exam and no stricter rule
+    # for the later looks: the set that certifies it also chose it (`_Search._same_samples`)
+    chosen_by_judges: bool = False
 
     def report(self) -> dict:
         return {"decision": self.decision.as_dict(), "rule": self.rule, "choices": self.choices,
-                "one_shot": self.one_shot, "notes": self.notes, "kept_input": self.kept_input}
+                "one_shot": self.one_shot, "notes": self.notes, "kept_input": self.kept_input,
+                "chosen_by_judges": self.chosen_by_judges}
 
 
 @dataclass
@@ -203,13 +207,14 @@ class _Search:
         best = self._second_look(RECOVERY[name]().search(self, best), start)
         best = self._final_exam(best, start)
         best = self._worth_it(best)
-        self.notes.append(f"decision rule: {self.rule.statement()}{self._same_samples(best)}")
+        same = self._same_samples(best)
+        self.notes.append(f"decision rule: {self.rule.statement()}{same}")
         stop = stop_note(self.history, self.rule)
         if stop:
             self.notes.append(stop)
         return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
                           self.rule.statement(), self.sensitivity, self.one_shot,
-                          kept_input=best.model is self.original)
+                          kept_input=best.model is self.original, chosen_by_judges=bool(same))
 
     def _same_samples(self, best: _Best) -> str:
         """What the rule's note adds where nothing guarded the search's many looks at one decision set: no final exam

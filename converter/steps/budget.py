@@ -166,6 +166,7 @@ class FitBudgetStep(_Choose):
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
         # feeds used as is are split a feed at a time and counted by their samples (steps/data.choose_apart)
         unit = ("samples in 2 feeds" if getattr(state.data.calibration.reader, "per_feed", False) else "samples")
+        state.allocation["chosen_by_judges"] = outcome.ratio_of(outcome.sparsities, held_weights(state)) > 1.0
         state.notes.append(f"decision rule: {rule.statement()}; the scan and the fit chose on these same samples, "
                            "so new data will likely show more (LeNet-300-100, 500 images: 0-2 of 500 changed claimed, "
                            f"0.54-1.22% of other images changed); given 64 {unit} or more, or --val-data, the run "
@@ -366,6 +367,8 @@ class BudgetCheckStep(Step):
                                     limit_pp=decision["limit_pp"], rule=rule)
             if kept_input:
                 report["budget"]["kept_input"] = True
+            elif (state.auto or state.allocation or {}).get("chosen_by_judges"):
+                report["budget"]["chosen_by_judges"] = True  # the budget line says so (inspect.print_prune_summary)
             worst = worst_figures(decision)
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
                 report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),

@@ -38,6 +38,15 @@ def test_the_budget_line_adds_nothing_when_the_limit_is_the_budget_or_tighter():
     assert _summary(missed) == "budget: measured loss 2.50 pp, --max-loss 1 pp: NOT met"
 
 
+def test_a_budget_met_on_the_samples_that_chose_the_result_says_so():
+    """The result is the most pruned candidate a small decision set accepted (no exam, no stricter later looks): the
+    line says where it was met, not only a note further down; a missed budget needs no such word."""
+    chosen = {"max_loss_pp": 1.0, "measured_loss_pp": 0.0, "met": True, "chosen_by_judges": True}
+    assert _summary(chosen).startswith("budget: measured loss 0.00 pp, --max-loss 1 pp: met on the samples that also "
+                                       "chose the result (new data will likely show more")
+    assert _summary({**chosen, "met": False}) == "budget: measured loss 0.00 pp, --max-loss 1 pp: NOT met"
+
+
 def test_an_eval_set_over_the_met_budget_gets_a_note_naming_both_figures():
     """Newcomer audit: "87.40% -> 86.20% (loss +1.20 pp)" on --eval-data beside "budget: ... met" (0.27 pp on the
     calibration data), with nothing to say which figure the budget was about."""
