@@ -436,10 +436,40 @@ def _computed_channel_reshape(b: Builder, node: gs.Node, x, c: Channels | None, 
     return True
 
 
-def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
-    """Entry j of `node`'s target shape (its input 1: Reshape, Expand) is a constant channel count: an edit of x's
-    channels rewrites it to the kept count, in a copy of the nodes that compute the shape where other nodes read them
-    too. False when the entry is not read from a constant through Cast, Identity, (Un)Squeeze and Concat."""
+def _merged_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
+    """A Reshape that merges x's channel axis with static axes right after it, channels outermost, under a shape
+    whose entries before it are x's own leading sizes (read from its Shape, a 0 copying them, or a constant equal to
+    a static one) and whose entries after it are fixed: channel k becomes the m consecutive channels k*m ...
+    k*m+m-1, m the product of the merged axes. The merged entry is a -1 (it follows by itself) or a constant m times
+    the channel count (rewritten). Sweep 40: torch legacy's `repeat_interleave(2, dim=1)` (Unsqueeze, Tile [1, 1,
+    2, 1, 1], Reshape to [Shape(t)[0], -1, Shape(t)[3:5]]) and its pixel_unshuffle of a map with a dynamic batch
+    (Reshape to [0, -1, 1, 1, 0, 0]) kept every channel before them. False when it is not that."""
+    if c is None or s is None or len(node.inputs) < 2:
+        return False
+    T = _reshape_entries(b, node)
+    ch = len(s) + c.axis
+    if T is None or ch < 1 or len(T) <= ch or not _static(s[ch:]) or not _leading_dims(b, T[:ch], x, s, ch):
+        return False
+    tail = [_static_entry(b, a) for a in T[ch + 1:]]
+    if any(v is None or v < 1 for v in tail):
+        return False
+    end = next((e for e in range(ch + 2, len(s) + 1) if math.prod(s[e:]) == math.prod(tail)), None)
+    if end is None:
+        return False
+    m, n = math.prod(s[ch + 1:end]), len(c.ids)
+    if m < 2 or not (T[ch] == -1 or (isinstance(T[ch], int) and T[ch] == n * m)):
+        return False
+    if T[ch] != -1 and not _rewrites_count(b, node, x, c, ch, per=m):
+        return False
+    b.set(node.outputs[0], Channels(ch - len(T), np.repeat(c.ids, m), np.repeat(c.value, m)))
+    return True
+
+
+def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int = 1) -> bool:
+    """Entry j of `node`'s target shape (its input 1: Reshape, Expand) is a constant channel count (`per` times it):
+    an edit of x's channels rewrites it to the kept count (times `per`), in a copy of the nodes that compute the shape
+    where other nodes read them too. False when the entry is not read from a constant through Cast, Identity,
+    (Un)Squeeze and Concat."""
     found = _entry_path(b, node, j)
     if found is None:
         return False
@@ -451,7 +481,7 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
     def edit(keep: np.ndarray) -> None:
         old = last.inputs[i]
         new = np.array(_const(old), copy=True)
-        new.reshape(-1)[at] = int(keep.sum())
+        new.reshape(-1)[at] = int(keep.sum()) * per
         current = gs.Constant(b.cg.unique(f"{old.name}_pruned"), new)
         if not any(len(r.outputs[0].outputs) > 1 for r, _ in path[1:]):
             last.inputs[i] = current
@@ -696,7 +726,7 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
         if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S) or
                                  _merge_before(b, node, x, c, s, S) or _computed_channel_reshape(b, node, x, c, s)
-                                 or _shuffle(b, node, x, c, s)):
+                                 or _shuffle(b, node, x, c, s) or _merged_axes(b, node, x, c, s)):
             return None
         return b.opaque(node, "is not a flattening Reshape, nor one that keeps the channel axis whole or merges it "
                               "with the axes after it (it splits the channels, as into attention heads, or its shape "

@@ -2120,3 +2120,45 @@ def test_an_upsample_by_tile_keeps_the_channels_in_step():
     G.set_init(m, "a.bias", np.where(np.isin(np.arange(8), [2, 5]), -1.0, G.init(m, "a.bias")).astype(np.float32))
     out, report, shp = prune(m)
     assert shp["a.weight"] == (5, 6) and shp["mm.weight"] == (6, 3)
+
+
+def _merged_channels(kind: str) -> onnx.ModelProto:
+    """Conv 1 -> 4 -> Relu, then the channel axis merged with axes after it, -> Conv -> head 'y' [N, 3]. "repeat":
+    torch legacy's repeat_interleave(2, dim=1), Unsqueeze -> Tile [1, 1, 2, 1, 1] -> Reshape to [Shape(t)[0], -1,
+    Shape(t)[3:5]] (channel k becomes 2k, 2k + 1); "repeat-constant": the same to a constant [0, 8, 6, 6];
+    "unshuffle": its pixel_unshuffle(2) with a dynamic batch, Unsqueeze -> Reshape [0, 0, -1, 2, 0] -> Reshape [0, 0,
+    0, 0, -1, 2] -> Transpose -> Reshape [0, -1, 1, 1, 0, 0] -> Squeeze (channel k becomes 4k ... 4k + 3)."""
+    g = G.G(0)
+    i64 = lambda name, v: g.init(name, np.array(v, np.int64))  # noqa: E731
+    h = g.op("Relu", "r1", [g.conv("x", "c1", 1, 4, pad=1)])
+    if kind.startswith("repeat"):
+        t = g.op("Tile", "tile", [g.op("Unsqueeze", "u", [h, i64("ax2", [2])]), i64("reps", [1, 1, 2, 1, 1])])
+        if kind == "repeat":
+            shape = g.op("Shape", "t_shape", [t])
+            target = g.op("Concat", "target", [g.op("Slice", "n", [shape, i64("s0", [0]), i64("e0", [1])]),
+                                               i64("minus", [-1]),
+                                               g.op("Slice", "hw", [shape, i64("s3", [3]), i64("e5", [5])])], axis=0)
+        else:
+            target = i64("target", [0, 8, 6, 6])
+        h, c = g.op("Reshape", "merge", [t, target]), 8
+    else:
+        h = g.op("Unsqueeze", "u", [h, i64("ax3", [3])])
+        h = g.op("Reshape", "rows", [h, i64("t1", [0, 0, -1, 2, 0])])
+        h = g.op("Reshape", "cols", [h, i64("t2", [0, 0, 0, 0, -1, 2])])
+        h = g.op("Transpose", "perm", [h], perm=[0, 1, 3, 5, 2, 4])
+        h = g.op("Reshape", "merge", [h, i64("t3", [0, -1, 1, 1, 0, 0])])
+        h, c = g.op("Squeeze", "sq", [h, i64("ax23", [2, 3])]), 16
+    G._head(g, g.op("Relu", "r2", [g.conv(h, "c2", c, 5, pad=1)]), 5)
+    return g.model({"x": ["N", 1, 6, 6]}, {"y": ["N", 3]})
+
+
+@pytest.mark.parametrize("kind, kept", [("repeat", (3, 6)), ("repeat-constant", (3, 6)), ("unshuffle", (3, 12))])
+def test_dead_channels_go_through_a_reshape_that_merges_them_with_the_axes_after_them(kind, kept):
+    """Sweep 40: torch legacy's repeat_interleave of the channels (a computed shape with a -1 for them) and its
+    pixel_unshuffle with a dynamic batch (a 0 for the batch, a -1 for the channels) kept every channel before them
+    ("not a flattening Reshape, nor one that ... merges it with the axes after it"). Channel k becomes the m
+    consecutive channels k*m ... k*m+m-1; a dead one goes with its copies, a constant count is rewritten."""
+    m = G.zero(G.zero(_merged_channels(kind), "c1.weight", 0, [1]), "c1.bias", 0, [1])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (kept[0], 1, 3, 3) and shp["c2.weight"] == (5, kept[1], 3, 3), channels(report)
+    onnx.checker.check_model(out, full_check=True)
