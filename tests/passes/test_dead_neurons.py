@@ -2162,3 +2162,17 @@ def test_dead_channels_go_through_a_reshape_that_merges_them_with_the_axes_after
     out, report, shp = prune(m)
     assert shp["c1.weight"] == (kept[0], 1, 3, 3) and shp["c2.weight"] == (5, kept[1], 3, 3), channels(report)
     onnx.checker.check_model(out, full_check=True)
+
+
+@pytest.mark.parametrize("multiplier, pad", [(1, 1), (2, 1), (2, 0)])
+def test_a_zero_channel_through_a_padded_depthwise_conv_is_its_bias_and_goes(multiplier, pad):
+    """Sweep 40: Keras' SeparableConv1D(padding="same") after a layer with dead channels kept them without a word: the
+    depthwise filters of a channel are members of its class, and a padded depthwise Conv gave them no known value, so
+    the pointwise Conv after it read them as varying. A channel that is 0 everywhere gives the filters' bias, padded or
+    not (a constant one only unpadded)."""
+    dead = [1, 3, 5, 6]  # 8 -> 4: the pointwise Conv's input stays a multiple of 4 (`_keep_aligned`)
+    m = G.zero(G.zero(G.depthwise_separable(multiplier=multiplier, pad=pad), "pw0.weight", 0, dead), "pw0.bias", 0,
+               dead)
+    out, report, shp = prune(m)
+    c = 4 * multiplier
+    assert shp["pw0.weight"] == (4, 3, 1, 1) and shp["dw.weight"] == (c, 1, 3, 3) and shp["pw1.weight"] == (6, c, 1, 1)
