@@ -170,6 +170,7 @@ def _constant_of_shape(b: Builder, node: gs.Node) -> None:
     c = b.ch(like[0]) if like is not None else None
     r = b.rank(like[0]) if like is not None else None
     if c is None or r is None:
+        _filled(b, node)
         return None
     axis, perm = c.axis, like[1]
     if perm is not None:
@@ -180,6 +181,28 @@ def _constant_of_shape(b: Builder, node: gs.Node) -> None:
     fill = node.attrs.get("value")
     value = 0.0 if fill is None else float(np.ravel(getattr(fill, "values", fill))[0])
     b.set(node.outputs[0], Channels(axis, c.ids, np.full(len(c.ids), value)))
+
+
+def _filled(b: Builder, node: gs.Node) -> None:
+    """ConstantOfShape of a shape whose last entry is a constant count n (no entry a channel count) read only as the
+    data operand of Gemm/MatMul layers: n positions of one fill value, a class each, which a weight shared with other
+    readers joins to the positions they carry (`Builder.tie`); the count is rewritten as they go. Sweep 40: torch's
+    `h = torch.zeros(x.shape[0], 64)` before an nn.RNNCell unrolled over 28 steps: the first step's Gemm reads it with
+    the shared W_hh, and "'cell.weight_hh' is shared with a reader whose input there carries no channels" kept every
+    dead hidden unit. Of any other shape, or read otherwise, it carries none."""
+    out = node.outputs[0]
+    atoms = _shape_atoms(b, node.inputs[0])
+    if (not atoms or len(atoms) < 2 or not isinstance(atoms[-1], int) or atoms[-1] < 1
+            or any(isinstance(a, tuple) and _channel_dim(b, a) for a in atoms)):
+        return
+    if not out.outputs or any(r.op not in ("Gemm", "MatMul") or r.inputs[0] is not out for r in out.outputs):
+        return
+    fill = node.attrs.get("value")
+    value = 0.0 if fill is None else float(np.ravel(getattr(fill, "values", fill))[0])
+    n = atoms[-1]
+    c = Channels(-1, b.cg.new_classes(n, f"ConstantOfShape '{node.name}'"), np.full(n, value))
+    if _rewrites_count(b, node, out, c, len(atoms) - 1, shape_input=0):
+        b.set(out, c)
 
 
 def _before_casts(t):
@@ -389,11 +412,11 @@ def _leading_dims(b: Builder, head: list, x, s, ch: int) -> bool:
                                    for i, a in enumerate(head))
 
 
-def _entry_path(b: Builder, node: gs.Node, j: int) -> tuple[list[tuple[gs.Node, int]], int] | None:
-    """([(reader, input index), ...] from Reshape `node`'s shape input down to the integer constant that gives entry j
-    of its target shape, through Cast, Identity, (Un)Squeeze and Concat; the entry's index in that constant), or None
-    when entry j is not read from a constant that way."""
-    path, reader, i = [], node, 1
+def _entry_path(b: Builder, node: gs.Node, j: int, at: int = 1) -> tuple[list[tuple[gs.Node, int]], int] | None:
+    """([(reader, input index), ...] from `node`'s shape input (input `at`: a Reshape's 1) down to the integer
+    constant that gives entry j of its target shape, through Cast, Identity, (Un)Squeeze and Concat; the entry's index
+    in that constant), or None when entry j is not read from a constant that way."""
+    path, reader, i = [], node, at
     for _ in range(16):
         path.append((reader, i))
         t = reader.inputs[i]
@@ -465,12 +488,12 @@ def _merged_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
     return True
 
 
-def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int = 1) -> bool:
-    """Entry j of `node`'s target shape (its input 1: Reshape, Expand) is a constant channel count (`per` times it):
-    an edit of x's channels rewrites it to the kept count (times `per`), in a copy of the nodes that compute the shape
-    where other nodes read them too. False when the entry is not read from a constant through Cast, Identity,
-    (Un)Squeeze and Concat."""
-    found = _entry_path(b, node, j)
+def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int = 1, shape_input: int = 1) -> bool:
+    """Entry j of `node`'s target shape (its input `shape_input`: 1 for Reshape and Expand, 0 for ConstantOfShape) is
+    a constant channel count (`per` times it): an edit of x's channels rewrites it to the kept count (times `per`), in
+    a copy of the nodes that compute the shape where other nodes read them too. False when the entry is not read from
+    a constant through Cast, Identity, (Un)Squeeze and Concat."""
+    found = _entry_path(b, node, j, shape_input)
     if found is None:
         return False
     path, at = found
@@ -494,7 +517,7 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int 
                            domain=r.domain)
             b.cg.graph.nodes.append(copy)
             current = copy.outputs[0]
-        node.inputs[1] = current
+        node.inputs[shape_input] = current
 
     b.edit(x, edit)
     return True

@@ -2176,3 +2176,42 @@ def test_a_zero_channel_through_a_padded_depthwise_conv_is_its_bias_and_goes(mul
     out, report, shp = prune(m)
     c = 4 * multiplier
     assert shp["pw0.weight"] == (4, 3, 1, 1) and shp["dw.weight"] == (c, 1, 3, 3) and shp["pw1.weight"] == (6, c, 1, 1)
+
+
+def _unrolled_rnn_cell(steps: int = 3, features: int = 5, hidden: int = 6) -> onnx.ModelProto:
+    """torch's nn.RNNCell unrolled as its legacy export writes it: h0 = ConstantOfShape(Concat(Shape(x)[0], [H])),
+    then for each step h = Tanh(Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh)), both weights shared by every step ->
+    Gemm head 'y' [N, 3]."""
+    g = G.G(0)
+    i64 = lambda name, v: g.init(name, np.array(v, np.int64))  # noqa: E731
+    n = g.op("Unsqueeze", "n", [g.op("Gather", "n0", [g.op("Shape", "x_shape", ["x"]), i64("zero", 0)]),
+                                i64("ax0", [0])])
+    h = g.op("ConstantOfShape", "h0", [g.op("Concat", "h0_shape", [n, i64("width", [hidden])], axis=0)])
+    w_ih, w_hh = g.weight("cell.weight_ih", (hidden, features), features), g.weight("cell.weight_hh", (hidden, hidden),
+                                                                                     hidden)
+    b_ih, b_hh = g.bias("cell.bias_ih", hidden), g.bias("cell.bias_hh", hidden)
+    for t in range(steps):
+        xt = g.op("Gather", f"x{t}", ["x", i64(f"t{t}", t)], axis=1)
+        a = g.op("Gemm", f"ih{t}", [xt, w_ih, b_ih], transB=1)
+        h = g.op("Tanh", f"step{t}", [g.op("Add", f"s{t}", [a, g.op("Gemm", f"hh{t}", [h, w_hh, b_hh], transB=1)])])
+    g.gemm(h, "fc", hidden, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", steps, features]}, {"y": ["N", 3]})
+
+
+def test_an_unrolled_rnn_cells_dead_hidden_units_go_with_its_zero_initial_state():
+    """Sweep 40: nn.RNNCell unrolled over the rows kept its dead hidden units: the first step's Gemm reads W_hh with
+    h0 = torch.zeros(N, H), a ConstantOfShape that carried no channels ("'cell.weight_hh' is shared with a reader whose
+    input there carries no channels followed"). Zeros of a shape ending in a constant count, read only by Gemm/MatMul
+    layers, take the classes the shared weight ties them to, and their count is rewritten."""
+    m = _unrolled_rnn_cell()
+    for name, axis in (("cell.weight_ih", 0), ("cell.weight_hh", 0), ("cell.bias_ih", 0), ("cell.bias_hh", 0)):
+        m = G.zero(m, name, axis, [1, 4])
+    out, report, shp = prune(m)
+    assert shp["cell.weight_ih"] == (4, 5) and shp["cell.weight_hh"] == (4, 4) and shp["fc.weight"] == (3, 4)
+    assert not [line for line in report.lines() if "ConstantOfShape" in line], report.lines()
+    onnx.checker.check_model(out, full_check=True)
+    m.graph.node.append(onnx.helper.make_node("ReduceSum", ["h0_out"], ["h0_sum"], keepdims=0))  # read otherwise too
+    m.graph.output.append(onnx.helper.make_tensor_value_info("h0_sum", onnx.TensorProto.FLOAT, []))
+    out, report, shp = prune(m)
+    assert shp["cell.weight_hh"] == (6, 6)
