@@ -328,8 +328,8 @@ class Evaluator:
                 rows = value[None] if self.whole(i) else self.samples_first(i, value, None)[0]
                 if rows.ndim == 0 or rows.shape[0] == 0:
                     return False
-                first = rows[0] if first is None else first
-                if rows.shape[1:] != first.shape or not (rows == first).all():
+                first = rows[:1] if first is None else first  # a row, not its element: a string output's is a str
+                if rows.shape[1:] != first.shape[1:] or not (rows == first).all():
                     return False
                 samples += rows.shape[0] if i == 0 else 0
         return samples >= 2

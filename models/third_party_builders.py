@@ -921,6 +921,29 @@ def einsum_bilinear(*, in_features: int = 12, a: int = 6, b: int = 5, classes: i
     return model
 
 
+def einsum_flat(*, in_features: int = 12, a: int = 6, hidden: int = 8, classes: int = 4,
+                equation: str = "nik,oik->no", seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, in] -> Gemm -> Tanh t [N, a] -> terms T = [t, t*t, t*t*t] stacked on a last axis [N, a, 3] ->
+    `torch.einsum("nik,oik->no", T, W)` with W [hidden, a, 3] (a KAN-like layer contracting two axes at once) ->
+    Relu -> Gemm -> 'logits' [N, classes]. `equation` may lay W's letters out otherwise ("nik,kio->no")."""
+    g = _Graph(seed)
+    t = g.op("Tanh", "pt", [g.gemm("input", "pt", in_features, a)])
+    t2 = g.op("Mul", "t2", [t, t])
+    t3 = g.op("Mul", "t3", [t2, t])
+    g.initializers.append(numpy_helper.from_array(np.array([2], np.int64), "terms_axis"))
+    axis = "terms_axis"
+    parts = [g.op("Unsqueeze", f"u{k}", [v, axis]) for k, v in enumerate((t, t2, t3))]
+    terms = g.op("Concat", "terms", parts, axis=2)
+    sizes = {"o": hidden, "i": a, "k": 3}
+    w_term = equation.split(",")[1].split("->")[0]
+    g.weight("kan.W", tuple(sizes[c] for c in w_term), a * 3)
+    g.nodes.append(helper.make_node("Einsum", [terms, "kan.W"], ["kan_out"], equation=equation, name="/Einsum"))
+    h = g.relu("kan_out", "kan")
+    g.gemm(h, "fc", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "einsum_flat", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
 def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
                  seed: int = 0, stored: int = TensorProto.BFLOAT16) -> onnx.ModelProto:
     """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->

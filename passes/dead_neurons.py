@@ -178,7 +178,9 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     outputs = {t.name for t in cg.graph.outputs}
     for name in list(ignored):  # a tensor something else reads too (a residual Add, a graph output) is not ignored
         consumers = {id(n) for n in tensors[name].outputs} if name in tensors else {None}
-        if name in outputs or consumers != readers[name]:
+        # nor one filled with a constant (an unrolled RNNCell's zero h0, `rules_layout._filled`): nothing to remove
+        filled = name in tensors and any(p.op == "ConstantOfShape" for p in tensors[name].inputs)
+        if name in outputs or consumers != readers[name] or filled:
             del ignored[name]
     blocked = cg.blocked()
     boxes = {t for t, _ in cg.boxes}

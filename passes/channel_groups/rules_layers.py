@@ -208,8 +208,10 @@ def _depthwise(b: Builder, node: gs.Node, W: np.ndarray, cx: Channels) -> None:
     m, rows = W.shape[0] // len(cx.ids), W.reshape(W.shape[0], -1)
     bias, bias_frozen = _bias(b, node, W.shape[0])
     b.block(cx.ids, b.frozen(w, node) or bias_frozen or "")
-    taps = rows.sum(axis=1, dtype=np.float64)
-    through = np.repeat(cx.value, m) * taps + bias if _no_padding(node) else np.full(len(rows), NAN)
+    taps, lifted = rows.sum(axis=1, dtype=np.float64), np.repeat(cx.value, m)
+    # a constant channel meets every tap where nothing is padded; a zero one gives the bias, padded or not (sweep 40:
+    # Keras' SeparableConv1D(padding="same") kept a dead channel of the layer before it, silently)
+    through = lifted * taps + bias if _no_padding(node) else np.where(lifted == 0, bias, NAN)
     out = node.outputs[0]
     b.set(out, Channels(cx.axis, np.repeat(cx.ids, m), np.where(rows.any(axis=1), through, bias)))
     b.cg.layers.append(Layer(node.name, node.op, w.name, out.name, rows))

@@ -170,6 +170,7 @@ def _constant_of_shape(b: Builder, node: gs.Node) -> None:
     c = b.ch(like[0]) if like is not None else None
     r = b.rank(like[0]) if like is not None else None
     if c is None or r is None:
+        _filled(b, node)
         return None
     axis, perm = c.axis, like[1]
     if perm is not None:
@@ -180,6 +181,28 @@ def _constant_of_shape(b: Builder, node: gs.Node) -> None:
     fill = node.attrs.get("value")
     value = 0.0 if fill is None else float(np.ravel(getattr(fill, "values", fill))[0])
     b.set(node.outputs[0], Channels(axis, c.ids, np.full(len(c.ids), value)))
+
+
+def _filled(b: Builder, node: gs.Node) -> None:
+    """ConstantOfShape of a shape whose last entry is a constant count n (no entry a channel count) read only as the
+    data operand of Gemm/MatMul layers: n positions of one fill value, a class each, which a weight shared with other
+    readers joins to the positions they carry (`Builder.tie`); the count is rewritten as they go. Sweep 40: torch's
+    `h = torch.zeros(x.shape[0], 64)` before an nn.RNNCell unrolled over 28 steps: the first step's Gemm reads it with
+    the shared W_hh, and "'cell.weight_hh' is shared with a reader whose input there carries no channels" kept every
+    dead hidden unit. Of any other shape, or read otherwise, it carries none."""
+    out = node.outputs[0]
+    atoms = _shape_atoms(b, node.inputs[0])
+    if (not atoms or len(atoms) < 2 or not isinstance(atoms[-1], int) or atoms[-1] < 1
+            or any(isinstance(a, tuple) and _channel_dim(b, a) for a in atoms)):
+        return
+    if not out.outputs or any(r.op not in ("Gemm", "MatMul") or r.inputs[0] is not out for r in out.outputs):
+        return
+    fill = node.attrs.get("value")
+    value = 0.0 if fill is None else float(np.ravel(getattr(fill, "values", fill))[0])
+    n = atoms[-1]
+    c = Channels(-1, b.cg.new_classes(n, f"ConstantOfShape '{node.name}'"), np.full(n, value))
+    if _rewrites_count(b, node, out, c, len(atoms) - 1, shape_input=0):
+        b.set(out, c)
 
 
 def _before_casts(t):
@@ -389,11 +412,11 @@ def _leading_dims(b: Builder, head: list, x, s, ch: int) -> bool:
                                    for i, a in enumerate(head))
 
 
-def _entry_path(b: Builder, node: gs.Node, j: int) -> tuple[list[tuple[gs.Node, int]], int] | None:
-    """([(reader, input index), ...] from Reshape `node`'s shape input down to the integer constant that gives entry j
-    of its target shape, through Cast, Identity, (Un)Squeeze and Concat; the entry's index in that constant), or None
-    when entry j is not read from a constant that way."""
-    path, reader, i = [], node, 1
+def _entry_path(b: Builder, node: gs.Node, j: int, at: int = 1) -> tuple[list[tuple[gs.Node, int]], int] | None:
+    """([(reader, input index), ...] from `node`'s shape input (input `at`: a Reshape's 1) down to the integer
+    constant that gives entry j of its target shape, through Cast, Identity, (Un)Squeeze and Concat; the entry's index
+    in that constant), or None when entry j is not read from a constant that way."""
+    path, reader, i = [], node, at
     for _ in range(16):
         path.append((reader, i))
         t = reader.inputs[i]
@@ -436,11 +459,41 @@ def _computed_channel_reshape(b: Builder, node: gs.Node, x, c: Channels | None, 
     return True
 
 
-def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
-    """Entry j of `node`'s target shape (its input 1: Reshape, Expand) is a constant channel count: an edit of x's
-    channels rewrites it to the kept count, in a copy of the nodes that compute the shape where other nodes read them
-    too. False when the entry is not read from a constant through Cast, Identity, (Un)Squeeze and Concat."""
-    found = _entry_path(b, node, j)
+def _merged_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
+    """A Reshape that merges x's channel axis with static axes right after it, channels outermost, under a shape
+    whose entries before it are x's own leading sizes (read from its Shape, a 0 copying them, or a constant equal to
+    a static one) and whose entries after it are fixed: channel k becomes the m consecutive channels k*m ...
+    k*m+m-1, m the product of the merged axes. The merged entry is a -1 (it follows by itself) or a constant m times
+    the channel count (rewritten). Sweep 40: torch legacy's `repeat_interleave(2, dim=1)` (Unsqueeze, Tile [1, 1,
+    2, 1, 1], Reshape to [Shape(t)[0], -1, Shape(t)[3:5]]) and its pixel_unshuffle of a map with a dynamic batch
+    (Reshape to [0, -1, 1, 1, 0, 0]) kept every channel before them. False when it is not that."""
+    if c is None or s is None or len(node.inputs) < 2:
+        return False
+    T = _reshape_entries(b, node)
+    ch = len(s) + c.axis
+    if T is None or ch < 1 or len(T) <= ch or not _static(s[ch:]) or not _leading_dims(b, T[:ch], x, s, ch):
+        return False
+    tail = [_static_entry(b, a) for a in T[ch + 1:]]
+    if any(v is None or v < 1 for v in tail):
+        return False
+    end = next((e for e in range(ch + 2, len(s) + 1) if math.prod(s[e:]) == math.prod(tail)), None)
+    if end is None:
+        return False
+    m, n = math.prod(s[ch + 1:end]), len(c.ids)
+    if m < 2 or not (T[ch] == -1 or (isinstance(T[ch], int) and T[ch] == n * m)):
+        return False
+    if T[ch] != -1 and not _rewrites_count(b, node, x, c, ch, per=m):
+        return False
+    b.set(node.outputs[0], Channels(ch - len(T), np.repeat(c.ids, m), np.repeat(c.value, m)))
+    return True
+
+
+def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int = 1, shape_input: int = 1) -> bool:
+    """Entry j of `node`'s target shape (its input `shape_input`: 1 for Reshape and Expand, 0 for ConstantOfShape) is
+    a constant channel count (`per` times it): an edit of x's channels rewrites it to the kept count (times `per`), in
+    a copy of the nodes that compute the shape where other nodes read them too. False when the entry is not read from
+    a constant through Cast, Identity, (Un)Squeeze and Concat."""
+    found = _entry_path(b, node, j, shape_input)
     if found is None:
         return False
     path, at = found
@@ -451,7 +504,7 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
     def edit(keep: np.ndarray) -> None:
         old = last.inputs[i]
         new = np.array(_const(old), copy=True)
-        new.reshape(-1)[at] = int(keep.sum())
+        new.reshape(-1)[at] = int(keep.sum()) * per
         current = gs.Constant(b.cg.unique(f"{old.name}_pruned"), new)
         if not any(len(r.outputs[0].outputs) > 1 for r, _ in path[1:]):
             last.inputs[i] = current
@@ -464,7 +517,7 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int) -> bool:
                            domain=r.domain)
             b.cg.graph.nodes.append(copy)
             current = copy.outputs[0]
-        node.inputs[1] = current
+        node.inputs[shape_input] = current
 
     b.edit(x, edit)
     return True
@@ -720,7 +773,7 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
         if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S) or
                                  _merge_before(b, node, x, c, s, S) or _computed_channel_reshape(b, node, x, c, s)
-                                 or _shuffle(b, node, x, c, s)):
+                                 or _shuffle(b, node, x, c, s) or _merged_axes(b, node, x, c, s)):
             return None
         return b.opaque(node, "is not a flattening Reshape, nor one that keeps the channel axis whole or merges it "
                               "with the axes after it (it splits the channels, as into attention heads, or its shape "

@@ -236,3 +236,34 @@ def test_an_input_model_out_of_memory_is_said_as_such():
     assert "--metric OUTPUT=KIND" in text
     shapes = _input_model_failed(RuntimeError("Got invalid dimensions for input"), reader, False, model)
     assert "data's shapes" in shapes and "ran out of memory" not in shapes
+
+
+def _string_labels(weight: np.ndarray) -> onnx.ModelProto:
+    """skl2onnx's classifier of string classes: `label` [N] (strings, ArgMax -> Gather of the class names) beside
+    `probabilities` [N, C] (Softmax)."""
+    k, c = weight.shape
+    names = numpy_helper.from_array(np.array([f"class{j}" for j in range(c)], dtype=object), "names")
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probabilities"], axis=1),
+             helper.make_node("ArgMax", ["z"], ["best"], axis=1, keepdims=0),
+             helper.make_node("Gather", ["names", "best"], ["label"])]
+    graph = helper.make_graph(nodes, "strlab", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", k])],
+                              [helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
+                               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", c])],
+                              initializer=[numpy_helper.from_array(weight.astype(np.float32), "W"), names])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_string_label_output_is_scored_and_compared_row_by_row():
+    """Sweep 40: scikit-learn's MLPClassifier fit on string classes ("zero" ... "nine") gives a string `label`;
+    the check whether every sample gives the same outputs took a row's first element for the row ('str' object has no
+    attribute 'shape': "step 'targets' failed"). Rows are compared whole, a string output's as the others'."""
+    model = _string_labels(np.eye(6, 3))
+    varied = Evaluator(open_data({"input": X}, model, batch_size=2), None, model)
+    assert varied.plan == {"label": "exact", "probabilities": "prob"}
+    assert not varied.constant
+    same = np.repeat(X[:1], 4, axis=0)
+    alike = Evaluator(open_data({"input": same}, model, batch_size=2), None, model)
+    assert alike.constant
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["label"], {"input": X})
+    assert out[0].tolist() == ["class0", "class1", "class2", "class2"]

@@ -2229,3 +2229,98 @@ def test_a_layer_norm_over_the_channels_and_positions_keeps_them():
     out, report, shp = prune(m)
     assert shp["c1.weight"][0] == 6
     assert any("normalizes across the channels" in why for why in report.blocked)
+
+
+def _merged_channels(kind: str) -> onnx.ModelProto:
+    """Conv 1 -> 4 -> Relu, then the channel axis merged with axes after it, -> Conv -> head 'y' [N, 3]. "repeat":
+    torch legacy's repeat_interleave(2, dim=1), Unsqueeze -> Tile [1, 1, 2, 1, 1] -> Reshape to [Shape(t)[0], -1,
+    Shape(t)[3:5]] (channel k becomes 2k, 2k + 1); "repeat-constant": the same to a constant [0, 8, 6, 6];
+    "unshuffle": its pixel_unshuffle(2) with a dynamic batch, Unsqueeze -> Reshape [0, 0, -1, 2, 0] -> Reshape [0, 0,
+    0, 0, -1, 2] -> Transpose -> Reshape [0, -1, 1, 1, 0, 0] -> Squeeze (channel k becomes 4k ... 4k + 3)."""
+    g = G.G(0)
+    i64 = lambda name, v: g.init(name, np.array(v, np.int64))  # noqa: E731
+    h = g.op("Relu", "r1", [g.conv("x", "c1", 1, 4, pad=1)])
+    if kind.startswith("repeat"):
+        t = g.op("Tile", "tile", [g.op("Unsqueeze", "u", [h, i64("ax2", [2])]), i64("reps", [1, 1, 2, 1, 1])])
+        if kind == "repeat":
+            shape = g.op("Shape", "t_shape", [t])
+            target = g.op("Concat", "target", [g.op("Slice", "n", [shape, i64("s0", [0]), i64("e0", [1])]),
+                                               i64("minus", [-1]),
+                                               g.op("Slice", "hw", [shape, i64("s3", [3]), i64("e5", [5])])], axis=0)
+        else:
+            target = i64("target", [0, 8, 6, 6])
+        h, c = g.op("Reshape", "merge", [t, target]), 8
+    else:
+        h = g.op("Unsqueeze", "u", [h, i64("ax3", [3])])
+        h = g.op("Reshape", "rows", [h, i64("t1", [0, 0, -1, 2, 0])])
+        h = g.op("Reshape", "cols", [h, i64("t2", [0, 0, 0, 0, -1, 2])])
+        h = g.op("Transpose", "perm", [h], perm=[0, 1, 3, 5, 2, 4])
+        h = g.op("Reshape", "merge", [h, i64("t3", [0, -1, 1, 1, 0, 0])])
+        h, c = g.op("Squeeze", "sq", [h, i64("ax23", [2, 3])]), 16
+    G._head(g, g.op("Relu", "r2", [g.conv(h, "c2", c, 5, pad=1)]), 5)
+    return g.model({"x": ["N", 1, 6, 6]}, {"y": ["N", 3]})
+
+
+@pytest.mark.parametrize("kind, kept", [("repeat", (3, 6)), ("repeat-constant", (3, 6)), ("unshuffle", (3, 12))])
+def test_dead_channels_go_through_a_reshape_that_merges_them_with_the_axes_after_them(kind, kept):
+    """Sweep 40: torch legacy's repeat_interleave of the channels (a computed shape with a -1 for them) and its
+    pixel_unshuffle with a dynamic batch (a 0 for the batch, a -1 for the channels) kept every channel before them
+    ("not a flattening Reshape, nor one that ... merges it with the axes after it"). Channel k becomes the m
+    consecutive channels k*m ... k*m+m-1; a dead one goes with its copies, a constant count is rewritten."""
+    m = G.zero(G.zero(_merged_channels(kind), "c1.weight", 0, [1]), "c1.bias", 0, [1])
+    out, report, shp = prune(m)
+    assert shp["c1.weight"] == (kept[0], 1, 3, 3) and shp["c2.weight"] == (5, kept[1], 3, 3), channels(report)
+    onnx.checker.check_model(out, full_check=True)
+
+
+@pytest.mark.parametrize("multiplier, pad", [(1, 1), (2, 1), (2, 0)])
+def test_a_zero_channel_through_a_padded_depthwise_conv_is_its_bias_and_goes(multiplier, pad):
+    """Sweep 40: Keras' SeparableConv1D(padding="same") after a layer with dead channels kept them without a word: the
+    depthwise filters of a channel are members of its class, and a padded depthwise Conv gave them no known value, so
+    the pointwise Conv after it read them as varying. A channel that is 0 everywhere gives the filters' bias, padded or
+    not (a constant one only unpadded)."""
+    dead = [1, 3, 5, 6]  # 8 -> 4: the pointwise Conv's input stays a multiple of 4 (`_keep_aligned`)
+    m = G.zero(G.zero(G.depthwise_separable(multiplier=multiplier, pad=pad), "pw0.weight", 0, dead), "pw0.bias", 0,
+               dead)
+    out, report, shp = prune(m)
+    c = 4 * multiplier
+    assert shp["pw0.weight"] == (4, 3, 1, 1) and shp["dw.weight"] == (c, 1, 3, 3) and shp["pw1.weight"] == (6, c, 1, 1)
+
+
+def _unrolled_rnn_cell(steps: int = 3, features: int = 5, hidden: int = 6) -> onnx.ModelProto:
+    """torch's nn.RNNCell unrolled as its legacy export writes it: h0 = ConstantOfShape(Concat(Shape(x)[0], [H])),
+    then for each step h = Tanh(Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh)), both weights shared by every step ->
+    Gemm head 'y' [N, 3]."""
+    g = G.G(0)
+    i64 = lambda name, v: g.init(name, np.array(v, np.int64))  # noqa: E731
+    n = g.op("Unsqueeze", "n", [g.op("Gather", "n0", [g.op("Shape", "x_shape", ["x"]), i64("zero", 0)]),
+                                i64("ax0", [0])])
+    h = g.op("ConstantOfShape", "h0", [g.op("Concat", "h0_shape", [n, i64("width", [hidden])], axis=0)])
+    w_ih, w_hh = g.weight("cell.weight_ih", (hidden, features), features), g.weight("cell.weight_hh", (hidden, hidden),
+                                                                                     hidden)
+    b_ih, b_hh = g.bias("cell.bias_ih", hidden), g.bias("cell.bias_hh", hidden)
+    for t in range(steps):
+        xt = g.op("Gather", f"x{t}", ["x", i64(f"t{t}", t)], axis=1)
+        a = g.op("Gemm", f"ih{t}", [xt, w_ih, b_ih], transB=1)
+        h = g.op("Tanh", f"step{t}", [g.op("Add", f"s{t}", [a, g.op("Gemm", f"hh{t}", [h, w_hh, b_hh], transB=1)])])
+    g.gemm(h, "fc", hidden, 3)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": ["N", steps, features]}, {"y": ["N", 3]})
+
+
+def test_an_unrolled_rnn_cells_dead_hidden_units_go_with_its_zero_initial_state():
+    """Sweep 40: nn.RNNCell unrolled over the rows kept its dead hidden units: the first step's Gemm reads W_hh with
+    h0 = torch.zeros(N, H), a ConstantOfShape that carried no channels ("'cell.weight_hh' is shared with a reader whose
+    input there carries no channels followed"). Zeros of a shape ending in a constant count, read only by Gemm/MatMul
+    layers, take the classes the shared weight ties them to, and their count is rewritten."""
+    m = _unrolled_rnn_cell()
+    for name, axis in (("cell.weight_ih", 0), ("cell.weight_hh", 0), ("cell.bias_ih", 0), ("cell.bias_hh", 0)):
+        m = G.zero(m, name, axis, [1, 4])
+    out, report, shp = prune(m)
+    assert shp["cell.weight_ih"] == (4, 5) and shp["cell.weight_hh"] == (4, 4) and shp["fc.weight"] == (3, 4)
+    assert not [line for line in report.lines() if "ConstantOfShape" in line], report.lines()
+    onnx.checker.check_model(out, full_check=True)
+    m.graph.node.append(onnx.helper.make_node("ReduceSum", ["h0_out"], ["h0_sum"], keepdims=0))  # read otherwise too
+    m.graph.output.append(onnx.helper.make_tensor_value_info("h0_sum", onnx.TensorProto.FLOAT, []))
+    out, report, shp = prune(m)
+    assert shp["cell.weight_hh"] == (6, 6)

@@ -138,3 +138,46 @@ def test_a_bilinear_weight_read_twice_or_under_an_ellipsis_is_left_as_it_was():
     assert bilinear_layers(model) == {}
     rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
     assert_same_outputs(rewritten, model, rtol=1e-5)
+
+
+def test_equations_contracting_several_axes_are_recognized_and_others_are_not():
+    from onnxprune.passes.einsum_linear import flat_layout
+
+    assert flat_layout(_einsum("nik,oik->no"), 1) == ((1, 2, 0), 1)
+    assert flat_layout(_einsum("nik,kio->no"), 1) == ((1, 0, 2), 1)
+    assert flat_layout(_einsum("bshd,hdm->bsm"), 1) == ((0, 1, 2), 2)
+    assert flat_layout(_einsum("oik,nik->no", 0), 0) == ((1, 2, 0), 1)
+    for eq in ("...ik,oik->...o", "nik,oik->on", "nik,oik->nio", "nii,oii->no", "nik,oij->no", "nik,oikn->no",
+               "nik,oik->nko", "nk,oik->no"):
+        assert flat_layout(_einsum(eq), 1) is None, eq
+
+
+@pytest.mark.parametrize("equation", ["nik,oik->no", "nik,kio->no"])
+def test_an_einsum_contracting_several_axes_is_a_matmul_of_the_flattened_axes_with_the_same_outputs(equation):
+    """Sweep 40: a KAN-like layer, `torch.einsum("nik,oik->no", T, W)` with W [32, 64, 4], exported (legacy and
+    dynamo) as one Einsum: W was "not a weight ... (used by Einsum)", 14% of the model. The pass writes Reshape(T,
+    [0, -1]) -> MatMul(., W [i·k, o]); the pruned model computes what its written weights say, and outputs the Einsum
+    no longer feeds (a zero row of W: a dead unit) are removed."""
+    from onnxprune.models.third_party_builders import einsum_flat
+
+    model = einsum_flat(equation=equation, seed=0)
+    check_full(model)
+    assert "kan.W" not in {w.name for w in find_prunable(model).prunable}
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    check_full(rewritten)
+    assert "Einsum" not in [n.op_type for n in rewritten.graph.node]
+    assert_same_outputs(rewritten, model, rtol=1e-5)
+    w = next(t for t in rewritten.graph.initializer if t.name == "kan.W")
+    assert tuple(w.dims) == (6 * 3, 8)
+    assert "kan.W" in {w.name for w in find_prunable(rewritten).prunable}
+    dead = copy.deepcopy(model)
+    t = next(t for t in dead.graph.initializer if t.name == "kan.W")
+    values = onnx.numpy_helper.to_array(t).copy()
+    values[(slice(0, 2),) if equation.startswith("nik,o") else (Ellipsis, slice(0, 2))] = 0
+    t.CopyFrom(onnx.numpy_helper.from_array(values, "kan.W"))
+    data = {"input": np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)}
+    result = prune(dead, data=data, sparsity=0.3, seed=0)
+    check_full(result.model)
+    w = next(t for t in result.model.graph.initializer if t.name == "kan.W")
+    assert tuple(w.dims) == (6 * 3, 6)  # the two dead units gone
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
