@@ -138,21 +138,24 @@ def bilinear_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, t
     """{weight: (its Einsum, W's axes as (i, o, j), x's input index)} for each 3-D float weight read by one
     bilinear Einsum alone."""
     graph = model.graph
-    inits, frozen = _weights(graph, 3), frozen_names(graph)
+    inits = _weights(graph, 3)
+    found = {}
+    for name, node, k in _read_once(graph, inits):
+        layout = bilinear_layout(node, k)
+        if layout is not None and not any(x in inits for j, x in enumerate(node.input) if j != k):
+            found[name] = (node, *layout)
+    return found
+
+
+def _read_once(graph: onnx.GraphProto, inits) -> list[tuple[str, onnx.NodeProto, int]]:
+    """(weight, its reader, the input index it is read at) for each of `inits` one node input reads, not frozen."""
+    frozen = frozen_names(graph)
     readers: dict[str, list] = {}
     for node in graph.node:
         for k, name in enumerate(node.input):
             if name in inits:
                 readers.setdefault(name, []).append((node, k))
-    found = {}
-    for name, reads in readers.items():
-        if len(reads) != 1 or name in frozen:
-            continue
-        node, k = reads[0]
-        layout = bilinear_layout(node, k)
-        if layout is not None and not any(x in inits for j, x in enumerate(node.input) if j != k):
-            found[name] = (node, *layout)
-    return found
+    return [(name, *reads[0]) for name, reads in readers.items() if len(reads) == 1 and name not in frozen]
 
 
 def flat_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, ...], int] | None:
@@ -185,17 +188,8 @@ def flat_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple
     inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= 3
              and t.data_location != onnx.TensorProto.EXTERNAL}
     consts = {t.name for t in graph.initializer}
-    frozen = frozen_names(graph)
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for k, name in enumerate(node.input):
-            if name in inits:
-                readers.setdefault(name, []).append((node, k))
     found = {}
-    for name, reads in readers.items():
-        if len(reads) != 1 or name in frozen:
-            continue
-        node, k = reads[0]
+    for name, node, k in _read_once(graph, inits):
         layout = flat_layout(node, k)
         if layout is not None and node.input[1 - k] not in consts:
             found[name] = (node, *layout)

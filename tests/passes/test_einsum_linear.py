@@ -100,6 +100,21 @@ def test_bilinear_equations_are_recognized_and_others_are_not():
         assert bilinear_layout(node(eq), 1) is None, eq
 
 
+def _becomes_a_matmul_weight(model, name: str, dims: tuple) -> onnx.ModelProto:
+    """The pass rewrites `model`'s Einsum (full checker before and after, onnxruntime's outputs the same): weight
+    `name`, not prunable before, is a prunable MatMul weight of shape `dims`."""
+    check_full(model)
+    assert name not in {w.name for w in find_prunable(model).prunable}
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    check_full(rewritten)
+    assert "Einsum" not in [n.op_type for n in rewritten.graph.node]
+    assert_same_outputs(rewritten, model, rtol=1e-5)
+    w = next(t for t in rewritten.graph.initializer if t.name == name)
+    assert tuple(w.dims) == dims
+    assert name in {w.name for w in find_prunable(rewritten).prunable}
+    return rewritten
+
+
 @pytest.mark.parametrize("equation, opset", [("bi,oij,bj->bo", 17), ("bi,jio,bj->bo", 17), ("bi,oij,bj->bo", 12)])
 def test_a_bilinear_einsum_weight_is_a_matmul_weight_with_the_same_outputs(equation, opset):
     """Sweep 31: torch's legacy exporter writes `torch.einsum("bi,oij,bj->bo", x, W, y)` as one Einsum; its W was
@@ -108,15 +123,7 @@ def test_a_bilinear_einsum_weight_is_a_matmul_weight_with_the_same_outputs(equat
     from onnxprune.models.third_party_builders import einsum_bilinear
 
     model = einsum_bilinear(equation=equation, opset=opset, seed=0)
-    check_full(model)
-    assert "bilinear.W" not in {w.name for w in find_prunable(model).prunable}
-    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
-    check_full(rewritten)
-    assert "Einsum" not in [n.op_type for n in rewritten.graph.node]
-    assert_same_outputs(rewritten, model, rtol=1e-5)
-    w = next(t for t in rewritten.graph.initializer if t.name == "bilinear.W")
-    assert tuple(w.dims) == (6, 4 * 5)
-    assert "bilinear.W" in {w.name for w in find_prunable(rewritten).prunable}
+    _becomes_a_matmul_weight(model, "bilinear.W", (6, 4 * 5))
     data = {"input": np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)}
     result = prune(model, data=data, sparsity=0.5, seed=0)
     check_full(result.model)
@@ -161,15 +168,7 @@ def test_an_einsum_contracting_several_axes_is_a_matmul_of_the_flattened_axes_wi
     from onnxprune.models.third_party_builders import einsum_flat
 
     model = einsum_flat(equation=equation, seed=0)
-    check_full(model)
-    assert "kan.W" not in {w.name for w in find_prunable(model).prunable}
-    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
-    check_full(rewritten)
-    assert "Einsum" not in [n.op_type for n in rewritten.graph.node]
-    assert_same_outputs(rewritten, model, rtol=1e-5)
-    w = next(t for t in rewritten.graph.initializer if t.name == "kan.W")
-    assert tuple(w.dims) == (6 * 3, 8)
-    assert "kan.W" in {w.name for w in find_prunable(rewritten).prunable}
+    _becomes_a_matmul_weight(model, "kan.W", (6 * 3, 8))
     dead = copy.deepcopy(model)
     t = next(t for t in dead.graph.initializer if t.name == "kan.W")
     values = onnx.numpy_helper.to_array(t).copy()
