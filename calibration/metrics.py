@@ -348,10 +348,12 @@ class Evaluator:
         return False
 
     def input_blind_losses(self) -> dict[str, float]:
-        """Per output scored by its values' relative error or cosine (`BLIND_KINDS`), the loss in pp its metric gives
-        an output that no longer reads the input: the dense model's mean value over the set, given for every sample.
-        Outputs padded, cropped, pooled per feed, not float or of shapes that change between batches are left out.
-        Batch by batch: no copy of the set's outputs is made."""
+        """Per output scored by its values' relative error or cosine, or as a binary decision (`BLIND_KINDS`), the
+        loss in pp its metric gives an output that no longer reads the input: the dense model's mean value over the
+        set, given for every sample; for a binary decision its median, the constant its metric scores best (on the
+        side most samples are on, the least mean probability change). Outputs padded, cropped, pooled per feed, not
+        float or of shapes that change between batches are left out. Batch by batch for a mean: no copy of the set's
+        outputs is made."""
         losses = {}
         for i, (name, kind) in enumerate(self.plan.items()):
             if kind not in BLIND_KINDS or i in self.masked or self.whole(i) or i in self.grouped:
@@ -365,7 +367,10 @@ class Evaluator:
             if (not dense or len({d.shape[1:] for d in dense}) != 1 or any(d.dtype.kind != "f" for d in dense)
                     or sum(len(d) for d in dense) < 2 or not all(np.isfinite(d).all() for d in dense)):
                 continue
-            mean = sum(d.sum(axis=0, dtype=np.float64) for d in dense) / sum(len(d) for d in dense)
+            if kind in BINARY_KINDS:
+                mean = np.median(np.concatenate(dense), axis=0)
+            else:
+                mean = sum(d.sum(axis=0, dtype=np.float64) for d in dense) / sum(len(d) for d in dense)
             scale = self.scales[i] if self.scales else None
             metric, totals = METRICS[kind], {"before": [0.0, 0], "after": [0.0, 0]}
             for d in dense:
@@ -388,12 +393,28 @@ class Evaluator:
             return
         for name, loss in self.input_blind_losses().items():
             budget = self.output_budgets.get(name, self.budget_pp)
-            if loss <= budget:
+            if loss <= budget and self.plan[name] in BINARY_KINDS:
+                rare, n = self._rarer_side(name)
+                log.warning("output '%s' is on one side of its decision in all but %d of %d samples: its median "
+                            "value given for every sample, whatever the input, scores a loss of %.2g pp by %s, "
+                            "within its budget of %g pp, so a model that no longer reads its input would be within "
+                            "it too, and the budget says little about the samples on the rarer side (a detector's "
+                            "detections); more of them in --data, or --max-loss %s=L with L well below %.2g pp, "
+                            "bound how far they move", name, rare, n, loss, self.plan[name], budget, name, loss)
+            elif loss <= budget:
                 log.warning("output '%s' varies little across the samples next to its size: its mean value given "
                             "for every sample, whatever the input, scores a loss of %.2g pp by %s, within its budget "
                             "of %g pp, so a model that no longer reads its input would be within it too; "
                             "--max-loss %s=L with L well below %.2g pp bounds how far it moves", name,
                             loss, self.plan[name], budget, name, loss)
+
+    def _rarer_side(self, name: str) -> tuple[int, int]:
+        """(samples on the rarer side of a binary output's decision, samples): positive above 0.5, or a logit's 0."""
+        i = list(self.plan).index(name)
+        dense = np.concatenate([self.samples_first(i, as_array(r[i]), None)[0] for r in self.reference_all])
+        rows = dense.reshape(len(dense), -1)
+        positive = (rows > (0.5 if self.plan[name] == "binary_prob" else 0.0)).any(axis=1)
+        return int(min(positive.sum(), len(positive) - positive.sum())), len(positive)
 
     def _current_positions(self, masks: list[np.ndarray]) -> list[np.ndarray]:
         """A decoder fed a past (KV cache) has an attention mask over past + current tokens, [N, P + S], and outputs
@@ -945,7 +966,8 @@ def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:
 AUTO_ROWS = 8  # feeds whose vectors a row output's metric is chosen on
 MASK_INPUTS = ("attention_mask", "input_mask")  # 1 = a real token, 0 = padding (Hugging Face's convention)
 MASKED_KINDS = frozenset({"cosine", "rel_l2", "seq_agreement"})  # kinds that read an output position by position
-BLIND_KINDS = frozenset({"cosine", "rel_l2"})  # value kinds relative to each sample's own size (`_say_input_blind`)
+BINARY_KINDS = frozenset({"binary_prob", "binary_logit"})  # one decision a value: a constant's best is the median
+BLIND_KINDS = frozenset({"cosine", "rel_l2"}) | BINARY_KINDS  # judged against a constant answer (`_say_input_blind`)
 
 
 def position_mask_input(model: onnx.ModelProto | None) -> str | None:

@@ -25,6 +25,7 @@ class PruneState:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # initializer name -> bool keep-mask
     thresholds: dict[str, float] = field(default_factory=dict)  # initializer name -> magnitude threshold
     notes: list[str] = field(default_factory=list)  # things the log and the report should say
+    copies: dict[str, str] = field(default_factory=dict)  # a layer's own bias -> the initializer it was copied from
 
     def density(self, name: str) -> float:
         m = self.masks[name]

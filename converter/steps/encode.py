@@ -15,6 +15,7 @@ from onnxprune.converter.summary import layer_rows, totals
 from onnxprune.errors import ConfigError
 from onnxprune.plain import listed
 from onnxprune.passes.base import run_passes
+from onnxprune.passes.bypass_identity import reshare
 from onnxprune.passes.sparse_encode import FORMATS, SparseEncode
 from onnxprune.passes.scopes import FLOAT_TYPES, constant_homes
 from onnxprune.passes.storage import describe_model, packing
@@ -58,6 +59,7 @@ class EncodeStep(Step):
             restore(final, state.quantized, state.slices)
             if note:
                 state.prune.notes.append(note)
+        reshare(final, state.prune.copies)  # the load step's bias copies still equal to another: one again
         present = set(constant_tensors(final))
         names = [w.name for w in state.inventory.prunable if w.name in present]
         from onnxprune.converter.steps.verify import parity_feeds

@@ -278,8 +278,10 @@ def _channel_reshape(b: Builder, node: gs.Node, x, c: Channels, s, S) -> bool:
     ch = len(s) + c.axis
     T = [int(v) for v in np.ravel(S)]
     T = [s[i] if v == 0 and i < len(s) else v for i, v in enumerate(T)]  # 0 copies the input's dim
+    if len(T) < 2:  # a Reshape to a scalar or a vector: no axis stays beside the batch's (hey_jarvis' If condition)
+        return False
     head = T[0] if T[0] is not None else -1
-    if ch < 1 or len(T) < 2 or any(not isinstance(v, int) or v < 1 for v in T[1:]) or \
+    if ch < 1 or any(not isinstance(v, int) or v < 1 for v in T[1:]) or \
             not (head == -1 or (isinstance(s[0], int) and head == s[0])):
         return False
     before = math.prod(s[1:ch])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnxprune.passes.apply_masks import ApplyMasks
 from onnxprune.passes.base import PruneState, run_passes
 from onnxprune.passes.dead_neurons import RemoveDeadNeurons, remove_dead_neurons
-from tests.oracle import assert_same_outputs, needs_onnxruntime, runtime_version
+from tests.oracle import assert_same_outputs, needs_onnxruntime, run, runtime_version
 from tests.passes import _graphs as G
 
 
@@ -1135,6 +1135,45 @@ def test_a_reshape_keeps_channels_only_where_they_stay_whole_on_an_axis(shape, o
     assert (report.removed == 2) == ok  # the expand channel and its depthwise filter
     if ok:
         G.assert_same(m, out)
+
+
+def _cascade() -> onnx.ModelProto:
+    """openWakeWord's hey_jarvis as tf2onnx writes it: a first scorer's sigmoid, compared to 0.5 and reshaped to a
+    scalar, is an If's condition; the then branch runs a second scorer on the same input, the else branch passes the
+    first score on. Batch fixed at 1."""
+    g = G.G(0)
+    h = g.op("Relu", "act1", [g.gemm("x", "fc1", 12, 8)])
+    score = g.op("Sigmoid", "sig", [g.gemm(h, "fc2", 8, 1)])
+    cond = g.op("Reshape", "cond", [g.op("GreaterOrEqual", "ge", [score, g.init("half", np.float32(0.5))]),
+                                    g.init("scalar", np.zeros(0, np.int64))])
+    then = G.G(1)
+    then.op("Sigmoid", "then_sig", [then.gemm("x", "then_fc", 12, 1)])
+    then.nodes[-1].output[0] = "then_y"
+    vi = lambda n: onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 1])  # noqa: E731
+    branch = lambda nodes, out, inits: onnx.helper.make_graph(nodes, out, [], [vi(out)], inits)  # noqa: E731
+    g.nodes.append(onnx.helper.make_node(
+        "If", [cond], ["y"], name="verify", then_branch=branch(then.nodes, "then_y", then.inits),
+        else_branch=branch([onnx.helper.make_node("Identity", [score], ["else_y"])], "else_y", [])))
+    return g.model({"x": [1, 12]}, {"y": [1, 1]})
+
+
+def test_a_reshape_to_a_scalar_condition_is_no_channel_reshape_and_the_layers_before_it_still_shrink():
+    """Real models 45: openWakeWord's hey_jarvis reshapes its first scorer's `score >= 0.5` [1, 1] to [] as an If's
+    condition; the Reshape rule read the empty target's first entry and the shrink failed with "pass 'dead-neurons'
+    failed after [none]: IndexError: list index out of range" (and the search's dead-neuron estimate said nothing)."""
+    m = G.zero(_cascade(), "fc1.weight", 0, [2, 5])
+    m = G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [2, 5]), -1.0, G.init(m, "fc1.bias")))
+    out, report, shp = prune(m)
+    assert shp["fc1.weight"] == (6, 12) and shp["fc2.weight"] == (1, 6)
+    assert channels(report)["fc1"] == (8, 6)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": (3 * rng.standard_normal((1, 12))).astype(np.float32)} for _ in range(40)]
+    first = onnx.helper.make_model(onnx.helper.make_graph(
+        m.graph.node[:-1], "first", m.graph.input, [onnx.helper.make_tensor_value_info("sig_out", 1, [1, 1])],
+        m.graph.initializer), opset_imports=m.opset_import, ir_version=m.ir_version)
+    taken = {bool(run(first, f)["sig_out"].ravel()[0] >= 0.5) for f in feeds}
+    assert taken == {True, False}  # both branches run, and give the same outputs after the shrink
+    assert_same_outputs(out, m, feeds=feeds)
 
 
 @pytest.mark.parametrize("to", [onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE])
