@@ -22,11 +22,13 @@ Without WORLD_SIZE > 1 the `one-process` backend does all of it in place, withou
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import io
 import json
 import logging
 import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -116,7 +118,8 @@ class DataParallel(OneProcess):
             # active exception" from a worker, seen once in the suite).
             import torch.distributed.nn  # noqa: F401
 
-            dist.init_process_group(self.comm, timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+            with native_stdout_to_stderr():  # gloo says who it connected to on the process's stdout (torch 2.8)
+                dist.init_process_group(self.comm, timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
             atexit.register(_shutdown)
         self._dist, self._torch = dist, torch
         log.info("rank %d of %d (local %d) joined the %s process group", self.rank, self.world_size,
@@ -192,6 +195,35 @@ class DataParallel(OneProcess):
 
     def _comm_device(self):
         return self._torch.device(f"cuda:{self.local_rank}") if self.cuda else self._torch.device("cpu")
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr():
+    """File descriptor 1 writes to 2 for the block: what native code prints, past Python's sys.stdout, goes to stderr.
+
+    stdout is the tool's answer (`--json`: one document). torch 2.8's gloo writes "[Gloo] Rank 0 is connected to 1
+    peer ranks. ..." there from C++ as the process group forms, every rank (2.4 and 2.13 say nothing). Python's
+    buffers are flushed before, C's before the descriptor comes back; without a descriptor to move, nothing moves.
+    """
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout
+        saved = None
+    try:
+        if saved is not None:
+            with contextlib.suppress(OSError):  # no stderr: 1 stays where it was
+                os.dup2(2, 1)
+        yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(Exception):  # libc's fflush(NULL), every C stream (no such libc: none to flush)
+                import ctypes
+
+                ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _shutdown() -> None:

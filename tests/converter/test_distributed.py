@@ -150,6 +150,47 @@ def test_shutdown_ends_the_gloo_threads_before_the_interpreter_tears_down():
     assert "gloo" not in threads, threads
 
 
+JOIN = """
+import os, socket
+from onnxprune.converter import distributed
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+backend = distributed.setup("cpu", backend="ddp")
+print(backend.name, backend.world_size)
+"""
+
+
+def test_joining_the_process_group_leaves_stdout_to_the_answer():
+    """torch 2.8's gloo prints "[Gloo] Rank 0 is connected to 0 peer ranks. ..." to the process's stdout as the
+    group forms (from C++, past sys.stdout), which broke `--json` under torchrun: it goes to stderr."""
+    proc = subprocess.run([sys.executable, "-c", JOIN], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == "ddp 1\n", proc.stdout
+
+
+NATIVE = """
+import ctypes, os
+from onnxprune.converter.distributed import native_stdout_to_stderr
+print("before")
+with native_stdout_to_stderr():
+    os.write(1, b"descriptor\\n")
+    ctypes.CDLL(None).printf(b"C stdio\\n")  # a pipe: held in C's buffer until flushed
+print("after")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libc's printf through ctypes.CDLL(None)")
+def test_native_writes_to_stdout_go_to_stderr_and_python_prints_stay():
+    proc = subprocess.run([sys.executable, "-c", NATIVE], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == "before\nafter\n", proc.stdout
+    assert "descriptor\n" in proc.stderr and "C stdio\n" in proc.stderr, proc.stderr
+
+
 def test_a_budgeted_retraining_runs_under_two_processes(tmp_path):
     """`--max-loss --iterations` under torchrun failed on rank 1 ("step 'allocate' did not give allocation": only
     rank 0 chose, and only its state held the allocation); every rank now gets it with the targets, and the level
