@@ -83,6 +83,7 @@ def inspect_model(path: Path) -> dict:
         # nothing to prune, nothing to calibrate: sweep 33's export_params=False MLP was offered a line of zeros
         # for its weights, fed as graph inputs, before being told it had no prunable weights
         "npz_example": npz_example(loaded.model) if inventory.prunable else None,
+        "npz_open": open_sizes(loaded.model) if inventory.prunable else [],
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
@@ -252,6 +253,19 @@ def _rows_in_order(model, states: dict[str, str]) -> str | None:
             return None
         arrays[spec.name] = random_array(rng, spec, (4, *(8 if d is None else d for d in spec.shape[1:])))
     return rows_interact(model, arrays, specs, list(states), {})
+
+
+def open_sizes(model) -> list[str]:
+    """The symbolic sizes of the inputs' axes after the first that no input has as its first axis (its samples):
+    a length, an image side, which npz_example writes as a placeholder (8)."""
+    from onnxprune.calibration.feeds import time_major_inputs
+
+    time_major = time_major_inputs(model)  # [T, N, ...]: the samples on axis 1, the steps open
+    shapes = {v.name: _value_info(v)["shape"] or [] for v in _real_inputs(model)}
+    samples = {sh[1 if name in time_major else 0] for name, sh in shapes.items()
+               if len(sh) > (name in time_major) and isinstance(sh[1 if name in time_major else 0], str)}
+    return list(dict.fromkeys(d for sh in shapes.values() for d in sh
+                              if isinstance(d, str) and d != "?" and d not in samples and not is_dim_expression(d)))
 
 
 def npz_example(model, samples: int = 64) -> str | None:
@@ -466,6 +480,10 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "data, at least 100 for --max-loss, and add labels=... if you have them; a file whose inputs "
                       "cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
+        if info.get("npz_open"):  # real models 45: a mel front end's [N, L] audio got L = 8, which it cannot run
+            named = listed(map(repr, info["npz_open"]))
+            console.print(f"  (its size for {named} is a placeholder: the model leaves it open, as a length or an "
+                          "image side; write your data's)", markup=False, highlight=False)
     copies = [("copies", "bit-identical weight copies, each row above", lambda c: f"'{c['weight']}' x{c['copies']}",
                "prune merges each into one tied weight (one mask, counted and stored once)"),
               ("transposed_copies", "weights stored again as their transpose",

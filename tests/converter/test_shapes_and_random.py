@@ -261,3 +261,23 @@ def test_data_of_one_size_for_an_input_of_any_size_is_said(tmp_path):
     x = rng.random((40,) + tuple(d.dim_value for d in static.graph.input[0].type.tensor_type.shape.dim[1:]))
     result = prune(static, data={static.graph.input[0].name: x.astype(np.float32)}, sparsity=0.3)
     assert not [n for n in result.report["notes"] if "of any size" in n]
+
+
+def test_inspect_says_which_sizes_of_its_calibration_line_are_placeholders(tmp_path):
+    """Real models 45's L4: openWakeWord's melspectrogram reads audio [N, L] with L open; inspect's line wrote 8 for it,
+    which the model cannot run, and said nothing. The sizes the model leaves open (not the samples' axis, nor a
+    time-major input's steps-beside-samples axis 1) are named as placeholders; a model of fixed sizes gets no such
+    line."""
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 3])], [w])
+    path = tmp_path / "open.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out = invoke("inspect", path).output
+    assert "(its size for 'L' is a placeholder: the model leaves it open" in out, out
+    assert json.loads(invoke("inspect", path, "--json").output)["npz_open"] == ["L"]
+    fixed = invoke("inspect", _saved(builders.conv_bn_relu(), tmp_path)).output
+    assert "is a placeholder" not in fixed
