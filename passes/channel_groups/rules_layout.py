@@ -550,14 +550,22 @@ def _expand(b: Builder, node: gs.Node) -> None:
     if T is None or r is None:
         return b.opaque(node, "has a target shape that is neither constant nor read from shapes, or an input rank "
                               "shape inference did not give")
+    j = len(T) + c.axis
+    if len(c.ids) == 1 and (T[j] if j >= 0 else 1) != 1:
+        return b.opaque(node, "broadcasts one channel to many")
+    if not _expands_to_count(b, node, x, c, T):
+        return b.opaque(node, "expands to a channel count it does not read from a constant or from these channels")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
+
+
+def _expands_to_count(b: Builder, expand: gs.Node, x, c: Channels, T: list) -> bool:
+    """Whether Expand `expand`'s target `T` (its `_shape_atoms`) is x's channel count where x's channels stand,
+    counted from the end: 1 (the count kept), the count read from the Shape of a tensor holding these channels
+    (`check_counts` sees that it is theirs), or a constant equal to it, rewritten to the kept count."""
     j, n = len(T) + c.axis, len(c.ids)
     entry = T[j] if j >= 0 else 1
-    if n > 1 and entry != 1 and not (isinstance(entry, tuple) and _count_of(b, entry) == n):
-        if not (isinstance(entry, int) and entry == n and _rewrites_count(b, node, x, c, j)):
-            return b.opaque(node, "expands to a channel count it does not read from a constant or from these channels")
-    elif n == 1 and entry != 1:
-        return b.opaque(node, "broadcasts one channel to many")
-    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
+    return (entry == 1 or (isinstance(entry, tuple) and _count_of(b, entry) == n)
+            or (isinstance(entry, int) and entry == n and _rewrites_count(b, expand, x, c, j)))
 
 
 def expanded_gate(b: Builder, node: gs.Node, x, c: Channels, k) -> bool:
@@ -575,12 +583,9 @@ def expanded_gate(b: Builder, node: gs.Node, x, c: Channels, k) -> bool:
     T = _shape_atoms(b, expand.inputs[1]) if b.ch(expand.inputs[1]) is None else None
     if b.ch(d) is not None or T is None or not _gate(b, x, c, d):
         return False
-    j, n = len(T) + c.axis, len(c.ids)
-    entry = T[j] if j >= 0 else 1
-    if entry != 1 and not (isinstance(entry, tuple) and _count_of(b, entry) == n):
-        if not (isinstance(entry, int) and entry == n and _rewrites_count(b, expand, x, c, j)):
-            return False
-    b.set(k, Channels(c.axis, c.ids, np.full(n, NAN)))  # read from x's Shape: check_counts finds x's channels here
+    if not _expands_to_count(b, expand, x, c, T):
+        return False
+    b.set(k, Channels(c.axis, c.ids, np.full(len(c.ids), NAN)))  # from x's Shape: check_counts finds x's channels here
     return True
 
 
