@@ -68,6 +68,7 @@ def inspect_model(path: Path) -> dict:
                 r["stored_bytes"] = r["params"] * dtype.itemsize
         r["bytes_per_nonzero"] = r["stored_bytes"] / r["nonzeros"] if r["nonzeros"] else None
     opsets = {o.domain or "ai.onnx": o.version for o in loaded.model.opset_import}
+    placeholders: list[str] = []  # the symbolic sizes npz_example writes as 8, the model leaving them open
     return {
         "model": str(path),
         "file_size": loaded.file_size,
@@ -82,8 +83,8 @@ def inspect_model(path: Path) -> dict:
         "outputs": [_value_info(v) for v in loaded.model.graph.output],
         # nothing to prune, nothing to calibrate: sweep 33's export_params=False MLP was offered a line of zeros
         # for its weights, fed as graph inputs, before being told it had no prunable weights
-        "npz_example": npz_example(loaded.model) if inventory.prunable else None,
-        "npz_open": open_sizes(loaded.model) if inventory.prunable else [],
+        "npz_example": npz_example(loaded.model, placeholders=placeholders) if inventory.prunable else None,
+        "npz_open": placeholders,
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
@@ -255,24 +256,13 @@ def _rows_in_order(model, states: dict[str, str]) -> str | None:
     return rows_interact(model, arrays, specs, list(states), {})
 
 
-def open_sizes(model) -> list[str]:
-    """The symbolic sizes of the inputs' axes after the first that no input has as its first axis (its samples):
-    a length, an image side, which npz_example writes as a placeholder (8)."""
-    from onnxprune.calibration.feeds import time_major_inputs
-
-    time_major = time_major_inputs(model)  # [T, N, ...]: the samples on axis 1, the steps open
-    shapes = {v.name: _value_info(v)["shape"] or [] for v in _real_inputs(model)}
-    samples = {sh[1 if name in time_major else 0] for name, sh in shapes.items()
-               if len(sh) > (name in time_major) and isinstance(sh[1 if name in time_major else 0], str)}
-    return list(dict.fromkeys(d for sh in shapes.values() for d in sh
-                              if isinstance(d, str) and d != "?" and d not in samples and not is_dim_expression(d)))
-
-
-def npz_example(model, samples: int = 64) -> str | None:
+def npz_example(model, samples: int = 64, placeholders: list | None = None) -> str | None:
     """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
     batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
-    one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget."""
+    one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget.
+    `placeholders`, when given, receives the symbolic sizes the line writes as that 8, which the model leaves open
+    (a length, an image side: real models 45's mel front end reads audio [N, L] and runs no L of 8)."""
     from onnxprune.calibration.feeds import RECURRENT, single_batch_states
 
     if _unfed(model):
@@ -304,6 +294,8 @@ def npz_example(model, samples: int = 64) -> str | None:
         for i, d in enumerate(_value_info(v)["shape"] or []):
             if isinstance(d, str) and d != "?" and not is_dim_expression(d) and not (i == 0 and batch_of_one):
                 named.setdefault(d, samples if i == 0 else 8)
+    if placeholders is not None:
+        placeholders.extend(d for d, size in named.items() if size == 8 != samples)
     sequences = []
     for v in _real_inputs(model):
         info = _value_info(v)
