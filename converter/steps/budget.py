@@ -166,12 +166,13 @@ class FitBudgetStep(_Choose):
                             "history": outcome.history, "notes": outcome.notes, "rule": rule.statement()}
         # feeds used as is are split a feed at a time and counted by their samples (steps/data.choose_apart)
         unit = ("samples in 2 feeds" if getattr(state.data.calibration.reader, "per_feed", False) else "samples")
-        state.allocation["chosen_by_judges"] = outcome.ratio_of(outcome.sparsities, held_weights(state)) > 1.0
+        held = held_weights(state)
+        state.allocation["chosen_by_judges"] = outcome.ratio_of(outcome.sparsities, held) > 1.0
         state.notes.append(f"decision rule: {rule.statement()}; the scan and the fit chose on these same samples, "
                            "so new data will likely show more (LeNet-300-100, 500 images: 0-2 of 500 changed claimed, "
                            f"0.54-1.22% of other images changed); given 64 {unit} or more, or --val-data, the run "
                            "decides on samples that did not choose")
-        stop = _stop_note(outcome, rule, held_weights(state))
+        stop = _stop_note(outcome, rule, held)
         if stop:
             state.notes.append(stop)
         return _with_fixed({n: Target(sparsity=float(s)) for n, s in outcome.sparsities.items()}, state.targets)
