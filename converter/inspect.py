@@ -262,7 +262,8 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
     batch of 1 on every input (ultralytics, many tf2onnx exports) gets `samples` there too: the reader feeds them
     one at a time (calibration.readers._batch_size_for); one sample would be too few to judge a budget.
     `placeholders`, when given, receives the symbolic sizes the line writes as that 8, which the model leaves open
-    (a length, an image side: real models 45's mel front end reads audio [N, L] and runs no L of 8)."""
+    (a length, an image side: real models 45's mel front end reads audio [N, L] and runs no L of 8): their names,
+    and 'INPUT.shape[i]' for an open axis the model gives no name ('?')."""
     from onnxprune.calibration.feeds import RECURRENT, single_batch_states
 
     if _unfed(model):
@@ -317,6 +318,8 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
                 dims.append(dim_expression(d, 8, values=named))
             else:
                 dims.append(samples if i == 0 else 8)
+                if i and placeholders is not None and samples != 8:  # an open axis with no name (rapidocr_rec's '?')
+                    placeholders.append(f"{v.name}.shape[{i}]")
         dtype = element if element in _NUMPY_NAMES else "float32"
         dims_text = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
         key = v.name if v.name.isidentifier() else None
@@ -473,9 +476,12 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
         if info.get("npz_open"):  # real models 45: a mel front end's [N, L] audio got L = 8, which it cannot run
-            named = listed(map(repr, info["npz_open"]))
-            console.print(f"  (its size for {named} is a placeholder: the model leaves it open, as a length or an "
-                          "image side; write your data's)", markup=False, highlight=False)
+            open_ = info["npz_open"]
+            said = listed(d if d.endswith("]") and ".shape[" in d else repr(d) for d in open_)
+            one = len(open_) == 1
+            which = f"its size for {said} is a placeholder" if one else f"its sizes for {said} are placeholders"
+            console.print(f"  ({which}: the model leaves {'it' if one else 'them'} open, as a length or an image side; "
+                          "write your data's)", markup=False, highlight=False)
     copies = [("copies", "bit-identical weight copies, each row above", lambda c: f"'{c['weight']}' x{c['copies']}",
                "prune merges each into one tied weight (one mask, counted and stored once)"),
               ("transposed_copies", "weights stored again as their transpose",

@@ -281,3 +281,12 @@ def test_inspect_says_which_sizes_of_its_calibration_line_are_placeholders(tmp_p
     assert json.loads(invoke("inspect", path, "--json").output)["npz_open"] == ["L"]
     fixed = invoke("inspect", _saved(builders.conv_bn_relu(), tmp_path)).output
     assert "is a placeholder" not in fixed
+    # an open axis with no name (rapidocr_rec's height, '?') is named by its input and axis
+    graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", None, 4]))
+    graph.node[0].CopyFrom(helper.make_node("MatMul", ["x", "w"], ["y"]))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", None, 3]))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out = invoke("inspect", path).output
+    assert "np.zeros((64, 8, 8, 4), np.float32)" in out, out
+    assert "(its sizes for 'L', x.shape[2] are placeholders: the model leaves them open" in out, out
+    assert json.loads(invoke("inspect", path, "--json").output)["npz_open"] == ["L", "x.shape[2]"]
