@@ -3,11 +3,14 @@ so the dense shapes, and the runtime, shrink. Optionally the input is cut to the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import ConfigError
+from onnxprune.errors import ConfigError, PassError
 from onnxprune.passes.weights import find_prunable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +62,20 @@ class ShrinkStep(Step):
         from onnxprune.passes.dead_neurons import RemoveDeadNeurons
 
         remove = RemoveDeadNeurons(gather_inputs=c.gather_inputs, crop_inputs=c.crop_inputs)
-        state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
+        try:
+            state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
+        except PassError as exc:
+            if exc.__cause__ is None or log.isEnabledFor(logging.DEBUG):  # --debug, -vv: the traceback
+                raise
+            # A channel rule's defect on a graph it did not expect (real models 45's F1: a Reshape to a scalar) is no
+            # reason to lose the pruned model: its weights are whole and verified as they are; only the removal goes.
+            state.shrunk, state.neurons = state.pruned, None
+            cause = exc.__cause__
+            why = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}" if str(cause) else type(cause).__name__
+            state.prune.notes.append(f"dead-neuron removal was skipped: it failed on this graph ({why}), an "
+                                     "onnxprune defect: the pruned weights are written with every neuron kept (as "
+                                     "--no-neurons does); rerun with --debug for the traceback and please report it")
+            return
         state.slices = list(remove.report.slices)  # a folded quantized weight's scales go with its channels
         first = {w.name: w.node for w in state.inventory.prunable} if state.inventory is not None else {}
         layers = {}

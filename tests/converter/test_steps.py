@@ -370,3 +370,47 @@ def test_a_list_in_a_message_shows_its_first_few_and_counts_the_rest():
     assert listed(iter(["a", "b", "c"])) == "a, b, c" and listed([]) == ""
     assert listed(["a", "b", "c"], 1, sep="; ") == "a (+2 more)"
     assert more(4, 1, "more like it") == " (+3 more like it)" and more(2, 2) == ""
+
+
+def test_a_dead_neuron_removal_that_fails_leaves_the_pruned_model_whole_and_says_so(teacher_data, monkeypatch):
+    """Real models 45's F1 (a channel rule's IndexError on a Reshape to a scalar) failed the whole run after the
+    search had chosen a verified result. An unexpected failure of the removal keeps every neuron (as --no-neurons),
+    writes the pruned weights, verifies them like any result and says so in a note; with debug logging (--debug,
+    -vv) the failure still stops the run with its traceback."""
+    import logging
+
+    from onnxprune.passes.dead_neurons import RemoveDeadNeurons
+
+    model, data = teacher_data
+
+    def broken(self, model, state):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(RemoveDeadNeurons, "run", broken)
+    result = run(model, configure(sparsity=0.9, data=data))
+    notes = [n for n in result.report["notes"] if n.startswith("dead-neuron removal was skipped")]
+    assert len(notes) == 1 and "(IndexError: list index out of range)" in notes[0], result.report["notes"]
+    assert not result.report.get("neurons")
+    final = modelio.from_proto(result.model).model
+    for w in model.graph.initializer:  # every neuron kept
+        assert weight_array(final, w.name).shape == tuple(w.dims), w.name
+    assert result.report["parity"]["max_abs_diff"] <= 1e-5
+    x = data[model.graph.input[0].name][:50]
+    masked_model = onnx.ModelProto()
+    masked_model.CopyFrom(model)
+    for init in masked_model.graph.initializer:
+        if init.name in result.state.masks:
+            w = onnx.numpy_helper.to_array(init) * result.state.masks[init.name]
+            init.CopyFrom(onnx.numpy_helper.from_array(weight_array(final, init.name), init.name))
+            assert np.count_nonzero(w) == np.count_nonzero(weight_array(final, init.name)), init.name
+    masked = make_session(masked_model).run(None, {model.graph.input[0].name: x})[0]
+    written = make_session(result.model).run(None, {model.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(written, masked, rtol=1e-5, atol=1e-5)
+    logger = logging.getLogger("onnxprune")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with pytest.raises(PassError, match="pass 'dead-neurons' failed after \\[none\\]: IndexError"):
+            run(model, configure(sparsity=0.9, data=data))
+    finally:
+        logger.setLevel(level)
