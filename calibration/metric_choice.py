@@ -132,6 +132,10 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
        5. [N, C, H, W] whose channels (axis 1) hold probabilities, or whose name says class scores and whose
           axis 1 is shorter than its last (ONNX's channels-first class map of a segmentation model) ->
           map_iou (mean IoU of the class maps, argmax over axis 1);
+          3 or more axes the graph bounds in [0, 1] (`bounded`: a Sigmoid per value) whose last axis is no
+          probabilities -> mask_iou+rel_l2: a map of probabilities of their own (a text or note detector, a matte,
+          per-frame voice activity), its mask at 0.5 and its values each within the budget (real models 45's L3:
+          basic-pitch's onset map moved 0.8% in relative error held out while 2.5% of its active cells crossed 0.5);
           [N, ..., C] whose last axis holds probabilities or whose name says class scores -> seq_agreement
           (per-position outputs: sequences, anchors), and [N, T, C] among them whose every sample's most frequent
           class is the same first or last class -> ctc_agreement (a CTC head: OCR lines, speech; the blank leads,
@@ -168,6 +172,8 @@ def auto_kind(name: str, value, *, bounded: bool = False, embedding: bool = Fals
         return "binary_prob" if bounded and _is_unit_interval(arr) else "agreement"
     if _is_class_map(arr, name):
         return "map_iou"
+    if bounded and _is_unit_interval(arr) and not _is_probability(arr):  # a probability per value: a sigmoid map
+        return "mask_iou+rel_l2"
     if _one_channel_map(arr):
         return "rel_l2"
     if arr.shape[-1] >= 2 and (_is_probability(arr) or _CLASS_NAMES.search(name)):

@@ -12,6 +12,8 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
                    model's; each sample's share, averaged over the samples     the samples) change their top-1
     map_iou        mean IoU of the class maps (argmax over axis 1) per sample    mean IoU 0.01 lower
                    ([N, C, H, W] segmentation outputs)
+    mask_iou       mean IoU of the masks (values over 0.5) per sample: a         mean IoU 0.01 lower
+                   Sigmoid's map, paired with rel_l2 (mask_iou+rel_l2)
     ctc_agreement  greedy CTC decoding of [N, T, C] equals the dense one's      1% of samples change their text
     prob           min(agreement, 1 - mean_i max_c |p_ic - d_ic|)              1% of samples change class, or the mean
                                                                                    largest probability change is 0.01

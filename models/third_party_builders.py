@@ -429,14 +429,17 @@ def variable_width(*, channels: int = 3, out_channels: int = 4, seed: int = 0) -
 
 
 def segmenter(*, channels: int = 3, classes: int = 3, name: str = "classmap", softmax: bool = False,
-              seed: int = 0) -> onnx.ModelProto:
+              sigmoid: bool = False, seed: int = 0) -> onnx.ModelProto:
     """image [N, 3, H, W] -> conv 3x3 + relu -> conv 1x1 -> `name` [N, classes, H, W]: a segmentation model's
-    channels-first class map (torch's UNet, DeepLab), as scores or, with `softmax`, probabilities over axis 1."""
+    channels-first class map (torch's UNet, DeepLab), as scores or, with `softmax`, probabilities over axis 1; with
+    `sigmoid`, a probability per value (a text detector's map, a note transcriber's onsets, a matte)."""
     g = _Graph(seed)
     x = g.relu(g.conv("image", "conv1", channels, 8, 3), "conv1")
     y = g.conv(x, "head", 8, classes, 1)
-    g.nodes.append(helper.make_node("Softmax", [y], [name], axis=1, name="/out/Softmax") if softmax
-                   else helper.make_node("Identity", [y], [name], name="/out/Identity"))
+    last = (helper.make_node("Softmax", [y], [name], axis=1, name="/out/Softmax") if softmax
+            else helper.make_node("Sigmoid", [y], [name], name="/out/Sigmoid") if sigmoid
+            else helper.make_node("Identity", [y], [name], name="/out/Identity"))
+    g.nodes.append(last)
     return _model(g, "segmenter", [_float("image", [BATCH, channels, "H", "W"])],
                   [_float(name, [BATCH, classes, "H", "W"])])
 

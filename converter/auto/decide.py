@@ -39,8 +39,8 @@ expected_accuracy (label-free, paired against the input model's own probabilitie
     for a calibrated input model, what the accuracy rule above decides in expectation (E d_lab = d_i, E d_lab^2 =
     p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
 
-fidelity metrics (agreement, seq_agreement, map_iou, ctc_agreement, prob, binary_prob, rel_l2, channel_rel_l2,
-channel_prob, cosine, exact: the candidate against the dense model):
+fidelity metrics (agreement, seq_agreement, map_iou, mask_iou, ctc_agreement, prob, binary_prob, rel_l2,
+channel_rel_l2, channel_prob, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
     the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
@@ -75,7 +75,7 @@ An output with its own budget (--max-loss OUTPUT=L beside --max-loss B) is judge
 budget, as the Evaluator combines them: calibration.metrics `Evaluator.loss_factor`), its per-output figures stay in
 their own pp with `budget_pp` beside them.
 
-A share of changed positions (seq_agreement, map_iou: a continuous part in [0, 1] per sample, exactly 0 on an
+A share of changed positions (seq_agreement, map_iou, mask_iou: a continuous part in [0, 1] per sample, exactly 0 on an
 unchanged sample) has the same floor: its upper bound is max(L + Z·SE, Wilson's bound at none changed), so a
 candidate that changed no position of n samples is not certified below Z²/(n + Z²), and a set too small for the
 budget keeps the input model. Its mean cannot exceed the share of samples with any changed position, so the floor
@@ -219,6 +219,9 @@ PER_SAMPLE: dict[str, PerSample] = {
     "map_iou": PerSample(_form("map_iou", False), False, ("1 - mean IoU",),
                          "1 - the mean over its classes of the IoU of its class maps (argmax over axis 1)",
                          binary=False, share=True),
+    "mask_iou": PerSample(_form("mask_iou", False), False, ("1 - mask IoU",),
+                          "1 - the IoU of its mask (the values over 0.5) with the input model's (0 when neither has "
+                          "one)", binary=False, share=True),
     "ctc_agreement": PerSample(_form("ctc_agreement", False), False, ("changed",),
                                "1 if its decoded sequence (greedy CTC) changed"),
     "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),

@@ -945,3 +945,48 @@ def test_an_unnamed_per_token_head_holds_both_readings_through_the_budget():
     decision = result.report["budget"]["decision"]
     assert decision["outputs"]["out"]["metric"] == "seq_agreement+rel_l2"
     assert_same_outputs(result.model, result.dense_model, feeds=[{k: v[:16] for k, v in data.items()}])
+
+
+def test_a_sigmoid_map_is_scored_by_its_mask_at_one_half_and_its_values():
+    """Real models 45's L3: basic-pitch's note and onset maps ([N, 172, 88], a Sigmoid per cell) were scored by their
+    relative L2 error alone; its 1.04x result moved 0.8% held out while 2.5% of the active onset cells crossed the
+    decoder's threshold. A map of probabilities of their own is now scored by the IoU of its mask (the values over
+    0.5) and its relative error, each within the budget. A softmax over the channels stays a class map (map_iou);
+    a map no Sigmoid bounds stays rel_l2."""
+    from onnxprune.converter.auto.decide import PER_SAMPLE
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 3, 8, 8)).astype(np.float32)
+    for kw, kind in (({"sigmoid": True}, "mask_iou+rel_l2"), ({"softmax": True}, "map_iou"), ({}, "rel_l2")):
+        model = tb.segmenter(name="onsets", classes=1 if kw.get("sigmoid") or not kw else 3, seed=3, **kw)
+        assert evaluator(model, {"image": x}).plan == {"onsets": kind}, kw
+    # the metric: sample 0 unchanged, sample 1 loses one of its 4 cells over 0.5, sample 2 gains one where there
+    # were none (IoU 0), sample 3 has none in either (IoU 1)
+    ref = np.full((4, 1, 4, 4), 0.1, np.float32)
+    ref[:2, 0, 1, :] = 0.9
+    out = ref.copy()
+    out[1, 0, 1, 0] = 0.45
+    out[2, 0, 3, 3] = 0.55
+    terms, counts = METRICS["mask_iou"].samples(out, ref, None)
+    assert terms[:, 0] == pytest.approx([1.0, 0.75, 0.0, 1.0]) and counts.tolist() == [1, 1, 1, 1]
+    assert PER_SAMPLE["mask_iou"].fn(out, ref, None)[:, 0] == pytest.approx([0.0, 0.25, 1.0, 0.0])
+    assert PER_SAMPLE["mask_iou+rel_l2"].parts == ("1 - mask IoU", "relative error", "variance lost")
+    # a sparse map: a few cells near 0.5, most far below; the head's bias lowered a little moves every value by a
+    # small share of the map's norm, and takes the cells just over 0.5 below it
+    model = tb.segmenter(name="onsets", classes=1, sigmoid=True, seed=3)
+    dense = make_session(model).run(None, {"image": x})[0]
+    logit = np.log(dense / (1 - dense))
+    bias = next(t for t in model.graph.initializer if t.name == "head.bias")
+    shift = float(np.quantile(logit, 0.9)) - float(numpy_helper.to_array(bias)[0])  # a tenth of the cells over 0.5
+    sparse = with_weight(model, "head.bias", lambda b: b - shift)
+    lowered = with_weight(sparse, "head.bias", lambda b: b - 0.01)
+    before, after = (make_session(m).run(None, {"image": x})[0] for m in (sparse, lowered))
+    assert 0.02 < (before > 0.5).mean() < 0.2 and ((before > 0.5) != (after > 0.5)).any()
+    ev = evaluator(sparse, {"image": x})
+    assert ev.plan == {"onsets": "mask_iou+rel_l2"} and ev.dense == 1.0
+    loss = ev.loss_pp(ev.evaluate(lowered))
+    values = Evaluator(open_data({"image": x}, sparse, batch_size=8), "onsets=rel_l2", reference_model=sparse)
+    assert values.loss_pp(values.evaluate(lowered)) < 1.0 < loss  # its values alone would pass 1 pp
+    iou = np.mean([1.0 if not (a | b).any() else (a & b).sum() / (a | b).sum()
+                   for a, b in zip(before.reshape(24, -1) > 0.5, after.reshape(24, -1) > 0.5)])
+    assert loss == pytest.approx(100 * (1 - iou), rel=1e-6)  # the mask's part is the worst here
