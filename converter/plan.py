@@ -396,8 +396,9 @@ def build_plan(config: RunConfig) -> list[Step]:
         steps.append(QuantizeStep(config.quantize, config.retrain, config.budget, shrink, config.encode,
                                   trained=retrain or auto))
     # the automatic plan crops inputs by itself: "--crop-inputs: no input feature went" is said only when asked
-    steps += [ShrinkStep(shrink, asked=shrink.crop_inputs == config.shrink.crop_inputs),
-              EncodeStep(config.encode), VerifyStep(config.verify, config.data)]
+    encode = EncodeStep(config.encode)
+    steps += [ShrinkStep(shrink, asked=shrink.crop_inputs == config.shrink.crop_inputs), encode,
+              VerifyStep(config.verify, config.data, encode)]
     if has_data:
         steps.append(MeasureStep())
     steps.append(ReportStep())

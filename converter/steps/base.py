@@ -59,6 +59,7 @@ class RunState:
     shrunk: onnx.ModelProto | None = None  # after dead-neuron removal (may be `pruned` itself)
     neurons: dict | None = None  # channels per layer before/after the shrink
     slices: list = field(default_factory=list)  # dead-neuron removal's (initializer, axis, keep), in order
+    unshrunk: tuple | None = None  # (masks, notes count) before the shrink: the verify step's undo of a wrong one
     quantized: list = field(default_factory=list)  # QDQ weights folded to float at load (passes.quantized_weights),
     #                                                 quantized back when written; sessions run them as written
     params_after_shrink: int | None = None

@@ -62,6 +62,7 @@ class ShrinkStep(Step):
         from onnxprune.passes.dead_neurons import RemoveDeadNeurons
 
         remove = RemoveDeadNeurons(gather_inputs=c.gather_inputs, crop_inputs=c.crop_inputs)
+        state.unshrunk = (dict(state.prune.masks), len(state.prune.notes))  # the pass slices masks into new arrays
         try:
             state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
         except PassError as exc:

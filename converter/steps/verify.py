@@ -3,13 +3,16 @@ the input and the output model is measured on the user's data."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.data import draws_random_inputs
-from onnxprune.errors import ConfigError
+from onnxprune.errors import ConfigError, ParityError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,9 +32,10 @@ class VerifyStep(Step):
     needs = ("final", "pruned")
     gives = ("parity",)
 
-    def __init__(self, config: VerifyConfig, data):
+    def __init__(self, config: VerifyConfig, data, encode: Step | None = None):
         super().__init__(config)
         self.config, self.data_config = config, data
+        self.encode = encode  # the plan's encode step: run again on the unshrunk model when the shrunk one differs
 
     def run(self, state: RunState) -> None:
         from onnxprune.converter.verify import check_parity
@@ -47,7 +51,29 @@ class VerifyStep(Step):
                 state.notes.append(f"time budget: verification ran {n} of its {len(feeds)} batches of data (the "
                                    "time left in --time-budget; the load rose after the search)")
                 feeds = feeds[:n]
-        state.parity = check_parity(state.final, state.pruned, feeds, source="random" if random else "data")
+        source = "random" if random else "data"
+        try:
+            state.parity = check_parity(state.final, state.pruned, feeds, source=source)
+        except ParityError as exc:
+            if not self._unshrink(state) or log.isEnabledFor(logging.DEBUG):  # --debug, -vv: stop and say it
+                raise
+            state.parity = check_parity(state.final, state.pruned, feeds, source=source)  # a second error: raised
+            state.prune.notes.append(f"dead-neuron removal was undone, an onnxprune defect: with neurons removed, "
+                                     f"{str(exc).split('; ')[0]}; the pruned weights are written with every neuron "
+                                     "kept (as --no-neurons does), and they match; rerun with --debug to stop there, "
+                                     "and please report it")
+
+    def _unshrink(self, state: RunState) -> bool:
+        """Encode the pruned model again without the shrink (its masks and notes as before it), when the shrink
+        removed something: a channel rule's defect costs the removal, not the run. False when there is no shrink
+        to undo (the parity error is then the encoding's or the runtime's)."""
+        if self.encode is None or state.unshrunk is None or not (state.neurons or {}).get("removed"):
+            return False
+        masks, notes = state.unshrunk
+        state.prune.masks, state.prune.notes[notes:] = masks, []
+        state.shrunk, state.neurons, state.slices, state.unshrunk = state.pruned, None, [], None
+        self.encode.run(state)
+        return True
 
     def _feeds(self, state: RunState):
         return parity_feeds(state, self.config.verify_batches, self.data_config.input_shapes)

@@ -15,7 +15,7 @@ from onnxprune.converter.pipeline import configure, run
 from onnxprune.converter.plan import build_plan
 from onnxprune.converter.steps.base import RunState, Step, check_plan, run_steps
 from onnxprune.converter.steps.load import InventoryStep, LoadStep
-from onnxprune.errors import ConfigError, PassError
+from onnxprune.errors import ConfigError, ParityError, PassError
 from onnxprune.models import builders
 from onnxprune.passes.weights import weight_array
 from onnxprune.plain import dumps
@@ -415,3 +415,59 @@ def test_a_dead_neuron_removal_that_fails_leaves_the_pruned_model_whole_and_says
             run(model, configure(sparsity=0.9, data=data))
     finally:
         logger.setLevel(level)
+
+
+def test_a_dead_neuron_removal_the_parity_check_rejects_is_undone_and_the_pruned_weights_are_written(
+        teacher_data, monkeypatch):
+    """A channel rule that removes the wrong thing (the issue's paddle2onnx OCR models: the parity check rejected the
+    shrunk output, `--no-neurons` passed) failed the run. When the shrunk model differs from the pruned one, the
+    verify step encodes the pruned model again with every neuron kept, with its masks and notes as before the shrink,
+    checks it, and says so; a second difference (the encoding's) and debug logging still stop the run."""
+    import logging
+
+    from onnxprune.passes import dead_neurons
+
+    model, data = teacher_data
+    real = dead_neurons.remove_dead_neurons
+
+    def wrong(model, **kw):
+        out, report = real(model, **kw)
+        assert report.removed and out is not model
+        bias = next(t for t in out.graph.initializer if t.name.endswith("bias"))
+        bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1.0, bias.name))
+        return out, report
+
+    monkeypatch.setattr(dead_neurons, "remove_dead_neurons", wrong)
+    result = run(model, configure(sparsity=0.9, data=data))
+    notes = [n for n in result.report["notes"] if n.startswith("dead-neuron removal was undone")]
+    assert len(notes) == 1 and "differs from the dense model with the same weights" in notes[0], result.report
+    assert not result.report.get("neurons") and result.report["parity"]["max_abs_diff"] <= 1e-5
+    final = modelio.from_proto(result.model).model
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)
+    for init in masked.graph.initializer:  # the input's shapes, its weights times the run's (unsliced) masks
+        assert weight_array(final, init.name).shape == tuple(init.dims), init.name
+        if init.name in result.state.masks:
+            assert result.state.masks[init.name].shape == tuple(init.dims), init.name
+            init.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(init) * result.state.masks[init.name], init.name))
+    name = model.graph.input[0].name
+    x = data[name][:50]
+    np.testing.assert_allclose(make_session(result.model).run(None, {name: x})[0],
+                               make_session(masked).run(None, {name: x})[0], rtol=1e-5, atol=1e-5)
+    logger = logging.getLogger("onnxprune")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with pytest.raises(ParityError, match="differs from the dense model with the same weights"):
+            run(model, configure(sparsity=0.9, data=data))
+    finally:
+        logger.setLevel(level)
+    from onnxprune.converter import verify
+
+    def always(*a, **kw):
+        raise ParityError("output 'y' differs from the dense model with the same weights: the encoding's")
+
+    monkeypatch.setattr(verify, "check_parity", always)  # unshrunk, it differs too: the run stops
+    with pytest.raises(ParityError, match="the encoding's"):
+        run(model, configure(sparsity=0.9, data=data))
