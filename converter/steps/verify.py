@@ -55,7 +55,7 @@ class VerifyStep(Step):
         try:
             state.parity = check_parity(state.final, state.pruned, feeds, source=source)
         except ParityError as exc:
-            if not self._unshrink(state) or log.isEnabledFor(logging.DEBUG):  # --debug, -vv: stop and say it
+            if log.isEnabledFor(logging.DEBUG) or not self._unshrink(state):  # --debug, -vv: stop and say it
                 raise
             state.parity = check_parity(state.final, state.pruned, feeds, source=source)  # a second error: raised
             state.prune.notes.append(f"dead-neuron removal was undone, an onnxprune defect: with neurons removed, "
