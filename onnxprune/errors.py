@@ -50,3 +50,12 @@ class BudgetError(ConverterError):
         super().__init__(message)
         self.loss_pp, self.max_loss_pp, self.outputs = loss_pp, max_loss_pp, tuple(outputs)
         self.written, self.report = written, report
+
+
+def debugging() -> bool:
+    """The run stops on a defect it could work around, to show its traceback: --debug or -vv (debug logging of
+    onnxprune.*) or ONNXPRUNE_DEBUG=1, the switches the command line reads for tracebacks."""
+    import logging
+    import os
+
+    return logging.getLogger("onnxprune").isEnabledFor(logging.DEBUG) or os.environ.get("ONNXPRUNE_DEBUG") == "1"

@@ -3,14 +3,11 @@ so the dense shapes, and the runtime, shrink. Optionally the input is cut to the
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import ConfigError, PassError
+from onnxprune.errors import ConfigError, PassError, debugging
 from onnxprune.passes.weights import find_prunable
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +63,7 @@ class ShrinkStep(Step):
         try:
             state.shrunk = run_passes([remove], state.pruned, state.prune).model  # masks are sliced with their weights
         except PassError as exc:
-            if exc.__cause__ is None or log.isEnabledFor(logging.DEBUG):  # --debug, -vv: the traceback
+            if exc.__cause__ is None or debugging():  # --debug, -vv: the traceback
                 raise
             # A channel rule's defect on a graph it did not expect (real models 45's F1: a Reshape to a scalar) is no
             # reason to lose the pruned model: its weights are whole and verified as they are; only the removal goes.

@@ -3,16 +3,14 @@ the input and the output model is measured on the user's data."""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.data import draws_random_inputs
-from onnxprune.errors import ConfigError, ParityError
+from onnxprune.errors import ConfigError, ParityError, debugging
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +53,7 @@ class VerifyStep(Step):
         try:
             state.parity = check_parity(state.final, state.pruned, feeds, source=source)
         except ParityError as exc:
-            if log.isEnabledFor(logging.DEBUG) or not self._unshrink(state):  # --debug, -vv: stop and say it
+            if debugging() or not self._unshrink(state):  # --debug, -vv: stop and say it
                 raise
             state.parity = check_parity(state.final, state.pruned, feeds, source=source)  # a second error: raised
             state.prune.notes.append(f"dead-neuron removal was undone, an onnxprune defect: with neurons removed, "

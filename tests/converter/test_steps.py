@@ -463,6 +463,10 @@ def test_a_dead_neuron_removal_the_parity_check_rejects_is_undone_and_the_pruned
             run(model, configure(sparsity=0.9, data=data))
     finally:
         logger.setLevel(level)
+    monkeypatch.setenv("ONNXPRUNE_DEBUG", "1")  # the command line's other switch for tracebacks
+    with pytest.raises(ParityError, match="differs from the dense model with the same weights"):
+        run(model, configure(sparsity=0.9, data=data))
+    monkeypatch.delenv("ONNXPRUNE_DEBUG")
     from onnxprune.converter import verify
 
     def always(*a, **kw):
