@@ -142,6 +142,17 @@ def test_distances_an_argmin_reads_are_not_judged_by_their_argmax():
     assert evaluator(model, {"X": x}).plan == {"label": "exact", "scores": "rel_l2"}
 
 
+def test_attention_weights_are_judged_by_their_values_not_by_the_top_key_of_each_query():
+    """Sweep 41: nn.MultiheadAttention(need_weights=True) returned 'attn' [N, 28, 28] beside the logits, scored
+    seq_agreement (the argmax over the keys of every query); on nearly flat rows the first neuron level moved 14 pp
+    of those argmaxes and the input model was kept. A Softmax of the product of two activations is scored by
+    relative L2; a per-position classifier's (a product with a stored weight) keeps seq_agreement."""
+    x = np.random.default_rng(0).standard_normal((16, 6, 8)).astype(np.float32)
+    assert evaluator(tb.attention_weights(), {"input": x}).plan == {"logits": "agreement", "attn": "rel_l2"}
+    assert evaluator(tb.attention_weights(weighted_head=True), {"input": x}).plan == \
+        {"logits": "agreement", "attn": "seq_agreement"}
+
+
 def test_a_key_value_cache_is_no_segmentation_map_whatever_its_argmax_does():
     """Sweep 29: a Qwen2 decoding step's 'present_key_1' [N, 2 heads, 16 positions, 16] was "a segmentation map
     ([N, 2, H, W], class 1 leads every sample's pixels)", scored map_iou+rel_l2, beside 'present_key_0' (rel_l2)."""
