@@ -144,9 +144,9 @@ def test_distances_an_argmin_reads_are_not_judged_by_their_argmax():
 
 def test_attention_weights_are_judged_by_their_values_not_by_the_top_key_of_each_query():
     """Sweep 41: nn.MultiheadAttention(need_weights=True) returned 'attn' [N, 28, 28] beside the logits, scored
-    seq_agreement (the argmax over the keys of every query); on nearly flat rows the first neuron level moved 14 pp
-    of those argmaxes and the input model was kept. A Softmax of the product of two activations is scored by
-    relative L2; a per-position classifier's (a product with a stored weight) keeps seq_agreement."""
+    seq_agreement (the argmax over the keys of every query), which reads how each query mixes the values as a class.
+    A Softmax of the product of two activations is scored by relative L2; a per-position classifier's (a product
+    with a stored weight) keeps seq_agreement."""
     x = np.random.default_rng(0).standard_normal((16, 6, 8)).astype(np.float32)
     assert evaluator(tb.attention_weights(), {"input": x}).plan == {"logits": "agreement", "attn": "rel_l2"}
     assert evaluator(tb.attention_weights(weighted_head=True), {"input": x}).plan == \
