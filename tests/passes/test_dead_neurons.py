@@ -2326,6 +2326,30 @@ def test_a_zero_channel_through_a_padded_depthwise_conv_is_its_bias_and_goes(mul
     assert shp["pw0.weight"] == (4, 3, 1, 1) and shp["dw.weight"] == (c, 1, 3, 3) and shp["pw1.weight"] == (6, c, 1, 1)
 
 
+def _unflattened(target) -> onnx.ModelProto:
+    """Gemm 8 -> 24 -> Relu -> Reshape to `target` (nn.Unflatten(1, (6, 2, 2)): map channel j is units 4j ... 4j+3)
+    -> Conv 6 -> 5 -> Relu -> head 'y' [N, 3]."""
+    g = G.G(0)
+    h = g.op("Relu", "r1", [g.gemm("x", "fc", 8, 24)])
+    h = g.op("Reshape", "unflatten", [h, g.init("target", np.array(target, np.int64))])
+    G._head(g, g.op("Relu", "r2", [g.conv(h, "c2", 6, 5, pad=1)]), 5)
+    return g.model({"x": ["N", 8]}, {"y": ["N", 3]})
+
+
+@pytest.mark.parametrize("target", [[-1, 6, 2, 2], [0, 6, 2, 2], [0, -1, 2, 2]])
+def test_dead_units_go_through_a_reshape_that_splits_them_into_map_channels(target):
+    """Sweep 41: a Linear's units unflattened into a conv map (torch's nn.Unflatten(1, (16, 4, 4)), dynamo's Reshape
+    to [-1, 16, 4, 4]) kept every unit ("not a flattening Reshape ... it splits the channels"). A map channel's
+    units are one class: a block all dead goes with its map channel; a block with one live unit stays whole."""
+    dead = [4, 5, 6, 7, 16, 17]  # block 1 whole, half of block 4
+    m = G.zero(G.zero(_unflattened(target), "fc.weight", 0, dead), "fc.bias", 0, dead)
+    out, report, shp = prune(m)
+    assert shp["fc.weight"] == (20, 8) and shp["c2.weight"] == (5, 5, 3, 3), channels(report)
+    w = G.init(out, "fc.weight")  # block 4 (now units 12 ... 15): its dead units stay beside its live ones
+    assert not w[12:14].any() and w[14:16].all()
+    onnx.checker.check_model(out, full_check=True)
+
+
 def _unrolled_rnn_cell(steps: int = 3, features: int = 5, hidden: int = 6) -> onnx.ModelProto:
     """torch's nn.RNNCell unrolled as its legacy export writes it: h0 = ConstantOfShape(Concat(Shape(x)[0], [H])),
     then for each step h = Tanh(Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh)), both weights shared by every step ->
