@@ -491,18 +491,19 @@ def _merged_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
 
 
 def _split_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
-    """A Reshape that splits x's last axis, its channels, into channels and static axes after them, channels
+    """A Reshape that splits x [N, C], its channels on axis 1, into channels and static axes after them, channels
     outermost: nn.Unflatten(1, (16, 4, 4)) of a Linear's 256 units, [N, 256] -> [N, 16, 4, 4]. Channel j is units
     j*m ... j*m+m-1, m the product of the new axes, which become one class: a map channel goes when all its units
     do, and holds a constant only where they hold the same one. The entries before it are x's own leading sizes
     (`_leading_dims`) or one -1 beside a constant channel entry, which is rewritten to the kept units over m; a -1
     there follows by itself. Sweep 41: a dynamo export's Reshape to [-1, 16, 4, 4] after a Linear kept every unit
-    ("not a flattening Reshape ... it splits the channels"). False when it is not that."""
+    ("not a flattening Reshape ... it splits the channels"). Not [N, S, D] -> [N, S, H, d], attention's heads: a
+    head would be a channel that Q K^T reads on a batch axis. False when it is not that."""
     if c is None or s is None or len(node.inputs) < 2:
         return False
     T = _reshape_entries(b, node)
     ch = len(s) + c.axis
-    if T is None or ch < 1 or ch != len(s) - 1 or len(T) < ch + 2 or not isinstance(s[ch], int):
+    if T is None or len(s) != 2 or ch != 1 or len(T) < 3 or not isinstance(s[1], int):
         return False
     head, tail = T[:ch], [_static_entry(b, a) for a in T[ch + 1:]]
     wild = [i for i, a in enumerate(head) if isinstance(a, int) and a == -1]
