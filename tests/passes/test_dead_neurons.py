@@ -2350,6 +2350,23 @@ def test_dead_units_go_through_a_reshape_that_splits_them_into_map_channels(targ
     onnx.checker.check_model(out, full_check=True)
 
 
+def test_units_with_zero_weights_inside_a_loop_body_are_said_to_stay():
+    """Sweep 41: a Keras SimpleRNN stack (tf2onnx: a Loop per layer) with 4 hidden units zeroed kept them and the run
+    said nothing: the walk does not enter bodies. The shrink's notes now count them by layer."""
+    from onnxprune.models.third_party_builders import carried_loop_rnn
+
+    state = PruneState()
+    m = G.zero(carried_loop_rnn(), "R", 1, [0, 1])
+    result = run_passes([RemoveDeadNeurons()], m, state)
+    G.assert_same(m, result.model)
+    assert G.shapes(result.model)["R"] == (8, 8)
+    assert any("2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies (MatMul "
+               "'/body/MatMul_1': 2)" in n for n in state.notes), state.notes
+    state = PruneState()
+    run_passes([RemoveDeadNeurons()], carried_loop_rnn(), state)
+    assert not any("inside Loop" in n for n in state.notes)
+
+
 def _unrolled_rnn_cell(steps: int = 3, features: int = 5, hidden: int = 6) -> onnx.ModelProto:
     """torch's nn.RNNCell unrolled as its legacy export writes it: h0 = ConstantOfShape(Concat(Shape(x)[0], [H])),
     then for each step h = Tanh(Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh)), both weights shared by every step ->
