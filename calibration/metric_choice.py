@@ -67,6 +67,10 @@ _REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|co
                            r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon")
 # an image a model rebuilds, unless the name also says class scores ('recon_logits' stays agreement)
 _IMAGE_NAMES = _Words(r"recon|denois|rgb(?![a-z])")
+# a distribution's parameters (a Gaussian head's 'mean' and 'var', a VAE encoder's 'mu' and 'logvar'), unless the name
+# also says class scores: values, whose argmax is no class (sweep 41: a Gaussian ink head's 'mean' [N, 4] was judged by
+# the argmax over its four quadrants, its softplus 'var' by that and relative L2)
+_MOMENT_NAMES = _Words(r"mean(?![a-z])|mu(?![a-z])|var(?![a-z])|variance|log_?var|std(?![a-z])|stddev|sigma")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
@@ -77,8 +81,9 @@ _LOGIT_NAMES = _Words(r"logit")
 
 def _regression(name: str) -> bool:
     """The name says regression: a box, a landmark, a forecast, ... (`_REGRESSION_NAMES`), or an image rebuilt
-    (`_IMAGE_NAMES`) where no class word is in the name."""
-    return bool(_REGRESSION_NAMES.search(name) or (_IMAGE_NAMES.search(name) and not _CLASS_NAMES.search(name)))
+    (`_IMAGE_NAMES`) or a distribution's parameter (`_MOMENT_NAMES`) where no class word is in the name."""
+    return bool(_REGRESSION_NAMES.search(name) or ((_IMAGE_NAMES.search(name) or _MOMENT_NAMES.search(name))
+                                                   and not _CLASS_NAMES.search(name)))
 
 
 def _is_probability(arr: np.ndarray) -> bool:

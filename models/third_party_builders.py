@@ -710,6 +710,19 @@ def attention_weights(*, tokens: int = 6, features: int = 8, dim: int = 12, clas
                   [_float("logits", [BATCH, classes]), _float("attn", [BATCH, tokens, tokens])])
 
 
+def gaussian_head(*, in_features: int = 8, hidden: int = 16, targets: int = 4, names=("mean", "var"),
+                  seed: int = 0) -> onnx.ModelProto:
+    """A Gaussian regression head (torch's GaussianNLLLoss, sweep 41): 'input' [N, 8] -> fc + relu -> a mean [N, 4]
+    and Softplus of another fc, its variance [N, 4], named `names` (a VAE encoder's 'mu', 'logvar')."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    mean, var = g.matmul(h, "mu", hidden, targets), g.matmul(h, "v", hidden, targets)
+    g.nodes.append(helper.make_node("Identity", [mean], [names[0]], name="/mean"))
+    g.nodes.append(helper.make_node("Softplus", [var], [names[1]], name="/var"))
+    return _model(g, "gaussian_head", [_float("input", [BATCH, in_features])],
+                  [_float(names[0], [BATCH, targets]), _float(names[1], [BATCH, targets])])
+
+
 def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
     """'image' [N, 8] -> fc + relu -> fc -> [N, 6], scored against every row of 'prototypes' [K, 6]: 'logits'
     [N, K] = embedding @ prototypes^T. The two inputs' first axes are different symbols: K is no batch."""
