@@ -67,6 +67,10 @@ _REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|co
                            r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon")
 # an image a model rebuilds, unless the name also says class scores ('recon_logits' stays agreement)
 _IMAGE_NAMES = _Words(r"recon|denois|rgb(?![a-z])")
+# a distribution's parameters (a Gaussian head's 'mean' and 'var', a VAE encoder's 'mu' and 'logvar'), unless the name
+# also says class scores: values, whose argmax is no class (sweep 41: a Gaussian ink head's 'mean' [N, 4] was judged by
+# the argmax over its four quadrants, its softplus 'var' by that and relative L2)
+_MOMENT_NAMES = _Words(r"mean(?![a-z])|mu(?![a-z])|var(?![a-z])|variance|log_?var|std(?![a-z])|stddev|sigma")
 _CLASS_NAMES = _Words(r"logit|prob|score|cls|class|conf|pred|label|ctc|softmax")
 # Names that say "a probability" outright (not score, pred, conf: a quality score or a regression's prediction may lie
 # in [0, 1] too).
@@ -77,8 +81,9 @@ _LOGIT_NAMES = _Words(r"logit")
 
 def _regression(name: str) -> bool:
     """The name says regression: a box, a landmark, a forecast, ... (`_REGRESSION_NAMES`), or an image rebuilt
-    (`_IMAGE_NAMES`) where no class word is in the name."""
-    return bool(_REGRESSION_NAMES.search(name) or (_IMAGE_NAMES.search(name) and not _CLASS_NAMES.search(name)))
+    (`_IMAGE_NAMES`) or a distribution's parameter (`_MOMENT_NAMES`) where no class word is in the name."""
+    return bool(_REGRESSION_NAMES.search(name) or ((_IMAGE_NAMES.search(name) or _MOMENT_NAMES.search(name))
+                                                   and not _CLASS_NAMES.search(name)))
 
 
 def _is_probability(arr: np.ndarray) -> bool:
@@ -226,10 +231,11 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
 
 def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
-    `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`."""
+    `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
+    `attention_outputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
-            "tokens": bool(token_id_inputs(model))}
+            "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model)}
 
 
 # ops an id passes through on its way to a lookup (a cast, a reshape, an offset, a clamp into the vocabulary)
@@ -338,6 +344,43 @@ _PASS_SHAPE = {"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Cast"}
 _POOLS = {"ReduceMean", "ReduceSum", "ReduceMax"}
 _NORMS = {"ReduceL2", "ReduceSumSquare", "Sqrt"}
 _NORM_PASS = {"Clip", "Max", "Add", "Expand", "Unsqueeze", "Reshape", "Cast", "Identity", "Sqrt", "Pow"}
+
+
+# Ops between an attention's scores and its Softmax (a scale, an added or selected mask, a cast); the ops its weights
+# pass through on their way out (reshapes, a head's slice, the mean over heads of need_weights=True)
+_SCORE_PASS = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Identity"}
+_WEIGHTS_PASS = _PASS_SHAPE | {"Transpose", "Slice", "Gather", "ReduceMean", "ReduceSum"}
+_PRODUCTS = {"MatMul", "Einsum"}
+
+
+def attention_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are attention weights: a Softmax (through reshapes, slices and a mean over heads) of the
+    product of two activations (Q K^T: a MatMul or Einsum neither of whose operands is a stored constant, through a
+    scale and an added mask). Each row is how a query mixes the values, not a class: its argmax over the keys is
+    whichever key leads a nearly flat row. Sweep 41: torch's nn.MultiheadAttention(need_weights=True) returned
+    'attn' [N, 28, 28] beside the logits, judged by seq_agreement (the top key of every query, on rows whose top
+    weight leads the next by a median 0.026). A per-position classifier's Softmax reads a product with a weight
+    (h @ W) and is not one."""
+    if model is None:
+        return frozenset()
+    producers = _producers(model.graph)
+    consts = set(local_constants(model.graph)) | {i.name for i in model.graph.initializer}
+
+    def scores(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 8 or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type in _PRODUCTS:
+            operands = [i for i in node.input if i]
+            return len(operands) == 2 and not any(i in consts for i in operands)
+        return node.op_type in _SCORE_PASS and any(scores(i, depth + 1) for i in node.input if i and i not in consts)
+
+    found = []
+    for o in model.graph.output:
+        node = _through(producers.get(o.name), producers, _WEIGHTS_PASS)
+        if node is not None and node.op_type == "Softmax" and node.domain in ("", "ai.onnx") and scores(node.input[0]):
+            found.append(o.name)
+    return frozenset(found)
 
 
 def embedding_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -535,11 +578,12 @@ def few_leaders(name: str, batches: list) -> tuple[int, ...] | None:
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
-               tokens: bool = False) -> dict[str, str]:
+               tokens: bool = False, attention: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
     `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2;
+    `attention`: attention weights, `attention_outputs`, mixing weights over keys, not classes: rel_l2 likewise;
     `input_sizes`: the values a sample of each float input holds, `input_sizes`; `tokens`: the model reads token
     ids, `token_id_inputs`), then rules that need the others:
 
@@ -575,7 +619,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings, tokens=tokens)
              for name, value in values.items()}
     for names, what in ((ranked, "TopK's values or distances an ArgMin reads (ranks, not classes)"),
-                        (predicted, "a regressor's predicted values (the converter's name for them)")):
+                        (predicted, "a regressor's predicted values (the converter's name for them)"),
+                        (attention, "attention weights (a Softmax of two activations' product: how each query "
+                                    "mixes the values, not classes)")):
         for name in names:
             if kinds.get(name) in _ARGMAX_KINDS:
                 kinds[name] = "rel_l2"

@@ -692,6 +692,40 @@ def kmeans_scores(*, in_features: int = 8, dim: int = 6, clusters: int = 5, seed
                   [helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]), _float("scores", [BATCH, clusters])])
 
 
+def attention_weights(*, tokens: int = 6, features: int = 8, dim: int = 12, classes: int = 5,
+                      weighted_head: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """nn.MultiheadAttention(need_weights=True) reduced to one head (sweep 41): 'input' [N, T, F] -> q, k, v
+    projections -> Softmax(q k^T * scale) -> 'attn' [N, T, T] beside 'logits' [N, C] = fc(mean over positions of
+    attn @ v). `weighted_head`: 'attn' is instead Softmax(q @ W) [N, T, T], a per-position classifier over T
+    classes whose product is with a stored weight, not another activation."""
+    g = _Graph(seed)
+    q, k, v = (g.matmul("input", s, features, dim) for s in ("q", "k", "v"))
+    if weighted_head:
+        scores = g.op("MatMul", "head", [q, g.weight("head.weight", (dim, tokens), dim)])
+    else:
+        kt = g.op("Transpose", "k", [k], perm=[0, 2, 1])
+        scores = g.op("Mul", "scale", [g.op("MatMul", "scores", [q, kt]), g.const("scale", np.array(dim ** -0.5))])
+    g.nodes.append(helper.make_node("Softmax", [scores], ["attn"], name="/attn/Softmax", axis=-1))
+    mixed = g.op("ReduceMean", "pool", [g.op("MatMul", "mix", ["attn", v])], axes=[1], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [mixed, g.weight("fc.weight", (classes, dim), dim),
+                                             g.bias("fc.bias", classes)], ["logits"], name="/fc/Gemm", transB=1))
+    return _model(g, "attention_weights", [_float("input", [BATCH, tokens, features])],
+                  [_float("logits", [BATCH, classes]), _float("attn", [BATCH, tokens, tokens])])
+
+
+def gaussian_head(*, in_features: int = 8, hidden: int = 16, targets: int = 4, names=("mean", "var"),
+                  seed: int = 0) -> onnx.ModelProto:
+    """A Gaussian regression head (torch's GaussianNLLLoss, sweep 41): 'input' [N, 8] -> fc + relu -> a mean [N, 4]
+    and Softplus of another fc, its variance [N, 4], named `names` (a VAE encoder's 'mu', 'logvar')."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
+    mean, var = g.matmul(h, "mu", hidden, targets), g.matmul(h, "v", hidden, targets)
+    g.nodes.append(helper.make_node("Identity", [mean], [names[0]], name="/mean"))
+    g.nodes.append(helper.make_node("Softplus", [var], [names[1]], name="/var"))
+    return _model(g, "gaussian_head", [_float("input", [BATCH, in_features])],
+                  [_float(names[0], [BATCH, targets]), _float(names[1], [BATCH, targets])])
+
+
 def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:
     """'image' [N, 8] -> fc + relu -> fc -> [N, 6], scored against every row of 'prototypes' [K, 6]: 'logits'
     [N, K] = embedding @ prototypes^T. The two inputs' first axes are different symbols: K is no batch."""

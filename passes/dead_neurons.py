@@ -34,8 +34,9 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune.passes.base import Pass, PassResult, PruneState, register_pass
 from onnxprune.passes.channel_groups import ChannelGraph, build_channel_groups
-from onnxprune.passes.scopes import local_constants, scopes
+from onnxprune.passes.scopes import all_constants, local_constants, scopes
 from onnxprune.passes.shapes import infer_shapes
+from onnxprune.plain import listed
 
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 16
@@ -397,6 +398,29 @@ def _relist_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> N
 
 
 @register_pass("dead-neurons")
+def body_units_note(model: onnx.ModelProto) -> str | None:
+    """What dead-neuron removal leaves in bodies, said: the output units of Gemm/MatMul/Conv layers inside Loop, Scan
+    and If bodies whose weights are all zero there (Left alone: the walk does not enter bodies). Sweep 41: a Keras
+    SimpleRNN stack (tf2onnx: a Loop per layer) with 4 hidden units zeroed kept them, and the run said nothing."""
+    from onnxprune.passes.weights import find_prunable  # the inventory's reading of bodies (tf2onnx's carried weights)
+
+    consts, found = all_constants(model.graph), {}
+    for w in find_prunable(model, with_macs=False).prunable:
+        if not w.scope or w.kind not in ("fc", "conv") or w.out_axis is None or w.name not in consts:
+            continue
+        a = onnx.numpy_helper.to_array(consts[w.name])
+        if a.ndim < 2:
+            continue
+        zero = int((~np.moveaxis(a, w.out_axis, 0).reshape(a.shape[w.out_axis], -1).any(axis=1)).sum())
+        if zero:
+            found[f"{w.op_type} '{w.node}'"] = zero
+    if not found:
+        return None
+    return (f"{sum(found.values())} output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies "
+            f"({listed(f'{k}: {v}' for k, v in found.items())}): dead-neuron removal does not enter bodies; the "
+            f"zeros are stored sparse where that is smaller")
+
+
 class RemoveDeadNeurons(Pass):
     """Drop channels that carry nothing, from every member of their group at once.
 
@@ -408,7 +432,8 @@ class RemoveDeadNeurons(Pass):
          which); a weight alike layers read (a Siamese net's towers) ties their channels and is sliced once.
       3. State masks are sliced with their weights, so masks and graph keep lining up.
       4. The notes say what blocked a removal (at most MAX_NOTES lines); the per-layer counts are in `report`.
-    Left alone: grouped (non-depthwise) convs, ops without a rule, constants read by padded convs or ConvTranspose.
+    Left alone: grouped (non-depthwise) convs, ops without a rule, constants read by padded convs or ConvTranspose,
+    layers inside Loop/Scan/If bodies (their all-zero output units are counted in a note, `body_units_note`).
     """
 
     def __init__(self, gather_inputs: bool = False, protected: set[str] | frozenset[str] = frozenset(),
@@ -427,4 +452,7 @@ class RemoveDeadNeurons(Pass):
         state.notes.extend(self.report.blocked[:MAX_NOTES])  # the per-layer counts are in self.report.layers
         if self.report.aligned:
             state.notes.append(self.report.aligned_note())
+        inside = body_units_note(out)
+        if inside:
+            state.notes.append(inside)
         return PassResult(model=out, modified=out is not model)

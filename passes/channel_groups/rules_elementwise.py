@@ -76,6 +76,11 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),
     "Sign": lambda v, n: np.sign(v),  # sweep 36: LISTA's soft threshold sign(u) relu(|u| - th)
+    # sweep 41: torch.remainder(h, 1.0) is h - Floor(h / 1) * 1, "consumer Floor ... has no channel rule"; ONNX's Round
+    # rounds halves to even, as numpy's does
+    "Floor": lambda v, n: np.floor(v),
+    "Ceil": lambda v, n: np.ceil(v),
+    "Round": lambda v, n: np.round(v),
     # sweep 36: an x-vector's stats pooling sqrt(var + eps), "consumer Sqrt ... has no channel rule"; a constant
     # channel maps to its image, NaN (not folded) where that is not finite: sqrt(-1), log(0), 1/0
     "Sqrt": lambda v, n: _finite(np.sqrt(v)),

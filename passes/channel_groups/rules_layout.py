@@ -490,11 +490,47 @@ def _merged_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
     return True
 
 
-def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int = 1, shape_input: int = 1) -> bool:
+def _split_axes(b: Builder, node: gs.Node, x, c: Channels | None, s) -> bool:
+    """A Reshape that splits x [N, C], its channels on axis 1, into channels and static axes after them, channels
+    outermost: nn.Unflatten(1, (16, 4, 4)) of a Linear's 256 units, [N, 256] -> [N, 16, 4, 4]. Channel j is units
+    j*m ... j*m+m-1, m the product of the new axes, which become one class: a map channel goes when all its units
+    do, and holds a constant only where they hold the same one. The entries before it are x's own leading sizes
+    (`_leading_dims`) or one -1 beside a constant channel entry, which is rewritten to the kept units over m; a -1
+    there follows by itself. Sweep 41: a dynamo export's Reshape to [-1, 16, 4, 4] after a Linear kept every unit
+    ("not a flattening Reshape ... it splits the channels"). Not [N, S, D] -> [N, S, H, d], attention's heads: a
+    head would be a channel that Q K^T reads on a batch axis. False when it is not that."""
+    if c is None or s is None or len(node.inputs) < 2:
+        return False
+    T = _reshape_entries(b, node)
+    ch = len(s) + c.axis
+    if T is None or len(s) != 2 or ch != 1 or len(T) < 3 or not isinstance(s[1], int):
+        return False
+    head, tail = T[:ch], [_static_entry(b, a) for a in T[ch + 1:]]
+    wild = [i for i, a in enumerate(head) if isinstance(a, int) and a == -1]
+    if any(v is None or v < 1 for v in tail) or len(wild) > 1 or (wild and T[ch] == -1):
+        return False
+    if not _leading_dims(b, [("dim", x.name, i) if i in wild else a for i, a in enumerate(head)], x, s, ch):
+        return False
+    m, n = math.prod(tail), len(c.ids)
+    if m < 2 or n % m or not (T[ch] == -1 or (isinstance(T[ch], int) and T[ch] == n // m)):
+        return False
+    if T[ch] != -1 and not _rewrites_count(b, node, x, c, ch, div=m):
+        return False
+    blocks, values = c.ids.reshape(n // m, m), c.value.reshape(n // m, m)
+    for row in blocks.tolist():
+        for i in row[1:]:
+            b.cg.union(row[0], i)
+    same = (values == values[:, :1]).all(axis=1)  # NaN (varies) is never the same
+    b.set(node.outputs[0], Channels(ch - len(T), blocks[:, 0].copy(), np.where(same, values[:, 0], NAN)))
+    return True
+
+
+def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int = 1, shape_input: int = 1,
+                    div: int = 1) -> bool:
     """Entry j of `node`'s target shape (its input `shape_input`: 1 for Reshape and Expand, 0 for ConstantOfShape) is
-    a constant channel count (`per` times it): an edit of x's channels rewrites it to the kept count (times `per`), in
-    a copy of the nodes that compute the shape where other nodes read them too. False when the entry is not read from
-    a constant through Cast, Identity, (Un)Squeeze and Concat."""
+    a constant channel count (`per` times it, or a `div`-th of it): an edit of x's channels rewrites it to the kept
+    count (times `per`, over `div`), in a copy of the nodes that compute the shape where other nodes read them too.
+    False when the entry is not read from a constant through Cast, Identity, (Un)Squeeze and Concat."""
     found = _entry_path(b, node, j, shape_input)
     if found is None:
         return False
@@ -506,7 +542,7 @@ def _rewrites_count(b: Builder, node: gs.Node, x, c: Channels, j: int, per: int 
     def edit(keep: np.ndarray) -> None:
         old = last.inputs[i]
         new = np.array(_const(old), copy=True)
-        new.reshape(-1)[at] = int(keep.sum()) * per
+        new.reshape(-1)[at] = int(keep.sum()) * per // div
         current = gs.Constant(b.cg.unique(f"{old.name}_pruned"), new)
         if not any(len(r.outputs[0].outputs) > 1 for r, _ in path[1:]):
             last.inputs[i] = current
@@ -780,7 +816,8 @@ def _reshape(b: Builder, node: gs.Node) -> None:
     if S is None or S.shape != (2,) or ch is None or ch < 1 or not _static(s[1:ch] + s[ch + 1 :]):
         if features is None and (_legacy_group_norm(b, node) or _channel_reshape(b, node, x, c, s, S) or
                                  _merge_before(b, node, x, c, s, S) or _computed_channel_reshape(b, node, x, c, s)
-                                 or _shuffle(b, node, x, c, s) or _merged_axes(b, node, x, c, s)):
+                                 or _shuffle(b, node, x, c, s) or _merged_axes(b, node, x, c, s)
+                                 or _split_axes(b, node, x, c, s)):
             return None
         return b.opaque(node, "is not a flattening Reshape, nor one that keeps the channel axis whole or merges it "
                               "with the axes after it (it splits the channels, as into attention heads, or its shape "

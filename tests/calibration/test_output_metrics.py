@@ -142,6 +142,28 @@ def test_distances_an_argmin_reads_are_not_judged_by_their_argmax():
     assert evaluator(model, {"X": x}).plan == {"label": "exact", "scores": "rel_l2"}
 
 
+def test_attention_weights_are_judged_by_their_values_not_by_the_top_key_of_each_query():
+    """Sweep 41: nn.MultiheadAttention(need_weights=True) returned 'attn' [N, 28, 28] beside the logits, scored
+    seq_agreement (the argmax over the keys of every query), which reads how each query mixes the values as a class.
+    A Softmax of the product of two activations is scored by relative L2; a per-position classifier's (a product
+    with a stored weight) keeps seq_agreement."""
+    x = np.random.default_rng(0).standard_normal((16, 6, 8)).astype(np.float32)
+    assert evaluator(tb.attention_weights(), {"input": x}).plan == {"logits": "agreement", "attn": "rel_l2"}
+    assert evaluator(tb.attention_weights(weighted_head=True), {"input": x}).plan == \
+        {"logits": "agreement", "attn": "seq_agreement"}
+
+
+@pytest.mark.parametrize("names", [("mean", "var"), ("mu", "logvar"), ("z_mean", "sigma")])
+def test_a_distributions_parameters_are_values_not_classes(names):
+    """Sweep 41: a Gaussian ink head (GaussianNLLLoss) returned 'mean' [N, 4] and its softplus 'var' [N, 4], scored
+    agreement (the argmax over the four quadrants) and agreement+rel_l2. Names that say a distribution's parameter
+    (mean, mu, var, logvar, std, sigma) are values: relative L2, unless a class word is in the name too."""
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    assert evaluator(tb.gaussian_head(names=names), {"input": x}).plan == {names[0]: "rel_l2", names[1]: "rel_l2"}
+    scores = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    assert [auto_kind(n, scores) for n in ("mean_logits", "variable", "stdout")] == ["agreement"] * 3
+
+
 def test_a_key_value_cache_is_no_segmentation_map_whatever_its_argmax_does():
     """Sweep 29: a Qwen2 decoding step's 'present_key_1' [N, 2 heads, 16 positions, 16] was "a segmentation map
     ([N, 2, H, W], class 1 leads every sample's pixels)", scored map_iou+rel_l2, beside 'present_key_0' (rel_l2)."""

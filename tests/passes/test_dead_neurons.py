@@ -169,10 +169,11 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
                                  "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos",
-                                 "Exp", "Sign", "Reciprocal", "Celu"])
+                                 "Exp", "Sign", "Reciprocal", "Celu", "Floor", "Ceil", "Round"])
 def test_constants_are_folded_through_every_activation(act):
     """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant; sweep 37
-    Celu (torch's nn.CELU, both exporters: "consumer Celu ... (op Celu) has no channel rule")."""
+    Celu (torch's nn.CELU, both exporters: "consumer Celu ... (op Celu) has no channel rule"); sweep 41 Floor, Ceil
+    and Round (torch.remainder(h, 1.0) is h - Floor(h / 1) * 1: "consumer Floor ... has no channel rule")."""
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
     G.zero(m, "fc2.weight", 0, [1])
@@ -2324,6 +2325,47 @@ def test_a_zero_channel_through_a_padded_depthwise_conv_is_its_bias_and_goes(mul
     out, report, shp = prune(m)
     c = 4 * multiplier
     assert shp["pw0.weight"] == (4, 3, 1, 1) and shp["dw.weight"] == (c, 1, 3, 3) and shp["pw1.weight"] == (6, c, 1, 1)
+
+
+def _unflattened(target) -> onnx.ModelProto:
+    """Gemm 8 -> 24 -> Relu -> Reshape to `target` (nn.Unflatten(1, (6, 2, 2)): map channel j is units 4j ... 4j+3)
+    -> Conv 6 -> 5 -> Relu -> head 'y' [N, 3]."""
+    g = G.G(0)
+    h = g.op("Relu", "r1", [g.gemm("x", "fc", 8, 24)])
+    h = g.op("Reshape", "unflatten", [h, g.init("target", np.array(target, np.int64))])
+    G._head(g, g.op("Relu", "r2", [g.conv(h, "c2", 6, 5, pad=1)]), 5)
+    return g.model({"x": ["N", 8]}, {"y": ["N", 3]})
+
+
+@pytest.mark.parametrize("target", [[-1, 6, 2, 2], [0, 6, 2, 2], [0, -1, 2, 2]])
+def test_dead_units_go_through_a_reshape_that_splits_them_into_map_channels(target):
+    """Sweep 41: a Linear's units unflattened into a conv map (torch's nn.Unflatten(1, (16, 4, 4)), dynamo's Reshape
+    to [-1, 16, 4, 4]) kept every unit ("not a flattening Reshape ... it splits the channels"). A map channel's
+    units are one class: a block all dead goes with its map channel; a block with one live unit stays whole."""
+    dead = [4, 5, 6, 7, 16, 17]  # block 1 whole, half of block 4
+    m = G.zero(G.zero(_unflattened(target), "fc.weight", 0, dead), "fc.bias", 0, dead)
+    out, report, shp = prune(m)
+    assert shp["fc.weight"] == (20, 8) and shp["c2.weight"] == (5, 5, 3, 3), channels(report)
+    w = G.init(out, "fc.weight")  # block 4 (now units 12 ... 15): its dead units stay beside its live ones
+    assert not w[12:14].any() and w[14:16].all()
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_units_with_zero_weights_inside_a_loop_body_are_said_to_stay():
+    """Sweep 41: a Keras SimpleRNN stack (tf2onnx: a Loop per layer) with 4 hidden units zeroed kept them and the run
+    said nothing: the walk does not enter bodies. The shrink's notes now count them by layer."""
+    from onnxprune.models.third_party_builders import carried_loop_rnn
+
+    state = PruneState()
+    m = G.zero(carried_loop_rnn(), "R", 1, [0, 1])
+    result = run_passes([RemoveDeadNeurons()], m, state)
+    G.assert_same(m, result.model)
+    assert G.shapes(result.model)["R"] == (8, 8)
+    assert any("2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies (MatMul "
+               "'/body/MatMul_1': 2)" in n for n in state.notes), state.notes
+    state = PruneState()
+    run_passes([RemoveDeadNeurons()], carried_loop_rnn(), state)
+    assert not any("inside Loop" in n for n in state.notes)
 
 
 def _unrolled_rnn_cell(steps: int = 3, features: int = 5, hidden: int = 6) -> onnx.ModelProto:
