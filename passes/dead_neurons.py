@@ -397,7 +397,6 @@ def _relist_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> N
             out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
 
 
-@register_pass("dead-neurons")
 def body_units_note(model: onnx.ModelProto) -> str | None:
     """What dead-neuron removal leaves in bodies, said: the output units of Gemm/MatMul/Conv layers inside Loop, Scan
     and If bodies whose weights are all zero there (Left alone: the walk does not enter bodies). Sweep 41: a Keras
@@ -421,6 +420,7 @@ def body_units_note(model: onnx.ModelProto) -> str | None:
             f"zeros are stored sparse where that is smaller")
 
 
+@register_pass("dead-neurons")
 class RemoveDeadNeurons(Pass):
     """Drop channels that carry nothing, from every member of their group at once.
 
