@@ -118,7 +118,7 @@ class DataParallel(OneProcess):
             # active exception" from a worker, seen once in the suite).
             import torch.distributed.nn  # noqa: F401
 
-            with native_stdout_to_stderr():  # gloo says who it connected to on the process's stdout (torch 2.8, 2.10)
+            with native_stdout_to_stderr():  # gloo says who it connected to on the process's stdout (torch 2.8-2.10)
                 dist.init_process_group(self.comm, timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
             atexit.register(_shutdown)
         self._dist, self._torch = dist, torch
@@ -202,9 +202,9 @@ def native_stdout_to_stderr():
     """File descriptor 1 writes to 2 for the block: what native code prints, past Python's sys.stdout, goes to stderr.
 
     stdout is the tool's answer (`--json`: one document). torch 2.8's gloo writes "[Gloo] Rank 0 is connected to 1
-    peer ranks. ..." there from C++ as the process group forms, every rank (also 2.10; 2.4, 2.6, 2.11 and 2.13 say
-    nothing). Python's buffers are flushed before, C's before the descriptor comes back; without a descriptor to move,
-    nothing moves.
+    peer ranks. ..." there from C++ as the process group forms, every rank (also 2.9 and 2.10; 2.4-2.7 and 2.11-2.14
+    say nothing). Python's buffers are flushed before, C's before the descriptor comes back; without a descriptor to
+    move, nothing moves.
     """
     with contextlib.suppress(OSError, ValueError, AttributeError):
         sys.stdout.flush()
