@@ -12,7 +12,9 @@ per feed when its arrays cannot be samples-first (`feed_reason`, the rule the RE
      name axis 0 like time (seq, time, len, frame, step) and a later axis like the batch (batch, N), or the symbol
      that leads the outputs (their batch) sits on a later axis of it and not on axis 0 (torch's [T, N, E] of a
      Transformer with batch_first=False, 'rows' [T, N, 28] beside 'logits' [N, 10]; also after a fixed axis 0,
-     samples as columns, 'input' [784, N] beside 'logits' [N, 10], where no input leads with the batch), or
+     samples as columns, 'input' [784, N] beside 'logits' [N, 10], where no input leads with the batch; never an
+     input whose axis 0 is named like a batch, nor by outputs that lead with a time word: 'x' [batch, 100, time]
+     beside time-major 'probs' [time, batch, 4] is samples-first), or
   5. an input declares a fixed first axis longer than 1 and every file's array has exactly that length there and
      the declared rank: a model with no batch axis (torchvision's detectors take one image [3, H, W]) or a fixed
      batch, which each file fills whole. Read as samples, a split cut [3, H, W] into [2, H, W] and [1, H, W]
@@ -85,8 +87,11 @@ def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
         if node.op_type in RECURRENT and node.domain in ("", "ai.onnx") and layout == 0 and node.input:
             out.setdefault(node.input[0], f"it is the X of {node.op_type} '{node.name}' (time first)")
     inits = {t.name for t in model.graph.initializer}
-    leading = {o.type.tensor_type.shape.dim[0].dim_param for o in model.graph.output
-               if o.type.HasField("tensor_type") and o.type.tensor_type.shape.dim} - {""}  # the outputs' batch
+    # the outputs' batch; a first axis named like time is not one (brainmaze's seizure model, real models 46: 'x'
+    # [batch, 100, time] beside time-major 'probs' [time, batch, 4] was read as samples on axis 2 and refused)
+    leading = {d for d in (o.type.tensor_type.shape.dim[0].dim_param for o in model.graph.output
+                           if o.type.HasField("tensor_type") and o.type.tensor_type.shape.dim)
+               if d and (_BATCH.search(d) or not _TIME.search(d))}
     # a fixed first axis before the outputs' batch reads as samples on axis 1 only where no input leads with the
     # batch: a recurrent state [2, N, H] beside audio [N, T] stays as it was (rule 2 reads such files a feed each)
     columns = not any(dim_params(vi)[:1] and dim_params(vi)[0] in leading for vi in model.graph.input
@@ -96,7 +101,7 @@ def time_major_inputs(model: onnx.ModelProto) -> dict[str, str]:
         if vi.name not in inits and len(dims) > 1 and _TIME.search(dims[0]) and any(_BATCH.search(d) for d in dims[1:]):
             out.setdefault(vi.name, f"its declared dims are {dims}")
         elif (vi.name not in inits and len(dims) > 1 and (dims[0] or (columns and _fixed_first(vi) > 1))
-              and dims[0] not in leading):
+              and dims[0] not in leading and not _BATCH.search(dims[0])):  # an axis 0 named like a batch is one
             # sweep 20: 'rows' [T, N, 28] beside 'logits' [N, 10]; 'T' reads as no time word, so the file was cut
             # along T into "28 samples" and onnxruntime refused the feeds; sweep 38: samples as columns, 'input'
             # [784, N] beside 'logits' [N, 10], was "a fixed first axis of 784 ... no batch axis", one feed a file

