@@ -1,7 +1,9 @@
 """The pipeline as a list of steps: plans per kind of run, the runner's checks, --plan, and the defects the
 restructuring fixed (each with its own test)."""
 
+import contextlib
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -378,8 +380,6 @@ def test_a_dead_neuron_removal_that_fails_leaves_the_pruned_model_whole_and_says
     writes the pruned weights, verifies them like any result and says so in a note; with debug logging (--debug,
     -vv) the failure still stops the run with its traceback. The failure here comes after the channels were found
     and cut from the pass's own copy of the graph: the model and the masks the run holds are untouched."""
-    import logging
-
     from onnxprune.passes import dead_neurons
 
     model, data = teacher_data
@@ -392,27 +392,39 @@ def test_a_dead_neuron_removal_that_fails_leaves_the_pruned_model_whole_and_says
     notes = [n for n in result.report["notes"] if n.startswith("dead-neuron removal was skipped")]
     assert len(notes) == 1 and "(IndexError: list index out of range)" in notes[0], result.report["notes"]
     assert not result.report.get("neurons")
+    assert result.report["parity"]["max_abs_diff"] <= 1e-5
+    _written_is_the_input_times_the_masks(result, model, data)
+    with _debug_logging(), pytest.raises(PassError, match="pass 'dead-neurons' failed after \\[none\\]: IndexError"):
+        run(model, configure(sparsity=0.9, data=data))
+
+
+def _written_is_the_input_times_the_masks(result, model, data) -> None:
+    """Every neuron kept: the written model has the input's shapes, its weights are the input's times the run's
+    (unsliced) masks, and onnxruntime gives that model's outputs."""
     final = modelio.from_proto(result.model).model
     masked = onnx.ModelProto()
     masked.CopyFrom(model)
-    for init in masked.graph.initializer:  # every neuron kept: the input's weights times the run's masks
-        w = weight_array(final, init.name)
-        assert w.shape == tuple(init.dims), init.name
+    for init in masked.graph.initializer:
+        assert weight_array(final, init.name).shape == tuple(init.dims), init.name
         if init.name in result.state.masks:
+            assert result.state.masks[init.name].shape == tuple(init.dims), init.name
             init.CopyFrom(onnx.numpy_helper.from_array(
                 onnx.numpy_helper.to_array(init) * result.state.masks[init.name], init.name))
-            np.testing.assert_array_equal(w, weight_array(masked, init.name), err_msg=init.name)
-    assert result.report["parity"]["max_abs_diff"] <= 1e-5
+            np.testing.assert_array_equal(weight_array(final, init.name), weight_array(masked, init.name))
     name = model.graph.input[0].name
     x = data[name][:50]
     np.testing.assert_allclose(make_session(result.model).run(None, {name: x})[0],
                                make_session(masked).run(None, {name: x})[0], rtol=1e-5, atol=1e-5)
+
+
+@contextlib.contextmanager
+def _debug_logging():
+    """onnxprune.* at DEBUG, as --debug and -vv set it."""
     logger = logging.getLogger("onnxprune")
     level = logger.level
     logger.setLevel(logging.DEBUG)
     try:
-        with pytest.raises(PassError, match="pass 'dead-neurons' failed after \\[none\\]: IndexError"):
-            run(model, configure(sparsity=0.9, data=data))
+        yield
     finally:
         logger.setLevel(level)
 
@@ -423,8 +435,6 @@ def test_a_dead_neuron_removal_the_parity_check_rejects_is_undone_and_the_pruned
     shrunk output, `--no-neurons` passed) failed the run. When the shrunk model differs from the pruned one, the
     verify step encodes the pruned model again with every neuron kept, with its masks and notes as before the shrink,
     checks it, and says so; a second difference (the encoding's) and debug logging still stop the run."""
-    import logging
-
     from onnxprune.passes import dead_neurons
 
     model, data = teacher_data
@@ -442,27 +452,9 @@ def test_a_dead_neuron_removal_the_parity_check_rejects_is_undone_and_the_pruned
     notes = [n for n in result.report["notes"] if n.startswith("dead-neuron removal was undone")]
     assert len(notes) == 1 and "differs from the dense model with the same weights" in notes[0], result.report
     assert not result.report.get("neurons") and result.report["parity"]["max_abs_diff"] <= 1e-5
-    final = modelio.from_proto(result.model).model
-    masked = onnx.ModelProto()
-    masked.CopyFrom(model)
-    for init in masked.graph.initializer:  # the input's shapes, its weights times the run's (unsliced) masks
-        assert weight_array(final, init.name).shape == tuple(init.dims), init.name
-        if init.name in result.state.masks:
-            assert result.state.masks[init.name].shape == tuple(init.dims), init.name
-            init.CopyFrom(onnx.numpy_helper.from_array(
-                onnx.numpy_helper.to_array(init) * result.state.masks[init.name], init.name))
-    name = model.graph.input[0].name
-    x = data[name][:50]
-    np.testing.assert_allclose(make_session(result.model).run(None, {name: x})[0],
-                               make_session(masked).run(None, {name: x})[0], rtol=1e-5, atol=1e-5)
-    logger = logging.getLogger("onnxprune")
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        with pytest.raises(ParityError, match="differs from the dense model with the same weights"):
-            run(model, configure(sparsity=0.9, data=data))
-    finally:
-        logger.setLevel(level)
+    _written_is_the_input_times_the_masks(result, model, data)
+    with _debug_logging(), pytest.raises(ParityError, match="differs from the dense model with the same weights"):
+        run(model, configure(sparsity=0.9, data=data))
     monkeypatch.setenv("ONNXPRUNE_DEBUG", "1")  # the command line's other switch for tracebacks
     with pytest.raises(ParityError, match="differs from the dense model with the same weights"):
         run(model, configure(sparsity=0.9, data=data))
