@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from onnxprune import interrupts
-from onnxprune.errors import ConfigError, ConverterError
+from onnxprune.errors import ConfigError, ConverterError, one_line
 
 SPARSE_FORMATS = ("constant", "initializer", "dense", "compact")  # passes.storage.FORMATS; literal: a light import
 
@@ -118,7 +118,7 @@ def _silence_stdout() -> None:
 def _internal(exc: BaseException) -> "ConverterException":
     """An exception no user can cause, as its one line (exit INTERNAL: a CI job tells an onnxprune defect from
     unusable input, which is 1)."""
-    return ConverterException(f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); "
+    return ConverterException(f"internal error ({one_line(exc)}); "
                               "rerun with --debug for the traceback and please report it.", INTERNAL, "internal")
 
 

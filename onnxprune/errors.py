@@ -52,6 +52,13 @@ class BudgetError(ConverterError):
         self.written, self.report = written, report
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as the one line a message quotes: its type and the first line of its text, at most `limit`
+    characters of it ("IndexError: list index out of range")."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 def debugging() -> bool:
     """The run stops on a defect it could work around, to show its traceback: --debug or -vv (debug logging of
     onnxprune.*) or ONNXPRUNE_DEBUG=1, the switches the command line reads for tracebacks."""

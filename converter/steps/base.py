@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar
 
 import onnx
 
-from onnxprune.errors import ConfigError, ConverterError, PassError
+from onnxprune.errors import ConfigError, ConverterError, PassError, one_line
 from onnxprune.passes.base import PruneState
 from onnxprune.registry import registrar
 
@@ -166,8 +166,7 @@ def run_steps(steps: list[Step], state: RunState, *, is_main: bool = True) -> Ru
         except (ConverterError, KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # a bug or a graph we did not expect: say where it happened
-            raise PassError(f"step '{step.name}' failed after [{', '.join(done) or 'none'}]: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+            raise PassError(f"step '{step.name}' failed after [{', '.join(done) or 'none'}]: {one_line(exc)}") from exc
         missing = [g for g in step.gives if g not in step.optional and getattr(state, g) is None]
         if missing:
             raise PassError(f"step '{step.name}' did not give {', '.join(missing)} (after [{', '.join(done)}]).")

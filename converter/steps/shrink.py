@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import ConfigError, PassError, debugging
+from onnxprune.errors import ConfigError, PassError, debugging, one_line
 from onnxprune.passes.weights import find_prunable
 
 
@@ -68,8 +68,7 @@ class ShrinkStep(Step):
             # A channel rule's defect on a graph it did not expect (real models 45's F1: a Reshape to a scalar) is no
             # reason to lose the pruned model: its weights are whole and verified as they are; only the removal goes.
             state.shrunk, state.neurons = state.pruned, None
-            cause = exc.__cause__
-            why = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}" if str(cause) else type(cause).__name__
+            why = one_line(exc.__cause__, 200)
             state.prune.notes.append(f"dead-neuron removal was skipped: it failed on this graph ({why}), an "
                                      "onnxprune defect: the pruned weights are written with every neuron kept (as "
                                      "--no-neurons does); rerun with --debug for the traceback and please report it")

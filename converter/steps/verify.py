@@ -12,7 +12,6 @@ from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import ConfigError, ParityError, debugging
 
 
-
 @dataclass
 class VerifyConfig(StepConfig):
     verify_batches: int = 4  # batches of --data the parity check runs (seeded random inputs without data)
