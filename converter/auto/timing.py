@@ -10,10 +10,11 @@ measurements, is reserved out of the budget before the search starts, and re-est
               decision evaluator's reference pass, then every candidate the search judges; the slowest of the last
               RECENT_PACES counts (the machine's load moves it both ways within a minute: magika's last candidate
               passed at 7.4 ms a sample, its verification a minute later at 20 ms)
-  verify      the samples the parity check runs, VERIFY_COST scored passes each: the written model and its dense
-              oracle, optimisations off, the checker and three sessions; never skipped, but when the search's end
-              finds less time than was reserved (the load rose), only the batches that fit run, at least one
-              (`parity_batches`; magika at 1 minute, load 9: its 4 batches took 35 s)
+  verify      the samples the parity check runs, each two passes with optimisations off (the written model and its
+              dense oracle: VERIFY_PASSES x the ratio `unoptimized_ratio` times on one batch of them in a session of
+              the input model, before the search; VERIFY_COST scored passes where nothing was timed); never skipped,
+              but when the search's end finds less time than was reserved (the load rose), only the batches that fit
+              run, at least one (`parity_batches`; magika at 1 minute, load 9: its 4 batches took 35 s)
   measure     the samples the final metric is scored on (calibration, and --eval-data when given)
   activations the samples of one batch of Act% per layer, ACTIVATION_COST scored passes each (both models, every
               activation fetched, optimisations off); optional: the measure step reads only the batches that fit
@@ -26,13 +27,16 @@ measurements, is reserved out of the budget before the search starts, and re-est
               at load 3-4, and three of seven one-minute runs with --report ended 1.5-5.2 s past their budget
   margin      RESERVE_MARGIN × the sum (what the pace cannot foresee: the load rising after the search)
 
-VERIFY_COST and ACTIVATION_COST were measured against the evaluator's own pass (optimisations on) on a 2-core
+ACTIVATION_COST, and VERIFY_COST before verification was timed, were measured against the evaluator's own pass (optimisations on) on a 2-core
 machine at load 4-9 (tests/benchmarks/bench_time_budget.py's models). Back to back, two repeats each: a verified
 sample cost magika 4.0-5.0 scored passes, nudenet_320n 2.9-4.6, rapidocr_det 4.4-6.8 (one page a feed, 1.4 s in
 all); a sample of Act% magika 3.5-5.3, nudenet_320n 2.2-7.3. In magika's four runs of b038558's bench, verification
 cost 3.1-5.3 scored passes a sample at the search's last pace. The costs are set at the common top of these (5), the
 margin above them; silero_vad's one-chunk feeds cost 25-30x more per sample than its batched evaluator pass, but
-in all 0.3 s: its sessions dominate, which handling prices (2.1 s reserved).
+in all 0.3 s: its sessions dominate, which handling prices (2.1 s reserved). A constant fitted to such models
+priced compute-bound ones at twice what their verification took (real models 46: a VGG16 of 17.6 GMACs a sample
+and crepe verified at 2.0-2.6 scored passes a sample; the VGG16's search kept 39 s of a 5-minute budget), so the
+ratio is now timed in each run: two passes with optimisations off are 2.5 of the VGG16's own and 4-5 of magika's.
 
 When the reserve alone is more than the budget left, the search keeps nothing of its own time and the run says so
 in one note: verification is never skipped, so such a run ends after its budget.
@@ -45,7 +49,8 @@ from dataclasses import dataclass, field
 
 HANDLING_LOADS = 6.0
 RESERVE_MARGIN = 1.25
-VERIFY_COST = 5.0  # scored passes a verified sample costs (the module docstring: 2.9-6.8 measured, mostly 3-5)
+VERIFY_COST = 5.0  # scored passes a verified sample costs where none was timed (the docstring: 2.9-6.8, mostly 3-5)
+VERIFY_PASSES = 2.0  # the parity check's passes a sample, optimisations off: the written model and its dense oracle
 ACTIVATION_COST = 5.0  # scored passes a sample of Act% costs (the module docstring: 2.2-7.3 measured)
 RECENT_PACES = 4  # the reserve is priced at the slowest of the last this many measured passes
 REPORT_SECONDS = 3.5  # writing --report's figures and page (the module docstring: 2.8-3.6 s measured at load 3-4)
@@ -63,6 +68,7 @@ class AfterSearch:
     measured_on: str = "the decision set's reference pass"
     paces: list = field(default_factory=list)  # (samples, seconds) of every judged candidate
     report: float = 0.0  # REPORT_SECONDS when the run writes --report
+    verify_cost: float = VERIFY_COST  # scored passes a verified sample costs (timed: VERIFY_PASSES x the ratio)
 
     def __post_init__(self) -> None:
         self.first_pace = self.pass_per_sample  # the reference pass's
@@ -81,7 +87,7 @@ class AfterSearch:
 
     def passes(self) -> float:
         """Scored sample-passes the steps after the search cost."""
-        return (VERIFY_COST * self.verify_samples + self.measure_samples
+        return (self.verify_cost * self.verify_samples + self.measure_samples
                 + ACTIVATION_COST * self.activation_samples)
 
     def seconds(self) -> float:
@@ -92,7 +98,8 @@ class AfterSearch:
                 "pass_measured_on": self.measured_on, "reserve_ms_per_sample": round(1e3 * self.pace(), 2),
                 "handling_s": round(self.handling, 2), "report_s": self.report,
                 "verify_samples": self.verify_samples, "measure_samples": self.measure_samples,
-                "activation_samples": self.activation_samples, "margin": RESERVE_MARGIN}
+                "activation_samples": self.activation_samples, "verify_passes_per_sample": round(self.verify_cost, 2),
+                "margin": RESERVE_MARGIN}
 
 
 @dataclass
@@ -148,8 +155,37 @@ def after_search(state) -> AfterSearch:
         n_extra = data.reader(data.config.eval_data).num_samples
         measure += int(n_extra) if n_extra is not None else n_eval
     activation = batch if n_data is None else min(batch, int(n_data))
+    ratio = unoptimized_ratio(state, per_sample)
     return AfterSearch(per_sample, HANDLING_LOADS * float(state.seconds.get("load", 0.0)), verify, measure,
-                       activation, report=REPORT_SECONDS if state.reports else 0.0)
+                       activation, report=REPORT_SECONDS if state.reports else 0.0,
+                       verify_cost=VERIFY_COST if ratio is None else VERIFY_PASSES * max(1.0, ratio))
+
+
+def unoptimized_ratio(state, per_sample: float) -> float | None:
+    """How many of the decision evaluator's passes (optimisations on, `per_sample` seconds a sample) one pass with
+    optimisations off costs, as the parity check runs it: its first batch of data timed in a session of the input
+    model (the session's build is handling's, not timed). None without data, a measured pace or a batch that runs
+    (the check then says why; VERIFY_COST prices it)."""
+    from onnxprune.calibration.metrics import feed_samples
+    from onnxprune.calibration.runtime import make_session, output_names
+
+    data = state.data
+    if data is None or per_sample <= 0:
+        return None
+    try:
+        feeds = data.verification_feeds(1) or []
+        if getattr(data.reader(), "one_sample_feeds", False):
+            feeds = feeds[:1]  # a sample a feed: one feed is a batch of one
+        session = make_session(state.original, optimize=False)
+        names = output_names(state.original)
+        t0 = time.perf_counter()
+        for feed in feeds:
+            session.run(names, feed)
+        seconds = time.perf_counter() - t0
+    except Exception:  # noqa: BLE001 - only a price: the parity check runs these feeds and says what fails
+        return None
+    samples = sum(feed_samples(feed, data.reader()) for feed in feeds)
+    return seconds / samples / per_sample if samples and seconds > 0 else None
 
 
 def run_clock(state, budget: float) -> RunClock:
@@ -172,14 +208,14 @@ def optional_batches(deadline: float | None, per_batch: float, most: int, *, kee
 
 def parity_batches(deadline: float | None, after: AfterSearch, batches: int, *, keep: float = 0.0,
                    clock=time.perf_counter) -> int:
-    """How many of the parity check's `batches` of data fit before `deadline` at the reserve's pace (VERIFY_COST
+    """How many of the parity check's `batches` of data fit before `deadline` at the reserve's pace (its verify_cost
     scored passes a sample), with the final metric's pass and `keep` seconds (sessions, the report, the write)
     left after them: all of them without a deadline, and at least one (verification is never skipped). The reserve
     prices them all; fewer run only when the search's end found less time than it reserved (the load rose)."""
     if deadline is None or batches <= 1:
         return batches
     pace = after.pace()
-    per_batch = pace * VERIFY_COST * after.verify_samples / batches
+    per_batch = pace * after.verify_cost * after.verify_samples / batches
     return max(1, optional_batches(deadline, per_batch, batches, keep=keep + pace * after.measure_samples,
                                    clock=clock))
 

@@ -133,6 +133,7 @@ def test_the_step_gives_the_search_the_budget_less_the_reserve(small, monkeypatc
     assert clock.budget == 50.0 and a.pass_per_sample > 0 and a.handling >= 0
     assert a.verify_samples == 256 and a.measure_samples == 225 and a.activation_samples == 64  # 4 x 64; small data decides on 3/4
     assert clock.search_deadline() == pytest.approx(clock.deadline - a.seconds(), abs=1e-6)
+    assert a.verify_cost >= timing.VERIFY_PASSES  # timed in this run (two passes with optimisations off)
 
 
 def test_a_run_over_a_tiny_budget_still_verifies_and_says_why(small):
@@ -239,6 +240,47 @@ def test_the_one_shot_fallback_reports_its_budget_and_reserve():
     spent_ = report["time_budget"]
     assert spent_["budget_s"] == 30.0 and spent_["reserved_after_search_s"] is not None
     assert spent_["within"] == (spent_["total_s"] <= 30.0)
+
+
+def test_verification_is_priced_by_one_of_its_batches_timed_with_optimisations_off(monkeypatch):
+    """Real models 46: verification priced at VERIFY_COST (5 scored passes a sample, fitted to models whose sessions
+    and small ops dominate) took half that on compute-bound ones (a VGG16 2.6, crepe 2.0), and the VGG16's search
+    kept 39 s of a 5-minute budget. One batch of the parity check's data is timed in a session of the input model
+    with optimisations off; the check's two such passes are priced at that ratio to the evaluator's pass."""
+    import time as time_
+    from types import SimpleNamespace
+
+    from onnxprune.calibration import runtime
+
+    made = []
+
+    class Session:
+        def run(self, names, feed):
+            time_.sleep(0.05)
+            return []
+
+    def make_session(model, *, optimize=True, **kw):
+        made.append(optimize)
+        return Session()
+
+    monkeypatch.setattr(runtime, "make_session", make_session)
+    monkeypatch.setattr(runtime, "output_names", lambda model: ["y"])
+    feeds = [{"x": np.zeros((8, 3), np.float32)}, {"x": np.zeros((8, 3), np.float32)}]
+    data = SimpleNamespace(verification_feeds=lambda n: feeds[:n], reader=lambda: SimpleNamespace())
+    state = SimpleNamespace(data=data, original=None)
+    ratio = timing.unoptimized_ratio(state, per_sample=0.001)  # 0.05 s for 8 samples against 1 ms a sample
+    assert made == [False] and ratio == pytest.approx(0.05 / 8 / 0.001, rel=0.5)
+    assert timing.unoptimized_ratio(SimpleNamespace(data=None, original=None), 0.001) is None
+    assert timing.unoptimized_ratio(state, per_sample=0.0) is None  # no pace measured: VERIFY_COST prices it
+
+    def refused(model, **kw):
+        raise RuntimeError("onnxruntime cannot load it")
+
+    monkeypatch.setattr(runtime, "make_session", refused)
+    assert timing.unoptimized_ratio(state, per_sample=0.001) is None  # the parity check says why, not the price
+    a = AfterSearch(0.01, 0.0, 100, 0, 0, verify_cost=2.5)
+    assert a.passes() == pytest.approx(250.0) and a.as_dict()["verify_passes_per_sample"] == 2.5
+    assert AfterSearch(0.01, 0.0, 100, 0, 0).verify_cost == timing.VERIFY_COST
 
 
 def test_verification_runs_the_batches_that_fit_and_never_none():
