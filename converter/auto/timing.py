@@ -27,16 +27,18 @@ measurements, is reserved out of the budget before the search starts, and re-est
               at load 3-4, and three of seven one-minute runs with --report ended 1.5-5.2 s past their budget
   margin      RESERVE_MARGIN × the sum (what the pace cannot foresee: the load rising after the search)
 
-ACTIVATION_COST, and VERIFY_COST before verification was timed, were measured against the evaluator's own pass (optimisations on) on a 2-core
-machine at load 4-9 (tests/benchmarks/bench_time_budget.py's models). Back to back, two repeats each: a verified
-sample cost magika 4.0-5.0 scored passes, nudenet_320n 2.9-4.6, rapidocr_det 4.4-6.8 (one page a feed, 1.4 s in
-all); a sample of Act% magika 3.5-5.3, nudenet_320n 2.2-7.3. In magika's four runs of b038558's bench, verification
-cost 3.1-5.3 scored passes a sample at the search's last pace. The costs are set at the common top of these (5), the
-margin above them; silero_vad's one-chunk feeds cost 25-30x more per sample than its batched evaluator pass, but
-in all 0.3 s: its sessions dominate, which handling prices (2.1 s reserved). A constant fitted to such models
-priced compute-bound ones at twice what their verification took (real models 46: a VGG16 of 17.6 GMACs a sample
-and crepe verified at 2.0-2.6 scored passes a sample; the VGG16's search kept 39 s of a 5-minute budget), so the
-ratio is now timed in each run: two passes with optimisations off are 2.5 of the VGG16's own and 4-5 of magika's.
+ACTIVATION_COST, and VERIFY_COST before verification was timed, were measured against the evaluator's own pass
+(optimisations on) on a 2-core machine at load 4-9 (tests/benchmarks/bench_time_budget.py's models). Back to back,
+two repeats each: a verified sample cost magika 4.0-5.0 scored passes, nudenet_320n 2.9-4.6, rapidocr_det 4.4-6.8
+(one page a feed, 1.4 s in all); a sample of Act% magika 3.5-5.3, nudenet_320n 2.2-7.3. In magika's four runs of
+b038558's bench, verification cost 3.1-5.3 scored passes a sample at the search's last pace. The costs are set at
+the common top of these (5), the margin above them; silero_vad's one-chunk feeds cost 25-30x more per sample than
+its batched evaluator pass, but in all 0.3 s: its sessions dominate, which handling prices (2.1 s reserved). A
+constant fitted to such models priced compute-bound ones at twice what their verification took (real models 46: a
+VGG16 of 17.6 GMACs a sample and crepe verified at 2.0-2.6 scored passes a sample; the VGG16's search kept 39 s of a
+5-minute budget), so the ratio is now timed in each run, on one batch in a fresh session (its first run's costs
+included, as the check's own sessions pay them): the check's two passes came to 2.6 of the VGG16's own passes a
+sample, 6.2 of magika's and 7.3 of silero_vad's (one-minute runs, session 47).
 
 When the reserve alone is more than the budget left, the search keeps nothing of its own time and the run says so
 in one note: verification is never skipped, so such a run ends after its budget.
