@@ -2071,6 +2071,28 @@ def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, se
                   [_float("y", [BATCH, out, "T"])])
 
 
+def per_unit_parameter_mlp(*, kind: str = "snake", features: int = 6, hidden: int = 8, out: int = 3,
+                           seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) h -> an activation with a learned parameter per unit, one initializer two
+    element-wise ops read -> MatMul + Add (8->3) -> 'y' [N, 3] (sweep 42). `kind` "snake": the Snake activation
+    h + sin(a h)^2 / a, as torch's legacy exporter writes it (Mul(a, h) -> Sin -> Pow 2 -> Div by a -> Add h), a [8]
+    read by a Mul and a Div; "jumprelu": a JumpReLU shifted by its threshold, Where(Less(t, h), Sub(h, t), 0), t [8]
+    read by a Less and a Sub."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    p = g.const("act.p", 0.5 + np.abs(g.rng.standard_normal(hidden)) if kind == "snake"
+                else 0.1 * g.rng.standard_normal(hidden))
+    if kind == "snake":
+        s = g.op("Sin", "act", [g.op("Mul", "act", [p, h])])
+        h = g.op("Add", "act", [h, g.op("Div", "act", [g.op("Pow", "act", [s, g.const("two", np.array(2.0))]), p])])
+    else:
+        h = g.op("Where", "act", [g.op("Less", "act", [p, h]), g.op("Sub", "act", [h, p]),
+                                  g.const("zero", np.array(0.0))])
+    y = g.matmul(h, "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "per_unit_parameter_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
 def thresholded_relu_mlp(*, where: bool | str = False, clip: bool = False, features: int = 6, hidden: int = 8,
                          out: int = 3, seed: int = 0) -> onnx.ModelProto:
     """'x' [N, 6] -> MatMul + Add (6->8) -> a thresholded activation -> MatMul + Add (8->3) -> 'y' [N, 3].

@@ -255,10 +255,16 @@ def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarra
         b.opaque(node, f"has {what} '{k.name}' {K.shape} that does not broadcast on the channel axis")
         return None
     if size > 1:
-        b.block(c.ids, b.shared(k, node))  # alike readers (the bias Add of each tower of a Siamese net): tied
-        b.tie(k, ax, x, node)
+        # alike readers (the bias Add of each tower of a Siamese net; a Snake's alpha read by Mul and Div): tied
+        b.block(c.ids, b.shared(k, node, CONSTANT_READERS))
+        b.tie(k, ax, x, node, CONSTANT_READERS)
         b.edit(x, lambda keep: b.cg.slice(k, ax, keep))
     return _per_channel(K, len(c.ids), c.axis)
+
+
+# the ops whose rule reads a per-channel constant operand through `_channel_constant`: one such constant several of
+# them read (of any of these ops, at any input) is sliced once for all, their channels tied (`Builder.shared`)
+CONSTANT_READERS = frozenset({*BINARY, *EXTREMA, *COMPARE, "Where", "PRelu"})
 
 
 def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray | Callable[[], np.ndarray]) -> None:

@@ -1734,6 +1734,33 @@ def test_dead_channels_pass_a_threshold_made_of_a_comparison(where):
     assert shp["fc1.weight"] == (6, 8)
 
 
+@pytest.mark.parametrize("kind", ["snake", "jumprelu"])
+def test_a_per_unit_parameter_two_elementwise_ops_read_is_sliced_once_for_both(kind):
+    """Sweep 42: a Snake activation's alpha, h + sin(a h)^2 / a, is one initializer a Mul and a Div read; a JumpReLU's
+    threshold t, Where(Less(t, h), Sub(h, t), 0), one a Less and a Sub read: "initializer 'act.p' is shared with
+    '/act/Div' (4 dead kept)". Both readers tie its axis to h's channels and it is sliced once: a dead unit goes, a
+    constant one (bias 0.5) is folded into fc2's bias. A third reader of another kind (an Identity to an output) still
+    keeps them."""
+    from onnxprune.models.third_party_builders import per_unit_parameter_mlp
+
+    def dead(m):
+        G.zero(m, "fc1.weight", 1, [1, 2, 6])
+        G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                           np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+        return m
+
+    m = dead(per_unit_parameter_mlp(kind=kind))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (6, 5) and shp["act.p"] == (5,) and shp["fc2.weight"] == (5, 3)
+    assert report.removed == 3
+    other = dead(per_unit_parameter_mlp(kind=kind))
+    other.graph.node.append(onnx.helper.make_node("Identity", ["act.p"], ["p_out"]))
+    other.graph.output.append(onnx.helper.make_tensor_value_info("p_out", onnx.TensorProto.FLOAT, [8]))
+    out, report, shp = prune(other)
+    assert shp["fc1.weight"] == (6, 8) and shp["act.p"] == (8,)
+
+
 def test_dead_channels_pass_a_clip_made_of_min_and_max():
     """Keras' `ReLU(max_value=...)` is clip_by_value, which tf2onnx writes as Min(x, high) -> Max(., low): a dead
     channel goes and a constant one is folded at its clipped value (0.5 -> 0.4; -0.05 -> -0.02) (sweep 37: "consumer
