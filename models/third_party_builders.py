@@ -982,10 +982,12 @@ def einsum_flat(*, in_features: int = 12, a: int = 6, hidden: int = 8, classes: 
 
 
 def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int = 3, k: int = 2, classes: int = 4,
-                   equation: str = "nid,iokd->niok", seed: int = 0) -> onnx.ModelProto:
+                   equation: str = "nid,iokd->niok", per_position_head: bool = False,
+                   seed: int = 0) -> onnx.ModelProto:
     """'input' [N, in] -> Gemm -> Tanh -> Reshape u [N, groups, d] -> `torch.einsum("nid,iokd->niok", u, W)` with W
     [groups, o, k, d] (a capsule net's per-position transform: a matrix for each of the groups) -> Flatten -> Gemm ->
-    'logits' [N, classes]. `equation` may lay W's and the output's letters out otherwise ("nid,dio->nio")."""
+    'logits' [N, classes]. `equation` may lay W's and the output's letters out otherwise ("nid,dio->nio"); with
+    `per_position_head` (an output "..o") the head is MatMul + Add over o at each position, then ReduceMean over them."""
     g = _Graph(seed)
     t = g.op("Tanh", "pt", [g.gemm("input", "pt", in_features, groups * d)])
     g.initializers.append(numpy_helper.from_array(np.array([-1, groups, d], np.int64), "u_shape"))
@@ -994,6 +996,12 @@ def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int
     w_term = equation.split(",")[1].split("->")[0]
     g.weight("caps.W", tuple(sizes[c] for c in w_term), d)
     g.nodes.append(helper.make_node("Einsum", [u, "caps.W"], ["caps_out"], equation=equation, name="/Einsum"))
+    if per_position_head:
+        h = g.matmul("caps_out", "fc", o, classes)
+        g.op("ReduceMean", "", [h], axes=[1], keepdims=0)
+        g.nodes[-1].output[0] = "logits"
+        return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])],
+                      [_float("logits", [BATCH, classes])])
     h = g.op("Flatten", "caps_flat", ["caps_out"], axis=1)
     g.gemm(h, "fc", groups * o * (k if "k" in w_term else 1), classes)
     g.nodes[-1].output[0] = "logits"

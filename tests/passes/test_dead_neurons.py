@@ -1761,6 +1761,27 @@ def test_a_per_unit_parameter_two_elementwise_ops_read_is_sliced_once_for_both(k
     assert shp["fc1.weight"] == (6, 8) and shp["act.p"] == (8,)
 
 
+def test_zero_columns_of_a_matrix_per_group_go_and_are_said_where_a_reshape_splits_them():
+    """Sweep 42: a MatMul of a weight with a matrix per group (X [.., g, 1, K] @ W [g, K, M]: einsum-linear's rewrite
+    of a capsule transform "nid,dio->nio"; torch.baddbmm's grouped linear) had no channel rule: its zero columns
+    were neither removed nor said. Output channel j is column j of every group's matrix: zero in all of them, it goes
+    (W [6, 4, 3] -> [6, 4, 2], the head's rows with it); behind a Reshape that splits the channels ("nid,iokd->niok")
+    they are kept and said."""
+    from onnxprune.models.third_party_builders import einsum_grouped
+    from onnxprune.passes.einsum_linear import EinsumLinear
+
+    m = EinsumLinear()(einsum_grouped(equation="nid,dio->nio", per_position_head=True), PruneState()).model
+    G.zero(m, "caps.W", 2, [1])
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["caps.W"] == (6, 4, 2) and shp["fc.weight"] == (2, 4) and report.removed == 1
+    m = EinsumLinear()(einsum_grouped(), PruneState()).model
+    G.zero(m, "caps.W", 2, [0, 1])  # o = 0: columns 0 and 1 of [o·k]
+    out, report, shp = prune(m)
+    assert shp["caps.W"] == (6, 4, 6) and any("splits the channels" in line and "2 dead kept" in line
+                                              for line in report.lines()), report.lines()
+
+
 def test_dead_channels_pass_a_clip_made_of_min_and_max():
     """Keras' `ReLU(max_value=...)` is clip_by_value, which tf2onnx writes as Min(x, high) -> Max(., low): a dead
     channel goes and a constant one is folded at its clipped value (0.5 -> 0.4; -0.05 -> -0.02) (sweep 37: "consumer
