@@ -2416,6 +2416,23 @@ def test_units_with_zero_weights_inside_a_loop_body_are_said_to_stay():
     assert not any("inside Loop" in n for n in state.notes)
 
 
+def test_zero_columns_of_a_table_a_loop_body_reads_are_said_to_stay():
+    """Sweep 42: torch legacy's `nn.EmbeddingBag(mode="max")` is a Loop over the bags whose body Gathers the table; 4
+    of its columns zeroed were kept and the run said nothing (dynamo's Loop said "read inside a subgraph")."""
+    from onnxprune.models.third_party_builders import loop_embedding_bag
+
+    state = PruneState()
+    m = G.zero(loop_embedding_bag(), "emb.weight", 1, [0, 2])
+    result = run_passes([RemoveDeadNeurons()], m, state)
+    G.assert_same(m, result.model)
+    assert G.shapes(result.model)["emb.weight"] == (12, 4)
+    assert any("2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies (Gather "
+               "'/emb/Gather_5': 2)" in n for n in state.notes), state.notes
+    state = PruneState()
+    run_passes([RemoveDeadNeurons()], loop_embedding_bag(), state)
+    assert not any("inside Loop" in n for n in state.notes)
+
+
 def _unrolled_rnn_cell(steps: int = 3, features: int = 5, hidden: int = 6) -> onnx.ModelProto:
     """torch's nn.RNNCell unrolled as its legacy export writes it: h0 = ConstantOfShape(Concat(Shape(x)[0], [H])),
     then for each step h = Tanh(Gemm(x_t, W_ih, b_ih) + Gemm(h, W_hh, b_hh)), both weights shared by every step ->
