@@ -88,6 +88,11 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Log": lambda v, n: _finite(np.log(v)),
     "Reciprocal": lambda v, n: _finite(1 / v),
     "Not": lambda v, n: np.where(np.isnan(v), NAN, (v == 0) * 1.0),  # sweep 37: tf.where's else branch
+    # sweep 42: torch.xlogy (dynamo: Where(IsNaN(y), y, x log y)) and keras.ops' guards (sweep 41): "consumer IsNaN
+    # ... has no channel rule"; a constant channel is never NaN (NaN here: it varies), inf only where it holds one
+    "IsNaN": lambda v, n: np.where(np.isnan(v), NAN, 0.0),
+    "IsInf": lambda v, n: np.where(np.isnan(v), NAN, ((v == np.inf) & bool(_attr(n, "detect_positive", 1))
+                                                      | (v == -np.inf) & bool(_attr(n, "detect_negative", 1))) * 1.0),
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,  # inference: the identity (training_mode is refused below)
 }

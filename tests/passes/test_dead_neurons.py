@@ -181,6 +181,31 @@ def test_constants_are_folded_through_every_activation(act):
     assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
 
 
+def test_dead_and_constant_channels_pass_isnan_and_isinf_guards():
+    """Sweep 42: torch.xlogy as dynamo writes it, Where(IsNaN(p), p, p log p), kept a dead softmax group ("consumer
+    IsNaN ... (op IsNaN) has no channel rule"; keras.ops' guards the same, sweep 41). A constant channel is no NaN and
+    no inf: the guards pass it, a dead unit goes and a constant one (bias 0.5) is folded into fc2's bias."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((6, 8)).astype(np.float32)
+    w1[:, [1, 2, 6]] = 0
+    b1 = np.where(np.arange(8) == 6, 0.5, np.where(np.isin(np.arange(8), [1, 2]), 0.0, 0.1)).astype(np.float32)
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in (
+        (w1, "fc1.weight"), (b1, "fc1.bias"), (rng.standard_normal((8, 3)).astype(np.float32), "fc2.weight"),
+        (np.zeros(3, np.float32), "fc2.bias"), (np.array(0.0, np.float32), "zero"))]
+    nodes = [h.make_node("MatMul", ["x", "fc1.weight"], ["a"]), h.make_node("Add", ["a", "fc1.bias"], ["h"]),
+             h.make_node("IsNaN", ["h"], ["nan"]), h.make_node("IsInf", ["h"], ["inf"], detect_negative=0),
+             h.make_node("Where", ["nan", "zero", "h"], ["g1"]), h.make_node("Where", ["inf", "zero", "g1"], ["g2"]),
+             h.make_node("MatMul", ["g2", "fc2.weight"], ["b"]), h.make_node("Add", ["b", "fc2.bias"], ["y"])]
+    graph = h.make_graph(nodes, "guards", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3) and report.removed == 3
+    assert not np.allclose(G.init(out, "fc2.bias"), 0)  # 0.5 · fc2's row 6 went in
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_the_gelu_op_of_opset_20_folds_too(approximate):
     m = G.zero(G.mlp((10, 8, 3), act="Gelu", seed=5), "fc1.weight", 0, [0, 6])
