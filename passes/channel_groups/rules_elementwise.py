@@ -73,6 +73,12 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Softsign": lambda v, n: v / (1 + np.abs(v)),
     "Sin": lambda v, n: np.sin(v),  # sweep 35: SIREN's sin(30 Wx), "consumer Sin ... has no channel rule"
     "Cos": lambda v, n: np.cos(v),  # Fourier features' cos beside it: cos(0) = 1, a constant folded on
+    # sweep 42: torch.asinh/sinh/cosh (dynamo), "consumer Asinh ... (op Asinh) has no channel rule"; and Atan. Not
+    # Tan, Asin, Acos, Acosh, Atanh: near a pole or a domain's edge a folded float64 value is not float32's
+    "Atan": lambda v, n: np.arctan(v),
+    "Sinh": lambda v, n: _finite(np.sinh(v)),
+    "Cosh": lambda v, n: _finite(np.cosh(v)),
+    "Asinh": lambda v, n: np.arcsinh(v),
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),
     "Sign": lambda v, n: np.sign(v),  # sweep 36: LISTA's soft threshold sign(u) relu(|u| - th)

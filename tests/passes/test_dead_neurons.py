@@ -169,11 +169,13 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
                                  "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos",
-                                 "Exp", "Sign", "Reciprocal", "Celu", "Floor", "Ceil", "Round"])
+                                 "Exp", "Sign", "Reciprocal", "Celu", "Floor", "Ceil", "Round", "Atan", "Sinh",
+                                 "Cosh", "Asinh"])
 def test_constants_are_folded_through_every_activation(act):
     """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant; sweep 37
     Celu (torch's nn.CELU, both exporters: "consumer Celu ... (op Celu) has no channel rule"); sweep 41 Floor, Ceil
-    and Round (torch.remainder(h, 1.0) is h - Floor(h / 1) * 1: "consumer Floor ... has no channel rule")."""
+    and Round (torch.remainder(h, 1.0) is h - Floor(h / 1) * 1: "consumer Floor ... has no channel rule"); sweep 42
+    Asinh, Sinh, Cosh and Atan (torch.asinh, dynamo: "consumer Asinh ... has no channel rule")."""
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
     G.zero(m, "fc2.weight", 0, [1])
