@@ -657,8 +657,10 @@ class _Gram:
             end = min(g, start + step)
             part = block[:, :end - start]
             part[:, :, :per] = x[:, start:end]
-            xx[start:end] = np.einsum("rgi,rgj->gij", part, part, optimize=True)
-            xt[start:end] = np.einsum("rgi,rgo->gio", part, tg[:, start:end], optimize=True)
+            # matmul of [g, i, r] by [g, r, j]: a BLAS product per group whatever the block's size (numpy 2.4's
+            # einsum routes a one-group block otherwise, its sums in another order: not bit for bit)
+            xx[start:end] = np.matmul(part.transpose(1, 2, 0), part.transpose(1, 0, 2))
+            xt[start:end] = np.matmul(part.transpose(1, 2, 0), tg[:, start:end].transpose(1, 0, 2))
         return xx, xt
 
 

@@ -981,6 +981,33 @@ def einsum_flat(*, in_features: int = 12, a: int = 6, hidden: int = 8, classes: 
     return _model(g, "einsum_flat", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
+def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int = 3, k: int = 2, classes: int = 4,
+                   equation: str = "nid,iokd->niok", per_position_head: bool = False,
+                   seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, in] -> Gemm -> Tanh -> Reshape u [N, groups, d] -> `torch.einsum("nid,iokd->niok", u, W)` with W
+    [groups, o, k, d] (a capsule net's per-position transform: a matrix for each of the groups) -> Flatten -> Gemm ->
+    'logits' [N, classes]. `equation` may lay W's and the output's letters out otherwise ("nid,dio->nio"); with
+    `per_position_head` (an output "..o") the head is MatMul + Add over o at each position, then ReduceMean over them."""
+    g = _Graph(seed)
+    t = g.op("Tanh", "pt", [g.gemm("input", "pt", in_features, groups * d)])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, groups, d], np.int64), "u_shape"))
+    u = g.op("Reshape", "u", [t, "u_shape"])
+    sizes = {"i": groups, "d": d, "o": o, "k": k}
+    w_term = equation.split(",")[1].split("->")[0]
+    g.weight("caps.W", tuple(sizes[c] for c in w_term), d)
+    g.nodes.append(helper.make_node("Einsum", [u, "caps.W"], ["caps_out"], equation=equation, name="/Einsum"))
+    if per_position_head:
+        h = g.matmul("caps_out", "fc", o, classes)
+        g.op("ReduceMean", "", [h], axes=[1], keepdims=0)
+        g.nodes[-1].output[0] = "logits"
+        return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])],
+                      [_float("logits", [BATCH, classes])])
+    h = g.op("Flatten", "caps_flat", ["caps_out"], axis=1)
+    g.gemm(h, "fc", groups * o * (k if "k" in w_term else 1), classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
 def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
                  seed: int = 0, stored: int = TensorProto.BFLOAT16) -> onnx.ModelProto:
     """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->
@@ -2050,6 +2077,28 @@ def masked_sequence_conv(*, features: int = 4, hidden: int = 8, out: int = 3, se
                                     kernel_shape=[1]))
     return _model(g, "masked_sequence_conv", [_float("x", [BATCH, features, "T"]), _float("mask", [BATCH, 1, "T"])],
                   [_float("y", [BATCH, out, "T"])])
+
+
+def per_unit_parameter_mlp(*, kind: str = "snake", features: int = 6, hidden: int = 8, out: int = 3,
+                           seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) h -> an activation with a learned parameter per unit, one initializer two
+    element-wise ops read -> MatMul + Add (8->3) -> 'y' [N, 3] (sweep 42). `kind` "snake": the Snake activation
+    h + sin(a h)^2 / a, as torch's legacy exporter writes it (Mul(a, h) -> Sin -> Pow 2 -> Div by a -> Add h), a [8]
+    read by a Mul and a Div; "jumprelu": a JumpReLU shifted by its threshold, Where(Less(t, h), Sub(h, t), 0), t [8]
+    read by a Less and a Sub."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    p = g.const("act.p", 0.5 + np.abs(g.rng.standard_normal(hidden)) if kind == "snake"
+                else 0.1 * g.rng.standard_normal(hidden))
+    if kind == "snake":
+        s = g.op("Sin", "act", [g.op("Mul", "act", [p, h])])
+        h = g.op("Add", "act", [h, g.op("Div", "act", [g.op("Pow", "act", [s, g.const("two", np.array(2.0))]), p])])
+    else:
+        h = g.op("Where", "act", [g.op("Less", "act", [p, h]), g.op("Sub", "act", [h, p]),
+                                  g.const("zero", np.array(0.0))])
+    y = g.matmul(h, "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "per_unit_parameter_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
 
 
 def thresholded_relu_mlp(*, where: bool | str = False, clip: bool = False, features: int = 6, hidden: int = 8,

@@ -399,18 +399,22 @@ def _relist_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> N
 
 def body_units_note(model: onnx.ModelProto) -> str | None:
     """What dead-neuron removal leaves in bodies, said: the output units of Gemm/MatMul/Conv layers inside Loop, Scan
-    and If bodies whose weights are all zero there (Left alone: the walk does not enter bodies). Sweep 41: a Keras
-    SimpleRNN stack (tf2onnx: a Loop per layer) with 4 hidden units zeroed kept them, and the run said nothing."""
+    and If bodies whose weights are all zero there, and the all-zero columns of a [rows, D] table a lookup there reads
+    (Left alone: the walk does not enter bodies). Sweep 41: a Keras SimpleRNN stack (tf2onnx: a Loop per layer) with
+    4 hidden units zeroed kept them, and the run said nothing; sweep 42: so did torch legacy's `nn.EmbeddingBag` (a
+    Loop over the bags whose body Gathers the table) with 4 zero columns."""
     from onnxprune.passes.weights import find_prunable  # the inventory's reading of bodies (tf2onnx's carried weights)
 
     consts, found = all_constants(model.graph), {}
     for w in find_prunable(model, with_macs=False).prunable:
-        if not w.scope or w.kind not in ("fc", "conv") or w.out_axis is None or w.name not in consts:
+        table = w.kind == "embedding" and w.op_type == "Gather"
+        if not w.scope or w.name not in consts or not (table or (w.kind in ("fc", "conv") and w.out_axis is not None)):
             continue
         a = onnx.numpy_helper.to_array(consts[w.name])
-        if a.ndim < 2:
+        if a.ndim < 2 or (table and a.ndim != 2):
             continue
-        zero = int((~np.moveaxis(a, w.out_axis, 0).reshape(a.shape[w.out_axis], -1).any(axis=1)).sum())
+        axis = 1 if table else w.out_axis
+        zero = int((~np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).any(axis=1)).sum())
         if zero:
             found[f"{w.op_type} '{w.node}'"] = zero
     if not found:

@@ -35,6 +35,20 @@ Rules: a main-graph Einsum of two operands, one a float initializer W of rank >=
 other x; W's letters are distinct, one of them o and the others C (at least two); x's letters are an explicit
 prefix P (distinct, no "...") then C in some order; the output P then o; o not in P or C. W's axes are moved to x's
 order of C then o and flattened to [prod C, o] under W's name.
+
+A weight with a matrix per position of the input (sweep 42: a capsule net's transform `torch.einsum("nid,iokd->niok",
+u, W)`, W [144, 10, 8, 8], 52% of the model "used by Einsum"; a locally connected layer) is a batched MatMul of x's
+rows, one row a position, by W's matrices: the letters both operands and the output share are groups G, those both
+operands share and the output does not are contracted C, W's own letters (all in the output) are outputs O and x's
+own (all in the output, at least one) are P:
+
+    Einsum(x, W) "PGC,W(G, C, O)->Out"  ->  Transpose(x, P G C) -> Reshape [0.., 1, |C|] -> MatMul(., W')
+                                             -> Reshape [0.., O] -> Transpose(Out)     W' = W as [G, |C|, |O|]
+
+Rules: a main-graph Einsum of two operands, one a float initializer W read by this Einsum alone, the other x, not
+a constant; each term's letters explicit and distinct; G, C, O and P not empty; the output's letters exactly P, G
+and O. W's axes are moved to G, C, O (W's order within each) and C and O flattened, under W's name; MatMul
+broadcasts x's P axes over W's groups, so the batch stays where it was.
 """
 
 from __future__ import annotations
@@ -256,6 +270,83 @@ def _rewrite_bilinear(model: onnx.ModelProto, name: str, node: onnx.NodeProto, a
         graph.node.insert(at + n, new)
 
 
+def grouped_layout(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, str, str, str, str] | None:
+    """(x's letters, W's, the output's, G, C, O in W's order; P is x's own) when Einsum `node` is the per-position
+    linear layer of the module docstring with W its input `weight_index`, else None."""
+    if node.op_type != "Einsum" or (node.domain or "") not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    terms = _terms(node)
+    if terms is None or len(terms[0]) != 2 or weight_index not in (0, 1):
+        return None
+    (a, b), out = terms
+    split = [_split(t) for t in ((b, a) if weight_index == 0 else (a, b)) + (out,)]
+    if any(t is None or t[0] for t in split):
+        return None
+    x, w, o_letters = (t[1] for t in split)
+    if any(len(set(t)) != len(t) for t in (x, w, o_letters)):
+        return None
+    groups = "".join(c for c in w if c in x and c in o_letters)
+    contracted = "".join(c for c in w if c in x and c not in o_letters)
+    outs = "".join(c for c in w if c not in x)
+    own = "".join(c for c in x if c not in w)
+    if not (groups and contracted and outs and own) or sorted(o_letters) != sorted(own + groups + outs):
+        return None
+    return x, w, o_letters, groups, contracted, outs
+
+
+def grouped_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple]]:
+    """{weight: (its Einsum, its `grouped_layout`)} for each float weight read by one Einsum alone that multiplies
+    each position of its other operand by the weight's matrix for that position."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= 2
+             and t.data_location != onnx.TensorProto.EXTERNAL}
+    consts = {t.name for t in graph.initializer}
+    found = {}
+    for name, node, k in _read_once(graph, inits):
+        layout = grouped_layout(node, k)
+        if layout is not None and node.input[1 - k] not in consts:
+            found[name] = (node, layout)
+    return found
+
+
+def _rewrite_grouped(model: onnx.ModelProto, name: str, node: onnx.NodeProto, layout: tuple) -> None:
+    graph = model.graph
+    x_letters, w_letters, out_letters, groups, contracted, outs = layout
+    own = "".join(c for c in x_letters if c not in w_letters)
+    k = next(n for n, t in enumerate(graph.initializer) if t.name == name)
+    w = np.transpose(numpy_helper.to_array(graph.initializer[k]),
+                     [w_letters.index(c) for c in groups + contracted + outs])
+    size = dict(zip(groups + contracted + outs, w.shape))
+    out_dims = [size[c] for c in outs]
+    flat = w.reshape([size[c] for c in groups] + [int(np.prod([size[c] for c in contracted])), -1])
+    graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flat), name))
+    for v in [v for v in graph.value_info if v.name == name]:
+        graph.value_info.remove(v)
+    x = node.input[1 - list(node.input).index(name)]
+    base, kept = node.name or node.output[0], len(own) + len(groups)
+    first = [x_letters.index(c) for c in own + groups + contracted]
+    last = [(own + groups + outs).index(c) for c in out_letters]
+    rows = numpy_helper.from_array(np.array([0] * kept + [1, flat.shape[-2]], np.int64), f"{base}/grouped_rows")
+    back = numpy_helper.from_array(np.array([0] * kept + out_dims, np.int64), f"{base}/grouped_outs")
+    graph.initializer.extend([rows, back])
+    nodes, src = [], x
+    if first != sorted(first):
+        nodes.append(onnx.helper.make_node("Transpose", [x], [f"{base}/grouped_x"], perm=first,
+                                           name=f"{base}/grouped_transpose_x"))
+        src = f"{base}/grouped_x"
+    tail = f"{base}/grouped_y" if last != sorted(last) else node.output[0]
+    nodes += [onnx.helper.make_node("Reshape", [src, rows.name], [f"{base}/grouped_r"], name=f"{base}/grouped_rows"),
+              onnx.helper.make_node("MatMul", [f"{base}/grouped_r", name], [f"{base}/grouped_p"], name=node.name),
+              onnx.helper.make_node("Reshape", [f"{base}/grouped_p", back.name], [tail], name=f"{base}/grouped_outs")]
+    if tail != node.output[0]:
+        nodes.append(onnx.helper.make_node("Transpose", [tail], [node.output[0]], perm=last,
+                                           name=f"{base}/grouped_transpose_y"))
+    at = list(graph.node).index(node)
+    graph.node.remove(node)
+    for n, new in enumerate(nodes):
+        graph.node.insert(at + n, new)
+
+
 @register_pass("einsum-linear")
 class EinsumLinear(Pass):
     """Rewrite each linear-layer Einsum as a MatMul reading its weight as [in, out] (module docstring)."""
@@ -272,8 +363,13 @@ class EinsumLinear(Pass):
             _rewrite_flat(model, name, node, axes, prefix)
         if flat:
             log.debug("einsum-linear: %d Einsum weight(s) contracting several axes read by MatMul", len(flat))
+        grouped = grouped_layers(model)
+        for name, (node, layout) in grouped.items():
+            _rewrite_grouped(model, name, node, layout)
+        if grouped:
+            log.debug("einsum-linear: %d Einsum weight(s) with a matrix per position read by MatMul", len(grouped))
         if not found:
-            return PassResult(model, bool(bilinear) or bool(flat))
+            return PassResult(model, bool(bilinear) or bool(flat) or bool(grouped))
         for k, t in enumerate(model.graph.initializer):
             if found.get(t.name) == "oi":
                 w = numpy_helper.to_array(t)

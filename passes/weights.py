@@ -712,6 +712,13 @@ def _macs(node, size, lazy, ix: ScopeIndex, index: int = 1) -> int | None:
         return None
     if op == "Gemm" or (op == "MatMul" and len(out) == 2):
         return size * _rows_per_sample(node, out, lazy, ix)
+    weight = ix.consts.get(node.input[index]) if op == "MatMul" and index == 1 else None
+    if weight is not None and 2 < len(weight.dims) <= len(out):
+        # x [..., *b, R, K] @ W [*b, K, M]: a matrix per group (torch.baddbmm, sweep 42's per-position capsule
+        # transform), each used by its own group's rows alone: W's group axes are not rows
+        rows = [d for i, d in enumerate(out[:-1]) if not len(out) - len(weight.dims) <= i < len(out) - 2]
+        if sum(d is None for d in rows) == 1:
+            return size * int(np.prod([d for d in rows if d is not None], dtype=np.int64))
     if op == "MatMul" and len(out) > 2 and sum(d is None for d in out[:-1]) == 1:
         # one unknown axis is the batch, wherever it is (a seq-first transformer: [S, N, H])
         return size * int(np.prod([d for d in out[:-1] if d is not None], dtype=np.int64))

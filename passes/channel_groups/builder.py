@@ -67,11 +67,13 @@ class Builder:
         # an unrolled RNN shares it 60 times
         return f"initializer '{t.name}' is shared with {listed(repr(o) for o in others)}"
 
-    def shared(self, t, user: gs.Node) -> str | None:
+    def shared(self, t, user: gs.Node, kin: frozenset[str] = frozenset()) -> str | None:
         """`frozen`, except that an initializer every reader of which is a node like `user` (same op and attributes,
         reading it at the same input) may be edited: the caller ties each axis it slices (`tie`), so every reader's
         positions there are one class and one keep mask serves them all. A reader that does not tie blocks
-        (`check_ties`)."""
+        (`check_ties`). `kin`: ops that read a per-channel constant element-wise, each at any input; when `user` is
+        one, readers of those ops count as alike too (sweep 42: a Snake activation's alpha, x + sin(a x)^2 / a, read
+        by a Mul and a Div; a JumpReLU's threshold, read by a comparison and a Sub)."""
         why = self.frozen(t, user)
         if why is None or not isinstance(t, gs.Constant) or t.name in self.protected:
             return why
@@ -80,16 +82,20 @@ class Builder:
             self._main = {id(n) for n in self.cg.graph.nodes}
         at = [i for i, x in enumerate(user.inputs) if x is t]
         for n in readers:
-            if id(n) not in self._main or n.op != user.op or (n.domain or "") != (user.domain or "") or \
+            if id(n) not in self._main:
+                return why
+            if user.op in kin and n.op in kin and (n.domain or "") in ("", "ai.onnx"):
+                continue
+            if n.op != user.op or (n.domain or "") != (user.domain or "") or \
                     [i for i, x in enumerate(n.inputs) if x is t] != at or not _same_attrs(n, user):
                 return why
         return None
 
-    def tie(self, const, axis: int, t, user: gs.Node) -> None:
+    def tie(self, const, axis: int, t, user: gs.Node, kin: frozenset[str] = frozenset()) -> None:
         """Axis `axis` of initializer `const` follows the positions of tensor `t` for `user`: tie them to the
-        positions of the first tensor that slices the same axis (a weight shared by alike readers)."""
+        positions of the first tensor that slices the same axis (a weight shared by alike readers; `kin`: `shared`)."""
         c = self.ch(t)
-        if not isinstance(const, gs.Constant) or c is None or not const.values.ndim or self.shared(const, user):
+        if not isinstance(const, gs.Constant) or c is None or not const.values.ndim or self.shared(const, user, kin):
             return  # a frozen constant blocks already (say it once)
         key = (const.name, axis % const.values.ndim)
         first, users = self.ties.setdefault(key, (c.ids, set()))

@@ -73,6 +73,12 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Softsign": lambda v, n: v / (1 + np.abs(v)),
     "Sin": lambda v, n: np.sin(v),  # sweep 35: SIREN's sin(30 Wx), "consumer Sin ... has no channel rule"
     "Cos": lambda v, n: np.cos(v),  # Fourier features' cos beside it: cos(0) = 1, a constant folded on
+    # sweep 42: torch.asinh/sinh/cosh (dynamo), "consumer Asinh ... (op Asinh) has no channel rule"; and Atan. Not
+    # Tan, Asin, Acos, Acosh, Atanh: near a pole or a domain's edge a folded float64 value is not float32's
+    "Atan": lambda v, n: np.arctan(v),
+    "Sinh": lambda v, n: _finite(np.sinh(v)),
+    "Cosh": lambda v, n: _finite(np.cosh(v)),
+    "Asinh": lambda v, n: np.arcsinh(v),
     "Neg": lambda v, n: -v,
     "Abs": lambda v, n: np.abs(v),
     "Sign": lambda v, n: np.sign(v),  # sweep 36: LISTA's soft threshold sign(u) relu(|u| - th)
@@ -88,6 +94,11 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Log": lambda v, n: _finite(np.log(v)),
     "Reciprocal": lambda v, n: _finite(1 / v),
     "Not": lambda v, n: np.where(np.isnan(v), NAN, (v == 0) * 1.0),  # sweep 37: tf.where's else branch
+    # sweep 42: torch.xlogy (dynamo: Where(IsNaN(y), y, x log y)) and keras.ops' guards (sweep 41): "consumer IsNaN
+    # ... has no channel rule"; a constant channel is never NaN (NaN here: it varies), inf only where it holds one
+    "IsNaN": lambda v, n: np.where(np.isnan(v), NAN, 0.0),
+    "IsInf": lambda v, n: np.where(np.isnan(v), NAN, ((v == np.inf) & bool(_attr(n, "detect_positive", 1))
+                                                      | (v == -np.inf) & bool(_attr(n, "detect_negative", 1))) * 1.0),
     "Identity": lambda v, n: v,
     "Dropout": lambda v, n: v,  # inference: the identity (training_mode is refused below)
 }
@@ -255,10 +266,16 @@ def _channel_constant(b: Builder, node: gs.Node, x, c: Channels, k, K: np.ndarra
         b.opaque(node, f"has {what} '{k.name}' {K.shape} that does not broadcast on the channel axis")
         return None
     if size > 1:
-        b.block(c.ids, b.shared(k, node))  # alike readers (the bias Add of each tower of a Siamese net): tied
-        b.tie(k, ax, x, node)
+        # alike readers (the bias Add of each tower of a Siamese net; a Snake's alpha read by Mul and Div): tied
+        b.block(c.ids, b.shared(k, node, CONSTANT_READERS))
+        b.tie(k, ax, x, node, CONSTANT_READERS)
         b.edit(x, lambda keep: b.cg.slice(k, ax, keep))
     return _per_channel(K, len(c.ids), c.axis)
+
+
+# the ops whose rule reads a per-channel constant operand through `_channel_constant`: one such constant several of
+# them read (of any of these ops, at any input) is sliced once for all, their channels tied (`Builder.shared`)
+CONSTANT_READERS = frozenset({*BINARY, *EXTREMA, *COMPARE, "Where", "PRelu"})
 
 
 def _merge(b: Builder, node: gs.Node, chans: list[Channels], value: np.ndarray | Callable[[], np.ndarray]) -> None:

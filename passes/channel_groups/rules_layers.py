@@ -90,6 +90,9 @@ def matmul_weight(node) -> tuple[int, tuple] | None:
 
 def _matmul(b: Builder, node: gs.Node) -> None:
     found = matmul_weight(node)
+    w = node.inputs[1]
+    if found is None and isinstance(w, gs.Constant) and w.values.ndim > 2 and b.ch(w) is None:
+        return _matrix_per_group(b, node, w)
     if found is None or (found[0] == 0 and (b.rank(node.inputs[1]) or 0) < 2):
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
     k, (src, W, ax0, ax1, via) = found
@@ -106,6 +109,22 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     b.produce(node, src, wkn.T, axis, np.zeros(wkn.shape[1]), frozen)
     b.tie(src, out_ax, node.outputs[0], user)
     b.slices(node.outputs[0], src, out_ax)
+
+
+def _matrix_per_group(b: Builder, node: gs.Node, w: gs.Constant) -> None:
+    """X [..., *g, R, K] @ W [*g, K, M]: a matrix per group (torch.baddbmm's grouped linear; a capsule net's
+    per-position transform, sweep 42). Output channel j is column j of every group's matrix, on the output's last
+    axis: it goes when all those columns are zero (it holds 0 then). X's channels are read by every group's rows, a
+    constant one a different bias per group: they are kept, said. Sweep 42: the zero columns of such a weight were
+    neither removed nor said."""
+    W = w.values
+    c = b.ch(node.inputs[0])
+    if c is not None:
+        b.block(c.ids, f"{_desc(node)} reads them with a matrix per group ('{w.name}' {list(W.shape)})")
+    frozen = b.shared(w, node)
+    b.produce(node, w, np.moveaxis(W, -1, 0).reshape(W.shape[-1], -1), -1, np.zeros(W.shape[-1]), frozen)
+    b.tie(w, W.ndim - 1, node.outputs[0], node)
+    b.slices(node.outputs[0], w, W.ndim - 1)
 
 
 def _mixing(b: Builder, node: gs.Node, W: np.ndarray, c: Channels) -> None:

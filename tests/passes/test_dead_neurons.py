@@ -169,16 +169,43 @@ def test_a_first_operand_matmul_loses_its_dead_rows(bias):
 
 @pytest.mark.parametrize("act", ["LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu",
                                  "Softplus", "Identity", "Clip", "GeluErf", "GeluTanh", "Dropout", "Sin", "Cos",
-                                 "Exp", "Sign", "Reciprocal", "Celu", "Floor", "Ceil", "Round"])
+                                 "Exp", "Sign", "Reciprocal", "Celu", "Floor", "Ceil", "Round", "Atan", "Sinh",
+                                 "Cosh", "Asinh"])
 def test_constants_are_folded_through_every_activation(act):
     """Sweep 36 added exp, sign (LISTA's soft threshold) and 1/x: each maps a constant channel to a constant; sweep 37
     Celu (torch's nn.CELU, both exporters: "consumer Celu ... (op Celu) has no channel rule"); sweep 41 Floor, Ceil
-    and Round (torch.remainder(h, 1.0) is h - Floor(h / 1) * 1: "consumer Floor ... has no channel rule")."""
+    and Round (torch.remainder(h, 1.0) is h - Floor(h / 1) * 1: "consumer Floor ... has no channel rule"); sweep 42
+    Asinh, Sinh, Cosh and Atan (torch.asinh, dynamo: "consumer Asinh ... has no channel rule")."""
     m = G.mlp((10, 8, 6, 3), act=act, seed=3)
     G.zero(m, "fc1.weight", 0, [2, 5])
     G.zero(m, "fc2.weight", 0, [1])
     out, report, shp = prune(m)
     assert shp["fc1.weight"] == (6, 10) and shp["fc2.weight"] == (5, 6) and report.folded == 3
+
+
+def test_dead_and_constant_channels_pass_isnan_and_isinf_guards():
+    """Sweep 42: torch.xlogy as dynamo writes it, Where(IsNaN(p), p, p log p), kept a dead softmax group ("consumer
+    IsNaN ... (op IsNaN) has no channel rule"; keras.ops' guards the same, sweep 41). A constant channel is no NaN and
+    no inf: the guards pass it, a dead unit goes and a constant one (bias 0.5) is folded into fc2's bias."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((6, 8)).astype(np.float32)
+    w1[:, [1, 2, 6]] = 0
+    b1 = np.where(np.arange(8) == 6, 0.5, np.where(np.isin(np.arange(8), [1, 2]), 0.0, 0.1)).astype(np.float32)
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in (
+        (w1, "fc1.weight"), (b1, "fc1.bias"), (rng.standard_normal((8, 3)).astype(np.float32), "fc2.weight"),
+        (np.zeros(3, np.float32), "fc2.bias"), (np.array(0.0, np.float32), "zero"))]
+    nodes = [h.make_node("MatMul", ["x", "fc1.weight"], ["a"]), h.make_node("Add", ["a", "fc1.bias"], ["h"]),
+             h.make_node("IsNaN", ["h"], ["nan"]), h.make_node("IsInf", ["h"], ["inf"], detect_negative=0),
+             h.make_node("Where", ["nan", "zero", "h"], ["g1"]), h.make_node("Where", ["inf", "zero", "g1"], ["g2"]),
+             h.make_node("MatMul", ["g2", "fc2.weight"], ["b"]), h.make_node("Add", ["b", "fc2.bias"], ["y"])]
+    graph = h.make_graph(nodes, "guards", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3) and report.removed == 3
+    assert not np.allclose(G.init(out, "fc2.bias"), 0)  # 0.5 · fc2's row 6 went in
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -1734,6 +1761,54 @@ def test_dead_channels_pass_a_threshold_made_of_a_comparison(where):
     assert shp["fc1.weight"] == (6, 8)
 
 
+@pytest.mark.parametrize("kind", ["snake", "jumprelu"])
+def test_a_per_unit_parameter_two_elementwise_ops_read_is_sliced_once_for_both(kind):
+    """Sweep 42: a Snake activation's alpha, h + sin(a h)^2 / a, is one initializer a Mul and a Div read; a JumpReLU's
+    threshold t, Where(Less(t, h), Sub(h, t), 0), one a Less and a Sub read: "initializer 'act.p' is shared with
+    '/act/Div' (4 dead kept)". Both readers tie its axis to h's channels and it is sliced once: a dead unit goes, a
+    constant one (bias 0.5) is folded into fc2's bias. A third reader of another kind (an Identity to an output) still
+    keeps them."""
+    from onnxprune.models.third_party_builders import per_unit_parameter_mlp
+
+    def dead(m):
+        G.zero(m, "fc1.weight", 1, [1, 2, 6])
+        G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                           np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+        return m
+
+    m = dead(per_unit_parameter_mlp(kind=kind))
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (6, 5) and shp["act.p"] == (5,) and shp["fc2.weight"] == (5, 3)
+    assert report.removed == 3
+    other = dead(per_unit_parameter_mlp(kind=kind))
+    other.graph.node.append(onnx.helper.make_node("Identity", ["act.p"], ["p_out"]))
+    other.graph.output.append(onnx.helper.make_tensor_value_info("p_out", onnx.TensorProto.FLOAT, [8]))
+    out, report, shp = prune(other)
+    assert shp["fc1.weight"] == (6, 8) and shp["act.p"] == (8,)
+
+
+def test_zero_columns_of_a_matrix_per_group_go_and_are_said_where_a_reshape_splits_them():
+    """Sweep 42: a MatMul of a weight with a matrix per group (X [.., g, 1, K] @ W [g, K, M]: einsum-linear's rewrite
+    of a capsule transform "nid,dio->nio"; torch.baddbmm's grouped linear) had no channel rule: its zero columns
+    were neither removed nor said. Output channel j is column j of every group's matrix: zero in all of them, it goes
+    (W [6, 4, 3] -> [6, 4, 2], the head's rows with it); behind a Reshape that splits the channels ("nid,iokd->niok")
+    they are kept and said."""
+    from onnxprune.models.third_party_builders import einsum_grouped
+    from onnxprune.passes.einsum_linear import EinsumLinear
+
+    m = EinsumLinear()(einsum_grouped(equation="nid,dio->nio", per_position_head=True), PruneState()).model
+    G.zero(m, "caps.W", 2, [1])
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["caps.W"] == (6, 4, 2) and shp["fc.weight"] == (2, 4) and report.removed == 1
+    m = EinsumLinear()(einsum_grouped(), PruneState()).model
+    G.zero(m, "caps.W", 2, [0, 1])  # o = 0: columns 0 and 1 of [o·k]
+    out, report, shp = prune(m)
+    assert shp["caps.W"] == (6, 4, 6) and any("splits the channels" in line and "2 dead kept" in line
+                                              for line in report.lines()), report.lines()
+
+
 def test_dead_channels_pass_a_clip_made_of_min_and_max():
     """Keras' `ReLU(max_value=...)` is clip_by_value, which tf2onnx writes as Min(x, high) -> Max(., low): a dead
     channel goes and a constant one is folded at its clipped value (0.5 -> 0.4; -0.05 -> -0.02) (sweep 37: "consumer
@@ -2365,6 +2440,23 @@ def test_units_with_zero_weights_inside_a_loop_body_are_said_to_stay():
                "'/body/MatMul_1': 2)" in n for n in state.notes), state.notes
     state = PruneState()
     run_passes([RemoveDeadNeurons()], carried_loop_rnn(), state)
+    assert not any("inside Loop" in n for n in state.notes)
+
+
+def test_zero_columns_of_a_table_a_loop_body_reads_are_said_to_stay():
+    """Sweep 42: torch legacy's `nn.EmbeddingBag(mode="max")` is a Loop over the bags whose body Gathers the table; 4
+    of its columns zeroed were kept and the run said nothing (dynamo's Loop said "read inside a subgraph")."""
+    from onnxprune.models.third_party_builders import loop_embedding_bag
+
+    state = PruneState()
+    m = G.zero(loop_embedding_bag(), "emb.weight", 1, [0, 2])
+    result = run_passes([RemoveDeadNeurons()], m, state)
+    G.assert_same(m, result.model)
+    assert G.shapes(result.model)["emb.weight"] == (12, 4)
+    assert any("2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies (Gather "
+               "'/emb/Gather_5': 2)" in n for n in state.notes), state.notes
+    state = PruneState()
+    run_passes([RemoveDeadNeurons()], loop_embedding_bag(), state)
     assert not any("inside Loop" in n for n in state.notes)
 
 

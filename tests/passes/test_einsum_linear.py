@@ -180,3 +180,35 @@ def test_an_einsum_contracting_several_axes_is_a_matmul_of_the_flattened_axes_wi
     w = next(t for t in result.model.graph.initializer if t.name == "kan.W")
     assert tuple(w.dims) == (6 * 3, 6)  # the two dead units gone
     assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
+
+
+def test_equations_with_a_matrix_per_position_are_recognized_and_others_are_not():
+    from onnxprune.passes.einsum_linear import grouped_layout
+
+    assert grouped_layout(_einsum("nid,iokd->niok"), 1)[3:] == ("i", "d", "ok")
+    assert grouped_layout(_einsum("nid,dio->nio"), 1)[3:] == ("i", "d", "o")
+    assert grouped_layout(_einsum("iokd,nid->nkoi", 0), 0)[3:] == ("i", "d", "ok")
+    for eq in ("id,iod->io", "nid,ioe->nio", "nid,iod->ni", "nid,od->nio", "...id,iod->...io", "nii,iod->nio",
+               "nid,iod->nido"):
+        assert grouped_layout(_einsum(eq), 1) is None, eq
+
+
+@pytest.mark.parametrize("equation", ["nid,iokd->niok", "nid,dio->nio", "nid,iokd->nkoi"])
+def test_an_einsum_with_a_matrix_per_position_is_a_batched_matmul_with_the_same_outputs(equation):
+    """Sweep 42: a capsule net's transform `torch.einsum("nid,iokd->niok", u, W)` (W [144, 10, 8, 8], 52% of the
+    model; legacy and dynamo) was "not a weight ... (used by Einsum)". The pass writes Transpose -> Reshape [0.., 1,
+    |d|] -> MatMul(., W [i, d, o·k]) -> Reshape -> Transpose, W's values under its name; its MACs are one use of each
+    weight a sample (not one per group), and the pruned model computes what its written weights say."""
+    from onnxprune.models.third_party_builders import einsum_grouped
+
+    model = einsum_grouped(equation=equation, seed=0)
+    cols = 3 * (2 if "k" in equation else 1)
+    rewritten = _becomes_a_matmul_weight(model, "caps.W", (6, 4, cols))
+    layer = next(w for w in find_prunable(rewritten).prunable if w.name == "caps.W")
+    assert layer.macs == 6 * 4 * cols
+    data = {"input": np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)}
+    result = prune(model, data=data, sparsity=0.5, seed=0)
+    check_full(result.model)
+    layers = {r["weight"]: r for r in result.report["layers"]}
+    assert layers["caps.W"]["nonzeros"] <= layers["caps.W"]["params"] // 2 + 1
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
