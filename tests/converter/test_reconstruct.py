@@ -762,9 +762,7 @@ def test_subsystems_batched_and_padded_equal_one_solve_per_row(monkeypatch):
 @pytest.mark.parametrize("intercept", [True, False])
 def test_grouped_grams_in_chunks_equal_the_whole_batched_product_bit_for_bit(intercept, monkeypatch):
     """A grouped Conv's Grams are built a block of groups at a time (reconstruct.GRAM_CHUNK_BYTES); every group's
-    products are the ones one batched einsum over all groups gives, whatever the block: bit for bit where the BLAS
-    sums both alike (the machines up to session 46), to float64 rounding where it does not (an AMD EPYC's OpenBLAS
-    differed in the last bit of 33 of 810 entries: its kernels follow the operands' layout, not our code)."""
+    products are the ones one batched einsum over all groups gives, bit for bit, whatever the block."""
     from onnxprune.converter import reconstruct as rec
 
     rng = np.random.default_rng(0)
@@ -782,7 +780,7 @@ def test_grouped_grams_in_chunks_equal_the_whole_batched_product_bit_for_bit(int
         gram.add(x, t)
         gram.add(x[:5], t[:5])
         for got, full, part in zip((gram.xx, gram.xt, gram.tt), want, _grams(x[:5], t[:5], g, intercept)):
-            np.testing.assert_allclose(got, full + part, rtol=1e-14, atol=1e-12)
+            np.testing.assert_array_equal(got, full + part)
 
 
 def _grams(x, t, g, intercept):
