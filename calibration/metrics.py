@@ -66,9 +66,10 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.calibration.feeds import time_major_inputs
-from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
-                                                 check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
+from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _is_probability, auto_kind,  # noqa: F401
+                                                 auto_kinds, check_metric_spec, choose_metric, is_classifier,
+                                                 metric_plan, parse_metric_spec, untouched_outputs, read_out_kind,
+                                                 graph_facts,
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -197,7 +198,7 @@ class Evaluator:
             rows, sizes = self._rows(reference_model)
             self.sample_axes = self._sample_axes(rows, reference_model, sizes)
             self.grouped = self._grouped(sess, rows)
-            self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
+            self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes, self.reference_all)
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
                                    self._first_values(), reference_model)
@@ -1280,20 +1281,34 @@ def real_positions(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(pad, np.zeros((), dtype=x.dtype), x)
 
 
-def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes) -> frozenset[int]:
+def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes,
+                 reference: list[tuple] = ()) -> frozenset[int]:
     """Scored outputs that follow no batch and are declared one float vector of a fixed length >= 2: a classifier
     exported on one unbatched image returns its logits [C] so, and each feed's vector is one sample of class scores
     (metric rules 4 and 8 apply to it as to [N, C]). A vector of data-dependent length (a detector's [D] scores)
-    is not one: its rows stay the rows its metric scores."""
+    is not one: its rows stay the rows its metric scores. A vector declared of open length is one when every feed
+    of `reference` (the dense outputs, batch by batch) gives it the same length >= 2 and it is a probability
+    distribution there (its values in [0, 1] summing to 1): madmom's beat TCN returns its tempo as a Softmax over
+    300 BPM bins declared [output_1_dim_0]; its 300 values were judged as 300 probabilities of their own, each at
+    0.5, and a run said 0.11 pp where the tempo (the argmax) changed on 133 of 300 held-out clips."""
     if model is None or not axes:
         return frozenset()
     declared = {o.name: _declared(o) for o in model.graph.output}  # float outputs' shapes, else None
     out = set()
     for i, (name, axis) in enumerate(zip(names, axes)):
         shape = declared.get(name or model.graph.output[0].name)
-        if axis is None and shape is not None and len(shape) == 1 and (shape[0] or 0) >= 2:
+        if axis is not None or shape is None or len(shape) != 1:
+            continue
+        if (shape[0] or 0) >= 2 or _distributions([as_array(b[i]) for b in reference]):
             out.add(i)
     return frozenset(out)
+
+
+def _distributions(vectors: list[np.ndarray]) -> bool:
+    """Every value a float vector of one length >= 2 that is a probability distribution (`_is_probability`)."""
+    if not vectors or any(v.ndim != 1 or v.shape != vectors[0].shape for v in vectors):
+        return False
+    return _is_probability(np.stack(vectors))
 
 
 def _batch_dims(model: onnx.ModelProto | None) -> set[str]:

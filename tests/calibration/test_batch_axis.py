@@ -245,6 +245,59 @@ def test_a_batchless_classifiers_logit_vector_is_one_sample_of_class_scores(tmp_
     assert Evaluator(open_data(folder, det), reference_model=det).row_outputs == frozenset()
 
 
+def _frames_tempo():
+    """madmom's beat TCN in small: 'input' [frames, 4] (no batch axis) -> MatMul -> 'beats' = Sigmoid [frames] and
+    'tempo' = Softmax of the frames' mean over 5 bins, declared [output_1_dim_0] (open length, as madmom's converter
+    writes every output)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["h"]),
+             helper.make_node("MatMul", ["h", "w_beat"], ["b"]),
+             helper.make_node("Sigmoid", ["b"], ["beats"]),
+             helper.make_node("ReduceMean", ["h", "axes0"], ["m"], keepdims=0),
+             helper.make_node("MatMul", ["m", "w_tempo"], ["t"]),
+             helper.make_node("Softmax", ["t"], ["tempo"], axis=-1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((6,)).astype(np.float32), "w_beat"),
+             numpy_helper.from_array(rng.standard_normal((6, 5)).astype(np.float32), "w_tempo"),
+             numpy_helper.from_array(np.array([0]), "axes0")]
+    graph = helper.make_graph(nodes, "frames_tempo",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["input_dim_0", 4])],
+                              [helper.make_tensor_value_info("beats", TensorProto.FLOAT, ["output_0_dim_0"]),
+                               helper.make_tensor_value_info("tempo", TensorProto.FLOAT, ["output_1_dim_0"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_probability_vector_of_open_length_per_feed_is_one_sample_of_class_scores(tmp_path):
+    """madmom's beat TCN returns its tempo as a Softmax over 300 BPM bins, declared [output_1_dim_0]: its 300
+    values were judged binary_prob, each a probability of its own at 0.5, and a run said 0.11 pp where the tempo
+    (its argmax) changed on 133 of 300 held-out clips. A vector of one length in every feed that is a probability
+    distribution is one sample of class scores (prob), as a declared [C] is; the per-frame 'beats' keep their
+    rows, and a [D] of scores that are no distribution stays rows (test above)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(24):
+        np.savez(folder / f"c{i:02d}.npz", input=rng.standard_normal((int(rng.integers(8, 20)), 4)).astype(np.float32))
+    model = _frames_tempo()
+    ev = Evaluator(open_data(folder, model), reference_model=model)
+    assert ev.plan == {"beats": "binary_prob", "tempo": "prob"} and ev.sample_axes[1] is None
+    assert ev.row_outputs == {1}
+    got = [(np.array(b[0], copy=True), np.array(b[1], copy=True)) for b in ev.reference_all]
+    assert got[0][1].shape == (5,)
+    k = 7
+    vec = got[k][1]
+    top = int(vec.argmax())
+    vec[top], vec[(top + 1) % 5] = vec[(top + 1) % 5], vec[top]  # feed k's tempo moves to another bin
+    losses = BudgetRule(ev, 1.0).values(got)[1][:, 0]
+    assert len(losses) == 24 and np.flatnonzero(losses).tolist() == [k]
+    ev.score(got)
+    assert ev.last["tempo"]["loss_pp"] >= 100 / 24 - 1e-9
+
+
 def test_prune_a_batchless_classifier_to_a_budget(tmp_path):
     from onnxprune.models.builders_sweep4 import batchless_image
 
