@@ -511,9 +511,13 @@ class Evaluator:
         """Each batch's samples: its first array's batch axis (axis 1 of a time-major input), `_rows`; and the size
         each symbolic first dim of the inputs takes in it (`_declared_sizes`), read in the same pass."""
         time_major = set(time_major_inputs(model)) if model is not None else set()
+        # a file whose rows the model reads together (the reader's `rows_note`) is one sample: real models 47's
+        # madmom downbeat BLSTM, a file of ~1,300 frames, had each frame of its [frames, 3] output counted as a
+        # decision sample (150 files judged as about 180,000 samples), and a judge priced at 362 s left no time
+        together = getattr(self.reader, "rows_note", None) is not None
         rows, sizes = [], []
         for feeds, _ in self.batches():
-            rows.append(_rows(feeds, time_major))
+            rows.append(1 if together else _rows(feeds, time_major))
             sizes.append(_declared_sizes(model, feeds) if model is not None else {})
         return rows, sizes
 
