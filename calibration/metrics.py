@@ -529,8 +529,11 @@ class Evaluator:
         H], as silero VAD's stateN: its 2 rows were 2 samples, 270 decision samples for 135 feeds), else None: the
         output follows no batch, and each batch's rows are pooled into one sample. torchvision's ssdlite320 takes one
         image [3, H, W] and returns [D, 4] boxes, D scores and D labels: every detection was a sample (33,600
-        decision samples from 112 images, a margin for 300 times the evidence the set holds)."""
-        shared = _batch_dims(model)
+        decision samples from 112 images, a margin for 300 times the evidence the set holds). A file whose rows the
+        model reads together (`rows_note`) is one sample whatever the outputs' declared dims say: atspm-detector's
+        function head declares 'flogp' [D, 7] beside inputs [D, K], and attends across the D detectors."""
+        together = getattr(self.reader, "rows_note", None) is not None
+        shared = set() if together else _batch_dims(model)
         axes = []
         for i, name in enumerate(self.plan):
             symbol = _first_dim(model, name or model.graph.output[0].name) if shared else None
