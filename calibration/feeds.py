@@ -345,7 +345,9 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
         together = session.run(None, cut(0, k))
         alone = [session.run(None, cut(i, i + 1)) for i in range(k)]
     except Exception as exc:  # noqa: BLE001 - a cut the model cannot run
-        return _whole_only(session, cut, exc)
+        fixed = any(s.shape and s.shape[1 if s.name in time_major else 0] is not None for s in specs
+                    if s.name not in shared and len(s.shape) > (1 if s.name in time_major else 0))
+        return None if fixed else _whole_only(session, cut, exc)  # a fixed batch is why, not the rows
     names = [o.name for o in session.get_outputs()]
     for j, name in enumerate(names):
         whole = together[j]

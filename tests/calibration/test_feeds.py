@@ -491,6 +491,14 @@ def test_rows_that_run_only_together_are_one_feed_not_samples(tmp_path):
     why = rows_interact(model, {"input": files[0]}, specs, [], {})
     assert why is not None and "runs them together but not a few of them alone" in why and "Conv" in why, why
     assert rows_interact(model, {"input": files[0][:2]}, specs, [], {}) is None  # not even the whole file runs
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((6, 2), np.float32), "w")  # a batch fixed at 8 is why 4 rows fail, not rows
+    fixed = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["y"])], "fixed",
+                                                [helper.make_tensor_value_info("input", TensorProto.FLOAT, [8, 6])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 2])], [w]),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    assert rows_interact(fixed, {"input": files[0][:8]}, input_specs(fixed), [], {}) is None
     records = []
     handler = logging.Handler()
     handler.emit = records.append
