@@ -513,7 +513,7 @@ class Evaluator:
         time_major = set(time_major_inputs(model)) if model is not None else set()
         # a file whose rows the model reads together (the reader's `rows_note`) is one sample: real models 47's
         # madmom downbeat BLSTM, a file of ~1,300 frames, had each frame of its [frames, 3] output counted as a
-        # decision sample (150 files judged as about 180,000 samples), and a judge priced at 362 s left no time
+        # decision sample (150 files judged as 153,235 samples), and a judge priced at 362 s left no time
         together = getattr(self.reader, "rows_note", None) is not None
         rows, sizes = [], []
         for feeds, _ in self.batches():

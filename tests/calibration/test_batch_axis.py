@@ -300,7 +300,7 @@ def test_a_probability_vector_of_open_length_per_feed_is_one_sample_of_class_sco
 
 def test_the_frames_of_a_file_read_whole_are_one_decision_sample(tmp_path):
     """madmom's downbeat BLSTM reads a file of about 1,300 frames together (the reader says so: each file one feed),
-    yet each frame of its [frames, 3] output counted as a decision sample: 150 files judged as about 180,000
+    yet each frame of its [frames, 3] output counted as a decision sample: 150 files judged as 153,235
     samples, a margin for evidence the set does not hold, and a judge priced at 362 s that left a 5-minute run no
     time to prune. A file read whole because its rows are not samples is one sample of every output: a changed
     frame is its share of that file's frames."""
