@@ -345,9 +345,14 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
         together = session.run(None, cut(0, k))
         alone = [session.run(None, cut(i, i + 1)) for i in range(k)]
     except Exception as exc:  # noqa: BLE001 - a cut the model cannot run
-        fixed = any(s.shape and s.shape[1 if s.name in time_major else 0] is not None for s in specs
-                    if s.name not in shared and len(s.shape) > (1 if s.name in time_major else 0))
-        return None if fixed else _whole_only(session, cut, exc)  # a fixed batch is why, not the rows
+        # rows on an axis fixed or named as a batch are samples by the model's own declaration: a cut failing there
+        # is the model's failure (a Reshape to [-1, 3] of [N, 4]), said as such by the runs, not rows read together
+        axes = {s.name: 1 if s.name in time_major else 0 for s in specs if s.name not in shared}
+        declared = {vi.name: vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name in axes}
+        batch = any(len(dims) > axes[name] and (dims[axes[name]].HasField("dim_value")
+                                                or _BATCH.search(dims[axes[name]].dim_param or ""))
+                    for name, dims in declared.items())
+        return None if batch else _whole_only(session, cut, exc)
     names = [o.name for o in session.get_outputs()]
     for j, name in enumerate(names):
         whole = together[j]
