@@ -145,7 +145,7 @@ class Evaluator:
         # a time-major feed is never cut along axis 0, its time (sweep 20: [T, N, 28] was cut into T = 16 and 12),
         # nor a file whose rows the model reads together (`rows_note`; real models 47: madmom's beat TCN's
         # spectrogram of 814 frames cut into 16 ended in onnxruntime's "Invalid input shape: {2,81}", its chroma
-        # MLP's 50 decision files were judged as 837 parts)
+        # MLP's 150 decision files were judged as 837 parts of up to 16 frames)
         timed = bool(getattr(reader, "per_feed", False)) and bool(time_major_inputs(reference_model))
         together = getattr(reader, "rows_note", None) is not None
         if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed \

@@ -515,7 +515,7 @@ def test_rows_that_run_only_together_are_one_feed_not_samples(tmp_path):
     for (feed, _), x in zip(got, files):
         np.testing.assert_array_equal(sess.run(None, feed)[0], sess.run(None, {"input": x})[0])
     # the run's Evaluator keeps each file whole too (cut into 16 rows, the same model ended in onnxruntime's "Invalid
-    # input shape: {2,81}" on a file of 814 frames, and 50 files of an MLP's frames were judged as 837 parts)
+    # input shape: {2,81}" on a file of 814 frames, and 150 files of an MLP's frames as 837 parts)
     ev = Evaluator(reader, None, model, split=16)
     assert ev.dense == 1.0 and ev.num_samples == 3 and [b[0]["input"].shape for b in ev._cached] == [(20, 6), (20, 6),
                                                                                                       (13, 6)]
