@@ -338,11 +338,21 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
         from onnxprune.calibration.runtime import make_session
 
         session = make_session(model)
-        together = session.run(None, cut(0, k))
-        alone = [session.run(None, cut(i, i + 1)) for i in range(k)]
-    except Exception as exc:  # noqa: BLE001 - a feed the model cannot run whole: the cut stands, its runs will say
+    except Exception as exc:  # noqa: BLE001 - a model onnxruntime cannot open: the cut stands, its runs will say
         log.debug("rows_interact: not probed (%s)", exc)
         return None
+    try:
+        together = session.run(None, cut(0, k))
+        alone = [session.run(None, cut(i, i + 1)) for i in range(k)]
+    except Exception as exc:  # noqa: BLE001 - a cut the model cannot run
+        # rows on an axis fixed or named as a batch are samples by the model's own declaration: a cut failing there
+        # is the model's failure (a Reshape to [-1, 3] of [N, 4]), said as such by the runs, not rows read together
+        axes = {s.name: 1 if s.name in time_major else 0 for s in specs if s.name not in shared}
+        declared = {vi.name: vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name in axes}
+        batch = any(len(dims) > axes[name] and (dims[axes[name]].HasField("dim_value")
+                                                or _BATCH.search(dims[axes[name]].dim_param or ""))
+                    for name, dims in declared.items())
+        return None if batch else _whole_only(session, cut, exc)
     names = [o.name for o in session.get_outputs()]
     for j, name in enumerate(names):
         whole = together[j]
@@ -370,6 +380,23 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
             return (f"output '{name}' of {k} rows run together differs from the rows run one at a time (the model "
                     "reads that axis as a sequence, or mixes its rows)")
     return None
+
+
+def _whole_only(session, cut, exc: Exception) -> str | None:
+    """Why the rows are not samples when a cut of them fails in onnxruntime but all of them run together (a
+    reason), or None when the whole file fails too (a fixed batch, bad data: the cut stands, its runs will say).
+    madmom's beat TCN reads 'input' [frames, 81] as one spectrogram (Unsqueeze to [1, 1, T, 81], a 3x3 Conv without
+    padding): 4 rows or 1 failed the probe, the rows were taken for samples, and retraining fed the torch bridge 2
+    frames ("Conv node 'conv_7' failed in the torch bridge: ... Kernel size can't be greater than actual input
+    size")."""
+    log.debug("rows_interact: a cut of the rows does not run (%s)", exc)
+    try:
+        session.run(None, cut(None, None))
+    except Exception:  # noqa: BLE001 - not even the whole file runs
+        return None
+    from onnxprune.calibration.runtime import ort_reason
+
+    return f"the model runs them together but not a few of them alone ({ort_reason(exc)[:200]})"
 
 
 def _close(a, b) -> bool:

@@ -66,9 +66,10 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.calibration.feeds import time_major_inputs
-from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, auto_kind, auto_kinds,  # noqa: F401
-                                                 check_metric_spec, choose_metric, is_classifier, metric_plan,
-                                                 parse_metric_spec, untouched_outputs, read_out_kind, graph_facts,
+from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _is_probability, auto_kind,  # noqa: F401
+                                                 auto_kinds, check_metric_spec, choose_metric, is_classifier,
+                                                 metric_plan, parse_metric_spec, untouched_outputs, read_out_kind,
+                                                 graph_facts,
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, _flat, _n, _relative_errors, _top1, as_array,
@@ -141,9 +142,14 @@ class Evaluator:
                         "shapes): their figures hold for batches of %s samples as the data is read, the batch this "
                         "run keeps whole; --batch-size sets the batch you run", ", ".join(relating),
                         getattr(reader, "batch_size", "?"))
-        # a time-major feed is never cut along axis 0, its time (sweep 20: [T, N, 28] was cut into T = 16 and 12)
+        # a time-major feed is never cut along axis 0, its time (sweep 20: [T, N, 28] was cut into T = 16 and 12),
+        # nor a file whose rows the model reads together (`rows_note`; real models 47: madmom's beat TCN's
+        # spectrogram of 814 frames cut into 16 ended in onnxruntime's "Invalid input shape: {2,81}", its chroma
+        # MLP's 150 decision files were judged as 837 parts of up to 16 frames)
         timed = bool(getattr(reader, "per_feed", False)) and bool(time_major_inputs(reference_model))
-        if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed:
+        together = getattr(reader, "rows_note", None) is not None
+        if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed \
+                and not together:
             parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
         if parts is None or len(parts) <= len(self._cached):
             self._score_reference(reference_model)
@@ -192,7 +198,7 @@ class Evaluator:
             rows, sizes = self._rows(reference_model)
             self.sample_axes = self._sample_axes(rows, reference_model, sizes)
             self.grouped = self._grouped(sess, rows)
-            self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes)
+            self.row_outputs = _row_outputs(reference_model, list(self.plan), self.sample_axes, self.reference_all)
             if first:
                 self._resolve_auto(lambda: self._run_feeds(sess, first_batch) if first_batch is not None else
                                    self._first_values(), reference_model)
@@ -505,9 +511,13 @@ class Evaluator:
         """Each batch's samples: its first array's batch axis (axis 1 of a time-major input), `_rows`; and the size
         each symbolic first dim of the inputs takes in it (`_declared_sizes`), read in the same pass."""
         time_major = set(time_major_inputs(model)) if model is not None else set()
+        # a file whose rows the model reads together (the reader's `rows_note`) is one sample: real models 47's
+        # madmom downbeat BLSTM, a file of ~1,300 frames, had each frame of its [frames, 3] output counted as a
+        # decision sample (150 files judged as 153,235 samples), and a judge priced at 362 s left no time
+        together = getattr(self.reader, "rows_note", None) is not None
         rows, sizes = [], []
         for feeds, _ in self.batches():
-            rows.append(_rows(feeds, time_major))
+            rows.append(1 if together else _rows(feeds, time_major))
             sizes.append(_declared_sizes(model, feeds) if model is not None else {})
         return rows, sizes
 
@@ -519,8 +529,11 @@ class Evaluator:
         H], as silero VAD's stateN: its 2 rows were 2 samples, 270 decision samples for 135 feeds), else None: the
         output follows no batch, and each batch's rows are pooled into one sample. torchvision's ssdlite320 takes one
         image [3, H, W] and returns [D, 4] boxes, D scores and D labels: every detection was a sample (33,600
-        decision samples from 112 images, a margin for 300 times the evidence the set holds)."""
-        shared = _batch_dims(model)
+        decision samples from 112 images, a margin for 300 times the evidence the set holds). A file whose rows the
+        model reads together (`rows_note`) is one sample whatever the outputs' declared dims say: atspm-detector's
+        function head declares 'flogp' [D, 7] beside inputs [D, K], and attends across the D detectors."""
+        together = getattr(self.reader, "rows_note", None) is not None
+        shared = set() if together else _batch_dims(model)
         axes = []
         for i, name in enumerate(self.plan):
             symbol = _first_dim(model, name or model.graph.output[0].name) if shared else None
@@ -1275,20 +1288,34 @@ def real_positions(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(pad, np.zeros((), dtype=x.dtype), x)
 
 
-def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes) -> frozenset[int]:
+def _row_outputs(model: onnx.ModelProto | None, names: list[str], axes,
+                 reference: list[tuple] = ()) -> frozenset[int]:
     """Scored outputs that follow no batch and are declared one float vector of a fixed length >= 2: a classifier
     exported on one unbatched image returns its logits [C] so, and each feed's vector is one sample of class scores
     (metric rules 4 and 8 apply to it as to [N, C]). A vector of data-dependent length (a detector's [D] scores)
-    is not one: its rows stay the rows its metric scores."""
+    is not one: its rows stay the rows its metric scores. A vector declared of open length is one when every feed
+    of `reference` (the dense outputs, batch by batch) gives it the same length >= 2 and it is a probability
+    distribution there (its values in [0, 1] summing to 1): madmom's beat TCN returns its tempo as a Softmax over
+    300 BPM bins declared [output_1_dim_0]; its 300 values were judged as 300 probabilities of their own, each at
+    0.5, and a run said 0.11 pp where the tempo (the argmax) changed on 133 of 300 held-out clips."""
     if model is None or not axes:
         return frozenset()
     declared = {o.name: _declared(o) for o in model.graph.output}  # float outputs' shapes, else None
     out = set()
     for i, (name, axis) in enumerate(zip(names, axes)):
         shape = declared.get(name or model.graph.output[0].name)
-        if axis is None and shape is not None and len(shape) == 1 and (shape[0] or 0) >= 2:
+        if axis is not None or shape is None or len(shape) != 1:
+            continue
+        if (shape[0] or 0) >= 2 or _distributions([as_array(b[i]) for b in reference]):
             out.add(i)
     return frozenset(out)
+
+
+def _distributions(vectors: list[np.ndarray]) -> bool:
+    """Every value a float vector of one length >= 2 that is a probability distribution (`_is_probability`)."""
+    if not vectors or any(v.ndim != 1 or v.shape != vectors[0].shape for v in vectors):
+        return False
+    return _is_probability(np.stack(vectors))
 
 
 def _batch_dims(model: onnx.ModelProto | None) -> set[str]:

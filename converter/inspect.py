@@ -256,6 +256,35 @@ def _rows_in_order(model, states: dict[str, str]) -> str | None:
     return rows_interact(model, arrays, specs, list(states), {})
 
 
+def _read_widths(model) -> dict[str, int]:
+    """{input: K} for a float input of two or more axes that a MatMul (as its first operand) or a Gemm (as A, not
+    transposed) reads directly with a constant 2-D weight: its last axis must hold the weight's K. madmom's chroma
+    MLP declares 'input' [input_dim_0, input_dim_1] and reads it with a 1575 x 256 MatMul; inspect's line wrote 8
+    there, a file the model cannot run."""
+    from onnx import numpy_helper
+
+    from onnxprune.passes.scopes import local_constants
+
+    consts = local_constants(model.graph)
+    names = {v.name for v in _real_inputs(model)}
+    widths: dict[str, int] = {}
+    for node in model.graph.node:
+        if not node.input or node.input[0] not in names or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        shape = numpy_helper.to_array(consts[node.input[1]]).shape
+        if len(shape) != 2:
+            continue
+        if node.op_type == "MatMul":
+            k = shape[0]
+        elif node.op_type == "Gemm" and not any(a.name == "transA" and a.i for a in node.attribute):
+            k = shape[1] if any(a.name == "transB" and a.i for a in node.attribute) else shape[0]
+        else:
+            continue
+        if widths.setdefault(node.input[0], int(k)) != int(k):  # two layers disagree: say nothing
+            widths[node.input[0]] = -1
+    return {name: k for name, k in widths.items() if k > 0}
+
+
 def npz_example(model, samples: int = 64, placeholders: list | None = None) -> str | None:
     """A line of numpy writing a calibration .npz the model takes: arrays named after its inputs, `samples` along
     a symbolic first axis, 8 for other symbolic dims (any size the model takes). A model exported with a fixed
@@ -291,12 +320,19 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
             named.setdefault(sh[1], samples)
         elif v.name in time_major and len(sh) > 1 and isinstance(sh[0], int) and isinstance(sh[1], str):
             named.setdefault(sh[1], samples)  # samples as columns after a fixed axis ([784, N], sweep 38)
+    widths = _read_widths(model)  # a last axis the first layer's weight fixes: its size, no placeholder
+    for v in _real_inputs(model):
+        sh = _value_info(v)["shape"] or []
+        if v.name in widths and len(sh) > 1 and isinstance(sh[-1], str) and sh[-1] != "?" \
+                and not is_dim_expression(sh[-1]):
+            named.setdefault(sh[-1], widths[v.name])
+    fixed = {_value_info(v)["shape"][-1] for v in _real_inputs(model) if v.name in widths}
     for v in _real_inputs(model):  # every plain name's size first, so that "P + 1" reads P's wherever it stands
         for i, d in enumerate(_value_info(v)["shape"] or []):
             if isinstance(d, str) and d != "?" and not is_dim_expression(d) and not (i == 0 and batch_of_one):
                 named.setdefault(d, samples if i == 0 else 8)
     if placeholders is not None:
-        placeholders.extend(d for d, size in named.items() if size == 8 != samples)
+        placeholders.extend(d for d, size in named.items() if size == 8 != samples and d not in fixed)
     sequences = []
     for v in _real_inputs(model):
         info = _value_info(v)
@@ -316,6 +352,8 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
                 dims.append(named.setdefault(d, samples if i == 0 else 8))
             elif d != "?":  # "P + 1" beside P: that arithmetic of the sizes its names got (8 when new)
                 dims.append(dim_expression(d, 8, values=named))
+            elif i and i == len(shape) - 1 and v.name in widths:  # an unnamed width the first layer's weight fixes
+                dims.append(widths[v.name])
             else:
                 dims.append(samples if i == 0 else 8)
                 if i and placeholders is not None and samples != 8:  # an open axis with no name (rapidocr_rec's '?')

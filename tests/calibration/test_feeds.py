@@ -446,6 +446,81 @@ def test_a_stacked_file_whose_rows_are_a_sequence_is_one_feed(tmp_path):
     assert npz_example(plain).startswith('import numpy as np; np.savez("calib.npz"')
 
 
+def _spectrogram_conv():
+    """madmom's beat TCN in small: 'input' [frames, 6] (no batch axis) -> Unsqueeze to [1, 1, T, 6] -> a 3x3 Conv
+    without padding -> Relu -> mean over channels and bins -> Sigmoid -> 'beats' [T - 2]: the rows are one
+    spectrogram, and fewer than 3 of them do not run at all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Unsqueeze", ["input", "axes01"], ["img"]),
+             helper.make_node("Conv", ["img", "conv.weight"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r", "axes13"], ["m"], keepdims=0),
+             helper.make_node("Squeeze", ["m", "axes0"], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["beats"])]
+    inits = [numpy_helper.from_array(w, "conv.weight"), numpy_helper.from_array(np.array([0, 1]), "axes01"),
+             numpy_helper.from_array(np.array([1, 3]), "axes13"), numpy_helper.from_array(np.array([0]), "axes0")]
+    graph = helper.make_graph(nodes, "spectrogram_conv",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["input_dim_0", 6])],
+                              [helper.make_tensor_value_info("beats", TensorProto.FLOAT, ["output_dim_0"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_rows_that_run_only_together_are_one_feed_not_samples(tmp_path):
+    """madmom's beat TCN reads 'input' [frames, 81] as one spectrogram through a 3x3 Conv without padding. The rows
+    probe (4 rows together, then one at a time) failed in onnxruntime, which left the rows taken for samples: a run
+    retrained on 2 frames a batch and ended in "Conv node 'conv_7' failed in the torch bridge: ... Kernel size
+    can't be greater than actual input size". Rows that run together but not a few alone are not samples: each
+    file is one feed, said; a file too short for the model to run at all keeps the reader's own checks."""
+    import logging
+
+    import onnxruntime as ort
+
+    from onnxprune.calibration.feeds import rows_interact
+    from onnxprune.calibration.runtime import input_specs
+
+    model, rng = _spectrogram_conv(), np.random.default_rng(0)
+    files = [rng.standard_normal((n, 6)).astype(np.float32) for n in (20, 20, 13)]
+    for k, x in enumerate(files):
+        np.savez(tmp_path / f"{k}.npz", input=x)
+    specs = input_specs(model)
+    why = rows_interact(model, {"input": files[0]}, specs, [], {})
+    assert why is not None and "runs them together but not a few of them alone" in why and "Conv" in why, why
+    assert rows_interact(model, {"input": files[0][:2]}, specs, [], {}) is None  # not even the whole file runs
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((6, 2), np.float32), "w")  # a batch fixed at 8 is why 4 rows fail, not rows
+    fixed = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["y"])], "fixed",
+                                                [helper.make_tensor_value_info("input", TensorProto.FLOAT, [8, 6])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 2])], [w]),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    assert rows_interact(fixed, {"input": files[0][:8]}, input_specs(fixed), [], {}) is None
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("onnxprune").addHandler(handler)
+    try:
+        reader = open_data(tmp_path, model)
+    finally:
+        logging.getLogger("onnxprune").removeHandler(handler)
+    got = list(reader.batches())
+    assert reader.per_feed and reader.num_samples == 3 and [f["input"].shape[0] for f, _ in got] == [20, 20, 13]
+    assert any(r.levelno == logging.WARNING and "not independent samples" in r.getMessage()
+               and "each file is one feed" in r.getMessage() for r in records)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for (feed, _), x in zip(got, files):
+        np.testing.assert_array_equal(sess.run(None, feed)[0], sess.run(None, {"input": x})[0])
+    # the run's Evaluator keeps each file whole too (cut into 16 rows, the same model ended in onnxruntime's "Invalid
+    # input shape: {2,81}" on a file of 814 frames, and 150 files of an MLP's frames as 837 parts)
+    ev = Evaluator(reader, None, model, split=16)
+    assert ev.dense == 1.0 and ev.num_samples == 3 and [b[0]["input"].shape for b in ev._cached] == [(20, 6), (20, 6),
+                                                                                                      (13, 6)]
+
+
 def _time_major_mean(steps_name="T"):
     """x [T, N, 4] (no time word in 'T') -> mean over T -> MatMul -> 'logits' [N, 3], as torch names a
     Transformer's batch_first=False input."""

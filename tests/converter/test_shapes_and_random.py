@@ -290,3 +290,33 @@ def test_inspect_says_which_sizes_of_its_calibration_line_are_placeholders(tmp_p
     assert "np.zeros((64, 8, 8, 4), np.float32)" in out, out
     assert "(its sizes for 'L', x.shape[2] are placeholders: the model leaves them open" in out, out
     assert json.loads(invoke("inspect", path, "--json").output)["npz_open"] == ["L", "x.shape[2]"]
+
+
+def test_inspect_writes_the_width_the_first_layers_weight_reads(tmp_path):
+    """Real models 47: madmom's chroma MLP declares 'input' [input_dim_0, input_dim_1] and reads it with a 1575 x 256
+    MatMul; inspect's line wrote np.zeros((64, 8)) and called 1575 a placeholder, a file the model cannot run. An open
+    last axis that a MatMul (first operand) or a Gemm reads directly with a constant weight gets the weight's K, and
+    is no placeholder; another open axis still is."""
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((6, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["y"])], "frames",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             ["input_dim_0", "input_dim_1"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["input_dim_0", 3])], [w])
+    path = tmp_path / "frames.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out = invoke("inspect", path).output
+    assert "input=np.zeros((64, 6), np.float32)" in out and "placeholder" not in out, out
+    gemm = helper.make_graph([helper.make_node("Gemm", ["x", "wt"], ["y"], transB=1)], "gemm",  # W [out, in]
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", None])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                             [onnx.numpy_helper.from_array(np.ones((3, 5), np.float32), "wt")])
+    onnx.save(helper.make_model(gemm, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out = invoke("inspect", path).output
+    assert "x=np.zeros((64, 5), np.float32)" in out and "placeholder" not in out, out
+    graph.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "L", "F"]))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 3]))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out = invoke("inspect", path).output
+    assert "input=np.zeros((64, 8, 6), np.float32)" in out and "(its size for 'L' is a placeholder" in out, out
