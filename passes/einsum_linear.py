@@ -172,9 +172,9 @@ def _read_once(graph: onnx.GraphProto, inits) -> list[tuple[str, onnx.NodeProto,
     return [(name, *reads[0]) for name, reads in readers.items() if len(reads) == 1 and name not in frozen]
 
 
-def flat_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, ...], int] | None:
-    """(W's axes in the order (C as x reads them, then o), |P|) when Einsum `node` contracts several axes of x
-    with W, its input `weight_index` (module docstring), else None."""
+def _operand_letters(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, str] | None:
+    """(x's letters, W's, the output's) of a two-operand Einsum with W its input `weight_index`, no ellipsis in any;
+    else None."""
     if node.op_type != "Einsum" or (node.domain or "") not in ("", "ai.onnx") or len(node.input) != 2:
         return None
     terms = _terms(node)
@@ -184,7 +184,16 @@ def flat_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, ...
     split = [_split(t) for t in ((b, a) if weight_index == 0 else (a, b)) + (out,)]
     if any(t is None or t[0] for t in split):
         return None
-    x, w, o_letters = (t[1] for t in split)
+    return tuple(t[1] for t in split)
+
+
+def flat_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, ...], int] | None:
+    """(W's axes in the order (C as x reads them, then o), |P|) when Einsum `node` contracts several axes of x
+    with W, its input `weight_index` (module docstring), else None."""
+    letters = _operand_letters(node, weight_index)
+    if letters is None:
+        return None
+    x, w, o_letters = letters
     if len(w) < 3 or len(set(w)) != len(w) or not o_letters:
         return None
     o, prefix = o_letters[-1], o_letters[:-1]
@@ -198,16 +207,20 @@ def flat_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, ...
 def flat_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple[int, ...], int]]:
     """{weight: (its Einsum, W's axes as (C, o), |P|)} for each float weight of rank >= 3 read by one Einsum
     alone that contracts several axes of its other operand with it."""
+    return {name: (node, *layout) for name, node, layout in _einsum_weights(model, 3, flat_layout)}
+
+
+def _einsum_weights(model: onnx.ModelProto, rank: int, layout_of):
+    """(weight, its Einsum, `layout_of(node, k)`) for each float weight of rank >= `rank` read by one Einsum alone
+    (input k) whose other operand is no constant, where the layout is not None."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= 3
+    inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= rank
              and t.data_location != onnx.TensorProto.EXTERNAL}
     consts = {t.name for t in graph.initializer}
-    found = {}
     for name, node, k in _read_once(graph, inits):
-        layout = flat_layout(node, k)
+        layout = layout_of(node, k)
         if layout is not None and node.input[1 - k] not in consts:
-            found[name] = (node, *layout)
-    return found
+            yield name, node, layout
 
 
 def _rewrite_flat(model: onnx.ModelProto, name: str, node: onnx.NodeProto, axes: tuple, prefix: int) -> None:
@@ -273,16 +286,10 @@ def _rewrite_bilinear(model: onnx.ModelProto, name: str, node: onnx.NodeProto, a
 def grouped_layout(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, str, str, str, str] | None:
     """(x's letters, W's, the output's, G, C, O in W's order; P is x's own) when Einsum `node` is the per-position
     linear layer of the module docstring with W its input `weight_index`, else None."""
-    if node.op_type != "Einsum" or (node.domain or "") not in ("", "ai.onnx") or len(node.input) != 2:
+    letters = _operand_letters(node, weight_index)
+    if letters is None:
         return None
-    terms = _terms(node)
-    if terms is None or len(terms[0]) != 2 or weight_index not in (0, 1):
-        return None
-    (a, b), out = terms
-    split = [_split(t) for t in ((b, a) if weight_index == 0 else (a, b)) + (out,)]
-    if any(t is None or t[0] for t in split):
-        return None
-    x, w, o_letters = (t[1] for t in split)
+    x, w, o_letters = letters
     if any(len(set(t)) != len(t) for t in (x, w, o_letters)):
         return None
     groups = "".join(c for c in w if c in x and c in o_letters)
@@ -297,16 +304,7 @@ def grouped_layout(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, s
 def grouped_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple]]:
     """{weight: (its Einsum, its `grouped_layout`)} for each float weight read by one Einsum alone that multiplies
     each position of its other operand by the weight's matrix for that position."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= 2
-             and t.data_location != onnx.TensorProto.EXTERNAL}
-    consts = {t.name for t in graph.initializer}
-    found = {}
-    for name, node, k in _read_once(graph, inits):
-        layout = grouped_layout(node, k)
-        if layout is not None and node.input[1 - k] not in consts:
-            found[name] = (node, layout)
-    return found
+    return {name: (node, layout) for name, node, layout in _einsum_weights(model, 2, grouped_layout)}
 
 
 def _rewrite_grouped(model: onnx.ModelProto, name: str, node: onnx.NodeProto, layout: tuple) -> None:

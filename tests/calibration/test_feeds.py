@@ -14,6 +14,20 @@ from onnxprune.models import third_party_builders as tb
 from onnxprune.passes.weights import find_prunable
 
 
+def _open_logged(*args):
+    """open_data(*args), with the log records it wrote."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("onnxprune").addHandler(handler)
+    try:
+        return open_data(*args), records
+    finally:
+        logging.getLogger("onnxprune").removeHandler(handler)
+
+
 def vad_folder(folder, n=12):
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -371,14 +385,7 @@ def test_stacked_rows_of_a_sequence_are_one_feed_not_samples(tmp_path):
     files = [{"input": rng.standard_normal((n, 12)).astype(np.float32), "h": zero, "c": zero} for n in (6, 6, 4)]
     for k, arrays in enumerate(files):
         np.savez(tmp_path / f"{k}.npz", **arrays)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("onnxprune").addHandler(handler)
-    try:
-        reader = open_data(tmp_path, model)
-    finally:
-        logging.getLogger("onnxprune").removeHandler(handler)
+    reader, records = _open_logged(tmp_path, model)
     got = list(reader.batches())
     assert reader.per_feed and not getattr(reader, "one_sample_feeds", False)
     assert len(got) == 3 == reader.num_samples and [f["input"].shape[0] for f, _ in got] == [6, 6, 4]
@@ -416,14 +423,7 @@ def test_a_stacked_file_whose_rows_are_a_sequence_is_one_feed(tmp_path):
     onnx.checker.check_model(model, full_check=True)
     x = np.random.default_rng(1).standard_normal((40, 12)).astype(np.float32)
     np.savez(tmp_path / "seq.npz", input=x)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("onnxprune").addHandler(handler)
-    try:
-        reader = open_data(tmp_path / "seq.npz", model)
-    finally:
-        logging.getLogger("onnxprune").removeHandler(handler)
+    reader, records = _open_logged(tmp_path / "seq.npz", model)
     got = list(reader.batches())
     assert reader.per_feed and reader.num_samples == 1 and got[0][0]["input"].shape == (40, 12)
     assert any(r.levelno == logging.WARNING and "the 40 rows of seq.npz are not independent samples" in r.getMessage()
@@ -499,14 +499,7 @@ def test_rows_that_run_only_together_are_one_feed_not_samples(tmp_path):
                                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 2])], [w]),
                               opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     assert rows_interact(fixed, {"input": files[0][:8]}, input_specs(fixed), [], {}) is None
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("onnxprune").addHandler(handler)
-    try:
-        reader = open_data(tmp_path, model)
-    finally:
-        logging.getLogger("onnxprune").removeHandler(handler)
+    reader, records = _open_logged(tmp_path, model)
     got = list(reader.batches())
     assert reader.per_feed and reader.num_samples == 3 and [f["input"].shape[0] for f, _ in got] == [20, 20, 13]
     assert any(r.levelno == logging.WARNING and "not independent samples" in r.getMessage()

@@ -2431,16 +2431,7 @@ def test_units_with_zero_weights_inside_a_loop_body_are_said_to_stay():
     said nothing: the walk does not enter bodies. The shrink's notes now count them by layer."""
     from onnxprune.models.third_party_builders import carried_loop_rnn
 
-    state = PruneState()
-    m = G.zero(carried_loop_rnn(), "R", 1, [0, 1])
-    result = run_passes([RemoveDeadNeurons()], m, state)
-    G.assert_same(m, result.model)
-    assert G.shapes(result.model)["R"] == (8, 8)
-    assert any("2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies (MatMul "
-               "'/body/MatMul_1': 2)" in n for n in state.notes), state.notes
-    state = PruneState()
-    run_passes([RemoveDeadNeurons()], carried_loop_rnn(), state)
-    assert not any("inside Loop" in n for n in state.notes)
+    _body_units_said(carried_loop_rnn, "R", (8, 8), "MatMul '/body/MatMul_1'")
 
 
 def test_zero_columns_of_a_table_a_loop_body_reads_are_said_to_stay():
@@ -2448,15 +2439,21 @@ def test_zero_columns_of_a_table_a_loop_body_reads_are_said_to_stay():
     of its columns zeroed were kept and the run said nothing (dynamo's Loop said "read inside a subgraph")."""
     from onnxprune.models.third_party_builders import loop_embedding_bag
 
+    _body_units_said(loop_embedding_bag, "emb.weight", (12, 4), "Gather '/emb/Gather_5'", units=[0, 2])
+
+
+def _body_units_said(build, weight, shape, layer, units=(0, 1)):
+    """Two units of `weight` (axis 1) zeroed inside a body: kept, the model unchanged, and said by `layer`; none
+    zeroed, nothing said."""
     state = PruneState()
-    m = G.zero(loop_embedding_bag(), "emb.weight", 1, [0, 2])
+    m = G.zero(build(), weight, 1, list(units))
     result = run_passes([RemoveDeadNeurons()], m, state)
     G.assert_same(m, result.model)
-    assert G.shapes(result.model)["emb.weight"] == (12, 4)
-    assert any("2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies (Gather "
-               "'/emb/Gather_5': 2)" in n for n in state.notes), state.notes
+    assert G.shapes(result.model)[weight] == shape
+    assert any(f"2 output unit(s) with all-zero weights kept in layers inside Loop/Scan/If bodies ({layer}: 2)" in n
+               for n in state.notes), state.notes
     state = PruneState()
-    run_passes([RemoveDeadNeurons()], loop_embedding_bag(), state)
+    run_passes([RemoveDeadNeurons()], build(), state)
     assert not any("inside Loop" in n for n in state.notes)
 
 
