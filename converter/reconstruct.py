@@ -1211,7 +1211,6 @@ class _Fit:
                  "prior": toward_kept}
         self._write_back(inits, report, entry, m, new_w, new_b, after > before)
 
-
     def _finish_rows(self, inits, damp: float, report: ReconstructReport, prior: bool | str) -> None:
         """`finish` for a layer too wide for XᵀX: solved in its rows' space when they are few enough to hold and to
         solve, else left as pruned with the reason (_too_wide's, and why its rows do not help)."""
@@ -1243,6 +1242,8 @@ class _Fit:
         self._write_back(inits, report, entry, m, new_w, new_b, after > before)
 
     def _write_back(self, inits, report: ReconstructReport, entry: dict, m, new_w, new_b, worse: bool) -> None:
+        """The refit weights (and bias) into `inits`, with the report's entry; where the refit made the layer worse
+        on its own rows, the pruned weights stay."""
         layer = self.layer
         if worse:  # the ridge can lose on tiny data: never make a layer worse
             report.refit[layer.weight] = {**entry, "error_after": entry["error_before"], "kept": True}
