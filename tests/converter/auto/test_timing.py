@@ -266,7 +266,7 @@ def test_verification_is_priced_by_one_of_its_batches_timed_with_optimisations_o
     monkeypatch.setattr(runtime, "make_session", make_session)
     monkeypatch.setattr(runtime, "output_names", lambda model: ["y"])
     feeds = [{"x": np.zeros((8, 3), np.float32)}, {"x": np.zeros((8, 3), np.float32)}]
-    data = SimpleNamespace(verification_feeds=lambda n: feeds[:n], reader=lambda: SimpleNamespace())
+    data = SimpleNamespace(reader=lambda: iter(feeds))  # the parity check reads its batches from the reader
     state = SimpleNamespace(data=data, original=None)
     ratio = timing.unoptimized_ratio(state, per_sample=0.001)  # 0.05 s for 8 samples against 1 ms a sample
     assert made == [False] and ratio == pytest.approx(0.05 / 8 / 0.001, rel=0.5)
