@@ -705,8 +705,7 @@ def _solve_rows(x: np.ndarray, t: np.ndarray, w: np.ndarray, b: np.ndarray | Non
     mean residual), r = t_j − X_S w₀: an N x N system a channel (Woodbury), never XᵀX [n, n]. The same solution as
     `_solve` (test_reconstruct), and the same λ (damp x the mean of XᵀX's diagonal). A channel's X̄_S X̄_Sᵀ is the
     whole G = X̄X̄ᵀ less its pruned columns' share, or its kept columns' own, whichever is fewer."""
-    per = x.shape[1]
-    lam = damp * float(np.einsum("ri,ri->", x, x)) / per + 1e-12
+    lam = _row_ridge(x, damp)
     old_w = np.where(mask, w, 0.0)
     old_b = b if b is not None else np.zeros(len(w))
     base = old_w if prior else np.zeros_like(old_w)
@@ -742,13 +741,15 @@ def _row_space_flops(x: np.ndarray, mask: np.ndarray) -> float:
 
 def _select_rows(x: np.ndarray, w: np.ndarray, mask: np.ndarray, damp: float) -> np.ndarray:
     """`_select` from the rows: diag(H⁻¹) for H = XᵀX + λI is (1 − diag(Xᵀ(XXᵀ + λI)⁻¹X)) / λ (Woodbury)."""
-    lam = damp * float(np.einsum("ri,ri->", x, x)) / x.shape[1] + 1e-12
+    lam = _row_ridge(x, damp)
     k = x @ x.T + lam * np.eye(len(x))
     hinv = (1.0 - np.einsum("ri,ri->i", x, np.linalg.solve(k, x))) / lam
-    saliency = w ** 2 / np.maximum(hinv, 1e-300)
-    flat = np.zeros(w.size, dtype=bool)
-    flat[np.argsort(-saliency.reshape(-1), kind="stable")[:int(mask.sum())]] = True
-    return flat.reshape(w.shape)
+    return _most_salient(w ** 2 / np.maximum(hinv, 1e-300), int(mask.sum()))
+
+
+def _row_ridge(x: np.ndarray, damp: float) -> float:
+    """λ from the rows as `_solve` takes it from XᵀX: damp x the mean of its diagonal (the inputs' mean square sum)."""
+    return damp * float(np.einsum("ri,ri->", x, x)) / x.shape[1] + 1e-12
 
 
 def _solve(gram: _Gram, w: np.ndarray, b: np.ndarray | None, mask: np.ndarray, damp: float,
@@ -952,10 +953,14 @@ def _select(gram: _Gram, w: np.ndarray, mask: np.ndarray, damp: float) -> np.nda
         lam = damp * float(np.mean(np.diag(xx))) + 1e-12
         hinv = np.diag(np.linalg.inv(xx + lam * np.eye(per)))
         saliency[g * out:(g + 1) * out] = w[g * out:(g + 1) * out] ** 2 / hinv
-    keep = int(mask.sum())
-    flat = np.zeros(w.size, dtype=bool)
+    return _most_salient(saliency, int(mask.sum()))
+
+
+def _most_salient(saliency: np.ndarray, keep: int) -> np.ndarray:
+    """The mask of the `keep` entries of highest saliency over the whole layer (ties: the first in order)."""
+    flat = np.zeros(saliency.size, dtype=bool)
     flat[np.argsort(-saliency.reshape(-1), kind="stable")[:keep]] = True
-    return flat.reshape(w.shape)
+    return flat.reshape(saliency.shape)
 
 
 # ------------------------------------------------------------------------------------------------- the call
@@ -1204,18 +1209,22 @@ class _Fit:
         toward_kept = gram.rows < w.shape[1] if prior == "auto" else bool(prior)
         # a layer whose weights are all >= 0 (a mel filterbank, an averaging matrix) stays so: what reads it may
         # need its output >= 0 (the log of a mel energy; unconstrained, torch_logmel_legacy's refit made it negative)
-        nonneg = bool(np.all(self.w_store >= 0)) and bool(np.any(self.w_store > 0))
+        nonneg = self._nonneg()
         new_w, new_b, before, after = _solve(gram, w * m, b, m, damp, toward_kept, nonneg)
         entry = {"error_before": before / gram.rows, "error_after": after / gram.rows, "samples": gram.rows,
                  "target": float(gram.tt.sum()) / gram.rows,  # the dense output's squared norm per row (its scale)
                  "prior": toward_kept}
         self._write_back(inits, report, entry, m, new_w, new_b, after > before)
 
+    def _nonneg(self) -> bool:
+        """All the layer's weights >= 0 and some > 0: a filterbank, an averaging matrix (_nonneg_channel)."""
+        return bool(np.all(self.w_store >= 0)) and bool(np.any(self.w_store > 0))
+
     def _finish_rows(self, inits, damp: float, report: ReconstructReport, prior: bool | str) -> None:
         """`finish` for a layer too wide for XᵀX: solved in its rows' space when they are few enough to hold and to
         solve, else left as pruned with the reason (_too_wide's, and why its rows do not help)."""
         layer, rows = self.layer, self.gram
-        nonneg = bool(np.all(self.w_store >= 0)) and bool(np.any(self.w_store > 0))
+        nonneg = self._nonneg()
         w = _weight_matrix(layer, self.w_store).astype(np.float64)
         m = _weight_matrix(layer, self.mask)
         held = not rows.over and rows.rows < w.shape[1]
