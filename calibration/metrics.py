@@ -76,7 +76,7 @@ from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_R
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
                                                   unchanged_samples)
-from onnxprune.calibration.readers import DataReader
+from onnxprune.calibration.readers import DataReader, rows_together
 from onnxprune.calibration.runtime import available_memory, first_sample_fails, make_session
 from onnxprune.errors import CalibrationError, ConfigError, ConverterError
 from onnxprune.plain import listed, nbytes
@@ -147,7 +147,7 @@ class Evaluator:
         # spectrogram of 814 frames cut into 16 ended in onnxruntime's "Invalid input shape: {2,81}", its chroma
         # MLP's 150 decision files were judged as 837 parts of up to 16 frames)
         timed = bool(getattr(reader, "per_feed", False)) and bool(time_major_inputs(reference_model))
-        together = getattr(reader, "rows_note", None) is not None
+        together = rows_together(reader)
         if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed \
                 and not together:
             parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
@@ -514,7 +514,7 @@ class Evaluator:
         # a file whose rows the model reads together (the reader's `rows_note`) is one sample: real models 47's
         # madmom downbeat BLSTM, a file of ~1,300 frames, had each frame of its [frames, 3] output counted as a
         # decision sample (150 files judged as 153,235 samples), and a judge priced at 362 s left no time
-        together = getattr(self.reader, "rows_note", None) is not None
+        together = rows_together(self.reader)
         rows, sizes = [], []
         for feeds, _ in self.batches():
             rows.append(1 if together else _rows(feeds, time_major))
@@ -532,7 +532,7 @@ class Evaluator:
         decision samples from 112 images, a margin for 300 times the evidence the set holds). A file whose rows the
         model reads together (`rows_note`) is one sample whatever the outputs' declared dims say: atspm-detector's
         function head declares 'flogp' [D, 7] beside inputs [D, K], and attends across the D detectors."""
-        together = getattr(self.reader, "rows_note", None) is not None
+        together = rows_together(self.reader)
         shared = set() if together else _batch_dims(model)
         axes = []
         for i, name in enumerate(self.plan):

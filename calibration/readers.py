@@ -491,6 +491,12 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
 ROWS_TOGETHER = "the model reads the rows of a file together, not as samples"
 
 
+def rows_together(reader) -> bool:
+    """Whether `reader` (a DataReader, or any iterable of feeds) reads files whose rows the model runs together
+    (`rows_note`): each such file is one sample, never cut into parts."""
+    return getattr(reader, "rows_note", None) is not None
+
+
 def _rows_whole(source: FeedSource, specs, labels, limit, reason: str, name: str, probed: str, rows: int,
                 why: str) -> DataReader:
     """`source` read a file a feed because the `rows` of the file `probed` are not independent samples (`why`:
