@@ -2279,3 +2279,16 @@ def spatial_softmax(*, channels: int = 2, hidden: int = 6, size: int = 4, out: i
     model = _model(g, "spatial_softmax", [_float("x", [BATCH, channels, size, size])], [_float("y", [BATCH, out])])
     model.opset_import[0].version = opset
     return model
+
+
+def rms_normalized_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) -> SimplifiedLayerNormalization (onnxruntime's RMSNorm, which its transformer
+    optimizer writes in the ai.onnx domain; no ONNX opset has it) -> Relu -> MatMul + Add (8->3) -> 'y' [N, 3]
+    (sweep 43). onnxruntime runs it; onnx's checker refuses it ("No Op registered for SimplifiedLayerNormalization")."""
+    g = _Graph(seed)
+    h = g.matmul("x", "fc1", features, hidden)
+    gamma = g.const("norm.gamma", 0.5 + np.abs(g.rng.standard_normal(hidden)))
+    h = g.op("SimplifiedLayerNormalization", "norm", [h, gamma], axis=-1, epsilon=1e-5)
+    y = g.matmul(g.relu(h, "norm"), "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "rms_normalized_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])

@@ -67,6 +67,52 @@ def test_constants_in_list_and_scalar_forms_are_read_as_the_tensors_they_are_and
     assert_same_outputs(written, result.dense_model, rtol=1e-5)
 
 
+def test_an_onnxruntime_op_of_the_default_domain_is_loaded_pruned_and_verified(tmp_path, caplog):
+    """Sweep 43: SimplifiedLayerNormalization (onnxruntime's RMSNorm, which its transformer optimizer writes in the
+    ai.onnx domain) was refused with "SimplifiedLayerNormalization is in no ONNX opset (onnxruntime cannot run it
+    either)" though onnxruntime ran the model; past the load, the written model's onnx.checker call called it a bug.
+    An op no ONNX domain defines in a model onnxruntime loads is said and run in onnxruntime as it is; an op
+    onnxruntime cannot load either is still refused in one line."""
+    import logging
+
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.models.third_party_builders import rms_normalized_mlp
+    from onnxprune.passes.weights import find_prunable, weight_array
+    from tests.oracle import random_feeds
+
+    model = rms_normalized_mlp()
+    with pytest.raises(onnx.checker.ValidationError, match="No Op registered for SimplifiedLayerNormalization"):
+        onnx.checker.check_model(model)
+    # onnxruntime's own kernel is the RMSNorm it names: y = relu(x / sqrt(mean(x^2) + eps) * gamma) @ W2 + b2
+    from onnxprune.calibration.runtime import make_session
+
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    feed = random_feeds(model, batch=4, seed=0)
+    h = feed["x"] @ init["fc1.weight"] + init["fc1.bias"]
+    h = np.maximum(h / np.sqrt((h ** 2).mean(-1, keepdims=True) + 1e-5) * init["norm.gamma"], 0)
+    got = make_session(model, optimize=False).run(["y"], feed)[0]
+    np.testing.assert_allclose(got, h @ init["fc2.weight"] + init["fc2.bias"], rtol=1e-4, atol=1e-5)
+    path = tmp_path / "rms.onnx"
+    onnx.save(model, path)
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        loaded = modelio.load_model(path)
+    assert any("SimplifiedLayerNormalization" in r.getMessage() and "onnxruntime runs it" in r.getMessage()
+               for r in caplog.records)
+    assert_same_outputs(loaded.model, model, rtol=0)
+    result = run(str(path), configure(sparsity=0.5))
+    written = result.model
+    assert [n.op_type for n in written.graph.node].count("SimplifiedLayerNormalization") == 1
+    fc1 = weight_array(result.dense_model, "fc1.weight")
+    assert fc1 is not None and np.count_nonzero(fc1) <= fc1.size // 2 + 1
+    assert {w.name for w in find_prunable(written).prunable} >= {"fc1.weight", "fc2.weight"}
+    assert_same_outputs(written, result.dense_model, rtol=1e-5)
+    # an op no ONNX domain defines and onnxruntime cannot load either: the one line stands
+    model.graph.node[2].op_type = "RMSNormNobodyDefines"
+    with pytest.raises(ModelError, match=r"No Op registered for RMSNormNobodyDefines .*; RMSNormNobodyDefines is in "
+                                         r"no ONNX opset \(onnxruntime cannot run it either\)"):
+        modelio.check_model(model, where="m.onnx")
+
+
 def test_save_is_atomic_and_refuses_the_input(tmp_path):
     m = builders.mlp_gemm()
     src = tmp_path / "in.onnx"
