@@ -156,6 +156,7 @@ ELEMENTWISE_UNARY = frozenset({
     "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Softsign",
     "Softplus", "Mish", "HardSwish", "Not", "IsNaN", "IsInf", "Identity", "LeakyRelu", "Elu", "Selu", "Celu",
     "ThresholdedRelu", "HardSigmoid", "Shrink", "Gelu", "Clip",
+    "QuickGelu",  # onnxruntime's (com.microsoft) x sigmoid(alpha x)
     "Dropout",  # the identity at inference
 })
 ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Mod"})

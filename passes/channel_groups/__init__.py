@@ -131,6 +131,8 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     "Slice": _slice, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
 }
 PRODUCERS = CHANNEL_PRODUCERS  # passes/opfacts.py: weight ops whose output channels the rules follow
+# ops of another domain a rule above follows (every other node of a domain other than ai.onnx is opaque)
+OTHER_DOMAIN_RULES = frozenset({("com.microsoft", "QuickGelu")})
 
 
 def _no_rule(node: gs.Node) -> str:
@@ -169,7 +171,8 @@ def build_channel_groups(
         mapped = any(b.ch(t) is not None for t in node.inputs)
         if node.name and node.name in b.protected:
             b.opaque(node, "is protected")
-        elif (node.domain or "") not in ("", "ai.onnx") or node.op not in RULES:
+        elif ((node.domain or "") not in ("", "ai.onnx") and (node.domain, node.op) not in OTHER_DOMAIN_RULES
+              or node.op not in RULES):
             why = _no_rule(node)
             if node.op in WEIGHT_OPS or node.op in SUBGRAPH_OPS:
                 log.info("%s '%s' %s; its weights keep their channels", node.op, node.name, why.split(") ", 1)[1])

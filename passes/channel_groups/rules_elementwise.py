@@ -63,6 +63,9 @@ UNARY: dict[str, Callable[[np.ndarray, gs.Node], np.ndarray]] = {
     "Tanh": lambda v, n: np.tanh(v),
     "Erf": lambda v, n: _erf(v),
     "Gelu": _gelu,
+    # sweep 43: onnxruntime's com.microsoft QuickGelu, x sigmoid(alpha x) (its optimizer fuses CLIP's x * sigmoid(1.702
+    # x) into it), "consumer QuickGelu ... (op QuickGelu) has no channel rule"
+    "QuickGelu": lambda v, n: v / (1 + np.exp(-_attr(n, "alpha", 1.702) * v)),
     "HardSigmoid": lambda v, n: np.clip(_attr(n, "alpha", 0.2) * v + _attr(n, "beta", 0.5), 0, 1),
     "HardSwish": lambda v, n: v * np.clip(v / 6 + 0.5, 0, 1),
     "Elu": lambda v, n: np.where(v > 0, v, _attr(n, "alpha", 1.0) * np.expm1(v)),

@@ -208,6 +208,27 @@ def test_dead_and_constant_channels_pass_isnan_and_isinf_guards():
     assert not np.allclose(G.init(out, "fc2.bias"), 0)  # 0.5 · fc2's row 6 went in
 
 
+def test_dead_and_constant_units_pass_onnxruntimes_quickgelu():
+    """Sweep 43: onnxruntime's com.microsoft QuickGelu, x sigmoid(1.702 x) (its optimizer fuses CLIP's activation into
+    it), kept every dead unit before it ("consumer QuickGelu ... (op QuickGelu) has no channel rule"). It maps a
+    constant unit to a constant: a dead one goes, a constant one (bias 0.5) is folded into fc2's bias at
+    0.5 sigmoid(0.85), and onnxruntime's outputs on seeded inputs stay the same."""
+    m = G.mlp((10, 8, 3), seed=4)
+    act = next(n for n in m.graph.node if n.op_type == "Relu")
+    act.op_type, act.domain = "QuickGelu", "com.microsoft"
+    act.attribute.append(onnx.helper.make_attribute("alpha", 1.702))
+    m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    G.zero(m, "fc1.weight", 0, [1, 2, 6])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                       np.where(np.arange(8) == 6, 0.5, G.init(m, "fc1.bias"))))
+    b2 = G.init(m, "fc2.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["fc1.weight"] == (5, 10) and shp["fc2.weight"] == (3, 5)
+    assert report.removed == 3 and report.folded == 3
+    assert not np.allclose(G.init(out, "fc2.bias"), b2)  # 0.5 sigmoid(0.851) · fc2's column 6 went in
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_the_gelu_op_of_opset_20_folds_too(approximate):
     m = G.zero(G.mlp((10, 8, 3), act="Gelu", seed=5), "fc1.weight", 0, [0, 6])
