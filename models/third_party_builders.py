@@ -2292,3 +2292,16 @@ def rms_normalized_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed
     y = g.matmul(g.relu(h, "norm"), "fc2", hidden, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "rms_normalized_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def actnorm_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> MatMul + Add (6->8) -> Relu -> an ActNorm as torch's legacy exporter writes Glow's
+    `(h + b) * exp(log_scale)`: Add of 'act.b' [8], Mul by Exp('act.log_scale' [8]) (its constant folding has no Exp)
+    -> MatMul + Add (8->3) -> 'y' [N, 3] (sweep 43)."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "fc1", features, hidden), "fc1")
+    h = g.op("Add", "act", [h, g.const("act.b", 0.1 * g.rng.standard_normal(hidden))])
+    scale = g.op("Exp", "act", [g.const("act.log_scale", 0.3 * g.rng.standard_normal(hidden))])
+    y = g.matmul(g.op("Mul", "act", [h, scale]), "fc2", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "actnorm_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])

@@ -38,6 +38,13 @@ stays as it is).
 
 A chain is folded only where nothing else reads the stored floats it reads: where another node also reads one as it
 is, the fold would store it twice and prune the two copies apart (`_alone`).
+
+The same holds for an operand of more than one value that an element-wise op whose channel rule reads a per-channel
+constant (`rules_elementwise.CONSTANT_READERS`: Add/Mul/..., Where, PRelu) reads from such a chain (`_parameter_inputs`;
+sweep 43: torch legacy's Glow ActNorm, `h * exp(log_scale)`, kept every dead channel before it): it becomes the
+constant it is, so dead channels it scales or shifts can go. Not one inside a weight's chain (weight_norm's Div), nor
+one whose stored tensor a weight's chain reads; a scalar (an attention's 1 / sqrt(d)) and a chain that only moves
+values (quantize_dynamic's Reshape of a Conv bias) stay as they are (`_computes`).
 """
 
 from __future__ import annotations
@@ -79,6 +86,24 @@ def _weight_inputs(node: onnx.NodeProto) -> list[int]:
         return []
     return [k for k in (*facts.inputs, *((facts.bias,) if facts.bias is not None else ()))
             if k < len(node.input) and node.input[k]]
+
+
+def _parameter_inputs(node: onnx.NodeProto) -> list[int]:
+    """The inputs of an element-wise op whose channel rule reads a per-channel constant operand (`rules_elementwise.
+    CONSTANT_READERS`: Add/Mul/..., Where, PRelu). Sweep 43: torch legacy keeps a Glow ActNorm's `exp(log_scale)`
+    as Exp of the stored vector (its constant folding has no Exp), so the Mul read a tensor "which carries none" and
+    every dead channel before it stayed; dynamo folds it. Such a chain that gives more than one value is folded."""
+    from onnxprune.passes.channel_groups.rules_elementwise import CONSTANT_READERS
+
+    if (node.domain or "") not in ("", "ai.onnx") or node.op_type not in CONSTANT_READERS:
+        return []
+    return [k for k, name in enumerate(node.input) if name]
+
+
+def _computes(nodes, value: np.ndarray) -> bool:
+    """A parameter's chain that computes more than one value: not a scalar (an attention's 1 / sqrt(d)), nor a chain
+    that only moves stored values (quantize_dynamic's Reshape of a Conv bias to [1, C, 1, 1]: the file keeps it)."""
+    return value.size > 1 and any(n.op_type not in EXACT_OPS for n in nodes)
 
 
 def _chain(name: str, ix: ScopeIndex, inputs: set[str], dims: dict | None = None
@@ -243,12 +268,14 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
             ix.consts[inner] = ix.consts[outer]
             inputs.discard(inner)
     outputs = {v.name for sc in scopes(model.graph) for v in sc.graph.output}
-    found = []
+    found: list = []
+    params: list = []
     memo: dict[str, tuple | None] = {}
     dims = None
     for sc in scopes(model.graph):
         for node in sc.graph.node:
-            for k in _weight_inputs(node):
+            weights = _weight_inputs(node)
+            for k in weights + [k for k in _parameter_inputs(node) if k not in weights]:
                 name = node.input[k]
                 if name in ix.consts or name in outputs or name not in ix.producers:
                     continue
@@ -260,11 +287,15 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
                     memo[name] = None
                     if chain is not None:
                         value = _evaluate(model, name, *chain, ix, dims)
-                        if _foldable(*chain, value, ix):
+                        if _foldable(*chain, value, ix) and (k in weights or _computes(chain[0], value)):
                             memo[name] = (*chain, value)
                 if memo[name] is not None:
-                    found.append((node, k, *memo[name]))
-    return _alone(found, ix)
+                    (found if k in weights else params).append((node, k, *memo[name]))
+    found = _alone(found, ix)
+    # a parameter's chain folds on its own: not one inside a weight's chain (weight_norm's Div), nor one reading a
+    # stored tensor a weight's chain or any other node reads
+    chained = {id(n) for _, _, nodes, *_ in found for n in nodes}
+    return found + _alone([f for f in params if id(f[0]) not in chained], ix)
 
 
 def _alone(found: list, ix: ScopeIndex) -> list:
@@ -287,6 +318,11 @@ def _unique(base: str, taken: set[str]) -> str:
         name, k = f"{base}.folded.{k}", k + 1
     taken.add(name)
     return name
+
+
+def _ops(found: list) -> str:
+    ops = sorted({n.op_type for _, _, nodes, *_ in found for n in nodes if n.op_type != "Constant"})
+    return "/".join(ops[:4]) + ("/..." if len(ops) > 4 else "")
 
 
 @register_pass("constant-weights")
@@ -321,13 +357,19 @@ class ConstantWeights(Pass):
             kept = [t for t in model.graph.initializer if t.name not in orphans]
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
-        weights = sum(1 for node, k, *_ in found if node.input[k] not in orphans)
-        ops = sorted({n.op_type for _, _, nodes, *_ in found for n in nodes if n.op_type != "Constant"})
-        state.notes.append(f"{weights} layer weight(s) that nodes computed from constants ({'/'.join(ops[:4])}"
-                           f"{'/...' if len(ops) > 4 else ''} of a stored tensor) stored as the "
-                           f"{len(by_bytes) - len(orphans)} constant(s) they are, so they can be pruned")
-        log.debug("constant-weights: %d weight input(s) folded into %d initializer(s)", weights,
-                  len(by_bytes) - len(orphans))
+        layer = [f for f in found if f[1] in _weight_inputs(f[0])]
+        weights = sum(1 for node, k, *_ in layer if node.input[k] not in orphans)
+        if layer:
+            stored = len({node.input[k] for node, k, *_ in layer} - orphans)
+            state.notes.append(f"{weights} layer weight(s) that nodes computed from constants ({_ops(layer)} of a "
+                               f"stored tensor) stored as the {stored} constant(s) they are, so they can be pruned")
+        params = [f for f in found if f[1] not in _weight_inputs(f[0]) and f[0].input[f[1]] not in orphans]
+        if params:
+            state.notes.append(f"{len(params)} per-channel parameter(s) of element-wise ops that nodes computed from "
+                               f"constants ({_ops(params)} of a stored tensor) stored as the constant(s) they are, so "
+                               f"dead channels they scale or shift can go")
+        log.debug("constant-weights: %d weight input(s) and %d parameter(s) folded into %d initializer(s)", weights,
+                  len(params), len(by_bytes) - len(orphans))
         return PassResult(model, True)
 
     @staticmethod

@@ -275,3 +275,42 @@ def test_a_weight_read_through_a_stored_permutation_of_its_rows_is_folded():
                                            _const("ends", np.array([8]))])
     assert computed_weights(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                               ir_version=IR_VERSION)) == []
+
+
+def test_a_per_channel_parameter_computed_from_a_stored_vector_is_folded_and_dead_channels_before_it_go():
+    """Sweep 43: torch legacy writes a Glow ActNorm's `(h + b) * exp(log_scale)` with Exp of the stored vector (its
+    constant folding has no Exp; dynamo folds it), so the Mul read a tensor "which carries none" and every dead channel
+    before it stayed ("consumer Mul ... combines the channels with '/Exp_output_0', which carries none"). A chain of
+    constants an element-wise op reads as an operand of more than one value is stored as the constant onnxruntime
+    computes; one whose stored vector another node also reads stays computed."""
+    from onnxprune.models.third_party_builders import actnorm_mlp
+    from onnxprune.passes.dead_neurons import remove_dead_neurons
+    from tests.passes import _graphs as G
+
+    model = actnorm_mlp()
+    folded, state = _fold(model)
+    check_full(folded)
+    assert not any(n.op_type == "Exp" for n in folded.graph.node)
+    inits = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    assert "act.log_scale" not in inits
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_allclose(inits["act.log_scale.folded"], np.exp(stored["act.log_scale"]), rtol=1e-6)
+    x = np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32)
+    np.testing.assert_array_equal(run(folded, {"x": x})["y"], run(model, {"x": x})["y"])
+    assert any("per-channel parameter" in n and "(Exp of a stored tensor)" in n for n in state.notes), state.notes
+    assert not any("layer weight" in n for n in state.notes)
+    # dead units of fc1 (relu(0) + b, a constant, times the folded scale) go, b and the scale sliced with them
+    G.zero(folded, "fc1.weight", 1, [1, 5])
+    G.set_init(folded, "fc1.bias", np.where(np.isin(np.arange(8), [1, 5]), 0.0, G.init(folded, "fc1.bias")))
+    out, report = remove_dead_neurons(folded)
+    G.assert_same(folded, out)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert report.removed == 2 and G.shapes(out)["act.log_scale.folded"] == (6,) and G.shapes(out)["act.b"] == (6,)
+    # the stored vector read as it is by another node too: the chain stays (one copy, not two pruned apart)
+    other = actnorm_mlp()
+    other.graph.node.append(helper.make_node("Identity", ["act.log_scale"], ["log_scale_out"]))
+    other.graph.output.append(helper.make_tensor_value_info("log_scale_out", TensorProto.FLOAT, [8]))
+    assert any(n.op_type == "Exp" for n in _fold(other)[0].graph.node)
+    # a scalar computed from constants (an attention's 1 / sqrt(d)) is no per-channel parameter: it stays
+    scalar = actnorm_mlp(hidden=1)
+    assert any(n.op_type == "Exp" for n in _fold(scalar)[0].graph.node)
