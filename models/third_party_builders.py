@@ -2305,3 +2305,23 @@ def actnorm_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int =
     y = g.matmul(g.op("Mul", "act", [h, scale]), "fc2", hidden, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "actnorm_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def kmax_text_cnn(*, channels: int = 4, length: int = 12, filters: int = 8, k: int = 3, classes: int = 3,
+                  axis: int = -1, indices: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 4, 12] -> Conv1d (4->8, kernel 3, pad 1) -> Relu -> TopK(k=3) over time (`axis`), its values (k-max
+    pooling, sweep 43) -> Flatten -> Gemm (24->3) -> 'y' [N, 3]. With `indices` the positions, cast to float and
+    scaled, are added to the values (a reader of the indices output)."""
+    g = _Graph(seed)
+    w = g.weight("conv.weight", (filters, channels, 3), channels * 3)
+    h = g.relu(g.op("Conv", "conv", ["x", w, g.bias("conv.bias", filters)], kernel_shape=[3], pads=[1, 1]), "conv")
+    g.initializers.append(numpy_helper.from_array(np.array([k], np.int64), "k"))
+    g.nodes.append(helper.make_node("TopK", [h, "k"], ["top", "where"], name="/pool/TopK", axis=axis))
+    top = "top"
+    if indices:
+        pos = g.op("Cast", "pool", ["where"], to=TensorProto.FLOAT)
+        top = g.op("Add", "pool", [top, g.op("Mul", "pool", [pos, g.const("pool.step", np.array(0.01))])])
+    flat = g.op("Flatten", "head", [top], axis=1)
+    g.gemm(flat, "fc", filters * k if axis % 3 == 2 else k * length, classes)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "kmax_text_cnn", [_float("x", [BATCH, channels, length])], [_float("y", [BATCH, classes])])

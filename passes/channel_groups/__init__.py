@@ -83,6 +83,7 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _reduce,
     _resize,
     _roi_align,
+    _topk,
     _softmax,
     _unary,
 )
@@ -121,7 +122,7 @@ RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY}, **{op: _binary for op in EXTREMA},
     **{op: _compare for op in COMPARE}, "Where": _where, "GatherND": _gather_nd, "ConstantOfShape": _constant_of_shape,
     "BatchNormalization": _batchnorm, "PRelu": _prelu, "Pow": _pow, **{op: _pool for op in POOL_KEEPS_CONSTANT},
-    "RoiAlign": _roi_align,
+    "RoiAlign": _roi_align, "TopK": _topk,
     **{op: _reduce for op in REDUCE_OPS}, "LayerNormalization": _normalization, "GroupNormalization": _group_norm,
     "InstanceNormalization": _instance_norm, **{op: _softmax for op in SOFTMAX_OPS},
     "Resize": _resize, "Upsample": _resize,

@@ -488,6 +488,24 @@ def _softmax(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(c.axis, c.ids, value))
 
 
+def _topk(b: Builder, node: gs.Node) -> None:
+    """TopK along an axis other than the channel axis (a text CNN's k-max pooling over time, a median as the middle of
+    a sort: sweep 43, "consumer TopK ... (op TopK) has no channel rule") takes each channel's k largest apart from the
+    others: its values carry the channels, a constant channel's k values that constant. Its indices say where, not
+    what: read (or an output), the node keeps its channels. Along the channel axis every output reads all channels."""
+    x = node.inputs[0]
+    c, r = b.ch(x), b.rank(x)
+    if r is None:
+        return b.opaque(node, "needs the input rank, which shape inference did not give")
+    if int(_attr(node, "axis", -1)) % r == r + c.axis:
+        return b.opaque(node, "selects across the channels (each output reads all channels): removing one, constant "
+                              "or not, would change the others")
+    outputs = {t.name for t in b.cg.graph.outputs}
+    if any(o.outputs or o.name in outputs for o in node.outputs[1:]):
+        return b.opaque(node, "uses its indices output, which no rule follows")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, c.value))
+
+
 def _prelu(b: Builder, node: gs.Node) -> None:
     """PRelu(x, slope): the slope's entries on the channel axis go with their channels (MTCNN, ArcFace: [1, C, 1, 1]
     or [C, 1, 1]; a scalar slope is shared by all). A constant channel v stays constant: v, or slope·v below 0."""

@@ -2530,3 +2530,29 @@ def test_every_registered_pass_step_and_backend_is_a_class_named_as_filed():
     for table in (PASSES, STEPS, RECOVERY):
         for name, cls in table.items():
             assert isinstance(cls, type) and cls.name == name, (name, cls)
+
+
+def test_dead_and_constant_channels_pass_a_topk_over_time_and_stay_where_it_selects_across_them():
+    """Sweep 43: a sort's middle as a median pool (torch legacy and dynamo write TopK) kept every dead channel before
+    it ("consumer TopK ... (op TopK) has no channel rule"), as a text CNN's k-max pooling would. Over an axis other
+    than the channels each channel's k largest are its own: dead filters go, a constant one (bias 0.5) is folded into
+    the head's bias at its k positions; onnxruntime's outputs on seeded inputs stay the same. Along the channel axis,
+    or with its indices read, the channels stay, said."""
+    from onnxprune.models.third_party_builders import kmax_text_cnn
+
+    def dead(m):
+        G.zero(m, "conv.weight", 0, [1, 2, 6])
+        G.set_init(m, "conv.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0,
+                                            np.where(np.arange(8) == 6, 0.5, G.init(m, "conv.bias"))))
+        return m
+
+    m = dead(kmax_text_cnn())
+    b = G.init(m, "fc.bias")
+    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["conv.weight"] == (5, 4, 3) and shp["fc.weight"] == (3, 15) and report.removed == 3
+    assert not np.allclose(G.init(out, "fc.bias"), b)  # 0.5 times fc's columns of filter 6 went in
+    for kwargs, why in (({"axis": 1}, "selects across the channels"), ({"indices": True}, "uses its indices output")):
+        out, report, shp = prune(dead(kmax_text_cnn(**kwargs)))
+        assert shp["conv.weight"] == (8, 4, 3) and report.removed == 0
+        assert any("TopK" in line and why in line for line in report.lines()), report.lines()
