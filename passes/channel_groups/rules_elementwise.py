@@ -438,19 +438,31 @@ def _reduce(b: Builder, node: gs.Node) -> None:
     b.set(node.outputs[0], Channels(new - out_rank, c.ids, value))
 
 
+# RMS norms, ONNX's (opset 23) and onnxruntime's in the ai.onnx domain (its transformer optimizer writes it): the
+# `_normalization` rule without a mean (sweep 43: "SimplifiedLayerNormalization ... has no channel rule")
+RMS_NORMS = frozenset({"RMSNormalization", "SimplifiedLayerNormalization"})
+
+
 def _normalization(b: Builder, node: gs.Node) -> None:
     """LayerNormalization over the channel axis (ConvNeXt's, a transformer's) computes every output from all
     channels' mean and variance, so removing a channel, dead or not, changes the others: kept, with the reason
     (GroupNormalization: `_group_norm`). Over axes after the channel axis only (nn.LayerNorm([H, W]) of a map, sweep
     39's L3) each channel is normalized over its own positions, apart: channels pass. A constant channel becomes
-    the bias there ((v - v) / sqrt(eps) * scale + bias), a constant only where the bias is one value (or absent: 0)."""
+    the bias there ((v - v) / sqrt(eps) * scale + bias), a constant only where the bias is one value (or absent: 0).
+    An RMS norm (`RMS_NORMS`) over axes after the channels keeps a zero channel 0, and folds no other constant."""
     x = node.inputs[0]
     c, r = b.ch(x), b.rank(x)
-    if node.op != "LayerNormalization" or c is None or r is None or r + c.axis >= _attr(node, "axis", -1) % r:
-        return b.opaque(node, "normalizes across the channels (every output reads all channels' mean and variance): "
-                              "removing one would change the others")
+    if c is None or r is None or r + c.axis >= _attr(node, "axis", -1) % r:
+        stats = "root mean square" if node.op in RMS_NORMS else "mean and variance"
+        return b.opaque(node, f"normalizes across the channels (every output reads all channels' {stats}): removing "
+                              "one would change the others")
     if _extra_outputs_used(node):
         return b.opaque(node, "uses its mean or inverse standard deviation outputs")
+    if node.op in RMS_NORMS:  # sweep 43: x / sqrt(mean(x^2) + eps) * scale of each channel's own positions: 0 stays 0
+        scale = _opt_input(node, 1)
+        if scale is not None and (_const(scale) is None or b.ch(scale) is not None):
+            return b.opaque(node, "normalizes each channel with a scale that is not a constant")
+        return b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
     scale, bias = _opt_input(node, 1), _opt_input(node, 2)
     S, B = _const(scale) if scale is not None else None, _const(bias) if bias is not None else np.zeros(1)
     if scale is not None and (S is None or b.ch(scale) is not None) or bias is not None and B is None:

@@ -2556,3 +2556,45 @@ def test_dead_and_constant_channels_pass_a_topk_over_time_and_stay_where_it_sele
         out, report, shp = prune(dead(kmax_text_cnn(**kwargs)))
         assert shp["conv.weight"] == (8, 4, 3) and report.removed == 0
         assert any("TopK" in line and why in line for line in report.lines()), report.lines()
+
+
+@pytest.mark.parametrize("op", ["SimplifiedLayerNormalization", "RMSNormalization"])
+def test_an_rms_norm_across_the_channels_keeps_them_and_says_why_and_one_after_them_passes_zeros(op):
+    """Sweep 43: onnxruntime's SimplifiedLayerNormalization (its RMSNorm, written in the ai.onnx domain) kept dead
+    units "(op SimplifiedLayerNormalization) has no channel rule", as ONNX's RMSNormalization (opset 23) would: right
+    to keep (a removed unit, even 0, changes the root mean square), said as LayerNormalization's is. Over axes after
+    the channels (a map's [H, W]) each channel is normalized apart: a dead one stays 0 and goes; onnxruntime's outputs
+    on seeded inputs stay the same."""
+    from onnxprune.models.third_party_builders import rms_normalized_mlp
+
+    def shrunk(m):  # onnx's checker does not know onnxruntime's op: onnxruntime's outputs on seeded inputs equal
+        out, report = remove_dead_neurons(m)
+        assert_same_outputs(out, m)
+        if op == "RMSNormalization":
+            onnx.checker.check_model(out, full_check=True)
+        return out, report, G.shapes(out)
+
+    m = rms_normalized_mlp()
+    norm = next(n for n in m.graph.node if n.op_type == "SimplifiedLayerNormalization")
+    if op == "RMSNormalization":
+        norm.op_type = op
+        m.opset_import[0].version = 23
+    G.zero(m, "fc1.weight", 1, [1, 2])
+    G.set_init(m, "fc1.bias", np.where(np.isin(np.arange(8), [1, 2]), 0.0, G.init(m, "fc1.bias")))
+    out, report, shp = shrunk(m)
+    assert shp["fc1.weight"] == (6, 8) and report.removed == 0
+    assert any("normalizes across the channels" in line and "root mean square" in line for line in report.lines())
+    g = G.G(2)  # 'x' [N, 2, 4, 4] -> Conv (2->6) -> RMS norm over [H, W] (scale [4, 4]) -> Conv 1x1 (6->3) -> 'y'
+    h = g.conv("x", "c1", 2, 6, 3, pad=1)
+    scale = g.init("norm.scale", (0.5 + np.abs(g.rng.standard_normal((4, 4)))).astype(np.float32))
+    h = g.op(op, "norm", [h, scale], axis=2)
+    g.conv(h, "c2", 6, 3, 1)
+    g.nodes[-1].output[0] = "y"
+    m = g.model({"x": ["N", 2, 4, 4]}, {"y": ["N", 3, 4, 4]})
+    m.opset_import[0].version = 23
+    if op == "SimplifiedLayerNormalization":
+        m.opset_import[0].version = 17
+    G.zero(m, "c1.weight", 0, [0, 4])
+    G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [0, 4]), 0.0, G.init(m, "c1.bias")))
+    out, report, shp = shrunk(m)
+    assert shp["c1.weight"] == (4, 2, 3, 3) and shp["c2.weight"] == (3, 4, 1, 1) and report.removed == 2
