@@ -26,9 +26,13 @@ r_t left out. Weighting each row and unit by how much its pre-activation moves h
 was tried on the torch GRU and did not help (50/70/80% sparsity: agreement 0.990/0.953/0.848 plain, 0.988/0.960/
 0.833 weighted, 15x the time), so the problems stay plain least squares with shared Grams.
 
+An LSTM's peepholes P (i, f and o read the cell state, P ⊙ C) are held fixed: they add the same P ⊙ C of the dense
+model's cell states to both sides of every gate's pre-activation (teacher forcing), so the linear part is what is
+fitted, as without them (real models 47's L5: madmom's downbeat BLSTMs, all six with peepholes, were left as pruned
+because the node does not output its cell states per step; the fit never needs them).
+
 Left as pruned (the reason in the report): sequence_lens given (padded steps),
-layout=1 (batch first: onnxruntime does not run it, so no run of ours reaches it), peepholes (P: they read the cell
-state, which the node does not output per step), LSTM input_forget=1. A GRU (linear_before_reset=0) whose reset
+layout=1 (batch first: onnxruntime does not run it, so no run of ours reaches it), LSTM input_forget=1. A GRU (linear_before_reset=0) whose reset
 gate activation is not Sigmoid/Tanh/Relu has W_h refit alone and R_h left. A weight that is not in the masks is
 held fixed (its contribution subtracted from the target). `select` (the OBS mask choice) is not applied to
 recurrent weights: they keep the masks they came with.
@@ -130,8 +134,6 @@ def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: boo
     op = node.op_type
     if _input(node, 4):
         return None, f"{op} '{node.name}' takes sequence_lens (padded steps); left as pruned"
-    if op == "LSTM" and _input(node, 7):
-        return None, f"LSTM '{node.name}' has peepholes (P); left as pruned"
     if _attr(node, "layout", 0):
         return None, f"{op} '{node.name}' has layout=1 (batch first: onnxruntime does not run it); left as pruned"
     if op == "LSTM" and _attr(node, "input_forget", 0):

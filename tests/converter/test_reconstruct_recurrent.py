@@ -25,7 +25,24 @@ CASES = {
                                                                  initial_state=True, seed=4),
     "rnn": lambda: bc.rnn_classifier(seed=0),
     "rnn_bidirectional_initial_state": lambda: bc.rnn_classifier(bidirectional=True, initial_state=True, seed=1),
+    # real models 47's L5: madmom's downbeat BLSTMs have peepholes, held fixed (they read the dense cell states on
+    # both sides of the fit, as R reads the dense hidden states)
+    "lstm_peepholes": lambda: _peepholed(bc.lstm_classifier(seed=0)),
+    "lstm_bidirectional_peepholes": lambda: _peepholed(bc.lstm_classifier(bidirectional=True, initial_state=True,
+                                                                           seed=1)),
 }
+
+
+def _peepholed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The LSTM with peepholes P [dirs, 3 x hidden] of both signs (i, o, f read the cell state)."""
+    node = next(n for n in model.graph.node if n.op_type == "LSTM")
+    dirs = 2 if any(a.name == "direction" and a.s == b"bidirectional" for a in node.attribute) else 1
+    hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
+    p = 0.5 * np.random.default_rng(7).standard_normal((dirs, 3 * hidden)).astype(np.float32)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(p, "peep"))
+    node.input.extend([""] * (7 - len(node.input)) + ["peep"])
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def sequences(n_batches: int, batch: int, seed: int, steps: int = 5, features: int = 8) -> list[dict]:
@@ -181,16 +198,10 @@ def _with_lens(model, node):
     node.input.append("lens")
 
 
-def _with_peepholes(model, node):
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full((1, 48), 0.1, np.float32), "peep"))
-    node.input.extend(["", "", "", "peep"])
-
-
 REFUSED = {  # (build, edit of the node, what the reason names)
     "sequence_lens": (lambda: bc.gru_classifier(seed=0), _with_lens, "sequence_lens"),
     "batch_first": (lambda: bc.lstm_classifier(seed=0),
                     lambda m, n: n.attribute.append(onnx.helper.make_attribute("layout", 1)), "layout=1"),
-    "peepholes": (lambda: bc.lstm_classifier(seed=0), _with_peepholes, "peepholes"),
     "input_forget": (lambda: bc.lstm_classifier(seed=0),
                      lambda m, n: n.attribute.append(onnx.helper.make_attribute("input_forget", 1)), "input_forget"),
 }
