@@ -34,8 +34,11 @@ because the node does not output its cell states per step; the fit never needs t
 With sequence_lens (a packed sequence), the padded steps past each sequence's length are no rows, and a reverse
 direction's first step reads initial_h.
 
+An LSTM with input_forget=1 (f = 1 − i) is refit as any other: its forget block's rows are fitted and read by
+nothing.
+
 Left as pruned (the reason in the report): layout=1 (batch first: onnxruntime does not run it, so no run of ours
-reaches it), LSTM input_forget=1. A GRU (linear_before_reset=0) whose reset
+reaches it). A GRU (linear_before_reset=0) whose reset
 gate activation is not Sigmoid/Tanh/Relu has W_h refit alone and R_h left. A weight that is not in the masks is
 held fixed (its contribution subtracted from the target). `select` (the OBS mask choice) is not applied to
 recurrent weights: they keep the masks they came with.
@@ -137,8 +140,6 @@ def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: boo
     op = node.op_type
     if _attr(node, "layout", 0):
         return None, f"{op} '{node.name}' has layout=1 (batch first: onnxruntime does not run it); left as pruned"
-    if op == "LSTM" and _attr(node, "input_forget", 0):
-        return None, f"LSTM '{node.name}' has input_forget=1; left as pruned"
     for i in (1, 2):
         if _input(node, i) not in inits:
             return None, f"{op} '{node.name}': input {i} is computed, not a constant; left as pruned"
