@@ -232,10 +232,11 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
 def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
-    `attention_outputs`."""
+    `attention_outputs`, `feature_outputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
-            "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model)}
+            "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
+            "features": feature_outputs(model)}
 
 
 # ops an id passes through on its way to a lookup (a cast, a reshape, an offset, a clamp into the vocabulary)
@@ -411,6 +412,50 @@ def embedding_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(found)
 
 
+# ops a feature passes through on its way into a weighted layer: its values (not a rank among them) are what it reads
+_FEATURE_PASS = _PASS_SHAPE | {"Transpose", "Relu", "LeakyRelu", "Elu", "Selu", "Gelu", "Tanh", "Sigmoid", "Softplus",
+                               "HardSwish", "HardSigmoid", "Dropout", "BatchNormalization", "LayerNormalization",
+                               "InstanceNormalization", "Mul", "Add", "Sub", "Div"}
+_WEIGHTED = {"MatMul": (0, 1), "Gemm": (0, 1), "Conv": (0,), "ConvTranspose": (0,)}
+
+
+def feature_outputs(model: onnx.ModelProto | None) -> dict[str, str]:
+    """Graph outputs that a weighted layer of the main graph also reads (a MatMul or Gemm with a stored operand, a
+    Conv or ConvTranspose with a stored kernel), directly or through reshapes, activations, normalizations and
+    elementwise arithmetic: output name -> that layer's name. Such an output is a feature the model computes on
+    with its values, not a row of class scores (real models 47's L1: atspm's funcnet pair returns `z [N, 128]`, the
+    pair embedding its own phase Gemm turns into `s`, and `z` was judged by the argmax over its 128 dimensions)."""
+    if model is None:
+        return {}
+    graph = model.graph
+    consts = set(local_constants(graph))
+    readers, producers = readers_of(graph), _producers(graph)
+    found: dict[str, str] = {}
+    for o in graph.output:
+        frontier = [o.name]  # the output, and what it copies or reshapes (an exporter's Identity to its name)
+        node = producers.get(o.name)
+        while node is not None and node.op_type in _PASS_SHAPE and node.input and len(frontier) < 16:
+            frontier.append(node.input[0])
+            node = producers.get(node.input[0])
+        seen = set(frontier)
+        while frontier and o.name not in found and len(seen) < 64:
+            name = frontier.pop()
+            for node in readers.get(name, ()):
+                slots = _WEIGHTED.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+                if slots is not None:
+                    at = [i for i, n in enumerate(node.input[:2]) if n == name]
+                    others = [node.input[1 - i] for i in at if i in slots and len(node.input) > 1]
+                    if any(x in consts for x in others):
+                        found[o.name] = node.name or node.op_type
+                        break
+                elif node.op_type in _FEATURE_PASS and node.domain in ("", "ai.onnx"):
+                    for out in node.output:
+                        if out and out not in seen:
+                            seen.add(out)
+                            frontier.append(out)
+    return found
+
+
 def _through(node, producers: dict, ops: set, depth: int = 0):
     """The first producer up the chain of first inputs that is not one of `ops`."""
     while node is not None and node.op_type in ops and node.input and depth < 64:
@@ -578,12 +623,16 @@ def few_leaders(name: str, batches: list) -> tuple[int, ...] | None:
 def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Collection[str] = (),
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
-               tokens: bool = False, attention: Collection[str] = ()) -> dict[str, str]:
+               tokens: bool = False, attention: Collection[str] = (),
+               features: Mapping[str, str] | Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
     `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2;
     `attention`: attention weights, `attention_outputs`, mixing weights over keys, not classes: rel_l2 likewise;
+    `features`: outputs a weighted layer of the graph reads, `feature_outputs` (name -> that layer), whose [N, C]
+    values are features the model computes on: rel_l2 where the argmax (agreement, or binary_prob's 0.5 per value)
+    would judge them and no word of the name says class scores;
     `input_sizes`: the values a sample of each float input holds, `input_sizes`; `tokens`: the model reads token
     ids, `token_id_inputs`), then rules that need the others:
 
@@ -627,6 +676,13 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                 kinds[name] = "rel_l2"
                 if not quiet:
                     log.info("output '%s' holds %s: scored by relative L2", name, what)
+    for name, layer in (features if isinstance(features, Mapping) else dict.fromkeys(features, "?")).items():
+        if kinds.get(name) in ("agreement", "binary_prob") and not _CLASS_NAMES.search(name) \
+                and as_array(values[name]).ndim == 2:
+            kinds[name] = "rel_l2"
+            if not quiet:
+                log.info("output '%s' is read by the model's own layer '%s': a feature it computes on, scored by "
+                         "relative L2 (not by its argmax)", name, layer)
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:

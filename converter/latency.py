@@ -12,7 +12,9 @@ A time budget bounds the whole measurement: after at least `min_repeats` pairs, 
 of the budget is spent. A model so slow that its warm-up and floor of pairs alone would take more than twice a batch
 size's share is measured with one warm-up pair and SLOW_FLOOR timed pairs (or as many as the share holds, up to
 `min_repeats`), said in a note: the 22.6M-parameter encoder runs a batch of 64 in 2.4 s, and 5 + 10 pairs of it took
-72 s of a 6 s budget. Inputs are `calibration.runtime.random_feeds` with the symbolic (batch) dimension set;
+72 s of a 6 s budget. Batch sizes are measured smallest first, and a larger one whose floor, at the pace the last one
+ran, would take more than SLOW_CAP times its share is measured at the largest power of two that fits, or not at all,
+said in a note (a VGG16's batch of 64 took 32-36 s a run). Inputs are `calibration.runtime.random_feeds` with the symbolic (batch) dimension set;
 a model whose inputs have no symbolic dimension is only measured at the batch size it declares.
 """
 
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[Any, int], Any]  # (model, threads) -> object with run(output_names, feed)
 SLOW_FLOOR = 3  # timed pairs at least, for a model whose floor of pairs would overrun its share of the budget
+# a larger batch whose slow floor (one warm-up and SLOW_FLOOR timed pairs), estimated from the smaller batch's pace,
+# would take more than this many times its share of the budget is measured at the largest power of two that fits
+# (session 48: a VGG16 of 17.6 GMACs a sample ran a batch of 64 in 32-36 s, so 4 pairs of it took about 4.5 minutes
+# of a 6 s measurement, the longest step of its 15-minute one-shot run)
+SLOW_CAP = 10.0
 
 
 def measure_latency(
@@ -67,7 +74,20 @@ def measure_latency(
     sess_a, sess_b = factory(model_a, threads), factory(model_b, threads)
     share = budget_s / max(len(feeds_by_batch), 1)
     results = []
-    for batch, feed in feeds_by_batch.items():
+    pace = None  # seconds a sample of the slower model, from the last batch measured
+    for batch, feed in sorted(feeds_by_batch.items()):
+        if pace is not None:
+            smaller = _affordable(batch, pace, SLOW_CAP * share, results[-1]["batch"])
+            if smaller != batch:
+                said = (f"latency at batch {batch}: a pair of runs would take about {2 * pace * batch:.3g} s at the "
+                        f"pace of batch {results[-1]['batch']} ({1e3 * pace:.3g} ms a sample), and its "
+                        f"{1 + SLOW_FLOOR} pairs at least more than {SLOW_CAP:g}x its {share:.3g} s share of the "
+                        "measurement's budget")
+                if smaller is None or _cut(feed, batch, smaller) is None:
+                    notes.append(said + "; not measured")
+                    continue
+                notes.append(said + f"; measured at batch {smaller} instead")
+                batch, feed = smaller, _cut(feed, batch, smaller)
         try:
             times_a, times_b, warm = _interleave(sess_a, sess_b, feed, repeats=repeats, warmup=warmup,
                                                  min_repeats=min_repeats, budget_s=share)
@@ -84,6 +104,7 @@ def measure_latency(
                          f"budget allows for {warmup} warm-up and {min_repeats} timed pairs; measured with {warm} "
                          f"warm-up and {len(times_a)} timed pairs")
         a, b = _stats(times_a), _stats(times_b)
+        pace = max(a["median_ms"], b["median_ms"]) / 1e3 / max(int(batch), 1)
         results.append({
             "batch": int(batch),
             "runs": len(times_a),
@@ -107,6 +128,24 @@ def measure_latency(
         "batches": results,
         "notes": notes,
     }
+
+
+def _affordable(batch: int, pace: float, cap_s: float, measured: int) -> int | None:
+    """`batch` when its slow floor of pairs at `pace` seconds a sample fits `cap_s`, else the largest power of two
+    above the batch already `measured` that does, or None."""
+    floor = lambda b: (1 + SLOW_FLOOR) * 2 * pace * b  # noqa: E731
+    if floor(batch) <= cap_s:
+        return batch
+    b = 1
+    while 2 * b < batch and floor(2 * b) <= cap_s:
+        b *= 2
+    return b if b > measured and floor(b) <= cap_s else None
+
+
+def _cut(feed: dict, batch: int, smaller: int) -> dict | None:
+    """The feed's first `smaller` samples: every array whose first axis is `batch` cut there (None when none is)."""
+    cut = {k: v[:smaller] if np.ndim(v) and np.shape(v)[0] == batch else v for k, v in feed.items()}
+    return cut if any(np.ndim(v) and np.shape(v)[0] == batch for v in feed.values()) else None
 
 
 def _interleave(sess_a, sess_b, feed, *, repeats, warmup, min_repeats,

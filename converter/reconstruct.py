@@ -269,8 +269,6 @@ def _recurrent_twins(layer, others, where) -> str | None:
         if n.op_type != node.op_type or list(n.input[1:4]) != list(node.input[1:4]) or (
                 [a.SerializeToString() for a in n.attribute] != [a.SerializeToString() for a in node.attribute]):
             return f"{node.op_type} '{node.name}' and '{n.name}' read it differently; left as pruned"
-        if (len(n.input) > 4 and n.input[4]) or (len(n.input) > 7 and n.input[7]):
-            return f"{n.op_type} '{n.name}' takes sequence_lens or peepholes; left as pruned"
         layer.twins.append((n, where[id(n)].scope))
     return None
 

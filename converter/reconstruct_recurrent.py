@@ -26,9 +26,19 @@ r_t left out. Weighting each row and unit by how much its pre-activation moves h
 was tried on the torch GRU and did not help (50/70/80% sparsity: agreement 0.990/0.953/0.848 plain, 0.988/0.960/
 0.833 weighted, 15x the time), so the problems stay plain least squares with shared Grams.
 
-Left as pruned (the reason in the report): sequence_lens given (padded steps),
-layout=1 (batch first: onnxruntime does not run it, so no run of ours reaches it), peepholes (P: they read the cell
-state, which the node does not output per step), LSTM input_forget=1. A GRU (linear_before_reset=0) whose reset
+An LSTM's peepholes P (i, f and o read the cell state, P ⊙ C) are held fixed: they add the same P ⊙ C of the dense
+model's cell states to both sides of every gate's pre-activation (teacher forcing), so the linear part is what is
+fitted, as without them (real models 47's L5: madmom's downbeat BLSTMs, all six with peepholes, were left as pruned
+because the node does not output its cell states per step; the fit never needs them).
+
+With sequence_lens (a packed sequence), the padded steps past each sequence's length are no rows, and a reverse
+direction's first step reads initial_h.
+
+An LSTM with input_forget=1 (f = 1 − i) is refit as any other: its forget block's rows are fitted and read by
+nothing.
+
+Left as pruned (the reason in the report): layout=1 (batch first: onnxruntime does not run it, so no run of ours
+reaches it). A GRU (linear_before_reset=0) whose reset
 gate activation is not Sigmoid/Tanh/Relu has W_h refit alone and R_h left. A weight that is not in the masks is
 held fixed (its contribution subtracted from the target). `select` (the OBS mask choice) is not applied to
 recurrent weights: they keep the masks they came with.
@@ -119,8 +129,8 @@ class RecurrentLayer:
 
 
 def site_names(node: onnx.NodeProto) -> tuple[str, ...]:
-    """X, all hidden states Y, and initial_h when given: what a recurrent node's rows are made of."""
-    return tuple(n for n in (node.input[0], state_name(node), _input(node, 5)) if n)
+    """X, all hidden states Y, initial_h and sequence_lens when given: what a recurrent node's rows are made of."""
+    return tuple(n for n in (node.input[0], state_name(node), _input(node, 5), _input(node, 4)) if n)
 
 
 def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: bool = True, twins: int = 0
@@ -128,14 +138,8 @@ def recurrent_layer(node, weights: dict[int, str], inits, users, refit_bias: boo
     """The refittable layer of `node` given its masked weights {input index: name}, or (None, why not); `twins`:
     how many other nodes read its weights (its B is its own when they alone read it too)."""
     op = node.op_type
-    if _input(node, 4):
-        return None, f"{op} '{node.name}' takes sequence_lens (padded steps); left as pruned"
-    if op == "LSTM" and _input(node, 7):
-        return None, f"LSTM '{node.name}' has peepholes (P); left as pruned"
     if _attr(node, "layout", 0):
         return None, f"{op} '{node.name}' has layout=1 (batch first: onnxruntime does not run it); left as pruned"
-    if op == "LSTM" and _attr(node, "input_forget", 0):
-        return None, f"LSTM '{node.name}' has input_forget=1; left as pruned"
     for i in (1, 2):
         if _input(node, i) not in inits:
             return None, f"{op} '{node.name}': input {i} is computed, not a constant; left as pruned"
@@ -222,12 +226,28 @@ class RecurrentFit:
         return self.direction == "reverse" or (self.direction == "bidirectional" and d == 1)
 
     def _rows(self, values, d: int, node=None) -> tuple[np.ndarray, np.ndarray]:
-        """(X_t, H_{t-1}) rows [T·N, in] and [T·N, H] of direction d."""
+        """(X_t, H_{t-1}) rows [T·N, in] and [T·N, H] of direction d. With sequence_lens, a reverse direction starts
+        at each sequence's last step from initial_h (the steps after it are padding, their Y zeros)."""
         x, y, h0 = self._sequences(values, node)
         hd = y[:, d]
         prev = (np.concatenate([hd[1:], h0[d][None]]) if self._reverse(d)
                 else np.concatenate([h0[d][None], hd[:-1]]))
+        lens = self._lens(values, node, len(x))
+        if lens is not None and self._reverse(d):
+            last = np.arange(len(x))[:, None] == lens[None, :] - 1  # [T, N]: each sequence's last step
+            prev = np.where(last[..., None], h0[d][None], prev)
         return (x.reshape(-1, x.shape[-1]).astype(np.float64), prev.reshape(-1, prev.shape[-1]).astype(np.float64))
+
+    def _lens(self, values, node, steps: int) -> np.ndarray | None:
+        """Each sequence's length (sequence_lens [N]), or None when the node takes none."""
+        node = self.layer.node if node is None else node
+        name = _input(node, 4)
+        return None if not name else np.minimum(np.asarray(values[name], dtype=np.int64).reshape(-1), steps)
+
+    def _valid(self, values, node, steps: int) -> np.ndarray | None:
+        """[T·N] rows that are steps of a sequence (not padding past its sequence_lens), or None for all."""
+        lens = self._lens(values, node, steps)
+        return None if lens is None else (np.arange(steps)[:, None] < lens[None, :]).reshape(-1)
 
     def _block(self, weights, part: str, d: int, gates) -> np.ndarray:
         h = self.hidden
@@ -263,8 +283,12 @@ class RecurrentFit:
         node = self.layer.node if node is None else node
         for d in sorted({p.direction for p in self.problems}):
             x = pruned[node.input[0]]
+            steps = len(x)
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
             xd, hd = self._rows(dense, d, node)
+            valid = self._valid(dense, node, steps)
+            if valid is not None:  # padded steps are no rows: the node neither reads nor writes a state there
+                x, xd, hd = x[valid], xd[valid], hd[valid]
             for p in (q for q in self.problems if q.direction == d):
                 dcols = self._columns(p, xd, hd, self.dense, self.dense_b)
                 cols = {"W": x, "R": dcols["R"]}  # the state rows are the dense model's (module doc)

@@ -98,6 +98,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         `head.weight = emb.weight` (a Transpose into a MatMul, [N, T, V]), as a Gemm(transB=1)
                         on one token a sample ([N, V]), or as the legacy exporter does, the transpose folded into a
                         constant of its own (session 43)
+    feature_head        'z' [N, 32], a feature the model returns and its own Gemm turns into the score 's' [N, 1]
+                        (atspm's funcnet pair: its pair embedding z [N, 128] and the phase Gemm's s; real models 47)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
 """
@@ -2279,6 +2281,21 @@ def spatial_softmax(*, channels: int = 2, hidden: int = 6, size: int = 4, out: i
     model = _model(g, "spatial_softmax", [_float("x", [BATCH, channels, size, size])], [_float("y", [BATCH, out])])
     model.opset_import[0].version = opset
     return model
+
+
+def feature_head(*, in_features: int = 8, hidden: int = 32, seed: int = 0, names: tuple[str, str] = ("z", "s"),
+                 copied: bool = True) -> onnx.ModelProto:
+    """input [N, 8] -> fc + relu -> 'z' [N, 32] (an output) -> fc -> 's' [N, 1]. With `copied` the output is an
+    Identity of the feature that the head reads (torch's legacy exporter naming an output), else the head reads
+    the output itself."""
+    feature, score = names
+    g = _Graph(seed)
+    z = g.relu(g.matmul("input", "enc", in_features, hidden), "enc")
+    g.nodes.append(helper.make_node("Identity", [z], [feature], name="/z/Identity"))
+    s = g.matmul(z if copied else feature, "head", hidden, 1)
+    g.nodes.append(helper.make_node("Identity", [s], [score], name="/s/Identity"))
+    return _model(g, "feature_head", [_float("input", [BATCH, in_features])],
+                  [_float(feature, [BATCH, hidden]), _float(score, [BATCH, 1])])
 
 
 def rms_normalized_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:

@@ -1012,3 +1012,36 @@ def test_a_sigmoid_map_is_scored_by_its_mask_at_one_half_and_its_values():
     iou = np.mean([1.0 if not (a | b).any() else (a & b).sum() / (a | b).sum()
                    for a, b in zip(before.reshape(24, -1) > 0.5, after.reshape(24, -1) > 0.5)])
     assert loss == pytest.approx(100 * (1 - iou), rel=1e-6)  # the mask's part is the worst here
+
+
+@pytest.mark.parametrize("copied", [True, False])
+def test_an_output_the_models_own_layer_reads_is_a_feature_scored_by_its_values(tmp_path, caplog, copied):
+    """Real models 47's L1: atspm's funcnet pair returns `z` [N, 128], the pair embedding its own phase Gemm turns
+    into the score `s`, and `z` was judged by the argmax over its 128 dimensions, which bounds none of its values.
+    An output a weighted layer of the graph reads (directly, or the tensor an exporter's Identity names) is a
+    feature: relative L2. A name that says class scores keeps its argmax; a pruned model holds z's values on data
+    it never saw."""
+    import onnxruntime as ort
+
+    from onnxprune import prune
+
+    model = tb.feature_head(copied=copied)
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.standard_normal((600, 8)).astype(np.float32)
+    with caplog.at_level("INFO"):
+        assert evaluator(model, {"input": x[:64]}).plan == {"z": "rel_l2", "s": "rel_l2"}
+    assert "read by the model's own layer '/head/MatMul'" in caplog.text
+    assert evaluator(tb.feature_head(names=("logits", "s")), {"input": x[:64]}).plan == {
+        "logits": "agreement", "s": "rel_l2"}
+    assert evaluator(tb.two_head_detector(names=("digit", "stats"), softmax=False), {"input": X8}).plan == {
+        "digit": "agreement+rel_l2", "stats": "agreement+rel_l2"}  # heads nothing reads: unchanged
+    onnx.save(model, tmp_path / "m.onnx")
+    result = prune(str(tmp_path / "m.onnx"), output=str(tmp_path / "out.onnx"), data={"input": x[:250]}, max_loss=1,
+                   one_shot=True)
+    assert result.report["metrics"]["outputs"]["z"]["metric"] == "rel_l2"
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        ["z"], {"input": x[250:]})[0].astype(np.float64)
+    before, after = run(tmp_path / "m.onnx"), run(tmp_path / "out.onnx")
+    assert not np.array_equal(before, after)  # something was pruned
+    rel = np.linalg.norm(after - before, axis=1) / np.maximum(np.linalg.norm(before, axis=1), 1e-6)
+    assert rel.mean() < 0.02  # within the 1 pp budget, with room for held-out noise

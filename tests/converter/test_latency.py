@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from onnxprune.converter.latency import measure_latency
+from onnxprune.converter.latency import SLOW_CAP, SLOW_FLOOR, measure_latency
 from onnxprune.models import builders
 
 
@@ -79,6 +79,46 @@ def test_a_slow_model_gets_one_warm_up_pair_and_the_slow_floor_of_timed_pairs():
     fast = measure_latency("A", "B", {1: {}}, repeats=12, warmup=5, min_repeats=10, budget_s=60,
                            session_factory=fake_factory([]))
     assert fast["batches"][0]["warmup"] == 5 and fast["batches"][0]["runs"] == 12 and not fast["notes"]
+
+
+class PacedSession(FakeSession):
+    """Takes `seconds` a sample of its feed's 'x', as a compute-bound model does."""
+
+    def run(self, names, feed):
+        self.log.append((self.label, len(feed["x"])))
+        t_end = time.perf_counter() + self.seconds * len(feed["x"])
+        while time.perf_counter() < t_end:
+            pass
+        return [np.zeros(1)]
+
+
+def test_a_batch_whose_runs_would_overrun_the_budget_many_times_is_measured_smaller_or_not_at_all():
+    """Session 48: a VGG16 of 17.6 GMACs a sample ran a batch of 64 in 32-36 s, and the slow floor's 4 pairs of it
+    took about 4.5 minutes of a 6 s measurement. A larger batch whose floor, at the pace the smaller batch was
+    measured at, would take more than SLOW_CAP times its share is measured at the largest power of two that fits,
+    and said; with none between, not measured."""
+    log: list = []
+    factory = lambda model, threads: PacedSession(model, log, 2e-3)  # noqa: E731
+    feeds = {1: {"x": np.zeros((1, 3))}, 64: {"x": np.zeros((64, 3))}}
+    result = measure_latency("A", "B", feeds, repeats=200, warmup=5, min_repeats=10, budget_s=0.05,
+                             session_factory=factory)
+    # batch 1's pace about 2 ms a sample: batch 64's 4 pairs would take about 1 s, over 10 x its 0.025 s share;
+    # batch 8's 0.13 s fits (on a busy machine the pace measured may be slower: the cut follows it)
+    one = result["batches"][0]
+    pace = max(one["a"]["median_ms"], one["b"]["median_ms"]) / 1e3
+    fits = [b for b in (2, 4, 8, 16, 32) if (1 + SLOW_FLOOR) * 2 * pace * b <= SLOW_CAP * 0.025]
+    assert fits and fits[-1] < 64 and [b["batch"] for b in result["batches"]] == [1, fits[-1]]
+    assert all(n in (1, fits[-1]) for _, n in log)  # no run at 64
+    assert any("latency at batch 64" in n and f"measured at batch {fits[-1]} instead" in n for n in result["notes"])
+    log.clear()
+    slow = lambda model, threads: PacedSession(model, log, 0.02)  # noqa: E731
+    result = measure_latency("A", "B", {1: {"x": np.zeros((1, 3))}, 64: {"x": np.zeros((64, 3))}}, repeats=200,
+                             warmup=5, min_repeats=10, budget_s=0.05, session_factory=slow)
+    assert [b["batch"] for b in result["batches"]] == [1] and all(n == 1 for _, n in log)
+    assert any("latency at batch 64" in n and "not measured" in n for n in result["notes"])
+    cheap = measure_latency("A", "B", {1: {"x": np.zeros((1, 3))}, 64: {"x": np.zeros((64, 3))}}, repeats=12,
+                            warmup=1, min_repeats=1, budget_s=60, session_factory=factory)
+    assert [b["batch"] for b in cheap["batches"]] == [1, 64] and not cheap["notes"]  # within its share: as before
 
 
 def test_onnxruntime_latency_of_two_real_models():

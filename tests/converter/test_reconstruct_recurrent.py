@@ -25,7 +25,33 @@ CASES = {
                                                                  initial_state=True, seed=4),
     "rnn": lambda: bc.rnn_classifier(seed=0),
     "rnn_bidirectional_initial_state": lambda: bc.rnn_classifier(bidirectional=True, initial_state=True, seed=1),
+    # real models 47's L5: madmom's downbeat BLSTMs have peepholes, held fixed (they read the dense cell states on
+    # both sides of the fit, as R reads the dense hidden states)
+    "lstm_input_forget": lambda: _input_forget(bc.lstm_classifier(seed=0)),
+    "lstm_peepholes": lambda: _peepholed(bc.lstm_classifier(seed=0)),
+    "lstm_bidirectional_peepholes": lambda: _peepholed(bc.lstm_classifier(bidirectional=True, initial_state=True,
+                                                                           seed=1)),
 }
+
+
+def _input_forget(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The LSTM with input_forget=1 (f = 1 - i: its forget block's weights are read by nothing, and fitting them is
+    harmless)."""
+    next(n for n in model.graph.node if n.op_type == "LSTM").attribute.append(
+        onnx.helper.make_attribute("input_forget", 1))
+    return model
+
+
+def _peepholed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The LSTM with peepholes P [dirs, 3 x hidden] of both signs (i, o, f read the cell state)."""
+    node = next(n for n in model.graph.node if n.op_type == "LSTM")
+    dirs = 2 if any(a.name == "direction" and a.s == b"bidirectional" for a in node.attribute) else 1
+    hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
+    p = 0.5 * np.random.default_rng(7).standard_normal((dirs, 3 * hidden)).astype(np.float32)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(p, "peep"))
+    node.input.extend([""] * (7 - len(node.input)) + ["peep"])
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def sequences(n_batches: int, batch: int, seed: int, steps: int = 5, features: int = 8) -> list[dict]:
@@ -175,25 +201,88 @@ def test_an_unmasked_recurrent_matrix_is_held_fixed_and_the_other_refit():
     assert output_error(refit, dense, held_out) < output_error(pruned, dense, held_out)
 
 
-def _with_lens(model, node):
-    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["lens"], name="/lens",
-                                                     value=onnx.numpy_helper.from_array(np.full(16, 5, np.int32))))
-    node.input.append("lens")
-
-
-def _with_peepholes(model, node):
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full((1, 48), 0.1, np.float32), "peep"))
-    node.input.extend(["", "", "", "peep"])
-
-
 REFUSED = {  # (build, edit of the node, what the reason names)
-    "sequence_lens": (lambda: bc.gru_classifier(seed=0), _with_lens, "sequence_lens"),
     "batch_first": (lambda: bc.lstm_classifier(seed=0),
                     lambda m, n: n.attribute.append(onnx.helper.make_attribute("layout", 1)), "layout=1"),
-    "peepholes": (lambda: bc.lstm_classifier(seed=0), _with_peepholes, "peepholes"),
-    "input_forget": (lambda: bc.lstm_classifier(seed=0),
-                     lambda m, n: n.attribute.append(onnx.helper.make_attribute("input_forget", 1)), "input_forget"),
 }
+
+
+LENS = np.random.default_rng(5).integers(1, 6, 32).astype(np.int32)  # 32 sequences of 1-5 of the 5 steps
+
+
+def _packed(model: onnx.ModelProto, as_input: bool) -> onnx.ModelProto:
+    """The recurrent node given sequence_lens: each sequence's steps past its length are padding (a packed
+    sequence); as a graph input 'lens' [N] (torch's exported lengths) or a Constant of LENS."""
+    node = next(n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN"))
+    if as_input:
+        model.graph.input.append(onnx.helper.make_tensor_value_info("lens", onnx.TensorProto.INT32, ["N"]))
+    else:
+        model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["lens"], name="/lens",
+                                                         value=onnx.numpy_helper.from_array(LENS)))
+    node.input.extend([""] * (4 - len(node.input)) + ["lens"] if len(node.input) < 5 else [])
+    if len(node.input) > 4:
+        node.input[4] = "lens"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+PACKED = {
+    "gru_lens_input": (lambda: _packed(bc.gru_classifier(seed=0), True), True),
+    "lstm_bidirectional_initial_state_lens": (lambda: _packed(bc.lstm_classifier(bidirectional=True,
+                                                                                 initial_state=True, seed=1),
+                                                              False), False),
+    "gru_reverse_linear_before_reset_lens": (lambda: _packed(bc.gru_classifier(
+        reverse=True, linear_before_reset=1, initial_state=True, seed=4), False), False),
+}
+
+
+def _with_lens_feed(batches: list[dict], fed: bool) -> list[dict]:
+    return [{**b, "lens": LENS[:len(b["input"])]} for b in batches] if fed else batches
+
+
+@pytest.mark.parametrize("case", list(PACKED))
+def test_packed_sequences_are_refit_on_their_steps_alone(case):
+    """A recurrent node given sequence_lens (torch's pack_padded_sequence) was left as pruned. Its padded steps
+    are no rows now (the node neither reads nor writes a state there), and a reverse direction's first step, each
+    sequence's last, reads initial_h: the refit lowers the output error on data it never saw, in onnxruntime."""
+    build, fed = PACKED[case]
+    dense = build()
+    pruned, masks = recurrent_masks(dense, 0.6)
+    report = ReconstructReport()
+    refit = reconstruct(pruned, dense, masks, _with_lens_feed(sequences(8, 32, seed=0), fed), report=report,
+                        prior=True)
+    check_full(refit)
+    assert set(report.refit) == set(masks) and not report.skipped, report.skipped
+    for name, mask in masks.items():
+        assert not weight_array(refit, name)[~mask].any(), f"{name}: a pruned weight came back"
+    held_out = _with_lens_feed(sequences(4, 32, seed=100), fed)
+    before, after = output_error(pruned, dense, held_out), output_error(refit, dense, held_out)
+    assert after < 0.9 * before, f"output MSE vs dense: pruned {before:.4g}, refit {after:.4g}"
+
+
+def test_a_packed_reverse_direction_starts_each_sequence_at_its_last_step_from_initial_h():
+    """The rows the fit reads: padded steps dropped; in the reverse direction the state before step t is Y at t+1,
+    except at each sequence's last step, where it is initial_h (Y past the length is onnxruntime's zeros, which
+    equal a zero initial_h only by chance)."""
+    dense = PACKED["lstm_bidirectional_initial_state_lens"][0]()
+    node = next(n for n in dense.graph.node if n.op_type == "LSTM")
+    layer = RecurrentLayer(node, node.input[1], node.input[2])
+    inits = local_constants(dense.graph)
+    fit = RecurrentFit(layer, inits, {node.input[1]: np.ones(weight_array(dense, node.input[1]).shape, bool)},
+                       inits)
+    feed = sequences(1, 32, seed=3)[0]
+    names = [node.input[0], state_name(node), node.input[5], "lens"]
+    values = dict(zip(names, run(_with_outputs(dense, names, {}, only=True), feed).values()))
+    x, y, h0 = values[node.input[0]], values[state_name(node)], values[node.input[5]]
+    assert (y.transpose(0, 2, 1, 3)[np.arange(5)[:, None] >= LENS[None, :]] == 0).all()  # onnxruntime's padding
+    _, prev = fit._rows(values, 1, node)
+    prev = prev.reshape(5, 32, -1)
+    for n, length in enumerate(LENS):
+        np.testing.assert_allclose(prev[length - 1, n], h0[1, n])
+        for t in range(length - 1):
+            np.testing.assert_allclose(prev[t, n], y[t + 1, 1, n])
+    valid = fit._valid(values, node, 5)
+    assert valid.sum() == LENS.sum() and valid.reshape(5, 32)[0].all()
 
 
 @pytest.mark.parametrize("case", list(REFUSED))

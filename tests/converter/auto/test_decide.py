@@ -152,6 +152,21 @@ def test_label_free_agreement_is_bounded_from_above_so_in_sample_noise_is_not_sp
     assert "+ 1 standard error <= 1 pp" in rule.statement() and "Wilson" in rule.statement()
 
 
+def test_the_rule_says_how_sure_wilsons_bound_with_none_changed_is():
+    """Wilson's bound with none of n changed, 100/(n+1) pp at 1 SE, is narrower than the exact binomial bound: a
+    share at it leaves all n samples unchanged with chance (1 - 1/(n+1))^n, about e^-1, so "0 of 187 changed, upper
+    bound 0.53 pp" holds with about 63% one-sided confidence, not 84% (sweeps 28-42's L1: held-out changes past the
+    budget in about 1 run in 4 at 250 unlabelled samples). The rule's statement says so with the exact bound."""
+    dense = np.random.default_rng(0).standard_normal((187, 10)).astype(np.float32)
+    said = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="agreement"), 1.0).statement()
+    exact = 1 - 0.16 ** (1 / 187)  # P(no change of 187 | share) = 1 - 0.84 at the exact one-sided bound
+    assert (1 - 1 / 188) ** 187 == pytest.approx(0.37, abs=0.01) and 100 * exact == pytest.approx(0.98, abs=0.01)
+    assert ("with none of 187 changed, Wilson's bound (0.532 pp) holds with about 63% one-sided confidence, the "
+            "exact 84% bound being 0.98 pp") in said
+    rel = BudgetRule(FakeEvaluator(halves(dense), [None, None], metric="rel_l2"), 1.0).statement()
+    assert "Wilson" not in rel  # a continuous loss has no share to bound
+
+
 def test_no_changed_sample_still_has_a_margin_so_a_stricter_search_cannot_keep_luck():
     """180 decision samples, none changed: within 1 pp by Wilson's bound at 1 SE (1/181 = 0.55 pp), not at the
     per-layer phase's strictness 2 (4/184 = 2.2 pp), which looks at the set many times; at 1,000 samples, both."""
