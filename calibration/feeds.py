@@ -399,7 +399,18 @@ def _whole_only(session, cut, exc: Exception) -> str | None:
     return f"the model runs them together but not a few of them alone ({ort_reason(exc)[:200]})"
 
 
+ROWS_APART_STRAYS = 1e-3  # of an output's values: the share that may pass ROWS_APART_RTOL alone (see `_close`)
+
+
 def _close(a, b) -> bool:
+    """Whether `a` (the rows run together) is `b` (run one at a time) up to float32 batching: every value within
+    ROWS_APART_RTOL of the output's largest magnitude, or, where a few values pass it, at most ROWS_APART_STRAYS of
+    them and the whole within ROWS_APART_RTOL in relative L2. An op that is ill-conditioned somewhere magnifies
+    batching's ~1e-6 there: afis' LEADER minutiae net (real models 48) ends in an atan2 of two tiny channels over the
+    background, and 51 of its 1,048,576 direction values moved by up to 0.0104 (of pi) between 4 rows together and
+    alone (relative L2 1.1e-5), so its 150 fingerprints were taken for rows run together, one feed, which
+    onnxruntime ran at once until the kernel killed it (22 GB). Rows the model reads together (a sequence, batch
+    statistics) move most values, by far more."""
     if a.shape != b.shape:
         return False
     if not np.issubdtype(b.dtype, np.floating):
@@ -408,8 +419,14 @@ def _close(a, b) -> bool:
     finite = np.isfinite(b)
     if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite]):
         return False
-    scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
-    return bool(np.all(np.abs(a[finite] - b[finite]) <= ROWS_APART_RTOL * max(scale, 1e-30)))
+    a, b = a[finite], b[finite]
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    apart = np.abs(a - b) > ROWS_APART_RTOL * max(scale, 1e-30)
+    if not apart.any():
+        return True
+    if apart.sum() > ROWS_APART_STRAYS * apart.size:
+        return False
+    return bool(np.linalg.norm(a - b) <= ROWS_APART_RTOL * max(float(np.linalg.norm(b)), 1e-30))
 
 
 def _dims(shape: tuple) -> str:

