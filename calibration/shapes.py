@@ -245,6 +245,12 @@ def activation_bytes(model: onnx.ModelProto, feeds: dict) -> int | None:
     """Bytes of every tensor the main graph computes on `feeds` (one batch as read), from onnx shape inference with
     the inputs fixed to the feeds' shapes: an upper bound of what onnxruntime holds at once (it frees a tensor
     after its last reader), None when shape inference cannot size the graph. Tensors it cannot size count 0."""
+    sizes = activation_sizes(model, feeds)
+    return None if sizes is None else sizes[0]
+
+
+def activation_sizes(model: onnx.ModelProto, feeds: dict) -> tuple[int, int] | None:
+    """(`activation_bytes`, the bytes of the largest of those tensors: what onnxruntime must hold at least)."""
     from onnx import TensorProto, helper, shape_inference
 
     probe = onnx.ModelProto()
@@ -279,7 +285,7 @@ def activation_bytes(model: onnx.ModelProto, feeds: dict) -> int | None:
     except Exception as exc:  # noqa: BLE001 - an estimate only: no cap rather than a failed run
         log.debug("activation size: shape inference failed: %s", exc)
         return None
-    total = 0
+    total = largest = 0
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         if vi.name in names or not vi.type.HasField("tensor_type"):
             continue
@@ -291,8 +297,32 @@ def activation_bytes(model: onnx.ModelProto, feeds: dict) -> int | None:
             itemsize = helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
         except Exception:  # noqa: BLE001 - strings and the like
             continue
-        total += int(np.prod(dims, dtype=np.int64)) * itemsize
-    return total
+        size = int(np.prod(dims, dtype=np.int64)) * itemsize
+        total, largest = total + size, max(largest, size)
+    return total, largest
+
+
+def feed_memory(model: onnx.ModelProto, feeds: dict, where: str, available: int | None) -> str | None:
+    """A feed read as it is cannot be cut into batches: the reason it cannot run here (ConfigError's text) when its
+    largest tensor alone passes the memory `available`, else None; a warning when all its tensors together pass it
+    (onnxruntime frees a tensor after its last reader, so the sum is an upper bound). Real models 48's L1: a file
+    that is one feed was run whole with no word of its size until the kernel killed the run."""
+    from onnxprune.plain import nbytes
+
+    sizes = activation_sizes(model, feeds) if available else None
+    if not sizes:
+        return None
+    total, largest = sizes
+    shapes = ", ".join(f"'{k}' {list(np.shape(v))}" for k, v in feeds.items())
+    if largest > available:
+        return (f"{where} ({shapes}) runs whole, as one feed, and its pass computes a tensor of {nbytes(largest)}, "
+                f"more than the {nbytes(available)} of memory available: split it into smaller feeds (a folder of "
+                ".npz files, one feed each, or one .npz of stacked samples), or run on a machine with more memory")
+    if total > available:
+        log.warning("%s (%s) runs whole, as one feed, and its pass computes %s of tensors in all, against %s of memory "
+                    "available: onnxruntime frees tensors as it goes and may fit; if the run is killed, split it into "
+                    "smaller feeds", where, shapes, nbytes(total), nbytes(available))
+    return None
 
 
 def evaluation_batch(model: onnx.ModelProto, feeds: dict, samples: int, *, limit: int = MAX_BATCH,

@@ -11,6 +11,7 @@ decision samples (decision_split; docs/metrics.md, "Small data").
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import ConfigError
+from onnxprune.errors import CalibrationError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ class Data:
         random = draws_random_inputs(c)
         reader = None if random else self.reader(batch_size=MAX_BATCH)
         if getattr(reader, "per_feed", False):  # each feed is read as it is: no batch to choose
+            self._feed_fits(reader)
             return MAX_BATCH
         dynamic = _batch_dependent(self.model)
         if dynamic:  # per-batch activation scales: a sample's answer depends on the samples beside it
@@ -234,6 +236,23 @@ class Data:
                      "within %.0f GB (--batch-size sets it); sessions allocate without onnxruntime's memory arena",
                      batch, per / 1e6, ACTIVATION_BYTES / 2 ** 30)
         return batch
+
+    def _feed_fits(self, reader) -> None:
+        """A feed read as it is runs whole: refused before it runs when its largest tensor alone passes the memory
+        available (calibration/shapes.feed_memory), warned when all its tensors together do. The first feed is
+        checked (a folder's files are read one at a time, and a run that gets past its first usually fits)."""
+        from onnxprune.calibration.runtime import available_memory
+        from onnxprune.calibration.shapes import feed_memory
+
+        feeds = next(iter(reader.batches()), (None, None))[0]
+        if not feeds:
+            return
+        source = self.config.data
+        where = (f"the first feed of --data '{source}'" if isinstance(source, (str, os.PathLike))
+                 else "the data's first feed")
+        why = feed_memory(self.model, feeds, where, available_memory())
+        if why:
+            raise CalibrationError(why)
 
     def reader(self, source=None, *, batch_size=None, part: str | None = None):
         """All of `source` (default --data); with `part` "train" or "validation", that side of the split."""
