@@ -14,8 +14,9 @@ size's share is measured with one warm-up pair and SLOW_FLOOR timed pairs (or as
 `min_repeats`), said in a note: the 22.6M-parameter encoder runs a batch of 64 in 2.4 s, and 5 + 10 pairs of it took
 72 s of a 6 s budget. Batch sizes are measured smallest first, and a larger one whose floor, at the pace the last one
 ran, would take more than SLOW_CAP times its share is measured at the largest power of two that fits, or not at all,
-said in a note (a VGG16's batch of 64 took 32-36 s a run). Inputs are `calibration.runtime.random_feeds` with the symbolic (batch) dimension set;
-a model whose inputs have no symbolic dimension is only measured at the batch size it declares.
+said in a note (a VGG16's batch of 64 took 14-36 s a run). Inputs are `calibration.runtime.random_feeds` with the
+symbolic (batch) dimension set; a model whose inputs have no symbolic dimension is only measured at the batch size it
+declares.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SessionFactory = Callable[[Any, int], Any]  # (model, threads) -> object with ru
 SLOW_FLOOR = 3  # timed pairs at least, for a model whose floor of pairs would overrun its share of the budget
 # a larger batch whose slow floor (one warm-up and SLOW_FLOOR timed pairs), estimated from the smaller batch's pace,
 # would take more than this many times its share of the budget is measured at the largest power of two that fits
-# (session 48: a VGG16 of 17.6 GMACs a sample ran a batch of 64 in 32-36 s, so 4 pairs of it took about 4.5 minutes
+# (session 48: a VGG16 of 17.6 GMACs a sample ran a batch of 64 in 14-36 s, so 4 pairs of it took 2-4.5 minutes
 # of a 6 s measurement, the longest step of its 15-minute one-shot run)
 SLOW_CAP = 10.0
 
