@@ -113,9 +113,9 @@ def test_a_feed_read_as_it_is_that_cannot_fit_in_memory_is_refused_before_it_run
     with runtime.arena_scope():
         monkeypatch.setattr(runtime, "available_memory", lambda: largest - 1)
         data = Data(model, DataConfig(data=str(folder)))
-        with pytest.raises(CalibrationError, match=r"the first feed of --data '.*feeds' \('x' \[2, 8\]\) runs whole, as "
-                                              r"one feed, and its pass computes a tensor of .* split it into smaller "
-                                              r"feeds"):
+        said = (r"the first feed of --data '.*feeds' \('x' \[2, 8\]\) runs whole, as one feed, and its pass "
+                r"computes a tensor of .* split it into smaller feeds")
+        with pytest.raises(CalibrationError, match=said):
             data.batch_size
         monkeypatch.setattr(runtime, "available_memory", lambda: total - 1)
         with caplog.at_level("WARNING"):
