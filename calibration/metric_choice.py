@@ -663,7 +663,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
                tokens: bool = False, attention: Collection[str] = (),
-               features: Mapping[str, str] | Collection[str] = ()) -> dict[str, str]:
+               features: Mapping[str, str] | None = None) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -715,7 +715,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                 kinds[name] = "rel_l2"
                 if not quiet:
                     log.info("output '%s' holds %s: scored by relative L2", name, what)
-    for name, layer in (features if isinstance(features, Mapping) else dict.fromkeys(features, "?")).items():
+    for name, layer in (features or {}).items():
         if kinds.get(name) in ("agreement", "binary_prob") and not _CLASS_NAMES.search(name) \
                 and as_array(values[name]).ndim == 2:
             kinds[name] = "rel_l2"

@@ -303,9 +303,9 @@ def activation_sizes(model: onnx.ModelProto, feeds: dict) -> tuple[int, int] | N
 
 
 def feed_memory(model: onnx.ModelProto, feeds: dict, where: str, available: int | None) -> str | None:
-    """A feed read as it is cannot be cut into batches: the reason it cannot run here (CalibrationError's text) when its
-    largest tensor alone passes the memory `available`, else None; a warning when all its tensors together pass it
-    (onnxruntime frees a tensor after its last reader, so the sum is an upper bound). Real models 48's L1: a file
+    """A feed read as it is cannot be cut into batches: the reason it cannot run here (CalibrationError's text) when
+    its largest tensor alone passes the memory `available`, else None; a warning when all its tensors together pass
+    it (onnxruntime frees a tensor after its last reader, so the sum is an upper bound). Real models 48's L1: a file
     that is one feed was run whole with no word of its size until the kernel killed the run."""
     from onnxprune.plain import nbytes
 

@@ -84,11 +84,12 @@ def measure_latency(
                         f"pace of batch {results[-1]['batch']} ({1e3 * pace:.3g} ms a sample), and its "
                         f"{1 + SLOW_FLOOR} pairs at least more than {SLOW_CAP:g}x its {share:.3g} s share of the "
                         "measurement's budget")
-                if smaller is None or _cut(feed, batch, smaller) is None:
+                cut = None if smaller is None else _cut(feed, batch, smaller)
+                if cut is None:
                     notes.append(said + "; not measured")
                     continue
                 notes.append(said + f"; measured at batch {smaller} instead")
-                batch, feed = smaller, _cut(feed, batch, smaller)
+                batch, feed = smaller, cut
         try:
             times_a, times_b, warm = _interleave(sess_a, sess_b, feed, repeats=repeats, warmup=warmup,
                                                  min_repeats=min_repeats, budget_s=share)

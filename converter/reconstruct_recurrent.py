@@ -281,14 +281,15 @@ class RecurrentFit:
 
     def feed(self, pruned: dict[str, np.ndarray], dense: dict[str, np.ndarray], node=None) -> None:
         node = self.layer.node if node is None else node
+        x = pruned[node.input[0]]
+        valid = self._valid(dense, node, len(x))  # padded steps are no rows: the node neither reads nor writes there
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        if valid is not None:
+            x = x[valid]
         for d in sorted({p.direction for p in self.problems}):
-            x = pruned[node.input[0]]
-            steps = len(x)
-            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
             xd, hd = self._rows(dense, d, node)
-            valid = self._valid(dense, node, steps)
-            if valid is not None:  # padded steps are no rows: the node neither reads nor writes a state there
-                x, xd, hd = x[valid], xd[valid], hd[valid]
+            if valid is not None:
+                xd, hd = xd[valid], hd[valid]
             for p in (q for q in self.problems if q.direction == d):
                 dcols = self._columns(p, xd, hd, self.dense, self.dense_b)
                 cols = {"W": x, "R": dcols["R"]}  # the state rows are the dense model's (module doc)

@@ -656,9 +656,10 @@ class BudgetRule:
         binomial bound near 0 (n/(n+1) of n unchanged at that share happens with chance about e^-1), so the claim
         "0 of 187 changed, upper bound 0.53 pp" holds with about 63% one-sided, not the rule's 84% (sweeps 28-42's
         L1: held-out changes over 1 pp after such claims in about 1 run in 4 at 250 unlabelled samples)."""
-        if self._binary_budget() <= 0 or self._binary_fewest() is None:
+        fewest = self._binary_fewest() if self._binary_budget() > 0 else None
+        if fewest is None:
             return ""
-        n, name = self._binary_fewest()
+        n = fewest[0]
         z = self.strictness * self.z
         bound = wilson_upper(0.0, n, z)
         held = 1.0 - (1.0 - bound) ** n
