@@ -693,7 +693,8 @@ def _refuse_empty(path: Path) -> None:
     if head[:1] == b"\x80":
         raise CalibrationError(f"'{path}' is a Python pickle; it is never unpickled (allow_pickle=False, unpickling "
                                "runs code). Save plain numeric arrays with numpy.savez.")
-    if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+    # PK\x05\x06: a zip with no entries, numpy.savez of no arrays ("holds no arrays" below, not "not a numpy file")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
         raise CalibrationError(f"'{path}' is not a numpy file (no .npz/.npy header); write it with numpy.savez / "
                                "numpy.save.")
 
