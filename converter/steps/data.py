@@ -299,6 +299,18 @@ class Data:
         return Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
                          split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
 
+    def scored_outputs(self) -> list[str]:
+        """The outputs the evaluators score, headline first: `calibration`'s, or, before any evaluator was built, the
+        metric plan's (which outputs does not depend on the dense values, only each one's kind), so that asking costs
+        no dense pass. The one-shot budget plan asked in the targets step (steps/targets.py), and its whole-set
+        evaluator ran the input model over all of --data before choose-apart ran it again over both parts: VGG16's
+        160 images, 31 s; a ViT saliency map's 150, 20 s."""
+        if self._calib is not None:
+            return self._calib.scored_outputs
+        from onnxprune.calibration.metric_choice import metric_plan
+
+        return list(metric_plan(self.model, self.reader(self.config.val_data).has_labels, self.config.metric))
+
     @property
     def calibration(self):
         """Scores on the data the choices are made on: --data, or its validation part when split."""

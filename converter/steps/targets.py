@@ -134,11 +134,11 @@ class TargetsStep(Step):
             return {}
         from onnxprune.calibration.sensitivity import unscored_weights
 
-        evaluator = state.data.calibration
-        self._say(state, unscored_outputs_note(state.original, evaluator.scored_outputs))
-        found = unscored_weights(state.original, state.inventory, evaluator.scored_outputs)
+        outputs = state.data.scored_outputs()  # no dense pass: the one-shot plan's split runs its own (choose-apart)
+        self._say(state, unscored_outputs_note(state.original, outputs))
+        found = unscored_weights(state.original, state.inventory, outputs)
         if found:
-            scored = ", ".join(o for o in evaluator.scored_outputs if o)
+            scored = ", ".join(o for o in outputs if o)
             names = listed(f"'{n}'" for n in found)
             state.notes.append(f"{len(found)} weight(s) reach no scored output ({names}; scored: {scored}) and were "
                                "left as they are: the budget has no evidence about them; score the outputs they "

@@ -98,6 +98,27 @@ def test_one_shot_run_is_judged_by_the_rule_on_the_model_written(label_free):
     assert np.abs(pruned - dense).max() < 0.5 * np.abs(dense).max()  # pruned, not broken
 
 
+def test_one_shot_runs_the_input_model_over_the_data_once(monkeypatch):
+    """The dense reference passes of a --one-shot --max-loss run cover --data once: the choosing part's and the
+    deciding part's. The targets step asked which outputs are scored (for weights no scored output reaches) by
+    building a whole-set evaluator, a dense pass over all of --data before choose-apart ran both parts again
+    (VGG16's 160 images, 31 s of a 10-minute one-shot)."""
+    passes, real = [], Evaluator._score_reference
+
+    def counted(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        passes.append(self.num_samples)
+
+    monkeypatch.setattr(Evaluator, "_score_reference", counted)
+    model, data = self_labelled(hidden=(32, 16), model_seed=7, n=200, data_seed=2)
+    data = {"input": data["input"]}  # label-free: 150 deciding samples certify 1 pp at every 4th choosing
+    result = run(model, configure(max_loss=1.0, data=data, one_shot=True, levels=(0.3, 0.6, 0.9), seed=0))
+    apart = result.report["allocation"]["chosen_apart"]
+    assert (apart["every"], apart["chosen_on"], apart["decided_on"]) == (4, 50, 150)
+    assert sorted(passes) == [50, 150]
+    assert result.report["budget"]["met"] and result.report["compression"] > 1.0
+
+
 def test_one_shot_on_too_few_samples_to_split_chooses_and_decides_on_one_set_and_says_so():
     """Under 64 samples --data is not split (16 to choose, 24 to decide, at least): the scan and the fit choose on
     the samples that judge them, and the decision-rule note says so. A relative error can be certified there."""
