@@ -3,6 +3,7 @@ the input and the output model is measured on the user's data."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import ConfigError, ParityError, debugging
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +96,9 @@ ACTIVATION_BATCHES = 8  # batches Act% per layer reads at most without a deadlin
 ACTIVATION_SAMPLES = 128  # ... and no more whole batches than hold this many samples (at least one): a share of
 # nonzeros over 128 samples is information enough, and both passes fetch every activation (optimisations off); the
 # 22.6M-parameter encoder's 240 samples (4 batches of 64) took 16 s CPU of a 149 s one-shot run
+ACTIVATION_SECONDS = 10.0  # ... and, deadline or not, no batch after the first once the batches read and one more
+# at the last one's pace would pass this: on a heavy model Act% cost as much as the measurement itself (VGG16, 17.6
+# GMACs a sample: 8 batches of 16 through both models, about 60 s of a 126 s measure step in a 7-minute --one-shot)
 REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
 VERIFY_SESSIONS = 3.0  # the parity check's sessions (oracle, written model, its optimised load), in load steps
 
@@ -136,19 +142,24 @@ class MeasureStep(Step):
         sessions = 2 * state.seconds.get("load", 0.0)  # the two models' probe sessions, built before the first batch
         batches = optional_batches(state.deadline, per_sample * per_batch * ACTIVATION_COST, most,
                                    keep=keep + sessions)
-        read, cut = [], []
+        read, cut, capped = [], [], []
 
         def more(seconds: float) -> bool:  # another batch of both models, at the last one's pace, fits
             read.append(seconds)
             if len(read) < batches and optional_batches(state.deadline, seconds, 1, keep=keep) == 0:
                 cut.append(len(read))
-            return not cut
+            elif len(read) < batches and sum(read) + seconds > ACTIVATION_SECONDS:
+                capped.append(len(read))
+            return not cut and not capped
 
         if batches:
             state.activations = tuple(activation_densities([state.original, state.pruned], state.inventory,
                                                            data.reader(), max_batches=batches, more=more))
         else:
             state.activations = ({}, {})
+        if capped:
+            log.info("Act%% per layer read %d of %d batches: another would pass its %g s", len(read), batches,
+                     ACTIVATION_SECONDS)
         if (batches < most or cut) and state.deadline is not None:
             state.notes.append(f"time budget: Act% per layer read {len(read)} of {most} batches (the time "
                                "left in --time-budget)" if read else

@@ -77,6 +77,41 @@ def test_a_run_reads_act_percent_on_at_most_the_batches_holding_128_samples(monk
         assert all(v is not None for v in result.report["act"].values())
 
 
+def test_act_percent_reads_no_batch_after_the_first_that_would_pass_its_seconds(monkeypatch):
+    """Act% is information, bounded in time with or without a deadline: another batch is read only while the
+    batches read and one more at the last one's pace stay within ACTIVATION_SECONDS (a heavy model's 8 batches
+    through both models cost as much as its measurement)."""
+    from onnxprune.calibration import activations
+    from onnxprune.converter.pipeline import configure, run
+    from onnxprune.converter.steps import verify
+
+    model = builders.mlp_gemm(in_features=12, hidden=(16,), out_features=5)
+    x = np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32)
+    read = []
+    real = activations.activation_densities
+
+    def counted(models, inventory, reader, *, max_batches=8, more=None):
+        def told(seconds):
+            read.append(seconds)
+            return more is None or more(seconds)
+
+        return real(models, inventory, reader, max_batches=max_batches, more=told)
+
+    monkeypatch.setattr(activations, "activation_densities", counted)
+    for seconds, batches in ((0.0, 1), (3600.0, 8)):
+        monkeypatch.setattr(verify, "ACTIVATION_SECONDS", seconds)
+        read.clear()
+        result = run(model, configure(sparsity=0.5, data={"input": x}, batch_size=8))
+        assert len(read) == batches, seconds
+        assert all(v is not None for v in result.report["act"].values())
+    # what was read: the written (pruned) model's Act% on the first batch alone
+    monkeypatch.setattr(verify, "ACTIVATION_SECONDS", 0.0)
+    capped = run(model, configure(sparsity=0.5, data={"input": x}, batch_size=8))
+    first = activation_density(capped.dense_model, find_prunable(model), open_data({"input": x}, model, batch_size=8),
+                               max_batches=1)
+    assert capped.report["act"] == first != result.report["act"]
+
+
 def test_act_of_several_models_reads_the_same_batches_and_stops_when_told():
     """Under a deadline the measure step reads Act% batch by batch and stops when the last batch says another would
     not fit (`more`); every model has read the same batches, and what was read equals a run capped there."""
