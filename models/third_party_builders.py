@@ -100,8 +100,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         constant of its own (session 43)
     feature_head        'z' [N, 32], a feature the model returns and its own Gemm turns into the score 's' [N, 1]
                         (atspm's funcnet pair: its pair embedding z [N, 128] and the phase Gemm's s; real models 47)
+    onnx_attention_rows ai.onnx Attention (opset 23) between q/k/v MatMuls and an out projection (sweep 44)
 
-All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
+All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
 
 from __future__ import annotations
@@ -2342,3 +2343,23 @@ def kmax_text_cnn(*, channels: int = 4, length: int = 12, filters: int = 8, k: i
     g.gemm(flat, "fc", filters * k if axis % 3 == 2 else k * length, classes)
     g.nodes[-1].output[0] = "y"
     return _model(g, "kmax_text_cnn", [_float("x", [BATCH, channels, length])], [_float("y", [BATCH, classes])])
+
+
+def onnx_attention_rows(*, tokens: int = 6, features: int = 8, width: int = 8, heads: int = 2, classes: int = 3,
+                        seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6, 8] -> MatMul + Add (8->8) -> Relu -> q, k, v MatMuls (8->8) -> ai.onnx Attention (opset 23,
+    `heads` heads on 3-D q/k/v) -> MatMul + Add (8->8) -> ReduceMean over the tokens -> Gemm (8->3) -> 'y' [N, 3]
+    (sweep 44: onnx.helper's row transformer over MNIST's rows). onnxruntime's inference of the Attention output
+    needs the hidden size of q and v; given inputs of unknown last axis it gives one the MatMul after it rejects."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "embed", features, width), "embed")
+    qkv = [g.op("MatMul", name, [h, g.weight(f"{name}.weight", (width, width), width)]) for name in ("q", "k", "v")]
+    a = g.op("Attention", "attn", qkv, q_num_heads=heads, kv_num_heads=heads)
+    h = g.matmul(a, "out", width, width)
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "pool.axes"))
+    pooled = g.op("ReduceMean", "pool", [h, "pool.axes"], keepdims=0)
+    g.gemm(pooled, "fc", width, classes)
+    g.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(g.nodes, "onnx_attention_rows", [_float("x", [BATCH, tokens, features])],
+                              [_float("y", [BATCH, classes])], initializer=g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
