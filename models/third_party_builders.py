@@ -101,6 +101,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     feature_head        'z' [N, 32], a feature the model returns and its own Gemm turns into the score 's' [N, 1]
                         (atspm's funcnet pair: its pair embedding z [N, 128] and the phase Gemm's s; real models 47)
     onnx_attention_rows ai.onnx Attention (opset 23) between q/k/v MatMuls and an out projection (sweep 44)
+    keras_int8_mlp      Keras 3's int8 Dense: MatMulInteger of a row-scaled input, Div by the kernel scale (sweep 44)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -2363,3 +2364,35 @@ def onnx_attention_rows(*, tokens: int = 6, features: int = 8, width: int = 8, h
     graph = helper.make_graph(g.nodes, "onnx_attention_rows", [_float("x", [BATCH, tokens, features])],
                               [_float("y", [BATCH, classes])], initializer=g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def keras_int8_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> two Dense layers as Keras 3's `model.quantize("int8")` writes them through tf2onnx (sweep 44):
+    the input scaled per row, a = 127 / (max|x| + eps), Cast(Max(Min(Round(x * a), 127), -128)) to int8 ->
+    MatMulInteger with 'dense{i}.kernel' int8 and an int8 zero point of 0 -> Cast -> Div by Mul(a,
+    'dense{i}.kernel_scale' [out]) (W = W_q / kernel_scale) -> Add bias; Relu between -> 'y' [N, 3]."""
+    g = _Graph(seed)
+    g.initializers += [numpy_helper.from_array(np.array([0], np.int8), "zero_point"),
+                       numpy_helper.from_array(np.array(127.0, np.float32), "q.max"),
+                       numpy_helper.from_array(np.array(-128.0, np.float32), "q.min"),
+                       numpy_helper.from_array(np.array(1e-7, np.float32), "q.eps")]
+    h = "x"
+    for i, (fan_in, fan_out) in enumerate(((features, hidden), (hidden, out)), 1):
+        scope = f"dense{i}"
+        w = g.rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)
+        kernel_scale = 127 / np.abs(w).max(0)
+        g.initializers.append(numpy_helper.from_array(np.round(w * kernel_scale).astype(np.int8), f"{scope}.kernel"))
+        ks = g.const(f"{scope}.kernel_scale", kernel_scale)
+        peak = g.op("ReduceMax", f"{scope}/peak", [g.op("Abs", f"{scope}/peak", [h])], axes=[1], keepdims=1)
+        a = g.op("Div", f"{scope}/a", ["q.max", g.op("Add", f"{scope}/peak", [peak, "q.eps"])])
+        q = g.op("Round", f"{scope}/q", [g.op("Mul", f"{scope}/q", [h, a])])
+        q = g.op("Max", f"{scope}/q", [g.op("Min", f"{scope}/q", [q, "q.max"]), "q.min"])
+        q = g.op("Cast", f"{scope}/q", [q], to=TensorProto.INT8)
+        y = g.op("MatMulInteger", scope, [q, f"{scope}.kernel", "zero_point", "zero_point"])
+        y = g.op("Div", scope, [g.op("Cast", scope, [y], to=TensorProto.FLOAT),
+                                g.op("Mul", f"{scope}/scale", [a, ks])])
+        h = g.op("Add", scope, [y, g.bias(f"{scope}.bias", fan_out)])
+        if i == 1:
+            h = g.relu(h, scope)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "keras_int8_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])

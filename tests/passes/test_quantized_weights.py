@@ -671,3 +671,58 @@ def test_the_bridge_runs_a_dynamically_quantized_lstm_close_to_onnxruntime(tmp_p
     assert len(lstm_weights) == 2
     for w in lstm_weights:
         assert params[w].grad is not None and float(params[w].grad.abs().sum()) > 0, w
+
+
+def _keras_int8_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """keras_int8_mlp's forward in numpy from its stored integers: each layer's row-scaled input on the int8 grid,
+    the integer product divided by (a * kernel_scale), the bias added; Relu between."""
+    t = inits(model)
+    h = x.astype(np.float32)
+    for i in (1, 2):
+        a = np.float32(127) / (np.abs(h).max(1, keepdims=True) + np.float32(1e-7))
+        q = np.clip(np.round(h * a), -128, 127).astype(np.int32)
+        y = (q @ t[f"dense{i}.kernel"].astype(np.int32)).astype(np.float32) / (a * t[f"dense{i}.kernel_scale"])
+        h = y + t[f"dense{i}.bias"]
+        h = np.maximum(h, 0) if i == 1 else h
+    return h
+
+
+def test_keras_int8_dense_layers_fold_and_are_pruned_on_their_grid(tmp_path):
+    """Keras 3's `model.quantize("int8")` through tf2onnx (sweep 44): MatMulInteger of an input quantized in the
+    graph (Cast(Round(x * a)) clipped), its product divided by Mul(a, kernel_scale). It was refused ("integer dtype
+    (quantized weight of MatMulInteger)": the fold knew only quantize_dynamic's Mul after a DynamicQuantizeLinear).
+    Now each kernel folds to W_q / kernel_scale behind a QuantizeLinear giving W_q back (the folded model runs as the
+    input, and writes back byte for byte), and --sparsity 0.5 writes the same integer ops with about half of each
+    kernel 0, the kept entries the same integers, its outputs those of the model's arithmetic on the pruned
+    integers."""
+    import onnxprune
+    from onnxprune.models.third_party_builders import keras_int8_mlp
+    from onnxprune.passes.weights import find_prunable
+
+    m = keras_int8_mlp(seed=0)
+    assert foldable(m)
+    folded = copy(m)
+    records = fold(folded)
+    onnx.checker.check_model(folded, full_check=True)
+    assert sorted(w.name for w in find_prunable(folded).prunable) == ["dense1.kernel", "dense2.kernel"]
+    x = feed(m, 16)
+    np.testing.assert_array_equal(outputs(folded, x), outputs(m, x))
+    assert as_written(folded, records).SerializeToString() == m.SerializeToString()
+    np.testing.assert_allclose(outputs(m, x), _keras_int8_reference(m, x[m.graph.input[0].name]), rtol=1e-5,
+                               atol=1e-5)
+
+    onnx.save(m, tmp_path / "k.onnx")
+    result = onnxprune.prune(str(tmp_path / "k.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in m.graph.node]
+    before, after = inits(m), inits(written)
+    for name in ("dense1.kernel", "dense2.kernel"):
+        q, q0 = after[name], before[name]
+        pruned = q == 0
+        assert q.dtype == np.int8 and 0.4 <= pruned.mean() <= 0.6, name
+        assert np.array_equal(q[~pruned], q0[~pruned]), name
+    held_out = feed(m, 32, seed=5)
+    np.testing.assert_allclose(outputs(written, held_out),
+                               _keras_int8_reference(written, held_out[m.graph.input[0].name]), rtol=1e-5, atol=1e-5)
+    assert any("of MatMulInteger (dynamic)" in n for n in result.report["notes"])
