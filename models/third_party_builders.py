@@ -102,6 +102,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         (atspm's funcnet pair: its pair embedding z [N, 128] and the phase Gemm's s; real models 47)
     onnx_attention_rows ai.onnx Attention (opset 23) between q/k/v MatMuls and an out projection (sweep 44)
     keras_int8_mlp      Keras 3's int8 Dense: MatMulInteger of a row-scaled input, Div by the kernel scale (sweep 44)
+    indrnn_unrolled     an IndRNN unrolled by torch legacy: every step its own Clip of the one stored u (sweep 44)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -2396,3 +2397,25 @@ def keras_int8_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: in
             h = g.relu(h, scope)
     g.nodes[-1].output[0] = "y"
     return _model(g, "keras_int8_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def indrnn_unrolled(*, steps: int = 3, features: int = 4, hidden: int = 6, out: int = 2,
+                    seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 3, 4] -> an IndRNN unrolled as torch's legacy exporter writes a Python loop (sweep 44): per step t,
+    h = Relu(x[:, t] @ W + b + Clip('u', -1, 1) * h), every step its own Clip of the one stored 'u' [6] (the first
+    step's h a zero constant) -> Gemm (6->2) -> 'y' [N, 2]."""
+    g = _Graph(seed)
+    w = g.weight("w.weight", (features, hidden), features)
+    b = g.bias("w.bias", hidden)
+    u = g.const("u", g.rng.uniform(-1.5, 1.5, hidden))
+    lo, hi = g.const("clip.lo", np.array(-1.0)), g.const("clip.hi", np.array(1.0))
+    h = g.const("h0", np.zeros((1, hidden)))
+    for t in range(steps):
+        g.initializers.append(numpy_helper.from_array(np.array(t, np.int64), f"t{t}"))
+        xt = g.op("Gather", f"step{t}", ["x", f"t{t}"], axis=1)
+        pre = g.op("Add", f"step{t}", [g.op("MatMul", f"step{t}", [xt, w]), b])
+        rec = g.op("Mul", f"step{t}", [g.op("Clip", f"step{t}", [u, lo, hi]), h])
+        h = g.op("Relu", f"step{t}", [g.op("Add", f"step{t}/rec", [pre, rec])])
+    g.gemm(h, "fc", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "indrnn_unrolled", [_float("x", [BATCH, steps, features])], [_float("y", [BATCH, out])])
