@@ -255,8 +255,41 @@ def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return _read_once(graph, lambda n: _plain(n, "QuantizeLinear"))
 
 
+def _dq_constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The values of main-graph Constant nodes a DequantizeLinear of a Constant reads (its x, scale and zero point),
+    as tensors named by their outputs: torch legacy writes a torch.ao FX int8 model's weights so (sweep 44). None
+    below IR 4, where an initializer must also be a graph input."""
+    graph = model.graph
+    if model.ir_version < 4:
+        return {}
+    outputs = {o.name for o in graph.output}
+    made = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and len(n.output) == 1
+            and len(n.attribute) == 1 and n.attribute[0].name == "value" and n.output[0] not in outputs}
+    found: dict[str, onnx.TensorProto] = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input and n.input[0] in made:
+            for name in n.input[:3]:
+                if name in made:
+                    t = onnx.TensorProto()
+                    t.CopyFrom(made[name].attribute[0].t)
+                    t.name = name
+                    found[name] = t
+    return found
+
+
+def _lift_dq_constants(model: onnx.ModelProto) -> None:
+    """`_dq_constants` become initializers (their Constant nodes go), in place, so the fold takes those weights."""
+    lifted = _dq_constants(model)
+    if not lifted:
+        return
+    kept = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in lifted)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(lifted.values())
+
+
 def foldable(model: onnx.ModelProto) -> bool:
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer} | _dq_constants(model)
     outputs = {o.name for o in model.graph.output}
     fake, casts, shared = _fake_quantizers(model.graph), _float_casts(model.graph), _shared(model.graph)
     return (any(_foldable(n, inits, outputs, fake, shared) or _cast_mul(n, inits, outputs, casts, shared)
@@ -415,9 +448,11 @@ def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
 
 
 def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
-    """Replace each foldable DequantizeLinear of an integer initializer (main graph) by its float values, in place;
-    the integer, scale and zero-point initializers nothing else reads go. Returns what `restore` needs."""
+    """Replace each foldable DequantizeLinear of an integer initializer (main graph; a Constant node's value is
+    made one first, `_lift_dq_constants`) by its float values, in place; the integer, scale and zero-point
+    initializers nothing else reads go. Returns what `restore` needs."""
     graph = model.graph
+    _lift_dq_constants(model)
     folded: list[QuantizedWeight] = _fold_dynamic(model, _shared(graph))
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}

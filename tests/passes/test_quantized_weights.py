@@ -726,3 +726,51 @@ def test_keras_int8_dense_layers_fold_and_are_pruned_on_their_grid(tmp_path):
     np.testing.assert_allclose(outputs(written, held_out),
                                _keras_int8_reference(written, held_out[m.graph.input[0].name]), rtol=1e-5, atol=1e-5)
     assert any("of MatMulInteger (dynamic)" in n for n in result.report["notes"])
+
+
+def _weights_as_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each weight DequantizeLinear's integer, scale and zero point held by Constant nodes, as torch
+    legacy writes a torch.ao FX int8 model (sweep 44)."""
+    out = copy(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    names = {i for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+             for i in n.input[:3] if i in inits}
+    consts = [onnx.helper.make_node("Constant", [], [name], value=inits[name]) for name in sorted(names)]
+    kept = [t for t in out.graph.initializer if t.name not in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    nodes = consts + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def test_integer_weights_held_by_constant_nodes_fold_and_are_pruned_as_initializers_are(tmp_path):
+    """torch.ao's FX int8 CNN through torch legacy holds each weight's int8 values, scales and zero points in
+    Constant nodes before its DequantizeLinear: it was refused ("behind a DequantizeLinear (quantized weight)": the
+    fold read initializers only). They are made initializers first: the folded model runs as the input, and
+    --sparsity 0.5 writes the model the initializer form gives (same integers, same outputs in onnxruntime)."""
+    import onnxprune
+
+    plain = qdq_lenet(tmp_path)
+    held = _weights_as_constant_nodes(plain)
+    onnx.checker.check_model(held, full_check=True)
+    assert not any(t.data_type == onnx.TensorProto.INT8 for t in held.graph.initializer)
+    assert foldable(held)
+    folded = copy(held)
+    assert len(fold(folded)) == len(fold(copy(plain))) >= 5
+    onnx.checker.check_model(folded, full_check=True)
+    np.testing.assert_array_equal(run(folded, optimize=False), run(held, optimize=False))
+    written = {}
+    for name, m in (("plain", plain), ("held", held)):
+        onnx.save(m, tmp_path / f"{name}.onnx")
+        onnxprune.prune(str(tmp_path / f"{name}.onnx"), output=str(tmp_path / f"{name}_out.onnx"), sparsity=0.5)
+        written[name] = onnx.load(tmp_path / f"{name}_out.onnx")
+        onnx.checker.check_model(written[name], full_check=True)
+    a, b = inits(written["plain"]), inits(written["held"])
+    ints = [k for k, v in a.items() if v.dtype == np.int8 and v.ndim > 1]  # 2 Conv and 3 Gemm weights
+    assert len(ints) == 5 and a.keys() == b.keys()
+    for k in ints:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert 0.4 <= (a[k] == 0).mean() <= 0.6, k
+    np.testing.assert_array_equal(run(written["held"]), run(written["plain"]))
