@@ -103,6 +103,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     onnx_attention_rows ai.onnx Attention (opset 23) between q/k/v MatMuls and an out projection (sweep 44)
     keras_int8_mlp      Keras 3's int8 Dense: MatMulInteger of a row-scaled input, Div by the kernel scale (sweep 44)
     indrnn_unrolled     an IndRNN unrolled by torch legacy: every step its own Clip of the one stored u (sweep 44)
+    hamilton_linear     a quaternion layer's weight assembled in forward, 4x the values stored (sweep 44)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -2419,3 +2420,24 @@ def indrnn_unrolled(*, steps: int = 3, features: int = 4, hidden: int = 6, out: 
     g.gemm(h, "fc", hidden, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "indrnn_unrolled", [_float("x", [BATCH, steps, features])], [_float("y", [BATCH, out])])
+
+
+def hamilton_linear(*, features: int = 8, units: int = 12, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> a quaternion linear layer as torch's legacy exporter writes one assembled in forward (sweep 44):
+    'w' [4, 2, 3] Split into r, i, j, k, Squeezed, three Negs, four Concats of the Hamilton product's rows and one of
+    them into W [8, 12] (each stored value read four times) -> MatMul + Add 'b' -> Relu -> Gemm (12->3) -> 'y'."""
+    g = _Graph(seed)
+    w = g.const("w", g.rng.standard_normal((4, features // 4, units // 4)) / np.sqrt(features))
+    g.initializers.append(numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "w.split"))
+    g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "w.axis"))
+    parts = [f"/w/part{p}" for p in "rijk"]
+    g.nodes.append(helper.make_node("Split", [w, "w.split"], parts, name="/w/Split", axis=0))
+    r, i, j, k = [g.op("Squeeze", f"w/{p}", [part, "w.axis"]) for p, part in zip("rijk", parts)]
+    ni, nj, nk = [g.op("Neg", f"w/{p}", [t]) for p, t in zip("ijk", (i, j, k))]
+    rows = [[r, ni, nj, nk], [i, r, nk, j], [j, k, r, ni], [k, nj, i, r]]
+    rows = [g.op("Concat", f"w/row{n}", row, axis=1) for n, row in enumerate(rows)]
+    weight = g.op("Concat", "w", rows, axis=0)
+    h = g.relu(g.op("Add", "q", [g.op("MatMul", "q", ["x", weight]), g.bias("b", units)]), "q")
+    g.gemm(h, "fc", units, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "hamilton_linear", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
