@@ -104,6 +104,7 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     keras_int8_mlp      Keras 3's int8 Dense: MatMulInteger of a row-scaled input, Div by the kernel scale (sweep 44)
     indrnn_unrolled     an IndRNN unrolled by torch legacy: every step its own Clip of the one stored u (sweep 44)
     hamilton_linear     a quaternion layer's weight assembled in forward, 4x the values stored (sweep 44)
+    attention_cache_decoder  ai.onnx Attention (opset 23) fed a past, returning present_key/value (sweep 44)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -2441,3 +2442,22 @@ def hamilton_linear(*, features: int = 8, units: int = 12, out: int = 3, seed: i
     g.gemm(h, "fc", units, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "hamilton_linear", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def attention_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """x [N, S, 8], past_key and past_value [N, 2, P, 4] -> q, k, v MatMuls -> ai.onnx Attention (opset 23) with the
+    past -> 'logits' [N, S, 5] (a MatMul), 'present_key' and 'present_value' [N, 2, P + S, 4], which the op makes
+    of the past as fed and the new keys and values (sweep 44)."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "fc", dim, dim), "fc")
+    qkv = [g.op("MatMul", f"{p}_proj", [h, g.weight(f"{p}_proj.weight", (dim, dim), dim)]) for p in "qkv"]
+    g.nodes.append(helper.make_node("Attention", [*qkv, "", "past_key", "past_value"],
+                                    ["/attn/Attention_output_0", "present_key", "present_value"],
+                                    name="/attn/Attention", q_num_heads=heads, kv_num_heads=heads))
+    head = g.weight("head.weight", (dim, classes), dim)
+    g.nodes.append(helper.make_node("MatMul", ["/attn/Attention_output_0", head], ["logits"], name="/head/MatMul"))
+    past = [_float(n, [BATCH, heads, "past", dim // heads]) for n in ("past_key", "past_value")]
+    present = [_float(n, [BATCH, heads, "total", dim // heads]) for n in ("present_key", "present_value")]
+    graph = helper.make_graph(g.nodes, "attention_cache_decoder", [_float("x", [BATCH, "seq", dim]), *past],
+                              [_float("logits", [BATCH, "seq", classes]), *present], initializer=g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
