@@ -42,7 +42,8 @@ not defined by the model and no user reads them: a sentence-embedding pooler mas
 input whose integer [N, S] input is padded with one id, as one run at the end (or start) of every row that has
 padding and nowhere else, is read the same way (`inferred_padding`: a Keras tagger fed pad_sequences's output).
 An output that a Concat makes of a graph input and a computed part (a decoder fed a past returns `present.*`, its
-`past_key_values.*` input with the new keys and values behind it) is scored on its computed part only
+`past_key_values.*` input with the new keys and values behind it; ai.onnx Attention makes its present_key/value of
+its past_key/value input so) is scored on its computed part only
 (`Evaluator.crops`): the copied part is equal in every model, and scored it would dilute the new positions' error by
 the length of the past (sweep 25: a claimed 0.61 pp where the new positions moved 1.07%).
 Non-tensor outputs are compared by value: a sequence of maps (scikit-learn's ZipMap) becomes a [N, keys] array, a
@@ -1026,7 +1027,8 @@ def _fed_past(model: onnx.ModelProto | None) -> bool:
 def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[int, list[str | None]]]:
     """{index in `names`: (Concat axis, per part the graph input it copies, else None)} for each output that a
     Concat makes of a graph input and computed parts (through Identity and one-input Concats): a decoder's
-    `present.*` = Concat(past_key_values.*, new keys), axis -2 as written, normalised by the caller's feeds."""
+    `present.*` = Concat(past_key_values.*, new keys), axis -2 as written, normalised by the caller's feeds; and
+    ai.onnx Attention's (opset 23) present_key/present_value, its past_key/past_value input then the new ones."""
     if model is None:
         return {}
     graph = model.graph
@@ -1045,7 +1047,14 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
     for i, name in enumerate(names):
         if not name:
             continue
-        _, node = through(name)
+        out, node = through(name)
+        if node is not None and node.op_type == "Attention" and node.domain in ("", "ai.onnx") \
+                and out in node.output[1:3]:  # present_key/value: the fed past_key/value, then the new (sweep 44)
+            k = 3 + list(node.output).index(out)  # outputs 1, 2 copy inputs 4, 5
+            past = through(node.input[k])[0] if k < len(node.input) and node.input[k] else ""
+            if past in inputs:
+                found[i] = (-2, [past, None])
+            continue
         if node is None or node.op_type != "Concat" or len(node.input) < 2:
             continue
         parts = [part if part in inputs else None for part in (through(x)[0] for x in node.input)]

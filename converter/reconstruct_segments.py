@@ -162,6 +162,20 @@ class Pass:
         self.overflow = frontier is None
 
     def _session(self, example: dict):
+        try:
+            return make_session(self._segment(example, None), optimize=False)
+        except Exception:
+            # onnxruntime's inference of some ops needs a size the segment's open inputs hide: ai.onnx Attention
+            # (opset 23) on 3-D q/k/v of unknown hidden size gives an output its MatMul after it rejects (sweep 44);
+            # the sizes the whole model's inference fixes, declared, let it through
+            from onnxprune.passes.shapes import infer_shapes
+
+            segment = self._segment(example, infer_shapes(self.model))
+            return make_session(segment, optimize=False)
+
+    def _segment(self, example: dict, shapes: dict | None) -> onnx.ModelProto:
+        """The segment model: the pass's nodes, its inputs the kept activations; every input's dims open, or those
+        `shapes` (the whole model's inference) fixes at the example's sizes."""
         out = onnx.ModelProto()
         out.CopyFrom(self.model)
         g = out.graph
@@ -175,13 +189,15 @@ class Pass:
                 g.input.append(declared[name])  # sequence (its stacked array, SequenceFeeds) or an optional tensor
                 continue
             v = np.asarray(example[name])
-            g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype),
-                                                         [None] * v.ndim))
+            known = (shapes or {}).get(name) or [None] * v.ndim
+            dims = [k if len(known) == v.ndim and k == d else None for k, d in zip(known, v.shape)] \
+                if len(known) == v.ndim else [None] * v.ndim
+            g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), dims))
         g.input.extend(vi for vi in self.model.graph.input if vi.name in inits)  # optional inputs with defaults
         types = {vi.name: vi for vi in self.model.graph.output}
         del g.output[:]
         g.output.extend(types[n] if n in types else onnx.ValueInfoProto(name=n) for n in self.fresh)
-        return make_session(out, optimize=False)
+        return out
 
     def run(self, b: int, feeds: dict) -> dict[str, np.ndarray]:
         """The pass's tensors `names` (and the new frontier, kept) on batch `b`."""

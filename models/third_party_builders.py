@@ -100,8 +100,13 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         constant of its own (session 43)
     feature_head        'z' [N, 32], a feature the model returns and its own Gemm turns into the score 's' [N, 1]
                         (atspm's funcnet pair: its pair embedding z [N, 128] and the phase Gemm's s; real models 47)
+    onnx_attention_rows ai.onnx Attention (opset 23) between q/k/v MatMuls and an out projection (sweep 44)
+    keras_int8_mlp      Keras 3's int8 Dense: MatMulInteger of a row-scaled input, Div by the kernel scale (sweep 44)
+    indrnn_unrolled     an IndRNN unrolled by torch legacy: every step its own Clip of the one stored u (sweep 44)
+    hamilton_linear     a quaternion layer's weight assembled in forward, 4x the values stored (sweep 44)
+    attention_cache_decoder  ai.onnx Attention (opset 23) fed a past, returning present_key/value (sweep 44)
 
-All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap).
+All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
 
 from __future__ import annotations
@@ -2342,3 +2347,117 @@ def kmax_text_cnn(*, channels: int = 4, length: int = 12, filters: int = 8, k: i
     g.gemm(flat, "fc", filters * k if axis % 3 == 2 else k * length, classes)
     g.nodes[-1].output[0] = "y"
     return _model(g, "kmax_text_cnn", [_float("x", [BATCH, channels, length])], [_float("y", [BATCH, classes])])
+
+
+def onnx_attention_rows(*, tokens: int = 6, features: int = 8, width: int = 8, heads: int = 2, classes: int = 3,
+                        seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6, 8] -> MatMul + Add (8->8) -> Relu -> q, k, v MatMuls (8->8) -> ai.onnx Attention (opset 23,
+    `heads` heads on 3-D q/k/v) -> MatMul + Add (8->8) -> ReduceMean over the tokens -> Gemm (8->3) -> 'y' [N, 3]
+    (sweep 44: onnx.helper's row transformer over MNIST's rows). onnxruntime's inference of the Attention output
+    needs the hidden size of q and v; given inputs of unknown last axis it gives one the MatMul after it rejects."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "embed", features, width), "embed")
+    qkv = [g.op("MatMul", name, [h, g.weight(f"{name}.weight", (width, width), width)]) for name in ("q", "k", "v")]
+    a = g.op("Attention", "attn", qkv, q_num_heads=heads, kv_num_heads=heads)
+    h = g.matmul(a, "out", width, width)
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "pool.axes"))
+    pooled = g.op("ReduceMean", "pool", [h, "pool.axes"], keepdims=0)
+    g.gemm(pooled, "fc", width, classes)
+    g.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(g.nodes, "onnx_attention_rows", [_float("x", [BATCH, tokens, features])],
+                              [_float("y", [BATCH, classes])], initializer=g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def keras_int8_mlp(*, features: int = 6, hidden: int = 8, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 6] -> two Dense layers as Keras 3's `model.quantize("int8")` writes them through tf2onnx (sweep 44):
+    the input scaled per row, a = 127 / (max|x| + eps), Cast(Max(Min(Round(x * a), 127), -128)) to int8 ->
+    MatMulInteger with 'dense{i}.kernel' int8 and an int8 zero point of 0 -> Cast -> Div by Mul(a,
+    'dense{i}.kernel_scale' [out]) (W = W_q / kernel_scale) -> Add bias; Relu between -> 'y' [N, 3]."""
+    g = _Graph(seed)
+    g.initializers += [numpy_helper.from_array(np.array([0], np.int8), "zero_point"),
+                       numpy_helper.from_array(np.array(127.0, np.float32), "q.max"),
+                       numpy_helper.from_array(np.array(-128.0, np.float32), "q.min"),
+                       numpy_helper.from_array(np.array(1e-7, np.float32), "q.eps")]
+    h = "x"
+    for i, (fan_in, fan_out) in enumerate(((features, hidden), (hidden, out)), 1):
+        scope = f"dense{i}"
+        w = g.rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)
+        kernel_scale = 127 / np.abs(w).max(0)
+        g.initializers.append(numpy_helper.from_array(np.round(w * kernel_scale).astype(np.int8), f"{scope}.kernel"))
+        ks = g.const(f"{scope}.kernel_scale", kernel_scale)
+        peak = g.op("ReduceMax", f"{scope}/peak", [g.op("Abs", f"{scope}/peak", [h])], axes=[1], keepdims=1)
+        a = g.op("Div", f"{scope}/a", ["q.max", g.op("Add", f"{scope}/peak", [peak, "q.eps"])])
+        q = g.op("Round", f"{scope}/q", [g.op("Mul", f"{scope}/q", [h, a])])
+        q = g.op("Max", f"{scope}/q", [g.op("Min", f"{scope}/q", [q, "q.max"]), "q.min"])
+        q = g.op("Cast", f"{scope}/q", [q], to=TensorProto.INT8)
+        y = g.op("MatMulInteger", scope, [q, f"{scope}.kernel", "zero_point", "zero_point"])
+        y = g.op("Div", scope, [g.op("Cast", scope, [y], to=TensorProto.FLOAT),
+                                g.op("Mul", f"{scope}/scale", [a, ks])])
+        h = g.op("Add", scope, [y, g.bias(f"{scope}.bias", fan_out)])
+        if i == 1:
+            h = g.relu(h, scope)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "keras_int8_mlp", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def indrnn_unrolled(*, steps: int = 3, features: int = 4, hidden: int = 6, out: int = 2,
+                    seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 3, 4] -> an IndRNN unrolled as torch's legacy exporter writes a Python loop (sweep 44): per step t,
+    h = Relu(x[:, t] @ W + b + Clip('u', -1, 1) * h), every step its own Clip of the one stored 'u' [6] (the first
+    step's h a zero constant) -> Gemm (6->2) -> 'y' [N, 2]."""
+    g = _Graph(seed)
+    w = g.weight("w.weight", (features, hidden), features)
+    b = g.bias("w.bias", hidden)
+    u = g.const("u", g.rng.uniform(-1.5, 1.5, hidden))
+    lo, hi = g.const("clip.lo", np.array(-1.0)), g.const("clip.hi", np.array(1.0))
+    h = g.const("h0", np.zeros((1, hidden)))
+    for t in range(steps):
+        g.initializers.append(numpy_helper.from_array(np.array(t, np.int64), f"t{t}"))
+        xt = g.op("Gather", f"step{t}", ["x", f"t{t}"], axis=1)
+        pre = g.op("Add", f"step{t}", [g.op("MatMul", f"step{t}", [xt, w]), b])
+        rec = g.op("Mul", f"step{t}", [g.op("Clip", f"step{t}", [u, lo, hi]), h])
+        h = g.op("Relu", f"step{t}", [g.op("Add", f"step{t}/rec", [pre, rec])])
+    g.gemm(h, "fc", hidden, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "indrnn_unrolled", [_float("x", [BATCH, steps, features])], [_float("y", [BATCH, out])])
+
+
+def hamilton_linear(*, features: int = 8, units: int = 12, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 8] -> a quaternion linear layer as torch's legacy exporter writes one assembled in forward (sweep 44):
+    'w' [4, 2, 3] Split into r, i, j, k, Squeezed, three Negs, four Concats of the Hamilton product's rows and one of
+    them into W [8, 12] (each stored value read four times) -> MatMul + Add 'b' -> Relu -> Gemm (12->3) -> 'y'."""
+    g = _Graph(seed)
+    w = g.const("w", g.rng.standard_normal((4, features // 4, units // 4)) / np.sqrt(features))
+    g.initializers.append(numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "w.split"))
+    g.initializers.append(numpy_helper.from_array(np.array([0], np.int64), "w.axis"))
+    parts = [f"/w/part{p}" for p in "rijk"]
+    g.nodes.append(helper.make_node("Split", [w, "w.split"], parts, name="/w/Split", axis=0))
+    r, i, j, k = [g.op("Squeeze", f"w/{p}", [part, "w.axis"]) for p, part in zip("rijk", parts)]
+    ni, nj, nk = [g.op("Neg", f"w/{p}", [t]) for p, t in zip("ijk", (i, j, k))]
+    rows = [[r, ni, nj, nk], [i, r, nk, j], [j, k, r, ni], [k, nj, i, r]]
+    rows = [g.op("Concat", f"w/row{n}", row, axis=1) for n, row in enumerate(rows)]
+    weight = g.op("Concat", "w", rows, axis=0)
+    h = g.relu(g.op("Add", "q", [g.op("MatMul", "q", ["x", weight]), g.bias("b", units)]), "q")
+    g.gemm(h, "fc", units, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "hamilton_linear", [_float("x", [BATCH, features])], [_float("y", [BATCH, out])])
+
+
+def attention_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """x [N, S, 8], past_key and past_value [N, 2, P, 4] -> q, k, v MatMuls -> ai.onnx Attention (opset 23) with the
+    past -> 'logits' [N, S, 5] (a MatMul), 'present_key' and 'present_value' [N, 2, P + S, 4], which the op makes
+    of the past as fed and the new keys and values (sweep 44)."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "fc", dim, dim), "fc")
+    qkv = [g.op("MatMul", f"{p}_proj", [h, g.weight(f"{p}_proj.weight", (dim, dim), dim)]) for p in "qkv"]
+    g.nodes.append(helper.make_node("Attention", [*qkv, "", "past_key", "past_value"],
+                                    ["/attn/Attention_output_0", "present_key", "present_value"],
+                                    name="/attn/Attention", q_num_heads=heads, kv_num_heads=heads))
+    head = g.weight("head.weight", (dim, classes), dim)
+    g.nodes.append(helper.make_node("MatMul", ["/attn/Attention_output_0", head], ["logits"], name="/head/MatMul"))
+    past = [_float(n, [BATCH, heads, "past", dim // heads]) for n in ("past_key", "past_value")]
+    present = [_float(n, [BATCH, heads, "total", dim // heads]) for n in ("present_key", "present_value")]
+    graph = helper.make_graph(g.nodes, "attention_cache_decoder", [_float("x", [BATCH, "seq", dim]), *past],
+                              [_float("logits", [BATCH, "seq", classes]), *present], initializer=g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)

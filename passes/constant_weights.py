@@ -363,11 +363,15 @@ class ConstantWeights(Pass):
             stored = len({node.input[k] for node, k, *_ in layer} - orphans)
             state.notes.append(f"{weights} layer weight(s) that nodes computed from constants ({_ops(layer)} of a "
                                f"stored tensor) stored as the {stored} constant(s) they are, so they can be pruned")
-        params = [f for f in found if f[1] not in _weight_inputs(f[0]) and f[0].input[f[1]] not in orphans]
-        if params:
+        # a reader inside another fold's chain went with it (an unrolled loop's first step, Mul(Clip(u), zeros))
+        alive = {o for sc in scopes(model.graph) for n in sc.graph.node for o in n.output}
+        params = [f for f in found if f[1] not in _weight_inputs(f[0]) and f[0].input[f[1]] not in orphans
+                  and f[0].output[0] in alive]
+        if params:  # an unrolled loop computes one stored vector at every step: said as the constants it is
+            stored = len({node.input[k] for node, k, *_ in params})
             state.notes.append(f"{len(params)} per-channel parameter(s) of element-wise ops that nodes computed from "
-                               f"constants ({_ops(params)} of a stored tensor) stored as the constant(s) they are, so "
-                               f"dead channels they scale or shift can go")
+                               f"constants ({_ops(params)} of a stored tensor) stored as the {stored} constant(s) they "
+                               f"are, so dead channels they scale or shift can go")
         log.debug("constant-weights: %d weight input(s) and %d parameter(s) folded into %d initializer(s)", weights,
                   len(params), len(by_bytes) - len(orphans))
         return PassResult(model, True)

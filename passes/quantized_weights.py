@@ -36,6 +36,8 @@ difference counts against the budget, never in its favour.
     X ─ DynamicQuantizeLinear ─ X_q, x_scale ─┐
     W_q[int8/uint8] ──────────────────── ConvInteger / MatMulInteger ─ (Add) ─ Cast ─ Mul(Mul(x_scale, w_scale))
                                                                     (dynamic quantization: onnxruntime's quantize_dynamic)
+    X ─ Mul(a) ─ Round ─ Min/Max ─ Cast(int8) ─┐    (Keras 3's quantize("int8"): W = W_q / kernel_scale)
+    W_q[int8] ───────────────────────── MatMulInteger ─ Cast ─ Div(Mul(a, kernel_scale))
     load (`fold`):      W_q becomes a float initializer of the same name, W = (W_q - zero_point) · w_scale, read by
                         the integer op through a QuantizeLinear(w_scale, zero_point) that gives back W_q exactly;
                         the inventory follows the QuantizeLinear (passes/weights.py) to an op of opfacts.WEIGHT_OPS
@@ -43,7 +45,8 @@ difference counts against the budget, never in its favour.
 
     The weight's scale is an input of onnxruntime's com.microsoft kernels (DynamicQuantizeLSTM's W and R,
     DynamicQuantizeMatMul, MatMulIntegerToFloat: opfacts.DYNAMIC_QUANT_WEIGHTS); for ConvInteger and MatMulInteger
-    it is the initializer the graph multiplies the input's dynamic scale by, in the Mul after the op's Cast. A
+    it is the initializer the graph multiplies the input's dynamic scale by, in the Mul after the op's Cast, or
+    the reciprocal of the one it divides by with the input's scale (Keras, `_input_scales`). A
     per-channel scale no QuantizeLinear can take (below opset 13, or DynamicQuantizeLSTM's [dirs, 4H] scales)
     folds in units of the integer grid, W = W_q - zero_point, when the zero point is one value: the same weights,
     masks and file; only magnitudes across channels of other scales compare on that grid.
@@ -252,8 +255,41 @@ def _fake_quantizers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return _read_once(graph, lambda n: _plain(n, "QuantizeLinear"))
 
 
+def _dq_constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The values of main-graph Constant nodes a DequantizeLinear of a Constant reads (its x, scale and zero point),
+    as tensors named by their outputs: torch legacy writes a torch.ao FX int8 model's weights so (sweep 44). None
+    below IR 4, where an initializer must also be a graph input."""
+    graph = model.graph
+    if model.ir_version < 4:
+        return {}
+    outputs = {o.name for o in graph.output}
+    made = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and len(n.output) == 1
+            and len(n.attribute) == 1 and n.attribute[0].name == "value" and n.output[0] not in outputs}
+    found: dict[str, onnx.TensorProto] = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear" and n.input and n.input[0] in made:
+            for name in n.input[:3]:
+                if name in made:
+                    t = onnx.TensorProto()
+                    t.CopyFrom(made[name].attribute[0].t)
+                    t.name = name
+                    found[name] = t
+    return found
+
+
+def _lift_dq_constants(model: onnx.ModelProto) -> None:
+    """`_dq_constants` become initializers (their Constant nodes go), in place, so the fold takes those weights."""
+    lifted = _dq_constants(model)
+    if not lifted:
+        return
+    kept = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in lifted)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(lifted.values())
+
+
 def foldable(model: onnx.ModelProto) -> bool:
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer} | _dq_constants(model)
     outputs = {o.name for o in model.graph.output}
     fake, casts, shared = _fake_quantizers(model.graph), _float_casts(model.graph), _shared(model.graph)
     return (any(_foldable(n, inits, outputs, fake, shared) or _cast_mul(n, inits, outputs, casts, shared)
@@ -261,30 +297,54 @@ def foldable(model: onnx.ModelProto) -> bool:
             or bool(_dynamic_weights(model, shared)))
 
 
-def _scale_after(node: onnx.NodeProto, producers, consumers, inits) -> str | None:
-    """The weight scale of a ConvInteger/MatMulInteger whose input comes from a DynamicQuantizeLinear: the
-    initializer the graph multiplies that input scale by, in the Mul after the op (through an integer bias Add
-    and the Cast to float), as quantize_dynamic and older tools write it. None when the graph does not show it."""
+def _scale_after(node: onnx.NodeProto, producers, consumers, inits) -> tuple[str, bool] | None:
+    """The weight scale of a ConvInteger/MatMulInteger whose input is quantized in the graph, and whether the graph
+    divides by it: the initializer the graph multiplies that input's scale by, in the Mul after the op (through an
+    integer bias Add and the Cast to float), as quantize_dynamic and older tools write it (input from a
+    DynamicQuantizeLinear); or, as Keras 3's `quantize("int8")` writes a Dense (sweep 44), the initializer it
+    divides by, Div(Cast(op), Mul(a, kernel_scale)), its input Cast(Round(x * a)) clipped to the integer range
+    (W = W_q / kernel_scale). None when the graph does not show it."""
     d = producers.get(node.input[0])
-    if d is None or d.op_type != "DynamicQuantizeLinear" or len(d.output) < 2:
+    if d is None:
         return None
-    x_scale, out = d.output[1], node.output[0]
+    if d.op_type == "DynamicQuantizeLinear" and len(d.output) >= 2:
+        x_scales, divided = {d.output[1]}, False
+    else:
+        x_scales, divided = _input_scales(d, producers, inits), True
+    out = node.output[0]
     for _ in range(4):
         users = consumers.get(out, [])
         if len(users) != 1:
             return None
         u = users[0]
-        if u.op_type in ("Add", "Cast"):
+        if u.op_type in ("Add", "Cast") and not (divided and u.op_type == "Add"):
             out = u.output[0]
             continue
-        if u.op_type != "Mul" or len(u.input) != 2:
+        if u.op_type != ("Div" if divided else "Mul") or len(u.input) != 2 or (divided and u.input[0] != out):
             return None
         p = producers.get(u.input[1] if u.input[0] == out else u.input[0])
-        if p is None or p.op_type != "Mul" or x_scale not in p.input:
+        if p is None or p.op_type != "Mul" or len(p.input) != 2 or not x_scales & set(p.input):
             return None
-        s = p.input[1] if p.input[0] == x_scale else p.input[0]
-        return s if s in inits else None
+        s = p.input[1] if p.input[0] in x_scales else p.input[0]
+        return (s, divided) if s in inits else None
     return None
+
+
+def _input_scales(cast: onnx.NodeProto, producers, inits) -> set[str]:
+    """x and its scale `a`, both computed, of an input quantized as Cast(Clip(Round(x * a))) to 8 bits (Keras 3's
+    int8 Dense: Min and Max of constants for the clip); the Mul after the op names which is the scale. Empty for any
+    other producer."""
+    if cast.op_type != "Cast" or _attrs(cast).get("to") not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+        return set()
+    n = producers.get(cast.input[0])
+    while n is not None and (n.op_type in ("Min", "Max", "Clip") and all(i in inits for i in n.input[1:])):
+        n = producers.get(n.input[0])
+    if n is None or n.op_type != "Round":
+        return set()
+    m = producers.get(n.input[0])
+    if m is None or m.op_type != "Mul" or len(m.input) != 2 or any(i in inits for i in m.input):
+        return set()
+    return set(m.input)
 
 
 def _dynamic_weights(model: onnx.ModelProto, shared: set[str]) -> list[tuple]:
@@ -309,8 +369,11 @@ def _dynamic_weights(model: onnx.ModelProto, shared: set[str]) -> list[tuple]:
             dtype = helper.tensor_dtype_to_np_dtype(w_t.data_type)
             if dtype not in (np.int8, np.uint8):
                 continue
-            s_name = (node.input[si] if si < len(node.input) else "") if si is not None else _scale_after(
-                node, producers, consumers, inits)
+            divided = False
+            if si is None:
+                s_name, divided = _scale_after(node, producers, consumers, inits) or ("", False)
+            else:
+                s_name = node.input[si] if si < len(node.input) else ""
             z_name = node.input[zi] if zi < len(node.input) else ""
             if not s_name or s_name not in inits or (z_name and z_name not in inits):
                 continue
@@ -321,6 +384,8 @@ def _dynamic_weights(model: onnx.ModelProto, shared: set[str]) -> list[tuple]:
             if not np.issubdtype(scale.dtype, np.floating) or zp.dtype != dtype or not zp.size or not scale.size \
                     or not np.all(scale > 0):
                 continue
+            if divided:  # W = W_q / kernel_scale
+                scale = (1 / scale).astype(scale.dtype)
             if np.all(scale == scale[0]) and np.all(zp == zp[0]):  # one scale, one zero point
                 scale, zp, axis = scale[:1].reshape(()), zp[:1].reshape(()), None
             elif default_opset(model) >= 13 and scale.size in (1, channels) and zp.size in (1, channels):  # a scale
@@ -383,9 +448,11 @@ def as_written(model: onnx.ModelProto, folded: list[QuantizedWeight],
 
 
 def fold(model: onnx.ModelProto) -> list[QuantizedWeight]:
-    """Replace each foldable DequantizeLinear of an integer initializer (main graph) by its float values, in place;
-    the integer, scale and zero-point initializers nothing else reads go. Returns what `restore` needs."""
+    """Replace each foldable DequantizeLinear of an integer initializer (main graph; a Constant node's value is
+    made one first, `_lift_dq_constants`) by its float values, in place; the integer, scale and zero-point
+    initializers nothing else reads go. Returns what `restore` needs."""
     graph = model.graph
+    _lift_dq_constants(model)
     folded: list[QuantizedWeight] = _fold_dynamic(model, _shared(graph))
     inits = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}

@@ -146,7 +146,7 @@ def find_prunable(model: onnx.ModelProto, *, with_macs: bool = True) -> Inventor
                 inv.skipped.append(Skipped(source_name, reason, size))
                 continue
             inv.prunable.append(_weight(node, index, facts, source_name, tensor, via_nodes, ix, shapes))
-    _explain_the_rest(ix, claimed, inv, {o.name for sc in scopes(model.graph) for o in sc.graph.output})
+    _explain_the_rest(ix, claimed, inv, {o.name for sc in scopes(model.graph) for o in sc.graph.output}, model)
     return inv
 
 
@@ -549,8 +549,10 @@ def _attrs_key(node: onnx.NodeProto) -> tuple:
     return tuple(sorted(a.SerializeToString() for a in node.attribute))
 
 
-def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory, outputs: set[str] = frozenset()) -> None:
+def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory, outputs: set[str] = frozenset(),
+                      model: onnx.ModelProto | None = None) -> None:
     """Why each constant no layer claimed is not a weight; `outputs`: names a graph or body returns."""
+    shapes: list = []  # onnx's inferred shapes, once, where a weight computed from constants needs its size
     for name, tensor in ix.consts.items():
         if name in claimed:
             continue
@@ -563,9 +565,44 @@ def _explain_the_rest(ix: ScopeIndex, claimed, inv: Inventory, outputs: set[str]
             inv.skipped.append(Skipped(name, "a constant a graph or If/Loop/Scan body returns as its output, read by "
                                              "no layer", size))
             continue
-        reason = _why_not(name, tensor, users, ix)
+        reason = _grown_weight(name, tensor, ix, model, shapes) or _why_not(name, tensor, users, ix)
         if reason:
             inv.skipped.append(Skipped(name, reason, size))
+
+
+def _grown_weight(name: str, tensor, ix: ScopeIndex, model, shapes: list) -> str | None:
+    """A float constant that nodes compute, with other constants alone, into a layer's weight holding more values
+    than they store (a quaternion layer's Hamilton product assembled in forward: each stored value read four times,
+    sweep 44). constant_weights stores a computed weight as the constant it is only where the file does not grow, so
+    this one stays computed and is not pruned; said so, not "used by Split"."""
+    if tensor.data_type not in FLOAT_TYPES or model is None:
+        return None
+    chain, nodes, queue = {name}, [], [name]
+    while queue and len(nodes) <= 64:
+        for u in ix.consumers.get(queue.pop(0), []):
+            facts = WEIGHT_OPS.get(u.op_type)
+            at = [k for k in (facts.inputs if facts is not None and facts.of(u) else ()) if k < len(u.input)
+                  and u.input[k] in chain and u.input[k] != name]
+            if at:
+                if not shapes:
+                    shapes.append(infer_shapes(model))
+                dims = shapes[0].get(u.input[at[0]])
+                read = {i for n in nodes for i in n.input if i in ix.consts}
+                stored = sum(int(np.prod(ix.consts[i].dims, dtype=np.int64)) for i in read
+                             if ix.consts[i].data_type in FLOAT_TYPES) or None
+                if not dims or None in dims or stored is None or int(np.prod(dims)) <= stored:
+                    return None
+                ops = "/".join(sorted({n.op_type for n in nodes}))
+                return (f"computed in the graph ({ops}) into the weight of {u.op_type} '{u.name}', "
+                        f"{int(np.prod(dims)):,} values from {stored:,} stored: stored as that constant it would grow "
+                        "the file, so it stays computed and is not pruned")
+            if u.op_type in SUBGRAPH_OPS or any(i and i not in chain and i not in ix.consts for i in u.input) \
+                    or set(u.output) <= chain:
+                continue
+            nodes.append(u)
+            chain.update(u.output)
+            queue.extend(u.output)
+    return None
 
 
 # named as normalizations in inspect's "not prunable" list only (no channel rule reads this): torch dynamo's nn.RMSNorm

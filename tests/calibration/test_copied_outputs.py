@@ -68,3 +68,25 @@ def test_a_candidate_of_another_length_is_scored_as_it_is():
     value = np.zeros((16, 2, 20, 4), np.float32)  # not the dense model's 15 positions
     assert ev.cropped(1, value, ev.crop(0)).shape == value.shape
     assert ev.cropped(1, np.zeros((16, 2, 15, 4), np.float32), ev.crop(0)).shape == (16, 2, 3, 4)
+
+
+def test_an_onnx_attentions_present_is_scored_on_its_new_part_as_a_concats_is():
+    """Sweep 44: ai.onnx Attention (opset 23) makes present_key/present_value of its past_key/past_value input and
+    the new keys/values itself, with no Concat in the graph: they were scored whole, the fed past diluting the new
+    part's error. Found as a Concat's: with every new value 5% larger, present_value loses exactly 5 pp; the past's
+    length in each feed decides the cut."""
+    model = tb.attention_cache_decoder()
+    onnx.checker.check_model(model, full_check=True)
+    assert copied_parts(model, ["logits", "present_key", "present_value"]) == {1: (-2, ["past_key", None]),
+                                                                              2: (-2, ["past_value", None])}
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((64, 3, 8)).astype(np.float32),
+            "past_key": rng.standard_normal((64, 2, 12, 4)).astype(np.float32),
+            "past_value": rng.standard_normal((64, 2, 12, 4)).astype(np.float32)}
+    ev = Evaluator(open_data(feed, model, batch_size=16), {"logits": "seq_agreement", "present_key": "rel_l2",
+                                                           "present_value": "rel_l2"}, model)
+    assert all(ev.crops)
+    candidate = with_initializer(model, "v_proj.weight", lambda w: w * 1.05)  # onnxruntime runs it
+    ev.evaluate(candidate)
+    assert 100 * (1 - ev.last["present_value"]["after"]) == pytest.approx(5.0, rel=1e-4)
+    assert ev.last["present_key"]["after"] == pytest.approx(1.0)

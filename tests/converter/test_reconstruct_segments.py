@@ -12,8 +12,9 @@ from onnxprune.converter.reconstruct import DenseSessions, ReconstructReport, re
 from onnxprune.models import builders
 from onnxprune.models import builders_bodies as bb
 from onnxprune.models import builders_control as bc
+from onnxprune.models import third_party_builders as tpb
 from onnxprune.passes.weights import weight_array
-from tests.converter.test_reconstruct import feeds_for, prune
+from tests.converter.test_reconstruct import feeds_for, output_error, prune
 from tests.converter.test_reconstruct_bodies import correlated
 from tests.converter.test_reconstruct_recurrent import sequences
 from tests.oracle import check_full
@@ -132,3 +133,26 @@ def test_the_dense_sessions_across_calls_start_each_call_afresh(monkeypatch):
     fresh, _ = _refit(dense, second, feeds)
     for name in second:
         np.testing.assert_array_equal(weight_array(again, name), weight_array(fresh, name), err_msg=name)
+
+
+def test_a_pass_from_kept_activations_runs_an_opset_23_attention_whose_inference_needs_their_sizes(monkeypatch):
+    """ai.onnx Attention (opset 23) on 3-D q/k/v: a pass starting from the kept q, k, v (declared of unknown sizes)
+    made onnxruntime infer an Attention output its out projection rejected ("Incompatible dimensions for matrix
+    multiplication": the sweep 44 row transformer's budgeted prune failed there). The segment is declared with the
+    sizes the whole model's inference fixes: the refit runs, lowers the held-out error in onnxruntime and equals the
+    refit with every pass from the graph inputs."""
+    dense = tpb.onnx_attention_rows(seed=0)
+    check_full(dense)
+    pruned, masks = prune(dense, 0.6)
+    feeds = feeds_for(dense, 4, 16, 0)
+    spy = Spy(monkeypatch)
+    kept, report = _refit(dense, masks, feeds)
+    assert report.passes > 1 and {"out.weight", "fc.weight"} <= set(report.refit)
+    check_full(kept)
+    held_out = feeds_for(dense, 3, 32, 100)
+    assert output_error(kept, dense, held_out) < output_error(pruned, dense, held_out)
+    monkeypatch.setattr(rec, "REFIT_CACHE_BYTES", 0)
+    plain, _ = _refit(dense, masks, feeds)
+    for name in masks:
+        np.testing.assert_array_equal(weight_array(kept, name), weight_array(plain, name), err_msg=name)
+    assert spy.nodes > 0

@@ -314,3 +314,21 @@ def test_a_per_channel_parameter_computed_from_a_stored_vector_is_folded_and_dea
     # a scalar computed from constants (an attention's 1 / sqrt(d)) is no per-channel parameter: it stays
     scalar = actnorm_mlp(hidden=1)
     assert any(n.op_type == "Exp" for n in _fold(scalar)[0].graph.node)
+
+
+def test_a_parameter_an_unrolled_loop_computes_at_every_step_is_said_as_the_constants_it_is():
+    """Sweep 44: torch legacy's unrolled IndRNN clips its stored u at each of 28 steps; the note said "56
+    per-channel parameter(s) ... stored as the constant(s) they are" for two stored vectors, counting too a reader
+    that went inside another fold's chain (the first step's Mul(Clip(u), zeros)). It counts the readers left and
+    says how many constants they are; the folded model runs as the input in onnxruntime."""
+    from onnxprune.models.third_party_builders import indrnn_unrolled
+
+    model = indrnn_unrolled(steps=3)
+    folded, state = _fold(model)
+    check_full(folded)
+    assert not any(n.op_type == "Clip" for n in folded.graph.node)
+    x = np.random.default_rng(0).standard_normal((16, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(folded, {"x": x})["y"], run(model, {"x": x})["y"], rtol=1e-6, atol=1e-6)
+    notes = [n for n in state.notes if "per-channel parameter" in n]
+    assert len(notes) == 1 and notes[0].startswith("3 per-channel parameter(s) ") and \
+        "stored as the 2 constant(s) they are" in notes[0], notes

@@ -671,3 +671,106 @@ def test_the_bridge_runs_a_dynamically_quantized_lstm_close_to_onnxruntime(tmp_p
     assert len(lstm_weights) == 2
     for w in lstm_weights:
         assert params[w].grad is not None and float(params[w].grad.abs().sum()) > 0, w
+
+
+def _keras_int8_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """keras_int8_mlp's forward in numpy from its stored integers: each layer's row-scaled input on the int8 grid,
+    the integer product divided by (a * kernel_scale), the bias added; Relu between."""
+    t = inits(model)
+    h = x.astype(np.float32)
+    for i in (1, 2):
+        a = np.float32(127) / (np.abs(h).max(1, keepdims=True) + np.float32(1e-7))
+        q = np.clip(np.round(h * a), -128, 127).astype(np.int32)
+        y = (q @ t[f"dense{i}.kernel"].astype(np.int32)).astype(np.float32) / (a * t[f"dense{i}.kernel_scale"])
+        h = y + t[f"dense{i}.bias"]
+        h = np.maximum(h, 0) if i == 1 else h
+    return h
+
+
+def test_keras_int8_dense_layers_fold_and_are_pruned_on_their_grid(tmp_path):
+    """Keras 3's `model.quantize("int8")` through tf2onnx (sweep 44): MatMulInteger of an input quantized in the
+    graph (Cast(Round(x * a)) clipped), its product divided by Mul(a, kernel_scale). It was refused ("integer dtype
+    (quantized weight of MatMulInteger)": the fold knew only quantize_dynamic's Mul after a DynamicQuantizeLinear).
+    Now each kernel folds to W_q / kernel_scale behind a QuantizeLinear giving W_q back (the folded model runs as the
+    input, and writes back byte for byte), and --sparsity 0.5 writes the same integer ops with about half of each
+    kernel 0, the kept entries the same integers, its outputs those of the model's arithmetic on the pruned
+    integers."""
+    import onnxprune
+    from onnxprune.models.third_party_builders import keras_int8_mlp
+    from onnxprune.passes.weights import find_prunable
+
+    m = keras_int8_mlp(seed=0)
+    assert foldable(m)
+    folded = copy(m)
+    records = fold(folded)
+    onnx.checker.check_model(folded, full_check=True)
+    assert sorted(w.name for w in find_prunable(folded).prunable) == ["dense1.kernel", "dense2.kernel"]
+    x = feed(m, 16)
+    np.testing.assert_array_equal(outputs(folded, x), outputs(m, x))
+    assert as_written(folded, records).SerializeToString() == m.SerializeToString()
+    np.testing.assert_allclose(outputs(m, x), _keras_int8_reference(m, x[m.graph.input[0].name]), rtol=1e-5,
+                               atol=1e-5)
+
+    onnx.save(m, tmp_path / "k.onnx")
+    result = onnxprune.prune(str(tmp_path / "k.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in m.graph.node]
+    before, after = inits(m), inits(written)
+    for name in ("dense1.kernel", "dense2.kernel"):
+        q, q0 = after[name], before[name]
+        pruned = q == 0
+        assert q.dtype == np.int8 and 0.4 <= pruned.mean() <= 0.6, name
+        assert np.array_equal(q[~pruned], q0[~pruned]), name
+    held_out = feed(m, 32, seed=5)
+    np.testing.assert_allclose(outputs(written, held_out),
+                               _keras_int8_reference(written, held_out[m.graph.input[0].name]), rtol=1e-5, atol=1e-5)
+    assert any("of MatMulInteger (dynamic)" in n for n in result.report["notes"])
+
+
+def _weights_as_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each weight DequantizeLinear's integer, scale and zero point held by Constant nodes, as torch
+    legacy writes a torch.ao FX int8 model (sweep 44)."""
+    out = copy(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    names = {i for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+             for i in n.input[:3] if i in inits}
+    consts = [onnx.helper.make_node("Constant", [], [name], value=inits[name]) for name in sorted(names)]
+    kept = [t for t in out.graph.initializer if t.name not in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    nodes = consts + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def test_integer_weights_held_by_constant_nodes_fold_and_are_pruned_as_initializers_are(tmp_path):
+    """torch.ao's FX int8 CNN through torch legacy holds each weight's int8 values, scales and zero points in
+    Constant nodes before its DequantizeLinear: it was refused ("behind a DequantizeLinear (quantized weight)": the
+    fold read initializers only). They are made initializers first: the folded model runs as the input, and
+    --sparsity 0.5 writes the model the initializer form gives (same integers, same outputs in onnxruntime)."""
+    import onnxprune
+
+    plain = qdq_lenet(tmp_path)
+    held = _weights_as_constant_nodes(plain)
+    onnx.checker.check_model(held, full_check=True)
+    assert not any(t.data_type == onnx.TensorProto.INT8 for t in held.graph.initializer)
+    assert foldable(held)
+    folded = copy(held)
+    assert len(fold(folded)) == len(fold(copy(plain))) >= 5
+    onnx.checker.check_model(folded, full_check=True)
+    np.testing.assert_array_equal(run(folded, optimize=False), run(held, optimize=False))
+    written = {}
+    for name, m in (("plain", plain), ("held", held)):
+        onnx.save(m, tmp_path / f"{name}.onnx")
+        onnxprune.prune(str(tmp_path / f"{name}.onnx"), output=str(tmp_path / f"{name}_out.onnx"), sparsity=0.5)
+        written[name] = onnx.load(tmp_path / f"{name}_out.onnx")
+        onnx.checker.check_model(written[name], full_check=True)
+    a, b = inits(written["plain"]), inits(written["held"])
+    ints = [k for k, v in a.items() if v.dtype == np.int8 and v.ndim > 1]  # 2 Conv and 3 Gemm weights
+    assert len(ints) == 5 and a.keys() == b.keys()
+    for k in ints:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        assert 0.4 <= (a[k] == 0).mean() <= 0.6, k
+    np.testing.assert_array_equal(run(written["held"]), run(written["plain"]))

@@ -607,3 +607,31 @@ def test_an_embedding_the_output_layer_reads_too_is_one_tied_weight(tmp_path, fo
     bank.graph.initializer.append(numpy_helper.from_array(np.array(3, np.int64), "three"))
     bank.graph.node.append(helper.make_node("Gather", ["emb.weight", "three"], ["row3"], name="bank"))
     assert "emb.weight" in {s.name for s in find_prunable(bank).skipped}
+
+
+def test_a_weight_computed_into_more_values_than_stored_is_said_to_stay_computed():
+    """Sweep 44: a quaternion layer's Hamilton-product weight, assembled in forward from w [4, 196, 32] (95% of the
+    model's values), was "not a weight of Conv/... (used by Split)". constant_weights stores a computed weight as its
+    constant only where the file does not grow; the reason now says that, with the sizes. A computed weight that
+    holds no more values than stored (folded by constant_weights) is no such case."""
+    from onnxprune.models.third_party_builders import hamilton_linear
+    from onnxprune.passes.constant_weights import computed_weights
+
+    m = hamilton_linear()
+    onnx.checker.check_model(m, full_check=True)
+    assert computed_weights(m) == []  # 96 values from 24 stored: not folded
+    inv = find_prunable(m)
+    assert [w.name for w in inv.prunable] == ["fc.weight"]
+    reason = next(s.reason for s in inv.skipped if s.name == "w")
+    assert reason.startswith("computed in the graph (Concat/Neg/Split/Squeeze) into the weight of MatMul '/q/MatMul'"
+                             ), reason
+    assert "96 values from 24 stored" in reason and "stays computed and is not pruned" in reason
+    # a weight computed into as many values as stored (Neg of W [8, 12]) is none: constant_weights folds that one
+    w = numpy_helper.from_array(np.ones((8, 12), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Neg", ["W"], ["negW"]), helper.make_node("MatMul", ["x", "negW"],
+                                                                                          ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])], initializer=[w])
+    same = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert len(computed_weights(same)) == 1
+    assert not any(s.reason.startswith("computed in the graph") for s in find_prunable(same).skipped)
