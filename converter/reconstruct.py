@@ -62,7 +62,8 @@ from onnxprune.calibration.runtime import available_memory, output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, LOOKUP_OPS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.opfacts import (CHANNEL_PRODUCERS, LOOKUP_OPS, MULTIPLIES_AS, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS,
+                                      WEIGHT_OPS)
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.shapes import conv_pads
 from onnxprune.passes.weights import find_prunable, name_nodes
@@ -317,6 +318,10 @@ def _outside_reach(w) -> str | None:
         what = ("a deformable convolution (it reads its input at learned offsets)" if w.op_type == "DeformConv"
                 else "a fused kernel")
         return f"{facts.domain or 'ai.onnx'}.{w.op_type} '{w.node}' is {what} (its output is not x @ W); left as pruned"
+    if w.op_type in QUANTIZED_WEIGHT_OPS and w.op_type in MULTIPLIES_AS:  # dynamic quantization's integer ops
+        # the QuantizeLinear in `via` is quantized_weights.fold's own, not the user's: say what the op does instead
+        return (f"{w.op_type} '{w.node}' multiplies it as integers (dynamic quantization), which the layer-wise "
+                "refit does not fit; left as pruned")
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None

