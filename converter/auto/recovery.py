@@ -312,16 +312,18 @@ class ReconstructRecovery(Recovery):
     select = False  # measured: off gave 5.1x vs 3.9x (sklearn_mlp_digits), 56x vs 20x (mtcnn_onet), same on mtcnn_rnet
 
     def search(self, s, best):
-        from onnxprune.converter.reconstruct import DenseSessions
+        from onnxprune.converter.reconstruct import DenseSessions, refits_any
 
         self.s = s
         self.dense = DenseSessions(s.original)
         s.choices["refit_data"] = {"value": "train part",
                                    "rule": "refit on the training part, judged on the held-out decision part"}
         why = s.choices.get("recovery", {}).get("rule")  # the reason for this backend, said where its limit is
+        refit = ("every candidate refit layer by layer" if refits_any(s.original) else "each candidate judged as "
+                 "pruned: none of this model's weights can be refit (the notes on the refit say why)")
         s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: whole neurons first (each level "
                        "masks a share of every layer's neurons, which dead-neuron removal takes out of the dense "
-                       "shapes), then single weights, every candidate refit layer by layer")
+                       f"shapes), then single weights, {refit}")
         self.pace, self.after, self.stopped, self.projected = None, None, False, None
         # level 0 refits the one-shot masks; when the start is the input model (no one-shot candidate was within
         # the budget) there is nothing to refit there, and the first candidate is level 1. rapidocr_rec (3 minutes):

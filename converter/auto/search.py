@@ -183,9 +183,11 @@ class _Search:
             self.notes.append(w)
         why = self.rule.uncertifiable()
         if not why and self.span <= 0:  # the reserve for the steps after took the whole budget (timing.py's note)
-            why = ("time budget: no time was left for the search (the steps after it need the whole budget), so "
-                   "the input model is kept, unpruned; a larger --time-budget, or fewer samples (--limit), would "
-                   "leave it time")
+            need = (f"are estimated at {self.clock.after.seconds():.0f} s, more than the "
+                    f"{max(0.0, self.clock.deadline - self.clock.clock()):.0f} s of the budget left"
+                    if self.clock is not None else "need the whole budget")  # real models 49: say the figures
+            why = (f"time budget: no time was left for the search (the steps after it {need}), so the input model "
+                   "is kept, unpruned; a larger --time-budget, or fewer samples (--limit), would leave it time")
         if why:  # no candidate could be certified on this decision set, or none tried: the input model, said once
             log.warning(why)
             self.notes.append(why)

