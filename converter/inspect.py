@@ -510,8 +510,9 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"note: {info['unfed']}", markup=False, highlight=False)
     if info.get("npz_example"):
         console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
-                      "data, at least 100 for --max-loss, 500 or more to let the search hold a final exam on samples "
-                      "no candidate was judged on, and add labels=... if you have them; a file whose inputs "
+                      "data, at least 100 for --max-loss, 400 or more to let the search guard its later looks (a "
+                      "final exam on samples no candidate was judged on, or a stricter rule), and add labels=... if "
+                      "you have them; a file whose inputs "
                       "cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
         if info.get("npz_open"):  # real models 45: a mel front end's [N, L] audio got L = 8, which it cannot run

@@ -56,7 +56,7 @@ def test_inspect_calibration_hint_asks_for_a_few_hundred_random_samples_and_labe
     print_inspection(inspect_model(ROOT / "models" / "lenet300.onnx"), Console(file=out, width=400))
     text = out.getvalue()
     assert "a few hundred real samples drawn at random" in text and "labels=" in text and "at least 100" in text
-    assert "500 or more to let the search hold a final exam" in text
+    assert "400 or more to let the search guard its later looks" in text
 
 
 def test_sensitivity_table_explains_its_columns(tmp_path):
