@@ -98,7 +98,8 @@ ACTIVATION_SAMPLES = 128  # ... and no more whole batches than hold this many sa
 # 22.6M-parameter encoder's 240 samples (4 batches of 64) took 16 s CPU of a 149 s one-shot run
 ACTIVATION_SECONDS = 10.0  # ... and, deadline or not, no batch after the first once the batches read and one more
 # at the last one's pace would pass this: on a heavy model Act% cost as much as the measurement itself (VGG16, 17.6
-# GMACs a sample: 8 batches of 16 through both models, about 60 s of a 126 s measure step in a 7-minute --one-shot)
+# GMACs a sample: 8 batches of 16 through both models, about 110 s of a 126 s measure step in a 7-minute --one-shot;
+# reading one, the step took 26 s)
 REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
 VERIFY_SESSIONS = 3.0  # the parity check's sessions (oracle, written model, its optimised load), in load steps
 
