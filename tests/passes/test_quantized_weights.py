@@ -449,6 +449,19 @@ def dynamic_models(tmp_path):
             "lstm_per_channel": dynamic(tmp_path, bc.lstm_classifier(), "lstm", True)}
 
 
+def _half_pruned(model: onnx.ModelProto, tmp_path):
+    """(PruneResult, written model) of `--sparsity 0.5` on `model` through the API: the written file passes the full
+    checker and keeps every op of the input (integer ops stay integer ops)."""
+    import onnxprune
+
+    onnx.save(model, tmp_path / "in.onnx")
+    result = onnxprune.prune(str(tmp_path / "in.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in model.graph.node]
+    return result, written
+
+
 def feed(model: onnx.ModelProto, n: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
     i = model.graph.input[0]
     shape = [n if not d.dim_value else d.dim_value for d in i.type.tensor_type.shape.dim]
@@ -550,14 +563,8 @@ def test_prune_writes_a_dynamically_quantized_model_with_pruned_weights_at_their
     """--sparsity 0.5 on quantize_dynamic's LeNet-5 (uint8 weights, per-channel MatMul scales): the file keeps every
     integer op, each weight about half at its zero point, unchanged ones the same integers; the tool's parity check
     ran it against the masked oracle; the compression counts from the input's own nonzeros."""
-    import onnxprune
-
     m = dynamic_models(tmp_path)["lenet_u8_per_channel"]
-    onnx.save(m, tmp_path / "dyn.onnx")
-    result = onnxprune.prune(str(tmp_path / "dyn.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
-    written = onnx.load(tmp_path / "out.onnx")
-    onnx.checker.check_model(written, full_check=True)
-    assert [n.op_type for n in written.graph.node] == [n.op_type for n in m.graph.node]
+    result, written = _half_pruned(m, tmp_path)
     before, after = inits(m), inits(written)
     zero_points = {n.input[1]: after[n.input[3]] for n in written.graph.node if n.op_type in ("ConvInteger",
                                                                                                "MatMulInteger")}
@@ -747,7 +754,6 @@ def test_keras_int8_dense_layers_fold_and_are_pruned_on_their_grid(tmp_path):
     input, and writes back byte for byte), and --sparsity 0.5 writes the same integer ops with about half of each
     kernel 0, the kept entries the same integers, its outputs those of the model's arithmetic on the pruned
     integers."""
-    import onnxprune
     from onnxprune.models.third_party_builders import keras_int8_mlp
     from onnxprune.passes.weights import find_prunable
 
@@ -763,11 +769,7 @@ def test_keras_int8_dense_layers_fold_and_are_pruned_on_their_grid(tmp_path):
     np.testing.assert_allclose(outputs(m, x), _keras_int8_reference(m, x[m.graph.input[0].name]), rtol=1e-5,
                                atol=1e-5)
 
-    onnx.save(m, tmp_path / "k.onnx")
-    result = onnxprune.prune(str(tmp_path / "k.onnx"), output=str(tmp_path / "out.onnx"), sparsity=0.5)
-    written = onnx.load(tmp_path / "out.onnx")
-    onnx.checker.check_model(written, full_check=True)
-    assert [n.op_type for n in written.graph.node] == [n.op_type for n in m.graph.node]
+    result, written = _half_pruned(m, tmp_path)
     before, after = inits(m), inits(written)
     for name in ("dense1.kernel", "dense2.kernel"):
         q, q0 = after[name], before[name]
