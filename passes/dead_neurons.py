@@ -178,7 +178,9 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     tensors = cg.graph.tensors()
     outputs = {t.name for t in cg.graph.outputs}
     for name in list(ignored):  # a tensor something else reads too (a residual Add, a graph output) is not ignored
-        consumers = {id(n) for n in tensors[name].outputs} if name in tensors else {None}
+        # but its Shape reads sizes alone (sweep 45: a top-1 MoE's zeros_like(h), Shape -> ConstantOfShape, the
+        # experts' Where's other side, tied h's dead units to the experts' live channels without a word)
+        consumers = ({id(n) for n in tensors[name].outputs if n.op != "Shape"} if name in tensors else {None})
         # nor one filled with a constant (an unrolled RNNCell's zero h0, `rules_layout._filled`): nothing to remove
         filled = name in tensors and any(p.op == "ConstantOfShape" for p in tensors[name].inputs)
         if name in outputs or consumers != readers[name] or filled:

@@ -46,9 +46,12 @@ own (all in the output, at least one) are P:
                                              -> Reshape [0.., O] -> Transpose(Out)     W' = W as [G, |C|, |O|]
 
 Rules: a main-graph Einsum of two operands, one a float initializer W read by this Einsum alone, the other x, not
-a constant; each term's letters explicit and distinct; G, C, O and P not empty; the output's letters exactly P, G
-and O. W's axes are moved to G, C, O (W's order within each) and C and O flattened, under W's name; MatMul
-broadcasts x's P axes over W's groups, so the batch stays where it was.
+a constant; each term's letters explicit and distinct; C, O and P not empty; the output's letters exactly P, G
+and O. G may be empty where the rules above do not take the Einsum (sweep 45: per-head projections
+`torch.einsum("btd,hde->bhte", x, W)`, W [4, 48, 12], the head axis between the batch's letters in the output,
+"not a weight ... (used by Einsum)"): one matrix W [|C|, |O|] then, no group axis. W's axes are moved to G, C, O
+(W's order within each) and C and O flattened, under W's name; MatMul broadcasts x's P axes over W's groups, so
+the batch stays where it was.
 """
 
 from __future__ import annotations
@@ -296,8 +299,10 @@ def grouped_layout(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, s
     contracted = "".join(c for c in w if c in x and c not in o_letters)
     outs = "".join(c for c in w if c not in x)
     own = "".join(c for c in x if c not in w)
-    if not (groups and contracted and outs and own) or sorted(o_letters) != sorted(own + groups + outs):
+    if not (contracted and outs and own) or sorted(o_letters) != sorted(own + groups + outs):
         return None
+    if not groups and (linear_layout(node, weight_index) or flat_layout(node, weight_index)):
+        return None  # a plain linear layer: those rules write it without the Transposes
     return x, w, o_letters, groups, contracted, outs
 
 

@@ -196,21 +196,26 @@ def _compare(b: Builder, node: gs.Node) -> None:
 def _where(b: Builder, node: gs.Node) -> None:
     """Where(cond, x, y), element-wise: the operands that carry channels must line up, the others are constants
     (one value or one per channel, sliced with them). A constant channel takes x's or y's value as its condition
-    is 1 or 0; where the condition varies, the one value both sides hold, else NaN."""
+    is 1 or 0; where the condition varies, the one value both sides hold, else NaN. A condition that carries no
+    channels and is no constant may still select for all channels alike, as `_gate` multiplies them: size 1 on
+    their axis or no such axis (sweep 45: a top-1 gate, Where(Equal(ArgMax, e) [N, 1], expert, 0)); it varies."""
     chans = [b.ch(t) for t in node.inputs]
     first = next((c for c in chans if c is not None), None)
     if first is None:
         return b.opaque(node, "selects between tensors that carry no channels")
+    carrier = next(u for u, cu in zip(node.inputs, chans) if cu is first)
     values = []
-    for t, c in zip(node.inputs, chans):
+    for n, (t, c) in enumerate(zip(node.inputs, chans)):
         if c is not None:
             values.append(c.value)
             continue
         K = _const(t)
+        if K is None and n == 0 and _gate(b, carrier, first, t):
+            values.append(np.full(np.shape(first.value), NAN))
+            continue
         if K is None:
             return b.opaque(node, f"selects with '{t.name}', which carries no channels")
-        kv = _channel_constant(b, node, next(u for u, cu in zip(node.inputs, chans) if cu is first), first, t, K,
-                               "a constant")
+        kv = _channel_constant(b, node, carrier, first, t, K, "a constant")
         if kv is None:
             return None
         values.append(np.asarray(kv, dtype=np.float64))

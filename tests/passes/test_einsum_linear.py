@@ -182,12 +182,13 @@ def test_equations_with_a_matrix_per_position_are_recognized_and_others_are_not(
     assert grouped_layout(_einsum("nid,iokd->niok"), 1)[3:] == ("i", "d", "ok")
     assert grouped_layout(_einsum("nid,dio->nio"), 1)[3:] == ("i", "d", "o")
     assert grouped_layout(_einsum("iokd,nid->nkoi", 0), 0)[3:] == ("i", "d", "ok")
+    assert grouped_layout(_einsum("nid,kdo->nkio"), 1)[3:] == ("", "d", "ko")  # per-head projections (sweep 45)
     for eq in ("id,iod->io", "nid,ioe->nio", "nid,iod->ni", "nid,od->nio", "...id,iod->...io", "nii,iod->nio",
-               "nid,iod->nido"):
+               "nid,iod->nido", "nid,ido->no", "nid,do->nio"):  # the last three: the linear rules' own
         assert grouped_layout(_einsum(eq), 1) is None, eq
 
 
-@pytest.mark.parametrize("equation", ["nid,iokd->niok", "nid,dio->nio", "nid,iokd->nkoi"])
+@pytest.mark.parametrize("equation", ["nid,iokd->niok", "nid,dio->nio", "nid,iokd->nkoi", "nid,kdo->nkio"])
 def test_an_einsum_with_a_matrix_per_position_is_a_batched_matmul_with_the_same_outputs(equation):
     """Sweep 42: a capsule net's transform `torch.einsum("nid,iokd->niok", u, W)` (W [144, 10, 8, 8], 52% of the
     model; legacy and dynamo) was "not a weight ... (used by Einsum)". The pass writes Transpose -> Reshape [0.., 1,
@@ -197,9 +198,10 @@ def test_an_einsum_with_a_matrix_per_position_is_a_batched_matmul_with_the_same_
 
     model = einsum_grouped(equation=equation, seed=0)
     cols = 3 * (2 if "k" in equation else 1)
-    rewritten = _becomes_a_matmul_weight(model, "caps.W", (6, 4, cols))
+    per_head = equation == "nid,kdo->nkio"  # sweep 45: no group axis, one matrix [d, k·o] for every position
+    rewritten = _becomes_a_matmul_weight(model, "caps.W", (4, cols) if per_head else (6, 4, cols))
     layer = next(w for w in find_prunable(rewritten).prunable if w.name == "caps.W")
-    assert layer.macs == 6 * 4 * cols
+    assert layer.macs == 6 * 4 * cols  # per head too: the one matrix at each of the 6 positions
     _half_pruned_computes_its_weights(model, "caps.W")
 
 
