@@ -199,20 +199,25 @@ def test_dead_and_constant_channels_pass_isnan_and_isinf_guards():
              h.make_node("IsNaN", ["h"], ["nan"]), h.make_node("IsInf", ["h"], ["inf"], detect_negative=0),
              h.make_node("Where", ["nan", "zero", "h"], ["g1"]), h.make_node("Where", ["inf", "zero", "g1"], ["g2"]),
              h.make_node("MatMul", ["g2", "fc2.weight"], ["b"]), h.make_node("Add", ["b", "fc2.bias"], ["y"])]
-    graph = h.make_graph(nodes, "guards", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
-    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
-    onnx.checker.check_model(out, full_check=True)
+    out, report, shp = _x6_y3(nodes, inits, "guards")  # onnxruntime's outputs on seeded inputs equal
     assert shp["fc1.weight"] == (6, 5) and shp["fc2.weight"] == (5, 3) and report.removed == 3
     assert not np.allclose(G.init(out, "fc2.bias"), 0)  # 0.5 · fc2's row 6 went in
 
 
-def test_a_dead_unit_goes_through_a_top1_gate_whose_condition_carries_no_channels():
-    """Sweep 45: a top-1 mixture of experts, Where(Equal(ArgMax(gate(h)), 0) [N, 1], h, 0), kept every dead unit of h
-    ("consumer Where ... selects with '/Equal_output_0', which carries no channels"). The condition selects for all
-    of h's channels alike (size 1 on their axis): a dead unit is 0 on both sides and goes, with the gate's and fc2's
-    columns; a live one varies with the condition."""
+def _x6_y3(nodes, inits, name: str):
+    """`prune` (below: onnxruntime's outputs on seeded inputs equal) of the graph of `nodes` from x [N, 6] to y [N, 3],
+    opset 17; the written model passes the full checker."""
+    h = onnx.helper
+    graph = h.make_graph(nodes, name, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    return out, report, shp
+
+
+def _top1_gate():
+    """(rng, initializers, nodes) of a top-1 gate over h = Relu(x @ fc1 + b1), h's units 1 and 5 dead: the gate's
+    logits g = h @ gate, the condition c = Equal(ArgMax(g, keepdims), 0) [N, 1] (expert 0 chosen)."""
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((6, 8)).astype(np.float32)
     w1[:, [1, 5]] = 0
@@ -220,18 +225,26 @@ def test_a_dead_unit_goes_through_a_top1_gate_whose_condition_carries_no_channel
     h = onnx.helper
     inits = [onnx.numpy_helper.from_array(a, n) for a, n in (
         (w1, "fc1.weight"), (b1, "fc1.bias"), (rng.standard_normal((8, 2)).astype(np.float32), "gate.weight"),
-        (rng.standard_normal((8, 3)).astype(np.float32), "fc2.weight"), (np.zeros(3, np.float32), "fc2.bias"),
-        (np.array(0.0, np.float32), "zero"), (np.array(0, np.int64), "expert"))]
+        (np.array(0, np.int64), "expert"))]
     nodes = [h.make_node("MatMul", ["x", "fc1.weight"], ["a"]), h.make_node("Add", ["a", "fc1.bias"], ["p"]),
              h.make_node("Relu", ["p"], ["h"]), h.make_node("MatMul", ["h", "gate.weight"], ["g"]),
-             h.make_node("ArgMax", ["g"], ["k"], axis=1, keepdims=1), h.make_node("Equal", ["k", "expert"], ["c"]),
-             h.make_node("Where", ["c", "h", "zero"], ["sel"]),
+             h.make_node("ArgMax", ["g"], ["k"], axis=1, keepdims=1), h.make_node("Equal", ["k", "expert"], ["c"])]
+    return rng, inits, nodes
+
+
+def test_a_dead_unit_goes_through_a_top1_gate_whose_condition_carries_no_channels():
+    """Sweep 45: a top-1 mixture of experts, Where(Equal(ArgMax(gate(h)), 0) [N, 1], h, 0), kept every dead unit of h
+    ("consumer Where ... selects with '/Equal_output_0', which carries no channels"). The condition selects for all
+    of h's channels alike (size 1 on their axis): a dead unit is 0 on both sides and goes, with the gate's and fc2's
+    columns; a live one varies with the condition."""
+    rng, inits, nodes = _top1_gate()
+    h = onnx.helper
+    inits += [onnx.numpy_helper.from_array(a, n) for a, n in (
+        (rng.standard_normal((8, 3)).astype(np.float32), "fc2.weight"), (np.zeros(3, np.float32), "fc2.bias"),
+        (np.array(0.0, np.float32), "zero"))]
+    nodes += [h.make_node("Where", ["c", "h", "zero"], ["sel"]),
              h.make_node("MatMul", ["sel", "fc2.weight"], ["b"]), h.make_node("Add", ["b", "fc2.bias"], ["y"])]
-    graph = h.make_graph(nodes, "top1", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
-    out, report, shp = prune(m)  # onnxruntime's outputs on seeded inputs equal
-    onnx.checker.check_model(out, full_check=True)
+    out, report, shp = _x6_y3(nodes, inits, "top1")  # onnxruntime's outputs on seeded inputs equal
     assert shp["fc1.weight"] == (6, 6) and shp["gate.weight"] == (6, 2) and shp["fc2.weight"] == (6, 3)
     assert report.removed == 2
 
@@ -240,19 +253,12 @@ def test_a_dead_unit_tied_to_live_experts_by_zeros_like_is_kept_and_said():
     """Sweep 45: torch legacy's top-1 MoE writes `y = zeros_like(h)` as ConstantOfShape(Shape(h)) and each expert's
     Where(c, expert(h), y): h's channels and the experts' are one class, alive, so a dead unit of h stays; the
     note said nothing once the Where passed a channel-less condition (h's Shape was counted a reader of h)."""
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((6, 8)).astype(np.float32)
-    w1[:, [1, 5]] = 0
-    b1 = np.where(np.isin(np.arange(8), [1, 5]), 0.0, 0.1).astype(np.float32)
+    rng, inits, nodes = _top1_gate()
     h = onnx.helper
-    inits = [onnx.numpy_helper.from_array(a, n) for a, n in (
-        (w1, "fc1.weight"), (b1, "fc1.bias"), (rng.standard_normal((8, 2)).astype(np.float32), "gate.weight"),
+    inits += [onnx.numpy_helper.from_array(a, n) for a, n in (
         (rng.standard_normal((8, 8)).astype(np.float32), "ex.weight"),
-        (rng.standard_normal((8, 3)).astype(np.float32), "fc2.weight"), (np.array(0, np.int64), "expert"))]
-    nodes = [h.make_node("MatMul", ["x", "fc1.weight"], ["a"]), h.make_node("Add", ["a", "fc1.bias"], ["p"]),
-             h.make_node("Relu", ["p"], ["h"]), h.make_node("MatMul", ["h", "gate.weight"], ["g"]),
-             h.make_node("ArgMax", ["g"], ["k"], axis=1, keepdims=1), h.make_node("Equal", ["k", "expert"], ["c"]),
-             h.make_node("MatMul", ["h", "ex.weight"], ["e"]), h.make_node("Shape", ["h"], ["s"]),
+        (rng.standard_normal((8, 3)).astype(np.float32), "fc2.weight"))]
+    nodes += [h.make_node("MatMul", ["h", "ex.weight"], ["e"]), h.make_node("Shape", ["h"], ["s"]),
              h.make_node("ConstantOfShape", ["s"], ["z"]), h.make_node("Where", ["c", "e", "z"], ["sel"]),
              h.make_node("MatMul", ["sel", "fc2.weight"], ["y"])]
     graph = h.make_graph(nodes, "top1z", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
