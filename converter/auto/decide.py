@@ -663,9 +663,10 @@ class BudgetRule:
         z = self.strictness * self.z
         bound = wilson_upper(0.0, n, z)
         held = 1.0 - (1.0 - bound) ** n
-        exact = 1.0 - (1.0 - NormalDist().cdf(z)) ** (1.0 / n)
+        confidence = NormalDist().cdf(z)
+        exact = 1.0 - (1.0 - confidence) ** (1.0 / n)
         return (f"; with none of {n} changed, Wilson's bound ({100 * bound:.3g} pp) holds with about {held:.0%} "
-                f"one-sided confidence, the exact {NormalDist().cdf(z):.0%} bound being {100 * exact:.3g} pp")
+                f"one-sided confidence, the exact {confidence:.0%} bound being {100 * exact:.3g} pp")
 
     def uncertifiable(self) -> str | None:
         """Why no pruned candidate can be certified on this set, or None: a positive budget under Wilson's bound with

@@ -319,8 +319,8 @@ class ReconstructRecovery(Recovery):
         s.choices["refit_data"] = {"value": "train part",
                                    "rule": "refit on the training part, judged on the held-out decision part"}
         why = s.choices.get("recovery", {}).get("rule")  # the reason for this backend, said where its limit is
-        refit = ("every candidate refit layer by layer" if refits_any(s.original) else "each candidate judged as "
-                 "pruned: none of this model's weights can be refit (the notes on the refit say why)")
+        refit = ("every candidate refit layer by layer" if refits_any(s.original, s.sizes) else "each candidate "
+                 "judged as pruned: none of this model's weights can be refit (the notes on the refit say why)")
         s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: whole neurons first (each level "
                        "masks a share of every layer's neurons, which dead-neuron removal takes out of the dense "
                        f"shapes), then single weights, {refit}")
