@@ -72,6 +72,7 @@ class RunState:
     #                                    budget check judges this pass instead of running the model again)
     features: Any = None  # converter/coverage.FeatureCoverage: first-layer features one value in all the data
     activations: tuple | None = None  # (Act% per layer of the input model, of the pruned model)
+    carried: dict | None = None  # a model feeding a state back, run as a stream (steps.verify.carried_check)
     report: dict | None = None
     auto: dict | None = None  # what the automatic search decided and why (converter.auto)
     quantize: dict | None = None  # --weight-bits: the width kept, the rule, each width tried (converter.steps.quantize)

@@ -77,6 +77,8 @@ class ReportStep(Step):
                 row["act_before"] = act_before.get(row["weight"])
                 row["act"] = act_after.get(row["weight"])
             report["act"] = act_after
+            if state.carried is not None:
+                report["carried"] = state.carried
             note = _unbounded_loss(state)  # a note with the others (a warning would precede --json's document)
             if note and note not in state.notes:
                 state.notes.append(note)

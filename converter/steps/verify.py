@@ -110,7 +110,8 @@ class MeasureStep(Step):
 
     main_only = True
     needs = ("final", "pruned", "original", "inventory", "data")
-    gives = ("metrics", "activations")
+    gives = ("metrics", "activations", "carried")
+    optional = ("carried",)  # only a model that feeds a state back, on data read a feed at a time
 
     def run(self, state: RunState) -> None:
         from onnxprune.converter.steps.budget import input_kept
@@ -153,6 +154,13 @@ class MeasureStep(Step):
                 capped.append(len(read))
             return not cut and not capped
 
+        try:
+            carried_check(state, keep=keep)
+        except Exception as exc:  # noqa: BLE001 - a measurement beside the run's: said, never its end (--debug raises)
+            if debugging():
+                raise
+            log.warning("the carried-state check (the model run as a stream) failed and was left out: %s",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if batches:
             state.activations = tuple(activation_densities([state.original, state.pruned], state.inventory,
                                                            data.reader(), max_batches=batches, more=more))
@@ -165,6 +173,125 @@ class MeasureStep(Step):
             state.notes.append(f"time budget: Act% per layer read {len(read)} of {most} batches (the time "
                                "left in --time-budget)" if read else
                                "time budget: Act% per layer not measured (no time left in --time-budget)")
+
+
+CARRIED_SECONDS = 10.0  # the carried-state check's three passes (the input model's chain, its scoring pass, the
+# written model's chain) stop reading feeds once they would pass this, deadline or not: the feeds of streaming models
+# are small (silero VAD's 60 held-out chunks: 0.4 s), but a feed may be a whole utterance
+
+
+def carried_check(state: RunState, keep: float = 0.0) -> None:
+    """A model that feeds a state back (calibration.carried.state_pairs), with data read a feed at a time, is run
+    as a stream runs it over the feeds of --eval-data, else of --data, that follow one another (each recorded with
+    the state the call before gave: calibration.carried.follows), each model reading its own state: the figures go
+    to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. The budget
+    itself is judged one call at a time from each feed's recorded state; this says what streaming adds. Data whose
+    feeds do not follow one another gets a note saying that nothing was measured streamed."""
+    from onnxprune.calibration.carried import carried_run, follows, state_pairs, streams
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.calibration.readers import open_data
+    from onnxprune.calibration.runtime import make_session, output_names
+    from onnxprune.converter.auto.timing import optional_batches
+    from onnxprune.converter.steps.budget import input_kept
+
+    data = state.data
+    reader = data.evaluation.reader if data.config.eval_data is not None else data.reader()
+    if input_kept(state) or not getattr(reader, "per_feed", False) or getattr(reader, "one_sample_feeds", False):
+        return
+    dense = make_session(state.original)
+    names = output_names(state.original)
+    inputs = {i.name for i in dense.get_inputs()}
+    seconds = CARRIED_SECONDS
+    if state.deadline is not None:
+        seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
+    raw, after, pairs, previous, spent = [], [], None, None, 0.0
+    for feed in reader:
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        t0 = time.perf_counter()
+        out = dict(zip(names, dense.run(names, feed)))
+        spent += time.perf_counter() - t0
+        if pairs is None:
+            pairs = state_pairs(feed, out)
+            if not pairs:
+                return
+        raw.append(feed)
+        after.append(previous is not None and follows(previous, feed, pairs))
+        previous = out
+        if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
+            break
+    kept = streams(after)
+    total = reader.num_samples
+    if not kept:
+        if pairs:
+            state.notes.append(f"carried state: the model feeds back {_pairs_words(pairs)}, but no feed of "
+                               f"{reader.description} holds the state the call before gave{_read_of(raw, total)}, so "
+                               "every figure is one call at a time from each feed's recorded state; to measure it "
+                               "streamed, record consecutive calls of a stream, one feed a file in order")
+        return
+    feeds = [raw[k] for k in kept]
+    inside = set(kept)
+    chained = [after[k] and (k - 1) in inside for k in kept]
+    ev = Evaluator(open_data(feeds, state.original, batch_size=1, warn=False), data.config.metric,
+                   reference_model=state.original, quiet=True, budget=data.budget, output_budgets=data.output_budgets)
+    wanted = [n or names[0] for n in ev.plan]
+    written = make_session(state.final)
+    one_call = (ev.dense - ev.score(carried_run(written, feeds, pairs, wanted, [False] * len(feeds)))) * 100.0
+    one = {n: f.get("loss_pp") for n, f in ev.last.items()}
+    streamed = ev.score(carried_run(written, feeds, pairs, wanted, chained))
+    state.carried = {"pairs": dict(pairs), "feeds": len(feeds), "streams": len(feeds) - sum(chained),
+                     "read": len(raw), "of": total, "data": reader.description,
+                     "loss_pp": (ev.dense - streamed) * 100.0, "one_call_loss_pp": one_call,
+                     "outputs": dict(ev.last), "one_call": one}
+    budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
+    state.notes.append(carried_note(state.carried, budget))
+
+
+CARRIED_PASSES = 4  # the input model over the feeds (to find the streams), its scoring pass, the written model one
+# call at a time and streamed
+
+
+def _read_of(raw: list, total: int | None) -> str:
+    return f" (the first {len(raw):,} of {total:,} read in its time)" if total and total > len(raw) else ""
+
+
+def _pairs_words(pairs: dict[str, str]) -> str:
+    return ", ".join(f"'{o}' as '{i}'" for i, o in pairs.items())
+
+
+def carried_note(carried: dict, budget: float | None) -> str:
+    """The carried-state check in one note: what was fed back, on which feeds, each output's loss streamed beside
+    its loss one call at a time on the same feeds, and, over --max-loss, which outputs and what that means."""
+    figures = []
+    for name, f in carried["outputs"].items():
+        one = carried["one_call"].get(name)
+        figures.append(f"'{name}' {f['loss_pp']:+.2f} pp" + ("" if one is None else f" ({one:+.2f} one call at a "
+                                                               "time)"))
+    read = _read_of([None] * carried["read"], carried.get("of"))
+    data = str(carried["data"]).split(":", 1)[0]
+    text = (f"carried state: run as a stream, each model feeding back {_pairs_words(carried['pairs'])} from one call "
+            f"to the next, over the {carried['feeds']:,} feeds of {data} that follow one another "
+            f"({carried['streams']:,} stream(s){read}): " + ", ".join(figures))
+    if budget is None:
+        return text
+    over = [n for n, f in carried["outputs"].items() if (f.get("loss_pp") or 0.0) > f.get("budget_pp", budget) + 1e-9]
+    if not over:
+        return text + f"; within --max-loss {budget:g} streamed too"
+    states = set(carried["pairs"].values())
+    said = ", ".join(f"'{n}'" for n in over)
+    text += (f"; {said} streamed {'is' if len(over) == 1 else 'are'} over --max-loss {budget:g}: the budget is judged "
+             "one call at a time from each feed's recorded state, and streamed, the written model's error carried in "
+             "its state adds up")
+    rest = [n for n in carried["outputs"] if n not in states]
+    if set(over) <= states and rest:  # only the state itself: what the stream gives holds
+        own = " ".join(f"{n}=L" for n in over)
+        return text + (f"; only the state {'is' if len(over) == 1 else 'are'}: "
+                       + ", ".join(f"'{n}'" for n in rest) + f" stay{'s' if len(rest) == 1 else ''} within the "
+                       f"budget streamed (where the state's error shows); `--max-loss {own}` judges the state by a "
+                       "budget of its own")
+    worst, one = carried["loss_pp"], carried["one_call_loss_pp"]
+    grew = worst / one if one > 0 else None
+    return text + (f" ({grew:.1f}x here); if it runs streamed, a --max-loss about {budget / grew:.2g} leaves room for "
+                   "that" if grew and grew > 1 else "")
 
 
 def _samples_first(evaluator, value):

@@ -1,0 +1,144 @@
+"""A model that feeds a state back (silero VAD's 'state' -> 'stateN') is measured as a stream runs it, on the feeds
+of its data that follow one another (calibration/carried.py, converter/steps/verify.carried_check)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune import prune
+from onnxprune.calibration.carried import carried_run, core, follows, state_pairs, streams, IN_WORDS, OUT_WORDS
+from onnxprune.calibration.metrics import Evaluator
+from onnxprune.calibration.readers import open_data
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.steps.verify import carried_note
+from onnxprune.models import third_party_builders as tb
+
+
+@pytest.mark.parametrize("given, gives", [("state", "stateN"), ("h0", "hn"), ("c0", "cN"), ("cache", "new_cache"),
+                                           ("state_in", "state_out"), ("past_hidden", "hidden"), ("h", "h_1")])
+def test_a_state_and_its_next_value_pair_by_name_shape_and_dtype(given, gives):
+    x = np.zeros((2, 1, 4), np.float32)
+    assert state_pairs({given: x, "audio": np.zeros((1, 4), np.float32)},
+                       {gives: x + 1, "prob": np.zeros((1, 1), np.float32)}) == {given: gives}
+
+
+def test_what_is_no_state_pairs_with_nothing():
+    x = np.zeros((1, 16), np.float32)
+    assert core("input", IN_WORDS) == () and core("output", OUT_WORDS) == ()
+    assert state_pairs({"input": x}, {"output": x}) == {}  # a denoiser's input and output: the same shape, no state
+    assert state_pairs({"x": x}, {"y": x}) == {}
+    assert state_pairs({"state": x}, {"stateN": np.zeros((1, 17), np.float32)}) == {}  # a cache that grows
+    assert state_pairs({"state": x}, {"stateN": x.astype(np.float64)}) == {}
+    assert state_pairs({"h0": x}, {"hn": x, "h_out": x}) == {}  # two outputs could be it: no guess
+
+
+def _stream_folder(folder, model, streams_of, *, seed=0, follow=True):
+    """Folders of one feed a file: `streams_of` streams of that many calls each, every call's state the input model's
+    output of the call before (recorded as a streaming application taps it); `follow=False` records each call's
+    state from a call of another stream (every k-th chunk of a pool, as the corpus's silero set)."""
+    folder.mkdir()
+    sess, rng, k = make_session(model), np.random.default_rng(seed), 0
+    state = None
+    for calls in streams_of:
+        state = np.zeros((2, 1, 8), np.float32) if follow or state is None else state
+        for _ in range(calls):
+            feed = {"audio": rng.standard_normal((1, 16)).astype(np.float32), "sr": np.array(16000),
+                    "state": state}
+            np.savez(folder / f"f{k:04d}.npz", **feed)
+            k += 1
+            nxt = sess.run(["stateN"], feed)[0]
+            state = nxt if follow else (nxt + rng.standard_normal(nxt.shape).astype(np.float32))
+    return folder
+
+
+def test_a_stream_runs_each_model_on_its_own_state_as_onnxruntime_does_by_hand(tmp_path):
+    model = tb.streaming_vad()
+    folder = _stream_folder(tmp_path / "s", model, [5, 1, 4])
+    feeds = list(open_data(folder, model))
+    dense = make_session(model)
+    previous, after = None, []
+    for feed in feeds:
+        after.append(previous is not None and follows(previous, feed, {"state": "stateN"}))
+        previous = dict(zip(["prob", "stateN"], dense.run(["prob", "stateN"], feed)))
+    assert after == [False, True, True, True, True, False, False, True, True, True]
+    assert streams(after) == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # the call alone (5) is no stream
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for t in half.graph.initializer:
+        if t.name.endswith("weight"):
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 0.9, t.name))
+    sess = make_session(half)
+    got = carried_run(sess, feeds, {"state": "stateN"}, ["prob", "stateN"], after)
+    state = None
+    for k, feed in enumerate(feeds):  # by hand: the model's own state inside a stream, the recorded one at its start
+        run = {**feed, "state": state} if after[k] else feed
+        prob, state = sess.run(["prob", "stateN"], run)
+        assert np.array_equal(got[k][0], prob) and np.array_equal(got[k][1], state)
+
+
+def test_a_pruned_stream_is_measured_with_its_state_carried_and_said_over_the_budget(tmp_path):
+    model = tb.streaming_vad()
+    folder = _stream_folder(tmp_path / "s", model, [30, 30, 30, 30])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    # a hand recipe: every figure is measured
+    result = prune(path, output=tmp_path / "out.onnx", data=folder, sparsity=0.5)
+    carried = result.report["carried"]
+    assert carried["pairs"] == {"state": "stateN"} and (carried["feeds"], carried["streams"]) == (120, 4)
+    # the figures are the metric of the written model's stream in onnxruntime against the input model's
+    feeds = list(open_data(folder, model))
+    after = [k % 30 != 0 for k in range(120)]
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    ev = Evaluator(open_data(feeds, model, batch_size=1), None, reference_model=model)
+    streamed = ev.score(carried_run(written, feeds, {"state": "stateN"}, list(ev.plan), after))
+    assert carried["loss_pp"] == pytest.approx((ev.dense - streamed) * 100.0)
+    one = ev.score(carried_run(written, feeds, {"state": "stateN"}, list(ev.plan), [False] * 120))
+    assert carried["one_call_loss_pp"] == pytest.approx((ev.dense - one) * 100.0)
+    # stateN = state + fc1(audio) adds up the pruned fc1's error call by call: streamed it moves far more
+    assert carried["outputs"]["stateN"]["loss_pp"] > 3 * carried["one_call"]["stateN"]
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "'stateN' as 'state'" in note and "120 feeds" in note and "(4 stream(s))" in note
+
+
+def _carried(stream: dict, one: dict) -> dict:
+    return {"pairs": {"state": "stateN"}, "feeds": 120, "streams": 4, "read": 120, "of": 120,
+            "data": "folder 's/' (120 files): 120 feed(s) used as is", "loss_pp": max(stream.values()),
+            "one_call_loss_pp": max(one.values()), "outputs": {n: {"loss_pp": v} for n, v in stream.items()},
+            "one_call": one}
+
+
+def test_the_note_names_the_outputs_a_stream_takes_over_the_budget_and_what_to_do():
+    within = carried_note(_carried({"prob": 0.4, "stateN": 0.9}, {"prob": 0.3, "stateN": 0.5}), 1.0)
+    assert within.endswith("within --max-loss 1 streamed too")
+    assert "'prob' +0.40 pp (+0.30 one call at a time)" in within
+    state = carried_note(_carried({"prob": 0.4, "stateN": 2.3}, {"prob": 0.3, "stateN": 0.75}), 1.0)
+    assert "'stateN' streamed is over --max-loss 1" in state and "only the state is: 'prob' stays within" in state
+    assert "`--max-loss stateN=L`" in state
+    both = carried_note(_carried({"prob": 3.0, "stateN": 6.0}, {"prob": 0.5, "stateN": 1.0}), 2.0)
+    assert "'prob', 'stateN' streamed are over --max-loss 2" in both
+    assert "(6.0x here); if it runs streamed, a --max-loss about 0.33 leaves room for that" in both
+    assert "folder 's/' (120 files) that follow one another (4 stream(s))" in both  # the data named, not described
+    assert carried_note(_carried({"prob": 3.0}, {"prob": 0.5}), None).endswith("'prob' +3.00 pp (+0.50 one call at a "
+                                                                               "time)")  # no budget: figures only
+
+
+def test_feeds_that_follow_no_other_are_judged_one_call_at_a_time_and_said(tmp_path):
+    model = tb.streaming_vad()
+    folder = _stream_folder(tmp_path / "s", model, [60], follow=False)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=folder, sparsity=0.5)
+    assert "carried" not in result.report
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "no feed of" in note and "holds the state the call before gave" in note
+
+
+def test_stacked_samples_or_a_model_without_a_state_get_no_carried_check(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(tb.regressor(), path)
+    x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    result = prune(path, output=tmp_path / "out.onnx", data={"input": x}, sparsity=0.5)
+    assert "carried" not in result.report
+    assert not any(n.startswith("carried state:") for n in result.report["notes"])
