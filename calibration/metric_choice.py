@@ -229,14 +229,63 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(o.name for o in model.graph.output if ranked(o.name))
 
 
+# ops a ranked list's columns pass through between the TopK (or the Gather it drives) and the Concat of the list
+_LIST_PASS = {"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten"}
+
+
+def ranked_detections(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are an NMS-free detector's ranked list [N, K, 4 + 1 (+ 1)]: a Concat on the last axis of
+    boxes (4 columns), a score column that is a sorted TopK's values, and optionally one column more (the class
+    id), in that order (ultralytics' end2end export of YOLOv10/YOLO26: `output0 [N, 300, 6]`, real models 49's
+    isbnx). Its rows are ranks, not anchors: `output_metrics._detections` matches them by class and IoU. The column
+    widths come from onnx's shape inference; a list it cannot size is left to the other rules."""
+    if model is None:
+        return frozenset()
+    producers = _producers(model.graph)
+    concats = {}
+    for out in model.graph.output:
+        node, depth = producers.get(out.name), 0
+        while node is not None and node.op_type == "Identity" and depth < 8:
+            node, depth = producers.get(node.input[0]), depth + 1
+        if node is not None and node.op_type == "Concat" and node.domain in ("", "ai.onnx") \
+                and len(node.input) in (2, 3):
+            concats[out.name] = node
+    if not concats:
+        return frozenset()
+
+    def from_topk(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 16 or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "TopK":
+            attrs = {a.name: a.i for a in node.attribute}
+            return name == node.output[0] and attrs.get("sorted", 1) == 1 and attrs.get("largest", 1) == 1
+        return node.op_type in _LIST_PASS and bool(node.input) and from_topk(node.input[0], depth + 1)
+
+    from onnxprune.passes.shapes import infer_shapes
+
+    dims = infer_shapes(model)  # on a skeleton: no big weight copied; a failure leaves the declared shapes
+    found = set()
+    for name, node in concats.items():
+        shapes = [dims.get(i) for i in node.input]
+        if any(not sh or len(sh) != 3 for sh in shapes):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if axis not in (-1, 2) or [sh[-1] for sh in shapes][:2] != [4, 1] or (len(shapes) == 3 and shapes[2][-1] != 1):
+            continue
+        if from_topk(node.input[1]):
+            found.add(name)
+    return frozenset(found)
+
+
 def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
-    `attention_outputs`, `feature_outputs`."""
+    `attention_outputs`, `feature_outputs`, `ranked_detections`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
             "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
-            "features": feature_outputs(model)}
+            "features": feature_outputs(model), "detections": ranked_detections(model)}
 
 
 # ops an id passes through on its way to a lookup (a cast, a reshape, an offset, a clamp into the vocabulary)
@@ -663,7 +712,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
                tokens: bool = False, attention: Collection[str] = (),
-               features: Mapping[str, str] | None = None) -> dict[str, str]:
+               features: Mapping[str, str] | None = None, detections: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -765,6 +814,14 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                 log.info("output '%s': its channels (axis %d) differ in scale by %.0fx; scored per channel (%s%s), "
                          "so the small ones count as much as the large", name, axis, spread, kinds[name],
                          f": {probs} of them hold probabilities, judged by their largest change" if probs else "")
+    for name in detections:
+        arr = as_array(values[name]) if name in values else None
+        if arr is not None and arr.ndim == 3 and arr.shape[-1] in (5, 6) and arr.dtype.kind == "f":
+            kinds[name] = "detections"
+            if not quiet:
+                log.info("output '%s' is a ranked detection list (boxes, a sorted TopK's scores%s): its detections "
+                         "are matched by %sIoU, not compared row by row", name,
+                         ", class ids" if arr.shape[-1] == 6 else "", "class and " if arr.shape[-1] == 6 else "")
     return kinds
 
 

@@ -254,6 +254,66 @@ def _channel_prob(out, ref, labels, scale):
     return _channel_errors(out, ref, FLOOR * scale, probabilities=True)[:, None], _ones(_n(out))
 
 
+DETECTION_SCORE = 0.05  # a ranked detection is compared as a detection from this score in either model: below it a
+# row is one of the many near-equal low scores whose order any change reshuffles (its rank still counts, below)
+DETECTION_IOU = 0.5  # a detection of the other model is the same object from this IoU, with the same class
+
+
+def _detections(out, ref, labels):
+    """A ranked detection list [N, K, 4 + 1 (+ 1)]: boxes (x1, y1, x2, y2, or cx, cy, w, h), a score and a class id,
+    rows sorted by score (an NMS-free detector's TopK: YOLOv10/YOLO26 end2end exports, `ranked_detections`). Row k
+    of one model is not row k of the other: two near-equal scores trading ranks move whole rows, and compared row by
+    row (channel_prob) a 5%-pruned YOLO's boxes moved 0.65 of their norm where its detections moved 0.0005 of their
+    size (session 50: isbnx). Per sample, the worst of: each detection scored DETECTION_SCORE or more in either
+    model against its match in the other (the same class, the highest IoU, at least DETECTION_IOU): its score's
+    absolute change and its box's change relative to its size (a detection without a match: its score); and the
+    largest change of the k-th highest score over the ranks (the scores below DETECTION_SCORE still count, by
+    rank). Capped at 1."""
+    a, b = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    a, b = a.reshape(a.shape[0], -1, a.shape[-1]), b.reshape(b.shape[0], -1, b.shape[-1])
+    terms = np.zeros(a.shape[0])
+    for i in range(a.shape[0]):
+        worst = float(np.abs(np.sort(a[i, :, 4])[::-1] - np.sort(b[i, :, 4])[::-1]).max(initial=0.0))
+        xyxy = _xyxy_boxes(b[i])
+        for one, other in ((b[i], a[i]), (a[i], b[i])):
+            for det in one[one[:, 4] >= DETECTION_SCORE]:
+                worst = max(worst, _detection_change(det, other, xyxy))
+        terms[i] = min(1.0, worst)
+    return terms[:, None], _ones(a.shape[0])
+
+
+def _xyxy_boxes(rows: np.ndarray) -> bool:
+    """Whether the confident rows' boxes read as corners (x2 >= x1, y2 >= y1 on every one), else centre and size."""
+    sure = rows[rows[:, 4] >= DETECTION_SCORE]
+    return not len(sure) or bool(((sure[:, 2] >= sure[:, 0]) & (sure[:, 3] >= sure[:, 1])).all())
+
+
+def _corners(boxes: np.ndarray, xyxy: bool) -> np.ndarray:
+    if xyxy:
+        return boxes[..., :4]
+    half = boxes[..., 2:4] / 2.0
+    return np.concatenate([boxes[..., :2] - half, boxes[..., :2] + half], axis=-1)
+
+
+def _detection_change(det: np.ndarray, rows: np.ndarray, xyxy: bool) -> float:
+    """`det`'s change against its match among `rows` (the other model's list): max(|score change|, box change /
+    its size), or its score when no row of its class overlaps it by DETECTION_IOU."""
+    if rows.shape[1] > 5:
+        rows = rows[rows[:, 5] == det[5]]
+    if not len(rows):
+        return float(det[4])
+    box, others = _corners(det, xyxy), _corners(rows, xyxy)
+    lo, hi = np.maximum(box[:2], others[:, :2]), np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=1)
+    area = lambda c: np.prod(np.clip(c[..., 2:] - c[..., :2], 0.0, None), axis=-1)  # noqa: E731
+    iou = inter / np.maximum(area(box) + area(others) - inter, _TINY)
+    m = int(np.argmax(iou))
+    if iou[m] < DETECTION_IOU:
+        return float(det[4])
+    size = max(float(np.hypot(*(box[2:] - box[:2]))), _TINY)
+    return max(abs(float(det[4] - rows[m, 4])), float(np.linalg.norm(det[:4] - rows[m, :4])) / size)
+
+
 def _cosine(out, ref, labels):
     a, b = _per_sample(out), _per_sample(ref)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
@@ -355,6 +415,10 @@ METRICS: dict[str, Metric] = {
                            "is off by 0.01 on average: a probability channel (values in [0, 1]) in its largest "
                            "absolute change, 1 percentage point; any other in its relative L2 error", (True,), True,
                            norms=lambda ref: _channel_norms(ref)),
+    "detections": Metric(_detections, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
+                         "each sample's worst detection (scored 0.05 or more in either model, matched by class and "
+                         "IoU) moves its score by 0.01 or its box by 1% of its size on average, or its k-th highest "
+                         "score by 0.01", (True,), True),
     "cosine": Metric(_cosine, lambda s, n: min(1.0, max(0.0, s[0] / n)), False, "mean cosine similarity 0.01 lower",
                      continuous=True),
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),

@@ -105,6 +105,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     indrnn_unrolled     an IndRNN unrolled by torch legacy: every step its own Clip of the one stored u (sweep 44)
     hamilton_linear     a quaternion layer's weight assembled in forward, 4x the values stored (sweep 44)
     attention_cache_decoder  ai.onnx Attention (opset 23) fed a past, returning present_key/value (sweep 44)
+    end2end_detector    an NMS-free detector's ranked list, as ultralytics' end2end export writes it: per anchor 4 box
+                        corners and class scores, ReduceMax -> TopK -> GatherElements of the boxes and the ArgMax class,
+                        'output0' [N, K, 6] = Concat(boxes, score, class id) (real models 49's isbnx; session 50)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -2461,3 +2464,57 @@ def attention_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, s
     graph = helper.make_graph(g.nodes, "attention_cache_decoder", [_float("x", [BATCH, "seq", dim]), *past],
                               [_float("logits", [BATCH, "seq", classes]), *present], initializer=g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def end2end_detector(*, channels: int = 3, width: int = 16, classes: int = 3, keep: int = 12, size: int = 8,
+                     seed: int = 0) -> onnx.ModelProto:
+    """image [N, 3, size, size] -> two conv 3x3 + relu -> conv 1x1 to 4 + `classes` channels per anchor (one a
+    pixel), plus a 1x1 conv of the image into the class logits (bright pixels score); boxes x1 y1 x2 y2 = the
+    anchor's centre -/+ (relu of its offsets + 0.5); scores = sigmoid of the class logits (biased by -4: most
+    anchors score near 0.02); ReduceMax over the classes -> TopK(`keep`, sorted) -> GatherElements of the boxes and
+    of the ArgMax class (cast to float) -> 'output0' [N, keep, 6], ranked by score (ultralytics' end2end YOLO head,
+    real models 49's isbnx)."""
+    g = _Graph(seed)
+    anchors = size * size
+
+    def ints(name, values):
+        g.initializers.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        return name
+
+    x = g.relu(g.conv("image", "conv1", channels, width, 3), "conv1")
+    x = g.relu(g.conv(x, "conv2", width, width, 3), "conv2")
+    head = g.conv(x, "head", width, 4 + classes, 1)
+    bias = next(t for t in g.initializers if t.name == "head.bias")
+    shift = np.zeros(4 + classes, np.float32)
+    shift[4:] = -4.0
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + shift, "head.bias"))
+    # a 1x1 conv of the image itself into the class logits: bright pixels score (a class per input channel's mix)
+    look = np.zeros((4 + classes, channels, 1, 1), np.float32)
+    look[4:, :, 0, 0] = 1.5 * g.rng.uniform(0.2, 1.0, (classes, channels))
+    head = g.op("Add", "look", [head, g.op("Conv", "look", ["image", g.const("look.weight", look)],
+                                           kernel_shape=[1, 1])])
+    flat = g.op("Reshape", "flat", [head, ints("flat_shape", [0, 4 + classes, anchors])])
+    rows = g.op("Transpose", "rows", [flat], perm=[0, 2, 1])
+    g.nodes.append(helper.make_node("Split", [rows, ints("split_sizes", [2, 2, classes])],
+                                    ["/split/lt", "/split/rb", "/split/logits"], axis=-1, name="/split/Split"))
+    yx = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="ij"), -1).reshape(anchors, 2)
+    centre = g.const("anchor_centres", (yx[:, ::-1] + 0.5).astype(np.float32))
+    half = g.const("half", np.array(0.5, np.float32))
+    lt = g.op("Sub", "x1y1", [centre, g.op("Add", "lt", [g.relu("/split/lt", "lt"), half])])
+    rb = g.op("Add", "x2y2", [centre, g.op("Add", "rb", [g.relu("/split/rb", "rb"), half])])
+    boxes = g.op("Concat", "boxes", [lt, rb], axis=-1)
+    scores = g.op("Sigmoid", "scores", ["/split/logits"])
+    best = g.op("ReduceMax", "best", [scores], axes=[-1], keepdims=0)
+    cls = g.op("ArgMax", "cls", [scores], axis=-1, keepdims=0)
+    g.nodes.append(helper.make_node("TopK", [best, ints("k", [keep])], ["/topk/values", "/topk/indices"], axis=-1,
+                                    largest=1, sorted=1, name="/topk/TopK"))
+    last = ints("last", [-1])
+    where = g.op("Tile", "where", [g.op("Unsqueeze", "where", ["/topk/indices", last]), ints("four", [1, 1, 4])])
+    kept = g.op("GatherElements", "kept", [boxes, where], axis=1)
+    label = g.op("Cast", "label", [g.op("GatherElements", "label", [cls, "/topk/indices"], axis=1)],
+                 to=TensorProto.FLOAT)
+    score = g.op("Unsqueeze", "score", ["/topk/values", last])
+    g.nodes.append(helper.make_node("Concat", [kept, score, g.op("Unsqueeze", "label", [label, last])], ["output0"],
+                                    axis=-1, name="/out/Concat"))
+    return _model(g, "end2end_detector", [_float("image", [BATCH, channels, size, size])],
+                  [_float("output0", [BATCH, keep, 6])])

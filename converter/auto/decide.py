@@ -242,6 +242,10 @@ PER_SAMPLE: dict[str, PerSample] = {
     "channel_prob": PerSample(_form("channel_prob", False), False, ("error per channel",),
                               "max over channels c of: max_k |y_ick - d_ick| for a channel whose d_ic lies in [0, 1], "
                               "else min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c))", binary=False),
+    "detections": PerSample(_form("detections", False), False, ("detection change",),
+                            "min(1, the worst of: each detection scored 0.05 or more in either model against its "
+                            "match in the other (same class, IoU >= 0.5): |score change| and ||box change|| / its "
+                            "size (unmatched: its score); and max_k |k-th highest score change|)", binary=False),
     "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
 }

@@ -129,6 +129,22 @@ def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData,
                    deadline or time.perf_counter() + config.time_budget, clock, held, scoring).run()
 
 
+
+def no_time_note(after: float | None, looks: float, left: float | None, *, exam: bool = False) -> str:
+    """Why the search got no time (the input model kept), with the figures: the steps after it (`after` seconds),
+    the search's own second look at its result (`looks`: the dense model over the part it chose on, and the final
+    exam's looks), against the `left` seconds of the budget; without the run's clock (the API's own deadline), the
+    words alone. Real models 49 asked for the figures; session 50 found them said without the second look: isbnx
+    read "the steps after it are estimated at 104 s, more than the 155 s of the budget left", 52 s of look besides."""
+    if after is None or left is None:
+        need = "need the whole budget"
+    else:
+        second = (f" and the search's second look (the dense model over the part it chose on"
+                  f"{', and the final exam' if exam else ''}) at {looks:.0f} s, together" if looks >= 0.5 else "")
+        need = f"are estimated at {after:.0f} s{second}, more than the {left:.0f} s of the budget left"
+    return (f"time budget: no time was left for the search (the steps after it {need}), so the input model is kept, "
+            "unpruned; a larger --time-budget, or fewer samples (--limit), would leave it time")
+
 class _Search:
     frozen: dict[str, np.ndarray] = {}  # (read only) entries kept whatever the masks say: the scoring's `last`
 
@@ -183,11 +199,9 @@ class _Search:
             self.notes.append(w)
         why = self.rule.uncertifiable()
         if not why and self.span <= 0:  # the reserve for the steps after took the whole budget (timing.py's note)
-            need = (f"are estimated at {self.clock.after.seconds():.0f} s, more than the "
-                    f"{max(0.0, self.clock.deadline - self.clock.clock()):.0f} s of the budget left"
-                    if self.clock is not None else "need the whole budget")  # real models 49: say the figures
-            why = (f"time budget: no time was left for the search (the steps after it {need}), so the input model "
-                   "is kept, unpruned; a larger --time-budget, or fewer samples (--limit), would leave it time")
+            why = no_time_note(self.clock.after.seconds() if self.clock is not None else None, self.second_reserve,
+                               max(0.0, self.clock.deadline - self.clock.clock()) if self.clock is not None else None,
+                               exam=self.exam is not None)
         if why:  # no candidate could be certified on this decision set, or none tried: the input model, said once
             log.warning(why)
             self.notes.append(why)

@@ -210,6 +210,15 @@ def _pair(kind, rng, n=60):
         out = ref + 0.02 * rng.standard_normal(shape)
         out[:, 3:] = np.clip(out[:, 3:], 0, 1)
         return ref, out, None
+    if kind == "detections":  # ranked lists [n, 12, x1 y1 x2 y2 score class], a few confident rows each
+        xy = rng.uniform(0, 50, (n, 12, 2))
+        scores = -np.sort(-rng.uniform(0, 1, (n, 12)) ** 6, axis=1)
+        ref = np.concatenate([xy, xy + rng.uniform(2, 10, (n, 12, 2)), scores[..., None],
+                              rng.integers(0, 3, (n, 12, 1))], axis=2)
+        out = ref.copy()
+        out[..., :4] += 0.2 * rng.standard_normal((n, 12, 4))
+        out[..., 4] = -np.sort(-np.clip(scores + 0.02 * rng.standard_normal((n, 12)), 0, 1), axis=1)
+        return ref, out, None
     if kind == "prob":
         ref = np.exp(ref) / np.exp(ref).sum(axis=1, keepdims=True)
     if kind == "exact":

@@ -378,3 +378,16 @@ def test_a_run_that_writes_a_report_reserves_its_writing(small, tmp_path):
     a = after()
     a.report = timing.REPORT_SECONDS
     assert a.seconds() == pytest.approx(after().seconds() + timing.RESERVE_MARGIN * timing.REPORT_SECONDS)
+
+
+def test_no_time_for_the_search_says_the_second_look_beside_the_steps_after_it():
+    """Session 50: isbnx's note read "the steps after it are estimated at 104 s, more than the 155 s of the budget
+    left" (104 < 155): the search also keeps its second look's time (52 s), which the note left out."""
+    from onnxprune.converter.auto.search import no_time_note
+
+    note = no_time_note(104.2, 52.4, 155.0)
+    assert ("the steps after it are estimated at 104 s and the search's second look (the dense model over the part "
+            "it chose on) at 52 s, together, more than the 155 s of the budget left") in note
+    assert "and the final exam) at 52 s" in no_time_note(104.2, 52.4, 155.0, exam=True)
+    assert "estimated at 30 s, more than the 0 s" in no_time_note(30.0, 0.1, 0.0)  # no look to speak of
+    assert "need the whole budget" in no_time_note(None, 3.0, None)
