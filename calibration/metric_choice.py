@@ -795,6 +795,14 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
             if not quiet:
                 log.info("output '%s' is scored as regression (rel_l2): it holds as many values a sample as an input "
                          "(%d: a reconstruction or a latent of the input, not class scores)", name, arr.shape[1])
+    for name in detections:
+        arr = as_array(values[name]) if name in values else None
+        if arr is not None and arr.ndim == 3 and arr.shape[-1] in (5, 6) and arr.dtype.kind == "f":
+            kinds[name] = "detections"
+            if not quiet:
+                log.info("output '%s' is a ranked detection list (boxes, a sorted TopK's scores%s): its detections "
+                         "are matched by %sIoU, not compared row by row", name,
+                         ", class ids" if arr.shape[-1] == 6 else "", "class and " if arr.shape[-1] == 6 else "")
     for name, kind in kinds.items():
         spread = channel_scale_spread(values[name]) if kind == "rel_l2" else None
         if spread is None:
@@ -814,14 +822,6 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                 log.info("output '%s': its channels (axis %d) differ in scale by %.0fx; scored per channel (%s%s), "
                          "so the small ones count as much as the large", name, axis, spread, kinds[name],
                          f": {probs} of them hold probabilities, judged by their largest change" if probs else "")
-    for name in detections:
-        arr = as_array(values[name]) if name in values else None
-        if arr is not None and arr.ndim == 3 and arr.shape[-1] in (5, 6) and arr.dtype.kind == "f":
-            kinds[name] = "detections"
-            if not quiet:
-                log.info("output '%s' is a ranked detection list (boxes, a sorted TopK's scores%s): its detections "
-                         "are matched by %sIoU, not compared row by row", name,
-                         ", class ids" if arr.shape[-1] == 6 else "", "class and " if arr.shape[-1] == 6 else "")
     return kinds
 
 
