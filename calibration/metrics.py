@@ -191,7 +191,8 @@ class Evaluator:
                 raise
             except Exception as exc:  # onnxruntime's Fail / InvalidArgument: the input model itself on this data
                 one = self._one_sample_fails(sess)
-                raise CalibrationError(_input_model_failed(exc, self.reader, one, reference_model)) from exc
+                fits = one and _fits_declared(reference_model, next(self.batches(), ({}, None))[0])
+                raise CalibrationError(_input_model_failed(exc, self.reader, one, reference_model, fits)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
             _refuse_unstacked(reference_model, self.reference_all)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
@@ -1104,11 +1105,22 @@ def _model_node(model: onnx.ModelProto | None, op: str, name: str) -> str:
     return f"{op} '{name}', a node onnxruntime's graph optimizer made{origin}"
 
 
-def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: onnx.ModelProto | None = None) -> str:
+def _fits_declared(model: onnx.ModelProto, feeds: dict) -> bool:
+    """Whether every graph input `feeds` holds has the rank and the fixed sizes its declaration gives."""
+    declared = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+                for i in model.graph.input if i.type.HasField("tensor_type") and i.type.tensor_type.HasField("shape")}
+    found = [(np.shape(v), declared[k]) for k, v in feeds.items() if k in declared]
+    return bool(found) and all(len(s) == len(d) and all(n is None or n == m for m, n in zip(s, d)) for s, d in found)
+
+
+def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: onnx.ModelProto | None = None,
+                        fits: bool = False) -> str:
     """One line for the input model failing in onnxruntime on the user's data as batched (sweep 8: a Khmer segmenter
     declares a 'batch' axis but reshapes to batch 1; stacked data ended in a raw onnxruntime Reshape error). When
     the first sample alone fails too (`one_fails`), the batch is not why (sweep 31: torch's dynamo export of an LSTM
-    with proj_size writes an initial cell state onnxruntime refuses at any batch)."""
+    with proj_size writes an initial cell state onnxruntime refuses at any batch); when the data also `fits` the
+    declared inputs, checking its shapes is no advice (sweep 46: skl2onnx's RadiusNeighborsClassifier gathers at index
+    -1 for a sample with no neighbour in its radius)."""
     import re
 
     msg = " ".join(str(exc).split())
@@ -1122,6 +1134,10 @@ def _input_model_failed(exc: Exception, reader, one_fails: bool = False, model: 
     batch = "one feed at a time" if per_feed else f"in batches of {getattr(reader, 'batch_size', '?')}"
     single = getattr(reader, "batch_size", None) == 1
     if one_fails and not (per_feed or single):
+        if fits:
+            return (f"the input model fails in onnxruntime on {reader.description} read {batch} and on its first "
+                    f"sample alone ({where}): the batch is not why, and the data has the shapes the model declares: "
+                    "the model does not run in onnxruntime on these values as exported.")
         return (f"the input model fails in onnxruntime on {reader.description} read {batch} and on its first sample "
                 f"alone ({where}): the batch is not why; check the data's shapes against the model's inputs "
                 "(`onnxprune inspect` lists them), else the model does not run in onnxruntime as exported.")

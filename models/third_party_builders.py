@@ -2518,3 +2518,27 @@ def end2end_detector(*, channels: int = 3, width: int = 16, classes: int = 3, ke
                                     axis=-1, name="/out/Concat"))
     return _model(g, "end2end_detector", [_float("image", [BATCH, channels, size, size])],
                   [_float("output0", [BATCH, keep, 6])])
+
+
+def p4_lifting_conv(*, kernels: int = 4, out: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 1, 6, 6] -> a group-equivariant (p4) lifting conv as torch's legacy exporter writes one whose kernel
+    'w' [4, 1, 3, 3] is rotated in forward by transpose + flip (sweep 46): the exporter folds w's transpose into a
+    second stored tensor 'w.t', Slice with step -1 flips it (one rotation), a Transpose and a second flip make the
+    next, and Concat(w, rot1, rot2) is the Conv's weight [12, 1, 3, 3] (108 values from 72 stored) -> Relu ->
+    GlobalAveragePool -> Flatten -> Gemm (12->3) -> 'y'."""
+    g = _Graph(seed)
+    w = g.rng.standard_normal((kernels, 1, 3, 3)) / 3.0
+    g.const("w", w)
+    t = g.const("w.t", w.transpose(0, 1, 3, 2))
+    for name, v in (("flip.starts", [-1]), ("flip.ends", [-2**62]), ("flip.axes", [2]), ("flip.steps", [-1])):
+        g.initializers.append(numpy_helper.from_array(np.array(v, np.int64), name))
+    flip = ["flip.starts", "flip.ends", "flip.axes", "flip.steps"]
+    rot1 = g.op("Slice", "rot1", [t, *flip])
+    rot2 = g.op("Slice", "rot2", [g.op("Transpose", "rot2", [rot1], perm=[0, 1, 3, 2]), *flip])
+    weight = g.op("Concat", "w", ["w", rot1, rot2], axis=0)
+    h = g.relu(g.op("Conv", "lift", ["x", weight, g.bias("lift.bias", 3 * kernels)], kernel_shape=[3, 3],
+                    pads=[1, 1, 1, 1]), "lift")
+    h = g.op("Flatten", "pool", [g.op("GlobalAveragePool", "pool", [h])])
+    g.gemm(h, "fc", 3 * kernels, out)
+    g.nodes[-1].output[0] = "y"
+    return _model(g, "p4_lifting_conv", [_float("x", [BATCH, 1, 6, 6])], [_float("y", [BATCH, out])])

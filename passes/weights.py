@@ -574,10 +574,13 @@ def _grown_weight(name: str, tensor, ix: ScopeIndex, model, shapes: list) -> str
     """A float constant that nodes compute, with other constants alone, into a layer's weight holding more values
     than they store (a quaternion layer's Hamilton product assembled in forward: each stored value read four times,
     sweep 44). constant_weights stores a computed weight as the constant it is only where the file does not grow, so
-    this one stays computed and is not pruned; said so, not "used by Split"."""
+    this one stays computed and is not pruned; said so, not "used by Split". Every stored tensor the weight is
+    computed from is said so, also one a node combines with another computed from constants: sweep 46's p4 lifting
+    kernel, Concat(w, rot(w), ...) with legacy's folded transpose of w, said it for the transpose and "used by Concat"
+    for w."""
     if tensor.data_type not in FLOAT_TYPES or model is None:
         return None
-    chain, nodes, queue = {name}, [], [name]
+    chain, nodes, queue, fixed = {name}, [], [name], {}
     while queue and len(nodes) <= 64:
         for u in ix.consumers.get(queue.pop(0), []):
             facts = WEIGHT_OPS.get(u.op_type)
@@ -587,7 +590,7 @@ def _grown_weight(name: str, tensor, ix: ScopeIndex, model, shapes: list) -> str
                 if not shapes:
                     shapes.append(infer_shapes(model))
                 dims = shapes[0].get(u.input[at[0]])
-                read = {i for n in nodes for i in n.input if i in ix.consts}
+                read = _stored_sources(u.input[at[0]], ix)
                 stored = sum(int(np.prod(ix.consts[i].dims, dtype=np.int64)) for i in read
                              if ix.consts[i].data_type in FLOAT_TYPES) or None
                 if not dims or None in dims or stored is None or int(np.prod(dims)) <= stored:
@@ -596,13 +599,39 @@ def _grown_weight(name: str, tensor, ix: ScopeIndex, model, shapes: list) -> str
                 return (f"computed in the graph ({ops}) into the weight of {u.op_type} '{u.name}', "
                         f"{int(np.prod(dims)):,} values from {stored:,} stored: stored as that constant it would grow "
                         "the file, so it stays computed and is not pruned")
-            if u.op_type in SUBGRAPH_OPS or any(i and i not in chain and i not in ix.consts for i in u.input) \
-                    or set(u.output) <= chain:
+            if u.op_type in SUBGRAPH_OPS or any(i and i not in chain and not _from_constants(i, ix, fixed)
+                                                for i in u.input) or set(u.output) <= chain:
                 continue
             nodes.append(u)
             chain.update(u.output)
             queue.extend(u.output)
     return None
+
+
+def _from_constants(t: str, ix: ScopeIndex, memo: dict[str, bool], depth: int = 0) -> bool:
+    """Whether `t` is a constant or nodes compute it from constants alone (no graph input, no If/Loop/Scan)."""
+    if t in ix.consts:
+        return True
+    if t not in memo:
+        n = ix.producers.get(t)
+        memo[t] = bool(n is not None and depth < 64 and n.op_type not in SUBGRAPH_OPS and any(n.input)
+                       and all(_from_constants(i, ix, memo, depth + 1) for i in n.input if i))
+    return memo[t]
+
+
+def _stored_sources(t: str, ix: ScopeIndex) -> set[str]:
+    """The constants a tensor computed from constants alone is computed from."""
+    seen, out, queue = set(), set(), [t]
+    while queue:
+        x = queue.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        if x in ix.consts:
+            out.add(x)
+        elif x in ix.producers:
+            queue.extend(i for i in ix.producers[x].input if i)
+    return out
 
 
 # named as normalizations in inspect's "not prunable" list only (no channel rule reads this): torch dynamo's nn.RMSNorm

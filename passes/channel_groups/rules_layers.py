@@ -93,6 +93,9 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     w = node.inputs[1]
     if found is None and isinstance(w, gs.Constant) and w.values.ndim > 2 and b.ch(w) is None:
         return _matrix_per_group(b, node, w)
+    cw = b.ch(w)
+    if found is None and cw is not None and cw.axis == -1 and b.ch(node.inputs[0]) is None and (b.rank(w) or 0) >= 2:
+        return _weighted_sum(b, node, cw)
     if found is None or (found[0] == 0 and (b.rank(node.inputs[1]) or 0) < 2):
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
     k, (src, W, ax0, ax1, via) = found
@@ -137,6 +140,15 @@ def _mixing(b: Builder, node: gs.Node, W: np.ndarray, c: Channels) -> None:
     with np.errstate(all="ignore"):
         value = np.where(c.value == 0, 0.0, c.value * scale)
     b.set(node.outputs[0], Channels(-1, c.ids, value))
+
+
+def _weighted_sum(b: Builder, node: gs.Node, c: Channels) -> None:
+    """A @ X [..., K, C], A computed and carrying no channels, X's channels on its last axis (attention's
+    probabilities times the values; an attention-free transformer's exp(w) @ (exp(k) * v), sweep 46): output column
+    j is A @ X[..., j], so the channels pass through as in `_mixing`; a zero channel stays zero, any other varies with
+    A. Sweep 46: "consumer MatMul ... has no constant 2-D weight" kept every dead value unit."""
+    with np.errstate(invalid="ignore"):
+        b.set(node.outputs[0], Channels(-1, c.ids, np.where(c.value == 0, 0.0, NAN)))
 
 
 def _bias(b: Builder, node: gs.Node, n: int) -> tuple[np.ndarray, str | None]:

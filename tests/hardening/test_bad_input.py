@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.models import builders
 from onnxprune.passes.sparse_encode import dense_to_sparse
-from tests.hardening.helpers import assert_clean_error, gemm_then, invoke, leftovers, make_model, vi
+from tests.hardening.helpers import assert_clean_error, error_lines, gemm_then, invoke, leftovers, make_model, vi
 from tests.oracle import onnxruntime_since
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1131,3 +1131,20 @@ def test_random_inputs_of_the_declared_shapes_that_fail_alone_too_are_not_told_t
                               "one sample alone fails too", "does not run in onnxruntime as exported")
     assert "--input-shape" not in line
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_data_of_the_declared_shapes_is_not_told_to_check_them_when_one_sample_fails(tmp_path):
+    """Sweep 46: skl2onnx's RadiusNeighborsClassifier gathers at index -1 for a sample with no neighbour in its
+    radius, and the refusal told the user to check the data's shapes, which fit the declared [N, 784]. When the first
+    sample alone fails too and every fed input has its declared rank and fixed sizes, the line says so instead; data
+    that does not fit them keeps the advice."""
+    path = _fails_at_any_batch(tmp_path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32))
+    line = assert_clean_error(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"),
+                              1, "and on its first sample alone", "Reshape 'bad_rows'", "the batch is not why, and "
+                              "the data has the shapes the model declares: the model does not run in onnxruntime on "
+                              "these values as exported.")
+    assert "check the data's shapes" not in line, line
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((120, 3)).astype(np.float32))
+    line = error_lines(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"))[0]
+    assert "the data has the shapes the model declares" not in line, line  # 3 features of the declared 4

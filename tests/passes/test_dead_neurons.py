@@ -2660,3 +2660,33 @@ def test_an_rms_norm_across_the_channels_keeps_them_and_says_why_and_one_after_t
     G.set_init(m, "c1.bias", np.where(np.isin(np.arange(6), [0, 4]), 0.0, G.init(m, "c1.bias")))
     out, report, shp = shrunk(m)
     assert shp["c1.weight"] == (4, 2, 3, 3) and shp["c2.weight"] == (3, 4, 1, 1) and report.removed == 2
+
+
+def test_dead_value_units_go_through_attention_and_an_attention_free_quotient():
+    """Sweep 46: a MatMul of a computed matrix that carries no channels (attention's probabilities P) by values that
+    carry them on the last axis kept every dead value unit ("consumer MatMul ... has no constant 2-D weight"); and an
+    attention-free transformer's (P @ (exp(k) * v)) / (P @ exp(k)) kept them once that passed: 0 over a varying sum
+    was taken to vary. Column j of P @ v is P @ v[..., j] and 0 / d is 0, so v's dead units 1 and 5 go, with k's
+    (one class through exp(k) * v) and the head's rows; onnxruntime's outputs on seeded inputs stay the same."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((6, 8)).astype(np.float32) for n in ("q", "t", "k", "v")}
+    w["v"][:, [1, 5]] = 0
+    bv = np.where(np.isin(np.arange(8), [1, 5]), 0.0, 0.1).astype(np.float32)
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(bv, "v.bias"), onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n]) for n in ("q", "t", "k")] + [
+        h.make_node("MatMul", ["x", "v.weight"], ["v0"]), h.make_node("Add", ["v0", "v.bias"], ["v"]),
+        h.make_node("Transpose", ["t"], ["tT"], perm=[0, 2, 1]), h.make_node("MatMul", ["q", "tT"], ["s"]),
+        h.make_node("Softmax", ["s"], ["P"], axis=-1), h.make_node("MatMul", ["P", "v"], ["a"]),  # attention
+        h.make_node("Exp", ["k"], ["e"]), h.make_node("Mul", ["e", "v"], ["ev"]),  # attention-free
+        h.make_node("MatMul", ["P", "ev"], ["num"]), h.make_node("MatMul", ["P", "e"], ["den"]),
+        h.make_node("Div", ["num", "den"], ["r"]), h.make_node("Add", ["a", "r"], ["ar"]),
+        h.make_node("ReduceMean", ["ar", "axis1"], ["m"], keepdims=0),
+        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "aft", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 6])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["v.weight"] == (6, 6) and shp["v.bias"] == (6,) and shp["k.weight"] == (6, 6)
+    assert shp["head.weight"] == (6, 3) and shp["q.weight"] == (6, 8) and shp["t.weight"] == (6, 8)

@@ -635,3 +635,37 @@ def test_a_weight_computed_into_more_values_than_stored_is_said_to_stay_computed
     same = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert len(computed_weights(same)) == 1
     assert not any(s.reason.startswith("computed in the graph") for s in find_prunable(same).skipped)
+
+
+def test_each_stored_source_of_a_weight_computed_into_more_values_is_said_to_stay_computed():
+    """Sweep 46: a p4 lifting conv's kernel rotated in forward, Concat(w, rot1(w.t), rot2(w.t)) with w.t the legacy
+    exporter's folded transpose of w. The stay-computed reason was given for w.t but w read "not a weight of
+    Conv/... (used by Concat)": the Concat also reads a tensor computed from w.t, which the walk from w did not
+    count as a constant. Both are now said so, with the same sizes (108 values from 72 stored); the model runs in
+    onnxruntime as the rotations computed in numpy say."""
+    import onnxruntime as ort
+
+    from onnxprune.models.third_party_builders import p4_lifting_conv
+    from onnxprune.passes.constant_weights import computed_weights
+
+    m = p4_lifting_conv()
+    onnx.checker.check_model(m, full_check=True)
+    assert computed_weights(m) == []  # 108 values from 72 stored: not folded
+    inv = find_prunable(m)
+    assert [w.name for w in inv.prunable] == ["fc.weight"]
+    reasons = {s.name: s.reason for s in inv.skipped}
+    for name in ("w", "w.t"):
+        assert reasons[name].startswith("computed in the graph ("), reasons[name]
+        assert "into the weight of Conv '/lift/Conv', 108 values from 72 stored" in reasons[name], reasons[name]
+        assert "stays computed and is not pruned" in reasons[name]
+    consts = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    w = consts["w"]
+    rot1 = w.transpose(0, 1, 3, 2)[:, :, ::-1]
+    weight = np.concatenate([w, rot1, rot1.transpose(0, 1, 3, 2)[:, :, ::-1]])
+    x = np.random.default_rng(0).standard_normal((5, 1, 6, 6)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    conv = np.stack([np.einsum("nchw,ochw->no", xp[:, :, i:i + 3, j:j + 3], weight)
+                     for i in range(6) for j in range(6)], 2) + consts["lift.bias"][None, :, None]
+    want = np.maximum(conv, 0).mean(2) @ consts["fc.weight"].T + consts["fc.bias"]
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
