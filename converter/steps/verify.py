@@ -204,7 +204,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     seconds = CARRIED_SECONDS
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
-    raw, after, pairs, previous, spent = [], [], None, None, 0.0
+    raw, after, pairs, previous, spent, stopped = [], [], None, None, 0.0, False
     for feed in reader:
         feed = {k: v for k, v in feed.items() if k in inputs}
         t0 = time.perf_counter()
@@ -218,9 +218,15 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         after.append(previous is not None and follows(previous, feed, pairs))
         previous = out
         if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
+            stopped = True
             break
     kept = streams(after)
     total = reader.num_samples
+    if not kept and stopped and (total is None or len(raw) < total):  # too few read to say the feeds follow none
+        state.notes.append(f"time budget: the carried-state check (the model run as a stream, feeding back "
+                           f"{_pairs_words(pairs)}) read {len(raw):,} feed(s) in the time left, too few to find a "
+                           "stream: nothing was measured streamed")
+        return
     if not kept:
         if pairs:
             state.notes.append(f"carried state: the model feeds back {_pairs_words(pairs)}, but no feed of "

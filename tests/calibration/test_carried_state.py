@@ -142,3 +142,19 @@ def test_stacked_samples_or_a_model_without_a_state_get_no_carried_check(tmp_pat
     result = prune(path, output=tmp_path / "out.onnx", data={"input": x}, sparsity=0.5)
     assert "carried" not in result.report
     assert not any(n.startswith("carried state:") for n in result.report["notes"])
+
+
+def test_a_check_out_of_time_says_so_rather_than_that_no_feed_follows_another(tmp_path, monkeypatch):
+    """Session 50: at a 2-minute budget silero's 803 consecutive chunks were said to follow none, after one was read."""
+    from onnxprune.converter.steps import verify
+
+    model = tb.streaming_vad()
+    folder = _stream_folder(tmp_path / "s", model, [30, 30])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    monkeypatch.setattr(verify, "CARRIED_SECONDS", 1e-9)
+    result = prune(path, output=tmp_path / "out.onnx", data=folder, sparsity=0.5)
+    assert "carried" not in result.report
+    note = next(n for n in result.report["notes"] if "carried-state check" in n)
+    assert note.startswith("time budget:") and "read 1 feed(s) in the time left, too few to find a stream" in note
+    assert not any("no feed of" in n for n in result.report["notes"])
