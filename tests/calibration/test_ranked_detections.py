@@ -104,7 +104,7 @@ def test_an_end2end_detector_is_pruned_within_its_budget_where_row_by_row_kept_i
     assert ev.loss_pp(ev.evaluate(written)) < 1.5  # held out, in onnxruntime: within the budget (and its noise)
     dense = make_session(model).run(None, {"image": held})[0]
     after = make_session(written).run(None, {"image": held})[0]
-    assert _decisions_changed(dense, after) <= 20  # at a detector's 0.25, at most 2% of the 1,000 images differ
+    assert _decisions_changed(dense, after) <= 10  # at a detector's 0.25: 0 of the 1,000 images differ here
     rows = prune(path, output=tmp_path / "rows.onnx", data={"image": calibration}, max_loss=1, time_budget="2m",
                  metric={"output0": "channel_prob"})
     assert rows.report["compression"] < 1.01  # the same budget row by row: nothing of note could be pruned
