@@ -79,6 +79,38 @@ def follows(previous: dict[str, np.ndarray], feed: dict[str, np.ndarray], pairs:
     return True
 
 
+def declared_pairs(model) -> dict[str, str]:
+    """{input: output} as `state_pairs` reads them from the shapes and types the model declares, before any data:
+    the same element type and rank, equal dims where both are fixed (silero declares 'state' [2, ?, 128] and
+    'stateN' [?, ?, ?]), names that differ only by a state's end words; `inspect` says them."""
+    from onnxprune.calibration.runtime import input_specs
+
+    def declared(vi):
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            return None
+        return tt.elem_type, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                              for d in tt.shape.dim]
+
+    inputs = {s.name for s in input_specs(model)}
+    found: dict[str, list[str]] = {}
+    for vi in model.graph.input:
+        have = declared(vi) if vi.name in inputs else None
+        ci = core(vi.name, IN_WORDS)
+        if have is None or not ci or not have[1]:
+            continue
+        for out in model.graph.output:
+            give = declared(out)
+            if out.name == vi.name or give is None or give[0] != have[0] or len(give[1]) != len(have[1]):
+                continue
+            if all(a is None or b is None or a == b for a, b in zip(have[1], give[1])) \
+                    and core(out.name, OUT_WORDS) == ci:
+                found.setdefault(vi.name, []).append(out.name)
+    pairs = {i: os_[0] for i, os_ in found.items() if len(os_) == 1}
+    taken = list(pairs.values())
+    return {i: o for i, o in pairs.items() if taken.count(o) == 1}
+
+
 def carried_run(session, feeds, pairs: dict[str, str], wanted: list[str], after: list[bool]) -> list[tuple]:
     """Each call's outputs `wanted` (a tuple a feed) of `feeds` run in order through `session`, a feed whose
     `after` is True taking each pair's input from the call before (the model's own state), the others their own."""

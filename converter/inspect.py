@@ -84,6 +84,7 @@ def inspect_model(path: Path) -> dict:
         # nothing to prune, nothing to calibrate: sweep 33's export_params=False MLP was offered a line of zeros
         # for its weights, fed as graph inputs, before being told it had no prunable weights
         "npz_example": npz_example(loaded.model, placeholders=placeholders) if inventory.prunable else None,
+        "carried": _carried_pairs(loaded.model),
         "npz_open": placeholders,
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
@@ -224,6 +225,13 @@ def _element(v) -> tuple[str, str | None]:
     """(kind, the numpy dtype name of its tensor) of an input (calibration.value_types.value_tensor)."""
     kind, tt = value_tensor(v.type)
     return kind, (type_words(onnx.TypeProto(tensor_type=tt)) if tt is not None else None)
+
+
+def _carried_pairs(model) -> dict[str, str]:
+    """The inputs an output is fed back to on the next call (calibration.carried.declared_pairs)."""
+    from onnxprune.calibration.carried import declared_pairs
+
+    return declared_pairs(model)
 
 
 def _unfed(model) -> str | None:
@@ -522,6 +530,12 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
             which = f"its size for {said} is a placeholder" if one else f"its sizes for {said} are placeholders"
             console.print(f"  ({which}: the model leaves {'it' if one else 'them'} open, as a length or an image side; "
                           "write your data's)", markup=False, highlight=False)
+    if info.get("carried") and info.get("npz_example"):  # session 50: a stream's state, measured streamed
+        said = ", ".join(f"'{o}' as '{i}'" for i, o in info["carried"].items())
+        console.print(f"  (the model feeds back {said} on its next call, a stream's state: to have the run also measure "
+                      "the written model streamed, reading its own state, save consecutive calls of a few streams "
+                      "instead, a folder of one file a call in order, each with the state the call before gave)",
+                      markup=False, highlight=False)
     copies = [("copies", "bit-identical weight copies, each row above", lambda c: f"'{c['weight']}' x{c['copies']}",
                "prune merges each into one tied weight (one mask, counted and stored once)"),
               ("transposed_copies", "weights stored again as their transpose",

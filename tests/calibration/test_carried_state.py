@@ -8,7 +8,8 @@ import onnx
 import pytest
 
 from onnxprune import prune
-from onnxprune.calibration.carried import carried_run, core, follows, state_pairs, streams, IN_WORDS, OUT_WORDS
+from onnxprune.calibration.carried import (IN_WORDS, OUT_WORDS, carried_run, core, declared_pairs, follows, state_pairs,
+                                          streams)
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
@@ -158,3 +159,19 @@ def test_a_check_out_of_time_says_so_rather_than_that_no_feed_follows_another(tm
     note = next(n for n in result.report["notes"] if "carried-state check" in n)
     assert note.startswith("time budget:") and "read 1 feed(s) in the time left, too few to find a stream" in note
     assert not any("no feed of" in n for n in result.report["notes"])
+
+
+def test_inspect_says_which_output_is_fed_back_and_how_to_record_streams(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxprune.converter.cli import cli
+
+    assert declared_pairs(tb.streaming_vad()) == {"state": "stateN"}
+    assert declared_pairs(tb.regressor()) == {} and declared_pairs(tb.flat_autoencoder()) == {}
+    path = tmp_path / "vad.onnx"
+    onnx.save(tb.streaming_vad(), path)
+    text = " ".join(CliRunner().invoke(cli, ["inspect", str(path)]).output.split())
+    assert ("the model feeds back 'stateN' as 'state' on its next call, a stream's state: to have the run also "
+            "measure the written model streamed") in text
+    onnx.save(tb.regressor(), path)
+    assert "feeds back" not in CliRunner().invoke(cli, ["inspect", str(path)]).output
