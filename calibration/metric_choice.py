@@ -250,8 +250,6 @@ def ranked_detections(model: onnx.ModelProto | None) -> frozenset[str]:
         if node is not None and node.op_type == "Concat" and node.domain in ("", "ai.onnx") \
                 and len(node.input) in (2, 3):
             concats[out.name] = node
-    if not concats:
-        return frozenset()
 
     def from_topk(name: str, depth: int = 0) -> bool:
         node = producers.get(name)
@@ -262,6 +260,9 @@ def ranked_detections(model: onnx.ModelProto | None) -> frozenset[str]:
             return name == node.output[0] and attrs.get("sorted", 1) == 1 and attrs.get("largest", 1) == 1
         return node.op_type in _LIST_PASS and bool(node.input) and from_topk(node.input[0], depth + 1)
 
+    concats = {name: node for name, node in concats.items() if from_topk(node.input[1])}
+    if not concats:  # no Concat of a TopK's values: no shapes to infer (YOLOv8's output0 is a Concat too)
+        return frozenset()
     from onnxprune.passes.shapes import infer_shapes
 
     dims = infer_shapes(model)  # on a skeleton: no big weight copied; a failure leaves the declared shapes
@@ -273,8 +274,7 @@ def ranked_detections(model: onnx.ModelProto | None) -> frozenset[str]:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if axis not in (-1, 2) or [sh[-1] for sh in shapes][:2] != [4, 1] or (len(shapes) == 3 and shapes[2][-1] != 1):
             continue
-        if from_topk(node.input[1]):
-            found.add(name)
+        found.add(name)
     return frozenset(found)
 
 
