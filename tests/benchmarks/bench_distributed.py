@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for nproc in (1, 2):
             wall, report = prune(nproc, Path(tmp) / f"lenet-{nproc}.onnx", args)
-            train = report["seconds_by_step"]["prune_retrain"]
+            train = report["seconds_by_step"]["retrain"]
             backend = report["training_backend"]
             error = 100.0 * (1.0 - report["metrics"]["after"])
             print(f"{nproc} process(es): wall {wall:6.1f} s, retraining {train:6.1f} s, {backend['samples']} samples "
