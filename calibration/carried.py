@@ -20,7 +20,6 @@ no stream's: 1.48 pp on the speech probability where consecutive chunks of other
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 
@@ -83,8 +82,6 @@ def declared_pairs(model) -> dict[str, str]:
     """{input: output} as `state_pairs` reads them from the shapes and types the model declares, before any data:
     the same element type and rank, equal dims where both are fixed (silero declares 'state' [2, ?, 128] and
     'stateN' [?, ?, ?]), names that differ only by a state's end words; `inspect` says them."""
-    from onnxprune.calibration.runtime import input_specs
-
     def declared(vi):
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
@@ -92,7 +89,8 @@ def declared_pairs(model) -> dict[str, str]:
         return tt.elem_type, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                               for d in tt.shape.dim]
 
-    inputs = {s.name for s in input_specs(model)}
+    stored = {t.name for t in model.graph.initializer}  # old IRs list them as inputs too (no onnxruntime for inspect)
+    inputs = {vi.name for vi in model.graph.input if vi.name not in stored}
     found: dict[str, list[str]] = {}
     for vi in model.graph.input:
         have = declared(vi) if vi.name in inputs else None
