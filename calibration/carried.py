@@ -61,8 +61,13 @@ def state_pairs(feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> 
                 continue
             if core(o, OUT_WORDS) == ci:
                 found.setdefault(i, []).append(o)
-    pairs = {i: os_[0] for i, os_ in found.items() if len(os_) == 1}
-    taken = [o for o in pairs.values()]
+    return _unique(found)
+
+
+def _unique(found: dict[str, list[str]]) -> dict[str, str]:
+    """{input: output} of the inputs with one candidate output that no other input has too."""
+    pairs = {i: outs[0] for i, outs in found.items() if len(outs) == 1}
+    taken = list(pairs.values())
     return {i: o for i, o in pairs.items() if taken.count(o) == 1}
 
 
@@ -104,9 +109,7 @@ def declared_pairs(model) -> dict[str, str]:
             if all(a is None or b is None or a == b for a, b in zip(have[1], give[1])) \
                     and core(out.name, OUT_WORDS) == ci:
                 found.setdefault(vi.name, []).append(out.name)
-    pairs = {i: os_[0] for i, os_ in found.items() if len(os_) == 1}
-    taken = list(pairs.values())
-    return {i: o for i, o in pairs.items() if taken.count(o) == 1}
+    return _unique(found)
 
 
 def carried_run(session, feeds, pairs: dict[str, str], wanted: list[str], after: list[bool]) -> list[tuple]:
