@@ -153,15 +153,18 @@ def test_attention_weights_are_judged_by_their_values_not_by_the_top_key_of_each
         {"logits": "agreement", "attn": "seq_agreement"}
 
 
-@pytest.mark.parametrize("names", [("mean", "var"), ("mu", "logvar"), ("z_mean", "sigma")])
+@pytest.mark.parametrize("names", [("mean", "var"), ("mu", "logvar"), ("z_mean", "sigma"),
+                                   ("pred_mean", "pred_logvar")])
 def test_a_distributions_parameters_are_values_not_classes(names):
     """Sweep 41: a Gaussian ink head (GaussianNLLLoss) returned 'mean' [N, 4] and its softplus 'var' [N, 4], scored
     agreement (the argmax over the four quadrants) and agreement+rel_l2. Names that say a distribution's parameter
-    (mean, mu, var, logvar, std, sigma) are values: relative L2, unless a class word is in the name too."""
+    (mean, mu, var, logvar, std, sigma) are values: relative L2, unless a class word is in the name too; 'pred' is
+    none there (real models 50: caustic-nmr's 'pred_mean' and 'pred_logvar' [residues, 6] were judged by argmax)."""
     x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
     assert evaluator(tb.gaussian_head(names=names), {"input": x}).plan == {names[0]: "rel_l2", names[1]: "rel_l2"}
     scores = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
-    assert [auto_kind(n, scores) for n in ("mean_logits", "variable", "stdout")] == ["agreement"] * 3
+    assert [auto_kind(n, scores) for n in ("mean_logits", "variable", "stdout", "pred", "mean_prob")] == \
+        ["agreement"] * 5
 
 
 def test_a_key_value_cache_is_no_segmentation_map_whatever_its_argmax_does():
