@@ -153,15 +153,18 @@ def test_attention_weights_are_judged_by_their_values_not_by_the_top_key_of_each
         {"logits": "agreement", "attn": "seq_agreement"}
 
 
-@pytest.mark.parametrize("names", [("mean", "var"), ("mu", "logvar"), ("z_mean", "sigma")])
+@pytest.mark.parametrize("names", [("mean", "var"), ("mu", "logvar"), ("z_mean", "sigma"),
+                                   ("pred_mean", "pred_logvar")])
 def test_a_distributions_parameters_are_values_not_classes(names):
     """Sweep 41: a Gaussian ink head (GaussianNLLLoss) returned 'mean' [N, 4] and its softplus 'var' [N, 4], scored
     agreement (the argmax over the four quadrants) and agreement+rel_l2. Names that say a distribution's parameter
-    (mean, mu, var, logvar, std, sigma) are values: relative L2, unless a class word is in the name too."""
+    (mean, mu, var, logvar, std, sigma) are values: relative L2, unless a class word is in the name too; 'pred' is
+    none there (real models 50: caustic-nmr's 'pred_mean' and 'pred_logvar' [residues, 6] were judged by argmax)."""
     x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
     assert evaluator(tb.gaussian_head(names=names), {"input": x}).plan == {names[0]: "rel_l2", names[1]: "rel_l2"}
     scores = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
-    assert [auto_kind(n, scores) for n in ("mean_logits", "variable", "stdout")] == ["agreement"] * 3
+    assert [auto_kind(n, scores) for n in ("mean_logits", "variable", "stdout", "pred", "mean_prob")] == \
+        ["agreement"] * 5
 
 
 def test_a_key_value_cache_is_no_segmentation_map_whatever_its_argmax_does():
@@ -1045,3 +1048,21 @@ def test_an_output_the_models_own_layer_reads_is_a_feature_scored_by_its_values(
     assert not np.array_equal(before, after)  # something was pruned
     rel = np.linalg.norm(after - before, axis=1) / np.maximum(np.linalg.norm(before, axis=1), 1e-6)
     assert rel.mean() < 0.02  # within the 1 pp budget, with room for held-out noise
+
+
+def test_a_sigmoid_map_a_rounding_over_one_is_still_a_sigmoid_map():
+    """Real models 50: onnxruntime gave one of u2netp's seven sigmoid side maps 1.0000001 in its first batch, and
+    that map alone was scored rel_l2 (its mask at 0.5 unjudged). Values within float rounding of [0, 1] are in it;
+    a map that leaves it by more is no probability map."""
+    from onnxprune.calibration.metric_choice import probability_outputs
+
+    x = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    model = tb.segmenter(name="onsets", classes=1, sigmoid=True, seed=3)
+    dense = make_session(model).run(None, {"image": x})[0]
+    bounded = "onsets" in probability_outputs(model)
+    rounded = dense.copy()
+    rounded.flat[int(np.argmax(dense))] = np.nextafter(np.float32(1.0), np.float32(2.0))  # 1 + 2**-23
+    assert bounded and rounded.max() > 1.0
+    assert auto_kind("onsets", dense, bounded=bounded) == auto_kind("onsets", rounded, bounded=bounded) == \
+        "mask_iou+rel_l2"
+    assert auto_kind("onsets", rounded + 0.01, bounded=bounded) == "rel_l2"
