@@ -149,7 +149,7 @@ def _binary(b: Builder, node: gs.Node) -> None:
                 b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
                 return None
         if K is None:
-            return b.opaque(node, f"combines the channels with '{k.name}', which carries none")
+            return b.opaque(node, f"combines the channels with '{k.name}', which carries none the analysis follows")
         kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
         if kv is None:
             return None
@@ -186,7 +186,7 @@ def _compare(b: Builder, node: gs.Node) -> None:
     c, k = (cx, y) if cx is not None else (cy, x)
     K = _const(k)
     if K is None:
-        return b.opaque(node, f"compares the channels with '{k.name}', which carries none")
+        return b.opaque(node, f"compares the channels with '{k.name}', which carries none the analysis follows")
     kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
     if kv is not None:
         b.set(node.outputs[0], Channels(c.axis, c.ids, _truth(fn, c.value, kv) if cx is not None

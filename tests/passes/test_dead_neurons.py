@@ -573,6 +573,21 @@ def test_an_op_without_a_rule_blocks_removal_and_the_report_says_so():
             "(1 dead kept)" in report.blocked)
 
 
+def test_a_mix_with_a_tensor_the_analysis_does_not_follow_says_so():
+    """Sweep 46's L3: mLSTM's "combines the channels with '/Squeeze_2_output_0', which carries none" read as if the
+    tensor held no channels, where it does (C @ q through a matrix memory) and the analysis lost them."""
+    g = G.G(0)
+    h = g.op("Relu", "act1", [g.gemm("x", "fc1", 10, 8)])
+    g.gemm(g.op("Mul", "mix", [h, "z"]), "fc2", 8, 3)
+    g.nodes[-1].output[0] = "y"
+    m = G.zero(G.zero(g.model({"x": ["N", 10], "z": ["N", 8]}, {"y": ["N", 3]}), "fc1.weight", 0, [2]),
+               "fc1.bias", 0, [2])
+    out, report = remove_dead_neurons(m)
+    assert report.removed == 0
+    assert any("consumer Mul 'mix' combines the channels with 'z', which carries none the analysis follows" in line
+               for line in report.blocked), report.blocked
+
+
 def test_a_graph_output_in_the_middle_blocks_its_layer_only():
     m = G.zero(G.zero(G.middle_output(), "fc2.weight", 1, [1]), "fc3.weight", 1, [4])
     out, report, shp = prune(m)
