@@ -244,14 +244,16 @@ def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
 _LIST_PASS = {"Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten"}
 
 
-def ranked_detections(model: onnx.ModelProto | None) -> frozenset[str]:
+def ranked_detections(model: onnx.ModelProto | None) -> dict[str, int]:
     """Graph outputs that are an NMS-free detector's ranked list [N, K, 4 + 1 (+ 1)]: a Concat on the last axis of
     boxes (4 columns), a score column that is a sorted TopK's values, and optionally one column more (the class
     id), in that order (ultralytics' end2end export of YOLOv10/YOLO26: `output0 [N, 300, 6]`, real models 49's
-    isbnx). Its rows are ranks, not anchors: `output_metrics._detections` matches them by class and IoU. The column
-    widths come from onnx's shape inference; a list it cannot size is left to the other rules."""
+    isbnx). Its rows are ranks, not anchors: `output_metrics._detections` matches them by class and IoU. Returns
+    {output: its columns, 5 or 6}. The column widths come from onnx's shape inference; the boxes' may stay unknown
+    (torch's legacy export gathers them with indices a computed Expand shapes), and the output's own width then
+    says it (`auto_kinds` checks it on the values)."""
     if model is None:
-        return frozenset()
+        return {}
     producers = _producers(model.graph)
     concats = {}
     for out in model.graph.output:
@@ -273,20 +275,20 @@ def ranked_detections(model: onnx.ModelProto | None) -> frozenset[str]:
 
     concats = {name: node for name, node in concats.items() if from_topk(node.input[1])}
     if not concats:  # no Concat of a TopK's values: no shapes to infer (YOLOv8's output0 is a Concat too)
-        return frozenset()
+        return {}
     from onnxprune.passes.shapes import infer_shapes
 
     dims = infer_shapes(model)  # on a skeleton: no big weight copied; a failure leaves the declared shapes
-    found = set()
+    found = {}
     for name, node in concats.items():
         shapes = [dims.get(i) for i in node.input]
         if any(not sh or len(sh) != 3 for sh in shapes):
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if axis not in (-1, 2) or [sh[-1] for sh in shapes][:2] != [4, 1] or (len(shapes) == 3 and shapes[2][-1] != 1):
+        if axis not in (-1, 2) or shapes[0][-1] not in (4, None) or any(sh[-1] != 1 for sh in shapes[1:]):
             continue
-        found.add(name)
-    return frozenset(found)
+        found[name] = 3 + len(shapes)  # the boxes' 4, the score and the class id when there is one
+    return found
 
 
 def graph_facts(model: onnx.ModelProto | None) -> dict:
@@ -723,7 +725,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
                tokens: bool = False, attention: Collection[str] = (),
-               features: Mapping[str, str] | None = None, detections: Collection[str] = ()) -> dict[str, str]:
+               features: Mapping[str, str] | None = None, detections: Mapping[str, int] | Collection[str] = ()
+               ) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -808,7 +811,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                          "(%d: a reconstruction or a latent of the input, not class scores)", name, arr.shape[1])
     for name in detections:
         arr = as_array(values[name]) if name in values else None
-        if arr is not None and arr.ndim == 3 and arr.shape[-1] in (5, 6) and arr.dtype.kind == "f":
+        columns = detections.get(name) if isinstance(detections, Mapping) else None
+        width = arr.shape[-1] if arr is not None and arr.ndim == 3 and arr.dtype.kind == "f" else None
+        if width in (5, 6) and width == (columns or width):
             kinds[name] = "detections"
             if not quiet:
                 log.info("output '%s' is a ranked detection list (boxes, a sorted TopK's scores%s): its detections "

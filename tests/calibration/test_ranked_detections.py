@@ -3,6 +3,8 @@ matched by class and IoU, not row by row (calibration/output_metrics._detections
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -59,9 +61,38 @@ def test_a_ranked_list_is_judged_by_its_detections_not_its_rows():
 
 
 def test_the_list_is_found_in_the_graph_and_nothing_else_is():
-    assert ranked_detections(tb.end2end_detector()) == {"output0"}
-    assert ranked_detections(tb.yolo_head()) == frozenset()  # YOLOv8's anchors, channel_prob's
-    assert ranked_detections(tb.two_head_detector()) == frozenset()
+    assert ranked_detections(tb.end2end_detector()) == {"output0": 6}
+    assert ranked_detections(tb.yolo_head()) == {}  # YOLOv8's anchors, channel_prob's
+    assert ranked_detections(tb.two_head_detector()) == {}
+
+
+def test_torch_legacy_exports_list_is_found_though_onnx_cannot_size_its_boxes(tmp_path):
+    """torch's legacy exporter gathers the boxes with indices a computed Expand shapes: onnx's shape inference leaves
+    their width unknown, and the output's own width (6: 4 + score + class) says it."""
+    torch = pytest.importorskip("torch")
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.h = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 7, 1)
+
+        def forward(self, x):
+            y = self.h(torch.relu(self.c(x))).flatten(2).transpose(1, 2)
+            best, cls = y[..., 4:].sigmoid().max(-1)
+            vals, idx = best.topk(10, dim=-1)
+            boxes = y[..., :4].gather(1, idx[..., None].expand(-1, -1, 4))
+            return torch.cat([boxes, vals[..., None], cls.gather(1, idx).float()[..., None]], -1)
+
+    torch.manual_seed(0)
+    path = tmp_path / "head.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
+        torch.onnx.export(Head().eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, input_names=["images"],
+                          output_names=["output0"], dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}})
+    model = onnx.load(path)
+    assert ranked_detections(model) == {"output0": 6}
+    x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    assert Evaluator(open_data({"images": x}, model), None, reference_model=model).plan == {"output0": "detections"}
 
 
 def _blobs(rng, n):
