@@ -725,7 +725,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
                tokens: bool = False, attention: Collection[str] = (),
-               features: Mapping[str, str] | None = None, detections: Mapping[str, int] | Collection[str] = ()
+               features: Mapping[str, str] | None = None, detections: Mapping[str, int] | None = None
                ) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
@@ -809,11 +809,10 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
             if not quiet:
                 log.info("output '%s' is scored as regression (rel_l2): it holds as many values a sample as an input "
                          "(%d: a reconstruction or a latent of the input, not class scores)", name, arr.shape[1])
-    for name in detections:
+    for name, columns in (detections or {}).items():
         arr = as_array(values[name]) if name in values else None
-        columns = detections.get(name) if isinstance(detections, Mapping) else None
         width = arr.shape[-1] if arr is not None and arr.ndim == 3 and arr.dtype.kind == "f" else None
-        if width in (5, 6) and width == (columns or width):
+        if width == columns:
             kinds[name] = "detections"
             if not quiet:
                 log.info("output '%s' is a ranked detection list (boxes, a sorted TopK's scores%s): its detections "

@@ -12,6 +12,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
+from onnxprune.calibration.carried import declared_pairs
 from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
                                                 value_tensor)
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
@@ -84,7 +85,7 @@ def inspect_model(path: Path) -> dict:
         # nothing to prune, nothing to calibrate: sweep 33's export_params=False MLP was offered a line of zeros
         # for its weights, fed as graph inputs, before being told it had no prunable weights
         "npz_example": npz_example(loaded.model, placeholders=placeholders) if inventory.prunable else None,
-        "carried": _carried_pairs(loaded.model),
+        "carried": declared_pairs(loaded.model),  # the outputs a stream's next call reads back
         "npz_open": placeholders,
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
@@ -225,13 +226,6 @@ def _element(v) -> tuple[str, str | None]:
     """(kind, the numpy dtype name of its tensor) of an input (calibration.value_types.value_tensor)."""
     kind, tt = value_tensor(v.type)
     return kind, (type_words(onnx.TypeProto(tensor_type=tt)) if tt is not None else None)
-
-
-def _carried_pairs(model) -> dict[str, str]:
-    """The inputs an output is fed back to on the next call (calibration.carried.declared_pairs)."""
-    from onnxprune.calibration.carried import declared_pairs
-
-    return declared_pairs(model)
 
 
 def _unfed(model) -> str | None:

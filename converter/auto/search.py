@@ -129,7 +129,6 @@ def auto_search(original: onnx.ModelProto, inventory: Inventory, data: AutoData,
                    deadline or time.perf_counter() + config.time_budget, clock, held, scoring).run()
 
 
-
 def no_time_note(after: float | None, looks: float, left: float | None, *, exam: bool = False) -> str:
     """Why the search got no time (the input model kept), with the figures: the steps after it (`after` seconds),
     the search's own second look at its result (`looks`: the dense model over the part it chose on, and the final
@@ -144,6 +143,7 @@ def no_time_note(after: float | None, looks: float, left: float | None, *, exam:
         need = f"are estimated at {after:.0f} s{second}, more than the {left:.0f} s of the budget left"
     return (f"time budget: no time was left for the search (the steps after it {need}), so the input model is kept, "
             "unpruned; a larger --time-budget, or fewer samples (--limit), would leave it time")
+
 
 class _Search:
     frozen: dict[str, np.ndarray] = {}  # (read only) entries kept whatever the masks say: the scoring's `last`
