@@ -867,12 +867,19 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
 def unscanned_note(sensitivity, share: str, fate: str) -> str | None:
     """The note for layers a scan's deadline left unscanned (`share`: what the scan was given; `fate`: "start" dense
     when the rounds may still prune them, "stay" when nothing after the scan does), or None."""
-    unscanned = [lay.name for lay in sensitivity.layers if lay.path == "unscanned"]
+    unscanned = [lay for lay in sensitivity.layers if lay.path == "unscanned"]
     if not unscanned:
         return None
+    if getattr(sensitivity, "paced", False):  # chosen by weights per second of scan (calibration.sensitivity._Pace)
+        total = sum(lay.size for lay in sensitivity.layers) or 1
+        reached = 1 - sum(lay.size for lay in unscanned) / total
+        return (f"time budget: the sensitivity scan's share ({share}) did not fit every layer; it scanned those with "
+                f"the most weights per second of scan ({reached:.0%} of the weights) and {len(unscanned)} of "
+                f"{len(sensitivity.layers)} layers {fate} dense (e.g. '{unscanned[0].name}'); a longer "
+                "--time-budget scans them")
     return (f"time budget: the sensitivity scan used its share ({share}) before {len(unscanned)} of "
-            f"{len(sensitivity.layers)} layers; they {fate} dense (e.g. '{unscanned[0]}'); a longer --time-budget "
-            "scans them")
+            f"{len(sensitivity.layers)} layers; they {fate} dense (e.g. '{unscanned[0].name}'); a longer "
+            "--time-budget scans them")
 
 
 def _shrunk(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -293,10 +293,107 @@ def test_no_layer_scan_starts_that_would_end_after_the_deadline(monkeypatch):
 
     monkeypatch.setattr(sensitivity, "_scan_layer", ten_seconds)
     monkeypatch.setattr(ev, "reference_seconds", 10.0)
+    monkeypatch.setattr(sensitivity._Pace, "of", classmethod(lambda cls, *args: None))  # no profile: graph order
     result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=25.0)
     scanned = [lay for lay in result.layers if lay.path not in ("small", "unused", "unscanned")]
     assert len(scanned) == 2 and now[0] == 20.0
-    assert any(lay.path == "unscanned" for lay in result.layers)
+    assert any(lay.path == "unscanned" for lay in result.layers) and not result.paced
+
+
+def _paced_lenet(monkeypatch, shares: dict[str, float], seconds_per_share: float):
+    """lenet5_like (8, 16) with 64 units on a fake clock: a scanned layer takes `seconds_per_share` x its share of a
+    dense pass (`shares` by node), the dense pass 10 s, and the scan's pace sees those shares."""
+    import types
+
+    from onnxprune.calibration import sensitivity
+
+    model = builders.lenet5_like(conv_channels=(8, 16), fc_units=64)
+    inventory = find_prunable(model)
+    ev = evaluator(model, n=32)
+    by_weight = {w.name: shares[w.node] for w in inventory.prunable}
+    now = [0.0]
+    monkeypatch.setattr(sensitivity, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    real = sensitivity._scan_layer
+
+    def timed(model, index, plan, *args):
+        if plan.path not in ("small", "unused", "unscanned"):
+            now[0] += seconds_per_share * by_weight[plan.weight.name]
+        return real(model, index, plan, *args)
+
+    monkeypatch.setattr(sensitivity, "_scan_layer", timed)
+    monkeypatch.setattr(ev, "reference_seconds", 10.0)
+    monkeypatch.setattr(sensitivity._Pace, "of", classmethod(lambda cls, *args: cls(by_weight, 10.0)))
+    return model, inventory, ev, now
+
+
+def test_a_deadline_scans_the_layers_with_the_most_weights_per_second_of_scan(monkeypatch):
+    """Real models 48-50: a heavy model's scan went in graph order and its time ran out in the first layers, the
+    costliest to scan (everything downstream runs) and often the smallest (isbnx: 28 of 102 layers, 49% of the
+    weights; the same time reached 98% of them cheapest first). With the first conv's scan a whole pass (40 s here:
+    PRIOR_PASSES dense passes of 10 s) and fc1's a fifth of it, 25 s scan fc1 and fc2 (8 + 2 s, 17,024 of 20,424
+    weights), not conv1 (which in graph order would have taken 40 s and ended past the deadline's check)."""
+    from onnxprune.calibration.sensitivity import PRIOR_PASSES
+    from onnxprune.converter.auto.search import unscanned_note
+
+    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
+    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES * 10.0)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=25.0)
+    paths = {lay.node: lay.path for lay in result.layers}
+    assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
+                     "/fc2/Gemm": "downstream"}
+    assert now[0] == pytest.approx(10.0) and result.paced
+    assert all(lay.levels for lay in result.layers if lay.path == "downstream")
+    note = unscanned_note(result, "40% of the search's 62 s", "start")
+    assert note == ("time budget: the sensitivity scan's share (40% of the search's 62 s) did not fit every layer; "
+                    "it scanned those with the most weights per second of scan (83% of the weights) and 2 of 4 "
+                    "layers start dense (e.g. 'conv1.weight'); a longer --time-budget scans them")
+    every = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=now[0] + 1000.0)  # all fit: no choice
+    assert all(lay.path == "downstream" for lay in every.layers) and not every.paced
+    assert unscanned_note(every, "x", "start") is None
+
+
+def test_the_scan_pace_prices_layers_by_their_share_and_learns_from_the_layers_it_times():
+    """Before any layer is timed, a layer's scan is PRIOR_PASSES dense passes of its share; after, the seconds per
+    share the timed layers took. `choose` takes every layer when all fit, else the most weights per second first,
+    skipping one that no longer fits for a later one that does."""
+    from onnxprune.calibration.sensitivity import PRIOR_PASSES, _Pace, _plan, _GraphIndex
+
+    model = builders.lenet5_like(conv_channels=(8, 16), fc_units=64)
+    inventory = find_prunable(model)
+    index = _GraphIndex(model)
+    plans = [_plan(index, w, ["logits"]) for w in inventory.prunable]  # conv1 200, conv2 3200, fc1 16384, fc2 640
+    pace = _Pace({p.weight.name: share for p, share in zip(plans, (1.0, 0.6, 0.2, 0.05))}, 10.0)
+    assert [pace.seconds(p) for p in plans] == pytest.approx([PRIOR_PASSES * 10.0 * s for s in (1.0, 0.6, 0.2, 0.05)])
+    names = [p.weight.name for p in plans]
+    assert pace.choose(plans, 1000.0) == set(names)
+    assert pace.choose(plans, 9.0) == {names[2]}  # fc1 (8 s); fc2 (2 s) no longer fits
+    assert pace.choose(plans, 7.0) == {names[3]}  # fc1 does not fit: fc2 does
+    assert pace.choose(plans, 1.0) == set()
+    pace.record(plans[1], 1.2)  # conv2 took 1.2 s for 0.6 of a pass: 2 s a pass from now on
+    assert [pace.seconds(p) for p in plans] == pytest.approx([2.0, 1.2, 0.4, 0.1])
+    assert pace.choose(plans, 3.0) == {names[1], names[2], names[3]}
+
+
+def test_the_scan_pace_reads_each_layers_share_from_a_profile_of_the_dense_model(monkeypatch):
+    """The shares come from onnxruntime's profile of one batch (optimisations off, so every node keeps its name):
+    the first layer runs the whole graph, and every later layer a part of what the one before it runs. A model
+    whose weights pass PROFILE_SHARE of the memory available is not profiled (a second session of it): no pace."""
+    from onnxprune.calibration import sensitivity
+    from onnxprune.calibration.runtime import node_seconds
+    from onnxprune.calibration.sensitivity import _Pace, _plan, _GraphIndex
+
+    model = builders.lenet5_like(conv_channels=(8, 16), fc_units=64)
+    ev = evaluator(model, n=32)
+    feeds, _ = next(iter(ev.batches()))
+    seconds = node_seconds(model, feeds)
+    assert set(seconds) == {nd.name for nd in model.graph.node} and all(v >= 0 for v in seconds.values())
+    index = _GraphIndex(model)
+    plans = [_plan(index, w, ["logits"]) for w in find_prunable(model).prunable]
+    pace = _Pace.of(model, index, plans, ev, 1.0)
+    shares = [pace.shares[p.weight.name] for p in plans]
+    assert shares[0] == pytest.approx(1.0) and all(0 < b <= a for a, b in zip(shares, shares[1:]))
+    monkeypatch.setattr(sensitivity, "available_memory", lambda: 1000)
+    assert _Pace.of(model, index, plans, ev, 1.0) is None
 
 
 def test_allocation_never_moves_a_layer_past_its_last_measured_level():
