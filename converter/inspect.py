@@ -682,9 +682,12 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
                  + ", ".join(f"'{k}' {v:g} pp" for k, v in by_output.items()) + ")") if by_output else ""
         chosen = (" on the samples that also chose the result (new data will likely show more: see the decision "
                   "rule's note)" if budget["met"] and budget.get("chosen_by_judges") else "")
+        over = (report.get("carried") or {}).get("over") if budget["met"] else None
+        streamed = (f" one call at a time; streamed, {', '.join(repr(n) for n in over)} "  # a CI user reads this line
+                    f"{'is' if len(over) == 1 else 'are'} over it (the carried-state note)" if over else "")
         console.print(f"budget: measured loss {budget['measured_loss_pp']:.2f} pp{scale}, --max-loss "
-                      f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{chosen}{tight}",
-                      markup=False)
+                      f"{budget['max_loss_pp']:g} pp: {'met' if budget['met'] else 'NOT met'}{streamed}{chosen}"
+                      f"{tight}", markup=False)
     for note in by_topic(group_notes(report.get("notes", []))):
         console.print(f"note: {note}", markup=False)
     if report.get("output"):

@@ -248,6 +248,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
                      "loss_pp": (ev.dense - streamed) * 100.0, "one_call_loss_pp": one_call,
                      "outputs": dict(ev.last), "one_call": one}
     budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
+    state.carried["over"] = streamed_over(state.carried, budget)  # the budget line says them beside "met"
     state.notes.append(carried_note(state.carried, budget))
 
 
@@ -261,6 +262,13 @@ def _read_of(read: int, total: int | None) -> str:
 
 def _pairs_words(pairs: dict[str, str]) -> str:
     return ", ".join(f"'{o}' as '{i}'" for i, o in pairs.items())
+
+
+def streamed_over(carried: dict, budget: float | None) -> list[str]:
+    """The outputs over --max-loss (or their own budget) streamed, in the carried-state check's figures."""
+    if budget is None:
+        return []
+    return [n for n, f in carried["outputs"].items() if (f.get("loss_pp") or 0.0) > f.get("budget_pp", budget) + 1e-9]
 
 
 def carried_note(carried: dict, budget: float | None) -> str:
@@ -278,7 +286,7 @@ def carried_note(carried: dict, budget: float | None) -> str:
             f"({carried['streams']:,} stream(s){read}): " + ", ".join(figures))
     if budget is None:
         return text
-    over = [n for n, f in carried["outputs"].items() if (f.get("loss_pp") or 0.0) > f.get("budget_pp", budget) + 1e-9]
+    over = streamed_over(carried, budget)
     if not over:
         return text + f"; within --max-loss {budget:g} streamed too"
     states = set(carried["pairs"].values())

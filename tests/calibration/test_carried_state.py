@@ -101,6 +101,30 @@ def test_a_pruned_stream_is_measured_with_its_state_carried_and_said_over_the_bu
     assert carried["outputs"]["stateN"]["loss_pp"] > 3 * carried["one_call"]["stateN"]
     note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
     assert "'stateN' as 'state'" in note and "120 feeds" in note and "(4 stream(s))" in note
+    assert carried["over"] == []  # no --max-loss: nothing is over it
+
+
+def test_report_json_lists_the_outputs_a_stream_takes_over_the_budget(tmp_path):
+    """With --max-loss, report.json's `carried.over` names the outputs over it streamed (the budget line says them
+    beside "met"), as the note does: the budget, met one call at a time, is not met by the state streamed."""
+    import io
+
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import print_prune_summary
+
+    model = tb.streaming_vad()
+    folder = _stream_folder(tmp_path / "s", model, [30, 30, 30, 30])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=folder, max_loss=1.0, time_budget=60)
+    carried, budget = result.report["carried"], result.report["budget"]
+    assert budget["met"] and carried["over"] == ["stateN"]
+    assert carried["outputs"]["stateN"]["loss_pp"] > 1.0 >= carried["outputs"]["prob"]["loss_pp"]
+    out = io.StringIO()
+    print_prune_summary(result.report, Console(file=out, width=400, color_system=None))
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("budget:"))
+    assert ": met one call at a time; streamed, 'stateN' is over it (the carried-state note)" in line
 
 
 def _carried(stream: dict, one: dict) -> dict:

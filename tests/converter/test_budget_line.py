@@ -10,8 +10,8 @@ from rich.console import Console
 from onnxprune.converter.inspect import print_prune_summary
 
 
-def _summary(budget: dict) -> str:
-    report = {"layers": [], "before": {"params": 10, "nonzeros": 10}, "after": {"nonzeros": 5, "density": 0.5},
+def _summary(budget: dict, **more) -> str:
+    report = {**more, "layers": [], "before": {"params": 10, "nonzeros": 10}, "after": {"nonzeros": 5, "density": 0.5},
               "compression": 2.0, "file_size_before": 100, "file_size_after": 60, "sparse_format": "constant",
               "parity": {"batches": 4, "inputs": "data", "max_abs_diff": 0.0}, "budget": budget}
     out = io.StringIO()
@@ -110,3 +110,17 @@ def test_the_report_table_shows_no_combined_score_for_several_outputs():
     single = _metric_block({"metrics": {"sets": {"calibration": {**one, "metric": "accuracy", "outputs": {}}}},
                             "summary": {}})
     assert re.findall(r'<td class="n"[^>]*>([^<]*)</td>', single)[:3] == ["96.00%", "95.51%", "0.49 pp"]
+
+
+def test_a_budget_met_one_call_at_a_time_says_the_outputs_a_stream_takes_over_it():
+    """A model fed its own state (session 50's carried-state check): the budget is judged one call at a time, and a
+    stream that took an output over it was said only in a note; a CI user reads the budget line and report.json."""
+    plain = {"measured_loss_pp": 0.4, "max_loss_pp": 1.0, "met": True}
+    carried = {"over": ["prob", "stateN"]}
+    assert _summary(plain, carried=carried) == ("budget: measured loss 0.40 pp, --max-loss 1 pp: met one call at a "
+                                                "time; streamed, 'prob', 'stateN' are over it (the carried-state note)")
+    assert _summary(plain, carried={"over": ["stateN"]}).endswith("streamed, 'stateN' is over it (the carried-state "
+                                                                  "note)")
+    assert _summary(plain, carried={"over": []}) == "budget: measured loss 0.40 pp, --max-loss 1 pp: met"
+    missed = _summary({**plain, "met": False, "measured_loss_pp": 1.4}, carried=carried)
+    assert "NOT met" in missed and "streamed" not in missed
