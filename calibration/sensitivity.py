@@ -495,29 +495,34 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     timed = deadline is not None and deadline > time.perf_counter()
     pace = _Pace.of(model, index, plans, evaluator, reference) if timed else None
     last = reference  # without a pace: a layer's scan is taken to last as long as the last one's, first a dense pass
-    order = [p for group in groups for p in group if _scanned(p)]  # the layers to scan; order[k:] still to come
-    k = 0
+    every = [p for group in groups for p in group if _scanned(p)]
+    todo = {p.weight.name for p in every}  # the layers still to scan
     for group in groups:
         names = sorted({t for p in group for t in p.boundary}) if group[0].path == "downstream" else []
-        if pace is not None:  # no prefix pass for a group none of whose layers fits the time left
-            if not pace.choose(order[k:], deadline - time.perf_counter()) & {p.weight.name for p in group}:
-                names = []
+        turns = group
+        if pace is not None:
+            first = pace.choose([p for p in every if p.weight.name in todo], deadline - time.perf_counter())
+            if not first & {p.weight.name for p in group}:
+                names = []  # no prefix pass for a group none of whose layers fits the time left
+            # the layers chosen first, then a second look at the others once those are timed (the cache is there)
+            turns = [p for p in group if p.weight.name in first or not _scanned(p)] + \
+                [p for p in group if _scanned(p) and p.weight.name not in first]
         elif deadline is not None and time.perf_counter() + last > deadline:
             names = []  # none of the group's layers will be scanned: no prefix pass for them
         cache = _prefix_cache(model, index, evaluator, names, previous) if names else None
         previous = cache if cache is not None else previous
-        for plan in group:
+        for plan in turns:
             scanned = _scanned(plan)
             if deadline is not None and scanned:
                 if pace is None:
                     late = time.perf_counter() + last > deadline
                 else:  # the layers from this one on that fit the time left, most weights per second first
-                    chosen = pace.choose(order[k:], deadline - time.perf_counter())
+                    chosen = pace.choose([p for p in every if p.weight.name in todo], deadline - time.perf_counter())
                     late = plan.weight.name not in chosen or (plan.path == "downstream" and cache is None)
-                    result.paced = result.paced or (late and bool(chosen))
                 if late:
                     plan = dataclasses.replace(plan, path="unscanned")
-            k += scanned
+            if scanned:
+                todo.discard(plan.weight.name)
             t = time.perf_counter()
             by_name[plan.weight.name] = _scan_layer(model, index, plan, evaluator, levels, cache, tick, result.dense,
                                                     scorer, search)
@@ -529,6 +534,8 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     del previous
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
+    paths = {lay.path for lay in result.layers}
+    result.paced = pace is not None and "unscanned" in paths and bool(paths & {"downstream", "full"})
     return result
 
 

