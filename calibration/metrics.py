@@ -151,7 +151,7 @@ class Evaluator:
         together = rows_together(reader)
         if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed \
                 and not together:
-            parts = [part for batch in self._cached for part in _split_batch(*batch, split)]
+            parts = [part for batch in self._cached for part in split_batch(*batch, split)]
         if parts is None or len(parts) <= len(self._cached):
             self._score_reference(reference_model)
             return
@@ -573,7 +573,7 @@ class Evaluator:
         if not found:
             return {}
         feeds, labels = next(iter(self.batches()))
-        alone = _split_batch(feeds, labels, 1)
+        alone = split_batch(feeds, labels, 1)
         if len(alone) < 2:
             return {}
         try:
@@ -959,7 +959,7 @@ def relating_outputs(model: onnx.ModelProto | None) -> list[str]:
             and any(sum(d.dim_param == b for d in o.type.tensor_type.shape.dim) >= 2 for b in batch)]
 
 
-def _split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]:
+def split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]:
     """A stacked batch cut into parts of at most `rows` samples (every array and the labels along their first
     axis); left whole when its arrays do not share one first dimension."""
     arrays = [np.asarray(a) for a in feeds.values()] + ([] if labels is None else [np.asarray(labels)])

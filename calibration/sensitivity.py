@@ -51,7 +51,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.calibration.metrics import Evaluator, feed_samples
+from onnxprune.calibration.metrics import Evaluator, feed_samples, split_batch
 from onnxprune.calibration.runtime import available_memory, make_session, node_seconds, with_outputs
 from onnxprune.calibration.sampling import Batches, Measured, SequentialScorer, Threshold
 from onnxprune.errors import ConfigError
@@ -79,6 +79,7 @@ RESUME_PRECISION = 0.25
 # PROFILE_SHARE of the memory available (else the scan goes in graph order).
 PRIOR_PASSES = 4.0
 PROFILE_SHARE = 0.25
+PROFILE_ROWS = 8  # the rows of the first batch the profile runs (the whole batch where they cannot be cut)
 NEGLIGIBLE = 0.25  # budgeted scan: a level whose loss bound is under this share of budget / layers ends the curve
 FORMAT = "onnxprune.sensitivity/1"
 Progress = Callable[[int, int, str], None]
@@ -564,11 +565,15 @@ class _Pace:
         available = available_memory()  # the profile is a second session of the whole model: only where it fits
         if available is not None and sum(len(t.raw_data) for t in model.graph.initializer) > PROFILE_SHARE * available:
             return None
-        try:
-            feeds, _ = next(iter(evaluator.batches()))
-            seconds = node_seconds(model, feeds)
-        except Exception as exc:  # a faster order only: never a reason to fail the scan
-            log.debug("no profile of the dense model (%s): the scan goes in graph order", exc)
+        feeds, _ = next(iter(evaluator.batches()))
+        seconds = None
+        for part in (split_batch(feeds, None, PROFILE_ROWS)[0][0], feeds):  # a few rows: a heavy batch costs
+            try:
+                seconds = node_seconds(model, part)
+                break
+            except Exception as exc:  # a faster order only: never a reason to fail the scan
+                log.debug("no profile of the dense model (%s)", exc)
+        if seconds is None:
             return None
         per_node = [seconds.get(nd.name, 0.0) for nd in index.nodes]
         total = sum(per_node)

@@ -411,6 +411,10 @@ def test_the_scan_pace_reads_each_layers_share_from_a_profile_of_the_dense_model
     pace = _Pace.of(model, index, plans, ev, 1.0)
     shares = [pace.shares[p.weight.name] for p in plans]
     assert shares[0] == pytest.approx(1.0) and all(0 < b <= a for a, b in zip(shares, shares[1:]))
+    rows = []
+    monkeypatch.setattr(sensitivity, "node_seconds", lambda m, feeds: rows.append(len(feeds["input"])) or seconds)
+    assert _Pace.of(model, index, plans, ev, 1.0).shares[plans[0].weight.name] == pytest.approx(1.0)
+    assert rows == [sensitivity.PROFILE_ROWS] < [len(feeds["input"])]  # a few rows of the first batch, not all 16
     monkeypatch.setattr(sensitivity, "available_memory", lambda: 1000)
     assert _Pace.of(model, index, plans, ev, 1.0) is None
 
