@@ -51,6 +51,8 @@ def build_document(report: dict, *, sensitivity=None, history=None, latency=None
             "max_loss_pp": _max_loss(report),
             "budget_met": (report.get("budget") or {}).get("met"),
             "budget_by_output": (report.get("budget") or {}).get("by_output"),  # --max-loss OUTPUT=L
+            # outputs a stream (the model fed its own state) took over the budget met one call at a time
+            "budget_streamed_over": (report.get("carried") or {}).get("over"),
             "params_after_shrink": report.get("params_after_shrink"),
         },
         "table": table,

@@ -125,6 +125,10 @@ def test_report_json_lists_the_outputs_a_stream_takes_over_the_budget(tmp_path):
     print_prune_summary(result.report, Console(file=out, width=400, color_system=None))
     line = next(x for x in out.getvalue().splitlines() if x.startswith("budget:"))
     assert ": met one call at a time; streamed, 'stateN' is over it (the carried-state note)" in line
+    from onnxprune.converter.report.document import build_document
+
+    summary = build_document(result.report)["summary"]  # report.json's: what a build step reads
+    assert summary["budget_met"] is True and summary["budget_streamed_over"] == ["stateN"]
 
 
 def _carried(stream: dict, one: dict) -> dict:
