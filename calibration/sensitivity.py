@@ -575,7 +575,10 @@ class _Pace:
                 log.debug("no profile of the dense model (%s)", exc)
         if seconds is None:
             return None
-        per_node = [seconds.get(nd.name, 0.0) for nd in index.nodes]
+        named: dict[str, int] = {}
+        for nd in index.nodes:  # a name two nodes share (or none) has their times together: each gets its part
+            named[nd.name] = named.get(nd.name, 0) + 1
+        per_node = [seconds.get(nd.name, 0.0) / named[nd.name] for nd in index.nodes]
         total = sum(per_node)
         if total <= 0:
             return None

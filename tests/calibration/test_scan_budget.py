@@ -415,6 +415,15 @@ def test_the_scan_pace_reads_each_layers_share_from_a_profile_of_the_dense_model
     monkeypatch.setattr(sensitivity, "node_seconds", lambda m, feeds: rows.append(len(feeds["input"])) or seconds)
     assert _Pace.of(model, index, plans, ev, 1.0).shares[plans[0].weight.name] == pytest.approx(1.0)
     assert rows == [sensitivity.PROFILE_ROWS] < [len(feeds["input"])]  # a few rows of the first batch, not all 16
+    # two nodes of one name (exporters repeat names): the profile's time under it is theirs together, half each
+    conv1, conv2 = (nd for nd in model.graph.node if nd.op_type == "Conv")
+    conv2.name = conv1.name
+    index = _GraphIndex(model)
+    monkeypatch.setattr(sensitivity, "node_seconds", lambda m, feeds: {nd.name: 1.0 for nd in model.graph.node}
+                        | {conv1.name: 2.0})
+    shares = _Pace.of(model, index, plans, ev, 1.0).shares
+    after = len(model.graph.node) - [nd.op_type for nd in model.graph.node].index("Conv", 1)  # conv2 and the rest
+    assert shares[plans[1].weight.name] == pytest.approx(after / len(model.graph.node))
     monkeypatch.setattr(sensitivity, "available_memory", lambda: 1000)
     assert _Pace.of(model, index, plans, ev, 1.0) is None
 
