@@ -2705,3 +2705,33 @@ def test_dead_value_units_go_through_attention_and_an_attention_free_quotient():
     onnx.checker.check_model(out, full_check=True)
     assert shp["v.weight"] == (6, 6) and shp["v.bias"] == (6,) and shp["k.weight"] == (6, 6)
     assert shp["head.weight"] == (6, 3) and shp["q.weight"] == (6, 8) and shp["t.weight"] == (6, 8)
+
+
+def test_dead_value_units_go_through_an_einsum_weighted_sum():
+    """Sweep 47: criss-cross attention's `einsum("nhwv,nchv->nchw", P, v)` (dynamo keeps the Einsum) kept every dead
+    value channel: "consumer Einsum ... (op Einsum) has no channel rule". Output channel c is P times v's channel c,
+    so v's dead units 1 and 4 go with the head's rows; the scores' Einsum `"ntc,nuc->ntu"` pairs q's and k's channels
+    and keeps theirs, said; onnxruntime's outputs on seeded inputs stay the same."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("q", "k", "v")}
+    w["v"][:, [1, 4]] = 0
+    w["q"][:, [2]] = 0
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n]) for n in ("q", "k", "v")] + [
+        h.make_node("Einsum", ["q", "k"], ["s"], equation="ntc,nuc->ntu"),
+        h.make_node("Softmax", ["s"], ["P"], axis=-1),
+        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"),
+        h.make_node("ReduceMean", ["a", "axis1"], ["m"], keepdims=0),
+        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "einsum_attention",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["v.weight"] == (5, 4) and shp["head.weight"] == (4, 3)
+    assert shp["q.weight"] == (5, 6) and shp["k.weight"] == (5, 6)  # paired by the scores' Einsum: kept
+    assert any("Einsum" in why and "multiplies 2 operands that carry channels ('ntc,nuc->ntu')" in why
+               for why in report.blocked), report.blocked
+
