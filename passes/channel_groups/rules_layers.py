@@ -96,6 +96,8 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     cw = b.ch(w)
     if found is None and cw is not None and cw.axis == -1 and b.ch(node.inputs[0]) is None and (b.rank(w) or 0) >= 2:
         return _weighted_sum(b, node, cw)
+    if found is None and cw is not None and b.ch(node.inputs[0]) is not None:  # TokenLearner's maps @ features
+        return b.opaque(node, "multiplies 2 operands that carry channels")
     if found is None or (found[0] == 0 and (b.rank(node.inputs[1]) or 0) < 2):
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
     k, (src, W, ax0, ax1, via) = found

@@ -2735,3 +2735,26 @@ def test_dead_value_units_go_through_an_einsum_weighted_sum():
     assert any("Einsum" in why and "multiplies 2 operands that carry channels ('ntc,nuc->ntu')" in why
                for why in report.blocked), report.blocked
 
+
+def test_a_matmul_of_two_operands_that_carry_channels_says_so():
+    """Sweep 47's TokenLearner: tokens = sigmoid(maps) @ features, both computed and both carrying channels (the maps'
+    on the rows, the features' on the columns); the features' dead channels were kept "consumer MatMul ... has no
+    constant 2-D weight", which since sweep 46's weighted sum is not why. Kept, said as what it is."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("maps", "feat")}
+    w["feat"][:, [1, 4]] = 0
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", "maps.weight"], ["m0"]), h.make_node("Sigmoid", ["m0"], ["m1"]),
+             h.make_node("Transpose", ["m1"], ["m"], perm=[0, 2, 1]),
+             h.make_node("MatMul", ["x", "feat.weight"], ["f"]), h.make_node("MatMul", ["m", "f"], ["tok"]),
+             h.make_node("ReduceMean", ["tok", "axis1"], ["r"], keepdims=0),
+             h.make_node("MatMul", ["r", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "token_learner", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    assert shp["feat.weight"] == (5, 6)
+    assert any("consumer MatMul" in why and "multiplies 2 operands that carry channels" in why
+               for why in report.blocked), report.blocked
+    assert not any("has no constant 2-D weight" in why for why in report.blocked), report.blocked
