@@ -1506,7 +1506,10 @@ def test_group_norm_loses_a_whole_dead_group_and_keeps_a_group_with_one_dead_cha
         gn = next(n for n in out.graph.node if n.op_type == "GroupNormalization")
         assert onnx.helper.get_node_attr_value(gn, "num_groups") == 2
         assert shp["gn.weight"] == shp["gn.bias"] == ((2,) if form == "op18" else (4,))
-    assert not any("normaliz" in why or "Reshape" in why for why in report.blocked)
+    # group 0's dead channel is kept, said as a unit in a class alive through its group's live channel (sweep 47)
+    said = [why for why in report.blocked if "whose weights are all zero are kept" in why]
+    assert len(said) == 1 and said[0].startswith("1 unit(s) ") and "/c1/Conv" in said[0], report.blocked
+    assert not any("normaliz" in why or "Reshape" in why for why in report.blocked if why not in said)
 
 
 @pytest.mark.parametrize("form", ["op21", "legacy"])
@@ -2758,3 +2761,30 @@ def test_a_matmul_of_two_operands_that_carry_channels_says_so():
     assert any("consumer MatMul" in why and "multiplies 2 operands that carry channels" in why
                for why in report.blocked), report.blocked
     assert not any("has no constant 2-D weight" in why for why in report.blocked), report.blocked
+
+
+def test_dead_units_kept_in_a_class_alive_through_a_residual_stream_are_said():
+    """Sweep 47: criss-cross attention's dead value channels, added by P·v to a residual stream whose channels live,
+    were kept without a word once the Einsum passed them (before, the Einsum's "no channel rule" said something).
+    They are kept (the stream's channel is read), and said; the stream's own dead units go with v's."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("s", "v")}
+    w["v"][:, [1, 4]] = 0
+    w["s"][:, [4]] = 0
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n], name=n) for n in ("s", "v")] + [
+        h.make_node("Einsum", ["x", "x"], ["g"], equation="ntd,nud->ntu"),
+        h.make_node("Softmax", ["g"], ["P"], axis=-1),
+        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"), h.make_node("Add", ["s", "a"], ["r"]),
+        h.make_node("ReduceMean", ["r", "axis1"], ["m"], keepdims=0),
+        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "residual_attention",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["v.weight"] == (5, 5) and shp["s.weight"] == (5, 5) and shp["head.weight"] == (5, 3)  # unit 4 went
+    said = [why for why in report.blocked if "whose weights are all zero are kept" in why]
+    assert len(said) == 1 and said[0].startswith("1 unit(s) ") and said[0].endswith("MatMul 'v' 1"), report.blocked
