@@ -2788,3 +2788,32 @@ def test_dead_units_kept_in_a_class_alive_through_a_residual_stream_are_said():
     assert shp["v.weight"] == (5, 5) and shp["s.weight"] == (5, 5) and shp["head.weight"] == (5, 3)  # unit 4 went
     said = [why for why in report.blocked if "whose weights are all zero are kept" in why]
     assert len(said) == 1 and said[0].startswith("1 unit(s) ") and said[0].endswith("MatMul 'v' 1"), report.blocked
+
+
+def test_dead_channels_go_through_gem_pooling_whose_exponent_is_computed_from_a_learned_p():
+    """Sweep 47's GeM pooling, (mean clamp(x, 1e-6)^p)^(1/p) with p learned: torch's legacy export computes 1/p as
+    Mul(Reciprocal(p), 1), and the second Pow kept every dead channel ("raises to a power that is not one constant").
+    A dead channel is 1e-6 after the Clip and after both powers, a constant the head folds into its bias: it goes."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    wc = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    bc = np.full(4, 0.1, np.float32)
+    wc[[1, 3]] = 0
+    bc[[1, 3]] = 0
+    inits = [onnx.numpy_helper.from_array(wc, "c.weight"), onnx.numpy_helper.from_array(bc, "c.bias"),
+             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "p"),
+             onnx.numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             onnx.numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "head.weight"),
+             onnx.numpy_helper.from_array(np.zeros(3, np.float32), "head.bias")]
+    nodes = [h.make_node("Conv", ["x", "c.weight", "c.bias"], ["c"], pads=[1, 1, 1, 1], name="c"),
+             h.make_node("Relu", ["c"], ["r"]), h.make_node("Clip", ["r", "eps", ""], ["k"]),
+             h.make_node("Pow", ["k", "p"], ["kp"]), h.make_node("GlobalAveragePool", ["kp"], ["m"]),
+             h.make_node("Reciprocal", ["p"], ["ip"]), h.make_node("Mul", ["ip", "one"], ["e"]),
+             h.make_node("Pow", ["m", "e"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], transB=1)]
+    graph = h.make_graph(nodes, "gem", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 5, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c.weight"] == (2, 2, 3, 3) and shp["head.weight"] == (3, 2), report.blocked
+    assert report.folded == 2 and not any("Pow" in why for why in report.blocked), report.blocked
