@@ -215,8 +215,8 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
     lines = []
     if units:
         lines.append(f"{_total(units)} unit(s) whose weights are all zero are kept, each in a class that stays alive "
-                     f"through another of its channels (a residual stream's another block writes, or one normalized "
-                     f"with it): {_shown(units)}")
+                     f"through another of its channels (a residual stream's channel another block writes, or one "
+                     f"normalized with it): {_shown(units)}")
     if kept:
         lines.append(f"{_total(kept)} channel(s) no weight needs (unread, or a constant) are kept, each in a class "
                      f"with a channel that is read elsewhere (a residual stream's channel another block reads; a "
