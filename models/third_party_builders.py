@@ -1234,10 +1234,11 @@ def legacy_mha_rows(*, seq: int = 4, dim: int = 8, heads: int = 2, out: int = 6,
 
 
 def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, classes: int = 3,
-                     seed: int = 0) -> onnx.ModelProto:
+                     seed: int = 0, bias: bool = False) -> onnx.ModelProto:
     """tf2onnx's Keras 3 RNN behind a Masking layer: the first time step runs outside a Loop (h = Tanh(x[:, 0] @ W))
     and the Loop runs the rest, its weights W and R loop-carried values the body hands back unchanged (the Loop's
-    final W and R are read by nothing); 'x' [N, steps, features] -> last h -> Gemm -> 'logits' [N, classes]."""
+    final W and R are read by nothing); 'x' [N, steps, features] -> last h -> Gemm -> 'logits' [N, classes].
+    `bias`: a bias 'B' the body adds, carried alike (Keras 3's `ops.while_loop` around a Dense, sweep 47)."""
     g = _Graph(seed)
     ints = lambda name, values, dtype=np.int64: (g.initializers.append(numpy_helper.from_array(np.array(values, dtype), name)), name)[1]
     w = g.weight("W", (features, hidden), features)
@@ -1249,20 +1250,23 @@ def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, clas
                   helper.make_node("Gather", ["x", "t"], ["xt"], name="/body/xt", axis=1),
                   helper.make_node("MatMul", ["xt", "w"], ["xw"], name="/body/MatMul"),
                   helper.make_node("MatMul", ["h", "r"], ["hr"], name="/body/MatMul_1"),
-                  helper.make_node("Add", ["xw", "hr"], ["pre"], name="/body/Add"),
+                  helper.make_node("Add", ["xw", "hr"], ["pre0" if bias else "pre"], name="/body/Add"),
+                  *([helper.make_node("Add", ["pre0", "bb"], ["pre"], name="/body/BiasAdd")] if bias else []),
                   helper.make_node("Tanh", ["pre"], ["h_next"], name="/body/Tanh"),
                   helper.make_node("Identity", ["cond"], ["cond_out"], name="/body/cond")]
+    carried = [("w", [features, hidden]), ("r", [hidden, hidden])] + ([("bb", [hidden])] if bias else [])
+    info = helper.make_tensor_value_info
     body = helper.make_graph(
         body_nodes, "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("w", f, [features, hidden]), helper.make_tensor_value_info("r", f, [hidden, hidden]),
-         helper.make_tensor_value_info("h", f, [BATCH, hidden])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("w", f, [features, hidden]),
-         helper.make_tensor_value_info("r", f, [hidden, hidden]), helper.make_tensor_value_info("h_next", f, [BATCH, hidden])],
+        [info("i", TensorProto.INT64, []), info("cond", TensorProto.BOOL, [])]
+        + [info(n, f, d) for n, d in carried] + [info("h", f, [BATCH, hidden])],
+        [info("cond_out", TensorProto.BOOL, [])]
+        + [info(n, f, d) for n, d in carried] + [info("h_next", f, [BATCH, hidden])],
         [numpy_helper.from_array(np.array(1, np.int64), "one")])
     trips, cond = ints("trips", steps - 1), ints("cond", True, np.bool_)
-    g.nodes.append(helper.make_node("Loop", [trips, cond, w, r, h0], ["w_final", "r_final", "h_last"], name="/rnn/Loop",
-                                    body=body))
+    b = [g.bias("B", hidden)] if bias else []
+    outs = ["w_final", "r_final", *(["b_final"] if bias else []), "h_last"]
+    g.nodes.append(helper.make_node("Loop", [trips, cond, w, r, *b, h0], outs, name="/rnn/Loop", body=body))
     g.gemm("h_last", "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "carried_loop_rnn", [_float("x", [BATCH, steps, features])], [_float("logits", [BATCH, classes])])

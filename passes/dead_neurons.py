@@ -198,7 +198,25 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
             root = int(roots[p])
             if root not in dead and root not in blocked and int(ids[p]) not in read_ids:
                 (boxed if tensor in boxes else kept)[cg.origins[int(ids[p])]].add(int(ids[p]))
+    # units a layer's zero rows make constant, whose class lives through another member the analysis follows (sweep
+    # 47: criss-cross attention's dead value channels, one class with the residual stream's live ones through
+    # P·v + h, were kept without a word once the Einsum passed them; sweep 46's RetNet through GroupNorm alike)
+    listed = {i for ids in kept.values() for i in ids}
+    units: dict[str, set[int]] = defaultdict(set)
+    for lay in cg.layers:
+        c = cg.channels.get(lay.tensor)
+        if c is None or lay.op == "input" or lay.rows.shape[1] == 0 or len(lay.rows) != len(c.ids):
+            continue
+        roots = cg.roots(lay.tensor)
+        for p in np.flatnonzero(~np.any(lay.rows != 0, axis=1) & np.isfinite(c.value)).tolist():
+            root, i = int(roots[p]), int(c.ids[p])
+            if root not in dead and root not in blocked and i not in listed:
+                units[cg.origins[i]].add(i)
     lines = []
+    if units:
+        lines.append(f"{_total(units)} unit(s) whose weights are all zero are kept, each in a class that stays alive "
+                     f"through another of its channels (a residual stream's channel another block writes, or one "
+                     f"normalized with it): {_shown(units)}")
     if kept:
         lines.append(f"{_total(kept)} channel(s) no weight needs (unread, or a constant) are kept, each in a class "
                      f"with a channel that is read elsewhere (a residual stream's channel another block reads; a "

@@ -683,6 +683,12 @@ def _why_not(name, tensor, users, ix: ScopeIndex) -> str | None:
                     "no pass folds back to float: prune the float model (before onnxruntime fuses and quantizes it), "
                     "then quantize the pruned one")
         return None  # shapes, axes, indices: not weights, not worth a line
+    if len(users) == 1 and users[0].op_type == "Loop":  # carried unchanged into the body: said by what reads it there
+        inner = [b for b, outer in ix.carried.items() if outer == name]  # (sweep 47's Keras ops.while_loop: the body
+        readers = [r for b in inner for r in ix.consumers.get(b, []) if not set(r.output) & ix.pass_back]  # Dense's
+        if readers:  # bias was "not a weight ... (used by Loop)")
+            why = _why_not(inner[0], tensor, readers, ix)
+            return why and f"carried unchanged into Loop '{users[0].name}': {why}"
     for u in users:
         if opfacts.is_bias(u, name):
             return f"bias of {u.op_type} '{u.name}'"

@@ -474,8 +474,8 @@ class _Search:
                 figure = (part_figure(worst, worst.get("metric", ""), worst.get("n") or self.rule.n,
                                       worst.get("budget_pp", self.config.max_loss)) if worst else
                           f"loss {decision.loss_pp:.3f} pp, limit {decision.limit_pp:.3f} pp")
-                said = (f"the one-shot fit's result, {self.ratio(masks):.3g}x, was over the rule on the decision set "
-                        f"(output '{decision.output}': {figure}): "
+                said = (f"the one-shot fit's result, {ratio_figure(self.ratio(masks))}, was over the rule on the decision "
+                        f"set (output '{decision.output}': {figure}): "
                         + ("the search starts from the input model" if self.config.retrain else
                            "the input model is kept"))
                 log.info(said)
@@ -826,6 +826,15 @@ def _exam_figure(decision) -> str:
     if worst.get("changed") is not None:
         return f"{verdict}: {worst['changed']} of {worst.get('n', decision.n)} changed"
     return f"{verdict}: loss {decision.loss_pp:.2f} pp, limit {decision.limit_pp:.2f}"
+
+
+def ratio_figure(ratio: float) -> str:
+    """A candidate's ratio as the notes say one: two decimals, more where two would read as the input model's 1.00x
+    (sweep 47's criss-cross attention: "the one-shot fit's result, 1x, was over the rule ..., 5 of 187 changed")."""
+    for digits in (2, 3, 4):
+        if ratio == 1.0 or f"{ratio:.{digits}f}" != f"{1.0:.{digits}f}":
+            return f"{ratio:.{digits}f}x"
+    return f"{ratio:.4f}x ({100 * (1 - 1 / ratio):.2g}% of the weights removed)"
 
 
 def stop_note(history: list[dict], rule, what: str = "the search") -> str | None:

@@ -88,7 +88,9 @@ from onnxprune.passes.channel_groups.rules_elementwise import (
     _softmax,
     _unary,
 )
-from onnxprune.passes.channel_groups.rules_layers import RECURRENT_GATES, _conv, _conv_transpose, _gemm, _matmul, _recurrent
+from onnxprune.passes.channel_groups.rules_layers import (
+    RECURRENT_GATES, _conv, _conv_transpose, _einsum, _gemm, _matmul, _recurrent,
+)
 from onnxprune.passes.channel_groups.rules_layout import (
     _cast,
     _concat,
@@ -118,7 +120,7 @@ log = logging.getLogger(__name__)
 __all__ = ["NAN", "PRODUCERS", "RULES", "ChannelGraph", "Shapes", "build_channel_groups"]
 
 RULES: dict[str, Callable[[Builder, gs.Node], None]] = {
-    "Gemm": _gemm, "MatMul": _matmul, "Conv": _conv, "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm, "MatMul": _matmul, "Einsum": _einsum, "Conv": _conv, "ConvTranspose": _conv_transpose,
     **{op: _recurrent for op in RECURRENT_GATES},
     **{op: _unary for op in UNARY}, **{op: _binary for op in BINARY}, **{op: _binary for op in EXTREMA},
     **{op: _compare for op in COMPARE}, "Where": _where, "GatherND": _gather_nd, "ConstantOfShape": _constant_of_shape,

@@ -262,9 +262,15 @@ def _product(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _pow(b: Builder, node: gs.Node) -> None:
     """Pow(x, e) with e one constant (x**3 of GPT-2/T5's tanh GELU, x**2 of a hand-written norm): element-wise, the
     channels pass through and a constant channel maps to its power (NaN, not folded, where that is not finite).
-    Sweep 25: "consumer Pow ... has no channel rule" kept every neuron of T5's gated-gelu FFN."""
+    Sweep 25: "consumer Pow ... has no channel rule" kept every neuron of T5's gated-gelu FFN. An exponent computed
+    from constants alone is one constant too (sweep 47's GeM pooling, x^(1/p) with a learned p: "raises to a power
+    that is not one constant")."""
     x, e = node.inputs[0], node.inputs[1]
     c, E = b.ch(x), _const(e)
+    if E is None and b.ch(e) is None:  # computed from constants alone: GeM pooling's (mean x^p)^(1/p) (sweep 47)
+        from onnxprune.passes.channel_groups.rules_layout import _folded  # it imports this module
+
+        E = _folded(e)
     if c is None or b.ch(e) is not None or E is None or E.size != 1:
         return b.opaque(node, "raises to a power that is not one constant")
     with np.errstate(all="ignore"):

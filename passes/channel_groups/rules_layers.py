@@ -96,6 +96,8 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     cw = b.ch(w)
     if found is None and cw is not None and cw.axis == -1 and b.ch(node.inputs[0]) is None and (b.rank(w) or 0) >= 2:
         return _weighted_sum(b, node, cw)
+    if found is None and cw is not None and b.ch(node.inputs[0]) is not None:  # TokenLearner's maps @ features
+        return b.opaque(node, "multiplies 2 operands that carry channels")
     if found is None or (found[0] == 0 and (b.rank(node.inputs[1]) or 0) < 2):
         return b.opaque(node, "has no constant 2-D weight (or one behind a non-trivial Transpose)")
     k, (src, W, ax0, ax1, via) = found
@@ -112,6 +114,30 @@ def _matmul(b: Builder, node: gs.Node) -> None:
     b.produce(node, src, wkn.T, axis, np.zeros(wkn.shape[1]), frozen)
     b.tie(src, out_ax, node.outputs[0], user)
     b.slices(node.outputs[0], src, out_ax)
+
+
+def _einsum(b: Builder, node: gs.Node) -> None:
+    """An Einsum of computed operands (one with a weight is a MatMul by now, passes/einsum_linear.py) where one
+    operand carries channels on a letter the output keeps and no other operand has: attention's probabilities times
+    the values, `einsum("nhwv,nchv->nchw", P, v)` (sweep 47's criss-cross attention), as `_weighted_sum` does for a
+    MatMul. Every output is linear in that operand, so a zero channel stays zero and any other varies."""
+    eq = node.attrs.get("equation", "")
+    eq = (eq.decode() if isinstance(eq, bytes) else str(eq)).replace(" ", "")
+    carriers = [k for k, t in enumerate(node.inputs) if b.ch(t) is not None]
+    if len(carriers) > 1:
+        return b.opaque(node, f"multiplies {len(carriers)} operands that carry channels ('{eq}')")
+    terms, _, out = eq.partition("->")
+    terms = terms.split(",")
+    if not out or "." in eq or len(terms) != len(node.inputs):
+        return b.opaque(node, f"has an equation whose output letters are not all written out ('{eq}')")
+    k = carriers[0]
+    c, term = b.ch(node.inputs[k]), terms[k]
+    letter = term[c.axis] if -len(term) <= c.axis < 0 else ""
+    others = terms[:k] + terms[k + 1:]
+    if not letter or term.count(letter) != 1 or letter not in out or any(letter in t for t in others):
+        return b.opaque(node, f"sums or pairs the channels of its operand {k} (letter '{letter}' of '{eq}')")
+    with np.errstate(invalid="ignore"):
+        b.set(node.outputs[0], Channels(out.index(letter) - len(out), c.ids, np.where(c.value == 0, 0.0, NAN)))
 
 
 def _matrix_per_group(b: Builder, node: gs.Node, w: gs.Constant) -> None:

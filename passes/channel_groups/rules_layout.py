@@ -44,6 +44,7 @@ SHAPE_OPS = ("Shape", "Cast", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze
 _FOLD = {  # numpy forms of the ops torch's legacy exporter computes constant shapes with (expand's -1 handling)
     "Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Equal": np.equal, "Where": np.where, "Neg": np.negative,
     "Abs": np.abs, "Max": np.maximum, "Min": np.minimum, "Identity": lambda a: a,
+    "Reciprocal": np.reciprocal,  # GeM pooling's 1 / p (sweep 47), a float op: never a shape's
 }
 
 

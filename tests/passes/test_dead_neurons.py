@@ -1506,7 +1506,10 @@ def test_group_norm_loses_a_whole_dead_group_and_keeps_a_group_with_one_dead_cha
         gn = next(n for n in out.graph.node if n.op_type == "GroupNormalization")
         assert onnx.helper.get_node_attr_value(gn, "num_groups") == 2
         assert shp["gn.weight"] == shp["gn.bias"] == ((2,) if form == "op18" else (4,))
-    assert not any("normaliz" in why or "Reshape" in why for why in report.blocked)
+    # group 0's dead channel is kept, said as a unit in a class alive through its group's live channel (sweep 47)
+    said = [why for why in report.blocked if "whose weights are all zero are kept" in why]
+    assert len(said) == 1 and said[0].startswith("1 unit(s) ") and "/c1/Conv" in said[0], report.blocked
+    assert not any("normaliz" in why or "Reshape" in why for why in report.blocked if why not in said)
 
 
 @pytest.mark.parametrize("form", ["op21", "legacy"])
@@ -2705,3 +2708,112 @@ def test_dead_value_units_go_through_attention_and_an_attention_free_quotient():
     onnx.checker.check_model(out, full_check=True)
     assert shp["v.weight"] == (6, 6) and shp["v.bias"] == (6,) and shp["k.weight"] == (6, 6)
     assert shp["head.weight"] == (6, 3) and shp["q.weight"] == (6, 8) and shp["t.weight"] == (6, 8)
+
+
+def test_dead_value_units_go_through_an_einsum_weighted_sum():
+    """Sweep 47: criss-cross attention's `einsum("nhwv,nchv->nchw", P, v)` (dynamo keeps the Einsum) kept every dead
+    value channel: "consumer Einsum ... (op Einsum) has no channel rule". Output channel c is P times v's channel c,
+    so v's dead units 1 and 4 go with the head's rows; the scores' Einsum `"ntc,nuc->ntu"` pairs q's and k's channels
+    and keeps theirs, said; onnxruntime's outputs on seeded inputs stay the same."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("q", "k", "v")}
+    w["v"][:, [1, 4]] = 0
+    w["q"][:, [2]] = 0
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n]) for n in ("q", "k", "v")] + [
+        h.make_node("Einsum", ["q", "k"], ["s"], equation="ntc,nuc->ntu"),
+        h.make_node("Softmax", ["s"], ["P"], axis=-1),
+        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"),
+        h.make_node("ReduceMean", ["a", "axis1"], ["m"], keepdims=0),
+        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "einsum_attention",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["v.weight"] == (5, 4) and shp["head.weight"] == (4, 3)
+    assert shp["q.weight"] == (5, 6) and shp["k.weight"] == (5, 6)  # paired by the scores' Einsum: kept
+    assert any("Einsum" in why and "multiplies 2 operands that carry channels ('ntc,nuc->ntu')" in why
+               for why in report.blocked), report.blocked
+
+
+def test_a_matmul_of_two_operands_that_carry_channels_says_so():
+    """Sweep 47's TokenLearner: tokens = sigmoid(maps) @ features, both computed and both carrying channels (the maps'
+    on the rows, the features' on the columns); the features' dead channels were kept "consumer MatMul ... has no
+    constant 2-D weight", which since sweep 46's weighted sum is not why. Kept, said as what it is."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("maps", "feat")}
+    w["feat"][:, [1, 4]] = 0
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", "maps.weight"], ["m0"]), h.make_node("Sigmoid", ["m0"], ["m1"]),
+             h.make_node("Transpose", ["m1"], ["m"], perm=[0, 2, 1]),
+             h.make_node("MatMul", ["x", "feat.weight"], ["f"]), h.make_node("MatMul", ["m", "f"], ["tok"]),
+             h.make_node("ReduceMean", ["tok", "axis1"], ["r"], keepdims=0),
+             h.make_node("MatMul", ["r", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "token_learner", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    assert shp["feat.weight"] == (5, 6)
+    assert any("consumer MatMul" in why and "multiplies 2 operands that carry channels" in why
+               for why in report.blocked), report.blocked
+    assert not any("has no constant 2-D weight" in why for why in report.blocked), report.blocked
+
+
+def test_dead_units_kept_in_a_class_alive_through_a_residual_stream_are_said():
+    """Sweep 47: criss-cross attention's dead value channels, added by P·v to a residual stream whose channels live,
+    were kept without a word once the Einsum passed them (before, the Einsum's "no channel rule" said something).
+    They are kept (the stream's channel is read), and said; the stream's own dead units go with v's."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("s", "v")}
+    w["v"][:, [1, 4]] = 0
+    w["s"][:, [4]] = 0
+    inits = [onnx.numpy_helper.from_array(a, f"{n}.weight") for n, a in w.items()] + [
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
+    nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n], name=n) for n in ("s", "v")] + [
+        h.make_node("Einsum", ["x", "x"], ["g"], equation="ntd,nud->ntu"),
+        h.make_node("Softmax", ["g"], ["P"], axis=-1),
+        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"), h.make_node("Add", ["s", "a"], ["r"]),
+        h.make_node("ReduceMean", ["r", "axis1"], ["m"], keepdims=0),
+        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, "residual_attention",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["v.weight"] == (5, 5) and shp["s.weight"] == (5, 5) and shp["head.weight"] == (5, 3)  # unit 4 went
+    said = [why for why in report.blocked if "whose weights are all zero are kept" in why]
+    assert len(said) == 1 and said[0].startswith("1 unit(s) ") and said[0].endswith("MatMul 'v' 1"), report.blocked
+
+
+def test_dead_channels_go_through_gem_pooling_whose_exponent_is_computed_from_a_learned_p():
+    """Sweep 47's GeM pooling, (mean clamp(x, 1e-6)^p)^(1/p) with p learned: torch's legacy export computes 1/p as
+    Mul(Reciprocal(p), 1), and the second Pow kept every dead channel ("raises to a power that is not one constant").
+    A dead channel is 1e-6 after the Clip and after both powers, a constant the head folds into its bias: it goes."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    wc = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    bc = np.full(4, 0.1, np.float32)
+    wc[[1, 3]] = 0
+    bc[[1, 3]] = 0
+    inits = [onnx.numpy_helper.from_array(wc, "c.weight"), onnx.numpy_helper.from_array(bc, "c.bias"),
+             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "p"),
+             onnx.numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             onnx.numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             onnx.numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "head.weight"),
+             onnx.numpy_helper.from_array(np.zeros(3, np.float32), "head.bias")]
+    nodes = [h.make_node("Conv", ["x", "c.weight", "c.bias"], ["c"], pads=[1, 1, 1, 1], name="c"),
+             h.make_node("Relu", ["c"], ["r"]), h.make_node("Clip", ["r", "eps", ""], ["k"]),
+             h.make_node("Pow", ["k", "p"], ["kp"]), h.make_node("GlobalAveragePool", ["kp"], ["m"]),
+             h.make_node("Reciprocal", ["p"], ["ip"]), h.make_node("Mul", ["ip", "one"], ["e"]),
+             h.make_node("Pow", ["m", "e"], ["g"]), h.make_node("Flatten", ["g"], ["f"]),
+             h.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], transB=1)]
+    graph = h.make_graph(nodes, "gem", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 5, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c.weight"] == (2, 2, 3, 3) and shp["head.weight"] == (3, 2), report.blocked
+    assert report.folded == 2 and not any("Pow" in why for why in report.blocked), report.blocked

@@ -669,3 +669,25 @@ def test_each_stored_source_of_a_weight_computed_into_more_values_is_said_to_sta
     want = np.maximum(conv, 0).mean(2) @ consts["fc.weight"].T + consts["fc.bias"]
     got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bias_carried_unchanged_into_a_loop_is_said_by_what_reads_it_in_the_body():
+    """Sweep 47's Keras `ops.while_loop` around a Dense (tf2onnx): the Dense's bias, a value the Loop carries
+    unchanged into its body, was "not a weight of Conv/... (used by Loop)" in inspect's list. It is the body's bias:
+    said by the node that reads it there."""
+    from onnxprune.models.third_party_builders import carried_loop_rnn
+    from tests.oracle import check_full, run
+
+    model = carried_loop_rnn(seed=0, bias=True)
+    check_full(model)
+    x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    b = next(t for t in zeroed.graph.initializer if t.name == "B")
+    b.CopyFrom(numpy_helper.from_array(np.zeros(8, np.float32), "B"))
+    assert not np.allclose(run(model, {"x": x})["logits"], run(zeroed, {"x": x})["logits"])  # read in the body
+    inv = find_prunable(model)
+    why = {s.name: s.reason for s in inv.skipped}
+    assert why["B"] == ("carried unchanged into Loop '/rnn/Loop': added by Add '/body/BiasAdd' (a bias, or a learned "
+                        "position table)"), why
+    assert {"R", "head.weight"} <= {w.name for w in inv.prunable}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from onnxprune.converter.auto.decide import samples_for_share, wilson_upper
-from onnxprune.converter.auto.search import stop_note
+from onnxprune.converter.auto.search import ratio_figure, stop_note
 
 
 def _rule(*outputs):
@@ -197,3 +197,11 @@ def test_a_share_of_every_sample_changed_is_written_as_a_plain_percentage():
     note = stop_note([_entry(1.0, True, True), _entry(1.3, False, False, part="changed", loss=2250 / 180, limit=-1.2)],
                      _rule(("probs", "prob")))
     assert "at that share (12%) more data would not" in note  # 22 of 180 (12.2%): two digits, as :.2g wrote it
+
+
+def test_a_ratio_just_past_the_input_model_is_not_said_as_1x():
+    """sweep 47's criss-cross attention: "the one-shot fit's result, 1x, was over the rule ... (5 of 187 decision
+    samples changed)", a figure that reads as the input model itself (the note's `:.3g`)."""
+    assert ratio_figure(1.0) == "1.00x" and ratio_figure(1.0312) == "1.03x" and ratio_figure(12.345) == "12.35x"
+    assert ratio_figure(1.0012) == "1.001x" and ratio_figure(1.00004) == "1.0000x (0.004% of the weights removed)"
+    assert all(ratio_figure(r) not in ("1x", "1.00x", "1.000x") for r in (1.0001, 1.0004, 1.0049))
