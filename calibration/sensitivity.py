@@ -566,19 +566,19 @@ class _Pace:
         if available is not None and sum(len(t.raw_data) for t in model.graph.initializer) > PROFILE_SHARE * available:
             return None
         feeds, _ = next(iter(evaluator.batches()))
-        seconds = None
+        profiled = None
         for part in (split_batch(feeds, None, PROFILE_ROWS)[0][0], feeds):  # a few rows: a heavy batch costs
             try:
-                seconds = node_seconds(model, part)
+                profiled = node_seconds(model, part)
                 break
             except Exception as exc:  # a faster order only: never a reason to fail the scan
                 log.debug("no profile of the dense model (%s)", exc)
-        if seconds is None:
+        if profiled is None:
             return None
         named: dict[str, int] = {}
         for nd in index.nodes:  # a name two nodes share (or none) has their times together: each gets its part
             named[nd.name] = named.get(nd.name, 0) + 1
-        per_node = [seconds.get(nd.name, 0.0) / named[nd.name] for nd in index.nodes]
+        per_node = [profiled.get(nd.name, 0.0) / named[nd.name] for nd in index.nodes]
         total = sum(per_node)
         if total <= 0:
             return None
