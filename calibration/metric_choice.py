@@ -82,6 +82,10 @@ _PROBABILITY_NAMES = _Words(r"prob|sigmoid")
 # One number per sample named a logit: a binary classifier's decision before its sigmoid (sweep 6's siamese
 # 'same_logit' got per-sample rel_l2, which divides by values near 0 where the decision is made).
 _LOGIT_NAMES = _Words(r"logit")
+# Bits a decoder hands over one by one, each read by its sign (or at 0.5): a watermark's or a hash's code. Real models
+# 51: invisible-watermark's rivaGan decoder returns 'output' [batch_size, wmBits], 32 logits the package reads as
+# `output > 0.52`, and was judged by the argmax over its 32 bits, which a bit near 0 crossing its threshold never moves.
+_BIT_NAMES = _Words(r"bits?(?![a-z])")
 
 def _regression(name: str) -> bool:
     """The name says regression: a box, a landmark, a forecast, ... (`_REGRESSION_NAMES`), or an image rebuilt
@@ -294,11 +298,27 @@ def ranked_detections(model: onnx.ModelProto | None) -> dict[str, int]:
 def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
-    `attention_outputs`, `feature_outputs`, `ranked_detections`."""
+    `attention_outputs`, `feature_outputs`, `ranked_detections`, `bit_outputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
             "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
-            "features": feature_outputs(model), "detections": ranked_detections(model)}
+            "features": feature_outputs(model), "detections": ranked_detections(model), "bits": bit_outputs(model)}
+
+
+def bit_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Float outputs of two declared axes whose name or last axis's declared name says bits (`_BIT_NAMES`: 'bits',
+    'wmBits', 'hash_bit'): a code read bit by bit, one binary decision a value, whatever its argmax."""
+    if model is None:
+        return frozenset()
+    found = set()
+    for info in model.graph.output:
+        shape = _declared(info)
+        if shape is None or len(shape) != 2:
+            continue
+        last = info.type.tensor_type.shape.dim[1]
+        if _BIT_NAMES.search(info.name) or (last.HasField("dim_param") and _BIT_NAMES.search(last.dim_param)):
+            found.add(info.name)
+    return frozenset(found)
 
 
 # ops an id passes through on its way to a lookup (a cast, a reshape, an offset, a clamp into the vocabulary)
@@ -725,8 +745,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                embeddings: Collection[str] = (), ranked: Collection[str] = (),
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
                tokens: bool = False, attention: Collection[str] = (),
-               features: Mapping[str, str] | None = None, detections: Mapping[str, int] | None = None
-               ) -> dict[str, str]:
+               features: Mapping[str, str] | None = None, detections: Mapping[str, int] | None = None,
+               bits: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -736,7 +756,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
     values are features the model computes on: rel_l2 where the argmax (agreement, or binary_prob's 0.5 per value)
     would judge them and no word of the name says class scores;
     `input_sizes`: the values a sample of each float input holds, `input_sizes`; `tokens`: the model reads token
-    ids, `token_id_inputs`), then rules that need the others:
+    ids, `token_id_inputs`; `bits`: outputs named as bits, `bit_outputs`, [N, C] codes read a value at a time:
+    binary_logit (each value by its sign), binary_prob where its values are in [0, 1], where argmax agreement would
+    judge them), then rules that need the others:
 
       6. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
          is a regression head (rel_l2) when another output of the model plainly holds the class scores
@@ -785,6 +807,13 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
             if not quiet:
                 log.info("output '%s' is read by the model's own layer '%s': a feature it computes on, scored by "
                          "relative L2 (not by its argmax)", name, layer)
+    for name in bits:
+        if kinds.get(name) == "agreement" and as_array(values[name]).ndim == 2:
+            kinds[name] = "binary_prob" if _is_unit_interval(as_array(values[name])) else "binary_logit"
+            if not quiet:
+                log.info("output '%s' holds bits (its name or its axis's says so): each value is judged by its side of "
+                         "%s (%s), not by the argmax over them", name,
+                         "0.5" if kinds[name] == "binary_prob" else "0", kinds[name])
     plain = {name for name, kind in kinds.items() if kind == "agreement" and not _CLASS_NAMES.search(name)}
     evident = [name for name, kind in kinds.items() if name not in plain and _holds_classes(name, kind)]
     if evident:

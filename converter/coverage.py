@@ -592,9 +592,11 @@ class RowCoverage:
         whole = RowCoverage({n: v for n, v in self.partial.items() if n not in rows_apart}, self.unread, self.bodies)
         if apart and budgeted:
             what = "; ".join(self._said(n) for n in apart[:3])
-            said = (f"embedding table(s) whose rows --data does not all read ({what}{more(len(apart), 3)}) were "
-                    "pruned on the rows it reads; the unread rows keep their input values, as the budget has no "
-                    "evidence about them (data that reads them lets them be pruned)")
+            # said before the search: a rule, not an outcome (real models 51: chython-rxnmap's tables "were pruned"
+            # in a run that kept the input model)
+            said = (f"embedding table(s) whose rows --data does not all read ({what}{more(len(apart), 3)}) are "
+                    "pruned, if at all, on the rows it reads only; the unread rows keep their input values, as the "
+                    "budget has no evidence about them (data that reads them lets them be pruned)")
             rest = whole.note(budgeted)
             return f"{said}; {rest}" if rest else said
         what = "; ".join(self._said(n) for n in list(self.partial)[:3])

@@ -2546,3 +2546,36 @@ def p4_lifting_conv(*, kernels: int = 4, out: int = 3, seed: int = 0) -> onnx.Mo
     g.gemm(h, "fc", 3 * kernels, out)
     g.nodes[-1].output[0] = "y"
     return _model(g, "p4_lifting_conv", [_float("x", [BATCH, 1, 6, 6])], [_float("y", [BATCH, out])])
+
+
+def bit_decoder(*, channels: int = 3, hidden: int = 8, bits: int = 32, bits_axis: str | None = "wmBits",
+                name: str = "output", seed: int = 0) -> onnx.ModelProto:
+    """frame [N, 3, H, W] -> conv 3x3 + tanh -> conv 1x1 to `bits` channels -> mean over the positions -> `name`
+    [N, bits]: a watermark decoder's one logit per bit, each read by its sign (invisible-watermark's rivaGan decoder,
+    real models 51: `output [batch_size, wmBits]`, read as `output > 0.52`). `bits_axis`: the declared name of the
+    last axis (None: an unnamed 'D')."""
+    g = _Graph(seed)
+    x = g.op("Tanh", "conv1", [g.conv("frame", "conv1", channels, hidden, 3)])
+    y = g.conv(x, "conv2", hidden, bits, 1, pad=False)
+    g.nodes.append(helper.make_node("ReduceMean", [y], [name], name="/pool", axes=[2, 3], keepdims=0))
+    return _model(g, "bit_decoder", [_float("frame", [BATCH, channels, "height", "width"])],
+                  [_float(name, [BATCH, bits_axis or "D"])])
+
+
+def identity_shared_layer(*, features: int = 8, uses: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """input [N, 8] -> (MatMul W + b -> Relu) `uses` times -> 'output' [N, 8], one W and one b applied again: the
+    first use reads W directly, each later one through an Identity of its own (torch's legacy export of a layer
+    applied several times; chython-rxnmap's transformer layer applied 8 times, real models 51)."""
+    g = _Graph(seed)
+    w = g.weight("layer.weight", (features, features), features)
+    b = g.bias("layer.bias", features)
+    x = "input"
+    for k in range(uses):
+        wk = w
+        if k:
+            wk = f"layer.weight.use{k}"
+            g.nodes.append(helper.make_node("Identity", [w], [wk], name=f"Identity_{k}"))
+        x = g.relu(g.op("Add", f"use{k}", [g.op("MatMul", f"use{k}", [x, wk]), b]), f"use{k}")
+    g.nodes.append(helper.make_node("Identity", [x], ["output"], name="/out"))
+    return _model(g, "identity_shared_layer", [_float("input", [BATCH, features])],
+                  [_float("output", [BATCH, features])])

@@ -181,6 +181,34 @@ def test_a_multi_label_sigmoid_head_is_judged_label_by_label_not_by_its_argmax()
     assert not rule.judge_outputs([(y[:32],), (y[32:],)]).within
 
 
+def test_a_code_of_bits_is_judged_bit_by_bit_not_by_its_argmax():
+    """Real models 51: invisible-watermark's rivaGan decoder returns 'output' [batch_size, wmBits], 32 logits the
+    package reads as `output > 0.52`, and was scored agreement, the argmax over the 32 bits. An [N, C] output whose
+    name or last axis's declared name says bits is binary_logit (each value by its sign), binary_prob in [0, 1]."""
+    model = tb.bit_decoder(bits=16)
+    frames = np.random.default_rng(5).standard_normal((64, 3, 6, 6)).astype(np.float32)
+    feeds = {"frame": frames}
+    assert Evaluator(open_data(feeds, model, batch_size=32), None, model).plan == {"output": "binary_logit"}
+    for other in (tb.bit_decoder(bits=16, name="bits"), tb.bit_decoder(bits=16, bits_axis="hash_bits")):
+        assert Evaluator(open_data(feeds, other, batch_size=32), None, other).plan == \
+            {other.graph.output[0].name: "binary_logit"}
+    plain = tb.bit_decoder(bits=16, bits_axis=None)  # nothing says bits: class scores, as before
+    assert Evaluator(open_data(feeds, plain, batch_size=32), None, plain).plan == {"output": "agreement"}
+    codes = np.random.default_rng(6).random((8, 16)).astype(np.float32)
+    assert auto_kinds({"output": codes}, bits={"output"}) == {"output": "binary_prob"}
+    assert auto_kinds({"orbits": codes}, bits=()) == {"orbits": "agreement"}  # 'orbits' holds no word 'bits'
+    # onnxruntime's dense logits; a candidate whose weakest bit crosses 0 in every third frame, every argmax kept
+    d = first_output(model, feeds)
+    top, weak = d.argmax(1), np.abs(d).argmin(1)
+    assert (top != weak).all()
+    y = d.copy()
+    y[::3, :][np.arange(len(y[::3])), weak[::3]] *= -1.0
+    assert (y.argmax(1) == top).all() and loss_pp("agreement", y, d) == 0.0
+    assert loss_pp("binary_logit", y, d) == pytest.approx(100.0 * len(y[::3]) / len(y))
+    rule = BudgetRule(Evaluator(open_data(feeds, model, batch_size=32), None, model), 1.0)
+    assert not rule.judge_outputs([(y[:32],), (y[32:],)]).within
+
+
 def test_the_summary_states_a_probabilitys_change_in_its_own_points(tmp_path):
     """output_error's mean_abs is the mean over samples of each one's largest absolute change, and a run whose
     headline metric is a probability prints it (relative to a score near 0 any change looks huge)."""

@@ -237,6 +237,37 @@ def test_labels_are_scored_against_predicted_labels_when_no_output_holds_class_s
         METRICS["accuracy"].terms(np.array([1, 2, 0]), None, np.array([1, 0]))
 
 
+def test_inspect_lists_a_weight_read_again_through_identities_as_prune_reads_it(tmp_path):
+    """Real models 51: chython-rxnmap's transformer layers, each applied 8 times (legacy export: one W, read directly
+    once and through an Identity per later use). inspect listed 20.9M of its 21.1M weights "not considered
+    prunable: used in different ways"; prune bypasses those Identity nodes at load and pruned all 21.1M."""
+    import onnxruntime as ort
+
+    from onnxprune.converter.inspect import inspect_model
+
+    model = tb.identity_shared_layer(uses=3, seed=2)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "shared.onnx")
+    info = inspect_model(tmp_path / "shared.onnx")
+    assert [(r["weight"], r["params"]) for r in info["layers"]] == [("layer.weight", 64)]
+    assert not any("layer.weight" in r["name"] for r in info["skipped"])
+    res = invoke("prune", tmp_path / "shared.onnx", "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    dense = modelio.load_model(tmp_path / "out.onnx").model
+    kept = numpy_helper.to_array(next(t for t in dense.graph.initializer if t.name == "layer.weight"))
+    assert np.count_nonzero(kept) == 32
+    x = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    masked = onnx.load(tmp_path / "shared.onnx")  # the input model with prune's mask: what the file must compute
+    for t in masked.graph.initializer:
+        if t.name == "layer.weight":
+            t.CopyFrom(numpy_helper.from_array(np.where(kept != 0, numpy_helper.to_array(t), 0), t.name))
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (written, masked)]
+    assert np.allclose(*(s.run(None, {"input": x})[0] for s in sessions), atol=1e-6)
+
+
 def test_weights_read_inside_model_local_functions_are_pruned(tmp_path):
     """torch's export_modules_as_functions passes each block's weights into a local function call: inspect listed
     them as "used by DS" and prune left 29.2K of a CNN's 37.8K weights dense (sweep 18). They are inlined at load."""
