@@ -594,17 +594,26 @@ class _Pace:
         self.done += share
 
     def choose(self, plans: list[_Plan], left: float) -> set[str]:
-        """The names of the `plans` (each scanned, not small or unused) to scan in `left` seconds: all when they fit,
-        else the most weights per second first, each that still fits."""
+        """The names of the `plans` (each scanned, not small or unused; in graph order) to scan in `left` seconds:
+        all when they fit, else the most weights per second first, each that still fits; or, where that reaches fewer
+        weights, the plans in their own order or the largest first, each that still fits (a small layer cheap to scan
+        can take the time one large layer needed: most weights per second alone then scans fewer than graph order)."""
         need = {p.weight.name: self.seconds(p) for p in plans}
         if sum(need.values()) <= left:
             return set(need)
-        chosen, used = set(), 0.0
-        for p in sorted(plans, key=lambda p: -p.weight.size / max(need[p.weight.name], 1e-9)):
-            if used + need[p.weight.name] <= left:
-                chosen.add(p.weight.name)
-                used += need[p.weight.name]
-        return chosen
+
+        def fill(order) -> tuple[int, set[str]]:
+            chosen, used, weights = set(), 0.0, 0
+            for p in order:
+                if used + need[p.weight.name] <= left:
+                    chosen.add(p.weight.name)
+                    used += need[p.weight.name]
+                    weights += p.weight.size
+            return weights, chosen
+
+        fills = [fill(sorted(plans, key=lambda p: -p.weight.size / max(need[p.weight.name], 1e-9))), fill(plans),
+                 fill(sorted(plans, key=lambda p: -p.weight.size))]
+        return max(fills, key=lambda f: f[0])[1]  # the first of equals: most weights per second
 
 
 def unscored_weights(model: onnx.ModelProto, inventory: Inventory, scored: Sequence[str]) -> list[str]:

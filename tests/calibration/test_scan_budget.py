@@ -393,6 +393,36 @@ def test_the_scan_pace_prices_layers_by_their_share_and_learns_from_the_layers_i
     assert pace.choose(plans, 3.0) == {names[1], names[2], names[3]}
 
 
+def test_the_scan_pace_never_chooses_fewer_weights_than_graph_order_would():
+    """Most weights per second alone is a greedy knapsack: a small layer cheap to scan can take the time one large
+    layer needed. With fc2 (640 weights) priced at 0.04 s and fc1 (16,384) at 8 s, 8.02 s took fc2 and then had no
+    room for fc1, where graph order scans fc1; the choice is now the best of that, graph order and the largest
+    first."""
+    from onnxprune.calibration.sensitivity import _Pace, _plan, _GraphIndex
+
+    model = builders.lenet5_like(conv_channels=(8, 16), fc_units=64)
+    index = _GraphIndex(model)
+    plans = [_plan(index, w, ["logits"]) for w in find_prunable(model).prunable]  # conv1 200, conv2 3200, fc1 16384,
+    pace = _Pace({p.weight.name: share for p, share in zip(plans, (1.0, 0.6, 0.2, 0.001))}, 10.0)  # fc2 640
+    names = [p.weight.name for p in plans]
+    assert pace.choose(plans, 8.02) == {names[2]}  # fc1 alone: 16,384 weights, not fc2's 640
+    assert pace.choose(plans, 2.0) == {names[3]}  # fc1 does not fit: the most weights per second, fc2
+    assert pace.choose(plans, 32.1) == {names[1], names[2], names[3]}  # ties keep most weights per second
+
+
+def test_a_deadline_scan_reaches_the_large_layer_a_cheap_small_one_would_have_crowded_out(monkeypatch):
+    """The same through the scan on a fake clock: 8.02 s scan fc1 (8 s at the prior's pace), not fc2 alone."""
+    from onnxprune.calibration.sensitivity import PRIOR_PASSES
+
+    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.001}
+    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES * 10.0)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=8.02)
+    paths = {lay.node: lay.path for lay in result.layers}
+    assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
+                     "/fc2/Gemm": "unscanned"}
+    assert now[0] == pytest.approx(8.0) and result.paced
+
+
 def test_the_scan_pace_reads_each_layers_share_from_a_profile_of_the_dense_model(monkeypatch):
     """The shares come from onnxruntime's profile of one batch (optimisations off, so every node keeps its name):
     the first layer runs the whole graph, and every later layer a part of what the one before it runs. A model
