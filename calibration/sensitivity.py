@@ -510,7 +510,10 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
                 [p for p in group if _scanned(p) and p.weight.name not in first]
         elif deadline is not None and time.perf_counter() + last > deadline:
             names = []  # none of the group's layers will be scanned: no prefix pass for them
+        t = time.perf_counter()
         cache = _prefix_cache(model, index, evaluator, names, previous) if names else None
+        if cache is not None and deadline is not None:
+            log.debug("scan: the prefix pass of %d cached tensors took %.2f s", len(names), time.perf_counter() - t)
         previous = cache if cache is not None else previous
         for plan in turns:
             scanned = _scanned(plan)
@@ -535,6 +538,9 @@ def scan(model: onnx.ModelProto, inventory: Inventory, evaluator: Evaluator, lev
     del previous
     result.layers = [by_name[w.name] for w in inventory.prunable]
     result.seconds = time.perf_counter() - t0
+    if deadline is not None:
+        log.debug("scan: %.1f s, ended %.1f s %s its deadline", result.seconds, abs(time.perf_counter() - deadline),
+                  "after" if time.perf_counter() > deadline else "before")
     paths = {lay.path for lay in result.layers}
     result.paced = pace is not None and "unscanned" in paths and bool(paths & {"downstream", "full"})
     return result
