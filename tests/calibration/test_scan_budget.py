@@ -371,6 +371,34 @@ def test_layers_passed_over_get_a_second_look_once_the_chosen_ones_are_timed(mon
     assert turns == ["/fc1/Gemm", "/conv1/Conv", "/conv2/Conv", "/fc2/Gemm"] and now[0] == pytest.approx(7.4)
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "a-group-each"])
+def test_the_chosen_layers_are_scanned_most_weights_per_second_first_across_groups(monkeypatch, grouped):
+    """Heavy models 51: the chosen layers were scanned in graph order, group by group, so the first one timed was
+    the costliest to scan of those chosen, priced by the prior alone (VGG16, 5 minutes: block3_conv3 took 37 s, 10
+    dense passes of its share where 4 were priced, and block4's three layers, 5.9M weights, were never reached).
+    Here every scan takes 10 dense passes of its share (the prior says 4): 40 s choose fc1, fc2 and conv2 (8 + 2 +
+    24 s by the prior). In graph order conv2 went first and took 60 s, past the deadline, and nothing else fitted;
+    now fc1 goes first (20 s), the pace learned leaves fc2 (5 s) and not conv2: 17,024 weights by 25 s. With a
+    group for each layer the group of the best layer goes first, and its prefix starts from whatever was cached:
+    the curves are those of a scan in graph order."""
+    from onnxprune.calibration import sensitivity
+
+    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
+    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, 100.0)
+    if grouped:
+        monkeypatch.setattr(sensitivity, "_groups", lambda plans, *args: [[p] for p in plans])
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=40.0)
+    paths = {lay.node: lay.path for lay in result.layers}
+    assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
+                     "/fc2/Gemm": "downstream"}
+    assert now[0] == pytest.approx(25.0) and result.paced
+    whole = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    for lay in result.layers:
+        if lay.path == "downstream":
+            assert lay.levels and (lay.levels, lay.values) == (whole.layer(lay.name).levels,
+                                                               whole.layer(lay.name).values)
+
+
 def test_the_scan_pace_prices_layers_by_their_share_and_learns_from_the_layers_it_times():
     """Before any layer is timed, a layer's scan is PRIOR_PASSES dense passes of its share; after, the seconds per
     share the timed layers took. `choose` takes every layer when all fit, else the most weights per second first,
