@@ -371,6 +371,34 @@ def test_layers_passed_over_get_a_second_look_once_the_chosen_ones_are_timed(mon
     assert turns == ["/fc1/Gemm", "/conv1/Conv", "/conv2/Conv", "/fc2/Gemm"] and now[0] == pytest.approx(7.4)
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "a-group-each"])
+def test_the_chosen_layers_are_scanned_most_weights_per_second_first_across_groups(monkeypatch, grouped):
+    """Heavy models 51: the chosen layers were scanned in graph order, group by group, so the first one timed was
+    the costliest to scan of those chosen, priced by the prior alone (VGG16, 5 minutes: block3_conv3 took 37 s, 10
+    dense passes of its share where 4 were priced, and block4's three layers, 5.9M weights, were never reached).
+    Here every scan takes 10 dense passes of its share (the prior says 4): 40 s choose fc1, fc2 and conv2 (8 + 2 +
+    24 s by the prior). In graph order conv2 went first and took 60 s, past the deadline, and nothing else fitted;
+    now fc1 goes first (20 s), the pace learned leaves fc2 (5 s) and not conv2: 17,024 weights by 25 s. With a
+    group for each layer the group of the best layer goes first, and its prefix starts from whatever was cached:
+    the curves are those of a scan in graph order."""
+    from onnxprune.calibration import sensitivity
+
+    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
+    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, 100.0)
+    if grouped:
+        monkeypatch.setattr(sensitivity, "_groups", lambda plans, *args: [[p] for p in plans])
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=40.0)
+    paths = {lay.node: lay.path for lay in result.layers}
+    assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
+                     "/fc2/Gemm": "downstream"}
+    assert now[0] == pytest.approx(25.0) and result.paced
+    whole = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0)
+    for lay in result.layers:
+        if lay.path == "downstream":
+            assert lay.levels and (lay.levels, lay.values) == (whole.layer(lay.name).levels,
+                                                               whole.layer(lay.name).values)
+
+
 def test_the_scan_pace_prices_layers_by_their_share_and_learns_from_the_layers_it_times():
     """Before any layer is timed, a layer's scan is PRIOR_PASSES dense passes of its share; after, the seconds per
     share the timed layers took. `choose` takes every layer when all fit, else the most weights per second first,
@@ -391,6 +419,36 @@ def test_the_scan_pace_prices_layers_by_their_share_and_learns_from_the_layers_i
     pace.record(plans[1], 1.2)  # conv2 took 1.2 s for 0.6 of a pass: 2 s a pass from now on
     assert [pace.seconds(p) for p in plans] == pytest.approx([2.0, 1.2, 0.4, 0.1])
     assert pace.choose(plans, 3.0) == {names[1], names[2], names[3]}
+
+
+def test_the_scan_pace_never_chooses_fewer_weights_than_graph_order_would():
+    """Most weights per second alone is a greedy knapsack: a small layer cheap to scan can take the time one large
+    layer needed. With fc2 (640 weights) priced at 0.04 s and fc1 (16,384) at 8 s, 8.02 s took fc2 and then had no
+    room for fc1, where graph order scans fc1; the choice is now the best of that, graph order and the largest
+    first."""
+    from onnxprune.calibration.sensitivity import _Pace, _plan, _GraphIndex
+
+    model = builders.lenet5_like(conv_channels=(8, 16), fc_units=64)
+    index = _GraphIndex(model)
+    plans = [_plan(index, w, ["logits"]) for w in find_prunable(model).prunable]  # conv1 200, conv2 3200, fc1 16384,
+    pace = _Pace({p.weight.name: share for p, share in zip(plans, (1.0, 0.6, 0.2, 0.001))}, 10.0)  # fc2 640
+    names = [p.weight.name for p in plans]
+    assert pace.choose(plans, 8.02) == {names[2]}  # fc1 alone: 16,384 weights, not fc2's 640
+    assert pace.choose(plans, 2.0) == {names[3]}  # fc1 does not fit: the most weights per second, fc2
+    assert pace.choose(plans, 32.1) == {names[1], names[2], names[3]}  # ties keep most weights per second
+
+
+def test_a_deadline_scan_reaches_the_large_layer_a_cheap_small_one_would_have_crowded_out(monkeypatch):
+    """The same through the scan on a fake clock: 8.02 s scan fc1 (8 s at the prior's pace), not fc2 alone."""
+    from onnxprune.calibration.sensitivity import PRIOR_PASSES
+
+    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.001}
+    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES * 10.0)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=8.02)
+    paths = {lay.node: lay.path for lay in result.layers}
+    assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
+                     "/fc2/Gemm": "unscanned"}
+    assert now[0] == pytest.approx(8.0) and result.paced
 
 
 def test_the_scan_pace_reads_each_layers_share_from_a_profile_of_the_dense_model(monkeypatch):
