@@ -328,8 +328,8 @@ def _paced_lenet(monkeypatch, shares: dict[str, float], seconds_per_share: float
 
 def test_a_deadline_scans_the_layers_with_the_most_weights_per_second_of_scan(monkeypatch):
     """Real models 48-50: a heavy model's scan went in graph order and its time ran out in the first layers, the
-    costliest to scan (everything downstream runs) and often the smallest (isbnx in 6 minutes: 9 of 102 layers, 12%
-    of the weights; most weights per second first, 29 layers, 75%). With the first conv's scan a whole pass (40 s here:
+    costliest to scan (everything downstream runs) and often the smallest (isbnx in 6 minutes: 22 of 102 layers, 35%
+    of the weights; most weights per second first, 50 layers, 94%). With the first conv's scan a whole pass (40 s here:
     PRIOR_PASSES dense passes of 10 s) and fc1's a fifth of it, 25 s scan fc1 and fc2 (8 + 2 s, 17,024 of 20,424
     weights), not conv1 (which in graph order would have taken 40 s and ended past the deadline's check)."""
     from onnxprune.calibration.sensitivity import PRIOR_PASSES
