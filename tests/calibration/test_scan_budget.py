@@ -326,19 +326,29 @@ def _paced_lenet(monkeypatch, shares: dict[str, float], seconds_per_share: float
     return model, inventory, ev, now
 
 
+LENET_SHARES = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
+
+
+def _paced_scan(monkeypatch, deadline: float, fc2_share: float = 0.05):
+    """_paced_lenet's scan at the prior's own pace (each layer takes what it is priced), fc2's share given: the
+    result, each layer's path by node, and the fake clock."""
+    from onnxprune.calibration.sensitivity import PRIOR_PASSES
+
+    model, inventory, ev, now = _paced_lenet(monkeypatch, {**LENET_SHARES, "/fc2/Gemm": fc2_share},
+                                             PRIOR_PASSES * 10.0)
+    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=deadline)
+    return result, {lay.node: lay.path for lay in result.layers}, now
+
+
 def test_a_deadline_scans_the_layers_with_the_most_weights_per_second_of_scan(monkeypatch):
     """Real models 48-50: a heavy model's scan went in graph order and its time ran out in the first layers, the
     costliest to scan (everything downstream runs) and often the smallest (isbnx in 6 minutes: 22 of 102 layers, 35%
     of the weights; most weights per second first, 50 layers, 94%). With the first conv's scan a whole pass (40 s here:
     PRIOR_PASSES dense passes of 10 s) and fc1's a fifth of it, 25 s scan fc1 and fc2 (8 + 2 s, 17,024 of 20,424
     weights), not conv1 (which in graph order would have taken 40 s and ended past the deadline's check)."""
-    from onnxprune.calibration.sensitivity import PRIOR_PASSES
     from onnxprune.converter.auto.search import unscanned_note
 
-    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
-    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES * 10.0)
-    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=25.0)
-    paths = {lay.node: lay.path for lay in result.layers}
+    result, paths, now = _paced_scan(monkeypatch, 25.0)
     assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
                      "/fc2/Gemm": "downstream"}
     assert now[0] == pytest.approx(10.0) and result.paced
@@ -347,8 +357,8 @@ def test_a_deadline_scans_the_layers_with_the_most_weights_per_second_of_scan(mo
     assert note == ("time budget: the sensitivity scan's share (40% of the search's 62 s) did not fit every layer; "
                     "it scanned those with the most weights per second of scan (83% of the weights) and 2 of 4 "
                     "layers start dense (e.g. 'conv1.weight'); a longer --time-budget scans them")
-    every = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=now[0] + 1000.0)  # all fit: no choice
-    assert all(lay.path == "downstream" for lay in every.layers) and not every.paced
+    every, paths, _ = _paced_scan(monkeypatch, 1000.0)  # all fit: no choice
+    assert set(paths.values()) == {"downstream"} and not every.paced
     assert unscanned_note(every, "x", "start") is None
 
 
@@ -360,8 +370,7 @@ def test_layers_passed_over_get_a_second_look_once_the_chosen_ones_are_timed(mon
     from onnxprune.calibration import sensitivity
     from onnxprune.calibration.sensitivity import PRIOR_PASSES
 
-    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
-    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES)
+    model, inventory, ev, now = _paced_lenet(monkeypatch, LENET_SHARES, PRIOR_PASSES)
     turns = []
     real = sensitivity._scan_layer
     monkeypatch.setattr(sensitivity, "_scan_layer", lambda m, i, plan, *a: turns.append(plan.weight.node)
@@ -383,8 +392,7 @@ def test_the_chosen_layers_are_scanned_most_weights_per_second_first_across_grou
     the curves are those of a scan in graph order."""
     from onnxprune.calibration import sensitivity
 
-    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.05}
-    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, 100.0)
+    model, inventory, ev, now = _paced_lenet(monkeypatch, LENET_SHARES, 100.0)
     if grouped:
         monkeypatch.setattr(sensitivity, "_groups", lambda plans, *args: [[p] for p in plans])
     result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=40.0)
@@ -440,12 +448,7 @@ def test_the_scan_pace_never_chooses_fewer_weights_than_graph_order_would():
 
 def test_a_deadline_scan_reaches_the_large_layer_a_cheap_small_one_would_have_crowded_out(monkeypatch):
     """The same through the scan on a fake clock: 8.02 s scan fc1 (8 s at the prior's pace), not fc2 alone."""
-    from onnxprune.calibration.sensitivity import PRIOR_PASSES
-
-    shares = {"/conv1/Conv": 1.0, "/conv2/Conv": 0.6, "/fc1/Gemm": 0.2, "/fc2/Gemm": 0.001}
-    model, inventory, ev, now = _paced_lenet(monkeypatch, shares, PRIOR_PASSES * 10.0)
-    result = scan(model, inventory, ev, DEFAULT_LEVELS, budget_pp=1.0, deadline=8.02)
-    paths = {lay.node: lay.path for lay in result.layers}
+    result, paths, now = _paced_scan(monkeypatch, 8.02, fc2_share=0.001)
     assert paths == {"/conv1/Conv": "unscanned", "/conv2/Conv": "unscanned", "/fc1/Gemm": "downstream",
                      "/fc2/Gemm": "unscanned"}
     assert now[0] == pytest.approx(8.0) and result.paced

@@ -2710,6 +2710,19 @@ def test_dead_value_units_go_through_attention_and_an_attention_free_quotient():
     assert shp["head.weight"] == (6, 3) and shp["q.weight"] == (6, 8) and shp["t.weight"] == (6, 8)
 
 
+def _pooled_head(nodes, inits, pooled: str, name: str):
+    """`nodes` over x [N, 4, 5], then `pooled` averaged over axis 1 (the initializer 'axis1') and a head
+    'head.weight' to y [N, 3]; pruned by this file's `prune` and checked in full."""
+    h = onnx.helper
+    nodes = nodes + [h.make_node("ReduceMean", [pooled, "axis1"], ["m"], keepdims=0),
+                     h.make_node("MatMul", ["m", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, name, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    return out, report, shp
+
+
 def test_dead_value_units_go_through_an_einsum_weighted_sum():
     """Sweep 47: criss-cross attention's `einsum("nhwv,nchv->nchw", P, v)` (dynamo keeps the Einsum) kept every dead
     value channel: "consumer Einsum ... (op Einsum) has no channel rule". Output channel c is P times v's channel c,
@@ -2725,14 +2738,8 @@ def test_dead_value_units_go_through_an_einsum_weighted_sum():
     nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n]) for n in ("q", "k", "v")] + [
         h.make_node("Einsum", ["q", "k"], ["s"], equation="ntc,nuc->ntu"),
         h.make_node("Softmax", ["s"], ["P"], axis=-1),
-        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"),
-        h.make_node("ReduceMean", ["a", "axis1"], ["m"], keepdims=0),
-        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
-    graph = h.make_graph(nodes, "einsum_attention",
-                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
-    onnx.checker.check_model(out, full_check=True)
+        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc")]
+    out, report, shp = _pooled_head(nodes, inits, "a", "einsum_attention")
     assert shp["v.weight"] == (5, 4) and shp["head.weight"] == (4, 3)
     assert shp["q.weight"] == (5, 6) and shp["k.weight"] == (5, 6)  # paired by the scores' Einsum: kept
     assert any("Einsum" in why and "multiplies 2 operands that carry channels ('ntc,nuc->ntu')" in why
@@ -2777,14 +2784,8 @@ def test_dead_units_kept_in_a_class_alive_through_a_residual_stream_are_said():
     nodes = [h.make_node("MatMul", ["x", f"{n}.weight"], [n], name=n) for n in ("s", "v")] + [
         h.make_node("Einsum", ["x", "x"], ["g"], equation="ntd,nud->ntu"),
         h.make_node("Softmax", ["g"], ["P"], axis=-1),
-        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"), h.make_node("Add", ["s", "a"], ["r"]),
-        h.make_node("ReduceMean", ["r", "axis1"], ["m"], keepdims=0),
-        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
-    graph = h.make_graph(nodes, "residual_attention",
-                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
-    onnx.checker.check_model(out, full_check=True)
+        h.make_node("Einsum", ["P", "v"], ["a"], equation="ntu,nuc->ntc"), h.make_node("Add", ["s", "a"], ["r"])]
+    out, report, shp = _pooled_head(nodes, inits, "r", "residual_attention")
     assert shp["v.weight"] == (5, 5) and shp["s.weight"] == (5, 5) and shp["head.weight"] == (5, 3)  # unit 4 went
     said = [why for why in report.blocked if "whose weights are all zero are kept" in why]
     assert len(said) == 1 and said[0].startswith("1 unit(s) ") and said[0].endswith("MatMul 'v' 1"), report.blocked
