@@ -639,7 +639,7 @@ class _Pace:
                     weights += p.weight.size
             return weights, chosen
 
-        fills = [fill(sorted(plans, key=lambda p: -p.weight.size / max(need[p.weight.name], 1e-9))), fill(plans),
+        fills = [fill(sorted(plans, key=lambda p: -self.worth(p))), fill(plans),
                  fill(sorted(plans, key=lambda p: -p.weight.size))]
         return max(fills, key=lambda f: f[0])[1]  # the first of equals: most weights per second
 

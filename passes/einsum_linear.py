@@ -73,10 +73,16 @@ _TERM = re.compile(r"^(\.\.\.)?([A-Za-z]*)$")
 
 
 def _terms(node: onnx.NodeProto) -> tuple[list[str], str] | None:
-    eq = next((a.s.decode() for a in node.attribute if a.name == "equation"), "").replace(" ", "")
+    return equation_terms(next((a.s.decode() for a in node.attribute if a.name == "equation"), ""))
+
+
+def equation_terms(eq: str) -> tuple[list[str], str] | None:
+    """An Einsum equation's operand terms and output term ('ntu,nuc->ntc': ['ntu', 'nuc'], 'ntc'), spaces dropped;
+    None without an explicit output."""
+    eq = eq.replace(" ", "")
     if "->" not in eq:
         return None
-    lhs, out = eq.split("->")
+    lhs, _, out = eq.partition("->")
     return lhs.split(","), out
 
 

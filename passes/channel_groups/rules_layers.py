@@ -18,6 +18,7 @@ from onnxprune.passes.channel_groups.util import (
     _opt_input,
     _per_channel,
 )
+from onnxprune.passes.einsum_linear import equation_terms
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ def _einsum(b: Builder, node: gs.Node) -> None:
     carriers = [k for k, t in enumerate(node.inputs) if b.ch(t) is not None]
     if len(carriers) > 1:
         return b.opaque(node, f"multiplies {len(carriers)} operands that carry channels ('{eq}')")
-    terms, _, out = eq.partition("->")
-    terms = terms.split(",")
+    terms, out = equation_terms(eq) or ([], "")
     if not out or "." in eq or len(terms) != len(node.inputs):
         return b.opaque(node, f"has an equation whose output letters are not all written out ('{eq}')")
     k = carriers[0]

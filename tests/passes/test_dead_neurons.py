@@ -2680,6 +2680,19 @@ def test_an_rms_norm_across_the_channels_keeps_them_and_says_why_and_one_after_t
     assert shp["c1.weight"] == (4, 2, 3, 3) and shp["c2.weight"] == (3, 4, 1, 1) and report.removed == 2
 
 
+def _pooled_head(nodes, inits, pooled: str, name: str, features: int = 5):
+    """`nodes` over x [N, 4, features], then `pooled` averaged over axis 1 (the initializer 'axis1') and a head
+    'head.weight' to y [N, 3]; pruned by this file's `prune` and checked in full."""
+    h = onnx.helper
+    nodes = nodes + [h.make_node("ReduceMean", [pooled, "axis1"], ["pooled_mean"], keepdims=0),
+                     h.make_node("MatMul", ["pooled_mean", "head.weight"], ["y"])]
+    graph = h.make_graph(nodes, name, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, features])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    return out, report, shp
+
+
 def test_dead_value_units_go_through_attention_and_an_attention_free_quotient():
     """Sweep 46: a MatMul of a computed matrix that carries no channels (attention's probabilities P) by values that
     carry them on the last axis kept every dead value unit ("consumer MatMul ... has no constant 2-D weight"); and an
@@ -2699,28 +2712,10 @@ def test_dead_value_units_go_through_attention_and_an_attention_free_quotient():
         h.make_node("Softmax", ["s"], ["P"], axis=-1), h.make_node("MatMul", ["P", "v"], ["a"]),  # attention
         h.make_node("Exp", ["k"], ["e"]), h.make_node("Mul", ["e", "v"], ["ev"]),  # attention-free
         h.make_node("MatMul", ["P", "ev"], ["num"]), h.make_node("MatMul", ["P", "e"], ["den"]),
-        h.make_node("Div", ["num", "den"], ["r"]), h.make_node("Add", ["a", "r"], ["ar"]),
-        h.make_node("ReduceMean", ["ar", "axis1"], ["m"], keepdims=0),
-        h.make_node("MatMul", ["m", "head.weight"], ["y"])]
-    graph = h.make_graph(nodes, "aft", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 6])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
-    onnx.checker.check_model(out, full_check=True)
+        h.make_node("Div", ["num", "den"], ["r"]), h.make_node("Add", ["a", "r"], ["ar"])]
+    out, report, shp = _pooled_head(nodes, inits, "ar", "aft", features=6)
     assert shp["v.weight"] == (6, 6) and shp["v.bias"] == (6,) and shp["k.weight"] == (6, 6)
     assert shp["head.weight"] == (6, 3) and shp["q.weight"] == (6, 8) and shp["t.weight"] == (6, 8)
-
-
-def _pooled_head(nodes, inits, pooled: str, name: str):
-    """`nodes` over x [N, 4, 5], then `pooled` averaged over axis 1 (the initializer 'axis1') and a head
-    'head.weight' to y [N, 3]; pruned by this file's `prune` and checked in full."""
-    h = onnx.helper
-    nodes = nodes + [h.make_node("ReduceMean", [pooled, "axis1"], ["m"], keepdims=0),
-                     h.make_node("MatMul", ["m", "head.weight"], ["y"])]
-    graph = h.make_graph(nodes, name, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
-    onnx.checker.check_model(out, full_check=True)
-    return out, report, shp
 
 
 def test_dead_value_units_go_through_an_einsum_weighted_sum():
@@ -2758,12 +2753,8 @@ def test_a_matmul_of_two_operands_that_carry_channels_says_so():
         onnx.numpy_helper.from_array(rng.standard_normal((6, 3)).astype(np.float32), "head.weight")]
     nodes = [h.make_node("MatMul", ["x", "maps.weight"], ["m0"]), h.make_node("Sigmoid", ["m0"], ["m1"]),
              h.make_node("Transpose", ["m1"], ["m"], perm=[0, 2, 1]),
-             h.make_node("MatMul", ["x", "feat.weight"], ["f"]), h.make_node("MatMul", ["m", "f"], ["tok"]),
-             h.make_node("ReduceMean", ["tok", "axis1"], ["r"], keepdims=0),
-             h.make_node("MatMul", ["r", "head.weight"], ["y"])]
-    graph = h.make_graph(nodes, "token_learner", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 5])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+             h.make_node("MatMul", ["x", "feat.weight"], ["f"]), h.make_node("MatMul", ["m", "f"], ["tok"])]
+    out, report, shp = _pooled_head(nodes, inits, "tok", "token_learner")
     assert shp["feat.weight"] == (5, 6)
     assert any("consumer MatMul" in why and "multiplies 2 operands that carry channels" in why
                for why in report.blocked), report.blocked
