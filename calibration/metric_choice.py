@@ -11,8 +11,8 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, METRICS, as_array, channel_axis, map_keys,
-                                                  probability_channels)
+from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, METRICS, as_array, base_kind, channel_axis,
+                                                  map_keys, probability_channels, split_threshold)
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import attr
 from onnxprune.passes.scopes import FLOAT_TYPES, local_constants, readers_of
@@ -925,7 +925,7 @@ def channel_scale_spread(value) -> float | None:
 
 
 def _holds_classes(name: str, kind: str) -> bool:
-    return (kind in ("prob", "binary_prob", "binary_logit", "seq_agreement", "map_iou", "ctc_agreement")
+    return (base_kind(kind) in ("prob", "binary_prob", "binary_logit", "seq_agreement", "map_iou", "ctc_agreement")
             or (kind == "agreement" and bool(_CLASS_NAMES.search(name))))
 
 
@@ -963,7 +963,7 @@ def parse_metric_spec(spec) -> tuple[str | None, dict[str, str]]:
 
 def _check_kind(kind: str, has_labels: bool, where: str) -> None:
     if kind not in METRICS:
-        raise ConfigError(f"unknown metric '{kind}'{where}; choose one of {', '.join(METRICS)}.")
+        raise ConfigError(_unknown_kind(kind, where) + ".")
     if METRICS[kind].needs_labels and not has_labels:
         raise ConfigError(f"metric '{kind}'{where} needs labels and the data has none; pass --labels NAME or use "
                           "--metric agreement.")
@@ -1112,8 +1112,20 @@ def check_metric_spec(model: onnx.ModelProto, spec) -> None:
                               f"{', '.join(names)}.")
     for kind in [*(k for k in named.values() if k != AUTO), *([headline] if headline else [])]:  # OUTPUT=auto names
         if kind not in METRICS:  # an output and leaves its metric to the automatic choice (metric_plan)
-            raise ConfigError(f"unknown metric '{kind}'; choose one of {', '.join(METRICS)}, or `auto` beside an "
-                              "output's name (--metric OUTPUT=auto).")
+            raise ConfigError(_unknown_kind(kind, "") + ("" if "@" in kind else ", or `auto` beside an output's name "
+                                                         "(--metric OUTPUT=auto)") + ".")
+
+
+def _unknown_kind(kind: str, where: str) -> str:
+    """Why `kind` is no metric: its threshold's problem (KIND@T), else the kinds to choose from (the registry's own,
+    not the thresholds made so far)."""
+    try:
+        split_threshold(kind)
+    except ValueError as exc:
+        return f"--metric {kind}{where}: {exc}"
+    kinds = METRICS.own
+    return (f"unknown metric '{kind}'{where}; choose one of {', '.join(kinds)} (mask_iou, binary_prob and "
+            "binary_logit also at a threshold of yours: KIND@T, e.g. mask_iou@0.3)")
 
 
 def _headline_first(plan: dict[str, str], first: str) -> dict[str, str]:

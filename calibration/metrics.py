@@ -13,7 +13,8 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
     map_iou        mean IoU of the class maps (argmax over axis 1) per sample    mean IoU 0.01 lower
                    ([N, C, H, W] segmentation outputs)
     mask_iou       mean IoU of the masks (values over 0.5) per sample: a         mean IoU 0.01 lower
-                   Sigmoid's map, paired with rel_l2 (mask_iou+rel_l2)
+                   Sigmoid's map, paired with rel_l2 (mask_iou+rel_l2); over T
+                   as mask_iou@T (binary_prob@T, binary_logit@T likewise)
     ctc_agreement  greedy CTC decoding of [N, T, C] equals the dense one's      1% of samples change their text
     prob           min(agreement, 1 - mean_i max_c |p_ic - d_ic|)              1% of samples change class, or the mean
                                                                                    largest probability change is 0.01
@@ -73,7 +74,8 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _
                                                  graph_facts,
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
-                                                  FLOOR, _flat, _n, _relative_errors, _top1, as_array,
+                                                  FLOOR, THRESHOLDS, _flat, _n, _relative_errors, _top1, as_array,
+                                                  base_kind, decision_threshold,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
                                                   unchanged_samples)
@@ -366,7 +368,7 @@ class Evaluator:
         outputs is made."""
         losses = {}
         for i, (name, kind) in enumerate(self.plan.items()):
-            if kind not in BLIND_KINDS or i in self.masked or self.whole(i) or i in self.grouped:
+            if base_kind(kind) not in BLIND_KINDS or i in self.masked or self.whole(i) or i in self.grouped:
                 continue
             if any(i in c for c in self.crops or ()):
                 continue
@@ -377,7 +379,7 @@ class Evaluator:
             if (not dense or len({d.shape[1:] for d in dense}) != 1 or any(d.dtype.kind != "f" for d in dense)
                     or sum(len(d) for d in dense) < 2 or not all(np.isfinite(d).all() for d in dense)):
                 continue
-            if kind in BINARY_KINDS:
+            if base_kind(kind) in BINARY_KINDS:
                 mean = np.median(np.concatenate(dense), axis=0)
             else:
                 mean = sum(d.sum(axis=0, dtype=np.float64) for d in dense) / sum(len(d) for d in dense)
@@ -403,7 +405,7 @@ class Evaluator:
             return
         for name, loss in self.input_blind_losses().items():
             budget = self.output_budgets.get(name, self.budget_pp)
-            if loss <= budget and self.plan[name] in BINARY_KINDS:
+            if loss <= budget and base_kind(self.plan[name]) in BINARY_KINDS:
                 rare, n = self._rarer_side(name)
                 log.warning("output '%s' is on one side of its decision in all but %d of %d samples: its median "
                             "value given for every sample, whatever the input, scores a loss of %.2g pp by %s, "
@@ -419,11 +421,12 @@ class Evaluator:
                             loss, self.plan[name], budget, name, loss)
 
     def _rarer_side(self, name: str) -> tuple[int, int]:
-        """(samples on the rarer side of a binary output's decision, samples): positive above 0.5, or a logit's 0."""
+        """(samples on the rarer side of a binary output's decision, samples): positive above 0.5, or a logit's 0
+        (or the user's threshold: binary_prob@T)."""
         i = list(self.plan).index(name)
         dense = np.concatenate([self.samples_first(i, as_array(r[i]), None)[0] for r in self.reference_all])
         rows = dense.reshape(len(dense), -1)
-        positive = (rows > (0.5 if self.plan[name] == "binary_prob" else 0.0)).any(axis=1)
+        positive = (rows > decision_threshold(self.plan[name])).any(axis=1)
         return int(min(positive.sum(), len(positive) - positive.sum())), len(positive)
 
     def _current_positions(self, masks: list[np.ndarray]) -> list[np.ndarray]:
@@ -1079,6 +1082,25 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
             continue
         got[i] = (at, [None if a is None else int(np.shape(a)[at]) for a in arrays])
     return got
+
+
+def threshold_note(plan: Mapping[str, str], auto_chosen) -> str | None:
+    """A note naming the outputs the automatic choice reads at a threshold (a mask at 0.5, a probability's side of
+    0.5, a logit's sign) and the flags that read them at the user's own (real models 51: fastmrz thresholds its MRZ
+    map at 0.25, the tool read it at 0.5). Naming an output replaces the automatic plan, so the flags keep the
+    others scored with OUTPUT=auto."""
+    read = [(name, kind) for name, kind in plan.items() if name in auto_chosen and "@" not in kind
+            and kind.split("+")[0] in THRESHOLDS]
+    if not read:
+        return None
+    at = [f"'{name}' ({kind} at {THRESHOLDS[kind.split('+')[0]]:g})" for name, kind in read]
+    flags = [f"--metric {name}={kind.split('+')[0]}@T{''.join('+' + k for k in kind.split('+')[1:])}"
+             for name, kind in read]
+    others = [name for name in plan if name not in dict(read)]
+    keep = (" ".join(f"--metric {name}=auto" for name in others) if len(others) <= 2 else
+            f"and --metric OUTPUT=auto for each of the {len(others)} other outputs, which naming one leaves unscored")
+    return (f"{'outputs' if len(read) > 1 else 'output'} judged at a threshold: {listed(at, shown=6)}; if your "
+            f"application decides elsewhere, name its threshold T: {' '.join(flags + ([keep] if keep else []))}")
 
 
 def constant_outputs_note(inputs_vary: bool) -> str:

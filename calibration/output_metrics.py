@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -154,13 +155,13 @@ def _map_iou(out, ref, labels):
     return iou.astype(np.float64)[:, None], _ones(len(out))
 
 
-def _mask_iou(out, ref, labels):
-    """Per sample, the IoU of its mask, the values over 0.5, with the dense model's; 1 when neither has one. A map of
-    probabilities of their own (a Sigmoid per cell: a text or note detector, a matte, per-frame voice activity) is
-    read at 0.5 cell by cell, and its relative error pools the cells: a sparse map whose few cells near 0.5 cross it
-    moves little in relative L2 (real models 45's L3: basic-pitch's onset map, 0.8% relative error held out, 2.5% of
-    its active cells changed side)."""
-    a, b = _flat(out) > 0.5, _flat(ref) > 0.5
+def _mask_iou(out, ref, labels, at: float = 0.5):
+    """Per sample, the IoU of its mask, the values over `at` (0.5 unless the user reads it elsewhere: mask_iou@T),
+    with the dense model's; 1 when neither has one. A map of probabilities of their own (a Sigmoid per cell: a text
+    or note detector, a matte, per-frame voice activity) is read at 0.5 cell by cell, and its relative error pools
+    the cells: a sparse map whose few cells near 0.5 cross it moves little in relative L2 (real models 45's L3:
+    basic-pitch's onset map, 0.8% relative error held out, 2.5% of its active cells changed side)."""
+    a, b = _flat(out) > at, _flat(ref) > at
     inter, union = (a & b).sum(axis=1), (a | b).sum(axis=1)
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return iou.astype(np.float64)[:, None], _ones(len(a))
@@ -196,23 +197,25 @@ def _prob(out, ref, labels):
     return np.stack([(_top1(out) == _top1(ref)).astype(np.float64), change], axis=1), _ones(_n(out))
 
 
-def _binary_prob(out, ref, labels):
+def _binary_prob(out, ref, labels, at: float = 0.5):
     """Per sample, `prob` over the two classes [1 - p, p] of each of its values p (a sigmoid score: a wake word, a
     voice-activity or a binary classifier's one probability per sample): 1 while every value stays on its side of
-    0.5 (positive when p > 0.5, as argmax over [1 - p, p] reads it), and the largest absolute change max_k
-    |y_ik - d_ik| (1 pp = 0.01 of probability). One value per sample ([N], [N, 1]) is what it is chosen for."""
+    0.5 (positive when p > 0.5, as argmax over [1 - p, p] reads it; of `at` when the user's application decides
+    there: binary_prob@T), and the largest absolute change max_k |y_ik - d_ik| (1 pp = 0.01 of probability). One
+    value per sample ([N], [N, 1]) is what it is chosen for."""
     a, b = _per_sample(out), _per_sample(ref)
-    same = ((a > 0.5) == (b > 0.5)).all(axis=1)
+    same = ((a > at) == (b > at)).all(axis=1)
     return np.stack([same.astype(np.float64), np.abs(a - b).max(axis=1, initial=0.0)], axis=1), _ones(_n(out))
 
 
-def _binary_logit(out, ref, labels):
+def _binary_logit(out, ref, labels, at: float = 0.0):
     """`binary_prob` on the probabilities the logits stand for (their sigmoid): a binary classifier's one logit per
     sample (a siamese 'same' logit, a detector's objectness before its Sigmoid) is positive when its sigmoid is above
-    0.5, and its change is read in probability points. Per-sample relative error, the alternative, divides by the
-    logit, which is near 0 exactly where the decision is made."""
-    sig = lambda x: 0.5 * (1.0 + np.tanh(0.5 * _per_sample(x).astype(np.float64)))  # noqa: E731 (overflow-free)
-    return _binary_prob(sig(out), sig(ref), labels)
+    0.5 (the logit above `at`, in the logit's own units, when the user's application decides there:
+    binary_logit@T), and its change is read in probability points. Per-sample relative error, the alternative,
+    divides by the logit, which is near 0 exactly where the decision is made."""
+    sig = lambda x: 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))  # noqa: E731 (overflow-free)
+    return _binary_prob(sig(_per_sample(out)), sig(_per_sample(ref)), labels, float(sig(at)))
 
 
 def _expected_accuracy(out, ref, labels):
@@ -453,9 +456,105 @@ def _both(first: str, second: str) -> Metric:
 PAIRED_KINDS = ("ctc_agreement+rel_l2", "seq_agreement+rel_l2", "map_iou+rel_l2",
                 "agreement+rel_l2", "mask_iou+rel_l2")  # decide.PER_SAMPLE pairs them too
 METRICS.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
-NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}
+NEEDS_LABELS = {k for k, m in METRICS.items() if m.needs_labels}  # the registry's own kinds; read at a threshold
+# (KIND@T) a kind needs what KIND needs
 NEEDS_REFERENCE = set(METRICS) - NEEDS_LABELS
 CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}
+
+
+# ---- kinds read at the user's threshold: KIND@T -----------------------------------------------------------------
+# A mask or a binary decision read where the user's application reads it, not at 0.5 (fastmrz thresholds its MRZ map
+# at 0.25, RapidOCR's DB text map is binarised at 0.3): `--metric OUTPUT=mask_iou@0.25`, in a pair too
+# (`mask_iou@0.25+rel_l2`, the automatic choice's pair for a Sigmoid map). The registries (METRICS here,
+# converter.auto.decide.PER_SAMPLE) make such a kind from KIND's entry the first time it is asked for.
+THRESHOLDS = {"mask_iou": 0.5, "binary_prob": 0.5, "binary_logit": 0.0}  # the kinds that take one: their default
+_AT_SCORES = {"mask_iou": _mask_iou, "binary_prob": _binary_prob, "binary_logit": _binary_logit}
+AT_ONE_PP = {"mask_iou": "the IoU of the mask (the values over {t}) with the input model's drops by 0.01 on average",
+             "binary_prob": "1% of samples cross {t}, or a mean probability change of 0.01 (1 percentage point)",
+             "binary_logit": "1% of samples cross {t} (in the logit's own units), or their sigmoid moves by 0.01 on "
+                             "average (1 percentage point of the probability the logit stands for)"}
+
+
+def split_threshold(kind: str) -> tuple[str, float | None]:
+    """(the kind without its threshold, the threshold or None): 'mask_iou@0.25' -> ('mask_iou', 0.25),
+    'mask_iou@0.25+rel_l2' -> ('mask_iou+rel_l2', 0.25), 'rel_l2' -> ('rel_l2', None). ValueError, in words for the
+    user, on a threshold that is not a number, on a kind that takes none, or on two thresholds."""
+    bare, at = [], None
+    for part in kind.split("+"):
+        base, sep, text = part.partition("@")
+        bare.append(base)
+        if not sep:
+            continue
+        if base not in THRESHOLDS:
+            raise ValueError(f"metric '{base}' takes no threshold ('{part}'); only {', '.join(THRESHOLDS)} are read at "
+                             "one: KIND@T, e.g. mask_iou@0.3")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (base == "binary_prob" and not 0.0 < value < 1.0):
+            within = " between 0 and 1 (a probability)" if base == "binary_prob" else ""
+            raise ValueError(f"the threshold in '{part}' is not a number{within}; write KIND@T, e.g. {base}@"
+                             f"{0.3 if base != 'binary_logit' else 1.5}")
+        if at is not None:
+            raise ValueError("two thresholds in one metric; a pair reads its first kind at one: KIND@T+rel_l2, e.g. "
+                             "mask_iou@0.3+rel_l2")
+        at = value
+    return "+".join(bare), at
+
+
+def base_kind(kind: str) -> str:
+    """A kind without its threshold (mask_iou@0.3 -> mask_iou); anything unreadable as it is."""
+    try:
+        return split_threshold(kind)[0]
+    except ValueError:
+        return kind
+
+
+def decision_threshold(kind: str) -> float | None:
+    """Where a thresholded kind (or a pair led by one) decides, in the output's own units; None for other kinds."""
+    base, at = split_threshold(kind)
+    first = base.split("+")[0]
+    return at if at is not None else THRESHOLDS.get(first)
+
+
+class Registry(dict):
+    """A registry of kinds whose threshold variants (KIND@T, `split_threshold`) are made on first use by
+    `make(kind, base, threshold)` from the registered KIND, and kept: `in`, `[]` and `get` all see them."""
+
+    def __init__(self, entries: Mapping, make: Callable):
+        super().__init__(entries)
+        self._make = make
+        self.own = tuple(entries)  # the kinds registered, not the thresholds made from them since
+
+    def __missing__(self, kind):
+        try:
+            base, at = split_threshold(kind) if isinstance(kind, str) else (kind, None)
+        except ValueError:
+            raise KeyError(kind) from None
+        if at is None or not dict.__contains__(self, base):
+            raise KeyError(kind)
+        made = self[kind] = self._make(kind, base, at)
+        return made
+
+    def __contains__(self, kind) -> bool:
+        try:
+            self[kind]
+        except (KeyError, TypeError):
+            return False
+        return True
+
+    def get(self, kind, default=None):
+        return self[kind] if kind in self else default
+
+
+def _at_metric(kind: str, base: str, at: float) -> Metric:
+    if "+" in base:
+        return _both(*kind.split("+"))
+    return replace(METRICS[base], samples=partial(_AT_SCORES[base], at=at), one_pp=AT_ONE_PP[base].format(t=f"{at:g}"))
+
+
+METRICS = Registry(METRICS, _at_metric)
 
 
 def mismatch_samples(kind: str, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

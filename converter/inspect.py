@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxprune.calibration.carried import declared_pairs
+from onnxprune.calibration.output_metrics import base_kind
 from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
                                                 value_tensor)
 from onnxprune.converter.summary import layer_rows, skipped_rows, totals
@@ -636,14 +637,14 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     )
     m = report.get("metrics")
     for name, s in (m or {}).get("sets", {}).items():
-        err = s["output_error"]
+        err, kind = s["output_error"], base_kind(s["metric"])  # mask_iou@0.3 reads as mask_iou
         if err.get("max_rel") is None:  # labels, ids: compared exactly
             moved = f"equal values in {100 * (err.get('agreement') or 0.0):.2f}% of samples"
         else:
             agree = (f"top-1 agreement {100 * err['agreement']:.2f}%, "  # a class output's: not an argmax over
-                     if err.get("agreement") is not None and s["metric"] in CLASS_HEADLINES else "")  # positions
-            if s["metric"] in PROBABILITY_KINDS and err.get("mean_abs") is not None:  # in probability points:
-                what = "logit" if s["metric"] == "binary_logit" else "probability"  # (a logit's in its own units)
+                     if err.get("agreement") is not None and kind in CLASS_HEADLINES else "")  # positions
+            if kind in PROBABILITY_KINDS and err.get("mean_abs") is not None:  # in probability points:
+                what = "logit" if kind == "binary_logit" else "probability"  # (a logit's in its own units)
                 moved = (f"{agree}largest {what} change {err['max_abs']:.3g}, per sample "  # relative to a
                          f"{err['mean_abs']:.3g} on average")  # score near 0, any change looks huge
             else:

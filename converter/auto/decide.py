@@ -92,13 +92,13 @@ import contextlib
 import logging
 import math
 from statistics import NormalDist
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import METRICS, PAIRED_KINDS
+from onnxprune.calibration.output_metrics import METRICS, PAIRED_KINDS, Registry
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,28 @@ def _both(first: str, second: str) -> PerSample:
 
 
 PER_SAMPLE.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
+
+# what a thresholded kind's parts and unit say at the user's threshold (output_metrics.THRESHOLDS: KIND@T)
+_AT_WORDS = {"mask_iou": (("1 - mask IoU",), "1 - the IoU of its mask (the values over {t}) with the input model's "
+                          "(0 when neither has one)"),
+             "binary_prob": (("crossed {t}", "probability change"), "1 if its probability crossed {t}; and its "
+                             "absolute probability change (each bounded)"),
+             "binary_logit": (("crossed {t}", "probability change"), "1 if its logit crossed {t}; and the absolute "
+                              "change of its sigmoid (each bounded)")}
+
+
+def _at_form(kind: str, base: str, at: float) -> PerSample:
+    """A kind read at the user's threshold (mask_iou@0.3), or a pair led by one: the registered form's, its words
+    at that threshold."""
+    if "+" in base:
+        return _both(*kind.split("+"))
+    parts, unit = _AT_WORDS[base]
+    t = f"{at:g}"
+    return replace(PER_SAMPLE[base], fn=_form(kind, False), parts=tuple(p.format(t=t) for p in parts),
+                   unit=unit.format(t=t))
+
+
+PER_SAMPLE = Registry(PER_SAMPLE, _at_form)
 
 
 def wilson_upper(share: float, n: int, z: float) -> float:

@@ -127,6 +127,11 @@ class MeasureStep(Step):
             from onnxprune.calibration.metrics import constant_outputs_note
 
             state.notes.append(getattr(state.data.calibration, "constant_note", None) or constant_outputs_note(False))
+        from onnxprune.calibration.metrics import threshold_note
+
+        at = threshold_note(state.data.calibration.plan, getattr(state.data.calibration, "auto_chosen", ()))
+        if at:
+            state.notes.append(at)
         from onnxprune.calibration.activations import activation_densities
         from onnxprune.converter.auto.timing import ACTIVATION_COST, optional_batches
 

@@ -1017,6 +1017,87 @@ def test_a_sigmoid_map_is_scored_by_its_mask_at_one_half_and_its_values():
     assert loss == pytest.approx(100 * (1 - iou), rel=1e-6)  # the mask's part is the worst here
 
 
+def test_a_mask_or_a_decision_is_judged_at_the_users_threshold_when_named():
+    """Real models 51: fastmrz thresholds its MRZ map at 0.25 and RapidOCR's DB text map is binarised at 0.3, while the
+    tool read every mask at 0.5, and no flag said otherwise. `--metric OUTPUT=mask_iou@T` (binary_prob@T,
+    binary_logit@T; in a pair too) reads it at T: the Evaluator's loss is 100 * (1 - the mean IoU at T) computed
+    here from onnxruntime's outputs, not the loss at 0.5."""
+    from onnxprune.converter.auto.decide import PER_SAMPLE
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((24, 3, 8, 8)).astype(np.float32)
+    model = tb.segmenter(name="onsets", classes=1, sigmoid=True, seed=3)
+    dense = make_session(model).run(None, {"image": x})[0]
+    at = float(np.quantile(dense, 0.3))  # a threshold well inside the map, not 0.5
+    lowered = with_weight(model, "head.bias", lambda b: b - 0.02)
+    after = make_session(lowered).run(None, {"image": x})[0]
+    assert ((dense > at) != (after > at)).any()
+
+    def iou(t):
+        return np.mean([1.0 if not (a | b).any() else (a & b).sum() / (a | b).sum()
+                        for a, b in zip(dense.reshape(24, -1) > t, after.reshape(24, -1) > t)])
+
+    assert abs(iou(at) - iou(0.5)) > 0.02  # the two readings of the same change differ
+    for kind in (f"mask_iou@{at!r}", f"mask_iou@{at!r}+rel_l2"):
+        ev = evaluator(model, {"image": x}, f"onsets={kind}")
+        assert ev.plan == {"onsets": kind} and ev.dense == 1.0
+        assert ev.loss_pp(ev.evaluate(lowered)) == pytest.approx(100 * (1 - iou(at)), rel=1e-6), kind
+    at_half = evaluator(model, {"image": x}, "onsets=mask_iou")
+    assert at_half.loss_pp(at_half.evaluate(lowered)) == pytest.approx(100 * (1 - iou(0.5)), rel=1e-6)
+    assert METRICS[f"mask_iou@{at!r}"].one_pp.startswith(f"the IoU of the mask (the values over {at:g})")
+    assert PER_SAMPLE[f"mask_iou@{at!r}+rel_l2"].parts == ("1 - mask IoU", "relative error", "variance lost")
+    # one decision a sample: crossing T, not 0.5 (a probability) or 0 (a logit), is a changed sample
+    ref, out = np.array([[0.2], [0.4], [0.6]]), np.array([[0.35], [0.45], [0.55]])
+    assert METRICS["binary_prob@0.3"].samples(out, ref, None)[0][:, 0].tolist() == [0.0, 1.0, 1.0]
+    assert METRICS["binary_prob"].samples(out, ref, None)[0][:, 0].tolist() == [1.0, 1.0, 1.0]
+    assert PER_SAMPLE["binary_prob@0.3"].parts == ("crossed 0.3", "probability change")
+    logits = np.log(ref / (1 - ref)), np.log(out / (1 - out))
+    assert METRICS["binary_logit@-0.85"].samples(logits[1], logits[0], None)[0][:, 0].tolist() == [0.0, 1.0, 1.0]
+    assert METRICS["binary_logit"].samples(logits[1], logits[0], None)[0][:, 0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_run_that_reads_a_mask_at_one_half_says_how_to_read_it_at_the_users_threshold(tmp_path):
+    """The note names each output the automatic choice reads at a threshold and the flags that read it at the
+    user's, keeping the other outputs scored (a named output replaces the automatic plan); a run that names the
+    threshold says nothing. The pruned model runs the same in onnxruntime as the run's own check says."""
+    import onnxruntime as ort
+
+    from onnxprune import prune
+    from onnxprune.calibration.metrics import threshold_note
+
+    assert threshold_note({"p": "binary_prob", "m": "mask_iou+rel_l2", "box": "rel_l2"}, {"p", "m", "box"}) == (
+        "outputs judged at a threshold: 'p' (binary_prob at 0.5), 'm' (mask_iou+rel_l2 at 0.5); if your application "
+        "decides elsewhere, name its threshold T: --metric p=binary_prob@T --metric m=mask_iou@T+rel_l2 "
+        "--metric box=auto")
+    assert threshold_note({"p": "binary_prob@0.3", "box": "rel_l2"}, {"box"}) is None
+    model = tb.segmenter(name="onsets", classes=1, sigmoid=True, seed=3)
+    onnx.save(model, tmp_path / "seg.onnx")
+    x = np.random.default_rng(2).standard_normal((64, 3, 8, 8)).astype(np.float32)
+    for metric, said in ((None, True), ("onsets=mask_iou@0.3+rel_l2", False)):
+        out = tmp_path / f"out{said}.onnx"
+        result = prune(str(tmp_path / "seg.onnx"), output=str(out), data={"image": x}, sparsity=0.3, metric=metric)
+        notes = [n for n in result.report["notes"] if "judged at a threshold" in n]
+        assert notes == ([f"output judged at a threshold: 'onsets' (mask_iou+rel_l2 at 0.5); if your application "
+                          "decides elsewhere, name its threshold T: metric='onsets=mask_iou@T+rel_l2'"] if said else [])
+        assert result.report["metrics"]["metric"] == ("mask_iou+rel_l2" if said else "mask_iou@0.3+rel_l2")
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+        assert np.allclose(got, make_session(result.model).run(None, {"image": x})[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, words", [("agreement@0.3", "'agreement' takes no threshold"),
+                                         ("mask_iou@half", "threshold in 'mask_iou@half' is not a number"),
+                                         ("binary_prob@1.5", "between 0 and 1"),
+                                         ("mask_iou@0.3+binary_prob@0.2", "two thresholds")])
+def test_a_threshold_a_kind_cannot_take_is_one_line_naming_the_fix(detector, tmp_path, kind, words):
+    model, data = detector
+    with pytest.raises(ConfigError, match=words):
+        metric_plan(tb.two_head_detector(), False, [f"scores={kind}"])
+    res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "out.onnx"), "--max-loss", "1",
+                                   "--data", str(data), "--metric", f"scores={kind}"])
+    assert res.exit_code == 2 and words in res.output and "KIND@T" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("copied", [True, False])
 def test_an_output_the_models_own_layer_reads_is_a_feature_scored_by_its_values(tmp_path, caplog, copied):
     """Real models 47's L1: atspm's funcnet pair returns `z` [N, 128], the pair embedding its own phase Gemm turns

@@ -233,12 +233,25 @@ def _pair(kind, rng, n=60):
     return ref, out, labels
 
 
-@pytest.mark.parametrize("kind", sorted(METRICS))
+def _at_pair(kind, rng, n=60):
+    """Values around the kind's threshold T (KIND@T), where its crossings set the loss, and a candidate moved from
+    them: a probability per sample, a logit per sample, a map of probabilities."""
+    at = float(kind.split("@")[1].split("+")[0])
+    shape = (n, 10) if kind.startswith("mask_iou") else (n, 1)
+    logits = rng.normal(at if kind.startswith("binary_logit") else np.log(at / (1 - at)), 0.5, shape)
+    if kind.startswith("binary_logit"):
+        return logits, logits + 0.3 * rng.standard_normal(shape), None
+    ref = 1 / (1 + np.exp(-logits))
+    return ref, np.clip(ref + 0.02 * rng.standard_normal(shape), 0, 1), None
+
+
+@pytest.mark.parametrize("kind", sorted(METRICS.own) + ["binary_prob@0.3", "binary_logit@0.8", "mask_iou@0.3+rel_l2"])
 def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
-    """The rule and the Evaluator agree on the loss of every kind (the rule only adds the margin)."""
-    assert set(PER_SAMPLE) == set(METRICS)  # every kind has a per-sample form
+    """The rule and the Evaluator agree on the loss of every kind (the rule only adds the margin), a kind read at the
+    user's threshold (KIND@T) too."""
+    assert set(PER_SAMPLE.own) == set(METRICS.own)  # every kind has a per-sample form
     rng = np.random.default_rng(len(kind))
-    ref, out, labels = _pair(kind, rng)
+    ref, out, labels = _at_pair(kind, rng) if "@" in kind else _pair(kind, rng)
     metric = METRICS[kind]
     batches = [slice(0, 25), slice(25, 60)]
     labs = [None if labels is None else labels[s] for s in batches]
@@ -262,7 +275,7 @@ def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
         # changed samples (prob: or its 2nd part); a pair of kinds reports whichever of its parts is worse
         share = d.loss_pp / 100
         want = 5.0 - 100 * (wilson_upper(share, 60, 1.0) - share)
-        if kind in ("prob", "binary_prob") and d.limit_pp != pytest.approx(want):
+        if kind.split("@")[0] in ("prob", "binary_prob", "binary_logit") and d.limit_pp != pytest.approx(want):
             want = 5.0 - d.se_pp
     else:
         want = 5.0 - d.se_pp
