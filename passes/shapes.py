@@ -180,11 +180,10 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     into the working directory before it raises: every `inspect` of an int8 BiLSTM left two files behind; the shapes
     it did infer are kept."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
-
-        if (get_opset(model) or 0) < 7:  # what its infer_shapes refuses
+        infer = _symbolic_module()
+        if (infer.get_opset(model) or 0) < 7:  # what its infer_shapes refuses
             return model
-        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference = infer.SymbolicShapeInference(2**31 - 1, True, False, 0)
         inference._preprocess(skeleton(model))
         while inference.run_:
             inference._infer_impl()
@@ -193,6 +192,31 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - an op it does not know either: the shapes onnx found stand
         log.debug("symbolic shape inference failed (%s)", exc)
         return model
+
+
+_SYMBOLIC: list = []  # onnxruntime's symbolic_shape_infer module, loaded once
+
+
+def _symbolic_module():
+    """onnxruntime's `tools/symbolic_shape_infer.py`, loaded from its file: it needs only onnx, numpy, sympy and
+    packaging, where `import onnxruntime.tools.symbolic_shape_infer` runs onnxruntime's package (its native library)
+    and `onnxruntime.tools`, which imports torch when torch is installed (2.7 s of imports in all; heavy models 51's
+    L7: `onnxprune inspect u2netp.onnx` imported both, and inspect imports neither)."""
+    if not _SYMBOLIC:
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("onnxruntime")  # finds the package without running it
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("onnxruntime is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / "tools" / "symbolic_shape_infer.py"
+        module_spec = importlib.util.spec_from_file_location("_onnxprune_symbolic_shape_infer", path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"no symbolic shape inference at {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        _SYMBOLIC.append(module)
+    return _SYMBOLIC[0]
 
 
 def conv_pads(auto_pad: str, size, kernel, strides, dilations, pads=None) -> list[int]:

@@ -83,6 +83,31 @@ def test_inspect_reads_a_model_without_importing_onnxruntime_or_torch():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_inspect_sizes_a_contrib_op_model_without_importing_onnxruntime_or_torch(tmp_path):
+    """Heavy models 51's L7: where onnx's shape inference leaves a layer's input unsized (a com.microsoft op before
+    it), onnxruntime's symbolic shape inference sizes it, and `import onnxruntime.tools.symbolic_shape_infer` ran
+    onnxruntime's package and `onnxruntime.tools`, which imports torch (2.7 s); its file is now loaded alone."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
+                               helper.make_node("MatMul", ["g", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    path = tmp_path / "gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft", 1)]), path)
+    code = ("import sys; from pathlib import Path; from onnxprune.converter.inspect import inspect_model; "
+            f"r = inspect_model(Path({str(path)!r})); "
+            "assert [layer['macs'] for layer in r['layers']] == [128], r['layers']; "
+            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
+            "[m for m in ('onnxruntime', 'torch') if m in sys.modules]; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_dir_lists_prune_and_the_public_names_only():
     """A newcomer's `dir(onnxprune)` listed 'annotations' (the __future__ import) and not `prune`, the one function
     the README calls (it is loaded on first use)."""
