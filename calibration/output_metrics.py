@@ -155,16 +155,26 @@ def _map_iou(out, ref, labels):
     return iou.astype(np.float64)[:, None], _ones(len(out))
 
 
-def _mask_iou(out, ref, labels, at: float = 0.5):
-    """Per sample, the IoU of its mask, the values over `at` (0.5 unless the user reads it elsewhere: mask_iou@T),
-    with the dense model's; 1 when neither has one. A map of probabilities of their own (a Sigmoid per cell: a text
-    or note detector, a matte, per-frame voice activity) is read at 0.5 cell by cell, and its relative error pools
-    the cells: a sparse map whose few cells near 0.5 cross it moves little in relative L2 (real models 45's L3:
-    basic-pitch's onset map, 0.8% relative error held out, 2.5% of its active cells changed side)."""
-    a, b = _flat(out) > at, _flat(ref) > at
+def _mask_iou(out, ref, labels, at: float = 0.5, of_range: bool = False):
+    """Per sample, the IoU of its mask, the values over `at` (0.5 unless the user reads it elsewhere: mask_iou@T;
+    with `of_range`, over min + at * (max - min) of each sample's own values in each model: a map normalised per
+    sample, then thresholded, mask_iou@Tr), with the dense model's; 1 when neither has one. A map of probabilities
+    of their own (a Sigmoid per cell: a text or note detector, a matte, per-frame voice activity) is read at 0.5 cell
+    by cell, and its relative error pools the cells: a sparse map whose few cells near 0.5 cross it moves little in
+    relative L2 (real models 45's L3: basic-pitch's onset map, 0.8% relative error held out, 2.5% of its active
+    cells changed side)."""
+    a, b = (_over_range(_flat(x), at) for x in (out, ref)) if of_range else (_flat(out) > at, _flat(ref) > at)
     inter, union = (a & b).sum(axis=1), (a | b).sum(axis=1)
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return iou.astype(np.float64)[:, None], _ones(len(a))
+
+
+def _over_range(x: np.ndarray, at: float) -> np.ndarray:
+    """Each row's values over min + at * (max - min) of that row (a per-sample min-max normalised map read at `at`:
+    rembg's u2net alpha, img-focus' region of interest); a row of one value has none over it."""
+    x = np.asarray(x, dtype=np.float64)
+    low, high = x.min(axis=1, keepdims=True, initial=np.inf), x.max(axis=1, keepdims=True, initial=-np.inf)
+    return (x > low + at * (high - low)) & (high > low)
 
 
 def ctc_decode(best: np.ndarray, blank: int) -> list[tuple[int, ...]]:
@@ -468,6 +478,7 @@ CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}
 # (`mask_iou@0.25+rel_l2`, the automatic choice's pair for a Sigmoid map). The registries (METRICS here,
 # converter.auto.decide.PER_SAMPLE) make such a kind from KIND's entry the first time it is asked for.
 THRESHOLDS = {"mask_iou": 0.5, "binary_prob": 0.5, "binary_logit": 0.0}  # the kinds that take one: their default
+RANGE_KINDS = {"mask_iou"}  # ... and those that take one of each sample's range (mask_iou@0.8r)
 _AT_SCORES = {"mask_iou": _mask_iou, "binary_prob": _binary_prob, "binary_logit": _binary_logit}
 AT_ONE_PP = {"mask_iou": "the IoU of the mask (the values over {t}) with the input model's drops by 0.01 on average",
              "binary_prob": "1% of samples cross {t}, or a mean probability change of 0.01 (1 percentage point)",
@@ -475,10 +486,23 @@ AT_ONE_PP = {"mask_iou": "the IoU of the mask (the values over {t}) with the inp
                              "average (1 percentage point of the probability the logit stands for)"}
 
 
-def split_threshold(kind: str) -> tuple[str, float | None]:
+@dataclass(frozen=True)
+class Threshold:
+    """Where a thresholded kind reads its output: at `value`, or (`of_range`, mask_iou@Tr) at min + value * (max -
+    min) of each sample's own values."""
+
+    value: float
+    of_range: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.value:g} of each sample's range" if self.of_range else f"{self.value:g}"
+
+
+def split_threshold(kind: str) -> tuple[str, Threshold | None]:
     """(the kind without its threshold, the threshold or None): 'mask_iou@0.25' -> ('mask_iou', 0.25),
-    'mask_iou@0.25+rel_l2' -> ('mask_iou+rel_l2', 0.25), 'rel_l2' -> ('rel_l2', None). ValueError, in words for the
-    user, on a threshold that is not a number, on a kind that takes none, or on two thresholds."""
+    'mask_iou@0.25+rel_l2' -> ('mask_iou+rel_l2', 0.25), 'mask_iou@0.8r' -> ('mask_iou', 0.8 of each sample's
+    range), 'rel_l2' -> ('rel_l2', None). ValueError, in words for the user, on a threshold that is not a number, on
+    a kind that takes none, or on two thresholds."""
     bare, at = [], None
     for part in kind.split("+"):
         base, sep, text = part.partition("@")
@@ -488,18 +512,24 @@ def split_threshold(kind: str) -> tuple[str, float | None]:
         if base not in THRESHOLDS:
             raise ValueError(f"metric '{base}' takes no threshold ('{part}'); only {', '.join(THRESHOLDS)} are read at "
                              "one: KIND@T, e.g. mask_iou@0.3")
+        of_range = base in RANGE_KINDS and text.endswith("r")
+        if text.endswith("r") and not of_range:
+            raise ValueError(f"'{part}': {base} takes no threshold of each sample's range (only "
+                             f"{', '.join(sorted(RANGE_KINDS))} does: KIND@Tr, e.g. mask_iou@0.8r); write KIND@T")
         try:
-            value = float(text)
+            value = float(text[:-1] if of_range else text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or (base == "binary_prob" and not 0.0 < value < 1.0):
-            within = " between 0 and 1 (a probability)" if base == "binary_prob" else ""
+        if not math.isfinite(value) or ((base == "binary_prob" or of_range) and not 0.0 < value < 1.0):
+            within = (" between 0 and 1 (a share of each sample's range)" if of_range else
+                      " between 0 and 1 (a probability)" if base == "binary_prob" else "")
             raise ValueError(f"the threshold in '{part}' is not a number{within}; write KIND@T, e.g. {base}@"
-                             f"{0.3 if base != 'binary_logit' else 1.5}")
+                             f"{0.3 if base != 'binary_logit' else 1.5}"
+                             + (f" (or {base}@0.8r: 0.8 of each sample's range)" if base in RANGE_KINDS else ""))
         if at is not None:
             raise ValueError("two thresholds in one metric; a pair reads its first kind at one: KIND@T+rel_l2, e.g. "
                              "mask_iou@0.3+rel_l2")
-        at = value
+        at = Threshold(value, of_range)
     return "+".join(bare), at
 
 
@@ -512,10 +542,12 @@ def base_kind(kind: str) -> str:
 
 
 def decision_threshold(kind: str) -> float | None:
-    """Where a thresholded kind (or a pair led by one) decides, in the output's own units; None for other kinds."""
+    """Where a thresholded kind (or a pair led by one) decides, in the output's own units; None for other kinds (and
+    for a threshold of each sample's range, which has none)."""
     base, at = split_threshold(kind)
-    first = base.split("+")[0]
-    return at if at is not None else THRESHOLDS.get(first)
+    if at is not None:
+        return None if at.of_range else at.value
+    return THRESHOLDS.get(base.split("+")[0])
 
 
 class Registry(dict):
@@ -548,10 +580,12 @@ class Registry(dict):
         return self[kind] if kind in self else default
 
 
-def _at_metric(kind: str, base: str, at: float) -> Metric:
+def _at_metric(kind: str, base: str, at: Threshold) -> Metric:
     if "+" in base:
         return _both(*kind.split("+"))
-    return replace(METRICS[base], samples=partial(_AT_SCORES[base], at=at), one_pp=AT_ONE_PP[base].format(t=f"{at:g}"))
+    scores = (partial(_mask_iou, at=at.value, of_range=True) if at.of_range else
+              partial(_AT_SCORES[base], at=at.value))
+    return replace(METRICS[base], samples=scores, one_pp=AT_ONE_PP[base].format(t=at))
 
 
 METRICS = Registry(METRICS, _at_metric)

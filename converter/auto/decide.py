@@ -272,13 +272,13 @@ _AT_WORDS = {"mask_iou": (("1 - mask IoU",), "1 - the IoU of its mask (the value
                               "change of its sigmoid (each bounded)")}
 
 
-def _at_form(kind: str, base: str, at: float) -> PerSample:
+def _at_form(kind: str, base: str, at) -> PerSample:
     """A kind read at the user's threshold (mask_iou@0.3), or a pair led by one: the registered form's, its words
-    at that threshold."""
+    at that threshold (output_metrics.Threshold)."""
     if "+" in base:
         return _both(*kind.split("+"))
     parts, unit = _AT_WORDS[base]
-    t = f"{at:g}"
+    t = str(at)
     return replace(PER_SAMPLE[base], fn=_form(kind, False), parts=tuple(p.format(t=t) for p in parts),
                    unit=unit.format(t=t))
 

@@ -1,5 +1,7 @@
 """Every graph output counts: each gets a metric that fits it, and the worst output is the run's loss."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -1054,6 +1056,22 @@ def test_a_mask_or_a_decision_is_judged_at_the_users_threshold_when_named():
     logits = np.log(ref / (1 - ref)), np.log(out / (1 - out))
     assert METRICS["binary_logit@-0.85"].samples(logits[1], logits[0], None)[0][:, 0].tolist() == [0.0, 1.0, 1.0]
     assert METRICS["binary_logit"].samples(logits[1], logits[0], None)[0][:, 0].tolist() == [1.0, 1.0, 1.0]
+    # a map normalised per sample, then read at T (rembg's u2net alpha at 0.5, img-focus' region at 0.8): each model's
+    # mask is its own sample's values over min + T (max - min); a constant map has none
+    ref, out = np.array([[0.0, 0.5, 1.0, 0.9], [0.2, 0.2, 0.2, 0.2]]), np.array([[0.0, 0.5, 2.0, 1.5], [0.3] * 4])
+    assert METRICS["mask_iou@0.8r"].samples(out, ref, None)[0][:, 0].tolist() == [0.5, 1.0]
+    assert METRICS["mask_iou@0.8"].samples(out, ref, None)[0][:, 0].tolist() == [1.0, 1.0]
+    assert METRICS["mask_iou@0.8r"].one_pp.startswith("the IoU of the mask (the values over 0.8 of each sample's range")
+    ev = evaluator(model, {"image": x}, "onsets=mask_iou@0.5r")
+
+    def ranged(y):
+        y = y.reshape(24, -1).astype(np.float64)
+        low, high = y.min(1, keepdims=True), y.max(1, keepdims=True)
+        return y > low + 0.5 * (high - low)
+
+    a, b = ranged(after), ranged(dense)
+    truth = np.mean([1.0 if not (p | q).any() else (p & q).sum() / (p | q).sum() for p, q in zip(a, b)])
+    assert truth < 1 and ev.loss_pp(ev.evaluate(lowered)) == pytest.approx(100 * (1 - truth), rel=1e-6)
 
 
 def test_a_run_that_reads_a_mask_at_one_half_says_how_to_read_it_at_the_users_threshold(tmp_path):
@@ -1087,10 +1105,12 @@ def test_a_run_that_reads_a_mask_at_one_half_says_how_to_read_it_at_the_users_th
 @pytest.mark.parametrize("kind, words", [("agreement@0.3", "'agreement' takes no threshold"),
                                          ("mask_iou@half", "threshold in 'mask_iou@half' is not a number"),
                                          ("binary_prob@1.5", "between 0 and 1"),
-                                         ("mask_iou@0.3+binary_prob@0.2", "two thresholds")])
+                                         ("mask_iou@0.3+binary_prob@0.2", "two thresholds"),
+                                         ("binary_prob@0.3r", "no threshold of each sample's range"),
+                                         ("mask_iou@1.5r", "between 0 and 1 (a share of each sample's range)")])
 def test_a_threshold_a_kind_cannot_take_is_one_line_naming_the_fix(detector, tmp_path, kind, words):
     model, data = detector
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         metric_plan(tb.two_head_detector(), False, [f"scores={kind}"])
     res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(tmp_path / "out.onnx"), "--max-loss", "1",
                                    "--data", str(data), "--metric", f"scores={kind}"])

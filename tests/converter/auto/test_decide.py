@@ -236,7 +236,7 @@ def _pair(kind, rng, n=60):
 def _at_pair(kind, rng, n=60):
     """Values around the kind's threshold T (KIND@T), where its crossings set the loss, and a candidate moved from
     them: a probability per sample, a logit per sample, a map of probabilities."""
-    at = float(kind.split("@")[1].split("+")[0])
+    at = float(kind.split("@")[1].split("+")[0].rstrip("r"))  # of each sample's range: values in [0, 1] span it
     shape = (n, 10) if kind.startswith("mask_iou") else (n, 1)
     logits = rng.normal(at if kind.startswith("binary_logit") else np.log(at / (1 - at)), 0.5, shape)
     if kind.startswith("binary_logit"):
@@ -245,7 +245,8 @@ def _at_pair(kind, rng, n=60):
     return ref, np.clip(ref + 0.02 * rng.standard_normal(shape), 0, 1), None
 
 
-@pytest.mark.parametrize("kind", sorted(METRICS.own) + ["binary_prob@0.3", "binary_logit@0.8", "mask_iou@0.3+rel_l2"])
+@pytest.mark.parametrize("kind", sorted(METRICS.own) + ["binary_prob@0.3", "binary_logit@0.8", "mask_iou@0.3+rel_l2",
+                                                  "mask_iou@0.4r"])
 def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
     """The rule and the Evaluator agree on the loss of every kind (the rule only adds the margin), a kind read at the
     user's threshold (KIND@T) too."""
