@@ -205,6 +205,24 @@ def test_an_einsum_with_a_matrix_per_position_is_a_batched_matmul_with_the_same_
     _half_pruned_computes_its_weights(model, "caps.W")
 
 
+def test_a_complex_product_reading_each_weight_twice_is_two_batched_matmuls_with_the_same_outputs():
+    """Sweep 48: a Fourier neural operator's spectral weights W_r, W_i [modes, c, d] are each read by two Einsums
+    "nmc,mcd->nmd" (the real and the imaginary part of x times W); the rule took a weight read by one Einsum alone, so
+    they were "not a weight ... (used by 2 nodes: Einsum)", 86% of the model. Each is now one tied weight stored
+    [modes, c, d], both Einsums batched MatMuls of it, the same outputs, and prunable."""
+    from onnxprune.models.third_party_builders import einsum_complex
+    from onnxprune.passes.einsum_linear import grouped_layers
+
+    model = einsum_complex(seed=0)
+    check_full(model)
+    assert not {"w_r", "w_i"} & {w.name for w in find_prunable(model).prunable}
+    assert {name: len(reads) for name, reads in grouped_layers(model).items()} == {"w_r": 2, "w_i": 2}
+    rewritten = _becomes_a_matmul_weight(model, "w_r", (3, 4, 5))
+    assert [n.op_type for n in rewritten.graph.node].count("MatMul") == 4
+    assert "w_i" in {w.name for w in find_prunable(rewritten).prunable}
+    _half_pruned_computes_its_weights(model, "w_r")
+
+
 def _half_pruned_computes_its_weights(model, weight):
     """`--sparsity 0.5` on 64 samples: `weight` half pruned, the file checks, and computes what its weights say."""
     data = {"input": np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)}
