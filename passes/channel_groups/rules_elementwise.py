@@ -153,10 +153,15 @@ def _binary(b: Builder, node: gs.Node) -> None:
         kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
         if kv is None:
             return None
+        value = fn(c.value, kv) if cx is not None else fn(kv, c.value)
         if node.op == "Mul" or (node.op == "Div" and cx is not None):
             with np.errstate(divide="ignore"):
                 b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
-        b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
+            # a channel that is 0 stays 0 times (or over) a finite constant, also one that varies along another axis
+            # (kv NaN): a BatchEnsemble's per-member scale s [members, units] (sweep 48 kept its dead units)
+            if np.isfinite(K).all() and (node.op == "Mul" or (K != 0).all()):
+                value = np.where(c.value == 0, 0.0, value)
+        b.set(node.outputs[0], Channels(c.axis, c.ids, value))
 
 
 COMPARE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

@@ -2809,3 +2809,32 @@ def test_dead_channels_go_through_gem_pooling_whose_exponent_is_computed_from_a_
     onnx.checker.check_model(out, full_check=True)
     assert shp["c.weight"] == (2, 2, 3, 3) and shp["head.weight"] == (3, 2), report.blocked
     assert report.folded == 2 and not any("Pow" in why for why in report.blocked), report.blocked
+
+
+def test_dead_units_go_through_a_per_member_scale_that_varies_along_another_axis():
+    """Sweep 48's BatchEnsemble: each of m members scales the shared layer's units by its own s [m, H], so the
+    constant varies along the member axis as well as the channels; 0 times it was "not known" (NaN), and dead units
+    of the shared layer were kept, said as "in a class that stays alive through another of its channels (a residual
+    stream's ...)", though each was a class of its own. A unit that is 0 stays 0 times any finite factor: it goes,
+    with its column of s and its row of the next layer."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    f, hid, m, k = 6, 5, 3, 4
+    w1 = rng.standard_normal((f, hid)).astype(np.float32)
+    b1 = np.full(hid, 0.1, np.float32)
+    w1[:, [1, 3]] = 0
+    b1[[1, 3]] = 0
+    arrays = {"r": 1 + 0.1 * rng.standard_normal((m, f)), "w1": w1, "b1": b1,
+              "s": 1 + 0.1 * rng.standard_normal((m, hid)), "w2": rng.standard_normal((hid, k)), "b2": np.zeros(k),
+              "axis": np.array([1], np.int64)}
+    inits = [onnx.numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n)
+             for n, a in arrays.items()]
+    nodes = [h.make_node("Unsqueeze", ["x", "axis"], ["x1"]), h.make_node("Mul", ["x1", "r"], ["xr"]),
+             h.make_node("MatMul", ["xr", "w1"], ["a"], name="fc1"), h.make_node("Add", ["a", "b1"], ["ab"]),
+             h.make_node("Mul", ["ab", "s"], ["as"]), h.make_node("Relu", ["as"], ["hr"]),
+             h.make_node("MatMul", ["hr", "w2"], ["o"], name="fc2"), h.make_node("Add", ["o", "b2"], ["ob"]),
+             h.make_node("ReduceMean", ["ob", "axis"], ["y"], keepdims=0)]
+    graph = h.make_graph(nodes, "batch_ensemble", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", f])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", k])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["w1"] == (f, 3) and shp["s"] == (m, 3) and shp["w2"] == (3, k), report.blocked
