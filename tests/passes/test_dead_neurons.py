@@ -2811,12 +2811,9 @@ def test_dead_channels_go_through_gem_pooling_whose_exponent_is_computed_from_a_
     assert report.folded == 2 and not any("Pow" in why for why in report.blocked), report.blocked
 
 
-def test_dead_units_go_through_a_per_member_scale_that_varies_along_another_axis():
-    """Sweep 48's BatchEnsemble: each of m members scales the shared layer's units by its own s [m, H], so the
-    constant varies along the member axis as well as the channels; 0 times it was "not known" (NaN), and dead units
-    of the shared layer were kept, said as "in a class that stays alive through another of its channels (a residual
-    stream's ...)", though each was a class of its own. A unit that is 0 stays 0 times any finite factor: it goes,
-    with its column of s and its row of the next layer."""
+def _batch_ensemble(member_op: str = "Mul"):
+    """x [N, f] -> Unsqueeze -> * r [m, f] -> MatMul w1 -> + b1 -> `member_op` s [m, hid] -> Relu -> MatMul w2 -> + b2
+    -> ReduceMean over the m members -> y [N, k]: units 1 and 3 of w1 (and b1) zero."""
     rng, h = np.random.default_rng(0), onnx.helper
     f, hid, m, k = 6, 5, 3, 4
     w1 = rng.standard_normal((f, hid)).astype(np.float32)
@@ -2830,11 +2827,33 @@ def test_dead_units_go_through_a_per_member_scale_that_varies_along_another_axis
              for n, a in arrays.items()]
     nodes = [h.make_node("Unsqueeze", ["x", "axis"], ["x1"]), h.make_node("Mul", ["x1", "r"], ["xr"]),
              h.make_node("MatMul", ["xr", "w1"], ["a"], name="fc1"), h.make_node("Add", ["a", "b1"], ["ab"]),
-             h.make_node("Mul", ["ab", "s"], ["as"]), h.make_node("Relu", ["as"], ["hr"]),
+             h.make_node(member_op, ["ab", "s"], ["as"]), h.make_node("Relu", ["as"], ["hr"]),
              h.make_node("MatMul", ["hr", "w2"], ["o"], name="fc2"), h.make_node("Add", ["o", "b2"], ["ob"]),
              h.make_node("ReduceMean", ["ob", "axis"], ["y"], keepdims=0)]
     graph = h.make_graph(nodes, "batch_ensemble", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", f])],
                          [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", k])], inits)
-    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8))
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8)
+
+
+def test_dead_units_alone_in_their_class_are_not_said_to_live_through_another_channel():
+    """A zero-weight unit a per-member bias s [m, hid] is added to holds a different value per member, which the next
+    layer reads: it stays, but not "in a class that stays alive through another of its channels (a residual
+    stream's ...)" (sweep 48's BatchEnsemble before its Mul was followed): it is a class of its own."""
+    out, report, shp = prune(_batch_ensemble("Add"))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["w1"] == (6, 5)
+    said = [line for line in report.blocked if "weights are all zero are kept" in line]
+    assert len(said) == 1 and "a later layer reads them" in said[0] and "MatMul 'fc1' 2" in said[0], said
+    assert "residual stream" not in said[0]
+
+
+def test_dead_units_go_through_a_per_member_scale_that_varies_along_another_axis():
+    """Sweep 48's BatchEnsemble: each of m members scales the shared layer's units by its own s [m, H], so the
+    constant varies along the member axis as well as the channels; 0 times it was "not known" (NaN), and dead units
+    of the shared layer were kept, said as "in a class that stays alive through another of its channels (a residual
+    stream's ...)", though each was a class of its own. A unit that is 0 stays 0 times any finite factor: it goes,
+    with its column of s and its row of the next layer."""
+    f, m, k = 6, 3, 4
+    out, report, shp = prune(_batch_ensemble("Mul"))
     onnx.checker.check_model(out, full_check=True)
     assert shp["w1"] == (f, 3) and shp["s"] == (m, 3) and shp["w2"] == (3, k), report.blocked
