@@ -518,7 +518,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"note: {info['unfed']}", markup=False, highlight=False)
     if info.get("npz_example"):
         console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
-                      "data, at least 100 for --max-loss, 400 or more to let the search guard its later looks (a "
+                      "data, at least 100 for --max-loss, 440 or more to let the search guard its later looks (a "
                       "final exam on samples no candidate was judged on, or a stricter rule), and add labels=... if "
                       "you have them; a file whose inputs "
                       "cannot be stacked along the first axis is read as one feed):")
