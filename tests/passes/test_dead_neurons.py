@@ -2857,3 +2857,35 @@ def test_dead_units_go_through_a_per_member_scale_that_varies_along_another_axis
     out, report, shp = prune(_batch_ensemble("Mul"))
     onnx.checker.check_model(out, full_check=True)
     assert shp["w1"] == (f, 3) and shp["s"] == (m, 3) and shp["w2"] == (3, k), report.blocked
+
+
+def test_dead_channels_go_through_a_product_with_a_one_channel_factor():
+    """Sweep 48's partial convolution: the image branch's Conv (4 channels) times the coverage ratio, a Conv of the
+    hole mask by a ones kernel (one channel), which broadcasts over them. "Mul ... combines tensors whose channels do
+    not line up" kept every dead channel; 0 times the shared factor stays 0, so channels 1 and 3 go with the head's
+    columns, and the one-channel coverage Conv stays."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    bias = np.full((1, 4, 1, 1), 0.1, np.float32)
+    w[[1, 3]] = 0
+    bias[:, [1, 3]] = 0
+    arrays = {"c.weight": w, "c.bias": bias, "ones": np.ones((1, 1, 3, 3), np.float32),
+              "nine": np.array(9.0, np.float32), "one": np.array(1.0, np.float32),
+              "head.weight": rng.standard_normal((3, 4)).astype(np.float32), "head.bias": np.zeros(3, np.float32)}
+    inits = [onnx.numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    nodes = [h.make_node("Conv", ["mask", "ones"], ["cov"], pads=[1, 1, 1, 1], name="coverage"),
+             h.make_node("Clip", ["cov", "one", ""], ["covc"]), h.make_node("Div", ["nine", "covc"], ["ratio"]),
+             h.make_node("Mul", ["x", "mask"], ["xm"]),
+             h.make_node("Conv", ["xm", "c.weight"], ["raw"], pads=[1, 1, 1, 1], name="c"),
+             h.make_node("Mul", ["raw", "ratio"], ["scaled"]), h.make_node("Add", ["scaled", "c.bias"], ["hb"]),
+             h.make_node("Relu", ["hb"], ["r"]), h.make_node("GlobalAveragePool", ["r"], ["p"]),
+             h.make_node("Flatten", ["p"], ["f"]),
+             h.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], transB=1, name="head")]
+    graph = h.make_graph(nodes, "partial_conv",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 5, 5]),
+                          h.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, ["N", 1, 5, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c.weight"] == (2, 1, 3, 3) and shp["head.weight"] == (3, 2) and shp["ones"] == (1, 1, 3, 3), \
+        report.blocked
