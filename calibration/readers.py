@@ -768,6 +768,21 @@ def _batch_size_for(specs, batch_size: int) -> int:
     return batch_size if fixed is None else fixed
 
 
+def _dtype_words(dtype: np.dtype) -> str:
+    """A model input's element type as a user saves it: "text (a string tensor)" for onnxruntime's object dtype."""
+    return "text (a string tensor)" if dtype == np.dtype(object) else str(dtype)
+
+
+def _cast_hint(have: np.dtype, want: np.dtype) -> str:
+    """What to do about an array whose dtype cannot stand for a model input's (sweep 48: a Keras StringLookup's text
+    input given numbers read "takes object; ... (e.g. pixels/255 as float32)")."""
+    if want == np.dtype(object):
+        return "save the input's text as a unicode array (np.array(values, dtype=str))."
+    if have.kind in "US":
+        return f"the model takes numbers there, not text: encode the text as the model's {want} input expects."
+    return "that cast is unsafe, convert the data yourself (e.g. pixels/255 as float32)."
+
+
 def _safe_cast(have: np.dtype, want: np.dtype) -> bool:
     if have.kind in "US" and want == np.dtype(object):
         return True  # text for a string input: a unicode array (savez stores it without a pickle), object to onnxruntime
@@ -832,8 +847,8 @@ class _ChunkChecker:
     def _structure_dtype(self, arr: np.ndarray, spec: InputSpec, where: str) -> None:
         if arr.dtype != spec.dtype and not _safe_cast(arr.dtype, spec.dtype):
             raise CalibrationError(f"'{where}': array '{spec.name}' has dtype {arr.dtype}, model input "
-                                   f"'{spec.name}' takes {spec.dtype}; that cast is unsafe, convert the data "
-                                   "yourself (e.g. pixels/255 as float32).")
+                                   f"'{spec.name}' takes {_dtype_words(spec.dtype)}; "
+                                   f"{_cast_hint(arr.dtype, spec.dtype)}")
 
     def _value(self, arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         if arr.dtype != spec.dtype:

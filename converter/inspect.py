@@ -442,6 +442,12 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _printed(dtype: str) -> str:
+    """An input's or output's element type as the terminal says it: onnxruntime's "object" of a string tensor is
+    "string" (sweep 48: a Keras StringLookup model's input read "x object [unk__31, 28]")."""
+    return "string" if dtype == "object" else dtype
+
+
 def print_inspection(info: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title=f"{info['model']}  ({nbytes(info['file_size'])}, IR {info['ir_version']}, opsets {info['opsets']})")
@@ -505,15 +511,15 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "and prunes what they share with the branches that run", markup=False, highlight=False)
     for kind in ("inputs", "outputs"):
         items = info.get(kind) or []
-        text = "; ".join(f"{v['name']} {v['dtype']} "
-                         f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None else f"{v['name']} {v['dtype']}"
-                         for v in items)
+        text = "; ".join(f"{v['name']} {_printed(v['dtype'])} "
+                         f"[{', '.join(map(str, v['shape']))}]" if v["shape"] is not None
+                         else f"{v['name']} {_printed(v['dtype'])}" for v in items)
         console.print(f"{kind}: {text or '-'}", markup=False)  # '[unk__12, 32, 32, 3]' is not a rich style tag
     if info.get("unfed"):
         console.print(f"note: {info['unfed']}", markup=False, highlight=False)
     if info.get("npz_example"):
         console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
-                      "data, at least 100 for --max-loss, 400 or more to let the search guard its later looks (a "
+                      "data, at least 100 for --max-loss, 440 or more to let the search guard its later looks (a "
                       "final exam on samples no candidate was judged on, or a stricter rule), and add labels=... if "
                       "you have them; a file whose inputs "
                       "cannot be stacked along the first axis is read as one feed):")

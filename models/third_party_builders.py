@@ -1018,6 +1018,60 @@ def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int
     return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
+def einsum_complex(*, in_features: int = 12, modes: int = 3, c: int = 4, d: int = 5, classes: int = 4,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A Fourier neural operator's spectral product as torch writes it: 'input' [N, in] -> two Gemm -> Tanh ->
+    Reshape, the real and imaginary parts xr, xi [N, modes, c]; then yr = xr W_r - xi W_i and yi = xr W_i + xi W_r,
+    each product an Einsum "nmc,mcd->nmd" with W_r, W_i [modes, c, d] (a matrix per mode, each weight read by two
+    Einsums) -> Concat -> Flatten -> Gemm -> 'logits' [N, classes] (sweep 48)."""
+    g = _Graph(seed)
+    g.initializers.append(numpy_helper.from_array(np.array([-1, modes, c], np.int64), "x_shape"))
+    parts = [g.op("Reshape", f"{p}", [g.op("Tanh", f"{p}t", [g.gemm("input", f"{p}t", in_features, modes * c)]),
+                                      "x_shape"]) for p in ("xr", "xi")]
+    g.weight("w_r", (modes, c, d), c)
+    g.weight("w_i", (modes, c, d), c)
+    prods = {}
+    for x, p in zip(parts, ("r", "i")):
+        for w in ("w_r", "w_i"):
+            out = f"{p}_{w}"
+            g.nodes.append(helper.make_node("Einsum", [x, w], [out], equation="nmc,mcd->nmd", name=f"/Einsum_{out}"))
+            prods[p, w] = out
+    yr = g.op("Sub", "yr", [prods["r", "w_r"], prods["i", "w_i"]])
+    yi = g.op("Add", "yi", [prods["r", "w_i"], prods["i", "w_r"]])
+    h = g.op("Flatten", "flat", [g.op("Concat", "y", [yr, yi], axis=2)], axis=1)
+    g.gemm(h, "fc", modes * 2 * d, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "einsum_complex", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def spectral_lift(*, length: int = 6, features: int = 5, c: int = 4, modes: int = 3, d: int = 5, classes: int = 4,
+                  seed: int = 0) -> onnx.ModelProto:
+    """A Fourier neural operator's layer after its lift, as torch writes it once einsum-linear has run: 'input' [N,
+    length, features] -> MatMul + Add (the lift) -> Relu, h [N, length, c]; the first `modes` of its DFT over the
+    positions as two constant MatMuls, Re = C @ h and Im = S @ h [N, modes, c]; the complex product with W_r, W_i
+    [modes, c, d] (each read by two Einsums "nmc,mcd->nmd") -> Concat -> Flatten -> Gemm -> 'logits' (sweep 48)."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("input", "lift", features, c), "lift")
+    n, k = np.arange(length), np.arange(modes)
+    angle = 2 * np.pi * np.outer(k, n) / length
+    parts = [g.op("MatMul", p, [g.const(p, m), h]) for p, m in (("cf", np.cos(angle)), ("sf", -np.sin(angle)))]
+    g.weight("w_r", (modes, c, d), c)
+    g.weight("w_i", (modes, c, d), c)
+    prods = {}
+    for x, p in zip(parts, ("r", "i")):
+        for w in ("w_r", "w_i"):
+            out = f"{p}_{w}"
+            g.nodes.append(helper.make_node("Einsum", [x, w], [out], equation="nmc,mcd->nmd", name=f"/Einsum_{out}"))
+            prods[p, w] = out
+    yr = g.op("Sub", "yr", [prods["r", "w_r"], prods["i", "w_i"]])
+    yi = g.op("Add", "yi", [prods["r", "w_i"], prods["i", "w_r"]])
+    y = g.op("Flatten", "flat", [g.op("Concat", "y", [yr, yi], axis=2)], axis=1)
+    g.gemm(y, "fc", modes * 2 * d, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "spectral_lift", [_float("input", [BATCH, length, features])],
+                  [_float("logits", [BATCH, classes])])
+
+
 def bf16_weights(*, width: int = 4, size: int = 6, hidden: int = 16, classes: int = 4,
                  seed: int = 0, stored: int = TensorProto.BFLOAT16) -> onnx.ModelProto:
     """'input' [N, 1, size, size] -> conv 3x3 (1->width) -> Relu -> Flatten -> fc1 Gemm -> Relu -> fc2 Gemm ->

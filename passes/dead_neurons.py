@@ -24,7 +24,7 @@ onnxruntime, cut to their bounding box by a Slice on the input (`crop_inputs`).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,11 +212,26 @@ def partnered(cg: ChannelGraph, dead: set[int]) -> list[str]:
             root, i = int(roots[p]), int(c.ids[p])
             if root not in dead and root not in blocked and i not in listed:
                 units[cg.origins[i]].add(i)
+    # a unit alone in its class has no other channel to stay alive through: a later layer reads it, and what it holds
+    # by then the analysis does not know (sweep 48: a BatchEnsemble's units, 0 times a per-member scale, were said to
+    # be "in a class that stays alive through another of its channels (a residual stream's ...)")
+    sizes = Counter(cg.find(i) for i in range(len(cg.parent)))
+    alone: dict[str, set[int]] = defaultdict(set)
+    for who, ids in list(units.items()):
+        for i in [i for i in ids if sizes[cg.find(i)] == 1]:
+            ids.discard(i)
+            alone[who].add(i)
+        if not ids:
+            del units[who]
     lines = []
     if units:
         lines.append(f"{_total(units)} unit(s) whose weights are all zero are kept, each in a class that stays alive "
                      f"through another of its channels (a residual stream's channel another block writes, or one "
                      f"normalized with it): {_shown(units)}")
+    if alone:
+        lines.append(f"{_total(alone)} unit(s) whose weights are all zero are kept: a later layer reads them, and the "
+                     f"analysis does not know they still hold a constant there (an op on the way combines them with "
+                     f"an operand it cannot follow per channel): {_shown(alone)}")
     if kept:
         lines.append(f"{_total(kept)} channel(s) no weight needs (unread, or a constant) are kept, each in a class "
                      f"with a channel that is read elsewhere (a residual stream's channel another block reads; a "

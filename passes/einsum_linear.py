@@ -31,8 +31,8 @@ projection "bshd,hdm->bsm") is a MatMul of x with those axes flattened:
 
     Einsum(x, W) "PC,W(C, o)->Po"  ->  Reshape(x, [0] * |P| + [-1]) -> MatMul(., W')   W' = W as [C, o], [|C|, o]
 
-Rules: a main-graph Einsum of two operands, one a float initializer W of rank >= 3 read by this Einsum alone, the
-other x; W's letters are distinct, one of them o and the others C (at least two); x's letters are an explicit
+Rules: a main-graph Einsum of two operands, one a float initializer W of rank >= 3, the other x; W's letters are
+distinct, one of them o and the others C (at least two); x's letters are an explicit
 prefix P (distinct, no "...") then C in some order; the output P then o; o not in P or C. W's axes are moved to x's
 order of C then o and flattened to [prod C, o] under W's name.
 
@@ -45,13 +45,18 @@ own (all in the output, at least one) are P:
     Einsum(x, W) "PGC,W(G, C, O)->Out"  ->  Transpose(x, P G C) -> Reshape [0.., 1, |C|] -> MatMul(., W')
                                              -> Reshape [0.., O] -> Transpose(Out)     W' = W as [G, |C|, |O|]
 
-Rules: a main-graph Einsum of two operands, one a float initializer W read by this Einsum alone, the other x, not
-a constant; each term's letters explicit and distinct; C, O and P not empty; the output's letters exactly P, G
+Rules: a main-graph Einsum of two operands, one a float initializer W, the other x, not a constant; each term's
+letters explicit and distinct; C, O and P not empty; the output's letters exactly P, G
 and O. G may be empty where the rules above do not take the Einsum (sweep 45: per-head projections
 `torch.einsum("btd,hde->bhte", x, W)`, W [4, 48, 12], the head axis between the batch's letters in the output,
 "not a weight ... (used by Einsum)"): one matrix W [|C|, |O|] then, no group axis. W's axes are moved to G, C, O
 (W's order within each) and C and O flattened, under W's name; MatMul broadcasts x's P axes over W's groups, so
 the batch stays where it was.
+
+Under both of the last two rules W may be read by several such Einsums (no other reader), each once and with W's
+letters, G, C and O alike (sweep 48: a Fourier neural operator's complex spectral weights, the real part's W_r read
+by "nmc,mcd->nmd" with Re(x) for the real output and with Im(x) for the imaginary one, "not a weight ... (used by 2
+nodes: Einsum)", 86% of the model): W is stored once as above and each Einsum is rewritten around it.
 """
 
 from __future__ import annotations
@@ -213,42 +218,63 @@ def flat_layout(node: onnx.NodeProto, weight_index: int) -> tuple[tuple[int, ...
     return tuple(w.index(letter) for letter in c + o), len(prefix)
 
 
-def flat_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple[int, ...], int]]:
-    """{weight: (its Einsum, W's axes as (C, o), |P|)} for each float weight of rank >= 3 read by one Einsum
-    alone that contracts several axes of its other operand with it."""
-    return {name: (node, *layout) for name, node, layout in _einsum_weights(model, 3, flat_layout)}
+def flat_layers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, tuple[int, ...], int]]]:
+    """{weight: [(an Einsum, W's axes as (C, o), |P|), ...]} for each float weight of rank >= 3 that only Einsums
+    read, each contracting several axes of its other operand with it, W's axes alike in all."""
+    return {name: [(node, *layout) for node, layout in found]
+            for name, found in _einsum_weights(model, 3, flat_layout, lambda layout: layout[0])}
 
 
-def _einsum_weights(model: onnx.ModelProto, rank: int, layout_of):
-    """(weight, its Einsum, `layout_of(node, k)`) for each float weight of rank >= `rank` read by one Einsum alone
-    (input k) whose other operand is no constant, where the layout is not None."""
+def _einsum_weights(model: onnx.ModelProto, rank: int, layout_of, key):
+    """(weight, [(an Einsum, `layout_of(node, k)`), ...]) for each float weight of rank >= `rank` that only Einsums
+    read, each once (input k) with another operand that is no constant, where every layout is not None and all give
+    the same `key(layout)`: the weight's own layout, so one stored W serves them all (the real and imaginary parts
+    of a complex product read each weight twice: sweep 48's Fourier neural operator, "nmc,mcd->nmd")."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= rank
              and t.data_location != onnx.TensorProto.EXTERNAL}
-    consts = {t.name for t in graph.initializer}
-    for name, node, k in _read_once(graph, inits):
-        layout = layout_of(node, k)
-        if layout is not None and node.input[1 - k] not in consts:
-            yield name, node, layout
+    consts, frozen = {t.name for t in graph.initializer}, frozen_names(graph)
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append((node, k))
+    for name, reads in readers.items():
+        if name in frozen or len({id(node) for node, _ in reads}) != len(reads):
+            continue
+        found = [(node, layout_of(node, k)) for node, k in reads]
+        if all(layout is not None and node.input[1 - k] not in consts for (node, layout), (_, k) in zip(found, reads)) \
+                and len({key(layout) for _, layout in found}) == 1:
+            yield name, found
 
 
-def _rewrite_flat(model: onnx.ModelProto, name: str, node: onnx.NodeProto, axes: tuple, prefix: int) -> None:
-    graph = model.graph
+def _store(graph: onnx.GraphProto, name: str, values: np.ndarray) -> None:
+    """`values` stored under initializer `name`, its old value_info dropped."""
     k = next(n for n, t in enumerate(graph.initializer) if t.name == name)
-    w = np.transpose(numpy_helper.to_array(graph.initializer[k]), axes)  # [C..., o]
-    graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.reshape(-1, w.shape[-1])), name))
+    graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), name))
     for v in [v for v in graph.value_info if v.name == name]:
         graph.value_info.remove(v)
-    x = node.input[1 - list(node.input).index(name)]
-    base = node.name or node.output[0]
-    shape = numpy_helper.from_array(np.array([0] * prefix + [-1], np.int64), f"{base}/flat_shape")
-    graph.initializer.append(shape)
-    nodes = [onnx.helper.make_node("Reshape", [x, shape.name], [f"{base}/flat_x"], name=f"{base}/flat_reshape"),
-             onnx.helper.make_node("MatMul", [f"{base}/flat_x", name], [node.output[0]], name=node.name)]
+
+
+def _replace(graph: onnx.GraphProto, node: onnx.NodeProto, nodes: list) -> None:
     at = list(graph.node).index(node)
     graph.node.remove(node)
     for n, new in enumerate(nodes):
         graph.node.insert(at + n, new)
+
+
+def _rewrite_flat(model: onnx.ModelProto, name: str, reads: list) -> None:
+    graph = model.graph
+    w = np.transpose(numpy_helper.to_array(next(t for t in graph.initializer if t.name == name)), reads[0][1])
+    _store(graph, name, w.reshape(-1, w.shape[-1]))  # [C..., o] as [|C|, o]
+    for node, _, prefix in reads:
+        x = node.input[1 - list(node.input).index(name)]
+        base = node.name or node.output[0]
+        shape = numpy_helper.from_array(np.array([0] * prefix + [-1], np.int64), f"{base}/flat_shape")
+        graph.initializer.append(shape)
+        _replace(graph, node, [
+            onnx.helper.make_node("Reshape", [x, shape.name], [f"{base}/flat_x"], name=f"{base}/flat_reshape"),
+            onnx.helper.make_node("MatMul", [f"{base}/flat_x", name], [node.output[0]], name=node.name)])
 
 
 def _rewrite_bilinear(model: onnx.ModelProto, name: str, node: onnx.NodeProto, axes: tuple, x_index: int) -> None:
@@ -312,48 +338,45 @@ def grouped_layout(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, s
     return x, w, o_letters, groups, contracted, outs
 
 
-def grouped_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, tuple]]:
-    """{weight: (its Einsum, its `grouped_layout`)} for each float weight read by one Einsum alone that multiplies
-    each position of its other operand by the weight's matrix for that position."""
-    return {name: (node, layout) for name, node, layout in _einsum_weights(model, 2, grouped_layout)}
+def grouped_layers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, tuple]]]:
+    """{weight: [(an Einsum, its `grouped_layout`), ...]} for each float weight that only Einsums read, each
+    multiplying each position of its other operand by the weight's matrix for that position, W's letters, G, C and
+    O alike in all."""
+    return dict(_einsum_weights(model, 2, grouped_layout, lambda layout: layout[1] + "|" + "|".join(layout[3:])))
 
 
-def _rewrite_grouped(model: onnx.ModelProto, name: str, node: onnx.NodeProto, layout: tuple) -> None:
+def _rewrite_grouped(model: onnx.ModelProto, name: str, reads: list) -> None:
     graph = model.graph
-    x_letters, w_letters, out_letters, groups, contracted, outs = layout
-    own = "".join(c for c in x_letters if c not in w_letters)
-    k = next(n for n, t in enumerate(graph.initializer) if t.name == name)
-    w = np.transpose(numpy_helper.to_array(graph.initializer[k]),
+    _, w_letters, _, groups, contracted, outs = reads[0][1]
+    w = np.transpose(numpy_helper.to_array(next(t for t in graph.initializer if t.name == name)),
                      [w_letters.index(c) for c in groups + contracted + outs])
     size = dict(zip(groups + contracted + outs, w.shape))
     out_dims = [size[c] for c in outs]
     flat = w.reshape([size[c] for c in groups] + [int(np.prod([size[c] for c in contracted])), -1])
-    graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flat), name))
-    for v in [v for v in graph.value_info if v.name == name]:
-        graph.value_info.remove(v)
-    x = node.input[1 - list(node.input).index(name)]
-    base, kept = node.name or node.output[0], len(own) + len(groups)
-    first = [x_letters.index(c) for c in own + groups + contracted]
-    last = [(own + groups + outs).index(c) for c in out_letters]
-    rows = numpy_helper.from_array(np.array([0] * kept + [1, flat.shape[-2]], np.int64), f"{base}/grouped_rows")
-    back = numpy_helper.from_array(np.array([0] * kept + out_dims, np.int64), f"{base}/grouped_outs")
-    graph.initializer.extend([rows, back])
-    nodes, src = [], x
-    if first != sorted(first):
-        nodes.append(onnx.helper.make_node("Transpose", [x], [f"{base}/grouped_x"], perm=first,
-                                           name=f"{base}/grouped_transpose_x"))
-        src = f"{base}/grouped_x"
-    tail = f"{base}/grouped_y" if last != sorted(last) else node.output[0]
-    nodes += [onnx.helper.make_node("Reshape", [src, rows.name], [f"{base}/grouped_r"], name=f"{base}/grouped_rows"),
-              onnx.helper.make_node("MatMul", [f"{base}/grouped_r", name], [f"{base}/grouped_p"], name=node.name),
-              onnx.helper.make_node("Reshape", [f"{base}/grouped_p", back.name], [tail], name=f"{base}/grouped_outs")]
-    if tail != node.output[0]:
-        nodes.append(onnx.helper.make_node("Transpose", [tail], [node.output[0]], perm=last,
-                                           name=f"{base}/grouped_transpose_y"))
-    at = list(graph.node).index(node)
-    graph.node.remove(node)
-    for n, new in enumerate(nodes):
-        graph.node.insert(at + n, new)
+    _store(graph, name, flat)
+    for node, (x_letters, _, out_letters, *_) in reads:
+        own = "".join(c for c in x_letters if c not in w_letters)
+        x = node.input[1 - list(node.input).index(name)]
+        base, kept = node.name or node.output[0], len(own) + len(groups)
+        first = [x_letters.index(c) for c in own + groups + contracted]
+        last = [(own + groups + outs).index(c) for c in out_letters]
+        rows = numpy_helper.from_array(np.array([0] * kept + [1, flat.shape[-2]], np.int64), f"{base}/grouped_rows")
+        back = numpy_helper.from_array(np.array([0] * kept + out_dims, np.int64), f"{base}/grouped_outs")
+        graph.initializer.extend([rows, back])
+        nodes, src = [], x
+        if first != sorted(first):
+            nodes.append(onnx.helper.make_node("Transpose", [x], [f"{base}/grouped_x"], perm=first,
+                                               name=f"{base}/grouped_transpose_x"))
+            src = f"{base}/grouped_x"
+        tail = f"{base}/grouped_y" if last != sorted(last) else node.output[0]
+        nodes += [
+            onnx.helper.make_node("Reshape", [src, rows.name], [f"{base}/grouped_r"], name=f"{base}/grouped_rows"),
+            onnx.helper.make_node("MatMul", [f"{base}/grouped_r", name], [f"{base}/grouped_p"], name=node.name),
+            onnx.helper.make_node("Reshape", [f"{base}/grouped_p", back.name], [tail], name=f"{base}/grouped_outs")]
+        if tail != node.output[0]:
+            nodes.append(onnx.helper.make_node("Transpose", [tail], [node.output[0]], perm=last,
+                                               name=f"{base}/grouped_transpose_y"))
+        _replace(graph, node, nodes)
 
 
 @register_pass("einsum-linear")
@@ -368,13 +391,13 @@ class EinsumLinear(Pass):
         if bilinear:
             log.debug("einsum-linear: %d bilinear Einsum weight(s) read by MatMul", len(bilinear))
         flat = flat_layers(model)
-        for name, (node, axes, prefix) in flat.items():
-            _rewrite_flat(model, name, node, axes, prefix)
+        for name, reads in flat.items():
+            _rewrite_flat(model, name, reads)
         if flat:
             log.debug("einsum-linear: %d Einsum weight(s) contracting several axes read by MatMul", len(flat))
         grouped = grouped_layers(model)
-        for name, (node, layout) in grouped.items():
-            _rewrite_grouped(model, name, node, layout)
+        for name, reads in grouped.items():
+            _rewrite_grouped(model, name, reads)
         if grouped:
             log.debug("einsum-linear: %d Einsum weight(s) with a matrix per position read by MatMul", len(grouped))
         if not found:

@@ -15,6 +15,7 @@ from onnxprune.passes.channel_groups.util import (
     NAN,
     _attr,
     _const,
+    _desc,
     _extra_outputs_used,
     _no_padding,
     _opt_input,
@@ -134,6 +135,8 @@ def _binary(b: Builder, node: gs.Node) -> None:
     cx, cy, fn = b.ch(x), b.ch(y), {**BINARY, **EXTREMA}[node.op]
     with np.errstate(all="ignore"):
         if cx is not None and cy is not None:
+            if _broadcast_factor(b, node, x, cx, cy) or _broadcast_factor(b, node, y, cy, cx):
+                return None
             return _merge(b, node, [cx, cy], lambda: _product(cx.value, cy.value) if node.op == "Mul"
                           else _quotient(cx.value, cy.value) if node.op == "Div" else fn(cx.value, cy.value))
         c, k = (cx, y) if cx is not None else (cy, x)
@@ -153,10 +156,15 @@ def _binary(b: Builder, node: gs.Node) -> None:
         kv = _channel_constant(b, node, x if cx is not None else y, c, k, K, "a constant")
         if kv is None:
             return None
+        value = fn(c.value, kv) if cx is not None else fn(kv, c.value)
         if node.op == "Mul" or (node.op == "Div" and cx is not None):
             with np.errstate(divide="ignore"):
                 b.cg.scale(c.ids, kv if node.op == "Mul" else 1.0 / kv)
-        b.set(node.outputs[0], Channels(c.axis, c.ids, fn(c.value, kv) if cx is not None else fn(kv, c.value)))
+            # a channel that is 0 stays 0 times (or over) a finite constant, also one that varies along another axis
+            # (kv NaN): a BatchEnsemble's per-member scale s [members, units] (sweep 48 kept its dead units)
+            if np.isfinite(K).all() and (node.op == "Mul" or (K != 0).all()):
+                value = np.where(c.value == 0, 0.0, value)
+        b.set(node.outputs[0], Channels(c.axis, c.ids, value))
 
 
 COMPARE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -227,6 +235,20 @@ def _where(b: Builder, node: gs.Node) -> None:
             return np.where(np.isnan(cond), np.where(yes == no, yes, NAN), known)
 
     _merge(b, node, [c for c in chans if c is not None], value)
+
+
+def _broadcast_factor(b: Builder, node: gs.Node, x, c: Channels, f: Channels) -> bool:
+    """Mul of `x`'s channels by a tensor of one channel on the same axis (or Div of them by it), which broadcasts
+    over all of them: one factor shared by every channel, as `_gate` takes a tensor that carries none. Partial
+    convolution's coverage ratio, a Conv of the hole mask by a ones kernel (one channel), times the image branch's
+    16 (sweep 48: "combines tensors whose channels do not line up" kept its dead units). A channel that is 0 stays 0;
+    the factor's own channel is read by this node, so it stays (blocked, said if it is dead)."""
+    divides = node.op == "Div" and node.inputs[0] is x
+    if not (node.op == "Mul" or divides) or len(f.ids) != 1 or len(c.ids) < 2 or f.axis != c.axis:
+        return False
+    b.block(f.ids, f"{_desc(node)} multiplies every channel of '{x.name}' by it")
+    b.set(node.outputs[0], Channels(c.axis, c.ids, np.where(c.value == 0, 0.0, NAN)))
+    return True
 
 
 def _gate(b: Builder, x, c: Channels, k) -> bool:

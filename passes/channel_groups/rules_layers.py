@@ -143,14 +143,20 @@ def _einsum(b: Builder, node: gs.Node) -> None:
 def _matrix_per_group(b: Builder, node: gs.Node, w: gs.Constant) -> None:
     """X [..., *g, R, K] @ W [*g, K, M]: a matrix per group (torch.baddbmm's grouped linear; a capsule net's
     per-position transform, sweep 42). Output channel j is column j of every group's matrix, on the output's last
-    axis: it goes when all those columns are zero (it holds 0 then). X's channels are read by every group's rows, a
-    constant one a different bias per group: they are kept, said. Sweep 42: the zero columns of such a weight were
-    neither removed nor said."""
+    axis: it goes when all those columns are zero (it holds 0 then). X's channel k is read by row k of every group's
+    matrix: it goes with those rows when it is 0 in every sample (it adds nothing to any group) or the rows are all
+    zero; a constant other than 0 would be a different bias per group, which no bias holds (no fold), so that one is
+    kept. Sweep 42: the zero columns of such a weight were neither removed nor said; sweep 48: a Fourier neural
+    operator's dead lifted channels, read by its spectral weights [modes, c, d], and an expert-choice MoE's dead
+    expert hidden units were kept ("reads them with a matrix per group")."""
     W = w.values
-    c = b.ch(node.inputs[0])
-    if c is not None:
-        b.block(c.ids, f"{_desc(node)} reads them with a matrix per group ('{w.name}' {list(W.shape)})")
+    x = node.inputs[0]
     frozen = b.shared(w, node)
+    if b.ch(x) is not None and W.ndim >= 3:
+        rows = np.moveaxis(W, -2, 0).reshape(W.shape[-2], -1)  # row k of every group's matrix
+        if b.read(node, x, -1, rows, None, frozen):
+            b.tie(w, W.ndim - 2, x, node)
+            b.slices(x, w, W.ndim - 2)
     b.produce(node, w, np.moveaxis(W, -1, 0).reshape(W.shape[-1], -1), -1, np.zeros(W.shape[-1]), frozen)
     b.tie(w, W.ndim - 1, node.outputs[0], node)
     b.slices(node.outputs[0], w, W.ndim - 1)

@@ -415,6 +415,34 @@ def test_text_for_a_string_input_is_read_from_a_unicode_array(tmp_path, caplog):
     assert "random text for string input(s) text" in caplog.text
 
 
+def test_numbers_for_a_string_input_or_text_for_a_numeric_one_say_what_to_save(tmp_path):
+    """Sweep 48: a Keras StringLookup model's text input given numbers said "takes object; that cast is unsafe,
+    convert the data yourself (e.g. pixels/255 as float32)", and inspect printed the input as "text object [N, 1]":
+    onnxruntime's dtype of a string tensor, and a hint about pixels. It says text, and how to save it; text for a
+    numeric input says the model takes numbers."""
+    import io
+
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import inspect_model, print_inspection
+
+    np.savez(tmp_path / "nums.npz", text=np.ones((4, 1), np.float32))
+    with pytest.raises(CalibrationError) as err:
+        open_data(str(tmp_path / "nums.npz"), _string_model())
+    msg = str(err.value)
+    assert "takes text (a string tensor)" in msg and "np.array(values, dtype=str)" in msg
+    assert "object" not in msg and "pixels" not in msg
+    np.savez(tmp_path / "words.npz", input=np.full((4, 6), "red"))
+    with pytest.raises(CalibrationError, match=r"takes float32; the model takes numbers there, not text") as err:
+        open_data(str(tmp_path / "words.npz"), mlp())
+    assert "pixels" not in str(err.value)
+    path = tmp_path / "s.onnx"
+    onnx.save(_string_model(), str(path))
+    out = io.StringIO()
+    print_inspection(inspect_model(path), Console(file=out, width=200))
+    assert "inputs: text string [N, 1]" in out.getvalue()
+
+
 def test_inspect_writes_one_file_per_sample_for_a_recurrent_state_with_a_batch_of_one(tmp_path, monkeypatch):
     """speechmos's AECMOS: 'input' [batch_size, ...] beside 'h0' [4, 1, 64], the initial state of its GRUs. The
     stacked file inspect's line wrote failed in onnxruntime ("Input initial_h must have shape {2,200,64}"); the line

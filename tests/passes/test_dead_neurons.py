@@ -2809,3 +2809,83 @@ def test_dead_channels_go_through_gem_pooling_whose_exponent_is_computed_from_a_
     onnx.checker.check_model(out, full_check=True)
     assert shp["c.weight"] == (2, 2, 3, 3) and shp["head.weight"] == (3, 2), report.blocked
     assert report.folded == 2 and not any("Pow" in why for why in report.blocked), report.blocked
+
+
+def _batch_ensemble(member_op: str = "Mul"):
+    """x [N, f] -> Unsqueeze -> * r [m, f] -> MatMul w1 -> + b1 -> `member_op` s [m, hid] -> Relu -> MatMul w2 -> + b2
+    -> ReduceMean over the m members -> y [N, k]: units 1 and 3 of w1 (and b1) zero."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    f, hid, m, k = 6, 5, 3, 4
+    w1 = rng.standard_normal((f, hid)).astype(np.float32)
+    b1 = np.full(hid, 0.1, np.float32)
+    w1[:, [1, 3]] = 0
+    b1[[1, 3]] = 0
+    arrays = {"r": 1 + 0.1 * rng.standard_normal((m, f)), "w1": w1, "b1": b1,
+              "s": 1 + 0.1 * rng.standard_normal((m, hid)), "w2": rng.standard_normal((hid, k)), "b2": np.zeros(k),
+              "axis": np.array([1], np.int64)}
+    inits = [onnx.numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n)
+             for n, a in arrays.items()]
+    nodes = [h.make_node("Unsqueeze", ["x", "axis"], ["x1"]), h.make_node("Mul", ["x1", "r"], ["xr"]),
+             h.make_node("MatMul", ["xr", "w1"], ["a"], name="fc1"), h.make_node("Add", ["a", "b1"], ["ab"]),
+             h.make_node(member_op, ["ab", "s"], ["as"]), h.make_node("Relu", ["as"], ["hr"]),
+             h.make_node("MatMul", ["hr", "w2"], ["o"], name="fc2"), h.make_node("Add", ["o", "b2"], ["ob"]),
+             h.make_node("ReduceMean", ["ob", "axis"], ["y"], keepdims=0)]
+    graph = h.make_graph(nodes, "batch_ensemble", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", f])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", k])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8)
+
+
+def test_dead_units_alone_in_their_class_are_not_said_to_live_through_another_channel():
+    """A zero-weight unit a per-member bias s [m, hid] is added to holds a different value per member, which the next
+    layer reads: it stays, but not "in a class that stays alive through another of its channels (a residual
+    stream's ...)" (sweep 48's BatchEnsemble before its Mul was followed): it is a class of its own."""
+    out, report, shp = prune(_batch_ensemble("Add"))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["w1"] == (6, 5)
+    said = [line for line in report.blocked if "weights are all zero are kept" in line]
+    assert len(said) == 1 and "a later layer reads them" in said[0] and "MatMul 'fc1' 2" in said[0], said
+    assert "residual stream" not in said[0]
+
+
+def test_dead_units_go_through_a_per_member_scale_that_varies_along_another_axis():
+    """Sweep 48's BatchEnsemble: each of m members scales the shared layer's units by its own s [m, H], so the
+    constant varies along the member axis as well as the channels; 0 times it was "not known" (NaN), and dead units
+    of the shared layer were kept, said as "in a class that stays alive through another of its channels (a residual
+    stream's ...)", though each was a class of its own. A unit that is 0 stays 0 times any finite factor: it goes,
+    with its column of s and its row of the next layer."""
+    f, m, k = 6, 3, 4
+    out, report, shp = prune(_batch_ensemble("Mul"))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["w1"] == (f, 3) and shp["s"] == (m, 3) and shp["w2"] == (3, k), report.blocked
+
+
+def test_dead_channels_go_through_a_product_with_a_one_channel_factor():
+    """Sweep 48's partial convolution: the image branch's Conv (4 channels) times the coverage ratio, a Conv of the
+    hole mask by a ones kernel (one channel), which broadcasts over them. "Mul ... combines tensors whose channels do
+    not line up" kept every dead channel; 0 times the shared factor stays 0, so channels 1 and 3 go with the head's
+    columns, and the one-channel coverage Conv stays."""
+    rng, h = np.random.default_rng(0), onnx.helper
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    bias = np.full((1, 4, 1, 1), 0.1, np.float32)
+    w[[1, 3]] = 0
+    bias[:, [1, 3]] = 0
+    arrays = {"c.weight": w, "c.bias": bias, "ones": np.ones((1, 1, 3, 3), np.float32),
+              "nine": np.array(9.0, np.float32), "one": np.array(1.0, np.float32),
+              "head.weight": rng.standard_normal((3, 4)).astype(np.float32), "head.bias": np.zeros(3, np.float32)}
+    inits = [onnx.numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    nodes = [h.make_node("Conv", ["mask", "ones"], ["cov"], pads=[1, 1, 1, 1], name="coverage"),
+             h.make_node("Clip", ["cov", "one", ""], ["covc"]), h.make_node("Div", ["nine", "covc"], ["ratio"]),
+             h.make_node("Mul", ["x", "mask"], ["xm"]),
+             h.make_node("Conv", ["xm", "c.weight"], ["raw"], pads=[1, 1, 1, 1], name="c"),
+             h.make_node("Mul", ["raw", "ratio"], ["scaled"]), h.make_node("Add", ["scaled", "c.bias"], ["hb"]),
+             h.make_node("Relu", ["hb"], ["r"]), h.make_node("GlobalAveragePool", ["r"], ["p"]),
+             h.make_node("Flatten", ["p"], ["f"]),
+             h.make_node("Gemm", ["f", "head.weight", "head.bias"], ["y"], transB=1, name="head")]
+    graph = h.make_graph(nodes, "partial_conv",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 5, 5]),
+                          h.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, ["N", 1, 5, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    out, report, shp = prune(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8))
+    onnx.checker.check_model(out, full_check=True)
+    assert shp["c.weight"] == (2, 1, 3, 3) and shp["head.weight"] == (3, 2) and shp["ones"] == (1, 1, 3, 3), \
+        report.blocked

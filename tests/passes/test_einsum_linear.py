@@ -205,6 +205,46 @@ def test_an_einsum_with_a_matrix_per_position_is_a_batched_matmul_with_the_same_
     _half_pruned_computes_its_weights(model, "caps.W")
 
 
+def test_a_complex_product_reading_each_weight_twice_is_two_batched_matmuls_with_the_same_outputs():
+    """Sweep 48: a Fourier neural operator's spectral weights W_r, W_i [modes, c, d] are each read by two Einsums
+    "nmc,mcd->nmd" (the real and the imaginary part of x times W); the rule took a weight read by one Einsum alone, so
+    they were "not a weight ... (used by 2 nodes: Einsum)", 86% of the model. Each is now one tied weight stored
+    [modes, c, d], both Einsums batched MatMuls of it, the same outputs, and prunable."""
+    from onnxprune.models.third_party_builders import einsum_complex
+    from onnxprune.passes.einsum_linear import grouped_layers
+
+    model = einsum_complex(seed=0)
+    check_full(model)
+    assert not {"w_r", "w_i"} & {w.name for w in find_prunable(model).prunable}
+    assert {name: len(reads) for name, reads in grouped_layers(model).items()} == {"w_r": 2, "w_i": 2}
+    rewritten = _becomes_a_matmul_weight(model, "w_r", (3, 4, 5))
+    assert [n.op_type for n in rewritten.graph.node].count("MatMul") == 4
+    assert "w_i" in {w.name for w in find_prunable(rewritten).prunable}
+    _half_pruned_computes_its_weights(model, "w_r")
+
+
+def test_dead_lifted_channels_go_with_the_rows_of_every_spectral_matrix():
+    """Sweep 48: a Fourier neural operator's lifted channels h [N, L, c] reach its spectral weights W_r, W_i [modes, c,
+    d] through the DFT's constant MatMuls, and every mode's matrix reads channel k by its row k. Dead lifted channels
+    were kept ("reads them with a matrix per group"); a channel that is 0 in every sample adds nothing to any group,
+    so it goes with row k of every mode's matrix of both weights."""
+    from onnxprune.models.third_party_builders import spectral_lift
+
+    model = spectral_lift(seed=0)
+    check_full(model)
+    for name, axis in (("lift.weight", 1), ("lift.bias", 0)):
+        t = next(t for t in model.graph.initializer if t.name == name)
+        values = onnx.numpy_helper.to_array(t).copy()
+        values[(slice(None),) * axis + ([1, 3],)] = 0  # lifted channels 1 and 3: Relu(0) = 0 in every sample
+        t.CopyFrom(onnx.numpy_helper.from_array(values, name))
+    data = {"input": np.random.default_rng(0).standard_normal((64, 6, 5)).astype(np.float32)}
+    result = prune(model, data=data, sparsity=0.3, seed=0)
+    check_full(result.model)
+    dims = {t.name: tuple(t.dims) for t in result.model.graph.initializer}
+    assert dims["lift.weight"] == (5, 2) and dims["w_r"] == dims["w_i"] == (3, 2, 5)
+    assert_same_outputs(result.model, result.dense_model, rtol=1e-4)  # the shrunk model computes the masked one
+
+
 def _half_pruned_computes_its_weights(model, weight):
     """`--sparsity 0.5` on 64 samples: `weight` half pruned, the file checks, and computes what its weights say."""
     data = {"input": np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)}
