@@ -95,3 +95,28 @@ def test_a_slice_bound_computed_from_a_free_length_stays_computed():
         got, want = run(folded, {"x": x})["out"], run(model, {"x": x})["out"]
         assert got.shape == want.shape == (1, max(samples // 256, 1), 8)
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_input_model_kept_unpruned_is_written_as_given_though_its_rewrite_is_smaller(tmp_path):
+    """Real models 52: SwiftF0 was kept unpruned and the load passes' rewrite, a smaller file (a chain folded), was
+    written in its place; a fold defect (above) made that file return one frame a clip while the run said "the input
+    model is kept". A kept input model with nothing shrunk is written as given, its bytes, whatever the sizes."""
+    import json
+
+    from tests.hardening.helpers import invoke
+
+    model = causal_tcn(seed=0)
+    folded = ConstantPads()(copy.deepcopy(model), PruneState()).model
+    assert folded.ByteSize() < model.ByteSize()  # the rewrite is the smaller file
+    path, out = tmp_path / "tcn.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(4).standard_normal((8, 3, 6)).astype(np.float32)
+    np.savez(tmp_path / "few.npz", x=x)  # 8 samples cannot certify 1 pp: the input model is kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
+    assert any(n == "the input model is written as it was given: nothing was pruned" for n in report["notes"])
+    written = onnx.load(out)
+    check_full(written)
+    np.testing.assert_array_equal(run(written, {"x": x})["logits"], run(model, {"x": x})["logits"])
