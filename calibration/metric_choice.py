@@ -216,8 +216,11 @@ def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     Identity; openWakeWord: If(Sigmoid | Sigmoid). Anything else (a Gemm, a graph input, a Loop) is not."""
     if model is None:
         return frozenset()
-    scopes = [_producers(model.graph)]
-    return frozenset(o.name for o in model.graph.output if _bounded(o.name, scopes, 0))
+    producers = _producers(model.graph)
+    for t in model.graph.initializer:  # small stored constants, read as the Constant nodes they equal (a Where's 0)
+        if t.name not in producers and int(np.prod(t.dims)) <= _UNIT_CONSTANT_VALUES:
+            producers[t.name] = onnx.helper.make_node("Constant", [], [t.name], value=t)
+    return frozenset(o.name for o in model.graph.output if _bounded(o.name, [producers], 0))
 
 
 def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -403,12 +406,28 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output if o}
 
 
+_UNIT_CONSTANT_VALUES = 64  # a stored constant of at most this many values may be one a Where picks (a 0, a 1)
+
+
+def _unit_constant(node: onnx.NodeProto) -> bool:
+    """A Constant node holding a small tensor of numbers all in [0, 1]."""
+    attr = next((a for a in node.attribute if a.name == "value"), None)
+    if attr is None or int(np.prod(attr.t.dims)) > _UNIT_CONSTANT_VALUES:
+        return False
+    value = onnx.numpy_helper.to_array(attr.t)
+    return value.dtype.kind in "fiu" and value.size > 0 and bool(((value >= 0) & (value <= 1)).all())
+
+
 def _bounded(name: str, scopes: list[dict], depth: int) -> bool:
     node = next((p[name] for p in scopes if name in p), None)  # the innermost graph that produces it
     if node is None or depth > 256 or node.domain not in ("", "ai.onnx"):
         return False
     if node.op_type in _UNIT_SOURCES:
         return True
+    if node.op_type == "Constant":
+        return _unit_constant(node)
+    if node.op_type == "Where":  # either of two values in [0, 1]: SwiftF0's Where(in band, Sigmoid, 0)
+        return len(node.input) == 3 and all(_bounded(i, scopes, depth + 1) for i in node.input[1:])
     if node.op_type in _KEEP_FIRST or (node.op_type == "TopK" and name == node.output[0]):  # TopK: values, not ids
         return bool(node.input) and _bounded(node.input[0], scopes, depth + 1)
     if node.op_type in _KEEP_ALL:

@@ -88,6 +88,7 @@ def inspect_model(path: Path) -> dict:
         "npz_example": npz_example(loaded.model, placeholders=placeholders) if inventory.prunable else None,
         "carried": declared_pairs(loaded.model),  # the outputs a stream's next call reads back
         "npz_open": placeholders,
+        "npz_scalars": scalar_inputs(loaded.model) if inventory.prunable else [],
         "unfed": _unfed(loaded.model),
         "no_prunable": None if inventory.prunable else _no_prunable(loaded.model, path),
         "copies": [{"weight": group[0], "copies": len(group)} for group in duplicate_groups(loaded.model)],
@@ -303,7 +304,11 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
     parts = []
     named: dict[str, int] = {}  # a symbolic dim keeps one value across inputs (the batch N on axis 0 or 1)
     shapes = [_value_info(v)["shape"] or [] for v in _real_inputs(model)]
-    batch_of_one = bool(shapes) and all(len(sh) >= 2 and sh[0] == 1 for sh in shapes)
+    # a scalar input (a sample rate, SwiftF0's fmin and fmax) beside inputs of a fixed batch of 1 is whole in every
+    # feed of the B rows (the reader's feed per batch): the samples still go on the others' first axis (real models
+    # 52: SwiftF0's line wrote audio (1, 8), one sample, which no budget can judge)
+    rows = [sh for sh, v in zip(shapes, _real_inputs(model)) if not _scalar(v)]
+    batch_of_one = bool(rows) and all(len(sh) >= 2 and sh[0] == 1 for sh in rows)
     states = single_batch_states(model)
     shared = {} if states or batch_of_one else _shared_inputs(model, shapes)
     in_order = _rows_in_order(model, states) if states else None
@@ -403,6 +408,17 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
         return _folder_line(args, samples, "whole sequence", f"the model reads the rows of a file together, not as "
                             f"samples ({in_order})")
     return line + ("  # the model takes batches of 1: the samples are fed one at a time" if batch_of_one else "")
+
+
+def _scalar(v) -> bool:
+    """An input declared a scalar (rank 0), not one whose shape is unknown."""
+    t = v.type.tensor_type
+    return v.type.HasField("tensor_type") and t.HasField("shape") and len(t.shape.dim) == 0
+
+
+def scalar_inputs(model) -> list[str]:
+    """The inputs declared scalars, which inspect's line writes as a zero: a value the application passes."""
+    return [v.name for v in _real_inputs(model) if _scalar(v)]
 
 
 def _folder_line(args: str, files: int, each: str, why: str) -> str:
@@ -531,6 +547,12 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
             which = f"its size for {said} is a placeholder" if one else f"its sizes for {said} are placeholders"
             console.print(f"  ({which}: the model leaves {'it' if one else 'them'} open, as a length or an image side; "
                           "write your data's)", markup=False, highlight=False)
+    if info.get("npz_scalars") and info.get("npz_example"):  # a zero is rarely the value an application passes
+        said = listed(repr(n) for n in info["npz_scalars"])
+        one = len(info["npz_scalars"]) == 1
+        console.print(f"  ({said} {'is a scalar' if one else 'are scalars'}, 0 here: write the value"
+                      f"{'' if one else 's'} your application passes, such as a sample rate or a band's edges)",
+                      markup=False, highlight=False)
     if info.get("carried") and info.get("npz_example"):  # session 50: a stream's state, measured streamed
         said = ", ".join(f"'{o}' as '{i}'" for i, o in info["carried"].items())
         console.print(f"  (the model feeds back {said} on its next call, a stream's state: to have the run also measure "

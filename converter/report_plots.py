@@ -234,6 +234,12 @@ def metric_vs_pruned(
 # ---------------------------------------------------------------- Figure 6
 
 
+# layers a sensitivity panel names in its legend, the most sensitive (lowest metric) first; more were drawn unnamed
+# (real models 52: CapSpot's YOLOX detector, 83 layers: matplotlib's "constrained_layout not applied because axes
+# sizes collapsed to zero" warning in the terminal, and a figure of legend alone)
+LEGEND_LAYERS = 16
+
+
 @_styled
 def sensitivity_curves(
     curves: Mapping[str, object],
@@ -277,11 +283,15 @@ def sensitivity_curves(
     cmap = _palette(max(len(v) for _, v in used))
     for ax, (kind, series) in zip(axes, used):
         ys_all = []
+        named = {name for name, _, ys in sorted(series, key=lambda s: min(s[2]))[:LEGEND_LAYERS]}
         for (name, xs, ys), color in zip(series, cmap):
             order = np.argsort(xs)
+            label = _short(name, 28) + (" *residual" if name in coupled else "") if name in named else None
             ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], "--o" if name in coupled else "-o", ms=3.5,
-                    lw=1.4, color=color, label=_short(name, 28) + (" *residual" if name in coupled else ""))
+                    lw=1.4, color=color, label=label)
             ys_all += ys
+        if len(series) > len(named):  # the rest drawn, unnamed: a legend of 83 rows collapsed the axes (cap_det)
+            ax.plot([], [], " ", label=f"(+{len(series) - len(named)} less sensitive layers, unnamed)")
         if baseline is not None and _finite(baseline):
             ax.axhline(float(baseline) * scale, color="#777777", ls="--", lw=1, label="dense model")
             ys_all.append(float(baseline) * scale)

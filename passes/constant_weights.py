@@ -67,7 +67,10 @@ log = logging.getLogger(__name__)
 MAX_CHAIN = 64  # nodes: silero's LSTM bias is 6 Slices, 3 Concats, an Unsqueeze and their 20 Constants
 MAX_INDEX = 64  # values: a non-float constant a chain reads must be an index or a shape (or as many as it gives)
 READ_THROUGH = frozenset({"Identity", "Transpose"})  # a lone one of these the inventory reads through already
-PLACEHOLDERS = (1, 2, 3)  # sizes a dimension read through Shape that is not a fixed number is given, in turn
+# sizes a dimension read through Shape that is not a fixed number is given, in turn: a chain folds only where all
+# give the same values. A large one too (real models 52: SwiftF0's frames, Max(Div(samples, 256), 1), were 1 for
+# each of 1, 2, 3 and folded to a Slice end of 1: every clip's pitch track came out one frame long)
+PLACEHOLDERS = (1, 2, 3, 4099)
 NEVER = ("Random", "Bernoulli", "Multinomial")  # ops that do not compute the same twice
 # what an index or a shape is stored as; an int8/uint8 constant is a quantized weight (read through Cast -> Mul, or a
 # DequantizeLinear: passes/quantized_weights.py), never folded to float here, however small

@@ -282,7 +282,8 @@ class _Search:
             return best
         looks = [(best, "the search's result")] + ([(start, "the one-shot start")] if start is not best else [])
         for candidate, what in looks:
-            if candidate.model is self.original:
+            if candidate.model is self.original:  # a one-shot start that kept the input model: none of the
+                self._exam_rejected(1.0, "second look")  # history's candidates is the result (real models 52)
                 return candidate
             decision = self.judge(candidate.model, rule)
             over = [(name, f) for name, f in decision.outputs.items()

@@ -181,6 +181,48 @@ def test_a_multi_label_sigmoid_head_is_judged_label_by_label_not_by_its_argmax()
     assert not rule.judge_outputs([(y[:32],), (y[32:],)]).within
 
 
+def _frame_confidence() -> onnx.ModelProto:
+    """x [N, 8] -> MatMul [8, 16] -> 'confidence' [N, 16] = Where(logit > -1, Sigmoid(logit), 0): SwiftF0's per-frame
+    voicing confidence, zeroed where the frame's pitch is out of band."""
+    h = onnx.helper
+    w = onnx.numpy_helper.from_array(np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32), "w")
+    lo = onnx.numpy_helper.from_array(np.array(-1.0, np.float32), "lo")
+    zero = onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    nodes = [h.make_node("MatMul", ["x", "w"], ["logit"]), h.make_node("Greater", ["logit", "lo"], ["in_band"]),
+             h.make_node("Sigmoid", ["logit"], ["p"]), h.make_node("Where", ["in_band", "p", "zero"], ["confidence"])]
+    graph = h.make_graph(nodes, "voicing", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+                         [h.make_tensor_value_info("confidence", onnx.TensorProto.FLOAT, ["N", 16])], [w, lo, zero])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_sigmoid_a_where_zeroes_is_judged_value_by_value_not_by_its_argmax():
+    """Real models 52: SwiftF0's 'confidence' [1, frames] is Where(in band, Sigmoid, 0), read frame by frame at 0.5
+    (voiced). The Where hid the Sigmoid, so the output was scored by agreement, the argmax over a clip's 62 frames:
+    the first neuron level changed it in 135 of 195 clips, and nothing could be pruned by a rule that is no reading of
+    the package's. A Where between values in [0, 1] (a Sigmoid, a stored 0) keeps a probability: binary_prob, each
+    frame at 0.5, checked here against onnxruntime's outputs."""
+    model = _frame_confidence()
+    assert probability_outputs(model) == {"confidence"}
+    feeds = {"x": X[:64]}
+    ev = Evaluator(open_data(feeds, model, batch_size=32), None, model)
+    assert ev.plan == {"confidence": "binary_prob"}
+    d = first_output(model, feeds)
+    assert (d == 0).any() and ((d > 0.5) & (d < 1)).any()  # both branches of the Where in the data
+    noise = np.random.default_rng(6).standard_normal((8, 16))
+    cand = with_initializer(model, "w", lambda w: w + 0.02 * noise)
+    y = first_output(cand, feeds)
+    crossed = ((y > 0.5) != (d > 0.5)).any(axis=1)
+    assert 0 < crossed.sum() < len(y)
+    assert ev.loss_pp(ev.evaluate(cand)) == pytest.approx(
+        max(100.0 * crossed.mean(), 100 * np.abs(y - d).max(1).mean()), rel=1e-5)
+    stored_one = onnx.helper.make_node("Where", ["in_band", "p", "logit"], ["confidence"])
+    unbounded = _frame_confidence()
+    unbounded.graph.node[-1].CopyFrom(stored_one)  # a Where that may pick a logit is no probability
+    assert probability_outputs(unbounded) == frozenset()
+
+
 def test_a_code_of_bits_is_judged_bit_by_bit_not_by_its_argmax():
     """Real models 51: invisible-watermark's rivaGan decoder returns 'output' [batch_size, wmBits], 32 logits the
     package reads as `output > 0.52`, and was scored agreement, the argmax over the 32 bits. An [N, C] output whose

@@ -745,3 +745,32 @@ def test_a_few_values_an_ill_conditioned_op_moves_between_batch_sizes_leave_rows
     assert not _close(a, b)
     small = np.random.default_rng(4).standard_normal((4, 3))
     assert not _close(small + np.eye(4, 3) * 1e-2, small)  # 12 values: no stray allowed
+
+
+def test_inspects_line_for_scalars_beside_a_batch_of_one_writes_many_samples_that_read_as_feeds(tmp_path):
+    """Real models 52: SwiftF0 takes audio [1, samples] and the scalars fmin, fmax; inspect's line wrote audio (1, 8),
+    one sample (a budget needs 99 at 1 pp), and zeros for the scalars with no word on them (a band of [0, 0] Hz
+    zeroes every confidence). The line now stacks 64 samples beside the scalars, which the reader reads as a feed a
+    row with the scalars in each, and says the scalars are values to write."""
+    from click.testing import CliRunner
+
+    from onnxprune.calibration.readers import open_data
+    from onnxprune.converter.cli import cli
+    from onnxprune.converter.inspect import npz_example
+    from tests.oracle import run
+
+    model = _flag_model(1)
+    line = npz_example(model)
+    assert "x=np.zeros((64, 4), np.float32)" in line and "flag=np.zeros((), np.bool_)" in line
+    assert "batches of 1" in line
+    path = tmp_path / "flag.onnx"
+    onnx.save(model, path)
+    res = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "('flag' is a scalar, 0 here: write the value your application passes" in " ".join(res.output.split())
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32),
+             flag=np.array(True))  # the line, with the zeros replaced
+    reader = open_data(tmp_path / "calib.npz", model)
+    feeds = [f for f, _ in reader.batches()]
+    assert reader.per_feed and len(feeds) == 64 and all(f["x"].shape == (1, 4) and f["flag"].shape == () for f in feeds)
+    assert run(model, feeds[0])["logits"].shape == (1, 3)  # onnxruntime runs a feed as read

@@ -627,6 +627,48 @@ def test_an_unnamed_ctc_head_is_scored_by_its_text_and_its_values():
     assert ev.dense == 1.0
 
 
+def test_a_time_major_softmax_ctc_head_of_one_line_a_feed_is_judged_by_its_text():
+    """Real models 52: easyhtr's word reader takes one word a feed, [1, 1, 48, W], and returns a Softmax [T, 1, 43]
+    (blank last). The metric was chosen on the output as it came, T samples of one position each, so no CTC line was
+    seen and it was scored seq_agreement, a share of changed positions ("0.18 pp, upper bound 0.44") while 2.0% of
+    200 held-out words read differently. Chosen samples first, as the metric reads it, it is ctc_agreement: a word
+    whose greedy CTC text changes is one changed sample, checked here against the texts onnxruntime's outputs
+    decode to."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.output_metrics import ctc_decode
+
+    rng = np.random.default_rng(3)
+    blank = 11
+    w = (rng.standard_normal((8, 12)) * 0.1).astype(np.float32)
+    b = np.zeros(12, np.float32)
+    b[blank] = 5.0
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["z"]),
+         helper.make_node("Transpose", ["z"], ["zt"], perm=[1, 0, 2]),
+         helper.make_node("Softmax", ["zt"], ["output"], axis=-1)],
+        "reader", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["T", 1, 12])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    feeds = []
+    for t in (17, 25, 20, 22, 19, 24, 21, 18):  # one word a feed, each its own width
+        x = rng.standard_normal((1, t, 8)).astype(np.float32)
+        x[0, ::4] *= 30.0  # a few positions where a character wins over the blank
+        feeds.append({"x": x})
+    ev = Evaluator(open_data(feeds, model), reference_model=model)
+    assert ev.plan == {"output": "ctc_agreement"} and ev.sample_axes == (1,)
+    assert ev.dense == 1.0
+    candidate = with_weight(model, "w", lambda a: a + 0.01 * rng.standard_normal(a.shape))
+    dense_s, cand_s = make_session(model), make_session(candidate)
+    texts = [(ctc_decode(dense_s.run(None, f)[0][:, 0].argmax(-1)[None], blank),
+              ctc_decode(cand_s.run(None, f)[0][:, 0].argmax(-1)[None], blank)) for f in feeds]
+    changed = sum(a != c for a, c in texts)
+    assert 0 < changed < len(feeds)  # some words read differently, not all
+    assert ev.loss_pp(ev.evaluate(candidate)) == pytest.approx(100.0 * changed / len(feeds))
+
+
 def _gemm_head(batch, shift: np.ndarray, out_name: str = "Identity", seed: int = 0) -> onnx.ModelProto:
     """x [batch, 8] -> Gemm -> [batch, C] + `shift` per column; `batch` an int fixes it (a TFLite export's 1)."""
     rng = np.random.default_rng(seed)

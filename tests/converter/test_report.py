@@ -573,3 +573,38 @@ def test_the_summary_lists_a_few_layers_with_long_names_shortened():
         "model_1/model/re_lu/Relu6;…;model_1/model/conv2d/Conv2D"
     assert len(short_name("x" * 500)) == NAME_CHARS and short_name("conv2d_1") == "conv2d_1"
     assert all(len(cell) <= NAME_CHARS for cell in map(short_name, (v["node"] for v in changed)))
+
+
+def test_a_scan_of_many_layers_names_the_most_sensitive_without_a_layout_warning():
+    """Real models 52: CapSpot's YOLOX detector scanned 83 layers; a legend of every one collapsed the axes and
+    matplotlib's "constrained_layout not applied because axes sizes collapsed to zero" UserWarning reached the
+    terminal with its file and line. The legend names the LEGEND_LAYERS most sensitive layers, the rest are drawn
+    unnamed and counted."""
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    curves = {f"Conv_{i}": {"levels": [0.1, 0.3, 0.6], "values": [99.0, 98.0 - i / 10, 97.0 - i / 5], "kind": "conv"}
+              for i in range(83)}
+    drawn = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = report_plots.sensitivity_curves(curves, metric="agreement", baseline=1.0, values_in_percent=True)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = Figure()
+    ax = fig.subplots()
+    original = type(ax).legend
+
+    def spy(self, *a, **k):
+        drawn.append(self.get_legend_handles_labels()[1])
+        return original(self, *a, **k)
+
+    type(ax).legend = spy
+    try:
+        report_plots.sensitivity_curves(curves, metric="agreement", baseline=1.0, values_in_percent=True)
+    finally:
+        type(ax).legend = original
+    (labels,) = drawn
+    assert len(labels) == report_plots.LEGEND_LAYERS + 2  # the named layers, the count of the rest, the dense line
+    assert "Conv_82" in labels and "Conv_0" not in labels  # the most sensitive (lowest values) are named
+    assert "(+67 less sensitive layers, unnamed)" in labels

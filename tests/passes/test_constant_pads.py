@@ -58,3 +58,65 @@ def test_pads_read_from_the_data_stay_computed():
                                                      axis=0))
     cast.input[0] = "data_pads"
     assert "/b0/Cast_output_0" not in computed_pads(model) and "/b1/Cast_output_0" in computed_pads(model)
+
+
+def _framed(hop: int = 256) -> onnx.ModelProto:
+    """x [1, samples] -> a layer over samples [1, samples, 8] -> Slice to frames = max(samples // hop, 1) (SwiftF0's
+    frame count, computed from Shape(x) and cut with a Slice) -> [1, frames, 8]."""
+    h = onnx.helper
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32), "w")
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in
+              (([1], "one_ax"), (1, "one"), (hop, "hop"), ([0], "zero"), ([1], "axis1"), ([2], "ax2"))]
+    nodes = [
+        h.make_node("Unsqueeze", ["x", "ax2"], ["x3"]), h.make_node("MatMul", ["x3", "w"], ["y"], name="layer"),
+        h.make_node("Shape", ["x"], ["shape"]), h.make_node("Gather", ["shape", "one"], ["n"], axis=0),
+        h.make_node("Div", ["n", "hop"], ["q"]), h.make_node("Max", ["q", "one"], ["frames"]),
+        h.make_node("Unsqueeze", ["frames", "zero"], ["end"]),
+        h.make_node("Slice", ["y", "zero", "end", "axis1"], ["out"]),
+    ]
+    graph = h.make_graph(nodes, "framed", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, "samples"])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, "frames", 8])], [w, *consts])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_slice_bound_computed_from_a_free_length_stays_computed():
+    """Real models 52: SwiftF0 cuts its frames at max(samples // 256, 1) from Shape(audio). That chain gave 1 for
+    each placeholder length (1, 2, 3), so it was folded to a Slice end of 1 and the model written ("the input model
+    is kept", parity passed on the load passes' rewrite) returned one frame of every clip where the input returns 62.
+    The bound stays computed: the model gives the input model's outputs in onnxruntime at every length."""
+    model = _framed()
+    check_full(model)
+    folded = ConstantPads()(copy.deepcopy(model), PruneState()).model
+    check_full(folded)
+    assert [n.op_type for n in folded.graph.node] == [n.op_type for n in model.graph.node]
+    rng = np.random.default_rng(2)
+    for samples in (100, 700, 16000):
+        x = rng.standard_normal((1, samples)).astype(np.float32)
+        got, want = run(folded, {"x": x})["out"], run(model, {"x": x})["out"]
+        assert got.shape == want.shape == (1, max(samples // 256, 1), 8)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_an_input_model_kept_unpruned_is_written_as_given_though_its_rewrite_is_smaller(tmp_path):
+    """Real models 52: SwiftF0 was kept unpruned and the load passes' rewrite, a smaller file (a chain folded), was
+    written in its place; a fold defect (above) made that file return one frame a clip while the run said "the input
+    model is kept". A kept input model with nothing shrunk is written as given, its bytes, whatever the sizes."""
+    import json
+
+    from tests.hardening.helpers import invoke
+
+    model = causal_tcn(seed=0)
+    folded = ConstantPads()(copy.deepcopy(model), PruneState()).model
+    assert folded.ByteSize() < model.ByteSize()  # the rewrite is the smaller file
+    path, out = tmp_path / "tcn.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(4).standard_normal((8, 3, 6)).astype(np.float32)
+    np.savez(tmp_path / "few.npz", x=x)  # 8 samples cannot certify 1 pp: the input model is kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
+    assert any(n == "the input model is written as it was given: nothing was pruned" for n in report["notes"])
+    written = onnx.load(out)
+    check_full(written)
+    np.testing.assert_array_equal(run(written, {"x": x})["logits"], run(model, {"x": x})["logits"])

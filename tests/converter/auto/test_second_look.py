@@ -85,3 +85,31 @@ def test_a_result_that_removes_almost_nothing_for_a_loss_keeps_the_input_model()
     assert "removes 0.5% of the weights (1.005x) for 0.40 pp: the input model is kept" in s.notes[0]
     for b in (best(50, 0.0), best(500, 0.4)):  # nothing lost; 5% removed
         assert s._worth_it(b) is b
+
+
+def test_a_result_rejected_beside_an_unpruned_start_leaves_no_candidate_kept_in_the_history(monkeypatch):
+    """Real models 52: SwiftF0's refit result (1.20x) was rejected by the second look and the one-shot start was the
+    input model, which the look returned at once, leaving the history's candidates marked kept: the note on what
+    stopped the search then spoke of "the result's 1.196x" beside a written model of 1.00x. Now no candidate past
+    the input model stays kept, whichever look returns it."""
+    from onnxprune.converter.auto import search as S
+    from onnxprune.converter.auto.decide import Decision
+
+    model = builders.lenet300_like(hidden=(32, 16), seed=7)
+    other = builders.lenet300_like(hidden=(32, 16), seed=8)
+    s = S._Search.__new__(S._Search)
+    s.original, s.notes = model, []
+    s.data = type("Data", (), {"second": object()})()
+    s.config = type("Config", (), {"max_loss": 1.0})()
+    s.rule = type("Rule", (), {"n": 195})()
+    monkeypatch.setattr(S, "BudgetRule", lambda data, budget: type("Rule", (), {"z": 1.0, "n": 65})())
+    s.judge = lambda m, rule: type("Judged", (), {"outputs": {"pitch": {"loss_pp": 12.94, "se_pp": 9.62}}})()
+    s.ratio = lambda masks: 1.0 if masks is None else 1.196
+    s.history = [{"ratio": 1.14, "kept": True, "fits": True}, {"ratio": 1.196, "kept": True, "fits": True},
+                 {"ratio": 1.21, "kept": False, "within": False, "output": "pitch"}]
+    start = S._Best(model, None, Decision(0.0, 0.0, 1.0, True, 195), {})
+    result = S._Best(other, {"w": np.ones(4, bool)}, Decision(0.5, 0.1, 1.0, True, 195), {})
+    assert s._second_look(result, start) is start
+    assert "second look: the search's result (1.20x) loses 12.94 pp" in s.notes[0]
+    assert not any(h["kept"] for h in s.history)
+    assert [h.get("second_look") for h in s.history] == ["rejected", "rejected", None]
