@@ -662,6 +662,8 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         f" max abs diff {p['max_abs_diff']:.2g} vs the dense model with the same weights"
         + (f" (within {p.get('noise_multiple') or _noise_multiple():g}x the dense model's own rounding noise, {p['noise_floor']:.2g}, on "
            f"'{p['worst_output']}')" if p.get("noise_floor") else "")
+        + (f"; the input model as onnxprune read it vs as given: max abs diff {r['max_abs_diff']:.2g}"
+           if (r := report.get("read_check")) else "")
     )
     m = report.get("metrics")
     for name, s in (m or {}).get("sets", {}).items():

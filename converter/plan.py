@@ -44,7 +44,7 @@ from onnxprune.converter.steps.scan import ClockStep, ScanConfig, ScanStep
 from onnxprune.converter.steps.shapes import RandomShapesStep
 from onnxprune.converter.steps.shrink import ShrinkConfig, ShrinkStep
 from onnxprune.converter.steps.targets import TargetsConfig, TargetsStep
-from onnxprune.converter.steps.verify import MeasureStep, VerifyConfig, VerifyStep
+from onnxprune.converter.steps.verify import MeasureStep, ReadCheckStep, VerifyConfig, VerifyStep
 from onnxprune.errors import ConfigError
 
 # Given per run, not part of a recipe (or of a checkpoint's fingerprint).
@@ -368,6 +368,7 @@ def build_plan(config: RunConfig) -> list[Step]:
     if has_data:
         steps.append(DataStep(config.data, split=decides and (retrain or auto), small_data=auto,
                               budget=config.budget.max_loss, output_budgets=config.budget.output_budgets))
+    steps.append(ReadCheckStep(config.data))
     steps.append(TargetsStep(config.targets, budgeted=budget))
     shrink = config.shrink
     if auto:

@@ -67,6 +67,7 @@ class RunState:
     final: onnx.ModelProto | None = None  # encoded: what gets written
     sparse_format: str | None = None  # how `final` stores its pruned weights (--sparse-format, or the input's own)
     parity: Any = None  # converter.verify.Parity
+    read_parity: Any = None  # converter.verify.Parity of the model as read against the input as given (read-check)
     metrics: dict | None = None  # the metric before/after on each data set
     final_outputs: list | None = None  # the calibration set's scored outputs of `final`, per batch (measure: the
     #                                    budget check judges this pass instead of running the model again)

@@ -46,6 +46,7 @@ class ReportStep(Step):
             "weight_bits": state.config.quantize.weight_bits if state.config is not None else None,
             "storage": describe_model(state.final),  # per weight: encoding, bytes, nonzeros
             "parity": state.parity.as_dict(),
+            "read_check": state.read_parity.as_dict() if state.read_parity is not None else None,
             "notes": state.notes,
             "history": state.history,
             "options": recipe_of(state.config) if state.config is not None else {},

@@ -8,6 +8,8 @@ import math
 import time
 from dataclasses import dataclass
 
+import onnx
+
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
 from onnxprune.converter.steps.data import draws_random_inputs
 from onnxprune.errors import ConfigError, ParityError, debugging
@@ -102,6 +104,74 @@ ACTIVATION_SECONDS = 10.0  # ... and, deadline or not, no batch after the first 
 # reading one, the step took 26 s)
 REST_LOADS = 3.0  # the report and the write after this step, in load steps' seconds
 VERIFY_SESSIONS = 3.0  # the parity check's sessions (oracle, written model, its optimised load), in load steps
+
+
+@register_step("read-check")
+class ReadCheckStep(Step):
+    """The model as read (the load passes' rewrite, every later step's reference) against the input as given."""
+
+    main_only = True
+    needs = ("original", "loaded")
+    gives = ("read_parity",)
+    optional = ("read_parity",)  # nothing rewritten, no rows to run, or the input as given too big to hold twice
+
+    def __init__(self, data):
+        super().__init__()
+        self.data_config = data
+
+    def run(self, state: RunState) -> None:
+        from onnxprune.converter.verify import check_read
+
+        given = _given(state)
+        if given is None:
+            return
+        random = state.data is None or draws_random_inputs(state.data.config)
+        if random:
+            from onnxprune.converter.verify import _refuse_huge_inputs
+            from onnxprune.errors import ModelError
+
+            try:  # inputs too big to draw: the parity check refuses them, in its words, before drawing any
+                _refuse_huge_inputs(state.original)
+            except ModelError:
+                return
+        feeds = parity_feeds(state, 1, self.data_config.input_shapes)
+        if not feeds:  # no data and no shapes chosen: the verifier's own random inputs (check_parity's)
+            from onnxprune.calibration.runtime import random_feeds
+
+            try:
+                feeds = [random_feeds(state.original, seed=0)]
+            except Exception:  # noqa: BLE001 - inputs no random draw can fill: the parity check says so later
+                return
+        feeds = [_read_rows(state.original, feed) for feed in feeds[:1]]
+        state.read_parity = check_read(given, state.original, feeds, source="random inputs" if random else "data")
+
+
+READ_BYTES = 1 << 30  # an input model past this is not held a second time for the read check
+
+
+def _given(state: RunState):
+    """The input model as given, beside the model as read, or None where the load passes did not run (a ModelProto
+    used as it is) or the file is too big to hold twice."""
+    loaded = state.loaded
+    if loaded is None or loaded.model is state.source or (loaded.file_size or 0) > READ_BYTES:
+        return None
+    if isinstance(state.source, onnx.ModelProto):
+        return state.source
+    try:
+        return onnx.load(str(loaded.path))
+    except Exception:  # noqa: BLE001 - read once already: a file changed under the run is not this check's to say
+        return None
+
+
+def _read_rows(model: onnx.ModelProto, feed: dict) -> dict:
+    """A feed's first READ_ROWS rows, where its arrays share a first axis that is no time axis; else all of it."""
+    from onnxprune.calibration.feeds import time_major_inputs
+    from onnxprune.calibration.metrics import split_batch
+    from onnxprune.converter.verify import READ_ROWS
+
+    if time_major_inputs(model):
+        return feed
+    return split_batch(feed, None, READ_ROWS)[0][0]
 
 
 @register_step("measure")

@@ -35,22 +35,23 @@ def _names(**choices) -> list[str]:
 
 def test_each_kind_of_run_is_its_own_step_list():
     tail = ["shrink", "encode", "verify"]
-    assert _names(sparsity=0.9) == ["load", "inventory", "random-shapes", "targets", "prune", *tail, "report"]
-    assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "targets",
+    assert _names(sparsity=0.9) == ["load", "inventory", "random-shapes", "read-check", "targets", "prune", *tail,
+                                    "report"]
+    assert _names(max_loss=1.0, data="d.npz", one_shot=True) == ["load", "inventory", "data", "read-check", "targets",
                                                                   "choose-apart", "scan", "fit-budget", "prune",
                                                                   "unread-rows", *tail, "measure", "report",
                                                                   "budget-check"]
-    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "targets", "auto-search",
+    assert _names(max_loss=1.0, data="d.npz") == ["load", "inventory", "data", "read-check", "targets", "auto-search",
                                                    "unread-rows", *tail, "measure", "report", "budget-check"]
-    assert _names(max_loss=1.0, data="d.npz", one_shot=True, time_budget="60s")[3:7] == ["targets", "choose-apart",
+    assert _names(max_loss=1.0, data="d.npz", one_shot=True, time_budget="60s")[4:8] == ["targets", "choose-apart",
                                                                                           "clock", "scan"]
     assert _names(max_loss=1.0, data="random") == _names(max_loss=1.0, data="random", one_shot=True)
     assert _names(max_loss=1.0, data="random")[:4] == ["load", "inventory", "random-shapes", "data"]  # no real data
-    assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "retrain",
-                                                                 *tail, "measure", "report"]
-    assert _names(max_loss=1.0, data="d.npz", iterations=2) == ["load", "inventory", "data", "targets", "scan",
-                                                                 "allocate", "budget-search", "unread-rows", *tail,
-                                                                 "measure", "report", "budget-check"]
+    assert _names(sparsity=0.9, data="d.npz", iterations=2) == ["load", "inventory", "data", "read-check", "targets",
+                                                                 "retrain", *tail, "measure", "report"]
+    assert _names(max_loss=1.0, data="d.npz", iterations=2) == ["load", "inventory", "data", "read-check", "targets",
+                                                                 "scan", "allocate", "budget-search", "unread-rows",
+                                                                 *tail, "measure", "report", "budget-check"]
 
 
 def test_only_the_budgeted_retraining_holds_out_a_validation_part():
@@ -110,14 +111,14 @@ def test_cli_plan_prints_the_steps_with_their_settings_and_does_nothing(tmp_path
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     steps = [ln.split()[1] for ln in lines if ln[:3].strip().rstrip(".").isdigit()]
-    assert steps == ["load", "inventory", "random-shapes", "data", "targets", "scan", "allocate", "budget-search",
-                     "shrink", "encode", "verify", "measure", "report", "budget-check"]
+    assert steps == ["load", "inventory", "random-shapes", "data", "read-check", "targets", "scan", "allocate",
+                     "budget-search", "shrink", "encode", "verify", "measure", "report", "budget-check"]
     assert "      lr = 0.02" in lines and "      max_loss = 0.5" in lines
     assert not out.exists()
     res = CliRunner().invoke(cli, ["prune", str(model), "-o", str(out), "--sparsity", "0.5", "--plan", "--json"])
     plan = json.loads(res.output)["plan"]
-    assert [p["step"] for p in plan][:5] == ["load", "inventory", "random-shapes", "targets", "prune"]
-    assert plan[2]["settings"]["sizes"] == [2, 32, 64, 224] and plan[3]["settings"]["sparsity"] == 0.5
+    assert [p["step"] for p in plan][:6] == ["load", "inventory", "random-shapes", "read-check", "targets", "prune"]
+    assert plan[2]["settings"]["sizes"] == [2, 32, 64, 224] and plan[4]["settings"]["sparsity"] == 0.5
     assert not out.exists()
 
 

@@ -121,3 +121,32 @@ def test_an_input_model_kept_unpruned_is_written_as_given_though_its_rewrite_is_
     written = onnx.load(out)
     check_full(written)
     np.testing.assert_array_equal(run(written, {"x": x})["logits"], run(model, {"x": x})["logits"])
+
+
+def test_a_load_pass_that_changes_the_outputs_is_caught_before_any_work(tmp_path, monkeypatch):
+    """Real models 52's L2: the load passes' rewrite is every later step's reference (the search's metric, the
+    parity check's oracle), so SwiftF0's wrong fold passed "verified, max abs diff 0" on itself. The read check runs
+    the input as given beside the model as read on a few rows of the data: with the fold's old placeholders (1, 2,
+    3), which made this model's frame count 1, the run stops in one line naming the output and writes nothing; with
+    the fold as it is, the report holds the read check's figure."""
+    import json
+
+    from onnxprune.passes import constant_weights
+    from tests.hardening.helpers import invoke
+
+    model = _framed()
+    path, out = tmp_path / "framed.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "clip.npz", x=np.random.default_rng(3).standard_normal((1, 700)).astype(np.float32))
+    args = ("prune", path, "-o", out, "--data", tmp_path / "clip.npz", "--sparsity", "0.5", "--json")
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["read_check"]["max_abs_diff"] == 0.0
+    out.unlink()
+    monkeypatch.setattr(constant_weights, "PLACEHOLDERS", (1, 2, 3))  # the defect real models 52 fixed
+    res = invoke(*args)
+    assert res.exit_code != 0 and not out.exists(), res.output
+    line = json.loads(res.stdout)["error"]["message"]
+    assert line.startswith("the model as onnxprune read it") and "output 'out' has shape (1, 1, 8) as onnxprune " \
+        "read it, (1, 2, 8) expected" in line and "onnxprune defect" in line, line
+    assert "Traceback" not in res.output
