@@ -1018,16 +1018,9 @@ def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int
     return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
-def einsum_complex(*, in_features: int = 12, modes: int = 3, c: int = 4, d: int = 5, classes: int = 4,
-                   seed: int = 0) -> onnx.ModelProto:
-    """A Fourier neural operator's spectral product as torch writes it: 'input' [N, in] -> two Gemm -> Tanh ->
-    Reshape, the real and imaginary parts xr, xi [N, modes, c]; then yr = xr W_r - xi W_i and yi = xr W_i + xi W_r,
-    each product an Einsum "nmc,mcd->nmd" with W_r, W_i [modes, c, d] (a matrix per mode, each weight read by two
-    Einsums) -> Concat -> Flatten -> Gemm -> 'logits' [N, classes] (sweep 48)."""
-    g = _Graph(seed)
-    g.initializers.append(numpy_helper.from_array(np.array([-1, modes, c], np.int64), "x_shape"))
-    parts = [g.op("Reshape", f"{p}", [g.op("Tanh", f"{p}t", [g.gemm("input", f"{p}t", in_features, modes * c)]),
-                                      "x_shape"]) for p in ("xr", "xi")]
+def _complex_product(g: _Graph, parts: list[str], modes: int, c: int, d: int) -> str:
+    """A Fourier neural operator's complex product of (xr, xi) [N, modes, c] with W_r, W_i [modes, c, d], each weight
+    read by two Einsums "nmc,mcd->nmd": yr = xr W_r - xi W_i, yi = xr W_i + xi W_r, concatenated and flattened."""
     g.weight("w_r", (modes, c, d), c)
     g.weight("w_i", (modes, c, d), c)
     prods = {}
@@ -1038,8 +1031,20 @@ def einsum_complex(*, in_features: int = 12, modes: int = 3, c: int = 4, d: int 
             prods[p, w] = out
     yr = g.op("Sub", "yr", [prods["r", "w_r"], prods["i", "w_i"]])
     yi = g.op("Add", "yi", [prods["r", "w_i"], prods["i", "w_r"]])
-    h = g.op("Flatten", "flat", [g.op("Concat", "y", [yr, yi], axis=2)], axis=1)
-    g.gemm(h, "fc", modes * 2 * d, classes)
+    return g.op("Flatten", "flat", [g.op("Concat", "y", [yr, yi], axis=2)], axis=1)
+
+
+def einsum_complex(*, in_features: int = 12, modes: int = 3, c: int = 4, d: int = 5, classes: int = 4,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A Fourier neural operator's spectral product as torch writes it: 'input' [N, in] -> two Gemm -> Tanh ->
+    Reshape, the real and imaginary parts xr, xi [N, modes, c]; then yr = xr W_r - xi W_i and yi = xr W_i + xi W_r,
+    each product an Einsum "nmc,mcd->nmd" with W_r, W_i [modes, c, d] (a matrix per mode, each weight read by two
+    Einsums) -> Concat -> Flatten -> Gemm -> 'logits' [N, classes] (sweep 48)."""
+    g = _Graph(seed)
+    g.initializers.append(numpy_helper.from_array(np.array([-1, modes, c], np.int64), "x_shape"))
+    parts = [g.op("Reshape", f"{p}", [g.op("Tanh", f"{p}t", [g.gemm("input", f"{p}t", in_features, modes * c)]),
+                                      "x_shape"]) for p in ("xr", "xi")]
+    g.gemm(_complex_product(g, parts, modes, c, d), "fc", modes * 2 * d, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "einsum_complex", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
@@ -1055,18 +1060,7 @@ def spectral_lift(*, length: int = 6, features: int = 5, c: int = 4, modes: int 
     n, k = np.arange(length), np.arange(modes)
     angle = 2 * np.pi * np.outer(k, n) / length
     parts = [g.op("MatMul", p, [g.const(p, m), h]) for p, m in (("cf", np.cos(angle)), ("sf", -np.sin(angle)))]
-    g.weight("w_r", (modes, c, d), c)
-    g.weight("w_i", (modes, c, d), c)
-    prods = {}
-    for x, p in zip(parts, ("r", "i")):
-        for w in ("w_r", "w_i"):
-            out = f"{p}_{w}"
-            g.nodes.append(helper.make_node("Einsum", [x, w], [out], equation="nmc,mcd->nmd", name=f"/Einsum_{out}"))
-            prods[p, w] = out
-    yr = g.op("Sub", "yr", [prods["r", "w_r"], prods["i", "w_i"]])
-    yi = g.op("Add", "yi", [prods["r", "w_i"], prods["i", "w_r"]])
-    y = g.op("Flatten", "flat", [g.op("Concat", "y", [yr, yi], axis=2)], axis=1)
-    g.gemm(y, "fc", modes * 2 * d, classes)
+    g.gemm(_complex_product(g, parts, modes, c, d), "fc", modes * 2 * d, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "spectral_lift", [_float("input", [BATCH, length, features])],
                   [_float("logits", [BATCH, classes])])

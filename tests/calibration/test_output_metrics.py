@@ -617,14 +617,20 @@ def test_an_unnamed_ctc_head_is_scored_by_its_text_and_its_values():
         [helper.make_tensor_value_info("387", TensorProto.FLOAT, ["T", 1, 12])], [w, b])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
-    feeds = []
-    for t in (17, 25, 20, 22):
-        x = rng.standard_normal((1, t, 8)).astype(np.float32)
-        x[0, ::4] *= 30.0  # a few positions where a character wins over the blank
-        feeds.append({"x": x})
+    feeds = _line_feeds(rng, (17, 25, 20, 22))
     ev = Evaluator(open_data(feeds, model), reference_model=model)
     assert ev.plan == {"387": "ctc_agreement+rel_l2"} and ev.sample_axes == (1,)
     assert ev.dense == 1.0
+
+
+def _line_feeds(rng, widths) -> list[dict]:
+    """One line a feed, x [1, T, 8] of its own width T, a few positions where a character wins over the blank."""
+    feeds = []
+    for t in widths:
+        x = rng.standard_normal((1, t, 8)).astype(np.float32)
+        x[0, ::4] *= 30.0
+        feeds.append({"x": x})
+    return feeds
 
 
 def test_a_time_major_softmax_ctc_head_of_one_line_a_feed_is_judged_by_its_text():
@@ -652,11 +658,7 @@ def test_a_time_major_softmax_ctc_head_of_one_line_a_feed_is_judged_by_its_text(
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
-    feeds = []
-    for t in (17, 25, 20, 22, 19, 24, 21, 18):  # one word a feed, each its own width
-        x = rng.standard_normal((1, t, 8)).astype(np.float32)
-        x[0, ::4] *= 30.0  # a few positions where a character wins over the blank
-        feeds.append({"x": x})
+    feeds = _line_feeds(rng, (17, 25, 20, 22, 19, 24, 21, 18))  # one word a feed, each its own width
     ev = Evaluator(open_data(feeds, model), reference_model=model)
     assert ev.plan == {"output": "ctc_agreement"} and ev.sample_axes == (1,)
     assert ev.dense == 1.0
