@@ -393,7 +393,8 @@ def _samples_first(evaluator, value):
 
 
 INPUT_KEPT_NOTE = ("the input model was kept: the written model's figures are the input model's own outputs on the "
-                   "data (no second pass over it); the parity check compares the written file with the input model")
+                   "data (no second pass over it); it is written as given, its nodes and weights as they were "
+                   "(unless --weight-bits asks for other storage)")
 
 
 def measure(data, final, keep: dict | None = None, reference: bool = False) -> dict:
