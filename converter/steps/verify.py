@@ -147,13 +147,21 @@ class ReadCheckStep(Step):
 
 
 READ_BYTES = 1 << 30  # an input model past this is not held a second time for the read check
+READ_COPIES = 3  # ... nor one whose copy and two sessions (the input's, the read model's) pass half the memory free
 
 
 def _given(state: RunState):
     """The input model as given, beside the model as read, or None where the load passes did not run (a ModelProto
-    used as it is) or the file is too big to hold twice."""
+    used as it is) or the file is too big to hold twice (READ_BYTES, or its copies past half the memory free)."""
+    from onnxprune.calibration.runtime import available_memory
+
     loaded = state.loaded
     if loaded is None or loaded.model is state.source or (loaded.file_size or 0) > READ_BYTES:
+        return None
+    free = available_memory()
+    if free is not None and READ_COPIES * (loaded.file_size or 0) > free // 2:
+        log.info("read check skipped: the input model held again beside its two sessions would pass half of the "
+                 "memory free")
         return None
     if isinstance(state.source, onnx.ModelProto):
         return state.source
