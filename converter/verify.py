@@ -186,7 +186,8 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
                          "input model as given")
                 .replace("this is a bug, please report it with --debug.", "").rstrip("; ."))
         raise ParityError(f"the model as onnxprune read it (its load passes: identities bypassed, copies merged, "
-                          f"constants folded) does not compute what the input model does on your {source}: {said}; "
+                          f"constants folded) does not compute what the input model does on "
+                          f"{'your data' if source == 'data' else 'random inputs'}: {said}; "
                           "nothing was pruned or written. This is an onnxprune defect: please report it with "
                           "--debug") from None
     worst = max(names, key=lambda n: gaps[n].rel, default="")

@@ -143,7 +143,7 @@ class ReadCheckStep(Step):
             except Exception:  # noqa: BLE001 - inputs no random draw can fill: the parity check says so later
                 return
         feeds = [_read_rows(state.original, feed) for feed in feeds[:1]]
-        state.read_parity = check_read(given, state.original, feeds, source="random inputs" if random else "data")
+        state.read_parity = check_read(given, state.original, feeds, source="random" if random else "data")
 
 
 READ_BYTES = 1 << 30  # an input model past this is not held a second time for the read check

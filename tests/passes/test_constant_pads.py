@@ -150,3 +150,18 @@ def test_a_load_pass_that_changes_the_outputs_is_caught_before_any_work(tmp_path
     assert line.startswith("the model as onnxprune read it") and "output 'out' has shape (1, 1, 8) as onnxprune " \
         "read it, (1, 2, 8) expected" in line and "onnxprune defect" in line, line
     assert "Traceback" not in res.output
+
+
+def test_a_run_without_data_checks_the_model_as_read_on_a_random_input(tmp_path):
+    """Without --data the read check runs the input and the model as read on one random input at the run's chosen
+    shapes (the parity check's own kind of input), and says so in report.json."""
+    import json
+
+    from tests.hardening.helpers import invoke
+
+    path, out = tmp_path / "tcn.onnx", tmp_path / "out.onnx"
+    onnx.save(causal_tcn(seed=0), path)
+    res = invoke("prune", path, "-o", out, "--sparsity", "0.5", "--json")
+    assert res.exit_code == 0, res.output
+    read = json.loads(res.stdout)["read_check"]
+    assert read["inputs"] == "random" and read["batches"] == 1 and read["max_abs_diff"] == 0.0
