@@ -74,7 +74,7 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _
                                                  graph_facts,
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
-                                                  FLOOR, THRESHOLDS, _flat, _n, _relative_errors, _top1, as_array,
+                                                  FLOOR, _flat, _n, _relative_errors, _top1, as_array,
                                                   base_kind, decision_threshold,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
@@ -1099,14 +1099,14 @@ def threshold_note(plan: Mapping[str, str], auto_chosen) -> str | None:
     0.5, a logit's sign) and the flags that read them at the user's own (real models 51: fastmrz thresholds its MRZ
     map at 0.25, the tool read it at 0.5). Naming an output replaces the automatic plan, so the flags keep the
     others scored with OUTPUT=auto."""
-    read = [(name, kind) for name, kind in plan.items() if name in auto_chosen and "@" not in kind
-            and kind.split("+")[0] in THRESHOLDS]
+    read = {name: kind for name, kind in plan.items() if name in auto_chosen and "@" not in kind
+            and decision_threshold(kind) is not None}
     if not read:
         return None
-    at = [f"'{name}' ({kind} at {THRESHOLDS[kind.split('+')[0]]:g})" for name, kind in read]
-    flags = [f"--metric {name}={kind.split('+')[0]}@T{''.join('+' + k for k in kind.split('+')[1:])}"
-             for name, kind in read]
-    others = [name for name in plan if name not in dict(read)]
+    at = [f"'{name}' ({kind} at {decision_threshold(kind):g})" for name, kind in read.items()]
+    flags = [f"--metric {name}={kind.replace('+', '@T+', 1) if '+' in kind else kind + '@T'}"
+             for name, kind in read.items()]
+    others = [name for name in plan if name not in read]
     keep = (" ".join(f"--metric {name}=auto" for name in others) if len(others) <= 2 else
             f"and --metric OUTPUT=auto for each of the {len(others)} other outputs, which naming one leaves unscored")
     return (f"{'outputs' if len(read) > 1 else 'output'} judged at a threshold: {listed(at, shown=6)}; if your "

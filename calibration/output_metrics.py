@@ -381,6 +381,13 @@ class Metric:
         return tuple(float(x) for x in terms.sum(axis=0)), int(counts.sum())
 
 
+# what 1 pp means for a kind read at a threshold, {t} the threshold (the registered kinds' own at their default, and
+# KIND@T's at the user's: `_at_metric`)
+AT_ONE_PP = {"mask_iou": "the IoU of the mask (the values over {t}) with the input model's drops by 0.01 on average",
+             "binary_prob": "1% of samples cross {t}, or a mean probability change of 0.01 (1 percentage point)",
+             "binary_logit": "1% of samples cross {t} (in the logit's own units), or their sigmoid moves by 0.01 on "
+                             "average (1 percentage point of the probability the logit stands for)"}
+
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(_accuracy, lambda s, n: s[0] / n, True, "1% of samples lose their right class", classes=True),
     "top5": Metric(_top5, lambda s, n: s[0] / n, True, "1% of samples lose the label from their top 5", classes=True),
@@ -394,8 +401,7 @@ METRICS: dict[str, Metric] = {
     "map_iou": Metric(_map_iou, lambda s, n: s[0] / n, False,
                       "the mean IoU of the class maps (argmax over axis 1) with the input model's drops by 0.01",
                       continuous=True),
-    "mask_iou": Metric(_mask_iou, lambda s, n: s[0] / n, False,
-                       "the IoU of the mask (the values over 0.5) with the input model's drops by 0.01 on average",
+    "mask_iou": Metric(_mask_iou, lambda s, n: s[0] / n, False, AT_ONE_PP["mask_iou"].format(t=0.5),
                        continuous=True),
     "ctc_agreement": Metric(_ctc_agreement, lambda s, n: s[0] / n, False,
                             "1% of samples change their decoded sequence (greedy CTC: repeats collapsed, blank "
@@ -403,8 +409,7 @@ METRICS: dict[str, Metric] = {
     "prob": Metric(_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
                    "1% of samples change class, or a mean largest probability change of 0.01", (False, True)),
     "binary_prob": Metric(_binary_prob, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
-                          "1% of samples cross 0.5, or a mean probability change of 0.01 (1 percentage point)",
-                          (False, True)),
+                          AT_ONE_PP["binary_prob"].format(t=0.5), (False, True)),
     "binary_logit": Metric(_binary_logit, lambda s, n: min(s[0] / n, max(0.0, 1.0 - s[1] / n)), False,
                            "1% of samples change sign, or their sigmoid moves by 0.01 on average (1 percentage "
                            "point of the probability the logit stands for)", (False, True)),
@@ -480,10 +485,6 @@ CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}
 THRESHOLDS = {"mask_iou": 0.5, "binary_prob": 0.5, "binary_logit": 0.0}  # the kinds that take one: their default
 RANGE_KINDS = {"mask_iou"}  # ... and those that take one of each sample's range (mask_iou@0.8r)
 _AT_SCORES = {"mask_iou": _mask_iou, "binary_prob": _binary_prob, "binary_logit": _binary_logit}
-AT_ONE_PP = {"mask_iou": "the IoU of the mask (the values over {t}) with the input model's drops by 0.01 on average",
-             "binary_prob": "1% of samples cross {t}, or a mean probability change of 0.01 (1 percentage point)",
-             "binary_logit": "1% of samples cross {t} (in the logit's own units), or their sigmoid moves by 0.01 on "
-                             "average (1 percentage point of the probability the logit stands for)"}
 
 
 @dataclass(frozen=True)

@@ -196,11 +196,13 @@ def _input_as_given(model, output: Path, report: dict, protect) -> None:
         from onnxprune.passes.storage import describe_model
 
         report["storage"] = describe_model(given)  # per weight, as written
-    why = (f", and its file ({nbytes(report['file_size_after'])}) is smaller than the rewritten one "
-           f"({nbytes(rewritten)})" if rewritten > report["file_size_after"] else
-           ", and its outputs stay the input's bit for bit (the model rewritten as it was read, "
-           f"{nbytes(rewritten)}, folds and bypasses nodes, which can move outputs in the last digits)"
-           if rewritten < report["file_size_after"] else "")
+    why = ""
+    if rewritten > report["file_size_after"]:
+        why = (f", and its file ({nbytes(report['file_size_after'])}) is smaller than the rewritten one "
+               f"({nbytes(rewritten)})")
+    elif rewritten < report["file_size_after"]:
+        why = (", and its outputs stay the input's bit for bit (the model rewritten as it was read, "
+               f"{nbytes(rewritten)}, folds and bypasses nodes, which can move outputs in the last digits)")
     report.setdefault("notes", []).append(f"the input model is written as it was given: nothing was pruned{why}")
 
 

@@ -134,15 +134,23 @@ def check_parity(
         for name, gap in _gaps(cand, names, group, wants).items():
             gaps.setdefault(name, _Gap()).merge(gap)
         del cand, wants
+    parity = _verdict(candidate, oracle, names, gaps, feeds, rtol, source)
+    try:  # also the optimised load a deployment will do
+        make_session(candidate, optimize=True)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime refuses the written model with optimisations on: {_ort_reason(exc)}") from None
+    return parity
+
+
+def _verdict(candidate, oracle: onnx.ModelProto, names: list[str], gaps: dict[str, _Gap], feeds, rtol: float,
+             source: str) -> Parity:
+    """The gaps judged: each output within `rtol` of its scale, or within the noise floor (`_within_noise`); raises
+    ParityError naming the first that is not; else the worst output's figures."""
     over = [name for name in names if gaps[name].rel > rtol]
     for name in over:
         if not np.isfinite(gaps[name].diff):
             _judge(f"output '{name}'", gaps[name], rtol, None)
     floors = _within_noise(candidate, oracle, over, feeds, rtol, source) if over else {}
-    try:  # also the optimised load a deployment will do
-        make_session(candidate, optimize=True)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime refuses the written model with optimisations on: {_ort_reason(exc)}") from None
     worst = max(names, key=lambda n: gaps[n].rel, default="")
     gap = gaps.get(worst, _Gap())
     return Parity(max_abs=gap.diff, max_rel=gap.rel, worst_output=worst, batches=len(feeds), source=source,
@@ -175,11 +183,7 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
         except Exception as exc:  # noqa: BLE001 - the input runs and the model as read does not
             raise ParityError(f"onnxruntime runs the input model but not the model as read: {_ort_reason(exc)}") \
                 from None
-        over = [name for name in names if gaps[name].rel > rtol]
-        for name in over:
-            if not np.isfinite(gaps[name].diff):
-                _judge(f"output '{name}'", gaps[name], rtol, None)
-        floors = _within_noise(read, given, over, feeds, rtol, source) if over else {}
+        return _verdict(read, given, names, gaps, feeds, rtol, source)
     except ParityError as exc:
         said = (str(exc).replace("in the written model", "as onnxprune read it")
                 .replace("differs from the dense model with the same weights", "differs as onnxprune read it from the "
@@ -190,10 +194,6 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
                           f"{'your data' if source == 'data' else 'random inputs'}: {said}; "
                           "nothing was pruned or written. This is an onnxprune defect: please report it with "
                           "--debug") from None
-    worst = max(names, key=lambda n: gaps[n].rel, default="")
-    gap = gaps.get(worst, _Gap())
-    return Parity(max_abs=gap.diff, max_rel=gap.rel, worst_output=worst, batches=len(feeds), source=source,
-                  noise_floor=floors.get(worst))
 
 
 def input_session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -175,15 +175,20 @@ def bilinear_layers(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, t
     return found
 
 
-def _read_once(graph: onnx.GraphProto, inits) -> list[tuple[str, onnx.NodeProto, int]]:
-    """(weight, its reader, the input index it is read at) for each of `inits` one node input reads, not frozen."""
+def _reads(graph: onnx.GraphProto, inits) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """Each of `inits` the graph's nodes read, not frozen -> (its reader, the input index read), a pair per read."""
     frozen = frozen_names(graph)
     readers: dict[str, list] = {}
     for node in graph.node:
         for k, name in enumerate(node.input):
-            if name in inits:
+            if name in inits and name not in frozen:
                 readers.setdefault(name, []).append((node, k))
-    return [(name, *reads[0]) for name, reads in readers.items() if len(reads) == 1 and name not in frozen]
+    return readers
+
+
+def _read_once(graph: onnx.GraphProto, inits) -> list[tuple[str, onnx.NodeProto, int]]:
+    """(weight, its reader, the input index it is read at) for each of `inits` one node input reads, not frozen."""
+    return [(name, *reads[0]) for name, reads in _reads(graph, inits).items() if len(reads) == 1]
 
 
 def _operand_letters(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, str] | None:
@@ -233,14 +238,9 @@ def _einsum_weights(model: onnx.ModelProto, rank: int, layout_of, key):
     graph = model.graph
     inits = {t.name: t for t in graph.initializer if t.data_type in FLOAT and len(t.dims) >= rank
              and t.data_location != onnx.TensorProto.EXTERNAL}
-    consts, frozen = {t.name for t in graph.initializer}, frozen_names(graph)
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for k, name in enumerate(node.input):
-            if name in inits:
-                readers.setdefault(name, []).append((node, k))
-    for name, reads in readers.items():
-        if name in frozen or len({id(node) for node, _ in reads}) != len(reads):
+    consts = {t.name for t in graph.initializer}
+    for name, reads in _reads(graph, inits).items():
+        if len({id(node) for node, _ in reads}) != len(reads):
             continue
         found = [(node, layout_of(node, k)) for node, k in reads]
         if all(layout is not None and node.input[1 - k] not in consts for (node, layout), (_, k) in zip(found, reads)) \
@@ -279,12 +279,9 @@ def _rewrite_flat(model: onnx.ModelProto, name: str, reads: list) -> None:
 
 def _rewrite_bilinear(model: onnx.ModelProto, name: str, node: onnx.NodeProto, axes: tuple, x_index: int) -> None:
     graph = model.graph
-    k = next(n for n, t in enumerate(graph.initializer) if t.name == name)
-    w = np.transpose(numpy_helper.to_array(graph.initializer[k]), axes)  # [i, o, j]
+    w = np.transpose(numpy_helper.to_array(next(t for t in graph.initializer if t.name == name)), axes)  # [i, o, j]
     i, o, j = w.shape
-    graph.initializer[k].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.reshape(i, o * j)), name))
-    for v in [v for v in graph.value_info if v.name == name]:
-        graph.value_info.remove(v)
+    _store(graph, name, w.reshape(i, o * j))
     x = node.input[x_index]
     y = next(n for m, n in enumerate(node.input) if m not in (x_index, list(node.input).index(name)))
     rank = len(_terms(node)[1])  # the output's letters: P then o
@@ -312,10 +309,7 @@ def _rewrite_bilinear(model: onnx.ModelProto, name: str, node: onnx.NodeProto, a
                                         name=f"{base}/bilinear_mul"),
                   onnx.helper.make_node("ReduceSum", [f"{base}/bilinear_p"], [out], axes=[rank], keepdims=0,
                                         name=f"{base}/bilinear_sum")]
-    at = list(graph.node).index(node)
-    graph.node.remove(node)
-    for n, new in enumerate(nodes):
-        graph.node.insert(at + n, new)
+    _replace(graph, node, nodes)
 
 
 def grouped_layout(node: onnx.NodeProto, weight_index: int) -> tuple[str, str, str, str, str, str] | None:

@@ -8,6 +8,7 @@ The shapes of every tensor depend only on the weights' shapes (and on small inte
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import onnx
@@ -194,29 +195,25 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-_SYMBOLIC: list = []  # onnxruntime's symbolic_shape_infer module, loaded once
-
-
+@functools.cache
 def _symbolic_module():
     """onnxruntime's `tools/symbolic_shape_infer.py`, loaded from its file: it needs only onnx, numpy, sympy and
     packaging, where `import onnxruntime.tools.symbolic_shape_infer` runs onnxruntime's package (its native library)
     and `onnxruntime.tools`, which imports torch when torch is installed (2.7 s of imports in all; heavy models 51's
     L7: `onnxprune inspect u2netp.onnx` imported both, and inspect imports neither)."""
-    if not _SYMBOLIC:
-        import importlib.util
-        from pathlib import Path
+    import importlib.util
+    from pathlib import Path
 
-        spec = importlib.util.find_spec("onnxruntime")  # finds the package without running it
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("onnxruntime is not installed")
-        path = Path(list(spec.submodule_search_locations)[0]) / "tools" / "symbolic_shape_infer.py"
-        module_spec = importlib.util.spec_from_file_location("_onnxprune_symbolic_shape_infer", path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"no symbolic shape inference at {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        _SYMBOLIC.append(module)
-    return _SYMBOLIC[0]
+    spec = importlib.util.find_spec("onnxruntime")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("onnxruntime is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "tools" / "symbolic_shape_infer.py"
+    module_spec = importlib.util.spec_from_file_location("_onnxprune_symbolic_shape_infer", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError(f"no symbolic shape inference at {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def conv_pads(auto_pad: str, size, kernel, strides, dilations, pads=None) -> list[int]:

@@ -205,6 +205,22 @@ class PerSample:
         return any(self.floored(j) for j in range(len(self.parts)))
 
 
+# what a thresholded kind's parts and unit say, {t} its threshold (the registered kinds' own at their default, and
+# KIND@T's at the user's: `_at_form`)
+_AT_WORDS = {"mask_iou": (("1 - mask IoU",), "1 - the IoU of its mask (the values over {t}) with the input model's "
+                          "(0 when neither has one)"),
+             "binary_prob": (("crossed {t}", "probability change"), "1 if its probability crossed {t}; and its "
+                             "absolute probability change (each bounded)"),
+             "binary_logit": (("crossed {t}", "probability change"), "1 if its logit crossed {t}; and the absolute "
+                              "change of its sigmoid (each bounded)")}
+
+
+def _at_words(base: str, t) -> tuple[tuple[str, ...], str]:
+    """(parts, unit) of a thresholded kind at threshold `t`."""
+    parts, unit = _AT_WORDS[base]
+    return tuple(p.format(t=t) for p in parts), unit.format(t=t)
+
+
 PER_SAMPLE: dict[str, PerSample] = {
     "accuracy": PerSample(_form("accuracy", True), True, ("accuracy",),
                           "1 if right, else 0 (paired with the dense model)"),
@@ -219,16 +235,13 @@ PER_SAMPLE: dict[str, PerSample] = {
     "map_iou": PerSample(_form("map_iou", False), False, ("1 - mean IoU",),
                          "1 - the mean over its classes of the IoU of its class maps (argmax over axis 1)",
                          binary=False, share=True),
-    "mask_iou": PerSample(_form("mask_iou", False), False, ("1 - mask IoU",),
-                          "1 - the IoU of its mask (the values over 0.5) with the input model's (0 when neither has "
-                          "one)", binary=False, share=True),
+    "mask_iou": PerSample(_form("mask_iou", False), False, *_at_words("mask_iou", 0.5), binary=False, share=True),
     "ctc_agreement": PerSample(_form("ctc_agreement", False), False, ("changed",),
                                "1 if its decoded sequence (greedy CTC) changed"),
     "prob": PerSample(_form("prob", False), False, ("changed", "probability change"),
                       "1 if its class changed; and its largest probability change (each bounded)",
                       binary=(True, False)),
-    "binary_prob": PerSample(_form("binary_prob", False), False, ("crossed 0.5", "probability change"),
-                             "1 if its probability crossed 0.5; and its absolute probability change (each bounded)",
+    "binary_prob": PerSample(_form("binary_prob", False), False, *_at_words("binary_prob", 0.5),
                              binary=(True, False)),
     "binary_logit": PerSample(_form("binary_logit", False), False, ("changed sign", "probability change"),
                               "1 if its logit changed sign; and the absolute change of its sigmoid (each bounded)",
@@ -263,24 +276,13 @@ def _both(first: str, second: str) -> PerSample:
 
 PER_SAMPLE.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
 
-# what a thresholded kind's parts and unit say at the user's threshold (output_metrics.THRESHOLDS: KIND@T)
-_AT_WORDS = {"mask_iou": (("1 - mask IoU",), "1 - the IoU of its mask (the values over {t}) with the input model's "
-                          "(0 when neither has one)"),
-             "binary_prob": (("crossed {t}", "probability change"), "1 if its probability crossed {t}; and its "
-                             "absolute probability change (each bounded)"),
-             "binary_logit": (("crossed {t}", "probability change"), "1 if its logit crossed {t}; and the absolute "
-                              "change of its sigmoid (each bounded)")}
-
-
 def _at_form(kind: str, base: str, at) -> PerSample:
     """A kind read at the user's threshold (mask_iou@0.3), or a pair led by one: the registered form's, its words
     at that threshold (output_metrics.Threshold)."""
     if "+" in base:
         return _both(*kind.split("+"))
-    parts, unit = _AT_WORDS[base]
-    t = str(at)
-    return replace(PER_SAMPLE[base], fn=_form(kind, False), parts=tuple(p.format(t=t) for p in parts),
-                   unit=unit.format(t=t))
+    parts, unit = _at_words(base, at)
+    return replace(PER_SAMPLE[base], fn=_form(kind, False), parts=parts, unit=unit)
 
 
 PER_SAMPLE = Registry(PER_SAMPLE, _at_form)
