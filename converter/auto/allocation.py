@@ -51,11 +51,17 @@ def global_masks(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], k
     scorer = scorer or Scorer()
     names = [n for n in masks if n in weights]
     scores = {n: scorer.rescore(n, weights[n]) for n in names}
-    lamps = {n: lamp_scores(scores[n], masks[n]) for n in names}
-    for n in names:  # each layer's best alive weight is not a candidate to drop
+    pinned = {n: pinned_entries(scorer, n, masks[n]) for n in names}
+    # a layer's LAMP is over the entries that may go: with the pinned ones in its sums (ranked last, so scored above
+    # every other), every other entry of the layer scored near 0 and went first (the corpus encoder's table, 76 of
+    # 257 rows read: each weight level emptied the rows the data reads, loss 59 pp)
+    lamps = {n: lamp_scores(scores[n], masks[n] & ~pinned[n]) for n in names}
+    for n in names:  # each layer's best alive weight is not a candidate to drop, nor are its pinned entries
         flat = lamps[n].reshape(-1)
-        if masks[n].any():
-            flat[int(np.argmax(np.where(masks[n].reshape(-1), flat, -np.inf)))] = np.inf
+        free = (masks[n] & ~pinned[n]).reshape(-1)
+        if free.any():
+            flat[int(np.argmax(np.where(free, flat, -np.inf)))] = np.inf
+        flat[(masks[n] & pinned[n]).reshape(-1)] = np.inf
     alive = sum(int(masks[n].sum()) for n in names)
     out = {n: m.copy() for n, m in masks.items()}
     drop = alive - max(int(keep_total), 0)
@@ -78,6 +84,16 @@ def global_masks(weights: dict[str, np.ndarray], masks: dict[str, np.ndarray], k
             if rows.any():  # a count under one weight a row would empty the layer: LAMP's own choice stays
                 out[n] = rows
     return out
+
+
+def pinned_entries(scorer: Scorer, name: str, mask: np.ndarray) -> np.ndarray:
+    """The entries of weight `name` the scorer ranks after every other (`Scorer.last`: embedding rows no sample
+    reads, given back their input values after the search), as a mask of `mask`'s shape; none for other weights.
+    They are kept at every level and left out of the counts a level takes a share of."""
+    last = getattr(scorer, "last", {}).get(name)  # (a scorer without a `last` ranks nothing last)
+    if last is None or np.shape(last) != np.shape(mask):
+        return np.zeros(np.shape(mask), dtype=bool)
+    return np.asarray(last, dtype=bool)
 
 
 def density(masks: dict[str, np.ndarray]) -> float:

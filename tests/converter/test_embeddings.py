@@ -291,3 +291,58 @@ def test_rows_a_loop_body_reads_are_counted_and_the_table_pruned_where_every_row
                                pruned[every[:16]].mean(axis=1) @ head.T + bias, rtol=1e-5, atol=1e-6)
     budgeted = run(model, configure(max_loss=1.0, data={"ids": every}, one_shot=True))
     assert not any("rows are not counted" in n or "does not all read" in n for n in budgeted.state.notes)
+
+
+def test_a_level_takes_its_share_of_the_rows_the_data_reads_not_of_the_pinned_ones():
+    """The unread rows are ranked after every other entry (`Scorer.last`) and given back after the search. With
+    them inside the table's LAMP sums, every read entry scored near 0 and went first: on the corpus encoder (76 of
+    257 rows read) each sgd weight level emptied the rows the data reads (loss 59 pp, 1.71x where the fix gives
+    2.29x), and the refit's per-layer step took 0.6 of the whole table's count, more than the read rows held
+    (68.75 pp). Now the pinned entries stay, and LAMP ranks the read entries among themselves."""
+    from onnxprune.converter.auto.allocation import global_masks, pinned_entries
+    from onnxprune.passes.criteria import Scorer
+
+    rng = np.random.default_rng(0)
+    table, fc = rng.normal(size=(20, 8)), rng.normal(size=(8, 8))
+    unread = np.zeros(table.shape, bool)
+    unread[5:] = True  # rows 5.. no sample reads: 120 of the 160 entries
+    scorer = Scorer(last={"table": unread})
+    masks = {"table": np.ones(table.shape, bool), "fc": np.ones(fc.shape, bool)}
+    np.testing.assert_array_equal(pinned_entries(scorer, "table", masks["table"]), unread)
+    assert not pinned_entries(scorer, "fc", masks["fc"]).any()
+    out = global_masks({"table": table, "fc": fc}, masks, 160 + 64 - 52, scorer)
+    assert out["table"][unread].all()  # the pinned entries stay
+    read_kept, fc_kept = int(out["table"][~unread].sum()), int(out["fc"].sum())
+    assert read_kept + fc_kept == 104 - 52
+    # the 40 read entries and fc's 64, alike in distribution, share the cut by LAMP (before: all 40 read went)
+    assert 10 <= read_kept <= 30 and 20 <= fc_kept <= 44, (read_kept, fc_kept)
+    kept, gone = np.abs(table[out["table"] & ~unread]), np.abs(table[~out["table"]])
+    assert kept.min() >= gone.max()  # within the read rows, by magnitude
+
+
+def test_the_refit_searchs_step_on_a_partly_read_table_cuts_the_rows_the_data_reads_only(monkeypatch):
+    """The per-layer phase's step keeps 0.6 of the table's entries that may go, the unread rows staying: on a
+    token classifier whose data reads 10 of 30 rows, the table's candidates keep every unread entry and about 0.6
+    of the read ones, and the written model agrees with its dense model in onnxruntime."""
+    from onnxprune.converter.auto import recovery
+
+    model = tb.token_classifier(vocab=30, dim=8, seq_len=5)
+    ids = _ids(600, 30, 5, rows=range(10))
+    seen = []
+    real = recovery.global_masks
+
+    def spy(weights, masks, keep, scorer=None):
+        out = real(weights, masks, keep, scorer)
+        if list(weights) == ["embed.weight"]:
+            seen.append((int(masks["embed.weight"][:10].sum()), out["embed.weight"]))
+        return out
+
+    monkeypatch.setattr(recovery, "global_masks", spy)
+    result = run(model, configure(data={"ids": ids}, max_loss=20.0, time_budget=60, recovery="reconstruct"))
+    assert seen, "the per-layer phase tried no step on the table"
+    for read_alive, mask in seen:
+        assert mask[10:].all()  # the unread rows stay
+        assert 0 < int(mask[:10].sum()) < read_alive  # a share of the read entries goes, never all of them
+    np.testing.assert_array_equal(weight_array(result.dense_model, "embed.weight")[10:],
+                                  weight_array(model, "embed.weight")[10:])
+    assert_same_outputs(result.model, result.dense_model, feeds=[{"ids": ids[:16]}])
