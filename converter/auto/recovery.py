@@ -15,6 +15,13 @@ The rule (`choose`), in order:
      clearly behind sgd and mostly far ahead: the comment above SMALL_DATA).
   4. otherwise sgd; when not one sgd round fits the time left (a slow step on a loaded machine, a large model),
      the reconstruct search takes over from the one-shot start instead of returning it.
+  5. after rule 3's refit search, with time left (the probe's share of the budget) and a decision set that
+     certifies the rule with PER_LAYER_Z times its margin: sgd rounds from its result (search._Search.
+     _retrain_after), every round judged by that stricter rule, the refit's result kept unless one passes. The
+     refit ends in seconds on small models and left most of a budget unused; distillation through the bridge then
+     goes further where the bridge's gradients reach what a layer-wise fit cannot (the corpus encoder, attention
+     over 64 tokens, 45 training sentences: 1.89x -> 2.27x, its held-out card faithful; the measurements in
+     tests/corpus/RESULTS.md, session 53).
 
 The reconstruct search. From the one-shot start, refit at its masks (level 0), two knobs in turn, each by the levels
 and bisection below: first **whole neurons** (level L masks 1 - 0.75^L of every channel group's neurons, the weakest
@@ -94,6 +101,7 @@ log = logging.getLogger(__name__)
 # mask (1.67x): the refit changed 4 of 1000 decision rows, SGD/Adam distillation (3-10 epochs) 6-10; both searches
 # ended at 1.28-1.29x. Not moved then: one model each way is no rule
 SMALL_DATA = 10_000
+SMALL_DATA_RULE = 3  # chosen() says which rule picked the backend: this one's refit may be retrained after (rule 5)
 RETRAINED = ("weights", "neurons", "polish")  # history phases of the sgd backend that retrained a candidate
 # the per-layer phase judges by the rule with this many times its margin (it looks at one decision set many times).
 # Measured with REFIT_PRIOR "auto" on sklearn_mlp_digits: z x1 3.89x, card held-out rel_l2 0.074 (bar 0.05); z x2
@@ -151,6 +159,12 @@ register_recovery = registrar(RECOVERY, "recovery backend")
 
 def choose(original, train, requested: str = "auto") -> tuple[str, str]:
     """(backend name, the rule that picked it); see the module docstring."""
+    return chosen(original, train, requested)[:2]
+
+
+def chosen(original, train, requested: str = "auto") -> tuple[str, str, int]:
+    """(backend name, the rule that picked it, its number in the module docstring: 1-4; rule SMALL_DATA_RULE's
+    refit search is followed by sgd rounds while time is left, rule 5)."""
     if requested == "sgd":  # sweep 30: a FusedConv model ran its scan, then stopped on the bridge's multi-line error
         why = bridge_refusal(original)
         if why:
@@ -158,30 +172,30 @@ def choose(original, train, requested: str = "auto") -> tuple[str, str]:
                               "use --recovery reconstruct (a layer-wise refit in onnxruntime), or leave --recovery "
                               "out and the search picks it")
     if requested != "auto":
-        return requested, "given (--recovery)"
+        return requested, "given (--recovery)", 1
     try:
         import torch  # noqa: F401
     except ImportError:
-        return "reconstruct", "torch is not installed: layer-wise refit with onnxruntime"
+        return "reconstruct", "torch is not installed: layer-wise refit with onnxruntime", 2
     if not _has_float_output(original):
         return "reconstruct", ("no output of the model is a float tensor (integer labels or ids only): nothing to "
-                               "train against; layer-wise refit")
+                               "train against; layer-wise refit"), 2
     why = bridge_refusal(original)
     if why:
-        return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit"
+        return "reconstruct", f"the torch bridge cannot run this graph ({why}): layer-wise refit", 2
     literal = literal_batch(original)
     if literal:
         return "reconstruct", (f"every input fixes a batch of {literal[0]} and {literal[1]} reshapes to it (the "
                                "exporter's literal shape runs no other batch, sgd's batches of samples included): "
-                               "layer-wise refit")
+                               "layer-wise refit"), 2
     n = getattr(train, "num_samples", None)
     # feeds used as is are counted a feed each (sweep 27: a stateful VAD's 30 feeds of 4 streams were "30 training
     # samples"); the rule's threshold is not changed here
     unit = "training feeds (each used as is)" if getattr(train, "per_feed", False) else "training samples"
     if not getattr(train, "has_labels", False) and n is not None and n < SMALL_DATA:
-        return "reconstruct", f"no labels and {n} {unit} (< {SMALL_DATA}): layer-wise refit"
+        return "reconstruct", f"no labels and {n} {unit} (< {SMALL_DATA}): layer-wise refit", 3
     return "sgd", "the torch bridge runs the graph" + (" with labels" if getattr(train, "has_labels", False)
-                                                      else f" and {n} {unit} (>= {SMALL_DATA})")
+                                                      else f" and {n} {unit} (>= {SMALL_DATA})"), 4
 
 
 def literal_batch(model) -> tuple[int, str] | None:

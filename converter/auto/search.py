@@ -39,7 +39,7 @@ from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision, rule_ceilings, worst_figures
 from onnxprune.converter.auto.exam import EXAM_LOOKS, exam_looks, exam_split
 from onnxprune.converter.auto.report import more_data, part_figure
-from onnxprune.converter.auto.recovery import RECOVERY, choose
+from onnxprune.converter.auto.recovery import RECOVERY, SMALL_DATA_RULE, chosen
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import Scoring
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array, zeros_of
@@ -217,10 +217,13 @@ class _Search:
             return AutoResult(best.model, best.masks, self.history, self.choices, self.notes, best.decision,
                               self.rule.statement(), self.sensitivity, self.one_shot,
                               kept_input=best.model is self.original)
-        name, why = choose(self.original, self.data.train, self.config.recovery)
+        name, why, rule = chosen(self.original, self.data.train, self.config.recovery)
         self.choices["recovery"] = {"value": name, "rule": why}
         log.info("auto: recovery by %s (%s)", name, why)
-        best = self._second_look(RECOVERY[name]().search(self, best), start)
+        best = RECOVERY[name]().search(self, best)
+        if rule == SMALL_DATA_RULE and self.choices["recovery"]["value"] == "reconstruct":
+            best = self._retrain_after(best)
+        best = self._second_look(best, start)
         best = self._final_exam(best, start)
         best = self._worth_it(best)
         same = self._same_samples(best)
@@ -380,6 +383,8 @@ class _Search:
         if not self._hyper(best):
             return best
         knobs = self._knobs()
+        for k in knobs:  # from where the start's levels are (the refit's neuron level, when rule 5 retrains after it)
+            k.level = best.levels.get(k.name, 0.0)
         best, kept, timed_out = self._rounds(best, knobs)
         passes = 1
         while kept and not timed_out and passes < MAX_PASSES and not self._stuck:  # time left: polish, push again
@@ -391,6 +396,28 @@ class _Search:
         if self._polished is not best and not self._stuck:
             best = self._polish(best)
         return best
+
+    def _retrain_after(self, best: _Best) -> _Best:
+        """Rule 5 (recovery.py): the refit search rule 3 chose ended with time left: sgd rounds from its result.
+        Every round is judged by the strict rule (the refit looked at the decision set many times: fixed-sequence
+        testing), so it does not start where that rule cannot certify the budget; the weight knob starts at the
+        refit's density (`d0`), the neuron knob at its level. The refit's result stays unless a round passes."""
+        from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+        if self.left() < hyper.PROBE_SHARE * self.span + self.tail or not self.strict_rule().resolves():
+            return best
+        self.choices["retrain_after"] = {"value": "sgd", "rule": "the refit search ended with time left: sgd "
+                                         "rounds from its result, each judged with the stricter rule"}
+        self.notes.append(f"recovery: the refit search ended with {self.left():.0f} s left; masked retraining "
+                          f"rounds through the torch bridge go on from its result, each judged with "
+                          f"{PER_LAYER_Z:g}x the margin")
+        log.info("auto: the refit ended with %.0f s left: sgd rounds from its result", self.left())
+        self._undone = True  # every round by the strict rule (_round_rule)
+        self.d0 = density(best.masks)
+        start = _Best(best.model, best.masks, best.decision,
+                      {"weights": 0.0, "neurons": best.levels.get("neurons", 0.0)})
+        result = self.sgd_rounds(start)
+        return best if result is start else result
 
     @property
     def deadline(self) -> float:

@@ -157,6 +157,49 @@ def test_the_per_layer_phase_uses_the_time_left_and_keeps_only_candidates_within
     onnx.checker.check_model(result.model)
 
 
+def test_the_refit_search_ended_with_time_left_retrains_from_its_result_by_the_stricter_rule(refit_search,
+                                                                                              small_unlabelled):
+    """Rule 5: the refit search (rule 3) ends with most of the time budget left; masked retraining rounds through the
+    bridge go on from its result: the weight knob from the refit's density, the neuron knob from its level, every
+    round judged with PER_LAYER_Z times the margin (the refit looked at the decision set many times). None passes
+    on this MLP, so the refit's result is written, and it agrees with its dense model in onnxruntime. (The corpus
+    encoder: 1.89x -> 2.27x, faithful on its held-out card.)"""
+    from onnxprune.converter.auto.recovery import PER_LAYER_Z
+
+    model, data = small_unlabelled
+    report = refit_search.report
+    history = report["history"]
+    phases = [h["phase"] for h in history]
+    probe = phases.index("probe")
+    assert probe > max(i for i, p in enumerate(phases) if p.startswith("reconstruct"))
+    after = history[probe + 1:]
+    assert after and {h["phase"] for h in after} <= {"weights", "neurons", "polish"}
+    assert all(h.get("strictness") == PER_LAYER_Z for h in after)
+    assert report["auto"]["choices"]["retrain_after"]["value"] == "sgd"
+    assert any(n.startswith("recovery: the refit search ended with") for n in report["auto"]["notes"])
+    refit = [h for h in history[:probe] if h["kept"]][-1]  # the refit's result: the rounds start from it
+    first_w = next(h for h in after if h["phase"] == "weights")
+    assert first_w["overall_density"] == pytest.approx(refit["overall_density"] * 0.6, abs=0.02)
+    first_n = next(h for h in after if h["phase"] == "neurons")
+    assert first_n["neuron_share"] > 1 - 0.75 ** refit.get("levels", {}).get("neurons", 0.0) - 1e-9
+    if not any(h["kept"] for h in after):  # nothing passed: the refit's result is the run's
+        assert report["compression"] == pytest.approx(refit["ratio"], rel=1e-6)
+    assert report["budget"]["met"]
+    assert_same_outputs(refit_search.model, refit_search.dense_model, feeds=[{"input": data["input"][:64]}])
+
+
+def test_no_retraining_after_a_refit_the_user_asked_for_or_where_its_rule_cannot_certify(small_unlabelled):
+    """`--recovery reconstruct` is rule 1, not 5: the user's refit only. 300 samples (225 deciding) cannot certify a
+    changed-class output at 2x the margin: no round could pass but by luck, so none starts."""
+    model, data = small_unlabelled
+    given = run(model, configure(max_loss=1.0, data=data, time_budget=60, seed=0, recovery="reconstruct"))
+    small = run(model, configure(max_loss=1.0, data={"input": data["input"][:300]}, time_budget=60, seed=0))
+    for result in (given, small):
+        assert "probe" not in [h["phase"] for h in result.report["history"]]
+        assert "retrain_after" not in result.report["auto"]["choices"]
+        assert result.report["budget"]["met"]
+
+
 def test_the_per_layer_phase_is_skipped_when_its_margin_cannot_certify_the_budget(small_unlabelled):
     """225 decision samples: even a candidate changing none of them is over 1 pp by Wilson's bound at 2 SE
     (400/229 pp), so the phase would keep only luck; it is skipped and says what it would need."""
