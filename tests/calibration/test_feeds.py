@@ -774,3 +774,47 @@ def test_inspects_line_for_scalars_beside_a_batch_of_one_writes_many_samples_tha
     feeds = [f for f, _ in reader.batches()]
     assert reader.per_feed and len(feeds) == 64 and all(f["x"].shape == (1, 4) and f["flag"].shape == () for f in feeds)
     assert run(model, feeds[0])["logits"].shape == (1, 3)  # onnxruntime runs a feed as read
+
+
+def _log_likelihood_model():
+    """x [N, 4] -> logits = x W, logp = ReduceSum(x log(sigmoid(z)) + (1 - x) log(1 - sigmoid(z))) [N]: a density
+    model's per-sample output, exported naively, -inf and NaN where the sigmoid saturates."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) * 40
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Sigmoid", ["logits"], ["p"]),
+             helper.make_node("Log", ["p"], ["lp"]), helper.make_node("Sub", ["one", "p"], ["q"]),
+             helper.make_node("Log", ["q"], ["lq"]), helper.make_node("Mul", ["x", "lp"], ["a"]),
+             helper.make_node("Sub", ["one", "x"], ["nx"]), helper.make_node("Mul", ["nx", "lq"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["ll"]), helper.make_node("ReduceSum", ["ll", "axes"], ["logp"],
+                                                                          keepdims=0)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(1, np.float32), "one"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "ll", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("logp", TensorProto.FLOAT, ["N"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_an_output_with_the_same_nan_together_and_alone_leaves_rows_samples(tmp_path, monkeypatch):
+    """Sweep 49: a MADE's per-sample log-likelihood, exported by torch legacy as log(sigmoid(z)), is -inf or NaN
+    where the sigmoid saturates. The probe compared NaN with NaN as a change, so its 440 binarized images were "not
+    independent samples", one feed, and the input model was kept. The same NaN run together and alone is no change;
+    a NaN in one run only still is."""
+    from onnxprune.calibration import feeds
+    from onnxprune.calibration.feeds import _close, rows_interact
+    from onnxprune.calibration.runtime import input_specs, make_session
+
+    model = _log_likelihood_model()
+    x = (np.random.default_rng(1).random((40, 4)) < 0.5).astype(np.float32)
+    logp = make_session(model).run(["logp"], {"x": x})[0]
+    assert np.isnan(logp).any() and np.isfinite(logp).any()  # the input model's own NaN, on some rows only
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    assert rows_interact(model, {"x": x}, input_specs(model), [], {}) is None
+    np.savez(tmp_path / "calib.npz", x=x)
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    assert open_data(tmp_path / "calib.npz", model).num_samples == 40
+    nan = np.array([1.0, np.nan, -np.inf])
+    assert _close(nan, nan.copy()) and not _close(np.array([1.0, 2.0, -np.inf]), nan)
