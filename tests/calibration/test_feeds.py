@@ -818,3 +818,56 @@ def test_an_output_with_the_same_nan_together_and_alone_leaves_rows_samples(tmp_
     assert open_data(tmp_path / "calib.npz", model).num_samples == 40
     nan = np.array([1.0, np.nan, -np.inf])
     assert _close(nan, nan.copy()) and not _close(np.array([1.0, 2.0, -np.inf]), nan)
+
+
+def _loss_beside_logits_model():
+    """x [N, 6], labels [N] -> logits = relu(x W1) W2 [N, 3] and loss = the batch's mean cross-entropy [] (a
+    classifier exported with its training loss as a second output)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["logits"]),
+             helper.make_node("SoftmaxCrossEntropyLoss", ["logits", "labels"], ["loss"], reduction="mean")]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w2")]
+    graph = helper.make_graph(nodes, "ce", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                            helper.make_tensor_value_info("labels", TensorProto.INT64, ["N"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+                               helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_an_output_metric_leaves_out_does_not_make_the_rows_one_feed(tmp_path, monkeypatch):
+    """Sweep 49: a classifier exported with its batch's mean cross-entropy beside the logits ('loss' [], the labels
+    an input). The loss follows no row, so the rows were one feed, and the input model was kept, also under
+    --metric logits=agreement, which leaves the loss out. Unscored, it decides nothing about the rows: the run's
+    440 rows stay samples. Scored (no --metric), the rows are one feed, and the warning names --metric's way out."""
+    from onnxprune.calibration import feeds
+    from onnxprune.calibration.feeds import probed_outputs, rows_interact
+    from onnxprune.calibration.runtime import input_specs
+
+    model = _loss_beside_logits_model()
+    rng = np.random.default_rng(1)
+    arrays = {"x": rng.standard_normal((440, 6)).astype(np.float32), "labels": rng.integers(0, 3, 440)}
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    why = rows_interact(model, arrays, input_specs(model), [], {})
+    assert "output 'loss' ([] for 4 rows) does not follow the rows" in why and "--metric" in why
+    with probed_outputs({"logits"}):
+        assert rows_interact(model, arrays, input_specs(model), [], {}) is None
+    np.savez(tmp_path / "calib.npz", **arrays)
+    onnx.save(model, tmp_path / "ce.onnx")
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "ce.onnx"), "-o", str(tmp_path / "out.onnx"), "--sparsity",
+                                   "0.3", "--data", str(tmp_path / "calib.npz"), "--metric", "logits=agreement"])
+    assert res.exit_code == 0, res.output
+    assert "not independent samples" not in res.output and "440 samples" in res.output
+    out = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    from onnxprune.calibration.runtime import make_session
+
+    feed = {"x": arrays["x"][:64], "labels": arrays["labels"][:64]}
+    dense, pruned = make_session(model).run(None, feed), make_session(out).run(None, feed)
+    assert pruned[0].shape == dense[0].shape and np.isfinite(pruned[1]) and pruned[1].shape == ()
