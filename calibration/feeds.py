@@ -36,6 +36,7 @@ if any, are passed on as they are. `--limit` and the validation split count feed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import zipfile
@@ -306,6 +307,22 @@ def rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_majo
 
 
 _ROWS_VERDICTS: dict[tuple, str | None] = {}
+_PROBED: list[frozenset[str] | None] = [None]  # the outputs that decide, when --metric names them (probed_outputs)
+
+
+@contextlib.contextmanager
+def probed_outputs(names):
+    """Only the outputs `names` (None: every output) decide whether stacked rows are samples: --metric naming the
+    outputs that count, entered for a run by pipeline.run. Sweep 49: a classifier exported with its batch's mean
+    cross-entropy beside the logits ('loss' [], the labels an input) made its 440 images one feed under --metric
+    logits=agreement too, and the input model was kept ("1 feeds cannot certify --max-loss 1 for output 'logits'").
+    An output no one scores need not follow the rows; the runs give it the same batches before and after."""
+    before = _PROBED[0]
+    _PROBED[0] = None if names is None else frozenset(names)
+    try:
+        yield
+    finally:
+        _PROBED[0] = before
 
 
 def _probe_key(model, arrays: dict, specs: list[InputSpec], shared, time_major: dict[str, str], k: int) -> tuple:
@@ -320,7 +337,7 @@ def _probe_key(model, arrays: dict, specs: list[InputSpec], shared, time_major: 
                                  if s.name in time_major else arrays[s.name][:k])
         digest.update(f"{s.name}{a.shape}{a.dtype.str}".encode())
         digest.update(a.tobytes())
-    return (digest.hexdigest(), tuple(o.name for o in model.graph.output))
+    return (digest.hexdigest(), tuple(o.name for o in model.graph.output), _PROBED[0])
 
 
 def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_major: dict[str, str],
@@ -355,6 +372,8 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
         return None if batch else _whole_only(session, cut, exc)
     names = [o.name for o in session.get_outputs()]
     for j, name in enumerate(names):
+        if _PROBED[0] is not None and name not in _PROBED[0]:
+            continue  # --metric leaves it out: it decides nothing, about the rows neither
         whole = together[j]
         parts = [a[j] for a in alone]
         if not isinstance(whole, np.ndarray) or not all(isinstance(p, np.ndarray) for p in parts):
@@ -369,8 +388,10 @@ def _rows_interact(model, arrays: dict, specs: list[InputSpec], shared, time_maj
         if axis is None:  # one value for all the rows: it must not depend on which rows ran
             same = all(p.shape == whole.shape and _close(p, whole) for p in parts)
             if not same:
+                hint = (" (a batch's loss or statistic? --metric naming only the outputs that count, OUTPUT=KIND, "
+                        "leaves it out and the rows samples)") if len(names) > 1 and _PROBED[0] is None else ""
                 return (f"output '{name}' ({list(whole.shape)} for {k} rows) does not follow the rows and changes "
-                        "with them")
+                        f"with them{hint}")
             continue
         joined = np.concatenate(parts, axis=axis)
         m = part.shape[axis]  # rows a sample, one target's after another's when `whole` is target-major
@@ -416,8 +437,9 @@ def _close(a, b) -> bool:
     if not np.issubdtype(b.dtype, np.floating):
         return bool(np.array_equal(a, b))
     a, b = a.astype(np.float64), b.astype(np.float64)
-    finite = np.isfinite(b)
-    if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite]):
+    finite = np.isfinite(b)  # the same inf or NaN in both is no change (sweep 49: a MADE's log-likelihood, NaN
+    # where the export's log(sigmoid) underflows, made its 440 images one feed and kept the input model)
+    if not np.array_equal(finite, np.isfinite(a)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
         return False
     a, b = a[finite], b[finite]
     scale = float(np.abs(b).max()) if b.size else 0.0

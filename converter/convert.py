@@ -191,6 +191,10 @@ def _input_as_given(model, output: Path, report: dict, protect) -> None:
         return
     given = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     modelio.save_model(given, output, protect=protect)
+    from onnxprune.passes.merge_copies import FILE_SAVING
+
+    # the copies merged at load are the input's again: their notes' savings are not in this file
+    report["notes"] = [n for n in report.get("notes") or [] if not (isinstance(n, str) and n.endswith(FILE_SAVING))]
     rewritten, report["file_size_after"] = report["file_size_after"], modelio.saved_size(output)
     if "storage" in report:
         from onnxprune.passes.storage import describe_model

@@ -534,11 +534,16 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     if info.get("unfed"):
         console.print(f"note: {info['unfed']}", markup=False, highlight=False)
     if info.get("npz_example"):
+        # sweep 49: a model that takes its labels ('labels' [N], a loss output beside the logits) reads that array as
+        # its input, so labels to score against go under another name
+        taken = any(v["name"] == "labels" for v in info.get("inputs") or [])  # calibration.readers.DEFAULT_LABELS
+        labels = ("add the labels to score against under another name with --labels NAME if you have them (the "
+                  "array 'labels' feeds the model's input of that name)" if taken
+                  else "add labels=... if you have them")
         console.print("calibration data (replace the zeros with a few hundred real samples drawn at random from your "
                       "data, at least 100 for --max-loss, 440 or more to let the search guard its later looks (a "
-                      "final exam on samples no candidate was judged on, or a stricter rule), and add labels=... if "
-                      "you have them; a file whose inputs "
-                      "cannot be stacked along the first axis is read as one feed):")
+                      f"final exam on samples no candidate was judged on, or a stricter rule), and {labels}; a file "
+                      "whose inputs cannot be stacked along the first axis is read as one feed):")
         console.print(f"  {info['npz_example']}", markup=False, highlight=False)
         if info.get("npz_open"):  # real models 45: a mel front end's [N, L] audio got L = 8, which it cannot run
             open_ = info["npz_open"]

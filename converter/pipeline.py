@@ -74,6 +74,7 @@ def run(source, config: RunConfig, progress: Progress | None = None,
     backend = distributed.setup(config.retrain.device)  # torchrun's processes join here; alone: nothing happens
     state = RunState(source=source, config=config, progress=progress or (lambda *a, **k: None),
                      started=started or 0.0, reports=reports)
+    from onnxprune.calibration.feeds import probed_outputs
     from onnxprune.converter.auto.decide import decision_scope
 
     from onnxprune.passes.quantized_weights import as_written
@@ -86,7 +87,8 @@ def run(source, config: RunConfig, progress: Progress | None = None,
     torch = sys.modules.get("torch")  # a host that turned gradients off (torch.no_grad) must not stop retraining
     grads = torch.enable_grad() if torch is not None else contextlib.nullcontext()
     try:
-        with decision_scope(config.budget.confidence), runtime.session_view(written), grads:
+        with decision_scope(config.budget.confidence), runtime.session_view(written), grads, \
+                probed_outputs(_named_outputs(config.data.metric)):  # an output --metric leaves out: not probed
             # every decision rule of the run takes --confidence's margin
             run_steps(build_plan(config), state, is_main=backend.is_main)
     finally:
@@ -110,3 +112,16 @@ def run(source, config: RunConfig, progress: Progress | None = None,
     return PruneResult(model=state.final, dense_model=dense, original=original, state=state.prune,
                        inventory=state.inventory, report=state.report, sensitivity=state.sensitivity,
                        history=state.history, deadline=state.deadline)
+
+
+def _named_outputs(metric) -> frozenset[str] | None:
+    """The outputs --metric names when only they count (OUTPUT=KIND and no bare KIND); None: every output counts.
+    A spec the data step will refuse is left to it (None here)."""
+    from onnxprune.calibration.metric_choice import parse_metric_spec
+    from onnxprune.errors import ConfigError
+
+    try:
+        headline, named = parse_metric_spec(metric)
+    except ConfigError:
+        return None
+    return frozenset(named) if named and headline is None else None

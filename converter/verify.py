@@ -76,13 +76,16 @@ class _Gap:
     diff: float = 0.0
     rel: float = 0.0
     scale: float = 0.0  # the largest |value| over the feeds (floored at 1e-6)
+    moved: int = 0  # values NaN/inf in one model and not the other, or another NaN/inf (`_judge_moved`)
 
-    def add(self, diff: float, scale: float) -> None:
+    def add(self, diff: float, scale: float, moved: int = 0) -> None:
         self.diff, self.rel, self.scale = max(self.diff, diff), max(self.rel, diff / scale), max(self.scale, scale)
+        self.moved += moved
 
     def merge(self, other: "_Gap") -> None:
         self.diff, self.rel, self.scale = (max(self.diff, other.diff), max(self.rel, other.rel),
                                            max(self.scale, other.scale))
+        self.moved += other.moved
 
 
 def _runtime_only_op_of(message: str, oracle: onnx.ModelProto) -> bool:
@@ -146,6 +149,7 @@ def _verdict(candidate, oracle: onnx.ModelProto, names: list[str], gaps: dict[st
              source: str) -> Parity:
     """The gaps judged: each output within `rtol` of its scale, or within the noise floor (`_within_noise`); raises
     ParityError naming the first that is not; else the worst output's figures."""
+    _judge_moved(oracle, [name for name in names if gaps[name].moved], gaps, feeds, source)
     over = [name for name in names if gaps[name].rel > rtol]
     for name in over:
         if not np.isfinite(gaps[name].diff):
@@ -315,8 +319,9 @@ def _declared_only_batch(model: onnx.ModelProto, feed: dict) -> bool:
     return True
 
 
-def _compare(name: str, got, want) -> tuple[float, float]:
-    """(max abs difference, scale) of one output on one feed; ParityError when they differ in kind, not degree.
+def _compare(name: str, got, want) -> tuple[float, float, int]:
+    """(max abs difference, scale, values NaN/inf in one and not the other or another NaN/inf) of one output on one
+    feed, the difference over the values finite in both; ParityError when they differ in kind, not degree.
 
     Non-tensor outputs are compared by value: a sequence of maps (ZipMap) must have the same keys, and its values
     are compared as numbers like any tensor; a sequence of tensors is stacked. Non-float values must be equal."""
@@ -336,22 +341,21 @@ def _compare(name: str, got, want) -> tuple[float, float]:
             diff = int(np.count_nonzero(g != w)) if g.shape == w.shape else g.size
             raise ParityError(f"output '{name}' ({g.dtype} values) differs from the dense model with the same weights "
                               f"in {diff} of {g.size} element(s); this is a bug, please report it with --debug.")
-        return 0.0, 1.0
-    diff, top = 0.0, 0.0
+        return 0.0, 1.0, 0
+    diff, top, moved = 0.0, 0.0, 0
     flat_g, flat_w = got.reshape(-1), want.reshape(-1)
     for start in range(0, flat_w.size, COMPARE_CHUNK):  # in float64, a chunk at a time: a language model's logits
         g = flat_g[start:start + COMPARE_CHUNK].astype(np.float64)  # (64 x 32 x 50,257 a batch) were copied
         w = flat_w[start:start + COMPARE_CHUNK].astype(np.float64)  # whole, twice, and their difference too
-        finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both
-        if not np.array_equal(g[~finite], w[~finite], equal_nan=True):
-            raise ParityError(f"output '{name}' is NaN/inf in other places than in the dense model with the same "
-                              "weights; this is a bug, please report it with --debug.")
-        g, w = g[finite], w[finite]
+        finite = np.isfinite(w)  # a model that computes NaN/inf (on random inputs, say) must do so in both, up to
+        both = finite & np.isfinite(g)  # its own rounding noise at an edge (`_judge_moved`)
+        moved += int(np.count_nonzero(~both & ~(~finite & ~np.isfinite(g) & ((g == w) | np.isnan(g) & np.isnan(w)))))
+        g, w = g[both], w[both]
         if w.size:
             diff = max(diff, float(np.max(np.abs(g - w))))
             top = max(top, float(np.max(np.abs(w))))
     scale = max(top, 1e-6)
-    return (diff if np.isfinite(diff) else np.inf), scale
+    return (diff if np.isfinite(diff) else np.inf), scale, moved
 
 
 def _judge(label: str, gap: _Gap, rtol: float, floor: float | None, source: str = "data") -> None:
@@ -409,6 +413,35 @@ def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rt
     return floors
 
 
+def _judge_moved(oracle: onnx.ModelProto, moved: list[str], gaps: dict[str, _Gap], feeds, source: str) -> None:
+    """Outputs NaN/inf in other places than the dense model's (`_Gap.moved`) are refused; where the dense model's own
+    one-float32-step weight nudge (`nudged`) moves such places on the same feeds too, the refusal says so and what to
+    do, as `_judge` does for a noise floor too high to tell rounding from a bug. A count of places is no test that
+    they moved by rounding alone (a flipped sign moves as many), so none pass. Sweep 49: a MADE's log-likelihood,
+    log(sigmoid(z)) in torch legacy's export, is -inf/NaN where z saturates; stored compact (its weights decoded at
+    load, another kernel), 14 of those places moved on its 440 images, and the run stopped on "this is a bug"; the
+    nudge moved 6."""
+    if not moved:
+        return
+    wants = _reference_outputs(oracle, moved, feeds, source, limit=float("inf"))
+    try:
+        noise = _gaps(make_session(nudged(oracle), optimize=False), moved, feeds, wants)
+    except Exception as exc:  # noqa: BLE001 - no floor: the plain refusal
+        log.info("no NaN/inf noise floor: the nudged model does not run like the dense one (%s)", exc)
+        noise = {}
+    name = moved[0]
+    own = noise[name].moved if name in noise else 0
+    said = (f"output '{name}' is NaN/inf in other places than in the dense model with the same weights "
+            f"({gaps[name].moved} value(s))")
+    if not own:
+        raise ParityError(f"{said}; this is a bug, please report it with --debug.")
+    raise ParityError(f"{said}; the dense model's own rounding noise moves {own} such place(s) on these inputs (its "
+                      "NaN/inf sit at a float32 edge, such as log(sigmoid(z)) where z saturates), too close to tell "
+                      "rounding from a bug: compute those outputs stably in the model (log-sigmoid, a clamp) and "
+                      + ("verify on other inputs (--data with real samples)." if source == "random" else
+                         "prune it again, or verify on other samples (--data)."))
+
+
 def _feeders(candidate, oracle: onnx.ModelProto, over: list[str]) -> dict[str, str]:
     """{tensor: output} for the computed inputs of the nodes producing `over` that the candidate computes too."""
     if not isinstance(candidate, onnx.ModelProto) or candidate.ByteSize() >= 2**31 - 1:
@@ -430,7 +463,7 @@ def noise_floor(oracle: onnx.ModelProto, names: list[str], feeds, wants) -> dict
         return {}
     try:
         return {name: gap.diff for name, gap in _gaps(session, names, feeds, wants).items()}
-    except Exception as exc:  # ParityError (a shape, a NaN moved) or a failed run
+    except Exception as exc:  # ParityError (a shape) or a failed run
         log.info("no rounding-noise floor: the nudged model does not run like the dense one (%s)", exc)
         return {}
 

@@ -108,6 +108,9 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     end2end_detector    an NMS-free detector's ranked list, as ultralytics' end2end export writes it: per anchor 4 box
                         corners and class scores, ReduceMax -> TopK -> GatherElements of the boxes and the ArgMax class,
                         'output0' [N, K, 6] = Concat(boxes, score, class id) (real models 49's isbnx; session 50)
+    modulated_conv      StyleGAN2's modulated convolution with demodulation as torch legacy writes it (the non-fused
+                        path): a Conv reads its kernel W, and Pow(W, 2) -> ReduceSum -> Transpose of the same W gives
+                        the per-sample demodulation rsqrt(s^2 @ sum(W^2)) (sweep 49)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -2627,3 +2630,27 @@ def identity_shared_layer(*, features: int = 8, uses: int = 3, seed: int = 0) ->
     g.nodes.append(helper.make_node("Identity", [x], ["output"], name="/out"))
     return _model(g, "identity_shared_layer", [_float("input", [BATCH, features])],
                   [_float("output", [BATCH, features])])
+
+
+def modulated_conv(*, channels: int = 4, width: int = 8, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """StyleGAN2's modulated convolution, demodulated, as torch legacy exports its non-fused form (sweep 49): 'image'
+    [N, 4, 6, 6] -> style s = Gemm(mean over H, W) + 1 [N, 4]; y = Conv(image * s, W [8, 4, 3, 3], pads 1);
+    d = 1 / sqrt(s^2 @ Transpose(ReduceSum(Pow(W, 2), [2, 3])) + 1e-8) [N, 8]; Relu(y * d) averaged over H, W ->
+    Gemm 'head' -> 'logits' [N, 3]. The Conv and the Pow read the one stored kernel."""
+    g = _Graph(seed)
+    pooled = g.op("ReduceMean", "pool0", ["image"], axes=[2, 3], keepdims=0)
+    s = g.op("Add", "style", [g.gemm(pooled, "style", channels, channels), g.const("one", np.ones(1))])
+    g.initializers.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes23"))
+    s4 = g.op("Unsqueeze", "style", [s, "axes23"])
+    w = g.weight("W", (width, channels, 3, 3), channels * 9)
+    y = g.op("Conv", "mod", [g.op("Mul", "mod", ["image", s4]), w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    sq = g.op("ReduceSum", "sq", [g.op("Pow", "sq", [w, g.const("two", np.full(1, 2.0))]),
+                                  "axes23"], keepdims=0)
+    e = g.op("MatMul", "demod", [g.op("Mul", "s2", [s, s]), g.op("Transpose", "sq", [sq], perm=[1, 0])])
+    eps = g.const("eps", np.full(1, 1e-8))
+    d = g.op("Reciprocal", "demod", [g.op("Sqrt", "demod", [g.op("Add", "demod", [e, eps])])])
+    d4 = g.op("Unsqueeze", "d", [d, "axes23"])
+    h = g.op("ReduceMean", "pool", [g.relu(g.op("Mul", "out", [y, d4]), "out")], axes=[2, 3], keepdims=0)
+    g.gemm(h, "head", width, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "modulated_conv", [_float("image", [BATCH, channels, 6, 6])], [_float("logits", [BATCH, classes])])

@@ -149,6 +149,10 @@ def _merge_transposed(model: onnx.ModelProto, pairs: list[tuple[str, str]]) -> N
     drop_local_constants(graph, {c for _, c in pairs})
 
 
+# the end of the merge notes: a kept model written as given (converter/convert._input_as_given) keeps its copies, and
+# the notes go (sweep 49: "5.2 KB less in the file" beside "file 15.50 KB -> 15.50 KB")
+FILE_SAVING = "less in the file"
+
 @register_pass("merge-copies")
 class MergeCopies(Pass):
     """Read every bit-identical copy of a weight as its first copy and drop the others (module docstring)."""
@@ -174,8 +178,8 @@ class MergeCopies(Pass):
         merged = sorted({rename[n] for n in rename})
         shown = listed(f"'{n}'" for n in merged)
         state.notes.append(f"{len(rename)} bit-identical copies of {len(merged)} weight(s) ({shown}) merged into "
-                           f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less "
-                           "in the file")
+                           f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB "
+                           f"{FILE_SAVING}")
 
     def _transposed(self, model: onnx.ModelProto, state: PruneState) -> list[tuple[str, str]]:
         """Merge `transposed_copies` where the inventory then prunes the kept matrix; the note says which."""
@@ -196,8 +200,8 @@ class MergeCopies(Pass):
         _merge_transposed(model, pairs)
         shown = listed(f"'{c}' as '{k}'" for k, c in pairs)
         state.notes.append(f"{len(pairs)} weight(s) stored again as their transpose ({shown}, transposed) merged into "
-                           f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB less in "
-                           "the file")
+                           f"one tied weight each: pruned with one mask, counted once, {saved / 1024:.1f} KB "
+                           f"{FILE_SAVING}")
         return pairs
 
     def ensures(self, model: onnx.ModelProto, state: PruneState) -> None:

@@ -211,7 +211,7 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
         rank = _consumer_rank(node.input[index], lookup, tensor)
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
-    uses = [] if via_nodes else ix.uses(source_name)
+    uses = [] if via_nodes else [u for u in ix.uses(source_name) if u.op_type not in _SQUARE_READERS]  # layers
     if via_nodes and via_nodes[0].op_type in PASS_THROUGH and _tied_lookup(source_name, ix.uses(source_name), ix,
                                                                             shapes):
         uses = ix.uses(source_name)  # a tied embedding's output layer through a Transpose: the table's readers
@@ -403,7 +403,8 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) 
     users = ix.consumers.get(name, [])
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix, shapes)
                                or _tied(name, users, first, ix) or _shared_table(name, users, ix, shapes)
-                               or _tied_lookup(name, users, ix, shapes)):
+                               or _tied_lookup(name, users, ix, shapes)
+                               or _layer_and_its_square(name, users, first, ix)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
         return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
                 "pruned only when each reads it alike)")
@@ -509,6 +510,23 @@ def _tied_kernel(name, users) -> bool:
                 or inputs.count(name) != 1 or inputs.index(name) != 1):
             return False
     return len(users) > 1
+
+
+_SQUARE_READERS = ("Pow", "Mul", "Abs")  # element-wise ops of a weight and constants: W ** 2, W * W, |W|
+
+
+def _layer_and_its_square(name, users, first, ix: ScopeIndex) -> bool:
+    """A kernel one Conv/ConvTranspose/Gemm/MatMul reads directly as its weight, which element-wise ops of it and
+    constants alone read too (W ** 2, W * W, |W|: a norm of the kernel computed in the graph). StyleGAN2's modulated
+    convolution demodulates by rsqrt(s^2 @ sum(W^2)), which torch legacy exports as Pow(W, 2) -> ReduceSum beside the
+    Conv (sweep 49: 87% of its weights were "used in different ways"). A mask is elementwise, so both read the pruned
+    kernel; the layer-wise refit leaves it as pruned (reconstruct._twins: they read it differently) and channel groups
+    block a shared tensor."""
+    if tie_use(first, name) is None or len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+        return False
+    others = [u for u in users if u is not first]
+    return bool(others) and all(u.op_type in _SQUARE_READERS and (u.domain or "") in ("", "ai.onnx")
+                                and all(i == name or i in ix.consts for i in u.input) for u in others)
 
 
 def _main_and_loops(scopes: set[str]) -> bool:

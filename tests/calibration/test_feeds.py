@@ -774,3 +774,100 @@ def test_inspects_line_for_scalars_beside_a_batch_of_one_writes_many_samples_tha
     feeds = [f for f, _ in reader.batches()]
     assert reader.per_feed and len(feeds) == 64 and all(f["x"].shape == (1, 4) and f["flag"].shape == () for f in feeds)
     assert run(model, feeds[0])["logits"].shape == (1, 3)  # onnxruntime runs a feed as read
+
+
+def _log_likelihood_model():
+    """x [N, 4] -> logits = x W, logp = ReduceSum(x log(sigmoid(z)) + (1 - x) log(1 - sigmoid(z))) [N]: a density
+    model's per-sample output, exported naively, -inf and NaN where the sigmoid saturates."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) * 40
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Sigmoid", ["logits"], ["p"]),
+             helper.make_node("Log", ["p"], ["lp"]), helper.make_node("Sub", ["one", "p"], ["q"]),
+             helper.make_node("Log", ["q"], ["lq"]), helper.make_node("Mul", ["x", "lp"], ["a"]),
+             helper.make_node("Sub", ["one", "x"], ["nx"]), helper.make_node("Mul", ["nx", "lq"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["ll"]), helper.make_node("ReduceSum", ["ll", "axes"], ["logp"],
+                                                                          keepdims=0)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(1, np.float32), "one"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    graph = helper.make_graph(nodes, "ll", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("logp", TensorProto.FLOAT, ["N"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_an_output_with_the_same_nan_together_and_alone_leaves_rows_samples(tmp_path, monkeypatch):
+    """Sweep 49: a MADE's per-sample log-likelihood, exported by torch legacy as log(sigmoid(z)), is -inf or NaN
+    where the sigmoid saturates. The probe compared NaN with NaN as a change, so its 440 binarized images were "not
+    independent samples", one feed, and the input model was kept. The same NaN run together and alone is no change;
+    a NaN in one run only still is."""
+    from onnxprune.calibration import feeds
+    from onnxprune.calibration.feeds import _close, rows_interact
+    from onnxprune.calibration.runtime import input_specs, make_session
+
+    model = _log_likelihood_model()
+    x = (np.random.default_rng(1).random((40, 4)) < 0.5).astype(np.float32)
+    logp = make_session(model).run(["logp"], {"x": x})[0]
+    assert np.isnan(logp).any() and np.isfinite(logp).any()  # the input model's own NaN, on some rows only
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    assert rows_interact(model, {"x": x}, input_specs(model), [], {}) is None
+    np.savez(tmp_path / "calib.npz", x=x)
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    assert open_data(tmp_path / "calib.npz", model).num_samples == 40
+    nan = np.array([1.0, np.nan, -np.inf])
+    assert _close(nan, nan.copy()) and not _close(np.array([1.0, 2.0, -np.inf]), nan)
+
+
+def _loss_beside_logits_model():
+    """x [N, 6], labels [N] -> logits = relu(x W1) W2 [N, 3] and loss = the batch's mean cross-entropy [] (a
+    classifier exported with its training loss as a second output)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["logits"]),
+             helper.make_node("SoftmaxCrossEntropyLoss", ["logits", "labels"], ["loss"], reduction="mean")]
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w2")]
+    graph = helper.make_graph(nodes, "ce", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+                                            helper.make_tensor_value_info("labels", TensorProto.INT64, ["N"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+                               helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_an_output_metric_leaves_out_does_not_make_the_rows_one_feed(tmp_path, monkeypatch):
+    """Sweep 49: a classifier exported with its batch's mean cross-entropy beside the logits ('loss' [], the labels
+    an input). The loss follows no row, so the rows were one feed, and the input model was kept, also under
+    --metric logits=agreement, which leaves the loss out. Unscored, it decides nothing about the rows: the run's
+    440 rows stay samples. Scored (no --metric), the rows are one feed, and the warning names --metric's way out."""
+    from onnxprune.calibration import feeds
+    from onnxprune.calibration.feeds import probed_outputs, rows_interact
+    from onnxprune.calibration.runtime import input_specs
+
+    model = _loss_beside_logits_model()
+    rng = np.random.default_rng(1)
+    arrays = {"x": rng.standard_normal((440, 6)).astype(np.float32), "labels": rng.integers(0, 3, 440)}
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    why = rows_interact(model, arrays, input_specs(model), [], {})
+    assert "output 'loss' ([] for 4 rows) does not follow the rows" in why and "--metric" in why
+    with probed_outputs({"logits"}):
+        assert rows_interact(model, arrays, input_specs(model), [], {}) is None
+    np.savez(tmp_path / "calib.npz", **arrays)
+    onnx.save(model, tmp_path / "ce.onnx")
+    monkeypatch.setattr(feeds, "_ROWS_VERDICTS", {})
+    res = CliRunner().invoke(cli, ["prune", str(tmp_path / "ce.onnx"), "-o", str(tmp_path / "out.onnx"), "--sparsity",
+                                   "0.3", "--data", str(tmp_path / "calib.npz"), "--metric", "logits=agreement"])
+    assert res.exit_code == 0, res.output
+    assert "not independent samples" not in res.output and "440 samples" in res.output
+    out = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    from onnxprune.calibration.runtime import make_session
+
+    feed = {"x": arrays["x"][:64], "labels": arrays["labels"][:64]}
+    dense, pruned = make_session(model).run(None, feed), make_session(out).run(None, feed)
+    assert pruned[0].shape == dense[0].shape and np.isfinite(pruned[1]) and pruned[1].shape == ()

@@ -217,3 +217,30 @@ def test_weight_bits_auto_says_the_kept_width_once_not_every_try():
     chose = next(n for n in notes if n.startswith("--weight-bits auto chose"))
     bits = int(_re.search(r"chose (\d+)-bit", chose).group(1))
     assert [n.split(":")[0] for n in said] == [f"--weight-bits {bits}"], notes
+
+
+def test_inspect_calibration_hint_for_a_model_with_a_labels_input_says_to_name_the_labels_otherwise(tmp_path):
+    """Sweep 49: a classifier exported with its mean cross-entropy as a second output takes the labels as an input
+    named 'labels'. The reader feeds that array to the input (it is no labels array then), but inspect's line said
+    "add labels=... if you have them": labels to score against go under another name, with --labels NAME."""
+    import io
+
+    import onnx
+    from onnx import TensorProto, helper
+    from rich.console import Console
+
+    from onnxprune.converter.inspect import inspect_model, print_inspection
+    from onnxprune.models.builders import mlp_gemm
+
+    model = mlp_gemm(in_features=6, hidden=(8,), out_features=3)
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("SoftmaxCrossEntropyLoss", [logits, "labels"], ["loss"]))
+    model.graph.input.append(helper.make_tensor_value_info("labels", TensorProto.INT64, ["N"]))
+    model.graph.output.append(helper.make_tensor_value_info("loss", TensorProto.FLOAT, []))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "ce.onnx")
+    out = io.StringIO()
+    print_inspection(inspect_model(tmp_path / "ce.onnx"), Console(file=out, width=600))
+    text = out.getvalue()
+    assert "add labels=..." not in text and "under another name with --labels NAME" in text
+    assert "labels=np.zeros((64,), np.int64)" in text  # the line still feeds the model's input

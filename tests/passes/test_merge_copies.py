@@ -386,3 +386,26 @@ def test_a_symmetric_copy_is_merged_once_as_an_identical_one():
     assert [t.name for t in merged.graph.initializer] == ["s1"]
     assert len(state.notes) == 1 and "bit-identical" in state.notes[0]
     np.testing.assert_array_equal(run(merged, {"x": x})["y"], before)
+
+
+def test_a_kept_model_written_as_given_does_not_claim_the_merged_copies_saving(tmp_path):
+    """Sweep 49: a model whose exporter stored a weight twice (torch legacy's W and W.t() folded; dynamo's constant
+    of W.t()) was kept unpruned and written as given, its copies in it, yet the notes said "1 bit-identical copies
+    ... merged ...: 5.2 KB less in the file" beside "file 15.50 KB -> 15.50 KB". The input's bytes keep the copies,
+    so the merge notes go; a model written from the rewrite keeps them (the first test)."""
+    import json
+
+    from tests.hardening.helpers import invoke
+
+    model = builders.tied_cell(steps=3, copies=True)
+    onnx.checker.check_model(model, full_check=True)
+    path, out = tmp_path / "copies.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "few.npz", input=_feed(8)["input"])  # 8 samples cannot certify 1 pp: the input is kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["budget"]["kept_input"] and out.read_bytes() == path.read_bytes()
+    assert any("written as it was given" in n for n in report["notes"]), report["notes"]
+    assert not any("bit-identical copies" in n or "less in the file" in n for n in report["notes"]), report["notes"]
+    np.testing.assert_array_equal(run(onnx.load(out), _feed())["output"], run(model, _feed())["output"])

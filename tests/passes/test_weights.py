@@ -691,3 +691,38 @@ def test_a_bias_carried_unchanged_into_a_loop_is_said_by_what_reads_it_in_the_bo
     assert why["B"] == ("carried unchanged into Loop '/rnn/Loop': added by Add '/body/BiasAdd' (a bias, or a learned "
                         "position table)"), why
     assert {"R", "head.weight"} <= {w.name for w in inv.prunable}
+
+
+def test_a_kernel_a_conv_reads_and_its_square_demodulates_is_prunable(tmp_path):
+    """Sweep 49: StyleGAN2's modulated convolution, demodulated, as torch legacy exports it: a Conv reads W and
+    Pow(W, 2) -> ReduceSum gives the per-sample demodulation. W, 87% of the model's weights, was "used in different
+    ways". Both read the pruned kernel (a mask is elementwise): W is prunable, one layer with the Conv's MACs, and the
+    written model computes in onnxruntime what the input computes with the same entries zeroed. Another reader of W
+    (a Neg, a Mul by the data) stays refused."""
+    from onnxprune import prune
+    from onnxprune.models.third_party_builders import modulated_conv
+    from tests.oracle import assert_same_outputs
+
+    model = modulated_conv()
+    onnx.checker.check_model(model, full_check=True)
+    w = find_prunable(model).by_name()["W"]
+    assert (w.node, w.readers, w.out_axis, w.macs) == ("/mod/Conv", 1, 0, 8 * 4 * 9 * 36)
+    out = tmp_path / "o.onnx"
+    prune(model, output=out, sparsity=0.5, sparse_format="dense")
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    kernel = numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "W"))
+    assert kernel.shape == (8, 4, 3, 3) and 0.4 <= np.mean(kernel == 0) <= 0.6
+    assert {n.op_type for n in written.graph.node if "W" in n.input} == {"Conv", "Pow"}
+    oracle = onnx.ModelProto()
+    oracle.CopyFrom(model)
+    for init in oracle.graph.initializer:
+        pruned = next(t for t in written.graph.initializer if t.name == init.name)
+        if init.name in ("W", "style.weight", "head.weight"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * (numpy_helper.to_array(pruned) != 0),
+                                                  init.name))
+    assert_same_outputs(written, oracle)
+    for op, other in (("Neg", []), ("Mul", ["image"])):
+        read = modulated_conv()
+        read.graph.node.append(helper.make_node(op, ["W", *other], ["n"], name="other"))
+        assert "used in different ways" in {s.name: s.reason for s in find_prunable(read).skipped}["W"]
