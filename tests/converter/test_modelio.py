@@ -507,3 +507,37 @@ def test_a_model_kept_unpruned_is_written_as_given_though_its_rewrite_is_smaller
                  "--json", "--force")
     assert res.exit_code == 0, res.output
     assert out.read_bytes() != path.read_bytes() and "written as it was given" not in res.output
+
+
+def test_a_kept_model_is_stored_as_an_explicit_sparse_format_asks(tmp_path):
+    """Sweep 49's L7: a MADE whose masks made half its weights zeros was kept unpruned and written as given with
+    `--sparse-format compact`, the storage the run's own note advised for those zeros. A storage flag given is
+    storage asked for: the file is written in it (smaller here), and its outputs are the input's."""
+    import json
+
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from tests.hardening.helpers import invoke
+
+    m = builders.lenet300_like()
+    name = m.graph.input[0].name
+    big = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(big).copy()
+    w[np.random.default_rng(1).random(w.shape) < 0.7] = 0.0  # the input's own zeros (an exporter's folded mask)
+    big.CopyFrom(numpy_helper.from_array(w, big.name))
+    path, out = tmp_path / "masked.onnx", tmp_path / "out.onnx"
+    onnx.save(m, path)
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    np.savez(tmp_path / "few.npz", **{name: x})  # 8 samples cannot certify 1 pp: kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json",
+                 "--sparse-format", "compact")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["budget"]["kept_input"]
+    assert not any("written as it was given" in n for n in report["notes"])
+    assert out.stat().st_size < 0.6 * path.stat().st_size  # the zeros stored compactly
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]  # noqa
+    np.testing.assert_allclose(run(out), run(path), rtol=1e-5, atol=1e-6)
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json")
+    assert res.exit_code == 0 and out.read_bytes() == path.read_bytes()  # no flag: as given
