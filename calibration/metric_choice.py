@@ -301,11 +301,12 @@ def ranked_detections(model: onnx.ModelProto | None) -> dict[str, int]:
 def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
-    `attention_outputs`, `feature_outputs`, `ranked_detections`, `bit_outputs`."""
+    `attention_outputs`, `feature_outputs`, `ranked_detections`, `bit_outputs`, `recurrent_states`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
             "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
-            "features": feature_outputs(model), "detections": ranked_detections(model), "bits": bit_outputs(model)}
+            "features": feature_outputs(model), "detections": ranked_detections(model), "bits": bit_outputs(model),
+            "states": recurrent_states(model)}
 
 
 def bit_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -377,6 +378,28 @@ def input_sizes(model: onnx.ModelProto | None) -> frozenset[int]:
         if len(dims) >= 2 and all(d > 0 for d in dims[1:]):
             sizes.add(int(np.prod(dims[1:])))
     return frozenset(sizes)
+
+
+_RECURRENT = {"LSTM", "GRU", "RNN"}
+
+
+def recurrent_states(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Graph outputs that are a recurrent layer's last hidden or cell state (an LSTM/GRU/RNN's Y_h or Y_c, through
+    reshapes): what a seq2seq encoder hands its decoder, or a step the next, never class scores. Real models 53:
+    g2p_id's Keras encoder returns its LSTM's h and c as 'lstm' and 'lstm_1' [N, 256], judged by the argmax over 256
+    hidden units; 3 of 256 decision samples' argmax moved at 1.14x and the input model was kept."""
+    if model is None:
+        return frozenset()
+    producers = _producers(model.graph)
+    found = []
+    for o in model.graph.output:
+        name, node = o.name, producers.get(o.name)
+        while node is not None and node.op_type in _PASS_SHAPE | {"Transpose"} and node.input:
+            name, node = node.input[0], producers.get(node.input[0])
+        if node is not None and node.op_type in _RECURRENT and node.domain in ("", "ai.onnx") \
+                and name in node.output[1:3]:
+            found.append(o.name)
+    return frozenset(found)
 
 
 def predicted_values(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -765,12 +788,13 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                predicted: Collection[str] = (), input_sizes: Collection[int] = (),
                tokens: bool = False, attention: Collection[str] = (),
                features: Mapping[str, str] | None = None, detections: Mapping[str, int] | None = None,
-               bits: Collection[str] = ()) -> dict[str, str]:
+               bits: Collection[str] = (), states: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
     `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2;
     `attention`: attention weights, `attention_outputs`, mixing weights over keys, not classes: rel_l2 likewise;
+    `states`: a recurrent layer's last hidden or cell state, `recurrent_states`, handed on, not classes: rel_l2 too;
     `features`: outputs a weighted layer of the graph reads, `feature_outputs` (name -> that layer), whose [N, C]
     values are features the model computes on: rel_l2 where the argmax (agreement, or binary_prob's 0.5 per value)
     would judge them and no word of the name says class scores;
@@ -813,7 +837,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
     for names, what in ((ranked, "TopK's values or distances an ArgMin reads (ranks, not classes)"),
                         (predicted, "a regressor's predicted values (the converter's name for them)"),
                         (attention, "attention weights (a Softmax of two activations' product: how each query "
-                                    "mixes the values, not classes)")):
+                                    "mixes the values, not classes)"),
+                        (states, "a recurrent layer's last hidden or cell state (an LSTM/GRU/RNN's Y_h or Y_c: "
+                                 "handed on to a decoder or the next step, not classes)")):
         for name in names:
             if kinds.get(name) in _ARGMAX_KINDS:
                 kinds[name] = "rel_l2"

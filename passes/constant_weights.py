@@ -37,7 +37,9 @@ in turn, and the chain folds only where every evaluation gives the same bytes (a
 stays as it is).
 
 A chain is folded only where nothing else reads the stored floats it reads: where another node also reads one as it
-is, the fold would store it twice and prune the two copies apart (`_alone`).
+is, the fold would store it twice and prune the two copies apart (`_alone`). A chain's Shape of a stored tensor
+that a node outside the chain reads too (tf2onnx's Keras einsum sizes the activations by the kernel's Shape) becomes
+the constant it gives, so the stored tensor goes with its fold (`_shapes_as_constants`).
 
 The same holds for an operand of more than one value that an element-wise op whose channel rule reads a per-channel
 constant (`rules_elementwise.CONSTANT_READERS`: Add/Mul/..., Where, PRelu) reads from such a chain (`_parameter_inputs`;
@@ -351,6 +353,7 @@ class ConstantWeights(Pass):
             node.input[k] = by_bytes[key]
             chained_nodes.update((id(n), n) for n in nodes)
             leaves.update(chain_leaves)
+        self._shapes_as_constants(chained_nodes, leaves, ix)
         self._drop_unread(model, chained_nodes, leaves)
         # a fold whose reader was itself inside another fold's chain (spectral_norm's sigma = u . (W v): the MatMul
         # reading W v is a chain node of W / sigma) is read by nothing once that chain went
@@ -378,6 +381,25 @@ class ConstantWeights(Pass):
         log.debug("constant-weights: %d weight input(s) and %d parameter(s) folded into %d initializer(s)", weights,
                   len(params), len(by_bytes) - len(orphans))
         return PassResult(model, True)
+
+    @staticmethod
+    def _shapes_as_constants(chained: dict[int, onnx.NodeProto], leaves: set[str], ix: ScopeIndex) -> None:
+        """A chain's Shape or Size of a stored tensor becomes the constant it gives: where a node outside the chain
+        reads it too (tf2onnx's Keras einsum: the kernel's Shape also sizes a Reshape of the activations; g2p_id's
+        BERT, real models 53), it kept the stored tensor, written again beside its fold (the file grew)."""
+        for n in chained.values():
+            if n.op_type not in SHAPE_ONLY or n.input[0] not in leaves or n.input[0] not in ix.consts:
+                continue
+            dims = [int(d) for d in ix.consts[n.input[0]].dims]
+            if n.op_type == "Size":
+                value = np.array(int(np.prod(dims, dtype=np.int64)), np.int64)
+            else:
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+                value = np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], np.int64)
+            n.op_type, n.domain = "Constant", ""
+            del n.input[:]
+            del n.attribute[:]
+            n.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
 
     @staticmethod
     def _drop_unread(model: onnx.ModelProto, chained: dict[int, onnx.NodeProto], leaves: set[str]) -> None:

@@ -339,7 +339,8 @@ def _recurrent(b: Builder, node: gs.Node) -> None:
     sigmoid(bias) gates), so it never holds a constant: it goes only when nothing reads it, column k of R and every
     reader downstream zero, and then exactly, whatever its own rows hold. Removing it slices W, R, B and P by gate
     block, R's columns and the initial states (an initial state other than an initializer of this node alone keeps
-    its size and is read through a Gather of the kept units: a graph input's interface does not change), and sets
+    its size and is read through a Gather of the kept units: a graph input's interface does not change; its own
+    channels, a graph input's features seeded as classes, are read and stay), and sets
     hidden_size. A bidirectional layer's unit k of both directions is one class (they sit at the same position of
     Y's last axis; torch concatenates them as [..., 2, H] -> [..., 2H], rules_layout._merge_before): they go
     together."""
@@ -374,6 +375,10 @@ def _recurrent(b: Builder, node: gs.Node) -> None:
     # column k of R: every gate of its direction reads unit k's last output
     b.read(node, main, -1, np.concatenate([R[d].T for d in range(dirs)], axis=1), None, frozen)
     states = [i for i in ((5, 6) if node.op == "LSTM" else (5,)) if _opt_input(node, i) is not None]
+    for i in states:  # an initial state's channels (a graph input's features: g2p_id's decoder) are read: they stay
+        c = b.ch(node.inputs[i])
+        if c is not None:
+            b.block(c.ids, f"{_desc(node)} reads '{node.inputs[i].name}' as its initial state")
 
     def edit(keep: np.ndarray) -> None:
         rows = np.tile(keep, gates)

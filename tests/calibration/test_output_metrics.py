@@ -1211,3 +1211,42 @@ def test_a_sigmoid_map_a_rounding_over_one_is_still_a_sigmoid_map():
     assert auto_kind("onsets", dense, bounded=bounded) == auto_kind("onsets", rounded, bounded=bounded) == \
         "mask_iou+rel_l2"
     assert auto_kind("onsets", rounded + 0.01, bounded=bounded) == "rel_l2"
+
+
+def _lstm_encoder(head: bool = False) -> onnx.ModelProto:
+    """tf2onnx's Keras seq2seq encoder (g2p_id's): x [N, T, 6] -> LSTM(8) -> its last h and c squeezed, [N, 8] each;
+    with `head`, a Gemm of h beside them (class scores)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((1, 32, 6)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.standard_normal((1, 32, 8)).astype(np.float32) * 0.5, "R")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["xt", "W", "R"], ["y", "yh", "yc"], hidden_size=8),
+             helper.make_node("Squeeze", ["yh", "axes"], ["lstm"]),
+             helper.make_node("Squeeze", ["yc", "axes"], ["lstm_1"])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 8]) for n in ("lstm", "lstm_1")]
+    inits = [w, r, axes]
+    if head:
+        inits.append(numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "Wc"))
+        nodes.append(helper.make_node("Gemm", ["lstm", "Wc"], ["head"]))
+        outs.append(helper.make_tensor_value_info("head", TensorProto.FLOAT, ["N", 5]))
+    graph = helper.make_graph(nodes, "enc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 6])], outs,
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+
+
+def test_a_recurrent_layers_last_state_is_judged_by_its_values_not_by_its_top_hidden_unit():
+    """Real models 53: g2p_id's LSTM encoder returns its last h and c ('lstm', 'lstm_1' [N, 256]) for its decoder;
+    both were scored agreement (the argmax over 256 hidden units), 3 of 256 samples' argmax moved at 1.14x and the
+    input model was kept. An LSTM/GRU/RNN's Y_h or Y_c (through reshapes) is scored by relative L2; a class head
+    computed from it keeps agreement."""
+    from onnxprune.calibration.metric_choice import recurrent_states
+
+    x = np.random.default_rng(0).standard_normal((16, 7, 6)).astype(np.float32)
+    assert recurrent_states(_lstm_encoder()) == {"lstm", "lstm_1"}
+    assert evaluator(_lstm_encoder(), {"x": x}).plan == {"lstm": "rel_l2", "lstm_1": "rel_l2"}
+    plan = evaluator(_lstm_encoder(head=True), {"x": x}).plan
+    assert plan["head"] == "agreement" and plan["lstm"] == plan["lstm_1"] == "rel_l2"
+    assert auto_kinds({"lstm": x[:, 0]}) == {"lstm": "agreement"}  # without the graph's word: as before

@@ -213,3 +213,26 @@ def test_stacked_bidirectional_layers_shrink_through_the_direction_merge():
     assert report.removed == 6 and after["l1.W"].shape == (2, 12, 6) and after["fc.weight"].shape == (6, 3)
     x = np.random.default_rng(1).standard_normal((5, 2, 4)).astype(np.float32)
     _same(shrunk, model, {"x": x})
+
+
+def test_an_initial_state_fed_as_a_matrix_keeps_its_features():
+    """Real models 53: g2p_id's Keras seq2seq decoder takes its LSTM's h and c as graph inputs 'input_3', 'input_4'
+    [N, 256], Unsqueezed to [1, N, 256]. Their features were seeded as input features that nothing read, and the
+    shrink gathered each input down to 1 feature: the written model failed in onnxruntime ("Input initial_h must
+    have shape {1,64,256}. Actual:{1,64,1}"). An initial state's features are read by the layer: they stay."""
+    model = _state_input(lstm_classifier(initial_state=True, seed=3))
+    h0 = next(i for i in model.graph.input if i.name == "h0")
+    h0.CopyFrom(helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["N", 16]))
+    lstm = _node(model, "LSTM")
+    lstm.input[5] = lstm.input[6] = "h0_3d"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "h0_axes"))
+    model.graph.node.insert(0, helper.make_node("Unsqueeze", ["h0", "h0_axes"], ["h0_3d"], name="/h0/Unsqueeze"))
+    onnx.checker.check_model(model, full_check=True)
+    _unread(model, [2, 5, 11])
+    shrunk, _ = remove_dead_neurons(model, gather_inputs=True)  # as the shrink step calls it
+    onnx.checker.check_model(shrunk, full_check=True)
+    assert _hidden(shrunk, "LSTM") == 13
+    dims = [d.dim_value or d.dim_param for d in shrunk.graph.input[1].type.tensor_type.shape.dim]
+    assert dims == ["N", 16] and not [n for n in shrunk.graph.node if n.op_type == "Gather" and n.input[0] == "h0"]
+    h = np.random.default_rng(4).standard_normal((3, 16)).astype(np.float32)
+    _same(shrunk, model, {"input": X, "h0": h})
