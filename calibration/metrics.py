@@ -1097,8 +1097,9 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
 def threshold_note(plan: Mapping[str, str], auto_chosen) -> str | None:
     """A note naming the outputs the automatic choice reads at a threshold (a mask at 0.5, a probability's side of
     0.5, a logit's sign) and the flags that read them at the user's own (real models 51: fastmrz thresholds its MRZ
-    map at 0.25, the tool read it at 0.5). Naming an output replaces the automatic plan, so the flags keep the
-    others scored with OUTPUT=auto."""
+    map at 0.25, the tool read it at 0.5), or by their values where it never thresholds them (real models 53:
+    NSnet2's Sigmoid gain, multiplied into the spectrum). Naming an output replaces the automatic plan, so the flags
+    keep the others scored with OUTPUT=auto."""
     read = {name: kind for name, kind in plan.items() if name in auto_chosen and "@" not in kind
             and decision_threshold(kind) is not None}
     if not read:
@@ -1109,8 +1110,11 @@ def threshold_note(plan: Mapping[str, str], auto_chosen) -> str | None:
     others = [name for name in plan if name not in read]
     keep = (" ".join(f"--metric {name}=auto" for name in others) if len(others) <= 2 else
             f"and --metric OUTPUT=auto for each of the {len(others)} other outputs, which naming one leaves unscored")
+    values = [f"--metric {name}=rel_l2" for name in read]  # real models 53: NSnet2's gain, multiplied into a spectrum
     return (f"{'outputs' if len(read) > 1 else 'output'} judged at a threshold: {listed(at, shown=6)}; if your "
-            f"application decides elsewhere, name its threshold T: {' '.join(flags + ([keep] if keep else []))}")
+            f"application decides elsewhere, name its threshold T: {' '.join(flags + ([keep] if keep else []))}; "
+            f"if it never thresholds {'them' if len(read) > 1 else 'it'} (a gain multiplied in), judge the values: "
+            f"{' '.join(values + ([keep] if keep else []))}")
 
 
 def constant_outputs_note(inputs_vary: bool) -> str:

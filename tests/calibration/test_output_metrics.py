@@ -1130,7 +1130,8 @@ def test_a_run_that_reads_a_mask_at_one_half_says_how_to_read_it_at_the_users_th
     assert threshold_note({"p": "binary_prob", "m": "mask_iou+rel_l2", "box": "rel_l2"}, {"p", "m", "box"}) == (
         "outputs judged at a threshold: 'p' (binary_prob at 0.5), 'm' (mask_iou+rel_l2 at 0.5); if your application "
         "decides elsewhere, name its threshold T: --metric p=binary_prob@T --metric m=mask_iou@T+rel_l2 "
-        "--metric box=auto")
+        "--metric box=auto; if it never thresholds them (a gain multiplied in), judge the values: --metric p=rel_l2 "
+        "--metric m=rel_l2 --metric box=auto")
     assert threshold_note({"p": "binary_prob@0.3", "box": "rel_l2"}, {"box"}) is None
     model = tb.segmenter(name="onsets", classes=1, sigmoid=True, seed=3)
     onnx.save(model, tmp_path / "seg.onnx")
@@ -1140,7 +1141,9 @@ def test_a_run_that_reads_a_mask_at_one_half_says_how_to_read_it_at_the_users_th
         result = prune(str(tmp_path / "seg.onnx"), output=str(out), data={"image": x}, sparsity=0.3, metric=metric)
         notes = [n for n in result.report["notes"] if "judged at a threshold" in n]
         assert notes == ([f"output judged at a threshold: 'onsets' (mask_iou+rel_l2 at 0.5); if your application "
-                          "decides elsewhere, name its threshold T: metric='onsets=mask_iou@T+rel_l2'"] if said else [])
+                          "decides elsewhere, name its threshold T: metric='onsets=mask_iou@T+rel_l2'; if it never "
+                          "thresholds it (a gain multiplied in), judge the values: metric='onsets=rel_l2'"]
+                         if said else [])
         assert result.report["metrics"]["metric"] == ("mask_iou+rel_l2" if said else "mask_iou@0.3+rel_l2")
         got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
         assert np.allclose(got, make_session(result.model).run(None, {"image": x})[0], atol=1e-6)
