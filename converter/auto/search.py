@@ -39,7 +39,7 @@ from onnxprune.converter.auto.config import AutoConfig
 from onnxprune.converter.auto.decide import BudgetRule, Decision, rule_ceilings, worst_figures
 from onnxprune.converter.auto.exam import EXAM_LOOKS, exam_looks, exam_split
 from onnxprune.converter.auto.report import more_data, part_figure
-from onnxprune.converter.auto.recovery import RECOVERY, SMALL_DATA_RULE, chosen
+from onnxprune.converter.auto.recovery import RECOVERY, RETRAINED, SMALL_DATA_RULE, chosen
 from onnxprune.errors import ConfigError
 from onnxprune.passes.criteria import Scoring
 from onnxprune.passes.weights import Inventory, find_prunable, weight_array, zeros_of
@@ -408,15 +408,20 @@ class _Search:
             return best
         self.choices["retrain_after"] = {"value": "sgd", "rule": "the refit search ended with time left: sgd "
                                          "rounds from its result, each judged with the stricter rule"}
-        self.notes.append(f"recovery: the refit search ended with {self.left():.0f} s left; masked retraining "
-                          f"rounds through the torch bridge go on from its result, each judged with "
-                          f"{PER_LAYER_Z:g}x the margin")
-        log.info("auto: the refit ended with %.0f s left: sgd rounds from its result", self.left())
+        left, t0, before = self.left(), time.perf_counter(), len(self.history)
+        log.info("auto: the refit ended with %.0f s left: sgd rounds from its result", left)
         self._undone = True  # every round by the strict rule (_round_rule)
         self.d0 = density(best.masks)
         start = _Best(best.model, best.masks, best.decision,
                       {"weights": 0.0, "neurons": best.levels.get("neurons", 0.0)})
         result = self.sgd_rounds(start)
+        rounds = [h for h in self.history[before:] if h.get("phase") in RETRAINED]
+        kept = sum(bool(h.get("kept")) for h in rounds)
+        outcome = (f"{kept} of {len(rounds)} kept, {self.ratio(best.masks):.2f}x -> {self.ratio(result.masks):.2f}x"
+                   if result is not start else f"none of {len(rounds)} passed, and the refit's result stands")
+        self.notes.append(f"recovery: the refit search ended with {left:.0f} s left; masked retraining rounds through "
+                          f"the torch bridge went on from its result for {time.perf_counter() - t0:.0f} s, each "
+                          f"judged with {PER_LAYER_Z:g}x the margin: {outcome}")
         return best if result is start else result
 
     @property

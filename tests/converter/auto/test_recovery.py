@@ -176,14 +176,19 @@ def test_the_refit_search_ended_with_time_left_retrains_from_its_result_by_the_s
     assert after and {h["phase"] for h in after} <= {"weights", "neurons", "polish"}
     assert all(h.get("strictness") == PER_LAYER_Z for h in after)
     assert report["auto"]["choices"]["retrain_after"]["value"] == "sgd"
-    assert any(n.startswith("recovery: the refit search ended with") for n in report["auto"]["notes"])
+    said = [n for n in report["auto"]["notes"] if n.startswith("recovery: the refit search ended with")]
+    assert len(said) == 1 and f"judged with {PER_LAYER_Z:g}x the margin" in said[0]
     refit = [h for h in history[:probe] if h["kept"]][-1]  # the refit's result: the rounds start from it
     first_w = next(h for h in after if h["phase"] == "weights")
     assert first_w["overall_density"] == pytest.approx(refit["overall_density"] * 0.6, abs=0.02)
     first_n = next(h for h in after if h["phase"] == "neurons")
     assert first_n["neuron_share"] > 1 - 0.75 ** refit.get("levels", {}).get("neurons", 0.0) - 1e-9
+    rounds = [h for h in after if h["phase"] in ("weights", "neurons", "polish")]
     if not any(h["kept"] for h in after):  # nothing passed: the refit's result is the run's
         assert report["compression"] == pytest.approx(refit["ratio"], rel=1e-6)
+        assert said[0].endswith(f"none of {len(rounds)} passed, and the refit's result stands")
+    else:
+        assert f"{sum(h['kept'] for h in rounds)} of {len(rounds)} kept" in said[0]
     assert report["budget"]["met"]
     assert_same_outputs(refit_search.model, refit_search.dense_model, feeds=[{"input": data["input"][:64]}])
 
