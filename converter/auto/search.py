@@ -407,7 +407,8 @@ class _Search:
         whose first round fails is done rather than halved toward the refit's own edge (`first_tries`; a pass that
         keeps a round restarts both knobs at half steps as usual): on eleven models that are not the corpus (six MNIST
         models of bench_recovery_rule at 1,000 samples, five of real models 53) no round pruning past the refit
-        passed (1.4-15.7 pp where 1 pp was the budget), and the halving rounds were two thirds of rule 5's time."""
+        passed (1.4-15.7 pp where 1 pp was the budget); without the halving rounds rule 5 takes 36% less time on the
+        six MNIST models (142 s -> 91 s over the six) and 43% less on the corpus's log-mel front end (140 s -> 80 s)."""
         from onnxprune.converter.auto.recovery import PER_LAYER_Z
 
         if self.left() < hyper.PROBE_SHARE * self.span + self.tail or not self.strict_rule().resolves():
