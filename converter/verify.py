@@ -70,6 +70,21 @@ class Parity:
         }
 
 
+@dataclass(frozen=True)
+class _Words:
+    """How a verdict's messages name the two models: the written model against the dense model with the same weights
+    (the parity check: a difference is an onnxprune bug), or the model as read against the input as given
+    (`check_read`, whose one line says so around them)."""
+    where: str = "in the written model"
+    against: str = "the dense model with the same weights"
+    own: str = "the dense model's"
+    bug: str = "; this is a bug, please report it with --debug."
+
+
+WRITTEN = _Words()
+READ = _Words("as onnxprune read it", "the input model as given", "the input model's", "")
+
+
 @dataclass
 class _Gap:
     """One output's worst difference over the feeds: absolute, and relative to that feed's scale."""
@@ -146,15 +161,15 @@ def check_parity(
 
 
 def _verdict(candidate, oracle: onnx.ModelProto, names: list[str], gaps: dict[str, _Gap], feeds, rtol: float,
-             source: str) -> Parity:
+             source: str, words: _Words = WRITTEN) -> Parity:
     """The gaps judged: each output within `rtol` of its scale, or within the noise floor (`_within_noise`); raises
     ParityError naming the first that is not; else the worst output's figures."""
-    _judge_moved(oracle, [name for name in names if gaps[name].moved], gaps, feeds, source)
+    _judge_moved(oracle, [name for name in names if gaps[name].moved], gaps, feeds, source, words)
     over = [name for name in names if gaps[name].rel > rtol]
     for name in over:
         if not np.isfinite(gaps[name].diff):
-            _judge(f"output '{name}'", gaps[name], rtol, None)
-    floors = _within_noise(candidate, oracle, over, feeds, rtol, source) if over else {}
+            _judge(f"output '{name}'", gaps[name], rtol, None, source, words)
+    floors = _within_noise(candidate, oracle, over, feeds, rtol, source, words) if over else {}
     worst = max(names, key=lambda n: gaps[n].rel, default="")
     gap = gaps.get(worst, _Gap())
     return Parity(max_abs=gap.diff, max_rel=gap.rel, worst_output=worst, batches=len(feeds), source=source,
@@ -181,18 +196,15 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
         return None
     try:
         try:
-            gaps = _gaps(make_session(read, optimize=False), names, feeds, wants)
+            gaps = _gaps(make_session(read, optimize=False), names, feeds, wants, words=READ)
         except ParityError:
             raise
         except Exception as exc:  # noqa: BLE001 - the input runs and the model as read does not
             raise ParityError(f"onnxruntime runs the input model but not the model as read: {_ort_reason(exc)}") \
                 from None
-        return _verdict(read, given, names, gaps, feeds, rtol, source)
-    except ParityError as exc:
-        said = (str(exc).replace("in the written model", "as onnxprune read it")
-                .replace("differs from the dense model with the same weights", "differs as onnxprune read it from the "
-                         "input model as given")
-                .replace("this is a bug, please report it with --debug.", "").rstrip("; ."))
+        return _verdict(read, given, names, gaps, feeds, rtol, source, READ)
+    except ParityError as exc:  # worded as the read's (READ) by the judging tail; the run's one line around it
+        said = str(exc).rstrip("; .")
         raise ParityError(f"the model as onnxprune read it (its load passes: identities bypassed, copies merged, "
                           f"constants folded) does not compute what the input model does on "
                           f"{'your data' if source == 'data' else 'random inputs'}: {said}; "
@@ -319,28 +331,28 @@ def _declared_only_batch(model: onnx.ModelProto, feed: dict) -> bool:
     return True
 
 
-def _compare(name: str, got, want) -> tuple[float, float, int]:
+def _compare(name: str, got, want, words: _Words = WRITTEN) -> tuple[float, float, int]:
     """(max abs difference, scale, values NaN/inf in one and not the other or another NaN/inf) of one output on one
     feed, the difference over the values finite in both; ParityError when they differ in kind, not degree.
 
     Non-tensor outputs are compared by value: a sequence of maps (ZipMap) must have the same keys, and its values
     are compared as numbers like any tensor; a sequence of tensors is stacked. Non-float values must be equal."""
     if map_keys(got) != map_keys(want):
-        raise ParityError(f"output '{name}' (a sequence of maps) has keys {map_keys(got)} in the written model, "
-                          f"{map_keys(want)} expected; this is a bug, please report it with --debug.")
+        raise ParityError(f"output '{name}' (a sequence of maps) has keys {map_keys(got)} {words.where}, "
+                          f"{map_keys(want)} expected{words.bug}")
     try:
         got, want = as_array(got), as_array(want)
     except CalibrationError as exc:
         raise ParityError(f"output '{name}' is {exc}") from None
     if got.shape != want.shape:
-        raise ParityError(f"output '{name}' has shape {got.shape} in the written model, {want.shape} expected.")
+        raise ParityError(f"output '{name}' has shape {got.shape} {words.where}, {want.shape} expected.")
     if not np.issubdtype(got.dtype, np.number):  # strings, bools: equal or not (numbers, ints too, by their gap)
         g = got
         w = np.asarray(want, dtype=np.float64) if np.issubdtype(want.dtype, np.number) else want
         if not np.array_equal(g, w):
             diff = int(np.count_nonzero(g != w)) if g.shape == w.shape else g.size
-            raise ParityError(f"output '{name}' ({g.dtype} values) differs from the dense model with the same weights "
-                              f"in {diff} of {g.size} element(s); this is a bug, please report it with --debug.")
+            raise ParityError(f"output '{name}' ({g.dtype} values) differs from {words.against} in {diff} of "
+                              f"{g.size} element(s){words.bug}")
         return 0.0, 1.0, 0
     diff, top, moved = 0.0, 0.0, 0
     flat_g, flat_w = got.reshape(-1), want.reshape(-1)
@@ -358,26 +370,27 @@ def _compare(name: str, got, want) -> tuple[float, float, int]:
     return (diff if np.isfinite(diff) else np.inf), scale, moved
 
 
-def _judge(label: str, gap: _Gap, rtol: float, floor: float | None, source: str = "data") -> None:
+def _judge(label: str, gap: _Gap, rtol: float, floor: float | None, source: str = "data",
+           words: _Words = WRITTEN) -> None:
     """Accept a gap above `rtol` of the scale only within NOISE_MULTIPLE x the floor, itself within NOISE_CEILING."""
     scale = "the output scale" if label.startswith("output") else "its scale"
-    said = (f"{label} differs from the dense model with the same weights: max abs diff {gap.diff:.3g} "
+    said = (f"{label} differs from {words.against}: max abs diff {gap.diff:.3g} "
             f"({gap.rel:.3g} of {scale}, limit {rtol:g}")
     if floor is None or not np.isfinite(gap.diff):
-        raise ParityError(f"{said}); this is a bug, please report it with --debug.")
+        raise ParityError(f"{said}){words.bug}")
     if floor > NOISE_CEILING * gap.scale:
-        raise ParityError(f"{said}); the dense model's own rounding noise on these inputs ({floor:.3g}) is above "
+        raise ParityError(f"{said}); {words.own} own rounding noise on these inputs ({floor:.3g}) is above "
                           f"{NOISE_CEILING:g} of {scale}, too much to tell rounding from a bug: "
                           + ("verify on other inputs (--data with real samples)." if source == "random" else
                              "verify on other samples (--data), or report it with --debug."))
     if gap.diff > NOISE_MULTIPLE * floor:
-        raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x the dense model's own rounding noise {floor:.3g}); this is "
-                          "a bug, please report it with --debug.")
+        raise ParityError(f"{said}, or {NOISE_MULTIPLE:g}x {words.own} own rounding noise {floor:.3g}){words.bug}")
     log.info("%s: max abs diff %.3g is %.3g of its scale, within %gx the dense model's rounding noise %.3g", label,
              gap.diff, gap.rel, NOISE_MULTIPLE, floor)
 
 
-def _gaps(session, names: list[str], feeds, wants, optional: frozenset[str] = frozenset()) -> dict[str, _Gap]:
+def _gaps(session, names: list[str], feeds, wants, optional: frozenset[str] = frozenset(),
+          words: _Words = WRITTEN) -> dict[str, _Gap]:
     """Per name, the worst gap between the session's values and `wants` over the feeds; `optional` names whose
     values are not float or not shaped like the wanted ones are left out (a tensor the shrink narrowed)."""
     gaps = {name: _Gap() for name in names}
@@ -386,12 +399,12 @@ def _gaps(session, names: list[str], feeds, wants, optional: frozenset[str] = fr
             if name in optional and (np.shape(g) != np.shape(w) or np.asarray(w).dtype.kind != "f"):
                 gaps.pop(name, None)
             elif name in gaps:
-                gaps[name].add(*_compare(name, g, w))
+                gaps[name].add(*_compare(name, g, w, words))
     return gaps
 
 
 def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rtol: float,
-                  source: str) -> dict[str, float]:
+                  source: str, words: _Words = WRITTEN) -> dict[str, float]:
     """The second rule for the outputs in `over`, and for the tensors feeding them that both models compute (a
     Sigmoid's logits, which float32 resolves far better than its saturated output): each within `rtol` of its
     scale or NOISE_MULTIPLE x its noise floor. Raises ParityError naming the first that is not; returns the floors."""
@@ -403,17 +416,18 @@ def _within_noise(candidate, oracle: onnx.ModelProto, over: list[str], feeds, rt
         session = make_session(with_outputs(candidate, watched) if feeders else candidate, optimize=False)
     except Exception as exc:
         raise ModelError(f"onnxruntime refuses the written model: {_ort_reason(exc)}") from None
-    gaps = _gaps(session, watched, feeds, wants, optional=frozenset(feeders))
+    gaps = _gaps(session, watched, feeds, wants, optional=frozenset(feeders), words=words)
     del session
     compared = [t for t in watched if t in gaps]  # feeders the shrink narrowed, or not float, are not compared
     floors = noise_floor(reference, compared, feeds, [[w for t, w in zip(watched, ws) if t in gaps] for ws in wants])
     for name in over + [t for t in feeders if t in gaps and gaps[t].rel > rtol]:
         label = f"output '{name}'" if name in over else f"tensor '{name}' (feeding output '{feeders[name]}')"
-        _judge(label, gaps[name], rtol, floors.get(name), source)
+        _judge(label, gaps[name], rtol, floors.get(name), source, words)
     return floors
 
 
-def _judge_moved(oracle: onnx.ModelProto, moved: list[str], gaps: dict[str, _Gap], feeds, source: str) -> None:
+def _judge_moved(oracle: onnx.ModelProto, moved: list[str], gaps: dict[str, _Gap], feeds, source: str,
+                 words: _Words = WRITTEN) -> None:
     """Outputs NaN/inf in other places than the dense model's (`_Gap.moved`) are refused; where the dense model's own
     one-float32-step weight nudge (`nudged`) moves such places on the same feeds too, the refusal says so and what to
     do, as `_judge` does for a noise floor too high to tell rounding from a bug. A count of places is no test that
@@ -431,11 +445,10 @@ def _judge_moved(oracle: onnx.ModelProto, moved: list[str], gaps: dict[str, _Gap
         noise = {}
     name = moved[0]
     own = noise[name].moved if name in noise else 0
-    said = (f"output '{name}' is NaN/inf in other places than in the dense model with the same weights "
-            f"({gaps[name].moved} value(s))")
+    said = f"output '{name}' is NaN/inf in other places than in {words.against} ({gaps[name].moved} value(s))"
     if not own:
-        raise ParityError(f"{said}; this is a bug, please report it with --debug.")
-    raise ParityError(f"{said}; the dense model's own rounding noise moves {own} such place(s) on these inputs (its "
+        raise ParityError(f"{said}{words.bug}")
+    raise ParityError(f"{said}; {words.own} own rounding noise moves {own} such place(s) on these inputs (its "
                       "NaN/inf sit at a float32 edge, such as log(sigmoid(z)) where z saturates), too close to tell "
                       "rounding from a bug: compute those outputs stably in the model (log-sigmoid, a clamp) and "
                       + ("verify on other inputs (--data with real samples)." if source == "random" else
