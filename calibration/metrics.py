@@ -1111,10 +1111,10 @@ def threshold_note(plan: Mapping[str, str], auto_chosen) -> str | None:
     keep = (" ".join(f"--metric {name}=auto" for name in others) if len(others) <= 2 else
             f"and --metric OUTPUT=auto for each of the {len(others)} other outputs, which naming one leaves unscored")
     values = [f"--metric {name}=rel_l2" for name in read]  # real models 53: NSnet2's gain, multiplied into a spectrum
+    tail = [keep] if keep else []
     return (f"{'outputs' if len(read) > 1 else 'output'} judged at a threshold: {listed(at, shown=6)}; if your "
-            f"application decides elsewhere, name its threshold T: {' '.join(flags + ([keep] if keep else []))}; "
-            f"if it never thresholds {'them' if len(read) > 1 else 'it'} (a gain multiplied in), judge the values: "
-            f"{' '.join(values + ([keep] if keep else []))}")
+            f"application decides elsewhere, name its threshold T: {' '.join(flags + tail)}; if it never thresholds "
+            f"{'them' if len(read) > 1 else 'it'} (a gain multiplied in), judge the values: {' '.join(values + tail)}")
 
 
 def constant_outputs_note(inputs_vary: bool) -> str:

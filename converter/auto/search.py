@@ -223,7 +223,7 @@ class _Search:
         self.choices["recovery"] = {"value": name, "rule": why}
         log.info("auto: recovery by %s (%s)", name, why)
         best = RECOVERY[name]().search(self, best)
-        if rule == SMALL_DATA_RULE and self.choices["recovery"]["value"] == "reconstruct":
+        if rule == SMALL_DATA_RULE:  # (rule 3 picks the refit, and the refit never hands over)
             best = self._retrain_after(best)
         best = self._second_look(best, start)
         best = self._final_exam(best, start)
