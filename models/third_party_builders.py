@@ -66,6 +66,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         padded, strided and dilated Conv3ds and a ConvTranspose3d, then a mean and a Gemm (sweep 23)
     legacy_mha_rows     torch legacy's nn.MultiheadAttention around out_proj: [N, S, E] folded to [S*N, E] by a Reshape
                         whose rows and head size are computed from Shape ops (Div, Cast, Mul), then a Gemm (sweep 24)
+    keras_loop_rnn      tf2onnx's Keras LSTM or GRU as a while Loop scanning h; its last step, or a greedy decoder's
+                        Softmax scanned instead, as an output (real models 53's chars2vec; session 54)
     carried_loop_rnn    tf2onnx's Keras RNN behind Masking: a first step outside a Loop, the rest in it, its weights
                         loop-carried values the body hands back unchanged (sweep 24)
     rows_regressor      skl2onnx's multi-output MLPRegressor: [N, 3] reshaped to [-1, 1], declared [N, 1]: three rows a
@@ -1321,6 +1323,96 @@ def carried_loop_rnn(*, steps: int = 4, features: int = 3, hidden: int = 8, clas
     g.gemm("h_last", "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "carried_loop_rnn", [_float("x", [BATCH, steps, features])], [_float("logits", [BATCH, classes])])
+
+
+def keras_loop_rnn(*, cell: str = "lstm", steps: int = 5, features: int = 4, hidden: int = 8, vocab: int = 0,
+                   seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's Keras LSTM or GRU written as a while Loop (chars2vec's word embedder, real models 53): the body
+    reads step t of 'x' [N, steps, features], computes the cell (LSTM: z = x W + h R + b split into i, f, g, o;
+    c' = f c + i tanh(g); h' = o tanh(c'); GRU: z, r gates, n = tanh(x Wn + (r h) Rn), h' = z h + (1 - z) n), carries
+    h (and c) and scans h'; the last scanned step, Squeeze(Slice(scan, -1)), is 'lstm_2' [N, hidden] (Keras's
+    name), the carried h 'state' [N, hidden]. `vocab` > 0 adds a greedy decoder's scan instead: each step's Softmax over
+    `vocab` classes, scanned, its last step 'step_probs' [N, vocab] (class scores, not a state)."""
+    g = _Graph(seed)
+    gates = 4 if cell == "lstm" else 3
+    w = g.weight("W", (features, gates * hidden), features)
+    r = g.weight("R", (hidden, gates * hidden), hidden)
+    b = g.bias("B", gates * hidden)
+    f = TensorProto.FLOAT
+    mk = helper.make_node
+    nodes = [mk("Gather", ["x", "i"], ["xt"], name="/body/xt", axis=1),
+             mk("MatMul", ["xt", "w_in"], ["xw"], name="/body/MatMul")]
+    if cell == "lstm":
+        nodes += [mk("MatMul", ["h", "r_in"], ["hr"], name="/body/MatMul_1"),
+                  mk("Add", ["xw", "hr"], ["pre0"], name="/body/add"),
+                  mk("Add", ["pre0", "b_in"], ["pre"], name="/body/add_1"),
+                  mk("Split", ["pre"], ["zi", "zf", "zg", "zo"], name="/body/split", axis=1),
+                  mk("Sigmoid", ["zi"], ["gi"], name="/body/Sigmoid"),
+                  mk("Sigmoid", ["zf"], ["gf"], name="/body/Sigmoid_1"),
+                  mk("Tanh", ["zg"], ["gg"], name="/body/Tanh"), mk("Sigmoid", ["zo"], ["go"], name="/body/Sigmoid_2"),
+                  mk("Mul", ["gf", "c"], ["fc"], name="/body/mul"), mk("Mul", ["gi", "gg"], ["ig"], name="/body/mul_1"),
+                  mk("Add", ["fc", "ig"], ["c_next"], name="/body/add_2"),
+                  mk("Tanh", ["c_next"], ["tc"], name="/body/Tanh_1"),
+                  mk("Mul", ["go", "tc"], ["h_next"], name="/body/mul_2")]
+    else:
+        nodes += [mk("Add", ["xw", "b_in"], ["xb"], name="/body/add"),
+                  mk("Split", ["xb"], ["xz", "xr", "xn"], name="/body/split", axis=1),
+                  mk("Split", ["r_in"], ["rz", "rr", "rn"], name="/body/split_r", axis=1),
+                  mk("MatMul", ["h", "rz"], ["hz"], name="/body/MatMul_1"),
+                  mk("MatMul", ["h", "rr"], ["hrr"], name="/body/MatMul_2"),
+                  mk("Add", ["xz", "hz"], ["az"], name="/body/add_1"),
+                  mk("Sigmoid", ["az"], ["z"], name="/body/Sigmoid"),
+                  mk("Add", ["xr", "hrr"], ["ar"], name="/body/add_2"),
+                  mk("Sigmoid", ["ar"], ["rg"], name="/body/Sigmoid_1"),
+                  mk("Mul", ["rg", "h"], ["rh"], name="/body/mul"),
+                  mk("MatMul", ["rh", "rn"], ["hn"], name="/body/MatMul_3"),
+                  mk("Add", ["xn", "hn"], ["an"], name="/body/add_3"), mk("Tanh", ["an"], ["n"], name="/body/Tanh"),
+                  mk("Mul", ["z", "h"], ["zh"], name="/body/mul_1"),
+                  mk("Sub", ["one", "z"], ["omz"], name="/body/sub"),
+                  mk("Mul", ["omz", "n"], ["zn"], name="/body/mul_2"),
+                  mk("Add", ["zh", "zn"], ["h_next"], name="/body/add_4")]
+        nodes.append(mk("Identity", ["h"], ["c_next"], name="/body/c"))
+    scanned = "h_scan"
+    if vocab:
+        nodes += [mk("MatMul", ["h_next", "wo_in"], ["lo"], name="/body/MatMul_out"),
+                  mk("Softmax", ["lo"], ["p_step"], name="/body/Softmax", axis=-1)]
+        scanned = "p_step"
+    nodes += [mk("Identity", ["h_next"], ["h_scan"], name="/body/scan")] if not vocab else []
+    nodes += [mk("Identity", ["cond"], ["cond_out"], name="/body/cond"),
+              mk("Identity", ["w_in"], ["w_out"], name="/body/w"), mk("Identity", ["r_in"], ["r_out"], name="/body/r"),
+              mk("Identity", ["b_in"], ["b_out"], name="/body/b")]
+    carried = [("w_in", "w_out", [features, gates * hidden]), ("r_in", "r_out", [hidden, gates * hidden]),
+               ("b_in", "b_out", [gates * hidden]), ("h", "h_next", [BATCH, hidden]), ("c", "c_next", [BATCH, hidden])]
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "one")] if cell != "lstm" else []
+    if vocab:
+        wo = g.weight("Wo", (hidden, vocab), hidden)
+        carried.append(("wo_in", "wo_out", [hidden, vocab]))
+        nodes.append(mk("Identity", ["wo_in"], ["wo_out"], name="/body/wo"))
+    info = helper.make_tensor_value_info
+    body = helper.make_graph(
+        nodes, "body", [info("i", TensorProto.INT64, []), info("cond", TensorProto.BOOL, [])]
+        + [info(a, f, d) for a, _, d in carried],
+        [info("cond_out", TensorProto.BOOL, [])] + [info(o, f, d) for _, o, d in carried]
+        + [info(scanned, f, [BATCH, vocab or hidden])], inits)
+    g.initializers += [numpy_helper.from_array(np.array(steps, np.int64), "trips"),
+                       numpy_helper.from_array(np.array(True), "cond0"),
+                       numpy_helper.from_array(np.array([-1], np.int64), "last"),
+                       numpy_helper.from_array(np.array([2 ** 62], np.int64), "end"),
+                       numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    # h0 = c0 = zeros [N, hidden], from the batch's size (Keras's zeros_like of a sum over x)
+    total = g.op("ReduceSum", "x_sum", [g.op("Gather", "x0", ["x", "zero_i"], axis=1), "axis1"], keepdims=1)
+    g.initializers += [numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
+                       numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+                       numpy_helper.from_array(np.zeros((1, hidden), np.float32), "zero_h")]
+    h0 = g.op("Mul", "h0", [total, "zero_h"])
+    loop_in = [w, r, b, h0, h0] + ([wo] if vocab else [])
+    loop_out = ["w_f", "r_f", "b_f", "state", "c_f"] + (["wo_f"] if vocab else []) + ["scan"]
+    g.nodes.append(mk("Loop", ["trips", "cond0", *loop_in], loop_out, name="/rnn/while_loop", body=body))
+    step = g.op("Slice", "strided_slice", ["scan", "last", "end", "axis0"])
+    out = "step_probs" if vocab else "lstm_2"
+    g.nodes.append(mk("Squeeze", [step, "axis0"], [out], name="/rnn/Squeeze"))
+    outs = [_float(out, [BATCH, vocab or hidden]), _float("state", [BATCH, hidden])]
+    return _model(g, f"keras_loop_{cell}", [_float("x", [BATCH, steps, features])], outs)
 
 
 def conv_lstm_loop(*, steps: int = 3, channels: int = 2, size: int = 5, classes: int = 3,

@@ -1253,3 +1253,25 @@ def test_a_recurrent_layers_last_state_is_judged_by_its_values_not_by_its_top_hi
     plan = evaluator(_lstm_encoder(head=True), {"x": x}).plan
     assert plan["head"] == "agreement" and plan["lstm"] == plan["lstm_1"] == "rel_l2"
     assert auto_kinds({"lstm": x[:, 0]}) == {"lstm": "agreement"}  # without the graph's word: as before
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_gated_cell_a_loop_runs_hands_on_a_state_judged_by_its_values(cell):
+    """Real models 53's L2: chars2vec's Keras LSTM, which tf2onnx wrote as a while Loop, returns the last step of
+    the Loop's scanned h [N, 300] (Squeeze(Slice)): judged by the argmax over its 300 hidden units, it kept 1.06x;
+    by its values (cosine, named by hand) 1.74x within the budget held out. A Loop's output that its body computes
+    as a gated cell's state (an LSTM's o * tanh(c), a GRU's z * h + (1 - z) * n), scanned or carried, is a
+    recurrent state: rel_l2. A greedy decoder's scanned Softmax is not, and keeps its probability metric."""
+    from onnxprune.calibration.metric_choice import recurrent_states
+
+    x = np.random.default_rng(1).standard_normal((24, 5, 4)).astype(np.float32)
+    model = tb.keras_loop_rnn(cell=cell)
+    assert recurrent_states(model) == {"lstm_2", "state"}
+    assert evaluator(model, {"x": x}).plan == {"lstm_2": "rel_l2", "state": "rel_l2"}
+    decoder = tb.keras_loop_rnn(cell=cell, vocab=6)
+    assert recurrent_states(decoder) == {"state"}
+    plan = evaluator(decoder, {"x": x}).plan
+    assert plan["state"] == "rel_l2" and plan["step_probs"] not in ("rel_l2", "cosine")
+    # without the graph's word, the scanned state's [N, 8] values are judged by their argmax, as they were
+    last = make_session(model).run(["lstm_2"], {"x": x})[0]
+    assert auto_kinds({"lstm_2": last}) == {"lstm_2": "agreement"}
