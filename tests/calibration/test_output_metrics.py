@@ -1275,3 +1275,31 @@ def test_a_gated_cell_a_loop_runs_hands_on_a_state_judged_by_its_values(cell):
     # without the graph's word, the scanned state's [N, 8] values are judged by their argmax, as they were
     last = make_session(model).run(["lstm_2"], {"x": x})[0]
     assert auto_kinds({"lstm_2": last}) == {"lstm_2": "agreement"}
+
+
+def test_a_step_of_a_recurrent_layers_sequence_is_a_state_too():
+    """torch's `out, _ = lstm(x); return out[:, -1]`: the LSTM's Y [T, 1, N, H], its last step sliced and squeezed,
+    is the same state as Y_h: rel_l2, not the argmax over hidden units; a class head computed from a state is not
+    one."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.metric_choice import recurrent_states
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 32, 6)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 32, 8)).astype(np.float32) * 0.5, "R"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array([2 ** 62], np.int64), "end"),
+             numpy_helper.from_array(np.array([0], np.int64), "t_axis"),
+             numpy_helper.from_array(np.array([0, 1], np.int64), "axes")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["xt", "W", "R"], ["y"], hidden_size=8),
+             helper.make_node("Slice", ["y", "last", "end", "t_axis"], ["y_last"]),
+             helper.make_node("Squeeze", ["y_last", "axes"], ["out"])]
+    graph = helper.make_graph(nodes, "step", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = rng.standard_normal((16, 7, 6)).astype(np.float32)
+    assert recurrent_states(model) == {"out"}
+    assert evaluator(model, {"x": x}).plan == {"out": "rel_l2"}
+    assert recurrent_states(_lstm_encoder(head=True)) == {"lstm", "lstm_1"}  # the Gemm head is not a state
