@@ -145,7 +145,8 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         modelio.save_model(result.model, output, protect=protect)
         report["output"] = str(output)
         report["file_size_after"] = modelio.saved_size(output)  # with its external data
-        _input_as_given(model, output, report, protect, storage_asked=config.encode.sparse_format is not None)
+        _input_as_given(model, output, report, protect, storage_asked=config.encode.sparse_format is not None
+                        or config.quantize.weight_bits is not None)
         if report_dir is None:
             _count_write(report, time.perf_counter() - t0)
         else:
@@ -188,7 +189,7 @@ def _input_as_given(model, output: Path, report: dict, protect, storage_asked: b
     clip."""
     before, after = report.get("before") or {}, report.get("after") or {}
     if not ((report.get("budget") or {}).get("kept_input") and report.get("file_size_before")
-            and not report.get("weight_bits") and not storage_asked and before.get("nonzeros") == after.get("nonzeros")
+            and not storage_asked and before.get("nonzeros") == after.get("nonzeros")
             and report.get("params_after_shrink") in (None, before.get("params"))):
         return
     given = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
