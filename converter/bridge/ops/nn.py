@@ -368,6 +368,39 @@ for _name, _fn in _SOFTMAX.items():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Losses (opset 12): a training export's loss output (sweep 49's L4: a classifier exported with its
+# SoftmaxCrossEntropyLoss could only be refit, never retrained, though --metric left the loss out)
+# --------------------------------------------------------------------------------------------------------------
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_loss(attrs, ctx):
+    reduction = attrs.get("reduction", "mean")
+    return None if reduction in _REDUCTIONS else f"reduction '{reduction}' is not one of {', '.join(_REDUCTIONS)}"
+
+
+def _nll(log_prob: Tensor, target: Tensor, weight: Optional[Tensor], attrs) -> Tensor:
+    """ONNX's NegativeLogLikelihoodLoss as torch's nll_loss: input [N, C, d1, ...], target [N, d1, ...]; without
+    ignore_index every target is a class (the spec's), so torch's default -100 never matches one."""
+    return F.nll_loss(log_prob, target.long(), weight=weight, ignore_index=int(attrs.get("ignore_index", -100)),
+                      reduction=attrs.get("reduction", "mean"))
+
+
+@register("NegativeLogLikelihoodLoss", since_opset=12, check=_check_loss)
+def negative_log_likelihood_loss(inputs, attrs, ctx):
+    return _nll(inputs[0], inputs[1], _opt(inputs, 2), attrs)
+
+
+@register("SoftmaxCrossEntropyLoss", since_opset=12, check=_check_loss)
+def softmax_cross_entropy_loss(inputs, attrs, ctx):
+    """loss and, as a second output, log_prob = log_softmax(scores) over the classes (axis 1)."""
+    log_prob = torch.log_softmax(inputs[0], 1)
+    loss = _nll(log_prob, inputs[1], _opt(inputs, 2), attrs)
+    return [loss, log_prob] if ctx.n_outputs > 1 else loss
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Attention (opset 23; 24 adds nonpad_kv_seqlen)
 # --------------------------------------------------------------------------------------------------------------
 
