@@ -1253,3 +1253,56 @@ def test_a_recurrent_layers_last_state_is_judged_by_its_values_not_by_its_top_hi
     plan = evaluator(_lstm_encoder(head=True), {"x": x}).plan
     assert plan["head"] == "agreement" and plan["lstm"] == plan["lstm_1"] == "rel_l2"
     assert auto_kinds({"lstm": x[:, 0]}) == {"lstm": "agreement"}  # without the graph's word: as before
+
+
+def _ctc_recognizer(pool: bool = False) -> onnx.ModelProto:
+    """trueocr's recognizer's tail: x [N, 4, 12] -> Conv1d to 6 classes [N, 6, 12] -> Transpose [N, 12, 6] -> 'ids'
+    (ArgMax over the classes) and 'conf' [N, 12], the per-step top probability 1 / sum(exp(z - max z)). With `pool`,
+    a fully convolutional classifier instead: the Conv's [N, 6, 12] averaged over its 12 positions, 'scores' [N, 6]."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4, 1)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array([2], np.int64), "positions"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["z"], kernel_shape=[1])]
+    if pool:
+        nodes.append(helper.make_node("ReduceMean", ["z"], ["scores"], axes=[2], keepdims=0))
+        outs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 6])]
+    else:
+        nodes += [helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 2, 1]),
+                  helper.make_node("ArgMax", ["zt"], ["ids"], axis=-1, keepdims=0),
+                  helper.make_node("ReduceMax", ["zt"], ["top"], axes=[-1], keepdims=0),
+                  helper.make_node("Unsqueeze", ["top", "last"], ["top1"]),
+                  helper.make_node("Sub", ["zt", "top1"], ["shifted"]),
+                  helper.make_node("Exp", ["shifted"], ["e"]),
+                  helper.make_node("ReduceSum", ["e", "last"], ["total"], keepdims=0),
+                  helper.make_node("Reciprocal", ["total"], ["inverse"]),
+                  helper.make_node("Mul", ["inverse", "one"], ["conf"])]
+        outs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"]),
+                helper.make_tensor_value_info("conf", TensorProto.FLOAT, ["N", "T"])]
+    graph = helper.make_graph(nodes, "rec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 12])], outs,
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_per_step_confidence_is_judged_by_its_values_not_by_its_top_position():
+    """Real models 54: trueocr's CTC recognizer returns 'conf' [B, T], each step's top probability computed from its
+    logits (1 / sum(exp(z - max z))), beside the ArgMax 'ids'; 'conf' was scored agreement, the argmax over the T
+    steps, whose values sit near 1. A reduction over a per-position head's classes (a Conv's channels, moved last by
+    a Transpose) is scored by relative L2; a mean over a Conv's positions (a fully convolutional classifier's class
+    scores) keeps agreement."""
+    from onnxprune.calibration.metric_choice import position_summaries
+
+    x = np.random.default_rng(0).standard_normal((16, 4, 12)).astype(np.float32)
+    model = _ctc_recognizer()
+    onnx.checker.check_model(model, full_check=True)
+    conf = make_session(model).run(["conf"], {"x": x})[0]
+    assert conf.shape == (16, 12) and (conf > 0).all() and (conf <= 1 + 1e-6).all()
+    assert position_summaries(model) == {"conf"}
+    assert evaluator(model, {"x": x}).plan == {"ids": "exact", "conf": "rel_l2"}
+    assert auto_kinds({"conf": conf}) == {"conf": "agreement"}  # without the graph's word: as before
+    pooled = _ctc_recognizer(pool=True)
+    assert position_summaries(pooled) == frozenset()
+    assert evaluator(pooled, {"x": x}).plan == {"scores": "agreement"}
