@@ -194,7 +194,11 @@ def ctc_blank(ref: np.ndarray) -> int:
 
 def _ctc_agreement(out, ref, labels):
     """Per sample, 1 when the greedy CTC decoding of the candidate (argmax over the last axis along axis 1, repeats
-    collapsed, the blank dropped) is the dense model's: the text an OCR or speech model reads out."""
+    collapsed, the blank dropped) is the dense model's: the text an OCR or speech model reads out. An integer path
+    [N, T] (the ArgMax a graph computed itself, `metric_choice.argmax_paths`) is decoded as it is, blank 0."""
+    if out.ndim == 2 and np.asarray(ref).dtype.kind in "iu":
+        same = [a == b for a, b in zip(ctc_decode(np.asarray(out), 0), ctc_decode(np.asarray(ref), 0))]
+        return np.asarray(same, dtype=np.float64)[:, None], _ones(len(out))
     if out.ndim != 3:
         return _seq_agreement(out, ref, labels)
     blank = ctc_blank(ref)

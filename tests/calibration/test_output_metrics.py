@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from onnxprune.calibration.output_metrics import mismatch_samples
+from onnxprune.calibration.output_metrics import ctc_decode, mismatch_samples
 from onnxprune.calibration.metrics import METRICS, Evaluator, auto_kind, auto_kinds, metric_plan, output_error
 from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
@@ -1303,3 +1303,91 @@ def test_a_step_of_a_recurrent_layers_sequence_is_a_state_too():
     assert recurrent_states(model) == {"out"}
     assert evaluator(model, {"x": x}).plan == {"out": "rel_l2"}
     assert recurrent_states(_lstm_encoder(head=True)) == {"lstm", "lstm_1"}  # the Gemm head is not a state
+
+
+def _ctc_recognizer(pool: bool = False, blank: bool = False) -> onnx.ModelProto:
+    """trueocr's recognizer's tail: x [N, 4, 12] -> Conv1d to 6 classes [N, 6, 12] -> Transpose [N, 12, 6] -> 'ids'
+    (ArgMax over the classes) and 'conf' [N, 12], the per-step top probability 1 / sum(exp(z - max z)). With `pool`,
+    a fully convolutional classifier instead: the Conv's [N, 6, 12] averaged over its 12 positions, 'scores' [N, 6].
+    With `blank`, class 0's bias leads most steps, as a CTC head's blank does."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4, 1)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array([2], np.int64), "positions"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array([2.5 if blank else 0.0] + [0.0] * 5, np.float32), "B")]
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["z"], kernel_shape=[1])]
+    if pool:
+        nodes.append(helper.make_node("ReduceMean", ["z"], ["scores"], axes=[2], keepdims=0))
+        outs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 6])]
+    else:
+        nodes += [helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 2, 1]),
+                  helper.make_node("ArgMax", ["zt"], ["ids"], axis=-1, keepdims=0),
+                  helper.make_node("ReduceMax", ["zt"], ["top"], axes=[-1], keepdims=0),
+                  helper.make_node("Unsqueeze", ["top", "last"], ["top1"]),
+                  helper.make_node("Sub", ["zt", "top1"], ["shifted"]),
+                  helper.make_node("Exp", ["shifted"], ["e"]),
+                  helper.make_node("ReduceSum", ["e", "last"], ["total"], keepdims=0),
+                  helper.make_node("Reciprocal", ["total"], ["inverse"]),
+                  helper.make_node("Mul", ["inverse", "one"], ["conf"])]
+        outs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"]),
+                helper.make_tensor_value_info("conf", TensorProto.FLOAT, ["N", "T"])]
+    graph = helper.make_graph(nodes, "rec", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 12])], outs,
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_per_step_confidence_is_judged_by_its_values_not_by_its_top_position():
+    """Real models 54: trueocr's CTC recognizer returns 'conf' [B, T], each step's top probability computed from its
+    logits (1 / sum(exp(z - max z))), beside the ArgMax 'ids'; 'conf' was scored agreement, the argmax over the T
+    steps, whose values sit near 1. A reduction over a per-position head's classes (a Conv's channels, moved last by
+    a Transpose) is scored by relative L2; a mean over a Conv's positions (a fully convolutional classifier's class
+    scores) keeps agreement."""
+    from onnxprune.calibration.metric_choice import position_summaries
+
+    x = np.random.default_rng(0).standard_normal((16, 4, 12)).astype(np.float32)
+    model = _ctc_recognizer()
+    onnx.checker.check_model(model, full_check=True)
+    conf = make_session(model).run(["conf"], {"x": x})[0]
+    assert conf.shape == (16, 12) and (conf > 0).all() and (conf <= 1 + 1e-6).all()
+    assert position_summaries(model) == {"conf"}
+    assert evaluator(model, {"x": x}).plan == {"ids": "exact", "conf": "rel_l2"}
+    assert auto_kinds({"conf": conf}) == {"conf": "agreement"}  # without the graph's word: as before
+    pooled = _ctc_recognizer(pool=True)
+    assert position_summaries(pooled) == frozenset()
+    assert evaluator(pooled, {"x": x}).plan == {"scores": "agreement"}
+
+
+def test_a_greedy_ctc_path_computed_in_the_graph_is_judged_by_its_decoded_text():
+    """Real models 54: trueocr's recognizer returns 'ids' int64 [B, T], the ArgMax path its package decodes as CTC
+    (repeats collapsed, blank 0 dropped); it was scored exact, a line changed when any step of its path did (with
+    the stem pruned 10%: 39 of 649 paths changed, 19 texts). An ArgMax over a per-position head's classes whose
+    most frequent value is 0 is scored ctc_agreement on the path as it is; without the blank leading, or named
+    otherwise by the user, exact as before."""
+    from onnxprune.calibration.metric_choice import argmax_paths
+
+    x = np.random.default_rng(0).standard_normal((16, 4, 12)).astype(np.float32)
+    model = _ctc_recognizer(blank=True)
+    onnx.checker.check_model(model, full_check=True)
+    ids = make_session(model).run(["ids"], {"x": x})[0]
+    assert ids.dtype == np.int64 and (ids == 0).mean() > 0.5
+    assert argmax_paths(model) == {"ids"}
+    assert evaluator(model, {"x": x}).plan == {"ids": "ctc_agreement", "conf": "rel_l2"}
+    assert evaluator(_ctc_recognizer(), {"x": x}).plan["ids"] == "exact"  # no blank leads: every step
+    assert evaluator(model, {"x": x}, metric={"ids": "exact", "conf": "rel_l2"}).plan["ids"] == "exact"
+    ref = np.array([[0, 3, 3, 0, 2, 0], [0, 1, 0, 0, 4, 4]], np.int64)
+    same_text = np.array([[3, 3, 0, 0, 2, 2], [1, 0, 0, 4, 0, 0]], np.int64)  # steps moved, the same texts
+    changed = np.array([[0, 3, 0, 3, 2, 0], [0, 1, 0, 0, 4, 4]], np.int64)  # 3, 3, 2 read for 3, 2
+    terms, _ = METRICS["ctc_agreement"].samples(same_text, ref, None)
+    assert terms[:, 0].tolist() == [1.0, 1.0]
+    terms, _ = METRICS["ctc_agreement"].samples(changed, ref, None)
+    assert terms[:, 0].tolist() == [0.0, 1.0]
+    # a candidate whose steps move but whose texts do not: exact counts it changed, the decoded path does not
+    cand = with_initializer(model, "B", lambda b: b + np.float32(0.4) * (np.arange(6) == 0))
+    out = make_session(cand).run(["ids"], {"x": x})[0]
+    moved = int((out != ids).any(axis=1).sum())
+    texts = sum(a != b for a, b in zip(ctc_decode(out, 0), ctc_decode(ids, 0)))
+    judge = evaluator(model, {"x": x}, output="ids")
+    assert moved > texts > 0 and judge.loss_pp(judge.evaluate(cand)) == pytest.approx(100.0 * texts / len(x))
