@@ -1075,7 +1075,60 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
         if any(parts) and None in parts:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             found[i] = (axis, parts)
+            continue
+        stacked = _stacked_cache(graph, node, made, through, inputs)
+        if stacked is not None:
+            found[i] = stacked
     return found
+
+
+def _stacked_cache(graph, node, made: dict, through, inputs: set) -> tuple[int, list[str | None]] | None:
+    """(axis, [cache, None]) where `node`, a Concat on axis a, stacks (Unsqueeze on a) one Concat per layer of
+    `Gather(cache, j, axis=a)` (layer j's slice of a graph input, in order) and the new entries: a decoder step whose
+    cache of every layer is one input, `[2L, N, H, P, D]` -> `[2L, N, H, P + 1, D]` (torch.stack of its layers'
+    caches): the output's first P positions on that axis copy the input as fed."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+                   for n in graph.node if n.op_type == "Constant" and n.output})
+
+    def value(name: str):
+        t = consts.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    def attr(n, name, default):
+        return next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
+
+    rank = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in graph.input
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+    a, cache, inner = attr(node, "axis", 0), None, None
+    for j, x in enumerate(node.input):
+        _, un = through(x)
+        if un is None or un.op_type != "Unsqueeze":
+            return None
+        axes = value(un.input[1]) if len(un.input) > 1 else np.asarray(attr(un, "axes", []))
+        if axes is None or np.size(axes) != 1:
+            return None
+        _, cat = through(un.input[0])
+        if cat is None or cat.op_type != "Concat" or len(cat.input) != 2:
+            return None
+        _, gather = through(cat.input[0])
+        if gather is None or gather.op_type != "Gather" or through(gather.input[0])[0] not in inputs:
+            return None
+        src, index = through(gather.input[0])[0], value(gather.input[1])
+        r = rank.get(src)
+        if r is None or index is None or np.ndim(index) != 0 or int(index) != j:
+            return None
+        g = attr(gather, "axis", 0)
+        if (g + r) % r != (a + r) % r or (int(axes.reshape(-1)[0]) + r) % r != (a + r) % r:
+            return None
+        b = attr(cat, "axis", 0) % (r - 1)  # the layer's axis, on the slice of rank r - 1
+        here = b + 1 if b >= (a + r) % r else b
+        if cache not in (None, src) or inner not in (None, here):
+            return None
+        cache, inner = src, here
+    return None if cache is None else (inner, [cache, None])
 
 
 def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | None]]]:
