@@ -1594,21 +1594,24 @@ def stacked_cache_step(*, vocab: int = 12, dim: int = 4, layers: int = 2, seed: 
                   [_float("probs", [BATCH, vocab]), _float("new_cache", [layers, BATCH, "total_len", dim])])
 
 
-def greedy_rnn_step(*, vocab: int = 12, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
+def greedy_rnn_step(*, vocab: int = 12, hidden: int = 8, seed: int = 0, state: tuple[str, str] = ("h", "h_out")
+                    ) -> onnx.ModelProto:
     """A seq2seq decoder step as a package calls it in its greedy loop, the state batch-first: 'prev_token' int64 [N]
     and 'h' [N, H] -> 'logits' [N, V] and 'h_out' [N, H] = tanh(embed(prev_token) @ Wx + h @ Wh); logits = h_out @
-    Wo + b. A recorded call stacks as samples (every input leads with the batch)."""
+    Wo + b. A recorded call stacks as samples (every input leads with the batch). `state`: the state's input and
+    output names (tf2onnx names a Keras step's 'state_in' -> 'gru', which no end word pairs)."""
     g = _Graph(seed)
     g.const("embed.weight", g.rng.standard_normal((vocab, hidden)))
     e = g.op("Gather", "embed", ["embed.weight", "prev_token"], axis=0)
+    given, gives = state
     mix = g.op("Add", "cell", [g.op("MatMul", "wx", [e, g.weight("wx.weight", (hidden, hidden), hidden)]),
-                               g.op("MatMul", "wh", ["h", g.weight("wh.weight", (hidden, hidden), hidden)])])
-    g.nodes.append(helper.make_node("Tanh", [mix], ["h_out"], name="/cell/Tanh"))
-    y = g.matmul("h_out", "out", hidden, vocab)
+                               g.op("MatMul", "wh", [given, g.weight("wh.weight", (hidden, hidden), hidden)])])
+    g.nodes.append(helper.make_node("Tanh", [mix], [gives], name="/cell/Tanh"))
+    y = g.matmul(gives, "out", hidden, vocab)
     g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
     return _model(g, "greedy_rnn_step", [helper.make_tensor_value_info("prev_token", TensorProto.INT64, [BATCH]),
-                                         _float("h", [BATCH, hidden])],
-                  [_float("logits", [BATCH, vocab]), _float("h_out", [BATCH, hidden])])
+                                         _float(given, [BATCH, hidden])],
+                  [_float("logits", [BATCH, vocab]), _float(gives, [BATCH, hidden])])
 
 
 def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str = "legacy", seq: int | str = "seq",

@@ -304,7 +304,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         outs.append(out)
         if not pairs:  # named ends of one shape in a call, else (a cache that grows) an output the next call holds
             pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
-            if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 1):  # stacked: one shape a state
+            if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):  # stacked: one file after
                 return
         if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
             stopped = True

@@ -83,15 +83,15 @@ def test_a_kv_cache_decoder_is_decoded_with_its_own_picks_as_onnxruntime_does_by
     assert "`--max-loss logits=L`" in said
 
 
-def _rnn_calls(sess, h0: np.ndarray, prompt: np.ndarray, steps: int, record=None) -> np.ndarray:
+def _rnn_calls(sess, h0: np.ndarray, prompt: np.ndarray, steps: int, record=None, state=("h", "h_out")) -> np.ndarray:
     """greedy_rnn_step from state `h0` [N, H]: the prompt's tokens [N, S] forced, then its own picks, `steps` calls in
     all; returns the picks it keeps (those of the calls from the last prompt token on) [N, steps - S + 1]."""
     h, picks, tok = h0, [], prompt[:, 0]
     for t in range(steps):
-        feed = {"prev_token": tok, "h": h}
+        feed = {"prev_token": tok, state[0]: h}
         if record is not None:
             record.append(feed)
-        logits, h = sess.run(["logits", "h_out"], feed)
+        logits, h = sess.run(["logits", state[1]], feed)
         pick = logits.argmax(-1).astype(np.int64)
         if t >= prompt.shape[1] - 1:
             picks.append(pick)
@@ -99,11 +99,13 @@ def _rnn_calls(sess, h0: np.ndarray, prompt: np.ndarray, steps: int, record=None
     return np.stack(picks, 1)
 
 
-def test_a_batch_first_step_decoder_recorded_a_file_a_call_is_decoded_past_its_forced_prompt(tmp_path):
+@pytest.mark.parametrize("state", [("h", "h_out"), ("state_in", "gru")])
+def test_a_batch_first_step_decoder_recorded_a_file_a_call_is_decoded_past_its_forced_prompt(tmp_path, state):
     """Files of stacked samples (every input leads with the batch) are read as samples; a folder of them in call
-    order is still a decoder's calls: each file is one call here. A prompt's tokens (not the input model's picks)
-    stay forced; the picks fed back from the last of them on are the model's own."""
-    model = tb.greedy_rnn_step()
+    order is still a decoder's calls: each file is one call here, the state paired by its names or, where they pair
+    by no word (tf2onnx's Keras GRU step: 'state_in' -> 'gru'), by its values in the second file. A prompt's tokens
+    (not the input model's picks) stay forced; the picks fed back from the last of them on are the model's own."""
+    model = tb.greedy_rnn_step(state=state)
     dense = make_session(model)
     rng = np.random.default_rng(1)
     starts = []
@@ -112,26 +114,26 @@ def test_a_batch_first_step_decoder_recorded_a_file_a_call_is_decoded_past_its_f
         prompt = rng.integers(0, 12, (4, 3)).astype(np.int64)
         h = h0
         for t in range(2):  # a prompt token that is the input model's pick reads as fed back: none here
-            logits, h = dense.run(["logits", "h_out"], {"prev_token": prompt[:, t], "h": h})
+            logits, h = dense.run(["logits", state[1]], {"prev_token": prompt[:, t], state[0]: h})
             top = logits.argmax(-1)
             prompt[:, t + 1] = np.where(prompt[:, t + 1] == top, (top + 1) % 12, prompt[:, t + 1])
         starts.append((h0, prompt))
     feeds: list = []
     for h0, prompt in starts:
-        _rnn_calls(dense, h0, prompt, 9, feeds)
+        _rnn_calls(dense, h0, prompt, 9, feeds, state)
     forced_picks = [feeds[k]["prev_token"] for k in range(len(feeds)) if k % 9 in (1, 2)]
     _save(tmp_path / "calls", feeds)
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
     carried = result.report["carried"]
-    assert carried["pairs"] == {"h": "h_out"} and carried["streams"] == 10 and carried["feeds"] == 90
+    assert carried["pairs"] == {state[0]: state[1]} and carried["streams"] == 10 and carried["feeds"] == 90
     decoded = carried["decoded"]
     assert decoded["fed_back"] == {"prev_token": "logits"}
     written = make_session(onnx.load(tmp_path / "out.onnx"))
     changed = tokens = 0
     for h0, prompt in starts:
-        a, b = _rnn_calls(dense, h0, prompt, 9), _rnn_calls(written, h0, prompt, 9)
+        a, b = _rnn_calls(dense, h0, prompt, 9, state=state), _rnn_calls(written, h0, prompt, 9, state=state)
         changed += int((a != b).any(1).sum())
         tokens += int((a != b).sum())
     assert len(forced_picks) == 20 and (decoded["sequences"], decoded["tokens"]) == (40, 40 * 7)
