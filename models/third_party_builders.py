@@ -1536,6 +1536,40 @@ def cached_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int 
                    _float("present_value", [BATCH, heads, "total", head])])
 
 
+def merged_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """cached_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then branch
+    is cached_decoder's graph ('present_value' = Concat(past_value, new values)) and whose else branch computes the
+    new values alone (the first call, no past read; optimum feeds a dummy past there), every weight in the main
+    graph, read by both branches from the outer scope."""
+    base = cached_decoder(dim=dim, heads=heads, classes=classes, seed=seed)
+    outs = [o.name for o in base.graph.output]
+
+    def branch(tag: str, with_past: bool) -> onnx.GraphProto:
+        nodes = []
+        rename = {o: f"{tag}/{o}" for o in outs}
+        for n in base.graph.node:
+            n2 = onnx.NodeProto()
+            n2.CopyFrom(n)
+            n2.name = f"{tag}{n.name}"
+            if not with_past and "present_value" in n.output:  # the new values alone
+                n2.op_type, n2.input[:] = "Identity", [n.input[1]]
+                del n2.attribute[:]
+            n2.output[:] = [rename.get(o, f"{tag}{o}") for o in n.output]
+            n2.input[:] = [rename.get(i, f"{tag}{i}" if i.startswith("/") else i) for i in n2.input]
+            nodes.append(n2)
+        if not with_past:
+            nodes = [n for n in nodes if n.name != f"{tag}/past/Concat"]
+        return helper.make_graph(nodes, f"{tag}_branch", [],
+                                 [helper.make_tensor_value_info(rename[o], TensorProto.FLOAT, None) for o in outs])
+
+    node = helper.make_node("If", ["use_cache_branch"], outs, name="optimum::if",
+                            then_branch=branch("with_past", True), else_branch=branch("no_past", False))
+    inputs = list(base.graph.input) + [helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
+    graph = helper.make_graph([node], "merged_cache_decoder", inputs, list(base.graph.output),
+                              list(base.graph.initializer))
+    return helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
+
+
 def cached_decoder_feed(n: int = 64, *, dim: int = 8, heads: int = 2, seq: int = 3, past: int = 12,
                         seed: int = 0) -> dict[str, np.ndarray]:
     """Random states and a past four times as long as the new part."""

@@ -120,3 +120,20 @@ def test_a_stack_of_caches_read_out_of_order_is_scored_whole():
         if t.name in ("layer0", "layer1"):
             t.CopyFrom(onnx.numpy_helper.from_array(np.array(1 - int(t.name[-1]), np.int64), t.name))
     assert copied_parts(swapped, ["probs", "new_cache"]) == {}
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_merged_decoders_present_is_scored_on_its_new_part_where_its_branch_copies_the_past(cached):
+    """Decoders 54: Hugging Face optimum's merged decoder (If on use_cache_branch over the with-past and the no-past
+    graphs) was scored whole, its present.* If outputs: at 1.12x its held-out present.0.value moved 0.93 pp whole and
+    3.69 pp on its new part. Found in the branch that Concats the fed past; cut only where the output holds the past
+    as fed: the no-past branch, fed optimum's dummy past of length 1, is scored whole (all of it is new)."""
+    model = tb.merged_cache_decoder()
+    onnx.checker.check_model(model, full_check=True)
+    assert copied_parts(model, ["logits", "present_value"]) == {1: (-2, ["past_value", None])}
+    feed = {**tb.cached_decoder_feed(past=12 if cached else 1), "use_cache_branch": np.array([cached])}
+    ev = Evaluator(open_data(feed, model, batch_size=16), {"logits": "seq_agreement", "present_value": "rel_l2"},
+                   model)
+    assert any(ev.crops) == cached
+    ev.evaluate(_moved(model, 1.05))  # every new value 5% larger, in both branches; onnxruntime runs it
+    assert 100 * (1 - ev.last["present_value"]["after"]) == pytest.approx(5.0, rel=1e-4)
