@@ -127,6 +127,7 @@ class Evaluator:
         self.position_masks: list[np.ndarray | None] = []  # per batch, its [N, S] mask (True = a real token)
         self.masked: frozenset[int] = frozenset()  # scored outputs whose padded positions are not scored
         self.copies = copied_parts(reference_model, list(self.plan))  # outputs a Concat makes of inputs in part
+        self.copies_checked = _through_if(reference_model, list(self.plan), self.copies)  # cut where they hold it
         self.crops: list[dict[int, tuple[int, int, np.ndarray]]] = []  # per batch, `_crops`
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
@@ -173,7 +174,7 @@ class Evaluator:
         for feeds, lab in self.batches():
             read.append((lab, _position_mask(feeds, self.mask_input),
                          {k: np.asarray(feeds[k]) for k in tokens if k in feeds}))
-            copied.append(_copied_sizes(self.copies, feeds))
+            copied.append(_copied_sizes(self.copies, feeds, self.copies_checked))
         self.labels: list[np.ndarray | None] = [lab for lab, _, _ in read]
         self.position_masks = [mask for _, mask, _ in read]
         self.padding = None if self.mask_input is None else f"{self.mask_input} is 0"
@@ -478,13 +479,15 @@ class Evaluator:
         crops = []
         for sizes, ref in zip(copied, self.reference_all, strict=True):
             batch = {}
-            for i, (axis, parts) in sizes.items():
+            for i, (axis, parts, arrays) in sizes.items():
                 value = as_array(ref[i])
                 if value.ndim <= axis or (self.sample_axes and self.sample_axes[i] == axis):
                     continue
                 total = value.shape[axis]
                 rest = total - sum(p for p in parts if p is not None)
                 if parts.count(None) != 1 or not 0 <= rest < total:  # nothing copied in this batch: nothing cut
+                    continue
+                if arrays is not None and not _holds_copies(value, axis, arrays):  # a branch that copies nothing
                     continue
                 at, keep = 0, None
                 for p in parts:
@@ -1075,12 +1078,128 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
         if any(parts) and None in parts:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             found[i] = (axis, parts)
+            continue
+        stacked = _stacked_cache(graph, node, made, through, inputs)
+        if stacked is not None:
+            found[i] = stacked
+    for i, name in enumerate(names):  # an If's output: a branch's Concat of a main-graph input (optimum's merged)
+        out, node = through(name) if name else (name, None)
+        if i not in found and node is not None and node.op_type == "If":
+            got = _branch_copies(node, list(node.output).index(out), inputs)
+            if got is not None:
+                found[i] = got
     return found
 
 
-def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | None]]]:
-    """Per output `copied_parts` names, (axis normalised, each copied part's length in these feeds) where the
-    feeds hold every input it copies."""
+def _branch_copies(node: onnx.NodeProto, k: int, inputs: set) -> tuple[int, list[str | None]] | None:
+    """(axis, parts) of output `k` of the If `node` where a branch makes it a Concat of a main-graph input (read from
+    the outer scope) and computed parts, as copied_parts reads the main graph's; both branches, where both do, alike.
+    Optimum's merged decoder: If(use_cache_branch) over the with-past graph (present.* = Concat(past_key_values.*,
+    new)) and the no-past one (present.* the new keys alone). Which branch ran is not known here: the evaluator cuts
+    a batch's copied part only where the output holds the input as fed there (`_crops`)."""
+    got = []
+    for attr in node.attribute:
+        if attr.name not in ("then_branch", "else_branch") or k >= len(attr.g.output):
+            continue
+        body = attr.g
+        inner = {o: n for n in body.node for o in n.output}
+
+        def through(name: str):
+            n = inner.get(name)
+            while n is not None and (n.op_type == "Identity" or (n.op_type == "Concat" and len(n.input) == 1)):
+                name, n = n.input[0], inner.get(n.input[0])
+            return name, n
+
+        _, n = through(body.output[k].name)
+        if n is None or n.op_type != "Concat" or len(n.input) < 2:
+            continue
+        local = inner.keys() | {t.name for t in body.initializer} | {i.name for i in body.input}
+        parts = [x if x in inputs and x not in local else None for x in (through(y)[0] for y in n.input)]
+        if any(parts) and None in parts:
+            got.append((next((a.i for a in n.attribute if a.name == "axis"), 0), parts))
+    return got[0] if got and all(g == got[0] for g in got) else None
+
+
+def _stacked_cache(graph, node, made: dict, through, inputs: set) -> tuple[int, list[str | None]] | None:
+    """(axis, [cache, None]) where `node`, a Concat on axis a, stacks (Unsqueeze on a) one Concat per layer of
+    `Gather(cache, j, axis=a)` (layer j's slice of a graph input, in order) and the new entries: a decoder step whose
+    cache of every layer is one input, `[2L, N, H, P, D]` -> `[2L, N, H, P + 1, D]` (torch.stack of its layers'
+    caches): the output's first P positions on that axis copy the input as fed."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in graph.initializer}
+    consts.update({n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
+                   for n in graph.node if n.op_type == "Constant" and n.output})
+
+    def value(name: str):
+        t = consts.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+    def attr(n, name, default):
+        return next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == name), default)
+
+    rank = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in graph.input
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+    a, cache, inner = attr(node, "axis", 0), None, None
+    for j, x in enumerate(node.input):
+        _, un = through(x)
+        if un is None or un.op_type != "Unsqueeze":
+            return None
+        axes = value(un.input[1]) if len(un.input) > 1 else np.asarray(attr(un, "axes", []))
+        if axes is None or np.size(axes) != 1:
+            return None
+        _, cat = through(un.input[0])
+        if cat is None or cat.op_type != "Concat" or len(cat.input) != 2:
+            return None
+        _, gather = through(cat.input[0])
+        if gather is None or gather.op_type != "Gather" or through(gather.input[0])[0] not in inputs:
+            return None
+        src, index = through(gather.input[0])[0], value(gather.input[1])
+        r = rank.get(src)
+        if r is None or index is None or np.ndim(index) != 0 or int(index) != j:
+            return None
+        g = attr(gather, "axis", 0)
+        if (g + r) % r != (a + r) % r or (int(axes.reshape(-1)[0]) + r) % r != (a + r) % r:
+            return None
+        b = attr(cat, "axis", 0) % (r - 1)  # the layer's axis, on the slice of rank r - 1
+        here = b + 1 if b >= (a + r) % r else b
+        if cache not in (None, src) or inner not in (None, here):
+            return None
+        cache, inner = src, here
+    return None if cache is None else (inner, [cache, None])
+
+
+def _through_if(model: onnx.ModelProto | None, names: list, copies: dict) -> frozenset:
+    """The outputs of `copies` an If gives (found in its branches), whose copied part is cut only in a batch where
+    the output holds the input as fed."""
+    if model is None:
+        return frozenset()
+    made = {o: n for n in model.graph.node for o in n.output}
+    out = set()
+    for i in copies:
+        name, node = names[i], made.get(names[i])
+        while node is not None and (node.op_type == "Identity" or (node.op_type == "Concat" and len(node.input) == 1)):
+            name, node = node.input[0], made.get(node.input[0])
+        if node is not None and node.op_type == "If":
+            out.add(i)
+    return frozenset(out)
+
+
+def _holds_copies(value: np.ndarray, axis: int, arrays: list) -> bool:
+    """Whether `value` holds each copied part's array, as fed, at its place on `axis`."""
+    at = 0
+    rest = value.shape[axis] - sum(np.shape(a)[axis] for a in arrays if a is not None)
+    for a in arrays:
+        size = rest if a is None else np.shape(a)[axis]
+        if a is not None and not np.array_equal(np.take(value, np.arange(at, at + size), axis=axis), np.asarray(a)):
+            return False
+        at += size
+    return True
+
+
+def _copied_sizes(copies: dict, feeds: dict, checked: frozenset = frozenset()) -> dict[int, tuple]:
+    """Per output `copied_parts` names, (axis normalised, each copied part's length in these feeds, and for the
+    outputs in `checked` the copied arrays, else None) where the feeds hold every input it copies."""
     got = {}
     for i, (axis, parts) in copies.items():
         arrays = [None if p is None else feeds.get(p) for p in parts]
@@ -1090,7 +1209,8 @@ def _copied_sizes(copies: dict, feeds: dict) -> dict[int, tuple[int, list[int | 
         at = axis + rank if axis < 0 else axis
         if not 0 <= at < rank:
             continue
-        got[i] = (at, [None if a is None else int(np.shape(a)[at]) for a in arrays])
+        got[i] = (at, [None if a is None else int(np.shape(a)[at]) for a in arrays],
+                  arrays if i in checked else None)
     return got
 
 

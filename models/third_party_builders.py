@@ -1536,12 +1536,116 @@ def cached_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int 
                    _float("present_value", [BATCH, heads, "total", head])])
 
 
+def merged_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """cached_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then branch
+    is cached_decoder's graph ('present_value' = Concat(past_value, new values)) and whose else branch computes the
+    new values alone (the first call, no past read; optimum feeds a dummy past there), every weight in the main
+    graph, read by both branches from the outer scope."""
+    base = cached_decoder(dim=dim, heads=heads, classes=classes, seed=seed)
+    outs = [o.name for o in base.graph.output]
+
+    def branch(tag: str, with_past: bool) -> onnx.GraphProto:
+        nodes = []
+        rename = {o: f"{tag}/{o}" for o in outs}
+        for n in base.graph.node:
+            n2 = onnx.NodeProto()
+            n2.CopyFrom(n)
+            n2.name = f"{tag}{n.name}"
+            if not with_past and "present_value" in n.output:  # the new values alone
+                n2.op_type, n2.input[:] = "Identity", [n.input[1]]
+                del n2.attribute[:]
+            n2.output[:] = [rename.get(o, f"{tag}{o}") for o in n.output]
+            n2.input[:] = [rename.get(i, f"{tag}{i}" if i.startswith("/") else i) for i in n2.input]
+            nodes.append(n2)
+        if not with_past:
+            nodes = [n for n in nodes if n.name != f"{tag}/past/Concat"]
+        return helper.make_graph(nodes, f"{tag}_branch", [],
+                                 [helper.make_tensor_value_info(rename[o], TensorProto.FLOAT, None) for o in outs])
+
+    node = helper.make_node("If", ["use_cache_branch"], outs, name="optimum::if",
+                            then_branch=branch("with_past", True), else_branch=branch("no_past", False))
+    inputs = list(base.graph.input) + [helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
+    graph = helper.make_graph([node], "merged_cache_decoder", inputs, list(base.graph.output),
+                              list(base.graph.initializer))
+    return helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
+
+
 def cached_decoder_feed(n: int = 64, *, dim: int = 8, heads: int = 2, seq: int = 3, past: int = 12,
                         seed: int = 0) -> dict[str, np.ndarray]:
     """Random states and a past four times as long as the new part."""
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((n, seq, dim)).astype(np.float32),
             "past_value": rng.standard_normal((n, heads, past, dim // heads)).astype(np.float32)}
+
+
+def greedy_cache_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A decoder fed its KV cache as a GPT export takes it, greedy decoding's way: 'input_ids' int64 [N, S] (the
+    prompt, then each call's pick) and 'past' [N, P, D] -> 'logits' [N, S, V] and 'present' [N, P + S, D] =
+    Concat(past, the new keys): no output has its input's shape in a call (the cache grows), and the names pair by
+    no word ('past' alone is an end word). logits = fc2(relu(fc1(embed(ids) + mean of present over positions)))."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "input_ids"], axis=0)
+    k = g.op("MatMul", "k_proj", [e, g.weight("k_proj.weight", (dim, dim), dim)])
+    g.nodes.append(helper.make_node("Concat", ["past", k], ["present"], name="/present/Concat", axis=1))
+    ctx = g.op("ReduceMean", "ctx", ["present"], axes=[1], keepdims=1)
+    h = g.relu(g.matmul(g.op("Add", "mix", [e, ctx]), "fc1", dim, 2 * dim), "fc1")
+    y = g.matmul(h, "fc2", 2 * dim, vocab)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, "seq"])
+    return _model(g, "greedy_cache_decoder", [ids, _float("past", [BATCH, "past_len", dim])],
+                  [_float("logits", [BATCH, "seq", vocab]), _float("present", [BATCH, "total_len", dim])])
+
+
+def stacked_cache_step(*, vocab: int = 12, dim: int = 4, layers: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """A decoder step whose cache of every layer is one input with the batch on axis 1, as torch.stack of the
+    layers' caches exports: 'token' int64 [N] and 'cache' [L, N, P, D] -> 'probs' [N, V] (a Softmax) and 'new_cache'
+    [L, N, P + 1, D] = Concat(axis 0) of Unsqueeze(Concat(Gather(cache, j, axis 0), layer j's new entry, axis 1)):
+    its first P positions copy the cache as fed. probs = softmax(fc2(relu(fc1(embed(token) + the layers' mean
+    entries))))."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "token"], axis=0)
+    one = g.const("one", np.array([1]))
+    g.initializers[-1] = numpy_helper.from_array(np.array([1], np.int64), "one")
+    zero = g.const("zero_axis", np.array([0]))
+    g.initializers[-1] = numpy_helper.from_array(np.array([0], np.int64), "zero_axis")
+    stacked, mixed = [], e
+    for j in range(layers):
+        g.initializers.append(numpy_helper.from_array(np.array(j, np.int64), f"layer{j}"))
+        past = g.op("Gather", f"cache{j}", ["cache", f"layer{j}"], axis=0)
+        new = g.op("Unsqueeze", f"new{j}", [g.op("MatMul", f"k{j}", [e, g.weight(f"k{j}.weight", (dim, dim), dim)]),
+                                            one])
+        layer = g.op("Concat", f"layer{j}", [past, new], axis=1)
+        stacked.append(g.op("Unsqueeze", f"stack{j}", [layer, zero]))
+        mixed = g.op("Add", f"mix{j}", [mixed, g.op("ReduceMean", f"mean{j}", [layer], axes=[1], keepdims=0)])
+    g.nodes.append(helper.make_node("Concat", stacked, ["new_cache"], name="/new_cache/Concat", axis=0))
+    h = g.relu(g.matmul(mixed, "fc1", dim, 2 * dim), "fc1")
+    g.nodes.append(helper.make_node("Softmax", [g.matmul(h, "fc2", 2 * dim, vocab)], ["probs"], name="/probs",
+                                    axis=-1))
+    return _model(g, "stacked_cache_step", [helper.make_tensor_value_info("token", TensorProto.INT64, [BATCH]),
+                                            _float("cache", [layers, BATCH, "past_len", dim])],
+                  [_float("probs", [BATCH, vocab]), _float("new_cache", [layers, BATCH, "total_len", dim])])
+
+
+def greedy_rnn_step(*, vocab: int = 12, hidden: int = 8, seed: int = 0, state: tuple[str, str] = ("h", "h_out")
+                    ) -> onnx.ModelProto:
+    """A seq2seq decoder step as a package calls it in its greedy loop, the state batch-first: 'prev_token' int64 [N]
+    and 'h' [N, H] -> 'logits' [N, V] and 'h_out' [N, H] = tanh(embed(prev_token) @ Wx + h @ Wh); logits = h_out @
+    Wo + b. A recorded call stacks as samples (every input leads with the batch). `state`: the state's input and
+    output names (tf2onnx names a Keras step's 'state_in' -> 'gru', which no end word pairs)."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, hidden)))
+    e = g.op("Gather", "embed", ["embed.weight", "prev_token"], axis=0)
+    given, gives = state
+    mix = g.op("Add", "cell", [g.op("MatMul", "wx", [e, g.weight("wx.weight", (hidden, hidden), hidden)]),
+                               g.op("MatMul", "wh", [given, g.weight("wh.weight", (hidden, hidden), hidden)])])
+    g.nodes.append(helper.make_node("Tanh", [mix], [gives], name="/cell/Tanh"))
+    y = g.matmul(gives, "out", hidden, vocab)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "greedy_rnn_step", [helper.make_tensor_value_info("prev_token", TensorProto.INT64, [BATCH]),
+                                         _float(given, [BATCH, hidden])],
+                  [_float("logits", [BATCH, vocab]), _float(gives, [BATCH, hidden])])
 
 
 def hf_conv1d_mlp(*, dim: int = 8, hidden: int = 16, blocks: int = 2, form: str = "legacy", seq: int | str = "seq",

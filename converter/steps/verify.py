@@ -270,7 +270,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. The budget
     itself is judged one call at a time from each feed's recorded state; this says what streaming adds. Data whose
     feeds do not follow one another gets a note saying that nothing was measured streamed."""
-    from onnxprune.calibration.carried import carried_run, follows, state_pairs, streams
+    from onnxprune.calibration.carried import (call_files, carried_run, decoded_run, file_calls, follows, state_pairs,
+                                              streams, value_pairs)
     from onnxprune.calibration.metrics import Evaluator
     from onnxprune.calibration.readers import open_data
     from onnxprune.calibration.runtime import make_session, output_names
@@ -279,32 +280,40 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
 
     data = state.data
     reader = data.evaluation.reader if data.config.eval_data is not None else data.reader()
-    if input_kept(state) or not getattr(reader, "per_feed", False) or getattr(reader, "one_sample_feeds", False):
+    if input_kept(state) or getattr(reader, "one_sample_feeds", False):
         return
     dense = make_session(state.original)
     names = output_names(state.original)
     inputs = {i.name for i in dense.get_inputs()}
+    calls, rows, total = reader, 1, reader.num_samples
+    if not getattr(reader, "per_feed", False):  # stacked samples: a folder's files may be a decoder's calls
+        found = call_files(data.config.eval_data if data.config.eval_data is not None else data.config.data, inputs)
+        if found is None:
+            return
+        calls, rows, total = file_calls(found[0]), found[1], len(found[0])
     seconds = CARRIED_SECONDS
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
-    raw, after, pairs, previous, spent, stopped = [], [], None, None, 0.0, False
-    for feed in reader:
+    raw, outs, pairs, spent, stopped = [], [], {}, 0.0, False
+    for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
         t0 = time.perf_counter()
         out = dict(zip(names, dense.run(names, feed)))
         spent += time.perf_counter() - t0
-        if pairs is None:
-            pairs = state_pairs(feed, out)
-            if not pairs:
-                return
         raw.append(feed)
-        after.append(previous is not None and follows(previous, feed, pairs))
-        previous = out
+        outs.append(out)
+        if not pairs:  # named ends of one shape in a call, else (a cache that grows) an output the next call holds
+            pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
+            if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):  # stacked: one file after
+                return
         if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
             stopped = True
             break
+    if not pairs:
+        return
+    after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
+    tokens = _fed_back_tokens(raw, outs, after)
     kept = streams(after)
-    total = reader.num_samples
     if not kept and stopped and (total is None or len(raw) < total):  # too few read to say the feeds follow none
         state.notes.append(f"time budget: the carried-state check (the model run as a stream, feeding back "
                            f"{_pairs_words(pairs)}) read {len(raw):,} feed(s) in the time left, too few to find a "
@@ -319,7 +328,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     feeds = [raw[k] for k in kept]
     inside = set(kept)
     chained = [after[k] and (k - 1) in inside for k in kept]
-    ev = Evaluator(open_data(feeds, state.original, batch_size=1, warn=False), data.config.metric,
+    ev = Evaluator(open_data(feeds, state.original, batch_size=rows, warn=False), data.config.metric,
                    reference_model=state.original, quiet=True, budget=data.budget, output_budgets=data.output_budgets)
     wanted = [n or names[0] for n in ev.plan]
     written = make_session(state.final)
@@ -333,6 +342,46 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
     state.carried["over"] = streamed_over(state.carried, budget)  # the budget line says them beside "met"
     state.notes.append(carried_note(state.carried, budget))
+    if tokens:
+        decoded = decoded_run(written, feeds, pairs, tokens, chained, [outs[k] for k in kept])
+        state.carried["decoded"] = {"fed_back": dict(tokens), **decoded}
+        state.notes.append(decoded_note(state.carried, budget))
+
+
+VALUE_LOOKS = 8  # the feeds read for a state fed back as it is (value_pairs) before a model is taken for no stream
+
+
+def _fed_back_tokens(raw: list[dict], outs: list[dict], after: list[bool]) -> dict[str, str]:
+    """{input: output} of a greedy decoder's fed-back token (calibration.carried.token_pairs) in at least a quarter
+    of the feeds that follow the one before (the others forced: a prompt stepped in) and in two or more."""
+    from onnxprune.calibration.carried import token_pairs
+
+    chained = [k for k in range(1, len(raw)) if after[k]]
+    votes: dict[tuple[str, str], int] = {}
+    for k in chained:
+        for pair in token_pairs(outs[k - 1], raw[k]).items():
+            votes[pair] = votes.get(pair, 0) + 1
+    found = [(i, o) for (i, o), v in votes.items() if v >= 2 and 4 * v >= len(chained)]
+    return {i: o for i, o in found if [j for j, _ in found].count(i) == 1}
+
+
+def decoded_note(carried: dict, budget: float | None) -> str:
+    """The greedy decoding check in one note: which token is fed back, the decoded sequences and tokens that change
+    with the written model's own picks fed back, beside the picks it changes one call at a time."""
+    d = carried["decoded"]
+    fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in d["fed_back"].items())
+    share = 100.0 * d["changed"] / max(d["sequences"], 1)
+    tok = 100.0 * d["tokens_changed"] / max(d["tokens"], 1)
+    one = 100.0 * d["one_call_changed"] / max(d["tokens"], 1)
+    text = (f"greedy decoding: {fed} of the call before; fed its own picks (and states), the written model decodes "
+            f"{d['changed']:,} of {d['sequences']:,} sequences differently ({share:.1f}%), {tok:.2f}% of their "
+            f"{d['tokens']:,} tokens, where one call at a time from the input model's tokens it changes {one:.2f}% of "
+            "them: every figure above is one call at a time, and a changed token changes every call after it")
+    if budget is not None and share > budget:
+        outs = " ".join(f"{o}=L" for o in dict.fromkeys(d["fed_back"].values()))
+        text += (f"; {share:.1f}% of sequences is more than --max-loss {budget:g} as a share: if decoded sequences "
+                 f"must hold, a smaller budget on what is fed back (`--max-loss {outs}`) leaves room for that")
+    return text
 
 
 CARRIED_PASSES = 4  # the input model over the feeds (to find the streams), its scoring pass, the written model one

@@ -90,3 +90,50 @@ def test_an_onnx_attentions_present_is_scored_on_its_new_part_as_a_concats_is():
     ev.evaluate(candidate)
     assert 100 * (1 - ev.last["present_value"]["after"]) == pytest.approx(5.0, rel=1e-4)
     assert ev.last["present_key"]["after"] == pytest.approx(1.0)
+
+
+def test_a_stacked_cache_with_the_batch_on_axis_1_is_scored_on_its_new_part():
+    """Decoders 54: a decoder step that stacks every layer's cache into one input (torch.stack: 'cache' [2L, N, H, P,
+    D] -> 'new_cache' [2L, N, H, P + 1, D], a Concat of Unsqueezes of each layer's Concat(Gather(cache, j), new))
+    was scored whole: its held-out figure 0.69 pp where its new part moved 2.45 pp. Found as a Concat's: with every
+    new entry 5% larger, new_cache loses exactly 5 pp, its samples on axis 1."""
+    model = tb.stacked_cache_step()
+    onnx.checker.check_model(model, full_check=True)
+    assert copied_parts(model, ["probs", "new_cache"]) == {1: (2, ["cache", None])}
+    rng = np.random.default_rng(0)
+    feed = {"token": rng.integers(0, 12, 64).astype(np.int64),
+            "cache": rng.standard_normal((2, 64, 12, 4)).astype(np.float32)}
+    ev = Evaluator(open_data(feed, model), {"probs": "prob", "new_cache": "rel_l2"}, model)
+    assert all(ev.crops)
+    candidate = with_initializer(with_initializer(model, "k0.weight", lambda w: w * 1.05), "k1.weight",
+                                 lambda w: w * 1.05)  # onnxruntime runs it
+    ev.evaluate(candidate)
+    assert 100 * (1 - ev.last["new_cache"]["after"]) == pytest.approx(5.0, rel=1e-4)
+    assert "'new_cache' scored on their new part only: the part that copies 'cache'" in BudgetRule(ev, 1.0).statement()
+
+
+def test_a_stack_of_caches_read_out_of_order_is_scored_whole():
+    model = tb.stacked_cache_step()
+    swapped = onnx.ModelProto()
+    swapped.CopyFrom(model)
+    for t in swapped.graph.initializer:  # layer 0 reads the cache's slice 1: its first P positions are not slice 0
+        if t.name in ("layer0", "layer1"):
+            t.CopyFrom(onnx.numpy_helper.from_array(np.array(1 - int(t.name[-1]), np.int64), t.name))
+    assert copied_parts(swapped, ["probs", "new_cache"]) == {}
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_merged_decoders_present_is_scored_on_its_new_part_where_its_branch_copies_the_past(cached):
+    """Decoders 54: Hugging Face optimum's merged decoder (If on use_cache_branch over the with-past and the no-past
+    graphs) was scored whole, its present.* If outputs: at 1.12x its held-out present.0.value moved 0.93 pp whole and
+    3.69 pp on its new part. Found in the branch that Concats the fed past; cut only where the output holds the past
+    as fed: the no-past branch, fed optimum's dummy past of length 1, is scored whole (all of it is new)."""
+    model = tb.merged_cache_decoder()
+    onnx.checker.check_model(model, full_check=True)
+    assert copied_parts(model, ["logits", "present_value"]) == {1: (-2, ["past_value", None])}
+    feed = {**tb.cached_decoder_feed(past=12 if cached else 1), "use_cache_branch": np.array([cached])}
+    ev = Evaluator(open_data(feed, model, batch_size=16), {"logits": "seq_agreement", "present_value": "rel_l2"},
+                   model)
+    assert any(ev.crops) == cached
+    ev.evaluate(_moved(model, 1.05))  # every new value 5% larger, in both branches; onnxruntime runs it
+    assert 100 * (1 - ev.last["present_value"]["after"]) == pytest.approx(5.0, rel=1e-4)

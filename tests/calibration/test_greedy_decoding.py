@@ -1,0 +1,168 @@
+"""A greedy decoder's calls, recorded in order one file each, are run as it decodes: each model fed its own picks
+and states (calibration/carried.py `value_pairs`, `token_pairs`, `decoded_run`; converter/steps/verify.carried_check).
+Every other figure judges one call at a time from the input model's tokens, where a changed pick changes every call
+after it (real models 53's Keras seq2seq decoder: 0.22 pp of steps changed, 5.9% of held-out words; decoders 54's
+GPT with a KV cache: 0.61 pp of positions, 21% of held-out sequences)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune import prune
+from onnxprune.calibration.carried import token_pairs, value_pairs
+from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.steps.verify import decoded_note
+from onnxprune.models import third_party_builders as tb
+
+
+def _cache_calls(sess, prompt: np.ndarray, steps: int, record=None) -> np.ndarray:
+    """greedy_cache_decoder decoding `prompt` [N, S] for `steps` calls, the first with an empty past: its picks
+    [N, steps]; each call's feed appended to `record`."""
+    ids, past, picks = prompt, np.zeros((len(prompt), 0, 8), np.float32), []
+    for _ in range(steps):
+        feed = {"input_ids": ids, "past": past}
+        if record is not None:
+            record.append(feed)
+        logits, past = sess.run(["logits", "present"], feed)
+        picks.append(logits[:, -1].argmax(-1))
+        ids = picks[-1][:, None].astype(np.int64)
+    return np.stack(picks, 1)
+
+
+def _save(folder, feeds) -> None:
+    folder.mkdir()
+    for k, feed in enumerate(feeds):
+        np.savez(folder / f"call{k:04d}.npz", **feed)
+
+
+def test_a_grown_cache_and_a_fed_back_token_are_read_from_consecutive_calls():
+    model = tb.greedy_cache_decoder()
+    feeds: list = []
+    _cache_calls(make_session(model), np.array([[1, 2, 3], [4, 5, 6]], np.int64), 2, feeds)
+    sess = make_session(model)
+    first = dict(zip(["logits", "present"], sess.run(["logits", "present"], feeds[0])))
+    assert value_pairs(first, feeds[1]) == {"past": "present"}  # [2, 3, 8] out, fed as is; no name pairs them
+    assert token_pairs(first, feeds[1]) == {"input_ids": "logits"}  # the argmax at the last position, [N, 1]
+    other = {**feeds[1], "input_ids": (feeds[1]["input_ids"] + 1) % 12}
+    assert token_pairs(first, other) == {}
+    assert value_pairs(first, {**feeds[1], "past": feeds[1]["past"] + 1}) == {}
+
+
+def test_a_kv_cache_decoder_is_decoded_with_its_own_picks_as_onnxruntime_does_by_hand(tmp_path):
+    model = tb.greedy_cache_decoder()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 12, (4, 3)).astype(np.int64) for _ in range(8)]
+    feeds: list = []
+    dense = make_session(model)
+    for p in prompts:
+        _cache_calls(dense, p, 8, feeds)
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.3)
+    decoded = result.report["carried"]["decoded"]
+    assert result.report["carried"]["pairs"] == {"past": "present"}
+    assert decoded["fed_back"] == {"input_ids": "logits"}
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    sequences = changed = tokens = 0
+    for p in prompts:  # by hand: each model decodes every prompt greedily
+        a, b = _cache_calls(dense, p, 8), _cache_calls(written, p, 8)
+        sequences += len(a)
+        changed += int((a != b).any(1).sum())
+        tokens += int((a != b).sum())
+    assert (decoded["sequences"], decoded["tokens"]) == (32, 32 * 8)
+    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens)
+    assert 0 < changed < 32 and decoded["tokens_changed"] > decoded["one_call_changed"]
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding:"))
+    assert "'input_ids' holds the argmax of 'logits'" in note and f"decodes {changed} of 32 sequences" in note
+    assert "more than --max-loss" not in note  # no budget asked
+    said = decoded_note(result.report["carried"], 1.0)  # with --max-loss 1 the share of sequences is over it
+    assert f"{100 * changed / 32:.1f}% of sequences is more than --max-loss 1 as a share" in said
+    assert "`--max-loss logits=L`" in said
+
+
+def _rnn_calls(sess, h0: np.ndarray, prompt: np.ndarray, steps: int, record=None, state=("h", "h_out")) -> np.ndarray:
+    """greedy_rnn_step from state `h0` [N, H]: the prompt's tokens [N, S] forced, then its own picks, `steps` calls in
+    all; returns the picks it keeps (those of the calls from the last prompt token on) [N, steps - S + 1]."""
+    h, picks, tok = h0, [], prompt[:, 0]
+    for t in range(steps):
+        feed = {"prev_token": tok, state[0]: h}
+        if record is not None:
+            record.append(feed)
+        logits, h = sess.run(["logits", state[1]], feed)
+        pick = logits.argmax(-1).astype(np.int64)
+        if t >= prompt.shape[1] - 1:
+            picks.append(pick)
+        tok = prompt[:, t + 1] if t + 1 < prompt.shape[1] else pick
+    return np.stack(picks, 1)
+
+
+@pytest.mark.parametrize("state", [("h", "h_out"), ("state_in", "gru")])
+def test_a_batch_first_step_decoder_recorded_a_file_a_call_is_decoded_past_its_forced_prompt(tmp_path, state):
+    """Files of stacked samples (every input leads with the batch) are read as samples; a folder of them in call
+    order is still a decoder's calls: each file is one call here, the state paired by its names or, where they pair
+    by no word (tf2onnx's Keras GRU step: 'state_in' -> 'gru'), by its values in the second file. A prompt's tokens
+    (not the input model's picks) stay forced; the picks fed back from the last of them on are the model's own."""
+    model = tb.greedy_rnn_step(state=state)
+    dense = make_session(model)
+    rng = np.random.default_rng(1)
+    starts = []
+    for _ in range(10):
+        h0 = rng.standard_normal((4, 8)).astype(np.float32)
+        prompt = rng.integers(0, 12, (4, 3)).astype(np.int64)
+        h = h0
+        for t in range(2):  # a prompt token that is the input model's pick reads as fed back: none here
+            logits, h = dense.run(["logits", state[1]], {"prev_token": prompt[:, t], state[0]: h})
+            top = logits.argmax(-1)
+            prompt[:, t + 1] = np.where(prompt[:, t + 1] == top, (top + 1) % 12, prompt[:, t + 1])
+        starts.append((h0, prompt))
+    feeds: list = []
+    for h0, prompt in starts:
+        _rnn_calls(dense, h0, prompt, 9, feeds, state)
+    forced_picks = [feeds[k]["prev_token"] for k in range(len(feeds)) if k % 9 in (1, 2)]
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    carried = result.report["carried"]
+    assert carried["pairs"] == {state[0]: state[1]} and carried["streams"] == 10 and carried["feeds"] == 90
+    decoded = carried["decoded"]
+    assert decoded["fed_back"] == {"prev_token": "logits"}
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    changed = tokens = 0
+    for h0, prompt in starts:
+        a, b = _rnn_calls(dense, h0, prompt, 9, state=state), _rnn_calls(written, h0, prompt, 9, state=state)
+        changed += int((a != b).any(1).sum())
+        tokens += int((a != b).sum())
+    assert len(forced_picks) == 20 and (decoded["sequences"], decoded["tokens"]) == (40, 40 * 7)
+    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
+
+
+def test_shuffled_calls_are_said_to_measure_nothing_decoded(tmp_path):
+    """The same calls in another order: no file holds the state the call before gave; nothing is decoded."""
+    model = tb.greedy_rnn_step()
+    dense = make_session(model)
+    rng = np.random.default_rng(2)
+    feeds: list = []
+    for _ in range(6):
+        _rnn_calls(dense, rng.standard_normal((4, 8)).astype(np.float32), np.zeros((4, 1), np.int64), 8, feeds)
+    _save(tmp_path / "calls", [feeds[k] for k in rng.permutation(len(feeds))])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    assert "decoded" not in (result.report.get("carried") or {})
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "record consecutive calls of a stream, one feed a file in order" in note
+
+
+@pytest.mark.parametrize("rows", [[4, 4, 3], [4]])
+def test_files_of_unequal_rows_or_one_file_are_no_calls(tmp_path, rows):
+    from onnxprune.calibration.carried import call_files
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for k, n in enumerate(rows):
+        np.savez(folder / f"c{k}.npz", prev_token=np.zeros(n, np.int64), h=np.zeros((n, 8), np.float32))
+    assert call_files(folder, {"prev_token", "h"}) is None
