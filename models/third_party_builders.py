@@ -1021,6 +1021,31 @@ def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int
     return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
+def einsum_chain(*, in_features: int = 12, i: int = 4, j: int = 3, a: int = 2, k: int = 3, l_: int = 2,
+                 classes: int = 4, equation: str = "nij,iak,ajl->nkl", seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, in] -> Gemm -> Tanh -> Reshape x [N, i, j] -> a tensor-train layer `torch.einsum("nij,iak,ajl->nkl",
+    x, G1, G2)` with its cores 'tt.G1' [i, a, k] and 'tt.G2' [a, j, l] (one input, two weights in one Einsum) ->
+    Flatten -> Gemm -> 'logits' [N, classes]. `equation` may order the operands otherwise (x's term the one with n)."""
+    g = _Graph(seed)
+    t = g.op("Tanh", "pt", [g.gemm("input", "pt", in_features, i * j)])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, i, j], np.int64), "x_shape"))
+    x = g.op("Reshape", "x", [t, "x_shape"])
+    sizes = {"i": i, "j": j, "a": a, "k": k, "l": l_}
+    terms = equation.split("->")[0].split(",")
+    inputs = []
+    for term in terms:
+        if "n" in term:
+            inputs.append(x)
+        else:
+            name = "tt.G1" if "k" in term else "tt.G2"
+            inputs.append(g.weight(name, tuple(sizes[c] for c in term), sizes[term[0]] * sizes[term[1]]))
+    g.nodes.append(helper.make_node("Einsum", inputs, ["tt_out"], equation=equation, name="/Einsum"))
+    h = g.op("Flatten", "tt_flat", ["tt_out"], axis=1)
+    g.gemm(h, "fc", k * l_, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "einsum_chain", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
 def _complex_product(g: _Graph, parts: list[str], modes: int, c: int, d: int) -> str:
     """A Fourier neural operator's complex product of (xr, xi) [N, modes, c] with W_r, W_i [modes, c, d], each weight
     read by two Einsums "nmc,mcd->nmd": yr = xr W_r - xi W_i, yi = xr W_i + xi W_r, concatenated and flattened."""
