@@ -828,6 +828,13 @@ class _ChunkChecker:
     def _names(self, arrays, where) -> None:
         want = [s.name for s in self.specs]
         missing = [n for n in want if n not in arrays]
+        optional = [s.name for s in self.specs if s.optional and s.name in missing]
+        if optional:  # sweep 54: an optional(tensor) input the data leaves out, as a caller of the model may
+            raise CalibrationError(
+                f"'{where}' lacks model input(s) {missing}; it holds {sorted(arrays)}, the model takes {want}. "
+                f"{listed(repr(n) for n in optional)} {'is' if len(optional) == 1 else 'are'} optional, but "
+                "onnxprune runs and judges a model with every input fed, none left out: add the values your callers "
+                "pass there, named after the input.")
         if missing:
             raise CalibrationError(f"'{where}' lacks model input(s) {missing}; it holds {sorted(arrays)}, the model "
                                    f"takes {want}. Name the arrays after the model inputs.")
