@@ -303,6 +303,28 @@ def linear_regressor(*, in_features: int = 6, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def tree_regressor(*, in_features: int = 4, trees: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """onnxmltools' LightGBM regressor: one TreeEnsembleRegressor of `trees` stumps (a split on a feature, two leaves)
+    -> 'variable' [N, 1]; its parameters are attributes, among them 'nodes_hitrates', all 1.0, written as long as the
+    split thresholds 'nodes_values'."""
+    rng = np.random.default_rng(seed)
+    g = _Graph(seed)
+    n = 3 * trees
+    attrs = dict(nodes_treeids=[t for t in range(trees) for _ in range(3)], nodes_nodeids=[0, 1, 2] * trees,
+                 nodes_featureids=[int(rng.integers(in_features)) if k == 0 else 0 for _ in range(trees) for k in range(3)],
+                 nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"] * trees,
+                 nodes_values=[float(rng.standard_normal()) if k == 0 else 0.0 for _ in range(trees) for k in range(3)],
+                 nodes_hitrates=[1.0] * n, nodes_truenodeids=[1, 0, 0] * trees, nodes_falsenodeids=[2, 0, 0] * trees,
+                 nodes_missing_value_tracks_true=[0] * n,
+                 target_treeids=[t for t in range(trees) for _ in range(2)], target_nodeids=[1, 2] * trees,
+                 target_ids=[0] * (2 * trees), target_weights=rng.standard_normal(2 * trees).tolist(), n_targets=1)
+    g.nodes.append(helper.make_node("TreeEnsembleRegressor", ["X"], ["variable"], name="LgbmRegressor",
+                                    domain="ai.onnx.ml", **attrs))
+    model = _model(g, "lgbm", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])], ml=True)
+    model.producer_name = "OnnxMLTools"
+    return model
+
+
 def kernel_regressor(*, in_features: int = 6, centres: int = 40, seed: int = 0) -> onnx.ModelProto:
     """skl2onnx's GaussianProcessRegressor prediction: kernel features k(x, X_train) [N, K] (here exp(-relu(x @ W)),
     W [F, K] a float weight) times the dual coefficients alpha [K], a 1-D MatMul weight -> [N], scaled, shifted and
