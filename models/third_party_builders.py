@@ -311,7 +311,8 @@ def tree_regressor(*, in_features: int = 4, trees: int = 6, seed: int = 0) -> on
     g = _Graph(seed)
     n = 3 * trees
     attrs = dict(nodes_treeids=[t for t in range(trees) for _ in range(3)], nodes_nodeids=[0, 1, 2] * trees,
-                 nodes_featureids=[int(rng.integers(in_features)) if k == 0 else 0 for _ in range(trees) for k in range(3)],
+                 nodes_featureids=[int(rng.integers(in_features)) if k == 0 else 0
+                                   for _ in range(trees) for k in range(3)],
                  nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"] * trees,
                  nodes_values=[float(rng.standard_normal()) if k == 0 else 0.0 for _ in range(trees) for k in range(3)],
                  nodes_hitrates=[1.0] * n, nodes_truenodeids=[1, 0, 0] * trees, nodes_falsenodeids=[2, 0, 0] * trees,
