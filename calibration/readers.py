@@ -261,6 +261,33 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
                       "model also an array or a list of arrays).")
 
 
+def left_out_optionals(source, model: onnx.ModelProto) -> list[str]:
+    """The optional(tensor) inputs of `model` that `source` holds no array for: an .npz file's names, a folder's first
+    .npz file's, a dict's keys or a list of feed dicts' first; [] for other sources (random data draws every input).
+    The model's callers may run it without them (onnxruntime takes no value as absent): sweep 54's MLP with an
+    optional 'prior' added to its logits when given, calibrated on its images alone."""
+    optional = [s.name for s in input_specs(model) if s.optional]
+    if not optional or (isinstance(source, str) and source == "random"):
+        return []
+    names = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            first = next(iter(sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())), None)
+            path = first if first is not None and first.suffix == ".npz" else None
+        if path is not None and path.suffix == ".npz" and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    names = set(z.files)
+            except (OSError, ValueError):
+                return []  # an unreadable file: the reader says why
+    elif isinstance(source, Mapping):
+        names = set(source)
+    elif isinstance(source, (list, tuple)) and source and isinstance(source[0], Mapping):
+        names = set(source[0])
+    return [] if names is None else [n for n in optional if n not in names]
+
+
 def _as_named(source, specs):
     """An array (samples first) or a list of arrays (one batch each) for a one-input model, as the dict of arrays or
     the feed dicts it stands for (a library sweep: data=[x1, x2] was a raw AttributeError deep in a step)."""
@@ -828,6 +855,13 @@ class _ChunkChecker:
     def _names(self, arrays, where) -> None:
         want = [s.name for s in self.specs]
         missing = [n for n in want if n not in arrays]
+        optional = [s.name for s in self.specs if s.optional and s.name in missing]
+        if optional:  # sweep 54: an optional(tensor) input the data leaves out, as a caller of the model may
+            raise CalibrationError(
+                f"'{where}' lacks model input(s) {missing}; it holds {sorted(arrays)}, the model takes {want}. "
+                f"{listed(repr(n) for n in optional)} {'is' if len(optional) == 1 else 'are'} optional, but "
+                "onnxprune runs and judges a model with every input fed, none left out: add the values your callers "
+                "pass there, named after the input.")
         if missing:
             raise CalibrationError(f"'{where}' lacks model input(s) {missing}; it holds {sorted(arrays)}, the model "
                                    f"takes {want}. Name the arrays after the model inputs.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import json
 import logging
@@ -50,6 +51,8 @@ class InputSpec:
     kind: str = "tensor"
     # NaN marks a missing value the model replaces itself (`replaces_nan`): NaN is data there, inf still is not
     missing: bool = False
+    # an optional(tensor) input: data may leave it out (in every chunk alike), and sessions then run without it
+    optional: bool = False
 
 
 def replaces_nan(model: onnx.ModelProto, name: str) -> bool:
@@ -144,7 +147,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if kind == "sequence":  # the elements stacked: [elements, *element shape] (an unknown element rank: 1-D)
             shape = (None, *(shape if tt.HasField("shape") else (None,)))
         missing = np.issubdtype(dtype, np.floating) and replaces_nan(model, vi.name)
-        specs.append(InputSpec(vi.name, np.dtype(dtype), shape, kind, missing))
+        optional = vi.type.WhichOneof("value") == "optional_type"
+        specs.append(InputSpec(vi.name, np.dtype(dtype), shape, kind, missing, optional))
     return specs
 
 
@@ -467,7 +471,7 @@ def with_shapes(specs: list[InputSpec], shapes: dict[str, tuple] | None) -> list
                 raise ConfigError(f"--input-shape {s.name}={','.join(map(str, dims))} does not fit the declared "
                                   f"shape {declared} of input '{s.name}'; give {len(s.shape)} dims, fixed ones as "
                                   "declared.")
-            s = InputSpec(s.name, s.dtype, tuple(dims), s.kind)
+            s = dataclasses.replace(s, shape=tuple(dims))
         out.append(s)
     return out
 

@@ -944,3 +944,34 @@ def _check_tensor_data(model: onnx.ModelProto, where) -> None:
                     f"tensor '{t.name}' in {where} declares shape {list(t.dims)} but holds {have} "
                     f"{'bytes' if t.HasField('raw_data') else 'values'} ({want} expected); the file is corrupted."
                 )
+
+
+UNFED_OP = "Optional"  # what stands for an optional input the data leaves out: an empty optional of its type
+
+
+def run_without(model: onnx.ModelProto, names) -> tuple[onnx.ModelProto, list[tuple[int, onnx.ValueInfoProto]]]:
+    """A copy of `model` without the optional(tensor) graph inputs `names`, each replaced by an Optional node that
+    makes the empty optional of its type (the value onnxruntime gives an optional input it is not fed), and the
+    inputs taken out with their positions, for `inputs_back`. Every step of a run then runs the model as its callers
+    run it, none fed a value for them; the written model takes them again (sweep 54)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph, dropped = out.graph, []
+    for k in reversed(range(len(graph.input))):
+        vi = graph.input[k]
+        if vi.name in names and vi.type.WhichOneof("value") == "optional_type":
+            dropped.append((k, onnx.ValueInfoProto.FromString(vi.SerializeToString())))
+            del graph.input[k]
+            graph.node.insert(0, onnx.helper.make_node(UNFED_OP, [], [vi.name], name=f"{vi.name}/unfed",
+                                                       type=vi.type.optional_type.elem_type))
+    dropped.reverse()
+    return out, dropped
+
+
+def inputs_back(model: onnx.ModelProto, dropped: list[tuple[int, onnx.ValueInfoProto]]) -> None:
+    """`run_without` undone in place: its Optional nodes out, the inputs back where they were."""
+    names = {vi.name for _, vi in dropped}
+    for node in [n for n in model.graph.node if n.op_type == UNFED_OP and not n.input and n.output[0] in names]:
+        model.graph.node.remove(node)
+    for k, vi in dropped:
+        model.graph.input.insert(min(k, len(model.graph.input)), vi)

@@ -305,6 +305,29 @@ def linear_regressor(*, in_features: int = 6, seed: int = 0) -> onnx.ModelProto:
     return model
 
 
+def tree_regressor(*, in_features: int = 4, trees: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """onnxmltools' LightGBM regressor: one TreeEnsembleRegressor of `trees` stumps (a split on a feature, two leaves)
+    -> 'variable' [N, 1]; its parameters are attributes, among them 'nodes_hitrates', all 1.0, written as long as the
+    split thresholds 'nodes_values'."""
+    rng = np.random.default_rng(seed)
+    g = _Graph(seed)
+    n = 3 * trees
+    attrs = dict(nodes_treeids=[t for t in range(trees) for _ in range(3)], nodes_nodeids=[0, 1, 2] * trees,
+                 nodes_featureids=[int(rng.integers(in_features)) if k == 0 else 0
+                                   for _ in range(trees) for k in range(3)],
+                 nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"] * trees,
+                 nodes_values=[float(rng.standard_normal()) if k == 0 else 0.0 for _ in range(trees) for k in range(3)],
+                 nodes_hitrates=[1.0] * n, nodes_truenodeids=[1, 0, 0] * trees, nodes_falsenodeids=[2, 0, 0] * trees,
+                 nodes_missing_value_tracks_true=[0] * n,
+                 target_treeids=[t for t in range(trees) for _ in range(2)], target_nodeids=[1, 2] * trees,
+                 target_ids=[0] * (2 * trees), target_weights=rng.standard_normal(2 * trees).tolist(), n_targets=1)
+    g.nodes.append(helper.make_node("TreeEnsembleRegressor", ["X"], ["variable"], name="LgbmRegressor",
+                                    domain="ai.onnx.ml", **attrs))
+    model = _model(g, "lgbm", [_float("X", [BATCH, in_features])], [_float("variable", [BATCH, 1])], ml=True)
+    model.producer_name = "OnnxMLTools"
+    return model
+
+
 def kernel_regressor(*, in_features: int = 6, centres: int = 40, seed: int = 0) -> onnx.ModelProto:
     """skl2onnx's GaussianProcessRegressor prediction: kernel features k(x, X_train) [N, K] (here exp(-relu(x @ W)),
     W [F, K] a float weight) times the dual coefficients alpha [K], a 1-D MatMul weight -> [N], scaled, shifted and
@@ -1021,6 +1044,31 @@ def einsum_grouped(*, in_features: int = 12, groups: int = 6, d: int = 4, o: int
     g.gemm(h, "fc", groups * o * (k if "k" in w_term else 1), classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "einsum_grouped", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
+
+
+def einsum_chain(*, in_features: int = 12, i: int = 4, j: int = 3, a: int = 2, k: int = 3, l_: int = 2,
+                 classes: int = 4, equation: str = "nij,iak,ajl->nkl", seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, in] -> Gemm -> Tanh -> Reshape x [N, i, j] -> a tensor-train layer `torch.einsum("nij,iak,ajl->nkl",
+    x, G1, G2)` with its cores 'tt.G1' [i, a, k] and 'tt.G2' [a, j, l] (one input, two weights in one Einsum) ->
+    Flatten -> Gemm -> 'logits' [N, classes]. `equation` may order the operands otherwise (x's term the one with n)."""
+    g = _Graph(seed)
+    t = g.op("Tanh", "pt", [g.gemm("input", "pt", in_features, i * j)])
+    g.initializers.append(numpy_helper.from_array(np.array([-1, i, j], np.int64), "x_shape"))
+    x = g.op("Reshape", "x", [t, "x_shape"])
+    sizes = {"i": i, "j": j, "a": a, "k": k, "l": l_}
+    terms = equation.split("->")[0].split(",")
+    inputs = []
+    for term in terms:
+        if "n" in term:
+            inputs.append(x)
+        else:
+            name = "tt.G1" if "k" in term else "tt.G2"
+            inputs.append(g.weight(name, tuple(sizes[c] for c in term), sizes[term[0]] * sizes[term[1]]))
+    g.nodes.append(helper.make_node("Einsum", inputs, ["tt_out"], equation=equation, name="/Einsum"))
+    h = g.op("Flatten", "tt_flat", ["tt_out"], axis=1)
+    g.gemm(h, "fc", k * l_, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "einsum_chain", [_float("input", [BATCH, in_features])], [_float("logits", [BATCH, classes])])
 
 
 def _complex_product(g: _Graph, parts: list[str], modes: int, c: int, d: int) -> str:

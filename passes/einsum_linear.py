@@ -57,6 +57,16 @@ Under both of the last two rules W may be read by several such Einsums (no other
 letters, G, C and O alike (sweep 48: a Fourier neural operator's complex spectral weights, the real part's W_r read
 by "nmc,mcd->nmd" with Re(x) for the real output and with Im(x) for the imaginary one, "not a weight ... (used by 2
 nodes: Einsum)", 86% of the model): W is stored once as above and each Einsum is rewritten around it.
+
+An Einsum of one input x and several weights (sweep 54: a tensor-train layer `torch.einsum("nij,iak,ajl->nkl", x,
+G1, G2)`, its cores 79% of the model "not a weight ... (used by Einsum)", legacy and dynamo) is the chain that
+contracts x with each weight in turn, every step keeping the letters a later weight or the output reads:
+
+    Einsum(x, G1, G2) "nij,iak,ajl->nkl"  ->  Einsum(x, G1) "nij,iak->njak" -> Einsum(., G2) "njak,ajl->nkl"
+
+Rules: a main-graph Einsum of three or more operands, one of them no initializer (x), the others float
+initializers this Einsum alone reads (each once); each term's letters explicit and distinct; every step of the
+chain an Einsum one of the rules above takes, so each weight becomes a MatMul weight; otherwise nothing moves.
 """
 
 from __future__ import annotations
@@ -373,11 +383,69 @@ def _rewrite_grouped(model: onnx.ModelProto, name: str, reads: list) -> None:
         _replace(graph, node, nodes)
 
 
+def chain_steps(node: onnx.NodeProto, consts) -> list[tuple[str, str]] | None:
+    """[(a weight, the step's equation), ...] when Einsum `node` is one input x and several weights, none of them in
+    `consts` but the weights, contracted in turn as the module docstring's chain; else None."""
+    if node.op_type != "Einsum" or (node.domain or "") not in ("", "ai.onnx") or len(node.input) < 3:
+        return None
+    terms = _terms(node)
+    if terms is None or len(terms[0]) != len(node.input):
+        return None
+    split = [_split(t) for t in (*terms[0], terms[1])]
+    if any(t is None or t[0] or len(set(t[1])) != len(t[1]) for t in split):
+        return None
+    letters, out = [t[1] for t in split[:-1]], split[-1][1]
+    data = [k for k, name in enumerate(node.input) if name not in consts]
+    if len(data) != 1 or any(not name for name in node.input):
+        return None
+    weights = [k for k in range(len(node.input)) if k != data[0]]
+    cur, steps = letters[data[0]], []
+    for n, k in enumerate(weights):
+        later = "".join(letters[j] for j in weights[n + 1:]) + out
+        nxt = out if n == len(weights) - 1 else "".join(dict.fromkeys(c for c in cur + letters[k] if c in later))
+        steps.append((node.input[k], f"{cur},{letters[k]}->{nxt}"))
+        cur = nxt
+    return steps
+
+
+def _taken(equation: str) -> bool:
+    """Whether one of the two-operand rules takes Einsum(x, W) with `equation`."""
+    step = onnx.helper.make_node("Einsum", ["x", "w"], ["y"], equation=equation)
+    return any(rule(step, 1) for rule in (linear_layout, flat_layout, grouped_layout))
+
+
+def split_chains(model: onnx.ModelProto) -> int:
+    """Each Einsum of one input and several weights (module docstring) written as its chain of two-operand Einsums;
+    how many."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer if t.data_type in FLOAT}
+    reads = _reads(graph, weights)
+    consts = {t.name for t in graph.initializer}
+    done = 0
+    for node in [n for n in graph.node if n.op_type == "Einsum" and len(n.input) >= 3]:
+        steps = chain_steps(node, consts)
+        if (steps is None or any(len(reads.get(w, [])) != 1 for w, _ in steps)
+                or not all(_taken(eq) for _, eq in steps)):
+            continue
+        base, cur, nodes = node.name or node.output[0], next(n for n in node.input if n not in consts), []
+        for k, (w, eq) in enumerate(steps):
+            y = node.output[0] if k == len(steps) - 1 else f"{base}/chain_{k}"
+            nodes.append(onnx.helper.make_node("Einsum", [cur, w], [y], equation=eq,
+                                               name=node.name if k == len(steps) - 1 else f"{base}/chain_{k}"))
+            cur = y
+        _replace(graph, node, nodes)
+        done += 1
+    return done
+
+
 @register_pass("einsum-linear")
 class EinsumLinear(Pass):
     """Rewrite each linear-layer Einsum as a MatMul reading its weight as [in, out] (module docstring)."""
 
     def run(self, model: onnx.ModelProto, state: PruneState) -> PassResult:
+        chains = split_chains(model)
+        if chains:
+            log.debug("einsum-linear: %d Einsum(s) of one input and several weights written as chains", chains)
         found = einsum_layers(model)
         bilinear = bilinear_layers(model)
         for name, (node, axes, x_index) in bilinear.items():
@@ -395,7 +463,7 @@ class EinsumLinear(Pass):
         if grouped:
             log.debug("einsum-linear: %d Einsum weight(s) with a matrix per position read by MatMul", len(grouped))
         if not found:
-            return PassResult(model, bool(bilinear) or bool(flat) or bool(grouped))
+            return PassResult(model, bool(chains) or bool(bilinear) or bool(flat) or bool(grouped))
         for k, t in enumerate(model.graph.initializer):
             if found.get(t.name) == "oi":
                 w = numpy_helper.to_array(t)

@@ -363,7 +363,7 @@ def _execute(steps, values: dict) -> None:
             raise
         except Exception as e:
             raise ConverterError(f"{step.op_type} node '{step.name}' failed in the torch bridge: {e}") from e
-        if isinstance(out, torch.Tensor):
+        if out is None or isinstance(out, torch.Tensor):  # None: an empty Optional
             out = (out,)
         for name, t in zip(step.outputs, out):
             if name:

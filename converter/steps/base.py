@@ -43,6 +43,8 @@ class RunState:
     progress: Progress = _silent
     loaded: Any = None  # modelio.LoadedModel
     original: onnx.ModelProto | None = None  # the input model, never changed
+    # optional inputs --data leaves out: `original` runs without them, the written model takes them again
+    unfed: list = field(default_factory=list)  # (position, ValueInfoProto) each: modelio.run_without
     inventory: Any = None  # passes.weights.Inventory
     data: Any = None  # converter.steps.data.Data: readers and evaluators, opened once
     random_shapes: dict | None = None  # without real data: input -> dims random inputs are drawn at (steps.shapes)

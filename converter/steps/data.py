@@ -381,6 +381,17 @@ class DataStep(Step):
         return {**super().settings(), "validation_split": self.split, "small_data_policy": self.small_data, **own}
 
     def run(self, state: RunState) -> None:
+        from onnxprune.calibration.readers import left_out_optionals
+        from onnxprune.converter.modelio import run_without
+
+        unfed = [] if draws_random_inputs(self.config) else left_out_optionals(self.config.data, state.original)
+        if unfed:  # the model's callers run it without them: so is every step, and the written model takes them
+            state.original, state.unfed = run_without(state.original, unfed)
+            note = (f"optional input(s) {', '.join(repr(n) for n in unfed)} not in --data: the model is run and "
+                    "judged without them, as a caller that passes none runs it (the written model still takes them; "
+                    "give them in --data to judge it with them)")
+            log.info(note)
+            state.notes.append(note)
         state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
                           random_shapes=state.random_shapes, budget=self.budget, output_budgets=self.output_budgets)
         note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())

@@ -77,6 +77,10 @@ class EncodeStep(Step):
             note = dense_kept_note(final, names)
             if note:
                 state.prune.notes.append(note)
+        if state.unfed:  # the optional inputs --data left out: the written model takes them again
+            from onnxprune.converter.modelio import inputs_back
+
+            inputs_back(final, state.unfed)
         unname_nodes(final, state.loaded.named if state.loaded is not None else ())  # the input's own names
         state.final = final
 

@@ -142,3 +142,73 @@ def test_retraining_runs_through_the_torch_bridge(tmp_path, container):
     assert res.exit_code == 0, res.output
     assert "torch bridge cannot run" not in res.output and "layer-wise reconstruction instead" not in res.output
     _pruned_agrees(tmp_path, model, tmp_path / "out.onnx", feeds)
+
+
+def _optional_prior(seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 16] -> MLP -> logits [N, 5], plus an optional(tensor) input 'prior' [N, 5] added to the logits when
+    given (OptionalHasElement -> If, opset 18): a model its callers may run without 'prior'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) / 4).astype(np.float32), n)
+             for n, s in (("w1", (16, 24)), ("w2", (24, 5)))]
+    z = helper.make_tensor_value_info
+    then = helper.make_graph([helper.make_node("OptionalGetElement", ["prior"], ["p"]),
+                              helper.make_node("Add", ["z", "p"], ["zt"])], "then", [],
+                             [z("zt", TensorProto.FLOAT, ["N", 5])])
+    other = helper.make_graph([helper.make_node("Identity", ["z"], ["ze"])], "else", [],
+                              [z("ze", TensorProto.FLOAT, ["N", 5])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("MatMul", ["h", "w2"], ["z"]), helper.make_node("OptionalHasElement", ["prior"], ["has"]),
+             helper.make_node("If", ["has"], ["logits"], then_branch=then, else_branch=other)]
+    prior = helper.make_value_info("prior", helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, ["N", 5])))
+    graph = helper.make_graph(nodes, "optional_prior", [z("x", TensorProto.FLOAT, ["N", 16]), prior],
+                              [z("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+@pytest.mark.parametrize("retrain", [False, True])
+def test_data_that_leaves_an_optional_input_out_prunes_the_model_run_without_it(tmp_path, retrain):
+    """Sweep 54: an MLP with an optional input 'prior' (added to the logits when given), which onnxruntime runs
+    without it, calibrated as its callers run it: the data holds 'x' alone. It was refused: "lacks model input(s)
+    ['prior'] ... Name the arrays after the model inputs". The run now works on the model with 'prior' an empty
+    Optional (the torch bridge runs one: retraining is not the refit's fallback), says so, and writes a model that
+    takes 'prior' again and computes what its pruned weights say with and without it."""
+    from onnxprune.calibration.readers import left_out_optionals
+
+    model = tmp_path / "prior.onnx"
+    onnx.save(_optional_prior(), model)
+    onnx.checker.check_model(onnx.load(model), full_check=True)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((120, 16)).astype(np.float32)
+    assert _outputs(model, [{"x": x}])[0].shape == (120, 5)  # onnxruntime runs it without 'prior'
+    np.savez(tmp_path / "calib.npz", x=x)
+    assert left_out_optionals(tmp_path / "calib.npz", onnx.load(model)) == ["prior"]
+    assert left_out_optionals({"x": x, "prior": x[:, :5]}, onnx.load(model)) == []
+    how = ["--sparsity", "0.5", "--iterations", "1"] if retrain else ["--max-loss", "1", "--time-budget", "30s"]
+    res = invoke("prune", model, "-o", tmp_path / "out.onnx", "--data", tmp_path / "calib.npz", *how)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "optional input(s) 'prior' not in --data: the model is run and judged without them" in text, res.output
+    assert "torch bridge cannot run" not in text and "layer-wise reconstruction instead" not in text
+    written = onnx.load(tmp_path / "out.onnx")
+    assert [i.name for i in written.graph.input] == ["x", "prior"]
+    assert "Optional" not in [n.op_type for n in written.graph.node]
+    feeds = [{"x": x[:8]}, {"x": x[:8], "prior": rng.standard_normal((8, 5)).astype(np.float32)}]
+    nonzeros = _pruned_agrees(tmp_path, model, tmp_path / "out.onnx", feeds)
+    if retrain:
+        assert nonzeros <= (16 * 24 + 24 * 5) // 2 + 2
+
+
+def test_an_optional_input_other_commands_need_is_refused_saying_it_is_optional(tmp_path):
+    """Where a command reads data without the run's data step (the sensitivity scan), data that leaves an optional
+    input out is refused in one line that says the input is optional and what to add (was: "Name the arrays after the
+    model inputs", as for a misnamed array)."""
+    model = tmp_path / "prior.onnx"
+    onnx.save(_optional_prior(), model)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(4).standard_normal((120, 16)).astype(np.float32))
+    res = invoke("sensitivity", model, "--data", tmp_path / "calib.npz", "-o", tmp_path / "scan")
+    assert res.exit_code != 0 and "Traceback" not in res.output and "internal error" not in res.output
+    text = " ".join(res.output.split())
+    assert "lacks model input(s) ['prior']" in text and "'prior' is optional" in text, res.output

@@ -659,3 +659,19 @@ def test_a_second_run_in_one_process_says_the_samples_left_out_again(caplog):
         said.append(sorted({r.getMessage() for r in caplog.records if "are left out" in r.getMessage()}))
     assert said[0] and said[1] == said[0], said
     assert any("the last 4 of in-memory arrays: 100 samples" in m for m in said[1]), said
+
+
+def test_input_shape_keeps_an_inputs_nan_replacing_mark():
+    """Sweep 54: `with_shapes` (--input-shape) rebuilt each spec from its name, dtype, shape and kind, so an input whose
+    NaN the model replaces (an Imputer) lost that mark and its NaN was refused as soon as --input-shape named it; the
+    spec now keeps its other fields."""
+    from onnxprune.calibration.runtime import input_specs, with_shapes
+    from onnxprune.models.third_party_builders import imputer_mlp
+
+    model = imputer_mlp()
+    (spec,) = with_shapes(input_specs(model), {"X": (32, 6)})
+    assert spec.shape == (32, 6) and spec.missing
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    x[::5, 2] = np.nan
+    reader = open_data({"X": x}, model, batch_size=32, shapes={"X": (32, 6)})
+    assert sum(np.isnan(f["X"]).sum() for f, _ in reader.batches()) == np.isnan(x).sum()

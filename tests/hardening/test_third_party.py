@@ -153,6 +153,23 @@ def test_a_small_linear_models_attribute_coefficients_are_named_not_no_weights_a
                                                         "values in its attribute 'coefficients'")
 
 
+def test_a_tree_ensembles_refusal_names_its_thresholds_not_its_hitrates_of_one_value(tmp_path):
+    """Sweeps 24, 28, 30 and 54: onnxmltools' LightGBM models (a LambdaRank ranker in sweep 54) were refused naming
+    "'nodes_hitrates'" as the attribute holding their parameters: all 1.0, written as long as the split thresholds.
+    An attribute of one value throughout is named after one as large whose values vary: 'nodes_values'."""
+    import onnxruntime as ort
+
+    model = tb.tree_regressor()
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    assert ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"X": x})[0].shape == (4, 1)
+    onnx.save(model, tmp_path / "lgbm.onnx")
+    line = _refused_naming_attributes(tmp_path / "lgbm.onnx", "TreeEnsembleRegressor 'LgbmRegressor' (ai.onnx.ml) "
+                                                              "holds 18 values in its attribute 'nodes_values'")
+    assert "nodes_hitrates" not in line.split("(+")[0]
+
+
 def _refused_naming_attributes(path, named: str) -> str:
     """`prune --sparsity 0.5` of a model whose parameters are node attributes: one clean line naming `named`, never
     "no weights at all", no file written; the line."""

@@ -254,3 +254,45 @@ def _half_pruned_computes_its_weights(model, weight):
     assert layers[weight]["nonzeros"] <= layers[weight]["params"] // 2 + 1
     assert_same_outputs(result.model, result.dense_model, rtol=1e-4)
     return result
+
+
+def test_an_einsum_of_one_input_and_several_weights_is_split_into_a_chain_of_steps_the_rules_take():
+    from onnxprune.passes.einsum_linear import chain_steps
+
+    node = helper.make_node("Einsum", ["x", "G1", "G2"], ["y"], equation="nij,iak,ajl->nkl")
+    assert chain_steps(node, {"G1", "G2"}) == [("G1", "nij,iak->njak"), ("G2", "njak,ajl->nkl")]
+    node = helper.make_node("Einsum", ["G1", "x", "G2"], ["y"], equation="iak,nij,ajl->nkl")
+    assert chain_steps(node, {"G1", "G2"}) == [("G1", "nij,iak->njak"), ("G2", "njak,ajl->nkl")]
+    for inputs, eq, consts in ((["x", "G1", "y"], "nij,iak,naj->nk", {"G1"}),  # two inputs: the bilinear rule's
+                               (["x", "G1", "G2"], "...ij,iak,ajl->...kl", {"G1", "G2"}),
+                               (["x", "G1", "G2"], "nii,iak,ajl->nkl", {"G1", "G2"}),
+                               (["x", "G1"], "nij,iak->njak", {"G1"})):
+        assert chain_steps(helper.make_node("Einsum", inputs, ["y"], equation=eq), consts) is None, eq
+
+
+@pytest.mark.parametrize("equation", ["nij,iak,ajl->nkl", "iak,nij,ajl->nkl"])
+def test_a_tensor_train_einsum_reading_two_cores_is_a_chain_of_matmuls_with_the_same_outputs(equation):
+    """Sweep 54: a tensor-train layer, `torch.einsum("nij,iak,ajl->nkl", x, G1, G2)` (legacy and dynamo: one Einsum
+    of the input and both cores), left its cores, 79% of the model, "not a weight ... (used by Einsum)". The pass
+    writes the Einsum as the chain x·G1 then ·G2, each step a MatMul the per-position rule writes, so both cores are
+    prunable MatMul weights; the outputs are the same and the pruned model computes what its weights say."""
+    from onnxprune.models.third_party_builders import einsum_chain
+
+    model = einsum_chain(equation=equation, seed=0)
+    assert "tt.G2" not in {w.name for w in find_prunable(model).prunable}
+    rewritten = _becomes_a_matmul_weight(model, "tt.G1", (4, 2 * 3))
+    assert tuple(next(t for t in rewritten.graph.initializer if t.name == "tt.G2").dims) == (3 * 2, 2)
+    assert {"tt.G1", "tt.G2"} <= {w.name for w in find_prunable(rewritten).prunable}
+    for weight in ("tt.G1", "tt.G2"):
+        _half_pruned_computes_its_weights(model, weight)
+
+
+def test_a_core_another_node_also_reads_leaves_the_tensor_train_einsum_as_it_was():
+    from onnxprune.models.third_party_builders import einsum_chain
+
+    model = einsum_chain(seed=0)
+    model.graph.node.append(helper.make_node("ReduceSum", ["tt.G2"], ["g2_sum"], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("g2_sum", onnx.TensorProto.FLOAT, []))
+    rewritten = EinsumLinear()(copy.deepcopy(model), PruneState()).model
+    assert [n.op_type for n in rewritten.graph.node].count("Einsum") == 1
+    assert_same_outputs(rewritten, model, rtol=1e-5)

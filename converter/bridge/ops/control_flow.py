@@ -75,12 +75,13 @@ def _empty_scan(body, index: int, device) -> torch.Tensor:
     return torch.zeros((0, *body.output_dims(index)), dtype=body.output_dtype(index), device=device)
 
 
-# ---- Optional: a present value is its tensor (the data feeds an optional input as its array) -------------------
+# ---- Optional: a present value is its tensor (the data feeds an optional input as its array), an empty one None --
+# (an optional input --data leaves out is such an empty Optional in the model a run works on: modelio.run_without)
 
 @register("Optional", since_opset=15)
 def optional(inputs, attrs, ctx):
-    if not inputs or inputs[0] is None:  # fails as the node, by name (the bridge's run says which)
-        raise ValueError("an empty Optional (no input) is not supported; only a present value is")
+    if not inputs or inputs[0] is None:
+        return None
     return inputs[0]
 
 

@@ -161,6 +161,8 @@ def _parse_attr(a: onnx.AttributeProto):
         return [numpy_helper.to_array(t) for t in a.tensors]
     if a.type == A.GRAPH:  # a body: the module compiles it (If/Loop), see module.Body
         return a.g
+    if a.type == A.TYPE_PROTO:  # an empty Optional's type: no value to build, the TypeProto as it is
+        return a.tp
     raise ValueError(f"attribute '{a.name}' of type {A.AttributeType.Name(a.type)} is not supported")
 
 
