@@ -426,7 +426,9 @@ class _Search:
         rounds = [h for h in self.history[before:] if h.get("phase") in RETRAINED]
         kept = sum(bool(h.get("kept")) for h in rounds)
         outcome = (f"{kept} of {len(rounds)} kept, {self.ratio(best.masks):.2f}x -> {self.ratio(result.masks):.2f}x"
-                   if result is not start else f"none of {len(rounds)} passed, and the refit's result stands")
+                   if result is not start else f"none of {len(rounds)} passed, and the refit's result stands"
+                   if rounds else "no round ran (the learning-rate probe's or the time budget's note says why), and "
+                   "the refit's result stands")
         self.notes.append(f"recovery: the refit search ended with {left:.0f} s left; masked retraining rounds through "
                           f"the torch bridge went on from its result for {time.perf_counter() - t0:.0f} s, each "
                           f"judged with {PER_LAYER_Z:g}x the margin: {outcome}")
@@ -600,7 +602,8 @@ class _Search:
                                                   probe_train, probe_eval, bs.value,
                                                   override=o.get("lr"),
                                                   seconds=hyper.PROBE_SHARE * self.span,
-                                                  limit=max(0.0, self.left() - self.tail))
+                                                  limit=max(0.0, self.left() - self.tail),
+                                                  after=(hyper.ROUND_MIN_STEPS, self.pass_seconds()))
         if lr.value is None:
             self.choices["lr"] = lr.as_dict()
             self.notes.append(f"retraining not begun: the learning-rate probe: {lr.rule}")

@@ -173,6 +173,27 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
     assert choice.value is None and choice.rule.startswith("every rate tried diverged (0.3: inf")
 
 
+def test_the_probe_gives_no_rate_when_the_round_it_is_for_cannot_follow_it(monkeypatch):
+    """Real models 54's CTC recognizer: rule 5's probe took 39 s of the 84 s the refit had left, and then no round of
+    300 steps (about 66 s) fitted: the probe's time was spent for nothing. With `after` = (a round's steps, its
+    judging's seconds), a probe whose two rates and one round after them do not fit the time left does not start."""
+    from types import SimpleNamespace
+
+    tried, Trainer = _timed_trainer(monkeypatch)
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
+    # two rates of 10 steps 3.5 s after 1.75 s of timing; a round of 300 steps 0.5 + 37.5 s, judged in 2 s: 40 s
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=30.0,
+                                       after=(300, 2.0))
+    assert tried == [1, 6] and choice.value is None and losses == {}
+    assert choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s and a round of 300 steps "
+                                  "after them about 40 s")
+    tried.clear()
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=50.0,
+                                  after=(300, 2.0))
+    assert choice.value == 0.03 and tried == [1, 6, 20, 20]
+
+
 def test_when_every_rate_of_the_grid_ends_above_the_untrained_objective_smaller_rates_are_tried(monkeypatch):
     """Sweep 7's CNN with a linear regression head beside its softmax: every rate of the grid diverged (objectives
     near chance), and 0.001 trains. The probe goes down LOWER_RATES until one ends below the start."""
