@@ -234,8 +234,10 @@ def stacked_batches(shapes: dict[str, tuple], specs: list[InputSpec]) -> int | N
 
 
 def own_axis_inputs(model: onnx.ModelProto | None) -> dict[str, str]:
-    """Inputs whose declared axis 0 is a symbol of its own, not the batch: the outputs lead with a symbol (their
-    batch) that some other input leads with too, and this input's axis 0 is named otherwise ({name: its symbol}).
+    """Inputs whose declared axis 0 is a symbol of its own, not the batch ({name: its symbol}): the batch is the
+    symbol that leads an output and an input, and this input's axis 0 is another symbol that an output carries (the
+    rule inspect's line follows, converter/inspect._shared_inputs; tf2onnx's 'unk__1' and 'unk__2' on two inputs,
+    no output carrying the second, are two names for one batch).
     A DeepONet's query points 'y' [P, 1] beside its functions 'u' [N, 40] and its output 'G' [N, P], or a zero-shot
     classifier's class embeddings 'classes' [C, 32] beside 'x' [N, 1, 28, 28] and 'logits' [N, C]: such an input
     is the same for every sample of a file (`shared_stack` holds it whole in every sample's feed). Sweep 54b: a
@@ -244,11 +246,11 @@ def own_axis_inputs(model: onnx.ModelProto | None) -> dict[str, str]:
     if model is None:
         return {}
     inits = {t.name for t in model.graph.initializer}
-    leading = {d for d in (dim_params(o)[:1] for o in model.graph.output) for d in d if d}
-    firsts = {vi.name: dim_params(vi)[:1] for vi in model.graph.input if vi.name not in inits}
-    if not any(f and f[0] in leading for f in firsts.values()):
-        return {}
-    return {name: f[0] for name, f in firsts.items() if f and f[0] and f[0] not in leading}
+    firsts = {vi.name: (dim_params(vi)[:1] or [""])[0] for vi in model.graph.input if vi.name not in inits}
+    outputs = [dim_params(o) for o in model.graph.output]
+    batch = next((o[0] for o in outputs if o and o[0] and o[0] in firsts.values()), None)
+    carried = {d for o in outputs for d in o if d}
+    return {} if batch is None else {name: f for name, f in firsts.items() if f and f != batch and f in carried}
 
 
 def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 2,

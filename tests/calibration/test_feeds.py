@@ -923,3 +923,7 @@ def test_an_input_whose_axis_0_is_not_the_batch_goes_whole_into_a_feed_per_sampl
     same.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "N"
     reader = open_data(tmp_path / "d.npz", same)
     assert reader.per_feed and not getattr(reader, "one_sample_feeds", False) and len(list(reader.batches())) == 1
+    # tf2onnx's two names for one batch ('unk__2' on 'y', carried by no output) stay one feed too
+    same.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "unk__2"
+    reader = open_data(tmp_path / "d.npz", same)
+    assert reader.per_feed and not getattr(reader, "one_sample_feeds", False) and len(list(reader.batches())) == 1
