@@ -39,8 +39,9 @@ stays as it is).
 A chain is folded only where nothing else reads the stored floats it reads as a weight: where another node also
 reads one as a weight, the fold would store it twice and prune the two copies apart (`_alone`); one another node
 reads otherwise stays stored for that node (skl2onnx's QDA: `scalings` under each class's weight and in a Log).
-A chain's Shape of a stored tensor that a node outside the chain reads too (tf2onnx's Keras einsum sizes the activations by the kernel's Shape) becomes
-the constant it gives, so the stored tensor goes with its fold (`_shapes_as_constants`).
+A chain's Shape of a stored tensor that a node outside the chain reads too (tf2onnx's Keras einsum sizes the
+activations by the kernel's Shape) becomes the constant it gives, so the stored tensor goes with its fold
+(`_shapes_as_constants`).
 
 The same holds for an operand of more than one value that an element-wise op whose channel rule reads a per-channel
 constant (`rules_elementwise.CONSTANT_READERS`: Add/Mul/..., Where, PRelu) reads from such a chain (`_parameter_inputs`;
