@@ -25,7 +25,9 @@ of each time-major input, on axis 0 of the others and of the labels) is N feeds 
 (`time_major_stack`): the search can then split, retrain and decide on sequences. One file (or dict) whose inputs
 differ on axis 0 only because some arrays have exactly their input's fixed declared shape (a scalar, statistics
 [1, 8]) while the others stack N samples on a dynamic batch is N feeds of one sample each, those arrays whole in
-every one (`shared_stack`), and so is each file of a folder of such files (readers._shared_folder_reader); beside
+every one (`shared_stack`; so are inputs whose axis 0 is a symbol other than the outputs' batch, a DeepONet's
+query points [P, 1]: `own_axis_inputs`), and so is each file of a folder of such files
+(readers._shared_folder_reader); beside
 a fixed batch B, scalars go whole into feeds of B rows (`stacked_batches`).
 
 Otherwise the file is a stack of samples and the ordinary readers cut it into batches. Per feed, every feed is one
@@ -231,8 +233,29 @@ def stacked_batches(shapes: dict[str, tuple], specs: list[InputSpec]) -> int | N
     return b if b is not None and b >= 1 and n > b else None
 
 
+def own_axis_inputs(model: onnx.ModelProto | None) -> dict[str, str]:
+    """Inputs whose declared axis 0 is a symbol of its own, not the batch ({name: its symbol}): the batch is the
+    symbol that leads an output and an input, and this input's axis 0 is another symbol that an output carries (the
+    rule inspect's line follows, converter/inspect._shared_inputs; tf2onnx's 'unk__1' and 'unk__2' on two inputs,
+    no output carrying the second, are two names for one batch).
+    A DeepONet's query points 'y' [P, 1] beside its functions 'u' [N, 40] and its output 'G' [N, P], or a zero-shot
+    classifier's class embeddings 'classes' [C, 32] beside 'x' [N, 1, 28, 28] and 'logits' [N, C]: such an input
+    is the same for every sample of a file (`shared_stack` holds it whole in every sample's feed). Sweep 54b: a
+    calibration file of 440 functions beside 10 query points was one feed ("the inputs' first axes differ"), pruned
+    one-shot on the samples that judged it, with no retraining and no held-out check."""
+    if model is None:
+        return {}
+    inits = {t.name for t in model.graph.initializer}
+    firsts = {vi.name: (dim_params(vi)[:1] or [""])[0] for vi in model.graph.input if vi.name not in inits}
+    outputs = [dim_params(o) for o in model.graph.output]
+    batch = next((o[0] for o in outputs if o and o[0] and o[0] in firsts.values()), None)
+    carried = {d for o in outputs for d in o if d}
+    return {} if batch is None else {name: f for name, f in firsts.items() if f and f != batch and f in carried}
+
+
 def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 2,
-                 time_major: dict[str, str] | None = None) -> tuple[int, list[str]] | None:
+                 time_major: dict[str, str] | None = None,
+                 own_axis: dict[str, str] | None = None) -> tuple[int, list[str]] | None:
     """(N, the shared inputs) when a file's inputs differ on their first axis only because some hold one value for
     the whole file: each such array has exactly its input's declared shape, every dim of it fixed (a scalar, or the
     [1, 1, 1, 1] statistics tf2onnx makes graph inputs of a Keras Normalization layer), while every other input
@@ -240,7 +263,9 @@ def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 
     rows). Each sample is then a feed, the shared arrays whole in every one. Read as one feed, sweep 31's Keras
     model (two such statistics beside 250 images) could only be pruned one-shot, on the samples that judged it
     (1.00x). A time-major input stacks its samples on axis 1 ([T, N, C]: its axis 0 is time, never cut). `least`:
-    the fewest samples that make a stack (a folder's file may hold one: `least=1`). None otherwise."""
+    the fewest samples that make a stack (a folder's file may hold one: `least=1`). An input of `own_axis`
+    (`own_axis_inputs`: its axis 0 a symbol other than the batch) is shared too when its array has the declared rank
+    and every fixed dim. None otherwise."""
     shared, counts = [], set()
     for s in specs:
         shape = shapes.get(s.name)
@@ -248,6 +273,9 @@ def shared_stack(shapes: dict[str, tuple], specs: list[InputSpec], least: int = 
         if shape is None or s.kind != "tensor":
             return None
         if all(d is not None for d in s.shape) and tuple(shape) == tuple(s.shape):
+            shared.append(s.name)
+        elif (s.name in (own_axis or {}) and len(shape) == len(s.shape)
+              and all(d is None or d == k for d, k in zip(s.shape, shape))):
             shared.append(s.name)
         elif len(s.shape) > axis and s.shape[axis] is None and len(shape) == len(s.shape):
             counts.add(shape[axis])

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, reorder_hint,
-                                         rows_interact, shared_stack, stacked_batches, time_major_inputs,
-                                         time_major_stack)
+from onnxprune.calibration.feeds import (FeedChecker, FeedSource, _dims, feed_reason, npz_shapes, own_axis_inputs,
+                                         reorder_hint, rows_interact, shared_stack, stacked_batches,
+                                         time_major_inputs, time_major_stack)
 from onnxprune.calibration.runtime import (DEFAULT_DYNAMIC_DIM, DEFAULT_INT_HIGH, InputSpec, declared_batch,
                                            input_specs, int_input_ranges, random_array, refuse_unfed, with_shapes)
 from onnxprune.errors import CalibrationError, ConfigError
@@ -494,7 +494,7 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
     """Inputs that hold one value for the file (feeds.shared_stack) beside N samples stacked on a dynamic batch (axis
     1 of a time-major input), read as N feeds of one sample each, those inputs' arrays whole in every one, the arrays
     read once; None when the arrays are no such stack."""
-    found = shared_stack(shapes, specs, time_major=time_major)
+    found = shared_stack(shapes, specs, time_major=time_major, own_axis=own_axis_inputs(model))
     if not found:
         return None
     n, shared = found
@@ -508,8 +508,9 @@ def _shared_reader(arrays: Callable[[], dict[str, np.ndarray]], shapes: dict[str
         return _sample(whole(), i, shared, time_major)
 
     reader = _feed_reader(FeedSource(list(range(n)), load, lambda i: f"{name}, sample {i}"), specs, labels, limit,
-                          f"{reason}; input(s) {shared} hold one value for the file (their declared shape), and its "
-                          f"{n:,} samples of the others are read one feed each, those in every one", name,
+                          f"{reason}; input(s) {shared} hold one value for the file (their declared shape, or an "
+                          f"axis 0 not the batch's), and its {n:,} samples of the others are read one feed each, "
+                          "those in every one", name,
                           "sample(s), a feed each")
     reader.one_sample_feeds = True
     return reader
@@ -572,7 +573,9 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
     """A folder whose every file is a stack beside inputs that hold one value for that file (feeds.shared_stack, a
     file of one sample too), read as a feed per sample of every file, each file's shared arrays whole in its
     samples' feeds; one file's arrays held at a time. None when any file is no such stack (each file a feed)."""
-    found = [shared_stack(npz_shapes(p) or {}, specs, least=1, time_major=time_major) for p in files]
+    own_axis = own_axis_inputs(model)
+    found = [shared_stack(npz_shapes(p) or {}, specs, least=1, time_major=time_major, own_axis=own_axis)
+             for p in files]
     if not all(found) or all(n == 1 for n, _ in found):
         return None
     shared = sorted({s for _, names in found for s in names})
@@ -592,8 +595,9 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
 
     items = [(p, i, names) for p, (n, names) in zip(files, found) for i in range(n)]
     reader = _feed_reader(FeedSource(items, load, lambda it: f"{it[0].name}, sample {it[1]}"), specs, labels,
-                          limit, f"{reason}; input(s) {shared} hold one value for each file (their declared shape), "
-                          f"and the {len(items):,} samples of the others are read one feed each, their file's "
+                          limit, f"{reason}; input(s) {shared} hold one value for each file (their declared shape, "
+                          f"or an axis 0 not the batch's), and the {len(items):,} samples of the others are read "
+                          "one feed each, their file's "
                           "values in every one", name, "sample(s), a feed each")
     reader.one_sample_feeds = True
     return reader

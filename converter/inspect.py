@@ -393,7 +393,7 @@ def npz_example(model, samples: int = 64, placeholders: list | None = None) -> s
     if shared:
         said = ", ".join(f"{n!r} (first axis {d!r})" for n, d in shared.items())
         return _folder_line(args, samples, "sample", f"{said} is no batch of samples and goes whole into every "
-                            "file (stacked in one file, they would be one feed, never retrained on)")
+                            "file (or, stacked in one file beside them, each sample of the others is read as a feed)")
     line = f'import numpy as np; np.savez("calib.npz", {args})'
     if time_major:
         fixed = {v.name for v in _real_inputs(model) if v.name in time_major

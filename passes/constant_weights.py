@@ -36,10 +36,12 @@ Shape is given its inferred dimensions; one that is not a fixed number (the batc
 in turn, and the chain folds only where every evaluation gives the same bytes (a weight sliced at the batch size
 stays as it is).
 
-A chain is folded only where nothing else reads the stored floats it reads: where another node also reads one as it
-is, the fold would store it twice and prune the two copies apart (`_alone`). A chain's Shape of a stored tensor
-that a node outside the chain reads too (tf2onnx's Keras einsum sizes the activations by the kernel's Shape) becomes
-the constant it gives, so the stored tensor goes with its fold (`_shapes_as_constants`).
+A chain is folded only where nothing else reads the stored floats it reads as a weight: where another node also
+reads one as a weight, the fold would store it twice and prune the two copies apart (`_alone`); one another node
+reads otherwise stays stored for that node (skl2onnx's QDA: `scalings` under each class's weight and in a Log).
+A chain's Shape of a stored tensor that a node outside the chain reads too (tf2onnx's Keras einsum sizes the
+activations by the kernel's Shape) becomes the constant it gives, so the stored tensor goes with its fold
+(`_shapes_as_constants`).
 
 The same holds for an operand of more than one value that an element-wise op whose channel rule reads a per-channel
 constant (`rules_elementwise.CONSTANT_READERS`: Add/Mul/..., Where, PRelu) reads from such a chain (`_parameter_inputs`;
@@ -296,20 +298,37 @@ def _computed(model: onnx.ModelProto, ix: ScopeIndex) -> list[tuple[onnx.NodePro
                             memo[name] = (*chain, value)
                 if memo[name] is not None:
                     (found if k in weights else params).append((node, k, *memo[name]))
-    found = _alone(found, ix)
+    found = _alone(found, ix, weights=True)
     # a parameter's chain folds on its own: not one inside a weight's chain (weight_norm's Div), nor one reading a
     # stored tensor a weight's chain or any other node reads
     chained = {id(n) for _, _, nodes, *_ in found for n in nodes}
     return found + _alone([f for f in params if id(f[0]) not in chained], ix)
 
 
-def _alone(found: list, ix: ScopeIndex) -> list:
-    """The folds whose stored floats nothing but folded chains reads (a Loop body's hand-back aside): a chain of a
-    tensor another node also reads as it is (a DeepFM's V, read by x @ V and, as V ** 2, by x² @ V², sweep 35) would
-    store it twice and prune the two copies apart, so it stays computed from the one the other node reads."""
+def _reads_as_weight(reader: onnx.NodeProto, name: str, ix: ScopeIndex) -> bool:
+    """Whether `reader` reads stored tensor `name` as a weight the inventory prunes: at a WEIGHT_OPS weight or bias
+    input, as a Gather's table, or through a lone Identity/Transpose (READ_THROUGH) that one of those reads."""
+    if any(reader.input[k] == name for k in _weight_inputs(reader)):
+        return True
+    if reader.op_type == "Gather" and reader.input and reader.input[0] == name:
+        return True
+    return reader.op_type in READ_THROUGH and any(_reads_as_weight(r, reader.output[0], ix)
+                                                  for r in ix.consumers.get(reader.output[0], []))
+
+
+def _alone(found: list, ix: ScopeIndex, weights: bool = False) -> list:
+    """The folds whose stored floats no other node reads as a weight (a Loop body's hand-back aside): a chain of a
+    tensor another node also reads as a weight (a DeepFM's V, read by x @ V and, as V ** 2, by x² @ V², sweep 35)
+    would store it twice and prune the two copies apart, so it stays computed from the one the other node reads. A
+    stored tensor another node reads otherwise (not pruned there) stays for that node as it is: scikit-learn's QDA
+    through skl2onnx whitens by `rotations * scalings ** -0.5` (a MatMul's weight per class) and reads `scalings`
+    again by Log for the log-determinant; sweep 54b's QDA was refused as having no prunable weights at all. That
+    holds for a layer's weight (`weights`); a per-channel parameter's chain stays computed wherever any other node
+    reads its stored tensor (dead-channel removal would slice the fold and leave the other copy whole)."""
     while True:
         chained = {id(n) for _, _, nodes, *_ in found for n in nodes}
         kept = [f for f in found if all(id(r) in chained or (r.op_type == "Identity" and r.output[0] in ix.pass_back)
+                                        or (weights and not _reads_as_weight(r, leaf, ix))
                                         for leaf in f[3] if ix.consts[leaf].data_type in FLOAT_TYPES
                                         for r in ix.consumers.get(leaf, []))]
         if len(kept) == len(found):

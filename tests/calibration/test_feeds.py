@@ -871,3 +871,59 @@ def test_an_output_metric_leaves_out_does_not_make_the_rows_one_feed(tmp_path, m
     feed = {"x": arrays["x"][:64], "labels": arrays["labels"][:64]}
     dense, pruned = make_session(model).run(None, feed), make_session(out).run(None, feed)
     assert pruned[0].shape == dense[0].shape and np.isfinite(pruned[1]) and pruned[1].shape == ()
+
+
+def _deeponet_model():
+    """A DeepONet: branch 'u' [N, 6] -> [N, 4], trunk over query points 'y' [P, 1] -> [P, 4], 'G' [N, P] = the
+    branch's rows against the trunk's (MatMul with the trunk transposed), seeded."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = {"B1": rng.standard_normal([6, 16]) / 2, "B2": rng.standard_normal([16, 4]) / 4,
+         "T1": rng.standard_normal([1, 16]), "T2": rng.standard_normal([16, 4]) / 4}
+    nodes = [helper.make_node("MatMul", ["u", "B1"], ["b1"]), helper.make_node("Relu", ["b1"], ["b1r"]),
+             helper.make_node("MatMul", ["b1r", "B2"], ["b"]), helper.make_node("MatMul", ["y", "T1"], ["t1"]),
+             helper.make_node("Tanh", ["t1"], ["t1r"]), helper.make_node("MatMul", ["t1r", "T2"], ["t"]),
+             helper.make_node("Transpose", ["t"], ["tT"], perm=[1, 0]), helper.make_node("MatMul", ["b", "tT"], ["G"])]
+    graph = helper.make_graph(
+        nodes, "deeponet", [helper.make_tensor_value_info("u", TensorProto.FLOAT, ["N", 6]),
+                            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["P", 1])],
+        [helper.make_tensor_value_info("G", TensorProto.FLOAT, ["N", "P"])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_an_input_whose_axis_0_is_not_the_batch_goes_whole_into_a_feed_per_sample(tmp_path):
+    """Sweep 54b: a DeepONet's calibration file, 440 functions 'u' [N, 40] beside its 10 query points 'y' [P, 1]
+    (the output 'G' [N, P] leads with N, as 'u' does), was one feed ("the inputs' first axes differ"): no split, no
+    retraining, a one-shot fit judged on the samples that chose it. An input whose declared axis 0 is a symbol other
+    than the outputs' batch (which another input leads with) goes whole into every sample's feed; the samples of
+    the others (and their labels) are a feed each, and the outputs are the file's, row by row."""
+    model, rng = _deeponet_model(), np.random.default_rng(0)
+    u, y = rng.standard_normal((12, 6)).astype(np.float32), np.linspace(0, 1, 5, dtype=np.float32)[:, None]
+    np.savez(tmp_path / "d.npz", u=u, y=y, labels=np.arange(12) % 3)
+    reader = open_data(tmp_path / "d.npz", model)
+    got = list(reader.batches())
+    assert reader.per_feed and reader.one_sample_feeds and len(got) == 12 == reader.num_samples
+    assert "hold one value for the file" in reader.feed_note and "'y'" in reader.feed_note, reader.feed_note
+    assert all(f["u"].shape == (1, 6) and f["y"].shape == (5, 1) for f, _ in got)
+    np.testing.assert_array_equal(np.concatenate([f["u"] for f, _ in got]), u)
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in got]), np.arange(12) % 3)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    whole = sess.run(None, {"u": u, "y": y})[0]
+    np.testing.assert_allclose(np.concatenate([sess.run(None, f)[0] for f, _ in got]), whole, rtol=1e-5, atol=1e-6)
+    # the same graph with the query points on the batch's symbol: a file whose first axes differ stays one feed
+    same = onnx.ModelProto()
+    same.CopyFrom(model)
+    same.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "N"
+    reader = open_data(tmp_path / "d.npz", same)
+    assert reader.per_feed and not getattr(reader, "one_sample_feeds", False) and len(list(reader.batches())) == 1
+    # tf2onnx's two names for one batch ('unk__2' on 'y', carried by no output) stay one feed too
+    same.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "unk__2"
+    reader = open_data(tmp_path / "d.npz", same)
+    assert reader.per_feed and not getattr(reader, "one_sample_feeds", False) and len(list(reader.batches())) == 1

@@ -365,3 +365,57 @@ def test_a_weight_whose_shape_also_sizes_the_activations_is_stored_once():
     result = run_pipeline(model, configure(sparsity=0.5))
     check_full(result.model)
     assert result.model.ByteSize() <= model.ByteSize()
+
+
+def _qda(classes: int = 2, d: int = 4) -> onnx.ModelProto:
+    """skl2onnx's QuadraticDiscriminantAnalysis, small and seeded: per class k, z = (x - means_k) @ (rotations_k *
+    scalings_k ** -0.5) and a score -0.5 * (sum(z²) + sum(log scalings_k)), the scores concatenated [N, classes].
+    'scalings_k' is read twice: by Pow (the weight's chain) and by Log (the log-determinant)."""
+    rng = np.random.default_rng(7)
+    nodes, inits, scores = [], [numpy_helper.from_array(np.array(-0.5, np.float32), "half"),
+                                numpy_helper.from_array(np.array([1], np.int64), "axis1")], []
+    for k in range(classes):
+        r = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+        inits += [numpy_helper.from_array(rng.standard_normal((1, d)).astype(np.float32), f"means{k}"),
+                  numpy_helper.from_array(r, f"rotations{k}"),
+                  numpy_helper.from_array(rng.uniform(0.5, 2, d).astype(np.float32), f"scalings{k}")]
+        nodes += [helper.make_node("Pow", [f"scalings{k}", "half"], [f"p{k}"]),
+                  helper.make_node("Mul", [f"rotations{k}", f"p{k}"], [f"w{k}"]),
+                  helper.make_node("Sub", ["x", f"means{k}"], [f"c{k}"]),
+                  helper.make_node("MatMul", [f"c{k}", f"w{k}"], [f"z{k}"]),
+                  helper.make_node("Mul", [f"z{k}", f"z{k}"], [f"zz{k}"]),
+                  helper.make_node("ReduceSum", [f"zz{k}", "axis1"], [f"q{k}"], keepdims=1),
+                  helper.make_node("Log", [f"scalings{k}"], [f"l{k}"]),
+                  helper.make_node("ReduceSum", [f"l{k}"], [f"ld{k}"], keepdims=1),
+                  helper.make_node("Add", [f"q{k}", f"ld{k}"], [f"a{k}"]),
+                  helper.make_node("Mul", [f"a{k}", "half"], [f"s{k}"])]
+        scores.append(f"s{k}")
+    nodes.append(helper.make_node("Concat", scores, ["scores"], axis=1))
+    graph = helper.make_graph(nodes, "qda", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, d])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [BATCH, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    check_full(model)
+    return model
+
+
+def test_a_weight_whose_stored_tensor_another_node_reads_but_not_as_a_weight_is_folded():
+    """Sweep 54b: scikit-learn's QDA through skl2onnx whitens each class by `rotations * scalings ** -0.5` (a
+    MatMul's weight) and reads `scalings` again by Log for the log-determinant. The fold was refused as a second
+    reader of the stored tensor (the DeepFM rule above), so the model had no prunable weights at all ("Nothing to
+    do"). Log reads no weight the inventory prunes, so the two copies cannot be pruned apart: each class's weight is
+    stored as the constant it is, 'scalings' stays for the Log, 'rotations' goes, and the outputs are the same."""
+    model = _qda()
+    assert len(computed_weights(model)) == 2
+    folded, _ = _fold(model)
+    check_full(folded)
+    assert_same_outputs(folded, model, rtol=1e-6)
+    stored = {t.name for t in folded.graph.initializer}
+    assert {"scalings0", "scalings1"} <= stored and not {"rotations0", "rotations1"} & stored
+    assert sorted(w.name for w in find_prunable(folded).prunable) == ["rotations0.folded", "rotations1.folded"]
+    from onnxprune.converter.pipeline import configure, run as run_pipeline
+
+    result = run_pipeline(model, configure(sparsity=0.5))
+    check_full(result.model)
+    assert sum(int(np.count_nonzero(weight_array(result.model, n))) for n in ("rotations0.folded",
+                                                                             "rotations1.folded")) == 16
