@@ -603,7 +603,7 @@ class _Search:
                                                   override=o.get("lr"),
                                                   seconds=hyper.PROBE_SHARE * self.span,
                                                   limit=max(0.0, self.left() - self.tail),
-                                                  after=(hyper.ROUND_MIN_STEPS, self.pass_seconds()))
+                                                  after=(hyper.ROUND_MIN_STEPS, 0.0))
         if lr.value is None:
             self.choices["lr"] = lr.as_dict()
             self.notes.append(f"retraining not begun: the learning-rate probe: {lr.rule}")
