@@ -442,3 +442,29 @@ def test_a_feed_read_as_is_is_timed_as_the_reserve_counts_it(tmp_path, monkeypat
     dense = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out, ref = sess.run(None, feeds[0])[0], dense.run(None, feeds[0])[0]
     assert out.shape == ref.shape == (len(feeds[0]["x"]), 4) and np.isfinite(out).all()
+
+
+def test_feeds_not_held_in_memory_are_counted_so_a_pass_is_priced_at_a_feeds_pace(tmp_path):
+    """Real models 54's CTC recognizer: 187 decision feeds (2,030 lines, too large to hold in memory) left the
+    evaluator with no sample count, so the clock's pace was the whole reference pass a sample and a judged pass was
+    priced at 2,030 of them: 20,141 s for a pass of 9.9 s (the polish and the reserve read that figure). Feeds
+    read as they are count one a batch, held in memory or not, and a pass is priced at their count."""
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.calibration.readers import open_data
+    from onnxprune.converter.auto.decide import BudgetRule
+    from onnxprune.converter.auto.search import _timed_samples
+    from onnxprune.models import third_party_builders as tb
+
+    model = tb.variable_width()  # lines of their own widths: a feed a file, read as it is
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    for k, (rows, width) in enumerate([(3, 5), (5, 7), (4, 6), (2, 9), (6, 4), (3, 8)]):
+        np.savez(folder / f"f{k}.npz", image=rng.standard_normal((rows, 3, 4, width)).astype(np.float32))
+    held = Evaluator(open_data(folder, model), None, reference_model=model)
+    read = Evaluator(open_data(folder, model), None, reference_model=model, cache_bytes=0)
+    assert held.cached and not read.cached
+    assert held.num_samples == read.num_samples == 6
+    rule = BudgetRule(read, 1.0)
+    assert _timed_samples(rule) == 6  # the reference pass's count: its pace times this is one pass's seconds
+    assert rule.n > 6  # the rule itself judges the feeds' rows
