@@ -348,6 +348,39 @@ def test_inspect_says_which_sizes_of_its_calibration_line_are_placeholders(tmp_p
     assert json.loads(invoke("inspect", path, "--json").output)["npz_open"] == ["L", "x.shape[2]"]
 
 
+def test_inspect_writes_the_width_a_normalization_before_the_first_layer_reads(tmp_path):
+    """Real models 54b: a tf2onnx Keras net declares its input [unk__6, unk__7] and normalizes its 65 features (Sub,
+    Mul by [65] constants) before a 65 x 512 MatMul; inspect's line wrote np.zeros((64, 8)) and called unk__7 a
+    placeholder "the model leaves open", a file onnxruntime refuses. The width is read through the elementwise ops
+    (and a Relu) to the first layer's weight, or from their constant alone."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.runtime import make_session
+
+    model = _keras_dense_open_features(features=12)
+    path = tmp_path / "keras.onnx"
+    onnx.save(model, path)
+    out = invoke("inspect", path).output
+    assert "x=np.zeros((64, 12), np.float32)" in out and "placeholder" not in out, out
+    make_session(model).run(None, {"x": np.zeros((64, 12), np.float32)})  # the line's file runs
+    from onnxprune.converter.inspect import npz_example
+
+    scaled = helper.make_graph(  # a constant alone fixes it (Mul by [5], Relu, summed, then a 1 x 4 layer)
+        [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+         helper.make_node("ReduceSum", ["r", "axes"], ["t"], keepdims=1),
+         helper.make_node("MatMul", ["t", "w"], ["y"])],
+        "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [onnx.numpy_helper.from_array(np.ones(5, np.float32), "s"),
+         onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "w")])
+    scaled_model = helper.make_model(scaled, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    opened: list = []
+    assert npz_example(scaled_model, placeholders=opened) == \
+        'import numpy as np; np.savez("calib.npz", x=np.zeros((64, 5), np.float32))' and not opened
+    make_session(scaled_model).run(None, {"x": np.zeros((64, 5), np.float32)})
+
+
 def test_inspect_writes_the_width_the_first_layers_weight_reads(tmp_path):
     """Real models 47: madmom's chroma MLP declares 'input' [input_dim_0, input_dim_1] and reads it with a 1575 x 256
     MatMul; inspect's line wrote np.zeros((64, 8)) and called 1575 a placeholder, a file the model cannot run. An open
