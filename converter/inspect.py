@@ -260,32 +260,59 @@ def _rows_in_order(model, states: dict[str, str]) -> str | None:
     return rows_interact(model, arrays, specs, list(states), {})
 
 
+WIDTH_KEEPING = {"Sub", "Mul", "Add", "Div"}  # with a constant operand: an input's normalization before its first layer
+WIDTH_PASSING = {"Relu", "Cast", "Identity", "Sigmoid", "Tanh", "Clip", "Abs", "Neg"}
+
+
 def _read_widths(model) -> dict[str, int]:
     """{input: K} for a float input of two or more axes that a MatMul (as its first operand) or a Gemm (as A, not
-    transposed) reads directly with a constant 2-D weight: its last axis must hold the weight's K. madmom's chroma
-    MLP declares 'input' [input_dim_0, input_dim_1] and reads it with a 1575 x 256 MatMul; inspect's line wrote 8
-    there, a file the model cannot run."""
+    transposed) reads with a constant 2-D weight: its last axis must hold the weight's K. madmom's chroma MLP
+    declares 'input' [input_dim_0, input_dim_1] and reads it with a 1575 x 256 MatMul; inspect's line wrote 8
+    there, a file the model cannot run. The input may reach that layer through elementwise ops with a constant
+    (WIDTH_KEEPING) or none (WIDTH_PASSING), whose constant's own last axis, when longer than 1, fixes it too: real
+    models 54b's tf2onnx Keras net declares [unk__6, unk__7] and normalizes its 65 features (Sub, Mul by [65])
+    before a 65 x 512 MatMul; the line wrote (64, 8)."""
     from onnx import numpy_helper
 
     from onnxprune.passes.scopes import local_constants
 
     consts = local_constants(model.graph)
     names = {v.name for v in _real_inputs(model)}
-    widths: dict[str, int] = {}
+    readers: dict[str, list] = {}
     for node in model.graph.node:
-        if not node.input or node.input[0] not in names or len(node.input) < 2 or node.input[1] not in consts:
-            continue
-        shape = numpy_helper.to_array(consts[node.input[1]]).shape
-        if len(shape) != 2:
-            continue
-        if node.op_type == "MatMul":
-            k = shape[0]
-        elif node.op_type == "Gemm" and not any(a.name == "transA" and a.i for a in node.attribute):
-            k = shape[1] if any(a.name == "transB" and a.i for a in node.attribute) else shape[0]
-        else:
-            continue
-        if widths.setdefault(node.input[0], int(k)) != int(k):  # two layers disagree: say nothing
-            widths[node.input[0]] = -1
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    widths: dict[str, int] = {}
+
+    def record(name: str, k: int) -> None:
+        if widths.setdefault(name, int(k)) != int(k):  # two layers disagree: say nothing
+            widths[name] = -1
+
+    for name in names:
+        todo, seen = [name], set()
+        while todo:
+            t = todo.pop()
+            if t in seen or len(seen) > 16:
+                continue
+            seen.add(t)
+            for node in readers.get(t, []):
+                other = [i for i in node.input if i and i != t]
+                if node.op_type in ("MatMul", "Gemm") and node.input[0] == t and len(node.input) > 1 \
+                        and node.input[1] in consts:
+                    shape = numpy_helper.to_array(consts[node.input[1]]).shape
+                    if len(shape) != 2:
+                        continue
+                    if node.op_type == "MatMul":
+                        record(name, shape[0])
+                    elif not any(a.name == "transA" and a.i for a in node.attribute):
+                        record(name, shape[1] if any(a.name == "transB" and a.i for a in node.attribute) else shape[0])
+                elif node.op_type in WIDTH_KEEPING and len(other) == 1 and other[0] in consts:
+                    shape = tuple(consts[other[0]].dims)
+                    if shape and shape[-1] > 1:
+                        record(name, shape[-1])
+                    todo.extend(node.output[:1])
+                elif node.op_type in WIDTH_PASSING and node.input[0] == t:
+                    todo.extend(node.output[:1])
     return {name: k for name, k in widths.items() if k > 0}
 
 

@@ -339,8 +339,9 @@ class _Search:
                     self._record("final exam", examined, decision, True, time.perf_counter(),
                                  note="the exam's walk back")
                 return examined
-        note = (f"final exam: {self.exam.n} decision samples no candidate was judged on rejected "
-                f"{'; '.join(said)}: the input model is kept (more --data, or --val-data, decides better)")
+        # each look says its verdict: real models 54b read "... judged on rejected 1.31x rejected: 1 of 106 changed"
+        note = (f"final exam: {self.exam.n} decision samples no candidate was judged on rejected every candidate it "
+                f"looked at ({'; '.join(said)}): the input model is kept (more --data, or --val-data, decides better)")
         log.warning(note)
         self.notes.append(note)
         self._exam_rejected(1.0)

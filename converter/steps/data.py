@@ -408,7 +408,8 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
     every sample of `reader` has one size there: whatever the run measures is measured at that size only. Sweep 29: a
     depthwise-separable net with [N, 1, H, W] in, pruned on 28x28 images, changed 0.70% of 2,000 held-out
     predictions at 28x28 and 2.90% at 22-34 px. Batch-like axes are those random inputs keep small
-    (`calibration.shapes.batch_axes`: axis 0, a time-major input's axis 1, a state's lone axis)."""
+    (`calibration.shapes.batch_axes`: axis 0, a time-major input's axis 1, a state's lone axis). An axis the
+    model's weights fix at the data's size is not said (`_fixed_axes`)."""
     from onnxprune.calibration.runtime import input_specs
     from onnxprune.calibration.shapes import batch_axes
     from onnxprune.calibration.value_types import dim_params
@@ -421,9 +422,11 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
     if not free:
         return None
     seen: dict[tuple[str, int], set[int]] = {(name, k): set() for name, axes in free.items() for k in axes}
+    first: dict[str, tuple] = {}
     for i, (feeds, _) in enumerate(reader.batches()):
         if i >= SIZE_BATCHES:
             break
+        first = first or {name: np.shape(a) for name, a in feeds.items()}
         for (name, k), sizes in seen.items():
             a = feeds.get(name)
             if a is not None and k < np.ndim(a):
@@ -432,6 +435,8 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
     for (name, k), sizes in seen.items():
         if len(sizes) == 1:
             one.setdefault(name, []).append((k, next(iter(sizes))))
+    fixed = _fixed_axes(model, first, [(name, k, v) for name, axes in one.items() for k, v in axes]) if one else set()
+    one = {name: kept for name, axes in one.items() if (kept := [(k, v) for k, v in axes if (name, k) not in fixed])}
     if not one:
         return None
     alike: dict[tuple, list[str]] = {}  # inputs with the same free axes at the same sizes are said once
@@ -446,6 +451,52 @@ def one_size_note(model: onnx.ModelProto, reader) -> str | None:
     return ("; ".join(said) + ": the pruned model is measured at that size only (the budget too) and may lose more "
             "at others; if it will run at other sizes, give --data samples of those sizes (a folder of .npz feeds, "
             "one size a file)")
+
+
+def _fixed_axes(model: onnx.ModelProto, sizes: dict[str, tuple], axes: list[tuple[str, int, int]]
+                ) -> set[tuple[str, int]]:
+    """The (input, axis) pairs of `axes` (input, axis, the data's one size) that the model's own weights fix at that
+    size although the input declares them open: onnx's strict shape inference passes with every input at the data's
+    sizes (`sizes`, a batch's shapes) and fails with that axis one larger and with it twice as large. Real models
+    54b: tf2onnx declares a Keras Dense net's input [unk, unk]; its 65 features meet a [65] normalization constant
+    and a [65, 512] MatMul, and the one-size note asked for samples of other sizes the model cannot take. When the
+    inference cannot tell (it fails at the data's sizes too, an op it does not know), nothing is taken as fixed."""
+    from onnxprune.passes.shapes import skeleton
+
+    def infers(at: dict[str, tuple]) -> bool:
+        m = skeleton(model)
+        for vi in m.graph.input:
+            dims = at.get(vi.name)
+            if dims is None or not vi.type.HasField("tensor_type"):
+                continue
+            shape = vi.type.tensor_type.shape
+            if len(shape.dim) != len(dims):
+                return False
+            for d, v in zip(shape.dim, dims):
+                d.Clear()
+                d.dim_value = int(v)
+        del m.graph.value_info[:]
+        for vi in m.graph.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+        try:
+            onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+        except Exception:  # noqa: BLE001 - a size the model's own shapes refuse, or an op inference does not know
+            return False
+        return True
+
+    tensors = {vi.name for vi in model.graph.input if vi.type.HasField("tensor_type")}
+    sizes = {name: tuple(dims) for name, dims in sizes.items() if name in tensors}
+    if not axes or not sizes or not infers(sizes):
+        return set()
+    fixed = set()
+    for name, k, v in axes:
+        if name not in sizes or k >= len(sizes[name]):
+            continue
+        other = [tuple(w if j == k else d for j, d in enumerate(sizes[name])) for w in (v + 1, 2 * v)]
+        if not any(infers({**sizes, name: dims}) for dims in other):
+            fixed.add((name, k))
+    return fixed
 
 
 def _batch_dependent(model) -> str | None:

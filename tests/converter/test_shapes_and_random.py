@@ -232,6 +232,62 @@ def _any_size_cnn():
     return g.model({"x": ["N", 1, "H", "W"]}, {"y": ["N", 4]})
 
 
+def _keras_dense_open_features(features: int = 12, hidden: int = 24, seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's Keras Dense net (real models 54b, a Risk agent's move scorer): input declared [unk, unk]; a
+    Normalization layer's Sub and Mul by [features] constants, then MatMul [features, hidden] + bias, Relu, MatMul
+    [hidden, 1]. Its feature axis is open in the file, fixed by its weights."""
+    rng = np.random.default_rng(seed)
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("mean", rng.standard_normal(features)), ("inv_std", rng.uniform(0.5, 2, features)),
+        ("w1", rng.standard_normal((features, hidden)) / np.sqrt(features)), ("b1", rng.standard_normal(hidden) * .1),
+        ("w2", rng.standard_normal((hidden, 1)) / np.sqrt(hidden)))]
+    nodes = [h.make_node("Sub", ["x", "mean"], ["c"], name="norm/sub"),
+             h.make_node("Mul", ["c", "inv_std"], ["z"], name="norm/mul"),
+             h.make_node("MatMul", ["z", "w1"], ["m1"], name="dense_1/MatMul"),
+             h.make_node("Add", ["m1", "b1"], ["a1"], name="dense_1/BiasAdd"),
+             h.make_node("Relu", ["a1"], ["r1"], name="dense_1/Relu"),
+             h.make_node("MatMul", ["r1", "w2"], ["y"], name="dense_2/MatMul")]
+    graph = h.make_graph(nodes, "keras", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["unk__6", "unk__7"])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["unk__8", 1])], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], producer_name="tf2onnx", ir_version=7)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_an_open_axis_the_weights_fix_is_not_said_as_measured_at_one_size():
+    """Real models 54b: a tf2onnx Keras MLP declares its input [unk__6, unk__7]; every sample has 65 features, and
+    the run said the pruned model "is measured at that size only ... give --data samples of those sizes", sizes
+    the model cannot take (its [65] normalization constants and [65, 512] MatMul fix them). The note is kept for an
+    axis the model does run at other sizes (the any-size CNN below)."""
+    from onnxprune import prune
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.converter.steps.data import one_size_note
+
+    model = _keras_dense_open_features()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 12)).astype(np.float32)
+    assert one_size_note(model, open_data({"x": x}, model, batch_size=64)) is None
+    result = prune(model, data={"x": x}, sparsity=0.3)
+    assert not [n for n in result.report["notes"] if "of any size" in n]
+    assert np.allclose(make_session(result.model).run(None, {"x": x[:8]})[0],
+                       make_session(model).run(None, {"x": x[:8]})[0], atol=1.0)  # the pruned model runs, near
+    with pytest.raises(Exception):  # onnxruntime refuses another size there: no data could measure one
+        make_session(model).run(None, {"x": np.zeros((2, 13), np.float32)})
+    cnn = _any_size_cnn()  # an axis the model runs at other sizes is still said
+    xc = rng.standard_normal((40, 1, 8, 8)).astype(np.float32)
+    assert one_size_note(cnn, open_data({"x": xc}, cnn, batch_size=16)).startswith(
+        "input 'x' declares axes 2 (H), 3 (W) of any size")
+    mixed = _keras_dense_open_features()  # of two inputs, only the one whose axis is free is said
+    mixed.graph.input.append(onnx.helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, ["N", "L"]))
+    mixed.graph.node.append(onnx.helper.make_node("ReduceSum", ["t"], ["ts"], keepdims=1))
+    mixed.graph.node.append(onnx.helper.make_node("Add", ["y", "ts"], ["yt"]))
+    mixed.graph.output[0].name = "yt"
+    note = one_size_note(mixed, open_data({"x": x[:40], "t": x[:40, :5]}, mixed, batch_size=16))
+    assert note.startswith("input 't' declares axis 1 (L) of any size, and every sample of --data has 5 there")
+    assert "'x'" not in note
+
+
 def test_data_of_one_size_for_an_input_of_any_size_is_said(tmp_path):
     """Sweep 29: a depthwise net with [N, 1, H, W] in, pruned on 28x28 images only, changed 0.70% of held-out
     predictions at 28x28 and 2.90% at 22-34 px, with no word that only one size had been measured."""
@@ -290,6 +346,39 @@ def test_inspect_says_which_sizes_of_its_calibration_line_are_placeholders(tmp_p
     assert "np.zeros((64, 8, 8, 4), np.float32)" in out, out
     assert "(its sizes for 'L', x.shape[2] are placeholders: the model leaves them open" in out, out
     assert json.loads(invoke("inspect", path, "--json").output)["npz_open"] == ["L", "x.shape[2]"]
+
+
+def test_inspect_writes_the_width_a_normalization_before_the_first_layer_reads(tmp_path):
+    """Real models 54b: a tf2onnx Keras net declares its input [unk__6, unk__7] and normalizes its 65 features (Sub,
+    Mul by [65] constants) before a 65 x 512 MatMul; inspect's line wrote np.zeros((64, 8)) and called unk__7 a
+    placeholder "the model leaves open", a file onnxruntime refuses. The width is read through the elementwise ops
+    (and a Relu) to the first layer's weight, or from their constant alone."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.runtime import make_session
+
+    model = _keras_dense_open_features(features=12)
+    path = tmp_path / "keras.onnx"
+    onnx.save(model, path)
+    out = invoke("inspect", path).output
+    assert "x=np.zeros((64, 12), np.float32)" in out and "placeholder" not in out, out
+    make_session(model).run(None, {"x": np.zeros((64, 12), np.float32)})  # the line's file runs
+    from onnxprune.converter.inspect import npz_example
+
+    scaled = helper.make_graph(  # a constant alone fixes it (Mul by [5], Relu, summed, then a 1 x 4 layer)
+        [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Relu", ["m"], ["r"]),
+         helper.make_node("ReduceSum", ["r", "axes"], ["t"], keepdims=1),
+         helper.make_node("MatMul", ["t", "w"], ["y"])],
+        "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [onnx.numpy_helper.from_array(np.ones(5, np.float32), "s"),
+         onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         onnx.numpy_helper.from_array(np.ones((1, 4), np.float32), "w")])
+    scaled_model = helper.make_model(scaled, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    opened: list = []
+    assert npz_example(scaled_model, placeholders=opened) == \
+        'import numpy as np; np.savez("calib.npz", x=np.zeros((64, 5), np.float32))' and not opened
+    make_session(scaled_model).run(None, {"x": np.zeros((64, 5), np.float32)})
 
 
 def test_inspect_writes_the_width_the_first_layers_weight_reads(tmp_path):

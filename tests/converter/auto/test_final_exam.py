@@ -148,6 +148,9 @@ def test_the_exam_looks_a_few_times_at_most_then_keeps_the_input_model(model):
     assert looks == [kept[-1].model, kept[-2].model, kept[-3].model, start.model]  # EXAM_LOOKS, the start last
     assert len(looks) == E.EXAM_LOOKS
     assert any(n.startswith("final exam:") and "the input model is kept" in n for n in s.notes)
+    said = next(n for n in s.notes if n.startswith("final exam:"))  # real models 54b: "rejected 1.31x rejected: ..."
+    assert "judged on rejected every candidate it looked at (" in said and "rejected 1" not in said
+    assert said.count("rejected: ") == E.EXAM_LOOKS
 
 
 def test_a_result_the_exam_accepts_is_kept(model):
