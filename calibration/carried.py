@@ -254,11 +254,13 @@ def _fed_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dic
     return fed
 
 
-def call_files(source, inputs: set[str]) -> tuple[list, int] | None:
+def call_files(source, inputs: set[str], shared=()) -> tuple[list, int] | None:
     """(the .npz files of the folder `source` in the folder reader's order, their rows) when there are two or more
-    and every input's first axis holds the same number of rows in all of them: a decoder's calls recorded one file
-    each, its batch-first state (`h` -> `h_out` `[N, H]`) and token stacked as samples by the reader, each file one
-    call here (real models 53's Keras seq2seq decoder: its greedy decoding had not been measured)."""
+    and every input's first axis but the `shared` ones' holds the same number of rows in all of them: a decoder's
+    calls recorded one file each, its batch-first state (`h` -> `h_out` `[N, H]`) and token stacked as samples by the
+    reader, each file one call here (real models 53's Keras seq2seq decoder: its greedy decoding had not been
+    measured). `shared`: inputs that hold one value a file (optimum's merged decoder's `use_cache_branch` [1], which
+    made the reader cut each file into a feed a row: decoders 54's merged GPT had no decoding note)."""
     from pathlib import Path
 
     from onnxprune.calibration.feeds import npz_shapes
@@ -271,8 +273,9 @@ def call_files(source, inputs: set[str]) -> tuple[list, int] | None:
     rows = set()
     for p in files:
         shapes = npz_shapes(p) or {}
-        got = [shape[0] for name, shape in shapes.items() if name in inputs and len(shape)]
-        if not got or len(got) != len([n for n in shapes if n in inputs]):
+        rowed = [n for n in shapes if n in inputs and n not in shared]
+        got = [shapes[n][0] for n in rowed if len(shapes[n])]
+        if not got or len(got) != len(rowed):
             return None
         rows.update(got)
         if len(rows) > 1:

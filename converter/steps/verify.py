@@ -280,14 +280,16 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
 
     data = state.data
     reader = data.evaluation.reader if data.config.eval_data is not None else data.reader()
-    if input_kept(state) or getattr(reader, "one_sample_feeds", False):
+    shared = getattr(reader, "shared_inputs", ())  # a flag of one value a file: a folder may still be the calls
+    if input_kept(state) or (getattr(reader, "one_sample_feeds", False) and not shared):
         return
     dense = make_session(state.original)
     names = output_names(state.original)
     inputs = {i.name for i in dense.get_inputs()}
     calls, rows, total = reader, 1, reader.num_samples
-    if not getattr(reader, "per_feed", False):  # stacked samples: a folder's files may be a decoder's calls
-        found = call_files(data.config.eval_data if data.config.eval_data is not None else data.config.data, inputs)
+    if not getattr(reader, "per_feed", False) or shared:  # stacked samples: a folder's files may be a decoder's calls
+        found = call_files(data.config.eval_data if data.config.eval_data is not None else data.config.data, inputs,
+                           shared)
         if found is None:
             return
         calls, rows, total = file_calls(found[0]), found[1], len(found[0])

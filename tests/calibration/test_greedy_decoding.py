@@ -166,3 +166,50 @@ def test_files_of_unequal_rows_or_one_file_are_no_calls(tmp_path, rows):
     for k, n in enumerate(rows):
         np.savez(folder / f"c{k}.npz", prev_token=np.zeros(n, np.int64), h=np.zeros((n, 8), np.float32))
     assert call_files(folder, {"prev_token", "h"}) is None
+
+
+def _merged_calls(sess, prompt: np.ndarray, steps: int, record=None) -> np.ndarray:
+    """merged_greedy_cache_decoder decoding `prompt` [N, S] as optimum runs it: the first call with an empty past
+    and 'use_cache_branch' False, the others with the cache and True; its picks [N, steps]."""
+    ids, past, picks = prompt, np.zeros((len(prompt), 0, 8), np.float32), []
+    for t in range(steps):
+        feed = {"input_ids": ids, "past": past, "use_cache_branch": np.array([t > 0])}
+        if record is not None:
+            record.append(feed)
+        logits, past = sess.run(["logits", "present"], feed)
+        picks.append(logits[:, -1].argmax(-1))
+        ids = picks[-1][:, None].astype(np.int64)
+    return np.stack(picks, 1)
+
+
+def test_a_merged_decoders_calls_with_their_one_value_flag_are_decoded_as_the_other_forms(tmp_path):
+    """Optimum's merged form: 'use_cache_branch' [1] holds one value a file beside the stacked rows, so the folder
+    is read a sample a feed (readers._shared_folder_reader); its files in order are still the decoder's calls, each
+    one call here, the flag as recorded (decoders 54's merged GPT had no decoding note)."""
+    model = tb.merged_greedy_cache_decoder()
+    onnx.checker.check_model(model, full_check=True)
+    dense = make_session(model)
+    plain = make_session(tb.greedy_cache_decoder())
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 12, (4, 3)).astype(np.int64) for _ in range(8)]
+    feeds: list = []
+    for p in prompts:  # the merged form decodes as the plain one it merges
+        assert np.array_equal(_merged_calls(dense, p, 8, feeds), _cache_calls(plain, p, 8))
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.3)
+    carried = result.report["carried"]
+    assert carried["pairs"] == {"past": "present"} and carried["streams"] == 8 and carried["feeds"] == 64
+    decoded = carried["decoded"]
+    assert decoded["fed_back"] == {"input_ids": "logits"}
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    changed = tokens = 0
+    for p in prompts:
+        a, b = _merged_calls(dense, p, 8), _merged_calls(written, p, 8)
+        changed += int((a != b).any(1).sum())
+        tokens += int((a != b).sum())
+    assert (decoded["sequences"], decoded["tokens"]) == (32, 32 * 8)
+    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
+    assert any(n.startswith("greedy decoding:") for n in result.report["notes"])
+
