@@ -122,6 +122,97 @@ def declared_pairs(model) -> dict[str, str]:
     return _unique(found)
 
 
+KV_IN = (("past", "key", "values"), ("past", "key", "value"), ("past",))  # a cache's input words before its layer's
+KV_OUT = (("present",),)  # ... and its output's: Hugging Face's 'past_key_values.0.key' -> 'present.0.key'
+STATE_WORDS = frozenset({"state", "hidden", "cache", "memory"})  # an input so named may be a state, by shape alone
+FLOATS = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16 (onnx.TensorProto's element types)
+INTEGERS = frozenset({2, 3, 4, 5, 6, 7, 12, 13})  # uint8 .. int64, uint32, uint64
+
+
+def _declared(vi):
+    """(element type, dims: an int where fixed, a symbol's name or None where open) of a value's declared type."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return tt.elem_type, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                          for d in tt.shape.dim]
+
+
+def _after(name: str, phrases) -> tuple[str, ...] | None:
+    """`name`'s words after the first of `phrases` it starts with (None: none)."""
+    w = tuple(words(name))
+    for ph in phrases:
+        if w[:len(ph)] == ph:
+            return w[len(ph):]
+    return None
+
+
+def declared_feedback(model) -> dict[str, dict[str, str]]:
+    """What a decoder or a stream feeds back from one call to the next, read from the names and shapes the model
+    declares (no data, no onnxruntime: `inspect` says it): "states" `declared_pairs`; "caches" {input: output} of a
+    cache that grows, named as Hugging Face's ('past_key_values.0.key' -> 'present.0.key'; 'past.0' -> 'present.0'),
+    the same type and rank, dims equal but on one axis open in the input (its length); "shaped" {input: output} of a
+    float input named as a state ('state_in', 'hidden') whose one output of its declared type and shape no name
+    pairs (tf2onnx's Keras GRU step: 'state_in' -> 'gru'); and, beside any of those, "tokens" {input: output} of an
+    integer input [N], [N, 1] or [N, S] and the one other float output [N, (S,) V] (V fixed, 2 or more) it may take the
+    argmax of (a greedy decoder's token). Decoders 54: `inspect` named only the GPT step's stacked cache."""
+    stored = {t.name for t in model.graph.initializer}
+    ins = [(vi.name, _declared(vi)) for vi in model.graph.input if vi.name not in stored]
+    outs = [(vi.name, _declared(vi)) for vi in model.graph.output]
+    ins = [(n, d) for n, d in ins if d is not None]
+    outs = [(n, d) for n, d in outs if d is not None]
+    states = declared_pairs(model)
+    grows: dict[str, list[str]] = {}
+    for i, (ti, di) in ins:
+        ci = _after(i, KV_IN)
+        if ci is None or i in states or not di:
+            continue
+        for o, (to, do) in outs:
+            if to != ti or len(do) != len(di) or _after(o, KV_OUT) != ci:
+                continue
+            differ = [a for a, (x, y) in enumerate(zip(di, do)) if x != y]
+            if len(differ) <= 1 and all(not isinstance(di[a], int) for a in differ):
+                grows.setdefault(i, []).append(o)
+    caches = _unique(grows)
+    taken = set(states) | set(caches) | set(states.values()) | set(caches.values())
+    shaped: dict[str, list[str]] = {}
+    for i, (ti, di) in ins:
+        if i in taken or ti not in FLOATS or not di or not STATE_WORDS & set(words(i)) \
+                and not (core(i, IN_WORDS) and set(words(i)) & IN_WORDS):
+            continue
+        same = [o for o, (to, do) in outs if o not in taken and to == ti and len(do) == len(di)
+                and all(x == y or not isinstance(x, int) and not isinstance(y, int) for x, y in zip(di, do))]
+        if len(same) == 1:
+            shaped.setdefault(i, []).append(same[0])
+    shaped = _unique(shaped)
+    found = {"states": states, "caches": caches, "shaped": shaped, "tokens": {}}
+    if not (states or caches or shaped):
+        return found
+    taken |= set(shaped) | set(shaped.values())
+    for i, (ti, di) in ins:
+        if ti not in INTEGERS or len(di) not in (1, 2) or len(di) == 2 and di[1] not in (1, None) \
+                and isinstance(di[1], int):
+            continue
+        logits = [o for o, (to, do) in outs if o not in taken and to in FLOATS and len(do) in (2, 3)
+                  and isinstance(do[-1], int) and do[-1] >= 2 and not isinstance(do[0], int)]
+        if len(logits) == 1:
+            found["tokens"][i] = logits[0]
+    if len(found["tokens"]) > 1:  # two integer inputs: which one is fed back is no guess
+        found["tokens"] = {}
+    return found
+
+
+def feedback_words(found: dict[str, dict[str, str]]) -> str:
+    """`declared_feedback`'s pairs in words: "'present.0.key' as 'past_key_values.0.key' (a cache that grows), ..."."""
+    said = [f"'{o}' as '{i}' (a cache that grows)" for i, o in found.get("caches", {}).items()]
+    said += [f"'{o}' as '{i}' (a state)" for i, o in found.get("states", {}).items()]
+    said += [f"'{o}' as '{i}' (a state, by its declared shape: the names do not say)"
+             for i, o in found.get("shaped", {}).items()]
+    said += [f"the argmax of '{o}' as '{i}' (a greedy decoder's token, if it decodes so)"
+             for i, o in found.get("tokens", {}).items()]
+    return ", ".join(said)
+
+
 def carried_run(session, feeds, pairs: dict[str, str], wanted: list[str], after: list[bool]) -> list[tuple]:
     """Each call's outputs `wanted` (a tuple a feed) of `feeds` run in order through `session`, a feed whose
     `after` is True taking each pair's input from the call before (the model's own state), the others their own."""

@@ -213,3 +213,55 @@ def test_a_merged_decoders_calls_with_their_one_value_flag_are_decoded_as_the_ot
     assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
     assert any(n.startswith("greedy decoding:") for n in result.report["notes"])
 
+
+def _renamed(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
+    """`model` with its graph inputs and outputs renamed (`names`), every node reading or writing them too."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in list(out.graph.input) + list(out.graph.output):
+        vi.name = names.get(vi.name, vi.name)
+    for n in out.graph.node:
+        n.input[:] = [names.get(i, i) for i in n.input]
+        n.output[:] = [names.get(o, o) for o in n.output]
+    return out
+
+
+def test_inspect_names_a_decoders_cache_its_state_and_its_fed_back_token_from_declared_shapes(tmp_path):
+    """`inspect` reads names and declared shapes only (no onnxruntime, no torch): a cache that grows (Hugging Face's
+    'past_key_values.0.key' -> 'present.0.key', the GPT exports of decoders 54), a state its names do not pair
+    (tf2onnx's Keras GRU step 'state_in' -> 'gru') and the token a greedy decoder feeds back are said, with how to
+    record the calls; a model with an integer input but nothing fed back (a classifier of ids) gets no such line."""
+    import subprocess
+    import sys
+
+    from onnxprune.calibration.carried import declared_feedback
+
+    hf = _renamed(tb.greedy_cache_decoder(), {"past": "past_key_values.0.key", "present": "present.0.key"})
+    onnx.checker.check_model(hf, full_check=True)
+    feed = {"input_ids": np.array([[1, 2], [3, 4]], np.int64), "past_key_values.0.key": np.zeros((2, 0, 8), np.float32)}
+    assert make_session(hf).run(["present.0.key"], feed)[0].shape == (2, 2, 8)
+    found = declared_feedback(hf)
+    assert found["caches"] == {"past_key_values.0.key": "present.0.key"} and found["tokens"] == {"input_ids": "logits"}
+    assert declared_feedback(tb.merged_greedy_cache_decoder())["caches"] == {"past": "present"}
+    keras = declared_feedback(tb.greedy_rnn_step(state=("state_in", "gru")))
+    assert keras["shaped"] == {"state_in": "gru"} and keras["tokens"] == {"prev_token": "logits"}
+    assert declared_feedback(tb.stacked_cache_step())["tokens"] == {"token": "probs"}
+    assert declared_feedback(tb.streaming_vad())["tokens"] == {}  # a state, no token
+    ids = _renamed(tb.stacked_cache_step(), {})  # a token with nothing fed back is no decoder's: cut the cache out
+    del ids.graph.output[1:]
+    assert not any(declared_feedback(ids).values())
+    for model in (tb.regressor(), tb.flat_autoencoder()):
+        assert not any(declared_feedback(model).values())
+    path = tmp_path / "gpt.onnx"
+    onnx.save(hf, path)
+    code = ("import sys; from click.testing import CliRunner; from onnxprune.converter.cli import cli; "
+            f"print(CliRunner().invoke(cli, ['inspect', {str(path)!r}]).output); "
+            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
+            "[m for m in ('onnxruntime', 'torch') if m in sys.modules]")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert ("the model looks like a decoder: it feeds back 'present.0.key' as 'past_key_values.0.key' (a cache that "
+            "grows), the argmax of 'logits' as 'input_ids' (a greedy decoder's token, if it decodes so) on its next "
+            "call") in text
+    assert "a folder of one .npz file a call in order" in text
