@@ -307,11 +307,13 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         if not pairs:  # named ends of one shape in a call, else (a cache that grows) an output the next call holds
             pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
             if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):  # stacked: one file after
+                _no_calls_note(state, reader.description, len(raw), total)
                 return
         if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
             stopped = True
             break
     if not pairs:
+        _no_calls_note(state, reader.description, len(raw), total)
         return
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
     tokens = _fed_back_tokens(raw, outs, after)
@@ -348,6 +350,23 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         decoded = decoded_run(written, feeds, pairs, tokens, chained, [outs[k] for k in kept])
         state.carried["decoded"] = {"fed_back": dict(tokens), **decoded}
         state.notes.append(decoded_note(state.carried, budget))
+
+
+def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> None:
+    """A note where the model declares a cache that grows (calibration.carried.declared_feedback: a KV cache, whose
+    two ends no name rule pairs and whose shapes differ in a call) but no feed read holds an output of the call before
+    (calls saved out of order): nothing was measured decoded or streamed, and how to record calls so it is. Decoders
+    54's GPT on its calls shuffled said nothing (L2)."""
+    from onnxprune.calibration.carried import declared_feedback, feedback_words
+
+    found, data = declared_feedback(state.original), str(data).split(":", 1)[0]
+    if not found["caches"] and not found["shaped"]:
+        return
+    state.notes.append(f"carried state: the model declares that it feeds back {feedback_words(found)}, but no feed of "
+                       f"{data} holds an output of the call before (of {read:,} read{_of(total)}), so "
+                       "nothing was measured as it decodes and every figure is one call at a time from each feed's "
+                       "recorded cache and token; to measure it decoded, record consecutive calls of a few decodes, "
+                       "one feed a file in order, each with the cache the call before gave")
 
 
 VALUE_LOOKS = 8  # the feeds read for a state fed back as it is (value_pairs) before a model is taken for no stream
@@ -388,6 +407,10 @@ def decoded_note(carried: dict, budget: float | None) -> str:
 
 CARRIED_PASSES = 4  # the input model over the feeds (to find the streams), its scoring pass, the written model one
 # call at a time and streamed
+
+
+def _of(total: int | None) -> str:
+    return f" of {total:,}" if total else ""
 
 
 def _read_of(read: int, total: int | None) -> str:

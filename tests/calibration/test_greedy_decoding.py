@@ -214,6 +214,28 @@ def test_a_merged_decoders_calls_with_their_one_value_flag_are_decoded_as_the_ot
     assert any(n.startswith("greedy decoding:") for n in result.report["notes"])
 
 
+def test_a_kv_cache_decoders_shuffled_calls_are_said_to_measure_nothing_decoded(tmp_path):
+    """A cache that grows pairs by no name rule in a call and shuffled calls hold no output of the call before:
+    the model's declared cache ('past' -> 'present', open on its length) is said, with how to record the calls
+    (decoders 54's GPT on shuffled calls said nothing, L2)."""
+    model = tb.greedy_cache_decoder()
+    dense = make_session(model)
+    rng = np.random.default_rng(4)
+    feeds: list = []
+    for _ in range(8):
+        _cache_calls(dense, rng.integers(0, 12, (4, 3)).astype(np.int64), 8, feeds)
+    order = [8 * d + t for t in range(8) for d in range(8)]  # by step: each call after another decode's same step
+    _save(tmp_path / "calls", [feeds[k] for k in order])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.3)
+    assert "carried" not in result.report or not result.report["carried"]
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "'present' as 'past' (a cache that grows)" in note and "the argmax of 'logits' as 'input_ids'" in note
+    assert "holds an output of the call before (of 8 read of 64)" in note
+    assert "record consecutive calls of a few decodes, one feed a file in order" in note, note
+
+
 def _renamed(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
     """`model` with its graph inputs and outputs renamed (`names`), every node reading or writing them too."""
     out = onnx.ModelProto()
