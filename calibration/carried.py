@@ -149,19 +149,21 @@ def _after(name: str, phrases) -> tuple[str, ...] | None:
 
 def declared_feedback(model) -> dict[str, dict[str, str]]:
     """What a decoder or a stream feeds back from one call to the next, read from the names and shapes the model
-    declares (no data, no onnxruntime: `inspect` says it): "states" `declared_pairs`; "caches" {input: output} of a
-    cache that grows, named as Hugging Face's ('past_key_values.0.key' -> 'present.0.key'; 'past.0' -> 'present.0'),
-    the same type and rank, dims equal but on one axis open in the input (its length); "shaped" {input: output} of a
-    float input named as a state ('state_in', 'hidden') whose one output of its declared type and shape no name
-    pairs (tf2onnx's Keras GRU step: 'state_in' -> 'gru'); and, beside any of those, "tokens" {input: output} of an
-    integer input [N], [N, 1] or [N, S] and the one other float output [N, (S,) V] (V fixed, 2 or more) it may take the
-    argmax of (a greedy decoder's token). Decoders 54: `inspect` named only the GPT step's stacked cache."""
+    declares (no data, no onnxruntime: `inspect` says it): "states" `declared_pairs` of one declared shape; "caches"
+    {input: output} of a cache that grows: such a pair whose one open axis but the first has two names ('cache' [L,
+    N, H, 'P', D] -> 'new_cache' [.., 'P1', ..]), or named as Hugging Face's ('past_key_values.0.key' ->
+    'present.0.key'; 'past' -> 'present'), the same type and rank, dims equal but on one axis open in the input (its
+    length); "shaped" {input: output} of a float input named as a state ('state_in', 'hidden') whose one output of
+    its declared type and shape no name pairs (tf2onnx's Keras GRU step: 'state_in' -> 'gru'); and, beside any of
+    those, "tokens" {input: output} of an integer input [N], [N, 1] or [N, S] and the one other float output [N, (S,)
+    V] (V fixed, 2 or more) it may take the argmax of (a greedy decoder's token). Decoders 54: `inspect` named only
+    the GPT step's stacked cache."""
     stored = {t.name for t in model.graph.initializer}
     ins = [(vi.name, _declared(vi)) for vi in model.graph.input if vi.name not in stored]
     outs = [(vi.name, _declared(vi)) for vi in model.graph.output]
     ins = [(n, d) for n, d in ins if d is not None]
     outs = [(n, d) for n, d in outs if d is not None]
-    states = declared_pairs(model)
+    states = dict(declared_pairs(model))
     grows: dict[str, list[str]] = {}
     for i, (ti, di) in ins:
         ci = _after(i, KV_IN)
@@ -174,6 +176,11 @@ def declared_feedback(model) -> dict[str, dict[str, str]]:
             if len(differ) <= 1 and all(not isinstance(di[a], int) for a in differ):
                 grows.setdefault(i, []).append(o)
     caches = _unique(grows)
+    shapes = dict(ins + outs)
+    for i, o in list(states.items()):  # one open axis but the first named otherwise ('cache' P -> P1): grows
+        differ = [a for a, (x, y) in enumerate(zip(shapes[i][1], shapes[o][1])) if x != y]
+        if len(differ) == 1 and differ[0] > 0 and all(isinstance(shapes[n][1][differ[0]], str) for n in (i, o)):
+            caches[i] = states.pop(i)
     taken = set(states) | set(caches) | set(states.values()) | set(caches.values())
     shaped: dict[str, list[str]] = {}
     for i, (ti, di) in ins:

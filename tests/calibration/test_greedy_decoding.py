@@ -267,7 +267,9 @@ def test_inspect_names_a_decoders_cache_its_state_and_its_fed_back_token_from_de
     assert declared_feedback(tb.merged_greedy_cache_decoder())["caches"] == {"past": "present"}
     keras = declared_feedback(tb.greedy_rnn_step(state=("state_in", "gru")))
     assert keras["shaped"] == {"state_in": "gru"} and keras["tokens"] == {"prev_token": "logits"}
-    assert declared_feedback(tb.stacked_cache_step())["tokens"] == {"token": "probs"}
+    step = declared_feedback(tb.stacked_cache_step())  # 'cache' [L, N, 'P', D] -> 'new_cache' [L, N, 'P1', D]
+    assert step["caches"] == {"cache": "new_cache"} and step["tokens"] == {"token": "probs"}
+    assert declared_feedback(tb.chunk_sequence_vad())["states"] == {"h": "hn", "c": "cn"}  # one shape: states
     assert declared_feedback(tb.streaming_vad())["tokens"] == {}  # a state, no token
     ids = _renamed(tb.stacked_cache_step(), {})  # a token with nothing fed back is no decoder's: cut the cache out
     del ids.graph.output[1:]
