@@ -258,9 +258,9 @@ class MeasureStep(Step):
                                "time budget: Act% per layer not measured (no time left in --time-budget)")
 
 
-CARRIED_SECONDS = 10.0  # the carried-state check's CARRIED_PASSES passes stop reading feeds once they would pass this,
-# deadline or not: the feeds of streaming models are small (silero VAD's 803 chunks: about 1.5 s of the measure step),
-# but a feed may be a whole utterance
+CARRIED_SECONDS = 10.0  # the carried-state check's passes (CARRIED_PASSES, DECODED_PASSES) stop reading feeds once
+# they would pass this, deadline or not: the feeds of streaming models are small (silero VAD's 803 chunks: about 1.5 s
+# of the measure step), but a feed may be a whole utterance
 
 
 def carried_check(state: RunState, keep: float = 0.0) -> None:
@@ -270,8 +270,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. The budget
     itself is judged one call at a time from each feed's recorded state; this says what streaming adds. Data whose
     feeds do not follow one another gets a note saying that nothing was measured streamed."""
-    from onnxprune.calibration.carried import (call_files, carried_run, decoded_run, file_calls, follows, state_pairs,
-                                              streams, value_pairs)
+    from onnxprune.calibration.carried import (call_files, carried_run, declared_feedback, decoded_run, file_calls,
+                                              follows, state_pairs, streams, token_pairs, value_pairs)
     from onnxprune.calibration.metrics import Evaluator
     from onnxprune.calibration.readers import open_data
     from onnxprune.calibration.runtime import make_session, output_names
@@ -297,6 +297,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
     raw, outs, pairs, spent, stopped = [], [], {}, 0.0, False
+    passes = CARRIED_PASSES + (DECODED_PASSES if declared_feedback(state.original)["tokens"] else 0)
     for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
         t0 = time.perf_counter()
@@ -309,7 +310,9 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
             if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):  # stacked: one file after
                 _no_calls_note(state, reader.description, len(raw), total)
                 return
-        if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
+        if passes == CARRIED_PASSES and pairs and len(raw) >= 2 and token_pairs(outs[-2], feed):  # decoded too
+            passes += DECODED_PASSES
+        if passes * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's passes do not fit
             stopped = True
             break
     if not pairs:
@@ -405,6 +408,8 @@ def decoded_note(carried: dict, budget: float | None) -> str:
     return text
 
 
+DECODED_PASSES = 2  # with a token fed back (the model declares one or a call holds one), the written model once more
+# one call at a time and decoded: decoders 54's L5, the guard counted four passes where six ran
 CARRIED_PASSES = 4  # the input model over the feeds (to find the streams), its scoring pass, the written model one
 # call at a time and streamed
 

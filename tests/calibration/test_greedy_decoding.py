@@ -326,3 +326,44 @@ def test_a_prompts_last_tokens_that_are_the_input_models_picks_stay_forced(tmp_p
         tokens += int((a != b).sum())
     assert (decoded["sequences"], decoded["tokens"]) == (40, 40 * 7)  # 7 kept picks a row, from the last prompt token
     assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
+
+
+class _Clock:
+    """A clock for verify's carried check: each reading one second after the last (every call of the input model
+    costs a second), anything else as the time module has it."""
+
+    def __init__(self):
+        import time
+
+        self.now, self.time = 0.0, time
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(self.time, name)
+
+
+def test_the_time_guard_counts_the_decoded_passes(tmp_path, monkeypatch):
+    """With a token fed back the check runs the written model twice more (one call at a time and decoded): six
+    passes over the feeds, not four. At a second a call and 70 s, four passes would read all 16 calls (4 x 17 = 68);
+    six stop after 11 (6 x 12 = 72 > 70), and the note says so (decoders 54's L5: up to 1.5x its time)."""
+    from onnxprune.converter.steps import verify
+
+    model = tb.greedy_rnn_step()
+    dense = make_session(model)
+    rng = np.random.default_rng(6)
+    feeds: list = []
+    for _ in range(2):
+        _rnn_calls(dense, rng.standard_normal((4, 8)).astype(np.float32), np.zeros((4, 1), np.int64), 8, feeds)
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    monkeypatch.setattr(verify, "CARRIED_SECONDS", 70.0)
+    monkeypatch.setattr(verify, "time", _Clock())
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    carried = result.report["carried"]
+    assert (carried["read"], carried["of"]) == (11, 16) and carried["decoded"]["fed_back"] == {"prev_token": "logits"}
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "(the first 11 of 16 read in its time)" in note
