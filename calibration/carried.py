@@ -125,6 +125,7 @@ def declared_pairs(model) -> dict[str, str]:
 KV_IN = (("past", "key", "values"), ("past", "key", "value"), ("past",))  # a cache's input words before its layer's
 KV_OUT = (("present",),)  # ... and its output's: Hugging Face's 'past_key_values.0.key' -> 'present.0.key'
 STATE_WORDS = frozenset({"state", "hidden", "cache", "memory"})  # an input so named may be a state, by shape alone
+GENERIC = frozenset({"input", "inp", "0"})  # words any input may carry (Keras's 'input_2'): no state's evidence alone
 FLOATS = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16 (onnx.TensorProto's element types)
 INTEGERS = frozenset({2, 3, 4, 5, 6, 7, 12, 13})  # uint8 .. int64, uint32, uint64
 
@@ -185,7 +186,7 @@ def declared_feedback(model) -> dict[str, dict[str, str]]:
     shaped: dict[str, list[str]] = {}
     for i, (ti, di) in ins:
         if i in taken or ti not in FLOATS or not di or not STATE_WORDS & set(words(i)) \
-                and not (core(i, IN_WORDS) and set(words(i)) & IN_WORDS):
+                and not (core(i, IN_WORDS) and set(words(i)) & (IN_WORDS - GENERIC)):
             continue
         same = [o for o, (to, do) in outs if o not in taken and to == ti and len(do) == len(di)
                 and all(x == y or not isinstance(x, int) and not isinstance(y, int) for x, y in zip(di, do))]

@@ -367,3 +367,23 @@ def test_the_time_guard_counts_the_decoded_passes(tmp_path, monkeypatch):
     assert (carried["read"], carried["of"]) == (11, 16) and carried["decoded"]["fed_back"] == {"prev_token": "logits"}
     note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
     assert "(the first 11 of 16 read in its time)" in note
+
+
+def test_a_keras_input_named_input_n_is_no_state_by_its_shape_alone():
+    """tf2onnx names a Keras model's inputs 'input_2', 'input_3': real models 53's g2p_id LSTM decoder feeds back the
+    one-hot of its pick as 'input_2' [N, T, 32], the shape of its softmax 'dense', but not 'dense' as it is; a
+    generic input name is no evidence of a state (the shaped rule needs 'state', 'in', 'prev', ...)."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.carried import declared_feedback
+
+    def io(name, dims):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input_2"], ["dense"]),
+                               helper.make_node("Identity", ["state_in"], ["gru"])], "g",
+                              [io("input_2", ["a", "b", 32]), io("state_in", ["c", 96])],
+                              [io("dense", ["d", "e", 32]), io("gru", ["f", 96])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    assert declared_feedback(model)["shaped"] == {"state_in": "gru"}
