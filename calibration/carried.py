@@ -122,6 +122,105 @@ def declared_pairs(model) -> dict[str, str]:
     return _unique(found)
 
 
+KV_IN = (("past", "key", "values"), ("past", "key", "value"), ("past",))  # a cache's input words before its layer's
+KV_OUT = (("present",),)  # ... and its output's: Hugging Face's 'past_key_values.0.key' -> 'present.0.key'
+STATE_WORDS = frozenset({"state", "hidden", "cache", "memory"})  # an input so named may be a state, by shape alone
+GENERIC = frozenset({"input", "inp", "0"})  # words any input may carry (Keras's 'input_2'): no state's evidence alone
+FLOATS = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16 (onnx.TensorProto's element types)
+INTEGERS = frozenset({2, 3, 4, 5, 6, 7, 12, 13})  # uint8 .. int64, uint32, uint64
+
+
+def _declared(vi):
+    """(element type, dims: an int where fixed, a symbol's name or None where open) of a value's declared type."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return tt.elem_type, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                          for d in tt.shape.dim]
+
+
+def _after(name: str, phrases) -> tuple[str, ...] | None:
+    """`name`'s words after the first of `phrases` it starts with (None: none)."""
+    w = tuple(words(name))
+    for ph in phrases:
+        if w[:len(ph)] == ph:
+            return w[len(ph):]
+    return None
+
+
+def declared_feedback(model) -> dict[str, dict[str, str]]:
+    """What a decoder or a stream feeds back from one call to the next, read from the names and shapes the model
+    declares (no data, no onnxruntime: `inspect` says it): "states" `declared_pairs` of one declared shape; "caches"
+    {input: output} of a cache that grows: such a pair whose one open axis but the first has two names ('cache' [L,
+    N, H, 'P', D] -> 'new_cache' [.., 'P1', ..]), or named as Hugging Face's ('past_key_values.0.key' ->
+    'present.0.key'; 'past' -> 'present'), the same type and rank, dims equal but on one axis open in the input (its
+    length); "shaped" {input: output} of a float input named as a state ('state_in', 'hidden') whose one output of
+    its declared type and shape no name pairs (tf2onnx's Keras GRU step: 'state_in' -> 'gru'); and, beside any of
+    those, "tokens" {input: output} of an integer input [N], [N, 1] or [N, S] and the one other float output [N, (S,)
+    V] (V fixed, 2 or more) it may take the argmax of (a greedy decoder's token). Decoders 54: `inspect` named only
+    the GPT step's stacked cache."""
+    stored = {t.name for t in model.graph.initializer}
+    ins = [(vi.name, _declared(vi)) for vi in model.graph.input if vi.name not in stored]
+    outs = [(vi.name, _declared(vi)) for vi in model.graph.output]
+    ins = [(n, d) for n, d in ins if d is not None]
+    outs = [(n, d) for n, d in outs if d is not None]
+    states = dict(declared_pairs(model))
+    grows: dict[str, list[str]] = {}
+    for i, (ti, di) in ins:
+        ci = _after(i, KV_IN)
+        if ci is None or i in states or not di:
+            continue
+        for o, (to, do) in outs:
+            if to != ti or len(do) != len(di) or _after(o, KV_OUT) != ci:
+                continue
+            differ = [a for a, (x, y) in enumerate(zip(di, do)) if x != y]
+            if len(differ) <= 1 and all(not isinstance(di[a], int) for a in differ):
+                grows.setdefault(i, []).append(o)
+    caches = _unique(grows)
+    shapes = dict(ins + outs)
+    for i, o in list(states.items()):  # one open axis but the first named otherwise ('cache' P -> P1): grows
+        differ = [a for a, (x, y) in enumerate(zip(shapes[i][1], shapes[o][1])) if x != y]
+        if len(differ) == 1 and differ[0] > 0 and all(isinstance(shapes[n][1][differ[0]], str) for n in (i, o)):
+            caches[i] = states.pop(i)
+    taken = set(states) | set(caches) | set(states.values()) | set(caches.values())
+    shaped: dict[str, list[str]] = {}
+    for i, (ti, di) in ins:
+        if i in taken or ti not in FLOATS or not di or not STATE_WORDS & set(words(i)) \
+                and not (core(i, IN_WORDS) and set(words(i)) & (IN_WORDS - GENERIC)):
+            continue
+        same = [o for o, (to, do) in outs if o not in taken and to == ti and len(do) == len(di)
+                and all(x == y or not isinstance(x, int) and not isinstance(y, int) for x, y in zip(di, do))]
+        if len(same) == 1:
+            shaped.setdefault(i, []).append(same[0])
+    shaped = _unique(shaped)
+    found = {"states": states, "caches": caches, "shaped": shaped, "tokens": {}}
+    if not (states or caches or shaped):
+        return found
+    taken |= set(shaped) | set(shaped.values())
+    for i, (ti, di) in ins:
+        if ti not in INTEGERS or len(di) not in (1, 2) or len(di) == 2 and di[1] not in (1, None) \
+                and isinstance(di[1], int):
+            continue
+        logits = [o for o, (to, do) in outs if o not in taken and to in FLOATS and len(do) in (2, 3)
+                  and isinstance(do[-1], int) and do[-1] >= 2 and not isinstance(do[0], int)]
+        if len(logits) == 1:
+            found["tokens"][i] = logits[0]
+    if len(found["tokens"]) > 1:  # two integer inputs: which one is fed back is no guess
+        found["tokens"] = {}
+    return found
+
+
+def feedback_words(found: dict[str, dict[str, str]]) -> str:
+    """`declared_feedback`'s pairs in words: "'present.0.key' as 'past_key_values.0.key' (a cache that grows), ..."."""
+    said = [f"'{o}' as '{i}' (a cache that grows)" for i, o in found.get("caches", {}).items()]
+    said += [f"'{o}' as '{i}' (a state)" for i, o in found.get("states", {}).items()]
+    said += [f"'{o}' as '{i}' (a state, by its declared shape: the names do not say)"
+             for i, o in found.get("shaped", {}).items()]
+    said += [f"the argmax of '{o}' as '{i}' (a greedy decoder's token, if it decodes so)"
+             for i, o in found.get("tokens", {}).items()]
+    return ", ".join(said)
+
+
 def carried_run(session, feeds, pairs: dict[str, str], wanted: list[str], after: list[bool]) -> list[tuple]:
     """Each call's outputs `wanted` (a tuple a feed) of `feeds` run in order through `session`, a feed whose
     `after` is True taking each pair's input from the call before (the model's own state), the others their own."""
@@ -239,7 +338,12 @@ def decoded_run(session, feeds, pairs: dict[str, str], tokens: dict[str, str], a
 
 def _fed_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dict]) -> list[dict]:
     """For each feed and token input, where (a boolean array of the input's shape) the input model's pick of the call
-    before is fed: the recorded token is that pick there and at every later call of the stream (None: not a pick)."""
+    before is fed: the recorded token is that pick there and at every later call of the stream (None: not a pick).
+    A call in which any row's token is not the pick is forced in every row: a batch's prompts are stepped in
+    together (a decoder runs its rows in lockstep; padded prompts too), so a prompt's last tokens that happen to be
+    the input model's picks stay forced (decoders 54's L4: the GPT step counted 1,752 decoded picks for 80
+    sequences of 20, 1,600). Rows whose prompts end at different calls unpadded have their picks before the
+    batch's last prompt token taken as forced: fewer picks counted, none invented."""
     fed: list[dict] = [{i: None for i in tokens} for _ in feeds]
     for k in range(len(feeds) - 1, 0, -1):
         if not after[k]:
@@ -250,15 +354,17 @@ def _fed_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dic
             if top is None:
                 continue
             later = fed[k + 1][i] if k + 1 < len(feeds) and after[k + 1] else np.ones(x.shape, bool)
-            fed[k][i] = (x == top) & (later if later is not None else False)
+            fed[k][i] = np.full(x.shape, bool((x == top).all())) & (later if later is not None else False)
     return fed
 
 
-def call_files(source, inputs: set[str]) -> tuple[list, int] | None:
+def call_files(source, inputs: set[str], shared=()) -> tuple[list, int] | None:
     """(the .npz files of the folder `source` in the folder reader's order, their rows) when there are two or more
-    and every input's first axis holds the same number of rows in all of them: a decoder's calls recorded one file
-    each, its batch-first state (`h` -> `h_out` `[N, H]`) and token stacked as samples by the reader, each file one
-    call here (real models 53's Keras seq2seq decoder: its greedy decoding had not been measured)."""
+    and every input's first axis but the `shared` ones' holds the same number of rows in all of them: a decoder's
+    calls recorded one file each, its batch-first state (`h` -> `h_out` `[N, H]`) and token stacked as samples by the
+    reader, each file one call here (real models 53's Keras seq2seq decoder: its greedy decoding had not been
+    measured). `shared`: inputs that hold one value a file (optimum's merged decoder's `use_cache_branch` [1], which
+    made the reader cut each file into a feed a row: decoders 54's merged GPT had no decoding note)."""
     from pathlib import Path
 
     from onnxprune.calibration.feeds import npz_shapes
@@ -271,8 +377,9 @@ def call_files(source, inputs: set[str]) -> tuple[list, int] | None:
     rows = set()
     for p in files:
         shapes = npz_shapes(p) or {}
-        got = [shape[0] for name, shape in shapes.items() if name in inputs and len(shape)]
-        if not got or len(got) != len([n for n in shapes if n in inputs]):
+        rowed = [n for n in shapes if n in inputs and n not in shared]
+        got = [shapes[n][0] for n in rowed if len(shapes[n])]
+        if not got or len(got) != len(rowed):
             return None
         rows.update(got)
         if len(rows) > 1:

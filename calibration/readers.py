@@ -600,6 +600,7 @@ def _shared_folder_reader(files: list[Path], specs, labels, limit, reason: str, 
                           "one feed each, their file's "
                           "values in every one", name, "sample(s), a feed each")
     reader.one_sample_feeds = True
+    reader.shared_inputs = tuple(shared)  # a folder of a decoder's calls beside a flag (carried.call_files)
     return reader
 
 

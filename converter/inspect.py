@@ -12,7 +12,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
-from onnxprune.calibration.carried import declared_pairs
+from onnxprune.calibration.carried import declared_feedback, declared_pairs, feedback_words
 from onnxprune.calibration.output_metrics import base_kind
 from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
                                                 value_tensor)
@@ -87,6 +87,7 @@ def inspect_model(path: Path) -> dict:
         # for its weights, fed as graph inputs, before being told it had no prunable weights
         "npz_example": npz_example(loaded.model, placeholders=placeholders) if inventory.prunable else None,
         "carried": declared_pairs(loaded.model),  # the outputs a stream's next call reads back
+        "fed_back": declared_feedback(loaded.model),  # ... and a decoder's: a cache that grows, its token
         "npz_open": placeholders,
         "npz_scalars": scalar_inputs(loaded.model) if inventory.prunable else [],
         "unfed": _unfed(loaded.model),
@@ -585,7 +586,14 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(f"  ({said} {'is a scalar' if one else 'are scalars'}, 0 here: write the value"
                       f"{'' if one else 's'} your application passes, such as a sample rate or a band's edges)",
                       markup=False, highlight=False)
-    if info.get("carried") and info.get("npz_example"):  # session 50: a stream's state, measured streamed
+    fed = info.get("fed_back") or {}
+    if info.get("npz_example") and (fed.get("caches") or fed.get("shaped") or fed.get("tokens")):  # decoders 54b
+        console.print(f"  (the model looks like a decoder: it feeds back {feedback_words(fed)} on its next call; to "
+                      "have the run measure the written model as it decodes, fed its own cache, state and picks, "
+                      "save the calls of a few decodes instead, a folder of one .npz file a call in order (a prompt "
+                      "in its first call, then each call with the cache or state the call before gave and the token "
+                      "it picked), all calls of a file the same rows)", markup=False, highlight=False)
+    elif info.get("carried") and info.get("npz_example"):  # session 50: a stream's state, measured streamed
         said = ", ".join(f"'{o}' as '{i}'" for i, o in info["carried"].items())
         console.print(f"  (the model feeds back {said} on its next call, a stream's state: to have the run also measure "
                       "the written model streamed, reading its own state, save consecutive calls of a few streams "

@@ -1645,6 +1645,37 @@ def greedy_cache_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0) -> onn
                   [_float("logits", [BATCH, "seq", vocab]), _float("present", [BATCH, "total_len", dim])])
 
 
+def merged_greedy_cache_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """greedy_cache_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then
+    branch is its graph ('present' = Concat(past, the new keys)) and whose else branch, the first call's, reads no
+    past ('present' = the new keys alone), every weight in the main graph read by both from the outer scope."""
+    base = greedy_cache_decoder(vocab=vocab, dim=dim, seed=seed)
+    outs = [o.name for o in base.graph.output]
+
+    def branch(tag: str, with_past: bool) -> onnx.GraphProto:
+        nodes = []
+        rename = {o: f"{tag}/{o}" for o in outs + ["present"]}
+        for n in base.graph.node:
+            n2 = onnx.NodeProto()
+            n2.CopyFrom(n)
+            n2.name = f"{tag}{n.name}"
+            if not with_past and "present" in n.output:  # the new keys alone
+                n2.op_type, n2.input[:] = "Identity", [n.input[1]]
+                del n2.attribute[:]
+            n2.output[:] = [rename.get(o, f"{tag}{o}") for o in n.output]
+            n2.input[:] = [rename.get(i, f"{tag}{i}" if i.startswith("/") else i) for i in n2.input]
+            nodes.append(n2)
+        return helper.make_graph(nodes, f"{tag}_branch", [],
+                                 [helper.make_tensor_value_info(rename[o], TensorProto.FLOAT, None) for o in outs])
+
+    node = helper.make_node("If", ["use_cache_branch"], outs, name="optimum::if",
+                            then_branch=branch("with_past", True), else_branch=branch("no_past", False))
+    inputs = list(base.graph.input) + [helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
+    graph = helper.make_graph([node], "merged_greedy_cache_decoder", inputs, list(base.graph.output),
+                              list(base.graph.initializer))
+    return helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
+
+
 def stacked_cache_step(*, vocab: int = 12, dim: int = 4, layers: int = 2, seed: int = 0) -> onnx.ModelProto:
     """A decoder step whose cache of every layer is one input with the batch on axis 1, as torch.stack of the
     layers' caches exports: 'token' int64 [N] and 'cache' [L, N, P, D] -> 'probs' [N, V] (a Softmax) and 'new_cache'

@@ -258,9 +258,9 @@ class MeasureStep(Step):
                                "time budget: Act% per layer not measured (no time left in --time-budget)")
 
 
-CARRIED_SECONDS = 10.0  # the carried-state check's CARRIED_PASSES passes stop reading feeds once they would pass this,
-# deadline or not: the feeds of streaming models are small (silero VAD's 803 chunks: about 1.5 s of the measure step),
-# but a feed may be a whole utterance
+CARRIED_SECONDS = 10.0  # the carried-state check's passes (CARRIED_PASSES, DECODED_PASSES) stop reading feeds once
+# they would pass this, deadline or not: the feeds of streaming models are small (silero VAD's 803 chunks: about 1.5 s
+# of the measure step), but a feed may be a whole utterance
 
 
 def carried_check(state: RunState, keep: float = 0.0) -> None:
@@ -270,8 +270,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. The budget
     itself is judged one call at a time from each feed's recorded state; this says what streaming adds. Data whose
     feeds do not follow one another gets a note saying that nothing was measured streamed."""
-    from onnxprune.calibration.carried import (call_files, carried_run, decoded_run, file_calls, follows, state_pairs,
-                                              streams, value_pairs)
+    from onnxprune.calibration.carried import (call_files, carried_run, declared_feedback, decoded_run, file_calls,
+                                              follows, state_pairs, streams, token_pairs, value_pairs)
     from onnxprune.calibration.metrics import Evaluator
     from onnxprune.calibration.readers import open_data
     from onnxprune.calibration.runtime import make_session, output_names
@@ -280,14 +280,16 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
 
     data = state.data
     reader = data.evaluation.reader if data.config.eval_data is not None else data.reader()
-    if input_kept(state) or getattr(reader, "one_sample_feeds", False):
+    shared = getattr(reader, "shared_inputs", ())  # a flag of one value a file: a folder may still be the calls
+    if input_kept(state) or (getattr(reader, "one_sample_feeds", False) and not shared):
         return
     dense = make_session(state.original)
     names = output_names(state.original)
     inputs = {i.name for i in dense.get_inputs()}
     calls, rows, total = reader, 1, reader.num_samples
-    if not getattr(reader, "per_feed", False):  # stacked samples: a folder's files may be a decoder's calls
-        found = call_files(data.config.eval_data if data.config.eval_data is not None else data.config.data, inputs)
+    if not getattr(reader, "per_feed", False) or shared:  # stacked samples: a folder's files may be a decoder's calls
+        found = call_files(data.config.eval_data if data.config.eval_data is not None else data.config.data, inputs,
+                           shared)
         if found is None:
             return
         calls, rows, total = file_calls(found[0]), found[1], len(found[0])
@@ -295,6 +297,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
     raw, outs, pairs, spent, stopped = [], [], {}, 0.0, False
+    passes = CARRIED_PASSES + (DECODED_PASSES if declared_feedback(state.original)["tokens"] else 0)
     for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
         t0 = time.perf_counter()
@@ -305,11 +308,15 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         if not pairs:  # named ends of one shape in a call, else (a cache that grows) an output the next call holds
             pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
             if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):  # stacked: one file after
+                _no_calls_note(state, reader.description, len(raw), total)
                 return
-        if CARRIED_PASSES * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's four passes do not fit
+        if passes == CARRIED_PASSES and pairs and len(raw) >= 2 and token_pairs(outs[-2], feed):  # decoded too
+            passes += DECODED_PASSES
+        if passes * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's passes do not fit
             stopped = True
             break
     if not pairs:
+        _no_calls_note(state, reader.description, len(raw), total)
         return
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
     tokens = _fed_back_tokens(raw, outs, after)
@@ -348,6 +355,23 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         state.notes.append(decoded_note(state.carried, budget))
 
 
+def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> None:
+    """A note where the model declares a cache that grows (calibration.carried.declared_feedback: a KV cache, whose
+    two ends no name rule pairs and whose shapes differ in a call) but no feed read holds an output of the call before
+    (calls saved out of order): nothing was measured decoded or streamed, and how to record calls so it is. Decoders
+    54's GPT on its calls shuffled said nothing (L2)."""
+    from onnxprune.calibration.carried import declared_feedback, feedback_words
+
+    found, data = declared_feedback(state.original), str(data).split(":", 1)[0]
+    if not found["caches"] and not found["shaped"]:
+        return
+    state.notes.append(f"carried state: the model declares that it feeds back {feedback_words(found)}, but no feed of "
+                       f"{data} holds an output of the call before (of {read:,} read{_of(total)}), so "
+                       "nothing was measured as it decodes and every figure is one call at a time from each feed's "
+                       "recorded cache and token; to measure it decoded, record consecutive calls of a few decodes, "
+                       "one feed a file in order, each with the cache the call before gave")
+
+
 VALUE_LOOKS = 8  # the feeds read for a state fed back as it is (value_pairs) before a model is taken for no stream
 
 
@@ -384,8 +408,14 @@ def decoded_note(carried: dict, budget: float | None) -> str:
     return text
 
 
+DECODED_PASSES = 2  # with a token fed back (the model declares one or a call holds one), the written model once more
+# one call at a time and decoded: decoders 54's L5, the guard counted four passes where six ran
 CARRIED_PASSES = 4  # the input model over the feeds (to find the streams), its scoring pass, the written model one
 # call at a time and streamed
+
+
+def _of(total: int | None) -> str:
+    return f" of {total:,}" if total else ""
 
 
 def _read_of(read: int, total: int | None) -> str:

@@ -166,3 +166,224 @@ def test_files_of_unequal_rows_or_one_file_are_no_calls(tmp_path, rows):
     for k, n in enumerate(rows):
         np.savez(folder / f"c{k}.npz", prev_token=np.zeros(n, np.int64), h=np.zeros((n, 8), np.float32))
     assert call_files(folder, {"prev_token", "h"}) is None
+
+
+def _merged_calls(sess, prompt: np.ndarray, steps: int, record=None) -> np.ndarray:
+    """merged_greedy_cache_decoder decoding `prompt` [N, S] as optimum runs it: the first call with an empty past
+    and 'use_cache_branch' False, the others with the cache and True; its picks [N, steps]."""
+    ids, past, picks = prompt, np.zeros((len(prompt), 0, 8), np.float32), []
+    for t in range(steps):
+        feed = {"input_ids": ids, "past": past, "use_cache_branch": np.array([t > 0])}
+        if record is not None:
+            record.append(feed)
+        logits, past = sess.run(["logits", "present"], feed)
+        picks.append(logits[:, -1].argmax(-1))
+        ids = picks[-1][:, None].astype(np.int64)
+    return np.stack(picks, 1)
+
+
+def test_a_merged_decoders_calls_with_their_one_value_flag_are_decoded_as_the_other_forms(tmp_path):
+    """Optimum's merged form: 'use_cache_branch' [1] holds one value a file beside the stacked rows, so the folder
+    is read a sample a feed (readers._shared_folder_reader); its files in order are still the decoder's calls, each
+    one call here, the flag as recorded (decoders 54's merged GPT had no decoding note)."""
+    model = tb.merged_greedy_cache_decoder()
+    onnx.checker.check_model(model, full_check=True)
+    dense = make_session(model)
+    plain = make_session(tb.greedy_cache_decoder())
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 12, (4, 3)).astype(np.int64) for _ in range(8)]
+    feeds: list = []
+    for p in prompts:  # the merged form decodes as the plain one it merges
+        assert np.array_equal(_merged_calls(dense, p, 8, feeds), _cache_calls(plain, p, 8))
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.3)
+    carried = result.report["carried"]
+    assert carried["pairs"] == {"past": "present"} and carried["streams"] == 8 and carried["feeds"] == 64
+    decoded = carried["decoded"]
+    assert decoded["fed_back"] == {"input_ids": "logits"}
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    changed = tokens = 0
+    for p in prompts:
+        a, b = _merged_calls(dense, p, 8), _merged_calls(written, p, 8)
+        changed += int((a != b).any(1).sum())
+        tokens += int((a != b).sum())
+    assert (decoded["sequences"], decoded["tokens"]) == (32, 32 * 8)
+    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
+    assert any(n.startswith("greedy decoding:") for n in result.report["notes"])
+
+
+def test_a_kv_cache_decoders_shuffled_calls_are_said_to_measure_nothing_decoded(tmp_path):
+    """A cache that grows pairs by no name rule in a call and shuffled calls hold no output of the call before:
+    the model's declared cache ('past' -> 'present', open on its length) is said, with how to record the calls
+    (decoders 54's GPT on shuffled calls said nothing, L2)."""
+    model = tb.greedy_cache_decoder()
+    dense = make_session(model)
+    rng = np.random.default_rng(4)
+    feeds: list = []
+    for _ in range(8):
+        _cache_calls(dense, rng.integers(0, 12, (4, 3)).astype(np.int64), 8, feeds)
+    order = [8 * d + t for t in range(8) for d in range(8)]  # by step: each call after another decode's same step
+    _save(tmp_path / "calls", [feeds[k] for k in order])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.3)
+    assert "carried" not in result.report or not result.report["carried"]
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "'present' as 'past' (a cache that grows)" in note and "the argmax of 'logits' as 'input_ids'" in note
+    assert "holds an output of the call before (of 8 read of 64)" in note
+    assert "record consecutive calls of a few decodes, one feed a file in order" in note, note
+
+
+def _renamed(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
+    """`model` with its graph inputs and outputs renamed (`names`), every node reading or writing them too."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in list(out.graph.input) + list(out.graph.output):
+        vi.name = names.get(vi.name, vi.name)
+    for n in out.graph.node:
+        n.input[:] = [names.get(i, i) for i in n.input]
+        n.output[:] = [names.get(o, o) for o in n.output]
+    return out
+
+
+def test_inspect_names_a_decoders_cache_its_state_and_its_fed_back_token_from_declared_shapes(tmp_path):
+    """`inspect` reads names and declared shapes only (no onnxruntime, no torch): a cache that grows (Hugging Face's
+    'past_key_values.0.key' -> 'present.0.key', the GPT exports of decoders 54), a state its names do not pair
+    (tf2onnx's Keras GRU step 'state_in' -> 'gru') and the token a greedy decoder feeds back are said, with how to
+    record the calls; a model with an integer input but nothing fed back (a classifier of ids) gets no such line."""
+    import subprocess
+    import sys
+
+    from onnxprune.calibration.carried import declared_feedback
+
+    hf = _renamed(tb.greedy_cache_decoder(), {"past": "past_key_values.0.key", "present": "present.0.key"})
+    onnx.checker.check_model(hf, full_check=True)
+    feed = {"input_ids": np.array([[1, 2], [3, 4]], np.int64), "past_key_values.0.key": np.zeros((2, 0, 8), np.float32)}
+    assert make_session(hf).run(["present.0.key"], feed)[0].shape == (2, 2, 8)
+    found = declared_feedback(hf)
+    assert found["caches"] == {"past_key_values.0.key": "present.0.key"} and found["tokens"] == {"input_ids": "logits"}
+    assert declared_feedback(tb.merged_greedy_cache_decoder())["caches"] == {"past": "present"}
+    keras = declared_feedback(tb.greedy_rnn_step(state=("state_in", "gru")))
+    assert keras["shaped"] == {"state_in": "gru"} and keras["tokens"] == {"prev_token": "logits"}
+    step = declared_feedback(tb.stacked_cache_step())  # 'cache' [L, N, 'P', D] -> 'new_cache' [L, N, 'P1', D]
+    assert step["caches"] == {"cache": "new_cache"} and step["tokens"] == {"token": "probs"}
+    assert declared_feedback(tb.chunk_sequence_vad())["states"] == {"h": "hn", "c": "cn"}  # one shape: states
+    assert declared_feedback(tb.streaming_vad())["tokens"] == {}  # a state, no token
+    ids = _renamed(tb.stacked_cache_step(), {})  # a token with nothing fed back is no decoder's: cut the cache out
+    del ids.graph.output[1:]
+    assert not any(declared_feedback(ids).values())
+    for model in (tb.regressor(), tb.flat_autoencoder()):
+        assert not any(declared_feedback(model).values())
+    path = tmp_path / "gpt.onnx"
+    onnx.save(hf, path)
+    code = ("import sys; from click.testing import CliRunner; from onnxprune.converter.cli import cli; "
+            f"print(CliRunner().invoke(cli, ['inspect', {str(path)!r}]).output); "
+            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
+            "[m for m in ('onnxruntime', 'torch') if m in sys.modules]")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert ("the model looks like a decoder: it feeds back 'present.0.key' as 'past_key_values.0.key' (a cache that "
+            "grows), the argmax of 'logits' as 'input_ids' (a greedy decoder's token, if it decodes so) on its next "
+            "call") in text
+    assert "a folder of one .npz file a call in order" in text
+
+
+def test_a_prompts_last_tokens_that_are_the_input_models_picks_stay_forced(tmp_path):
+    """A batch's prompts stepped in together: where a row's last prompt tokens happen to be the input model's picks,
+    the call is still forced in every row (another row's token there is no pick), so the decoded picks counted are
+    the generated ones and the written model is fed the prompt there, as a decoder does (decoders 54's L4: the GPT
+    step counted 1,752 decoded picks for 80 sequences of 20)."""
+    model = tb.greedy_rnn_step()
+    dense = make_session(model)
+    rng = np.random.default_rng(5)
+    starts = []
+    for _ in range(10):
+        h0 = rng.standard_normal((4, 8)).astype(np.float32)
+        prompt = rng.integers(0, 12, (4, 4)).astype(np.int64)
+        h = h0
+        for t in range(3):  # row 0's prompt is the input model's picks from its second token on; the others' never
+            logits, h = dense.run(["logits", "h_out"], {"prev_token": prompt[:, t], "h": h})
+            top = logits.argmax(-1)
+            prompt[1:, t + 1] = np.where(prompt[1:, t + 1] == top[1:], (top[1:] + 1) % 12, prompt[1:, t + 1])
+            prompt[0, t + 1] = top[0]
+        starts.append((h0, prompt))
+    feeds: list = []
+    for h0, prompt in starts:
+        _rnn_calls(dense, h0, prompt, 10, feeds)
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    decoded = result.report["carried"]["decoded"]
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    changed = tokens = 0
+    for h0, prompt in starts:  # by hand: the prompt forced in every row, then each model's own picks
+        a, b = _rnn_calls(dense, h0, prompt, 10), _rnn_calls(written, h0, prompt, 10)
+        changed += int((a != b).any(1).sum())
+        tokens += int((a != b).sum())
+    assert (decoded["sequences"], decoded["tokens"]) == (40, 40 * 7)  # 7 kept picks a row, from the last prompt token
+    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
+
+
+class _Clock:
+    """A clock for verify's carried check: each reading one second after the last (every call of the input model
+    costs a second), anything else as the time module has it."""
+
+    def __init__(self):
+        import time
+
+        self.now, self.time = 0.0, time
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(self.time, name)
+
+
+def test_the_time_guard_counts_the_decoded_passes(tmp_path, monkeypatch):
+    """With a token fed back the check runs the written model twice more (one call at a time and decoded): six
+    passes over the feeds, not four. At a second a call and 70 s, four passes would read all 16 calls (4 x 17 = 68);
+    six stop after 11 (6 x 12 = 72 > 70), and the note says so (decoders 54's L5: up to 1.5x its time)."""
+    from onnxprune.converter.steps import verify
+
+    model = tb.greedy_rnn_step()
+    dense = make_session(model)
+    rng = np.random.default_rng(6)
+    feeds: list = []
+    for _ in range(2):
+        _rnn_calls(dense, rng.standard_normal((4, 8)).astype(np.float32), np.zeros((4, 1), np.int64), 8, feeds)
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    monkeypatch.setattr(verify, "CARRIED_SECONDS", 70.0)
+    monkeypatch.setattr(verify, "time", _Clock())
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    carried = result.report["carried"]
+    assert (carried["read"], carried["of"]) == (11, 16) and carried["decoded"]["fed_back"] == {"prev_token": "logits"}
+    note = next(n for n in result.report["notes"] if n.startswith("carried state:"))
+    assert "(the first 11 of 16 read in its time)" in note
+
+
+def test_a_keras_input_named_input_n_is_no_state_by_its_shape_alone():
+    """tf2onnx names a Keras model's inputs 'input_2', 'input_3': real models 53's g2p_id LSTM decoder feeds back the
+    one-hot of its pick as 'input_2' [N, T, 32], the shape of its softmax 'dense', but not 'dense' as it is; a
+    generic input name is no evidence of a state (the shaped rule needs 'state', 'in', 'prev', ...)."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.calibration.carried import declared_feedback
+
+    def io(name, dims):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input_2"], ["dense"]),
+                               helper.make_node("Identity", ["state_in"], ["gru"])], "g",
+                              [io("input_2", ["a", "b", 32]), io("state_in", ["c", 96])],
+                              [io("dense", ["d", "e", 32]), io("gru", ["f", 96])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    assert declared_feedback(model)["shaped"] == {"state_in": "gru"}
