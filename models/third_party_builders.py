@@ -1584,12 +1584,11 @@ def cached_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int 
                    _float("present_value", [BATCH, heads, "total", head])])
 
 
-def merged_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
-    """cached_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then branch
-    is cached_decoder's graph ('present_value' = Concat(past_value, new values)) and whose else branch computes the
-    new values alone (the first call, no past read; optimum feeds a dummy past there), every weight in the main
-    graph, read by both branches from the outer scope."""
-    base = cached_decoder(dim=dim, heads=heads, classes=classes, seed=seed)
+def _optimum_merged(base: onnx.ModelProto, present: str, name: str, drop: str | None = None) -> onnx.ModelProto:
+    """`base` in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then branch is its
+    graph and whose else branch computes the cache output `present` from the new part alone (the node making it an
+    Identity of its second input; `drop`, a node only the past feeds, left out), every weight in the main graph read
+    by both branches from the outer scope."""
     outs = [o.name for o in base.graph.output]
 
     def branch(tag: str, with_past: bool) -> onnx.GraphProto:
@@ -1599,23 +1598,31 @@ def merged_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed
             n2 = onnx.NodeProto()
             n2.CopyFrom(n)
             n2.name = f"{tag}{n.name}"
-            if not with_past and "present_value" in n.output:  # the new values alone
+            if not with_past and present in n.output:  # the new part alone
                 n2.op_type, n2.input[:] = "Identity", [n.input[1]]
                 del n2.attribute[:]
             n2.output[:] = [rename.get(o, f"{tag}{o}") for o in n.output]
             n2.input[:] = [rename.get(i, f"{tag}{i}" if i.startswith("/") else i) for i in n2.input]
             nodes.append(n2)
-        if not with_past:
-            nodes = [n for n in nodes if n.name != f"{tag}/past/Concat"]
+        if not with_past and drop is not None:
+            nodes = [n for n in nodes if n.name != f"{tag}{drop}"]
         return helper.make_graph(nodes, f"{tag}_branch", [],
                                  [helper.make_tensor_value_info(rename[o], TensorProto.FLOAT, None) for o in outs])
 
     node = helper.make_node("If", ["use_cache_branch"], outs, name="optimum::if",
                             then_branch=branch("with_past", True), else_branch=branch("no_past", False))
     inputs = list(base.graph.input) + [helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
-    graph = helper.make_graph([node], "merged_cache_decoder", inputs, list(base.graph.output),
-                              list(base.graph.initializer))
+    graph = helper.make_graph([node], name, inputs, list(base.graph.output), list(base.graph.initializer))
     return helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
+
+
+def merged_cache_decoder(*, dim: int = 8, heads: int = 2, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """cached_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then branch
+    is cached_decoder's graph ('present_value' = Concat(past_value, new values)) and whose else branch computes the
+    new values alone (the first call, no past read; optimum feeds a dummy past there), every weight in the main
+    graph, read by both branches from the outer scope."""
+    base = cached_decoder(dim=dim, heads=heads, classes=classes, seed=seed)
+    return _optimum_merged(base, "present_value", "merged_cache_decoder", drop="/past/Concat")
 
 
 def cached_decoder_feed(n: int = 64, *, dim: int = 8, heads: int = 2, seq: int = 3, past: int = 12,
@@ -1649,31 +1656,8 @@ def merged_greedy_cache_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0)
     """greedy_cache_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then
     branch is its graph ('present' = Concat(past, the new keys)) and whose else branch, the first call's, reads no
     past ('present' = the new keys alone), every weight in the main graph read by both from the outer scope."""
-    base = greedy_cache_decoder(vocab=vocab, dim=dim, seed=seed)
-    outs = [o.name for o in base.graph.output]
-
-    def branch(tag: str, with_past: bool) -> onnx.GraphProto:
-        nodes = []
-        rename = {o: f"{tag}/{o}" for o in outs + ["present"]}
-        for n in base.graph.node:
-            n2 = onnx.NodeProto()
-            n2.CopyFrom(n)
-            n2.name = f"{tag}{n.name}"
-            if not with_past and "present" in n.output:  # the new keys alone
-                n2.op_type, n2.input[:] = "Identity", [n.input[1]]
-                del n2.attribute[:]
-            n2.output[:] = [rename.get(o, f"{tag}{o}") for o in n.output]
-            n2.input[:] = [rename.get(i, f"{tag}{i}" if i.startswith("/") else i) for i in n2.input]
-            nodes.append(n2)
-        return helper.make_graph(nodes, f"{tag}_branch", [],
-                                 [helper.make_tensor_value_info(rename[o], TensorProto.FLOAT, None) for o in outs])
-
-    node = helper.make_node("If", ["use_cache_branch"], outs, name="optimum::if",
-                            then_branch=branch("with_past", True), else_branch=branch("no_past", False))
-    inputs = list(base.graph.input) + [helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
-    graph = helper.make_graph([node], "merged_greedy_cache_decoder", inputs, list(base.graph.output),
-                              list(base.graph.initializer))
-    return helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version)
+    return _optimum_merged(greedy_cache_decoder(vocab=vocab, dim=dim, seed=seed), "present",
+                           "merged_greedy_cache_decoder")
 
 
 def stacked_cache_step(*, vocab: int = 12, dim: int = 4, layers: int = 2, seed: int = 0) -> onnx.ModelProto:
