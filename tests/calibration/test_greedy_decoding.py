@@ -17,12 +17,13 @@ from onnxprune.converter.steps.verify import decoded_note
 from onnxprune.models import third_party_builders as tb
 
 
-def _cache_calls(sess, prompt: np.ndarray, steps: int, record=None) -> np.ndarray:
+def _cache_calls(sess, prompt: np.ndarray, steps: int, record=None, merged: bool = False) -> np.ndarray:
     """greedy_cache_decoder decoding `prompt` [N, S] for `steps` calls, the first with an empty past: its picks
-    [N, steps]; each call's feed appended to `record`."""
+    [N, steps]; each call's feed appended to `record`. `merged`: merged_greedy_cache_decoder as optimum runs it,
+    'use_cache_branch' False at the first call, True at the others."""
     ids, past, picks = prompt, np.zeros((len(prompt), 0, 8), np.float32), []
-    for _ in range(steps):
-        feed = {"input_ids": ids, "past": past}
+    for t in range(steps):
+        feed = {"input_ids": ids, "past": past, **({"use_cache_branch": np.array([t > 0])} if merged else {})}
         if record is not None:
             record.append(feed)
         logits, past = sess.run(["logits", "present"], feed)
@@ -99,6 +100,42 @@ def _rnn_calls(sess, h0: np.ndarray, prompt: np.ndarray, steps: int, record=None
     return np.stack(picks, 1)
 
 
+def _prompts(dense, seed: int, length: int, own_rows=(), state=("h", "h_out")) -> list:
+    """Ten (h0 [4, 8], prompt [4, length]) starts whose prompt tokens are never the input model's pick after the
+    token before, but in `own_rows`, where they are its picks from the second token on."""
+    rng, starts = np.random.default_rng(seed), []
+    for _ in range(10):
+        h0 = rng.standard_normal((4, 8)).astype(np.float32)
+        prompt = rng.integers(0, 12, (4, length)).astype(np.int64)
+        h = h0
+        for t in range(length - 1):
+            logits, h = dense.run(["logits", state[1]], {"prev_token": prompt[:, t], state[0]: h})
+            top = logits.argmax(-1)
+            prompt[:, t + 1] = np.where(prompt[:, t + 1] == top, (top + 1) % 12, prompt[:, t + 1])
+            prompt[list(own_rows), t + 1] = top[list(own_rows)]
+        starts.append((h0, prompt))
+    return starts
+
+
+def _pruned_on_calls(tmp_path, model, feeds):
+    """The calls saved a file each, `model` pruned on them (--sparsity 0.5): the run and the written model's session."""
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    return result, make_session(onnx.load(tmp_path / "out.onnx"))
+
+
+def _decoded_by_hand(dense, written, starts, calls: int, state=("h", "h_out")) -> tuple[int, int]:
+    """(sequences, tokens) the written model decodes differently from the input model, each from (h0, prompt)."""
+    changed = tokens = 0
+    for h0, prompt in starts:
+        a, b = _rnn_calls(dense, h0, prompt, calls, state=state), _rnn_calls(written, h0, prompt, calls, state=state)
+        changed += int((a != b).any(1).sum())
+        tokens += int((a != b).sum())
+    return changed, tokens
+
+
 @pytest.mark.parametrize("state", [("h", "h_out"), ("state_in", "gru")])
 def test_a_batch_first_step_decoder_recorded_a_file_a_call_is_decoded_past_its_forced_prompt(tmp_path, state):
     """Files of stacked samples (every input leads with the batch) are read as samples; a folder of them in call
@@ -107,35 +144,17 @@ def test_a_batch_first_step_decoder_recorded_a_file_a_call_is_decoded_past_its_f
     (not the input model's picks) stay forced; the picks fed back from the last of them on are the model's own."""
     model = tb.greedy_rnn_step(state=state)
     dense = make_session(model)
-    rng = np.random.default_rng(1)
-    starts = []
-    for _ in range(10):
-        h0 = rng.standard_normal((4, 8)).astype(np.float32)
-        prompt = rng.integers(0, 12, (4, 3)).astype(np.int64)
-        h = h0
-        for t in range(2):  # a prompt token that is the input model's pick reads as fed back: none here
-            logits, h = dense.run(["logits", state[1]], {"prev_token": prompt[:, t], state[0]: h})
-            top = logits.argmax(-1)
-            prompt[:, t + 1] = np.where(prompt[:, t + 1] == top, (top + 1) % 12, prompt[:, t + 1])
-        starts.append((h0, prompt))
+    starts = _prompts(dense, 1, 3, state=state)  # a prompt token that is the input model's pick reads as fed back
     feeds: list = []
     for h0, prompt in starts:
         _rnn_calls(dense, h0, prompt, 9, feeds, state)
     forced_picks = [feeds[k]["prev_token"] for k in range(len(feeds)) if k % 9 in (1, 2)]
-    _save(tmp_path / "calls", feeds)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    result, written = _pruned_on_calls(tmp_path, model, feeds)
     carried = result.report["carried"]
     assert carried["pairs"] == {state[0]: state[1]} and carried["streams"] == 10 and carried["feeds"] == 90
     decoded = carried["decoded"]
     assert decoded["fed_back"] == {"prev_token": "logits"}
-    written = make_session(onnx.load(tmp_path / "out.onnx"))
-    changed = tokens = 0
-    for h0, prompt in starts:
-        a, b = _rnn_calls(dense, h0, prompt, 9, state=state), _rnn_calls(written, h0, prompt, 9, state=state)
-        changed += int((a != b).any(1).sum())
-        tokens += int((a != b).sum())
+    changed, tokens = _decoded_by_hand(dense, written, starts, 9, state)
     assert len(forced_picks) == 20 and (decoded["sequences"], decoded["tokens"]) == (40, 40 * 7)
     assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
 
@@ -169,17 +188,7 @@ def test_files_of_unequal_rows_or_one_file_are_no_calls(tmp_path, rows):
 
 
 def _merged_calls(sess, prompt: np.ndarray, steps: int, record=None) -> np.ndarray:
-    """merged_greedy_cache_decoder decoding `prompt` [N, S] as optimum runs it: the first call with an empty past
-    and 'use_cache_branch' False, the others with the cache and True; its picks [N, steps]."""
-    ids, past, picks = prompt, np.zeros((len(prompt), 0, 8), np.float32), []
-    for t in range(steps):
-        feed = {"input_ids": ids, "past": past, "use_cache_branch": np.array([t > 0])}
-        if record is not None:
-            record.append(feed)
-        logits, past = sess.run(["logits", "present"], feed)
-        picks.append(logits[:, -1].argmax(-1))
-        ids = picks[-1][:, None].astype(np.int64)
-    return np.stack(picks, 1)
+    return _cache_calls(sess, prompt, steps, record, merged=True)
 
 
 def test_a_merged_decoders_calls_with_their_one_value_flag_are_decoded_as_the_other_forms(tmp_path):
@@ -298,32 +307,13 @@ def test_a_prompts_last_tokens_that_are_the_input_models_picks_stay_forced(tmp_p
     step counted 1,752 decoded picks for 80 sequences of 20)."""
     model = tb.greedy_rnn_step()
     dense = make_session(model)
-    rng = np.random.default_rng(5)
-    starts = []
-    for _ in range(10):
-        h0 = rng.standard_normal((4, 8)).astype(np.float32)
-        prompt = rng.integers(0, 12, (4, 4)).astype(np.int64)
-        h = h0
-        for t in range(3):  # row 0's prompt is the input model's picks from its second token on; the others' never
-            logits, h = dense.run(["logits", "h_out"], {"prev_token": prompt[:, t], "h": h})
-            top = logits.argmax(-1)
-            prompt[1:, t + 1] = np.where(prompt[1:, t + 1] == top[1:], (top[1:] + 1) % 12, prompt[1:, t + 1])
-            prompt[0, t + 1] = top[0]
-        starts.append((h0, prompt))
+    starts = _prompts(dense, 5, 4, own_rows=[0])  # row 0's prompt is the input model's picks from its second token
     feeds: list = []
     for h0, prompt in starts:
         _rnn_calls(dense, h0, prompt, 10, feeds)
-    _save(tmp_path / "calls", feeds)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.5)
+    result, written = _pruned_on_calls(tmp_path, model, feeds)
     decoded = result.report["carried"]["decoded"]
-    written = make_session(onnx.load(tmp_path / "out.onnx"))
-    changed = tokens = 0
-    for h0, prompt in starts:  # by hand: the prompt forced in every row, then each model's own picks
-        a, b = _rnn_calls(dense, h0, prompt, 10), _rnn_calls(written, h0, prompt, 10)
-        changed += int((a != b).any(1).sum())
-        tokens += int((a != b).sum())
+    changed, tokens = _decoded_by_hand(dense, written, starts, 10)  # the prompt forced in every row, then own picks
     assert (decoded["sequences"], decoded["tokens"]) == (40, 40 * 7)  # 7 kept picks a row, from the last prompt token
     assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens) and changed > 0
 
