@@ -97,26 +97,19 @@ def declared_pairs(model) -> dict[str, str]:
     """{input: output} as `state_pairs` reads them from the shapes and types the model declares, before any data:
     the same element type and rank, equal dims where both are fixed (silero declares 'state' [2, ?, 128] and
     'stateN' [?, ?, ?]), names that differ only by a state's end words; `inspect` says them."""
-    def declared(vi):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-            return None
-        return tt.elem_type, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                              for d in tt.shape.dim]
-
     stored = {t.name for t in model.graph.initializer}  # old IRs list them as inputs too (no onnxruntime for inspect)
     inputs = {vi.name for vi in model.graph.input if vi.name not in stored}
     found: dict[str, list[str]] = {}
     for vi in model.graph.input:
-        have = declared(vi) if vi.name in inputs else None
+        have = _declared(vi) if vi.name in inputs else None
         ci = core(vi.name, IN_WORDS)
         if have is None or not ci or not have[1]:
             continue
         for out in model.graph.output:
-            give = declared(out)
+            give = _declared(out)
             if out.name == vi.name or give is None or give[0] != have[0] or len(give[1]) != len(have[1]):
                 continue
-            if all(a is None or b is None or a == b for a, b in zip(have[1], give[1])) \
+            if all(not isinstance(a, int) or not isinstance(b, int) or a == b for a, b in zip(have[1], give[1])) \
                     and core(out.name, OUT_WORDS) == ci:
                 found.setdefault(vi.name, []).append(out.name)
     return _unique(found)
@@ -307,12 +300,14 @@ def decoded_run(session, feeds, pairs: dict[str, str], tokens: dict[str, str], a
     for k, feed in enumerate(feeds):
         feed = {n: v for n, v in feed.items() if n in inputs}
         alone = dict(zip(names, session.run(names, feed)))
-        if after[k] and last is not None:
+        if after[k] and last is not None:  # else the call as recorded is the decoded one too
             feed.update({i: last[o] for i, o in pairs.items()})
             for i, o in tokens.items():
                 if fed[k][i] is not None:
                     feed[i] = np.where(fed[k][i], picks(last[o], feed[i].shape), feed[i]).astype(feed[i].dtype)
-        last = dict(zip(names, session.run(names, feed)))
+            last = dict(zip(names, session.run(names, feed)))
+        else:
+            last = alone
         ends = k + 1 == len(feeds) or not after[k + 1]
         for i, o in tokens.items():
             rows = (np.shape(feeds[k][i]) or (1,))[:1]

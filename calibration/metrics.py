@@ -58,6 +58,7 @@ latest score.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -1056,14 +1057,7 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
     inits = {t.name for t in graph.initializer}
     inputs = {i.name for i in graph.input if i.name not in inits}
     made = {o: n for n in graph.node for o in n.output}
-
-    def through(name: str):
-        node = made.get(name)
-        while node is not None and (node.op_type == "Identity" or (node.op_type == "Concat" and len(node.input) == 1)):
-            name = node.input[0]
-            node = made.get(name)
-        return name, node
-
+    through = functools.partial(_copy_source, made)
     found = {}
     for i, name in enumerate(names):
         if not name:
@@ -1083,7 +1077,7 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             found[i] = (axis, parts)
             continue
-        stacked = _stacked_cache(graph, node, made, through, inputs)
+        stacked = _stacked_cache(graph, node, through, inputs)
         if stacked is not None:
             found[i] = stacked
     for i, name in enumerate(names):  # an If's output: a branch's Concat of a main-graph input (optimum's merged)
@@ -1093,6 +1087,16 @@ def copied_parts(model: onnx.ModelProto | None, names: list) -> dict[int, tuple[
             if got is not None:
                 found[i] = got
     return found
+
+
+def _copy_source(made: dict, name: str) -> tuple[str, onnx.NodeProto | None]:
+    """(the tensor `name` copies, through Identity and one-input Concats, and the node that makes it) in the graph
+    whose producers are `made`."""
+    node = made.get(name)
+    while node is not None and (node.op_type == "Identity" or (node.op_type == "Concat" and len(node.input) == 1)):
+        name = node.input[0]
+        node = made.get(name)
+    return name, node
 
 
 def _branch_copies(node: onnx.NodeProto, k: int, inputs: set) -> tuple[int, list[str | None]] | None:
@@ -1107,13 +1111,7 @@ def _branch_copies(node: onnx.NodeProto, k: int, inputs: set) -> tuple[int, list
             continue
         body = attr.g
         inner = {o: n for n in body.node for o in n.output}
-
-        def through(name: str):
-            n = inner.get(name)
-            while n is not None and (n.op_type == "Identity" or (n.op_type == "Concat" and len(n.input) == 1)):
-                name, n = n.input[0], inner.get(n.input[0])
-            return name, n
-
+        through = functools.partial(_copy_source, inner)
         _, n = through(body.output[k].name)
         if n is None or n.op_type != "Concat" or len(n.input) < 2:
             continue
@@ -1124,7 +1122,7 @@ def _branch_copies(node: onnx.NodeProto, k: int, inputs: set) -> tuple[int, list
     return got[0] if got and all(g == got[0] for g in got) else None
 
 
-def _stacked_cache(graph, node, made: dict, through, inputs: set) -> tuple[int, list[str | None]] | None:
+def _stacked_cache(graph, node, through, inputs: set) -> tuple[int, list[str | None]] | None:
     """(axis, [cache, None]) where `node`, a Concat on axis a, stacks (Unsqueeze on a) one Concat per layer of
     `Gather(cache, j, axis=a)` (layer j's slice of a graph input, in order) and the new entries: a decoder step whose
     cache of every layer is one input, `[2L, N, H, P, D]` -> `[2L, N, H, P + 1, D]` (torch.stack of its layers'
@@ -1181,9 +1179,7 @@ def _through_if(model: onnx.ModelProto | None, names: list, copies: dict) -> fro
     made = {o: n for n in model.graph.node for o in n.output}
     out = set()
     for i in copies:
-        name, node = names[i], made.get(names[i])
-        while node is not None and (node.op_type == "Identity" or (node.op_type == "Concat" and len(node.input) == 1)):
-            name, node = node.input[0], made.get(node.input[0])
+        _, node = _copy_source(made, names[i])
         if node is not None and node.op_type == "If":
             out.add(i)
     return frozenset(out)
