@@ -363,10 +363,11 @@ def call_files(source, inputs: set[str], shared=()) -> tuple[list, int] | None:
     from pathlib import Path
 
     from onnxprune.calibration.feeds import npz_shapes
+    from onnxprune.calibration.readers import data_files
 
     if not isinstance(source, (str, Path)) or not Path(source).is_dir():
         return None
-    files = sorted(p for p in Path(source).iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+    files = data_files(Path(source))
     if len(files) < 2 or any(p.suffix != ".npz" for p in files):
         return None
     rows = set()

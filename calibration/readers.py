@@ -273,7 +273,7 @@ def left_out_optionals(source, model: onnx.ModelProto) -> list[str]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            first = next(iter(sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())), None)
+            first = next(iter(data_files(path)), None)
             path = first if first is not None and first.suffix == ".npz" else None
         if path is not None and path.suffix == ".npz" and path.is_file():
             try:
@@ -403,8 +403,13 @@ def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None
                                                                labels_name), checker=checker)
 
 
+def data_files(folder: Path) -> list[Path]:
+    """The .npz and .npy files of `folder` in the order the folder reader reads them."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+
+
 def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=None, model=None) -> DataReader:
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+    files = data_files(folder)
     label_files = {p for p in files if p.suffix == ".npy" and p.stem.endswith(f"_{labels or DEFAULT_LABELS}")}
     files = [p for p in files if p not in label_files]
     if not files:
