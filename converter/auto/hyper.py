@@ -20,8 +20,9 @@ Rules (also in the README):
                every rate of the grid ends above the untrained start's objective, LOWER_RATES are tried. Rates
                are tried middle-out and the probe stops once it has used PROBE_SHARE of the time budget (at least
                two rates): a 3-minute search on a loaded machine otherwise spends its rounds on the probe. A few
-               steps are timed first, and each rate's run is cut (not below MIN_PROBE_STEPS) so that two rates fit
-               that share: at 7.6 s per step (torch's CPU half kernels) two rates of 100 steps were 25 minutes.
+               steps are timed first (after one untimed step: a first call pays one-time costs), and each rate's
+               run is cut (not below MIN_PROBE_STEPS) so that two rates fit that share: at 7.6 s per step (torch's
+               CPU half kernels) two rates of 100 steps were 25 minutes.
   round length ROUND_MIN_STEPS optimizer steps or one epoch, whichever is more; an epoch longer than that is cut
                (not below ROUND_MIN_STEPS) so that TARGET_ROUNDS rounds fit the time budget; each round decays
                the rate to 0 on a cosine.
@@ -141,6 +142,14 @@ class StreamPart:
                 return
 
 
+def _another_fits(left: float, steps: int, pace: tuple[float, float], after: tuple[int, float]) -> bool:
+    """Whether one more rate's run of `steps` and the round `after` it fit `left` seconds at `pace` = (s a step, s
+    a run) as the probe's own runs measured it: a few timed steps misread a folder of feeds whose sizes vary 20x
+    (trueocr's recognizer: 0.07 s a step timed, 0.23 s in its runs)."""
+    per_step, fixed = pace
+    return fixed + steps * per_step + (fixed + after[0] * per_step + after[1] if after[0] else 0.0) <= left
+
+
 def stream_slices(reader) -> tuple[StreamPart, StreamPart]:
     """(probe training part, probe loss part) of streamed data: every 5th batch measures, the others train."""
     return StreamPart(reader, 5, False, PROBE_TRAIN), StreamPart(reader, 5, True, PROBE_EVAL)
@@ -178,27 +187,33 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     started = time.perf_counter()
     per_epoch = max(1, train_part.num_batches(batch))  # one feed a step when the data is read feed by feed
     losses, seconds, taken = {}, 0.0, 0
-    cut = ""
+    cut, fixed = "", 0.0
     if cap is not None and not override:  # time a few steps first: two rates of `steps` must fit the probe's share
         calls = []
-        for n in (1, 1 + TIMING_STEPS):  # a call's fixed cost and a step's, apart (a 5-step call is mostly the former)
+        # a call's fixed cost and a step's, apart (a 5-step call is mostly the former), after a first call that is
+        # not timed: it pays what a run pays once (trueocr's recognizer, a folder of one-line feeds: 2.3 s for its
+        # first step, 0.64 s for six after it, so the step read 0 s and the probe was priced as free)
+        for n in (1, 1, 1 + TIMING_STEPS):
             trainer = make_trainer(train_part)  # built outside the timing
             t0 = time.perf_counter()
             done = trainer.train(n / per_epoch, rates[0], reg_strength=1e-4, batch_size=batch)
             calls.append((max(done.steps, 1), time.perf_counter() - t0))
-        (n1, t1), (n2, t2) = calls
+        _, (n1, t1), (n2, t2) = calls
         per_step = max((t2 - t1) / max(n2 - n1, 1), 1e-9)
         fixed = max(0.0, t1 - n1 * per_step)
-        fit = int((cap / 2 - fixed) / per_step + 1e-9)
         need = 2 * (fixed + MIN_PROBE_STEPS * per_step)
         round_need = fixed + after[0] * per_step + after[1] if after[0] else 0.0
+        share = cap if limit is None else min(cap, limit - (time.perf_counter() - started) - round_need)
+        fit = int((share / 2 - fixed) / per_step + 1e-9)  # two rates in the share, and in the time left
         if limit is not None and time.perf_counter() - started + need + round_need > limit:
             then = (f" and a round of {after[0]} steps after them about {round_need:.0f} s" if round_need else "")
             return (Choice(None, f"no time to probe: two rates of {MIN_PROBE_STEPS} steps take about {need:.0f} s"
                            f"{then} ({per_step:.2g} s/step), "
                            f"{max(0.0, limit - (time.perf_counter() - started)):.0f} s were left"), per_step, {})
         if fit < steps:
-            cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit its time share "
+            within = "its time share" if share >= cap else "the time left" + (" and a round after them" if after[0]
+                                                                              else "")
+            cut = (f"; {max(MIN_PROBE_STEPS, fit)} steps, not {steps}, so two rates fit {within} "
                    f"({per_step:.2g} s/step, {fixed:.2g} s a run)")
             steps = max(MIN_PROBE_STEPS, fit)
 
@@ -214,6 +229,14 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     start = None if override else objective_on(make_trainer(train_part), eval_part)  # the untrained start's
     for lr in ([override] if override else rates):
         if cap is not None and len(losses) >= 2 and seconds >= cap:
+            break
+        pace = (max(0.0, seconds - len(losses) * fixed) / taken, fixed) if taken else None  # its runs' own
+        if limit is not None and pace and not _another_fits(limit - (time.perf_counter() - started), steps, pace,
+                                                            after):
+            then = f" and a round of {after[0]} steps after it" if after[0] else ""
+            cut += (f"; no other rate: one more{then} would not fit the "
+                    f"{max(0.0, limit - (time.perf_counter() - started)):.0f} s left at the pace of its runs "
+                    f"({pace[0]:.2g} s/step)")
             break
         run(lr)
     lower = ""

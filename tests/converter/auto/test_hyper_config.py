@@ -112,8 +112,8 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
-    # timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share is spent
-    assert tried == [(0.01, 1), (0.01, 6), (0.01, 10), (0.03, 10)] and choice.value == 0.03
+    # an untimed step, timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share is spent
+    assert tried == [(0.01, 1), (0.01, 1), (0.01, 6), (0.01, 10), (0.03, 10)] and choice.value == 0.03
     assert "3 rates left untried" in choice.rule
     tried.clear()
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
@@ -121,8 +121,9 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
     assert "untried" not in choice.rule and all(n == 10 for _, n in tried)  # no time share: no timing run
 
 
-def _timed_trainer(monkeypatch):
-    """([steps of each train call], a Trainer class whose call takes 0.5 s + 0.125 s a step on a patched clock)."""
+def _timed_trainer(monkeypatch, first: float = 0.0):
+    """([steps of each train call], a Trainer class whose call takes 0.5 s + 0.125 s a step on a patched clock, and
+    the run's first call `first` s more)."""
     from types import SimpleNamespace
 
     tried, clock = [], [0.0]
@@ -130,8 +131,8 @@ def _timed_trainer(monkeypatch):
     class Trainer:
         def train(self, epochs, lr, **kw):
             n = round(epochs * 4)  # 100 samples at batch 32: 4 steps per epoch
+            clock[0] += 0.5 + 0.125 * n + (first if not tried else 0.0)
             tried.append(n)
-            clock[0] += 0.5 + 0.125 * n
             self.lr = lr
             return SimpleNamespace(steps=n)
 
@@ -148,9 +149,27 @@ def test_a_slow_step_shortens_every_rate_of_the_probe(monkeypatch):
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     choice, step_seconds, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0)
-    assert tried == [1, 6, 20, 20]  # the timing runs, then two rates within the 6 s share: 2 x (0.5 + 20 x 0.125)
+    assert tried == [1, 1, 6, 20, 20]  # the timing runs, then two rates within the 6 s share: 2 x (0.5 + 20 x 0.125)
     assert "20 steps, not 100, so two rates fit its time share" in choice.rule
     assert step_seconds == pytest.approx((0.5 + 2.5) / 20)  # the probe's own runs, fixed cost included
+
+
+def test_the_probe_times_its_steps_after_a_first_call_that_pays_one_time_costs(monkeypatch):
+    """Trueocr's recognizer (a folder of one-line feeds): the run's first training call took 2.3 s for one step, six
+    steps after it 0.64 s, so the step read 0 s (a 1e-9 floor), and neither the probe's cut nor its time check could
+    price a step. The first call is not timed now: 0.125 s a step is read, and two rates fit the 6 s share at 20."""
+    from types import SimpleNamespace
+
+    tried, Trainer = _timed_trainer(monkeypatch, first=2.0)
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0)
+    assert tried == [1, 1, 6, 20, 20] and "20 steps, not 100, so two rates fit its time share" in choice.rule
+    assert "0.12 s/step" in choice.rule
+    tried.clear()  # the time check prices the same: two rates of 10 steps (3.5 s) after the timing (4.5 s) > 7 s
+    _, Trainer = _timed_trainer(monkeypatch, first=2.0)
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=7.0)
+    assert choice.value is None and choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s")
 
 
 def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every_rate_diverges(monkeypatch):
@@ -161,13 +180,14 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
     tried, Trainer = _timed_trainer(monkeypatch)
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
-    # two rates of 10 steps: 2 x (0.5 + 1.25) = 3.5 s, after 1.75 s of timing runs: 5 s is too little
+    # two rates of 10 steps: 2 x (0.5 + 1.25) = 3.5 s, after 2.5 s of timing runs: 5 s is too little
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=5.0)
-    assert tried == [1, 6] and choice.value is None and losses == {}
+    assert tried == [1, 1, 6] and choice.value is None and losses == {}
     assert choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s")
     tried.clear()
+    # 6 s: 3.5 s left after the timing, so each rate is cut to 10 steps (20 would fill its 6 s share and overrun)
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=6.0)
-    assert choice.value == 0.03 and tried == [1, 6, 20, 20]
+    assert choice.value == 0.03 and tried == [1, 1, 6, 10, 10] and "10 steps, not 100, so two rates fit the time left (" in choice.rule
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: float("nan"))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
     assert choice.value is None and choice.rule.startswith("every rate tried diverged (0.3: inf")
@@ -182,16 +202,43 @@ def test_the_probe_gives_no_rate_when_the_round_it_is_for_cannot_follow_it(monke
     tried, Trainer = _timed_trainer(monkeypatch)
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
-    # two rates of 10 steps 3.5 s after 1.75 s of timing; a round of 300 steps 0.5 + 37.5 s, judged in 2 s: 40 s
+    # two rates of 10 steps 3.5 s after 2.5 s of timing; a round of 300 steps 0.5 + 37.5 s, judged in 2 s: 40 s
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=30.0,
                                        after=(300, 2.0))
-    assert tried == [1, 6] and choice.value is None and losses == {}
+    assert tried == [1, 1, 6] and choice.value is None and losses == {}
     assert choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s and a round of 300 steps "
                                   "after them about 40 s")
     tried.clear()
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=50.0,
                                   after=(300, 2.0))
-    assert choice.value == 0.03 and tried == [1, 6, 20, 20]
+    assert choice.value == 0.03 and tried == [1, 1, 6, 20, 20]
+
+
+def test_the_probe_stops_trying_rates_when_its_own_runs_say_another_and_a_round_would_not_fit(monkeypatch):
+    """Timed steps can misread a run's pace (trueocr's folder of line feeds, 20x apart in size: 0.07 s a step timed,
+    0.23 s in its runs). After each rate the probe prices the next one and the round after it at its runs' pace."""
+    from types import SimpleNamespace
+
+    tried, clock = [], [0.0]
+
+    class Trainer:
+        def train(self, epochs, lr, **kw):
+            n = round(epochs * 4)
+            clock[0] += 0.5 + (0.125 if len(tried) < 3 else 0.5) * n  # the three timing calls run fast feeds
+            tried.append(n)
+            self.lr = lr
+            return SimpleNamespace(steps=n)
+
+    monkeypatch.setattr(hyper.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
+    # timed: 2 x 3.5 s of rates + a 40 s round fit 60 s; the first rate took 10.5 s (0.5 s a step): another rate and
+    # a round of 300 steps (163 s) do not fit the 47 s left
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=60.0,
+                                       after=(300, 2.0))
+    assert tried == [1, 1, 6, 20] and list(losses) == [0.01] and choice.value == 0.01
+    assert "no other rate: one more and a round of 300 steps after it would not fit the 47 s left" in choice.rule
+    assert "(0.5 s/step)" in choice.rule
 
 
 def test_when_every_rate_of_the_grid_ends_above_the_untrained_objective_smaller_rates_are_tried(monkeypatch):
