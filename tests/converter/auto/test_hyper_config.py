@@ -112,7 +112,8 @@ def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatc
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: abs(getattr(trainer, "lr", 1.0) - 0.03))
     part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10, seconds=0.0)
-    # an untimed step, timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share is spent
+    # an untimed step, timing runs of 1 and 6 steps first; no time at all: two rates at least, then the time share
+    # is spent
     assert tried == [(0.01, 1), (0.01, 1), (0.01, 6), (0.01, 10), (0.03, 10)] and choice.value == 0.03
     assert "3 rates left untried" in choice.rule
     tried.clear()
@@ -187,7 +188,8 @@ def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every
     tried.clear()
     # 6 s: 3.5 s left after the timing, so each rate is cut to 10 steps (20 would fill its 6 s share and overrun)
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=6.0)
-    assert choice.value == 0.03 and tried == [1, 1, 6, 10, 10] and "10 steps, not 100, so two rates fit the time left (" in choice.rule
+    assert choice.value == 0.03 and tried == [1, 1, 6, 10, 10]
+    assert "10 steps, not 100, so two rates fit the time left (" in choice.rule
     monkeypatch.setattr(hyper, "objective_on", lambda trainer, data: float("nan"))
     choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=10)
     assert choice.value is None and choice.rule.startswith("every rate tried diverged (0.3: inf")
