@@ -931,6 +931,13 @@ def _check_labels(labels: np.ndarray, n: int, name: str, where: str) -> np.ndarr
         if onehot:
             raise CalibrationError(f"'{where}': labels '{name}' have shape {list(labels.shape)}; give one class "
                                    "index per sample (shape [N]), not one-hot vectors (labels.argmax(1)).")
+        if labels.ndim == 2 and np.isin(labels, (0, 1)).all():  # real models 55: a pitch detector's 8 notes
+            raise CalibrationError(
+                f"'{where}': labels '{name}' have shape {list(labels.shape)} of 0/1 with several or no 1s a row: "
+                "multi-label targets (or per-position 0/1 labels), which labelled accuracy (one class index per "
+                "sample, shape [N]) does not read. Leave the labels out: each output is then judged against the "
+                "input model's (a Sigmoid's by its decisions at 0.5; --metric OUTPUT=mask_iou@T judges them at your "
+                "threshold T).")
         raise CalibrationError(
             f"'{where}': labels '{name}' have shape {list(labels.shape)}: one label per sample (shape [N]) is what "
             "labelled accuracy reads; per-position labels (a token classifier's [N, S]) are not used. Leave the "

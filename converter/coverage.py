@@ -97,7 +97,7 @@ def _listed(labels: list[str]) -> str:
 # ops a condition computed from shapes alone goes through (static_conditions); any other leaves it to the data
 _STATIC_OPS = frozenset({"Constant", "Shape", "Size", "Gather", "Squeeze", "Unsqueeze", "Cast", "Identity", "Not",
                          "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Slice",
-                         "Concat", "Add", "Sub", "Mul", "ReduceProd", "Reshape"})
+                         "Concat", "Add", "Sub", "Mul", "ReduceProd", "Reshape", "CastLike"})
 
 
 def static_conditions(model: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> dict[int, bool]:
@@ -105,11 +105,13 @@ def static_conditions(model: onnx.ModelProto, ifs: list[onnx.NodeProto]) -> dict
     the shapes the model declares or shape inference gives alone: torch.jit.script'ed models branch on
     `input.dim() == 3` or `state.shape[0]` (silero-vad's decoder: its state input is declared [2, batch, 128], so
     its no-state LSTM branch can never run; onnxruntime refuses a feed that breaks a declared dimension). A Shape
-    gives the dimensions known (unknown ones stay unknown: anything that reads one is not decided), Size of a Shape
-    the rank; every other op computes on known values only."""
+    (of an activation or an initializer) gives the dimensions known (unknown ones stay unknown: anything that reads
+    one is not decided), Size of a Shape the rank; every other op computes on known values only."""
     from onnxprune.passes.shapes import infer_shapes
 
     shapes = infer_shapes(model)  # on a skeleton: no big weight copied; a failure leaves the declared shapes
+    for t in model.graph.initializer:  # a weight's own dims: onnxscript's Conv tests `Size(Shape(weight))`, its rank
+        shapes.setdefault(t.name, list(t.dims))
     ix = ScopeIndex.of(model)
     memo: dict[str, np.ndarray | None] = {}
 
@@ -203,6 +205,8 @@ def _static(node: onnx.NodeProto, name: str, shapes: dict, value) -> np.ndarray 
         return x[0]
     if op == "Cast":
         return x[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if op == "CastLike":  # onnxscript's constants: CastLike(2, rank)
+        return x[0].astype(np.asarray(x[1]).dtype)
     if op == "Not":
         return np.logical_not(x[0])
     if op in ("Squeeze", "Unsqueeze"):

@@ -98,6 +98,7 @@ def inspect_model(path: Path) -> dict:
         "too_old": _too_old(loaded.model),
         "dead_branches": _dead_branches(loaded.model),
         "inlined": loaded.inlined,
+        "folded": loaded.folded,
         "foreign_ops": _foreign_ops(loaded.model),
         "aten": _aten(loaded.model),
         "shape_stops": _shape_stops(loaded.model, rows),
@@ -611,7 +612,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
     if info.get("aten"):
         console.print(f"note: {info['aten']}", markup=False, highlight=False)
     if info.get("inlined"):
-        console.print(inlined_text(info["inlined"]), markup=False, highlight=False)
+        console.print(inlined_text(info["inlined"], info.get("folded")), markup=False, highlight=False)
     if not info["layers"]:
         console.print(info.get("no_prunable") or "No prunable weights.", markup=False, highlight=False)
     if info["skipped"]:
@@ -624,11 +625,17 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
         console.print(skipped)
 
 
-def inlined_text(names: list[str]) -> str:
-    """What inlining the model-local functions (modelio.inline_functions) did, said by inspect and prune alike."""
+def inlined_text(names: list[str], folded: list[str] | None = None) -> str:
+    """What inlining the model-local functions (modelio.inline_functions) did, and the Ifs they held that the
+    declared shapes decide (modelio.fold_static_ifs), said by inspect and prune alike."""
     shown = listed(f"'{n}'" for n in names)
-    return (f"{len(names)} model-local function(s) ({shown}) inlined: the layers inside them are listed and pruned "
+    text = (f"{len(names)} model-local function(s) ({shown}) inlined: the layers inside them are listed and pruned "
             "like any other, and the model written has no local functions (onnxruntime inlines them at load too)")
+    if folded:
+        text += (f"; {len(folded)} If(s) among them ({listed(repr(n) for n in folded)}) always take one branch at "
+                 "the shapes the model declares (a rank test, a constant flag): each is replaced by that branch, "
+                 "so a weight the other branch reads another way (onnxscript's Conv as a ConvTranspose) is pruned")
+    return text
 
 
 def node_cell(row: dict) -> str:

@@ -69,6 +69,7 @@ class LoadedModel:
     storage: dict[str, dict] = field(default_factory=dict)  # weight -> how the file stored it (encoding, bytes)
     named: list[str] = field(default_factory=list)  # node names the run gave (steps/load.py), taken off when written
     inlined: list[str] = field(default_factory=list)  # model-local functions inlined at load (inline_functions)
+    folded: list[str] = field(default_factory=list)  # Ifs replaced by the branch taken (fold_static_ifs)
     formats: list[str] = field(default_factory=list)  # storage formats it held that a run keeps (storage.kept_formats)
 
 
@@ -131,8 +132,9 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> LoadedModel:
         log.info("densified %d sparse tensor(s) of %s before any graph pass", len(had_sparse), path)
     model, inlined = inline_functions(model)
     constant_tensors(model)
+    folded = fold_static_ifs(model) if inlined else []
     return LoadedModel(model=model, path=path, sha256=sha256_file(path), file_size=size, had_sparse=had_sparse,
-                       storage=storage_info, inlined=inlined, formats=formats)
+                       storage=storage_info, inlined=inlined, formats=formats, folded=folded)
 
 
 def not_onnx(path: Path) -> None:
@@ -219,8 +221,9 @@ def from_proto(model: onnx.ModelProto, *, check: bool = True) -> LoadedModel:
     had_sparse = densify_sparse(model)
     model, inlined = inline_functions(model)
     constant_tensors(model)
+    folded = fold_static_ifs(model) if inlined else []
     return LoadedModel(model=model, path=None, sha256=None, file_size=model.ByteSize(), had_sparse=had_sparse,
-                       storage=storage_info, inlined=inlined, formats=formats)
+                       storage=storage_info, inlined=inlined, formats=formats, folded=folded)
 
 
 def _refuse_unloaded_external_data(model: onnx.ModelProto) -> None:
@@ -254,6 +257,127 @@ def inline_functions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
     del inlined.opset_import[:]
     inlined.opset_import.extend(keep)
     return inlined, names
+
+
+def fold_static_ifs(model: onnx.ModelProto) -> list[str]:
+    """Replace, in place, each main-graph If whose condition the model's constants and declared shapes fix
+    (`coverage.static_conditions`) by the nodes of the branch it always takes, and drop what computed only those
+    conditions; the names of the Ifs folded. Inlined onnxscript functions (torch 2.1's dynamo export: each Conv is
+    `_aten_convolution_onnx`, `if transposed: ConvTranspose else Conv` and an If on the input's rank; each Linear an
+    If on the rank) leave every weight read by a Conv in one branch, a ConvTranspose in the other and a Shape for the
+    rank test: "used in different ways", so ThePitchDetect's pitch_detector.onnx had "no prunable weights" (real
+    models 55). onnxruntime never runs the branch not taken, so the model computes the same without it. Run after
+    `inline_functions`, whose functions hold such Ifs; an If inside a taken branch is decided on the next round."""
+    from onnxprune.converter.coverage import static_conditions
+
+    graph, folded = model.graph, []
+    for _ in range(16):
+        current = list(graph.node)  # held: static_conditions keys its answer by id(node)
+        ifs = [n for n in current if n.op_type == "If" and (n.domain or "") in ("", "ai.onnx")]
+        taken = static_conditions(model, ifs) if ifs else {}
+        if not taken:
+            break
+        used = {v for g in _all_graphs(graph) for n in g.node for v in (*n.input, *n.output, n.name)}
+        used |= {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+        nodes, conditions = [], []
+        for node in current:
+            if id(node) not in taken or any(len(g.sparse_initializer) for _, g in _if_branches(node)):
+                nodes.append(node)
+                continue
+            branch = dict(_if_branches(node))["then_branch" if taken[id(node)] else "else_branch"]
+            nodes.extend(_branch_nodes(node, branch, graph, used))
+            conditions.append(node.input[0])
+            folded.append(node.name or node.output[0])
+        if not conditions:
+            break
+        copies = [_copied(n) for n in nodes]  # `nodes` holds nodes of graph.node, which the next line clears
+        del graph.node[:]
+        graph.node.extend(copies)
+        _drop_unread(graph, conditions)
+    return folded
+
+
+def _copied(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
+def _if_branches(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    return [(a.name, a.g) for a in node.attribute if a.name in ("then_branch", "else_branch")]
+
+
+def _branch_nodes(node: onnx.NodeProto, branch: onnx.GraphProto, graph: onnx.GraphProto,
+                  used: set[str]) -> list[onnx.NodeProto]:
+    """The branch's nodes for the main graph: every name the branch defines made unique, its initializers moved to
+    the main graph, and its outputs given the If's output names (an Identity where a branch output is not a name a
+    branch node writes once)."""
+    prefix = (node.name or node.output[0]) + "/"
+
+    def fresh(name: str) -> str:
+        new, k = prefix + name, 1
+        while new in used:
+            new, k = f"{prefix}{name}_{k}", k + 1
+        used.add(new)
+        return new
+
+    written = [o for n in branch.node for o in n.output if o]
+    outs = [o.name for o in branch.output]
+    rename = {}
+    for i, out in enumerate(outs):
+        if out in written and written.count(out) == 1 and outs.count(out) == 1 and i < len(node.output) \
+                and node.output[i]:
+            rename[out] = node.output[i]
+    for name in [*written, *(t.name for t in branch.initializer)]:
+        rename.setdefault(name, fresh(name))
+    for t in branch.initializer:
+        moved = onnx.TensorProto()
+        moved.CopyFrom(t)
+        moved.name = rename[t.name]
+        graph.initializer.append(moved)
+    nodes = []
+    for n in branch.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(n)
+        copy.name = fresh(n.name or n.op_type)
+        _rename_reads(copy, rename)
+        copy.output[:] = [rename.get(o, o) for o in copy.output]
+        nodes.append(copy)
+    for i, out in enumerate(outs):
+        if i < len(node.output) and node.output[i] and rename.get(out) != node.output[i]:
+            nodes.append(onnx.helper.make_node("Identity", [rename.get(out, out)], [node.output[i]],
+                                               name=fresh("Identity")))
+    return nodes
+
+
+def _rename_reads(node: onnx.NodeProto, rename: dict[str, str]) -> None:
+    """`node`'s inputs, and the outer names its bodies read, through `rename`."""
+    node.input[:] = [rename.get(i, i) for i in node.input]
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for inner in g.node:
+                _rename_reads(inner, rename)
+            for o in g.output:
+                o.name = rename.get(o.name, o.name)
+
+
+def _drop_unread(graph: onnx.GraphProto, names: list[str]) -> None:
+    """Drop the nodes that computed only `names` (a folded If's condition) and that nothing else reads."""
+    producers = {o: tuple(n.output) for n in graph.node for o in n.output if o}
+    inputs = {tuple(n.output): [i for i in n.input if i] for n in graph.node}
+    candidates, todo = set(), list(names)
+    while todo:
+        key = producers.get(todo.pop())
+        if key is not None and key not in candidates:
+            candidates.add(key)
+            todo.extend(inputs[key])
+    while True:
+        read = {v for g in _all_graphs(graph) for n in g.node for v in n.input} | {o.name for o in graph.output}
+        kept = [n for n in graph.node if tuple(n.output) not in candidates or any(o in read for o in n.output if o)]
+        if len(kept) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _newer_opset(model: onnx.ModelProto) -> int | None:

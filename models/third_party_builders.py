@@ -31,6 +31,10 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         [batch_size] that holds two scores per sample (echo, degradation)
     function_blocks     torch's export_modules_as_functions: each block a call of a model-local function 'Block'
                         (domain '__main__') that takes its Gemm weight and bias as inputs
+    torch_lib_functions torch 2.1's dynamo export (onnxscript's torch_lib as model-local functions): each Conv1d an
+                        `_aten_convolution_onnx` call whose Ifs test the input's rank against the weight's
+                        (`Size(Shape(weight))`) and a constant `transposed` flag (ConvTranspose or Conv), the Linear a
+                        `t` call whose If on the weight's rank (CastLike of a constant) transposes it (real models 55)
     prototype_scores    two inputs of different first axes: 'image' [N, 8] and 'prototypes' [K, 6] (a zero-shot
                         classifier's class embeddings, as CLIP takes texts), 'logits' [N, K] (sweep 19)
     top_k_head          a classifier that returns its top k: TopK's values 'top_prob' [N, k] (of a Softmax, or
@@ -2913,3 +2917,67 @@ def modulated_conv(*, channels: int = 4, width: int = 8, classes: int = 3, seed:
     g.gemm(h, "head", width, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "modulated_conv", [_float("image", [BATCH, channels, 6, 6])], [_float("logits", [BATCH, classes])])
+
+
+def torch_lib_functions(*, channels: int = 4, length: int = 16, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """'arg0' [1, 4, 16] -> two `_aten_convolution_onnx` calls (Conv1d k=3, pad 1) with a Relu after each ->
+    Reshape to Cast(Constant [1, 64]) (aten_view) -> MatMul by `t(head.weight)` -> Add head.bias -> 'output' [1, 3]:
+    ThePitchDetect's pitch_detector.onnx as torch 2.1's dynamo exporter writes it (opset 18, onnxscript's torch_lib
+    as model-local functions, batch fixed at 1). Inside the convolution, `no_batch = Not(Equal(Size(Shape(input)),
+    Size(Shape(weight))))` picks Unsqueeze/Squeeze or Identity by If, and `If(Cast(Constant(transposed)))` picks a
+    ConvTranspose or a Conv of the same weight; `t` is `If(Equal(Size(Shape(w)), CastLike(2, .)))` -> Transpose or
+    Identity. Every weight is read by a Shape and by ops in two branches."""
+    g = _Graph(seed)
+    lib = "pkg.onnxscript.torch_lib"
+    x = "arg0"
+    for i in range(2):
+        w = g.weight(f"conv{i}.weight", (channels, channels, 3), channels * 3)
+        b = g.bias(f"conv{i}.bias", channels)
+        out = f"conv{i}_1"
+        g.nodes.append(helper.make_node("_aten_convolution_onnx", [x, w, b], [out], name=f"n0__conv{i}", domain=lib))
+        x = g.relu(out, f"relu{i}")
+    g.nodes.append(helper.make_node("Constant", [], ["flat_val"], name="/flat/Constant",
+                                    value=numpy_helper.from_array(np.array([1, channels * length], np.int64))))
+    g.nodes.append(helper.make_node("Cast", ["flat_val"], ["flat_shape"], name="/flat/Cast", to=TensorProto.INT64))
+    flat = g.op("Reshape", "flat", [x, "flat_shape"])
+    wh = g.weight("head.weight", (classes, channels * length), channels * length)
+    g.nodes.append(helper.make_node("t", [wh], ["t_head"], name="n0__t", domain=lib))
+    y = g.op("MatMul", "head", [flat, "t_head"])
+    g.nodes.append(helper.make_node("Add", [y, g.bias("head.bias", classes)], ["output"], name="/head/Add"))
+
+    def branch(name: str, nodes: list, out: str) -> onnx.GraphProto:
+        return helper.make_graph(nodes, name, [], [helper.make_value_info(out, onnx.TypeProto())])
+
+    conv = helper.make_function(lib, "_aten_convolution_onnx", ["input", "weight", "bias"], ["result"], [
+        helper.make_node("Shape", ["weight"], ["ws"]), helper.make_node("Size", ["ws"], ["weight_size"]),
+        helper.make_node("Shape", ["input"], ["xs"]), helper.make_node("Size", ["xs"], ["input_size"]),
+        helper.make_node("Equal", ["input_size", "weight_size"], ["same"]),
+        helper.make_node("Not", ["same"], ["no_batch"]),
+        helper.make_node("If", ["no_batch"], ["batched"], then_branch=branch("then0", [
+            helper.make_node("Constant", [], ["zero"], value_ints=[0]),
+            helper.make_node("Unsqueeze", ["input", "zero"], ["unsq"])], "unsq"),
+            else_branch=branch("else0", [helper.make_node("Identity", ["input"], ["same_in"])], "same_in")),
+        helper.make_node("Constant", [], ["transposed_int"], value_int=0),
+        helper.make_node("Cast", ["transposed_int"], ["transposed"], to=TensorProto.BOOL),
+        helper.make_node("If", ["transposed"], ["conv"], then_branch=branch("then1", [
+            helper.make_node("ConvTranspose", ["batched", "weight", "bias"], ["convt"], pads=[1, 1])], "convt"),
+            else_branch=branch("else1", [
+                helper.make_node("Conv", ["batched", "weight", "bias"], ["convn"], pads=[1, 1])], "convn")),
+        helper.make_node("If", ["no_batch"], ["result"], then_branch=branch("then2", [
+            helper.make_node("Constant", [], ["zero2"], value_ints=[0]),
+            helper.make_node("Squeeze", ["conv", "zero2"], ["sq"])], "sq"),
+            else_branch=branch("else2", [helper.make_node("Identity", ["conv"], ["same_out"])], "same_out")),
+    ], [helper.make_opsetid("", OPSET)])
+    t = helper.make_function(lib, "t", ["self"], ["result"], [
+        helper.make_node("Shape", ["self"], ["shape"]), helper.make_node("Size", ["shape"], ["rank"]),
+        helper.make_node("Constant", [], ["two"], value_int=2),
+        helper.make_node("CastLike", ["two", "rank"], ["two_cast"]),
+        helper.make_node("Equal", ["rank", "two_cast"], ["cond"]),
+        helper.make_node("If", ["cond"], ["result"], then_branch=branch("then3", [
+            helper.make_node("Transpose", ["self"], ["tr"], perm=[1, 0])], "tr"),
+            else_branch=branch("else3", [helper.make_node("Identity", ["self"], ["idt"])], "idt")),
+    ], [helper.make_opsetid("", OPSET)])
+    model = _model(g, "torch_lib_functions", [_float("arg0", [1, channels, length])], [_float("output", [1, classes])])
+    model.opset_import.append(helper.make_opsetid(lib, 1))
+    model.functions.extend([conv, t])
+    return model

@@ -206,7 +206,9 @@ def literal_batch(model) -> tuple[int, str] | None:
     dynamic axes: [8, -1]; ultralytics' heads: [1, 7, 64]), which the torch bridge runs at no other batch. Sweep 20:
     sgd failed such models with "Gemm node ... failed in the torch bridge: mat1 and mat2 shapes cannot be
     multiplied (8x392 and 1568x128)" and "Reshape node '/head/Reshape' failed ...". A fixed batch reshaped by a
-    Flatten, or by a shape computed from the input, trains at any batch (sweep 11's CNN for batches of 8)."""
+    Flatten, or by a shape computed from the input, trains at any batch (sweep 11's CNN for batches of 8). The shape
+    may reach the Reshape through a Cast or an Identity of the constant (onnxscript's aten_view in torch 2.1's dynamo
+    export: ThePitchDetect's `Cast(Constant [1, 96])`, real models 55)."""
     from onnx import numpy_helper
 
     from onnxprune.calibration.runtime import declared_batch, input_specs
@@ -219,9 +221,15 @@ def literal_batch(model) -> tuple[int, str] | None:
     from onnxprune.passes.scopes import all_nodes
 
     constants = constant_tensors(model)
+    casts = {n.output[0]: n.input[0] for n in all_nodes(model) if n.op_type in ("Cast", "Identity") and n.input}
     for node in all_nodes(model):  # an If branch's too (sweep 27: torch.cond exported by dynamo at a batch of 1)
-        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in constants:
-            shape = numpy_helper.to_array(constants[node.input[1]]).reshape(-1)
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        source, hops = node.input[1], 0
+        while source not in constants and source in casts and hops < 8:  # torch 2.1's dynamo: Cast(Constant)
+            source, hops = casts[source], hops + 1
+        if source in constants:
+            shape = numpy_helper.to_array(constants[source]).reshape(-1)
             if shape.size > 1 and int(shape[0]) == batch:
                 return batch, f"Reshape '{node.name}'"
     return None

@@ -93,7 +93,7 @@ class LoadStep(Step):
         if state.loaded.inlined:  # torch's export_modules_as_functions: the weights are read inside the functions
             from onnxprune.converter.inspect import inlined_text
 
-            state.prune.notes.append(inlined_text(state.loaded.inlined))
+            state.prune.notes.append(inlined_text(state.loaded.inlined, state.loaded.folded))
         if state.loaded.model is not state.source:  # never the caller's own ModelProto (one over 2 GB is not copied)
             run_load_passes(state.loaded.model, state.prune)
         if quantized_weights.foldable(state.loaded.model):  # QDQ: pruned as floats, written back on their grid

@@ -246,6 +246,20 @@ def test_an_unnamed_head_of_quantities_is_regression_and_logits_stay_class_score
     assert auto_kinds({"logits": mos}) == {"logits": "agreement"}  # the name says class scores
 
 
+def test_a_q_networks_action_values_are_judged_by_the_action_they_pick():
+    """Real models 55: a DQN's 'q_values' [N, 2] (CartPole, stable-baselines3 exported by torch) are all positive and
+    far from 0 against their spread, so rule 8 took them for quantities (rel_l2): pruned within 1 pp of relative
+    error, the greedy action changed on 8.0% of held-out states. The app acts on their argmax."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(20.0, 90.0, (64, 1))
+    q = (base + rng.normal(0.0, 0.5, (64, 2))).astype(np.float32)  # two actions' values, close to each other
+    assert auto_kinds({"output": q}) == {"output": "rel_l2"}  # unnamed: quantities, as rule 8 says
+    for name in ("q_values", "qvalues", "q_val", "QValues", "target_q_values"):
+        assert auto_kinds({name: q}) == {name: "agreement"}, name
+    for name in ("seq_values", "quality", "q"):  # not action values
+        assert auto_kinds({name: q}) == {name: "rel_l2"}, name
+
+
 def test_an_unnamed_output_of_an_inputs_size_is_a_reconstruction_not_class_scores():
     """Rule 9: a torch autoencoder's decoded image 'output' [N, 784] was judged by the argmax over its pixels."""
     x32 = RNG.standard_normal((64, 32)).astype(np.float32)

@@ -649,3 +649,28 @@ def test_outputs_that_follow_no_sample_are_not_distilled_and_the_sgd_search_runs
     np.testing.assert_array_equal(got["class_ids"], np.arange(4))
     np.testing.assert_array_equal(got["X"], x)
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_a_literal_batch_reshaped_to_a_cast_of_a_constant_is_found_and_retrained_at_that_batch():
+    """torch 2.1's dynamo export (onnxscript's aten_view) reshapes to `Cast(Constant [1, 96])`: ThePitchDetect's
+    pitch detector, whose input fixes a batch of 1, failed its sgd rounds at 1,200 samples with "Reshape node
+    'n1__33' failed in the torch bridge: shape '[1, 96]' is invalid for input of size 192" (real models 55): only a
+    Reshape reading the constant itself was found."""
+    from onnxprune import prune
+    from onnxprune.converter import modelio
+    from onnxprune.converter.auto.recovery import SMALL_DATA, choose, literal_batch
+    from onnxprune.models.third_party_builders import torch_lib_functions
+    from tests.oracle import check_full
+
+    model = torch_lib_functions(seed=2)
+    assert literal_batch(modelio.from_proto(model).model) == (1, "Reshape '/flat/Reshape'")
+
+    class Train:  # enough labelled samples for sgd (recovery.SMALL_DATA)
+        num_samples, has_labels = SMALL_DATA, True
+
+    assert choose(modelio.from_proto(model).model, Train())[0] == "reconstruct"
+    x = np.random.default_rng(1).standard_normal((24, 4, 16)).astype(np.float32)
+    result = prune(model, data={"arg0": x}, sparsity=0.5, iterations=1, epochs=1, seed=0)
+    check_full(result.model)
+    (got,) = run(result.model, {"arg0": x[:1]}).values()
+    assert got.shape == (1, 3) and np.isfinite(got).all()

@@ -408,6 +408,11 @@ BAD_DATA = {
     "labels-one-hot": ({"input": _x(), "labels": np.eye(10)[np.arange(20) % 10]}, [], 1, ["not one-hot"]),
     "labels-per-position": ({"input": _x(), "labels": np.arange(20 * 6).reshape(20, 6) % 10}, [], 1,
                             ["per-position labels", "Leave the labels out to prune label-free"]),
+    # real models 55: a pitch detector's notes as multi-hot rows were called "per-position labels (a token
+    # classifier's [N, S])" and "each position's class" (its output is 8 sigmoids)
+    "labels-multi-hot": ({"input": _x(), "labels": (np.arange(200).reshape(20, 10) % 3 == 0).astype(np.int64)}, [],
+                         1, ["of 0/1 with several or no 1s a row: multi-label targets", "Leave the labels out",
+                             "mask_iou@T"]),
     "labels-name-missing": ({"input": _x()}, ["--labels", "targets"], 1, ["no labels array 'targets'"]),
     "labels-name-is-an-input": ({"input": _x()}, ["--labels", "input"], 2, ["is a model input"]),
     "object-array-npz": ({"input": np.array([{"a": 1}] * 20, dtype=object)}, [], 1, ["pickled/object arrays",

@@ -310,3 +310,40 @@ def test_weights_read_inside_model_local_functions_are_pruned(tmp_path):
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
                 for m in (written, dense)]
     assert np.allclose(*(s.run(None, {"input": x})[0] for s in sessions), atol=1e-6)
+
+
+def test_ifs_the_declared_shapes_decide_inside_inlined_torch_lib_functions_are_folded_and_their_weights_pruned(
+        tmp_path):
+    """torch 2.1's dynamo export writes each Conv1d as onnxscript's `_aten_convolution_onnx`: an If on the input's
+    rank against `Size(Shape(weight))`, and `If(transposed)` with a ConvTranspose and a Conv of the same weight; the
+    Linear's `t` an If on the weight's rank. Inlined, every weight was read by a Shape and by ops in two branches:
+    ThePitchDetect's pitch_detector.onnx had "no prunable weights" (real models 55). The Ifs the declared shapes
+    decide are replaced by their branch at load; the model as read computes what the file does."""
+    import onnxruntime as ort
+
+    from onnxprune.converter.inspect import inspect_model
+
+    model = tb.torch_lib_functions(seed=4)
+    onnx.save(model, tmp_path / "lib.onnx")
+    info = inspect_model(tmp_path / "lib.onnx")
+    assert {r["weight"] for r in info["layers"]} == {"conv0.weight", "conv1.weight", "head.weight"}
+    assert len(info["folded"]) == 7  # 3 Ifs in each convolution call, 1 in `t`
+    loaded = modelio.load_model(tmp_path / "lib.onnx").model
+    assert not [n for n in loaded.graph.node if n.op_type in ("If", "ConvTranspose", "Shape")]
+    onnx.checker.check_model(loaded, full_check=True)
+    x = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (model, loaded)]
+    assert np.allclose(*(s.run(None, {"arg0": x})[0] for s in sessions), atol=1e-6)
+    res = invoke("prune", tmp_path / "lib.onnx", "-o", tmp_path / "out.onnx", "--sparsity", "0.5")
+    assert res.exit_code == 0, res.output
+    assert "always take one branch" in res.output
+    written = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    dense = modelio.load_model(tmp_path / "out.onnx").model
+    for name in ("conv0.weight", "head.weight"):
+        w = numpy_helper.to_array(next(t for t in dense.graph.initializer if t.name == name))
+        assert np.count_nonzero(w) == w.size // 2
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (written, dense)]
+    assert np.allclose(*(s.run(None, {"arg0": x})[0] for s in sessions), atol=1e-6)
