@@ -760,9 +760,11 @@ class BudgetRule:
                        f"--val-data){'' if self.uncertifiable() else fraction_hint(self.budget)}")
         for r in self.outputs:
             if METRICS[r.kind].needs_labels and len(r.dense) and float(r.dense[:, 0].mean()) >= NEAR_PERFECT:
-                out.append(f"the dense model scores {100 * float(r.dense[:, 0].mean()):.2f}% on the decision set: it "
-                           "looks like data the model was trained on, so the budget measures fitting, not "
-                           "generalization (pass held-out samples as --val-data)")
+                # said as a condition: a model as accurate on unseen data scores so as well (real models 55: a digit
+                # CNN at 98.9% held out scored 329 of 330 unseen test images, which such a model does 1 time in 8)
+                out.append(f"the dense model scores {100 * float(r.dense[:, 0].mean()):.2f}% on the decision set: if "
+                           "these are samples it was trained on, the budget measures fitting, not generalization "
+                           "(pass held-out samples as --val-data); a model this accurate on unseen data scores so too")
         return out
 
 

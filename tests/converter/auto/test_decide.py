@@ -123,7 +123,7 @@ def test_warnings_for_an_unresolvable_budget_and_for_training_data():
     ev, _, _ = make_case(n=100, dense_wrong=0)
     warnings = BudgetRule(ev, 0.5).warnings()
     assert any("cannot resolve --max-loss 0.5: one sample = 1 pp" in w for w in warnings)
-    assert any("looks like data the model was trained on" in w for w in warnings)
+    assert any("if these are samples it was trained on" in w for w in warnings)
     ev, _, _ = make_case(n=1000, dense_wrong=50)
     assert BudgetRule(ev, 0.5).warnings() == []
 

@@ -51,7 +51,7 @@ def test_every_hyperparameter_names_its_rule_and_the_decision_rule_is_stated(sea
     assert "probe" in auto["choices"]["lr"]["rule"]
     assert "1 standard error" in auto["rule"] and "one sample = 1 pp" in auto["rule"]
     # labels that are the model's own predictions: the dense model is perfect there, and the search says so
-    assert any("looks like data the model was trained on" in n for n in searched.report["notes"])
+    assert any("if these are samples it was trained on" in n for n in searched.report["notes"])
     # 100 labelled samples decide, 900 train: the note names the knob that decides on more (sweep 20's CNN)
     knob = [n for n in searched.report["notes"] if n.startswith("with labels, 100 of --data's 1000 samples decide")]
     assert len(knob) == 1 and "--validation 0.5 decides on about 500" in knob[0], searched.report["notes"]
