@@ -331,6 +331,28 @@ def decoded_run(session, feeds, pairs: dict[str, str], tokens: dict[str, str], a
     return counts
 
 
+def kept_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dict]) -> tuple[int, int]:
+    """(sequences, picks) `decoded_run` counts on these feeds, from the input model's outputs alone (`dense[k]`, no
+    written model): the rows of the streams and the picks their decodes keep (each fed to the next call, and each
+    stream's last). picks / sequences is the recorded decodes' length, which a per-call budget is divided by to bound
+    the share of decodes that change (converter/steps/verify.decoded_budget)."""
+    fed = _fed_picks(feeds, tokens, after, dense)
+    sequences = picks_kept = 0
+    rows = None
+    for k in range(len(feeds)):
+        ends = k + 1 == len(feeds) or not after[k + 1]
+        for i, o in tokens.items():
+            ref = picks(dense[k][o], (np.shape(feeds[k][i]) or (1,))[:1])
+            kept = None if ref is None else (np.ones(ref.shape, bool) if ends else fed[k + 1][i])
+            if kept is not None:
+                picks_kept += int(kept.sum())
+                rows = int(kept.size)
+        if ends and rows is not None:
+            sequences += rows
+            rows = None
+    return sequences, picks_kept
+
+
 def _fed_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dict]) -> list[dict]:
     """For each feed and token input, where (a boolean array of the input's shape) the input model's pick of the call
     before is fed: the recorded token is that pick there and at every later call of the stream (None: not a pick).

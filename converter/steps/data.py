@@ -171,6 +171,14 @@ class Data:
         else:
             self.every = self._split() if split else None  # before any part= reader is asked for
 
+    def own_budget(self, name: str, pp: float) -> None:
+        """Output `name` judged at its own budget `pp` from now on, by every evaluator, built or not (a greedy
+        decoder's fed-back output, converter/steps/verify.decoded_budget), as --max-loss NAME=pp would."""
+        self.output_budgets[name] = pp
+        for evaluator in (self._calib, self._eval, self._choose, self._all):
+            if evaluator is not None:
+                evaluator.output_budgets[name] = pp
+
     def _split(self) -> int | None:
         c = self.config
         if c.val_data is not None or not c.validation or draws_random_inputs(c):
@@ -394,6 +402,10 @@ class DataStep(Step):
             state.notes.append(note)
         state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
                           random_shapes=state.random_shapes, budget=self.budget, output_budgets=self.output_budgets)
+        if self.budget and self.budget > 0 and not draws_random_inputs(self.config):
+            from onnxprune.converter.steps.verify import decoded_budget
+
+            decoded_budget(state)  # a greedy decoder's budget bounds its decodes: the per-call one divided by L
         note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())
         if note:  # a note in the summary, not a warning: most text models are calibrated at one length
             log.info(note)

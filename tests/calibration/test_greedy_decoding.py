@@ -377,3 +377,37 @@ def test_a_keras_input_named_input_n_is_no_state_by_its_shape_alone():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     assert declared_feedback(model)["shaped"] == {"state_in": "gru"}
+
+
+def test_a_greedy_decoders_budget_bounds_its_decodes_by_the_length_of_its_recorded_decodes(tmp_path):
+    """--max-loss 1 on a greedy decoder's recorded calls judges its fed-back output at 1 / L pp a call, L the kept
+    picks of a recorded decode (8 here): a decode changes where a call on the input model's history first changes
+    its pick, so the share of decodes that change is at most about L times the share of calls that do (decoders 54:
+    within 1 pp a call, 3.9-24.4% of held-out decodes changed). --max-loss logits=1 keeps the per-call judgement."""
+    model = tb.greedy_cache_decoder()
+    rng, dense, feeds = np.random.default_rng(0), make_session(model), []
+    for _ in range(60):  # 240 decodes of 8 picks: 1,440 decision samples certify 0.125 pp (799 would)
+        _cache_calls(dense, rng.integers(0, 12, (4, 3)).astype(np.int64), 8, feeds)
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    held = [np.random.default_rng(1).integers(0, 12, (4, 3)).astype(np.int64) for _ in range(100)]
+
+    def decodes_changed(out) -> int:  # of the 400 held-out prompts, decoded 8 picks by both models by hand
+        written = make_session(onnx.load(out))
+        return sum(int((_cache_calls(dense, p, 8) != _cache_calls(written, p, 8)).any(1).sum()) for p in held)
+
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", max_loss=1.0)
+    assert result.report["budget"]["by_output"] == {"logits": 0.125}
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding: 'input_ids' holds the argmax of "
+                                                                     "'logits' of the call before, and the calls"))
+    assert "decode 240 sequences of 8.0 kept picks on average" in note and "= 0.125 pp a call" in note
+    stopped = next(n for n in result.report["notes"] if n.startswith("what stopped the search"))
+    assert "logits=0.125" in stopped  # the search itself was judged so
+    assert result.report["carried"]["decoded"]["sequences"] == 240 and decodes_changed(tmp_path / "out.onnx") <= 4
+    per_call = prune(path, output=tmp_path / "call.onnx", data=tmp_path / "calls", max_loss=1.0,
+                     output_budgets={"logits": 1.0})
+    assert per_call.report["budget"]["by_output"] == {"logits": 1.0}
+    assert any("'logits' keeps its own --max-loss logits=1" in n or "'logits' keeps its own output_budgets" in n
+               for n in per_call.report["notes"])
+    assert per_call.report["carried"]["decoded"]["changed"] > result.report["carried"]["decoded"]["changed"]
