@@ -113,6 +113,7 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
                      output_budgets=data.output_budgets, choose_every=k)
         apart._metrics_said = said  # the metric choice is said once per run
         apart._warned = data._warned  # ... and what reading --data says (random data, feeds used as is)
+        apart.derived = dict(data.derived)  # ... and a decoder's own budgets, as derived
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -154,6 +155,7 @@ class Data:
         self.model, self.config = model, config
         # --max-loss L and --max-loss OUTPUT=L: every evaluator scores each output against its own budget
         self.budget, self.output_budgets = budget, dict(output_budgets or {})
+        self.derived: dict[str, str] = {}  # own budgets the run derived, in words (own_budget)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -171,13 +173,16 @@ class Data:
         else:
             self.every = self._split() if split else None  # before any part= reader is asked for
 
-    def own_budget(self, name: str, pp: float) -> None:
+    def own_budget(self, name: str, pp: float, why: str) -> None:
         """Output `name` judged at its own budget `pp` from now on, by every evaluator, built or not (a greedy
-        decoder's fed-back output, converter/steps/verify.decoded_budget), as --max-loss NAME=pp would."""
+        decoder's fed-back output, converter/steps/verify.decoded_budget), as --max-loss NAME=pp would; `why` says
+        where it comes from where the rule cannot certify it (no --max-loss the user typed)."""
         self.output_budgets[name] = pp
+        self.derived[name] = why
         for evaluator in (self._calib, self._eval, self._choose, self._all):
             if evaluator is not None:
                 evaluator.output_budgets[name] = pp
+                evaluator.derived = dict(self.derived)
 
     def _split(self) -> int | None:
         c = self.config
@@ -304,8 +309,10 @@ class Data:
 
         reader = self.reader(source, part=part)
         quiet, self._metrics_said = self._metrics_said, True  # the metric choice is said once per run
-        return Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
-                         split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
+        evaluator = Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
+                              split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
+        evaluator.derived = dict(self.derived)
+        return evaluator
 
     def scored_outputs(self) -> list[str]:
         """The outputs the evaluators score, headline first: `calibration`'s, or, before any evaluator was built, the

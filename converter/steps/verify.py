@@ -297,7 +297,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
     raw, outs, pairs, spent, stopped = [], [], {}, 0.0, False
-    passes = CARRIED_PASSES + (DECODED_PASSES if declared_feedback(state.original)["tokens"] else 0)
+    declared = declared_feedback(state.original)
+    passes = CARRIED_PASSES + (DECODED_PASSES if declared["tokens"] or declared["one_hot"] else 0)
     for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
         t0 = time.perf_counter()
@@ -426,7 +427,8 @@ def decoded_budget(state: RunState) -> None:
                         f"{budget:g} a call and bounds no decode")
         else:
             judged[o] = budget / length
-            data.own_budget(o, judged[o])
+            data.own_budget(o, judged[o], f"--max-loss {budget:g} over decodes of {length:.1f} picks, the note on "
+                                          "greedy decoding")
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
                             "budgets": judged}
     fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
