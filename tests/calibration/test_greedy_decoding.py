@@ -443,7 +443,8 @@ def test_inspect_names_a_keras_decoders_lstm_states_by_its_node_and_its_one_hot_
     hh, cc = _lstm_step(x[:, 0], h, c, w["W0"][0], w["R0"][0], w["B0"][0])
     logits = hh @ w["dense.weight"] + w["dense.bias"]
     want = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    assert np.allclose(h1, hh, atol=1e-5) and np.allclose(c1, cc, atol=1e-5) and np.allclose(dense[:, 0], want, atol=1e-5)
+    assert np.allclose(h1, hh, atol=1e-5) and np.allclose(c1, cc, atol=1e-5)
+    assert np.allclose(dense[:, 0], want, atol=1e-5)
     found = declared_feedback(model)
     assert found["cells"] == {"input_3": "lstm_1", "input_4": "lstm_1_1"} and found["one_hot"] == {"input_2": "dense"}
     assert found["states"] == found["shaped"] == found["tokens"] == {}
