@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.errors import CalibrationError, ConfigError, debugging
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,13 @@ class DataStep(Step):
         if self.budget and self.budget > 0 and not draws_random_inputs(self.config):
             from onnxprune.converter.steps.verify import decoded_budget
 
-            decoded_budget(state)  # a greedy decoder's budget bounds its decodes: the per-call one divided by L
+            try:  # a greedy decoder's budget bounds its decodes: the per-call one divided by L
+                decoded_budget(state)
+            except Exception as exc:  # noqa: BLE001 - reading the calls failed: said, judged per call (--debug raises)
+                if debugging():
+                    raise
+                log.warning("the calls of --data were not read as a greedy decoder's (%s): the budget is judged one "
+                            "call at a time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())
         if note:  # a note in the summary, not a warning: most text models are calibrated at one length
             log.info(note)

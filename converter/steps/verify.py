@@ -377,21 +377,24 @@ def decoded_budget(state: RunState) -> None:
     from onnxprune.calibration.runtime import make_session, output_names
 
     data = state.data
-    if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config):
+    if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config) \
+            or not _may_take_a_token(state.original):
         return
     reader = data.reader()
     shared = getattr(reader, "shared_inputs", ())
     if getattr(reader, "one_sample_feeds", False) and not shared:
         return
-    dense = make_session(state.original)
-    names = output_names(state.original)
-    inputs = {i.name for i in dense.get_inputs()}
+    stored = {t.name for t in state.original.graph.initializer}
+    inputs = {i.name for i in state.original.graph.input if i.name not in stored}
     calls = reader
     if not getattr(reader, "per_feed", False) or shared:
         found = call_files(data.config.data, inputs, shared)
         if found is None:
             return
         calls = file_calls(found[0])
+    dense = make_session(state.original)
+    names = output_names(state.original)
+    inputs = {i.name for i in dense.get_inputs()}
     raw, outs, pairs, spent = [], [], {}, 0.0
     for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
@@ -443,6 +446,24 @@ def decoded_budget(state: RunState) -> None:
                  + " ".join(f"{o}={budget:g}" for o in judged) + " judges it one call at a time instead)")
     state.notes.append("; ".join([text] + said))
     log.info(state.notes[-1])
+
+
+def _may_take_a_token(model) -> bool:
+    """Whether some input may be a greedy decoder's fed-back token (`calibration.carried.token_pairs`): an integer
+    input of rank 1 or 2, or a float one of rank 2 or 3 whose fixed last axis (2 or more) is some output's (a
+    one-hot). Other models are not read for calls before the search (`decoded_budget`)."""
+    from onnxprune.calibration.carried import FLOATS, INTEGERS, _declared
+
+    stored = {t.name for t in model.graph.initializer}
+    widths = {d[1][-1] for d in (_declared(o) for o in model.graph.output) if d and d[1]}
+    for vi in model.graph.input:
+        d = None if vi.name in stored else _declared(vi)
+        if d is None:
+            continue
+        if d[0] in INTEGERS and len(d[1]) in (1, 2) or d[0] in FLOATS and len(d[1]) in (2, 3) \
+                and isinstance(d[1][-1], int) and d[1][-1] >= 2 and d[1][-1] in widths:
+            return True
+    return False
 
 
 def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> None:
