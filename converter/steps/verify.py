@@ -395,21 +395,25 @@ def decoded_budget(state: RunState) -> None:
     dense = make_session(state.original)
     names = output_names(state.original)
     inputs = {i.name for i in dense.get_inputs()}
-    raw, outs, pairs, spent = [], [], {}, 0.0
+    raw, outs, pairs, start, stopped = [], [], {}, time.perf_counter(), True
     for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
-        t0 = time.perf_counter()
         out = dict(zip(names, dense.run(names, feed)))
-        spent += time.perf_counter() - t0
         raw.append(feed)
         outs.append(out)
         if not pairs:
             pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
             if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):
                 return
-        if spent * (len(raw) + 1) / len(raw) > CARRIED_SECONDS:  # one pass, the carried check's guard
+        spent = time.perf_counter() - start  # reading the files too: the calls are small, the model often cheap
+        if spent * (len(raw) + 1) / len(raw) > CARRIED_SECONDS:  # the carried check's guard, for one pass
             break
+    else:
+        stopped = False
     after = [k > 0 and bool(pairs) and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
+    if stopped:  # the last stream read may be cut short: its decodes left out of L
+        last = max((k for k in range(len(after)) if not after[k]), default=0)
+        raw, outs, after = raw[:last], outs[:last], after[:last]
     tokens = _fed_back_tokens(raw, outs, after) if pairs else {}
     kept = streams(after)
     if not tokens or not kept:
