@@ -186,10 +186,12 @@ def declared_feedback(model) -> dict[str, dict[str, str]]:
         if len(same) == 1:
             shaped.setdefault(i, []).append(same[0])
     shaped = _unique(shaped)
-    found = {"states": states, "caches": caches, "shaped": shaped, "tokens": {}}
-    if not (states or caches or shaped):
-        return found
     taken |= set(shaped) | set(shaped.values())
+    cells = {i: o for i, o in _cell_states(model).items() if i not in taken and o not in taken}
+    taken |= set(cells) | set(cells.values())
+    found = {"states": states, "caches": caches, "shaped": shaped, "cells": cells, "tokens": {}, "one_hot": {}}
+    if not (states or caches or shaped or cells):
+        return found
     for i, (ti, di) in ins:
         if ti not in INTEGERS or len(di) not in (1, 2) or len(di) == 2 and di[1] not in (1, None) \
                 and isinstance(di[1], int):
@@ -200,7 +202,65 @@ def declared_feedback(model) -> dict[str, dict[str, str]]:
             found["tokens"][i] = logits[0]
     if len(found["tokens"]) > 1:  # two integer inputs: which one is fed back is no guess
         found["tokens"] = {}
+    if not found["tokens"]:  # a float input [N, (T,) V] of the one float output's V: its pick fed back one-hot
+        for i, (ti, di) in ins:
+            if i in taken or ti not in FLOATS or len(di) not in (2, 3) or not isinstance(di[-1], int) or di[-1] < 2:
+                continue
+            same = [o for o, (to, do) in outs if o not in taken and to == ti and len(do) == len(di)
+                    and do[-1] == di[-1]]
+            if len(same) == 1:
+                found["one_hot"][i] = same[0]
+        if len(found["one_hot"]) > 1:
+            found["one_hot"] = {}
     return found
+
+
+CELL_STATES = {"LSTM": ((5, 1), (6, 2)), "GRU": ((5, 1),), "RNN": ((5, 1),)}  # (initial state input, its output)
+PASS_OPS = frozenset({"Unsqueeze", "Squeeze", "Identity", "Reshape", "Cast"})  # a state's axes as exporters wrap them
+
+
+def _cell_states(model) -> dict[str, str]:
+    """{input: output} of a recurrent node's states fed back through the graph's ends: a graph input that is, through
+    PASS_OPS, an LSTM/GRU/RNN node's initial_h (initial_c) and the one graph output its Y_h (Y_c) reaches so (real
+    models 53's g2p_id Keras decoder, tf2onnx: 'input_3' -> Unsqueeze -> LSTM initial_h, Y_h -> Squeeze -> 'lstm_1',
+    'input_4' / 'lstm_1_1' as c: two inputs of one shape whose names pair by no word). Main graph only."""
+    graph = model.graph
+    made = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    stored = {t.name for t in graph.initializer}
+    inputs = {vi.name for vi in graph.input if vi.name not in stored}
+    outputs = {vi.name for vi in graph.output}
+
+    def source(name: str) -> str:
+        for _ in range(8):
+            if name not in made or made[name].op_type not in PASS_OPS:
+                break
+            name = made[name].input[0]
+        return name
+
+    def sinks(name: str) -> set[str]:
+        found, todo = set(), [(name, 0)]
+        while todo:
+            x, depth = todo.pop()
+            if x in outputs:
+                found.add(x)
+            if depth < 8:
+                todo += [(n.output[0], depth + 1) for n in readers.get(x, []) if n.op_type in PASS_OPS
+                         and n.input[0] == x]
+        return found
+
+    pairs: dict[str, list[str]] = {}
+    for n in graph.node:
+        for k, j in CELL_STATES.get(n.op_type, ()):
+            if len(n.input) <= k or not n.input[k] or len(n.output) <= j or not n.output[j]:
+                continue
+            src, ends = source(n.input[k]), sinks(n.output[j])
+            if src in inputs and len(ends) == 1:
+                pairs.setdefault(src, []).append(ends.pop())
+    return _unique(pairs)
 
 
 def feedback_words(found: dict[str, dict[str, str]]) -> str:
@@ -209,8 +269,12 @@ def feedback_words(found: dict[str, dict[str, str]]) -> str:
     said += [f"'{o}' as '{i}' (a state)" for i, o in found.get("states", {}).items()]
     said += [f"'{o}' as '{i}' (a state, by its declared shape: the names do not say)"
              for i, o in found.get("shaped", {}).items()]
+    said += [f"'{o}' as '{i}' (a state: the recurrent node's initial state and its last)"
+             for i, o in found.get("cells", {}).items()]
     said += [f"the argmax of '{o}' as '{i}' (a greedy decoder's token, if it decodes so)"
              for i, o in found.get("tokens", {}).items()]
+    said += [f"the one-hot of the argmax of '{o}' as '{i}' (a greedy decoder's token, if it decodes so: the same "
+             "width as that output)" for i, o in found.get("one_hot", {}).items()]
     return ", ".join(said)
 
 
@@ -267,12 +331,35 @@ def picks(value: np.ndarray, shape: tuple) -> np.ndarray | None:
     return top.reshape(shape) if top.size == n and shape and shape[0] == top.shape[0] else None
 
 
+def one_hot(x: np.ndarray) -> bool:
+    """Whether `x` is a float [N, V] or [N, 1, V] of one-hot rows (a token fed back as the one-hot of its id: real
+    models 53's g2p_id Keras decoder's 'input_2')."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or x.ndim not in (2, 3) or x.shape[-1] < 2 or not x.size \
+            or (x.ndim == 3 and x.shape[1] != 1):
+        return False
+    return bool(np.isin(x, (0.0, 1.0)).all() and (x.sum(-1) == 1).all())
+
+
+def token_ids(x: np.ndarray) -> np.ndarray:
+    """A fed token's ids: the input itself, or a one-hot input's argmax ([N] or [N, 1])."""
+    return x.argmax(-1) if x.dtype.kind == "f" else x
+
+
+def as_fed(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Token ids given as the input `like` takes them: its dtype, or one-hot of its width."""
+    if like.dtype.kind == "f":
+        return np.eye(like.shape[-1], dtype=like.dtype)[ids.reshape(like.shape[:-1])]
+    return ids.reshape(like.shape).astype(like.dtype)
+
+
 def token_pairs(previous: dict[str, np.ndarray], feed: dict[str, np.ndarray]) -> dict[str, str]:
     """{input: output} of the integer inputs of `feed` that hold, in every row, the argmax of an output of the call
-    before (`picks`): a greedy decoder's fed-back token."""
+    before (`picks`), or the float inputs that hold its one-hot (`one_hot`): a greedy decoder's fed-back token."""
     found: dict[str, list[str]] = {}
     for i, x in feed.items():
-        if not isinstance(x, np.ndarray) or x.dtype.kind not in "iu" or not x.size or x.ndim > 2 or \
+        if isinstance(x, np.ndarray) and one_hot(x):
+            x = token_ids(x)
+        elif not isinstance(x, np.ndarray) or x.dtype.kind not in "iu" or not x.size or x.ndim > 2 or \
                 (x.ndim == 2 and x.shape[1] != 1):
             continue
         for o, y in previous.items():
@@ -304,7 +391,8 @@ def decoded_run(session, feeds, pairs: dict[str, str], tokens: dict[str, str], a
             feed.update({i: last[o] for i, o in pairs.items()})
             for i, o in tokens.items():
                 if fed[k][i] is not None:
-                    feed[i] = np.where(fed[k][i], picks(last[o], feed[i].shape), feed[i]).astype(feed[i].dtype)
+                    ids = token_ids(feed[i])
+                    feed[i] = as_fed(np.where(fed[k][i], picks(last[o], ids.shape), ids), feed[i])
             last = dict(zip(names, session.run(names, feed)))
         else:
             last = alone
@@ -331,6 +419,28 @@ def decoded_run(session, feeds, pairs: dict[str, str], tokens: dict[str, str], a
     return counts
 
 
+def kept_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dict]) -> tuple[int, int]:
+    """(sequences, picks) `decoded_run` counts on these feeds, from the input model's outputs alone (`dense[k]`, no
+    written model): the rows of the streams and the picks their decodes keep (each fed to the next call, and each
+    stream's last). picks / sequences is the recorded decodes' length, which a per-call budget is divided by to bound
+    the share of decodes that change (converter/steps/verify.decoded_budget)."""
+    fed = _fed_picks(feeds, tokens, after, dense)
+    sequences = picks_kept = 0
+    rows = None
+    for k in range(len(feeds)):
+        ends = k + 1 == len(feeds) or not after[k + 1]
+        for i, o in tokens.items():
+            ref = picks(dense[k][o], (np.shape(feeds[k][i]) or (1,))[:1])
+            kept = None if ref is None else (np.ones(ref.shape, bool) if ends else fed[k + 1][i])
+            if kept is not None:
+                picks_kept += int(kept.sum())
+                rows = int(kept.size)
+        if ends and rows is not None:
+            sequences += rows
+            rows = None
+    return sequences, picks_kept
+
+
 def _fed_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dict]) -> list[dict]:
     """For each feed and token input, where (a boolean array of the input's shape) the input model's pick of the call
     before is fed: the recorded token is that pick there and at every later call of the stream (None: not a pick).
@@ -344,7 +454,7 @@ def _fed_picks(feeds, tokens: dict[str, str], after: list[bool], dense: list[dic
         if not after[k]:
             continue
         for i, o in tokens.items():
-            x = np.asarray(feeds[k][i])
+            x = token_ids(np.asarray(feeds[k][i]))
             top = picks(dense[k - 1][o], x.shape)
             if top is None:
                 continue

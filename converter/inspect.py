@@ -588,7 +588,7 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       f"{'' if one else 's'} your application passes, such as a sample rate or a band's edges)",
                       markup=False, highlight=False)
     fed = info.get("fed_back") or {}
-    if info.get("npz_example") and (fed.get("caches") or fed.get("shaped") or fed.get("tokens")):  # decoders 54b
+    if info.get("npz_example") and any(fed.get(k) for k in ("caches", "shaped", "cells", "tokens", "one_hot")):
         console.print(f"  (the model looks like a decoder: it feeds back {feedback_words(fed)} on its next call; to "
                       "have the run measure the written model as it decodes, fed its own cache, state and picks, "
                       "save the calls of a few decodes instead, a folder of one .npz file a call in order (a prompt "

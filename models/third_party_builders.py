@@ -2981,3 +2981,34 @@ def torch_lib_functions(*, channels: int = 4, length: int = 16, classes: int = 3
     model.opset_import.append(helper.make_opsetid(lib, 1))
     model.functions.extend([conv, t])
     return model
+
+
+def keras_onehot_lstm_decoder(*, vocab: int = 6, hidden: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's Keras LSTM decoder step as real models 53's g2p_id writes it: 'input_2' [N, T, vocab], the one-hot
+    of the character picked before, 'input_3' and 'input_4' [N, hidden], the LSTM's h and c (Unsqueezed into its
+    initial_h and initial_c) -> 'dense' [N, T, vocab], a Softmax, and 'lstm_1', 'lstm_1_1' [N, hidden], its Y_h and
+    Y_c Squeezed. Two states of one shape whose names pair by no word, and a float token."""
+    g = _Graph(seed)
+    axes = "const_axes"
+    g.initializers.append(numpy_helper.from_array(np.array([0], dtype=np.int64), axes))
+    one = "const_axes_1"
+    g.initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), one))
+    w = g.const("W0", g.rng.standard_normal((1, 4 * hidden, vocab)) / np.sqrt(vocab))
+    r = g.const("R0", g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden))
+    b = g.const("B0", 0.1 * g.rng.standard_normal((1, 8 * hidden)))
+    h0 = g.op("Unsqueeze", "h0", ["input_3", axes])
+    c0 = g.op("Unsqueeze", "c0", ["input_4", axes])
+    x = g.op("Transpose", "x", ["input_2"], perm=[1, 0, 2])
+    g.nodes.append(helper.make_node("LSTM", [x, w, r, b, "", h0, c0], ["Y", "Y_h", "Y_c"], name="/lstm_1/LSTM",
+                                    hidden_size=hidden))
+    g.nodes.append(helper.make_node("Squeeze", ["Y_h", axes], ["lstm_1"], name="/lstm_1/Squeeze_h"))
+    g.nodes.append(helper.make_node("Squeeze", ["Y_c", axes], ["lstm_1_1"], name="/lstm_1/Squeeze_c"))
+    y = g.op("Squeeze", "y", ["Y", one])
+    y = g.op("Transpose", "y", [y], perm=[1, 0, 2])
+    logits = g.matmul(y, "dense", hidden, vocab)
+    g.nodes.append(helper.make_node("Softmax", [logits], ["dense"], name="/dense/Softmax", axis=-1))
+    return _model(g, "keras_onehot_lstm_decoder",
+                  [_float("input_2", [BATCH, "T", vocab]), _float("input_3", [BATCH, hidden]),
+                   _float("input_4", [BATCH, hidden])],
+                  [_float("dense", [BATCH, "T", vocab]), _float("lstm_1", [BATCH, hidden]),
+                   _float("lstm_1_1", [BATCH, hidden])])

@@ -709,6 +709,7 @@ class BudgetRule:
                 n = len(r.dense)
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
+                derived = (getattr(self.evaluator, "derived", None) or {}).get(r.name)  # a decoder's: not typed
                 what = "changed positions" if r.form.any_share and not r.form.any_binary else "changed samples"
                 pooled = self._pooled(i)
                 unit = "feeds" if pooled else "samples"
@@ -716,11 +717,12 @@ class BudgetRule:
                        if pooled else "")
                 single = self._one_a_feed() if pooled else 0
                 alone = (f", --batch-size 1 (a feed each sample: {single} here)" if single > n else "")
-                return (f"{n} {unit} cannot certify {flag}{r.budget:g} for output '{r.name}' ({r.kind}){how}: "
+                asked = f"{flag}{r.budget:g}" if derived is None else f"{r.budget:.3g} pp a call ({derived})"
+                return (f"{n} {unit} cannot certify {asked} for output '{r.name}' ({r.kind}){how}: "
                         f"even with none of them changed, the bound on its share of {what} is {bound:.2f} "
                         f"pp, so the input model is kept; give {self.samples_to_resolve(r.budget)} {unit} to decide "
                         f"on (more --data, or --val-data){alone}, or {flag}{math.ceil(bound * 100) / 100:g}"
-                        f"{fraction_hint(r.budget)}")
+                        f"{fraction_hint(r.budget) if derived is None else ''}")
         return None
 
     def _one_a_feed(self) -> int:

@@ -215,7 +215,11 @@ class AutoSearchStep(Step):
             return None  # neither can: the search keeps the input model and says how many samples would do
         # the short output's own count: sweep 28's batched GNN was told "the 32218 samples held out to decide on
         # cannot certify --max-loss 1 (99 would)", 32,218 its nodes, where its per-graph output had 90 feeds
-        return f"the {split.short_samples()} held out cannot certify --max-loss {budget:g} ({need} would)"
+        short = split._short()
+        r = split.outputs[short] if short is not None else None
+        derived = (getattr(data.calibration, "derived", None) or {}).get(r.name) if r is not None else None
+        asked = f"--max-loss {budget:g}" if derived is None else f"'{r.name}' at {r.budget:.3g} pp a call ({derived})"
+        return f"the {split.short_samples()} held out cannot certify {asked} ({need} would)"
 
     def _one_shot(self, state: RunState, why: str) -> None:
         from onnxprune.converter.steps.budget import FitBudgetStep

@@ -347,8 +347,9 @@ class BudgetCheckStep(Step):
         measured = report["metrics"]["sets"]["calibration"]["loss_pp"]
         report["budget"] = {"max_loss_pp": self.config.max_loss, "measured_loss_pp": measured,
                             "met": within_budget(measured, self.config.max_loss)}
-        if self.config.output_budgets:  # the loss above is each output's as a share of its own budget
-            report["budget"]["by_output"] = dict(self.config.output_budgets)
+        own = getattr(state.data, "output_budgets", None) or self.config.output_budgets  # and a decoder's, derived
+        if own:  # the loss above is each output's as a share of its own budget
+            report["budget"]["by_output"] = dict(own)
         from onnxprune.converter.auto.decide import BudgetRule, worst_figures
 
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")

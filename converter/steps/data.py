@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
-from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.errors import CalibrationError, ConfigError, debugging
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
                      output_budgets=data.output_budgets, choose_every=k)
         apart._metrics_said = said  # the metric choice is said once per run
         apart._warned = data._warned  # ... and what reading --data says (random data, feeds used as is)
+        apart.derived = dict(data.derived)  # ... and a decoder's own budgets, as derived
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -154,6 +155,7 @@ class Data:
         self.model, self.config = model, config
         # --max-loss L and --max-loss OUTPUT=L: every evaluator scores each output against its own budget
         self.budget, self.output_budgets = budget, dict(output_budgets or {})
+        self.derived: dict[str, str] = {}  # own budgets the run derived, in words (own_budget)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -170,6 +172,17 @@ class Data:
             self.every, self.trains_on_every = int(choose_every), True
         else:
             self.every = self._split() if split else None  # before any part= reader is asked for
+
+    def own_budget(self, name: str, pp: float, why: str) -> None:
+        """Output `name` judged at its own budget `pp` from now on, by every evaluator, built or not (a greedy
+        decoder's fed-back output, converter/steps/verify.decoded_budget), as --max-loss NAME=pp would; `why` says
+        where it comes from where the rule cannot certify it (no --max-loss the user typed)."""
+        self.output_budgets[name] = pp
+        self.derived[name] = why
+        for evaluator in (self._calib, self._eval, self._choose, self._all):
+            if evaluator is not None:
+                evaluator.output_budgets[name] = pp
+                evaluator.derived = dict(self.derived)
 
     def _split(self) -> int | None:
         c = self.config
@@ -296,8 +309,10 @@ class Data:
 
         reader = self.reader(source, part=part)
         quiet, self._metrics_said = self._metrics_said, True  # the metric choice is said once per run
-        return Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
-                         split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
+        evaluator = Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
+                              split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
+        evaluator.derived = dict(self.derived)
+        return evaluator
 
     def scored_outputs(self) -> list[str]:
         """The outputs the evaluators score, headline first: `calibration`'s, or, before any evaluator was built, the
@@ -394,6 +409,16 @@ class DataStep(Step):
             state.notes.append(note)
         state.data = Data(state.original, self.config, split=self.split, small_data=self.small_data,
                           random_shapes=state.random_shapes, budget=self.budget, output_budgets=self.output_budgets)
+        if self.budget and self.budget > 0 and not draws_random_inputs(self.config):
+            from onnxprune.converter.steps.verify import decoded_budget
+
+            try:  # a greedy decoder's budget bounds its decodes: the per-call one divided by L
+                decoded_budget(state)
+            except Exception as exc:  # noqa: BLE001 - reading the calls failed: said, judged per call (--debug raises)
+                if debugging():
+                    raise
+                log.warning("the calls of --data were not read as a greedy decoder's (%s): the budget is judged one "
+                            "call at a time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())
         if note:  # a note in the summary, not a warning: most text models are calibrated at one length
             log.info(note)

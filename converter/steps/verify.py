@@ -297,7 +297,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
     raw, outs, pairs, spent, stopped = [], [], {}, 0.0, False
-    passes = CARRIED_PASSES + (DECODED_PASSES if declared_feedback(state.original)["tokens"] else 0)
+    declared = declared_feedback(state.original)
+    passes = CARRIED_PASSES + (DECODED_PASSES if declared["tokens"] or declared["one_hot"] else 0)
     for feed in calls:
         feed = {k: v for k, v in feed.items() if k in inputs}
         t0 = time.perf_counter()
@@ -353,6 +354,120 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         decoded = decoded_run(written, feeds, pairs, tokens, chained, [outs[k] for k in kept])
         state.carried["decoded"] = {"fed_back": dict(tokens), **decoded}
         state.notes.append(decoded_note(state.carried, budget))
+
+
+DECODED_KINDS = frozenset({"agreement", "seq_agreement", "prob"})  # metrics whose per-call loss counts a changed
+# pick (the argmax over the last axis) in full: a share of calls whose pick changes bounds the decodes that change
+
+
+def decoded_budget(state: RunState) -> None:
+    """A greedy decoder's per-call budget divided by the length of its recorded decodes, before the search.
+
+    Where the calls of --data decode (read in order, a state or cache fed back and a token that is the argmax of an
+    output of the call before: the carried check's reading, `carried_check`, here on the input model alone), a decode
+    of L kept picks changes where some call, on the input model's history up to it, first changes its pick: the share
+    of decodes that change is at most about L times the share of calls whose pick changes. A user who asks for
+    --max-loss B of a decoder's output means its decodes (decoders 54: within 1 pp a call, 3.9-24.4% of held-out
+    decodes changed), so the fed-back output is judged at B / L a call (its own budget, `Data.own_budget`: the same
+    rule, Wilson's bound on the decision part), unless --max-loss OUTPUT=L gives it one, and a note says so. Its
+    metric must count a changed pick (DECODED_KINDS); another is said and left at B. L is the mean over the recorded
+    decodes (`calibration.carried.kept_picks`): longer decodes change more."""
+    from onnxprune.calibration.carried import (call_files, file_calls, follows, kept_picks, state_pairs, streams,
+                                              value_pairs)
+    from onnxprune.calibration.runtime import make_session, output_names
+
+    data = state.data
+    if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config) \
+            or not _may_take_a_token(state.original):
+        return
+    reader = data.reader()
+    shared = getattr(reader, "shared_inputs", ())
+    if getattr(reader, "one_sample_feeds", False) and not shared:
+        return
+    stored = {t.name for t in state.original.graph.initializer}
+    inputs = {i.name for i in state.original.graph.input if i.name not in stored}
+    calls = reader
+    if not getattr(reader, "per_feed", False) or shared:
+        found = call_files(data.config.data, inputs, shared)
+        if found is None:
+            return
+        calls = file_calls(found[0])
+    dense = make_session(state.original)
+    names = output_names(state.original)
+    inputs = {i.name for i in dense.get_inputs()}
+    raw, outs, pairs, start, stopped = [], [], {}, time.perf_counter(), True
+    for feed in calls:
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        out = dict(zip(names, dense.run(names, feed)))
+        raw.append(feed)
+        outs.append(out)
+        if not pairs:
+            pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
+            if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):
+                return
+        spent = time.perf_counter() - start  # reading the files too: the calls are small, the model often cheap
+        if spent * (len(raw) + 1) / len(raw) > CARRIED_SECONDS:  # the carried check's guard, for one pass
+            break
+    else:
+        stopped = False
+    after = [k > 0 and bool(pairs) and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
+    if stopped:  # the last stream read may be cut short: its decodes left out of L
+        last = max((k for k in range(len(after)) if not after[k]), default=0)
+        raw, outs, after = raw[:last], outs[:last], after[:last]
+    tokens = _fed_back_tokens(raw, outs, after) if pairs else {}
+    kept = streams(after)
+    if not tokens or not kept:
+        return
+    inside = set(kept)
+    chained = [after[k] and (k - 1) in inside for k in kept]
+    sequences, picks = kept_picks([raw[k] for k in kept], tokens, chained, [outs[k] for k in kept])
+    if not sequences or not picks:
+        return
+    length, budget = max(1.0, picks / sequences), float(data.budget)
+    plan = data.calibration.plan
+    judged, said = {}, []
+    for i, o in tokens.items():
+        if o in data.output_budgets:
+            said.append(f"'{o}' keeps its own --max-loss {o}={data.output_budgets[o]:g}, judged one call at a time")
+        elif plan.get(o) not in DECODED_KINDS:
+            said.append(f"'{o}' is judged by {plan.get(o)}, which does not count a changed pick, so its budget stays "
+                        f"{budget:g} a call and bounds no decode")
+        else:
+            judged[o] = budget / length
+            data.own_budget(o, judged[o], f"--max-loss {budget:g} over decodes of {length:.1f} picks, the note on "
+                                          "greedy decoding")
+    state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
+                            "budgets": judged}
+    fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
+    text = (f"greedy decoding: {fed} of the call before, and the calls of {str(reader.description).split(':', 1)[0]} "
+            f"decode {sequences:,} sequences of {length:.1f} kept picks on average; a decode changes where a call on "
+            "the input model's history first changes its pick, so the share of decodes that change is at most about "
+            f"{length:.1f} times the share of calls whose pick changes")
+    if judged:
+        text += ("; " + ", ".join(f"'{o}' is judged at --max-loss {budget:g} / {length:.1f} = {pp:.3g} pp a call"
+                                  for o, pp in judged.items())
+                 + f", so that about {budget:g}% of decodes of that length may change (--max-loss "
+                 + " ".join(f"{o}={budget:g}" for o in judged) + " judges it one call at a time instead)")
+    state.notes.append("; ".join([text] + said))
+    log.info(state.notes[-1])
+
+
+def _may_take_a_token(model) -> bool:
+    """Whether some input may be a greedy decoder's fed-back token (`calibration.carried.token_pairs`): an integer
+    input of rank 1 or 2, or a float one of rank 2 or 3 whose fixed last axis (2 or more) is some output's (a
+    one-hot). Other models are not read for calls before the search (`decoded_budget`)."""
+    from onnxprune.calibration.carried import FLOATS, INTEGERS, _declared
+
+    stored = {t.name for t in model.graph.initializer}
+    widths = {d[1][-1] for d in (_declared(o) for o in model.graph.output) if d and d[1]}
+    for vi in model.graph.input:
+        d = None if vi.name in stored else _declared(vi)
+        if d is None:
+            continue
+        if d[0] in INTEGERS and len(d[1]) in (1, 2) or d[0] in FLOATS and len(d[1]) in (2, 3) \
+                and isinstance(d[1][-1], int) and d[1][-1] >= 2 and d[1][-1] in widths:
+            return True
+    return False
 
 
 def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> None:

@@ -377,3 +377,121 @@ def test_a_keras_input_named_input_n_is_no_state_by_its_shape_alone():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     assert declared_feedback(model)["shaped"] == {"state_in": "gru"}
+
+
+def test_a_greedy_decoders_budget_bounds_its_decodes_by_the_length_of_its_recorded_decodes(tmp_path):
+    """--max-loss 1 on a greedy decoder's recorded calls judges its fed-back output at 1 / L pp a call, L the kept
+    picks of a recorded decode (8 here): a decode changes where a call on the input model's history first changes
+    its pick, so the share of decodes that change is at most about L times the share of calls that do (decoders 54:
+    within 1 pp a call, 3.9-24.4% of held-out decodes changed). --max-loss logits=1 keeps the per-call judgement."""
+    model = tb.greedy_cache_decoder()
+    rng, dense, feeds = np.random.default_rng(0), make_session(model), []
+    for _ in range(60):  # 240 decodes of 8 picks: 1,440 decision samples certify 0.125 pp (799 would)
+        _cache_calls(dense, rng.integers(0, 12, (4, 3)).astype(np.int64), 8, feeds)
+    _save(tmp_path / "calls", feeds)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    held = [np.random.default_rng(1).integers(0, 12, (4, 3)).astype(np.int64) for _ in range(100)]
+
+    def decodes_changed(out) -> int:  # of the 400 held-out prompts, decoded 8 picks by both models by hand
+        written = make_session(onnx.load(out))
+        return sum(int((_cache_calls(dense, p, 8) != _cache_calls(written, p, 8)).any(1).sum()) for p in held)
+
+    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", max_loss=1.0)
+    assert result.report["budget"]["by_output"] == {"logits": 0.125}
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding: 'input_ids' holds the argmax of "
+                                                                     "'logits' of the call before, and the calls"))
+    assert "decode 240 sequences of 8.0 kept picks on average" in note and "= 0.125 pp a call" in note
+    stopped = next(n for n in result.report["notes"] if n.startswith("what stopped the search"))
+    assert "logits=0.125" in stopped  # the search itself was judged so
+    assert result.report["carried"]["decoded"]["sequences"] == 240 and decodes_changed(tmp_path / "out.onnx") <= 4
+    per_call = prune(path, output=tmp_path / "call.onnx", data=tmp_path / "calls", max_loss=1.0,
+                     output_budgets={"logits": 1.0})
+    assert per_call.report["budget"]["by_output"] == {"logits": 1.0}
+    assert any("'logits' keeps its own --max-loss logits=1" in n or "'logits' keeps its own output_budgets" in n
+               for n in per_call.report["notes"])
+    assert per_call.report["carried"]["decoded"]["changed"] > result.report["carried"]["decoded"]["changed"]
+
+
+def _lstm_step(x, h, c, w, r, b):
+    """numpy: one LSTM step as ONNX computes it (gates i, o, f, c; no peepholes)."""
+    z = x @ w.T + h @ r.T + b[: len(b) // 2] + b[len(b) // 2:]
+    i, o, f, g = np.split(z, 4, axis=-1)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    return sig(o) * np.tanh(c), c
+
+
+def test_inspect_names_a_keras_decoders_lstm_states_by_its_node_and_its_one_hot_token_by_its_width(tmp_path):
+    """Decoders 54b's L4: real models 53's g2p_id Keras decoder declares 'input_2' [N, T, 32] (the one-hot of its
+    last pick), 'input_3', 'input_4' [N, 256] -> 'dense' [N, T, 32], 'lstm_1', 'lstm_1_1' [N, 256]: two states of one
+    shape whose names pair by no word, and a float token, so `inspect` named nothing. The states are read from the
+    graph instead (an LSTM's initial_h / initial_c fed from the inputs, its Y_h / Y_c reaching the outputs), and a
+    float input of the width of the one other float output beside them as its pick fed back one-hot."""
+    from click.testing import CliRunner
+
+    from onnxprune.calibration.carried import declared_feedback
+    from onnxprune.converter.cli import cli
+
+    model = tb.keras_onehot_lstm_decoder()
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(0)
+    x = np.eye(6, dtype=np.float32)[rng.integers(0, 6, (3, 1))]
+    h, c = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    dense, h1, c1 = make_session(model).run(["dense", "lstm_1", "lstm_1_1"], {"input_2": x, "input_3": h, "input_4": c})
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    hh, cc = _lstm_step(x[:, 0], h, c, w["W0"][0], w["R0"][0], w["B0"][0])
+    logits = hh @ w["dense.weight"] + w["dense.bias"]
+    want = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert np.allclose(h1, hh, atol=1e-5) and np.allclose(c1, cc, atol=1e-5)
+    assert np.allclose(dense[:, 0], want, atol=1e-5)
+    found = declared_feedback(model)
+    assert found["cells"] == {"input_3": "lstm_1", "input_4": "lstm_1_1"} and found["one_hot"] == {"input_2": "dense"}
+    assert found["states"] == found["shaped"] == found["tokens"] == {}
+    swapped = onnx.ModelProto()  # h and c read the other way: the node says which output each one is fed
+    swapped.CopyFrom(model)
+    lstm = next(n for n in swapped.graph.node if n.op_type == "LSTM")
+    lstm.input[5], lstm.input[6] = lstm.input[6], lstm.input[5]
+    assert declared_feedback(swapped)["cells"] == {"input_4": "lstm_1", "input_3": "lstm_1_1"}
+    path = tmp_path / "dec.onnx"
+    onnx.save(model, path)
+    run = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert run.exit_code == 0, run.output
+    text = " ".join(run.output.split())
+    assert ("it feeds back 'lstm_1' as 'input_3' (a state: the recurrent node's initial state and its last), "
+            "'lstm_1_1' as 'input_4' (a state: the recurrent node's initial state and its last), the one-hot of the "
+            "argmax of 'dense' as 'input_2'") in text
+
+
+def _one_hot_calls(sess, h0: np.ndarray, start: np.ndarray, steps: int, record=None) -> np.ndarray:
+    """keras_onehot_lstm_decoder decoding from state h0 (its c too) and `start` ids [N]: each call fed the one-hot of
+    the last pick [N, 1, 6]; its picks [N, steps]."""
+    h, c, tok, out = h0, h0, start, []
+    for _ in range(steps):
+        feed = {"input_2": np.eye(6, dtype=np.float32)[tok][:, None], "input_3": h, "input_4": c}
+        if record is not None:
+            record.append(feed)
+        probs, h, c = sess.run(["dense", "lstm_1", "lstm_1_1"], feed)
+        tok = probs[:, -1].argmax(-1)
+        out.append(tok)
+    return np.stack(out, 1)
+
+
+def test_a_decoder_fed_the_one_hot_of_its_pick_is_decoded_with_its_own_picks(tmp_path):
+    """The one-hot of the pick (a float [N, 1, V] input) is a fed-back token too: the written model is fed the
+    one-hot of its own pick where the input model's was fed, and the note's counts equal decoding by hand."""
+    model = tb.keras_onehot_lstm_decoder()
+    dense, rng, feeds, starts = make_session(model), np.random.default_rng(3), [], []
+    for _ in range(10):
+        starts.append((rng.standard_normal((4, 5)).astype(np.float32), rng.integers(0, 6, 4)))
+        _one_hot_calls(dense, *starts[-1], 6, feeds)
+    result, written = _pruned_on_calls(tmp_path, model, feeds)
+    carried = result.report["carried"]
+    assert carried["pairs"] == {"input_3": "lstm_1", "input_4": "lstm_1_1"} and carried["streams"] == 10
+    decoded = carried["decoded"]
+    assert decoded["fed_back"] == {"input_2": "dense"} and (decoded["sequences"], decoded["tokens"]) == (40, 240)
+    a = [_one_hot_calls(dense, h0, s, 6) for h0, s in starts]
+    b = [_one_hot_calls(written, h0, s, 6) for h0, s in starts]
+    changed = sum(int((x != y).any(1).sum()) for x, y in zip(a, b))
+    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, sum(int((x != y).sum()) for x, y in zip(a, b)))
+    assert changed > 0
