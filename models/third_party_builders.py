@@ -176,6 +176,46 @@ def flat_autoencoder(*, features: int = 32, code: int = 8, output: str = "output
     return _model(g, "flat_autoencoder", [_float("input", [BATCH, features])], [_float(output, [BATCH, width])])
 
 
+def field_operator(*, points: int = 32, out_points: int = 64, output: str = "add_out_2", t: float = 0.5,
+                   seed: int = 0) -> onnx.ModelProto:
+    """An operator learner whose output is a field on a grid (sweep 55: the heat equation u_t = 0.01 u_xx on the
+    periodic [0, 1), u0 sampled at `points` -> u(t) at `out_points`, as jax2onnx names a jax MLP's output): 'u0' [N,
+    points] -> MatMul(heat, the exact solution operator at time t, plus a little noise) -> MatMul(interp, periodic
+    linear interpolation onto the finer grid) + bias -> `output` [N, out_points]. Smooth inputs (`smooth_fields`)
+    give smooth outputs."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.rfftfreq(points, 1.0 / points)
+    decay = np.exp(-0.01 * (2 * np.pi * k) ** 2 * t)
+    heat = np.fft.irfft(np.fft.rfft(np.eye(points), axis=1) * decay, n=points, axis=1)
+    heat = heat + rng.standard_normal(heat.shape) * 1e-3
+    xf = np.arange(out_points) / out_points
+    interp = np.zeros((points, out_points))
+    for j, v in enumerate(xf * points):
+        a = int(np.floor(v)) % points
+        interp[a, j] += 1 - (v - np.floor(v))
+        interp[(a + 1) % points, j] += v - np.floor(v)
+    g = _Graph(seed)
+    g.initializers += [numpy_helper.from_array(heat.astype(np.float32), "heat.weight"),
+                       numpy_helper.from_array(interp.astype(np.float32), "interp.weight"),
+                       numpy_helper.from_array(np.full(out_points, 1e-3, np.float32), "interp.bias")]
+    h = g.op("MatMul", "heat", ["u0", "heat.weight"])
+    y = g.op("MatMul", "interp", [h, "interp.weight"])
+    g.nodes.append(helper.make_node("Add", [y, "interp.bias"], [output], name="/out/Add"))
+    return _model(g, "field_operator", [_float("u0", [BATCH, points])], [_float(output, [BATCH, out_points])])
+
+
+def smooth_fields(n: int = 64, points: int = 32, modes: int = 6, seed: int = 0) -> np.ndarray:
+    """`n` random smooth periodic fields on `points` grid points: sums of the first `modes` sines and cosines with
+    amplitudes falling as 1/k (`field_operator`'s inputs)."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(1, modes + 1)
+    x = np.arange(points) / points
+    a = rng.standard_normal((n, modes)) / k
+    b = rng.standard_normal((n, modes)) / k
+    u = a @ np.cos(2 * np.pi * np.outer(k, x)) + b @ np.sin(2 * np.pi * np.outer(k, x))
+    return u.astype(np.float32)
+
+
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
                 producer: str = "skl2onnx") -> onnx.ModelProto:
     """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->
