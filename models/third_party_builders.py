@@ -216,6 +216,38 @@ def smooth_fields(n: int = 64, points: int = 32, modes: int = 6, seed: int = 0) 
     return u.astype(np.float32)
 
 
+def inpainter(*, size: int = 8, hidden: int = 6, keep_factor: str = "mask", seed: int = 0) -> onnx.ModelProto:
+    """An inpainter that blends the image it is fed back in by its mask (sweep 55's torch inpainter, as torch exports
+    `image * mask + pred * (1 - mask)`): 'image', 'mask' [N, 1, size, size] -> Concat -> conv 3x3 + relu -> conv 3x3
+    with no bias ('out.weight') = pred -> Add(Mul(image, mask), Mul(pred, Sub(1, mask))) -> 'output'. `keep_factor`
+    "inverted": LaMa's form, Add(Mul(image, Sub(1, mask)), Mul(pred, mask)) (mask 1 in the hole)."""
+    g = _Graph(seed)
+    x = g.op("Concat", "cat", ["image", "mask"], axis=1)
+    h = g.relu(g.conv(x, "c1", 2, hidden, 3), "c1")
+    w = g.weight("out.weight", (1, hidden, 3, 3), hidden * 9)
+    pred = g.op("Conv", "out", [h, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    g.initializers.append(numpy_helper.from_array(np.ones((), np.float32), "one"))
+    inverted = g.op("Sub", "hole", ["one", "mask"])
+    keep, fill = ("mask", inverted) if keep_factor == "mask" else (inverted, "mask")
+    copy = g.op("Mul", "copy", ["image", keep])
+    made = g.op("Mul", "fill", [pred, fill])
+    g.nodes.append(helper.make_node("Add", [copy, made], ["output"], name="/blend/Add"))
+    shape = [BATCH, 1, size, size]
+    return _model(g, "inpainter", [_float("image", shape), _float("mask", shape)], [_float("output", shape)])
+
+
+def inpainter_feed(n: int = 64, size: int = 8, hole: int = 3, inverted: bool = False,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """`inpainter`'s feeds: uniform images and masks of 1 (kept) with one `hole` x `hole` square of 0 at a random
+    place (`inverted`: 1 in the hole, LaMa's)."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, 1, size, size), np.float32)
+    for k in range(n):
+        r, c = rng.integers(0, size - hole + 1, 2)
+        mask[k, :, r:r + hole, c:c + hole] = 0.0
+    return {"image": rng.uniform(0, 1, mask.shape).astype(np.float32), "mask": 1.0 - mask if inverted else mask}
+
+
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
                 producer: str = "skl2onnx") -> onnx.ModelProto:
     """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->
