@@ -619,6 +619,8 @@ class BudgetRule:
         blends = getattr(ev, "blends", None) or {}
         cut = sorted({i for batch in crops for i in batch if i not in blends})
         mixed = sorted({i for batch in crops for i in batch if i in blends})
+        if not cut and not mixed:
+            return ""
         names = list(ev.plan)
         said = ""
         if cut:
