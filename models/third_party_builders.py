@@ -248,6 +248,18 @@ def inpainter_feed(n: int = 64, size: int = 8, hole: int = 3, inverted: bool = F
     return {"image": rng.uniform(0, 1, mask.shape).astype(np.float32), "mask": 1.0 - mask if inverted else mask}
 
 
+def packed_heads(*, in_features: int = 8, hidden: int = 16, widths: tuple[int, ...] = (10, 1, 4), output: str = "out",
+                 seed: int = 0) -> onnx.ModelProto:
+    """A multi-task model whose heads are packed into one output (sweep 55: torch.cat([cls(h), reg(h), emb(h)], 1)):
+    'input' [N, in] -> fc + relu -> one MatMul + Add head per width (class logits, a regression, an embedding) ->
+    Concat(axis 1) -> `output` [N, sum(widths)]."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("input", "body", in_features, hidden), "body")
+    heads = [g.matmul(h, f"head{k}", hidden, w) for k, w in enumerate(widths)]
+    g.nodes.append(helper.make_node("Concat", heads, [output], name="/Concat", axis=1))
+    return _model(g, "packed_heads", [_float("input", [BATCH, in_features])], [_float(output, [BATCH, sum(widths)])])
+
+
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
                 producer: str = "skl2onnx") -> onnx.ModelProto:
     """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->

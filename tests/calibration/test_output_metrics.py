@@ -293,6 +293,28 @@ def test_an_unnamed_field_on_a_grid_is_values_not_class_scores():
     assert 0.93 < score < 0.97
 
 
+def test_heads_packed_into_one_output_are_judged_by_their_argmax_and_their_values():
+    """Rule 12: sweep 55's multi-task CNN returns torch.cat([logits (10), ink (1), embedding (8)], 1) as 'out' [N, 19];
+    judged by its argmax alone it was pruned 30x while its ink's error rose 19% held out. A Concat of two or more
+    linear layers' outputs along the last axis is scored by agreement and rel_l2, each within the budget."""
+    from onnxprune.calibration.metric_choice import packed_heads
+    model = tb.packed_heads()
+    onnx.checker.check_model(model, full_check=True)
+    assert packed_heads(model) == {"out"}
+    assert evaluator(model, {"input": X8}).plan == {"out": "agreement+rel_l2"}
+    # a name that says class scores keeps its argmax; one head (no Concat) is a classifier's logits
+    assert evaluator(tb.packed_heads(output="logits"), {"input": X8}).plan == {"logits": "agreement"}
+    assert packed_heads(tb.packed_heads(widths=(10,))) == frozenset()
+    assert packed_heads(tb.flat_autoencoder(out_features=12)) == frozenset()
+    # the regression head moved by 5%: the argmax keeps every sample, the values' part sees it
+    ev = evaluator(model, {"input": X8})
+    ev.evaluate(with_weight(model, "head1.weight", lambda w: w * 1.05))
+    assert ev.last["out"]["after"] < 1.0
+    ev = evaluator(model, {"input": X8}, metric="agreement")
+    ev.evaluate(with_weight(model, "head1.weight", lambda w: w * 1.05))
+    assert ev.last["out"]["after"] == 1.0
+
+
 def test_input_sizes_counts_the_declared_values_of_a_sample():
     from onnxprune.calibration.metric_choice import input_sizes
     model = tb.flat_autoencoder()
