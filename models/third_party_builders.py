@@ -180,6 +180,90 @@ def flat_autoencoder(*, features: int = 32, code: int = 8, output: str = "output
     return _model(g, "flat_autoencoder", [_float("input", [BATCH, features])], [_float(output, [BATCH, width])])
 
 
+def field_operator(*, points: int = 32, out_points: int = 64, output: str = "add_out_2", t: float = 0.5,
+                   seed: int = 0) -> onnx.ModelProto:
+    """An operator learner whose output is a field on a grid (sweep 55: the heat equation u_t = 0.01 u_xx on the
+    periodic [0, 1), u0 sampled at `points` -> u(t) at `out_points`, as jax2onnx names a jax MLP's output): 'u0' [N,
+    points] -> MatMul(heat, the exact solution operator at time t, plus a little noise) -> MatMul(interp, periodic
+    linear interpolation onto the finer grid) + bias -> `output` [N, out_points]. Smooth inputs (`smooth_fields`)
+    give smooth outputs."""
+    rng = np.random.default_rng(seed)
+    k = np.fft.rfftfreq(points, 1.0 / points)
+    decay = np.exp(-0.01 * (2 * np.pi * k) ** 2 * t)
+    heat = np.fft.irfft(np.fft.rfft(np.eye(points), axis=1) * decay, n=points, axis=1)
+    heat = heat + rng.standard_normal(heat.shape) * 1e-3
+    xf = np.arange(out_points) / out_points
+    interp = np.zeros((points, out_points))
+    for j, v in enumerate(xf * points):
+        a = int(np.floor(v)) % points
+        interp[a, j] += 1 - (v - np.floor(v))
+        interp[(a + 1) % points, j] += v - np.floor(v)
+    g = _Graph(seed)
+    g.initializers += [numpy_helper.from_array(heat.astype(np.float32), "heat.weight"),
+                       numpy_helper.from_array(interp.astype(np.float32), "interp.weight"),
+                       numpy_helper.from_array(np.full(out_points, 1e-3, np.float32), "interp.bias")]
+    h = g.op("MatMul", "heat", ["u0", "heat.weight"])
+    y = g.op("MatMul", "interp", [h, "interp.weight"])
+    g.nodes.append(helper.make_node("Add", [y, "interp.bias"], [output], name="/out/Add"))
+    return _model(g, "field_operator", [_float("u0", [BATCH, points])], [_float(output, [BATCH, out_points])])
+
+
+def smooth_fields(n: int = 64, points: int = 32, modes: int = 6, seed: int = 0) -> np.ndarray:
+    """`n` random smooth periodic fields on `points` grid points: sums of the first `modes` sines and cosines with
+    amplitudes falling as 1/k (`field_operator`'s inputs)."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(1, modes + 1)
+    x = np.arange(points) / points
+    a = rng.standard_normal((n, modes)) / k
+    b = rng.standard_normal((n, modes)) / k
+    u = a @ np.cos(2 * np.pi * np.outer(k, x)) + b @ np.sin(2 * np.pi * np.outer(k, x))
+    return u.astype(np.float32)
+
+
+def inpainter(*, size: int = 8, hidden: int = 6, keep_factor: str = "mask", seed: int = 0) -> onnx.ModelProto:
+    """An inpainter that blends the image it is fed back in by its mask (sweep 55's torch inpainter, as torch exports
+    `image * mask + pred * (1 - mask)`): 'image', 'mask' [N, 1, size, size] -> Concat -> conv 3x3 + relu -> conv 3x3
+    with no bias ('out.weight') = pred -> Add(Mul(image, mask), Mul(pred, Sub(1, mask))) -> 'output'. `keep_factor`
+    "inverted": LaMa's form, Add(Mul(image, Sub(1, mask)), Mul(pred, mask)) (mask 1 in the hole)."""
+    g = _Graph(seed)
+    x = g.op("Concat", "cat", ["image", "mask"], axis=1)
+    h = g.relu(g.conv(x, "c1", 2, hidden, 3), "c1")
+    w = g.weight("out.weight", (1, hidden, 3, 3), hidden * 9)
+    pred = g.op("Conv", "out", [h, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    g.initializers.append(numpy_helper.from_array(np.ones((), np.float32), "one"))
+    inverted = g.op("Sub", "hole", ["one", "mask"])
+    keep, fill = ("mask", inverted) if keep_factor == "mask" else (inverted, "mask")
+    copy = g.op("Mul", "copy", ["image", keep])
+    made = g.op("Mul", "fill", [pred, fill])
+    g.nodes.append(helper.make_node("Add", [copy, made], ["output"], name="/blend/Add"))
+    shape = [BATCH, 1, size, size]
+    return _model(g, "inpainter", [_float("image", shape), _float("mask", shape)], [_float("output", shape)])
+
+
+def inpainter_feed(n: int = 64, size: int = 8, hole: int = 3, inverted: bool = False,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """`inpainter`'s feeds: uniform images and masks of 1 (kept) with one `hole` x `hole` square of 0 at a random
+    place (`inverted`: 1 in the hole, LaMa's)."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, 1, size, size), np.float32)
+    for k in range(n):
+        r, c = rng.integers(0, size - hole + 1, 2)
+        mask[k, :, r:r + hole, c:c + hole] = 0.0
+    return {"image": rng.uniform(0, 1, mask.shape).astype(np.float32), "mask": 1.0 - mask if inverted else mask}
+
+
+def packed_heads(*, in_features: int = 8, hidden: int = 16, widths: tuple[int, ...] = (10, 1, 4), output: str = "out",
+                 seed: int = 0) -> onnx.ModelProto:
+    """A multi-task model whose heads are packed into one output (sweep 55: torch.cat([cls(h), reg(h), emb(h)], 1)):
+    'input' [N, in] -> fc + relu -> one MatMul + Add head per width (class logits, a regression, an embedding) ->
+    Concat(axis 1) -> `output` [N, sum(widths)]."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("input", "body", in_features, hidden), "body")
+    heads = [g.matmul(h, f"head{k}", hidden, w) for k, w in enumerate(widths)]
+    g.nodes.append(helper.make_node("Concat", heads, [output], name="/Concat", axis=1))
+    return _model(g, "packed_heads", [_float("input", [BATCH, in_features])], [_float(output, [BATCH, sum(widths)])])
+
+
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
                 producer: str = "skl2onnx") -> onnx.ModelProto:
     """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->

@@ -616,13 +616,23 @@ class BudgetRule:
         calibration.metrics `Evaluator.crops`)."""
         ev = self.evaluator
         crops = getattr(ev, "crops", None) or []
-        cut = sorted({i for batch in crops for i in batch})
-        if not cut:
+        blends = getattr(ev, "blends", None) or {}
+        cut = sorted({i for batch in crops for i in batch if i not in blends})
+        mixed = sorted({i for batch in crops for i in batch if i in blends})
+        if not cut and not mixed:
             return ""
         names = list(ev.plan)
-        fed = sorted({p for i in cut for p in ev.copies[i][1] if p})
-        return (f"; {', '.join(repr(names[i]) for i in cut)} scored on their new part only: the part that copies "
-                f"{', '.join(repr(p) for p in fed)} as fed is equal in every model")
+        said = ""
+        if cut:
+            fed = sorted({p for i in cut for p in ev.copies[i][1] if p})
+            said += (f"; {', '.join(repr(names[i]) for i in cut)} scored on their new part only: the part that copies "
+                     f"{', '.join(repr(p) for p in fed)} as fed is equal in every model")
+        for i in mixed:
+            x, m, c = blends[i]
+            where = f"'{m}'" if c is None else f"1 - '{m}'" if np.all(np.asarray(c) == 1) else f"c - '{m}'"
+            said += (f"; '{names[i]}' scored on its computed part only: the input '{x}' it blends in by {where} is "
+                     f"equal in every model")
+        return said
 
     def changes_allowed(self, n: int | None = None) -> int | None:
         """How many of `n` (default: this set's) decision samples may change class/value within the budget by

@@ -281,6 +281,54 @@ def test_an_unnamed_output_of_an_inputs_size_is_a_reconstruction_not_class_score
     assert auto_kinds({"probs": pixels["output"]}, bounded={"probs"}, input_sizes={32}) == {"probs": "binary_prob"}
 
 
+def test_an_unnamed_field_on_a_grid_is_values_not_class_scores():
+    """Rule 11: sweep 55's heat-equation operators (jax2onnx 'add_out_2', Keras 'dense_2' [N, 64]: u0 on 32 points
+    -> u(t) on 64) were judged by the argmax over their 64 grid points, near ties that any change moves, and the
+    input model was kept (1.00x)."""
+    model = tb.field_operator()
+    fields = tb.smooth_fields(64)
+    assert evaluator(model, {"u0": fields}).plan == {"add_out_2": "rel_l2"}
+    values = make_session(model).run(None, {"u0": fields})[0]
+    assert auto_kinds({"dense_2": values}) == {"dense_2": "rel_l2"}
+    # class scores: columns in no order (64 classes), or a name that says so, keep their argmax
+    logits = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32) * 3
+    assert auto_kinds({"dense_2": logits}) == {"dense_2": "agreement"}
+    assert evaluator(tb.field_operator(output="logits"), {"u0": fields}).plan == {"logits": "agreement"}
+    # too few grid points to tell from an ordered classifier's logits (a DeepONet's 10 query points), too few rows,
+    # and one rough row among smooth ones (a sampled function is smooth in every sample) stay class scores
+    assert evaluator(tb.field_operator(out_points=10), {"u0": fields}).plan == {"add_out_2": "agreement"}
+    assert auto_kinds({"dense_2": values[:3]}) == {"dense_2": "agreement"}
+    rough = values.copy()
+    rough[5] = logits[5]
+    assert auto_kinds({"dense_2": rough}) == {"dense_2": "agreement"}
+    # the pruned field is then judged by its values: a weight moved by 5% moves the output by about 5%
+    moved = make_session(with_weight(model, "heat.weight", lambda w: w * 1.05)).run(None, {"u0": fields})[0]
+    score = METRICS["rel_l2"].finish(*METRICS["rel_l2"].batch(moved, values, None))
+    assert 0.93 < score < 0.97
+
+
+def test_heads_packed_into_one_output_are_judged_by_their_argmax_and_their_values():
+    """Rule 12: sweep 55's multi-task CNN returns torch.cat([logits (10), ink (1), embedding (8)], 1) as 'out' [N, 19];
+    judged by its argmax alone it was pruned 30x while its ink's error rose 19% held out. A Concat of two or more
+    linear layers' outputs along the last axis is scored by agreement and rel_l2, each within the budget."""
+    from onnxprune.calibration.metric_choice import packed_heads
+    model = tb.packed_heads()
+    onnx.checker.check_model(model, full_check=True)
+    assert packed_heads(model) == {"out"}
+    assert evaluator(model, {"input": X8}).plan == {"out": "agreement+rel_l2"}
+    # a name that says class scores keeps its argmax; one head (no Concat) is a classifier's logits
+    assert evaluator(tb.packed_heads(output="logits"), {"input": X8}).plan == {"logits": "agreement"}
+    assert packed_heads(tb.packed_heads(widths=(10,))) == frozenset()
+    assert packed_heads(tb.flat_autoencoder(out_features=12)) == frozenset()
+    # the regression head moved by 5%: the argmax keeps every sample, the values' part sees it
+    ev = evaluator(model, {"input": X8})
+    ev.evaluate(with_weight(model, "head1.weight", lambda w: w * 1.05))
+    assert ev.last["out"]["after"] < 1.0
+    ev = evaluator(model, {"input": X8}, metric="agreement")
+    ev.evaluate(with_weight(model, "head1.weight", lambda w: w * 1.05))
+    assert ev.last["out"]["after"] == 1.0
+
+
 def test_input_sizes_counts_the_declared_values_of_a_sample():
     from onnxprune.calibration.metric_choice import input_sizes
     model = tb.flat_autoencoder()

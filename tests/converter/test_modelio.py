@@ -541,3 +541,29 @@ def test_a_kept_model_is_stored_as_an_explicit_sparse_format_asks(tmp_path):
     np.testing.assert_allclose(run(out), run(path), rtol=1e-5, atol=1e-6)
     res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--json")
     assert res.exit_code == 0 and out.read_bytes() == path.read_bytes()  # no flag: as given
+
+
+def test_an_ir3_models_initializers_left_out_of_its_inputs_are_listed_at_load(tmp_path):
+    """Sweep 55: onnxruntime's saved optimized graph (optimized_model_filepath, ORT_ENABLE_EXTENDED) of torch's
+    opset-7 export (IR 3, every initializer a graph input) adds its Conv+BatchNorm fusions' initializers without
+    listing them as inputs; onnxruntime runs it, onnx's checker refuses it, and so did `prune` ("not a valid ONNX
+    model: ConvBnFusion_W_f.2.weight in initializer but not in graph input; fix or re-export it"). They are listed
+    at load and the model computes the same; an IR-4 model's inputs are left as they are."""
+    from onnx import helper
+
+    model = builders.conv_bn_relu()
+    old = onnx.ModelProto.FromString(model.SerializeToString())
+    old.ir_version = 3
+    del old.opset_import[:]
+    old.opset_import.append(helper.make_opsetid("", 7))
+    for t in list(old.graph.initializer)[:-2]:  # as ORT writes it: the fused tensors not listed
+        old.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    with pytest.raises(onnx.checker.ValidationError, match="in initializer but not in graph input"):
+        onnx.checker.check_model(old)
+    path = tmp_path / "ir3.onnx"
+    onnx.save(old, path)
+    loaded = modelio.load_model(path).model
+    onnx.checker.check_model(loaded, full_check=True)
+    assert loaded.ir_version == 3 and {i.name for i in loaded.graph.input} >= {t.name for t in loaded.graph.initializer}
+    assert_same_outputs(loaded, model)
+    assert modelio.input_initializers(model) == [] and len(model.graph.input) == 1
