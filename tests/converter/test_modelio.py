@@ -395,13 +395,7 @@ def test_nodes_out_of_topological_order_are_sorted_at_load(tmp_path):
                 body = list(a.g.node)
                 del a.g.node[:]
                 a.g.node.extend(reversed(body))
-    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
-        onnx.checker.check_model(shuffled)
-    path = tmp_path / "shuffled.onnx"
-    onnx.save(shuffled, path)
-    loaded = modelio.load_model(path).model
-    onnx.checker.check_model(loaded, full_check=True)
-    assert_same_outputs(loaded, model)
+    _repaired_at_load(shuffled, model, tmp_path / "shuffled.onnx", "topologically sorted")
     broken = onnx.ModelProto.FromString(model.SerializeToString())
     broken.graph.node.append(helper.make_node("Relu", ["nowhere"], ["dangling"]))
     broken.graph.node.insert(0, broken.graph.node.pop())
@@ -543,6 +537,18 @@ def test_a_kept_model_is_stored_as_an_explicit_sparse_format_asks(tmp_path):
     assert res.exit_code == 0 and out.read_bytes() == path.read_bytes()  # no flag: as given
 
 
+def _repaired_at_load(broken: onnx.ModelProto, model: onnx.ModelProto, path, refusal: str) -> onnx.ModelProto:
+    """`broken` (which onnx's checker refuses with `refusal`) saved at `path` and loaded: the loaded model passes the
+    full check and computes what `model` does in onnxruntime."""
+    with pytest.raises(onnx.checker.ValidationError, match=refusal):
+        onnx.checker.check_model(broken)
+    onnx.save(broken, path)
+    loaded = modelio.load_model(path).model
+    onnx.checker.check_model(loaded, full_check=True)
+    assert_same_outputs(loaded, model)
+    return loaded
+
+
 def test_an_ir3_models_initializers_left_out_of_its_inputs_are_listed_at_load(tmp_path):
     """Sweep 55: onnxruntime's saved optimized graph (optimized_model_filepath, ORT_ENABLE_EXTENDED) of torch's
     opset-7 export (IR 3, every initializer a graph input) adds its Conv+BatchNorm fusions' initializers without
@@ -558,12 +564,6 @@ def test_an_ir3_models_initializers_left_out_of_its_inputs_are_listed_at_load(tm
     old.opset_import.append(helper.make_opsetid("", 7))
     for t in list(old.graph.initializer)[:-2]:  # as ORT writes it: the fused tensors not listed
         old.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    with pytest.raises(onnx.checker.ValidationError, match="in initializer but not in graph input"):
-        onnx.checker.check_model(old)
-    path = tmp_path / "ir3.onnx"
-    onnx.save(old, path)
-    loaded = modelio.load_model(path).model
-    onnx.checker.check_model(loaded, full_check=True)
+    loaded = _repaired_at_load(old, model, tmp_path / "ir3.onnx", "in initializer but not in graph input")
     assert loaded.ir_version == 3 and {i.name for i in loaded.graph.input} >= {t.name for t in loaded.graph.initializer}
-    assert_same_outputs(loaded, model)
     assert modelio.input_initializers(model) == [] and len(model.graph.input) == 1
