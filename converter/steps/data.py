@@ -114,6 +114,7 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
         apart._metrics_said = said  # the metric choice is said once per run
         apart._warned = data._warned  # ... and what reading --data says (random data, feeds used as is)
         apart.derived = dict(data.derived)  # ... and a decoder's own budgets, as derived
+        apart.held_parts = dict(data.held_parts)
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -156,6 +157,7 @@ class Data:
         # --max-loss L and --max-loss OUTPUT=L: every evaluator scores each output against its own budget
         self.budget, self.output_budgets = budget, dict(output_budgets or {})
         self.derived: dict[str, str] = {}  # own budgets the run derived, in words (own_budget)
+        self.held_parts: dict[str, tuple[int, ...]] = {}  # ... and the parts each holds, where not all (own_budget)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -173,16 +175,20 @@ class Data:
         else:
             self.every = self._split() if split else None  # before any part= reader is asked for
 
-    def own_budget(self, name: str, pp: float, why: str) -> None:
+    def own_budget(self, name: str, pp: float, why: str, parts: tuple[int, ...] | None = None) -> None:
         """Output `name` judged at its own budget `pp` from now on, by every evaluator, built or not (a greedy
         decoder's fed-back output, converter/steps/verify.decoded_budget), as --max-loss NAME=pp would; `why` says
-        where it comes from where the rule cannot certify it (no --max-loss the user typed)."""
+        where it comes from where the rule cannot certify it (no --max-loss the user typed). `parts`: the metric's
+        term columns `pp` holds (a decoder's `prob`: its pick, column 0), the others at the run's budget; None: all."""
         self.output_budgets[name] = pp
         self.derived[name] = why
+        if parts is not None:
+            self.held_parts[name] = tuple(parts)
         for evaluator in (self._calib, self._eval, self._choose, self._all):
             if evaluator is not None:
                 evaluator.output_budgets[name] = pp
                 evaluator.derived = dict(self.derived)
+                evaluator.held_parts = dict(self.held_parts)
 
     def _split(self) -> int | None:
         c = self.config
@@ -312,6 +318,7 @@ class Data:
         evaluator = Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
                               split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
         evaluator.derived = dict(self.derived)
+        evaluator.held_parts = dict(self.held_parts)
         return evaluator
 
     def scored_outputs(self) -> list[str]:

@@ -358,6 +358,9 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
 
 DECODED_KINDS = frozenset({"agreement", "seq_agreement", "prob"})  # metrics whose per-call loss counts a changed
 # pick (the argmax over the last axis) in full: a share of calls whose pick changes bounds the decodes that change
+# ... and of those, the term columns that count it where not all do: `prob`'s class change, not its probability
+# change (held to --max-loss as any output's: a decode changes only where a pick does)
+PICK_PARTS = {"prob": (0,)}
 
 
 def decoded_budget(state: RunState) -> None:
@@ -433,9 +436,9 @@ def decoded_budget(state: RunState) -> None:
             said.append(f"'{o}' is judged by {plan.get(o)}, which does not count a changed pick, so its budget stays "
                         f"{budget:g} a call and bounds no decode")
         else:
-            judged[o] = budget / length
+            judged[o] = budget / length  # a decode changes only where a pick does: `prob`'s probability part stays
             data.own_budget(o, judged[o], f"--max-loss {budget:g} over decodes of {length:.1f} picks, the note on "
-                                          "greedy decoding")
+                                          "greedy decoding", PICK_PARTS.get(plan.get(o)))
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
                             "budgets": judged}
     fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
@@ -445,6 +448,8 @@ def decoded_budget(state: RunState) -> None:
             f"{length:.1f} times the share of calls whose pick changes")
     if judged:
         text += ("; " + ", ".join(f"'{o}' is judged at --max-loss {budget:g} / {length:.1f} = {pp:.3g} pp a call"
+                                  + (f" (its picks; its probability change at {budget:g} pp)"
+                                     if plan.get(o) in PICK_PARTS else "")
                                   for o, pp in judged.items())
                  + f", so that about {budget:g}% of decodes of that length may change (--max-loss "
                  + " ".join(f"{o}={budget:g}" for o in judged) + " judges it one call at a time instead)")

@@ -495,3 +495,94 @@ def test_a_decoder_fed_the_one_hot_of_its_pick_is_decoded_with_its_own_picks(tmp
     changed = sum(int((x != y).any(1).sum()) for x, y in zip(a, b))
     assert (decoded["changed"], decoded["tokens_changed"]) == (changed, sum(int((x != y).sum()) for x, y in zip(a, b)))
     assert changed > 0
+
+
+def _step_calls(sess, token: np.ndarray, steps: int, record=None) -> np.ndarray:
+    """stacked_cache_step(dim=8) decoding greedily from `token` [N] with an empty cache for `steps` calls: its picks
+    [N, steps]; each call's feed appended to `record`."""
+    cache, picks = np.zeros((2, len(token), 0, 8), np.float32), []
+    for _ in range(steps):
+        feed = {"token": token, "cache": cache}
+        if record is not None:
+            record.append(feed)
+        probs, cache = sess.run(["probs", "new_cache"], feed)
+        token = probs.argmax(-1).astype(np.int64)
+        picks.append(token)
+    return np.stack(picks, 1)
+
+
+def _hotter(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """The model with its last layer (fc2, before the Softmax) scaled by `factor`: every probability moves, no
+    argmax does."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name.startswith("fc2"):
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * factor, t.name))
+    return out
+
+
+def test_a_decoders_probabilities_are_held_to_the_runs_budget_and_only_its_picks_to_the_decoded_one():
+    """A decode changes only where a pick changes, so a greedy decoder's `prob` output holds its class-change part to
+    --max-loss / L and its probability part to --max-loss (decoders 55's L4): a candidate whose probabilities move
+    0.75 pp and whose picks do not is within 1 pp with 'probs' at 0.25 pp a call, by the rule, the Evaluator's loss
+    and the sequential scorer alike; one whose picks move is not."""
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.calibration.readers import open_data
+    from onnxprune.calibration.sampling import SequentialScorer
+    from onnxprune.converter.auto.decide import BudgetRule
+
+    model, rng = tb.stacked_cache_step(), np.random.default_rng(0)
+    feed = {"token": rng.integers(0, 12, 1200).astype(np.int64),
+            "cache": rng.standard_normal((2, 1200, 3, 4)).astype(np.float32)}
+    ev = Evaluator(open_data(feed, model), None, model, budget=1.0, output_budgets={"probs": 0.25})
+    assert ev.plan == {"probs": "prob", "new_cache": "rel_l2"}
+    hot = _hotter(model, 1.05)
+    whole = BudgetRule(ev, 1.0).judge(hot)  # the output held to 0.25 pp whole: its probabilities are over it
+    assert not whole.within and whole.outputs["probs"]["part"] == "probability change"
+    moved = whole.outputs["probs"]["loss_pp"]
+    assert 0.5 < moved < 0.9
+    ev.held_parts = {"probs": (0,)}  # what Data.own_budget gives a greedy decoder's `prob` output
+    decision = BudgetRule(ev, 1.0).judge(hot)
+    probs = decision.outputs["probs"]
+    assert decision.within and probs["part"] == "probability change" and probs["part_budget_pp"] == 1.0
+    assert ev.part_factors == ((0.25, 1.0), 1.0)
+    assert decision.loss_pp == pytest.approx(moved) and probs["loss_pp"] == pytest.approx(moved)
+    assert ev.loss_pp(ev.evaluate(hot)) == pytest.approx(moved)  # in pp of the run's budget: as itself
+    outputs = list(ev.run_all(hot))
+    scorer = SequentialScorer(ev)
+    measured = scorer.measure(lambda order: [outputs[b] for b in order], 1.0, stop_known=False, estimate=False)
+    assert measured.loss_pp == pytest.approx(moved) and scorer.within(measured, 1.0)
+    # picks that change: held to 0.25 pp, not to 1 pp
+    noisy = onnx.ModelProto()
+    noisy.CopyFrom(model)
+    for t in noisy.graph.initializer:
+        if t.name == "fc2.weight":
+            w = onnx.numpy_helper.to_array(t)
+            noise = np.random.default_rng(1).standard_normal(w.shape).astype(np.float32)
+            t.CopyFrom(onnx.numpy_helper.from_array(w + 0.02 * np.abs(w).mean() * noise, t.name))
+    bad = BudgetRule(ev, 1.0).judge(noisy)
+    changed = bad.outputs["probs"]
+    assert not bad.within and changed["part"] == "changed" and 0 < changed["changed"] < 12  # under 1% of 1,200
+    assert bad.loss_pp == pytest.approx(changed["loss_pp"] / 0.25)
+
+
+def test_a_greedy_decoders_probabilities_do_not_hold_back_its_search_beyond_what_its_decodes_need(tmp_path):
+    """End to end: a stacked-cache step's recorded decodes (240 of 8 picks) at --max-loss 1: 'probs' is judged at
+    0.125 pp a call on its picks and 1 pp on its probabilities (said in the note), so the search goes past the 1.01x
+    that holding its probabilities to 0.125 pp gave, and the held-out decodes stay within 1%."""
+    model = tb.stacked_cache_step(dim=8)
+    dense, rng, feeds = make_session(model), np.random.default_rng(0), []
+    for _ in range(60):
+        _step_calls(dense, rng.integers(0, 12, 4).astype(np.int64), 8, feeds)
+    _save(tmp_path / "calls", feeds)
+    onnx.save(model, tmp_path / "m.onnx")
+    result = prune(tmp_path / "m.onnx", output=tmp_path / "out.onnx", data=tmp_path / "calls", max_loss=1.0)
+    assert result.report["budget"]["by_output"] == {"probs": 0.125}
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding: 'token' holds the argmax of "
+                                                                     "'probs' of the call before, and the calls"))
+    assert "= 0.125 pp a call (its picks; its probability change at 1 pp)" in note
+    assert result.report["compression"] > 1.15
+    written, held = make_session(onnx.load(tmp_path / "out.onnx")), np.random.default_rng(1)
+    tokens = [held.integers(0, 12, 4).astype(np.int64) for _ in range(100)]
+    assert sum(int((_step_calls(dense, t, 8) != _step_calls(written, t, 8)).any(1).sum()) for t in tokens) <= 4
