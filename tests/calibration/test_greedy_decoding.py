@@ -586,3 +586,38 @@ def test_a_greedy_decoders_probabilities_do_not_hold_back_its_search_beyond_what
     written, held = make_session(onnx.load(tmp_path / "out.onnx")), np.random.default_rng(1)
     tokens = [held.integers(0, 12, 4).astype(np.int64) for _ in range(100)]
     assert sum(int((_step_calls(dense, t, 8) != _step_calls(written, t, 8)).any(1).sum()) for t in tokens) <= 4
+
+
+def test_a_decoders_stacked_calls_are_split_by_decode_and_the_decision_part_grown_to_certify_its_budget(tmp_path):
+    """Files of 4 stacked rows a call, 720 decodes of 14 calls (12 kept picks: 'logits' at 1 / 12 pp a call, which
+    1,199 decision samples certify). Split by row, --validation's tenth held 1,008 of the 10,080 rows, cut from every
+    decode's calls (the others of each decode trained on), and the search fell back to one shot without retraining
+    (decoders 55's L6). Now each decode is on one side, and every 8th decode decides: 1,260 rows, so it retrains."""
+    from onnxprune.calibration.carried import follows
+    from onnxprune.calibration.readers import open_data
+    from onnxprune.converter.steps.verify import _decodes
+
+    model = tb.greedy_rnn_step()
+    dense, feeds = make_session(model), []
+    for seed in range(18):
+        for h0, prompt in _prompts(dense, 100 + seed, 3):
+            _rnn_calls(dense, h0, prompt, 14, feeds)
+    _save(tmp_path / "calls", feeds)
+    onnx.save(model, tmp_path / "m.onnx")
+    # the split: a decode's rows all on one side (decodes by the calls that follow one another, as the run reads them)
+    outs = [dict(zip(["logits", "h_out"], dense.run(["logits", "h_out"], f))) for f in feeds]
+    after = [k > 0 and follows(outs[k - 1], feeds[k], {"h": "h_out"}) for k in range(len(feeds))]
+    groups = _decodes(after, 4)
+    assert len(groups) == 10080 and len(set(groups.tolist())) == 720
+    part = open_data(tmp_path / "calls", model).part(8, True, groups=groups, unit="decode")
+    got = np.concatenate([f["h"] for f in part])
+    rows = np.concatenate([f["h"] for f in feeds])
+    assert part.num_samples == 1260 and np.array_equal(got, rows[groups % 8 == 0])
+    result = prune(tmp_path / "m.onnx", output=tmp_path / "out.onnx", data=tmp_path / "calls", max_loss=1.0)
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding: 'prev_token' holds the argmax"))
+    assert "= 0.0833 pp a call" in note
+    assert "split by decode (720 decodes, each on one side), every 8th decode deciding so that 1,260 calls' rows " \
+           "decide where validation's share held fewer than the 1,199 the budget needs" in note  # the API's words
+    assert not any("the one-shot search ran" in n for n in result.report["notes"])
+    assert any(n.startswith("recovery by reconstruct (no labels and 8820 training samples") for n in
+               result.report["notes"])  # the search retrains, on the other 630 decodes
