@@ -128,7 +128,7 @@ class DataReader:
 
     def _batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         if self.per_feed:
-            yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout)
+            yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout, self._groups)
             return
         checked = _take((self._check(c) for c in self._chunks()), self.limit)
         if self._every:  # --limit counts samples of the whole data, before the split
@@ -150,12 +150,12 @@ class DataReader:
         sample, held out from retraining)" named the training part). `groups`: each sample's group by its index (a
         greedy decoder's calls, a decode each: converter/steps/verify.decoded_budget), sample i held out when
         groups[i] % every == 0, so a group is on one side (samples past the array by their own index); `unit` the
-        group in words. Not for a reader of feeds used as they are (their own split)."""
+        group in words (of feeds used as they are, each feed's group: a decoder's calls, a stream each)."""
         if every < 2:
             raise ConfigError(f"a split needs every >= 2 (got {every}).")
         out = copy.copy(self)
         out._every, out._holdout, out._cursor = every, holdout, None
-        out._groups = None if groups is None or self.per_feed else np.asarray(groups, dtype=np.int64)
+        out._groups = None if groups is None else np.asarray(groups, dtype=np.int64)  # a feed's, used as is
         if self.num_samples is not None:
             if out._groups is not None:
                 n = self.num_samples
@@ -166,7 +166,7 @@ class DataReader:
         nth = "every other" if every == 2 else f"every {every}{'rd' if every % 10 == 3 and every % 100 != 13 else 'th'}"
         if role is None:
             role = "held out from retraining" if holdout else ""
-        unit = "feed" if self.per_feed else (unit if out._groups is not None and unit else "sample")  # a part of
+        unit = (unit if out._groups is not None and unit else "feed" if self.per_feed else "sample")  # a part of
         # feeds used as is is cut a feed at a time; a grouped one by its groups
         which = (f"{nth} {unit}" if holdout else f"all but {nth} {unit}") + (f", {role}" if role else "")
         count = "?" if out.num_samples is None else f"{out.num_samples:,}"

@@ -291,17 +291,19 @@ class Data:
         if part is not None and source is None and self.every:
             reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every,
                                  role="the training part" if part == "train" else None, groups=self.groups,
-                                 unit="decode")
+                                 unit="decode" if not getattr(reader, "per_feed", False) else "stream of calls")
         return reader
 
-    def by_decode(self, groups, target: int) -> str | None:
+    def by_decode(self, groups, target: int, unit: str = "decode") -> str | None:
         """A greedy decoder's recorded calls split by decode, not by row (converter/steps/verify.decoded_budget):
         `groups` each sample's decode, so a decode's calls are all on one side (its calls that decide were not
         trained on beside them); and where the deciding part holds fewer than `target` samples (what the decoded
         budget needs to be certified: 2,017 at 0.0496 pp, where --validation's tenth held 1,018 and the search fell
         back to one shot, decoders 55's L6), the automatic search's small-data split to that target
         (`decision_split`). Only before any part of the data was read, and only a split the data step made; the
-        words for the note, or None when nothing changed."""
+        words for the note, or None when nothing changed. `unit` "stream": feeds used as they are, each a call of
+        a stream of decodes (its rows), `groups` each feed's stream; kept together, the split's share not grown
+        (its feeds are not samples)."""
         if not self.every or self.config.val_data is not None or any(
                 e is not None for e in (self._eval, self._choose, self._all)):
             return None
@@ -310,16 +312,17 @@ class Data:
             return None
         self._calib = None  # built on the row split (the metric plan asked for): built again on this one
         self.groups = groups
-        said = f"split by decode ({int(np.max(groups)) + 1:,} decodes, each on one side)"
+        said = f"split by {unit} ({int(np.max(groups)) + 1:,} {unit}s, each on one side)"
         deciding = self.reader(part="validation").num_samples or 0
-        if self.small_data and deciding < target and not self.trains_on_every:
+        if unit == "decode" and self.small_data and deciding < target and not self.trains_on_every:
             every, trains = decision_split(n, target)
             self.every, self.trains_on_every = every, trains
             deciding = self.reader(part="validation").num_samples or 0
             while not trains and deciding < target and every > 2:  # decodes of unequal length: a decode fewer apart
                 every = self.every = every - 1
                 deciding = self.reader(part="validation").num_samples or 0
-            said += f", every {every}th decode {'training' if trains else 'deciding'} so that {deciding:,} calls' rows"
+            nth = {2: "other", 3: "3rd"}.get(every, f"{every}th")
+            said += f", every {nth} decode {'training' if trains else 'deciding'} so that {deciding:,} calls' rows"
             said += f" decide where --validation's share held fewer than the {target:,} the budget needs"
         return said
 

@@ -440,9 +440,13 @@ def decoded_budget(state: RunState) -> None:
             judged[o] = budget / length  # a decode changes only where a pick does: `prob`'s probability part stays
             data.own_budget(o, judged[o], f"--max-loss {budget:g} over decodes of {length:.1f} picks, the note on "
                                           "greedy decoding", PICK_PARTS.get(plan.get(o)))
-    split = None
-    if judged and calls is not reader and not stopped and not getattr(reader, "per_feed", False):
-        split = data.by_decode(_decodes(after, found[1]), _to_certify(min(judged.values())))
+    split = None  # the split by decode: files of stacked rows a decode a row, feeds used as is a stream a group
+    if judged and not stopped:
+        per_feed = bool(getattr(reader, "per_feed", False))
+        if calls is not reader and not per_feed:
+            split = data.by_decode(_decodes(after, found[1]), _to_certify(min(judged.values())))
+        elif calls is reader and per_feed:
+            split = data.by_decode(_decodes(after, 1), _to_certify(min(judged.values())), unit="stream")
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
                             "budgets": judged, "split": split}
     fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
