@@ -346,13 +346,20 @@ class _OutputRule:
         self.factor = factor  # its own budget / the run's (Evaluator.loss_factor): its figures count divided by it
         # each part's, where the own budget holds only some parts (Evaluator.part_factor: a greedy decoder's picks at
         # --max-loss / L, its probability change at --max-loss): the others are judged at the run's budget
+        self.split = part_factors is not None
         self.part_factors = part_factors if part_factors is not None else (factor,) * len(self.form.parts)
-        run = budget / factor if factor else budget
-        self.part_budgets = tuple(run * f for f in self.part_factors) if part_factors is not None else \
-            (budget,) * len(self.form.parts)
         self.strictness = strictness
         self.certifies = certifies  # False: a choosing rule, no Wilson floor for a paired output (see judge)
         self.dense: np.ndarray | None = None
+
+    @property
+    def part_budgets(self) -> tuple[float, ...]:
+        """Each part's budget: the output's (`budget`, which a caller may set: steps/quantize.PairedRule), or where
+        the own budget holds only some parts, the run's on the others."""
+        if not self.split:
+            return (self.budget,) * len(self.form.parts)
+        run = self.budget / self.factor if self.factor else self.budget
+        return tuple(run * f for f in self.part_factors)
 
     def resolves(self) -> bool:
         """Whether a candidate that changes no decision sample is within the budget by the bound (binary parts);
