@@ -519,9 +519,12 @@ class FeedSource:
         return len(self.items)
 
     def feeds(self, check: FeedChecker, limit: int | None, every: int | None,
-              holdout: bool) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+              holdout: bool, groups=None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """Each feed, or with `every` one side of the split: feed i held out when i % every == 0, or with `groups`
+        (each feed's group: a greedy decoder's calls, a stream each) when groups[i] % every == 0."""
         for i, item in enumerate(self.items[:limit]):
-            if every and (i % every == 0) != holdout:
+            g = groups[i] if groups is not None and i < len(groups) else i
+            if every and (g % every == 0) != holdout:
                 continue
             yield check(self._load(item), self._where(item))
 

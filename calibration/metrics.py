@@ -76,7 +76,7 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _
                                                  graph_facts,
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
-                                                  FLOOR, _flat, _n, _relative_errors, _top1, as_array,
+                                                  FLOOR, PART_SCORES, _flat, _n, _relative_errors, _top1, as_array,
                                                   base_kind, decision_threshold,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
@@ -110,6 +110,9 @@ class Evaluator:
                  output_budgets: dict[str, float] | None = None):
         self.reader, self.optimize, self._quiet = reader, optimize, quiet
         self.budget_pp, self.output_budgets = budget, dict(output_budgets or {})
+        # outputs whose own budget holds only some of their term columns, the others at the run's (a greedy
+        # decoder's `prob`: its picks at --max-loss / L, its probabilities at --max-loss; `part_factor`)
+        self.held_parts: dict[str, tuple[int, ...]] = {}
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
         else:
@@ -190,6 +193,7 @@ class Evaluator:
                 self.position_masks, self.padding = found
         self.num_samples = sum(feed_samples(f, self.reader) for f, _ in self.batches()) if self._cached else None
         self.last: dict[str, dict] = {}
+        self._part_scores: dict[str, tuple[float, ...]] = {}  # the last `_per_output`'s (`part_scores`)
         if reference_model is not None:
             first = self.reference is None
             t0 = time.perf_counter()
@@ -862,6 +866,7 @@ class Evaluator:
                     counts[i] += got[1]
         if not self.labels:
             raise CalibrationError("no samples were scored; the calibration data is empty.")
+        self._part_scores = self.part_scores(sums, counts)
         return self.finish_outputs(sums, counts)
 
     def batch_sums(self, values, ref, labels, batch: int | None = None) -> list[tuple | None]:
@@ -891,16 +896,53 @@ class Evaluator:
     def score(self, outputs: Iterable) -> float:
         """The combined metric of per-batch outputs given in the order of `batches()`: a tuple of the scored
         outputs per batch (or the one array when a single output is scored). Per-output figures go to `last`."""
-        return self.combine(self._per_output(outputs))
+        values = self._per_output(outputs)
+        return self.combine(values, self._part_scores)
 
-    def combine(self, values: dict[str, float]) -> float:
+    def combine(self, values: dict[str, float], parts: dict[str, tuple[float, ...]] | None = None) -> float:
         """`dense - worst output loss` from each output's metric (the headline's own metric without a reference);
-        per-output figures go to `last`."""
+        per-output figures go to `last`. `parts`: each part's own score of an output whose parts have budgets of
+        their own (`part_scores`); without them such an output is held to its own budget whole (the stricter)."""
         self.last = {name: self._figure(name, value) for name, value in values.items()}
         if self.dense is None:
             return values[self.scored_outputs[0]]
-        worst = max((self.dense_by[n] - v) / self.loss_factor(n) for n, v in values.items())
+        parts = parts or {}
+
+        def loss(n: str, v: float) -> float:
+            f = self.part_factor(n)
+            if isinstance(f, tuple) and n in parts:
+                return max((self.dense_by[n] - p) / g for p, g in zip(parts[n], f, strict=True))
+            return (self.dense_by[n] - v) / self.loss_factor(n)
+
+        worst = max(loss(n, v) for n, v in values.items())
         return self.dense - worst
+
+    def combine_sums(self, sums: list, counts: list[int]) -> float:
+        """`combine` of each output's sums and count over the batches (`finish_outputs`), each part held to its own
+        budget where an output's parts have their own (`part_scores`)."""
+        return self.combine(self.finish_outputs(sums, counts), self.part_scores(sums, counts))
+
+    def part_scores(self, sums: list, counts: list[int]) -> dict[str, tuple[float, ...]]:
+        """Each part's own score (output_metrics.PART_SCORES) of every output whose parts have budgets of their own
+        (`part_factor` a tuple)."""
+        out = {}
+        for i, (name, kind) in enumerate(self.plan.items()):
+            if isinstance(self.part_factor(name), tuple) and counts[i]:
+                out[name] = tuple(float(g(sums[i], counts[i])) for g in PART_SCORES[kind])
+        return out
+
+    def part_factor(self, name: str) -> float | tuple[float, ...]:
+        """`loss_factor`, or, for an output whose own budget holds only some of its parts (`held_parts`: a greedy
+        decoder's picks), each part's: the own budget's on those, 1 (the run's budget) on the others."""
+        f, held, kind = self.loss_factor(name), self.held_parts.get(name), self.plan.get(name)
+        if held is None or f == 1.0 or kind not in PART_SCORES:
+            return f
+        return tuple(f if j in held else 1.0 for j in range(len(PART_SCORES[kind])))
+
+    @property
+    def part_factors(self) -> tuple:
+        """`part_factor` of each scored output, in the plan's order."""
+        return tuple(self.part_factor(n) for n in self.plan)
 
     def loss_factor(self, name: str) -> float:
         """An output's own budget (--max-loss OUTPUT=L) as a share of the run's (--max-loss L); 1 without one. Its

@@ -447,6 +447,13 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# each part's own score, for a metric whose figure is the lower of its parts' (the others as if unchanged): what a
+# part held to its own budget is judged by (Evaluator.held_parts: a greedy decoder's picks, not its probabilities)
+PART_SCORES: dict[str, tuple[Callable, ...]] = {
+    kind: (lambda s, n: s[0] / n, lambda s, n: max(0.0, 1.0 - s[1] / n)) for kind in ("prob", "binary_prob",
+                                                                                       "binary_logit")}
+
+
 def _both(first: str, second: str) -> Metric:
     """`first` and `second` at once on one output: their per-sample term columns side by side (each part bounded by
     the decision rule), the figure the lower of the two. For an output the automatic choice cannot read for sure

@@ -95,6 +95,7 @@ class DataReader:
         self._cursor: Iterator[dict[str, np.ndarray]] | None = None
         self._every: int | None = None  # set by `part`: a validation split
         self._holdout = False
+        self._groups: np.ndarray | None = None  # ... by group (`part`'s `groups`: a greedy decoder's decodes)
 
     @property
     def has_labels(self) -> bool:
@@ -127,11 +128,11 @@ class DataReader:
 
     def _batches(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         if self.per_feed:
-            yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout)
+            yield from self._feeds.feeds(self._feed_check, self.limit, self._every, self._holdout, self._groups)
             return
         checked = _take((self._check(c) for c in self._chunks()), self.limit)
         if self._every:  # --limit counts samples of the whole data, before the split
-            checked = _every_nth(checked, self._every, self._holdout)
+            checked = _every_nth(checked, self._every, self._holdout, self._groups)
         for chunk in _rebatch(checked, self.batch_size, self._check.values):
             if self.whole_batches and chunk.n < self.batch_size:
                 used = self.description.rsplit(" -> ", 1)[-1]  # the part of the data, when split
@@ -139,24 +140,34 @@ class DataReader:
                 continue
             yield chunk.arrays, chunk.labels
 
-    def part(self, every: int, holdout: bool, role: str | None = None) -> DataReader:
+    def part(self, every: int, holdout: bool, role: str | None = None, groups: np.ndarray | None = None,
+             unit: str | None = None) -> DataReader:
         """Every `every`-th sample (`holdout`) or all the others: a split that needs no shuffling or copy up front.
 
         Sample i goes to the held-out part when i % every == 0, so both parts span the whole file. `role` says what
         the part is for in its description (default: every n-th "held out from retraining", the others nothing);
         the automatic plan trains on every n-th sample when the data is small (sweep 7: "75 used (every 4th
-        sample, held out from retraining)" named the training part)."""
+        sample, held out from retraining)" named the training part). `groups`: each sample's group by its index (a
+        greedy decoder's calls, a decode each: converter/steps/verify.decoded_budget), sample i held out when
+        groups[i] % every == 0, so a group is on one side (samples past the array by their own index); `unit` the
+        group in words (of feeds used as they are, each feed's group: a decoder's calls, a stream each)."""
         if every < 2:
             raise ConfigError(f"a split needs every >= 2 (got {every}).")
         out = copy.copy(self)
         out._every, out._holdout, out._cursor = every, holdout, None
+        out._groups = None if groups is None else np.asarray(groups, dtype=np.int64)  # a feed's, used as is
         if self.num_samples is not None:
-            held = -(-self.num_samples // every)
+            if out._groups is not None:
+                n = self.num_samples
+                held = int(np.count_nonzero(_group_ids(out._groups, 0, n) % every == 0))
+            else:
+                held = -(-self.num_samples // every)
             out.num_samples = held if holdout else self.num_samples - held
         nth = "every other" if every == 2 else f"every {every}{'rd' if every % 10 == 3 and every % 100 != 13 else 'th'}"
         if role is None:
             role = "held out from retraining" if holdout else ""
-        unit = "feed" if self.per_feed else "sample"  # a part of feeds used as is is cut a feed at a time
+        unit = (unit if out._groups is not None and unit else "feed" if self.per_feed else "sample")  # a part of
+        # feeds used as is is cut a feed at a time; a grouped one by its groups
         which = (f"{nth} {unit}" if holdout else f"all but {nth} {unit}") + (f", {role}" if role else "")
         count = "?" if out.num_samples is None else f"{out.num_samples:,}"
         out.description = f"{self.description} -> {count} used ({which})"
@@ -969,11 +980,22 @@ def _take(chunks: Iterator[Chunk], limit: int | None) -> Iterator[Chunk]:
         left = None if left is None else left - chunk.n
 
 
-def _every_nth(chunks: Iterator[Chunk], every: int, holdout: bool) -> Iterator[Chunk]:
-    """Samples whose running index i has i % every == 0 (holdout) or != 0 (the rest)."""
+def _group_ids(groups: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+    """The group of each sample index in [start, stop): `groups[i]`, or past its end (or without it) i itself."""
+    ids = np.arange(start, stop)
+    if groups is not None:
+        known = ids < len(groups)
+        ids[known] = groups[ids[known]]
+    return ids
+
+
+def _every_nth(chunks: Iterator[Chunk], every: int, holdout: bool,
+               groups: np.ndarray | None = None) -> Iterator[Chunk]:
+    """Samples whose running index i has i % every == 0 (holdout) or != 0 (the rest); with `groups`, whose group
+    groups[i] has (`DataReader.part`)."""
     offset = 0
     for chunk in chunks:
-        pick = (np.arange(offset, offset + chunk.n) % every == 0) == holdout
+        pick = (_group_ids(groups, offset, offset + chunk.n) % every == 0) == holdout
         offset += chunk.n
         if pick.any():
             labels = None if chunk.labels is None else chunk.labels[pick]

@@ -125,7 +125,9 @@ class SequentialScorer:
         self.z, self.precision, self.min_samples = z, precision, max(2, min_samples)
         self.sequential = evaluator.reference_all is not None and evaluator.dense is not None
         # each output's loss in pp of the run's budget (an output with its own budget: Evaluator.loss_factor)
-        self.factors = np.asarray(getattr(evaluator, "loss_factors", None) or [1.0] * len(self.kinds))
+        # or each term column's, where an output's parts have budgets of their own (Evaluator.part_factor)
+        factors = getattr(evaluator, "part_factors", None) or getattr(evaluator, "loss_factors", None)
+        self.factors = [np.asarray(f, dtype=np.float64) for f in (factors or [1.0] * len(self.kinds))]
         self.continuous = all(METRICS[k].continuous for k in self.kinds)
         self.order = (list(range(self.batches)) if not (self.sequential and evaluator.cached) else
                       [int(i) for i in np.random.default_rng(seed).permutation(self.batches)])
@@ -280,7 +282,8 @@ class SequentialScorer:
                 if got is not None:
                     totals[o] = np.asarray(got[0], dtype=np.float64) + (0.0 if totals[o] is None else totals[o])
                     counts[o] += got[1]
-        value = 100.0 * ev.combine(ev.finish_outputs(totals, counts))
+        value = 100.0 * (ev.combine_sums(totals, counts) if hasattr(ev, "combine_sums") else
+                         ev.combine(ev.finish_outputs(totals, counts)))
         dense = 100.0 * ev.dense if ev.dense is not None else float("nan")
         done = self.total if seen is None else seen
         return Measured(value, dense - value, done, self.total, sums, list(moments or []), certain)

@@ -341,12 +341,25 @@ class _OutputRule:
     """One scored output's per-sample figures and its decision."""
 
     def __init__(self, name: str, kind: str, budget: float, z: float, strictness: float = 1.0,
-                 certifies: bool = True, factor: float = 1.0):
+                 certifies: bool = True, factor: float = 1.0, part_factors: tuple[float, ...] | None = None):
         self.name, self.kind, self.form, self.budget, self.z = name, kind, PER_SAMPLE[kind], budget, z
         self.factor = factor  # its own budget / the run's (Evaluator.loss_factor): its figures count divided by it
+        # each part's, where the own budget holds only some parts (Evaluator.part_factor: a greedy decoder's picks at
+        # --max-loss / L, its probability change at --max-loss): the others are judged at the run's budget
+        self.split = part_factors is not None
+        self.part_factors = part_factors if part_factors is not None else (factor,) * len(self.form.parts)
         self.strictness = strictness
         self.certifies = certifies  # False: a choosing rule, no Wilson floor for a paired output (see judge)
         self.dense: np.ndarray | None = None
+
+    @property
+    def part_budgets(self) -> tuple[float, ...]:
+        """Each part's budget: the output's (`budget`, which a caller may set: steps/quantize.PairedRule), or where
+        the own budget holds only some parts, the run's on the others."""
+        if not self.split:
+            return (self.budget,) * len(self.form.parts)
+        run = self.budget / self.factor if self.factor else self.budget
+        return tuple(run * f for f in self.part_factors)
 
     def resolves(self) -> bool:
         """Whether a candidate that changes no decision sample is within the budget by the bound (binary parts);
@@ -354,7 +367,8 @@ class _OutputRule:
         n = len(self.dense) if self.dense is not None else 0
         if not n or not self.form.any_floored or (self.form.paired and (self.budget <= 0 or not self.certifies)):
             return True
-        return self.budget >= 100.0 * self.floor(n) - 1e-12
+        floored = min(b for j, b in enumerate(self.part_budgets) if self.form.floored(j))
+        return floored >= 100.0 * self.floor(n) - 1e-12
 
     def floor(self, n: int) -> float:
         """Wilson's upper bound at none changed of n, the least a floored part's bound can be: at the rule's own
@@ -368,7 +382,7 @@ class _OutputRule:
         parts = []
         noise = self.form.variance(self.dense, values) if self.form.variance is not None and n else None
         for j in range(d.shape[1]):
-            col = d[:, j]
+            col, budget = d[:, j], self.part_budgets[j]  # the output's own, or this part's (part_factors)
             loss = 100.0 * float(col.mean()) if n else 0.0
             var = float(col.var(ddof=1)) if n > 1 else 0.0
             if noise is not None:
@@ -380,33 +394,39 @@ class _OutputRule:
                     # never below Wilson's bound at none made worse (SE is 0 with no discordant pair: a zero-wide
                     # bound), so no candidate with discordant pairs passes where an unchanged one would not
                     margin = max(margin, 100.0 * self.floor(n))
-                limit = self.budget - margin
+                limit = budget - margin
             elif self.form.paired:  # --max-loss 0: no loss beyond the noise, at 1 SE (a larger margin would forgive
                 limit = min(self.z, Z) * se / self.strictness  # more: --confidence does not widen it); stricter: less
             elif self.form.is_binary(j) and n:  # Wilson's upper bound: never zero-width (see the docstring)
                 share = float(col.mean())
                 if self.resolves():
-                    limit = self.budget - 100.0 * (wilson_upper(share, n, self.strictness * self.z) - share)
+                    limit = budget - 100.0 * (wilson_upper(share, n, self.strictness * self.z) - share)
                 else:  # even no changed sample does not certify the budget: one-sample resolution, none may change
                     limit = 0.0
             elif self.form.is_share(j) and n:  # a share of changed positions: never zero-wide (the docstring)
                 floor = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 if self.resolves():
-                    limit = self.budget - max(self.strictness * self.z * se, floor - loss)
+                    limit = budget - max(self.strictness * self.z * se, floor - loss)
                 else:  # as a binary part: no set of n samples certifies the budget, none may change
                     limit = 0.0
             else:  # a stricter rule takes more off the budget
-                limit = self.budget - self.strictness * self.z * se
+                limit = budget - self.strictness * self.z * se
             # a paired gain is not credited against a positive budget: the search keeps the best of many candidates
             # on this one set, and a gain measured there is mostly that choice's luck (module docstring)
             judged = max(loss, 0.0) if self.form.paired and self.budget > 0 else loss
             part = {"loss_pp": loss, "se_pp": se, "limit_pp": limit, "within": within_budget(judged, limit),
                     "part": self.form.parts[j]}
+            if self.part_factors[j] != self.factor:  # a part at another budget than the output's own
+                part["part_budget_pp"] = budget
             if self.form.is_binary(j) and not self.form.paired:  # samples with any change: a pooled feed's term
                 part["changed"] = int(np.count_nonzero(col > 0))  # is a share of its rows, not 0 or 1
             parts.append(part)
-        worst = max(parts, key=lambda p: (not p["within"], p["loss_pp"] - p["limit_pp"]))
-        out = {**worst, "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
+        # the worst part in pp of the run's budget (each part's figures divided by its factor, as `judge_outputs` does)
+        over = [(p["loss_pp"] - p["limit_pp"]) / f for p, f in zip(parts, self.part_factors, strict=True)]
+        worst = max(range(len(parts)), key=lambda j: (not parts[j]["within"], over[j]))
+        out = {**parts[worst], "within": all(p["within"] for p in parts), "n": n, "metric": self.kind}
+        if self.part_factors[worst] != self.factor:
+            out["factor"] = self.part_factors[worst]
         if self.form.paired:
             out["worse"], out["better"] = int((d[:, 0] > 0).sum()), int((d[:, 0] < 0).sum())
         return out
@@ -439,8 +459,10 @@ class BudgetRule:
         self.strictness = strictness
         factors = getattr(evaluator, "loss_factors", None) or (1.0,) * len(evaluator.plan)
         self.own_budgets = any(f != 1.0 for f in factors)  # some output has its own budget (--max-loss OUTPUT=L)
-        self.outputs = [_OutputRule(name or "output", kind, self.budget * f, z, strictness, certifies, f)
-                        for (name, kind), f in zip(evaluator.plan.items(), factors, strict=True)]
+        parts = getattr(evaluator, "part_factors", None) or factors  # or its parts', some of them (a decoder's)
+        self.outputs = [_OutputRule(name or "output", kind, self.budget * f, z, strictness, certifies, f,
+                                    p if isinstance(p, tuple) else None)
+                        for (name, kind), f, p in zip(evaluator.plan.items(), factors, parts, strict=True)]
         dense = self.values(evaluator.reference_all)
         for rule, values in zip(self.outputs, dense):
             rule.dense = values
@@ -517,8 +539,10 @@ class BudgetRule:
         if self.own_budgets:  # each output's figures against its own budget
             for r in self.outputs:
                 figures[r.name]["budget_pp"] = r.budget
-        name = max(figures, key=lambda k: (not figures[k]["within"], figures[k]["loss_pp"] / factor[k]))
-        w, f = figures[name], factor[name]  # the worst output's figures, in pp of the run's budget
+        name = max(figures, key=lambda k: (not figures[k]["within"],
+                                           figures[k]["loss_pp"] / figures[k].get("factor", factor[k])))
+        w = figures[name]  # the worst output's figures, in pp of the run's budget (its worst part's factor)
+        f = w.pop("factor", factor[name])
         return Decision(w["loss_pp"] / f, w["se_pp"] / f, w["limit_pp"] / f, all(x["within"] for x in figures.values()),
                         w["n"],
                         w.get("worse", 0), w.get("better", 0), name,

@@ -898,6 +898,9 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     n = h.get("n") or rule.n
     r = next((r for r in rule.outputs if r.name == h["output"]), None)
     kind, factor = (r.kind, getattr(r, "factor", 1.0)) if r is not None else ("", 1.0)
+    parts = getattr(r, "form", None) and r.form.parts
+    if parts and h.get("part") in parts and hasattr(r, "part_factors"):  # a part at its own budget (a decoder's
+        factor = r.part_factors[parts.index(h["part"])]  # `prob`: its probability change at the run's)
     # the history holds the worst output's figures in pp of the run's budget (decide.Decision); in its own here
     h = {**h, "loss_pp": h["loss_pp"] * factor, "limit_pp": h["limit_pp"] * factor}
     budget = rule.budget * factor

@@ -114,6 +114,8 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
         apart._metrics_said = said  # the metric choice is said once per run
         apart._warned = data._warned  # ... and what reading --data says (random data, feeds used as is)
         apart.derived = dict(data.derived)  # ... and a decoder's own budgets, as derived
+        apart.held_parts = dict(data.held_parts)
+        apart.groups = data.groups  # ... and its split by decode
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -156,6 +158,8 @@ class Data:
         # --max-loss L and --max-loss OUTPUT=L: every evaluator scores each output against its own budget
         self.budget, self.output_budgets = budget, dict(output_budgets or {})
         self.derived: dict[str, str] = {}  # own budgets the run derived, in words (own_budget)
+        self.held_parts: dict[str, tuple[int, ...]] = {}  # ... and the parts each holds, where not all (own_budget)
+        self.groups = None  # each sample's decode, where the split keeps a decode's calls together (`by_decode`)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -173,16 +177,20 @@ class Data:
         else:
             self.every = self._split() if split else None  # before any part= reader is asked for
 
-    def own_budget(self, name: str, pp: float, why: str) -> None:
+    def own_budget(self, name: str, pp: float, why: str, parts: tuple[int, ...] | None = None) -> None:
         """Output `name` judged at its own budget `pp` from now on, by every evaluator, built or not (a greedy
         decoder's fed-back output, converter/steps/verify.decoded_budget), as --max-loss NAME=pp would; `why` says
-        where it comes from where the rule cannot certify it (no --max-loss the user typed)."""
+        where it comes from where the rule cannot certify it (no --max-loss the user typed). `parts`: the metric's
+        term columns `pp` holds (a decoder's `prob`: its pick, column 0), the others at the run's budget; None: all."""
         self.output_budgets[name] = pp
         self.derived[name] = why
+        if parts is not None:
+            self.held_parts[name] = tuple(parts)
         for evaluator in (self._calib, self._eval, self._choose, self._all):
             if evaluator is not None:
                 evaluator.output_budgets[name] = pp
                 evaluator.derived = dict(self.derived)
+                evaluator.held_parts = dict(self.held_parts)
 
     def _split(self) -> int | None:
         c = self.config
@@ -282,8 +290,42 @@ class Data:
             reader = reader.without_labels()  # neither scored nor trained against (cross-entropy would fail)
         if part is not None and source is None and self.every:
             reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every,
-                                 role="the training part" if part == "train" else None)
+                                 role="the training part" if part == "train" else None, groups=self.groups,
+                                 unit="decode" if not getattr(reader, "per_feed", False) else "stream of calls")
         return reader
+
+    def by_decode(self, groups, target: int, unit: str = "decode") -> str | None:
+        """A greedy decoder's recorded calls split by decode, not by row (converter/steps/verify.decoded_budget):
+        `groups` each sample's decode, so a decode's calls are all on one side (its calls that decide were not
+        trained on beside them); and where the deciding part holds fewer than `target` samples (what the decoded
+        budget needs to be certified: 2,017 at 0.0496 pp, where --validation's tenth held 1,018 and the search fell
+        back to one shot, decoders 55's L6), the automatic search's small-data split to that target
+        (`decision_split`). Only before any part of the data was read, and only a split the data step made; the
+        words for the note, or None when nothing changed. `unit` "stream": feeds used as they are, each a call of
+        a stream of decodes (its rows), `groups` each feed's stream; kept together, the split's share not grown
+        (its feeds are not samples)."""
+        if not self.every or self.config.val_data is not None or any(
+                e is not None for e in (self._eval, self._choose, self._all)):
+            return None
+        n = self.reader().num_samples
+        if n is None:
+            return None
+        self._calib = None  # built on the row split (the metric plan asked for): built again on this one
+        self.groups = groups
+        said = f"split by {unit} ({int(np.max(groups)) + 1:,} {unit}s, each on one side)"
+        deciding = self.reader(part="validation").num_samples or 0
+        if unit == "decode" and self.small_data and deciding < target and not self.trains_on_every:
+            every, trains = decision_split(n, target)
+            self.every, self.trains_on_every = every, trains
+            deciding = self.reader(part="validation").num_samples or 0
+            while not trains and deciding < target and every > 2:  # decodes of unequal length: a decode fewer apart
+                every = self.every = every - 1
+                deciding = self.reader(part="validation").num_samples or 0
+            nth = {2: "other", 3: "3rd"}.get(every, f"{every}th")
+            said += f", every {nth} decode {'training' if trains else 'deciding'} so that {deciding:,} calls' rows"
+            said += f" decide where --validation's share held fewer than the {target:,} the budget needs"
+        return said
+
 
     def _labels_unusable(self) -> bool:
         """No output the labels could belong to (a language model's logits [N, 1, vocab] beside its cache): said
@@ -312,6 +354,7 @@ class Data:
         evaluator = Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
                               split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
         evaluator.derived = dict(self.derived)
+        evaluator.held_parts = dict(self.held_parts)
         return evaluator
 
     def scored_outputs(self) -> list[str]:

@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from onnxprune.converter.steps.base import RunState, Step, StepConfig, register_step
@@ -358,6 +359,9 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
 
 DECODED_KINDS = frozenset({"agreement", "seq_agreement", "prob"})  # metrics whose per-call loss counts a changed
 # pick (the argmax over the last axis) in full: a share of calls whose pick changes bounds the decodes that change
+# ... and of those, the term columns that count it where not all do: `prob`'s class change, not its probability
+# change (held to --max-loss as any output's: a decode changes only where a pick does)
+PICK_PARTS = {"prob": (0,)}
 
 
 def decoded_budget(state: RunState) -> None:
@@ -433,11 +437,18 @@ def decoded_budget(state: RunState) -> None:
             said.append(f"'{o}' is judged by {plan.get(o)}, which does not count a changed pick, so its budget stays "
                         f"{budget:g} a call and bounds no decode")
         else:
-            judged[o] = budget / length
+            judged[o] = budget / length  # a decode changes only where a pick does: `prob`'s probability part stays
             data.own_budget(o, judged[o], f"--max-loss {budget:g} over decodes of {length:.1f} picks, the note on "
-                                          "greedy decoding")
+                                          "greedy decoding", PICK_PARTS.get(plan.get(o)))
+    split = None  # the split by decode: files of stacked rows a decode a row, feeds used as is a stream a group
+    if judged and not stopped:
+        per_feed = bool(getattr(reader, "per_feed", False))
+        if calls is not reader and not per_feed:
+            split = data.by_decode(_decodes(after, found[1]), _to_certify(min(judged.values())))
+        elif calls is reader and per_feed:
+            split = data.by_decode(_decodes(after, 1), _to_certify(min(judged.values())), unit="stream")
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
-                            "budgets": judged}
+                            "budgets": judged, "split": split}
     fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
     text = (f"greedy decoding: {fed} of the call before, and the calls of {str(reader.description).split(':', 1)[0]} "
             f"decode {sequences:,} sequences of {length:.1f} kept picks on average; a decode changes where a call on "
@@ -445,11 +456,31 @@ def decoded_budget(state: RunState) -> None:
             f"{length:.1f} times the share of calls whose pick changes")
     if judged:
         text += ("; " + ", ".join(f"'{o}' is judged at --max-loss {budget:g} / {length:.1f} = {pp:.3g} pp a call"
+                                  + (f" (its picks; its probability change at {budget:g} pp)"
+                                     if plan.get(o) in PICK_PARTS else "")
                                   for o, pp in judged.items())
                  + f", so that about {budget:g}% of decodes of that length may change (--max-loss "
                  + " ".join(f"{o}={budget:g}" for o in judged) + " judges it one call at a time instead)")
+    if split:
+        said.append(f"the data's decision part is {split}")
     state.notes.append("; ".join([text] + said))
     log.info(state.notes[-1])
+
+
+def _decodes(after: list[bool], rows: int) -> np.ndarray:
+    """Each sample's decode, in the folder reader's order, of call files of `rows` rows each (`after[k]`: file k
+    continues file k - 1's decodes): row r of a file of the s-th run of consecutive calls is decode s·rows + r."""
+    runs = np.cumsum([not a for a in after]) - 1
+    return (np.maximum(runs, 0)[:, None] * rows + np.arange(rows)[None, :]).reshape(-1)
+
+
+def _to_certify(budget_pp: float) -> int:
+    """The decision samples that certify `budget_pp` with none changed (Wilson's bound at the run's z: the rule's
+    `BudgetRule.samples_to_resolve`)."""
+    from onnxprune.converter.auto.decide import current_z
+
+    z2 = current_z() ** 2
+    return int(math.ceil(100.0 * z2 / budget_pp - z2))
 
 
 def _may_take_a_token(model) -> bool:
