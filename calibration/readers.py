@@ -266,7 +266,8 @@ def _open_source(source, model, labels, batch_size, limit, seed, specs, warn) ->
         return (_whole_if_mixed(model, chunk, _chunk_source(chunk), specs, labels, limit, "in-memory arrays")
                 or _single_chunk_reader(chunk, specs, labels, batch_size, limit, "in-memory arrays"))
     if isinstance(source, Iterable):  # a torch DataLoader of tensors too: the list of arrays it stands for
-        return _feeds_reader(_as_named(list(source), specs), specs, labels, batch_size, limit, time_major_inputs(model))
+        return _feeds_reader(_as_named(list(source), specs), specs, labels, batch_size, limit, time_major_inputs(model),
+                             model)
     raise ConfigError(f"calibration source of type {type(source).__name__} is not supported; "
                       "pass a path, 'random', a dict of arrays or a list of feed dicts (for a one-input "
                       "model also an array or a list of arrays).")
@@ -389,7 +390,11 @@ def _single_chunk_reader(chunk, specs, labels, batch_size, limit, name) -> DataR
                       checker=checker)
 
 
-def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None) -> DataReader:
+def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None, model=None) -> DataReader:
+    """Feed dicts (the Python API's data=[...]): stacked as samples, each cut into batches, unless their shapes
+    differ where a batch cannot (`feed_reason`) or the model reads a feed's rows together (`_whole_if_mixed`, as for
+    a folder's files: real models 55b, phrases [T, 4] whose boundaries a CumSum along T makes were read as 427 row
+    samples in batches of 16, each batch run as a phrase of its own)."""
     if not feeds:
         raise CalibrationError("the list of calibration feed dicts is empty; give at least one batch.")
     first = feeds[0]
@@ -405,6 +410,11 @@ def _feeds_reader(feeds: list, specs, labels, batch_size, limit, time_major=None
     if reason:
         return _feed_reader(FeedSource(chunks, lambda c: c.arrays, lambda c: c.where), specs, labels, limit, reason,
                             f"{len(chunks)} feed dicts")
+    name = f"{len(chunks)} feed dicts"
+    whole = _whole_if_mixed(model, chunks[0], FeedSource(chunks, lambda c: c.arrays, lambda c: c.where), specs,
+                            labels, limit, name) if model is not None else None
+    if whole is not None:
+        return whole
     labels_name = _labels_name(chunks[0], specs, labels)
     checker = _ChunkChecker(specs, labels_name)
     checker.first(chunks[0], batch_size)

