@@ -304,13 +304,13 @@ def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
     `attention_outputs`, `feature_outputs`, `ranked_detections`, `bit_outputs`, `recurrent_states`,
-    `position_summaries`, `argmax_paths`."""
+    `position_summaries`, `argmax_paths`, `packed_heads`, `passthrough_outputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
             "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
             "features": feature_outputs(model), "detections": ranked_detections(model), "bits": bit_outputs(model),
             "states": recurrent_states(model), "summaries": position_summaries(model),
-            "paths": argmax_paths(model), "packed": packed_heads(model)}
+            "paths": argmax_paths(model), "packed": packed_heads(model), "passthrough": passthrough_outputs(model)}
 
 
 def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -334,6 +334,45 @@ def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
         if sum(_linear(x, producers) for x in node.input) >= 2:
             found.add(o.name)
     return frozenset(found)
+
+
+# element-wise arithmetic through which an input's values reach an output as themselves, scaled or shifted
+_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Identity", "Cast"}
+
+
+def passthrough_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
+    """Outputs that a float graph input reaches through element-wise arithmetic alone (`_ARITHMETIC`, through any
+    operand), each mapped to the values a sample of that input holds (`input_sizes`' count): the input's own
+    values, scaled and shifted by what the model computes, in the input's space. Sweep 55b: a RealNVP's latent z
+    [N, 8] is x * exp(s) + t, coupling after coupling (torch's and jax2onnx's flows)."""
+    if model is None:
+        return {}
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    sizes = {}
+    for value in graph.input:
+        tensor = value.type.tensor_type
+        if value.name in initializers or not value.type.HasField("tensor_type") or tensor.elem_type not in FLOAT_TYPES:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+        if len(dims) >= 2 and all(d > 0 for d in dims[1:]):
+            sizes[value.name] = int(np.prod(dims[1:]))
+    producers = _producers(graph)
+    found = {}
+    for o in graph.output:
+        stack, seen = [o.name], set()
+        while stack and len(seen) < 4096:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in sizes:
+                found[o.name] = sizes[name]
+                break
+            node = producers.get(name)
+            if node is not None and node.op_type in _ARITHMETIC:
+                stack.extend(i for i in node.input if i)
+    return found
 
 
 def bit_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -965,7 +1004,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                features: Mapping[str, str] | None = None, detections: Mapping[str, int] | None = None,
                bits: Collection[str] = (), states: Collection[str] = (),
                summaries: Collection[str] = (), paths: Collection[str] = (),
-               packed: Collection[str] = (), sequences: Collection[str] = ()) -> dict[str, str]:
+               packed: Collection[str] = (), sequences: Collection[str] = (),
+               passthrough: Mapping[str, int] | None = None) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -1030,6 +1070,11 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          prosody model returns a sung phrase's phoneme boundaries in seconds [T]; rel_l2 divided each boundary's
          change by the time itself and held 0.78 pp held out while the phoneme durations its package reads moved
          14% (one boundary 0.1 s in every phrase); an argmax over such a row is always its last value.
+     14. a [N, C] output scored as agreement whose name says nothing, with as many values a sample as a float input
+         that reaches it through element-wise arithmetic alone (`passthrough`: `passthrough_outputs`; rule 9 for
+         fewer than RECONSTRUCTION_COLUMNS), is that input's values moved by the model, in its space, not class
+         scores -> rel_l2. Sweep 55b: a RealNVP's latent z [N, 8] (x * exp(s) + t per coupling) was judged by the
+         argmax over its 8 dimensions, near ties of a Gaussian vector, and torch's flow was kept unpruned.
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings, tokens=tokens)
              for name, value in values.items()}
@@ -1099,6 +1144,17 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                             "column to the next, as a sampled function does, not as class scores): scored by "
                             "relative L2, not by the argmax over its columns; --metric %s=agreement scores it as "
                             "class scores", name, as_array(values[name]).shape[1], name)
+    for name, size in (passthrough or {}).items():
+        if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name) and name in values:
+            arr = as_array(values[name])
+            if arr.ndim == 2 and arr.shape[1] == size:
+                kinds[name] = "rel_l2"
+                if not quiet:
+                    log.warning("output '%s' is the input's values moved by the model (an input of %d values a "
+                                "sample reaches it through element-wise arithmetic alone, as a flow's latent or a "
+                                "residual's output does), not class scores: scored by relative L2, not by the "
+                                "argmax over its columns; --metric %s=agreement scores it as class scores", name,
+                                size, name)
     for name in packed:
         if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name):
             kinds[name] = "agreement+rel_l2"

@@ -285,6 +285,30 @@ def packed_heads(*, in_features: int = 8, hidden: int = 16, widths: tuple[int, .
     return _model(g, "packed_heads", [_float("input", [BATCH, in_features])], [_float(output, [BATCH, sum(widths)])])
 
 
+def coupling_flow(*, features: int = 4, hidden: int = 16, couplings: int = 2, output: str = "z",
+                  seed: int = 0) -> onnx.ModelProto:
+    """A RealNVP normalizing flow (sweep 55b: torch's and jax2onnx's 8-d flows): 'x' [N, F]; per affine coupling,
+    with a 0/1 mask m over the features alternating between couplings, h = tanh((x * m) W1 + b1), s = tanh(h Ws +
+    bs) * (1 - m), t = (h Wt + bt) * (1 - m), x <- x * exp(s) + t and logdet += sum(s); outputs `output` [N, F],
+    the latent z (as many values as the input, which reaches it through Mul and Add alone), and 'logdet' [N]."""
+    g = _Graph(seed)
+    x, logdet = "x", None
+    g.initializers.append(numpy_helper.from_array(np.array([1], np.int64), "sum_axes"))
+    for k in range(couplings):
+        m = (np.arange(features) % 2 == k % 2).astype(np.float32)
+        mask, keep = g.const(f"mask{k}", m), g.const(f"free{k}", 1.0 - m)
+        h = g.op("Tanh", f"c{k}", [g.matmul(g.op("Mul", f"c{k}/in", [x, mask]), f"c{k}.fc", features, hidden)])
+        s = g.op("Mul", f"c{k}/s", [g.op("Tanh", f"c{k}/s", [g.matmul(h, f"c{k}.s", hidden, features)]), keep])
+        t = g.op("Mul", f"c{k}/t", [g.matmul(h, f"c{k}.t", hidden, features), keep])
+        x = g.op("Add", f"c{k}/out", [g.op("Mul", f"c{k}/scale", [x, g.op("Exp", f"c{k}", [s])]), t])
+        part = g.op("ReduceSum", f"c{k}/logdet", [s, "sum_axes"], keepdims=0)
+        logdet = part if logdet is None else g.op("Add", f"c{k}/logdet", [logdet, part])
+    g.nodes.append(helper.make_node("Identity", [x], [output], name="/z/Identity"))
+    g.nodes.append(helper.make_node("Identity", [logdet], ["logdet"], name="/logdet/Identity"))
+    return _model(g, "coupling_flow", [_float("x", [BATCH, features])],
+                  [_float(output, [BATCH, features]), _float("logdet", [BATCH])])
+
+
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,
                 producer: str = "skl2onnx") -> onnx.ModelProto:
     """skl2onnx's StandardScaler + PLSRegression with several targets: Scaler (ai.onnx.ml) -> Sub(x_mean) ->

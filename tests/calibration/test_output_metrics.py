@@ -1507,3 +1507,34 @@ def test_positions_or_times_are_scored_on_the_steps_that_place_them(tmp_path):
     decision = BudgetRule(ev, 1.0).judge(longer)
     assert not decision.within
     assert decision.outputs["tf_op_layer_concat_4"]["part"] in ("relative error of the steps", "variance lost")
+
+
+def test_a_flows_latent_of_the_inputs_size_is_judged_by_its_values_not_its_argmax():
+    """Rule 14: sweep 55b's RealNVP flows return z [N, 8] = x * exp(s) + t, coupling after coupling; judged by the
+    argmax over 8 dimensions of a Gaussian vector (near ties), torch's flow was kept unpruned. An [N, C] output that
+    a float input of C values a sample reaches through element-wise arithmetic alone is scored rel_l2."""
+    from onnxprune.calibration.metric_choice import passthrough_outputs
+    model = tb.coupling_flow()
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.standard_normal((64, 4)).astype(np.float32)
+    z, logdet = make_session(model).run(None, {"x": x})
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    ref, ld = x.astype(np.float64), np.zeros(64)
+    for k in range(2):  # the flow in numpy: the builder computes what its docstring says
+        m = w[f"mask{k}"]
+        h = np.tanh((ref * m) @ w[f"c{k}.fc.weight"] + w[f"c{k}.fc.bias"])
+        s = np.tanh(h @ w[f"c{k}.s.weight"] + w[f"c{k}.s.bias"]) * (1 - m)
+        ref = ref * np.exp(s) + (h @ w[f"c{k}.t.weight"] + w[f"c{k}.t.bias"]) * (1 - m)
+        ld += s.sum(1)
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logdet, ld, rtol=1e-5, atol=1e-5)
+    assert passthrough_outputs(model) == {"z": 4}  # logdet sums s: a ReduceSum is no element-wise path
+    assert evaluator(model, {"x": x}).plan == {"z": "rel_l2", "logdet": "rel_l2"}
+    # a name that says class scores keeps its argmax; a classifier with as many classes as features has no such path
+    assert evaluator(tb.coupling_flow(output="logits"), {"x": x}).plan["logits"] == "agreement"
+    assert passthrough_outputs(tb.packed_heads(widths=(8,))) == {}
+    assert evaluator(tb.packed_heads(widths=(8,)), {"input": X8}).plan == {"out": "agreement"}
+    # z's scale grown 5% on its free half: the argmax moves few samples, the values' error sees all of them
+    ev = evaluator(model, {"x": x})
+    ev.evaluate(with_weight(model, "free1", lambda f: f * 1.05))
+    assert 0.0 < ev.last["z"]["after"] < 1.0
