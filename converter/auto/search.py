@@ -920,6 +920,12 @@ def stop_note(history: list[dict], rule, what: str = "the search") -> str | None
     if kind == "prob" and h.get("part") == "probability change":  # only named outputs count: name them all
         flags = " ".join(f"--metric {r.name}={'agreement' if r.name == h['output'] else r.kind}" for r in rule.outputs)
         note += f"; if only the class of '{h['output']}' matters, `{flags}` judges its class changes alone"
+    if kind.split("@")[0] in ("binary_prob", "binary_logit") and str(h.get("part", "")).startswith("crossed"):
+        # sweep 55b: a wide & deep CTR model's `prob` kept (2 of 224 crossed 0.5) where its use is a value (AUC, log
+        # loss): judged by its values, 1.13x within 0.89 pp, AUC and log loss unchanged held out
+        flags = " ".join(f"--metric {r.name}={'rel_l2' if r.name == h['output'] else r.kind}" for r in rule.outputs)
+        note += (f"; if '{h['output']}' is used as a value (a score ranked or averaged, not a decision at its "
+                 f"threshold), `{flags}` judges its values")
     return note
 
 

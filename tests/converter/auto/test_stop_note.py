@@ -60,6 +60,23 @@ def test_a_share_over_the_budget_says_more_data_would_not_help():
     assert "decision samples" not in note
 
 
+def test_a_probability_that_crossed_its_threshold_names_the_flags_that_judge_its_values():
+    """Sweep 55b: a click-through model's `prob` [N, 1], judged at 0.5, was kept (2 of 224 crossed it) where its use
+    is a value (AUC, log loss): `--metric prob=rel_l2` gave 1.13x within 0.89 pp; the note did not say so."""
+    rule = _rule(("prob", "binary_prob"), ("logits", "agreement"))
+    note = stop_note([_entry(1.1, True, True), _entry(1.3, False, False, output="prob", part="crossed 0.5",
+                                                       loss=200 / 180, limit=0.1)], rule)
+    assert "2 of 180 decision samples crossed 0.5" in note
+    assert ("if 'prob' is used as a value (a score ranked or averaged, not a decision at its threshold), "
+            "`--metric prob=rel_l2 --metric logits=agreement` judges its values") in note
+    # at the user's threshold too; its probability part is a value already: no such hint
+    rule = _rule(("prob", "binary_prob@0.3"))
+    assert "`--metric prob=rel_l2` judges its values" in stop_note(
+        [_entry(1.1, True, True), _entry(1.3, False, False, output="prob", part="crossed 0.3")], rule)
+    assert "judges its values" not in stop_note(
+        [_entry(1.1, True, True), _entry(1.3, False, False, output="prob")], _rule(("prob", "binary_prob")))
+
+
 def test_nothing_rejected_past_the_result_says_nothing():
     # a candidate within the rule but not kept (the polish kept the better loss) is not what stopped the search
     assert stop_note([_entry(1.3, True, True), _entry(1.6, False, True)], _rule(("probs", "prob"))) is None
