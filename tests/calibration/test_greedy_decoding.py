@@ -100,6 +100,14 @@ def _rnn_calls(sess, h0: np.ndarray, prompt: np.ndarray, steps: int, record=None
     return np.stack(picks, 1)
 
 
+def _unprompted_calls(dense, rng, streams: int) -> list:
+    """The calls of `streams` greedy_rnn_step streams of 8 calls, each from a random state [4, 8] and token 0."""
+    feeds: list = []
+    for _ in range(streams):
+        _rnn_calls(dense, rng.standard_normal((4, 8)).astype(np.float32), np.zeros((4, 1), np.int64), 8, feeds)
+    return feeds
+
+
 def _prompts(dense, seed: int, length: int, own_rows=(), state=("h", "h_out")) -> list:
     """Ten (h0 [4, 8], prompt [4, length]) starts whose prompt tokens are never the input model's pick after the
     token before, but in `own_rows`, where they are its picks from the second token on."""
@@ -164,9 +172,7 @@ def test_shuffled_calls_are_said_to_measure_nothing_decoded(tmp_path):
     model = tb.greedy_rnn_step()
     dense = make_session(model)
     rng = np.random.default_rng(2)
-    feeds: list = []
-    for _ in range(6):
-        _rnn_calls(dense, rng.standard_normal((4, 8)).astype(np.float32), np.zeros((4, 1), np.int64), 8, feeds)
+    feeds = _unprompted_calls(dense, rng, 6)
     _save(tmp_path / "calls", [feeds[k] for k in rng.permutation(len(feeds))])
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
@@ -343,10 +349,7 @@ def test_the_time_guard_counts_the_decoded_passes(tmp_path, monkeypatch):
 
     model = tb.greedy_rnn_step()
     dense = make_session(model)
-    rng = np.random.default_rng(6)
-    feeds: list = []
-    for _ in range(2):
-        _rnn_calls(dense, rng.standard_normal((4, 8)).astype(np.float32), np.zeros((4, 1), np.int64), 8, feeds)
+    feeds = _unprompted_calls(dense, np.random.default_rng(6), 2)
     _save(tmp_path / "calls", feeds)
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
