@@ -271,8 +271,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. The budget
     itself is judged one call at a time from each feed's recorded state; this says what streaming adds. Data whose
     feeds do not follow one another gets a note saying that nothing was measured streamed."""
-    from onnxprune.calibration.carried import (call_files, carried_run, declared_feedback, decoded_run, file_calls,
-                                              follows, state_pairs, streams, token_pairs, value_pairs)
+    from onnxprune.calibration.carried import (carried_run, declared_feedback, decoded_run, follows, streams,
+                                              token_pairs)
     from onnxprune.calibration.metrics import Evaluator
     from onnxprune.calibration.readers import open_data
     from onnxprune.calibration.runtime import make_session, output_names
@@ -287,36 +287,23 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     dense = make_session(state.original)
     names = output_names(state.original)
     inputs = {i.name for i in dense.get_inputs()}
-    calls, rows, total = reader, 1, reader.num_samples
-    if not getattr(reader, "per_feed", False) or shared:  # stacked samples: a folder's files may be a decoder's calls
-        found = call_files(data.config.eval_data if data.config.eval_data is not None else data.config.data, inputs,
-                           shared)
-        if found is None:
-            return
-        calls, rows, total = file_calls(found[0]), found[1], len(found[0])
+    source = _calls_of(reader, data.config.eval_data if data.config.eval_data is not None else data.config.data,
+                       inputs)
+    if source is None:
+        return
+    calls, rows, total = source
     seconds = CARRIED_SECONDS
     if state.deadline is not None:
         seconds = min(seconds, optional_batches(state.deadline, 1.0, 10 ** 6, keep=keep))
-    raw, outs, pairs, spent, stopped = [], [], {}, 0.0, False
     declared = declared_feedback(state.original)
-    passes = CARRIED_PASSES + (DECODED_PASSES if declared["tokens"] or declared["one_hot"] else 0)
-    for feed in calls:
-        feed = {k: v for k, v in feed.items() if k in inputs}
-        t0 = time.perf_counter()
-        out = dict(zip(names, dense.run(names, feed)))
-        spent += time.perf_counter() - t0
-        raw.append(feed)
-        outs.append(out)
-        if not pairs:  # named ends of one shape in a call, else (a cache that grows) an output the next call holds
-            pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
-            if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):  # stacked: one file after
-                _no_calls_note(state, reader.description, len(raw), total)
-                return
-        if passes == CARRIED_PASSES and pairs and len(raw) >= 2 and token_pairs(outs[-2], feed):  # decoded too
-            passes += DECODED_PASSES
-        if passes * spent * (len(raw) + 1) / len(raw) > seconds:  # another feed's passes do not fit
-            stopped = True
-            break
+    passes = [CARRIED_PASSES + (DECODED_PASSES if declared["tokens"] or declared["one_hot"] else 0)]
+
+    def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # another feed's passes
+        if passes[0] == CARRIED_PASSES and pairs and len(raw) >= 2 and token_pairs(outs[-2], raw[-1]):
+            passes[0] += DECODED_PASSES  # decoded too
+        return passes[0] * spent * (len(raw) + 1) / len(raw) <= seconds
+
+    raw, outs, pairs, stopped = _read_calls(calls, calls is reader, dense, names, inputs, fits)
     if not pairs:
         _no_calls_note(state, reader.description, len(raw), total)
         return
@@ -376,8 +363,7 @@ def decoded_budget(state: RunState) -> None:
     rule, Wilson's bound on the decision part), unless --max-loss OUTPUT=L gives it one, and a note says so. Its
     metric must count a changed pick (DECODED_KINDS); another is said and left at B. L is the mean over the recorded
     decodes (`calibration.carried.kept_picks`): longer decodes change more."""
-    from onnxprune.calibration.carried import (call_files, file_calls, follows, kept_picks, state_pairs, streams,
-                                              value_pairs)
+    from onnxprune.calibration.carried import follows, kept_picks, streams
     from onnxprune.calibration.runtime import make_session, output_names
 
     data = state.data
@@ -385,40 +371,31 @@ def decoded_budget(state: RunState) -> None:
             or not _may_take_a_token(state.original):
         return
     reader = data.reader()
-    shared = getattr(reader, "shared_inputs", ())
-    if getattr(reader, "one_sample_feeds", False) and not shared:
+    if getattr(reader, "one_sample_feeds", False) and not getattr(reader, "shared_inputs", ()):
         return
     stored = {t.name for t in state.original.graph.initializer}
-    inputs = {i.name for i in state.original.graph.input if i.name not in stored}
-    calls = reader
-    if not getattr(reader, "per_feed", False) or shared:
-        found = call_files(data.config.data, inputs, shared)
-        if found is None:
-            return
-        calls = file_calls(found[0])
+    source = _calls_of(reader, data.config.data,
+                       {i.name for i in state.original.graph.input if i.name not in stored})  # before any session
+    if source is None:
+        return
+    calls, rows, _ = source
     dense = make_session(state.original)
     names = output_names(state.original)
-    inputs = {i.name for i in dense.get_inputs()}
-    raw, outs, pairs, start, stopped = [], [], {}, time.perf_counter(), True
-    for feed in calls:
-        feed = {k: v for k, v in feed.items() if k in inputs}
-        out = dict(zip(names, dense.run(names, feed)))
-        raw.append(feed)
-        outs.append(out)
-        if not pairs:
-            pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
-            if not pairs and len(raw) >= (VALUE_LOOKS if calls is reader else 2):
-                return
-        spent = time.perf_counter() - start  # reading the files too: the calls are small, the model often cheap
-        if spent * (len(raw) + 1) / len(raw) > CARRIED_SECONDS:  # the carried check's guard, for one pass
-            break
-    else:
-        stopped = False
-    after = [k > 0 and bool(pairs) and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
+    start = time.perf_counter()
+
+    def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # the carried check's guard, for one pass,
+        # reading the files too: the calls are small, the model often cheap
+        return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
+
+    raw, outs, pairs, stopped = _read_calls(calls, calls is reader, dense, names,
+                                            {i.name for i in dense.get_inputs()}, fits)
+    if not pairs:
+        return
+    after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
     if stopped:  # the last stream read may be cut short: its decodes left out of L
         last = max((k for k in range(len(after)) if not after[k]), default=0)
         raw, outs, after = raw[:last], outs[:last], after[:last]
-    tokens = _fed_back_tokens(raw, outs, after) if pairs else {}
+    tokens = _fed_back_tokens(raw, outs, after)
     kept = streams(after)
     if not tokens or not kept:
         return
@@ -444,7 +421,7 @@ def decoded_budget(state: RunState) -> None:
     if judged and not stopped:
         per_feed = bool(getattr(reader, "per_feed", False))
         if calls is not reader and not per_feed:
-            split = data.by_decode(_decodes(after, found[1]), _to_certify(min(judged.values())))
+            split = data.by_decode(_decodes(after, rows), _to_certify(min(judged.values())))
         elif calls is reader and per_feed:
             split = data.by_decode(_decodes(after, 1), _to_certify(min(judged.values())), unit="stream")
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
@@ -465,6 +442,46 @@ def decoded_budget(state: RunState) -> None:
         said.append(f"the data's decision part is {split}")
     state.notes.append("; ".join([text] + said))
     log.info(state.notes[-1])
+
+
+def _calls_of(reader, source, inputs: set[str]) -> tuple | None:
+    """(calls, rows a call, calls in all) that `reader` of `source` holds: its feeds when it reads them one at a
+    time, else a folder's files that are a decoder's calls (calibration.carried.call_files, a flag of one value a
+    file beside them too); None where the files are no calls. `inputs`: the model's inputs."""
+    from onnxprune.calibration.carried import call_files, file_calls
+
+    shared = getattr(reader, "shared_inputs", ())
+    if getattr(reader, "per_feed", False) and not shared:
+        return reader, 1, reader.num_samples
+    found = call_files(source, inputs, shared)  # stacked samples: a folder's files may be a decoder's calls
+    if found is None:
+        return None
+    return file_calls(found[0]), found[1], len(found[0])
+
+
+def _read_calls(calls, as_read: bool, dense, names: list[str], inputs: set[str], fits) -> tuple:
+    """`calls` run through the input model's session `dense` in order: (the feeds, their outputs {name: value}, the
+    state pairs, whether `fits` stopped the reading). The pairs are named ends of one shape in a call, else (a cache
+    that grows) an output the next call holds; no pair within VALUE_LOOKS feeds read as they are (a folder's files
+    of stacked calls: 2) ends the reading with none. `fits(feeds, outputs, pairs, seconds the model ran)`: whether
+    another feed fits, asked after each."""
+    from onnxprune.calibration.carried import state_pairs, value_pairs
+
+    raw, outs, pairs, spent = [], [], {}, 0.0
+    for feed in calls:
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        t0 = time.perf_counter()
+        out = dict(zip(names, dense.run(names, feed)))
+        spent += time.perf_counter() - t0
+        raw.append(feed)
+        outs.append(out)
+        if not pairs:
+            pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
+            if not pairs and len(raw) >= (VALUE_LOOKS if as_read else 2):
+                return raw, outs, {}, False
+        if not fits(raw, outs, pairs, spent):
+            return raw, outs, pairs, True
+    return raw, outs, pairs, False
 
 
 def _decodes(after: list[bool], rows: int) -> np.ndarray:
