@@ -147,7 +147,13 @@ def _another_fits(left: float, steps: int, pace: tuple[float, float], after: tup
     a run) as the probe's own runs measured it: a few timed steps misread a folder of feeds whose sizes vary 20x
     (trueocr's recognizer: 0.07 s a step timed, 0.23 s in its runs)."""
     per_step, fixed = pace
-    return fixed + steps * per_step + (fixed + after[0] * per_step + after[1] if after[0] else 0.0) <= left
+    return fixed + steps * per_step + _round_seconds(after, per_step, fixed) <= left
+
+
+def _round_seconds(after: tuple[int, float], per_step: float, fixed: float) -> float:
+    """The round `after` = (steps, seconds judging it) a probe is for, at `per_step` s a step and `fixed` s a run
+    (0 when there is none)."""
+    return fixed + after[0] * per_step + after[1] if after[0] else 0.0
 
 
 def stream_slices(reader) -> tuple[StreamPart, StreamPart]:
@@ -202,7 +208,7 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
         per_step = max((t2 - t1) / max(n2 - n1, 1), 1e-9)
         fixed = max(0.0, t1 - n1 * per_step)
         need = 2 * (fixed + MIN_PROBE_STEPS * per_step)
-        round_need = fixed + after[0] * per_step + after[1] if after[0] else 0.0
+        round_need = _round_seconds(after, per_step, fixed)
         share = cap if limit is None else min(cap, limit - (time.perf_counter() - started) - round_need)
         fit = int((share / 2 - fixed) / per_step + 1e-9)  # two rates in the share, and in the time left
         if limit is not None and time.perf_counter() - started + need + round_need > limit:
