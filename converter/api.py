@@ -154,7 +154,7 @@ NOT_KEYWORDS = ("--plan", "--json", "--debug", "--verbose", "--quiet")
 LITERALS = frozenset({"random", "auto", "cpu", "cuda", "constant", "initializer", "dense", "compact", "sgd",
                       "reconstruct", "magnitude", "obd", "taylor", "wanda", "cubic", "geometric", "linear", "ce",
                       "distill", "ce+distill", "l1", "l2"})
-_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o\b)(?:( )('[^']*'|[^\s;)'(]*[^\s,;)'(.:]))?")
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o\b)(?:( )('[^']*'|[^\s;)'(`]*[^\s,;)'(.:`]))?")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?|-?inf|nan")
 
 

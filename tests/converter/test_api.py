@@ -49,6 +49,8 @@ def test_every_prune_flag_is_said_as_the_keyword_the_api_takes():
      "add a positive bare max_loss=L (e.g. max_loss=1 output_budgets='boxes=5')."),
     ("--criterion wanda needs data (or use --criterion magnitude); --threads -1; --time-budget 3m; --no-neurons.",
      "criterion='wanda' needs data (or use criterion='magnitude'); threads=-1; time_budget='3m'; neurons=False."),
+    ("if 'stateN' may move more, `--max-loss 1 --max-loss stateN=L` gives it a budget of its own",  # a flag quoted
+     "if 'stateN' may move more, `max_loss=1 output_budgets='stateN=L'` gives it a budget of its own"),
     ("--layer NAME=S, --input-shape ids=4,196, --report, --sparsity/--quality; rerun with --debug or --plan.",
      "layers='NAME=S', input_shapes='ids=4,196', report_dir=, sparsity=/quality=; rerun with --debug or --plan."),
 ])
