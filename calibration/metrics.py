@@ -107,8 +107,13 @@ class Evaluator:
     def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
                  output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True,
                  split: int | None = None, quiet: bool = False, budget: float | None = None,
-                 output_budgets: dict[str, float] | None = None):
+                 output_budgets: dict[str, float] | None = None, carried: dict[str, str] | None = None):
         self.reader, self.optimize, self._quiet = reader, optimize, quiet
+        # {state input: output} a streaming model feeds back, where its feeds are calls of streams: a batch that
+        # follows the one before (`chained`, found on the input model's outputs) is run on the state the model it
+        # runs gave there, as a stream runs it, whenever both run in one pass (`_runs`)
+        self.carried = dict(carried or {}) if getattr(reader, "per_feed", False) else {}
+        self.chained: list[bool] = []
         self.budget_pp, self.output_budgets = budget, dict(output_budgets or {})
         # outputs whose own budget holds only some of their term columns, the others at the run's (a greedy
         # decoder's `prob`: its picks at --max-loss / L, its probabilities at --max-loss; `part_factor`)
@@ -207,6 +212,8 @@ class Evaluator:
                 fits = one and _fits_declared(reference_model, next(self.batches(), ({}, None))[0])
                 raise CalibrationError(_input_model_failed(exc, self.reader, one, reference_model, fits)) from exc
             self.reference_seconds = time.perf_counter() - t0  # one dense pass (a run's time budget reads it)
+            if self.carried and first:
+                self._chain(sess, reference_model)
             _refuse_unstacked(reference_model, self.reference_all)
             if not self._quiet:  # said once per run, by the run's first evaluator (as the metric choice)
                 _say_nonfinite(reference_model, self.reference_all)
@@ -811,15 +818,46 @@ class Evaluator:
     def run_all(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
         """The scored outputs, batch by batch: a tuple of values in the order of `outputs`."""
         sess = self.session(model_or_session)
-        names = [i.name for i in sess.get_inputs()]
         have = [o.name for o in sess.get_outputs()]
-        wanted = [n or have[0] for n in self.plan]
-        missing = [n for n in wanted if n not in have]
+        missing = [n for n in (n or have[0] for n in self.plan) if n not in have]
         if missing:
             raise ConfigError(f"output '{missing[0]}' is not an output of the model; choose one of {have}.")
+        return self._runs(sess, enumerate(f for f, _ in self.batches()), extra_feeds)
+
+    def _runs(self, sess: ort.InferenceSession, batches: Iterable[tuple[int, dict]],
+              extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
+        """The scored outputs of each (index, feeds) of `batches` run in turn through `sess`; a batch that follows
+        the one run just before it in a stream (`chained`) takes that run's state outputs as its state inputs."""
+        names = {i.name for i in sess.get_inputs()}
+        wanted = [n or sess.get_outputs()[0].name for n in self.plan]
+        states = [o for o in dict.fromkeys(self.carried.values()) if o not in wanted] if any(self.chained) else []
         extra = extra_feeds or {}
+        last, at = None, None
+        for b, feeds in batches:
+            run = {**{k: v for k, v in feeds.items() if k in names}, **extra}
+            if last is not None and at == b - 1 and b < len(self.chained) and self.chained[b]:
+                run.update({i: last[o] for i, o in self.carried.items() if i in names})
+            values = sess.run(wanted + states, run)
+            last, at = dict(zip(wanted + states, values)), b
+            yield tuple(values[:len(wanted)])
+
+    def _chain(self, sess: ort.InferenceSession, model: onnx.ModelProto) -> None:
+        """`chained` from the input model's state outputs, one call at a time (`calibration.carried.follows`), and,
+        where some batch follows another, the reference run again as streams (the same within float noise)."""
+        from onnxprune.calibration.carried import follows
+
+        names = {i.name for i in sess.get_inputs()}
+        outs = list(dict.fromkeys(self.carried.values()))
+        chained, previous = [], None
         for feeds, _ in self.batches():
-            yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
+            run = {k: v for k, v in feeds.items() if k in names}
+            chained.append(previous is not None and follows(previous, run, self.carried))
+            previous = dict(zip(outs, sess.run(outs, run)))
+        if any(chained):
+            self.chained = chained
+            self.reference_all = self._reference_outputs(sess, model)
+        else:
+            self.carried = {}
 
     def run_batches(self, sess: ort.InferenceSession, order: Iterable[int],
                     extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
@@ -827,9 +865,10 @@ class Evaluator:
         ascending: a measurement resumed on more samples starts after the batches it has, the ones before are read
         past). Sweep 17: a resumed measurement on 1.17 GB of streamed data ended in "streamed calibration batches
         can only be run in order"."""
-        names = {i.name for i in sess.get_inputs()}
-        wanted = [n or sess.get_outputs()[0].name for n in self.plan]
-        extra = extra_feeds or {}
+        return self._runs(sess, self._ordered(order), extra_feeds)
+
+    def _ordered(self, order: Iterable[int]) -> Iterator[tuple[int, dict]]:
+        """(index, feeds) of the batches in `order`."""
         stream = None if self._cached is not None else enumerate(self.reader.batches())
         for b in order:
             if stream is None:
@@ -841,7 +880,7 @@ class Evaluator:
                 if at != b:
                     raise CalibrationError(f"streamed calibration batches run in ascending order (batch {b} was "
                                            "asked after a later one); please report it.")
-            yield tuple(sess.run(wanted, {**{k: v for k, v in feeds.items() if k in names}, **extra}))
+            yield b, feeds
 
     def run(self, model_or_session, extra_feeds: dict[str, np.ndarray] | None = None) -> Iterator[np.ndarray]:
         """The headline output, batch by batch, as arrays."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from onnxprune.converter.auto.decide import BudgetRule
 from onnxprune.errors import ConfigError
 
@@ -72,8 +74,9 @@ def exam_split(evaluator, budget_pp: float) -> tuple[EvaluatorSlice, BudgetRule]
             return None
     except ConfigError:
         return None
-    exam = [b for b in range(len(refs)) if b % EXAM_EVERY == EXAM_EVERY - 1]
-    rest = [b for b in range(len(refs)) if b % EXAM_EVERY != EXAM_EVERY - 1]
+    exam, rest = exam_batches(evaluator, len(refs))
+    if not exam or not rest:
+        return None
     try:
         rule = BudgetRule(EvaluatorSlice(evaluator, exam), budget_pp)
         search = EvaluatorSlice(evaluator, rest)
@@ -82,6 +85,16 @@ def exam_split(evaluator, budget_pp: float) -> tuple[EvaluatorSlice, BudgetRule]
     except ConfigError:
         return None
     return search, rule
+
+
+def exam_batches(evaluator, n: int) -> tuple[list[int], list[int]]:
+    """(the exam's batches, the search's) of the evaluator's `n`: every EXAM_EVERY-th batch the exam's, or, where
+    batches are the calls of streams (those that follow the one before: the evaluator's `chained`), every
+    EXAM_EVERY-th stream, whole, so that each side runs its streams as they run."""
+    chained = list(getattr(evaluator, "chained", None) or [])
+    unit = np.cumsum([not c for c in chained]) - 1 if len(chained) == n else np.arange(n)
+    exam = [b for b in range(n) if unit[b] % EXAM_EVERY == EXAM_EVERY - 1]
+    return exam, [b for b in range(n) if unit[b] % EXAM_EVERY != EXAM_EVERY - 1]
 
 
 def exam_looks(result, kept: list, start) -> list:

@@ -77,6 +77,7 @@ class RunState:
     activations: tuple | None = None  # (Act% per layer of the input model, of the pruned model)
     carried: dict | None = None  # a model feeding a state back, run as a stream (steps.verify.carried_check)
     decoded_budget: dict | None = None  # a greedy decoder's per-call budget over its decodes' length (steps.verify)
+    streamed: dict | None = None  # a stream's calls judged as it runs them (steps.verify.streamed_decisions)
     report: dict | None = None
     auto: dict | None = None  # what the automatic search decided and why (converter.auto)
     quantize: dict | None = None  # --weight-bits: the width kept, the rule, each width tried (converter.steps.quantize)

@@ -116,6 +116,7 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
         apart.derived = dict(data.derived)  # ... and a decoder's own budgets, as derived
         apart.held_parts = dict(data.held_parts)
         apart.groups = data.groups  # ... and its split by decode
+        apart.carried = dict(data.carried)  # ... and the state its streams carry
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -160,6 +161,8 @@ class Data:
         self.derived: dict[str, str] = {}  # own budgets the run derived, in words (own_budget)
         self.held_parts: dict[str, tuple[int, ...]] = {}  # ... and the parts each holds, where not all (own_budget)
         self.groups = None  # each sample's decode, where the split keeps a decode's calls together (`by_decode`)
+        self.carried: dict[str, str] = {}  # a stream's state {input: output}: every evaluator runs streams as they
+        # run (converter/steps/verify.streamed_decisions)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -352,7 +355,8 @@ class Data:
         reader = self.reader(source, part=part)
         quiet, self._metrics_said = self._metrics_said, True  # the metric choice is said once per run
         evaluator = Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
-                              split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets)
+                              split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets,
+                              carried=self.carried)
         evaluator.derived = dict(self.derived)
         evaluator.held_parts = dict(self.held_parts)
         return evaluator
@@ -462,6 +466,16 @@ class DataStep(Step):
                     raise
                 log.warning("the calls of --data were not read as a greedy decoder's (%s): the budget is judged one "
                             "call at a time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            if state.decoded_budget is None:
+                from onnxprune.converter.steps.verify import streamed_decisions
+
+                try:  # a stream's calls are judged as it runs them, each model on its own state
+                    streamed_decisions(state)
+                except Exception as exc:  # noqa: BLE001 - reading the calls failed: said, judged per call
+                    if debugging():
+                        raise
+                    log.warning("the feeds of --data were not read as a stream's calls (%s): the budget is judged one "
+                                "call at a time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())
         if note:  # a note in the summary, not a warning: most text models are calibrated at one length
             log.info(note)

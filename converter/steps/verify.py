@@ -444,6 +444,55 @@ def decoded_budget(state: RunState) -> None:
     log.info(state.notes[-1])
 
 
+def streamed_decisions(state: RunState) -> None:
+    """A model that feeds a state back, whose --data feeds are the calls of streams (each holding the state the
+    call before gave: the carried check's reading, `carried_check`, here on the input model alone), is judged as it
+    runs, before the search: every evaluator of the run runs a feed that follows another on the state the model it
+    judges gave there (calibration.metrics.Evaluator `carried`), and the split keeps each stream's calls on one side
+    (`Data.by_decode`, unit "stream"), so the decisions, the final figure and the budget line are the stream's. One
+    call at a time, each from its recorded state, a pruned model's error carried in the state is never seen: the
+    builder's stream moved its state 0.6 pp a call and several pp streamed (tests/calibration/test_carried_state.py).
+    A greedy decoder's calls are judged by `decoded_budget` instead; a read cut short by the time guard keeps the
+    split by feed and says so (the evaluators still chain the feeds that follow one another)."""
+    from onnxprune.calibration.carried import follows, streams
+    from onnxprune.calibration.runtime import make_session, output_names
+
+    data = state.data
+    reader = data.reader()
+    if not getattr(reader, "per_feed", False) or getattr(reader, "shared_inputs", ()) \
+            or getattr(reader, "one_sample_feeds", False):
+        return
+    dense = make_session(state.original)
+    names = output_names(state.original)
+    start = time.perf_counter()
+
+    def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # decoded_budget's guard
+        return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
+
+    raw, outs, pairs, stopped = _read_calls(reader, True, dense, names, {i.name for i in dense.get_inputs()}, fits)
+    if not pairs:
+        return
+    after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
+    kept = streams(after)
+    if not kept or _fed_back_tokens(raw, outs, after):
+        return
+    data.carried = dict(pairs)
+    data._calib = None  # built before the state was known: built again to run streams
+    split = None if stopped else data.by_decode(_decodes(after, 1), 0, unit="stream")
+    count = sum(not after[k] for k in kept)
+    text = (f"carried state: the feeds of {str(reader.description).split(':', 1)[0]} are the calls of streams, "
+            f"feeding back {_pairs_words(pairs)} ({len(kept):,} of {len(raw):,} feeds in {count:,} stream(s)"
+            f"{_read_of(len(raw), reader.num_samples)}): every figure is the streams' as they run, each model on its "
+            "own state from the call before")
+    if split:
+        text += f"; the data's decision part is {split}"
+    elif stopped:
+        text += "; the split is by feed (the feeds were read only in part in the time)"
+    state.streamed = {"pairs": dict(pairs), "feeds": len(raw), "in_streams": len(kept), "split": split}
+    state.notes.append(text)
+    log.info(text)
+
+
 def _calls_of(reader, source, inputs: set[str]) -> tuple | None:
     """(calls, rows a call, calls in all) that `reader` of `source` holds: its feeds when it reads them one at a
     time, else a folder's files that are a decoder's calls (calibration.carried.call_files, a flag of one value a
