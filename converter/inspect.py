@@ -596,10 +596,10 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "it picked), all calls of a file the same rows)", markup=False, highlight=False)
     elif info.get("carried") and info.get("npz_example"):  # session 50: a stream's state, measured streamed
         said = ", ".join(f"'{o}' as '{i}'" for i, o in info["carried"].items())
-        console.print(f"  (the model feeds back {said} on its next call, a stream's state: to have the run also measure "
-                      "the written model streamed, reading its own state, save consecutive calls of a few streams "
-                      "instead, a folder of one file a call in order, each with the state the call before gave)",
-                      markup=False, highlight=False)
+        console.print(f"  (the model feeds back {said} on its next call, a stream's state: to have the run judge "
+                      "every candidate streamed, each reading its own state, save consecutive calls of several "
+                      "streams instead, a folder of one file a call in order, each with the state the call before "
+                      "gave)", markup=False, highlight=False)
     copies = [("copies", "bit-identical weight copies, each row above", lambda c: f"'{c['weight']}' x{c['copies']}",
                "prune merges each into one tied weight (one mask, counted and stored once)"),
               ("transposed_copies", "weights stored again as their transpose",

@@ -265,7 +265,7 @@ def test_inspect_says_which_output_is_fed_back_and_how_to_record_streams(tmp_pat
     path = tmp_path / "vad.onnx"
     onnx.save(tb.streaming_vad(), path)
     text = " ".join(CliRunner().invoke(cli, ["inspect", str(path)]).output.split())
-    assert ("the model feeds back 'stateN' as 'state' on its next call, a stream's state: to have the run also "
-            "measure the written model streamed") in text
+    assert ("the model feeds back 'stateN' as 'state' on its next call, a stream's state: to have the run judge "
+            "every candidate streamed, each reading its own state") in text
     onnx.save(tb.regressor(), path)
     assert "feeds back" not in CliRunner().invoke(cli, ["inspect", str(path)]).output
