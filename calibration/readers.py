@@ -473,6 +473,22 @@ def _folder_reader(folder: Path, specs, labels, batch_size, limit, time_major=No
                       checker=checker)
 
 
+def calls_reader(source, model: onnx.ModelProto, *, labels: str | None = None,
+                 limit: int | None = None) -> DataReader | None:
+    """A folder of .npz files, each the call of a stream (its rows stacked samples of one call: a step model's
+    `h0` [1, H]), read one file a feed in the folder's order, so that a stream's calls run one after another with
+    the state carried (converter/steps/verify.streamed_decisions); None where `source` is no such folder."""
+    if not isinstance(source, (str, os.PathLike)) or not Path(source).is_dir():
+        return None
+    files = data_files(Path(source))
+    if len(files) < 2 or any(p.suffix != ".npz" for p in files):
+        return None
+    specs = input_specs(model)
+    return _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit,
+                        "each file is one call of a stream, run in order with its state carried",
+                        f"folder '{Path(source).name}/' ({len(files)} files)", unit="call(s), one a file")
+
+
 def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: str,
                  unit: str = "feed(s) used as is") -> DataReader:
     """One complete feed per batch, as the source holds it (calibration.feeds)."""

@@ -517,6 +517,20 @@ def streaming_vad(*, frame: int = 16, hidden: int = 8, seed: int = 0) -> onnx.Mo
                   [_float("prob", [BATCH, 1]), _float("stateN", [2, BATCH, hidden])])
 
 
+def streaming_step(*, features: int = 16, hidden: int = 8, classes: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """An RNN step's interface, every input batch-first (no scalar): row [N, F] and h0 [N, H] -> 'logits' [N, C] and
+    the next state 'hn' [N, H]; a folder of its calls is stacked data to the readers (each file [1, F], [1, H]).
+
+    hn = h0 + fc1(row); logits = fc2(relu(hn))."""
+    g = _Graph(seed)
+    a = g.matmul("row", "fc1", features, hidden)
+    g.nodes.append(helper.make_node("Add", ["h0", a], ["hn"], name="/state/Add"))
+    y = g.matmul(g.relu("hn", "act"), "fc2", hidden, classes)
+    g.nodes.append(helper.make_node("Identity", [y], ["logits"], name="/out/Identity"))
+    return _model(g, "streaming_step", [_float("row", [BATCH, features]), _float("h0", [BATCH, hidden])],
+                  [_float("logits", [BATCH, classes]), _float("hn", [BATCH, hidden])])
+
+
 def token_classifier(*, vocab: int = 50, dim: int = 8, seq_len: int = 5, classes: int = 4,
                      seed: int = 0) -> onnx.ModelProto:
     """ids int64 [N, T] -> Gather on an embedding table [V, D] -> mean over T -> fc -> 'logits' [N, 4]."""

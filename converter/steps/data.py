@@ -117,6 +117,7 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
         apart.held_parts = dict(data.held_parts)
         apart.groups = data.groups  # ... and its split by decode
         apart.carried = dict(data.carried)  # ... and the state its streams carry
+        apart.calls = data.calls  # ... read a file a call
         return apart
 
     # every 4th first: its deciding part's evaluator (one dense pass over it) is what the fit is judged on, and
@@ -163,6 +164,7 @@ class Data:
         self.groups = None  # each sample's decode, where the split keeps a decode's calls together (`by_decode`)
         self.carried: dict[str, str] = {}  # a stream's state {input: output}: every evaluator runs streams as they
         # run (converter/steps/verify.streamed_decisions)
+        self.calls = False  # a folder of stacked files, each a stream's call: read one file a feed (readers.calls_reader)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -289,6 +291,10 @@ class Data:
                            limit=c.limit, seed=c.seed, shapes=self.random_shapes if random else c.input_shapes,
                            warn=not self._warned)
         self._warned = True  # the random-data warning is said once per run
+        if self.calls and not getattr(reader, "per_feed", False):
+            from onnxprune.calibration.readers import calls_reader
+
+            reader = calls_reader(src, self.model, labels=c.labels, limit=c.limit) or reader
         if reader.has_labels and c.metric is None and self._labels_unusable():
             reader = reader.without_labels()  # neither scored nor trained against (cross-entropy would fail)
         if part is not None and source is None and self.every:

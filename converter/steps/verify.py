@@ -459,9 +459,13 @@ def streamed_decisions(state: RunState) -> None:
 
     data = state.data
     reader = data.reader()
-    if not getattr(reader, "per_feed", False) or getattr(reader, "shared_inputs", ()) \
-            or getattr(reader, "one_sample_feeds", False):
+    if getattr(reader, "shared_inputs", ()) or getattr(reader, "one_sample_feeds", False):
         return
+    stored = {t.name for t in state.original.graph.initializer}
+    source = _calls_of(reader, data.config.data, {i.name for i in state.original.graph.input if i.name not in stored})
+    if source is None:
+        return
+    calls = source[0]
     dense = make_session(state.original)
     names = output_names(state.original)
     start = time.perf_counter()
@@ -469,15 +473,17 @@ def streamed_decisions(state: RunState) -> None:
     def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # decoded_budget's guard
         return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
 
-    raw, outs, pairs, stopped = _read_calls(reader, True, dense, names, {i.name for i in dense.get_inputs()}, fits)
+    raw, outs, pairs, stopped = _read_calls(calls, calls is reader, dense, names,
+                                            {i.name for i in dense.get_inputs()}, fits)
     if not pairs:
         return
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
     kept = streams(after)
     if not kept or _fed_back_tokens(raw, outs, after):
         return
-    data.carried = dict(pairs)
+    data.carried, data.calls = dict(pairs), calls is not reader  # a folder of stacked files: read a file a call
     data._calib = None  # built before the state was known: built again to run streams
+    reader = data.reader()
     split = None if stopped else data.by_decode(_decodes(after, 1), 0, unit="stream")
     count = sum(not after[k] for k in kept)
     text = (f"carried state: the feeds of {str(reader.description).split(':', 1)[0]} are the calls of streams, "
