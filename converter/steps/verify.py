@@ -453,10 +453,15 @@ def streamed_decisions(state: RunState) -> None:
     call at a time, each from its recorded state, a pruned model's error carried in the state is never seen: the
     builder's stream moved its state 0.6 pp a call and several pp streamed (tests/calibration/test_carried_state.py).
     A greedy decoder's calls are judged by `decoded_budget` instead; a read cut short by the time guard keeps the
-    split by feed and says so (the evaluators still chain the feeds that follow one another)."""
-    from onnxprune.calibration.carried import follows, streams
+    split by feed and says so (the evaluators still chain the feeds that follow one another). Only a model that
+    declares what it feeds back (`calibration.carried.declared_feedback`: a state, a cache, a recurrent node's
+    states) has its data read here."""
+    from onnxprune.calibration.carried import declared_feedback, follows, streams
     from onnxprune.calibration.runtime import make_session, output_names
 
+    declared = declared_feedback(state.original)  # only a model that declares a state is read here (inspect's facts)
+    if not any(declared[k] for k in ("states", "caches", "shaped", "cells")):
+        return
     data = state.data
     reader = data.reader()
     if getattr(reader, "shared_inputs", ()) or getattr(reader, "one_sample_feeds", False):
