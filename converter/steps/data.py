@@ -303,7 +303,7 @@ class Data:
                                  unit="decode" if not getattr(reader, "per_feed", False) else "stream of calls")
         return reader
 
-    def by_decode(self, groups, target: int, unit: str = "decode") -> str | None:
+    def by_decode(self, groups, target: int, unit: str = "decode", sizes=None) -> str | None:
         """A greedy decoder's recorded calls split by decode, not by row (converter/steps/verify.decoded_budget):
         `groups` each sample's decode, so a decode's calls are all on one side (its calls that decide were not
         trained on beside them); and where the deciding part holds fewer than `target` samples (what the decoded
@@ -311,8 +311,8 @@ class Data:
         back to one shot, decoders 55's L6), the automatic search's small-data split to that target
         (`decision_split`). Only before any part of the data was read, and only a split the data step made; the
         words for the note, or None when nothing changed. `unit` "stream": feeds used as they are, each a call of
-        a stream of decodes (its rows), `groups` each feed's stream; kept together, the split's share not grown
-        (its feeds are not samples)."""
+        a stream of decodes, `groups` each feed's stream and `sizes` each feed's rows, which the deciding part
+        counts (decoders 55b's L3: its count was of feeds)."""
         if not self.every or self.config.val_data is not None or any(
                 e is not None for e in (self._eval, self._choose, self._all)):
             return None
@@ -322,19 +322,25 @@ class Data:
         self._calib = None  # built on the row split (the metric plan asked for): built again on this one
         self.groups = groups
         said = f"split by {unit} ({int(np.max(groups)) + 1:,} {unit}s, each on one side)"
-        deciding = self.reader(part="validation").num_samples or 0
-        if unit == "decode" and self.small_data and deciding < target and not self.trains_on_every:
-            every, trains = decision_split(n, target)
+
+        def deciding() -> int:  # the rows of the deciding part
+            if sizes is None:
+                return self.reader(part="validation").num_samples or 0
+            ids = np.asarray(groups)[:len(sizes)]
+            return int(np.asarray(sizes)[(ids % self.every == 0) != self.trains_on_every].sum())
+
+        now = deciding()
+        if self.small_data and now < target and not self.trains_on_every:
+            every, trains = decision_split(n if sizes is None else int(np.sum(sizes)), target)
             self.every, self.trains_on_every = every, trains
-            deciding = self.reader(part="validation").num_samples or 0
-            while not trains and deciding < target and every > 2:  # decodes of unequal length: a decode fewer apart
+            now = deciding()
+            while not trains and now < target and every > 2:  # decodes of unequal length: a decode fewer apart
                 every = self.every = every - 1
-                deciding = self.reader(part="validation").num_samples or 0
+                now = deciding()
             nth = {2: "other", 3: "3rd"}.get(every, f"{every}th")
-            said += f", every {nth} decode {'training' if trains else 'deciding'} so that {deciding:,} calls' rows"
+            said += f", every {nth} {unit} {'training' if trains else 'deciding'} so that {now:,} calls' rows"
             said += f" decide where --validation's share held fewer than the {target:,} the budget needs"
         return said
-
 
     def _labels_unusable(self) -> bool:
         """No output the labels could belong to (a language model's logits [N, 1, vocab] beside its cache): said

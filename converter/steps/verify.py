@@ -362,7 +362,11 @@ def decoded_budget(state: RunState) -> None:
     decodes changed), so the fed-back output is judged at B / L a call (its own budget, `Data.own_budget`: the same
     rule, Wilson's bound on the decision part), unless --max-loss OUTPUT=L gives it one, and a note says so. Its
     metric must count a changed pick (DECODED_KINDS); another is said and left at B. L is the mean over the recorded
-    decodes (`calibration.carried.kept_picks`): longer decodes change more."""
+    decodes (`calibration.carried.kept_picks`): longer decodes change more. Whatever the budget's form (its own
+    --max-loss OUTPUT=L too), the data's split keeps each decode on one side and its deciding part is grown to
+    certify the tightest per-call budget of a fed-back output that counts picks (`Data.by_decode`: stacked files by
+    decode, feeds used as they are by stream, counted by their rows); calls the reading's guard left are split by
+    what the calls read show, and said (`_unread_calls`)."""
     from onnxprune.calibration.carried import follows, kept_picks, streams
     from onnxprune.calibration.runtime import make_session, output_names
 
@@ -378,7 +382,7 @@ def decoded_budget(state: RunState) -> None:
                        {i.name for i in state.original.graph.input if i.name not in stored})  # before any session
     if source is None:
         return
-    calls, rows, _ = source
+    calls, rows, total = source
     dense = make_session(state.original)
     names = output_names(state.original)
     start = time.perf_counter()
@@ -387,11 +391,13 @@ def decoded_budget(state: RunState) -> None:
         # reading the files too: the calls are small, the model often cheap
         return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
 
-    raw, outs, pairs, stopped = _read_calls(calls, calls is reader, dense, names,
+    stream = iter(calls)  # the calls past the guard are read on from here (`_unread_calls`)
+    raw, outs, pairs, stopped = _read_calls(stream, calls is reader, dense, names,
                                             {i.name for i in dense.get_inputs()}, fits)
     if not pairs:
         return
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
+    read, every_call = list(raw), list(after)  # every call read, for the split
     if stopped:  # the last stream read may be cut short: its decodes left out of L
         last = max((k for k in range(len(after)) if not after[k]), default=0)
         raw, outs, after = raw[:last], outs[:last], after[:last]
@@ -417,13 +423,24 @@ def decoded_budget(state: RunState) -> None:
             judged[o] = budget / length  # a decode changes only where a pick does: `prob`'s probability part stays
             data.own_budget(o, judged[o], f"--max-loss {budget:g} over decodes of {length:.1f} picks, the note on "
                                           "greedy decoding", PICK_PARTS.get(plan.get(o)))
-    split = None  # the split by decode: files of stacked rows a decode a row, feeds used as is a stream a group
-    if judged and not stopped:
-        per_feed = bool(getattr(reader, "per_feed", False))
-        if calls is not reader and not per_feed:
-            split = data.by_decode(_decodes(after, rows), _to_certify(min(judged.values())))
-        elif calls is reader and per_feed:
-            split = data.by_decode(_decodes(after, 1), _to_certify(min(judged.values())), unit="stream")
+    # the split by decode, whatever the budget's form (its own --max-loss OUTPUT=L too): files of stacked rows a
+    # decode a row, feeds used as is a stream a group; grown to certify the tightest per-call budget that counts picks
+    split, per_feed = None, bool(getattr(reader, "per_feed", False))
+    if (calls is not reader and not per_feed) or (calls is reader and per_feed):
+        unread = ""
+        token = next(iter(tokens))
+        sizes = [_rows_of(f, token) for f in read]
+        if stopped:
+            more, more_sizes, unread = _unread_calls(stream, read, every_call, pairs, total, token)
+            every_call, sizes = every_call + more, sizes + more_sizes
+        certify = [data.output_budgets[o] for o in set(tokens.values())
+                   if o in data.output_budgets and plan.get(o) in DECODED_KINDS]
+        target = _to_certify(min(certify)) if certify else 0
+        if per_feed:
+            split = data.by_decode(_decodes(every_call, 1), target, unit="stream", sizes=np.asarray(sizes))
+        else:
+            split = data.by_decode(_decodes(every_call, rows), target)
+        split = f"{split}; {unread}" if split and unread else split
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
                             "budgets": judged, "split": split}
     fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
@@ -549,6 +566,52 @@ def _decodes(after: list[bool], rows: int) -> np.ndarray:
     continues file k - 1's decodes): row r of a file of the s-th run of consecutive calls is decode s·rows + r."""
     runs = np.cumsum([not a for a in after]) - 1
     return (np.maximum(runs, 0)[:, None] * rows + np.arange(rows)[None, :]).reshape(-1)
+
+
+def _rows_of(feed: dict, token: str) -> int:
+    """A call's rows: the decodes its fed-back token steps (its first axis)."""
+    shape = np.shape(feed.get(token))
+    return int(shape[0]) if shape else 1
+
+
+def _fresh(feed: dict, pairs: dict[str, str]) -> bool:
+    """Whether a fed-back input of the call is empty or all zeros: an empty past, a zero initial state."""
+    return any(not np.asarray(feed.get(i)).size or not np.any(feed.get(i)) for i in pairs)
+
+
+def _unread_calls(stream, read: list, after: list[bool], pairs: dict[str, str], total: int | None,
+                  token: str) -> tuple[list[bool], list[int], str]:
+    """The calls the reading's time guard left (`stream` goes on past the `read` ones, `after` theirs; `total` in
+    all): whether each follows the one before and its rows, and the note's words for what was done. Where the read
+    calls show it (a decode starts exactly at each call read whose fed-back input is empty or all zeros, `_fresh`:
+    an empty past, a zero initial state, at two starts or more), their inputs alone are read on (no model run) in
+    CARRIED_SECONDS, each starting a decode where it is so; the calls still unread are cut in runs of consecutive
+    calls as long as the decodes read, so a decode there may have calls on both sides (the note says how many)."""
+    starts = [k for k in range(len(read)) if not after[k]]
+    more, sizes = [], []
+    if len(starts) >= 2 and all(_fresh(read[k], pairs) != after[k] for k in range(len(read))):
+        t0 = time.perf_counter()
+        for feed in stream:
+            more.append(not _fresh(feed, pairs))
+            sizes.append(_rows_of(feed, token))
+            if time.perf_counter() - t0 > CARRIED_SECONDS:
+                break
+    fed = " or ".join(f"'{i}'" for i in pairs)
+    marked = (f"the {len(more):,} calls past the {len(read):,} read were not run: a stream starts where {fed} "
+              f"is empty or all zeros, as at the start of each of the {len(starts):,} streams of calls read")
+    if total is None:  # a reader that does not count its feeds: the rest by its own index, as before
+        return more, sizes, ((f"{marked}; " if more else "") + f"the calls past the {len(read) + len(more):,} read "
+                             "in the time are split one at a time (their number is not known)")
+    left = total - len(read) - len(more)
+    if left <= 0:
+        return more, sizes, marked if more else ""
+    block = max(1, round(len(read) / len(starts)))
+    mean = int(round(np.mean([_rows_of(f, token) for f in read])))
+    words = (f"the {left:,} calls past the {len(read) + len(more):,} read in the time (of {total:,}) were not "
+             f"decoded: they go to a side in runs of {block} consecutive calls (the streams read: {block} calls each "
+             "on average), so a decode there may have calls on both sides")
+    return (more + [j % block != 0 for j in range(left)], sizes + [mean] * left,
+            f"{marked}; {words}" if more else words)
 
 
 def _to_certify(budget_pp: float) -> int:

@@ -649,3 +649,99 @@ def test_a_decoders_calls_read_as_they_are_are_split_by_stream(tmp_path):
     result = prune(tmp_path / "m.onnx", output=tmp_path / "out.onnx", data=tmp_path / "calls", max_loss=1.0)
     note = next(n for n in result.report["notes"] if n.startswith("greedy decoding: 'input_ids' holds the argmax"))
     assert "the data's decision part is split by stream (60 streams, each on one side)" in note
+
+
+def _data_step(tmp_path, model, feeds, budgets=None):
+    """The calls saved a file each and the data step run on them as the automatic search's plan runs it (--max-loss 1
+    and `budgets`, a split, the small-data policy): the run state, its `decoded_budget` read."""
+    from onnxprune.converter.steps.base import RunState
+    from onnxprune.converter.steps.data import DataConfig, DataStep
+
+    _save(tmp_path / "calls", feeds)
+    state = RunState(source=model, original=model)
+    DataStep(DataConfig(data=tmp_path / "calls"), split=True, small_data=True, budget=1.0,
+             output_budgets=budgets).run(state)
+    return state
+
+
+def _true_decodes(dense, feeds, rows: int) -> np.ndarray:
+    """Each row's decode, from the calls that follow one another by the input model's own outputs."""
+    from onnxprune.calibration.carried import follows
+    from onnxprune.converter.steps.verify import _decodes
+
+    outs = [dict(zip(["logits", "h_out"], dense.run(["logits", "h_out"], f))) for f in feeds]
+    return _decodes([k > 0 and follows(outs[k - 1], feeds[k], {"h": "h_out"}) for k in range(len(feeds))], rows)
+
+
+def test_a_decoders_calls_are_split_by_decode_whatever_the_form_of_its_budget(tmp_path):
+    """--max-loss logits=L on the fed-back output keeps its per-call judgement; its calls are still a recording of
+    decodes, so the split keeps each decode on one side and grows the deciding part to certify L (decoders 55b's
+    L1: there the split stayed by row, every 10th row of every decode deciding, and the search fell back to one
+    shot). The split is the one the derived budget gives (`test_a_decoders_stacked_calls_are_split_by_decode_...`)."""
+    model = tb.greedy_rnn_step()
+    dense, feeds = make_session(model), []
+    for seed in range(18):
+        for h0, prompt in _prompts(dense, 100 + seed, 3):
+            _rnn_calls(dense, h0, prompt, 14, feeds)
+    state = _data_step(tmp_path, model, feeds, {"logits": 1 / 12})
+    assert np.array_equal(state.data.groups, _true_decodes(dense, feeds, 4))
+    note = next(n for n in state.notes if n.startswith("greedy decoding: 'prev_token' holds the argmax"))
+    assert "the data's decision part is split by decode (720 decodes, each on one side), every 8th decode deciding " \
+           "so that 1,260 calls' rows decide where --validation's share held fewer than the 1,199 the budget needs" \
+           in note
+    assert "'logits' keeps its own --max-loss logits=0.0833333, judged one call at a time" in note
+    assert state.data.reader(part="validation").num_samples == 1260
+
+
+@pytest.mark.parametrize("zero", [True, False], ids=["zero-state", "random-state"])
+def test_calls_the_time_guard_left_unread_are_split_by_the_decodes_they_show_or_in_runs_said(tmp_path, monkeypatch,
+                                                                                            zero):
+    """The reading before the search stops at its guard (a second a clock reading, 150 s: 50 of 560 calls run).
+    Where a decode starts exactly at each call read whose state is all zeros, the calls after are read without the
+    model in another 150 s (151 of them) and a decode starts where their state is zero: their split is the true
+    one; the last 359 are cut in runs of 12 calls (the read decodes' length), said. A random first state marks
+    nothing: all 510 in runs, said (decoders 55b's L2: the whole recording split by row, no decode known)."""
+    from onnxprune.converter.steps import verify
+
+    model = tb.greedy_rnn_step()
+    dense, feeds, rng = make_session(model), [], np.random.default_rng(3)
+    for _ in range(40):
+        h0 = np.zeros((4, 8), np.float32) if zero else rng.standard_normal((4, 8)).astype(np.float32)
+        _rnn_calls(dense, h0, rng.integers(0, 12, (4, 3)).astype(np.int64), 14, feeds)
+    monkeypatch.setattr(verify, "CARRIED_SECONDS", 150.0)
+    monkeypatch.setattr(verify, "time", _Clock())
+    state = _data_step(tmp_path, model, feeds)
+    groups, true = state.data.groups, _true_decodes(dense, feeds, 4)
+    note = next(n for n in state.notes if n.startswith("greedy decoding: 'prev_token' holds the argmax"))
+    assert "the data's decision part is split by decode (" in note
+    known = (50 + 151 if zero else 50) * 4
+    assert np.array_equal(groups[:known], true[:known])
+    runs = groups[known:].reshape(-1, 4)[:, 0]
+    assert np.array_equal(np.unique(runs, return_counts=True)[1][:-1], np.full(len(np.unique(runs)) - 1, 12))
+    if zero:
+        assert "the 151 calls past the 50 read were not run: a stream starts where 'h' is empty or all zeros, " \
+               "as at the start of each of the 4 streams of calls read; the 359 calls past the 201 read in the time " \
+               "(of 560) were not decoded: they go to a side in runs of 12 consecutive calls (the streams read: 12 " \
+               "calls each on average), so a decode there may have calls on both sides" in note
+    else:
+        assert "; the 510 calls past the 50 read in the time (of 560) were not decoded: they go to a side in runs of " \
+               "12 consecutive calls" in note
+
+
+def test_a_kv_decoders_feeds_used_as_they_are_grow_their_deciding_part_by_their_rows(tmp_path):
+    """A KV-cache decoder recorded a prompt at a time (feeds of one row, used as they are): 150 decodes of 16 calls,
+    'logits' at 1 / 16 pp a call, which 1,599 deciding rows certify. The small-data split of 2,400 feeds decided on
+    every other stream, 1,200 rows, and the deciding part was not grown (decoders 55b's L3: its count was of feeds);
+    now it is, by the rows of the streams: every 3rd stream trains, 1,600 rows decide."""
+    model = tb.greedy_cache_decoder()
+    rng, dense, feeds = np.random.default_rng(0), make_session(model), []
+    for _ in range(150):
+        _cache_calls(dense, rng.integers(0, 12, (1, 3)).astype(np.int64), 16, feeds)
+    state = _data_step(tmp_path, model, feeds)
+    assert state.decoded_budget["length"] == 16.0
+    note = next(n for n in state.notes if n.startswith("greedy decoding: 'input_ids' holds the argmax"))
+    assert "the data's decision part is split by stream (150 streams, each on one side), every 3rd stream training " \
+           "so that 1,600 calls' rows decide where --validation's share held fewer than the 1,599 the budget " \
+           "needs" in note
+    part = state.data.reader(part="validation")
+    assert part.per_feed and part.num_samples == 1600 and sum(f["input_ids"].shape[0] for f in part) == 1600
