@@ -132,13 +132,28 @@ def test_loop_gradients_reach_the_weight_read_in_every_iteration():
     assert grad is not None and float(grad.abs().sum()) > 0
 
 
+def test_a_while_loop_without_a_trip_count_runs_until_its_condition_ends_it():
+    """Sweep 55b: torch's `while_loop` (4 weight-tied residual steps) exported by dynamo is a Loop with a condition and
+    no trip count M; the bridge refused it ("a Loop without a trip count M is not supported"), so the model could
+    not be retrained, only refit. The condition alone ends it, as in onnxruntime, and gradients reach the weight."""
+    for stop in (3, 1):  # i + 1 < stop: 3 iterations, then 1 (the body runs once before the condition is read)
+        model = loop_model(5, with_cond=True, stop_after=stop)
+        model.graph.node[0].input[0] = ""  # no trip count: a while loop
+        onnx.checker.check_model(model, full_check=True)
+        module, outs = _compare(model, {"x": _x(4)}, trainable=["W"])
+        assert outs[1].shape[0] == stop  # the scan output holds one element an iteration
+    outs[0].sum().backward()
+    grad = module.onnx_parameters()["W"].grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
 def test_unbounded_loops_and_opset8_scan_are_reported_with_every_other_gap():
     model = loop_model(3)
     model.graph.node[0].input[0] = ""  # no trip count
     with pytest.raises(UnsupportedOpError) as info:
         OnnxModule(model)
     msg = str(info.value)
-    assert "'loop'" in msg and "trip count" in msg
+    assert "'loop'" in msg and "neither a trip count M nor a condition" in msg
     # opset 8's Scan (a batch axis of its own and sequence_lens) is not implemented: said by name
     body = helper.make_graph([helper.make_node("Identity", ["s"], ["s_out"])], "scan_body",
                              [vi("s", TensorProto.FLOAT, [4])], [vi("s_out", TensorProto.FLOAT, [4])])

@@ -6,8 +6,9 @@ appends those values to the node's inputs, so ``inputs`` is the node's own ONNX 
 values, in the order of ``Body.outer``; ``attrs["_inputs"]`` is the number of the node's own inputs.
 
 * If: runs one branch, chosen by the (scalar) condition at run time; gradients flow through the branch taken.
-* Loop: bounded loops only (a trip count M is required; the condition may end it earlier). Loop-carried values
-  are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
+* Loop: a trip count M, a condition, or both (a for loop, a while loop: torch's `while_loop` exported by dynamo
+  has no M, only the condition its body computes); neither, a loop the spec runs forever, is refused. Loop-carried
+  values are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
 * Optional, OptionalGetElement, OptionalHasElement: a present optional is its tensor (an empty one is refused).
 * Scan (opset 9 on): states threaded through the steps, inputs and outputs scanned along their own axes and
   directions (opset 8's Scan, with its batch axis and sequence_lens, is not implemented).
@@ -33,17 +34,18 @@ def if_(inputs, attrs, ctx):
 
 def _check_loop(attrs, ctx):
     names = attrs.get("_input_names", [])
-    if not names or not names[0]:
-        return ("control flow: a Loop without a trip count M is not supported (only bounded loops); "
-                "export the model with a fixed number of iterations")
+    if not names or (not names[0] and (len(names) < 2 or not names[1])):
+        return ("control flow: a Loop with neither a trip count M nor a condition runs forever (the spec's "
+                "for (i = 0; ; ++i)); export the model with a fixed number of iterations or a condition")
     return None
 
 
 @register("Loop", check=_check_loop)
 def loop(inputs, attrs, ctx):
-    """Inputs M, cond, v_initial…; body (iter_num, cond, v…) -> (cond, v…, scan outputs…)."""
+    """Inputs M, cond, v_initial…; body (iter_num, cond, v…) -> (cond, v…, scan outputs…). Without M the condition
+    alone ends it (a while loop: sweep 55b, torch's `while_loop` of 4 weight-tied steps exported by dynamo)."""
     own = inputs[:attrs["_inputs"]]
-    trip = int(own[0].reshape(-1)[0].item())
+    trip = float("inf") if own[0] is None else int(own[0].reshape(-1)[0].item())
     cond = _opt(own, 1)
     carried = list(own[2:])
     body = attrs["body"]
@@ -52,7 +54,7 @@ def loop(inputs, attrs, ctx):
     scans: list[list] = []
     keep_going = True if cond is None else bool(cond.reshape(-1)[0].item())
     i = 0
-    device = own[0].device
+    device = next(t.device for t in own if t is not None)
     while i < trip and keep_going:
         iter_num = torch.tensor(i, dtype=torch.int64, device=device)
         flag = torch.tensor(keep_going, device=device)
