@@ -35,8 +35,8 @@ def if_(inputs, attrs, ctx):
 def _check_loop(attrs, ctx):
     names = attrs.get("_input_names", [])
     if not names or (not names[0] and (len(names) < 2 or not names[1])):
-        return ("control flow: a Loop with neither a trip count M nor a condition runs forever (the spec's "
-                "for (i = 0; ; ++i)); export the model with a fixed number of iterations or a condition")
+        return ("control flow: a Loop with neither a trip count M nor a condition never ends; export it with a "
+                "trip count")
     return None
 
 
