@@ -9,6 +9,8 @@ values, in the order of ``Body.outer``; ``attrs["_inputs"]`` is the number of th
 * Loop: a trip count M, a condition, or both (a for loop, a while loop: torch's `while_loop` exported by dynamo
   has no M, only the condition its body computes); neither, a loop the spec runs forever, is refused. Loop-carried
   values are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
+  A loop its condition alone ends (no M, or an M above WHILE_CAP: tf2onnx writes INT64_MAX) stops with an error
+  naming it after WHILE_CAP iterations: weights trained so that its condition never ends it would hang training.
 * Optional, OptionalGetElement, OptionalHasElement: a present optional is its tensor (an empty one is refused).
 * Scan (opset 9 on): states threaded through the steps, inputs and outputs scanned along their own axes and
   directions (opset 8's Scan, with its batch axis and sequence_lens, is not implemented).
@@ -18,7 +20,11 @@ from __future__ import annotations
 
 import torch
 
+from onnxprune.errors import ConverterError
+
 from .core import _axis, _opt, register
+
+WHILE_CAP = 10_000  # iterations of a loop its condition alone ends (a weight-tied model's few, a decoder's length)
 
 
 def _outer(inputs: list, attrs: dict) -> list:
@@ -56,6 +62,8 @@ def loop(inputs, attrs, ctx):
     i = 0
     device = next(t.device for t in own if t is not None)
     while i < trip and keep_going:
+        if i == WHILE_CAP and cond is not None:
+            _never_ended(ctx, own[0])
         iter_num = torch.tensor(i, dtype=torch.int64, device=device)
         flag = torch.tensor(keep_going, device=device)
         outs = body.run(outer, [iter_num, flag, *carried])
@@ -70,6 +78,13 @@ def loop(inputs, attrs, ctx):
     stacked = [torch.stack(s) for s in scans]
     stacked += [_empty_scan(body, 1 + n_carried + k, device) for k in range(len(stacked), n_scan)]
     return carried + stacked
+
+
+def _never_ended(ctx, m) -> None:
+    said = "no trip count M" if m is None else f"trip count M {int(m.reshape(-1)[0].item())}"
+    raise ConverterError(f"Loop '{ctx.name}' ran {WHILE_CAP} iterations in the torch bridge without its condition "
+                         f"ending it ({said}); stopped there, as training would never end (trained weights may keep "
+                         f"its condition true); export the model with a trip count M of at most {WHILE_CAP}")
 
 
 def _empty_scan(body, index: int, device) -> torch.Tensor:

@@ -54,6 +54,31 @@ def test_the_rule_picks_reconstruct_without_the_bridge_or_with_little_unlabelled
     assert choose(model(), _Reader(n, labels), "reconstruct") == ("reconstruct", "given (--recovery)")
 
 
+def test_a_while_loop_model_is_retrained_through_the_bridge_not_only_refit():
+    """Sweep 55b's L7: torch's `while_loop` (4 weight-tied residual steps) exported by dynamo, a Loop with no trip
+    count, was refit only ("the torch bridge cannot run this graph (Loop x1: control flow: a Loop without a trip
+    count M is not supported ...)"). The bridge runs it now: with labels, sgd's masked retraining rounds run through
+    the loop, and the written model keeps its while loop and its budget in onnxruntime. (On this random MLP with
+    its own labels no round prunes past the one-shot start; the same graph with its 4 steps unrolled neither.)"""
+    from onnxprune.converter.auto.recovery import RETRAINED
+    from onnxprune.models.builders_control import while_residual
+
+    model = while_residual(in_features=32, hidden=32, seed=0)
+    x = np.random.default_rng(0).standard_normal((600, 32)).astype(np.float32)
+    labels = make_session(model).run(None, {"input": x})[0].argmax(1).astype(np.int64)
+    assert choose(model, _Reader(600, True)) == ("sgd", "the torch bridge runs the graph with labels")
+    result = run(model, configure(max_loss=1.0, data={"input": x, "labels": labels}, time_budget=30, seed=0))
+    report = result.report
+    assert report["auto"]["choices"]["recovery"]["value"] == "sgd"
+    rounds = [h for h in report["history"] if h["phase"] in RETRAINED]  # retrained through the loop and judged
+    assert rounds and all(h["loss_pp"] is not None for h in rounds), [h["phase"] for h in report["history"]]
+    assert report["budget"]["met"]
+    onnx.checker.check_model(result.model, full_check=True)
+    loops = [n for n in result.model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 1 and loops[0].input[0] == ""  # still a while loop
+    assert np.mean(make_session(result.model).run(None, {"input": x})[0].argmax(1) == labels) >= 0.97
+
+
 @pytest.mark.parametrize("given", [1_000, 4_000, 10_000])
 def test_unlabelled_sets_up_to_the_benchmarks_largest_are_refit_whatever_the_model_kind(given):
     """bench_recovery_rule (RESULTS, "Recovery rule"): on six kinds of MNIST model with 1,000 / 4,000 / 10,000
