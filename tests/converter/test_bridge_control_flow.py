@@ -150,7 +150,7 @@ def test_a_while_loop_without_a_trip_count_runs_until_its_condition_ends_it():
 def while_model(trip: int | None = None, limit: float = 6.0, big: int | None = None) -> onnx.ModelProto:
     """A while loop whose condition reads the data: v_{i+1} = v_i + Tanh(v_i @ W), going on while max |v_{i+1}| <
     limit; the carried v and a scan output of every v_{i+1}; M = trip (an initializer; None: no trip count; `big`:
-    M = that, tf2onnx's INT64_MAX for a tf.while_loop), the starting condition the graph input `go`."""
+    M = that, as INT64_MAX for a loop bounded in name only), the starting condition the graph input `go`."""
     body = helper.make_graph(
         [helper.make_node("MatMul", ["v_in", "W"], ["a"]), helper.make_node("Tanh", ["a"], ["t"]),
          helper.make_node("Add", ["v_in", "t"], ["v_out"]), helper.make_node("Abs", ["v_out"], ["m"]),
@@ -191,7 +191,7 @@ def test_a_while_loop_whose_condition_reads_the_data_matches_onnxruntime(trip, g
 def test_a_while_loop_that_trained_weights_keep_going_stops_with_one_line_naming_it(big, monkeypatch):
     """A while loop ends where onnxruntime ends it; weights trained so that its condition holds for ever (here W =
     -I: v + Tanh(-v) never grows past the limit) would hang training: the bridge stops after WHILE_CAP iterations
-    with one line naming the loop, with no trip count as with tf2onnx's INT64_MAX."""
+    with one line naming the loop, with no trip count as with an M of INT64_MAX."""
     from onnxprune.converter.bridge.ops import control_flow
     from onnxprune.errors import ConverterError
 

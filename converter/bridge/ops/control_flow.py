@@ -9,8 +9,9 @@ values, in the order of ``Body.outer``; ``attrs["_inputs"]`` is the number of th
 * Loop: a trip count M, a condition, or both (a for loop, a while loop: torch's `while_loop` exported by dynamo
   has no M, only the condition its body computes); neither, a loop the spec runs forever, is refused. Loop-carried
   values are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
-  A loop its condition alone ends (no M, or an M above WHILE_CAP: tf2onnx writes INT64_MAX) stops with an error
-  naming it after WHILE_CAP iterations: weights trained so that its condition never ends it would hang training.
+  A loop its condition alone ends (no M, as torch's and tf2onnx's while loops, or an M above WHILE_CAP such as
+  INT64_MAX) stops with an error naming it after WHILE_CAP iterations: weights trained so that its condition never
+  ends it would hang training.
 * Optional, OptionalGetElement, OptionalHasElement: a present optional is its tensor (an empty one is refused).
 * Scan (opset 9 on): states threaded through the steps, inputs and outputs scanned along their own axes and
   directions (opset 8's Scan, with its batch axis and sequence_lens, is not implemented).
