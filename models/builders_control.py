@@ -7,6 +7,8 @@
 * `while_rnn`: an Elman RNN as a Loop over time steps (tf2onnx's Keras RNN export): the input and recurrent weight
   matrices enter the Loop as loop-carried values every iteration passes on unchanged (by name, and through an
   Identity), the bias is read from the outer scope;
+* `while_residual`: weight-tied residual steps in a Loop with no trip count, the condition its body computes ending
+  it (torch's `while_loop` exported by dynamo: sweep 55b's MNIST model of 4 steps);
 * `gather_bank`: a Gather with a data-dependent scalar index picks one of two weight matrices from a constant table;
 * `matmul_integer`: a dynamically quantized MatMulInteger (int8 weight) followed by a float Gemm;
 * `container_input`: an MLP whose input is a sequence of tensors, an optional tensor or a map (DictVectorizer).
@@ -187,6 +189,38 @@ def while_rnn(*, features: int = 8, hidden: int = 16, steps: int = 5, out_featur
              _init("fc.weight", _w(rng, (out_features, hidden), hidden)),
              _init("fc.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32))]
     return _model("while_rnn", nodes, inits, [steps, features], [out_features])
+
+
+def while_residual(*, in_features: int = 16, hidden: int = 24, steps: int = 4, out_features: int = 10,
+                   seed: int = 0) -> onnx.ModelProto:
+    """[N, in] -> Gemm -> Relu -> Loop(M "", cond true, i0 = 0, h): i = i + 1, h = h + Relu(Gemm(h, step)), go on
+    while i < steps -> Gemm -> [N, out]: torch's `while_loop(cond, body, (i, h))` as dynamo exports it (the body
+    reads `step.weight` and `step.bias` from the outer scope, one weight tied across the steps; no trip count)."""
+    rng = np.random.default_rng(seed)
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    vi = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [helper.make_node("Add", ["i_in", "one"], ["i_out"], name="/while/count"),
+         helper.make_node("Gemm", ["h_in", "step.weight", "step.bias"], ["z"], transB=1, name="/while/step/Gemm"),
+         helper.make_node("Relu", ["z"], ["r"], name="/while/relu"),
+         helper.make_node("Add", ["h_in", "r"], ["h_out"], name="/while/residual"),
+         helper.make_node("Less", ["i_out", "steps"], ["cond_out"], name="/while/cond")],
+        "while_body", [vi("iter", i64, []), vi("cond_in", TensorProto.BOOL, []), vi("i_in", i64, []),
+                       vi("h_in", f32, [BATCH, hidden])],
+        [vi("cond_out", TensorProto.BOOL, []), vi("i_out", i64, []), vi("h_out", f32, [BATCH, hidden])])
+    nodes = [helper.make_node("Gemm", ["input", "fc_in.weight", "fc_in.bias"], ["a"], transB=1, name="/fc_in/Gemm"),
+             helper.make_node("Relu", ["a"], ["h0"], name="/relu"),
+             helper.make_node("Loop", ["", "go", "zero", "h0"], ["i_T", "h_T"], name="/while_loop", body=body),
+             helper.make_node("Gemm", ["h_T", "head.weight", "head.bias"], ["output"], transB=1, name="/head/Gemm")]
+    inits = [_init("fc_in.weight", _w(rng, (hidden, in_features), in_features)),
+             _init("fc_in.bias", (0.1 * rng.standard_normal(hidden)).astype(np.float32)),
+             _init("step.weight", _w(rng, (hidden, hidden), hidden)),
+             _init("step.bias", (0.1 * rng.standard_normal(hidden)).astype(np.float32)),
+             _init("head.weight", _w(rng, (out_features, hidden), hidden)),
+             _init("head.bias", (0.1 * rng.standard_normal(out_features)).astype(np.float32)),
+             _init("go", np.array(True)), _init("zero", np.array(0, np.int64)), _init("one", np.array(1, np.int64)),
+             _init("steps", np.array(steps, np.int64))]
+    return _model("while_residual", nodes, inits, [in_features], [out_features])
 
 
 def gather_bank(*, in_features: int = 16, out_features: int = 10, seed: int = 0) -> onnx.ModelProto:

@@ -132,13 +132,92 @@ def test_loop_gradients_reach_the_weight_read_in_every_iteration():
     assert grad is not None and float(grad.abs().sum()) > 0
 
 
+def test_a_while_loop_without_a_trip_count_runs_until_its_condition_ends_it():
+    """Sweep 55b: torch's `while_loop` (4 weight-tied residual steps) exported by dynamo is a Loop with a condition and
+    no trip count M; the bridge refused it ("a Loop without a trip count M is not supported"), so the model could
+    not be retrained, only refit. The condition alone ends it, as in onnxruntime, and gradients reach the weight."""
+    for stop in (3, 1):  # i + 1 < stop: 3 iterations, then 1 (the body runs once before the condition is read)
+        model = loop_model(5, with_cond=True, stop_after=stop)
+        model.graph.node[0].input[0] = ""  # no trip count: a while loop
+        onnx.checker.check_model(model, full_check=True)
+        module, outs = _compare(model, {"x": _x(4)}, trainable=["W"])
+        assert outs[1].shape[0] == stop  # the scan output holds one element an iteration
+    outs[0].sum().backward()
+    grad = module.onnx_parameters()["W"].grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def while_model(trip: int | None = None, limit: float = 6.0, big: int | None = None) -> onnx.ModelProto:
+    """A while loop whose condition reads the data: v_{i+1} = v_i + Tanh(v_i @ W), going on while max |v_{i+1}| <
+    limit; the carried v and a scan output of every v_{i+1}; M = trip (an initializer; None: no trip count; `big`:
+    M = that, as INT64_MAX for a loop bounded in name only), the starting condition the graph input `go`."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["v_in", "W"], ["a"]), helper.make_node("Tanh", ["a"], ["t"]),
+         helper.make_node("Add", ["v_in", "t"], ["v_out"]), helper.make_node("Abs", ["v_out"], ["m"]),
+         helper.make_node("ReduceMax", ["m"], ["top"], keepdims=0), helper.make_node("Less", ["top", "limit"],
+                                                                                   ["cond_out"]),
+         helper.make_node("Identity", ["v_out"], ["scan_v"])],
+        "while_body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []),
+                       vi("v_in", TensorProto.FLOAT, ["N", 4])],
+        [vi("cond_out", TensorProto.BOOL, []), vi("v_out", TensorProto.FLOAT, ["N", 4]),
+         vi("scan_v", TensorProto.FLOAT, ["N", 4])])
+    m = big if big is not None else trip
+    inits = [_init("W", _w((4, 4), 5) + np.eye(4, dtype=np.float32)), _init("limit", np.array(limit, np.float32))]
+    inits += [] if m is None else [_init("M", np.array(m, np.int64))]
+    node = helper.make_node("Loop", ["" if m is None else "M", "go", "x"], ["v_final", "vs"], body=body, name="loop")
+    return _model([node], [vi("x", TensorProto.FLOAT, ["N", 4]), vi("go", TensorProto.BOOL, [])],
+                  [vi("v_final", TensorProto.FLOAT, ["N", 4]), vi("vs", TensorProto.FLOAT, [None, "N", 4])], inits)
+
+
+@pytest.mark.parametrize("trip, go, runs", [
+    (None, True, 4),  # the condition alone ends it: torch's while_loop by dynamo
+    (20, True, 4),  # M and a condition, the condition first
+    (2, True, 2),  # M first
+    (None, False, 0),  # the condition false on entry: no iteration, v_final = x, an empty scan output
+])
+def test_a_while_loop_whose_condition_reads_the_data_matches_onnxruntime(trip, go, runs):
+    """Session 56 (sweep 55b's L7): a Loop with no trip count runs until its body's condition ends it, as in
+    onnxruntime; loop-carried values and scan outputs alike, and gradients reach the body's weight."""
+    module, outs = _compare(while_model(trip), {"x": _x(6, n=5), "go": np.array(go)}, trainable=["W"])
+    iterations = outs[1].shape[0]
+    assert iterations == runs
+    if iterations:
+        outs[0].sum().backward()
+        grad = module.onnx_parameters()["W"].grad
+        assert grad is not None and float(grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("big", [None, np.iinfo(np.int64).max])
+def test_a_while_loop_that_trained_weights_keep_going_stops_with_one_line_naming_it(big, monkeypatch):
+    """A while loop ends where onnxruntime ends it; weights trained so that its condition holds for ever (here W =
+    -I: v + Tanh(-v) never grows past the limit) would hang training: the bridge stops after WHILE_CAP iterations
+    with one line naming the loop, with no trip count as with an M of INT64_MAX."""
+    from onnxprune.converter.bridge.ops import control_flow
+    from onnxprune.errors import ConverterError
+
+    monkeypatch.setattr(control_flow, "WHILE_CAP", 40)
+    model = while_model(big=big)
+    feed = {"x": _x(7, n=5), "go": np.array(True)}
+    module, _ = _compare(model, feed, trainable=["W"])
+    with torch.no_grad():
+        module.onnx_parameters()["W"].copy_(-torch.eye(4))
+    with pytest.raises(ConverterError) as info:
+        module.train()(torch.from_numpy(feed["x"]), torch.from_numpy(feed["go"]))
+    msg = str(info.value)
+    said = "no trip count M" if big is None else f"trip count M {big}"
+    assert msg.startswith(f"Loop 'loop' ran 40 iterations in the torch bridge without its condition ending it ({said})")
+    assert "export the model with a trip count M of at most 40" in msg and "\n" not in msg
+    # a for loop's M is its bound, however large: not capped
+    _compare(loop_model(60), {"x": _x(8)})
+
+
 def test_unbounded_loops_and_opset8_scan_are_reported_with_every_other_gap():
     model = loop_model(3)
     model.graph.node[0].input[0] = ""  # no trip count
     with pytest.raises(UnsupportedOpError) as info:
         OnnxModule(model)
     msg = str(info.value)
-    assert "'loop'" in msg and "trip count" in msg
+    assert "'loop'" in msg and "neither a trip count M nor a condition" in msg
     # opset 8's Scan (a batch axis of its own and sequence_lens) is not implemented: said by name
     body = helper.make_graph([helper.make_node("Identity", ["s"], ["s_out"])], "scan_body",
                              [vi("s", TensorProto.FLOAT, [4])], [vi("s_out", TensorProto.FLOAT, [4])])

@@ -324,12 +324,12 @@ def test_unsupported_ops_are_all_listed_in_one_error():
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
              helper.make_node("FancyOp", ["a"], ["b"], name="fancy1", domain="com.acme"),
              helper.make_node("FancyOp", ["b"], ["c"], name="fancy2", domain="com.acme"),
-             helper.make_node("Loop", ["", "cond"], [], name="loop0", body=body),
+             helper.make_node("Loop", ["", ""], [], name="loop0", body=body),  # neither M nor a condition
              helper.make_node("Resize", ["c", "", "scales"], ["d"], name="aa", mode="area"),
              helper.make_node("StringNormalizer", ["d"], ["y"], name="strings")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-                              [_init("cond", np.array(True)), _init("scales", np.array([2.0], np.float32))])
+                              [_init("scales", np.array([2.0], np.float32))])
     model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 18),
                                                                    helper.make_opsetid("com.acme", 1)])
     with pytest.raises(UnsupportedOpError) as info:

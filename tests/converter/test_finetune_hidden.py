@@ -1,6 +1,6 @@
 """Masked retraining through the torch bridge of models whose weights hide in If branches, LSTM/GRU nodes, a Loop's
-loop-carried inputs and a Gather weight bank: the masks hold, the loss goes down, the pruned model gets closer to the
-dense one, and the written model is valid and computes what the module computed."""
+loop-carried inputs, a while loop's body and a Gather weight bank: the masks hold, the loss goes down, the pruned
+model gets closer to the dense one, and the written model is valid and computes what the module computed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ MODELS = {
     "gather_bank": lambda: bc.gather_bank(seed=0),
     "expert_bank": lambda: bc.expert_bank(seed=0),
     "while_rnn": lambda: bc.while_rnn(seed=0),
+    "while_residual": lambda: bc.while_residual(seed=0),  # no trip count: torch's while_loop (session 56)
 }
 
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.converter.bridge import OnnxModule
+from onnxprune.converter.bridge import OnnxModule, supported_ops
 from onnxprune.errors import UnsupportedOpError
 from onnxprune.converter.reconstruct import DenseSessions, ReconstructReport, _Gram, _layers, _solve, reconstruct, waves
 from onnxprune.models import builders
@@ -16,17 +16,23 @@ from onnxprune.passes.weights import find_prunable, weight_array
 from tests.oracle import assert_same_outputs, check_full, run, zero_weights
 
 
-def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
-    """Route tensor `after` through a Loop whose body applies Relu and stops after one trip; it has no trip count
-    (an unbounded loop: the bridge does not run it)."""
+def _route(model: onnx.ModelProto, after: str, suffix: str) -> tuple[onnx.ModelProto, str, int]:
+    """A copy of `model` whose readers of tensor `after` read `after + suffix` instead; the index after its maker."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = out.graph
-    looped = after + "_looped"
-    for n in g.node:
+    routed = after + suffix
+    for n in out.graph.node:
         for i, name in enumerate(n.input):
             if name == after:
-                n.input[i] = looped
+                n.input[i] = routed
+    return out, routed, next(i for i, n in enumerate(out.graph.node) if after in n.output) + 1
+
+
+def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
+    """Route tensor `after` through a Loop whose body applies Relu and stops after one trip; it has no trip count
+    (a while loop, as torch's `while_loop` by dynamo: the bridge runs it since session 56)."""
+    out, looped, index = _route(model, after, "_looped")
+    g = out.graph
     body = helper.make_graph(
         [helper.make_node("Less", ["i", "loop.zero"], ["cond_out"]), helper.make_node("Relu", ["v"], ["v_out"])],
         "body",
@@ -37,9 +43,23 @@ def with_loop(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
          helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
     g.initializer.extend([numpy_helper.from_array(np.array(0, dtype=np.int64), "loop.zero"),
                           numpy_helper.from_array(np.array(True), "loop.cond")])
-    index = next(i for i, n in enumerate(g.node) if after in n.output) + 1
     g.node.insert(index, helper.make_node("Loop", ["", "loop.cond", after], [looped], name="/loop/Loop",
                                           body=body))
+    return out
+
+
+LACKING = ("com.microsoft", "QuickGelu")
+
+
+def with_op_the_bridge_lacks(model: onnx.ModelProto, after: str) -> onnx.ModelProto:
+    """Route tensor `after` through onnxruntime's com.microsoft QuickGelu, x sigmoid(1.702 x) (its optimizer fuses
+    CLIP's activation into it): deterministic, run by onnxruntime, lacked by the torch bridge, so a graph the bridge
+    cannot run (the suite's such graph was with_loop's while loop until the bridge ran it, session 56)."""
+    assert LACKING not in {(d, op) for d, op, _ in supported_ops()}, "the bridge runs QuickGelu: pick an op it lacks"
+    out, routed, index = _route(model, after, "_gelu")
+    out.graph.node.insert(index, helper.make_node(LACKING[1], [after], [routed], name="/act/QuickGelu",
+                                                  domain=LACKING[0], alpha=1.702))
+    out.opset_import.append(helper.make_opsetid(LACKING[0], 1))
     return out
 
 
@@ -57,9 +77,14 @@ def feeds_for(model, n_batches, batch, seed):
     return [builders.random_input(model, batch=batch, seed=seed + i) for i in range(n_batches)]
 
 
-def test_layers_around_a_loop_are_refit_and_the_output_error_drops():
-    dense = with_loop(builders.mlp_gemm(in_features=16, hidden=(32, 24), seed=0), "/relu2/Relu_output_0")
-    with pytest.raises(UnsupportedOpError, match="Loop"):
+@pytest.mark.parametrize("route, refusal", [(with_op_the_bridge_lacks, "QuickGelu"), (with_loop, None)],
+                         ids=["op-the-bridge-lacks", "while-loop"])
+def test_layers_around_an_op_the_bridge_lacks_or_a_loop_are_refit_and_the_output_error_drops(route, refusal):
+    dense = route(builders.mlp_gemm(in_features=16, hidden=(32, 24), seed=0), "/relu2/Relu_output_0")
+    if refusal:
+        with pytest.raises(UnsupportedOpError, match=refusal):
+            OnnxModule(dense)
+    else:  # the refit reads onnxruntime alone: a loop the bridge runs too (the while loop since session 56)
         OnnxModule(dense)
     pruned, masks = prune(dense, 0.7)
     report = ReconstructReport()

@@ -27,8 +27,8 @@ all its inputs are constants (Constant).
 Where the spec leaves room, the reference is onnxruntime (what the pruned model is deployed on): Slice's
 INT64_MAX end with a negative step runs to the start, ConvTranspose auto_pad/output_shape pads follow its split,
 Resize copies the input when no axis changes size and computes coordinates in its float32/float64 mix.
-Known gaps: Scan and unbounded Loops, strings, quantized ops, AveragePool dilations,
-RNN activations with alpha/beta, ScatterND reductions other than add, Attention's sliding window
+Known gaps: opset 8's Scan, a Loop with neither a trip count nor a condition, strings, quantized ops,
+AveragePool dilations, RNN activations with alpha/beta, ScatterND reductions other than add, Attention's sliding window
 (opset 25's left/right_window_size, refused by name; onnxruntime 1.31 does not know them); TopK ``sorted=0`` still
 sorts; Resize nearest can pick the other pixel when the source coordinate lies within ~1e-6 of a rounding tie.
 """

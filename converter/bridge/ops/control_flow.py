@@ -6,8 +6,12 @@ appends those values to the node's inputs, so ``inputs`` is the node's own ONNX 
 values, in the order of ``Body.outer``; ``attrs["_inputs"]`` is the number of the node's own inputs.
 
 * If: runs one branch, chosen by the (scalar) condition at run time; gradients flow through the branch taken.
-* Loop: bounded loops only (a trip count M is required; the condition may end it earlier). Loop-carried values
-  are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
+* Loop: a trip count M, a condition, or both (a for loop, a while loop: torch's `while_loop` exported by dynamo
+  has no M, only the condition its body computes); neither, a loop the spec runs forever, is refused. Loop-carried
+  values are threaded through the iterations; scan outputs are stacked along a new first axis, as the spec says.
+  A loop its condition alone ends (no M, as torch's and tf2onnx's while loops, or an M above WHILE_CAP such as
+  INT64_MAX) stops with an error naming it after WHILE_CAP iterations: weights trained so that its condition never
+  ends it would hang training.
 * Optional, OptionalGetElement, OptionalHasElement: a present optional is its tensor (an empty one is refused).
 * Scan (opset 9 on): states threaded through the steps, inputs and outputs scanned along their own axes and
   directions (opset 8's Scan, with its batch axis and sequence_lens, is not implemented).
@@ -17,7 +21,11 @@ from __future__ import annotations
 
 import torch
 
+from onnxprune.errors import ConverterError
+
 from .core import _axis, _opt, register
+
+WHILE_CAP = 10_000  # iterations of a loop its condition alone ends (a weight-tied model's few, a decoder's length)
 
 
 def _outer(inputs: list, attrs: dict) -> list:
@@ -33,17 +41,18 @@ def if_(inputs, attrs, ctx):
 
 def _check_loop(attrs, ctx):
     names = attrs.get("_input_names", [])
-    if not names or not names[0]:
-        return ("control flow: a Loop without a trip count M is not supported (only bounded loops); "
-                "export the model with a fixed number of iterations")
+    if not names or (not names[0] and (len(names) < 2 or not names[1])):
+        return ("control flow: a Loop with neither a trip count M nor a condition never ends; export it with a "
+                "trip count")
     return None
 
 
 @register("Loop", check=_check_loop)
 def loop(inputs, attrs, ctx):
-    """Inputs M, cond, v_initial…; body (iter_num, cond, v…) -> (cond, v…, scan outputs…)."""
+    """Inputs M, cond, v_initial…; body (iter_num, cond, v…) -> (cond, v…, scan outputs…). Without M the condition
+    alone ends it (a while loop: sweep 55b, torch's `while_loop` of 4 weight-tied steps exported by dynamo)."""
     own = inputs[:attrs["_inputs"]]
-    trip = int(own[0].reshape(-1)[0].item())
+    trip = float("inf") if own[0] is None else int(own[0].reshape(-1)[0].item())
     cond = _opt(own, 1)
     carried = list(own[2:])
     body = attrs["body"]
@@ -52,8 +61,10 @@ def loop(inputs, attrs, ctx):
     scans: list[list] = []
     keep_going = True if cond is None else bool(cond.reshape(-1)[0].item())
     i = 0
-    device = own[0].device
+    device = next(t.device for t in own if t is not None)
     while i < trip and keep_going:
+        if i == WHILE_CAP and cond is not None:
+            _never_ended(ctx, own[0])
         iter_num = torch.tensor(i, dtype=torch.int64, device=device)
         flag = torch.tensor(keep_going, device=device)
         outs = body.run(outer, [iter_num, flag, *carried])
@@ -68,6 +79,13 @@ def loop(inputs, attrs, ctx):
     stacked = [torch.stack(s) for s in scans]
     stacked += [_empty_scan(body, 1 + n_carried + k, device) for k in range(len(stacked), n_scan)]
     return carried + stacked
+
+
+def _never_ended(ctx, m) -> None:
+    said = "no trip count M" if m is None else f"trip count M {int(m.reshape(-1)[0].item())}"
+    raise ConverterError(f"Loop '{ctx.name}' ran {WHILE_CAP} iterations in the torch bridge without its condition "
+                         f"ending it ({said}); stopped there, as training would never end (trained weights may keep "
+                         f"its condition true); export the model with a trip count M of at most {WHILE_CAP}")
 
 
 def _empty_scan(body, index: int, device) -> torch.Tensor:
