@@ -1177,27 +1177,20 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                             "column to the next, as a sampled function does, not as class scores): scored by "
                             "relative L2, not by the argmax over its columns; --metric %s=agreement scores it as "
                             "class scores", name, as_array(values[name]).shape[1], name)
-    for name, size in (passthrough or {}).items():
-        if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name) and name in values:
-            arr = as_array(values[name])
-            if arr.ndim == 2 and arr.shape[1] == size:
-                kinds[name] = "rel_l2"
-                if not quiet:
-                    log.warning("output '%s' is the input's values moved by the model (an input of %d values a "
-                                "sample reaches it through element-wise arithmetic alone, as a flow's latent or a "
-                                "residual's output does), not class scores: scored by relative L2, not by the "
-                                "argmax over its columns; --metric %s=agreement scores it as class scores", name,
-                                size, name)
-    for name, size in (forecasts or {}).items():
-        if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name) and name in values:
-            arr = as_array(values[name])
-            if arr.ndim == 2 and arr.shape[1] == size:
-                kinds[name] = "rel_l2"
-                if not quiet:
-                    log.warning("output '%s' holds %d values a sample, as many as each step of the sequence a "
-                                "recurrent layer reads: the next step, forecast, not class scores: scored by "
-                                "relative L2, not by the argmax over its columns; --metric %s=agreement scores it "
-                                "as class scores", name, size, name)
+    for sized, what in ((passthrough, "is the input's values moved by the model (an input of %d values a sample "
+                                      "reaches it through element-wise arithmetic alone, as a flow's latent or a "
+                                      "residual's output does)"),
+                        (forecasts, "holds %d values a sample, as many as each step of the sequence a recurrent "
+                                    "layer reads: the next step, forecast")):
+        for name, size in (sized or {}).items():  # rules 14 and 15: values of an input's size, not class scores
+            if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name) and name in values:
+                arr = as_array(values[name])
+                if arr.ndim == 2 and arr.shape[1] == size:
+                    kinds[name] = "rel_l2"
+                    if not quiet:
+                        log.warning("output '%s' " + what + ", not class scores: scored by relative L2, not by the "
+                                    "argmax over its columns; --metric %s=agreement scores it as class scores", name,
+                                    size, name)
     for name in packed:
         if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name):
             kinds[name] = "agreement+rel_l2"
