@@ -81,7 +81,7 @@ from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_R
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
                                                   unchanged_samples)
-from onnxprune.calibration.readers import DataReader, rows_together
+from onnxprune.calibration.readers import DataReader, rows_together, short_of_a_batch
 from onnxprune.calibration.runtime import available_memory, first_sample_fails, make_session
 from onnxprune.errors import CalibrationError, ConfigError, ConverterError
 from onnxprune.plain import listed, nbytes
@@ -788,6 +788,9 @@ class Evaluator:
         if n is None:
             return None
         first = next(iter(self.reader.batches()), None)
+        if first is None and getattr(self.reader, "whole_batches", False):  # a part of the data short of a batch
+            raise CalibrationError(short_of_a_batch(self.reader.description, self.reader.specs,
+                                                    self.reader.batch_size))
         if first is None:
             raise CalibrationError(f"{self.reader.description}: no batches; the data is empty.")
         feeds, _ = first

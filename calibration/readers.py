@@ -220,7 +220,22 @@ def _open(source, model, labels, batch_size, limit, seed, shapes, warn) -> DataR
     # a model that takes exactly N > 1 samples (a batch fixed in its inputs) cannot run a short last batch: a split
     # of --data left 132 of 176 samples to decide on, and the 4 after the last whole batch of 8 failed in onnxruntime
     reader.whole_batches = not reader.per_feed and (declared_batch(specs) or 0) > 1
+    if reader.whole_batches and reader.num_samples is not None and reader.num_samples < reader.batch_size:
+        raise CalibrationError(short_of_a_batch(reader.description, specs, reader.batch_size))
     return reader
+
+
+def short_of_a_batch(what: str, specs: list[InputSpec], batch: int) -> str:
+    """Why data with fewer samples than the batch a model's inputs fix cannot be read: real models 56's NYC
+    weather LSTM declared [5942, 10, 5] (torch.onnx.export of its whole test set, no dynamic_axes); 440 windows
+    gave two warnings that all of them were left out, then "no batches; the data is empty"."""
+    fixed = [s for s in specs if s.shape and s.shape[0] == batch]
+    name = fixed[0].name if fixed else "input"
+    declared = listed([f"'{s.name}' {_dims(s.shape)}" for s in fixed]) or "its inputs"
+    return (f"{what}: fewer samples than one batch: the model takes batches of exactly {batch} samples (it declares "
+            f"{declared}) and onnxruntime runs it at no other batch size. Give {batch} samples or more to every "
+            "part of the data a run reads (a run splits --data to retrain and to decide on), or export the model "
+            f"with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={{'{name}': {{0: 'N'}}, ...}})).")
 
 
 _LEFT_OUT_SAID: set[str] = set()  # said once a run (a run opens the same part of its data more than once)

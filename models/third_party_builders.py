@@ -687,6 +687,25 @@ def time_major_lstm(*, features: int = 4, hidden: int = 6, classes: int = 3, see
     return _model(g, "time_major_lstm", [_float("x", ["T", BATCH, features])], [_float("logits", [BATCH, classes])])
 
 
+def sequence_forecaster(*, steps: int = 6, features: int = 5, hidden: int = 8, width: int | None = None,
+                        output: str = "next", seed: int = 0) -> onnx.ModelProto:
+    """Real models 56's NYC weather LSTM, small: 'x' [N, steps, features] (batch first, as torch exports it) ->
+    Transpose to time first -> LSTM (hidden) -> last hidden state -> fc -> `output` [N, width], the next step's
+    `features` values by default (width=None), class scores when another width is given."""
+    g = _Graph(seed)
+    g.const("lstm.W", g.rng.standard_normal((1, 4 * hidden, features)) / np.sqrt(features))
+    g.const("lstm.R", g.rng.standard_normal((1, 4 * hidden, hidden)) / np.sqrt(hidden))
+    xt = g.op("Transpose", "time_first", ["x"], perm=[1, 0, 2])
+    g.nodes.append(helper.make_node("LSTM", [xt, "lstm.W", "lstm.R"], ["Y", "Y_h"], name="/lstm/LSTM",
+                                    hidden_size=hidden))
+    g.initializers.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "axes0"))
+    h = g.op("Squeeze", "last", ["Y_h", "axes0"])
+    width = features if width is None else width
+    y = g.matmul(h, "fc", hidden, width)
+    g.nodes.append(helper.make_node("Identity", [y], [output], name="/out/Identity"))
+    return _model(g, "sequence_forecaster", [_float("x", [BATCH, steps, features])], [_float(output, [BATCH, width])])
+
+
 def chunk_sequence_vad(*, frame: int = 12, hidden: int = 6, seed: int = 0) -> onnx.ModelProto:
     """silero's sequence VAD: 'input' [sequence_length, frame] is chunks in time (no batch axis), beside the LSTM's
     initial state 'h', 'c' [1, 1, H] (every dim fixed) -> 'speech_probs' [sequence_length], 'hn', 'cn' [1, 1, H].

@@ -151,7 +151,9 @@ def after_search(state) -> AfterSearch:
     per_sample = (ev.reference_seconds or 0.0) / max(n_eval, 1)
     reader = data.reader()
     n_data = reader.num_samples
-    batch = 1 if getattr(reader, "per_feed", False) else int(data.batch_size)  # per feed, a batch is a feed: a sample
+    # per feed, a batch is a feed: a sample; else the reader's, which is the batch a model's inputs fix (real models
+    # 56: a tagger declared [1, 256], its 4 verified samples priced as 124, the evaluation batch's 4 x 31)
+    batch = 1 if getattr(reader, "per_feed", False) else int(getattr(reader, "batch_size", data.batch_size))
     verify_batches = int(getattr(getattr(state.config, "verify", None), "verify_batches", 4))
     verify = verify_batches * batch if n_data is None else min(verify_batches * batch, int(n_data))
     measure = n_eval

@@ -1538,3 +1538,32 @@ def test_a_flows_latent_of_the_inputs_size_is_judged_by_its_values_not_its_argma
     ev = evaluator(model, {"x": x})
     ev.evaluate(with_weight(model, "free1", lambda f: f * 1.05))
     assert 0.0 < ev.last["z"]["after"] < 1.0
+
+
+def test_a_sequences_next_step_forecast_by_a_recurrent_layer_is_judged_by_its_values_not_its_argmax():
+    """Rule 15: real models 56's NYC weather LSTM reads 10 hours of 5 variables [N, 10, 5] and returns the next
+    hour's 5 as '96' [N, 5]; judged by the argmax over the 5 variables it was pruned 1.28x within 0.66 pp while its
+    forecast moved 3.4% held out. An [N, C] output beside a float sequence of C values a step, in a graph with a
+    recurrent layer, is scored rel_l2."""
+    from onnxprune.calibration.metric_choice import forecast_outputs
+    model = tb.sequence_forecaster()
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.standard_normal((64, 6, 5)).astype(np.float32)
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    h, c, W, R = np.zeros((64, 8)), np.zeros((64, 8)), w["lstm.W"][0], w["lstm.R"][0]
+    for t in range(6):  # the LSTM in numpy (ONNX's gate order i, o, f, c): the builder computes what it says
+        gi, go, gf, gc = np.split(x[:, t] @ W.T + h @ R.T, 4, axis=1)
+        c = 1 / (1 + np.exp(-gf)) * c + 1 / (1 + np.exp(-gi)) * np.tanh(gc)
+        h = 1 / (1 + np.exp(-go)) * np.tanh(c)
+    ref = h @ w["fc.weight"] + w["fc.bias"]
+    np.testing.assert_allclose(make_session(model).run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-5)
+    assert forecast_outputs(model) == {"next": 5}
+    assert evaluator(model, {"x": x}).plan == {"next": "rel_l2"}
+    # a name that says class scores, or another width than a step's, keeps the argmax; no recurrent layer, no rule
+    assert evaluator(tb.sequence_forecaster(output="logits"), {"x": x}).plan == {"logits": "agreement"}
+    assert evaluator(tb.sequence_forecaster(width=3), {"x": x}).plan == {"next": "agreement"}
+    assert forecast_outputs(tb.time_major_lstm()) == {} and forecast_outputs(tb.packed_heads(widths=(8,))) == {}
+    # the forecast's scale grown 5%: the argmax moves few samples, the values' error sees all of them
+    ev = evaluator(model, {"x": x})
+    ev.evaluate(with_weight(model, "fc.weight", lambda f: f * 1.05))
+    assert 0.0 < ev.last["next"]["after"] < 0.99

@@ -308,26 +308,34 @@ def test_split_needs_every_of_at_least_two():
         open_data({"input": data(4)[0]}, mlp()).part(1, holdout=True)
 
 
+def _fixed_batch_mlp(rng, batch: int = 8):
+    """x [batch, 4] -> MatMul -> Relu -> MatMul -> logits [batch, 5]: a model exported at a fixed batch."""
+    from onnx import numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "W2"], ["logits"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])],
+        [numpy_helper.from_array(rng.standard_normal([4, 6]).astype(np.float32), "W1"),
+         numpy_helper.from_array(rng.standard_normal([6, 5]).astype(np.float32), "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def test_a_model_with_a_fixed_batch_of_eight_leaves_the_short_last_batch_out(tmp_path, caplog):
     """A split of 176 samples left 132 to decide on; the 4 after the last whole batch of 8 failed in onnxruntime
     ("Got: 4 Expected: 8", a helper's crash hunt), and the error suggested --batch-size 1."""
     import onnx
     from click.testing import CliRunner
-    from onnx import TensorProto, helper, numpy_helper
 
     from onnxprune.calibration.runtime import make_session
     from onnxprune.converter.cli import cli
 
     rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("MatMul", ["r", "W2"], ["logits"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [8, 5])],
-        [numpy_helper.from_array(rng.standard_normal([4, 6]).astype(np.float32), "W1"),
-         numpy_helper.from_array(rng.standard_normal([6, 5]).astype(np.float32), "W2")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = _fixed_batch_mlp(rng)
     x = rng.standard_normal([20, 4]).astype(np.float32)
     reader = open_data({"x": x}, model)
     assert reader.whole_batches and [f["x"].shape[0] for f in reader] == [8, 8]  # 4 left out, said once
@@ -346,6 +354,31 @@ def test_a_model_with_a_fixed_batch_of_eight_leaves_the_short_last_batch_out(tmp
     reader = open_data({"input": np.zeros((5, 16), np.float32)}, dynamic, batch_size=2)
     assert not reader.whole_batches and [f["input"].shape[0] for f in reader] == [2, 2, 1]
 
+
+
+def test_data_short_of_the_batch_a_model_fixes_is_refused_with_the_batch_and_the_fix_named(tmp_path):
+    """Real models 56: an LSTM exported at its whole test set's batch ([5942, 10, 5]) given 440 windows warned twice
+    that every sample was left out, then failed with "no batches; the data is empty"."""
+    from click.testing import CliRunner
+
+    from onnxprune.calibration.metrics import Evaluator
+    from onnxprune.converter.cli import cli
+
+    rng = np.random.default_rng(0)
+    model = _fixed_batch_mlp(rng)
+    with pytest.raises(CalibrationError, match=r"5 samples.*fewer samples than one batch: .*exactly 8 samples "
+                                               r"\(it declares 'x' \[8, 4\]\).*dynamic_axes=\{'x': \{0: 'N'\}"):
+        open_data({"x": rng.standard_normal([5, 4]).astype(np.float32)}, model)
+    part = open_data({"x": rng.standard_normal([12, 4]).astype(np.float32)}, model).part(4, holdout=True)
+    with pytest.raises(CalibrationError, match=r"3 used .*fewer samples than one batch: .*exactly 8 samples"):
+        Evaluator(part, reference_model=model)  # a part of the data short of a batch: was "the data is empty"
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal([6, 4]).astype(np.float32))
+    result = CliRunner().invoke(cli, ["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--data",
+                                      str(tmp_path / "d.npz"), "--max-loss", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Error: d.npz: 6 samples" in result.output and "exactly 8 samples" in result.output
+    assert "the data is empty" not in result.output and not (tmp_path / "o.onnx").exists()
 
 def test_random_feeds_of_scalar_inputs_are_arrays_onnxruntime_takes():
     """A bool scalar drawn at random was a numpy scalar, which onnxruntime refuses ("Unable to handle object of type
