@@ -550,6 +550,7 @@ class FinetuneStats:
     trainable: list[str] = field(default_factory=list)
     world_size: int = 1
     samples_per_process: int = 0
+    stopped: bool = False  # `stop` ended it before its steps were all taken
 
     @property
     def samples_per_second(self) -> float:
@@ -560,7 +561,7 @@ class FinetuneStats:
                 "epoch_losses": self.epoch_losses, "seconds": round(self.seconds, 3),
                 "samples_per_second": round(self.samples_per_second, 1), "device": self.device,
                 "objective": self.objective, "trainable": self.trainable, "world_size": self.world_size,
-                "samples_per_process": self.samples_per_process}
+                "samples_per_process": self.samples_per_process, "stopped": self.stopped}
 
 
 HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -754,8 +755,11 @@ class MaskedTrainer:
     # ---- training
     def train(self, epochs: float, lr: float, *, momentum: float = 0.9, reg: str = "l2", reg_strength: float = 5e-4,
               lr_schedule: str = "constant", lr_min: float = 0.0, batch_size: int | None = None,
-              freeze: Iterable[str] = (), progress: Progress | None = None) -> FinetuneStats:
-        """`epochs` passes over the data (a fraction trains that share of one shuffled epoch)."""
+              freeze: Iterable[str] = (), progress: Progress | None = None,
+              stop: Callable[[], bool] | None = None) -> FinetuneStats:
+        """`epochs` passes over the data (a fraction trains that share of one shuffled epoch). `stop`, asked before
+        each step after the first, ends the training early when it says True (a deadline: the automatic search's
+        polish; its schedule is not stretched, the steps not taken are left out, `FinetuneStats.stopped` says so)."""
         _check_choice(reg, REGS, "--reg")
         _check_choice(lr_schedule, LR_SCHEDULES, "--lr-schedule")
         if epochs < 0 or lr < 0:
@@ -778,9 +782,10 @@ class MaskedTrainer:
         self._forward = self.backend.wrap(self.module) if opt is not None else self.module
         l1 = reg_strength if reg == "l1" else 0.0
         return self._loop(opt, epochs, lr, lr_schedule, lr_min, self.literal_batch or batch_size, list(active), l1,
-                          progress)
+                          progress, stop)
 
-    def _loop(self, opt, epochs, lr, lr_schedule, lr_min, batch_size, active, l1, progress) -> FinetuneStats:
+    def _loop(self, opt, epochs, lr, lr_schedule, lr_min, batch_size, active, l1, progress,
+              stop=None) -> FinetuneStats:
         backend = self.backend
         stats = FinetuneStats(device=str(self.device), objective=self.loss_kind, trainable=active,
                               world_size=backend.world_size)
@@ -793,19 +798,24 @@ class MaskedTrainer:
         progress = progress if backend.is_main else None
         with _deterministic(self.seed * 1000 + self._calls + RANK_SEED * backend.rank):
             self.module.train()
-            epoch = 0
-            while step < total_steps and opt is not None:
+            epoch, stopped = 0, False
+            while step < total_steps and opt is not None and not stopped:
                 epoch += 1
                 running, seen, local_before = 0.0, 0, stats.samples_per_process
                 batches = self.data.shards(gen, batch_size, self._teacher_fn, backend.shard)
                 for b, (inputs, labels, teacher, n, n_batch) in enumerate(batches):
                     if step >= total_steps:
                         break
+                    if step and stop is not None and self._stopping(stop):
+                        stopped = True
+                        break
                     _set_lr(opt, lr, lr_min, step, total_steps, lr_schedule)
                     loss_sum = self._step(opt, (inputs, labels, teacher, n), n_batch, active, l1)
                     running, seen, step = running + loss_sum, seen + n, step + 1
                     if progress is not None:
                         progress(epoch, b + 1, n_batches, running / max(seen, 1), sparsity)
+                if stopped and not seen:
+                    break  # stopped before this epoch's first step (every process at once: the flag is agreed)
                 stats.samples_per_process += seen
                 running, seen = backend.all_sum([running, float(seen)])  # the epoch's loss over all processes
                 stats.epoch_losses.append(running / max(seen, 1))
@@ -814,9 +824,17 @@ class MaskedTrainer:
             self.module.eval()
         self._forward = self.module
         stats.epochs, stats.steps = len(stats.epoch_losses), step
+        stats.stopped = stopped
         stats.loss = stats.epoch_losses[-1] if stats.epoch_losses else float("nan")
         stats.seconds = time.perf_counter() - t0
         return stats
+
+    def _stopping(self, stop: Callable[[], bool]) -> bool:
+        """`stop()` on this process, agreed by all of them (any one stops them all: their steps must stay in step)."""
+        flag = float(bool(stop()))
+        if self.backend.world_size > 1:
+            flag = self.backend.all_sum([flag])[0]
+        return flag > 0
 
     def _step(self, opt, batch: tuple, n_batch: int, active, l1) -> float:
         """One optimizer step on this process's part of a global batch of `n_batch` samples, in `accumulate`

@@ -271,6 +271,37 @@ def test_progress_reports_every_batch_with_the_sparsity():
     assert all(s == pytest.approx(0.5, abs=0.01) for *_, s in seen)
 
 
+def test_training_stops_when_asked_and_writes_back_the_steps_it_took():
+    """The automatic search's polish stops at its deadline (`stop`, asked before each step after the first): the
+    steps taken are kept, masks hold, and the written model is the torch module's in onnxruntime."""
+    model, x, y = small_mlp_data(n=100)
+    masks = magnitude_masks(model, 0.5)
+    asked = []
+    trainer = MaskedTrainer(model, masks, TrainData({"input": torch.from_numpy(x)}, torch.from_numpy(y), None, 25),
+                            device="cpu", seed=0)
+    stats = trainer.train(3, 0.05, stop=lambda: asked.append(1) or len(asked) >= 6)  # 4 batches an epoch
+    assert stats.stopped and stats.steps == 6 and len(asked) == 6
+    assert stats.epochs == 2 and len(stats.epoch_losses) == 2 and all(v > 0 for v in stats.epoch_losses)
+    assert stats.as_dict()["stopped"] is True
+    out = trainer.export()
+    check_full(out)
+    for name, keep in masks.items():
+        w = weight_array(out, name)
+        assert np.all(w[~keep] == 0) and not np.allclose(w[keep], weight_array(model, name)[keep]), name
+    trainer.module.eval()
+    with torch.no_grad():
+        torch_out = trainer.module(torch.from_numpy(x[:32]))[0].numpy()
+    np.testing.assert_allclose(run(out, {"input": x[:32]})["output"], torch_out, rtol=1e-4, atol=1e-5)
+    # stopped before an epoch's first step: no empty epoch is counted
+    asked.clear()
+    again = MaskedTrainer(model, masks, TrainData({"input": torch.from_numpy(x)}, torch.from_numpy(y), None, 25),
+                          device="cpu", seed=0).train(3, 0.05, stop=lambda: asked.append(1) or len(asked) >= 4)
+    assert again.stopped and again.steps == 4 and again.epochs == 1
+    full = MaskedTrainer(model, masks, (x, y), device="cpu", seed=0).train(1, 0.05, batch_size=25,
+                                                                            stop=lambda: False)
+    assert not full.stopped and full.steps == 4
+
+
 def test_trained_quantization_keeps_shared_values_and_recovers_accuracy(mnist_small, lenet300):
     from onnxprune.passes.base import PruneState
     from onnxprune.passes.quantize import QuantizeWeights, shared_codes

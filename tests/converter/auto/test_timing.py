@@ -350,6 +350,50 @@ def test_a_round_that_does_not_fit_is_said_with_its_time_not_a_polish_none_reser
                           "about 164 s here; a longer --time-budget retrains further"]
 
 
+def test_the_polish_stops_where_the_time_left_is_its_judging_pass_and_the_tail():
+    """Real models 56b, digi_flask's LSTM (3-minute budget, load 10): the polish's 252 steps were priced at the last
+    round's pace (47 s) and took 94 s, the run 241 s. Its training now stops once the time left is the judging pass
+    and the tail; the steps taken are judged and the note says it stopped. Here the steps run 3x slower than priced."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto import hyper
+    from onnxprune.converter.auto.search import _Search
+
+    clock = FakeClock(0.0)
+    taken = []
+
+    class Trainer:
+        def train(self, epochs, lr, *, stop=None, **kw):
+            steps = round(epochs * 10)  # 10 batches an epoch
+            for i in range(steps):
+                if i and stop is not None and stop():
+                    break
+                clock.now += 0.3  # priced at 0.1 s a step (30 s a round of 300)
+                taken.append(i)
+            return SimpleNamespace(steps=len(taken), stopped=len(taken) < steps)
+
+        def export(self):
+            return "candidate"
+
+    judged = []
+    fake = SimpleNamespace(round_steps=300, _round_seconds=30.0, step_seconds=0.1, tail=5.0, history=[{}, {}, {}],
+                           choices={}, notes=[], left=lambda: 60.0 - clock.now, pass_seconds=lambda: 2.0,
+                           train_data=SimpleNamespace(num_batches=lambda batch: 10), batch=32, lr=0.01,
+                           progress=lambda *a: None, _headline=lambda: "", _trainer=lambda model, masks: Trainer(),
+                           _round_rule=lambda: None, _record=lambda *a, **k: None,
+                           judge=lambda model, rule: judged.append(model) or SimpleNamespace(within=False,
+                                                                                              loss_pp=9.0))
+    fake._train = lambda *a, **k: _Search._train(fake, *a, **k)
+    best = SimpleNamespace(model="best", masks={}, decision=SimpleNamespace(loss_pp=0.5), levels={})
+    assert _Search._polish(fake, best) is best  # judged, not kept
+    assert fake.choices["polish_steps"]["value"] == 530  # (60 - 5 - 2) s at 0.1 s a step, under 4 rounds' 1,200
+    assert len(taken) == 177 and fake.left() == pytest.approx(6.9)  # under 7 s left: the pass and the tail
+    assert judged == ["candidate"]
+    assert fake.notes == ["time budget: the polish stopped after 177 of its 530 steps (they ran slower than the last "
+                          "round's pace said), so the run keeps to --time-budget"]
+    assert hyper.POLISH_FACTOR * 300 > 530
+
+
 def test_report_json_counts_the_write_in_the_time_budget(small, tmp_path):
     """Sweep 17: report.json was written before the model's and the report's own writing were counted, so its
     total_s (119.5 of a 120 s budget) left out the last 8 s of a 128 s run. It is rewritten with them."""
