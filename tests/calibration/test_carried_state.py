@@ -54,6 +54,16 @@ def _stream_folder(folder, model, streams_of, *, seed=0, follow=True):
     return folder
 
 
+def _weights_scaled(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """A copy of `model` whose weights are `factor` times the input's (an error a stream carries)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name.endswith("weight"):
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * factor, t.name))
+    return out
+
+
 def test_a_stream_runs_each_model_on_its_own_state_as_onnxruntime_does_by_hand(tmp_path):
     model = tb.streaming_vad()
     folder = _stream_folder(tmp_path / "s", model, [5, 1, 4])
@@ -65,12 +75,7 @@ def test_a_stream_runs_each_model_on_its_own_state_as_onnxruntime_does_by_hand(t
         previous = dict(zip(["prob", "stateN"], dense.run(["prob", "stateN"], feed)))
     assert after == [False, True, True, True, True, False, False, True, True, True]
     assert streams(after) == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # the call alone (5) is no stream
-    half = onnx.ModelProto()
-    half.CopyFrom(model)
-    for t in half.graph.initializer:
-        if t.name.endswith("weight"):
-            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 0.9, t.name))
-    sess = make_session(half)
+    sess = make_session(_weights_scaled(model, 0.9))
     got = carried_run(sess, feeds, {"state": "stateN"}, ["prob", "stateN"], after)
     state = None
     for k, feed in enumerate(feeds):  # by hand: the model's own state inside a stream, the recorded one at its start
@@ -198,12 +203,7 @@ def test_an_evaluator_runs_its_streams_on_the_state_the_judged_model_gives_as_ca
     dense = make_session(model)
     assert all(np.array_equal(a, b) for got, want in zip(ev.reference_all, carried_run(dense, feeds, pairs,
                list(ev.plan), after)) for a, b in zip(got, want))
-    half = onnx.ModelProto()
-    half.CopyFrom(model)
-    for t in half.graph.initializer:
-        if t.name.endswith("weight"):
-            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 0.9, t.name))
-    sess = make_session(half)
+    sess = make_session(_weights_scaled(model, 0.9))
     streamed = carried_run(sess, feeds, pairs, list(ev.plan), after)
     assert all(np.array_equal(a, b) for got, want in zip(ev.run_all(sess), streamed) for a, b in zip(got, want))
     one = carried_run(sess, feeds, pairs, list(ev.plan), [False] * 10)
