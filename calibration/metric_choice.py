@@ -62,9 +62,11 @@ _CACHE_NAMES = _Words(r"(present|past)(?![a-z])|key_values|kv_cache")
 # coordinates, whose argmax is no class (sweep 19's iris_landmark was judged by argmax agreement); a forecast's horizon
 # of future values (sweep 28's N-BEATS 'forecast' [N, 12] was judged by the argmax over its 12 steps); an
 # autoencoder's or denoiser's flat image through a Sigmoid ('recon' [N, 784]: sweep 33's tied autoencoder was judged
-# as 784 labels at 0.5, a sample changed when any pixel near 0.5 crossed it, and no pruning passed); a colour ('rgb')
+# as 784 labels at 0.5, a sample changed when any pixel near 0.5 crossed it, and no pruning passed); a colour ('rgb');
+# a forecaster's quantiles (sweep 56's TFT 'quantiles' [N, 12, 3] was read as a CTC head whose class 2 leads)
 _REGRESSION_NAMES = _Words(r"box|bbox|loc(?!al)|regress|delta|offset|landmark|coord|kps|kpt|keypoint|contour|"
-                           r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon")
+                           r"mesh(?![a-z])|joints?(?![a-z])|depth(?!wise)|disp|forecast|backcast|horizon|"
+                           r"quantile|percentile")
 # an image a model rebuilds, unless the name also says class scores ('recon_logits' stays agreement)
 _IMAGE_NAMES = _Words(r"recon|denois|rgb(?![a-z])")
 # a distribution's parameters (a Gaussian head's 'mean' and 'var', a VAE encoder's 'mu' and 'logvar'), unless the name
@@ -932,6 +934,15 @@ def _ctc_blank(batches: list) -> int | None:
     return blank if sum(leads) > CTC_LEAD_SHARE * len(leads) else None
 
 
+def _ordered(batches: list) -> bool:
+    """Every batch's values never fall along the last axis (3 or more columns), at every position of every sample:
+    quantiles (q10 <= q50 <= q90), a cumulative distribution, sorted values, whose argmax is the last column by
+    construction and reads nothing. Class scores are not so ordered in every sample."""
+    arrays = [as_array(b) for b in batches]
+    return bool(arrays) and all(a.dtype.kind == "f" and a.ndim >= 2 and a.shape[-1] >= 3 and a.size > 0
+                                and bool((np.diff(a, axis=-1) >= 0).all()) for a in arrays)
+
+
 def _class_map_layout(batches: list) -> tuple[int, int] | None:
     """(channels, background) when every batch looks like a segmentation model's class logits: [N, C, H, W] with 2
     <= C < min(H, W) whose argmax over axis 1 is led by the same class in every sample; else None."""
@@ -964,8 +975,11 @@ def read_out_kind(name: str, batches: list, tokens: bool = False) -> tuple[str, 
 
     A state or cache handed to the next call (`_STATE_NAMES`) is no read-out: sweep 29's Qwen2 decoding step,
     'present_key_1' [N, 2 heads, 16 positions, 16], was scored as a segmentation map ("class 1 leads every sample's
-    pixels") beside 'present_key_0', scored rel_l2."""
-    if _STATE_NAMES.search(name):
+    pixels") beside 'present_key_0', scored rel_l2. Nor is an output whose name says regression (`_regression`), or
+    whose values never fall along the last axis (`_ordered`): sweep 56's TFT forecaster returns 'quantiles'
+    [N, 12, 3], q10 <= q50 <= q90 at every step, whose last column leads every position by construction; it was
+    scored as a CTC head ("class 2 leads")."""
+    if _STATE_NAMES.search(name) or _regression(name) or _ordered(batches):
         return None
     blank = _ctc_blank(batches)
     if blank is not None and tokens:

@@ -117,6 +117,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     modulated_conv      StyleGAN2's modulated convolution with demodulation as torch legacy writes it (the non-fused
                         path): a Conv reads its kernel W, and Pow(W, 2) -> ReduceSum -> Transpose of the same W gives
                         the per-sample demodulation rsqrt(s^2 @ sum(W^2)) (sweep 49)
+    quantile_forecaster 'past' [N, T, F] -> `output` [N, T, 3]: a median and softplus spreads below and above it,
+                        q10 <= q50 <= q90 at every step (sweep 56's TFT)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -307,6 +309,21 @@ def coupling_flow(*, features: int = 4, hidden: int = 16, couplings: int = 2, ou
     g.nodes.append(helper.make_node("Identity", [logdet], ["logdet"], name="/logdet/Identity"))
     return _model(g, "coupling_flow", [_float("x", [BATCH, features])],
                   [_float(output, [BATCH, features]), _float("logdet", [BATCH])])
+
+
+def quantile_forecaster(*, steps: int = 6, features: int = 4, hidden: int = 8, output: str = "quantiles",
+                        seed: int = 0) -> onnx.ModelProto:
+    """A quantile forecaster's head (sweep 56's TFT): 'past' [N, steps, F] -> fc + relu -> a median m (MatMul + Add)
+    and two spreads d_lo, d_hi = Softplus(MatMul + Add); `output` [N, steps, 3] = Concat(m - d_lo, m, m + d_hi) on the
+    last axis, so its columns never fall and the last one is the largest at every step."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("past", "body", features, hidden), "body")
+    mid = g.matmul(h, "mid", hidden, 1)
+    lo, hi = (g.op("Softplus", f"{side}", [g.matmul(h, side, hidden, 1)]) for side in ("lo", "hi"))
+    parts = [g.op("Sub", "q10", [mid, lo]), mid, g.op("Add", "q90", [mid, hi])]
+    g.nodes.append(helper.make_node("Concat", parts, [output], name="/quantiles/Concat", axis=-1))
+    return _model(g, "quantile_forecaster", [_float("past", [BATCH, steps, features])],
+                  [_float(output, [BATCH, steps, 3])])
 
 
 def sklearn_pls(*, in_features: int = 10, components: int = 6, targets: int = 2, seed: int = 0,

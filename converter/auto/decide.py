@@ -341,6 +341,22 @@ def worst_figures(decision) -> dict:
     return (outputs or {}).get(output) or {}
 
 
+def tightest_output(decision: dict, max_loss: float) -> str | None:
+    """The output of a Decision's as_dict() whose figures stand closest to their limit (or furthest over it), in pp
+    of the run's budget: the budget line's "closest test". The reported output is the one of the largest loss
+    (`BudgetRule.judge_outputs`), which is not it where a margin differs: sweep 56's two-tower model named 'q_emb'
+    (cosine 0.00 pp, upper bound 0.00) where 'match' had none of 106 samples cross 0.5, Wilson's bound 0.93 pp."""
+    outputs = decision.get("outputs") or {}
+    if len(outputs) < 2:
+        return decision.get("output")
+
+    def over(f: dict) -> float:  # an own budget's figures in pp of the run's (as `judge_outputs` divides them)
+        own = f.get("factor") or (f["budget_pp"] / max_loss if f.get("budget_pp") and max_loss > 0 else 1.0)
+        return (f["loss_pp"] - f["limit_pp"]) / own
+
+    return max(outputs, key=lambda k: (not outputs[k]["within"], over(outputs[k])))
+
+
 class _OutputRule:
     """One scored output's per-sample figures and its decision."""
 

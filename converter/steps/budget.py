@@ -350,7 +350,7 @@ class BudgetCheckStep(Step):
         own = getattr(state.data, "output_budgets", None) or self.config.output_budgets  # and a decoder's, derived
         if own:  # the loss above is each output's as a share of its own budget
             report["budget"]["by_output"] = dict(own)
-        from onnxprune.converter.auto.decide import BudgetRule, worst_figures
+        from onnxprune.converter.auto.decide import BudgetRule, tightest_output, worst_figures
 
         decision, rule = (state.auto or {}).get("decision"), (state.auto or {}).get("rule")
         kept_input = input_kept(state)  # the reference itself, within any budget (nothing to certify)
@@ -371,9 +371,10 @@ class BudgetCheckStep(Step):
                 report["budget"]["kept_input"] = True
             elif (state.auto or state.allocation or {}).get("chosen_by_judges"):
                 report["budget"]["chosen_by_judges"] = True  # the budget line says so (inspect.print_prune_summary)
-            worst = worst_figures(decision)
+            name = tightest_output(decision, self.config.max_loss)  # not the largest loss: the nearest limit
+            worst = (decision.get("outputs") or {}).get(name) or worst_figures(decision)
             if worst:  # the part of the rule closest to (or over) its limit, for the budget line
-                report["budget"]["tightest"] = {"output": decision["output"], "n": decision.get("n"),
+                report["budget"]["tightest"] = {"output": name or decision["output"], "n": decision.get("n"),
                                                 **{k: worst.get(k) for k in ("metric", "part", "loss_pp", "limit_pp",
                                                                              "changed", "budget_pp")
                                                    if k in worst}}

@@ -695,6 +695,27 @@ def _line_feeds(rng, widths) -> list[dict]:
     return feeds
 
 
+def test_a_forecasters_quantiles_are_judged_by_their_values_not_read_as_a_ctc_head():
+    """Sweep 56: a TFT forecaster's 'quantiles' [N, 12, 3] (q10 <= q50 <= q90 at every step, so q90 leads every
+    position) was scored ctc_agreement+rel_l2, warned as "looks like a CTC head ... class 2 leads". Values that never
+    fall along the last axis, or a name that says quantiles, are values: rel_l2 alone."""
+    from onnxprune.calibration.metric_choice import read_out_kind
+    model = tb.quantile_forecaster()
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.standard_normal((64, 6, 4)).astype(np.float32)
+    q = make_session(model).run(None, {"past": x})[0]
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    h = np.maximum(x @ w["body.weight"] + w["body.bias"], 0)
+    mid = h @ w["mid.weight"] + w["mid.bias"]
+    lo, hi = (np.log1p(np.exp(h @ w[f"{side}.weight"] + w[f"{side}.bias"])) for side in ("lo", "hi"))
+    np.testing.assert_allclose(q, np.concatenate([mid - lo, mid, mid + hi], -1), rtol=1e-5, atol=1e-5)
+    assert (q.argmax(-1) == 2).all()  # the last column leads every position, as a CTC head's blank would
+    assert evaluator(model, {"past": x}).plan == {"quantiles": "rel_l2"}
+    assert evaluator(tb.quantile_forecaster(output="output"), {"past": x}).plan == {"output": "rel_l2"}
+    # the same values with two columns swapped still lead with the last one, but fall: read as a CTC head again
+    assert read_out_kind("output", [q[..., [1, 0, 2]]])[0] == "ctc_agreement+rel_l2"
+
+
 def test_a_time_major_softmax_ctc_head_of_one_line_a_feed_is_judged_by_its_text():
     """Real models 52: easyhtr's word reader takes one word a feed, [1, 1, 48, W], and returns a Softmax [T, 1, 43]
     (blank last). The metric was chosen on the output as it came, T samples of one position each, so no CTC line was

@@ -306,6 +306,38 @@ def test_every_output_must_be_within_and_the_worst_is_reported():
     assert "Wilson" not in values_only.statement()  # nothing that is 0 or 1 per sample
 
 
+def test_the_budget_lines_closest_test_is_the_output_nearest_its_limit_not_the_largest_loss():
+    """Sweep 56: a Keras two-tower model's budget line named 'q_emb' (cosine 0.00 pp, upper bound 0.00) as the rule's
+    closest test, where 'match' had none of 106 samples cross 0.5 and Wilson's bound 0.93 of 1 pp: the reported
+    output is the largest loss's, and ties at no loss name the first. The closest test is the nearest limit."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto.decide import tightest_output
+    from onnxprune.converter.steps.budget import BudgetCheckStep, BudgetConfig
+
+    rng = np.random.default_rng(3)
+    boxes, scores = rng.standard_normal((200, 4)), rng.standard_normal((200, 3))
+    ev = FakeEvaluator([(boxes[:100], scores[:100]), (boxes[100:], scores[100:])], [None, None],
+                       metric={"boxes": "rel_l2", "scores": "agreement"})
+    moved = boxes * 1.002  # 0.2 pp of relative error, SE 0: its limit is the whole budget
+    d = BudgetRule(ev, 1.0).judge([(moved[:100], scores[:100]), (moved[100:], scores[100:])])
+    assert d.within and d.output == "boxes" and d.outputs["scores"]["loss_pp"] == 0.0  # the largest loss
+    over = {k: f["loss_pp"] - f["limit_pp"] for k, f in d.outputs.items()}
+    assert over["scores"] > over["boxes"]  # none of 200 changed: Wilson's bound leaves less of the budget
+    assert tightest_output(d.as_dict(), 1.0) == "scores"
+    state = SimpleNamespace(report={"metrics": {"sets": {"calibration": {"loss_pp": 0.2}}}, "notes": []},
+                            data=SimpleNamespace(output_budgets=None), auto={"decision": d.as_dict(), "rule": "r"},
+                            allocation=None, quantize=None)
+    BudgetCheckStep(BudgetConfig(max_loss=1.0)).run(state)
+    tight = state.report["budget"]["tightest"]
+    assert tight["output"] == "scores" and tight["metric"] == "agreement" and tight["changed"] == 0
+    # an output over its limit is the one named, whatever the others' losses
+    flipped = scores.copy()
+    flipped[:4] = -flipped[:4]
+    d = BudgetRule(ev, 1.0).judge([(boxes[:100] * 1.009, flipped[:100]), (boxes[100:] * 1.009, flipped[100:])])
+    assert not d.within and tightest_output(d.as_dict(), 1.0) == "scores"
+
+
 def test_a_batch_of_another_shape_loses_every_sample_of_it():
     rng = np.random.default_rng(4)
     ref = rng.standard_normal((40, 6))
