@@ -499,9 +499,13 @@ def calls_reader(source, model: onnx.ModelProto, *, labels: str | None = None,
     if len(files) < 2 or any(p.suffix != ".npz" for p in files):
         return None
     specs = input_specs(model)
-    return _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit,
-                        "each file is one call of a stream, run in order with its state carried",
-                        f"folder '{Path(source).name}/' ({len(files)} files)", unit="call(s), one a file")
+    reader = _feed_reader(FeedSource(files, _npz_arrays, str), specs, labels, limit,
+                          "each file is one call of a stream, run in order with its state carried",
+                          f"folder '{Path(source).name}/' ({len(files)} files)", unit="call(s), one a file")
+    shapes = npz_shapes(files[0]) or {}
+    rows = [shapes[s.name][0] for s in specs if len(shapes.get(s.name) or ()) > 0]
+    reader.call_rows = rows[0] if rows else 1  # each call's rows: a file may step several streams in lockstep
+    return reader
 
 
 def _feed_reader(source: FeedSource, specs, labels, limit, reason: str, name: str,

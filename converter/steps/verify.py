@@ -528,8 +528,8 @@ def _calls_of(reader, source, inputs: set[str]) -> tuple | None:
     from onnxprune.calibration.carried import call_files, file_calls
 
     shared = getattr(reader, "shared_inputs", ())
-    if getattr(reader, "per_feed", False) and not shared:
-        return reader, 1, reader.num_samples
+    if getattr(reader, "per_feed", False) and not shared:  # a folder of stacked calls read a file a feed: its rows
+        return reader, getattr(reader, "call_rows", 1), reader.num_samples
     found = call_files(source, inputs, shared)  # stacked samples: a folder's files may be a decoder's calls
     if found is None:
         return None

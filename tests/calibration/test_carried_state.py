@@ -160,7 +160,8 @@ def test_a_stream_in_the_data_is_judged_as_it_runs_so_the_budget_holds_streamed(
     assert budget["measured_loss_pp"] >= carried["one_call"]["stateN"]  # the decision's figure is no call's alone
 
 
-def test_a_folder_of_stacked_step_calls_is_read_a_file_a_call_and_judged_as_its_streams_run(tmp_path):
+@pytest.mark.parametrize("rows", [1, 3])  # 3: a file steps three streams in lockstep
+def test_a_folder_of_stacked_step_calls_is_read_a_file_a_call_and_judged_as_its_streams_run(tmp_path, rows):
     """An RNN step's calls, each file [1, F] and [1, H] with no scalar beside them, are stacked samples to the
     readers: batches of 64 rows from many files, no stream. Found to be streams, they are read one file a feed in
     the folder's order and judged streamed (a torch GRU step exported by the legacy exporter, 12 streams of 28 MNIST
@@ -172,21 +173,22 @@ def test_a_folder_of_stacked_step_calls_is_read_a_file_a_call_and_judged_as_its_
     folder = tmp_path / "calls"
     folder.mkdir()
     for _ in range(12):
-        h = np.zeros((1, 32), np.float32)
+        h = np.zeros((rows, 32), np.float32)
         for _ in range(15):
-            feed = {"row": rng.standard_normal((1, 16)).astype(np.float32), "h0": h}
+            feed = {"row": rng.standard_normal((rows, 16)).astype(np.float32), "h0": h}
             np.savez(folder / f"c{k:04d}.npz", **feed)
             k += 1
             h = sess.run(["hn"], feed)[0]
     assert not open_data(folder, model).per_feed  # stacked samples as read by default
     reader = calls_reader(folder, model)
-    assert reader.per_feed and reader.num_samples == 180
+    assert reader.per_feed and reader.num_samples == 180 and reader.call_rows == rows
     assert np.array_equal(next(iter(reader))["h0"], np.load(folder / "c0000.npz")["h0"])
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     result = prune(path, output=tmp_path / "out.onnx", data=folder, max_loss=1.0, time_budget=60)
     note = next(n for n in result.report["notes"] if "are the calls of streams" in n)
     assert "feeding back 'hn' as 'h0' (180 of 180 feeds in 12 stream(s))" in note and "split by stream" in note
+    assert not any("carried-state check" in n and "failed" in n for n in result.report["notes"])
     carried, budget = result.report["carried"], result.report["budget"]
     assert budget["met"] and carried["over"] == [] and carried["streams"] == 12
     assert carried["outputs"]["hn"]["loss_pp"] <= 1.0
