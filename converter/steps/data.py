@@ -164,7 +164,7 @@ class Data:
         self.groups = None  # each sample's decode, where the split keeps a decode's calls together (`by_decode`)
         self.carried: dict[str, str] = {}  # a stream's state {input: output}: every evaluator runs streams as they
         # run (converter/steps/verify.streamed_decisions)
-        self.calls = False  # a folder of stacked files, each a stream's call: read one file a feed (readers.calls_reader)
+        self.calls = False  # a folder of stacked files, each a stream's call: read a file a feed (readers.calls_reader)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -437,6 +437,19 @@ class Data:
         return feeds or None
 
 
+def _read_calls_before_search(read, state: RunState, failed: str) -> None:
+    """`read(state)`, a reading of --data's calls before the search (steps/verify's `decoded_budget`,
+    `streamed_decisions`); where it fails, `failed` and the first line of why are said and the budget is judged one
+    call at a time (--debug raises)."""
+    try:
+        read(state)
+    except Exception as exc:  # noqa: BLE001 - reading the calls failed: said, judged per call
+        if debugging():
+            raise
+        log.warning("%s (%s): the budget is judged one call at a time", failed,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
 @register_step("data")
 class DataStep(Step):
     """Open --data (and --eval-data); with a budget and retraining, hold out a validation part."""
@@ -471,23 +484,14 @@ class DataStep(Step):
         if self.budget and self.budget > 0 and not draws_random_inputs(self.config):
             from onnxprune.converter.steps.verify import decoded_budget
 
-            try:  # a greedy decoder's budget bounds its decodes: the per-call one divided by L
-                decoded_budget(state)
-            except Exception as exc:  # noqa: BLE001 - reading the calls failed: said, judged per call (--debug raises)
-                if debugging():
-                    raise
-                log.warning("the calls of --data were not read as a greedy decoder's (%s): the budget is judged one "
-                            "call at a time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            # a greedy decoder's budget bounds its decodes: the per-call one divided by L
+            _read_calls_before_search(decoded_budget, state, "the calls of --data were not read as a greedy decoder's")
             if state.decoded_budget is None:
                 from onnxprune.converter.steps.verify import streamed_decisions
 
-                try:  # a stream's calls are judged as it runs them, each model on its own state
-                    streamed_decisions(state)
-                except Exception as exc:  # noqa: BLE001 - reading the calls failed: said, judged per call
-                    if debugging():
-                        raise
-                    log.warning("the feeds of --data were not read as a stream's calls (%s): the budget is judged one "
-                                "call at a time", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                # a stream's calls are judged as it runs them, each model on its own state
+                _read_calls_before_search(streamed_decisions, state,
+                                          "the feeds of --data were not read as a stream's calls")
         note = None if draws_random_inputs(self.config) else one_size_note(state.original, state.data.reader())
         if note:  # a note in the summary, not a warning: most text models are calibrated at one length
             log.info(note)

@@ -268,9 +268,10 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     """A model that feeds a state back (calibration.carried.state_pairs), with data read a feed at a time, is run
     as a stream runs it over the feeds of --eval-data, else of --data, that follow one another (each recorded with
     the state the call before gave: calibration.carried.follows), each model reading its own state: the figures go
-    to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. The budget
-    itself is judged one call at a time from each feed's recorded state; this says what streaming adds. Data whose
-    feeds do not follow one another gets a note saying that nothing was measured streamed."""
+    to `state.carried` (report.json's "carried") and a note, which says when they are over --max-loss. Where the run
+    was judged one call at a time from each feed's recorded state (no budget, --data's calls following none, a
+    decoder: `streamed_decisions` did not apply), this says what streaming adds. Data whose feeds do not follow one
+    another gets a note saying that nothing was measured streamed."""
     from onnxprune.calibration.carried import (carried_run, declared_feedback, decoded_run, follows, streams,
                                               token_pairs)
     from onnxprune.calibration.metrics import Evaluator
@@ -368,7 +369,6 @@ def decoded_budget(state: RunState) -> None:
     decode, feeds used as they are by stream, counted by their rows); calls the reading's guard left are split by
     what the calls read show, and said (`_unread_calls`)."""
     from onnxprune.calibration.carried import follows, kept_picks, streams
-    from onnxprune.calibration.runtime import make_session, output_names
 
     data = state.data
     if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config) \
@@ -377,23 +377,11 @@ def decoded_budget(state: RunState) -> None:
     reader = data.reader()
     if getattr(reader, "one_sample_feeds", False) and not getattr(reader, "shared_inputs", ()):
         return
-    stored = {t.name for t in state.original.graph.initializer}
-    source = _calls_of(reader, data.config.data,
-                       {i.name for i in state.original.graph.input if i.name not in stored})  # before any session
-    if source is None:
+    reading = _data_calls(state, reader)
+    if reading is None:
         return
-    calls, rows, total = source
-    dense = make_session(state.original)
-    names = output_names(state.original)
-    start = time.perf_counter()
-
-    def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # the carried check's guard, for one pass,
-        # reading the files too: the calls are small, the model often cheap
-        return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
-
-    stream = iter(calls)  # the calls past the guard are read on from here (`_unread_calls`)
-    raw, outs, pairs, stopped = _read_calls(stream, calls is reader, dense, names,
-                                            {i.name for i in dense.get_inputs()}, fits)
+    calls, rows, total, stream = reading.calls, reading.rows, reading.total, reading.stream
+    raw, outs, pairs, stopped = reading.raw, reading.outs, reading.pairs, reading.stopped
     if not pairs:
         return
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
@@ -474,7 +462,6 @@ def streamed_decisions(state: RunState) -> None:
     declares what it feeds back (`calibration.carried.declared_feedback`: a state, a cache, a recurrent node's
     states) has its data read here."""
     from onnxprune.calibration.carried import declared_feedback, follows, streams
-    from onnxprune.calibration.runtime import make_session, output_names
 
     declared = declared_feedback(state.original)  # only a model that declares a state is read here (inspect's facts)
     if not any(declared[k] for k in ("states", "caches", "shaped", "cells")):
@@ -483,22 +470,10 @@ def streamed_decisions(state: RunState) -> None:
     reader = data.reader()
     if getattr(reader, "shared_inputs", ()) or getattr(reader, "one_sample_feeds", False):
         return
-    stored = {t.name for t in state.original.graph.initializer}
-    source = _calls_of(reader, data.config.data, {i.name for i in state.original.graph.input if i.name not in stored})
-    if source is None:
+    reading = _data_calls(state, reader)
+    if reading is None or not reading.pairs:
         return
-    calls = source[0]
-    dense = make_session(state.original)
-    names = output_names(state.original)
-    start = time.perf_counter()
-
-    def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # decoded_budget's guard
-        return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
-
-    raw, outs, pairs, stopped = _read_calls(calls, calls is reader, dense, names,
-                                            {i.name for i in dense.get_inputs()}, fits)
-    if not pairs:
-        return
+    calls, raw, outs, pairs, stopped = reading.calls, reading.raw, reading.outs, reading.pairs, reading.stopped
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
     kept = streams(after)
     if not kept or _fed_back_tokens(raw, outs, after):
@@ -519,6 +494,46 @@ def streamed_decisions(state: RunState) -> None:
     state.streamed = {"pairs": dict(pairs), "feeds": len(raw), "in_streams": len(kept), "split": split}
     state.notes.append(text)
     log.info(text)
+
+
+@dataclass
+class _Reading:
+    """--data's calls as `_data_calls` read them: their source (`reader` itself, or a folder's files), rows a call,
+    calls in all, the iterator read on past the guard, and `_read_calls`' feeds, outputs, pairs and stop."""
+
+    calls: object
+    rows: int
+    total: int | None
+    stream: object
+    raw: list
+    outs: list
+    pairs: dict
+    stopped: bool
+
+
+def _data_calls(state: RunState, reader) -> _Reading | None:
+    """--data's calls (`_calls_of`) read through the input model before the search, for `decoded_budget` and
+    `streamed_decisions`, within CARRIED_SECONDS for one pass, reading the files too (the calls are small, the model
+    often cheap); None where --data holds no calls."""
+    from onnxprune.calibration.runtime import make_session, output_names
+
+    stored = {t.name for t in state.original.graph.initializer}
+    source = _calls_of(reader, state.data.config.data,
+                       {i.name for i in state.original.graph.input if i.name not in stored})  # before any session
+    if source is None:
+        return None
+    calls, rows, total = source
+    dense = make_session(state.original)
+    names = output_names(state.original)
+    start = time.perf_counter()
+
+    def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:
+        return (time.perf_counter() - start) * (len(raw) + 1) / len(raw) <= CARRIED_SECONDS
+
+    stream = iter(calls)  # the calls past the guard are read on from here (decoded_budget's `_unread_calls`)
+    raw, outs, pairs, stopped = _read_calls(stream, calls is reader, dense, names,
+                                            {i.name for i in dense.get_inputs()}, fits)
+    return _Reading(calls, rows, total, stream, raw, outs, pairs, stopped)
 
 
 def _calls_of(reader, source, inputs: set[str]) -> tuple | None:
