@@ -60,6 +60,14 @@ def with_initializer(model: onnx.ModelProto, name: str, fn) -> onnx.ModelProto:
     return out
 
 
+def with_initializers(model: onnx.ModelProto, which, fn) -> onnx.ModelProto:
+    """A copy of `model` whose float initializers that `which(name)` picks are each fn(its values) (`with_initializer`
+    on every one): a stream's or a decoder's weights scaled, an error it carries from call to call."""
+    for name in [t.name for t in model.graph.initializer if which(t.name)]:
+        model = with_initializer(model, name, fn)
+    return model
+
+
 def first_output(model: onnx.ModelProto, feed: dict) -> np.ndarray:
     """The model's first output on `feed` (onnxruntime, optimisations off)."""
     return next(iter(run(model, feed).values()))

@@ -15,6 +15,7 @@ from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.steps.verify import carried_note
 from onnxprune.models import third_party_builders as tb
+from tests.oracle import with_initializers
 
 
 @pytest.mark.parametrize("given, gives", [("state", "stateN"), ("h0", "hn"), ("c0", "cN"), ("cache", "new_cache"),
@@ -56,12 +57,7 @@ def _stream_folder(folder, model, streams_of, *, seed=0, follow=True):
 
 def _weights_scaled(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
     """A copy of `model` whose weights are `factor` times the input's (an error a stream carries)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name.endswith("weight"):
-            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * factor, t.name))
-    return out
+    return with_initializers(model, lambda name: name.endswith("weight"), lambda w: w * factor)
 
 
 def test_a_stream_runs_each_model_on_its_own_state_as_onnxruntime_does_by_hand(tmp_path):

@@ -15,6 +15,7 @@ from onnxprune.calibration.carried import token_pairs, value_pairs
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.steps.verify import decoded_note
 from onnxprune.models import third_party_builders as tb
+from tests.oracle import with_initializers
 
 
 def _cache_calls(sess, prompt: np.ndarray, steps: int, record=None, merged: bool = False) -> np.ndarray:
@@ -520,12 +521,7 @@ def _step_calls(sess, token: np.ndarray, steps: int, record=None) -> np.ndarray:
 def _hotter(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
     """The model with its last layer (fc2, before the Softmax) scaled by `factor`: every probability moves, no
     argmax does."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        if t.name.startswith("fc2"):
-            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * factor, t.name))
-    return out
+    return with_initializers(model, lambda name: name.startswith("fc2"), lambda w: w * factor)
 
 
 def test_a_decoders_probabilities_are_held_to_the_runs_budget_and_only_its_picks_to_the_decoded_one():
