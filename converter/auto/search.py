@@ -19,7 +19,8 @@ less the reserve for the steps after it (verify, measure, shrink, encode, report
 it judges; without one, by `deadline` less TAIL_SHARE of the budget. The one-shot scan is budgeted (each layer's
 levels bisected up to the budget) and takes at most SCAN_SHARE of the search's time (later layers start dense); the
 one-shot fit stops trying at the deadline; rounds start only while a round, the polish and the tail fit before
-the deadline; the best model found is returned when time runs out.
+the deadline (a round or the polish that the load slows stops where its judging pass and the tail are left, and is
+judged as it is); the best model found is returned when time runs out.
 """
 
 from __future__ import annotations
@@ -696,7 +697,16 @@ class _Search:
                 continue
             masks = self._masks(trainer, levels, share)
             trainer.set_masks(masks)
-            self._train(trainer, self.round_steps, f"auto: round {len(self.history)} ({knob.name})")
+            # priced before it starts at the last round's pace, a round that the load slows stops where the time
+            # left is its judging pass and the tail (real models 56b: rule 5's round 57 took 5.7x round 56's time on
+            # the same steps); the steps taken are judged as a round, and the search ends there
+            stats = self._train(trainer, self.round_steps, f"auto: round {len(self.history)} ({knob.name})",
+                                stop=lambda: self.left() < self.tail + self.pass_seconds())
+            stopped = bool(getattr(stats, "stopped", False))
+            if stopped:
+                self.notes.append(f"time budget: round {len(self.history)} ({knob.name}) stopped after "
+                                  f"{stats.steps} of its {self.round_steps} steps (they ran slower than the last "
+                                  "round's pace said) and was judged as it was, so the run keeps to --time-budget")
             candidate = trainer.export()
             decision = self.judge(candidate, self._round_rule())
             kept = decision.within
@@ -716,6 +726,9 @@ class _Search:
             self._record(knob.name, best if kept else None, decision, kept, t0, levels=levels, share=share,
                          masks=masks, model=candidate)
             last_seconds = self._round_seconds = time.perf_counter() - t0
+            if stopped:  # the pace of the steps taken, for what is priced after (the polish)
+                self._round_seconds = last_seconds * self.round_steps / max(stats.steps, 1)
+                return best, any_kept, True
             if self._undone and self._cannot_go_on():
                 return best, any_kept, False
             if knob.name == "weights" and kept and round(self.d0 * WEIGHT_FACTOR ** (knob.level + 1) * self.total) \

@@ -394,6 +394,60 @@ def test_the_polish_stops_where_the_time_left_is_its_judging_pass_and_the_tail()
     assert hyper.POLISH_FACTOR * 300 > 530
 
 
+def test_a_round_the_load_slows_stops_where_the_time_left_is_its_judging_pass_and_the_tail(monkeypatch):
+    """Real models 56b's L1: a round was priced before it started, at the last round's pace, and then ran whole (rule
+    5's round 57 took 5.7x round 56's time on the same steps), so a 3-minute run overran. A round now stops as the
+    polish does: its steps taken are judged (here kept), the note says so, and the search ends there. Here the steps
+    run 3x slower than priced."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto import search
+    from onnxprune.converter.auto.search import _Knob, _Search
+
+    clock = FakeClock(0.0)
+    monkeypatch.setattr(search, "time", SimpleNamespace(perf_counter=clock))
+    taken = []
+
+    class Trainer:
+        masks = {"w": np.ones(4, bool)}
+
+        def train(self, epochs, lr, *, stop=None, **kw):
+            steps = round(epochs * 10)
+            for i in range(steps):
+                if i and stop is not None and stop():
+                    break
+                clock.now += 0.3  # priced at 0.1 s a step: 30 s a round of 300
+                taken.append(i)
+            return SimpleNamespace(steps=len(taken), stopped=len(taken) < steps)
+
+        def set_masks(self, masks):
+            self.masks = masks
+
+        def export(self):
+            return "candidate"
+
+    judged = []
+    fake = SimpleNamespace(neuron_cap=None, history=[{}, {}], round_steps=300, _round_seconds=30.0,
+                           step_seconds=0.1, tail=5.0, notes=[], left=lambda: 60.0 - clock.now,
+                           pass_seconds=lambda: 2.0, train_data=SimpleNamespace(num_batches=lambda batch: 10),
+                           batch=32, lr=0.01, progress=lambda *a: None, _headline=lambda: "",
+                           _trainer=lambda model, masks: Trainer(), _share=lambda level: 0.0,
+                           _masks=lambda trainer, levels, share: {"w": np.ones(4, bool)}, _round_rule=lambda: None,
+                           _record=lambda *a, **k: None, _undone=False, first_tries=False, d0=1.0, total=4,
+                           sizes={"w": 4},
+                           judge=lambda model, rule: judged.append(model) or SimpleNamespace(within=True))
+    fake._train = lambda *a, **k: _Search._train(fake, *a, **k)
+    best = SimpleNamespace(model="best", masks={}, levels={"weights": 0.0, "neurons": 0.0})
+    out, kept, timed_out = _Search._rounds(fake, best, [_Knob("weights")])
+    assert (kept, timed_out, out.model) == (True, True, "candidate")  # judged as it was, and kept
+    assert judged == ["candidate"]
+    # priced at 30 s with 60 s left, it started; its steps stopped once under 7 s was left (the pass and the tail)
+    assert fake.left() == pytest.approx(6.9) and len(taken) == 177
+    assert fake.notes == ["time budget: round 2 (weights) stopped after 177 of its 300 steps (they ran slower than "
+                          "the last round's pace said) and was judged as it was, so the run keeps to --time-budget"]
+    assert fake._round_seconds == pytest.approx(90.0)  # the steps' own pace (0.3 s), for what is priced after
+
+
 def test_report_json_counts_the_write_in_the_time_budget(small, tmp_path):
     """Sweep 17: report.json was written before the model's and the report's own writing were counted, so its
     total_s (119.5 of a 120 s budget) left out the last 8 s of a 128 s run. It is rewritten with them."""
