@@ -137,10 +137,14 @@ def test_given_flags_override_the_search(teacher_data):
     choices = result.report["auto"]["choices"]
     assert choices["lr"] == {"value": 0.05, "rule": "given (--lr)"}
     assert choices["neuron_cap"]["value"] == 0.25
-    assert choices["recovery"]["value"] == "sgd"  # chosen before the retraining's own choices, and kept beside them
+    # sgd is chosen before the retraining's own choices, and kept beside them; on a loaded machine no round of it may
+    # fit the 8 s, and the refit takes over, its rule naming sgd's (session 56: this test failed at load 11)
+    sgd = "sgd (the torch bridge runs the graph with labels)"
+    recovery = choices["recovery"]
+    assert recovery == {"value": "sgd", "rule": sgd.removeprefix("sgd (").removesuffix(")")} or \
+        recovery == {"value": "reconstruct", "rule": f"{sgd} ran no retraining round in the time left: layer-wise refit"}
     # the notes name the backend, as they do for reconstruct (a benchmark reads which one a run chose from them)
-    assert any(n.startswith(f"recovery by sgd ({choices['recovery']['rule']}): masked retraining")
-               for n in result.report["notes"])
+    assert any(n.startswith(f"recovery by {sgd}: masked retraining") for n in result.report["notes"])
     assert all(h.get("neuron_share", 0.0) <= 0.25 + 1e-9 for h in result.report["history"])
 
 
