@@ -447,9 +447,10 @@ def decoded_budget(state: RunState) -> None:
         split = f"{split}; {unread}" if split and unread else split
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
                             "budgets": judged, "split": split}
-    text = (f"greedy decoding: {_fed_words(tokens, pairs)}, and the calls of {str(reader.description).split(':', 1)[0]} "
-            f"decode {sequences:,} sequences of {length:.1f} kept picks on average; a decode changes where a call on "
-            "the input model's history first changes its pick, so the share of decodes that change is at most about "
+    text = (f"greedy decoding: {_fed_words(tokens, pairs)}, and the calls of "
+            f"{str(reader.description).split(':', 1)[0]} decode {sequences:,} sequences of {length:.1f} kept picks on "
+            "average; a decode changes where a call on the input model's history first changes its pick, so the share "
+            "of decodes that change is at most about "
             f"{length:.1f} times the share of calls whose pick changes")
     if judged:
         text += ("; " + ", ".join(f"'{o}' is judged at --max-loss {budget:g} / {length:.1f} = {pp:.3g} pp a call"
@@ -712,8 +713,8 @@ def causal_lm_note(state: RunState) -> None:
                        "position as given, one call at a time; if it generates by greedy decoding, each changed pick "
                        "changes every call after it (decoders 56: within 1 pp a call, 18.8% of 32-pick decodes "
                        "changed). To judge its decodes, save the calls a decode makes, one .npz file a call in a "
-                       f"folder, in order (the prompt, then each call's '{i}' the one before's with its pick appended): "
-                       f"the run then holds the last position's pick to --max-loss / the decodes' length")
+                       f"folder, in order (the prompt, then each call's '{i}' the one before's with its pick "
+                       "appended): the run then holds the last position's pick to --max-loss / the decodes' length")
 
 
 def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> None:
