@@ -14,6 +14,7 @@ import pytest
 from onnxprune import prune
 from onnxprune.calibration.carried import causal_lm, context_pairs, follows, token_view, with_context
 from onnxprune.calibration.runtime import make_session
+from onnxprune.converter.auto.exam import exam_batches
 from onnxprune.models import third_party_builders as tb
 from tests.calibration.test_greedy_decoding import _Clock, _data_step, _save
 from tests.oracle import check_full, with_initializers
@@ -92,6 +93,10 @@ def test_a_decoder_without_a_cache_is_judged_by_its_picks_at_the_decoded_budget_
     loss = evaluator.loss_pp(evaluator.evaluate(noised)) * evaluator.loss_factor("logits")  # in pp of 'logits'
     assert loss == pytest.approx(100.0 * np.concatenate(changed).mean(), abs=1e-9)
     assert np.concatenate([c.ravel() for c in inner]).mean() != pytest.approx(np.concatenate(changed).mean())
+    # a final exam takes whole decodes: every 3rd deciding stream, its 8 calls, none of them the search's
+    exam, rest = exam_batches(evaluator, len(evaluator.reference_all))
+    groups = evaluator.reader.feed_groups
+    assert len(exam) == 15 * 8 and not set(groups[exam]) & set(groups[rest])
 
 
 def _rule_words(evaluator) -> str:
