@@ -636,7 +636,9 @@ def _unread_calls(stream, read: list, after: list[bool], pairs: dict[str, str], 
     calls show it (a decode starts exactly at each call read whose fed-back input is empty or all zeros, `_fresh`:
     an empty past, a zero initial state, at two starts or more), their inputs alone are read on (no model run) in
     CARRIED_SECONDS, each starting a decode where it is so; the calls still unread are cut in runs of consecutive
-    calls as long as the decodes read, so a decode there may have calls on both sides (the note says how many). A
+    calls RUN_STREAMS streams long, a stream as long as the median of those known whole (start to start; the last one
+    may be cut), counted from the last start known, so a decode there has calls on both sides only where its length
+    is not the median (the note says how many). A
     context that grows (a pair of an input with itself) starts a decode where it does not grow (`_starts`)."""
     starts = [k for k in range(len(read)) if not after[k]]
     more, sizes = [], []
@@ -660,13 +662,23 @@ def _unread_calls(stream, read: list, after: list[bool], pairs: dict[str, str], 
     left = total - len(read) - len(more)
     if left <= 0:
         return more, sizes, marked if more else ""
-    block = max(1, round(len(read) / len(starts)))
+    known = [k for k, a in enumerate(list(after) + more) if not a]  # the streams' starts known
+    whole = np.diff(known)  # the streams known whole, start to start (the last one may be cut short)
+    length = max(1, int(np.median(whole)) if len(whole) else round(len(read) / len(starts)))
+    block = RUN_STREAMS * length
+    phase = len(after) + len(more) - known[-1]  # the runs counted from the last start known: on a stream's starts
     mean = int(round(np.mean([_rows_of(f, token) for f in read])))
     words = (f"the {left:,} calls past the {len(read) + len(more):,} read in the time (of {total:,}) were not "
-             f"decoded: they go to a side in runs of {block} consecutive calls (the streams read: {block} calls each "
-             "on average), so a decode there may have calls on both sides")
-    return (more + [j % block != 0 for j in range(left)], sizes + [mean] * left,
+             f"decoded: they go to a side in runs of {block} consecutive calls ({RUN_STREAMS} streams of {length} "
+             f"calls, the {'median' if len(whole) else 'mean'} of the streams read, counted from the last stream's "
+             "start), so a decode there has calls on both sides only where the streams are not of that length")
+    return (more + [(phase + j) % block != 0 for j in range(left)], sizes + [mean] * left,
             f"{marked}; {words}" if more else words)
+
+
+RUN_STREAMS = 4  # calls the guard left unread go to a side in runs of this many streams of the length read: a run's
+# end cuts one stream at most, where runs one stream long drifted against the streams (decoders 56's L1: runs of 19
+# calls where the KV GPT's streams were 20 left 103 of 120 streams with calls on both sides)
 
 
 def _to_certify(budget_pp: float) -> int:

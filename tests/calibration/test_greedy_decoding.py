@@ -713,15 +713,19 @@ def test_calls_the_time_guard_left_unread_are_split_by_the_decodes_they_show_or_
     known = (50 + 151 if zero else 50) * 4
     assert np.array_equal(groups[:known], true[:known])
     runs = groups[known:].reshape(-1, 4)[:, 0]
-    assert np.array_equal(np.unique(runs, return_counts=True)[1][:-1], np.full(len(np.unique(runs)) - 1, 12))
+    assert np.array_equal(np.unique(runs, return_counts=True)[1][1:-1], np.full(len(np.unique(runs)) - 2, 56))
     if zero:
         assert "the 151 calls past the 50 read were not run: a stream starts where 'h' is empty or all zeros, " \
                "as at the start of each of the 4 streams of calls read; the 359 calls past the 201 read in the time " \
-               "(of 560) were not decoded: they go to a side in runs of 12 consecutive calls (the streams read: 12 " \
-               "calls each on average), so a decode there may have calls on both sides" in note
+               "(of 560) were not decoded: they go to a side in runs of 56 consecutive calls (4 streams of 14 calls, " \
+               "the median of the streams read, counted from the last stream's start), so a decode there has calls " \
+               "on both sides only where the streams are not of that length" in note
     else:
         assert "; the 510 calls past the 50 read in the time (of 560) were not decoded: they go to a side in runs of " \
-               "12 consecutive calls" in note
+               "56 consecutive calls (4 streams of 14 calls" in note
+    # runs 4 streams long counted from the last start read fall on the streams' starts: runs one stream long (50 / 4
+    # = 12 calls) had drifted against them, and counted from the first unread call they would cut every stream
+    assert all(len(np.unique(groups[true == d] // 4)) == 1 for d in np.unique(true))
 
 
 def test_a_kv_decoders_feeds_used_as_they_are_grow_their_deciding_part_by_their_rows(tmp_path):
