@@ -231,10 +231,11 @@ def declared_feedback(model) -> dict[str, dict[str, str]]:
 
 def causal_lm(model) -> tuple[str, str] | None:
     """(token input, output) of a model that looks like a causal language model fed its whole context each call: an
-    integer input [N, T] and a float output [N, T, V] (V fixed, 2 or more) whose first two axes are open and, where
-    both are named, named alike; nothing declared fed back (`declared_feedback`: no cache, no state). None otherwise.
-    Only the declared shapes are read: a tagger or an encoder of the same shapes looks alike."""
-    stored = {t.name for t in model.graph.initializer}
+    integer input [N, T] and a float output [N, T, V] whose first two axes are open and, where both are named, named
+    alike, V the rows of the embedding table the input's ids pick (a Gather of a [V, D] initializer, through
+    PASS_OPS): a distribution over the vocabulary it reads; nothing declared fed back (`declared_feedback`: no cache,
+    no state). None otherwise: a tagger's [N, T, labels] is no vocabulary. Declared shapes and the graph only."""
+    stored = {t.name: list(t.dims) for t in model.graph.initializer}
     found = declared_feedback(model)
     if any(found[k] for k in ("states", "caches", "shaped", "cells")):
         return None
@@ -243,13 +244,26 @@ def causal_lm(model) -> tuple[str, str] | None:
         d = None if vi.name in stored else _declared(vi)
         if d is None or d[0] not in INTEGERS or len(d[1]) != 2 or any(isinstance(a, int) for a in d[1]):
             continue
+        vocab = _vocabularies(model, vi.name, stored)
         for o, do in outs:
-            if do is None or do[0] not in FLOATS or len(do[1]) != 3 or not isinstance(do[1][2], int) \
-                    or do[1][2] < 2 or any(isinstance(a, int) for a in do[1][:2]):
+            if do is None or do[0] not in FLOATS or len(do[1]) != 3 or do[1][2] not in vocab \
+                    or any(isinstance(a, int) for a in do[1][:2]):
                 continue
             if all(a is None or b is None or a == b for a, b in zip(d[1], do[1][:2])):
                 return vi.name, o
     return None
+
+
+def _vocabularies(model, name: str, stored: dict[str, list[int]]) -> set[int]:
+    """The row counts of the [V, D] initializers a main-graph Gather picks rows of by `name`'s ids (through
+    PASS_OPS): the vocabularies an id input reads."""
+    ids, found = {name}, set()
+    for n in model.graph.node:  # graph order: a Cast of the ids comes before the Gather that reads it
+        if n.op_type in PASS_OPS and n.input and n.input[0] in ids:
+            ids.update(n.output)
+        elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in ids and len(stored.get(n.input[0], ())) == 2:
+            found.add(stored[n.input[0]][0])
+    return found
 
 
 CELL_STATES = {"LSTM": ((5, 1), (6, 2)), "GRU": ((5, 1),), "RNN": ((5, 1),)}  # (initial state input, its output)

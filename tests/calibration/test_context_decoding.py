@@ -152,6 +152,21 @@ def test_a_language_model_given_prompts_only_is_said_to_be_judged_one_call_at_a_
     assert not any("look like a language model" in n for n in calls.notes)
     assert causal_lm(model) == ("input_ids", "logits")
     assert causal_lm(tb.greedy_cache_decoder()) is None  # a cache fed back: its calls are its decodes' only form
+    tagger = _tagger(model, 5)  # the same shapes, 5 labels a position where the ids read 12 rows: no vocabulary
+    assert causal_lm(tagger) is None
+    tagged = _data_step_on(tmp_path / "prompts.npz", tagger)
+    assert not any("look like a language model" in n for n in tagged.notes)
+
+
+def _tagger(model, labels: int):
+    """context_decoder with `labels` classes a position where it has its vocabulary's (fc2 cut), checked."""
+    tagger = with_initializers(model, lambda n: n in ("fc2.weight", "fc2.bias"), lambda w: w[..., :labels].copy())
+    tagger.graph.output[0].type.tensor_type.shape.dim[2].dim_value = labels
+    check_full(tagger)
+    ids = np.array([[1, 2, 3]], np.int64)
+    want = make_session(model).run(["logits"], {"input_ids": ids})[0][..., :labels]
+    assert np.allclose(make_session(tagger).run(["logits"], {"input_ids": ids})[0], want, atol=1e-6)
+    return tagger
 
 
 def _data_step_on(data, model):
@@ -180,3 +195,23 @@ def test_a_context_decoders_calls_the_guard_left_unread_are_split_by_whether_the
            "with one token behind it, as at the start of each of the 7 streams of calls read; the 279 calls past the " \
            "201 read in the time (of 480) were not decoded" in note
     assert np.array_equal(state.data.groups[:201], np.repeat(np.arange(60), 8)[:201])
+
+
+def test_inspect_says_how_to_record_a_language_models_calls_from_its_declared_shapes(tmp_path):
+    """`inspect` reads declared shapes only (no onnxruntime, no torch): an integer [N, T] in and a float [N, T, V] out,
+    nothing fed back, is said to be a language model fed its whole context, with how to record its calls."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "gpt.onnx"
+    onnx.save(tb.context_decoder(), path)
+    code = ("import sys; from click.testing import CliRunner; from onnxprune.converter.cli import cli; "
+            f"print(CliRunner().invoke(cli, ['inspect', {str(path)!r}]).output); "
+            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
+            "[m for m in ('onnxruntime', 'torch') if m in sys.modules]")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert "(the model looks like a language model fed its whole context each call, 'input_ids' [N, T] -> 'logits' " \
+           "[N, T, V]: if it generates by greedy decoding, save the calls of a few decodes instead" in text
+    assert "each call's 'input_ids' the call before's with its pick appended" in text
