@@ -11,12 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune import prune
 from onnxprune.calibration.carried import causal_lm, context_pairs, follows, token_view, with_context
 from onnxprune.calibration.runtime import make_session
 from onnxprune.converter.auto.exam import exam_batches
 from onnxprune.models import third_party_builders as tb
-from tests.calibration.test_greedy_decoding import _Clock, _data_step, _save
+from tests.calibration.test_greedy_decoding import _Clock, _data_step, inspected, pruned_and_decoded
 from tests.oracle import check_full, with_initializers
 
 
@@ -106,31 +105,10 @@ def _rule_words(evaluator) -> str:
 
 
 def test_a_decoder_without_a_cache_is_decoded_with_its_own_context_as_onnxruntime_does_by_hand(tmp_path):
-    model = tb.context_decoder()
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(0, 12, (4, 3)).astype(np.int64) for _ in range(8)]
-    feeds: list = []
-    dense = make_session(model)
-    for p in prompts:
-        _context_calls(dense, p, 8, feeds)
-    _save(tmp_path / "calls", feeds)
-    onnx.save(model, tmp_path / "m.onnx")
-    result = prune(tmp_path / "m.onnx", output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.4)
+    result, changed = pruned_and_decoded(tmp_path, tb.context_decoder(), _context_calls, 0.4)
     carried = result.report["carried"]
     assert carried["pairs"] == {"input_ids": "input_ids"} and carried["decoded"]["fed_back"] == {"input_ids": "logits"}
-    out = onnx.load(tmp_path / "out.onnx")
-    check_full(out)
-    written = make_session(out)
-    sequences = changed = tokens = 0
-    for p in prompts:  # by hand: each model decodes every prompt greedily, fed its own context
-        a, b = _context_calls(dense, p, 8), _context_calls(written, p, 8)
-        sequences += len(a)
-        changed += int((a != b).any(1).sum())
-        tokens += int((a != b).sum())
-    decoded = carried["decoded"]
-    assert (decoded["sequences"], decoded["tokens"]) == (32, 32 * 8)
-    assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens)
-    assert 0 < changed < 32 and decoded["tokens_changed"] > decoded["one_call_changed"]
+    check_full(onnx.load(tmp_path / "out.onnx"))
     note = next(n for n in result.report["notes"] if n.startswith("greedy decoding:"))
     assert "fed its own context grown by its own picks, the written model decodes " \
            f"{changed} of 32 sequences differently" in note
@@ -200,18 +178,7 @@ def test_a_context_decoders_calls_the_guard_left_unread_are_split_by_whether_the
 def test_inspect_says_how_to_record_a_language_models_calls_from_its_declared_shapes(tmp_path):
     """`inspect` reads declared shapes only (no onnxruntime, no torch): an integer [N, T] in and a float [N, T, V] out,
     nothing fed back, is said to be a language model fed its whole context, with how to record its calls."""
-    import subprocess
-    import sys
-
-    path = tmp_path / "gpt.onnx"
-    onnx.save(tb.context_decoder(), path)
-    code = ("import sys; from click.testing import CliRunner; from onnxprune.converter.cli import cli; "
-            f"print(CliRunner().invoke(cli, ['inspect', {str(path)!r}]).output); "
-            "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
-            "[m for m in ('onnxruntime', 'torch') if m in sys.modules]")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    text = " ".join(run.stdout.split())
+    text = inspected(tmp_path, tb.context_decoder())
     assert "(the model looks like a language model fed its whole context each call, 'input_ids' [N, T] -> 'logits' " \
            "[N, T, V]: if it generates by greedy decoding, save the calls of a few decodes instead" in text
     assert "each call's 'input_ids' the call before's with its pick appended" in text
