@@ -24,6 +24,14 @@ an output of the call before (at its last position), and `decoded_run` runs each
 own picks where the input model's were fed (a token that is not the input model's pick, a prompt's, was forced and
 stays). One call at a time from the input model's tokens, a changed pick changes one call; decoded, every call after
 it: real models 53's Keras seq2seq decoder, 0.22 pp of steps changed, 5.9% of held-out words.
+
+A decoder without a cache feeds back neither a state nor a token alone: each call is fed its whole context, the call
+before's with that call's pick behind it (a GPT exported without `past_key_values`: `input_ids [N, T]` then `[N, T +
+1]`, `logits [N, T, V]`). `context_pairs` finds such an input, paired with itself ({input: input}, a context that
+grows); `follows` reads it against the call before's input, which the reading keeps among that call's outputs under
+the input's name (`with_context`), `token_view` gives its last column as the fed-back token, and `decoded_run` feeds
+the written model its own context grown by its own picks. Decoders 56: within 1 pp a call over every position, such
+a GPT changed 18.8% of 160 held-out decodes and no note said it was a decoder.
 """
 
 from __future__ import annotations
@@ -83,9 +91,15 @@ def _unique(found: dict[str, list[str]]) -> dict[str, str]:
 
 def follows(previous: dict[str, np.ndarray], feed: dict[str, np.ndarray], pairs: dict[str, str]) -> bool:
     """Whether `feed` is the call after the one that gave `previous` (the input model's outputs): each pair's input
-    holds that output (within float noise: the data may have been recorded by another onnxruntime build)."""
+    holds that output (within float noise: the data may have been recorded by another onnxruntime build); a context
+    that grows (a pair of an input with itself, `context_pairs`) holds the call before's, as `previous` keeps it
+    (`with_context`), with one token behind it."""
     for i, o in pairs.items():
         x, y = np.asarray(feed.get(i)), previous.get(o)
+        if i == o:
+            if y is None or not _grown(np.asarray(y), x):
+                return False
+            continue
         if y is None or x.shape != y.shape or x.dtype != y.dtype:
             return False
         if x.size and not np.allclose(x, y, rtol=1e-3, atol=1e-5 * max(1.0, float(np.max(np.abs(y))))):
@@ -215,6 +229,43 @@ def declared_feedback(model) -> dict[str, dict[str, str]]:
     return found
 
 
+def causal_lm(model) -> tuple[str, str] | None:
+    """(token input, output) of a model that looks like a causal language model fed its whole context each call: an
+    integer input [N, T] and a float output [N, T, V] whose first two axes are open and, where both are named, named
+    alike, V the rows of the embedding table the input's ids pick (a Gather of a [V, D] initializer, through
+    PASS_OPS): a distribution over the vocabulary it reads; nothing declared fed back (`declared_feedback`: no cache,
+    no state). None otherwise: a tagger's [N, T, labels] is no vocabulary. Declared shapes and the graph only."""
+    stored = {t.name: list(t.dims) for t in model.graph.initializer}
+    found = declared_feedback(model)
+    if any(found[k] for k in ("states", "caches", "shaped", "cells")):
+        return None
+    outs = [(vi.name, _declared(vi)) for vi in model.graph.output]
+    for vi in model.graph.input:
+        d = None if vi.name in stored else _declared(vi)
+        if d is None or d[0] not in INTEGERS or len(d[1]) != 2 or any(isinstance(a, int) for a in d[1]):
+            continue
+        vocab = _vocabularies(model, vi.name, stored)
+        for o, do in outs:
+            if do is None or do[0] not in FLOATS or len(do[1]) != 3 or do[1][2] not in vocab \
+                    or any(isinstance(a, int) for a in do[1][:2]):
+                continue
+            if all(a is None or b is None or a == b for a, b in zip(d[1], do[1][:2])):
+                return vi.name, o
+    return None
+
+
+def _vocabularies(model, name: str, stored: dict[str, list[int]]) -> set[int]:
+    """The row counts of the [V, D] initializers a main-graph Gather picks rows of by `name`'s ids (through
+    PASS_OPS): the vocabularies an id input reads."""
+    ids, found = {name}, set()
+    for n in model.graph.node:  # graph order: a Cast of the ids comes before the Gather that reads it
+        if n.op_type in PASS_OPS and n.input and n.input[0] in ids:
+            ids.update(n.output)
+        elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in ids and len(stored.get(n.input[0], ())) == 2:
+            found.add(stored[n.input[0]][0])
+    return found
+
+
 CELL_STATES = {"LSTM": ((5, 1), (6, 2)), "GRU": ((5, 1),), "RNN": ((5, 1),)}  # (initial state input, its output)
 PASS_OPS = frozenset({"Unsqueeze", "Squeeze", "Identity", "Reshape", "Cast"})  # a state's axes as exporters wrap them
 
@@ -319,6 +370,35 @@ def value_pairs(previous: dict[str, np.ndarray], feed: dict[str, np.ndarray]) ->
     return _unique(found)
 
 
+def _grown(before: np.ndarray, x: np.ndarray) -> bool:
+    """Whether the integer `x` [N, T + 1] is `before` [N, T] (T >= 1) with one token behind it in every row."""
+    return (x.dtype.kind in "iu" and x.ndim == 2 and before.ndim == 2 and before.size > 0
+            and before.shape == (x.shape[0], x.shape[1] - 1) and np.array_equal(x[:, :-1], before))
+
+
+def context_pairs(before: dict[str, np.ndarray], previous: dict[str, np.ndarray],
+                  feed: dict[str, np.ndarray]) -> dict[str, str]:
+    """{input: input} of the integer inputs [N, T + 1] of `feed` that hold the call before's (`before`, its feed) with,
+    behind it, the argmax of an output of that call at its last position (`previous`, its outputs: `token_pairs` on the
+    last column): the context of a decoder without a cache, grown by its own pick each call."""
+    grown = [i for i, x in feed.items() if isinstance(x, np.ndarray) and isinstance(before.get(i), np.ndarray)
+             and _grown(before[i], x)]
+    return {i: i for i in grown if token_pairs(previous, {i: feed[i][:, -1:]})}
+
+
+def with_context(outputs: dict[str, np.ndarray], feed: dict[str, np.ndarray], pairs: dict[str, str]) -> dict:
+    """A call's `outputs` with, under its name, each context input it was fed (a pair of an input with itself): what
+    the next call's context grows from (`follows`)."""
+    return {**outputs, **{i: feed[i] for i, o in pairs.items() if i == o and i in feed}}
+
+
+def token_view(feed: dict[str, np.ndarray], pairs: dict[str, str]) -> dict[str, np.ndarray]:
+    """`feed` with each context that grows (a pair of an input with itself) given as its last column [N, 1], the token
+    the call before picked: what `token_pairs`, `kept_picks` and `_fed_picks` read."""
+    grown = [i for i, o in pairs.items() if i == o and np.ndim(feed.get(i)) == 2]
+    return {**feed, **{i: np.asarray(feed[i])[:, -1:] for i in grown}} if grown else feed
+
+
 def picks(value: np.ndarray, shape: tuple) -> np.ndarray | None:
     """The argmax over the last axis of an output `value` `[N, (T,) C]` at its last position, as `shape` (a token
     input's: `[N]` or `[N, 1]`), or None where it cannot be one."""
@@ -378,22 +458,26 @@ def decoded_run(session, feeds, pairs: dict[str, str], tokens: dict[str, str], a
     end. Counted are the picks a decode keeps: those the next call is fed, and each stream's last. Returns
     {"sequences", "changed", "tokens", "tokens_changed", "one_call_changed"}: rows of the streams whose kept picks
     differ from the input model's anywhere, the kept picks that differ decoded, and those that differ run one call
-    at a time from the input model's tokens and states."""
-    fed = _fed_picks(feeds, tokens, after, dense)
-    names = list(dict.fromkeys(list(pairs.values()) + list(tokens.values())))
+    at a time from the input model's tokens and states. A context that grows (a pair of an input with itself,
+    `context_pairs`) is the model's own context of the call before with its own pick, or the recorded token where
+    that is forced, behind it."""
+    fed = _fed_picks([token_view(f, pairs) for f in feeds], tokens, after, dense)
+    names = list(dict.fromkeys([o for i, o in pairs.items() if i != o] + list(tokens.values())))
     inputs = {i.name for i in session.get_inputs()}
     last, counts = None, {"sequences": 0, "changed": 0, "tokens": 0, "tokens_changed": 0, "one_call_changed": 0}
     row_changed = None
     for k, feed in enumerate(feeds):
         feed = {n: v for n, v in feed.items() if n in inputs}
-        alone = dict(zip(names, session.run(names, feed)))
+        alone = with_context(dict(zip(names, session.run(names, feed))), feed, pairs)
         if after[k] and last is not None:  # else the call as recorded is the decoded one too
-            feed.update({i: last[o] for i, o in pairs.items()})
+            feed.update({i: last[o] for i, o in pairs.items() if i != o})
             for i, o in tokens.items():
                 if fed[k][i] is not None:
-                    ids = token_ids(feed[i])
-                    feed[i] = as_fed(np.where(fed[k][i], picks(last[o], ids.shape), ids), feed[i])
-            last = dict(zip(names, session.run(names, feed)))
+                    ids = token_ids(token_view(feed, pairs)[i])
+                    ids = np.where(fed[k][i], picks(last[o], ids.shape), ids)
+                    feed[i] = (np.concatenate([last[i], ids.astype(feed[i].dtype)], axis=1) if pairs.get(i) == i
+                               else as_fed(ids, feed[i]))
+            last = with_context(dict(zip(names, session.run(names, feed))), feed, pairs)
         else:
             last = alone
         ends = k + 1 == len(feeds) or not after[k + 1]

@@ -107,7 +107,8 @@ class Evaluator:
     def __init__(self, reader: DataReader, metric=None, reference_model: onnx.ModelProto | None = None,
                  output: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES, optimize: bool = True,
                  split: int | None = None, quiet: bool = False, budget: float | None = None,
-                 output_budgets: dict[str, float] | None = None, carried: dict[str, str] | None = None):
+                 output_budgets: dict[str, float] | None = None, carried: dict[str, str] | None = None,
+                 last_positions: frozenset[str] = frozenset()):
         self.reader, self.optimize, self._quiet = reader, optimize, quiet
         # {state input: output} a streaming model feeds back, where its feeds are calls of streams: a batch that
         # follows the one before (`chained`, found on the input model's outputs) is run on the state the model it
@@ -118,6 +119,9 @@ class Evaluator:
         # outputs whose own budget holds only some of their term columns, the others at the run's (a greedy
         # decoder's `prob`: its picks at --max-loss / L, its probabilities at --max-loss; `part_factor`)
         self.held_parts: dict[str, tuple[int, ...]] = {}
+        # outputs scored on their last position only (axis 1): a decoder without a cache's logits, whose last
+        # position's argmax is the pick behind the next call's context (converter/steps/verify.decoded_budget)
+        self.last_positions = frozenset(last_positions)
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
         else:
@@ -525,10 +529,17 @@ class Evaluator:
         return crops
 
     def crop(self, batch: int | None) -> dict[int, tuple[int, int, np.ndarray]] | None:
-        """Batch `batch`'s `_crops` (None: nothing to crop)."""
+        """Batch `batch`'s `_crops` and, for an output of `last_positions` [N, T, ...], its last position on axis 1
+        (None: nothing to crop)."""
         if batch is None or not self.crops or batch >= len(self.crops):
             return None
-        return self.crops[batch] or None
+        crop = self.crops[batch]
+        if self.last_positions and self.reference_all is not None:
+            for i, name in enumerate(self.plan):
+                value = as_array(self.reference_all[batch][i]) if name in self.last_positions else None
+                if value is not None and value.ndim >= 3 and value.shape[1]:
+                    crop = {**crop, i: (1, value.shape[1], np.array([value.shape[1] - 1]))}
+        return crop or None
 
     @staticmethod
     def cropped(i: int, value: np.ndarray, crop: dict | None) -> np.ndarray:

@@ -76,6 +76,7 @@ class DataReader:
     rows_note = None  # why a file's stacked rows were left whole (feeds.rows_interact): a warning, once per run
     one_sample_feeds = False  # per_feed, each feed one sample cut from a stack (a time-major file's sequences)
     whole_batches = False  # the model fixes a batch of more than 1 sample: a short last batch is left out
+    feed_groups = None  # per_feed, a part split by group (`part`): each of its feeds' group, a decoder's stream
     _labels_dropped = False
     _feeds = None  # a calibration.feeds.FeedSource when per_feed
     _feed_check = None
@@ -159,7 +160,10 @@ class DataReader:
         if self.num_samples is not None:
             if out._groups is not None:
                 n = self.num_samples
-                held = int(np.count_nonzero(_group_ids(out._groups, 0, n) % every == 0))
+                ids = _group_ids(out._groups, 0, n)
+                held = int(np.count_nonzero(ids % every == 0))
+                if self.per_feed:  # each feed's group, in the part's order (the final exam's whole decodes)
+                    out.feed_groups = ids[(ids % every == 0) == holdout]
             else:
                 held = -(-self.num_samples // every)
             out.num_samples = held if holdout else self.num_samples - held

@@ -12,7 +12,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
-from onnxprune.calibration.carried import declared_feedback, declared_pairs, feedback_words
+from onnxprune.calibration.carried import causal_lm, declared_feedback, declared_pairs, feedback_words
 from onnxprune.calibration.output_metrics import base_kind
 from onnxprune.calibration.value_types import (dim_expression, is_dim_expression, type_words, unfed_reason,
                                                 value_tensor)
@@ -88,6 +88,7 @@ def inspect_model(path: Path) -> dict:
         "npz_example": npz_example(loaded.model, placeholders=placeholders) if inventory.prunable else None,
         "carried": declared_pairs(loaded.model),  # the outputs a stream's next call reads back
         "fed_back": declared_feedback(loaded.model),  # ... and a decoder's: a cache that grows, its token
+        "causal_lm": causal_lm(loaded.model),  # ... or a language model fed its whole context each call
         "npz_open": placeholders,
         "npz_scalars": scalar_inputs(loaded.model) if inventory.prunable else [],
         "unfed": _unfed(loaded.model),
@@ -594,6 +595,14 @@ def print_inspection(info: dict, console: Console | None = None) -> None:
                       "save the calls of a few decodes instead, a folder of one .npz file a call in order (a prompt "
                       "in its first call, then each call with the cache or state the call before gave and the token "
                       "it picked), all calls of a file the same rows)", markup=False, highlight=False)
+    elif info.get("causal_lm") and info.get("npz_example"):  # decoders 56: no cache, the whole context a call
+        ids, logits = info["causal_lm"]
+        console.print(f"  (the model looks like a language model fed its whole context each call, '{ids}' [N, T] -> "
+                      f"'{logits}' [N, T, V]: if it generates by greedy decoding, save the calls of a few decodes "
+                      "instead, a folder of one .npz file a call in order (the prompt in its first call, then each "
+                      f"call's '{ids}' the call before's with its pick appended), all calls of a file the same rows, "
+                      "and the run judges its decodes, each call's pick at its last position)", markup=False,
+                      highlight=False)
     elif info.get("carried") and info.get("npz_example"):  # session 50: a stream's state, measured streamed
         said = ", ".join(f"'{o}' as '{i}'" for i, o in info["carried"].items())
         console.print(f"  (the model feeds back {said} on its next call, a stream's state: to have the run judge "

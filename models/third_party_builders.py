@@ -1835,6 +1835,23 @@ def greedy_cache_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0) -> onn
                   [_float("logits", [BATCH, "seq", vocab]), _float("present", [BATCH, "total_len", dim])])
 
 
+def context_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A causal decoder without a cache, as a GPT exported without `past_key_values` is called in a greedy loop:
+    'input_ids' int64 [N, T] (the prompt, then each call the one before's with its pick behind it) -> 'logits' [N, T,
+    V]; position t reads positions <= t only: logits = fc2(relu(fc1(embed(ids) + CumSum over T of k_proj(embed(ids)))
+    ))."""
+    g = _Graph(seed)
+    g.const("embed.weight", g.rng.standard_normal((vocab, dim)))
+    e = g.op("Gather", "embed", ["embed.weight", "input_ids"], axis=0)
+    g.initializers.append(numpy_helper.from_array(np.array(1, np.int64), "positions_axis"))
+    k = g.op("CumSum", "ctx", [g.op("MatMul", "k_proj", [e, g.weight("k_proj.weight", (dim, dim), dim)]),
+                               "positions_axis"])
+    h = g.relu(g.matmul(g.op("Add", "mix", [e, k]), "fc1", dim, 2 * dim), "fc1")
+    g.nodes.append(helper.make_node("Identity", [g.matmul(h, "fc2", 2 * dim, vocab)], ["logits"], name="/out/Identity"))
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, "seq"])
+    return _model(g, "context_decoder", [ids], [_float("logits", [BATCH, "seq", vocab])])
+
+
 def merged_greedy_cache_decoder(*, vocab: int = 12, dim: int = 8, seed: int = 0) -> onnx.ModelProto:
     """greedy_cache_decoder in Hugging Face optimum's merged form: one If on 'use_cache_branch' (bool [1]) whose then
     branch is its graph ('present' = Concat(past, the new keys)) and whose else branch, the first call's, reads no

@@ -663,10 +663,12 @@ class BudgetRule:
         blends = getattr(ev, "blends", None) or {}
         cut = sorted({i for batch in crops for i in batch if i not in blends})
         mixed = sorted({i for batch in crops for i in batch if i in blends})
+        last = [n for n in getattr(ev, "plan", ()) if n in (getattr(ev, "last_positions", None) or ())]
+        said = "".join(f"; '{n}' scored on its last position only: the pick the next call's context grows by"
+                       for n in last)
         if not cut and not mixed:
-            return ""
+            return said
         names = list(ev.plan)
-        said = ""
         if cut:
             fed = sorted({p for i in cut for p in ev.copies[i][1] if p})
             said += (f"; {', '.join(repr(names[i]) for i in cut)} scored on their new part only: the part that copies "

@@ -89,10 +89,17 @@ def exam_split(evaluator, budget_pp: float) -> tuple[EvaluatorSlice, BudgetRule]
 
 def exam_batches(evaluator, n: int) -> tuple[list[int], list[int]]:
     """(the exam's batches, the search's) of the evaluator's `n`: every EXAM_EVERY-th batch the exam's, or, where
-    batches are the calls of streams (those that follow the one before: the evaluator's `chained`), every
-    EXAM_EVERY-th stream, whole, so that each side runs its streams as they run."""
+    batches are the calls of streams (those that follow the one before: the evaluator's `chained`; a greedy
+    decoder's feeds split by stream, its reader's `feed_groups`), every EXAM_EVERY-th stream, whole, so that each
+    side runs its streams as they run and a decode is judged by one side."""
     chained = list(getattr(evaluator, "chained", None) or [])
-    unit = np.cumsum([not c for c in chained]) - 1 if len(chained) == n else np.arange(n)
+    groups = getattr(getattr(evaluator, "reader", None), "feed_groups", None)
+    if len(chained) == n:
+        unit = np.cumsum([not c for c in chained]) - 1
+    elif groups is not None and len(groups) == n:
+        unit = np.unique(groups, return_inverse=True)[1]
+    else:
+        unit = np.arange(n)
     exam = [b for b in range(n) if unit[b] % EXAM_EVERY == EXAM_EVERY - 1]
     return exam, [b for b in range(n) if unit[b] % EXAM_EVERY != EXAM_EVERY - 1]
 

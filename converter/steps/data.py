@@ -115,6 +115,7 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
         apart._warned = data._warned  # ... and what reading --data says (random data, feeds used as is)
         apart.derived = dict(data.derived)  # ... and a decoder's own budgets, as derived
         apart.held_parts = dict(data.held_parts)
+        apart.last_positions = data.last_positions  # ... and the outputs scored on their last position
         apart.groups = data.groups  # ... and its split by decode
         apart.carried = dict(data.carried)  # ... and the state its streams carry
         apart.calls = data.calls  # ... read a file a call
@@ -161,6 +162,7 @@ class Data:
         self.budget, self.output_budgets = budget, dict(output_budgets or {})
         self.derived: dict[str, str] = {}  # own budgets the run derived, in words (own_budget)
         self.held_parts: dict[str, tuple[int, ...]] = {}  # ... and the parts each holds, where not all (own_budget)
+        self.last_positions: frozenset[str] = frozenset()  # outputs scored on their last position (`last_position`)
         self.groups = None  # each sample's decode, where the split keeps a decode's calls together (`by_decode`)
         self.carried: dict[str, str] = {}  # a stream's state {input: output}: every evaluator runs streams as they
         # run (converter/steps/verify.streamed_decisions)
@@ -196,6 +198,15 @@ class Data:
                 evaluator.output_budgets[name] = pp
                 evaluator.derived = dict(self.derived)
                 evaluator.held_parts = dict(self.held_parts)
+
+    def last_position(self, name: str) -> None:
+        """Output `name` [N, T, ...] scored on its last position only from now on, by every evaluator, built or not:
+        the logits of a decoder without a cache, whose other positions repeat the calls before's picks or read the
+        prompt, which no decode keeps (converter/steps/verify.decoded_budget)."""
+        self.last_positions = self.last_positions | {name}
+        for evaluator in (self._calib, self._eval, self._choose, self._all):
+            if evaluator is not None:
+                evaluator.last_positions = self.last_positions
 
     def _split(self) -> int | None:
         c = self.config
@@ -368,7 +379,7 @@ class Data:
         quiet, self._metrics_said = self._metrics_said, True  # the metric choice is said once per run
         evaluator = Evaluator(reader, self.config.metric, reference_model=self.model,  # every output, or --metric's
                               split=SPLIT_ROWS, quiet=quiet, budget=self.budget, output_budgets=self.output_budgets,
-                              carried=self.carried)
+                              carried=self.carried, last_positions=self.last_positions)
         evaluator.derived = dict(self.derived)
         evaluator.held_parts = dict(self.held_parts)
         return evaluator
@@ -487,7 +498,9 @@ class DataStep(Step):
             # a greedy decoder's budget bounds its decodes: the per-call one divided by L
             _read_calls_before_search(decoded_budget, state, "the calls of --data were not read as a greedy decoder's")
             if state.decoded_budget is None:
-                from onnxprune.converter.steps.verify import streamed_decisions
+                from onnxprune.converter.steps.verify import causal_lm_note, streamed_decisions
+
+                causal_lm_note(state)  # a language model fed its whole context: its decodes are not judged
 
                 # a stream's calls are judged as it runs them, each model on its own state
                 _read_calls_before_search(streamed_decisions, state,

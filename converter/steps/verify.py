@@ -273,7 +273,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     decoder: `streamed_decisions` did not apply), this says what streaming adds. Data whose feeds do not follow one
     another gets a note saying that nothing was measured streamed."""
     from onnxprune.calibration.carried import (carried_run, declared_feedback, decoded_run, follows, streams,
-                                              token_pairs)
+                                              token_pairs, token_view)
     from onnxprune.calibration.metrics import Evaluator
     from onnxprune.calibration.readers import open_data
     from onnxprune.calibration.runtime import make_session, output_names
@@ -300,7 +300,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     passes = [CARRIED_PASSES + (DECODED_PASSES if declared["tokens"] or declared["one_hot"] else 0)]
 
     def fits(raw: list, outs: list, pairs: dict, spent: float) -> bool:  # another feed's passes
-        if passes[0] == CARRIED_PASSES and pairs and len(raw) >= 2 and token_pairs(outs[-2], raw[-1]):
+        if passes[0] == CARRIED_PASSES and pairs and len(raw) >= 2 and token_pairs(outs[-2],
+                                                                                   token_view(raw[-1], pairs)):
             passes[0] += DECODED_PASSES  # decoded too
         return passes[0] * spent * (len(raw) + 1) / len(raw) <= seconds
 
@@ -309,7 +310,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
         _no_calls_note(state, reader.description, len(raw), total)
         return
     after = [k > 0 and follows(outs[k - 1], raw[k], pairs) for k in range(len(raw))]
-    tokens = _fed_back_tokens(raw, outs, after)
+    tokens = _fed_back_tokens(raw, outs, after, pairs)
     kept = streams(after)
     if not kept and stopped and (total is None or len(raw) < total):  # too few read to say the feeds follow none
         state.notes.append(f"time budget: the carried-state check (the model run as a stream, feeding back "
@@ -325,10 +326,19 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     feeds = [raw[k] for k in kept]
     inside = set(kept)
     chained = [after[k] and (k - 1) in inside for k in kept]
+    budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
+    written = make_session(state.final)
+    if all(i == o for i, o in pairs.items()):  # a context that grows carries no state: its stream is its decode
+        if tokens:
+            state.carried = {"pairs": dict(pairs), "feeds": len(feeds), "streams": len(feeds) - sum(chained),
+                             "read": len(raw), "of": total, "data": reader.description, "over": [],
+                             "decoded": {"fed_back": dict(tokens), **decoded_run(written, feeds, pairs, tokens, chained,
+                                                                                 [outs[k] for k in kept])}}
+            state.notes.append(decoded_note(state.carried, budget))
+        return
     ev = Evaluator(open_data(feeds, state.original, batch_size=rows, warn=False), data.config.metric,
                    reference_model=state.original, quiet=True, budget=data.budget, output_budgets=data.output_budgets)
     wanted = [n or names[0] for n in ev.plan]
-    written = make_session(state.final)
     one_call = (ev.dense - ev.score(carried_run(written, feeds, pairs, wanted, [False] * len(feeds)))) * 100.0
     one = {n: f.get("loss_pp") for n, f in ev.last.items()}
     streamed = ev.score(carried_run(written, feeds, pairs, wanted, chained))
@@ -336,7 +346,6 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
                      "read": len(raw), "of": total, "data": reader.description,
                      "loss_pp": (ev.dense - streamed) * 100.0, "one_call_loss_pp": one_call,
                      "outputs": dict(ev.last), "one_call": one}
-    budget = getattr(getattr(state.config, "budget", None), "max_loss", None)
     state.carried["over"] = streamed_over(state.carried, budget)  # the budget line says them beside "met"
     state.notes.append(carried_note(state.carried, budget))
     if tokens:
@@ -367,8 +376,11 @@ def decoded_budget(state: RunState) -> None:
     --max-loss OUTPUT=L too), the data's split keeps each decode on one side and its deciding part is grown to
     certify the tightest per-call budget of a fed-back output that counts picks (`Data.by_decode`: stacked files by
     decode, feeds used as they are by stream, counted by their rows); calls the reading's guard left are split by
-    what the calls read show, and said (`_unread_calls`)."""
-    from onnxprune.calibration.carried import follows, kept_picks, streams
+    what the calls read show, and said (`_unread_calls`). A decoder without a cache, fed its whole context each call
+    (`calibration.carried.context_pairs`: the call before's with its pick behind it), is read so too, its fed-back
+    output scored on its last position, the pick (`Data.last_position`); where the calls show no decode, a model that
+    looks like a causal language model gets a note on how to record them (`causal_lm_note`, the data step)."""
+    from onnxprune.calibration.carried import follows, kept_picks, streams, token_view
 
     data = state.data
     if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config) \
@@ -389,18 +401,22 @@ def decoded_budget(state: RunState) -> None:
     if stopped:  # the last stream read may be cut short: its decodes left out of L
         last = max((k for k in range(len(after)) if not after[k]), default=0)
         raw, outs, after = raw[:last], outs[:last], after[:last]
-    tokens = _fed_back_tokens(raw, outs, after)
+    tokens = _fed_back_tokens(raw, outs, after, pairs)
     kept = streams(after)
     if not tokens or not kept:
         return
     inside = set(kept)
     chained = [after[k] and (k - 1) in inside for k in kept]
-    sequences, picks = kept_picks([raw[k] for k in kept], tokens, chained, [outs[k] for k in kept])
+    sequences, picks = kept_picks([token_view(raw[k], pairs) for k in kept], tokens, chained,
+                                  [outs[k] for k in kept])
     if not sequences or not picks:
         return
     length, budget = max(1.0, picks / sequences), float(data.budget)
     plan = data.calibration.plan
     judged, said = {}, []
+    grown = [o for i, o in tokens.items() if pairs.get(i) == i]
+    for o in grown:  # its other positions repeat earlier calls' picks or read the prompt: no decode keeps them
+        data.last_position(o)
     for i, o in tokens.items():
         if o in data.output_budgets:
             said.append(f"'{o}' keeps its own --max-loss {o}={data.output_budgets[o]:g}, judged one call at a time")
@@ -431,10 +447,10 @@ def decoded_budget(state: RunState) -> None:
         split = f"{split}; {unread}" if split and unread else split
     state.decoded_budget = {"fed_back": dict(tokens), "sequences": sequences, "picks": picks, "length": length,
                             "budgets": judged, "split": split}
-    fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in tokens.items())
-    text = (f"greedy decoding: {fed} of the call before, and the calls of {str(reader.description).split(':', 1)[0]} "
-            f"decode {sequences:,} sequences of {length:.1f} kept picks on average; a decode changes where a call on "
-            "the input model's history first changes its pick, so the share of decodes that change is at most about "
+    text = (f"greedy decoding: {_fed_words(tokens, pairs)}, and the calls of "
+            f"{str(reader.description).split(':', 1)[0]} decode {sequences:,} sequences of {length:.1f} kept picks on "
+            "average; a decode changes where a call on the input model's history first changes its pick, so the share "
+            "of decodes that change is at most about "
             f"{length:.1f} times the share of calls whose pick changes")
     if judged:
         text += ("; " + ", ".join(f"'{o}' is judged at --max-loss {budget:g} / {length:.1f} = {pp:.3g} pp a call"
@@ -443,6 +459,9 @@ def decoded_budget(state: RunState) -> None:
                                   for o, pp in judged.items())
                  + f", so that about {budget:g}% of decodes of that length may change (--max-loss "
                  + " ".join(f"{o}={budget:g}" for o in judged) + " judges it one call at a time instead)")
+    if grown:
+        said.append(", ".join(f"'{o}'" for o in grown) + " is scored on its last position only, the pick behind the "
+                    "next call's context (its other positions repeat the calls before's picks or read the prompt)")
     if split:
         said.append(f"the data's decision part is {split}")
     state.notes.append("; ".join([text] + said))
@@ -554,10 +573,11 @@ def _calls_of(reader, source, inputs: set[str]) -> tuple | None:
 def _read_calls(calls, as_read: bool, dense, names: list[str], inputs: set[str], fits) -> tuple:
     """`calls` run through the input model's session `dense` in order: (the feeds, their outputs {name: value}, the
     state pairs, whether `fits` stopped the reading). The pairs are named ends of one shape in a call, else (a cache
-    that grows) an output the next call holds; no pair within VALUE_LOOKS feeds read as they are (a folder's files
-    of stacked calls: 2) ends the reading with none. `fits(feeds, outputs, pairs, seconds the model ran)`: whether
-    another feed fits, asked after each."""
-    from onnxprune.calibration.carried import state_pairs, value_pairs
+    that grows) an output the next call holds, else (a decoder without a cache) an input that holds the call before's
+    with its pick behind it (`context_pairs`: the outputs then keep each call's context, `with_context`); no pair
+    within VALUE_LOOKS feeds read as they are (a folder's files of stacked calls: 2) ends the reading with none.
+    `fits(feeds, outputs, pairs, seconds the model ran)`: whether another feed fits, asked after each."""
+    from onnxprune.calibration.carried import context_pairs, state_pairs, value_pairs, with_context
 
     raw, outs, pairs, spent = [], [], {}, 0.0
     for feed in calls:
@@ -566,9 +586,12 @@ def _read_calls(calls, as_read: bool, dense, names: list[str], inputs: set[str],
         out = dict(zip(names, dense.run(names, feed)))
         spent += time.perf_counter() - t0
         raw.append(feed)
-        outs.append(out)
+        outs.append(with_context(out, feed, pairs))
         if not pairs:
-            pairs = state_pairs(feed, out) if len(raw) == 1 else value_pairs(outs[-2], feed)
+            pairs = state_pairs(feed, out) if len(raw) == 1 else (value_pairs(outs[-2], feed)
+                                                                  or context_pairs(raw[-2], outs[-2], feed))
+            if any(i == o for i, o in pairs.items()):  # a context that grows: every call's kept with its outputs
+                outs[:] = [with_context(o, f, pairs) for f, o in zip(raw, outs)]
             if not pairs and len(raw) >= (VALUE_LOOKS if as_read else 2):
                 return raw, outs, {}, False
         if not fits(raw, outs, pairs, spent):
@@ -594,6 +617,18 @@ def _fresh(feed: dict, pairs: dict[str, str]) -> bool:
     return any(not np.asarray(feed.get(i)).size or not np.any(feed.get(i)) for i in pairs)
 
 
+def _starts(before: dict | None, feed: dict, pairs: dict[str, str]) -> bool:
+    """Whether a call starts a stream by its inputs alone: a fed-back input empty or all zeros (`_fresh`), or, for
+    a context that grows (a pair of an input with itself), one that is not the call before's (`before`, its feed)
+    with one token behind it."""
+    from onnxprune.calibration.carried import follows, with_context
+
+    grown = {i: o for i, o in pairs.items() if i == o}
+    if grown:
+        return before is None or not follows(with_context({}, before, grown), feed, grown)
+    return _fresh(feed, pairs)
+
+
 def _unread_calls(stream, read: list, after: list[bool], pairs: dict[str, str], total: int | None,
                   token: str) -> tuple[list[bool], list[int], str]:
     """The calls the reading's time guard left (`stream` goes on past the `read` ones, `after` theirs; `total` in
@@ -601,32 +636,49 @@ def _unread_calls(stream, read: list, after: list[bool], pairs: dict[str, str], 
     calls show it (a decode starts exactly at each call read whose fed-back input is empty or all zeros, `_fresh`:
     an empty past, a zero initial state, at two starts or more), their inputs alone are read on (no model run) in
     CARRIED_SECONDS, each starting a decode where it is so; the calls still unread are cut in runs of consecutive
-    calls as long as the decodes read, so a decode there may have calls on both sides (the note says how many)."""
+    calls RUN_STREAMS streams long, a stream as long as the median of those known whole (start to start; the last one
+    may be cut), counted from the last start known, so a decode there has calls on both sides only where its length
+    is not the median (the note says how many). A
+    context that grows (a pair of an input with itself) starts a decode where it does not grow (`_starts`)."""
     starts = [k for k in range(len(read)) if not after[k]]
     more, sizes = [], []
-    if len(starts) >= 2 and all(_fresh(read[k], pairs) != after[k] for k in range(len(read))):
-        t0 = time.perf_counter()
+    if len(starts) >= 2 and all(_starts(read[k - 1] if k else None, read[k], pairs) != after[k]
+                                for k in range(len(read))):
+        t0, before = time.perf_counter(), read[-1] if read else None
         for feed in stream:
-            more.append(not _fresh(feed, pairs))
+            more.append(not _starts(before, feed, pairs))
             sizes.append(_rows_of(feed, token))
+            before = feed
             if time.perf_counter() - t0 > CARRIED_SECONDS:
                 break
     fed = " or ".join(f"'{i}'" for i in pairs)
+    where = ("is not the call before's with one token behind it" if all(i == o for i, o in pairs.items())
+             else "is empty or all zeros")
     marked = (f"the {len(more):,} calls past the {len(read):,} read were not run: a stream starts where {fed} "
-              f"is empty or all zeros, as at the start of each of the {len(starts):,} streams of calls read")
+              f"{where}, as at the start of each of the {len(starts):,} streams of calls read")
     if total is None:  # a reader that does not count its feeds: the rest by its own index, as before
         return more, sizes, ((f"{marked}; " if more else "") + f"the calls past the {len(read) + len(more):,} read "
                              "in the time are split one at a time (their number is not known)")
     left = total - len(read) - len(more)
     if left <= 0:
         return more, sizes, marked if more else ""
-    block = max(1, round(len(read) / len(starts)))
+    known = [k for k, a in enumerate(list(after) + more) if not a]  # the streams' starts known
+    whole = np.diff(known)  # the streams known whole, start to start (the last one may be cut short)
+    length = max(1, int(np.median(whole)) if len(whole) else round(len(read) / len(starts)))
+    block = RUN_STREAMS * length
+    phase = len(after) + len(more) - known[-1]  # the runs counted from the last start known: on a stream's starts
     mean = int(round(np.mean([_rows_of(f, token) for f in read])))
     words = (f"the {left:,} calls past the {len(read) + len(more):,} read in the time (of {total:,}) were not "
-             f"decoded: they go to a side in runs of {block} consecutive calls (the streams read: {block} calls each "
-             "on average), so a decode there may have calls on both sides")
-    return (more + [j % block != 0 for j in range(left)], sizes + [mean] * left,
+             f"decoded: they go to a side in runs of {block} consecutive calls ({RUN_STREAMS} streams of {length} "
+             f"calls, the {'median' if len(whole) else 'mean'} of the streams read, counted from the last stream's "
+             "start), so a decode there has calls on both sides only where the streams are not of that length")
+    return (more + [(phase + j) % block != 0 for j in range(left)], sizes + [mean] * left,
             f"{marked}; {words}" if more else words)
+
+
+RUN_STREAMS = 4  # calls the guard left unread go to a side in runs of this many streams of the length read: a run's
+# end cuts one stream at most, where runs one stream long drifted against the streams (decoders 56's L1: runs of 19
+# calls where the KV GPT's streams were 20 left 103 of 120 streams with calls on both sides)
 
 
 def _to_certify(budget_pp: float) -> int:
@@ -656,6 +708,27 @@ def _may_take_a_token(model) -> bool:
     return False
 
 
+def causal_lm_note(state: RunState) -> None:
+    """A note where --data's calls show no greedy decode (`decoded_budget` read none) of a model that looks like a
+    causal language model without a cache (`calibration.carried.causal_lm`): its budget holds one call at a time, a
+    share of positions whose top-1 changes, while a greedy decode's changes compound; how to record calls so the run
+    judges its decodes. Decoders 56: within 1 pp a call, such a GPT changed 18.8% of its held-out decodes."""
+    from onnxprune.calibration.carried import causal_lm
+
+    found = causal_lm(state.original)
+    if found is None:
+        return
+    i, o = found
+    state.notes.append(f"greedy decoding: '{i}' [N, T] in and '{o}' [N, T, V] out look like a language model fed "
+                       "its whole context each call, and no calls of --data decode (none holds the call before's "
+                       f"'{i}' with the argmax of '{o}' at its last position behind it), so '{o}' is judged on every "
+                       "position as given, one call at a time; if it generates by greedy decoding, each changed pick "
+                       "changes every call after it (decoders 56: within 1 pp a call, 18.8% of 32-pick decodes "
+                       "changed). To judge its decodes, save the calls a decode makes, one .npz file a call in a "
+                       f"folder, in order (the prompt, then each call's '{i}' the one before's with its pick "
+                       "appended): the run then holds the last position's pick to --max-loss / the decodes' length")
+
+
 def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> None:
     """A note where the model declares a cache that grows (calibration.carried.declared_feedback: a KV cache, whose
     two ends no name rule pairs and whose shapes differ in a call) but no feed read holds an output of the call before
@@ -676,29 +749,41 @@ def _no_calls_note(state: RunState, data: str, read: int, total: int | None) -> 
 VALUE_LOOKS = 8  # the feeds read for a state fed back as it is (value_pairs) before a model is taken for no stream
 
 
-def _fed_back_tokens(raw: list[dict], outs: list[dict], after: list[bool]) -> dict[str, str]:
+def _fed_back_tokens(raw: list[dict], outs: list[dict], after: list[bool],
+                     pairs: dict[str, str] | None = None) -> dict[str, str]:
     """{input: output} of a greedy decoder's fed-back token (calibration.carried.token_pairs) in at least a quarter
-    of the feeds that follow the one before (the others forced: a prompt stepped in) and in two or more."""
-    from onnxprune.calibration.carried import token_pairs
+    of the feeds that follow the one before (the others forced: a prompt stepped in) and in two or more; a context
+    that grows (`pairs`' input paired with itself) is read by its last column (`token_view`)."""
+    from onnxprune.calibration.carried import token_pairs, token_view
 
     chained = [k for k in range(1, len(raw)) if after[k]]
     votes: dict[tuple[str, str], int] = {}
     for k in chained:
-        for pair in token_pairs(outs[k - 1], raw[k]).items():
+        for pair in token_pairs(outs[k - 1], token_view(raw[k], pairs or {})).items():
             votes[pair] = votes.get(pair, 0) + 1
     found = [(i, o) for (i, o), v in votes.items() if v >= 2 and 4 * v >= len(chained)]
     return {i: o for i, o in found if [j for j, _ in found].count(i) == 1}
+
+
+def _fed_words(tokens: dict[str, str], pairs: dict[str, str]) -> str:
+    """What each fed-back token holds, in words: the argmax of an output of the call before, or, for a context that
+    grows (a pair of an input with itself), the call before's context with that argmax behind it."""
+    return ", ".join(f"'{i}' holds the call before's '{i}' with the argmax of '{o}' at its last position behind it"
+                     if pairs.get(i) == i else f"'{i}' holds the argmax of '{o}' of the call before"
+                     for i, o in tokens.items())
 
 
 def decoded_note(carried: dict, budget: float | None) -> str:
     """The greedy decoding check in one note: which token is fed back, the decoded sequences and tokens that change
     with the written model's own picks fed back, beside the picks it changes one call at a time."""
     d = carried["decoded"]
-    fed = ", ".join(f"'{i}' holds the argmax of '{o}'" for i, o in d["fed_back"].items())
+    fed = _fed_words(d["fed_back"], carried["pairs"])
     share = 100.0 * d["changed"] / max(d["sequences"], 1)
     tok = 100.0 * d["tokens_changed"] / max(d["tokens"], 1)
     one = 100.0 * d["one_call_changed"] / max(d["tokens"], 1)
-    text = (f"greedy decoding: {fed} of the call before; fed its own picks (and states), the written model decodes "
+    own = ("its own context grown by its own picks" if all(i == o for i, o in carried["pairs"].items())
+           else "its own picks (and states)")
+    text = (f"greedy decoding: {fed}; fed {own}, the written model decodes "
             f"{d['changed']:,} of {d['sequences']:,} sequences differently ({share:.1f}%), {tok:.2f}% of their "
             f"{d['tokens']:,} tokens, where one call at a time from the input model's tokens it changes {one:.2f}% of "
             "them: every figure above is one call at a time, and a changed token changes every call after it")

@@ -52,31 +52,36 @@ def test_a_grown_cache_and_a_fed_back_token_are_read_from_consecutive_calls():
     assert value_pairs(first, {**feeds[1], "past": feeds[1]["past"] + 1}) == {}
 
 
-def test_a_kv_cache_decoder_is_decoded_with_its_own_picks_as_onnxruntime_does_by_hand(tmp_path):
-    model = tb.greedy_cache_decoder()
+def pruned_and_decoded(tmp_path, model, calls, sparsity: float) -> tuple:
+    """The calls `calls` (a greedy loop by hand: session, prompt, steps, record) makes decoding 8 prompts [4, 3] 8 picks,
+    saved a file each, `model` pruned on them at `sparsity`: (the run's result, decodes changed by hand), its carried
+    check's decoded counts asserted equal to each model decoding every prompt by hand in onnxruntime."""
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 12, (4, 3)).astype(np.int64) for _ in range(8)]
     feeds: list = []
     dense = make_session(model)
     for p in prompts:
-        _cache_calls(dense, p, 8, feeds)
+        calls(dense, p, 8, feeds)
     _save(tmp_path / "calls", feeds)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    result = prune(path, output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=0.3)
-    decoded = result.report["carried"]["decoded"]
-    assert result.report["carried"]["pairs"] == {"past": "present"}
-    assert decoded["fed_back"] == {"input_ids": "logits"}
+    onnx.save(model, tmp_path / "m.onnx")
+    result = prune(tmp_path / "m.onnx", output=tmp_path / "out.onnx", data=tmp_path / "calls", sparsity=sparsity)
     written = make_session(onnx.load(tmp_path / "out.onnx"))
-    sequences = changed = tokens = 0
+    changed = tokens = 0
     for p in prompts:  # by hand: each model decodes every prompt greedily
-        a, b = _cache_calls(dense, p, 8), _cache_calls(written, p, 8)
-        sequences += len(a)
+        a, b = calls(dense, p, 8), calls(written, p, 8)
         changed += int((a != b).any(1).sum())
         tokens += int((a != b).sum())
+    decoded = result.report["carried"]["decoded"]
     assert (decoded["sequences"], decoded["tokens"]) == (32, 32 * 8)
     assert (decoded["changed"], decoded["tokens_changed"]) == (changed, tokens)
     assert 0 < changed < 32 and decoded["tokens_changed"] > decoded["one_call_changed"]
+    return result, changed
+
+
+def test_a_kv_cache_decoder_is_decoded_with_its_own_picks_as_onnxruntime_does_by_hand(tmp_path):
+    result, changed = pruned_and_decoded(tmp_path, tb.greedy_cache_decoder(), _cache_calls, 0.3)
+    assert result.report["carried"]["pairs"] == {"past": "present"}
+    assert result.report["carried"]["decoded"]["fed_back"] == {"input_ids": "logits"}
     note = next(n for n in result.report["notes"] if n.startswith("greedy decoding:"))
     assert "'input_ids' holds the argmax of 'logits'" in note and f"decodes {changed} of 32 sequences" in note
     assert "more than --max-loss" not in note  # no budget asked
@@ -269,9 +274,6 @@ def test_inspect_names_a_decoders_cache_its_state_and_its_fed_back_token_from_de
     'past_key_values.0.key' -> 'present.0.key', the GPT exports of decoders 54), a state its names do not pair
     (tf2onnx's Keras GRU step 'state_in' -> 'gru') and the token a greedy decoder feeds back are said, with how to
     record the calls; a model with an integer input but nothing fed back (a classifier of ids) gets no such line."""
-    import subprocess
-    import sys
-
     from onnxprune.calibration.carried import declared_feedback
 
     hf = _renamed(tb.greedy_cache_decoder(), {"past": "past_key_values.0.key", "present": "present.0.key"})
@@ -292,19 +294,28 @@ def test_inspect_names_a_decoders_cache_its_state_and_its_fed_back_token_from_de
     assert not any(declared_feedback(ids).values())
     for model in (tb.regressor(), tb.flat_autoencoder()):
         assert not any(declared_feedback(model).values())
-    path = tmp_path / "gpt.onnx"
-    onnx.save(hf, path)
+    text = inspected(tmp_path, hf)
+    assert ("the model looks like a decoder: it feeds back 'present.0.key' as 'past_key_values.0.key' (a cache that "
+            "grows), the argmax of 'logits' as 'input_ids' (a greedy decoder's token, if it decodes so) on its next "
+            "call") in text
+    assert "a folder of one .npz file a call in order" in text
+
+
+def inspected(tmp_path, model: onnx.ModelProto) -> str:
+    """`onnxprune inspect`'s output on `model`, its whitespace runs one space, run in a fresh process that must not
+    import onnxruntime or torch."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "inspected.onnx"
+    onnx.save(model, path)
     code = ("import sys; from click.testing import CliRunner; from onnxprune.converter.cli import cli; "
             f"print(CliRunner().invoke(cli, ['inspect', {str(path)!r}]).output); "
             "assert 'onnxruntime' not in sys.modules and 'torch' not in sys.modules, "
             "[m for m in ('onnxruntime', 'torch') if m in sys.modules]")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    text = " ".join(run.stdout.split())
-    assert ("the model looks like a decoder: it feeds back 'present.0.key' as 'past_key_values.0.key' (a cache that "
-            "grows), the argmax of 'logits' as 'input_ids' (a greedy decoder's token, if it decodes so) on its next "
-            "call") in text
-    assert "a folder of one .npz file a call in order" in text
+    return " ".join(run.stdout.split())
 
 
 def test_a_prompts_last_tokens_that_are_the_input_models_picks_stay_forced(tmp_path):
@@ -713,15 +724,19 @@ def test_calls_the_time_guard_left_unread_are_split_by_the_decodes_they_show_or_
     known = (50 + 151 if zero else 50) * 4
     assert np.array_equal(groups[:known], true[:known])
     runs = groups[known:].reshape(-1, 4)[:, 0]
-    assert np.array_equal(np.unique(runs, return_counts=True)[1][:-1], np.full(len(np.unique(runs)) - 1, 12))
+    assert np.array_equal(np.unique(runs, return_counts=True)[1][1:-1], np.full(len(np.unique(runs)) - 2, 56))
     if zero:
         assert "the 151 calls past the 50 read were not run: a stream starts where 'h' is empty or all zeros, " \
                "as at the start of each of the 4 streams of calls read; the 359 calls past the 201 read in the time " \
-               "(of 560) were not decoded: they go to a side in runs of 12 consecutive calls (the streams read: 12 " \
-               "calls each on average), so a decode there may have calls on both sides" in note
+               "(of 560) were not decoded: they go to a side in runs of 56 consecutive calls (4 streams of 14 calls, " \
+               "the median of the streams read, counted from the last stream's start), so a decode there has calls " \
+               "on both sides only where the streams are not of that length" in note
     else:
         assert "; the 510 calls past the 50 read in the time (of 560) were not decoded: they go to a side in runs of " \
-               "12 consecutive calls" in note
+               "56 consecutive calls (4 streams of 14 calls" in note
+    # runs 4 streams long counted from the last start read fall on the streams' starts: runs one stream long (50 / 4
+    # = 12 calls) had drifted against them, and counted from the first unread call they would cut every stream
+    assert all(len(np.unique(groups[true == d] // 4)) == 1 for d in np.unique(true))
 
 
 def test_a_kv_decoders_feeds_used_as_they_are_grow_their_deciding_part_by_their_rows(tmp_path):
