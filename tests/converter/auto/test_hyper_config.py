@@ -98,6 +98,27 @@ def test_small_label_free_data_is_filled_with_mixup_samples_labelled_by_the_inpu
     assert hyper.function_matching(big, model, seed=0)[1].value == 0
 
 
+def test_mixup_samples_are_as_many_as_the_input_model_labels_in_the_time_given():
+    """Real models 57: a U-Net on 224 x 224 maps had 14 s of its 3-minute budget left when rule 5's sgd rounds began,
+    and its input model labelled 1,337 mixup samples for 200 s before the learning-rate probe found no time; the run
+    took 315 s. The caller times the teacher's pass over the training part and gives a share of the time left."""
+    import numpy as np
+
+    from onnxprune.converter.finetune import load_data
+    from onnxprune.models import builders
+
+    model = builders.mlp_gemm(in_features=6, hidden=(8,), out_features=3, seed=2)
+    x = np.random.default_rng(0).standard_normal((120, 6)).astype(np.float32)
+    data = load_data((x, None), teacher=model, use_labels=False)
+    some, choice = hyper.function_matching(data, model, seed=0, seconds=50.0, per_sample=0.125)
+    assert some.num_samples == 120 + 400 and choice.value == 400
+    assert "as many as it labels in 50 s, 0.12 s a sample" in choice.rule
+    none, why = hyper.function_matching(data, model, seed=0, seconds=0.5, per_sample=1.0)
+    assert none is data and why.value == 0 and "no time to label them (1 s a sample" in why.rule
+    whole, rule = hyper.function_matching(data, model, seed=0, seconds=1000.0, per_sample=0.125)
+    assert whole.num_samples == hyper.FUNCTION_MATCHING and "as many as" not in rule.rule
+
+
 def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatch):
     from types import SimpleNamespace
 
