@@ -195,6 +195,9 @@ def probe_lr(make_trainer, train_part, eval_part, batch: int, *, rates=PROBE_RAT
     per_epoch = max(1, train_part.num_batches(batch))  # one feed a step when the data is read feed by feed
     losses, seconds, taken = {}, 0.0, 0
     cut, fixed = "", 0.0
+    if limit is not None and limit <= 0 and not override:  # nothing fits: not a step timed (real models 57: a U-Net's
+        # three timing calls, 18 s a step, took 130 s past its 3-minute budget before this same answer)
+        return Choice(None, "no time to probe: no time was left for it"), 0.0, {}
     if cap is not None and not override:  # time a few steps first: two rates of `steps` must fit the probe's share
         calls = []
         # a call's fixed cost and a step's, apart (a 5-step call is mostly the former), after a first call that is

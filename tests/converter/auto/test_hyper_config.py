@@ -194,6 +194,21 @@ def test_the_probe_times_its_steps_after_a_first_call_that_pays_one_time_costs(m
     assert choice.value is None and choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s")
 
 
+def test_the_probe_times_no_step_when_no_time_is_left(monkeypatch):
+    """Real models 57: a U-Net (18 s a training step) came to the probe past its time budget (limit 0), and the
+    probe's three timing calls (1, 1 and 6 steps) took 130 s before it said "no time to probe". It now says so
+    before it trains anything; with time left it times its steps as before."""
+    from types import SimpleNamespace
+
+    tried, Trainer = _timed_trainer(monkeypatch)
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=0.0)
+    assert tried == [] and choice.value is None and losses == {}
+    assert choice.rule == "no time to probe: no time was left for it"
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=5.0)
+    assert tried == [1, 1, 6] and choice.value is None and choice.rule.startswith("no time to probe: two rates")
+
+
 def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every_rate_diverges(monkeypatch):
     """Sweep 6, orinet: 4.6 s a step, 77 s left, and the probe took 120 s; then both rates gave inf and 0.01 was
     "chosen". Now: no rate (the search keeps what it has), and the rule says why."""
