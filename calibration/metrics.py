@@ -759,6 +759,8 @@ class Evaluator:
             for name, kind in self.plan.items():
                 if kind == AUTO and name in chosen:
                     self.plan[name] = chosen[name]
+        _refuse_argmax_of_one({n: k for n, k in self.plan.items() if n not in self.auto_chosen}, self.plan, first,
+                              self._first_samples_first)
         if not self._quiet:
             fixed = [n for n in untouched_outputs(model) if n not in self.plan] if model is not None else []
             if fixed:
@@ -1785,3 +1787,29 @@ def _is_value_list(x: list) -> bool:
 def _joined(outputs: list) -> np.ndarray:
     parts = [as_array(o) for o in outputs]
     return np.concatenate(parts) if all(p.ndim for p in parts) else np.stack(parts)
+
+
+ARGMAX_ONLY = {"agreement"}  # read by an argmax over a sample alone (accuracy reads a binary score at its threshold)
+
+
+def _refuse_argmax_of_one(named: dict[str, str], plan: dict[str, str], first: Callable[[], tuple],
+                          samples_first: Callable) -> None:
+    """A ConfigError when an output the user named (`named`, of the evaluator's `plan`) is judged by an argmax over
+    a sample alone (`ARGMAX_ONLY`) and holds one float value a sample in the first batch: that argmax never changes,
+    and every candidate would pass. Real models 57: a board
+    game policy scores a position's legal moves, 'scores' [n_moves], and a folder of one position a file is read a
+    move a sample (its rows do not interact); with --metric scores=agreement every weight was pruned, "0 of 1027
+    decision samples changed", and the written model scored every move alike."""
+    named = {n: k for n, k in named.items() if base_kind(k) in ARGMAX_ONLY}
+    if not named:
+        return
+    for (name, kind), value in zip(plan.items(), samples_first(first())):
+        if name not in named or not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim < 1:
+            continue
+        if value.size == len(value):
+            raise ConfigError(
+                f"--metric {name}={kind}: '{name}' holds one value a sample here ({list(value.shape)} in the first "
+                f"batch, samples first), and an argmax over one value never changes, so every candidate would pass; "
+                f"judge its values (--metric {name}=rel_l2) or a decision at a threshold (--metric "
+                f"{name}=binary_prob@T, binary_logit for a logit). Where each file holds one sample's rows (a ranked "
+                f"list), a pick among them is not a metric onnxprune has: judge the rows' values")

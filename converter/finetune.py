@@ -357,7 +357,7 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
     # 1, or a [1, 16] conditioning input beside images [N, ...] given a row a sample, failed the sgd search here
     # after every earlier step had read the same data one sample at a time)
     fixed = declared_batch(input_specs(teacher))
-    step = fixed or TEACHER_CHUNK
+    step = fixed or _teacher_chunk(teacher, inputs, n)
     chunks = []
     for i in range(0, n, step):
         part = {k: v[i : i + step].numpy() for k, v in inputs.items()}
@@ -375,6 +375,18 @@ def teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -
             np.ndim(p) for p in parts) else None
         outs.append(torch.from_numpy(out) if out is not None and len(out) == n else None)
     return outs
+
+
+def _teacher_chunk(teacher: onnx.ModelProto, inputs: dict[str, torch.Tensor], n: int) -> int:
+    """Samples one teacher run takes: TEACHER_CHUNK, fewer where their activations would pass the evaluation batch's
+    bound (calibration.shapes.evaluation_batch, sized on the first sample). Real models 57: a U-Net on 224 x 224
+    pressure maps ran its 1,337 mixup samples in one chunk, and the kernel killed the run at 22 GB."""
+    from onnxprune.calibration.shapes import evaluation_batch
+
+    if n <= 1:
+        return TEACHER_CHUNK
+    first = {k: v[:1].numpy() for k, v in inputs.items()}
+    return evaluation_batch(teacher, first, 1, limit=TEACHER_CHUNK)[0]
 
 
 def sample_rows(teacher: list | None, index, n: int) -> list | None:

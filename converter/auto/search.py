@@ -580,7 +580,10 @@ class _Search:
         mix = hyper.loss_mix(has_labels, judged_only=labelled and not has_labels)
         self.loss = {k: c.value for k, c in mix.items()}
         self.train_data = load_data(self.data.train, teacher=self.original, use_labels=has_labels)
-        self.train_data, mixup = hyper.function_matching(self.train_data, self.original, self.config.seed)
+        per_sample = (time.perf_counter() - t0) / max(1, self.train_data.num_samples)  # the teacher's pass, read too
+        self.train_data, mixup = hyper.function_matching(
+            self.train_data, self.original, self.config.seed, per_sample=per_sample,
+            seconds=hyper.MIXUP_SHARE * max(0.0, self.left() - self.tail))
         n = self.train_data.num_samples
         td = self.train_data
         bs = hyper.batch_size(n, o.get("train_batch_size"), reader=td.reader)

@@ -477,6 +477,42 @@ def test_teacher_outputs_of_a_model_with_a_fixed_batch_run_in_chunks_of_that_bat
     assert make_session(model).run(None, {"x": x[:8]})[0].shape == (8, 3)
 
 
+def test_teacher_outputs_run_in_chunks_whose_activations_stay_bounded(monkeypatch):
+    """Real models 57: a U-Net on 224 x 224 maps (13 MB of activations a sample) ran its 1,337 mixup samples in one
+    chunk of TEACHER_CHUNK (2048) and the kernel killed the run at 22 GB. Chunks are now as many samples as the
+    evaluation batch's activation bound holds (calibration.shapes.evaluation_batch), here cut to 3 samples' worth;
+    the outputs are the whole batch's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.calibration import shapes
+    from onnxprune.calibration.runtime import make_session
+    from onnxprune.converter import finetune
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal([8, 1, 3, 3]).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                               helper.make_node("Relu", ["c"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    per_sample = 2 * 8 * 16 * 16 * 4  # the Conv's and the Relu's outputs, float32
+    monkeypatch.setattr(shapes, "ACTIVATION_BYTES", 3 * per_sample)
+    seen = []
+    run = finetune._teacher_fn
+
+    def counting(teacher):
+        inner = run(teacher)
+        return lambda feeds: seen.append(len(feeds["x"])) or inner(feeds)
+
+    monkeypatch.setattr(finetune, "_teacher_fn", counting)
+    x = rng.standard_normal([20, 1, 16, 16]).astype(np.float32)
+    (y,) = finetune.teacher_outputs(model, {"x": torch.from_numpy(x)})
+    assert seen == [3] * 6 + [2]
+    np.testing.assert_allclose(y.numpy(), make_session(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
 def test_teacher_outputs_of_a_model_with_a_fixed_batch_of_one_run_a_sample_at_a_time():
     """Sweep 20: a model whose inputs all fix a batch of 1 (or a [1, 16] conditioning input beside images [N, ...],
     given a row a sample) read its --data one sample at a time in every step, then failed the sgd search in the

@@ -173,6 +173,43 @@ def test_bad_repeat_counts_are_refused():
         measure_latency("A", "B", {1: {}}, repeats=0, session_factory=fake_factory([]))
 
 
+def test_a_model_kept_unpruned_is_never_said_to_run_slower(tmp_path, monkeypatch):
+    """Real models 57: a wake-word CNN kept unpruned (no time for the search) and written as given read 0.94x at
+    batch 1 under load, and a note said "the pruned model ran slower than the input model"; it is the input model.
+    The latency line stays; the note is for a model that was pruned (here with --sparsity, the same slow figures)."""
+    import json
+
+    import onnx
+
+    from onnxprune.converter import latency
+    from tests.hardening.helpers import invoke
+
+    real = latency.measure_latency
+
+    def slow(*args, **kwargs):
+        measured = real(*args, **kwargs)
+        for b in measured["batches"]:
+            b["speedup"] = 0.8
+        return measured
+
+    monkeypatch.setattr(latency, "measure_latency", slow)
+    m = builders.mlp_gemm(in_features=8, hidden=(8,), seed=0)
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(m, path)
+    x = np.random.default_rng(0).random((8, 8), dtype=np.float32)
+    np.savez(tmp_path / "few.npz", **{m.graph.input[0].name: x})  # 8 samples cannot certify 1 pp: kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--report",
+                 tmp_path / "kept", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["budget"]["kept_input"] and report["latency"]["batches"]
+    assert not any("ran slower" in n for n in report["notes"]), report["notes"]
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--sparsity", "0.5", "--report",
+                 tmp_path / "pruned", "--json", "--force")
+    assert res.exit_code == 0, res.output
+    assert any(n.startswith("the pruned model ran slower") for n in json.loads(res.stdout)["notes"])
+
+
 def test_a_slower_pruned_model_is_said_in_a_note():
     from onnxprune.converter.convert import slower_note
 

@@ -1153,3 +1153,42 @@ def test_data_of_the_declared_shapes_is_not_told_to_check_them_when_one_sample_f
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((120, 3)).astype(np.float32))
     line = error_lines(prune(path, tmp_path, "--data", tmp_path / "calib.npz", "--max-loss", "1", "--one-shot"))[0]
     assert "the data has the shapes the model declares" not in line, line  # 3 features of the declared 4
+
+
+def test_an_argmax_over_one_value_a_sample_is_refused_not_passed(tmp_path):
+    """Real models 57: a board game policy scores a position's legal moves ('obs' [191], 'move_features' [n, 18] ->
+    'scores' [n]); a folder of one position a file is read a move a sample (the model scores each move alone), and
+    with --metric scores=agreement (the argmax a user wants is over a file's moves) every candidate passed: all
+    weights pruned, "0 of 1027 decision samples changed", every move scored alike. An argmax over one value never
+    changes: refused, naming the output and what judges it instead; its values (rel_l2) are judged as before."""
+    rng = np.random.default_rng(0)
+    w, v = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["obs", "W"], ["o"]), helper.make_node("Relu", ["o"], ["ho"]),
+             helper.make_node("MatMul", ["move_features", "V"], ["m"]), helper.make_node("Relu", ["m"], ["hm"]),
+             helper.make_node("Mul", ["hm", "ho"], ["p"]),
+             helper.make_node("ReduceSum", ["p", "axis"], ["scores"], keepdims=0)]
+    graph = helper.make_graph(nodes, "policy", [vi("obs", [6]), vi("move_features", ["n_moves", 4])],
+                              [vi("scores", ["n_moves"])],
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V"),
+                               numpy_helper.from_array(np.array([1], np.int64), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path, folder = tmp_path / "policy.onnx", tmp_path / "positions"
+    onnx.save(model, path)
+    folder.mkdir()
+    for i in range(120):
+        obs = rng.uniform(0, 1, 6).astype(np.float32)
+        moves = rng.uniform(0, 1, (int(rng.integers(3, 9)), 4)).astype(np.float32)
+        np.savez(folder / f"{i:03d}.npz", obs=obs, move_features=moves)
+        if i == 0:  # the graph as onnxruntime runs it: a score a move
+            import onnxruntime as ort
+            got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+                None, {"obs": obs, "move_features": moves})[0]
+            np.testing.assert_allclose(got, (np.maximum(moves @ v, 0) * np.maximum(obs @ w, 0)).sum(1), rtol=1e-5)
+    out = tmp_path / "out.onnx"
+    res = invoke("prune", path, "-o", out, "--data", folder, "--max-loss", "1", "--metric", "scores=agreement",
+                 "--time-budget", "30s")
+    assert_clean_error(res, 2, "--metric scores=agreement: 'scores' holds one value a sample here",
+                       "an argmax over one value never changes", "--metric scores=rel_l2")
+    assert not out.exists()

@@ -98,6 +98,27 @@ def test_small_label_free_data_is_filled_with_mixup_samples_labelled_by_the_inpu
     assert hyper.function_matching(big, model, seed=0)[1].value == 0
 
 
+def test_mixup_samples_are_as_many_as_the_input_model_labels_in_the_time_given():
+    """Real models 57: a U-Net on 224 x 224 maps had 14 s of its 3-minute budget left when rule 5's sgd rounds began,
+    and its input model labelled 1,337 mixup samples for 200 s before the learning-rate probe found no time; the run
+    took 315 s. The caller times the teacher's pass over the training part and gives a share of the time left."""
+    import numpy as np
+
+    from onnxprune.converter.finetune import load_data
+    from onnxprune.models import builders
+
+    model = builders.mlp_gemm(in_features=6, hidden=(8,), out_features=3, seed=2)
+    x = np.random.default_rng(0).standard_normal((120, 6)).astype(np.float32)
+    data = load_data((x, None), teacher=model, use_labels=False)
+    some, choice = hyper.function_matching(data, model, seed=0, seconds=50.0, per_sample=0.125)
+    assert some.num_samples == 120 + 400 and choice.value == 400
+    assert "as many as it labels in 50 s, 0.12 s a sample" in choice.rule
+    none, why = hyper.function_matching(data, model, seed=0, seconds=0.5, per_sample=1.0)
+    assert none is data and why.value == 0 and "no time to label them (1 s a sample" in why.rule
+    whole, rule = hyper.function_matching(data, model, seed=0, seconds=1000.0, per_sample=0.125)
+    assert whole.num_samples == hyper.FUNCTION_MATCHING and "as many as" not in rule.rule
+
+
 def test_the_probe_tries_rates_middle_out_and_stops_at_its_time_share(monkeypatch):
     from types import SimpleNamespace
 
@@ -171,6 +192,21 @@ def test_the_probe_times_its_steps_after_a_first_call_that_pays_one_time_costs(m
     _, Trainer = _timed_trainer(monkeypatch, first=2.0)
     choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=7.0)
     assert choice.value is None and choice.rule.startswith("no time to probe: two rates of 10 steps take about 4 s")
+
+
+def test_the_probe_times_no_step_when_no_time_is_left(monkeypatch):
+    """Real models 57: a U-Net (18 s a training step) came to the probe past its time budget (limit 0), and the
+    probe's three timing calls (1, 1 and 6 steps) took 130 s before it said "no time to probe". It now says so
+    before it trains anything; with time left it times its steps as before."""
+    from types import SimpleNamespace
+
+    tried, Trainer = _timed_trainer(monkeypatch)
+    part = SimpleNamespace(num_samples=100, num_batches=lambda b: -(-100 // b))
+    choice, _, losses = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=0.0)
+    assert tried == [] and choice.value is None and losses == {}
+    assert choice.rule == "no time to probe: no time was left for it"
+    choice, _, _ = hyper.probe_lr(lambda d: Trainer(), part, part, 32, steps=100, seconds=6.0, limit=5.0)
+    assert tried == [1, 1, 6] and choice.value is None and choice.rule.startswith("no time to probe: two rates")
 
 
 def test_the_probe_gives_no_rate_when_two_runs_cannot_fit_the_time_left_or_every_rate_diverges(monkeypatch):
