@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, METRICS, as_array, base_kind, channel_axis,
-                                                  map_keys, probability_channels, split_threshold)
+                                                  is_list, map_keys, probability_channels, split_threshold)
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import attr
 from onnxprune.passes.scopes import FLOAT_TYPES, local_constants, readers_of
@@ -1552,6 +1552,11 @@ def check_metric_spec(model: onnx.ModelProto, spec) -> None:
         if kind not in METRICS:  # an output and leaves its metric to the automatic choice (metric_plan)
             raise ConfigError(_unknown_kind(kind, "") + ("" if "@" in kind else ", or `auto` beside an output's name "
                                                          "(--metric OUTPUT=auto)") + ".")
+    for name, kind in [*named.items(), *([(names[0], headline)] if headline and names else [])]:
+        shape = _declared_shape(model, name) if is_list(kind) else None
+        if shape is not None and (len(shape) not in (1, 2) or len(shape) == 2 and shape[1] not in (1, None)):
+            raise ConfigError(f"--metric {name}={kind} ranks each feed's rows by one score a row ([R] or [R, 1]); "
+                              f"output '{name}' is declared {list(shape)}: choose another kind (docs/metrics.md).")
 
 
 def _unknown_kind(kind: str, where: str) -> str:
@@ -1563,7 +1568,8 @@ def _unknown_kind(kind: str, where: str) -> str:
         return f"--metric {kind}{where}: {exc}"
     kinds = METRICS.own
     return (f"unknown metric '{kind}'{where}; choose one of {', '.join(kinds)} (mask_iou, binary_prob and "
-            "binary_logit also at a threshold of yours: KIND@T, e.g. mask_iou@0.3)")
+            "binary_logit also at a threshold of yours: KIND@T, e.g. mask_iou@0.3; list, set and top read a feed's "
+            "rows as one list: list@T, set@T, top@K)")
 
 
 def _headline_first(plan: dict[str, str], first: str) -> dict[str, str]:

@@ -28,6 +28,9 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
                    counts max_k |y_ick - d_ick| (YOLOv8 [N, 4 + classes, A])       moves 1 percentage point
     cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
     exact          share of samples whose value is exactly the dense one's     1% of samples change their value
+    list@T         a feed (a request) whose rows' list is the dense one's: the   1% of requests change their list
+                   rows scored T or more, best first (set@T: in any order;
+                   top@K: the first K); one sample a feed (readers.requests_reader)
 
 y_i is sample i of an output, d_i the dense model's: the output's first axis when it follows the feed's batch (see
 `Evaluator.sample_axes`; another axis when only that one does, a recurrent state [2, N, H]). An output that follows
@@ -77,7 +80,7 @@ from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, PART_SCORES, _flat, _n, _relative_errors, _top1, as_array,
-                                                  base_kind, decision_threshold,
+                                                  base_kind, decision_threshold, is_list,
                                                   count_samples, map_keys, mismatch_samples, pool, pool_rows,
                                                   reference_scale,
                                                   unchanged_samples)
@@ -127,6 +130,7 @@ class Evaluator:
         else:
             self.plan = self._plan_without_reference(metric, output)
         _check_output_budgets(self.plan, self.output_budgets, budget)
+        _check_lists(self.plan, reader)
         self._cached = self._cache_batches(cache_bytes)
         self.reference_all: list[tuple] | None = None
         self.sample_axes: tuple[int | None, ...] | None = None  # each scored output's sample axis (_sample_axes)
@@ -583,6 +587,10 @@ class Evaluator:
         shared = set() if together else _batch_dims(model)
         axes = []
         for i, name in enumerate(self.plan):
+            if is_list(self.plan[name]):  # a request: its rows read together as one list (output_metrics.LISTS)
+                _one_score_a_row(name, self.plan[name], [as_array(ref[i]) for ref in self.reference_all])
+                axes.append(None)
+                continue
             symbol = _first_dim(model, name or model.graph.output[0].name) if shared else None
             if symbol in shared and all(_holds(as_array(ref[i]).shape, size.get(symbol))
                                         for ref, size in zip(self.reference_all, sizes)):
@@ -679,8 +687,8 @@ class Evaluator:
         pooled = self.whole(i)
         if want is not None and out.shape != want.shape:
             got = mismatch_samples(kind, want)
-            if pooled:  # the whole feed lost, as many rows as the dense model had (at least one)
-                count = max(1, int(got[1].sum()))
+            if pooled:  # the whole feed lost, as many rows as the dense model had (at least one; a request: one)
+                count = 1 if is_list(kind) else max(1, int(got[1].sum()))
                 worst = np.asarray(METRICS[kind].lower_better, dtype=np.float64)[None, :] * count
                 return worst, np.array([count], dtype=np.int64)
             k = self.grouped.get(i)
@@ -1063,6 +1071,25 @@ def _check_output_budgets(plan: dict[str, str], budgets: dict[str, float], budge
                               f"{', '.join(plan)} (--metric OUTPUT=KIND chooses them).")
         if not (math.isfinite(own) and 0 < own <= 100):
             raise ConfigError(f"--max-loss {name}={own:g} must be a number of percentage points in (0, 100].")
+
+
+def _check_lists(plan: dict[str, str], reader) -> None:
+    """A kind that reads a feed's rows as one list (list@T, set@T, top@K) needs feeds that are requests, read as
+    they are (readers.requests_reader, which the data step opens for it): rows cut into batches would be judged as
+    lists they never were."""
+    lists = [f"{name or 'the headline output'}={kind}" for name, kind in plan.items() if is_list(kind)]
+    if lists and not getattr(reader, "per_feed", False):
+        raise ConfigError(f"metric {listed(lists)} reads each feed as one request, and the data is read in batches "
+                          f"of {getattr(reader, 'batch_size', '?')} rows: give a folder of .npz files (in Python, a "
+                          "list of feed dicts), one request a file")
+
+
+def _one_score_a_row(name: str, kind: str, values: list[np.ndarray]) -> None:
+    """A list kind ranks a feed's rows by their one score each ([R] or [R, 1]); any other shape is refused."""
+    other = next((v for v in values if v.ndim > 2 or (v.ndim == 2 and v.shape[1] != 1) or v.ndim == 0), None)
+    if other is not None:
+        raise ConfigError(f"--metric {name}={kind} ranks each feed's rows by one score a row ([R] or [R, 1]); output "
+                          f"'{name}' is {list(other.shape)}: choose another kind (docs/metrics.md)")
 
 
 def _dynamic_batch(model: onnx.ModelProto | None) -> bool:

@@ -75,6 +75,7 @@ class DataReader:
     feed_note = None  # why a per_feed reader reads feeds as they are: open_data says it once per run
     rows_note = None  # why a file's stacked rows were left whole (feeds.rows_interact): a warning, once per run
     one_sample_feeds = False  # per_feed, each feed one sample cut from a stack (a time-major file's sequences)
+    sample_unit = None  # what one feed used as is stands for, where not "feed" ("request": `requests_reader`)
     whole_batches = False  # the model fixes a batch of more than 1 sample: a short last batch is left out
     feed_groups = None  # per_feed, a part split by group (`part`): each of its feeds' group, a decoder's stream
     _labels_dropped = False
@@ -170,7 +171,8 @@ class DataReader:
         nth = "every other" if every == 2 else f"every {every}{'rd' if every % 10 == 3 and every % 100 != 13 else 'th'}"
         if role is None:
             role = "held out from retraining" if holdout else ""
-        unit = (unit if out._groups is not None and unit else "feed" if self.per_feed else "sample")  # a part of
+        unit = (unit if out._groups is not None and unit else self.sample_unit or "feed" if self.per_feed else
+                "sample")  # a part of
         # feeds used as is is cut a feed at a time; a grouped one by its groups
         which = (f"{nth} {unit}" if holdout else f"all but {nth} {unit}") + (f", {role}" if role else "")
         count = "?" if out.num_samples is None else f"{out.num_samples:,}"
@@ -509,6 +511,30 @@ def calls_reader(source, model: onnx.ModelProto, *, labels: str | None = None,
     shapes = npz_shapes(files[0]) or {}
     rows = [shapes[s.name][0] for s in specs if len(shapes.get(s.name) or ()) > 0]
     reader.call_rows = rows[0] if rows else 1  # each call's rows: a file may step several streams in lockstep
+    return reader
+
+
+def requests_reader(source, model: onnx.ModelProto, why: str, *, labels: str | None = None,
+                    limit: int | None = None) -> DataReader | None:
+    """A folder of two or more data files, or a list of two or more feed dicts, read one request a feed: a file's
+    (a dict's) rows are one request's candidates, which the model scores together and its application reads as one
+    list (`why`: the --metric that says so, output_metrics.LISTS); each feed one decision sample, never cut nor
+    stacked with another (`rows_note`). None where `source` is neither."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        files = data_files(Path(source))
+        if len(files) < 2 or any(p.suffix != ".npz" for p in files):
+            return None
+        feeds, name = FeedSource(files, _npz_arrays, str), f"folder '{Path(source).name}/' ({len(files)} files)"
+    elif isinstance(source, (list, tuple)) and len(source) >= 2 and all(isinstance(f, Mapping) for f in source):
+        feeds = FeedSource(list(enumerate(source)), lambda item: {k: np.asarray(v) for k, v in item[1].items()},
+                           lambda item: f"feed dict #{item[0]}")
+        name = f"{len(source)} feed dicts"
+    else:
+        return None
+    reason = f"each {'file' if isinstance(feeds.items[0], Path) else 'feed dict'} is one request, {why}"
+    reader = _feed_reader(feeds, input_specs(model), labels, limit, reason, name, unit="request(s), one a feed")
+    reader.rows_note = f"{name}: {reason}"
+    reader.sample_unit = "request"
     return reader
 
 

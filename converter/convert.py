@@ -132,6 +132,10 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
         return None
     report = result.report
     report["command"] = list(command or [])
+    from onnxprune.converter.steps.data import list_outputs
+
+    if list_outputs(config.data.metric):  # every sample a request (a feed's rows read as one list): said so
+        _notes_in_request_words(report)
     if api:
         _notes_in_api_words(report)
     failed = budget_error(report)
@@ -162,6 +166,18 @@ def convert(model, output: Path | None, config: RunConfig, *, report_dir: Path |
 
 
 API_COMMAND = "onnxprune.prune"  # the command a run of the Python API records
+
+
+def _notes_in_request_words(report: dict) -> None:
+    """Every notes list of a run whose samples are requests (--metric OUTPUT=list@T, set@T, top@K) in requests
+    (`decide.in_requests`): "the 50 choosing samples" of a one-shot run were requests of 40 rows each."""
+    from onnxprune.converter.auto.decide import in_requests
+
+    for key, value in report.items():
+        if key == "notes" and isinstance(value, list):
+            report[key] = [in_requests(n) if isinstance(n, str) else n for n in value]
+        elif isinstance(value, dict):
+            _notes_in_request_words(value)
 
 
 def _notes_in_api_words(report: dict) -> None:

@@ -3208,3 +3208,30 @@ def keras_onehot_lstm_decoder(*, vocab: int = 6, hidden: int = 5, seed: int = 0)
                    _float("input_4", [BATCH, hidden])],
                   [_float("dense", [BATCH, "T", vocab]), _float("lstm_1", [BATCH, hidden]),
                    _float("lstm_1_1", [BATCH, hidden])])
+
+
+def row_scorer(*, context: int = 12, candidates: int = 40, hidden: int = 24, seed: int = 0) -> onnx.ModelProto:
+    """A recommender's row scorer, as VS Code's extension recommender is run (real models 56b's L2): each row a
+    request's context features [context] beside one candidate's one-hot [candidates], input [N, context +
+    candidates] -> fc + relu -> fc -> Sigmoid -> 'score' [N, 1]. Its application runs one request's candidates in one
+    feed and reads a list of them (the rows scored 0.6 or more, best first)."""
+    g = _Graph(seed)
+    x = g.relu(g.matmul("input", "fc1", context + candidates, hidden), "fc1")
+    g.op("Sigmoid", "out", [g.matmul(x, "fc2", hidden, 1)])
+    g.nodes[-1].output[0] = "score"
+    for i, t in enumerate(g.initializers):  # scores spread over (0, 1), a few a request above 0.6
+        if t.name == "fc2.weight":
+            g.initializers[i] = numpy_helper.from_array(6.0 * numpy_helper.to_array(t), t.name)
+    return _model(g, "row_scorer", [_float("input", [BATCH, context + candidates])], [_float("score", [BATCH, 1])])
+
+
+def row_scorer_requests(requests: int, *, context: int = 12, candidates: int = 40, seed: int = 0) -> list[dict]:
+    """`requests` feeds for `row_scorer`, one a request: a random binary context (a third of it on) on every row
+    beside each candidate's one-hot, all candidates a feed."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(requests):
+        ctx = (rng.random(context) < 1 / 3).astype(np.float32)
+        rows = np.concatenate([np.tile(ctx, (candidates, 1)), np.eye(candidates, dtype=np.float32)], axis=1)
+        feeds.append({"input": rows})
+    return feeds

@@ -91,6 +91,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from statistics import NormalDist
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
@@ -98,7 +99,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import METRICS, PAIRED_KINDS, Registry
+from onnxprune.calibration.output_metrics import LISTS, METRICS, PAIRED_KINDS, Registry, is_list
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,11 @@ _AT_WORDS = {"mask_iou": (("1 - mask IoU",), "1 - the IoU of its mask (the value
              "binary_prob": (("crossed {t}", "probability change"), "1 if its probability crossed {t}; and its "
                              "absolute probability change (each bounded)"),
              "binary_logit": (("crossed {t}", "probability change"), "1 if its logit crossed {t}; and the absolute "
-                              "change of its sigmoid (each bounded)")}
+                              "change of its sigmoid (each bounded)"),
+             # a request (a feed whose rows are read together, output_metrics.LISTS): its list changed or not
+             "list": (("changed list",), "1 if its list (the rows scored {t} or more, by score) changed"),
+             "set": (("changed set",), "1 if the set of its rows scored {t} or more changed"),
+             "top": (("changed top {t}",), "1 if its top {t} rows or their order changed")}
 
 
 def _at_words(base: str, t) -> tuple[tuple[str, ...], str]:
@@ -265,6 +270,7 @@ PER_SAMPLE: dict[str, PerSample] = {
                             "size (unmatched: its score); and max_k |k-th highest score change|)", binary=False),
     "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
+    **{kind: PerSample(_form(kind, False), False, *_at_words(kind, at)) for kind, at in LISTS.items()},
 }
 
 
@@ -290,6 +296,13 @@ def _at_form(kind: str, base: str, at) -> PerSample:
 
 
 PER_SAMPLE = Registry(PER_SAMPLE, _at_form)
+
+
+def in_requests(text: str) -> str:
+    """Words of a run whose samples are requests (a feed's rows read together as one list, output_metrics.LISTS:
+    every scored output is then one sample a feed) in requests: "150 decision requests", "one request = 0.67 pp",
+    "the 50 choosing requests", not samples, which a reader takes for rows."""
+    return re.sub(r"\bsample(s?)\b", lambda m: "request" + m.group(1), text)
 
 
 def wilson_upper(share: float, n: int, z: float) -> float:
@@ -527,7 +540,7 @@ class BudgetRule:
         cannot certify" was the per-node output's count, where the per-graph output's 112 feeds fell short)."""
         i = self._short()
         if i is None or len(set(self._counts().values())) <= 1:
-            return f"{self.n} decision samples"
+            return f"{self.n} decision {'requests' if any(is_list(r.kind) for r in self.outputs) else 'samples'}"
         r = self.outputs[i]
         return f"{len(r.dense)} decision {self.short_unit()} of output '{r.name}'"
 
@@ -535,6 +548,8 @@ class BudgetRule:
         """"feeds" where the first output that cannot resolve the budget is pooled a feed a sample (its rows), else
         "samples": what a count of more decision data is in."""
         i = self._short()
+        if i is not None and is_list(self.outputs[i].kind):  # a feed's rows read as one list: a request
+            return "requests"
         return "feeds" if i is not None and self._pooled(i) else "samples"
 
     def _short(self) -> int | None:
@@ -620,9 +635,10 @@ class BudgetRule:
         else:
             samples = f"the {self.n} decision samples"
             one = f"; one sample = {self.resolution_pp:.3g} pp here" if counted else ""
-        return (f"accepted when {every} is within the budget on {samples} ({'; '.join(rules)}); "
+        said = (f"accepted when {every} is within the budget on {samples} ({'; '.join(rules)}); "
                 f"the loss reported is the worst output's" + one
                 + self._changes_allowed() + self._zero_bound() + self._padding() + self._copied())
+        return in_requests(said) if any(is_list(r.kind) for r in self.outputs) else said
 
     def _counts(self) -> dict:
         """Each scored output's decision samples (they differ where an output follows no batch and is pooled per
@@ -766,12 +782,15 @@ class BudgetRule:
                 bound = 100.0 * wilson_upper(0.0, n, self.strictness * self.z)
                 flag = f"--max-loss {r.name}=" if r.factor != 1.0 else "--max-loss "
                 derived = (getattr(self.evaluator, "derived", None) or {}).get(r.name)  # a decoder's: not typed
-                what = "changed positions" if r.form.any_share and not r.form.any_binary else "changed samples"
+                listed_rows = is_list(r.kind)  # a request's rows read together as one list: one sample a request
+                what = ("changed lists" if listed_rows else "changed positions" if r.form.any_share and
+                        not r.form.any_binary else "changed samples")
                 pooled = self._pooled(i)
-                unit = "feeds" if pooled else "samples"
-                how = (f" (an output that follows no batch: its rows, {pooled} here, pooled into one sample a feed)"
+                unit = "requests" if listed_rows else "feeds" if pooled else "samples"
+                how = (f" (each request's rows, {pooled} here, read together as one list)" if listed_rows else
+                       f" (an output that follows no batch: its rows, {pooled} here, pooled into one sample a feed)"
                        if pooled else "")
-                single = self._one_a_feed() if pooled else 0
+                single = self._one_a_feed() if pooled and not listed_rows else 0
                 alone = (f", --batch-size 1 (a feed each sample: {single} here)" if single > n else "")
                 asked = f"{flag}{r.budget:g}" if derived is None else f"{r.budget:.3g} pp a call ({derived})"
                 return (f"{n} {unit} cannot certify {asked} for output '{r.name}' ({r.kind}){how}: "

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 
+from onnxprune.calibration.output_metrics import is_list
+
 
 def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
     """A decision part in words, against the budget: for a fidelity metric its upper bound (the loss plus the
@@ -28,8 +30,8 @@ def part_figure(d: dict, kind: str, n: int | None, budget: float) -> str:
         return f"{named}loss {d['loss_pp']:.2f} pp, limit {d['limit_pp']:.2f} pp"
     if binary and n:
         whole, changed = round(d["loss_pp"] * n / 100), d.get("changed")
-        if changed is None or changed == whole:
-            return f"{whole} of {n} decision samples {part}, upper bound {upper:.2f} pp"
+        if changed is None or changed == whole or is_list(kind):
+            return f"{whole} of {n} decision {_unit(kind)} {part}, upper bound {upper:.2f} pp"
         # the rows of an output that follows no batch, pooled per feed: a sample's term is the share of its rows
         return (f"{changed} of {n} decision samples {part} in some of their rows ({d['loss_pp']:.2f}% of the rows "
                 f"on average), upper bound {upper:.2f} pp")
@@ -49,8 +51,13 @@ def more_data(d: dict, kind: str, n: int | None, budget: float, z: float) -> str
     need = samples_for_share(share, budget, z)
     if need is None:
         return f"; at that share ({_percent(share)}) more data would not admit it, a larger --max-loss would"
-    return (f"; at that share ({_percent(share)}) about {need} decision samples (here {n}) would have "
+    return (f"; at that share ({_percent(share)}) about {need} decision {_unit(kind)} (here {n}) would have "
             "admitted it: more --data may prune further")
+
+
+def _unit(kind: str) -> str:
+    """What one decision sample of `kind` is: a request where a feed's rows are read as one list."""
+    return "requests" if is_list(kind) else "samples"
 
 
 def _percent(share: float) -> str:

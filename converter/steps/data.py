@@ -146,6 +146,20 @@ def choose_apart(model: onnx.ModelProto, data: "Data", budget: float):
     return apart, (-(-n // k), n - -(-n // k))
 
 
+def list_outputs(spec) -> dict[str, str]:
+    """{output: kind} of the outputs a --metric spec reads as a feed's list (output_metrics.LISTS; a bare kind's
+    output ''), {} when none."""
+    from onnxprune.calibration.metric_choice import parse_metric_spec
+    from onnxprune.calibration.output_metrics import is_list
+
+    try:
+        headline, named = parse_metric_spec(spec)
+    except ConfigError:
+        return {}  # check_metric_spec says why
+    found = {name: kind for name, kind in named.items() if is_list(kind)}
+    return {"": headline, **found} if headline is not None and is_list(headline) else found
+
+
 class Data:
     """The run's data, opened once: the reader for choosing/retraining and the evaluators."""
 
@@ -167,6 +181,8 @@ class Data:
         self.carried: dict[str, str] = {}  # a stream's state {input: output}: every evaluator runs streams as they
         # run (converter/steps/verify.streamed_decisions)
         self.calls = False  # a folder of stacked files, each a stream's call: read a file a feed (readers.calls_reader)
+        # outputs --metric reads as a feed's list (list@T, set@T, top@K): --data read a request a feed
+        self.lists = list_outputs(config.metric)
         self.random_shapes = random_shapes  # --data random: the run's shapes (steps.shapes), else --input-shape
         self._calib = None
         self._eval = None
@@ -297,6 +313,12 @@ class Data:
 
         c = self.config
         src = source if source is not None else c.data
+        if self.lists:
+            reader = self._requests(src)
+            if part is not None and source is None and self.every:
+                reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every,
+                                     role="the training part" if part == "train" else None)
+            return reader
         random = isinstance(src, str) and src == "random" and self.random_shapes is not None
         reader = open_data(src, self.model, labels=c.labels, batch_size=batch_size or self.batch_size,
                            limit=c.limit, seed=c.seed, shapes=self.random_shapes if random else c.input_shapes,
@@ -312,6 +334,25 @@ class Data:
             reader = reader.part(self.every, holdout=(part == "validation") != self.trains_on_every,
                                  role="the training part" if part == "train" else None, groups=self.groups,
                                  unit="decode" if not getattr(reader, "per_feed", False) else "stream of calls")
+        return reader
+
+    def _requests(self, source):
+        """`source` read one request a feed (readers.requests_reader), as --metric's list kinds read it; refused
+        where it holds no requests apart (one stacked file, random data)."""
+        from onnxprune.calibration.readers import requests_reader
+
+        c = self.config
+        said = " ".join(f"--metric {name + '=' if name else ''}{kind}" for name, kind in self.lists.items())
+        reader = requests_reader(source, self.model, f"its rows read together as one list ({said})", labels=c.labels,
+                                 limit=c.limit)
+        if reader is None:
+            what = (f"'{source}'" if isinstance(source, (str, os.PathLike)) else f"a {type(source).__name__}")
+            raise ConfigError(f"{said} reads each feed of the data as one request (its rows scored together, read as "
+                              f"one list), and {what} holds no requests apart: give a folder of .npz files, one "
+                              "request's rows a file (in Python, a list of feed dicts, one a request)")
+        if not self._warned:
+            self._warned = True
+            log.info("%s", reader.feed_note)
         return reader
 
     def by_decode(self, groups, target: int, unit: str = "decode", sizes=None) -> str | None:
@@ -509,6 +550,51 @@ class DataStep(Step):
         if note:  # a note in the summary, not a warning: most text models are calibrated at one length
             log.info(note)
             state.notes.append(note)
+        note = None if draws_random_inputs(self.config) else rows_judged_note(state.original, state.data)
+        if note:
+            log.warning(note)
+            state.notes.append(note)
+
+
+LIST_ROWS = 10  # a file of at least this many rows of one score each may be one request's list (a top 10)
+
+
+def rows_judged_note(model: onnx.ModelProto, data: Data) -> str | None:
+    """A note where --data is a folder of files of LIST_ROWS or more rows each, judged a row at a time, and the
+    model scores one value a row ([N] or [N, 1]): a ranking, retrieval or recommendation model's application may
+    read a file's rows together as one list, which `list@T`, `set@T` or `top@K` judge (a request a sample). Real
+    models 56b's L2: VS Code's extension recommender, 140 workspaces of 1,004 candidate rows each, was judged as
+    140,560 rows; per row its claim held (0.28% crossed 0.6) while the list changed on 72% of the workspaces."""
+    from onnxprune.calibration.feeds import npz_shapes
+    from onnxprune.calibration.readers import data_files
+
+    source = data.config.data
+    if data.lists or not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return None
+    reader = data.reader()
+    files = [p for p in data_files(source) if p.suffix == ".npz"]
+    if getattr(reader, "per_feed", False) or len(files) < 2:
+        return None
+    rows = {len(shape) and shape[0] for shape in (npz_shapes(files[0]) or {}).values() if shape}
+    scores = [o.name for o in model.graph.output if _one_value_a_row(o)]
+    if not scores or not rows or min(rows) < LIST_ROWS:
+        return None
+    name = scores[0]
+    return (f"the {len(files):,} files of --data hold {max(rows):,} rows each (the first), and output '{name}' one "
+            f"score a row: each row was judged as one sample; if your application reads a file's rows "
+            f"together (one request's candidates, ranked or read above a threshold as one list), judge each file as "
+            f"one request: --metric {name}=list@T (the rows scored T or more, best first), {name}=set@T (those rows, "
+            f"in any order) or {name}=top@K (the first K and their order), a request changed when its list did")
+
+
+def _one_value_a_row(output: onnx.ValueInfoProto) -> bool:
+    """An output declared [N] or [N, 1] of a float type: one score a row."""
+    t = output.type.tensor_type
+    if not output.type.HasField("tensor_type") or t.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                                         onnx.TensorProto.FLOAT16):
+        return False
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return t.HasField("shape") and len(dims) in (1, 2) and dims[0] != 1 and dims[1:] in ([], [1])
 
 
 SIZE_BATCHES = 64  # batches of --data looked at for the sizes of an input's free axes

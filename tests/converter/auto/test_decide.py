@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnxprune.calibration.metrics import Evaluator
-from onnxprune.calibration.output_metrics import METRICS
+from onnxprune.calibration.output_metrics import LISTS, METRICS
 from onnxprune.converter.auto.decide import PER_SAMPLE, BudgetRule, wilson_upper
 from onnxprune.errors import ConfigError
 
@@ -245,11 +245,12 @@ def _at_pair(kind, rng, n=60):
     return ref, np.clip(ref + 0.02 * rng.standard_normal(shape), 0, 1), None
 
 
-@pytest.mark.parametrize("kind", sorted(METRICS.own) + ["binary_prob@0.3", "binary_logit@0.8", "mask_iou@0.3+rel_l2",
-                                                  "mask_iou@0.4r"])
+@pytest.mark.parametrize("kind", sorted(k for k in METRICS.own if k not in LISTS) +
+                         ["binary_prob@0.3", "binary_logit@0.8", "mask_iou@0.3+rel_l2", "mask_iou@0.4r"])
 def test_every_metric_kinds_per_sample_mean_is_its_whole_set_loss(kind):
     """The rule and the Evaluator agree on the loss of every kind (the rule only adds the margin), a kind read at the
-    user's threshold (KIND@T) too."""
+    user's threshold (KIND@T) too. A feed's list (list@T, set@T, top@K) is one sample a feed read as it is:
+    tests/calibration/test_request_lists.py."""
     assert set(PER_SAMPLE.own) == set(METRICS.own)  # every kind has a per-sample form
     rng = np.random.default_rng(len(kind))
     ref, out, labels = _at_pair(kind, rng) if "@" in kind else _pair(kind, rng)
