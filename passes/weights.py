@@ -5,8 +5,9 @@ passes/opfacts.LOOKUP_OPS: pruned by magnitude, no channels, no MACs) or a float
 (passes/opfacts.WEIGHT_OPS: Conv, ConvTranspose, Gemm, MatMul, and the W/R matrices of LSTM, GRU and RNN), however
 it is laid out: an initializer or a Constant node,
 reached directly, through layout-only ops (Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze/Flatten), or as the
-bank a Gather with a scalar index selects from a constant table. For each we record the storage axis that holds
-the op's output channels (what dead-neuron removal and the report need):
+bank a Gather with a scalar index selects from a constant table (several such Gathers of one bank whose matrices
+reach alike weight ops: a mixture of experts' stacked weights, `_expert_bank`). For each we record the storage
+axis that holds the op's output channels (what dead-neuron removal and the report need):
 
     W[K,N] --Transpose(perm=1,0)--> Wt[N,K] --> Gemm(transB=1)   out channels: axis 0 of Wt = axis 1 of W
     T[2,K,N] --Gather(axis=0, i)--> W[K,N] --> MatMul            out channels: axis 2 of T (the whole table masked)
@@ -216,6 +217,8 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
     uses = [] if via_nodes else [u for u in ix.uses(source_name) if u.op_type not in _SQUARE_READERS]  # layers
+    if via_nodes and via_nodes[0].op_type == "Gather" and _expert_bank(source_name, ix.uses(source_name), ix, shapes):
+        uses = ix.uses(source_name)  # an expert bank's Gathers, one matrix each: readers, not MACs (lookups)
     if via_nodes and via_nodes[0].op_type in PASS_THROUGH and _tied_lookup(source_name, ix.uses(source_name), ix,
                                                                             shapes):
         uses = ix.uses(source_name)  # a tied embedding's output layer through a Transpose: the table's readers
@@ -408,7 +411,8 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) 
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix, shapes)
                                or _tied(name, users, first, ix) or _shared_table(name, users, ix, shapes)
                                or _tied_lookup(name, users, ix, shapes)
-                               or _layer_and_its_square(name, users, first, ix)):
+                               or _layer_and_its_square(name, users, first, ix)
+                               or _expert_bank(name, users, ix, shapes)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
         return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
                 "pruned only when each reads it alike)")
@@ -531,6 +535,46 @@ def _layer_and_its_square(name, users, first, ix: ScopeIndex) -> bool:
     others = [u for u in users if u is not first]
     return bool(others) and all(u.op_type in _SQUARE_READERS and (u.domain or "") in ("", "ai.onnx")
                                 and all(i == name or i in ix.consts for i in u.input) for u in others)
+
+
+def _expert_bank(name, users, ix: ScopeIndex, shapes) -> bool:
+    """A bank T [E, ...] of whole matrices that several Gathers of one graph read, each on axis 0 with a scalar index
+    (one matrix each), each matrix reaching the same weight input of the same op through the same layout ops: a
+    mixture of experts' stacked weights as torch's legacy exporter unrolls HuggingFace transformers 5's eager experts
+    loop (`F.linear(x, self.gate_up_proj[expert_idx])` for each expert the example hit, the index computed at run
+    time; sweep 57: Mixtral's experts, 82% of its weights, were "used in different ways"). A mask is elementwise, so
+    one mask serves every matrix; the layer-wise refit leaves the bank as pruned (reached through a Gather) and
+    channel groups block a shared tensor."""
+    table = ix.consts.get(name)
+    if shapes is None or table is None or len(table.dims) < 3 or len(users) < 2:
+        return False
+    if len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+        return False
+    uses = set()
+    for u in users:
+        if (u.op_type != "Gather" or (u.domain or "") not in ("", "ai.onnx") or list(u.input).count(name) != 1
+                or u.input[0] != name or _attr(u, "axis", 0) % len(table.dims) != 0
+                or not _scalar(u.input[1], ix, shapes)):
+            return False
+        uses.add(_slice_use(u.output[0], ix))
+    return len(uses) == 1 and None not in uses
+
+
+def _slice_use(name, ix: ScopeIndex) -> tuple | None:
+    """The layout ops (types and attributes) one Gather's matrix passes through, read once each, and how the weight op
+    at their end reads it (`tie_use`); None when it reaches no weight op so."""
+    chain = []
+    for _ in range(16):
+        users = ix.consumers.get(name, [])
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type not in PASS_THROUGH:
+            use = tie_use(node, name)
+            return None if use is None else (tuple(chain), use)
+        chain.append((node.op_type, _attrs_key(node)))
+        name = node.output[0]
+    return None
 
 
 def _main_and_loops(scopes: set[str]) -> bool:

@@ -726,3 +726,35 @@ def test_a_kernel_a_conv_reads_and_its_square_demodulates_is_prunable(tmp_path):
         read = modulated_conv()
         read.graph.node.append(helper.make_node(op, ["W", *other], ["n"], name="other"))
         assert "used in different ways" in {s.name: s.reason for s in find_prunable(read).skipped}["W"]
+
+
+def test_an_expert_bank_several_gathers_slice_is_one_prunable_weight(tmp_path):
+    """Sweep 57: HuggingFace transformers 5's Mixtral by torch's legacy exporter: the eager experts loop unrolled into
+    one Gather an expert of the stacked bank `experts.gate_up_proj` [E, 2I, H] (a scalar index computed at run time)
+    -> Transpose -> MatMul. The bank was "used in different ways" and kept whole: 82% of the model's weights. A mask
+    is elementwise, so one serves every expert: the bank is prunable, its readers are the Gathers, the layer-wise
+    refit leaves it as pruned and says why, and a pruned model computes in onnxruntime what the input computes with
+    the same entries zeroed, whichever experts the data picks. A Gather whose matrix reaches another use stays
+    refused."""
+    from onnxprune.converter.reconstruct import ReconstructReport, _layers
+    from onnxprune.models.third_party_builders import unrolled_experts
+    from tests.oracle import assert_same_outputs
+
+    model = unrolled_experts()
+    onnx.checker.check_model(model, full_check=True)
+    inv = find_prunable(model)
+    bank = inv.by_name()["experts.weight"]
+    assert (bank.node, bank.kind, bank.readers, bank.via, bank.out_axis, bank.in_axis) == (
+        "/experts/0/MatMul", "fc", 4, ("Gather", "Transpose"), 1, 2)
+    assert "experts.weight" not in {s.name for s in inv.skipped}
+    report = ReconstructReport()
+    _layers(model, {n: np.ones(inv.by_name()[n].shape, bool) for n in inv.by_name()}, report)
+    assert "left as pruned" in report.skipped["experts.weight"]
+    written = _halved(model, "experts.weight", (4, 12, 8), tmp_path)
+    assert [n.op_type for n in written.graph.node if "experts.weight" in n.input] == ["Gather"] * 4
+    rng = np.random.default_rng(0)
+    feeds = [{"input": (rng.standard_normal((16, 8)) + shift).astype(np.float32)} for shift in (-2.0, 0.0, 2.0)]
+    assert_same_outputs(written, _zeros_of(written, model), feeds=feeds)
+    other = unrolled_experts()  # one expert's matrix also read by a Neg: no longer alike
+    other.graph.node.append(helper.make_node("Neg", ["/experts/3/Gather_output_0"], ["neg"], name="neg"))
+    assert "used in different ways" in {s.name: s.reason for s in find_prunable(other).skipped}["experts.weight"]
