@@ -122,6 +122,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
     unrolled_experts    a mixture of experts as torch legacy unrolls transformers 5's eager experts loop: one Gather of
                         the bank [E, H, F] an expert, its scalar index computed at run time, -> Transpose -> MatMul
                         (sweep 57's Mixtral)
+    gathered_experts    the same as torch dynamo writes transformers 5's batched_mm experts: GatherND of the bank, one
+                        matrix a sample ([N, 1] ids), the first operand of a batched MatMul (sweep 57)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -3226,3 +3228,20 @@ def unrolled_experts(*, features: int = 8, hidden: int = 12, experts: int = 4, c
     g.gemm(total, "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "unrolled_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def gathered_experts(*, features: int = 8, hidden: int = 12, experts: int = 4, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """A mixture of experts as torch's dynamo exporter writes transformers 5's batched_mm experts (sweep 57's
+    Mixtral): 'input' [N, 8] -> router Gemm -> ArgMax, each sample's expert id [N, 1] -> GatherND of the bank
+    'experts.weight' [E, H, F], one matrix a sample [N, H, F] -> MatMul(., Unsqueeze(input) [N, F, 1]) (the bank's
+    matrix the first operand) -> Squeeze -> Relu -> head Gemm -> 'logits' [N, 3]."""
+    g = _Graph(seed)
+    ids = g.op("ArgMax", "router", [g.gemm("input", "router", features, experts)], axis=1, keepdims=1)
+    w = g.op("GatherND", "experts", [g.weight("experts.weight", (experts, hidden, features), features), ids])
+    g.initializers.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "experts.axes"))
+    x = g.op("Unsqueeze", "experts/x", ["input", "experts.axes"])
+    h = g.op("Squeeze", "experts", [g.op("MatMul", "experts", [w, x]), "experts.axes"])
+    g.gemm(g.relu(h, "experts"), "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "gathered_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])

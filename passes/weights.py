@@ -223,8 +223,8 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
                                                                             shapes):
         uses = ix.uses(source_name)  # a tied embedding's output layer through a Transpose: the table's readers
     # a bank a sample selects one matrix of (an expert): that matrix's MACs
-    per_sample = next((int(tensor.dims[0]) for v in via_nodes if v.op_type == "Gather" and _per_sample_bank(v, ix, shapes)),
-                      1)
+    per_sample = next((int(tensor.dims[0]) for v in via_nodes
+                       if v.op_type in ("Gather", "GatherND") and _per_sample_bank(v, ix, shapes)), 1)
     macs = _macs(node, size // per_sample, shapes, ix, index)
     multiplies = [u for u in uses if u.op_type not in LOOKUP_OPS]  # a lookup reads rows: no MACs
     if macs is not None and len(multiplies) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
@@ -270,7 +270,8 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
     """Follow layout-only ops (and a bank-selecting Gather) back to a constant: (name, via nodes, problem) or None.
 
     A Gather is followed only on a channel-carrying operand (`channels`) and only when its index is a scalar, so
-    the constant is a table of whole weights (an embedding lookup is not a weight)."""
+    the constant is a table of whole weights (an embedding lookup is not a weight); a GatherND only when it selects
+    one whole matrix a row (`_per_sample_bank`), also as a batched MatMul's first operand."""
     via = []
     while name not in ix.consts:
         node = ix.producers.get(name)
@@ -289,6 +290,8 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
             continue
         if node.op_type == "Gather" and channels and node.input[0] in ix.consts and (
                 _scalar(node.input[1], ix, shapes) or _per_sample_bank(node, ix, shapes)):
+            return node.input[0], [node] + via, None
+        if node.op_type == "GatherND" and node.input[0] in ix.consts and _per_sample_bank(node, ix, shapes):
             return node.input[0], [node] + via, None
         if node.op_type not in PASS_THROUGH:
             return None
@@ -317,11 +320,17 @@ def _embedding(node, ix: ScopeIndex, shapes) -> bool:
 def _per_sample_bank(node, ix: ScopeIndex, shapes) -> bool:
     """Gather on axis 0 of a float table of rank >= 3 with one id a sample ([N]): each sample selects a whole
     matrix, as a top-1 mixture of experts' [E, in, out] bank read by a batched MatMul (sweep 27: inventoried as an
-    embedding table, 0 MACs where each sample multiplies in x out)."""
-    table = ix.consts.get(node.input[0]) if node.op_type == "Gather" and len(node.input) > 1 else None
+    embedding table, 0 MACs where each sample multiplies in x out). Or GatherND (batch_dims 0) with one [1] index a
+    sample ([N, 1]): transformers 5's batched_mm experts as torch's dynamo writes them, each token's expert matrices
+    `gate_up_proj[expert_ids]` read by a batched MatMul (sweep 57: Mixtral's, 82% of its weights, "used by
+    GatherND")."""
+    table = ix.consts.get(node.input[0]) if node.op_type in ("Gather", "GatherND") and len(node.input) > 1 else None
     if table is None or len(table.dims) < 3 or _attr(node, "axis", 0) % len(table.dims) != 0:
         return False
     shape = shapes.get(node.input[1])
+    if node.op_type == "GatherND":
+        return (_attr(node, "batch_dims", 0) == 0 and shape is not None and len(shape) == 2
+                and isinstance(shape[-1], (int, np.integer)) and int(shape[-1]) == 1)
     return shape is not None and len(shape) == 1
 
 
@@ -804,7 +813,8 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank)
             in_axis = perm[in_axis] if in_axis is not None else None
         elif v.op_type in ("Identity", "Cast", "QuantizeLinear"):
             continue
-        elif v.op_type == "Gather" and consumer_rank == storage_rank and _attr(v, "axis", 0) % storage_rank == 0:
+        elif v.op_type in ("Gather", "GatherND") and consumer_rank == storage_rank and (
+                _attr(v, "axis", 0) % storage_rank == 0):
             continue  # one id a sample: the bank axis becomes the batch axis, the others line up
         elif v.op_type == "Gather" and consumer_rank == storage_rank - 1:  # a scalar index drops the bank axis
             g = _attr(v, "axis", 0) % storage_rank
