@@ -119,6 +119,11 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         the per-sample demodulation rsqrt(s^2 @ sum(W^2)) (sweep 49)
     quantile_forecaster 'past' [N, T, F] -> `output` [N, T, 3]: a median and softplus spreads below and above it,
                         q10 <= q50 <= q90 at every step (sweep 56's TFT)
+    unrolled_experts    a mixture of experts as torch legacy unrolls transformers 5's eager experts loop: one Gather of
+                        the bank [E, H, F] an expert, its scalar index computed at run time, -> Transpose -> MatMul
+                        (sweep 57's Mixtral)
+    gathered_experts    the same as torch dynamo writes transformers 5's batched_mm experts: GatherND of the bank, one
+                        matrix a sample ([N, 1] ids), the first operand of a batched MatMul (sweep 57)
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -3235,3 +3240,52 @@ def row_scorer_requests(requests: int, *, context: int = 12, candidates: int = 4
         rows = np.concatenate([np.tile(ctx, (candidates, 1)), np.eye(candidates, dtype=np.float32)], axis=1)
         feeds.append({"input": rows})
     return feeds
+
+
+def unrolled_experts(*, features: int = 8, hidden: int = 12, experts: int = 4, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """A mixture of experts as torch's legacy exporter writes HuggingFace transformers 5's eager experts loop
+    (Mixtral's `for expert_idx in expert_hit: ... F.linear(x, self.gate_up_proj[expert_idx])`, sweep 57): 'input'
+    [N, 8] -> router Gemm -> Softmax 'gate' [N, E]; the experts in an order the data picks (TopK of the batch's mean
+    gate, k = E), each position's expert id a scalar computed at run time (Gather(order, i)) that selects one matrix
+    of the bank 'experts.weight' [E, H, F] (Gather on axis 0) -> Transpose -> MatMul(input, .) -> Relu, times that
+    expert's gate column; the E branches summed -> head Gemm -> 'logits' [N, 3]. One bank, E Gathers of it."""
+    g = _Graph(seed)
+    gate = g.op("Softmax", "gate", [g.gemm("input", "router", features, experts)], axis=-1)
+    g.initializers.append(numpy_helper.from_array(np.array([experts], dtype=np.int64), "experts.k"))
+    mean = g.op("ReduceMean", "mean", [gate], axes=[0], keepdims=0)
+    g.nodes.append(helper.make_node("TopK", [mean, "experts.k"], ["order_values", "order"], name="/experts/TopK"))
+    bank = g.weight("experts.weight", (experts, hidden, features), features)
+    total = None
+    for i in range(experts):
+        pos = f"experts.pos{i}"
+        g.initializers.append(numpy_helper.from_array(np.array(i, dtype=np.int64), pos))
+        idx = g.op("Gather", f"experts/{i}/id", ["order", pos], axis=0)  # a scalar: the i-th expert the data picks
+        w = g.op("Gather", f"experts/{i}", [bank, idx], axis=0)
+        w = g.op("Transpose", f"experts/{i}", [w], perm=[1, 0])
+        h = g.relu(g.op("MatMul", f"experts/{i}", ["input", w]), f"experts/{i}")
+        col = g.op("Unsqueeze", f"experts/{i}/gate", [g.op("Gather", f"experts/{i}/gate", [gate, idx], axis=1),
+                                                      "experts.axes_1"])
+        y = g.op("Mul", f"experts/{i}", [h, col])
+        total = y if total is None else g.op("Add", f"experts/{i}/sum", [total, y])
+    g.initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "experts.axes_1"))
+    g.gemm(total, "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "unrolled_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def gathered_experts(*, features: int = 8, hidden: int = 12, experts: int = 4, classes: int = 3,
+                     seed: int = 0) -> onnx.ModelProto:
+    """A mixture of experts as torch's dynamo exporter writes transformers 5's batched_mm experts (sweep 57's
+    Mixtral): 'input' [N, 8] -> router Gemm -> ArgMax, each sample's expert id [N, 1] -> GatherND of the bank
+    'experts.weight' [E, H, F], one matrix a sample [N, H, F] -> MatMul(., Unsqueeze(input) [N, F, 1]) (the bank's
+    matrix the first operand) -> Squeeze -> Relu -> head Gemm -> 'logits' [N, 3]."""
+    g = _Graph(seed)
+    ids = g.op("ArgMax", "router", [g.gemm("input", "router", features, experts)], axis=1, keepdims=1)
+    w = g.op("GatherND", "experts", [g.weight("experts.weight", (experts, hidden, features), features), ids])
+    g.initializers.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "experts.axes"))
+    x = g.op("Unsqueeze", "experts/x", ["input", "experts.axes"])
+    h = g.op("Squeeze", "experts", [g.op("MatMul", "experts", [w, x]), "experts.axes"])
+    g.gemm(g.relu(h, "experts"), "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "gathered_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])

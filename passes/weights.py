@@ -5,8 +5,9 @@ passes/opfacts.LOOKUP_OPS: pruned by magnitude, no channels, no MACs) or a float
 (passes/opfacts.WEIGHT_OPS: Conv, ConvTranspose, Gemm, MatMul, and the W/R matrices of LSTM, GRU and RNN), however
 it is laid out: an initializer or a Constant node,
 reached directly, through layout-only ops (Transpose/Reshape/Identity/Cast/Squeeze/Unsqueeze/Flatten), or as the
-bank a Gather with a scalar index selects from a constant table. For each we record the storage axis that holds
-the op's output channels (what dead-neuron removal and the report need):
+bank a Gather with a scalar index selects from a constant table (several such Gathers of one bank whose matrices
+reach alike weight ops: a mixture of experts' stacked weights, `_expert_bank`). For each we record the storage
+axis that holds the op's output channels (what dead-neuron removal and the report need):
 
     W[K,N] --Transpose(perm=1,0)--> Wt[N,K] --> Gemm(transB=1)   out channels: axis 0 of Wt = axis 1 of W
     T[2,K,N] --Gather(axis=0, i)--> W[K,N] --> MatMul            out channels: axis 2 of T (the whole table masked)
@@ -216,12 +217,14 @@ def _weight(node, index, facts, source_name, tensor, via_nodes, ix: ScopeIndex, 
     out_axis, in_axis = facts.axes(node, index, rank)
     out_axis, in_axis = _map_axes_through(via_nodes, out_axis, in_axis, len(tensor.dims), rank)
     uses = [] if via_nodes else [u for u in ix.uses(source_name) if u.op_type not in _SQUARE_READERS]  # layers
+    if via_nodes and via_nodes[0].op_type == "Gather" and _expert_bank(source_name, ix.uses(source_name), ix, shapes):
+        uses = ix.uses(source_name)  # an expert bank's Gathers, one matrix each: readers, not MACs (lookups)
     if via_nodes and via_nodes[0].op_type in PASS_THROUGH and _tied_lookup(source_name, ix.uses(source_name), ix,
                                                                             shapes):
         uses = ix.uses(source_name)  # a tied embedding's output layer through a Transpose: the table's readers
     # a bank a sample selects one matrix of (an expert): that matrix's MACs
-    per_sample = next((int(tensor.dims[0]) for v in via_nodes if v.op_type == "Gather" and _per_sample_bank(v, ix, shapes)),
-                      1)
+    per_sample = next((int(tensor.dims[0]) for v in via_nodes
+                       if v.op_type in ("Gather", "GatherND") and _per_sample_bank(v, ix, shapes)), 1)
     macs = _macs(node, size // per_sample, shapes, ix, index)
     multiplies = [u for u in uses if u.op_type not in LOOKUP_OPS]  # a lookup reads rows: no MACs
     if macs is not None and len(multiplies) > 1 and len({ix.scope_of.get(id(u), "") for u in uses}) == 1:
@@ -267,7 +270,8 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
     """Follow layout-only ops (and a bank-selecting Gather) back to a constant: (name, via nodes, problem) or None.
 
     A Gather is followed only on a channel-carrying operand (`channels`) and only when its index is a scalar, so
-    the constant is a table of whole weights (an embedding lookup is not a weight)."""
+    the constant is a table of whole weights (an embedding lookup is not a weight); a GatherND only when it selects
+    one whole matrix a row (`_per_sample_bank`), also as a batched MatMul's first operand."""
     via = []
     while name not in ix.consts:
         node = ix.producers.get(name)
@@ -286,6 +290,8 @@ def _trace_constant(name, ix: ScopeIndex, shapes, channels: bool):
             continue
         if node.op_type == "Gather" and channels and node.input[0] in ix.consts and (
                 _scalar(node.input[1], ix, shapes) or _per_sample_bank(node, ix, shapes)):
+            return node.input[0], [node] + via, None
+        if node.op_type == "GatherND" and node.input[0] in ix.consts and _per_sample_bank(node, ix, shapes):
             return node.input[0], [node] + via, None
         if node.op_type not in PASS_THROUGH:
             return None
@@ -314,11 +320,17 @@ def _embedding(node, ix: ScopeIndex, shapes) -> bool:
 def _per_sample_bank(node, ix: ScopeIndex, shapes) -> bool:
     """Gather on axis 0 of a float table of rank >= 3 with one id a sample ([N]): each sample selects a whole
     matrix, as a top-1 mixture of experts' [E, in, out] bank read by a batched MatMul (sweep 27: inventoried as an
-    embedding table, 0 MACs where each sample multiplies in x out)."""
-    table = ix.consts.get(node.input[0]) if node.op_type == "Gather" and len(node.input) > 1 else None
+    embedding table, 0 MACs where each sample multiplies in x out). Or GatherND (batch_dims 0) with one [1] index a
+    sample ([N, 1]): transformers 5's batched_mm experts as torch's dynamo writes them, each token's expert matrices
+    `gate_up_proj[expert_ids]` read by a batched MatMul (sweep 57: Mixtral's, 82% of its weights, "used by
+    GatherND")."""
+    table = ix.consts.get(node.input[0]) if node.op_type in ("Gather", "GatherND") and len(node.input) > 1 else None
     if table is None or len(table.dims) < 3 or _attr(node, "axis", 0) % len(table.dims) != 0:
         return False
     shape = shapes.get(node.input[1])
+    if node.op_type == "GatherND":
+        return (_attr(node, "batch_dims", 0) == 0 and shape is not None and len(shape) == 2
+                and isinstance(shape[-1], (int, np.integer)) and int(shape[-1]) == 1)
     return shape is not None and len(shape) == 1
 
 
@@ -408,7 +420,8 @@ def _refusal(tensor, name, node, index, via_nodes, ix: ScopeIndex, shapes=None) 
     if len(users) > 1 and not (_same_use_in_separate_bodies(name, users, first, ix, shapes)
                                or _tied(name, users, first, ix) or _shared_table(name, users, ix, shapes)
                                or _tied_lookup(name, users, ix, shapes)
-                               or _layer_and_its_square(name, users, first, ix)):
+                               or _layer_and_its_square(name, users, first, ix)
+                               or _expert_bank(name, users, ix, shapes)):
         others = ", ".join(_use(u, ix) for u in users if u is not first)
         return (f"read by {_use(first, ix)} and by {others}: used in different ways (a weight several nodes read is "
                 "pruned only when each reads it alike)")
@@ -531,6 +544,46 @@ def _layer_and_its_square(name, users, first, ix: ScopeIndex) -> bool:
     others = [u for u in users if u is not first]
     return bool(others) and all(u.op_type in _SQUARE_READERS and (u.domain or "") in ("", "ai.onnx")
                                 and all(i == name or i in ix.consts for i in u.input) for u in others)
+
+
+def _expert_bank(name, users, ix: ScopeIndex, shapes) -> bool:
+    """A bank T [E, ...] of whole matrices that several Gathers of one graph read, each on axis 0 with a scalar index
+    (one matrix each), each matrix reaching the same weight input of the same op through the same layout ops: a
+    mixture of experts' stacked weights as torch's legacy exporter unrolls HuggingFace transformers 5's eager experts
+    loop (`F.linear(x, self.gate_up_proj[expert_idx])` for each expert the example hit, the index computed at run
+    time; sweep 57: Mixtral's experts, 82% of its weights, were "used in different ways"). A mask is elementwise, so
+    one mask serves every matrix; the layer-wise refit leaves the bank as pruned (reached through a Gather) and
+    channel groups block a shared tensor."""
+    table = ix.consts.get(name)
+    if shapes is None or table is None or len(table.dims) < 3 or len(users) < 2:
+        return False
+    if len({ix.scope_of.get(id(u), "") for u in users}) != 1:
+        return False
+    uses = set()
+    for u in users:
+        if (u.op_type != "Gather" or (u.domain or "") not in ("", "ai.onnx") or list(u.input).count(name) != 1
+                or u.input[0] != name or _attr(u, "axis", 0) % len(table.dims) != 0
+                or not _scalar(u.input[1], ix, shapes)):
+            return False
+        uses.add(_slice_use(u.output[0], ix))
+    return len(uses) == 1 and None not in uses
+
+
+def _slice_use(name, ix: ScopeIndex) -> tuple | None:
+    """The layout ops (types and attributes) one Gather's matrix passes through, read once each, and how the weight op
+    at their end reads it (`tie_use`); None when it reaches no weight op so."""
+    chain = []
+    for _ in range(16):
+        users = ix.consumers.get(name, [])
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type not in PASS_THROUGH:
+            use = tie_use(node, name)
+            return None if use is None else (tuple(chain), use)
+        chain.append((node.op_type, _attrs_key(node)))
+        name = node.output[0]
+    return None
 
 
 def _main_and_loops(scopes: set[str]) -> bool:
@@ -760,7 +813,8 @@ def _map_axes_through(via_nodes, out_axis, in_axis, storage_rank, consumer_rank)
             in_axis = perm[in_axis] if in_axis is not None else None
         elif v.op_type in ("Identity", "Cast", "QuantizeLinear"):
             continue
-        elif v.op_type == "Gather" and consumer_rank == storage_rank and _attr(v, "axis", 0) % storage_rank == 0:
+        elif v.op_type in ("Gather", "GatherND") and consumer_rank == storage_rank and (
+                _attr(v, "axis", 0) % storage_rank == 0):
             continue  # one id a sample: the bank axis becomes the batch axis, the others line up
         elif v.op_type == "Gather" and consumer_rank == storage_rank - 1:  # a scalar index drops the bank axis
             g = _attr(v, "axis", 0) % storage_rank

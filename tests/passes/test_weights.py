@@ -726,3 +726,75 @@ def test_a_kernel_a_conv_reads_and_its_square_demodulates_is_prunable(tmp_path):
         read = modulated_conv()
         read.graph.node.append(helper.make_node(op, ["W", *other], ["n"], name="other"))
         assert "used in different ways" in {s.name: s.reason for s in find_prunable(read).skipped}["W"]
+
+
+def test_an_expert_bank_several_gathers_slice_is_one_prunable_weight(tmp_path):
+    """Sweep 57: HuggingFace transformers 5's Mixtral by torch's legacy exporter: the eager experts loop unrolled into
+    one Gather an expert of the stacked bank `experts.gate_up_proj` [E, 2I, H] (a scalar index computed at run time)
+    -> Transpose -> MatMul. The bank was "used in different ways" and kept whole: 82% of the model's weights. A mask
+    is elementwise, so one serves every expert: the bank is prunable, its readers are the Gathers, the layer-wise
+    refit leaves it as pruned and says why, and a pruned model computes in onnxruntime what the input computes with
+    the same entries zeroed, whichever experts the data picks. A Gather whose matrix reaches another use stays
+    refused."""
+    from onnxprune.converter.reconstruct import ReconstructReport, _layers
+    from onnxprune.models.third_party_builders import unrolled_experts
+    from tests.oracle import assert_same_outputs
+
+    model = unrolled_experts()
+    onnx.checker.check_model(model, full_check=True)
+    inv = find_prunable(model)
+    bank = inv.by_name()["experts.weight"]
+    assert (bank.node, bank.kind, bank.readers, bank.via, bank.out_axis, bank.in_axis) == (
+        "/experts/0/MatMul", "fc", 4, ("Gather", "Transpose"), 1, 2)
+    assert "experts.weight" not in {s.name for s in inv.skipped}
+    report = ReconstructReport()
+    _layers(model, {n: np.ones(inv.by_name()[n].shape, bool) for n in inv.by_name()}, report)
+    assert "left as pruned" in report.skipped["experts.weight"]
+    written = _halved(model, "experts.weight", (4, 12, 8), tmp_path)
+    assert [n.op_type for n in written.graph.node if "experts.weight" in n.input] == ["Gather"] * 4
+    rng = np.random.default_rng(0)
+    feeds = [{"input": (rng.standard_normal((16, 8)) + shift).astype(np.float32)} for shift in (-2.0, 0.0, 2.0)]
+    assert_same_outputs(written, _zeros_of(written, model), feeds=feeds)
+    other = unrolled_experts()  # one expert's matrix also read by a Neg: no longer alike
+    other.graph.node.append(helper.make_node("Neg", ["/experts/3/Gather_output_0"], ["neg"], name="neg"))
+    assert "used in different ways" in {s.name: s.reason for s in find_prunable(other).skipped}["experts.weight"]
+
+
+def test_an_expert_bank_a_gathernd_reads_one_matrix_a_sample_from_is_a_prunable_weight(tmp_path):
+    """Sweep 57: the same Mixtral by torch's dynamo exporter (transformers 5's batched_mm experts): GatherND picks each
+    token's expert matrix from the bank [E, 2I, H] ([T, 1] ids), the first operand of a batched MatMul. The bank was
+    "not a weight of ... (used by GatherND)". Now it is a weight the rows multiply (a matrix's MACs a row, no
+    channels), the layer-wise refit leaves it as pruned, a pruned model computes in onnxruntime what the input
+    computes with the same entries zeroed, and an automatic run with labels retrains it through the torch bridge.
+    A GatherND whose index picks more than whole matrices ([N, 2]) stays no weight."""
+    from onnxprune import prune
+    from onnxprune.converter.reconstruct import ReconstructReport, _layers
+    from onnxprune.models.third_party_builders import gathered_experts
+    from tests.oracle import assert_same_outputs, run
+
+    model = gathered_experts()
+    onnx.checker.check_model(model, full_check=True)
+    inv = find_prunable(model)
+    bank = inv.by_name()["experts.weight"]
+    assert (bank.node, bank.input_index, bank.via, bank.out_axis, bank.macs) == (
+        "/experts/MatMul", 0, ("GatherND",), None, 12 * 8)
+    report = ReconstructReport()
+    _layers(model, {n: np.ones(inv.by_name()[n].shape, bool) for n in inv.by_name()}, report)
+    assert "left as pruned" in report.skipped["experts.weight"]
+    written = _halved(model, "experts.weight", (4, 12, 8), tmp_path)
+    rng = np.random.default_rng(0)
+    assert_same_outputs(written, _zeros_of(written, model),
+                        feeds=[{"input": rng.standard_normal((32, 8)).astype(np.float32)} for _ in range(3)])
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    labels = np.asarray(run(model, {"input": x})["logits"]).argmax(1)
+    result = prune(model, output=tmp_path / "auto.onnx", data={"input": x, "labels": labels}, max_loss=1.0,
+                   time_budget=10, seed=0)
+    auto = onnx.load(tmp_path / "auto.onnx")
+    onnx.checker.check_model(auto, full_check=True)
+    assert result.report["metrics"]["loss_pp"] <= 1.0
+    assert any(n.startswith("recovery by sgd (the torch bridge") for n in result.state.notes)
+    pairs = gathered_experts()  # ids [N, 2]: a row of one matrix each, no whole weights
+    nd = next(n for n in pairs.graph.node if n.op_type == "GatherND")
+    pairs.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 2), np.int64), "pair"))
+    nd.input[1] = "pair"
+    assert "experts.weight" not in find_prunable(pairs).by_name()
