@@ -15,15 +15,16 @@ The rule (`choose`), in order:
      clearly behind sgd and mostly far ahead: the comment above SMALL_DATA).
   4. otherwise sgd; when not one sgd round fits the time left (a slow step on a loaded machine, a large model),
      the reconstruct search takes over from the one-shot start instead of returning it.
-  5. after rule 3's refit search, with time left (the probe's share of the budget) and a decision set that
-     certifies the rule with PER_LAYER_Z times its margin: sgd rounds from its result (search._Search.
-     _retrain_after), every round judged by that stricter rule, a knob whose first round fails done, the refit's
-     result kept unless one passes. The refit ends in seconds on small models and left most of a budget unused;
-     distillation through the bridge then goes further where the bridge's gradients reach what a layer-wise fit
-     cannot (the corpus encoder, attention over 64 tokens, 45 training sentences: 1.89x -> 2.11x, its held-out card
-     faithful; 2.27x with failed knobs halved as in the sgd search, at twice the time on models where nothing
-     passes). On eleven models that are not the corpus nothing pruning further passed: its cost there is time (the
-     measurements in tests/corpus/RESULTS.md, session 53).
+  5. after rule 3's refit search, with time left (the probe's share of the budget, and what starting the rounds takes at
+     the least: the input model's pass over the training part and one round, priced at the run's measured pace,
+     search._Search._no_time_to_retrain) and a decision set that certifies the rule with PER_LAYER_Z times its margin:
+     sgd rounds from its result (search._Search._retrain_after), every round judged by that stricter rule, a knob whose
+     first round fails done, the refit's result kept unless one passes. The refit ends in seconds on small models and
+     left most of a budget unused; distillation through the bridge then goes further where the bridge's gradients reach
+     what a layer-wise fit cannot (the corpus encoder, attention over 64 tokens, 45 training sentences: 1.89x -> 2.11x,
+     its held-out card faithful; 2.27x with failed knobs halved as in the sgd search, at twice the time on models where
+     nothing passes). On eleven models that are not the corpus nothing pruning further passed: its cost there is time
+     (the measurements in tests/corpus/RESULTS.md, session 53).
 
 The reconstruct search. From the one-shot start, refit at its masks (level 0), two knobs in turn, each by the levels
 and bisection below: first **whole neurons** (level L masks 1 - 0.75^L of every channel group's neurons, the weakest

@@ -415,6 +415,11 @@ class _Search:
 
         if self.left() < hyper.PROBE_SHARE * self.span + self.tail or not self.strict_rule().resolves():
             return best
+        why = self._no_time_to_retrain()
+        if why:
+            self.notes.append(why)
+            log.info("auto: %s", why)
+            return best
         self.choices["retrain_after"] = {"value": "sgd", "rule": "the refit search ended with time left: sgd "
                                          "rounds from its result, each judged with the stricter rule"}
         left, t0, before = self.left(), time.perf_counter(), len(self.history)
@@ -435,6 +440,34 @@ class _Search:
                           f"the torch bridge went on from its result for {time.perf_counter() - t0:.0f} s, each "
                           f"judged with {PER_LAYER_Z:g}x the margin: {outcome}")
         return best if result is start else result
+
+    def _no_time_to_retrain(self) -> str | None:
+        """The note when rule 5's entry does not fit the time left, else None. Priced at the least it takes before a
+        round can be kept: the input model's pass over the training part (its labels for distillation), the probe's
+        share, and one round of ROUND_MIN_STEPS steps, each at least a pass over its batch, with its judging pass,
+        all at the pace of the run's measured passes (the data step's reference pass, then the candidates judged).
+        Real models 57: a U-Net (33 ms a map) began rule 5 with 14 s left and the 3-minute run took 315 s."""
+        if self.clock is not None:
+            pace = self.clock.after.pace()
+        else:
+            ev = self.data.evaluator
+            pace = float(getattr(ev, "reference_seconds", None) or 0.0) / max(int(ev.num_samples or 0), 1)
+        train = self.data.train
+        n = int(getattr(train, "num_samples", None) or 0)
+        per_feed = getattr(train, "per_feed", False)
+        batch = 1 if per_feed else hyper.batch_size(n, self.config.overrides.get("train_batch_size")).value
+        teacher, probe = n * pace, hyper.PROBE_SHARE * self.span
+        one_round = hyper.ROUND_MIN_STEPS * batch * pace + self.pass_seconds()
+        need = teacher + probe + one_round + self.tail
+        if self.left() >= need:
+            return None
+        return (f"time budget: no retraining rounds after the refit: {max(0.0, self.left()):.0f} s of the search "
+                f"were left, under the {need:.0f} s their start takes at the least: the input model's pass over the "
+                f"{n} training samples ({teacher:.0f} s at {1e3 * pace:.2g} ms a sample), the learning-rate probe's "
+                f"share ({probe:.0f} s) and one round of {hyper.ROUND_MIN_STEPS} steps with its judging "
+                f"({one_round:.0f} s: a step at least a pass over its batch of {batch}{' feed' if per_feed else ''})"
+                + (f", and the tail ({self.tail:.0f} s)" if self.tail >= 0.5 else "")
+                + "; a longer --time-budget retrains")
 
     @property
     def deadline(self) -> float:

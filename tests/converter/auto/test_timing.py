@@ -590,3 +590,40 @@ def test_the_reserve_prices_the_verified_samples_at_the_batch_the_models_inputs_
     ref = np.concatenate([dense.run(None, {"input": x[i:i + 1]})[0] for i in range(8)])
     assert out.shape == ref.shape == (8, 10) and np.isfinite(out).all()
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.75  # within the budget's reading, on a few samples
+
+
+def test_rule_5_is_not_begun_when_its_entry_does_not_fit_the_time_left():
+    """Real models 57 (L3): a U-Net (33 ms a map) ended its refit with 14 s left, over the probe's share, and rule 5
+    began: the input model labelled the training part, the probe timed its steps (18 s a step), and the 3-minute run
+    took 315 s. Its entry is priced at the least it takes: the teacher's pass over the training part, the probe's
+    share, one round of ROUND_MIN_STEPS steps (each at least a pass over its batch) and its judging, at the run's
+    measured pace; it is skipped with a note where that does not fit, and begins where it does."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto import hyper
+    from onnxprune.converter.auto.search import _Search
+
+    def rounds(_best):
+        raise AssertionError("rule 5 began")
+
+    pace = [0.033]
+    fake = SimpleNamespace(span=60.0, tail=0.0, left=lambda: 14.0, notes=[], choices={}, history=[],
+                           strict_rule=lambda: SimpleNamespace(resolves=lambda: True), sgd_rounds=rounds,
+                           clock=SimpleNamespace(after=SimpleNamespace(pace=lambda: pace[0])),
+                           data=SimpleNamespace(train=SimpleNamespace(num_samples=220)),
+                           config=SimpleNamespace(overrides={}), pass_seconds=lambda: 2.0)
+    fake._no_time_to_retrain = lambda: _Search._no_time_to_retrain(fake)
+    best = SimpleNamespace(model="refit", masks={"w": np.ones(4, bool)}, decision=None, levels={})
+    assert 14.0 > hyper.PROBE_SHARE * 60.0  # the probe's share alone let it in
+    assert _Search._retrain_after(fake, best) is best
+    # 220 x 33 ms = 7 s; 9 s the probe's; 300 steps x 32 x 33 ms + 2 s = 319 s
+    assert fake.notes == ["time budget: no retraining rounds after the refit: 14 s of the search were left, under "
+                          "the 335 s their start takes at the least: the input model's pass over the 220 training "
+                          "samples (7 s at 33 ms a sample), the learning-rate probe's share (9 s) and one round of "
+                          "300 steps with its judging (319 s: a step at least a pass over its batch of 32); a longer "
+                          "--time-budget retrains"]
+    assert "retrain_after" not in fake.choices
+    pace[0], fake.notes = 1e-4, []  # an MNIST-sized model: 0.02 + 9 + 0.96 + 2 s fit the 14 s, and it begins
+    with pytest.raises(AssertionError, match="rule 5 began"):
+        _Search._retrain_after(fake, best)
+    assert fake.notes == []
