@@ -1184,13 +1184,16 @@ class _Fit:
         self.gram = (_Rows(_held_bytes(), intercept=self.bias is not None) if layer.wide
                      else _Gram(groups, intercept=self.bias is not None))
         self.inputs, self.targets = layer.captures()  # per site: the layer and its twins
+        self.other_rows = False  # the pruned and the input model gave it rows of different counts
 
     def feed_captures(self, pruned: dict, dense: dict) -> None:
         """Values by capture: one batch of rows from each site whose body ran (a branch that did not gives none)."""
         for s in self.layer.sites:
             x = (dense if s.dense_x else pruned)[(s.x, s.scope)]
             t = dense[(s.node.output[0], s.scope)]
-            if x.size and t.size:
+            if len(x) != len(t):  # the pruned model's data-dependent selection took other rows than the input's
+                self.other_rows = True  # (sweep 57: the samples a router sends an expert): no row pairs a target
+            elif x.size and t.size and not self.other_rows:
                 self.add(x, t)
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
@@ -1203,6 +1206,10 @@ class _Fit:
 
     def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
+        if self.other_rows:
+            report.skipped[layer.weight] = ("the rows it reads are chosen by the data, and pruned they are other rows "
+                                            "than the input model's (a router's picks); left as pruned")
+            return
         if gram.rows == 0:
             body = " reached it (its If branch did not run on the calibration data); left as pruned"
             report.skipped[layer.weight] = "no calibration samples" + (body if layer.scope else "")

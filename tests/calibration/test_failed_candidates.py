@@ -9,11 +9,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from onnxprune import prune
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.readers import open_data
 from onnxprune.calibration.runtime import make_session
 from onnxprune.calibration.sampling import SequentialScorer
 from onnxprune.converter.auto.decide import BudgetRule
+from onnxprune.errors import CalibrationError
 from onnxprune.models.third_party_builders import split_experts
 from tests.oracle import run
 
@@ -63,3 +65,41 @@ def test_a_candidate_onnxruntime_cannot_run_where_the_input_ran_is_over_the_budg
     assert decision.as_dict()["outputs"]["logits"]["failed"] == measured.failed
     said = [r.getMessage() for r in caplog.records if "cannot run a pruned candidate" in r.getMessage()]
     assert len(said) == 1 and "Split '/experts/Split'" in said[0] and "over the budget" in said[0]
+
+
+def test_an_automatic_run_on_an_expert_a_router_picks_ends_within_the_budget(tmp_path):
+    """The automatic search on the expert model: its refit reads other rows pruned than dense for the expert (the
+    router's picks move) and leaves it as pruned, saying so; the written model is within the budget of the input
+    model in onnxruntime on the data."""
+    model, x = split_experts(), _data()
+    result = prune(model, output=tmp_path / "out.onnx", data={"input": x}, max_loss=1.0, time_budget=10, seed=0)
+    notes = " ".join(result.report["notes"])
+    assert "'experts.weight': the rows it reads are chosen by the data" in notes
+    got = run(onnx.load(tmp_path / "out.onnx"), {"input": x})["logits"].argmax(1)
+    assert np.mean(got != run(model, {"input": x})["logits"].argmax(1)) <= 0.02
+
+
+def test_an_input_model_that_fails_on_some_batches_says_which_and_the_fix():
+    """Where the input model runs some of the data's batches and fails on others, the error names how many, which
+    and their sizes, onnxruntime's reason at its node, and the fix (the dynamo exporter, or batches it runs)."""
+    model, x = split_experts(), _data()
+    x[16:32] = x[np.flatnonzero(_gate(model, x) <= 0)[0]]  # a batch of 16 samples none of which the router picks
+    with pytest.raises(CalibrationError) as err:
+        Evaluator(open_data({"input": x}, model, batch_size=16), None, model)
+    text = str(err.value)
+    assert "fails in onnxruntime on 1 of 16 batches" in text and "(batch 2 (16 samples))" in text
+    assert "runs the 15 others (Split '/experts/Split': Invalid value in 'split'" in text
+    assert "dynamo=True" in text and "--batch-size" in text and "\n" not in text
+
+
+def test_the_read_check_says_the_input_model_fails_on_one_sample_of_the_data(tmp_path, caplog):
+    """The read check runs the input model on a few rows of the data; where it fails on their first sample alone,
+    the run says so with onnxruntime's reason and the fix, and goes on."""
+    model, x = split_experts(), _data()
+    x[1], x[0] = x[0], x[np.flatnonzero(_gate(model, x) <= 0)[0]].copy()  # the first sample alone picks no expert
+    path = tmp_path / "in.onnx"
+    onnx.save(model, path)
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        prune(str(path), output=tmp_path / "out.onnx", data={"input": x}, max_loss=1.0, time_budget=5, seed=0)
+    said = [r.getMessage() for r in caplog.records if "fails in onnxruntime on the first alone" in r.getMessage()]
+    assert len(said) == 1 and "Split '/experts/Split'" in said[0] and "dynamo=True" in said[0]
