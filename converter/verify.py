@@ -217,27 +217,31 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
 
 
 def _say_one_sample_fails(session, feed: dict) -> None:
-    """Said where the input model runs the read check's rows of the data and fails on their first sample alone
+    """Said where the input model runs the read check's rows of the data and fails on one of them alone
     (sweep 57: torch's legacy trace of Mixtral failed on 324 of 440 single lines, a Split of the tokens an expert
     no token picked, and ran every batch of 8): the batches the run measures on are the data's, and a model that
     fails on some batch sizes is exported so."""
     from onnxprune.calibration.runtime import run_failure
 
-    rows = {len(v) for v in feed.values() if isinstance(v, np.ndarray) and v.ndim}
-    if len(rows) != 1 or rows.pop() < 2:
-        return
-    try:
-        session.run(None, {k: v[:1] for k, v in feed.items()})
-    except Exception as exc:  # noqa: BLE001 - only onnxruntime's own failure is said
-        reason = run_failure(exc)
-        if reason is not None:
-            log.warning("the input model runs %d samples of the data together and fails in onnxruntime on the first "
-                        "alone (%s): it runs some batch sizes and not others (torch's legacy tracer unrolls a "
-                        "data-dependent loop, as a mixture of experts' over the experts a batch picks); this run "
-                        "measures on the data's batches, and pruned candidates that fail where it ran count as over "
-                        "the budget. Re-export it with torch's dynamo exporter (torch.onnx.export(..., dynamo=True)) "
-                        "to run it on any batch, or give its users batches it runs", len(next(iter(feed.values()))),
-                        reason)
+    rows = {len(v) if isinstance(v, np.ndarray) and v.ndim else 0 for v in feed.values()}
+    n = rows.pop() if len(rows) == 1 else 0
+    for i in range(n if n > 1 else 0):  # each of the rows alone (a few: READ_ROWS), to the first that fails
+        try:
+            session.run(None, {k: v[i:i + 1] for k, v in feed.items()})
+        except Exception as exc:  # noqa: BLE001 - only onnxruntime's own failure is said
+            _say_fails_alone(n, i, run_failure(exc))
+            return
+
+
+def _say_fails_alone(n: int, i: int, reason: str | None) -> None:
+    """`_say_one_sample_fails`'s warning: sample i (0-based) of n fails alone, for onnxruntime's `reason`."""
+    if reason is not None:
+        log.warning("the input model runs %d samples of the data together and fails in onnxruntime on sample %d "
+                    "alone (%s): it runs some batch sizes and not others (torch's legacy tracer unrolls a "
+                    "data-dependent loop, as a mixture of experts' over the experts a batch picks); this run "
+                    "measures on the data's batches, and pruned candidates that fail where it ran count as over "
+                    "the budget. Re-export it with torch's dynamo exporter (torch.onnx.export(..., dynamo=True)) "
+                    "to run it on any batch, or give its users batches it runs", n, i + 1, reason)
 
 
 def input_session(model: onnx.ModelProto) -> ort.InferenceSession:

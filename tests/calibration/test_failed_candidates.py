@@ -93,7 +93,7 @@ def test_an_input_model_that_fails_on_some_batches_says_which_and_the_fix():
 
 
 def test_the_read_check_says_the_input_model_fails_on_one_sample_of_the_data(tmp_path, caplog):
-    """The read check runs the input model on a few rows of the data; where it fails on their first sample alone,
+    """The read check runs the input model on a few rows of the data; where it fails on one of them alone,
     the run says so with onnxruntime's reason and the fix, and goes on."""
     model, x = split_experts(), _data()
     x[1], x[0] = x[0], x[np.flatnonzero(_gate(model, x) <= 0)[0]].copy()  # the first sample alone picks no expert
@@ -101,5 +101,5 @@ def test_the_read_check_says_the_input_model_fails_on_one_sample_of_the_data(tmp
     onnx.save(model, path)
     with caplog.at_level(logging.WARNING, logger="onnxprune"):
         prune(str(path), output=tmp_path / "out.onnx", data={"input": x}, max_loss=1.0, time_budget=5, seed=0)
-    said = [r.getMessage() for r in caplog.records if "fails in onnxruntime on the first alone" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "fails in onnxruntime on sample 1 alone" in r.getMessage()]
     assert len(said) == 1 and "Split '/experts/Split'" in said[0] and "dynamo=True" in said[0]
