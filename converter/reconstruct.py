@@ -1191,9 +1191,7 @@ class _Fit:
         for s in self.layer.sites:
             x = (dense if s.dense_x else pruned)[(s.x, s.scope)]
             t = dense[(s.node.output[0], s.scope)]
-            if len(x) != len(t):  # the pruned model's data-dependent selection took other rows than the input's
-                self.other_rows = True  # (sweep 57: the samples a router sends an expert): no row pairs a target
-            elif x.size and t.size and not self.other_rows:
+            if x.size and t.size:
                 self.add(x, t)
 
     def add(self, x: np.ndarray, t: np.ndarray) -> None:
@@ -1202,7 +1200,11 @@ class _Fit:
                      else self.fixed)
         if self.layer.node.op_type == "Gemm":
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
-        self.gram.add(*_rows(self.layer, x, t))
+        rows, targets = _rows(self.layer, x, t)
+        if len(rows) != len(targets):  # the pruned model's data-dependent selection took other rows than the
+            self.other_rows = True  # input's (sweep 57: the samples a router sends an expert): none pairs a target
+        elif not self.other_rows:
+            self.gram.add(rows, targets)
 
     def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
