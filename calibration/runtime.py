@@ -407,6 +407,33 @@ def ort_reason(exc: BaseException) -> str:
     return text[:400].rstrip(". ")
 
 
+# the loss a candidate onnxruntime cannot run on data the input model ran is counted at (pp): over any budget
+FAILED_LOSS_PP = 100.0
+
+
+def run_failure(exc: BaseException) -> str | None:
+    """onnxruntime's reason (`ort_reason`, its node named) when `exc` is onnxruntime failing to run a model (its Fail,
+    InvalidArgument, RuntimeException, ...: classes of its own module), else None (a bug of ours stays one)."""
+    if not type(exc).__module__.startswith("onnxruntime"):
+        return None
+    m = re.search(r"running (\S+) node\. Name:'([^']*)'.*?Status Message: (.*)", " ".join(str(exc).split()))
+    if not m:
+        return ort_reason(exc)
+    said = re.sub(r"^[\w./\\-]+\.(?:h|cc|cpp):\d+ (?:\w+ (?=[A-Z]))?", "", m.group(3))  # "split.cc:82 Compute "
+    return f"{m.group(1)} '{m.group(2)}': {ort_reason(said)}"
+
+
+def say_failed_candidate(reason: str, evaluator) -> None:
+    """Said once a reason and evaluator (its `failed_said`): a pruned candidate onnxruntime cannot run on a batch the
+    input model ran (sweep 57: a legacy-traced mixture of experts' Split of the tokens each expert takes, 0 for an
+    expert no token picks once the router's level changes) is counted over the budget, not the end of the run."""
+    said = evaluator.__dict__.setdefault("failed_said", set())
+    if reason not in said:
+        said.add(reason)
+        log.warning("onnxruntime cannot run a pruned candidate on data the input model ran (%s): such candidates are "
+                    "counted as over the budget", reason)
+
+
 @functools.lru_cache(maxsize=1)
 def _warn_fallback() -> None:
     log.warning("onnxruntime could not start its CUDA provider (see onnxruntime's log); sessions run on the CPU")

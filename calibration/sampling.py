@@ -54,6 +54,7 @@ import numpy as np
 from onnxprune.calibration.decide import TOLERANCE_PP, within_budget
 from onnxprune.calibration.metrics import Evaluator
 from onnxprune.calibration.output_metrics import METRICS, count_samples
+from onnxprune.calibration.runtime import FAILED_LOSS_PP, run_failure, say_failed_candidate
 
 Z = 3.0
 PRECISION = 0.25
@@ -78,6 +79,7 @@ class Measured:
     sums: dict = field(default_factory=dict, repr=False)  # batch -> its per-output sums (`resume` goes on from them)
     moments: list = field(default_factory=list, repr=False)  # per output, the running moments of the samples run
     certain: bool = False  # stopped because no samples left could bring some term back under its threshold
+    failed: str = ""  # onnxruntime could not run the candidate on a batch the input model ran: this reason
 
     @property
     def complete(self) -> bool:
@@ -203,6 +205,23 @@ class SequentialScorer:
             look *= 2
         refs = ev.reference_all or [None] * self.batches
         order = [b for b in self.order if b not in sums]
+        try:
+            return self._batches_run(batches, order, refs, sums, threshold, stop_known, precise, moments, seen, look,
+                                     estimate)
+        except Exception as exc:
+            reason = run_failure(exc)
+            if reason is None or not self.sequential:  # a bug, or no input model's run on these batches to hold to
+                raise
+            say_failed_candidate(reason, ev)
+            dense = 100.0 * ev.dense
+            return Measured(dense - FAILED_LOSS_PP, FAILED_LOSS_PP, self.total, self.total, {},
+                            [None] * len(self.kinds), certain=True, failed=reason)
+
+    def _batches_run(self, batches: Batches, order: list[int], refs, sums: dict[int, list],
+                     threshold: list[np.ndarray] | None, stop_known: bool, precise, moments: list, seen: int,
+                     look: int, estimate: bool) -> Measured:
+        """`_run`'s loop over the batches in `order`."""
+        ev = self.evaluator
         for b, values in zip(order, batches(order), strict=False):
             got = ev.batch_samples(values, refs[b], ev.labels[b], b)
             sums[b] = [None if g is None else (g[0].sum(axis=0), int(g[1].sum())) for g in got]

@@ -1184,6 +1184,7 @@ class _Fit:
         self.gram = (_Rows(_held_bytes(), intercept=self.bias is not None) if layer.wide
                      else _Gram(groups, intercept=self.bias is not None))
         self.inputs, self.targets = layer.captures()  # per site: the layer and its twins
+        self.other_rows = False  # the pruned and the input model gave it rows of different counts
 
     def feed_captures(self, pruned: dict, dense: dict) -> None:
         """Values by capture: one batch of rows from each site whose body ran (a branch that did not gives none)."""
@@ -1199,10 +1200,18 @@ class _Fit:
                      else self.fixed)
         if self.layer.node.op_type == "Gemm":
             t = t / float(_attr(self.layer.node, "alpha", 1.0))
-        self.gram.add(*_rows(self.layer, x, t))
+        rows, targets = _rows(self.layer, x, t)
+        if len(rows) != len(targets):  # the pruned model's data-dependent selection took other rows than the
+            self.other_rows = True  # input's (sweep 57: the samples a router sends an expert): none pairs a target
+        elif not self.other_rows:
+            self.gram.add(rows, targets)
 
     def finish(self, inits, damp: float, report: ReconstructReport, prior: bool | str = False) -> None:
         layer, gram = self.layer, self.gram
+        if self.other_rows:
+            report.skipped[layer.weight] = ("the rows it reads are chosen by the data, and pruned they are other rows "
+                                            "than the input model's (a router's picks); left as pruned")
+            return
         if gram.rows == 0:
             body = " reached it (its If branch did not run on the calibration data); left as pruned"
             report.skipped[layer.weight] = "no calibration samples" + (body if layer.scope else "")

@@ -196,13 +196,17 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
         return None
     try:
         try:
-            gaps = _gaps(make_session(read, optimize=False), names, feeds, wants, words=READ)
+            session = make_session(read, optimize=False)
+            gaps = _gaps(session, names, feeds, wants, words=READ)
         except ParityError:
             raise
         except Exception as exc:  # noqa: BLE001 - the input runs and the model as read does not
             raise ParityError(f"onnxruntime runs the input model but not the model as read: {_ort_reason(exc)}") \
                 from None
-        return _verdict(read, given, names, gaps, feeds, rtol, source, READ)
+        verdict = _verdict(read, given, names, gaps, feeds, rtol, source, READ)
+        if source == "data":
+            _say_one_sample_fails(session, feeds[0])
+        return verdict
     except ParityError as exc:  # worded as the read's (READ) by the judging tail; the run's one line around it
         said = str(exc).rstrip("; .")
         raise ParityError(f"the model as onnxprune read it (its load passes: identities bypassed, copies merged, "
@@ -210,6 +214,34 @@ def check_read(given: onnx.ModelProto, read: onnx.ModelProto, feeds: list[dict[s
                           f"{'your data' if source == 'data' else 'random inputs'}: {said}; "
                           "nothing was pruned or written. This is an onnxprune defect: please report it with "
                           "--debug") from None
+
+
+def _say_one_sample_fails(session, feed: dict) -> None:
+    """Said where the input model runs the read check's rows of the data and fails on one of them alone
+    (sweep 57: torch's legacy trace of Mixtral failed on 324 of 440 single lines, a Split of the tokens an expert
+    no token picked, and ran every batch of 8): the batches the run measures on are the data's, and a model that
+    fails on some batch sizes is exported so."""
+    from onnxprune.calibration.runtime import run_failure
+
+    rows = {len(v) if isinstance(v, np.ndarray) and v.ndim else 0 for v in feed.values()}
+    n = rows.pop() if len(rows) == 1 else 0
+    for i in range(n if n > 1 else 0):  # each of the rows alone (a few: READ_ROWS), to the first that fails
+        try:
+            session.run(None, {k: v[i:i + 1] for k, v in feed.items()})
+        except Exception as exc:  # noqa: BLE001 - only onnxruntime's own failure is said
+            _say_fails_alone(n, i, run_failure(exc))
+            return
+
+
+def _say_fails_alone(n: int, i: int, reason: str | None) -> None:
+    """`_say_one_sample_fails`'s warning: sample i (0-based) of n fails alone, for onnxruntime's `reason`."""
+    if reason is not None:
+        log.warning("the input model runs %d samples of the data together and fails in onnxruntime on sample %d "
+                    "alone (%s): it runs some batch sizes and not others (torch's legacy tracer unrolls a "
+                    "data-dependent loop, as a mixture of experts' over the experts a batch picks); this run "
+                    "measures on the data's batches, and pruned candidates that fail where it ran count as over "
+                    "the budget. Re-export it with torch's dynamo exporter (torch.onnx.export(..., dynamo=True)) "
+                    "to run it on any batch, or give its users batches it runs", n, i + 1, reason)
 
 
 def input_session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -124,6 +124,8 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         (sweep 57's Mixtral)
     gathered_experts    the same as torch dynamo writes transformers 5's batched_mm experts: GatherND of the bank, one
                         matrix a sample ([N, 1] ids), the first operand of a batched MatMul (sweep 57)
+    split_experts       an expert only the samples its router picks take, split into sizes the data gives (torch
+                        legacy's trace of a data-dependent loop): onnxruntime fails on a batch where none picks it
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -3289,3 +3291,37 @@ def gathered_experts(*, features: int = 8, hidden: int = 12, experts: int = 4, c
     g.gemm(g.relu(h, "experts"), "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "gathered_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def split_experts(*, features: int = 8, hidden: int = 12, classes: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """An expert only the samples its router picks take, as torch's legacy tracer writes a data-dependent loop
+    (sweep 57's Mixtral, transformers 5's eager experts over `expert_hit`): 'input' [N, 8] -> Gemm 'router.weight'
+    [1, 8], bias -0.5 -> Greater(., 0) -> NonZero: the picked rows [k, 1] -> GatherND -> Split into sizes the data
+    gives, [1, k - 1] (the tracer's chunks) -> Concat -> MatMul 'experts.weight' [8, 12] -> Relu -> ScatterND into
+    zeros [N, 12], added to Relu(Gemm 'dense') -> head Gemm -> 'logits' [N, 3]. onnxruntime fails ("Split ...
+    Invalid value in 'split'") on any batch where no sample picks the expert (k = 0): one sample the router passes
+    over, or every batch once the router's weights are pruned to 0."""
+    g = _Graph(seed)
+    g.initializers += [numpy_helper.from_array(np.array(v, dtype=dt), n) for n, v, dt in (
+        ("split.zero", 0.0, np.float32), ("split.one", [1], np.int64), ("split.rows", [-1], np.int64),
+        ("split.width", [hidden], np.int64))]
+    g.initializers.append(numpy_helper.from_array(np.array([-0.5], dtype=np.float32), "router.bias"))
+    gate = g.op("Reshape", "router", [g.op("Gemm", "router", [
+        "input", g.weight("router.weight", (1, features), features), "router.bias"], transB=1), "split.rows"])
+    picked = g.op("Transpose", "router/picked", [g.op("NonZero", "router", [
+        g.op("Greater", "router", [gate, "split.zero"])])], perm=[1, 0])
+    rows = g.op("GatherND", "experts/rows", ["input", picked])
+    taken = g.op("Shape", "experts/rows", [rows], start=0, end=1)
+    sizes = g.op("Concat", "experts/sizes", ["split.one", g.op("Sub", "experts/sizes", [taken, "split.one"])], axis=0)
+    g.nodes.append(helper.make_node("Split", [rows, sizes], ["experts/part0", "experts/part1"], axis=0,
+                                    name="/experts/Split"))
+    joined = g.op("Concat", "experts/joined", ["experts/part0", "experts/part1"], axis=0)
+    h = g.relu(g.matmul(joined, "experts", features, hidden), "experts")
+    n = g.op("Shape", "batch", ["input"], start=0, end=1)
+    zeros = g.op("ConstantOfShape", "batch", [g.op("Concat", "batch", [n, "split.width"], axis=0)],
+                 value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    routed = g.op("ScatterND", "experts/back", [zeros, picked, h])
+    total = g.op("Add", "experts/sum", [routed, g.relu(g.gemm("input", "dense", features, hidden), "dense")])
+    g.gemm(total, "head", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "split_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])

@@ -339,6 +339,7 @@ class Decision:
     output: str = ""  # the output reported (the worst)
     outputs: dict = field(default_factory=dict)  # every scored output: {loss_pp, se_pp, limit_pp, within}
     strictness: float = 1.0  # the judging rule's (BudgetRule.strictness): > 1 after an undone round
+    failed: str = ""  # onnxruntime could not run the candidate on data the input model ran: this reason
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -568,8 +569,21 @@ class BudgetRule:
 
     def judge_outputs(self, batches) -> Decision:
         """The decision for per-batch outputs (tuples in the evaluator's output order, or arrays for one output)."""
-        figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(batches))}  # (batches: any iterable,
-        # read once: a candidate's outputs need not all be held at once, `judge`)
+        try:
+            figures = {r.name: r.judge(v) for r, v in zip(self.outputs, self.values(batches))}  # (batches: any
+            # iterable, read once: a candidate's outputs need not all be held at once, `judge`)
+        except Exception as exc:
+            from onnxprune.calibration.runtime import FAILED_LOSS_PP, run_failure, say_failed_candidate
+
+            reason = run_failure(exc)
+            if reason is None:
+                raise
+            say_failed_candidate(reason, self.evaluator)  # over any budget (sweep 57's legacy-traced MoE)
+            name = self.outputs[0].name
+            said = {"loss_pp": FAILED_LOSS_PP, "se_pp": 0.0, "limit_pp": self.budget, "within": False, "n": self.n,
+                    "metric": self.outputs[0].kind, "failed": reason}
+            return Decision(FAILED_LOSS_PP, 0.0, self.budget, False, self.n, output=name, outputs={name: said},
+                            strictness=self.strictness, failed=reason)
         factor = {r.name: r.factor for r in self.outputs}
         if self.own_budgets:  # each output's figures against its own budget
             for r in self.outputs:
