@@ -53,9 +53,9 @@ def test_a_grown_cache_and_a_fed_back_token_are_read_from_consecutive_calls():
 
 
 def pruned_and_decoded(tmp_path, model, calls, sparsity: float) -> tuple:
-    """The calls `calls` (a greedy loop by hand: session, prompt, steps, record) makes decoding 8 prompts [4, 3] 8 picks,
-    saved a file each, `model` pruned on them at `sparsity`: (the run's result, decodes changed by hand), its carried
-    check's decoded counts asserted equal to each model decoding every prompt by hand in onnxruntime."""
+    """The calls `calls` (a greedy loop by hand: session, prompt, steps, record) makes decoding 8 prompts [4, 3] 8
+    picks, saved a file each, `model` pruned on them at `sparsity`: (the run's result, decodes changed by hand), its
+    carried check's decoded counts asserted equal to each model decoding every prompt by hand in onnxruntime."""
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 12, (4, 3)).astype(np.int64) for _ in range(8)]
     feeds: list = []

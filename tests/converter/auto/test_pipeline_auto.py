@@ -142,7 +142,8 @@ def test_given_flags_override_the_search(teacher_data):
     sgd = "sgd (the torch bridge runs the graph with labels)"
     recovery = choices["recovery"]
     assert recovery == {"value": "sgd", "rule": sgd.removeprefix("sgd (").removesuffix(")")} or \
-        recovery == {"value": "reconstruct", "rule": f"{sgd} ran no retraining round in the time left: layer-wise refit"}
+        recovery == {"value": "reconstruct",
+                     "rule": f"{sgd} ran no retraining round in the time left: layer-wise refit"}
     # the notes name the backend, as they do for reconstruct (a benchmark reads which one a run chose from them)
     assert any(n.startswith(f"recovery by {sgd}: masked retraining") for n in result.report["notes"])
     assert all(h.get("neuron_share", 0.0) <= 0.25 + 1e-9 for h in result.report["history"])
