@@ -673,7 +673,12 @@ class _Search:
                              distill_weight=min(self.loss["distill_weight"], 1.0), device=self.config.device,
                              seed=self.config.seed)
 
-    def _train(self, trainer, steps: int, label: str, stop=None):
+    def _train(self, trainer, steps: int, label: str):
+        """A round's or the polish's training: `steps` steps, stopped where the time left is the judging pass and
+        the tail. Both are priced before they start at the last round's pace, and a load that rises slows them (real
+        models 56b: digi_flask's LSTM polish, 252 steps priced at 47 s, took 94 s at load 10 and the 3-minute run
+        241 s; rule 5's round 57 took 5.7x round 56's time on the same steps); the steps taken are judged, and the
+        caller says so (`FinetuneStats.stopped`)."""
         per_epoch = self.train_data.num_batches(self.batch)
 
         def on_batch(epoch, b, nb, loss, sparsity):
@@ -681,7 +686,8 @@ class _Search:
                 self.progress(label, b, nb, f"epoch {epoch}, loss {loss:.4f}; {self._headline()}")
 
         return trainer.train(steps / per_epoch, self.lr, reg_strength=1e-4, lr_schedule="cosine",
-                             batch_size=self.batch, progress=on_batch, stop=stop)
+                             batch_size=self.batch, progress=on_batch,
+                             stop=lambda: self.left() < self.tail + self.pass_seconds())
 
     # ------------------------------------------------------------------------------------------------ rounds
     def _knobs(self) -> list[_Knob]:
@@ -733,11 +739,8 @@ class _Search:
                 continue
             masks = self._masks(trainer, levels, share)
             trainer.set_masks(masks)
-            # priced before it starts at the last round's pace, a round that the load slows stops where the time
-            # left is its judging pass and the tail (real models 56b: rule 5's round 57 took 5.7x round 56's time on
-            # the same steps); the steps taken are judged as a round, and the search ends there
-            stats = self._train(trainer, self.round_steps, f"auto: round {len(self.history)} ({knob.name})",
-                                stop=lambda: self.left() < self.tail + self.pass_seconds())
+            # a round the load slows stops at its deadline (_train): its steps are judged as a round, the search ends
+            stats = self._train(trainer, self.round_steps, f"auto: round {len(self.history)} ({knob.name})")
             stopped = bool(getattr(stats, "stopped", False))
             if stopped:
                 self.notes.append(f"time budget: round {len(self.history)} ({knob.name}) stopped after "
@@ -848,11 +851,7 @@ class _Search:
             return best
         t0 = time.perf_counter()
         trainer = self._trainer(best.model, best.masks)
-        # its steps were priced at the last round's pace; a load that rises after it slows them, and the polish is
-        # the search's last work: it stops where the time left is the judging pass and the tail (digi_flask's LSTM,
-        # 252 steps priced at 47 s, took 94 s at load 10 and the 3-minute run 241 s)
-        stats = self._train(trainer, steps, "auto: polish",
-                            stop=lambda: self.left() < self.tail + self.pass_seconds())
+        stats = self._train(trainer, steps, "auto: polish")  # stopped at its deadline as a round is (_train)
         if getattr(stats, "stopped", False):
             self.notes.append(f"time budget: the polish stopped after {stats.steps} of its {steps} steps (they ran "
                               f"slower than the last round's pace said), so the run keeps to --time-budget")
