@@ -1877,4 +1877,4 @@ def _refuse_argmax_of_one(named: dict[str, str], plan: dict[str, str], first: Ca
                 f"batch, samples first), and an argmax over one value never changes, so every candidate would pass; "
                 f"judge its values (--metric {name}=rel_l2) or a decision at a threshold (--metric "
                 f"{name}=binary_prob@T, binary_logit for a logit). Where each file holds one sample's rows (a ranked "
-                f"list), a pick among them is not a metric onnxprune has: judge the rows' values")
+                f"list), the pick among them is judged by --metric {name}=top@1 (each file one request)")

@@ -1190,5 +1190,6 @@ def test_an_argmax_over_one_value_a_sample_is_refused_not_passed(tmp_path):
     res = invoke("prune", path, "-o", out, "--data", folder, "--max-loss", "1", "--metric", "scores=agreement",
                  "--time-budget", "30s")
     assert_clean_error(res, 2, "--metric scores=agreement: 'scores' holds one value a sample here",
-                       "an argmax over one value never changes", "--metric scores=rel_l2")
+                       "an argmax over one value never changes", "--metric scores=rel_l2",
+                       "the pick among them is judged by --metric scores=top@1")
     assert not out.exists()
