@@ -227,6 +227,7 @@ def _input_as_given(model, output: Path, report: dict, protect, storage_asked: b
         why = (", and its outputs stay the input's bit for bit (the model rewritten as it was read, "
                f"{nbytes(rewritten)}, folds and bypasses nodes, which can move outputs in the last digits)")
     report.setdefault("notes", []).append(f"the input model is written as it was given: nothing was pruned{why}")
+    report["written_as_given"] = True  # write_report times no file against itself
 
 
 @contextlib.contextmanager
@@ -329,34 +330,50 @@ def slower_note(latency: dict) -> str | None:
             "deploying it (the latency line above is the median of interleaved runs)")
 
 
-def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> None:
+SAME_FILE_LATENCY = ("not measured: the written model is the input model as given, so its latency is the input "
+                     "model's")
+
+
+def _measure_latency(result: PruneResult, config: RunConfig) -> None:
+    """report["latency"]: the input and the written model timed interleaved, on the data's shapes; a note when the
+    pruned model ran slower."""
     from onnxprune.converter.latency import feeds_from_data, measure_latency
+
+    d = config.data
+    random = result.report.get("random_inputs")  # without real data: the run's random shapes (steps.shapes)
+    feeds = feeds_from_data(result.original, d.data, labels=d.labels, shapes=random or d.input_shapes,
+                            seed=d.seed)  # the data's shapes, not invented ones
+    from onnxprune.converter.auto.timing import latency_plan
+
+    pace = (result.report.get("auto") or {}).get("time", {}).get("pass_ms_per_sample")
+    kw, kept, note = latency_plan(result.deadline, list(feeds or (1, 64)), pace / 1e3 if pace else None)
+    if feeds:
+        feeds = {b: feeds[b] for b in kept}
+    elif kw:
+        kw["batches"] = tuple(kept)  # measure_latency's own random inputs, at the sizes kept
+    result.report["latency"] = measure_latency(result.original, result.model, feeds, **kw)
+    if note:
+        result.report["latency"].setdefault("notes", []).append(note)
+    # a model kept unpruned is no pruned model that could run slower: its figure is the runtime's noise (real
+    # models 57: a wake-word CNN kept as given read 0.94x at batch 1 under load, and a note said it ran slower)
+    kept = (result.report.get("budget") or {}).get("kept_input")
+    slower = None if kept else slower_note(result.report["latency"])
+    if slower:
+        result.report.setdefault("notes", []).append(slower)
+
+
+def write_report(result: PruneResult, report_dir: Path, config: RunConfig) -> None:
     from onnxprune.converter.recipe import dump_recipe
     from onnxprune.converter.report import write_report as write_html
 
     modelio.make_folder(report_dir)
-    d = config.data
     try:
-        random = result.report.get("random_inputs")  # without real data: the run's random shapes (steps.shapes)
-        feeds = feeds_from_data(result.original, d.data, labels=d.labels, shapes=random or d.input_shapes,
-                                seed=d.seed)  # the data's shapes, not invented ones
-        from onnxprune.converter.auto.timing import latency_plan
-
-        pace = (result.report.get("auto") or {}).get("time", {}).get("pass_ms_per_sample")
-        kw, kept, note = latency_plan(result.deadline, list(feeds or (1, 64)), pace / 1e3 if pace else None)
-        if feeds:
-            feeds = {b: feeds[b] for b in kept}
-        elif kw:
-            kw["batches"] = tuple(kept)  # measure_latency's own random inputs, at the sizes kept
-        result.report["latency"] = measure_latency(result.original, result.model, feeds, **kw)
-        if note:
-            result.report["latency"].setdefault("notes", []).append(note)
-        # a model kept unpruned is no pruned model that could run slower: its figure is the runtime's noise (real
-        # models 57: a wake-word CNN kept as given read 0.94x at batch 1 under load, and a note said it ran slower)
-        kept = (result.report.get("budget") or {}).get("kept_input")
-        slower = None if kept else slower_note(result.report["latency"])
-        if slower:
-            result.report.setdefault("notes", []).append(slower)
+        if result.report.get("written_as_given"):
+            # the written file is the input's: timing it against the input times the runtime's noise (real models 58:
+            # a DnCNN kept as given, under load, read "batch 1 446368.4 -> 356056.6 us (1.25x)")
+            result.report["latency"] = {"batches": [], "notes": [SAME_FILE_LATENCY]}
+        else:
+            _measure_latency(result, config)
     except Exception as exc:  # latency is information, never a reason to fail a run
         log.warning("latency not measured: %s", " ".join(str(exc).split())[:300] or type(exc).__name__)
     dump_recipe(result.report["options"], report_dir / "recipe.toml", model_sha256=result.report.get("input_sha256"),

@@ -706,6 +706,9 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
         console.print(f"dead neurons removed: {neurons['removed']} ({listed(changed, 4)}); dense shapes shrink "
                       f"accordingly{held}", markup=False)
     latency = (report.get("latency") or {}).get("batches") or []
+    unmeasured = [n for n in (report.get("latency") or {}).get("notes") or [] if n.startswith("not measured")]
+    if not latency and unmeasured:
+        console.print(f"onnxruntime CPU latency vs the input model: {unmeasured[0]}")
     if latency:
         runs = ", ".join(f"batch {b['batch']} {1e3 * b['a']['median_ms']:.1f} -> {1e3 * b['b']['median_ms']:.1f} us "
                          f"({b['speedup']:.2f}x)" for b in latency if b.get("speedup"))

@@ -284,7 +284,9 @@ def _noise_clause(parity: Mapping) -> str:
 
 def _latency_table(latency) -> str:
     if not latency or not latency.get("batches"):
-        return "<p class=\"note\">Latency was not measured in this run.</p>"
+        why = "".join(f" {_e(n[:1].upper() + n[1:])}." for n in (latency or {}).get("notes") or []
+                      if n.startswith("not measured"))
+        return f"<p class=\"note\">Latency was not measured in this run.{why}</p>"
     body = "\n".join(
         f"<tr><td class=\"n\">{_e(b['batch'])}</td>"
         f"<td class=\"n\" data-key=\"before_ms\" data-value=\"{_e(json.dumps(b['a']['median_ms']))}\">"

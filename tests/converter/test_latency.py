@@ -202,12 +202,50 @@ def test_a_model_kept_unpruned_is_never_said_to_run_slower(tmp_path, monkeypatch
                  tmp_path / "kept", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["budget"]["kept_input"] and report["latency"]["batches"]
+    assert report["budget"]["kept_input"] and not report["latency"]["batches"]  # written as given: not timed
     assert not any("ran slower" in n for n in report["notes"]), report["notes"]
     res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--sparsity", "0.5", "--report",
                  tmp_path / "pruned", "--json", "--force")
     assert res.exit_code == 0, res.output
     assert any(n.startswith("the pruned model ran slower") for n in json.loads(res.stdout)["notes"])
+
+
+def test_a_model_written_as_given_is_not_timed_against_itself(tmp_path, monkeypatch):
+    """Real models 58: a DnCNN kept unpruned (no time for the search) and written as given read "batch 1 446368.4 ->
+    356056.6 us (1.25x)" under load: the same file timed twice, a speed-up it does not have. A file written as given is
+    not timed; the summary and report.html say why. A pruned model (--sparsity) is timed as before."""
+    import json
+
+    import onnx
+
+    from onnxprune.converter import latency
+    from onnxprune.converter.convert import SAME_FILE_LATENCY
+    from tests.hardening.helpers import invoke
+
+    real, timed = latency.measure_latency, []
+
+    def counted(*args, **kwargs):
+        timed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "measure_latency", counted)
+    m = builders.mlp_gemm(in_features=8, hidden=(8,), seed=0)
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(m, path)
+    x = np.random.default_rng(0).random((8, 8), dtype=np.float32)
+    np.savez(tmp_path / "few.npz", **{m.graph.input[0].name: x})  # 8 samples cannot certify 1 pp: kept
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--max-loss", "1", "--report",
+                 tmp_path / "kept")
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == path.read_bytes()  # the input, as given
+    report = json.loads((tmp_path / "kept" / "report.json").read_text())
+    assert report["latency"] == {"batches": [], "notes": [SAME_FILE_LATENCY]} and not timed
+    assert f"onnxruntime CPU latency vs the input model: {SAME_FILE_LATENCY}" in " ".join(res.output.split())
+    assert "written model is the input model as given" in (tmp_path / "kept" / "report.html").read_text()
+    res = invoke("prune", path, "-o", out, "--data", tmp_path / "few.npz", "--sparsity", "0.5", "--report",
+                 tmp_path / "pruned", "--force")
+    assert res.exit_code == 0, res.output
+    assert timed and json.loads((tmp_path / "pruned" / "report.json").read_text())["latency"]["batches"]
 
 
 def test_a_slower_pruned_model_is_said_in_a_note():
