@@ -162,6 +162,8 @@ class Evaluator:
         self.reference_seconds: float | None = None
         parts = None
         relating = relating_outputs(reference_model)
+        if relating and self._cached:
+            relating = self._relating_as_run(reference_model, relating)
         if relating and not quiet:
             log.warning("output(s) %s relate the samples of a batch to each other (the batch axis twice in their "
                         "shapes): their figures hold for batches of %s samples as the data is read, the batch this "
@@ -191,6 +193,21 @@ class Evaluator:
             # experts fails on a batch that leaves an expert unpicked): the batches are kept as the data holds them
             log.info("the data's batches are run whole: the input model fails on parts of %d samples (%s)", split,
                      run_failure(exc.__cause__))
+
+    def _relating_as_run(self, model: onnx.ModelProto, names: list[str]) -> list[str]:
+        """Of the outputs whose declared shape holds the batch symbol twice (`relating_outputs`), those that keep it
+        when the input model runs the data's first batch: every axis so declared has the batch's size. Sweep 58:
+        torch legacy's export of diffusers' AutoencoderKL declares 'recon' [N, 1, N, W] and returns [N, 1, 28, 28];
+        the run warned that it related the samples of a batch and kept its batches of 64 whole."""
+        feeds = self._cached[0][0]
+        rows, batch = _rows(feeds), _batch_dims(model)
+        try:
+            outs = self.session(model).run(names, feeds)
+        except Exception:  # noqa: BLE001 - the reference pass says onnxruntime's failure; the declared shapes stand
+            return names
+        declared = {o.name: [d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+        return [n for n, out in zip(names, outs) if rows < 2 or np.ndim(out) != len(declared[n])
+                or all(np.shape(out)[k] == rows for k, d in enumerate(declared[n]) if d in batch)]
 
     def _score_reference(self, reference_model: onnx.ModelProto | None, first_batch: dict | None = None) -> None:
         """Labels, sample count and the dense model's outputs and scores on the batches as they are now; automatic

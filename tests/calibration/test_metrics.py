@@ -155,6 +155,38 @@ def test_an_output_relating_the_samples_of_a_batch_keeps_its_batches_whole(caplo
     assert "relate the samples of a batch" in caplog.text and "batches of 64" in caplog.text
 
 
+def test_an_output_declared_with_the_batch_twice_that_runs_with_it_once_relates_no_samples(caplog):
+    """Sweep 58: torch legacy's export of diffusers' AutoencoderKL declares 'recon' [N, 1, N, W] where onnxruntime
+    returns [N, 1, 28, 28]; the run warned that 'recon' related the samples of a batch and kept its batches of 64
+    whole. An output whose axes declared with the batch do not all have the batch's size when the input model runs
+    the data's first batch relates none: no warning, batches cut as for any per-sample output, the same figures."""
+    import logging
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.calibration.metrics import Evaluator, relating_outputs
+    from onnxprune.calibration.readers import open_data
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((2, 1, 1, 1)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["recon"])], "vae",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", 2, "N", "recon_dim_3"])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert relating_outputs(model) == ["recon"]  # as declared
+    x = rng.standard_normal((64, 1, 4, 4)).astype(np.float32)
+    data = open_data({"x": x}, model, batch_size=64)
+    with caplog.at_level(logging.WARNING):
+        ev = Evaluator(data, "rel_l2", model, split=16)
+    assert "relate the samples of a batch" not in caplog.text
+    assert [np.asarray(r[0]).shape for r in ev.reference_all] == [(16, 2, 4, 4)] * 4  # four parts of 16, as run
+    expected = np.einsum("oi,nihw->nohw", numpy_helper.to_array(w)[:, :, 0, 0], x)
+    np.testing.assert_allclose(np.concatenate([np.asarray(r[0]) for r in ev.reference_all]), expected, rtol=1e-5,
+                               atol=1e-6, err_msg="recon")
+    assert ev.evaluate(model) == pytest.approx(ev.dense)  # the input model against itself: no loss
+
+
 def test_streamed_batches_can_be_run_from_a_later_batch_on():
     """Sweep 17: a measurement resumed on more samples asks for the batches after those it has ([2, 3]); streamed data
     (over the cache budget) raised "streamed calibration batches can only be run in order". The batches before are
