@@ -1360,7 +1360,8 @@ def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int],
     alone, and an output judged as one relative error whose last axis holds values of scales far apart, not known
     to be variables, noted with the flag."""
     for name, kind in kinds.items():
-        if kind not in ("rel_l2", "channel_rel_l2") or name not in values or _STATE_NAMES.search(name):
+        if kind not in ("rel_l2", "channel_rel_l2") or name not in values or _STATE_NAMES.search(name) \
+                or _ordered([values[name]]):  # quantiles of one quantity (sweep 56's TFT), no variables
             continue
         ratio = variable_scales(values[name])
         count = as_array(values[name]).shape[-1] if ratio is not None else None

@@ -162,3 +162,15 @@ def test_rule_7_reads_channels_in_0_1_as_probabilities_only_where_the_graph_can_
     want = np.concatenate([(x @ w + b)[..., :2] * 320, 1 / (1 + np.exp(-(x @ w + b)[..., 2:]))], axis=2)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     assert chosen == "channel_prob" and metric_choice.probability_parts(detector) == {"y"}
+
+
+def test_the_docs_check_of_variables_is_the_tools_figure():
+    from tests.calibration.docs_checks import docs_function
+
+    rng = np.random.default_rng(2)
+    d = np.stack([rng.normal(0, 1, (64, 5)), 0.6 + rng.normal(0, 0.01, (64, 5)), rng.gamma(2.0, 1.0, (64, 5))],
+                 axis=2).astype(np.float32)
+    for moved in (d * 1.001, d + np.float32(0.002) * rng.normal(0, 1, d.shape).astype(np.float32)):
+        metric = METRICS["variables"]
+        tool = 100 * (1 - metric.finish(*metric.batch(moved, d, None)))
+        assert docs_function("variables_loss")(moved, d) == pytest.approx(tool, rel=1e-5)
