@@ -423,23 +423,7 @@ def forecast_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
     by the argmax over the 5 variables it was pruned 1.28x within 0.66 pp, and held out its forecast moved 3.4%."""
     if model is None or not any(n.op_type in _RECURRENT for n in model.graph.node):
         return {}
-    graph = model.graph
-    initializers = {i.name for i in graph.initializer}
-    steps = set()
-    for value in graph.input:
-        tensor = value.type.tensor_type
-        if value.name in initializers or not value.type.HasField("tensor_type") or tensor.elem_type not in FLOAT_TYPES:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
-        if len(dims) == 3 and dims[1] >= 2 and dims[2] >= 2:
-            steps.add(dims[2])
-    found = {}
-    for o in graph.output:
-        shape = _declared(o)
-        for c in sorted(steps):
-            if shape is not None and len(shape) == 2 and shape[1] in (c, None):
-                found[o.name] = c
-    return found
+    return _beside_sequences(model.graph, _sequence_widths(model.graph), (2,))
 
 
 MAX_VARIABLES = 32  # a sequence input's values a step, at most, read as variables (more: features, an embedding)
@@ -452,7 +436,12 @@ def variable_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
     57: a water forecaster reads 120 days of 5 variables and returns the next 30 days of the 5, [N, 30, 5]."""
     if model is None:
         return {}
-    graph = model.graph
+    widths = {c for c in _sequence_widths(model.graph) if c <= MAX_VARIABLES}
+    return _beside_sequences(model.graph, widths, (2, 3))
+
+
+def _sequence_widths(graph: onnx.GraphProto) -> set[int]:
+    """The C of every float graph input declared a sequence [N, T, C] (T >= 2, C >= 2)."""
     initializers = {i.name for i in graph.initializer}
     steps = set()
     for value in graph.input:
@@ -460,13 +449,19 @@ def variable_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
         if value.name in initializers or not value.type.HasField("tensor_type") or tensor.elem_type not in FLOAT_TYPES:
             continue
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
-        if len(dims) == 3 and dims[1] >= 2 and 2 <= dims[2] <= MAX_VARIABLES:
+        if len(dims) == 3 and dims[1] >= 2 and dims[2] >= 2:
             steps.add(dims[2])
+    return steps
+
+
+def _beside_sequences(graph: onnx.GraphProto, widths: set[int], ranks: tuple[int, ...]) -> dict[str, int]:
+    """{output: C} for the outputs declared with one of `ranks` axes whose last is one of `widths`, or undeclared
+    (torch's legacy reshape to [-1, H, C] leaves it so; `auto_kinds` checks the values)."""
     found = {}
     for o in graph.output:
         shape = _declared(o)
-        for c in sorted(steps):  # a last axis left undeclared (torch's legacy reshape to [-1, H, C]) is checked later
-            if shape is not None and len(shape) in (2, 3) and shape[-1] in (c, None):
+        for c in sorted(widths):
+            if shape is not None and len(shape) in ranks and shape[-1] in (c, None):
                 found[o.name] = c
     return found
 
