@@ -1190,7 +1190,8 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
      16. an output scored rel_l2 or channel_rel_l2 that holds the next steps of the C variables a float sequence
          input steps through ([N, steps, C] beside [N, T, C]: `variables`, `variable_outputs`), whose variables
          differ in scale (`variable_scales`: their spreads over the samples or their RMS more than VARIABLE_SCALES
-         apart) -> variables: each variable judged as rel_l2 judges an output, the worst of each sample. Real
+         apart), unless its values never fall along the last axis (`_ordered`: one quantity's quantiles) ->
+         variables: each variable judged as rel_l2 judges an output, the worst of each sample. Real
          models 57: a Keras GRU's 30 days of 5 MinMax-scaled water variables, judged by one rel_l2, pruned 34.3x
          within 0.95 pp while pH's forecast moved 7% of pH's own spread. Such an output whose variables are alike,
          a next step alone ([N, C], rule 15's), or an rel_l2 output of 2 or 3 axes not known to hold variables

@@ -265,7 +265,7 @@ PER_SAMPLE: dict[str, PerSample] = {
                               "max over channels c of: max_k |y_ick - d_ick| for a channel whose d_ic lies in [0, 1], "
                               "else min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c))", binary=False),
     "variables": PerSample(_form("variables", False), False,
-                           ("relative error per channel", "variance lost per channel"),
+                           ("relative error per variable", "variance lost per variable"),
                            "rel_l2's two parts in each channel c as its own output, the worst channel of each: max_c "
                            "min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c)); and max_c ||y_ic - d_ic||^2 / v_c, v_c "
                            "= the mean of ||d_jc - m_c||^2 over the set (each bounded)", binary=False),
