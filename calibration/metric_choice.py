@@ -227,6 +227,41 @@ def probability_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     return frozenset(o.name for o in model.graph.output if _bounded(o.name, [producers], 0))
 
 
+# Weighted layers: values past them are no longer the ones a Sigmoid or Softmax made; what an If, Loop or Scan
+# returns is not traced into its bodies (taken as possibly a probability, as before)
+_LAYERS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul",
+           "Einsum", "LSTM", "GRU", "RNN"}
+_UNTRACED = {"If", "Loop", "Scan"}
+_PART_SEARCH = 4096  # tensors looked through upstream of one output, at most (more: taken as possibly a probability)
+
+
+def probability_parts(model: onnx.ModelProto | None) -> frozenset[str] | None:
+    """Graph outputs some of whose values a Sigmoid (HardSigmoid, Softmax) may make: one is reached upstream of the
+    output through ops that are not weighted layers (a detector's Concat of box offsets and sigmoid scores, through
+    Split, arithmetic, reshapes, Q/DQ pairs), or an If, Loop or Scan returns it. Rule 7 reads a channel whose values
+    lie in [0, 1] as probabilities only in these; None without a graph (every such channel, as before). Real models
+    57: a Keras GRU forecaster's [N, 30, 5] (a Dense after its decoder's Loop, MinMax-scaled values, four channels
+    of five in [0, 1]) was judged per channel as probabilities, and its own figure was 2.6 pp held out against a
+    claim of 0.86 pp; its variables are judged as values now (rule 16)."""
+    if model is None:
+        return None
+    producers = _producers(model.graph)
+    found = set()
+    for out in model.graph.output:
+        seen, todo = set(), [out.name]
+        while todo:
+            name = todo.pop()
+            node = producers.get(name)
+            if name in seen or node is None or node.op_type in _LAYERS:
+                continue
+            seen.add(name)
+            if node.op_type in _UNIT_SOURCES | _UNTRACED or len(seen) > _PART_SEARCH:
+                found.add(out.name)
+                break
+            todo.extend(i for i in node.input if i)
+    return frozenset(found)
+
+
 def ranked_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
     """Graph outputs that are TopK's values (through Identity, Cast, Squeeze, Unsqueeze, Sqrt), or a row an ArgMin of
     the graph reads (below): a value's place in its row is its rank, not a class, so an argmax over the row never
@@ -306,14 +341,16 @@ def graph_facts(model: onnx.ModelProto | None) -> dict:
     """What the graph says of its outputs, `auto_kinds`' keyword arguments: `probability_outputs`,
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
     `attention_outputs`, `feature_outputs`, `ranked_detections`, `bit_outputs`, `recurrent_states`,
-    `position_summaries`, `argmax_paths`, `packed_heads`, `passthrough_outputs`, `forecast_outputs`."""
+    `position_summaries`, `argmax_paths`, `packed_heads`, `passthrough_outputs`, `forecast_outputs`,
+    `probability_parts`, `variable_outputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
             "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
             "features": feature_outputs(model), "detections": ranked_detections(model), "bits": bit_outputs(model),
             "states": recurrent_states(model), "summaries": position_summaries(model),
             "paths": argmax_paths(model), "packed": packed_heads(model), "passthrough": passthrough_outputs(model),
-            "forecasts": forecast_outputs(model)}
+            "forecasts": forecast_outputs(model), "unit_parts": probability_parts(model),
+            "variables": variable_outputs(model)}
 
 
 def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -386,7 +423,25 @@ def forecast_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
     by the argmax over the 5 variables it was pruned 1.28x within 0.66 pp, and held out its forecast moved 3.4%."""
     if model is None or not any(n.op_type in _RECURRENT for n in model.graph.node):
         return {}
-    graph = model.graph
+    return _beside_sequences(model.graph, _sequence_widths(model.graph), (2,))
+
+
+MAX_VARIABLES = 32  # a sequence input's values a step, at most, read as variables (more: features, an embedding)
+
+
+def variable_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
+    """Float outputs declared [N, C] or [N, steps, C] beside a float input that is a sequence of the same C values a
+    step ([N, T, C], T >= 2, 2 <= C <= MAX_VARIABLES, declared), each mapped to that C: the sequence's variables
+    forecast (a step or several), each its own quantity (`auto_kinds` checks the values' last axis). Real models
+    57: a water forecaster reads 120 days of 5 variables and returns the next 30 days of the 5, [N, 30, 5]."""
+    if model is None:
+        return {}
+    widths = {c for c in _sequence_widths(model.graph) if c <= MAX_VARIABLES}
+    return _beside_sequences(model.graph, widths, (2, 3))
+
+
+def _sequence_widths(graph: onnx.GraphProto) -> set[int]:
+    """The C of every float graph input declared a sequence [N, T, C] (T >= 2, C >= 2)."""
     initializers = {i.name for i in graph.initializer}
     steps = set()
     for value in graph.input:
@@ -396,11 +451,17 @@ def forecast_outputs(model: onnx.ModelProto | None) -> dict[str, int]:
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
         if len(dims) == 3 and dims[1] >= 2 and dims[2] >= 2:
             steps.add(dims[2])
+    return steps
+
+
+def _beside_sequences(graph: onnx.GraphProto, widths: set[int], ranks: tuple[int, ...]) -> dict[str, int]:
+    """{output: C} for the outputs declared with one of `ranks` axes whose last is one of `widths`, or undeclared
+    (torch's legacy reshape to [-1, H, C] leaves it so; `auto_kinds` checks the values)."""
     found = {}
     for o in graph.output:
         shape = _declared(o)
-        for c in sorted(steps):
-            if shape is not None and len(shape) == 2 and shape[1] in (c, None):
+        for c in sorted(widths):
+            if shape is not None and len(shape) in ranks and shape[-1] in (c, None):
                 found[o.name] = c
     return found
 
@@ -1048,7 +1109,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                summaries: Collection[str] = (), paths: Collection[str] = (),
                packed: Collection[str] = (), sequences: Collection[str] = (),
                passthrough: Mapping[str, int] | None = None,
-               forecasts: Mapping[str, int] | None = None) -> dict[str, str]:
+               forecasts: Mapping[str, int] | None = None,
+               unit_parts: Collection[str] | None = None,
+               variables: Mapping[str, int] | None = None) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
@@ -1080,7 +1143,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          channels hold probabilities; judged whole, a class losing every detection on a small such head
          (test_channel_prob.py) moved its relative error by 0.0008 (0.08 pp), and the rule kept it.
          channel_prob when some channel holds probabilities
-         (every value in [0, 1]): those are judged by their largest absolute change, the others by relative L2; a
+         (every value in [0, 1], in an output a Sigmoid or Softmax can make some of: `unit_parts`,
+         `probability_parts`; None: any): those are judged by their largest absolute change, the others by
+         relative L2; a
          class no image holds has scores near 1e-5 on every anchor, and judged relative to itself every layer
          feeding it looked untouchable. Else channel_rel_l2.
       8. a [N, C] output scored as agreement only because its rows are not probabilities (its name says nothing)
@@ -1122,6 +1187,16 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
          float input that is a sequence of C values a step ([N, T, C]: `forecasts`, `forecast_outputs`), is the
          sequence's next step, forecast -> rel_l2. Real models 56: an NYC weather LSTM's next hour of 5 variables
          was judged by the argmax over them: 1.28x within 0.66 pp, its forecast moved 3.4% held out.
+     16. an output scored rel_l2 or channel_rel_l2 that holds the next steps of the C variables a float sequence
+         input steps through ([N, steps, C] beside [N, T, C]: `variables`, `variable_outputs`), whose variables
+         differ in scale (`variable_scales`: their spreads over the samples or their RMS more than VARIABLE_SCALES
+         apart), unless its values never fall along the last axis (`_ordered`: one quantity's quantiles) ->
+         variables: each variable judged as rel_l2 judges an output, the worst of each sample. Real
+         models 57: a Keras GRU's 30 days of 5 MinMax-scaled water variables, judged by one rel_l2, pruned 34.3x
+         within 0.95 pp while pH's forecast moved 7% of pH's own spread. Such an output whose variables are alike,
+         a next step alone ([N, C], rule 15's), or an rel_l2 output of 2 or 3 axes not known to hold variables
+         whose last axis's values are more than VARIABLE_NOTE apart, keeps its kind with a note naming --metric
+         OUTPUT=variables.
     """
     kinds = {name: auto_kind(name, value, bounded=name in bounded, embedding=name in embeddings, tokens=tokens)
              for name, value in values.items()}
@@ -1227,7 +1302,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
         if spread is None:
             continue
         arr = as_array(values[name])
-        probs = int(probability_channels(arr).all(axis=0).sum())
+        probs = int(probability_channels(arr).all(axis=0).sum()) if unit_parts is None or name in unit_parts else 0
         axis = channel_axis(arr.shape)
         # probabilities packed beside other quantities: a sigmoid score that crosses a threshold at a few anchors
         # moves the whole output's relative error by little, however close the scales (ddddocr's common_det, YOLOX
@@ -1250,7 +1325,54 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                             "axis: boundaries, onsets, a cumulative sum): scored on its steps, the increments that "
                             "place them (step_rel_l2), as a change of 0.1 in a value of 7 is 1.4%% of the value and "
                             "may be all of a step; --metric %s=rel_l2 scores the values themselves", name, name)
+    _judge_variables(kinds, values, variables or {}, quiet)
     return kinds
+
+
+VARIABLE_SCALES = 2.0  # spread or RMS of the largest variable over the smallest beyond which they differ in scale
+VARIABLE_NOTE = 10.0  # ... beyond which an output not known to hold variables has its own note naming the flag
+
+
+def variable_scales(value) -> float | None:
+    """How far the variables (`output_metrics.variable_axis`) of a float output of 2 or 3 axes differ in scale: the
+    larger of max/min over the variables of their spread over the samples (std) and of their RMS; None for other
+    outputs, fewer than 2 samples, or a variable of no spread."""
+    arr = as_array(value)
+    if arr.dtype.kind != "f" or arr.ndim not in (2, 3) or len(arr) < 2 or not 2 <= arr.shape[-1] <= MAX_VARIABLES:
+        return None
+    x = arr.astype(np.float64).reshape(len(arr), -1, arr.shape[-1])
+    if not np.isfinite(x).all():
+        return None
+    spread = np.sqrt(((x - x.mean(axis=0)) ** 2).mean(axis=(0, 1)))
+    rms = np.sqrt((x * x).mean(axis=(0, 1)))
+    if spread.min() <= 0 or rms.min() <= 0:
+        return None
+    return float(max(spread.max() / spread.min(), rms.max() / rms.min()))
+
+
+def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int], quiet: bool) -> None:
+    """Rule 16 (`auto_kinds`): a forecast's next steps of its variables (`variables`, `variable_outputs`) that
+    differ in scale judged each in its own (`variables`); a forecast's variables alike in scale or its next step
+    alone, and an output judged as one relative error whose last axis holds values of scales far apart, not known
+    to be variables, noted with the flag."""
+    for name, kind in kinds.items():
+        if kind not in ("rel_l2", "channel_rel_l2") or name not in values or _STATE_NAMES.search(name) \
+                or _ordered([values[name]]):  # quantiles of one quantity (sweep 56's TFT), no variables
+            continue
+        ratio = variable_scales(values[name])
+        count = as_array(values[name]).shape[-1] if ratio is not None else None
+        forecast = ratio is not None and variables.get(name) == count
+        if forecast and ratio > VARIABLE_SCALES and as_array(values[name]).ndim == 3:
+            kinds[name] = "variables"
+            if not quiet:
+                log.warning("output '%s' forecasts the %d variables its input steps through, whose scales differ by "
+                            "%.0fx: each is judged in its own scale (variables: rel_l2 of each variable, the worst "
+                            "of each sample), not by one relative error the large ones set; --metric %s=rel_l2 "
+                            "judges the whole", name, count, ratio, name)
+        elif kind == "rel_l2" and (forecast or (ratio or 0.0) > VARIABLE_NOTE) and not quiet:
+            log.warning("output '%s': its last axis holds %d values (scales %.1fx apart) judged as one relative error "
+                        "(rel_l2); if they are quantities of their own (a forecast's variables), --metric "
+                        "%s=variables judges each in its own scale", name, count, ratio, name)
 
 
 POSITION_STEPS = 8  # values a sequence needs for the positions rule (fewer can be in order by chance)

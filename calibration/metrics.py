@@ -26,6 +26,9 @@ WORST output's loss, so pruning a head the first output does not show cannot pas
                    0.1 s_c)), s_c = RMS_j ||d_jc||
     channel_prob   as channel_rel_l2, but a channel whose d_ic lies in [0, 1]  worst channel off by 0.01: a probability
                    counts max_k |y_ick - d_ick| (YOLOv8 [N, 4 + classes, A])       moves 1 percentage point
+    variables      rel_l2's two parts in each variable c (the last axis of     rel_l2's 1 pp in each sample's worst
+                   [N, C] and [N, steps, C], axis 1 of 4+ axes) against its        variable, in its own norm and its
+                   own norm and spread; each sample's worst variable per part      own variance
     cosine         mean_i cos(y_i, d_i)  (floored at 0)                        mean cosine similarity drops by 0.01
     exact          share of samples whose value is exactly the dense one's     1% of samples change their value
     list@T         a feed (a request) whose rows' list is the dense one's: the   1% of requests change their list

@@ -4,10 +4,10 @@ calibration.metrics for the table of what 1 pp means), and how onnxruntime's val
 A metric is `batch(out, ref, labels) -> (sums, count)` summed over batches, then `finish(sums, count)` in [0, 1],
 higher is better. `ref` is the dense model's value of the same batch; `labels` the batch's labels or None.
 
-A relative error (rel_l2, channel_rel_l2, channel_prob's other channels) divides a sample's change by the dense
-norm, floored at FLOOR times the output's typical norm over the WHOLE set scored (`reference_scale`: the RMS of the
-dense per-sample norms, per channel for the channel kinds; the Evaluator computes it once from its cached dense
-outputs and passes it as `scale`), so a sample whose dense value is near 0 (a scalar regression value crossing
+A relative error (rel_l2, channel_rel_l2, variables, channel_prob's other channels) divides a sample's change by
+the dense norm, floored at FLOOR times the output's typical norm over the WHOLE set scored (`reference_scale`: the
+RMS of the dense per-sample norms, per channel for the channel kinds; the Evaluator computes it once from its cached
+dense outputs and passes it as `scale`), so a sample whose dense value is near 0 (a scalar regression value crossing
 zero) is judged against the output's scale rather than its own, and the figure does not depend on the batches.
 """
 
@@ -285,6 +285,48 @@ def _channel_prob(out, ref, labels, scale):
     return _channel_errors(out, ref, FLOOR * scale, probabilities=True)[:, None], _ones(_n(out))
 
 
+def _variables(out, ref, labels, scale):
+    """rel_l2's two parts in each variable (`variable_axis`: the last axis of a forecast's [N, steps, variables] or
+    [N, variables], axis 1 of a map [N, C, H, W]) as if it were an output of its own, each sample by its worst
+    variable in each part: its relative error (floored at FLOOR x the variable's RMS norm over the set, scale[:C])
+    and the share of the variable's own variance over the set its change is (against scale[C:], `_variable_spreads`;
+    a variable of no spread has no such part). One relative error over the whole output is set by its large
+    variables: real models 57's water forecaster, judged so, moved pH by 7% of pH's own spread within "0.95 pp"."""
+    a, b, moved = _finite_parts(out, ref)
+    a, b = _by_variable(a).astype(np.float64), _by_variable(b).astype(np.float64)
+    c = b.shape[1]
+    scale = np.atleast_1d(np.asarray(scale, dtype=np.float64))
+    floor, spreads = (scale[:c], scale[c:]) if len(scale) == 2 * c else (np.zeros(c), np.zeros(c))
+    d2, b2 = np.square(a - b).sum(axis=2), np.square(b).sum(axis=2)
+    rel = np.minimum(1.0, np.sqrt(d2) / np.maximum(np.sqrt(b2), np.maximum(FLOOR * floor, _TINY))).max(axis=1)
+    lost = np.where(spreads > 0, d2 / np.maximum(spreads * spreads, _TINY), 0.0).max(axis=1)
+    if moved is not None:  # a non-finite value that moved: that sample lost, as in rel_l2
+        rel, lost = np.where(moved, 1.0, rel), np.where(moved, np.maximum(lost, 1.0), lost)
+    return np.stack([rel, lost], axis=1), _ones(len(b))
+
+
+def variable_axis(shape: tuple) -> int:
+    """The axis `variables` reads as the variables of an output of `shape` (samples first): the last of [N,
+    variables] and of a forecast's [N, steps, variables]; axis 1 of 4 or more axes (a map's channels, [N, C, H, W]);
+    none (-1: the whole sample one variable) of [N]."""
+    return -1 if len(shape) < 2 else (len(shape) - 1 if len(shape) <= 3 else 1)
+
+
+def _by_variable(x: np.ndarray) -> np.ndarray:
+    """[n, variables, values] of an output's samples (`variable_axis`); [n, 1, values] of one with one axis."""
+    x = np.asarray(x)
+    if x.ndim < 2:
+        return x.reshape(_n(x), 1, -1)
+    x = np.moveaxis(x, variable_axis(x.shape), 1)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _variable_norms(ref: np.ndarray) -> np.ndarray:
+    """||ref_ic||^2 per sample and variable (`variable_axis`), [n, C] in float64, over its finite values."""
+    b = _by_variable(ref).astype(np.float64)
+    return np.square(np.where(np.isfinite(b), b, 0.0)).sum(axis=2)
+
+
 DETECTION_SCORE = 0.05  # a ranked detection is compared as a detection from this score in either model: below it a
 # row is one of the many near-equal low scores whose order any change reshuffles (its rank still counts, below)
 DETECTION_IOU = 0.5  # a detection of the other model is the same object from this IoU, with the same class
@@ -492,6 +534,15 @@ METRICS: dict[str, Metric] = {
                            "is off by 0.01 on average: a probability channel (values in [0, 1]) in its largest "
                            "absolute change, 1 percentage point; any other in its relative L2 error", (True,), True,
                            norms=lambda ref: _channel_norms(ref)),
+    # each variable of a multivariate regression (a forecast's, [N, steps, variables]) judged as rel_l2 judges an
+    # output: one rel_l2 over the whole is set by its large variables (real models 57's water forecaster: pH moved 7%
+    # of its own spread within 0.95 pp; sweep 56's L1 in another form)
+    "variables": Metric(_variables, lambda s, n: max(0.0, 1.0 - max(s[0], s[1]) / n), False,
+                        "rel_l2's 1 pp in each sample's worst variable (the last axis of [N, variables] and [N, steps,"
+                        " variables], axis 1 of [N, C, H, W]): a mean relative L2 error of 0.01 (relative to the "
+                        "variable's norm, or to 0.1 of its RMS norm where that is larger), or 1% of that variable's "
+                        "own variance over the set lost",
+                        (True, True), True, norms=lambda ref: _variable_norms(ref), spread=True),
     "detections": Metric(_detections, lambda s, n: max(0.0, 1.0 - s[0] / n), False,
                          "each sample's worst detection (scored 0.05 or more in either model, matched by class and "
                          "IoU) moves its score by 0.01 or its box by 1% of its size on average, or its k-th highest "
@@ -771,13 +822,15 @@ def reference_scale(metric: Metric, refs) -> np.ndarray:
     """The typical norm of a relative-error metric's dense values `refs` (arrays, samples first, as it scores them):
     the RMS over every sample of the set of its norm (`Metric.norms`), sqrt(mean_j ||d_j||^2), [1]; per channel c
     for the channel kinds, sqrt(mean_j ||d_jc||^2), [C]. Zero for a set with no samples. A kind with `spread`
-    (rel_l2) has the set's `_spread` after it, [2]."""
+    (rel_l2) has the set's `_spread` after it, [2]; variables each variable's (`_variable_spreads`), [2C]."""
     if metric.view is not None:
         refs = [metric.view(r) for r in refs]
     parts = [metric.norms(np.asarray(r)) for r in refs if np.asarray(r).size]
     if not parts or len({p.shape[1] for p in parts}) > 1:  # channel counts that differ: no floor, as before
         return np.zeros(2 if metric.spread else 1)
     scale = np.sqrt(np.concatenate(parts).mean(axis=0))
+    if metric.spread and len(scale) > 1:  # per variable (variables): each one's own spread, [2C]
+        return np.append(scale, _variable_spreads(refs, scale))
     return np.append(scale, _spread(refs, float(scale[0]))) if metric.spread else scale
 
 
@@ -799,6 +852,13 @@ def _spread(refs, rms: float) -> float:
     mean = sum(f.sum(axis=0) for f in flats) / n
     spread = math.sqrt(sum(float(np.square(f - mean).sum()) for f in flats) / n)
     return spread if spread >= SPREAD_MIN * rms and spread > _TINY else 0.0
+
+
+def _variable_spreads(refs, rms: np.ndarray) -> np.ndarray:
+    """`_spread` of each variable (`variable_axis`) of the dense values `refs` on its own, [C] (`rms` [C] the
+    variables' RMS norms): how far the samples lie from one another in it, 0 where under SPREAD_MIN of its norm."""
+    arrays = [_by_variable(r) for r in refs if np.asarray(r).size]
+    return np.array([_spread([a[:, c] for a in arrays], float(rms[c])) for c in range(len(rms))])
 
 
 def _variance_lost(d2: np.ndarray, moved: np.ndarray | None, spread: float) -> np.ndarray:

@@ -40,7 +40,7 @@ expected_accuracy (label-free, paired against the input model's own probabilitie
     p_i[a] + p_i[b] on a changed sample). Near-ties change freely, confident changes count.
 
 fidelity metrics (agreement, seq_agreement, map_iou, mask_iou, ctc_agreement, prob, binary_prob, rel_l2,
-channel_rel_l2, channel_prob, cosine, exact: the candidate against the dense model):
+channel_rel_l2, channel_prob, variables, cosine, exact: the candidate against the dense model):
     every sample i has a loss l_i >= 0 (a changed class, its share of changed positions, its relative error, ...),
     L = 100·mean(l) pp, SE = 100·std(l)/sqrt(n); accepted when the upper bound L + Z·SE <= budget. A loss against
     the input model is never negative, so there is no noise around zero to forgive: the margin is taken off the
@@ -264,6 +264,11 @@ PER_SAMPLE: dict[str, PerSample] = {
     "channel_prob": PerSample(_form("channel_prob", False), False, ("error per channel",),
                               "max over channels c of: max_k |y_ick - d_ick| for a channel whose d_ic lies in [0, 1], "
                               "else min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c))", binary=False),
+    "variables": PerSample(_form("variables", False), False,
+                           ("relative error per variable", "variance lost per variable"),
+                           "rel_l2's two parts in each channel c as its own output, the worst channel of each: max_c "
+                           "min(1, ||y_ic - d_ic|| / max(||d_ic||, 0.1 s_c)); and max_c ||y_ic - d_ic||^2 / v_c, v_c "
+                           "= the mean of ||d_jc - m_c||^2 over the set (each bounded)", binary=False),
     "detections": PerSample(_form("detections", False), False, ("detection change",),
                             "min(1, the worst of: each detection scored 0.05 or more in either model against its "
                             "match in the other (same class, IoU >= 0.5): |score change| and ||box change|| / its "
