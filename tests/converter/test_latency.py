@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from onnxprune.converter import latency
 from onnxprune.converter.latency import SLOW_CAP, SLOW_FLOOR, measure_latency
 from onnxprune.models import builders
 
@@ -74,16 +75,46 @@ def test_a_run_time_that_alternates_call_by_call_is_not_pinned_on_one_model():
     assert b["a"]["q3_ms"] > 3.5 and b["b"]["q3_ms"] > 3.5, b
 
 
-def test_medians_iqr_and_ratio_from_the_timed_runs():
-    result = measure_latency("A", "B", {2: {}}, repeats=15, warmup=1, min_repeats=1, budget_s=60,
-                             session_factory=fake_factory([], {"A": 2e-3, "B": 1e-3}))
+class FakeClock:
+    """The time module's two counters, moved only by the sessions: timings exact whatever the machine's load."""
+
+    def __init__(self):
+        self.ns = 0
+
+    def perf_counter(self) -> float:
+        return self.ns / 1e9
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+
+class ClockedSession:
+    """Moves the fake clock by its next duration (ms, in turn) a run."""
+
+    def __init__(self, clock: FakeClock, durations_ms: list):
+        self.clock, self.durations, self.runs = clock, durations_ms, 0
+
+    def run(self, names, feed):
+        self.clock.ns += round(self.durations[self.runs % len(self.durations)] * 1e6)
+        self.runs += 1
+        return [np.zeros(1)]
+
+
+def test_medians_iqr_and_ratio_from_the_timed_runs(monkeypatch):
+    # a fake clock: under load (10 on 2 cores) real 2 ms and 1 ms busy-waits measured a speedup of 3.29 (channels 58)
+    clock = FakeClock()
+    monkeypatch.setattr(latency, "time", clock)
+    durations = {"A": [1.0, 2.0, 3.0, 2.0], "B": [1.0]}  # A: a quarter of its runs at 1 ms, half at 2, a quarter at 3
+    result = measure_latency("A", "B", {2: {}}, repeats=16, warmup=1, min_repeats=1, budget_s=60,
+                             session_factory=lambda model, threads: ClockedSession(clock, durations[model]))
     b = result["batches"][0]
-    assert b["a"]["median_ms"] > b["b"]["median_ms"] > 0
-    assert b["a"]["q1_ms"] <= b["a"]["median_ms"] <= b["a"]["q3_ms"]
-    assert b["a"]["iqr_ms"] == pytest.approx(b["a"]["q3_ms"] - b["a"]["q1_ms"])
-    assert b["ratio"] == pytest.approx(b["b"]["median_ms"] / b["a"]["median_ms"])
-    assert b["speedup"] == pytest.approx(1 / b["ratio"])
-    assert 1.3 < b["speedup"] < 3.0  # B sleeps half as long as A
+    assert b["runs"] == 16 and b["warmup"] == 1
+    # A's 16 timed runs follow its warm-up run (1 ms): 2, 3, 2, 1, ... four each of 1 and 3 ms, eight of 2 ms
+    assert b["a"]["median_ms"] == pytest.approx(2.0) and b["b"]["median_ms"] == pytest.approx(1.0)
+    assert b["a"]["q1_ms"] == pytest.approx(1.75) and b["a"]["q3_ms"] == pytest.approx(2.25)
+    assert b["a"]["iqr_ms"] == pytest.approx(0.5) and b["a"]["min_ms"] == pytest.approx(1.0)
+    assert b["b"]["iqr_ms"] == pytest.approx(0.0)
+    assert b["ratio"] == pytest.approx(0.5) and b["speedup"] == pytest.approx(2.0)  # B takes half as long as A
 
 
 def test_budget_stops_early_but_keeps_the_minimum():
@@ -192,7 +223,6 @@ def test_a_model_kept_unpruned_is_never_said_to_run_slower(tmp_path, monkeypatch
     is not timed at all (real models 58, below)."""
     import json
 
-    from onnxprune.converter import latency
     from tests.hardening.helpers import invoke
 
     real = latency.measure_latency
@@ -223,7 +253,6 @@ def test_a_model_written_as_given_is_not_timed_against_itself(tmp_path, monkeypa
     not timed; the summary and report.html say why. A pruned model (--sparsity) is timed as before."""
     import json
 
-    from onnxprune.converter import latency
     from onnxprune.converter.convert import SAME_FILE_LATENCY
     from tests.hardening.helpers import invoke
 
