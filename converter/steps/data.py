@@ -273,9 +273,12 @@ class Data:
             return MAX_BATCH
         dynamic = _batch_dependent(self.model)
         if dynamic:  # per-batch activation scales: a sample's answer depends on the samples beside it
+            # lists 57's L4: "as a single request runs" where the recommender's request was 1,004 rows run together
             log.warning("the model quantizes its activations per batch (%s): a sample's output depends on the "
-                        "samples run with it, so each is evaluated alone, as a single request runs (--batch-size "
-                        "sets another batch)", dynamic)
+                        "samples run with it, so each is evaluated alone, as a caller that runs one sample a call "
+                        "gets it; where your application runs several rows in one call (one request's candidates), "
+                        "they are quantized together: --batch-size sets the batch, and a folder of one request a "
+                        "file with --metric OUTPUT=list@T, set@T or top@K runs each request whole", dynamic)
             return 1
         if random:
             return MAX_BATCH

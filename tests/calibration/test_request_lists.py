@@ -156,3 +156,27 @@ def test_rows_that_share_a_context_are_told_of_the_list_kinds_and_batches_are_no
     res = invoke("prune", scorer, "-o", tmp_path / "rows.onnx", "--data", batches, "--max-loss", "5", "--one-shot")
     assert res.exit_code == 0, res.output
     assert "--metric score=list@T" not in res.output and "share a context" not in res.output, res.output
+
+
+def test_a_per_batch_quantized_scorer_is_not_said_to_run_as_a_single_request(tmp_path):
+    """Lists 57's L4: a scorer that quantizes its activations per batch, judged by rows, was warned that each row "is
+    evaluated alone, as a single request runs" where a request was a file's rows run together; judged by requests
+    (top@1), the legend under the table defined "decision samples" while the notes counted decision requests."""
+    from onnxprune.models.builders_control import matmul_integer
+
+    path = tmp_path / "scorer.onnx"
+    onnx.save(matmul_integer(in_features=16, out_features=1), path)
+    rng = np.random.default_rng(6)
+    feeds = [{"input": np.concatenate([np.tile(rng.standard_normal(8), (8, 1)), np.eye(8)], 1).astype(np.float32)}
+             for _ in range(60)]
+    folder = _requests(tmp_path / "requests", feeds)
+    res = invoke("prune", path, "-o", tmp_path / "rows.onnx", "--data", folder, "--max-loss", "5", "--one-shot")
+    assert res.exit_code == 0, res.output
+    assert "quantizes its activations per batch" in res.output and "as a single request runs" not in res.output
+    assert "where your application runs several rows in one call" in res.output, res.output
+    assert "decision samples = the samples each candidate is judged on" in res.output, res.output
+    res = invoke("prune", path, "-o", tmp_path / "top.onnx", "--data", folder, "--max-loss", "5", "--one-shot",
+                 "--metric", "output=top@1")
+    assert res.exit_code == 0, res.output
+    assert "decision requests = the requests each candidate is judged on" in res.output, res.output
+    assert "decision samples" not in res.output and "quantizes its activations per batch" not in res.output
