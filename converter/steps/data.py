@@ -588,8 +588,8 @@ def rows_judged_note(model: onnx.ModelProto, data: Data) -> str | None:
     rows, context = found
     name = scores[0]
     each = f"{min(rows):,}" if min(rows) == max(rows) else f"{min(rows):,}-{max(rows):,}"
-    return (f"the {len(files):,} files of --data hold {each} rows each (the first {len(rows)} read) that share a context "
-            f"({context}), and output '{name}' one score a row: each row was judged as one sample; if your "
+    return (f"the {len(files):,} files of --data hold {each} rows each (the first {len(rows)} read) that share a "
+            f"context ({context}), and output '{name}' one score a row: each row was judged as one sample; if your "
             f"application reads a file's rows together (one request's candidates ranked, read above a threshold, or "
             f"the best-scored one picked), judge each file as one request: --metric {name}=list@T (the rows scored T "
             f"or more, best first), {name}=set@T (those rows, in any order) or {name}=top@K (the first K and their "
