@@ -634,8 +634,8 @@ def shared_context(model: onnx.ModelProto, files: list) -> tuple[list[int], str]
         differ = np.logical_or.reduce([f[0] != flat[0][0] for f in flat[1:]])
         n = int(np.count_nonzero(same & differ))
         if n:
-            return rows, (f"{n:,} of input '{name}''s {flat[0].shape[1]:,} columns hold one value in every row of a "
-                          "file and differ between files")
+            return rows, (f"{n:,} of the {flat[0].shape[1]:,} columns of input '{name}' hold one value in every row "
+                          "of a file and differ between files")
     return None
 
 
