@@ -1678,7 +1678,14 @@ def check_metric_spec(model: onnx.ModelProto, spec) -> None:
         shape = _declared_shape(model, name) if is_list(kind) else None
         if shape is not None and (len(shape) not in (1, 2) or len(shape) == 2 and shape[1] not in (1, None)):
             raise ConfigError(f"--metric {name}={kind} ranks each feed's rows by one score a row ([R] or [R, 1]); "
-                              f"output '{name}' is declared {list(shape)}: choose another kind (docs/metrics.md).")
+                              f"output '{name}' is declared {list(shape)}: choose another kind (docs/metrics.md)"
+                              + (f"; its last axis's items, a row a sample, are ranked by --metric {name}=rank@"
+                                 f"{kind.partition('@')[2] or 1}." if base_kind(kind) == "top" else "."))
+        shape = _declared_shape(model, name) if base_kind(kind) == "rank" else None
+        if shape is not None and (len(shape) < 2 or shape[-1] == 1):
+            raise ConfigError(f"--metric {name}={kind} ranks each sample's last axis (its items); output '{name}' "
+                              f"is declared {list(shape)}, one value a sample: a feed's rows, one score each, are "
+                              f"ranked by --metric {name}=top@K on a folder of one request a file (docs/metrics.md).")
 
 
 def _unknown_kind(kind: str, where: str) -> str:

@@ -407,6 +407,10 @@ def _exact(out, ref, labels):
 # change of 0.28% of rows changed 72% of its workspaces' lists (real models 56b's L2). These kinds score a feed as ONE
 # sample, a request: 1 when its list is the input model's (the Evaluator reads --data a request a feed and pools).
 LISTS = {"list": 0.5, "set": 0.5, "top": 10}  # the kinds that read a feed's rows as one list, and their default T/K
+# The same rule on a sample's last axis: a retrieval model scores a query's items in one row ([Q, items]) and its
+# application reads each query's first K items, best first (`rank@K`, lists 57's L3): each row is a sample, changed
+# when its top K or their order changed; the data is read in batches as any other kind's.
+RANKS = {"rank": 1}  # the kinds that rank each sample's last axis, and their default K
 
 
 def ranked_rows(x, form: str, at: float) -> tuple[int, ...]:
@@ -419,6 +423,24 @@ def ranked_rows(x, form: str, at: float) -> tuple[int, ...]:
         return tuple(int(i) for i in order[:int(at)])
     kept = [int(i) for i in order if scores[i] >= at]
     return tuple(sorted(kept)) if form == "set" else tuple(kept)
+
+
+def ranked_items(x, k: int) -> np.ndarray:
+    """Each row's first `k` indices of its last axis, best first (equal scores by index; NaN below every score)."""
+    scores = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=-np.inf)
+    return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+
+
+def _rank_change(out, ref, labels, at: float = 1):
+    """Per sample: 1 while its top `at` items (its last axis, best first; every row of it, for more axes) are the
+    input model's, else 0. An output of one value a sample has nothing to rank: refused."""
+    out, ref, k = np.asarray(out), np.asarray(ref), int(at)
+    if out.ndim < 2 or out.shape[-1] < max(k, 2):
+        raise ConfigError(f"rank@{k} ranks each sample's last axis (its items) and needs at least {max(k, 2)} there; "
+                          f"the output is {list(out.shape)}: a feed's rows, one score each, are ranked by top@K on a "
+                          "folder of one request a file (docs/metrics.md)")
+    same = (ranked_items(out, k) == ranked_items(ref, k)).reshape(len(out), -1).all(axis=1)
+    return same[:, None].astype(np.float64), _ones(len(out))
 
 
 def _list_change(out, ref, labels, form: str = "list", at: float = 0.5):
@@ -479,7 +501,8 @@ AT_ONE_PP = {"mask_iou": "the IoU of the mask (the values over {t}) with the inp
              "list": "1% of requests (a feed each, its rows read together) change their list: the rows scored {t} "
                      "or more, or their order by score",
              "set": "1% of requests (a feed each, its rows read together) change which rows score {t} or more",
-             "top": "1% of requests (a feed each, its rows read together) change their top {t} rows or their order"}
+             "top": "1% of requests (a feed each, its rows read together) change their top {t} rows or their order",
+             "rank": "1% of samples change their top {t} items (the last axis, best first) or their order"}
 
 METRICS: dict[str, Metric] = {
     "accuracy": Metric(_accuracy, lambda s, n: s[0] / n, True, "1% of samples lose their right class", classes=True),
@@ -552,6 +575,8 @@ METRICS: dict[str, Metric] = {
     "exact": Metric(_exact, lambda s, n: s[0] / n, False, "1% of samples change their value"),
     **{kind: Metric(partial(_list_change, form=kind, at=at), lambda s, n: s[0] / n, False,
                     AT_ONE_PP[kind].format(t=at)) for kind, at in LISTS.items()},
+    "rank": Metric(partial(_rank_change, at=RANKS["rank"]), lambda s, n: s[0] / n, False,
+                   AT_ONE_PP["rank"].format(t=RANKS["rank"])),
 }
 
 
@@ -604,7 +629,7 @@ CLASS_KINDS = {k for k, m in METRICS.items() if m.classes}
 THRESHOLDS = {"mask_iou": 0.5, "binary_prob": 0.5, "binary_logit": 0.0}  # the kinds that take one: their default
 RANGE_KINDS = {"mask_iou"}  # ... and those that take one of each sample's range (mask_iou@0.8r)
 _AT_SCORES = {"mask_iou": _mask_iou, "binary_prob": _binary_prob, "binary_logit": _binary_logit,
-              **{kind: partial(_list_change, form=kind) for kind in LISTS}}
+              **{kind: partial(_list_change, form=kind) for kind in LISTS}, "rank": _rank_change}
 
 
 @dataclass(frozen=True)
@@ -630,9 +655,10 @@ def split_threshold(kind: str) -> tuple[str, Threshold | None]:
         bare.append(base)
         if not sep:
             continue
-        if base not in THRESHOLDS and base not in LISTS:
+        if base not in THRESHOLDS and base not in LISTS and base not in RANKS:
             raise ValueError(f"metric '{base}' takes no threshold ('{part}'); only {', '.join(THRESHOLDS)} are read at "
-                             "one: KIND@T, e.g. mask_iou@0.3 (and a feed's list: list@T, set@T, top@K)")
+                             "one: KIND@T, e.g. mask_iou@0.3 (and a feed's list: list@T, set@T, top@K; a sample's "
+                             "items: rank@K)")
         if base in LISTS and len(kind.split("+")) > 1:
             raise ValueError(f"'{kind}': {base} reads a feed's rows as one list and pairs with no other kind; write "
                              f"{part} alone")
@@ -644,8 +670,9 @@ def split_threshold(kind: str) -> tuple[str, Threshold | None]:
             value = float(text[:-1] if of_range else text)
         except ValueError:
             value = math.nan
-        if base == "top" and not (math.isfinite(value) and value >= 1 and value == int(value)):
-            raise ValueError(f"the K in '{part}' is not a whole number of rows; write top@K, e.g. top@10")
+        if base in ("top", "rank") and not (math.isfinite(value) and value >= 1 and value == int(value)):
+            raise ValueError(f"the K in '{part}' is not a whole number of {'rows' if base == 'top' else 'items'}; "
+                             f"write {base}@K, e.g. {base}@10")
         if not math.isfinite(value) or ((base == "binary_prob" or of_range) and not 0.0 < value < 1.0):
             within = (" between 0 and 1 (a share of each sample's range)" if of_range else
                       " between 0 and 1 (a probability)" if base == "binary_prob" else "")
@@ -671,7 +698,7 @@ def decision_threshold(kind: str) -> float | None:
     """Where a thresholded kind (or a pair led by one) decides, in the output's own units; None for other kinds (and
     for a threshold of each sample's range, which has none)."""
     base, at = split_threshold(kind)
-    if base in LISTS:  # a feed's list, no per-sample decision
+    if base in LISTS or base in RANKS:  # a feed's list, a sample's items: no decision on a value
         return None
     if at is not None:
         return None if at.of_range else at.value

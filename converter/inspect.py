@@ -658,6 +658,18 @@ def node_cell(row: dict) -> str:
 BUDGET_TERMS = ("; decision samples = the samples each candidate is judged on (--val-data, else a part of --data "
                 "held out from retraining); upper bound = a loss plus the decision rule's margin for chance, which "
                 "must stay within --max-loss")
+
+
+def _budget_terms(report: dict) -> str:
+    """BUDGET_TERMS, in requests where the run's samples are (--metric OUTPUT=list@T, set@T, top@K: lists 57's L4,
+    whose notes said "decision requests" under a legend that defined "decision samples")."""
+    from onnxprune.converter.auto.decide import in_requests
+    from onnxprune.converter.steps.data import list_outputs
+
+    metric = (report.get("options") or (report.get("run") or {}).get("options") or {}).get("metric")
+    return in_requests(BUDGET_TERMS) if metric and list_outputs(metric) else BUDGET_TERMS
+
+
 PRUNABLE_SHARE = 0.9  # prunable weights below this share of the model's float weights: the whole model's ratio too
 
 
@@ -678,7 +690,7 @@ def print_prune_summary(report: dict, console: Console | None = None) -> None:
     console.print("W% = share of the layer's weights kept; q = pruning threshold / the layer's weight std (the "
                   "paper's quality parameter); neurons = output channels before->after; Act% = share of nonzero "
                   "activations before->after; pp = percentage points of the metric"
-                  + (BUDGET_TERMS if report.get("budget") else ""))
+                  + (_budget_terms(report) if report.get("budget") else ""))
     console.print(
         f"weights {count(b['nonzeros'])} -> {count(a['nonzeros'])} nonzero "
         f"({_ratio(report['compression'])} fewer); file {nbytes(report['file_size_before'])} -> "

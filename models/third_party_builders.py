@@ -3244,6 +3244,29 @@ def row_scorer_requests(requests: int, *, context: int = 12, candidates: int = 4
     return feeds
 
 
+def move_policy(*, board: int = 10, features: int = 6, hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A board game's policy as Super 3's is exported (real models 57): a position 'obs' [board] (no batch axis, one
+    value a feed) beside its legal moves 'move_features' [n_moves, features] -> 'scores' [n_moves]: each move
+    embedded (MatMul + Relu), the position embedded (MatMul + Relu), their product summed over the hidden axis. Its
+    application plays the best-scored move of a position: the rows of a feed are one request."""
+    g = _Graph(seed)
+    pos = g.relu(g.matmul("obs", "body", board, hidden), "body")
+    moves = g.relu(g.matmul("move_features", "moves", features, hidden), "moves")
+    g.initializers.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "sum.axes"))
+    g.op("ReduceSum", "sum", [g.op("Mul", "score", [moves, pos]), "sum.axes"], keepdims=0)
+    g.nodes[-1].output[0] = "scores"
+    return _model(g, "move_policy", [_float("obs", [board]), _float("move_features", ["n_moves", features])],
+                  [_float("scores", ["n_moves"])])
+
+
+def move_policy_positions(positions: int, *, board: int = 10, features: int = 6, seed: int = 0) -> list[dict]:
+    """`positions` feeds for `move_policy`, one a position: a random board and 3 to 12 legal moves."""
+    rng = np.random.default_rng(seed)
+    return [{"obs": rng.uniform(0, 1, board).astype(np.float32),
+             "move_features": rng.uniform(0, 1, (int(rng.integers(3, 13)), features)).astype(np.float32)}
+            for _ in range(positions)]
+
+
 def unrolled_experts(*, features: int = 8, hidden: int = 12, experts: int = 4, classes: int = 3,
                      seed: int = 0) -> onnx.ModelProto:
     """A mixture of experts as torch's legacy exporter writes HuggingFace transformers 5's eager experts loop

@@ -99,7 +99,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import LISTS, METRICS, PAIRED_KINDS, Registry, is_list
+from onnxprune.calibration.output_metrics import LISTS, METRICS, PAIRED_KINDS, RANKS, Registry, is_list
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,9 @@ _AT_WORDS = {"mask_iou": (("1 - mask IoU",), "1 - the IoU of its mask (the value
              # a request (a feed whose rows are read together, output_metrics.LISTS): its list changed or not
              "list": (("changed list",), "1 if its list (the rows scored {t} or more, by score) changed"),
              "set": (("changed set",), "1 if the set of its rows scored {t} or more changed"),
-             "top": (("changed top {t}",), "1 if its top {t} rows or their order changed")}
+             "top": (("changed top {t}",), "1 if its top {t} rows or their order changed"),
+             # a sample's items (its last axis, output_metrics.RANKS): its first K changed or not
+             "rank": (("changed top {t}",), "1 if its top {t} items (its last axis, by score) or their order changed")}
 
 
 def _at_words(base: str, t) -> tuple[tuple[str, ...], str]:
@@ -275,7 +277,7 @@ PER_SAMPLE: dict[str, PerSample] = {
                             "size (unmatched: its score); and max_k |k-th highest score change|)", binary=False),
     "cosine": PerSample(_form("cosine", False), False, ("1 - cosine",), "1 - cos(y_i, d_i)", binary=False),
     "exact": PerSample(_form("exact", False), False, ("changed",), "1 if any of its values changed"),
-    **{kind: PerSample(_form(kind, False), False, *_at_words(kind, at)) for kind, at in LISTS.items()},
+    **{kind: PerSample(_form(kind, False), False, *_at_words(kind, at)) for kind, at in {**LISTS, **RANKS}.items()},
 }
 
 

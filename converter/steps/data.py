@@ -273,9 +273,12 @@ class Data:
             return MAX_BATCH
         dynamic = _batch_dependent(self.model)
         if dynamic:  # per-batch activation scales: a sample's answer depends on the samples beside it
+            # lists 57's L4: "as a single request runs" where the recommender's request was 1,004 rows run together
             log.warning("the model quantizes its activations per batch (%s): a sample's output depends on the "
-                        "samples run with it, so each is evaluated alone, as a single request runs (--batch-size "
-                        "sets another batch)", dynamic)
+                        "samples run with it, so each is evaluated alone, as a caller that runs one sample a call "
+                        "gets it; where your application runs several rows in one call (one request's candidates), "
+                        "they are quantized together: --batch-size sets the batch, and a folder of one request a "
+                        "file with --metric OUTPUT=list@T, set@T or top@K runs each request whole", dynamic)
             return 1
         if random:
             return MAX_BATCH
@@ -556,35 +559,84 @@ class DataStep(Step):
             state.notes.append(note)
 
 
-LIST_ROWS = 10  # a file of at least this many rows of one score each may be one request's list (a top 10)
+CONTEXT_FILES = 4  # files of --data `shared_context` looks at for a context their rows share
 
 
 def rows_judged_note(model: onnx.ModelProto, data: Data) -> str | None:
-    """A note where --data is a folder of files of LIST_ROWS or more rows each, judged a row at a time, and the
-    model scores one value a row ([N] or [N, 1]): a ranking, retrieval or recommendation model's application may
-    read a file's rows together as one list, which `list@T`, `set@T` or `top@K` judge (a request a sample). Real
-    models 56b's L2: VS Code's extension recommender, 140 workspaces of 1,004 candidate rows each, was judged as
-    140,560 rows; per row its claim held (0.28% crossed 0.6) while the list changed on 72% of the workspaces."""
-    from onnxprune.calibration.feeds import npz_shapes
-    from onnxprune.calibration.readers import data_files
+    """A note where --data is a folder of files of several rows each, judged a row at a time, whose rows share a
+    context (`shared_context`: a request's rows, not a batch's independent samples), and the model scores one value
+    a row ([N] or [N, 1]): a ranking, retrieval or recommendation model's application, or a policy's that plays the
+    best-scored move, may read a file's rows together as one list, which `list@T`, `set@T` or `top@K` judge (a
+    request a sample). Real models 56b's L2: VS Code's extension recommender, 140 workspaces of 1,004 candidate rows
+    each, was judged as 140,560 rows; per row its claim held (0.28% crossed 0.6) while the list changed on 72% of the
+    workspaces. Real models 57's L1: Super 3's policy, a position a file ('obs' [191] beside 'move_features' [n, 18]),
+    read a move a sample: its rows within the budget, its picked move changed on 1.4% of held-out positions. A folder
+    of batches of independent samples shares no context and is not told (lists 57's L5)."""
+    from onnxprune.calibration.readers import data_files, rows_together
 
     source = data.config.data
-    if data.lists or not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+    if data.lists or data.carried or data.calls or not isinstance(source, (str, os.PathLike)) \
+            or not os.path.isdir(source):
         return None
-    reader = data.reader()
     files = [p for p in data_files(source) if p.suffix == ".npz"]
-    if getattr(reader, "per_feed", False) or len(files) < 2:
-        return None
-    rows = {len(shape) and shape[0] for shape in (npz_shapes(files[0]) or {}).values() if shape}
     scores = [o.name for o in model.graph.output if _one_value_a_row(o)]
-    if not scores or not rows or min(rows) < LIST_ROWS:
+    if len(files) < 2 or not scores or rows_together(data.reader()):  # each file one sample already
         return None
+    found = shared_context(model, files[:CONTEXT_FILES])
+    if found is None:
+        return None
+    rows, context = found
     name = scores[0]
-    return (f"the {len(files):,} files of --data hold {max(rows):,} rows each (the first), and output '{name}' one "
-            f"score a row: each row was judged as one sample; if your application reads a file's rows "
-            f"together (one request's candidates, ranked or read above a threshold as one list), judge each file as "
-            f"one request: --metric {name}=list@T (the rows scored T or more, best first), {name}=set@T (those rows, "
-            f"in any order) or {name}=top@K (the first K and their order), a request changed when its list did")
+    each = f"{min(rows):,}" if min(rows) == max(rows) else f"{min(rows):,}-{max(rows):,}"
+    return (f"the {len(files):,} files of --data hold {each} rows each (the first {len(rows)} read) that share a "
+            f"context ({context}), and output '{name}' one score a row: each row was judged as one sample; if your "
+            f"application reads a file's rows together (one request's candidates ranked, read above a threshold, or "
+            f"the best-scored one picked), judge each file as one request: --metric {name}=list@T (the rows scored T "
+            f"or more, best first), {name}=set@T (those rows, in any order) or {name}=top@K (the first K and their "
+            f"order; top@1 the pick), a request changed when its list did")
+
+
+def shared_context(model: onnx.ModelProto, files: list) -> tuple[list[int], str] | None:
+    """([each file's rows], the context in words) where every one of `files` stacks R >= 2 rows on the inputs whose
+    axis 0 is free and its rows share a context that differs from file to file: an input held whole for the file (an
+    array of its input's fixed declared shape, a position's board beside its moves), or columns of a stacked input
+    with one value in every row of a file and not the same in every file (a workspace's signals beside each
+    candidate's one-hot). Independent samples batched into files share neither (a column constant in each of several
+    random batches is one the data never varies). None otherwise."""
+    from onnxprune.calibration.readers import _npz_arrays
+    from onnxprune.calibration.runtime import input_specs
+    from onnxprune.plain import listed
+
+    specs = [s for s in input_specs(model) if s.kind == "tensor"]
+    fixed = {s.name: tuple(s.shape) for s in specs if all(d is not None for d in s.shape)}
+    stacked = {s.name: len(s.shape) for s in specs if s.shape and s.shape[0] is None}
+    rows, whole, stacks = [], [], []
+    for path in files:
+        arrays = _npz_arrays(path)
+        whole.append({k: np.asarray(arrays[k]) for k, shape in fixed.items()
+                      if k in arrays and np.shape(arrays[k]) == shape})
+        own = {k: np.asarray(arrays[k]) for k, rank in stacked.items() if k in arrays and np.ndim(arrays[k]) == rank}
+        counts = {len(a) for a in own.values()}
+        if len(counts) != 1 or min(counts) < 2:
+            return None
+        rows.append(counts.pop())
+        stacks.append(own)
+    held = [k for k in sorted(fixed) if all(k in w for w in whole)
+            and any(not np.array_equal(w[k], whole[0][k]) for w in whole[1:])]
+    if held:
+        verb = "holds" if len(held) == 1 else "hold"
+        return rows, f"input{'s' if len(held) > 1 else ''} {listed(repr(k) for k in held)} {verb} one value a file"
+    for name in stacks[0]:
+        flat = [s[name].reshape(len(s[name]), -1) for s in stacks if name in s]
+        if len(flat) != len(stacks) or len({f.shape[1] for f in flat}) != 1:
+            continue
+        same = np.logical_and.reduce([(f == f[:1]).all(axis=0) for f in flat])
+        differ = np.logical_or.reduce([f[0] != flat[0][0] for f in flat[1:]])
+        n = int(np.count_nonzero(same & differ))
+        if n:
+            return rows, (f"{n:,} of the {flat[0].shape[1]:,} columns of input '{name}' hold one value in every row "
+                          "of a file and differ between files")
+    return None
 
 
 def _one_value_a_row(output: onnx.ValueInfoProto) -> bool:

@@ -120,3 +120,63 @@ def test_a_list_needs_requests_apart_and_one_score_a_row(tmp_path):
     res = invoke("prune", wide, "-o", tmp_path / "out.onnx", "--data", "random", "--max-loss", "1",
                  "--metric", "scores=list@0.5")
     assert_clean_error(res, 2, "one score a row", "'scores' is declared")
+
+
+def test_rows_that_share_a_context_are_told_of_the_list_kinds_and_batches_are_not(tmp_path):
+    """Real models 57's L1 (Super 3's policy: a position 'obs' beside its moves, a file each, read a move a sample;
+    its app plays the best-scored move) gets the note naming top@1, though its folder is read as each file's rows
+    beside the file's 'obs'; a folder of batches of 64 independent rows of the same scorer whose requests were
+    judged above (lists 57's L5) shares no context and gets none."""
+    import onnxruntime as ort
+
+    policy = tb.move_policy()
+    onnx.checker.check_model(policy, full_check=True)
+    path = tmp_path / "policy.onnx"
+    onnx.save(policy, path)
+    positions = tb.move_policy_positions(120, seed=3)
+    folder = _requests(tmp_path / "positions", positions)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, positions[0])[0]
+    w = {t.name: onnx.numpy_helper.to_array(t) for t in policy.graph.initializer}
+    pos = np.maximum(positions[0]["obs"] @ w["body.weight"] + w["body.bias"], 0)
+    moves = np.maximum(positions[0]["move_features"] @ w["moves.weight"] + w["moves.bias"], 0)
+    np.testing.assert_allclose(got, (moves * pos).sum(1), rtol=1e-5, atol=1e-6)
+    res = invoke("prune", path, "-o", tmp_path / "out.onnx", "--data", folder, "--max-loss", "5", "--one-shot")
+    assert res.exit_code == 0, res.output
+    assert "share a context (input 'obs' holds one value a file)" in res.output, res.output
+    assert "--metric scores=list@T" in res.output and "top@1 the pick" in res.output, res.output
+
+    scorer = tmp_path / "scorer.onnx"
+    onnx.save(tb.row_scorer(), scorer)
+    rng = np.random.default_rng(4)
+    batches = tmp_path / "batches"
+    batches.mkdir()
+    for i in range(6):  # independent rows: each its own context and candidate
+        rows = np.concatenate([(rng.random((64, 12)) < 1 / 3), np.eye(40)[rng.integers(0, 40, 64)]], axis=1)
+        np.savez(batches / f"b{i}.npz", input=rows.astype(np.float32))
+    res = invoke("prune", scorer, "-o", tmp_path / "rows.onnx", "--data", batches, "--max-loss", "5", "--one-shot")
+    assert res.exit_code == 0, res.output
+    assert "--metric score=list@T" not in res.output and "share a context" not in res.output, res.output
+
+
+def test_a_per_batch_quantized_scorer_is_not_said_to_run_as_a_single_request(tmp_path):
+    """Lists 57's L4: a scorer that quantizes its activations per batch, judged by rows, was warned that each row "is
+    evaluated alone, as a single request runs" where a request was a file's rows run together; judged by requests
+    (top@1), the legend under the table defined "decision samples" while the notes counted decision requests."""
+    from onnxprune.models.builders_control import matmul_integer
+
+    path = tmp_path / "scorer.onnx"
+    onnx.save(matmul_integer(in_features=16, out_features=1), path)
+    rng = np.random.default_rng(6)
+    feeds = [{"input": np.concatenate([np.tile(rng.standard_normal(8), (8, 1)), np.eye(8)], 1).astype(np.float32)}
+             for _ in range(60)]
+    folder = _requests(tmp_path / "requests", feeds)
+    res = invoke("prune", path, "-o", tmp_path / "rows.onnx", "--data", folder, "--max-loss", "5", "--one-shot")
+    assert res.exit_code == 0, res.output
+    assert "quantizes its activations per batch" in res.output and "as a single request runs" not in res.output
+    assert "where your application runs several rows in one call" in res.output, res.output
+    assert "decision samples = the samples each candidate is judged on" in res.output, res.output
+    res = invoke("prune", path, "-o", tmp_path / "top.onnx", "--data", folder, "--max-loss", "5", "--one-shot",
+                 "--metric", "output=top@1")
+    assert res.exit_code == 0, res.output
+    assert "decision requests = the requests each candidate is judged on" in res.output, res.output
+    assert "decision samples" not in res.output and "quantizes its activations per batch" not in res.output
