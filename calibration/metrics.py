@@ -123,7 +123,8 @@ class Evaluator:
         # decoder's `prob`: its picks at --max-loss / L, its probabilities at --max-loss; `part_factor`)
         self.held_parts: dict[str, tuple[int, ...]] = {}
         # outputs scored on their last position only (axis 1): a decoder without a cache's logits, whose last
-        # position's argmax is the pick behind the next call's context (converter/steps/verify.decoded_budget)
+        # position's argmax is the pick behind the next call's context, and a KV decoder's at a call fed its prompt
+        # whole (converter/steps/verify.decoded_budget)
         self.last_positions = frozenset(last_positions)
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)

@@ -378,9 +378,11 @@ def decoded_budget(state: RunState) -> None:
     decode, feeds used as they are by stream, counted by their rows); calls the reading's guard left are split by
     what the calls read show, and said (`_unread_calls`). A decoder without a cache, fed its whole context each call
     (`calibration.carried.context_pairs`: the call before's with its pick behind it), is read so too, its fed-back
-    output scored on its last position, the pick (`Data.last_position`); where the calls show no decode, a model that
-    looks like a causal language model gets a note on how to record them (`causal_lm_note`, the data step)."""
-    from onnxprune.calibration.carried import follows, kept_picks, streams, token_view
+    output scored on its last position, the pick (`Data.last_position`), as is a KV decoder's where a call is fed
+    several tokens at once (its prompt: `calibration.carried.prompt_positions`); where the calls show no decode, a
+    model that looks like a causal language model gets a note on how to record them (`causal_lm_note`, the data
+    step)."""
+    from onnxprune.calibration.carried import follows, kept_picks, prompt_positions, streams, token_view
 
     data = state.data
     if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config) \
@@ -415,8 +417,9 @@ def decoded_budget(state: RunState) -> None:
     plan = data.calibration.plan
     judged, said = {}, []
     grown = [o for i, o in tokens.items() if pairs.get(i) == i]
-    for o in grown:  # its other positions repeat earlier calls' picks or read the prompt: no decode keeps them
-        data.last_position(o)
+    prompted = [o for o in prompt_positions([token_view(f, pairs) for f in raw], outs, tokens) if o not in grown]
+    for o in grown + prompted:  # its other positions repeat earlier calls' picks or read the prompt: no decode
+        data.last_position(o)  # keeps them
     for i, o in tokens.items():
         if o in data.output_budgets:
             said.append(f"'{o}' keeps its own --max-loss {o}={data.output_budgets[o]:g}, judged one call at a time")
@@ -462,6 +465,10 @@ def decoded_budget(state: RunState) -> None:
     if grown:
         said.append(", ".join(f"'{o}'" for o in grown) + " is scored on its last position only, the pick behind the "
                     "next call's context (its other positions repeat the calls before's picks or read the prompt)")
+    if prompted:
+        said.append(", ".join(f"'{o}'" for o in prompted) + " is scored on its last position only, the pick the next "
+                    "call is fed (a call fed several tokens, a prompt's, gives one position a token; the others read "
+                    "the prompt, and no decode keeps them)")
     if split:
         said.append(f"the data's decision part is {split}")
     state.notes.append("; ".join([text] + said))

@@ -756,3 +756,63 @@ def test_a_kv_decoders_feeds_used_as_they_are_grow_their_deciding_part_by_their_
            "needs" in note
     part = state.data.reader(part="validation")
     assert part.per_feed and part.num_samples == 1600 and sum(f["input_ids"].shape[0] for f in part) == 1600
+
+
+def _forced_calls(sess, prompt: np.ndarray, steps: int, record, rng) -> None:
+    """greedy_cache_decoder fed `prompt` [N, S] with an empty past, then `steps - 1` calls each fed a random token,
+    not its pick (a decoder scored on given text, every position read): its calls appended to `record`."""
+    ids, past = prompt, np.zeros((len(prompt), 0, 8), np.float32)
+    for _ in range(steps):
+        record.append({"input_ids": ids, "past": past})
+        past = sess.run(["present"], record[-1])[0]
+        ids = rng.integers(0, 12, (len(prompt), 1)).astype(np.int64)
+
+
+def _changed(written, dense, feeds, last: bool) -> np.ndarray:
+    """Each row's share of changed picks (argmax of 'logits') in onnxruntime by hand: at the last position (`last`),
+    else over every position, as seq_agreement counts them."""
+    shares = []
+    for f in feeds:
+        a, b = written.run(["logits"], f)[0].argmax(-1), dense.run(["logits"], f)[0].argmax(-1)
+        shares.append((a[:, -1:] != b[:, -1:]) if last else (a != b))
+    return np.concatenate([s.mean(axis=1) for s in shares])
+
+
+def test_a_kv_decoders_prompt_call_is_judged_by_its_pick_alone_and_given_text_by_every_position(tmp_path):
+    """A KV decoder's first call takes its prompt whole (input_ids [4, 6]) and gives 'logits' [4, 6, V]: only the last
+    position is a pick a decode keeps; the others read the prompt. Scored on every position (decoders 57's L2), a
+    prompt call's changed pick counted 1/6 and its prompt positions' changes counted though no decode keeps them.
+    Now 'logits' is judged on its last position: a candidate's loss is exactly the share of deciding calls whose
+    pick changes, by hand in onnxruntime. The control, the same decoder fed given text (tokens not its picks: no
+    decode, every position read), is scored on every position as before."""
+    model = tb.greedy_cache_decoder()
+    rng, dense, feeds = np.random.default_rng(0), make_session(model), []
+    for _ in range(60):
+        _cache_calls(dense, rng.integers(0, 12, (4, 6)).astype(np.int64), 8, feeds)
+    for folder in ("decodes", "given"):
+        (tmp_path / folder).mkdir()
+    state = _data_step(tmp_path / "decodes", model, feeds)
+    assert state.data.output_budgets == {"logits": 0.125} and state.data.last_positions == {"logits"}
+    note = next(n for n in state.notes if n.startswith("greedy decoding: 'input_ids' holds the argmax"))
+    assert "'logits' is scored on its last position only, the pick the next call is fed (a call fed several " \
+           "tokens, a prompt's, gives one position a token" in note
+    noised = with_initializers(model, lambda name: name == "fc2.weight",
+                               lambda w: w + 0.3 * np.random.default_rng(1).standard_normal(w.shape).astype(w.dtype))
+    written = make_session(noised)
+    evaluator = state.data.calibration
+    evaluator.evaluate(noised)
+    part = list(state.data.reader(part="validation"))
+    assert len(part) == 45 * 8 and part[0]["input_ids"].shape == (4, 6)
+    picks = _changed(written, dense, part, last=True)
+    assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * picks.mean(), abs=1e-9)
+    assert _changed(written, dense, part, last=False).mean() != pytest.approx(picks.mean())  # every position's
+    # the control: given text, not decoded, read position by position as the data holds it
+    forced: list = []
+    for _ in range(60):
+        _forced_calls(dense, rng.integers(0, 12, (4, 6)).astype(np.int64), 8, forced, rng)
+    control = _data_step(tmp_path / "given", model, forced)
+    assert control.decoded_budget is None and control.data.last_positions == frozenset()
+    evaluator = control.data.calibration
+    evaluator.evaluate(noised)
+    every = _changed(written, dense, list(control.data.reader(part="validation")), last=False)
+    assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * every.mean(), abs=1e-9)
