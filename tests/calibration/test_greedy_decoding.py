@@ -816,3 +816,41 @@ def test_a_kv_decoders_prompt_call_is_judged_by_its_pick_alone_and_given_text_by
     evaluator.evaluate(noised)
     every = _changed(written, dense, list(control.data.reader(part="validation")), last=False)
     assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * every.mean(), abs=1e-9)
+
+
+def test_a_stacked_decoders_final_exam_takes_whole_decodes(tmp_path):
+    """Files of 4 stacked rows a call, 320 decodes of 14 calls, split by decode. The deciding part's rows were cut
+    into batch parts of 16 rows and the exam took every 3rd part (decoders 57's L3): a decode's rows on both sides,
+    judged partly by the exam and partly by the search. Now the parts end where no decode goes on, so the exam takes
+    whole decodes, about a third of them, and every row is scored as before (a candidate's loss by hand)."""
+    from onnxprune.converter.auto.exam import exam_batches
+
+    model = tb.greedy_rnn_step()
+    dense, feeds = make_session(model), []
+    for seed in range(8):
+        for h0, prompt in _prompts(dense, 100 + seed, 3):
+            _rnn_calls(dense, h0, prompt, 14, feeds)
+    state = _data_step(tmp_path, model, feeds)
+    data, true = state.data, _true_decodes(dense, feeds, 4)
+    assert np.array_equal(data.groups, true)
+    deciding = true[(true % data.every == 0) != data.trains_on_every]  # the deciding part's rows' decodes, in order
+    evaluator = data.calibration
+    rows = [len(f["prev_token"]) for f, _ in evaluator.batches()]
+    assert sum(rows) == len(deciding) and len(rows) > 3 * EXAM_MIN_PARTS
+    at = np.concatenate([[0], np.cumsum(rows)])
+    batch = [set(deciding[at[b]:at[b + 1]].tolist()) for b in range(len(rows))]
+    exam, rest = exam_batches(evaluator, len(rows))
+    on_exam = set().union(*(batch[b] for b in exam))
+    assert on_exam and not on_exam & set().union(*(batch[b] for b in rest))
+    assert abs(len(on_exam) - len(set(deciding.tolist())) / 3) <= 2
+    noised = with_initializers(model, lambda name: name == "out.weight",
+                               lambda w: w + 0.5 * np.random.default_rng(1).standard_normal(w.shape).astype(w.dtype))
+    evaluator.evaluate(noised)
+    written, part = make_session(noised), list(data.reader(part="validation"))
+    changed = np.concatenate([written.run(["logits"], f)[0].argmax(-1) != dense.run(["logits"], f)[0].argmax(-1)
+                              for f in part])
+    assert len(changed) == len(deciding) and changed.any()
+    assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * changed.mean(), abs=1e-9)
+
+
+EXAM_MIN_PARTS = 4  # the exam's runs of batches the test asks for at least
