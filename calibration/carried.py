@@ -399,6 +399,22 @@ def token_view(feed: dict[str, np.ndarray], pairs: dict[str, str]) -> dict[str, 
     return {**feed, **{i: np.asarray(feed[i])[:, -1:] for i in grown}} if grown else feed
 
 
+def prompt_positions(feeds, outputs, tokens: dict[str, str]) -> list[str]:
+    """The fed-back outputs of `tokens` ({token input: output}) that some call scores a position a token of: fed
+    several tokens at once ([N, S], S >= 2: a KV decoder's prompt), the output is [N, S, ...] there, and its last
+    position holds the pick (`picks`). Each of its other positions reads the prompt up to a token no decode keeps
+    (decoders 57's L2: a GPT's first call judged on every position of its prompt). `feeds` as `token_view` gives
+    them, `outputs` each call's outputs."""
+    found = []
+    for i, o in tokens.items():
+        for feed, out in zip(feeds, outputs):
+            x, y = np.shape(feed.get(i)), np.shape(out.get(o))
+            if len(x) == 2 and x[1] >= 2 and len(y) >= 3 and tuple(y[:2]) == tuple(x):
+                found.append(o)
+                break
+    return list(dict.fromkeys(found))
+
+
 def picks(value: np.ndarray, shape: tuple) -> np.ndarray | None:
     """The argmax over the last axis of an output `value` `[N, (T,) C]` at its last position, as `shape` (a token
     input's: `[N]` or `[N, 1]`), or None where it cannot be one."""

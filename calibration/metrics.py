@@ -127,7 +127,8 @@ class Evaluator:
         # decoder's `prob`: its picks at --max-loss / L, its probabilities at --max-loss; `part_factor`)
         self.held_parts: dict[str, tuple[int, ...]] = {}
         # outputs scored on their last position only (axis 1): a decoder without a cache's logits, whose last
-        # position's argmax is the pick behind the next call's context (converter/steps/verify.decoded_budget)
+        # position's argmax is the pick behind the next call's context, and a KV decoder's at a call fed its prompt
+        # whole (converter/steps/verify.decoded_budget)
         self.last_positions = frozenset(last_positions)
         if reference_model is not None:
             self.plan = metric_plan(reference_model, reader.has_labels, metric, output=output)
@@ -154,6 +155,7 @@ class Evaluator:
         self.blends = {i: b for i, b in blended_inputs(reference_model, list(self.plan)).items()
                        if i not in self.copies}
         self.crops: list[dict[int, tuple[int, int, np.ndarray]]] = []  # per batch, `_crops`
+        self.batch_groups: list[np.ndarray] | None = None  # per batch, its samples' decodes (`_batch_groups`)
         self.units: list[tuple[int, ...]] = []  # per batch, each scored output's samples in it (its sample unit)
         self.constant = False  # every sample gives the input model the same outputs (`_constant_outputs`)
         self.constant_note: str | None = None  # what that means here, said once (`constant_outputs_note`)
@@ -179,11 +181,17 @@ class Evaluator:
         # MLP's 150 decision files were judged as 837 parts of up to 16 frames)
         timed = bool(getattr(reader, "per_feed", False)) and bool(time_major_inputs(reference_model))
         together = rows_together(reader)
+        # a stacked decoder's decision part (its samples' decodes, `row_groups`) is cut where no decode goes on, so
+        # that every part holds whole decodes (the final exam's unit, converter/auto/exam.exam_batches)
+        groups, regrouped = getattr(reader, "row_groups", None), False
         if split and self._cached is not None and _dynamic_batch(reference_model) and not relating and not timed \
                 and not together:
-            parts = (part for batch in self._cached for part in split_batch(*batch, split))
+            parts = split_by_groups(self._cached, groups, split) if groups is not None else None
+            regrouped = parts is not None
+            if parts is None:
+                parts = (part for batch in self._cached for part in split_batch(*batch, split))
             parts = held_batches(parts, cache_bytes) if isinstance(self._cached, HeldBatches) else list(parts)
-        if not parts or len(parts) <= len(self._cached):
+        if not parts or len(parts) <= len(self._cached) and not regrouped:
             self._score_reference(reference_model)
             return
         whole, self._cached = self._cached, parts
@@ -218,13 +226,15 @@ class Evaluator:
         """Labels, sample count and the dense model's outputs and scores on the batches as they are now; automatic
         metrics are chosen on the outputs of the first batch, or of `first_batch` (feeds) when given."""
         tokens = token_inputs(reference_model) if self.mask_input is None else ()
-        read, copied, blended = [], [], []
+        read, copied, blended, rows = [], [], [], []
         for feeds, lab in self.batches():
             read.append((lab, _position_mask(feeds, self.mask_input),
                          {k: hold(feeds[k]) for k in tokens if k in feeds}))  # the recommender's 5.2 GB: 0.16
             copied.append(_copied_sizes(self.copies, feeds, self.copies_checked))
             blended.append(_blended_terms(self.blends, feeds))
+            rows.append(_rows(feeds))
         self.labels: list[np.ndarray | None] = [lab for lab, _, _ in read]
+        self.batch_groups = _batch_groups(getattr(self.reader, "row_groups", None), rows)
         self.position_masks = [mask for _, mask, _ in read]
         self.padding = None if self.mask_input is None else f"{self.mask_input} is 0"
         if self.mask_input is None and tokens:
@@ -1179,6 +1189,49 @@ def split_batch(feeds: dict[str, np.ndarray], labels, rows: int) -> list[tuple]:
         return [(feeds, labels)]
     return [({k: np.asarray(v)[i:i + rows] for k, v in feeds.items()}, None if labels is None else labels[i:i + rows])
             for i in range(0, n, rows)]
+
+
+def _batch_groups(groups, rows: list[int]) -> list[np.ndarray] | None:
+    """Each batch's samples' groups (`groups` each sample's in order: a stacked decoder's decodes, the reader's
+    `row_groups`), None without them or where the batches' rows are not the groups' samples."""
+    if groups is None or sum(rows) != len(groups):
+        return None
+    at = np.concatenate([[0], np.cumsum(rows)])
+    return [np.asarray(groups)[at[b]:at[b + 1]] for b in range(len(rows))]
+
+
+def split_by_groups(batches: list[tuple], groups: np.ndarray, rows: int) -> list[tuple] | None:
+    """Stacked batches (feeds, labels) cut again into parts of at least `rows` samples, each ending where no group of
+    `groups` (each sample's, in order: a greedy decoder's decodes) goes on past it, so that a group is in one part;
+    None where the batches are not stacked (arrays of several first dims) or their samples are not the groups'."""
+    sizes = []
+    for feeds, labels in batches:
+        arrays = [np.asarray(a) for a in feeds.values()] + ([] if labels is None else [np.asarray(labels)])
+        if not arrays or any(a.ndim == 0 or a.shape[0] != arrays[0].shape[0] for a in arrays):
+            return None
+        sizes.append(arrays[0].shape[0])
+    groups = np.asarray(groups)
+    if sum(sizes) != len(groups) or not len(groups):
+        return None
+    ids = np.unique(groups, return_inverse=True)[1]
+    last = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    np.maximum.at(last, ids, np.arange(len(ids)))
+    ends = np.flatnonzero(np.maximum.accumulate(last[ids]) == np.arange(len(ids))) + 1  # no group goes on past
+    cuts, start = [], 0
+    for end in ends:
+        if end - start >= rows or end == len(ids):
+            cuts.append((start, int(end)))
+            start = int(end)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    def rows_of(a: int, b: int, pick) -> np.ndarray:
+        got = [np.asarray(pick(k))[max(a - offsets[k], 0):b - offsets[k]] for k in range(len(sizes))
+               if offsets[k] < b and offsets[k + 1] > a]
+        return got[0] if len(got) == 1 else np.concatenate(got)
+
+    feeds0, labels0 = batches[0]
+    return [({name: rows_of(a, b, lambda k, name=name: batches[k][0][name]) for name in feeds0},
+             None if labels0 is None else rows_of(a, b, lambda k: batches[k][1])) for a, b in cuts]
 
 
 def _rows(feeds: dict, time_major: set | frozenset = frozenset()) -> int:

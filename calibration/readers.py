@@ -78,6 +78,7 @@ class DataReader:
     sample_unit = None  # what one feed used as is stands for, where not "feed" ("request": `requests_reader`)
     whole_batches = False  # the model fixes a batch of more than 1 sample: a short last batch is left out
     feed_groups = None  # per_feed, a part split by group (`part`): each of its feeds' group, a decoder's stream
+    row_groups = None  # ... not per_feed: each of its samples' group in order, a stacked decoder's decode
     _labels_dropped = False
     _feeds = None  # a calibration.feeds.FeedSource when per_feed
     _feed_check = None
@@ -163,8 +164,11 @@ class DataReader:
                 n = self.num_samples
                 ids = _group_ids(out._groups, 0, n)
                 held = int(np.count_nonzero(ids % every == 0))
-                if self.per_feed:  # each feed's group, in the part's order (the final exam's whole decodes)
+                # each feed's (sample's) group, in the part's order: the final exam's whole decodes
+                if self.per_feed:
                     out.feed_groups = ids[(ids % every == 0) == holdout]
+                else:
+                    out.row_groups = ids[(ids % every == 0) == holdout]
             else:
                 held = -(-self.num_samples // every)
             out.num_samples = held if holdout else self.num_samples - held

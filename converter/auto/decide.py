@@ -701,7 +701,7 @@ class BudgetRule:
         cut = sorted({i for batch in crops for i in batch if i not in blends})
         mixed = sorted({i for batch in crops for i in batch if i in blends})
         last = [n for n in getattr(ev, "plan", ()) if n in (getattr(ev, "last_positions", None) or ())]
-        said = "".join(f"; '{n}' scored on its last position only: the pick the next call's context grows by"
+        said = "".join(f"; '{n}' scored on its last position only: the pick fed to the next call"
                        for n in last)
         if not cut and not mixed:
             return said

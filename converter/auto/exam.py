@@ -91,17 +91,45 @@ def exam_batches(evaluator, n: int) -> tuple[list[int], list[int]]:
     """(the exam's batches, the search's) of the evaluator's `n`: every EXAM_EVERY-th batch the exam's, or, where
     batches are the calls of streams (those that follow the one before: the evaluator's `chained`; a greedy
     decoder's feeds split by stream, its reader's `feed_groups`), every EXAM_EVERY-th stream, whole, so that each
-    side runs its streams as they run and a decode is judged by one side."""
+    side runs its streams as they run and a decode is judged by one side; where batches hold the rows of a stacked
+    decoder's decodes (the evaluator's `batch_groups`, parts cut where no decode goes on), every EXAM_EVERY-th run
+    of batches that share no decode with another (decoders 57's L3: every 3rd batch part of 16 rows, most decodes
+    on both sides)."""
     chained = list(getattr(evaluator, "chained", None) or [])
     groups = getattr(getattr(evaluator, "reader", None), "feed_groups", None)
+    rows = getattr(evaluator, "batch_groups", None)
     if len(chained) == n:
         unit = np.cumsum([not c for c in chained]) - 1
     elif groups is not None and len(groups) == n:
         unit = np.unique(groups, return_inverse=True)[1]
+    elif rows is not None and len(rows) == n:
+        unit = _sharing(rows)
     else:
         unit = np.arange(n)
     exam = [b for b in range(n) if unit[b] % EXAM_EVERY == EXAM_EVERY - 1]
     return exam, [b for b in range(n) if unit[b] % EXAM_EVERY != EXAM_EVERY - 1]
+
+
+def _sharing(groups: list[np.ndarray]) -> np.ndarray:
+    """Each batch's unit, in order of their first batch: batches whose samples share a group (a decode a batch's end
+    cut) are one unit."""
+    parent = list(range(len(groups)))
+
+    def root(b: int) -> int:
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        return b
+
+    first: dict[int, int] = {}
+    for b, ids in enumerate(groups):
+        for g in np.unique(ids).tolist():
+            if g in first:
+                a, c = root(b), root(first[g])
+                parent[max(a, c)] = min(a, c)
+            else:
+                first[g] = b
+    return np.unique([root(b) for b in range(len(groups))], return_inverse=True)[1]
 
 
 def exam_looks(result, kept: list, start) -> list:

@@ -218,7 +218,8 @@ class Data:
     def last_position(self, name: str) -> None:
         """Output `name` [N, T, ...] scored on its last position only from now on, by every evaluator, built or not:
         the logits of a decoder without a cache, whose other positions repeat the calls before's picks or read the
-        prompt, which no decode keeps (converter/steps/verify.decoded_budget)."""
+        prompt, which no decode keeps, and a KV decoder's at a call fed its prompt whole
+        (converter/steps/verify.decoded_budget)."""
         self.last_positions = self.last_positions | {name}
         for evaluator in (self._calib, self._eval, self._choose, self._all):
             if evaluator is not None:

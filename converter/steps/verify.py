@@ -281,7 +281,8 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     from onnxprune.converter.steps.budget import input_kept
 
     data = state.data
-    reader = data.evaluation.reader if data.config.eval_data is not None else data.reader()
+    given = data.config.eval_data is not None  # decoded on --eval-data: text of the user's choosing (decoded_note)
+    reader = data.evaluation.reader if given else data.reader()
     shared = getattr(reader, "shared_inputs", ())  # a flag of one value a file: a folder may still be the calls
     if input_kept(state) or (getattr(reader, "one_sample_feeds", False) and not shared):
         return
@@ -331,7 +332,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     if all(i == o for i, o in pairs.items()):  # a context that grows carries no state: its stream is its decode
         if tokens:
             state.carried = {"pairs": dict(pairs), "feeds": len(feeds), "streams": len(feeds) - sum(chained),
-                             "read": len(raw), "of": total, "data": reader.description, "over": [],
+                             "read": len(raw), "of": total, "data": reader.description, "over": [], "eval": given,
                              "decoded": {"fed_back": dict(tokens), **decoded_run(written, feeds, pairs, tokens, chained,
                                                                                  [outs[k] for k in kept])}}
             state.notes.append(decoded_note(state.carried, budget))
@@ -343,7 +344,7 @@ def carried_check(state: RunState, keep: float = 0.0) -> None:
     one = {n: f.get("loss_pp") for n, f in ev.last.items()}
     streamed = ev.score(carried_run(written, feeds, pairs, wanted, chained))
     state.carried = {"pairs": dict(pairs), "feeds": len(feeds), "streams": len(feeds) - sum(chained),
-                     "read": len(raw), "of": total, "data": reader.description,
+                     "read": len(raw), "of": total, "data": reader.description, "eval": given,
                      "loss_pp": (ev.dense - streamed) * 100.0, "one_call_loss_pp": one_call,
                      "outputs": dict(ev.last), "one_call": one}
     state.carried["over"] = streamed_over(state.carried, budget)  # the budget line says them beside "met"
@@ -378,9 +379,11 @@ def decoded_budget(state: RunState) -> None:
     decode, feeds used as they are by stream, counted by their rows); calls the reading's guard left are split by
     what the calls read show, and said (`_unread_calls`). A decoder without a cache, fed its whole context each call
     (`calibration.carried.context_pairs`: the call before's with its pick behind it), is read so too, its fed-back
-    output scored on its last position, the pick (`Data.last_position`); where the calls show no decode, a model that
-    looks like a causal language model gets a note on how to record them (`causal_lm_note`, the data step)."""
-    from onnxprune.calibration.carried import follows, kept_picks, streams, token_view
+    output scored on its last position, the pick (`Data.last_position`), as is a KV decoder's where a call is fed
+    several tokens at once (its prompt: `calibration.carried.prompt_positions`); where the calls show no decode, a
+    model that looks like a causal language model gets a note on how to record them (`causal_lm_note`, the data
+    step)."""
+    from onnxprune.calibration.carried import follows, kept_picks, prompt_positions, streams, token_view
 
     data = state.data
     if data is None or not (data.budget or 0) > 0 or draws_random_inputs(data.config) \
@@ -415,8 +418,9 @@ def decoded_budget(state: RunState) -> None:
     plan = data.calibration.plan
     judged, said = {}, []
     grown = [o for i, o in tokens.items() if pairs.get(i) == i]
-    for o in grown:  # its other positions repeat earlier calls' picks or read the prompt: no decode keeps them
-        data.last_position(o)
+    prompted = [o for o in prompt_positions([token_view(f, pairs) for f in raw], outs, tokens) if o not in grown]
+    for o in grown + prompted:  # its other positions repeat earlier calls' picks or read the prompt: no decode
+        data.last_position(o)  # keeps them
     for i, o in tokens.items():
         if o in data.output_budgets:
             said.append(f"'{o}' keeps its own --max-loss {o}={data.output_budgets[o]:g}, judged one call at a time")
@@ -457,11 +461,16 @@ def decoded_budget(state: RunState) -> None:
                                   + (f" (its picks; its probability change at {budget:g} pp)"
                                      if plan.get(o) in PICK_PARTS else "")
                                   for o, pp in judged.items())
-                 + f", so that about {budget:g}% of decodes of that length may change (--max-loss "
+                 + f", so that about {budget:g}% of decodes of that length, of prompts like those recorded, may "
+                 "change (--max-loss "
                  + " ".join(f"{o}={budget:g}" for o in judged) + " judges it one call at a time instead)")
     if grown:
         said.append(", ".join(f"'{o}'" for o in grown) + " is scored on its last position only, the pick behind the "
                     "next call's context (its other positions repeat the calls before's picks or read the prompt)")
+    if prompted:
+        said.append(", ".join(f"'{o}'" for o in prompted) + " is scored on its last position only, the pick the next "
+                    "call is fed (a call fed several tokens, a prompt's, gives one position a token; the others read "
+                    "the prompt, and no decode keeps them)")
     if split:
         said.append(f"the data's decision part is {split}")
     state.notes.append("; ".join([text] + said))
@@ -787,6 +796,13 @@ def decoded_note(carried: dict, budget: float | None) -> str:
             f"{d['changed']:,} of {d['sequences']:,} sequences differently ({share:.1f}%), {tok:.2f}% of their "
             f"{d['tokens']:,} tokens, where one call at a time from the input model's tokens it changes {one:.2f}% of "
             "them: every figure above is one call at a time, and a changed token changes every call after it")
+    data = str(carried.get("data", "")).split(":", 1)[0]
+    if carried.get("eval"):
+        text += f"; these are --eval-data's decodes ({data}), which no decision of the run read"
+    elif "eval" in carried:
+        text += (f"; these are --data's own decodes ({data}), and they hold for prompts like those recorded: on other "
+                 "text a call's pick may change more often, and a decode by as many times more as it keeps picks "
+                 "(--eval-data of calls recorded so on the text it will decode has them decoded here instead)")
     if budget is not None and share > budget:
         outs = " ".join(f"{o}=L" for o in dict.fromkeys(d["fed_back"].values()))
         text += (f"; {share:.1f}% of sequences is more than --max-loss {budget:g} as a share: if decoded sequences "

@@ -78,6 +78,36 @@ def pruned_and_decoded(tmp_path, model, calls, sparsity: float) -> tuple:
     return result, changed
 
 
+def test_a_decoders_decodes_are_said_to_be_datas_own_or_counted_on_eval_data_as_by_hand(tmp_path):
+    """The decoding check's figures are --data's own decodes (a search trains and decides on them), which say
+    nothing of other text (decoders 57's L1: a per-call rate of 0.11 pp there, 0.53% on other text, 16.2% of held-out
+    decodes changed where about 8% was asked); the note says so, and calls recorded on other text given as
+    --eval-data are decoded instead, their counts those of each model decoding those prompts by hand."""
+    model, rng = tb.greedy_cache_decoder(), np.random.default_rng(5)
+    dense, feeds, other = make_session(model), [], []
+    for _ in range(8):
+        _cache_calls(dense, rng.integers(0, 6, (4, 3)).astype(np.int64), 8, feeds)  # --data: ids 0-5
+    held = [rng.integers(6, 12, (4, 3)).astype(np.int64) for _ in range(8)]  # other text: ids 6-11
+    for p in held:
+        _cache_calls(dense, p, 8, other)
+    _save(tmp_path / "calls", feeds)
+    _save(tmp_path / "other", other)
+    onnx.save(model, tmp_path / "m.onnx")
+    result = prune(tmp_path / "m.onnx", output=tmp_path / "out.onnx", data=tmp_path / "calls",
+                   eval_data=tmp_path / "other", sparsity=0.3)
+    written = make_session(onnx.load(tmp_path / "out.onnx"))
+    changed = sum(int((_cache_calls(dense, p, 8) != _cache_calls(written, p, 8)).any(1).sum()) for p in held)
+    decoded = result.report["carried"]["decoded"]
+    assert (decoded["sequences"], decoded["changed"]) == (32, changed)
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding:"))
+    assert f"decodes {changed} of 32 sequences differently" in note
+    assert "; these are eval_data's decodes (folder 'other/' (64 files)), which no decision of the run read" in note
+    result = prune(tmp_path / "m.onnx", output=tmp_path / "own.onnx", data=tmp_path / "calls", sparsity=0.3)
+    note = next(n for n in result.report["notes"] if n.startswith("greedy decoding:"))
+    assert "; these are data's own decodes (folder 'calls/' (64 files)), and they hold for prompts like those " \
+           "recorded: on other text a call's pick may change more often" in note
+
+
 def test_a_kv_cache_decoder_is_decoded_with_its_own_picks_as_onnxruntime_does_by_hand(tmp_path):
     result, changed = pruned_and_decoded(tmp_path, tb.greedy_cache_decoder(), _cache_calls, 0.3)
     assert result.report["carried"]["pairs"] == {"past": "present"}
@@ -756,3 +786,101 @@ def test_a_kv_decoders_feeds_used_as_they_are_grow_their_deciding_part_by_their_
            "needs" in note
     part = state.data.reader(part="validation")
     assert part.per_feed and part.num_samples == 1600 and sum(f["input_ids"].shape[0] for f in part) == 1600
+
+
+def _forced_calls(sess, prompt: np.ndarray, steps: int, record, rng) -> None:
+    """greedy_cache_decoder fed `prompt` [N, S] with an empty past, then `steps - 1` calls each fed a random token,
+    not its pick (a decoder scored on given text, every position read): its calls appended to `record`."""
+    ids, past = prompt, np.zeros((len(prompt), 0, 8), np.float32)
+    for _ in range(steps):
+        record.append({"input_ids": ids, "past": past})
+        past = sess.run(["present"], record[-1])[0]
+        ids = rng.integers(0, 12, (len(prompt), 1)).astype(np.int64)
+
+
+def _changed(written, dense, feeds, last: bool) -> np.ndarray:
+    """Each row's share of changed picks (argmax of 'logits') in onnxruntime by hand: at the last position (`last`),
+    else over every position, as seq_agreement counts them."""
+    shares = []
+    for f in feeds:
+        a, b = written.run(["logits"], f)[0].argmax(-1), dense.run(["logits"], f)[0].argmax(-1)
+        shares.append((a[:, -1:] != b[:, -1:]) if last else (a != b))
+    return np.concatenate([s.mean(axis=1) for s in shares])
+
+
+def test_a_kv_decoders_prompt_call_is_judged_by_its_pick_alone_and_given_text_by_every_position(tmp_path):
+    """A KV decoder's first call takes its prompt whole (input_ids [4, 6]) and gives 'logits' [4, 6, V]: only the last
+    position is a pick a decode keeps; the others read the prompt. Scored on every position (decoders 57's L2), a
+    prompt call's changed pick counted 1/6 and its prompt positions' changes counted though no decode keeps them.
+    Now 'logits' is judged on its last position: a candidate's loss is exactly the share of deciding calls whose
+    pick changes, by hand in onnxruntime. The control, the same decoder fed given text (tokens not its picks: no
+    decode, every position read), is scored on every position as before."""
+    model = tb.greedy_cache_decoder()
+    rng, dense, feeds = np.random.default_rng(0), make_session(model), []
+    for _ in range(60):
+        _cache_calls(dense, rng.integers(0, 12, (4, 6)).astype(np.int64), 8, feeds)
+    for folder in ("decodes", "given"):
+        (tmp_path / folder).mkdir()
+    state = _data_step(tmp_path / "decodes", model, feeds)
+    assert state.data.output_budgets == {"logits": 0.125} and state.data.last_positions == {"logits"}
+    note = next(n for n in state.notes if n.startswith("greedy decoding: 'input_ids' holds the argmax"))
+    assert "'logits' is scored on its last position only, the pick the next call is fed (a call fed several " \
+           "tokens, a prompt's, gives one position a token" in note
+    noised = with_initializers(model, lambda name: name == "fc2.weight",
+                               lambda w: w + 0.3 * np.random.default_rng(1).standard_normal(w.shape).astype(w.dtype))
+    written = make_session(noised)
+    evaluator = state.data.calibration
+    evaluator.evaluate(noised)
+    part = list(state.data.reader(part="validation"))
+    assert len(part) == 45 * 8 and part[0]["input_ids"].shape == (4, 6)
+    picks = _changed(written, dense, part, last=True)
+    assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * picks.mean(), abs=1e-9)
+    assert _changed(written, dense, part, last=False).mean() != pytest.approx(picks.mean())  # every position's
+    # the control: given text, not decoded, read position by position as the data holds it
+    forced: list = []
+    for _ in range(60):
+        _forced_calls(dense, rng.integers(0, 12, (4, 6)).astype(np.int64), 8, forced, rng)
+    control = _data_step(tmp_path / "given", model, forced)
+    assert control.decoded_budget is None and control.data.last_positions == frozenset()
+    evaluator = control.data.calibration
+    evaluator.evaluate(noised)
+    every = _changed(written, dense, list(control.data.reader(part="validation")), last=False)
+    assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * every.mean(), abs=1e-9)
+
+
+def test_a_stacked_decoders_final_exam_takes_whole_decodes(tmp_path):
+    """Files of 4 stacked rows a call, 320 decodes of 14 calls, split by decode. The deciding part's rows were cut
+    into batch parts of 16 rows and the exam took every 3rd part (decoders 57's L3): a decode's rows on both sides,
+    judged partly by the exam and partly by the search. Now the parts end where no decode goes on, so the exam takes
+    whole decodes, about a third of them, and every row is scored as before (a candidate's loss by hand)."""
+    from onnxprune.converter.auto.exam import exam_batches
+
+    model = tb.greedy_rnn_step()
+    dense, feeds = make_session(model), []
+    for seed in range(8):
+        for h0, prompt in _prompts(dense, 100 + seed, 3):
+            _rnn_calls(dense, h0, prompt, 14, feeds)
+    state = _data_step(tmp_path, model, feeds)
+    data, true = state.data, _true_decodes(dense, feeds, 4)
+    assert np.array_equal(data.groups, true)
+    deciding = true[(true % data.every == 0) != data.trains_on_every]  # the deciding part's rows' decodes, in order
+    evaluator = data.calibration
+    rows = [len(f["prev_token"]) for f, _ in evaluator.batches()]
+    assert sum(rows) == len(deciding) and len(rows) > 3 * EXAM_MIN_PARTS
+    at = np.concatenate([[0], np.cumsum(rows)])
+    batch = [set(deciding[at[b]:at[b + 1]].tolist()) for b in range(len(rows))]
+    exam, rest = exam_batches(evaluator, len(rows))
+    on_exam = set().union(*(batch[b] for b in exam))
+    assert on_exam and not on_exam & set().union(*(batch[b] for b in rest))
+    assert abs(len(on_exam) - len(set(deciding.tolist())) / 3) <= 2
+    noised = with_initializers(model, lambda name: name == "out.weight",
+                               lambda w: w + 0.5 * np.random.default_rng(1).standard_normal(w.shape).astype(w.dtype))
+    evaluator.evaluate(noised)
+    written, part = make_session(noised), list(data.reader(part="validation"))
+    changed = np.concatenate([written.run(["logits"], f)[0].argmax(-1) != dense.run(["logits"], f)[0].argmax(-1)
+                              for f in part])
+    assert len(changed) == len(deciding) and changed.any()
+    assert evaluator.last["logits"]["loss_pp"] == pytest.approx(100.0 * changed.mean(), abs=1e-9)
+
+
+EXAM_MIN_PARTS = 4  # the exam's runs of batches the test asks for at least
