@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.output_metrics import (CLASS_KINDS, MAX_CHANNELS, METRICS, as_array, base_kind, channel_axis,
-                                                  is_list, map_keys, probability_channels, split_threshold)
+                                                  is_list, map_keys, probability_channels, scale_form,
+                                                  split_threshold)
 from onnxprune.errors import ConfigError
 from onnxprune.passes.opfacts import attr
 from onnxprune.passes.scopes import FLOAT_TYPES, local_constants, readers_of
@@ -1375,6 +1376,63 @@ def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int],
                         "%s=variables judges each in its own scale", name, count, ratio, name)
 
 
+# ---- a mean beside its own scale: a note naming scaled@S (docs/metrics.md, "A mean and its scale") -------------------
+# A scale the graph makes positive (Exp, Softplus, through a constant added or multiplied and shape ops), or one a name
+# says is a scale; a mean a linear layer makes or a name says is one; a mixture's weights a Softmax makes.
+_SCALE_OPS = {"Exp", "Softplus"}
+_SCALE_PASS = _PASS_SHAPE | {"Add", "Mul", "Sqrt", "Clip", "Max"}
+_SCALE_NAMES = _Words(r"sigma|std|stddev|scale|sd(?![a-z])|var(?![a-z])|variance|log_?var|log_?(?:std|sigma|scale|sd)")
+_MEAN_NAMES = _Words(r"mean(?![a-z])|mu(?![a-z])|loc(?![a-z])|location")
+
+
+def scale_pairs(model: onnx.ModelProto | None) -> dict[str, str]:
+    """{mean output: the kind that would judge it in its own scale, `scaled@S` or `scaled@S,W`}: a graph output a
+    linear layer makes or a name says is a mean (`_MEAN_NAMES`), beside one output of the same declared shape that
+    the graph makes positive (`_SCALE_OPS`) or a name says is a scale (`_SCALE_NAMES`), and a Softmax's output of that
+    shape as a mixture's weights. Never chosen: the same graph is a VAE encoder's mu and logvar, whose mu is read as a
+    latent code; `scale_note` names the flag."""
+    if model is None:
+        return {}
+    producers = _producers(model.graph)
+    shapes = {o.name: _declared(o) for o in model.graph.output}
+    shaped = {n: sh for n, sh in shapes.items() if sh is not None and len(sh) >= 2}
+    bounded = probability_outputs(model)
+    scales = {n for n in shaped if _made_positive(n, producers) or _SCALE_NAMES.search(n)}
+    pairs = {}
+    for mean, sh in shaped.items():
+        if mean in scales or mean in bounded or not (_linear(mean, producers) or _MEAN_NAMES.search(mean)):
+            continue
+        partners = [n for n in scales if n != mean and shaped[n] == sh]
+        weights = [n for n in bounded if n != mean and shapes.get(n) == sh]
+        if len(partners) == 1:  # a scale the graph makes positive is no log, whatever its name says
+            scale, form = partners[0], scale_form(partners[0])
+            given = form if not _made_positive(scale, producers) else {"logvar": "var", "logsd": "sd"}.get(form, form)
+            pairs[mean] = (f"scaled@{'' if given == form else given + ':'}{scale}"
+                           + (f",{weights[0]}" if len(weights) == 1 else ""))
+    return pairs
+
+
+def _made_positive(name: str, producers: dict, depth: int = 0) -> bool:
+    """Whether an Exp or a Softplus makes `name`, through ops that keep a scale one (a floor added, a factor, shape
+    ops; any of their inputs)."""
+    node = producers.get(name)
+    if node is None or depth > 8:
+        return False
+    if node.op_type in _SCALE_OPS:
+        return True
+    return node.op_type in _SCALE_PASS and any(_made_positive(i, producers, depth + 1) for i in node.input if i)
+
+
+def scale_note(pairs: Mapping[str, str], plan: Mapping[str, str], auto_chosen: Collection[str]) -> list[str]:
+    """The note for each mean `scale_pairs` found whose metric the automatic choice made: what it is judged by, and
+    the flag that judges it in its scale."""
+    return [f"output '{mean}' looks like a mean beside its own scale; it is judged by {plan[mean]}, its change "
+            f"against its own size; if its users read it against the uncertainty the model states (a mixture "
+            f"density network, a Gaussian head, a probabilistic forecaster), --metric {mean}={kind} judges its change "
+            f"in units of that scale (1 pp = 0.01 of a sigma; docs/metrics.md, 'A mean and its scale')"
+            for mean, kind in pairs.items() if mean in plan and mean in auto_chosen]
+
+
 POSITION_STEPS = 8  # values a sequence needs for the positions rule (fewer can be in order by chance)
 POSITION_ROWS = 4  # samples the rule needs where each row is one ([N, T]); a feed's one vector is one
 
@@ -1634,6 +1692,7 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
                                   f"{', '.join(names)}.")
             if kind != AUTO:
                 _check_kind(kind, has_labels, f" for output '{name}'")
+        named = _with_companions(named, names)
         return {n: named[n] for n in names if n in named}
     fixed = untouched_outputs(model)
     if fixed and len(fixed) < len(names):  # an output no weighted layer reaches cannot change: not scored
@@ -1645,6 +1704,7 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
         target = _predicted_labels(infos) or _binary_scores(model, infos)
     if headline is not None:
         _check_kind(headline, has_labels, "")
+        _check_bare(headline)
         first = target if headline in CLASS_KINDS and target else names[0]
         shape = _declared(next(o for o in infos if o.name == first))
         if headline == "top5" and shape is not None and len(shape) == 2 and shape[1] is not None and shape[1] < 5:
@@ -1662,6 +1722,28 @@ def metric_plan(model: onnx.ModelProto, has_labels: bool, spec=None, *, output: 
     return plan
 
 
+def _with_companions(named: dict[str, str], names: list[str]) -> dict[str, str]:
+    """`named` with the outputs a named kind reads beside its own (scaled@S's scale and weights: `Metric.reads`)
+    scored too, by the automatic choice where not named; ConfigError, naming the flag, where one is no graph output
+    or the output itself."""
+    out = dict(named)
+    for name, kind in named.items():
+        for other in (METRICS[kind].reads if kind != AUTO and kind in METRICS else ()):
+            if other not in names or other == name:
+                raise ConfigError(f"--metric {name}={kind} reads output '{other}' beside '{name}', "
+                                  + (f"which is '{name}' itself" if other == name else "which is not a graph output")
+                                  + f"; name the output holding its scale: valid outputs: {', '.join(names)}.")
+            out.setdefault(other, AUTO)
+    return out
+
+
+def _check_bare(kind: str) -> None:
+    """A bare --metric KIND whose kind must be given an output's name (scaled@S: which output is the mean)."""
+    if METRICS[kind].reads:
+        raise ConfigError(f"--metric {kind} judges a mean in its scale; name the output holding the mean, e.g. "
+                          f"--metric mu={kind}.")
+
+
 def check_metric_spec(model: onnx.ModelProto, spec) -> None:
     """Fail early (before any work) on a --metric naming an output the model lacks or a kind that is unknown."""
     headline, named = parse_metric_spec(spec)
@@ -1674,6 +1756,9 @@ def check_metric_spec(model: onnx.ModelProto, spec) -> None:
         if kind not in METRICS:  # an output and leaves its metric to the automatic choice (metric_plan)
             raise ConfigError(_unknown_kind(kind, "") + ("" if "@" in kind else ", or `auto` beside an output's name "
                                                          "(--metric OUTPUT=auto)") + ".")
+    if headline:
+        _check_bare(headline)
+    _with_companions({n: k for n, k in named.items()}, names)
     for name, kind in [*named.items(), *([(names[0], headline)] if headline and names else [])]:
         shape = _declared_shape(model, name) if is_list(kind) else None
         if shape is not None and (len(shape) not in (1, 2) or len(shape) == 2 and shape[1] not in (1, None)):

@@ -80,7 +80,7 @@ from onnxprune.calibration.held import HeldBatches, given_back, held_batches, he
 from onnxprune.calibration.metric_choice import (AUTO, _check_kind, _declared, _is_probability, auto_kind,  # noqa: F401
                                                  auto_kinds, check_metric_spec, choose_metric, is_classifier,
                                                  metric_plan, parse_metric_spec, untouched_outputs, read_out_kind,
-                                                 graph_facts,
+                                                 graph_facts, scale_note, scale_pairs,
                                                  few_leaders, unnamed_heads)
 from onnxprune.calibration.output_metrics import (METRICS, NEEDS_LABELS, NEEDS_REFERENCE, Metric,  # noqa: F401
                                                   FLOOR, PART_SCORES, _flat, _n, _relative_errors, _top1, as_array,
@@ -711,7 +711,7 @@ class Evaluator:
         return np.moveaxis(out, axis, 0), None if want is None else np.moveaxis(want, axis, 0)
 
     def output_terms(self, i: int, kind: str, value, ref, labels, mask: np.ndarray | None = None,
-                     crop: dict | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+                     crop: dict | None = None, refs: tuple | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Per-sample (terms [n, k], counts [n]) of scored output `i` in one batch (`Metric.samples`), or None when
         there is nothing to compare (an empty batch-major output).
 
@@ -721,7 +721,8 @@ class Evaluator:
         samples, and so the standard errors, are the feeds; a changed row count loses that one sample whole, and
         no rows in either model is one unchanged sample. `mask`: the batch's attention mask (`position_mask`); the
         padded positions of a `masked` output are not scored. `crop`: the batch's `crop`; the copied part of an
-        output a Concat makes of a graph input is not scored."""
+        output a Concat makes of a graph input is not scored. `refs`: the batch's dense values of every scored
+        output, read by a metric that reads other outputs (scaled@S: `companions`)."""
         out = self.cropped(i, as_array(value), crop)
         want = None if ref is None else self.cropped(i, as_array(ref), crop)
         out, want = self.samples_first(i, out, want)
@@ -739,10 +740,24 @@ class Evaluator:
         scale = self.scales[i] if self.scales else None
         if mask is not None and i in self.masked and want is not None and out.shape[:2] == mask.shape:
             return _masked_samples(kind, out, want, labels, mask, scale)
-        got = METRICS[kind].terms(out, want, labels, scale)
+        got = METRICS[kind].terms(out, want, labels, scale, self.companions(kind, refs, crop))
         if i in self.grouped and len(got[0]) % self.grouped[i] == 0:  # k rows a sample: each sample's own summed
             return pool_rows(*got, self.grouped[i])
         return pool(*got) if pooled else got
+
+    def companions(self, kind: str, refs: tuple | None, crop: dict | None = None) -> tuple | None:
+        """The dense values in one batch (`refs`, every scored output's) of the outputs `kind` reads beside its own
+        (`Metric.reads`: scaled@S's scale and weights, which `metric_plan` scores too), samples first; None for a
+        kind that reads none."""
+        reads = METRICS[kind].reads
+        if not reads:
+            return None
+        names = list(self.plan)
+        if refs is None or any(n not in names for n in reads):
+            raise ConfigError(f"metric '{kind}' reads output(s) {', '.join(reads)}, which are not scored here; score "
+                              f"them too (--metric {reads[0]}=auto)")
+        return tuple(self.samples_first(j, self.cropped(j, as_array(refs[j]), crop), None)[0]
+                     for j in (names.index(n) for n in reads))
 
     def _first_values(self) -> tuple:
         """The dense outputs the automatic metrics are chosen on: the first batch's; for a `row_outputs` vector,
@@ -811,6 +826,8 @@ class Evaluator:
         _refuse_argmax_of_one({n: k for n, k in self.plan.items() if n not in self.auto_chosen}, self.plan, first,
                               self._first_samples_first)
         if not self._quiet:
+            for note in scale_note(scale_pairs(model), self.plan, self.auto_chosen):
+                log.warning(note)
             fixed = [n for n in untouched_outputs(model) if n not in self.plan] if model is not None else []
             if fixed:
                 log.info("not scored (no weighted layer reaches them, so pruning cannot change them): %s",
@@ -1011,7 +1028,7 @@ class Evaluator:
                 raise ConfigError(f"score() needs a tuple of {len(kinds)} outputs per batch ({self.scored_outputs}).")
             values = (values,)
         mask, crop = self.position_mask(batch), self.crop(batch)
-        return [self.output_terms(i, kind, value, None if ref is None else ref[i], labels, mask, crop)
+        return [self.output_terms(i, kind, value, None if ref is None else ref[i], labels, mask, crop, ref)
                 for i, (kind, value) in enumerate(zip(kinds, values, strict=True))]
 
     def finish_outputs(self, sums: list, counts: list[int]) -> dict[str, float]:

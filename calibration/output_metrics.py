@@ -450,6 +450,105 @@ def _list_change(out, ref, labels, form: str = "list", at: float = 0.5):
     return np.array([[float(same)]]), _ones(1)
 
 
+# ---- a mean read in units of the scale the model predicts beside it: scaled@S --------------------------------------
+# A mixture density network returns pi, mu and sigma; a Gaussian head its mean and log-variance; a DeepAR-like
+# forecaster a location and a scale. Their user reads a mean's change against the uncertainty the model states for it
+# (a shift of 0.1 sigma changes the likelihood of every observation; 1% of the mean's own size may be many sigmas
+# where the model is sure). `--metric MEAN=scaled@S` judges output MEAN so: per sample the mean over its values of
+# |y - d| / s, s the input model's scale (output S read as a standard deviation, a variance, a log-variance or a log
+# standard deviation: `SCALE_FORMS`), weighted by output W's values where it is written scaled@S,W (a mixture's pi).
+SCALED = "scaled"
+# how a scale output's values v become a standard deviation
+SCALE_FORMS = {"sd": lambda v: v, "var": np.sqrt, "logvar": lambda v: np.exp(0.5 * v), "logsd": np.exp}
+SCALE_WORDS = {"sd": "a standard deviation", "var": "a variance", "logvar": "a log-variance",
+               "logsd": "a log standard deviation"}
+
+
+@dataclass(frozen=True)
+class ScaleOf:
+    """Where scaled@S reads a mean's scale: output `scale` read as `form` (`SCALE_FORMS`), and each value's weight
+    from output `weights` (a mixture's pi), or all alike."""
+
+    scale: str
+    form: str = "sd"
+    weights: str | None = None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.scale,) if self.weights is None else (self.scale, self.weights)
+
+    def __str__(self) -> str:
+        said = f"output '{self.scale}' read as {SCALE_WORDS[self.form]}"
+        return said + (f", weighted by output '{self.weights}'" if self.weights else "")
+
+
+def scale_form(name: str) -> str:
+    """The form a scale output's name says (`SCALE_FORMS`): 'log_var', 'logvar' a log-variance; 'log_sigma',
+    'log_std', 'log_scale' a log standard deviation; 'var', 'variance' a variance; anything else a standard
+    deviation (sigma, std, scale)."""
+    low = name.lower()
+    if "log" in low:
+        return "logvar" if "var" in low else "logsd"
+    return "var" if "var" in low else "sd"
+
+
+def scale_of(text: str) -> ScaleOf:
+    """scaled@'s companions from `text`, '[FORM:]S[,W]': 'sigma', 'logvar:log_var', 'sigma,pi'. ValueError, in words
+    for the user, on an empty name or an unknown form."""
+    form, sep, rest = text.partition(":")
+    if not sep:
+        form, rest = "", text
+    scale, comma, weights = rest.partition(",")
+    if not scale or (comma and not weights):
+        raise ValueError(f"'{SCALED}@{text}' names no scale output; write {SCALED}@S (S the output holding the "
+                         f"mean's standard deviation), {SCALED}@S,W for a mixture (W its weights), e.g. "
+                         f"{SCALED}@sigma,pi")
+    if form and form not in SCALE_FORMS:
+        raise ValueError(f"'{SCALED}@{text}': unknown scale form '{form}'; choose one of {', '.join(SCALE_FORMS)} "
+                         f"(FORM:S, e.g. {SCALED}@logvar:{scale})")
+    return ScaleOf(scale, form or scale_form(scale), weights or None)
+
+
+def _scaled(out, ref, labels, others, at: ScaleOf):
+    """Per sample, the mean over its values of min(1, |y - d| / s) (weighted by the input model's W where given),
+    s the input model's scale of each value (`others`: the dense values of `at.outputs`, samples first). A
+    non-finite value that moved loses its sample (1)."""
+    a, b, moved = _finite_parts(out, ref)
+    s = _companion(others[0], b, at.scale, at.form)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64)) / np.maximum(s, _TINY)
+    d = _flat(np.minimum(1.0, np.nan_to_num(d, nan=1.0, posinf=1.0)))
+    if at.weights is None:
+        terms = d.mean(axis=1)
+    else:
+        w = _flat(np.clip(np.nan_to_num(_companion(others[1], b, at.weights, None)), 0.0, None))
+        terms = (w * d).sum(axis=1) / np.maximum(w.sum(axis=1), _TINY)
+    if moved is not None:
+        terms = np.where(moved, 1.0, terms)
+    return terms[:, None], _ones(len(terms))
+
+
+def _companion(values, mean: np.ndarray, name: str, form: str | None) -> np.ndarray:
+    """Output `name`'s dense values beside the mean's, as standard deviations (`form`) or as they are (None);
+    ConfigError where their shape differs or a standard deviation or variance is negative."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape != mean.shape:
+        raise ConfigError(f"{SCALED}@{name} reads output '{name}' {list(v.shape)} beside a mean of {list(mean.shape)}; "
+                          f"the scale (and a mixture's weights) must hold one value for each of the mean's "
+                          "(docs/metrics.md, 'A mean and its scale')")
+    if form in ("sd", "var") and (v < 0).any():
+        raise ConfigError(f"output '{name}' has negative values, so it is no {SCALE_WORDS[form][2:]}; if it holds a "
+                          f"log-variance write {SCALED}@logvar:{name} ({SCALED}@logsd:{name} for a log standard "
+                          "deviation)")
+    return v if form is None else SCALE_FORMS[form](v)
+
+
+def _scaled_metric(at: ScaleOf) -> "Metric":
+    return Metric(partial(_scaled, at=at), lambda s, n: max(0.0, 1.0 - s[0] / n), False,
+                  f"the mean moves by 0.01 of the input model's scale of it on average over each sample's values "
+                  f"({at}): 1 pp is a hundredth of a predicted sigma", (True,), True, reads=at.outputs)
+
+
 @dataclass(frozen=True)
 class Metric:
     """One way to score one output: `samples(out, ref, labels) -> (terms [n, k], counts [n])` per sample, summed
@@ -474,21 +573,32 @@ class Metric:
     norms: Callable | None = None  # dense values -> per-sample squared norms [n, k] its relative errors divide by
     spread: bool = False  # its scale also holds the set's spread around its mean (`_spread`), after the norms' RMS
     view: Callable | None = None  # what of the dense values it scores (`steps`), read so by `reference_scale` too
+    # other outputs whose dense values of the same batch it reads (scaled@S: the scale, a mixture's weights), passed
+    # as a fourth argument, `samples(out, ref, labels, others)`, by the Evaluator (`output_terms`)
+    reads: tuple[str, ...] = ()
 
     @property
     def needs_reference(self) -> bool:
         return not self.needs_labels
 
-    def terms(self, out, ref, labels, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def terms(self, out, ref, labels, scale: np.ndarray | None = None,
+              others: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample (terms, counts); a relative error's floor from `scale`, the dense set's typical norm
-        (`reference_scale`), or when None from `ref` itself (`ref` is then the whole set)."""
+        (`reference_scale`), or when None from `ref` itself (`ref` is then the whole set). `others`: the dense
+        values of the outputs it `reads`, of the same samples."""
+        if self.reads:
+            if others is None or len(others) != len(self.reads):
+                raise ValueError(f"this metric reads outputs {', '.join(self.reads)} beside its own; pass their dense "
+                                 "values (others=)")
+            return self.samples(out, ref, labels, others)
         if self.norms is None:
             return self.samples(out, ref, labels)
         return self.samples(out, ref, labels, reference_scale(self, [ref]) if scale is None else scale)
 
-    def batch(self, out, ref, labels, scale: np.ndarray | None = None) -> tuple[tuple, int]:
+    def batch(self, out, ref, labels, scale: np.ndarray | None = None,
+              others: tuple | None = None) -> tuple[tuple, int]:
         """(sums, count) of one batch: the per-sample terms summed (`terms`)."""
-        terms, counts = self.terms(out, ref, labels, scale)
+        terms, counts = self.terms(out, ref, labels, scale, others)
         return tuple(float(x) for x in terms.sum(axis=0)), int(counts.sum())
 
 
@@ -644,21 +754,25 @@ class Threshold:
         return f"{self.value:g} of each sample's range" if self.of_range else f"{self.value:g}"
 
 
-def split_threshold(kind: str) -> tuple[str, Threshold | None]:
+def split_threshold(kind: str) -> tuple[str, Threshold | ScaleOf | None]:
     """(the kind without its threshold, the threshold or None): 'mask_iou@0.25' -> ('mask_iou', 0.25),
     'mask_iou@0.25+rel_l2' -> ('mask_iou+rel_l2', 0.25), 'mask_iou@0.8r' -> ('mask_iou', 0.8 of each sample's
     range), 'rel_l2' -> ('rel_l2', None). ValueError, in words for the user, on a threshold that is not a number, on
     a kind that takes none, or on two thresholds."""
+    if kind.startswith(SCALED + "@"):  # a mean judged in its scale: its companions' names, which may hold '+'
+        return SCALED, scale_of(kind[len(SCALED) + 1:])
     bare, at = [], None
     for part in kind.split("+"):
         base, sep, text = part.partition("@")
         bare.append(base)
         if not sep:
             continue
+        if base == SCALED:
+            raise ValueError(f"'{kind}': {SCALED}@S pairs with no other kind; write --metric MEAN={part} alone")
         if base not in THRESHOLDS and base not in LISTS and base not in RANKS:
             raise ValueError(f"metric '{base}' takes no threshold ('{part}'); only {', '.join(THRESHOLDS)} are read at "
                              "one: KIND@T, e.g. mask_iou@0.3 (and a feed's list: list@T, set@T, top@K; a sample's "
-                             "items: rank@K)")
+                             "items: rank@K; a mean in its own scale: scaled@S)")
         if base in LISTS and len(kind.split("+")) > 1:
             raise ValueError(f"'{kind}': {base} reads a feed's rows as one list and pairs with no other kind; write "
                              f"{part} alone")
@@ -698,7 +812,7 @@ def decision_threshold(kind: str) -> float | None:
     """Where a thresholded kind (or a pair led by one) decides, in the output's own units; None for other kinds (and
     for a threshold of each sample's range, which has none)."""
     base, at = split_threshold(kind)
-    if base in LISTS or base in RANKS:  # a feed's list, a sample's items: no decision on a value
+    if base in LISTS or base in RANKS or base == SCALED:  # a feed's list, a sample's items, a mean: no decision
         return None
     if at is not None:
         return None if at.of_range else at.value
@@ -724,7 +838,7 @@ class Registry(dict):
             base, at = split_threshold(kind) if isinstance(kind, str) else (kind, None)
         except ValueError:
             raise KeyError(kind) from None
-        if at is None or not dict.__contains__(self, base):
+        if at is None or not (dict.__contains__(self, base) or isinstance(at, ScaleOf)):
             raise KeyError(kind)
         made = self[kind] = self._make(kind, base, at)
         return made
@@ -740,7 +854,9 @@ class Registry(dict):
         return self[kind] if kind in self else default
 
 
-def _at_metric(kind: str, base: str, at: Threshold) -> Metric:
+def _at_metric(kind: str, base: str, at: Threshold | ScaleOf) -> Metric:
+    if isinstance(at, ScaleOf):
+        return _scaled_metric(at)
     if "+" in base:
         return _both(*kind.split("+"))
     scores = (partial(_mask_iou, at=at.value, of_range=True) if at.of_range else

@@ -942,16 +942,36 @@ def attention_weights(*, tokens: int = 6, features: int = 8, dim: int = 12, clas
 
 
 def gaussian_head(*, in_features: int = 8, hidden: int = 16, targets: int = 4, names=("mean", "var"),
-                  seed: int = 0) -> onnx.ModelProto:
+                  seed: int = 0, log_variance: bool = False) -> onnx.ModelProto:
     """A Gaussian regression head (torch's GaussianNLLLoss, sweep 41): 'input' [N, 8] -> fc + relu -> a mean [N, 4]
-    and Softplus of another fc, its variance [N, 4], named `names` (a VAE encoder's 'mu', 'logvar')."""
+    and Softplus of another fc, its variance [N, 4], named `names` (a VAE encoder's 'mu', 'logvar');
+    `log_variance`: the other fc as it is, a log-variance (no op in the graph says it is a scale)."""
     g = _Graph(seed)
     h = g.relu(g.matmul("input", "fc1", in_features, hidden), "fc1")
     mean, var = g.matmul(h, "mu", hidden, targets), g.matmul(h, "v", hidden, targets)
     g.nodes.append(helper.make_node("Identity", [mean], [names[0]], name="/mean"))
-    g.nodes.append(helper.make_node("Softplus", [var], [names[1]], name="/var"))
+    g.nodes.append(helper.make_node("Identity" if log_variance else "Softplus", [var], [names[1]], name="/var"))
     return _model(g, "gaussian_head", [_float("input", [BATCH, in_features])],
                   [_float(names[0], [BATCH, targets]), _float(names[1], [BATCH, targets])])
+
+
+def mixture_density(*, hidden: int = 16, components: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """A mixture density network on a 1-D regression (sweep 56's MDN): 'x' [N, 1] -> fc + relu -> three fcs: 'pi'
+    [N, K] through Softmax (the mixture's weights), 'mu' [N, K] as it is (the components' means, biased to 2, 5, 8,
+    ...: a trained MDN's components sit apart), 'sigma' [N, K] through Exp (their standard deviations, about
+    e^-3 = 0.05 of a unit: sure components)."""
+    g = _Graph(seed)
+    h = g.relu(g.matmul("x", "fc1", 1, hidden), "fc1")
+    logits, mu, log_sigma = (g.matmul(h, scope, hidden, components) for scope in ("pi", "mu", "sig"))
+    for t in g.initializers:
+        if t.name in ("mu.bias", "sig.bias"):
+            value = 2.0 + 3.0 * np.arange(components) if t.name == "mu.bias" else np.full(components, -3.0)
+            t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) + value).astype(np.float32), t.name))
+    g.nodes.append(helper.make_node("Softmax", [logits], ["pi"], name="/pi/Softmax", axis=1))
+    g.nodes.append(helper.make_node("Identity", [mu], ["mu"], name="/mu/Identity"))
+    g.nodes.append(helper.make_node("Exp", [log_sigma], ["sigma"], name="/sig/Exp"))
+    return _model(g, "mixture_density", [_float("x", [BATCH, 1])],
+                  [_float(n, [BATCH, components]) for n in ("pi", "mu", "sigma")])
 
 
 def prototype_scores(*, in_features: int = 8, hidden: int = 16, dim: int = 6, seed: int = 0) -> onnx.ModelProto:

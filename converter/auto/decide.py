@@ -99,7 +99,8 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.calibration.decide import within_budget
-from onnxprune.calibration.output_metrics import LISTS, METRICS, PAIRED_KINDS, RANKS, Registry, is_list
+from onnxprune.calibration.output_metrics import (LISTS, METRICS, PAIRED_KINDS, RANKS, Registry, ScaleOf,
+                                                  is_list)
 from onnxprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,11 @@ PER_SAMPLE.update({kind: _both(*kind.split("+")) for kind in PAIRED_KINDS})
 
 def _at_form(kind: str, base: str, at) -> PerSample:
     """A kind read at the user's threshold (mask_iou@0.3), or a pair led by one: the registered form's, its words
-    at that threshold (output_metrics.Threshold)."""
+    at that threshold (output_metrics.Threshold); a mean judged in its scale (scaled@S: output_metrics.ScaleOf)."""
+    if isinstance(at, ScaleOf):
+        return PerSample(_form(kind, False), False, (f"change in {at.scale}",),
+                         f"the mean over its values of min(1, |y_ik - d_ik| / s_ik), s_ik the input model's scale "
+                         f"({at})", binary=False)
     if "+" in base:
         return _both(*kind.split("+"))
     parts, unit = _at_words(base, at)
@@ -522,7 +527,7 @@ class BudgetRule:
             for i, (rule, value) in enumerate(zip(self.outputs, values, strict=True)):
                 # the Evaluator's own per-sample terms: samples as it counts them (an output with no batch: per
                 # feed), a batch of another shape lost whole
-                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels, mask, crop)
+                got = self.evaluator.output_terms(i, rule.kind, value, ref[i], labels, mask, crop, ref)
                 if got is not None:
                     per_output[i].append(_as_losses(rule.kind, *got, rule.form.paired))
         return [np.concatenate(p) if p else np.zeros((0, len(r.form.parts))) for p, r in zip(per_output, self.outputs)]
