@@ -343,7 +343,7 @@ def graph_facts(model: onnx.ModelProto | None) -> dict:
     `embedding_outputs`, `ranked_outputs`, `predicted_values`, `input_sizes`, `token_id_inputs`,
     `attention_outputs`, `feature_outputs`, `ranked_detections`, `bit_outputs`, `recurrent_states`,
     `position_summaries`, `argmax_paths`, `packed_heads`, `passthrough_outputs`, `forecast_outputs`,
-    `probability_parts`, `variable_outputs`."""
+    `probability_parts`, `variable_outputs`, `moment_outputs`."""
     return {"bounded": probability_outputs(model), "embeddings": embedding_outputs(model),
             "ranked": ranked_outputs(model), "predicted": predicted_values(model), "input_sizes": input_sizes(model),
             "tokens": bool(token_id_inputs(model)), "attention": attention_outputs(model),
@@ -351,7 +351,7 @@ def graph_facts(model: onnx.ModelProto | None) -> dict:
             "states": recurrent_states(model), "summaries": position_summaries(model),
             "paths": argmax_paths(model), "packed": packed_heads(model), "passthrough": passthrough_outputs(model),
             "forecasts": forecast_outputs(model), "unit_parts": probability_parts(model),
-            "variables": variable_outputs(model)}
+            "variables": variable_outputs(model), "moments": moment_outputs(model)}
 
 
 def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
@@ -1112,11 +1112,12 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                passthrough: Mapping[str, int] | None = None,
                forecasts: Mapping[str, int] | None = None,
                unit_parts: Collection[str] | None = None,
-               variables: Mapping[str, int] | None = None) -> dict[str, str]:
+               variables: Mapping[str, int] | None = None, moments: Collection[str] = ()) -> dict[str, str]:
     """The metric of every output, from all the dense outputs at once: `auto_kind` for each (`bounded`: the outputs
     `probability_outputs` found; `embeddings`: those `embedding_outputs` found; `ranked`: TopK's values,
     `ranked_outputs`, which an argmax never judges: rel_l2, or binary_prob for the top probabilities of a Softmax;
     `predicted`: what `predicted_values` found, a regressor's predictions, which an argmax never judges either: rel_l2;
+    `moments`: a mean and the scale the model predicts beside it, `moment_outputs`: rel_l2 likewise;
     `attention`: attention weights, `attention_outputs`, mixing weights over keys, not classes: rel_l2 likewise;
     `states`: a recurrent layer's hidden or cell state, `recurrent_states`, handed on, not classes: rel_l2 too;
     `summaries`: a per-position summary of a class head, `position_summaries` (a recognizer's per-step confidence
@@ -1208,7 +1209,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                         (states, "a recurrent layer's hidden or cell state (an LSTM/GRU/RNN's, or a gated cell's a "
                                  "Loop or Scan runs: handed on to a decoder or the next step, not classes)"),
                         (summaries, "a value per position, a reduction over a per-position head's classes (a "
-                                    "recognizer's per-step confidence: positions, not classes)")):
+                                    "recognizer's per-step confidence: positions, not classes)"),
+                        (moments, "a mean or the scale the model predicts beside it (`moment_outputs`: values, not "
+                                  "classes)")):
         for name in names:
             if kinds.get(name) in _ARGMAX_KINDS:
                 kinds[name] = "rel_l2"
@@ -1386,30 +1389,45 @@ _MEAN_NAMES = _Words(r"mean(?![a-z])|mu(?![a-z])|loc(?![a-z])|location")
 
 
 def scale_pairs(model: onnx.ModelProto | None) -> dict[str, str]:
-    """{mean output: the kind that would judge it in its own scale, `scaled@S` or `scaled@S,W`}: a graph output a
-    linear layer makes or a name says is a mean (`_MEAN_NAMES`), beside one output of the same declared shape that
-    the graph makes positive (`_SCALE_OPS`) or a name says is a scale (`_SCALE_NAMES`), and a Softmax's output of that
-    shape as a mixture's weights. Never chosen: the same graph is a VAE encoder's mu and logvar, whose mu is read as a
-    latent code; `scale_note` names the flag."""
+    """{mean output: the kind that would judge it in its own scale, `scaled@S` or `scaled@S,W`} (`_mean_scales`); a
+    scale the graph makes positive is read as no log, whatever its name says. Never chosen: the same graph is a VAE
+    encoder's mu and logvar, whose mu is read as a latent code; `scale_note` names the flag."""
+    pairs = {}
+    for mean, (scale, weights, made) in _mean_scales(model).items():
+        form = scale_form(scale)
+        given = {"logvar": "var", "logsd": "sd"}.get(form, form) if made else form
+        pairs[mean] = f"scaled@{'' if given == form else given + ':'}{scale}" + (f",{weights}" if weights else "")
+    return pairs
+
+
+def moment_outputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """The means and scales `_mean_scales` pairs: values, which an argmax never judges (a DeepAR-like forecaster's
+    Softplus 'scale' [N, 48] was judged by the argmax over its 48 steps)."""
+    return frozenset(n for mean, (scale, _, _) in _mean_scales(model).items() for n in (mean, scale))
+
+
+def _mean_scales(model: onnx.ModelProto | None) -> dict[str, tuple[str, str | None, bool]]:
+    """{mean: (scale, weights or None, whether the graph makes the scale positive)}: a graph output a linear layer
+    makes or a name says is a mean (`_MEAN_NAMES`), beside exactly one output of the same declared shape (2 or more
+    axes) that the graph makes positive (`_SCALE_OPS`) or a name says is a scale (`_SCALE_NAMES`), and the one
+    Softmax output of that shape, if any, as a mixture's weights."""
     if model is None:
         return {}
     producers = _producers(model.graph)
     shapes = {o.name: _declared(o) for o in model.graph.output}
     shaped = {n: sh for n, sh in shapes.items() if sh is not None and len(sh) >= 2}
     bounded = probability_outputs(model)
-    scales = {n for n in shaped if _made_positive(n, producers) or _SCALE_NAMES.search(n)}
-    pairs = {}
+    made = {n for n in shaped if _made_positive(n, producers)}
+    scales = made | {n for n in shaped if _SCALE_NAMES.search(n)}
+    found = {}
     for mean, sh in shaped.items():
         if mean in scales or mean in bounded or not (_linear(mean, producers) or _MEAN_NAMES.search(mean)):
             continue
         partners = [n for n in scales if n != mean and shaped[n] == sh]
         weights = [n for n in bounded if n != mean and shapes.get(n) == sh]
-        if len(partners) == 1:  # a scale the graph makes positive is no log, whatever its name says
-            scale, form = partners[0], scale_form(partners[0])
-            given = form if not _made_positive(scale, producers) else {"logvar": "var", "logsd": "sd"}.get(form, form)
-            pairs[mean] = (f"scaled@{'' if given == form else given + ':'}{scale}"
-                           + (f",{weights[0]}" if len(weights) == 1 else ""))
-    return pairs
+        if len(partners) == 1:
+            found[mean] = (partners[0], weights[0] if len(weights) == 1 else None, partners[0] in made)
+    return found
 
 
 def _made_positive(name: str, producers: dict, depth: int = 0) -> bool:

@@ -111,6 +111,51 @@ def test_a_gaussian_heads_mean_is_judged_in_the_sigma_of_its_log_variance():
     assert ev.loss_pp(ev.evaluate(model)) == 0.0
 
 
+def _forecaster(steps: int = 16) -> onnx.ModelProto:
+    """A DeepAR-like head: x [N, 16, 3] -> 'loc' [N, 16] (x @ a) and 'scale' [N, 16] (Softplus(x @ b - 2) + 1e-3), a
+    location and a scale for each step."""
+    from onnx import TensorProto, helper
+
+    a, b = np.array([[1.0], [0.5], [-0.3]], np.float32), np.array([[0.3], [0.2], [0.1]], np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["l3"]), helper.make_node("Squeeze", ["l3", "ax"], ["loc"]),
+             helper.make_node("MatMul", ["x", "B"], ["s3"]), helper.make_node("Add", ["s3", "shift"], ["s4"]),
+             helper.make_node("Softplus", ["s4"], ["s5"]), helper.make_node("Squeeze", ["s5", "ax"], ["s6"]),
+             helper.make_node("Add", ["s6", "eps"], ["scale"])]
+    inits = [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B"),
+             numpy_helper.from_array(np.array([2], np.int64), "ax"),
+             numpy_helper.from_array(np.array(-2.0, np.float32), "shift"),
+             numpy_helper.from_array(np.array(1e-3, np.float32), "eps")]
+    graph = helper.make_graph(nodes, "deepar_head",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, 3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", steps]) for n in ("loc",
+                                                                                                          "scale")],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_forecasters_scale_is_judged_as_values_not_by_its_argmax_over_the_steps(caplog):
+    """A DeepAR-like forecaster's Softplus 'scale' [N, 48] was judged by the argmax over its 48 steps (`agreement`:
+    which step is the least sure) on main; a scale beside its mean is values (rel_l2), and the run names scaled@."""
+    model = _forecaster()
+    x = np.random.default_rng(4).normal(0, 1, (64, 16, 3)).astype(np.float32)
+    loc, scale = make_session(model, optimize=False).run(None, {"x": x})
+    np.testing.assert_allclose(loc, x @ np.array([1.0, 0.5, -0.3], np.float32), rtol=1e-5, atol=1e-5)
+    want = np.log1p(np.exp(x @ np.array([0.3, 0.2, 0.1], np.float32) - 2)) + 1e-3
+    np.testing.assert_allclose(scale, want, rtol=1e-5, atol=1e-6)
+    assert 0 < scale.min() and scale.max() < 1  # a positive output in [0, 1] rows not summing to 1: an argmax's
+    assert metric_choice.auto_kinds({"loc": loc, "scale": scale}) == {"loc": "rel_l2", "scale": "agreement"}
+    facts = metric_choice.graph_facts(model)
+    assert facts["moments"] == {"loc", "scale"}
+    assert metric_choice.auto_kinds({"loc": loc, "scale": scale}, **facts) == {"loc": "rel_l2", "scale": "rel_l2"}
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration.metrics"):
+        ev = Evaluator(open_data({"x": x}, model, batch_size=32), None, model)
+    assert ev.plan == {"loc": "rel_l2", "scale": "rel_l2"}
+    assert "--metric loc=scaled@scale judges its change" in caplog.text
+
+
 def test_scaled_is_refused_in_words_where_it_cannot_read_its_scale():
     model = tb.mixture_density()
     x = np.random.default_rng(0).uniform(-1, 1, (32, 1)).astype(np.float32)
