@@ -321,8 +321,10 @@ def _data_options(f):
                           "seq_agreement, map_iou, mask_iou, ctc_agreement, prob, binary_prob, binary_logit, rel_l2, "
                           "channel_rel_l2, channel_prob, variables (each of a forecast's variables in its own scale), "
                           "detections, cosine, exact; mask_iou, binary_prob and binary_logit at your application's "
-                          "threshold as KIND@T (mask_iou@0.3; mask_iou@0.8r: 0.8 of each sample's range). Default: "
-                          "every output, each with the metric that fits it."),
+                          "threshold as KIND@T (mask_iou@0.3; mask_iou@0.8r: 0.8 of each sample's range); a mean "
+                          "in units of the scale the model predicts beside it: OUTPUT=scaled@S (mu=scaled@sigma,pi "
+                          "for a mixture, mean=scaled@logvar:log_var). Default: every output, each with the metric "
+                          "that fits it."),
         click.option("--batch-size", type=int, default=None, help="Batch size for evaluation (default 64, fewer "
                      "where one batch's activations would pass 2 GB)."),
         click.option("--limit", type=int, help="Use at most N samples of the data."),
