@@ -1329,7 +1329,7 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
                             "axis: boundaries, onsets, a cumulative sum): scored on its steps, the increments that "
                             "place them (step_rel_l2), as a change of 0.1 in a value of 7 is 1.4%% of the value and "
                             "may be all of a step; --metric %s=rel_l2 scores the values themselves", name, name)
-    _judge_variables(kinds, values, variables or {}, quiet)
+    _judge_variables(kinds, values, variables or {}, quiet, moments)
     return kinds
 
 
@@ -1354,11 +1354,13 @@ def variable_scales(value) -> float | None:
     return float(max(spread.max() / spread.min(), rms.max() / rms.min()))
 
 
-def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int], quiet: bool) -> None:
+def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int], quiet: bool,
+                     moments: Collection[str] = ()) -> None:
     """Rule 16 (`auto_kinds`): a forecast's next steps of its variables (`variables`, `variable_outputs`) that
     differ in scale judged each in its own (`variables`); a forecast's variables alike in scale or its next step
     alone, and an output judged as one relative error whose last axis holds values of scales far apart, not known
-    to be variables, noted with the flag."""
+    to be variables, noted with the flag, unless it is a mean or a scale beside one (`moments`: a mixture's
+    components are no variables, and `scale_note` names the flag that reads them)."""
     for name, kind in kinds.items():
         if kind not in ("rel_l2", "channel_rel_l2") or name not in values or _STATE_NAMES.search(name) \
                 or _ordered([values[name]]):  # quantiles of one quantity (sweep 56's TFT), no variables
@@ -1373,7 +1375,7 @@ def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int],
                             "%.0fx: each is judged in its own scale (variables: rel_l2 of each variable, the worst "
                             "of each sample), not by one relative error the large ones set; --metric %s=rel_l2 "
                             "judges the whole", name, count, ratio, name)
-        elif kind == "rel_l2" and (forecast or (ratio or 0.0) > VARIABLE_NOTE) and not quiet:
+        elif kind == "rel_l2" and (forecast or (ratio or 0.0) > VARIABLE_NOTE) and not quiet and name not in moments:
             log.warning("output '%s': its last axis holds %d values (scales %.1fx apart) judged as one relative error "
                         "(rel_l2); if they are quantities of their own (a forecast's variables), --metric "
                         "%s=variables judges each in its own scale", name, count, ratio, name)

@@ -154,6 +154,15 @@ def test_a_forecasters_scale_is_judged_as_values_not_by_its_argmax_over_the_step
         ev = Evaluator(open_data({"x": x}, model, batch_size=32), None, model)
     assert ev.plan == {"loc": "rel_l2", "scale": "rel_l2"}
     assert "--metric loc=scaled@scale judges its change" in caplog.text
+    # a mixture's sigmas 100x apart are components, not a forecast's variables: no `variables` note for them
+    sigmas = {"sigma": np.exp(np.random.default_rng(5).normal(0, 0.1, (64, 3))) * np.array([1.0, 0.01, 0.1])}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration.metric_choice"):
+        assert metric_choice.auto_kinds(sigmas, moments={"sigma"}) == {"sigma": "rel_l2"}
+    assert "sigma=variables" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration.metric_choice"):
+        metric_choice.auto_kinds(sigmas)
+    assert "sigma=variables" in caplog.text
 
 
 def test_scaled_is_refused_in_words_where_it_cannot_read_its_scale():
