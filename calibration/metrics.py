@@ -740,7 +740,8 @@ class Evaluator:
         scale = self.scales[i] if self.scales else None
         if mask is not None and i in self.masked and want is not None and out.shape[:2] == mask.shape:
             return _masked_samples(kind, out, want, labels, mask, scale)
-        got = METRICS[kind].terms(out, want, labels, scale, self.companions(kind, refs, crop))
+        others = self.companions(kind, refs, crop) if METRICS[kind].reads else None
+        got = METRICS[kind].terms(out, want, labels, scale, others)
         if i in self.grouped and len(got[0]) % self.grouped[i] == 0:  # k rows a sample: each sample's own summed
             return pool_rows(*got, self.grouped[i])
         return pool(*got) if pooled else got
