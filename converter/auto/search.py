@@ -282,9 +282,10 @@ class _Search:
         CNN, 200 labelled decision samples: nine refit candidates judged in turn, the kept one "upper bound 0.50
         pp", 1.69 pp lost on 10,000 test images and 1.8 pp on the 1,800 training ones). Retraining fits the
         training part, so a loss there understates the loss on new data: over the budget there is over it.
-        The walk back (float16 59: sweep 58's float16 FocalNet, whose one-shot start was the input model, lost
-        everything when the look rejected its 2.79x result, though the search had kept less pruned candidates on
-        the way) reads the candidates `kept` holds only where a final exam follows, which judges what it returns."""
+        The walk back (float16 59; before it, a rejected result fell back on the one-shot start alone, so a run
+        whose start was the input model, as sweep 58's float16 FocalNet's, kept the input model whatever the
+        search had kept on the way) reads the candidates `kept` holds, that is only where a final exam follows,
+        which judges what the look returns."""
         second = getattr(self.data, "second", None)
         if second is None or best.model is self.original:
             return best

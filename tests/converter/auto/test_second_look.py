@@ -118,10 +118,9 @@ def test_a_result_rejected_beside_an_unpruned_start_leaves_no_candidate_kept_in_
 def test_a_rejected_result_gives_way_to_the_candidates_kept_before_it_not_to_the_input_model(monkeypatch):
     """Sweep 58's L4: a float16 FocalNet's one-shot start (1.07x) changed 1 of 224 decision images, so the search
     started from the input model; its refit reached 2.79x, which the second look rejected on the 110 training
-    images, and the input model was kept though the search had kept less pruned candidates on the way (its float32
-    twin, whose start was accepted, wrote 1.70x). Now the look walks back as the final exam does: the result, the
-    candidates kept before it (most pruned first), the start; the first it does not show over is the result, and
-    the exam that follows walks back only from there."""
+    images, and the look fell back on the start alone: the input model. Now the look walks back as the final exam
+    does: the result, the candidates kept before it (most pruned first), the start; the first it does not show
+    over is the result, and the exam that follows walks back only from there."""
     from onnxprune.converter.auto import search as S
     from onnxprune.converter.auto.decide import Decision
 
