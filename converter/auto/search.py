@@ -169,6 +169,8 @@ class _Search:
             self.data = data = replace(data, evaluator=split[0])
             self.exam = split[1]
             self.second_reserve += EXAM_LOOKS * float(getattr(self.exam.evaluator, "reference_seconds", None) or 0.0)
+            # the second look walks back as the exam does (the kept candidates before a rejected result): its looks
+            self.second_reserve += (EXAM_LOOKS - 2) * float(getattr(second, "reference_seconds", None) or 0.0)
         self.t0 = time.perf_counter()
         self.tail = 0.0 if clock is not None else TAIL_SHARE * config.time_budget  # the clock reserves it itself
         self.span = max(0.0, self.left())  # the search's own seconds at its start: the scan's and probe's shares
@@ -273,12 +275,17 @@ class _Search:
 
     def _second_look(self, best: _Best, start: _Best) -> _Best:
         """The result, unless the training part (more samples than the decision set, never judged on) shows it
-        clearly over the budget: some output's loss there less Z standard errors over its budget. Then the one-shot
-        start, under the same look, else the input model. The search judges many candidates on one decision set
-        and keeps the best it saw, which a small set can pass by luck (a helper's CNN, 200 labelled decision
-        samples: nine refit candidates judged in turn, the kept one "upper bound 0.50 pp", 1.69 pp lost on 10,000
-        test images and 1.8 pp on the 1,800 training ones). Retraining fits the training part, so a loss there
-        understates the loss on new data: over the budget there is over it."""
+        clearly over the budget: some output's loss there less Z standard errors over its budget. Then, as the final
+        exam walks back (exam.exam_looks), the candidates kept before it, most pruned first, and the one-shot start,
+        under the same look, the first it does not show over; else the input model. The search judges many
+        candidates on one decision set and keeps the best it saw, which a small set can pass by luck (a helper's
+        CNN, 200 labelled decision samples: nine refit candidates judged in turn, the kept one "upper bound 0.50
+        pp", 1.69 pp lost on 10,000 test images and 1.8 pp on the 1,800 training ones). Retraining fits the
+        training part, so a loss there understates the loss on new data: over the budget there is over it.
+        The walk back (float16 59; before it, a rejected result fell back on the one-shot start alone, so a run
+        whose start was the input model, as sweep 58's float16 FocalNet's, kept the input model whatever the
+        search had kept on the way) reads the candidates `kept` holds, that is only where a final exam follows,
+        which judges what the look returns."""
         second = getattr(self.data, "second", None)
         if second is None or best.model is self.original:
             return best
@@ -286,20 +293,29 @@ class _Search:
             rule = BudgetRule(second, self.config.max_loss)
         except ConfigError:
             return best
-        looks = [(best, "the search's result")] + ([(start, "the one-shot start")] if start is not best else [])
-        for candidate, what in looks:
+        kept = list(self.kept)
+        rejected = 0
+        for candidate in exam_looks(best, kept, start):
             if candidate.model is self.original:  # a one-shot start that kept the input model: none of the
-                self._exam_rejected(1.0, "second look")  # history's candidates is the result (real models 52)
-                return candidate
+                break  # history's candidates is the result (real models 52)
             decision = self.judge(candidate.model, rule)
             over = [(name, f) for name, f in decision.outputs.items()
                     if f["loss_pp"] - rule.z * f["se_pp"] > f.get("budget_pp", self.config.max_loss) + 1e-9]
             ratio = self.ratio(candidate.masks)
+            what = self._looked(candidate, best, start)
             if not over:
                 # the history's candidates past this one are no longer the result (sweep 29's SegNet: "past the
-                # result's 1.26x" for a result of 1.07x, the 1.26x this look had rejected)
+                # result's 1.26x" for a result of 1.07x, the 1.26x this look had rejected), nor the exam's to walk
                 self._exam_rejected(ratio, "second look")
+                self.kept = kept[:next((i for i, k in enumerate(kept) if k is candidate), len(kept))]
+                if rejected and candidate is not start:
+                    note = (f"second look: {what} ({ratio:.2f}x) is within --max-loss over the {rule.n} training "
+                            f"samples: the result now (the {rejected} more pruned one(s) it looked at first were "
+                            "over)")
+                    log.warning(note)
+                    self.notes.append(note)
                 return candidate
+            rejected += 1
             name, f = over[0]
             note = (f"second look: {what} ({ratio:.2f}x) loses {f['loss_pp']:.2f} pp (SE {f['se_pp']:.2f}) on output "
                     f"'{name}' over the {rule.n} training samples, over --max-loss "
@@ -307,8 +323,14 @@ class _Search:
                     f"{self.rule.n} decision samples passed it: not kept (more --val-data decides better)")
             log.warning(note)
             self.notes.append(note)
+        self.kept = []
         self._exam_rejected(1.0, "second look")
-        return self._input_model()
+        return start if start.model is self.original else self._input_model()
+
+    @staticmethod
+    def _looked(candidate: _Best, best: _Best, start: _Best) -> str:
+        return ("the search's result" if candidate is best else
+                "the one-shot start" if candidate is start else "an earlier candidate the search kept")
 
     def _final_exam(self, best: _Best, start: _Best) -> _Best:
         """The result, if the exam slice (exam.py; never judged on during the search) accepts it by the run's rule;

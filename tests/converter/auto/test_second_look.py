@@ -98,7 +98,7 @@ def test_a_result_rejected_beside_an_unpruned_start_leaves_no_candidate_kept_in_
     model = builders.lenet300_like(hidden=(32, 16), seed=7)
     other = builders.lenet300_like(hidden=(32, 16), seed=8)
     s = S._Search.__new__(S._Search)
-    s.original, s.notes = model, []
+    s.original, s.notes, s.kept = model, [], []
     s.data = type("Data", (), {"second": object()})()
     s.config = type("Config", (), {"max_loss": 1.0})()
     s.rule = type("Rule", (), {"n": 195})()
@@ -113,3 +113,52 @@ def test_a_result_rejected_beside_an_unpruned_start_leaves_no_candidate_kept_in_
     assert "second look: the search's result (1.20x) loses 12.94 pp" in s.notes[0]
     assert not any(h["kept"] for h in s.history)
     assert [h.get("second_look") for h in s.history] == ["rejected", "rejected", None]
+
+
+def test_a_rejected_result_gives_way_to_the_candidates_kept_before_it_not_to_the_input_model(monkeypatch):
+    """Sweep 58's L4: a float16 FocalNet's one-shot start (1.07x) changed 1 of 224 decision images, so the search
+    started from the input model; its refit reached 2.79x, which the second look rejected on the 110 training
+    images, and the look fell back on the start alone: the input model. Now the look walks back as the final exam
+    does: the result, the candidates kept before it (most pruned first), the start; the first it does not show
+    over is the result, and the exam that follows walks back only from there."""
+    from onnxprune.converter.auto import search as S
+    from onnxprune.converter.auto.decide import Decision
+
+    model = builders.lenet300_like(hidden=(32, 16), seed=7)
+    s = S._Search.__new__(S._Search)
+    s.original, s.notes = model, []
+    s.data = type("Data", (), {"second": object()})()
+    s.config = type("Config", (), {"max_loss": 1.0})()
+    s.rule = type("Rule", (), {"n": 224})()
+    monkeypatch.setattr(S, "BudgetRule", lambda data, budget: type("Rule", (), {"z": 1.0, "n": 110})())
+    ratios = (1.05, 1.14, 1.5, 2.79)
+    kept = [S._Best(builders.lenet300_like(hidden=(32, 16), seed=20 + i), {"w": np.full(4, r)},
+                    Decision(0.0, 0.0, 1.0, True, 224), {}) for i, r in enumerate(ratios)]
+    loss = {id(kept[3].model): 3.64, id(kept[2].model): 2.73, id(kept[1].model): 0.91, id(kept[0].model): 0.0}
+    judged = []
+
+    def judge(m, rule):
+        judged.append(id(m))
+        return type("Judged", (), {"outputs": {"logits": {"loss_pp": loss[id(m)], "se_pp": 1.0}}})()
+
+    s.judge = judge
+    s.ratio = lambda masks: 1.0 if masks is None else float(masks["w"][0])
+    s.history = [{"ratio": r, "kept": True, "fits": True} for r in ratios]
+    s.kept = list(kept)
+    start = S._Best(model, None, Decision(0.0, 0.0, 1.0, True, 224), {})  # the one-shot start: the input model
+    assert s._second_look(kept[3], start) is kept[1]  # 2.73 - 1 > 1: over; 0.91 - 1: within
+    assert judged == [id(kept[3].model), id(kept[2].model), id(kept[1].model)]  # most pruned first, then stops
+    assert s.kept == [kept[0]]  # the exam walks back from the look's pick, not through what the look rejected
+    assert [h["kept"] for h in s.history] == [True, True, False, False]
+    assert [h.get("second_look") for h in s.history] == [None, None, "rejected", "rejected"]
+    assert "second look: the search's result (2.79x) loses 3.64 pp" in s.notes[0]
+    assert "second look: an earlier candidate the search kept (1.50x) loses 2.73 pp" in s.notes[1]
+    assert "an earlier candidate the search kept (1.14x) is within --max-loss over the 110 training samples" in (
+        s.notes[2])
+
+    # every candidate over: the input model, as before (the start is the input model here)
+    loss.update({id(kept[1].model): 4.0, id(kept[0].model): 4.0})
+    s.kept, s.notes = list(kept), []
+    s.history = [{"ratio": r, "kept": True, "fits": True} for r in ratios]
+    assert s._second_look(kept[3], start) is start
+    assert s.kept == [] and not any(h["kept"] for h in s.history)
