@@ -1307,8 +1307,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
         if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name):
             kinds[name] = "agreement+rel_l2"
             if not quiet:
-                log.warning("output '%s' packs several layers' outputs side by side (a Concat of heads: class scores "
-                            "beside values, a multi-task model's), so its argmax alone does not judge the values: "
+                log.warning("output '%s' packs several heads side by side (a Concat of layers' outputs, or columns "
+                            "a ScatterND writes apart: class scores beside values, a multi-task model's, a value "
+                            "beside its spread), so its argmax alone does not judge the values: "
                             "it is scored by agreement and rel_l2, each within the budget; --metric %s=agreement "
                             "scores the argmax alone, --metric %s=rel_l2 the values alone", name, name, name)
     for name, columns in (detections or {}).items():
