@@ -358,7 +358,11 @@ def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
     """Outputs that a Concat along their last axis makes of two or more linear layers' outputs (MatMul or Gemm, or
     its bias Add, through reshapes), through Identity and reshapes: several heads packed into one output, a
     multi-task model's class logits beside a regression and an embedding (sweep 55: torch.cat([cls(h), reg(h),
-    emb(h)], 1) -> 'out' [N, 19])."""
+    emb(h)], 1) -> 'out' [N, 19]). Also one a ScatterND writes into a linear layer's output (through scatters and
+    element-wise arithmetic with constants, `_scattered_linear`): some columns transformed apart from the others,
+    torch's in-place `x[:, 0] = exp(x[:, 0])` (real models 59: a fuel-cell twin's Gaussian head, a cell voltage beside
+    its standard deviation, rescaled, 'output' [N, 2], was judged by the argmax over the two, always the voltage,
+    and every weight was pruned within "0 pp")."""
     if model is None:
         return frozenset()
     graph = model.graph
@@ -366,6 +370,9 @@ def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
     found = set()
     for o in graph.output:
         node = _through(producers.get(o.name), producers, _PASS_SHAPE)
+        if _scattered_linear(node, producers, set(local_constants(graph))):
+            found.add(o.name)
+            continue
         if node is None or node.op_type != "Concat" or len(node.input) < 2:
             continue
         axis = attr(node, "axis", 0)
@@ -375,6 +382,22 @@ def packed_heads(model: onnx.ModelProto | None) -> frozenset[str]:
         if sum(_linear(x, producers) for x in node.input) >= 2:
             found.add(o.name)
     return frozenset(found)
+
+
+def _scattered_linear(node, producers: dict, consts: set) -> bool:
+    """Whether `node` (an output's producer) is a ScatterND into a linear layer's output, through element-wise
+    arithmetic whose other operand is a constant (a rescale: y * std + mean) and further scatters (first inputs)."""
+    scatters = 0
+    while node is not None and scatters < 16:
+        if node.op_type in _ARITHMETIC - {"Identity", "Cast"} and len(node.input) == 2 and node.input[1] in consts:
+            node = producers.get(node.input[0])
+        elif node.op_type == "ScatterND" and (node.domain or "") in ("", "ai.onnx"):
+            if _linear(node.input[0], producers):
+                return True
+            node, scatters = producers.get(node.input[0]), scatters + 1
+        else:
+            return False
+    return False
 
 
 # element-wise arithmetic through which an input's values reach an output as themselves, scaled or shifted
@@ -1288,8 +1311,9 @@ def auto_kinds(values: Mapping[str, object], *, quiet: bool = False, bounded: Co
         if kinds.get(name) == "agreement" and not _CLASS_NAMES.search(name):
             kinds[name] = "agreement+rel_l2"
             if not quiet:
-                log.warning("output '%s' packs several layers' outputs side by side (a Concat of heads: class scores "
-                            "beside values, a multi-task model's), so its argmax alone does not judge the values: "
+                log.warning("output '%s' packs several heads side by side (a Concat of layers' outputs, or columns "
+                            "a ScatterND writes apart: class scores beside values, a multi-task model's, a value "
+                            "beside its spread), so its argmax alone does not judge the values: "
                             "it is scored by agreement and rel_l2, each within the budget; --metric %s=agreement "
                             "scores the argmax alone, --metric %s=rel_l2 the values alone", name, name, name)
     for name, columns in (detections or {}).items():

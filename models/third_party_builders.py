@@ -126,6 +126,10 @@ Each reproduces one kind of graph that broke an assumption of onnxprune (issue #
                         matrix a sample ([N, 1] ids), the first operand of a batched MatMul (sweep 57)
     split_experts       an expert only the samples its router picks take, split into sizes the data gives (torch
                         legacy's trace of a data-dependent loop): onnxruntime fails on a batch where none picks it
+    scattered_gaussian_head  a regression's mean beside its standard deviation in one [N, 2] output: torch's
+                        in-place x[:, 0] = sqrt(exp(x[:, 0])) as a ScatterND, then a rescale (a fuel-cell twin)
+    unrolled_rnn        a recurrent layer unrolled over time steps as torch 2.9's dynamo writes nn.LSTM: the stored
+                        hidden-to-hidden matrix [H, H] through one Transpose, read by every step's MatMul
 
 All use ir_version 8 and opset 17 (plus ai.onnx.ml 3 for ZipMap), but onnx_attention_rows (ir_version 10, opset 23).
 """
@@ -3368,3 +3372,50 @@ def split_experts(*, features: int = 8, hidden: int = 12, classes: int = 3, seed
     g.gemm(total, "head", hidden, classes)
     g.nodes[-1].output[0] = "logits"
     return _model(g, "split_experts", [_float("input", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def unrolled_rnn(*, features: int = 4, hidden: int = 8, steps: int = 3, classes: int = 3, also_added: bool = False,
+                 seed: int = 0) -> onnx.ModelProto:
+    """'x' [N, 4] -> a = MatMul 'rnn.weight_ih' (the input, fed at every step, as an autoencoder's decoder repeats its
+    code) -> h = Tanh(a), then `steps` - 1 times h = Tanh(a + h @ R^T) -> Gemm 'fc' -> 'logits' [N, 3]. R^T is one
+    Transpose of the stored 'rnn.weight_hh' [H, H] (torch's layout), its output read by every step's MatMul as its
+    weight: the form torch 2.9's dynamo exporter unrolls nn.LSTM into (real models 59's LSTM autoencoder, 50 steps).
+    `also_added`: the transposed matrix is also scaled by the batch's mean and added to the last state (read by a
+    Mul of the data too, not only as a weight)."""
+    g = _Graph(seed)
+    g.const("rnn.weight_hh", g.rng.standard_normal((hidden, hidden)) / np.sqrt(hidden))
+    r_t = g.op("Transpose", "rnn/weight_hh", ["rnn.weight_hh"], perm=[1, 0])
+    a = g.matmul("x", "rnn/ih", features, hidden)
+    h = g.op("Tanh", "rnn/step0", [a])
+    for t in range(1, steps):
+        h = g.op("Tanh", f"rnn/step{t}", [g.op("Add", f"rnn/step{t}", [a, g.op("MatMul", f"rnn/step{t}", [h, r_t])])])
+    if also_added:  # + mean over rows of (mean(x) * R^T): R^T read by a Mul of the data, not as a weight
+        scaled = g.op("Mul", "rnn/also", [r_t, g.op("ReduceMean", "rnn/also/x", ["x"], keepdims=0)])
+        h = g.op("Add", "rnn/also", [h, g.op("ReduceMean", "rnn/also", [scaled], axes=[0], keepdims=1)])
+    g.gemm(h, "fc", hidden, classes)
+    g.nodes[-1].output[0] = "logits"
+    return _model(g, "unrolled_rnn", [_float("x", [BATCH, features])], [_float("logits", [BATCH, classes])])
+
+
+def scattered_gaussian_head(*, features: int = 4, hidden: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """'input' [N, 4] -> Gemm -> Relu -> Gemm 'head' [N, 2] (a log-variance, a mean) -> column 0 replaced by
+    sqrt(exp(.)) through ScatterND at indices [[i, 0] for each row i] (torch's legacy export of the in-place
+    x[:, 0] = torch.exp(x[:, 0]).sqrt()) -> Mul by the target's scale [2], Add its offset [0, mean] -> 'output'
+    [N, 2]: a standard deviation beside a mean (real models 59's fuel-cell twin: a cell voltage of 0.55-1.0 V, its
+    sigma near 0.0005, so that the argmax over the two is the voltage on every row)."""
+    g = _Graph(seed)
+    for name, value in (("col", 0), ("one", 1)):
+        g.initializers.append(numpy_helper.from_array(np.array(value, np.int64), f"gauss.{name}"))
+    g.initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "gauss.last"))
+    g.const("rescale.scale", np.array([0.5, 0.5]))
+    g.const("rescale.offset", np.array([0.0, 0.5]))
+    y = g.gemm(g.relu(g.gemm("input", "fc1", features, hidden), "fc1"), "head", hidden, 2)
+    std = g.op("Sqrt", "head/std", [g.op("Exp", "head/std", [g.op("Gather", "head/std", [y, "gauss.col"], axis=1)])])
+    n = g.op("Squeeze", "head/rows", [g.op("Shape", "head/rows", [y], start=0, end=1)])
+    rows = g.op("Unsqueeze", "head/rows", [g.op("Range", "head/rows", ["gauss.col", n, "gauss.one"]), "gauss.last"])
+    cols = g.op("Mul", "head/cols", [rows, "gauss.col"])
+    index = g.op("Concat", "head/index", [rows, cols], axis=1)
+    out = g.op("ScatterND", "head", [y, index, std])
+    g.op("Add", "rescale", [g.op("Mul", "rescale", [out, "rescale.scale"]), "rescale.offset"])
+    g.nodes[-1].output[0] = "output"
+    return _model(g, "scattered_gaussian_head", [_float("input", [BATCH, features])], [_float("output", [BATCH, 2])])

@@ -16,8 +16,9 @@ standard-domain nodes without bodies and no random op, is evaluated once (onnx's
 only moves values, EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight
 holds the bits the input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads
 instead (bodies read outer names). Only when the chain does more than what is already read through (a lone Identity or
-Transpose of one constant: passes/bypass_identity.py, the MatMul's transposed weight), its result is a float tensor of
-the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
+Transpose of one constant that one node reads: passes/bypass_identity.py, the MatMul's transposed weight; one that
+several layers read, each only as a weight, is folded: torch dynamo's unrolled LSTM, `_read_by_several_layers`), its
+result is a float tensor of the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
 passes/quantized_weights.py), and every other constant it reads is an int64/int32 index or shape (at most MAX_INDEX
 values, or as many as the weight it gives: torch.index_select's stored permutation of 128 rows, exported without
 constant folding, left a 128 x 128 weight "used by Gather", sweep 39; a DequantizeLinear of an int8 weight stays
@@ -233,7 +234,7 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
         return False
     if any(n.op_type in QUANTIZED for n in nodes):  # an integer weight on its grid: passes/quantized_weights.py
         return False
-    if len(nodes) == 1 and nodes[0].op_type in READ_THROUGH:
+    if len(nodes) == 1 and nodes[0].op_type in READ_THROUGH and not _read_by_several_layers(nodes[0], ix):
         return False
     dtype = onnx.helper.np_dtype_to_tensor_dtype(value.dtype) if value.dtype.kind == "f" else None
     read = _read(nodes, leaves, ix)
@@ -255,6 +256,18 @@ def _foldable(nodes, leaves, value: np.ndarray | None, ix: ScopeIndex) -> bool:
     # its values are read from stored floats, not made: a ConstantOfShape fill (onnx's "light" test models) or an
     # Expand of a scalar stays as it is, so no file grows by a tensor its model never stored
     return stored >= value.size
+
+
+def _read_by_several_layers(node: onnx.NodeProto, ix: ScopeIndex) -> bool:
+    """A lone Identity/Transpose whose output several nodes read, each only as a weight (a weight op's weight or
+    bias input): the inventory reads through such a node only when one node reads it, so it is folded, and the
+    readers read one stored (tied) weight. torch 2.9's dynamo writes nn.LSTM unrolled so: weight_hh -> Transpose ->
+    one MatMul a time step (real models 59's LSTM autoencoder: 65.5K of its 117K weights, 3 matrices of 50
+    readers, were "used by Transpose")."""
+    out = node.output[0]
+    readers = ix.consumers.get(out, [])
+    return len(readers) > 1 and all(k in _weight_inputs(r) for r in readers for k, name in enumerate(r.input)
+                                    if name == out)
 
 
 def computed_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, list, list, np.ndarray]]:

@@ -329,6 +329,24 @@ def test_heads_packed_into_one_output_are_judged_by_their_argmax_and_their_value
     assert ev.last["out"]["after"] == 1.0
 
 
+def test_a_head_whose_columns_a_scatter_transforms_apart_is_judged_by_its_values_too():
+    """Real models 59: a fuel-cell twin returns a cell voltage beside its standard deviation, [N, 2], the std written
+    into the Gemm's column 0 by ScatterND (torch's in-place x[:, 0] = exp(x[:, 0]).sqrt()) and both rescaled; judged
+    by the argmax over the two (always the voltage), every weight was pruned within "0 pp". Such an output is scored
+    by agreement and rel_l2, as heads packed by a Concat are."""
+    from onnxprune.calibration.metric_choice import packed_heads
+    model = tb.scattered_gaussian_head()
+    onnx.checker.check_model(model, full_check=True)
+    assert packed_heads(model) == {"output"}
+    assert evaluator(model, {"input": X4}).plan == {"output": "agreement+rel_l2"}
+    # the mean moved by 5%: the values' part sees it
+    ev = evaluator(model, {"input": X4})
+    ev.evaluate(with_weight(model, "head.weight", lambda w: w * 1.05))
+    assert ev.last["output"]["after"] < 1.0
+    # one layer's output written as it is (no scatter) stays a classifier's logits
+    assert packed_heads(tb.packed_heads(widths=(10,))) == frozenset()
+
+
 def test_input_sizes_counts_the_declared_values_of_a_sample():
     from onnxprune.calibration.metric_choice import input_sizes
     model = tb.flat_autoencoder()

@@ -9,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.models.builders import BATCH, IR_VERSION, OPSET
-from onnxprune.models.third_party_builders import scripted_lstm
+from onnxprune.models.third_party_builders import scripted_lstm, unrolled_rnn
 from onnxprune.passes.base import PruneState
 from onnxprune.passes.constant_weights import ConstantWeights, computed_weights
 from onnxprune.passes.loading import run_load_passes
@@ -419,3 +419,41 @@ def test_a_weight_whose_stored_tensor_another_node_reads_but_not_as_a_weight_is_
     check_full(result.model)
     assert sum(int(np.count_nonzero(weight_array(result.model, n))) for n in ("rotations0.folded",
                                                                              "rotations1.folded")) == 16
+
+
+def test_a_matrix_every_unrolled_step_reads_through_one_transpose_is_one_tied_weight():
+    # real models 59: torch 2.9's dynamo unrolls nn.LSTM, weight_hh -> Transpose -> one MatMul a step; the inventory
+    # reads through a Transpose only one node reads, so 56% of an LSTM autoencoder's weights were "used by Transpose"
+    model = unrolled_rnn(steps=4)
+    folded, _ = _fold(model)
+    check_full(folded)
+    assert "Transpose" not in [n.op_type for n in folded.graph.node]
+    assert "rnn.weight_hh" not in {t.name for t in folded.graph.initializer}
+    np.testing.assert_array_equal(weight_array(folded, "rnn.weight_hh.folded"), weight_array(model, "rnn.weight_hh").T)
+    assert_same_outputs(folded, model, rtol=1e-6)
+    loaded = copy.deepcopy(model)
+    run_load_passes(loaded, PruneState())
+    weights = {w.name: w for w in find_prunable(loaded).prunable}
+    assert weights["rnn.weight_hh.folded"].readers == 3 and weights["rnn.weight_hh.folded"].size == 64
+    # read by a Mul of the data too, the transposed matrix is no weight only: left as it is
+    also = unrolled_rnn(steps=4, also_added=True)
+    assert [n.op_type for n in _fold(also)[0].graph.node] == [n.op_type for n in also.graph.node]
+
+
+def test_a_fixed_sparsity_prunes_the_matrix_every_unrolled_step_reads_with_one_mask():
+    from onnxprune.converter.pipeline import configure, run as run_pipeline
+
+    model = unrolled_rnn(steps=4)
+    x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    result = run_pipeline(model, configure(sparsity=0.5, data={"x": x}))
+    w = weight_array(result.model, "rnn.weight_hh.folded")
+    assert 0.4 <= float(np.mean(w == 0)) <= 0.6
+    check_full(result.model)
+    # the written model computes what the input model computes with those zeros in its stored [H, H] matrix
+    dense = copy.deepcopy(model)
+    for t in dense.graph.initializer:
+        value = weight_array(result.model, t.name + ".folded").T if t.name == "rnn.weight_hh" else weight_array(
+            result.model, t.name)
+        t.CopyFrom(numpy_helper.from_array(value, t.name))
+    np.testing.assert_allclose(run(result.model, {"x": x})["logits"], run(dense, {"x": x})["logits"], rtol=1e-5,
+                               atol=1e-6)
