@@ -627,3 +627,69 @@ def test_rule_5_is_not_begun_when_its_entry_does_not_fit_the_time_left():
     with pytest.raises(AssertionError, match="rule 5 began"):
         _Search._retrain_after(fake, best)
     assert fake.notes == []
+
+
+def test_a_slow_refit_stops_where_the_time_left_is_its_judging_pass_and_the_tail():
+    """Real models 58's L4: a voice-gender CNN's first refit took 168 s at load 10 and ended at 177 s of the search,
+    its stop asked between waves; the 3-minute run took 209 s. A refit now stops, as an sgd round's steps do, where
+    the time left is its judging pass and the tail, and before a wave or batch the last one says would pass that.
+    Here a refit of 5 waves, each slowed to 34 s, with 150 s left, a 4 s judging pass and a 5 s tail."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto import recovery
+    from onnxprune.converter.reconstruct import RefitStopped
+
+    clock = FakeClock(0.0)
+    s = SimpleNamespace(left=lambda: 150.0 - clock.now, tail=5.0, pass_seconds=lambda: 4.0, notes=[])
+    refit = recovery.ReconstructRecovery()
+    refit.s = s
+
+    def waves(seconds: list[float], batches: int = 1) -> int:
+        """Waves run before the stop said stop (each wave `batches` batches, a stop asked before each)."""
+        stop = refit._paced_stop(False)
+        for k, wave in enumerate(seconds):
+            for b in range(batches):
+                if stop(k, len(seconds)):
+                    return k
+                clock.now += wave / batches
+        return len(seconds)
+
+    orig_now = recovery._now
+    recovery._now = clock
+    try:
+        assert waves([34.0] * 5) == 4  # the fifth would end at 170 s, past the 141 s its judging and the tail leave
+        assert 150.0 - clock.now == pytest.approx(14.0)  # stopped with its judging pass and the tail left
+        refit._stopped(RefitStopped(4, 5), 1.0, 120.0)
+        assert s.notes[-1].startswith("time budget: a refit at level 1 (estimated 120 s) was stopped after 4 of its 5 "
+                                      "waves: its last wave or batch took 34 s, more than the 5 s left")
+        clock.now = 0.0  # a refit of 1 s batches runs until the time left is under its judging pass and the tail
+        assert waves([200.0], batches=200) == 0 and 150.0 - clock.now == pytest.approx(8.0)
+        clock.now = 0.0  # a first wave slower than the time left (a session's first run) is not read as the pace
+        assert waves([145.0, 0.5, 0.5]) == 1 and 150.0 - clock.now == pytest.approx(5.0)  # (rule 1 then stops)
+    finally:
+        recovery._now = orig_now
+
+
+def test_a_run_past_its_budget_says_so_in_its_summary_line(small, tmp_path):
+    """Real models 58's L4: the voice-gender run took 209 s of `--time-budget 3m`; report.json said `within: false`
+    and the summary said nothing. The summary's last line says it; a run within its budget's does not."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from onnxprune.converter.convert import convert
+    from onnxprune.converter.inspect import print_prune_summary
+
+    model, data = small
+    over = convert(model, tmp_path / "a.onnx", configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))
+    spent_ = over.report["time_budget"]
+    assert spent_["within"] is False
+    out = StringIO()
+    print_prune_summary(over.report, Console(file=out, width=400))
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'a.onnx'}; the run took ") and "past its --time-budget of 0.001 s" in last
+    within = convert(model, tmp_path / "b.onnx", configure(max_loss=1.0, data=data, time_budget=60, seed=0))
+    assert within.report["time_budget"]["within"] is True
+    out = StringIO()
+    print_prune_summary(within.report, Console(file=out, width=400))
+    assert out.getvalue().strip().splitlines()[-1] == f"wrote {tmp_path / 'b.onnx'}"
