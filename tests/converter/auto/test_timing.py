@@ -732,3 +732,25 @@ def test_handling_is_priced_by_a_timed_session_and_the_load_step_once_not_six_ti
     # the encoder the constants were measured on: load 1.5 s, shrink/encode/report/write 1.9 s, six sessions 6 s
     assert timing.handling_seconds(1.5, 1.0) == pytest.approx(7.95) and timing.handling_seconds(1.5, 1.0) >= 7.9
     assert time_ is not None
+
+
+def test_the_second_look_and_the_exam_are_priced_at_the_pace_the_search_measures():
+    """Lists 58's L1: the second look's and the final exam's time was kept out of the search's deadline at the data
+    step's dense passes, fixed for the whole search, while the reserve after it follows the passes the search
+    measures. Both now follow the same pace: slower judging passes keep more, faster ones give it back once
+    RECENT_PACES of them have followed."""
+    from onnxprune.converter.auto.search import _Search
+
+    clock = FakeClock(0.0)
+    a = after(per_sample=0.02)
+    search = _Search.__new__(_Search)
+    search.clock, search._looks = RunClock(180.0, 0.0, a, clock=clock), 52.0
+    assert search.second_reserve == pytest.approx(52.0)  # at the data step's pace
+    deadline = search.deadline
+    a.measured(100, 4.0)  # a candidate judged at 40 ms a sample: the load rose
+    assert search.second_reserve == pytest.approx(104.0)
+    for _ in range(timing.RECENT_PACES):
+        a.measured(100, 0.5)  # then 5 ms a sample
+    assert search.second_reserve == pytest.approx(13.0) and search.deadline > deadline
+    search.clock = None  # the API's own deadline: the dense passes' seconds
+    assert search.second_reserve == pytest.approx(52.0)
