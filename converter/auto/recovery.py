@@ -619,9 +619,10 @@ class ReconstructRecovery(Recovery):
         if getattr(self, "piece", None) is not None:
             took, left = self.piece
             self.s.notes.append(f"time budget: a refit {at}(estimated {estimate:.0f} s) was stopped after "
-                                f"{stopped.done} of its {stopped.waves} waves: its last wave or batch took {took:.0f} s, "
-                                f"more than the {max(0.0, left):.0f} s left before its judging pass and what follows "
-                                "the search; the best model before it is kept; a longer --time-budget refits")
+                                f"{stopped.done} of its {stopped.waves} waves: its last wave or batch took "
+                                f"{took:.0f} s, more than the {max(0.0, left):.0f} s left before its judging pass and "
+                                "what follows the search; the best model before it is kept; a longer --time-budget "
+                                "refits")
             return
         if paced and self.projected is not None and self.s.left() >= self.s.tail:
             self.s.notes.append(f"time budget: a refit {at}(estimated {estimate:.0f} s, over the time left, so tried "
