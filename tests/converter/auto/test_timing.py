@@ -755,3 +755,26 @@ def test_the_second_look_and_the_exam_are_priced_at_the_pace_the_search_measures
     assert search.second_reserve == pytest.approx(13.0) and search.deadline > deadline
     search.clock = None  # the API's own deadline: the dense passes' seconds
     assert search.second_reserve == pytest.approx(52.0)
+
+
+def test_a_run_past_its_budget_by_less_than_a_tenth_of_a_second_is_not_within_it():
+    """`_count_write` judged `within` on `total_s` rounded to a tenth: a 0.04 s run of a 0.001 s budget summed to
+    0.0 and was "within" (test_a_run_past_its_budget_says_so_in_its_summary_line failed when a warm process ran it
+    that fast), and a 3-minute run that ended at 180.02 s was too. It is judged on the steps' own seconds."""
+    from onnxprune.converter.auto.timing import spent
+    from onnxprune.converter.convert import _count_write
+
+    for steps, write, budget in (({"load": 0.005, "data": 0.002, "auto-search": 0.015, "verify": 0.004}, 0.003, 0.001),
+                                 ({"load": 9.5, "data": 20.0, "auto-search": 140.0, "verify": 10.48}, 0.04, 180.0)):
+        seconds = {**steps, "total": round(sum(steps.values()), 3)}
+        report = {"seconds_by_step": dict(seconds), "time_budget": spent(seconds, budget)}
+        assert report["time_budget"]["within"] is (sum(steps.values()) <= budget)
+        _count_write(report, write)
+        assert report["seconds_by_step"]["write"] == write
+        assert report["time_budget"]["total_s"] == round(sum(steps.values()) + write, 1) <= budget  # as shown
+        assert report["time_budget"]["within"] is False
+
+    seconds = {"load": 1.0, "auto-search": 100.0, "total": 101.0}
+    report = {"seconds_by_step": dict(seconds), "time_budget": spent(seconds, 180.0)}
+    _count_write(report, 2.0)
+    assert report["time_budget"]["within"] is True and report["time_budget"]["total_s"] == 103.0
