@@ -1384,25 +1384,30 @@ def _judge_variables(kinds: dict, values: Mapping, variables: Mapping[str, int],
     differ in scale judged each in its own (`variables`); a forecast's variables alike in scale or its next step
     alone, and an output judged as one relative error whose last axis holds values of scales far apart, not known
     to be variables, noted with the flag, unless it is a mean or a scale beside one (`moments`: a mixture's
-    components are no variables, and `scale_note` names the flag that reads them)."""
+    components are no variables, and `scale_note` names the flag that reads them). Heads packed in one output
+    (rule 12's agreement+rel_l2) are noted alike, never chosen: real models 59's fuel-cell twin, a voltage beside its
+    sigma 1,500x smaller, moved the sigma 23% within the values' one relative error."""
     for name, kind in kinds.items():
-        if kind not in ("rel_l2", "channel_rel_l2") or name not in values or _STATE_NAMES.search(name) \
+        if kind not in ("rel_l2", "channel_rel_l2", "agreement+rel_l2") or name not in values \
+                or _STATE_NAMES.search(name) \
                 or _ordered([values[name]]):  # quantiles of one quantity (sweep 56's TFT), no variables
             continue
         ratio = variable_scales(values[name])
         count = as_array(values[name]).shape[-1] if ratio is not None else None
         forecast = ratio is not None and variables.get(name) == count
-        if forecast and ratio > VARIABLE_SCALES and as_array(values[name]).ndim == 3:
+        if forecast and kind != "agreement+rel_l2" and ratio > VARIABLE_SCALES and as_array(values[name]).ndim == 3:
             kinds[name] = "variables"
             if not quiet:
                 log.warning("output '%s' forecasts the %d variables its input steps through, whose scales differ by "
                             "%.0fx: each is judged in its own scale (variables: rel_l2 of each variable, the worst "
                             "of each sample), not by one relative error the large ones set; --metric %s=rel_l2 "
                             "judges the whole", name, count, ratio, name)
-        elif kind == "rel_l2" and (forecast or (ratio or 0.0) > VARIABLE_NOTE) and not quiet and name not in moments:
+        elif kind in ("rel_l2", "agreement+rel_l2") and (forecast or (ratio or 0.0) > VARIABLE_NOTE) and not quiet \
+                and name not in moments:
             log.warning("output '%s': its last axis holds %d values (scales %.1fx apart) judged as one relative error "
-                        "(rel_l2); if they are quantities of their own (a forecast's variables), --metric "
-                        "%s=variables judges each in its own scale", name, count, ratio, name)
+                        "(rel_l2%s); if they are quantities of their own (a forecast's variables, a value beside its "
+                        "spread), --metric %s=variables judges each in its own scale", name, count, ratio,
+                        ", beside their argmax" if kind != "rel_l2" else "", name)
 
 
 # ---- a mean beside its own scale: a note naming scaled@S (docs/metrics.md, "A mean and its scale") -------------------
