@@ -1807,7 +1807,7 @@ def check_metric_spec(model: onnx.ModelProto, spec) -> None:
                                                          "(--metric OUTPUT=auto)") + ".")
     if headline:
         _check_bare(headline)
-    _with_companions({n: k for n, k in named.items()}, names)
+    _with_companions(named, names)
     for name, kind in [*named.items(), *([(names[0], headline)] if headline and names else [])]:
         shape = _declared_shape(model, name) if is_list(kind) else None
         if shape is not None and (len(shape) not in (1, 2) or len(shape) == 2 and shape[1] not in (1, None)):

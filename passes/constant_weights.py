@@ -9,25 +9,25 @@ looks for a weight where the layer reads it, so 132K of silero_vad_op15's 307K w
 two sample rates) were "not a weight of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN (used by 6 nodes: Slice)",
 never pruned, and every ratio counted them kept. onnxruntime folds such chains when it loads the model anyway.
 
-Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute
-from initializers and Constant nodes alone (no graph or body input, except a Loop body input every iteration hands
-back unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most MAX_CHAIN
+Rules: a weight or bias input of a WEIGHT_OPS node (in the main graph or any If/Loop/Scan body) that nodes compute from
+initializers and Constant nodes alone (no graph or body input, except a Loop body input every iteration hands back
+unchanged from an initializer, which is that initializer: tf2onnx's ConvLSTM2D kernel), through at most MAX_CHAIN
 standard-domain nodes without bodies and no random op, is evaluated once (onnx's reference evaluator where the chain
 only moves values, EXACT_OPS; onnxruntime where it computes, as weight_norm's g * v / ||v||, so that the stored weight
 holds the bits the input model computes in onnxruntime) and becomes a main-graph initializer that the layer reads
 instead (bodies read outer names). Only when the chain does more than what is already read through (a lone Identity or
 Transpose of one constant that one node reads: passes/bypass_identity.py, the MatMul's transposed weight; one that
 several layers read, each only as a weight, is folded: torch dynamo's unrolled LSTM, `_read_by_several_layers`), its
-result is a float tensor of the same type as every float constant it reads (a Cast from float16 stays the low-precision weight it is:
-passes/quantized_weights.py), and every other constant it reads is an int64/int32 index or shape (at most MAX_INDEX
-values, or as many as the weight it gives: torch.index_select's stored permutation of 128 rows, exported without
-constant folding, left a 128 x 128 weight "used by Gather", sweep 39; a DequantizeLinear of an int8 weight stays
+result is a float tensor of the same type as every float constant it reads (a Cast from float16 stays the low-precision
+weight it is: passes/quantized_weights.py), and every other constant it reads is an int64/int32 index or shape (at most
+MAX_INDEX values, or as many as the weight it gives: torch.index_select's stored permutation of 128 rows, exported
+without constant folding, left a 128 x 128 weight "used by Gather", sweep 39; a DequantizeLinear of an int8 weight stays
 quantized), and the stored floats it reads hold at least as many values as it gives, its shape read through Shape not
-counted (a ConstantOfShape fill stays as it is, also one shaped like a
-stored tensor: skl2onnx's WhiteKernel zeros [1, N] from Shape(X_train)). Chains that evaluate to the same bytes become one initializer, read by
-every such layer (silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the
-largest constant the chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the
-file holds each weight once, as before.
+counted (a ConstantOfShape fill stays as it is, also one shaped like a stored tensor: skl2onnx's WhiteKernel zeros
+[1, N] from Shape(X_train)). Chains that evaluate to the same bytes become one initializer, read by every such layer
+(silero's two LSTMs, the branch with a state and the one without, read one tied W); its name is the largest constant the
+chain read, with ".folded". The chain's nodes and constants that nothing else reads go, so the file holds each weight
+once, as before.
 
 A chain may also read a tensor's shape: torch legacy's `nn.MultiheadAttention` with a query other than its key and
 value slices in_proj_weight at `E = q.size(-1)`, read as Shape -> Slice -> Squeeze -> Unsqueeze -> Add of the

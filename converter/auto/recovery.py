@@ -616,7 +616,7 @@ class ReconstructRecovery(Recovery):
     def _stopped(self, stopped, level, estimate: float, paced: bool = False) -> None:
         """The note for a refit the time ran out in (reconstruct's `stop`): it was dropped, the best kept."""
         at = f"at level {level:g} " if level is not None else "of a layer "
-        if getattr(self, "piece", None) is not None:
+        if self.piece is not None:
             took, left = self.piece
             self.s.notes.append(f"time budget: a refit {at}(estimated {estimate:.0f} s) was stopped after "
                                 f"{stopped.done} of its {stopped.waves} waves: its last wave or batch took "

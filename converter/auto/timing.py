@@ -11,7 +11,7 @@ measurements, is reserved out of the budget before the search starts, and re-est
               RECENT_PACES counts (the machine's load moves it both ways within a minute: magika's last candidate
               passed at 7.4 ms a sample, its verification a minute later at 20 ms)
   verify      the samples the parity check runs, each two passes with optimisations off (the written model and its
-              dense oracle: VERIFY_PASSES x the ratio `unoptimized_ratio` times on one batch of them in a session of
+              dense oracle: VERIFY_PASSES x the ratio `timed_session` times on one batch of them in a session of
               the input model, before the search; VERIFY_COST scored passes where nothing was timed); never skipped,
               but when the search's end finds less time than was reserved (the load rose), only the batches that fit
               run, at least one (`parity_batches`; magika at 1 minute, load 9: its 4 batches took 35 s)
@@ -188,12 +188,6 @@ def handling_seconds(load: float, session: float | None) -> float:
     if session is None:
         return HANDLING_LOADS * load
     return HANDLING_SESSIONS * session + GRAPH_LOADS * load
-
-
-def unoptimized_ratio(state, per_sample: float) -> float | None:
-    """How many of the decision evaluator's passes (optimisations on, `per_sample` seconds a sample) one pass with
-    optimisations off costs, as the parity check runs it (`timed_session`'s first figure)."""
-    return timed_session(state, per_sample)[0]
 
 
 def timed_session(state, per_sample: float) -> tuple[float | None, float | None]:

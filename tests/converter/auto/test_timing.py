@@ -277,16 +277,16 @@ def test_verification_is_priced_by_one_of_its_batches_timed_with_optimisations_o
     feeds = [{"x": np.zeros((8, 3), np.float32)}, {"x": np.zeros((8, 3), np.float32)}]
     data = SimpleNamespace(reader=lambda: iter(feeds))  # the parity check reads its batches from the reader
     state = SimpleNamespace(data=data, original=None)
-    ratio = timing.unoptimized_ratio(state, per_sample=0.001)  # 0.05 s for 8 samples against 1 ms a sample
+    ratio = timing.timed_session(state, per_sample=0.001)[0]  # 0.05 s for 8 samples against 1 ms a sample
     assert made == [False] and ratio == pytest.approx(0.05 / 8 / 0.001, rel=0.5)
-    assert timing.unoptimized_ratio(SimpleNamespace(data=None, original=None), 0.001) is None
-    assert timing.unoptimized_ratio(state, per_sample=0.0) is None  # no pace measured: VERIFY_COST prices it
+    assert timing.timed_session(SimpleNamespace(data=None, original=None), 0.001)[0] is None
+    assert timing.timed_session(state, per_sample=0.0)[0] is None  # no pace measured: VERIFY_COST prices it
 
     def refused(model, **kw):
         raise RuntimeError("onnxruntime cannot load it")
 
     monkeypatch.setattr(runtime, "make_session", refused)
-    assert timing.unoptimized_ratio(state, per_sample=0.001) is None  # the parity check says why, not the price
+    assert timing.timed_session(state, per_sample=0.001)[0] is None  # the parity check says why, not the price
     a = AfterSearch(0.01, 0.0, 100, 0, 0, verify_cost=2.5)
     assert a.passes() == pytest.approx(250.0) and a.as_dict()["verify_passes_per_sample"] == 2.5
     assert AfterSearch(0.01, 0.0, 100, 0, 0).verify_cost == timing.VERIFY_COST
@@ -725,7 +725,7 @@ def test_handling_is_priced_by_a_timed_session_and_the_load_step_once_not_six_ti
     state = SimpleNamespace(data=SimpleNamespace(reader=lambda: iter(feeds)), original=None)
     ratio, built = timing.timed_session(state, per_sample=0.005)
     assert built == pytest.approx(1.5) and ratio == pytest.approx(0.08 / 8 / 0.005)
-    assert timing.unoptimized_ratio(state, per_sample=0.005) == pytest.approx(ratio)
+    assert timing.timed_session(state, per_sample=0.005)[0] == pytest.approx(ratio)
     # the AutoencoderKL's load step (9.6 s) with sessions of 1.5 s: 6 x 1.5 + 1.3 x 9.6, not 6 x 9.6
     assert timing.handling_seconds(9.6, 1.5) == pytest.approx(timing.HANDLING_SESSIONS * 1.5 + timing.GRAPH_LOADS * 9.6)
     assert timing.handling_seconds(9.6, 1.5) < 0.4 * timing.HANDLING_LOADS * 9.6
